@@ -1,0 +1,199 @@
+/**
+ * A checkpoint folder: one `model.safetensors`, or shards named by `model.safetensors.index.json`.
+ * Headers of every shard are read and cross-checked at open; tensor data is read on demand.
+ */
+import fs from "node:fs";
+import path from "node:path";
+import { MlaError } from "../errors.js";
+import { DTYPE_BYTES } from "./dtype.js";
+import { SafetensorsFile, SafetensorsWriter, TensorEntry, TensorSpec, numel } from "./safetensors.js";
+
+export const INDEX_FILE = "model.safetensors.index.json";
+export const SINGLE_FILE = "model.safetensors";
+
+export class Checkpoint {
+  private constructor(readonly dir: string, private readonly where: Map<string, SafetensorsFile>, private readonly files: SafetensorsFile[]) {}
+
+  static open(dir: string): Checkpoint {
+    const indexPath = path.join(dir, INDEX_FILE);
+    const files: SafetensorsFile[] = [];
+    const where = new Map<string, SafetensorsFile>();
+    try {
+      if (fs.existsSync(indexPath)) {
+        const map = readIndex(indexPath);
+        const byShard = new Map<string, SafetensorsFile>();
+        for (const [name, shard] of Object.entries(map)) {
+          let f = byShard.get(shard);
+          if (!f) {
+            const p = path.join(dir, shard);
+            if (!fs.existsSync(p)) throw new MlaError("BAD_CHECKPOINT", `${indexPath}: tensor "${name}" points at shard ${shard}, which does not exist`, "a shard is missing from the folder; copy the complete checkpoint");
+            f = SafetensorsFile.open(p);
+            files.push(f);
+            byShard.set(shard, f);
+          }
+          if (!f.tensors.has(name)) throw new MlaError("BAD_CHECKPOINT", `${indexPath}: tensor "${name}" is mapped to ${shard}, which does not contain it`, "the index and the shards disagree; copy the checkpoint again");
+          where.set(name, f);
+        }
+      } else {
+        const single = path.join(dir, SINGLE_FILE);
+        const all = fs.existsSync(single) ? [SINGLE_FILE] : fs.readdirSync(dir).filter((f) => f.endsWith(".safetensors")).sort();
+        if (all.length === 0) throw new MlaError("BAD_CHECKPOINT", `${dir}: no ${SINGLE_FILE}, no ${INDEX_FILE} and no *.safetensors file`, "point at a Hugging Face model folder with safetensors weights (PyTorch .bin files are not read)");
+        for (const name of all) {
+          const f = SafetensorsFile.open(path.join(dir, name));
+          files.push(f);
+          for (const t of f.tensors.keys()) {
+            if (where.has(t)) throw new MlaError("BAD_CHECKPOINT", `${dir}: tensor "${t}" is in both ${path.basename(where.get(t)!.path)} and ${name}`, `add a ${INDEX_FILE} or remove the stray file`);
+            where.set(t, f);
+          }
+        }
+      }
+    } catch (e) {
+      for (const f of files) f.close();
+      throw e;
+    }
+    return new Checkpoint(dir, where, files);
+  }
+
+  names(): string[] {
+    return [...this.where.keys()];
+  }
+
+  has(name: string): boolean {
+    return this.where.has(name);
+  }
+
+  file(name: string): SafetensorsFile {
+    const f = this.where.get(name);
+    if (!f) throw new MlaError("BAD_CHECKPOINT", `${this.dir}: tensor "${name}" is missing`, "the checkpoint does not match its config.json (wrong architecture or incomplete download)");
+    return f;
+  }
+
+  entry(name: string): TensorEntry {
+    return this.file(name).entry(name);
+  }
+
+  readF32(name: string): Float32Array {
+    return this.file(name).readF32(name);
+  }
+
+  readBytes(name: string): Uint8Array {
+    return this.file(name).readBytes(name);
+  }
+
+  readBytesAsync(name: string): Promise<Uint8Array> {
+    return this.file(name).readBytesAsync(name);
+  }
+
+  /** Total bytes of tensor data. */
+  dataBytes(): number {
+    let n = 0;
+    for (const name of this.where.keys()) {
+      const e = this.entry(name);
+      n += e.end - e.begin;
+    }
+    return n;
+  }
+
+  close(): void {
+    for (const f of this.files) f.close();
+  }
+}
+
+function readIndex(indexPath: string): Record<string, string> {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(fs.readFileSync(indexPath, "utf8"));
+  } catch (e) {
+    throw new MlaError("BAD_CHECKPOINT", `${indexPath}: not valid JSON (${(e as Error).message})`, "the index file is corrupt; copy it again");
+  }
+  const map = (raw as { weight_map?: unknown })?.weight_map;
+  if (typeof map !== "object" || map === null || Array.isArray(map) || !Object.values(map).every((v) => typeof v === "string"))
+    throw new MlaError("BAD_CHECKPOINT", `${indexPath}: "weight_map" is missing or not an object of tensor name → shard file`, "the index file is corrupt; copy it again");
+  for (const shard of new Set(Object.values(map) as string[]))
+    if (shard.includes("/") || shard.includes("\\") || shard === ".." ) throw new MlaError("BAD_CHECKPOINT", `${indexPath}: shard name "${shard}" is not a plain file name`, "shards must lie in the checkpoint folder");
+  return map as Record<string, string>;
+}
+
+export interface ShardPlan {
+  file: string;
+  specs: TensorSpec[];
+}
+
+/** Splits tensors (in order) into shards of at most `maxShardBytes` (a tensor larger than that gets its own shard). */
+export function planShards(specs: readonly TensorSpec[], maxShardBytes: number): ShardPlan[] {
+  const groups: TensorSpec[][] = [];
+  let cur: TensorSpec[] = [];
+  let bytes = 0;
+  for (const s of specs) {
+    const n = numel(s.shape) * DTYPE_BYTES[s.dtype];
+    if (cur.length && bytes + n > maxShardBytes) {
+      groups.push(cur);
+      cur = [];
+      bytes = 0;
+    }
+    cur.push(s);
+    bytes += n;
+  }
+  if (cur.length) groups.push(cur);
+  if (groups.length <= 1) return [{ file: SINGLE_FILE, specs: groups[0] ?? [] }];
+  const pad = (i: number) => String(i).padStart(5, "0");
+  return groups.map((g, i) => ({ file: `model-${pad(i + 1)}-of-${pad(groups.length)}.safetensors`, specs: g }));
+}
+
+/**
+ * Streams a (possibly sharded) checkpoint into `dir`: call `append` with each tensor's bytes in the
+ * order of `specs` (several chunks per tensor allowed, never one chunk across two tensors).
+ */
+export class CheckpointWriter {
+  private readonly plan: ShardPlan[];
+  private shard = -1;
+  private tensorInShard = 0;
+  private leftInTensor = 0;
+  private writer: SafetensorsWriter | null = null;
+
+  constructor(readonly dir: string, specs: readonly TensorSpec[], private readonly opts: { maxShardBytes?: number; metadata?: Record<string, string> } = {}) {
+    this.plan = planShards(specs, opts.maxShardBytes ?? 5 * 2 ** 30);
+  }
+
+  get shardFiles(): string[] {
+    return this.plan.map((p) => p.file);
+  }
+
+  async append(chunk: Uint8Array): Promise<void> {
+    await this.advance(chunk.length);
+    return this.writer!.append(chunk);
+  }
+
+  private async advance(len: number): Promise<void> {
+    while (this.leftInTensor === 0) {
+      if (!this.writer || this.tensorInShard >= this.plan[this.shard]!.specs.length) {
+        if (this.writer) await this.writer.close();
+        this.shard++;
+        if (this.shard >= this.plan.length) throw new MlaError("BAD_ARGUMENT", `${this.dir}: more data than the planned tensors hold`, "this is a bug in the caller");
+        this.writer = new SafetensorsWriter(path.join(this.dir, this.plan[this.shard]!.file), this.plan[this.shard]!.specs, this.opts.metadata);
+        this.tensorInShard = 0;
+      }
+      const s = this.plan[this.shard]!.specs[this.tensorInShard++]!;
+      this.leftInTensor = numel(s.shape) * DTYPE_BYTES[s.dtype];
+    }
+    if (len > this.leftInTensor) throw new MlaError("BAD_ARGUMENT", `${this.dir}: a chunk of ${len} bytes crosses a tensor boundary`, "this is a bug in the caller");
+    this.leftInTensor -= len;
+  }
+
+  async close(): Promise<void> {
+    if (this.writer) await this.writer.close();
+    const last = this.plan[this.plan.length - 1]!;
+    if (this.leftInTensor !== 0 || this.shard !== this.plan.length - 1 || this.tensorInShard !== last.specs.length)
+      if (!(this.plan.length === 1 && last.specs.length === 0)) throw new MlaError("BAD_ARGUMENT", `${this.dir}: the checkpoint was closed before all tensors were written`, "this is a bug in the caller");
+    if (this.plan.length > 1) {
+      let total = 0;
+      const weightMap: Record<string, string> = {};
+      for (const p of this.plan)
+        for (const s of p.specs) {
+          weightMap[s.name] = p.file;
+          total += numel(s.shape) * DTYPE_BYTES[s.dtype];
+        }
+      fs.writeFileSync(path.join(this.dir, INDEX_FILE), JSON.stringify({ metadata: { total_size: total }, weight_map: weightMap }, null, 2) + "\n");
+    }
+  }
+}

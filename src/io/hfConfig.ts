@@ -1,0 +1,109 @@
+/**
+ * The only place Hugging Face `config.json` keys are read: normalizes llama, mistral and qwen2
+ * configs (GQA, q/k/v bias, tied embeddings, rope_scaling linear/llama3) into a ModelConfig.
+ */
+import fs from "node:fs";
+import path from "node:path";
+import { MlaError, ioError } from "../errors.js";
+import { ModelConfig, RopeScaling } from "../model/config.js";
+
+const SUPPORTED_TYPES = ["llama", "mistral", "qwen2"] as const;
+
+type Raw = Record<string, unknown>;
+
+export function readHfConfig(dir: string): ModelConfig {
+  const file = path.join(dir, "config.json");
+  let text: string;
+  try {
+    text = fs.readFileSync(file, "utf8");
+  } catch (e) {
+    throw ioError("cannot read", file, e);
+  }
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch (e) {
+    throw new MlaError("BAD_CONFIG", `${file}: not valid JSON (${(e as Error).message})`, "the config file is corrupt; copy it again");
+  }
+  if (typeof raw !== "object" || raw === null || Array.isArray(raw)) throw new MlaError("BAD_CONFIG", `${file}: not a JSON object`, "the config file is corrupt; copy it again");
+  return normalizeHfConfig(raw as Raw, file);
+}
+
+function num(raw: Raw, key: string, file: string, fallback?: number): number {
+  const v = raw[key];
+  if (v === undefined || v === null) {
+    if (fallback !== undefined) return fallback;
+    throw new MlaError("BAD_CONFIG", `${file}: "${key}" is missing`, "a Llama-family config.json names it; is this a decoder LM folder?");
+  }
+  if (typeof v !== "number" || !Number.isFinite(v) || v < 0) throw new MlaError("BAD_CONFIG", `${file}: "${key}" is ${JSON.stringify(v)}, not a non-negative number`, "fix config.json");
+  return v;
+}
+
+function posInt(raw: Raw, key: string, file: string, fallback?: number): number {
+  const v = num(raw, key, file, fallback);
+  if (!Number.isInteger(v) || v <= 0) throw new MlaError("BAD_CONFIG", `${file}: "${key}" is ${v}, not a positive integer`, "fix config.json");
+  return v;
+}
+
+function parseScaling(s: unknown, file: string): RopeScaling | null {
+  if (s === undefined || s === null) return null;
+  if (typeof s !== "object") throw new MlaError("BAD_CONFIG", `${file}: rope_scaling is ${JSON.stringify(s)}`, "rope_scaling is an object or null");
+  const r = s as Raw;
+  const type = (r["rope_type"] ?? r["type"]) as unknown;
+  if (type === "default" || type === undefined) return null;
+  if (type === "linear") return { type: "linear", factor: num(r, "factor", file) };
+  if (type === "llama3")
+    return {
+      type: "llama3",
+      factor: num(r, "factor", file),
+      lowFreqFactor: num(r, "low_freq_factor", file, 1),
+      highFreqFactor: num(r, "high_freq_factor", file, 4),
+      originalMaxPositions: posInt(r, "original_max_position_embeddings", file, 8192),
+    };
+  throw new MlaError("UNSUPPORTED", `${file}: rope_scaling type ${JSON.stringify(type)} is not supported`, "supported: none/default, linear, llama3 (dynamic, yarn and longrope are not)");
+}
+
+export function normalizeHfConfig(raw: Raw, file = "config.json"): ModelConfig {
+  const modelType = raw["model_type"];
+  if (!(SUPPORTED_TYPES as readonly unknown[]).includes(modelType))
+    throw new MlaError("UNSUPPORTED", `${file}: model_type ${JSON.stringify(modelType)} is not supported`, `supported: ${SUPPORTED_TYPES.join(", ")} (Llama-family decoders with RoPE)`);
+  const act = raw["hidden_act"] ?? "silu";
+  if (act !== "silu" && act !== "swish") throw new MlaError("UNSUPPORTED", `${file}: hidden_act ${JSON.stringify(act)} is not supported`, "only SwiGLU MLPs (hidden_act silu) are supported");
+  const hiddenSize = posInt(raw, "hidden_size", file);
+  const heads = posInt(raw, "num_attention_heads", file);
+  const kvHeads = posInt(raw, "num_key_value_heads", file, heads);
+  if (heads % kvHeads !== 0) throw new MlaError("BAD_CONFIG", `${file}: num_attention_heads ${heads} is not a multiple of num_key_value_heads ${kvHeads}`, "grouped-query attention needs whole groups");
+  const headDim = posInt(raw, "head_dim", file, hiddenSize / heads);
+  if (headDim % 2 !== 0) throw new MlaError("BAD_CONFIG", `${file}: head_dim ${headDim} is odd`, "rotary embeddings need an even head dimension");
+  const ropeParams = (raw["rope_parameters"] as Raw | undefined) ?? undefined;
+  const theta = ropeParams && typeof ropeParams["rope_theta"] === "number" ? (ropeParams["rope_theta"] as number) : num(raw, "rope_theta", file, 10000);
+  const scaling = parseScaling(raw["rope_scaling"] ?? ropeParams, file);
+  const isQwen = modelType === "qwen2";
+  const attnBias = raw["attention_bias"] === true;
+  const useWindow = modelType === "mistral" || (isQwen && raw["use_sliding_window"] === true);
+  const window = useWindow && typeof raw["sliding_window"] === "number" ? (raw["sliding_window"] as number) : null;
+  const eos = raw["eos_token_id"];
+  const dtype = raw["torch_dtype"] ?? raw["dtype"];
+  return {
+    modelType: modelType as ModelConfig["modelType"],
+    hiddenSize,
+    intermediateSize: posInt(raw, "intermediate_size", file),
+    layers: posInt(raw, "num_hidden_layers", file),
+    heads,
+    kvHeads,
+    headDim,
+    vocabSize: posInt(raw, "vocab_size", file),
+    maxPositions: posInt(raw, "max_position_embeddings", file, 2048),
+    rmsEps: num(raw, "rms_norm_eps", file, 1e-6),
+    rope: { theta, scaling },
+    tieEmbeddings: raw["tie_word_embeddings"] === true,
+    qkvBias: isQwen || attnBias,
+    oBias: attnBias,
+    mlpBias: raw["mlp_bias"] === true,
+    slidingWindow: window,
+    bosTokenId: typeof raw["bos_token_id"] === "number" ? (raw["bos_token_id"] as number) : null,
+    eosTokenId: typeof eos === "number" ? eos : Array.isArray(eos) && typeof eos[0] === "number" ? (eos[0] as number) : null,
+    declaredDtype: typeof dtype === "string" ? dtype : null,
+    attention: { kind: "mha" },
+  };
+}

@@ -1,0 +1,103 @@
+/**
+ * Resolves what the user typed as MODEL into a local folder: a path, a Hugging Face hub id found in
+ * the local HF cache (`models--ORG--NAME/snapshots/REV`, via `refs/main`), or an alias such as
+ * `llama2-7b`. Nothing is downloaded; a miss lists every place that was looked at.
+ */
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { MlaError } from "../errors.js";
+
+export const MODEL_ALIASES: Record<string, string> = {
+  "llama2-7b": "meta-llama/Llama-2-7b-hf",
+  "llama2-13b": "meta-llama/Llama-2-13b-hf",
+  "llama2-70b": "meta-llama/Llama-2-70b-hf",
+  "llama3-8b": "meta-llama/Meta-Llama-3-8B",
+  "llama3.1-8b": "meta-llama/Llama-3.1-8B",
+  "llama3.2-1b": "meta-llama/Llama-3.2-1B",
+  "llama3.2-3b": "meta-llama/Llama-3.2-3B",
+  "mistral-7b": "mistralai/Mistral-7B-v0.1",
+  "qwen2-0.5b": "Qwen/Qwen2-0.5B",
+  "qwen2-1.5b": "Qwen/Qwen2-1.5B",
+  "qwen2.5-0.5b": "Qwen/Qwen2.5-0.5B",
+  "qwen2.5-7b": "Qwen/Qwen2.5-7B",
+  "smollm-135m": "HuggingFaceTB/SmolLM-135M",
+  "smollm-360m": "HuggingFaceTB/SmolLM-360M",
+  "smollm-1.7b": "HuggingFaceTB/SmolLM-1.7B",
+  "tinyllama-1.1b": "TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T",
+};
+
+/** The package root (where fixtures/ lives), from this compiled file's location dist/src/io/. */
+export function packageRoot(): string {
+  return path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..", "..");
+}
+
+/** Models bundled with the package, usable by name anywhere. */
+export function bundledModels(): Record<string, string> {
+  const root = path.join(packageRoot(), "fixtures", "models");
+  return { stories260K: path.join(root, "stories260K"), "stories260K-mha": path.join(root, "stories260K-mha") };
+}
+
+export function hfCacheDirs(env: NodeJS.ProcessEnv = process.env): string[] {
+  const dirs: string[] = [];
+  if (env["HF_HUB_CACHE"]) dirs.push(env["HF_HUB_CACHE"]);
+  if (env["HUGGINGFACE_HUB_CACHE"]) dirs.push(env["HUGGINGFACE_HUB_CACHE"]);
+  if (env["HF_HOME"]) dirs.push(path.join(env["HF_HOME"], "hub"));
+  dirs.push(path.join(env["XDG_CACHE_HOME"] ?? path.join(os.homedir(), ".cache"), "huggingface", "hub"));
+  return [...new Set(dirs)];
+}
+
+function isModelFolder(dir: string): boolean {
+  return fs.existsSync(path.join(dir, "config.json"));
+}
+
+/** The snapshot folder of `hubId` in one cache root, or null. */
+function findInCache(cache: string, hubId: string): string | null {
+  const repo = path.join(cache, "models--" + hubId.split("/").join("--"));
+  if (!fs.existsSync(repo)) return null;
+  const snapshots = path.join(repo, "snapshots");
+  const ref = path.join(repo, "refs", "main");
+  if (fs.existsSync(ref)) {
+    const rev = fs.readFileSync(ref, "utf8").trim();
+    const snap = path.join(snapshots, rev);
+    if (isModelFolder(snap)) return snap;
+  }
+  if (!fs.existsSync(snapshots)) return null;
+  const candidates = fs
+    .readdirSync(snapshots)
+    .map((r) => path.join(snapshots, r))
+    .filter(isModelFolder)
+    .sort((a, b) => fs.statSync(b).mtimeMs - fs.statSync(a).mtimeMs);
+  return candidates[0] ?? null;
+}
+
+export interface ResolvedModel {
+  dir: string;
+  /** How it was found: "path", "bundled", or the hub id. */
+  source: string;
+}
+
+export function resolveModel(spec: string, env: NodeJS.ProcessEnv = process.env): ResolvedModel {
+  const looked: string[] = [];
+  if (fs.existsSync(spec) && fs.statSync(spec).isDirectory()) {
+    if (!isModelFolder(spec)) throw new MlaError("NOT_FOUND", `model folder ${spec} has no config.json`, "point at a Hugging Face model folder (config.json, *.safetensors, tokenizer.json)");
+    return { dir: spec, source: "path" };
+  }
+  looked.push(`path ${path.resolve(spec)}`);
+  const bundled = bundledModels()[spec];
+  if (bundled && isModelFolder(bundled)) return { dir: bundled, source: "bundled" };
+  const hubId = MODEL_ALIASES[spec.toLowerCase()] ?? (/^[\w.-]+\/[\w.-]+$/.test(spec) ? spec : null);
+  if (hubId) {
+    for (const cache of hfCacheDirs(env)) {
+      const dir = findInCache(cache, hubId);
+      if (dir) return { dir, source: hubId };
+      looked.push(`${path.join(cache, "models--" + hubId.split("/").join("--"))}`);
+    }
+  }
+  throw new MlaError(
+    "NOT_FOUND",
+    `model "${spec}" was not found${hubId && hubId !== spec ? ` (alias of ${hubId})` : ""}; looked in:\n    ${looked.join("\n    ")}`,
+    `nothing is downloaded: fetch it first (e.g. \`huggingface-cli download ${hubId ?? "ORG/NAME"}\`) or pass a local folder; aliases: ${Object.keys(MODEL_ALIASES).join(", ")}, bundled: ${Object.keys(bundledModels()).join(", ")}`,
+  );
+}

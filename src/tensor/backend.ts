@@ -1,0 +1,39 @@
+/**
+ * The compute interface (ggml-style): one method per op, implemented by the TypeScript reference
+ * backend and, later, by native backends behind the C ABI. Letters in shapes: T time, S key time,
+ * D hidden, H query heads, Hkv KV heads, Dh head dim, F MLP width, V vocab, N/K/M generic.
+ */
+import type { Tensor } from "./tensor.js";
+
+export interface AttentionOptions {
+  /** 1/sqrt(Dh) for Llama. */
+  scale: number;
+  /** Absolute position of query row 0 minus that of key row 0 (keys are the cache prefix + the new rows). */
+  queryOffset: number;
+  /** Keys more than this many positions behind the query are masked; null = none. */
+  window: number | null;
+}
+
+export interface Backend {
+  readonly name: string;
+  upload(data: Float32Array, shape: readonly number[]): Tensor;
+  download(t: Tensor): Float32Array;
+  free(t: Tensor): void;
+
+  /** y[M,N] = x[M,K] · w[N,K]ᵀ (+ bias[N]). */
+  linear(x: Tensor, w: Tensor, bias?: Tensor | null): Tensor;
+  /** y[M,D] = x / rms(x) · w[D]. */
+  rmsnorm(x: Tensor, w: Tensor, eps: number): Tensor;
+  /** Rotate-half RoPE on x[T, H, Dh] at `positions[T]` with `invFreq[Dh/2]`. */
+  rope(x: Tensor, positions: Int32Array, invFreq: Float64Array): Tensor;
+  /** Causal GQA attention: q[T,H,Dh], k[S,Hkv,Dh], v[S,Hkv,Dv] → [T,H,Dv]. */
+  attention(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOptions): Tensor;
+  /** silu(gate) ⊙ up, both [M,F]. */
+  swiglu(gate: Tensor, up: Tensor): Tensor;
+  /** a + b, same shape. */
+  add(a: Tensor, b: Tensor): Tensor;
+  /** Rows of table[V,D] at ids[T] → [T,D]. */
+  embedding(table: Tensor, ids: Int32Array): Tensor;
+  /** Per row of logits[T,V]: −log softmax(logits)[target] (float64). */
+  crossEntropy(logits: Tensor, targets: Int32Array): Float64Array;
+}
