@@ -27,18 +27,35 @@ export function loadTokenizer(dir: string): TextTokenizer {
   const tjFile = path.join(dir, "tokenizer.json");
   const tj = readJson(tjFile, true)!;
   const tc = readJson(path.join(dir, "tokenizer_config.json"), false) ?? {};
-  let tok: HfTokenizer;
-  try {
-    tok = new HfTokenizer(tj, tc);
-  } catch (e) {
-    throw new MlaError("BAD_TOKENIZER", `${tjFile}: cannot be loaded (${(e as Error).message})`, "is it a Hugging Face tokenizers file?");
-  }
+  const make = (json: Record<string, unknown>) => {
+    try {
+      return new HfTokenizer(json, tc);
+    } catch (e) {
+      throw new MlaError("BAD_TOKENIZER", `${tjFile}: cannot be loaded (${(e as Error).message})`, "is it a Hugging Face tokenizers file?");
+    }
+  };
+  const tok = make(tj);
+  // SentencePiece-style files (normalizer Prepend "▁" + Replace " " → "▁") are loaded by transformers
+  // as a Metaspace with prepend_scheme "first": no "▁" is prepended when the text already starts with
+  // a space. The reference numbers come from transformers, so a text with a leading space is encoded
+  // by a twin tokenizer without the Prepend step.
+  const noPrepend = withoutPrepend(tj);
+  const tokNoPrepend = noPrepend ? make(noPrepend) : null;
   const vocab = (tj["model"] as { vocab?: Record<string, number> | unknown[] } | undefined)?.vocab;
   const added = (tj["added_tokens"] as { id: number }[] | undefined) ?? [];
   const vocabSize = Math.max(vocab ? (Array.isArray(vocab) ? vocab.length : Object.keys(vocab).length) : 0, ...added.map((a) => a.id + 1));
   return {
     vocabSize,
-    encode: (text, opts) => tok.encode(text, { add_special_tokens: opts?.addSpecialTokens ?? false }).ids,
+    encode: (text, opts) => (tokNoPrepend && text.startsWith(" ") ? tokNoPrepend : tok).encode(text, { add_special_tokens: opts?.addSpecialTokens ?? false }).ids,
     decode: (ids) => tok.decode([...ids], { skip_special_tokens: false }),
   };
+}
+
+/** The tokenizer.json without its leading Prepend("▁") normalizer, or null if it has none. */
+function withoutPrepend(tj: Record<string, unknown>): Record<string, unknown> | null {
+  const n = tj["normalizer"] as { type?: string; normalizers?: { type?: string; prepend?: string }[] } | null;
+  if (n?.type !== "Sequence" || !n.normalizers) return null;
+  const first = n.normalizers[0];
+  if (first?.type !== "Prepend" || first.prepend !== "\u2581") return null;
+  return { ...tj, normalizer: { ...n, normalizers: n.normalizers.slice(1) } };
 }

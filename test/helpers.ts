@@ -1,0 +1,26 @@
+/** Shared test helpers: fixture paths, tolerance checks, temporary folders. */
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { packageRoot } from "../src/io/modelDir.js";
+
+export const ROOT = packageRoot();
+export const FIXTURES = path.join(ROOT, "fixtures");
+export const GOLDEN = path.join(FIXTURES, "golden");
+export const MODELS = path.join(FIXTURES, "models");
+/** ../shared beside the checkout, where the full data lives (present in CI and on dev machines). */
+export const SHARED = path.resolve(ROOT, "..", "shared");
+
+export function tmpDir(prefix = "mha2mla-test-"): string {
+  return fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+}
+
+export function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  if (a.length !== b.length) throw new Error(`length ${a.length} vs ${b.length}`);
+  let m = 0;
+  for (let i = 0; i < a.length; i++) {
+    const d = Math.abs(a[i]! - b[i]!);
+    if (!(d <= m)) m = Number.isNaN(d) ? Infinity : d;
+  }
+  return m;
+}
