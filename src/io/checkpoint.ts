@@ -150,6 +150,7 @@ export class CheckpointWriter {
   private tensorInShard = 0;
   private leftInTensor = 0;
   private writer: SafetensorsWriter | null = null;
+  private chain: Promise<void> = Promise.resolve();
 
   constructor(readonly dir: string, specs: readonly TensorSpec[], private readonly opts: { maxShardBytes?: number; metadata?: Record<string, string> } = {}) {
     this.plan = planShards(specs, opts.maxShardBytes ?? 5 * 2 ** 30);
@@ -159,9 +160,16 @@ export class CheckpointWriter {
     return this.plan.map((p) => p.file);
   }
 
-  async append(chunk: Uint8Array): Promise<void> {
-    await this.advance(chunk.length);
-    return this.writer!.append(chunk);
+  /**
+   * Queues `chunk`; the promise settles when it is on disk. Appends are applied strictly in call
+   * order, so the caller may fill its next buffer while this one is written.
+   */
+  append(chunk: Uint8Array): Promise<void> {
+    this.chain = this.chain.then(async () => {
+      await this.advance(chunk.length);
+      await this.writer!.append(chunk);
+    });
+    return this.chain;
   }
 
   private async advance(len: number): Promise<void> {
@@ -181,6 +189,7 @@ export class CheckpointWriter {
   }
 
   async close(): Promise<void> {
+    await this.chain;
     if (this.writer) await this.writer.close();
     const last = this.plan[this.plan.length - 1]!;
     if (this.leftInTensor !== 0 || this.shard !== this.plan.length - 1 || this.tensorInShard !== last.specs.length)

@@ -43,42 +43,64 @@ export function loadTensor(ckpt: Checkpoint, backend: Backend, name: string, sha
   return backend.upload(ckpt.readF32(name), shape);
 }
 
-export function loadLlamaWeights(ckpt: Checkpoint, c: ModelConfig, backend: Backend): LlamaWeights {
+/** Every tensor a checkpoint of this config holds, in Hugging Face order, with its shape. */
+export function expectedTensors(c: ModelConfig): { name: string; shape: number[] }[] {
   const D = c.hiddenSize;
   const F = c.intermediateSize;
   const qd = c.heads * c.headDim;
   const kvd = c.kvHeads * c.headDim;
-  const t = (name: string, shape: number[]) => loadTensor(ckpt, backend, name, shape);
-  const opt = (on: boolean, name: string, shape: number[]) => (on ? t(name, shape) : null);
-  const embed = t("model.embed_tokens.weight", [c.vocabSize, D]);
-  let lmHead = embed;
-  if (!c.tieEmbeddings) {
-    if (!ckpt.has("lm_head.weight")) throw new MlaError("BAD_CHECKPOINT", `${ckpt.dir}: "lm_head.weight" is missing and tie_word_embeddings is false`, "set tie_word_embeddings: true in config.json if the model shares its embedding");
-    lmHead = t("lm_head.weight", [c.vocabSize, D]);
-  }
-  const layers: LayerWeights[] = [];
+  const out: { name: string; shape: number[] }[] = [{ name: "model.embed_tokens.weight", shape: [c.vocabSize, D] }];
+  const add = (name: string, shape: number[], on = true) => on && out.push({ name, shape });
   for (let i = 0; i < c.layers; i++) {
     const p = layerPrefix(i);
-    const a = p + "self_attn.";
-    const m = p + "mlp.";
+    add(p + "input_layernorm.weight", [D]);
+    for (const [proj, rows] of [["q", qd], ["k", kvd], ["v", kvd]] as const) {
+      add(`${p}self_attn.${proj}_proj.weight`, [rows, D]);
+      add(`${p}self_attn.${proj}_proj.bias`, [rows], c.qkvBias);
+    }
+    add(p + "self_attn.o_proj.weight", [D, qd]);
+    add(p + "self_attn.o_proj.bias", [D], c.oBias);
+    add(p + "post_attention_layernorm.weight", [D]);
+    for (const [proj, shape] of [["gate", [F, D]], ["up", [F, D]], ["down", [D, F]]] as const) {
+      add(`${p}mlp.${proj}_proj.weight`, [...shape]);
+      add(`${p}mlp.${proj}_proj.bias`, [shape[0]], c.mlpBias);
+    }
+  }
+  add("model.norm.weight", [D]);
+  add("lm_head.weight", [c.vocabSize, D], !c.tieEmbeddings);
+  return out;
+}
+
+export function loadLlamaWeights(ckpt: Checkpoint, c: ModelConfig, backend: Backend): LlamaWeights {
+  const shapes = new Map(expectedTensors(c).map((e) => [e.name, e.shape]));
+  const t = (name: string) => loadTensor(ckpt, backend, name, shapes.get(name)!);
+  const opt = (name: string) => (shapes.has(name) ? t(name) : null);
+  const embed = t("model.embed_tokens.weight");
+  if (!c.tieEmbeddings && !ckpt.has("lm_head.weight"))
+    throw new MlaError("BAD_CHECKPOINT", `${ckpt.dir}: "lm_head.weight" is missing and tie_word_embeddings is false`, "set tie_word_embeddings: true in config.json if the model shares its embedding");
+  const lmHead = c.tieEmbeddings ? embed : t("lm_head.weight");
+  const layers: LayerWeights[] = [];
+  for (let i = 0; i < c.layers; i++) {
+    const a = layerPrefix(i) + "self_attn.";
+    const m = layerPrefix(i) + "mlp.";
     layers.push({
-      inputNorm: t(p + "input_layernorm.weight", [D]),
-      q: t(a + "q_proj.weight", [qd, D]),
-      k: t(a + "k_proj.weight", [kvd, D]),
-      v: t(a + "v_proj.weight", [kvd, D]),
-      o: t(a + "o_proj.weight", [D, qd]),
-      qBias: opt(c.qkvBias, a + "q_proj.bias", [qd]),
-      kBias: opt(c.qkvBias, a + "k_proj.bias", [kvd]),
-      vBias: opt(c.qkvBias, a + "v_proj.bias", [kvd]),
-      oBias: opt(c.oBias, a + "o_proj.bias", [D]),
-      postNorm: t(p + "post_attention_layernorm.weight", [D]),
-      gate: t(m + "gate_proj.weight", [F, D]),
-      up: t(m + "up_proj.weight", [F, D]),
-      down: t(m + "down_proj.weight", [D, F]),
-      gateBias: opt(c.mlpBias, m + "gate_proj.bias", [F]),
-      upBias: opt(c.mlpBias, m + "up_proj.bias", [F]),
-      downBias: opt(c.mlpBias, m + "down_proj.bias", [D]),
+      inputNorm: t(layerPrefix(i) + "input_layernorm.weight"),
+      q: t(a + "q_proj.weight"),
+      k: t(a + "k_proj.weight"),
+      v: t(a + "v_proj.weight"),
+      o: t(a + "o_proj.weight"),
+      qBias: opt(a + "q_proj.bias"),
+      kBias: opt(a + "k_proj.bias"),
+      vBias: opt(a + "v_proj.bias"),
+      oBias: opt(a + "o_proj.bias"),
+      postNorm: t(layerPrefix(i) + "post_attention_layernorm.weight"),
+      gate: t(m + "gate_proj.weight"),
+      up: t(m + "up_proj.weight"),
+      down: t(m + "down_proj.weight"),
+      gateBias: opt(m + "gate_proj.bias"),
+      upBias: opt(m + "up_proj.bias"),
+      downBias: opt(m + "down_proj.bias"),
     });
   }
-  return { embed, finalNorm: t("model.norm.weight", [D]), lmHead, layers };
+  return { embed, finalNorm: t("model.norm.weight"), lmHead, layers };
 }

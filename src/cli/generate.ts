@@ -1,0 +1,33 @@
+import type { CommandModule } from "yargs";
+import { loadModel } from "../model/llama.js";
+import { generate } from "../model/generate.js";
+import { selectBackend, DEVICE_NAMES, DeviceName } from "../backends/select.js";
+import { stderrLogger } from "../util/log.js";
+
+interface Args {
+  model: string;
+  prompt: string;
+  "max-tokens": number;
+  temperature: number;
+  seed: number;
+  device: DeviceName;
+}
+
+export const generateCommand: CommandModule<object, Args> = {
+  command: "generate <model>",
+  describe: "continue a prompt (greedy, or sampled with --temperature), decoding with the KV cache",
+  builder: (y) =>
+    y
+      .positional("model", { type: "string", demandOption: true })
+      .option("prompt", { type: "string", default: "Once upon a time" })
+      .option("max-tokens", { type: "number", default: 64 })
+      .option("temperature", { type: "number", default: 0 })
+      .option("seed", { type: "number", default: 0 })
+      .option("device", { choices: DEVICE_NAMES, default: "auto" as DeviceName }),
+  handler: (a) => {
+    const lm = loadModel(a.model, { backend: selectBackend(a.device, stderrLogger) });
+    const prompt = lm.tokenizer.encode(a.prompt, { addSpecialTokens: true });
+    const r = generate(lm.model, prompt, { maxTokens: a["max-tokens"], temperature: a.temperature, seed: a.seed });
+    process.stdout.write(lm.tokenizer.decode([...prompt, ...r.ids].filter((t) => t !== lm.config.bosTokenId)) + "\n");
+  },
+};

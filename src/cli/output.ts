@@ -1,0 +1,15 @@
+/** How commands hand results to the user: JSON to a file or stdout, tables to stdout. */
+import { writeFileAtomic } from "../io/atomicDir.js";
+
+/** `--json` with no value prints to stdout; `--json FILE` writes FILE atomically. */
+export function emitJson(target: string | undefined, value: unknown): void {
+  const text = JSON.stringify(value, null, 2) + "\n";
+  if (target === undefined) return;
+  if (target === "" || target === "-") process.stdout.write(text);
+  else writeFileAtomic(target, text);
+}
+
+export function printTable(rows: [string, unknown][]): void {
+  const w = Math.max(...rows.map(([k]) => k.length));
+  for (const [k, v] of rows) process.stdout.write(`${k.padEnd(w)}  ${typeof v === "object" ? JSON.stringify(v) : String(v)}\n`);
+}

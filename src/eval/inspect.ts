@@ -1,0 +1,70 @@
+/** `inspect`: architecture, parameter count and KV-cache size per token, from headers only (no weights are read). */
+import { Checkpoint } from "../io/checkpoint.js";
+import { readHfConfig } from "../io/hfConfig.js";
+import { resolveModel } from "../io/modelDir.js";
+import { DTYPE_BYTES } from "../io/dtype.js";
+import { numel } from "../io/safetensors.js";
+import { kvElemsPerToken, ModelConfig } from "../model/config.js";
+
+export interface InspectResult {
+  model: string;
+  dir: string;
+  model_type: string;
+  attention: "mha" | "gqa" | "mqa";
+  params: number;
+  layers: number;
+  hidden_size: number;
+  intermediate_size: number;
+  heads: number;
+  kv_heads: number;
+  head_dim: number;
+  vocab_size: number;
+  tied_embeddings: boolean;
+  /** Storage dtype of the attention weights (the KV cache is assumed to use it). */
+  dtype: string;
+  weight_bytes: number;
+  kv_elems_per_token: number;
+  kv_bytes_per_token: number;
+  rope: ModelConfig["rope"];
+  sliding_window: number | null;
+}
+
+export function inspectModel(spec: string): InspectResult {
+  const { dir } = resolveModel(spec);
+  const c = readHfConfig(dir);
+  const ck = Checkpoint.open(dir);
+  try {
+    let params = 0;
+    let bytes = 0;
+    for (const name of ck.names()) {
+      const e = ck.entry(name);
+      params += numel(e.shape);
+      bytes += e.end - e.begin;
+    }
+    const kDtype = ck.has("model.layers.0.self_attn.k_proj.weight") ? ck.entry("model.layers.0.self_attn.k_proj.weight").dtype : "F32";
+    const kv = kvElemsPerToken(c);
+    return {
+      model: spec,
+      dir,
+      model_type: c.modelType,
+      attention: c.kvHeads === c.heads ? "mha" : c.kvHeads === 1 ? "mqa" : "gqa",
+      params,
+      layers: c.layers,
+      hidden_size: c.hiddenSize,
+      intermediate_size: c.intermediateSize,
+      heads: c.heads,
+      kv_heads: c.kvHeads,
+      head_dim: c.headDim,
+      vocab_size: c.vocabSize,
+      tied_embeddings: c.tieEmbeddings,
+      dtype: kDtype.toLowerCase(),
+      weight_bytes: bytes,
+      kv_elems_per_token: kv,
+      kv_bytes_per_token: kv * DTYPE_BYTES[kDtype],
+      rope: c.rope,
+      sliding_window: c.slidingWindow,
+    };
+  } finally {
+    ck.close();
+  }
+}

@@ -1,0 +1,64 @@
+/** Text generation with the KV cache: prefill the prompt once, then one token per step. */
+import { MlaError } from "../errors.js";
+import type { LlamaModel } from "./llama.js";
+import { KvCache } from "./kvCache.js";
+
+export interface GenerateOptions {
+  maxTokens: number;
+  /** 0 = greedy. */
+  temperature?: number;
+  seed?: number;
+  /** Stop at the model's EOS token (default true). */
+  stopAtEos?: boolean;
+}
+
+export interface GenerateResult {
+  ids: number[];
+  cacheElements: number;
+}
+
+/** Mulberry32: a small seeded generator so sampled output is reproducible. */
+function rng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+function pick(logits: Float32Array, temperature: number, rand: () => number): number {
+  let best = 0;
+  for (let i = 1; i < logits.length; i++) if (logits[i]! > logits[best]!) best = i;
+  if (temperature <= 0) return best;
+  const max = logits[best]!;
+  const p = new Float64Array(logits.length);
+  let sum = 0;
+  for (let i = 0; i < logits.length; i++) sum += p[i] = Math.exp((logits[i]! - max) / temperature);
+  let r = rand() * sum;
+  for (let i = 0; i < p.length; i++) if ((r -= p[i]!) <= 0) return i;
+  return p.length - 1;
+}
+
+/** Continues `prompt` (token ids, BOS included if wanted) by up to maxTokens tokens. */
+export function generate(model: LlamaModel, prompt: readonly number[], opts: GenerateOptions): GenerateResult {
+  if (prompt.length === 0) throw new MlaError("BAD_ARGUMENT", "the prompt has no tokens", "pass a non-empty --prompt");
+  const c = model.config;
+  const cache = new KvCache(model.backend, c.layers, c.kvHeads, c.headDim);
+  const rand = rng(opts.seed ?? 0);
+  const V = c.vocabSize;
+  let logits = model.forward(Int32Array.from(prompt), cache).toArray();
+  let last = logits.subarray(logits.length - V);
+  const out: number[] = [];
+  for (let i = 0; i < opts.maxTokens; i++) {
+    const next = pick(last, opts.temperature ?? 0, rand);
+    out.push(next);
+    if ((opts.stopAtEos ?? true) && next === c.eosTokenId) break;
+    if (i + 1 === opts.maxTokens) break;
+    logits = model.forward(Int32Array.of(next), cache).toArray();
+    last = logits;
+  }
+  return { ids: out, cacheElements: cache.elements };
+}
