@@ -1,0 +1,70 @@
+import assert from "node:assert/strict";
+import fs from "node:fs";
+import path from "node:path";
+import { test } from "node:test";
+import { MlaError } from "../../src/errors.js";
+import { normalizeHfConfig, readHfConfig } from "../../src/io/hfConfig.js";
+import { ropeInvFreq } from "../../src/model/config.js";
+import { MODELS, tmpDir } from "../helpers.js";
+
+const base = { model_type: "llama", hidden_size: 64, intermediate_size: 128, num_hidden_layers: 2, num_attention_heads: 8, vocab_size: 100 };
+
+test("stories260K normalizes to GQA 8/4, head_dim 8, tied", () => {
+  const c = readHfConfig(path.join(MODELS, "stories260K"));
+  assert.equal(c.heads, 8);
+  assert.equal(c.kvHeads, 4);
+  assert.equal(c.headDim, 8);
+  assert.equal(c.tieEmbeddings, true);
+  assert.equal(c.qkvBias, false);
+});
+
+test("defaults and variants: MHA when kv heads are absent, qwen2 q/k/v bias, mistral window, eos lists", () => {
+  const c = normalizeHfConfig(base);
+  assert.equal(c.kvHeads, 8);
+  assert.equal(c.headDim, 8);
+  assert.equal(c.tieEmbeddings, false);
+  const q = normalizeHfConfig({ ...base, model_type: "qwen2", num_key_value_heads: 2, eos_token_id: [7, 8] });
+  assert.equal(q.qkvBias, true);
+  assert.equal(q.oBias, false);
+  assert.equal(q.eosTokenId, 7);
+  assert.equal(q.slidingWindow, null);
+  assert.equal(normalizeHfConfig({ ...base, model_type: "mistral", sliding_window: 4096 }).slidingWindow, 4096);
+  const l = normalizeHfConfig({ ...base, attention_bias: true });
+  assert.equal(l.qkvBias && l.oBias, true);
+});
+
+test("rope_scaling llama3 and linear, in both the rope_scaling and the v5 rope_parameters spelling", () => {
+  const s = { rope_type: "llama3", factor: 8, low_freq_factor: 1, high_freq_factor: 4, original_max_position_embeddings: 8192 };
+  const a = normalizeHfConfig({ ...base, rope_scaling: s, rope_theta: 500000 });
+  const b = normalizeHfConfig({ ...base, rope_parameters: { ...s, rope_theta: 500000 } });
+  assert.deepEqual(a.rope, b.rope);
+  assert.equal(a.rope.scaling?.type, "llama3");
+  const inv = ropeInvFreq(128, a.rope);
+  const plain = ropeInvFreq(128, { theta: 500000, scaling: null });
+  assert.equal(inv[0], plain[0], "high frequencies untouched");
+  assert.ok(Math.abs(inv[63]! - plain[63]! / 8) < 1e-20, "low frequencies divided by factor");
+  const lin = normalizeHfConfig({ ...base, rope_scaling: { type: "linear", factor: 4 } });
+  assert.deepEqual(lin.rope.scaling, { type: "linear", factor: 4 });
+  assert.equal(normalizeHfConfig({ ...base, rope_scaling: { rope_type: "default" } }).rope.scaling, null);
+});
+
+const badConfigs: [string, Record<string, unknown>, RegExp][] = [
+  ["unsupported model_type", { ...base, model_type: "gpt2" }, /model_type "gpt2" is not supported/],
+  ["unsupported rope_scaling", { ...base, rope_scaling: { type: "yarn", factor: 4 } }, /rope_scaling type "yarn" is not supported/],
+  ["dynamic rope_scaling", { ...base, rope_scaling: { rope_type: "dynamic", factor: 2 } }, /"dynamic" is not supported/],
+  ["missing hidden_size", { ...base, hidden_size: undefined }, /"hidden_size" is missing/],
+  ["heads not a multiple of kv heads", { ...base, num_key_value_heads: 3 }, /not a multiple of num_key_value_heads 3/],
+  ["non-SwiGLU activation", { ...base, hidden_act: "gelu" }, /hidden_act "gelu"/],
+];
+
+for (const [name, raw, re] of badConfigs) {
+  test(`config refused: ${name}`, () => {
+    assert.throws(() => normalizeHfConfig(raw, "x/config.json"), (e: Error) => e instanceof MlaError && re.test(e.message) && e.message.includes("x/config.json") && /hint:/.test(e.message));
+  });
+}
+
+test("config.json that is not JSON names the file", () => {
+  const dir = tmpDir();
+  fs.writeFileSync(path.join(dir, "config.json"), "{oops");
+  assert.throws(() => readHfConfig(dir), (e: Error) => e instanceof MlaError && e.code === "BAD_CONFIG" && e.message.includes(path.join(dir, "config.json")));
+});

@@ -1,0 +1,47 @@
+import assert from "node:assert/strict";
+import fs from "node:fs";
+import path from "node:path";
+import { test } from "node:test";
+import { MlaError } from "../../src/errors.js";
+import { resolveModel } from "../../src/io/modelDir.js";
+import { MODELS, tmpDir } from "../helpers.js";
+
+function fakeCache(root: string, hubId: string, rev: string, withRef: boolean): string {
+  const repo = path.join(root, "models--" + hubId.replace("/", "--"));
+  const snap = path.join(repo, "snapshots", rev);
+  fs.mkdirSync(snap, { recursive: true });
+  fs.copyFileSync(path.join(MODELS, "stories260K", "config.json"), path.join(snap, "config.json"));
+  if (withRef) {
+    fs.mkdirSync(path.join(repo, "refs"), { recursive: true });
+    fs.writeFileSync(path.join(repo, "refs", "main"), rev + "\n");
+  }
+  return snap;
+}
+
+test("a folder path resolves to itself; bundled names resolve to fixtures", () => {
+  assert.equal(resolveModel(path.join(MODELS, "stories260K")).source, "path");
+  assert.equal(resolveModel("stories260K").source, "bundled");
+});
+
+test("aliases and hub ids resolve through refs/main in HF_HUB_CACHE and HF_HOME/hub", () => {
+  const cache = tmpDir();
+  const snap = fakeCache(cache, "meta-llama/Llama-2-7b-hf", "abc123", true);
+  fakeCache(cache, "meta-llama/Llama-2-7b-hf", "old999", false);
+  assert.deepEqual(resolveModel("llama2-7b", { HF_HUB_CACHE: cache }), { dir: snap, source: "meta-llama/Llama-2-7b-hf" });
+  const home = tmpDir();
+  const snap2 = fakeCache(path.join(home, "hub"), "HuggingFaceTB/SmolLM-135M", "r1", false);
+  assert.equal(resolveModel("smollm-135m", { HF_HOME: home }).dir, snap2);
+  assert.equal(resolveModel("HuggingFaceTB/SmolLM-135M", { HF_HOME: home }).dir, snap2);
+});
+
+test("a miss lists where it looked and says nothing is downloaded", () => {
+  const cache = tmpDir();
+  assert.throws(
+    () => resolveModel("llama3-8b", { HF_HUB_CACHE: cache, HOME: cache }),
+    (e: Error) => e instanceof MlaError && e.code === "NOT_FOUND" && e.message.includes("models--meta-llama--Meta-Llama-3-8B") && e.message.includes(cache) && /nothing is downloaded/.test(e.message),
+  );
+});
+
+test("a folder without config.json is refused", () => {
+  assert.throws(() => resolveModel(tmpDir()), (e: Error) => e instanceof MlaError && /has no config\.json/.test(e.message));
+});
