@@ -28,7 +28,7 @@ test("sharded write + index read back every tensor; a single shard has no index"
   const dir = tmpDir();
   await writeSharded(dir, 50);
   assert.ok(fs.existsSync(path.join(dir, INDEX_FILE)));
-  assert.deepEqual(fs.readdirSync(dir).sort(), [INDEX_FILE, "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]);
+  assert.deepEqual(fs.readdirSync(dir).sort(), ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", INDEX_FILE]);
   const ck = Checkpoint.open(dir);
   assert.deepEqual(ck.names().sort(), ["a", "b", "c"]);
   assert.equal(ck.readBytes("c")[0], "c".charCodeAt(0));
