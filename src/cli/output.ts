@@ -1,4 +1,6 @@
 /** How commands hand results to the user: JSON to a file or stdout, tables to stdout. */
+import fs from "node:fs";
+import path from "node:path";
 import { writeFileAtomic } from "../io/atomicDir.js";
 
 /** `--json` with no value prints to stdout; `--json FILE` writes FILE atomically. */
@@ -6,7 +8,10 @@ export function emitJson(target: string | undefined, value: unknown): void {
   const text = JSON.stringify(value, null, 2) + "\n";
   if (target === undefined) return;
   if (target === "" || target === "-") process.stdout.write(text);
-  else writeFileAtomic(target, text);
+  else {
+    fs.mkdirSync(path.dirname(path.resolve(target)), { recursive: true });
+    writeFileAtomic(target, text);
+  }
 }
 
 export function printTable(rows: [string, unknown][]): void {

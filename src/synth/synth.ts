@@ -41,7 +41,11 @@ export interface SynthResult {
 }
 
 const POOL_BITS = 16;
-const CHUNK_ELEMS = 1 << 24;
+/**
+ * Bytes per write. Measured here (13.5 GB to ext4 through the page cache): 4 MB writes sustain
+ * 1.6 GB/s, 32 MB writes 0.46 GB/s (the kernel spends the difference in reclaim inside write()).
+ */
+const CHUNK_BYTES = 4 << 20;
 
 /** 2^16 samples of N(0, std) encoded in `dtype`, indexed by 16 random bits per element. */
 function normalPool(dtype: DType, std: number, seed: number): Uint8Array {
@@ -112,6 +116,7 @@ export async function synth(opts: SynthOptions): Promise<SynthResult> {
   const totalBytes = specs.reduce((n, s) => n + numel(s.shape) * DTYPE_BYTES[dtype], 0);
   const seed = opts.seed ?? 0;
   const elemBytes = DTYPE_BYTES[dtype];
+  const CHUNK_ELEMS = CHUNK_BYTES / elemBytes;
   const pool = normalPool(dtype, 0.02, seed ^ 0x9e3779b9);
   const ones = encodeFromF32(dtype, new Float32Array(CHUNK_ELEMS).fill(1));
   const zeros = new Uint8Array(CHUNK_ELEMS * elemBytes);

@@ -1,0 +1,28 @@
+/** Public API: re-exports only. */
+export { MlaError, isMlaError } from "./errors.js";
+export type { MlaErrorCode } from "./errors.js";
+export type { Logger } from "./util/log.js";
+export { SafetensorsFile, SafetensorsWriter, writeSafetensorsSync } from "./io/safetensors.js";
+export type { TensorSpec, TensorEntry } from "./io/safetensors.js";
+export { Checkpoint, CheckpointWriter } from "./io/checkpoint.js";
+export { readHfConfig, normalizeHfConfig } from "./io/hfConfig.js";
+export { resolveModel, MODEL_ALIASES } from "./io/modelDir.js";
+export { loadTokenizer } from "./io/tokenizer.js";
+export type { TextTokenizer } from "./io/tokenizer.js";
+export type { DType } from "./io/dtype.js";
+export type { ModelConfig, RopeConfig } from "./model/config.js";
+export { ropeInvFreq, kvElemsPerToken } from "./model/config.js";
+export { LlamaModel, loadModel } from "./model/llama.js";
+export type { LoadedModel } from "./model/llama.js";
+export { KvCache } from "./model/kvCache.js";
+export { generate } from "./model/generate.js";
+export { Tensor } from "./tensor/tensor.js";
+export type { Backend } from "./tensor/backend.js";
+export { referenceBackend } from "./backends/reference/index.js";
+export { perplexity, tokenizeForEval } from "./eval/perplexity.js";
+export { evaluate } from "./eval/evaluate.js";
+export type { EvalResult, EvalOptions } from "./eval/evaluate.js";
+export { inspectModel } from "./eval/inspect.js";
+export type { InspectResult } from "./eval/inspect.js";
+export { synth } from "./synth/synth.js";
+export { ARCHS } from "./synth/archs.js";

@@ -1,0 +1,95 @@
+import assert from "node:assert/strict";
+import { spawnSync, spawn } from "node:child_process";
+import fs from "node:fs";
+import path from "node:path";
+import { test } from "node:test";
+import { Checkpoint } from "../../src/io/checkpoint.js";
+import { ROOT, SHARED, FIXTURES, tmpDir } from "../helpers.js";
+
+const MAIN = path.join(ROOT, "dist", "src", "cli", "main.js");
+
+function cli(args: string[]): { code: number; stdout: string; stderr: string } {
+  const r = spawnSync(process.execPath, [MAIN, ...args], { encoding: "utf8" });
+  return { code: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
+}
+
+test("--help lists the commands", () => {
+  const r = cli(["--help"]);
+  assert.equal(r.code, 0);
+  for (const c of ["inspect", "eval", "generate", "synth"]) assert.match(r.stdout, new RegExp(`mha2mla ${c}`));
+});
+
+test("inspect --json holds the documented fields (KV = 2·Hkv·Dh·layers)", () => {
+  const r = cli(["inspect", "stories260K", "--json"]);
+  assert.equal(r.code, 0, r.stderr);
+  const j = JSON.parse(r.stdout);
+  assert.equal(j.params, 260032);
+  assert.deepEqual([j.layers, j.heads, j.kv_heads, j.head_dim, j.dtype], [5, 8, 4, 8, "f32"]);
+  assert.equal(j.kv_elems_per_token, 2 * 4 * 8 * 5);
+  assert.equal(j.kv_bytes_per_token, 2 * 4 * 8 * 5 * 4);
+  assert.equal(JSON.parse(cli(["inspect", "stories260K-mha", "--json"]).stdout).kv_elems_per_token, 2 * 8 * 8 * 5);
+});
+
+const tinyStories = path.join(SHARED, "data", "text", "tinystories_val.txt");
+const haveShared = fs.existsSync(tinyStories);
+
+for (const model of ["stories260K", "stories260K-mha"]) {
+  test(`eval ${model} on TinyStories (ctx 256, 50,000 tokens) reports NLL 1.5321 ± 0.0005 as HF does`, { skip: haveShared ? false : `needs ${tinyStories}` }, () => {
+    const out = path.join(tmpDir(), "out.json");
+    const r = cli(["eval", model, "--text", tinyStories, "--ctx", "256", "--tokens", "50000", "--json", out]);
+    assert.equal(r.code, 0, r.stderr);
+    const j = JSON.parse(fs.readFileSync(out, "utf8"));
+    for (const k of ["model", "text", "ctx", "tokens", "nll", "ppl", "seconds"]) assert.ok(k in j, `missing ${k}`);
+    assert.equal(j.tokens, 50000);
+    assert.ok(Math.abs(j.nll - 1.53208) <= 0.0005, `nll ${j.nll}`);
+    assert.ok(Math.abs(j.ppl - 4.628) < 0.003, `ppl ${j.ppl}`);
+  });
+}
+
+test("eval on a short fixture text; bad input gives one clear error line and exit 1, no stack", () => {
+  const r = cli(["eval", "stories260K", "--text", path.join(FIXTURES, "text", "tinystories.txt"), "--ctx", "64", "--json"]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.ok(JSON.parse(r.stdout.slice(r.stdout.indexOf("{"))).nll < 2.5);
+  for (const args of [["eval", "no-such-model", "--text", "x"], ["eval", "stories260K", "--text", "/no/such/file"], ["synth", "--arch", "gpt9", "--out", tmpDir() + "/x"], ["eval", "stories260K", "--text", path.join(FIXTURES, "text", "alice.txt"), "--ctx", "1"]]) {
+    const b = cli(args);
+    assert.equal(b.code, 1, args.join(" "));
+    assert.match(b.stderr, /^error: /m);
+    assert.match(b.stderr, /hint:/);
+    assert.doesNotMatch(b.stderr, /\n\s+at /, "no stack trace");
+  }
+});
+
+test("synth --arch llama2-7b --layers 2 writes a sharded bf16 checkpoint that reads back", () => {
+  const out = path.join(tmpDir(), "syn");
+  const r = cli(["synth", "--arch", "llama2-7b", "--layers", "2", "--out", out, "--shard-size", "0.5", "--json"]);
+  assert.equal(r.code, 0, r.stderr);
+  const ck = Checkpoint.open(out);
+  const q = ck.entry("model.layers.1.self_attn.q_proj.weight");
+  assert.deepEqual([q.dtype, ...q.shape], ["BF16", 4096, 4096]);
+  assert.equal(ck.names().length, 1 + 2 * 9 + 2);
+  const norm = ck.readF32("model.layers.0.input_layernorm.weight");
+  assert.ok(norm.every((x) => x === 1));
+  const w = ck.readF32("model.layers.0.mlp.down_proj.weight").subarray(0, 100000);
+  const std = Math.sqrt(w.reduce((a, x) => a + x * x, 0) / w.length);
+  assert.ok(Math.abs(std - 0.02) < 0.001, `std ${std}`);
+  ck.close();
+  const inspect = JSON.parse(cli(["inspect", out, "--json"]).stdout);
+  assert.equal(inspect.kv_elems_per_token, 2 * 32 * 128 * 2);
+  assert.equal(inspect.kv_bytes_per_token, 2 * 32 * 128 * 2 * 2);
+  assert.ok(fs.readdirSync(out).includes("model.safetensors.index.json"));
+  assert.equal(cli(["synth", "--arch", "llama2-7b", "--layers", "1", "--out", out]).code, 1, "existing --out refused without --force");
+  fs.rmSync(out, { recursive: true });
+});
+
+test("an interrupted synth leaves neither the output nor a temporary folder", async () => {
+  const parent = tmpDir();
+  const out = path.join(parent, "big");
+  const child = spawn(process.execPath, [MAIN, "synth", "--arch", "llama2-7b", "--layers", "8", "--out", out], { stdio: ["ignore", "ignore", "pipe"] });
+  let stderr = "";
+  child.stderr.on("data", (d) => (stderr += d));
+  await new Promise((r) => setTimeout(r, 1500));
+  child.kill("SIGINT");
+  const code = await new Promise((r) => child.on("exit", r));
+  assert.equal(code, 130, stderr);
+  assert.deepEqual(fs.readdirSync(parent), []);
+});
