@@ -8,6 +8,7 @@ import { inspectCommand } from "./inspect.js";
 import { evalCommand } from "./eval.js";
 import { synthCommand } from "./synth.js";
 import { generateCommand } from "./generate.js";
+import { convertCommand } from "./convert.js";
 
 const debug = process.argv.includes("--debug");
 
@@ -31,6 +32,7 @@ try {
     .scriptName("mha2mla")
     .usage("$0 <command> [options]\n\nConvert Llama-style MHA/GQA checkpoints into multi-head latent attention (MLA).")
     .command(inspectCommand)
+    .command(convertCommand)
     .command(evalCommand)
     .command(generateCommand)
     .command(synthCommand)

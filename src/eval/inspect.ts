@@ -10,7 +10,7 @@ export interface InspectResult {
   model: string;
   dir: string;
   model_type: string;
-  attention: "mha" | "gqa" | "mqa";
+  attention: "mha" | "gqa" | "mqa" | "mla";
   params: number;
   layers: number;
   hidden_size: number;
@@ -27,6 +27,7 @@ export interface InspectResult {
   kv_bytes_per_token: number;
   rope: ModelConfig["rope"];
   sliding_window: number | null;
+  mla?: { rope_pairs: number; rank: number; latent_dim: number; svd: string };
 }
 
 export function inspectModel(spec: string): InspectResult {
@@ -41,13 +42,15 @@ export function inspectModel(spec: string): InspectResult {
       params += numel(e.shape);
       bytes += e.end - e.begin;
     }
-    const kDtype = ck.has("model.layers.0.self_attn.k_proj.weight") ? ck.entry("model.layers.0.self_attn.k_proj.weight").dtype : "F32";
+    const kvTensor = ["model.layers.0.self_attn.k_proj.weight", "model.layers.0.self_attn.kv_down_proj.weight"].find((n) => ck.has(n));
+    const kDtype = kvTensor ? ck.entry(kvTensor).dtype : "F32";
     const kv = kvElemsPerToken(c);
     return {
       model: spec,
       dir,
       model_type: c.modelType,
-      attention: c.kvHeads === c.heads ? "mha" : c.kvHeads === 1 ? "mqa" : "gqa",
+      attention: c.attention.kind === "mla" ? "mla" : c.kvHeads === c.heads ? "mha" : c.kvHeads === 1 ? "mqa" : "gqa",
+      ...(c.attention.kind === "mla" ? { mla: { rope_pairs: c.attention.ropePairs, rank: c.attention.rank, latent_dim: c.attention.latentDim, svd: c.attention.svd } } : {}),
       params,
       layers: c.layers,
       hidden_size: c.hiddenSize,

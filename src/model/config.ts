@@ -14,7 +14,24 @@ export interface MhaAttention {
   kind: "mha";
 }
 
-export type AttentionConfig = MhaAttention;
+/**
+ * Multi-head latent attention after conversion: per layer and KV head, R frequency pairs keep RoPE
+ * (`selection`, sorted pair indices, pair i = dims i and i + Dh/2); the other key dims and all value
+ * dims are up-projected from one latent of `latentDim` dims per token and layer.
+ */
+export interface MlaAttention {
+  kind: "mla";
+  ropePairs: number;
+  /** [layer][kvHead] → the R kept pair indices, ascending. */
+  selection: number[][][];
+  /** Latent dims per KV head (the paper's d_kv). */
+  rank: number;
+  /** Latent width per token and layer: rank·Hkv (joint) or 2·rank·Hkv (split). */
+  latentDim: number;
+  svd: "joint" | "split";
+}
+
+export type AttentionConfig = MhaAttention | MlaAttention;
 
 export interface ModelConfig {
   modelType: "llama" | "mistral" | "qwen2";
@@ -69,7 +86,19 @@ export function ropeInvFreq(headDim: number, rope: RopeConfig): Float64Array {
   return inv;
 }
 
-/** KV-cache elements per token summed over layers. */
+/** KV-cache elements per token summed over layers: 2·Hkv·Dh (MHA/GQA) or Hkv·2R + latent (MLA) per layer. */
 export function kvElemsPerToken(c: ModelConfig): number {
+  const a = c.attention;
+  if (a.kind === "mla") return (c.kvHeads * 2 * a.ropePairs + a.latentDim) * c.layers;
   return 2 * c.kvHeads * c.headDim * c.layers;
+}
+
+/** The dims of one head that keep RoPE, as [x-part…, y-part…] = [sel…, sel+Dh/2…], then the position-free rest ascending. */
+export function headDimOrder(headDim: number, pairs: readonly number[]): { rope: number[]; nope: number[] } {
+  const half = headDim / 2;
+  const rope = [...pairs, ...pairs.map((p) => p + half)];
+  const kept = new Set(rope);
+  const nope: number[] = [];
+  for (let d = 0; d < headDim; d++) if (!kept.has(d)) nope.push(d);
+  return { rope, nope };
 }

@@ -1,7 +1,6 @@
 /** Text generation with the KV cache: prefill the prompt once, then one token per step. */
 import { MlaError } from "../errors.js";
 import type { LlamaModel } from "./llama.js";
-import { KvCache } from "./kvCache.js";
 
 export interface GenerateOptions {
   maxTokens: number;
@@ -46,7 +45,7 @@ function pick(logits: Float32Array, temperature: number, rand: () => number): nu
 export function generate(model: LlamaModel, prompt: readonly number[], opts: GenerateOptions): GenerateResult {
   if (prompt.length === 0) throw new MlaError("BAD_ARGUMENT", "the prompt has no tokens", "pass a non-empty --prompt");
   const c = model.config;
-  const cache = new KvCache(model.backend, c.layers, c.kvHeads, c.headDim);
+  const cache = model.newCache();
   const rand = rng(opts.seed ?? 0);
   const V = c.vocabSize;
   let logits = model.forward(Int32Array.from(prompt), cache).toArray();

@@ -1,45 +1,102 @@
 /**
- * Per-layer key/value cache for MHA/GQA decoding: keys [S, Hkv, Dh] (after RoPE) and values
- * [S, Hkv, Dh], grown by appending the new rows of each step.
+ * Decode caches. MHA/GQA keeps keys (after RoPE) and values, 2·Hkv·Dh per token and layer; MLA keeps
+ * the rope keys (after RoPE) and the latent, Hkv·2R + L per token and layer. Rows live in growable
+ * buffers (capacity doubles), so appending a token copies only that token.
  */
 import type { Backend } from "../tensor/backend.js";
 import type { Tensor } from "../tensor/tensor.js";
 
-export class KvCache {
-  private keys: Float32Array[];
-  private values: Float32Array[];
+/** Growable [S, rowSize] float rows. */
+class RowBuffer {
+  private buf = new Float32Array(0);
+  rows = 0;
+  constructor(readonly rowSize: number) {}
+
+  append(values: Float32Array): void {
+    const need = (this.rows * this.rowSize + values.length);
+    if (need > this.buf.length) {
+      const grown = new Float32Array(Math.max(need, this.buf.length * 2, this.rowSize * 16));
+      grown.set(this.buf.subarray(0, this.rows * this.rowSize));
+      this.buf = grown;
+    }
+    this.buf.set(values, this.rows * this.rowSize);
+    this.rows += values.length / this.rowSize;
+  }
+
+  view(): Float32Array {
+    return this.buf.subarray(0, this.rows * this.rowSize);
+  }
+}
+
+export interface DecodeCache {
+  /** Tokens cached so far. */
+  readonly length: number;
+  /** Floats held, summed over layers. */
+  readonly elements: number;
+  /** Called once per forward after every layer appended. */
+  advance(tokens: number): void;
+}
+
+/** Pairs of row buffers per layer, shared by both cache kinds. */
+abstract class TwoPartCache implements DecodeCache {
+  private readonly a: RowBuffer[];
+  private readonly b: RowBuffer[];
   private len = 0;
 
-  constructor(private readonly backend: Backend, readonly layers: number, readonly kvHeads: number, readonly headDim: number) {
-    this.keys = Array.from({ length: layers }, () => new Float32Array(0));
-    this.values = Array.from({ length: layers }, () => new Float32Array(0));
+  constructor(protected readonly backend: Backend, layers: number, protected readonly shapeA: number[], protected readonly shapeB: number[]) {
+    const size = (s: number[]) => s.reduce((x, y) => x * y, 1);
+    this.a = Array.from({ length: layers }, () => new RowBuffer(size(shapeA)));
+    this.b = Array.from({ length: layers }, () => new RowBuffer(size(shapeB)));
   }
 
   get length(): number {
     return this.len;
   }
 
-  /** Elements held, summed over layers (what the KV accounting predicts). */
   get elements(): number {
-    return this.keys.reduce((n, k, i) => n + k.length + this.values[i]!.length, 0);
+    return this.a.reduce((n, x, i) => n + x.view().length + this.b[i]!.view().length, 0);
   }
 
-  /** Appends k, v [T, Hkv, Dh] to `layer` and returns the whole cached keys and values [S, Hkv, Dh]. */
+  advance(tokens: number): void {
+    this.len += tokens;
+  }
+
+  protected appendBoth(layer: number, a: Tensor, b: Tensor): [Tensor, Tensor] {
+    const A = this.a[layer]!;
+    const B = this.b[layer]!;
+    A.append(a.toArray());
+    B.append(b.toArray());
+    return [this.backend.upload(A.view(), [A.rows, ...this.shapeA]), this.backend.upload(B.view(), [B.rows, ...this.shapeB])];
+  }
+
+  /** What `layer` holds now, without appending. */
+  protected both(layer: number): [Tensor, Tensor] {
+    const A = this.a[layer]!;
+    const B = this.b[layer]!;
+    return [this.backend.upload(A.view(), [A.rows, ...this.shapeA]), this.backend.upload(B.view(), [B.rows, ...this.shapeB])];
+  }
+}
+
+/** MHA/GQA cache: keys [S, Hkv, Dh] (after RoPE) and values [S, Hkv, Dh]. */
+export class KvCache extends TwoPartCache {
+  constructor(backend: Backend, layers: number, kvHeads: number, headDim: number) {
+    super(backend, layers, [kvHeads, headDim], [kvHeads, headDim]);
+  }
+
+  /** Appends k, v [T, Hkv, Dh] to `layer`; returns all cached keys and values [S, Hkv, Dh]. */
   append(layer: number, k: Tensor, v: Tensor): [Tensor, Tensor] {
-    const grow = (old: Float32Array, add: Float32Array) => {
-      const n = new Float32Array(old.length + add.length);
-      n.set(old);
-      n.set(add, old.length);
-      return n;
-    };
-    this.keys[layer] = grow(this.keys[layer]!, k.toArray());
-    this.values[layer] = grow(this.values[layer]!, v.toArray());
-    const S = this.keys[layer]!.length / (this.kvHeads * this.headDim);
-    return [this.backend.upload(this.keys[layer]!, [S, this.kvHeads, this.headDim]), this.backend.upload(this.values[layer]!, [S, this.kvHeads, this.headDim])];
+    return this.appendBoth(layer, k, v);
+  }
+}
+
+/** MLA cache: rope keys [S, Hkv, 2R] (after RoPE) and latents [S, L]. */
+export class LatentCache extends TwoPartCache {
+  constructor(backend: Backend, layers: number, kvHeads: number, ropeDims: number, latentDim: number) {
+    super(backend, layers, [kvHeads, ropeDims], [latentDim]);
   }
 
-  /** Called once per forward after every layer appended. */
-  advance(t: number): void {
-    this.len += t;
+  /** Appends kr [T, Hkv, 2R] and c [T, L] to `layer`; returns everything cached. */
+  append(layer: number, kr: Tensor, c: Tensor): [Tensor, Tensor] {
+    return this.appendBoth(layer, kr, c);
   }
 }

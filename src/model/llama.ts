@@ -12,21 +12,40 @@ import { referenceBackend } from "../backends/reference/index.js";
 import type { Backend } from "../tensor/backend.js";
 import type { Tensor } from "../tensor/tensor.js";
 import { ModelConfig, ropeInvFreq } from "./config.js";
-import { LayerWeights, LlamaWeights, loadLlamaWeights } from "./weights.js";
-import { KvCache } from "./kvCache.js";
+import { LlamaWeights, loadLlamaWeights } from "./weights.js";
+import { DecodeCache, KvCache, LatentCache } from "./kvCache.js";
+import { mhaAttention } from "./attention/mha.js";
+import { MlaBlock } from "./attention/mla.js";
+
+export interface ForwardOptions {
+  /** Called with each layer's attention input [T, D] (after input_layernorm), for calibration. */
+  onAttentionInput?: (layer: number, x: Tensor) => void;
+  /** MLA only: force (true) or forbid (false) the absorbed decode path; default: absorbed when the cache holds tokens. */
+  absorb?: boolean;
+}
 
 export class LlamaModel {
   readonly invFreq: Float64Array;
 
+  private readonly mla: MlaBlock[] | null;
+
   constructor(readonly config: ModelConfig, readonly weights: LlamaWeights, readonly backend: Backend) {
     this.invFreq = ropeInvFreq(config.headDim, config.rope);
+    this.mla = config.attention.kind === "mla" ? weights.layers.map((lw, i) => new MlaBlock(backend, config, lw.attn as never, this.invFreq, i)) : null;
+  }
+
+  /** An empty decode cache of the right kind for this model. */
+  newCache(): DecodeCache {
+    const c = this.config;
+    const a = c.attention;
+    return a.kind === "mla" ? new LatentCache(this.backend, c.layers, c.kvHeads, 2 * a.ropePairs, a.latentDim) : new KvCache(this.backend, c.layers, c.kvHeads, c.headDim);
   }
 
   /**
    * Logits [T, V] for `ids` [T] placed at positions cache.length … cache.length+T−1. Without a cache
    * the sequence starts at position 0.
    */
-  forward(ids: Int32Array, cache?: KvCache): Tensor {
+  forward(ids: Int32Array, cache?: DecodeCache, opts: ForwardOptions = {}): Tensor {
     const b = this.backend;
     const c = this.config;
     const start = cache?.length ?? 0;
@@ -34,31 +53,19 @@ export class LlamaModel {
     for (let i = 0; i < ids.length; i++) positions[i] = start + i;
     let h = b.embedding(this.weights.embed, ids);
     this.weights.layers.forEach((lw, li) => {
-      const a = this.attention(b.rmsnorm(h, lw.inputNorm, c.rmsEps), lw, positions, cache, li);
+      const x = b.rmsnorm(h, lw.inputNorm, c.rmsEps);
+      opts.onAttentionInput?.(li, x);
+      const a =
+        lw.attn.kind === "mha"
+          ? mhaAttention(b, c, lw.attn, this.invFreq, x, positions, li, cache as KvCache | undefined)
+          : this.mla![li]!.forward(x, positions, cache as LatentCache | undefined, opts.absorb);
       h = b.add(h, a);
-      const x = b.rmsnorm(h, lw.postNorm, c.rmsEps);
-      const m = b.linear(b.swiglu(b.linear(x, lw.gate, lw.gateBias), b.linear(x, lw.up, lw.upBias)), lw.down, lw.downBias);
+      const y = b.rmsnorm(h, lw.postNorm, c.rmsEps);
+      const m = b.linear(b.swiglu(b.linear(y, lw.gate, lw.gateBias), b.linear(y, lw.up, lw.upBias)), lw.down, lw.downBias);
       h = b.add(h, m);
     });
     if (cache) cache.advance(ids.length);
     return b.linear(b.rmsnorm(h, this.weights.finalNorm, c.rmsEps), this.weights.lmHead);
-  }
-
-  /** x [T, D] → attention output [T, D]. */
-  private attention(x: Tensor, lw: LayerWeights, positions: Int32Array, cache: KvCache | undefined, layer: number): Tensor {
-    const b = this.backend;
-    const c = this.config;
-    const T = positions.length;
-    const q = b.rope(b.linear(x, lw.q, lw.qBias).reshape([T, c.heads, c.headDim]), positions, this.invFreq);
-    let k = b.rope(b.linear(x, lw.k, lw.kBias).reshape([T, c.kvHeads, c.headDim]), positions, this.invFreq);
-    let v = b.linear(x, lw.v, lw.vBias).reshape([T, c.kvHeads, c.headDim]);
-    let offset = 0;
-    if (cache) {
-      offset = cache.length;
-      [k, v] = cache.append(layer, k, v);
-    }
-    const o = b.attention(q, k, v, { scale: 1 / Math.sqrt(c.headDim), queryOffset: offset, window: c.slidingWindow });
-    return b.linear(o.reshape([T, c.heads * c.headDim]), lw.o, lw.oBias);
   }
 }
 

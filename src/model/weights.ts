@@ -5,8 +5,9 @@ import type { Backend } from "../tensor/backend.js";
 import type { Tensor } from "../tensor/tensor.js";
 import type { ModelConfig } from "./config.js";
 
-export interface LayerWeights {
-  inputNorm: Tensor; // [D]
+/** Standard attention projections (MHA/GQA). */
+export interface MhaWeights {
+  kind: "mha";
   q: Tensor; // [H·Dh, D]
   k: Tensor; // [Hkv·Dh, D]
   v: Tensor; // [Hkv·Dh, D]
@@ -15,6 +16,27 @@ export interface LayerWeights {
   kBias: Tensor | null;
   vBias: Tensor | null;
   oBias: Tensor | null;
+}
+
+/** MLA projections as stored (docs/formats.md); q_proj and o_proj are the original ones. */
+export interface MlaWeights {
+  kind: "mla";
+  q: Tensor; // [H·Dh, D]
+  qBias: Tensor | null;
+  kRope: Tensor; // [Hkv·2R, D], per KV head [x-part R rows, y-part R rows]
+  kRopeBias: Tensor | null;
+  kvDown: Tensor; // [L, D]
+  kUp: Tensor; // [Hkv·(Dh−2R), L]
+  kUpBias: Tensor | null;
+  vUp: Tensor; // [Hkv·Dh, L]
+  vUpBias: Tensor | null;
+  o: Tensor; // [D, H·Dh]
+  oBias: Tensor | null;
+}
+
+export interface LayerWeights {
+  inputNorm: Tensor; // [D]
+  attn: MhaWeights | MlaWeights;
   postNorm: Tensor; // [D]
   gate: Tensor; // [F, D]
   up: Tensor; // [F, D]
@@ -43,22 +65,55 @@ export function loadTensor(ckpt: Checkpoint, backend: Backend, name: string, sha
   return backend.upload(ckpt.readF32(name), shape);
 }
 
+/** The attention tensors of one layer (names after `model.layers.N.`), in file order; `on` = present. */
+export function attentionTensors(c: ModelConfig): { name: string; shape: number[]; on: boolean }[] {
+  const D = c.hiddenSize;
+  const qd = c.heads * c.headDim;
+  const kvd = c.kvHeads * c.headDim;
+  const a = "self_attn.";
+  const q = [
+    { name: a + "q_proj.weight", shape: [qd, D], on: true },
+    { name: a + "q_proj.bias", shape: [qd], on: c.qkvBias },
+  ];
+  const o = [
+    { name: a + "o_proj.weight", shape: [D, qd], on: true },
+    { name: a + "o_proj.bias", shape: [D], on: c.oBias },
+  ];
+  if (c.attention.kind === "mha")
+    return [
+      ...q,
+      { name: a + "k_proj.weight", shape: [kvd, D], on: true },
+      { name: a + "k_proj.bias", shape: [kvd], on: c.qkvBias },
+      { name: a + "v_proj.weight", shape: [kvd, D], on: true },
+      { name: a + "v_proj.bias", shape: [kvd], on: c.qkvBias },
+      ...o,
+    ];
+  const R = c.attention.ropePairs;
+  const L = c.attention.latentDim;
+  const kn = c.kvHeads * (c.headDim - 2 * R);
+  return [
+    ...q,
+    { name: a + "k_rope_proj.weight", shape: [c.kvHeads * 2 * R, D], on: true },
+    { name: a + "k_rope_proj.bias", shape: [c.kvHeads * 2 * R], on: c.qkvBias },
+    { name: a + "kv_down_proj.weight", shape: [L, D], on: true },
+    { name: a + "k_up_proj.weight", shape: [kn, L], on: true },
+    { name: a + "k_up_proj.bias", shape: [kn], on: c.qkvBias },
+    { name: a + "v_up_proj.weight", shape: [kvd, L], on: true },
+    { name: a + "v_up_proj.bias", shape: [kvd], on: c.qkvBias },
+    ...o,
+  ];
+}
+
 /** Every tensor a checkpoint of this config holds, in Hugging Face order, with its shape. */
 export function expectedTensors(c: ModelConfig): { name: string; shape: number[] }[] {
   const D = c.hiddenSize;
   const F = c.intermediateSize;
-  const qd = c.heads * c.headDim;
-  const kvd = c.kvHeads * c.headDim;
   const out: { name: string; shape: number[] }[] = [{ name: "model.embed_tokens.weight", shape: [c.vocabSize, D] }];
   const add = (name: string, shape: number[], on = true) => on && out.push({ name, shape });
   for (let i = 0; i < c.layers; i++) {
     const p = layerPrefix(i);
     add(p + "input_layernorm.weight", [D]);
-    for (const [proj, rows] of [["q", qd], ["k", kvd], ["v", kvd]] as const) {
-      add(`${p}self_attn.${proj}_proj.weight`, [rows, D]);
-      add(`${p}self_attn.${proj}_proj.bias`, [rows], c.qkvBias);
-    }
-    add(p + "self_attn.o_proj.weight", [D, qd]);
+    for (const t of attentionTensors(c)) add(p + t.name, t.shape, t.on);
     add(p + "self_attn.o_proj.bias", [D], c.oBias);
     add(p + "post_attention_layernorm.weight", [D]);
     for (const [proj, shape] of [["gate", [F, D]], ["up", [F, D]], ["down", [D, F]]] as const) {
@@ -83,16 +138,26 @@ export function loadLlamaWeights(ckpt: Checkpoint, c: ModelConfig, backend: Back
   for (let i = 0; i < c.layers; i++) {
     const a = layerPrefix(i) + "self_attn.";
     const m = layerPrefix(i) + "mlp.";
+    const attn: MhaWeights | MlaWeights =
+      c.attention.kind === "mha"
+        ? { kind: "mha", q: t(a + "q_proj.weight"), k: t(a + "k_proj.weight"), v: t(a + "v_proj.weight"), o: t(a + "o_proj.weight"), qBias: opt(a + "q_proj.bias"), kBias: opt(a + "k_proj.bias"), vBias: opt(a + "v_proj.bias"), oBias: opt(a + "o_proj.bias") }
+        : {
+            kind: "mla",
+            q: t(a + "q_proj.weight"),
+            qBias: opt(a + "q_proj.bias"),
+            kRope: t(a + "k_rope_proj.weight"),
+            kRopeBias: opt(a + "k_rope_proj.bias"),
+            kvDown: t(a + "kv_down_proj.weight"),
+            kUp: t(a + "k_up_proj.weight"),
+            kUpBias: opt(a + "k_up_proj.bias"),
+            vUp: t(a + "v_up_proj.weight"),
+            vUpBias: opt(a + "v_up_proj.bias"),
+            o: t(a + "o_proj.weight"),
+            oBias: opt(a + "o_proj.bias"),
+          };
     layers.push({
       inputNorm: t(layerPrefix(i) + "input_layernorm.weight"),
-      q: t(a + "q_proj.weight"),
-      k: t(a + "k_proj.weight"),
-      v: t(a + "v_proj.weight"),
-      o: t(a + "o_proj.weight"),
-      qBias: opt(a + "q_proj.bias"),
-      kBias: opt(a + "k_proj.bias"),
-      vBias: opt(a + "v_proj.bias"),
-      oBias: opt(a + "o_proj.bias"),
+      attn,
       postNorm: t(layerPrefix(i) + "post_attention_layernorm.weight"),
       gate: t(m + "gate_proj.weight"),
       up: t(m + "up_proj.weight"),

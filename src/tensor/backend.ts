@@ -24,8 +24,20 @@ export interface Backend {
   linear(x: Tensor, w: Tensor, bias?: Tensor | null): Tensor;
   /** y[M,D] = x / rms(x) · w[D]. */
   rmsnorm(x: Tensor, w: Tensor, eps: number): Tensor;
-  /** Rotate-half RoPE on x[T, H, Dh] at `positions[T]` with `invFreq[Dh/2]`. */
-  rope(x: Tensor, positions: Int32Array, invFreq: Float64Array): Tensor;
+  /**
+   * Rotate-half RoPE on x[T, H, Dh] at `positions[T]`. Only the first `rotaryDims` (default Dh) dims
+   * of each head rotate, as pairs (i, i + rotaryDims/2); the rest pass through. `invFreq` is
+   * [rotaryDims/2] shared by every head, or [H, rotaryDims/2] per head (MLA's per-head index sets).
+   */
+  rope(x: Tensor, positions: Int32Array, invFreq: Float64Array, rotaryDims?: number): Tensor;
+  /** Concatenation along the last axis: a[…, A], b[…, B] → […, A+B]. */
+  concatLast(a: Tensor, b: Tensor): Tensor;
+  /**
+   * MLA attention on the latent cache (up-projections absorbed): scores =
+   * (qr·kr + qc·c)·scale with qr[T,H,Dr], kr[S,Hkv,Dr], qc[T,H,L], c[S,L]; returns the
+   * attention-weighted latents [T,H,L]. Causal/window masking as in `attention`.
+   */
+  latentAttention(qr: Tensor, kr: Tensor, qc: Tensor, c: Tensor, opts: AttentionOptions): Tensor;
   /** Causal GQA attention: q[T,H,Dh], k[S,Hkv,Dh], v[S,Hkv,Dv] → [T,H,Dv]. */
   attention(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOptions): Tensor;
   /** silu(gate) ⊙ up, both [M,F]. */

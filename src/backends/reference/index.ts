@@ -81,32 +81,101 @@ export class ReferenceBackend implements Backend {
     return this.make(x.shape, Y);
   }
 
-  rope(x: Tensor, positions: Int32Array, invFreq: Float64Array): Tensor {
+  rope(x: Tensor, positions: Int32Array, invFreq: Float64Array, rotaryDims?: number): Tensor {
     const [T, H, Dh] = x.shape as [number, number, number];
-    expectShape("rope", "x", x, [positions.length, null, invFreq.length * 2]);
-    const half = Dh / 2;
+    const rd = rotaryDims ?? Dh;
+    const half = rd / 2;
+    const perHead = H > 1 && invFreq.length === H * half;
+    if (rd % 2 !== 0 || rd > Dh || (invFreq.length !== half && invFreq.length !== H * half))
+      throw new MlaError("BAD_ARGUMENT", `rope: ${invFreq.length} frequencies for x [${x.shape}] with ${rd} rotary dims`, "pass rotaryDims/2 frequencies, or H × rotaryDims/2");
+    expectShape("rope", "x", x, [positions.length, null, null]);
     const X = data(x);
-    const Y = new Float32Array(X.length);
-    const cos = new Float64Array(half);
-    const sin = new Float64Array(half);
+    const Y = Float32Array.from(X);
+    const nSets = perHead ? H : 1;
+    const cos = new Float64Array(nSets * half);
+    const sin = new Float64Array(nSets * half);
     for (let t = 0; t < T; t++) {
-      for (let i = 0; i < half; i++) {
+      for (let j = 0; j < nSets * half; j++) {
         // HF computes the angle in float32; rounding it the same way keeps long positions in step.
-        const a = Math.fround(positions[t]! * Math.fround(invFreq[i]!));
-        cos[i] = Math.cos(a);
-        sin[i] = Math.sin(a);
+        const a = Math.fround(positions[t]! * Math.fround(invFreq[j]!));
+        cos[j] = Math.cos(a);
+        sin[j] = Math.sin(a);
       }
       for (let h = 0; h < H; h++) {
         const o = (t * H + h) * Dh;
+        const f = perHead ? h * half : 0;
         for (let i = 0; i < half; i++) {
           const a = X[o + i]!;
           const b = X[o + i + half]!;
-          Y[o + i] = a * cos[i]! - b * sin[i]!;
-          Y[o + i + half] = b * cos[i]! + a * sin[i]!;
+          Y[o + i] = a * cos[f + i]! - b * sin[f + i]!;
+          Y[o + i + half] = b * cos[f + i]! + a * sin[f + i]!;
         }
       }
     }
     return this.make(x.shape, Y);
+  }
+
+  concatLast(a: Tensor, b: Tensor): Tensor {
+    const A = last(a);
+    const Bn = last(b);
+    const rows = a.shape.slice(0, -1).reduce((x, y) => x * y, 1);
+    if (a.shape.length !== b.shape.length || a.shape.slice(0, -1).some((d, i) => d !== b.shape[i]))
+      throw new MlaError("BAD_ARGUMENT", `concatLast: [${a.shape}] and [${b.shape}] differ before the last axis`, "this is a bug in the caller");
+    const X = data(a);
+    const Z = data(b);
+    const Y = new Float32Array(rows * (A + Bn));
+    for (let r = 0; r < rows; r++) {
+      Y.set(X.subarray(r * A, (r + 1) * A), r * (A + Bn));
+      Y.set(Z.subarray(r * Bn, (r + 1) * Bn), r * (A + Bn) + A);
+    }
+    return this.make([...a.shape.slice(0, -1), A + Bn], Y);
+  }
+
+  latentAttention(qr: Tensor, kr: Tensor, qc: Tensor, c: Tensor, opts: AttentionOptions): Tensor {
+    const [T, H, Dr] = qr.shape as [number, number, number];
+    const [S, Hkv] = kr.shape as [number, number];
+    const L = last(c);
+    expectShape("latentAttention", "kr", kr, [S, Hkv, Dr]);
+    expectShape("latentAttention", "qc", qc, [T, H, L]);
+    expectShape("latentAttention", "c", c, [S, L]);
+    const group = H / Hkv;
+    const QR = data(qr);
+    const KR = data(kr);
+    const QC = data(qc);
+    const C = data(c);
+    const O = new Float32Array(T * H * L);
+    const scores = new Float64Array(S);
+    const acc = new Float64Array(L);
+    for (let t = 0; t < T; t++) {
+      const qpos = t + opts.queryOffset;
+      const hi = Math.min(S - 1, qpos);
+      const lo = opts.window === null ? 0 : Math.max(0, qpos - opts.window + 1);
+      for (let h = 0; h < H; h++) {
+        const kh = Math.floor(h / group);
+        const qro = (t * H + h) * Dr;
+        const qco = (t * H + h) * L;
+        let max = -Infinity;
+        for (let s = lo; s <= hi; s++) {
+          let dot = 0;
+          const ko = (s * Hkv + kh) * Dr;
+          for (let d = 0; d < Dr; d++) dot += QR[qro + d]! * KR[ko + d]!;
+          const co = s * L;
+          for (let d = 0; d < L; d++) dot += QC[qco + d]! * C[co + d]!;
+          scores[s] = dot * opts.scale;
+          if (scores[s]! > max) max = scores[s]!;
+        }
+        let denom = 0;
+        acc.fill(0);
+        for (let s = lo; s <= hi; s++) {
+          const p = Math.exp(scores[s]! - max);
+          denom += p;
+          const co = s * L;
+          for (let d = 0; d < L; d++) acc[d] += p * C[co + d]!;
+        }
+        for (let d = 0; d < L; d++) O[qco + d] = denom > 0 ? acc[d]! / denom : 0;
+      }
+    }
+    return this.make([T, H, L], O);
   }
 
   attention(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOptions): Tensor {

@@ -1,0 +1,74 @@
+import type { CommandModule } from "yargs";
+import { convert } from "../convert/pipeline.js";
+import { parseStrategy, ROPE_STRATEGIES } from "../ropeSelect/strategies.js";
+import { stderrLogger } from "../util/log.js";
+import { emitJson } from "./output.js";
+
+interface Args {
+  model: string;
+  rank: number;
+  "rope-pairs"?: number;
+  "rope-strategy"?: string;
+  svd: "joint" | "split";
+  "svd-init": "weights" | "activations";
+  calib?: string;
+  "calib-samples": number;
+  "calib-len": number;
+  out?: string;
+  force: boolean;
+  "dry-run": boolean;
+  "eval-text"?: string;
+  "eval-tokens"?: number;
+  "eval-ctx": number;
+  json?: string;
+}
+
+export const convertCommand: CommandModule<object, Args> = {
+  command: "convert <model>",
+  describe: "convert an MHA/GQA checkpoint to MLA (partial RoPE + low-rank joint KV)",
+  builder: (y) =>
+    y
+      .positional("model", { type: "string", demandOption: true, describe: "model folder, HF hub id in the local cache, or alias" })
+      .option("rank", { type: "number", demandOption: true, describe: "latent dims per KV head (the paper's d_kv); the cache holds rank × KV heads latent dims" })
+      .option("rope-pairs", { type: "number", describe: "RoPE frequency pairs kept per KV head (default head_dim/16)" })
+      .option("rope-strategy", { type: "string", choices: ROPE_STRATEGIES as unknown as string[], describe: "which pairs keep RoPE (default 2-norm with --calib, else uniform)" })
+      .option("svd", { choices: ["joint", "split"] as const, default: "joint" as const, describe: "one SVD of [keys; values] or one each" })
+      .option("svd-init", { choices: ["weights", "activations"] as const, default: "weights" as const, describe: "factor the weights, or the weights whitened by the calibration activations" })
+      .option("calib", { type: "string", describe: "calibration text for 2-norm selection and activation-aware SVD" })
+      .option("calib-samples", { type: "number", default: 32, describe: "calibration windows" })
+      .option("calib-len", { type: "number", default: 256, describe: "tokens per calibration window, BOS included" })
+      .option("out", { type: "string", describe: "output folder (default ./NAME-mla-r<rank>)" })
+      .option("force", { type: "boolean", default: false, describe: "replace an existing --out" })
+      .option("dry-run", { type: "boolean", default: false, describe: "validate and print the KV-cache accounting only" })
+      .option("eval-text", { type: "string", describe: "evaluate perplexity before and after; writes report.md/report.json into --out" })
+      .option("eval-tokens", { type: "number", describe: "tokens of --eval-text to score (default all)" })
+      .option("eval-ctx", { type: "number", default: 256 })
+      .option("json", { type: "string", describe: "write the result summary as JSON to FILE (no value: stdout)" }),
+  handler: async (a) => {
+    const r = await convert(a.model, {
+      rank: a.rank,
+      ropePairs: a["rope-pairs"],
+      ropeStrategy: a["rope-strategy"] ? parseStrategy(a["rope-strategy"]) : undefined,
+      svd: a.svd,
+      svdInit: a["svd-init"],
+      calib: a.calib,
+      calibSamples: a["calib-samples"],
+      calibLen: a["calib-len"],
+      out: a.out,
+      force: a.force,
+      dryRun: a["dry-run"],
+      evalText: a["eval-text"],
+      evalTokens: a["eval-tokens"],
+      evalCtx: a["eval-ctx"],
+      logger: stderrLogger,
+    });
+    const p = r.plan;
+    const kv = `KV cache per token ${p.before.elems_per_token} → ${p.after.elems_per_token} elements (${p.kvChangePercent.toFixed(2)}%), ${p.before.bytes_per_token} → ${p.after.bytes_per_token} bytes`;
+    if (!r.out) process.stdout.write(`dry run: rank ${p.settings.rank}, ${p.settings.ropePairs} RoPE pairs (${p.settings.ropeStrategy}), latent ${p.latentDim} dims per layer; ${kv}\n`);
+    else {
+      process.stdout.write(`wrote ${r.out} in ${r.timings["total_s"]!.toFixed(1)} s; ${kv}\n`);
+      if (r.report) process.stdout.write(`perplexity ${r.report.before.ppl.toFixed(3)} → ${r.report.after.ppl.toFixed(3)} (NLL ${r.report.nll_delta >= 0 ? "+" : ""}${r.report.nll_delta.toFixed(4)}); report: ${r.out}/report.md\n`);
+    }
+    if (a.json !== undefined) emitJson(a.json, r);
+  },
+};

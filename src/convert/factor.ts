@@ -1,0 +1,122 @@
+/**
+ * One layer's MHA → MLA factorization. Inputs are the original key/value projections (PyTorch
+ * [out, in] layout); outputs are the MLA tensors of docs/formats.md:
+ *   k_rope [Hkv·2R, D]   rows of W_k that keep RoPE, per KV head [x-part R, y-part R]
+ *   kv_down [L, D]       the latent projection (L = rank·Hkv joint, 2·rank·Hkv split)
+ *   k_up [Hkv·(Dh−2R), L], v_up [Hkv·Dh, L]
+ * Biases move exactly: b_k's rope rows to k_rope, its other rows to k_up, b_v to v_up (the down
+ * projection has none).
+ */
+import { headDimOrder } from "../model/config.js";
+import { CovarianceRoots, Factors, truncatedFactor, whitenedFactor } from "../svd/truncated.js";
+
+export interface LayerFactorInput {
+  /** [Hkv·Dh, D] */
+  wk: Float32Array;
+  /** [Hkv·Dh, D] */
+  wv: Float32Array;
+  bk: Float32Array | null;
+  bv: Float32Array | null;
+  kvHeads: number;
+  headDim: number;
+  hidden: number;
+  /** [Hkv] → R kept pairs. */
+  selection: number[][];
+  rank: number;
+  svd: "joint" | "split";
+  /** Roots of the attention-input covariance for activation-aware SVD; null = plain weight SVD. */
+  whiten: CovarianceRoots | null;
+}
+
+export interface LayerFactors {
+  kRope: Float32Array;
+  kRopeBias: Float32Array | null;
+  kvDown: Float32Array;
+  kUp: Float32Array;
+  kUpBias: Float32Array | null;
+  vUp: Float32Array;
+  vUpBias: Float32Array | null;
+  latentDim: number;
+  /** Retained singular-value energy (of the whitened matrix with activation-aware SVD). */
+  energy: number;
+}
+
+/** Rows of w [*, D] at `rows`, as float64. */
+function rowsOf(w: Float32Array, rows: number[], D: number): Float64Array {
+  const out = new Float64Array(rows.length * D);
+  rows.forEach((r, i) => {
+    for (let d = 0; d < D; d++) out[i * D + d] = w[r * D + d]!;
+  });
+  return out;
+}
+
+function factor(A: Float64Array, M: number, N: number, k: number, whiten: CovarianceRoots | null): Factors {
+  return whiten ? whitenedFactor(A, M, N, k, whiten) : truncatedFactor(A, M, N, k);
+}
+
+export function factorLayer(p: LayerFactorInput): LayerFactors {
+  const { kvHeads, headDim: Dh, hidden: D } = p;
+  const ropeRows: number[] = [];
+  const nopeRows: number[] = [];
+  for (let g = 0; g < kvHeads; g++) {
+    const { rope, nope } = headDimOrder(Dh, p.selection[g]!);
+    ropeRows.push(...rope.map((d) => g * Dh + d));
+    nopeRows.push(...nope.map((d) => g * Dh + d));
+  }
+  const allV = Array.from({ length: kvHeads * Dh }, (_, i) => i);
+  const Mk = nopeRows.length;
+  const Mv = allV.length;
+  const k = p.rank * kvHeads;
+  const kNope = rowsOf(p.wk, nopeRows, D);
+  const v = rowsOf(p.wv, allV, D);
+  let kvDown: Float64Array;
+  let kUp: Float64Array;
+  let vUp: Float64Array;
+  let L: number;
+  let energy: number;
+  if (p.svd === "joint") {
+    const A = new Float64Array((Mk + Mv) * D);
+    A.set(kNope);
+    A.set(v, Mk * D);
+    const f = factor(A, Mk + Mv, D, k, p.whiten);
+    L = k;
+    kvDown = f.down;
+    kUp = f.up.subarray(0, Mk * k);
+    vUp = f.up.subarray(Mk * k);
+    energy = f.energy;
+  } else {
+    const fk = factor(kNope, Mk, D, k, p.whiten);
+    const fv = factor(v, Mv, D, k, p.whiten);
+    L = 2 * k;
+    kvDown = new Float64Array(L * D);
+    kvDown.set(fk.down);
+    kvDown.set(fv.down, k * D);
+    kUp = new Float64Array(Mk * L);
+    vUp = new Float64Array(Mv * L);
+    for (let r = 0; r < Mk; r++) for (let j = 0; j < k; j++) kUp[r * L + j] = fk.up[r * k + j]!;
+    for (let r = 0; r < Mv; r++) for (let j = 0; j < k; j++) vUp[r * L + k + j] = fv.up[r * k + j]!;
+    const sq = (s: Float64Array) => s.reduce((a, x) => a + x * x, 0);
+    const kept = (f: Factors) => f.energy * sq(f.sigma);
+    energy = (kept(fk) + kept(fv)) / Math.max(sq(fk.sigma) + sq(fv.sigma), 1e-300);
+  }
+  const pick = (b: Float32Array | null, rows: number[]) => (b ? Float32Array.from(rows, (r) => b[r]!) : null);
+  return {
+    kRope: Float32Array.from(rowsOf(p.wk, ropeRows, D)),
+    kRopeBias: pick(p.bk, ropeRows),
+    kvDown: Float32Array.from(kvDown),
+    kUp: Float32Array.from(kUp),
+    kUpBias: pick(p.bk, nopeRows),
+    vUp: Float32Array.from(vUp),
+    vUpBias: pick(p.bv, allV),
+    latentDim: L,
+    energy,
+  };
+}
+
+/** Largest valid rank per KV head for these shapes (the SVD cannot keep more than min(rows, D) directions). */
+export function maxRank(svd: "joint" | "split", kvHeads: number, headDim: number, ropePairs: number, hidden: number): number {
+  const nope = kvHeads * (headDim - 2 * ropePairs);
+  const v = kvHeads * headDim;
+  if (svd === "joint") return Math.floor(Math.min(nope + v, hidden) / kvHeads);
+  return Math.floor(Math.min(nope, v, hidden) / kvHeads);
+}

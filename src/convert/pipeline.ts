@@ -1,0 +1,191 @@
+/**
+ * `convert`: MHA/GQA checkpoint → MLA checkpoint. Streams layer by layer: every tensor that is not a
+ * key/value projection is copied byte for byte; each layer's k_proj/v_proj are read, factored and
+ * written before the next layer is touched, so memory stays at about one layer. The output folder
+ * appears only when complete (temporary sibling + rename).
+ */
+import fs from "node:fs";
+import path from "node:path";
+import { MlaError } from "../errors.js";
+import { beginOutDir, commitOutDir, abandonOutDir } from "../io/atomicDir.js";
+import { Checkpoint, CheckpointWriter } from "../io/checkpoint.js";
+import { DTYPE_BYTES, DType, encodeFromF32 } from "../io/dtype.js";
+import { readHfConfig } from "../io/hfConfig.js";
+import { resolveModel } from "../io/modelDir.js";
+import type { TensorSpec } from "../io/safetensors.js";
+import type { ModelConfig } from "../model/config.js";
+import { expectedTensors, layerPrefix } from "../model/weights.js";
+import { loadModel } from "../model/llama.js";
+import { calibrate, calibrationWindows, CalibrationStats } from "../ropeSelect/calibrate.js";
+import { fixedPairs, RopeStrategy, topPairs, twoNormScores } from "../ropeSelect/strategies.js";
+import { covarianceRoots } from "../svd/truncated.js";
+import { readText } from "../eval/perplexity.js";
+import { evaluate, EvalResult } from "../eval/evaluate.js";
+import { inspectModel } from "../eval/inspect.js";
+import { silentLogger, Logger } from "../util/log.js";
+import { Progress, ProgressSink } from "../util/progress.js";
+import { factorLayer, LayerFactors } from "./factor.js";
+import { checkOutDir, ConversionPlan, defaultOut, planConversion, resolveSettings, SettingsInput } from "./plan.js";
+import { buildReport, ConversionReport, reportMarkdown } from "./report.js";
+
+export const TOOL_VERSION = "0.1.0";
+const COPIED_FILES = ["tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json", "generation_config.json"];
+
+export interface ConvertOptions extends SettingsInput {
+  out?: string;
+  force?: boolean;
+  /** Only validate and report the KV accounting; write nothing. */
+  dryRun?: boolean;
+  evalText?: string;
+  evalTokens?: number;
+  evalCtx?: number;
+  logger?: Logger;
+  progress?: ProgressSink | null;
+}
+
+export interface ConvertResult {
+  out: string | null;
+  plan: ConversionPlan;
+  selection: number[][][] | null;
+  energy: number[];
+  timings: Record<string, number>;
+  report: ConversionReport | null;
+}
+
+function selectPairs(c: ModelConfig, strategy: RopeStrategy, R: number, stats: CalibrationStats | null): number[][][] {
+  const half = c.headDim / 2;
+  return Array.from({ length: c.layers }, (_, l) => {
+    if (strategy !== "2-norm") return Array.from({ length: c.kvHeads }, () => fixedPairs(strategy, R, c.headDim));
+    const scores = twoNormScores(stats!.qNorm[l]!, stats!.kNorm[l]!, c.heads, c.kvHeads, half);
+    return Array.from({ length: c.kvHeads }, (_, g) => topPairs(scores.subarray(g * half, (g + 1) * half), R));
+  });
+}
+
+export async function convert(spec: string, opts: ConvertOptions): Promise<ConvertResult> {
+  const log = opts.logger ?? silentLogger;
+  const t0 = performance.now();
+  const timings: Record<string, number> = {};
+  const { dir: srcDir } = resolveModel(spec);
+  const config = readHfConfig(srcDir);
+  const settings = resolveSettings(config, opts, log);
+  const src = Checkpoint.open(srcDir);
+  let tmp: string | null = null;
+  try {
+    const kName = layerPrefix(0) + "self_attn.k_proj.weight";
+    const kvDtype: DType = src.has(kName) ? src.entry(kName).dtype : "F32";
+    const plan = planConversion(config, settings, DTYPE_BYTES[kvDtype]);
+    if (opts.dryRun) return { out: null, plan, selection: null, energy: [], timings, report: null };
+    const out = path.resolve(opts.out ?? defaultOut(spec, settings.rank));
+    checkOutDir(out, srcDir, opts.force ?? false);
+
+    let stats: CalibrationStats | null = null;
+    if (settings.ropeStrategy === "2-norm" || settings.svdInit === "activations") {
+      const { model, tokenizer } = loadModel(srcDir);
+      const windows = calibrationWindows(tokenizer, readText(settings.calib!), settings.calibSamples, settings.calibLen, config.bosTokenId ?? 1, settings.calib!);
+      if (windows.length < settings.calibSamples) log.info(`note: ${settings.calib} holds ${windows.length} calibration windows of ${settings.calibLen} tokens (asked for ${settings.calibSamples})`);
+      stats = calibrate(model, windows, { covariance: settings.svdInit === "activations", progress: opts.progress });
+      timings["calibration_s"] = stats.seconds;
+    }
+    const selection = selectPairs(config, settings.ropeStrategy, settings.ropePairs, stats);
+    const mlaConfig: ModelConfig = { ...config, attention: { kind: "mla", ropePairs: settings.ropePairs, selection, rank: settings.rank, latentDim: plan.latentDim, svd: settings.svd } };
+
+    tmp = beginOutDir(out, opts.force ?? false);
+    const tFactor = { s: 0 };
+    const energy = await writeConverted(src, config, mlaConfig, kvDtype, tmp, settings.svd, stats, tFactor, opts.progress);
+    timings["factor_s"] = tFactor.s;
+    writeConfigAndFiles(srcDir, tmp, settings, plan, selection);
+    timings["convert_s"] = (performance.now() - t0) / 1000;
+
+    let report: ConversionReport | null = null;
+    if (opts.evalText) {
+      const e = { text: opts.evalText, tokens: opts.evalTokens, ctx: opts.evalCtx, progress: opts.progress, logger: log };
+      const before: EvalResult = evaluate(srcDir, e);
+      const after: EvalResult = evaluate(tmp, e);
+      before.model = spec;
+      after.model = out;
+      timings["eval_s"] = before.seconds + after.seconds;
+      report = buildReport(spec, out, plan, energy, before, after, timings, kvDtype, { before: inspectModel(srcDir).params, after: inspectModel(tmp).params });
+      fs.writeFileSync(path.join(tmp, "report.json"), JSON.stringify(report, null, 2) + "\n");
+      fs.writeFileSync(path.join(tmp, "report.md"), reportMarkdown(report));
+    }
+    timings["total_s"] = (performance.now() - t0) / 1000;
+    fs.writeFileSync(
+      path.join(tmp, "mla_conversion.json"),
+      JSON.stringify({ tool: "mha2mla", version: TOOL_VERSION, source: { model: spec, dir: srcDir }, settings, latent_dim: plan.latentDim, kv: { before: plan.before, after: plan.after, change_percent: plan.kvChangePercent }, selection, retained_energy: energy, timings, created: new Date().toISOString() }, null, 2) + "\n",
+    );
+    commitOutDir(tmp, out, opts.force ?? false);
+    tmp = null;
+    return { out, plan, selection, energy, timings, report };
+  } catch (e) {
+    if (tmp) abandonOutDir(tmp);
+    throw e;
+  } finally {
+    src.close();
+  }
+}
+
+/** Writes all tensors in order; returns the retained energy per layer. */
+async function writeConverted(src: Checkpoint, config: ModelConfig, mla: ModelConfig, kvDtype: DType, dir: string, svd: "joint" | "split", stats: CalibrationStats | null, tFactor: { s: number }, progressSink: ProgressSink | null | undefined): Promise<number[]> {
+  const sourceNames = new Set(expectedTensors(config).map((t) => t.name));
+  const extras = src.names().filter((n) => !sourceNames.has(n));
+  const targets: TensorSpec[] = [
+    ...expectedTensors(mla).map((t) => ({ ...t, dtype: src.has(t.name) ? src.entry(t.name).dtype : kvDtype })),
+    ...extras.map((n) => ({ name: n, dtype: src.entry(n).dtype, shape: src.entry(n).shape })),
+  ];
+  const writer = new CheckpointWriter(dir, targets, { metadata: { format: "pt" } });
+  const energy: number[] = [];
+  const progress = new Progress("convert", config.layers, "layers", progressSink === undefined ? process.stderr : progressSink);
+  let current: { layer: number; f: LayerFactors } | null = null;
+  const a = mla.attention.kind === "mla" ? mla.attention : null;
+  for (const t of targets) {
+    if (src.has(t.name) && !/\.self_attn\.(k|v)_proj\./.test(t.name)) {
+      await writer.append(await src.readBytesAsync(t.name));
+      continue;
+    }
+    const layer = Number(/^model\.layers\.(\d+)\./.exec(t.name)?.[1]);
+    if (!current || current.layer !== layer) {
+      const t1 = performance.now();
+      const p = layerPrefix(layer) + "self_attn.";
+      const f = factorLayer({
+        wk: src.readF32(p + "k_proj.weight"),
+        wv: src.readF32(p + "v_proj.weight"),
+        bk: config.qkvBias ? src.readF32(p + "k_proj.bias") : null,
+        bv: config.qkvBias ? src.readF32(p + "v_proj.bias") : null,
+        kvHeads: config.kvHeads,
+        headDim: config.headDim,
+        hidden: config.hiddenSize,
+        selection: a!.selection[layer]!,
+        rank: a!.rank,
+        svd,
+        whiten: stats?.covariance ? covarianceRoots(stats.covariance[layer]!, config.hiddenSize) : null,
+      });
+      tFactor.s += (performance.now() - t1) / 1000;
+      energy.push(f.energy);
+      current = { layer, f };
+      progress.tick();
+    }
+    const f = current.f;
+    const name = t.name.slice((layerPrefix(layer) + "self_attn.").length);
+    const values = ({ "k_rope_proj.weight": f.kRope, "k_rope_proj.bias": f.kRopeBias, "kv_down_proj.weight": f.kvDown, "k_up_proj.weight": f.kUp, "k_up_proj.bias": f.kUpBias, "v_up_proj.weight": f.vUp, "v_up_proj.bias": f.vUpBias } as Record<string, Float32Array | null>)[name];
+    if (!values) throw new MlaError("BAD_CHECKPOINT", `${src.dir}: tensor "${t.name}" is missing`, "the checkpoint does not match its config.json");
+    await writer.append(encodeFromF32(t.dtype, values));
+  }
+  await writer.close();
+  return energy;
+}
+
+function writeConfigAndFiles(srcDir: string, dir: string, s: ReturnType<typeof resolveSettings>, plan: ConversionPlan, selection: number[][][]): void {
+  const raw = JSON.parse(fs.readFileSync(path.join(srcDir, "config.json"), "utf8")) as Record<string, unknown>;
+  raw["mha2mla"] = {
+    format_version: 1,
+    rope_pairs: s.ropePairs,
+    rope_strategy: s.ropeStrategy,
+    rank: s.rank,
+    latent_dim: plan.latentDim,
+    svd: s.svd,
+    svd_init: s.svdInit,
+    selection,
+  };
+  fs.writeFileSync(path.join(dir, "config.json"), JSON.stringify(raw, null, 2) + "\n");
+  for (const f of COPIED_FILES) if (fs.existsSync(path.join(srcDir, f))) fs.copyFileSync(path.join(srcDir, f), path.join(dir, f));
+}

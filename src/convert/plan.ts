@@ -1,0 +1,95 @@
+/** Validates conversion options against the model and derives what the conversion will produce. */
+import fs from "node:fs";
+import path from "node:path";
+import { MlaError } from "../errors.js";
+import { kvElemsPerToken, ModelConfig } from "../model/config.js";
+import { defaultRopePairs, RopeStrategy } from "../ropeSelect/strategies.js";
+import type { Logger } from "../util/log.js";
+import { maxRank } from "./factor.js";
+
+export interface ConversionSettings {
+  rank: number;
+  ropePairs: number;
+  ropeStrategy: RopeStrategy;
+  svd: "joint" | "split";
+  svdInit: "weights" | "activations";
+  calib: string | null;
+  calibSamples: number;
+  calibLen: number;
+}
+
+export interface KvAccounting {
+  elems_per_token: number;
+  bytes_per_token: number;
+}
+
+export interface ConversionPlan {
+  settings: ConversionSettings;
+  latentDim: number;
+  before: KvAccounting;
+  after: KvAccounting;
+  /** (after − before) / before, in percent (negative = smaller cache). */
+  kvChangePercent: number;
+}
+
+export interface SettingsInput {
+  rank: number;
+  ropePairs?: number;
+  ropeStrategy?: RopeStrategy;
+  svd?: "joint" | "split";
+  svdInit?: "weights" | "activations";
+  calib?: string;
+  calibSamples?: number;
+  calibLen?: number;
+}
+
+export function resolveSettings(c: ModelConfig, o: SettingsInput, log: Logger): ConversionSettings {
+  if (c.attention.kind !== "mha") throw new MlaError("BAD_ARGUMENT", "the model is already an MLA checkpoint (config.json has an mha2mla section)", "convert the original MHA/GQA model");
+  const half = c.headDim / 2;
+  const R = o.ropePairs ?? defaultRopePairs(c.headDim);
+  if (!Number.isInteger(R) || R < 0 || R > half) throw new MlaError("BAD_ARGUMENT", `--rope-pairs ${R} is out of range for head_dim ${c.headDim}`, `use an integer in 0…${half} (default ${defaultRopePairs(c.headDim)} = head_dim/16)`);
+  const svd = o.svd ?? "joint";
+  if (svd !== "joint" && svd !== "split") throw new MlaError("BAD_ARGUMENT", `--svd ${svd} is not known`, "use joint or split");
+  const svdInit = o.svdInit ?? "weights";
+  if (svdInit !== "weights" && svdInit !== "activations") throw new MlaError("BAD_ARGUMENT", `--svd-init ${svdInit} is not known`, "use weights or activations");
+  const top = maxRank(svd, c.kvHeads, c.headDim, R, c.hiddenSize);
+  if (top < 1) throw new MlaError("BAD_ARGUMENT", `--svd split needs position-free key dims, but --rope-pairs ${R} keeps all ${half} pairs`, `use --svd joint or --rope-pairs < ${half}`);
+  if (!Number.isInteger(o.rank) || o.rank < 1 || o.rank > top)
+    throw new MlaError("BAD_ARGUMENT", `--rank ${o.rank} is out of range for this model with --rope-pairs ${R} and --svd ${svd}`, `use an integer in 1…${top} (latent dims per KV head; ${top} keeps everything)`);
+  const calib = o.calib ?? null;
+  if (calib !== null && !fs.existsSync(calib)) throw new MlaError("NOT_FOUND", `--calib ${calib} does not exist`, "pass a UTF-8 text file");
+  let strategy = o.ropeStrategy;
+  if (!strategy) {
+    strategy = calib ? "2-norm" : "uniform";
+    if (!calib) log.info(`note: no --calib given, so --rope-strategy uniform (pass --calib FILE for the paper's 2-norm selection)`);
+  }
+  if (strategy === "2-norm" && !calib) throw new MlaError("BAD_ARGUMENT", "--rope-strategy 2-norm needs calibration text", "pass --calib FILE (any text in the model's language)");
+  if (svdInit === "activations" && !calib) throw new MlaError("BAD_ARGUMENT", "--svd-init activations needs calibration text", "pass --calib FILE");
+  return { rank: o.rank, ropePairs: R, ropeStrategy: strategy, svd, svdInit, calib, calibSamples: o.calibSamples ?? 32, calibLen: o.calibLen ?? 256 };
+}
+
+export function planConversion(c: ModelConfig, s: ConversionSettings, elemBytes: number): ConversionPlan {
+  const latentDim = s.rank * c.kvHeads * (s.svd === "split" ? 2 : 1);
+  const before = kvElemsPerToken(c);
+  const after = kvElemsPerToken({ ...c, attention: { kind: "mla", ropePairs: s.ropePairs, selection: [], rank: s.rank, latentDim, svd: s.svd } });
+  return {
+    settings: s,
+    latentDim,
+    before: { elems_per_token: before, bytes_per_token: before * elemBytes },
+    after: { elems_per_token: after, bytes_per_token: after * elemBytes },
+    kvChangePercent: (100 * (after - before)) / before,
+  };
+}
+
+/** Default output folder: ./NAME-mla-r<rank> beside the working directory. */
+export function defaultOut(spec: string, rank: number): string {
+  return path.resolve(`${path.basename(path.resolve(spec)).replace(/[^\w.-]+/g, "_")}-mla-r${rank}`);
+}
+
+export function checkOutDir(out: string, srcDir: string, force: boolean): void {
+  const o = path.resolve(out);
+  const s = fs.realpathSync(srcDir);
+  const oReal = fs.existsSync(o) ? fs.realpathSync(o) : o;
+  if (oReal === s || oReal.startsWith(s + path.sep)) throw new MlaError("BAD_ARGUMENT", `--out ${out} is the input model folder or inside it`, "choose a new folder; inputs are never modified");
+  if (fs.existsSync(o) && !force) throw new MlaError("EXISTS", `output ${out} already exists`, "pass --force to replace it, or choose another --out");
+}

@@ -1,0 +1,66 @@
+/** The before/after conversion report (report.json + report.md in the output folder). */
+import type { DType } from "../io/dtype.js";
+import type { EvalResult } from "../eval/evaluate.js";
+import type { ConversionPlan } from "./plan.js";
+
+export interface ConversionReport {
+  source: string;
+  output: string;
+  settings: ConversionPlan["settings"];
+  text: string;
+  ctx: number;
+  tokens: number;
+  before: { nll: number; ppl: number; kv_elems_per_token: number; kv_bytes_per_token: number; params: number };
+  after: { nll: number; ppl: number; kv_elems_per_token: number; kv_bytes_per_token: number; params: number };
+  nll_delta: number;
+  ppl_change_percent: number;
+  kv_change_percent: number;
+  kv_dtype: string;
+  retained_energy_mean: number;
+  timings: Record<string, number>;
+}
+
+export function buildReport(source: string, output: string, plan: ConversionPlan, energy: number[], before: EvalResult, after: EvalResult, timings: Record<string, number>, kvDtype: DType, params: { before: number; after: number }): ConversionReport {
+  return {
+    source,
+    output,
+    settings: plan.settings,
+    text: before.text,
+    ctx: before.ctx,
+    tokens: before.tokens,
+    before: { nll: before.nll, ppl: before.ppl, kv_elems_per_token: plan.before.elems_per_token, kv_bytes_per_token: plan.before.bytes_per_token, params: params.before },
+    after: { nll: after.nll, ppl: after.ppl, kv_elems_per_token: plan.after.elems_per_token, kv_bytes_per_token: plan.after.bytes_per_token, params: params.after },
+    nll_delta: after.nll - before.nll,
+    ppl_change_percent: (100 * (after.ppl - before.ppl)) / before.ppl,
+    kv_change_percent: plan.kvChangePercent,
+    kv_dtype: kvDtype.toLowerCase(),
+    retained_energy_mean: energy.reduce((a, x) => a + x, 0) / Math.max(energy.length, 1),
+    timings,
+  };
+}
+
+const pct = (x: number) => `${x >= 0 ? "+" : "−"}${Math.abs(x).toFixed(2)}%`;
+
+export function reportMarkdown(r: ConversionReport): string {
+  const s = r.settings;
+  return `# MHA → MLA conversion report
+
+Source: \`${r.source}\` → \`${r.output}\`
+
+Settings: rank ${s.rank} per KV head, ${s.ropePairs} RoPE pairs (${s.ropeStrategy}), SVD ${s.svd} (${s.svdInit})${s.calib ? `, calibration ${s.calib}` : ""}
+
+Perplexity on \`${r.text}\` (first ${r.tokens} tokens, ctx ${r.ctx}, no fine-tuning yet):
+
+| | before | after | change |
+| --- | --- | --- | --- |
+| NLL (nats/token) | ${r.before.nll.toFixed(4)} | ${r.after.nll.toFixed(4)} | ${r.nll_delta >= 0 ? "+" : "−"}${Math.abs(r.nll_delta).toFixed(4)} |
+| perplexity | ${r.before.ppl.toFixed(3)} | ${r.after.ppl.toFixed(3)} | ${pct(r.ppl_change_percent)} |
+| KV elements / token | ${r.before.kv_elems_per_token} | ${r.after.kv_elems_per_token} | ${pct(r.kv_change_percent)} |
+| KV bytes / token (${r.kv_dtype}) | ${r.before.kv_bytes_per_token} | ${r.after.kv_bytes_per_token} | ${pct(r.kv_change_percent)} |
+| parameters | ${r.before.params} | ${r.after.params} | ${pct((100 * (r.after.params - r.before.params)) / r.before.params)} |
+
+Retained singular-value energy (mean over layers): ${(100 * r.retained_energy_mean).toFixed(2)}%
+
+Timings: ${Object.entries(r.timings).map(([k, v]) => `${k.replace(/_s$/, "")} ${v.toFixed(2)} s`).join(", ")}
+`;
+}

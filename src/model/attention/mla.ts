@@ -1,0 +1,152 @@
+/**
+ * MLA attention block. Prefill (empty cache) runs the plain form: keys = [RoPE(k_rope), k_up(c)],
+ * values = v_up(c) with c = kv_down(x). Decode runs the absorbed form on the latent cache:
+ * k_up is folded into the query (q̃ = W_kupᵀ·q_nope, one [L, D] matrix per head) and v_up into
+ * o_proj, so each step reads only the cached rope keys and latents. The key bias of k_up adds the
+ * same q·b to every score of a query and cancels in the softmax; the value bias passes through the
+ * softmax weights (they sum to 1) into a constant output bias.
+ */
+import type { Backend } from "../../tensor/backend.js";
+import type { Tensor } from "../../tensor/tensor.js";
+import { headDimOrder, ModelConfig, MlaAttention } from "../config.js";
+import type { LatentCache } from "../kvCache.js";
+import type { MlaWeights } from "../weights.js";
+
+interface Absorbed {
+  qRope: Tensor; // [H·2R, D]
+  qRopeBias: Tensor | null; // [H·2R]
+  qLatent: Tensor; // [H·L, D]
+  qLatentBias: Tensor | null; // [H·L]
+  oLatent: Tensor; // [D, H·L]
+  oBias: Tensor | null; // [D]
+}
+
+export class MlaBlock {
+  private readonly qPerm: Tensor; // [H·Dh, D], per head [rope dims (2R), nope dims]
+  private readonly qPermBias: Tensor | null;
+  private readonly qFreq: Float64Array; // [H, R]
+  private readonly kFreq: Float64Array; // [Hkv, R]
+  private absorbed: Absorbed | null = null;
+  private readonly R: number;
+  private readonly L: number;
+
+  constructor(private readonly b: Backend, private readonly c: ModelConfig, private readonly w: MlaWeights, invFreq: Float64Array, private readonly layer: number) {
+    const a = c.attention as MlaAttention;
+    this.R = a.ropePairs;
+    this.L = a.latentDim;
+    const sel = a.selection[layer]!;
+    const group = c.heads / c.kvHeads;
+    const rowOrder: number[] = [];
+    this.qFreq = new Float64Array(c.heads * this.R);
+    this.kFreq = new Float64Array(c.kvHeads * this.R);
+    for (let h = 0; h < c.heads; h++) {
+      const g = Math.floor(h / group);
+      const { rope, nope } = headDimOrder(c.headDim, sel[g]!);
+      for (const d of [...rope, ...nope]) rowOrder.push(h * c.headDim + d);
+      sel[g]!.forEach((p, i) => (this.qFreq[h * this.R + i] = invFreq[p]!));
+    }
+    for (let g = 0; g < c.kvHeads; g++) sel[g]!.forEach((p, i) => (this.kFreq[g * this.R + i] = invFreq[p]!));
+    this.qPerm = gatherRows(b, w.q, rowOrder);
+    this.qPermBias = w.qBias ? gatherRows(b, w.qBias, rowOrder) : null;
+  }
+
+  /** x [T, D] at `positions` → [T, D]. `absorb` defaults to true whenever the cache already holds tokens. */
+  forward(x: Tensor, positions: Int32Array, cache?: LatentCache, absorb?: boolean): Tensor {
+    const { b, c, w } = this;
+    const T = positions.length;
+    const Dr = 2 * this.R;
+    const kr = b.rope(b.linear(x, w.kRope, w.kRopeBias).reshape([T, c.kvHeads, Dr]), positions, this.kFreq, Dr);
+    const lat = b.linear(x, w.kvDown);
+    const offset = cache?.length ?? 0;
+    const [krAll, latAll] = cache ? cache.append(this.layer, kr, lat) : [kr, lat];
+    const opts = { scale: 1 / Math.sqrt(c.headDim), queryOffset: offset, window: c.slidingWindow };
+    if (absorb ?? offset > 0) {
+      const ab = this.absorb();
+      const qr = b.rope(b.linear(x, ab.qRope, ab.qRopeBias).reshape([T, c.heads, Dr]), positions, this.qFreq, Dr);
+      const qc = b.linear(x, ab.qLatent, ab.qLatentBias).reshape([T, c.heads, this.L]);
+      const ctx = b.latentAttention(qr, krAll, qc, latAll, opts);
+      return b.linear(ctx.reshape([T, c.heads * this.L]), ab.oLatent, ab.oBias);
+    }
+    const S = latAll.shape[0]!;
+    const q = b.rope(b.linear(x, this.qPerm, this.qPermBias).reshape([T, c.heads, c.headDim]), positions, this.qFreq, Dr);
+    const kn = b.linear(latAll, w.kUp, w.kUpBias).reshape([S, c.kvHeads, c.headDim - Dr]);
+    const v = b.linear(latAll, w.vUp, w.vUpBias).reshape([S, c.kvHeads, c.headDim]);
+    const o = b.attention(q, b.concatLast(krAll, kn), v, opts);
+    return b.linear(o.reshape([T, c.heads * c.headDim]), w.o, w.oBias);
+  }
+
+  /** Builds (once) the absorbed projections, in float64 on the host. */
+  private absorb(): Absorbed {
+    if (this.absorbed) return this.absorbed;
+    const { b, c, w, R, L } = this;
+    const D = c.hiddenSize;
+    const Dh = c.headDim;
+    const Dn = Dh - 2 * R;
+    const group = c.heads / c.kvHeads;
+    const Q = this.qPerm.toArray();
+    const QB = this.qPermBias?.toArray() ?? null;
+    const KU = w.kUp.toArray(); // [Hkv·Dn, L]
+    const VU = w.vUp.toArray(); // [Hkv·Dh, L]
+    const VB = w.vUpBias?.toArray() ?? null;
+    const O = w.o.toArray(); // [D, H·Dh]
+    const OB = w.oBias?.toArray() ?? null;
+    const qRope = new Float32Array(c.heads * 2 * R * D);
+    const qRopeBias = QB ? new Float32Array(c.heads * 2 * R) : null;
+    const qLatent = new Float32Array(c.heads * L * D);
+    const qLatentBias = QB ? new Float32Array(c.heads * L) : null;
+    const oLatent = new Float32Array(D * c.heads * L);
+    const oBias = new Float64Array(D);
+    if (OB) OB.forEach((x, i) => (oBias[i] = x));
+    const acc = new Float64Array(D);
+    for (let h = 0; h < c.heads; h++) {
+      const g = Math.floor(h / group);
+      const qh = h * Dh;
+      for (let r = 0; r < 2 * R; r++) {
+        qRope.set(Q.subarray((qh + r) * D, (qh + r + 1) * D), (h * 2 * R + r) * D);
+        if (QB && qRopeBias) qRopeBias[h * 2 * R + r] = QB[qh + r]!;
+      }
+      // qLatent[h·L + l, :] = Σ_n KU[g·Dn + n, l] · Q[qh + 2R + n, :]
+      for (let l = 0; l < L; l++) {
+        acc.fill(0);
+        let bias = 0;
+        for (let n = 0; n < Dn; n++) {
+          const k = KU[(g * Dn + n) * L + l]!;
+          const row = (qh + 2 * R + n) * D;
+          for (let d = 0; d < D; d++) acc[d] += k * Q[row + d]!;
+          if (QB) bias += k * QB[qh + 2 * R + n]!;
+        }
+        for (let d = 0; d < D; d++) qLatent[(h * L + l) * D + d] = acc[d]!;
+        if (qLatentBias) qLatentBias[h * L + l] = bias;
+      }
+      // oLatent[:, h·L + l] = Σ_e O[:, h·Dh + e] · VU[g·Dh + e, l]; bias += Σ_e O[:, h·Dh + e] · VB[g·Dh + e]
+      for (let d = 0; d < D; d++) {
+        const orow = d * c.heads * Dh + h * Dh;
+        for (let l = 0; l < L; l++) {
+          let s = 0;
+          for (let e = 0; e < Dh; e++) s += O[orow + e]! * VU[(g * Dh + e) * L + l]!;
+          oLatent[d * c.heads * L + h * L + l] = s;
+        }
+        if (VB) for (let e = 0; e < Dh; e++) oBias[d] += O[orow + e]! * VB[g * Dh + e]!;
+      }
+    }
+    const hasOBias = OB !== null || VB !== null;
+    this.absorbed = {
+      qRope: b.upload(qRope, [c.heads * 2 * R, D]),
+      qRopeBias: qRopeBias ? b.upload(qRopeBias, [c.heads * 2 * R]) : null,
+      qLatent: b.upload(qLatent, [c.heads * L, D]),
+      qLatentBias: qLatentBias ? b.upload(qLatentBias, [c.heads * L]) : null,
+      oLatent: b.upload(oLatent, [D, c.heads * L]),
+      oBias: hasOBias ? b.upload(Float32Array.from(oBias), [D]) : null,
+    };
+    return this.absorbed;
+  }
+}
+
+/** Rows of w [N, …] in `order` (a permutation or selection of row indices). */
+function gatherRows(b: Backend, w: Tensor, order: number[]): Tensor {
+  const cols = w.shape.length > 1 ? w.shape[1]! : 1;
+  const src = w.toArray();
+  const out = new Float32Array(order.length * cols);
+  order.forEach((r, i) => out.set(src.subarray(r * cols, (r + 1) * cols), i * cols));
+  return b.upload(out, w.shape.length > 1 ? [order.length, cols] : [order.length]);
+}

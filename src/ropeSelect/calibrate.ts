@@ -1,0 +1,97 @@
+/**
+ * Calibration pass over the original model: per layer, at the attention input (after
+ * input_layernorm), the mean per-pair L2 norms of pre-RoPE q = q_proj(x) and k = k_proj(x) (bias
+ * included; averaged over the tokens of a window, then over windows), and optionally the input
+ * covariance E[x xᵀ] for activation-aware SVD. Windows follow DESIGN.md: [BOS] + next len−1 tokens,
+ * stride len−1, from the start of the text.
+ */
+import { MlaError } from "../errors.js";
+import type { LlamaModel } from "../model/llama.js";
+import type { MhaWeights } from "../model/weights.js";
+import type { TextTokenizer } from "../io/tokenizer.js";
+import type { Tensor } from "../tensor/tensor.js";
+import { Progress, ProgressSink } from "../util/progress.js";
+
+export interface CalibrationStats {
+  /** Per layer [H, Dh/2]: mean ‖(q_i, q_{i+Dh/2})‖. */
+  qNorm: Float64Array[];
+  /** Per layer [Hkv, Dh/2]. */
+  kNorm: Float64Array[];
+  /** Per layer [D, D] attention-input covariance (when asked for). */
+  covariance: Float64Array[] | null;
+  windows: number;
+  tokens: number;
+  seconds: number;
+}
+
+export function calibrationWindows(tokenizer: TextTokenizer, text: string, samples: number, len: number, bos: number, source = "calibration text"): Int32Array[] {
+  if (!Number.isInteger(len) || len < 2) throw new MlaError("BAD_ARGUMENT", `--calib-len ${len} is too small`, "use at least 2 (BOS + one token)");
+  if (!Number.isInteger(samples) || samples < 1) throw new MlaError("BAD_ARGUMENT", `--calib-samples ${samples} is not a positive integer`, "pass e.g. --calib-samples 32");
+  const ids = tokenizer.encode(text, { addSpecialTokens: false });
+  const stride = len - 1;
+  const available = Math.floor(ids.length / stride);
+  if (available < 1) throw new MlaError("BAD_TEXT", `${source} holds ${ids.length} tokens, fewer than one calibration window of ${stride} (+BOS)`, "pass a longer --calib file or a smaller --calib-len");
+  const n = Math.min(samples, available);
+  return Array.from({ length: n }, (_, w) => {
+    const win = new Int32Array(len);
+    win[0] = bos;
+    win.set(ids.slice(w * stride, (w + 1) * stride), 1);
+    return win;
+  });
+}
+
+/** Accumulates mean pair norms of rows of y [T, heads·Dh] into acc [heads, Dh/2] (adds the window mean). */
+function addPairNorms(y: Float32Array, T: number, heads: number, Dh: number, acc: Float64Array): void {
+  const half = Dh / 2;
+  for (let t = 0; t < T; t++)
+    for (let h = 0; h < heads; h++) {
+      const o = (t * heads + h) * Dh;
+      for (let i = 0; i < half; i++) acc[h * half + i] += Math.hypot(y[o + i]!, y[o + i + half]!) / T;
+    }
+}
+
+function addCovariance(x: Float32Array, T: number, D: number, acc: Float64Array): void {
+  for (let t = 0; t < T; t++) {
+    const o = t * D;
+    for (let i = 0; i < D; i++) {
+      const xi = x[o + i]!;
+      const row = i * D;
+      for (let j = i; j < D; j++) acc[row + j] += xi * x[o + j]!;
+    }
+  }
+}
+
+export function calibrate(model: LlamaModel, windows: Int32Array[], opts: { covariance: boolean; progress?: ProgressSink | null }): CalibrationStats {
+  const c = model.config;
+  if (c.attention.kind !== "mha") throw new MlaError("UNSUPPORTED", "calibration needs the original MHA/GQA model", "calibrate before converting");
+  const half = c.headDim / 2;
+  const D = c.hiddenSize;
+  const qNorm = Array.from({ length: c.layers }, () => new Float64Array(c.heads * half));
+  const kNorm = Array.from({ length: c.layers }, () => new Float64Array(c.kvHeads * half));
+  const cov = opts.covariance ? Array.from({ length: c.layers }, () => new Float64Array(D * D)) : null;
+  const b = model.backend;
+  const progress = new Progress("calibrate", windows.length, "windows", opts.progress === undefined ? process.stderr : opts.progress);
+  const t0 = performance.now();
+  let tokens = 0;
+  for (const win of windows) {
+    const onAttentionInput = (layer: number, x: Tensor) => {
+      const w = model.weights.layers[layer]!.attn as MhaWeights;
+      const T = x.shape[0]!;
+      addPairNorms(b.linear(x, w.q, w.qBias).toArray(), T, c.heads, c.headDim, qNorm[layer]!);
+      addPairNorms(b.linear(x, w.k, w.kBias).toArray(), T, c.kvHeads, c.headDim, kNorm[layer]!);
+      if (cov) addCovariance(x.toArray(), T, D, cov[layer]!);
+    };
+    model.forward(win, undefined, { onAttentionInput });
+    tokens += win.length;
+    progress.tick();
+  }
+  for (const a of [...qNorm, ...kNorm]) for (let i = 0; i < a.length; i++) a[i] = a[i]! / windows.length;
+  if (cov)
+    for (const a of cov)
+      for (let i = 0; i < D; i++)
+        for (let j = i; j < D; j++) {
+          a[i * D + j] = a[i * D + j]! / tokens;
+          a[j * D + i] = a[i * D + j]!;
+        }
+  return { qNorm, kNorm, covariance: cov, windows: windows.length, tokens, seconds: (performance.now() - t0) / 1000 };
+}

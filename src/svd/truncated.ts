@@ -1,0 +1,153 @@
+/**
+ * Truncated factorization A ≈ up · down for the joint/split KV SVD, in float64.
+ * Route: the smaller Gram matrix (AᵀA or AAᵀ) and its symmetric eigendecomposition (ml-matrix,
+ * Householder tridiagonalization + QL). With AᵀA: down = V_kᵀ, up = A·V_k (so up·down = A·V_k·V_kᵀ,
+ * exact projection even where σ is tiny); with AAᵀ: up = U_k·Σ_k, down = Σ_k⁻¹·U_kᵀ·A. In both, Σ
+ * lives in the up-projection, as in the MHA2MLA code.
+ * Activation-aware variant: factor A·C^{1/2} (C = input covariance), then down ← down·C^{-1/2},
+ * which minimizes the output error ‖(A − up·down)·X‖ instead of the weight error.
+ */
+import { EigenvalueDecomposition, Matrix } from "ml-matrix";
+import { MlaError } from "../errors.js";
+
+export interface Factors {
+  /** [k, N] row-major. */
+  down: Float64Array;
+  /** [M, k] row-major. */
+  up: Float64Array;
+  /** All singular values of the factored matrix, descending. */
+  sigma: Float64Array;
+  /** Σ_{i<k} σ_i² / Σ σ². */
+  energy: number;
+}
+
+/** Eigenpairs of a symmetric n×n matrix, descending: values [n], vectors column-major by pair [n][n]. */
+export function symmetricEigen(S: Float64Array, n: number): { values: Float64Array; vectors: Float64Array[] } {
+  const m = new Matrix(n, n);
+  for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) m.set(i, j, S[i * n + j]!);
+  const e = new EigenvalueDecomposition(m, { assumeSymmetric: true });
+  const vals = e.realEigenvalues;
+  const V = e.eigenvectorMatrix;
+  const order = vals.map((_, i) => i).sort((a, b) => vals[b]! - vals[a]! || a - b);
+  return {
+    values: Float64Array.from(order, (i) => vals[i]!),
+    vectors: order.map((i) => Float64Array.from({ length: n }, (_, r) => V.get(r, i))),
+  };
+}
+
+/** AᵀA [N, N] of A [M, N]. */
+function gramCols(A: Float64Array, M: number, N: number): Float64Array {
+  const G = new Float64Array(N * N);
+  for (let r = 0; r < M; r++) {
+    const o = r * N;
+    for (let i = 0; i < N; i++) {
+      const a = A[o + i]!;
+      if (a === 0) continue;
+      const gi = i * N;
+      for (let j = i; j < N; j++) G[gi + j] += a * A[o + j]!;
+    }
+  }
+  for (let i = 0; i < N; i++) for (let j = 0; j < i; j++) G[i * N + j] = G[j * N + i]!;
+  return G;
+}
+
+/** AAᵀ [M, M] of A [M, N]. */
+function gramRows(A: Float64Array, M: number, N: number): Float64Array {
+  const G = new Float64Array(M * M);
+  for (let i = 0; i < M; i++)
+    for (let j = i; j < M; j++) {
+      let s = 0;
+      for (let d = 0; d < N; d++) s += A[i * N + d]! * A[j * N + d]!;
+      G[i * M + j] = s;
+      G[j * M + i] = s;
+    }
+  return G;
+}
+
+export function truncatedFactor(A: Float64Array, M: number, N: number, k: number): Factors {
+  if (!Number.isInteger(k) || k < 1 || k > Math.min(M, N)) throw new MlaError("BAD_ARGUMENT", `truncated SVD rank ${k} is outside 1…${Math.min(M, N)} for a ${M}×${N} matrix`, "lower the rank");
+  const down = new Float64Array(k * N);
+  const up = new Float64Array(M * k);
+  let sigma: Float64Array;
+  if (N <= M) {
+    const { values, vectors } = symmetricEigen(gramCols(A, M, N), N);
+    sigma = values.map((v) => Math.sqrt(Math.max(v, 0)));
+    for (let j = 0; j < k; j++) {
+      const v = vectors[j]!;
+      down.set(v, j * N);
+      for (let r = 0; r < M; r++) {
+        let s = 0;
+        for (let d = 0; d < N; d++) s += A[r * N + d]! * v[d]!;
+        up[r * k + j] = s;
+      }
+    }
+  } else {
+    const { values, vectors } = symmetricEigen(gramRows(A, M, N), M);
+    sigma = values.map((v) => Math.sqrt(Math.max(v, 0)));
+    const tiny = (sigma[0] ?? 0) * 1e-12;
+    for (let j = 0; j < k; j++) {
+      const u = vectors[j]!;
+      const s = sigma[j]!;
+      for (let r = 0; r < M; r++) up[r * k + j] = u[r]! * s;
+      if (s <= tiny) continue; // a null direction: its up column is ~0, so the down row does not matter
+      for (let d = 0; d < N; d++) {
+        let acc = 0;
+        for (let r = 0; r < M; r++) acc += u[r]! * A[r * N + d]!;
+        down[j * N + d] = acc / s;
+      }
+    }
+  }
+  let kept = 0;
+  let total = 0;
+  sigma.forEach((s, i) => {
+    total += s * s;
+    if (i < k) kept += s * s;
+  });
+  return { down, up, sigma, energy: total > 0 ? kept / total : 1 };
+}
+
+export interface CovarianceRoots {
+  sqrt: Float64Array;
+  invSqrt: Float64Array;
+}
+
+/** C^{1/2} and C^{-1/2} of a covariance [N, N], eigenvalues floored at 1e-6·max (a ridge for dead directions). */
+export function covarianceRoots(C: Float64Array, N: number): CovarianceRoots {
+  const { values, vectors } = symmetricEigen(C, N);
+  const floor = Math.max(values[0] ?? 0, 1e-30) * 1e-6;
+  const sqrt = new Float64Array(N * N);
+  const invSqrt = new Float64Array(N * N);
+  for (let e = 0; e < N; e++) {
+    const lam = Math.max(values[e]!, floor);
+    const s = Math.sqrt(lam);
+    const v = vectors[e]!;
+    for (let i = 0; i < N; i++)
+      for (let j = 0; j < N; j++) {
+        const p = v[i]! * v[j]!;
+        sqrt[i * N + j] += p * s;
+        invSqrt[i * N + j] += p / s;
+      }
+  }
+  return { sqrt, invSqrt };
+}
+
+/** Activation-aware factorization of A [M, N] given the roots of the input covariance. */
+export function whitenedFactor(A: Float64Array, M: number, N: number, k: number, roots: CovarianceRoots): Factors {
+  const B = matmul(A, roots.sqrt, M, N, N);
+  const f = truncatedFactor(B, M, N, k);
+  return { ...f, down: matmul(f.down, roots.invSqrt, k, N, N) };
+}
+
+/** X [a, b] · Y [b, c] → [a, c]. */
+export function matmul(X: Float64Array, Y: Float64Array, a: number, b: number, c: number): Float64Array {
+  const Z = new Float64Array(a * c);
+  for (let i = 0; i < a; i++)
+    for (let t = 0; t < b; t++) {
+      const x = X[i * b + t]!;
+      if (x === 0) continue;
+      const yo = t * c;
+      const zo = i * c;
+      for (let j = 0; j < c; j++) Z[zo + j] += x * Y[yo + j]!;
+    }
+  return Z;
+}
