@@ -1,7 +1,8 @@
 /**
- * Output folders appear whole or not at all: work goes into `OUT.tmp-XXXX` beside the target and is
- * renamed into place at the end. An interrupted run leaves no half-written OUT, and removes its
- * temporary folder when it can (SIGINT/SIGTERM handlers in the CLI call `abandonAll`).
+ * Output folders appear whole or not at all: work goes into a hidden `.OUT.tmp-XXXX` beside the
+ * target and is renamed into place at the end. An interrupted run leaves no half-written OUT: on
+ * SIGINT/SIGTERM the CLI removes its temporary folder (`abandonAll`); after SIGKILL the next run
+ * that writes beside it sweeps it (`sweepStale`).
  */
 import fs from "node:fs";
 import path from "node:path";
@@ -13,13 +14,42 @@ export function refuseExisting(out: string, force: boolean): void {
   if (fs.existsSync(out) && !force) throw new MlaError("EXISTS", `output ${out} already exists`, "pass --force to replace it, or choose another --out");
 }
 
-/** Creates the temporary sibling folder of `out` and returns its path. */
+const OWNER_FILE = ".mha2mla-owner";
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
+/**
+ * Removes temporary folders of `out` left by a run that was killed outright (SIGKILL, power loss):
+ * hidden `.NAME.tmp-*` siblings whose owner process is gone.
+ */
+export function sweepStale(out: string): void {
+  const parent = path.dirname(path.resolve(out));
+  const prefix = "." + path.basename(out) + ".tmp-";
+  if (!fs.existsSync(parent)) return;
+  for (const name of fs.readdirSync(parent)) {
+    if (!name.startsWith(prefix)) continue;
+    const dir = path.join(parent, name);
+    const owner = Number(fs.existsSync(path.join(dir, OWNER_FILE)) ? fs.readFileSync(path.join(dir, OWNER_FILE), "utf8") : NaN);
+    if (!Number.isInteger(owner) || !alive(owner)) fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** Creates the hidden temporary sibling folder of `out` (owned by this process) and returns its path. */
 export function beginOutDir(out: string, force: boolean): string {
   refuseExisting(out, force);
   const parent = path.dirname(path.resolve(out));
   try {
     fs.mkdirSync(parent, { recursive: true });
-    const tmp = fs.mkdtempSync(path.join(parent, path.basename(out) + ".tmp-"));
+    sweepStale(out);
+    const tmp = fs.mkdtempSync(path.join(parent, "." + path.basename(out) + ".tmp-"));
+    fs.writeFileSync(path.join(tmp, OWNER_FILE), String(process.pid));
     live.add(tmp);
     return tmp;
   } catch (e) {
@@ -31,6 +61,7 @@ export function beginOutDir(out: string, force: boolean): string {
 export function commitOutDir(tmp: string, out: string, force: boolean): void {
   refuseExisting(out, force);
   try {
+    fs.rmSync(path.join(tmp, OWNER_FILE), { force: true });
     if (fs.existsSync(out)) {
       const old = fs.mkdtempSync(path.resolve(out) + ".old-");
       fs.renameSync(out, path.join(old, "x"));

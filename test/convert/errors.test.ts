@@ -1,0 +1,93 @@
+import assert from "node:assert/strict";
+import { spawn, spawnSync } from "node:child_process";
+import fs from "node:fs";
+import path from "node:path";
+import { test } from "node:test";
+import { MlaError } from "../../src/errors.js";
+import { convert, ConvertOptions } from "../../src/convert/pipeline.js";
+import { parseStrategy } from "../../src/ropeSelect/strategies.js";
+import { beginOutDir } from "../../src/io/atomicDir.js";
+import { synth } from "../../src/synth/synth.js";
+import { MODELS, ROOT, tmpDir } from "../helpers.js";
+
+const MAIN = path.join(ROOT, "dist", "src", "cli", "main.js");
+
+async function refused(opts: Partial<ConvertOptions> & { model?: string }, re: RegExp): Promise<void> {
+  const parent = tmpDir();
+  const out = opts.out ?? path.join(parent, "out");
+  await assert.rejects(convert(opts.model ?? path.join(MODELS, "stories260K"), { rank: 2, progress: null, ...opts, out }), (e: Error) => e instanceof MlaError && re.test(e.message) && /hint:/.test(e.message));
+  if (!opts.out) assert.deepEqual(fs.readdirSync(parent), [], "no output or temporary folder left");
+}
+
+test("rank and rope pairs out of range name the valid range", async () => {
+  await refused({ rank: 0 }, /--rank 0 is out of range[\s\S]*1…14/);
+  await refused({ rank: 15, ropePairs: 1 }, /--rank 15 is out of range[\s\S]*1…14/);
+  await refused({ rank: 2, ropePairs: 5 }, /--rope-pairs 5 is out of range[\s\S]*0…4/);
+  await refused({ rank: 2, ropePairs: 4, svd: "split" }, /--svd split needs position-free key dims/);
+  assert.throws(() => parseStrategy("random"), /--rope-strategy random is not known[\s\S]*high, low, uniform, 2-norm/);
+});
+
+test("an existing --out without --force, and --out equal to the input, are refused", async () => {
+  const parent = tmpDir();
+  const out = path.join(parent, "exists");
+  fs.mkdirSync(out);
+  await refused({ out }, /already exists[\s\S]*--force/);
+  const copy = path.join(tmpDir(), "model");
+  fs.cpSync(path.join(MODELS, "stories260K"), copy, { recursive: true });
+  const before = fs.readFileSync(path.join(copy, "model.safetensors"));
+  await refused({ model: copy, out: copy, force: true }, /is the input model folder/);
+  assert.deepEqual(fs.readFileSync(path.join(copy, "model.safetensors")), before, "input unchanged");
+});
+
+test("a model that is not Llama-family, a converted model, and too little calibration text are refused", async () => {
+  const gpt = path.join(tmpDir(), "gpt2");
+  fs.mkdirSync(gpt);
+  fs.writeFileSync(path.join(gpt, "config.json"), JSON.stringify({ model_type: "gpt2", n_embd: 64 }));
+  await refused({ model: gpt }, /model_type "gpt2" is not supported/);
+  const short = path.join(tmpDir(), "short.txt");
+  fs.writeFileSync(short, "Once upon a time.");
+  await refused({ ropeStrategy: "2-norm", calib: short }, /fewer than one calibration window/);
+  await refused({ ropeStrategy: "2-norm" }, /2-norm needs calibration text/);
+  await refused({ svdInit: "activations" }, /activations needs calibration text/);
+  const conv = path.join(tmpDir(), "conv");
+  await convert(path.join(MODELS, "stories260K"), { rank: 2, ropePairs: 1, ropeStrategy: "high", out: conv, progress: null });
+  await refused({ model: conv }, /already an MLA checkpoint/);
+});
+
+test("the CLI refuses an unknown strategy and a bad rank with one error line, exit 1", () => {
+  const out = path.join(tmpDir(), "x");
+  const a = spawnSync(process.execPath, [MAIN, "convert", "stories260K", "--rank", "99", "--out", out], { encoding: "utf8" });
+  assert.equal(a.status, 1);
+  assert.match(a.stderr, /^error: --rank 99 is out of range/m);
+  const b = spawnSync(process.execPath, [MAIN, "convert", "stories260K", "--rank", "2", "--rope-strategy", "random", "--out", out], { encoding: "utf8" });
+  assert.equal(b.status, 1);
+  assert.match(b.stderr, /Invalid values[\s\S]*random/);
+  assert.equal(fs.existsSync(out), false);
+});
+
+test("a conversion killed mid-way leaves no output; SIGTERM removes its temporary folder, SIGKILL's is swept by the next run", async () => {
+  const model = path.join(tmpDir(), "l7");
+  await synth({ arch: "llama2-7b", layers: 1, out: model, progress: null });
+  const parent = tmpDir();
+  const out = path.join(parent, "mla");
+  const run = async (signal: NodeJS.Signals) => {
+    const child = spawn(process.execPath, [MAIN, "convert", model, "--rank", "64", "--rope-pairs", "8", "--rope-strategy", "uniform", "--out", out], { stdio: ["ignore", "ignore", "pipe"] });
+    let err = "";
+    child.stderr.on("data", (d) => (err += d));
+    // Wait until the temporary folder exists: the conversion is then under way.
+    for (let i = 0; i < 200 && !fs.readdirSync(parent).some((n) => n.includes(".tmp-")); i++) await new Promise((r) => setTimeout(r, 50));
+    await new Promise((r) => setTimeout(r, 300));
+    child.kill(signal);
+    await new Promise((r) => child.on("exit", r));
+    return err;
+  };
+  await run("SIGTERM");
+  assert.deepEqual(fs.readdirSync(parent), [], "SIGTERM: nothing left");
+  await run("SIGKILL");
+  assert.equal(fs.existsSync(out), false, "SIGKILL: no output folder");
+  assert.equal(fs.readdirSync(parent).filter((n) => n.startsWith(".mla.tmp-")).length, 1, "the killed run's hidden temporary folder");
+  const tmp = beginOutDir(out, false);
+  assert.deepEqual(fs.readdirSync(parent), [path.basename(tmp)], "stale temporary folder swept");
+  fs.rmSync(parent, { recursive: true });
+  fs.rmSync(model, { recursive: true });
+});
