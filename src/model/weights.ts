@@ -114,7 +114,6 @@ export function expectedTensors(c: ModelConfig): { name: string; shape: number[]
     const p = layerPrefix(i);
     add(p + "input_layernorm.weight", [D]);
     for (const t of attentionTensors(c)) add(p + t.name, t.shape, t.on);
-    add(p + "self_attn.o_proj.bias", [D], c.oBias);
     add(p + "post_attention_layernorm.weight", [D]);
     for (const [proj, shape] of [["gate", [F, D]], ["up", [F, D]], ["down", [D, F]]] as const) {
       add(`${p}mlp.${proj}_proj.weight`, [...shape]);

@@ -184,3 +184,28 @@ test("the converted checkpoint copies every non-attention tensor byte for byte",
   dst.close();
   for (const f of ["tokenizer.json", "tokenizer_config.json", "config.json", "mla_conversion.json"]) assert.ok(fs.existsSync(path.join(out, f)), f);
 });
+
+for (const fixture of ["tiny-qwen2", "tiny-llama3", "tiny-mistral"]) {
+  test(`${fixture} (biases, rope scaling, sliding window): exact at full rank; absorbed decode equals the plain forward`, async () => {
+    const dir = path.join(GOLDEN, fixture);
+    const ids = goldenPrompt(fixture);
+    const orig = loadModel(dir);
+    const half = orig.config.headDim / 2;
+    const full = path.join(tmpDir(), "full");
+    await convert(dir, { rank: maxRank("joint", orig.config.kvHeads, orig.config.headDim, half, orig.config.hiddenSize), ropePairs: half, ropeStrategy: "high", out: full, progress: null });
+    const err = maxAbsDiff(loadModel(full).model.forward(ids).toArray(), orig.model.forward(ids).toArray());
+    assert.ok(err <= 1e-4, `full conversion: max |Δ| ${err}`);
+    const low = path.join(tmpDir(), "low");
+    await convert(dir, { rank: 2, ropePairs: 2, ropeStrategy: "uniform", out: low, progress: null });
+    const { model, config } = loadModel(low);
+    const V = config.vocabSize;
+    const plain = model.forward(ids).toArray();
+    const cache = model.newCache();
+    model.forward(ids.subarray(0, 3), cache);
+    for (let t = 3; t < ids.length; t++) {
+      const row = model.forward(ids.subarray(t, t + 1), cache, { absorb: true }).toArray();
+      const e = maxAbsDiff(row, plain.subarray(t * V, (t + 1) * V));
+      assert.ok(e <= 1e-4, `step ${t}: max |Δ| ${e}`);
+    }
+  });
+}
