@@ -1,6 +1,7 @@
 /** Text generation with the KV cache: prefill the prompt once, then one token per step. */
 import { MlaError } from "../errors.js";
 import type { LlamaModel } from "./llama.js";
+import type { FloatArray } from "../tensor/tensor.js";
 
 export interface GenerateOptions {
   maxTokens: number;
@@ -28,7 +29,7 @@ function rng(seed: number): () => number {
   };
 }
 
-function pick(logits: Float32Array, temperature: number, rand: () => number): number {
+function pick(logits: FloatArray, temperature: number, rand: () => number): number {
   let best = 0;
   for (let i = 1; i < logits.length; i++) if (logits[i]! > logits[best]!) best = i;
   if (temperature <= 0) return best;

@@ -4,18 +4,19 @@
  * buffers (capacity doubles), so appending a token copies only that token.
  */
 import type { Backend } from "../tensor/backend.js";
-import type { Tensor } from "../tensor/tensor.js";
+import type { FloatArray, Tensor } from "../tensor/tensor.js";
 
 /** Growable [S, rowSize] float rows. */
 class RowBuffer {
-  private buf = new Float32Array(0);
+  private buf: FloatArray = new Float32Array(0);
   rows = 0;
   constructor(readonly rowSize: number) {}
 
-  append(values: Float32Array): void {
-    const need = (this.rows * this.rowSize + values.length);
-    if (need > this.buf.length) {
-      const grown = new Float32Array(Math.max(need, this.buf.length * 2, this.rowSize * 16));
+  append(values: FloatArray): void {
+    const need = this.rows * this.rowSize + values.length;
+    if (need > this.buf.length || this.buf.constructor !== values.constructor) {
+      const n = Math.max(need, this.buf.length * 2, this.rowSize * 16);
+      const grown = values instanceof Float64Array ? new Float64Array(n) : new Float32Array(n);
       grown.set(this.buf.subarray(0, this.rows * this.rowSize));
       this.buf = grown;
     }
@@ -23,7 +24,7 @@ class RowBuffer {
     this.rows += values.length / this.rowSize;
   }
 
-  view(): Float32Array {
+  view(): FloatArray {
     return this.buf.subarray(0, this.rows * this.rowSize);
   }
 }

@@ -9,7 +9,7 @@ import { MlaError } from "../errors.js";
 import type { LlamaModel } from "../model/llama.js";
 import type { MhaWeights } from "../model/weights.js";
 import type { TextTokenizer } from "../io/tokenizer.js";
-import type { Tensor } from "../tensor/tensor.js";
+import type { FloatArray, Tensor } from "../tensor/tensor.js";
 import { Progress, ProgressSink } from "../util/progress.js";
 
 export interface CalibrationStats {
@@ -41,7 +41,7 @@ export function calibrationWindows(tokenizer: TextTokenizer, text: string, sampl
 }
 
 /** Accumulates mean pair norms of rows of y [T, heads·Dh] into acc [heads, Dh/2] (adds the window mean). */
-function addPairNorms(y: Float32Array, T: number, heads: number, Dh: number, acc: Float64Array): void {
+function addPairNorms(y: FloatArray, T: number, heads: number, Dh: number, acc: Float64Array): void {
   const half = Dh / 2;
   for (let t = 0; t < T; t++)
     for (let h = 0; h < heads; h++) {
@@ -50,7 +50,7 @@ function addPairNorms(y: Float32Array, T: number, heads: number, Dh: number, acc
     }
 }
 
-function addCovariance(x: Float32Array, T: number, D: number, acc: Float64Array): void {
+function addCovariance(x: FloatArray, T: number, D: number, acc: Float64Array): void {
   for (let t = 0; t < T; t++) {
     const o = t * D;
     for (let i = 0; i < D; i++) {

@@ -3,7 +3,7 @@
  * backend and, later, by native backends behind the C ABI. Letters in shapes: T time, S key time,
  * D hidden, H query heads, Hkv KV heads, Dh head dim, F MLP width, V vocab, N/K/M generic.
  */
-import type { Tensor } from "./tensor.js";
+import type { FloatArray, Tensor } from "./tensor.js";
 
 export interface AttentionOptions {
   /** 1/sqrt(Dh) for Llama. */
@@ -16,8 +16,8 @@ export interface AttentionOptions {
 
 export interface Backend {
   readonly name: string;
-  upload(data: Float32Array, shape: readonly number[]): Tensor;
-  download(t: Tensor): Float32Array;
+  upload(data: FloatArray, shape: readonly number[]): Tensor;
+  download(t: Tensor): FloatArray;
   free(t: Tensor): void;
 
   /** y[M,N] = x[M,K] · w[N,K]ᵀ (+ bias[N]). */

@@ -5,7 +5,8 @@
 import { MlaError } from "../errors.js";
 import type { Backend } from "./backend.js";
 
-export type TensorDType = "f32";
+export type TensorDType = "f32" | "f64";
+export type FloatArray = Float32Array | Float64Array;
 
 export class Tensor {
   constructor(
@@ -21,7 +22,7 @@ export class Tensor {
     return n;
   }
 
-  toArray(): Float32Array {
+  toArray(): FloatArray {
     return this.backend.download(this);
   }
 

@@ -6,6 +6,7 @@ import { Checkpoint } from "../../src/io/checkpoint.js";
 import { SafetensorsFile } from "../../src/io/safetensors.js";
 import { loadModel, LlamaModel } from "../../src/model/llama.js";
 import type { MhaWeights } from "../../src/model/weights.js";
+import type { FloatArray } from "../../src/tensor/tensor.js";
 import { headDimOrder } from "../../src/model/config.js";
 import { calibrate, calibrationWindows } from "../../src/ropeSelect/calibrate.js";
 import { twoNormScores, topPairs, fixedPairs } from "../../src/ropeSelect/strategies.js";
@@ -25,13 +26,13 @@ function goldenPrompt(model: string): Int32Array {
 }
 
 /** The original model's logits with RoPE removed on every pair outside `selection` (q follows its KV group). */
-function partialRopeLogits(m: LlamaModel, ids: Int32Array, selection: number[][][]): Float32Array {
+function partialRopeLogits(m: LlamaModel, ids: Int32Array, selection: number[][][]): FloatArray {
   const b = m.backend;
   const c = m.config;
   const T = ids.length;
   const positions = Int32Array.from({ length: T }, (_, i) => i);
   const group = c.heads / c.kvHeads;
-  const keepRope = (x: Float32Array, heads: number, sel: number[][], headOf: (h: number) => number) => {
+  const keepRope = (x: FloatArray, heads: number, sel: number[][], headOf: (h: number) => number) => {
     const rot = b.rope(b.upload(Float32Array.from(x), [T, heads, c.headDim]), positions, m.invFreq).toArray();
     const out = Float32Array.from(x);
     for (let t = 0; t < T; t++)

@@ -1,14 +1,17 @@
 /**
- * The TypeScript reference backend: float32 storage, float64 accumulation. It is the oracle the
- * native backends are tested against, so every op is written for clarity first; the inner loops are
- * kept contiguous and 4-way unrolled because it also serves as the default backend for small models.
+ * The TypeScript reference backend: float32 storage (or float64, for finite-difference tests),
+ * float64 accumulation. It is the oracle the native backends are tested against, so every op is
+ * written for clarity first; the inner loops are kept contiguous and 4-way unrolled because it also
+ * serves as the default backend for small models. Backward ops live in ./backward.ts.
  */
 import { MlaError } from "../../errors.js";
 import type { AttentionOptions, Backend } from "../../tensor/backend.js";
-import { Tensor, expectShape } from "../../tensor/tensor.js";
+import { FloatArray, Tensor, expectShape } from "../../tensor/tensor.js";
+export type { FloatArray };
 
-function data(t: Tensor): Float32Array {
-  return t.storage as Float32Array;
+
+export function data(t: Tensor): FloatArray {
+  return t.storage as FloatArray;
 }
 
 function last(t: Tensor): number {
@@ -16,24 +19,40 @@ function last(t: Tensor): number {
 }
 
 export class ReferenceBackend implements Backend {
-  readonly name = "reference";
+  readonly name: string;
+  readonly dtype: "f32" | "f64";
 
-  upload(values: Float32Array, shape: readonly number[]): Tensor {
-    const t = new Tensor(this, shape, values);
+  constructor(dtype: "f32" | "f64" = "f32") {
+    this.dtype = dtype;
+    this.name = dtype === "f32" ? "reference" : "reference-f64";
+  }
+
+  /** A zeroed array of this backend's storage type. */
+  alloc(n: number): FloatArray {
+    return this.dtype === "f32" ? new Float32Array(n) : new Float64Array(n);
+  }
+
+  clone(x: ArrayLike<number>): FloatArray {
+    return this.dtype === "f32" ? Float32Array.from(x) : Float64Array.from(x);
+  }
+
+  upload(values: FloatArray, shape: readonly number[]): Tensor {
+    const mine = this.dtype === "f32" ? values instanceof Float32Array : values instanceof Float64Array;
+    const t = new Tensor(this, shape, mine ? values : this.clone(values), this.dtype);
     if (t.size !== values.length) throw new MlaError("BAD_ARGUMENT", `upload: ${values.length} values for shape [${shape}]`, "shape and data length must agree");
     return t;
   }
 
-  download(t: Tensor): Float32Array {
+  download(t: Tensor): FloatArray {
     return data(t);
   }
 
   free(): void {}
 
-  private make(shape: readonly number[], values?: Float32Array): Tensor {
+  make(shape: readonly number[], values?: FloatArray): Tensor {
     let n = 1;
     for (const d of shape) n *= d;
-    return new Tensor(this, shape, values ?? new Float32Array(n));
+    return new Tensor(this, shape, values ?? this.alloc(n), this.dtype);
   }
 
   linear(x: Tensor, w: Tensor, bias?: Tensor | null): Tensor {
@@ -45,7 +64,7 @@ export class ReferenceBackend implements Backend {
     const X = data(x);
     const W = data(w);
     const B = bias ? data(bias) : null;
-    const Y = new Float32Array(M * N);
+    const Y = this.alloc(M * N);
     const K4 = K - (K % 4);
     for (let m = 0; m < M; m++) {
       const xo = m * K;
@@ -71,7 +90,7 @@ export class ReferenceBackend implements Backend {
     expectShape("rmsnorm", "w", w, [D]);
     const X = data(x);
     const W = data(w);
-    const Y = new Float32Array(X.length);
+    const Y = this.alloc(X.length);
     for (let r = 0; r < X.length / D; r++) {
       let ss = 0;
       for (let i = 0; i < D; i++) ss += X[r * D + i]! * X[r * D + i]!;
@@ -90,7 +109,7 @@ export class ReferenceBackend implements Backend {
       throw new MlaError("BAD_ARGUMENT", `rope: ${invFreq.length} frequencies for x [${x.shape}] with ${rd} rotary dims`, "pass rotaryDims/2 frequencies, or H × rotaryDims/2");
     expectShape("rope", "x", x, [positions.length, null, null]);
     const X = data(x);
-    const Y = Float32Array.from(X);
+    const Y = this.clone(X);
     const nSets = perHead ? H : 1;
     const cos = new Float64Array(nSets * half);
     const sin = new Float64Array(nSets * half);
@@ -123,7 +142,7 @@ export class ReferenceBackend implements Backend {
       throw new MlaError("BAD_ARGUMENT", `concatLast: [${a.shape}] and [${b.shape}] differ before the last axis`, "this is a bug in the caller");
     const X = data(a);
     const Z = data(b);
-    const Y = new Float32Array(rows * (A + Bn));
+    const Y = this.alloc(rows * (A + Bn));
     for (let r = 0; r < rows; r++) {
       Y.set(X.subarray(r * A, (r + 1) * A), r * (A + Bn));
       Y.set(Z.subarray(r * Bn, (r + 1) * Bn), r * (A + Bn) + A);
@@ -143,7 +162,7 @@ export class ReferenceBackend implements Backend {
     const KR = data(kr);
     const QC = data(qc);
     const C = data(c);
-    const O = new Float32Array(T * H * L);
+    const O = this.alloc(T * H * L);
     const scores = new Float64Array(S);
     const acc = new Float64Array(L);
     for (let t = 0; t < T; t++) {
@@ -189,7 +208,7 @@ export class ReferenceBackend implements Backend {
     const Q = data(q);
     const K = data(k);
     const V = data(v);
-    const O = new Float32Array(T * H * Dv);
+    const O = this.alloc(T * H * Dv);
     const scores = new Float64Array(S);
     const acc = new Float64Array(Dv);
     for (let t = 0; t < T; t++) {
@@ -226,7 +245,7 @@ export class ReferenceBackend implements Backend {
     expectShape("swiglu", "up", up, gate.shape);
     const G = data(gate);
     const U = data(up);
-    const Y = new Float32Array(G.length);
+    const Y = this.alloc(G.length);
     for (let i = 0; i < G.length; i++) {
       const g = G[i]!;
       Y[i] = (g / (1 + Math.exp(-g))) * U[i]!;
@@ -238,7 +257,7 @@ export class ReferenceBackend implements Backend {
     expectShape("add", "b", b, a.shape);
     const A = data(a);
     const B = data(b);
-    const Y = new Float32Array(A.length);
+    const Y = this.alloc(A.length);
     for (let i = 0; i < A.length; i++) Y[i] = A[i]! + B[i]!;
     return this.make(a.shape, Y);
   }
@@ -246,7 +265,7 @@ export class ReferenceBackend implements Backend {
   embedding(table: Tensor, ids: Int32Array): Tensor {
     const [V, D] = table.shape as [number, number];
     const E = data(table);
-    const Y = new Float32Array(ids.length * D);
+    const Y = this.alloc(ids.length * D);
     for (let t = 0; t < ids.length; t++) {
       const id = ids[t]!;
       if (!(id >= 0 && id < V)) throw new MlaError("BAD_ARGUMENT", `embedding: token id ${id} at position ${t} is outside the vocabulary of ${V}`, "the tokenizer and the model do not match");
