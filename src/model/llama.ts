@@ -16,6 +16,8 @@ import { LlamaWeights, loadLlamaWeights } from "./weights.js";
 import { DecodeCache, KvCache, LatentCache } from "./kvCache.js";
 import { mhaAttention } from "./attention/mha.js";
 import { MlaBlock } from "./attention/mla.js";
+import { Node, Ops } from "../tensor/autograd.js";
+import { ParamNodes, paramNodes } from "./params.js";
 
 export interface ForwardOptions {
   /** Called with each layer's attention input [T, D] (after input_layernorm), for calibration. */
@@ -28,6 +30,7 @@ export class LlamaModel {
   readonly invFreq: Float64Array;
 
   private readonly mla: MlaBlock[] | null;
+  private constants: ParamNodes | null = null;
 
   constructor(readonly config: ModelConfig, readonly weights: LlamaWeights, readonly backend: Backend) {
     this.invFreq = ropeInvFreq(config.headDim, config.rope);
@@ -46,26 +49,37 @@ export class LlamaModel {
    * the sequence starts at position 0.
    */
   forward(ids: Int32Array, cache?: DecodeCache, opts: ForwardOptions = {}): Tensor {
-    const b = this.backend;
+    const ops = new Ops(this.backend, null);
+    this.constants ??= paramNodes(ops, this.weights, () => false);
+    return this.graph(ops, this.constants, ids, cache, opts).value;
+  }
+
+  /** The same forward as graph ops over weight nodes `P` (trainable leaves when `ops` has a tape). */
+  graph(ops: Ops, P: ParamNodes, ids: Int32Array, cache?: DecodeCache, opts: ForwardOptions = {}): Node {
     const c = this.config;
     const start = cache?.length ?? 0;
     const positions = new Int32Array(ids.length);
     for (let i = 0; i < ids.length; i++) positions[i] = start + i;
-    let h = b.embedding(this.weights.embed, ids);
-    this.weights.layers.forEach((lw, li) => {
-      const x = b.rmsnorm(h, lw.inputNorm, c.rmsEps);
-      opts.onAttentionInput?.(li, x);
+    let h = ops.embedding(P.embed, ids);
+    P.layers.forEach((lw, li) => {
+      const x = ops.rmsnorm(h, lw.inputNorm, c.rmsEps);
+      opts.onAttentionInput?.(li, x.value);
       const a =
         lw.attn.kind === "mha"
-          ? mhaAttention(b, c, lw.attn, this.invFreq, x, positions, li, cache as KvCache | undefined)
-          : this.mla![li]!.forward(x, positions, cache as LatentCache | undefined, opts.absorb);
-      h = b.add(h, a);
-      const y = b.rmsnorm(h, lw.postNorm, c.rmsEps);
-      const m = b.linear(b.swiglu(b.linear(y, lw.gate, lw.gateBias), b.linear(y, lw.up, lw.upBias)), lw.down, lw.downBias);
-      h = b.add(h, m);
+          ? mhaAttention(ops, c, lw.attn, this.invFreq, x, positions, li, cache as KvCache | undefined)
+          : this.mla![li]!.forward(ops, lw.attn, x, positions, cache as LatentCache | undefined, opts.absorb);
+      h = ops.add(h, a);
+      const y = ops.rmsnorm(h, lw.postNorm, c.rmsEps);
+      const m = ops.linear(ops.swiglu(ops.linear(y, lw.gate, lw.gateBias), ops.linear(y, lw.up, lw.upBias)), lw.down, lw.downBias);
+      h = ops.add(h, m);
     });
     if (cache) cache.advance(ids.length);
-    return b.linear(b.rmsnorm(h, this.weights.finalNorm, c.rmsEps), this.weights.lmHead);
+    return ops.linear(ops.rmsnorm(h, P.finalNorm, c.rmsEps), P.lmHead, null);
+  }
+
+  /** Call after changing weights in place: drops the absorbed MLA projections built from them. */
+  weightsChanged(): void {
+    this.mla?.forEach((m) => m.invalidate());
   }
 }
 

@@ -48,4 +48,32 @@ export interface Backend {
   embedding(table: Tensor, ids: Int32Array): Tensor;
   /** Per row of logits[T,V]: −log softmax(logits)[target] (float64). */
   crossEntropy(logits: Tensor, targets: Int32Array): Float64Array;
+
+  /** Columns of x[M,N] at idx[K] → [M,K]. */
+  gatherCols(x: Tensor, idx: Int32Array): Tensor;
+
+  // ---- backward ops (training); each returns the gradients of the forward op's inputs ----
+
+  /** linear: dx[M,K] = dy·w, dw[N,K] = dyᵀ·x, db[N] = Σ dy (each only when asked). */
+  linearBackward(x: Tensor, w: Tensor, dy: Tensor, need: { x: boolean; w: boolean; bias: boolean }): { dx: Tensor | null; dw: Tensor | null; db: Tensor | null };
+  rmsnormBackward(x: Tensor, w: Tensor, eps: number, dy: Tensor): { dx: Tensor; dw: Tensor };
+  /** RoPE is a rotation: its backward rotates dy by the opposite angle. */
+  ropeBackward(dy: Tensor, positions: Int32Array, invFreq: Float64Array, rotaryDims?: number): Tensor;
+  attentionBackward(q: Tensor, k: Tensor, v: Tensor, dOut: Tensor, opts: AttentionOptions): { dq: Tensor; dk: Tensor; dv: Tensor };
+  swigluBackward(gate: Tensor, up: Tensor, dy: Tensor): { dgate: Tensor; dup: Tensor };
+  /** dtable[V,D]: rows of dy[T,D] added at ids. */
+  embeddingBackward(ids: Int32Array, dy: Tensor, vocab: number): Tensor;
+  /** d(scale·Σ crossEntropy)/dlogits = scale·(softmax − onehot). */
+  crossEntropyBackward(logits: Tensor, targets: Int32Array, scale: number): Tensor;
+  /**
+   * Distillation: per row T²·KL(softmax(teacher/T) ‖ softmax(student/T)) and the gradient of
+   * scale·Σ rows with respect to the student logits, scale·T·(softmax(student/T) − softmax(teacher/T)).
+   */
+  klDivergence(student: Tensor, teacher: Tensor, temperature: number, scale: number): { loss: Float64Array; grad: Tensor };
+  /** Scatter-add of dy[M,K] into the columns idx of a zero [M,N]. */
+  scatterCols(dy: Tensor, idx: Int32Array, n: number): Tensor;
+  /** [a[…,A], b[…,B]] ← x[…,A+B]. */
+  splitLast(x: Tensor, a: number): [Tensor, Tensor];
+  /** x·s. */
+  scale(x: Tensor, s: number): Tensor;
 }

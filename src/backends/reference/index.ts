@@ -6,6 +6,7 @@
  */
 import { MlaError } from "../../errors.js";
 import type { AttentionOptions, Backend } from "../../tensor/backend.js";
+import * as bw from "./backward.js";
 import { FloatArray, Tensor, expectShape } from "../../tensor/tensor.js";
 export type { FloatArray };
 
@@ -289,6 +290,53 @@ export class ReferenceBackend implements Backend {
       out[t] = Math.log(sum) + max - L[o + targets[t]!]!;
     }
     return out;
+  }
+
+  gatherCols(x: Tensor, idx: Int32Array): Tensor {
+    const N = last(x);
+    const M = x.size / N;
+    const X = data(x);
+    const Y = this.alloc(M * idx.length);
+    for (let m = 0; m < M; m++) for (let k = 0; k < idx.length; k++) Y[m * idx.length + k] = X[m * N + idx[k]!]!;
+    return this.make([...x.shape.slice(0, -1), idx.length], Y);
+  }
+
+  scale(x: Tensor, s: number): Tensor {
+    const X = data(x);
+    const Y = this.alloc(X.length);
+    for (let i = 0; i < X.length; i++) Y[i] = X[i]! * s;
+    return this.make(x.shape, Y);
+  }
+
+  linearBackward(x: Tensor, w: Tensor, dy: Tensor, need: { x: boolean; w: boolean; bias: boolean }) {
+    return bw.linearBackward(this, x, w, dy, need);
+  }
+  rmsnormBackward(x: Tensor, w: Tensor, eps: number, dy: Tensor) {
+    return bw.rmsnormBackward(this, x, w, eps, dy);
+  }
+  ropeBackward(dy: Tensor, positions: Int32Array, invFreq: Float64Array, rotaryDims?: number): Tensor {
+    return this.rope(dy, positions.map((p) => -p), invFreq, rotaryDims);
+  }
+  attentionBackward(q: Tensor, k: Tensor, v: Tensor, dOut: Tensor, opts: AttentionOptions) {
+    return bw.attentionBackward(this, q, k, v, dOut, opts);
+  }
+  swigluBackward(gate: Tensor, up: Tensor, dy: Tensor) {
+    return bw.swigluBackward(this, gate, up, dy);
+  }
+  embeddingBackward(ids: Int32Array, dy: Tensor, vocab: number): Tensor {
+    return bw.embeddingBackward(this, ids, dy, vocab);
+  }
+  crossEntropyBackward(logits: Tensor, targets: Int32Array, scale: number): Tensor {
+    return bw.crossEntropyBackward(this, logits, targets, scale);
+  }
+  klDivergence(student: Tensor, teacher: Tensor, temperature: number, scale: number) {
+    return bw.klDivergence(this, student, teacher, temperature, scale);
+  }
+  scatterCols(dy: Tensor, idx: Int32Array, n: number): Tensor {
+    return bw.scatterCols(this, dy, idx, n);
+  }
+  splitLast(x: Tensor, a: number): [Tensor, Tensor] {
+    return bw.splitLast(this, x, a);
   }
 }
 

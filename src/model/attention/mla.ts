@@ -8,6 +8,8 @@
  */
 import type { Backend } from "../../tensor/backend.js";
 import type { Tensor } from "../../tensor/tensor.js";
+import type { Node, Ops } from "../../tensor/autograd.js";
+import type { AttentionNodes } from "../params.js";
 import { headDimOrder, ModelConfig, MlaAttention } from "../config.js";
 import type { LatentCache } from "../kvCache.js";
 import type { MlaWeights } from "../weights.js";
@@ -22,8 +24,8 @@ interface Absorbed {
 }
 
 export class MlaBlock {
-  private readonly qPerm: Tensor; // [H·Dh, D], per head [rope dims (2R), nope dims]
-  private readonly qPermBias: Tensor | null;
+  /** Per query head: its dims reordered as [rope dims (2R), nope dims], as columns of q_proj's output. */
+  private readonly qOrder: Int32Array;
   private readonly qFreq: Float64Array; // [H, R]
   private readonly kFreq: Float64Array; // [Hkv, R]
   private absorbed: Absorbed | null = null;
@@ -36,43 +38,55 @@ export class MlaBlock {
     this.L = a.latentDim;
     const sel = a.selection[layer]!;
     const group = c.heads / c.kvHeads;
-    const rowOrder: number[] = [];
+    const order: number[] = [];
     this.qFreq = new Float64Array(c.heads * this.R);
     this.kFreq = new Float64Array(c.kvHeads * this.R);
     for (let h = 0; h < c.heads; h++) {
       const g = Math.floor(h / group);
       const { rope, nope } = headDimOrder(c.headDim, sel[g]!);
-      for (const d of [...rope, ...nope]) rowOrder.push(h * c.headDim + d);
+      for (const d of [...rope, ...nope]) order.push(h * c.headDim + d);
       sel[g]!.forEach((p, i) => (this.qFreq[h * this.R + i] = invFreq[p]!));
     }
     for (let g = 0; g < c.kvHeads; g++) sel[g]!.forEach((p, i) => (this.kFreq[g * this.R + i] = invFreq[p]!));
-    this.qPerm = gatherRows(b, w.q, rowOrder);
-    this.qPermBias = w.qBias ? gatherRows(b, w.qBias, rowOrder) : null;
+    this.qOrder = Int32Array.from(order);
   }
 
-  /** x [T, D] at `positions` → [T, D]. `absorb` defaults to true whenever the cache already holds tokens. */
-  forward(x: Tensor, positions: Int32Array, cache?: LatentCache, absorb?: boolean): Tensor {
-    const { b, c, w } = this;
+  /**
+   * x [T, D] at `positions` → [T, D] as graph ops over the weight nodes `w`. `absorb` defaults to
+   * true whenever the cache already holds tokens (decode); the absorbed path is inference-only.
+   */
+  forward(ops: Ops, w: AttentionNodes, x: Node, positions: Int32Array, cache?: LatentCache, absorb?: boolean): Node {
+    if (w.kind !== "mla") throw new Error("MlaBlock on MHA weights");
+    const { c } = this;
     const T = positions.length;
     const Dr = 2 * this.R;
-    const kr = b.rope(b.linear(x, w.kRope, w.kRopeBias).reshape([T, c.kvHeads, Dr]), positions, this.kFreq, Dr);
-    const lat = b.linear(x, w.kvDown);
+    let kr = ops.rope(ops.reshape(ops.linear(x, w.kRope, w.kRopeBias), [T, c.kvHeads, Dr]), positions, this.kFreq, Dr);
+    let lat = ops.linear(x, w.kvDown, null);
     const offset = cache?.length ?? 0;
-    const [krAll, latAll] = cache ? cache.append(this.layer, kr, lat) : [kr, lat];
+    if (cache) {
+      const [krAll, latAll] = cache.append(this.layer, kr.value, lat.value);
+      [kr, lat] = [ops.constant(krAll), ops.constant(latAll)];
+    }
     const opts = { scale: 1 / Math.sqrt(c.headDim), queryOffset: offset, window: c.slidingWindow };
     if (absorb ?? offset > 0) {
+      const b = this.b;
       const ab = this.absorb();
-      const qr = b.rope(b.linear(x, ab.qRope, ab.qRopeBias).reshape([T, c.heads, Dr]), positions, this.qFreq, Dr);
-      const qc = b.linear(x, ab.qLatent, ab.qLatentBias).reshape([T, c.heads, this.L]);
-      const ctx = b.latentAttention(qr, krAll, qc, latAll, opts);
-      return b.linear(ctx.reshape([T, c.heads * this.L]), ab.oLatent, ab.oBias);
+      const qr = b.rope(b.linear(x.value, ab.qRope, ab.qRopeBias).reshape([T, c.heads, Dr]), positions, this.qFreq, Dr);
+      const qc = b.linear(x.value, ab.qLatent, ab.qLatentBias).reshape([T, c.heads, this.L]);
+      const ctx = b.latentAttention(qr, kr.value, qc, lat.value, opts);
+      return ops.constant(b.linear(ctx.reshape([T, c.heads * this.L]), ab.oLatent, ab.oBias));
     }
-    const S = latAll.shape[0]!;
-    const q = b.rope(b.linear(x, this.qPerm, this.qPermBias).reshape([T, c.heads, c.headDim]), positions, this.qFreq, Dr);
-    const kn = b.linear(latAll, w.kUp, w.kUpBias).reshape([S, c.kvHeads, c.headDim - Dr]);
-    const v = b.linear(latAll, w.vUp, w.vUpBias).reshape([S, c.kvHeads, c.headDim]);
-    const o = b.attention(q, b.concatLast(krAll, kn), v, opts);
-    return b.linear(o.reshape([T, c.heads * c.headDim]), w.o, w.oBias);
+    const S = lat.value.shape[0]!;
+    const q = ops.rope(ops.reshape(ops.gatherCols(ops.linear(x, w.q, w.qBias), this.qOrder), [T, c.heads, c.headDim]), positions, this.qFreq, Dr);
+    const kn = ops.reshape(ops.linear(lat, w.kUp, w.kUpBias), [S, c.kvHeads, c.headDim - Dr]);
+    const v = ops.reshape(ops.linear(lat, w.vUp, w.vUpBias), [S, c.kvHeads, c.headDim]);
+    const o = ops.attention(q, ops.concatLast(kr, kn), v, opts);
+    return ops.linear(ops.reshape(o, [T, c.heads * c.headDim]), w.o, w.oBias);
+  }
+
+  /** Drops the absorbed projections (after the weights change, e.g. in fine-tuning). */
+  invalidate(): void {
+    this.absorbed = null;
   }
 
   /** Builds (once) the absorbed projections, in float64 on the host. */
@@ -83,8 +97,8 @@ export class MlaBlock {
     const Dh = c.headDim;
     const Dn = Dh - 2 * R;
     const group = c.heads / c.kvHeads;
-    const Q = this.qPerm.toArray();
-    const QB = this.qPermBias?.toArray() ?? null;
+    const Q = gatherRows(w.q, this.qOrder);
+    const QB = w.qBias ? gatherRows(w.qBias, this.qOrder) : null;
     const KU = w.kUp.toArray(); // [Hkv·Dn, L]
     const VU = w.vUp.toArray(); // [Hkv·Dh, L]
     const VB = w.vUpBias?.toArray() ?? null;
@@ -142,11 +156,11 @@ export class MlaBlock {
   }
 }
 
-/** Rows of w [N, …] in `order` (a permutation or selection of row indices). */
-function gatherRows(b: Backend, w: Tensor, order: number[]): Tensor {
+/** Rows of w [N, …] in `order`, as float64 on the host. */
+function gatherRows(w: Tensor, order: Int32Array): Float64Array {
   const cols = w.shape.length > 1 ? w.shape[1]! : 1;
   const src = w.toArray();
-  const out = new Float32Array(order.length * cols);
+  const out = new Float64Array(order.length * cols);
   order.forEach((r, i) => out.set(src.subarray(r * cols, (r + 1) * cols), i * cols));
-  return b.upload(out, w.shape.length > 1 ? [order.length, cols] : [order.length]);
+  return out;
 }

@@ -1,0 +1,131 @@
+/**
+ * A tape over coarse ops. Each differentiable op computes its forward on the backend and, when a
+ * tape is recording and an input needs a gradient, pushes a closure that turns the output's
+ * gradient into input gradients with the backend's backward op. `backward` runs the closures in
+ * reverse. Without a tape the same functions are plain forward calls.
+ */
+import type { AttentionOptions, Backend } from "./backend.js";
+import type { Tensor } from "./tensor.js";
+
+export class Node {
+  grad: Tensor | null = null;
+  constructor(readonly value: Tensor, readonly requiresGrad: boolean) {}
+
+  accumulate(b: Backend, g: Tensor): void {
+    this.grad = this.grad ? b.add(this.grad, g) : g;
+  }
+}
+
+export class Tape {
+  private steps: (() => void)[] = [];
+
+  constructor(readonly backend: Backend) {}
+
+  push(step: () => void): void {
+    this.steps.push(step);
+  }
+
+  /** Seeds `root` with `seed` (d loss / d root) and runs every recorded step in reverse. */
+  backward(root: Node, seed: Tensor): void {
+    root.grad = seed;
+    for (let i = this.steps.length - 1; i >= 0; i--) this.steps[i]!();
+    this.steps = [];
+  }
+}
+
+/** The differentiable ops, bound to a backend and an optional tape. */
+export class Ops {
+  constructor(readonly b: Backend, readonly tape: Tape | null) {}
+
+  private out(value: Tensor, inputs: (Node | null | undefined)[], backward: (g: Tensor) => void): Node {
+    const needs = this.tape !== null && inputs.some((n) => n?.requiresGrad);
+    const node = new Node(value, needs);
+    if (needs)
+      this.tape!.push(() => {
+        if (node.grad) backward(node.grad);
+      });
+    return node;
+  }
+
+  constant(t: Tensor): Node {
+    return new Node(t, false);
+  }
+
+  param(t: Tensor, trainable: boolean): Node {
+    return new Node(t, trainable);
+  }
+
+  linear(x: Node, w: Node, bias: Node | null): Node {
+    const b = this.b;
+    return this.out(b.linear(x.value, w.value, bias?.value), [x, w, bias], (g) => {
+      const r = b.linearBackward(x.value, w.value, g, { x: x.requiresGrad, w: w.requiresGrad, bias: !!bias?.requiresGrad });
+      if (r.dx) x.accumulate(b, r.dx);
+      if (r.dw) w.accumulate(b, r.dw);
+      if (r.db && bias) bias.accumulate(b, r.db);
+    });
+  }
+
+  rmsnorm(x: Node, w: Node, eps: number): Node {
+    const b = this.b;
+    return this.out(b.rmsnorm(x.value, w.value, eps), [x, w], (g) => {
+      const r = b.rmsnormBackward(x.value, w.value, eps, g);
+      if (x.requiresGrad) x.accumulate(b, r.dx);
+      if (w.requiresGrad) w.accumulate(b, r.dw);
+    });
+  }
+
+  reshape(x: Node, shape: readonly number[]): Node {
+    return this.out(x.value.reshape(shape), [x], (g) => x.accumulate(this.b, g.reshape(x.value.shape)));
+  }
+
+  rope(x: Node, positions: Int32Array, invFreq: Float64Array, rotaryDims?: number): Node {
+    const b = this.b;
+    return this.out(b.rope(x.value, positions, invFreq, rotaryDims), [x], (g) => x.accumulate(b, b.ropeBackward(g, positions, invFreq, rotaryDims)));
+  }
+
+  attention(q: Node, k: Node, v: Node, opts: AttentionOptions): Node {
+    const b = this.b;
+    return this.out(b.attention(q.value, k.value, v.value, opts), [q, k, v], (g) => {
+      const r = b.attentionBackward(q.value, k.value, v.value, g, opts);
+      if (q.requiresGrad) q.accumulate(b, r.dq);
+      if (k.requiresGrad) k.accumulate(b, r.dk);
+      if (v.requiresGrad) v.accumulate(b, r.dv);
+    });
+  }
+
+  swiglu(gate: Node, up: Node): Node {
+    const b = this.b;
+    return this.out(b.swiglu(gate.value, up.value), [gate, up], (g) => {
+      const r = b.swigluBackward(gate.value, up.value, g);
+      if (gate.requiresGrad) gate.accumulate(b, r.dgate);
+      if (up.requiresGrad) up.accumulate(b, r.dup);
+    });
+  }
+
+  add(a: Node, c: Node): Node {
+    return this.out(this.b.add(a.value, c.value), [a, c], (g) => {
+      if (a.requiresGrad) a.accumulate(this.b, g);
+      if (c.requiresGrad) c.accumulate(this.b, g);
+    });
+  }
+
+  embedding(table: Node, ids: Int32Array): Node {
+    const b = this.b;
+    return this.out(b.embedding(table.value, ids), [table], (g) => table.accumulate(b, b.embeddingBackward(ids, g, table.value.shape[0]!)));
+  }
+
+  gatherCols(x: Node, idx: Int32Array): Node {
+    const b = this.b;
+    return this.out(b.gatherCols(x.value, idx), [x], (g) => x.accumulate(b, b.scatterCols(g, idx, x.value.shape[x.value.shape.length - 1]!)));
+  }
+
+  concatLast(a: Node, c: Node): Node {
+    const b = this.b;
+    const A = a.value.shape[a.value.shape.length - 1]!;
+    return this.out(b.concatLast(a.value, c.value), [a, c], (g) => {
+      const [ga, gc] = b.splitLast(g, A);
+      if (a.requiresGrad) a.accumulate(b, ga);
+      if (c.requiresGrad) c.accumulate(b, gc);
+    });
+  }
+}
