@@ -125,6 +125,48 @@ export function expectedTensors(c: ModelConfig): { name: string; shape: number[]
   return out;
 }
 
+/** Checkpoint name (after `model.layers.N.`) of each layer field, and of each attention field. */
+const LAYER_FIELDS: Record<string, string> = {
+  inputNorm: "input_layernorm.weight",
+  postNorm: "post_attention_layernorm.weight",
+  gate: "mlp.gate_proj.weight",
+  up: "mlp.up_proj.weight",
+  down: "mlp.down_proj.weight",
+  gateBias: "mlp.gate_proj.bias",
+  upBias: "mlp.up_proj.bias",
+  downBias: "mlp.down_proj.bias",
+};
+const ATTENTION_FIELDS: Record<string, string> = {
+  q: "q_proj.weight",
+  qBias: "q_proj.bias",
+  k: "k_proj.weight",
+  kBias: "k_proj.bias",
+  v: "v_proj.weight",
+  vBias: "v_proj.bias",
+  kRope: "k_rope_proj.weight",
+  kRopeBias: "k_rope_proj.bias",
+  kvDown: "kv_down_proj.weight",
+  kUp: "k_up_proj.weight",
+  kUpBias: "k_up_proj.bias",
+  vUp: "v_up_proj.weight",
+  vUpBias: "v_up_proj.bias",
+  o: "o_proj.weight",
+  oBias: "o_proj.bias",
+};
+const MHA_KEYS = ["q", "qBias", "k", "kBias", "v", "vBias", "o", "oBias"];
+const MLA_KEYS = ["q", "qBias", "kRope", "kRopeBias", "kvDown", "kUp", "kUpBias", "vUp", "vUpBias", "o", "oBias"];
+
+/** Checkpoint name of a weight path as used by params.ts ("embed", "layers.3.attn.kUp", …). */
+export function checkpointName(pathName: string): string {
+  if (pathName === "embed") return "model.embed_tokens.weight";
+  if (pathName === "finalNorm") return "model.norm.weight";
+  if (pathName === "lmHead") return "lm_head.weight";
+  const m = /^layers\.(\d+)\.(attn\.)?(\w+)$/.exec(pathName);
+  const field = m ? (m[2] ? "self_attn." + ATTENTION_FIELDS[m[3]!] : LAYER_FIELDS[m[3]!]) : undefined;
+  if (!m || !field || field.endsWith("undefined")) throw new MlaError("BAD_ARGUMENT", `no checkpoint tensor for weight path "${pathName}"`, "this is a bug");
+  return layerPrefix(Number(m[1])) + field;
+}
+
 export function loadLlamaWeights(ckpt: Checkpoint, c: ModelConfig, backend: Backend): LlamaWeights {
   const shapes = new Map(expectedTensors(c).map((e) => [e.name, e.shape]));
   const t = (name: string) => loadTensor(ckpt, backend, name, shapes.get(name)!);
@@ -133,38 +175,29 @@ export function loadLlamaWeights(ckpt: Checkpoint, c: ModelConfig, backend: Back
   if (!c.tieEmbeddings && !ckpt.has("lm_head.weight"))
     throw new MlaError("BAD_CHECKPOINT", `${ckpt.dir}: "lm_head.weight" is missing and tie_word_embeddings is false`, "set tie_word_embeddings: true in config.json if the model shares its embedding");
   const lmHead = c.tieEmbeddings ? embed : t("lm_head.weight");
+  const fields = (keys: string[], table: Record<string, string>, prefix: string) => Object.fromEntries(keys.map((k) => [k, opt(prefix + table[k])]));
   const layers: LayerWeights[] = [];
   for (let i = 0; i < c.layers; i++) {
-    const a = layerPrefix(i) + "self_attn.";
-    const m = layerPrefix(i) + "mlp.";
-    const attn: MhaWeights | MlaWeights =
-      c.attention.kind === "mha"
-        ? { kind: "mha", q: t(a + "q_proj.weight"), k: t(a + "k_proj.weight"), v: t(a + "v_proj.weight"), o: t(a + "o_proj.weight"), qBias: opt(a + "q_proj.bias"), kBias: opt(a + "k_proj.bias"), vBias: opt(a + "v_proj.bias"), oBias: opt(a + "o_proj.bias") }
-        : {
-            kind: "mla",
-            q: t(a + "q_proj.weight"),
-            qBias: opt(a + "q_proj.bias"),
-            kRope: t(a + "k_rope_proj.weight"),
-            kRopeBias: opt(a + "k_rope_proj.bias"),
-            kvDown: t(a + "kv_down_proj.weight"),
-            kUp: t(a + "k_up_proj.weight"),
-            kUpBias: opt(a + "k_up_proj.bias"),
-            vUp: t(a + "v_up_proj.weight"),
-            vUpBias: opt(a + "v_up_proj.bias"),
-            o: t(a + "o_proj.weight"),
-            oBias: opt(a + "o_proj.bias"),
-          };
-    layers.push({
-      inputNorm: t(layerPrefix(i) + "input_layernorm.weight"),
-      attn,
-      postNorm: t(layerPrefix(i) + "post_attention_layernorm.weight"),
-      gate: t(m + "gate_proj.weight"),
-      up: t(m + "up_proj.weight"),
-      down: t(m + "down_proj.weight"),
-      gateBias: opt(m + "gate_proj.bias"),
-      upBias: opt(m + "up_proj.bias"),
-      downBias: opt(m + "down_proj.bias"),
-    });
+    const kind = c.attention.kind;
+    const attn = { kind, ...fields(kind === "mha" ? MHA_KEYS : MLA_KEYS, ATTENTION_FIELDS, layerPrefix(i) + "self_attn.") } as MhaWeights | MlaWeights;
+    layers.push({ ...fields(Object.keys(LAYER_FIELDS), LAYER_FIELDS, layerPrefix(i)), attn } as LayerWeights);
   }
   return { embed, finalNorm: t("model.norm.weight"), lmHead, layers };
+}
+
+/** Every stored tensor of the model with its checkpoint name, in checkpoint order (a tied head is not listed). */
+export function namedTensors(c: ModelConfig, w: LlamaWeights): [string, Tensor][] {
+  const byName = new Map<string, Tensor>([["model.embed_tokens.weight", w.embed], ["model.norm.weight", w.finalNorm]]);
+  if (!c.tieEmbeddings) byName.set("lm_head.weight", w.lmHead);
+  w.layers.forEach((l, i) => {
+    for (const [k, name] of Object.entries(LAYER_FIELDS)) {
+      const t = (l as unknown as Record<string, Tensor | null>)[k];
+      if (t) byName.set(layerPrefix(i) + name, t);
+    }
+    for (const [k, name] of Object.entries(ATTENTION_FIELDS)) {
+      const t = (l.attn as unknown as Record<string, Tensor | null>)[k];
+      if (t) byName.set(layerPrefix(i) + "self_attn." + name, t);
+    }
+  });
+  return expectedTensors(c).map((e) => [e.name, byName.get(e.name)!]);
 }
