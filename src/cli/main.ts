@@ -9,6 +9,8 @@ import { evalCommand } from "./eval.js";
 import { synthCommand } from "./synth.js";
 import { generateCommand } from "./generate.js";
 import { convertCommand } from "./convert.js";
+import { finetuneCommand } from "./finetune.js";
+import { installSignalHandlers } from "./signals.js";
 
 const debug = process.argv.includes("--debug");
 
@@ -20,12 +22,7 @@ function fail(e: unknown): never {
   process.exit(1);
 }
 
-for (const sig of ["SIGINT", "SIGTERM"] as const)
-  process.on(sig, () => {
-    abandonAll();
-    process.stderr.write(`\ninterrupted (${sig}): no partial output was left behind\n`);
-    process.exit(130);
-  });
+installSignalHandlers();
 
 try {
   await yargs(hideBin(process.argv))
@@ -34,6 +31,7 @@ try {
     .command(inspectCommand)
     .command(convertCommand)
     .command(evalCommand)
+    .command(finetuneCommand)
     .command(generateCommand)
     .command(synthCommand)
     .option("debug", { type: "boolean", describe: "print stack traces on errors", global: true })

@@ -1,0 +1,108 @@
+import type { CommandModule } from "yargs";
+import { finetune } from "../finetune/trainer.js";
+import { parseSchedule, SCHEDULES } from "../finetune/schedule.js";
+import { stderrLogger } from "../util/log.js";
+import { emitJson } from "./output.js";
+import { gracefulStop } from "./signals.js";
+
+interface Args {
+  model: string;
+  data: string[];
+  out: string;
+  force: boolean;
+  resume: boolean;
+  tokens?: number;
+  fraction?: number;
+  "val-fraction": number;
+  seq: number;
+  batch: number;
+  accum: number;
+  lr: number;
+  warmup: number;
+  schedule: string;
+  "decay-fraction": number;
+  "weight-decay": number;
+  clip: number;
+  seed: number;
+  train: "attention" | "all";
+  distill?: string;
+  temperature: number;
+  "distill-weight": number;
+  "eval-every"?: number;
+  "save-every"?: number;
+  json?: string;
+}
+
+export const finetuneCommand: CommandModule<object, Args> = {
+  command: "finetune <model>",
+  describe: "recover quality by continued training (AdamW, warmup + 1−sqrt decay, optional distillation); resumable",
+  builder: (y) =>
+    y
+      .positional("model", { type: "string", demandOption: true, describe: "the (converted) model to train" })
+      .option("data", { type: "string", array: true, demandOption: true, describe: "text files or .jsonl with a text field" })
+      .option("out", { type: "string", demandOption: true, describe: "run folder: checkpoint/, train_log.jsonl, then the trained model" })
+      .option("force", { type: "boolean", default: false, describe: "start over in an existing --out" })
+      .option("resume", { type: "boolean", default: false, describe: "continue the interrupted run in --out exactly" })
+      .option("tokens", { type: "number", describe: "token budget (batch·seq per step; default one epoch)" })
+      .option("fraction", { type: "number", describe: "train on the first fraction of the training tokens" })
+      .option("val-fraction", { type: "number", default: 0.1, describe: "held-out tail of the data for validation NLL" })
+      .option("seq", { type: "number", default: 256, describe: "sequence length, BOS included" })
+      .option("batch", { type: "number", default: 16 })
+      .option("accum", { type: "number", default: 1, describe: "gradient accumulation steps" })
+      .option("lr", { type: "number", default: 1e-3 })
+      .option("warmup", { type: "number", default: 0.05, describe: "warmup as a fraction of the steps" })
+      .option("schedule", { type: "string", default: "wsd", choices: SCHEDULES as unknown as string[], describe: "wsd = warmup, constant, 1−sqrt decay (the paper's)" })
+      .option("decay-fraction", { type: "number", default: 0.2, describe: "wsd: fraction of the steps spent decaying" })
+      .option("weight-decay", { type: "number", default: 0.01 })
+      .option("clip", { type: "number", default: 1.0, describe: "global gradient-norm clip (0 = off)" })
+      .option("seed", { type: "number", default: 0 })
+      .option("train", { choices: ["attention", "all"] as const, default: "all" as const, describe: "which weights to train" })
+      .option("distill", { type: "string", describe: "teacher model (e.g. the original) for KL distillation" })
+      .option("temperature", { type: "number", default: 1 })
+      .option("distill-weight", { type: "number", default: 0.5, describe: "weight of the KL term (the rest is cross-entropy)" })
+      .option("eval-every", { type: "number", describe: "validation NLL every N steps" })
+      .option("save-every", { type: "number", describe: "checkpoint every N steps" })
+      .option("json", { type: "string", describe: "write the result summary as JSON to FILE (no value: stdout)" }),
+  handler: async (a) => {
+    const stop = gracefulStop();
+    try {
+      const r = await finetune(a.model, {
+        data: a.data,
+        out: a.out,
+        force: a.force,
+        resume: a.resume,
+        tokens: a.tokens,
+        fraction: a.fraction,
+        valFraction: a["val-fraction"],
+        seq: a.seq,
+        batch: a.batch,
+        accum: a.accum,
+        lr: a.lr,
+        warmup: a.warmup,
+        schedule: parseSchedule(a.schedule),
+        decayFraction: a["decay-fraction"],
+        weightDecay: a["weight-decay"],
+        clip: a.clip,
+        seed: a.seed,
+        train: a.train,
+        distill: a.distill,
+        temperature: a.temperature,
+        distillWeight: a["distill-weight"],
+        evalEvery: a["eval-every"],
+        saveEvery: a["save-every"],
+        logger: stderrLogger,
+        shouldStop: stop.requested,
+      });
+      const nll = (x: number | null) => (x === null ? "–" : x.toFixed(4));
+      process.stdout.write(
+        r.stoppedEarly
+          ? `stopped at step ${r.steps}; checkpoint in ${r.out}/checkpoint (continue with --resume)\n`
+          : `trained ${r.steps} steps (${r.tokensSeen} tokens) in ${r.seconds.toFixed(1)} s, ${Math.round(r.tokensPerSecond)} tok/s; validation NLL ${nll(r.valNllBefore)} → ${nll(r.valNllAfter)}; model in ${r.out}\n`,
+      );
+      if (a.json !== undefined) emitJson(a.json, r);
+      if (r.stoppedEarly) process.exitCode = 130;
+    } finally {
+      stop.release();
+    }
+  },
+};

@@ -1,0 +1,28 @@
+/**
+ * SIGINT/SIGTERM: by default the CLI removes its temporary output folders and exits at once. A
+ * command that can stop cleanly (finetune) asks for a graceful stop instead: the first signal sets
+ * a flag the work polls; a second one exits at once.
+ */
+import { abandonAll } from "../io/atomicDir.js";
+
+let graceful: { flag: boolean } | null = null;
+
+export function installSignalHandlers(): void {
+  for (const sig of ["SIGINT", "SIGTERM"] as const)
+    process.on(sig, () => {
+      if (graceful && !graceful.flag) {
+        graceful.flag = true;
+        process.stderr.write(`\n${sig}: finishing this step, saving a checkpoint, then stopping (send again to quit at once)\n`);
+        return;
+      }
+      abandonAll();
+      process.stderr.write(`\ninterrupted (${sig}): no partial output was left behind\n`);
+      process.exit(130);
+    });
+}
+
+export function gracefulStop(): { requested: () => boolean; release: () => void } {
+  const g = { flag: false };
+  graceful = g;
+  return { requested: () => g.flag, release: () => void (graceful = null) };
+}

@@ -1,0 +1,38 @@
+/**
+ * Learning-rate schedules over `total` optimizer steps (0-based step index):
+ * - `wsd` (the MHA2MLA paper's): linear warmup, constant, then 1−sqrt decay over the last
+ *   `decayFraction` of the steps: lr·(1 − sqrt((s − s0)/(total − s0))), reaching 0 after the end;
+ * - `cosine`: linear warmup, then cosine from lr to `minLrFraction`·lr;
+ * - `constant`: linear warmup, then lr.
+ */
+import { MlaError } from "../errors.js";
+
+export const SCHEDULES = ["wsd", "cosine", "constant"] as const;
+export type ScheduleName = (typeof SCHEDULES)[number];
+
+export interface Schedule {
+  name: ScheduleName;
+  lr: number;
+  warmupSteps: number;
+  /** wsd: fraction of the steps spent decaying. */
+  decayFraction: number;
+  /** cosine: final lr as a fraction of lr. */
+  minLrFraction: number;
+}
+
+export function parseSchedule(name: string): ScheduleName {
+  if ((SCHEDULES as readonly string[]).includes(name)) return name as ScheduleName;
+  throw new MlaError("BAD_ARGUMENT", `--schedule ${name} is not known`, `use one of ${SCHEDULES.join(", ")}`);
+}
+
+export function lrAt(s: Schedule, step: number, total: number): number {
+  if (step < s.warmupSteps) return (s.lr * (step + 1)) / s.warmupSteps;
+  if (s.name === "constant") return s.lr;
+  if (s.name === "cosine") {
+    const p = (step - s.warmupSteps) / Math.max(1, total - s.warmupSteps);
+    return s.lr * (s.minLrFraction + (1 - s.minLrFraction) * 0.5 * (1 + Math.cos(Math.PI * p)));
+  }
+  const decayStart = Math.round(total * (1 - s.decayFraction));
+  if (step < decayStart) return s.lr;
+  return s.lr * (1 - Math.sqrt((step - decayStart) / Math.max(1, total - decayStart)));
+}
