@@ -38,3 +38,9 @@ export { truncatedFactor, whitenedFactor, covarianceRoots } from "./svd/truncate
 export { LatentCache } from "./model/kvCache.js";
 export type { DecodeCache } from "./model/kvCache.js";
 export type { MlaAttention } from "./model/config.js";
+export { finetune } from "./finetune/trainer.js";
+export type { FinetuneOptions, FinetuneResult } from "./finetune/trainer.js";
+export { lrAt, SCHEDULES } from "./finetune/schedule.js";
+export { AdamW } from "./finetune/optimizer.js";
+export { Tape, Ops, Node } from "./tensor/autograd.js";
+export { ReferenceBackend } from "./backends/reference/index.js";

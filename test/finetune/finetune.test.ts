@@ -1,0 +1,137 @@
+import assert from "node:assert/strict";
+import { spawn, spawnSync } from "node:child_process";
+import fs from "node:fs";
+import path from "node:path";
+import { test } from "node:test";
+import { MlaError } from "../../src/errors.js";
+import { convert } from "../../src/convert/pipeline.js";
+import { finetune, FinetuneOptions } from "../../src/finetune/trainer.js";
+import { lrAt, parseSchedule } from "../../src/finetune/schedule.js";
+import { AdamW, clipGradients } from "../../src/finetune/optimizer.js";
+import { loadModel } from "../../src/model/llama.js";
+import { FIXTURES, MODELS, ROOT, tmpDir } from "../helpers.js";
+
+const MAIN = path.join(ROOT, "dist", "src", "cli", "main.js");
+const DATA = path.join(FIXTURES, "text", "tinystories_25k.txt");
+
+async function convertedModel(): Promise<string> {
+  const out = path.join(tmpDir(), "mla");
+  await convert(path.join(MODELS, "stories260K"), { rank: 2, ropePairs: 1, ropeStrategy: "high", out, progress: null });
+  return out;
+}
+
+test("wsd schedule: linear warmup, constant, then 1−sqrt decay over the last 20%", () => {
+  const s = { name: "wsd" as const, lr: 1, warmupSteps: 5, decayFraction: 0.2, minLrFraction: 0.1 };
+  assert.equal(lrAt(s, 0, 100), 0.2);
+  assert.equal(lrAt(s, 4, 100), 1);
+  assert.equal(lrAt(s, 79, 100), 1);
+  assert.equal(lrAt(s, 80, 100), 1);
+  assert.ok(Math.abs(lrAt(s, 95, 100) - (1 - Math.sqrt(15 / 20))) < 1e-12);
+  const c = { ...s, name: "cosine" as const, warmupSteps: 0 };
+  assert.ok(Math.abs(lrAt(c, 100, 100) - 0.1) < 1e-12);
+  assert.throws(() => parseSchedule("linear"), (e: Error) => e instanceof MlaError && /--schedule linear is not known/.test(e.message));
+});
+
+test("AdamW matches the PyTorch update rule; clipping scales to the global norm", () => {
+  const p = [Float32Array.of(1, -2)];
+  const opt = new AdamW({ beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1 }, [2]);
+  opt.update(p, [Float32Array.of(0.5, -1)], 0.01);
+  // step 1: m̂ = g, v̂ = g², update = lr·(sign(g)·|g|/(|g|+eps) + wd·p)
+  assert.ok(Math.abs(p[0]![0]! - (1 - 0.01 * (1 + 0.1 * 1))) < 1e-6);
+  assert.ok(Math.abs(p[0]![1]! - (-2 - 0.01 * (-1 + 0.1 * -2))) < 1e-6);
+  const g = [Float32Array.of(3, 4)];
+  assert.equal(clipGradients(g, 1), 5);
+  assert.ok(Math.abs(Math.hypot(g[0]![0]!, g[0]![1]!) - 1) < 1e-5);
+});
+
+test("a short run lowers the held-out NLL and leaves a loadable model, a log and a checkpoint", async () => {
+  const model = await convertedModel();
+  const out = path.join(tmpDir(), "ft");
+  const r = await finetune(model, { data: [DATA], out, tokens: 8 * 4 * 64, seq: 64, batch: 4, lr: 3e-3, progress: null });
+  assert.equal(r.steps, 8);
+  assert.ok(r.valNllAfter! < r.valNllBefore! - 0.2, `${r.valNllBefore} → ${r.valNllAfter}`);
+  const lm = loadModel(out);
+  assert.equal(lm.config.attention.kind, "mla");
+  const log = fs.readFileSync(path.join(out, "train_log.jsonl"), "utf8").trim().split("\n").map((l) => JSON.parse(l));
+  assert.equal(log.filter((l) => "loss" in l).length, 8);
+  for (const k of ["step", "loss", "lr", "grad_norm", "tokens_per_s"]) assert.ok(k in log[1], k);
+  assert.ok(fs.existsSync(path.join(out, "checkpoint", "state.json")));
+  const attnOnly = await finetune(model, { data: [DATA], out: path.join(tmpDir(), "att"), tokens: 2 * 4 * 64, seq: 64, batch: 4, train: "attention", progress: null });
+  const after = loadModel(attnOnly.out);
+  const before = loadModel(model);
+  assert.deepEqual(after.model.weights.layers[0]!.gate.toArray(), before.model.weights.layers[0]!.gate.toArray(), "--train attention freezes the MLP");
+  assert.notDeepEqual(after.model.weights.layers[0]!.attn.o.toArray(), before.model.weights.layers[0]!.attn.o.toArray());
+});
+
+test("resume equality: 20 steps straight = 10 steps, kill -9, --resume 10 steps (losses and final weights)", async () => {
+  const model = await convertedModel();
+  const args = (out: string) => ["finetune", model, "--data", DATA, "--out", out, "--tokens", String(20 * 4 * 64), "--seq", "64", "--batch", "4", "--save-every", "10", "--val-fraction", "0.02"];
+  const straight = path.join(tmpDir(), "straight");
+  assert.equal(spawnSync(process.execPath, [MAIN, ...args(straight)], { encoding: "utf8" }).status, 0);
+  const killed = path.join(tmpDir(), "killed");
+  const child = spawn(process.execPath, [MAIN, ...args(killed)], { stdio: "ignore" });
+  const state = path.join(killed, "checkpoint", "state.json");
+  for (let i = 0; i < 600 && !fs.existsSync(state); i++) await new Promise((r) => setTimeout(r, 20));
+  child.kill("SIGKILL");
+  await new Promise((r) => child.on("exit", r));
+  assert.equal(JSON.parse(fs.readFileSync(state, "utf8")).step, 10, "killed after the step-10 checkpoint, before the end");
+  const resumed = spawnSync(process.execPath, [MAIN, ...args(killed), "--resume"], { encoding: "utf8" });
+  assert.equal(resumed.status, 0, resumed.stderr);
+  const losses = (dir: string) => {
+    const byStep = new Map<number, number>();
+    for (const l of fs.readFileSync(path.join(dir, "train_log.jsonl"), "utf8").trim().split("\n").map((x) => JSON.parse(x))) if ("loss" in l) byStep.set(l.step, l.loss);
+    return [...byStep.entries()].sort((a, b) => a[0] - b[0]).map((e) => e[1]);
+  };
+  const a = losses(straight);
+  const b = losses(killed);
+  assert.equal(a.length, 20);
+  assert.equal(b.length, 20);
+  a.forEach((x, i) => assert.ok(Math.abs(x - b[i]!) <= 1e-6, `step ${i + 1}: ${x} vs ${b[i]}`));
+  assert.deepEqual(fs.readFileSync(path.join(killed, "model.safetensors")), fs.readFileSync(path.join(straight, "model.safetensors")), "same final weights");
+});
+
+test("graceful SIGTERM saves a checkpoint and exits; resuming finishes the run", async () => {
+  const model = await convertedModel();
+  const out = path.join(tmpDir(), "sig");
+  const args = ["finetune", model, "--data", DATA, "--out", out, "--tokens", String(200 * 4 * 64), "--seq", "64", "--batch", "4", "--val-fraction", "0.02"];
+  const child = spawn(process.execPath, [MAIN, ...args], { stdio: ["ignore", "pipe", "pipe"] });
+  let stdout = "";
+  child.stdout.on("data", (d) => (stdout += d));
+  const logFile = path.join(out, "train_log.jsonl");
+  for (let i = 0; i < 600 && !(fs.existsSync(logFile) && fs.readFileSync(logFile, "utf8").includes('"loss"')); i++) await new Promise((r) => setTimeout(r, 20));
+  child.kill("SIGTERM");
+  const code = await new Promise((r) => child.on("exit", r));
+  assert.equal(code, 130);
+  assert.match(stdout, /stopped at step \d+; checkpoint/);
+  const st = JSON.parse(fs.readFileSync(path.join(out, "checkpoint", "state.json"), "utf8"));
+  assert.ok(st.step >= 1 && st.step < 200);
+  assert.equal(fs.existsSync(path.join(out, "model.safetensors")), false, "no model before the run ends");
+});
+
+test("bad input is refused cleanly", async () => {
+  const model = await convertedModel();
+  const base: FinetuneOptions = { data: [DATA], out: path.join(tmpDir(), "x"), tokens: 256, seq: 64, batch: 4, progress: null };
+  const refused = async (o: Partial<FinetuneOptions>, re: RegExp) => assert.rejects(finetune(model, { ...base, ...o }), (e: Error) => e instanceof MlaError && re.test(e.message) && /hint:/.test(e.message));
+  const empty = path.join(tmpDir(), "empty.txt");
+  fs.writeFileSync(empty, "");
+  await refused({ data: [empty] }, /holds no tokens/);
+  const short = path.join(tmpDir(), "short.txt");
+  fs.writeFileSync(short, "Once upon a time there was a cat.");
+  await refused({ data: [short] }, /fewer than one sequence/);
+  await refused({ lr: 0 }, /--lr 0 must be a positive number/);
+  await refused({ lr: -1e-3 }, /--lr -0.001/);
+  await refused({ tokens: 0 }, /--tokens 0 must be a positive integer/);
+  const bad = path.join(tmpDir(), "bad.jsonl");
+  fs.writeFileSync(bad, '{"text": "ok"}\n{"txt": 1}\n');
+  await refused({ data: [bad] }, /bad\.jsonl:2: no string "text" field/);
+  // --resume from a checkpoint of another model or other settings
+  const run = path.join(tmpDir(), "run");
+  await finetune(model, { ...base, out: run, tokens: 2 * 4 * 64 });
+  await refused({ out: run, resume: true, lr: 5e-4 }, /different model or different training settings/);
+  await assert.rejects(finetune(path.join(MODELS, "stories260K"), { ...base, out: run, resume: true, tokens: 2 * 4 * 64 }), /different model/);
+  await refused({ out: path.join(tmpDir(), "none"), resume: true }, /no checkpoint/);
+  await refused({ out: run }, /already exists[\s\S]*--resume/);
+  const cli = spawnSync(process.execPath, [MAIN, "finetune", model, "--data", DATA, "--out", path.join(tmpDir(), "y"), "--schedule", "linear"], { encoding: "utf8" });
+  assert.equal(cli.status, 1);
+  assert.match(cli.stderr, /Invalid values[\s\S]*linear/);
+});

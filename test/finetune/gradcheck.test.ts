@@ -1,0 +1,50 @@
+import assert from "node:assert/strict";
+import path from "node:path";
+import { test } from "node:test";
+import { ReferenceBackend } from "../../src/backends/reference/index.js";
+import { convert } from "../../src/convert/pipeline.js";
+import { loadModel } from "../../src/model/llama.js";
+import { paramNodes, trainableLeaves } from "../../src/model/params.js";
+import { Ops, Tape } from "../../src/tensor/autograd.js";
+import { GOLDEN, tmpDir } from "../helpers.js";
+
+test("whole 2-layer MLA model (biases, GQA, partial RoPE): gradients match finite differences in float64", async () => {
+  const out = path.join(tmpDir(), "mla");
+  await convert(path.join(GOLDEN, "tiny-llama3"), { rank: 2, ropePairs: 2, ropeStrategy: "uniform", out, progress: null });
+  const B = new ReferenceBackend("f64");
+  const { model, config } = loadModel(out, { backend: B });
+  assert.equal(config.layers, 2);
+  assert.equal(config.attention.kind, "mla");
+  const ids = Int32Array.from([1, 400, 13, 77, 260, 5, 301, 99, 12]);
+  const inputs = ids.subarray(0, -1);
+  const targets = ids.subarray(1);
+  const loss = () => B.crossEntropy(model.forward(inputs), targets).reduce((a, x) => a + x, 0);
+  const tape = new Tape(B);
+  const ops = new Ops(B, tape);
+  const P = paramNodes(ops, model.weights, () => true);
+  const logits = model.graph(ops, P, inputs);
+  tape.backward(logits, B.crossEntropyBackward(logits.value, targets, 1));
+  const leaves = trainableLeaves(P);
+  assert.ok(leaves.some((l) => l.path.endsWith("attn.kvDown")) && leaves.some((l) => l.path.endsWith("attn.kUpBias")), "MLA leaves are trained");
+  const h = 1e-6;
+  for (const { path: name, node } of leaves) {
+    const w = node.value.toArray();
+    const g = node.grad!.toArray();
+    let num2 = 0;
+    let diff2 = 0;
+    for (let k = 0; k < Math.min(6, w.length); k++) {
+      const j = Math.floor((k * 2654435761) % w.length);
+      const orig = w[j]!;
+      w[j] = orig + h;
+      const up = loss();
+      w[j] = orig - h;
+      const down = loss();
+      w[j] = orig;
+      const n = (up - down) / (2 * h);
+      num2 += n * n;
+      diff2 += (g[j]! - n) ** 2;
+    }
+    const rel = Math.sqrt(diff2) / Math.max(Math.sqrt(num2), 1e-10);
+    assert.ok(rel <= 1e-5 || Math.sqrt(num2) < 1e-9, `${name}: relative error ${rel.toExponential(2)}`);
+  }
+});
