@@ -24,7 +24,7 @@ async function convertedPpl(model: string, o: Parameters<typeof convert>[1], tex
   await convert(path.join(root, "fixtures/models", model), { ...o, out, force: true, progress: null });
   const seconds = (performance.now() - t0) / 1000;
   const lm = loadModel(out);
-  return { ppl: perplexity(lm.model, tokenizeForEval(lm.tokenizer, readText(text)), { ctx: 256, progress: null }).ppl, seconds };
+  return { ppl: (await perplexity(lm.model, tokenizeForEval(lm.tokenizer, readText(text)), { ctx: 256, progress: null })).ppl, seconds };
 }
 
 console.log(`## Conversion quality (${new Date().toISOString().slice(0, 10)}, ${os.cpus().length} cores, ${os.cpus()[0]?.model.trim()}, node ${process.version})`);

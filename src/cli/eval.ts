@@ -24,8 +24,8 @@ export const evalCommand: CommandModule<object, Args> = {
       .option("tokens", { type: "number", describe: "score only the first N tokens of the text" })
       .option("json", { type: "string", describe: "write the result as JSON to FILE (no value: stdout)" })
       .option("device", { choices: DEVICE_NAMES, default: "auto" as DeviceName, describe: "compute backend" }),
-  handler: (a) => {
-    const r = evaluate(a.model, { text: a.text, ctx: a.ctx, tokens: a.tokens, device: a.device, logger: stderrLogger });
+  handler: async (a) => {
+    const r = await evaluate(a.model, { text: a.text, ctx: a.ctx, tokens: a.tokens, device: a.device, logger: stderrLogger });
     process.stdout.write(`${r.model}: nll ${r.nll.toFixed(5)} nats/token, ppl ${r.ppl.toFixed(4)} over ${r.tokens} tokens (ctx ${r.ctx}, ${r.windows} windows) in ${r.seconds.toFixed(1)} s on ${r.backend}\n`);
     if (a.json !== undefined) emitJson(a.json, r);
   },

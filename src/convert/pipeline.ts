@@ -83,7 +83,7 @@ export async function convert(spec: string, opts: ConvertOptions): Promise<Conve
       const { model, tokenizer } = loadModel(srcDir);
       const windows = calibrationWindows(tokenizer, readText(settings.calib!), settings.calibSamples, settings.calibLen, config.bosTokenId ?? 1, settings.calib!);
       if (windows.length < settings.calibSamples) log.info(`note: ${settings.calib} holds ${windows.length} calibration windows of ${settings.calibLen} tokens (asked for ${settings.calibSamples})`);
-      stats = calibrate(model, windows, { covariance: settings.svdInit === "activations", progress: opts.progress });
+      stats = await calibrate(model, windows, { covariance: settings.svdInit === "activations", progress: opts.progress });
       timings["calibration_s"] = stats.seconds;
     }
     const selection = selectPairs(config, settings.ropeStrategy, settings.ropePairs, stats);
@@ -99,8 +99,8 @@ export async function convert(spec: string, opts: ConvertOptions): Promise<Conve
     let report: ConversionReport | null = null;
     if (opts.evalText) {
       const e = { text: opts.evalText, tokens: opts.evalTokens, ctx: opts.evalCtx, progress: opts.progress, logger: log };
-      const before: EvalResult = evaluate(srcDir, e);
-      const after: EvalResult = evaluate(tmp, e);
+      const before: EvalResult = await evaluate(srcDir, e);
+      const after: EvalResult = await evaluate(tmp, e);
       before.model = spec;
       after.model = out;
       timings["eval_s"] = before.seconds + after.seconds;

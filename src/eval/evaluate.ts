@@ -32,7 +32,7 @@ export interface EvalResult {
   kv_elems_per_token: number;
 }
 
-export function evaluate(spec: string, opts: EvalOptions): EvalResult {
+export async function evaluate(spec: string, opts: EvalOptions): Promise<EvalResult> {
   const log = opts.logger ?? silentLogger;
   const backend = selectBackend(opts.device ?? "auto", log);
   const t0 = performance.now();
@@ -40,7 +40,7 @@ export function evaluate(spec: string, opts: EvalOptions): EvalResult {
   const lm = loadModel(spec, { backend });
   const ids = tokenizeForEval(lm.tokenizer, text, opts.tokens);
   if (opts.tokens !== undefined && ids.length < opts.tokens) log.warn(`${opts.text} holds only ${ids.length} tokens, fewer than --tokens ${opts.tokens}: scoring all of them`);
-  const r = perplexity(lm.model, ids, { ctx: opts.ctx ?? 256, progress: opts.progress });
+  const r = await perplexity(lm.model, ids, { ctx: opts.ctx ?? 256, progress: opts.progress });
   return {
     model: spec,
     dir: lm.dir,

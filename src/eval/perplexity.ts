@@ -36,7 +36,7 @@ export function tokenizeForEval(tokenizer: TextTokenizer, text: string, maxToken
   return Int32Array.from(maxTokens === undefined ? ids : ids.slice(0, maxTokens));
 }
 
-export function perplexity(model: LlamaModel, ids: Int32Array, opts: { ctx: number; progress?: ProgressSink | null }): PerplexityResult {
+export async function perplexity(model: LlamaModel, ids: Int32Array, opts: { ctx: number; progress?: ProgressSink | null }): Promise<PerplexityResult> {
   const { ctx } = opts;
   const bos = model.config.bosTokenId;
   if (bos === null) throw new MlaError("BAD_CONFIG", "the model's config has no bos_token_id", "the perplexity protocol starts every window with BOS; set bos_token_id in config.json");
@@ -58,6 +58,8 @@ export function perplexity(model: LlamaModel, ids: Int32Array, opts: { ctx: numb
     for (const x of nll) sum += x;
     logits.dispose();
     progress.tick(chunk.length);
+    // Yield so that SIGINT/SIGTERM handlers can run during long evaluations.
+    await new Promise((r) => setImmediate(r));
   }
   const nll = sum / ids.length;
   return { nll, ppl: Math.exp(nll), tokens: ids.length, windows, ctx, seconds: (performance.now() - t0) / 1000 };

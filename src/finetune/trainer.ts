@@ -128,8 +128,8 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
   }
   const logFile = path.join(out, "train_log.jsonl");
   const logLine = (row: Record<string, unknown>) => fs.appendFileSync(logFile, JSON.stringify(row) + "\n");
-  const valNll = () => (data.val.length > 0 ? perplexity(model, data.val, { ctx: seq, progress: null }).nll : null);
-  const valNllBefore = o.resume ? null : valNll();
+  const valNll = async () => (data.val.length > 0 ? (await perplexity(model, data.val, { ctx: seq, progress: null })).nll : null);
+  const valNllBefore = o.resume ? null : await valNll();
   if (valNllBefore !== null) logLine({ step: 0, val_nll: valNllBefore });
 
   const b = model.backend;
@@ -181,13 +181,15 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
     const elapsed = (performance.now() - t0) / 1000;
     const tps = ((state.step - startStep) * perStep) / elapsed;
     logLine({ step: state.step, loss, lr: rate, grad_norm: norm, tokens: state.tokensSeen, tokens_per_s: tps, elapsed_s: elapsed });
-    if (o.evalEvery && state.step % o.evalEvery === 0 && state.step < totalSteps) logLine({ step: state.step, val_nll: valNll() });
+    if (o.evalEvery && state.step % o.evalEvery === 0 && state.step < totalSteps) logLine({ step: state.step, val_nll: await valNll() });
     if (o.saveEvery && state.step % o.saveEvery === 0) save();
     const sink = o.progress === undefined ? process.stderr : o.progress;
     if (sink && (performance.now() - lastPrint > 5000 || state.step === totalSteps)) {
       lastPrint = performance.now();
       sink.write(`step ${state.step}/${totalSteps} loss ${loss.toFixed(4)} lr ${rate.toExponential(2)} |g| ${norm.toFixed(3)} ${fmtCount(tps)} tok/s, ETA ${fmtTime(((totalSteps - state.step) * perStep) / tps)}\n`);
     }
+    // Let signal handlers run: the steps themselves never yield to the event loop.
+    await new Promise((r) => setImmediate(r));
     if (o.shouldStop?.() && state.step < totalSteps) {
       save();
       stoppedEarly = true;
@@ -199,7 +201,7 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
   let valNllAfter: number | null = null;
   if (!stoppedEarly) {
     save();
-    valNllAfter = valNll();
+    valNllAfter = await valNll();
     logLine({ step: state.step, val_nll: valNllAfter });
     await writeModel(src.dir, out, lm.config, model);
     fs.writeFileSync(path.join(out, "finetune.json"), JSON.stringify({ source: spec, settings: { ...settings, model: src.dir }, steps: state.step, tokens: state.tokensSeen, val_nll_before: valNllBefore, val_nll_after: valNllAfter, seconds }, null, 2) + "\n");

@@ -61,7 +61,7 @@ function addCovariance(x: FloatArray, T: number, D: number, acc: Float64Array): 
   }
 }
 
-export function calibrate(model: LlamaModel, windows: Int32Array[], opts: { covariance: boolean; progress?: ProgressSink | null }): CalibrationStats {
+export async function calibrate(model: LlamaModel, windows: Int32Array[], opts: { covariance: boolean; progress?: ProgressSink | null }): Promise<CalibrationStats> {
   const c = model.config;
   if (c.attention.kind !== "mha") throw new MlaError("UNSUPPORTED", "calibration needs the original MHA/GQA model", "calibrate before converting");
   const half = c.headDim / 2;
@@ -84,6 +84,7 @@ export function calibrate(model: LlamaModel, windows: Int32Array[], opts: { cova
     model.forward(win, undefined, { onAttentionInput });
     tokens += win.length;
     progress.tick();
+    await new Promise((r) => setImmediate(r));
   }
   for (const a of [...qNorm, ...kNorm]) for (let i = 0; i < a.length; i++) a[i] = a[i]! / windows.length;
   if (cov)

@@ -76,12 +76,12 @@ for (const model of ["stories260K", "stories260K-mha"]) {
     }
   });
 
-  test(`${model}: 2-norm statistics and selection match PyTorch within 1e-4 relative`, () => {
+  test(`${model}: 2-norm statistics and selection match PyTorch within 1e-4 relative`, async () => {
     const g = conversionGolden.models[model]!.two_norm;
     const lm = loadModel(path.join(MODELS, model));
     const cal = conversionGolden.calib;
     const windows = calibrationWindows(lm.tokenizer, readText(path.join(ROOT, cal.file)), cal.samples, cal.len, 1);
-    const stats = calibrate(lm.model, windows, { covariance: false, progress: null });
+    const stats = await calibrate(lm.model, windows, { covariance: false, progress: null });
     const c = lm.config;
     const half = c.headDim / 2;
     const rel = (a: number, b: number) => Math.abs(a - b) / Math.max(Math.abs(b), 1e-12);
@@ -106,7 +106,7 @@ for (const model of ["stories260K", "stories260K-mha"]) {
       const out = await convertFixture(model, { rank: s.rank, ropePairs: s.rope_pairs, ropeStrategy: s.strategy, svd: "joint", svdInit: "weights", calib: s.strategy === "2-norm" ? path.join(ROOT, cal.file) : undefined, calibSamples: cal.samples, calibLen: cal.len });
       const lm = loadModel(out);
       assert.deepEqual((lm.config.attention as { selection: number[][][] }).selection, s.selection, `${s.strategy} selection`);
-      const r = perplexity(lm.model, tokenizeForEval(lm.tokenizer, readText(evalFile)), { ctx: conversionGolden.eval.ctx, progress: null });
+      const r = await perplexity(lm.model, tokenizeForEval(lm.tokenizer, readText(evalFile)), { ctx: conversionGolden.eval.ctx, progress: null });
       const diff = Math.abs(r.ppl - s.ppl) / s.ppl;
       assert.ok(diff < 0.005, `${s.strategy} R=${s.rope_pairs} rank=${s.rank}: ppl ${r.ppl} vs PyTorch ${s.ppl}`);
     }
@@ -166,7 +166,7 @@ test("activation-aware SVD gives a lower converted perplexity than weight SVD at
   for (const model of ["stories260K", "stories260K-mha"]) {
     const nll = async (svdInit: "weights" | "activations") => {
       const lm = loadModel(await convertFixture(model, { rank: 2, ropePairs: 1, ropeStrategy: "high", svdInit, calib }));
-      return perplexity(lm.model, tokenizeForEval(lm.tokenizer, text), { ctx: 256, progress: null }).nll;
+      return (await perplexity(lm.model, tokenizeForEval(lm.tokenizer, text), { ctx: 256, progress: null })).nll;
     };
     const [w, act] = [await nll("weights"), await nll("activations")];
     assert.ok(act < w, `${model}: activations ${act} vs weights ${w}`);

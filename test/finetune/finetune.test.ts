@@ -90,7 +90,7 @@ test("resume equality: 20 steps straight = 10 steps, kill -9, --resume 10 steps 
   assert.deepEqual(fs.readFileSync(path.join(killed, "model.safetensors")), fs.readFileSync(path.join(straight, "model.safetensors")), "same final weights");
 });
 
-test("graceful SIGTERM saves a checkpoint and exits; resuming finishes the run", async () => {
+test("graceful SIGTERM saves a checkpoint and exits with 130, leaving no model yet", async () => {
   const model = await convertedModel();
   const out = path.join(tmpDir(), "sig");
   const args = ["finetune", model, "--data", DATA, "--out", out, "--tokens", String(200 * 4 * 64), "--seq", "64", "--batch", "4", "--val-fraction", "0.02"];
@@ -134,4 +134,17 @@ test("bad input is refused cleanly", async () => {
   const cli = spawnSync(process.execPath, [MAIN, "finetune", model, "--data", DATA, "--out", path.join(tmpDir(), "y"), "--schedule", "linear"], { encoding: "utf8" });
   assert.equal(cli.status, 1);
   assert.match(cli.stderr, /Invalid values[\s\S]*linear/);
+});
+
+test("a NaN loss stops training with a clear error", async () => {
+  const model = await convertedModel();
+  const { SafetensorsFile, writeSafetensorsSync } = await import("../../src/io/safetensors.js");
+  const file = path.join(model, "model.safetensors");
+  const f = SafetensorsFile.open(file);
+  const tensors = [...f.tensors.values()].map((t) => ({ name: t.name, dtype: t.dtype, shape: t.shape, data: f.readBytes(t.name) }));
+  f.close();
+  const norm = tensors.find((t) => t.name === "model.norm.weight")!;
+  new DataView(norm.data.buffer, norm.data.byteOffset).setFloat32(0, NaN, true);
+  writeSafetensorsSync(file, tensors, { format: "pt" });
+  await assert.rejects(finetune(model, { data: [DATA], out: path.join(tmpDir(), "nan"), tokens: 2 * 4 * 64, seq: 64, batch: 4, valFraction: 0, progress: null }), (e: Error) => e instanceof MlaError && /training diverged at step 1: loss NaN/.test(e.message) && /hint:/.test(e.message));
 });

@@ -45,6 +45,9 @@ test("whole 2-layer MLA model (biases, GQA, partial RoPE): gradients match finit
       diff2 += (g[j]! - n) ** 2;
     }
     const rel = Math.sqrt(diff2) / Math.max(Math.sqrt(num2), 1e-10);
-    assert.ok(rel <= 1e-5 || Math.sqrt(num2) < 1e-9, `${name}: relative error ${rel.toExponential(2)}`);
+    // The key bias of k_up adds q·b to every score of a query, which the softmax cancels: its true
+    // gradient is 0, so there the check is that both are ~0 (finite differences carry ~1e-7 noise).
+    const zero = Math.hypot(...g) < 1e-10 && Math.sqrt(num2) < 1e-5;
+    assert.ok(rel <= 1e-5 || zero, `${name}: relative error ${rel.toExponential(2)}`);
   }
 });
