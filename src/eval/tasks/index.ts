@@ -1,0 +1,90 @@
+/**
+ * Benchmark tasks: ARC-Easy, ARC-Challenge, PIQA, HellaSwag (multiple choice, acc and acc_norm) and
+ * LAMBADA (last-word accuracy and perplexity). Deterministic; each result keeps its per-item
+ * predictions so they can be compared with a reference implementation item by item.
+ */
+import fs from "node:fs";
+import path from "node:path";
+import { MlaError } from "../../errors.js";
+import type { LlamaModel } from "../../model/llama.js";
+import type { TextTokenizer } from "../../io/tokenizer.js";
+import { Progress, ProgressSink } from "../../util/progress.js";
+import { ChoiceItem, parseHellaswag, parseInstructionChoices, parseLambada } from "./items.js";
+import { loglikelihood } from "./score.js";
+
+export const TASKS = {
+  "arc-easy": { file: "ARC-Easy.test.json", kind: "choice" as const, load: (f: string, n?: number) => parseInstructionChoices(f, "answer", n) },
+  "arc-challenge": { file: "ARC-Challenge.test.json", kind: "choice" as const, load: (f: string, n?: number) => parseInstructionChoices(f, "answer", n) },
+  piqa: { file: "piqa.test.json", kind: "choice" as const, load: (f: string, n?: number) => parseInstructionChoices(f, "solution", n) },
+  hellaswag: { file: "hellaswag_val_full.txt.bz2", kind: "choice" as const, load: (f: string, n?: number) => parseHellaswag(f, n) },
+  lambada: { file: "lambada_test.jsonl", kind: "lambada" as const, load: null },
+};
+export type TaskName = keyof typeof TASKS;
+
+export interface TaskResult {
+  task: TaskName;
+  n: number;
+  metrics: Record<string, number>;
+  /** Per item: chosen index by acc and by acc_norm (choice tasks), or greedy hit and log-prob (lambada). */
+  predictions: { acc?: number; acc_norm?: number; greedy?: boolean; logprob?: number; scores?: number[] }[];
+}
+
+export function parseTaskNames(list: string): TaskName[] {
+  const names = list.split(",").map((s) => s.trim()).filter(Boolean);
+  if (names.length === 0) throw new MlaError("BAD_ARGUMENT", "--tasks is empty", `name some of ${Object.keys(TASKS).join(", ")}`);
+  for (const n of names) if (!(n in TASKS)) throw new MlaError("BAD_ARGUMENT", `task "${n}" is not known`, `known tasks: ${Object.keys(TASKS).join(", ")}`);
+  return names as TaskName[];
+}
+
+/** Where task files are looked for when --data-dir is not given. */
+export function defaultDataDir(root: string): string | null {
+  const candidates = [process.env["MHA2MLA_EVAL_DATA"], path.resolve(root, "..", "shared", "data", "eval")].filter((x): x is string => !!x);
+  return candidates.find((d) => fs.existsSync(d)) ?? null;
+}
+
+/** Standard error of the mean of 0/1 outcomes (sample variance, as lm-eval). */
+function stderr(xs: number[]): number {
+  const n = xs.length;
+  if (n < 2) return 0;
+  const m = xs.reduce((a, b) => a + b, 0) / n;
+  return Math.sqrt(xs.reduce((a, x) => a + (x - m) ** 2, 0) / (n - 1) / n);
+}
+
+function argmax(xs: number[]): number {
+  let best = 0;
+  for (let i = 1; i < xs.length; i++) if (xs[i]! > xs[best]!) best = i;
+  return best;
+}
+
+export async function runTask(model: LlamaModel, tok: TextTokenizer, task: TaskName, dataDir: string, limit?: number, progress?: ProgressSink | null): Promise<TaskResult> {
+  const spec = TASKS[task];
+  const file = path.join(dataDir, spec.file);
+  if (!fs.existsSync(file)) throw new MlaError("NOT_FOUND", `task file ${file} does not exist`, "pass --data-dir with the task files (ARC-*.test.json, piqa.test.json, hellaswag_val_full.txt.bz2, lambada_test.jsonl)");
+  if (spec.kind === "lambada") {
+    const items = parseLambada(file, limit);
+    const bar = new Progress(task, items.length, "items", progress === undefined ? process.stderr : progress);
+    const predictions: TaskResult["predictions"] = [];
+    for (const it of items) {
+      const r = loglikelihood(model, tok, it.context, it.target);
+      predictions.push({ greedy: r.greedy, logprob: r.logprob });
+      bar.tick();
+      await new Promise((res) => setImmediate(res));
+    }
+    const hits = predictions.map((p) => (p.greedy ? 1 : 0));
+    const meanLp = predictions.reduce((a, p) => a + p.logprob!, 0) / Math.max(items.length, 1);
+    return { task, n: items.length, metrics: { acc: hits.reduce((a: number, b) => a + b, 0) / Math.max(items.length, 1), acc_stderr: stderr(hits), ppl: Math.exp(-meanLp) }, predictions };
+  }
+  const items: ChoiceItem[] = spec.load(file, limit);
+  const bar = new Progress(task, items.length, "items", progress === undefined ? process.stderr : progress);
+  const predictions: TaskResult["predictions"] = [];
+  for (const it of items) {
+    const scores = it.choices.map((c) => loglikelihood(model, tok, it.context, c).logprob);
+    predictions.push({ acc: argmax(scores), acc_norm: argmax(scores.map((s, i) => s / it.choices[i]!.length)), scores });
+    bar.tick();
+    await new Promise((res) => setImmediate(res));
+  }
+  const acc = predictions.map((p, i) => (p.acc === items[i]!.gold ? 1 : 0));
+  const accNorm = predictions.map((p, i) => (p.acc_norm === items[i]!.gold ? 1 : 0));
+  const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / Math.max(xs.length, 1);
+  return { task, n: items.length, metrics: { acc: mean(acc), acc_stderr: stderr(acc), acc_norm: mean(accNorm), acc_norm_stderr: stderr(accNorm) }, predictions };
+}

@@ -1,0 +1,63 @@
+import assert from "node:assert/strict";
+import fs from "node:fs";
+import path from "node:path";
+import { test } from "node:test";
+import { MlaError } from "../../src/errors.js";
+import { loadModel } from "../../src/model/llama.js";
+import { parseTaskNames, runTask, TASKS, TaskName } from "../../src/eval/tasks/index.js";
+import { parseHellaswag, parseInstructionChoices, parseLambada } from "../../src/eval/tasks/items.js";
+import { GOLDEN, MODELS, SHARED, tmpDir } from "../helpers.js";
+
+const DATA = path.join(SHARED, "data", "eval");
+const haveData = fs.existsSync(DATA);
+const golden = JSON.parse(fs.readFileSync(path.join(GOLDEN, "tasks_stories260K.json"), "utf8")) as {
+  limit: number;
+  tasks: Record<string, { predictions: { acc?: number; acc_norm?: number; scores?: number[]; greedy?: boolean; logprob?: number }[]; acc: number; ppl?: number }>;
+};
+
+const lm = loadModel(path.join(MODELS, "stories260K"));
+for (const task of Object.keys(TASKS) as TaskName[]) {
+  test(`${task}: stories260K predictions equal PyTorch/transformers item by item (--limit ${golden.limit})`, { skip: haveData ? false : `needs ${DATA}` }, async () => {
+    const r = await runTask(lm.model, lm.tokenizer, task, DATA, golden.limit, null);
+    const g = golden.tasks[task]!;
+    assert.equal(r.n, g.predictions.length);
+    r.predictions.forEach((p, i) => {
+      const q = g.predictions[i]!;
+      if (task === "lambada") {
+        assert.equal(p.greedy, q.greedy, `item ${i} greedy`);
+        assert.ok(Math.abs(p.logprob! - q.logprob!) < 2e-3, `item ${i} logprob ${p.logprob} vs ${q.logprob}`);
+      } else {
+        assert.equal(p.acc, q.acc, `item ${i} acc`);
+        assert.equal(p.acc_norm, q.acc_norm, `item ${i} acc_norm`);
+        p.scores!.forEach((s, j) => assert.ok(Math.abs(s - q.scores![j]!) < 2e-3, `item ${i} choice ${j}: ${s} vs ${q.scores![j]}`));
+      }
+    });
+    assert.ok(Math.abs(r.metrics["acc"]! - g.acc) < 1e-12);
+    if (task === "lambada") assert.ok(Math.abs(r.metrics["ppl"]! / g.ppl! - 1) < 1e-3);
+  });
+}
+
+test("unknown task names and corrupt or truncated task files are refused, naming the item", () => {
+  assert.throws(() => parseTaskNames("arc-easy,mmlu"), (e: Error) => e instanceof MlaError && /task "mmlu" is not known[\s\S]*hint: known tasks: arc-easy/.test(e.message));
+  const dir = tmpDir();
+  const arc = path.join(dir, "arc.json");
+  fs.writeFileSync(arc, JSON.stringify([{ instruction: "Please choose the correct answer to the question: Q?\n\nAnswer1: a Answer2: b\n\nAnswer format: answer1/answer2", answer: "answer2" }, { instruction: "Please choose the correct answer to the question: Q?\n\nAnswer1: a\n\nAnswer format: answer1", answer: "answer3" }]));
+  assert.deepEqual(parseInstructionChoices(arc, "answer", 1)[0]!.choices, [" a", " b"]);
+  assert.throws(() => parseInstructionChoices(arc, "answer"), (e: Error) => e instanceof MlaError && /arc\.json item 1: answer "answer3" does not name one of 1 options/.test(e.message));
+  fs.writeFileSync(arc, '[{"instruction": "Please choose');
+  assert.throws(() => parseInstructionChoices(arc, "answer"), (e: Error) => e instanceof MlaError && /not valid JSON/.test(e.message));
+  const hs = path.join(dir, "hs.txt");
+  fs.writeFileSync(hs, "ctx\n1\na\nb\nc\nd\nctx2\nx\na\nb\nc\nd\n");
+  assert.throws(() => parseHellaswag(hs), (e: Error) => e instanceof MlaError && /hs\.txt item 1: gold line is "x"/.test(e.message));
+  fs.writeFileSync(hs, "ctx\n1\na\nb\n");
+  assert.throws(() => parseHellaswag(hs), (e: Error) => e instanceof MlaError && /not a multiple of 6/.test(e.message));
+  if (haveData) {
+    const bz = path.join(dir, "hs.txt.bz2");
+    const full = fs.readFileSync(path.join(DATA, "hellaswag_val_full.txt.bz2"));
+    fs.writeFileSync(bz, full.subarray(0, full.length >> 1));
+    assert.throws(() => parseHellaswag(bz), (e: Error) => e instanceof MlaError && /bzip2/.test(e.message));
+  }
+  const lam = path.join(dir, "l.jsonl");
+  fs.writeFileSync(lam, '{"text": "a b c"}\n{"text": "a b c"\n');
+  assert.throws(() => parseLambada(lam), (e: Error) => e instanceof MlaError && /l\.jsonl item 1: line 2 is not valid JSON/.test(e.message));
+});
