@@ -3,10 +3,15 @@ import { evaluate } from "../eval/evaluate.js";
 import { DEVICE_NAMES, DeviceName } from "../backends/select.js";
 import { stderrLogger } from "../util/log.js";
 import { emitJson } from "./output.js";
+import { parseTaskNames, TASKS } from "../eval/tasks/index.js";
 
 interface Args {
   model: string;
-  text: string;
+  text?: string;
+  tasks?: string;
+  "data-dir"?: string;
+  limit?: number;
+  label?: string;
   ctx: number;
   tokens?: number;
   json?: string;
@@ -15,18 +20,25 @@ interface Args {
 
 export const evalCommand: CommandModule<object, Args> = {
   command: "eval <model>",
-  describe: "perplexity on a text ([BOS] + ctx−1 token windows, each token scored once)",
+  describe: "perplexity on a text ([BOS] + ctx−1 token windows) and/or benchmark tasks (acc, acc_norm)",
   builder: (y) =>
     y
       .positional("model", { type: "string", demandOption: true, describe: "model folder, HF hub id in the local cache, or alias" })
-      .option("text", { type: "string", demandOption: true, describe: "UTF-8 text file to score" })
+      .option("text", { type: "string", describe: "UTF-8 text file to score (perplexity)" })
+      .option("tasks", { type: "string", describe: `benchmarks, comma-separated: ${Object.keys(TASKS).join(",")}` })
+      .option("data-dir", { type: "string", describe: "folder with the task files (default $MHA2MLA_EVAL_DATA or ../shared/data/eval)" })
+      .option("limit", { type: "number", describe: "first N items of each task" })
+      .option("label", { type: "string", describe: "name of this run in reports" })
       .option("ctx", { type: "number", default: 256, describe: "window length including BOS" })
       .option("tokens", { type: "number", describe: "score only the first N tokens of the text" })
       .option("json", { type: "string", describe: "write the result as JSON to FILE (no value: stdout)" })
       .option("device", { choices: DEVICE_NAMES, default: "auto" as DeviceName, describe: "compute backend" }),
   handler: async (a) => {
-    const r = await evaluate(a.model, { text: a.text, ctx: a.ctx, tokens: a.tokens, device: a.device, logger: stderrLogger });
-    process.stdout.write(`${r.model}: nll ${r.nll.toFixed(5)} nats/token, ppl ${r.ppl.toFixed(4)} over ${r.tokens} tokens (ctx ${r.ctx}, ${r.windows} windows) in ${r.seconds.toFixed(1)} s on ${r.backend}\n`);
+    const r = await evaluate(a.model, { text: a.text, ctx: a.ctx, tokens: a.tokens, tasks: a.tasks ? parseTaskNames(a.tasks) : undefined, dataDir: a["data-dir"], limit: a.limit, label: a.label, device: a.device, logger: stderrLogger });
+    if (r.nll !== undefined) process.stdout.write(`${r.model}: nll ${r.nll.toFixed(5)} nats/token, ppl ${r.ppl!.toFixed(4)} over ${r.tokens} tokens (ctx ${r.ctx}, ${r.windows} windows) on ${r.backend}\n`);
+    for (const [t, s] of Object.entries(r.tasks ?? {}))
+      process.stdout.write(`${t}: acc ${s.acc.toFixed(4)} ± ${s.acc_stderr.toFixed(4)}${s.acc_norm !== undefined ? `, acc_norm ${s.acc_norm.toFixed(4)} ± ${s.acc_norm_stderr!.toFixed(4)}` : ""}${s.ppl !== undefined ? `, ppl ${s.ppl.toFixed(2)}` : ""} (n ${s.n})\n`);
+    process.stdout.write(`${r.seconds.toFixed(1)} s\n`);
     if (a.json !== undefined) emitJson(a.json, r);
   },
 };

@@ -10,6 +10,8 @@ import { synthCommand } from "./synth.js";
 import { generateCommand } from "./generate.js";
 import { convertCommand } from "./convert.js";
 import { finetuneCommand } from "./finetune.js";
+import { reportCommand } from "./report.js";
+import { pipelineCommand } from "./pipeline.js";
 import { installSignalHandlers } from "./signals.js";
 
 const debug = process.argv.includes("--debug");
@@ -32,6 +34,8 @@ try {
     .command(convertCommand)
     .command(evalCommand)
     .command(finetuneCommand)
+    .command(reportCommand)
+    .command(pipelineCommand)
     .command(generateCommand)
     .command(synthCommand)
     .option("debug", { type: "boolean", describe: "print stack traces on errors", global: true })

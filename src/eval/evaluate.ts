@@ -1,58 +1,108 @@
-/** `eval`: perplexity of a model on a text under the DESIGN.md protocol, as one JSON-able record. */
+/**
+ * `eval`: perplexity on a text (DESIGN.md protocol) and/or benchmark tasks, as one JSON record with
+ * the model's identity (path, config hash, conversion settings), size and KV-cache accounting.
+ */
+import crypto from "node:crypto";
+import fs from "node:fs";
 import path from "node:path";
+import { MlaError } from "../errors.js";
 import { loadModel } from "../model/llama.js";
 import { selectBackend, DeviceName } from "../backends/select.js";
-import { kvElemsPerToken } from "../model/config.js";
 import { perplexity, readText, tokenizeForEval } from "./perplexity.js";
+import { inspectModel } from "./inspect.js";
+import { packageRoot } from "../io/modelDir.js";
+import { defaultDataDir, runTask, TaskName } from "./tasks/index.js";
 import type { ProgressSink } from "../util/progress.js";
 import type { Logger } from "../util/log.js";
 import { silentLogger } from "../util/log.js";
 
 export interface EvalOptions {
-  text: string;
+  text?: string;
   ctx?: number;
   tokens?: number;
+  tasks?: TaskName[];
+  dataDir?: string;
+  limit?: number;
   device?: DeviceName;
   progress?: ProgressSink | null;
   logger?: Logger;
+  /** A name for reports (default: the model argument). */
+  label?: string;
+}
+
+export interface TaskScore {
+  n: number;
+  acc: number;
+  acc_stderr: number;
+  acc_norm?: number;
+  acc_norm_stderr?: number;
+  ppl?: number;
 }
 
 export interface EvalResult {
   model: string;
+  label: string;
   dir: string;
-  text: string;
-  ctx: number;
-  tokens: number;
-  windows: number;
-  nll: number;
-  ppl: number;
-  seconds: number;
-  tokens_per_second: number;
-  backend: string;
+  config_hash: string;
+  attention: string;
+  /** The mha2mla section of a converted model's config.json (null for MHA/GQA). */
+  conversion: Record<string, unknown> | null;
+  params: number;
   kv_elems_per_token: number;
+  kv_bytes_per_token: number;
+  backend: string;
+  seconds: number;
+  text?: string;
+  ctx?: number;
+  tokens?: number;
+  windows?: number;
+  nll?: number;
+  ppl?: number;
+  tokens_per_second?: number;
+  tasks?: Record<string, TaskScore>;
 }
 
 export async function evaluate(spec: string, opts: EvalOptions): Promise<EvalResult> {
   const log = opts.logger ?? silentLogger;
+  if (!opts.text && !opts.tasks?.length) throw new MlaError("BAD_ARGUMENT", "nothing to evaluate", "pass --text FILE for perplexity and/or --tasks a,b for benchmarks");
   const backend = selectBackend(opts.device ?? "auto", log);
   const t0 = performance.now();
-  const text = readText(opts.text);
+  const text = opts.text ? readText(opts.text) : null;
+  let dataDir: string | null = null;
+  if (opts.tasks?.length) {
+    dataDir = opts.dataDir ?? defaultDataDir(packageRoot());
+    if (!dataDir || !fs.existsSync(dataDir)) throw new MlaError("NOT_FOUND", `task data folder ${opts.dataDir ?? "(none found)"} does not exist`, "pass --data-dir with ARC-*.test.json, piqa.test.json, hellaswag_val_full.txt.bz2, lambada_test.jsonl (or set MHA2MLA_EVAL_DATA)");
+  }
   const lm = loadModel(spec, { backend });
-  const ids = tokenizeForEval(lm.tokenizer, text, opts.tokens);
-  if (opts.tokens !== undefined && ids.length < opts.tokens) log.warn(`${opts.text} holds only ${ids.length} tokens, fewer than --tokens ${opts.tokens}: scoring all of them`);
-  const r = await perplexity(lm.model, ids, { ctx: opts.ctx ?? 256, progress: opts.progress });
-  return {
+  const info = inspectModel(lm.dir);
+  const rawConfig = fs.readFileSync(path.join(lm.dir, "config.json"), "utf8");
+  const conversion = (JSON.parse(rawConfig) as { mha2mla?: Record<string, unknown> }).mha2mla ?? null;
+  const result: EvalResult = {
     model: spec,
+    label: opts.label ?? spec,
     dir: lm.dir,
-    text: path.resolve(opts.text),
-    ctx: r.ctx,
-    tokens: r.tokens,
-    windows: r.windows,
-    nll: r.nll,
-    ppl: r.ppl,
-    seconds: (performance.now() - t0) / 1000,
-    tokens_per_second: r.tokens / r.seconds,
+    config_hash: crypto.createHash("sha256").update(rawConfig).digest("hex").slice(0, 16),
+    attention: info.attention,
+    conversion: conversion ? { ...conversion, selection: undefined } : null,
+    params: info.params,
+    kv_elems_per_token: info.kv_elems_per_token,
+    kv_bytes_per_token: info.kv_bytes_per_token,
     backend: backend.name,
-    kv_elems_per_token: kvElemsPerToken(lm.config),
+    seconds: 0,
   };
+  if (text !== null) {
+    const ids = tokenizeForEval(lm.tokenizer, text, opts.tokens);
+    if (opts.tokens !== undefined && ids.length < opts.tokens) log.warn(`${opts.text} holds only ${ids.length} tokens, fewer than --tokens ${opts.tokens}: scoring all of them`);
+    const r = await perplexity(lm.model, ids, { ctx: opts.ctx ?? 256, progress: opts.progress });
+    Object.assign(result, { text: path.resolve(opts.text!), ctx: r.ctx, tokens: r.tokens, windows: r.windows, nll: r.nll, ppl: r.ppl, tokens_per_second: r.tokens / r.seconds });
+  }
+  if (opts.tasks?.length) {
+    result.tasks = {};
+    for (const task of opts.tasks) {
+      const r = await runTask(lm.model, lm.tokenizer, task, dataDir!, opts.limit, opts.progress);
+      result.tasks[task] = { n: r.n, ...(r.metrics as Omit<TaskScore, "n">) };
+    }
+  }
+  result.seconds = (performance.now() - t0) / 1000;
+  return result;
 }

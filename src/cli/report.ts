@@ -1,0 +1,24 @@
+import type { CommandModule } from "yargs";
+import { writeReport } from "../eval/report/report.js";
+
+interface Args {
+  results: string[];
+  out: string;
+  "train-log"?: string[];
+  labels?: string;
+}
+
+export const reportCommand: CommandModule<object, Args> = {
+  command: "report <results..>",
+  describe: "compare eval JSONs (before/after …) in one self-contained HTML file with charts, plus a Markdown twin",
+  builder: (y) =>
+    y
+      .positional("results", { type: "string", array: true, demandOption: true, describe: "JSON files from `eval --json`" })
+      .option("out", { type: "string", default: "report.html", describe: "HTML file (the .md twin is written beside it)" })
+      .option("train-log", { type: "string", array: true, describe: "train_log.jsonl files to plot" })
+      .option("labels", { type: "string", describe: "comma-separated column names (default: the eval labels)" }),
+  handler: (a) => {
+    const r = writeReport(a.results, a.out, { trainLogs: a["train-log"], labels: a.labels?.split(",") });
+    process.stdout.write(`wrote ${r.html} and ${r.md}\n`);
+  },
+};

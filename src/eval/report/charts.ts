@@ -1,0 +1,105 @@
+/** Inline SVG charts for the report: grouped bars and line series. No scripts, no network. */
+
+const PALETTE = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1"];
+
+export function color(i: number): string {
+  return PALETTE[i % PALETTE.length]!;
+}
+
+function esc(s: string): string {
+  return s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;").replace(/"/g, "&quot;");
+}
+
+function niceMax(x: number): number {
+  if (!(x > 0)) return 1;
+  const p = 10 ** Math.floor(Math.log10(x));
+  for (const m of [1, 2, 2.5, 5, 10]) if (m * p >= x) return m * p;
+  return 10 * p;
+}
+
+function fmt(v: number): string {
+  if (v === 0) return "0";
+  const a = Math.abs(v);
+  if (a >= 1e6 || a < 1e-3) return v.toExponential(2);
+  if (a >= 100) return v.toFixed(0);
+  if (a >= 10) return v.toFixed(1);
+  return v.toFixed(3);
+}
+
+/**
+ * Grouped bar chart: one group per category, one bar per series (runs). `values[s][c]` may be null
+ * (missing). `errors` (same layout) draws ± whiskers.
+ */
+export function barChart(title: string, categories: string[], series: string[], values: (number | null)[][], opts: { errors?: (number | null)[][]; yLabel?: string; width?: number } = {}): string {
+  const W = opts.width ?? 720;
+  const H = 300;
+  const left = 64;
+  const bottom = 56;
+  const top = 36;
+  const plotW = W - left - 16;
+  const plotH = H - top - bottom;
+  const all = values.flat().filter((v): v is number => v !== null && Number.isFinite(v));
+  const ymax = niceMax(Math.max(0, ...all.map((v, i) => v + (opts.errors?.flat()[i] ?? 0))));
+  const groupW = plotW / Math.max(categories.length, 1);
+  const barW = Math.min(40, (groupW * 0.8) / Math.max(series.length, 1));
+  const y = (v: number) => top + plotH - (v / ymax) * plotH;
+  const parts: string[] = [`<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" role="img" aria-label="${esc(title)}">`, `<text x="${W / 2}" y="20" text-anchor="middle" font-size="15" font-weight="600">${esc(title)}</text>`];
+  for (let t = 0; t <= 4; t++) {
+    const v = (ymax * t) / 4;
+    parts.push(`<line x1="${left}" x2="${W - 16}" y1="${y(v)}" y2="${y(v)}" stroke="#ddd"/><text x="${left - 6}" y="${y(v) + 4}" text-anchor="end" font-size="11">${fmt(v)}</text>`);
+  }
+  if (opts.yLabel) parts.push(`<text transform="translate(14 ${top + plotH / 2}) rotate(-90)" text-anchor="middle" font-size="12">${esc(opts.yLabel)}</text>`);
+  categories.forEach((cat, c) => {
+    const gx = left + c * groupW + (groupW - barW * series.length) / 2;
+    series.forEach((_, s) => {
+      const v = values[s]?.[c];
+      if (v === null || v === undefined || !Number.isFinite(v)) return;
+      const x = gx + s * barW;
+      parts.push(`<rect x="${x.toFixed(1)}" y="${y(v).toFixed(1)}" width="${(barW - 2).toFixed(1)}" height="${(top + plotH - y(v)).toFixed(1)}" fill="${color(s)}"><title>${esc(series[s]!)} · ${esc(cat)}: ${fmt(v)}</title></rect>`);
+      const e = opts.errors?.[s]?.[c];
+      if (e) parts.push(`<line x1="${x + barW / 2 - 1}" x2="${x + barW / 2 - 1}" y1="${y(v + e)}" y2="${y(Math.max(0, v - e))}" stroke="#333"/>`);
+      parts.push(`<text x="${(x + barW / 2 - 1).toFixed(1)}" y="${(y(v) - 4).toFixed(1)}" text-anchor="middle" font-size="10">${fmt(v)}</text>`);
+    });
+    parts.push(`<text x="${left + c * groupW + groupW / 2}" y="${top + plotH + 18}" text-anchor="middle" font-size="10">${esc(cat)}</text>`);
+  });
+  parts.push(`<line x1="${left}" x2="${W - 16}" y1="${top + plotH}" y2="${top + plotH}" stroke="#333"/>`);
+  series.forEach((s, i) => parts.push(`<rect x="${left + i * 170}" y="${H - 22}" width="12" height="12" fill="${color(i)}"/><text x="${left + i * 170 + 18}" y="${H - 12}" font-size="12">${esc(s)}</text>`));
+  parts.push("</svg>");
+  return parts.join("");
+}
+
+/** Line chart of one or more series of (x, y) points. */
+export function lineChart(title: string, series: { name: string; points: [number, number][]; dots?: boolean }[], opts: { xLabel?: string; yLabel?: string; width?: number } = {}): string {
+  const W = opts.width ?? 720;
+  const H = 300;
+  const left = 64;
+  const bottom = 56;
+  const top = 36;
+  const plotW = W - left - 16;
+  const plotH = H - top - bottom;
+  const pts = series.flatMap((s) => s.points);
+  const xmax = Math.max(1, ...pts.map((p) => p[0]));
+  const ymin = Math.min(...pts.map((p) => p[1]));
+  const ymaxRaw = Math.max(...pts.map((p) => p[1]));
+  const ylo = Math.floor(Math.min(ymin, ymaxRaw) * 10) / 10;
+  const yhi = Math.max(ylo + 0.1, Math.ceil(ymaxRaw * 10) / 10);
+  const x = (v: number) => left + (v / xmax) * plotW;
+  const y = (v: number) => top + plotH - ((v - ylo) / (yhi - ylo)) * plotH;
+  const parts: string[] = [`<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" role="img" aria-label="${esc(title)}">`, `<text x="${W / 2}" y="20" text-anchor="middle" font-size="15" font-weight="600">${esc(title)}</text>`];
+  for (let t = 0; t <= 4; t++) {
+    const v = ylo + ((yhi - ylo) * t) / 4;
+    parts.push(`<line x1="${left}" x2="${W - 16}" y1="${y(v)}" y2="${y(v)}" stroke="#ddd"/><text x="${left - 6}" y="${y(v) + 4}" text-anchor="end" font-size="11">${fmt(v)}</text>`);
+  }
+  for (let t = 0; t <= 4; t++) parts.push(`<text x="${x((xmax * t) / 4)}" y="${top + plotH + 16}" text-anchor="middle" font-size="11">${Math.round((xmax * t) / 4)}</text>`);
+  if (opts.xLabel) parts.push(`<text x="${left + plotW / 2}" y="${top + plotH + 32}" text-anchor="middle" font-size="12">${esc(opts.xLabel)}</text>`);
+  if (opts.yLabel) parts.push(`<text transform="translate(14 ${top + plotH / 2}) rotate(-90)" text-anchor="middle" font-size="12">${esc(opts.yLabel)}</text>`);
+  series.forEach((s, i) => {
+    if (s.points.length > 1 && !s.dots) parts.push(`<polyline fill="none" stroke="${color(i)}" stroke-width="2" points="${s.points.map((p) => `${x(p[0]).toFixed(1)},${y(p[1]).toFixed(1)}`).join(" ")}"/>`);
+    if (s.dots || s.points.length === 1) for (const p of s.points) parts.push(`<circle cx="${x(p[0]).toFixed(1)}" cy="${y(p[1]).toFixed(1)}" r="4" fill="${color(i)}"><title>${esc(s.name)} @ ${p[0]}: ${fmt(p[1])}</title></circle>`);
+    parts.push(`<rect x="${left + i * 170}" y="${H - 22}" width="12" height="12" fill="${color(i)}"/><text x="${left + i * 170 + 18}" y="${H - 12}" font-size="12">${esc(s.name)}</text>`);
+  });
+  parts.push(`<line x1="${left}" x2="${W - 16}" y1="${top + plotH}" y2="${top + plotH}" stroke="#333"/></svg>`);
+  return parts.join("");
+}
+
+export { esc };

@@ -1,0 +1,172 @@
+/**
+ * `report`: eval JSONs (before/after conversion, after fine-tuning …) side by side, as one
+ * self-contained HTML file (inline SVG charts, no scripts, no network) and a Markdown twin holding
+ * the same numbers, formatted by the same function.
+ */
+import fs from "node:fs";
+import path from "node:path";
+import { MlaError, ioError } from "../../errors.js";
+import type { EvalResult } from "../evaluate.js";
+import { barChart, esc, lineChart } from "./charts.js";
+
+export interface TrainLog {
+  label: string;
+  rows: { step: number; loss?: number; val_nll?: number }[];
+}
+
+interface Row {
+  metric: string;
+  values: (number | null)[];
+  errors?: (number | null)[];
+  digits: number;
+  /** Show the change from the first run, in absolute units or percent. */
+  delta: "abs" | "pct" | null;
+}
+
+export function readEvalJson(file: string): EvalResult {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(fs.readFileSync(file, "utf8"));
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code) throw ioError("cannot read", file, e);
+    throw new MlaError("BAD_ARGUMENT", `${file}: not valid JSON (${(e as Error).message})`, "pass JSON files written by `mha2mla eval --json FILE`");
+  }
+  const r = raw as EvalResult;
+  if (typeof r?.model !== "string" || typeof r.kv_elems_per_token !== "number") throw new MlaError("BAD_ARGUMENT", `${file}: not an eval result (no "model" / "kv_elems_per_token")`, "pass JSON files written by `mha2mla eval --json FILE`");
+  return r;
+}
+
+export function readTrainLog(file: string, label: string): TrainLog {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, "utf8");
+  } catch (e) {
+    throw ioError("cannot read", file, e);
+  }
+  const rows = text
+    .split("\n")
+    .filter((l) => l.trim())
+    .map((l, i) => {
+      try {
+        return JSON.parse(l) as TrainLog["rows"][number];
+      } catch {
+        throw new MlaError("BAD_ARGUMENT", `${file}:${i + 1}: not valid JSON`, "pass the train_log.jsonl written by `mha2mla finetune`");
+      }
+    });
+  return { label, rows };
+}
+
+function rows(runs: EvalResult[]): Row[] {
+  const out: Row[] = [];
+  const v = (f: (r: EvalResult) => number | undefined | null) => runs.map((r) => f(r) ?? null);
+  if (runs.some((r) => r.ppl !== undefined)) {
+    out.push({ metric: "perplexity", values: v((r) => r.ppl), digits: 3, delta: "pct" });
+    out.push({ metric: "NLL (nats/token)", values: v((r) => r.nll), digits: 4, delta: "abs" });
+  }
+  const tasks = [...new Set(runs.flatMap((r) => Object.keys(r.tasks ?? {})))];
+  for (const t of tasks) {
+    out.push({ metric: `${t} acc`, values: v((r) => r.tasks?.[t]?.acc), errors: v((r) => r.tasks?.[t]?.acc_stderr), digits: 4, delta: "abs" });
+    if (runs.some((r) => r.tasks?.[t]?.acc_norm !== undefined)) out.push({ metric: `${t} acc_norm`, values: v((r) => r.tasks?.[t]?.acc_norm), errors: v((r) => r.tasks?.[t]?.acc_norm_stderr), digits: 4, delta: "abs" });
+    if (runs.some((r) => r.tasks?.[t]?.ppl !== undefined)) out.push({ metric: `${t} ppl`, values: v((r) => r.tasks?.[t]?.ppl), digits: 2, delta: "pct" });
+  }
+  out.push({ metric: "KV elements / token", values: v((r) => r.kv_elems_per_token), digits: 0, delta: "pct" });
+  out.push({ metric: "KV bytes / token", values: v((r) => r.kv_bytes_per_token), digits: 0, delta: "pct" });
+  out.push({ metric: "parameters", values: v((r) => r.params), digits: 0, delta: "pct" });
+  return out;
+}
+
+/** "value ± err (Δ)" — the one formatter both the HTML and the Markdown use. */
+function cell(row: Row, i: number): string {
+  const x = row.values[i];
+  if (x === null || x === undefined) return "–";
+  let s = x.toFixed(row.digits);
+  const e = row.errors?.[i];
+  if (e) s += ` ± ${e.toFixed(row.digits)}`;
+  const base = row.values[0];
+  if (i > 0 && row.delta && base !== null && base !== undefined) {
+    if (row.delta === "abs") s += ` (${x - base >= 0 ? "+" : "−"}${Math.abs(x - base).toFixed(row.digits)})`;
+    else if (base !== 0) s += ` (${x >= base ? "+" : "−"}${Math.abs((100 * (x - base)) / base).toFixed(2)}%)`;
+  }
+  return s;
+}
+
+function settings(r: EvalResult): string {
+  const c = r.conversion as Record<string, unknown> | null;
+  if (!c) return `${r.attention.toUpperCase()} (original)`;
+  return `MLA: rank ${c["rank"]}, ${c["rope_pairs"]} RoPE pairs (${c["rope_strategy"]}), SVD ${c["svd"]} (${c["svd_init"]}), latent ${c["latent_dim"]}`;
+}
+
+export function reportMarkdown(runs: EvalResult[], logs: TrainLog[] = []): string {
+  const rs = rows(runs);
+  const lines = [
+    "# mha2mla evaluation report",
+    "",
+    `| metric | ${runs.map((r) => r.label).join(" | ")} |`,
+    `| --- | ${runs.map(() => "---").join(" | ")} |`,
+    ...rs.map((row) => `| ${row.metric} | ${runs.map((_, i) => cell(row, i)).join(" | ")} |`),
+    "",
+    "Changes in parentheses are relative to the first column.",
+    "",
+    "## Models",
+    "",
+    ...runs.map((r) => `- **${r.label}**: \`${r.dir}\` — ${settings(r)}; config ${r.config_hash}; ${r.backend}, ${r.seconds.toFixed(1)} s${r.text ? `; text \`${path.basename(r.text)}\` (${r.tokens} tokens, ctx ${r.ctx})` : ""}`),
+  ];
+  for (const l of logs) {
+    const losses = l.rows.filter((x) => x.loss !== undefined);
+    const vals = l.rows.filter((x) => x.val_nll !== undefined);
+    lines.push("", `## Fine-tuning: ${l.label}`, "", `${losses.length} steps; loss ${losses[0]?.loss?.toFixed(4) ?? "–"} → ${losses[losses.length - 1]?.loss?.toFixed(4) ?? "–"}; validation NLL ${vals.map((x) => `${x.val_nll!.toFixed(4)} (step ${x.step})`).join(", ") || "–"}`);
+  }
+  return lines.join("\n") + "\n";
+}
+
+export function reportHtml(runs: EvalResult[], logs: TrainLog[] = []): string {
+  const rs = rows(runs);
+  const labels = runs.map((r) => r.label);
+  const charts: string[] = [];
+  const taskRows = rs.filter((r) => / acc(_norm)?$/.test(r.metric));
+  if (taskRows.length) charts.push(barChart("Benchmark accuracy", taskRows.map((r) => r.metric), labels, labels.map((_, s) => taskRows.map((r) => r.values[s] ?? null)), { errors: labels.map((_, s) => taskRows.map((r) => r.errors?.[s] ?? null)), yLabel: "accuracy", width: Math.min(1060, Math.max(720, 36 * taskRows.length * labels.length)) }));
+  const ppl = rs.find((r) => r.metric === "perplexity");
+  if (ppl) charts.push(barChart("Perplexity (lower is better)", ["perplexity"], labels, labels.map((_, s) => [ppl.values[s] ?? null]), { yLabel: "ppl", width: 480 }));
+  const kv = rs.find((r) => r.metric === "KV bytes / token")!;
+  charts.push(barChart("KV cache per token (bytes)", ["KV bytes / token"], labels, labels.map((_, s) => [kv.values[s] ?? null]), { yLabel: "bytes", width: 480 }));
+  for (const l of logs) {
+    const loss = l.rows.filter((x) => x.loss !== undefined).map((x) => [x.step, x.loss!] as [number, number]);
+    const val = l.rows.filter((x) => x.val_nll !== undefined).map((x) => [x.step, x.val_nll!] as [number, number]);
+    charts.push(lineChart(`Fine-tuning: ${l.label}`, [{ name: "training loss", points: loss }, { name: "validation NLL", points: val, dots: true }], { xLabel: "step", yLabel: "nats/token" }));
+  }
+  const table = `<table><thead><tr><th>metric</th>${labels.map((l) => `<th>${esc(l)}</th>`).join("")}</tr></thead><tbody>${rs.map((row) => `<tr><td>${esc(row.metric)}</td>${runs.map((_, i) => `<td>${esc(cell(row, i))}</td>`).join("")}</tr>`).join("")}</tbody></table>`;
+  const models = `<ul>${runs.map((r) => `<li><b>${esc(r.label)}</b>: <code>${esc(r.dir)}</code> — ${esc(settings(r))}; config ${esc(r.config_hash)}; ${esc(r.backend)}, ${r.seconds.toFixed(1)} s</li>`).join("")}</ul>`;
+  return `<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>mha2mla evaluation report</title>
+<style>
+body{font-family:-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;margin:24px;color:#222;max-width:1100px}
+table{border-collapse:collapse;margin:12px 0}td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}
+td:first-child,th:first-child{text-align:left}th{background:#f3f3f3}.charts svg{display:block;margin:18px 0;border:1px solid #eee}
+code{font-size:12px}
+</style></head><body>
+<h1>mha2mla evaluation report</h1>
+<p>Changes in parentheses are relative to the first column (${esc(labels[0] ?? "")}).</p>
+${table}
+<div class="charts">${charts.join("\n")}</div>
+<h2>Models</h2>${models}
+</body></html>
+`;
+}
+
+/** Writes OUT (HTML) and its Markdown twin (same name, .md), each atomically. */
+export function writeReport(jsonFiles: string[], out: string, opts: { trainLogs?: string[]; labels?: string[] } = {}): { html: string; md: string } {
+  if (jsonFiles.length === 0) throw new MlaError("BAD_ARGUMENT", "no eval JSON files given", "pass e.g. `mha2mla report before.json after.json --out report.html`");
+  const runs = jsonFiles.map(readEvalJson);
+  if (opts.labels) {
+    if (opts.labels.length !== runs.length) throw new MlaError("BAD_ARGUMENT", `--labels has ${opts.labels.length} names for ${runs.length} results`, "give one label per JSON file");
+    runs.forEach((r, i) => (r.label = opts.labels![i]!));
+  }
+  const logs = (opts.trainLogs ?? []).map((f) => readTrainLog(f, path.basename(path.dirname(path.resolve(f)))));
+  const md = out.replace(/\.html?$/i, "") + ".md";
+  fs.mkdirSync(path.dirname(path.resolve(out)), { recursive: true });
+  for (const [file, text] of [[out, reportHtml(runs, logs)], [md, reportMarkdown(runs, logs)]] as const) {
+    fs.writeFileSync(file + ".tmp", text);
+    fs.renameSync(file + ".tmp", file);
+  }
+  return { html: out, md };
+}

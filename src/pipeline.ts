@@ -1,0 +1,98 @@
+/**
+ * `pipeline`: convert → optional fine-tune → evaluate the original, the converted and the
+ * fine-tuned model → report, in one output folder. Each phase leaves its result there
+ * (eval-*.json, mla/, finetune/, report.*); re-running the same command skips finished phases and
+ * resumes an interrupted fine-tune from its checkpoint.
+ */
+import crypto from "node:crypto";
+import fs from "node:fs";
+import path from "node:path";
+import { MlaError } from "./errors.js";
+import { convert } from "./convert/pipeline.js";
+import type { SettingsInput } from "./convert/plan.js";
+import { evaluate, EvalResult } from "./eval/evaluate.js";
+import type { TaskName } from "./eval/tasks/index.js";
+import { writeReport } from "./eval/report/report.js";
+import { finetune, FinetuneOptions } from "./finetune/trainer.js";
+import { silentLogger, Logger } from "./util/log.js";
+import type { ProgressSink } from "./util/progress.js";
+
+export interface PipelineOptions {
+  out: string;
+  force?: boolean;
+  convert: SettingsInput;
+  finetune?: Omit<FinetuneOptions, "out" | "resume" | "force" | "logger" | "progress" | "shouldStop">;
+  evalText?: string;
+  evalTokens?: number;
+  evalCtx?: number;
+  tasks?: TaskName[];
+  dataDir?: string;
+  limit?: number;
+  logger?: Logger;
+  progress?: ProgressSink | null;
+  shouldStop?: () => boolean;
+}
+
+export interface PipelineResult {
+  out: string;
+  phases: { name: string; skipped: boolean; seconds: number }[];
+  evals: EvalResult[];
+  report: { html: string; md: string } | null;
+  stoppedEarly: boolean;
+}
+
+export async function pipeline(spec: string, o: PipelineOptions): Promise<PipelineResult> {
+  const log = o.logger ?? silentLogger;
+  const out = path.resolve(o.out);
+  if (!o.evalText && !o.tasks?.length) throw new MlaError("BAD_ARGUMENT", "the pipeline has nothing to evaluate", "pass --eval-text FILE and/or --tasks a,b");
+  const fingerprint = crypto.createHash("sha256").update(JSON.stringify({ spec, convert: o.convert, finetune: o.finetune ?? null, evalText: o.evalText, evalTokens: o.evalTokens, evalCtx: o.evalCtx, tasks: o.tasks, limit: o.limit })).digest("hex").slice(0, 16);
+  const stateFile = path.join(out, "pipeline.json");
+  if (fs.existsSync(out) && !o.force) {
+    const prev = fs.existsSync(stateFile) ? (JSON.parse(fs.readFileSync(stateFile, "utf8")) as { fingerprint?: string }) : null;
+    if (!prev || prev.fingerprint !== fingerprint)
+      throw new MlaError("EXISTS", `output ${o.out} already exists${prev ? " from a pipeline with other settings" : ""}`, "re-run the same command to resume it, pass --force to start over, or choose another --out");
+    log.info(`resuming the pipeline in ${o.out}`);
+  } else {
+    fs.rmSync(out, { recursive: true, force: true });
+    fs.mkdirSync(out, { recursive: true });
+    fs.writeFileSync(stateFile, JSON.stringify({ fingerprint, model: spec, settings: o, started: new Date().toISOString() }, null, 2) + "\n");
+  }
+  const phases: PipelineResult["phases"] = [];
+  const phase = async <T>(name: string, done: () => boolean, run: () => Promise<T>): Promise<void> => {
+    const t0 = performance.now();
+    if (done()) {
+      phases.push({ name, skipped: true, seconds: 0 });
+      log.info(`pipeline: ${name} already done`);
+      return;
+    }
+    log.info(`pipeline: ${name}`);
+    await run();
+    phases.push({ name, skipped: false, seconds: (performance.now() - t0) / 1000 });
+  };
+  const evalTo = (label: string, model: string, file: string) =>
+    phase(`eval ${label}`, () => fs.existsSync(file), async () => {
+      const r = await evaluate(model, { text: o.evalText, tokens: o.evalTokens, ctx: o.evalCtx, tasks: o.tasks, dataDir: o.dataDir, limit: o.limit, label, progress: o.progress, logger: log });
+      fs.writeFileSync(file + ".tmp", JSON.stringify(r, null, 2) + "\n");
+      fs.renameSync(file + ".tmp", file);
+    });
+  const mla = path.join(out, "mla");
+  const ft = path.join(out, "finetune");
+  const files = { original: path.join(out, "eval-original.json"), converted: path.join(out, "eval-converted.json"), finetuned: path.join(out, "eval-finetuned.json") };
+  await phase("convert", () => fs.existsSync(path.join(mla, "config.json")), () => convert(spec, { ...o.convert, out: mla, force: true, progress: o.progress, logger: log }));
+  await evalTo("original", spec, files.original);
+  await evalTo("converted", mla, files.converted);
+  let stoppedEarly = false;
+  if (o.finetune) {
+    await phase("finetune", () => fs.existsSync(path.join(ft, "finetune.json")), async () => {
+      const resume = fs.existsSync(path.join(ft, "checkpoint", "state.json"));
+      const r = await finetune(mla, { ...o.finetune!, out: ft, resume, force: !resume, logger: log, progress: o.progress, shouldStop: o.shouldStop });
+      stoppedEarly = r.stoppedEarly;
+    });
+    if (stoppedEarly) return { out, phases, evals: [], report: null, stoppedEarly };
+    await evalTo("fine-tuned", ft, files.finetuned);
+  }
+  const jsons = [files.original, files.converted, ...(o.finetune ? [files.finetuned] : [])];
+  const report = writeReport(jsons, path.join(out, "report.html"), { trainLogs: o.finetune ? [path.join(ft, "train_log.jsonl")] : [] });
+  phases.push({ name: "report", skipped: false, seconds: 0 });
+  return { out, phases, evals: jsons.map((f) => JSON.parse(fs.readFileSync(f, "utf8")) as EvalResult), report, stoppedEarly };
+}

@@ -1,0 +1,84 @@
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import fs from "node:fs";
+import path from "node:path";
+import { test } from "node:test";
+import { MlaError } from "../../src/errors.js";
+import { evaluate } from "../../src/eval/evaluate.js";
+import { writeReport } from "../../src/eval/report/report.js";
+import { pipeline } from "../../src/pipeline.js";
+import { convert } from "../../src/convert/pipeline.js";
+import { FIXTURES, MODELS, ROOT, SHARED, tmpDir } from "../helpers.js";
+
+const CHROMIUM = ["/usr/bin/chromium", "/usr/bin/chromium-browser"].find((p) => fs.existsSync(p));
+const DATA = path.join(SHARED, "data", "eval");
+const TEXT = path.join(FIXTURES, "text", "tinystories_heldout.txt");
+
+/** Headless Chromium screenshot of a local file (flags: no network, no sandbox as root, fresh profile). */
+function screenshot(html: string, png: string): void {
+  const profile = tmpDir("chromium-");
+  const r = spawnSync(CHROMIUM!, ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync", `--user-data-dir=${profile}`, "--hide-scrollbars", "--window-size=1150,1900", `--screenshot=${png}`, "file://" + html], { encoding: "utf8", timeout: 60000 });
+  assert.ok(fs.existsSync(png), `chromium wrote no screenshot: ${r.stderr}`);
+}
+
+test("report: HTML with inline SVG charts renders in headless Chromium; the Markdown twin holds the same numbers", { skip: CHROMIUM ? false : "Chromium is not installed (.ci/run installs it; run `apt-get install chromium`)" }, async () => {
+  const dir = tmpDir();
+  const mla = path.join(dir, "mla");
+  await convert(path.join(MODELS, "stories260K"), { rank: 4, ropePairs: 2, ropeStrategy: "uniform", out: mla, progress: null });
+  const tasks = fs.existsSync(DATA) ? (["arc-easy", "piqa"] as const) : undefined;
+  const before = await evaluate(path.join(MODELS, "stories260K"), { text: TEXT, tasks: tasks ? [...tasks] : undefined, dataDir: DATA, limit: 20, label: "original", progress: null });
+  const after = await evaluate(mla, { text: TEXT, tasks: tasks ? [...tasks] : undefined, dataDir: DATA, limit: 20, label: "MLA r4", progress: null });
+  const files = [path.join(dir, "a.json"), path.join(dir, "b.json")];
+  fs.writeFileSync(files[0]!, JSON.stringify(before));
+  fs.writeFileSync(files[1]!, JSON.stringify(after));
+  const r = writeReport(files, path.join(dir, "report.html"));
+  const html = fs.readFileSync(r.html, "utf8");
+  const md = fs.readFileSync(r.md, "utf8");
+  assert.ok((html.match(/<svg /g) ?? []).length >= 3, "charts are inline SVG");
+  assert.doesNotMatch(html, /<script|(src|href)=["']?https?:|@import|url\(/, "self-contained: no scripts, no network");
+  const kvChange = `−${(100 * (1 - after.kv_elems_per_token / before.kv_elems_per_token)).toFixed(2)}%`;
+  for (const n of [before.ppl!.toFixed(3), after.ppl!.toFixed(3), kvChange, String(after.kv_bytes_per_token)]) {
+    assert.ok(html.includes(n), `HTML has ${n}`);
+    assert.ok(md.includes(n), `Markdown has ${n}`);
+  }
+  const png = path.join(dir, "report.png");
+  screenshot(r.html, png);
+  const bytes = fs.readFileSync(png);
+  assert.equal(bytes.subarray(1, 4).toString(), "PNG");
+  assert.ok(bytes.length > 30000, `a blank page compresses to a few KB; got ${bytes.length} bytes`);
+});
+
+test("report refuses files that are not eval results", () => {
+  const f = path.join(tmpDir(), "x.json");
+  fs.writeFileSync(f, '{"hello": 1}');
+  assert.throws(() => writeReport([f], path.join(tmpDir(), "r.html")), (e: Error) => e instanceof MlaError && /x\.json: not an eval result/.test(e.message));
+  fs.writeFileSync(f, "{");
+  assert.throws(() => writeReport([f], path.join(tmpDir(), "r.html")), (e: Error) => e instanceof MlaError && /not valid JSON/.test(e.message));
+});
+
+test("pipeline: convert → fine-tune → three evaluations → report; a re-run skips finished phases", async () => {
+  const out = path.join(tmpDir(), "pl");
+  const opts = {
+    out,
+    convert: { rank: 4, ropePairs: 1, ropeStrategy: "high" as const },
+    finetune: { data: [path.join(FIXTURES, "text", "tinystories_25k.txt")], tokens: 6 * 8 * 64, seq: 64, batch: 8 },
+    evalText: TEXT,
+    tasks: fs.existsSync(DATA) ? (["arc-easy"] as ["arc-easy"]) : undefined,
+    dataDir: DATA,
+    limit: 10,
+    progress: null,
+  };
+  const r = await pipeline(path.join(MODELS, "stories260K"), opts);
+  assert.deepEqual(r.phases.map((p) => p.name), ["convert", "eval original", "eval converted", "finetune", "eval fine-tuned", "report"]);
+  assert.deepEqual(r.evals.map((e) => e.label), ["original", "converted", "fine-tuned"]);
+  assert.ok(r.evals[2]!.nll! < r.evals[1]!.nll!, "fine-tuning recovers some of the loss");
+  const md = fs.readFileSync(path.join(out, "report.md"), "utf8");
+  assert.match(md, /\| metric \| original \| converted \| fine-tuned \|/);
+  const again = await pipeline(path.join(MODELS, "stories260K"), opts);
+  assert.ok(again.phases.filter((p) => p.name !== "report").every((p) => p.skipped));
+  await assert.rejects(pipeline(path.join(MODELS, "stories260K"), { ...opts, convert: { ...opts.convert, rank: 2 } }), /other settings/);
+});
+
+test("the committed report screenshot exists", () => {
+  assert.ok(fs.statSync(path.join(ROOT, "docs", "report-screenshot.png")).size > 30000);
+});
