@@ -24,3 +24,16 @@ export function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
   }
   return m;
 }
+
+/** A seeded uniform(−scale, scale) generator of typed arrays, for op tests. */
+export function seededRand<A extends Float32Array | Float64Array>(seed: number, Ctor: { new (n: number): A }): (n: number, scale?: number) => A {
+  let s = seed >>> 0;
+  return (n, scale = 1) => {
+    const a = new Ctor(n);
+    for (let i = 0; i < n; i++) {
+      s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+      a[i] = ((s / 4294967296) * 2 - 1) * scale;
+    }
+    return a;
+  };
+}

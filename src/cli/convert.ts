@@ -1,19 +1,11 @@
 import type { CommandModule } from "yargs";
 import { convert } from "../convert/pipeline.js";
-import { parseStrategy, ROPE_STRATEGIES } from "../ropeSelect/strategies.js";
+import { ConversionArgs, conversionSettings, withConversionOptions } from "./conversionOptions.js";
 import { stderrLogger } from "../util/log.js";
 import { emitJson } from "./output.js";
 
-interface Args {
+interface Args extends ConversionArgs {
   model: string;
-  rank: number;
-  "rope-pairs"?: number;
-  "rope-strategy"?: string;
-  svd: "joint" | "split";
-  "svd-init": "weights" | "activations";
-  calib?: string;
-  "calib-samples": number;
-  "calib-len": number;
   out?: string;
   force: boolean;
   "dry-run": boolean;
@@ -27,16 +19,8 @@ export const convertCommand: CommandModule<object, Args> = {
   command: "convert <model>",
   describe: "convert an MHA/GQA checkpoint to MLA (partial RoPE + low-rank joint KV)",
   builder: (y) =>
-    y
+    withConversionOptions(y)
       .positional("model", { type: "string", demandOption: true, describe: "model folder, HF hub id in the local cache, or alias" })
-      .option("rank", { type: "number", demandOption: true, describe: "latent dims per KV head (the paper's d_kv); the cache holds rank × KV heads latent dims" })
-      .option("rope-pairs", { type: "number", describe: "RoPE frequency pairs kept per KV head (default head_dim/16)" })
-      .option("rope-strategy", { type: "string", choices: ROPE_STRATEGIES as unknown as string[], describe: "which pairs keep RoPE (default 2-norm with --calib, else uniform)" })
-      .option("svd", { choices: ["joint", "split"] as const, default: "joint" as const, describe: "one SVD of [keys; values] or one each" })
-      .option("svd-init", { choices: ["weights", "activations"] as const, default: "weights" as const, describe: "factor the weights, or the weights whitened by the calibration activations" })
-      .option("calib", { type: "string", describe: "calibration text for 2-norm selection and activation-aware SVD" })
-      .option("calib-samples", { type: "number", default: 32, describe: "calibration windows" })
-      .option("calib-len", { type: "number", default: 256, describe: "tokens per calibration window, BOS included" })
       .option("out", { type: "string", describe: "output folder (default ./NAME-mla-r<rank>)" })
       .option("force", { type: "boolean", default: false, describe: "replace an existing --out" })
       .option("dry-run", { type: "boolean", default: false, describe: "validate and print the KV-cache accounting only" })
@@ -46,14 +30,7 @@ export const convertCommand: CommandModule<object, Args> = {
       .option("json", { type: "string", describe: "write the result summary as JSON to FILE (no value: stdout)" }),
   handler: async (a) => {
     const r = await convert(a.model, {
-      rank: a.rank,
-      ropePairs: a["rope-pairs"],
-      ropeStrategy: a["rope-strategy"] ? parseStrategy(a["rope-strategy"]) : undefined,
-      svd: a.svd,
-      svdInit: a["svd-init"],
-      calib: a.calib,
-      calibSamples: a["calib-samples"],
-      calibLen: a["calib-len"],
+      ...conversionSettings(a),
       out: a.out,
       force: a.force,
       dryRun: a["dry-run"],

@@ -1,20 +1,14 @@
 import type { CommandModule } from "yargs";
 import { pipeline } from "../pipeline.js";
-import { parseStrategy, ROPE_STRATEGIES } from "../ropeSelect/strategies.js";
+import { ConversionArgs, conversionSettings, withConversionOptions } from "./conversionOptions.js";
 import { parseTaskNames } from "../eval/tasks/index.js";
 import { stderrLogger } from "../util/log.js";
 import { gracefulStop } from "./signals.js";
 
-interface Args {
+interface Args extends ConversionArgs {
   model: string;
   out: string;
   force: boolean;
-  rank: number;
-  "rope-pairs"?: number;
-  "rope-strategy"?: string;
-  svd: "joint" | "split";
-  "svd-init": "weights" | "activations";
-  calib?: string;
   "finetune-data"?: string[];
   tokens?: number;
   seq: number;
@@ -32,16 +26,10 @@ export const pipelineCommand: CommandModule<object, Args> = {
   command: "pipeline <model>",
   describe: "convert → optional fine-tune → eval before and after → report, resumable by phase",
   builder: (y) =>
-    y
+    withConversionOptions(y)
       .positional("model", { type: "string", demandOption: true })
       .option("out", { type: "string", demandOption: true, describe: "pipeline folder (re-run the same command to resume)" })
       .option("force", { type: "boolean", default: false, describe: "start over in an existing --out" })
-      .option("rank", { type: "number", demandOption: true, describe: "latent dims per KV head" })
-      .option("rope-pairs", { type: "number" })
-      .option("rope-strategy", { type: "string", choices: ROPE_STRATEGIES as unknown as string[] })
-      .option("svd", { choices: ["joint", "split"] as const, default: "joint" as const })
-      .option("svd-init", { choices: ["weights", "activations"] as const, default: "weights" as const })
-      .option("calib", { type: "string", describe: "calibration text (2-norm selection, activation-aware SVD)" })
       .option("finetune-data", { type: "string", array: true, describe: "fine-tune on these files (skipped when absent)" })
       .option("tokens", { type: "number", describe: "fine-tuning token budget" })
       .option("seq", { type: "number", default: 256 })
@@ -59,7 +47,7 @@ export const pipelineCommand: CommandModule<object, Args> = {
       const r = await pipeline(a.model, {
         out: a.out,
         force: a.force,
-        convert: { rank: a.rank, ropePairs: a["rope-pairs"], ropeStrategy: a["rope-strategy"] ? parseStrategy(a["rope-strategy"]) : undefined, svd: a.svd, svdInit: a["svd-init"], calib: a.calib },
+        convert: conversionSettings(a),
         finetune: a["finetune-data"] ? { data: a["finetune-data"], tokens: a.tokens, seq: a.seq, batch: a.batch, lr: a.lr, distill: a.distill } : undefined,
         evalText: a["eval-text"],
         evalTokens: a["eval-tokens"],

@@ -14,6 +14,12 @@ export interface AttentionOptions {
   window: number | null;
 }
 
+/** The keys query row t may attend to, as an inclusive range [lo, hi] of S cached rows (causal, sliding window). */
+export function visibleKeys(t: number, S: number, opts: AttentionOptions): [number, number] {
+  const qpos = t + opts.queryOffset;
+  return [opts.window === null ? 0 : Math.max(0, qpos - opts.window + 1), Math.min(S - 1, qpos)];
+}
+
 export interface Backend {
   readonly name: string;
   upload(data: FloatArray, shape: readonly number[]): Tensor;

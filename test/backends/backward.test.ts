@@ -8,17 +8,10 @@ import { test } from "node:test";
 import { ReferenceBackend } from "../../src/backends/reference/index.js";
 import { Node, Ops, Tape } from "../../src/tensor/autograd.js";
 import type { Tensor } from "../../src/tensor/tensor.js";
+import { seededRand } from "../helpers.js";
 
 const B = new ReferenceBackend("f64");
-let seed = 11;
-function rand(n: number, scale = 1): Float64Array {
-  const a = new Float64Array(n);
-  for (let i = 0; i < n; i++) {
-    seed = (Math.imul(seed, 1664525) + 1013904223) >>> 0;
-    a[i] = ((seed / 4294967296) * 2 - 1) * scale;
-  }
-  return a;
-}
+const rand = seededRand(11, Float64Array);
 
 /** Checks d(Σ f(inputs) ⊙ R)/d inputs. `f` builds the output node from input nodes with `ops`. */
 function gradCheck(name: string, shapes: number[][], f: (ops: Ops, xs: Node[]) => Node, opts: { scale?: number; loss?: (ops: Ops, out: Node) => { value: number; seed: Tensor } } = {}): void {

@@ -5,17 +5,9 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { referenceBackend as B } from "../../src/backends/reference/index.js";
-import { maxAbsDiff } from "../helpers.js";
+import { maxAbsDiff, seededRand } from "../helpers.js";
 
-let seed = 7;
-function rand(n: number, scale = 1): Float32Array {
-  const a = new Float32Array(n);
-  for (let i = 0; i < n; i++) {
-    seed = (Math.imul(seed, 1664525) + 1013904223) >>> 0;
-    a[i] = ((seed / 4294967296) * 2 - 1) * scale;
-  }
-  return a;
-}
+const rand = seededRand(7, Float32Array);
 
 test("linear = x·Wᵀ + b", () => {
   const [M, K, N] = [5, 13, 7];

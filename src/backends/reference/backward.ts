@@ -3,6 +3,7 @@
  * accumulation). Each has a finite-difference test in test/backends/backward.test.ts.
  */
 import { MlaError } from "../../errors.js";
+import { visibleKeys } from "../../tensor/backend.js";
 import type { AttentionOptions } from "../../tensor/backend.js";
 import { Tensor, expectShape } from "../../tensor/tensor.js";
 import type { ReferenceBackend } from "./index.js";
@@ -100,9 +101,7 @@ export function attentionBackward(B: ReferenceBackend, q: Tensor, k: Tensor, v: 
   const p = new Float64Array(S);
   const dp = new Float64Array(S);
   for (let t = 0; t < T; t++) {
-    const qpos = t + opts.queryOffset;
-    const hi = Math.min(S - 1, qpos);
-    const lo = opts.window === null ? 0 : Math.max(0, qpos - opts.window + 1);
+    const [lo, hi] = visibleKeys(t, S, opts);
     for (let h = 0; h < H; h++) {
       const kh = Math.floor(h / group);
       const qo = (t * H + h) * Dh;

@@ -5,6 +5,7 @@
  * serves as the default backend for small models. Backward ops live in ./backward.ts.
  */
 import { MlaError } from "../../errors.js";
+import { visibleKeys } from "../../tensor/backend.js";
 import type { AttentionOptions, Backend } from "../../tensor/backend.js";
 import * as bw from "./backward.js";
 import { FloatArray, Tensor, expectShape } from "../../tensor/tensor.js";
@@ -167,9 +168,7 @@ export class ReferenceBackend implements Backend {
     const scores = new Float64Array(S);
     const acc = new Float64Array(L);
     for (let t = 0; t < T; t++) {
-      const qpos = t + opts.queryOffset;
-      const hi = Math.min(S - 1, qpos);
-      const lo = opts.window === null ? 0 : Math.max(0, qpos - opts.window + 1);
+      const [lo, hi] = visibleKeys(t, S, opts);
       for (let h = 0; h < H; h++) {
         const kh = Math.floor(h / group);
         const qro = (t * H + h) * Dr;
@@ -213,9 +212,7 @@ export class ReferenceBackend implements Backend {
     const scores = new Float64Array(S);
     const acc = new Float64Array(Dv);
     for (let t = 0; t < T; t++) {
-      const qpos = t + opts.queryOffset;
-      const hi = Math.min(S - 1, qpos);
-      const lo = opts.window === null ? 0 : Math.max(0, qpos - opts.window + 1);
+      const [lo, hi] = visibleKeys(t, S, opts);
       for (let h = 0; h < H; h++) {
         const kh = Math.floor(h / group);
         const qo = (t * H + h) * Dh;

@@ -26,29 +26,54 @@ function fmt(v: number): string {
   return v.toFixed(3);
 }
 
+interface Frame {
+  parts: string[];
+  left: number;
+  top: number;
+  plotW: number;
+  plotH: number;
+  W: number;
+  H: number;
+}
+
+/** The SVG header, title and plot area shared by both chart kinds. */
+function frame(title: string, W: number): Frame {
+  const H = 300;
+  const left = 64;
+  const top = 36;
+  return {
+    parts: [`<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" role="img" aria-label="${esc(title)}">`, `<text x="${W / 2}" y="20" text-anchor="middle" font-size="15" font-weight="600">${esc(title)}</text>`],
+    left,
+    top,
+    plotW: W - left - 16,
+    plotH: H - top - 56,
+    W,
+    H,
+  };
+}
+
+/** Horizontal grid lines with y labels at 5 levels from lo to hi, and the y-axis label. */
+function yGrid(f: Frame, lo: number, hi: number, y: (v: number) => number, label?: string): void {
+  for (let t = 0; t <= 4; t++) {
+    const v = lo + ((hi - lo) * t) / 4;
+    f.parts.push(`<line x1="${f.left}" x2="${f.W - 16}" y1="${y(v)}" y2="${y(v)}" stroke="#ddd"/><text x="${f.left - 6}" y="${y(v) + 4}" text-anchor="end" font-size="11">${fmt(v)}</text>`);
+  }
+  if (label) f.parts.push(`<text transform="translate(14 ${f.top + f.plotH / 2}) rotate(-90)" text-anchor="middle" font-size="12">${esc(label)}</text>`);
+}
+
 /**
  * Grouped bar chart: one group per category, one bar per series (runs). `values[s][c]` may be null
  * (missing). `errors` (same layout) draws ± whiskers.
  */
 export function barChart(title: string, categories: string[], series: string[], values: (number | null)[][], opts: { errors?: (number | null)[][]; yLabel?: string; width?: number } = {}): string {
-  const W = opts.width ?? 720;
-  const H = 300;
-  const left = 64;
-  const bottom = 56;
-  const top = 36;
-  const plotW = W - left - 16;
-  const plotH = H - top - bottom;
+  const f = frame(title, opts.width ?? 720);
+  const { parts, left, top, plotW, plotH, W, H } = f;
   const all = values.flat().filter((v): v is number => v !== null && Number.isFinite(v));
   const ymax = niceMax(Math.max(0, ...all.map((v, i) => v + (opts.errors?.flat()[i] ?? 0))));
   const groupW = plotW / Math.max(categories.length, 1);
   const barW = Math.min(40, (groupW * 0.8) / Math.max(series.length, 1));
   const y = (v: number) => top + plotH - (v / ymax) * plotH;
-  const parts: string[] = [`<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" role="img" aria-label="${esc(title)}">`, `<text x="${W / 2}" y="20" text-anchor="middle" font-size="15" font-weight="600">${esc(title)}</text>`];
-  for (let t = 0; t <= 4; t++) {
-    const v = (ymax * t) / 4;
-    parts.push(`<line x1="${left}" x2="${W - 16}" y1="${y(v)}" y2="${y(v)}" stroke="#ddd"/><text x="${left - 6}" y="${y(v) + 4}" text-anchor="end" font-size="11">${fmt(v)}</text>`);
-  }
-  if (opts.yLabel) parts.push(`<text transform="translate(14 ${top + plotH / 2}) rotate(-90)" text-anchor="middle" font-size="12">${esc(opts.yLabel)}</text>`);
+  yGrid(f, 0, ymax, y, opts.yLabel);
   categories.forEach((cat, c) => {
     const gx = left + c * groupW + (groupW - barW * series.length) / 2;
     series.forEach((_, s) => {
@@ -70,13 +95,8 @@ export function barChart(title: string, categories: string[], series: string[], 
 
 /** Line chart of one or more series of (x, y) points. */
 export function lineChart(title: string, series: { name: string; points: [number, number][]; dots?: boolean }[], opts: { xLabel?: string; yLabel?: string; width?: number } = {}): string {
-  const W = opts.width ?? 720;
-  const H = 300;
-  const left = 64;
-  const bottom = 56;
-  const top = 36;
-  const plotW = W - left - 16;
-  const plotH = H - top - bottom;
+  const f = frame(title, opts.width ?? 720);
+  const { parts, left, top, plotW, plotH, W, H } = f;
   const pts = series.flatMap((s) => s.points);
   const xmax = Math.max(1, ...pts.map((p) => p[0]));
   const ymin = Math.min(...pts.map((p) => p[1]));
@@ -85,14 +105,9 @@ export function lineChart(title: string, series: { name: string; points: [number
   const yhi = Math.max(ylo + 0.1, Math.ceil(ymaxRaw * 10) / 10);
   const x = (v: number) => left + (v / xmax) * plotW;
   const y = (v: number) => top + plotH - ((v - ylo) / (yhi - ylo)) * plotH;
-  const parts: string[] = [`<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" role="img" aria-label="${esc(title)}">`, `<text x="${W / 2}" y="20" text-anchor="middle" font-size="15" font-weight="600">${esc(title)}</text>`];
-  for (let t = 0; t <= 4; t++) {
-    const v = ylo + ((yhi - ylo) * t) / 4;
-    parts.push(`<line x1="${left}" x2="${W - 16}" y1="${y(v)}" y2="${y(v)}" stroke="#ddd"/><text x="${left - 6}" y="${y(v) + 4}" text-anchor="end" font-size="11">${fmt(v)}</text>`);
-  }
+  yGrid(f, ylo, yhi, y, opts.yLabel);
   for (let t = 0; t <= 4; t++) parts.push(`<text x="${x((xmax * t) / 4)}" y="${top + plotH + 16}" text-anchor="middle" font-size="11">${Math.round((xmax * t) / 4)}</text>`);
   if (opts.xLabel) parts.push(`<text x="${left + plotW / 2}" y="${top + plotH + 32}" text-anchor="middle" font-size="12">${esc(opts.xLabel)}</text>`);
-  if (opts.yLabel) parts.push(`<text transform="translate(14 ${top + plotH / 2}) rotate(-90)" text-anchor="middle" font-size="12">${esc(opts.yLabel)}</text>`);
   series.forEach((s, i) => {
     if (s.points.length > 1 && !s.dots) parts.push(`<polyline fill="none" stroke="${color(i)}" stroke-width="2" points="${s.points.map((p) => `${x(p[0]).toFixed(1)},${y(p[1]).toFixed(1)}`).join(" ")}"/>`);
     if (s.dots || s.points.length === 1) for (const p of s.points) parts.push(`<circle cx="${x(p[0]).toFixed(1)}" cy="${y(p[1]).toFixed(1)}" r="4" fill="${color(i)}"><title>${esc(s.name)} @ ${p[0]}: ${fmt(p[1])}</title></circle>`);

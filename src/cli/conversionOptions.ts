@@ -1,0 +1,40 @@
+/** The conversion flags shared by `convert` and `pipeline`, and their mapping to library settings. */
+import type { Argv } from "yargs";
+import type { SettingsInput } from "../convert/plan.js";
+import { parseStrategy, ROPE_STRATEGIES } from "../ropeSelect/strategies.js";
+
+export interface ConversionArgs {
+  rank: number;
+  "rope-pairs"?: number;
+  "rope-strategy"?: string;
+  svd: "joint" | "split";
+  "svd-init": "weights" | "activations";
+  calib?: string;
+  "calib-samples": number;
+  "calib-len": number;
+}
+
+export function withConversionOptions<T>(y: Argv<T>) {
+  return y
+    .option("rank", { type: "number", demandOption: true, describe: "latent dims per KV head (the paper's d_kv); the cache holds rank × KV heads latent dims" })
+    .option("rope-pairs", { type: "number", describe: "RoPE frequency pairs kept per KV head (default head_dim/16)" })
+    .option("rope-strategy", { type: "string", choices: ROPE_STRATEGIES as unknown as string[], describe: "which pairs keep RoPE (default 2-norm with --calib, else uniform)" })
+    .option("svd", { choices: ["joint", "split"] as const, default: "joint" as const, describe: "one SVD of [keys; values] or one each" })
+    .option("svd-init", { choices: ["weights", "activations"] as const, default: "weights" as const, describe: "factor the weights, or the weights whitened by the calibration activations" })
+    .option("calib", { type: "string", describe: "calibration text for 2-norm selection and activation-aware SVD" })
+    .option("calib-samples", { type: "number", default: 32, describe: "calibration windows" })
+    .option("calib-len", { type: "number", default: 256, describe: "tokens per calibration window, BOS included" });
+}
+
+export function conversionSettings(a: ConversionArgs): SettingsInput {
+  return {
+    rank: a.rank,
+    ropePairs: a["rope-pairs"],
+    ropeStrategy: a["rope-strategy"] ? parseStrategy(a["rope-strategy"]) : undefined,
+    svd: a.svd,
+    svdInit: a["svd-init"],
+    calib: a.calib,
+    calibSamples: a["calib-samples"],
+    calibLen: a["calib-len"],
+  };
+}
