@@ -15,6 +15,7 @@ import type { TaskName } from "./eval/tasks/index.js";
 import { writeReport } from "./eval/report/report.js";
 import { finetune, FinetuneOptions } from "./finetune/trainer.js";
 import { silentLogger, Logger } from "./util/log.js";
+import type { DeviceName } from "./backends/select.js";
 import type { ProgressSink } from "./util/progress.js";
 
 export interface PipelineOptions {
@@ -28,6 +29,7 @@ export interface PipelineOptions {
   tasks?: TaskName[];
   dataDir?: string;
   limit?: number;
+  device?: DeviceName;
   logger?: Logger;
   progress?: ProgressSink | null;
   shouldStop?: () => boolean;
@@ -71,14 +73,14 @@ export async function pipeline(spec: string, o: PipelineOptions): Promise<Pipeli
   };
   const evalTo = (label: string, model: string, file: string) =>
     phase(`eval ${label}`, () => fs.existsSync(file), async () => {
-      const r = await evaluate(model, { text: o.evalText, tokens: o.evalTokens, ctx: o.evalCtx, tasks: o.tasks, dataDir: o.dataDir, limit: o.limit, label, progress: o.progress, logger: log });
+      const r = await evaluate(model, { text: o.evalText, tokens: o.evalTokens, ctx: o.evalCtx, tasks: o.tasks, dataDir: o.dataDir, limit: o.limit, label, device: o.device, progress: o.progress, logger: log });
       fs.writeFileSync(file + ".tmp", JSON.stringify(r, null, 2) + "\n");
       fs.renameSync(file + ".tmp", file);
     });
   const mla = path.join(out, "mla");
   const ft = path.join(out, "finetune");
   const files = { original: path.join(out, "eval-original.json"), converted: path.join(out, "eval-converted.json"), finetuned: path.join(out, "eval-finetuned.json") };
-  await phase("convert", () => fs.existsSync(path.join(mla, "config.json")), () => convert(spec, { ...o.convert, out: mla, force: true, progress: o.progress, logger: log }));
+  await phase("convert", () => fs.existsSync(path.join(mla, "config.json")), () => convert(spec, { ...o.convert, out: mla, force: true, device: o.device, progress: o.progress, logger: log }));
   await evalTo("original", spec, files.original);
   await evalTo("converted", mla, files.converted);
   let stoppedEarly = false;

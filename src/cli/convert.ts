@@ -4,6 +4,8 @@ import { ConversionArgs, conversionSettings, withConversionOptions } from "./con
 import { stderrLogger } from "../util/log.js";
 import { emitJson } from "./output.js";
 
+import { DEVICE_NAMES, DeviceName } from "../backends/select.js";
+
 interface Args extends ConversionArgs {
   model: string;
   out?: string;
@@ -13,6 +15,7 @@ interface Args extends ConversionArgs {
   "eval-tokens"?: number;
   "eval-ctx": number;
   json?: string;
+  device: DeviceName;
 }
 
 export const convertCommand: CommandModule<object, Args> = {
@@ -27,10 +30,12 @@ export const convertCommand: CommandModule<object, Args> = {
       .option("eval-text", { type: "string", describe: "evaluate perplexity before and after; writes report.md/report.json into --out" })
       .option("eval-tokens", { type: "number", describe: "tokens of --eval-text to score (default all)" })
       .option("eval-ctx", { type: "number", default: 256 })
+      .option("device", { choices: DEVICE_NAMES, default: "auto" as DeviceName, describe: "compute backend (auto: native CPU when built, else reference)" })
       .option("json", { type: "string", describe: "write the result summary as JSON to FILE (no value: stdout)" }),
   handler: async (a) => {
     const r = await convert(a.model, {
       ...conversionSettings(a),
+      device: a.device,
       out: a.out,
       force: a.force,
       dryRun: a["dry-run"],

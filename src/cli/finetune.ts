@@ -5,6 +5,8 @@ import { stderrLogger } from "../util/log.js";
 import { emitJson } from "./output.js";
 import { gracefulStop } from "./signals.js";
 
+import { DEVICE_NAMES, DeviceName } from "../backends/select.js";
+
 interface Args {
   model: string;
   data: string[];
@@ -31,6 +33,7 @@ interface Args {
   "eval-every"?: number;
   "save-every"?: number;
   json?: string;
+  device: DeviceName;
 }
 
 export const finetuneCommand: CommandModule<object, Args> = {
@@ -62,6 +65,7 @@ export const finetuneCommand: CommandModule<object, Args> = {
       .option("distill-weight", { type: "number", default: 0.5, describe: "weight of the KL term (the rest is cross-entropy)" })
       .option("eval-every", { type: "number", describe: "validation NLL every N steps" })
       .option("save-every", { type: "number", describe: "checkpoint every N steps" })
+      .option("device", { choices: DEVICE_NAMES, default: "auto" as DeviceName, describe: "compute backend (auto: native CPU when built, else reference)" })
       .option("json", { type: "string", describe: "write the result summary as JSON to FILE (no value: stdout)" }),
   handler: async (a) => {
     const stop = gracefulStop();
@@ -90,6 +94,7 @@ export const finetuneCommand: CommandModule<object, Args> = {
         distillWeight: a["distill-weight"],
         evalEvery: a["eval-every"],
         saveEvery: a["save-every"],
+        device: a.device,
         logger: stderrLogger,
         shouldStop: stop.requested,
       });

@@ -5,6 +5,8 @@ import { parseTaskNames } from "../eval/tasks/index.js";
 import { stderrLogger } from "../util/log.js";
 import { gracefulStop } from "./signals.js";
 
+import { DEVICE_NAMES, DeviceName } from "../backends/select.js";
+
 interface Args extends ConversionArgs {
   model: string;
   out: string;
@@ -20,6 +22,7 @@ interface Args extends ConversionArgs {
   tasks?: string;
   "data-dir"?: string;
   limit?: number;
+  device: DeviceName;
 }
 
 export const pipelineCommand: CommandModule<object, Args> = {
@@ -40,7 +43,8 @@ export const pipelineCommand: CommandModule<object, Args> = {
       .option("eval-tokens", { type: "number" })
       .option("tasks", { type: "string", describe: "benchmarks, comma-separated" })
       .option("data-dir", { type: "string" })
-      .option("limit", { type: "number", describe: "first N items of each task" }),
+      .option("limit", { type: "number", describe: "first N items of each task" })
+      .option("device", { choices: DEVICE_NAMES, default: "auto" as DeviceName, describe: "compute backend (auto: native CPU when built, else reference)" }),
   handler: async (a) => {
     const stop = gracefulStop();
     try {
@@ -48,7 +52,8 @@ export const pipelineCommand: CommandModule<object, Args> = {
         out: a.out,
         force: a.force,
         convert: conversionSettings(a),
-        finetune: a["finetune-data"] ? { data: a["finetune-data"], tokens: a.tokens, seq: a.seq, batch: a.batch, lr: a.lr, distill: a.distill } : undefined,
+        finetune: a["finetune-data"] ? { data: a["finetune-data"], tokens: a.tokens, seq: a.seq, batch: a.batch, lr: a.lr, distill: a.distill, device: a.device } : undefined,
+        device: a.device,
         evalText: a["eval-text"],
         evalTokens: a["eval-tokens"],
         tasks: a.tasks ? parseTaskNames(a.tasks) : undefined,

@@ -16,6 +16,7 @@ import type { TensorSpec } from "../io/safetensors.js";
 import type { ModelConfig } from "../model/config.js";
 import { expectedTensors, layerPrefix } from "../model/weights.js";
 import { loadModel } from "../model/llama.js";
+import { DeviceName, selectBackend } from "../backends/select.js";
 import { calibrate, calibrationWindows, CalibrationStats } from "../ropeSelect/calibrate.js";
 import { fixedPairs, RopeStrategy, topPairs, twoNormScores } from "../ropeSelect/strategies.js";
 import { covarianceRoots } from "../svd/truncated.js";
@@ -33,6 +34,8 @@ const COPIED_FILES = ["tokenizer.json", "tokenizer_config.json", "tokenizer.mode
 
 export interface ConvertOptions extends SettingsInput {
   out?: string;
+  /** Backend for calibration and the report's evaluations (default auto). */
+  device?: DeviceName;
   force?: boolean;
   /** Only validate and report the KV accounting; write nothing. */
   dryRun?: boolean;
@@ -80,7 +83,7 @@ export async function convert(spec: string, opts: ConvertOptions): Promise<Conve
 
     let stats: CalibrationStats | null = null;
     if (settings.ropeStrategy === "2-norm" || settings.svdInit === "activations") {
-      const { model, tokenizer } = loadModel(srcDir);
+      const { model, tokenizer } = loadModel(srcDir, { backend: selectBackend(opts.device ?? "auto", log) });
       const windows = calibrationWindows(tokenizer, readText(settings.calib!), settings.calibSamples, settings.calibLen, config.bosTokenId ?? 1, settings.calib!);
       if (windows.length < settings.calibSamples) log.info(`note: ${settings.calib} holds ${windows.length} calibration windows of ${settings.calibLen} tokens (asked for ${settings.calibSamples})`);
       stats = await calibrate(model, windows, { covariance: settings.svdInit === "activations", progress: opts.progress });
@@ -98,7 +101,7 @@ export async function convert(spec: string, opts: ConvertOptions): Promise<Conve
 
     let report: ConversionReport | null = null;
     if (opts.evalText) {
-      const e = { text: opts.evalText, tokens: opts.evalTokens, ctx: opts.evalCtx, progress: opts.progress, logger: log };
+      const e = { text: opts.evalText, tokens: opts.evalTokens, ctx: opts.evalCtx, device: opts.device, progress: opts.progress, logger: log };
       const before: EvalResult = await evaluate(srcDir, e);
       const after: EvalResult = await evaluate(tmp, e);
       before.model = spec;

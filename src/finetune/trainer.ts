@@ -12,6 +12,7 @@ import { Checkpoint, CheckpointWriter } from "../io/checkpoint.js";
 import { DType, encodeFromF32 } from "../io/dtype.js";
 import { resolveModel } from "../io/modelDir.js";
 import { loadModel, LlamaModel } from "../model/llama.js";
+import { DeviceName, selectBackend } from "../backends/select.js";
 import { namedTensors } from "../model/weights.js";
 import { paramNodes, trainableLeaves } from "../model/params.js";
 import { Ops, Tape } from "../tensor/autograd.js";
@@ -53,6 +54,8 @@ export interface FinetuneOptions {
   distillWeight?: number;
   evalEvery?: number;
   saveEvery?: number;
+  /** Compute backend (default auto: native CPU when built, else reference). */
+  device?: DeviceName;
   logger?: Logger;
   progress?: ProgressSink | null;
   /** Polled after every step: true = save a checkpoint and stop (SIGINT/SIGTERM in the CLI). */
@@ -91,13 +94,14 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
   if (!(distillWeight >= 0 && distillWeight <= 1)) throw new MlaError("BAD_ARGUMENT", `--distill-weight ${distillWeight} is outside [0, 1]`, "0 = cross-entropy only, 1 = distillation only");
 
   const src = resolveModel(spec);
-  const lm = loadModel(spec);
+  const backend = selectBackend(o.device ?? "auto", log);
+  const lm = loadModel(spec, { backend });
   const model = lm.model;
   const data = loadTrainingData(lm.tokenizer, o.data, { valFraction: o.valFraction ?? 0.1, fraction: o.fraction, seq, bos: lm.config.bosTokenId ?? 1, eos: lm.config.eosTokenId });
   const perStep = batch * accum * seq;
   const totalSteps = Math.max(1, Math.ceil((o.tokens ?? data.sequences * seq) / perStep));
   const schedule: Schedule = { name: o.schedule ?? "wsd", lr, warmupSteps: Math.round(warmup * totalSteps), decayFraction: o.decayFraction ?? 0.2, minLrFraction: o.minLrFraction ?? 0.1 };
-  const teacher: LlamaModel | null = o.distill ? loadModel(o.distill).model : null;
+  const teacher: LlamaModel | null = o.distill ? loadModel(o.distill, { backend }).model : null;
   if (teacher && teacher.config.vocabSize !== lm.config.vocabSize) throw new MlaError("BAD_ARGUMENT", `--distill ${o.distill} has a vocabulary of ${teacher.config.vocabSize}, the student ${lm.config.vocabSize}`, "distill from a model with the same tokenizer (usually the original of the converted model)");
 
   const settings = { model: fs.readFileSync(path.join(src.dir, "config.json"), "utf8"), data: o.data.map((f) => path.resolve(f)), tokens: o.tokens ?? null, fraction: o.fraction ?? 1, valFraction: o.valFraction ?? 0.1, seq, batch, accum, schedule, beta1: o.beta1 ?? 0.9, beta2: o.beta2 ?? 0.95, eps: o.eps ?? 1e-8, weightDecay: o.weightDecay ?? 0.01, clip: o.clip ?? 1.0, seed: o.seed ?? 0, train: trainWhat, distill: o.distill ?? null, temperature, distillWeight };

@@ -1,0 +1,15 @@
+// Shared helpers of the CPU build: the per-thread error slot and argument checks.
+#pragma once
+#include <cstdint>
+#include <string>
+#include "mla.h"
+
+namespace mla {
+mla_status fail(mla_status code, const char* file, int line, const std::string& msg);
+}
+
+#define MLA_FAIL(code, msg) ::mla::fail(code, __FILE__, __LINE__, msg)
+#define MLA_CHECK(cond, msg) \
+  do {                       \
+    if (!(cond)) return MLA_FAIL(MLA_ERR_ARGUMENT, msg); \
+  } while (0)

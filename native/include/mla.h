@@ -1,0 +1,52 @@
+/*
+ * mha2mla native compute, C ABI. Loaded from TypeScript with koffi (src/backends/native/).
+ *
+ * Conventions: row-major float32 arrays; shapes in comments use B batch, T query time, S key time,
+ * H query heads, Hkv KV heads, Dh/Dv head dims, M/N/K generic. Every function returns a status;
+ * on failure mla_last_error() gives "file:line: message" for the calling thread. Nothing here calls
+ * exit() or prints. The CPU build works on host pointers owned by the caller (JavaScript typed
+ * arrays, passed without copies); the CUDA build (native/cuda/, not yet written) will add device
+ * buffers behind opaque handles with the same op names.
+ */
+#ifndef MLA_H
+#define MLA_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum {
+  MLA_OK = 0,
+  MLA_ERR_ARGUMENT = 1,  /* a size or pointer is invalid */
+  MLA_ERR_MEMORY = 2,    /* an allocation failed */
+  MLA_ERR_INTERNAL = 3
+} mla_status;
+
+/* The last error of this thread, "file:line: message"; "" when none. */
+const char* mla_last_error(void);
+/* Compiler, flags and threading of this build, e.g. "g++ 12.2.0 -march=native OpenMP(2)". */
+const char* mla_build_info(void);
+int mla_num_threads(void);
+void mla_set_num_threads(int n);
+
+/* y[M,N] = x[M,K] · w[N,K]ᵀ (+ b[N] when b is not NULL). */
+mla_status mla_cpu_linear(const float* x, const float* w, const float* b, float* y, int64_t M, int64_t K, int64_t N);
+
+/* Gradients of mla_cpu_linear: dx[M,K] = dy·w, dw[N,K] = dyᵀ·x, db[N] = Σ_rows dy.
+   Each output is skipped when NULL; outputs are overwritten, not accumulated. */
+mla_status mla_cpu_linear_backward(const float* x, const float* w, const float* dy, float* dx, float* dw, float* db, int64_t M, int64_t K, int64_t N);
+
+/* Causal GQA attention: q[T,H,Dh], k[S,Hkv,Dh], v[S,Hkv,Dv] → o[T,H,Dv]. Query row t sits at key
+   position t + query_offset; keys more than `window` positions behind are masked (window <= 0: none). */
+mla_status mla_cpu_attention(const float* q, const float* k, const float* v, float* o, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t query_offset, int64_t window);
+
+/* Gradients of mla_cpu_attention for dout[T,H,Dv]: dq[T,H,Dh], dk[S,Hkv,Dh], dv[S,Hkv,Dv] (overwritten). */
+mla_status mla_cpu_attention_backward(const float* q, const float* k, const float* v, const float* dout, float* dq, float* dk, float* dv, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t query_offset, int64_t window);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* MLA_H */

@@ -1,0 +1,120 @@
+/**
+ * The native CPU backend: the reference backend with its heavy ops (linear and attention, forward
+ * and backward) replaced by the C++/OpenMP library built from native/cpu (C ABI native/include/mla.h),
+ * loaded with koffi. Tensors stay JavaScript Float32Arrays; koffi passes them to C without copies.
+ */
+import fs from "node:fs";
+import path from "node:path";
+import koffi from "koffi";
+import { MlaError } from "../../errors.js";
+import { packageRoot } from "../../io/modelDir.js";
+import type { AttentionOptions } from "../../tensor/backend.js";
+import { Tensor, expectShape } from "../../tensor/tensor.js";
+import { ReferenceBackend, data } from "../reference/index.js";
+
+type Fn = (...args: unknown[]) => number;
+
+interface NativeLib {
+  path: string;
+  info: string;
+  lastError: () => string;
+  linear: Fn;
+  linearBackward: Fn;
+  attention: Fn;
+  attentionBackward: Fn;
+}
+
+export function nativeLibraryPath(): string {
+  return process.env["MHA2MLA_NATIVE_LIB"] ?? path.join(packageRoot(), "build", "native", "libmla_cpu.so");
+}
+
+let cached: NativeLib | string | null = null;
+
+/** The loaded library, or a sentence saying why it cannot be loaded. */
+export function loadNativeCpu(): NativeLib | string {
+  if (cached) return cached;
+  const file = nativeLibraryPath();
+  if (!fs.existsSync(file)) return (cached = `${file} does not exist (npm install builds it when a C++ compiler is present; \`npm run build:native\` retries)`);
+  try {
+    const lib = koffi.load(file);
+    const f = (sig: string) => lib.func(sig) as Fn;
+    cached = {
+      path: file,
+      info: (lib.func("const char* mla_build_info(void)") as () => string)(),
+      lastError: lib.func("const char* mla_last_error(void)") as () => string,
+      linear: f("int mla_cpu_linear(const float* x, const float* w, const float* b, float* y, int64_t M, int64_t K, int64_t N)"),
+      linearBackward: f("int mla_cpu_linear_backward(const float* x, const float* w, const float* dy, float* dx, float* dw, float* db, int64_t M, int64_t K, int64_t N)"),
+      attention: f("int mla_cpu_attention(const float* q, const float* k, const float* v, float* o, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window)"),
+      attentionBackward: f("int mla_cpu_attention_backward(const float* q, const float* k, const float* v, const float* dout, float* dq, float* dk, float* dv, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window)"),
+    };
+    return cached;
+  } catch (e) {
+    return (cached = `${file} cannot be loaded: ${(e as Error).message}`);
+  }
+}
+
+function last(t: Tensor): number {
+  return t.shape[t.shape.length - 1]!;
+}
+
+export class NativeCpuBackend extends ReferenceBackend {
+  override readonly name = "cpu";
+
+  constructor(private readonly lib: NativeLib) {
+    super("f32");
+  }
+
+  get info(): string {
+    return this.lib.info;
+  }
+
+  private call(op: string, status: number): void {
+    if (status !== 0) throw new MlaError("BAD_ARGUMENT", `native ${op} failed: ${this.lib.lastError()}`, "this is a bug; re-run with --device reference to compare");
+  }
+
+  override linear(x: Tensor, w: Tensor, bias?: Tensor | null): Tensor {
+    const K = last(x);
+    const M = x.size / K;
+    const N = w.shape[0]!;
+    expectShape("linear", "w", w, [N, K]);
+    if (bias) expectShape("linear", "bias", bias, [N]);
+    const y = new Float32Array(M * N);
+    this.call("linear", this.lib.linear(data(x), data(w), bias ? data(bias) : null, y, M, K, N));
+    return this.make([...x.shape.slice(0, -1), N], y);
+  }
+
+  override linearBackward(x: Tensor, w: Tensor, dy: Tensor, need: { x: boolean; w: boolean; bias: boolean }) {
+    const K = last(x);
+    const M = x.size / K;
+    const N = w.shape[0]!;
+    expectShape("linearBackward", "dy", dy, [...x.shape.slice(0, -1), N]);
+    const dx = need.x ? new Float32Array(M * K) : null;
+    const dw = need.w ? new Float32Array(N * K) : null;
+    const db = need.bias ? new Float32Array(N) : null;
+    this.call("linear_backward", this.lib.linearBackward(data(x), data(w), data(dy), dx, dw, db, M, K, N));
+    return { dx: dx ? this.make(x.shape, dx) : null, dw: dw ? this.make([N, K], dw) : null, db: db ? this.make([N], db) : null };
+  }
+
+  override attention(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOptions): Tensor {
+    const [T, H, Dh] = q.shape as [number, number, number];
+    const [S, Hkv] = k.shape as [number, number];
+    const Dv = last(v);
+    expectShape("attention", "k", k, [S, Hkv, Dh]);
+    expectShape("attention", "v", v, [S, Hkv, Dv]);
+    const o = new Float32Array(T * H * Dv);
+    this.call("attention", this.lib.attention(data(q), data(k), data(v), o, T, S, H, Hkv, Dh, Dv, opts.scale, opts.queryOffset, opts.window ?? 0));
+    return this.make([T, H, Dv], o);
+  }
+
+  override attentionBackward(q: Tensor, k: Tensor, v: Tensor, dOut: Tensor, opts: AttentionOptions) {
+    const [T, H, Dh] = q.shape as [number, number, number];
+    const [S, Hkv] = k.shape as [number, number];
+    const Dv = last(v);
+    expectShape("attentionBackward", "dOut", dOut, [T, H, Dv]);
+    const dq = new Float32Array(T * H * Dh);
+    const dk = new Float32Array(S * Hkv * Dh);
+    const dv = new Float32Array(S * Hkv * Dv);
+    this.call("attention_backward", this.lib.attentionBackward(data(q), data(k), data(v), data(dOut), dq, dk, dv, T, S, H, Hkv, Dh, Dv, opts.scale, opts.queryOffset, opts.window ?? 0));
+    return { dq: this.make(q.shape, dq), dk: this.make(k.shape, dk), dv: this.make(v.shape, dv) };
+  }
+}
