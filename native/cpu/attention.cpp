@@ -25,7 +25,7 @@ extern "C" mla_status mla_cpu_attention(const float* q, const float* k, const fl
 #pragma omp parallel
   {
     std::vector<float> p(S > 0 ? S : 1);
-    std::vector<double> acc(Dv);
+    std::vector<float> acc(Dv);
 #pragma omp for schedule(static) collapse(2)
     for (int64_t t = 0; t < T; t++)
       for (int64_t h = 0; h < H; h++) {
@@ -41,8 +41,8 @@ extern "C" mla_status mla_cpu_attention(const float* q, const float* k, const fl
           p[s] = d * scale;
           if (p[s] > mx) mx = p[s];
         }
-        double z = 0;
-        std::fill(acc.begin(), acc.end(), 0.0);
+        float z = 0;
+        std::fill(acc.begin(), acc.end(), 0.0f);
         for (int64_t s = lo; s <= hi; s++) {
           const float e = std::exp(p[s] - mx);
           z += e;
@@ -50,7 +50,8 @@ extern "C" mla_status mla_cpu_attention(const float* q, const float* k, const fl
           for (int64_t i = 0; i < Dv; i++) acc[i] += e * vr[i];
         }
         float* out = o + (t * H + h) * Dv;
-        for (int64_t i = 0; i < Dv; i++) out[i] = z > 0 ? (float)(acc[i] / z) : 0.0f;
+        const float inv = z > 0 ? 1.0f / z : 0.0f;
+        for (int64_t i = 0; i < Dv; i++) out[i] = acc[i] * inv;
       }
   }
   return MLA_OK;
@@ -65,7 +66,7 @@ extern "C" mla_status mla_cpu_attention_backward(const float* q, const float* k,
   std::memset(dv, 0, sizeof(float) * S * Hkv * Dv);
 #pragma omp parallel
   {
-    std::vector<double> p(S > 0 ? S : 1), dp(S > 0 ? S : 1);
+    std::vector<float> p(S > 0 ? S : 1), dp(S > 0 ? S : 1);
 #pragma omp for schedule(dynamic)
     for (int64_t kh = 0; kh < Hkv; kh++)
       for (int64_t t = 0; t < T; t++)
@@ -74,32 +75,33 @@ extern "C" mla_status mla_cpu_attention_backward(const float* q, const float* k,
           visible(t, S, off, window, &lo, &hi);
           const float* qr = q + (t * H + h) * Dh;
           const float* go = dout + (t * H + h) * Dv;
-          double mx = -INFINITY;
+          float mx = -INFINITY;
           for (int64_t s = lo; s <= hi; s++) {
             const float* kr = k + (s * Hkv + kh) * Dh;
-            double d = 0;
+            float d = 0;
             for (int64_t i = 0; i < Dh; i++) d += qr[i] * kr[i];
             p[s] = d * scale;
             if (p[s] > mx) mx = p[s];
           }
-          double z = 0;
+          float z = 0;
           for (int64_t s = lo; s <= hi; s++) z += (p[s] = std::exp(p[s] - mx));
-          double sum = 0;
+          const float invz = 1.0f / z;
+          float sum = 0;
           for (int64_t s = lo; s <= hi; s++) {
-            p[s] /= z;
+            p[s] *= invz;
             const float* vr = v + (s * Hkv + kh) * Dv;
             float* dvr = dv + (s * Hkv + kh) * Dv;
-            double d = 0;
+            float d = 0;
             for (int64_t i = 0; i < Dv; i++) {
               d += go[i] * vr[i];
-              dvr[i] += (float)(p[s] * go[i]);
+              dvr[i] += p[s] * go[i];
             }
             dp[s] = d;
             sum += p[s] * d;
           }
           float* dqr = dq + (t * H + h) * Dh;
           for (int64_t s = lo; s <= hi; s++) {
-            const float ds = (float)(p[s] * (dp[s] - sum) * scale);
+            const float ds = p[s] * (dp[s] - sum) * scale;
             const float* kr = k + (s * Hkv + kh) * Dh;
             float* dkr = dk + (s * Hkv + kh) * Dh;
             for (int64_t i = 0; i < Dh; i++) {

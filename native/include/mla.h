@@ -45,6 +45,14 @@ mla_status mla_cpu_attention(const float* q, const float* k, const float* v, flo
 /* Gradients of mla_cpu_attention for dout[T,H,Dv]: dq[T,H,Dh], dk[S,Hkv,Dh], dv[S,Hkv,Dv] (overwritten). */
 mla_status mla_cpu_attention_backward(const float* q, const float* k, const float* v, const float* dout, float* dq, float* dk, float* dv, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t query_offset, int64_t window);
 
+/* y[n] = silu(gate)·up; and its gradients (overwritten). */
+mla_status mla_cpu_swiglu(const float* gate, const float* up, float* y, int64_t n);
+mla_status mla_cpu_swiglu_backward(const float* gate, const float* up, const float* dy, float* dgate, float* dup, int64_t n);
+
+/* Per row of logits[T,V]: loss[t] = −log softmax(logits)[targets[t]] (double, skipped when NULL);
+   dlogits[T,V] = scale·(softmax − onehot) (skipped when NULL). Targets must lie in [0, V). */
+mla_status mla_cpu_cross_entropy(const float* logits, const int32_t* targets, double* loss, float* dlogits, float scale, int64_t T, int64_t V);
+
 #ifdef __cplusplus
 }
 #endif

@@ -69,3 +69,21 @@ test("attention forward and backward match the reference backend (GQA, cache off
     compare("attention dv", shape, g.dv, r.dv);
   }
 });
+
+test("swiglu and cross-entropy (forward and backward) match the reference backend", { skip }, () => {
+  const N = new NativeCpuBackend(lib as Exclude<typeof lib, string>);
+  for (const [T, V] of [[1, 3], [7, 33], [40, 512]] as const) {
+    const g = rand(T * V, 4), u = rand(T * V), d = rand(T * V);
+    compare("swiglu", `[${T},${V}]`, N.swiglu(N.upload(g, [T, V]), N.upload(u, [T, V])), R.swiglu(R.upload(g, [T, V]), R.upload(u, [T, V])));
+    const a = N.swigluBackward(N.upload(g, [T, V]), N.upload(u, [T, V]), N.upload(d, [T, V]));
+    const b = R.swigluBackward(R.upload(g, [T, V]), R.upload(u, [T, V]), R.upload(d, [T, V]));
+    compare("swiglu dgate", `[${T},${V}]`, a.dgate, b.dgate);
+    compare("swiglu dup", `[${T},${V}]`, a.dup, b.dup);
+    const targets = Int32Array.from({ length: T }, (_, i) => (i * 7919) % V);
+    const ln = N.crossEntropy(N.upload(g, [T, V]), targets);
+    const lr = R.crossEntropy(R.upload(g, [T, V]), targets);
+    compare("cross-entropy", `[${T},${V}]`, R.upload(Float32Array.from(ln), [T]), R.upload(Float32Array.from(lr), [T]));
+    compare("cross-entropy grad", `[${T},${V}]`, N.crossEntropyBackward(N.upload(g, [T, V]), targets, 0.3), R.crossEntropyBackward(R.upload(g, [T, V]), targets, 0.3));
+  }
+  assert.throws(() => N.crossEntropy(N.upload(rand(6), [2, 3]), Int32Array.of(0, 3)), /target 3 is outside the vocabulary of 3/);
+});

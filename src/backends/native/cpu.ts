@@ -22,6 +22,9 @@ interface NativeLib {
   linearBackward: Fn;
   attention: Fn;
   attentionBackward: Fn;
+  swiglu: Fn;
+  swigluBackward: Fn;
+  crossEntropy: Fn;
 }
 
 export function nativeLibraryPath(): string {
@@ -46,6 +49,9 @@ export function loadNativeCpu(): NativeLib | string {
       linearBackward: f("int mla_cpu_linear_backward(const float* x, const float* w, const float* dy, float* dx, float* dw, float* db, int64_t M, int64_t K, int64_t N)"),
       attention: f("int mla_cpu_attention(const float* q, const float* k, const float* v, float* o, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window)"),
       attentionBackward: f("int mla_cpu_attention_backward(const float* q, const float* k, const float* v, const float* dout, float* dq, float* dk, float* dv, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window)"),
+      swiglu: f("int mla_cpu_swiglu(const float* gate, const float* up, float* y, int64_t n)"),
+      swigluBackward: f("int mla_cpu_swiglu_backward(const float* gate, const float* up, const float* dy, float* dgate, float* dup, int64_t n)"),
+      crossEntropy: f("int mla_cpu_cross_entropy(const float* logits, const int32_t* targets, double* loss, float* dlogits, float scale, int64_t T, int64_t V)"),
     };
     return cached;
   } catch (e) {
@@ -116,5 +122,42 @@ export class NativeCpuBackend extends ReferenceBackend {
     const dv = new Float32Array(S * Hkv * Dv);
     this.call("attention_backward", this.lib.attentionBackward(data(q), data(k), data(v), data(dOut), dq, dk, dv, T, S, H, Hkv, Dh, Dv, opts.scale, opts.queryOffset, opts.window ?? 0));
     return { dq: this.make(q.shape, dq), dk: this.make(k.shape, dk), dv: this.make(v.shape, dv) };
+  }
+
+  override swiglu(gate: Tensor, up: Tensor): Tensor {
+    expectShape("swiglu", "up", up, gate.shape);
+    const y = new Float32Array(gate.size);
+    this.call("swiglu", this.lib.swiglu(data(gate), data(up), y, gate.size));
+    return this.make(gate.shape, y);
+  }
+
+  override swigluBackward(gate: Tensor, up: Tensor, dy: Tensor) {
+    const dg = new Float32Array(gate.size);
+    const du = new Float32Array(gate.size);
+    this.call("swiglu_backward", this.lib.swigluBackward(data(gate), data(up), data(dy), dg, du, gate.size));
+    return { dgate: this.make(gate.shape, dg), dup: this.make(up.shape, du) };
+  }
+
+  private checkTargets(targets: Int32Array, T: number, V: number): void {
+    if (targets.length !== T) throw new MlaError("BAD_ARGUMENT", `crossEntropy: ${targets.length} targets for ${T} rows`, "one target per row");
+    for (const t of targets) if (!(t >= 0 && t < V)) throw new MlaError("BAD_ARGUMENT", `crossEntropy: target ${t} is outside the vocabulary of ${V}`, "the tokenizer and the model do not match");
+  }
+
+  override crossEntropy(logits: Tensor, targets: Int32Array): Float64Array {
+    const V = last(logits);
+    const T = logits.size / V;
+    this.checkTargets(targets, T, V);
+    const loss = new Float64Array(T);
+    this.call("cross_entropy", this.lib.crossEntropy(data(logits), targets, loss, null, 0, T, V));
+    return loss;
+  }
+
+  override crossEntropyBackward(logits: Tensor, targets: Int32Array, scale: number): Tensor {
+    const V = last(logits);
+    const T = logits.size / V;
+    this.checkTargets(targets, T, V);
+    const d = new Float32Array(logits.size);
+    this.call("cross_entropy", this.lib.crossEntropy(data(logits), targets, null, d, scale, T, V));
+    return this.make(logits.shape, d);
   }
 }
