@@ -53,6 +53,16 @@ mla_status mla_cpu_swiglu_backward(const float* gate, const float* up, const flo
    dlogits[T,V] = scale·(softmax − onehot) (skipped when NULL). Targets must lie in [0, V). */
 mla_status mla_cpu_cross_entropy(const float* logits, const int32_t* targets, double* loss, float* dlogits, float scale, int64_t T, int64_t V);
 
+/* G[N,N] = Aᵀ·A for A[M,N], float64. */
+mla_status mla_cpu_gram_f64(const double* A, double* G, int64_t M, int64_t N);
+
+/* Eigendecomposition of a symmetric S[n,n] (float64): values[n] descending, vectors[n,n] with the
+   eigenvector of values[i] in row i. */
+mla_status mla_cpu_symmetric_eigen(const double* S, double* values, double* vectors, int64_t n);
+
+/* Z[a,c] = X[a,b]·Y[b,c], float64. */
+mla_status mla_cpu_matmul_f64(const double* X, const double* Y, double* Z, int64_t a, int64_t b, int64_t c);
+
 #ifdef __cplusplus
 }
 #endif

@@ -9,6 +9,12 @@
  */
 import { EigenvalueDecomposition, Matrix } from "ml-matrix";
 import { MlaError } from "../errors.js";
+import { nativeLinalg } from "../backends/native/cpu.js";
+
+/** The native float64 routines, unless disabled (tests compare both routes). */
+function native() {
+  return process.env["MHA2MLA_SKIP_NATIVE_LINALG"] ? null : nativeLinalg();
+}
 
 export interface Factors {
   /** [k, N] row-major. */
@@ -23,6 +29,11 @@ export interface Factors {
 
 /** Eigenpairs of a symmetric n×n matrix, descending: values [n], vectors column-major by pair [n][n]. */
 export function symmetricEigen(S: Float64Array, n: number): { values: Float64Array; vectors: Float64Array[] } {
+  const nat = native();
+  if (nat) {
+    const { values, vectors } = nat.eigen(S, n);
+    return { values, vectors: Array.from({ length: n }, (_, i) => vectors.subarray(i * n, (i + 1) * n)) };
+  }
   const m = new Matrix(n, n);
   for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) m.set(i, j, S[i * n + j]!);
   const e = new EigenvalueDecomposition(m, { assumeSymmetric: true });
@@ -37,6 +48,8 @@ export function symmetricEigen(S: Float64Array, n: number): { values: Float64Arr
 
 /** AᵀA [N, N] of A [M, N]. */
 function gramCols(A: Float64Array, M: number, N: number): Float64Array {
+  const nat = native();
+  if (nat) return nat.gram(A, M, N);
   const G = new Float64Array(N * N);
   for (let r = 0; r < M; r++) {
     const o = r * N;
@@ -53,6 +66,8 @@ function gramCols(A: Float64Array, M: number, N: number): Float64Array {
 
 /** AAᵀ [M, M] of A [M, N]. */
 function gramRows(A: Float64Array, M: number, N: number): Float64Array {
+  const nat = native();
+  if (nat) return nat.gram(transpose(A, M, N), N, M);
   const G = new Float64Array(M * M);
   for (let i = 0; i < M; i++)
     for (let j = i; j < M; j++) {
@@ -72,29 +87,21 @@ export function truncatedFactor(A: Float64Array, M: number, N: number, k: number
   if (N <= M) {
     const { values, vectors } = symmetricEigen(gramCols(A, M, N), N);
     sigma = values.map((v) => Math.sqrt(Math.max(v, 0)));
-    for (let j = 0; j < k; j++) {
-      const v = vectors[j]!;
-      down.set(v, j * N);
-      for (let r = 0; r < M; r++) {
-        let s = 0;
-        for (let d = 0; d < N; d++) s += A[r * N + d]! * v[d]!;
-        up[r * k + j] = s;
-      }
-    }
+    for (let j = 0; j < k; j++) down.set(vectors[j]!, j * N);
+    // up = A·V_k = A·downᵀ
+    up.set(matmul(A, transpose(down, k, N), M, N, k));
   } else {
     const { values, vectors } = symmetricEigen(gramRows(A, M, N), M);
     sigma = values.map((v) => Math.sqrt(Math.max(v, 0)));
     const tiny = (sigma[0] ?? 0) * 1e-12;
+    const Ut = new Float64Array(k * M); // U_kᵀ [k, M]
+    for (let j = 0; j < k; j++) Ut.set(vectors[j]!, j * M);
+    const UtA = matmul(Ut, A, k, M, N); // U_kᵀ·A = Σ_k·V_kᵀ
     for (let j = 0; j < k; j++) {
-      const u = vectors[j]!;
       const s = sigma[j]!;
-      for (let r = 0; r < M; r++) up[r * k + j] = u[r]! * s;
-      if (s <= tiny) continue; // a null direction: its up column is ~0, so the down row does not matter
-      for (let d = 0; d < N; d++) {
-        let acc = 0;
-        for (let r = 0; r < M; r++) acc += u[r]! * A[r * N + d]!;
-        down[j * N + d] = acc / s;
-      }
+      for (let r = 0; r < M; r++) up[r * k + j] = Ut[j * M + r]! * s;
+      // A null direction (σ ≈ 0) has an up column of ~0, so its down row does not matter: leave it 0.
+      if (s > tiny) for (let d = 0; d < N; d++) down[j * N + d] = UtA[j * N + d]! / s;
     }
   }
   let kept = 0;
@@ -138,8 +145,16 @@ export function whitenedFactor(A: Float64Array, M: number, N: number, k: number,
   return { ...f, down: matmul(f.down, roots.invSqrt, k, N, N) };
 }
 
+function transpose(X: Float64Array, rows: number, cols: number): Float64Array {
+  const T = new Float64Array(rows * cols);
+  for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) T[c * rows + r] = X[r * cols + c]!;
+  return T;
+}
+
 /** X [a, b] · Y [b, c] → [a, c]. */
 export function matmul(X: Float64Array, Y: Float64Array, a: number, b: number, c: number): Float64Array {
+  const nat = native();
+  if (nat) return nat.matmul(X, Y, a, b, c);
   const Z = new Float64Array(a * c);
   for (let i = 0; i < a; i++)
     for (let t = 0; t < b; t++) {

@@ -25,6 +25,9 @@ interface NativeLib {
   swiglu: Fn;
   swigluBackward: Fn;
   crossEntropy: Fn;
+  gramF64: Fn;
+  symmetricEigen: Fn;
+  matmulF64: Fn;
 }
 
 export function nativeLibraryPath(): string {
@@ -51,6 +54,9 @@ export function loadNativeCpu(): NativeLib | string {
       attentionBackward: f("int mla_cpu_attention_backward(const float* q, const float* k, const float* v, const float* dout, float* dq, float* dk, float* dv, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window)"),
       swiglu: f("int mla_cpu_swiglu(const float* gate, const float* up, float* y, int64_t n)"),
       swigluBackward: f("int mla_cpu_swiglu_backward(const float* gate, const float* up, const float* dy, float* dgate, float* dup, int64_t n)"),
+      gramF64: f("int mla_cpu_gram_f64(const double* A, double* G, int64_t M, int64_t N)"),
+      symmetricEigen: f("int mla_cpu_symmetric_eigen(const double* S, double* values, double* vectors, int64_t n)"),
+      matmulF64: f("int mla_cpu_matmul_f64(const double* X, const double* Y, double* Z, int64_t a, int64_t b, int64_t c)"),
       crossEntropy: f("int mla_cpu_cross_entropy(const float* logits, const int32_t* targets, double* loss, float* dlogits, float scale, int64_t T, int64_t V)"),
     };
     return cached;
@@ -160,4 +166,31 @@ export class NativeCpuBackend extends ReferenceBackend {
     this.call("cross_entropy", this.lib.crossEntropy(data(logits), targets, null, d, scale, T, V));
     return this.make(logits.shape, d);
   }
+}
+
+/** float64 linear algebra for the conversion SVD, native when the library is built (null otherwise). */
+export function nativeLinalg(): { gram(A: Float64Array, M: number, N: number): Float64Array; eigen(S: Float64Array, n: number): { values: Float64Array; vectors: Float64Array }; matmul(X: Float64Array, Y: Float64Array, a: number, b: number, c: number): Float64Array } | null {
+  const lib = loadNativeCpu();
+  if (typeof lib === "string") return null;
+  const ok = (op: string, status: number) => {
+    if (status !== 0) throw new MlaError("BAD_ARGUMENT", `native ${op} failed: ${lib.lastError()}`, "this is a bug; set MHA2MLA_SKIP_NATIVE_LINALG=1 to use the TypeScript route");
+  };
+  return {
+    gram(A, M, N) {
+      const G = new Float64Array(N * N);
+      ok("gram_f64", lib.gramF64(A, G, M, N));
+      return G;
+    },
+    eigen(S, n) {
+      const values = new Float64Array(n);
+      const vectors = new Float64Array(n * n);
+      ok("symmetric_eigen", lib.symmetricEigen(S, values, vectors, n));
+      return { values, vectors };
+    },
+    matmul(X, Y, a, b, c) {
+      const Z = new Float64Array(a * c);
+      ok("matmul_f64", lib.matmulF64(X, Y, Z, a, b, c));
+      return Z;
+    },
+  };
 }
