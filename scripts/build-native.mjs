@@ -29,7 +29,9 @@ if (!cxx) {
 fs.mkdirSync(outDir, { recursive: true });
 // -z nodelete: the library is never unloaded, so OpenMP worker threads never outlive their code (a
 // dlclose at process exit otherwise crashes Node).
-const common = ["-O3", "-fopenmp", "-fPIC", "-shared", "-std=c++17", "-Wl,-z,nodelete", `-I${path.join(root, "native", "include")}`, ...sources, "-o", out];
+// Compiled beside and renamed into place, so a process starting meanwhile never loads a half-written library.
+const tmp = `${out}.tmp-${process.pid}`;
+const common = ["-O3", "-fopenmp", "-fPIC", "-shared", "-std=c++17", "-Wl,-z,nodelete", `-I${path.join(root, "native", "include")}`, ...sources, "-o", tmp];
 const attempts = [
   { name: "-march=native", flags: ["-march=native", "-DMLA_MARCH_NATIVE", ...common] },
   { name: "portable", flags: common },
@@ -38,11 +40,13 @@ let last = "";
 for (const a of attempts) {
   const r = spawnSync(cxx, a.flags, { encoding: "utf8" });
   if (r.status === 0) {
+    fs.renameSync(tmp, out);
     fs.writeFileSync(path.join(outDir, "build.json"), JSON.stringify({ compiler: cxx, variant: a.name, flags: a.flags.filter((f) => f.startsWith("-") && !f.startsWith("-I")), built: new Date().toISOString() }, null, 2) + "\n");
     console.log(`mha2mla: built the native CPU library ${path.relative(root, out)} with ${cxx} (${a.name}, OpenMP)`);
     process.exit(0);
   }
   last = (r.stderr || r.error?.message || "").trim().split("\n").slice(-3).join(" | ");
 }
+fs.rmSync(tmp, { force: true });
 fs.rmSync(out, { force: true });
 console.log(`mha2mla: building the native CPU library failed (${last}): the TypeScript reference backend will be used`);
