@@ -11,6 +11,19 @@ static inline void visible(int64_t t, int64_t S, int64_t off, int64_t window, in
   *lo = window > 0 ? (q - window + 1 > 0 ? q - window + 1 : 0) : 0;
 }
 
+// p[s] = scale·q·k_s for the visible keys s in [lo, hi]; returns their maximum.
+static inline float score_row(const float* qr, const float* k, int64_t lo, int64_t hi, int64_t Hkv, int64_t kh, int64_t Dh, float scale, float* p) {
+  float mx = -INFINITY;
+  for (int64_t s = lo; s <= hi; s++) {
+    const float* kr = k + (s * Hkv + kh) * Dh;
+    float d = 0;
+    for (int64_t i = 0; i < Dh; i++) d += qr[i] * kr[i];
+    p[s] = d * scale;
+    if (p[s] > mx) mx = p[s];
+  }
+  return mx;
+}
+
 static mla_status check(const void* q, const void* k, const void* v, int64_t T, int64_t S, int64_t H, int64_t Hkv) {
   MLA_CHECK(q && k && v, "attention: null pointer");
   MLA_CHECK(T >= 0 && S >= 0 && H > 0 && Hkv > 0, "attention: bad sizes");
@@ -33,14 +46,7 @@ extern "C" mla_status mla_cpu_attention(const float* q, const float* k, const fl
         visible(t, S, off, window, &lo, &hi);
         const int64_t kh = h / group;
         const float* qr = q + (t * H + h) * Dh;
-        float mx = -INFINITY;
-        for (int64_t s = lo; s <= hi; s++) {
-          const float* kr = k + (s * Hkv + kh) * Dh;
-          float d = 0;
-          for (int64_t i = 0; i < Dh; i++) d += qr[i] * kr[i];
-          p[s] = d * scale;
-          if (p[s] > mx) mx = p[s];
-        }
+        const float mx = score_row(qr, k, lo, hi, Hkv, kh, Dh, scale, p.data());
         float z = 0;
         std::fill(acc.begin(), acc.end(), 0.0f);
         for (int64_t s = lo; s <= hi; s++) {
@@ -75,14 +81,7 @@ extern "C" mla_status mla_cpu_attention_backward(const float* q, const float* k,
           visible(t, S, off, window, &lo, &hi);
           const float* qr = q + (t * H + h) * Dh;
           const float* go = dout + (t * H + h) * Dv;
-          float mx = -INFINITY;
-          for (int64_t s = lo; s <= hi; s++) {
-            const float* kr = k + (s * Hkv + kh) * Dh;
-            float d = 0;
-            for (int64_t i = 0; i < Dh; i++) d += qr[i] * kr[i];
-            p[s] = d * scale;
-            if (p[s] > mx) mx = p[s];
-          }
+          const float mx = score_row(qr, k, lo, hi, Hkv, kh, Dh, scale, p.data());
           float z = 0;
           for (int64_t s = lo; s <= hi; s++) z += (p[s] = std::exp(p[s] - mx));
           const float invz = 1.0f / z;
