@@ -11,8 +11,16 @@ export const MODELS = path.join(FIXTURES, "models");
 /** ../shared beside the checkout, where the full data lives (present in CI and on dev machines). */
 export const SHARED = path.resolve(ROOT, "..", "shared");
 
+const created: string[] = [];
+process.on("exit", () => {
+  for (const d of created) fs.rmSync(d, { recursive: true, force: true });
+});
+
+/** A fresh temporary folder, removed when the test process exits. */
 export function tmpDir(prefix = "mha2mla-test-"): string {
-  return fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  const d = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  created.push(d);
+  return d;
 }
 
 export function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
