@@ -1,6 +1,7 @@
-// SwiGLU and cross-entropy on the CPU (forward and backward): cheap per element, but in TypeScript
-// they were a fifth of a fine-tuning step on small models.
+// SwiGLU, cross-entropy and RMSNorm on the CPU (forward and backward): cheap per element, but in
+// TypeScript they were a fifth of a fine-tuning step on small models.
 #include <cmath>
+#include <vector>
 #include "common.h"
 
 extern "C" mla_status mla_cpu_swiglu(const float* gate, const float* up, float* y, int64_t n) {
@@ -44,5 +45,44 @@ extern "C" mla_status mla_cpu_cross_entropy(const float* logits, const int32_t* 
       d[y] -= scale;
     }
   }
+  return MLA_OK;
+}
+
+// y[r,:] = x[r,:] / rms(x[r,:]) · w, rows of length D.
+extern "C" mla_status mla_cpu_rmsnorm(const float* x, const float* w, float* y, int64_t rows, int64_t D, float eps) {
+  MLA_CHECK(x && w && y && rows >= 0 && D > 0, "rmsnorm: bad arguments");
+#pragma omp parallel for schedule(static) if (rows * D > 65536)
+  for (int64_t r = 0; r < rows; r++) {
+    const float* xr = x + r * D;
+    double ss = 0;
+    for (int64_t i = 0; i < D; i++) ss += (double)xr[i] * xr[i];
+    const float inv = (float)(1.0 / std::sqrt(ss / D + eps));
+    float* yr = y + r * D;
+    for (int64_t i = 0; i < D; i++) yr[i] = xr[i] * inv * w[i];
+  }
+  return MLA_OK;
+}
+
+// Gradients of mla_cpu_rmsnorm: dx[rows,D] and dw[D] (overwritten).
+extern "C" mla_status mla_cpu_rmsnorm_backward(const float* x, const float* w, const float* dy, float* dx, float* dw, int64_t rows, int64_t D, float eps) {
+  MLA_CHECK(x && w && dy && dx && dw && rows >= 0 && D > 0, "rmsnorm_backward: bad arguments");
+  std::vector<double> acc(D, 0.0);
+  for (int64_t r = 0; r < rows; r++) {
+    const float* xr = x + r * D;
+    const float* g = dy + r * D;
+    double ss = 0, dot = 0;
+    for (int64_t i = 0; i < D; i++) {
+      ss += (double)xr[i] * xr[i];
+      dot += (double)g[i] * w[i] * xr[i];
+    }
+    const double inv = 1.0 / std::sqrt(ss / D + eps);
+    const double c = dot * inv * inv * inv / D;
+    float* out = dx + r * D;
+    for (int64_t i = 0; i < D; i++) {
+      out[i] = (float)(g[i] * w[i] * inv - xr[i] * c);
+      acc[i] += g[i] * xr[i] * inv;
+    }
+  }
+  for (int64_t i = 0; i < D; i++) dw[i] = (float)acc[i];
   return MLA_OK;
 }

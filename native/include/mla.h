@@ -53,6 +53,10 @@ mla_status mla_cpu_swiglu_backward(const float* gate, const float* up, const flo
    dlogits[T,V] = scale·(softmax − onehot) (skipped when NULL). Targets must lie in [0, V). */
 mla_status mla_cpu_cross_entropy(const float* logits, const int32_t* targets, double* loss, float* dlogits, float scale, int64_t T, int64_t V);
 
+/* RMSNorm over rows of length D: y = x / sqrt(mean(x²) + eps) · w; and its gradients (overwritten). */
+mla_status mla_cpu_rmsnorm(const float* x, const float* w, float* y, int64_t rows, int64_t D, float eps);
+mla_status mla_cpu_rmsnorm_backward(const float* x, const float* w, const float* dy, float* dx, float* dw, int64_t rows, int64_t D, float eps);
+
 /* G[N,N] = Aᵀ·A for A[M,N], float64. */
 mla_status mla_cpu_gram_f64(const double* A, double* G, int64_t M, int64_t N);
 

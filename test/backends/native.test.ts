@@ -70,8 +70,16 @@ test("attention forward and backward match the reference backend (GQA, cache off
   }
 });
 
-test("swiglu and cross-entropy (forward and backward) match the reference backend", { skip }, () => {
+test("swiglu, rmsnorm and cross-entropy (forward and backward) match the reference backend", { skip }, () => {
   const N = new NativeCpuBackend(lib as Exclude<typeof lib, string>);
+  for (const [T, D] of [[1, 3], [5, 7], [40, 64]] as const) {
+    const x = rand(T * D, 3), w = rand(D), d = rand(T * D);
+    compare("rmsnorm", `[${T},${D}]`, N.rmsnorm(N.upload(x, [T, D]), N.upload(w, [D]), 1e-5), R.rmsnorm(R.upload(x, [T, D]), R.upload(w, [D]), 1e-5));
+    const a = N.rmsnormBackward(N.upload(x, [T, D]), N.upload(w, [D]), 1e-5, N.upload(d, [T, D]));
+    const b = R.rmsnormBackward(R.upload(x, [T, D]), R.upload(w, [D]), 1e-5, R.upload(d, [T, D]));
+    compare("rmsnorm dx", `[${T},${D}]`, a.dx, b.dx);
+    compare("rmsnorm dw", `[${T},${D}]`, a.dw, b.dw);
+  }
   for (const [T, V] of [[1, 3], [7, 33], [40, 512]] as const) {
     const g = rand(T * V, 4), u = rand(T * V), d = rand(T * V);
     compare("swiglu", `[${T},${V}]`, N.swiglu(N.upload(g, [T, V]), N.upload(u, [T, V])), R.swiglu(R.upload(g, [T, V]), R.upload(u, [T, V])));

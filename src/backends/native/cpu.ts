@@ -25,6 +25,8 @@ interface NativeLib {
   swiglu: Fn;
   swigluBackward: Fn;
   crossEntropy: Fn;
+  rmsnorm: Fn;
+  rmsnormBackward: Fn;
   gramF64: Fn;
   symmetricEigen: Fn;
   matmulF64: Fn;
@@ -54,6 +56,8 @@ export function loadNativeCpu(): NativeLib | string {
       attentionBackward: f("int mla_cpu_attention_backward(const float* q, const float* k, const float* v, const float* dout, float* dq, float* dk, float* dv, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window)"),
       swiglu: f("int mla_cpu_swiglu(const float* gate, const float* up, float* y, int64_t n)"),
       swigluBackward: f("int mla_cpu_swiglu_backward(const float* gate, const float* up, const float* dy, float* dgate, float* dup, int64_t n)"),
+      rmsnorm: f("int mla_cpu_rmsnorm(const float* x, const float* w, float* y, int64_t rows, int64_t D, float eps)"),
+      rmsnormBackward: f("int mla_cpu_rmsnorm_backward(const float* x, const float* w, const float* dy, float* dx, float* dw, int64_t rows, int64_t D, float eps)"),
       gramF64: f("int mla_cpu_gram_f64(const double* A, double* G, int64_t M, int64_t N)"),
       symmetricEigen: f("int mla_cpu_symmetric_eigen(const double* S, double* values, double* vectors, int64_t n)"),
       matmulF64: f("int mla_cpu_matmul_f64(const double* X, const double* Y, double* Z, int64_t a, int64_t b, int64_t c)"),
@@ -128,6 +132,22 @@ export class NativeCpuBackend extends ReferenceBackend {
     const dv = new Float32Array(S * Hkv * Dv);
     this.call("attention_backward", this.lib.attentionBackward(data(q), data(k), data(v), data(dOut), dq, dk, dv, T, S, H, Hkv, Dh, Dv, opts.scale, opts.queryOffset, opts.window ?? 0));
     return { dq: this.make(q.shape, dq), dk: this.make(k.shape, dk), dv: this.make(v.shape, dv) };
+  }
+
+  override rmsnorm(x: Tensor, w: Tensor, eps: number): Tensor {
+    const D = last(x);
+    expectShape("rmsnorm", "w", w, [D]);
+    const y = new Float32Array(x.size);
+    this.call("rmsnorm", this.lib.rmsnorm(data(x), data(w), y, x.size / D, D, eps));
+    return this.make(x.shape, y);
+  }
+
+  override rmsnormBackward(x: Tensor, w: Tensor, eps: number, dy: Tensor) {
+    const D = last(x);
+    const dx = new Float32Array(x.size);
+    const dw = new Float32Array(D);
+    this.call("rmsnorm_backward", this.lib.rmsnormBackward(data(x), data(w), data(dy), dx, dw, x.size / D, D, eps));
+    return { dx: this.make(x.shape, dx), dw: this.make([D], dw) };
   }
 
   override swiglu(gate: Tensor, up: Tensor): Tensor {
