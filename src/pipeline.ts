@@ -8,6 +8,7 @@ import crypto from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
 import { MlaError } from "./errors.js";
+import { writeFileAtomic } from "./io/atomicDir.js";
 import { convert } from "./convert/pipeline.js";
 import type { SettingsInput } from "./convert/plan.js";
 import { evaluate, EvalResult } from "./eval/evaluate.js";
@@ -74,8 +75,7 @@ export async function pipeline(spec: string, o: PipelineOptions): Promise<Pipeli
   const evalTo = (label: string, model: string, file: string) =>
     phase(`eval ${label}`, () => fs.existsSync(file), async () => {
       const r = await evaluate(model, { text: o.evalText, tokens: o.evalTokens, ctx: o.evalCtx, tasks: o.tasks, dataDir: o.dataDir, limit: o.limit, label, device: o.device, progress: o.progress, logger: log });
-      fs.writeFileSync(file + ".tmp", JSON.stringify(r, null, 2) + "\n");
-      fs.renameSync(file + ".tmp", file);
+      writeFileAtomic(file, JSON.stringify(r, null, 2) + "\n");
     });
   const mla = path.join(out, "mla");
   const ft = path.join(out, "finetune");

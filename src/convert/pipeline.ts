@@ -8,7 +8,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { MlaError } from "../errors.js";
 import { beginOutDir, commitOutDir, abandonOutDir } from "../io/atomicDir.js";
-import { Checkpoint, CheckpointWriter } from "../io/checkpoint.js";
+import { Checkpoint, CheckpointWriter, copyModelSideFiles } from "../io/checkpoint.js";
 import { DTYPE_BYTES, DType, encodeFromF32 } from "../io/dtype.js";
 import { readHfConfig } from "../io/hfConfig.js";
 import { resolveModel } from "../io/modelDir.js";
@@ -30,7 +30,6 @@ import { checkOutDir, ConversionPlan, defaultOut, planConversion, resolveSetting
 import { buildReport, ConversionReport, reportMarkdown } from "./report.js";
 
 export const TOOL_VERSION = "0.1.0";
-const COPIED_FILES = ["tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json", "generation_config.json"];
 
 export interface ConvertOptions extends SettingsInput {
   out?: string;
@@ -190,5 +189,5 @@ function writeConfigAndFiles(srcDir: string, dir: string, s: ReturnType<typeof r
     selection,
   };
   fs.writeFileSync(path.join(dir, "config.json"), JSON.stringify(raw, null, 2) + "\n");
-  for (const f of COPIED_FILES) if (fs.existsSync(path.join(srcDir, f))) fs.copyFileSync(path.join(srcDir, f), path.join(dir, f));
+  copyModelSideFiles(srcDir, dir);
 }

@@ -8,7 +8,7 @@ import crypto from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
 import { MlaError } from "../errors.js";
-import { Checkpoint, CheckpointWriter } from "../io/checkpoint.js";
+import { Checkpoint, CheckpointWriter, copyModelSideFiles } from "../io/checkpoint.js";
 import { DType, encodeFromF32 } from "../io/dtype.js";
 import { resolveModel } from "../io/modelDir.js";
 import { loadModel, LlamaModel } from "../model/llama.js";
@@ -222,8 +222,8 @@ async function writeModel(srcDir: string, out: string, config: LlamaModel["confi
   const w = new CheckpointWriter(tmp, tensors.map((x) => ({ name: x.name, dtype: x.dtype, shape: [...x.t.shape] })), { metadata: { format: "pt" } });
   for (const x of tensors) await w.append(encodeFromF32(x.dtype, x.t.toArray()));
   await w.close();
-  for (const f of ["config.json", "tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json", "generation_config.json"])
-    if (fs.existsSync(path.join(srcDir, f))) fs.copyFileSync(path.join(srcDir, f), path.join(tmp, f));
+  fs.copyFileSync(path.join(srcDir, "config.json"), path.join(tmp, "config.json"));
+  copyModelSideFiles(srcDir, tmp);
   for (const f of fs.readdirSync(tmp)) fs.renameSync(path.join(tmp, f), path.join(out, f));
   fs.rmSync(tmp, { recursive: true, force: true });
 }

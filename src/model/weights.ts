@@ -156,17 +156,6 @@ const ATTENTION_FIELDS: Record<string, string> = {
 const MHA_KEYS = ["q", "qBias", "k", "kBias", "v", "vBias", "o", "oBias"];
 const MLA_KEYS = ["q", "qBias", "kRope", "kRopeBias", "kvDown", "kUp", "kUpBias", "vUp", "vUpBias", "o", "oBias"];
 
-/** Checkpoint name of a weight path as used by params.ts ("embed", "layers.3.attn.kUp", …). */
-export function checkpointName(pathName: string): string {
-  if (pathName === "embed") return "model.embed_tokens.weight";
-  if (pathName === "finalNorm") return "model.norm.weight";
-  if (pathName === "lmHead") return "lm_head.weight";
-  const m = /^layers\.(\d+)\.(attn\.)?(\w+)$/.exec(pathName);
-  const field = m ? (m[2] ? "self_attn." + ATTENTION_FIELDS[m[3]!] : LAYER_FIELDS[m[3]!]) : undefined;
-  if (!m || !field || field.endsWith("undefined")) throw new MlaError("BAD_ARGUMENT", `no checkpoint tensor for weight path "${pathName}"`, "this is a bug");
-  return layerPrefix(Number(m[1])) + field;
-}
-
 export function loadLlamaWeights(ckpt: Checkpoint, c: ModelConfig, backend: Backend): LlamaWeights {
   const shapes = new Map(expectedTensors(c).map((e) => [e.name, e.shape]));
   const t = (name: string) => loadTensor(ckpt, backend, name, shapes.get(name)!);

@@ -6,6 +6,7 @@
 import fs from "node:fs";
 import path from "node:path";
 import { MlaError, ioError } from "../../errors.js";
+import { writeFileAtomic } from "../../io/atomicDir.js";
 import type { EvalResult } from "../evaluate.js";
 import { barChart, esc, lineChart } from "./charts.js";
 
@@ -164,9 +165,7 @@ export function writeReport(jsonFiles: string[], out: string, opts: { trainLogs?
   const logs = (opts.trainLogs ?? []).map((f) => readTrainLog(f, path.basename(path.dirname(path.resolve(f)))));
   const md = out.replace(/\.html?$/i, "") + ".md";
   fs.mkdirSync(path.dirname(path.resolve(out)), { recursive: true });
-  for (const [file, text] of [[out, reportHtml(runs, logs)], [md, reportMarkdown(runs, logs)]] as const) {
-    fs.writeFileSync(file + ".tmp", text);
-    fs.renameSync(file + ".tmp", file);
-  }
+  writeFileAtomic(out, reportHtml(runs, logs));
+  writeFileAtomic(md, reportMarkdown(runs, logs));
   return { html: out, md };
 }
