@@ -31,7 +31,7 @@ fs.mkdirSync(outDir, { recursive: true });
 // dlclose at process exit otherwise crashes Node).
 // Compiled beside and renamed into place, so a process starting meanwhile never loads a half-written library.
 const tmp = `${out}.tmp-${process.pid}`;
-const common = ["-O3", "-fopenmp", "-fPIC", "-shared", "-std=c++17", "-Wl,-z,nodelete", `-I${path.join(root, "native", "include")}`, ...sources, "-o", tmp];
+const common = ["-O3", "-fopenmp", "-fPIC", "-shared", "-std=c++17", "-Wl,-z,nodelete", `-I${path.join(root, "native", "include")}`, ...sources, "-ldl", "-o", tmp];
 const attempts = [
   { name: "-march=native", flags: ["-march=native", "-DMLA_MARCH_NATIVE", ...common] },
   { name: "portable", flags: common },

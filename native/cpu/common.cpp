@@ -1,3 +1,4 @@
+#include "blas.h"
 #include "common.h"
 #include <cstring>
 #ifdef _OPENMP
@@ -30,6 +31,7 @@ extern "C" const char* mla_build_info(void) {
 #else
   info += " portable";
 #endif
+  info += ", " + mla::blas_description();
 #ifdef _OPENMP
   info += " OpenMP(" + std::to_string(omp_get_max_threads()) + ")";
 #endif

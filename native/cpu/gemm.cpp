@@ -1,8 +1,10 @@
 // linear forward/backward on the CPU. The forward is y = x·wᵀ with both operands K-contiguous, so
 // the kernel computes a 4×4 tile of dot products with 8-wide vector accumulators (GCC/Clang vector
 // extensions: AVX2 registers with -march=native, SSE pairs otherwise), two FMAs per loaded vector.
+#include <climits>
 #include <cstring>
 #include <vector>
+#include "blas.h"
 #include "common.h"
 
 typedef float v8 __attribute__((vector_size(32)));
@@ -45,6 +47,9 @@ static void tile(const float* x, const float* w, float* y, int64_t m0, int64_t m
 extern "C" mla_status mla_cpu_linear(const float* x, const float* w, const float* b, float* y, int64_t M, int64_t K, int64_t N) {
   MLA_CHECK(x && w && y, "linear: null pointer");
   MLA_CHECK(M >= 0 && K >= 0 && N >= 0, "linear: negative size");
+  if (auto sgemm = mla::openblas_sgemm(); sgemm && M > 0 && N > 0 && K > 0 && M < INT32_MAX && N < INT32_MAX && K < INT32_MAX) {
+    sgemm(mla::CblasRowMajor, mla::CblasNoTrans, mla::CblasTrans, (int)M, (int)N, (int)K, 1.0f, x, (int)K, w, (int)K, 0.0f, y, (int)N);
+  } else {
   const int64_t mt = (M + 3) / 4, nt = (N + 3) / 4;
 #pragma omp parallel for schedule(static) collapse(2)
   for (int64_t bm = 0; bm < mt; bm++)
@@ -52,6 +57,7 @@ extern "C" mla_status mla_cpu_linear(const float* x, const float* w, const float
       const int64_t m0 = bm * 4, n0 = bn * 4;
       tile(x, w, y, m0, M - m0 < 4 ? M - m0 : 4, n0, N - n0 < 4 ? N - n0 : 4, K, N);
     }
+  }
   if (b)
 #pragma omp parallel for schedule(static)
     for (int64_t m = 0; m < M; m++)
@@ -62,6 +68,12 @@ extern "C" mla_status mla_cpu_linear(const float* x, const float* w, const float
 extern "C" mla_status mla_cpu_linear_backward(const float* x, const float* w, const float* dy, float* dx, float* dw, float* db, int64_t M, int64_t K, int64_t N) {
   MLA_CHECK(x && w && dy, "linear_backward: null input pointer");
   MLA_CHECK(M >= 0 && K >= 0 && N >= 0, "linear_backward: negative size");
+  auto sgemm = mla::openblas_sgemm();
+  if (sgemm && M > 0 && N > 0 && K > 0 && M < INT32_MAX && N < INT32_MAX && K < INT32_MAX) {
+    if (dx) sgemm(mla::CblasRowMajor, mla::CblasNoTrans, mla::CblasNoTrans, (int)M, (int)K, (int)N, 1.0f, dy, (int)N, w, (int)K, 0.0f, dx, (int)K);
+    if (dw) sgemm(mla::CblasRowMajor, mla::CblasTrans, mla::CblasNoTrans, (int)N, (int)K, (int)M, 1.0f, dy, (int)N, x, (int)K, 0.0f, dw, (int)K);
+    dx = dw = nullptr;
+  }
   if (dx) {
     // dx[m,:] = Σ_n dy[m,n]·w[n,:]: rows of w scaled and added, vectorized along K.
 #pragma omp parallel for schedule(static)

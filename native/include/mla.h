@@ -26,7 +26,10 @@ typedef enum {
 
 /* The last error of this thread, "file:line: message"; "" when none. */
 const char* mla_last_error(void);
-/* Compiler, flags and threading of this build, e.g. "g++ 12.2.0 -march=native OpenMP(2)". */
+/* Compiler, flags, GEMM route and threading of this build, e.g.
+   "g++ 12.2.0 -march=native, own GEMM OpenMP(2)" or "…, OpenBLAS libopenblas.so.0 (core Haswell) …".
+   linear and linear_backward call cblas_sgemm from a system OpenBLAS found at load time (dlopen of
+   $MHA2MLA_OPENBLAS or libopenblas.so.0); MHA2MLA_BLAS=own keeps our own kernel. */
 const char* mla_build_info(void);
 int mla_num_threads(void);
 void mla_set_num_threads(int n);
@@ -56,6 +59,30 @@ mla_status mla_cpu_cross_entropy(const float* logits, const int32_t* targets, do
 /* RMSNorm over rows of length D: y = x / sqrt(mean(x²) + eps) · w; and its gradients (overwritten). */
 mla_status mla_cpu_rmsnorm(const float* x, const float* w, float* y, int64_t rows, int64_t D, float eps);
 mla_status mla_cpu_rmsnorm_backward(const float* x, const float* w, const float* dy, float* dx, float* dw, int64_t rows, int64_t D, float eps);
+
+/* Rotate-half RoPE of x[T,H,Dh] at positions[T] into y (may equal x): the first rotary_dims dims of each
+   head rotate as pairs (i, i + rotary_dims/2) by positions[t]·inv_freq (angle rounded to float32, as HF
+   does); the rest are copied. inv_freq has rotary_dims/2 entries shared by all heads, or H·rotary_dims/2
+   (one set per head: MLA's partial RoPE). sign = -1 rotates by the opposite angle (the backward). */
+mla_status mla_cpu_rope(const float* x, float* y, const int32_t* positions, const double* inv_freq, int64_t n_freq, int64_t T, int64_t H, int64_t Dh, int64_t rotary_dims, int32_t sign);
+
+/* y[T,D] = rows of table[V,D] at ids[T]; an id outside [0, V) is an error naming its position.
+   Backward: dtable[V,D] (overwritten) = rows of dy[T,D] summed at ids. */
+mla_status mla_cpu_embedding(const float* table, const int32_t* ids, float* y, int64_t T, int64_t V, int64_t D);
+mla_status mla_cpu_embedding_backward(const int32_t* ids, const float* dy, float* dtable, int64_t T, int64_t V, int64_t D);
+
+/* One AdamW step in place on p[n] with gradient g[n] and moments m[n], v[n]: decoupled weight decay,
+   bias corrections bias_c1 = 1 − β1^step, bias_c2 = 1 − β2^step. */
+mla_status mla_cpu_adamw(float* p, const float* g, float* m, float* v, int64_t n, float lr, float beta1, float beta2, float eps, float weight_decay, double bias_c1, double bias_c2);
+/* *out = Σ x² (double accumulation), and x *= s in place: global-norm gradient clipping. */
+mla_status mla_cpu_sum_squares(const float* x, int64_t n, double* out);
+mla_status mla_cpu_scale_inplace(float* x, int64_t n, float s);
+
+/* 2-norm calibration: acc[heads, Dh/2] += mean over T of the L2 norm of each RoPE pair (i, i + Dh/2)
+   of y[T, heads, Dh]. */
+mla_status mla_cpu_pair_norms(const float* y, double* acc, int64_t T, int64_t heads, int64_t Dh);
+/* acc[D,D] upper triangle (row-major, j ≥ i) += xᵀ·x for x[T,D] (float64): activation covariance. */
+mla_status mla_cpu_accumulate_covariance(const float* x, double* acc, int64_t T, int64_t D);
 
 /* G[N,N] = Aᵀ·A for A[M,N], float64. */
 mla_status mla_cpu_gram_f64(const double* A, double* G, int64_t M, int64_t N);

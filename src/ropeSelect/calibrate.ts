@@ -11,6 +11,7 @@ import type { MhaWeights } from "../model/weights.js";
 import type { TextTokenizer } from "../io/tokenizer.js";
 import type { FloatArray, Tensor } from "../tensor/tensor.js";
 import { Progress, ProgressSink } from "../util/progress.js";
+import { calibrationKernels } from "../backends/native/kernels.js";
 
 export interface CalibrationStats {
   /** Per layer [H, Dh/2]: mean ‖(q_i, q_{i+Dh/2})‖. */
@@ -41,7 +42,7 @@ export function calibrationWindows(tokenizer: TextTokenizer, text: string, sampl
 }
 
 /** Accumulates mean pair norms of rows of y [T, heads·Dh] into acc [heads, Dh/2] (adds the window mean). */
-function addPairNorms(y: FloatArray, T: number, heads: number, Dh: number, acc: Float64Array): void {
+export function addPairNorms(y: FloatArray, T: number, heads: number, Dh: number, acc: Float64Array): void {
   const half = Dh / 2;
   for (let t = 0; t < T; t++)
     for (let h = 0; h < heads; h++) {
@@ -50,7 +51,7 @@ function addPairNorms(y: FloatArray, T: number, heads: number, Dh: number, acc: 
     }
 }
 
-function addCovariance(x: FloatArray, T: number, D: number, acc: Float64Array): void {
+export function addCovariance(x: FloatArray, T: number, D: number, acc: Float64Array): void {
   for (let t = 0; t < T; t++) {
     const o = t * D;
     for (let i = 0; i < D; i++) {
@@ -73,13 +74,22 @@ export async function calibrate(model: LlamaModel, windows: Int32Array[], opts: 
   const progress = new Progress("calibrate", windows.length, "windows", opts.progress === undefined ? process.stderr : opts.progress);
   const t0 = performance.now();
   let tokens = 0;
+  const native = calibrationKernels(b);
+  const pairNorms = (y: FloatArray, T: number, heads: number, acc: Float64Array) => {
+    if (native && y instanceof Float32Array) native.pairNorms(y, T, heads, c.headDim, acc);
+    else addPairNorms(y, T, heads, c.headDim, acc);
+  };
   for (const win of windows) {
     const onAttentionInput = (layer: number, x: Tensor) => {
       const w = model.weights.layers[layer]!.attn as MhaWeights;
       const T = x.shape[0]!;
-      addPairNorms(b.linear(x, w.q, w.qBias).toArray(), T, c.heads, c.headDim, qNorm[layer]!);
-      addPairNorms(b.linear(x, w.k, w.kBias).toArray(), T, c.kvHeads, c.headDim, kNorm[layer]!);
-      if (cov) addCovariance(x.toArray(), T, D, cov[layer]!);
+      pairNorms(b.linear(x, w.q, w.qBias).toArray(), T, c.heads, qNorm[layer]!);
+      pairNorms(b.linear(x, w.k, w.kBias).toArray(), T, c.kvHeads, kNorm[layer]!);
+      if (cov) {
+        const xs = x.toArray();
+        if (native && xs instanceof Float32Array) native.covariance(xs, T, D, cov[layer]!);
+        else addCovariance(xs, T, D, cov[layer]!);
+      }
     };
     model.forward(win, undefined, { onAttentionInput });
     tokens += win.length;

@@ -1,99 +1,75 @@
 /**
- * Parity suite: every op the native CPU library implements, against the reference backend, on
- * random inputs of several shapes (sizes that are not multiples of the 4×4 tile or the 8-wide
- * vectors included). Reports op, shape, max |Δ|, max relative error and NMSE; float32 tolerance
- * 1e-4 relative (to the largest reference value). The CUDA backend is not built in this version.
+ * The native CPU backend: the shared parity suite (./parity.ts, every op forward and backward vs the
+ * reference backend, float32 tolerance 1e-4 relative), error messages, and the host-array kernels
+ * (optimizer, calibration) and float64 linear algebra against their TypeScript routes.
  */
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { referenceBackend as R } from "../../src/backends/reference/index.js";
 import { loadNativeCpu, NativeCpuBackend } from "../../src/backends/native/cpu.js";
-import type { Tensor } from "../../src/tensor/tensor.js";
-import { seededRand } from "../helpers.js";
+import { calibrationKernels, optimizerKernels } from "../../src/backends/native/kernels.js";
+import { AdamW, clipGradients, gradNorm } from "../../src/finetune/optimizer.js";
+import { addCovariance, addPairNorms } from "../../src/ropeSelect/calibrate.js";
+import { maxAbsDiff, seededRand } from "../helpers.js";
+import { formatParity, runParity } from "./parity.js";
 
 const lib = loadNativeCpu();
 const skip = typeof lib === "string" && process.env["MHA2MLA_SKIP_NATIVE"] ? `native CPU library not built (MHA2MLA_SKIP_NATIVE): ${lib}` : false;
-const rand = seededRand(5, Float32Array);
 
-function compare(op: string, shape: string, got: Tensor | null, want: Tensor | null): void {
-  assert.ok(got && want, `${op} ${shape}: missing output`);
-  const a = got!.toArray();
-  const b = want!.toArray();
-  let maxAbs = 0;
-  let scale = 0;
-  let err2 = 0;
-  let ref2 = 0;
-  for (let i = 0; i < b.length; i++) {
-    maxAbs = Math.max(maxAbs, Math.abs(a[i]! - b[i]!));
-    scale = Math.max(scale, Math.abs(b[i]!));
-    err2 += (a[i]! - b[i]!) ** 2;
-    ref2 += b[i]! ** 2;
-  }
-  const rel = maxAbs / Math.max(scale, 1e-30);
-  const nmse = err2 / Math.max(ref2, 1e-30);
-  const line = `${op} ${shape}: max|Δ| ${maxAbs.toExponential(2)}, rel ${rel.toExponential(2)}, NMSE ${nmse.toExponential(2)}`;
-  assert.ok(rel <= 1e-4 && Number.isFinite(nmse), line);
-}
-
-test("native CPU library is built and loads (CUDA: not built in this version, skipped)", { skip }, () => {
+test("native CPU library is built and loads (the CUDA backend has its own test)", { skip }, () => {
   assert.equal(typeof lib, "object", typeof lib === "string" ? lib : "");
 });
 
-test("linear forward and backward match the reference backend", { skip }, () => {
-  const N = new NativeCpuBackend(lib as Exclude<typeof lib, string>);
-  for (const [M, K, Nn] of [[1, 1, 1], [3, 5, 7], [17, 64, 33], [64, 100, 9], [130, 257, 65]] as const) {
-    const x = rand(M * K), w = rand(Nn * K), b = rand(Nn), dy = rand(M * Nn);
-    const shape = `[${M},${K}]·[${Nn},${K}]ᵀ`;
-    compare("linear", shape, N.linear(N.upload(x, [M, K]), N.upload(w, [Nn, K]), N.upload(b, [Nn])), R.linear(R.upload(x, [M, K]), R.upload(w, [Nn, K]), R.upload(b, [Nn])));
-    const need = { x: true, w: true, bias: true };
-    const g = N.linearBackward(N.upload(x, [M, K]), N.upload(w, [Nn, K]), N.upload(dy, [M, Nn]), need);
-    const r = R.linearBackward(R.upload(x, [M, K]), R.upload(w, [Nn, K]), R.upload(dy, [M, Nn]), need);
-    compare("linear dx", shape, g.dx, r.dx);
-    compare("linear dw", shape, g.dw, r.dw);
-    compare("linear db", shape, g.db, r.db);
-  }
+test("parity: every backend op (forward and backward) of the native CPU backend vs the reference backend", { skip }, (t) => {
+  const lines = runParity(new NativeCpuBackend(lib as Exclude<typeof lib, string>), 1e-4);
+  for (const line of formatParity(lines).split("\n")) t.diagnostic(line);
+  const bad = lines.filter((l) => !l.ok);
+  assert.equal(bad.length, 0, formatParity(bad));
+  assert.ok(lines.length > 60, `only ${lines.length} comparisons`);
 });
 
-test("attention forward and backward match the reference backend (GQA, cache offset, sliding window)", { skip }, () => {
+test("native CPU errors name the culprit", { skip }, () => {
   const N = new NativeCpuBackend(lib as Exclude<typeof lib, string>);
-  for (const [T, S, H, Hkv, Dh, Dv, off, window] of [[1, 1, 1, 1, 1, 1, 0, null], [7, 7, 6, 2, 5, 5, 0, null], [3, 11, 4, 4, 8, 6, 8, null], [33, 33, 8, 2, 16, 16, 0, 9], [2, 40, 6, 3, 12, 12, 38, 16]] as const) {
-    const q = rand(T * H * Dh), k = rand(S * Hkv * Dh), v = rand(S * Hkv * Dv), d = rand(T * H * Dv);
-    const opts = { scale: 1 / Math.sqrt(Dh), queryOffset: off, window };
-    const shape = `T${T} S${S} H${H}/${Hkv} Dh${Dh} Dv${Dv} off${off} win${window}`;
-    const up = (B: typeof R) => [B.upload(q, [T, H, Dh]), B.upload(k, [S, Hkv, Dh]), B.upload(v, [S, Hkv, Dv])] as const;
-    compare("attention", shape, N.attention(...up(N), opts), R.attention(...up(R), opts));
-    const g = N.attentionBackward(...up(N), N.upload(d, [T, H, Dv]), opts);
-    const r = R.attentionBackward(...up(R), R.upload(d, [T, H, Dv]), opts);
-    compare("attention dq", shape, g.dq, r.dq);
-    compare("attention dk", shape, g.dk, r.dk);
-    compare("attention dv", shape, g.dv, r.dv);
-  }
+  assert.throws(() => N.crossEntropy(N.upload(new Float32Array(6), [2, 3]), Int32Array.of(0, 3)), /target 3 is outside the vocabulary of 3/);
+  assert.throws(() => N.embedding(N.upload(new Float32Array(6), [3, 2]), Int32Array.of(1, 7)), /token id 7 at position 1 is outside the vocabulary of 3/);
+  assert.throws(() => N.rope(N.upload(new Float32Array(12), [2, 1, 6]), Int32Array.of(0, 1), new Float64Array(2), 6), /2 frequencies/);
 });
 
-test("swiglu, rmsnorm and cross-entropy (forward and backward) match the reference backend", { skip }, () => {
+test("native optimizer and calibration kernels match their TypeScript loops", { skip }, () => {
   const N = new NativeCpuBackend(lib as Exclude<typeof lib, string>);
-  for (const [T, D] of [[1, 3], [5, 7], [40, 64]] as const) {
-    const x = rand(T * D, 3), w = rand(D), d = rand(T * D);
-    compare("rmsnorm", `[${T},${D}]`, N.rmsnorm(N.upload(x, [T, D]), N.upload(w, [D]), 1e-5), R.rmsnorm(R.upload(x, [T, D]), R.upload(w, [D]), 1e-5));
-    const a = N.rmsnormBackward(N.upload(x, [T, D]), N.upload(w, [D]), 1e-5, N.upload(d, [T, D]));
-    const b = R.rmsnormBackward(R.upload(x, [T, D]), R.upload(w, [D]), 1e-5, R.upload(d, [T, D]));
-    compare("rmsnorm dx", `[${T},${D}]`, a.dx, b.dx);
-    compare("rmsnorm dw", `[${T},${D}]`, a.dw, b.dw);
+  const kernels = optimizerKernels(N)!;
+  const rand = seededRand(11, Float32Array);
+  for (const n of [1, 7, 100_003]) {
+    const p = rand(n), g = rand(n, 2);
+    const cfg = { beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1 };
+    const mine = new AdamW(cfg, [n], kernels);
+    const ref = new AdamW(cfg, [n]);
+    const pn = p.slice(), pr = p.slice();
+    for (let s = 0; s < 3; s++) {
+      mine.update([pn], [g], 1e-3);
+      ref.update([pr], [g], 1e-3);
+    }
+    assert.ok(maxAbsDiff(pn, pr) <= 1e-6, `adamw n=${n}: ${maxAbsDiff(pn, pr)}`);
+    assert.ok(maxAbsDiff(mine.v[0]!, ref.v[0]!) <= 1e-6, "second moments");
+    const gn = gradNorm([g, null], kernels), gr = gradNorm([g, null]);
+    assert.ok(Math.abs(gn - gr) <= 1e-9 * gr, `grad norm ${gn} vs ${gr}`);
+    const gc = g.slice(), gcr = g.slice();
+    clipGradients([gc], 0.5, kernels);
+    clipGradients([gcr], 0.5);
+    assert.ok(maxAbsDiff(gc, gcr) <= 1e-7, "clipping");
   }
-  for (const [T, V] of [[1, 3], [7, 33], [40, 512]] as const) {
-    const g = rand(T * V, 4), u = rand(T * V), d = rand(T * V);
-    compare("swiglu", `[${T},${V}]`, N.swiglu(N.upload(g, [T, V]), N.upload(u, [T, V])), R.swiglu(R.upload(g, [T, V]), R.upload(u, [T, V])));
-    const a = N.swigluBackward(N.upload(g, [T, V]), N.upload(u, [T, V]), N.upload(d, [T, V]));
-    const b = R.swigluBackward(R.upload(g, [T, V]), R.upload(u, [T, V]), R.upload(d, [T, V]));
-    compare("swiglu dgate", `[${T},${V}]`, a.dgate, b.dgate);
-    compare("swiglu dup", `[${T},${V}]`, a.dup, b.dup);
-    const targets = Int32Array.from({ length: T }, (_, i) => (i * 7919) % V);
-    const ln = N.crossEntropy(N.upload(g, [T, V]), targets);
-    const lr = R.crossEntropy(R.upload(g, [T, V]), targets);
-    compare("cross-entropy", `[${T},${V}]`, R.upload(Float32Array.from(ln), [T]), R.upload(Float32Array.from(lr), [T]));
-    compare("cross-entropy grad", `[${T},${V}]`, N.crossEntropyBackward(N.upload(g, [T, V]), targets, 0.3), R.crossEntropyBackward(R.upload(g, [T, V]), targets, 0.3));
+  const cal = calibrationKernels(N)!;
+  for (const [T, heads, Dh] of [[1, 1, 2], [13, 3, 8], [64, 4, 64]] as const) {
+    const y = rand(T * heads * Dh);
+    const a = new Float64Array(heads * (Dh / 2)).fill(0.5), b = a.slice();
+    cal.pairNorms(y, T, heads, Dh, a);
+    addPairNorms(y, T, heads, Dh, b);
+    assert.ok(maxAbsDiff(a, b) <= 1e-12, `pair norms [${T},${heads},${Dh}]: ${maxAbsDiff(a, b)}`);
+    const D = heads * Dh;
+    const ca = new Float64Array(D * D), cb = new Float64Array(D * D);
+    cal.covariance(y, T, D, ca);
+    addCovariance(y, T, D, cb);
+    assert.ok(maxAbsDiff(ca, cb) <= 1e-9, `covariance [${T},${D}]: ${maxAbsDiff(ca, cb)}`);
   }
-  assert.throws(() => N.crossEntropy(N.upload(rand(6), [2, 3]), Int32Array.of(0, 3)), /target 3 is outside the vocabulary of 3/);
 });
 
 test("float64 Gram, matmul and symmetric eigendecomposition match the TypeScript route", { skip }, async () => {

@@ -30,6 +30,14 @@ interface NativeLib {
   gramF64: Fn;
   symmetricEigen: Fn;
   matmulF64: Fn;
+  rope: Fn;
+  embedding: Fn;
+  embeddingBackward: Fn;
+  adamw: Fn;
+  sumSquares: Fn;
+  scaleInplace: Fn;
+  pairNorms: Fn;
+  accumulateCovariance: Fn;
 }
 
 export function nativeLibraryPath(): string {
@@ -61,6 +69,14 @@ export function loadNativeCpu(): NativeLib | string {
       gramF64: f("int mla_cpu_gram_f64(const double* A, double* G, int64_t M, int64_t N)"),
       symmetricEigen: f("int mla_cpu_symmetric_eigen(const double* S, double* values, double* vectors, int64_t n)"),
       matmulF64: f("int mla_cpu_matmul_f64(const double* X, const double* Y, double* Z, int64_t a, int64_t b, int64_t c)"),
+      rope: f("int mla_cpu_rope(const float* x, float* y, const int32_t* positions, const double* inv_freq, int64_t n_freq, int64_t T, int64_t H, int64_t Dh, int64_t rotary_dims, int32_t sign)"),
+      embedding: f("int mla_cpu_embedding(const float* table, const int32_t* ids, float* y, int64_t T, int64_t V, int64_t D)"),
+      embeddingBackward: f("int mla_cpu_embedding_backward(const int32_t* ids, const float* dy, float* dtable, int64_t T, int64_t V, int64_t D)"),
+      adamw: f("int mla_cpu_adamw(float* p, const float* g, float* m, float* v, int64_t n, float lr, float beta1, float beta2, float eps, float weight_decay, double bias_c1, double bias_c2)"),
+      sumSquares: f("int mla_cpu_sum_squares(const float* x, int64_t n, double* out)"),
+      scaleInplace: f("int mla_cpu_scale_inplace(float* x, int64_t n, float s)"),
+      pairNorms: f("int mla_cpu_pair_norms(const float* y, double* acc, int64_t T, int64_t heads, int64_t Dh)"),
+      accumulateCovariance: f("int mla_cpu_accumulate_covariance(const float* x, double* acc, int64_t T, int64_t D)"),
       crossEntropy: f("int mla_cpu_cross_entropy(const float* logits, const int32_t* targets, double* loss, float* dlogits, float scale, int64_t T, int64_t V)"),
     };
     return cached;
@@ -76,7 +92,7 @@ function last(t: Tensor): number {
 export class NativeCpuBackend extends ReferenceBackend {
   override readonly name = "cpu";
 
-  constructor(private readonly lib: NativeLib) {
+  constructor(readonly lib: NativeLib) {
     super("f32");
   }
 
@@ -148,6 +164,41 @@ export class NativeCpuBackend extends ReferenceBackend {
     const dw = new Float32Array(D);
     this.call("rmsnorm_backward", this.lib.rmsnormBackward(data(x), data(w), data(dy), dx, dw, x.size / D, D, eps));
     return { dx: this.make(x.shape, dx), dw: this.make([D], dw) };
+  }
+
+  private ropeCall(op: string, x: Tensor, positions: Int32Array, invFreq: Float64Array, rotaryDims: number | undefined, sign: 1 | -1): Tensor {
+    const [T, H, Dh] = x.shape as [number, number, number];
+    expectShape(op, "x", x, [positions.length, null, null]);
+    const rd = rotaryDims ?? Dh;
+    if (rd % 2 !== 0 || rd > Dh || (invFreq.length !== rd / 2 && invFreq.length !== (H * rd) / 2))
+      throw new MlaError("BAD_ARGUMENT", `${op}: ${invFreq.length} frequencies for x [${x.shape}] with ${rd} rotary dims`, "pass rotaryDims/2 frequencies, or H × rotaryDims/2");
+    const y = new Float32Array(x.size);
+    this.call(op, this.lib.rope(data(x), y, positions, invFreq, invFreq.length, T, H, Dh, rd, sign));
+    return this.make(x.shape, y);
+  }
+
+  override rope(x: Tensor, positions: Int32Array, invFreq: Float64Array, rotaryDims?: number): Tensor {
+    return this.ropeCall("rope", x, positions, invFreq, rotaryDims, 1);
+  }
+
+  override ropeBackward(dy: Tensor, positions: Int32Array, invFreq: Float64Array, rotaryDims?: number): Tensor {
+    return this.ropeCall("ropeBackward", dy, positions, invFreq, rotaryDims, -1);
+  }
+
+  override embedding(table: Tensor, ids: Int32Array): Tensor {
+    const [V, D] = table.shape as [number, number];
+    const y = new Float32Array(ids.length * D);
+    const status = this.lib.embedding(data(table), ids, y, ids.length, V, D);
+    if (status !== 0) throw new MlaError("BAD_ARGUMENT", this.lib.lastError().replace(/^[^ ]+: /, ""), "the tokenizer and the model do not match");
+    return this.make([ids.length, D], y);
+  }
+
+  override embeddingBackward(ids: Int32Array, dy: Tensor, vocab: number): Tensor {
+    const D = last(dy);
+    expectShape("embeddingBackward", "dy", dy, [ids.length, D]);
+    const out = new Float32Array(vocab * D);
+    this.call("embedding_backward", this.lib.embeddingBackward(ids, data(dy), out, ids.length, vocab, D));
+    return this.make([vocab, D], out);
   }
 
   override swiglu(gate: Tensor, up: Tensor): Tensor {
