@@ -1,7 +1,10 @@
 #!/usr/bin/env node
-// Builds the native CPU library (native/cpu/*.cpp → build/native/libmla_cpu.so) with the system C++
-// compiler, during `npm install`. Prints one line saying what it did. Never fails the install: without
-// a compiler, or when the build fails, the TypeScript reference backend is used.
+// Builds the native libraries during `npm install`, one line each saying what it did:
+//  - build/native/libmla_cpu.so from native/cpu/*.cpp with the system C++ compiler (OpenMP);
+//  - build/native/libmla_cuda.so from native/cuda/*.cu when nvcc is found (CUDA_HOME, /usr/local/cuda or PATH).
+// Never fails the install: without a compiler, or when a build fails, the other backends are used.
+// Each library is compiled beside its final name and renamed, so a process starting meanwhile never
+// loads a half-written file.
 import { spawnSync } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
@@ -9,44 +12,77 @@ import { fileURLToPath } from "node:url";
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 const outDir = path.join(root, "build", "native");
-const out = path.join(outDir, "libmla_cpu.so");
-const sources = fs.readdirSync(path.join(root, "native", "cpu")).filter((f) => f.endsWith(".cpp")).map((f) => path.join(root, "native", "cpu", f));
+const include = `-I${path.join(root, "native", "include")}`;
 
 function which(cmd) {
   const r = spawnSync("sh", ["-c", `command -v ${cmd}`], { encoding: "utf8" });
   return r.status === 0 ? r.stdout.trim() : null;
 }
 
-if (process.env.MHA2MLA_SKIP_NATIVE) {
-  console.log("mha2mla: MHA2MLA_SKIP_NATIVE is set: native CPU library not built, the TypeScript reference backend will be used");
-  process.exit(0);
+function sourcesOf(dir, ext) {
+  return fs.readdirSync(path.join(root, "native", dir)).filter((f) => f.endsWith(ext)).sort().map((f) => path.join(root, "native", dir, f));
 }
-const cxx = [process.env.CXX, "g++", "c++", "clang++"].filter(Boolean).find((c) => which(c));
-if (!cxx) {
-  console.log("mha2mla: no C++ compiler found (CXX, g++, c++, clang++): native CPU library not built, the TypeScript reference backend will be used");
-  process.exit(0);
-}
-fs.mkdirSync(outDir, { recursive: true });
-// -z nodelete: the library is never unloaded, so OpenMP worker threads never outlive their code (a
-// dlclose at process exit otherwise crashes Node).
-// Compiled beside and renamed into place, so a process starting meanwhile never loads a half-written library.
-const tmp = `${out}.tmp-${process.pid}`;
-const common = ["-O3", "-fopenmp", "-fPIC", "-shared", "-std=c++17", "-Wl,-z,nodelete", `-I${path.join(root, "native", "include")}`, ...sources, "-ldl", "-o", tmp];
-const attempts = [
-  { name: "-march=native", flags: ["-march=native", "-DMLA_MARCH_NATIVE", ...common] },
-  { name: "portable", flags: common },
-];
-let last = "";
-for (const a of attempts) {
-  const r = spawnSync(cxx, a.flags, { encoding: "utf8" });
-  if (r.status === 0) {
-    fs.renameSync(tmp, out);
-    fs.writeFileSync(path.join(outDir, "build.json"), JSON.stringify({ compiler: cxx, variant: a.name, flags: a.flags.filter((f) => f.startsWith("-") && !f.startsWith("-I")), built: new Date().toISOString() }, null, 2) + "\n");
-    console.log(`mha2mla: built the native CPU library ${path.relative(root, out)} with ${cxx} (${a.name}, OpenMP)`);
-    process.exit(0);
+
+/** Tries each flag set in turn; returns the variant that built, or the last error. */
+function build(compiler, out, attempts) {
+  fs.mkdirSync(outDir, { recursive: true });
+  const tmp = `${out}.tmp-${process.pid}`;
+  let last = "";
+  for (const a of attempts) {
+    const r = spawnSync(compiler, [...a.flags, "-o", tmp], { encoding: "utf8" });
+    if (r.status === 0) {
+      fs.renameSync(tmp, out);
+      const record = { compiler, variant: a.name, flags: a.flags.filter((f) => f.startsWith("-") && !f.startsWith("-I")), built: new Date().toISOString() };
+      fs.writeFileSync(`${out}.json`, JSON.stringify(record, null, 2) + "\n");
+      return { ok: true, variant: a.name };
+    }
+    last = (r.stderr || r.error?.message || "").trim().split("\n").filter((l) => /error|fatal/i.test(l)).slice(0, 2).join(" | ") || (r.stderr || "").trim().split("\n").slice(-2).join(" | ");
   }
-  last = (r.stderr || r.error?.message || "").trim().split("\n").slice(-3).join(" | ");
+  fs.rmSync(tmp, { force: true });
+  fs.rmSync(out, { force: true });
+  return { ok: false, error: last };
 }
-fs.rmSync(tmp, { force: true });
-fs.rmSync(out, { force: true });
-console.log(`mha2mla: building the native CPU library failed (${last}): the TypeScript reference backend will be used`);
+
+function buildCpu() {
+  if (process.env.MHA2MLA_SKIP_NATIVE) return "mha2mla: MHA2MLA_SKIP_NATIVE is set: native CPU library not built, the TypeScript reference backend will be used";
+  const cxx = [process.env.CXX, "g++", "c++", "clang++"].filter(Boolean).find((c) => which(c));
+  if (!cxx) return "mha2mla: no C++ compiler found (CXX, g++, c++, clang++): native CPU library not built, the TypeScript reference backend will be used";
+  const out = path.join(outDir, "libmla_cpu.so");
+  // -z nodelete: the library is never unloaded, so OpenMP worker threads never outlive their code (a
+  // dlclose at process exit otherwise crashes Node). -ldl: OpenBLAS is looked up at load time.
+  const common = ["-O3", "-fopenmp", "-fPIC", "-shared", "-std=c++17", "-Wl,-z,nodelete", include, ...sourcesOf("cpu", ".cpp"), "-ldl"];
+  const r = build(cxx, out, [
+    { name: "-march=native", flags: ["-march=native", "-DMLA_MARCH_NATIVE", ...common] },
+    { name: "portable", flags: common },
+  ]);
+  return r.ok
+    ? `mha2mla: built the native CPU library ${path.relative(root, out)} with ${cxx} (${r.variant}, OpenMP)`
+    : `mha2mla: building the native CPU library failed (${r.error}): the TypeScript reference backend will be used`;
+}
+
+function findNvcc() {
+  for (const home of [process.env.CUDA_HOME, process.env.CUDA_PATH, "/usr/local/cuda"].filter(Boolean)) {
+    const p = path.join(home, "bin", "nvcc");
+    if (fs.existsSync(p)) return p;
+  }
+  return which("nvcc");
+}
+
+function buildCuda() {
+  if (process.env.MHA2MLA_SKIP_CUDA || process.env.MHA2MLA_SKIP_NATIVE) return "mha2mla: MHA2MLA_SKIP_CUDA/MHA2MLA_SKIP_NATIVE is set: CUDA library not built";
+  const nvcc = findNvcc();
+  if (!nvcc) return "mha2mla: nvcc not found (CUDA_HOME, /usr/local/cuda, PATH): CUDA library not built, --device cuda is unavailable";
+  const out = path.join(outDir, "libmla_cuda.so");
+  const common = ["-O3", "-std=c++17", "-shared", "-Xcompiler", "-fPIC", "-Xlinker", "-z,nodelete", include, ...sourcesOf("cuda", ".cu"), "-lcublas", "-lcusolver"];
+  // The GPU of this machine when one is visible; otherwise Ampere and Hopper code plus PTX for newer GPUs.
+  const hasGpu = spawnSync("nvidia-smi", ["-L"], { encoding: "utf8" }).status === 0;
+  const fat = ["-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90", "-gencode=arch=compute_90,code=compute_90"];
+  const r = build(nvcc, out, [...(hasGpu ? [{ name: "-arch=native", flags: ["-arch=native", ...common] }] : []), { name: "sm_80+sm_90+PTX", flags: [...fat, ...common] }]);
+  return r.ok
+    ? `mha2mla: built the CUDA library ${path.relative(root, out)} with ${nvcc} (${r.variant}, cuBLAS, cuSOLVER)`
+    : `mha2mla: building the CUDA library with ${nvcc} failed (${r.error}): --device cuda is unavailable`;
+}
+
+const only = process.argv[2];
+if (only !== "cuda") console.log(buildCpu());
+if (only !== "cpu") console.log(buildCuda());

@@ -13,6 +13,7 @@ export type MlaErrorCode =
   | "BAD_TOKENIZER"
   | "BAD_TEXT"
   | "IO"
+  | "OUT_OF_MEMORY"
   | "INTERRUPTED";
 
 export class MlaError extends Error {

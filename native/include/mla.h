@@ -5,8 +5,8 @@
  * H query heads, Hkv KV heads, Dh/Dv head dims, M/N/K generic. Every function returns a status;
  * on failure mla_last_error() gives "file:line: message" for the calling thread. Nothing here calls
  * exit() or prints. The CPU build works on host pointers owned by the caller (JavaScript typed
- * arrays, passed without copies); the CUDA build (native/cuda/, not yet written) will add device
- * buffers behind opaque handles with the same op names.
+ * arrays, passed without copies); the CUDA build (native/cuda/) keeps tensors in device buffers behind
+ * opaque handles, with the same op names under mla_cuda_.
  */
 #ifndef MLA_H
 #define MLA_H
@@ -21,7 +21,8 @@ typedef enum {
   MLA_OK = 0,
   MLA_ERR_ARGUMENT = 1,  /* a size or pointer is invalid */
   MLA_ERR_MEMORY = 2,    /* an allocation failed */
-  MLA_ERR_INTERNAL = 3
+  MLA_ERR_INTERNAL = 3,
+  MLA_ERR_UNAVAILABLE = 4 /* no usable GPU / driver (CUDA build) */
 } mla_status;
 
 /* The last error of this thread, "file:line: message"; "" when none. */
@@ -93,6 +94,59 @@ mla_status mla_cpu_symmetric_eigen(const double* S, double* values, double* vect
 
 /* Z[a,c] = X[a,b]·Y[b,c], float64. */
 mla_status mla_cpu_matmul_f64(const double* X, const double* Y, double* Z, int64_t a, int64_t b, int64_t c);
+
+/* ======================= CUDA build (native/cuda → libmla_cuda.so) =======================
+   Tensors live on one GPU in buffers behind opaque handles, allocated from CUDA's stream-ordered
+   pool (a caching allocator); every op runs on one stream. Host int arrays (positions, ids,
+   targets, column indices) are passed as host pointers and copied by the op. Shapes as above. */
+enum { MLA_F32 = 0, MLA_BF16 = 1, MLA_F64 = 2, MLA_I32 = 3 };
+typedef struct mla_cuda_buf mla_cuda_buf;
+
+/* Picks the device and creates the stream and cuBLAS/cuSOLVER handles. MLA_ERR_UNAVAILABLE with the
+   CUDA error, and a driver/toolkit mismatch spelled out, when no GPU can be used. */
+mla_status mla_cuda_init(int device);
+/* "NVIDIA H100 80GB HBM3, 81559 MiB, sm_90, driver CUDA 13.0, runtime 13.0". */
+const char* mla_cuda_info(void);
+/* A buffer of n elements of dtype; NULL on failure (out of memory: mla_last_error names the size,
+   what mha2mla holds and what the device has free). */
+mla_cuda_buf* mla_cuda_alloc(int64_t n, int32_t dtype);
+void mla_cuda_free(mla_cuda_buf* b);
+mla_status mla_cuda_upload(mla_cuda_buf* dst, const void* host, int64_t bytes);
+mla_status mla_cuda_download(const mla_cuda_buf* src, void* host, int64_t bytes);
+/* out[4] = bytes held by live buffers, their peak, device free, device total. */
+mla_status mla_cuda_memory(int64_t* out);
+mla_status mla_cuda_reset_peak(void);
+mla_status mla_cuda_synchronize(void);
+/* f32 ↔ bf16 between buffers of equal length. */
+mla_status mla_cuda_cast(const mla_cuda_buf* x, mla_cuda_buf* y);
+
+/* As the CPU ops; w may be bf16 (activations are rounded to bf16, accumulation in f32). */
+mla_status mla_cuda_linear(const mla_cuda_buf* x, const mla_cuda_buf* w, const mla_cuda_buf* b, mla_cuda_buf* y, int64_t M, int64_t K, int64_t N);
+mla_status mla_cuda_linear_backward(const mla_cuda_buf* x, const mla_cuda_buf* w, const mla_cuda_buf* dy, mla_cuda_buf* dx, mla_cuda_buf* dw, mla_cuda_buf* db, int64_t M, int64_t K, int64_t N);
+mla_status mla_cuda_rmsnorm(const mla_cuda_buf* x, const mla_cuda_buf* w, mla_cuda_buf* y, int64_t rows, int64_t D, float eps);
+mla_status mla_cuda_rmsnorm_backward(const mla_cuda_buf* x, const mla_cuda_buf* w, const mla_cuda_buf* dy, mla_cuda_buf* dx, mla_cuda_buf* dw, int64_t rows, int64_t D, float eps);
+mla_status mla_cuda_rope(const mla_cuda_buf* x, mla_cuda_buf* y, const int32_t* positions, const double* inv_freq, int64_t n_freq, int64_t T, int64_t H, int64_t Dh, int64_t rotary_dims, int32_t sign);
+mla_status mla_cuda_attention(const mla_cuda_buf* q, const mla_cuda_buf* k, const mla_cuda_buf* v, mla_cuda_buf* o, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t query_offset, int64_t window);
+/* MLA attention on the latent cache: qr[T,H,Dr], kr[S,Hkv,Dr], qc[T,H,L], c[S,L] → o[T,H,L]. */
+mla_status mla_cuda_latent_attention(const mla_cuda_buf* qr, const mla_cuda_buf* kr, const mla_cuda_buf* qc, const mla_cuda_buf* c, mla_cuda_buf* o, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dr, int64_t L, float scale, int64_t query_offset, int64_t window);
+mla_status mla_cuda_swiglu(const mla_cuda_buf* gate, const mla_cuda_buf* up, mla_cuda_buf* y, int64_t n);
+mla_status mla_cuda_swiglu_backward(const mla_cuda_buf* gate, const mla_cuda_buf* up, const mla_cuda_buf* dy, mla_cuda_buf* dgate, mla_cuda_buf* dup, int64_t n);
+/* y = sa·a + sb·b (b may be NULL). */
+mla_status mla_cuda_axpby(const mla_cuda_buf* a, const mla_cuda_buf* b, mla_cuda_buf* y, float sa, float sb, int64_t n);
+mla_status mla_cuda_embedding(const mla_cuda_buf* table, const int32_t* ids, mla_cuda_buf* y, int64_t T, int64_t V, int64_t D);
+mla_status mla_cuda_embedding_backward(const int32_t* ids, const mla_cuda_buf* dy, mla_cuda_buf* dtable, int64_t T, int64_t V, int64_t D);
+/* loss[T] is a host array (skipped when NULL); grad a device buffer (skipped when NULL). */
+mla_status mla_cuda_cross_entropy(const mla_cuda_buf* logits, const int32_t* targets, double* loss, mla_cuda_buf* grad, float scale, int64_t T, int64_t V);
+/* y[m, offy + j] = x[m, offx + j] for j < w (rows of length Nx and Ny): concat and split. */
+mla_status mla_cuda_copy_cols(const mla_cuda_buf* x, mla_cuda_buf* y, int64_t M, int64_t Nx, int64_t offx, int64_t Ny, int64_t offy, int64_t w);
+mla_status mla_cuda_gather_cols(const mla_cuda_buf* x, const int32_t* idx, mla_cuda_buf* y, int64_t M, int64_t N, int64_t K);
+mla_status mla_cuda_scatter_cols(const mla_cuda_buf* dy, const int32_t* idx, mla_cuda_buf* y, int64_t M, int64_t K, int64_t N);
+
+/* float64 on host arrays, computed on the GPU (cuBLAS Dgemm, cuSOLVER Dsyevd); same contracts as the
+   mla_cpu_ versions. */
+mla_status mla_cuda_gram_f64(const double* A, double* G, int64_t M, int64_t N);
+mla_status mla_cuda_matmul_f64(const double* X, const double* Y, double* Z, int64_t a, int64_t b, int64_t c);
+mla_status mla_cuda_symmetric_eigen(const double* S, double* values, double* vectors, int64_t n);
 
 #ifdef __cplusplus
 }

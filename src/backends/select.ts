@@ -1,31 +1,63 @@
 /**
- * `--device`: which backend runs the ops. auto = CUDA (not built yet), then the native CPU library,
- * then the TypeScript reference backend, and says which it picked.
+ * `--device`: which backend runs the ops. auto = CUDA when its library loads and a GPU is visible,
+ * then the native CPU library, then the TypeScript reference backend; says once which it picked and
+ * why the ones before were passed over. The conversion's float64 linear algebra follows the device.
  */
 import { MlaError } from "../errors.js";
 import type { Backend } from "../tensor/backend.js";
 import type { Logger } from "../util/log.js";
 import { referenceBackend } from "./reference/index.js";
-import { loadNativeCpu, NativeCpuBackend } from "./native/cpu.js";
+import { loadNativeCpu, nativeLinalg, NativeCpuBackend } from "./native/cpu.js";
+import { CudaBackend, cudaLinalg, loadCuda } from "./native/cuda.js";
+import { type Linalg } from "./native/linalg.js";
 
 export const DEVICE_NAMES = ["auto", "reference", "cpu", "cuda"] as const;
 export type DeviceName = (typeof DEVICE_NAMES)[number];
 
 let cpu: NativeCpuBackend | null = null;
-let announced = false;
+let cuda: CudaBackend | null = null;
+const announced = new Set<string>();
+
+function announce(log: Logger, line: string): void {
+  if (announced.has(line)) return;
+  announced.add(line);
+  log.info(line);
+}
+
+/** CUDA when requested or (auto) available; null when auto and unavailable. */
+function tryCuda(device: DeviceName, log: Logger): CudaBackend | null {
+  if (device !== "auto" && device !== "cuda") return null;
+  if (device === "auto" && process.env["MHA2MLA_NO_CUDA"]) return null;
+  const lib = loadCuda();
+  if (typeof lib === "string") {
+    if (device === "cuda") throw new MlaError("UNSUPPORTED", `--device cuda: ${lib}`, "use --device cpu, or build the CUDA library with `npm run build:native` on a machine with nvcc and a GPU");
+    return null;
+  }
+  cuda ??= new CudaBackend(lib);
+  announce(log, `device: CUDA (${cuda.info})`);
+  return cuda;
+}
 
 export function selectBackend(device: DeviceName, log: Logger): Backend {
   if (device === "reference") return referenceBackend;
-  if (device === "cuda") throw new MlaError("UNSUPPORTED", "--device cuda: the CUDA backend is not built in this version", "use --device cpu (native CPU) or reference");
+  const gpu = tryCuda(device, log);
+  if (gpu) return gpu;
   const lib = loadNativeCpu();
   if (typeof lib === "string") {
     if (device === "cpu") throw new MlaError("UNSUPPORTED", `--device cpu: the native CPU library is not available: ${lib}`, "install a C++ compiler (g++) and run `npm run build:native`, or use --device reference");
-    if (!announced) log.info(`device: reference (TypeScript) backend; native CPU library unavailable: ${lib}`);
-    announced = true;
+    announce(log, `device: reference (TypeScript) backend; native CPU library unavailable: ${lib}`);
     return referenceBackend;
   }
   cpu ??= new NativeCpuBackend(lib);
-  if (!announced) log.info(`device: native CPU backend (${cpu.info})`);
-  announced = true;
+  announce(log, `device: native CPU backend (${cpu.info})`);
   return cpu;
+}
+
+/** The float64 linear-algebra route for `device` (null: TypeScript/ml-matrix). */
+export function selectLinalg(device: DeviceName, log: Logger): Linalg | null {
+  if (device === "reference") return null;
+  const gpu = tryCuda(device, log);
+  if (gpu) return cudaLinalg(gpu.lib);
+  if (device === "cpu" && typeof loadNativeCpu() === "string") selectBackend("cpu", log); // throws the clear error
+  return process.env["MHA2MLA_SKIP_NATIVE_LINALG"] ? null : nativeLinalg();
 }

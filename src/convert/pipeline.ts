@@ -16,7 +16,8 @@ import type { TensorSpec } from "../io/safetensors.js";
 import type { ModelConfig } from "../model/config.js";
 import { expectedTensors, layerPrefix } from "../model/weights.js";
 import { loadModel } from "../model/llama.js";
-import { DeviceName, selectBackend } from "../backends/select.js";
+import { DeviceName, selectBackend, selectLinalg } from "../backends/select.js";
+import { useLinalg } from "../backends/native/linalg.js";
 import { calibrate, calibrationWindows, CalibrationStats } from "../ropeSelect/calibrate.js";
 import { fixedPairs, RopeStrategy, topPairs, twoNormScores } from "../ropeSelect/strategies.js";
 import { covarianceRoots } from "../svd/truncated.js";
@@ -92,6 +93,9 @@ export async function convert(spec: string, opts: ConvertOptions): Promise<Conve
     const mlaConfig: ModelConfig = { ...config, attention: { kind: "mla", ropePairs: settings.ropePairs, selection, rank: settings.rank, latentDim: plan.latentDim, svd: settings.svd } };
 
     tmp = beginOutDir(out, opts.force ?? false);
+    const linalg = selectLinalg(opts.device ?? "auto", log);
+    useLinalg(linalg);
+    log.info(`factoring with the ${linalg?.name ?? "TypeScript"} float64 routines`);
     const tFactor = { s: 0 };
     const energy = await writeConverted(src, config, mlaConfig, kvDtype, tmp, settings.svd, stats, tFactor, opts.progress);
     timings["factor_s"] = tFactor.s;
@@ -122,6 +126,7 @@ export async function convert(spec: string, opts: ConvertOptions): Promise<Conve
     if (tmp) abandonOutDir(tmp);
     throw e;
   } finally {
+    useLinalg(undefined);
     src.close();
   }
 }

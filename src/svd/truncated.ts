@@ -10,9 +10,12 @@
 import { EigenvalueDecomposition, Matrix } from "ml-matrix";
 import { MlaError } from "../errors.js";
 import { nativeLinalg } from "../backends/native/cpu.js";
+import { chosenLinalg } from "../backends/native/linalg.js";
 
-/** The native float64 routines, unless disabled (tests compare both routes). */
+/** The route chosen for this process (CUDA when converting on the GPU), else the native CPU routines unless disabled (tests compare both routes). */
 function native() {
+  const c = chosenLinalg();
+  if (c !== undefined) return c;
   return process.env["MHA2MLA_SKIP_NATIVE_LINALG"] ? null : nativeLinalg();
 }
 

@@ -11,6 +11,7 @@ import { packageRoot } from "../../io/modelDir.js";
 import type { AttentionOptions } from "../../tensor/backend.js";
 import { Tensor, expectShape } from "../../tensor/tensor.js";
 import { ReferenceBackend, data } from "../reference/index.js";
+import type { Linalg } from "./linalg.js";
 
 type Fn = (...args: unknown[]) => number;
 
@@ -240,13 +241,14 @@ export class NativeCpuBackend extends ReferenceBackend {
 }
 
 /** float64 linear algebra for the conversion SVD, native when the library is built (null otherwise). */
-export function nativeLinalg(): { gram(A: Float64Array, M: number, N: number): Float64Array; eigen(S: Float64Array, n: number): { values: Float64Array; vectors: Float64Array }; matmul(X: Float64Array, Y: Float64Array, a: number, b: number, c: number): Float64Array } | null {
+export function nativeLinalg(): Linalg | null {
   const lib = loadNativeCpu();
   if (typeof lib === "string") return null;
   const ok = (op: string, status: number) => {
     if (status !== 0) throw new MlaError("BAD_ARGUMENT", `native ${op} failed: ${lib.lastError()}`, "this is a bug; set MHA2MLA_SKIP_NATIVE_LINALG=1 to use the TypeScript route");
   };
   return {
+    name: "cpu",
     gram(A, M, N) {
       const G = new Float64Array(N * N);
       ok("gram_f64", lib.gramF64(A, G, M, N));

@@ -1,0 +1,64 @@
+// Shared state and checks of the CUDA build: one device, one stream, cuBLAS and cuSOLVER handles,
+// device buffers behind opaque handles (mla_cuda_buf), allocated from CUDA's stream-ordered pool
+// (cudaMallocAsync with an unlimited release threshold: a caching allocator without our own free lists).
+#pragma once
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <cusolverDn.h>
+#include <cstdint>
+#include <string>
+#include "mla.h"
+
+struct mla_cuda_buf {
+  void* ptr;
+  int64_t n;      // elements
+  int32_t dtype;  // MLA_F32, MLA_BF16, MLA_F64, MLA_I32
+};
+
+namespace mla {
+struct Context {
+  int device = -1;
+  cudaStream_t stream = nullptr;
+  cublasHandle_t blas = nullptr;
+  cusolverDnHandle_t solver = nullptr;
+  int64_t live_bytes = 0;
+  int64_t peak_bytes = 0;
+  std::string info;
+};
+Context* ctx();  // nullptr before a successful mla_cuda_init
+mla_status fail(mla_status code, const char* file, int line, const std::string& msg);
+const char* cublas_name(cublasStatus_t s);
+size_t dtype_size(int32_t dtype);
+// Device scratch of at least `bytes`, valid until the next call on this thread (stream-ordered).
+void* scratch(size_t bytes, mla_status* st);
+}  // namespace mla
+
+#define MLA_FAIL(code, msg) ::mla::fail(code, __FILE__, __LINE__, msg)
+#define MLA_CHECK(cond, msg) \
+  do {                       \
+    if (!(cond)) return MLA_FAIL(MLA_ERR_ARGUMENT, msg); \
+  } while (0)
+#define CUDA_TRY(call)                                                                                       \
+  do {                                                                                                       \
+    cudaError_t e_ = (call);                                                                                 \
+    if (e_ != cudaSuccess)                                                                                   \
+      return MLA_FAIL(e_ == cudaErrorMemoryAllocation ? MLA_ERR_MEMORY : MLA_ERR_INTERNAL, std::string(#call) + ": " + cudaGetErrorName(e_) + " (" + cudaGetErrorString(e_) + ")"); \
+  } while (0)
+#define CUBLAS_TRY(call)                                                                                \
+  do {                                                                                                  \
+    cublasStatus_t s_ = (call);                                                                         \
+    if (s_ != CUBLAS_STATUS_SUCCESS) return MLA_FAIL(MLA_ERR_INTERNAL, std::string(#call) + ": " + ::mla::cublas_name(s_)); \
+  } while (0)
+#define CUSOLVER_TRY(call)                                                                                        \
+  do {                                                                                                            \
+    cusolverStatus_t s_ = (call);                                                                                 \
+    if (s_ != CUSOLVER_STATUS_SUCCESS) return MLA_FAIL(MLA_ERR_INTERNAL, std::string(#call) + ": cusolver status " + std::to_string((int)s_)); \
+  } while (0)
+#define NEED_CTX() \
+  do {             \
+    if (!::mla::ctx()) return MLA_FAIL(MLA_ERR_ARGUMENT, "CUDA backend not initialized: call mla_cuda_init first"); \
+  } while (0)
+#define KERNEL_CHECK() CUDA_TRY(cudaGetLastError())
+
+inline unsigned blocks_for(int64_t n, int threads) { return (unsigned)((n + threads - 1) / threads); }

@@ -1,0 +1,170 @@
+// Device, stream, handles, buffers and errors of the CUDA build.
+#include <cstring>
+#include <mutex>
+#include "common.cuh"
+
+namespace mla {
+static thread_local std::string last_error;
+static Context* the_ctx = nullptr;
+static void* scratch_ptr = nullptr;
+static size_t scratch_bytes = 0;
+
+Context* ctx() { return the_ctx; }
+
+mla_status fail(mla_status code, const char* file, int line, const std::string& msg) {
+  const char* base = std::strrchr(file, '/');
+  last_error = std::string(base ? base + 1 : file) + ":" + std::to_string(line) + ": " + msg;
+  return code;
+}
+
+const char* cublas_name(cublasStatus_t s) {
+  switch (s) {
+    case CUBLAS_STATUS_NOT_INITIALIZED: return "CUBLAS_STATUS_NOT_INITIALIZED";
+    case CUBLAS_STATUS_ALLOC_FAILED: return "CUBLAS_STATUS_ALLOC_FAILED";
+    case CUBLAS_STATUS_INVALID_VALUE: return "CUBLAS_STATUS_INVALID_VALUE";
+    case CUBLAS_STATUS_ARCH_MISMATCH: return "CUBLAS_STATUS_ARCH_MISMATCH";
+    case CUBLAS_STATUS_EXECUTION_FAILED: return "CUBLAS_STATUS_EXECUTION_FAILED";
+    case CUBLAS_STATUS_NOT_SUPPORTED: return "CUBLAS_STATUS_NOT_SUPPORTED";
+    default: return "CUBLAS error";
+  }
+}
+
+size_t dtype_size(int32_t dtype) {
+  switch (dtype) {
+    case MLA_F32: return 4;
+    case MLA_BF16: return 2;
+    case MLA_F64: return 8;
+    case MLA_I32: return 4;
+    default: return 0;
+  }
+}
+
+void* scratch(size_t bytes, mla_status* st) {
+  *st = MLA_OK;
+  if (bytes <= scratch_bytes) return scratch_ptr;
+  if (scratch_ptr) cudaFreeAsync(scratch_ptr, the_ctx->stream);
+  scratch_ptr = nullptr;
+  scratch_bytes = 0;
+  size_t want = bytes < (1u << 20) ? (1u << 20) : bytes;
+  cudaError_t e = cudaMallocAsync(&scratch_ptr, want, the_ctx->stream);
+  if (e != cudaSuccess) {
+    *st = fail(MLA_ERR_MEMORY, __FILE__, __LINE__, "scratch of " + std::to_string(want) + " bytes: " + cudaGetErrorString(e));
+    scratch_ptr = nullptr;
+    return nullptr;
+  }
+  scratch_bytes = want;
+  return scratch_ptr;
+}
+}  // namespace mla
+
+using mla::ctx;
+
+extern "C" const char* mla_last_error(void) { return mla::last_error.c_str(); }
+
+extern "C" mla_status mla_cuda_init(int device) {
+  if (ctx()) return ctx()->device == device ? MLA_OK : MLA_FAIL(MLA_ERR_ARGUMENT, "CUDA already initialized on device " + std::to_string(ctx()->device));
+  int driver = 0, runtime = 0, count = 0;
+  cudaDriverGetVersion(&driver);
+  cudaRuntimeGetVersion(&runtime);
+  cudaError_t e = cudaGetDeviceCount(&count);
+  if (e != cudaSuccess) {
+    std::string why = std::string(cudaGetErrorName(e)) + " (" + cudaGetErrorString(e) + ")";
+    if (driver == 0) why += "; no NVIDIA driver found";
+    else if (driver < runtime) why += "; the driver supports CUDA " + std::to_string(driver / 1000) + "." + std::to_string(driver % 1000 / 10) + " but this library was built with CUDA " + std::to_string(runtime / 1000) + "." + std::to_string(runtime % 1000 / 10) + " (driver/toolkit mismatch: update the driver or build with an older toolkit)";
+    return MLA_FAIL(MLA_ERR_UNAVAILABLE, "no usable GPU: " + why);
+  }
+  if (count == 0) return MLA_FAIL(MLA_ERR_UNAVAILABLE, "no GPU visible (cudaGetDeviceCount = 0; check CUDA_VISIBLE_DEVICES)");
+  MLA_CHECK(device >= 0 && device < count, "device " + std::to_string(device) + " does not exist (" + std::to_string(count) + " visible)");
+  CUDA_TRY(cudaSetDevice(device));
+  auto* c = new mla::Context();
+  c->device = device;
+  CUDA_TRY(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
+  cudaMemPool_t pool;
+  CUDA_TRY(cudaDeviceGetDefaultMemPool(&pool, device));
+  uint64_t keep = UINT64_MAX;  // never hand freed blocks back to the driver between calls
+  CUDA_TRY(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep));
+  CUBLAS_TRY(cublasCreate(&c->blas));
+  CUBLAS_TRY(cublasSetStream(c->blas, c->stream));
+  CUSOLVER_TRY(cusolverDnCreate(&c->solver));
+  CUSOLVER_TRY(cusolverDnSetStream(c->solver, c->stream));
+  cudaDeviceProp p;
+  CUDA_TRY(cudaGetDeviceProperties(&p, device));
+  c->info = std::string(p.name) + ", " + std::to_string(p.totalGlobalMem >> 20) + " MiB, sm_" + std::to_string(p.major) + std::to_string(p.minor) +
+            ", driver CUDA " + std::to_string(driver / 1000) + "." + std::to_string(driver % 1000 / 10) + ", runtime " + std::to_string(runtime / 1000) + "." + std::to_string(runtime % 1000 / 10);
+  mla::the_ctx = c;
+  return MLA_OK;
+}
+
+extern "C" const char* mla_cuda_info(void) { return ctx() ? ctx()->info.c_str() : ""; }
+
+extern "C" mla_cuda_buf* mla_cuda_alloc(int64_t n, int32_t dtype) {
+  if (!ctx()) {
+    MLA_FAIL(MLA_ERR_ARGUMENT, "CUDA backend not initialized: call mla_cuda_init first");
+    return nullptr;
+  }
+  const size_t es = mla::dtype_size(dtype);
+  if (es == 0 || n < 0) {
+    MLA_FAIL(MLA_ERR_ARGUMENT, "alloc: bad dtype " + std::to_string(dtype) + " or size " + std::to_string(n));
+    return nullptr;
+  }
+  auto* b = new mla_cuda_buf{nullptr, n, dtype};
+  const size_t bytes = (size_t)(n > 0 ? n : 1) * es;
+  cudaError_t e = cudaMallocAsync(&b->ptr, bytes, ctx()->stream);
+  if (e != cudaSuccess) {
+    size_t fr = 0, tot = 0;
+    cudaMemGetInfo(&fr, &tot);
+    cudaGetLastError();
+    MLA_FAIL(MLA_ERR_MEMORY, "out of GPU memory allocating " + std::to_string(bytes) + " bytes (" + std::to_string(bytes >> 20) + " MiB); " + std::to_string(ctx()->live_bytes >> 20) + " MiB held by mha2mla, " + std::to_string(fr >> 20) + " of " + std::to_string(tot >> 20) + " MiB free on the device");
+    delete b;
+    return nullptr;
+  }
+  ctx()->live_bytes += bytes;
+  if (ctx()->live_bytes > ctx()->peak_bytes) ctx()->peak_bytes = ctx()->live_bytes;
+  return b;
+}
+
+extern "C" void mla_cuda_free(mla_cuda_buf* b) {
+  if (!b || !ctx()) return;
+  cudaFreeAsync(b->ptr, ctx()->stream);
+  ctx()->live_bytes -= (int64_t)((b->n > 0 ? b->n : 1) * mla::dtype_size(b->dtype));
+  delete b;
+}
+
+extern "C" mla_status mla_cuda_upload(mla_cuda_buf* dst, const void* host, int64_t bytes) {
+  NEED_CTX();
+  MLA_CHECK(dst && host && bytes == dst->n * (int64_t)mla::dtype_size(dst->dtype), "upload: size mismatch");
+  CUDA_TRY(cudaMemcpyAsync(dst->ptr, host, bytes, cudaMemcpyHostToDevice, ctx()->stream));
+  CUDA_TRY(cudaStreamSynchronize(ctx()->stream));  // the host array may be reused by JavaScript right after
+  return MLA_OK;
+}
+
+extern "C" mla_status mla_cuda_download(const mla_cuda_buf* src, void* host, int64_t bytes) {
+  NEED_CTX();
+  MLA_CHECK(src && host && bytes == src->n * (int64_t)mla::dtype_size(src->dtype), "download: size mismatch");
+  CUDA_TRY(cudaMemcpyAsync(host, src->ptr, bytes, cudaMemcpyDeviceToHost, ctx()->stream));
+  CUDA_TRY(cudaStreamSynchronize(ctx()->stream));
+  return MLA_OK;
+}
+
+extern "C" mla_status mla_cuda_memory(int64_t* out) {
+  NEED_CTX();
+  size_t fr = 0, tot = 0;
+  CUDA_TRY(cudaMemGetInfo(&fr, &tot));
+  out[0] = ctx()->live_bytes;
+  out[1] = ctx()->peak_bytes;
+  out[2] = (int64_t)fr;
+  out[3] = (int64_t)tot;
+  return MLA_OK;
+}
+
+extern "C" mla_status mla_cuda_reset_peak(void) {
+  NEED_CTX();
+  ctx()->peak_bytes = ctx()->live_bytes;
+  return MLA_OK;
+}
+
+extern "C" mla_status mla_cuda_synchronize(void) {
+  NEED_CTX();
+  CUDA_TRY(cudaStreamSynchronize(ctx()->stream));
+  return MLA_OK;
+}

@@ -1,0 +1,385 @@
+// Elementwise, normalization, RoPE, embedding, loss and attention kernels of the CUDA build.
+// Attention is the straightforward version (one block per query row and head, scores in shared
+// memory, float32 accumulation); a fused flash-style kernel is the next step.
+#include <cfloat>
+#include <vector>
+#include "common.cuh"
+
+using mla::ctx;
+#define S_ ctx()->stream
+
+namespace {
+__device__ float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ float warp_max(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+// Block-wide reduction (blockDim.x a multiple of 32, ≤ 1024); every thread gets the result.
+template <bool IsMax>
+__device__ float block_reduce(float v, float* red) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  v = IsMax ? warp_max(v) : warp_sum(v);
+  __syncthreads();
+  if (lane == 0) red[warp] = v;
+  __syncthreads();
+  float r = IsMax ? -FLT_MAX : 0.0f;
+  for (int i = 0; i < nw; i++) r = IsMax ? fmaxf(r, red[i]) : r + red[i];
+  return r;
+}
+
+// A host int32 array copied into a stream-ordered device allocation, freed with the object.
+struct DevInts {
+  int32_t* p = nullptr;
+  ~DevInts() {
+    if (p) cudaFreeAsync(p, S_);
+  }
+};
+struct DevF64s {
+  double* p = nullptr;
+  ~DevF64s() {
+    if (p) cudaFreeAsync(p, S_);
+  }
+};
+template <typename T, typename H>
+mla_status to_device(H& d, const T* host, int64_t n) {
+  CUDA_TRY(cudaMallocAsync(&d.p, sizeof(T) * (n > 0 ? n : 1), S_));
+  if (n > 0) CUDA_TRY(cudaMemcpyAsync(d.p, host, sizeof(T) * n, cudaMemcpyHostToDevice, S_));
+  return MLA_OK;
+}
+#define TO_DEVICE(d, host, n)                        \
+  do {                                               \
+    mla_status st_ = to_device(d, host, n);          \
+    if (st_ != MLA_OK) return st_;                   \
+  } while (0)
+
+bool is_f32(const mla_cuda_buf* b, int64_t n) { return b && b->dtype == MLA_F32 && b->n == n; }
+}  // namespace
+
+#define F(b) ((float*)(b)->ptr)
+#define CF(b) ((const float*)(b)->ptr)
+
+// ---------------- elementwise ----------------
+__global__ void k_swiglu(const float* g, const float* u, float* y, int64_t n) {
+  const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+  if (i < n) y[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+__global__ void k_swiglu_bwd(const float* g, const float* u, const float* dy, float* dg, float* du, int64_t n) {
+  const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  const float sig = 1.0f / (1.0f + expf(-g[i]));
+  du[i] = dy[i] * g[i] * sig;
+  dg[i] = dy[i] * u[i] * sig * (1.0f + g[i] * (1.0f - sig));
+}
+__global__ void k_axpby(const float* a, const float* b, float* y, float sa, float sb, int64_t n) {
+  const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+  if (i < n) y[i] = sa * a[i] + (b ? sb * b[i] : 0.0f);
+}
+
+extern "C" mla_status mla_cuda_swiglu(const mla_cuda_buf* g, const mla_cuda_buf* u, mla_cuda_buf* y, int64_t n) {
+  NEED_CTX();
+  MLA_CHECK(is_f32(g, n) && is_f32(u, n) && is_f32(y, n), "swiglu: f32 buffers of n elements");
+  if (n) k_swiglu<<<blocks_for(n, 256), 256, 0, S_>>>(CF(g), CF(u), F(y), n);
+  KERNEL_CHECK();
+  return MLA_OK;
+}
+extern "C" mla_status mla_cuda_swiglu_backward(const mla_cuda_buf* g, const mla_cuda_buf* u, const mla_cuda_buf* dy, mla_cuda_buf* dg, mla_cuda_buf* du, int64_t n) {
+  NEED_CTX();
+  MLA_CHECK(is_f32(g, n) && is_f32(u, n) && is_f32(dy, n) && is_f32(dg, n) && is_f32(du, n), "swiglu_backward: f32 buffers of n elements");
+  if (n) k_swiglu_bwd<<<blocks_for(n, 256), 256, 0, S_>>>(CF(g), CF(u), CF(dy), F(dg), F(du), n);
+  KERNEL_CHECK();
+  return MLA_OK;
+}
+// y = sa·a + sb·b (b may be NULL): add and scale.
+extern "C" mla_status mla_cuda_axpby(const mla_cuda_buf* a, const mla_cuda_buf* b, mla_cuda_buf* y, float sa, float sb, int64_t n) {
+  NEED_CTX();
+  MLA_CHECK(is_f32(a, n) && (!b || is_f32(b, n)) && is_f32(y, n), "axpby: f32 buffers of n elements");
+  if (n) k_axpby<<<blocks_for(n, 256), 256, 0, S_>>>(CF(a), b ? CF(b) : nullptr, F(y), sa, sb, n);
+  KERNEL_CHECK();
+  return MLA_OK;
+}
+
+// ---------------- column moves: concat / split / gather / scatter along the last axis ----------------
+// y[m, off_y + j] (row length Ny) = x[m, off_x + j] (row length Nx) for j < w.
+__global__ void k_copy_cols(const float* x, float* y, int64_t M, int64_t Nx, int64_t offx, int64_t Ny, int64_t offy, int64_t w) {
+  const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+  if (i >= M * w) return;
+  const int64_t m = i / w, j = i % w;
+  y[m * Ny + offy + j] = x[m * Nx + offx + j];
+}
+extern "C" mla_status mla_cuda_copy_cols(const mla_cuda_buf* x, mla_cuda_buf* y, int64_t M, int64_t Nx, int64_t offx, int64_t Ny, int64_t offy, int64_t w) {
+  NEED_CTX();
+  MLA_CHECK(is_f32(x, M * Nx) && is_f32(y, M * Ny) && offx + w <= Nx && offy + w <= Ny, "copy_cols: bad sizes");
+  if (M * w) k_copy_cols<<<blocks_for(M * w, 256), 256, 0, S_>>>(CF(x), F(y), M, Nx, offx, Ny, offy, w);
+  KERNEL_CHECK();
+  return MLA_OK;
+}
+__global__ void k_gather_cols(const float* x, const int32_t* idx, float* y, int64_t M, int64_t N, int64_t K) {
+  const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+  if (i < M * K) y[i] = x[(i / K) * N + idx[i % K]];
+}
+// One thread per output row segment walks the K indices in order: repeated indices never race.
+__global__ void k_scatter_cols(const float* dy, const int32_t* idx, float* y, int64_t M, int64_t K, int64_t N) {
+  const int64_t m = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+  if (m >= M) return;
+  for (int64_t k = 0; k < K; k++) y[m * N + idx[k]] += dy[m * K + k];
+}
+extern "C" mla_status mla_cuda_gather_cols(const mla_cuda_buf* x, const int32_t* idx, mla_cuda_buf* y, int64_t M, int64_t N, int64_t K) {
+  NEED_CTX();
+  MLA_CHECK(is_f32(x, M * N) && is_f32(y, M * K) && idx, "gather_cols: bad sizes");
+  for (int64_t k = 0; k < K; k++) MLA_CHECK(idx[k] >= 0 && idx[k] < N, "gather_cols: column " + std::to_string(idx[k]) + " outside [0, " + std::to_string(N) + ")");
+  DevInts d;
+  TO_DEVICE(d, idx, K);
+  if (M * K) k_gather_cols<<<blocks_for(M * K, 256), 256, 0, S_>>>(CF(x), d.p, F(y), M, N, K);
+  KERNEL_CHECK();
+  return MLA_OK;
+}
+extern "C" mla_status mla_cuda_scatter_cols(const mla_cuda_buf* dy, const int32_t* idx, mla_cuda_buf* y, int64_t M, int64_t K, int64_t N) {
+  NEED_CTX();
+  MLA_CHECK(is_f32(dy, M * K) && is_f32(y, M * N) && idx, "scatter_cols: bad sizes");
+  for (int64_t k = 0; k < K; k++) MLA_CHECK(idx[k] >= 0 && idx[k] < N, "scatter_cols: column " + std::to_string(idx[k]) + " outside [0, " + std::to_string(N) + ")");
+  DevInts d;
+  TO_DEVICE(d, idx, K);
+  CUDA_TRY(cudaMemsetAsync(y->ptr, 0, sizeof(float) * M * N, S_));
+  if (M) k_scatter_cols<<<blocks_for(M, 128), 128, 0, S_>>>(CF(dy), d.p, F(y), M, K, N);
+  KERNEL_CHECK();
+  return MLA_OK;
+}
+
+// ---------------- RMSNorm ----------------
+__global__ void k_rmsnorm(const float* x, const float* w, float* y, int64_t D, float eps) {
+  __shared__ float red[32];
+  const float* xr = x + blockIdx.x * D;
+  float ss = 0;
+  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) ss += xr[i] * xr[i];
+  ss = block_reduce<false>(ss, red);
+  const float inv = rsqrtf(ss / D + eps);
+  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) y[blockIdx.x * D + i] = xr[i] * inv * w[i];
+}
+// dx = inv·(w⊙dy − x̂·mean(x̂⊙w⊙dy)), x̂ = x·inv; dw accumulated per row with atomics.
+__global__ void k_rmsnorm_bwd(const float* x, const float* w, const float* dy, float* dx, float* dw, int64_t D, float eps) {
+  __shared__ float red[32];
+  const float* xr = x + blockIdx.x * D;
+  const float* g = dy + blockIdx.x * D;
+  float ss = 0, dot = 0;
+  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) {
+    ss += xr[i] * xr[i];
+    dot += xr[i] * w[i] * g[i];
+  }
+  ss = block_reduce<false>(ss, red);
+  dot = block_reduce<false>(dot, red);
+  const float inv = rsqrtf(ss / D + eps);
+  const float c = dot * inv * inv * inv / D;
+  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) {
+    dx[blockIdx.x * D + i] = inv * w[i] * g[i] - c * xr[i];
+    atomicAdd(&dw[i], g[i] * xr[i] * inv);
+  }
+}
+extern "C" mla_status mla_cuda_rmsnorm(const mla_cuda_buf* x, const mla_cuda_buf* w, mla_cuda_buf* y, int64_t rows, int64_t D, float eps) {
+  NEED_CTX();
+  MLA_CHECK(is_f32(x, rows * D) && is_f32(w, D) && is_f32(y, rows * D), "rmsnorm: f32 buffers [rows, D], [D]");
+  if (rows) k_rmsnorm<<<(unsigned)rows, 256, 0, S_>>>(CF(x), CF(w), F(y), D, eps);
+  KERNEL_CHECK();
+  return MLA_OK;
+}
+extern "C" mla_status mla_cuda_rmsnorm_backward(const mla_cuda_buf* x, const mla_cuda_buf* w, const mla_cuda_buf* dy, mla_cuda_buf* dx, mla_cuda_buf* dw, int64_t rows, int64_t D, float eps) {
+  NEED_CTX();
+  MLA_CHECK(is_f32(x, rows * D) && is_f32(w, D) && is_f32(dy, rows * D) && is_f32(dx, rows * D) && is_f32(dw, D), "rmsnorm_backward: f32 buffers");
+  CUDA_TRY(cudaMemsetAsync(dw->ptr, 0, sizeof(float) * D, S_));
+  if (rows) k_rmsnorm_bwd<<<(unsigned)rows, 256, 0, S_>>>(CF(x), CF(w), CF(dy), F(dx), F(dw), D, eps);
+  KERNEL_CHECK();
+  return MLA_OK;
+}
+
+// ---------------- RoPE ----------------
+__global__ void k_rope(const float* x, float* y, const int32_t* pos, const double* inv_freq, int64_t T, int64_t H, int64_t Dh, int64_t half, bool per_head, int sign) {
+  const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+  if (i >= T * H * Dh) return;
+  const int64_t d = i % Dh, th = i / Dh, h = th % H, t = th / H;
+  if (d >= 2 * half) {
+    y[i] = x[i];
+    return;
+  }
+  const int64_t j = d < half ? d : d - half;
+  // The angle is rounded to float32 as HF computes it; sin/cos in double as the reference backend does.
+  const float a = (float)(sign * pos[t]) * (float)inv_freq[(per_head ? h * half : 0) + j];
+  const double c = cos((double)a), s = sin((double)a);
+  const float* xr = x + th * Dh;
+  y[i] = d < half ? (float)(xr[j] * c - xr[j + half] * s) : (float)(xr[j + half] * c + xr[j] * s);
+}
+extern "C" mla_status mla_cuda_rope(const mla_cuda_buf* x, mla_cuda_buf* y, const int32_t* positions, const double* inv_freq, int64_t n_freq, int64_t T, int64_t H, int64_t Dh, int64_t rotary_dims, int32_t sign) {
+  NEED_CTX();
+  MLA_CHECK(is_f32(x, T * H * Dh) && is_f32(y, T * H * Dh) && positions && inv_freq, "rope: f32 buffers [T,H,Dh]");
+  MLA_CHECK(rotary_dims > 0 && rotary_dims % 2 == 0 && rotary_dims <= Dh, "rope: rotary_dims must be even and at most Dh");
+  const int64_t half = rotary_dims / 2;
+  MLA_CHECK(n_freq == half || n_freq == H * half, "rope: n_freq must be rotary_dims/2 or H·rotary_dims/2");
+  DevInts p;
+  DevF64s f;
+  TO_DEVICE(p, positions, T);
+  TO_DEVICE(f, inv_freq, n_freq);
+  const int64_t n = T * H * Dh;
+  if (n) k_rope<<<blocks_for(n, 256), 256, 0, S_>>>(CF(x), F(y), p.p, f.p, T, H, Dh, half, n_freq == H * half && H > 1, sign < 0 ? -1 : 1);
+  KERNEL_CHECK();
+  return MLA_OK;
+}
+
+// ---------------- embedding ----------------
+__global__ void k_embedding(const float* table, const int32_t* ids, float* y, int64_t T, int64_t D) {
+  const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+  if (i < T * D) y[i] = table[(int64_t)ids[i / D] * D + i % D];
+}
+__global__ void k_embedding_bwd(const int32_t* ids, const float* dy, float* dt, int64_t T, int64_t D) {
+  const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+  if (i < T * D) atomicAdd(&dt[(int64_t)ids[i / D] * D + i % D], dy[i]);
+}
+static mla_status check_ids(const char* op, const int32_t* ids, int64_t T, int64_t V) {
+  for (int64_t t = 0; t < T; t++)
+    if (ids[t] < 0 || ids[t] >= V) return MLA_FAIL(MLA_ERR_ARGUMENT, std::string(op) + ": token id " + std::to_string(ids[t]) + " at position " + std::to_string(t) + " is outside the vocabulary of " + std::to_string(V));
+  return MLA_OK;
+}
+extern "C" mla_status mla_cuda_embedding(const mla_cuda_buf* table, const int32_t* ids, mla_cuda_buf* y, int64_t T, int64_t V, int64_t D) {
+  NEED_CTX();
+  MLA_CHECK(is_f32(table, V * D) && is_f32(y, T * D) && ids, "embedding: f32 buffers [V,D], [T,D]");
+  if (mla_status st = check_ids("embedding", ids, T, V)) return st;
+  DevInts d;
+  TO_DEVICE(d, ids, T);
+  if (T * D) k_embedding<<<blocks_for(T * D, 256), 256, 0, S_>>>(CF(table), d.p, F(y), T, D);
+  KERNEL_CHECK();
+  return MLA_OK;
+}
+extern "C" mla_status mla_cuda_embedding_backward(const int32_t* ids, const mla_cuda_buf* dy, mla_cuda_buf* dtable, int64_t T, int64_t V, int64_t D) {
+  NEED_CTX();
+  MLA_CHECK(is_f32(dy, T * D) && is_f32(dtable, V * D) && ids, "embedding_backward: f32 buffers");
+  if (mla_status st = check_ids("embedding_backward", ids, T, V)) return st;
+  DevInts d;
+  TO_DEVICE(d, ids, T);
+  CUDA_TRY(cudaMemsetAsync(dtable->ptr, 0, sizeof(float) * V * D, S_));
+  if (T * D) k_embedding_bwd<<<blocks_for(T * D, 256), 256, 0, S_>>>(d.p, CF(dy), F(dtable), T, D);
+  KERNEL_CHECK();
+  return MLA_OK;
+}
+
+// ---------------- cross-entropy ----------------
+__global__ void k_cross_entropy(const float* logits, const int32_t* targets, double* loss, float* grad, float scale, int64_t V) {
+  __shared__ float red[32];
+  const float* row = logits + blockIdx.x * V;
+  float mx = -FLT_MAX;
+  for (int64_t i = threadIdx.x; i < V; i += blockDim.x) mx = fmaxf(mx, row[i]);
+  mx = block_reduce<true>(mx, red);
+  float z = 0;
+  for (int64_t i = threadIdx.x; i < V; i += blockDim.x) z += expf(row[i] - mx);
+  z = block_reduce<false>(z, red);
+  const int32_t y = targets[blockIdx.x];
+  if (loss && threadIdx.x == 0) loss[blockIdx.x] = log((double)z) + mx - row[y];
+  if (grad)
+    for (int64_t i = threadIdx.x; i < V; i += blockDim.x) grad[blockIdx.x * V + i] = scale * (expf(row[i] - mx) / z - (i == y ? 1.0f : 0.0f));
+}
+// loss[T] on the host (double, skipped when NULL); grad[T,V] = scale·(softmax − onehot) on the device (skipped when NULL).
+extern "C" mla_status mla_cuda_cross_entropy(const mla_cuda_buf* logits, const int32_t* targets, double* loss, mla_cuda_buf* grad, float scale, int64_t T, int64_t V) {
+  NEED_CTX();
+  MLA_CHECK(is_f32(logits, T * V) && targets && (!grad || is_f32(grad, T * V)), "cross_entropy: f32 buffers [T,V]");
+  for (int64_t t = 0; t < T; t++) MLA_CHECK(targets[t] >= 0 && targets[t] < V, "cross_entropy: target " + std::to_string(targets[t]) + " is outside the vocabulary of " + std::to_string(V));
+  DevInts d;
+  TO_DEVICE(d, targets, T);
+  DevF64s l;
+  if (loss) CUDA_TRY(cudaMallocAsync(&l.p, sizeof(double) * (T > 0 ? T : 1), S_));
+  if (T) k_cross_entropy<<<(unsigned)T, 256, 0, S_>>>(CF(logits), d.p, l.p, grad ? F(grad) : nullptr, scale, V);
+  KERNEL_CHECK();
+  if (loss && T) CUDA_TRY(cudaMemcpyAsync(loss, l.p, sizeof(double) * T, cudaMemcpyDeviceToHost, S_));
+  CUDA_TRY(cudaStreamSynchronize(S_));
+  return MLA_OK;
+}
+
+// ---------------- attention ----------------
+// One block per (query row t, head h). Dynamic shared memory: the query row(s) and the scores of
+// the visible keys. Latent attention adds a second dot product against the shared latent c[S, L]
+// and reads its values from c; plain attention reads k and v of KV head h / (H / Hkv).
+template <bool Latent>
+__global__ void k_attention(const float* q, const float* k, const float* v, const float* qc, const float* c, float* o, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, int64_t L, float scale, int64_t off, int64_t window) {
+  extern __shared__ float sm[];
+  __shared__ float red[32];
+  const int64_t t = blockIdx.x / H, h = blockIdx.x % H, kh = h / (H / Hkv);
+  const int64_t qpos = t + off;
+  const int64_t lo = window > 0 ? max((int64_t)0, qpos - window + 1) : 0, hi = min(S - 1, qpos);
+  const int64_t n = hi - lo + 1;
+  const int64_t Dout = Latent ? L : Dv;
+  float* out = o + (t * H + h) * Dout;
+  if (n <= 0) {
+    for (int64_t d = threadIdx.x; d < Dout; d += blockDim.x) out[d] = 0;
+    return;
+  }
+  float* qs = sm;                      // [Dh] (+ [L] for latent)
+  float* p = sm + Dh + (Latent ? L : 0);  // [n]
+  for (int64_t d = threadIdx.x; d < Dh; d += blockDim.x) qs[d] = q[(t * H + h) * Dh + d];
+  if (Latent)
+    for (int64_t d = threadIdx.x; d < L; d += blockDim.x) qs[Dh + d] = qc[(t * H + h) * L + d];
+  __syncthreads();
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  for (int64_t j = warp; j < n; j += nw) {
+    const int64_t s = lo + j;
+    const float* kr = k + (s * Hkv + kh) * Dh;
+    float dot = 0;
+    for (int64_t d = lane; d < Dh; d += 32) dot += qs[d] * kr[d];
+    if (Latent) {
+      const float* cr = c + s * L;
+      for (int64_t d = lane; d < L; d += 32) dot += qs[Dh + d] * cr[d];
+    }
+    dot = warp_sum(dot);
+    if (lane == 0) p[j] = dot * scale;
+  }
+  __syncthreads();
+  float mx = -FLT_MAX;
+  for (int64_t j = threadIdx.x; j < n; j += blockDim.x) mx = fmaxf(mx, p[j]);
+  mx = block_reduce<true>(mx, red);
+  float z = 0;
+  for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
+    const float e = expf(p[j] - mx);
+    p[j] = e;
+    z += e;
+  }
+  z = block_reduce<false>(z, red);  // its barriers also publish p
+  for (int64_t d = threadIdx.x; d < Dout; d += blockDim.x) {
+    float acc = 0;
+    if (Latent)
+      for (int64_t j = 0; j < n; j++) acc += p[j] * c[(lo + j) * L + d];
+    else
+      for (int64_t j = 0; j < n; j++) acc += p[j] * v[((lo + j) * Hkv + kh) * Dv + d];
+    out[d] = acc / z;
+  }
+}
+
+template <bool Latent>
+static mla_status launch_attention(const float* q, const float* k, const float* v, const float* qc, const float* c, float* o, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, int64_t L, float scale, int64_t off, int64_t window) {
+  static int max_smem = -1;
+  if (max_smem < 0) {
+    CUDA_TRY(cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, ctx()->device));
+    CUDA_TRY(cudaFuncSetAttribute(k_attention<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, max_smem - 1024));
+    CUDA_TRY(cudaFuncSetAttribute(k_attention<false>, cudaFuncAttributeMaxDynamicSharedMemorySize, max_smem - 1024));
+  }
+  const int64_t visible = min(S, window > 0 ? window : S);
+  const size_t smem = sizeof(float) * (Dh + (Latent ? L : 0) + visible);
+  if (smem > (size_t)(max_smem - 1024))
+    return MLA_FAIL(MLA_ERR_ARGUMENT, "attention: " + std::to_string(visible) + " visible keys need " + std::to_string(smem) + " bytes of shared memory, more than the " + std::to_string(max_smem - 1024) + " this kernel can use; evaluate with a shorter context or use --device cpu");
+  if (T * H) {
+    if (Latent) k_attention<true><<<(unsigned)(T * H), 128, smem, S_>>>(q, k, v, qc, c, o, T, S, H, Hkv, Dh, Dv, L, scale, off, window);
+    else k_attention<false><<<(unsigned)(T * H), 128, smem, S_>>>(q, k, v, qc, c, o, T, S, H, Hkv, Dh, Dv, L, scale, off, window);
+  }
+  KERNEL_CHECK();
+  return MLA_OK;
+}
+
+extern "C" mla_status mla_cuda_attention(const mla_cuda_buf* q, const mla_cuda_buf* k, const mla_cuda_buf* v, mla_cuda_buf* o, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window) {
+  NEED_CTX();
+  MLA_CHECK(is_f32(q, T * H * Dh) && is_f32(k, S * Hkv * Dh) && is_f32(v, S * Hkv * Dv) && is_f32(o, T * H * Dv), "attention: f32 buffers q[T,H,Dh], k[S,Hkv,Dh], v[S,Hkv,Dv], o[T,H,Dv]");
+  MLA_CHECK(Hkv > 0 && H % Hkv == 0, "attention: H must be a multiple of Hkv");
+  return launch_attention<false>(CF(q), CF(k), CF(v), nullptr, nullptr, F(o), T, S, H, Hkv, Dh, Dv, 0, scale, off, window);
+}
+
+extern "C" mla_status mla_cuda_latent_attention(const mla_cuda_buf* qr, const mla_cuda_buf* kr, const mla_cuda_buf* qc, const mla_cuda_buf* c, mla_cuda_buf* o, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dr, int64_t L, float scale, int64_t off, int64_t window) {
+  NEED_CTX();
+  MLA_CHECK(is_f32(qr, T * H * Dr) && is_f32(kr, S * Hkv * Dr) && is_f32(qc, T * H * L) && is_f32(c, S * L) && is_f32(o, T * H * L), "latent_attention: f32 buffers qr[T,H,Dr], kr[S,Hkv,Dr], qc[T,H,L], c[S,L], o[T,H,L]");
+  MLA_CHECK(Hkv > 0 && H % Hkv == 0, "latent_attention: H must be a multiple of Hkv");
+  return launch_attention<true>(CF(qr), CF(kr), nullptr, CF(qc), CF(c), F(o), T, S, H, Hkv, Dr, 0, L, scale, off, window);
+}

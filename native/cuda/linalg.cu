@@ -1,0 +1,176 @@
+// Matrix products through cuBLAS (linear forward/backward, float32 or bf16 weights with float32
+// accumulation) and the float64 linear algebra of the conversion (Gram, product, symmetric eigen
+// through cuSOLVER). Row-major arrays are handed to column-major cuBLAS as their transposes.
+#include <vector>
+#include "common.cuh"
+
+using mla::ctx;
+
+__global__ void f32_to_bf16(const float* x, __nv_bfloat16* y, int64_t n) {
+  const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+  if (i < n) y[i] = __float2bfloat16(x[i]);
+}
+
+__global__ void bf16_to_f32(const __nv_bfloat16* x, float* y, int64_t n) {
+  const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+  if (i < n) y[i] = __bfloat162float(x[i]);
+}
+
+__global__ void add_bias_rows(float* y, const float* b, int64_t M, int64_t N) {
+  const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+  if (i < M * N) y[i] += b[i % N];
+}
+
+// db[n] = Σ_m dy[m, n]: one thread per column, rows walked in order (deterministic).
+__global__ void column_sums(const float* dy, float* db, int64_t M, int64_t N) {
+  const int64_t n = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+  if (n >= N) return;
+  double s = 0;
+  for (int64_t m = 0; m < M; m++) s += dy[m * N + n];
+  db[n] = (float)s;
+}
+
+extern "C" mla_status mla_cuda_cast(const mla_cuda_buf* x, mla_cuda_buf* y) {
+  NEED_CTX();
+  MLA_CHECK(x && y && x->n == y->n, "cast: size mismatch");
+  const int64_t n = x->n;
+  if (x->dtype == MLA_F32 && y->dtype == MLA_BF16) f32_to_bf16<<<blocks_for(n, 256), 256, 0, ctx()->stream>>>((const float*)x->ptr, (__nv_bfloat16*)y->ptr, n);
+  else if (x->dtype == MLA_BF16 && y->dtype == MLA_F32) bf16_to_f32<<<blocks_for(n, 256), 256, 0, ctx()->stream>>>((const __nv_bfloat16*)x->ptr, (float*)y->ptr, n);
+  else return MLA_FAIL(MLA_ERR_ARGUMENT, "cast: only f32 ↔ bf16");
+  KERNEL_CHECK();
+  return MLA_OK;
+}
+
+extern "C" mla_status mla_cuda_linear(const mla_cuda_buf* x, const mla_cuda_buf* w, const mla_cuda_buf* b, mla_cuda_buf* y, int64_t M, int64_t K, int64_t N) {
+  NEED_CTX();
+  MLA_CHECK(x && w && y && x->dtype == MLA_F32 && y->dtype == MLA_F32, "linear: x and y must be f32 buffers");
+  MLA_CHECK(x->n == M * K && w->n == N * K && y->n == M * N && (!b || b->n == N), "linear: buffer sizes do not match M, K, N");
+  if (M == 0 || N == 0) return MLA_OK;
+  const float one = 1, zero = 0;
+  cublasHandle_t h = ctx()->blas;
+  if (w->dtype == MLA_F32) {
+    CUBLAS_TRY(cublasSgemm(h, CUBLAS_OP_T, CUBLAS_OP_N, (int)N, (int)M, (int)K, &one, (const float*)w->ptr, (int)K, (const float*)x->ptr, (int)K, &zero, (float*)y->ptr, (int)N));
+  } else if (w->dtype == MLA_BF16) {
+    // bf16 weights stay bf16: the activations are rounded to bf16 and the product accumulates in f32.
+    mla_status st;
+    auto* xb = (__nv_bfloat16*)mla::scratch(sizeof(__nv_bfloat16) * M * K, &st);
+    if (!xb) return st;
+    f32_to_bf16<<<blocks_for(M * K, 256), 256, 0, ctx()->stream>>>((const float*)x->ptr, xb, M * K);
+    KERNEL_CHECK();
+    CUBLAS_TRY(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, (int)N, (int)M, (int)K, &one, w->ptr, CUDA_R_16BF, (int)K, xb, CUDA_R_16BF, (int)K, &zero, y->ptr, CUDA_R_32F, (int)N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  } else {
+    return MLA_FAIL(MLA_ERR_ARGUMENT, "linear: w must be f32 or bf16");
+  }
+  if (b) {
+    add_bias_rows<<<blocks_for(M * N, 256), 256, 0, ctx()->stream>>>((float*)y->ptr, (const float*)b->ptr, M, N);
+    KERNEL_CHECK();
+  }
+  return MLA_OK;
+}
+
+extern "C" mla_status mla_cuda_linear_backward(const mla_cuda_buf* x, const mla_cuda_buf* w, const mla_cuda_buf* dy, mla_cuda_buf* dx, mla_cuda_buf* dw, mla_cuda_buf* db, int64_t M, int64_t K, int64_t N) {
+  NEED_CTX();
+  MLA_CHECK(x && w && dy && x->dtype == MLA_F32 && w->dtype == MLA_F32 && dy->dtype == MLA_F32, "linear_backward: f32 buffers only");
+  MLA_CHECK(x->n == M * K && w->n == N * K && dy->n == M * N, "linear_backward: buffer sizes do not match M, K, N");
+  const float one = 1, zero = 0;
+  cublasHandle_t h = ctx()->blas;
+  if (dx && M > 0 && K > 0) {
+    if (N == 0) CUDA_TRY(cudaMemsetAsync(dx->ptr, 0, sizeof(float) * M * K, ctx()->stream));
+    else CUBLAS_TRY(cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, (int)K, (int)M, (int)N, &one, (const float*)w->ptr, (int)K, (const float*)dy->ptr, (int)N, &zero, (float*)dx->ptr, (int)K));
+  }
+  if (dw && N > 0 && K > 0) {
+    if (M == 0) CUDA_TRY(cudaMemsetAsync(dw->ptr, 0, sizeof(float) * N * K, ctx()->stream));
+    else CUBLAS_TRY(cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_T, (int)K, (int)N, (int)M, &one, (const float*)x->ptr, (int)K, (const float*)dy->ptr, (int)N, &zero, (float*)dw->ptr, (int)K));
+  }
+  if (db && N > 0) {
+    column_sums<<<blocks_for(N, 128), 128, 0, ctx()->stream>>>((const float*)dy->ptr, (float*)db->ptr, M, N);
+    KERNEL_CHECK();
+  }
+  return MLA_OK;
+}
+
+// ---- float64 routines on host arrays (the conversion's SVD); each uploads, computes, downloads ----
+
+namespace {
+struct DevF64 {
+  double* p = nullptr;
+  ~DevF64() {
+    if (p) cudaFreeAsync(p, ctx()->stream);
+  }
+};
+}  // namespace
+
+#define DEV_ALLOC(buf, count)                                                                                              \
+  do {                                                                                                                     \
+    cudaError_t e_ = cudaMallocAsync(&(buf).p, sizeof(double) * (size_t)(count), ctx()->stream);                          \
+    if (e_ != cudaSuccess) {                                                                                               \
+      cudaGetLastError();                                                                                                  \
+      return MLA_FAIL(MLA_ERR_MEMORY, "out of GPU memory for a float64 " #buf " of " + std::to_string((int64_t)(count) * 8 >> 20) + " MiB"); \
+    }                                                                                                                      \
+  } while (0)
+
+extern "C" mla_status mla_cuda_gram_f64(const double* A, double* G, int64_t M, int64_t N) {
+  NEED_CTX();
+  MLA_CHECK(A && G && M >= 0 && N > 0, "gram_f64: bad arguments");
+  DevF64 a, g;
+  DEV_ALLOC(a, M * N + 1);
+  DEV_ALLOC(g, N * N);
+  cudaStream_t s = ctx()->stream;
+  CUDA_TRY(cudaMemcpyAsync(a.p, A, sizeof(double) * M * N, cudaMemcpyHostToDevice, s));
+  const double one = 1, zero = 0;
+  // Row-major A[M,N] is column-major Aᵀ (N×M); AᵀA = Aᵀ·(Aᵀ)ᵀ.
+  if (M == 0) CUDA_TRY(cudaMemsetAsync(g.p, 0, sizeof(double) * N * N, s));
+  else CUBLAS_TRY(cublasDgemm(ctx()->blas, CUBLAS_OP_N, CUBLAS_OP_T, (int)N, (int)N, (int)M, &one, a.p, (int)N, a.p, (int)N, &zero, g.p, (int)N));
+  CUDA_TRY(cudaMemcpyAsync(G, g.p, sizeof(double) * N * N, cudaMemcpyDeviceToHost, s));
+  CUDA_TRY(cudaStreamSynchronize(s));
+  return MLA_OK;
+}
+
+extern "C" mla_status mla_cuda_matmul_f64(const double* X, const double* Y, double* Z, int64_t a, int64_t b, int64_t c) {
+  NEED_CTX();
+  MLA_CHECK(X && Y && Z && a > 0 && b >= 0 && c > 0, "matmul_f64: bad arguments");
+  DevF64 x, y, z;
+  DEV_ALLOC(x, a * b + 1);
+  DEV_ALLOC(y, b * c + 1);
+  DEV_ALLOC(z, a * c);
+  cudaStream_t s = ctx()->stream;
+  CUDA_TRY(cudaMemcpyAsync(x.p, X, sizeof(double) * a * b, cudaMemcpyHostToDevice, s));
+  CUDA_TRY(cudaMemcpyAsync(y.p, Y, sizeof(double) * b * c, cudaMemcpyHostToDevice, s));
+  const double one = 1, zero = 0;
+  if (b == 0) CUDA_TRY(cudaMemsetAsync(z.p, 0, sizeof(double) * a * c, s));
+  else CUBLAS_TRY(cublasDgemm(ctx()->blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)c, (int)a, (int)b, &one, y.p, (int)c, x.p, (int)b, &zero, z.p, (int)c));
+  CUDA_TRY(cudaMemcpyAsync(Z, z.p, sizeof(double) * a * c, cudaMemcpyDeviceToHost, s));
+  CUDA_TRY(cudaStreamSynchronize(s));
+  return MLA_OK;
+}
+
+extern "C" mla_status mla_cuda_symmetric_eigen(const double* S, double* values, double* vectors, int64_t n) {
+  NEED_CTX();
+  MLA_CHECK(S && values && vectors && n > 0, "symmetric_eigen: bad arguments");
+  cudaStream_t s = ctx()->stream;
+  DevF64 m, w, work;
+  DEV_ALLOC(m, n * n);
+  DEV_ALLOC(w, n);
+  CUDA_TRY(cudaMemcpyAsync(m.p, S, sizeof(double) * n * n, cudaMemcpyHostToDevice, s));
+  int lwork = 0;
+  CUSOLVER_TRY(cusolverDnDsyevd_bufferSize(ctx()->solver, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_LOWER, (int)n, m.p, (int)n, w.p, &lwork));
+  DEV_ALLOC(work, (int64_t)lwork + 1);
+  int* info = nullptr;
+  CUDA_TRY(cudaMallocAsync(&info, sizeof(int), s));
+  cusolverStatus_t st = cusolverDnDsyevd(ctx()->solver, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_LOWER, (int)n, m.p, (int)n, w.p, work.p, lwork, info);
+  int h_info = 0;
+  cudaMemcpyAsync(&h_info, info, sizeof(int), cudaMemcpyDeviceToHost, s);
+  // Column j of the column-major result is eigenvector j (ascending): row j when read row-major.
+  std::vector<double> asc(n * n), vals(n);
+  cudaMemcpyAsync(asc.data(), m.p, sizeof(double) * n * n, cudaMemcpyDeviceToHost, s);
+  cudaMemcpyAsync(vals.data(), w.p, sizeof(double) * n, cudaMemcpyDeviceToHost, s);
+  CUDA_TRY(cudaStreamSynchronize(s));
+  cudaFreeAsync(info, s);
+  if (st != CUSOLVER_STATUS_SUCCESS) return MLA_FAIL(MLA_ERR_INTERNAL, "cusolverDnDsyevd: status " + std::to_string((int)st));
+  if (h_info != 0) return MLA_FAIL(MLA_ERR_INTERNAL, "cusolverDnDsyevd: info " + std::to_string(h_info) + " (did not converge or bad input)");
+  for (int64_t i = 0; i < n; i++) {
+    values[i] = vals[n - 1 - i];
+    std::copy(asc.begin() + (n - 1 - i) * n, asc.begin() + (n - i) * n, vectors + i * n);
+  }
+  return MLA_OK;
+}

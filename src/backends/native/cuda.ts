@@ -1,0 +1,437 @@
+/**
+ * The CUDA backend: tensors live in GPU buffers behind opaque handles of libmla_cuda.so (built from
+ * native/cuda by `npm install` when nvcc is found), loaded with koffi. Buffers are freed when their
+ * tensor is disposed or, failing that, when the JavaScript handle is collected (a FinalizationRegistry;
+ * a forced collection runs when much device memory has been handed out since the last one, because
+ * the tiny handles alone never make V8 collect). Ops without a CUDA kernel yet (attention backward,
+ * KL divergence) run on the host through the reference backend and say so in `hostFallbacks`.
+ */
+import fs from "node:fs";
+import path from "node:path";
+import v8 from "node:v8";
+import vm from "node:vm";
+import koffi from "koffi";
+import { MlaError } from "../../errors.js";
+import { packageRoot } from "../../io/modelDir.js";
+import type { AttentionOptions, Backend } from "../../tensor/backend.js";
+import { FloatArray, Tensor, expectShape } from "../../tensor/tensor.js";
+import { referenceBackend as R } from "../reference/index.js";
+import type { Linalg } from "./linalg.js";
+
+type Fn = (...args: unknown[]) => number;
+const F32 = 0;
+const BF16 = 1;
+
+interface CudaLib {
+  path: string;
+  info: string;
+  lastError: () => string;
+  alloc: (n: number, dtype: number) => unknown;
+  free: (b: unknown) => void;
+  fns: Record<string, Fn>;
+}
+
+const SIGNATURES: Record<string, string> = {
+  upload: "int mla_cuda_upload(mla_cuda_buf* dst, const void* host, int64_t bytes)",
+  download: "int mla_cuda_download(const mla_cuda_buf* src, void* host, int64_t bytes)",
+  memory: "int mla_cuda_memory(int64_t* out)",
+  resetPeak: "int mla_cuda_reset_peak(void)",
+  synchronize: "int mla_cuda_synchronize(void)",
+  cast: "int mla_cuda_cast(const mla_cuda_buf* x, mla_cuda_buf* y)",
+  linear: "int mla_cuda_linear(const mla_cuda_buf* x, const mla_cuda_buf* w, const mla_cuda_buf* b, mla_cuda_buf* y, int64_t M, int64_t K, int64_t N)",
+  linearBackward: "int mla_cuda_linear_backward(const mla_cuda_buf* x, const mla_cuda_buf* w, const mla_cuda_buf* dy, mla_cuda_buf* dx, mla_cuda_buf* dw, mla_cuda_buf* db, int64_t M, int64_t K, int64_t N)",
+  rmsnorm: "int mla_cuda_rmsnorm(const mla_cuda_buf* x, const mla_cuda_buf* w, mla_cuda_buf* y, int64_t rows, int64_t D, float eps)",
+  rmsnormBackward: "int mla_cuda_rmsnorm_backward(const mla_cuda_buf* x, const mla_cuda_buf* w, const mla_cuda_buf* dy, mla_cuda_buf* dx, mla_cuda_buf* dw, int64_t rows, int64_t D, float eps)",
+  rope: "int mla_cuda_rope(const mla_cuda_buf* x, mla_cuda_buf* y, const int32_t* positions, const double* inv_freq, int64_t n_freq, int64_t T, int64_t H, int64_t Dh, int64_t rotary_dims, int32_t sign)",
+  attention: "int mla_cuda_attention(const mla_cuda_buf* q, const mla_cuda_buf* k, const mla_cuda_buf* v, mla_cuda_buf* o, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window)",
+  latentAttention: "int mla_cuda_latent_attention(const mla_cuda_buf* qr, const mla_cuda_buf* kr, const mla_cuda_buf* qc, const mla_cuda_buf* c, mla_cuda_buf* o, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dr, int64_t L, float scale, int64_t off, int64_t window)",
+  swiglu: "int mla_cuda_swiglu(const mla_cuda_buf* g, const mla_cuda_buf* u, mla_cuda_buf* y, int64_t n)",
+  swigluBackward: "int mla_cuda_swiglu_backward(const mla_cuda_buf* g, const mla_cuda_buf* u, const mla_cuda_buf* dy, mla_cuda_buf* dg, mla_cuda_buf* du, int64_t n)",
+  axpby: "int mla_cuda_axpby(const mla_cuda_buf* a, const mla_cuda_buf* b, mla_cuda_buf* y, float sa, float sb, int64_t n)",
+  embedding: "int mla_cuda_embedding(const mla_cuda_buf* table, const int32_t* ids, mla_cuda_buf* y, int64_t T, int64_t V, int64_t D)",
+  embeddingBackward: "int mla_cuda_embedding_backward(const int32_t* ids, const mla_cuda_buf* dy, mla_cuda_buf* dtable, int64_t T, int64_t V, int64_t D)",
+  crossEntropy: "int mla_cuda_cross_entropy(const mla_cuda_buf* logits, const int32_t* targets, double* loss, mla_cuda_buf* grad, float scale, int64_t T, int64_t V)",
+  copyCols: "int mla_cuda_copy_cols(const mla_cuda_buf* x, mla_cuda_buf* y, int64_t M, int64_t Nx, int64_t offx, int64_t Ny, int64_t offy, int64_t w)",
+  gatherCols: "int mla_cuda_gather_cols(const mla_cuda_buf* x, const int32_t* idx, mla_cuda_buf* y, int64_t M, int64_t N, int64_t K)",
+  scatterCols: "int mla_cuda_scatter_cols(const mla_cuda_buf* dy, const int32_t* idx, mla_cuda_buf* y, int64_t M, int64_t K, int64_t N)",
+  gramF64: "int mla_cuda_gram_f64(const double* A, double* G, int64_t M, int64_t N)",
+  matmulF64: "int mla_cuda_matmul_f64(const double* X, const double* Y, double* Z, int64_t a, int64_t b, int64_t c)",
+  symmetricEigen: "int mla_cuda_symmetric_eigen(const double* S, double* values, double* vectors, int64_t n)",
+};
+
+export function cudaLibraryPath(): string {
+  return process.env["MHA2MLA_CUDA_LIB"] ?? path.join(packageRoot(), "build", "native", "libmla_cuda.so");
+}
+
+let cached: CudaLib | string | null = null;
+
+/** The loaded and initialized library, or a sentence saying why CUDA cannot be used (which file, why). */
+export function loadCuda(): CudaLib | string {
+  if (cached) return cached;
+  const file = cudaLibraryPath();
+  if (!fs.existsSync(file)) return (cached = `${file} does not exist (npm install builds it when nvcc is found; \`npm run build:native\` retries and prints why it failed)`);
+  let lib: ReturnType<typeof koffi.load>;
+  try {
+    lib = koffi.load(file);
+  } catch (e) {
+    return (cached = `${file} cannot be loaded: ${(e as Error).message} (are the CUDA libraries cuBLAS/cuSOLVER on LD_LIBRARY_PATH?)`);
+  }
+  koffi.opaque("mla_cuda_buf");
+  const lastError = lib.func("const char* mla_last_error(void)") as () => string;
+  const init = lib.func("int mla_cuda_init(int device)") as (d: number) => number;
+  if (init(Number(process.env["MHA2MLA_CUDA_DEVICE"] ?? 0)) !== 0) return (cached = `${file}: ${lastError().replace(/^[^ ]+: /, "")}`);
+  const fns: Record<string, Fn> = {};
+  for (const [k, sig] of Object.entries(SIGNATURES)) fns[k] = lib.func(sig) as Fn;
+  return (cached = {
+    path: file,
+    info: (lib.func("const char* mla_cuda_info(void)") as () => string)(),
+    lastError,
+    alloc: lib.func("mla_cuda_buf* mla_cuda_alloc(int64_t n, int32_t dtype)") as (n: number, d: number) => unknown,
+    free: lib.func("void mla_cuda_free(mla_cuda_buf* b)") as (b: unknown) => void,
+    fns,
+  });
+}
+
+/** A device buffer; `handle` is the opaque mla_cuda_buf*. */
+class DeviceBuffer {
+  constructor(readonly handle: unknown, readonly n: number, readonly dtype: number) {}
+}
+
+function last(t: Tensor): number {
+  return t.shape[t.shape.length - 1]!;
+}
+
+/** A synchronous full collection (V8's gc exposed at run time), so finalizers free unreachable buffers. */
+const forceGc: () => void = (() => {
+  v8.setFlagsFromString("--expose-gc");
+  return vm.runInNewContext("gc") as () => void;
+})();
+
+export interface GpuMemory {
+  /** Bytes held by live mha2mla buffers, their peak since the last reset, free and total on the device. */
+  live: number;
+  peak: number;
+  free: number;
+  total: number;
+}
+
+export class CudaBackend implements Backend {
+  readonly name = "cuda";
+  /** Ops that ran on the host because they have no CUDA kernel yet, with call counts. */
+  readonly hostFallbacks = new Map<string, number>();
+  private readonly registry: FinalizationRegistry<unknown>;
+  private sinceGc = 0;
+  private readonly gcEvery: number;
+
+  constructor(readonly lib: CudaLib) {
+    this.registry = new FinalizationRegistry((h) => lib.free(h));
+    this.gcEvery = Math.max(256 << 20, Math.floor(this.memory().total / 8));
+  }
+
+  get info(): string {
+    return this.lib.info;
+  }
+
+  private fail(op: string, hint = "this is a bug; re-run with --device cpu to compare"): never {
+    const msg = this.lib.lastError().replace(/^[^ ]+: /, "");
+    if (/out of GPU memory/.test(msg)) throw new MlaError("OUT_OF_MEMORY", `${op}: ${msg}`, "use --device cpu, a shorter --ctx / --calib-len, or a smaller model");
+    throw new MlaError("BAD_ARGUMENT", `CUDA ${op} failed: ${msg}`, hint);
+  }
+
+  private call(op: string, status: number): void {
+    if (status !== 0) this.fail(op);
+  }
+
+  /** A new device tensor of `shape` (contents undefined); `what` names it in out-of-memory errors. */
+  empty(shape: readonly number[], what: string, dtype = F32): Tensor {
+    let n = 1;
+    for (const d of shape) n *= d;
+    const bytes = n * (dtype === BF16 ? 2 : 4);
+    this.sinceGc += bytes;
+    if (this.sinceGc > this.gcEvery) {
+      this.sinceGc = 0;
+      forceGc();
+    }
+    const h = this.lib.alloc(n, dtype);
+    if (!h) this.fail(`allocating ${what} [${shape}] (${(bytes / 2 ** 20).toFixed(1)} MiB)`);
+    const buf = new DeviceBuffer(h, n, dtype);
+    this.registry.register(buf, h, buf);
+    return new Tensor(this, shape, buf, "f32");
+  }
+
+  private h(t: Tensor | null | undefined): unknown {
+    if (!t) return null;
+    if (!(t.storage instanceof DeviceBuffer)) throw new MlaError("BAD_ARGUMENT", `a ${t.backend.name} tensor [${t.shape}] was passed to the CUDA backend`, "upload it with the CUDA backend first; this is a bug in the caller");
+    return t.storage.handle;
+  }
+
+  upload(data: FloatArray, shape: readonly number[]): Tensor {
+    const f32 = data instanceof Float32Array ? data : Float32Array.from(data);
+    const t = this.empty(shape, "an uploaded tensor");
+    this.call("upload", this.lib.fns["upload"]!(this.h(t), f32, f32.byteLength));
+    return t;
+  }
+
+  /** A weight kept in bf16 on the device (half the memory; linear accumulates in f32). */
+  uploadBf16(data: Float32Array, shape: readonly number[]): Tensor {
+    const f = this.upload(data, shape);
+    const b = this.empty(shape, "a bf16 weight", BF16);
+    this.call("cast", this.lib.fns["cast"]!(this.h(f), this.h(b)));
+    this.free(f);
+    return b;
+  }
+
+  download(t: Tensor): Float32Array {
+    const buf = t.storage as DeviceBuffer;
+    if (buf.dtype !== F32) {
+      const f = this.empty(t.shape, "a download");
+      this.call("cast", this.lib.fns["cast"]!(this.h(t), this.h(f)));
+      const out = this.download(f);
+      this.free(f);
+      return out;
+    }
+    const out = new Float32Array(buf.n);
+    this.call("download", this.lib.fns["download"]!(buf.handle, out, out.byteLength));
+    return out;
+  }
+
+  free(t: Tensor): void {
+    const buf = t.storage as DeviceBuffer;
+    if (!this.registry.unregister(buf)) return; // already freed
+    this.lib.free(buf.handle);
+  }
+
+  memory(): GpuMemory {
+    const out = new BigInt64Array(4);
+    this.call("memory", this.lib.fns["memory"]!(out));
+    return { live: Number(out[0]), peak: Number(out[1]), free: Number(out[2]), total: Number(out[3]) };
+  }
+
+  resetPeak(): void {
+    this.call("reset_peak", this.lib.fns["resetPeak"]!());
+  }
+
+  linear(x: Tensor, w: Tensor, bias?: Tensor | null): Tensor {
+    const K = last(x), M = x.size / K, N = w.shape[0]!;
+    expectShape("linear", "w", w, [N, K]);
+    if (bias) expectShape("linear", "bias", bias, [N]);
+    const y = this.empty([...x.shape.slice(0, -1), N], "a linear output");
+    this.call("linear", this.lib.fns["linear"]!(this.h(x), this.h(w), this.h(bias), this.h(y), M, K, N));
+    return y;
+  }
+
+  rmsnorm(x: Tensor, w: Tensor, eps: number): Tensor {
+    const D = last(x);
+    expectShape("rmsnorm", "w", w, [D]);
+    const y = this.empty(x.shape, "an rmsnorm output");
+    this.call("rmsnorm", this.lib.fns["rmsnorm"]!(this.h(x), this.h(w), this.h(y), x.size / D, D, eps));
+    return y;
+  }
+
+  private ropeCall(op: string, x: Tensor, positions: Int32Array, invFreq: Float64Array, rotaryDims: number | undefined, sign: number): Tensor {
+    const [T, H, Dh] = x.shape as [number, number, number];
+    expectShape(op, "x", x, [positions.length, null, null]);
+    const rd = rotaryDims ?? Dh;
+    if (rd % 2 !== 0 || rd > Dh || (invFreq.length !== rd / 2 && invFreq.length !== (H * rd) / 2))
+      throw new MlaError("BAD_ARGUMENT", `${op}: ${invFreq.length} frequencies for x [${x.shape}] with ${rd} rotary dims`, "pass rotaryDims/2 frequencies, or H × rotaryDims/2");
+    const y = this.empty(x.shape, "a rope output");
+    this.call(op, this.lib.fns["rope"]!(this.h(x), this.h(y), positions, invFreq, invFreq.length, T, H, Dh, rd, sign));
+    return y;
+  }
+
+  rope(x: Tensor, positions: Int32Array, invFreq: Float64Array, rotaryDims?: number): Tensor {
+    return this.ropeCall("rope", x, positions, invFreq, rotaryDims, 1);
+  }
+
+  ropeBackward(dy: Tensor, positions: Int32Array, invFreq: Float64Array, rotaryDims?: number): Tensor {
+    return this.ropeCall("ropeBackward", dy, positions, invFreq, rotaryDims, -1);
+  }
+
+  private copyCols(x: Tensor, y: Tensor, M: number, Nx: number, offx: number, Ny: number, offy: number, w: number): void {
+    this.call("copy_cols", this.lib.fns["copyCols"]!(this.h(x), this.h(y), M, Nx, offx, Ny, offy, w));
+  }
+
+  concatLast(a: Tensor, b: Tensor): Tensor {
+    const A = last(a), Bn = last(b);
+    if (a.shape.length !== b.shape.length || a.shape.slice(0, -1).some((d, i) => d !== b.shape[i]))
+      throw new MlaError("BAD_ARGUMENT", `concatLast: [${a.shape}] and [${b.shape}] differ before the last axis`, "this is a bug in the caller");
+    const M = a.size / A;
+    const y = this.empty([...a.shape.slice(0, -1), A + Bn], "a concatenation");
+    this.copyCols(a, y, M, A, 0, A + Bn, 0, A);
+    this.copyCols(b, y, M, Bn, 0, A + Bn, A, Bn);
+    return y;
+  }
+
+  splitLast(x: Tensor, a: number): [Tensor, Tensor] {
+    const N = last(x), M = x.size / N;
+    const p = this.empty([...x.shape.slice(0, -1), a], "a split");
+    const q = this.empty([...x.shape.slice(0, -1), N - a], "a split");
+    this.copyCols(x, p, M, N, 0, a, 0, a);
+    this.copyCols(x, q, M, N, a, N - a, 0, N - a);
+    return [p, q];
+  }
+
+  latentAttention(qr: Tensor, kr: Tensor, qc: Tensor, c: Tensor, opts: AttentionOptions): Tensor {
+    const [T, H, Dr] = qr.shape as [number, number, number];
+    const [S, Hkv] = kr.shape as [number, number];
+    const L = last(c);
+    expectShape("latentAttention", "kr", kr, [S, Hkv, Dr]);
+    expectShape("latentAttention", "qc", qc, [T, H, L]);
+    expectShape("latentAttention", "c", c, [S, L]);
+    const o = this.empty([T, H, L], "a latent attention output");
+    this.call("latent_attention", this.lib.fns["latentAttention"]!(this.h(qr), this.h(kr), this.h(qc), this.h(c), this.h(o), T, S, H, Hkv, Dr, L, opts.scale, opts.queryOffset, opts.window ?? 0));
+    return o;
+  }
+
+  attention(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOptions): Tensor {
+    const [T, H, Dh] = q.shape as [number, number, number];
+    const [S, Hkv] = k.shape as [number, number];
+    const Dv = last(v);
+    expectShape("attention", "k", k, [S, Hkv, Dh]);
+    expectShape("attention", "v", v, [S, Hkv, Dv]);
+    const o = this.empty([T, H, Dv], "an attention output");
+    this.call("attention", this.lib.fns["attention"]!(this.h(q), this.h(k), this.h(v), this.h(o), T, S, H, Hkv, Dh, Dv, opts.scale, opts.queryOffset, opts.window ?? 0));
+    return o;
+  }
+
+  swiglu(gate: Tensor, up: Tensor): Tensor {
+    expectShape("swiglu", "up", up, gate.shape);
+    const y = this.empty(gate.shape, "a swiglu output");
+    this.call("swiglu", this.lib.fns["swiglu"]!(this.h(gate), this.h(up), this.h(y), gate.size));
+    return y;
+  }
+
+  add(a: Tensor, b: Tensor): Tensor {
+    expectShape("add", "b", b, a.shape);
+    const y = this.empty(a.shape, "a sum");
+    this.call("add", this.lib.fns["axpby"]!(this.h(a), this.h(b), this.h(y), 1, 1, a.size));
+    return y;
+  }
+
+  scale(x: Tensor, s: number): Tensor {
+    const y = this.empty(x.shape, "a scaled tensor");
+    this.call("scale", this.lib.fns["axpby"]!(this.h(x), null, this.h(y), s, 0, x.size));
+    return y;
+  }
+
+  embedding(table: Tensor, ids: Int32Array): Tensor {
+    const [V, D] = table.shape as [number, number];
+    const y = this.empty([ids.length, D], "an embedding output");
+    if (this.lib.fns["embedding"]!(this.h(table), ids, this.h(y), ids.length, V, D) !== 0) this.fail("embedding", "the tokenizer and the model do not match");
+    return y;
+  }
+
+  crossEntropy(logits: Tensor, targets: Int32Array): Float64Array {
+    const V = last(logits), T = logits.size / V;
+    if (targets.length !== T) throw new MlaError("BAD_ARGUMENT", `crossEntropy: ${targets.length} targets for ${T} rows`, "one target per row");
+    const loss = new Float64Array(T);
+    if (this.lib.fns["crossEntropy"]!(this.h(logits), targets, loss, null, 0, T, V) !== 0) this.fail("crossEntropy", "the tokenizer and the model do not match");
+    return loss;
+  }
+
+  gatherCols(x: Tensor, idx: Int32Array): Tensor {
+    const N = last(x), M = x.size / N;
+    const y = this.empty([...x.shape.slice(0, -1), idx.length], "gathered columns");
+    this.call("gather_cols", this.lib.fns["gatherCols"]!(this.h(x), idx, this.h(y), M, N, idx.length));
+    return y;
+  }
+
+  linearBackward(x: Tensor, w: Tensor, dy: Tensor, need: { x: boolean; w: boolean; bias: boolean }) {
+    const K = last(x), M = x.size / K, N = w.shape[0]!;
+    expectShape("linearBackward", "dy", dy, [...x.shape.slice(0, -1), N]);
+    const dx = need.x ? this.empty(x.shape, "dx") : null;
+    const dw = need.w ? this.empty([N, K], "dw") : null;
+    const db = need.bias ? this.empty([N], "db") : null;
+    this.call("linear_backward", this.lib.fns["linearBackward"]!(this.h(x), this.h(w), this.h(dy), this.h(dx), this.h(dw), this.h(db), M, K, N));
+    return { dx, dw, db };
+  }
+
+  rmsnormBackward(x: Tensor, w: Tensor, eps: number, dy: Tensor) {
+    const D = last(x);
+    const dx = this.empty(x.shape, "dx");
+    const dw = this.empty([D], "dw");
+    this.call("rmsnorm_backward", this.lib.fns["rmsnormBackward"]!(this.h(x), this.h(w), this.h(dy), this.h(dx), this.h(dw), x.size / D, D, eps));
+    return { dx, dw };
+  }
+
+  swigluBackward(gate: Tensor, up: Tensor, dy: Tensor) {
+    const dgate = this.empty(gate.shape, "dgate");
+    const dup = this.empty(up.shape, "dup");
+    this.call("swiglu_backward", this.lib.fns["swigluBackward"]!(this.h(gate), this.h(up), this.h(dy), this.h(dgate), this.h(dup), gate.size));
+    return { dgate, dup };
+  }
+
+  embeddingBackward(ids: Int32Array, dy: Tensor, vocab: number): Tensor {
+    const D = last(dy);
+    expectShape("embeddingBackward", "dy", dy, [ids.length, D]);
+    const out = this.empty([vocab, D], "an embedding gradient");
+    this.call("embedding_backward", this.lib.fns["embeddingBackward"]!(ids, this.h(dy), this.h(out), ids.length, vocab, D));
+    return out;
+  }
+
+  crossEntropyBackward(logits: Tensor, targets: Int32Array, scale: number): Tensor {
+    const V = last(logits), T = logits.size / V;
+    if (targets.length !== T) throw new MlaError("BAD_ARGUMENT", `crossEntropy: ${targets.length} targets for ${T} rows`, "one target per row");
+    const g = this.empty(logits.shape, "a cross-entropy gradient");
+    if (this.lib.fns["crossEntropy"]!(this.h(logits), targets, null, this.h(g), scale, T, V) !== 0) this.fail("crossEntropyBackward", "the tokenizer and the model do not match");
+    return g;
+  }
+
+  scatterCols(dy: Tensor, idx: Int32Array, n: number): Tensor {
+    const K = last(dy), M = dy.size / K;
+    const y = this.empty([...dy.shape.slice(0, -1), n], "scattered columns");
+    this.call("scatter_cols", this.lib.fns["scatterCols"]!(this.h(dy), idx, this.h(y), M, K, n));
+    return y;
+  }
+
+  // ---- on the host until they have kernels ----
+
+  private fallback(op: string): void {
+    this.hostFallbacks.set(op, (this.hostFallbacks.get(op) ?? 0) + 1);
+  }
+
+  private toHost(t: Tensor): Tensor {
+    return R.upload(this.download(t), t.shape);
+  }
+
+  attentionBackward(q: Tensor, k: Tensor, v: Tensor, dOut: Tensor, opts: AttentionOptions) {
+    this.fallback("attentionBackward");
+    const r = R.attentionBackward(this.toHost(q), this.toHost(k), this.toHost(v), this.toHost(dOut), opts);
+    return { dq: this.upload(r.dq.toArray(), r.dq.shape), dk: this.upload(r.dk.toArray(), r.dk.shape), dv: this.upload(r.dv.toArray(), r.dv.shape) };
+  }
+
+  klDivergence(student: Tensor, teacher: Tensor, temperature: number, scale: number) {
+    this.fallback("klDivergence");
+    const r = R.klDivergence(this.toHost(student), this.toHost(teacher), temperature, scale);
+    return { loss: r.loss, grad: this.upload(r.grad.toArray(), r.grad.shape) };
+  }
+}
+
+/** The float64 conversion routines on the GPU. */
+export function cudaLinalg(lib: CudaLib): Linalg {
+  const ok = (op: string, status: number) => {
+    if (status !== 0) {
+      const msg = lib.lastError().replace(/^[^ ]+: /, "");
+      throw new MlaError(/out of GPU memory/.test(msg) ? "OUT_OF_MEMORY" : "BAD_ARGUMENT", `CUDA ${op} failed: ${msg}`, "use --device cpu to factor on the CPU");
+    }
+  };
+  return {
+    name: "cuda",
+    gram(A, M, N) {
+      const G = new Float64Array(N * N);
+      ok("gram_f64", lib.fns["gramF64"]!(A, G, M, N));
+      return G;
+    },
+    eigen(S, n) {
+      const values = new Float64Array(n);
+      const vectors = new Float64Array(n * n);
+      ok("symmetric_eigen", lib.fns["symmetricEigen"]!(S, values, vectors, n));
+      return { values, vectors };
+    },
+    matmul(X, Y, a, b, c) {
+      const Z = new Float64Array(a * c);
+      ok("matmul_f64", lib.fns["matmulF64"]!(X, Y, Z, a, b, c));
+      return Z;
+    },
+  };
+}

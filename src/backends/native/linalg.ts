@@ -1,0 +1,25 @@
+/**
+ * The float64 routines of the conversion SVD (Gram, product, symmetric eigen) behind one interface,
+ * served by the native CPU library or the CUDA library. `useLinalg` picks the route for the process
+ * (the conversion sets it from --device); null means the TypeScript route (ml-matrix).
+ */
+export interface Linalg {
+  readonly name: string;
+  /** G[N,N] = AᵀA for A[M,N]. */
+  gram(A: Float64Array, M: number, N: number): Float64Array;
+  /** Eigenpairs of symmetric S[n,n], values descending; eigenvector i in row i of `vectors`. */
+  eigen(S: Float64Array, n: number): { values: Float64Array; vectors: Float64Array };
+  /** Z[a,c] = X[a,b]·Y[b,c]. */
+  matmul(X: Float64Array, Y: Float64Array, a: number, b: number, c: number): Float64Array;
+}
+
+let chosen: Linalg | null | undefined;
+
+/** Sets the route; undefined restores the default (native CPU when built). */
+export function useLinalg(l: Linalg | null | undefined): void {
+  chosen = l;
+}
+
+export function chosenLinalg(): Linalg | null | undefined {
+  return chosen;
+}
