@@ -174,3 +174,47 @@ extern "C" mla_status mla_cuda_symmetric_eigen(const double* S, double* values, 
   }
   return MLA_OK;
 }
+
+// down[j, :] = column N−1−j of the column-major eigenvector matrix (eigenvalues ascending → descending).
+__global__ void k_top_columns(const double* V, double* down, int64_t N, int64_t k) {
+  const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+  if (i >= k * N) return;
+  const int64_t j = i / N, r = i % N;
+  down[i] = V[(N - 1 - j) * N + r];
+}
+
+extern "C" mla_status mla_cuda_factor_cols(const double* A, int64_t M, int64_t N, int64_t k, double* down, double* up, double* values) {
+  NEED_CTX();
+  MLA_CHECK(A && down && up && values && M > 0 && N > 0 && k > 0 && k <= N && k <= M, "factor_cols: bad arguments");
+  cudaStream_t s = ctx()->stream;
+  DevF64 a, g, w, d, u, work;
+  DEV_ALLOC(a, M * N);
+  DEV_ALLOC(g, N * N);
+  DEV_ALLOC(w, N);
+  DEV_ALLOC(d, k * N);
+  DEV_ALLOC(u, M * k);
+  CUDA_TRY(cudaMemcpyAsync(a.p, A, sizeof(double) * M * N, cudaMemcpyHostToDevice, s));
+  const double one = 1, zero = 0;
+  CUBLAS_TRY(cublasDgemm(ctx()->blas, CUBLAS_OP_N, CUBLAS_OP_T, (int)N, (int)N, (int)M, &one, a.p, (int)N, a.p, (int)N, &zero, g.p, (int)N));
+  int lwork = 0;
+  CUSOLVER_TRY(cusolverDnDsyevd_bufferSize(ctx()->solver, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_LOWER, (int)N, g.p, (int)N, w.p, &lwork));
+  DEV_ALLOC(work, (int64_t)lwork + 1);
+  int* info = nullptr;
+  CUDA_TRY(cudaMallocAsync(&info, sizeof(int), s));
+  CUSOLVER_TRY(cusolverDnDsyevd(ctx()->solver, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_LOWER, (int)N, g.p, (int)N, w.p, work.p, lwork, info));
+  k_top_columns<<<blocks_for(k * N, 256), 256, 0, s>>>(g.p, d.p, N, k);
+  KERNEL_CHECK();
+  // up[M,k] row-major = A·V_k: column-major upᵀ (k×M) = V_kᵀ·Aᵀ, with d (row-major [k,N]) = column-major V_k.
+  CUBLAS_TRY(cublasDgemm(ctx()->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)k, (int)M, (int)N, &one, d.p, (int)N, a.p, (int)N, &zero, u.p, (int)k));
+  std::vector<double> asc(N);
+  int h_info = 0;
+  CUDA_TRY(cudaMemcpyAsync(&h_info, info, sizeof(int), cudaMemcpyDeviceToHost, s));
+  CUDA_TRY(cudaMemcpyAsync(asc.data(), w.p, sizeof(double) * N, cudaMemcpyDeviceToHost, s));
+  CUDA_TRY(cudaMemcpyAsync(down, d.p, sizeof(double) * k * N, cudaMemcpyDeviceToHost, s));
+  CUDA_TRY(cudaMemcpyAsync(up, u.p, sizeof(double) * M * k, cudaMemcpyDeviceToHost, s));
+  CUDA_TRY(cudaStreamSynchronize(s));
+  cudaFreeAsync(info, s);
+  if (h_info != 0) return MLA_FAIL(MLA_ERR_INTERNAL, "cusolverDnDsyevd: info " + std::to_string(h_info) + " (did not converge or bad input)");
+  for (int64_t i = 0; i < N; i++) values[i] = asc[N - 1 - i];
+  return MLA_OK;
+}

@@ -147,6 +147,10 @@ mla_status mla_cuda_scatter_cols(const mla_cuda_buf* dy, const int32_t* idx, mla
 mla_status mla_cuda_gram_f64(const double* A, double* G, int64_t M, int64_t N);
 mla_status mla_cuda_matmul_f64(const double* X, const double* Y, double* Z, int64_t a, int64_t b, int64_t c);
 mla_status mla_cuda_symmetric_eigen(const double* S, double* values, double* vectors, int64_t n);
+/* The whole rank-k factorization of A[M,N] (N ≤ M) on the GPU with one upload: G = AᵀA, its
+   eigendecomposition, down[k,N] = the top-k eigenvectors as rows, up[M,k] = A·downᵀ, and values[N]
+   = all eigenvalues of G, descending (σ²). */
+mla_status mla_cuda_factor_cols(const double* A, int64_t M, int64_t N, int64_t k, double* down, double* up, double* values);
 
 #ifdef __cplusplus
 }

@@ -87,7 +87,13 @@ export function truncatedFactor(A: Float64Array, M: number, N: number, k: number
   const down = new Float64Array(k * N);
   const up = new Float64Array(M * k);
   let sigma: Float64Array;
-  if (N <= M) {
+  const nat = native();
+  if (N <= M && nat?.factorCols) {
+    const r = nat.factorCols(A, M, N, k);
+    sigma = r.values.map((v) => Math.sqrt(Math.max(v, 0)));
+    down.set(r.down);
+    up.set(r.up);
+  } else if (N <= M) {
     const { values, vectors } = symmetricEigen(gramCols(A, M, N), N);
     sigma = values.map((v) => Math.sqrt(Math.max(v, 0)));
     for (let j = 0; j < k; j++) down.set(vectors[j]!, j * N);

@@ -13,6 +13,8 @@ import { referenceBackend as R } from "../../src/backends/reference/index.js";
 import { convert } from "../../src/convert/pipeline.js";
 import { evaluate } from "../../src/eval/evaluate.js";
 import { MlaError } from "../../src/errors.js";
+import { useLinalg } from "../../src/backends/native/linalg.js";
+import { truncatedFactor } from "../../src/svd/truncated.js";
 import { FIXTURES, MODELS, seededRand, tmpDir } from "../helpers.js";
 import { formatParity, runParity } from "./parity.js";
 
@@ -85,6 +87,33 @@ test("float64 Gram, product and symmetric eigen on the GPU", { skip }, () => {
       }
       assert.ok(res < 1e-9 * Math.max(1, values[0]!), `eigenpair ${e} of ${N}: residual ${res}`);
     }
+  }
+});
+
+test("fused GPU factorization equals the CPU route (projection up·down, singular values)", { skip }, () => {
+  const L = cudaLinalg(lib as Exclude<typeof lib, string>);
+  const r64 = seededRand(13, Float64Array);
+  for (const [M, N, k] of [[9, 4, 2], [120, 64, 16], [700, 256, 100]] as const) {
+    const A = r64(M * N);
+    useLinalg(L);
+    const g = truncatedFactor(A, M, N, k);
+    useLinalg(null);
+    const c = truncatedFactor(A, M, N, k);
+    useLinalg(undefined);
+    let err = 0, scale = 0;
+    for (let i = 0; i < M; i++)
+      for (let j = 0; j < N; j++) {
+        let pg = 0, pc = 0;
+        for (let t = 0; t < k; t++) {
+          pg += g.up[i * k + t]! * g.down[t * N + j]!;
+          pc += c.up[i * k + t]! * c.down[t * N + j]!;
+        }
+        err = Math.max(err, Math.abs(pg - pc));
+        scale = Math.max(scale, Math.abs(pc));
+      }
+    assert.ok(err <= 1e-9 * scale, `projection ${M}×${N} k${k}: ${err}`);
+    assert.ok(Math.abs(g.energy - c.energy) < 1e-12, "energy");
+    for (let i = 0; i < N; i++) assert.ok(Math.abs(g.sigma[i]! - c.sigma[i]!) <= 1e-9 * c.sigma[0]!, `sigma ${i}`);
   }
 });
 

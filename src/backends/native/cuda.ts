@@ -56,6 +56,7 @@ const SIGNATURES: Record<string, string> = {
   scatterCols: "int mla_cuda_scatter_cols(const mla_cuda_buf* dy, const int32_t* idx, mla_cuda_buf* y, int64_t M, int64_t K, int64_t N)",
   gramF64: "int mla_cuda_gram_f64(const double* A, double* G, int64_t M, int64_t N)",
   matmulF64: "int mla_cuda_matmul_f64(const double* X, const double* Y, double* Z, int64_t a, int64_t b, int64_t c)",
+  factorCols: "int mla_cuda_factor_cols(const double* A, int64_t M, int64_t N, int64_t k, double* down, double* up, double* values)",
   symmetricEigen: "int mla_cuda_symmetric_eigen(const double* S, double* values, double* vectors, int64_t n)",
 };
 
@@ -432,6 +433,13 @@ export function cudaLinalg(lib: CudaLib): Linalg {
       const Z = new Float64Array(a * c);
       ok("matmul_f64", lib.fns["matmulF64"]!(X, Y, Z, a, b, c));
       return Z;
+    },
+    factorCols(A, M, N, k) {
+      const down = new Float64Array(k * N);
+      const up = new Float64Array(M * k);
+      const values = new Float64Array(N);
+      ok("factor_cols", lib.fns["factorCols"]!(A, M, N, k, down, up, values));
+      return { down, up, values };
     },
   };
 }
