@@ -45,7 +45,7 @@ if [ "${SKIP_2NORM:-}" = "" ]; then
   echo "== mha2mla convert (2-norm, --calib-samples 32 --calib-len 2048) on the GPU"
   gpu_peak python3 bench/measure.py timeout ${TWO_NORM_TIMEOUT:-3600} $CLI convert "$W/src" --device cuda --rank 64 --rope-pairs 8 --rope-strategy 2-norm --calib "$CALIB" --calib-samples 32 --calib-len 2048 --out "$W/mla2" --force > "$W/ours2.log" 2> "$W/ours2.time" || echo "2-norm run exited with $?"
   grep measure: "$W/ours2.time"; tr '\r' '\n' < "$W/ours2.time" | grep -v "^$" | tail -4
-  node -e "const j=require('$W/mla2/mla_conversion.json');console.log(JSON.stringify({timings:j.timings}))"
+  [ -f "$W/mla2/mla_conversion.json" ] && node -e "const j=require('$W/mla2/mla_conversion.json');console.log(JSON.stringify({timings:j.timings}))"
   echo "peak GPU memory (nvidia-smi, MiB): $(cat $W/gpu_peak)"
   tail -3 "$W/ours2.log"
   rm -rf "$W/mla2"
