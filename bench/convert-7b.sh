@@ -23,6 +23,7 @@ gpu_peak() { # samples used GPU memory every 100 ms while "$@" runs; prints the 
   return $rc
 }
 
+if [ "${SKIP_UNIFORM:-}" = "" ]; then
 echo "== mha2mla convert (uniform) on the GPU"
 rm -rf "$W/mla"
 gpu_peak python3 bench/measure.py $CLI convert "$W/src" --device cuda --rank 64 --rope-pairs 8 --rope-strategy uniform --out "$W/mla" --force > "$W/ours.log" 2> "$W/ours.time"
@@ -39,8 +40,8 @@ gpu_peak python3 bench/measure.py python3 bench/convert_7b_torch.py "$W/src" "$W
 grep measure: "$W/torch.time"
 echo "peak GPU memory (nvidia-smi, MiB): $(cat $W/gpu_peak)"
 rm -rf "$W/torch"
+fi
 
-if [ "${SKIP_TORCH:-}" != "" ]; then :; fi
 if [ "${SKIP_2NORM:-}" = "" ]; then
   echo "== mha2mla convert (2-norm, --calib-samples 32 --calib-len 2048) on the GPU"
   gpu_peak python3 bench/measure.py timeout ${TWO_NORM_TIMEOUT:-3600} $CLI convert "$W/src" --device cuda --rank 64 --rope-pairs 8 --rope-strategy 2-norm --calib "$CALIB" --calib-samples 32 --calib-len 2048 --out "$W/mla2" --force > "$W/ours2.log" 2> "$W/ours2.time" || echo "2-norm run exited with $?"

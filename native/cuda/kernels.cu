@@ -383,3 +383,31 @@ extern "C" mla_status mla_cuda_latent_attention(const mla_cuda_buf* qr, const ml
   MLA_CHECK(Hkv > 0 && H % Hkv == 0, "latent_attention: H must be a multiple of Hkv");
   return launch_attention<true>(CF(qr), CF(kr), nullptr, CF(qc), CF(c), F(o), T, S, H, Hkv, Dr, 0, L, scale, off, window);
 }
+
+// ---------------- calibration ----------------
+// acc[h·half + i] += mean over t of ‖(y[t,h,i], y[t,h,i+half])‖; one thread per (h, i), float64 sums.
+__global__ void k_pair_norms(const float* y, double* out, int64_t T, int64_t heads, int64_t Dh) {
+  const int64_t half = Dh / 2, hi = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+  if (hi >= heads * half) return;
+  const int64_t h = hi / half, i = hi % half;
+  double s = 0;
+  for (int64_t t = 0; t < T; t++) {
+    const float* r = y + (t * heads + h) * Dh;
+    s += hypot((double)r[i], (double)r[i + half]);
+  }
+  out[hi] = s / T;
+}
+extern "C" mla_status mla_cuda_pair_norms(const mla_cuda_buf* y, double* acc, int64_t T, int64_t heads, int64_t Dh) {
+  NEED_CTX();
+  MLA_CHECK(is_f32(y, T * heads * Dh) && acc && T > 0 && Dh % 2 == 0, "pair_norms: f32 buffer [T, heads, Dh]");
+  const int64_t n = heads * (Dh / 2);
+  DevF64s o;
+  CUDA_TRY(cudaMallocAsync(&o.p, sizeof(double) * n, S_));
+  k_pair_norms<<<blocks_for(n, 128), 128, 0, S_>>>(CF(y), o.p, T, heads, Dh);
+  KERNEL_CHECK();
+  std::vector<double> h(n);
+  CUDA_TRY(cudaMemcpyAsync(h.data(), o.p, sizeof(double) * n, cudaMemcpyDeviceToHost, S_));
+  CUDA_TRY(cudaStreamSynchronize(S_));
+  for (int64_t i = 0; i < n; i++) acc[i] += h[i];
+  return MLA_OK;
+}

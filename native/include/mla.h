@@ -142,6 +142,9 @@ mla_status mla_cuda_copy_cols(const mla_cuda_buf* x, mla_cuda_buf* y, int64_t M,
 mla_status mla_cuda_gather_cols(const mla_cuda_buf* x, const int32_t* idx, mla_cuda_buf* y, int64_t M, int64_t N, int64_t K);
 mla_status mla_cuda_scatter_cols(const mla_cuda_buf* dy, const int32_t* idx, mla_cuda_buf* y, int64_t M, int64_t K, int64_t N);
 
+/* 2-norm calibration as mla_cpu_pair_norms, y on the device, acc[heads, Dh/2] on the host. */
+mla_status mla_cuda_pair_norms(const mla_cuda_buf* y, double* acc, int64_t T, int64_t heads, int64_t Dh);
+
 /* float64 on host arrays, computed on the GPU (cuBLAS Dgemm, cuSOLVER Dsyevd); same contracts as the
    mla_cpu_ versions. */
 mla_status mla_cuda_gram_f64(const double* A, double* G, int64_t M, int64_t N);

@@ -75,19 +75,23 @@ export async function calibrate(model: LlamaModel, windows: Int32Array[], opts: 
   const t0 = performance.now();
   let tokens = 0;
   const native = calibrationKernels(b);
-  const pairNorms = (y: FloatArray, T: number, heads: number, acc: Float64Array) => {
-    if (native && y instanceof Float32Array) native.pairNorms(y, T, heads, c.headDim, acc);
-    else addPairNorms(y, T, heads, c.headDim, acc);
+  const pairNorms = (y: Tensor, T: number, heads: number, acc: Float64Array) => {
+    if (native) native.pairNorms(y, T, heads, c.headDim, acc);
+    else addPairNorms(y.toArray(), T, heads, c.headDim, acc);
   };
   for (const win of windows) {
     const onAttentionInput = (layer: number, x: Tensor) => {
       const w = model.weights.layers[layer]!.attn as MhaWeights;
       const T = x.shape[0]!;
-      pairNorms(b.linear(x, w.q, w.qBias).toArray(), T, c.heads, qNorm[layer]!);
-      pairNorms(b.linear(x, w.k, w.kBias).toArray(), T, c.kvHeads, kNorm[layer]!);
+      const q = b.linear(x, w.q, w.qBias);
+      pairNorms(q, T, c.heads, qNorm[layer]!);
+      q.dispose();
+      const k = b.linear(x, w.k, w.kBias);
+      pairNorms(k, T, c.kvHeads, kNorm[layer]!);
+      k.dispose();
       if (cov) {
         const xs = x.toArray();
-        if (native && xs instanceof Float32Array) native.covariance(xs, T, D, cov[layer]!);
+        if (native?.covariance && xs instanceof Float32Array) native.covariance(xs, T, D, cov[layer]!);
         else addCovariance(xs, T, D, cov[layer]!);
       }
     };

@@ -61,12 +61,12 @@ test("native optimizer and calibration kernels match their TypeScript loops", { 
   for (const [T, heads, Dh] of [[1, 1, 2], [13, 3, 8], [64, 4, 64]] as const) {
     const y = rand(T * heads * Dh);
     const a = new Float64Array(heads * (Dh / 2)).fill(0.5), b = a.slice();
-    cal.pairNorms(y, T, heads, Dh, a);
+    cal.pairNorms(N.upload(y, [T, heads, Dh]), T, heads, Dh, a);
     addPairNorms(y, T, heads, Dh, b);
     assert.ok(maxAbsDiff(a, b) <= 1e-12, `pair norms [${T},${heads},${Dh}]: ${maxAbsDiff(a, b)}`);
     const D = heads * Dh;
     const ca = new Float64Array(D * D), cb = new Float64Array(D * D);
-    cal.covariance(y, T, D, ca);
+    cal.covariance!(y, T, D, ca);
     addCovariance(y, T, D, cb);
     assert.ok(maxAbsDiff(ca, cb) <= 1e-9, `covariance [${T},${D}]: ${maxAbsDiff(ca, cb)}`);
   }

@@ -56,6 +56,7 @@ const SIGNATURES: Record<string, string> = {
   scatterCols: "int mla_cuda_scatter_cols(const mla_cuda_buf* dy, const int32_t* idx, mla_cuda_buf* y, int64_t M, int64_t K, int64_t N)",
   gramF64: "int mla_cuda_gram_f64(const double* A, double* G, int64_t M, int64_t N)",
   matmulF64: "int mla_cuda_matmul_f64(const double* X, const double* Y, double* Z, int64_t a, int64_t b, int64_t c)",
+  pairNorms: "int mla_cuda_pair_norms(const mla_cuda_buf* y, double* acc, int64_t T, int64_t heads, int64_t Dh)",
   factorCols: "int mla_cuda_factor_cols(const double* A, int64_t M, int64_t N, int64_t k, double* down, double* up, double* values)",
   symmetricEigen: "int mla_cuda_symmetric_eigen(const double* S, double* values, double* vectors, int64_t n)",
 };
@@ -383,6 +384,11 @@ export class CudaBackend implements Backend {
     const y = this.empty([...dy.shape.slice(0, -1), n], "scattered columns");
     this.call("scatter_cols", this.lib.fns["scatterCols"]!(this.h(dy), idx, this.h(y), M, K, n));
     return y;
+  }
+
+  /** 2-norm calibration: acc[heads, Dh/2] += mean pair norms of y[T, heads, Dh], reduced on the GPU. */
+  pairNorms(y: Tensor, T: number, heads: number, Dh: number, acc: Float64Array): void {
+    this.call("pair_norms", this.lib.fns["pairNorms"]!(this.h(y), acc, T, heads, Dh));
   }
 
   // ---- on the host until they have kernels ----

@@ -5,7 +5,9 @@
  */
 import { MlaError } from "../../errors.js";
 import type { Backend } from "../../tensor/backend.js";
+import type { Tensor } from "../../tensor/tensor.js";
 import { NativeCpuBackend } from "./cpu.js";
+import { CudaBackend } from "./cuda.js";
 
 export interface AdamWHyper {
   beta1: number;
@@ -22,10 +24,10 @@ export interface OptimizerKernels {
 }
 
 export interface CalibrationKernels {
-  /** acc[heads, Dh/2] += mean over T of each RoPE pair's L2 norm in y[T, heads, Dh]. */
-  pairNorms(y: Float32Array, T: number, heads: number, Dh: number, acc: Float64Array): void;
-  /** acc[D,D] upper triangle += xᵀx for x[T,D]. */
-  covariance(x: Float32Array, T: number, D: number, acc: Float64Array): void;
+  /** acc[heads, Dh/2] += mean over T of each RoPE pair's L2 norm in y[T, heads, Dh] (a tensor of the model's backend). */
+  pairNorms(y: Tensor, T: number, heads: number, Dh: number, acc: Float64Array): void;
+  /** acc[D,D] upper triangle += xᵀx for x[T,D] (null: the TypeScript loop on the downloaded x). */
+  covariance: ((x: Float32Array, T: number, D: number, acc: Float64Array) => void) | null;
 }
 
 function checker(b: NativeCpuBackend) {
@@ -50,11 +52,12 @@ export function optimizerKernels(backend: Backend): OptimizerKernels | null {
 }
 
 export function calibrationKernels(backend: Backend): CalibrationKernels | null {
+  if (backend instanceof CudaBackend) return { pairNorms: (y, T, heads, Dh, acc) => backend.pairNorms(y, T, heads, Dh, acc), covariance: null };
   if (!(backend instanceof NativeCpuBackend)) return null;
   const lib = backend.lib;
   const ok = checker(backend);
   return {
-    pairNorms: (y, T, heads, Dh, acc) => ok("pair_norms", lib.pairNorms(y, acc, T, heads, Dh)),
+    pairNorms: (y, T, heads, Dh, acc) => ok("pair_norms", lib.pairNorms(y.toArray(), acc, T, heads, Dh)),
     covariance: (x, T, D, acc) => ok("accumulate_covariance", lib.accumulateCovariance(x, acc, T, D)),
   };
 }
