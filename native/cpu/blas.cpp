@@ -30,6 +30,8 @@ void probe() {
     auto f = reinterpret_cast<Sgemm>(dlsym(h, "cblas_sgemm"));
     if (!f) continue;
     sgemm_fn = f;
+    using SetThreads = void (*)(int);
+    if (auto set = reinterpret_cast<SetThreads>(dlsym(h, "openblas_set_num_threads"))) set(1);  // we split the work ourselves
     description = std::string("OpenBLAS ") + c;
     using CoreName = char* (*)();
     if (auto core = reinterpret_cast<CoreName>(dlsym(h, "openblas_get_corename"))) description += std::string(" (core ") + core() + ")";
