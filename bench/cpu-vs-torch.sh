@@ -21,11 +21,11 @@ for blas in own default; do
   echo "== BLAS route: $blas"
   [ -f "$W/smollm/config.json" ] || $CLI synth --arch smollm-135m --dtype f32 --out "$W/smollm" --force > /dev/null
   cp fixtures/models/stories260K/tokenizer.json fixtures/models/stories260K/tokenizer_config.json "$W/smollm/"
-  $PIN $CLI eval "$W/smollm" --text "$TEXT" --tokens 8000 --ctx 256 --device cpu --json "$W/eval.json" > /dev/null 2>&1
+  $PIN $CLI eval "$W/smollm" --text "$TEXT" --tokens ${TOKENS:-8000} --ctx 256 --device cpu --json "$W/eval.json" > /dev/null 2>&1
   node -e "const j=require('$W/eval.json');console.log(JSON.stringify({tool:'mha2mla',mode:'eval smollm-135m',tokens:j.tokens,tokens_per_second:Math.round(j.tokens_per_second)}))"
   $PIN $CLI finetune stories260K --data "$TEXT" --tokens 40960 --seq 256 --batch 16 --device cpu --val-fraction 0 --out "$W/ft" --force --json "$W/ft.json" > /dev/null 2> "$W/ft.log" || tail -3 "$W/ft.log"
   node -e "const j=require('$W/ft.json');console.log(JSON.stringify({tool:'mha2mla',mode:'finetune stories260K',tokens_per_second:Math.round(j.tokensPerSecond)}))"
 done
 echo "== PyTorch $(python3 -c 'import torch;print(torch.__version__)') CPU"
-$PIN python3 bench/cpu_torch.py eval "$W/smollm" "$TEXT" 8000 256 2>/dev/null
+$PIN python3 bench/cpu_torch.py eval "$W/smollm" "$TEXT" ${TOKENS:-8000} 256 2>/dev/null
 $PIN python3 bench/cpu_torch.py finetune fixtures/models/stories260K "$TEXT" 40960 256 16 2>/dev/null

@@ -4,7 +4,10 @@
 #include "common.cuh"
 
 namespace mla {
-static thread_local std::string last_error;
+// One error slot for the process, not per thread: koffi runs asynchronous calls (the conversion's
+// factorization) on worker threads, and the JavaScript thread reads the message afterwards.
+static std::mutex error_mutex;
+static std::string last_error;
 static Context* the_ctx = nullptr;
 static void* scratch_ptr = nullptr;
 static size_t scratch_bytes = 0;
@@ -13,6 +16,7 @@ Context* ctx() { return the_ctx; }
 
 mla_status fail(mla_status code, const char* file, int line, const std::string& msg) {
   const char* base = std::strrchr(file, '/');
+  std::lock_guard<std::mutex> lock(error_mutex);
   last_error = std::string(base ? base + 1 : file) + ":" + std::to_string(line) + ": " + msg;
   return code;
 }

@@ -186,6 +186,7 @@ __global__ void k_top_columns(const double* V, double* down, int64_t N, int64_t 
 extern "C" mla_status mla_cuda_factor_cols(const double* A, int64_t M, int64_t N, int64_t k, double* down, double* up, double* values) {
   NEED_CTX();
   MLA_CHECK(A && down && up && values && M > 0 && N > 0 && k > 0 && k <= N && k <= M, "factor_cols: bad arguments");
+  CUDA_TRY(cudaSetDevice(ctx()->device));  // may run on a koffi worker thread
   cudaStream_t s = ctx()->stream;
   DevF64 a, g, w, d, u, work;
   DEV_ALLOC(a, M * N);

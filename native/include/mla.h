@@ -25,7 +25,8 @@ typedef enum {
   MLA_ERR_UNAVAILABLE = 4 /* no usable GPU / driver (CUDA build) */
 } mla_status;
 
-/* The last error of this thread, "file:line: message"; "" when none. */
+/* The last error, "file:line: message"; "" when none. Per thread in the CPU build; one per process in
+   the CUDA build (asynchronous calls run on worker threads). */
 const char* mla_last_error(void);
 /* Compiler, flags, GEMM route and threading of this build, e.g.
    "g++ 12.2.0 -march=native, own GEMM OpenMP(2)" or "…, OpenBLAS libopenblas.so.0 (core Haswell) …".
@@ -152,7 +153,8 @@ mla_status mla_cuda_matmul_f64(const double* X, const double* Y, double* Z, int6
 mla_status mla_cuda_symmetric_eigen(const double* S, double* values, double* vectors, int64_t n);
 /* The whole rank-k factorization of A[M,N] (N ≤ M) on the GPU with one upload: G = AᵀA, its
    eigendecomposition, down[k,N] = the top-k eigenvectors as rows, up[M,k] = A·downᵀ, and values[N]
-   = all eigenvalues of G, descending (σ²). */
+   = all eigenvalues of G, descending (σ²). Safe to call from another thread (asynchronously) while the
+   calling thread does no other CUDA work. */
 mla_status mla_cuda_factor_cols(const double* A, int64_t M, int64_t N, int64_t k, double* down, double* up, double* values);
 
 #ifdef __cplusplus

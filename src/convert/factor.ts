@@ -8,7 +8,7 @@
  * projection has none).
  */
 import { headDimOrder } from "../model/config.js";
-import { CovarianceRoots, Factors, truncatedFactor, whitenedFactor } from "../svd/truncated.js";
+import { CovarianceRoots, Factors, truncatedFactorAsync, whitenedFactor } from "../svd/truncated.js";
 
 export interface LayerFactorInput {
   /** [Hkv·Dh, D] */
@@ -50,11 +50,12 @@ function rowsOf(w: Float32Array, rows: number[], D: number): Float64Array {
   return out;
 }
 
-function factor(A: Float64Array, M: number, N: number, k: number, whiten: CovarianceRoots | null): Factors {
-  return whiten ? whitenedFactor(A, M, N, k, whiten) : truncatedFactor(A, M, N, k);
+async function factor(A: Float64Array, M: number, N: number, k: number, whiten: CovarianceRoots | null): Promise<Factors> {
+  return whiten ? whitenedFactor(A, M, N, k, whiten) : truncatedFactorAsync(A, M, N, k);
 }
 
-export function factorLayer(p: LayerFactorInput): LayerFactors {
+/** Factors one layer; the SVD runs off the JavaScript thread where the route allows (CUDA), so the caller can write meanwhile. */
+export async function factorLayer(p: LayerFactorInput): Promise<LayerFactors> {
   const { kvHeads, headDim: Dh, hidden: D } = p;
   const ropeRows: number[] = [];
   const nopeRows: number[] = [];
@@ -78,15 +79,15 @@ export function factorLayer(p: LayerFactorInput): LayerFactors {
     const A = new Float64Array((Mk + Mv) * D);
     A.set(kNope);
     A.set(v, Mk * D);
-    const f = factor(A, Mk + Mv, D, k, p.whiten);
+    const f = await factor(A, Mk + Mv, D, k, p.whiten);
     L = k;
     kvDown = f.down;
     kUp = f.up.subarray(0, Mk * k);
     vUp = f.up.subarray(Mk * k);
     energy = f.energy;
   } else {
-    const fk = factor(kNope, Mk, D, k, p.whiten);
-    const fv = factor(v, Mv, D, k, p.whiten);
+    const fk = await factor(kNope, Mk, D, k, p.whiten);
+    const fv = await factor(v, Mv, D, k, p.whiten);
     L = 2 * k;
     kvDown = new Float64Array(L * D);
     kvDown.set(fk.down);

@@ -96,9 +96,10 @@ export async function convert(spec: string, opts: ConvertOptions): Promise<Conve
     const linalg = selectLinalg(opts.device ?? "auto", log);
     useLinalg(linalg);
     log.info(`factoring with the ${linalg?.name ?? "TypeScript"} float64 routines`);
-    const tFactor = { s: 0 };
+    const tFactor = { s: 0, wait: 0 };
     const energy = await writeConverted(src, config, mlaConfig, kvDtype, tmp, settings.svd, stats, tFactor, opts.progress);
     timings["factor_s"] = tFactor.s;
+    timings["factor_wait_s"] = tFactor.wait;
     writeConfigAndFiles(srcDir, tmp, settings, plan, selection);
     timings["convert_s"] = (performance.now() - t0) / 1000;
 
@@ -132,7 +133,7 @@ export async function convert(spec: string, opts: ConvertOptions): Promise<Conve
 }
 
 /** Writes all tensors in order; returns the retained energy per layer. */
-async function writeConverted(src: Checkpoint, config: ModelConfig, mla: ModelConfig, kvDtype: DType, dir: string, svd: "joint" | "split", stats: CalibrationStats | null, tFactor: { s: number }, progressSink: ProgressSink | null | undefined): Promise<number[]> {
+async function writeConverted(src: Checkpoint, config: ModelConfig, mla: ModelConfig, kvDtype: DType, dir: string, svd: "joint" | "split", stats: CalibrationStats | null, tFactor: { s: number; wait: number }, progressSink: ProgressSink | null | undefined): Promise<number[]> {
   const sourceNames = new Set(expectedTensors(config).map((t) => t.name));
   const extras = src.names().filter((n) => !sourceNames.has(n));
   const targets: TensorSpec[] = [
@@ -142,40 +143,59 @@ async function writeConverted(src: Checkpoint, config: ModelConfig, mla: ModelCo
   const writer = new CheckpointWriter(dir, targets, { metadata: { format: "pt" } });
   const energy: number[] = [];
   const progress = new Progress("convert", config.layers, "layers", progressSink === undefined ? process.stderr : progressSink);
-  let current: { layer: number; f: LayerFactors } | null = null;
   const a = mla.attention.kind === "mla" ? mla.attention : null;
-  for (const t of targets) {
-    if (src.has(t.name) && !/\.self_attn\.(k|v)_proj\./.test(t.name)) {
-      await writer.append(await src.readBytesAsync(t.name));
-      continue;
-    }
-    const layer = Number(/^model\.layers\.(\d+)\./.exec(t.name)?.[1]);
-    if (!current || current.layer !== layer) {
-      const t1 = performance.now();
-      const p = layerPrefix(layer) + "self_attn.";
-      const f = factorLayer({
-        wk: src.readF32(p + "k_proj.weight"),
-        wv: src.readF32(p + "v_proj.weight"),
-        bk: config.qkvBias ? src.readF32(p + "k_proj.bias") : null,
-        bv: config.qkvBias ? src.readF32(p + "v_proj.bias") : null,
-        kvHeads: config.kvHeads,
-        headDim: config.headDim,
-        hidden: config.hiddenSize,
-        selection: a!.selection[layer]!,
-        rank: a!.rank,
-        svd,
-        whiten: stats?.covariance ? covarianceRoots(stats.covariance[layer]!, config.hiddenSize) : null,
-      });
+  // Layer ℓ+1 is factored (off the JavaScript thread on CUDA) while layer ℓ's other tensors are written.
+  const inFlight = new Map<number, Promise<LayerFactors>>();
+  const start = (layer: number) => {
+    if (layer >= config.layers || inFlight.has(layer)) return;
+    const p = layerPrefix(layer) + "self_attn.";
+    const t1 = performance.now();
+    const job = factorLayer({
+      wk: src.readF32(p + "k_proj.weight"),
+      wv: src.readF32(p + "v_proj.weight"),
+      bk: config.qkvBias ? src.readF32(p + "k_proj.bias") : null,
+      bv: config.qkvBias ? src.readF32(p + "v_proj.bias") : null,
+      kvHeads: config.kvHeads,
+      headDim: config.headDim,
+      hidden: config.hiddenSize,
+      selection: a!.selection[layer]!,
+      rank: a!.rank,
+      svd,
+      whiten: stats?.covariance ? covarianceRoots(stats.covariance[layer]!, config.hiddenSize) : null,
+    }).then((f) => {
       tFactor.s += (performance.now() - t1) / 1000;
-      energy.push(f.energy);
-      current = { layer, f };
-      progress.tick();
+      return f;
+    });
+    job.catch(() => {}); // awaited below; a failure of a look-ahead layer surfaces there
+    inFlight.set(layer, job);
+  };
+  let current: { layer: number; f: LayerFactors } | null = null;
+  try {
+    for (const t of targets) {
+      if (src.has(t.name) && !/\.self_attn\.(k|v)_proj\./.test(t.name)) {
+        await writer.append(await src.readBytesAsync(t.name));
+        continue;
+      }
+      const layer = Number(/^model\.layers\.(\d+)\./.exec(t.name)?.[1]);
+      if (!current || current.layer !== layer) {
+        start(layer);
+        start(layer + 1);
+        const t1 = performance.now();
+        const done: LayerFactors = await inFlight.get(layer)!;
+        tFactor.wait += (performance.now() - t1) / 1000;
+        inFlight.delete(layer);
+        energy.push(done.energy);
+        current = { layer, f: done };
+        progress.tick();
+      }
+      const f = current.f;
+      const name = t.name.slice((layerPrefix(layer) + "self_attn.").length);
+      const values = ({ "k_rope_proj.weight": f.kRope, "k_rope_proj.bias": f.kRopeBias, "kv_down_proj.weight": f.kvDown, "k_up_proj.weight": f.kUp, "k_up_proj.bias": f.kUpBias, "v_up_proj.weight": f.vUp, "v_up_proj.bias": f.vUpBias } as Record<string, Float32Array | null>)[name];
+      if (!values) throw new MlaError("BAD_CHECKPOINT", `${src.dir}: tensor "${t.name}" is missing`, "the checkpoint does not match its config.json");
+      await writer.append(encodeFromF32(t.dtype, values));
     }
-    const f = current.f;
-    const name = t.name.slice((layerPrefix(layer) + "self_attn.").length);
-    const values = ({ "k_rope_proj.weight": f.kRope, "k_rope_proj.bias": f.kRopeBias, "kv_down_proj.weight": f.kvDown, "k_up_proj.weight": f.kUp, "k_up_proj.bias": f.kUpBias, "v_up_proj.weight": f.vUp, "v_up_proj.bias": f.vUpBias } as Record<string, Float32Array | null>)[name];
-    if (!values) throw new MlaError("BAD_CHECKPOINT", `${src.dir}: tensor "${t.name}" is missing`, "the checkpoint does not match its config.json");
-    await writer.append(encodeFromF32(t.dtype, values));
+  } finally {
+    await Promise.allSettled(inFlight.values()); // never leave a GPU call writing into freed arrays
   }
   await writer.close();
   return energy;

@@ -10,7 +10,7 @@
 import { EigenvalueDecomposition, Matrix } from "ml-matrix";
 import { MlaError } from "../errors.js";
 import { nativeLinalg } from "../backends/native/cpu.js";
-import { chosenLinalg } from "../backends/native/linalg.js";
+import { chosenLinalg, type FusedFactors } from "../backends/native/linalg.js";
 
 /** The route chosen for this process (CUDA when converting on the GPU), else the native CPU routines unless disabled (tests compare both routes). */
 function native() {
@@ -82,18 +82,42 @@ function gramRows(A: Float64Array, M: number, N: number): Float64Array {
   return G;
 }
 
-export function truncatedFactor(A: Float64Array, M: number, N: number, k: number): Factors {
+function checkRank(M: number, N: number, k: number): void {
   if (!Number.isInteger(k) || k < 1 || k > Math.min(M, N)) throw new MlaError("BAD_ARGUMENT", `truncated SVD rank ${k} is outside 1…${Math.min(M, N)} for a ${M}×${N} matrix`, "lower the rank");
+}
+
+/** Factors from a fused route's output (eigenvalues of AᵀA → σ, energy). */
+function fromFused(r: FusedFactors, k: number): Factors {
+  const sigma = r.values.map((v) => Math.sqrt(Math.max(v, 0)));
+  return { down: r.down, up: r.up, sigma, energy: energyOf(sigma, k) };
+}
+
+function energyOf(sigma: Float64Array, k: number): number {
+  let kept = 0;
+  let total = 0;
+  sigma.forEach((s, i) => {
+    total += s * s;
+    if (i < k) kept += s * s;
+  });
+  return total > 0 ? kept / total : 1;
+}
+
+/** truncatedFactor with the heavy part off the JavaScript thread when the route can (CUDA); otherwise the same call. */
+export async function truncatedFactorAsync(A: Float64Array, M: number, N: number, k: number): Promise<Factors> {
+  checkRank(M, N, k);
+  const nat = native();
+  if (N <= M && nat?.factorColsAsync) return fromFused(await nat.factorColsAsync(A, M, N, k), k);
+  return truncatedFactor(A, M, N, k);
+}
+
+export function truncatedFactor(A: Float64Array, M: number, N: number, k: number): Factors {
+  checkRank(M, N, k);
+  const nat = native();
+  if (N <= M && nat?.factorCols) return fromFused(nat.factorCols(A, M, N, k), k);
   const down = new Float64Array(k * N);
   const up = new Float64Array(M * k);
   let sigma: Float64Array;
-  const nat = native();
-  if (N <= M && nat?.factorCols) {
-    const r = nat.factorCols(A, M, N, k);
-    sigma = r.values.map((v) => Math.sqrt(Math.max(v, 0)));
-    down.set(r.down);
-    up.set(r.up);
-  } else if (N <= M) {
+  if (N <= M) {
     const { values, vectors } = symmetricEigen(gramCols(A, M, N), N);
     sigma = values.map((v) => Math.sqrt(Math.max(v, 0)));
     for (let j = 0; j < k; j++) down.set(vectors[j]!, j * N);
@@ -113,13 +137,7 @@ export function truncatedFactor(A: Float64Array, M: number, N: number, k: number
       if (s > tiny) for (let d = 0; d < N; d++) down[j * N + d] = UtA[j * N + d]! / s;
     }
   }
-  let kept = 0;
-  let total = 0;
-  sigma.forEach((s, i) => {
-    total += s * s;
-    if (i < k) kept += s * s;
-  });
-  return { down, up, sigma, energy: total > 0 ? kept / total : 1 };
+  return { down, up, sigma, energy: energyOf(sigma, k) };
 }
 
 export interface CovarianceRoots {

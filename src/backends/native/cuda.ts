@@ -416,6 +416,9 @@ export class CudaBackend implements Backend {
 
 /** The float64 conversion routines on the GPU. */
 export function cudaLinalg(lib: CudaLib): Linalg {
+  // Asynchronous calls run on koffi worker threads; one at a time, since they share the stream and
+  // the cuBLAS/cuSOLVER handles.
+  let queue: Promise<unknown> = Promise.resolve();
   const ok = (op: string, status: number) => {
     if (status !== 0) {
       const msg = lib.lastError().replace(/^[^ ]+: /, "");
@@ -446,6 +449,27 @@ export function cudaLinalg(lib: CudaLib): Linalg {
       const values = new Float64Array(N);
       ok("factor_cols", lib.fns["factorCols"]!(A, M, N, k, down, up, values));
       return { down, up, values };
+    },
+    factorColsAsync(A, M, N, k) {
+      const down = new Float64Array(k * N);
+      const up = new Float64Array(M * k);
+      const values = new Float64Array(N);
+      const fn = lib.fns["factorCols"] as unknown as { async: (...args: unknown[]) => void };
+      const run = () =>
+        new Promise<{ down: Float64Array; up: Float64Array; values: Float64Array }>((resolve, reject) => {
+          fn.async(A, M, N, k, down, up, values, (err: unknown, status: number) => {
+            try {
+              if (err) throw err;
+              ok("factor_cols", status);
+              resolve({ down, up, values });
+            } catch (e) {
+              reject(e);
+            }
+          });
+        });
+      const job = queue.then(run, run);
+      queue = job.catch(() => {});
+      return job;
     },
   };
 }

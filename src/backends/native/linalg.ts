@@ -12,7 +12,15 @@ export interface Linalg {
   /** Z[a,c] = X[a,b]·Y[b,c]. */
   matmul(X: Float64Array, Y: Float64Array, a: number, b: number, c: number): Float64Array;
   /** Optional fused rank-k factorization of A[M,N], N ≤ M: down[k,N] (top eigenvectors of AᵀA), up = A·downᵀ [M,k], all eigenvalues of AᵀA descending. */
-  factorCols?(A: Float64Array, M: number, N: number, k: number): { down: Float64Array; up: Float64Array; values: Float64Array };
+  factorCols?(A: Float64Array, M: number, N: number, k: number): FusedFactors;
+  /** The same off the JavaScript thread (reading and writing go on meanwhile). */
+  factorColsAsync?(A: Float64Array, M: number, N: number, k: number): Promise<FusedFactors>;
+}
+
+export interface FusedFactors {
+  down: Float64Array;
+  up: Float64Array;
+  values: Float64Array;
 }
 
 let chosen: Linalg | null | undefined;
