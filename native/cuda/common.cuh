@@ -14,6 +14,7 @@ struct mla_cuda_buf {
   void* ptr;
   int64_t n;      // elements
   int32_t dtype;  // MLA_F32, MLA_BF16, MLA_F64, MLA_I32
+  bool owner;     // false for views into another buffer
 };
 
 namespace mla {

@@ -111,7 +111,7 @@ extern "C" mla_cuda_buf* mla_cuda_alloc(int64_t n, int32_t dtype) {
     MLA_FAIL(MLA_ERR_ARGUMENT, "alloc: bad dtype " + std::to_string(dtype) + " or size " + std::to_string(n));
     return nullptr;
   }
-  auto* b = new mla_cuda_buf{nullptr, n, dtype};
+  auto* b = new mla_cuda_buf{nullptr, n, dtype, true};
   const size_t bytes = (size_t)(n > 0 ? n : 1) * es;
   cudaError_t e = cudaMallocAsync(&b->ptr, bytes, ctx()->stream);
   if (e != cudaSuccess) {
@@ -129,9 +129,27 @@ extern "C" mla_cuda_buf* mla_cuda_alloc(int64_t n, int32_t dtype) {
 
 extern "C" void mla_cuda_free(mla_cuda_buf* b) {
   if (!b || !ctx()) return;
-  cudaFreeAsync(b->ptr, ctx()->stream);
-  ctx()->live_bytes -= (int64_t)((b->n > 0 ? b->n : 1) * mla::dtype_size(b->dtype));
+  if (b->owner) {
+    cudaFreeAsync(b->ptr, ctx()->stream);
+    ctx()->live_bytes -= (int64_t)((b->n > 0 ? b->n : 1) * mla::dtype_size(b->dtype));
+  }
   delete b;
+}
+
+extern "C" mla_cuda_buf* mla_cuda_view(const mla_cuda_buf* parent, int64_t offset, int64_t n) {
+  if (!parent || offset < 0 || n < 0 || offset + n > parent->n) {
+    MLA_FAIL(MLA_ERR_ARGUMENT, "view: range outside the buffer");
+    return nullptr;
+  }
+  return new mla_cuda_buf{(char*)parent->ptr + offset * mla::dtype_size(parent->dtype), n, parent->dtype, false};
+}
+
+extern "C" mla_status mla_cuda_copy(mla_cuda_buf* dst, int64_t dst_offset, const mla_cuda_buf* src, int64_t src_offset, int64_t n) {
+  NEED_CTX();
+  MLA_CHECK(dst && src && dst->dtype == src->dtype && dst_offset >= 0 && src_offset >= 0 && n >= 0 && dst_offset + n <= dst->n && src_offset + n <= src->n, "copy: range outside a buffer or dtypes differ");
+  const size_t es = mla::dtype_size(dst->dtype);
+  if (n) CUDA_TRY(cudaMemcpyAsync((char*)dst->ptr + dst_offset * es, (const char*)src->ptr + src_offset * es, n * es, cudaMemcpyDeviceToDevice, ctx()->stream));
+  return MLA_OK;
 }
 
 extern "C" mla_status mla_cuda_upload(mla_cuda_buf* dst, const void* host, int64_t bytes) {

@@ -112,6 +112,11 @@ const char* mla_cuda_info(void);
    what mha2mla holds and what the device has free). */
 mla_cuda_buf* mla_cuda_alloc(int64_t n, int32_t dtype);
 void mla_cuda_free(mla_cuda_buf* b);
+/* A non-owning handle on elements [offset, offset + n) of parent (freeing it frees only the handle;
+   it must not outlive the parent). */
+mla_cuda_buf* mla_cuda_view(const mla_cuda_buf* parent, int64_t offset, int64_t n);
+/* dst[dst_offset + i] = src[src_offset + i] for i < n, on the device (same dtype). */
+mla_status mla_cuda_copy(mla_cuda_buf* dst, int64_t dst_offset, const mla_cuda_buf* src, int64_t src_offset, int64_t n);
 mla_status mla_cuda_upload(mla_cuda_buf* dst, const void* host, int64_t bytes);
 mla_status mla_cuda_download(const mla_cuda_buf* src, void* host, int64_t bytes);
 /* out[4] = bytes held by live buffers, their peak, device free, device total. */

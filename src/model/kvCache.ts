@@ -29,6 +29,25 @@ class RowBuffer {
   }
 }
 
+/** Rows of one cache part: on the host (uploaded whole for each step) or, where the backend can keep them, on the device. */
+interface RowStore {
+  readonly rows: number;
+  append(values: Tensor): void;
+  tensor(shape: number[]): Tensor;
+}
+
+/** Backends that keep decode caches in their own memory (CUDA). */
+interface DeviceRowBackend {
+  createRowStore(rowSize: number): { readonly rows: number; append(rows: Tensor): void; view(shape: readonly number[]): Tensor };
+}
+
+function rowStore(backend: Backend, rowSize: number): RowStore {
+  const dev = (backend as Partial<DeviceRowBackend>).createRowStore?.(rowSize);
+  if (dev) return { get rows() { return dev.rows; }, append: (v) => dev.append(v), tensor: (shape) => dev.view(shape) };
+  const host = new RowBuffer(rowSize);
+  return { get rows() { return host.rows; }, append: (v) => host.append(v.toArray()), tensor: (shape) => backend.upload(host.view(), [host.rows, ...shape]) };
+}
+
 export interface DecodeCache {
   /** Tokens cached so far. */
   readonly length: number;
@@ -40,22 +59,27 @@ export interface DecodeCache {
 
 /** Pairs of row buffers per layer, shared by both cache kinds. */
 abstract class TwoPartCache implements DecodeCache {
-  private readonly a: RowBuffer[];
-  private readonly b: RowBuffer[];
+  private readonly a: RowStore[];
+  private readonly b: RowStore[];
   private len = 0;
 
   constructor(protected readonly backend: Backend, layers: number, protected readonly shapeA: number[], protected readonly shapeB: number[]) {
     const size = (s: number[]) => s.reduce((x, y) => x * y, 1);
-    this.a = Array.from({ length: layers }, () => new RowBuffer(size(shapeA)));
-    this.b = Array.from({ length: layers }, () => new RowBuffer(size(shapeB)));
+    this.a = Array.from({ length: layers }, () => rowStore(backend, size(shapeA)));
+    this.b = Array.from({ length: layers }, () => rowStore(backend, size(shapeB)));
+    this.rowA = size(shapeA);
+    this.rowB = size(shapeB);
   }
 
   get length(): number {
     return this.len;
   }
 
+  private readonly rowA: number;
+  private readonly rowB: number;
+
   get elements(): number {
-    return this.a.reduce((n, x, i) => n + x.view().length + this.b[i]!.view().length, 0);
+    return this.a.reduce((n, x, i) => n + x.rows * this.rowA + this.b[i]!.rows * this.rowB, 0);
   }
 
   advance(tokens: number): void {
@@ -63,18 +87,14 @@ abstract class TwoPartCache implements DecodeCache {
   }
 
   protected appendBoth(layer: number, a: Tensor, b: Tensor): [Tensor, Tensor] {
-    const A = this.a[layer]!;
-    const B = this.b[layer]!;
-    A.append(a.toArray());
-    B.append(b.toArray());
-    return [this.backend.upload(A.view(), [A.rows, ...this.shapeA]), this.backend.upload(B.view(), [B.rows, ...this.shapeB])];
+    this.a[layer]!.append(a);
+    this.b[layer]!.append(b);
+    return this.both(layer);
   }
 
   /** What `layer` holds now, without appending. */
   protected both(layer: number): [Tensor, Tensor] {
-    const A = this.a[layer]!;
-    const B = this.b[layer]!;
-    return [this.backend.upload(A.view(), [A.rows, ...this.shapeA]), this.backend.upload(B.view(), [B.rows, ...this.shapeB])];
+    return [this.a[layer]!.tensor(this.shapeA), this.b[layer]!.tensor(this.shapeB)];
   }
 }
 

@@ -15,7 +15,9 @@ import { evaluate } from "../../src/eval/evaluate.js";
 import { MlaError } from "../../src/errors.js";
 import { useLinalg } from "../../src/backends/native/linalg.js";
 import { truncatedFactor } from "../../src/svd/truncated.js";
-import { FIXTURES, MODELS, seededRand, tmpDir } from "../helpers.js";
+import { FIXTURES, MODELS, maxAbsDiff, seededRand, tmpDir } from "../helpers.js";
+import { loadNativeCpu, NativeCpuBackend } from "../../src/backends/native/cpu.js";
+import { loadModel } from "../../src/model/llama.js";
 import { formatParity, runParity } from "./parity.js";
 
 const lib = loadCuda();
@@ -128,6 +130,23 @@ test("out of GPU memory is an error naming the tensor and its size, with a hint"
 });
 
 const TEXT = path.join(FIXTURES, "text", "tinystories_25k.txt");
+
+test("decode with the cache on the device equals the CPU step by step (MHA and absorbed MLA)", { skip }, async (t) => {
+  const dir = tmpDir();
+  await convert(path.join(MODELS, "stories260K"), { rank: 4, ropePairs: 2, ropeStrategy: "uniform", out: path.join(dir, "mla"), progress: null, device: "cpu" });
+  const cpu = new NativeCpuBackend(loadNativeCpu() as Exclude<ReturnType<typeof loadNativeCpu>, string>);
+  for (const spec of [path.join(MODELS, "stories260K"), path.join(dir, "mla")]) {
+    const g = loadModel(spec, { backend: backend() }).model;
+    const c = loadModel(spec, { backend: cpu }).model;
+    const cg = g.newCache(), cc = c.newCache();
+    let worst = 0;
+    const steps: Int32Array[] = [Int32Array.of(1, 400, 300, 200, 100, 50, 25, 12), ...Array.from({ length: 12 }, (_, i) => Int32Array.of(10 + i * 7))];
+    for (const ids of steps) worst = Math.max(worst, maxAbsDiff(g.forward(ids, cg).toArray(), c.forward(ids, cc).toArray()));
+    t.diagnostic(`${path.basename(spec)}: max |Δ logits| over ${steps.length} cached steps ${worst.toExponential(2)}, cache ${cg.elements} elements`);
+    assert.ok(worst < 1e-3);
+    assert.equal(cg.elements, cc.elements);
+  }
+});
 
 test("end to end: stories260K eval NLL on the GPU equals the CPU within 1e-3", { skip }, async (t) => {
   const opts = { text: TEXT, tokens: 20000, ctx: 256, progress: null };

@@ -27,11 +27,13 @@ interface CudaLib {
   info: string;
   lastError: () => string;
   alloc: (n: number, dtype: number) => unknown;
+  view: (parent: unknown, offset: number, n: number) => unknown;
   free: (b: unknown) => void;
   fns: Record<string, Fn>;
 }
 
 const SIGNATURES: Record<string, string> = {
+  copy: "int mla_cuda_copy(mla_cuda_buf* dst, int64_t dst_offset, const mla_cuda_buf* src, int64_t src_offset, int64_t n)",
   upload: "int mla_cuda_upload(mla_cuda_buf* dst, const void* host, int64_t bytes)",
   download: "int mla_cuda_download(const mla_cuda_buf* src, void* host, int64_t bytes)",
   memory: "int mla_cuda_memory(int64_t* out)",
@@ -89,14 +91,43 @@ export function loadCuda(): CudaLib | string {
     info: (lib.func("const char* mla_cuda_info(void)") as () => string)(),
     lastError,
     alloc: lib.func("mla_cuda_buf* mla_cuda_alloc(int64_t n, int32_t dtype)") as (n: number, d: number) => unknown,
+    view: lib.func("mla_cuda_buf* mla_cuda_view(const mla_cuda_buf* parent, int64_t offset, int64_t n)") as (p: unknown, o: number, n: number) => unknown,
     free: lib.func("void mla_cuda_free(mla_cuda_buf* b)") as (b: unknown) => void,
     fns,
   });
 }
 
-/** A device buffer; `handle` is the opaque mla_cuda_buf*. */
+/** A device buffer; `handle` is the opaque mla_cuda_buf*. A view keeps its parent reachable. */
 class DeviceBuffer {
-  constructor(readonly handle: unknown, readonly n: number, readonly dtype: number) {}
+  constructor(readonly handle: unknown, readonly n: number, readonly dtype: number, readonly parent: DeviceBuffer | null = null) {}
+}
+
+/** Growable [rows, rowSize] float32 rows on the device (decode caches): appending copies only the new rows. */
+export class DeviceRowStore {
+  private buf: Tensor | null = null;
+  private capacity = 0;
+  rows = 0;
+  constructor(private readonly backend: CudaBackend, readonly rowSize: number) {}
+
+  append(rows: Tensor): void {
+    const add = rows.size / this.rowSize;
+    if (this.rows + add > this.capacity) {
+      const cap = Math.max(this.rows + add, this.capacity * 2, 16);
+      const grown = this.backend.empty([cap * this.rowSize], "a decode cache");
+      if (this.buf && this.rows) this.backend.copyElements(grown, 0, this.buf, 0, this.rows * this.rowSize);
+      if (this.buf) this.backend.free(this.buf);
+      this.buf = grown;
+      this.capacity = cap;
+    }
+    this.backend.copyElements(this.buf!, this.rows * this.rowSize, rows, 0, rows.size);
+    this.rows += add;
+  }
+
+  /** All rows so far as [rows, ...shape] (a view: valid until the next append). */
+  view(shape: readonly number[]): Tensor {
+    if (!this.buf) return this.backend.empty([0, ...shape], "an empty cache");
+    return this.backend.viewOf(this.buf, 0, this.rows * this.rowSize, [this.rows, ...shape]);
+  }
 }
 
 function last(t: Tensor): number {
@@ -159,6 +190,25 @@ export class CudaBackend implements Backend {
     const buf = new DeviceBuffer(h, n, dtype);
     this.registry.register(buf, h, buf);
     return new Tensor(this, shape, buf, "f32");
+  }
+
+  /** dst[dstOffset + i] = src[srcOffset + i], i < n (elements), on the device. */
+  copyElements(dst: Tensor, dstOffset: number, src: Tensor, srcOffset: number, n: number): void {
+    this.call("copy", this.lib.fns["copy"]!(this.h(dst), dstOffset, this.h(src), srcOffset, n));
+  }
+
+  /** A tensor of `shape` on elements [offset, offset + n) of t, sharing its memory. */
+  viewOf(t: Tensor, offset: number, n: number, shape: readonly number[]): Tensor {
+    const parent = t.storage as DeviceBuffer;
+    const h = this.lib.view(parent.handle, offset, n);
+    if (!h) this.fail("view");
+    const buf = new DeviceBuffer(h, n, parent.dtype, parent);
+    this.registry.register(buf, h, buf);
+    return new Tensor(this, shape, buf, "f32");
+  }
+
+  createRowStore(rowSize: number): DeviceRowStore {
+    return new DeviceRowStore(this, rowSize);
   }
 
   private h(t: Tensor | null | undefined): unknown {

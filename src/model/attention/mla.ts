@@ -111,7 +111,16 @@ export class MlaBlock {
     const oLatent = new Float32Array(D * c.heads * L);
     const oBias = new Float64Array(D);
     if (OB) OB.forEach((x, i) => (oBias[i] = x));
-    const acc = new Float64Array(D);
+    // The products run as backend GEMMs (on the GPU under CUDA): at the llama2-7b shape they are
+    // ~64 GFLOP per layer, far too slow as host loops.
+    const transposeRows = (src: ArrayLike<number>, row0: number, rows: number, cols: number) => {
+      const t = new Float32Array(rows * cols); // [cols, rows]
+      for (let r = 0; r < rows; r++) for (let k = 0; k < cols; k++) t[k * rows + r] = src[(row0 + r) * cols + k]!;
+      return t;
+    };
+    const kuT = Array.from({ length: c.kvHeads }, (_, g) => b.upload(transposeRows(KU, g * Dn, Dn, L), [L, Dn])); // KU_gᵀ
+    const vuT = Array.from({ length: c.kvHeads }, (_, g) => b.upload(transposeRows(VU, g * Dh, Dh, L), [L, Dh])); // VU_gᵀ
+    const HL = c.heads * L;
     for (let h = 0; h < c.heads; h++) {
       const g = Math.floor(h / group);
       const qh = h * Dh;
@@ -119,30 +128,28 @@ export class MlaBlock {
         qRope.set(Q.subarray((qh + r) * D, (qh + r + 1) * D), (h * 2 * R + r) * D);
         if (QB && qRopeBias) qRopeBias[h * 2 * R + r] = QB[qh + r]!;
       }
-      // qLatent[h·L + l, :] = Σ_n KU[g·Dn + n, l] · Q[qh + 2R + n, :]
-      for (let l = 0; l < L; l++) {
-        acc.fill(0);
-        let bias = 0;
-        for (let n = 0; n < Dn; n++) {
-          const k = KU[(g * Dn + n) * L + l]!;
-          const row = (qh + 2 * R + n) * D;
-          for (let d = 0; d < D; d++) acc[d] += k * Q[row + d]!;
-          if (QB) bias += k * QB[qh + 2 * R + n]!;
-        }
-        for (let d = 0; d < D; d++) qLatent[(h * L + l) * D + d] = acc[d]!;
-        if (qLatentBias) qLatentBias[h * L + l] = bias;
-      }
-      // oLatent[:, h·L + l] = Σ_e O[:, h·Dh + e] · VU[g·Dh + e, l]; bias += Σ_e O[:, h·Dh + e] · VB[g·Dh + e]
-      for (let d = 0; d < D; d++) {
-        const orow = d * c.heads * Dh + h * Dh;
+      // qLatent[h·L + l, :] = Σ_n KU[g·Dn + n, l] · Q[qh + 2R + n, :]  =  KU_gᵀ [L,Dn] · Q_nope [Dn,D]
+      const qnT = b.upload(transposeRows(Q, qh + 2 * R, Dn, D), [D, Dn]);
+      const lat = b.linear(kuT[g]!, qnT);
+      qLatent.set(lat.toArray(), h * L * D);
+      lat.dispose();
+      qnT.dispose();
+      if (QB && qLatentBias)
         for (let l = 0; l < L; l++) {
-          let s = 0;
-          for (let e = 0; e < Dh; e++) s += O[orow + e]! * VU[(g * Dh + e) * L + l]!;
-          oLatent[d * c.heads * L + h * L + l] = s;
+          let bias = 0;
+          for (let n = 0; n < Dn; n++) bias += KU[(g * Dn + n) * L + l]! * QB[qh + 2 * R + n]!;
+          qLatentBias[h * L + l] = bias;
         }
-        if (VB) for (let e = 0; e < Dh; e++) oBias[d] += O[orow + e]! * VB[g * Dh + e]!;
-      }
+      // oLatent[:, h·L + l] = Σ_e O[:, h·Dh + e] · VU[g·Dh + e, l]  =  O_h [D,Dh] · VU_g [Dh,L]
+      const oh = new Float32Array(D * Dh);
+      for (let d = 0; d < D; d++) for (let e = 0; e < Dh; e++) oh[d * Dh + e] = O[d * c.heads * Dh + h * Dh + e]!;
+      const ohT = b.upload(oh, [D, Dh]);
+      const ol = b.linear(ohT, vuT[g]!).toArray(); // [D, L]
+      ohT.dispose();
+      for (let d = 0; d < D; d++) oLatent.set(ol.subarray(d * L, (d + 1) * L), d * HL + h * L);
+      if (VB) for (let d = 0; d < D; d++) for (let e = 0; e < Dh; e++) oBias[d] += O[d * c.heads * Dh + h * Dh + e]! * VB[g * Dh + e]!;
     }
+    for (const t of [...kuT, ...vuT]) t.dispose();
     const hasOBias = OB !== null || VB !== null;
     this.absorbed = {
       qRope: b.upload(qRope, [c.heads * 2 * R, D]),

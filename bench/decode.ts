@@ -1,0 +1,70 @@
+/**
+ * Decode throughput and KV-cache size, original MHA/GQA model vs its MLA conversion (absorbed
+ * up-projections, latent cache), in our runtime, side by side in one run (issue 4, acceptance 5).
+ * For each context: prefill CTX random tokens into a fresh cache, then time STEPS single-token
+ * forwards (each ends by reading the logits back, so GPU work is included). "Batch" B is B
+ * sequences decoded one after another (the runtime has no batched decode yet): tokens/s is summed
+ * over them and the cache holds B sequences; where B sequences would not fit in GPU memory the row
+ * says so with the bytes they would need.
+ * Run: node dist/bench/decode.js MHA_DIR MLA_DIR [--device cuda] [--contexts 1024,4096,16384] [--batches 1,32] [--steps 32]
+ */
+import { selectBackend, type DeviceName } from "../src/backends/select.js";
+import { CudaBackend } from "../src/backends/native/cuda.js";
+import { loadModel } from "../src/model/llama.js";
+import { stderrLogger } from "../src/util/log.js";
+
+const args = process.argv.slice(2);
+const opt = (name: string, dflt: string) => {
+  const i = args.indexOf(`--${name}`);
+  return i >= 0 ? args[i + 1]! : dflt;
+};
+const dirs = args.filter((a, i) => !a.startsWith("--") && !args[i - 1]?.startsWith("--"));
+const device = opt("device", "cuda") as DeviceName;
+const contexts = opt("contexts", "1024,4096,16384").split(",").map(Number);
+const batches = opt("batches", "1,32").split(",").map(Number);
+const steps = Number(opt("steps", "32"));
+const backend = selectBackend(device, stderrLogger);
+
+function rand(n: number, vocab: number, seed: number): Int32Array {
+  let s = seed >>> 0;
+  return Int32Array.from({ length: n }, () => ((s = (s * 1664525 + 1013904223) >>> 0) % (vocab - 3)) + 3);
+}
+
+console.log(`| model | attention | context | batch | KV elements/token (all layers) | KV cache, f32 storage | KV cache, bf16 | decode tokens/s |`);
+console.log(`| --- | --- | --- | --- | --- | --- | --- | --- |`);
+for (const dir of dirs) {
+  const { model, config } = loadModel(dir, { backend });
+  const V = config.vocabSize;
+  for (const ctx of contexts) {
+    // Elements per token from a one-token cache.
+    const probe = model.newCache();
+    model.forward(rand(1, V, 7), probe);
+    const perToken = probe.elements;
+    for (const B of batches) {
+      const bytes32 = perToken * 4 * ctx * B;
+      const mem = backend instanceof CudaBackend ? backend.memory() : null;
+      const size = (b: number) => (b >= 2 ** 30 ? `${(b / 2 ** 30).toFixed(2)} GiB` : `${(b / 2 ** 20).toFixed(1)} MiB`);
+      const label = `| ${dir.split("/").pop()} | ${config.attention.kind} | ${ctx} | ${B} | ${perToken} | ${size(bytes32)} | ${size(bytes32 / 2)} |`;
+      if (mem && bytes32 > mem.free * 0.8) {
+        console.log(`${label} does not fit (${(mem.free / 2 ** 30).toFixed(1)} GiB free) |`);
+        continue;
+      }
+      const caches = Array.from({ length: B }, (_, b) => {
+        const c = model.newCache();
+        model.forward(rand(ctx, V, 11 + b), c).toArray();
+        return c;
+      });
+      let tok = Int32Array.of(5);
+      for (const c of caches) model.forward(tok, c).toArray(); // first step builds the absorbed projections
+      const t0 = performance.now();
+      for (let s = 0; s < steps; s++)
+        for (const c of caches) {
+          const logits = model.forward(tok, c).toArray();
+          tok = Int32Array.of(3 + (logits.indexOf(Math.max(...logits.subarray(0, 64))) % 60));
+        }
+      const sec = (performance.now() - t0) / 1000;
+      console.log(`${label} ${((steps * B) / sec).toFixed(1)} |`);
+      await new Promise((r) => setImmediate(r)); // lets freed device buffers be reclaimed
+    }
+  }
+}
