@@ -42,11 +42,14 @@ for (const dir of dirs) {
     const perToken = probe.elements;
     for (const B of batches) {
       const bytes32 = perToken * 4 * ctx * B;
+      if (backend instanceof CudaBackend) await backend.reclaim();
       const mem = backend instanceof CudaBackend ? backend.memory() : null;
+      // Free on the device plus what our pool caches (freed buffers are kept for reuse, not returned to the driver).
+      const avail = mem ? mem.total - mem.live - 2 * 2 ** 30 : Infinity;
       const size = (b: number) => (b >= 2 ** 30 ? `${(b / 2 ** 30).toFixed(2)} GiB` : `${(b / 2 ** 20).toFixed(1)} MiB`);
       const label = `| ${dir.split("/").pop()} | ${config.attention.kind} | ${ctx} | ${B} | ${perToken} | ${size(bytes32)} | ${size(bytes32 / 2)} |`;
-      if (mem && bytes32 > mem.free * 0.8) {
-        console.log(`${label} does not fit (${(mem.free / 2 ** 30).toFixed(1)} GiB free) |`);
+      if (bytes32 * 1.15 > avail) {
+        console.log(`${label} does not fit (${(avail / 2 ** 30).toFixed(1)} GiB left beside the weights) |`);
         continue;
       }
       const caches = Array.from({ length: B }, (_, b) => {

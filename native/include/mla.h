@@ -135,6 +135,10 @@ mla_status mla_cuda_rope(const mla_cuda_buf* x, mla_cuda_buf* y, const int32_t* 
 mla_status mla_cuda_attention(const mla_cuda_buf* q, const mla_cuda_buf* k, const mla_cuda_buf* v, mla_cuda_buf* o, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t query_offset, int64_t window);
 /* MLA attention on the latent cache: qr[T,H,Dr], kr[S,Hkv,Dr], qc[T,H,L], c[S,L] → o[T,H,L]. */
 mla_status mla_cuda_latent_attention(const mla_cuda_buf* qr, const mla_cuda_buf* kr, const mla_cuda_buf* qc, const mla_cuda_buf* c, mla_cuda_buf* o, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dr, int64_t L, float scale, int64_t query_offset, int64_t window);
+/* The same two for a single query row (decode, T = 1) through cuBLAS: scores of all heads by GEMM
+   (strided-batched over KV heads), a softmax kernel, a second GEMM on the values / latents. */
+mla_status mla_cuda_attention_decode(const mla_cuda_buf* q, const mla_cuda_buf* k, const mla_cuda_buf* v, mla_cuda_buf* o, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t query_offset, int64_t window);
+mla_status mla_cuda_latent_attention_decode(const mla_cuda_buf* qr, const mla_cuda_buf* kr, const mla_cuda_buf* qc, const mla_cuda_buf* c, mla_cuda_buf* o, int64_t S, int64_t H, int64_t Hkv, int64_t Dr, int64_t L, float scale, int64_t query_offset, int64_t window);
 mla_status mla_cuda_swiglu(const mla_cuda_buf* gate, const mla_cuda_buf* up, mla_cuda_buf* y, int64_t n);
 mla_status mla_cuda_swiglu_backward(const mla_cuda_buf* gate, const mla_cuda_buf* up, const mla_cuda_buf* dy, mla_cuda_buf* dgate, mla_cuda_buf* dup, int64_t n);
 /* y = sa·a + sb·b (b may be NULL). */

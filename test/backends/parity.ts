@@ -81,7 +81,7 @@ export function runParity(candidate: Backend, relTol: number): ParityLine[] {
       backward: B.ropeBackward(up(x, [T, H, Dh]), positions, invFreq, rd),
     }));
   }
-  for (const [T, H, Dh, Dv, Hkv, S, off, win] of [[1, 1, 1, 1, 1, 1, 0, null], [7, 6, 5, 5, 2, 7, 0, null], [3, 4, 8, 6, 4, 11, 8, null], [33, 8, 16, 16, 2, 33, 0, 9], [2, 6, 12, 12, 3, 40, 38, 16], [1, 8, 64, 64, 4, 300, 299, null]] as const) {
+  for (const [T, H, Dh, Dv, Hkv, S, off, win] of [[1, 1, 1, 1, 1, 1, 0, null], [7, 6, 5, 5, 2, 7, 0, null], [3, 4, 8, 6, 4, 11, 8, null], [33, 8, 16, 16, 2, 33, 0, 9], [2, 6, 12, 12, 3, 40, 38, 16], [1, 8, 64, 64, 4, 300, 299, null], [1, 6, 12, 10, 3, 50, 49, 16], [1, 4, 8, 8, 2, 20, 9, null]] as const) {
     const q = rand(T * H * Dh), k = rand(S * Hkv * Dh), v = rand(S * Hkv * Dv), d = rand(T * H * Dv);
     const opts: AttentionOptions = { scale: 1 / Math.sqrt(Dh), queryOffset: off, window: win };
     check("attention", `T${T} S${S} H${H}/${Hkv} Dh${Dh} Dv${Dv} off${off} win${win}`, (B, up) => {
@@ -90,7 +90,7 @@ export function runParity(candidate: Backend, relTol: number): ParityLine[] {
       return { y: B.attention(Q, Kt, Vt, opts), dq: g.dq, dk: g.dk, dv: g.dv };
     });
   }
-  for (const [T, S, H, Hkv, Dr, L, off] of [[1, 1, 1, 1, 2, 3, 0], [5, 5, 4, 2, 4, 6, 0], [2, 9, 8, 4, 2, 16, 7]] as const) {
+  for (const [T, S, H, Hkv, Dr, L, off] of [[1, 1, 1, 1, 2, 3, 0], [5, 5, 4, 2, 4, 6, 0], [2, 9, 8, 4, 2, 16, 7], [1, 40, 8, 4, 4, 16, 39], [1, 33, 6, 2, 2, 70, 20]] as const) {
     const qr = rand(T * H * Dr), kr = rand(S * Hkv * Dr), qc = rand(T * H * L), c = rand(S * L);
     const opts: AttentionOptions = { scale: 0.3, queryOffset: off, window: null };
     check("latentAttention", `T${T} S${S} H${H}/${Hkv} Dr${Dr} L${L}`, (B, up) => ({ y: B.latentAttention(up(qr, [T, H, Dr]), up(kr, [S, Hkv, Dr]), up(qc, [T, H, L]), up(c, [S, L]), opts) }));

@@ -47,6 +47,8 @@ const SIGNATURES: Record<string, string> = {
   rope: "int mla_cuda_rope(const mla_cuda_buf* x, mla_cuda_buf* y, const int32_t* positions, const double* inv_freq, int64_t n_freq, int64_t T, int64_t H, int64_t Dh, int64_t rotary_dims, int32_t sign)",
   attention: "int mla_cuda_attention(const mla_cuda_buf* q, const mla_cuda_buf* k, const mla_cuda_buf* v, mla_cuda_buf* o, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window)",
   latentAttention: "int mla_cuda_latent_attention(const mla_cuda_buf* qr, const mla_cuda_buf* kr, const mla_cuda_buf* qc, const mla_cuda_buf* c, mla_cuda_buf* o, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dr, int64_t L, float scale, int64_t off, int64_t window)",
+  attentionDecode: "int mla_cuda_attention_decode(const mla_cuda_buf* q, const mla_cuda_buf* k, const mla_cuda_buf* v, mla_cuda_buf* o, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window)",
+  latentAttentionDecode: "int mla_cuda_latent_attention_decode(const mla_cuda_buf* qr, const mla_cuda_buf* kr, const mla_cuda_buf* qc, const mla_cuda_buf* c, mla_cuda_buf* o, int64_t S, int64_t H, int64_t Hkv, int64_t Dr, int64_t L, float scale, int64_t off, int64_t window)",
   swiglu: "int mla_cuda_swiglu(const mla_cuda_buf* g, const mla_cuda_buf* u, mla_cuda_buf* y, int64_t n)",
   swigluBackward: "int mla_cuda_swiglu_backward(const mla_cuda_buf* g, const mla_cuda_buf* u, const mla_cuda_buf* dy, mla_cuda_buf* dg, mla_cuda_buf* du, int64_t n)",
   axpby: "int mla_cuda_axpby(const mla_cuda_buf* a, const mla_cuda_buf* b, mla_cuda_buf* y, float sa, float sb, int64_t n)",
@@ -253,6 +255,13 @@ export class CudaBackend implements Backend {
     this.lib.free(buf.handle);
   }
 
+  /** Collects unreachable tensors and lets their finalizers free the device memory. */
+  async reclaim(): Promise<void> {
+    forceGc();
+    await new Promise((r) => setImmediate(r));
+    await new Promise((r) => setImmediate(r));
+  }
+
   memory(): GpuMemory {
     const out = new BigInt64Array(4);
     this.call("memory", this.lib.fns["memory"]!(out));
@@ -331,6 +340,10 @@ export class CudaBackend implements Backend {
     expectShape("latentAttention", "qc", qc, [T, H, L]);
     expectShape("latentAttention", "c", c, [S, L]);
     const o = this.empty([T, H, L], "a latent attention output");
+    if (T === 1 && S > 0) {
+      this.call("latent_attention_decode", this.lib.fns["latentAttentionDecode"]!(this.h(qr), this.h(kr), this.h(qc), this.h(c), this.h(o), S, H, Hkv, Dr, L, opts.scale, opts.queryOffset, opts.window ?? 0));
+      return o;
+    }
     this.call("latent_attention", this.lib.fns["latentAttention"]!(this.h(qr), this.h(kr), this.h(qc), this.h(c), this.h(o), T, S, H, Hkv, Dr, L, opts.scale, opts.queryOffset, opts.window ?? 0));
     return o;
   }
@@ -342,6 +355,10 @@ export class CudaBackend implements Backend {
     expectShape("attention", "k", k, [S, Hkv, Dh]);
     expectShape("attention", "v", v, [S, Hkv, Dv]);
     const o = this.empty([T, H, Dv], "an attention output");
+    if (T === 1 && S > 0) {
+      this.call("attention_decode", this.lib.fns["attentionDecode"]!(this.h(q), this.h(k), this.h(v), this.h(o), S, H, Hkv, Dh, Dv, opts.scale, opts.queryOffset, opts.window ?? 0));
+      return o;
+    }
     this.call("attention", this.lib.fns["attention"]!(this.h(q), this.h(k), this.h(v), this.h(o), T, S, H, Hkv, Dh, Dv, opts.scale, opts.queryOffset, opts.window ?? 0));
     return o;
   }
