@@ -52,11 +52,13 @@ for (const dir of dirs) {
         console.log(`${label} does not fit (${(avail / 2 ** 30).toFixed(1)} GiB left beside the weights) |`);
         continue;
       }
-      const caches = Array.from({ length: B }, (_, b) => {
+      const caches = [];
+      for (let b = 0; b < B; b++) {
         const c = model.newCache();
         model.forward(rand(ctx, V, 11 + b), c).toArray();
-        return c;
-      });
+        caches.push(c);
+        if (backend instanceof CudaBackend) await backend.reclaim();
+      }
       let tok = Int32Array.of(5);
       for (const c of caches) model.forward(tok, c).toArray(); // first step builds the absorbed projections
       const t0 = performance.now();

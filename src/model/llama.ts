@@ -68,10 +68,17 @@ export class LlamaModel {
         lw.attn.kind === "mha"
           ? mhaAttention(ops, c, lw.attn, this.invFreq, x, positions, li, cache as KvCache | undefined)
           : this.mla![li]!.forward(ops, lw.attn, x, positions, cache as LatentCache | undefined, opts.absorb);
-      h = ops.add(h, a);
-      const y = ops.rmsnorm(h, lw.postNorm, c.rmsEps);
-      const m = ops.linear(ops.swiglu(ops.linear(y, lw.gate, lw.gateBias), ops.linear(y, lw.up, lw.upBias)), lw.down, lw.downBias);
-      h = ops.add(h, m);
+      const h1 = ops.add(h, a);
+      // Without a tape nothing refers to the intermediates again: free them now (a GPU backend would
+      // otherwise hold them until the garbage collector runs, gigabytes per window on a 7B model).
+      if (!ops.tape) for (const n of [h, x, a]) n.value.dispose();
+      const y = ops.rmsnorm(h1, lw.postNorm, c.rmsEps);
+      const g = ops.linear(y, lw.gate, lw.gateBias);
+      const u = ops.linear(y, lw.up, lw.upBias);
+      const s = ops.swiglu(g, u);
+      const m = ops.linear(s, lw.down, lw.downBias);
+      h = ops.add(h1, m);
+      if (!ops.tape) for (const n of [h1, y, g, u, s, m]) n.value.dispose();
     });
     if (cache) cache.advance(ids.length);
     return ops.linear(ops.rmsnorm(h, P.finalNorm, c.rmsEps), P.lmHead, null);
