@@ -1,10 +1,11 @@
+import { DEVICE_OPTION } from "./deviceOption.js";
 import type { CommandModule } from "yargs";
 import { convert } from "../convert/pipeline.js";
 import { ConversionArgs, conversionSettings, withConversionOptions } from "./conversionOptions.js";
 import { stderrLogger } from "../util/log.js";
 import { emitJson } from "./output.js";
 
-import { DEVICE_NAMES, DeviceName } from "../backends/select.js";
+import type { DeviceName } from "../backends/select.js";
 
 interface Args extends ConversionArgs {
   model: string;
@@ -30,7 +31,7 @@ export const convertCommand: CommandModule<object, Args> = {
       .option("eval-text", { type: "string", describe: "evaluate perplexity before and after; writes report.md/report.json into --out" })
       .option("eval-tokens", { type: "number", describe: "tokens of --eval-text to score (default all)" })
       .option("eval-ctx", { type: "number", default: 256 })
-      .option("device", { choices: DEVICE_NAMES, default: "auto" as DeviceName, describe: "compute backend (auto: native CPU when built, else reference)" })
+      .option("device", DEVICE_OPTION)
       .option("json", { type: "string", describe: "write the result summary as JSON to FILE (no value: stdout)" }),
   handler: async (a) => {
     const r = await convert(a.model, {

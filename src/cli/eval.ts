@@ -1,6 +1,7 @@
+import { DEVICE_OPTION } from "./deviceOption.js";
 import type { CommandModule } from "yargs";
 import { evaluate } from "../eval/evaluate.js";
-import { DEVICE_NAMES, DeviceName } from "../backends/select.js";
+import type { DeviceName } from "../backends/select.js";
 import { stderrLogger } from "../util/log.js";
 import { emitJson } from "./output.js";
 import { parseTaskNames, TASKS } from "../eval/tasks/index.js";
@@ -32,7 +33,7 @@ export const evalCommand: CommandModule<object, Args> = {
       .option("ctx", { type: "number", default: 256, describe: "window length including BOS" })
       .option("tokens", { type: "number", describe: "score only the first N tokens of the text" })
       .option("json", { type: "string", describe: "write the result as JSON to FILE (no value: stdout)" })
-      .option("device", { choices: DEVICE_NAMES, default: "auto" as DeviceName, describe: "compute backend" }),
+      .option("device", DEVICE_OPTION),
   handler: async (a) => {
     const r = await evaluate(a.model, { text: a.text, ctx: a.ctx, tokens: a.tokens, tasks: a.tasks ? parseTaskNames(a.tasks) : undefined, dataDir: a["data-dir"], limit: a.limit, label: a.label, device: a.device, logger: stderrLogger });
     if (r.nll !== undefined) process.stdout.write(`${r.model}: nll ${r.nll.toFixed(5)} nats/token, ppl ${r.ppl!.toFixed(4)} over ${r.tokens} tokens (ctx ${r.ctx}, ${r.windows} windows) on ${r.backend}\n`);

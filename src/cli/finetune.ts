@@ -1,3 +1,4 @@
+import { DEVICE_OPTION } from "./deviceOption.js";
 import type { CommandModule } from "yargs";
 import { finetune } from "../finetune/trainer.js";
 import { parseSchedule, SCHEDULES } from "../finetune/schedule.js";
@@ -5,7 +6,7 @@ import { stderrLogger } from "../util/log.js";
 import { emitJson } from "./output.js";
 import { gracefulStop } from "./signals.js";
 
-import { DEVICE_NAMES, DeviceName } from "../backends/select.js";
+import type { DeviceName } from "../backends/select.js";
 
 interface Args {
   model: string;
@@ -65,7 +66,7 @@ export const finetuneCommand: CommandModule<object, Args> = {
       .option("distill-weight", { type: "number", default: 0.5, describe: "weight of the KL term (the rest is cross-entropy)" })
       .option("eval-every", { type: "number", describe: "validation NLL every N steps" })
       .option("save-every", { type: "number", describe: "checkpoint every N steps" })
-      .option("device", { choices: DEVICE_NAMES, default: "auto" as DeviceName, describe: "compute backend (auto: native CPU when built, else reference)" })
+      .option("device", DEVICE_OPTION)
       .option("json", { type: "string", describe: "write the result summary as JSON to FILE (no value: stdout)" }),
   handler: async (a) => {
     const stop = gracefulStop();

@@ -1,7 +1,8 @@
+import { DEVICE_OPTION } from "./deviceOption.js";
 import type { CommandModule } from "yargs";
 import { loadModel } from "../model/llama.js";
 import { generate } from "../model/generate.js";
-import { selectBackend, DEVICE_NAMES, DeviceName } from "../backends/select.js";
+import { selectBackend, type DeviceName } from "../backends/select.js";
 import { stderrLogger } from "../util/log.js";
 
 interface Args {
@@ -23,7 +24,7 @@ export const generateCommand: CommandModule<object, Args> = {
       .option("max-tokens", { type: "number", default: 64 })
       .option("temperature", { type: "number", default: 0 })
       .option("seed", { type: "number", default: 0 })
-      .option("device", { choices: DEVICE_NAMES, default: "auto" as DeviceName }),
+      .option("device", DEVICE_OPTION),
   handler: (a) => {
     const lm = loadModel(a.model, { backend: selectBackend(a.device, stderrLogger) });
     const prompt = lm.tokenizer.encode(a.prompt, { addSpecialTokens: true });

@@ -1,3 +1,4 @@
+import { DEVICE_OPTION } from "./deviceOption.js";
 import type { CommandModule } from "yargs";
 import { pipeline } from "../pipeline.js";
 import { ConversionArgs, conversionSettings, withConversionOptions } from "./conversionOptions.js";
@@ -5,7 +6,7 @@ import { parseTaskNames } from "../eval/tasks/index.js";
 import { stderrLogger } from "../util/log.js";
 import { gracefulStop } from "./signals.js";
 
-import { DEVICE_NAMES, DeviceName } from "../backends/select.js";
+import type { DeviceName } from "../backends/select.js";
 
 interface Args extends ConversionArgs {
   model: string;
@@ -44,7 +45,7 @@ export const pipelineCommand: CommandModule<object, Args> = {
       .option("tasks", { type: "string", describe: "benchmarks, comma-separated" })
       .option("data-dir", { type: "string" })
       .option("limit", { type: "number", describe: "first N items of each task" })
-      .option("device", { choices: DEVICE_NAMES, default: "auto" as DeviceName, describe: "compute backend (auto: native CPU when built, else reference)" }),
+      .option("device", DEVICE_OPTION),
   handler: async (a) => {
     const stop = gracefulStop();
     try {

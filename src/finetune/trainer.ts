@@ -55,7 +55,7 @@ export interface FinetuneOptions {
   distillWeight?: number;
   evalEvery?: number;
   saveEvery?: number;
-  /** Compute backend (default auto: native CPU when built, else reference). */
+  /** Compute backend (default auto: CUDA, else the native CPU library, else reference). */
   device?: DeviceName;
   logger?: Logger;
   progress?: ProgressSink | null;
