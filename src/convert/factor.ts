@@ -44,9 +44,7 @@ export interface LayerFactors {
 /** Rows of w [*, D] at `rows`, as float64. */
 function rowsOf(w: Float32Array, rows: number[], D: number): Float64Array {
   const out = new Float64Array(rows.length * D);
-  rows.forEach((r, i) => {
-    for (let d = 0; d < D; d++) out[i * D + d] = w[r * D + d]!;
-  });
+  rows.forEach((r, i) => out.set(w.subarray(r * D, (r + 1) * D), i * D));
   return out;
 }
 
@@ -102,12 +100,12 @@ export async function factorLayer(p: LayerFactorInput): Promise<LayerFactors> {
   }
   const pick = (b: Float32Array | null, rows: number[]) => (b ? Float32Array.from(rows, (r) => b[r]!) : null);
   return {
-    kRope: Float32Array.from(rowsOf(p.wk, ropeRows, D)),
+    kRope: new Float32Array(rowsOf(p.wk, ropeRows, D)),
     kRopeBias: pick(p.bk, ropeRows),
-    kvDown: Float32Array.from(kvDown),
-    kUp: Float32Array.from(kUp),
+    kvDown: new Float32Array(kvDown),
+    kUp: new Float32Array(kUp),
     kUpBias: pick(p.bk, nopeRows),
-    vUp: Float32Array.from(vUp),
+    vUp: new Float32Array(vUp),
     vUpBias: pick(p.bv, allV),
     latentDim: L,
     energy,
