@@ -219,3 +219,79 @@ extern "C" mla_status mla_cuda_factor_cols(const double* A, int64_t M, int64_t N
   for (int64_t i = 0; i < N; i++) values[i] = asc[N - 1 - i];
   return MLA_OK;
 }
+
+// A[i, :] = wk[nope_rows[i], :] for i < Mk, then all rows of wv, as float64.
+__global__ void k_gather_kv(const float* wk, const float* wv, const int32_t* nope_rows, double* A, int64_t Mk, int64_t Mv, int64_t D) {
+  const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+  if (i >= (Mk + Mv) * D) return;
+  const int64_t r = i / D, d = i % D;
+  A[i] = r < Mk ? (double)wk[(int64_t)nope_rows[r] * D + d] : (double)wv[(r - Mk) * D + d];
+}
+
+__global__ void f64_to_f32(const double* x, float* y, int64_t n) {
+  const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+  if (i < n) y[i] = (float)x[i];
+}
+
+extern "C" mla_status mla_cuda_factor_kv(const float* wk, const float* wv, int64_t rows_k, int64_t Mv, int64_t D, const int32_t* nope_rows, int64_t Mk, int64_t k, float* down, float* up, double* values) {
+  NEED_CTX();
+  const int64_t M = Mk + Mv;
+  MLA_CHECK(wk && wv && nope_rows && down && up && values && D > 0 && Mk >= 0 && Mv > 0 && k > 0 && k <= D && D <= M, "factor_kv: bad arguments (needs D ≤ Mk + Mv and 0 < k ≤ D)");
+  for (int64_t i = 0; i < Mk; i++) MLA_CHECK(nope_rows[i] >= 0 && nope_rows[i] < rows_k, "factor_kv: key row " + std::to_string(nope_rows[i]) + " outside [0, " + std::to_string(rows_k) + ")");
+  CUDA_TRY(cudaSetDevice(ctx()->device));  // may run on a koffi worker thread
+  cudaStream_t s = ctx()->stream;
+  struct DevF32 {
+    float* p = nullptr;
+    ~DevF32() {
+      if (p) cudaFreeAsync(p, ctx()->stream);
+    }
+  } dk, dv, fdown, fup;
+  struct DevI32 {
+    int32_t* p = nullptr;
+    ~DevI32() {
+      if (p) cudaFreeAsync(p, ctx()->stream);
+    }
+  } drows;
+  DevF64 a, g, w, d, u, work;
+  auto alloc_f32 = [&](DevF32& b, int64_t n) { return cudaMallocAsync(&b.p, sizeof(float) * (size_t)(n > 0 ? n : 1), s); };
+  if (alloc_f32(dk, rows_k * D) || alloc_f32(dv, Mv * D) || alloc_f32(fdown, k * D) || alloc_f32(fup, M * k) || cudaMallocAsync(&drows.p, sizeof(int32_t) * (size_t)(Mk > 0 ? Mk : 1), s)) {
+    cudaGetLastError();
+    return MLA_FAIL(MLA_ERR_MEMORY, "out of GPU memory for the key/value projections of a layer");
+  }
+  DEV_ALLOC(a, M * D);
+  DEV_ALLOC(g, D * D);
+  DEV_ALLOC(w, D);
+  DEV_ALLOC(d, k * D);
+  DEV_ALLOC(u, M * k);
+  CUDA_TRY(cudaMemcpyAsync(dk.p, wk, sizeof(float) * rows_k * D, cudaMemcpyHostToDevice, s));
+  CUDA_TRY(cudaMemcpyAsync(dv.p, wv, sizeof(float) * Mv * D, cudaMemcpyHostToDevice, s));
+  if (Mk > 0) CUDA_TRY(cudaMemcpyAsync(drows.p, nope_rows, sizeof(int32_t) * Mk, cudaMemcpyHostToDevice, s));
+  k_gather_kv<<<blocks_for(M * D, 256), 256, 0, s>>>(dk.p, dv.p, drows.p, a.p, Mk, Mv, D);
+  KERNEL_CHECK();
+  const double one = 1, zero = 0;
+  const int64_t N = D;
+  CUBLAS_TRY(cublasDgemm(ctx()->blas, CUBLAS_OP_N, CUBLAS_OP_T, (int)N, (int)N, (int)M, &one, a.p, (int)N, a.p, (int)N, &zero, g.p, (int)N));
+  int lwork = 0;
+  CUSOLVER_TRY(cusolverDnDsyevd_bufferSize(ctx()->solver, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_LOWER, (int)N, g.p, (int)N, w.p, &lwork));
+  DEV_ALLOC(work, (int64_t)lwork + 1);
+  int* info = nullptr;
+  CUDA_TRY(cudaMallocAsync(&info, sizeof(int), s));
+  CUSOLVER_TRY(cusolverDnDsyevd(ctx()->solver, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_LOWER, (int)N, g.p, (int)N, w.p, work.p, lwork, info));
+  k_top_columns<<<blocks_for(k * N, 256), 256, 0, s>>>(g.p, d.p, N, k);
+  KERNEL_CHECK();
+  CUBLAS_TRY(cublasDgemm(ctx()->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)k, (int)M, (int)N, &one, d.p, (int)N, a.p, (int)N, &zero, u.p, (int)k));
+  f64_to_f32<<<blocks_for(k * N, 256), 256, 0, s>>>(d.p, fdown.p, k * N);
+  f64_to_f32<<<blocks_for(M * k, 256), 256, 0, s>>>(u.p, fup.p, M * k);
+  KERNEL_CHECK();
+  std::vector<double> asc(N);
+  int h_info = 0;
+  CUDA_TRY(cudaMemcpyAsync(&h_info, info, sizeof(int), cudaMemcpyDeviceToHost, s));
+  CUDA_TRY(cudaMemcpyAsync(asc.data(), w.p, sizeof(double) * N, cudaMemcpyDeviceToHost, s));
+  CUDA_TRY(cudaMemcpyAsync(down, fdown.p, sizeof(float) * k * N, cudaMemcpyDeviceToHost, s));
+  CUDA_TRY(cudaMemcpyAsync(up, fup.p, sizeof(float) * M * k, cudaMemcpyDeviceToHost, s));
+  CUDA_TRY(cudaStreamSynchronize(s));
+  cudaFreeAsync(info, s);
+  if (h_info != 0) return MLA_FAIL(MLA_ERR_INTERNAL, "cusolverDnDsyevd: info " + std::to_string(h_info) + " (did not converge or bad input)");
+  for (int64_t i = 0; i < N; i++) values[i] = asc[N - 1 - i];
+  return MLA_OK;
+}

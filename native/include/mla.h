@@ -165,6 +165,10 @@ mla_status mla_cuda_symmetric_eigen(const double* S, double* values, double* vec
    = all eigenvalues of G, descending (σ²). Safe to call from another thread (asynchronously) while the
    calling thread does no other CUDA work. */
 mla_status mla_cuda_factor_cols(const double* A, int64_t M, int64_t N, int64_t k, double* down, double* up, double* values);
+/* One layer's joint KV factorization from the float32 projections: A = [wk rows nope_rows[0..Mk);
+   all Mv rows of wv] (D columns, built in float64 on the GPU), then as mla_cuda_factor_cols with
+   N = D; down[k,D] and up[Mk+Mv, k] come back as float32 (the checkpoint's precision at most). */
+mla_status mla_cuda_factor_kv(const float* wk, const float* wv, int64_t rows_k, int64_t Mv, int64_t D, const int32_t* nope_rows, int64_t Mk, int64_t k, float* down, float* up, double* values);
 
 #ifdef __cplusplus
 }

@@ -7,8 +7,9 @@
  * Biases move exactly: b_k's rope rows to k_rope, its other rows to k_up, b_v to v_up (the down
  * projection has none).
  */
+import { chosenLinalg } from "../backends/native/linalg.js";
 import { headDimOrder } from "../model/config.js";
-import { CovarianceRoots, Factors, truncatedFactorAsync, whitenedFactor } from "../svd/truncated.js";
+import { CovarianceRoots, Factors, energyOf, truncatedFactorAsync, whitenedFactor } from "../svd/truncated.js";
 
 export interface LayerFactorInput {
   /** [Hkv·Dh, D] */
@@ -66,6 +67,23 @@ export async function factorLayer(p: LayerFactorInput): Promise<LayerFactors> {
   const Mk = nopeRows.length;
   const Mv = allV.length;
   const k = p.rank * kvHeads;
+  const pick = (b: Float32Array | null, rows: number[]) => (b ? Float32Array.from(rows, (r) => b[r]!) : null);
+  const fused = chosenLinalg()?.factorKvAsync;
+  if (p.svd === "joint" && !p.whiten && fused && D <= Mk + Mv) {
+    // The GPU route gathers the rows and factors in one call; nothing of size M×D is built here.
+    const f = await fused(p.wk, p.wv, D, Int32Array.from(nopeRows), k);
+    return {
+      kRope: new Float32Array(rowsOf(p.wk, ropeRows, D)),
+      kRopeBias: pick(p.bk, ropeRows),
+      kvDown: f.down,
+      kUp: f.up.subarray(0, Mk * k),
+      kUpBias: pick(p.bk, nopeRows),
+      vUp: f.up.subarray(Mk * k),
+      vUpBias: pick(p.bv, allV),
+      latentDim: k,
+      energy: energyOf(f.values.map((x) => Math.sqrt(Math.max(x, 0))), k),
+    };
+  }
   const kNope = rowsOf(p.wk, nopeRows, D);
   const v = rowsOf(p.wv, allV, D);
   let kvDown: Float64Array;
@@ -98,7 +116,6 @@ export async function factorLayer(p: LayerFactorInput): Promise<LayerFactors> {
     const kept = (f: Factors) => f.energy * sq(f.sigma);
     energy = (kept(fk) + kept(fv)) / Math.max(sq(fk.sigma) + sq(fv.sigma), 1e-300);
   }
-  const pick = (b: Float32Array | null, rows: number[]) => (b ? Float32Array.from(rows, (r) => b[r]!) : null);
   return {
     kRope: new Float32Array(rowsOf(p.wk, ropeRows, D)),
     kRopeBias: pick(p.bk, ropeRows),

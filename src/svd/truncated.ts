@@ -92,7 +92,8 @@ function fromFused(r: FusedFactors, k: number): Factors {
   return { down: r.down, up: r.up, sigma, energy: energyOf(sigma, k) };
 }
 
-function energyOf(sigma: Float64Array, k: number): number {
+/** Σ_{i<k} σ_i² / Σ σ² (1 for an all-zero matrix). */
+export function energyOf(sigma: Float64Array, k: number): number {
   let kept = 0;
   let total = 0;
   sigma.forEach((s, i) => {

@@ -15,6 +15,7 @@ import { evaluate } from "../../src/eval/evaluate.js";
 import { MlaError } from "../../src/errors.js";
 import { useLinalg } from "../../src/backends/native/linalg.js";
 import { truncatedFactor } from "../../src/svd/truncated.js";
+import { factorLayer } from "../../src/convert/factor.js";
 import { FIXTURES, MODELS, maxAbsDiff, seededRand, tmpDir } from "../helpers.js";
 import { loadNativeCpu, NativeCpuBackend } from "../../src/backends/native/cpu.js";
 import { loadModel } from "../../src/model/llama.js";
@@ -116,6 +117,36 @@ test("fused GPU factorization equals the CPU route (projection up·down, singula
     assert.ok(err <= 1e-9 * scale, `projection ${M}×${N} k${k}: ${err}`);
     assert.ok(Math.abs(g.energy - c.energy) < 1e-12, "energy");
     for (let i = 0; i < N; i++) assert.ok(Math.abs(g.sigma[i]! - c.sigma[i]!) <= 1e-9 * c.sigma[0]!, `sigma ${i}`);
+  }
+});
+
+test("a layer's fused GPU factorization (rows gathered on the device, float32 out) equals the CPU route", { skip }, async () => {
+  const L = cudaLinalg(lib as Exclude<typeof lib, string>);
+  const r32 = seededRand(21, Float32Array);
+  const [Hkv, Dh, D, rank] = [4, 16, 48, 6];
+  const input = { wk: r32(Hkv * Dh * D), wv: r32(Hkv * Dh * D), bk: r32(Hkv * Dh), bv: r32(Hkv * Dh), kvHeads: Hkv, headDim: Dh, hidden: D, selection: [[0, 3], [1, 7], [2, 4], [5, 6]], rank, svd: "joint" as const, whiten: null };
+  useLinalg(L);
+  const g = await factorLayer(input);
+  useLinalg(undefined);
+  const c = await factorLayer(input);
+  assert.deepEqual(Array.from(g.kRope), Array.from(c.kRope));
+  assert.deepEqual(Array.from(g.kUpBias!), Array.from(c.kUpBias!));
+  assert.ok(Math.abs(g.energy - c.energy) < 1e-9, `energy ${g.energy} vs ${c.energy}`);
+  const k = g.latentDim;
+  for (const [up, ref] of [[g.kUp, c.kUp], [g.vUp, c.vUp]] as const) {
+    const M = up.length / k;
+    let err = 0, scale = 0;
+    for (let i = 0; i < M; i++)
+      for (let d = 0; d < D; d++) {
+        let pg = 0, pc = 0;
+        for (let t = 0; t < k; t++) {
+          pg += up[i * k + t]! * g.kvDown[t * D + d]!;
+          pc += ref[i * k + t]! * c.kvDown[t * D + d]!;
+        }
+        err = Math.max(err, Math.abs(pg - pc));
+        scale = Math.max(scale, Math.abs(pc));
+      }
+    assert.ok(err <= 1e-5 * scale, `up·down differs by ${err} (scale ${scale})`);
   }
 });
 

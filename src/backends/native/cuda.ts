@@ -61,6 +61,7 @@ const SIGNATURES: Record<string, string> = {
   gramF64: "int mla_cuda_gram_f64(const double* A, double* G, int64_t M, int64_t N)",
   matmulF64: "int mla_cuda_matmul_f64(const double* X, const double* Y, double* Z, int64_t a, int64_t b, int64_t c)",
   pairNorms: "int mla_cuda_pair_norms(const mla_cuda_buf* y, double* acc, int64_t T, int64_t heads, int64_t Dh)",
+  factorKv: "int mla_cuda_factor_kv(const float* wk, const float* wv, int64_t rows_k, int64_t Mv, int64_t D, const int32_t* nope_rows, int64_t Mk, int64_t k, float* down, float* up, double* values)",
   factorCols: "int mla_cuda_factor_cols(const double* A, int64_t M, int64_t N, int64_t k, double* down, double* up, double* values)",
   symmetricEigen: "int mla_cuda_symmetric_eigen(const double* S, double* values, double* vectors, int64_t n)",
 };
@@ -486,6 +487,24 @@ export function cudaLinalg(lib: CudaLib): Linalg {
   // Asynchronous calls run on koffi worker threads; one at a time, since they share the stream and
   // the cuBLAS/cuSOLVER handles.
   let queue: Promise<unknown> = Promise.resolve();
+  const queued = <T>(op: string, fn: Fn, args: unknown[], result: () => T): Promise<T> => {
+    const asyncFn = fn as unknown as { async: (...a: unknown[]) => void };
+    const run = () =>
+      new Promise<T>((resolve, reject) => {
+        asyncFn.async(...args, (err: unknown, status: number) => {
+          try {
+            if (err) throw err;
+            ok(op, status);
+            resolve(result());
+          } catch (e) {
+            reject(e);
+          }
+        });
+      });
+    const job = queue.then(run, run);
+    queue = job.catch(() => {});
+    return job;
+  };
   const ok = (op: string, status: number) => {
     if (status !== 0) {
       const msg = lib.lastError().replace(/^[^ ]+: /, "");
@@ -521,22 +540,14 @@ export function cudaLinalg(lib: CudaLib): Linalg {
       const down = new Float64Array(k * N);
       const up = new Float64Array(M * k);
       const values = new Float64Array(N);
-      const fn = lib.fns["factorCols"] as unknown as { async: (...args: unknown[]) => void };
-      const run = () =>
-        new Promise<{ down: Float64Array; up: Float64Array; values: Float64Array }>((resolve, reject) => {
-          fn.async(A, M, N, k, down, up, values, (err: unknown, status: number) => {
-            try {
-              if (err) throw err;
-              ok("factor_cols", status);
-              resolve({ down, up, values });
-            } catch (e) {
-              reject(e);
-            }
-          });
-        });
-      const job = queue.then(run, run);
-      queue = job.catch(() => {});
-      return job;
+      return queued("factor_cols", lib.fns["factorCols"]!, [A, M, N, k, down, up, values], () => ({ down, up, values }));
+    },
+    factorKvAsync(wk, wv, D, nopeRows, k) {
+      const rowsK = wk.length / D, Mv = wv.length / D, M = nopeRows.length + Mv;
+      const down = new Float32Array(k * D);
+      const up = new Float32Array(M * k);
+      const values = new Float64Array(D);
+      return queued("factor_kv", lib.fns["factorKv"]!, [wk, wv, rowsK, Mv, D, nopeRows, nopeRows.length, k, down, up, values], () => ({ down, up, values }));
     },
   };
 }

@@ -15,6 +15,12 @@ export interface Linalg {
   factorCols?(A: Float64Array, M: number, N: number, k: number): FusedFactors;
   /** The same off the JavaScript thread (reading and writing go on meanwhile). */
   factorColsAsync?(A: Float64Array, M: number, N: number, k: number): Promise<FusedFactors>;
+  /**
+   * Optional: a layer's whole joint factorization from its float32 projections wk [rowsK, D] and
+   * wv [Mv, D], A = [wk rows `nopeRows`; wv] built where the factoring runs (no float64 copy on the
+   * host); down [k, D] and up [Mk+Mv, k] in float32, eigenvalues of AᵀA descending. Needs D ≤ Mk+Mv.
+   */
+  factorKvAsync?(wk: Float32Array, wv: Float32Array, D: number, nopeRows: Int32Array, k: number): Promise<{ down: Float32Array; up: Float32Array; values: Float64Array }>;
 }
 
 export interface FusedFactors {
