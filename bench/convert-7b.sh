@@ -33,6 +33,7 @@ echo "peak GPU memory (nvidia-smi, MiB): $(cat $W/gpu_peak)"
 tail -3 "$W/ours.log"
 rm -rf "$W/mla"
 
+if [ -z "${SKIP_TORCH:-}" ]; then
 sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
 echo "== PyTorch joint-SVD conversion (torch.linalg.svd fp32 on the GPU, safetensors)"
 rm -rf "$W/torch"
@@ -40,6 +41,7 @@ gpu_peak python3 bench/measure.py python3 bench/convert_7b_torch.py "$W/src" "$W
 grep measure: "$W/torch.time"
 echo "peak GPU memory (nvidia-smi, MiB): $(cat $W/gpu_peak)"
 rm -rf "$W/torch"
+fi
 fi
 
 if [ "${SKIP_2NORM:-}" = "" ]; then
