@@ -68,7 +68,9 @@ export async function factorLayer(p: LayerFactorInput): Promise<LayerFactors> {
   const Mv = allV.length;
   const k = p.rank * kvHeads;
   const pick = (b: Float32Array | null, rows: number[]) => (b ? Float32Array.from(rows, (r) => b[r]!) : null);
-  const fused = chosenLinalg()?.factorKvAsync;
+  // Opt-in until it has run on a GPU: written after this session's device time was spent (the
+  // default GPU route, factorColsAsync, is the measured one). Test: test/backends/cuda.test.ts.
+  const fused = process.env["MHA2MLA_CUDA_FACTOR_KV"] === "1" ? chosenLinalg()?.factorKvAsync : undefined;
   if (p.svd === "joint" && !p.whiten && fused && D <= Mk + Mv) {
     // The GPU route gathers the rows and factors in one call; nothing of size M×D is built here.
     const f = await fused(p.wk, p.wv, D, Int32Array.from(nopeRows), k);

@@ -120,13 +120,15 @@ test("fused GPU factorization equals the CPU route (projection up·down, singula
   }
 });
 
-test("a layer's fused GPU factorization (rows gathered on the device, float32 out) equals the CPU route", { skip }, async () => {
+test("a layer's fused GPU factorization (rows gathered on the device, float32 out; opt-in MHA2MLA_CUDA_FACTOR_KV=1) equals the CPU route", { skip }, async () => {
   const L = cudaLinalg(lib as Exclude<typeof lib, string>);
   const r32 = seededRand(21, Float32Array);
   const [Hkv, Dh, D, rank] = [4, 16, 48, 6];
   const input = { wk: r32(Hkv * Dh * D), wv: r32(Hkv * Dh * D), bk: r32(Hkv * Dh), bv: r32(Hkv * Dh), kvHeads: Hkv, headDim: Dh, hidden: D, selection: [[0, 3], [1, 7], [2, 4], [5, 6]], rank, svd: "joint" as const, whiten: null };
   useLinalg(L);
+  process.env["MHA2MLA_CUDA_FACTOR_KV"] = "1";
   const g = await factorLayer(input);
+  delete process.env["MHA2MLA_CUDA_FACTOR_KV"];
   useLinalg(undefined);
   const c = await factorLayer(input);
   assert.deepEqual(Array.from(g.kRope), Array.from(c.kRope));
