@@ -11,8 +11,11 @@ static inline void visible(int64_t t, int64_t S, int64_t off, int64_t window, in
   *lo = window > 0 ? (q - window + 1 > 0 ? q - window + 1 : 0) : 0;
 }
 
-// p[s] = scale·q·k_s for the visible keys s in [lo, hi]; returns their maximum.
-static inline float score_row(const float* qr, const float* k, int64_t lo, int64_t hi, int64_t Hkv, int64_t kh, int64_t Dh, float scale, float* p) {
+// p[s] = scale·q·k_s for the visible keys s in [lo, hi]; returns their maximum. DC > 0 fixes the
+// head dim at compile time (small heads: the per-key loops then unroll and vectorize).
+template <int DC>
+static inline float score_row(const float* qr, const float* k, int64_t lo, int64_t hi, int64_t Hkv, int64_t kh, int64_t Dh_, float scale, float* p) {
+  const int64_t Dh = DC ? DC : Dh_;
   float mx = -INFINITY;
   for (int64_t s = lo; s <= hi; s++) {
     const float* kr = k + (s * Hkv + kh) * Dh;
@@ -24,6 +27,40 @@ static inline float score_row(const float* qr, const float* k, int64_t lo, int64
   return mx;
 }
 
+// exp(x) for x ≤ 0 (scores minus their maximum): 2^k·e^r, r in [−ln2/2, ln2/2], with a degree-6
+// polynomial for e^r (Cephes expf; relative error ~2e-7). Written so that a loop over it vectorizes:
+// libm's expf does not, and at small head dims it was most of the attention time.
+static inline float exp_nonpos(float x) {
+  x = x < -87.0f ? -87.0f : x;
+  const float kf = __builtin_floorf(x * 1.44269504089f + 0.5f);
+  const float r = x - kf * 0.693359375f + kf * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const float e = p * r * r + r + 1.0f;
+  union {
+    int32_t i;
+    float f;
+  } scale;
+  scale.i = ((int32_t)kf + 127) << 23;
+  return e * scale.f;
+}
+
+// p[s] ← exp(p[s] − mx) over [lo, hi]; returns their sum.
+static inline float exp_row(float* __restrict p, int64_t lo, int64_t hi, float mx) {
+  float z = 0;
+#pragma omp simd reduction(+ : z)
+  for (int64_t s = lo; s <= hi; s++) {
+    const float e = exp_nonpos(p[s] - mx);
+    p[s] = e;
+    z += e;
+  }
+  return z;
+}
+
 static mla_status check(const void* q, const void* k, const void* v, int64_t T, int64_t S, int64_t H, int64_t Hkv) {
   MLA_CHECK(q && k && v, "attention: null pointer");
   MLA_CHECK(T >= 0 && S >= 0 && H > 0 && Hkv > 0, "attention: bad sizes");
@@ -31,9 +68,9 @@ static mla_status check(const void* q, const void* k, const void* v, int64_t T, 
   return MLA_OK;
 }
 
-extern "C" mla_status mla_cpu_attention(const float* q, const float* k, const float* v, float* o, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window) {
-  if (mla_status s = check(q, k, v, T, S, H, Hkv)) return s;
-  MLA_CHECK(o, "attention: null output");
+template <int DC>
+static void attention_fwd(const float* q, const float* k, const float* v, float* o, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh_, int64_t Dv_, float scale, int64_t off, int64_t window) {
+  const int64_t Dh = DC ? DC : Dh_, Dv = DC ? DC : Dv_;
   const int64_t group = H / Hkv;
 #pragma omp parallel
   {
@@ -46,12 +83,11 @@ extern "C" mla_status mla_cpu_attention(const float* q, const float* k, const fl
         visible(t, S, off, window, &lo, &hi);
         const int64_t kh = h / group;
         const float* qr = q + (t * H + h) * Dh;
-        const float mx = score_row(qr, k, lo, hi, Hkv, kh, Dh, scale, p.data());
-        float z = 0;
+        const float mx = score_row<DC>(qr, k, lo, hi, Hkv, kh, Dh, scale, p.data());
+        const float z = hi >= lo ? exp_row(p.data(), lo, hi, mx) : 0.0f;
         std::fill(acc.begin(), acc.end(), 0.0f);
         for (int64_t s = lo; s <= hi; s++) {
-          const float e = std::exp(p[s] - mx);
-          z += e;
+          const float e = p[s];
           const float* vr = v + (s * Hkv + kh) * Dv;
           for (int64_t i = 0; i < Dv; i++) acc[i] += e * vr[i];
         }
@@ -60,36 +96,58 @@ extern "C" mla_status mla_cpu_attention(const float* q, const float* k, const fl
         for (int64_t i = 0; i < Dv; i++) out[i] = acc[i] * inv;
       }
   }
+}
+
+// Head dims 8…128 with Dh = Dv get a compile-time specialization; others the generic loop.
+#define MLA_DISPATCH_HEAD_DIM(fn, ...)                         \
+  do {                                                          \
+    if (Dh == Dv && Dh == 8) fn<8>(__VA_ARGS__);                \
+    else if (Dh == Dv && Dh == 16) fn<16>(__VA_ARGS__);         \
+    else if (Dh == Dv && Dh == 32) fn<32>(__VA_ARGS__);         \
+    else if (Dh == Dv && Dh == 64) fn<64>(__VA_ARGS__);         \
+    else if (Dh == Dv && Dh == 128) fn<128>(__VA_ARGS__);       \
+    else fn<0>(__VA_ARGS__);                                    \
+  } while (0)
+
+extern "C" mla_status mla_cpu_attention(const float* q, const float* k, const float* v, float* o, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window) {
+  if (mla_status s = check(q, k, v, T, S, H, Hkv)) return s;
+  MLA_CHECK(o, "attention: null output");
+  MLA_DISPATCH_HEAD_DIM(attention_fwd, q, k, v, o, T, S, H, Hkv, Dh, Dv, scale, off, window);
   return MLA_OK;
 }
 
-extern "C" mla_status mla_cpu_attention_backward(const float* q, const float* k, const float* v, const float* dout, float* dq, float* dk, float* dv, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window) {
-  if (mla_status s = check(q, k, v, T, S, H, Hkv)) return s;
-  MLA_CHECK(dout && dq && dk && dv, "attention_backward: null pointer");
+template <int DC>
+static void attention_bwd(const float* q, const float* k, const float* v, const float* dout, float* dq, float* dk, float* dv, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh_, int64_t Dv_, float scale, int64_t off, int64_t window) {
+  const int64_t Dh = DC ? DC : Dh_, Dv = DC ? DC : Dv_;
   const int64_t group = H / Hkv;
-  std::memset(dq, 0, sizeof(float) * T * H * Dh);
-  std::memset(dk, 0, sizeof(float) * S * Hkv * Dh);
-  std::memset(dv, 0, sizeof(float) * S * Hkv * Dv);
 #pragma omp parallel
   {
     std::vector<float> p(S > 0 ? S : 1), dp(S > 0 ? S : 1);
+    // Each task accumulates its KV head's dk/dv (and its heads' dq) in private contiguous rows and
+    // writes them out once: with small heads, rows of different KV heads share cache lines, and
+    // accumulating in place made two threads slower than one.
+    std::vector<float> dkl(S * Dh), dvl(S * Dv), dql(group * Dh);
 #pragma omp for schedule(dynamic)
-    for (int64_t kh = 0; kh < Hkv; kh++)
-      for (int64_t t = 0; t < T; t++)
+    for (int64_t kh = 0; kh < Hkv; kh++) {
+      std::fill(dkl.begin(), dkl.end(), 0.0f);
+      std::fill(dvl.begin(), dvl.end(), 0.0f);
+      for (int64_t t = 0; t < T; t++) {
         for (int64_t h = kh * group; h < (kh + 1) * group; h++) {
           int64_t lo, hi;
           visible(t, S, off, window, &lo, &hi);
           const float* qr = q + (t * H + h) * Dh;
           const float* go = dout + (t * H + h) * Dv;
-          const float mx = score_row(qr, k, lo, hi, Hkv, kh, Dh, scale, p.data());
-          float z = 0;
-          for (int64_t s = lo; s <= hi; s++) z += (p[s] = std::exp(p[s] - mx));
+          float* dqr = dql.data() + (h - kh * group) * Dh;
+          for (int64_t i = 0; i < Dh; i++) dqr[i] = 0;
+          if (hi < lo) continue;
+          const float mx = score_row<DC>(qr, k, lo, hi, Hkv, kh, Dh, scale, p.data());
+          const float z = exp_row(p.data(), lo, hi, mx);
           const float invz = 1.0f / z;
           float sum = 0;
           for (int64_t s = lo; s <= hi; s++) {
             p[s] *= invz;
             const float* vr = v + (s * Hkv + kh) * Dv;
-            float* dvr = dv + (s * Hkv + kh) * Dv;
+            float* dvr = dvl.data() + s * Dv;
             float d = 0;
             for (int64_t i = 0; i < Dv; i++) {
               d += go[i] * vr[i];
@@ -98,17 +156,29 @@ extern "C" mla_status mla_cpu_attention_backward(const float* q, const float* k,
             dp[s] = d;
             sum += p[s] * d;
           }
-          float* dqr = dq + (t * H + h) * Dh;
           for (int64_t s = lo; s <= hi; s++) {
             const float ds = p[s] * (dp[s] - sum) * scale;
             const float* kr = k + (s * Hkv + kh) * Dh;
-            float* dkr = dk + (s * Hkv + kh) * Dh;
+            float* dkr = dkl.data() + s * Dh;
             for (int64_t i = 0; i < Dh; i++) {
               dqr[i] += ds * kr[i];
               dkr[i] += ds * qr[i];
             }
           }
         }
+        std::memcpy(dq + (t * H + kh * group) * Dh, dql.data(), sizeof(float) * group * Dh);
+      }
+      for (int64_t s = 0; s < S; s++) {
+        std::memcpy(dk + (s * Hkv + kh) * Dh, dkl.data() + s * Dh, sizeof(float) * Dh);
+        std::memcpy(dv + (s * Hkv + kh) * Dv, dvl.data() + s * Dv, sizeof(float) * Dv);
+      }
+    }
   }
+}
+
+extern "C" mla_status mla_cpu_attention_backward(const float* q, const float* k, const float* v, const float* dout, float* dq, float* dk, float* dv, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window) {
+  if (mla_status s = check(q, k, v, T, S, H, Hkv)) return s;
+  MLA_CHECK(dout && dq && dk && dv, "attention_backward: null pointer");
+  MLA_DISPATCH_HEAD_DIM(attention_bwd, q, k, v, dout, dq, dk, dv, T, S, H, Hkv, Dh, Dv, scale, off, window);
   return MLA_OK;
 }
