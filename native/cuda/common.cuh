@@ -62,4 +62,25 @@ void* scratch(size_t bytes, mla_status* st);
   } while (0)
 #define KERNEL_CHECK() CUDA_TRY(cudaGetLastError())
 
+// Warp and block reductions (blockDim.x a multiple of 32, ≤ 1024); every thread gets the result.
+static __device__ __forceinline__ float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+static __device__ __forceinline__ float warp_max(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+template <bool IsMax>
+static __device__ __forceinline__ float block_reduce(float v, float* red) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  v = IsMax ? warp_max(v) : warp_sum(v);
+  __syncthreads();
+  if (lane == 0) red[warp] = v;
+  __syncthreads();
+  float r = IsMax ? -3.402823466e38f : 0.0f;
+  for (int i = 0; i < nw; i++) r = IsMax ? fmaxf(r, red[i]) : r + red[i];
+  return r;
+}
+
 inline unsigned blocks_for(int64_t n, int threads) { return (unsigned)((n + threads - 1) / threads); }

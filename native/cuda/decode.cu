@@ -7,36 +7,16 @@
 
 using mla::ctx;
 
-namespace {
-__device__ float warp_reduce(float v, bool is_max) {
-  for (int o = 16; o > 0; o >>= 1) {
-    const float u = __shfl_xor_sync(0xffffffffu, v, o);
-    v = is_max ? fmaxf(v, u) : v + u;
-  }
-  return v;
-}
-__device__ float block_reduce(float v, bool is_max, float* red) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-  v = warp_reduce(v, is_max);
-  __syncthreads();
-  if (lane == 0) red[warp] = v;
-  __syncthreads();
-  float r = is_max ? -FLT_MAX : 0.0f;
-  for (int i = 0; i < nw; i++) r = is_max ? fmaxf(r, red[i]) : r + red[i];
-  return r;
-}
-}  // namespace
-
 // Row h of scores[H, S]: p = softmax(scale·scores) over the visible keys [lo, hi], 0 elsewhere.
 __global__ void k_softmax_rows(float* scores, int64_t S, float scale, int64_t lo, int64_t hi) {
   __shared__ float red[32];
   float* row = scores + blockIdx.x * S;
   float mx = -FLT_MAX;
   for (int64_t s = lo + threadIdx.x; s <= hi; s += blockDim.x) mx = fmaxf(mx, row[s] * scale);
-  mx = block_reduce(mx, true, red);
+  mx = block_reduce<true>(mx, red);
   float z = 0;
   for (int64_t s = lo + threadIdx.x; s <= hi; s += blockDim.x) z += expf(row[s] * scale - mx);
-  z = block_reduce(z, false, red);
+  z = block_reduce<false>(z, red);
   const float inv = z > 0 ? 1.0f / z : 0.0f;
   for (int64_t s = threadIdx.x; s < S; s += blockDim.x) row[s] = (s >= lo && s <= hi) ? expf(row[s] * scale - mx) * inv : 0.0f;
 }

@@ -9,27 +9,6 @@ using mla::ctx;
 #define S_ ctx()->stream
 
 namespace {
-__device__ float warp_sum(float v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-__device__ float warp_max(float v) {
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
-}
-// Block-wide reduction (blockDim.x a multiple of 32, ≤ 1024); every thread gets the result.
-template <bool IsMax>
-__device__ float block_reduce(float v, float* red) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-  v = IsMax ? warp_max(v) : warp_sum(v);
-  __syncthreads();
-  if (lane == 0) red[warp] = v;
-  __syncthreads();
-  float r = IsMax ? -FLT_MAX : 0.0f;
-  for (int i = 0; i < nw; i++) r = IsMax ? fmaxf(r, red[i]) : r + red[i];
-  return r;
-}
-
 // A host int32 array copied into a stream-ordered device allocation, freed with the object.
 struct DevInts {
   int32_t* p = nullptr;

@@ -19,6 +19,7 @@ import { factorLayer } from "../../src/convert/factor.js";
 import { FIXTURES, MODELS, maxAbsDiff, seededRand, tmpDir } from "../helpers.js";
 import { loadNativeCpu, NativeCpuBackend } from "../../src/backends/native/cpu.js";
 import { loadModel } from "../../src/model/llama.js";
+import { checkLinalg } from "./linalgCheck.js";
 import { formatParity, runParity } from "./parity.js";
 
 const lib = loadCuda();
@@ -57,40 +58,7 @@ test("bf16 weights: linear within 1e-2 relative of float32", { skip }, (t) => {
 });
 
 test("float64 Gram, product and symmetric eigen on the GPU", { skip }, () => {
-  const L = cudaLinalg(lib as Exclude<typeof lib, string>);
-  const r64 = seededRand(9, Float64Array);
-  for (const [M, N] of [[1, 1], [7, 5], [33, 65], [300, 257]] as const) {
-    const A = r64(M * N);
-    const G = L.gram(A, M, N);
-    let err = 0;
-    for (let i = 0; i < N; i++)
-      for (let j = 0; j < N; j++) {
-        let s = 0;
-        for (let r = 0; r < M; r++) s += A[r * N + i]! * A[r * N + j]!;
-        err = Math.max(err, Math.abs(G[i * N + j]! - s));
-      }
-    assert.ok(err < 1e-10, `gram ${M}×${N}: ${err}`);
-    const Z = L.matmul(A, G, M, N, N);
-    let zerr = 0;
-    for (let i = 0; i < M; i++)
-      for (let j = 0; j < N; j++) {
-        let s = 0;
-        for (let k = 0; k < N; k++) s += A[i * N + k]! * G[k * N + j]!;
-        zerr = Math.max(zerr, Math.abs(Z[i * N + j]! - s));
-      }
-    assert.ok(zerr < 1e-9, `matmul: ${zerr}`);
-    const { values, vectors } = L.eigen(G, N);
-    for (let e = 0; e < N; e++) {
-      if (e > 0) assert.ok(values[e - 1]! >= values[e]!, "descending");
-      let res = 0;
-      for (let i = 0; i < N; i++) {
-        let s = 0;
-        for (let j = 0; j < N; j++) s += G[i * N + j]! * vectors[e * N + j]!;
-        res = Math.max(res, Math.abs(s - values[e]! * vectors[e * N + i]!));
-      }
-      assert.ok(res < 1e-9 * Math.max(1, values[0]!), `eigenpair ${e} of ${N}: residual ${res}`);
-    }
-  }
+  checkLinalg(cudaLinalg(lib as Exclude<typeof lib, string>), [[1, 1], [7, 5], [33, 65], [300, 257]], { gram: 1e-10, matmul: 1e-9 });
 });
 
 test("fused GPU factorization equals the CPU route (projection up·down, singular values)", { skip }, () => {

@@ -10,6 +10,7 @@ import { calibrationKernels, optimizerKernels } from "../../src/backends/native/
 import { AdamW, clipGradients, gradNorm } from "../../src/finetune/optimizer.js";
 import { addCovariance, addPairNorms } from "../../src/ropeSelect/calibrate.js";
 import { maxAbsDiff, seededRand } from "../helpers.js";
+import { checkLinalg } from "./linalgCheck.js";
 import { formatParity, runParity } from "./parity.js";
 
 const lib = loadNativeCpu();
@@ -74,38 +75,5 @@ test("native optimizer and calibration kernels match their TypeScript loops", { 
 
 test("float64 Gram, matmul and symmetric eigendecomposition match the TypeScript route", { skip }, async () => {
   const { nativeLinalg } = await import("../../src/backends/native/cpu.js");
-  const L = nativeLinalg()!;
-  const r64 = seededRand(9, Float64Array);
-  for (const [M, N] of [[1, 1], [7, 5], [33, 65], [130, 64]] as const) {
-    const A = r64(M * N);
-    const G = L.gram(A, M, N);
-    let err = 0;
-    for (let i = 0; i < N; i++)
-      for (let j = 0; j < N; j++) {
-        let s = 0;
-        for (let r = 0; r < M; r++) s += A[r * N + i]! * A[r * N + j]!;
-        err = Math.max(err, Math.abs(G[i * N + j]! - s));
-      }
-    assert.ok(err < 1e-12, `gram ${M}×${N}: ${err}`);
-    const Z = L.matmul(A, G, M, N, N);
-    let zerr = 0;
-    for (let i = 0; i < M; i++)
-      for (let j = 0; j < N; j++) {
-        let s = 0;
-        for (let t = 0; t < N; t++) s += A[i * N + t]! * G[t * N + j]!;
-        zerr = Math.max(zerr, Math.abs(Z[i * N + j]! - s));
-      }
-    assert.ok(zerr < 1e-10, `matmul: ${zerr}`);
-    const { values, vectors } = L.eigen(G, N);
-    for (let e = 0; e < N; e++) {
-      if (e > 0) assert.ok(values[e - 1]! >= values[e]!, "descending");
-      let res = 0;
-      for (let i = 0; i < N; i++) {
-        let s = 0;
-        for (let j = 0; j < N; j++) s += G[i * N + j]! * vectors[e * N + j]!;
-        res = Math.max(res, Math.abs(s - values[e]! * vectors[e * N + i]!));
-      }
-      assert.ok(res < 1e-9 * Math.max(1, values[0]!), `eigenpair ${e} of ${N}: residual ${res}`);
-    }
-  }
+  checkLinalg(nativeLinalg()!, [[1, 1], [7, 5], [33, 65], [130, 64]], { gram: 1e-12, matmul: 1e-10 });
 });
