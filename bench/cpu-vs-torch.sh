@@ -2,7 +2,7 @@
 # Issue 7, acceptance 2 and 3: GEMM (own kernel vs OpenBLAS), eval throughput on a synth smollm-135m
 # (float32) and fine-tune throughput on stories260K, native CPU backend beside PyTorch CPU, both pinned
 # to the same 2 cores (taskset) in the same run. Needs python3 with torch, transformers, tokenizers.
-# Usage: bash bench/cpu-vs-torch.sh [WORKDIR] [TEXT]
+# Usage: [PYTHON=python3] [TOKENS=8000] bash bench/cpu-vs-torch.sh [WORKDIR] [TEXT]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 W=${1:-/tmp/mha2mla-cpu}
@@ -26,6 +26,15 @@ for blas in own default; do
   $PIN $CLI finetune stories260K --data "$TEXT" --tokens 40960 --seq 256 --batch 16 --device cpu --val-fraction 0 --out "$W/ft" --force --json "$W/ft.json" > /dev/null 2> "$W/ft.log" || tail -3 "$W/ft.log"
   node -e "const j=require('$W/ft.json');console.log(JSON.stringify({tool:'mha2mla',mode:'finetune stories260K',tokens_per_second:Math.round(j.tokensPerSecond)}))"
 done
-echo "== PyTorch $(python3 -c 'import torch;print(torch.__version__)') CPU"
-$PIN python3 bench/cpu_torch.py eval "$W/smollm" "$TEXT" ${TOKENS:-8000} 256 2>/dev/null
-$PIN python3 bench/cpu_torch.py finetune fixtures/models/stories260K "$TEXT" 40960 256 16 2>/dev/null
+PY=${PYTHON:-python3}
+if $PY -c "import torch, transformers, tokenizers" 2>/dev/null; then
+  echo "== PyTorch $($PY -c 'import torch;print(torch.__version__)') CPU (transformers)"
+  $PIN $PY bench/cpu_torch.py eval "$W/smollm" "$TEXT" ${TOKENS:-8000} 256 2>/dev/null
+  $PIN $PY bench/cpu_torch.py finetune fixtures/models/stories260K "$TEXT" 40960 256 16 2>/dev/null
+elif $PY -c "import torch, numpy" 2>/dev/null; then
+  echo "== PyTorch $($PY -c 'import torch;print(torch.__version__)') CPU (plain Llama in bench/torch_llama_cpu.py; no transformers here)"
+  $PIN $PY bench/torch_llama_cpu.py eval "$W/smollm" ${TOKENS:-8000} 256
+  $PIN $PY bench/torch_llama_cpu.py finetune fixtures/models/stories260K 40960 256 16
+else
+  echo "== PyTorch: not importable by $PY (set PYTHON=...; Debian: apt-get install python3-torch, then PYTHON=/usr/bin/python3)"
+fi
