@@ -12,6 +12,9 @@
 namespace mla {
 namespace {
 Sgemm sgemm_fn = nullptr;
+Dsyevd dsyevd_fn = nullptr;
+Dgemm dgemm_fn = nullptr;
+void (*set_threads_fn)(int) = nullptr;
 std::string description = "own GEMM";
 std::once_flag once;
 
@@ -31,10 +34,14 @@ void probe() {
     if (!f) continue;
     sgemm_fn = f;
     using SetThreads = void (*)(int);
-    if (auto set = reinterpret_cast<SetThreads>(dlsym(h, "openblas_set_num_threads"))) set(1);  // we split the work ourselves
+    set_threads_fn = reinterpret_cast<SetThreads>(dlsym(h, "openblas_set_num_threads"));
+    if (set_threads_fn) set_threads_fn(1);  // we split GEMMs ourselves
+    dsyevd_fn = reinterpret_cast<Dsyevd>(dlsym(h, "dsyevd_"));
+    dgemm_fn = reinterpret_cast<Dgemm>(dlsym(h, "cblas_dgemm"));
     description = std::string("OpenBLAS ") + c;
     using CoreName = char* (*)();
     if (auto core = reinterpret_cast<CoreName>(dlsym(h, "openblas_get_corename"))) description += std::string(" (core ") + core() + ")";
+    if (dsyevd_fn) description += " + LAPACK dsyevd";
     return;
   }
 }
@@ -43,6 +50,23 @@ void probe() {
 Sgemm openblas_sgemm() {
   std::call_once(once, probe);
   return sgemm_fn;
+}
+
+Dgemm openblas_dgemm() {
+  std::call_once(once, probe);
+  return dgemm_fn;
+}
+
+Dsyevd lapack_dsyevd() {
+  std::call_once(once, probe);
+  return dsyevd_fn;
+}
+
+void with_blas_threads(int threads, void (*f)(void*), void* arg) {
+  std::call_once(once, probe);
+  if (set_threads_fn) set_threads_fn(threads);
+  f(arg);
+  if (set_threads_fn) set_threads_fn(1);
 }
 
 const std::string& blas_description() {

@@ -31,7 +31,9 @@ const char* mla_last_error(void);
 /* Compiler, flags, GEMM route and threading of this build, e.g.
    "g++ 12.2.0 -march=native, own GEMM OpenMP(2)" or "…, OpenBLAS libopenblas.so.0 (core Haswell) …".
    linear and linear_backward call cblas_sgemm from a system OpenBLAS found at load time (dlopen of
-   $MHA2MLA_OPENBLAS or libopenblas.so.0); MHA2MLA_BLAS=own keeps our own kernel. */
+   $MHA2MLA_OPENBLAS or libopenblas.so.0); so do gram_f64 and matmul_f64 (cblas_dgemm) and
+   symmetric_eigen (LAPACK dsyevd, when that OpenBLAS carries it). MHA2MLA_BLAS=own keeps our own
+   kernels. */
 const char* mla_build_info(void);
 int mla_num_threads(void);
 void mla_set_num_threads(int n);

@@ -17,7 +17,7 @@ import type { ModelConfig } from "../model/config.js";
 import { expectedTensors, layerPrefix } from "../model/weights.js";
 import { loadModel } from "../model/llama.js";
 import { DeviceName, selectBackend, selectLinalg } from "../backends/select.js";
-import { useLinalg } from "../backends/native/linalg.js";
+import { chosenLinalg, useLinalg } from "../backends/native/linalg.js";
 import { calibrate, calibrationWindows, CalibrationStats } from "../ropeSelect/calibrate.js";
 import { fixedPairs, RopeStrategy, topPairs, twoNormScores } from "../ropeSelect/strategies.js";
 import { covarianceRoots } from "../svd/truncated.js";
@@ -179,7 +179,8 @@ async function writeConverted(src: Checkpoint, config: ModelConfig, mla: ModelCo
       const layer = Number(/^model\.layers\.(\d+)\./.exec(t.name)?.[1]);
       if (!current || current.layer !== layer) {
         start(layer);
-        start(layer + 1);
+        // Look ahead only where factoring leaves the JavaScript thread; on the CPU it would just run first.
+        if (chosenLinalg()?.factorColsAsync) start(layer + 1);
         const t1 = performance.now();
         const done: LayerFactors = await inFlight.get(layer)!;
         tFactor.wait += (performance.now() - t1) / 1000;
