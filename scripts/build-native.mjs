@@ -72,15 +72,17 @@ function buildCuda() {
   if (process.env.MHA2MLA_SKIP_CUDA || process.env.MHA2MLA_SKIP_NATIVE) return "mha2mla: MHA2MLA_SKIP_CUDA/MHA2MLA_SKIP_NATIVE is set: CUDA library not built";
   const nvcc = findNvcc();
   if (!nvcc) return "mha2mla: nvcc not found (CUDA_HOME, /usr/local/cuda, PATH): CUDA library not built, --device cuda is unavailable";
+  const home = path.resolve(path.dirname(nvcc), "..");
+  const headers = ["cublas_v2.h", "cusolverDn.h"].filter((h) => !fs.existsSync(path.join(home, "include", h)) && !fs.existsSync(path.join(home, "targets", "x86_64-linux", "include", h)));
   const out = path.join(outDir, "libmla_cuda.so");
   const common = ["-O3", "-std=c++17", "-shared", "-Xcompiler", "-fPIC", "-Xlinker", "-z,nodelete", include, ...sourcesOf("cuda", ".cu"), "-lcublas", "-lcusolver"];
   // The GPU of this machine when one is visible; otherwise Ampere and Hopper code plus PTX for newer GPUs.
   const hasGpu = spawnSync("nvidia-smi", ["-L"], { encoding: "utf8" }).status === 0;
   const fat = ["-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90", "-gencode=arch=compute_90,code=compute_90"];
   const r = build(nvcc, out, [...(hasGpu ? [{ name: "-arch=native", flags: ["-arch=native", ...common] }] : []), { name: "sm_80+sm_90+PTX", flags: [...fat, ...common] }]);
-  return r.ok
-    ? `mha2mla: built the CUDA library ${path.relative(root, out)} with ${nvcc} (${r.variant}, cuBLAS, cuSOLVER)`
-    : `mha2mla: building the CUDA library with ${nvcc} failed (${r.error}): --device cuda is unavailable`;
+  if (r.ok) return `mha2mla: built the CUDA library ${path.relative(root, out)} with ${nvcc} (${r.variant}, cuBLAS, cuSOLVER)`;
+  if (headers.length) return `mha2mla: ${nvcc} is there but ${headers.join(" and ")} ${headers.length > 1 ? "are" : "is"} not under ${home} (the cuBLAS/cuSOLVER development files of the CUDA toolkit are missing): CUDA library not built, --device cuda is unavailable`;
+  return `mha2mla: building the CUDA library with ${nvcc} failed (${r.error}): --device cuda is unavailable`;
 }
 
 const only = process.argv[2];
