@@ -11,22 +11,6 @@ static inline void visible(int64_t t, int64_t S, int64_t off, int64_t window, in
   *lo = window > 0 ? (q - window + 1 > 0 ? q - window + 1 : 0) : 0;
 }
 
-// p[s] = scale·q·k_s for the visible keys s in [lo, hi]; returns their maximum. DC > 0 fixes the
-// head dim at compile time (small heads: the per-key loops then unroll and vectorize).
-template <int DC>
-static inline float score_row(const float* qr, const float* k, int64_t lo, int64_t hi, int64_t Hkv, int64_t kh, int64_t Dh_, float scale, float* p) {
-  const int64_t Dh = DC ? DC : Dh_;
-  float mx = -INFINITY;
-  for (int64_t s = lo; s <= hi; s++) {
-    const float* kr = k + (s * Hkv + kh) * Dh;
-    float d = 0;
-    for (int64_t i = 0; i < Dh; i++) d += qr[i] * kr[i];
-    p[s] = d * scale;
-    if (p[s] > mx) mx = p[s];
-  }
-  return mx;
-}
-
 // exp(x) for x ≤ 0 (scores minus their maximum): 2^k·e^r, r in [−ln2/2, ln2/2], with a degree-6
 // polynomial for e^r (Cephes expf; relative error ~2e-7). Written so that a loop over it vectorizes:
 // libm's expf does not, and at small head dims it was most of the attention time.
@@ -61,6 +45,31 @@ static inline float exp_row(float* __restrict p, int64_t lo, int64_t hi, float m
   return z;
 }
 
+// DC > 0 (template argument below) fixes the head dim at compile time, so the per-key value loops
+// unroll and vectorize at small head dims.
+// Keys per KV head as [Hkv][Dh][S] (contiguous along the keys), so that a query row's scores are
+// Dh vector passes over the visible keys instead of one short dot product per key.
+static std::vector<float> keys_by_dim(const float* k, int64_t S, int64_t Hkv, int64_t Dh) {
+  std::vector<float> kt((size_t)Hkv * Dh * S);
+  for (int64_t s = 0; s < S; s++)
+    for (int64_t g = 0; g < Hkv; g++)
+      for (int64_t d = 0; d < Dh; d++) kt[((size_t)g * Dh + d) * S + s] = k[(s * Hkv + g) * Dh + d];
+  return kt;
+}
+
+// p[s] = scale·q·k_s over [lo, hi] from the transposed keys of KV head kh; returns their maximum.
+static inline float score_row_t(const float* qr, const float* kt, int64_t lo, int64_t hi, int64_t S, int64_t kh, int64_t Dh, float scale, float* __restrict p) {
+  for (int64_t s = lo; s <= hi; s++) p[s] = 0;
+  for (int64_t d = 0; d < Dh; d++) {
+    const float qd = qr[d] * scale;
+    const float* __restrict row = kt + ((size_t)kh * Dh + d) * S;
+    for (int64_t s = lo; s <= hi; s++) p[s] += qd * row[s];
+  }
+  float mx = -INFINITY;
+  for (int64_t s = lo; s <= hi; s++) mx = p[s] > mx ? p[s] : mx;
+  return mx;
+}
+
 static mla_status check(const void* q, const void* k, const void* v, int64_t T, int64_t S, int64_t H, int64_t Hkv) {
   MLA_CHECK(q && k && v, "attention: null pointer");
   MLA_CHECK(T >= 0 && S >= 0 && H > 0 && Hkv > 0, "attention: bad sizes");
@@ -72,6 +81,7 @@ template <int DC>
 static void attention_fwd(const float* q, const float* k, const float* v, float* o, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh_, int64_t Dv_, float scale, int64_t off, int64_t window) {
   const int64_t Dh = DC ? DC : Dh_, Dv = DC ? DC : Dv_;
   const int64_t group = H / Hkv;
+  const std::vector<float> kt = keys_by_dim(k, S, Hkv, Dh);
 #pragma omp parallel
   {
     std::vector<float> p(S > 0 ? S : 1);
@@ -83,7 +93,7 @@ static void attention_fwd(const float* q, const float* k, const float* v, float*
         visible(t, S, off, window, &lo, &hi);
         const int64_t kh = h / group;
         const float* qr = q + (t * H + h) * Dh;
-        const float mx = score_row<DC>(qr, k, lo, hi, Hkv, kh, Dh, scale, p.data());
+        const float mx = score_row_t(qr, kt.data(), lo, hi, S, kh, Dh, scale, p.data());
         const float z = hi >= lo ? exp_row(p.data(), lo, hi, mx) : 0.0f;
         std::fill(acc.begin(), acc.end(), 0.0f);
         for (int64_t s = lo; s <= hi; s++) {
@@ -120,6 +130,7 @@ template <int DC>
 static void attention_bwd(const float* q, const float* k, const float* v, const float* dout, float* dq, float* dk, float* dv, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh_, int64_t Dv_, float scale, int64_t off, int64_t window) {
   const int64_t Dh = DC ? DC : Dh_, Dv = DC ? DC : Dv_;
   const int64_t group = H / Hkv;
+  const std::vector<float> kt = keys_by_dim(k, S, Hkv, Dh);
 #pragma omp parallel
   {
     std::vector<float> p(S > 0 ? S : 1), dp(S > 0 ? S : 1);
@@ -140,7 +151,7 @@ static void attention_bwd(const float* q, const float* k, const float* v, const 
           float* dqr = dql.data() + (h - kh * group) * Dh;
           for (int64_t i = 0; i < Dh; i++) dqr[i] = 0;
           if (hi < lo) continue;
-          const float mx = score_row<DC>(qr, k, lo, hi, Hkv, kh, Dh, scale, p.data());
+          const float mx = score_row_t(qr, kt.data(), lo, hi, S, kh, Dh, scale, p.data());
           const float z = exp_row(p.data(), lo, hi, mx);
           const float invz = 1.0f / z;
           float sum = 0;
