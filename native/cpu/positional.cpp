@@ -40,10 +40,15 @@ extern "C" mla_status mla_cpu_rope(const float* x, float* y, const int32_t* posi
   return MLA_OK;
 }
 
+static mla_status check_ids(const char* op, const int32_t* ids, int64_t T, int64_t V) {
+  for (int64_t t = 0; t < T; t++)
+    if (ids[t] < 0 || ids[t] >= V) return MLA_FAIL(MLA_ERR_ARGUMENT, std::string(op) + ": token id " + std::to_string(ids[t]) + " at position " + std::to_string(t) + " is outside the vocabulary of " + std::to_string(V));
+  return MLA_OK;
+}
+
 extern "C" mla_status mla_cpu_embedding(const float* table, const int32_t* ids, float* y, int64_t T, int64_t V, int64_t D) {
   MLA_CHECK(table && ids && y && T >= 0 && V > 0 && D > 0, "embedding: bad arguments");
-  for (int64_t t = 0; t < T; t++)
-    if (ids[t] < 0 || ids[t] >= V) return MLA_FAIL(MLA_ERR_ARGUMENT, "embedding: token id " + std::to_string(ids[t]) + " at position " + std::to_string(t) + " is outside the vocabulary of " + std::to_string(V));
+  if (mla_status st = check_ids("embedding", ids, T, V)) return st;
 #pragma omp parallel for schedule(static) if (T * D > 65536)
   for (int64_t t = 0; t < T; t++) std::memcpy(y + t * D, table + (int64_t)ids[t] * D, sizeof(float) * D);
   return MLA_OK;
@@ -52,8 +57,7 @@ extern "C" mla_status mla_cpu_embedding(const float* table, const int32_t* ids, 
 // dtable[V,D] = 0, then rows of dy added at ids. Threads split the D columns, so repeated ids never race.
 extern "C" mla_status mla_cpu_embedding_backward(const int32_t* ids, const float* dy, float* dtable, int64_t T, int64_t V, int64_t D) {
   MLA_CHECK(ids && dy && dtable && T >= 0 && V > 0 && D > 0, "embedding_backward: bad arguments");
-  for (int64_t t = 0; t < T; t++)
-    if (ids[t] < 0 || ids[t] >= V) return MLA_FAIL(MLA_ERR_ARGUMENT, "embedding_backward: token id " + std::to_string(ids[t]) + " at position " + std::to_string(t) + " is outside the vocabulary of " + std::to_string(V));
+  if (mla_status st = check_ids("embedding_backward", ids, T, V)) return st;
   std::memset(dtable, 0, sizeof(float) * V * D);
 #pragma omp parallel
   {

@@ -71,47 +71,38 @@ export async function factorLayer(p: LayerFactorInput): Promise<LayerFactors> {
   // Opt-in until it has run on a GPU: written after this session's device time was spent (the
   // default GPU route, factorColsAsync, is the measured one). Test: test/backends/cuda.test.ts.
   const fused = process.env["MHA2MLA_CUDA_FACTOR_KV"] === "1" ? chosenLinalg()?.factorKvAsync : undefined;
+  let kvDown: Float32Array;
+  let kUp: Float32Array;
+  let vUp: Float32Array;
+  let L: number;
+  let energy: number;
   if (p.svd === "joint" && !p.whiten && fused && D <= Mk + Mv) {
     // The GPU route gathers the rows and factors in one call; nothing of size M×D is built here.
     const f = await fused(p.wk, p.wv, D, Int32Array.from(nopeRows), k);
-    return {
-      kRope: new Float32Array(rowsOf(p.wk, ropeRows, D)),
-      kRopeBias: pick(p.bk, ropeRows),
-      kvDown: f.down,
-      kUp: f.up.subarray(0, Mk * k),
-      kUpBias: pick(p.bk, nopeRows),
-      vUp: f.up.subarray(Mk * k),
-      vUpBias: pick(p.bv, allV),
-      latentDim: k,
-      energy: energyOf(f.values.map((x) => Math.sqrt(Math.max(x, 0))), k),
-    };
-  }
-  const kNope = rowsOf(p.wk, nopeRows, D);
-  const v = rowsOf(p.wv, allV, D);
-  let kvDown: Float64Array;
-  let kUp: Float64Array;
-  let vUp: Float64Array;
-  let L: number;
-  let energy: number;
-  if (p.svd === "joint") {
-    const A = new Float64Array((Mk + Mv) * D);
-    A.set(kNope);
-    A.set(v, Mk * D);
-    const f = await factor(A, Mk + Mv, D, k, p.whiten);
     L = k;
     kvDown = f.down;
     kUp = f.up.subarray(0, Mk * k);
     vUp = f.up.subarray(Mk * k);
+    energy = energyOf(f.values.map((x) => Math.sqrt(Math.max(x, 0))), k);
+  } else if (p.svd === "joint") {
+    const A = new Float64Array((Mk + Mv) * D);
+    A.set(rowsOf(p.wk, nopeRows, D));
+    A.set(rowsOf(p.wv, allV, D), Mk * D);
+    const f = await factor(A, Mk + Mv, D, k, p.whiten);
+    L = k;
+    kvDown = new Float32Array(f.down);
+    kUp = new Float32Array(f.up.subarray(0, Mk * k));
+    vUp = new Float32Array(f.up.subarray(Mk * k));
     energy = f.energy;
   } else {
-    const fk = await factor(kNope, Mk, D, k, p.whiten);
-    const fv = await factor(v, Mv, D, k, p.whiten);
+    const fk = await factor(rowsOf(p.wk, nopeRows, D), Mk, D, k, p.whiten);
+    const fv = await factor(rowsOf(p.wv, allV, D), Mv, D, k, p.whiten);
     L = 2 * k;
-    kvDown = new Float64Array(L * D);
+    kvDown = new Float32Array(L * D);
     kvDown.set(fk.down);
     kvDown.set(fv.down, k * D);
-    kUp = new Float64Array(Mk * L);
-    vUp = new Float64Array(Mv * L);
+    kUp = new Float32Array(Mk * L);
+    vUp = new Float32Array(Mv * L);
     for (let r = 0; r < Mk; r++) for (let j = 0; j < k; j++) kUp[r * L + j] = fk.up[r * k + j]!;
     for (let r = 0; r < Mv; r++) for (let j = 0; j < k; j++) vUp[r * L + k + j] = fv.up[r * k + j]!;
     const sq = (s: Float64Array) => s.reduce((a, x) => a + x * x, 0);
@@ -121,10 +112,10 @@ export async function factorLayer(p: LayerFactorInput): Promise<LayerFactors> {
   return {
     kRope: new Float32Array(rowsOf(p.wk, ropeRows, D)),
     kRopeBias: pick(p.bk, ropeRows),
-    kvDown: new Float32Array(kvDown),
-    kUp: new Float32Array(kUp),
+    kvDown,
+    kUp,
     kUpBias: pick(p.bk, nopeRows),
-    vUp: new Float32Array(vUp),
+    vUp,
     vUpBias: pick(p.bv, allV),
     latentDim: L,
     energy,

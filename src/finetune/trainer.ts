@@ -123,7 +123,8 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
   const P = paramNodes(leafOps, model.weights, trainable);
   const leaves = trainableLeaves(P);
   const params = leaves.map((l) => l.node.value.toArray());
-  const opt = new AdamW({ beta1: settings.beta1, beta2: settings.beta2, eps: settings.eps, weightDecay: settings.weightDecay }, params.map((p) => p.length), optimizerKernels(model.backend));
+  const kernels = optimizerKernels(model.backend);
+  const opt = new AdamW({ beta1: settings.beta1, beta2: settings.beta2, eps: settings.eps, weightDecay: settings.weightDecay }, params.map((p) => p.length), kernels);
   let state: TrainState = { format: 1, step: 0, epoch: 0, cursor: 0, tokensSeen: 0, fingerprint, settings: { ...settings, model: src.dir } };
   if (o.resume) {
     state = loadCheckpoint(out, fingerprint, { paths: leaves.map((l) => l.path), params, m: opt.m, v: opt.v });
@@ -175,7 +176,7 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
     }
     const loss = lossSum / targetsPerStep;
     const grads = leaves.map((l) => l.node.grad?.toArray() ?? null);
-    const norm = clipGradients(grads, settings.clip, optimizerKernels(b));
+    const norm = clipGradients(grads, settings.clip, kernels);
     if (!Number.isFinite(loss) || !Number.isFinite(norm))
       throw new MlaError("INTERRUPTED", `training diverged at step ${state.step + 1}: loss ${loss}, gradient norm ${norm}`, `the last good checkpoint (if any) is in ${checkpointDir(out)}; lower --lr or check the data`);
     opt.update(params, grads, rate);

@@ -100,6 +100,13 @@ export function loadCuda(): CudaLib | string {
   });
 }
 
+/** The library's last error as an MlaError: OUT_OF_MEMORY (with `oomHint`) or a failed op (with `hint`). */
+function cudaError(lib: CudaLib, op: string, hint: string, oomHint: string): MlaError {
+  const msg = lib.lastError().replace(/^[^ ]+: /, "");
+  if (/out of GPU memory/.test(msg)) return new MlaError("OUT_OF_MEMORY", `${op}: ${msg}`, oomHint);
+  return new MlaError("BAD_ARGUMENT", `CUDA ${op} failed: ${msg}`, hint);
+}
+
 /** A device buffer; `handle` is the opaque mla_cuda_buf*. A view keeps its parent reachable. */
 class DeviceBuffer {
   constructor(readonly handle: unknown, readonly n: number, readonly dtype: number, readonly parent: DeviceBuffer | null = null) {}
@@ -169,9 +176,7 @@ export class CudaBackend implements Backend {
   }
 
   private fail(op: string, hint = "this is a bug; re-run with --device cpu to compare"): never {
-    const msg = this.lib.lastError().replace(/^[^ ]+: /, "");
-    if (/out of GPU memory/.test(msg)) throw new MlaError("OUT_OF_MEMORY", `${op}: ${msg}`, "use --device cpu, a shorter --ctx / --calib-len, or a smaller model");
-    throw new MlaError("BAD_ARGUMENT", `CUDA ${op} failed: ${msg}`, hint);
+    throw cudaError(this.lib, op, hint, "use --device cpu, a shorter --ctx / --calib-len, or a smaller model");
   }
 
   private call(op: string, status: number): void {
@@ -506,10 +511,7 @@ export function cudaLinalg(lib: CudaLib): Linalg {
     return job;
   };
   const ok = (op: string, status: number) => {
-    if (status !== 0) {
-      const msg = lib.lastError().replace(/^[^ ]+: /, "");
-      throw new MlaError(/out of GPU memory/.test(msg) ? "OUT_OF_MEMORY" : "BAD_ARGUMENT", `CUDA ${op} failed: ${msg}`, "use --device cpu to factor on the CPU");
-    }
+    if (status !== 0) throw cudaError(lib, op, "use --device cpu to factor on the CPU", "use --device cpu to factor on the CPU");
   };
   return {
     name: "cuda",
