@@ -12,7 +12,8 @@ import { Checkpoint, CheckpointWriter, copyModelSideFiles } from "../io/checkpoi
 import { DTYPE_BYTES, DType, encodeFromF32 } from "../io/dtype.js";
 import { readHfConfig } from "../io/hfConfig.js";
 import { resolveModel } from "../io/modelDir.js";
-import type { TensorSpec } from "../io/safetensors.js";
+import { numel, type TensorSpec } from "../io/safetensors.js";
+import { ByteBudget } from "../io/byteBudget.js";
 import type { ModelConfig } from "../model/config.js";
 import { expectedTensors, layerPrefix } from "../model/weights.js";
 import { loadModel } from "../model/llama.js";
@@ -96,10 +97,12 @@ export async function convert(spec: string, opts: ConvertOptions): Promise<Conve
     const linalg = selectLinalg(opts.device ?? "auto", log);
     useLinalg(linalg);
     log.info(`factoring with the ${linalg?.name ?? "TypeScript"} float64 routines`);
-    const tFactor = { s: 0, wait: 0 };
+    const tFactor: PhaseTimes = { s: 0, wait: 0, readWait: 0, writeWait: 0 };
     const energy = await writeConverted(src, config, mlaConfig, kvDtype, tmp, settings.svd, stats, tFactor, opts.progress);
     timings["factor_s"] = tFactor.s;
     timings["factor_wait_s"] = tFactor.wait;
+    timings["read_wait_s"] = tFactor.readWait;
+    timings["write_wait_s"] = tFactor.writeWait;
     writeConfigAndFiles(srcDir, tmp, settings, plan, selection);
     timings["convert_s"] = (performance.now() - t0) / 1000;
 
@@ -132,8 +135,16 @@ export async function convert(spec: string, opts: ConvertOptions): Promise<Conve
   }
 }
 
+/** Where the conversion's time went: factoring (summed per layer, overlapped) and what the writer loop waited for. */
+interface PhaseTimes {
+  s: number;
+  wait: number;
+  readWait: number;
+  writeWait: number;
+}
+
 /** Writes all tensors in order; returns the retained energy per layer. */
-async function writeConverted(src: Checkpoint, config: ModelConfig, mla: ModelConfig, kvDtype: DType, dir: string, svd: "joint" | "split", stats: CalibrationStats | null, tFactor: { s: number; wait: number }, progressSink: ProgressSink | null | undefined): Promise<number[]> {
+async function writeConverted(src: Checkpoint, config: ModelConfig, mla: ModelConfig, kvDtype: DType, dir: string, svd: "joint" | "split", stats: CalibrationStats | null, tFactor: PhaseTimes, progressSink: ProgressSink | null | undefined): Promise<number[]> {
   const sourceNames = new Set(expectedTensors(config).map((t) => t.name));
   const extras = src.names().filter((n) => !sourceNames.has(n));
   const targets: TensorSpec[] = [
@@ -169,11 +180,18 @@ async function writeConverted(src: Checkpoint, config: ModelConfig, mla: ModelCo
     job.catch(() => {}); // awaited below; a failure of a look-ahead layer surfaces there
     inFlight.set(layer, job);
   };
+  const isKv = (name: string) => /\.self_attn\.(k|v)_proj\./.test(name);
+  const copied = (name: string) => src.has(name) && !isKv(name);
+  const io = new ByteBudget(
+    targets.map((t) => ({ bytes: numel(t.shape) * DTYPE_BYTES[t.dtype], read: copied(t.name) ? () => src.readBytesAsync(t.name) : null })),
+    readAheadBytes(),
+  );
   let current: { layer: number; f: LayerFactors } | null = null;
   try {
-    for (const t of targets) {
-      if (src.has(t.name) && !/\.self_attn\.(k|v)_proj\./.test(t.name)) {
-        await writer.append(await src.readBytesAsync(t.name));
+    for (const [i, t] of targets.entries()) {
+      if (copied(t.name)) {
+        const bytes = await io.take(i);
+        io.wrote(bytes.length, writer.append(bytes), false);
         continue;
       }
       const layer = Number(/^model\.layers\.(\d+)\./.exec(t.name)?.[1]);
@@ -193,13 +211,24 @@ async function writeConverted(src: Checkpoint, config: ModelConfig, mla: ModelCo
       const name = t.name.slice((layerPrefix(layer) + "self_attn.").length);
       const values = ({ "k_rope_proj.weight": f.kRope, "k_rope_proj.bias": f.kRopeBias, "kv_down_proj.weight": f.kvDown, "k_up_proj.weight": f.kUp, "k_up_proj.bias": f.kUpBias, "v_up_proj.weight": f.vUp, "v_up_proj.bias": f.vUpBias } as Record<string, Float32Array | null>)[name];
       if (!values) throw new MlaError("BAD_CHECKPOINT", `${src.dir}: tensor "${t.name}" is missing`, "the checkpoint does not match its config.json");
-      await writer.append(encodeFromF32(t.dtype, values));
+      const bytes = encodeFromF32(t.dtype, values);
+      io.wrote(bytes.length, writer.append(bytes), true);
     }
   } finally {
     await Promise.allSettled(inFlight.values()); // never leave a GPU call writing into freed arrays
+    await io.drain(); // nor a write into a folder that is about to be removed
   }
+  const t1 = performance.now();
   await writer.close();
+  tFactor.readWait = io.waited.read;
+  tFactor.writeWait = io.waited.write + (performance.now() - t1) / 1000;
   return energy;
+}
+
+/** Bytes read ahead of the writer (MHA2MLA_READ_AHEAD_MB, default 1024): enough to keep the disk busy, small against the RSS goal. */
+function readAheadBytes(): number {
+  const mb = Number(process.env["MHA2MLA_READ_AHEAD_MB"] ?? 1024);
+  return (Number.isFinite(mb) && mb > 0 ? mb : 1024) * 2 ** 20;
 }
 
 function writeConfigAndFiles(srcDir: string, dir: string, s: ReturnType<typeof resolveSettings>, plan: ConversionPlan, selection: number[][][]): void {
