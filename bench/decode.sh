@@ -14,5 +14,5 @@ $CLI synth --arch llama2-7b --layers "$LAYERS" --dtype bf16 --out "$W/llama2-7b-
 # synth writes no tokenizer and the runtime loads one with the model: borrow the bundled one (token ids only).
 cp fixtures/models/stories260K/tokenizer.json fixtures/models/stories260K/tokenizer_config.json "$W/llama2-7b-L$LAYERS/"
 $CLI convert "$W/llama2-7b-L$LAYERS" --device cuda --rank 64 --rope-pairs 8 --rope-strategy uniform --out "$W/llama2-7b-L$LAYERS-mla" --force 2>&1 | tail -1
-echo "$(date -u +%Y-%m-%d), $(nvidia-smi --query-gpu=name --format=csv,noheader), llama2-7b shape with $LAYERS layers, f32 weights and cache on the GPU"
+echo "$(date -u +%Y-%m-%d), $(nvidia-smi --query-gpu=name --format=csv,noheader), llama2-7b shape with $LAYERS layers, bf16 linear weights and f32 cache on the GPU"
 node dist/bench/decode.js "$W/llama2-7b-L$LAYERS" "$W/llama2-7b-L$LAYERS-mla" --device cuda --contexts ${CONTEXTS:-1024,4096,16384} --batches ${BATCHES:-1,32} --steps ${STEPS:-16}

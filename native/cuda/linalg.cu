@@ -183,40 +183,64 @@ __global__ void k_top_columns(const double* V, double* down, int64_t N, int64_t 
   down[i] = V[(N - 1 - j) * N + r];
 }
 
+namespace {
+// A stream-ordered device allocation of any element type, freed when it goes out of scope.
+template <typename T>
+struct DevBuf {
+  T* p = nullptr;
+  ~DevBuf() {
+    if (p) cudaFreeAsync(p, ctx()->stream);
+  }
+  cudaError_t alloc(int64_t n) { return cudaMallocAsync(&p, sizeof(T) * (size_t)(n > 0 ? n : 1), ctx()->stream); }
+};
+
+// The eigen route of a truncated SVD on data already on the device: for a [M, N] (row-major),
+// d [k, N] = the top-k eigenvectors of aᵀa (right singular vectors) and u [M, k] = a·dᵀ, so that
+// a ≈ u·d; `values` (host, N) gets the eigenvalues of aᵀa, descending. Both factor_* entry points
+// end here; they differ only in how a reaches the device and in which precision the factors leave.
+mla_status factor_resident(const double* a, int64_t M, int64_t N, int64_t k, double* d, double* u, double* values) {
+  cudaStream_t s = ctx()->stream;
+  DevF64 g, w, work;
+  DEV_ALLOC(g, N * N);
+  DEV_ALLOC(w, N);
+  const double one = 1, zero = 0;
+  CUBLAS_TRY(cublasDgemm(ctx()->blas, CUBLAS_OP_N, CUBLAS_OP_T, (int)N, (int)N, (int)M, &one, a, (int)N, a, (int)N, &zero, g.p, (int)N));
+  int lwork = 0;
+  CUSOLVER_TRY(cusolverDnDsyevd_bufferSize(ctx()->solver, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_LOWER, (int)N, g.p, (int)N, w.p, &lwork));
+  DEV_ALLOC(work, (int64_t)lwork + 1);
+  DevBuf<int> info;
+  CUDA_TRY(info.alloc(1));
+  CUSOLVER_TRY(cusolverDnDsyevd(ctx()->solver, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_LOWER, (int)N, g.p, (int)N, w.p, work.p, lwork, info.p));
+  k_top_columns<<<blocks_for(k * N, 256), 256, 0, s>>>(g.p, d, N, k);
+  KERNEL_CHECK();
+  // u[M,k] row-major = a·V_k: column-major uᵀ (k×M) = V_kᵀ·aᵀ, with d (row-major [k,N]) = column-major V_k.
+  CUBLAS_TRY(cublasDgemm(ctx()->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)k, (int)M, (int)N, &one, d, (int)N, a, (int)N, &zero, u, (int)k));
+  std::vector<double> asc(N);
+  int h_info = 0;
+  CUDA_TRY(cudaMemcpyAsync(&h_info, info.p, sizeof(int), cudaMemcpyDeviceToHost, s));
+  CUDA_TRY(cudaMemcpyAsync(asc.data(), w.p, sizeof(double) * N, cudaMemcpyDeviceToHost, s));
+  CUDA_TRY(cudaStreamSynchronize(s));
+  if (h_info != 0) return MLA_FAIL(MLA_ERR_INTERNAL, "cusolverDnDsyevd: info " + std::to_string(h_info) + " (did not converge or bad input)");
+  for (int64_t i = 0; i < N; i++) values[i] = asc[N - 1 - i];
+  return MLA_OK;
+}
+}  // namespace
+
 extern "C" mla_status mla_cuda_factor_cols(const double* A, int64_t M, int64_t N, int64_t k, double* down, double* up, double* values) {
   NEED_CTX();
   MLA_CHECK(A && down && up && values && M > 0 && N > 0 && k > 0 && k <= N && k <= M, "factor_cols: bad arguments");
   CUDA_TRY(cudaSetDevice(ctx()->device));  // may run on a koffi worker thread
   cudaStream_t s = ctx()->stream;
-  DevF64 a, g, w, d, u, work;
+  DevF64 a, d, u;
   DEV_ALLOC(a, M * N);
-  DEV_ALLOC(g, N * N);
-  DEV_ALLOC(w, N);
   DEV_ALLOC(d, k * N);
   DEV_ALLOC(u, M * k);
   CUDA_TRY(cudaMemcpyAsync(a.p, A, sizeof(double) * M * N, cudaMemcpyHostToDevice, s));
-  const double one = 1, zero = 0;
-  CUBLAS_TRY(cublasDgemm(ctx()->blas, CUBLAS_OP_N, CUBLAS_OP_T, (int)N, (int)N, (int)M, &one, a.p, (int)N, a.p, (int)N, &zero, g.p, (int)N));
-  int lwork = 0;
-  CUSOLVER_TRY(cusolverDnDsyevd_bufferSize(ctx()->solver, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_LOWER, (int)N, g.p, (int)N, w.p, &lwork));
-  DEV_ALLOC(work, (int64_t)lwork + 1);
-  int* info = nullptr;
-  CUDA_TRY(cudaMallocAsync(&info, sizeof(int), s));
-  CUSOLVER_TRY(cusolverDnDsyevd(ctx()->solver, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_LOWER, (int)N, g.p, (int)N, w.p, work.p, lwork, info));
-  k_top_columns<<<blocks_for(k * N, 256), 256, 0, s>>>(g.p, d.p, N, k);
-  KERNEL_CHECK();
-  // up[M,k] row-major = A·V_k: column-major upᵀ (k×M) = V_kᵀ·Aᵀ, with d (row-major [k,N]) = column-major V_k.
-  CUBLAS_TRY(cublasDgemm(ctx()->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)k, (int)M, (int)N, &one, d.p, (int)N, a.p, (int)N, &zero, u.p, (int)k));
-  std::vector<double> asc(N);
-  int h_info = 0;
-  CUDA_TRY(cudaMemcpyAsync(&h_info, info, sizeof(int), cudaMemcpyDeviceToHost, s));
-  CUDA_TRY(cudaMemcpyAsync(asc.data(), w.p, sizeof(double) * N, cudaMemcpyDeviceToHost, s));
+  const mla_status st = factor_resident(a.p, M, N, k, d.p, u.p, values);
+  if (st != MLA_OK) return st;
   CUDA_TRY(cudaMemcpyAsync(down, d.p, sizeof(double) * k * N, cudaMemcpyDeviceToHost, s));
   CUDA_TRY(cudaMemcpyAsync(up, u.p, sizeof(double) * M * k, cudaMemcpyDeviceToHost, s));
   CUDA_TRY(cudaStreamSynchronize(s));
-  cudaFreeAsync(info, s);
-  if (h_info != 0) return MLA_FAIL(MLA_ERR_INTERNAL, "cusolverDnDsyevd: info " + std::to_string(h_info) + " (did not converge or bad input)");
-  for (int64_t i = 0; i < N; i++) values[i] = asc[N - 1 - i];
   return MLA_OK;
 }
 
@@ -240,27 +264,14 @@ extern "C" mla_status mla_cuda_factor_kv(const float* wk, const float* wv, int64
   for (int64_t i = 0; i < Mk; i++) MLA_CHECK(nope_rows[i] >= 0 && nope_rows[i] < rows_k, "factor_kv: key row " + std::to_string(nope_rows[i]) + " outside [0, " + std::to_string(rows_k) + ")");
   CUDA_TRY(cudaSetDevice(ctx()->device));  // may run on a koffi worker thread
   cudaStream_t s = ctx()->stream;
-  struct DevF32 {
-    float* p = nullptr;
-    ~DevF32() {
-      if (p) cudaFreeAsync(p, ctx()->stream);
-    }
-  } dk, dv, fdown, fup;
-  struct DevI32 {
-    int32_t* p = nullptr;
-    ~DevI32() {
-      if (p) cudaFreeAsync(p, ctx()->stream);
-    }
-  } drows;
-  DevF64 a, g, w, d, u, work;
-  auto alloc_f32 = [&](DevF32& b, int64_t n) { return cudaMallocAsync(&b.p, sizeof(float) * (size_t)(n > 0 ? n : 1), s); };
-  if (alloc_f32(dk, rows_k * D) || alloc_f32(dv, Mv * D) || alloc_f32(fdown, k * D) || alloc_f32(fup, M * k) || cudaMallocAsync(&drows.p, sizeof(int32_t) * (size_t)(Mk > 0 ? Mk : 1), s)) {
+  DevBuf<float> dk, dv, fdown, fup;
+  DevBuf<int32_t> drows;
+  if (dk.alloc(rows_k * D) || dv.alloc(Mv * D) || fdown.alloc(k * D) || fup.alloc(M * k) || drows.alloc(Mk)) {
     cudaGetLastError();
     return MLA_FAIL(MLA_ERR_MEMORY, "out of GPU memory for the key/value projections of a layer");
   }
+  DevF64 a, d, u;
   DEV_ALLOC(a, M * D);
-  DEV_ALLOC(g, D * D);
-  DEV_ALLOC(w, D);
   DEV_ALLOC(d, k * D);
   DEV_ALLOC(u, M * k);
   CUDA_TRY(cudaMemcpyAsync(dk.p, wk, sizeof(float) * rows_k * D, cudaMemcpyHostToDevice, s));
@@ -268,30 +279,13 @@ extern "C" mla_status mla_cuda_factor_kv(const float* wk, const float* wv, int64
   if (Mk > 0) CUDA_TRY(cudaMemcpyAsync(drows.p, nope_rows, sizeof(int32_t) * Mk, cudaMemcpyHostToDevice, s));
   k_gather_kv<<<blocks_for(M * D, 256), 256, 0, s>>>(dk.p, dv.p, drows.p, a.p, Mk, Mv, D);
   KERNEL_CHECK();
-  const double one = 1, zero = 0;
-  const int64_t N = D;
-  CUBLAS_TRY(cublasDgemm(ctx()->blas, CUBLAS_OP_N, CUBLAS_OP_T, (int)N, (int)N, (int)M, &one, a.p, (int)N, a.p, (int)N, &zero, g.p, (int)N));
-  int lwork = 0;
-  CUSOLVER_TRY(cusolverDnDsyevd_bufferSize(ctx()->solver, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_LOWER, (int)N, g.p, (int)N, w.p, &lwork));
-  DEV_ALLOC(work, (int64_t)lwork + 1);
-  int* info = nullptr;
-  CUDA_TRY(cudaMallocAsync(&info, sizeof(int), s));
-  CUSOLVER_TRY(cusolverDnDsyevd(ctx()->solver, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_LOWER, (int)N, g.p, (int)N, w.p, work.p, lwork, info));
-  k_top_columns<<<blocks_for(k * N, 256), 256, 0, s>>>(g.p, d.p, N, k);
-  KERNEL_CHECK();
-  CUBLAS_TRY(cublasDgemm(ctx()->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)k, (int)M, (int)N, &one, d.p, (int)N, a.p, (int)N, &zero, u.p, (int)k));
-  f64_to_f32<<<blocks_for(k * N, 256), 256, 0, s>>>(d.p, fdown.p, k * N);
+  const mla_status st = factor_resident(a.p, M, D, k, d.p, u.p, values);
+  if (st != MLA_OK) return st;
+  f64_to_f32<<<blocks_for(k * D, 256), 256, 0, s>>>(d.p, fdown.p, k * D);
   f64_to_f32<<<blocks_for(M * k, 256), 256, 0, s>>>(u.p, fup.p, M * k);
   KERNEL_CHECK();
-  std::vector<double> asc(N);
-  int h_info = 0;
-  CUDA_TRY(cudaMemcpyAsync(&h_info, info, sizeof(int), cudaMemcpyDeviceToHost, s));
-  CUDA_TRY(cudaMemcpyAsync(asc.data(), w.p, sizeof(double) * N, cudaMemcpyDeviceToHost, s));
-  CUDA_TRY(cudaMemcpyAsync(down, fdown.p, sizeof(float) * k * N, cudaMemcpyDeviceToHost, s));
+  CUDA_TRY(cudaMemcpyAsync(down, fdown.p, sizeof(float) * k * D, cudaMemcpyDeviceToHost, s));
   CUDA_TRY(cudaMemcpyAsync(up, fup.p, sizeof(float) * M * k, cudaMemcpyDeviceToHost, s));
   CUDA_TRY(cudaStreamSynchronize(s));
-  cudaFreeAsync(info, s);
-  if (h_info != 0) return MLA_FAIL(MLA_ERR_INTERNAL, "cusolverDnDsyevd: info " + std::to_string(h_info) + " (did not converge or bad input)");
-  for (int64_t i = 0; i < N; i++) values[i] = asc[N - 1 - i];
   return MLA_OK;
 }

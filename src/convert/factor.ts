@@ -68,9 +68,9 @@ export async function factorLayer(p: LayerFactorInput): Promise<LayerFactors> {
   const Mv = allV.length;
   const k = p.rank * kvHeads;
   const pick = (b: Float32Array | null, rows: number[]) => (b ? Float32Array.from(rows, (r) => b[r]!) : null);
-  // Opt-in until it has run on a GPU: written after this session's device time was spent (the
-  // default GPU route, factorColsAsync, is the measured one). Test: test/backends/cuda.test.ts.
-  const fused = process.env["MHA2MLA_CUDA_FACTOR_KV"] === "1" ? chosenLinalg()?.factorKvAsync : undefined;
+  // On CUDA the rows are gathered and the factors cast on the GPU: nothing of size M×D is built here,
+  // which took the llama2-7b conversion from 50 s to 19 s (docs/benchmarks.md).
+  const fused = chosenLinalg()?.factorKvAsync;
   let kvDown: Float32Array;
   let kUp: Float32Array;
   let vUp: Float32Array;

@@ -96,7 +96,7 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
 
   const src = resolveModel(spec);
   const backend = selectBackend(o.device ?? "auto", log);
-  const lm = loadModel(spec, { backend });
+  const lm = loadModel(spec, { backend, weights: "f32" }); // trainable leaves are float32
   const model = lm.model;
   const data = loadTrainingData(lm.tokenizer, o.data, { valFraction: o.valFraction ?? 0.1, fraction: o.fraction, seq, bos: lm.config.bosTokenId ?? 1, eos: lm.config.eosTokenId });
   const perStep = batch * accum * seq;

@@ -163,3 +163,9 @@ export function encodeFromF32(dtype: DType, values: ArrayLike<number>): Uint8Arr
   }
   return out;
 }
+
+/** bf16 bit patterns (round to nearest even) of float32 values, as uint16 [n]. */
+export function toBf16Bits(values: ArrayLike<number>): Uint16Array {
+  const bytes = encodeFromF32("BF16", values);
+  return new Uint16Array(bytes.buffer, bytes.byteOffset, values.length);
+}

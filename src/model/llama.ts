@@ -12,7 +12,7 @@ import { referenceBackend } from "../backends/reference/index.js";
 import type { Backend } from "../tensor/backend.js";
 import type { Tensor } from "../tensor/tensor.js";
 import { ModelConfig, ropeInvFreq } from "./config.js";
-import { LlamaWeights, loadLlamaWeights } from "./weights.js";
+import { LlamaWeights, loadLlamaWeights, WeightStorage } from "./weights.js";
 import { DecodeCache, KvCache, LatentCache } from "./kvCache.js";
 import { mhaAttention } from "./attention/mha.js";
 import { MlaBlock } from "./attention/mla.js";
@@ -99,13 +99,18 @@ export interface LoadedModel {
 }
 
 /** Resolves MODEL (folder, cache id, alias), reads config, weights and tokenizer. */
-export function loadModel(spec: string, opts: { backend?: Backend } = {}): LoadedModel {
+/**
+ * Loads a model folder or bundled name onto `backend` (default reference). `weights` "auto" (the
+ * default) keeps a bf16 checkpoint's linear weights bf16 on a backend that can (CUDA); pass "f32"
+ * to train them.
+ */
+export function loadModel(spec: string, opts: { backend?: Backend; weights?: WeightStorage } = {}): LoadedModel {
   const { dir, source } = resolveModel(spec);
   const config = readHfConfig(dir);
   const ckpt = Checkpoint.open(dir);
   try {
     const backend = opts.backend ?? referenceBackend;
-    const model = new LlamaModel(config, loadLlamaWeights(ckpt, config, backend), backend);
+    const model = new LlamaModel(config, loadLlamaWeights(ckpt, config, backend, opts.weights ?? "auto"), backend);
     return { dir: path.resolve(dir), source, config, model, tokenizer: loadTokenizer(dir) };
   } finally {
     ckpt.close();

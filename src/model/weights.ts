@@ -57,13 +57,24 @@ export function layerPrefix(i: number): string {
   return `model.layers.${i}.`;
 }
 
-export function loadTensor(ckpt: Checkpoint, backend: Backend, name: string, shape: readonly number[]): Tensor {
+/**
+ * A checkpoint tensor on `backend`, checked against `shape`. With `keepBf16` a bf16 tensor stays bf16
+ * when the backend can store it (GPU inference: half the memory, and decode is bandwidth-bound).
+ */
+export function loadTensor(ckpt: Checkpoint, backend: Backend, name: string, shape: readonly number[], keepBf16 = false): Tensor {
   const e = ckpt.entry(name);
   if (e.shape.length !== shape.length || e.shape.some((d, i) => d !== shape[i]))
     throw new MlaError("BAD_CHECKPOINT", `${ckpt.dir}: tensor "${name}" has shape [${e.shape}], config.json implies [${shape}]`, "the weights and config.json belong to different models");
   if (!["F32", "F16", "BF16", "F64"].includes(e.dtype)) throw new MlaError("BAD_CHECKPOINT", `${ckpt.dir}: tensor "${name}" is ${e.dtype}`, "weights must be floating point (quantized checkpoints are not read)");
+  if (keepBf16 && e.dtype === "BF16" && backend.uploadBf16) {
+    const bytes = ckpt.readBytes(name); // a fresh array: offset 0, so the uint16 view is aligned
+    return backend.uploadBf16(new Uint16Array(bytes.buffer, bytes.byteOffset, bytes.length / 2), shape);
+  }
   return backend.upload(ckpt.readF32(name), shape);
 }
+
+/** Matrices that are only ever the `w` of a linear (so bf16 storage is allowed), by field name. */
+const LINEAR_WEIGHTS = new Set(["q", "k", "v", "o", "kRope", "kvDown", "kUp", "vUp", "gate", "up", "down"]);
 
 /** The attention tensors of one layer (names after `model.layers.N.`), in file order; `on` = present. */
 export function attentionTensors(c: ModelConfig): { name: string; shape: number[]; on: boolean }[] {
@@ -153,18 +164,25 @@ const ATTENTION_FIELDS: Record<string, string> = {
   o: "o_proj.weight",
   oBias: "o_proj.bias",
 };
+/** How weights are stored on the backend: "auto" keeps bf16 checkpoints bf16 where supported. */
+export type WeightStorage = "auto" | "f32";
+
 const MHA_KEYS = ["q", "qBias", "k", "kBias", "v", "vBias", "o", "oBias"];
 const MLA_KEYS = ["q", "qBias", "kRope", "kRopeBias", "kvDown", "kUp", "kUpBias", "vUp", "vUpBias", "o", "oBias"];
 
-export function loadLlamaWeights(ckpt: Checkpoint, c: ModelConfig, backend: Backend): LlamaWeights {
+/**
+ * Every weight of the model on `backend`. `weights: "auto"` keeps bf16 linear weights (and an untied
+ * LM head) in bf16 where the backend can; "f32" decodes everything (training needs float32 leaves).
+ */
+export function loadLlamaWeights(ckpt: Checkpoint, c: ModelConfig, backend: Backend, weights: WeightStorage = "f32"): LlamaWeights {
   const shapes = new Map(expectedTensors(c).map((e) => [e.name, e.shape]));
-  const t = (name: string) => loadTensor(ckpt, backend, name, shapes.get(name)!);
-  const opt = (name: string) => (shapes.has(name) ? t(name) : null);
+  const t = (name: string, linear = false) => loadTensor(ckpt, backend, name, shapes.get(name)!, linear && weights === "auto");
+  const opt = (name: string, field: string) => (shapes.has(name) ? t(name, LINEAR_WEIGHTS.has(field)) : null);
   const embed = t("model.embed_tokens.weight");
   if (!c.tieEmbeddings && !ckpt.has("lm_head.weight"))
     throw new MlaError("BAD_CHECKPOINT", `${ckpt.dir}: "lm_head.weight" is missing and tie_word_embeddings is false`, "set tie_word_embeddings: true in config.json if the model shares its embedding");
-  const lmHead = c.tieEmbeddings ? embed : t("lm_head.weight");
-  const fields = (keys: string[], table: Record<string, string>, prefix: string) => Object.fromEntries(keys.map((k) => [k, opt(prefix + table[k])]));
+  const lmHead = c.tieEmbeddings ? embed : t("lm_head.weight", true);
+  const fields = (keys: string[], table: Record<string, string>, prefix: string) => Object.fromEntries(keys.map((k) => [k, opt(prefix + table[k], k)]));
   const layers: LayerWeights[] = [];
   for (let i = 0; i < c.layers; i++) {
     const kind = c.attention.kind;

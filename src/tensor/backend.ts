@@ -25,6 +25,12 @@ export interface Backend {
   upload(data: FloatArray, shape: readonly number[]): Tensor;
   download(t: Tensor): FloatArray;
   free(t: Tensor): void;
+  /**
+   * A weight stored as bf16 (half the memory and bandwidth), from bf16 `bits` [numel(shape)] (raw
+   * checkpoint bytes as uint16). Only backends with bf16 kernels offer it; such a tensor may be used
+   * as `linear`'s w and downloaded, nothing else.
+   */
+  uploadBf16?(bits: Uint16Array, shape: readonly number[]): Tensor;
 
   /** y[M,N] = x[M,K] · w[N,K]ᵀ (+ bias[N]). */
   linear(x: Tensor, w: Tensor, bias?: Tensor | null): Tensor;

@@ -5,7 +5,8 @@
 import { MlaError } from "../errors.js";
 import type { Backend } from "./backend.js";
 
-export type TensorDType = "f32" | "f64";
+/** Element type of the storage: "bf16" only for weights a GPU backend keeps in bf16 (see Backend.uploadBf16). */
+export type TensorDType = "f32" | "f64" | "bf16";
 export type FloatArray = Float32Array | Float64Array;
 
 export class Tensor {

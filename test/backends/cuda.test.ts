@@ -19,6 +19,10 @@ import { factorLayer } from "../../src/convert/factor.js";
 import { FIXTURES, MODELS, maxAbsDiff, seededRand, tmpDir } from "../helpers.js";
 import { loadNativeCpu, NativeCpuBackend } from "../../src/backends/native/cpu.js";
 import { loadModel } from "../../src/model/llama.js";
+import { decodeToF32, encodeFromF32, toBf16Bits } from "../../src/io/dtype.js";
+import { Checkpoint } from "../../src/io/checkpoint.js";
+import { writeSafetensorsSync } from "../../src/io/safetensors.js";
+import fs from "node:fs";
 import { checkLinalg } from "./linalgCheck.js";
 import { formatParity, runParity } from "./parity.js";
 
@@ -40,12 +44,17 @@ test("parity: every backend op (forward and backward) of the CUDA backend vs the
   assert.equal(bad.length, 0, formatParity(bad));
 });
 
-test("bf16 weights: linear within 1e-2 relative of float32", { skip }, (t) => {
+test("bf16 weights: stored exactly, linear within 1e-2 relative of float32 on the same (bf16) weights", { skip }, (t) => {
   const B = backend();
   const rand = seededRand(3, Float32Array);
   for (const [M, K, N] of [[1, 64, 33], [37, 300, 129], [128, 4096, 512]] as const) {
-    const x = rand(M * K), w = rand(N * K);
-    const got = B.linear(B.upload(x, [M, K]), B.uploadBf16(w, [N, K])).toArray();
+    const x = rand(M * K);
+    const bits = toBf16Bits(rand(N * K));
+    const w = decodeToF32("BF16", new Uint8Array(bits.buffer, bits.byteOffset, bits.byteLength));
+    const wb = B.uploadBf16(bits, [N, K]);
+    assert.equal(wb.dtype, "bf16");
+    assert.deepEqual(wb.toArray(), w, "a bf16 weight downloads to exactly its values");
+    const got = B.linear(B.upload(x, [M, K]), wb).toArray();
     const want = R.linear(R.upload(x, [M, K]), R.upload(w, [N, K])).toArray();
     let maxAbs = 0, scale = 0;
     for (let i = 0; i < want.length; i++) {
@@ -88,15 +97,13 @@ test("fused GPU factorization equals the CPU route (projection up·down, singula
   }
 });
 
-test("a layer's fused GPU factorization (rows gathered on the device, float32 out; opt-in MHA2MLA_CUDA_FACTOR_KV=1) equals the CPU route", { skip }, async () => {
+test("a layer's fused GPU factorization (rows gathered on the device, float32 out) equals the CPU route", { skip }, async () => {
   const L = cudaLinalg(lib as Exclude<typeof lib, string>);
   const r32 = seededRand(21, Float32Array);
   const [Hkv, Dh, D, rank] = [4, 16, 48, 6];
   const input = { wk: r32(Hkv * Dh * D), wv: r32(Hkv * Dh * D), bk: r32(Hkv * Dh), bv: r32(Hkv * Dh), kvHeads: Hkv, headDim: Dh, hidden: D, selection: [[0, 3], [1, 7], [2, 4], [5, 6]], rank, svd: "joint" as const, whiten: null };
   useLinalg(L);
-  process.env["MHA2MLA_CUDA_FACTOR_KV"] = "1";
   const g = await factorLayer(input);
-  delete process.env["MHA2MLA_CUDA_FACTOR_KV"];
   useLinalg(undefined);
   const c = await factorLayer(input);
   assert.deepEqual(Array.from(g.kRope), Array.from(c.kRope));
@@ -166,4 +173,42 @@ test("end to end: a 2-norm conversion of stories260K-mha on the GPU matches the 
   const pg = gpu.report!.after.ppl, pc = cpu.report!.after.ppl;
   t.diagnostic(`ppl after: gpu ${pg.toFixed(4)} cpu ${pc.toFixed(4)}; timings gpu ${JSON.stringify(gpu.timings)}`);
   assert.ok(Math.abs(pg / pc - 1) < 0.005);
+});
+
+/** A bf16 copy of a model folder (every tensor rounded to bf16), as a bf16 release would be. */
+function bf16Copy(src: string, dst: string): string {
+  fs.mkdirSync(dst, { recursive: true });
+  for (const f of fs.readdirSync(src)) if (!f.endsWith(".safetensors")) fs.copyFileSync(path.join(src, f), path.join(dst, f));
+  const ck = Checkpoint.open(src);
+  writeSafetensorsSync(path.join(dst, "model.safetensors"), ck.names().map((name) => ({ name, dtype: "BF16" as const, shape: ck.entry(name).shape, data: encodeFromF32("BF16", ck.readF32(name)) })), { format: "pt" });
+  ck.close();
+  return dst;
+}
+
+test("bf16 checkpoints stay bf16 on the GPU: eval and absorbed MLA decode agree with the CPU on the same weights", { skip }, async (t) => {
+  const dir = tmpDir();
+  const mha = bf16Copy(path.join(MODELS, "stories260K"), path.join(dir, "bf16"));
+  const mla = (await convert(mha, { rank: 4, ropePairs: 2, ropeStrategy: "uniform", out: path.join(dir, "mla"), progress: null, device: "cpu" })).out!;
+  const cpu = new NativeCpuBackend(loadNativeCpu() as Exclude<ReturnType<typeof loadNativeCpu>, string>);
+  for (const spec of [mha, mla]) {
+    const g = loadModel(spec, { backend: backend() }).model;
+    assert.equal(g.weights.layers[0]!.gate.dtype, "bf16", "linear weights are kept bf16");
+    assert.equal(g.weights.embed.dtype, "f32", "the embedding table is decoded");
+    const c = loadModel(spec, { backend: cpu }).model;
+    const cg = g.newCache(), cc = c.newCache();
+    let worst = 0, scale = 0;
+    const steps: Int32Array[] = [Int32Array.of(1, 400, 300, 200, 100, 50, 25, 12), ...Array.from({ length: 8 }, (_, i) => Int32Array.of(10 + i * 7))];
+    for (const ids of steps) {
+      const want = c.forward(ids, cc).toArray();
+      worst = Math.max(worst, maxAbsDiff(g.forward(ids, cg).toArray(), want));
+      scale = Math.max(scale, ...Array.from(want, Math.abs));
+    }
+    t.diagnostic(`${path.basename(spec)} (bf16 weights, bf16 activations in GEMMs): max |Δ logits| ${worst.toExponential(2)} of max |logit| ${scale.toFixed(2)}`);
+    assert.ok(worst <= 2e-2 * scale);
+    const opts = { text: TEXT, tokens: 10000, ctx: 256, progress: null };
+    const eg = await evaluate(spec, { ...opts, device: "cuda" });
+    const ec = await evaluate(spec, { ...opts, device: "cpu" });
+    t.diagnostic(`${path.basename(spec)}: nll gpu (bf16 weights) ${eg.nll!.toFixed(5)}, cpu (f32) ${ec.nll!.toFixed(5)}`);
+    assert.ok(Math.abs(eg.nll! - ec.nll!) < 1e-2);
+  }
 });

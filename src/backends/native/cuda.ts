@@ -197,7 +197,7 @@ export class CudaBackend implements Backend {
     if (!h) this.fail(`allocating ${what} [${shape}] (${(bytes / 2 ** 20).toFixed(1)} MiB)`);
     const buf = new DeviceBuffer(h, n, dtype);
     this.registry.register(buf, h, buf);
-    return new Tensor(this, shape, buf, "f32");
+    return new Tensor(this, shape, buf, dtype === BF16 ? "bf16" : "f32");
   }
 
   /** dst[dstOffset + i] = src[srcOffset + i], i < n (elements), on the device. */
@@ -212,7 +212,7 @@ export class CudaBackend implements Backend {
     if (!h) this.fail("view");
     const buf = new DeviceBuffer(h, n, parent.dtype, parent);
     this.registry.register(buf, h, buf);
-    return new Tensor(this, shape, buf, "f32");
+    return new Tensor(this, shape, buf, t.dtype);
   }
 
   createRowStore(rowSize: number): DeviceRowStore {
@@ -232,12 +232,11 @@ export class CudaBackend implements Backend {
     return t;
   }
 
-  /** A weight kept in bf16 on the device (half the memory; linear accumulates in f32). */
-  uploadBf16(data: Float32Array, shape: readonly number[]): Tensor {
-    const f = this.upload(data, shape);
+  /** A weight kept in bf16 on the device (half the memory and bandwidth; linear accumulates in f32). */
+  uploadBf16(bits: Uint16Array, shape: readonly number[]): Tensor {
     const b = this.empty(shape, "a bf16 weight", BF16);
-    this.call("cast", this.lib.fns["cast"]!(this.h(f), this.h(b)));
-    this.free(f);
+    if (bits.length !== (b.storage as DeviceBuffer).n) throw new MlaError("BAD_ARGUMENT", `uploadBf16: ${bits.length} values for shape [${shape}]`, "this is a bug in the caller");
+    this.call("upload", this.lib.fns["upload"]!(this.h(b), bits, bits.byteLength));
     return b;
   }
 

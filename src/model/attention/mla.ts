@@ -6,6 +6,7 @@
  * same q·b to every score of a query and cancels in the softmax; the value bias passes through the
  * softmax weights (they sum to 1) into a constant output bias.
  */
+import { toBf16Bits } from "../../io/dtype.js";
 import type { Backend } from "../../tensor/backend.js";
 import type { Tensor } from "../../tensor/tensor.js";
 import type { Node, Ops } from "../../tensor/autograd.js";
@@ -151,12 +152,14 @@ export class MlaBlock {
     }
     for (const t of [...kuT, ...vuT]) t.dispose();
     const hasOBias = OB !== null || VB !== null;
+    // The absorbed matrices are stored like the weights they come from (bf16 weights → bf16 products).
+    const matrix = (x: Float32Array, shape: number[]) => (w.q.dtype === "bf16" && b.uploadBf16 ? b.uploadBf16(toBf16Bits(x), shape) : b.upload(x, shape));
     this.absorbed = {
-      qRope: b.upload(qRope, [c.heads * 2 * R, D]),
+      qRope: matrix(qRope, [c.heads * 2 * R, D]),
       qRopeBias: qRopeBias ? b.upload(qRopeBias, [c.heads * 2 * R]) : null,
-      qLatent: b.upload(qLatent, [c.heads * L, D]),
+      qLatent: matrix(qLatent, [c.heads * L, D]),
       qLatentBias: qLatentBias ? b.upload(qLatentBias, [c.heads * L]) : null,
-      oLatent: b.upload(oLatent, [D, c.heads * L]),
+      oLatent: matrix(oLatent, [D, c.heads * L]),
       oBias: hasOBias ? b.upload(Float32Array.from(oBias), [D]) : null,
     };
     return this.absorbed;
