@@ -2,10 +2,11 @@
  * Decode throughput and KV-cache size, original MHA/GQA model vs its MLA conversion (absorbed
  * up-projections, latent cache), in our runtime, side by side in one run (issue 4, acceptance 5).
  * For each context: prefill CTX random tokens into a fresh cache, then time STEPS single-token
- * forwards (each ends by reading the logits back, so GPU work is included). "Batch" B is B
- * sequences decoded one after another (the runtime has no batched decode yet): tokens/s is summed
- * over them and the cache holds B sequences; where B sequences would not fit in GPU memory the row
- * says so with the bytes they would need.
+ * forwards (each ends by reading the logits back, so GPU work is included). Batch B > 1 decodes B
+ * sequences together with LlamaModel.decodeBatch (weights read once per step, attention per
+ * sequence); their caches are copies of one prefilled sequence (decode time does not depend on what
+ * the cache holds, and B prefills of 16k tokens would take longer than the measurement). Tokens/s is
+ * summed over the batch; where B sequences would not fit in GPU memory the row says so.
  * Run: node dist/bench/decode.js MHA_DIR MLA_DIR [--device cuda] [--contexts 1024,4096,16384] [--batches 1,32] [--steps 32]
  */
 import { selectBackend, type DeviceName } from "../src/backends/select.js";
@@ -52,21 +53,20 @@ for (const dir of dirs) {
         console.log(`${label} does not fit (${(avail / 2 ** 30).toFixed(1)} GiB left beside the weights) |`);
         continue;
       }
-      const caches = [];
-      for (let b = 0; b < B; b++) {
-        const c = model.newCache();
-        model.forward(rand(ctx, V, 11 + b), c).toArray();
-        caches.push(c);
-        if (backend instanceof CudaBackend) await backend.reclaim();
-      }
-      let tok = Int32Array.of(5);
-      for (const c of caches) model.forward(tok, c).toArray(); // first step builds the absorbed projections
+      const first = model.newCache();
+      model.forward(rand(ctx, V, 11), first).toArray();
+      const caches = [first];
+      for (let b = 1; b < B; b++) caches.push(first.clone());
+      if (backend instanceof CudaBackend) await backend.reclaim();
+      let tok = new Int32Array(B).fill(5);
+      const step = () => {
+        const logits = B === 1 ? model.forward(tok, first).toArray() : model.decodeBatch(tok, caches).toArray();
+        // Next tokens from the logits (so each step depends on the previous one, as in real decoding).
+        tok = Int32Array.from({ length: B }, (_, b) => 3 + (logits.subarray(b * V, b * V + 64).indexOf(Math.max(...logits.subarray(b * V, b * V + 64))) % 60));
+      };
+      step(); // the first step builds the absorbed projections
       const t0 = performance.now();
-      for (let s = 0; s < steps; s++)
-        for (const c of caches) {
-          const logits = model.forward(tok, c).toArray();
-          tok = Int32Array.of(3 + (logits.indexOf(Math.max(...logits.subarray(0, 64))) % 60));
-        }
+      for (let s = 0; s < steps; s++) step();
       const sec = (performance.now() - t0) / 1000;
       console.log(`${label} ${((steps * B) / sec).toFixed(1)} |`);
       await new Promise((r) => setImmediate(r)); // lets freed device buffers be reclaimed

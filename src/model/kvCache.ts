@@ -36,6 +36,13 @@ interface RowStore {
   tensor(shape: number[]): Tensor;
 }
 
+/** A new store of `rowSize` holding a copy of `from`'s rows. */
+function copyStore(backend: Backend, from: RowStore, rowSize: number): RowStore {
+  const s = rowStore(backend, rowSize);
+  if (from.rows) s.append(from.tensor([rowSize]));
+  return s;
+}
+
 /** Backends that keep decode caches in their own memory (CUDA). */
 interface DeviceRowBackend {
   createRowStore(rowSize: number): { readonly rows: number; append(rows: Tensor): void; view(shape: readonly number[]): Tensor };
@@ -55,12 +62,14 @@ export interface DecodeCache {
   readonly elements: number;
   /** Called once per forward after every layer appended. */
   advance(tokens: number): void;
+  /** An independent copy (a shared prompt decoded into several continuations, or a benchmark's batch). */
+  clone(): DecodeCache;
 }
 
 /** Pairs of row buffers per layer, shared by both cache kinds. */
 abstract class TwoPartCache implements DecodeCache {
-  private readonly a: RowStore[];
-  private readonly b: RowStore[];
+  private a: RowStore[];
+  private b: RowStore[];
   private len = 0;
 
   constructor(protected readonly backend: Backend, layers: number, protected readonly shapeA: number[], protected readonly shapeB: number[]) {
@@ -84,6 +93,14 @@ abstract class TwoPartCache implements DecodeCache {
 
   advance(tokens: number): void {
     this.len += tokens;
+  }
+
+  clone(): this {
+    const copy = Object.create(Object.getPrototypeOf(this) as object) as this;
+    Object.assign(copy, this);
+    copy.a = this.a.map((s) => copyStore(this.backend, s, this.rowA));
+    copy.b = this.b.map((s) => copyStore(this.backend, s, this.rowB));
+    return copy;
   }
 
   protected appendBoth(layer: number, a: Tensor, b: Tensor): [Tensor, Tensor] {

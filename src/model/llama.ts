@@ -14,7 +14,8 @@ import type { Tensor } from "../tensor/tensor.js";
 import { ModelConfig, ropeInvFreq } from "./config.js";
 import { LlamaWeights, loadLlamaWeights, WeightStorage } from "./weights.js";
 import { DecodeCache, KvCache, LatentCache } from "./kvCache.js";
-import { mhaAttention } from "./attention/mha.js";
+import { mhaAttention, mhaDecodeBatch } from "./attention/mha.js";
+import { MlaError } from "../errors.js";
 import { MlaBlock } from "./attention/mla.js";
 import { Node, Ops } from "../tensor/autograd.js";
 import { ParamNodes, paramNodes } from "./params.js";
@@ -54,20 +55,40 @@ export class LlamaModel {
     return this.graph(ops, this.constants, ids, cache, opts).value;
   }
 
+  /**
+   * One decode step of B sequences at once: `ids` [B] holds the next token of each, `caches` [B]
+   * their caches (distinct, any lengths). Returns logits [B, V]. Every weight is read once per step
+   * for the whole batch, which is what makes decode of many sequences fast; attention runs per
+   * sequence on its own cache. Inference only.
+   */
+  decodeBatch(ids: Int32Array, caches: readonly DecodeCache[]): Tensor {
+    if (ids.length !== caches.length || ids.length === 0)
+      throw new MlaError("BAD_ARGUMENT", `decodeBatch: ${ids.length} tokens for ${caches.length} caches`, "pass one next token per sequence, in the order of the caches");
+    if (new Set(caches).size !== caches.length) throw new MlaError("BAD_ARGUMENT", "decodeBatch: the same cache appears twice", "each sequence needs its own cache (clone() copies one)");
+    const ops = new Ops(this.backend, null);
+    this.constants ??= paramNodes(ops, this.weights, () => false);
+    return this.graph(ops, this.constants, ids, caches).value;
+  }
+
   /** The same forward as graph ops over weight nodes `P` (trainable leaves when `ops` has a tape). */
-  graph(ops: Ops, P: ParamNodes, ids: Int32Array, cache?: DecodeCache, opts: ForwardOptions = {}): Node {
+  graph(ops: Ops, P: ParamNodes, ids: Int32Array, cache?: DecodeCache | readonly DecodeCache[], opts: ForwardOptions = {}): Node {
     const c = this.config;
-    const start = cache?.length ?? 0;
-    const positions = new Int32Array(ids.length);
-    for (let i = 0; i < ids.length; i++) positions[i] = start + i;
+    const batch = Array.isArray(cache) ? (cache as readonly DecodeCache[]) : null;
+    const single = batch ? undefined : (cache as DecodeCache | undefined);
+    const start = single?.length ?? 0;
+    const positions = batch ? Int32Array.from(batch, (x) => x.length) : new Int32Array(ids.length);
+    if (!batch) for (let i = 0; i < ids.length; i++) positions[i] = start + i;
     let h = ops.embedding(P.embed, ids);
     P.layers.forEach((lw, li) => {
       const x = ops.rmsnorm(h, lw.inputNorm, c.rmsEps);
       opts.onAttentionInput?.(li, x.value);
-      const a =
-        lw.attn.kind === "mha"
-          ? mhaAttention(ops, c, lw.attn, this.invFreq, x, positions, li, cache as KvCache | undefined)
-          : this.mla![li]!.forward(ops, lw.attn, x, positions, cache as LatentCache | undefined, opts.absorb);
+      const a = batch
+        ? lw.attn.kind === "mha"
+          ? mhaDecodeBatch(ops, c, lw.attn, this.invFreq, x, positions, li, batch as KvCache[])
+          : ops.constant(this.mla![li]!.decodeBatch(x.value, positions, batch as LatentCache[]))
+        : lw.attn.kind === "mha"
+          ? mhaAttention(ops, c, lw.attn, this.invFreq, x, positions, li, single as KvCache | undefined)
+          : this.mla![li]!.forward(ops, lw.attn, x, positions, single as LatentCache | undefined, opts.absorb);
       const h1 = ops.add(h, a);
       // Without a tape nothing refers to the intermediates again: free them now (a GPU backend would
       // otherwise hold them until the garbage collector runs, gigabytes per window on a 7B model).
@@ -80,7 +101,8 @@ export class LlamaModel {
       h = ops.add(h1, m);
       if (!ops.tape) for (const n of [h1, y, g, u, s, m]) n.value.dispose();
     });
-    if (cache) cache.advance(ids.length);
+    if (batch) for (const b of batch) b.advance(1);
+    else single?.advance(ids.length);
     return ops.linear(ops.rmsnorm(h, P.finalNorm, c.rmsEps), P.lmHead, null);
   }
 

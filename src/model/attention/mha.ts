@@ -1,5 +1,6 @@
 /** Standard (MHA/GQA) attention block as graph ops: x [T, D] → [T, D]. */
 import type { Node, Ops } from "../../tensor/autograd.js";
+import { rowOf, stackRows } from "../../tensor/rows.js";
 import type { ModelConfig } from "../config.js";
 import type { KvCache } from "../kvCache.js";
 import type { AttentionNodes } from "../params.js";
@@ -17,4 +18,25 @@ export function mhaAttention(ops: Ops, c: ModelConfig, w: AttentionNodes, invFre
   }
   const o = ops.attention(q, k, v, { scale: 1 / Math.sqrt(c.headDim), queryOffset: offset, window: c.slidingWindow });
   return ops.linear(ops.reshape(o, [T, c.heads * c.headDim]), w.o, w.oBias);
+}
+
+/**
+ * Batched decode: x [B, D] holds one new token of each of B sequences, at `positions[b]` with its
+ * own cache. The projections run once for the whole batch (the weights are read once per step, not
+ * B times); attention runs per sequence against that sequence's cache. Inference only.
+ */
+export function mhaDecodeBatch(ops: Ops, c: ModelConfig, w: AttentionNodes, invFreq: Float64Array, x: Node, positions: Int32Array, layer: number, caches: readonly KvCache[]): Node {
+  if (w.kind !== "mha") throw new Error("mhaDecodeBatch on MLA weights");
+  const b = ops.b;
+  const B = positions.length;
+  const q = b.rope(b.linear(x.value, w.q.value, w.qBias?.value).reshape([B, c.heads, c.headDim]), positions, invFreq);
+  const k = b.rope(b.linear(x.value, w.k.value, w.kBias?.value).reshape([B, c.kvHeads, c.headDim]), positions, invFreq);
+  const v = b.linear(x.value, w.v.value, w.vBias?.value).reshape([B, c.kvHeads, c.headDim]);
+  const outs = caches.map((cache, i) => {
+    const [kAll, vAll] = cache.append(layer, rowOf(b, k, i), rowOf(b, v, i));
+    return b.attention(rowOf(b, q, i), kAll, vAll, { scale: 1 / Math.sqrt(c.headDim), queryOffset: positions[i]!, window: c.slidingWindow });
+  });
+  const o = stackRows(b, outs, [c.heads * c.headDim]);
+  for (const t of [q, k, v, ...outs]) t.dispose();
+  return ops.constant(b.linear(o, w.o.value, w.oBias?.value));
 }

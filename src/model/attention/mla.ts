@@ -13,6 +13,7 @@ import type { Node, Ops } from "../../tensor/autograd.js";
 import type { AttentionNodes } from "../params.js";
 import { headDimOrder, ModelConfig, MlaAttention } from "../config.js";
 import type { LatentCache } from "../kvCache.js";
+import { rowOf, stackRows } from "../../tensor/rows.js";
 import type { MlaWeights } from "../weights.js";
 
 interface Absorbed {
@@ -83,6 +84,31 @@ export class MlaBlock {
     const v = ops.reshape(ops.linear(lat, w.vUp, w.vUpBias), [S, c.kvHeads, c.headDim]);
     const o = ops.attention(q, ops.concatLast(kr, kn), v, opts);
     return ops.linear(ops.reshape(o, [T, c.heads * c.headDim]), w.o, w.oBias);
+  }
+
+  /**
+   * Batched decode, absorbed: x [B, D] holds one new token of each of B sequences at `positions[b]`,
+   * each with its own latent cache. Projections run once for the batch (so the absorbed matrices,
+   * H·L×D per layer, are read once per step rather than B times); attention per sequence.
+   */
+  decodeBatch(x: Tensor, positions: Int32Array, caches: readonly LatentCache[]): Tensor {
+    const { b, c, w } = this;
+    const B = positions.length;
+    const Dr = 2 * this.R;
+    const ab = this.absorb();
+    const kr = b.rope(b.linear(x, w.kRope, w.kRopeBias).reshape([B, c.kvHeads, Dr]), positions, this.kFreq, Dr);
+    const lat = b.linear(x, w.kvDown, null);
+    const qr = b.rope(b.linear(x, ab.qRope, ab.qRopeBias).reshape([B, c.heads, Dr]), positions, this.qFreq, Dr);
+    const qc = b.linear(x, ab.qLatent, ab.qLatentBias).reshape([B, c.heads, this.L]);
+    const outs = caches.map((cache, i) => {
+      const [krAll, latAll] = cache.append(this.layer, rowOf(b, kr, i), rowOf(b, lat, i));
+      return b.latentAttention(rowOf(b, qr, i), krAll, rowOf(b, qc, i), latAll, { scale: 1 / Math.sqrt(c.headDim), queryOffset: positions[i]!, window: c.slidingWindow });
+    });
+    const ctx = stackRows(b, outs, [c.heads * this.L]);
+    for (const t of [kr, lat, qr, qc, ...outs]) t.dispose();
+    const y = b.linear(ctx, ab.oLatent, ab.oBias);
+    ctx.dispose();
+    return y;
   }
 
   /** Drops the absorbed projections (after the weights change, e.g. in fine-tuning). */
