@@ -1,6 +1,8 @@
 // Elementwise, normalization, RoPE, embedding, loss and attention kernels of the CUDA build.
-// Attention is the straightforward version (one block per query row and head, scores in shared
-// memory, float32 accumulation); a fused flash-style kernel is the next step.
+// Attention for T > 1 is a flash-style kernel (online softmax over key tiles in shared memory) for
+// head dims ≤ 256, else one block per query row and head; float32 accumulation throughout.
+#include <cstring>
+#include <cstdlib>
 #include <cfloat>
 #include <vector>
 #include "common.cuh"
@@ -329,6 +331,128 @@ __global__ void k_attention(const float* q, const float* k, const float* v, cons
   }
 }
 
+// Flash-style causal GQA attention for T > 1 (online softmax, FlashAttention's recurrence): one
+// block per (tile of FQ query rows, head). Each tile of FK keys and values is staged in shared memory
+// once and used by all FQ queries (the block-per-row kernel above re-reads K and V from global memory
+// for every query row), and no row of scores is stored, so the context is not limited by shared
+// memory. Each warp owns FQ/FWARPS queries; per key tile a lane scores one key, then the lanes own
+// output dims lane, lane+32, … (Dv ≤ 32·MAXV) and accumulate p·V with p broadcast by shuffles.
+// Float32 on CUDA cores; tensor-core tiles would be the next step.
+constexpr int FQ = 32, FK = 32, FWARPS = 4, QPW = FQ / FWARPS;
+
+__host__ __device__ constexpr size_t flash_smem_floats(int Dh, int Dv) { return (size_t)FQ * Dh + (size_t)FK * (Dh + 1) + (size_t)FK * Dv; }
+
+template <int MAXV>
+__global__ void __launch_bounds__(FWARPS * 32) k_flash_attention(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v, float* __restrict__ o, int64_t T, int64_t S, int64_t H, int64_t Hkv, int Dh, int Dv, float scale, int64_t off, int64_t window) {
+  extern __shared__ float sm[];
+  const int64_t h = blockIdx.y, kh = h / (H / Hkv);
+  const int64_t t0 = (int64_t)blockIdx.x * FQ;
+  const int nq = (int)min((int64_t)FQ, T - t0);
+  const int ldk = Dh + 1;  // padded key rows: lane j reading row j, column d hits distinct banks
+  float* qs = sm;           // [FQ][Dh], pre-scaled
+  float* ks = qs + FQ * Dh; // [FK][Dh+1]
+  float* vs = ks + FK * ldk;// [FK][Dv]
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  for (int i = threadIdx.x; i < nq * Dh; i += blockDim.x) {
+    const int r = i / Dh, d = i % Dh;
+    qs[i] = q[((t0 + r) * H + h) * Dh + d] * scale;
+  }
+  const int64_t first = t0 + off, last = t0 + nq - 1 + off;
+  const int64_t lo = window > 0 ? max((int64_t)0, first - window + 1) : 0, hi = min(S - 1, last);
+  float m[QPW], l[QPW], acc[QPW][MAXV];
+#pragma unroll
+  for (int i = 0; i < QPW; i++) {
+    m[i] = -INFINITY;
+    l[i] = 0;
+#pragma unroll
+    for (int e = 0; e < MAXV; e++) acc[i][e] = 0;
+  }
+  for (int64_t s0 = lo; s0 <= hi; s0 += FK) {
+    __syncthreads();  // the previous tile is consumed (and, the first time, qs is written)
+    const int nk = (int)min((int64_t)FK, hi - s0 + 1);
+    for (int i = threadIdx.x; i < FK * Dh; i += blockDim.x) {
+      const int r = i / Dh, d = i % Dh;
+      ks[r * ldk + d] = r < nk ? k[((s0 + r) * Hkv + kh) * Dh + d] : 0.f;
+    }
+    for (int i = threadIdx.x; i < FK * Dv; i += blockDim.x) {
+      const int r = i / Dv, d = i % Dv;
+      vs[i] = r < nk ? v[((s0 + r) * Hkv + kh) * Dv + d] : 0.f;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int qi = 0; qi < QPW; qi++) {
+      const int r = warp * QPW + qi;
+      if (r < nq) {
+        const int64_t qpos = t0 + r + off;
+        const int64_t qlo = window > 0 ? max((int64_t)0, qpos - window + 1) : 0, qhi = min(S - 1, qpos);
+        const int64_t s = s0 + lane;
+        float sc = -INFINITY;
+        if (lane < nk && s >= qlo && s <= qhi) {
+          const float* qr = qs + r * Dh;
+          const float* kr = ks + lane * ldk;
+          float dot = 0;
+          for (int d = 0; d < Dh; d++) dot += qr[d] * kr[d];
+          sc = dot;
+        }
+        const float tmax = warp_max(sc);
+        if (tmax != -INFINITY) {  // warp-uniform: the whole tile is masked for this query otherwise
+          const float mnew = fmaxf(m[qi], tmax);
+          const float corr = expf(m[qi] - mnew);  // 0 on the first visible tile (m = −∞)
+          const float p = expf(sc - mnew);        // 0 for masked keys
+          l[qi] = l[qi] * corr + warp_sum(p);
+#pragma unroll
+          for (int e = 0; e < MAXV; e++) acc[qi][e] *= corr;
+          for (int j = 0; j < nk; j++) {
+            const float pj = __shfl_sync(0xffffffffu, p, j);
+            const float* vr = vs + j * Dv;
+#pragma unroll
+            for (int e = 0; e < MAXV; e++) {
+              const int d = lane + 32 * e;
+              if (d < Dv) acc[qi][e] += pj * vr[d];
+            }
+          }
+          m[qi] = mnew;
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int qi = 0; qi < QPW; qi++) {
+    const int r = warp * QPW + qi;
+    if (r >= nq) continue;
+    const float inv = l[qi] > 0 ? 1.f / l[qi] : 0.f;  // a query with no visible key outputs zeros, as above
+    float* out = o + ((t0 + r) * H + h) * Dv;
+#pragma unroll
+    for (int e = 0; e < MAXV; e++) {
+      const int d = lane + 32 * e;
+      if (d < Dv) out[d] = acc[qi][e] * inv;
+    }
+  }
+}
+
+// MHA2MLA_CUDA_ATTENTION=rows selects the block-per-row kernel for T > 1 instead (read at every call,
+// so a benchmark or test can compare the two in one process).
+static bool flash_enabled() {
+  const char* e = getenv("MHA2MLA_CUDA_ATTENTION");
+  return !(e && strcmp(e, "rows") == 0);
+}
+
+static mla_status launch_flash_attention(const float* q, const float* k, const float* v, float* o, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window) {
+  static bool configured = false;
+  const size_t smem = sizeof(float) * flash_smem_floats(256, 256);
+  if (!configured) {
+    CUDA_TRY(cudaFuncSetAttribute(k_flash_attention<4>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    CUDA_TRY(cudaFuncSetAttribute(k_flash_attention<8>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    configured = true;
+  }
+  const dim3 grid((unsigned)((T + FQ - 1) / FQ), (unsigned)H);
+  const size_t need = sizeof(float) * flash_smem_floats((int)Dh, (int)Dv);
+  if (Dv <= 128) k_flash_attention<4><<<grid, FWARPS * 32, need, S_>>>(q, k, v, o, T, S, H, Hkv, (int)Dh, (int)Dv, scale, off, window);
+  else k_flash_attention<8><<<grid, FWARPS * 32, need, S_>>>(q, k, v, o, T, S, H, Hkv, (int)Dh, (int)Dv, scale, off, window);
+  KERNEL_CHECK();
+  return MLA_OK;
+}
+
 template <bool Latent>
 static mla_status launch_attention(const float* q, const float* k, const float* v, const float* qc, const float* c, float* o, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, int64_t L, float scale, int64_t off, int64_t window) {
   static int max_smem = -1;
@@ -353,6 +477,8 @@ extern "C" mla_status mla_cuda_attention(const mla_cuda_buf* q, const mla_cuda_b
   NEED_CTX();
   MLA_CHECK(is_f32(q, T * H * Dh) && is_f32(k, S * Hkv * Dh) && is_f32(v, S * Hkv * Dv) && is_f32(o, T * H * Dv), "attention: f32 buffers q[T,H,Dh], k[S,Hkv,Dh], v[S,Hkv,Dv], o[T,H,Dv]");
   MLA_CHECK(Hkv > 0 && H % Hkv == 0, "attention: H must be a multiple of Hkv");
+  // Head dims up to 256 (every Llama-family model) take the flash kernel; wider ones the row kernel.
+  if (T > 1 && Dh <= 256 && Dv <= 256 && flash_enabled()) return launch_flash_attention(CF(q), CF(k), CF(v), F(o), T, S, H, Hkv, Dh, Dv, scale, off, window);
   return launch_attention<false>(CF(q), CF(k), CF(v), nullptr, nullptr, F(o), T, S, H, Hkv, Dh, Dv, 0, scale, off, window);
 }
 

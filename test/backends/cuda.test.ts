@@ -236,3 +236,21 @@ test("batched decode on the GPU equals per-sequence decode on the CPU (MHA and a
     assert.ok(worst < 1e-3);
   }
 });
+
+test("both T > 1 attention kernels (flash-style and block-per-row) equal the reference, incl. several key tiles, GQA, window, offset", { skip }, (t) => {
+  const B = backend();
+  const rand = seededRand(29, Float32Array);
+  for (const [T, S, H, Hkv, Dh, Dv, off, win] of [[70, 100, 4, 2, 128, 128, 30, null], [65, 65, 8, 8, 64, 64, 0, 20], [40, 45, 2, 1, 200, 150, 5, 37], [3, 300, 4, 4, 96, 96, 297, null]] as const) {
+    const q = rand(T * H * Dh), k = rand(S * Hkv * Dh), v = rand(S * Hkv * Dv);
+    const opts = { scale: 1 / Math.sqrt(Dh), queryOffset: off, window: win };
+    const want = R.attention(R.upload(q, [T, H, Dh]), R.upload(k, [S, Hkv, Dh]), R.upload(v, [S, Hkv, Dv]), opts).toArray();
+    for (const kernel of ["flash", "rows"]) {
+      if (kernel === "rows") process.env["MHA2MLA_CUDA_ATTENTION"] = "rows";
+      const got = B.attention(B.upload(q, [T, H, Dh]), B.upload(k, [S, Hkv, Dh]), B.upload(v, [S, Hkv, Dv]), opts).toArray();
+      delete process.env["MHA2MLA_CUDA_ATTENTION"];
+      const e = maxAbsDiff(got, want);
+      t.diagnostic(`${kernel} T${T} S${S} H${H}/${Hkv} Dh${Dh} Dv${Dv} off${off} win${win}: max |Δ| ${e.toExponential(2)}`);
+      assert.ok(e < 1e-4);
+    }
+  }
+});
