@@ -349,16 +349,19 @@ __global__ void __launch_bounds__(FWARPS * 32) k_flash_attention(const float* __
   const int64_t t0 = (int64_t)blockIdx.x * FQ;
   const int nq = (int)min((int64_t)FQ, T - t0);
   const int ldk = Dh + 1;  // padded key rows: lane j reading row j, column d hits distinct banks
-  float* qs = sm;           // [FQ][Dh], pre-scaled
+  float* qs = sm;           // [FQ][Dh], pre-scaled; rows ≥ nq are zero
   float* ks = qs + FQ * Dh; // [FK][Dh+1]
   float* vs = ks + FK * ldk;// [FK][Dv]
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  for (int i = threadIdx.x; i < nq * Dh; i += blockDim.x) {
+  for (int i = threadIdx.x; i < FQ * Dh; i += blockDim.x) {
     const int r = i / Dh, d = i % Dh;
-    qs[i] = q[((t0 + r) * H + h) * Dh + d] * scale;
+    qs[i] = r < nq ? q[((t0 + r) * H + h) * Dh + d] * scale : 0.f;
   }
   const int64_t first = t0 + off, last = t0 + nq - 1 + off;
   const int64_t lo = window > 0 ? max((int64_t)0, first - window + 1) : 0, hi = min(S - 1, last);
+  // The warp's QPW queries are processed together: each key element read from shared memory serves
+  // QPW scores, and each value element QPW accumulators (loads, not FMAs, bound this kernel).
+  const float* qw = qs + warp * QPW * Dh;
   float m[QPW], l[QPW], acc[QPW][MAXV];
 #pragma unroll
   for (int i = 0; i < QPW; i++) {
@@ -379,40 +382,48 @@ __global__ void __launch_bounds__(FWARPS * 32) k_flash_attention(const float* __
       vs[i] = r < nk ? v[((s0 + r) * Hkv + kh) * Dv + d] : 0.f;
     }
     __syncthreads();
+    // Scores: lane j takes key s0 + j against each of the warp's queries.
+    float sc[QPW];
+#pragma unroll
+    for (int qi = 0; qi < QPW; qi++) sc[qi] = 0;
+    const float* kr = ks + lane * ldk;
+    for (int d = 0; d < Dh; d++) {
+      const float kd = kr[d];
+#pragma unroll
+      for (int qi = 0; qi < QPW; qi++) sc[qi] += qw[qi * Dh + d] * kd;
+    }
+    float p[QPW];
 #pragma unroll
     for (int qi = 0; qi < QPW; qi++) {
       const int r = warp * QPW + qi;
-      if (r < nq) {
-        const int64_t qpos = t0 + r + off;
-        const int64_t qlo = window > 0 ? max((int64_t)0, qpos - window + 1) : 0, qhi = min(S - 1, qpos);
-        const int64_t s = s0 + lane;
-        float sc = -INFINITY;
-        if (lane < nk && s >= qlo && s <= qhi) {
-          const float* qr = qs + r * Dh;
-          const float* kr = ks + lane * ldk;
-          float dot = 0;
-          for (int d = 0; d < Dh; d++) dot += qr[d] * kr[d];
-          sc = dot;
-        }
-        const float tmax = warp_max(sc);
-        if (tmax != -INFINITY) {  // warp-uniform: the whole tile is masked for this query otherwise
-          const float mnew = fmaxf(m[qi], tmax);
-          const float corr = expf(m[qi] - mnew);  // 0 on the first visible tile (m = −∞)
-          const float p = expf(sc - mnew);        // 0 for masked keys
-          l[qi] = l[qi] * corr + warp_sum(p);
+      const int64_t qpos = t0 + r + off, s = s0 + lane;
+      const int64_t qlo = window > 0 ? max((int64_t)0, qpos - window + 1) : 0, qhi = min(S - 1, qpos);
+      if (!(r < nq && lane < nk && s >= qlo && s <= qhi)) sc[qi] = -INFINITY;
+      const float tmax = warp_max(sc[qi]);
+      p[qi] = 0;
+      if (tmax != -INFINITY) {  // warp-uniform: otherwise the whole tile is masked for this query
+        const float mnew = fmaxf(m[qi], tmax);
+        const float corr = expf(m[qi] - mnew);  // 0 on the first visible tile (m = −∞)
+        p[qi] = expf(sc[qi] - mnew);            // 0 for masked keys
+        l[qi] = l[qi] * corr + warp_sum(p[qi]);
 #pragma unroll
-          for (int e = 0; e < MAXV; e++) acc[qi][e] *= corr;
-          for (int j = 0; j < nk; j++) {
-            const float pj = __shfl_sync(0xffffffffu, p, j);
-            const float* vr = vs + j * Dv;
+        for (int e = 0; e < MAXV; e++) acc[qi][e] *= corr;
+        m[qi] = mnew;
+      }
+    }
+    // acc[qi][e] += Σ_j p_j · V[j, lane + 32e], p_j broadcast from lane j.
+    for (int j = 0; j < nk; j++) {
+      float vj[MAXV];
 #pragma unroll
-            for (int e = 0; e < MAXV; e++) {
-              const int d = lane + 32 * e;
-              if (d < Dv) acc[qi][e] += pj * vr[d];
-            }
-          }
-          m[qi] = mnew;
-        }
+      for (int e = 0; e < MAXV; e++) {
+        const int d = lane + 32 * e;
+        vj[e] = d < Dv ? vs[j * Dv + d] : 0.f;
+      }
+#pragma unroll
+      for (int qi = 0; qi < QPW; qi++) {
+        const float pj = __shfl_sync(0xffffffffu, p[qi], j);
+#pragma unroll
+        for (int e = 0; e < MAXV; e++) acc[qi][e] += pj * vj[e];
       }
     }
   }
@@ -420,7 +431,7 @@ __global__ void __launch_bounds__(FWARPS * 32) k_flash_attention(const float* __
   for (int qi = 0; qi < QPW; qi++) {
     const int r = warp * QPW + qi;
     if (r >= nq) continue;
-    const float inv = l[qi] > 0 ? 1.f / l[qi] : 0.f;  // a query with no visible key outputs zeros, as above
+    const float inv = l[qi] > 0 ? 1.f / l[qi] : 0.f;  // a query with no visible key outputs zeros, as the row kernel does
     float* out = o + ((t0 + r) * H + h) * Dv;
 #pragma unroll
     for (int e = 0; e < MAXV; e++) {
