@@ -1,6 +1,7 @@
 /**
- * Causal attention for T > 1 (prefill, evaluation) on the GPU: the flash-style kernel against the
- * block-per-row kernel (MHA2MLA_CUDA_ATTENTION=rows), in one process, at the llama2-7b head shape.
+ * Causal attention for T > 1 (prefill, evaluation) on the GPU: the three routes of MHA2MLA_CUDA_ATTENTION
+ * (gemm: cuBLAS over query chunks, the default; flash: the fused kernel; rows: one block per query
+ * row) in one process, at the llama2-7b head shape.
  * Prints one JSON line per (kernel, T): milliseconds per call and effective TFLOP/s (4·T²/2·H·Dh).
  * Run: node dist/bench/attention.js [--lengths 1024,4096,16384] [--heads 32] [--head-dim 128]
  */
@@ -22,9 +23,8 @@ for (const T of opt("lengths", "1024,4096,16384").split(",").map(Number)) {
   const rand = (n: number) => Float32Array.from({ length: n }, (_, i) => Math.sin(i * 12.9898) * 0.5);
   const q = B.upload(rand(T * H * Dh), [T, H, Dh]), k = B.upload(rand(T * H * Dh), [T, H, Dh]), v = B.upload(rand(T * H * Dh), [T, H, Dh]);
   const opts = { scale: 1 / Math.sqrt(Dh), queryOffset: 0, window: null };
-  for (const kernel of ["flash", "rows"]) {
-    if (kernel === "rows") process.env["MHA2MLA_CUDA_ATTENTION"] = "rows";
-    else delete process.env["MHA2MLA_CUDA_ATTENTION"];
+  for (const kernel of ["gemm", "flash", "rows"]) {
+    process.env["MHA2MLA_CUDA_ATTENTION"] = kernel;
     B.attention(q, k, v, opts).toArray(); // warm-up
     const reps = T >= 16384 ? 2 : 5;
     const t0 = performance.now();

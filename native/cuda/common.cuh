@@ -33,6 +33,8 @@ const char* cublas_name(cublasStatus_t s);
 size_t dtype_size(int32_t dtype);
 // Device scratch of at least `bytes`, valid until the next call on this thread (stream-ordered).
 void* scratch(size_t bytes, mla_status* st);
+// Causal GQA attention for T query rows as cuBLAS GEMMs over chunks of queries (decode.cu): o[T,H,Dv].
+mla_status attention_gemm(const float* q, const float* k, const float* v, float* o, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window);
 }  // namespace mla
 
 #define MLA_FAIL(code, msg) ::mla::fail(code, __FILE__, __LINE__, msg)

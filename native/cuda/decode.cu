@@ -1,7 +1,9 @@
-// Attention for one query row (decode) as GEMMs: the block-per-(row, head) kernel leaves an H100
-// nearly idle at T = 1 (32 blocks, each re-reading the whole cache). Here the scores of all heads come
-// from cuBLAS (strided-batched over KV heads; the MLA latent is shared by every head, one GEMM), a
-// softmax kernel normalizes them in place, and a second GEMM applies them to the values/latents.
+// Attention as GEMMs. One query row (decode): the block-per-(row, head) kernel leaves an H100 nearly
+// idle at T = 1 (32 blocks, each re-reading the whole cache); here the scores of all heads come from
+// cuBLAS (strided-batched over KV heads; the MLA latent is shared by every head, one GEMM), a softmax
+// kernel normalizes them in place, and a second GEMM applies them to the values/latents. Many query
+// rows (T > 1): the same, over chunks of queries whose scores fit in scratch, each chunk reading only
+// the keys its queries can see (so causal prefill does about half the work of a full product).
 #include <cfloat>
 #include "common.cuh"
 
@@ -69,3 +71,59 @@ extern "C" mla_status mla_cuda_latent_attention_decode(const mla_cuda_buf* qr, c
   CUBLAS_TRY(cublasSgemm(ctx()->blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)L, (int)H, (int)S, &one, (const float*)c->ptr, (int)L, scores, (int)S, &zero, (float*)o->ptr, (int)L));
   return MLA_OK;
 }
+
+// ---- T > 1 (prefill, evaluation, calibration): the same GEMM + softmax route over chunks of queries ----
+
+// Row (h, t) of scores[H, Tq, Sc] (keys klo … klo+Sc−1): softmax(scale·scores) over the keys query
+// t0 + t may see, 0 elsewhere.
+__global__ void k_softmax_causal(float* scores, int64_t Tq, int64_t Sc, float scale, int64_t qpos0, int64_t klo, int64_t S, int64_t window) {
+  __shared__ float red[32];
+  const int64_t t = blockIdx.x % Tq;
+  float* row = scores + (int64_t)blockIdx.x * Sc;
+  const int64_t qpos = qpos0 + t;
+  const int64_t hi = min(min(S - 1, qpos), klo + Sc - 1) - klo;
+  const int64_t lo = (window > 0 ? max((int64_t)0, qpos - window + 1) : 0) - klo;
+  const int64_t a = max(lo, (int64_t)0);
+  float mx = -FLT_MAX;
+  for (int64_t s = a + threadIdx.x; s <= hi; s += blockDim.x) mx = fmaxf(mx, row[s] * scale);
+  mx = block_reduce<true>(mx, red);
+  float z = 0;
+  for (int64_t s = a + threadIdx.x; s <= hi; s += blockDim.x) z += expf(row[s] * scale - mx);
+  z = block_reduce<false>(z, red);
+  const float inv = z > 0 ? 1.0f / z : 0.0f;
+  for (int64_t s = threadIdx.x; s < Sc; s += blockDim.x) row[s] = (s >= a && s <= hi) ? expf(row[s] * scale - mx) * inv : 0.0f;
+}
+
+namespace mla {
+mla_status attention_gemm(const float* q, const float* k, const float* v, float* o, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window) {
+  const int64_t group = H / Hkv;
+  // Queries per chunk: the scores of a chunk, H·Tq·S floats, stay within 512 MiB of scratch.
+  int64_t Tq = ((int64_t)1 << 27) / (H * (S > 0 ? S : 1));
+  Tq = Tq >= 64 ? Tq / 64 * 64 : (Tq > 0 ? Tq : 1);
+  if (Tq > T) Tq = T;
+  mla_status st;
+  float* scores = (float*)scratch(sizeof(float) * H * Tq * (S > 0 ? S : 1), &st);
+  if (!scores) return st;
+  const float one = 1, zero = 0;
+  for (int64_t t0 = 0; t0 < T; t0 += Tq) {
+    const int64_t n = min(Tq, T - t0);
+    const int64_t khi = min(S - 1, t0 + n - 1 + off);
+    const int64_t klo = window > 0 ? max((int64_t)0, t0 + off - window + 1) : 0;
+    if (khi < klo) {  // no visible key for any query of the chunk
+      CUDA_TRY(cudaMemsetAsync(o + t0 * H * Dv, 0, sizeof(float) * n * H * Dv, ctx()->stream));
+      continue;
+    }
+    const int64_t Sc = khi - klo + 1;
+    // For the j-th head of every KV group at once (batch over the Hkv groups):
+    // scores[h, t, s] = q[t0+t, h, :]·k[klo+s, g, :] — column-major [Sc × n] blocks, ld Sc.
+    for (int64_t j = 0; j < group; j++)
+      CUBLAS_TRY(cublasSgemmStridedBatched(ctx()->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)Sc, (int)n, (int)Dh, &one, k + klo * Hkv * Dh, (int)(Hkv * Dh), Dh, q + (t0 * H + j) * Dh, (int)(H * Dh), group * Dh, &zero, scores + j * n * Sc, (int)Sc, group * n * Sc, (int)Hkv));
+    k_softmax_causal<<<(unsigned)(H * n), 256, 0, ctx()->stream>>>(scores, n, Sc, scale, t0 + off, klo, S, window);
+    KERNEL_CHECK();
+    // o[t0+t, h, :] = Σ_s p[h, t, s]·v[klo+s, g, :] — column-major [Dv × n] blocks with ld H·Dv.
+    for (int64_t j = 0; j < group; j++)
+      CUBLAS_TRY(cublasSgemmStridedBatched(ctx()->blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)Dv, (int)n, (int)Sc, &one, v + klo * Hkv * Dv, (int)(Hkv * Dv), Dv, scores + j * n * Sc, (int)Sc, group * n * Sc, &zero, o + (t0 * H + j) * Dv, (int)(H * Dv), group * Dv, (int)Hkv));
+  }
+  return MLA_OK;
+}
+}  // namespace mla

@@ -1,6 +1,7 @@
 // Elementwise, normalization, RoPE, embedding, loss and attention kernels of the CUDA build.
-// Attention for T > 1 is a flash-style kernel (online softmax over key tiles in shared memory) for
-// head dims ≤ 256, else one block per query row and head; float32 accumulation throughout.
+// Attention for T > 1 runs as cuBLAS GEMMs over query chunks by default (decode.cu); a flash-style
+// kernel (online softmax over key tiles in shared memory) and one block per query row and head are
+// the alternatives (MHA2MLA_CUDA_ATTENTION); float32 accumulation throughout.
 #include <cstring>
 #include <cstdlib>
 #include <cfloat>
@@ -441,11 +442,15 @@ __global__ void __launch_bounds__(FWARPS * 32) k_flash_attention(const float* __
   }
 }
 
-// MHA2MLA_CUDA_ATTENTION=rows selects the block-per-row kernel for T > 1 instead (read at every call,
-// so a benchmark or test can compare the two in one process).
-static bool flash_enabled() {
+// Which route T > 1 attention takes: MHA2MLA_CUDA_ATTENTION = gemm (default: cuBLAS GEMMs over query
+// chunks and a softmax kernel, the fastest measured), flash (the fused kernel above) or rows (one
+// block per query row). Read at every call, so a benchmark or test can compare them in one process.
+enum class AttentionRoute { Gemm, Flash, Rows };
+static AttentionRoute attention_route() {
   const char* e = getenv("MHA2MLA_CUDA_ATTENTION");
-  return !(e && strcmp(e, "rows") == 0);
+  if (e && strcmp(e, "flash") == 0) return AttentionRoute::Flash;
+  if (e && strcmp(e, "rows") == 0) return AttentionRoute::Rows;
+  return AttentionRoute::Gemm;
 }
 
 static mla_status launch_flash_attention(const float* q, const float* k, const float* v, float* o, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window) {
@@ -488,8 +493,10 @@ extern "C" mla_status mla_cuda_attention(const mla_cuda_buf* q, const mla_cuda_b
   NEED_CTX();
   MLA_CHECK(is_f32(q, T * H * Dh) && is_f32(k, S * Hkv * Dh) && is_f32(v, S * Hkv * Dv) && is_f32(o, T * H * Dv), "attention: f32 buffers q[T,H,Dh], k[S,Hkv,Dh], v[S,Hkv,Dv], o[T,H,Dv]");
   MLA_CHECK(Hkv > 0 && H % Hkv == 0, "attention: H must be a multiple of Hkv");
-  // Head dims up to 256 (every Llama-family model) take the flash kernel; wider ones the row kernel.
-  if (T > 1 && Dh <= 256 && Dv <= 256 && flash_enabled()) return launch_flash_attention(CF(q), CF(k), CF(v), F(o), T, S, H, Hkv, Dh, Dv, scale, off, window);
+  const AttentionRoute route = attention_route();
+  if (T > 1 && S > 0 && route == AttentionRoute::Gemm) return mla::attention_gemm(CF(q), CF(k), CF(v), F(o), T, S, H, Hkv, Dh, Dv, scale, off, window);
+  // The flash kernel takes head dims up to 256 (every Llama-family model); wider ones the row kernel.
+  if (T > 1 && Dh <= 256 && Dv <= 256 && route == AttentionRoute::Flash) return launch_flash_attention(CF(q), CF(k), CF(v), F(o), T, S, H, Hkv, Dh, Dv, scale, off, window);
   return launch_attention<false>(CF(q), CF(k), CF(v), nullptr, nullptr, F(o), T, S, H, Hkv, Dh, Dv, 0, scale, off, window);
 }
 

@@ -237,15 +237,15 @@ test("batched decode on the GPU equals per-sequence decode on the CPU (MHA and a
   }
 });
 
-test("both T > 1 attention kernels (flash-style and block-per-row) equal the reference, incl. several key tiles, GQA, window, offset", { skip }, (t) => {
+test("the three T > 1 attention routes (GEMMs over query chunks, flash-style kernel, block-per-row) equal the reference, incl. several key tiles, GQA, window, offset", { skip }, (t) => {
   const B = backend();
   const rand = seededRand(29, Float32Array);
   for (const [T, S, H, Hkv, Dh, Dv, off, win] of [[70, 100, 4, 2, 128, 128, 30, null], [65, 65, 8, 8, 64, 64, 0, 20], [40, 45, 2, 1, 200, 150, 5, 37], [3, 300, 4, 4, 96, 96, 297, null]] as const) {
     const q = rand(T * H * Dh), k = rand(S * Hkv * Dh), v = rand(S * Hkv * Dv);
     const opts = { scale: 1 / Math.sqrt(Dh), queryOffset: off, window: win };
     const want = R.attention(R.upload(q, [T, H, Dh]), R.upload(k, [S, Hkv, Dh]), R.upload(v, [S, Hkv, Dv]), opts).toArray();
-    for (const kernel of ["flash", "rows"]) {
-      if (kernel === "rows") process.env["MHA2MLA_CUDA_ATTENTION"] = "rows";
+    for (const kernel of ["gemm", "flash", "rows"]) {
+      process.env["MHA2MLA_CUDA_ATTENTION"] = kernel;
       const got = B.attention(B.upload(q, [T, H, Dh]), B.upload(k, [S, Hkv, Dh]), B.upload(v, [S, Hkv, Dv]), opts).toArray();
       delete process.env["MHA2MLA_CUDA_ATTENTION"];
       const e = maxAbsDiff(got, want);

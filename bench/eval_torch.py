@@ -1,0 +1,29 @@
+"""PyTorch baseline for the GPU eval throughput in docs/benchmarks.md: HF LlamaForCausalLM from a synth
+folder (bf16 weights, SDPA attention), forward over WINDOWS windows of CTX tokens with a cross-entropy
+loss, as `mha2mla eval --ctx CTX` does. Prints one JSON line. Usage: python3 bench/eval_torch.py DIR CTX WINDOWS"""
+import json, sys, time
+import torch
+from transformers import AutoConfig, LlamaForCausalLM
+from safetensors.torch import load_file
+import glob, os
+
+d, ctx, windows = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+cfg = AutoConfig.from_pretrained(d)
+with torch.device("cuda"):
+    model = LlamaForCausalLM(cfg).to(torch.bfloat16)
+state = {}
+for f in sorted(glob.glob(os.path.join(d, "*.safetensors"))):
+    state.update(load_file(f, device="cuda"))
+model.load_state_dict(state, strict=False)
+model.eval()
+g = torch.Generator(device="cuda").manual_seed(0)
+ids = torch.randint(3, 500, (windows, ctx), device="cuda", generator=g)
+with torch.no_grad():
+    model(ids[:1], labels=ids[:1])
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for w in range(windows):
+        model(ids[w : w + 1], labels=ids[w : w + 1])
+    torch.cuda.synchronize()
+sec = time.perf_counter() - t0
+print(json.dumps({"tool": "pytorch", "torch": torch.__version__, "dtype": "bfloat16", "attn": model.config._attn_implementation, "ctx": ctx, "tokens": windows * ctx, "seconds": round(sec, 2), "tokens_per_s": round(windows * ctx / sec, 1)}))
