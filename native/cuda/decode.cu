@@ -127,3 +127,65 @@ mla_status attention_gemm(const float* q, const float* k, const float* v, float*
   return MLA_OK;
 }
 }  // namespace mla
+
+// ---- backward of the chunked GEMM attention (training) ----
+
+// In place on one row (h, t): ds = scale · p ⊙ (dp − Σ p·dp), the gradient of the raw scores.
+__global__ void k_softmax_backward_rows(const float* p, float* dp, int64_t Sc, float scale) {
+  __shared__ float red[32];
+  const float* pr = p + (int64_t)blockIdx.x * Sc;
+  float* dr = dp + (int64_t)blockIdx.x * Sc;
+  float dot = 0;
+  for (int64_t s = threadIdx.x; s < Sc; s += blockDim.x) dot += pr[s] * dr[s];
+  dot = block_reduce<false>(dot, red);
+  for (int64_t s = threadIdx.x; s < Sc; s += blockDim.x) dr[s] = scale * pr[s] * (dr[s] - dot);
+}
+
+extern "C" mla_status mla_cuda_attention_backward(const mla_cuda_buf* qb, const mla_cuda_buf* kb, const mla_cuda_buf* vb, const mla_cuda_buf* dob, mla_cuda_buf* dqb, mla_cuda_buf* dkb, mla_cuda_buf* dvb, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window) {
+  NEED_CTX();
+  auto f32 = [](const mla_cuda_buf* b, int64_t n) { return b && b->dtype == MLA_F32 && b->n == n; };
+  MLA_CHECK(f32(qb, T * H * Dh) && f32(kb, S * Hkv * Dh) && f32(vb, S * Hkv * Dv) && f32(dob, T * H * Dv) && f32(dqb, T * H * Dh) && f32(dkb, S * Hkv * Dh) && f32(dvb, S * Hkv * Dv), "attention_backward: f32 buffers q[T,H,Dh], k[S,Hkv,Dh], v[S,Hkv,Dv], dout[T,H,Dv] and gradients of the same shapes");
+  MLA_CHECK(Hkv > 0 && H % Hkv == 0, "attention_backward: H must be a multiple of Hkv");
+  const float* q = (const float*)qb->ptr; const float* k = (const float*)kb->ptr; const float* v = (const float*)vb->ptr; const float* dout = (const float*)dob->ptr;
+  float* dq = (float*)dqb->ptr; float* dk = (float*)dkb->ptr; float* dv = (float*)dvb->ptr;
+  cudaStream_t st_ = ctx()->stream;
+  CUDA_TRY(cudaMemsetAsync(dq, 0, sizeof(float) * T * H * Dh, st_));
+  CUDA_TRY(cudaMemsetAsync(dk, 0, sizeof(float) * S * Hkv * Dh, st_));
+  CUDA_TRY(cudaMemsetAsync(dv, 0, sizeof(float) * S * Hkv * Dv, st_));
+  if (T == 0 || S == 0) return MLA_OK;
+  const int64_t group = H / Hkv;
+  // Two [H, Tq, S] buffers (probabilities and their gradient) within 512 MiB of scratch.
+  int64_t Tq = ((int64_t)1 << 26) / (H * S);
+  Tq = Tq >= 64 ? Tq / 64 * 64 : (Tq > 0 ? Tq : 1);
+  if (Tq > T) Tq = T;
+  mla_status st;
+  float* P = (float*)mla::scratch(sizeof(float) * 2 * H * Tq * S, &st);
+  if (!P) return st;
+  float* dP = P + H * Tq * S;
+  const float one = 1, zero = 0;
+  cublasHandle_t h = ctx()->blas;
+  for (int64_t t0 = 0; t0 < T; t0 += Tq) {
+    const int64_t n = min(Tq, T - t0);
+    const int64_t khi = min(S - 1, t0 + n - 1 + off);
+    const int64_t klo = window > 0 ? max((int64_t)0, t0 + off - window + 1) : 0;
+    if (khi < klo) continue;  // no visible key: every gradient of the chunk is 0
+    const int64_t Sc = khi - klo + 1;
+    // Recompute P as the forward does; dP[h,t,s] = dout[t0+t,h,:]·v[klo+s,g,:].
+    for (int64_t j = 0; j < group; j++) {
+      CUBLAS_TRY(cublasSgemmStridedBatched(h, CUBLAS_OP_T, CUBLAS_OP_N, (int)Sc, (int)n, (int)Dh, &one, k + klo * Hkv * Dh, (int)(Hkv * Dh), Dh, q + (t0 * H + j) * Dh, (int)(H * Dh), group * Dh, &zero, P + j * n * Sc, (int)Sc, group * n * Sc, (int)Hkv));
+      CUBLAS_TRY(cublasSgemmStridedBatched(h, CUBLAS_OP_T, CUBLAS_OP_N, (int)Sc, (int)n, (int)Dv, &one, v + klo * Hkv * Dv, (int)(Hkv * Dv), Dv, dout + (t0 * H + j) * Dv, (int)(H * Dv), group * Dv, &zero, dP + j * n * Sc, (int)Sc, group * n * Sc, (int)Hkv));
+    }
+    k_softmax_causal<<<(unsigned)(H * n), 256, 0, st_>>>(P, n, Sc, scale, t0 + off, klo, S, window);
+    KERNEL_CHECK();
+    k_softmax_backward_rows<<<(unsigned)(H * n), 256, 0, st_>>>(P, dP, Sc, scale);  // dP becomes dS
+    KERNEL_CHECK();
+    for (int64_t j = 0; j < group; j++) {
+      // dq[t0+t, h, :] = Σ_s dS[h,t,s]·k[klo+s, g, :]
+      CUBLAS_TRY(cublasSgemmStridedBatched(h, CUBLAS_OP_N, CUBLAS_OP_N, (int)Dh, (int)n, (int)Sc, &one, k + klo * Hkv * Dh, (int)(Hkv * Dh), Dh, dP + j * n * Sc, (int)Sc, group * n * Sc, &zero, dq + (t0 * H + j) * Dh, (int)(H * Dh), group * Dh, (int)Hkv));
+      // dk[klo+s, g, :] += Σ_t dS[h,t,s]·q[t0+t, h, :];  dv[klo+s, g, :] += Σ_t P[h,t,s]·dout[t0+t, h, :]
+      CUBLAS_TRY(cublasSgemmStridedBatched(h, CUBLAS_OP_N, CUBLAS_OP_T, (int)Dh, (int)Sc, (int)n, &one, q + (t0 * H + j) * Dh, (int)(H * Dh), group * Dh, dP + j * n * Sc, (int)Sc, group * n * Sc, &one, dk + klo * Hkv * Dh, (int)(Hkv * Dh), Dh, (int)Hkv));
+      CUBLAS_TRY(cublasSgemmStridedBatched(h, CUBLAS_OP_N, CUBLAS_OP_T, (int)Dv, (int)Sc, (int)n, &one, dout + (t0 * H + j) * Dv, (int)(H * Dv), group * Dv, P + j * n * Sc, (int)Sc, group * n * Sc, &one, dv + klo * Hkv * Dv, (int)(Hkv * Dv), Dv, (int)Hkv));
+    }
+  }
+  return MLA_OK;
+}

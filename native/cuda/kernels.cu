@@ -274,6 +274,60 @@ extern "C" mla_status mla_cuda_cross_entropy(const mla_cuda_buf* logits, const i
   return MLA_OK;
 }
 
+// Distillation, per row of student/teacher logits [V]: p = softmax(x/τ); loss = τ²·Σ p_t·(log p_t − log p_s)
+// (double); grad = scale·τ·(p_s − p_t).
+__global__ void k_kl_divergence(const float* st, const float* te, double* loss, float* grad, float tau, float scale, int64_t V) {
+  __shared__ float red[32];
+  __shared__ double redd[32];
+  const float* s = st + (int64_t)blockIdx.x * V;
+  const float* t = te + (int64_t)blockIdx.x * V;
+  const float inv = 1.0f / tau;
+  float ms = -FLT_MAX, mt = -FLT_MAX;
+  for (int64_t i = threadIdx.x; i < V; i += blockDim.x) {
+    ms = fmaxf(ms, s[i] * inv);
+    mt = fmaxf(mt, t[i] * inv);
+  }
+  ms = block_reduce<true>(ms, red);
+  mt = block_reduce<true>(mt, red);
+  float zs = 0, zt = 0;
+  for (int64_t i = threadIdx.x; i < V; i += blockDim.x) {
+    zs += expf(s[i] * inv - ms);
+    zt += expf(t[i] * inv - mt);
+  }
+  zs = block_reduce<false>(zs, red);
+  zt = block_reduce<false>(zt, red);
+  const double lzs = log((double)zs), lzt = log((double)zt);
+  double kl = 0;
+  for (int64_t i = threadIdx.x; i < V; i += blockDim.x) {
+    const double ls = (double)(s[i] * inv - ms) - lzs, lt = (double)(t[i] * inv - mt) - lzt;
+    const double pt = exp(lt);
+    kl += pt * (lt - ls);
+    grad[(int64_t)blockIdx.x * V + i] = scale * tau * (float)(exp(ls) - pt);
+  }
+  // block sum in double
+  for (int o = 16; o > 0; o >>= 1) kl += __shfl_xor_sync(0xffffffffu, kl, o);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (lane == 0) redd[warp] = kl;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double sum = 0;
+    for (int w = 0; w < (int)(blockDim.x >> 5); w++) sum += redd[w];
+    loss[blockIdx.x] = (double)tau * tau * sum;
+  }
+}
+
+extern "C" mla_status mla_cuda_kl_divergence(const mla_cuda_buf* student, const mla_cuda_buf* teacher, double* loss, mla_cuda_buf* grad, float temperature, float scale, int64_t T, int64_t V) {
+  NEED_CTX();
+  MLA_CHECK(is_f32(student, T * V) && is_f32(teacher, T * V) && is_f32(grad, T * V) && loss && temperature > 0, "kl_divergence: f32 buffers student, teacher, grad [T,V] and temperature > 0");
+  DevF64s l;
+  CUDA_TRY(cudaMallocAsync(&l.p, sizeof(double) * (T > 0 ? T : 1), S_));
+  if (T) k_kl_divergence<<<(unsigned)T, 256, 0, S_>>>(CF(student), CF(teacher), l.p, F(grad), temperature, scale, V);
+  KERNEL_CHECK();
+  if (T) CUDA_TRY(cudaMemcpyAsync(loss, l.p, sizeof(double) * T, cudaMemcpyDeviceToHost, S_));
+  CUDA_TRY(cudaStreamSynchronize(S_));
+  return MLA_OK;
+}
+
 // ---------------- attention ----------------
 // One block per (query row t, head h). Dynamic shared memory: the query row(s) and the scores of
 // the visible keys. Latent attention adds a second dot product against the shared latent c[S, L]

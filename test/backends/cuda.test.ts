@@ -39,7 +39,6 @@ test("parity: every backend op (forward and backward) of the CUDA backend vs the
   const B = backend();
   const lines = runParity(B, 1e-4);
   for (const line of formatParity(lines).split("\n")) t.diagnostic(line);
-  t.diagnostic(`host fallbacks: ${[...B.hostFallbacks].map(([k, v]) => `${k}×${v}`).join(", ") || "none"}`);
   const bad = lines.filter((l) => !l.ok);
   assert.equal(bad.length, 0, formatParity(bad));
 });

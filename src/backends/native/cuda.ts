@@ -3,8 +3,7 @@
  * native/cuda by `npm install` when nvcc is found), loaded with koffi. Buffers are freed when their
  * tensor is disposed or, failing that, when the JavaScript handle is collected (a FinalizationRegistry;
  * a forced collection runs when much device memory has been handed out since the last one, because
- * the tiny handles alone never make V8 collect). Ops without a CUDA kernel yet (attention backward,
- * KL divergence) run on the host through the reference backend and say so in `hostFallbacks`.
+ * the tiny handles alone never make V8 collect). Every op of the Backend interface runs on the GPU.
  */
 import fs from "node:fs";
 import path from "node:path";
@@ -15,7 +14,6 @@ import { MlaError } from "../../errors.js";
 import { packageRoot } from "../../io/modelDir.js";
 import type { AttentionOptions, Backend } from "../../tensor/backend.js";
 import { FloatArray, Tensor, expectShape } from "../../tensor/tensor.js";
-import { referenceBackend as R } from "../reference/index.js";
 import type { Linalg } from "./linalg.js";
 
 type Fn = (...args: unknown[]) => number;
@@ -47,6 +45,7 @@ const SIGNATURES: Record<string, string> = {
   rope: "int mla_cuda_rope(const mla_cuda_buf* x, mla_cuda_buf* y, const int32_t* positions, const double* inv_freq, int64_t n_freq, int64_t T, int64_t H, int64_t Dh, int64_t rotary_dims, int32_t sign)",
   attention: "int mla_cuda_attention(const mla_cuda_buf* q, const mla_cuda_buf* k, const mla_cuda_buf* v, mla_cuda_buf* o, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window)",
   latentAttention: "int mla_cuda_latent_attention(const mla_cuda_buf* qr, const mla_cuda_buf* kr, const mla_cuda_buf* qc, const mla_cuda_buf* c, mla_cuda_buf* o, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dr, int64_t L, float scale, int64_t off, int64_t window)",
+  attentionBackward: "int mla_cuda_attention_backward(const mla_cuda_buf* q, const mla_cuda_buf* k, const mla_cuda_buf* v, const mla_cuda_buf* dout, mla_cuda_buf* dq, mla_cuda_buf* dk, mla_cuda_buf* dv, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window)",
   attentionDecode: "int mla_cuda_attention_decode(const mla_cuda_buf* q, const mla_cuda_buf* k, const mla_cuda_buf* v, mla_cuda_buf* o, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window)",
   latentAttentionDecode: "int mla_cuda_latent_attention_decode(const mla_cuda_buf* qr, const mla_cuda_buf* kr, const mla_cuda_buf* qc, const mla_cuda_buf* c, mla_cuda_buf* o, int64_t S, int64_t H, int64_t Hkv, int64_t Dr, int64_t L, float scale, int64_t off, int64_t window)",
   swiglu: "int mla_cuda_swiglu(const mla_cuda_buf* g, const mla_cuda_buf* u, mla_cuda_buf* y, int64_t n)",
@@ -54,6 +53,7 @@ const SIGNATURES: Record<string, string> = {
   axpby: "int mla_cuda_axpby(const mla_cuda_buf* a, const mla_cuda_buf* b, mla_cuda_buf* y, float sa, float sb, int64_t n)",
   embedding: "int mla_cuda_embedding(const mla_cuda_buf* table, const int32_t* ids, mla_cuda_buf* y, int64_t T, int64_t V, int64_t D)",
   embeddingBackward: "int mla_cuda_embedding_backward(const int32_t* ids, const mla_cuda_buf* dy, mla_cuda_buf* dtable, int64_t T, int64_t V, int64_t D)",
+  klDivergence: "int mla_cuda_kl_divergence(const mla_cuda_buf* student, const mla_cuda_buf* teacher, double* loss, mla_cuda_buf* grad, float temperature, float scale, int64_t T, int64_t V)",
   crossEntropy: "int mla_cuda_cross_entropy(const mla_cuda_buf* logits, const int32_t* targets, double* loss, mla_cuda_buf* grad, float scale, int64_t T, int64_t V)",
   copyCols: "int mla_cuda_copy_cols(const mla_cuda_buf* x, mla_cuda_buf* y, int64_t M, int64_t Nx, int64_t offx, int64_t Ny, int64_t offy, int64_t w)",
   gatherCols: "int mla_cuda_gather_cols(const mla_cuda_buf* x, const int32_t* idx, mla_cuda_buf* y, int64_t M, int64_t N, int64_t K)",
@@ -160,8 +160,6 @@ export interface GpuMemory {
 
 export class CudaBackend implements Backend {
   readonly name = "cuda";
-  /** Ops that ran on the host because they have no CUDA kernel yet, with call counts. */
-  readonly hostFallbacks = new Map<string, number>();
   private readonly registry: FinalizationRegistry<unknown>;
   private sinceGc = 0;
   private readonly gcEvery: number;
@@ -463,26 +461,27 @@ export class CudaBackend implements Backend {
     this.call("pair_norms", this.lib.fns["pairNorms"]!(this.h(y), acc, T, heads, Dh));
   }
 
-  // ---- on the host until they have kernels ----
-
-  private fallback(op: string): void {
-    this.hostFallbacks.set(op, (this.hostFallbacks.get(op) ?? 0) + 1);
-  }
-
-  private toHost(t: Tensor): Tensor {
-    return R.upload(this.download(t), t.shape);
-  }
-
+  /** Gradients of `attention` on the GPU (the chunked GEMM route, recomputing the probabilities). */
   attentionBackward(q: Tensor, k: Tensor, v: Tensor, dOut: Tensor, opts: AttentionOptions) {
-    this.fallback("attentionBackward");
-    const r = R.attentionBackward(this.toHost(q), this.toHost(k), this.toHost(v), this.toHost(dOut), opts);
-    return { dq: this.upload(r.dq.toArray(), r.dq.shape), dk: this.upload(r.dk.toArray(), r.dk.shape), dv: this.upload(r.dv.toArray(), r.dv.shape) };
+    const [T, H, Dh] = q.shape as [number, number, number];
+    const [S, Hkv] = k.shape as [number, number];
+    const Dv = last(v);
+    expectShape("attentionBackward", "k", k, [S, Hkv, Dh]);
+    expectShape("attentionBackward", "v", v, [S, Hkv, Dv]);
+    expectShape("attentionBackward", "dOut", dOut, [T, H, Dv]);
+    const dq = this.empty(q.shape, "a query gradient"), dk = this.empty(k.shape, "a key gradient"), dv = this.empty(v.shape, "a value gradient");
+    this.call("attention_backward", this.lib.fns["attentionBackward"]!(this.h(q), this.h(k), this.h(v), this.h(dOut), this.h(dq), this.h(dk), this.h(dv), T, S, H, Hkv, Dh, Dv, opts.scale, opts.queryOffset, opts.window ?? 0));
+    return { dq, dk, dv };
   }
 
+  /** Distillation loss per row (float64) and its gradient, on the GPU. */
   klDivergence(student: Tensor, teacher: Tensor, temperature: number, scale: number) {
-    this.fallback("klDivergence");
-    const r = R.klDivergence(this.toHost(student), this.toHost(teacher), temperature, scale);
-    return { loss: r.loss, grad: this.upload(r.grad.toArray(), r.grad.shape) };
+    expectShape("klDivergence", "teacher", teacher, student.shape);
+    const V = last(student), T = student.size / V;
+    const loss = new Float64Array(T);
+    const grad = this.empty(student.shape, "a distillation gradient");
+    this.call("kl_divergence", this.lib.fns["klDivergence"]!(this.h(student), this.h(teacher), loss, this.h(grad), temperature, scale, T, V));
+    return { loss, grad };
   }
 }
 
