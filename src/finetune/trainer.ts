@@ -123,12 +123,21 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
   const P = paramNodes(leafOps, model.weights, trainable);
   const leaves = trainableLeaves(P);
   const params = leaves.map((l) => l.node.value.toArray());
+  // Host backends hand out their storage, so the optimizer updates the weights in place; a device
+  // backend hands out copies, which go back after every update.
+  const onDevice = leaves.some((l, i) => l.node.value.toArray() !== params[i]);
+  const b = model.backend;
+  if (onDevice && !b.overwrite) throw new MlaError("UNSUPPORTED", `the ${b.name} backend cannot be trained: its tensors cannot be written in place`, "use --device cpu");
+  const pushWeights = () => {
+    if (onDevice) leaves.forEach((l, i) => b.overwrite!(l.node.value, params[i] as Float32Array));
+  };
   const kernels = optimizerKernels(model.backend);
   const opt = new AdamW({ beta1: settings.beta1, beta2: settings.beta2, eps: settings.eps, weightDecay: settings.weightDecay }, params.map((p) => p.length), kernels);
   let state: TrainState = { format: 1, step: 0, epoch: 0, cursor: 0, tokensSeen: 0, fingerprint, settings: { ...settings, model: src.dir } };
   if (o.resume) {
     state = loadCheckpoint(out, fingerprint, { paths: leaves.map((l) => l.path), params, m: opt.m, v: opt.v });
     opt.step = state.step;
+    pushWeights();
     model.weightsChanged();
     log.info(`resuming at step ${state.step}/${totalSteps}`);
   }
@@ -138,7 +147,6 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
   const valNllBefore = o.resume ? null : await valNll();
   if (valNllBefore !== null) logLine({ step: 0, val_nll: valNllBefore });
 
-  const b = model.backend;
   let order = epochOrder(data.sequences, settings.seed, state.epoch);
   const nextSequence = () => {
     if (state.cursor >= data.sequences) {
@@ -180,6 +188,7 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
     if (!Number.isFinite(loss) || !Number.isFinite(norm))
       throw new MlaError("INTERRUPTED", `training diverged at step ${state.step + 1}: loss ${loss}, gradient norm ${norm}`, `the last good checkpoint (if any) is in ${checkpointDir(out)}; lower --lr or check the data`);
     opt.update(params, grads, rate);
+    pushWeights();
     model.weightsChanged();
     state.step++;
     state.tokensSeen += perStep;

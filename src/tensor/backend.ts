@@ -31,6 +31,12 @@ export interface Backend {
    * as `linear`'s w and downloaded, nothing else.
    */
   uploadBf16?(bits: Uint16Array, shape: readonly number[]): Tensor;
+  /**
+   * Replaces t's values in place with `data` [t.size]. Backends whose `download` returns a copy
+   * (device memory) need it so that host-side updates (the optimizer's) reach the tensor; host
+   * backends hand out their own storage and do not.
+   */
+  overwrite?(t: Tensor, data: Float32Array): void;
 
   /** y[M,N] = x[M,K] · w[N,K]ᵀ (+ bias[N]). */
   linear(x: Tensor, w: Tensor, bias?: Tensor | null): Tensor;

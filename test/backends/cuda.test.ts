@@ -12,6 +12,7 @@ import { CudaBackend, cudaLinalg, loadCuda } from "../../src/backends/native/cud
 import { referenceBackend as R } from "../../src/backends/reference/index.js";
 import { convert } from "../../src/convert/pipeline.js";
 import { evaluate } from "../../src/eval/evaluate.js";
+import { finetune } from "../../src/finetune/trainer.js";
 import { MlaError } from "../../src/errors.js";
 import { useLinalg } from "../../src/backends/native/linalg.js";
 import { truncatedFactor } from "../../src/svd/truncated.js";
@@ -252,4 +253,20 @@ test("the three T > 1 attention routes (GEMMs over query chunks, flash-style ker
       assert.ok(e < 1e-4);
     }
   }
+});
+
+test("fine-tuning on the GPU (attention backward, KL distillation, AdamW updates reaching the device) follows the CPU run", { skip }, async (t) => {
+  const dir = tmpDir();
+  const mla = (await convert(path.join(MODELS, "stories260K"), { rank: 4, ropePairs: 2, ropeStrategy: "uniform", out: path.join(dir, "mla"), progress: null, device: "cpu" })).out!;
+  const common = { data: [path.join(FIXTURES, "text", "tinystories.txt")], tokens: 64 * 4 * 4, seq: 64, batch: 4, lr: 3e-3, distill: path.join(MODELS, "stories260K"), progress: null, force: true };
+  const gpu = await finetune(mla, { ...common, device: "cuda", out: path.join(dir, "gpu") });
+  const cpu = await finetune(mla, { ...common, device: "cpu", out: path.join(dir, "cpu") });
+  t.diagnostic(`validation NLL: gpu ${gpu.valNllBefore!.toFixed(5)} → ${gpu.valNllAfter!.toFixed(5)}, cpu ${cpu.valNllBefore!.toFixed(5)} → ${cpu.valNllAfter!.toFixed(5)}; final loss gpu ${gpu.finalLoss.toFixed(5)} cpu ${cpu.finalLoss.toFixed(5)}`);
+  assert.ok(Math.abs(gpu.valNllAfter! - gpu.valNllBefore!) > 1e-3, "the GPU run changed the weights");
+  assert.ok(Math.abs(gpu.valNllAfter! - cpu.valNllAfter!) < 2e-3);
+  assert.ok(Math.abs(gpu.finalLoss - cpu.finalLoss) < 2e-3);
+  // The saved model is the trained one.
+  const saved = await evaluate(gpu.out, { text: TEXT, tokens: 2000, ctx: 64, progress: null, device: "cpu" });
+  const before = await evaluate(mla, { text: TEXT, tokens: 2000, ctx: 64, progress: null, device: "cpu" });
+  assert.notEqual(saved.nll, before.nll);
 });

@@ -230,6 +230,12 @@ export class CudaBackend implements Backend {
     return t;
   }
 
+  overwrite(t: Tensor, data: Float32Array): void {
+    const buf = t.storage as DeviceBuffer;
+    if (buf.dtype !== F32 || data.length !== buf.n) throw new MlaError("BAD_ARGUMENT", `overwrite: ${data.length} float32 values for a tensor of ${buf.n}${buf.dtype !== F32 ? " bf16" : ""} elements`, "this is a bug in the caller");
+    this.call("upload", this.lib.fns["upload"]!(buf.handle, data, data.byteLength));
+  }
+
   /** A weight kept in bf16 on the device (half the memory and bandwidth; linear accumulates in f32). */
   uploadBf16(bits: Uint16Array, shape: readonly number[]): Tensor {
     const b = this.empty(shape, "a bf16 weight", BF16);
