@@ -1,3 +1,4 @@
+import type { WeightStorage } from "../model/weights.js";
 import { DEVICE_OPTION } from "./deviceOption.js";
 import type { CommandModule } from "yargs";
 import { evaluate } from "../eval/evaluate.js";
@@ -17,6 +18,7 @@ interface Args {
   tokens?: number;
   json?: string;
   device: DeviceName;
+  weights: WeightStorage;
 }
 
 export const evalCommand: CommandModule<object, Args> = {
@@ -33,9 +35,10 @@ export const evalCommand: CommandModule<object, Args> = {
       .option("ctx", { type: "number", default: 256, describe: "window length including BOS" })
       .option("tokens", { type: "number", describe: "score only the first N tokens of the text" })
       .option("json", { type: "string", describe: "write the result as JSON to FILE (no value: stdout)" })
-      .option("device", DEVICE_OPTION),
+      .option("device", DEVICE_OPTION)
+      .option("weights", { choices: ["auto", "f32"] as const, default: "auto" as const, describe: "auto: a bf16 checkpoint's linear weights stay bf16 on the GPU (bf16 GEMMs, f32 accumulation); f32: decode them to float32" }),
   handler: async (a) => {
-    const r = await evaluate(a.model, { text: a.text, ctx: a.ctx, tokens: a.tokens, tasks: a.tasks ? parseTaskNames(a.tasks) : undefined, dataDir: a["data-dir"], limit: a.limit, label: a.label, device: a.device, logger: stderrLogger });
+    const r = await evaluate(a.model, { text: a.text, ctx: a.ctx, tokens: a.tokens, tasks: a.tasks ? parseTaskNames(a.tasks) : undefined, dataDir: a["data-dir"], limit: a.limit, label: a.label, device: a.device, weights: a.weights, logger: stderrLogger });
     if (r.nll !== undefined) process.stdout.write(`${r.model}: nll ${r.nll.toFixed(5)} nats/token, ppl ${r.ppl!.toFixed(4)} over ${r.tokens} tokens (ctx ${r.ctx}, ${r.windows} windows) on ${r.backend}\n`);
     for (const [t, s] of Object.entries(r.tasks ?? {}))
       process.stdout.write(`${t}: acc ${s.acc.toFixed(4)} ± ${s.acc_stderr.toFixed(4)}${s.acc_norm !== undefined ? `, acc_norm ${s.acc_norm.toFixed(4)} ± ${s.acc_norm_stderr!.toFixed(4)}` : ""}${s.ppl !== undefined ? `, ppl ${s.ppl.toFixed(2)}` : ""} (n ${s.n})\n`);

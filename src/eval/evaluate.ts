@@ -6,6 +6,7 @@ import crypto from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
 import { MlaError } from "../errors.js";
+import type { WeightStorage } from "../model/weights.js";
 import { loadModel } from "../model/llama.js";
 import { selectBackend, DeviceName } from "../backends/select.js";
 import { perplexity, readText, tokenizeForEval } from "./perplexity.js";
@@ -23,6 +24,8 @@ export interface EvalOptions {
   tasks?: TaskName[];
   dataDir?: string;
   limit?: number;
+  /** "auto" (default): a bf16 checkpoint's linear weights stay bf16 where the backend can (CUDA); "f32" decodes them. */
+  weights?: WeightStorage;
   device?: DeviceName;
   progress?: ProgressSink | null;
   logger?: Logger;
@@ -73,7 +76,7 @@ export async function evaluate(spec: string, opts: EvalOptions): Promise<EvalRes
     dataDir = opts.dataDir ?? defaultDataDir(packageRoot());
     if (!dataDir || !fs.existsSync(dataDir)) throw new MlaError("NOT_FOUND", `task data folder ${opts.dataDir ?? "(none found)"} does not exist`, "pass --data-dir with ARC-*.test.json, piqa.test.json, hellaswag_val_full.txt.bz2, lambada_test.jsonl (or set MHA2MLA_EVAL_DATA)");
   }
-  const lm = loadModel(spec, { backend });
+  const lm = loadModel(spec, { backend, weights: opts.weights });
   const info = inspectModel(lm.dir);
   const rawConfig = fs.readFileSync(path.join(lm.dir, "config.json"), "utf8");
   const conversion = (JSON.parse(rawConfig) as { mha2mla?: Record<string, unknown> }).mha2mla ?? null;

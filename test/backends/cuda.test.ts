@@ -1,9 +1,10 @@
 /**
  * The CUDA backend on the GPU machine: the shared parity suite (every op vs the reference backend,
- * f32 ≤ 1e-4 relative, bf16 weights ≤ 1e-2), the float64 routines, out-of-memory errors, and end to
- * end: stories260K eval NLL equal to the CPU within 1e-3, a 2-norm conversion of stories260K-mha with
- * the same selection and perplexity within 0.5%. Where libmla_cuda.so is not built or no GPU is
- * visible every test here is skipped with the reason (CI has no GPU; run it with bench/cuda-check.sh).
+ * f32 ≤ 1e-4 relative, bf16 weights ≤ 1e-2), the float64 routines and the fused layer factoring,
+ * out-of-memory errors, the three T > 1 attention routes, and end to end against the CPU: eval NLL,
+ * a 2-norm conversion (same selection, perplexity within 0.5%), decode and batched decode, bf16
+ * checkpoints, fine-tuning with distillation. Where libmla_cuda.so is not built or no GPU is visible
+ * every test here is skipped with the reason (CI has no GPU; run them with bench/cuda-check.sh).
  */
 import assert from "node:assert/strict";
 import path from "node:path";
