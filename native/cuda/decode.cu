@@ -9,10 +9,8 @@
 
 using mla::ctx;
 
-// Row h of scores[H, S]: p = softmax(scale·scores) over the visible keys [lo, hi], 0 elsewhere.
-__global__ void k_softmax_rows(float* scores, int64_t S, float scale, int64_t lo, int64_t hi) {
-  __shared__ float red[32];
-  float* row = scores + blockIdx.x * S;
+// One block, in place on row[n]: softmax(scale·row) over [lo, hi], 0 elsewhere. `red` is [32] shared.
+__device__ void softmax_row(float* row, int64_t n, float scale, int64_t lo, int64_t hi, float* red) {
   float mx = -FLT_MAX;
   for (int64_t s = lo + threadIdx.x; s <= hi; s += blockDim.x) mx = fmaxf(mx, row[s] * scale);
   mx = block_reduce<true>(mx, red);
@@ -20,7 +18,13 @@ __global__ void k_softmax_rows(float* scores, int64_t S, float scale, int64_t lo
   for (int64_t s = lo + threadIdx.x; s <= hi; s += blockDim.x) z += expf(row[s] * scale - mx);
   z = block_reduce<false>(z, red);
   const float inv = z > 0 ? 1.0f / z : 0.0f;
-  for (int64_t s = threadIdx.x; s < S; s += blockDim.x) row[s] = (s >= lo && s <= hi) ? expf(row[s] * scale - mx) * inv : 0.0f;
+  for (int64_t s = threadIdx.x; s < n; s += blockDim.x) row[s] = (s >= lo && s <= hi) ? expf(row[s] * scale - mx) * inv : 0.0f;
+}
+
+// Row h of scores[H, S]: p = softmax(scale·scores) over the visible keys [lo, hi], 0 elsewhere.
+__global__ void k_softmax_rows(float* scores, int64_t S, float scale, int64_t lo, int64_t hi) {
+  __shared__ float red[32];
+  softmax_row(scores + blockIdx.x * S, S, scale, lo, hi, red);
 }
 
 static void visible_range(int64_t S, int64_t off, int64_t window, int64_t* lo, int64_t* hi) {
@@ -83,32 +87,35 @@ __global__ void k_softmax_causal(float* scores, int64_t Tq, int64_t Sc, float sc
   const int64_t qpos = qpos0 + t;
   const int64_t hi = min(min(S - 1, qpos), klo + Sc - 1) - klo;
   const int64_t lo = (window > 0 ? max((int64_t)0, qpos - window + 1) : 0) - klo;
-  const int64_t a = max(lo, (int64_t)0);
-  float mx = -FLT_MAX;
-  for (int64_t s = a + threadIdx.x; s <= hi; s += blockDim.x) mx = fmaxf(mx, row[s] * scale);
-  mx = block_reduce<true>(mx, red);
-  float z = 0;
-  for (int64_t s = a + threadIdx.x; s <= hi; s += blockDim.x) z += expf(row[s] * scale - mx);
-  z = block_reduce<false>(z, red);
-  const float inv = z > 0 ? 1.0f / z : 0.0f;
-  for (int64_t s = threadIdx.x; s < Sc; s += blockDim.x) row[s] = (s >= a && s <= hi) ? expf(row[s] * scale - mx) * inv : 0.0f;
+  softmax_row(row, Sc, scale, max(lo, (int64_t)0), hi, red);
+}
+
+// Queries per chunk such that `buffers` score arrays [H, Tq, S] fit in 512 MiB of scratch (a
+// multiple of 64 where that fits).
+static int64_t queries_per_chunk(int64_t T, int64_t H, int64_t S, int64_t buffers) {
+  int64_t Tq = ((int64_t)1 << 27) / (buffers * H * (S > 0 ? S : 1));
+  Tq = Tq >= 64 ? Tq / 64 * 64 : (Tq > 0 ? Tq : 1);
+  return Tq < T ? Tq : T;
+}
+
+// The keys [klo, khi] that queries t0 … t0+n−1 (positions + off) can see; khi < klo when none.
+static void chunk_keys(int64_t t0, int64_t n, int64_t S, int64_t off, int64_t window, int64_t* klo, int64_t* khi) {
+  *khi = min(S - 1, t0 + n - 1 + off);
+  *klo = window > 0 ? max((int64_t)0, t0 + off - window + 1) : 0;
 }
 
 namespace mla {
 mla_status attention_gemm(const float* q, const float* k, const float* v, float* o, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window) {
   const int64_t group = H / Hkv;
-  // Queries per chunk: the scores of a chunk, H·Tq·S floats, stay within 512 MiB of scratch.
-  int64_t Tq = ((int64_t)1 << 27) / (H * (S > 0 ? S : 1));
-  Tq = Tq >= 64 ? Tq / 64 * 64 : (Tq > 0 ? Tq : 1);
-  if (Tq > T) Tq = T;
+  const int64_t Tq = queries_per_chunk(T, H, S, 1);
   mla_status st;
   float* scores = (float*)scratch(sizeof(float) * H * Tq * (S > 0 ? S : 1), &st);
   if (!scores) return st;
   const float one = 1, zero = 0;
   for (int64_t t0 = 0; t0 < T; t0 += Tq) {
     const int64_t n = min(Tq, T - t0);
-    const int64_t khi = min(S - 1, t0 + n - 1 + off);
-    const int64_t klo = window > 0 ? max((int64_t)0, t0 + off - window + 1) : 0;
+    int64_t klo, khi;
+    chunk_keys(t0, n, S, off, window, &klo, &khi);
     if (khi < klo) {  // no visible key for any query of the chunk
       CUDA_TRY(cudaMemsetAsync(o + t0 * H * Dv, 0, sizeof(float) * n * H * Dv, ctx()->stream));
       continue;
@@ -154,10 +161,7 @@ extern "C" mla_status mla_cuda_attention_backward(const mla_cuda_buf* qb, const 
   CUDA_TRY(cudaMemsetAsync(dv, 0, sizeof(float) * S * Hkv * Dv, st_));
   if (T == 0 || S == 0) return MLA_OK;
   const int64_t group = H / Hkv;
-  // Two [H, Tq, S] buffers (probabilities and their gradient) within 512 MiB of scratch.
-  int64_t Tq = ((int64_t)1 << 26) / (H * S);
-  Tq = Tq >= 64 ? Tq / 64 * 64 : (Tq > 0 ? Tq : 1);
-  if (Tq > T) Tq = T;
+  const int64_t Tq = queries_per_chunk(T, H, S, 2);  // probabilities and their gradient
   mla_status st;
   float* P = (float*)mla::scratch(sizeof(float) * 2 * H * Tq * S, &st);
   if (!P) return st;
@@ -166,8 +170,8 @@ extern "C" mla_status mla_cuda_attention_backward(const mla_cuda_buf* qb, const 
   cublasHandle_t h = ctx()->blas;
   for (int64_t t0 = 0; t0 < T; t0 += Tq) {
     const int64_t n = min(Tq, T - t0);
-    const int64_t khi = min(S - 1, t0 + n - 1 + off);
-    const int64_t klo = window > 0 ? max((int64_t)0, t0 + off - window + 1) : 0;
+    int64_t klo, khi;
+    chunk_keys(t0, n, S, off, window, &klo, &khi);
     if (khi < klo) continue;  // no visible key: every gradient of the chunk is 0
     const int64_t Sc = khi - klo + 1;
     // Recompute P as the forward does; dP[h,t,s] = dout[t0+t,h,:]·v[klo+s,g,:].

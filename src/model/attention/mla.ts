@@ -73,8 +73,7 @@ export class MlaBlock {
     if (absorb ?? offset > 0) {
       const b = this.b;
       const ab = this.absorb();
-      const qr = b.rope(b.linear(x.value, ab.qRope, ab.qRopeBias).reshape([T, c.heads, Dr]), positions, this.qFreq, Dr);
-      const qc = b.linear(x.value, ab.qLatent, ab.qLatentBias).reshape([T, c.heads, this.L]);
+      const [qr, qc] = this.absorbedQueries(x.value, positions);
       const ctx = b.latentAttention(qr, kr.value, qc, lat.value, opts);
       return ops.constant(b.linear(ctx.reshape([T, c.heads * this.L]), ab.oLatent, ab.oBias));
     }
@@ -98,8 +97,7 @@ export class MlaBlock {
     const ab = this.absorb();
     const kr = b.rope(b.linear(x, w.kRope, w.kRopeBias).reshape([B, c.kvHeads, Dr]), positions, this.kFreq, Dr);
     const lat = b.linear(x, w.kvDown, null);
-    const qr = b.rope(b.linear(x, ab.qRope, ab.qRopeBias).reshape([B, c.heads, Dr]), positions, this.qFreq, Dr);
-    const qc = b.linear(x, ab.qLatent, ab.qLatentBias).reshape([B, c.heads, this.L]);
+    const [qr, qc] = this.absorbedQueries(x, positions);
     const outs = caches.map((cache, i) => {
       const [krAll, latAll] = cache.append(this.layer, rowOf(b, kr, i), rowOf(b, lat, i));
       return b.latentAttention(rowOf(b, qr, i), krAll, rowOf(b, qc, i), latAll, { scale: 1 / Math.sqrt(c.headDim), queryOffset: positions[i]!, window: c.slidingWindow });
@@ -109,6 +107,16 @@ export class MlaBlock {
     const y = b.linear(ctx, ab.oLatent, ab.oBias);
     ctx.dispose();
     return y;
+  }
+
+  /** The absorbed queries of x [T, D] at `positions`: rope part qr [T, H, 2R] (rotated) and latent part qc [T, H, L]. */
+  private absorbedQueries(x: Tensor, positions: Int32Array): [Tensor, Tensor] {
+    const { b, c } = this;
+    const ab = this.absorb();
+    const T = positions.length;
+    const Dr = 2 * this.R;
+    const qr = b.rope(b.linear(x, ab.qRope, ab.qRopeBias).reshape([T, c.heads, Dr]), positions, this.qFreq, Dr);
+    return [qr, b.linear(x, ab.qLatent, ab.qLatentBias).reshape([T, c.heads, this.L])];
   }
 
   /** Drops the absorbed projections (after the weights change, e.g. in fine-tuning). */
