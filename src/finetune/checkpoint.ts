@@ -49,6 +49,9 @@ export function saveCheckpoint(out: string, state: TrainState, t: SavedTensors):
   }
   fs.renameSync(tmp, final);
   if (old) fs.rmSync(old, { recursive: true, force: true });
+  // Test hook: die like `kill -9` right after the checkpoint of this step is in place, so resume tests
+  // interrupt at a known step whatever the machine's speed.
+  if (process.env["MHA2MLA_TEST_KILL_AFTER_SAVE"] === String(state.step)) process.kill(process.pid, "SIGKILL");
 }
 
 /** Loads a checkpoint into `t` (in place) after checking it belongs to this run's settings. */
