@@ -6,6 +6,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <cusolverDn.h>
+#include <cfloat>
 #include <cstdint>
 #include <string>
 #include "mla.h"
@@ -33,8 +34,9 @@ const char* cublas_name(cublasStatus_t s);
 size_t dtype_size(int32_t dtype);
 // Device scratch of at least `bytes`, valid until the next call on this thread (stream-ordered).
 void* scratch(size_t bytes, mla_status* st);
-// Causal GQA attention for T query rows as cuBLAS GEMMs over chunks of queries (decode.cu): o[T,H,Dv].
-mla_status attention_gemm(const float* q, const float* k, const float* v, float* o, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window);
+// Causal GQA attention of B sequences as cuBLAS GEMMs over chunks of queries (attention_gemm.cu):
+// q[B·T,H,Dh], k[B·S,Hkv,Dh], v[B·S,Hkv,Dv] → o[B·T,H,Dv]; bf16: GEMM inputs rounded to bf16.
+mla_status attention_gemm(const float* q, const float* k, const float* v, float* o, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window, bool bf16);
 }  // namespace mla
 
 #define MLA_FAIL(code, msg) ::mla::fail(code, __FILE__, __LINE__, msg)
@@ -84,5 +86,18 @@ static __device__ __forceinline__ float block_reduce(float v, float* red) {
   for (int i = 0; i < nw; i++) r = IsMax ? fmaxf(r, red[i]) : r + red[i];
   return r;
 }
+
+// One block, in place on row[n]: softmax(scale·row) over [lo, hi], 0 elsewhere. `red` is [32] shared.
+static __device__ void softmax_row(float* row, int64_t n, float scale, int64_t lo, int64_t hi, float* red) {
+  float mx = -FLT_MAX;
+  for (int64_t s = lo + threadIdx.x; s <= hi; s += blockDim.x) mx = fmaxf(mx, row[s] * scale);
+  mx = block_reduce<true>(mx, red);
+  float z = 0;
+  for (int64_t s = lo + threadIdx.x; s <= hi; s += blockDim.x) z += expf(row[s] * scale - mx);
+  z = block_reduce<false>(z, red);
+  const float inv = z > 0 ? 1.0f / z : 0.0f;
+  for (int64_t s = threadIdx.x; s < n; s += blockDim.x) row[s] = (s >= lo && s <= hi) ? expf(row[s] * scale - mx) * inv : 0.0f;
+}
+
 
 inline unsigned blocks_for(int64_t n, int threads) { return (unsigned)((n + threads - 1) / threads); }

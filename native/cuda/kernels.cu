@@ -543,15 +543,24 @@ static mla_status launch_attention(const float* q, const float* k, const float* 
   return MLA_OK;
 }
 
-extern "C" mla_status mla_cuda_attention(const mla_cuda_buf* q, const mla_cuda_buf* k, const mla_cuda_buf* v, mla_cuda_buf* o, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window) {
+extern "C" mla_status mla_cuda_attention(const mla_cuda_buf* q, const mla_cuda_buf* k, const mla_cuda_buf* v, mla_cuda_buf* o, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window, int32_t bf16) {
   NEED_CTX();
-  MLA_CHECK(is_f32(q, T * H * Dh) && is_f32(k, S * Hkv * Dh) && is_f32(v, S * Hkv * Dv) && is_f32(o, T * H * Dv), "attention: f32 buffers q[T,H,Dh], k[S,Hkv,Dh], v[S,Hkv,Dv], o[T,H,Dv]");
+  MLA_CHECK(B >= 1 && is_f32(q, B * T * H * Dh) && is_f32(k, B * S * Hkv * Dh) && is_f32(v, B * S * Hkv * Dv) && is_f32(o, B * T * H * Dv), "attention: f32 buffers q[B·T,H,Dh], k[B·S,Hkv,Dh], v[B·S,Hkv,Dv], o[B·T,H,Dv]");
   MLA_CHECK(Hkv > 0 && H % Hkv == 0, "attention: H must be a multiple of Hkv");
   const AttentionRoute route = attention_route();
-  if (T > 1 && S > 0 && route == AttentionRoute::Gemm) return mla::attention_gemm(CF(q), CF(k), CF(v), F(o), T, S, H, Hkv, Dh, Dv, scale, off, window);
-  // The flash kernel takes head dims up to 256 (every Llama-family model); wider ones the row kernel.
-  if (T > 1 && Dh <= 256 && Dv <= 256 && route == AttentionRoute::Flash) return launch_flash_attention(CF(q), CF(k), CF(v), F(o), T, S, H, Hkv, Dh, Dv, scale, off, window);
-  return launch_attention<false>(CF(q), CF(k), CF(v), nullptr, nullptr, F(o), T, S, H, Hkv, Dh, Dv, 0, scale, off, window);
+  if (T > 1 && S > 0 && route == AttentionRoute::Gemm) return mla::attention_gemm(CF(q), CF(k), CF(v), F(o), B, T, S, H, Hkv, Dh, Dv, scale, off, window, bf16 != 0);
+  // The other routes take one sequence at a time, in float32.
+  for (int64_t b = 0; b < B; b++) {
+    const float* qb = CF(q) + b * T * H * Dh;
+    const float* kb = CF(k) + b * S * Hkv * Dh;
+    const float* vb = CF(v) + b * S * Hkv * Dv;
+    float* ob = F(o) + b * T * H * Dv;
+    // The flash kernel takes head dims up to 256 (every Llama-family model); wider ones the row kernel.
+    mla_status st = T > 1 && Dh <= 256 && Dv <= 256 && route == AttentionRoute::Flash ? launch_flash_attention(qb, kb, vb, ob, T, S, H, Hkv, Dh, Dv, scale, off, window)
+                                                                                     : launch_attention<false>(qb, kb, vb, nullptr, nullptr, ob, T, S, H, Hkv, Dh, Dv, 0, scale, off, window);
+    if (st != MLA_OK) return st;
+  }
+  return MLA_OK;
 }
 
 extern "C" mla_status mla_cuda_latent_attention(const mla_cuda_buf* qr, const mla_cuda_buf* kr, const mla_cuda_buf* qc, const mla_cuda_buf* c, mla_cuda_buf* o, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dr, int64_t L, float scale, int64_t off, int64_t window) {

@@ -68,22 +68,45 @@ extern "C" mla_status mla_cuda_linear(const mla_cuda_buf* x, const mla_cuda_buf*
   return MLA_OK;
 }
 
-extern "C" mla_status mla_cuda_linear_backward(const mla_cuda_buf* x, const mla_cuda_buf* w, const mla_cuda_buf* dy, mla_cuda_buf* dx, mla_cuda_buf* dw, mla_cuda_buf* db, int64_t M, int64_t K, int64_t N) {
+extern "C" mla_status mla_cuda_linear_backward(const mla_cuda_buf* x, const mla_cuda_buf* w, const mla_cuda_buf* dy, mla_cuda_buf* dx, mla_cuda_buf* dw, mla_cuda_buf* db, int64_t M, int64_t K, int64_t N, int32_t accumulate_dw) {
   NEED_CTX();
-  MLA_CHECK(x && w && dy && x->dtype == MLA_F32 && w->dtype == MLA_F32 && dy->dtype == MLA_F32, "linear_backward: f32 buffers only");
-  MLA_CHECK(x->n == M * K && w->n == N * K && dy->n == M * N, "linear_backward: buffer sizes do not match M, K, N");
+  MLA_CHECK(x && w && dy && x->dtype == MLA_F32 && (w->dtype == MLA_F32 || w->dtype == MLA_BF16) && dy->dtype == MLA_F32, "linear_backward: x and dy f32, w f32 or bf16");
+  MLA_CHECK(x->n == M * K && w->n == N * K && dy->n == M * N && (!dx || dx->n == M * K) && (!dw || (dw->n == N * K && dw->dtype == MLA_F32)), "linear_backward: buffer sizes do not match M, K, N");
   const float one = 1, zero = 0;
+  const float beta_w = accumulate_dw ? 1.0f : 0.0f;
   cublasHandle_t h = ctx()->blas;
-  if (dx && M > 0 && K > 0) {
-    if (N == 0) CUDA_TRY(cudaMemsetAsync(dx->ptr, 0, sizeof(float) * M * K, ctx()->stream));
-    else CUBLAS_TRY(cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, (int)K, (int)M, (int)N, &one, (const float*)w->ptr, (int)K, (const float*)dy->ptr, (int)N, &zero, (float*)dx->ptr, (int)K));
-  }
-  if (dw && N > 0 && K > 0) {
-    if (M == 0) CUDA_TRY(cudaMemsetAsync(dw->ptr, 0, sizeof(float) * N * K, ctx()->stream));
-    else CUBLAS_TRY(cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_T, (int)K, (int)N, (int)M, &one, (const float*)x->ptr, (int)K, (const float*)dy->ptr, (int)N, &zero, (float*)dw->ptr, (int)K));
+  cudaStream_t s = ctx()->stream;
+  if (w->dtype == MLA_BF16) {
+    // Mixed precision: dy and x rounded to bf16 once, both products on tensor cores with f32 accumulation.
+    mla_status st;
+    auto* dyb = (__nv_bfloat16*)mla::scratch(sizeof(__nv_bfloat16) * (M * N + (dw ? M * K : 0)), &st);
+    if (!dyb) return st;
+    __nv_bfloat16* xb = dyb + M * N;
+    if (M * N) f32_to_bf16<<<blocks_for(M * N, 256), 256, 0, s>>>((const float*)dy->ptr, dyb, M * N);
+    if (dw && M * K) f32_to_bf16<<<blocks_for(M * K, 256), 256, 0, s>>>((const float*)x->ptr, xb, M * K);
+    KERNEL_CHECK();
+    if (dx && M > 0 && K > 0) {
+      if (N == 0) CUDA_TRY(cudaMemsetAsync(dx->ptr, 0, sizeof(float) * M * K, s));
+      else CUBLAS_TRY(cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, (int)K, (int)M, (int)N, &one, w->ptr, CUDA_R_16BF, (int)K, dyb, CUDA_R_16BF, (int)N, &zero, dx->ptr, CUDA_R_32F, (int)K, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    }
+    if (dw && N > 0 && K > 0) {
+      if (M == 0) {
+        if (!accumulate_dw) CUDA_TRY(cudaMemsetAsync(dw->ptr, 0, sizeof(float) * N * K, s));
+      } else CUBLAS_TRY(cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_T, (int)K, (int)N, (int)M, &one, xb, CUDA_R_16BF, (int)K, dyb, CUDA_R_16BF, (int)N, &beta_w, dw->ptr, CUDA_R_32F, (int)K, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    }
+  } else {
+    if (dx && M > 0 && K > 0) {
+      if (N == 0) CUDA_TRY(cudaMemsetAsync(dx->ptr, 0, sizeof(float) * M * K, s));
+      else CUBLAS_TRY(cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, (int)K, (int)M, (int)N, &one, (const float*)w->ptr, (int)K, (const float*)dy->ptr, (int)N, &zero, (float*)dx->ptr, (int)K));
+    }
+    if (dw && N > 0 && K > 0) {
+      if (M == 0) {
+        if (!accumulate_dw) CUDA_TRY(cudaMemsetAsync(dw->ptr, 0, sizeof(float) * N * K, s));
+      } else CUBLAS_TRY(cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_T, (int)K, (int)N, (int)M, &one, (const float*)x->ptr, (int)K, (const float*)dy->ptr, (int)N, &beta_w, (float*)dw->ptr, (int)K));
+    }
   }
   if (db && N > 0) {
-    column_sums<<<blocks_for(N, 128), 128, 0, ctx()->stream>>>((const float*)dy->ptr, (float*)db->ptr, M, N);
+    column_sums<<<blocks_for(N, 128), 128, 0, s>>>((const float*)dy->ptr, (float*)db->ptr, M, N);
     KERNEL_CHECK();
   }
   return MLA_OK;

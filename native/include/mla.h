@@ -130,13 +130,18 @@ mla_status mla_cuda_cast(const mla_cuda_buf* x, mla_cuda_buf* y);
 
 /* As the CPU ops; w may be bf16 (activations are rounded to bf16, accumulation in f32). */
 mla_status mla_cuda_linear(const mla_cuda_buf* x, const mla_cuda_buf* w, const mla_cuda_buf* b, mla_cuda_buf* y, int64_t M, int64_t K, int64_t N);
-mla_status mla_cuda_linear_backward(const mla_cuda_buf* x, const mla_cuda_buf* w, const mla_cuda_buf* dy, mla_cuda_buf* dx, mla_cuda_buf* dw, mla_cuda_buf* db, int64_t M, int64_t K, int64_t N);
+/* w may be bf16: dy (and x for dw) are rounded to bf16, products accumulate in f32. accumulate_dw != 0
+   adds the weight gradient into dw (a flat gradient buffer) instead of overwriting it. */
+mla_status mla_cuda_linear_backward(const mla_cuda_buf* x, const mla_cuda_buf* w, const mla_cuda_buf* dy, mla_cuda_buf* dx, mla_cuda_buf* dw, mla_cuda_buf* db, int64_t M, int64_t K, int64_t N, int32_t accumulate_dw);
 mla_status mla_cuda_rmsnorm(const mla_cuda_buf* x, const mla_cuda_buf* w, mla_cuda_buf* y, int64_t rows, int64_t D, float eps);
 mla_status mla_cuda_rmsnorm_backward(const mla_cuda_buf* x, const mla_cuda_buf* w, const mla_cuda_buf* dy, mla_cuda_buf* dx, mla_cuda_buf* dw, int64_t rows, int64_t D, float eps);
 mla_status mla_cuda_rope(const mla_cuda_buf* x, mla_cuda_buf* y, const int32_t* positions, const double* inv_freq, int64_t n_freq, int64_t T, int64_t H, int64_t Dh, int64_t rotary_dims, int32_t sign);
-mla_status mla_cuda_attention(const mla_cuda_buf* q, const mla_cuda_buf* k, const mla_cuda_buf* v, mla_cuda_buf* o, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t query_offset, int64_t window);
-/* Gradients of mla_cuda_attention: dq[T,H,Dh], dk[S,Hkv,Dh], dv[S,Hkv,Dv] from dout[T,H,Dv] (overwritten). */
-mla_status mla_cuda_attention_backward(const mla_cuda_buf* q, const mla_cuda_buf* k, const mla_cuda_buf* v, const mla_cuda_buf* dout, mla_cuda_buf* dq, mla_cuda_buf* dk, mla_cuda_buf* dv, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t query_offset, int64_t window);
+/* Attention of B independent sequences of equal length: q[B·T,H,Dh], k[B·S,Hkv,Dh], v[B·S,Hkv,Dv] →
+   o[B·T,H,Dv]. bf16 != 0: the GEMM route rounds its GEMM inputs to bf16 (tensor cores), scores,
+   softmax and accumulation stay f32. */
+mla_status mla_cuda_attention(const mla_cuda_buf* q, const mla_cuda_buf* k, const mla_cuda_buf* v, mla_cuda_buf* o, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t query_offset, int64_t window, int32_t bf16);
+/* Gradients of mla_cuda_attention: dq[B·T,H,Dh], dk[B·S,Hkv,Dh], dv[B·S,Hkv,Dv] from dout[B·T,H,Dv] (overwritten). */
+mla_status mla_cuda_attention_backward(const mla_cuda_buf* q, const mla_cuda_buf* k, const mla_cuda_buf* v, const mla_cuda_buf* dout, mla_cuda_buf* dq, mla_cuda_buf* dk, mla_cuda_buf* dv, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t query_offset, int64_t window, int32_t bf16);
 /* MLA attention on the latent cache: qr[T,H,Dr], kr[S,Hkv,Dr], qc[T,H,L], c[S,L] → o[T,H,L]. */
 mla_status mla_cuda_latent_attention(const mla_cuda_buf* qr, const mla_cuda_buf* kr, const mla_cuda_buf* qc, const mla_cuda_buf* c, mla_cuda_buf* o, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dr, int64_t L, float scale, int64_t query_offset, int64_t window);
 /* The same two for a single query row (decode, T = 1) through cuBLAS: scores of all heads by GEMM
@@ -157,6 +162,16 @@ mla_status mla_cuda_kl_divergence(const mla_cuda_buf* student, const mla_cuda_bu
 mla_status mla_cuda_copy_cols(const mla_cuda_buf* x, mla_cuda_buf* y, int64_t M, int64_t Nx, int64_t offx, int64_t Ny, int64_t offy, int64_t w);
 mla_status mla_cuda_gather_cols(const mla_cuda_buf* x, const int32_t* idx, mla_cuda_buf* y, int64_t M, int64_t N, int64_t K);
 mla_status mla_cuda_scatter_cols(const mla_cuda_buf* dy, const int32_t* idx, mla_cuda_buf* y, int64_t M, int64_t K, int64_t N);
+
+/* ---- training state on the device (optim.cu): flat f32 buffers of every trainable parameter ---- */
+/* x = 0. */
+mla_status mla_cuda_fill_zero(mla_cuda_buf* x);
+/* *out (host) = Σ x² over the f32 buffer, accumulated in double. */
+mla_status mla_cuda_sum_squares(const mla_cuda_buf* x, double* out);
+/* One AdamW step in place on p[n] with gradient grad_scale·g (global-norm clipping folded in), as
+   mla_cpu_adamw; when shadow (bf16, n) is not NULL it receives the updated p rounded to bf16 (the
+   GEMM copy of mixed-precision training). */
+mla_status mla_cuda_adamw(mla_cuda_buf* p, const mla_cuda_buf* g, mla_cuda_buf* m, mla_cuda_buf* v, mla_cuda_buf* shadow, float lr, float beta1, float beta2, float eps, float weight_decay, double bias_c1, double bias_c2, float grad_scale);
 
 /* 2-norm calibration as mla_cpu_pair_norms, y on the device, acc[heads, Dh/2] on the host. */
 mla_status mla_cuda_pair_norms(const mla_cuda_buf* y, double* acc, int64_t T, int64_t heads, int64_t Dh);

@@ -35,6 +35,7 @@ interface Args {
   "save-every"?: number;
   json?: string;
   device: DeviceName;
+  precision?: "bf16" | "f32";
 }
 
 export const finetuneCommand: CommandModule<object, Args> = {
@@ -67,6 +68,7 @@ export const finetuneCommand: CommandModule<object, Args> = {
       .option("eval-every", { type: "number", describe: "validation NLL every N steps" })
       .option("save-every", { type: "number", describe: "checkpoint every N steps" })
       .option("device", DEVICE_OPTION)
+      .option("precision", { choices: ["bf16", "f32"] as const, describe: "bf16: bf16 GEMMs with f32 master weights and optimizer (default on CUDA); f32: float32 throughout (default elsewhere)" })
       .option("json", { type: "string", describe: "write the result summary as JSON to FILE (no value: stdout)" }),
   handler: async (a) => {
     const stop = gracefulStop();
@@ -96,6 +98,7 @@ export const finetuneCommand: CommandModule<object, Args> = {
         evalEvery: a["eval-every"],
         saveEvery: a["save-every"],
         device: a.device,
+        precision: a.precision,
         logger: stderrLogger,
         shouldStop: stop.requested,
       });

@@ -14,16 +14,13 @@ import { resolveModel } from "../io/modelDir.js";
 import { loadModel, LlamaModel } from "../model/llama.js";
 import { DeviceName, selectBackend } from "../backends/select.js";
 import { namedTensors } from "../model/weights.js";
-import { paramNodes, trainableLeaves } from "../model/params.js";
-import { Ops, Tape } from "../tensor/autograd.js";
 import { perplexity } from "../eval/perplexity.js";
 import { silentLogger, Logger } from "../util/log.js";
 import { fmtCount, fmtTime, ProgressSink } from "../util/progress.js";
 import { epochOrder, loadTrainingData, sequence } from "./data.js";
-import { AdamW, clipGradients } from "./optimizer.js";
-import { optimizerKernels } from "../backends/native/kernels.js";
+import { activationBytes, checkFits, MicroBatch, microStep, Precision, stateBytes, TrainState } from "./trainState.js";
 import { lrAt, Schedule, ScheduleName } from "./schedule.js";
-import { checkpointDir, loadCheckpoint, saveCheckpoint, TrainState } from "./checkpoint.js";
+import { checkpointDir, loadCheckpoint, saveCheckpoint, TrainState as RunState } from "./checkpoint.js";
 
 export interface FinetuneOptions {
   data: string[];
@@ -57,6 +54,12 @@ export interface FinetuneOptions {
   saveEvery?: number;
   /** Compute backend (default auto: CUDA, else the native CPU library, else reference). */
   device?: DeviceName;
+  /**
+   * bf16: GEMM inputs (weights, activations, attention) in bf16 with f32 accumulation, f32 master
+   * weights, gradients and optimizer state; f32: float32 throughout. Default: bf16 where the backend
+   * has bf16 GEMMs (CUDA), else f32.
+   */
+  precision?: Precision;
   logger?: Logger;
   progress?: ProgressSink | null;
   /** Polled after every step: true = save a checkpoint and stop (SIGINT/SIGTERM in the CLI). */
@@ -73,6 +76,7 @@ export interface FinetuneResult {
   valNllBefore: number | null;
   valNllAfter: number | null;
   finalLoss: number;
+  precision: Precision;
 }
 
 function positive(name: string, v: number, integer = false): number {
@@ -96,6 +100,8 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
 
   const src = resolveModel(spec);
   const backend = selectBackend(o.device ?? "auto", log);
+  const precision: Precision = o.precision ?? (backend.uploadBf16 ? "bf16" : "f32");
+  if (precision !== "bf16" && precision !== "f32") throw new MlaError("BAD_ARGUMENT", `--precision ${String(precision)} is not known`, "use bf16 or f32");
   const lm = loadModel(spec, { backend, weights: "f32" }); // trainable leaves are float32
   const model = lm.model;
   const data = loadTrainingData(lm.tokenizer, o.data, { valFraction: o.valFraction ?? 0.1, fraction: o.fraction, seq, bos: lm.config.bosTokenId ?? 1, eos: lm.config.eosTokenId });
@@ -105,7 +111,7 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
   const teacher: LlamaModel | null = o.distill ? loadModel(o.distill, { backend }).model : null;
   if (teacher && teacher.config.vocabSize !== lm.config.vocabSize) throw new MlaError("BAD_ARGUMENT", `--distill ${o.distill} has a vocabulary of ${teacher.config.vocabSize}, the student ${lm.config.vocabSize}`, "distill from a model with the same tokenizer (usually the original of the converted model)");
 
-  const settings = { model: fs.readFileSync(path.join(src.dir, "config.json"), "utf8"), data: o.data.map((f) => path.resolve(f)), tokens: o.tokens ?? null, fraction: o.fraction ?? 1, valFraction: o.valFraction ?? 0.1, seq, batch, accum, schedule, beta1: o.beta1 ?? 0.9, beta2: o.beta2 ?? 0.95, eps: o.eps ?? 1e-8, weightDecay: o.weightDecay ?? 0.01, clip: o.clip ?? 1.0, seed: o.seed ?? 0, train: trainWhat, distill: o.distill ?? null, temperature, distillWeight };
+  const settings = { model: fs.readFileSync(path.join(src.dir, "config.json"), "utf8"), data: o.data.map((f) => path.resolve(f)), tokens: o.tokens ?? null, fraction: o.fraction ?? 1, valFraction: o.valFraction ?? 0.1, seq, batch, accum, schedule, beta1: o.beta1 ?? 0.9, beta2: o.beta2 ?? 0.95, eps: o.eps ?? 1e-8, weightDecay: o.weightDecay ?? 0.01, clip: o.clip ?? 1.0, seed: o.seed ?? 0, train: trainWhat, distill: o.distill ?? null, temperature, distillWeight, precision };
   const fingerprint = crypto.createHash("sha256").update(JSON.stringify(settings)).digest("hex").slice(0, 16);
 
   const out = path.resolve(o.out);
@@ -119,27 +125,18 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
   }
 
   const trainable = (p: string) => trainWhat === "all" || p.includes(".attn.");
-  const leafOps = new Ops(model.backend, null);
-  const P = paramNodes(leafOps, model.weights, trainable);
-  const leaves = trainableLeaves(P);
-  const params = leaves.map((l) => l.node.value.toArray());
-  // Host backends hand out their storage, so the optimizer updates the weights in place; a device
-  // backend hands out copies, which go back after every update.
-  const onDevice = leaves.some((l, i) => l.node.value.toArray() !== params[i]);
-  const b = model.backend;
-  if (onDevice && !b.overwrite) throw new MlaError("UNSUPPORTED", `the ${b.name} backend cannot be trained: its tensors cannot be written in place`, "use --device cpu");
-  const pushWeights = () => {
-    if (onDevice) leaves.forEach((l, i) => b.overwrite!(l.node.value, params[i] as Float32Array));
-  };
-  const kernels = optimizerKernels(model.backend);
-  const opt = new AdamW({ beta1: settings.beta1, beta2: settings.beta2, eps: settings.eps, weightDecay: settings.weightDecay }, params.map((p) => p.length), kernels);
-  let state: TrainState = { format: 1, step: 0, epoch: 0, cursor: 0, tokensSeen: 0, fingerprint, settings: { ...settings, model: src.dir } };
+  checkFits(model, trainWhat, precision, batch * (seq - 1));
+  const state = new TrainState(model, trainable, precision);
+  log.info(memoryPlan(state, batch * (seq - 1)));
+  const hyper = { beta1: settings.beta1, beta2: settings.beta2, eps: settings.eps, weightDecay: settings.weightDecay };
+  const paths = state.slots.map((s) => s.path);
+  let run: RunState = { format: 1, step: 0, epoch: 0, cursor: 0, tokensSeen: 0, fingerprint, settings: { ...settings, model: src.dir } };
   if (o.resume) {
-    state = loadCheckpoint(out, fingerprint, { paths: leaves.map((l) => l.path), params, m: opt.m, v: opt.v });
-    opt.step = state.step;
-    pushWeights();
-    model.weightsChanged();
-    log.info(`resuming at step ${state.step}/${totalSteps}`);
+    const host = state.hostBuffers();
+    run = loadCheckpoint(out, fingerprint, { paths, ...host.perSlot });
+    state.upload(host.flat[0]!, host.flat[1]!, host.flat[2]!);
+    state.step = run.step;
+    log.info(`resuming at step ${run.step}/${totalSteps}`);
   }
   const logFile = path.join(out, "train_log.jsonl");
   const logLine = (row: Record<string, unknown>) => fs.appendFileSync(logFile, JSON.stringify(row) + "\n");
@@ -147,68 +144,62 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
   const valNllBefore = o.resume ? null : await valNll();
   if (valNllBefore !== null) logLine({ step: 0, val_nll: valNllBefore });
 
-  let order = epochOrder(data.sequences, settings.seed, state.epoch);
+  let order = epochOrder(data.sequences, settings.seed, run.epoch);
   const nextSequence = () => {
-    if (state.cursor >= data.sequences) {
-      state.epoch++;
-      state.cursor = 0;
-      order = epochOrder(data.sequences, settings.seed, state.epoch);
+    if (run.cursor >= data.sequences) {
+      run.epoch++;
+      run.cursor = 0;
+      order = epochOrder(data.sequences, settings.seed, run.epoch);
     }
-    return sequence(data, order[state.cursor++]!);
+    return sequence(data, order[run.cursor++]!);
   };
-  const save = () => saveCheckpoint(out, state, { paths: leaves.map((l) => l.path), params, m: opt.m, v: opt.v });
+  const nextMicroBatch = (): MicroBatch => {
+    const T = seq - 1;
+    const inputs = new Int32Array(batch * T);
+    const targets = new Int32Array(batch * T);
+    for (let i = 0; i < batch; i++) {
+      const s = nextSequence();
+      inputs.set(s.subarray(0, T), i * T);
+      targets.set(s.subarray(1), i * T);
+    }
+    return { inputs, targets, sequences: batch };
+  };
+  const save = () => saveCheckpoint(out, run, { paths, ...state.download() });
   const targetsPerStep = batch * accum * (seq - 1);
+  const loss = { scale: 1 / targetsPerStep, ceWeight: 1 - distillWeight, klWeight: distillWeight, temperature, teacher };
   const t0 = performance.now();
-  const startStep = state.step;
+  const startStep = run.step;
   let lastPrint = 0;
   let finalLoss = NaN;
   let stoppedEarly = false;
-  while (state.step < totalSteps) {
-    const rate = lrAt(schedule, state.step, totalSteps);
-    for (const l of leaves) l.node.grad = null;
+  while (run.step < totalSteps) {
+    const rate = lrAt(schedule, run.step, totalSteps);
+    state.zeroGrads();
     let lossSum = 0;
-    for (let i = 0; i < batch * accum; i++) {
-      const s = nextSequence();
-      const inputs = s.subarray(0, seq - 1);
-      const targets = s.subarray(1);
-      const tape = new Tape(b);
-      const logits = model.graph(new Ops(b, tape), P, inputs);
-      let seed = b.crossEntropyBackward(logits.value, targets, (1 - distillWeight) / targetsPerStep);
-      lossSum += (1 - distillWeight) * b.crossEntropy(logits.value, targets).reduce((a, x) => a + x, 0);
-      if (teacher) {
-        const kl = b.klDivergence(logits.value, teacher.forward(inputs), temperature, distillWeight / targetsPerStep);
-        seed = b.add(seed, kl.grad);
-        lossSum += distillWeight * kl.loss.reduce((a, x) => a + x, 0);
-      }
-      tape.backward(logits, seed);
-    }
-    const loss = lossSum / targetsPerStep;
-    const grads = leaves.map((l) => l.node.grad?.toArray() ?? null);
-    const norm = clipGradients(grads, settings.clip, kernels);
-    if (!Number.isFinite(loss) || !Number.isFinite(norm))
-      throw new MlaError("INTERRUPTED", `training diverged at step ${state.step + 1}: loss ${loss}, gradient norm ${norm}`, `the last good checkpoint (if any) is in ${checkpointDir(out)}; lower --lr or check the data`);
-    opt.update(params, grads, rate);
-    pushWeights();
-    model.weightsChanged();
-    state.step++;
-    state.tokensSeen += perStep;
-    finalLoss = loss;
+    for (let i = 0; i < accum; i++) lossSum += microStep(state, nextMicroBatch(), loss);
+    const stepLoss = lossSum / targetsPerStep;
+    const norm = state.update(rate, hyper, settings.clip);
+    if (!Number.isFinite(stepLoss) || !Number.isFinite(norm))
+      throw new MlaError("INTERRUPTED", `training diverged at step ${run.step + 1}: loss ${stepLoss}, gradient norm ${norm}`, `the last good checkpoint (if any) is in ${checkpointDir(out)}; lower --lr or check the data`);
+    run.step++;
+    run.tokensSeen += perStep;
+    finalLoss = stepLoss;
     const elapsed = (performance.now() - t0) / 1000;
-    const tps = ((state.step - startStep) * perStep) / elapsed;
-    logLine({ step: state.step, loss, lr: rate, grad_norm: norm, tokens: state.tokensSeen, tokens_per_s: tps, elapsed_s: elapsed });
-    if (o.evalEvery && state.step % o.evalEvery === 0 && state.step < totalSteps) logLine({ step: state.step, val_nll: await valNll() });
-    if (o.saveEvery && state.step % o.saveEvery === 0) save();
+    const tps = ((run.step - startStep) * perStep) / elapsed;
+    logLine({ step: run.step, loss: stepLoss, lr: rate, grad_norm: norm, tokens: run.tokensSeen, tokens_per_s: tps, elapsed_s: elapsed });
+    if (o.evalEvery && run.step % o.evalEvery === 0 && run.step < totalSteps) logLine({ step: run.step, val_nll: await valNll() });
+    if (o.saveEvery && run.step % o.saveEvery === 0) save();
     const sink = o.progress === undefined ? process.stderr : o.progress;
-    if (sink && (performance.now() - lastPrint > 5000 || state.step === totalSteps)) {
+    if (sink && (performance.now() - lastPrint > 5000 || run.step === totalSteps)) {
       lastPrint = performance.now();
-      sink.write(`step ${state.step}/${totalSteps} loss ${loss.toFixed(4)} lr ${rate.toExponential(2)} |g| ${norm.toFixed(3)} ${fmtCount(tps)} tok/s, ETA ${fmtTime(((totalSteps - state.step) * perStep) / tps)}\n`);
+      sink.write(`step ${run.step}/${totalSteps} loss ${stepLoss.toFixed(4)} lr ${rate.toExponential(2)} |g| ${norm.toFixed(3)} ${fmtCount(tps)} tok/s, ETA ${fmtTime(((totalSteps - run.step) * perStep) / tps)}\n`);
     }
     // Let signal handlers run: the steps themselves never yield to the event loop.
     await new Promise((r) => setImmediate(r));
-    if (o.shouldStop?.() && state.step < totalSteps) {
+    if (o.shouldStop?.() && run.step < totalSteps) {
       save();
       stoppedEarly = true;
-      log.info(`stopped at step ${state.step}/${totalSteps}; checkpoint saved, continue with --resume`);
+      log.info(`stopped at step ${run.step}/${totalSteps}; checkpoint saved, continue with --resume`);
       break;
     }
   }
@@ -217,11 +208,11 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
   if (!stoppedEarly) {
     save();
     valNllAfter = await valNll();
-    logLine({ step: state.step, val_nll: valNllAfter });
+    logLine({ step: run.step, val_nll: valNllAfter });
     await writeModel(src.dir, out, lm.config, model);
-    fs.writeFileSync(path.join(out, "finetune.json"), JSON.stringify({ source: spec, settings: { ...settings, model: src.dir }, steps: state.step, tokens: state.tokensSeen, val_nll_before: valNllBefore, val_nll_after: valNllAfter, seconds }, null, 2) + "\n");
+    fs.writeFileSync(path.join(out, "finetune.json"), JSON.stringify({ source: spec, settings: { ...settings, model: src.dir }, steps: run.step, tokens: run.tokensSeen, precision, val_nll_before: valNllBefore, val_nll_after: valNllAfter, seconds }, null, 2) + "\n");
   }
-  return { out, steps: state.step, stoppedEarly, tokensSeen: state.tokensSeen, seconds, tokensPerSecond: ((state.step - startStep) * perStep) / seconds, valNllBefore, valNllAfter, finalLoss };
+  return { out, steps: run.step, stoppedEarly, tokensSeen: run.tokensSeen, seconds, tokensPerSecond: ((run.step - startStep) * perStep) / seconds, valNllBefore, valNllAfter, finalLoss, precision };
 }
 
 /** Writes the trained weights (in the source checkpoint's dtypes) and the model files into `out`, each file atomically. */
@@ -237,4 +228,12 @@ async function writeModel(srcDir: string, out: string, config: LlamaModel["confi
   copyModelSideFiles(srcDir, tmp);
   for (const f of fs.readdirSync(tmp)) fs.renameSync(path.join(tmp, f), path.join(out, f));
   fs.rmSync(tmp, { recursive: true, force: true });
+}
+
+/** One line: what the training state and a micro-batch's activations take, beside what the device has. */
+function memoryPlan(state: TrainState, tokens: number): string {
+  const gib = (x: number) => `${(x / 2 ** 30).toFixed(2)} GiB`;
+  const n = state.size;
+  const parts = [`weights ${gib(4 * n)}`, `gradients ${gib(4 * n)}`, `AdamW ${gib(8 * n)}`, ...(state.shadow ? [`bf16 copy ${gib(2 * n)}`] : [])];
+  return `memory plan: ${n.toLocaleString("en-US")} trainable parameters (${state.precision}): ${parts.join(", ")} = ${gib(stateBytes(n, state.precision))}; activations of ${tokens} tokens ≈ ${gib(activationBytes(state.model, tokens))}`;
 }

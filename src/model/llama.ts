@@ -25,6 +25,13 @@ export interface ForwardOptions {
   onAttentionInput?: (layer: number, x: Tensor) => void;
   /** MLA only: force (true) or forbid (false) the absorbed decode path; default: absorbed when the cache holds tokens. */
   absorb?: boolean;
+  /**
+   * `ids` holds this many sequences of equal length, back to back, each starting at position 0 and
+   * attending only to itself (a training micro-batch); no cache. Default 1.
+   */
+  sequences?: number;
+  /** Mixed precision: attention GEMMs may take bf16 inputs (f32 accumulation) on backends that can. */
+  bf16?: boolean;
 }
 
 export class LlamaModel {
@@ -76,8 +83,13 @@ export class LlamaModel {
     const batch = Array.isArray(cache) ? (cache as readonly DecodeCache[]) : null;
     const single = batch ? undefined : (cache as DecodeCache | undefined);
     const start = single?.length ?? 0;
+    const sequences = opts.sequences ?? 1;
+    if (sequences > 1 && (cache || ids.length % sequences !== 0))
+      throw new MlaError("BAD_ARGUMENT", `graph: ${ids.length} tokens cannot be ${sequences} sequences${cache ? " with a cache" : ""}`, "pass equal-length sequences back to back, without a cache");
+    const seqLen = ids.length / sequences;
     const positions = batch ? Int32Array.from(batch, (x) => x.length) : new Int32Array(ids.length);
-    if (!batch) for (let i = 0; i < ids.length; i++) positions[i] = start + i;
+    if (!batch) for (let i = 0; i < ids.length; i++) positions[i] = start + (i % seqLen);
+    const mode = { batch: sequences, bf16: opts.bf16 ?? false };
     let h = ops.embedding(P.embed, ids);
     P.layers.forEach((lw, li) => {
       const x = ops.rmsnorm(h, lw.inputNorm, c.rmsEps);
@@ -87,8 +99,8 @@ export class LlamaModel {
           ? mhaDecodeBatch(ops, c, lw.attn, this.invFreq, x, positions, li, batch as KvCache[])
           : ops.constant(this.mla![li]!.decodeBatch(x.value, positions, batch as LatentCache[]))
         : lw.attn.kind === "mha"
-          ? mhaAttention(ops, c, lw.attn, this.invFreq, x, positions, li, single as KvCache | undefined)
-          : this.mla![li]!.forward(ops, lw.attn, x, positions, single as LatentCache | undefined, opts.absorb);
+          ? mhaAttention(ops, c, lw.attn, this.invFreq, x, positions, li, single as KvCache | undefined, mode)
+          : this.mla![li]!.forward(ops, lw.attn, x, positions, single as LatentCache | undefined, opts.absorb, mode);
       const h1 = ops.add(h, a);
       // Without a tape nothing refers to the intermediates again: free them now (a GPU backend would
       // otherwise hold them until the garbage collector runs, gigabytes per window on a 7B model).
@@ -108,6 +120,7 @@ export class LlamaModel {
 
   /** Call after changing weights in place: drops the absorbed MLA projections built from them. */
   weightsChanged(): void {
+    this.constants = null;
     this.mla?.forEach((m) => m.invalidate());
   }
 }

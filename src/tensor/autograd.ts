@@ -6,13 +6,20 @@
  */
 import type { AttentionOptions, Backend } from "./backend.js";
 import type { Tensor } from "./tensor.js";
+import { attentionBackwardOf, attentionOf } from "./sequences.js";
 
 export class Node {
   grad: Tensor | null = null;
+  /**
+   * A trainable leaf's slot in a flat gradient buffer (same element count as value): gradients are
+   * added into it in place (through Backend.training) and `grad` stays null.
+   */
+  gradTarget: Tensor | null = null;
   constructor(readonly value: Tensor, readonly requiresGrad: boolean) {}
 
   accumulate(b: Backend, g: Tensor): void {
-    this.grad = this.grad ? b.add(this.grad, g) : g;
+    if (this.gradTarget) b.training!.addInto(this.gradTarget, g);
+    else this.grad = this.grad ? b.add(this.grad, g) : g;
   }
 }
 
@@ -58,7 +65,8 @@ export class Ops {
   linear(x: Node, w: Node, bias: Node | null): Node {
     const b = this.b;
     return this.out(b.linear(x.value, w.value, bias?.value), [x, w, bias], (g) => {
-      const r = b.linearBackward(x.value, w.value, g, { x: x.requiresGrad, w: w.requiresGrad, bias: !!bias?.requiresGrad });
+      const dwInto = w.requiresGrad && w.gradTarget ? w.gradTarget.reshape(w.value.shape) : undefined;
+      const r = b.linearBackward(x.value, w.value, g, { x: x.requiresGrad, w: w.requiresGrad, bias: !!bias?.requiresGrad, dwInto });
       if (r.dx) x.accumulate(b, r.dx);
       if (r.dw) w.accumulate(b, r.dw);
       if (r.db && bias) bias.accumulate(b, r.db);
@@ -85,8 +93,8 @@ export class Ops {
 
   attention(q: Node, k: Node, v: Node, opts: AttentionOptions): Node {
     const b = this.b;
-    return this.out(b.attention(q.value, k.value, v.value, opts), [q, k, v], (g) => {
-      const r = b.attentionBackward(q.value, k.value, v.value, g, opts);
+    return this.out(attentionOf(b, q.value, k.value, v.value, opts), [q, k, v], (g) => {
+      const r = attentionBackwardOf(b, q.value, k.value, v.value, g, opts);
       if (q.requiresGrad) q.accumulate(b, r.dq);
       if (k.requiresGrad) k.accumulate(b, r.dk);
       if (v.requiresGrad) v.accumulate(b, r.dv);

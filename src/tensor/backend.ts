@@ -12,6 +12,39 @@ export interface AttentionOptions {
   queryOffset: number;
   /** Keys more than this many positions behind the query are masked; null = none. */
   window: number | null;
+  /**
+   * Independent sequences of equal length stacked along the rows (default 1): q [B·T, H, Dh] and
+   * k, v [B·S, Hkv, …]; each sequence attends only to its own keys.
+   */
+  batch?: number;
+  /** Mixed precision: GEMM inputs may be rounded to bf16 (f32 accumulation); backends without bf16 ignore it. */
+  bf16?: boolean;
+}
+
+/**
+ * What a backend offers to keep a whole training state on its own memory: flat buffers that
+ * parameters, gradients and optimizer moments are views of, one fused AdamW over them, one reduction
+ * for the gradient norm. Host backends implement it over typed arrays.
+ */
+export interface TrainingKernels {
+  /** A zero-filled [n] tensor ("bf16" only where the backend keeps bf16 tensors). */
+  zeros(n: number, what: string, dtype?: "f32" | "bf16"): Tensor;
+  /** Elements [offset, offset + size(shape)) of `flat` as a tensor of `shape`, sharing its memory. */
+  view(flat: Tensor, offset: number, shape: readonly number[]): Tensor;
+  /** dst[dstOffset …] = src (same dtype). */
+  copyInto(dst: Tensor, dstOffset: number, src: Tensor): void;
+  /** f32 → bf16 (or back) between tensors of one size. */
+  cast(src: Tensor, dst: Tensor): void;
+  /** dst += src. */
+  addInto(dst: Tensor, src: Tensor): void;
+  fillZero(t: Tensor): void;
+  /** Σ t² (float64). */
+  sumSquares(t: Tensor): number;
+  /**
+   * One AdamW step in place over flat p, g·gradScale, m, v (same length); c1, c2 are the bias
+   * corrections; `shadow` (bf16, same length) receives the updated p when given.
+   */
+  adamw(p: Tensor, g: Tensor, m: Tensor, v: Tensor, lr: number, h: { beta1: number; beta2: number; eps: number; weightDecay: number }, c1: number, c2: number, gradScale: number, shadow: Tensor | null): void;
 }
 
 /** The keys query row t may attend to, as an inclusive range [lo, hi] of S cached rows (causal, sliding window). */
@@ -37,6 +70,20 @@ export interface Backend {
    * backends hand out their own storage and do not.
    */
   overwrite?(t: Tensor, data: Float32Array): void;
+
+  /** Attention takes `batch` > 1 in one call; without it the caller splits the sequences. */
+  readonly batchedAttention?: boolean;
+  /** Flat training state on this backend (see TrainingKernels). */
+  readonly training?: TrainingKernels;
+  /**
+   * Runs fn; every tensor this backend allocates meanwhile is freed when it returns (a step arena),
+   * so device memory never waits for the garbage collector. Results must be downloaded inside.
+   */
+  arena?<T>(fn: () => T): T;
+  /** Device memory in bytes: held by this backend's buffers, their peak, free and total on the device. */
+  memory?(): { live: number; peak: number; free: number; total: number };
+  /** crossEntropy and crossEntropyBackward in one pass over the logits. */
+  crossEntropyFused?(logits: Tensor, targets: Int32Array, scale: number): { loss: Float64Array; grad: Tensor };
 
   /** y[M,N] = x[M,K] · w[N,K]ᵀ (+ bias[N]). */
   linear(x: Tensor, w: Tensor, bias?: Tensor | null): Tensor;
@@ -72,8 +119,11 @@ export interface Backend {
 
   // ---- backward ops (training); each returns the gradients of the forward op's inputs ----
 
-  /** linear: dx[M,K] = dy·w, dw[N,K] = dyᵀ·x, db[N] = Σ dy (each only when asked). */
-  linearBackward(x: Tensor, w: Tensor, dy: Tensor, need: { x: boolean; w: boolean; bias: boolean }): { dx: Tensor | null; dw: Tensor | null; db: Tensor | null };
+  /**
+   * linear: dx[M,K] = dy·w, dw[N,K] = dyᵀ·x, db[N] = Σ dy (each only when asked). With `dwInto` a
+   * backend may add dw into that tensor [N,K] instead and return dw null (callers handle both).
+   */
+  linearBackward(x: Tensor, w: Tensor, dy: Tensor, need: { x: boolean; w: boolean; bias: boolean; dwInto?: Tensor }): { dx: Tensor | null; dw: Tensor | null; db: Tensor | null };
   rmsnormBackward(x: Tensor, w: Tensor, eps: number, dy: Tensor): { dx: Tensor; dw: Tensor };
   /** RoPE is a rotation: its backward rotates dy by the opposite angle. */
   ropeBackward(dy: Tensor, positions: Int32Array, invFreq: Float64Array, rotaryDims?: number): Tensor;

@@ -12,7 +12,7 @@ import vm from "node:vm";
 import koffi from "koffi";
 import { MlaError } from "../../errors.js";
 import { packageRoot } from "../../io/modelDir.js";
-import type { AttentionOptions, Backend } from "../../tensor/backend.js";
+import type { AttentionOptions, Backend, TrainingKernels } from "../../tensor/backend.js";
 import { FloatArray, Tensor, expectShape } from "../../tensor/tensor.js";
 import type { Linalg } from "./linalg.js";
 
@@ -39,13 +39,16 @@ const SIGNATURES: Record<string, string> = {
   synchronize: "int mla_cuda_synchronize(void)",
   cast: "int mla_cuda_cast(const mla_cuda_buf* x, mla_cuda_buf* y)",
   linear: "int mla_cuda_linear(const mla_cuda_buf* x, const mla_cuda_buf* w, const mla_cuda_buf* b, mla_cuda_buf* y, int64_t M, int64_t K, int64_t N)",
-  linearBackward: "int mla_cuda_linear_backward(const mla_cuda_buf* x, const mla_cuda_buf* w, const mla_cuda_buf* dy, mla_cuda_buf* dx, mla_cuda_buf* dw, mla_cuda_buf* db, int64_t M, int64_t K, int64_t N)",
+  linearBackward: "int mla_cuda_linear_backward(const mla_cuda_buf* x, const mla_cuda_buf* w, const mla_cuda_buf* dy, mla_cuda_buf* dx, mla_cuda_buf* dw, mla_cuda_buf* db, int64_t M, int64_t K, int64_t N, int32_t accumulate_dw)",
   rmsnorm: "int mla_cuda_rmsnorm(const mla_cuda_buf* x, const mla_cuda_buf* w, mla_cuda_buf* y, int64_t rows, int64_t D, float eps)",
   rmsnormBackward: "int mla_cuda_rmsnorm_backward(const mla_cuda_buf* x, const mla_cuda_buf* w, const mla_cuda_buf* dy, mla_cuda_buf* dx, mla_cuda_buf* dw, int64_t rows, int64_t D, float eps)",
   rope: "int mla_cuda_rope(const mla_cuda_buf* x, mla_cuda_buf* y, const int32_t* positions, const double* inv_freq, int64_t n_freq, int64_t T, int64_t H, int64_t Dh, int64_t rotary_dims, int32_t sign)",
-  attention: "int mla_cuda_attention(const mla_cuda_buf* q, const mla_cuda_buf* k, const mla_cuda_buf* v, mla_cuda_buf* o, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window)",
+  attention: "int mla_cuda_attention(const mla_cuda_buf* q, const mla_cuda_buf* k, const mla_cuda_buf* v, mla_cuda_buf* o, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window, int32_t bf16)",
   latentAttention: "int mla_cuda_latent_attention(const mla_cuda_buf* qr, const mla_cuda_buf* kr, const mla_cuda_buf* qc, const mla_cuda_buf* c, mla_cuda_buf* o, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dr, int64_t L, float scale, int64_t off, int64_t window)",
-  attentionBackward: "int mla_cuda_attention_backward(const mla_cuda_buf* q, const mla_cuda_buf* k, const mla_cuda_buf* v, const mla_cuda_buf* dout, mla_cuda_buf* dq, mla_cuda_buf* dk, mla_cuda_buf* dv, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window)",
+  attentionBackward: "int mla_cuda_attention_backward(const mla_cuda_buf* q, const mla_cuda_buf* k, const mla_cuda_buf* v, const mla_cuda_buf* dout, mla_cuda_buf* dq, mla_cuda_buf* dk, mla_cuda_buf* dv, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window, int32_t bf16)",
+  fillZero: "int mla_cuda_fill_zero(mla_cuda_buf* x)",
+  sumSquares: "int mla_cuda_sum_squares(const mla_cuda_buf* x, double* out)",
+  adamw: "int mla_cuda_adamw(mla_cuda_buf* p, const mla_cuda_buf* g, mla_cuda_buf* m, mla_cuda_buf* v, mla_cuda_buf* shadow, float lr, float beta1, float beta2, float eps, float weight_decay, double bias_c1, double bias_c2, float grad_scale)",
   attentionDecode: "int mla_cuda_attention_decode(const mla_cuda_buf* q, const mla_cuda_buf* k, const mla_cuda_buf* v, mla_cuda_buf* o, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window)",
   latentAttentionDecode: "int mla_cuda_latent_attention_decode(const mla_cuda_buf* qr, const mla_cuda_buf* kr, const mla_cuda_buf* qc, const mla_cuda_buf* c, mla_cuda_buf* o, int64_t S, int64_t H, int64_t Hkv, int64_t Dr, int64_t L, float scale, int64_t off, int64_t window)",
   swiglu: "int mla_cuda_swiglu(const mla_cuda_buf* g, const mla_cuda_buf* u, mla_cuda_buf* y, int64_t n)",
@@ -160,13 +163,38 @@ export interface GpuMemory {
 
 export class CudaBackend implements Backend {
   readonly name = "cuda";
+  readonly batchedAttention = true;
+  readonly training: TrainingKernels;
   private readonly registry: FinalizationRegistry<unknown>;
   private sinceGc = 0;
   private readonly gcEvery: number;
+  /** Tensors allocated inside the open arenas, innermost last. */
+  private readonly arenas: Tensor[][] = [];
 
   constructor(readonly lib: CudaLib) {
     this.registry = new FinalizationRegistry((h) => lib.free(h));
     this.gcEvery = Math.max(256 << 20, Math.floor(this.memory().total / 8));
+    this.training = cudaTraining(this);
+  }
+
+  arena<T>(fn: () => T): T {
+    const mine: Tensor[] = [];
+    this.arenas.push(mine);
+    try {
+      return fn();
+    } finally {
+      this.arenas.pop();
+      for (const t of mine) this.free(t);
+    }
+  }
+
+  /** Runs a raw library call, turning a failure into an MlaError naming `op`. */
+  run(op: string, status: number): void {
+    this.call(op, status);
+  }
+
+  handle(t: Tensor): unknown {
+    return this.h(t);
   }
 
   get info(): string {
@@ -186,7 +214,9 @@ export class CudaBackend implements Backend {
     let n = 1;
     for (const d of shape) n *= d;
     const bytes = n * (dtype === BF16 ? 2 : 4);
-    this.sinceGc += bytes;
+    // Inside an arena every buffer is freed explicitly; outside, the garbage collector is the backstop.
+    const arena = this.arenas[this.arenas.length - 1];
+    if (!arena) this.sinceGc += bytes;
     if (this.sinceGc > this.gcEvery) {
       this.sinceGc = 0;
       forceGc();
@@ -195,7 +225,9 @@ export class CudaBackend implements Backend {
     if (!h) this.fail(`allocating ${what} [${shape}] (${(bytes / 2 ** 20).toFixed(1)} MiB)`);
     const buf = new DeviceBuffer(h, n, dtype);
     this.registry.register(buf, h, buf);
-    return new Tensor(this, shape, buf, dtype === BF16 ? "bf16" : "f32");
+    const t = new Tensor(this, shape, buf, dtype === BF16 ? "bf16" : "f32");
+    arena?.push(t);
+    return t;
   }
 
   /** dst[dstOffset + i] = src[srcOffset + i], i < n (elements), on the device. */
@@ -210,7 +242,9 @@ export class CudaBackend implements Backend {
     if (!h) this.fail("view");
     const buf = new DeviceBuffer(h, n, parent.dtype, parent);
     this.registry.register(buf, h, buf);
-    return new Tensor(this, shape, buf, t.dtype);
+    const view = new Tensor(this, shape, buf, t.dtype);
+    this.arenas[this.arenas.length - 1]?.push(view);
+    return view;
   }
 
   createRowStore(rowSize: number): DeviceRowStore {
@@ -364,11 +398,12 @@ export class CudaBackend implements Backend {
     expectShape("attention", "k", k, [S, Hkv, Dh]);
     expectShape("attention", "v", v, [S, Hkv, Dv]);
     const o = this.empty([T, H, Dv], "an attention output");
+    const B = batchOf("attention", opts, T, S);
     if (T === 1 && S > 0) {
       this.call("attention_decode", this.lib.fns["attentionDecode"]!(this.h(q), this.h(k), this.h(v), this.h(o), S, H, Hkv, Dh, Dv, opts.scale, opts.queryOffset, opts.window ?? 0));
       return o;
     }
-    this.call("attention", this.lib.fns["attention"]!(this.h(q), this.h(k), this.h(v), this.h(o), T, S, H, Hkv, Dh, Dv, opts.scale, opts.queryOffset, opts.window ?? 0));
+    this.call("attention", this.lib.fns["attention"]!(this.h(q), this.h(k), this.h(v), this.h(o), B, T / B, S / B, H, Hkv, Dh, Dv, opts.scale, opts.queryOffset, opts.window ?? 0, opts.bf16 ? 1 : 0));
     return o;
   }
 
@@ -414,14 +449,25 @@ export class CudaBackend implements Backend {
     return y;
   }
 
-  linearBackward(x: Tensor, w: Tensor, dy: Tensor, need: { x: boolean; w: boolean; bias: boolean }) {
+  linearBackward(x: Tensor, w: Tensor, dy: Tensor, need: { x: boolean; w: boolean; bias: boolean; dwInto?: Tensor }) {
     const K = last(x), M = x.size / K, N = w.shape[0]!;
     expectShape("linearBackward", "dy", dy, [...x.shape.slice(0, -1), N]);
+    if (need.dwInto) expectShape("linearBackward", "dwInto", need.dwInto, [N, K]);
+    const into = need.w && need.dwInto ? need.dwInto : null;
     const dx = need.x ? this.empty(x.shape, "dx") : null;
-    const dw = need.w ? this.empty([N, K], "dw") : null;
+    const dw = need.w && !into ? this.empty([N, K], "dw") : null;
     const db = need.bias ? this.empty([N], "db") : null;
-    this.call("linear_backward", this.lib.fns["linearBackward"]!(this.h(x), this.h(w), this.h(dy), this.h(dx), this.h(dw), this.h(db), M, K, N));
+    this.call("linear_backward", this.lib.fns["linearBackward"]!(this.h(x), this.h(w), this.h(dy), this.h(dx), this.h(into ?? dw), this.h(db), M, K, N, into ? 1 : 0));
     return { dx, dw, db };
+  }
+
+  crossEntropyFused(logits: Tensor, targets: Int32Array, scale: number): { loss: Float64Array; grad: Tensor } {
+    const V = last(logits), T = logits.size / V;
+    if (targets.length !== T) throw new MlaError("BAD_ARGUMENT", `crossEntropy: ${targets.length} targets for ${T} rows`, "one target per row");
+    const loss = new Float64Array(T);
+    const grad = this.empty(logits.shape, "a cross-entropy gradient");
+    if (this.lib.fns["crossEntropy"]!(this.h(logits), targets, loss, this.h(grad), scale, T, V) !== 0) this.fail("crossEntropy", "the tokenizer and the model do not match");
+    return { loss, grad };
   }
 
   rmsnormBackward(x: Tensor, w: Tensor, eps: number, dy: Tensor) {
@@ -476,7 +522,8 @@ export class CudaBackend implements Backend {
     expectShape("attentionBackward", "v", v, [S, Hkv, Dv]);
     expectShape("attentionBackward", "dOut", dOut, [T, H, Dv]);
     const dq = this.empty(q.shape, "a query gradient"), dk = this.empty(k.shape, "a key gradient"), dv = this.empty(v.shape, "a value gradient");
-    this.call("attention_backward", this.lib.fns["attentionBackward"]!(this.h(q), this.h(k), this.h(v), this.h(dOut), this.h(dq), this.h(dk), this.h(dv), T, S, H, Hkv, Dh, Dv, opts.scale, opts.queryOffset, opts.window ?? 0));
+    const B = batchOf("attentionBackward", opts, T, S);
+    this.call("attention_backward", this.lib.fns["attentionBackward"]!(this.h(q), this.h(k), this.h(v), this.h(dOut), this.h(dq), this.h(dk), this.h(dv), B, T / B, S / B, H, Hkv, Dh, Dv, opts.scale, opts.queryOffset, opts.window ?? 0, opts.bf16 ? 1 : 0));
     return { dq, dk, dv };
   }
 
@@ -489,6 +536,40 @@ export class CudaBackend implements Backend {
     this.call("kl_divergence", this.lib.fns["klDivergence"]!(this.h(student), this.h(teacher), loss, this.h(grad), temperature, scale, T, V));
     return { loss, grad };
   }
+}
+
+/** B of `opts.batch`, checked against the T query and S key rows it splits. */
+function batchOf(op: string, opts: AttentionOptions, T: number, S: number): number {
+  const B = opts.batch ?? 1;
+  if (!Number.isInteger(B) || B < 1 || T % B !== 0 || S % B !== 0) throw new MlaError("BAD_ARGUMENT", `${op}: batch ${B} does not divide ${T} query rows and ${S} key rows`, "this is a bug in the caller");
+  return B;
+}
+
+/** The flat training state's kernels on the GPU (native/cuda/optim.cu). */
+function cudaTraining(b: CudaBackend): TrainingKernels {
+  const fns = b.lib.fns;
+  const out = new Float64Array(1);
+  return {
+    zeros(n, what, dtype = "f32") {
+      const t = b.empty([n], what, dtype === "bf16" ? BF16 : F32);
+      b.run("fill_zero", fns["fillZero"]!(b.handle(t)));
+      return t;
+    },
+    view: (flat, offset, shape) => b.viewOf(flat, offset, shape.reduce((x, y) => x * y, 1), shape),
+    copyInto: (dst, offset, src) => b.copyElements(dst, offset, src, 0, src.size),
+    cast: (src, dst) => b.run("cast", fns["cast"]!(b.handle(src), b.handle(dst))),
+    addInto: (dst, src) => {
+      if (dst.size !== src.size) throw new MlaError("BAD_ARGUMENT", `addInto: [${src.shape}] into [${dst.shape}]`, "this is a bug in the caller");
+      b.run("add_into", fns["axpby"]!(b.handle(dst), b.handle(src), b.handle(dst), 1, 1, dst.size));
+    },
+    fillZero: (t) => b.run("fill_zero", fns["fillZero"]!(b.handle(t))),
+    sumSquares(t) {
+      b.run("sum_squares", fns["sumSquares"]!(b.handle(t), out));
+      return out[0]!;
+    },
+    adamw: (p, g, m, v, lr, h, c1, c2, gradScale, shadow) =>
+      b.run("adamw", fns["adamw"]!(b.handle(p), b.handle(g), b.handle(m), b.handle(v), shadow ? b.handle(shadow) : null, lr, h.beta1, h.beta2, h.eps, h.weightDecay, c1, c2, gradScale)),
+  };
 }
 
 /** The float64 conversion routines on the GPU. */

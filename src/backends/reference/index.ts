@@ -6,7 +6,8 @@
  */
 import { MlaError } from "../../errors.js";
 import { visibleKeys } from "../../tensor/backend.js";
-import type { AttentionOptions, Backend } from "../../tensor/backend.js";
+import type { AttentionOptions, Backend, TrainingKernels } from "../../tensor/backend.js";
+import { hostTraining, HostOptimizerLoops } from "./training.js";
 import * as bw from "./backward.js";
 import { FloatArray, Tensor, expectShape } from "../../tensor/tensor.js";
 export type { FloatArray };
@@ -20,9 +21,17 @@ function last(t: Tensor): number {
   return t.shape[t.shape.length - 1]!;
 }
 
+/** Rows of t: the product of all but the last axis (size / last is NaN when the last axis is 0). */
+export function rows(t: Tensor): number {
+  let n = 1;
+  for (let i = 0; i < t.shape.length - 1; i++) n *= t.shape[i]!;
+  return n;
+}
+
 export class ReferenceBackend implements Backend {
   readonly name: string;
   readonly dtype: "f32" | "f64";
+  readonly training: TrainingKernels = hostTraining(this, () => this.optimizerLoops());
 
   constructor(dtype: "f32" | "f64" = "f32") {
     this.dtype = dtype;
@@ -49,6 +58,11 @@ export class ReferenceBackend implements Backend {
     return data(t);
   }
 
+  /** Native optimizer loops over host arrays, where a subclass has them (null: TypeScript). */
+  optimizerLoops(): HostOptimizerLoops | null {
+    return null;
+  }
+
   free(): void {}
 
   make(shape: readonly number[], values?: FloatArray): Tensor {
@@ -59,7 +73,7 @@ export class ReferenceBackend implements Backend {
 
   linear(x: Tensor, w: Tensor, bias?: Tensor | null): Tensor {
     const K = last(x);
-    const M = x.size / K;
+    const M = rows(x);
     const N = w.shape[0]!;
     expectShape("linear", "w", w, [N, K]);
     if (bias) expectShape("linear", "bias", bias, [N]);
@@ -93,7 +107,8 @@ export class ReferenceBackend implements Backend {
     const X = data(x);
     const W = data(w);
     const Y = this.alloc(X.length);
-    for (let r = 0; r < X.length / D; r++) {
+    const R = rows(x);
+    for (let r = 0; r < R; r++) {
       let ss = 0;
       for (let i = 0; i < D; i++) ss += X[r * D + i]! * X[r * D + i]!;
       const inv = 1 / Math.sqrt(ss / D + eps);
@@ -139,13 +154,13 @@ export class ReferenceBackend implements Backend {
   concatLast(a: Tensor, b: Tensor): Tensor {
     const A = last(a);
     const Bn = last(b);
-    const rows = a.shape.slice(0, -1).reduce((x, y) => x * y, 1);
+    const R = rows(a);
     if (a.shape.length !== b.shape.length || a.shape.slice(0, -1).some((d, i) => d !== b.shape[i]))
       throw new MlaError("BAD_ARGUMENT", `concatLast: [${a.shape}] and [${b.shape}] differ before the last axis`, "this is a bug in the caller");
     const X = data(a);
     const Z = data(b);
-    const Y = this.alloc(rows * (A + Bn));
-    for (let r = 0; r < rows; r++) {
+    const Y = this.alloc(R * (A + Bn));
+    for (let r = 0; r < R; r++) {
       Y.set(X.subarray(r * A, (r + 1) * A), r * (A + Bn));
       Y.set(Z.subarray(r * Bn, (r + 1) * Bn), r * (A + Bn) + A);
     }
@@ -274,7 +289,7 @@ export class ReferenceBackend implements Backend {
 
   crossEntropy(logits: Tensor, targets: Int32Array): Float64Array {
     const V = last(logits);
-    const T = logits.size / V;
+    const T = rows(logits);
     if (targets.length !== T) throw new MlaError("BAD_ARGUMENT", `crossEntropy: ${targets.length} targets for ${T} rows`, "one target per row");
     const L = data(logits);
     const out = new Float64Array(T);
@@ -291,7 +306,7 @@ export class ReferenceBackend implements Backend {
 
   gatherCols(x: Tensor, idx: Int32Array): Tensor {
     const N = last(x);
-    const M = x.size / N;
+    const M = rows(x);
     const X = data(x);
     const Y = this.alloc(M * idx.length);
     for (let m = 0; m < M; m++) for (let k = 0; k < idx.length; k++) Y[m * idx.length + k] = X[m * N + idx[k]!]!;

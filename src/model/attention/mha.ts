@@ -5,7 +5,13 @@ import type { ModelConfig } from "../config.js";
 import type { KvCache } from "../kvCache.js";
 import type { AttentionNodes } from "../params.js";
 
-export function mhaAttention(ops: Ops, c: ModelConfig, w: AttentionNodes, invFreq: Float64Array, x: Node, positions: Int32Array, layer: number, cache?: KvCache): Node {
+/** How a graph runs attention: `batch` sequences stacked along the rows, bf16 GEMM inputs or not. */
+export interface AttentionMode {
+  batch: number;
+  bf16: boolean;
+}
+
+export function mhaAttention(ops: Ops, c: ModelConfig, w: AttentionNodes, invFreq: Float64Array, x: Node, positions: Int32Array, layer: number, cache?: KvCache, mode: AttentionMode = { batch: 1, bf16: false }): Node {
   if (w.kind !== "mha") throw new Error("mhaAttention on MLA weights");
   const T = positions.length;
   const q = ops.rope(ops.reshape(ops.linear(x, w.q, w.qBias), [T, c.heads, c.headDim]), positions, invFreq);
@@ -16,7 +22,7 @@ export function mhaAttention(ops: Ops, c: ModelConfig, w: AttentionNodes, invFre
     const [kAll, vAll] = cache.append(layer, k.value, v.value);
     [k, v] = [ops.constant(kAll), ops.constant(vAll)];
   }
-  const o = ops.attention(q, k, v, { scale: 1 / Math.sqrt(c.headDim), queryOffset: offset, window: c.slidingWindow });
+  const o = ops.attention(q, k, v, { scale: 1 / Math.sqrt(c.headDim), queryOffset: offset, window: c.slidingWindow, ...mode });
   return ops.linear(ops.reshape(o, [T, c.heads * c.headDim]), w.o, w.oBias);
 }
 

@@ -13,6 +13,7 @@ import type { Node, Ops } from "../../tensor/autograd.js";
 import type { AttentionNodes } from "../params.js";
 import { headDimOrder, ModelConfig, MlaAttention } from "../config.js";
 import type { LatentCache } from "../kvCache.js";
+import type { AttentionMode } from "./mha.js";
 import { rowOf, stackRows } from "../../tensor/rows.js";
 import type { MlaWeights } from "../weights.js";
 
@@ -57,7 +58,7 @@ export class MlaBlock {
    * x [T, D] at `positions` → [T, D] as graph ops over the weight nodes `w`. `absorb` defaults to
    * true whenever the cache already holds tokens (decode); the absorbed path is inference-only.
    */
-  forward(ops: Ops, w: AttentionNodes, x: Node, positions: Int32Array, cache?: LatentCache, absorb?: boolean): Node {
+  forward(ops: Ops, w: AttentionNodes, x: Node, positions: Int32Array, cache?: LatentCache, absorb?: boolean, mode: AttentionMode = { batch: 1, bf16: false }): Node {
     if (w.kind !== "mla") throw new Error("MlaBlock on MHA weights");
     const { c } = this;
     const T = positions.length;
@@ -71,6 +72,7 @@ export class MlaBlock {
     }
     const opts = { scale: 1 / Math.sqrt(c.headDim), queryOffset: offset, window: c.slidingWindow };
     if (absorb ?? offset > 0) {
+      if (mode.batch > 1) throw new Error("MlaBlock: the absorbed path takes one sequence");
       const b = this.b;
       const ab = this.absorb();
       const [qr, qc] = this.absorbedQueries(x.value, positions);
@@ -81,7 +83,7 @@ export class MlaBlock {
     const q = ops.rope(ops.reshape(ops.gatherCols(ops.linear(x, w.q, w.qBias), this.qOrder), [T, c.heads, c.headDim]), positions, this.qFreq, Dr);
     const kn = ops.reshape(ops.linear(lat, w.kUp, w.kUpBias), [S, c.kvHeads, c.headDim - Dr]);
     const v = ops.reshape(ops.linear(lat, w.vUp, w.vUpBias), [S, c.kvHeads, c.headDim]);
-    const o = ops.attention(q, ops.concatLast(kr, kn), v, opts);
+    const o = ops.attention(q, ops.concatLast(kr, kn), v, { ...opts, ...mode });
     return ops.linear(ops.reshape(o, [T, c.heads * c.headDim]), w.o, w.oBias);
   }
 

@@ -1,0 +1,257 @@
+// Attention of many query rows (prefill, evaluation, training) as cuBLAS GEMMs over chunks of
+// queries, for B sequences of equal length at once: the scores of every (sequence, head) of a chunk
+// come from one batched GEMM, a softmax kernel normalizes them, a second batched GEMM applies them to
+// the values. Each chunk reads only the keys its queries can see, so causal attention does a bit more
+// than half the work of a full product. With `bf16` the GEMM inputs (q, k, v, the probabilities and
+// their gradients) are rounded to bf16 and run on tensor cores; scores, softmax and every
+// accumulation stay float32 (PyTorch autocast does the same).
+//
+// Shapes: q[B·T,H,Dh], k[B·S,Hkv,Dh], v[B·S,Hkv,Dv], o[B·T,H,Dv]; query head h uses KV head h / (H/Hkv).
+#include <cfloat>
+#include <vector>
+#include "common.cuh"
+
+using mla::ctx;
+
+namespace {
+// A stream-ordered device allocation freed with the object.
+struct DevMem {
+  void* p = nullptr;
+  ~DevMem() {
+    if (p) cudaFreeAsync(p, ctx()->stream);
+  }
+};
+#define DEV_MEM(m, bytes)                                                                                              \
+  do {                                                                                                                 \
+    cudaError_t e_ = cudaMallocAsync(&(m).p, (size_t)(bytes) > 0 ? (size_t)(bytes) : 1, ctx()->stream);                \
+    if (e_ != cudaSuccess) {                                                                                           \
+      cudaGetLastError();                                                                                              \
+      return MLA_FAIL(MLA_ERR_MEMORY, "out of GPU memory for attention scratch of " + std::to_string((int64_t)(bytes) >> 20) + " MiB"); \
+    }                                                                                                                  \
+  } while (0)
+
+__global__ void k_to_bf16(const float* x, __nv_bfloat16* y, int64_t n) {
+  const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+  if (i < n) y[i] = __float2bfloat16(x[i]);
+}
+
+// Row r of scores[B·H, n, Sc] (keys klo … klo+Sc−1 of its sequence): softmax over the keys query
+// t0 + (r mod n) may see, 0 elsewhere; written in place and, when pb is set, as bf16 to pb.
+__global__ void k_softmax_chunk(float* scores, __nv_bfloat16* pb, int64_t n, int64_t Sc, float scale, int64_t qpos0, int64_t klo, int64_t S, int64_t window) {
+  __shared__ float red[32];
+  const int64_t t = blockIdx.x % n;
+  float* row = scores + (int64_t)blockIdx.x * Sc;
+  const int64_t qpos = qpos0 + t;
+  const int64_t hi = min(min(S - 1, qpos), klo + Sc - 1) - klo;
+  const int64_t lo = (window > 0 ? max((int64_t)0, qpos - window + 1) : 0) - klo;
+  softmax_row(row, Sc, scale, max(lo, (int64_t)0), hi, red);
+  if (pb) {
+    __syncthreads();
+    __nv_bfloat16* out = pb + (int64_t)blockIdx.x * Sc;
+    for (int64_t s = threadIdx.x; s < Sc; s += blockDim.x) out[s] = __float2bfloat16(row[s]);
+  }
+}
+
+// In place on one row: ds = scale · p ⊙ (dp − Σ p·dp), the gradient of the raw scores; as bf16 to dsb when set.
+__global__ void k_softmax_backward_chunk(const float* p, float* dp, __nv_bfloat16* dsb, int64_t Sc, float scale) {
+  __shared__ float red[32];
+  const float* pr = p + (int64_t)blockIdx.x * Sc;
+  float* dr = dp + (int64_t)blockIdx.x * Sc;
+  float dot = 0;
+  for (int64_t s = threadIdx.x; s < Sc; s += blockDim.x) dot += pr[s] * dr[s];
+  dot = block_reduce<false>(dot, red);
+  for (int64_t s = threadIdx.x; s < Sc; s += blockDim.x) {
+    const float ds = scale * pr[s] * (dr[s] - dot);
+    dr[s] = ds;
+    if (dsb) dsb[(int64_t)blockIdx.x * Sc + s] = __float2bfloat16(ds);
+  }
+}
+
+// Queries per chunk: 256 (so causal chunks skip the keys they cannot see) or fewer, such that
+// `buffers` float32 score arrays [B·H, Tq, S] stay within 1 GiB.
+int64_t queries_per_chunk(int64_t B, int64_t T, int64_t H, int64_t S, int64_t buffers) {
+  int64_t Tq = ((int64_t)1 << 28) / (buffers * B * H * (S > 0 ? S : 1));
+  Tq = Tq >= 64 ? Tq / 64 * 64 : (Tq > 0 ? Tq : 1);
+  if (Tq > 256) Tq = 256;
+  return Tq < T ? Tq : T;
+}
+
+// The keys [klo, khi] that queries t0 … t0+n−1 (positions + off) can see; khi < klo when none.
+void chunk_keys(int64_t t0, int64_t n, int64_t S, int64_t off, int64_t window, int64_t* klo, int64_t* khi) {
+  *khi = min(S - 1, t0 + n - 1 + off);
+  *klo = window > 0 ? max((int64_t)0, t0 + off - window + 1) : 0;
+}
+
+// One batched GEMM C_i = op(A_i)·op(B_i) + beta·C_i (column-major, cuBLAS conventions) over pointer
+// lists built on the host; A and B of type `ab` (f32 or bf16), C float32, float32 accumulation.
+struct Batch {
+  std::vector<const void*> a, b;
+  std::vector<void*> c;
+  void add(const void* pa, const void* pb, void* pc) {
+    a.push_back(pa);
+    b.push_back(pb);
+    c.push_back(pc);
+  }
+};
+
+mla_status run_batch(const Batch& x, cublasOperation_t ta, cublasOperation_t tb, int64_t m, int64_t n, int64_t k, int64_t lda, int64_t ldb, int64_t ldc, float beta, cudaDataType_t ab) {
+  const size_t count = x.c.size();
+  if (count == 0 || m == 0 || n == 0) return MLA_OK;
+  std::vector<const void*> all(3 * count);
+  for (size_t i = 0; i < count; i++) {
+    all[i] = x.a[i];
+    all[count + i] = x.b[i];
+    all[2 * count + i] = x.c[i];
+  }
+  DevMem ptrs;
+  DEV_MEM(ptrs, sizeof(void*) * 3 * count);
+  // Pageable host memory is staged before cudaMemcpyAsync returns, so `all` may go out of scope.
+  CUDA_TRY(cudaMemcpyAsync(ptrs.p, all.data(), sizeof(void*) * 3 * count, cudaMemcpyHostToDevice, ctx()->stream));
+  const void** d = (const void**)ptrs.p;
+  const float one = 1;
+  CUBLAS_TRY(cublasGemmBatchedEx(ctx()->blas, ta, tb, (int)m, (int)n, (int)k, &one, d, ab, (int)lda, d + count, ab, (int)ldb, &beta, (void* const*)(d + 2 * count), CUDA_R_32F, (int)ldc, (int)count, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  return MLA_OK;
+}
+
+// The GEMM inputs: the f32 tensors themselves, or bf16 copies made once per call.
+struct Inputs {
+  const char* q;
+  const char* k;
+  const char* v;
+  const char* dout;
+  size_t es;  // element size of the inputs
+  cudaDataType_t type;
+  DevMem mem;
+};
+
+mla_status prepare_inputs(Inputs& in, const float* q, const float* k, const float* v, const float* dout, int64_t nq, int64_t nk, int64_t nv, int64_t nd, bool bf16) {
+  if (!bf16) {
+    in = {(const char*)q, (const char*)k, (const char*)v, (const char*)dout, sizeof(float), CUDA_R_32F, {}};
+    return MLA_OK;
+  }
+  DEV_MEM(in.mem, sizeof(__nv_bfloat16) * (nq + nk + nv + nd));
+  auto* base = (__nv_bfloat16*)in.mem.p;
+  const float* src[4] = {q, k, v, dout};
+  const int64_t len[4] = {nq, nk, nv, nd};
+  const char** dst[4] = {&in.q, &in.k, &in.v, &in.dout};
+  int64_t at = 0;
+  for (int i = 0; i < 4; i++) {
+    *dst[i] = src[i] ? (const char*)(base + at) : nullptr;
+    if (src[i] && len[i]) k_to_bf16<<<blocks_for(len[i], 256), 256, 0, ctx()->stream>>>(src[i], base + at, len[i]);
+    at += src[i] ? len[i] : 0;
+  }
+  KERNEL_CHECK();
+  in.es = sizeof(__nv_bfloat16);
+  in.type = CUDA_R_16BF;
+  return MLA_OK;
+}
+}  // namespace
+
+namespace mla {
+mla_status attention_gemm(const float* q, const float* k, const float* v, float* o, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window, bool bf16) {
+  const int64_t group = H / Hkv;
+  Inputs in;
+  if (mla_status e = prepare_inputs(in, q, k, v, nullptr, B * T * H * Dh, B * S * Hkv * Dh, B * S * Hkv * Dv, 0, bf16)) return e;
+  const int64_t Tq = queries_per_chunk(B, T, H, S, 1);
+  DevMem sc, pb;
+  DEV_MEM(sc, sizeof(float) * B * H * Tq * S);
+  if (bf16) DEV_MEM(pb, sizeof(__nv_bfloat16) * B * H * Tq * S);
+  float* scores = (float*)sc.p;
+  const size_t es = in.es;
+  for (int64_t t0 = 0; t0 < T; t0 += Tq) {
+    const int64_t n = min(Tq, T - t0);
+    int64_t klo, khi;
+    chunk_keys(t0, n, S, off, window, &klo, &khi);
+    if (khi < klo) {  // no visible key for any query of the chunk
+      for (int64_t b = 0; b < B; b++) CUDA_TRY(cudaMemsetAsync(o + (b * T + t0) * H * Dv, 0, sizeof(float) * n * H * Dv, ctx()->stream));
+      continue;
+    }
+    const int64_t Sc = khi - klo + 1;
+    // scores[b,h][t, s] = q[b, t0+t, h, :]·k[b, klo+s, g, :]: column-major [Sc × n] blocks.
+    Batch s1, s2;
+    const char* pin = bf16 ? (const char*)pb.p : (const char*)scores;
+    for (int64_t b = 0; b < B; b++)
+      for (int64_t h = 0; h < H; h++) {
+        const int64_t g = h / group, i = b * H + h;
+        s1.add(in.k + ((b * S + klo) * Hkv * Dh + g * Dh) * es, in.q + ((b * T + t0) * H * Dh + h * Dh) * es, scores + i * n * Sc);
+        // o[b, t0+t, h, :] = Σ_s p[b,h][t, s]·v[b, klo+s, g, :]: column-major [Dv × n], ld H·Dv.
+        s2.add(in.v + ((b * S + klo) * Hkv * Dv + g * Dv) * es, pin + i * n * Sc * es, o + (b * T + t0) * H * Dv + h * Dv);
+      }
+    if (mla_status e = run_batch(s1, CUBLAS_OP_T, CUBLAS_OP_N, Sc, n, Dh, Hkv * Dh, H * Dh, Sc, 0.0f, in.type)) return e;
+    k_softmax_chunk<<<(unsigned)(B * H * n), 256, 0, ctx()->stream>>>(scores, bf16 ? (__nv_bfloat16*)pb.p : nullptr, n, Sc, scale, t0 + off, klo, S, window);
+    KERNEL_CHECK();
+    if (mla_status e = run_batch(s2, CUBLAS_OP_N, CUBLAS_OP_N, Dv, n, Sc, Hkv * Dv, Sc, H * Dv, 0.0f, in.type)) return e;
+  }
+  return MLA_OK;
+}
+}  // namespace mla
+
+// Gradients of the chunked GEMM attention: the probabilities are recomputed chunk by chunk.
+extern "C" mla_status mla_cuda_attention_backward(const mla_cuda_buf* qb, const mla_cuda_buf* kb, const mla_cuda_buf* vb, const mla_cuda_buf* dob, mla_cuda_buf* dqb, mla_cuda_buf* dkb, mla_cuda_buf* dvb, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window, int32_t bf16) {
+  NEED_CTX();
+  auto f32 = [](const mla_cuda_buf* b, int64_t n) { return b && b->dtype == MLA_F32 && b->n == n; };
+  MLA_CHECK(B >= 1 && f32(qb, B * T * H * Dh) && f32(kb, B * S * Hkv * Dh) && f32(vb, B * S * Hkv * Dv) && f32(dob, B * T * H * Dv) && f32(dqb, B * T * H * Dh) && f32(dkb, B * S * Hkv * Dh) && f32(dvb, B * S * Hkv * Dv),
+            "attention_backward: f32 buffers q[B·T,H,Dh], k[B·S,Hkv,Dh], v[B·S,Hkv,Dv], dout[B·T,H,Dv] and gradients of the same shapes");
+  MLA_CHECK(Hkv > 0 && H % Hkv == 0, "attention_backward: H must be a multiple of Hkv");
+  float* dq = (float*)dqb->ptr;
+  float* dk = (float*)dkb->ptr;
+  float* dv = (float*)dvb->ptr;
+  cudaStream_t stream = ctx()->stream;
+  CUDA_TRY(cudaMemsetAsync(dq, 0, sizeof(float) * B * T * H * Dh, stream));
+  CUDA_TRY(cudaMemsetAsync(dk, 0, sizeof(float) * B * S * Hkv * Dh, stream));
+  CUDA_TRY(cudaMemsetAsync(dv, 0, sizeof(float) * B * S * Hkv * Dv, stream));
+  if (T == 0 || S == 0) return MLA_OK;
+  const int64_t group = H / Hkv;
+  Inputs in;
+  if (mla_status e = prepare_inputs(in, (const float*)qb->ptr, (const float*)kb->ptr, (const float*)vb->ptr, (const float*)dob->ptr, B * T * H * Dh, B * S * Hkv * Dh, B * S * Hkv * Dv, B * T * H * Dv, bf16 != 0)) return e;
+  const size_t es = in.es;
+  const int64_t Tq = queries_per_chunk(B, T, H, S, 2);  // probabilities and their gradient
+  DevMem pm, lowp;
+  DEV_MEM(pm, sizeof(float) * 2 * B * H * Tq * S);
+  if (bf16) DEV_MEM(lowp, sizeof(__nv_bfloat16) * 2 * B * H * Tq * S);
+  float* P = (float*)pm.p;
+  float* dP = P + B * H * Tq * S;
+  __nv_bfloat16* Pb = bf16 ? (__nv_bfloat16*)lowp.p : nullptr;
+  __nv_bfloat16* dSb = bf16 ? Pb + B * H * Tq * S : nullptr;
+  for (int64_t t0 = 0; t0 < T; t0 += Tq) {
+    const int64_t n = min(Tq, T - t0);
+    int64_t klo, khi;
+    chunk_keys(t0, n, S, off, window, &klo, &khi);
+    if (khi < klo) continue;  // no visible key: every gradient of the chunk is 0
+    const int64_t Sc = khi - klo + 1;
+    const char* pIn = bf16 ? (const char*)Pb : (const char*)P;
+    const char* dsIn = bf16 ? (const char*)dSb : (const char*)dP;
+    Batch scores, dprobs, dqs;
+    for (int64_t b = 0; b < B; b++)
+      for (int64_t h = 0; h < H; h++) {
+        const int64_t g = h / group, i = b * H + h;
+        const int64_t krow = (b * S + klo) * Hkv, qrow = (b * T + t0) * H;
+        scores.add(in.k + (krow * Dh + g * Dh) * es, in.q + (qrow * Dh + h * Dh) * es, P + i * n * Sc);
+        dprobs.add(in.v + (krow * Dv + g * Dv) * es, in.dout + (qrow * Dv + h * Dv) * es, dP + i * n * Sc);
+        // dq[b, t0+t, h, :] = Σ_s dS[b,h][t, s]·k[b, klo+s, g, :]
+        dqs.add(in.k + (krow * Dh + g * Dh) * es, dsIn + i * n * Sc * es, dq + qrow * Dh + h * Dh);
+      }
+    if (mla_status e = run_batch(scores, CUBLAS_OP_T, CUBLAS_OP_N, Sc, n, Dh, Hkv * Dh, H * Dh, Sc, 0.0f, in.type)) return e;
+    if (mla_status e = run_batch(dprobs, CUBLAS_OP_T, CUBLAS_OP_N, Sc, n, Dv, Hkv * Dv, H * Dv, Sc, 0.0f, in.type)) return e;
+    k_softmax_chunk<<<(unsigned)(B * H * n), 256, 0, stream>>>(P, Pb, n, Sc, scale, t0 + off, klo, S, window);
+    KERNEL_CHECK();
+    k_softmax_backward_chunk<<<(unsigned)(B * H * n), 256, 0, stream>>>(P, dP, dSb, Sc, scale);  // dP becomes dS
+    KERNEL_CHECK();
+    if (mla_status e = run_batch(dqs, CUBLAS_OP_N, CUBLAS_OP_N, Dh, n, Sc, Hkv * Dh, Sc, H * Dh, 0.0f, in.type)) return e;
+    // dk[b, klo+s, g, :] += Σ_t dS[b,h][t, s]·q[b, t0+t, h, :] and dv[…] += Σ_t P[b,h][t, s]·dout[b, t0+t, h, :]
+    // for the heads h of group g: one batched call per head of the group, so no two entries share an output.
+    for (int64_t j = 0; j < group; j++) {
+      Batch dks, dvs;
+      for (int64_t b = 0; b < B; b++)
+        for (int64_t g = 0; g < Hkv; g++) {
+          const int64_t h = g * group + j, i = b * H + h;
+          const int64_t krow = (b * S + klo) * Hkv, qrow = (b * T + t0) * H;
+          dks.add(in.q + (qrow * Dh + h * Dh) * es, dsIn + i * n * Sc * es, dk + krow * Dh + g * Dh);
+          dvs.add(in.dout + (qrow * Dv + h * Dv) * es, pIn + i * n * Sc * es, dv + krow * Dv + g * Dv);
+        }
+      if (mla_status e = run_batch(dks, CUBLAS_OP_N, CUBLAS_OP_T, Dh, Sc, n, H * Dh, Sc, Hkv * Dh, 1.0f, in.type)) return e;
+      if (mla_status e = run_batch(dvs, CUBLAS_OP_N, CUBLAS_OP_T, Dv, Sc, n, H * Dv, Sc, Hkv * Dv, 1.0f, in.type)) return e;
+    }
+  }
+  return MLA_OK;
+}

@@ -1,0 +1,234 @@
+/**
+ * The training state, owned in one place on the model's backend: every trainable parameter is a
+ * view of one flat float32 buffer (the master weights), and so are its gradient, its two AdamW
+ * moments and, in mixed precision, its bf16 copy that the GEMMs read. Gradients are added into their
+ * slot in place; the optimizer step is one fused clip + AdamW over the flat buffers; only the loss and
+ * the gradient norm reach the host. Nothing here is freed by the garbage collector: activations of a
+ * micro-batch live in a backend arena that closes after its backward.
+ */
+import { MlaError } from "../errors.js";
+import type { LlamaModel } from "../model/llama.js";
+import type { ParamNodes } from "../model/params.js";
+import { paramNodes, trainableLeaves } from "../model/params.js";
+import { Node, Ops, Tape } from "../tensor/autograd.js";
+import type { Backend, TrainingKernels } from "../tensor/backend.js";
+import type { Tensor } from "../tensor/tensor.js";
+import type { AdamWHyper } from "../backends/native/kernels.js";
+
+export type Precision = "bf16" | "f32";
+
+export interface Slot {
+  path: string;
+  offset: number;
+  shape: readonly number[];
+  size: number;
+}
+
+/** Bytes the state needs on the backend: master weights, gradients, two moments, bf16 copy. */
+export function stateBytes(params: number, precision: Precision): number {
+  return params * (4 + 4 + 8 + (precision === "bf16" ? 2 : 0));
+}
+
+/** Rough activation bytes of one micro-batch (the tape keeps each op's inputs and their gradients). */
+export function activationBytes(model: LlamaModel, tokens: number): number {
+  const c = model.config;
+  const perLayer = 16 * c.hiddenSize + 6 * c.intermediateSize + 6 * c.heads * c.headDim;
+  return 4 * tokens * (c.layers * perLayer + 3 * c.vocabSize);
+}
+
+function setAt(root: object, path: string, value: unknown): void {
+  const keys = path.split(".");
+  let o = root as Record<string, unknown>;
+  for (const k of keys.slice(0, -1)) o = o[k] as Record<string, unknown>;
+  o[keys[keys.length - 1]!] = value;
+}
+
+/** Elements of the weights `trainable` selects. */
+export function trainableCount(model: LlamaModel, trainable: (path: string) => boolean): number {
+  return trainableLeaves(paramNodes(new Ops(model.backend, null), model.weights, trainable)).reduce((n, l) => n + l.node.value.size, 0);
+}
+
+/**
+ * Refuses, before anything is allocated, a run whose state and activations cannot fit in the
+ * device's free memory, saying what would.
+ */
+export function checkFits(model: LlamaModel, trainWhat: "all" | "attention", precision: Precision, tokens: number): void {
+  const mem = model.backend.memory?.();
+  if (!mem) return;
+  const all = trainableCount(model, () => true);
+  const attn = trainableCount(model, (p) => p.includes(".attn."));
+  const n = trainWhat === "all" ? all : attn;
+  const act = activationBytes(model, tokens);
+  // The weights already on the device are float32 copies that the flat buffers replace.
+  const need = stateBytes(n, precision) - 4 * n + act;
+  if (need <= mem.free) return;
+  const gib = (x: number) => `${(x / 2 ** 30).toFixed(1)} GiB`;
+  const attnNeed = stateBytes(attn, precision) - 4 * attn + act;
+  const hint = trainWhat === "all" && attnNeed <= mem.free ? `--train attention needs about ${gib(attnNeed)} and fits` : `a smaller --batch or --seq (activations take ${gib(act)}; use --accum to keep the tokens per step)`;
+  throw new MlaError("OUT_OF_MEMORY", `training ${n.toLocaleString("en-US")} parameters (${precision}) needs about ${gib(need)} more device memory (state ${gib(stateBytes(n, precision))}, activations ${gib(act)}); ${gib(mem.free)} are free of ${gib(mem.total)}`, hint);
+}
+
+export class TrainState {
+  readonly kernels: TrainingKernels;
+  readonly params: Tensor;
+  readonly grads: Tensor;
+  readonly m: Tensor;
+  readonly v: Tensor;
+  /** bf16 copy of params for the GEMMs (mixed precision), else null. */
+  readonly shadow: Tensor | null;
+  readonly slots: Slot[];
+  /** The graph's weight nodes: trainable leaves read the flat views (bf16 ones for linear weights in bf16). */
+  readonly nodes: ParamNodes;
+  step = 0;
+
+  /**
+   * Moves the trainable weights of `model` (float32 tensors on its backend) into the flat buffers;
+   * the model's own weight fields become views of them, so evaluation and saving see the updates.
+   */
+  constructor(readonly model: LlamaModel, trainable: (path: string) => boolean, readonly precision: Precision) {
+    const b = model.backend;
+    if (!b.training) throw new MlaError("UNSUPPORTED", `the ${b.name} backend cannot hold a training state`, "use --device cpu or --device cuda");
+    if (precision === "bf16" && !b.uploadBf16) throw new MlaError("UNSUPPORTED", `--precision bf16 needs a backend with bf16 GEMMs; ${b.name} has none`, "use --device cuda, or --precision f32");
+    const k = (this.kernels = b.training);
+    const leaves = trainableLeaves(paramNodes(new Ops(b, null), model.weights, trainable));
+    if (leaves.length === 0) throw new MlaError("BAD_ARGUMENT", "nothing to train: no weight matches --train", "use --train all or --train attention");
+    let offset = 0;
+    this.slots = leaves.map((l) => {
+      const size = l.node.value.size;
+      const slot = { path: l.path, offset, shape: l.node.value.shape, size };
+      offset += size;
+      return slot;
+    });
+    const total = offset;
+    this.params = k.zeros(total, "the float32 master weights");
+    leaves.forEach((l, i) => {
+      const s = this.slots[i]!;
+      if (l.node.value.dtype !== "f32") throw new MlaError("BAD_ARGUMENT", `${s.path} is ${l.node.value.dtype}; training needs float32 master weights`, "load the model with weights: \"f32\"");
+      k.copyInto(this.params, s.offset, l.node.value);
+      const view = k.view(this.params, s.offset, s.shape);
+      if (l.node.value !== view) l.node.value.dispose();
+      setAt(model.weights, s.path, view); // leaf paths mirror LlamaWeights: layers.3.attn.q
+      if (s.path === "embed" && model.weights.lmHead === l.node.value) model.weights.lmHead = view;
+    });
+    model.weightsChanged();
+    this.grads = k.zeros(total, "the gradients");
+    this.m = k.zeros(total, "the AdamW first moments");
+    this.v = k.zeros(total, "the AdamW second moments");
+    this.shadow = precision === "bf16" ? k.zeros(total, "the bf16 weight copy", "bf16") : null;
+    if (this.shadow) k.cast(this.params, this.shadow);
+    this.nodes = this.buildNodes(trainable);
+  }
+
+  get size(): number {
+    return this.params.size;
+  }
+
+  /**
+   * Weight nodes over the model's (now flat) weights. Trainable leaves add their gradient into their
+   * slot of `grads`; in bf16, linear weights are read from the bf16 copy, and a tied LM head gets a
+   * node of its own (bf16) that shares the embedding's gradient slot.
+   */
+  private buildNodes(trainable: (path: string) => boolean): ParamNodes {
+    const k = this.kernels;
+    const b = this.model.backend;
+    const ops = new Ops(b, null);
+    const P = paramNodes(ops, this.model.weights, trainable);
+    const leaves = new Map(trainableLeaves(P).map((l) => [l.path, l.node]));
+    const embedSlot = this.slots.find((s) => s.path === "embed");
+    for (const s of this.slots) {
+      const grad = k.view(this.grads, s.offset, s.shape);
+      const node = leaves.get(s.path)!;
+      const isLinear = s.shape.length === 2 && s.path !== "embed";
+      if (this.shadow && isLinear) {
+        const low = ops.param(k.view(this.shadow, s.offset, s.shape), true);
+        low.gradTarget = grad;
+        setAt(P, s.path, low);
+      } else node.gradTarget = grad;
+    }
+    if (this.shadow && embedSlot && P.lmHead === P.embed) {
+      const head = ops.param(k.view(this.shadow, embedSlot.offset, embedSlot.shape), true);
+      head.gradTarget = P.embed.gradTarget;
+      P.lmHead = head;
+    }
+    return P;
+  }
+
+  /** Host copies of params, m and v, one array per slot (views of three flat downloads). */
+  download(): { params: Float32Array[]; m: Float32Array[]; v: Float32Array[] } {
+    const split = (t: Tensor) => {
+      const flat = Float32Array.from(t.toArray());
+      return this.slots.map((s) => flat.subarray(s.offset, s.offset + s.size));
+    };
+    return { params: split(this.params), m: split(this.m), v: split(this.v) };
+  }
+
+  /** Flat host buffers to fill (e.g. from a checkpoint) and hand to `upload`. */
+  hostBuffers(): { flat: Float32Array[]; perSlot: { params: Float32Array[]; m: Float32Array[]; v: Float32Array[] } } {
+    const flat = [0, 1, 2].map(() => new Float32Array(this.size));
+    const split = (f: Float32Array) => this.slots.map((s) => f.subarray(s.offset, s.offset + s.size));
+    return { flat, perSlot: { params: split(flat[0]!), m: split(flat[1]!), v: split(flat[2]!) } };
+  }
+
+  upload(params: Float32Array, m: Float32Array, v: Float32Array): void {
+    const b = this.model.backend;
+    const put = (t: Tensor, data: Float32Array) => (b.overwrite ? b.overwrite(t, data) : (t.toArray() as Float32Array).set(data));
+    put(this.params, params);
+    put(this.m, m);
+    put(this.v, v);
+    if (this.shadow) this.kernels.cast(this.params, this.shadow);
+    this.model.weightsChanged();
+  }
+
+  zeroGrads(): void {
+    this.kernels.fillZero(this.grads);
+  }
+
+  /** Global gradient norm; then one AdamW step with the gradients clipped to `clip` (0: no clipping). */
+  update(lr: number, h: AdamWHyper, clip: number): number {
+    const norm = Math.sqrt(this.kernels.sumSquares(this.grads));
+    const scale = clip > 0 && norm > clip ? clip / (norm + 1e-6) : 1;
+    this.step++;
+    if (Number.isFinite(norm)) this.kernels.adamw(this.params, this.grads, this.m, this.v, lr, h, 1 - h.beta1 ** this.step, 1 - h.beta2 ** this.step, scale, this.shadow);
+    this.model.weightsChanged();
+    return norm;
+  }
+}
+
+export interface MicroBatch {
+  /** B sequences of T inputs each, back to back [B·T], and their next tokens [B·T]. */
+  inputs: Int32Array;
+  targets: Int32Array;
+  sequences: number;
+}
+
+/**
+ * Forward and backward of one micro-batch inside a backend arena: the loss gradient (cross-entropy
+ * weighted by `ceWeight`, plus distillation from `teacher` weighted by `klWeight`, each summed over
+ * tokens and scaled by `scale`) is added into the state's gradient slots. Returns the summed loss.
+ */
+export function microStep(state: TrainState, batch: MicroBatch, o: { scale: number; ceWeight: number; klWeight: number; temperature: number; teacher: LlamaModel | null }): number {
+  const b: Backend = state.model.backend;
+  const run = () => {
+    const tape = new Tape(b);
+    const bf16 = state.precision === "bf16";
+    const logits: Node = state.model.graph(new Ops(b, tape), state.nodes, batch.inputs, undefined, { sequences: batch.sequences, bf16 });
+    let loss = 0;
+    let seed: Tensor;
+    if (b.crossEntropyFused) {
+      const r = b.crossEntropyFused(logits.value, batch.targets, o.ceWeight * o.scale);
+      seed = r.grad;
+      for (const x of r.loss) loss += o.ceWeight * x;
+    } else {
+      seed = b.crossEntropyBackward(logits.value, batch.targets, o.ceWeight * o.scale);
+      for (const x of b.crossEntropy(logits.value, batch.targets)) loss += o.ceWeight * x;
+    }
+    if (o.teacher) {
+      const kl = b.klDivergence(logits.value, o.teacher.forward(batch.inputs, undefined, { sequences: batch.sequences, bf16 }), o.temperature, o.klWeight * o.scale);
+      seed = b.add(seed, kl.grad);
+      for (const x of kl.loss) loss += o.klWeight * x;
+    }
+    tape.backward(logits, seed);
+    return loss;
+  };
+  return b.arena ? b.arena(run) : run();
+}
