@@ -1,21 +1,26 @@
 #!/usr/bin/env bash
-# Fine-tuning on the GPU, every op on the device (attention backward and the distillation KL included):
-# a llama2-7b-shaped synth model with LAYERS layers, converted (--rank 64 --rope-pairs 8), then
-# `finetune --device cuda` with and without distillation from the original. Prints tokens/s and loss.
-# Usage: bash bench/finetune-gpu.sh [WORKDIR] [LAYERS] [TEXT]
+# GPU fine-tuning throughput beside PyTorch, same synth checkpoint, same batch × seq, one command:
+# ours (`mha2mla finetune --device cuda`, the MLA conversion, bf16 mixed precision and f32) and
+# PyTorch 2.x HF LlamaForCausalLM of the original checkpoint (bf16 autocast, fused AdamW, SDPA),
+# eager and torch.compile (bench/finetune_torch.py). Tokens/s are steady state (steps after the first
+# two); MFU = 6·params·tokens/s / 989 TFLOP/s.
+# Usage: bash bench/finetune-gpu.sh [WORKDIR] [ARCH] [SEQ] [BATCH] [STEPS] [LAYERS] [TEXT] [RANK] [ROPE_PAIRS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-W=${1:-/tmp/mha2mla-ftgpu}; LAYERS=${2:-2}; TEXT=${3:-../shared/data/text/tinystories_val.txt}
+W=${1:-/tmp/mha2mla-ftgpu}; ARCH=${2:-smollm-135m}; SEQ=${3:-2048}; BATCH=${4:-8}; STEPS=${5:-8}; LAYERS=${6:-}
+TEXT=${7:-../shared/data/text/tinystories_val.txt}; RANK=${8:-32}; PAIRS=${9:-4}
 CLI="node dist/src/cli/main.js"
-M="$W/llama2-7b-L$LAYERS"
+M="$W/$ARCH${LAYERS:+-L$LAYERS}"
 mkdir -p "$W"
-[ -f "$M/config.json" ] || $CLI synth --arch llama2-7b --layers "$LAYERS" --dtype bf16 --out "$M" --force > /dev/null 2>&1
+[ -f "$M/config.json" ] || $CLI synth --arch "$ARCH" ${LAYERS:+--layers "$LAYERS"} --dtype bf16 --out "$M" --force > /dev/null
 cp fixtures/models/stories260K/tokenizer.json fixtures/models/stories260K/tokenizer_config.json "$M/"
-$CLI convert "$M" --device cuda --rank 64 --rope-pairs 8 --rope-strategy uniform --out "$M-mla" --force 2>&1 | tail -1
-echo "$(date -u +%F), $(nvidia-smi --query-gpu=name --format=csv,noheader), llama2-7b shape, $LAYERS layers (MLA), seq 512, batch 4, 16384 tokens"
-for mode in plain distill; do
-  extra=""; [ $mode = distill ] && extra="--distill $M"
-  $CLI finetune "$M-mla" --device cuda --data "$TEXT" --tokens 16384 --seq 512 --batch 4 --lr 1e-4 --out "$W/ft-$mode" --force $extra > "$W/ft-$mode.log" 2>&1
-  echo "== $mode"; tr '\r' '\n' < "$W/ft-$mode.log" | grep -v '^$' | tail -3
-  tail -1 "$W/ft-$mode/train_log.jsonl" 2>/dev/null || true
+[ -f "$M-mla/config.json" ] || $CLI convert "$M" --device cuda --rank "$RANK" --rope-pairs "$PAIRS" --rope-strategy uniform --out "$M-mla" --force > /dev/null 2>&1
+echo "$(date -u +%F), $(nvidia-smi --query-gpu=name --format=csv,noheader), $ARCH${LAYERS:+ ($LAYERS layers)}, MLA R $PAIRS rank $RANK, seq $SEQ, batch $BATCH"
+for prec in ${PRECISIONS:-bf16 f32}; do
+  out="$W/ft-$prec"
+  /usr/bin/time -f "%M" -o "$out.rss" $CLI finetune "$M-mla" --device cuda --precision "$prec" --data "$TEXT" --val-fraction 0.02 --tokens $((SEQ * BATCH * STEPS)) --seq "$SEQ" --batch "$BATCH" --lr 1e-4 --out "$out" --force > "$out.log" 2>&1 || { tail -5 "$out.log"; continue; }
+  node bench/finetune_summary.mjs "$out" "$prec" "$SEQ" "$BATCH" "$M-mla"
+done
+for mode in ${TORCH_MODES:-eager compile}; do
+  python3 bench/finetune_torch.py --model "$M" --seq "$SEQ" --batch "$BATCH" --steps "$STEPS" --warmup-steps 3 $([ $mode = compile ] && echo --compile) --json "$W/torch-$mode.json" 2>"$W/torch-$mode.err" | tail -1 || tail -3 "$W/torch-$mode.err"
 done

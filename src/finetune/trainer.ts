@@ -125,7 +125,9 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
   }
 
   const trainable = (p: string) => trainWhat === "all" || p.includes(".attn.");
+  const b = model.backend;
   checkFits(model, trainWhat, precision, batch * (seq - 1));
+  b.resetPeak?.();
   const state = new TrainState(model, trainable, precision);
   log.info(memoryPlan(state, batch * (seq - 1)));
   const hyper = { beta1: settings.beta1, beta2: settings.beta2, eps: settings.eps, weightDecay: settings.weightDecay };
@@ -210,7 +212,7 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
     valNllAfter = await valNll();
     logLine({ step: run.step, val_nll: valNllAfter });
     await writeModel(src.dir, out, lm.config, model);
-    fs.writeFileSync(path.join(out, "finetune.json"), JSON.stringify({ source: spec, settings: { ...settings, model: src.dir }, steps: run.step, tokens: run.tokensSeen, precision, val_nll_before: valNllBefore, val_nll_after: valNllAfter, seconds }, null, 2) + "\n");
+    fs.writeFileSync(path.join(out, "finetune.json"), JSON.stringify({ source: spec, settings: { ...settings, model: src.dir }, steps: run.step, tokens: run.tokensSeen, precision, params: modelParams(model), trainable_params: state.size, peak_device_bytes: model.backend.memory?.().peak ?? null, val_nll_before: valNllBefore, val_nll_after: valNllAfter, seconds }, null, 2) + "\n");
   }
   return { out, steps: run.step, stoppedEarly, tokensSeen: run.tokensSeen, seconds, tokensPerSecond: ((run.step - startStep) * perStep) / seconds, valNllBefore, valNllAfter, finalLoss, precision };
 }
@@ -236,4 +238,9 @@ function memoryPlan(state: TrainState, tokens: number): string {
   const n = state.size;
   const parts = [`weights ${gib(4 * n)}`, `gradients ${gib(4 * n)}`, `AdamW ${gib(8 * n)}`, ...(state.shadow ? [`bf16 copy ${gib(2 * n)}`] : [])];
   return `memory plan: ${n.toLocaleString("en-US")} trainable parameters (${state.precision}): ${parts.join(", ")} = ${gib(stateBytes(n, state.precision))}; activations of ${tokens} tokens ≈ ${gib(activationBytes(state.model, tokens))}`;
+}
+
+/** Every weight's element count (a tied LM head once). */
+function modelParams(model: LlamaModel): number {
+  return [...new Set(namedTensors(model.config, model.weights).map(([, t]) => t))].reduce((n, t) => n + t.size, 0);
 }

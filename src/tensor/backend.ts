@@ -82,6 +82,8 @@ export interface Backend {
   arena?<T>(fn: () => T): T;
   /** Device memory in bytes: held by this backend's buffers, their peak, free and total on the device. */
   memory?(): { live: number; peak: number; free: number; total: number };
+  /** Starts a new peak for memory(). */
+  resetPeak?(): void;
   /** crossEntropy and crossEntropyBackward in one pass over the logits. */
   crossEntropyFused?(logits: Tensor, targets: Int32Array, scale: number): { loss: Float64Array; grad: Tensor };
 

@@ -260,8 +260,11 @@ test("fine-tuning on the GPU (attention backward, KL distillation, AdamW updates
   const dir = tmpDir();
   const mla = (await convert(path.join(MODELS, "stories260K"), { rank: 4, ropePairs: 2, ropeStrategy: "uniform", out: path.join(dir, "mla"), progress: null, device: "cpu" })).out!;
   const common = { data: [path.join(FIXTURES, "text", "tinystories.txt")], tokens: 64 * 4 * 4, seq: 64, batch: 4, lr: 3e-3, distill: path.join(MODELS, "stories260K"), progress: null, force: true };
-  const gpu = await finetune(mla, { ...common, device: "cuda", out: path.join(dir, "gpu") });
+  const gpu = await finetune(mla, { ...common, device: "cuda", precision: "f32", out: path.join(dir, "gpu") });
   const cpu = await finetune(mla, { ...common, device: "cpu", out: path.join(dir, "cpu") });
+  const mixed = await finetune(mla, { ...common, device: "cuda", precision: "bf16", out: path.join(dir, "bf16") });
+  t.diagnostic(`bf16 mixed precision: validation NLL ${mixed.valNllAfter!.toFixed(5)} (f32 CPU ${cpu.valNllAfter!.toFixed(5)})`);
+  assert.ok(Math.abs(mixed.valNllAfter! - cpu.valNllAfter!) / cpu.valNllAfter! < 0.01, "bf16 within 1% of the f32 CPU run");
   t.diagnostic(`validation NLL: gpu ${gpu.valNllBefore!.toFixed(5)} → ${gpu.valNllAfter!.toFixed(5)}, cpu ${cpu.valNllBefore!.toFixed(5)} → ${cpu.valNllAfter!.toFixed(5)}; final loss gpu ${gpu.finalLoss.toFixed(5)} cpu ${cpu.finalLoss.toFixed(5)}`);
   assert.ok(Math.abs(gpu.valNllAfter! - gpu.valNllBefore!) > 1e-3, "the GPU run changed the weights");
   assert.ok(Math.abs(gpu.valNllAfter! - cpu.valNllAfter!) < 2e-3);
@@ -270,4 +273,61 @@ test("fine-tuning on the GPU (attention backward, KL distillation, AdamW updates
   const saved = await evaluate(gpu.out, { text: TEXT, tokens: 2000, ctx: 64, progress: null, device: "cpu" });
   const before = await evaluate(mla, { text: TEXT, tokens: 2000, ctx: 64, progress: null, device: "cpu" });
   assert.notEqual(saved.nll, before.nll);
+});
+
+test("training kernels: batched attention (f32 and bf16 GEMM inputs) forward and backward, bf16 linear backward accumulating into a gradient slot, fused AdamW and the gradient norm vs the reference", { skip }, (t) => {
+  const B = backend();
+  const arr = seededRand(7, Float32Array);
+  const rel = (got: ArrayLike<number>, want: ArrayLike<number>) => {
+    let num = 0, den = 0;
+    for (let i = 0; i < want.length; i++) {
+      num += (got[i]! - want[i]!) ** 2;
+      den += want[i]! ** 2;
+    }
+    return Math.sqrt(num / Math.max(den, 1e-30));
+  };
+  for (const [nb, T, H, Hkv, Dh] of [[3, 300, 4, 2, 16], [2, 513, 6, 6, 64], [1, 70, 8, 1, 32]] as const) {
+    const q = arr(nb * T * H * Dh), k = arr(nb * T * Hkv * Dh), v = arr(nb * T * Hkv * Dh), d = arr(nb * T * H * Dh);
+    const want = { o: [] as number[], dq: [] as number[], dk: [] as number[], dv: [] as number[] };
+    for (let s = 0; s < nb; s++) {
+      const sl = (x: Float32Array, rows: number, w: number) => x.slice(s * rows * w, (s + 1) * rows * w);
+      const opts = { scale: 1 / Math.sqrt(Dh), queryOffset: 0, window: null };
+      const [Q, K, V, D] = [R.upload(sl(q, T, H * Dh), [T, H, Dh]), R.upload(sl(k, T, Hkv * Dh), [T, Hkv, Dh]), R.upload(sl(v, T, Hkv * Dh), [T, Hkv, Dh]), R.upload(sl(d, T, H * Dh), [T, H, Dh])];
+      want.o.push(...R.attention(Q, K, V, opts).toArray());
+      const g = R.attentionBackward(Q, K, V, D, opts);
+      want.dq.push(...g.dq.toArray());
+      want.dk.push(...g.dk.toArray());
+      want.dv.push(...g.dv.toArray());
+    }
+    for (const bf16 of [false, true]) {
+      const opts = { scale: 1 / Math.sqrt(Dh), queryOffset: 0, window: null, batch: nb, bf16 };
+      const [Q, K, V, D] = [B.upload(q, [nb * T, H, Dh]), B.upload(k, [nb * T, Hkv, Dh]), B.upload(v, [nb * T, Hkv, Dh]), B.upload(d, [nb * T, H, Dh])];
+      const o = B.attention(Q, K, V, opts).toArray();
+      const g = B.attentionBackward(Q, K, V, D, opts);
+      const errs = { o: rel(o, want.o), dq: rel(g.dq.toArray(), want.dq), dk: rel(g.dk.toArray(), want.dk), dv: rel(g.dv.toArray(), want.dv) };
+      t.diagnostic(`attention B${nb} T${T} H${H}/${Hkv} Dh${Dh} ${bf16 ? "bf16" : "f32"}: relative error ${Object.entries(errs).map(([n, e]) => `${n} ${e.toExponential(1)}`).join(", ")}`);
+      for (const e of Object.values(errs)) assert.ok(e < (bf16 ? 2e-2 : 1e-4));
+    }
+  }
+  // linear backward with bf16 weights, dw added into an existing slot
+  const [M, K, N] = [257, 96, 130];
+  const x = arr(M * K), w = arr(N * K), dy = arr(M * N), prior = arr(N * K);
+  const ref = R.linearBackward(R.upload(x, [M, K]), R.upload(w, [N, K]), R.upload(dy, [M, N]), { x: true, w: true, bias: false });
+  const into = B.upload(prior, [N, K]);
+  const got = B.linearBackward(B.upload(x, [M, K]), B.uploadBf16(toBf16Bits(w), [N, K]), B.upload(dy, [M, N]), { x: true, w: true, bias: false, dwInto: into });
+  assert.equal(got.dw, null);
+  assert.ok(rel(got.dx!.toArray(), ref.dx!.toArray()) < 2e-2);
+  assert.ok(rel(into.toArray(), ref.dw!.toArray().map((g, i) => g + prior[i]!)) < 2e-2);
+  // fused clip + AdamW over a flat buffer and the deterministic norm
+  const n = 100_003;
+  const [p0, g0, m0, v0] = [arr(n), arr(n), arr(n), arr(n).map(Math.abs)];
+  const h = { beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.01 };
+  const host = [p0, g0, m0, v0].map((a) => R.upload(Float32Array.from(a), [n]));
+  const dev = [p0, g0, m0, v0].map((a) => B.upload(a, [n]));
+  const shadow = B.training.zeros(n, "shadow", "bf16");
+  assert.ok(Math.abs(B.training.sumSquares(dev[1]!) - R.training.sumSquares(host[1]!)) < 1e-6 * n);
+  R.training.adamw(host[0]!, host[1]!, host[2]!, host[3]!, 1e-3, h, 1 - 0.9 ** 3, 1 - 0.95 ** 3, 0.5, null);
+  B.training.adamw(dev[0]!, dev[1]!, dev[2]!, dev[3]!, 1e-3, h, 1 - 0.9 ** 3, 1 - 0.95 ** 3, 0.5, shadow);
+  for (let i = 0; i < 4; i++) if (i !== 1) assert.ok(maxAbsDiff(dev[i]!.toArray(), host[i]!.toArray()) < 1e-5, `adamw buffer ${i}`);
+  assert.ok(maxAbsDiff(shadow.toArray(), dev[0]!.toArray()) < 1e-2);
 });
