@@ -8,6 +8,7 @@
 //
 // Shapes: q[B·T,H,Dh], k[B·S,Hkv,Dh], v[B·S,Hkv,Dv], o[B·T,H,Dv]; query head h uses KV head h / (H/Hkv).
 #include <cfloat>
+#include <cstdlib>
 #include <vector>
 #include "common.cuh"
 
@@ -36,20 +37,32 @@ __global__ void k_to_bf16(const float* x, __nv_bfloat16* y, int64_t n) {
 }
 
 // Row r of scores[B·H, n, Sc] (keys klo … klo+Sc−1 of its sequence): softmax over the keys query
-// t0 + (r mod n) may see, 0 elsewhere; written in place and, when pb is set, as bf16 to pb.
-__global__ void k_softmax_chunk(float* scores, __nv_bfloat16* pb, int64_t n, int64_t Sc, float scale, int64_t qpos0, int64_t klo, int64_t S, int64_t window) {
+// t0 + (r mod n) may see, 0 elsewhere; written in place when `keep` (float32 callers and the
+// backward, which needs P), and as bf16 to pb when set (the forward in bf16 writes only that).
+__global__ void k_softmax_chunk(float* scores, __nv_bfloat16* pb, bool keep, int64_t n, int64_t Sc, float scale, int64_t qpos0, int64_t klo, int64_t S, int64_t window) {
   __shared__ float red[32];
   const int64_t t = blockIdx.x % n;
   float* row = scores + (int64_t)blockIdx.x * Sc;
   const int64_t qpos = qpos0 + t;
   const int64_t hi = min(min(S - 1, qpos), klo + Sc - 1) - klo;
-  const int64_t lo = (window > 0 ? max((int64_t)0, qpos - window + 1) : 0) - klo;
-  softmax_row(row, Sc, scale, max(lo, (int64_t)0), hi, red);
-  if (pb) {
-    __syncthreads();
-    __nv_bfloat16* out = pb + (int64_t)blockIdx.x * Sc;
-    for (int64_t s = threadIdx.x; s < Sc; s += blockDim.x) out[s] = __float2bfloat16(row[s]);
+  const int64_t lo = max((window > 0 ? max((int64_t)0, qpos - window + 1) : 0) - klo, (int64_t)0);
+  if (keep) {
+    softmax_row(row, Sc, scale, lo, hi, red);
+    if (pb) {
+      __nv_bfloat16* out = pb + (int64_t)blockIdx.x * Sc;
+      for (int64_t s = threadIdx.x; s < Sc; s += blockDim.x) out[s] = __float2bfloat16(row[s]);  // each thread reads what it wrote
+    }
+    return;
   }
+  float mx = -FLT_MAX;
+  for (int64_t s = lo + threadIdx.x; s <= hi; s += blockDim.x) mx = fmaxf(mx, row[s] * scale);
+  mx = block_reduce<true>(mx, red);
+  float z = 0;
+  for (int64_t s = lo + threadIdx.x; s <= hi; s += blockDim.x) z += expf(row[s] * scale - mx);
+  z = block_reduce<false>(z, red);
+  const float inv = z > 0 ? 1.0f / z : 0.0f;
+  __nv_bfloat16* out = pb + (int64_t)blockIdx.x * Sc;
+  for (int64_t s = threadIdx.x; s < Sc; s += blockDim.x) out[s] = __float2bfloat16((s >= lo && s <= hi) ? expf(row[s] * scale - mx) * inv : 0.0f);
 }
 
 // In place on one row: ds = scale · p ⊙ (dp − Σ p·dp), the gradient of the raw scores; as bf16 to dsb when set.
@@ -72,7 +85,9 @@ __global__ void k_softmax_backward_chunk(const float* p, float* dp, __nv_bfloat1
 int64_t queries_per_chunk(int64_t B, int64_t T, int64_t H, int64_t S, int64_t buffers) {
   int64_t Tq = ((int64_t)1 << 28) / (buffers * B * H * (S > 0 ? S : 1));
   Tq = Tq >= 64 ? Tq / 64 * 64 : (Tq > 0 ? Tq : 1);
-  if (Tq > 256) Tq = 256;
+  // MHA2MLA_CUDA_ATTENTION_CHUNK overrides the cap (benchmarks compare launches saved against causal work wasted).
+  static const int64_t cap = getenv("MHA2MLA_CUDA_ATTENTION_CHUNK") ? atoll(getenv("MHA2MLA_CUDA_ATTENTION_CHUNK")) : 256;
+  if (Tq > cap && cap > 0) Tq = cap;
   return Tq < T ? Tq : T;
 }
 
@@ -178,7 +193,7 @@ mla_status attention_gemm(const float* q, const float* k, const float* v, float*
         s2.add(in.v + ((b * S + klo) * Hkv * Dv + g * Dv) * es, pin + i * n * Sc * es, o + (b * T + t0) * H * Dv + h * Dv);
       }
     if (mla_status e = run_batch(s1, CUBLAS_OP_T, CUBLAS_OP_N, Sc, n, Dh, Hkv * Dh, H * Dh, Sc, 0.0f, in.type)) return e;
-    k_softmax_chunk<<<(unsigned)(B * H * n), 256, 0, ctx()->stream>>>(scores, bf16 ? (__nv_bfloat16*)pb.p : nullptr, n, Sc, scale, t0 + off, klo, S, window);
+    k_softmax_chunk<<<(unsigned)(B * H * n), 256, 0, ctx()->stream>>>(scores, bf16 ? (__nv_bfloat16*)pb.p : nullptr, !bf16, n, Sc, scale, t0 + off, klo, S, window);
     KERNEL_CHECK();
     if (mla_status e = run_batch(s2, CUBLAS_OP_N, CUBLAS_OP_N, Dv, n, Sc, Hkv * Dv, Sc, H * Dv, 0.0f, in.type)) return e;
   }
@@ -233,7 +248,7 @@ extern "C" mla_status mla_cuda_attention_backward(const mla_cuda_buf* qb, const 
       }
     if (mla_status e = run_batch(scores, CUBLAS_OP_T, CUBLAS_OP_N, Sc, n, Dh, Hkv * Dh, H * Dh, Sc, 0.0f, in.type)) return e;
     if (mla_status e = run_batch(dprobs, CUBLAS_OP_T, CUBLAS_OP_N, Sc, n, Dv, Hkv * Dv, H * Dv, Sc, 0.0f, in.type)) return e;
-    k_softmax_chunk<<<(unsigned)(B * H * n), 256, 0, stream>>>(P, Pb, n, Sc, scale, t0 + off, klo, S, window);
+    k_softmax_chunk<<<(unsigned)(B * H * n), 256, 0, stream>>>(P, Pb, true, n, Sc, scale, t0 + off, klo, S, window);
     KERNEL_CHECK();
     k_softmax_backward_chunk<<<(unsigned)(B * H * n), 256, 0, stream>>>(P, dP, dSb, Sc, scale);  // dP becomes dS
     KERNEL_CHECK();

@@ -288,17 +288,24 @@ test("training kernels: batched attention (f32 and bf16 GEMM inputs) forward and
   };
   for (const [nb, T, H, Hkv, Dh] of [[3, 300, 4, 2, 16], [2, 513, 6, 6, 64], [1, 70, 8, 1, 32]] as const) {
     const q = arr(nb * T * H * Dh), k = arr(nb * T * Hkv * Dh), v = arr(nb * T * Hkv * Dh), d = arr(nb * T * H * Dh);
-    const want = { o: [] as number[], dq: [] as number[], dk: [] as number[], dv: [] as number[] };
+    const parts = { o: [] as Float32Array[], dq: [] as Float32Array[], dk: [] as Float32Array[], dv: [] as Float32Array[] };
     for (let s = 0; s < nb; s++) {
       const sl = (x: Float32Array, rows: number, w: number) => x.slice(s * rows * w, (s + 1) * rows * w);
       const opts = { scale: 1 / Math.sqrt(Dh), queryOffset: 0, window: null };
       const [Q, K, V, D] = [R.upload(sl(q, T, H * Dh), [T, H, Dh]), R.upload(sl(k, T, Hkv * Dh), [T, Hkv, Dh]), R.upload(sl(v, T, Hkv * Dh), [T, Hkv, Dh]), R.upload(sl(d, T, H * Dh), [T, H, Dh])];
-      want.o.push(...R.attention(Q, K, V, opts).toArray());
+      parts.o.push(R.attention(Q, K, V, opts).toArray() as Float32Array);
       const g = R.attentionBackward(Q, K, V, D, opts);
-      want.dq.push(...g.dq.toArray());
-      want.dk.push(...g.dk.toArray());
-      want.dv.push(...g.dv.toArray());
+      parts.dq.push(g.dq.toArray() as Float32Array);
+      parts.dk.push(g.dk.toArray() as Float32Array);
+      parts.dv.push(g.dv.toArray() as Float32Array);
     }
+    const join = (xs: Float32Array[]) => {
+      const out = new Float32Array(xs.reduce((n, x) => n + x.length, 0));
+      let at = 0;
+      for (const x of xs) (out.set(x, at), (at += x.length));
+      return out;
+    };
+    const want = { o: join(parts.o), dq: join(parts.dq), dk: join(parts.dk), dv: join(parts.dv) };
     for (const bf16 of [false, true]) {
       const opts = { scale: 1 / Math.sqrt(Dh), queryOffset: 0, window: null, batch: nb, bf16 };
       const [Q, K, V, D] = [B.upload(q, [nb * T, H, Dh]), B.upload(k, [nb * T, Hkv, Dh]), B.upload(v, [nb * T, Hkv, Dh]), B.upload(d, [nb * T, H, Dh])];

@@ -15,6 +15,7 @@ import { packageRoot } from "../../io/modelDir.js";
 import type { AttentionOptions, Backend, TrainingKernels } from "../../tensor/backend.js";
 import { FloatArray, Tensor, expectShape } from "../../tensor/tensor.js";
 import type { Linalg } from "./linalg.js";
+import { profileCuda } from "./cudaProfile.js";
 
 type Fn = (...args: unknown[]) => number;
 const F32 = 0;
@@ -175,6 +176,7 @@ export class CudaBackend implements Backend {
     this.registry = new FinalizationRegistry((h) => lib.free(h));
     this.gcEvery = Math.max(256 << 20, Math.floor(this.memory().total / 8));
     this.training = cudaTraining(this);
+    if (process.env["MHA2MLA_CUDA_PROFILE"]) profileCuda(this, this.training, () => this.call("synchronize", lib.fns["synchronize"]!()));
   }
 
   arena<T>(fn: () => T): T {
