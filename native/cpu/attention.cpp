@@ -70,10 +70,12 @@ static inline float score_row_t(const float* qr, const float* kt, int64_t lo, in
   return mx;
 }
 
-static mla_status check(const void* q, const void* k, const void* v, int64_t T, int64_t S, int64_t H, int64_t Hkv) {
-  MLA_CHECK(q && k && v, "attention: null pointer");
-  MLA_CHECK(T >= 0 && S >= 0 && H > 0 && Hkv > 0, "attention: bad sizes");
+static mla_status check(const void* q, const void* k, const void* v, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv) {
+  MLA_CHECK(T >= 0 && S >= 0 && H > 0 && Hkv > 0 && Dh >= 0 && Dv >= 0, "attention: bad sizes");
   MLA_CHECK(H % Hkv == 0, "attention: H is not a multiple of Hkv");
+  MLA_CHECK_BUF(q, T * H * Dh, "attention: null q");
+  MLA_CHECK_BUF(k, S * Hkv * Dh, "attention: null k");
+  MLA_CHECK_BUF(v, S * Hkv * Dv, "attention: null v");
   return MLA_OK;
 }
 
@@ -120,8 +122,9 @@ static void attention_fwd(const float* q, const float* k, const float* v, float*
   } while (0)
 
 extern "C" mla_status mla_cpu_attention(const float* q, const float* k, const float* v, float* o, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window) {
-  if (mla_status s = check(q, k, v, T, S, H, Hkv)) return s;
-  MLA_CHECK(o, "attention: null output");
+  if (mla_status s = check(q, k, v, T, S, H, Hkv, Dh, Dv)) return s;
+  MLA_CHECK_BUF(o, T * H * Dv, "attention: null output");
+  if (T * Dv == 0) return MLA_OK;
   MLA_DISPATCH_HEAD_DIM(attention_fwd, q, k, v, o, T, S, H, Hkv, Dh, Dv, scale, off, window);
   return MLA_OK;
 }
@@ -177,19 +180,30 @@ static void attention_bwd(const float* q, const float* k, const float* v, const 
             }
           }
         }
-        std::memcpy(dq + (t * H + kh * group) * Dh, dql.data(), sizeof(float) * group * Dh);
+        if (Dh) std::memcpy(dq + (t * H + kh * group) * Dh, dql.data(), sizeof(float) * group * Dh);
       }
+      // Dh or Dv may be 0 (a zero-width key part), and then dq/dk or dv is NULL.
       for (int64_t s = 0; s < S; s++) {
-        std::memcpy(dk + (s * Hkv + kh) * Dh, dkl.data() + s * Dh, sizeof(float) * Dh);
-        std::memcpy(dv + (s * Hkv + kh) * Dv, dvl.data() + s * Dv, sizeof(float) * Dv);
+        if (Dh) std::memcpy(dk + (s * Hkv + kh) * Dh, dkl.data() + s * Dh, sizeof(float) * Dh);
+        if (Dv) std::memcpy(dv + (s * Hkv + kh) * Dv, dvl.data() + s * Dv, sizeof(float) * Dv);
       }
     }
   }
 }
 
 extern "C" mla_status mla_cpu_attention_backward(const float* q, const float* k, const float* v, const float* dout, float* dq, float* dk, float* dv, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window) {
-  if (mla_status s = check(q, k, v, T, S, H, Hkv)) return s;
-  MLA_CHECK(dout && dq && dk && dv, "attention_backward: null pointer");
+  if (mla_status s = check(q, k, v, T, S, H, Hkv, Dh, Dv)) return s;
+  MLA_CHECK_BUF(dout, T * H * Dv, "attention_backward: null dout");
+  MLA_CHECK_BUF(dq, T * H * Dh, "attention_backward: null dq");
+  MLA_CHECK_BUF(dk, S * Hkv * Dh, "attention_backward: null dk");
+  MLA_CHECK_BUF(dv, S * Hkv * Dv, "attention_backward: null dv");
+  if (T == 0 || S == 0 || Dh + Dv == 0) {
+    // No query sees a key (or there is nothing to differentiate): all gradients are zero.
+    if (dq) std::memset(dq, 0, sizeof(float) * T * H * Dh);
+    if (dk) std::memset(dk, 0, sizeof(float) * S * Hkv * Dh);
+    if (dv) std::memset(dv, 0, sizeof(float) * S * Hkv * Dv);
+    return MLA_OK;
+  }
   MLA_DISPATCH_HEAD_DIM(attention_bwd, q, k, v, dout, dq, dk, dv, T, S, H, Hkv, Dh, Dv, scale, off, window);
   return MLA_OK;
 }

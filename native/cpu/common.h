@@ -13,3 +13,5 @@ mla_status fail(mla_status code, const char* file, int line, const std::string& 
   do {                       \
     if (!(cond)) return MLA_FAIL(MLA_ERR_ARGUMENT, msg); \
   } while (0)
+// A buffer of n elements: koffi passes NULL for an empty typed array, so NULL is fine when n == 0.
+#define MLA_CHECK_BUF(p, n, msg) MLA_CHECK((n) == 0 || (p), msg)

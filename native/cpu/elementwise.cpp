@@ -5,7 +5,8 @@
 #include "common.h"
 
 extern "C" mla_status mla_cpu_swiglu(const float* gate, const float* up, float* y, int64_t n) {
-  MLA_CHECK(gate && up && y && n >= 0, "swiglu: bad arguments");
+  MLA_CHECK(n >= 0, "swiglu: negative size");
+  MLA_CHECK_BUF(gate && up && y, n, "swiglu: null pointer");
 #pragma omp parallel for schedule(static) if (n > 65536)
   for (int64_t i = 0; i < n; i++) {
     const float g = gate[i];
@@ -15,7 +16,8 @@ extern "C" mla_status mla_cpu_swiglu(const float* gate, const float* up, float* 
 }
 
 extern "C" mla_status mla_cpu_swiglu_backward(const float* gate, const float* up, const float* dy, float* dgate, float* dup, int64_t n) {
-  MLA_CHECK(gate && up && dy && dgate && dup && n >= 0, "swiglu_backward: bad arguments");
+  MLA_CHECK(n >= 0, "swiglu_backward: negative size");
+  MLA_CHECK_BUF(gate && up && dy && dgate && dup, n, "swiglu_backward: null pointer");
 #pragma omp parallel for schedule(static) if (n > 65536)
   for (int64_t i = 0; i < n; i++) {
     const float g = gate[i];
@@ -28,7 +30,8 @@ extern "C" mla_status mla_cpu_swiglu_backward(const float* gate, const float* up
 
 // loss[t] = logsumexp(logits[t,:]) − logits[t, target[t]] (double); dlogits = scale·(softmax − onehot) when dlogits is not NULL.
 extern "C" mla_status mla_cpu_cross_entropy(const float* logits, const int32_t* targets, double* loss, float* dlogits, float scale, int64_t T, int64_t V) {
-  MLA_CHECK(logits && targets && T >= 0 && V > 0, "cross_entropy: bad arguments");
+  MLA_CHECK(T >= 0 && (V > 0 || T == 0), "cross_entropy: bad sizes");
+  MLA_CHECK_BUF(logits && targets, T, "cross_entropy: null pointer");
 #pragma omp parallel for schedule(static)
   for (int64_t t = 0; t < T; t++) {
     const float* row = logits + t * V;
@@ -50,7 +53,8 @@ extern "C" mla_status mla_cpu_cross_entropy(const float* logits, const int32_t* 
 
 // y[r,:] = x[r,:] / rms(x[r,:]) · w, rows of length D.
 extern "C" mla_status mla_cpu_rmsnorm(const float* x, const float* w, float* y, int64_t rows, int64_t D, float eps) {
-  MLA_CHECK(x && w && y && rows >= 0 && D > 0, "rmsnorm: bad arguments");
+  MLA_CHECK(rows >= 0 && D >= 0, "rmsnorm: negative size");
+  MLA_CHECK_BUF(x && w && y, rows * D, "rmsnorm: null pointer");
 #pragma omp parallel for schedule(static) if (rows * D > 65536)
   for (int64_t r = 0; r < rows; r++) {
     const float* xr = x + r * D;
@@ -65,7 +69,9 @@ extern "C" mla_status mla_cpu_rmsnorm(const float* x, const float* w, float* y, 
 
 // Gradients of mla_cpu_rmsnorm: dx[rows,D] and dw[D] (overwritten).
 extern "C" mla_status mla_cpu_rmsnorm_backward(const float* x, const float* w, const float* dy, float* dx, float* dw, int64_t rows, int64_t D, float eps) {
-  MLA_CHECK(x && w && dy && dx && dw && rows >= 0 && D > 0, "rmsnorm_backward: bad arguments");
+  MLA_CHECK(rows >= 0 && D >= 0, "rmsnorm_backward: negative size");
+  MLA_CHECK_BUF(w && dw, D, "rmsnorm_backward: null pointer");
+  MLA_CHECK_BUF(x && dy && dx, rows * D, "rmsnorm_backward: null pointer");
   std::vector<double> acc(D, 0.0);
   for (int64_t r = 0; r < rows; r++) {
     const float* xr = x + r * D;

@@ -67,9 +67,13 @@ static void tile(const float* x, const float* w, float* y, int64_t m0, int64_t m
 }
 
 extern "C" mla_status mla_cpu_linear(const float* x, const float* w, const float* b, float* y, int64_t M, int64_t K, int64_t N) {
-  MLA_CHECK(x && w && y, "linear: null pointer");
   MLA_CHECK(M >= 0 && K >= 0 && N >= 0, "linear: negative size");
-  if (auto sgemm = mla::openblas_sgemm(); sgemm && blas_ok(M, K, N)) {
+  MLA_CHECK_BUF(x, M * K, "linear: null x");
+  MLA_CHECK_BUF(w, N * K, "linear: null w");
+  MLA_CHECK_BUF(y, M * N, "linear: null y");
+  if (M == 0 || N == 0) return MLA_OK;
+  if (K == 0) std::memset(y, 0, sizeof(float) * M * N);
+  else if (auto sgemm = mla::openblas_sgemm(); sgemm && blas_ok(M, K, N)) {
     const int nt = threads();
 #pragma omp parallel for schedule(static)
     for (int c = 0; c < nt; c++) {
@@ -93,8 +97,14 @@ extern "C" mla_status mla_cpu_linear(const float* x, const float* w, const float
 }
 
 extern "C" mla_status mla_cpu_linear_backward(const float* x, const float* w, const float* dy, float* dx, float* dw, float* db, int64_t M, int64_t K, int64_t N) {
-  MLA_CHECK(x && w && dy, "linear_backward: null input pointer");
   MLA_CHECK(M >= 0 && K >= 0 && N >= 0, "linear_backward: negative size");
+  MLA_CHECK_BUF(x, M * K, "linear_backward: null x");
+  MLA_CHECK_BUF(w, N * K, "linear_backward: null w");
+  MLA_CHECK_BUF(dy, M * N, "linear_backward: null dy");
+  // An empty gradient arrives as NULL, like one not asked for: either way there is nothing to write.
+  if (M * K == 0) dx = nullptr;
+  if (N * K == 0) dw = nullptr;
+  if (N == 0) db = nullptr;
   auto sgemm = mla::openblas_sgemm();
   if (sgemm && blas_ok(M, K, N)) {
     const int nt = threads();

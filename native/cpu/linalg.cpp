@@ -38,7 +38,13 @@ bool fits_int(int64_t a, int64_t b, int64_t c) { return a > 0 && b > 0 && c > 0 
 }  // namespace
 
 extern "C" mla_status mla_cpu_gram_f64(const double* A, double* G, int64_t M, int64_t N) {
-  MLA_CHECK(A && G && M >= 0 && N >= 0, "gram: bad arguments");
+  MLA_CHECK(M >= 0 && N >= 0, "gram: negative size");
+  MLA_CHECK_BUF(A, M * N, "gram: null A");
+  MLA_CHECK_BUF(G, N * N, "gram: null G");
+  if (M == 0) {
+    std::fill(G, G + N * N, 0.0);
+    return MLA_OK;
+  }
   if (auto dgemm = mla::openblas_dgemm(); dgemm && fits_int(M, N, N)) {
     DgemmCall call{dgemm, mla::CblasTrans, mla::CblasNoTrans, (int)N, (int)N, (int)M, A, A, (int)N, (int)N, G, (int)N};
     mla::with_blas_threads(omp_threads(), run_dgemm, &call);
@@ -122,7 +128,9 @@ static bool eigen_lapack(const double* S, double* values, double* vectors, int64
 
 // In: S [n,n] symmetric (row-major). Out: values [n] descending, vectors [n,n] with eigenvector e in row e.
 extern "C" mla_status mla_cpu_symmetric_eigen(const double* S, double* values, double* vectors, int64_t n) {
-  MLA_CHECK(S && values && vectors && n > 0, "symmetric_eigen: bad arguments");
+  MLA_CHECK(n >= 0, "symmetric_eigen: negative size");
+  MLA_CHECK_BUF(S && values && vectors, n, "symmetric_eigen: null pointer");
+  if (n == 0) return MLA_OK;
   mla_status lapack_status;
   if (eigen_lapack(S, values, vectors, n, &lapack_status)) return lapack_status;
   std::vector<double> Vm((size_t)n * n), d(n), e(n);
@@ -270,7 +278,11 @@ extern "C" mla_status mla_cpu_symmetric_eigen(const double* S, double* values, d
 
 // Z[a,c] = X[a,b]·Y[b,c], float64 (i-k-j order: the inner loop runs along contiguous rows of Y and Z).
 extern "C" mla_status mla_cpu_matmul_f64(const double* X, const double* Y, double* Z, int64_t a, int64_t b, int64_t c) {
-  MLA_CHECK(X && Y && Z && a >= 0 && b >= 0 && c >= 0, "matmul_f64: bad arguments");
+  MLA_CHECK(a >= 0 && b >= 0 && c >= 0, "matmul_f64: negative size");
+  MLA_CHECK_BUF(X, a * b, "matmul_f64: null X");
+  MLA_CHECK_BUF(Y, b * c, "matmul_f64: null Y");
+  MLA_CHECK_BUF(Z, a * c, "matmul_f64: null Z");
+  if (a * c == 0) return MLA_OK;
   if (auto dgemm = mla::openblas_dgemm(); dgemm && fits_int(a, b, c)) {
     DgemmCall call{dgemm, mla::CblasNoTrans, mla::CblasNoTrans, (int)a, (int)c, (int)b, X, Y, (int)b, (int)c, Z, (int)c};
     mla::with_blas_threads(omp_threads(), run_dgemm, &call);

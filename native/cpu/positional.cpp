@@ -10,10 +10,14 @@
 
 // Rotate-half RoPE; `sign` = -1 rotates by the opposite angle (the backward of a rotation).
 extern "C" mla_status mla_cpu_rope(const float* x, float* y, const int32_t* positions, const double* inv_freq, int64_t n_freq, int64_t T, int64_t H, int64_t Dh, int64_t rotary_dims, int32_t sign) {
-  MLA_CHECK(x && y && positions && inv_freq, "rope: null pointer");
-  MLA_CHECK(rotary_dims > 0 && rotary_dims % 2 == 0 && rotary_dims <= Dh, "rope: rotary_dims must be even and at most Dh");
+  MLA_CHECK(T >= 0 && H >= 0 && Dh >= 0, "rope: negative size");
+  MLA_CHECK(rotary_dims >= 0 && rotary_dims % 2 == 0 && rotary_dims <= Dh, "rope: rotary_dims must be even and at most Dh");
   const int64_t half = rotary_dims / 2;
   MLA_CHECK(n_freq == half || n_freq == H * half, "rope: n_freq must be rotary_dims/2 or H·rotary_dims/2");
+  MLA_CHECK_BUF(x && y, T * H * Dh, "rope: null x or y");
+  MLA_CHECK_BUF(positions, T, "rope: null positions");
+  MLA_CHECK_BUF(inv_freq, n_freq, "rope: null inv_freq");
+  if (T * H * Dh == 0) return MLA_OK;
   const bool per_head = n_freq == H * half && H > 1;
 #pragma omp parallel for schedule(static) if (T * H * Dh > 65536)
   for (int64_t t = 0; t < T; t++) {
@@ -47,8 +51,12 @@ static mla_status check_ids(const char* op, const int32_t* ids, int64_t T, int64
 }
 
 extern "C" mla_status mla_cpu_embedding(const float* table, const int32_t* ids, float* y, int64_t T, int64_t V, int64_t D) {
-  MLA_CHECK(table && ids && y && T >= 0 && V > 0 && D > 0, "embedding: bad arguments");
+  MLA_CHECK(T >= 0 && V >= 0 && D >= 0, "embedding: negative size");
+  MLA_CHECK_BUF(ids, T, "embedding: null ids");
+  MLA_CHECK_BUF(table, V * D, "embedding: null table");
+  MLA_CHECK_BUF(y, T * D, "embedding: null y");
   if (mla_status st = check_ids("embedding", ids, T, V)) return st;
+  if (T * D == 0) return MLA_OK;
 #pragma omp parallel for schedule(static) if (T * D > 65536)
   for (int64_t t = 0; t < T; t++) std::memcpy(y + t * D, table + (int64_t)ids[t] * D, sizeof(float) * D);
   return MLA_OK;
@@ -56,8 +64,12 @@ extern "C" mla_status mla_cpu_embedding(const float* table, const int32_t* ids, 
 
 // dtable[V,D] = 0, then rows of dy added at ids. Threads split the D columns, so repeated ids never race.
 extern "C" mla_status mla_cpu_embedding_backward(const int32_t* ids, const float* dy, float* dtable, int64_t T, int64_t V, int64_t D) {
-  MLA_CHECK(ids && dy && dtable && T >= 0 && V > 0 && D > 0, "embedding_backward: bad arguments");
+  MLA_CHECK(T >= 0 && V >= 0 && D >= 0, "embedding_backward: negative size");
+  MLA_CHECK_BUF(ids, T, "embedding_backward: null ids");
+  MLA_CHECK_BUF(dy, T * D, "embedding_backward: null dy");
+  MLA_CHECK_BUF(dtable, V * D, "embedding_backward: null dtable");
   if (mla_status st = check_ids("embedding_backward", ids, T, V)) return st;
+  if (V * D == 0) return MLA_OK;
   std::memset(dtable, 0, sizeof(float) * V * D);
 #pragma omp parallel
   {

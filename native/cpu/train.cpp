@@ -4,7 +4,8 @@
 #include "common.h"
 
 extern "C" mla_status mla_cpu_adamw(float* p, const float* g, float* m, float* v, int64_t n, float lr, float beta1, float beta2, float eps, float weight_decay, double bias_c1, double bias_c2) {
-  MLA_CHECK(p && g && m && v && n >= 0, "adamw: bad arguments");
+  MLA_CHECK(n >= 0, "adamw: negative size");
+  MLA_CHECK_BUF(p && g && m && v, n, "adamw: null pointer");
   MLA_CHECK(bias_c1 > 0 && bias_c2 > 0, "adamw: bias corrections must be positive (step ≥ 1)");
   const float ic1 = (float)(1.0 / bias_c1), ic2 = (float)(1.0 / bias_c2);
 #pragma omp parallel for schedule(static) if (n > 65536)
@@ -20,7 +21,8 @@ extern "C" mla_status mla_cpu_adamw(float* p, const float* g, float* m, float* v
 }
 
 extern "C" mla_status mla_cpu_sum_squares(const float* x, int64_t n, double* out) {
-  MLA_CHECK(x && out && n >= 0, "sum_squares: bad arguments");
+  MLA_CHECK(out && n >= 0, "sum_squares: bad arguments");
+  MLA_CHECK_BUF(x, n, "sum_squares: null x");
   double s = 0;
 #pragma omp parallel for schedule(static) reduction(+ : s) if (n > 65536)
   for (int64_t i = 0; i < n; i++) s += (double)x[i] * x[i];
@@ -29,7 +31,8 @@ extern "C" mla_status mla_cpu_sum_squares(const float* x, int64_t n, double* out
 }
 
 extern "C" mla_status mla_cpu_scale_inplace(float* x, int64_t n, float s) {
-  MLA_CHECK(x && n >= 0, "scale_inplace: bad arguments");
+  MLA_CHECK(n >= 0, "scale_inplace: negative size");
+  MLA_CHECK_BUF(x, n, "scale_inplace: null x");
 #pragma omp parallel for schedule(static) if (n > 65536)
   for (int64_t i = 0; i < n; i++) x[i] *= s;
   return MLA_OK;
@@ -37,7 +40,10 @@ extern "C" mla_status mla_cpu_scale_inplace(float* x, int64_t n, float s) {
 
 // acc[h, i] += mean over t of ‖(y[t,h,i], y[t,h,i+Dh/2])‖ for y[T, heads, Dh] (2-norm calibration).
 extern "C" mla_status mla_cpu_pair_norms(const float* y, double* acc, int64_t T, int64_t heads, int64_t Dh) {
-  MLA_CHECK(y && acc && T > 0 && heads > 0 && Dh > 0 && Dh % 2 == 0, "pair_norms: bad arguments");
+  MLA_CHECK(T >= 0 && heads >= 0 && Dh >= 0 && Dh % 2 == 0, "pair_norms: bad sizes");
+  MLA_CHECK_BUF(y, T * heads * Dh, "pair_norms: null y");
+  MLA_CHECK_BUF(acc, heads * Dh / 2, "pair_norms: null acc");
+  if (T == 0) return MLA_OK;  // no rows: nothing to average
   const int64_t half = Dh / 2;
 #pragma omp parallel for schedule(static)
   for (int64_t hi = 0; hi < heads * half; hi++) {
@@ -54,7 +60,9 @@ extern "C" mla_status mla_cpu_pair_norms(const float* y, double* acc, int64_t T,
 
 // acc[D,D] (upper triangle, row-major) += xᵀ·x for x[T,D], float64 accumulation (activation-aware SVD init).
 extern "C" mla_status mla_cpu_accumulate_covariance(const float* x, double* acc, int64_t T, int64_t D) {
-  MLA_CHECK(x && acc && T >= 0 && D > 0, "accumulate_covariance: bad arguments");
+  MLA_CHECK(T >= 0 && D >= 0, "accumulate_covariance: negative size");
+  MLA_CHECK_BUF(x, T * D, "accumulate_covariance: null x");
+  MLA_CHECK_BUF(acc, D * D, "accumulate_covariance: null acc");
 #pragma omp parallel for schedule(dynamic, 8)
   for (int64_t i = 0; i < D; i++) {
     double* row = acc + i * D;

@@ -10,7 +10,7 @@ import { MlaError } from "../../errors.js";
 import { packageRoot } from "../../io/modelDir.js";
 import type { AttentionOptions } from "../../tensor/backend.js";
 import { Tensor, expectShape } from "../../tensor/tensor.js";
-import { ReferenceBackend, data } from "../reference/index.js";
+import { ReferenceBackend, data, rows } from "../reference/index.js";
 import type { Linalg } from "./linalg.js";
 
 type Fn = (...args: unknown[]) => number;
@@ -107,7 +107,7 @@ export class NativeCpuBackend extends ReferenceBackend {
 
   override linear(x: Tensor, w: Tensor, bias?: Tensor | null): Tensor {
     const K = last(x);
-    const M = x.size / K;
+    const M = rows(x);
     const N = w.shape[0]!;
     expectShape("linear", "w", w, [N, K]);
     if (bias) expectShape("linear", "bias", bias, [N]);
@@ -118,7 +118,7 @@ export class NativeCpuBackend extends ReferenceBackend {
 
   override linearBackward(x: Tensor, w: Tensor, dy: Tensor, need: { x: boolean; w: boolean; bias: boolean }) {
     const K = last(x);
-    const M = x.size / K;
+    const M = rows(x);
     const N = w.shape[0]!;
     expectShape("linearBackward", "dy", dy, [...x.shape.slice(0, -1), N]);
     const dx = need.x ? new Float32Array(M * K) : null;
@@ -155,7 +155,7 @@ export class NativeCpuBackend extends ReferenceBackend {
     const D = last(x);
     expectShape("rmsnorm", "w", w, [D]);
     const y = new Float32Array(x.size);
-    this.call("rmsnorm", this.lib.rmsnorm(data(x), data(w), y, x.size / D, D, eps));
+    this.call("rmsnorm", this.lib.rmsnorm(data(x), data(w), y, rows(x), D, eps));
     return this.make(x.shape, y);
   }
 
@@ -163,7 +163,7 @@ export class NativeCpuBackend extends ReferenceBackend {
     const D = last(x);
     const dx = new Float32Array(x.size);
     const dw = new Float32Array(D);
-    this.call("rmsnorm_backward", this.lib.rmsnormBackward(data(x), data(w), data(dy), dx, dw, x.size / D, D, eps));
+    this.call("rmsnorm_backward", this.lib.rmsnormBackward(data(x), data(w), data(dy), dx, dw, rows(x), D, eps));
     return { dx: this.make(x.shape, dx), dw: this.make([D], dw) };
   }
 
@@ -223,7 +223,7 @@ export class NativeCpuBackend extends ReferenceBackend {
 
   override crossEntropy(logits: Tensor, targets: Int32Array): Float64Array {
     const V = last(logits);
-    const T = logits.size / V;
+    const T = rows(logits);
     this.checkTargets(targets, T, V);
     const loss = new Float64Array(T);
     this.call("cross_entropy", this.lib.crossEntropy(data(logits), targets, loss, null, 0, T, V));
@@ -232,7 +232,7 @@ export class NativeCpuBackend extends ReferenceBackend {
 
   override crossEntropyBackward(logits: Tensor, targets: Int32Array, scale: number): Tensor {
     const V = last(logits);
-    const T = logits.size / V;
+    const T = rows(logits);
     this.checkTargets(targets, T, V);
     const d = new Float32Array(logits.size);
     this.call("cross_entropy", this.lib.crossEntropy(data(logits), targets, null, d, scale, T, V));

@@ -7,7 +7,7 @@ import { visibleKeys } from "../../tensor/backend.js";
 import type { AttentionOptions } from "../../tensor/backend.js";
 import { Tensor, expectShape } from "../../tensor/tensor.js";
 import type { ReferenceBackend } from "./index.js";
-import { data } from "./index.js";
+import { data, rows } from "./index.js";
 
 function last(t: Tensor): number {
   return t.shape[t.shape.length - 1]!;
@@ -15,7 +15,7 @@ function last(t: Tensor): number {
 
 export function linearBackward(B: ReferenceBackend, x: Tensor, w: Tensor, dy: Tensor, need: { x: boolean; w: boolean; bias: boolean }) {
   const K = last(x);
-  const M = x.size / K;
+  const M = rows(x);
   const N = w.shape[0]!;
   expectShape("linearBackward", "dy", dy, [...x.shape.slice(0, -1), N]);
   const X = data(x);
@@ -69,7 +69,8 @@ export function rmsnormBackward(B: ReferenceBackend, x: Tensor, w: Tensor, eps: 
   const G = data(dy);
   const dx = B.alloc(X.length);
   const dw = new Float64Array(D);
-  for (let r = 0; r < X.length / D; r++) {
+  const R = rows(x);
+  for (let r = 0; r < R; r++) {
     const o = r * D;
     let ss = 0;
     for (let i = 0; i < D; i++) ss += X[o + i]! * X[o + i]!;
@@ -176,7 +177,7 @@ function softmaxRow(X: ArrayLike<number>, o: number, V: number, temp: number, ou
 export function crossEntropyBackward(B: ReferenceBackend, logits: Tensor, targets: Int32Array, scale: number) {
   const V = last(logits);
   const L = data(logits);
-  const T = L.length / V;
+  const T = rows(logits);
   if (targets.length !== T) throw new MlaError("BAD_ARGUMENT", `crossEntropyBackward: ${targets.length} targets for ${T} rows`, "one target per row");
   const out = B.alloc(L.length);
   const p = new Float64Array(V);
@@ -193,13 +194,13 @@ export function klDivergence(B: ReferenceBackend, student: Tensor, teacher: Tens
   const V = last(student);
   const S = data(student);
   const Tt = data(teacher);
-  const rows = S.length / V;
-  const loss = new Float64Array(rows);
+  const R = rows(student);
+  const loss = new Float64Array(R);
   const grad = B.alloc(S.length);
   const ps = new Float64Array(V);
   const pt = new Float64Array(V);
   const t2 = temperature * temperature;
-  for (let r = 0; r < rows; r++) {
+  for (let r = 0; r < R; r++) {
     softmaxRow(S, r * V, V, temperature, ps);
     softmaxRow(Tt, r * V, V, temperature, pt);
     let kl = 0;
@@ -214,7 +215,7 @@ export function klDivergence(B: ReferenceBackend, student: Tensor, teacher: Tens
 
 export function scatterCols(B: ReferenceBackend, dy: Tensor, idx: Int32Array, n: number) {
   const K = last(dy);
-  const M = dy.size / K;
+  const M = rows(dy);
   const G = data(dy);
   const out = B.alloc(M * n);
   for (let m = 0; m < M; m++) for (let k = 0; k < K; k++) out[m * n + idx[k]!] += G[m * K + k]!;
@@ -223,11 +224,11 @@ export function scatterCols(B: ReferenceBackend, dy: Tensor, idx: Int32Array, n:
 
 export function splitLast(B: ReferenceBackend, x: Tensor, a: number): [Tensor, Tensor] {
   const N = last(x);
-  const rows = x.shape.slice(0, -1).reduce((p, q) => p * q, 1);
+  const R = rows(x);
   const X = data(x);
-  const A = B.alloc(rows * a);
-  const Bb = B.alloc(rows * (N - a));
-  for (let r = 0; r < rows; r++) {
+  const A = B.alloc(R * a);
+  const Bb = B.alloc(R * (N - a));
+  for (let r = 0; r < R; r++) {
     A.set(X.subarray(r * N, r * N + a), r * a);
     Bb.set(X.subarray(r * N + a, (r + 1) * N), r * (N - a));
   }
