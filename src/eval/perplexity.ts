@@ -3,10 +3,10 @@
  * tokens, score windows of [BOS] + the next ctx−1 tokens (stride ctx−1), so every kept token is
  * predicted exactly once; mean NLL in nats/token and ppl = exp(NLL).
  */
-import fs from "node:fs";
 import { MlaError, ioError } from "../errors.js";
 import type { LlamaModel } from "../model/llama.js";
 import type { TextTokenizer } from "../io/tokenizer.js";
+import { readTextFile } from "../io/text.js";
 import { Progress, ProgressSink } from "../util/progress.js";
 
 export interface PerplexityResult {
@@ -22,7 +22,7 @@ export interface PerplexityResult {
 export function readText(file: string): string {
   let text: string;
   try {
-    text = fs.readFileSync(file, "utf8");
+    text = readTextFile(file);
   } catch (e) {
     throw ioError("cannot read text", file, e);
   }

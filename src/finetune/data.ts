@@ -5,7 +5,7 @@
  * of the training tokens. Training sequences are non-overlapping [BOS] + (seq−1) consecutive
  * tokens, visited in a seeded random order that is reshuffled every epoch.
  */
-import fs from "node:fs";
+import { readTextFile } from "../io/text.js";
 import { MlaError, ioError } from "../errors.js";
 import type { TextTokenizer } from "../io/tokenizer.js";
 import { Rng } from "./rng.js";
@@ -31,7 +31,7 @@ export interface TrainingData {
 export function readDocuments(file: string): string[] {
   let text: string;
   try {
-    text = fs.readFileSync(file, "utf8");
+    text = readTextFile(file);
   } catch (e) {
     throw ioError("cannot read data", file, e);
   }

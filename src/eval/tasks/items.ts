@@ -5,6 +5,7 @@
 import fs from "node:fs";
 import Bunzip from "seek-bzip";
 import { MlaError, ioError } from "../../errors.js";
+import { normalizeNewlines } from "../../io/text.js";
 
 export interface ChoiceItem {
   /** 0-based index in the file. */
@@ -23,6 +24,17 @@ function readFile(file: string): Buffer {
   }
 }
 
+/** The file as text, bzip2 decoded where named .bz2, newlines normalized like Python's text mode. */
+function readText(file: string): string {
+  const buf = readFile(file);
+  if (!file.endsWith(".bz2")) return normalizeNewlines(buf.toString("utf8"));
+  try {
+    return normalizeNewlines(Bunzip.decode(buf).toString("utf8"));
+  } catch (e) {
+    throw bad(file, null, `is not a complete bzip2 file (${(e as Error).message ?? e})`);
+  }
+}
+
 function bad(file: string, item: number | null, what: string, hint = "the task file is corrupt or in another format; copy it again"): MlaError {
   return new MlaError("BAD_TEXT", `${file}${item === null ? "" : ` item ${item}`}: ${what}`, hint);
 }
@@ -30,7 +42,7 @@ function bad(file: string, item: number | null, what: string, hint = "the task f
 function readJsonArray(file: string): unknown[] {
   let raw: unknown;
   try {
-    raw = JSON.parse(readFile(file).toString("utf8"));
+    raw = JSON.parse(readText(file));
   } catch (e) {
     if (e instanceof MlaError) throw e;
     throw bad(file, null, `not valid JSON (${(e as Error).message})`);
@@ -83,16 +95,7 @@ export function parseInstructionChoices(file: string, kind: "answer" | "solution
 
 /** HellaSwag in llama.cpp's text format (bz2 or plain): 6 lines per item: context, gold (0-based), 4 endings. */
 export function parseHellaswag(file: string, limit?: number): ChoiceItem[] {
-  const buf = readFile(file);
-  let text: string;
-  if (file.endsWith(".bz2")) {
-    try {
-      text = Bunzip.decode(buf).toString("utf8");
-    } catch (e) {
-      throw bad(file, null, `is not a complete bzip2 file (${(e as Error).message ?? e})`);
-    }
-  } else text = buf.toString("utf8");
-  const lines = text.split("\n");
+  const lines = readText(file).split("\n");
   if (lines[lines.length - 1] === "") lines.pop();
   if (lines.length % 6 !== 0) throw bad(file, Math.floor(lines.length / 6), `has ${lines.length} lines, not a multiple of 6 (context, gold, 4 endings per item)`);
   const out: ChoiceItem[] = [];
@@ -114,7 +117,7 @@ export interface LambadaItem {
 
 export function parseLambada(file: string, limit?: number): LambadaItem[] {
   const out: LambadaItem[] = [];
-  const lines = readFile(file).toString("utf8").split("\n");
+  const lines = readText(file).split("\n");
   for (let i = 0; i < lines.length && (limit === undefined || out.length < limit); i++) {
     if (!lines[i]!.trim()) continue;
     let row: unknown;

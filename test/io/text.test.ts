@@ -1,0 +1,66 @@
+/**
+ * Issue 16: text is read the way Python's text mode reads it ("\r\n" and a lone "\r" → "\n") in
+ * eval, calibration, fine-tuning data and task files, so a CRLF copy of a file gives the token ids
+ * of the LF original.
+ */
+import assert from "node:assert/strict";
+import fs from "node:fs";
+import path from "node:path";
+import { test } from "node:test";
+import { readText, tokenizeForEval } from "../../src/eval/perplexity.js";
+import { parseHellaswag, parseInstructionChoices, parseLambada } from "../../src/eval/tasks/items.js";
+import { readDocuments } from "../../src/finetune/data.js";
+import { normalizeNewlines, readTextFile } from "../../src/io/text.js";
+import { loadTokenizer } from "../../src/io/tokenizer.js";
+import { calibrationWindows } from "../../src/ropeSelect/calibrate.js";
+import { FIXTURES, MODELS, tmpDir } from "../helpers.js";
+
+const tok = loadTokenizer(path.join(MODELS, "stories260K"));
+const crlf = (s: string) => s.replace(/\n/g, "\r\n");
+
+/** The same text written with LF and with CRLF line endings. */
+function pair(name: string, text: string): [string, string] {
+  const dir = tmpDir();
+  const lf = path.join(dir, `lf-${name}`), cr = path.join(dir, `crlf-${name}`);
+  fs.writeFileSync(lf, text);
+  fs.writeFileSync(cr, crlf(text));
+  return [lf, cr];
+}
+
+test("newlines are normalized like Python's universal newlines", () => {
+  assert.equal(normalizeNewlines("a\r\nb\rc\nd\r\r\ne\r"), "a\nb\nc\nd\n\ne\n");
+  assert.equal(normalizeNewlines("no carriage return\n"), "no carriage return\n");
+  const [lf, cr] = pair("x.txt", "one\ntwo\n");
+  assert.equal(readTextFile(cr), readTextFile(lf));
+});
+
+test("eval and calibration text: a CRLF file gives the token ids of its LF version", () => {
+  const text = fs.readFileSync(path.join(FIXTURES, "text", "tinystories_heldout.txt"), "utf8").slice(0, 20_000);
+  assert.ok(text.split("\n").length > 20, "the sample has line breaks");
+  const [lf, cr] = pair("eval.txt", text);
+  const want = tokenizeForEval(tok, readText(lf));
+  assert.notDeepEqual(tokenizeForEval(tok, fs.readFileSync(cr, "utf8")), want, "the raw CRLF text tokenizes differently");
+  assert.deepEqual(tokenizeForEval(tok, readText(cr)), want);
+  assert.deepEqual(calibrationWindows(tok, readText(cr), 4, 64, 1), calibrationWindows(tok, readText(lf), 4, 64, 1));
+});
+
+test("fine-tuning data: CRLF .txt and .jsonl files give the documents of their LF versions", () => {
+  const text = "Once upon a time.\nThe end.\n\nAnother story.\n";
+  const [lf, cr] = pair("data.txt", text);
+  assert.deepEqual(readDocuments(cr), readDocuments(lf));
+  assert.deepEqual(readDocuments(cr), [text]);
+  const [jl, jc] = pair("data.jsonl", '{"text": "a\\nb"}\n{"text": "c"}\n');
+  assert.deepEqual(readDocuments(jc), readDocuments(jl));
+});
+
+test("task files: CRLF HellaSwag, LAMBADA and instruction files parse like their LF versions", () => {
+  const hs = ["A man is sitting.", "1", "He stands.", "He sits down.", "He runs.", "He sleeps."].join("\n") + "\n";
+  const [hl, hc] = pair("hellaswag.txt", hs);
+  assert.deepEqual(parseHellaswag(hc), parseHellaswag(hl));
+  assert.equal(parseHellaswag(hc)[0]!.choices[3], " He sleeps.");
+  const [ll, lc] = pair("lambada.jsonl", '{"text": "the cat sat on the mat"}\n{"text": "a dog ran home"}\n');
+  assert.deepEqual(parseLambada(lc), parseLambada(ll));
+  const item = { instruction: "Please choose the correct answer to the question: Q?\n\nAnswer1: yes Answer2: no\n\nAnswer format: answer1/answer2", answer: "answer1" };
+  const [il, ic] = pair("arc.json", JSON.stringify([item], null, 2) + "\n");
+  assert.deepEqual(parseInstructionChoices(ic, "answer"), parseInstructionChoices(il, "answer"));
+});
