@@ -45,3 +45,15 @@ export function seededRand<A extends Float32Array | Float64Array>(seed: number, 
     return a;
   };
 }
+
+/**
+ * Polls `cond` every `everyMs` until it holds. The limit is generous on purpose: tests wait for an
+ * event (a folder, a log line), not for a duration, so a busy machine only makes them slower.
+ */
+export async function waitFor(cond: () => boolean, what: string, limitMs = 300_000, everyMs = 10): Promise<void> {
+  const t0 = Date.now();
+  while (!cond()) {
+    if (Date.now() - t0 > limitMs) throw new Error(`timed out after ${limitMs / 1000} s waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, everyMs));
+  }
+}

@@ -4,7 +4,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { test } from "node:test";
 import { Checkpoint } from "../../src/io/checkpoint.js";
-import { ROOT, SHARED, FIXTURES, tmpDir } from "../helpers.js";
+import { ROOT, SHARED, FIXTURES, tmpDir, waitFor } from "../helpers.js";
 
 const MAIN = path.join(ROOT, "dist", "src", "cli", "main.js");
 
@@ -87,7 +87,9 @@ test("an interrupted synth leaves neither the output nor a temporary folder", as
   const child = spawn(process.execPath, [MAIN, "synth", "--arch", "llama2-7b", "--layers", "8", "--out", out], { stdio: ["ignore", "ignore", "pipe"] });
   let stderr = "";
   child.stderr.on("data", (d) => (stderr += d));
-  await new Promise((r) => setTimeout(r, 1500));
+  // Interrupt once the temporary folder exists (signal handlers are set before any command runs),
+  // not after a fixed delay: on a busy machine the CLI may not have started yet.
+  await waitFor(() => fs.readdirSync(parent).some((n) => n.includes(".tmp-")), "synth's temporary folder");
   child.kill("SIGINT");
   const code = await new Promise((r) => child.on("exit", r));
   assert.equal(code, 130, stderr);

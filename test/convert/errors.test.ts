@@ -8,7 +8,7 @@ import { convert, ConvertOptions } from "../../src/convert/pipeline.js";
 import { parseStrategy } from "../../src/ropeSelect/strategies.js";
 import { beginOutDir } from "../../src/io/atomicDir.js";
 import { synth } from "../../src/synth/synth.js";
-import { MODELS, ROOT, tmpDir } from "../helpers.js";
+import { MODELS, ROOT, tmpDir, waitFor } from "../helpers.js";
 
 const MAIN = path.join(ROOT, "dist", "src", "cli", "main.js");
 
@@ -74,9 +74,9 @@ test("a conversion killed mid-way leaves no output; SIGTERM removes its temporar
     const child = spawn(process.execPath, [MAIN, "convert", model, "--rank", "64", "--rope-pairs", "8", "--rope-strategy", "uniform", "--out", out], { stdio: ["ignore", "ignore", "pipe"] });
     let err = "";
     child.stderr.on("data", (d) => (err += d));
-    // Wait until the temporary folder exists: the conversion is then under way.
-    for (let i = 0; i < 200 && !fs.readdirSync(parent).some((n) => n.includes(".tmp-")); i++) await new Promise((r) => setTimeout(r, 50));
-    await new Promise((r) => setTimeout(r, 300));
+    // The temporary folder exists: the conversion is under way and the CLI's signal handlers (set
+    // before any command runs) are in place. Kill at once, long before the layer is written.
+    await waitFor(() => fs.readdirSync(parent).some((n) => n.includes(".tmp-")), "the conversion's temporary folder");
     child.kill(signal);
     await new Promise((r) => child.on("exit", r));
     return err;

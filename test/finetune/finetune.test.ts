@@ -9,7 +9,7 @@ import { finetune, FinetuneOptions } from "../../src/finetune/trainer.js";
 import { lrAt, parseSchedule } from "../../src/finetune/schedule.js";
 import { AdamW, clipGradients } from "../../src/finetune/optimizer.js";
 import { loadModel } from "../../src/model/llama.js";
-import { FIXTURES, MODELS, ROOT, tmpDir } from "../helpers.js";
+import { FIXTURES, MODELS, ROOT, tmpDir, waitFor } from "../helpers.js";
 
 const MAIN = path.join(ROOT, "dist", "src", "cli", "main.js");
 const DATA = path.join(FIXTURES, "text", "tinystories_25k.txt");
@@ -69,12 +69,12 @@ test("resume equality: 20 steps straight = 10 steps, kill -9, --resume 10 steps 
   const straight = path.join(tmpDir(), "straight");
   assert.equal(spawnSync(process.execPath, [MAIN, ...args(straight)], { encoding: "utf8" }).status, 0);
   const killed = path.join(tmpDir(), "killed");
-  const child = spawn(process.execPath, [MAIN, ...args(killed)], { stdio: "ignore" });
+  // The hook SIGKILLs the child right after its step-10 checkpoint, at the same step on any machine.
+  const child = spawnSync(process.execPath, [MAIN, ...args(killed)], { encoding: "utf8", env: { ...process.env, MHA2MLA_TEST_KILL_AFTER_SAVE: "10" } });
+  assert.equal(child.signal, "SIGKILL", `the child was not killed by the hook: status ${child.status}, ${child.stderr}`);
   const state = path.join(killed, "checkpoint", "state.json");
-  for (let i = 0; i < 600 && !fs.existsSync(state); i++) await new Promise((r) => setTimeout(r, 20));
-  child.kill("SIGKILL");
-  await new Promise((r) => child.on("exit", r));
   assert.equal(JSON.parse(fs.readFileSync(state, "utf8")).step, 10, "killed after the step-10 checkpoint, before the end");
+  assert.equal(fs.existsSync(path.join(killed, "model.safetensors")), false, "no model before the run ends");
   const resumed = spawnSync(process.execPath, [MAIN, ...args(killed), "--resume"], { encoding: "utf8" });
   assert.equal(resumed.status, 0, resumed.stderr);
   const losses = (dir: string) => {
@@ -93,18 +93,19 @@ test("resume equality: 20 steps straight = 10 steps, kill -9, --resume 10 steps 
 test("graceful SIGTERM saves a checkpoint and exits with 130, leaving no model yet", async () => {
   const model = await convertedModel();
   const out = path.join(tmpDir(), "sig");
-  const args = ["finetune", model, "--data", DATA, "--out", out, "--tokens", String(200 * 4 * 64), "--seq", "64", "--batch", "4", "--val-fraction", "0.02"];
+  // 2000 steps: far more than run between the first logged loss and the signal, even on a fast machine.
+  const args = ["finetune", model, "--data", DATA, "--out", out, "--tokens", String(2000 * 4 * 64), "--seq", "64", "--batch", "4", "--val-fraction", "0.02"];
   const child = spawn(process.execPath, [MAIN, ...args], { stdio: ["ignore", "pipe", "pipe"] });
   let stdout = "";
   child.stdout.on("data", (d) => (stdout += d));
   const logFile = path.join(out, "train_log.jsonl");
-  for (let i = 0; i < 600 && !(fs.existsSync(logFile) && fs.readFileSync(logFile, "utf8").includes('"loss"')); i++) await new Promise((r) => setTimeout(r, 20));
+  await waitFor(() => fs.existsSync(logFile) && fs.readFileSync(logFile, "utf8").includes('"loss"'), "the first logged loss");
   child.kill("SIGTERM");
   const code = await new Promise((r) => child.on("exit", r));
   assert.equal(code, 130);
   assert.match(stdout, /stopped at step \d+; checkpoint/);
   const st = JSON.parse(fs.readFileSync(path.join(out, "checkpoint", "state.json"), "utf8"));
-  assert.ok(st.step >= 1 && st.step < 200);
+  assert.ok(st.step >= 1 && st.step < 2000);
   assert.equal(fs.existsSync(path.join(out, "model.safetensors")), false, "no model before the run ends");
 });
 

@@ -149,7 +149,8 @@ test("fuzz: 2,000 mutations of a valid file give only MlaErrors or valid reads",
     }
   }
   assert.ok(refused > 500, `only ${refused} of 2000 mutations were refused`);
-  assert.ok(Date.now() - t0 < 20000, "fuzzing takes seconds");
+  // Seconds normally; the loose bound only catches a pathological reader (a hang, a huge allocation).
+  assert.ok(Date.now() - t0 < 120_000, "fuzzing takes seconds");
 });
 
 test("header layout: 8-byte length then space-padded JSON", () => {
