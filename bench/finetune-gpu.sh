@@ -2,7 +2,7 @@
 # GPU fine-tuning throughput beside PyTorch, same synth checkpoint, same batch × seq, one command:
 # ours (`mha2mla finetune --device cuda`, the MLA conversion, bf16 mixed precision and f32) and
 # PyTorch 2.x HF LlamaForCausalLM of the original checkpoint (bf16 autocast, fused AdamW, SDPA),
-# eager and torch.compile (bench/finetune_torch.py). Tokens/s are steady state (steps after the first
+# eager and torch.compile (bench/finetune_torch.py), each also with activation/gradient checkpointing. Tokens/s are steady state (steps after the first
 # two); MFU = 6·params·tokens/s / 989 TFLOP/s.
 # Usage: bash bench/finetune-gpu.sh [WORKDIR] [ARCH] [SEQ] [BATCH] [STEPS] [LAYERS] [TEXT] [RANK] [ROPE_PAIRS]
 set -euo pipefail
@@ -16,11 +16,14 @@ mkdir -p "$W"
 cp fixtures/models/stories260K/tokenizer.json fixtures/models/stories260K/tokenizer_config.json "$M/"
 [ -f "$M-mla/config.json" ] || $CLI convert "$M" --device cuda --rank "$RANK" --rope-pairs "$PAIRS" --rope-strategy uniform --out "$M-mla" --force > /dev/null 2>&1
 echo "$(date -u +%F), $(nvidia-smi --query-gpu=name --format=csv,noheader), $ARCH${LAYERS:+ ($LAYERS layers)}, MLA R $PAIRS rank $RANK, seq $SEQ, batch $BATCH"
-for prec in ${PRECISIONS:-bf16 f32}; do
-  out="$W/ft-$prec"
-  /usr/bin/time -f "%M" -o "$out.rss" $CLI finetune "$M-mla" --device cuda --precision "$prec" --data "$TEXT" --val-fraction 0.02 --tokens $((SEQ * BATCH * STEPS)) --seq "$SEQ" --batch "$BATCH" --lr 1e-4 --out "$out" --force > "$out.log" 2>&1 || { tail -5 "$out.log"; continue; }
-  node bench/finetune_summary.mjs "$out" "$prec" "$SEQ" "$BATCH" "$M-mla"
+# A variant is a precision, optionally +ckpt (--checkpoint-activations).
+for variant in ${PRECISIONS:-bf16 bf16+ckpt f32}; do
+  prec=${variant%+ckpt}; ckpt=""; [ "$variant" != "$prec" ] && ckpt=--checkpoint-activations
+  out="$W/ft-$variant"
+  /usr/bin/time -f "%M" -o "$out.rss" $CLI finetune "$M-mla" --device cuda --precision "$prec" $ckpt --data "$TEXT" --val-fraction 0.02 --tokens $((SEQ * BATCH * STEPS)) --seq "$SEQ" --batch "$BATCH" --lr 1e-4 --out "$out" --force > "$out.log" 2>&1 || { tail -5 "$out.log"; continue; }
+  node bench/finetune_summary.mjs "$out" "$variant" "$SEQ" "$BATCH" "$M-mla"
 done
-for mode in ${TORCH_MODES:-eager compile}; do
-  python3 bench/finetune_torch.py --model "$M" --seq "$SEQ" --batch "$BATCH" --steps "$STEPS" --warmup-steps 3 $([ $mode = compile ] && echo --compile) --json "$W/torch-$mode.json" 2>"$W/torch-$mode.err" | tail -1 || tail -3 "$W/torch-$mode.err"
+# A mode is eager or compile, optionally +ckpt (gradient checkpointing).
+for mode in ${TORCH_MODES:-eager eager+ckpt compile}; do
+  python3 bench/finetune_torch.py --model "$M" --seq "$SEQ" --batch "$BATCH" --steps "$STEPS" --warmup-steps 3 $([[ $mode == compile* ]] && echo --compile) $([[ $mode == *+ckpt ]] && echo --checkpointing) --json "$W/torch-$mode.json" 2>"$W/torch-$mode.err" | tail -1 || tail -3 "$W/torch-$mode.err"
 done

@@ -2,6 +2,7 @@
 // Attention for T > 1 runs as cuBLAS GEMMs over query chunks by default (decode.cu); a flash-style
 // kernel (online softmax over key tiles in shared memory) and one block per query row and head are
 // the alternatives (MHA2MLA_CUDA_ATTENTION); float32 accumulation throughout.
+#include <algorithm>
 #include <cstring>
 #include <cstdlib>
 #include <cfloat>
@@ -140,8 +141,10 @@ __global__ void k_rmsnorm(const float* x, const float* w, float* y, int64_t D, f
   const float inv = rsqrtf(ss / D + eps);
   for (int64_t i = threadIdx.x; i < D; i += blockDim.x) y[blockIdx.x * D + i] = xr[i] * inv * w[i];
 }
-// dx = inv·(w⊙dy − x̂·mean(x̂⊙w⊙dy)), x̂ = x·inv; dw accumulated per row with atomics.
-__global__ void k_rmsnorm_bwd(const float* x, const float* w, const float* dy, float* dx, float* dw, int64_t D, float eps) {
+// dx = inv·(w⊙dy − x̂·mean(x̂⊙w⊙dy)), x̂ = x·inv; the row's inv goes to inv_out for dw. No atomics:
+// dw is reduced over rows in a fixed order (k_rmsnorm_dw_partial, k_sum_splits), so a training step
+// gives the same bits every time, which resume's bit-identity needs.
+__global__ void k_rmsnorm_bwd(const float* x, const float* w, const float* dy, float* dx, float* inv_out, int64_t D, float eps) {
   __shared__ float red[32];
   const float* xr = x + blockIdx.x * D;
   const float* g = dy + blockIdx.x * D;
@@ -154,10 +157,35 @@ __global__ void k_rmsnorm_bwd(const float* x, const float* w, const float* dy, f
   dot = block_reduce<false>(dot, red);
   const float inv = rsqrtf(ss / D + eps);
   const float c = dot * inv * inv * inv / D;
-  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) {
-    dx[blockIdx.x * D + i] = inv * w[i] * g[i] - c * xr[i];
-    atomicAdd(&dw[i], g[i] * xr[i] * inv);
+  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) dx[blockIdx.x * D + i] = inv * w[i] * g[i] - c * xr[i];
+  if (threadIdx.x == 0) inv_out[blockIdx.x] = inv;
+}
+// partial[split, c] = Σ over the split's rows of dy[r, c]·x[r, c]·inv[r]; blocks of 32 columns × 8 row
+// lanes (coalesced along the columns), the lanes summed in order.
+constexpr int kDwLanes = 8;
+constexpr int64_t kDwSplits = 64;
+__global__ void k_rmsnorm_dw_partial(const float* x, const float* dy, const float* inv, float* partial, int64_t rows, int64_t D) {
+  __shared__ float acc[kDwLanes][33];
+  const int64_t c = blockIdx.x * 32 + threadIdx.x;
+  const int64_t per = (rows + gridDim.y - 1) / gridDim.y;
+  const int64_t r0 = blockIdx.y * per, r1 = r0 + per < rows ? r0 + per : rows;
+  float s = 0;
+  if (c < D)
+    for (int64_t r = r0 + threadIdx.y; r < r1; r += kDwLanes) s += dy[r * D + c] * x[r * D + c] * inv[r];
+  acc[threadIdx.y][threadIdx.x] = s;
+  __syncthreads();
+  if (threadIdx.y == 0 && c < D) {
+    float t = 0;
+    for (int i = 0; i < kDwLanes; i++) t += acc[i][threadIdx.x];
+    partial[blockIdx.y * D + c] = t;
   }
+}
+__global__ void k_sum_splits(const float* partial, float* out, int64_t splits, int64_t D) {
+  const int64_t c = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+  if (c >= D) return;
+  float t = 0;
+  for (int64_t s = 0; s < splits; s++) t += partial[s * D + c];
+  out[c] = t;
 }
 extern "C" mla_status mla_cuda_rmsnorm(const mla_cuda_buf* x, const mla_cuda_buf* w, mla_cuda_buf* y, int64_t rows, int64_t D, float eps) {
   NEED_CTX();
@@ -169,8 +197,18 @@ extern "C" mla_status mla_cuda_rmsnorm(const mla_cuda_buf* x, const mla_cuda_buf
 extern "C" mla_status mla_cuda_rmsnorm_backward(const mla_cuda_buf* x, const mla_cuda_buf* w, const mla_cuda_buf* dy, mla_cuda_buf* dx, mla_cuda_buf* dw, int64_t rows, int64_t D, float eps) {
   NEED_CTX();
   MLA_CHECK(is_f32(x, rows * D) && is_f32(w, D) && is_f32(dy, rows * D) && is_f32(dx, rows * D) && is_f32(dw, D), "rmsnorm_backward: f32 buffers");
-  CUDA_TRY(cudaMemsetAsync(dw->ptr, 0, sizeof(float) * D, S_));
-  if (rows) k_rmsnorm_bwd<<<(unsigned)rows, 256, 0, S_>>>(CF(x), CF(w), CF(dy), F(dx), F(dw), D, eps);
+  if (rows == 0) {
+    CUDA_TRY(cudaMemsetAsync(dw->ptr, 0, sizeof(float) * D, S_));
+    return MLA_OK;
+  }
+  const int64_t splits = rows < kDwSplits ? rows : kDwSplits;
+  mla_status st = MLA_OK;
+  float* inv = (float*)mla::scratch(sizeof(float) * (rows + splits * D), &st);
+  if (st != MLA_OK) return st;
+  float* partial = inv + rows;
+  k_rmsnorm_bwd<<<(unsigned)rows, 256, 0, S_>>>(CF(x), CF(w), CF(dy), F(dx), inv, D, eps);
+  k_rmsnorm_dw_partial<<<dim3((unsigned)((D + 31) / 32), (unsigned)splits), dim3(32, kDwLanes), 0, S_>>>(CF(x), CF(dy), inv, partial, rows, D);
+  k_sum_splits<<<blocks_for(D, 256), 256, 0, S_>>>(partial, F(dw), splits, D);
   KERNEL_CHECK();
   return MLA_OK;
 }
@@ -212,9 +250,13 @@ __global__ void k_embedding(const float* table, const int32_t* ids, float* y, in
   const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
   if (i < T * D) y[i] = table[(int64_t)ids[i / D] * D + i % D];
 }
-__global__ void k_embedding_bwd(const int32_t* ids, const float* dy, float* dt, int64_t T, int64_t D) {
-  const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
-  if (i < T * D) atomicAdd(&dt[(int64_t)ids[i / D] * D + i % D], dy[i]);
+// One block row per distinct token id: its positions (sorted on the host) summed in order, no atomics.
+__global__ void k_embedding_bwd(const int32_t* order, const int32_t* seg_start, const int32_t* seg_id, const float* dy, float* dt, int64_t D) {
+  const int64_t d = blockIdx.y * (int64_t)blockDim.x + threadIdx.x;
+  if (d >= D) return;
+  float s = 0;
+  for (int32_t j = seg_start[blockIdx.x]; j < seg_start[blockIdx.x + 1]; j++) s += dy[(int64_t)order[j] * D + d];
+  dt[(int64_t)seg_id[blockIdx.x] * D + d] = s;
 }
 static mla_status check_ids(const char* op, const int32_t* ids, int64_t T, int64_t V) {
   for (int64_t t = 0; t < T; t++)
@@ -235,10 +277,22 @@ extern "C" mla_status mla_cuda_embedding_backward(const int32_t* ids, const mla_
   NEED_CTX();
   MLA_CHECK(is_f32(dy, T * D) && is_f32(dtable, V * D) && ids, "embedding_backward: f32 buffers");
   if (mla_status st = check_ids("embedding_backward", ids, T, V)) return st;
-  DevInts d;
-  TO_DEVICE(d, ids, T);
+  // Positions grouped by token id (stable), so each id's rows are summed in position order.
+  std::vector<int32_t> order(T), starts, segIds;
+  for (int64_t t = 0; t < T; t++) order[t] = (int32_t)t;
+  std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return ids[a] < ids[b]; });
+  for (int64_t j = 0; j < T; j++)
+    if (j == 0 || ids[order[j]] != ids[order[j - 1]]) {
+      starts.push_back((int32_t)j);
+      segIds.push_back(ids[order[j]]);
+    }
+  starts.push_back((int32_t)T);
+  DevInts dOrder, dStarts, dSegs;
+  TO_DEVICE(dOrder, order.data(), T);
+  TO_DEVICE(dStarts, starts.data(), (int64_t)starts.size());
+  TO_DEVICE(dSegs, segIds.data(), (int64_t)segIds.size());
   CUDA_TRY(cudaMemsetAsync(dtable->ptr, 0, sizeof(float) * V * D, S_));
-  if (T * D) k_embedding_bwd<<<blocks_for(T * D, 256), 256, 0, S_>>>(d.p, CF(dy), F(dtable), T, D);
+  if (!segIds.empty() && D > 0) k_embedding_bwd<<<dim3((unsigned)segIds.size(), (unsigned)((D + 255) / 256)), 256, 0, S_>>>(dOrder.p, dStarts.p, dSegs.p, CF(dy), F(dtable), D);
   KERNEL_CHECK();
   return MLA_OK;
 }

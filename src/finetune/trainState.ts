@@ -29,11 +29,16 @@ export function stateBytes(params: number, precision: Precision): number {
   return params * (4 + 4 + 8 + (precision === "bf16" ? 2 : 0));
 }
 
-/** Rough activation bytes of one micro-batch (the tape keeps each op's inputs and their gradients). */
-export function activationBytes(model: LlamaModel, tokens: number): number {
+/**
+ * Rough peak activation bytes of one micro-batch: the tape keeps each op's output, and the backward
+ * adds their gradients (one layer at a time when `checkpoint`: then every layer keeps only its input,
+ * and one layer is recomputed with its gradients at once); the logits and their gradient.
+ */
+export function activationBytes(model: LlamaModel, tokens: number, checkpoint = false): number {
   const c = model.config;
-  const perLayer = 16 * c.hiddenSize + 6 * c.intermediateSize + 6 * c.heads * c.headDim;
-  return 4 * tokens * (c.layers * perLayer + 3 * c.vocabSize);
+  const perLayer = 2 * (10 * c.hiddenSize + 3 * c.intermediateSize + 4 * c.heads * c.headDim);
+  const layers = checkpoint ? c.layers * 2 * c.hiddenSize + perLayer : c.layers * perLayer;
+  return 4 * tokens * (layers + 3 * c.vocabSize);
 }
 
 function setAt(root: object, path: string, value: unknown): void {
@@ -48,24 +53,37 @@ export function trainableCount(model: LlamaModel, trainable: (path: string) => b
   return trainableLeaves(paramNodes(new Ops(model.backend, null), model.weights, trainable)).reduce((n, l) => n + l.node.value.size, 0);
 }
 
+export interface MemoryChoice {
+  train: "all" | "attention";
+  checkpoint: boolean;
+}
+
 /**
  * Refuses, before anything is allocated, a run whose state and activations cannot fit in the
  * device's free memory, saying what would.
  */
-export function checkFits(model: LlamaModel, trainWhat: "all" | "attention", precision: Precision, tokens: number): void {
+export function checkFits(model: LlamaModel, choice: MemoryChoice, precision: Precision, tokens: number): void {
   const mem = model.backend.memory?.();
   if (!mem) return;
-  const all = trainableCount(model, () => true);
-  const attn = trainableCount(model, (p) => p.includes(".attn."));
-  const n = trainWhat === "all" ? all : attn;
-  const act = activationBytes(model, tokens);
+  const counts = { all: trainableCount(model, () => true), attention: trainableCount(model, (p) => p.includes(".attn.")) };
   // The weights already on the device are float32 copies that the flat buffers replace.
-  const need = stateBytes(n, precision) - 4 * n + act;
+  const needOf = (c: MemoryChoice) => stateBytes(counts[c.train], precision) - 4 * counts[c.train] + activationBytes(model, tokens, c.checkpoint);
+  const need = needOf(choice);
   if (need <= mem.free) return;
   const gib = (x: number) => `${(x / 2 ** 30).toFixed(1)} GiB`;
-  const attnNeed = stateBytes(attn, precision) - 4 * attn + act;
-  const hint = trainWhat === "all" && attnNeed <= mem.free ? `--train attention needs about ${gib(attnNeed)} and fits` : `a smaller --batch or --seq (activations take ${gib(act)}; use --accum to keep the tokens per step)`;
-  throw new MlaError("OUT_OF_MEMORY", `training ${n.toLocaleString("en-US")} parameters (${precision}) needs about ${gib(need)} more device memory (state ${gib(stateBytes(n, precision))}, activations ${gib(act)}); ${gib(mem.free)} are free of ${gib(mem.total)}`, hint);
+  const flags = (c: MemoryChoice) => [`--train ${c.train}`, ...(c.checkpoint ? ["--checkpoint-activations"] : [])].join(" ");
+  const alternatives: MemoryChoice[] = [
+    { train: choice.train, checkpoint: true },
+    { train: "attention", checkpoint: choice.checkpoint },
+    { train: "attention", checkpoint: true },
+  ];
+  const fits = alternatives.find((c) => (c.train !== choice.train || c.checkpoint !== choice.checkpoint) && (c.train === "attention" || choice.train === "all") && (c.checkpoint || !choice.checkpoint) && needOf(c) <= mem.free);
+  const act = activationBytes(model, tokens, choice.checkpoint);
+  const hint = fits
+    ? `${flags(fits)} needs about ${gib(needOf(fits))} and fits`
+    : `a smaller --batch or --seq (activations of ${tokens} tokens take ${gib(act)}; --accum keeps the tokens per step)${choice.checkpoint ? "" : " with --checkpoint-activations"}`;
+  const n = counts[choice.train];
+  throw new MlaError("OUT_OF_MEMORY", `training ${n.toLocaleString("en-US")} parameters (${precision}, ${flags(choice)}) needs about ${gib(need)} more device memory (state ${gib(stateBytes(n, precision))}, activations ${gib(act)}); ${gib(mem.free)} are free of ${gib(mem.total)}`, hint);
 }
 
 export class TrainState {
@@ -206,12 +224,12 @@ export interface MicroBatch {
  * weighted by `ceWeight`, plus distillation from `teacher` weighted by `klWeight`, each summed over
  * tokens and scaled by `scale`) is added into the state's gradient slots. Returns the summed loss.
  */
-export function microStep(state: TrainState, batch: MicroBatch, o: { scale: number; ceWeight: number; klWeight: number; temperature: number; teacher: LlamaModel | null }): number {
+export function microStep(state: TrainState, batch: MicroBatch, o: { scale: number; ceWeight: number; klWeight: number; temperature: number; teacher: LlamaModel | null; checkpoint?: boolean }): number {
   const b: Backend = state.model.backend;
   const run = () => {
     const tape = new Tape(b);
     const bf16 = state.precision === "bf16";
-    const logits: Node = state.model.graph(new Ops(b, tape), state.nodes, batch.inputs, undefined, { sequences: batch.sequences, bf16 });
+    const logits: Node = state.model.graph(new Ops(b, tape), state.nodes, batch.inputs, undefined, { sequences: batch.sequences, bf16, checkpoint: o.checkpoint });
     let loss = 0;
     let seed: Tensor;
     if (b.crossEntropyFused) {

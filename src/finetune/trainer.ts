@@ -60,6 +60,8 @@ export interface FinetuneOptions {
    * has bf16 GEMMs (CUDA), else f32.
    */
   precision?: Precision;
+  /** Recompute each layer in the backward instead of keeping its activations (about one layer's worth in memory). */
+  checkpointActivations?: boolean;
   logger?: Logger;
   progress?: ProgressSink | null;
   /** Polled after every step: true = save a checkpoint and stop (SIGINT/SIGTERM in the CLI). */
@@ -126,10 +128,11 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
 
   const trainable = (p: string) => trainWhat === "all" || p.includes(".attn.");
   const b = model.backend;
-  checkFits(model, trainWhat, precision, batch * (seq - 1));
+  const checkpoint = o.checkpointActivations ?? false;
+  checkFits(model, { train: trainWhat, checkpoint }, precision, batch * (seq - 1));
   b.resetPeak?.();
   const state = new TrainState(model, trainable, precision);
-  log.info(memoryPlan(state, batch * (seq - 1)));
+  log.info(memoryPlan(state, batch * (seq - 1), checkpoint));
   const hyper = { beta1: settings.beta1, beta2: settings.beta2, eps: settings.eps, weightDecay: settings.weightDecay };
   const paths = state.slots.map((s) => s.path);
   let run: RunState = { format: 1, step: 0, epoch: 0, cursor: 0, tokensSeen: 0, fingerprint, settings: { ...settings, model: src.dir } };
@@ -168,7 +171,7 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
   };
   const save = () => saveCheckpoint(out, run, { paths, ...state.download() });
   const targetsPerStep = batch * accum * (seq - 1);
-  const loss = { scale: 1 / targetsPerStep, ceWeight: 1 - distillWeight, klWeight: distillWeight, temperature, teacher };
+  const loss = { scale: 1 / targetsPerStep, ceWeight: 1 - distillWeight, klWeight: distillWeight, temperature, teacher, checkpoint };
   const t0 = performance.now();
   const startStep = run.step;
   let lastPrint = 0;
@@ -212,7 +215,7 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
     valNllAfter = await valNll();
     logLine({ step: run.step, val_nll: valNllAfter });
     await writeModel(src.dir, out, lm.config, model);
-    fs.writeFileSync(path.join(out, "finetune.json"), JSON.stringify({ source: spec, settings: { ...settings, model: src.dir }, steps: run.step, tokens: run.tokensSeen, precision, params: modelParams(model), trainable_params: state.size, peak_device_bytes: model.backend.memory?.().peak ?? null, val_nll_before: valNllBefore, val_nll_after: valNllAfter, seconds }, null, 2) + "\n");
+    fs.writeFileSync(path.join(out, "finetune.json"), JSON.stringify({ source: spec, settings: { ...settings, model: src.dir }, steps: run.step, tokens: run.tokensSeen, precision, checkpoint_activations: checkpoint, params: modelParams(model), trainable_params: state.size, peak_device_bytes: model.backend.memory?.().peak ?? null, val_nll_before: valNllBefore, val_nll_after: valNllAfter, seconds }, null, 2) + "\n");
   }
   return { out, steps: run.step, stoppedEarly, tokensSeen: run.tokensSeen, seconds, tokensPerSecond: ((run.step - startStep) * perStep) / seconds, valNllBefore, valNllAfter, finalLoss, precision };
 }
@@ -233,11 +236,11 @@ async function writeModel(srcDir: string, out: string, config: LlamaModel["confi
 }
 
 /** One line: what the training state and a micro-batch's activations take, beside what the device has. */
-function memoryPlan(state: TrainState, tokens: number): string {
+function memoryPlan(state: TrainState, tokens: number, checkpoint: boolean): string {
   const gib = (x: number) => `${(x / 2 ** 30).toFixed(2)} GiB`;
   const n = state.size;
   const parts = [`weights ${gib(4 * n)}`, `gradients ${gib(4 * n)}`, `AdamW ${gib(8 * n)}`, ...(state.shadow ? [`bf16 copy ${gib(2 * n)}`] : [])];
-  return `memory plan: ${n.toLocaleString("en-US")} trainable parameters (${state.precision}): ${parts.join(", ")} = ${gib(stateBytes(n, state.precision))}; activations of ${tokens} tokens ≈ ${gib(activationBytes(state.model, tokens))}`;
+  return `memory plan: ${n.toLocaleString("en-US")} trainable parameters (${state.precision}): ${parts.join(", ")} = ${gib(stateBytes(n, state.precision))}; activations of ${tokens} tokens${checkpoint ? " (checkpointed per layer)" : ""} ≈ ${gib(activationBytes(state.model, tokens, checkpoint))}`;
 }
 
 /** Every weight's element count (a tied LM head once). */

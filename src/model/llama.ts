@@ -14,10 +14,10 @@ import type { Tensor } from "../tensor/tensor.js";
 import { ModelConfig, ropeInvFreq } from "./config.js";
 import { LlamaWeights, loadLlamaWeights, WeightStorage } from "./weights.js";
 import { DecodeCache, KvCache, LatentCache } from "./kvCache.js";
-import { mhaAttention, mhaDecodeBatch } from "./attention/mha.js";
+import { AttentionMode, mhaAttention, mhaDecodeBatch } from "./attention/mha.js";
 import { MlaError } from "../errors.js";
 import { MlaBlock } from "./attention/mla.js";
-import { Node, Ops } from "../tensor/autograd.js";
+import { Node, Ops, Tape } from "../tensor/autograd.js";
 import { ParamNodes, paramNodes } from "./params.js";
 
 export interface ForwardOptions {
@@ -32,6 +32,22 @@ export interface ForwardOptions {
   sequences?: number;
   /** Mixed precision: attention GEMMs may take bf16 inputs (f32 accumulation) on backends that can. */
   bf16?: boolean;
+  /**
+   * Training only: keep each layer's input, not its intermediates, and recompute the layer during
+   * the backward (activation checkpointing: about one layer of activations instead of all of them).
+   */
+  checkpoint?: boolean;
+}
+
+/** Input gradients that checkpointed layers allocated: each is freed once the layer below has used it. */
+const inputGradients = new WeakSet<Tensor>();
+
+interface LayerContext {
+  positions: Int32Array;
+  batch: readonly DecodeCache[] | null;
+  single: DecodeCache | undefined;
+  mode: AttentionMode;
+  opts: ForwardOptions;
 }
 
 export class LlamaModel {
@@ -90,32 +106,76 @@ export class LlamaModel {
     const positions = batch ? Int32Array.from(batch, (x) => x.length) : new Int32Array(ids.length);
     if (!batch) for (let i = 0; i < ids.length; i++) positions[i] = start + (i % seqLen);
     const mode = { batch: sequences, bf16: opts.bf16 ?? false };
+    const at: LayerContext = { positions, batch, single, mode, opts };
     let h = ops.embedding(P.embed, ids);
-    P.layers.forEach((lw, li) => {
-      const x = ops.rmsnorm(h, lw.inputNorm, c.rmsEps);
-      opts.onAttentionInput?.(li, x.value);
-      const a = batch
-        ? lw.attn.kind === "mha"
-          ? mhaDecodeBatch(ops, c, lw.attn, this.invFreq, x, positions, li, batch as KvCache[])
-          : ops.constant(this.mla![li]!.decodeBatch(x.value, positions, batch as LatentCache[]))
-        : lw.attn.kind === "mha"
-          ? mhaAttention(ops, c, lw.attn, this.invFreq, x, positions, li, single as KvCache | undefined, mode)
-          : this.mla![li]!.forward(ops, lw.attn, x, positions, single as LatentCache | undefined, opts.absorb, mode);
-      const h1 = ops.add(h, a);
-      // Without a tape nothing refers to the intermediates again: free them now (a GPU backend would
-      // otherwise hold them until the garbage collector runs, gigabytes per window on a 7B model).
-      if (!ops.tape) for (const n of [h, x, a]) n.value.dispose();
-      const y = ops.rmsnorm(h1, lw.postNorm, c.rmsEps);
-      const g = ops.linear(y, lw.gate, lw.gateBias);
-      const u = ops.linear(y, lw.up, lw.upBias);
-      const s = ops.swiglu(g, u);
-      const m = ops.linear(s, lw.down, lw.downBias);
-      h = ops.add(h1, m);
-      if (!ops.tape) for (const n of [h1, y, g, u, s, m]) n.value.dispose();
-    });
+    for (let li = 0; li < P.layers.length; li++) {
+      const next = opts.checkpoint && ops.tape ? this.checkpointedLayer(ops, P, li, h, at) : this.layer(ops, P, li, h, at);
+      // Without a tape nothing refers to the layer input again: free it now (a GPU backend would
+      // otherwise hold it until the garbage collector runs, gigabytes per window on a 7B model).
+      if (!ops.tape) h.value.dispose();
+      h = next;
+    }
     if (batch) for (const b of batch) b.advance(1);
     else single?.advance(ids.length);
     return ops.linear(ops.rmsnorm(h, P.finalNorm, c.rmsEps), P.lmHead, null);
+  }
+
+  /** One decoder layer on `h` [T, D]; without a tape its intermediates (not `h`) are freed at once. */
+  private layer(ops: Ops, P: ParamNodes, li: number, h: Node, at: LayerContext): Node {
+    const c = this.config;
+    const lw = P.layers[li]!;
+    const x = ops.rmsnorm(h, lw.inputNorm, c.rmsEps);
+    at.opts.onAttentionInput?.(li, x.value);
+    const a = at.batch
+      ? lw.attn.kind === "mha"
+        ? mhaDecodeBatch(ops, c, lw.attn, this.invFreq, x, at.positions, li, at.batch as KvCache[])
+        : ops.constant(this.mla![li]!.decodeBatch(x.value, at.positions, at.batch as LatentCache[]))
+      : lw.attn.kind === "mha"
+        ? mhaAttention(ops, c, lw.attn, this.invFreq, x, at.positions, li, at.single as KvCache | undefined, at.mode)
+        : this.mla![li]!.forward(ops, lw.attn, x, at.positions, at.single as LatentCache | undefined, at.opts.absorb, at.mode);
+    const h1 = ops.add(h, a);
+    if (!ops.tape) for (const n of [x, a]) n.value.dispose();
+    const y = ops.rmsnorm(h1, lw.postNorm, c.rmsEps);
+    const g = ops.linear(y, lw.gate, lw.gateBias);
+    const u = ops.linear(y, lw.up, lw.upBias);
+    const s = ops.swiglu(g, u);
+    const m = ops.linear(s, lw.down, lw.downBias);
+    const out = ops.add(h1, m);
+    if (!ops.tape) for (const n of [h1, y, g, u, s, m]) n.value.dispose();
+    return out;
+  }
+
+  /**
+   * Activation checkpointing: the layer runs without a tape (only its input and output stay alive)
+   * and runs again, recorded, when the backward reaches it; the recomputed intermediates live in an
+   * arena of their own that closes as soon as this layer's backward is done. Trainable weights add
+   * into their gradient slots as usual; the input gradient is summed into a buffer allocated
+   * outside that arena.
+   */
+  private checkpointedLayer(ops: Ops, P: ParamNodes, li: number, h: Node, at: LayerContext): Node {
+    const b = this.backend;
+    const k = b.training;
+    if (!k) throw new MlaError("UNSUPPORTED", `activation checkpointing needs a backend with training kernels; ${b.name} has none`, "use --device cpu or --device cuda");
+    const out = this.layer(new Ops(b, null), P, li, new Node(h.value, false), at);
+    const node = new Node(out.value, true);
+    ops.tape!.push(() => {
+      if (!node.grad) return;
+      const seed = node.grad;
+      const dh = k.zeros(h.value.size, `the layer ${li} input gradient`).reshape(h.value.shape);
+      const recompute = () => {
+        const tape = new Tape(b);
+        const input = new Node(h.value, true);
+        input.gradTarget = dh;
+        tape.backward(this.layer(new Ops(b, tape), P, li, input, at), seed);
+      };
+      if (b.arena) b.arena(recompute);
+      else recompute();
+      // The next layer's input gradient has been used up; the one of the last layer is the final norm's.
+      if (inputGradients.has(seed)) seed.dispose();
+      inputGradients.add(dh);
+      if (h.requiresGrad) h.accumulate(b, dh);
+    });
+    return node;
   }
 
   /** Call after changing weights in place: drops the absorbed MLA projections built from them. */

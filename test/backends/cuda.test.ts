@@ -25,6 +25,7 @@ import { decodeToF32, encodeFromF32, toBf16Bits } from "../../src/io/dtype.js";
 import { Checkpoint } from "../../src/io/checkpoint.js";
 import { writeSafetensorsSync } from "../../src/io/safetensors.js";
 import fs from "node:fs";
+import { spawnSync } from "node:child_process";
 import { checkLinalg } from "./linalgCheck.js";
 import { formatParity, runParity } from "./parity.js";
 
@@ -337,4 +338,22 @@ test("training kernels: batched attention (f32 and bf16 GEMM inputs) forward and
   B.training.adamw(dev[0]!, dev[1]!, dev[2]!, dev[3]!, 1e-3, h, 1 - 0.9 ** 3, 1 - 0.95 ** 3, 0.5, shadow);
   for (let i = 0; i < 4; i++) if (i !== 1) assert.ok(maxAbsDiff(dev[i]!.toArray(), host[i]!.toArray()) < 1e-5, `adamw buffer ${i}`);
   assert.ok(maxAbsDiff(shadow.toArray(), dev[0]!.toArray()) < 1e-2);
+});
+
+test("GPU training is bit-reproducible: a rerun, a run with --checkpoint-activations, and a run killed (-9) after step 10 then resumed give the same weights (bf16, MLA)", { skip }, async () => {
+  const dir = tmpDir();
+  const mla = (await convert(path.join(MODELS, "stories260K"), { rank: 4, ropePairs: 2, ropeStrategy: "uniform", out: path.join(dir, "mla"), progress: null, device: "cpu" })).out!;
+  const MAIN = path.join(FIXTURES, "..", "dist", "src", "cli", "main.js");
+  const args = (out: string, ...more: string[]) => ["finetune", mla, "--data", path.join(FIXTURES, "text", "tinystories.txt"), "--out", out, "--tokens", String(20 * 4 * 64), "--seq", "64", "--batch", "4", "--save-every", "10", "--val-fraction", "0.05", "--device", "cuda", "--precision", "bf16", ...more];
+  const run = (out: string, more: string[] = [], env: Record<string, string> = {}) => spawnSync(process.execPath, [MAIN, ...args(out, ...more)], { encoding: "utf8", env: { ...process.env, ...env } });
+  const weights = (out: string) => fs.readFileSync(path.join(out, "model.safetensors"));
+  for (const [name, more] of [["a", []], ["b", []], ["ckpt", ["--checkpoint-activations"]]] as const) assert.equal(run(path.join(dir, name), [...more]).status, 0, name);
+  const killed = run(path.join(dir, "killed"), [], { MHA2MLA_TEST_KILL_AFTER_SAVE: "10" });
+  assert.equal(killed.signal, "SIGKILL", `the hook did not kill the run: ${killed.stderr}`);
+  const resumed = run(path.join(dir, "killed"), ["--resume"]);
+  assert.equal(resumed.status, 0, resumed.stderr);
+  const ref = weights(path.join(dir, "a"));
+  assert.ok(ref.equals(weights(path.join(dir, "b"))), "two identical runs differ: a kernel is not deterministic");
+  assert.ok(ref.equals(weights(path.join(dir, "ckpt"))), "activation checkpointing changed the result");
+  assert.ok(ref.equals(weights(path.join(dir, "killed"))), "kill -9 + --resume differs from the uninterrupted run");
 });

@@ -14,7 +14,7 @@ from src/finetune/rng.ts), lrAt of src/finetune/schedule.ts (warmup then WSD), A
       (compare with `mha2mla eval MLA_DIR --text FILE --ctx 256 --tokens N --weights f32`)
 
 Prints one JSON line. Text is read in Python text mode (universal newlines) as asked; our runtime
-reads the bytes as they are, so for CRLF files pass --raw-newlines to match it.
+reads text the same way (universal newlines); --raw-newlines keeps "\r" as older versions of our runtime did.
 """
 import argparse, glob, json, math, os, sys, time
 import torch

@@ -1,0 +1,84 @@
+// Activation checkpointing (ForwardOptions.checkpoint) recomputes each layer in the backward: the
+// logits and every weight gradient equal the plain tape's, for MHA (GQA) and MLA with biases. The
+// memory check refuses what cannot fit and names the flags that would.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import path from "node:path";
+import { ReferenceBackend } from "../../src/backends/reference/index.js";
+import { convert } from "../../src/convert/pipeline.js";
+import { loadModel, LlamaModel } from "../../src/model/llama.js";
+import { paramNodes, trainableLeaves } from "../../src/model/params.js";
+import { Ops, Tape } from "../../src/tensor/autograd.js";
+import { activationBytes, checkFits } from "../../src/finetune/trainState.js";
+import { MlaError } from "../../src/errors.js";
+import { GOLDEN, tmpDir } from "../helpers.js";
+
+function maxRel(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let d = 0;
+  let s = 0;
+  for (let i = 0; i < a.length; i++) {
+    d = Math.max(d, Math.abs(a[i]! - b[i]!));
+    s = Math.max(s, Math.abs(b[i]!));
+  }
+  return d / Math.max(s, 1e-30);
+}
+
+function gradients(model: LlamaModel, ids: Int32Array, sequences: number, checkpoint: boolean, train: (p: string) => boolean) {
+  const b = model.backend;
+  const tape = new Tape(b);
+  const ops = new Ops(b, tape);
+  const P = paramNodes(ops, model.weights, train);
+  const logits = model.graph(ops, P, ids.subarray(0, -sequences), undefined, { sequences, checkpoint });
+  const T = logits.value.shape[0]!;
+  const targets = Int32Array.from({ length: T }, (_, i) => ids[(i * 7 + 3) % ids.length]!);
+  tape.backward(logits, b.crossEntropyBackward(logits.value, targets, 1));
+  return { logits: logits.value.toArray(), grads: trainableLeaves(P).map((l) => ({ path: l.path, g: l.node.grad!.toArray() })) };
+}
+
+async function models(): Promise<{ name: string; model: LlamaModel }[]> {
+  const b = new ReferenceBackend("f64");
+  const out = path.join(tmpDir(), "mla");
+  await convert(path.join(GOLDEN, "tiny-llama3"), { rank: 2, ropePairs: 2, ropeStrategy: "uniform", out, progress: null });
+  return [
+    { name: "stories260K (GQA)", model: loadModel("stories260K", { backend: b, weights: "f32" }).model },
+    { name: "tiny-llama3 MLA (biases)", model: loadModel(out, { backend: b, weights: "f32" }).model },
+  ];
+}
+
+test("checkpointed layers give the plain tape's logits and gradients (all weights, attention only)", async () => {
+  const ids = Int32Array.from([1, 400, 13, 77, 260, 5, 301, 99, 12, 1, 8, 44, 120, 6, 31, 2, 90, 11]);
+  for (const { name, model } of await models()) {
+    for (const train of [() => true, (p: string) => p.includes(".attn.")]) {
+      const plain = gradients(model, ids, 2, false, train);
+      const ckpt = gradients(model, ids, 2, true, train);
+      assert.ok(maxRel(ckpt.logits, plain.logits) < 1e-12, `${name}: logits`);
+      assert.equal(ckpt.grads.length, plain.grads.length);
+      plain.grads.forEach((p, i) => {
+        assert.equal(ckpt.grads[i]!.path, p.path);
+        assert.ok(maxRel(ckpt.grads[i]!.g, p.g) < 1e-12, `${name}: ${p.path} differs by ${maxRel(ckpt.grads[i]!.g, p.g)}`);
+      });
+    }
+  }
+});
+
+test("the memory check refuses before allocating and names the flags that fit", () => {
+  const b = new ReferenceBackend("f32");
+  const { model } = loadModel("stories260K", { backend: b, weights: "f32" });
+  const tokens = 4096;
+  const plain = activationBytes(model, tokens, false);
+  const ckpt = activationBytes(model, tokens, true);
+  assert.ok(ckpt < plain, "checkpointing needs less");
+  const withFree = (free: number) => Object.assign(b, { memory: () => ({ free, total: 2 * free, peak: 0 }) });
+  // Room for the state and the checkpointed activations, not for the full tape.
+  withFree((plain + ckpt) / 2 + 16 * 300_000);
+  assert.throws(
+    () => checkFits(model, { train: "all", checkpoint: false }, "f32", tokens),
+    (e: unknown) => e instanceof MlaError && e.code === "OUT_OF_MEMORY" && /--train all/.test(e.message) && /--checkpoint-activations needs about/.test(e.message),
+  );
+  checkFits(model, { train: "all", checkpoint: true }, "f32", tokens);
+  withFree(1000);
+  assert.throws(
+    () => checkFits(model, { train: "all", checkpoint: true }, "f32", tokens),
+    (e: unknown) => e instanceof MlaError && /smaller --batch or --seq/.test(e.message),
+  );
+});
