@@ -6,8 +6,7 @@
 import fs from "node:fs";
 import path from "node:path";
 import { MlaError } from "../errors.js";
-import { SafetensorsFile, writeSafetensorsSync } from "../io/safetensors.js";
-import type { FloatArray } from "../tensor/tensor.js";
+import { SafetensorsFile, SafetensorsWriter } from "../io/safetensors.js";
 
 export interface TrainState {
   format: 1;
@@ -20,27 +19,40 @@ export interface TrainState {
   settings: Record<string, unknown>;
 }
 
-export interface SavedTensors {
+/** The three float32 arrays kept per trainable weight. */
+export type StateKind = "param" | "adam_m" | "adam_v";
+export const STATE_KINDS: readonly StateKind[] = ["param", "adam_m", "adam_v"];
+
+/**
+ * The optimizer state, one weight at a time: a 7B model's state is ~80 GB, more than a host should
+ * hold at once (and more than one typed array can), so it is read from and written to the device
+ * slot by slot while the file streams.
+ */
+export interface StateSlots {
   paths: string[];
-  params: FloatArray[];
-  m: Float32Array[];
-  v: Float32Array[];
+  sizes: number[];
+  /** The values of weight `i` (length sizes[i]); the caller may keep or drop the array. */
+  read(kind: StateKind, i: number): Float32Array;
+  /** Overwrites weight `i` with `data` (length sizes[i]). */
+  write(kind: StateKind, i: number, data: Float32Array): void;
 }
 
 export function checkpointDir(out: string): string {
   return path.join(out, "checkpoint");
 }
 
-export function saveCheckpoint(out: string, state: TrainState, t: SavedTensors): void {
+export function saveCheckpoint(out: string, state: TrainState, t: StateSlots): void {
   const final = checkpointDir(out);
   const tmp = fs.mkdtempSync(path.join(out, ".checkpoint.tmp-"));
-  const f32 = (a: FloatArray) => new Uint8Array(Float32Array.from(a).buffer);
-  const tensors = t.paths.flatMap((p, i) => [
-    { name: `param.${p}`, dtype: "F32" as const, shape: [t.params[i]!.length], data: f32(t.params[i]!) },
-    { name: `adam_m.${p}`, dtype: "F32" as const, shape: [t.m[i]!.length], data: f32(t.m[i]!) },
-    { name: `adam_v.${p}`, dtype: "F32" as const, shape: [t.v[i]!.length], data: f32(t.v[i]!) },
-  ]);
-  writeSafetensorsSync(path.join(tmp, "state.safetensors"), tensors, { format: "mha2mla-train" });
+  const specs = t.paths.flatMap((p, i) => STATE_KINDS.map((k) => ({ name: `${k}.${p}`, dtype: "F32" as const, shape: [t.sizes[i]!] })));
+  const w = new SafetensorsWriter(path.join(tmp, "state.safetensors"), specs, { format: "mha2mla-train" });
+  t.paths.forEach((_, i) => {
+    for (const k of STATE_KINDS) {
+      const a = t.read(k, i);
+      w.appendSync(new Uint8Array(a.buffer, a.byteOffset, a.byteLength));
+    }
+  });
+  w.closeSync();
   fs.writeFileSync(path.join(tmp, "state.json"), JSON.stringify(state, null, 2) + "\n");
   const old = fs.existsSync(final) ? final + ".old" : null;
   if (old) {
@@ -55,7 +67,7 @@ export function saveCheckpoint(out: string, state: TrainState, t: SavedTensors):
 }
 
 /** Loads a checkpoint into `t` (in place) after checking it belongs to this run's settings. */
-export function loadCheckpoint(out: string, fingerprint: string, t: SavedTensors): TrainState {
+export function loadCheckpoint(out: string, fingerprint: string, t: StateSlots): TrainState {
   const dir = checkpointDir(out);
   const stateFile = path.join(dir, "state.json");
   if (!fs.existsSync(stateFile)) throw new MlaError("NOT_FOUND", `--resume: no checkpoint in ${dir}`, "train without --resume first, or point --out at the folder of the interrupted run");
@@ -70,14 +82,13 @@ export function loadCheckpoint(out: string, fingerprint: string, t: SavedTensors
   const f = SafetensorsFile.open(path.join(dir, "state.safetensors"));
   try {
     t.paths.forEach((p, i) => {
-      const copy = (name: string, into: FloatArray) => {
+      for (const k of STATE_KINDS) {
+        const name = `${k}.${p}`;
+        if (!f.tensors.has(name)) throw new MlaError("BAD_CHECKPOINT", `${dir}: "${name}" is missing`, "the checkpoint belongs to another model or another --train choice");
         const src = f.readF32(name);
-        if (src.length !== into.length) throw new MlaError("BAD_CHECKPOINT", `${dir}: "${name}" has ${src.length} values, the model needs ${into.length}`, "the checkpoint belongs to another model");
-        into.set(src);
-      };
-      copy(`param.${p}`, t.params[i]!);
-      copy(`adam_m.${p}`, t.m[i]!);
-      copy(`adam_v.${p}`, t.v[i]!);
+        if (src.length !== t.sizes[i]) throw new MlaError("BAD_CHECKPOINT", `${dir}: "${name}" has ${src.length} values, the model needs ${t.sizes[i]}`, "the checkpoint belongs to another model");
+        t.write(k, i, src);
+      }
     });
   } finally {
     f.close();

@@ -14,6 +14,7 @@ import { Node, Ops, Tape } from "../tensor/autograd.js";
 import type { Backend, TrainingKernels } from "../tensor/backend.js";
 import type { Tensor } from "../tensor/tensor.js";
 import type { AdamWHyper } from "../backends/native/kernels.js";
+import type { StateKind, StateSlots } from "./checkpoint.js";
 
 export type Precision = "bf16" | "f32";
 
@@ -83,7 +84,7 @@ export function checkFits(model: LlamaModel, choice: MemoryChoice, precision: Pr
     ? `${flags(fits)} needs about ${gib(needOf(fits))} and fits`
     : `a smaller --batch or --seq (activations of ${tokens} tokens take ${gib(act)}; --accum keeps the tokens per step)${choice.checkpoint ? "" : " with --checkpoint-activations"}`;
   const n = counts[choice.train];
-  throw new MlaError("OUT_OF_MEMORY", `training ${n.toLocaleString("en-US")} parameters (${precision}, ${flags(choice)}) needs about ${gib(need)} more device memory (state ${gib(stateBytes(n, precision))}, activations ${gib(act)}); ${gib(mem.free)} are free of ${gib(mem.total)}`, hint);
+  throw new MlaError("OUT_OF_MEMORY", `training ${n.toLocaleString("en-US")} parameters (${precision}, ${flags(choice)}) needs about ${gib(need)} of device memory beyond the float32 weights already loaded (state ${gib(stateBytes(n, precision))}, activations ${gib(act)}); ${gib(mem.free)} are free of ${gib(mem.total)}`, hint);
 }
 
 export class TrainState {
@@ -171,28 +172,33 @@ export class TrainState {
     return P;
   }
 
-  /** Host copies of params, m and v, one array per slot (views of three flat downloads). */
-  download(): { params: Float32Array[]; m: Float32Array[]; v: Float32Array[] } {
-    const split = (t: Tensor) => {
-      const flat = Float32Array.from(t.toArray());
-      return this.slots.map((s) => flat.subarray(s.offset, s.offset + s.size));
-    };
-    return { params: split(this.params), m: split(this.m), v: split(this.v) };
-  }
-
-  /** Flat host buffers to fill (e.g. from a checkpoint) and hand to `upload`. */
-  hostBuffers(): { flat: Float32Array[]; perSlot: { params: Float32Array[]; m: Float32Array[]; v: Float32Array[] } } {
-    const flat = [0, 1, 2].map(() => new Float32Array(this.size));
-    const split = (f: Float32Array) => this.slots.map((s) => f.subarray(s.offset, s.offset + s.size));
-    return { flat, perSlot: { params: split(flat[0]!), m: split(flat[1]!), v: split(flat[2]!) } };
-  }
-
-  upload(params: Float32Array, m: Float32Array, v: Float32Array): void {
+  /**
+   * The state slot by slot, for checkpoints: each read downloads one weight's master values or
+   * moments; each write uploads one (then `loaded()` refreshes the bf16 copy and the model).
+   */
+  slotIo(): StateSlots {
+    const k = this.kernels;
     const b = this.model.backend;
-    const put = (t: Tensor, data: Float32Array) => (b.overwrite ? b.overwrite(t, data) : (t.toArray() as Float32Array).set(data));
-    put(this.params, params);
-    put(this.m, m);
-    put(this.v, v);
+    const buffer = (kind: StateKind) => (kind === "param" ? this.params : kind === "adam_m" ? this.m : this.v);
+    const view = (kind: StateKind, i: number) => k.view(buffer(kind), this.slots[i]!.offset, [this.slots[i]!.size]);
+    return {
+      paths: this.slots.map((s) => s.path),
+      sizes: this.slots.map((s) => s.size),
+      read: (kind, i) => {
+        const v = view(kind, i);
+        const a = v.toArray();
+        return a instanceof Float32Array ? a : Float32Array.from(a);
+      },
+      write: (kind, i, data) => {
+        const v = view(kind, i);
+        if (b.overwrite) b.overwrite(v, data);
+        else (v.toArray() as Float32Array).set(data);
+      },
+    };
+  }
+
+  /** After writing the state through slotIo: the bf16 copy and the model's cached constants follow. */
+  loaded(): void {
     if (this.shadow) this.kernels.cast(this.params, this.shadow);
     this.model.weightsChanged();
   }

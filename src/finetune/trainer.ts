@@ -134,12 +134,10 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
   const state = new TrainState(model, trainable, precision);
   log.info(memoryPlan(state, batch * (seq - 1), checkpoint));
   const hyper = { beta1: settings.beta1, beta2: settings.beta2, eps: settings.eps, weightDecay: settings.weightDecay };
-  const paths = state.slots.map((s) => s.path);
   let run: RunState = { format: 1, step: 0, epoch: 0, cursor: 0, tokensSeen: 0, fingerprint, settings: { ...settings, model: src.dir } };
   if (o.resume) {
-    const host = state.hostBuffers();
-    run = loadCheckpoint(out, fingerprint, { paths, ...host.perSlot });
-    state.upload(host.flat[0]!, host.flat[1]!, host.flat[2]!);
+    run = loadCheckpoint(out, fingerprint, state.slotIo());
+    state.loaded();
     state.step = run.step;
     log.info(`resuming at step ${run.step}/${totalSteps}`);
   }
@@ -169,7 +167,7 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
     }
     return { inputs, targets, sequences: batch };
   };
-  const save = () => saveCheckpoint(out, run, { paths, ...state.download() });
+  const save = () => saveCheckpoint(out, run, state.slotIo());
   const targetsPerStep = batch * accum * (seq - 1);
   const loss = { scale: 1 / targetsPerStep, ceWeight: 1 - distillWeight, klWeight: distillWeight, temperature, teacher, checkpoint };
   const t0 = performance.now();
