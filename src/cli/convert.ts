@@ -4,6 +4,8 @@ import { convert } from "../convert/pipeline.js";
 import { ConversionArgs, conversionSettings, withConversionOptions } from "./conversionOptions.js";
 import { stderrLogger } from "../util/log.js";
 import { emitJson } from "./output.js";
+import { convertDeepseek } from "../deepseek/export.js";
+import { MlaError } from "../errors.js";
 
 import type { DeviceName } from "../backends/select.js";
 
@@ -17,6 +19,10 @@ interface Args extends ConversionArgs {
   "eval-ctx": number;
   json?: string;
   device: DeviceName;
+  format: "mha2mla" | "deepseek";
+  "rope-dim"?: number;
+  "kv-lora-rank"?: number;
+  "rope-interleave": boolean;
 }
 
 export const convertCommand: CommandModule<object, Args> = {
@@ -32,8 +38,20 @@ export const convertCommand: CommandModule<object, Args> = {
       .option("eval-tokens", { type: "number", describe: "tokens of --eval-text to score (default all)" })
       .option("eval-ctx", { type: "number", default: 256 })
       .option("device", DEVICE_OPTION)
+      .option("format", { choices: ["mha2mla", "deepseek"] as const, default: "mha2mla" as const, describe: "mha2mla: our MLA format (per-head partial RoPE); deepseek: a deepseek_v3 folder stock DeepseekV3ForCausalLM and the MLA serving stacks load (one shared rope key, RoRoPE)" })
+      .option("rope-dim", { type: "number", describe: "deepseek: qk_rope_head_dim, the shared rope key's width (default min(2·R·KV heads, head_dim))" })
+      .option("kv-lora-rank", { type: "number", describe: "deepseek: kv_lora_rank (default: the KV bytes of the same --rank/--rope-pairs in our format)" })
+      .option("rope-interleave", { type: "boolean", default: true, describe: "deepseek: interleaved rope rows (rope_interleave; vLLM expects them)" })
       .option("json", { type: "string", describe: "write the result summary as JSON to FILE (no value: stdout)" }),
   handler: async (a) => {
+    if (a.format === "deepseek") {
+      if (a["dry-run"] || a["eval-text"] || a.svd !== "joint" || (a["rope-strategy"] && a["rope-strategy"] !== "2-norm"))
+        throw new MlaError("BAD_ARGUMENT", "--format deepseek takes --rank, --rope-pairs, --rope-dim, --kv-lora-rank, --svd-init and --calib (the rope key is chosen by RoRoPE; --svd is joint)", "drop --dry-run, --eval-text, --svd split and --rope-strategy; evaluate the result with `mha2mla eval`");
+      const d = await convertDeepseek(a.model, { rank: a.rank, ropePairs: a["rope-pairs"], ropeDim: a["rope-dim"], kvLoraRank: a["kv-lora-rank"], svdInit: a["svd-init"], calib: a.calib, calibSamples: a["calib-samples"], calibLen: a["calib-len"], interleave: a["rope-interleave"], out: a.out ?? `${a.model.replace(/\/+$/, "").split("/").pop()}-deepseek-r${a.rank}`, force: a.force, device: a.device, logger: stderrLogger });
+      process.stdout.write(`wrote ${d.out} (deepseek_v3): KV cache per token and layer ${d.kvPerToken.before} → ${d.kvPerToken.after} elements (${d.kvPerToken.changePercent.toFixed(2)}%), shared rope key ${d.ropeDim} dims, kv_lora_rank ${d.kvLoraRank}\n`);
+      if (a.json !== undefined) emitJson(a.json, d);
+      return;
+    }
     const r = await convert(a.model, {
       ...conversionSettings(a),
       device: a.device,

@@ -1,0 +1,252 @@
+/**
+ * `convert --format deepseek`: an MHA/GQA Llama checkpoint → a `deepseek_v3` folder that stock
+ * `DeepseekV3ForCausalLM` (and the MLA serving stacks) load without custom code. The layer math is in
+ * ./layer.ts; this file reads the source, calibrates, picks the rope ladder, streams the tensors out
+ * (the output folder appears only when complete) and writes the config.
+ */
+import fs from "node:fs";
+import path from "node:path";
+import { MlaError } from "../errors.js";
+import { abandonOutDir, beginOutDir, commitOutDir } from "../io/atomicDir.js";
+import { Checkpoint, CheckpointWriter, copyModelSideFiles } from "../io/checkpoint.js";
+import { decodeToF32, DType, encodeFromF32 } from "../io/dtype.js";
+import { readHfConfig } from "../io/hfConfig.js";
+import { resolveModel } from "../io/modelDir.js";
+import type { TensorSpec } from "../io/safetensors.js";
+import { layerPrefix } from "../model/weights.js";
+import { loadModel } from "../model/llama.js";
+import type { ModelConfig } from "../model/config.js";
+import { DeviceName, selectBackend, selectLinalg } from "../backends/select.js";
+import { useLinalg } from "../backends/native/linalg.js";
+import { calibrate, calibrationWindows, CalibrationStats } from "../ropeSelect/calibrate.js";
+import { covarianceRoots } from "../svd/truncated.js";
+import { readText } from "../eval/perplexity.js";
+import { silentLogger, Logger } from "../util/log.js";
+import { Progress, ProgressSink } from "../util/progress.js";
+import { checkOutDir } from "../convert/plan.js";
+import { deepseekLayer, FrequencyPca, frequencyPca, ladder, ladderScores, validSpacings } from "./layer.js";
+
+export interface DeepseekOptions {
+  /** Latent dims per KV head of the equivalent mha2mla conversion: sets the KV budget with ropePairs. */
+  rank: number;
+  /** RoPE pairs per KV head of the equivalent mha2mla conversion (default head_dim/16). */
+  ropePairs?: number;
+  /** qk_rope_head_dim (even, ≤ head_dim); default min(2·R·Hkv, head_dim). */
+  ropeDim?: number;
+  /** kv_lora_rank (constant channel included); default keeps the KV bytes of the mha2mla conversion: rank·Hkv + 2·R·Hkv − ropeDim. */
+  kvLoraRank?: number;
+  svdInit?: "weights" | "activations";
+  calib?: string;
+  calibSamples?: number;
+  calibLen?: number;
+  /** Interleaved rope rows (rope_interleave, DeepSeek's own layout and what vLLM expects); default true. */
+  interleave?: boolean;
+  out: string;
+  force?: boolean;
+  device?: DeviceName;
+  logger?: Logger;
+  progress?: ProgressSink | null;
+}
+
+export interface DeepseekResult {
+  out: string;
+  ropeDim: number;
+  kvLoraRank: number;
+  ropeTheta: number;
+  /** The ladder's spacing s: rope slot k sits on the original frequency s·k. */
+  spacing: number;
+  kvPerToken: { before: number; after: number; changePercent: number };
+  energy: number[];
+}
+
+const ATTN = ["q_proj", "k_proj", "v_proj"].map((n) => `self_attn.${n}.weight`);
+
+/** The checks that decide whether a model can be written in the stock DeepSeek-V3 format. */
+function checkSource(c: ModelConfig): void {
+  if (c.attention.kind !== "mha") throw new MlaError("BAD_ARGUMENT", "the model is already an MLA checkpoint (config.json has an mha2mla section)", "convert the original MHA/GQA model with --format deepseek");
+  if (c.qkvBias) throw new MlaError("UNSUPPORTED", "--format deepseek: the model has q/k/v biases, and DeepseekV3's q_proj has none", "convert it in our format (without --format deepseek)");
+  if (c.rope.scaling) throw new MlaError("UNSUPPORTED", `--format deepseek: rope scaling "${c.rope.scaling.type}" changes the frequency ladder, which one shared DeepSeek rope key cannot follow exactly`, "convert it in our format (without --format deepseek)");
+  if (c.slidingWindow !== null) throw new MlaError("UNSUPPORTED", "--format deepseek: DeepseekV3 has no sliding-window attention", "convert it in our format (without --format deepseek)");
+  if (c.mlpBias) throw new MlaError("UNSUPPORTED", "--format deepseek: DeepseekV3's MLP has no biases", "convert it in our format (without --format deepseek)");
+}
+
+function roundingFor(dtype: DType): (x: number) => number {
+  return (x) => decodeToF32(dtype, encodeFromF32(dtype, [x]))[0]!;
+}
+
+export async function convertDeepseek(spec: string, o: DeepseekOptions): Promise<DeepseekResult> {
+  const log = o.logger ?? silentLogger;
+  const { dir: srcDir } = resolveModel(spec);
+  const c = readHfConfig(srcDir);
+  checkSource(c);
+  const { heads: H, kvHeads: G, headDim: Dh, hiddenSize: D, layers: L } = c;
+  const half = Dh / 2;
+  const R = o.ropePairs ?? Math.max(1, Math.round(Dh / 16));
+  if (!Number.isInteger(R) || R < 1 || R > half) throw new MlaError("BAD_ARGUMENT", `--rope-pairs ${R} is out of range for head_dim ${Dh}`, `use an integer in 1…${half}`);
+  if (!Number.isInteger(o.rank) || o.rank < 1) throw new MlaError("BAD_ARGUMENT", `--rank ${o.rank} must be a positive integer`, "pass the latent dims per KV head, e.g. --rank 16");
+  const budget = G * (o.rank + 2 * R);
+  const dr = o.ropeDim ?? Math.min(2 * R * G, Dh);
+  if (!Number.isInteger(dr) || dr < 2 || dr % 2 !== 0 || dr > Dh) throw new MlaError("BAD_ARGUMENT", `--rope-dim ${dr} must be even, in 2…${Dh} (head_dim)`, "one shared rope key holds at most head_dim/2 frequencies");
+  const rk = o.kvLoraRank ?? budget - dr;
+  const maxRk = Math.min(2 * G * Dh, D) + 1;
+  if (!Number.isInteger(rk) || rk < 2 || rk > maxRk) throw new MlaError("BAD_ARGUMENT", `kv_lora_rank ${rk} is out of range 2…${maxRk} for this model`, o.kvLoraRank === undefined ? "lower --rope-dim or change --rank / --rope-pairs" : "choose another --kv-lora-rank");
+  const svdInit = o.svdInit ?? "weights";
+  if (svdInit === "activations" && !o.calib) throw new MlaError("BAD_ARGUMENT", "--svd-init activations needs calibration text", "pass --calib FILE");
+  const out = path.resolve(o.out);
+  checkOutDir(out, srcDir, o.force ?? false);
+
+  const src = Checkpoint.open(srcDir);
+  let tmp: string | null = null;
+  try {
+    for (let l = 0; l < L; l++) for (const n of ATTN) if (!src.has(layerPrefix(l) + n)) throw new MlaError("BAD_CHECKPOINT", `${srcDir}: tensor ${layerPrefix(l) + n} is missing`, "the checkpoint does not match its config");
+    let stats: CalibrationStats | null = null;
+    if (o.calib) {
+      const { model, tokenizer } = loadModel(srcDir, { backend: selectBackend(o.device ?? "auto", log) });
+      const windows = calibrationWindows(tokenizer, readText(o.calib), o.calibSamples ?? 32, o.calibLen ?? 256, c.bosTokenId ?? 1, o.calib);
+      stats = await calibrate(model, windows, { covariance: true, progress: o.progress });
+    }
+    const cov = (l: number) => stats?.covariance?.[l] ?? null;
+    useLinalg(selectLinalg(o.device ?? "auto", log));
+
+    // Pass 1: the rotations per layer and frequency, and the one ladder spacing every layer shares
+    // (the config has one rope_theta).
+    const m = dr / 2;
+    const pcas: FrequencyPca[] = [];
+    const total = new Float64Array(half);
+    for (let l = 0; l < L; l++) {
+      const pca = frequencyPca(src.readF32(layerPrefix(l) + ATTN[1]!), G, Dh, D, cov(l));
+      pcas.push(pca);
+      const s = ladderScores(pca, src.readF32(layerPrefix(l) + ATTN[0]!), stats?.qNorm[l] ?? null, H, G, Dh, D);
+      for (let i = 0; i < half; i++) total[i] += s[i]!;
+    }
+    let spacing = 1;
+    let best = -1;
+    for (const s of validSpacings(m, half)) {
+      const score = ladder(m, s).reduce((a, i) => a + total[i]!, 0);
+      if (score > best) [best, spacing] = [score, s];
+    }
+    const freqs = ladder(m, spacing);
+    // Ladder slot k turns at base'^(−2k/dr) = θ_{s·k} = base^(−2·s·k/Dh).
+    const ropeTheta = Math.pow(c.rope.theta, (2 * spacing * m) / Dh);
+    log.info(`deepseek format: shared rope key of ${dr} dims on frequencies ${freqs.join(",")} of ${half} (spacing ${spacing}, rope_theta ${ropeTheta.toPrecision(8)}), kv_lora_rank ${rk} (1 constant channel)`);
+
+    tmp = beginOutDir(out, o.force ?? false);
+    const dtypeOf = (name: string): DType => src.entry(name).dtype;
+    const specs: TensorSpec[] = [];
+    const layerOf = (name: string) => /^model\.layers\.(\d+)\.(.*)$/.exec(name);
+    for (const name of src.names()) {
+      const mm = layerOf(name);
+      if (!mm) {
+        specs.push({ name, dtype: dtypeOf(name), shape: [...src.entry(name).shape] });
+        continue;
+      }
+      const l = Number(mm[1]);
+      const p = layerPrefix(l);
+      const wd = dtypeOf(p + ATTN[0]!);
+      if (mm[2] === ATTN[0]) {
+        specs.push({ name: p + "self_attn.q_proj.weight", dtype: wd, shape: [H * (Dh + dr), D] });
+        specs.push({ name: p + "self_attn.kv_a_proj_with_mqa.weight", dtype: wd, shape: [rk + dr, D] });
+        specs.push({ name: p + "self_attn.kv_a_proj_with_mqa.bias", dtype: wd, shape: [rk + dr] });
+        specs.push({ name: p + "self_attn.kv_a_layernorm.weight", dtype: dtypeOf(p + "input_layernorm.weight"), shape: [rk] });
+        specs.push({ name: p + "self_attn.kv_b_proj.weight", dtype: wd, shape: [H * 2 * Dh, rk] });
+        if (!src.has(p + "self_attn.o_proj.bias")) specs.push({ name: p + "self_attn.o_proj.bias", dtype: wd, shape: [D] });
+      } else if (mm[2] !== ATTN[1] && mm[2] !== ATTN[2]) specs.push({ name, dtype: dtypeOf(name), shape: [...src.entry(name).shape] });
+    }
+    const writer = new CheckpointWriter(tmp, specs, { metadata: { format: "pt" } });
+    const made = new Map<number, Map<string, Float32Array>>();
+    const energy: number[] = new Array(L).fill(0);
+    const betas: number[] = new Array(L).fill(0);
+    const progress = new Progress("deepseek", L, "layers", o.progress);
+    for (const s of specs) {
+      const mm = layerOf(s.name);
+      const l = mm ? Number(mm[1]) : -1;
+      const generated = mm && /self_attn\.(q_proj\.weight|kv_a_|kv_b_|o_proj\.bias)/.test(mm[2]!) && !(mm[2] === "self_attn.o_proj.bias" && src.has(s.name));
+      if (!generated) {
+        await writer.append(src.readBytes(s.name));
+        continue;
+      }
+      let t = made.get(l);
+      if (!t) {
+        const p = layerPrefix(l);
+        const r = await deepseekLayer({
+          wq: src.readF32(p + ATTN[0]!),
+          wk: src.readF32(p + ATTN[1]!),
+          wv: src.readF32(p + ATTN[2]!),
+          heads: H,
+          kvHeads: G,
+          headDim: Dh,
+          hidden: D,
+          pca: pcas[l]!,
+          ladder: freqs,
+          kvLoraRank: rk,
+          whiten: svdInit === "activations" ? covarianceRoots(cov(l)!, D) : null,
+          cov: cov(l),
+          interleave: o.interleave ?? true,
+          roundStored: roundingFor(dtypeOf(p + "input_layernorm.weight")),
+        });
+        energy[l] = r.energy;
+        betas[l] = r.beta;
+        t = new Map([
+          ["self_attn.q_proj.weight", r.qProj],
+          ["self_attn.kv_a_proj_with_mqa.weight", r.kvA],
+          ["self_attn.kv_a_proj_with_mqa.bias", r.kvABias],
+          ["self_attn.kv_a_layernorm.weight", r.kvNorm],
+          ["self_attn.kv_b_proj.weight", r.kvB],
+          ["self_attn.o_proj.bias", new Float32Array(D)],
+        ]);
+        made.set(l, t);
+        progress.tick();
+      }
+      await writer.append(encodeFromF32(s.dtype, t.get(mm![2]!)!));
+      t.delete(mm![2]!);
+      if (t.size === 0 || (t.size === 1 && t.has("self_attn.o_proj.bias") && src.has(layerPrefix(l) + "self_attn.o_proj.bias"))) made.delete(l);
+    }
+    await writer.close();
+
+
+    const before = 2 * G * Dh;
+    const after = rk + dr;
+    const kvPerToken = { before, after, changePercent: (100 * (after - before)) / before };
+    writeDeepseekConfig(srcDir, tmp, c, { dr, rk, ropeTheta, interleave: o.interleave ?? true });
+    copyModelSideFiles(srcDir, tmp);
+    fs.writeFileSync(
+      path.join(tmp, "mla_conversion.json"),
+      JSON.stringify({ tool: "mha2mla", format: "deepseek_v3", source: { model: spec, dir: srcDir }, settings: { rank: o.rank, rope_pairs: R, rope_dim: dr, kv_lora_rank: rk, svd_init: svdInit, calib: o.calib ?? null, interleave: o.interleave ?? true }, ladder: { spacing, frequencies: freqs, rope_theta: ropeTheta }, kv_per_token_per_layer: kvPerToken, retained_energy: energy, constant_channel_beta: betas, created: new Date().toISOString() }, null, 2) + "\n",
+    );
+    commitOutDir(tmp, out, o.force ?? false);
+    tmp = null;
+    return { out, ropeDim: dr, kvLoraRank: rk, ropeTheta, spacing, kvPerToken, energy };
+  } catch (e) {
+    if (tmp) abandonOutDir(tmp);
+    throw e;
+  } finally {
+    useLinalg(undefined);
+    src.close();
+  }
+}
+
+/** The source config.json rewritten as a dense DeepseekV3 config (keys stock loaders read). */
+function writeDeepseekConfig(srcDir: string, dir: string, c: ModelConfig, s: { dr: number; rk: number; ropeTheta: number; interleave: boolean }): void {
+  const raw = JSON.parse(fs.readFileSync(path.join(srcDir, "config.json"), "utf8")) as Record<string, unknown>;
+  for (const k of ["head_dim", "rope_scaling", "mlp_bias", "pretraining_tp", "sliding_window", "use_sliding_window", "max_window_layers", "auto_map"]) delete raw[k];
+  Object.assign(raw, {
+    architectures: ["DeepseekV3ForCausalLM"],
+    model_type: "deepseek_v3",
+    num_key_value_heads: c.heads,
+    q_lora_rank: null,
+    kv_lora_rank: s.rk,
+    qk_rope_head_dim: s.dr,
+    qk_nope_head_dim: c.headDim,
+    v_head_dim: c.headDim,
+    rope_interleave: s.interleave,
+    rope_theta: s.ropeTheta,
+    rope_parameters: { rope_type: "default", rope_theta: s.ropeTheta },
+    attention_bias: true,
+    // Dense: a layer is MoE only from first_k_dense_replace on (HF, vLLM, SGLang), so none is. The MoE
+    // keys keep their defaults: transformers' config is typed (n_routed_experts must be an int).
+    first_k_dense_replace: c.layers,
+    num_nextn_predict_layers: 0,
+    mha2mla_deepseek: { source_model_type: c.modelType, note: "written by mha2mla convert --format deepseek; see mla_conversion.json" },
+  });
+  fs.writeFileSync(path.join(dir, "config.json"), JSON.stringify(raw, null, 2) + "\n");
+}

@@ -1,0 +1,229 @@
+/**
+ * One layer of an MHA/GQA attention rewritten in the DeepSeek-V3 MLA layout (docs/deepseek.md):
+ *
+ *   RoRoPE. For each RoPE frequency i the key components of the Hkv KV heads, (x_{h,i}, y_{h,i}), are
+ *   rotated across heads by U_i, the eigenvectors of their calibration covariance. One rotation applied
+ *   to both halves of a pair commutes with RoPE (every head turns the pair by the same angle), so the
+ *   rotated keys are exact. On the frequencies of the rope ladder the top component becomes the one
+ *   shared rope key; each head keeps the rest of its key (k_{h,i} − U_i[h,0]·k'_{0,i}) position-free.
+ *   Per-head selection is the special case U_i = I with one head.
+ *
+ *   Joint low-rank KV. The position-free keys of all heads and all values are factored by one
+ *   truncated SVD (of the weights, or whitened by the calibration covariance) into kv_a (the latent)
+ *   and kv_b; each query head gets its KV group's up-projection rows.
+ *
+ *   kv_a_layernorm. Stock loaders always RMS-normalize the latent. One extra latent channel carries a
+ *   large constant β through the kv_a bias (its kv_b column is zero): the RMS is then ≈ β/√rk for every
+ *   token, and the norm weight γ = β/√rk undoes it. The relative error is ‖c‖²/(2β²).
+ *
+ *   The softmax scale (dn + dr)^−½ is folded into q_proj; rope rows are interleaved when asked.
+ */
+import { MlaError } from "../errors.js";
+import { CovarianceRoots, energyOf, symmetricEigen, truncatedFactorAsync, whitenedFactor, matmul } from "../svd/truncated.js";
+
+export interface FrequencyPca {
+  /** Per frequency i: U_i [Hkv, Hkv] row-major (column j = component j, descending variance). */
+  rotations: Float64Array[];
+  /** Per frequency i: the variances of the components [Hkv], descending. */
+  variances: Float64Array[];
+}
+
+/**
+ * Key components per frequency, PCA across the KV heads: C_i = W_x Σ W_xᵀ + W_y Σ W_yᵀ with W_x the
+ * rows h·Dh + i of W_k (W_y: h·Dh + i + Dh/2) and Σ the attention-input covariance (identity without
+ * calibration).
+ */
+export function frequencyPca(wk: Float32Array, kvHeads: number, headDim: number, hidden: number, cov: Float64Array | null): FrequencyPca {
+  const half = headDim / 2;
+  const D = hidden;
+  const rotations: Float64Array[] = [];
+  const variances: Float64Array[] = [];
+  for (let i = 0; i < half; i++) {
+    const C = new Float64Array(kvHeads * kvHeads);
+    for (const off of [i, i + half]) {
+      const W = new Float64Array(kvHeads * D);
+      for (let h = 0; h < kvHeads; h++) for (let c = 0; c < D; c++) W[h * D + c] = wk[(h * headDim + off) * D + c]!;
+      const WS = cov ? matmul(W, cov, kvHeads, D, D) : W;
+      for (let a = 0; a < kvHeads; a++)
+        for (let b = 0; b < kvHeads; b++) {
+          let s = 0;
+          for (let c = 0; c < D; c++) s += WS[a * D + c]! * W[b * D + c]!;
+          C[a * kvHeads + b] += s;
+        }
+    }
+    const { values, vectors } = symmetricEigen(C, kvHeads);
+    const U = new Float64Array(kvHeads * kvHeads);
+    for (let j = 0; j < kvHeads; j++) for (let h = 0; h < kvHeads; h++) U[h * kvHeads + j] = vectors[j]![h]!;
+    rotations.push(U);
+    variances.push(Float64Array.from(values, (v) => Math.max(v, 0)));
+  }
+  return { rotations, variances };
+}
+
+/**
+ * How much a shared rope key on frequency i keeps: √(variance of the top key component) times the
+ * query energy it meets (Σ over query heads of |U_i[g(q),0]|·mean ‖q_{q,i}‖; ‖W_q pair‖ without
+ * calibration). [Dh/2]
+ */
+export function ladderScores(pca: FrequencyPca, wq: Float32Array, qNorm: Float64Array | null, heads: number, kvHeads: number, headDim: number, hidden: number): Float64Array {
+  const half = headDim / 2;
+  const group = heads / kvHeads;
+  const out = new Float64Array(half);
+  for (let i = 0; i < half; i++) {
+    let q = 0;
+    for (let h = 0; h < heads; h++) {
+      let n = qNorm ? qNorm[h * half + i]! : 0;
+      if (!qNorm) {
+        for (const off of [i, i + half]) for (let c = 0; c < hidden; c++) n += wq[(h * headDim + off) * hidden + c]! ** 2;
+        n = Math.sqrt(n);
+      }
+      q += Math.abs(pca.rotations[i]![Math.floor(h / group) * kvHeads]!) * n;
+    }
+    out[i] = Math.sqrt(pca.variances[i]![0]!) * q;
+  }
+  return out;
+}
+
+/** The frequencies of a ladder of m slots with spacing s: s·k, k < m. */
+export function ladder(m: number, spacing: number): number[] {
+  return Array.from({ length: m }, (_, k) => spacing * k);
+}
+
+/** Spacings s ≥ 1 whose ladder of m slots stays inside the Dh/2 frequencies. */
+export function validSpacings(m: number, half: number): number[] {
+  const out: number[] = [];
+  for (let s = 1; s * (m - 1) <= half - 1; s++) out.push(s);
+  return out;
+}
+
+export interface DeepseekLayerInput {
+  /** [H·Dh, D] */
+  wq: Float32Array;
+  /** [Hkv·Dh, D] */
+  wk: Float32Array;
+  /** [Hkv·Dh, D] */
+  wv: Float32Array;
+  heads: number;
+  kvHeads: number;
+  headDim: number;
+  hidden: number;
+  pca: FrequencyPca;
+  /** The rope ladder: original frequency index of each of the dr/2 shared rope slots. */
+  ladder: number[];
+  /** kv_lora_rank: latent dims including the constant channel. */
+  kvLoraRank: number;
+  /** Whitening for activation-aware SVD; null = weight SVD. */
+  whiten: CovarianceRoots | null;
+  /** Attention-input covariance [D, D] (sizes the constant channel); null = identity. */
+  cov: Float64Array | null;
+  /** Interleave the rope rows (DeepSeek's rope_interleave). */
+  interleave: boolean;
+  /** Rounds a value as the output dtype stores it (the norm constants are compensated for it). */
+  roundStored: (x: number) => number;
+}
+
+export interface DeepseekLayer {
+  /** [H·(Dh + dr), D] */
+  qProj: Float32Array;
+  /** [rk + dr, D] */
+  kvA: Float32Array;
+  /** [rk + dr] */
+  kvABias: Float32Array;
+  /** [rk] */
+  kvNorm: Float32Array;
+  /** [H·2·Dh, rk] */
+  kvB: Float32Array;
+  /** Retained singular-value energy of the position-free keys and values. */
+  energy: number;
+  /** The constant channel's β. */
+  beta: number;
+}
+
+/** Rotate-half order of the rope dims → DeepSeek's interleaved order: (x_0, y_0, x_1, y_1, …). */
+function ropeRow(slot: number, y: boolean, m: number, interleave: boolean): number {
+  return interleave ? 2 * slot + (y ? 1 : 0) : slot + (y ? m : 0);
+}
+
+export async function deepseekLayer(p: DeepseekLayerInput): Promise<DeepseekLayer> {
+  const { heads: H, kvHeads: G, headDim: Dh, hidden: D, ladder: F, kvLoraRank: rk } = p;
+  const half = Dh / 2;
+  const m = F.length;
+  const dr = 2 * m;
+  const group = H / G;
+  const latent = rk - 1;
+  const rows = 2 * G * Dh;
+  if (latent < 1 || latent > Math.min(rows, D)) throw new MlaError("BAD_ARGUMENT", `kv_lora_rank ${rk} leaves ${latent} latent dims; this layer allows 1…${Math.min(rows, D)} (+1 for the constant channel)`, "choose another --rank or --kv-lora-rank");
+  // The shared rope key rows (rotate-half order: x of slot k at k, y at k + m) and each head's
+  // position-free key, which keeps what the top component does not carry.
+  const kRope = new Float64Array(dr * D);
+  const A = new Float64Array(rows * D);
+  for (let r = 0; r < G * Dh; r++) for (let c = 0; c < D; c++) A[r * D + c] = p.wk[r * D + c]!;
+  for (let r = 0; r < G * Dh; r++) for (let c = 0; c < D; c++) A[(G * Dh + r) * D + c] = p.wv[r * D + c]!;
+  F.forEach((i, k) => {
+    const U = p.pca.rotations[i]!;
+    for (const [off, slot] of [[i, k], [i + half, k + m]] as const) {
+      for (let h = 0; h < G; h++) {
+        const u = U[h * G]!;
+        for (let c = 0; c < D; c++) kRope[slot * D + c] += u * p.wk[(h * Dh + off) * D + c]!;
+      }
+      for (let h = 0; h < G; h++) {
+        const u = U[h * G]!;
+        for (let c = 0; c < D; c++) A[(h * Dh + off) * D + c] -= u * kRope[slot * D + c]!;
+      }
+    }
+  });
+  const f = p.whiten ? whitenedFactor(A, rows, D, latent, p.whiten) : await truncatedFactorAsync(A, rows, D, latent);
+
+  // β large against every latent's norm: E‖c‖² = tr(Down Σ Downᵀ) (Σ = I·mean diag without calibration).
+  let meanSq = 0;
+  for (let r = 0; r < latent; r++) {
+    const row = f.down.subarray(r * D, (r + 1) * D);
+    if (p.cov) {
+      const rs = matmul(row, p.cov, 1, D, D);
+      for (let c = 0; c < D; c++) meanSq += rs[c]! * row[c]!;
+    } else for (let c = 0; c < D; c++) meanSq += row[c]! * row[c]!;
+  }
+  const beta = 2 ** Math.ceil(Math.log2(4096 * Math.sqrt(Math.max(meanSq, 1e-12))));
+  const gamma = p.roundStored(beta / Math.sqrt(rk));
+  // After the norm the latent is c·γ·√rk/β (to ‖c‖²/β²): kv_b takes the inverse, so the stored γ's
+  // rounding costs nothing.
+  const undo = beta / (gamma * Math.sqrt(rk));
+
+  const kvA = new Float32Array((rk + dr) * D);
+  kvA.set(Float32Array.from(f.down));
+  for (let s = 0; s < m; s++)
+    for (const y of [false, true]) kvA.set(Float32Array.from(kRope.subarray((s + (y ? m : 0)) * D, (s + (y ? m : 0) + 1) * D)), (rk + ropeRow(s, y, m, p.interleave)) * D);
+  const kvABias = new Float32Array(rk + dr);
+  kvABias[latent] = beta;
+  const kvNorm = new Float32Array(rk).fill(gamma);
+
+  // kv_b: per query head, its group's rows of the up-projection: Dh key rows, then Dh value rows.
+  const kvB = new Float32Array(H * 2 * Dh * rk);
+  for (let h = 0; h < H; h++) {
+    const g = Math.floor(h / group);
+    for (let part = 0; part < 2; part++)
+      for (let d = 0; d < Dh; d++) {
+        const src = part * G * Dh + g * Dh + d;
+        const dst = (h * 2 * Dh + part * Dh + d) * rk;
+        for (let j = 0; j < latent; j++) kvB[dst + j] = f.up[src * latent + j]! * undo;
+      }
+  }
+
+  // q_proj: per head its Dh original rows (the position-free part), then its rope rows scaled by
+  // U_i[g,0]; everything times √((Dh + dr)/Dh) so DeepSeek's (dn + dr)^−½ gives the original 1/√Dh.
+  const qk = Dh + dr;
+  const scale = Math.sqrt(qk / Dh);
+  const qProj = new Float32Array(H * qk * D);
+  for (let h = 0; h < H; h++) {
+    const g = Math.floor(h / group);
+    for (let d = 0; d < Dh; d++) for (let c = 0; c < D; c++) qProj[(h * qk + d) * D + c] = p.wq[(h * Dh + d) * D + c]! * scale;
+    F.forEach((i, k) => {
+      const u = p.pca.rotations[i]![g * G]! * scale;
+      for (const [off, y] of [[i, false], [i + half, true]] as const) {
+        const dst = (h * qk + Dh + ropeRow(k, y, m, p.interleave)) * D;
+        for (let c = 0; c < D; c++) qProj[dst + c] = p.wq[(h * Dh + off) * D + c]! * u;
+      }
+    });
+  }
+  return { qProj, kvA, kvABias, kvNorm, kvB, energy: energyOf(f.sigma, latent), beta };
+}
