@@ -14,7 +14,8 @@
  *
  *   kv_a_layernorm. Stock loaders always RMS-normalize the latent. One extra latent channel carries a
  *   large constant β through the kv_a bias (its kv_b column is zero): the RMS is then ≈ β/√rk for every
- *   token, and the norm weight γ = β/√rk undoes it. The relative error is ‖c‖²/(2β²).
+ *   token, and the norm weight γ = β/√rk undoes it (the constant channel's own weight is 1/√rk, so it
+ *   leaves the norm at ≈ 1 and trains like a bias). The relative error is ‖c‖²/(2β²).
  *
  *   The softmax scale (dn + dr)^−½ is folded into q_proj; rope rows are interleaved when asked.
  */
@@ -196,6 +197,9 @@ export async function deepseekLayer(p: DeepseekLayerInput): Promise<DeepseekLaye
   const kvABias = new Float32Array(rk + dr);
   kvABias[latent] = beta;
   const kvNorm = new Float32Array(rk).fill(gamma);
+  // The constant channel leaves the norm at ≈ 1, not β: its kv_b column is zero now, but fine-tuning
+  // moves it by ~lr per step, and times β that would swamp every key and value.
+  kvNorm[latent] = p.roundStored(1 / Math.sqrt(rk));
 
   // kv_b: per query head, its group's rows of the up-projection: Dh key rows, then Dh value rows.
   const kvB = new Float32Array(H * 2 * Dh * rk);

@@ -10,7 +10,8 @@ export interface InspectResult {
   model: string;
   dir: string;
   model_type: string;
-  attention: "mha" | "gqa" | "mqa" | "mla";
+  attention: "mha" | "gqa" | "mqa" | "mla" | "deepseek-mla";
+  deepseek?: { kv_lora_rank: number; qk_rope_head_dim: number; qk_nope_head_dim: number; v_head_dim: number; rope_interleave: boolean };
   params: number;
   layers: number;
   hidden_size: number;
@@ -42,15 +43,16 @@ export function inspectModel(spec: string): InspectResult {
       params += numel(e.shape);
       bytes += e.end - e.begin;
     }
-    const kvTensor = ["model.layers.0.self_attn.k_proj.weight", "model.layers.0.self_attn.kv_down_proj.weight"].find((n) => ck.has(n));
+    const kvTensor = ["model.layers.0.self_attn.k_proj.weight", "model.layers.0.self_attn.kv_down_proj.weight", "model.layers.0.self_attn.kv_a_proj_with_mqa.weight"].find((n) => ck.has(n));
     const kDtype = kvTensor ? ck.entry(kvTensor).dtype : "F32";
     const kv = kvElemsPerToken(c);
     return {
       model: spec,
       dir,
       model_type: c.modelType,
-      attention: c.attention.kind === "mla" ? "mla" : c.kvHeads === c.heads ? "mha" : c.kvHeads === 1 ? "mqa" : "gqa",
+      attention: c.attention.kind === "mla" ? "mla" : c.attention.kind === "deepseek" ? "deepseek-mla" : c.kvHeads === c.heads ? "mha" : c.kvHeads === 1 ? "mqa" : "gqa",
       ...(c.attention.kind === "mla" ? { mla: { rope_pairs: c.attention.ropePairs, rank: c.attention.rank, latent_dim: c.attention.latentDim, svd: c.attention.svd } } : {}),
+      ...(c.attention.kind === "deepseek" ? { deepseek: { kv_lora_rank: c.attention.kvLoraRank, qk_rope_head_dim: c.attention.ropeDim, qk_nope_head_dim: c.attention.nopeDim, v_head_dim: c.attention.vDim, rope_interleave: c.attention.interleave } } : {}),
       params,
       layers: c.layers,
       hidden_size: c.hiddenSize,

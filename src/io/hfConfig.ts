@@ -5,9 +5,9 @@
 import fs from "node:fs";
 import path from "node:path";
 import { MlaError, ioError } from "../errors.js";
-import { AttentionConfig, ModelConfig, RopeScaling } from "../model/config.js";
+import { AttentionConfig, DeepseekAttention, ModelConfig, RopeScaling } from "../model/config.js";
 
-const SUPPORTED_TYPES = ["llama", "mistral", "qwen2"] as const;
+const SUPPORTED_TYPES = ["llama", "mistral", "qwen2", "deepseek_v3"] as const;
 
 type Raw = Record<string, unknown>;
 
@@ -71,9 +71,10 @@ export function normalizeHfConfig(raw: Raw, file = "config.json"): ModelConfig {
   if (act !== "silu" && act !== "swish") throw new MlaError("UNSUPPORTED", `${file}: hidden_act ${JSON.stringify(act)} is not supported`, "only SwiGLU MLPs (hidden_act silu) are supported");
   const hiddenSize = posInt(raw, "hidden_size", file);
   const heads = posInt(raw, "num_attention_heads", file);
+  const deepseek = modelType === "deepseek_v3" ? parseDeepseek(raw, file, heads) : null;
   const kvHeads = posInt(raw, "num_key_value_heads", file, heads);
   if (heads % kvHeads !== 0) throw new MlaError("BAD_CONFIG", `${file}: num_attention_heads ${heads} is not a multiple of num_key_value_heads ${kvHeads}`, "grouped-query attention needs whole groups");
-  const headDim = posInt(raw, "head_dim", file, hiddenSize / heads);
+  const headDim = deepseek ? deepseek.nopeDim : posInt(raw, "head_dim", file, hiddenSize / heads);
   if (headDim % 2 !== 0) throw new MlaError("BAD_CONFIG", `${file}: head_dim ${headDim} is odd`, "rotary embeddings need an even head dimension");
   const ropeParams = (raw["rope_parameters"] as Raw | undefined) ?? undefined;
   const theta = ropeParams && typeof ropeParams["rope_theta"] === "number" ? (ropeParams["rope_theta"] as number) : num(raw, "rope_theta", file, 10000);
@@ -97,14 +98,14 @@ export function normalizeHfConfig(raw: Raw, file = "config.json"): ModelConfig {
     rmsEps: num(raw, "rms_norm_eps", file, 1e-6),
     rope: { theta, scaling },
     tieEmbeddings: raw["tie_word_embeddings"] === true,
-    qkvBias: isQwen || attnBias,
+    qkvBias: !deepseek && (isQwen || attnBias),
     oBias: attnBias,
     mlpBias: raw["mlp_bias"] === true,
     slidingWindow: window,
     bosTokenId: typeof raw["bos_token_id"] === "number" ? (raw["bos_token_id"] as number) : null,
     eosTokenId: typeof eos === "number" ? eos : Array.isArray(eos) && typeof eos[0] === "number" ? (eos[0] as number) : null,
     declaredDtype: typeof dtype === "string" ? dtype : null,
-    attention: parseMla(raw["mha2mla"], file, posInt(raw, "num_hidden_layers", file), kvHeads, headDim),
+    attention: deepseek ?? parseMla(raw["mha2mla"], file, posInt(raw, "num_hidden_layers", file), kvHeads, headDim),
   };
 }
 
@@ -126,4 +127,26 @@ function parseMla(m: unknown, file: string, layers: number, kvHeads: number, hea
   if (!Number.isInteger(rank) || (rank as number) < 1) throw bad(`rank ${JSON.stringify(rank)} is not a positive integer`);
   if (L !== (rank as number) * kvHeads * (svd === "split" ? 2 : 1)) throw bad(`latent_dim ${JSON.stringify(L)} disagrees with rank ${rank} × ${kvHeads} KV heads (${svd})`);
   return { kind: "mla", ropePairs: R as number, selection: sel as number[][][], rank: rank as number, latentDim: L as number, svd };
+}
+
+/** A dense deepseek_v3 config without q compression (what `convert --format deepseek` writes). */
+function parseDeepseek(raw: Raw, file: string, heads: number): DeepseekAttention {
+  const unsupported = (what: string, hint: string) => new MlaError("UNSUPPORTED", `${file}: deepseek_v3 with ${what} is not supported`, hint);
+  if (raw["q_lora_rank"] !== null && raw["q_lora_rank"] !== undefined) throw unsupported(`q_lora_rank ${JSON.stringify(raw["q_lora_rank"])}`, "this runtime reads dense DeepSeek-V3 attention without q compression (q_lora_rank: null), as `convert --format deepseek` writes it");
+  const layers = posInt(raw, "num_hidden_layers", file);
+  const dense = raw["first_k_dense_replace"];
+  if (typeof dense !== "number" || dense < layers) throw unsupported("mixture-of-experts layers", "set first_k_dense_replace to num_hidden_layers for a dense model; MoE is not implemented");
+  const kvHeads = posInt(raw, "num_key_value_heads", file, heads);
+  if (kvHeads !== heads) throw new MlaError("BAD_CONFIG", `${file}: deepseek_v3 needs num_key_value_heads = num_attention_heads (${kvHeads} ≠ ${heads})`, "DeepSeek's kv_b_proj has rows per query head");
+  const ropeDim = posInt(raw, "qk_rope_head_dim", file);
+  if (ropeDim % 2 !== 0) throw new MlaError("BAD_CONFIG", `${file}: qk_rope_head_dim ${ropeDim} is odd`, "rotary embeddings need an even dimension");
+  return {
+    kind: "deepseek",
+    kvLoraRank: posInt(raw, "kv_lora_rank", file),
+    ropeDim,
+    nopeDim: posInt(raw, "qk_nope_head_dim", file),
+    vDim: posInt(raw, "v_head_dim", file),
+    interleave: raw["rope_interleave"] !== false,
+    kvABias: raw["attention_bias"] === true,
+  };
 }

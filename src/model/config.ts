@@ -31,10 +31,28 @@ export interface MlaAttention {
   svd: "joint" | "split";
 }
 
-export type AttentionConfig = MhaAttention | MlaAttention;
+/**
+ * DeepSeek-V3 MLA (model_type deepseek_v3, dense, no q compression): per token and layer the cache
+ * holds the RMS-normalized latent (kvLoraRank) and one rope key shared by all heads (ropeDim); each
+ * head's query is [nope (nopeDim) | rope (ropeDim)], its value vDim. `headDim` of the ModelConfig is
+ * nopeDim and `kvHeads` equals `heads`.
+ */
+export interface DeepseekAttention {
+  kind: "deepseek";
+  kvLoraRank: number;
+  ropeDim: number;
+  nopeDim: number;
+  vDim: number;
+  /** Rope rows stored interleaved (x0, y0, x1, y1, …) rather than rotate-half. */
+  interleave: boolean;
+  /** Bias on kv_a_proj_with_mqa (attention_bias). */
+  kvABias: boolean;
+}
+
+export type AttentionConfig = MhaAttention | MlaAttention | DeepseekAttention;
 
 export interface ModelConfig {
-  modelType: "llama" | "mistral" | "qwen2";
+  modelType: "llama" | "mistral" | "qwen2" | "deepseek_v3";
   hiddenSize: number;
   intermediateSize: number;
   layers: number;
@@ -86,10 +104,11 @@ export function ropeInvFreq(headDim: number, rope: RopeConfig): Float64Array {
   return inv;
 }
 
-/** KV-cache elements per token summed over layers: 2·Hkv·Dh (MHA/GQA) or Hkv·2R + latent (MLA) per layer. */
+/** KV-cache elements per token summed over layers: 2·Hkv·Dh (MHA/GQA), Hkv·2R + latent (MLA), kv_lora_rank + rope dim (DeepSeek) per layer. */
 export function kvElemsPerToken(c: ModelConfig): number {
   const a = c.attention;
   if (a.kind === "mla") return (c.kvHeads * 2 * a.ropePairs + a.latentDim) * c.layers;
+  if (a.kind === "deepseek") return (a.kvLoraRank + a.ropeDim) * c.layers;
   return 2 * c.kvHeads * c.headDim * c.layers;
 }
 
@@ -101,4 +120,9 @@ export function headDimOrder(headDim: number, pairs: readonly number[]): { rope:
   const nope: number[] = [];
   for (let d = 0; d < headDim; d++) if (!kept.has(d)) nope.push(d);
   return { rope, nope };
+}
+
+/** The rotary inverse frequencies a model's attention uses: Dh/2 of them, or the DeepSeek rope key's ropeDim/2. */
+export function attentionInvFreq(c: ModelConfig): Float64Array {
+  return c.attention.kind === "deepseek" ? ropeInvFreq(c.attention.ropeDim, c.rope) : ropeInvFreq(c.headDim, c.rope);
 }

@@ -11,12 +11,13 @@ import { loadTokenizer, TextTokenizer } from "../io/tokenizer.js";
 import { referenceBackend } from "../backends/reference/index.js";
 import type { Backend } from "../tensor/backend.js";
 import type { Tensor } from "../tensor/tensor.js";
-import { ModelConfig, ropeInvFreq } from "./config.js";
+import { attentionInvFreq, ModelConfig } from "./config.js";
 import { LlamaWeights, loadLlamaWeights, WeightStorage } from "./weights.js";
 import { DecodeCache, KvCache, LatentCache } from "./kvCache.js";
 import { AttentionMode, mhaAttention, mhaDecodeBatch } from "./attention/mha.js";
 import { MlaError } from "../errors.js";
 import { MlaBlock } from "./attention/mla.js";
+import { deepseekAttention, deepseekDecodeBatch } from "./attention/deepseek.js";
 import { Node, Ops, Tape } from "../tensor/autograd.js";
 import { ParamNodes, paramNodes } from "./params.js";
 
@@ -57,7 +58,7 @@ export class LlamaModel {
   private constants: ParamNodes | null = null;
 
   constructor(readonly config: ModelConfig, readonly weights: LlamaWeights, readonly backend: Backend) {
-    this.invFreq = ropeInvFreq(config.headDim, config.rope);
+    this.invFreq = attentionInvFreq(config);
     this.mla = config.attention.kind === "mla" ? weights.layers.map((lw, i) => new MlaBlock(backend, config, lw.attn as never, this.invFreq, i)) : null;
   }
 
@@ -65,6 +66,7 @@ export class LlamaModel {
   newCache(): DecodeCache {
     const c = this.config;
     const a = c.attention;
+    if (a.kind === "deepseek") return new LatentCache(this.backend, c.layers, 1, a.ropeDim, a.kvLoraRank);
     return a.kind === "mla" ? new LatentCache(this.backend, c.layers, c.kvHeads, 2 * a.ropePairs, a.latentDim) : new KvCache(this.backend, c.layers, c.kvHeads, c.headDim);
   }
 
@@ -126,13 +128,18 @@ export class LlamaModel {
     const lw = P.layers[li]!;
     const x = ops.rmsnorm(h, lw.inputNorm, c.rmsEps);
     at.opts.onAttentionInput?.(li, x.value);
+    const kind = lw.attn.kind;
     const a = at.batch
-      ? lw.attn.kind === "mha"
+      ? kind === "mha"
         ? mhaDecodeBatch(ops, c, lw.attn, this.invFreq, x, at.positions, li, at.batch as KvCache[])
-        : ops.constant(this.mla![li]!.decodeBatch(x.value, at.positions, at.batch as LatentCache[]))
-      : lw.attn.kind === "mha"
+        : kind === "deepseek"
+          ? deepseekDecodeBatch(ops, c, lw.attn, this.invFreq, x, at.positions, li, at.batch as LatentCache[])
+          : ops.constant(this.mla![li]!.decodeBatch(x.value, at.positions, at.batch as LatentCache[]))
+      : kind === "mha"
         ? mhaAttention(ops, c, lw.attn, this.invFreq, x, at.positions, li, at.single as KvCache | undefined, at.mode)
-        : this.mla![li]!.forward(ops, lw.attn, x, at.positions, at.single as LatentCache | undefined, at.opts.absorb, at.mode);
+        : kind === "deepseek"
+          ? deepseekAttention(ops, c, lw.attn, this.invFreq, x, at.positions, li, at.single as LatentCache | undefined, at.mode)
+          : this.mla![li]!.forward(ops, lw.attn, x, at.positions, at.single as LatentCache | undefined, at.opts.absorb, at.mode);
     const h1 = ops.add(h, a);
     if (!ops.tape) for (const n of [x, a]) n.value.dispose();
     const y = ops.rmsnorm(h1, lw.postNorm, c.rmsEps);

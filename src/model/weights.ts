@@ -34,9 +34,21 @@ export interface MlaWeights {
   oBias: Tensor | null;
 }
 
+/** DeepSeek-V3 MLA projections (model_type deepseek_v3, q_lora_rank null). */
+export interface DeepseekWeights {
+  kind: "deepseek";
+  q: Tensor; // [H·(dn+dr), D], per head [nope dn | rope dr]
+  kvA: Tensor; // [rk + dr, D]: the latent, then the shared rope key
+  kvABias: Tensor | null; // [rk + dr]
+  kvNorm: Tensor; // [rk]
+  kvB: Tensor; // [H·(dn+dv), rk], per head [k_nope dn | v dv]
+  o: Tensor; // [D, H·dv]
+  oBias: Tensor | null;
+}
+
 export interface LayerWeights {
   inputNorm: Tensor; // [D]
-  attn: MhaWeights | MlaWeights;
+  attn: MhaWeights | MlaWeights | DeepseekWeights;
   postNorm: Tensor; // [D]
   gate: Tensor; // [F, D]
   up: Tensor; // [F, D]
@@ -74,7 +86,7 @@ export function loadTensor(ckpt: Checkpoint, backend: Backend, name: string, sha
 }
 
 /** Matrices that are only ever the `w` of a linear (so bf16 storage is allowed), by field name. */
-const LINEAR_WEIGHTS = new Set(["q", "k", "v", "o", "kRope", "kvDown", "kUp", "vUp", "gate", "up", "down"]);
+const LINEAR_WEIGHTS = new Set(["q", "k", "v", "o", "kRope", "kvDown", "kUp", "vUp", "kvA", "kvB", "gate", "up", "down"]);
 
 /** The attention tensors of one layer (names after `model.layers.N.`), in file order; `on` = present. */
 export function attentionTensors(c: ModelConfig): { name: string; shape: number[]; on: boolean }[] {
@@ -99,6 +111,18 @@ export function attentionTensors(c: ModelConfig): { name: string; shape: number[
       { name: a + "v_proj.bias", shape: [kvd], on: c.qkvBias },
       ...o,
     ];
+  if (c.attention.kind === "deepseek") {
+    const { kvLoraRank: rk, ropeDim: dr, nopeDim: dn, vDim: dv } = c.attention;
+    return [
+      { name: a + "q_proj.weight", shape: [c.heads * (dn + dr), D], on: true },
+      { name: a + "kv_a_proj_with_mqa.weight", shape: [rk + dr, D], on: true },
+      { name: a + "kv_a_proj_with_mqa.bias", shape: [rk + dr], on: c.attention.kvABias },
+      { name: a + "kv_a_layernorm.weight", shape: [rk], on: true },
+      { name: a + "kv_b_proj.weight", shape: [c.heads * (dn + dv), rk], on: true },
+      { name: a + "o_proj.weight", shape: [D, c.heads * dv], on: true },
+      { name: a + "o_proj.bias", shape: [D], on: c.oBias },
+    ];
+  }
   const R = c.attention.ropePairs;
   const L = c.attention.latentDim;
   const kn = c.kvHeads * (c.headDim - 2 * R);
@@ -161,6 +185,10 @@ const ATTENTION_FIELDS: Record<string, string> = {
   kUpBias: "k_up_proj.bias",
   vUp: "v_up_proj.weight",
   vUpBias: "v_up_proj.bias",
+  kvA: "kv_a_proj_with_mqa.weight",
+  kvABias: "kv_a_proj_with_mqa.bias",
+  kvNorm: "kv_a_layernorm.weight",
+  kvB: "kv_b_proj.weight",
   o: "o_proj.weight",
   oBias: "o_proj.bias",
 };
@@ -169,6 +197,7 @@ export type WeightStorage = "auto" | "f32";
 
 const MHA_KEYS = ["q", "qBias", "k", "kBias", "v", "vBias", "o", "oBias"];
 const MLA_KEYS = ["q", "qBias", "kRope", "kRopeBias", "kvDown", "kUp", "kUpBias", "vUp", "vUpBias", "o", "oBias"];
+const DEEPSEEK_KEYS = ["q", "kvA", "kvABias", "kvNorm", "kvB", "o", "oBias"];
 
 /**
  * Every weight of the model on `backend`. `weights: "auto"` keeps bf16 linear weights (and an untied
@@ -186,7 +215,8 @@ export function loadLlamaWeights(ckpt: Checkpoint, c: ModelConfig, backend: Back
   const layers: LayerWeights[] = [];
   for (let i = 0; i < c.layers; i++) {
     const kind = c.attention.kind;
-    const attn = { kind, ...fields(kind === "mha" ? MHA_KEYS : MLA_KEYS, ATTENTION_FIELDS, layerPrefix(i) + "self_attn.") } as MhaWeights | MlaWeights;
+    const keys = kind === "mha" ? MHA_KEYS : kind === "mla" ? MLA_KEYS : DEEPSEEK_KEYS;
+    const attn = { kind, ...fields(keys, ATTENTION_FIELDS, layerPrefix(i) + "self_attn.") } as LayerWeights["attn"];
     layers.push({ ...fields(Object.keys(LAYER_FIELDS), LAYER_FIELDS, layerPrefix(i)), attn } as LayerWeights);
   }
   return { embed, finalNorm: t("model.norm.weight"), lmHead, layers };

@@ -60,7 +60,7 @@ def main():
         seq = [bos] + ids[: o.logits_tokens - 1]
         with torch.no_grad():
             logits = model(torch.tensor([seq])).logits[0].float().contiguous()
-        save_file({"ids": torch.tensor(seq, dtype=torch.int32), "logits": logits}, o.fixture, metadata={"model": os.path.basename(o.model.rstrip("/")), "transformers": __import__("transformers").__version__})
+        save_file({"ids": torch.tensor(seq, dtype=torch.float32), "logits": logits}, o.fixture, metadata={"model": os.path.basename(o.model.rstrip("/")), "transformers": __import__("transformers").__version__})
         res["fixture"] = o.fixture
     print(json.dumps(res))
 

@@ -1,0 +1,91 @@
+/**
+ * DeepSeek-V3 MLA as graph ops (HF transformers' DeepseekV3Attention, q_lora_rank null):
+ *   q = q_proj(x) → per head [q_nope (dn) | q_pe (dr)];  [c | k_pe] = kv_a_proj_with_mqa(x);
+ *   c = RMSNorm(c)·kv_a_layernorm (eps 1e-6, as HF builds it);  [k_nope | v] = kv_b_proj(c) per head;
+ *   RoPE on q_pe and on k_pe (one key shared by all heads); keys [k_nope | k_pe], scale (dn + dr)^−½.
+ * The cache holds the normalized latent and the rotated k_pe (kv_lora_rank + dr per token and layer);
+ * a step up-projects the whole cache (plain form, not absorbed). Interleaved rope rows are gathered
+ * into rotate-half order on the fly, so the weights stay as stored.
+ */
+import type { Node, Ops } from "../../tensor/autograd.js";
+import { rowOf, stackRows } from "../../tensor/rows.js";
+import type { DeepseekAttention, ModelConfig } from "../config.js";
+import type { LatentCache } from "../kvCache.js";
+import type { AttentionNodes } from "../params.js";
+import type { AttentionMode } from "./mha.js";
+
+/** HF builds kv_a_layernorm without passing rms_norm_eps. */
+const LATENT_NORM_EPS = 1e-6;
+
+/** Column indices, cached per shape: the rope columns in rotate-half order, per head blocks, repeats. */
+class Columns {
+  private static cache = new Map<string, Columns>();
+  readonly qNope: Int32Array;
+  readonly qPe: Int32Array;
+  readonly latent: Int32Array;
+  readonly kPe: Int32Array;
+  readonly kNope: Int32Array;
+  readonly v: Int32Array;
+  readonly kPeHeads: Int32Array;
+
+  private constructor(H: number, a: DeepseekAttention) {
+    const { nopeDim: dn, ropeDim: dr, vDim: dv, kvLoraRank: rk } = a;
+    const m = dr / 2;
+    // Position j of the rotate-half layout reads stored dim rope(j).
+    const rope = (j: number) => (a.interleave ? (j < m ? 2 * j : 2 * (j - m) + 1) : j);
+    const range = (n: number, f: (i: number) => number) => Int32Array.from({ length: n }, (_, i) => f(i));
+    this.qNope = range(H * dn, (i) => Math.floor(i / dn) * (dn + dr) + (i % dn));
+    this.qPe = range(H * dr, (i) => Math.floor(i / dr) * (dn + dr) + dn + rope(i % dr));
+    this.latent = range(rk, (i) => i);
+    this.kPe = range(dr, (i) => rk + rope(i));
+    this.kNope = range(H * dn, (i) => Math.floor(i / dn) * (dn + dv) + (i % dn));
+    this.v = range(H * dv, (i) => Math.floor(i / dv) * (dn + dv) + dn + (i % dv));
+    this.kPeHeads = range(H * dr, (i) => i % dr);
+  }
+
+  static of(H: number, a: DeepseekAttention): Columns {
+    const key = `${H}/${a.nopeDim}/${a.ropeDim}/${a.vDim}/${a.kvLoraRank}/${a.interleave}`;
+    let c = Columns.cache.get(key);
+    if (!c) Columns.cache.set(key, (c = new Columns(H, a)));
+    return c;
+  }
+}
+
+/** x [T, D] at `positions` → [T, D]; with a cache the new tokens are appended and attend to all of it. */
+export function deepseekAttention(ops: Ops, c: ModelConfig, w: AttentionNodes, invFreq: Float64Array, x: Node, positions: Int32Array, layer: number, cache?: LatentCache, mode: AttentionMode = { batch: 1, bf16: false }): Node {
+  if (w.kind !== "deepseek" || c.attention.kind !== "deepseek") throw new Error("deepseekAttention on other weights");
+  const a = c.attention;
+  const { nopeDim: dn, ropeDim: dr, vDim: dv } = a;
+  const H = c.heads;
+  const T = positions.length;
+  const cols = Columns.of(H, a);
+  const q = ops.linear(x, w.q, null);
+  const qNope = ops.gatherCols(q, cols.qNope);
+  const qPe = ops.rope(ops.reshape(ops.gatherCols(q, cols.qPe), [T, H, dr]), positions, invFreq, dr);
+  const kv = ops.linear(x, w.kvA, w.kvABias);
+  let latent = ops.rmsnorm(ops.gatherCols(kv, cols.latent), w.kvNorm, LATENT_NORM_EPS);
+  let kPe = ops.rope(ops.reshape(ops.gatherCols(kv, cols.kPe), [T, 1, dr]), positions, invFreq, dr);
+  const offset = cache?.length ?? 0;
+  if (cache) {
+    const [kAll, cAll] = cache.append(layer, kPe.value, latent.value);
+    [kPe, latent] = [ops.constant(kAll), ops.constant(cAll)];
+  }
+  const S = latent.value.shape[0]!;
+  const kvb = ops.linear(latent, w.kvB, null);
+  const kNope = ops.gatherCols(kvb, cols.kNope);
+  const v = ops.reshape(ops.gatherCols(kvb, cols.v), [S, H, dv]);
+  const kPeHeads = ops.gatherCols(ops.reshape(kPe, [S, dr]), cols.kPeHeads);
+  const qAll = ops.reshape(ops.concatLast(ops.reshape(qNope, [T * H, dn]), ops.reshape(qPe, [T * H, dr])), [T, H, dn + dr]);
+  const kAll = ops.reshape(ops.concatLast(ops.reshape(kNope, [S * H, dn]), ops.reshape(kPeHeads, [S * H, dr])), [S, H, dn + dr]);
+  const o = ops.attention(qAll, kAll, v, { scale: 1 / Math.sqrt(dn + dr), queryOffset: offset, window: null, ...mode });
+  return ops.linear(ops.reshape(o, [T, H * dv]), w.o, w.oBias);
+}
+
+/** One decode step of B sequences, each against its own cache (projections per sequence). Inference only. */
+export function deepseekDecodeBatch(ops: Ops, c: ModelConfig, w: AttentionNodes, invFreq: Float64Array, x: Node, positions: Int32Array, layer: number, caches: readonly LatentCache[]): Node {
+  const b = ops.b;
+  const outs = caches.map((cache, i) => deepseekAttention(ops, c, w, invFreq, ops.constant(rowOf(b, x.value, i)), positions.subarray(i, i + 1), layer, cache).value);
+  const out = stackRows(b, outs, [c.hiddenSize]);
+  for (const t of outs) t.dispose();
+  return ops.constant(out);
+}

@@ -1,0 +1,131 @@
+// `convert --format deepseek` and the runtime's deepseek_v3 support: exactness where the format can be
+// exact, stock-transformers parity (fixture from test/golden/deepseek_check.py), decode = prefill on the
+// latent cache, finite-difference gradients through kv_a_layernorm, refusals.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import fs from "node:fs";
+import path from "node:path";
+import { convertDeepseek } from "../../src/deepseek/export.js";
+import { ReferenceBackend } from "../../src/backends/reference/index.js";
+import { loadModel } from "../../src/model/llama.js";
+import { paramNodes, trainableLeaves } from "../../src/model/params.js";
+import { Ops, Tape } from "../../src/tensor/autograd.js";
+import { evaluate } from "../../src/eval/evaluate.js";
+import { SafetensorsFile, writeSafetensorsSync } from "../../src/io/safetensors.js";
+import { Checkpoint } from "../../src/io/checkpoint.js";
+import { MlaError } from "../../src/errors.js";
+import { FIXTURES, GOLDEN, MODELS, tmpDir } from "../helpers.js";
+
+const TEXT = path.join(FIXTURES, "text", "tinystories_25k.txt");
+const CALIB = path.join(FIXTURES, "text", "tinystories.txt");
+
+/** The fixture's export: stories260K, R 1, rank 2 (shared rope key 8 dims, kv_lora_rank 8), 2-norm calibration. */
+async function stories260kDeepseek(): Promise<string> {
+  const out = path.join(tmpDir(), "ds");
+  await convertDeepseek(path.join(MODELS, "stories260K"), { rank: 2, ropePairs: 1, calib: CALIB, out, progress: null, device: "cpu" });
+  return out;
+}
+
+test("an export whose KV heads are all equal is exact: its NLL equals the original's (RoRoPE, ladder, norm trick, scale folding, interleave)", async () => {
+  // stories260K with every KV head a copy of head 0: one PCA component per frequency carries all of it.
+  const dir = path.join(tmpDir(), "tied");
+  fs.cpSync(path.join(MODELS, "stories260K"), dir, { recursive: true });
+  const ck = Checkpoint.open(dir);
+  const tensors = ck.names().map((name) => {
+    const e = ck.entry(name);
+    const data = ck.readF32(name);
+    if (/self_attn\.[kv]_proj\.weight$/.test(name)) {
+      const row = data.length / 4; // 4 KV heads of 8 rows each
+      for (let h = 1; h < 4; h++) data.copyWithin(h * row, 0, row);
+    }
+    return { name, dtype: "F32" as const, shape: [...e.shape], data: new Uint8Array(data.buffer) };
+  });
+  ck.close();
+  writeSafetensorsSync(path.join(dir, "model.safetensors"), tensors, { format: "pt" });
+  const out = path.join(tmpDir(), "tied-ds");
+  await convertDeepseek(dir, { rank: 2, ropePairs: 1, ropeDim: 8, kvLoraRank: 9, out, progress: null, device: "cpu" });
+  const e = { text: TEXT, tokens: 3000, ctx: 256, progress: null, device: "cpu" as const };
+  const [orig, ds] = [await evaluate(dir, e), await evaluate(out, e)];
+  assert.ok(Math.abs(orig.nll - ds.nll) < 2e-5, `original ${orig.nll} vs deepseek export ${ds.nll}`);
+});
+
+test("logits equal stock transformers' DeepseekV3ForCausalLM on the same folder within 1e-3 relative (fixture)", async () => {
+  const fx = SafetensorsFile.open(path.join(GOLDEN, "stories260K_deepseek.safetensors"));
+  const ids = Int32Array.from(fx.readF32("ids"));
+  const want = fx.readF32("logits");
+  fx.close();
+  const { model } = loadModel(await stories260kDeepseek(), { backend: new ReferenceBackend("f32") });
+  const got = model.forward(ids).toArray();
+  let diff = 0;
+  let scale = 0;
+  for (let i = 0; i < want.length; i++) {
+    diff = Math.max(diff, Math.abs(got[i]! - want[i]!));
+    scale = Math.max(scale, Math.abs(want[i]!));
+  }
+  assert.ok(diff / scale < 1e-3, `max |Δ| ${diff} against max |logit| ${scale}`);
+});
+
+test("decode on the latent cache (kv_lora_rank + rope dim per token) gives the prefill logits", async () => {
+  const { model } = loadModel(await stories260kDeepseek(), { backend: new ReferenceBackend("f64") });
+  const ids = Int32Array.from([1, 403, 57, 22, 301, 9, 77, 120]);
+  const full = model.forward(ids).toArray();
+  const V = model.config.vocabSize;
+  const cache = model.newCache();
+  for (let t = 0; t < ids.length; t++) {
+    const step = model.forward(ids.subarray(t, t + 1), cache).toArray();
+    for (let v = 0; v < V; v++) assert.ok(Math.abs(step[v]! - full[t * V + v]!) < 1e-9, `token ${t}`);
+  }
+  assert.equal(cache.length, ids.length);
+});
+
+test("gradients through kv_a_layernorm, the shared rope key and kv_b match finite differences (float64)", async () => {
+  const B = new ReferenceBackend("f64");
+  const { model } = loadModel(await stories260kDeepseek(), { backend: B });
+  const ids = Int32Array.from([1, 400, 13, 77, 260, 5, 301, 99, 12]);
+  const inputs = ids.subarray(0, -1);
+  const targets = ids.subarray(1);
+  const loss = () => B.crossEntropy(model.forward(inputs), targets).reduce((a, x) => a + x, 0);
+  const tape = new Tape(B);
+  const P = paramNodes(new Ops(B, tape), model.weights, (p) => p.startsWith("layers.1.attn.") || p === "layers.1.inputNorm");
+  const logits = model.graph(new Ops(B, tape), P, inputs);
+  tape.backward(logits, B.crossEntropyBackward(logits.value, targets, 1));
+  const leaves = trainableLeaves(P);
+  assert.deepEqual(leaves.map((l) => l.path.split(".").pop()).sort(), ["inputNorm", "kvA", "kvABias", "kvB", "kvNorm", "o", "oBias", "q"]);
+  for (const { path: name, node } of leaves) {
+    const w = node.value.toArray();
+    const g = node.grad!.toArray();
+    let num2 = 0;
+    let diff2 = 0;
+    for (let k = 0; k < Math.min(6, w.length); k++) {
+      const j = Math.floor((k * 2654435761) % w.length);
+      const orig = w[j]!;
+      const h = 1e-6 * Math.max(1, Math.abs(orig));
+      w[j] = orig + h;
+      const up = loss();
+      w[j] = orig - h;
+      const down = loss();
+      w[j] = orig;
+      const n = (up - down) / (2 * h);
+      num2 += n * n;
+      diff2 += (g[j]! - n) ** 2;
+    }
+    const rel = Math.sqrt(diff2) / Math.max(Math.sqrt(num2), 1e-10);
+    assert.ok(rel <= 1e-4 || Math.sqrt(num2) < 1e-7, `${name}: relative error ${rel.toExponential(2)}`);
+  }
+});
+
+test("what DeepSeek-V3 cannot express is refused with the reason", async () => {
+  await assert.rejects(
+    convertDeepseek(path.join(GOLDEN, "tiny-qwen2"), { rank: 2, out: path.join(tmpDir(), "q"), progress: null, device: "cpu" }),
+    (e: unknown) => e instanceof MlaError && e.code === "UNSUPPORTED" && /q\/k\/v biases/.test(e.message),
+  );
+  await assert.rejects(
+    convertDeepseek(path.join(MODELS, "stories260K"), { rank: 2, ropePairs: 1, ropeDim: 9, out: path.join(tmpDir(), "d"), progress: null, device: "cpu" }),
+    (e: unknown) => e instanceof MlaError && /--rope-dim 9 must be even/.test(e.message),
+  );
+  const dir = path.join(tmpDir(), "moe");
+  fs.cpSync(await stories260kDeepseek(), dir, { recursive: true });
+  const cfg = JSON.parse(fs.readFileSync(path.join(dir, "config.json"), "utf8"));
+  fs.writeFileSync(path.join(dir, "config.json"), JSON.stringify({ ...cfg, first_k_dense_replace: 1 }));
+  assert.throws(() => loadModel(dir), (e: unknown) => e instanceof MlaError && /mixture-of-experts/.test(e.message));
+});
