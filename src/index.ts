@@ -50,3 +50,6 @@ export { loglikelihood } from "./eval/tasks/score.js";
 export { writeReport, reportHtml, reportMarkdown } from "./eval/report/report.js";
 export { pipeline } from "./pipeline.js";
 export type { PipelineOptions, PipelineResult } from "./pipeline.js";
+export { convertDeepseek } from "./deepseek/export.js";
+export type { DeepseekOptions, DeepseekResult } from "./deepseek/export.js";
+export type { DeepseekAttention } from "./model/config.js";

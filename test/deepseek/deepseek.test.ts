@@ -46,7 +46,7 @@ test("an export whose KV heads are all equal is exact: its NLL equals the origin
   await convertDeepseek(dir, { rank: 2, ropePairs: 1, ropeDim: 8, kvLoraRank: 9, out, progress: null, device: "cpu" });
   const e = { text: TEXT, tokens: 3000, ctx: 256, progress: null, device: "cpu" as const };
   const [orig, ds] = [await evaluate(dir, e), await evaluate(out, e)];
-  assert.ok(Math.abs(orig.nll - ds.nll) < 2e-5, `original ${orig.nll} vs deepseek export ${ds.nll}`);
+  assert.ok(Math.abs(orig.nll! - ds.nll!) < 2e-5, `original ${orig.nll} vs deepseek export ${ds.nll}`);
 });
 
 test("logits equal stock transformers' DeepseekV3ForCausalLM on the same folder within 1e-3 relative (fixture)", async () => {
