@@ -5,7 +5,7 @@
  */
 import { MlaError, ioError } from "../errors.js";
 import type { LlamaModel } from "../model/llama.js";
-import type { TextTokenizer } from "../io/tokenizer.js";
+import { encodePrefix, TextTokenizer } from "../io/tokenizer.js";
 import { readTextFile } from "../io/text.js";
 import { Progress, ProgressSink } from "../util/progress.js";
 
@@ -32,8 +32,7 @@ export function readText(file: string): string {
 
 /** The first `maxTokens` token ids of `text` (all when maxTokens is undefined). */
 export function tokenizeForEval(tokenizer: TextTokenizer, text: string, maxTokens?: number): Int32Array {
-  const ids = tokenizer.encode(text, { addSpecialTokens: false });
-  return Int32Array.from(maxTokens === undefined ? ids : ids.slice(0, maxTokens));
+  return Int32Array.from(maxTokens === undefined ? tokenizer.encode(text, { addSpecialTokens: false }) : encodePrefix(tokenizer, text, maxTokens));
 }
 
 export async function perplexity(model: LlamaModel, ids: Int32Array, opts: { ctx: number; progress?: ProgressSink | null }): Promise<PerplexityResult> {

@@ -59,3 +59,18 @@ function withoutPrepend(tj: Record<string, unknown>): Record<string, unknown> | 
   if (first?.type !== "Prepend" || first.prepend !== "\u2581") return null;
   return { ...tj, normalizer: { ...n, normalizers: n.normalizers.slice(1) } };
 }
+
+/**
+ * The first `need` token ids of `text`, without tokenizing all of it (a 4 MB calibration file takes
+ * over a minute): prefixes cut at a line break grow until they hold `need` ids plus a margin, because
+ * only the ids near the cut can differ from the whole text's. Short texts are tokenized whole.
+ */
+export function encodePrefix(tokenizer: TextTokenizer, text: string, need: number): number[] {
+  const MARGIN = 256;
+  for (let chars = Math.max(16_384, need * 8); chars < text.length; chars *= 2) {
+    const nl = text.lastIndexOf("\n", chars);
+    const ids = tokenizer.encode(text.slice(0, nl > chars / 2 ? nl : chars), { addSpecialTokens: false });
+    if (ids.length >= need + MARGIN) return ids.slice(0, need);
+  }
+  return tokenizer.encode(text, { addSpecialTokens: false }).slice(0, need);
+}

@@ -8,7 +8,7 @@
 import { MlaError } from "../errors.js";
 import type { LlamaModel } from "../model/llama.js";
 import type { MhaWeights } from "../model/weights.js";
-import type { TextTokenizer } from "../io/tokenizer.js";
+import { encodePrefix, TextTokenizer } from "../io/tokenizer.js";
 import type { FloatArray, Tensor } from "../tensor/tensor.js";
 import { Progress, ProgressSink } from "../util/progress.js";
 import { calibrationKernels } from "../backends/native/kernels.js";
@@ -28,8 +28,8 @@ export interface CalibrationStats {
 export function calibrationWindows(tokenizer: TextTokenizer, text: string, samples: number, len: number, bos: number, source = "calibration text"): Int32Array[] {
   if (!Number.isInteger(len) || len < 2) throw new MlaError("BAD_ARGUMENT", `--calib-len ${len} is too small`, "use at least 2 (BOS + one token)");
   if (!Number.isInteger(samples) || samples < 1) throw new MlaError("BAD_ARGUMENT", `--calib-samples ${samples} is not a positive integer`, "pass e.g. --calib-samples 32");
-  const ids = tokenizer.encode(text, { addSpecialTokens: false });
   const stride = len - 1;
+  const ids = encodePrefix(tokenizer, text, samples * stride);
   const available = Math.floor(ids.length / stride);
   if (available < 1) throw new MlaError("BAD_TEXT", `${source} holds ${ids.length} tokens, fewer than one calibration window of ${stride} (+BOS)`, "pass a longer --calib file or a smaller --calib-len");
   const n = Math.min(samples, available);
