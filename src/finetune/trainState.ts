@@ -33,13 +33,15 @@ export function stateBytes(params: number, precision: Precision): number {
 /**
  * Rough peak activation bytes of one micro-batch: the tape keeps each op's output, and the backward
  * adds their gradients (one layer at a time when `checkpoint`: then every layer keeps only its input,
- * and one layer is recomputed with its gradients at once); the logits and their gradient.
+ * and one layer is recomputed with its gradients at once); one chunk of logits and their gradient (all
+ * of them with `fullLogits`, which distillation needs).
  */
-export function activationBytes(model: LlamaModel, tokens: number, checkpoint = false): number {
+export function activationBytes(model: LlamaModel, tokens: number, checkpoint = false, fullLogits = false): number {
   const c = model.config;
   const perLayer = 2 * (10 * c.hiddenSize + 3 * c.intermediateSize + 4 * c.heads * c.headDim);
   const layers = checkpoint ? c.layers * 2 * c.hiddenSize + perLayer : c.layers * perLayer;
-  return 4 * tokens * (layers + 3 * c.vocabSize);
+  const logitRows = fullLogits ? tokens : Math.min(tokens, lossChunkRows(c.vocabSize));
+  return 4 * tokens * layers + 4 * 3 * logitRows * c.vocabSize;
 }
 
 function setAt(root: object, path: string, value: unknown): void {
@@ -57,6 +59,8 @@ export function trainableCount(model: LlamaModel, trainable: (path: string) => b
 export interface MemoryChoice {
   train: "all" | "attention";
   checkpoint: boolean;
+  /** Distillation keeps the whole logits (no chunked loss). */
+  fullLogits?: boolean;
 }
 
 /**
@@ -68,7 +72,7 @@ export function checkFits(model: LlamaModel, choice: MemoryChoice, precision: Pr
   if (!mem) return;
   const counts = { all: trainableCount(model, () => true), attention: trainableCount(model, (p) => p.includes(".attn.")) };
   // The weights already on the device are float32 copies that the flat buffers replace.
-  const needOf = (c: MemoryChoice) => stateBytes(counts[c.train], precision) - 4 * counts[c.train] + activationBytes(model, tokens, c.checkpoint);
+  const needOf = (c: MemoryChoice) => stateBytes(counts[c.train], precision) - 4 * counts[c.train] + activationBytes(model, tokens, c.checkpoint, choice.fullLogits);
   const need = needOf(choice);
   if (need <= mem.free) return;
   const gib = (x: number) => `${(x / 2 ** 30).toFixed(1)} GiB`;
@@ -79,7 +83,7 @@ export function checkFits(model: LlamaModel, choice: MemoryChoice, precision: Pr
     { train: "attention", checkpoint: true },
   ];
   const fits = alternatives.find((c) => (c.train !== choice.train || c.checkpoint !== choice.checkpoint) && (c.train === "attention" || choice.train === "all") && (c.checkpoint || !choice.checkpoint) && needOf(c) <= mem.free);
-  const act = activationBytes(model, tokens, choice.checkpoint);
+  const act = activationBytes(model, tokens, choice.checkpoint, choice.fullLogits);
   const hint = fits
     ? `${flags(fits)} needs about ${gib(needOf(fits))} and fits`
     : `a smaller --batch or --seq (activations of ${tokens} tokens take ${gib(act)}; --accum keeps the tokens per step)${choice.checkpoint ? "" : " with --checkpoint-activations"}`;
@@ -225,17 +229,65 @@ export interface MicroBatch {
   sequences: number;
 }
 
+/** Rows per logits chunk: about 64M logits (256 MB in float32) whatever the vocabulary. */
+export function lossChunkRows(vocab: number): number {
+  return Math.max(1, Math.floor(2 ** 26 / vocab));
+}
+
+/**
+ * Cross-entropy of the LM head over row chunks of the hidden states h [N, D]: each chunk's logits
+ * [rows, V] live only while its loss, its logits gradient and their products are computed, so no
+ * [N, V] array exists (8 GB of f32 logits and as much gradient for 16k tokens of a 128k vocabulary).
+ * The head's weight gradient goes into its slot; returns the summed loss and dL/dh [N, D].
+ */
+function chunkedHeadLoss(b: Backend, k: TrainingKernels, h: Tensor, head: Node, targets: Int32Array, scale: number, chunk: number): { loss: number; dh: Tensor } {
+  const [N, D] = h.shape as [number, number];
+  const dh = k.zeros(N * D, "the hidden-state gradient").reshape([N, D]);
+  const dwInto = head.requiresGrad && head.gradTarget ? head.gradTarget.reshape(head.value.shape) : undefined;
+  let loss = 0;
+  for (let r0 = 0; r0 < N; r0 += chunk) {
+    const rows = Math.min(chunk, N - r0);
+    const hc = k.view(h, r0 * D, [rows, D]);
+    const logits = b.linear(hc, head.value, null);
+    const t = targets.subarray(r0, r0 + rows);
+    let grad: Tensor;
+    if (b.crossEntropyFused) {
+      const r = b.crossEntropyFused(logits, t, scale);
+      grad = r.grad;
+      for (const x of r.loss) loss += x;
+    } else {
+      grad = b.crossEntropyBackward(logits, t, scale);
+      for (const x of b.crossEntropy(logits, t)) loss += x;
+    }
+    const g = b.linearBackward(hc, head.value, grad, { x: true, w: head.requiresGrad, bias: false, dwInto });
+    k.copyInto(dh, r0 * D, g.dx!);
+    if (g.dw) head.accumulate(b, g.dw); // a backend that adds into dwInto returns none
+    for (const x of [logits, grad, g.dx!]) x.dispose();
+  }
+  return { loss, dh };
+}
+
 /**
  * Forward and backward of one micro-batch inside a backend arena: the loss gradient (cross-entropy
  * weighted by `ceWeight`, plus distillation from `teacher` weighted by `klWeight`, each summed over
  * tokens and scaled by `scale`) is added into the state's gradient slots. Returns the summed loss.
+ * Without a teacher the LM head and the loss run in row chunks (`lossChunk` rows, default
+ * lossChunkRows(vocab)); distillation needs the whole logits.
  */
-export function microStep(state: TrainState, batch: MicroBatch, o: { scale: number; ceWeight: number; klWeight: number; temperature: number; teacher: LlamaModel | null; checkpoint?: boolean }): number {
+export function microStep(state: TrainState, batch: MicroBatch, o: { scale: number; ceWeight: number; klWeight: number; temperature: number; teacher: LlamaModel | null; checkpoint?: boolean; lossChunk?: number }): number {
   const b: Backend = state.model.backend;
   const run = () => {
     const tape = new Tape(b);
     const bf16 = state.precision === "bf16";
-    const logits: Node = state.model.graph(new Ops(b, tape), state.nodes, batch.inputs, undefined, { sequences: batch.sequences, bf16, checkpoint: o.checkpoint });
+    const fwd = { sequences: batch.sequences, bf16, checkpoint: o.checkpoint };
+    const ops = new Ops(b, tape);
+    if (!o.teacher) {
+      const h = state.model.hidden(ops, state.nodes, batch.inputs, undefined, fwd);
+      const r = chunkedHeadLoss(b, state.kernels, h.value, state.nodes.lmHead, batch.targets, o.ceWeight * o.scale, o.lossChunk ?? lossChunkRows(state.model.config.vocabSize));
+      tape.backward(h, r.dh);
+      return o.ceWeight * r.loss;
+    }
+    const logits: Node = state.model.graph(ops, state.nodes, batch.inputs, undefined, fwd);
     let loss = 0;
     let seed: Tensor;
     if (b.crossEntropyFused) {
@@ -246,11 +298,9 @@ export function microStep(state: TrainState, batch: MicroBatch, o: { scale: numb
       seed = b.crossEntropyBackward(logits.value, batch.targets, o.ceWeight * o.scale);
       for (const x of b.crossEntropy(logits.value, batch.targets)) loss += o.ceWeight * x;
     }
-    if (o.teacher) {
-      const kl = b.klDivergence(logits.value, o.teacher.forward(batch.inputs, undefined, { sequences: batch.sequences, bf16 }), o.temperature, o.klWeight * o.scale);
-      seed = b.add(seed, kl.grad);
-      for (const x of kl.loss) loss += o.klWeight * x;
-    }
+    const kl = b.klDivergence(logits.value, o.teacher.forward(batch.inputs, undefined, { sequences: batch.sequences, bf16 }), o.temperature, o.klWeight * o.scale);
+    seed = b.add(seed, kl.grad);
+    for (const x of kl.loss) loss += o.klWeight * x;
     tape.backward(logits, seed);
     return loss;
   };

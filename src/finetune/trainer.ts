@@ -129,10 +129,10 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
   const trainable = (p: string) => trainWhat === "all" || p.includes(".attn.");
   const b = model.backend;
   const checkpoint = o.checkpointActivations ?? false;
-  checkFits(model, { train: trainWhat, checkpoint }, precision, batch * (seq - 1));
+  checkFits(model, { train: trainWhat, checkpoint, fullLogits: teacher !== null }, precision, batch * (seq - 1));
   b.resetPeak?.();
   const state = new TrainState(model, trainable, precision);
-  log.info(memoryPlan(state, batch * (seq - 1), checkpoint));
+  log.info(memoryPlan(state, batch * (seq - 1), checkpoint, teacher !== null));
   const hyper = { beta1: settings.beta1, beta2: settings.beta2, eps: settings.eps, weightDecay: settings.weightDecay };
   let run: RunState = { format: 1, step: 0, epoch: 0, cursor: 0, tokensSeen: 0, fingerprint, settings: { ...settings, model: src.dir } };
   if (o.resume) {
@@ -234,11 +234,11 @@ async function writeModel(srcDir: string, out: string, config: LlamaModel["confi
 }
 
 /** One line: what the training state and a micro-batch's activations take, beside what the device has. */
-function memoryPlan(state: TrainState, tokens: number, checkpoint: boolean): string {
+function memoryPlan(state: TrainState, tokens: number, checkpoint: boolean, fullLogits: boolean): string {
   const gib = (x: number) => `${(x / 2 ** 30).toFixed(2)} GiB`;
   const n = state.size;
   const parts = [`weights ${gib(4 * n)}`, `gradients ${gib(4 * n)}`, `AdamW ${gib(8 * n)}`, ...(state.shadow ? [`bf16 copy ${gib(2 * n)}`] : [])];
-  return `memory plan: ${n.toLocaleString("en-US")} trainable parameters (${state.precision}): ${parts.join(", ")} = ${gib(stateBytes(n, state.precision))}; activations of ${tokens} tokens${checkpoint ? " (checkpointed per layer)" : ""} ≈ ${gib(activationBytes(state.model, tokens, checkpoint))}`;
+  return `memory plan: ${n.toLocaleString("en-US")} trainable parameters (${state.precision}): ${parts.join(", ")} = ${gib(stateBytes(n, state.precision))}; activations of ${tokens} tokens${checkpoint ? " (checkpointed per layer)" : ""} ≈ ${gib(activationBytes(state.model, tokens, checkpoint, fullLogits))}`;
 }
 
 /** Every weight's element count (a tied LM head once). */

@@ -97,6 +97,11 @@ export class LlamaModel {
 
   /** The same forward as graph ops over weight nodes `P` (trainable leaves when `ops` has a tape). */
   graph(ops: Ops, P: ParamNodes, ids: Int32Array, cache?: DecodeCache | readonly DecodeCache[], opts: ForwardOptions = {}): Node {
+    return ops.linear(this.hidden(ops, P, ids, cache, opts), P.lmHead, null);
+  }
+
+  /** The final-norm hidden states [T, D] that the LM head turns into logits (training computes the loss from them in row chunks). */
+  hidden(ops: Ops, P: ParamNodes, ids: Int32Array, cache?: DecodeCache | readonly DecodeCache[], opts: ForwardOptions = {}): Node {
     const c = this.config;
     const batch = Array.isArray(cache) ? (cache as readonly DecodeCache[]) : null;
     const single = batch ? undefined : (cache as DecodeCache | undefined);
@@ -119,7 +124,7 @@ export class LlamaModel {
     }
     if (batch) for (const b of batch) b.advance(1);
     else single?.advance(ids.length);
-    return ops.linear(ops.rmsnorm(h, P.finalNorm, c.rmsEps), P.lmHead, null);
+    return ops.rmsnorm(h, P.finalNorm, c.rmsEps);
   }
 
   /** One decoder layer on `h` [T, D]; without a tape its intermediates (not `h`) are freed at once. */
