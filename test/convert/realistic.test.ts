@@ -29,12 +29,13 @@ test("mha26m-debian: the original's NLL equals PyTorch's", async () => {
 
 for (const s of golden.settings) {
   const name = `${s.strategy} R ${s.rope_pairs} rank ${s.rank} ${s.svd} ${s.svd_init}`;
-  test(`mha26m-debian ${name}: NLL within 0.5% of PyTorch's`, async () => {
+  test(`mha26m-debian ${name}: NLL within 0.5% of PyTorch's`, async (t) => {
     const out = path.join(tmpDir(), "m26");
     const r = await convert(MODEL, { rank: s.rank, ropePairs: s.rope_pairs, ropeStrategy: s.strategy, svd: s.svd, svdInit: s.svd_init, calib: CALIB, calibSamples: golden.calib.samples, calibLen: golden.calib.len, out, progress: null, device: "cpu" });
     if (s.selection) assert.deepEqual(r.selection, s.selection, "2-norm selects the pairs PyTorch selects");
     const e = await evaluate(out, EVAL);
     const rel = Math.abs(e.nll! - s.nll) / s.nll;
+    t.diagnostic(`${name}: ours ${e.nll!.toFixed(5)}, PyTorch ${s.nll.toFixed(5)} (${(100 * rel).toFixed(3)}%)`);
     assert.ok(rel < 5e-3, `ours ${e.nll!.toFixed(5)} vs PyTorch ${s.nll.toFixed(5)} (${(100 * rel).toFixed(3)}%)`);
     fs.rmSync(out, { recursive: true, force: true });
   });
