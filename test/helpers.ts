@@ -57,3 +57,27 @@ export async function waitFor(cond: () => boolean, what: string, limitMs = 300_0
     await new Promise((r) => setTimeout(r, everyMs));
   }
 }
+
+/**
+ * Central finite differences at a few fixed elements of a float64 weight `w` (edited in place and
+ * restored) against its analytic gradient `g`: returns the relative error ‖g − n‖/‖n‖ and ‖n‖.
+ * The step is h·max(1, |w_j|), so large weights (DeepSeek's norm constants) are probed at their scale.
+ */
+export function finiteDifference(w: Float64Array | Float32Array, g: ArrayLike<number>, loss: () => number, h = 1e-6, samples = 6): { rel: number; norm: number } {
+  let num2 = 0;
+  let diff2 = 0;
+  for (let k = 0; k < Math.min(samples, w.length); k++) {
+    const j = Math.floor((k * 2654435761) % w.length);
+    const orig = w[j]!;
+    const step = h * Math.max(1, Math.abs(orig));
+    w[j] = orig + step;
+    const up = loss();
+    w[j] = orig - step;
+    const down = loss();
+    w[j] = orig;
+    const n = (up - down) / (2 * step);
+    num2 += n * n;
+    diff2 += (g[j]! - n) ** 2;
+  }
+  return { rel: Math.sqrt(diff2) / Math.max(Math.sqrt(num2), 1e-10), norm: Math.sqrt(num2) };
+}

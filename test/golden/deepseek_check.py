@@ -19,15 +19,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 from transformers import AutoTokenizer, DeepseekV3ForCausalLM
 
-
-def nll(model, ids, ctx, bos):
-    stride, total = ctx - 1, 0.0
-    with torch.no_grad():
-        for s in range(0, len(ids), stride):
-            chunk = ids[s:s + stride]
-            lp = torch.log_softmax(model(torch.tensor([[bos] + chunk[:-1]])).logits[0].double(), -1)
-            total -= lp[torch.arange(len(chunk)), torch.tensor(chunk)].sum().item()
-    return total / len(ids)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from make_conversion_golden import perplexity as nll  # noqa: E402  (the protocol of `mha2mla eval`)
 
 
 def main():

@@ -75,8 +75,26 @@ def selection_for(strategy, R, Dh, L, Hkv, scores):
     return [[top_pairs(scores[l, g], R) for g in range(Hkv)] for l in range(L)]
 
 
-def convert_in_place(model, sel, rank):
-    """Replace W_k nope rows and W_v by the joint rank-(rank*Hkv) reconstruction; return per-layer rope masks."""
+def roots(C):
+    """C^½ and C^−½ with eigenvalues floored at 1e-6·max, as src/svd/truncated.ts covarianceRoots."""
+    vals, vecs = torch.linalg.eigh(C)
+    vals = torch.clamp(vals, min=max(vals.max().item(), 1e-30) * 1e-6)
+    return (vecs * vals.sqrt()) @ vecs.T, (vecs / vals.sqrt()) @ vecs.T
+
+
+def low_rank(A, k, whiten=None):
+    """Best rank-k approximation of A (float64), or of A·S^½ mapped back by S^−½ (activation-aware)."""
+    if whiten is not None:
+        A = A @ whiten[0]
+    U, S, Vh = torch.linalg.svd(A, full_matrices=False)
+    R = (U[:, :k] * S[:k]) @ Vh[:k]
+    return R @ whiten[1] if whiten is not None else R
+
+
+def convert_in_place(model, sel, rank, svd="joint", cov=None):
+    """Replace W_k nope rows and W_v by their rank-(rank*Hkv) reconstruction (one joint SVD, or one
+    each with svd="split"; activation-aware with the per-layer input covariance `cov`); return per-layer
+    rope masks."""
     cfg = model.config
     Hkv, Dh = cfg.num_key_value_heads, cfg.head_dim
     half = Dh // 2
@@ -90,14 +108,17 @@ def convert_in_place(model, sel, rank):
         wk = a.k_proj.weight.detach().double().clone()
         wv = a.v_proj.weight.detach().double().clone()
         nope = (~keep).flatten().nonzero().flatten()
-        A = torch.cat([wk[nope], wv], 0)
-        U, S, Vh = torch.linalg.svd(A, full_matrices=False)
+        whiten = roots(cov[l]) if cov is not None else None
         r = rank * Hkv
-        Ar = (U[:, :r] * S[:r]) @ Vh[:r]
-        wk[nope] = Ar[: len(nope)]
+        if svd == "joint":
+            Ar = low_rank(torch.cat([wk[nope], wv], 0), r, whiten)
+            kn, vr = Ar[: len(nope)], Ar[len(nope):]
+        else:
+            kn, vr = low_rank(wk[nope], r, whiten), low_rank(wv, r, whiten)
+        wk[nope] = kn
         with torch.no_grad():
             a.k_proj.weight.copy_(wk.float())
-            a.v_proj.weight.copy_(Ar[len(nope):].float())
+            a.v_proj.weight.copy_(vr.float())
         masks.append(keep)
     return masks
 

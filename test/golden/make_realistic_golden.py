@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.models.llama import modeling_llama as ml
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from make_conversion_golden import two_norm, selection_for, patch_partial_rope, perplexity  # noqa: E402
+from make_conversion_golden import two_norm, selection_for, patch_partial_rope, perplexity, convert_in_place  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SHARED = os.path.join(os.path.dirname(ROOT), "shared")
@@ -61,50 +61,6 @@ def covariance(model, wins):
     for h in hooks:
         h.remove()
     return cov / n
-
-
-def roots(C):
-    vals, vecs = torch.linalg.eigh(C)
-    vals = torch.clamp(vals, min=max(vals.max().item(), 1e-30) * 1e-6)
-    return (vecs * vals.sqrt()) @ vecs.T, (vecs / vals.sqrt()) @ vecs.T
-
-
-def low_rank(A, k, whiten):
-    if whiten is not None:
-        s, inv = whiten
-        A = A @ s
-    U, S, Vh = torch.linalg.svd(A, full_matrices=False)
-    R = (U[:, :k] * S[:k]) @ Vh[:k]
-    return R @ inv if whiten is not None else R
-
-
-def convert_in_place(model, sel, rank, svd, cov):
-    cfg = model.config
-    Hkv, Dh = cfg.num_key_value_heads, cfg.head_dim
-    half = Dh // 2
-    masks = []
-    for l, layer in enumerate(model.model.layers):
-        a = layer.self_attn
-        keep = torch.zeros(Hkv, Dh, dtype=torch.bool)
-        for g in range(Hkv):
-            for p in sel[l][g]:
-                keep[g, p] = keep[g, p + half] = True
-        wk = a.k_proj.weight.detach().double().clone()
-        wv = a.v_proj.weight.detach().double().clone()
-        nope = (~keep).flatten().nonzero().flatten()
-        whiten = roots(cov[l]) if cov is not None else None
-        k = rank * Hkv
-        if svd == "joint":
-            Ar = low_rank(torch.cat([wk[nope], wv], 0), k, whiten)
-            kn, vr = Ar[: len(nope)], Ar[len(nope):]
-        else:
-            kn, vr = low_rank(wk[nope], k, whiten), low_rank(wv, k, whiten)
-        wk[nope] = kn
-        with torch.no_grad():
-            a.k_proj.weight.copy_(wk.float())
-            a.v_proj.weight.copy_(vr.float())
-        masks.append(keep)
-    return masks
 
 
 def main():
