@@ -9,7 +9,7 @@
  */
 import { chosenLinalg } from "../backends/native/linalg.js";
 import { headDimOrder } from "../model/config.js";
-import { CovarianceRoots, Factors, energyOf, truncatedFactorAsync, whitenedFactor } from "../svd/truncated.js";
+import { CovarianceRoots, Factors, energyOf, matmul, truncatedFactorAsync, whitenedFactor } from "../svd/truncated.js";
 
 export interface LayerFactorInput {
   /** [Hkv·Dh, D] */
@@ -27,6 +27,8 @@ export interface LayerFactorInput {
   svd: "joint" | "split";
   /** Roots of the attention-input covariance for activation-aware SVD; null = plain weight SVD. */
   whiten: CovarianceRoots | null;
+  /** Joint SVD only: divide the key rows by α = √(mean key-row energy / mean value-row energy) first and multiply k_up by α after (energy under the covariance when `whiten` is given). */
+  balance?: boolean;
 }
 
 export interface LayerFactors {
@@ -68,6 +70,9 @@ export async function factorLayer(p: LayerFactorInput): Promise<LayerFactors> {
   const Mv = allV.length;
   const k = p.rank * kvHeads;
   const pick = (b: Float32Array | null, rows: number[]) => (b ? Float32Array.from(rows, (r) => b[r]!) : null);
+  const alpha = p.balance && p.svd === "joint" ? balanceFactor(p.wk, nopeRows, p.wv, allV, D, p.whiten) : 1;
+  // The SVD sees W_k/α; k_up gets α back, so the model is unchanged before truncation.
+  const wk = alpha === 1 ? p.wk : Float32Array.from(p.wk, (x) => x / alpha);
   // On CUDA the rows are gathered and the factors cast on the GPU: nothing of size M×D is built here,
   // which took the llama2-7b conversion from 50 s to 19 s (docs/benchmarks.md).
   const fused = chosenLinalg()?.factorKvAsync;
@@ -78,7 +83,7 @@ export async function factorLayer(p: LayerFactorInput): Promise<LayerFactors> {
   let energy: number;
   if (p.svd === "joint" && !p.whiten && fused && D <= Mk + Mv) {
     // The GPU route gathers the rows and factors in one call; nothing of size M×D is built here.
-    const f = await fused(p.wk, p.wv, D, Int32Array.from(nopeRows), k);
+    const f = await fused(wk, p.wv, D, Int32Array.from(nopeRows), k);
     L = k;
     kvDown = f.down;
     kUp = f.up.subarray(0, Mk * k);
@@ -86,7 +91,7 @@ export async function factorLayer(p: LayerFactorInput): Promise<LayerFactors> {
     energy = energyOf(f.values.map((x) => Math.sqrt(Math.max(x, 0))), k);
   } else if (p.svd === "joint") {
     const A = new Float64Array((Mk + Mv) * D);
-    A.set(rowsOf(p.wk, nopeRows, D));
+    A.set(rowsOf(wk, nopeRows, D));
     A.set(rowsOf(p.wv, allV, D), Mk * D);
     const f = await factor(A, Mk + Mv, D, k, p.whiten);
     L = k;
@@ -109,6 +114,7 @@ export async function factorLayer(p: LayerFactorInput): Promise<LayerFactors> {
     const kept = (f: Factors) => f.energy * sq(f.sigma);
     energy = (kept(fk) + kept(fv)) / Math.max(sq(fk.sigma) + sq(fv.sigma), 1e-300);
   }
+  if (alpha !== 1) for (let i = 0; i < kUp.length; i++) kUp[i] = kUp[i]! * alpha;
   return {
     kRope: new Float32Array(rowsOf(p.wk, ropeRows, D)),
     kRopeBias: pick(p.bk, ropeRows),
@@ -120,6 +126,25 @@ export async function factorLayer(p: LayerFactorInput): Promise<LayerFactors> {
     latentDim: L,
     energy,
   };
+}
+
+/**
+ * BKV's α: √(mean energy of the key rows / mean energy of the value rows), a row's energy being
+ * ‖w‖² or, with the covariance roots, ‖w·Σ^½‖² (its mean square activation).
+ */
+export function balanceFactor(wk: Float32Array, kRows: number[], wv: Float32Array, vRows: number[], D: number, whiten: CovarianceRoots | null): number {
+  const energy = (w: Float32Array, rows: number[]) => {
+    let e = 0;
+    for (const r of rows) {
+      const row = Float64Array.from(w.subarray(r * D, (r + 1) * D));
+      const x = whiten ? matmul(row, whiten.sqrt, 1, D, D) : row;
+      for (let c = 0; c < D; c++) e += x[c]! * x[c]!;
+    }
+    return e / Math.max(rows.length, 1);
+  };
+  const ek = energy(wk, kRows);
+  const ev = energy(wv, vRows);
+  return ek > 1e-12 * ev && ev > 0 ? Math.sqrt(ek / ev) : 1;
 }
 
 /** Largest valid rank per KV head for these shapes (the SVD cannot keep more than min(rows, D) directions). */

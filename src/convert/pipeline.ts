@@ -98,7 +98,7 @@ export async function convert(spec: string, opts: ConvertOptions): Promise<Conve
     useLinalg(linalg);
     log.info(`factoring with the ${linalg?.name ?? "TypeScript"} float64 routines`);
     const tFactor: PhaseTimes = { s: 0, wait: 0, readWait: 0, writeWait: 0 };
-    const energy = await writeConverted(src, config, mlaConfig, kvDtype, tmp, settings.svd, stats, tFactor, opts.progress);
+    const energy = await writeConverted(src, config, mlaConfig, kvDtype, tmp, settings.svd, settings.balanceKv, stats, tFactor, opts.progress);
     timings["factor_s"] = tFactor.s;
     timings["factor_wait_s"] = tFactor.wait;
     timings["read_wait_s"] = tFactor.readWait;
@@ -144,7 +144,7 @@ interface PhaseTimes {
 }
 
 /** Writes all tensors in order; returns the retained energy per layer. */
-async function writeConverted(src: Checkpoint, config: ModelConfig, mla: ModelConfig, kvDtype: DType, dir: string, svd: "joint" | "split", stats: CalibrationStats | null, tFactor: PhaseTimes, progressSink: ProgressSink | null | undefined): Promise<number[]> {
+async function writeConverted(src: Checkpoint, config: ModelConfig, mla: ModelConfig, kvDtype: DType, dir: string, svd: "joint" | "split", balance: boolean, stats: CalibrationStats | null, tFactor: PhaseTimes, progressSink: ProgressSink | null | undefined): Promise<number[]> {
   const sourceNames = new Set(expectedTensors(config).map((t) => t.name));
   const extras = src.names().filter((n) => !sourceNames.has(n));
   const targets: TensorSpec[] = [
@@ -173,6 +173,7 @@ async function writeConverted(src: Checkpoint, config: ModelConfig, mla: ModelCo
       rank: a!.rank,
       svd,
       whiten: stats?.covariance ? covarianceRoots(stats.covariance[layer]!, config.hiddenSize) : null,
+      balance,
     }).then((f) => {
       tFactor.s += (performance.now() - t1) / 1000;
       return f;

@@ -13,6 +13,8 @@ export interface ConversionSettings {
   ropeStrategy: RopeStrategy;
   svd: "joint" | "split";
   svdInit: "weights" | "activations";
+  /** Balance keys against values before the joint SVD (TransMLA's BKV; function-preserving). */
+  balanceKv: boolean;
   calib: string | null;
   calibSamples: number;
   calibLen: number;
@@ -38,6 +40,7 @@ export interface SettingsInput {
   ropeStrategy?: RopeStrategy;
   svd?: "joint" | "split";
   svdInit?: "weights" | "activations";
+  balanceKv?: boolean;
   calib?: string;
   calibSamples?: number;
   calibLen?: number;
@@ -65,7 +68,7 @@ export function resolveSettings(c: ModelConfig, o: SettingsInput, log: Logger): 
   }
   if (strategy === "2-norm" && !calib) throw new MlaError("BAD_ARGUMENT", "--rope-strategy 2-norm needs calibration text", "pass --calib FILE (any text in the model's language)");
   if (svdInit === "activations" && !calib) throw new MlaError("BAD_ARGUMENT", "--svd-init activations needs calibration text", "pass --calib FILE");
-  return { rank: o.rank, ropePairs: R, ropeStrategy: strategy, svd, svdInit, calib, calibSamples: o.calibSamples ?? 32, calibLen: o.calibLen ?? 256 };
+  return { rank: o.rank, ropePairs: R, ropeStrategy: strategy, svd, svdInit, balanceKv: o.balanceKv ?? false, calib, calibSamples: o.calibSamples ?? 32, calibLen: o.calibLen ?? 256 };
 }
 
 export function planConversion(c: ModelConfig, s: ConversionSettings, elemBytes: number): ConversionPlan {

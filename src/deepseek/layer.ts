@@ -121,6 +121,8 @@ export interface DeepseekLayerInput {
   interleave: boolean;
   /** Rounds a value as the output dtype stores it (the norm constants are compensated for it). */
   roundStored: (x: number) => number;
+  /** Divide the position-free keys by α (equal mean energy with the values) before the SVD; kv_b's key rows take α back. */
+  balance?: boolean;
 }
 
 export interface DeepseekLayer {
@@ -138,6 +140,27 @@ export interface DeepseekLayer {
   energy: number;
   /** The constant channel's β. */
   beta: number;
+}
+
+/** √(mean energy of the first `keyRows` rows of A [·, D] / mean energy of the rest): x·Σ·xᵀ per row, or ‖x‖². */
+function keyValueBalance(A: Float64Array, keyRows: number, D: number, cov: Float64Array | null): number {
+  const rows = A.length / D;
+  const energy = (r: number) => {
+    const x = A.subarray(r * D, (r + 1) * D);
+    if (!cov) return x.reduce((a, v) => a + v * v, 0);
+    const xs = matmul(x, cov, 1, D, D);
+    let e = 0;
+    for (let c = 0; c < D; c++) e += xs[c]! * x[c]!;
+    return e;
+  };
+  let ek = 0;
+  let ev = 0;
+  for (let r = 0; r < keyRows; r++) ek += energy(r);
+  for (let r = keyRows; r < rows; r++) ev += energy(r);
+  ek /= keyRows;
+  ev /= rows - keyRows;
+  // Keys that are (numerically) all rope would be blown up to noise: leave them.
+  return ek > 1e-12 * ev && ev > 0 ? Math.sqrt(ek / ev) : 1;
 }
 
 /** Rotate-half order of the rope dims → DeepSeek's interleaved order: (x_0, y_0, x_1, y_1, …). */
@@ -173,6 +196,8 @@ export async function deepseekLayer(p: DeepseekLayerInput): Promise<DeepseekLaye
       }
     }
   });
+  const alpha = p.balance ? keyValueBalance(A, G * Dh, D, p.cov) : 1;
+  if (alpha !== 1) for (let i = 0; i < G * Dh * D; i++) A[i] = A[i]! / alpha;
   const f = p.whiten ? whitenedFactor(A, rows, D, latent, p.whiten) : await truncatedFactorAsync(A, rows, D, latent);
 
   // β large against every latent's norm: E‖c‖² = tr(Down Σ Downᵀ) (Σ = I·mean diag without calibration).
@@ -209,7 +234,8 @@ export async function deepseekLayer(p: DeepseekLayerInput): Promise<DeepseekLaye
       for (let d = 0; d < Dh; d++) {
         const src = part * G * Dh + g * Dh + d;
         const dst = (h * 2 * Dh + part * Dh + d) * rk;
-        for (let j = 0; j < latent; j++) kvB[dst + j] = f.up[src * latent + j]! * undo;
+        const s = undo * (part === 0 ? alpha : 1);
+        for (let j = 0; j < latent; j++) kvB[dst + j] = f.up[src * latent + j]! * s;
       }
   }
 

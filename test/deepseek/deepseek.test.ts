@@ -26,7 +26,7 @@ async function stories260kDeepseek(): Promise<string> {
   return out;
 }
 
-test("an export whose KV heads are all equal is exact: its NLL equals the original's (RoRoPE, ladder, norm trick, scale folding, interleave)", async () => {
+test("an export whose KV heads are all equal is exact: its NLL equals the original's (RoRoPE, ladder, norm trick, scale folding, interleave, with and without BKV)", async () => {
   // stories260K with every KV head a copy of head 0: one PCA component per frequency carries all of it.
   const dir = path.join(tmpDir(), "tied");
   fs.cpSync(path.join(MODELS, "stories260K"), dir, { recursive: true });
@@ -42,11 +42,14 @@ test("an export whose KV heads are all equal is exact: its NLL equals the origin
   });
   ck.close();
   writeSafetensorsSync(path.join(dir, "model.safetensors"), tensors, { format: "pt" });
-  const out = path.join(tmpDir(), "tied-ds");
-  await convertDeepseek(dir, { rank: 2, ropePairs: 1, ropeDim: 8, kvLoraRank: 9, out, progress: null, device: "cpu" });
   const e = { text: TEXT, tokens: 3000, ctx: 256, progress: null, device: "cpu" as const };
-  const [orig, ds] = [await evaluate(dir, e), await evaluate(out, e)];
-  assert.ok(Math.abs(orig.nll! - ds.nll!) < 2e-5, `original ${orig.nll} vs deepseek export ${ds.nll}`);
+  const orig = await evaluate(dir, e);
+  for (const balanceKv of [false, true]) {
+    const out = path.join(tmpDir(), `tied-ds-${balanceKv}`);
+    await convertDeepseek(dir, { rank: 2, ropePairs: 1, ropeDim: 8, kvLoraRank: 9, balanceKv, out, progress: null, device: "cpu" });
+    const ds = await evaluate(out, e);
+    assert.ok(Math.abs(orig.nll! - ds.nll!) < 2e-5, `original ${orig.nll} vs deepseek export ${ds.nll} (balance ${balanceKv})`);
+  }
 });
 
 test("logits equal stock transformers' DeepseekV3ForCausalLM on the same folder within 1e-3 relative (fixture)", async () => {
