@@ -22,7 +22,7 @@ export function withConversionOptions<T>(y: Argv<T>) {
     .option("rope-strategy", { type: "string", choices: ROPE_STRATEGIES as unknown as string[], describe: "which pairs keep RoPE (default 2-norm with --calib, else uniform)" })
     .option("svd", { choices: ["joint", "split"] as const, default: "joint" as const, describe: "one SVD of [keys; values] or one each" })
     .option("svd-init", { choices: ["weights", "activations"] as const, default: "weights" as const, describe: "factor the weights, or the weights whitened by the calibration activations" })
-    .option("balance-kv", { type: "boolean", default: false, describe: "scale keys against values (equal mean energy) before the joint SVD, undone in the up-projection (TransMLA's BKV)" })
+    .option("balance-kv", { type: "boolean", default: true, describe: "scale keys against values (equal mean energy) before the joint SVD, undone in the up-projection (TransMLA's BKV); --no-balance-kv for the paper's plain SVD" })
     .option("calib", { type: "string", describe: "calibration text for 2-norm selection and activation-aware SVD" })
     .option("calib-samples", { type: "number", default: 32, describe: "calibration windows" })
     .option("calib-len", { type: "number", default: 256, describe: "tokens per calibration window, BOS included" });

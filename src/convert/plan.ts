@@ -13,7 +13,7 @@ export interface ConversionSettings {
   ropeStrategy: RopeStrategy;
   svd: "joint" | "split";
   svdInit: "weights" | "activations";
-  /** Balance keys against values before the joint SVD (TransMLA's BKV; function-preserving). */
+  /** Balance keys against values before the joint SVD (TransMLA's BKV; function-preserving). Default on: it lowers the converted NLL on stories260K and mha26m-debian, in both formats (docs/benchmarks.md). */
   balanceKv: boolean;
   calib: string | null;
   calibSamples: number;
@@ -68,7 +68,7 @@ export function resolveSettings(c: ModelConfig, o: SettingsInput, log: Logger): 
   }
   if (strategy === "2-norm" && !calib) throw new MlaError("BAD_ARGUMENT", "--rope-strategy 2-norm needs calibration text", "pass --calib FILE (any text in the model's language)");
   if (svdInit === "activations" && !calib) throw new MlaError("BAD_ARGUMENT", "--svd-init activations needs calibration text", "pass --calib FILE");
-  return { rank: o.rank, ropePairs: R, ropeStrategy: strategy, svd, svdInit, balanceKv: o.balanceKv ?? false, calib, calibSamples: o.calibSamples ?? 32, calibLen: o.calibLen ?? 256 };
+  return { rank: o.rank, ropePairs: R, ropeStrategy: strategy, svd, svdInit, balanceKv: o.balanceKv ?? true, calib, calibSamples: o.calibSamples ?? 32, calibLen: o.calibLen ?? 256 };
 }
 
 export function planConversion(c: ModelConfig, s: ConversionSettings, elemBytes: number): ConversionPlan {

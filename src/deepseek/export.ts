@@ -36,7 +36,7 @@ export interface DeepseekOptions {
   /** kv_lora_rank (constant channel included); default keeps the KV bytes of the mha2mla conversion: rank·Hkv + 2·R·Hkv − ropeDim. */
   kvLoraRank?: number;
   svdInit?: "weights" | "activations";
-  /** Balance keys against values before the joint SVD (TransMLA's BKV). */
+  /** Balance keys against values before the joint SVD (TransMLA's BKV); default true. */
   balanceKv?: boolean;
   calib?: string;
   calibSamples?: number;
@@ -185,7 +185,7 @@ export async function convertDeepseek(spec: string, o: DeepseekOptions): Promise
           cov: cov(l),
           interleave: o.interleave ?? true,
           roundStored: roundingFor(dtypeOf(p + "input_layernorm.weight")),
-          balance: o.balanceKv ?? false,
+          balance: o.balanceKv ?? true,
         });
         energy[l] = r.energy;
         betas[l] = r.beta;
@@ -214,7 +214,7 @@ export async function convertDeepseek(spec: string, o: DeepseekOptions): Promise
     copyModelSideFiles(srcDir, tmp);
     fs.writeFileSync(
       path.join(tmp, "mla_conversion.json"),
-      JSON.stringify({ tool: "mha2mla", format: "deepseek_v3", source: { model: spec, dir: srcDir }, settings: { rank: o.rank, rope_pairs: R, rope_dim: dr, kv_lora_rank: rk, svd_init: svdInit, balance_kv: o.balanceKv ?? false, calib: o.calib ?? null, interleave: o.interleave ?? true }, ladder: { spacing, frequencies: freqs, rope_theta: ropeTheta }, kv_per_token_per_layer: kvPerToken, retained_energy: energy, constant_channel_beta: betas, created: new Date().toISOString() }, null, 2) + "\n",
+      JSON.stringify({ tool: "mha2mla", format: "deepseek_v3", source: { model: spec, dir: srcDir }, settings: { rank: o.rank, rope_pairs: R, rope_dim: dr, kv_lora_rank: rk, svd_init: svdInit, balance_kv: o.balanceKv ?? true, calib: o.calib ?? null, interleave: o.interleave ?? true }, ladder: { spacing, frequencies: freqs, rope_theta: ropeTheta }, kv_per_token_per_layer: kvPerToken, retained_energy: energy, constant_channel_beta: betas, created: new Date().toISOString() }, null, 2) + "\n",
     );
     commitOutDir(tmp, out, o.force ?? false);
     tmp = null;

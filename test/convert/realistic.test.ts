@@ -1,7 +1,7 @@
 // Conversion parity at realistic dimensions: ../shared/models/mha26m-debian (head dim 64, hidden 384,
 // full-rank K/V) converted by our `convert` and scored by our `eval`, against the NLLs of an
 // independent PyTorch implementation (test/golden/make_realistic_golden.py → conversion_mha26m.json):
-// every strategy, joint and split SVD, weight and activation-aware SVD, two ranks, within 0.5%.
+// every strategy, joint and split SVD, weight and activation-aware SVD, two ranks, BKV, within 0.5%.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
@@ -14,7 +14,7 @@ interface Golden {
   calib: { samples: number; len: number };
   eval: { tokens: number; ctx: number };
   original_nll: number;
-  settings: { strategy: "high" | "uniform" | "2-norm"; rope_pairs: number; rank: number; svd: "joint" | "split"; svd_init: "weights" | "activations"; nll: number; selection: number[][][] | null }[];
+  settings: { strategy: "high" | "uniform" | "2-norm"; rope_pairs: number; rank: number; svd: "joint" | "split"; svd_init: "weights" | "activations"; balance_kv?: boolean; nll: number; selection: number[][][] | null }[];
 }
 
 const golden = JSON.parse(fs.readFileSync(path.join(GOLDEN, "conversion_mha26m.json"), "utf8")) as Golden;
@@ -28,10 +28,10 @@ test("mha26m-debian: the original's NLL equals PyTorch's", async () => {
 });
 
 for (const s of golden.settings) {
-  const name = `${s.strategy} R ${s.rope_pairs} rank ${s.rank} ${s.svd} ${s.svd_init}`;
+  const name = `${s.strategy} R ${s.rope_pairs} rank ${s.rank} ${s.svd} ${s.svd_init}${s.balance_kv ? " BKV" : ""}`;
   test(`mha26m-debian ${name}: NLL within 0.5% of PyTorch's`, async (t) => {
     const out = path.join(tmpDir(), "m26");
-    const r = await convert(MODEL, { rank: s.rank, ropePairs: s.rope_pairs, ropeStrategy: s.strategy, svd: s.svd, svdInit: s.svd_init, calib: CALIB, calibSamples: golden.calib.samples, calibLen: golden.calib.len, out, progress: null, device: "cpu" });
+    const r = await convert(MODEL, { rank: s.rank, ropePairs: s.rope_pairs, ropeStrategy: s.strategy, svd: s.svd, svdInit: s.svd_init, balanceKv: s.balance_kv ?? false, calib: CALIB, calibSamples: golden.calib.samples, calibLen: golden.calib.len, out, progress: null, device: "cpu" });
     if (s.selection) assert.deepEqual(r.selection, s.selection, "2-norm selects the pairs PyTorch selects");
     const e = await evaluate(out, EVAL);
     const rel = Math.abs(e.nll! - s.nll) / s.nll;

@@ -91,10 +91,11 @@ def low_rank(A, k, whiten=None):
     return R @ whiten[1] if whiten is not None else R
 
 
-def convert_in_place(model, sel, rank, svd="joint", cov=None):
+def convert_in_place(model, sel, rank, svd="joint", cov=None, balance=False):
     """Replace W_k nope rows and W_v by their rank-(rank*Hkv) reconstruction (one joint SVD, or one
-    each with svd="split"; activation-aware with the per-layer input covariance `cov`); return per-layer
-    rope masks."""
+    each with svd="split"; activation-aware with the per-layer input covariance `cov`; with `balance`
+    the joint SVD sees K/α, α² = mean key-row energy / mean value-row energy, w·S·wᵀ under `cov`);
+    return per-layer rope masks."""
     cfg = model.config
     Hkv, Dh = cfg.num_key_value_heads, cfg.head_dim
     half = Dh // 2
@@ -111,8 +112,13 @@ def convert_in_place(model, sel, rank, svd="joint", cov=None):
         whiten = roots(cov[l]) if cov is not None else None
         r = rank * Hkv
         if svd == "joint":
-            Ar = low_rank(torch.cat([wk[nope], wv], 0), r, whiten)
-            kn, vr = Ar[: len(nope)], Ar[len(nope):]
+            alpha = 1.0
+            if balance:
+                S = cov[l] if cov is not None else torch.eye(wk.shape[1], dtype=torch.float64)
+                energy = lambda W: ((W @ S) * W).sum(1).mean().item()
+                alpha = math.sqrt(energy(wk[nope]) / energy(wv))
+            Ar = low_rank(torch.cat([wk[nope] / alpha, wv], 0), r, whiten)
+            kn, vr = Ar[: len(nope)] * alpha, Ar[len(nope):]
         else:
             kn, vr = low_rank(wk[nope], r, whiten), low_rank(wv, r, whiten)
         wk[nope] = kn

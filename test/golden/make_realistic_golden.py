@@ -27,15 +27,18 @@ MODEL = os.path.join(SHARED, "models", "mha26m-debian")
 CALIB = os.path.join(SHARED, "data", "text", "debian_train.txt")
 EVAL = os.path.join(SHARED, "data", "text", "debian_dev_val.txt")
 CALIB_SAMPLES, CALIB_LEN, EVAL_TOKENS, CTX = 8, 128, 4096, 256
-# (strategy, R, rank, svd, svd_init): every strategy, both SVD layouts, both inits, two ranks.
+# (strategy, R, rank, svd, svd_init, balance): every strategy, both SVD layouts, both inits, two
+# ranks, with and without BKV (--balance-kv, the default of `convert`).
 SETTINGS = [
-    ("high", 4, 16, "joint", "weights"),
-    ("uniform", 4, 16, "joint", "weights"),
-    ("2-norm", 4, 16, "joint", "weights"),
-    ("2-norm", 4, 32, "joint", "weights"),
-    ("2-norm", 4, 16, "split", "weights"),
-    ("2-norm", 4, 16, "joint", "activations"),
-    ("uniform", 8, 32, "split", "activations"),
+    ("high", 4, 16, "joint", "weights", False),
+    ("uniform", 4, 16, "joint", "weights", False),
+    ("2-norm", 4, 16, "joint", "weights", False),
+    ("2-norm", 4, 32, "joint", "weights", False),
+    ("2-norm", 4, 16, "split", "weights", False),
+    ("2-norm", 4, 16, "joint", "activations", False),
+    ("uniform", 8, 32, "split", "activations", False),
+    ("2-norm", 4, 16, "joint", "weights", True),
+    ("uniform", 4, 16, "joint", "activations", True),
 ]
 
 
@@ -80,15 +83,16 @@ def main():
     out = {"model": "mha26m-debian", "calib": {"file": "debian_train.txt", "samples": CALIB_SAMPLES, "len": CALIB_LEN}, "eval": {"file": "debian_dev_val.txt", "tokens": EVAL_TOKENS, "ctx": CTX},
            "original_nll": perplexity(model, ev, CTX, bos), "settings": []}
     print("original", out["original_nll"], flush=True)
-    for strategy, R, rank, svd, init in SETTINGS:
+    for strategy, R, rank, svd, init, balance in SETTINGS:
         sel = selection_for(strategy, R, cfg.head_dim, cfg.num_hidden_layers, cfg.num_key_value_heads, scores)
         m = load()
         orig = ml.apply_rotary_pos_emb
-        patch_partial_rope(m, convert_in_place(m, sel, rank, svd, cov if init == "activations" else None))
+        # BKV's energies, like the SVD, are weighed by the covariance only for activation-aware SVD.
+        patch_partial_rope(m, convert_in_place(m, sel, rank, svd, cov if init == "activations" else None, balance))
         nll = perplexity(m, ev, CTX, bos)
         ml.apply_rotary_pos_emb = orig
-        out["settings"].append({"strategy": strategy, "rope_pairs": R, "rank": rank, "svd": svd, "svd_init": init, "nll": nll, "selection": sel if strategy == "2-norm" else None})
-        print(strategy, R, rank, svd, init, nll, flush=True)
+        out["settings"].append({"strategy": strategy, "rope_pairs": R, "rank": rank, "svd": svd, "svd_init": init, "balance_kv": balance, "nll": nll, "selection": sel if strategy == "2-norm" else None})
+        print(strategy, R, rank, svd, init, balance, nll, flush=True)
     json.dump(out, open(os.path.join(ROOT, "fixtures", "golden", "conversion_mha26m.json"), "w"))
 
 
