@@ -45,10 +45,12 @@ export const convertCommand: CommandModule<object, Args> = {
       .option("json", { type: "string", describe: "write the result summary as JSON to FILE (no value: stdout)" }),
   handler: async (a) => {
     if (a.format === "deepseek") {
-      if (a["dry-run"] || a["eval-text"] || a.svd !== "joint" || (a["rope-strategy"] && a["rope-strategy"] !== "2-norm"))
-        throw new MlaError("BAD_ARGUMENT", "--format deepseek takes --rank, --rope-pairs, --rope-dim, --kv-lora-rank, --svd-init and --calib (the rope key is chosen by RoRoPE; --svd is joint)", "drop --dry-run, --eval-text, --svd split and --rope-strategy; evaluate the result with `mha2mla eval`");
-      const d = await convertDeepseek(a.model, { rank: a.rank, ropePairs: a["rope-pairs"], ropeDim: a["rope-dim"], kvLoraRank: a["kv-lora-rank"], svdInit: a["svd-init"], balanceKv: a["balance-kv"], calib: a.calib, calibSamples: a["calib-samples"], calibLen: a["calib-len"], interleave: a["rope-interleave"], out: a.out ?? `${a.model.replace(/\/+$/, "").split("/").pop()}-deepseek-r${a.rank}`, force: a.force, device: a.device, logger: stderrLogger });
-      process.stdout.write(`wrote ${d.out} (deepseek_v3): KV cache per token and layer ${d.kvPerToken.before} → ${d.kvPerToken.after} elements (${d.kvPerToken.changePercent.toFixed(2)}%), shared rope key ${d.ropeDim} dims, kv_lora_rank ${d.kvLoraRank}\n`);
+      if (a.svd !== "joint" || a["rope-strategy"])
+        throw new MlaError("BAD_ARGUMENT", "--format deepseek chooses its rope key by RoRoPE and factors jointly", "drop --rope-strategy and --svd split (the other conversion flags apply)");
+      const d = await convertDeepseek(a.model, { rank: a.rank, ropePairs: a["rope-pairs"], ropeDim: a["rope-dim"], kvLoraRank: a["kv-lora-rank"], svdInit: a["svd-init"], balanceKv: a["balance-kv"], calib: a.calib, calibSamples: a["calib-samples"], calibLen: a["calib-len"], interleave: a["rope-interleave"], dryRun: a["dry-run"], evalText: a["eval-text"], evalTokens: a["eval-tokens"], evalCtx: a["eval-ctx"], out: a.out ?? `${a.model.replace(/\/+$/, "").split("/").pop()}-deepseek-r${a.rank}`, force: a.force, device: a.device, logger: stderrLogger });
+      const kv = `KV cache per token and layer ${d.kvPerToken.before} → ${d.kvPerToken.after} elements (${d.kvPerToken.changePercent.toFixed(2)}%), shared rope key ${d.ropeDim} dims, kv_lora_rank ${d.kvLoraRank}`;
+      process.stdout.write(d.out ? `wrote ${d.out} (deepseek_v3): ${kv}\n` : `dry run (deepseek_v3): ${kv}\n`);
+      if (d.eval) process.stdout.write(`perplexity ${Math.exp(d.eval.before).toFixed(3)} → ${Math.exp(d.eval.after).toFixed(3)} (NLL ${d.eval.after >= d.eval.before ? "+" : ""}${(d.eval.after - d.eval.before).toFixed(4)}); report: ${d.out}/report.md\n`);
       if (a.json !== undefined) emitJson(a.json, d);
       return;
     }

@@ -24,6 +24,7 @@ import { readText } from "../eval/perplexity.js";
 import { silentLogger, Logger } from "../util/log.js";
 import { Progress, ProgressSink } from "../util/progress.js";
 import { checkOutDir } from "../convert/plan.js";
+import { evaluate } from "../eval/evaluate.js";
 import { deepseekLayer, FrequencyPca, frequencyPca, ladder, ladderScores, validSpacings } from "./layer.js";
 
 export interface DeepseekOptions {
@@ -45,13 +46,20 @@ export interface DeepseekOptions {
   interleave?: boolean;
   out: string;
   force?: boolean;
+  /** Only validate and return the KV accounting; write nothing. */
+  dryRun?: boolean;
+  /** Perplexity of the source and of the result on this text (report.json / report.md in the output). */
+  evalText?: string;
+  evalTokens?: number;
+  evalCtx?: number;
   device?: DeviceName;
   logger?: Logger;
   progress?: ProgressSink | null;
 }
 
 export interface DeepseekResult {
-  out: string;
+  /** null for a dry run. */
+  out: string | null;
   ropeDim: number;
   kvLoraRank: number;
   ropeTheta: number;
@@ -59,6 +67,8 @@ export interface DeepseekResult {
   spacing: number;
   kvPerToken: { before: number; after: number; changePercent: number };
   energy: number[];
+  /** With evalText: NLL (nats/token) of the source and of the result. */
+  eval: { text: string; tokens: number; ctx: number; before: number; after: number } | null;
 }
 
 const ATTN = ["q_proj", "k_proj", "v_proj"].map((n) => `self_attn.${n}.weight`);
@@ -94,6 +104,8 @@ export async function convertDeepseek(spec: string, o: DeepseekOptions): Promise
   if (!Number.isInteger(rk) || rk < 2 || rk > maxRk) throw new MlaError("BAD_ARGUMENT", `kv_lora_rank ${rk} is out of range 2…${maxRk} for this model`, o.kvLoraRank === undefined ? "lower --rope-dim or change --rank / --rope-pairs" : "choose another --kv-lora-rank");
   const svdInit = o.svdInit ?? "weights";
   if (svdInit === "activations" && !o.calib) throw new MlaError("BAD_ARGUMENT", "--svd-init activations needs calibration text", "pass --calib FILE");
+  const kvPerToken = { before: 2 * G * Dh, after: rk + dr, changePercent: (100 * (rk + dr - 2 * G * Dh)) / (2 * G * Dh) };
+  if (o.dryRun) return { out: null, ropeDim: dr, kvLoraRank: rk, ropeTheta: c.rope.theta, spacing: 0, kvPerToken, energy: [], eval: null };
   const out = path.resolve(o.out);
   checkOutDir(out, srcDir, o.force ?? false);
 
@@ -207,18 +219,26 @@ export async function convertDeepseek(spec: string, o: DeepseekOptions): Promise
     await writer.close();
 
 
-    const before = 2 * G * Dh;
-    const after = rk + dr;
-    const kvPerToken = { before, after, changePercent: (100 * (after - before)) / before };
     writeDeepseekConfig(srcDir, tmp, c, { dr, rk, ropeTheta, interleave: o.interleave ?? true });
     copyModelSideFiles(srcDir, tmp);
     fs.writeFileSync(
       path.join(tmp, "mla_conversion.json"),
       JSON.stringify({ tool: "mha2mla", format: "deepseek_v3", source: { model: spec, dir: srcDir }, settings: { rank: o.rank, rope_pairs: R, rope_dim: dr, kv_lora_rank: rk, svd_init: svdInit, balance_kv: o.balanceKv ?? true, calib: o.calib ?? null, interleave: o.interleave ?? true }, ladder: { spacing, frequencies: freqs, rope_theta: ropeTheta }, kv_per_token_per_layer: kvPerToken, retained_energy: energy, constant_channel_beta: betas, created: new Date().toISOString() }, null, 2) + "\n",
     );
+    let report: DeepseekResult["eval"] = null;
+    if (o.evalText) {
+      const e = { text: o.evalText, tokens: o.evalTokens, ctx: o.evalCtx, device: o.device, progress: o.progress, logger: log };
+      const [b, a] = [await evaluate(srcDir, e), await evaluate(tmp, e)];
+      report = { text: o.evalText, tokens: b.tokens!, ctx: b.ctx!, before: b.nll!, after: a.nll! };
+      fs.writeFileSync(path.join(tmp, "report.json"), JSON.stringify({ source: spec, output: out, format: "deepseek_v3", ...report, nll_delta: a.nll! - b.nll!, kv_per_token_per_layer: kvPerToken }, null, 2) + "\n");
+      fs.writeFileSync(
+        path.join(tmp, "report.md"),
+        `# MHA → DeepSeek-V3 MLA conversion report\n\nSource: \`${spec}\` → \`${out}\`\n\n| | NLL | perplexity | KV elements per token and layer |\n| --- | --- | --- | --- |\n| original | ${b.nll!.toFixed(4)} | ${b.ppl!.toFixed(3)} | ${kvPerToken.before} |\n| converted | ${a.nll!.toFixed(4)} | ${a.ppl!.toFixed(3)} | ${kvPerToken.after} |\n\nText: \`${o.evalText}\`, ${b.tokens} tokens, ctx ${b.ctx}. Shared rope key ${dr} dims on frequencies ${freqs.join(", ")}; kv_lora_rank ${rk} (one constant channel).\n`,
+      );
+    }
     commitOutDir(tmp, out, o.force ?? false);
     tmp = null;
-    return { out, ropeDim: dr, kvLoraRank: rk, ropeTheta, spacing, kvPerToken, energy };
+    return { out, ropeDim: dr, kvLoraRank: rk, ropeTheta, spacing, kvPerToken, energy, eval: report };
   } catch (e) {
     if (tmp) abandonOutDir(tmp);
     throw e;

@@ -4,6 +4,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
+import { spawnSync } from "node:child_process";
 import path from "node:path";
 import { convertDeepseek } from "../../src/deepseek/export.js";
 import { ReferenceBackend } from "../../src/backends/reference/index.js";
@@ -114,4 +115,20 @@ test("what DeepSeek-V3 cannot express is refused with the reason", async () => {
   const cfg = JSON.parse(fs.readFileSync(path.join(dir, "config.json"), "utf8"));
   fs.writeFileSync(path.join(dir, "config.json"), JSON.stringify({ ...cfg, first_k_dense_replace: 1 }));
   assert.throws(() => loadModel(dir), (e: unknown) => e instanceof MlaError && /mixture-of-experts/.test(e.message));
+});
+
+test("the CLI: --dry-run writes nothing; --eval-text writes report.json and report.md beside the model", () => {
+  const MAIN = path.join(FIXTURES, "..", "dist", "src", "cli", "main.js");
+  const dry = path.join(tmpDir(), "dry");
+  const r1 = spawnSync(process.execPath, [MAIN, "convert", "stories260K", "--format", "deepseek", "--rank", "2", "--rope-pairs", "1", "--dry-run", "--out", dry], { encoding: "utf8" });
+  assert.equal(r1.status, 0, r1.stderr);
+  assert.match(r1.stdout, /dry run \(deepseek_v3\): KV cache per token and layer 64 → 16 elements/);
+  assert.equal(fs.existsSync(dry), false);
+  const out = path.join(tmpDir(), "rep");
+  const r2 = spawnSync(process.execPath, [MAIN, "convert", "stories260K", "--format", "deepseek", "--rank", "2", "--rope-pairs", "1", "--eval-text", TEXT, "--eval-tokens", "1000", "--out", out], { encoding: "utf8" });
+  assert.equal(r2.status, 0, r2.stderr);
+  const rep = JSON.parse(fs.readFileSync(path.join(out, "report.json"), "utf8"));
+  assert.equal(rep.format, "deepseek_v3");
+  assert.equal(rep.tokens, 1000);
+  assert.ok(rep.after > rep.before && fs.existsSync(path.join(out, "report.md")));
 });
