@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Quality before fine-tuning at equal KV bytes: our format vs `convert --format deepseek`, with and
+# without BKV, and a sweep of the shared rope key's width (docs/benchmarks.md, "convert --format
+# deepseek at equal KV bytes"). mha26m-debian at −81.25% KV (144 elements per token and layer: our
+# R 4, rank 16), calibration on debian_train.txt, NLL on debian_dev_val.txt (ctx 256, first 20,000
+# tokens) by `mha2mla eval`; with STOCK=1 also by stock transformers (test/golden/deepseek_check.py,
+# which prints the kv_a_layernorm cost too; needs python3 with torch + transformers).
+# Usage: [STOCK=1] [RANK=16 PAIRS=4 ROPE_DIMS="16 32 40 48 56 64"] bash bench/deepseek-quality.sh [WORKDIR] [MODEL] [TEXT_DIR]
+# Prints a Markdown table.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+W=${1:-/tmp/mha2mla-dsq}; M=${2:-../shared/models/mha26m-debian}; TD=${3:-../shared/data/text}
+CLI="node dist/src/cli/main.js"
+mkdir -p "$W"
+EV="--text $TD/debian_dev_val.txt --ctx 256 --tokens 20000"
+# NLL of model $1, its eval JSON kept as $2 (under the work folder).
+nll() { $CLI eval "$1" $EV --json "$2" > /dev/null 2>&1; node -e "console.log(require(require('path').resolve('$2')).nll.toFixed(5))"; }
+echo "| conversion | NLL (mha2mla eval) | stock transformers NLL / norm cost |"
+echo "| --- | --- | --- |"
+echo "| original | $(nll "$M" "$W/original.json") | |"
+row() {
+  local name=$1; shift
+  local out="$W/${name// /-}"
+  $CLI convert "$M" --rank "${RANK:-16}" --rope-pairs "${PAIRS:-4}" --calib "$TD/debian_train.txt" --out "$out" --force "$@" > "$out.log" 2>&1
+  local stock=""
+  if [ "${STOCK:-0}" = 1 ] && [[ " $* " == *" deepseek "* ]]; then
+    stock=$(python3 test/golden/deepseek_check.py --model "$out" --text "$TD/debian_dev_val.txt" --tokens 20000 --ctx 256 2>/dev/null | tail -1 | node -e "let s='';process.stdin.on('data',d=>s+=d).on('end',()=>{const j=JSON.parse(s);console.log(j.nll.toFixed(5)+' / '+Math.abs(j.nll-j.nll_exact).toExponential(1))})")
+  fi
+  echo "| $name | $(nll "$out" "$out.json") | $stock |"
+}
+row "ours 2-norm" --rope-strategy 2-norm --no-balance-kv
+row "ours 2-norm BKV" --rope-strategy 2-norm
+for dr in ${ROPE_DIMS:-16 32 40 48 56 64}; do
+  row "deepseek rope-dim $dr" --format deepseek --rope-dim $dr --no-balance-kv
+  row "deepseek rope-dim $dr BKV" --format deepseek --rope-dim $dr
+done
