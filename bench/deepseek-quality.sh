@@ -5,14 +5,16 @@
 # R 4, rank 16), calibration on debian_train.txt, NLL on debian_dev_val.txt (ctx 256, first 20,000
 # tokens) by `mha2mla eval`; with STOCK=1 also by stock transformers (test/golden/deepseek_check.py,
 # which prints the kv_a_layernorm cost too; needs python3 with torch + transformers).
-# Usage: [STOCK=1] [RANK=16 PAIRS=4 ROPE_DIMS="16 32 40 48 56 64"] bash bench/deepseek-quality.sh [WORKDIR] [MODEL] [TEXT_DIR]
+# Usage: [STOCK=1] [RANK=16 PAIRS=4 ROPE_DIMS="16 32 40 48 56 64"] [CALIB=FILE EVAL_TEXT=FILE EVAL_TOKENS=N]
+#        bash bench/deepseek-quality.sh [WORKDIR] [MODEL] [TEXT_DIR]
 # Prints a Markdown table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 W=${1:-/tmp/mha2mla-dsq}; M=${2:-../shared/models/mha26m-debian}; TD=${3:-../shared/data/text}
 CLI="node dist/src/cli/main.js"
 mkdir -p "$W"
-EV="--text $TD/debian_dev_val.txt --ctx 256 --tokens 20000"
+EVAL_TEXT=${EVAL_TEXT:-$TD/debian_dev_val.txt}; CALIB=${CALIB:-$TD/debian_train.txt}; EVAL_TOKENS=${EVAL_TOKENS:-20000}
+EV="--text $EVAL_TEXT --ctx 256 --tokens $EVAL_TOKENS"
 # NLL of model $1, its eval JSON kept as $2 (under the work folder).
 nll() { $CLI eval "$1" $EV --json "$2" > /dev/null 2>&1; node -e "console.log(require(require('path').resolve('$2')).nll.toFixed(5))"; }
 echo "| conversion | NLL (mha2mla eval) | stock transformers NLL / norm cost |"
@@ -21,10 +23,10 @@ echo "| original | $(nll "$M" "$W/original.json") | |"
 row() {
   local name=$1; shift
   local out="$W/${name// /-}"
-  $CLI convert "$M" --rank "${RANK:-16}" --rope-pairs "${PAIRS:-4}" --calib "$TD/debian_train.txt" --out "$out" --force "$@" > "$out.log" 2>&1
+  $CLI convert "$M" --rank "${RANK:-16}" --rope-pairs "${PAIRS:-4}" --calib "$CALIB" --out "$out" --force "$@" > "$out.log" 2>&1
   local stock=""
   if [ "${STOCK:-0}" = 1 ] && [[ " $* " == *" deepseek "* ]]; then
-    stock=$(python3 test/golden/deepseek_check.py --model "$out" --text "$TD/debian_dev_val.txt" --tokens 20000 --ctx 256 2>/dev/null | tail -1 | node -e "let s='';process.stdin.on('data',d=>s+=d).on('end',()=>{const j=JSON.parse(s);console.log(j.nll.toFixed(5)+' / '+Math.abs(j.nll-j.nll_exact).toExponential(1))})")
+    stock=$(python3 test/golden/deepseek_check.py --model "$out" --text "$EVAL_TEXT" --tokens "$EVAL_TOKENS" --ctx 256 2>/dev/null | tail -1 | node -e "let s='';process.stdin.on('data',d=>s+=d).on('end',()=>{const j=JSON.parse(s);console.log(j.nll.toFixed(5)+' / '+Math.abs(j.nll-j.nll_exact).toExponential(1))})")
   fi
   echo "| $name | $(nll "$out" "$out.json") | $stock |"
 }
