@@ -10,6 +10,7 @@ import path from "node:path";
 import { MlaError } from "./errors.js";
 import { writeFileAtomic } from "./io/atomicDir.js";
 import { convert } from "./convert/pipeline.js";
+import { convertDeepseek } from "./deepseek/export.js";
 import type { SettingsInput } from "./convert/plan.js";
 import { evaluate, EvalResult } from "./eval/evaluate.js";
 import type { TaskName } from "./eval/tasks/index.js";
@@ -23,6 +24,9 @@ export interface PipelineOptions {
   out: string;
   force?: boolean;
   convert: SettingsInput;
+  /** "deepseek": the converted model is a deepseek_v3 folder (`convert --format deepseek`), with these widths. */
+  format?: "mha2mla" | "deepseek";
+  deepseek?: { ropeDim?: number; kvLoraRank?: number; interleave?: boolean };
   finetune?: Omit<FinetuneOptions, "out" | "resume" | "force" | "logger" | "progress" | "shouldStop">;
   evalText?: string;
   evalTokens?: number;
@@ -48,7 +52,7 @@ export async function pipeline(spec: string, o: PipelineOptions): Promise<Pipeli
   const log = o.logger ?? silentLogger;
   const out = path.resolve(o.out);
   if (!o.evalText && !o.tasks?.length) throw new MlaError("BAD_ARGUMENT", "the pipeline has nothing to evaluate", "pass --eval-text FILE and/or --tasks a,b");
-  const fingerprint = crypto.createHash("sha256").update(JSON.stringify({ spec, convert: o.convert, finetune: o.finetune ?? null, evalText: o.evalText, evalTokens: o.evalTokens, evalCtx: o.evalCtx, tasks: o.tasks, limit: o.limit })).digest("hex").slice(0, 16);
+  const fingerprint = crypto.createHash("sha256").update(JSON.stringify({ spec, convert: o.convert, format: o.format ?? "mha2mla", deepseek: o.deepseek ?? null, finetune: o.finetune ?? null, evalText: o.evalText, evalTokens: o.evalTokens, evalCtx: o.evalCtx, tasks: o.tasks, limit: o.limit })).digest("hex").slice(0, 16);
   const stateFile = path.join(out, "pipeline.json");
   if (fs.existsSync(out) && !o.force) {
     const prev = fs.existsSync(stateFile) ? (JSON.parse(fs.readFileSync(stateFile, "utf8")) as { fingerprint?: string }) : null;
@@ -80,7 +84,12 @@ export async function pipeline(spec: string, o: PipelineOptions): Promise<Pipeli
   const mla = path.join(out, "mla");
   const ft = path.join(out, "finetune");
   const files = { original: path.join(out, "eval-original.json"), converted: path.join(out, "eval-converted.json"), finetuned: path.join(out, "eval-finetuned.json") };
-  await phase("convert", () => fs.existsSync(path.join(mla, "config.json")), () => convert(spec, { ...o.convert, out: mla, force: true, device: o.device, progress: o.progress, logger: log }));
+  const common = { out: mla, force: true, device: o.device, progress: o.progress, logger: log };
+  await phase("convert", () => fs.existsSync(path.join(mla, "config.json")), (): Promise<unknown> =>
+    o.format === "deepseek"
+      ? convertDeepseek(spec, { rank: o.convert.rank, ropePairs: o.convert.ropePairs, svdInit: o.convert.svdInit, balanceKv: o.convert.balanceKv, calib: o.convert.calib, calibSamples: o.convert.calibSamples, calibLen: o.convert.calibLen, ...o.deepseek, ...common })
+      : convert(spec, { ...o.convert, ...common }),
+  );
   await evalTo("original", spec, files.original);
   await evalTo("converted", mla, files.converted);
   let stoppedEarly = false;

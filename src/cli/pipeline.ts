@@ -24,6 +24,9 @@ interface Args extends ConversionArgs {
   "data-dir"?: string;
   limit?: number;
   device: DeviceName;
+  format: "mha2mla" | "deepseek";
+  "rope-dim"?: number;
+  "kv-lora-rank"?: number;
 }
 
 export const pipelineCommand: CommandModule<object, Args> = {
@@ -45,7 +48,10 @@ export const pipelineCommand: CommandModule<object, Args> = {
       .option("tasks", { type: "string", describe: "benchmarks, comma-separated" })
       .option("data-dir", { type: "string" })
       .option("limit", { type: "number", describe: "first N items of each task" })
-      .option("device", DEVICE_OPTION),
+      .option("device", DEVICE_OPTION)
+      .option("format", { choices: ["mha2mla", "deepseek"] as const, default: "mha2mla" as const, describe: "the converted model's format (see convert --format)" })
+      .option("rope-dim", { type: "number", describe: "deepseek: qk_rope_head_dim" })
+      .option("kv-lora-rank", { type: "number", describe: "deepseek: kv_lora_rank" }),
   handler: async (a) => {
     const stop = gracefulStop();
     try {
@@ -53,6 +59,8 @@ export const pipelineCommand: CommandModule<object, Args> = {
         out: a.out,
         force: a.force,
         convert: conversionSettings(a),
+        format: a.format,
+        deepseek: a.format === "deepseek" ? { ropeDim: a["rope-dim"], kvLoraRank: a["kv-lora-rank"] } : undefined,
         finetune: a["finetune-data"] ? { data: a["finetune-data"], tokens: a.tokens, seq: a.seq, batch: a.batch, lr: a.lr, distill: a.distill, device: a.device } : undefined,
         device: a.device,
         evalText: a["eval-text"],

@@ -79,7 +79,8 @@ export async function evaluate(spec: string, opts: EvalOptions): Promise<EvalRes
   const lm = loadModel(spec, { backend, weights: opts.weights });
   const info = inspectModel(lm.dir);
   const rawConfig = fs.readFileSync(path.join(lm.dir, "config.json"), "utf8");
-  const conversion = (JSON.parse(rawConfig) as { mha2mla?: Record<string, unknown> }).mha2mla ?? null;
+  const raw = JSON.parse(rawConfig) as Record<string, unknown> & { mha2mla?: Record<string, unknown> };
+  const conversion = raw.mha2mla ?? (raw["model_type"] === "deepseek_v3" ? { format: "deepseek_v3", kv_lora_rank: raw["kv_lora_rank"], qk_rope_head_dim: raw["qk_rope_head_dim"] } : null);
   const result: EvalResult = {
     model: spec,
     label: opts.label ?? spec,

@@ -15,6 +15,7 @@ import { evaluate } from "../../src/eval/evaluate.js";
 import { SafetensorsFile, writeSafetensorsSync } from "../../src/io/safetensors.js";
 import { Checkpoint } from "../../src/io/checkpoint.js";
 import { MlaError } from "../../src/errors.js";
+import { pipeline } from "../../src/pipeline.js";
 import { finiteDifference, FIXTURES, GOLDEN, MODELS, tmpDir } from "../helpers.js";
 
 const TEXT = path.join(FIXTURES, "text", "tinystories_25k.txt");
@@ -131,4 +132,22 @@ test("the CLI: --dry-run writes nothing; --eval-text writes report.json and repo
   assert.equal(rep.format, "deepseek_v3");
   assert.equal(rep.tokens, 1000);
   assert.ok(rep.after > rep.before && fs.existsSync(path.join(out, "report.md")));
+});
+
+test("pipeline --format deepseek: convert, fine-tune and report with the deepseek_v3 model named as such", async () => {
+  const out = path.join(tmpDir(), "pl");
+  const r = await pipeline(path.join(MODELS, "stories260K"), {
+    out,
+    format: "deepseek",
+    convert: { rank: 2, ropePairs: 1, calib: CALIB },
+    finetune: { data: [TEXT], tokens: 2 * 8 * 64, seq: 64, batch: 8, device: "cpu" },
+    evalText: TEXT,
+    evalTokens: 1000,
+    device: "cpu",
+    progress: null,
+  });
+  assert.equal(r.evals.length, 3);
+  assert.equal(r.evals[1]!.attention, "deepseek-mla");
+  assert.ok(r.evals[2]!.nll! < r.evals[1]!.nll!, "fine-tuning the deepseek_v3 model lowers its NLL");
+  assert.match(fs.readFileSync(r.report!.md, "utf8"), /DeepSeek-V3 MLA: kv_lora_rank 8, shared rope key 8 dims/);
 });
