@@ -10,7 +10,7 @@ import path from "node:path";
 import { MlaError } from "./errors.js";
 import { writeFileAtomic } from "./io/atomicDir.js";
 import { convert } from "./convert/pipeline.js";
-import { convertDeepseek } from "./deepseek/export.js";
+import { convertDeepseek, deepseekSettings } from "./deepseek/export.js";
 import type { SettingsInput } from "./convert/plan.js";
 import { evaluate, EvalResult } from "./eval/evaluate.js";
 import type { TaskName } from "./eval/tasks/index.js";
@@ -87,7 +87,7 @@ export async function pipeline(spec: string, o: PipelineOptions): Promise<Pipeli
   const common = { out: mla, force: true, device: o.device, progress: o.progress, logger: log };
   await phase("convert", () => fs.existsSync(path.join(mla, "config.json")), (): Promise<unknown> =>
     o.format === "deepseek"
-      ? convertDeepseek(spec, { rank: o.convert.rank, ropePairs: o.convert.ropePairs, svdInit: o.convert.svdInit, balanceKv: o.convert.balanceKv, calib: o.convert.calib, calibSamples: o.convert.calibSamples, calibLen: o.convert.calibLen, ...o.deepseek, ...common })
+      ? convertDeepseek(spec, { ...deepseekSettings(o.convert), ...o.deepseek, ...common })
       : convert(spec, { ...o.convert, ...common }),
   );
   await evalTo("original", spec, files.original);

@@ -4,8 +4,7 @@ import { convert } from "../convert/pipeline.js";
 import { ConversionArgs, conversionSettings, withConversionOptions } from "./conversionOptions.js";
 import { stderrLogger } from "../util/log.js";
 import { emitJson } from "./output.js";
-import { convertDeepseek } from "../deepseek/export.js";
-import { MlaError } from "../errors.js";
+import { convertDeepseek, deepseekSettings } from "../deepseek/export.js";
 
 import type { DeviceName } from "../backends/select.js";
 
@@ -45,9 +44,7 @@ export const convertCommand: CommandModule<object, Args> = {
       .option("json", { type: "string", describe: "write the result summary as JSON to FILE (no value: stdout)" }),
   handler: async (a) => {
     if (a.format === "deepseek") {
-      if (a.svd !== "joint" || a["rope-strategy"])
-        throw new MlaError("BAD_ARGUMENT", "--format deepseek chooses its rope key by RoRoPE and factors jointly", "drop --rope-strategy and --svd split (the other conversion flags apply)");
-      const d = await convertDeepseek(a.model, { rank: a.rank, ropePairs: a["rope-pairs"], ropeDim: a["rope-dim"], kvLoraRank: a["kv-lora-rank"], svdInit: a["svd-init"], balanceKv: a["balance-kv"], calib: a.calib, calibSamples: a["calib-samples"], calibLen: a["calib-len"], interleave: a["rope-interleave"], dryRun: a["dry-run"], evalText: a["eval-text"], evalTokens: a["eval-tokens"], evalCtx: a["eval-ctx"], out: a.out ?? `${a.model.replace(/\/+$/, "").split("/").pop()}-deepseek-r${a.rank}`, force: a.force, device: a.device, logger: stderrLogger });
+      const d = await convertDeepseek(a.model, { ...deepseekSettings(conversionSettings(a)), ropeDim: a["rope-dim"], kvLoraRank: a["kv-lora-rank"], interleave: a["rope-interleave"], dryRun: a["dry-run"], evalText: a["eval-text"], evalTokens: a["eval-tokens"], evalCtx: a["eval-ctx"], out: a.out, force: a.force, device: a.device, logger: stderrLogger });
       const kv = `KV cache per token and layer ${d.kvPerToken.before} → ${d.kvPerToken.after} elements (${d.kvPerToken.changePercent.toFixed(2)}%), shared rope key ${d.ropeDim} dims, kv_lora_rank ${d.kvLoraRank}`;
       process.stdout.write(d.out ? `wrote ${d.out} (deepseek_v3): ${kv}\n` : `dry run (deepseek_v3): ${kv}\n`);
       if (d.eval) process.stdout.write(`perplexity ${Math.exp(d.eval.before).toFixed(3)} → ${Math.exp(d.eval.after).toFixed(3)} (NLL ${d.eval.after >= d.eval.before ? "+" : ""}${(d.eval.after - d.eval.before).toFixed(4)}); report: ${d.out}/report.md\n`);

@@ -70,7 +70,9 @@ export async function factorLayer(p: LayerFactorInput): Promise<LayerFactors> {
   const Mv = allV.length;
   const k = p.rank * kvHeads;
   const pick = (b: Float32Array | null, rows: number[]) => (b ? Float32Array.from(rows, (r) => b[r]!) : null);
-  const alpha = p.balance && p.svd === "joint" ? balanceFactor(p.wk, nopeRows, p.wv, allV, D, p.whiten) : 1;
+  const whiten = p.whiten;
+  const rowEnergy = whiten ? (row: Float64Array) => squaredNorm(matmul(row, whiten.sqrt, 1, D, D)) : squaredNorm;
+  const alpha = p.balance && p.svd === "joint" ? balanceFactor(p.wk, nopeRows, p.wv, allV, D, rowEnergy) : 1;
   // The SVD sees W_k/α; k_up gets α back, so the model is unchanged before truncation.
   const wk = alpha === 1 ? p.wk : Float32Array.from(p.wk, (x) => x / alpha);
   // On CUDA the rows are gathered and the factors cast on the GPU: nothing of size M×D is built here,
@@ -128,22 +130,21 @@ export async function factorLayer(p: LayerFactorInput): Promise<LayerFactors> {
   };
 }
 
+export function squaredNorm(x: Float64Array): number {
+  let e = 0;
+  for (let c = 0; c < x.length; c++) e += x[c]! * x[c]!;
+  return e;
+}
+
 /**
- * BKV's α: √(mean energy of the key rows / mean energy of the value rows), a row's energy being
- * ‖w‖² or, with the covariance roots, ‖w·Σ^½‖² (its mean square activation).
+ * BKV's α: √(mean energy of the key rows / mean energy of the value rows) of w [·, D] matrices, a
+ * row's energy given by `rowEnergy` (‖w‖², or its mean square activation under the calibration
+ * covariance). Keys that are (numerically) all rope would be blown up to noise: then 1.
  */
-export function balanceFactor(wk: Float32Array, kRows: number[], wv: Float32Array, vRows: number[], D: number, whiten: CovarianceRoots | null): number {
-  const energy = (w: Float32Array, rows: number[]) => {
-    let e = 0;
-    for (const r of rows) {
-      const row = Float64Array.from(w.subarray(r * D, (r + 1) * D));
-      const x = whiten ? matmul(row, whiten.sqrt, 1, D, D) : row;
-      for (let c = 0; c < D; c++) e += x[c]! * x[c]!;
-    }
-    return e / Math.max(rows.length, 1);
-  };
-  const ek = energy(wk, kRows);
-  const ev = energy(wv, vRows);
+export function balanceFactor(wk: Float32Array | Float64Array, kRows: number[], wv: Float32Array | Float64Array, vRows: number[], D: number, rowEnergy: (row: Float64Array) => number = squaredNorm): number {
+  const mean = (w: Float32Array | Float64Array, rows: number[]) => rows.reduce((e, r) => e + rowEnergy(Float64Array.from(w.subarray(r * D, (r + 1) * D))), 0) / Math.max(rows.length, 1);
+  const ek = mean(wk, kRows);
+  const ev = mean(wv, vRows);
   return ek > 1e-12 * ev && ev > 0 ? Math.sqrt(ek / ev) : 1;
 }
 

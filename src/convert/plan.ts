@@ -84,9 +84,9 @@ export function planConversion(c: ModelConfig, s: ConversionSettings, elemBytes:
   };
 }
 
-/** Default output folder: ./NAME-mla-r<rank> beside the working directory. */
-export function defaultOut(spec: string, rank: number): string {
-  return path.resolve(`${path.basename(path.resolve(spec)).replace(/[^\w.-]+/g, "_")}-mla-r${rank}`);
+/** Default output folder: ./NAME-<kind>-r<rank> beside the working directory (kind mla, or deepseek). */
+export function defaultOut(spec: string, rank: number, kind = "mla"): string {
+  return path.resolve(`${path.basename(path.resolve(spec)).replace(/[^\w.-]+/g, "_")}-${kind}-r${rank}`);
 }
 
 export function checkOutDir(out: string, srcDir: string, force: boolean): void {

@@ -23,7 +23,7 @@ import { covarianceRoots } from "../svd/truncated.js";
 import { readText } from "../eval/perplexity.js";
 import { silentLogger, Logger } from "../util/log.js";
 import { Progress, ProgressSink } from "../util/progress.js";
-import { checkOutDir } from "../convert/plan.js";
+import { checkOutDir, defaultOut, SettingsInput } from "../convert/plan.js";
 import { evaluate } from "../eval/evaluate.js";
 import { deepseekLayer, FrequencyPca, frequencyPca, ladder, ladderScores, validSpacings } from "./layer.js";
 
@@ -44,7 +44,8 @@ export interface DeepseekOptions {
   calibLen?: number;
   /** Interleaved rope rows (rope_interleave, DeepSeek's own layout and what vLLM expects); default true. */
   interleave?: boolean;
-  out: string;
+  /** Output folder (default ./NAME-deepseek-r<rank>). */
+  out?: string;
   force?: boolean;
   /** Only validate and return the KV accounting; write nothing. */
   dryRun?: boolean;
@@ -62,13 +63,23 @@ export interface DeepseekResult {
   out: string | null;
   ropeDim: number;
   kvLoraRank: number;
+  /** rope_theta of the ladder (the source's for a dry run, which chooses no ladder). */
   ropeTheta: number;
-  /** The ladder's spacing s: rope slot k sits on the original frequency s·k. */
+  /** The ladder's spacing s: rope slot k sits on the original frequency s·k (0 for a dry run). */
   spacing: number;
   kvPerToken: { before: number; after: number; changePercent: number };
   energy: number[];
   /** With evalText: NLL (nats/token) of the source and of the result. */
   eval: { text: string; tokens: number; ctx: number; before: number; after: number } | null;
+}
+
+/**
+ * The conversion settings of our format (CLI flags, pipeline options) as DeepSeek export options;
+ * refuses what the format decides itself: the rope key comes from RoRoPE and the SVD is joint.
+ */
+export function deepseekSettings(s: SettingsInput): Pick<DeepseekOptions, "rank" | "ropePairs" | "svdInit" | "balanceKv" | "calib" | "calibSamples" | "calibLen"> {
+  if (s.ropeStrategy || s.svd === "split") throw new MlaError("BAD_ARGUMENT", "--format deepseek chooses its rope key by RoRoPE and factors jointly", "drop --rope-strategy and --svd split (the other conversion flags apply)");
+  return { rank: s.rank, ropePairs: s.ropePairs, svdInit: s.svdInit, balanceKv: s.balanceKv, calib: s.calib, calibSamples: s.calibSamples, calibLen: s.calibLen };
 }
 
 const ATTN = ["q_proj", "k_proj", "v_proj"].map((n) => `self_attn.${n}.weight`);
@@ -106,7 +117,7 @@ export async function convertDeepseek(spec: string, o: DeepseekOptions): Promise
   if (svdInit === "activations" && !o.calib) throw new MlaError("BAD_ARGUMENT", "--svd-init activations needs calibration text", "pass --calib FILE");
   const kvPerToken = { before: 2 * G * Dh, after: rk + dr, changePercent: (100 * (rk + dr - 2 * G * Dh)) / (2 * G * Dh) };
   if (o.dryRun) return { out: null, ropeDim: dr, kvLoraRank: rk, ropeTheta: c.rope.theta, spacing: 0, kvPerToken, energy: [], eval: null };
-  const out = path.resolve(o.out);
+  const out = path.resolve(o.out ?? defaultOut(spec, o.rank, "deepseek"));
   checkOutDir(out, srcDir, o.force ?? false);
 
   const src = Checkpoint.open(srcDir);
@@ -147,6 +158,12 @@ export async function convertDeepseek(spec: string, o: DeepseekOptions): Promise
     tmp = beginOutDir(out, o.force ?? false);
     const dtypeOf = (name: string): DType => src.entry(name).dtype;
     const specs: TensorSpec[] = [];
+    /** Names written from the per-layer results; everything else is copied byte for byte. */
+    const generated = new Set<string>();
+    const add = (s: TensorSpec) => {
+      specs.push(s);
+      generated.add(s.name);
+    };
     const layerOf = (name: string) => /^model\.layers\.(\d+)\.(.*)$/.exec(name);
     for (const name of src.names()) {
       const mm = layerOf(name);
@@ -158,12 +175,13 @@ export async function convertDeepseek(spec: string, o: DeepseekOptions): Promise
       const p = layerPrefix(l);
       const wd = dtypeOf(p + ATTN[0]!);
       if (mm[2] === ATTN[0]) {
-        specs.push({ name: p + "self_attn.q_proj.weight", dtype: wd, shape: [H * (Dh + dr), D] });
-        specs.push({ name: p + "self_attn.kv_a_proj_with_mqa.weight", dtype: wd, shape: [rk + dr, D] });
-        specs.push({ name: p + "self_attn.kv_a_proj_with_mqa.bias", dtype: wd, shape: [rk + dr] });
-        specs.push({ name: p + "self_attn.kv_a_layernorm.weight", dtype: dtypeOf(p + "input_layernorm.weight"), shape: [rk] });
-        specs.push({ name: p + "self_attn.kv_b_proj.weight", dtype: wd, shape: [H * 2 * Dh, rk] });
-        if (!src.has(p + "self_attn.o_proj.bias")) specs.push({ name: p + "self_attn.o_proj.bias", dtype: wd, shape: [D] });
+        add({ name: p + "self_attn.q_proj.weight", dtype: wd, shape: [H * (Dh + dr), D] });
+        add({ name: p + "self_attn.kv_a_proj_with_mqa.weight", dtype: wd, shape: [rk + dr, D] });
+        add({ name: p + "self_attn.kv_a_proj_with_mqa.bias", dtype: wd, shape: [rk + dr] });
+        add({ name: p + "self_attn.kv_a_layernorm.weight", dtype: dtypeOf(p + "input_layernorm.weight"), shape: [rk] });
+        add({ name: p + "self_attn.kv_b_proj.weight", dtype: wd, shape: [H * 2 * Dh, rk] });
+        // attention_bias: true needs an o_proj bias; a source without one gets zeros.
+        if (!src.has(p + "self_attn.o_proj.bias")) add({ name: p + "self_attn.o_proj.bias", dtype: wd, shape: [D] });
       } else if (mm[2] !== ATTN[1] && mm[2] !== ATTN[2]) specs.push({ name, dtype: dtypeOf(name), shape: [...src.entry(name).shape] });
     }
     const writer = new CheckpointWriter(tmp, specs, { metadata: { format: "pt" } });
@@ -172,13 +190,12 @@ export async function convertDeepseek(spec: string, o: DeepseekOptions): Promise
     const betas: number[] = new Array(L).fill(0);
     const progress = new Progress("deepseek", L, "layers", o.progress);
     for (const s of specs) {
-      const mm = layerOf(s.name);
-      const l = mm ? Number(mm[1]) : -1;
-      const generated = mm && /self_attn\.(q_proj\.weight|kv_a_|kv_b_|o_proj\.bias)/.test(mm[2]!) && !(mm[2] === "self_attn.o_proj.bias" && src.has(s.name));
-      if (!generated) {
+      if (!generated.has(s.name)) {
         await writer.append(src.readBytes(s.name));
         continue;
       }
+      const [, layer, field] = layerOf(s.name)!;
+      const l = Number(layer);
       let t = made.get(l);
       if (!t) {
         const p = layerPrefix(l);
@@ -207,14 +224,14 @@ export async function convertDeepseek(spec: string, o: DeepseekOptions): Promise
           ["self_attn.kv_a_proj_with_mqa.bias", r.kvABias],
           ["self_attn.kv_a_layernorm.weight", r.kvNorm],
           ["self_attn.kv_b_proj.weight", r.kvB],
-          ["self_attn.o_proj.bias", new Float32Array(D)],
         ]);
+        if (generated.has(p + "self_attn.o_proj.bias")) t.set("self_attn.o_proj.bias", new Float32Array(D));
         made.set(l, t);
         progress.tick();
       }
-      await writer.append(encodeFromF32(s.dtype, t.get(mm![2]!)!));
-      t.delete(mm![2]!);
-      if (t.size === 0 || (t.size === 1 && t.has("self_attn.o_proj.bias") && src.has(layerPrefix(l) + "self_attn.o_proj.bias"))) made.delete(l);
+      await writer.append(encodeFromF32(s.dtype, t.get(field!)!));
+      t.delete(field!);
+      if (t.size === 0) made.delete(l); // the layer's results are written: let them go
     }
     await writer.close();
 

@@ -20,6 +20,7 @@
  *   The softmax scale (dn + dr)^−½ is folded into q_proj; rope rows are interleaved when asked.
  */
 import { MlaError } from "../errors.js";
+import { balanceFactor, squaredNorm } from "../convert/factor.js";
 import { CovarianceRoots, energyOf, symmetricEigen, truncatedFactorAsync, whitenedFactor, matmul } from "../svd/truncated.js";
 
 export interface FrequencyPca {
@@ -142,27 +143,6 @@ export interface DeepseekLayer {
   beta: number;
 }
 
-/** √(mean energy of the first `keyRows` rows of A [·, D] / mean energy of the rest): x·Σ·xᵀ per row, or ‖x‖². */
-function keyValueBalance(A: Float64Array, keyRows: number, D: number, cov: Float64Array | null): number {
-  const rows = A.length / D;
-  const energy = (r: number) => {
-    const x = A.subarray(r * D, (r + 1) * D);
-    if (!cov) return x.reduce((a, v) => a + v * v, 0);
-    const xs = matmul(x, cov, 1, D, D);
-    let e = 0;
-    for (let c = 0; c < D; c++) e += xs[c]! * x[c]!;
-    return e;
-  };
-  let ek = 0;
-  let ev = 0;
-  for (let r = 0; r < keyRows; r++) ek += energy(r);
-  for (let r = keyRows; r < rows; r++) ev += energy(r);
-  ek /= keyRows;
-  ev /= rows - keyRows;
-  // Keys that are (numerically) all rope would be blown up to noise: leave them.
-  return ek > 1e-12 * ev && ev > 0 ? Math.sqrt(ek / ev) : 1;
-}
-
 /** Rotate-half order of the rope dims → DeepSeek's interleaved order: (x_0, y_0, x_1, y_1, …). */
 function ropeRow(slot: number, y: boolean, m: number, interleave: boolean): number {
   return interleave ? 2 * slot + (y ? 1 : 0) : slot + (y ? m : 0);
@@ -196,7 +176,10 @@ export async function deepseekLayer(p: DeepseekLayerInput): Promise<DeepseekLaye
       }
     }
   });
-  const alpha = p.balance ? keyValueBalance(A, G * Dh, D, p.cov) : 1;
+  const cov = p.cov;
+  const rowEnergy = cov ? (row: Float64Array) => matmul(row, cov, 1, D, D).reduce((e, v, c) => e + v * row[c]!, 0) : squaredNorm;
+  const range = (a: number, n: number) => Array.from({ length: n }, (_, i) => a + i);
+  const alpha = p.balance ? balanceFactor(A, range(0, G * Dh), A, range(G * Dh, G * Dh), D, rowEnergy) : 1;
   if (alpha !== 1) for (let i = 0; i < G * Dh * D; i++) A[i] = A[i]! / alpha;
   const f = p.whiten ? whitenedFactor(A, rows, D, latent, p.whiten) : await truncatedFactorAsync(A, rows, D, latent);
 

@@ -82,7 +82,8 @@ export function checkFits(model: LlamaModel, choice: MemoryChoice, precision: Pr
     { train: "attention", checkpoint: choice.checkpoint },
     { train: "attention", checkpoint: true },
   ];
-  const fits = alternatives.find((c) => (c.train !== choice.train || c.checkpoint !== choice.checkpoint) && (c.train === "attention" || choice.train === "all") && (c.checkpoint || !choice.checkpoint) && needOf(c) <= mem.free);
+  // Each alternative only narrows what is trained or adds checkpointing; the first that differs and fits.
+  const fits = alternatives.find((c) => (c.train !== choice.train || c.checkpoint !== choice.checkpoint) && needOf(c) <= mem.free);
   const act = activationBytes(model, tokens, choice.checkpoint, choice.fullLogits);
   const hint = fits
     ? `${flags(fits)} needs about ${gib(needOf(fits))} and fits`
@@ -234,6 +235,15 @@ export function lossChunkRows(vocab: number): number {
   return Math.max(1, Math.floor(2 ** 26 / vocab));
 }
 
+/** Summed cross-entropy of logits [rows, V] and its gradient times `scale` (one pass where the backend fuses them). */
+function crossEntropyWithGrad(b: Backend, logits: Tensor, targets: Int32Array, scale: number): { loss: number; grad: Tensor } {
+  if (b.crossEntropyFused) {
+    const r = b.crossEntropyFused(logits, targets, scale);
+    return { loss: r.loss.reduce((a, x) => a + x, 0), grad: r.grad };
+  }
+  return { loss: b.crossEntropy(logits, targets).reduce((a, x) => a + x, 0), grad: b.crossEntropyBackward(logits, targets, scale) };
+}
+
 /**
  * Cross-entropy of the LM head over row chunks of the hidden states h [N, D]: each chunk's logits
  * [rows, V] live only while its loss, its logits gradient and their products are computed, so no
@@ -249,16 +259,9 @@ function chunkedHeadLoss(b: Backend, k: TrainingKernels, h: Tensor, head: Node, 
     const rows = Math.min(chunk, N - r0);
     const hc = k.view(h, r0 * D, [rows, D]);
     const logits = b.linear(hc, head.value, null);
-    const t = targets.subarray(r0, r0 + rows);
-    let grad: Tensor;
-    if (b.crossEntropyFused) {
-      const r = b.crossEntropyFused(logits, t, scale);
-      grad = r.grad;
-      for (const x of r.loss) loss += x;
-    } else {
-      grad = b.crossEntropyBackward(logits, t, scale);
-      for (const x of b.crossEntropy(logits, t)) loss += x;
-    }
+    const ce = crossEntropyWithGrad(b, logits, targets.subarray(r0, r0 + rows), scale);
+    const grad = ce.grad;
+    loss += ce.loss;
     const g = b.linearBackward(hc, head.value, grad, { x: true, w: head.requiresGrad, bias: false, dwInto });
     k.copyInto(dh, r0 * D, g.dx!);
     if (g.dw) head.accumulate(b, g.dw); // a backend that adds into dwInto returns none
@@ -288,16 +291,9 @@ export function microStep(state: TrainState, batch: MicroBatch, o: { scale: numb
       return o.ceWeight * r.loss;
     }
     const logits: Node = state.model.graph(ops, state.nodes, batch.inputs, undefined, fwd);
-    let loss = 0;
-    let seed: Tensor;
-    if (b.crossEntropyFused) {
-      const r = b.crossEntropyFused(logits.value, batch.targets, o.ceWeight * o.scale);
-      seed = r.grad;
-      for (const x of r.loss) loss += o.ceWeight * x;
-    } else {
-      seed = b.crossEntropyBackward(logits.value, batch.targets, o.ceWeight * o.scale);
-      for (const x of b.crossEntropy(logits.value, batch.targets)) loss += o.ceWeight * x;
-    }
+    const ce = crossEntropyWithGrad(b, logits.value, batch.targets, o.ceWeight * o.scale);
+    let loss = o.ceWeight * ce.loss;
+    let seed = ce.grad;
     const kl = b.klDivergence(logits.value, o.teacher.forward(batch.inputs, undefined, { sequences: batch.sequences, bf16 }), o.temperature, o.klWeight * o.scale);
     seed = b.add(seed, kl.grad);
     for (const x of kl.loss) loss += o.klWeight * x;

@@ -28,7 +28,7 @@ function keyReconstruction(f: { kUp: Float32Array; kvDown: Float32Array; latentD
 test("α equalizes the mean row energy of keys and values", () => {
   const { wk, wv } = layer(5);
   const rows = Array.from({ length: G * Dh }, (_, i) => i);
-  assert.ok(Math.abs(balanceFactor(wk, rows, wv, rows, D, null) - 5) < 1e-6);
+  assert.ok(Math.abs(balanceFactor(wk, rows, wv, rows, D) - 5) < 1e-6);
 });
 
 test("balanced and plain joint SVD agree without truncation and differ with it", async () => {
