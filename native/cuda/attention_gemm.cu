@@ -1,4 +1,5 @@
-// Attention of many query rows (prefill, evaluation, training) as cuBLAS GEMMs over chunks of
+// Attention of many query rows (prefill, evaluation, training) in float32, and in bf16 where the fused
+// kernels of attention_mma.cu do not take the head dims, as cuBLAS GEMMs over chunks of
 // queries, for B sequences of equal length at once: the scores of every (sequence, head) of a chunk
 // come from one batched GEMM, a softmax kernel normalizes them, a second batched GEMM applies them to
 // the values. Each chunk reads only the keys its queries can see, so causal attention does a bit more
@@ -9,6 +10,7 @@
 // Shapes: q[B·T,H,Dh], k[B·S,Hkv,Dh], v[B·S,Hkv,Dv], o[B·T,H,Dv]; query head h uses KV head h / (H/Hkv).
 #include <cfloat>
 #include <cstdlib>
+#include <cstring>
 #include <vector>
 #include "common.cuh"
 
@@ -128,6 +130,13 @@ mla_status run_batch(const Batch& x, cublasOperation_t ta, cublasOperation_t tb,
   return MLA_OK;
 }
 
+// bf16 inputs with head dims the fused tensor-core kernels take go there (attention_mma.cu), unless
+// MHA2MLA_CUDA_ATTENTION=gemm asks for these chunked GEMMs (benchmarks and the parity suite compare both).
+bool use_mma(bool bf16, int64_t Dh, int64_t Dv) {
+  const char* e = getenv("MHA2MLA_CUDA_ATTENTION");
+  return bf16 && mla::attention_mma_dims(Dh, Dv) && !(e && strcmp(e, "gemm") == 0);
+}
+
 // The GEMM inputs: the f32 tensors themselves, or bf16 copies made once per call.
 struct Inputs {
   const char* q;
@@ -167,6 +176,7 @@ mla_status attention_gemm(const float* q, const float* k, const float* v, float*
   const int64_t group = H / Hkv;
   Inputs in;
   if (mla_status e = prepare_inputs(in, q, k, v, nullptr, B * T * H * Dh, B * S * Hkv * Dh, B * S * Hkv * Dv, 0, bf16)) return e;
+  if (use_mma(bf16, Dh, Dv)) return attention_mma(in.q, in.k, in.v, o, B, T, S, H, Hkv, Dh, Dv, scale, off, window);
   const int64_t Tq = queries_per_chunk(B, T, H, S, 1);
   DevMem sc, pb;
   DEV_MEM(sc, sizeof(float) * B * H * Tq * S);
@@ -219,6 +229,12 @@ extern "C" mla_status mla_cuda_attention_backward(const mla_cuda_buf* qb, const 
   const int64_t group = H / Hkv;
   Inputs in;
   if (mla_status e = prepare_inputs(in, (const float*)qb->ptr, (const float*)kb->ptr, (const float*)vb->ptr, (const float*)dob->ptr, B * T * H * Dh, B * S * Hkv * Dh, B * S * Hkv * Dv, B * T * H * Dv, bf16 != 0)) return e;
+  if (use_mma(bf16 != 0, Dh, Dv)) {
+    DevMem stats;  // the row log-sum-exp and δ = rowsum(dout ∘ o), [B·H, T] each
+    DEV_MEM(stats, sizeof(float) * 2 * B * H * T);
+    float* lse = (float*)stats.p;
+    return mla::attention_mma_backward(in.q, in.k, in.v, in.dout, (const float*)dob->ptr, lse, lse + B * H * T, dq, dk, dv, B, T, S, H, Hkv, Dh, Dv, scale, off, window);
+  }
   const size_t es = in.es;
   const int64_t Tq = queries_per_chunk(B, T, H, S, 2);  // probabilities and their gradient
   DevMem pm, lowp;

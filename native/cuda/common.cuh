@@ -37,6 +37,12 @@ void* scratch(size_t bytes, mla_status* st);
 // Causal GQA attention of B sequences as cuBLAS GEMMs over chunks of queries (attention_gemm.cu):
 // q[B·T,H,Dh], k[B·S,Hkv,Dh], v[B·S,Hkv,Dv] → o[B·T,H,Dv]; bf16: GEMM inputs rounded to bf16.
 mla_status attention_gemm(const float* q, const float* k, const float* v, float* o, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window, bool bf16);
+// The fused tensor-core route (attention_mma.cu) on bf16 copies of q, k, v (and dout): whether it takes
+// the head dims; the forward; the backward (lse and delta: [B·H, T] float32 scratch each; dq, dk, dv
+// overwritten, deterministically).
+bool attention_mma_dims(int64_t Dh, int64_t Dv);
+mla_status attention_mma(const void* q, const void* k, const void* v, float* o, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window);
+mla_status attention_mma_backward(const void* q, const void* k, const void* v, const void* dout_bf16, const float* dout, float* lse, float* delta, float* dq, float* dk, float* dv, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window);
 }  // namespace mla
 
 #define MLA_FAIL(code, msg) ::mla::fail(code, __FILE__, __LINE__, msg)

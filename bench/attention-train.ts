@@ -1,0 +1,50 @@
+/**
+ * Training attention on the GPU: forward and forward + backward of causal batched attention with bf16
+ * inputs, on our two bf16 routes (the fused tensor-core kernels, default; the chunked cuBLAS GEMMs,
+ * MHA2MLA_CUDA_ATTENTION=gemm), as the trainer calls them (float32 tensors in and out).
+ * One JSON line per (shape, route, pass): milliseconds per call and effective TFLOP/s, counting the
+ * causal half (forward 4·B·T²/2·H·Dh, backward 2.5× that). bench/attention_train_torch.py is the peer.
+ * Run: node dist/bench/attention-train.js [--shapes B:T:H:Hkv:Dh,…]
+ */
+import { CudaBackend, loadCuda } from "../src/backends/native/cuda.js";
+
+const args = process.argv.slice(2);
+const at = args.indexOf("--shapes");
+const shapes = (at >= 0 ? args[at + 1]! : "8:1024:9:3:64,8:2048:32:32:64,4:2048:32:32:128,1:8192:32:32:128").split(",").map((s) => s.split(":").map(Number) as [number, number, number, number, number]);
+const lib = loadCuda();
+if (typeof lib === "string") {
+  console.error(`no CUDA: ${lib}`);
+  process.exit(1);
+}
+const backend = new CudaBackend(lib);
+const sync = () => backend.run("synchronize", lib.fns["synchronize"]!() as number);
+const rand = (n: number) => Float32Array.from({ length: n }, (_, i) => Math.sin(i * 12.9898) * 0.5);
+for (const [nb, T, H, Hkv, Dh] of shapes) {
+  const q = backend.upload(rand(nb * T * H * Dh), [nb * T, H, Dh]);
+  const k = backend.upload(rand(nb * T * Hkv * Dh), [nb * T, Hkv, Dh]);
+  const v = backend.upload(rand(nb * T * Hkv * Dh), [nb * T, Hkv, Dh]);
+  const d = backend.upload(rand(nb * T * H * Dh), [nb * T, H, Dh]);
+  const opts = { scale: 1 / Math.sqrt(Dh), queryOffset: 0, window: null, batch: nb, bf16: true };
+  const fwdFlops = 4 * nb * ((T * T) / 2) * H * Dh;
+  for (const route of ["fused", "gemm"]) {
+    if (route === "gemm") process.env["MHA2MLA_CUDA_ATTENTION"] = "gemm";
+    const time = (pass: string, reps: number, step: () => { dispose(): void }[]) => {
+      for (const x of step()) x.dispose(); // warm-up
+      sync();
+      const t0 = performance.now();
+      for (let r = 0; r < reps; r++) for (const x of step()) x.dispose();
+      sync();
+      const ms = (performance.now() - t0) / reps;
+      const flops = pass === "forward" ? fwdFlops : 3.5 * fwdFlops;
+      console.log(JSON.stringify({ tool: "mha2mla", route, pass, B: nb, T, H, Hkv, Dh, ms: +ms.toFixed(3), tflops: +(flops / ms / 1e9).toFixed(1) }));
+    };
+    time("forward", 10, () => [backend.attention(q, k, v, opts)]);
+    time("forward+backward", 10, () => {
+      const o = backend.attention(q, k, v, opts);
+      const g = backend.attentionBackward(q, k, v, d, opts);
+      return [o, g.dq, g.dk, g.dv];
+    });
+    delete process.env["MHA2MLA_CUDA_ATTENTION"];
+  }
+  for (const x of [q, k, v, d]) x.dispose();
+}

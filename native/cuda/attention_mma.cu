@@ -1,0 +1,481 @@
+// Fused causal attention on tensor cores (bf16 inputs, float32 accumulation), forward and backward,
+// for B sequences of equal length: the FlashAttention-2 scheme written with mma.sync m16n8k16, so no
+// [T, S] score matrix ever reaches memory. Each warp owns 16 rows of a tile; the score fragments it
+// computes are reused in registers as the A operand of the next product (the m16n8 accumulator layout
+// of two adjacent n-tiles is the m16k16 A layout).
+//
+// The backward is deterministic (no atomics): one kernel accumulates dK and dV per key tile over every
+// query tile and every query head of its KV group, a second accumulates dQ per query tile over the key
+// tiles, recomputing the probabilities from the row log-sum-exp that a forward pass in "prep" mode
+// leaves (with δ = rowsum(dO ∘ O)). That is seven tensor-core products per tile pair plus two in the
+// prep pass, against five in FlashAttention-2's atomic dQ.
+//
+// Shapes: q[B·T,H,Dh], k[B·S,Hkv,Dh], v[B·S,Hkv,Dv], o/dout[B·T,H,Dv]; query head h uses KV head
+// h / (H/Hkv); query row t sits at key position t + off and sees keys (t + off − window, t + off].
+// Head dims are template parameters (the pairs mma_dims lists); others take the GEMM route.
+#include <cuda_bf16.h>
+#include "common.cuh"
+
+using mla::ctx;
+using bf16 = __nv_bfloat16;
+
+namespace {
+constexpr int WARPS = 4, ROWS = 16 * WARPS;  // a tile: 16 rows per warp
+constexpr int PAD = 8;                       // bf16 of padding per shared row: ldmatrix rows hit distinct banks
+constexpr float LOG2E = 1.4426950408889634f;
+
+// c[16×8] += a[16×16]·b[16×8] (bf16 in, float32 accumulate).
+__device__ __forceinline__ void mma(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+               : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ uint32_t pack(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+// Four 8×8 bf16 matrices from shared memory (lane i gives the address of a row of matrix i / 8);
+// `trans` delivers each transposed.
+template <bool trans>
+__device__ __forceinline__ void ldmatrix4(uint32_t* r, const bf16* p) {
+  const unsigned a = (unsigned)__cvta_generic_to_shared(p);
+  if (trans)
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n" : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+  else
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n" : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+}
+// 16 bytes global → shared without passing through registers; zeros when !ok.
+__device__ __forceinline__ void cp16(bf16* s, const bf16* g, bool ok) {
+  const unsigned a = (unsigned)__cvta_generic_to_shared(s);
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(a), "l"(g), "r"(ok ? 16 : 0));
+}
+__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+// The A fragment (16 rows × k0 … k0+15) of a row-major [row][k] shared matrix with row stride ld.
+__device__ __forceinline__ void frag_a(uint32_t* a, const bf16* m, int ld, int k0, int lane) {
+  ldmatrix4<false>(a, m + (lane & 15) * ld + k0 + (lane >> 4) * 8);
+}
+// The B fragments of n-tiles n0 … n0+15 (two n8 tiles: b[0..1] and b[2..3]) over k0 … k0+15, for B
+// stored [n][k] (keys as rows, B = Kᵀ) …
+__device__ __forceinline__ void frag_b_nk(uint32_t* b, const bf16* m, int ld, int n0, int k0, int lane) {
+  ldmatrix4<false>(b, m + (n0 + (lane & 7) + (lane >> 4) * 8) * ld + k0 + ((lane >> 3) & 1) * 8);
+}
+// … or stored [k][n] (B = V, rows over the contraction).
+__device__ __forceinline__ void frag_b_kn(uint32_t* b, const bf16* m, int ld, int n0, int k0, int lane) {
+  ldmatrix4<true>(b, m + (k0 + (lane & 7) + ((lane >> 3) & 1) * 8) * ld + n0 + (lane >> 4) * 8);
+}
+// acc[16 × N] += A·Bᵀ: A = 16 rows × K of `a` ([row][k], stride lda), B = N rows × K of `b` ([n][k], stride ldb).
+template <int K, int N>
+__device__ __forceinline__ void mma_ss(float (*acc)[4], const bf16* a, int lda, const bf16* b, int ldb, int lane) {
+#pragma unroll
+  for (int kk = 0; kk < K / 16; kk++) {
+    uint32_t af[4];
+    frag_a(af, a, lda, kk * 16, lane);
+#pragma unroll
+    for (int j = 0; j < N / 16; j++) {
+      uint32_t bf[4];
+      frag_b_nk(bf, b, ldb, j * 16, kk * 16, lane);
+      mma(acc[2 * j], af, bf[0], bf[1]);
+      mma(acc[2 * j + 1], af, bf[2], bf[3]);
+    }
+  }
+}
+// acc[16 × N] += P·B: P = 16 × K accumulator fragments (p[K/8][4], the m16n8 layout of two adjacent
+// n-tiles is the m16k16 A layout), B = K rows × N of `b` ([k][n], stride ldb).
+template <int K, int N>
+__device__ __forceinline__ void mma_rs(float (*acc)[4], const float (*p)[4], const bf16* b, int ldb, int lane) {
+#pragma unroll
+  for (int kk = 0; kk < K / 16; kk++) {
+    const uint32_t af[4] = {pack(p[2 * kk][0], p[2 * kk][1]), pack(p[2 * kk][2], p[2 * kk][3]), pack(p[2 * kk + 1][0], p[2 * kk + 1][1]), pack(p[2 * kk + 1][2], p[2 * kk + 1][3])};
+#pragma unroll
+    for (int j = 0; j < N / 16; j++) {
+      uint32_t bf[4];
+      frag_b_kn(bf, b, ldb, j * 16, kk * 16, lane);
+      mma(acc[2 * j], af, bf[0], bf[1]);
+      mma(acc[2 * j + 1], af, bf[2], bf[3]);
+    }
+  }
+}
+
+// Starts copying rows [0, R) of a bf16 matrix (row stride ld elements, D columns) into shared
+// [R][D+PAD]; rows ≥ valid become zeros. D is a multiple of 8: one 16-byte copy per 8 columns.
+template <int D, int R>
+__device__ __forceinline__ void load_rows(bf16* sm, const bf16* g, int64_t ld, int64_t valid) {
+  constexpr int V = D / 8;
+  for (int i = threadIdx.x; i < R * V; i += blockDim.x) {
+    const int r = i / V, c = (i % V) * 8;
+    const bool ok = r < valid;
+    cp16(sm + r * (D + PAD) + c, ok ? g + r * ld + c : g, ok);
+  }
+}
+
+__device__ __forceinline__ bool visible(int64_t key, int64_t pos, int64_t S, int64_t window) {
+  return key <= pos && key < S && (window <= 0 || key > pos - window);
+}
+
+// Forward. grid (⌈T/ROWS⌉, B·H). Writes o (float32) — or, in prep mode (dout set), instead of o the
+// row log-sum-exp in the log2 domain (+∞ for a row with no visible key, so the backward's
+// probabilities come out 0) and δ = Σ dout·o, both [B·H, T]. Key/value tiles are double-buffered.
+template <int DH, int DV>
+__global__ void __launch_bounds__(WARPS * 32) k_forward(const bf16* q, const bf16* k, const bf16* v, float* o, const float* dout, float* lse, float* delta, int64_t T, int64_t S, int H, int Hkv, float scale2, int64_t off, int64_t window) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  bf16* Qs = reinterpret_cast<bf16*>(smem);  // [ROWS queries][DH+PAD]
+  bf16* Ks = Qs + ROWS * (DH + PAD);         // 2 × [ROWS keys][DH+PAD]
+  bf16* Vs = Ks + 2 * ROWS * (DH + PAD);     // 2 × [ROWS keys][DV+PAD]
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
+  const int64_t b = blockIdx.y / H;
+  const int h = blockIdx.y % H, kh = h / (H / Hkv);
+  const int64_t t0 = (int64_t)blockIdx.x * ROWS, w0 = t0 + warp * 16;  // first row of the block, of this warp
+  const int64_t qld = (int64_t)H * DH, kld = (int64_t)Hkv * DH, vld = (int64_t)Hkv * DV;
+  const bf16* kb = k + b * S * kld + kh * DH;
+  const bf16* vb = v + b * S * vld + kh * DV;
+  const int64_t r0 = w0 + g, r1 = r0 + 8;
+  const int64_t khi = min(S - 1, min(T - 1, t0 + ROWS - 1) + off);
+  const int64_t klo = window > 0 ? max((int64_t)0, t0 + off - window + 1) : 0;
+  const int64_t first = klo / ROWS * ROWS;
+
+  load_rows<DH, ROWS>(Qs, q + (b * T + t0) * qld + h * DH, qld, T - t0);
+  if (first <= khi) {
+    load_rows<DH, ROWS>(Ks, kb + first * kld, kld, S - first);
+    load_rows<DV, ROWS>(Vs, vb + first * vld, vld, S - first);
+  }
+  cp_commit();
+  uint32_t qf[DH / 16][4];
+  float acc[DV / 8][4] = {};
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};  // l: this thread's partial row sums
+  int buf = 0;
+  for (int64_t s0 = first; s0 <= khi; s0 += ROWS, buf ^= 1) {
+    if (s0 + ROWS <= khi) {  // prefetch the next tile into the other buffer
+      load_rows<DH, ROWS>(Ks + (buf ^ 1) * ROWS * (DH + PAD), kb + (s0 + ROWS) * kld, kld, S - s0 - ROWS);
+      load_rows<DV, ROWS>(Vs + (buf ^ 1) * ROWS * (DV + PAD), vb + (s0 + ROWS) * vld, vld, S - s0 - ROWS);
+    }
+    cp_commit();
+    cp_wait<1>();
+    __syncthreads();
+    if (s0 == first) {
+#pragma unroll
+      for (int kk = 0; kk < DH / 16; kk++) frag_a(qf[kk], Qs + warp * 16 * (DH + PAD), DH + PAD, kk * 16, lane);
+    }
+    const bf16* kt = Ks + buf * ROWS * (DH + PAD);
+    const bf16* vt = Vs + buf * ROWS * (DV + PAD);
+    if (!(s0 > w0 + 15 + off || (window > 0 && s0 + ROWS - 1 <= w0 + off - window))) {  // some key of the tile is visible to the warp
+      float s[ROWS / 8][4] = {};
+#pragma unroll
+      for (int kk = 0; kk < DH / 16; kk++)
+#pragma unroll
+        for (int j = 0; j < ROWS / 16; j++) {
+          uint32_t bf[4];
+          frag_b_nk(bf, kt, DH + PAD, j * 16, kk * 16, lane);
+          mma(s[2 * j], qf[kk], bf[0], bf[1]);
+          mma(s[2 * j + 1], qf[kk], bf[2], bf[3]);
+        }
+      const bool whole = s0 + ROWS - 1 <= w0 + off && s0 + ROWS <= S && (window <= 0 || s0 > w0 + 15 + off - window);
+      float mx[2] = {m[0], m[1]};
+#pragma unroll
+      for (int j = 0; j < ROWS / 8; j++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+          float x = s[j][e] * scale2;
+          if (!whole && !visible(s0 + j * 8 + tq * 2 + (e & 1), (e < 2 ? r0 : r1) + off, S, window)) x = -INFINITY;
+          s[j][e] = x;
+          mx[e >> 1] = fmaxf(mx[e >> 1], x);
+        }
+      float base[2];
+#pragma unroll
+      for (int i = 0; i < 2; i++) {
+        mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
+        mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
+        base[i] = mx[i] == -INFINITY ? 0.f : mx[i];
+        const float alpha = exp2f(m[i] - base[i]);
+        m[i] = mx[i];
+        l[i] *= alpha;
+#pragma unroll
+        for (int j = 0; j < DV / 8; j++) acc[j][2 * i] *= alpha, acc[j][2 * i + 1] *= alpha;
+      }
+#pragma unroll
+      for (int j = 0; j < ROWS / 8; j++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+          const float p = exp2f(s[j][e] - base[e >> 1]);
+          s[j][e] = p;
+          l[e >> 1] += p;
+        }
+      mma_rs<ROWS, DV>(acc, s, vt, DV + PAD, lane);
+    }
+    __syncthreads();  // the buffer is consumed before the next prefetch overwrites it
+  }
+  cp_wait<0>();  // no copy outlives the kernel (a block with no visible key tile)
+#pragma unroll
+  for (int i = 0; i < 2; i++) {
+    l[i] += __shfl_xor_sync(0xffffffffu, l[i], 1);
+    l[i] += __shfl_xor_sync(0xffffffffu, l[i], 2);
+  }
+  const float inv[2] = {l[0] > 0 ? 1.f / l[0] : 0.f, l[1] > 0 ? 1.f / l[1] : 0.f};  // no visible key: zeros
+  const int64_t rows[2] = {r0, r1};
+  if (!dout) {
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+      if (rows[i] >= T) continue;
+      float* out = o + ((b * T + rows[i]) * H + h) * DV + tq * 2;
+#pragma unroll
+      for (int j = 0; j < DV / 8; j++) *reinterpret_cast<float2*>(out + j * 8) = make_float2(acc[j][2 * i] * inv[i], acc[j][2 * i + 1] * inv[i]);
+    }
+    return;
+  }
+#pragma unroll
+  for (int i = 0; i < 2; i++) {
+    float dot = 0;
+    if (rows[i] < T) {
+      const float* d = dout + ((b * T + rows[i]) * H + h) * DV + tq * 2;
+#pragma unroll
+      for (int j = 0; j < DV / 8; j++) dot += d[j * 8] * acc[j][2 * i] + d[j * 8 + 1] * acc[j][2 * i + 1];
+    }
+    dot += __shfl_xor_sync(0xffffffffu, dot, 1);
+    dot += __shfl_xor_sync(0xffffffffu, dot, 2);
+    if (tq == 0 && rows[i] < T) {
+      const int64_t at = (int64_t)blockIdx.y * T + rows[i];
+      lse[at] = l[i] > 0 ? m[i] + log2f(l[i]) : INFINITY;
+      delta[at] = dot * inv[i];
+    }
+  }
+}
+
+// Row statistics of row r (+∞ / 0 past the end: probabilities 0).
+__device__ __forceinline__ void row_stats(const float* lse, const float* delta, int64_t base, int64_t r, int64_t T, float* L, float* D) {
+  *L = r < T ? lse[base + r] : INFINITY;
+  *D = r < T ? delta[base + r] : 0.f;
+}
+
+// dQ. grid (⌈T/ROWS⌉, B·H): per query tile, over the key tiles it sees (double-buffered),
+// P = exp2(scale2·QKᵀ − lse), dS = P ∘ (dO·Vᵀ − δ)·scale, dQ += dS·K.
+template <int DH, int DV>
+__global__ void __launch_bounds__(WARPS * 32) k_backward_dq(const bf16* q, const bf16* k, const bf16* v, const bf16* dout, const float* lse, const float* delta, float* dq, int64_t T, int64_t S, int H, int Hkv, float scale, float scale2, int64_t off, int64_t window) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  bf16* Qs = reinterpret_cast<bf16*>(smem);  // [ROWS queries][DH+PAD]
+  bf16* dOs = Qs + ROWS * (DH + PAD);        // [ROWS queries][DV+PAD]
+  bf16* Ks = dOs + ROWS * (DV + PAD);        // 2 × [ROWS keys][DH+PAD]
+  bf16* Vs = Ks + 2 * ROWS * (DH + PAD);     // 2 × [ROWS keys][DV+PAD]
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
+  const int64_t b = blockIdx.y / H;
+  const int h = blockIdx.y % H, kh = h / (H / Hkv);
+  const int64_t t0 = (int64_t)blockIdx.x * ROWS, w0 = t0 + warp * 16, r0 = w0 + g, r1 = r0 + 8;
+  const int64_t qld = (int64_t)H * DH, dld = (int64_t)H * DV, kld = (int64_t)Hkv * DH, vld = (int64_t)Hkv * DV;
+  const bf16* kb = k + b * S * kld + kh * DH;
+  const bf16* vb = v + b * S * vld + kh * DV;
+  const int64_t khi = min(S - 1, min(T - 1, t0 + ROWS - 1) + off);
+  const int64_t klo = window > 0 ? max((int64_t)0, t0 + off - window + 1) : 0;
+  const int64_t first = klo / ROWS * ROWS;
+  load_rows<DH, ROWS>(Qs, q + (b * T + t0) * qld + h * DH, qld, T - t0);
+  load_rows<DV, ROWS>(dOs, dout + (b * T + t0) * dld + h * DV, dld, T - t0);
+  if (first <= khi) {
+    load_rows<DH, ROWS>(Ks, kb + first * kld, kld, S - first);
+    load_rows<DV, ROWS>(Vs, vb + first * vld, vld, S - first);
+  }
+  cp_commit();
+  float L[2], D[2];
+  row_stats(lse, delta, (int64_t)blockIdx.y * T, r0, T, &L[0], &D[0]);
+  row_stats(lse, delta, (int64_t)blockIdx.y * T, r1, T, &L[1], &D[1]);
+  const bf16* qw = Qs + warp * 16 * (DH + PAD);
+  const bf16* dw = dOs + warp * 16 * (DV + PAD);
+  float acc[DH / 8][4] = {};
+  int buf = 0;
+  for (int64_t s0 = first; s0 <= khi; s0 += ROWS, buf ^= 1) {
+    if (s0 + ROWS <= khi) {
+      load_rows<DH, ROWS>(Ks + (buf ^ 1) * ROWS * (DH + PAD), kb + (s0 + ROWS) * kld, kld, S - s0 - ROWS);
+      load_rows<DV, ROWS>(Vs + (buf ^ 1) * ROWS * (DV + PAD), vb + (s0 + ROWS) * vld, vld, S - s0 - ROWS);
+    }
+    cp_commit();
+    cp_wait<1>();
+    __syncthreads();
+    const bf16* kt = Ks + buf * ROWS * (DH + PAD);
+    const bf16* vt = Vs + buf * ROWS * (DV + PAD);
+    if (!(s0 > w0 + 15 + off || (window > 0 && s0 + ROWS - 1 <= w0 + off - window))) {
+      float p[ROWS / 8][4] = {}, dp[ROWS / 8][4] = {};
+      mma_ss<DH, ROWS>(p, qw, DH + PAD, kt, DH + PAD, lane);
+      mma_ss<DV, ROWS>(dp, dw, DV + PAD, vt, DV + PAD, lane);
+#pragma unroll
+      for (int j = 0; j < ROWS / 8; j++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+          const int i = e >> 1;
+          const bool ok = visible(s0 + j * 8 + tq * 2 + (e & 1), (i ? r1 : r0) + off, S, window);
+          const float pr = ok ? exp2f(p[j][e] * scale2 - L[i]) : 0.f;
+          p[j][e] = pr * (dp[j][e] - D[i]) * scale;  // dS
+        }
+      mma_rs<ROWS, DH>(acc, p, kt, DH + PAD, lane);
+    }
+    __syncthreads();
+  }
+  cp_wait<0>();
+  const int64_t rows[2] = {r0, r1};
+#pragma unroll
+  for (int i = 0; i < 2; i++) {
+    if (rows[i] >= T) continue;
+    float* out = dq + ((b * T + rows[i]) * H + h) * DH + tq * 2;
+#pragma unroll
+    for (int j = 0; j < DH / 8; j++) *reinterpret_cast<float2*>(out + j * 8) = make_float2(acc[j][2 * i], acc[j][2 * i + 1]);
+  }
+}
+
+// dK and dV. grid (⌈S/ROWS⌉, B·Hkv): per key tile (each warp 16 keys), over the query heads of the
+// group and the query tiles that see it (QR rows at a time, double-buffered), in transposed form:
+// Pᵀ = exp2(scale2·K·Qᵀ − lse), dV += Pᵀ·dO, dSᵀ = Pᵀ ∘ (V·dOᵀ − δ)·scale, dK += dSᵀ·Q.
+template <int DH, int DV, int QR>
+__global__ void __launch_bounds__(WARPS * 32) k_backward_dkdv(const bf16* q, const bf16* k, const bf16* v, const bf16* dout, const float* lse, const float* delta, float* dk, float* dv, int64_t T, int64_t S, int H, int Hkv, float scale, float scale2, int64_t off, int64_t window) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  bf16* Ks = reinterpret_cast<bf16*>(smem);  // [ROWS keys][DH+PAD]
+  bf16* Vs = Ks + ROWS * (DH + PAD);         // [ROWS keys][DV+PAD]
+  bf16* Qs = Vs + ROWS * (DV + PAD);         // 2 × [QR queries][DH+PAD]
+  bf16* dOs = Qs + 2 * QR * (DH + PAD);      // 2 × [QR queries][DV+PAD]
+  float* Ls = reinterpret_cast<float*>(dOs + 2 * QR * (DV + PAD));  // 2 × [QR]
+  float* Ds = Ls + 2 * QR;                                          // 2 × [QR]
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
+  const int64_t b = blockIdx.y / Hkv;
+  const int kh = blockIdx.y % Hkv, group = H / Hkv;
+  const int64_t s0 = (int64_t)blockIdx.x * ROWS, w0 = s0 + warp * 16, c0 = w0 + g, c1 = c0 + 8;  // keys
+  const int64_t qld = (int64_t)H * DH, dld = (int64_t)H * DV, kld = (int64_t)Hkv * DH, vld = (int64_t)Hkv * DV;
+  // Queries that see some key of the tile: position t + off in [s0, s0 + ROWS − 1 + window).
+  const int64_t tlo = max((int64_t)0, s0 - off) / QR * QR;
+  const int64_t thi = window > 0 ? min(T - 1, s0 + ROWS - 1 + window - 1 - off) : T - 1;
+  const int64_t tiles = thi >= tlo ? (thi - tlo) / QR + 1 : 0, steps = tiles * group;  // (head, query tile) pairs
+  auto fetch = [&](int64_t step, int into) {
+    const int h = kh * group + (int)(step / tiles);
+    const int64_t t0 = tlo + (step % tiles) * QR;
+    load_rows<DH, QR>(Qs + into * QR * (DH + PAD), q + (b * T + t0) * qld + h * DH, qld, T - t0);
+    load_rows<DV, QR>(dOs + into * QR * (DV + PAD), dout + (b * T + t0) * dld + h * DV, dld, T - t0);
+    for (int i = threadIdx.x; i < QR; i += blockDim.x) row_stats(lse, delta, (b * H + h) * T, t0 + i, T, &Ls[into * QR + i], &Ds[into * QR + i]);
+  };
+  load_rows<DH, ROWS>(Ks, k + (b * S + s0) * kld + kh * DH, kld, S - s0);
+  load_rows<DV, ROWS>(Vs, v + (b * S + s0) * vld + kh * DV, vld, S - s0);
+  if (steps > 0) fetch(0, 0);
+  cp_commit();
+  const bf16* kw = Ks + warp * 16 * (DH + PAD);
+  const bf16* vw = Vs + warp * 16 * (DV + PAD);
+  float dka[DH / 8][4] = {}, dva[DV / 8][4] = {};
+  for (int64_t step = 0; step < steps; step++) {
+    const int buf = (int)(step & 1);
+    if (step + 1 < steps) fetch(step + 1, buf ^ 1);
+    cp_commit();
+    cp_wait<1>();
+    __syncthreads();
+    const int64_t t0 = tlo + (step % tiles) * QR;
+    if (!(w0 > t0 + QR - 1 + off || (window > 0 && w0 + 15 <= t0 + off - window))) {  // some query of the tile sees the warp's keys
+      const bf16* qt = Qs + buf * QR * (DH + PAD);
+      const bf16* dt = dOs + buf * QR * (DV + PAD);
+      const float* Lt = Ls + buf * QR;
+      const float* Dt = Ds + buf * QR;
+      float p[QR / 8][4] = {}, dp[QR / 8][4] = {};
+      mma_ss<DH, QR>(p, kw, DH + PAD, qt, DH + PAD, lane);
+      mma_ss<DV, QR>(dp, vw, DV + PAD, dt, DV + PAD, lane);
+#pragma unroll
+      for (int j = 0; j < QR / 8; j++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+          const int col = j * 8 + tq * 2 + (e & 1);
+          const bool ok = visible(e < 2 ? c0 : c1, t0 + col + off, S, window);
+          const float pr = ok ? exp2f(p[j][e] * scale2 - Lt[col]) : 0.f;
+          p[j][e] = pr;
+          dp[j][e] = pr * (dp[j][e] - Dt[col]) * scale;  // dSᵀ
+        }
+      mma_rs<QR, DV>(dva, p, dt, DV + PAD, lane);
+      mma_rs<QR, DH>(dka, dp, qt, DH + PAD, lane);
+    }
+    __syncthreads();
+  }
+  cp_wait<0>();
+  const int64_t keys[2] = {c0, c1};
+#pragma unroll
+  for (int i = 0; i < 2; i++) {
+    if (keys[i] >= S) continue;
+    float* ko = dk + ((b * S + keys[i]) * Hkv + kh) * DH + tq * 2;
+    float* vo = dv + ((b * S + keys[i]) * Hkv + kh) * DV + tq * 2;
+#pragma unroll
+    for (int j = 0; j < DH / 8; j++) *reinterpret_cast<float2*>(ko + j * 8) = make_float2(dka[j][2 * i], dka[j][2 * i + 1]);
+#pragma unroll
+    for (int j = 0; j < DV / 8; j++) *reinterpret_cast<float2*>(vo + j * 8) = make_float2(dva[j][2 * i], dva[j][2 * i + 1]);
+  }
+}
+
+constexpr size_t forward_smem(int DH, int DV) { return sizeof(bf16) * (3 * ROWS * (DH + PAD) + 2 * ROWS * (DV + PAD)); }
+constexpr size_t dq_smem(int DH, int DV) { return sizeof(bf16) * (3 * ROWS * (DH + PAD) + 3 * ROWS * (DV + PAD)); }
+constexpr size_t dkdv_smem(int DH, int DV, int QR) { return sizeof(bf16) * (ROWS * (DH + PAD) + ROWS * (DV + PAD) + 2 * QR * (DH + PAD) + 2 * QR * (DV + PAD)) + sizeof(float) * 4 * QR; }
+
+template <typename F>
+mla_status allow_smem(F* kernel, size_t bytes) {
+  if (bytes > 48 * 1024) CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+  return MLA_OK;
+}
+
+struct Problem {
+  int64_t B, T, S;
+  int H, Hkv;
+  float scale;
+  int64_t off, window;
+};
+
+template <int DH, int DV>
+mla_status forward(const bf16* q, const bf16* k, const bf16* v, float* o, const float* dout, float* lse, float* delta, const Problem& p) {
+  const size_t smem = forward_smem(DH, DV);
+  if (mla_status e = allow_smem(k_forward<DH, DV>, smem)) return e;
+  const dim3 grid((unsigned)((p.T + ROWS - 1) / ROWS), (unsigned)(p.B * p.H));
+  k_forward<DH, DV><<<grid, WARPS * 32, smem, ctx()->stream>>>(q, k, v, o, dout, lse, delta, p.T, p.S, p.H, p.Hkv, p.scale * LOG2E, p.off, p.window);
+  KERNEL_CHECK();
+  return MLA_OK;
+}
+
+template <int DH, int DV>
+mla_status backward(const bf16* q, const bf16* k, const bf16* v, const bf16* dout, const float* lse, const float* delta, float* dq, float* dk, float* dv, const Problem& p) {
+  constexpr int QR = DH + DV > 128 ? 32 : 64;  // wide heads: fewer score registers beside the dK/dV accumulators
+  const size_t s1 = dq_smem(DH, DV), s2 = dkdv_smem(DH, DV, QR);
+  if (mla_status e = allow_smem(k_backward_dq<DH, DV>, s1)) return e;
+  if (mla_status e = allow_smem(k_backward_dkdv<DH, DV, QR>, s2)) return e;
+  const float s2l = p.scale * LOG2E;
+  k_backward_dq<DH, DV><<<dim3((unsigned)((p.T + ROWS - 1) / ROWS), (unsigned)(p.B * p.H)), WARPS * 32, s1, ctx()->stream>>>(q, k, v, dout, lse, delta, dq, p.T, p.S, p.H, p.Hkv, p.scale, s2l, p.off, p.window);
+  KERNEL_CHECK();
+  k_backward_dkdv<DH, DV, QR><<<dim3((unsigned)((p.S + ROWS - 1) / ROWS), (unsigned)(p.B * p.Hkv)), WARPS * 32, s2, ctx()->stream>>>(q, k, v, dout, lse, delta, dk, dv, p.T, p.S, p.H, p.Hkv, p.scale, s2l, p.off, p.window);
+  KERNEL_CHECK();
+  return MLA_OK;
+}
+
+// The head-dim pairs (Dh, Dv) compiled: Llama-family 64 and 128, DeepSeek's 192/128.
+#define MMA_DIMS(X) X(64, 64) X(128, 128) X(192, 128)
+}  // namespace
+
+namespace mla {
+bool attention_mma_dims(int64_t Dh, int64_t Dv) {
+#define MMA_MATCH(a, b) if (Dh == a && Dv == b) return true;
+  MMA_DIMS(MMA_MATCH)
+#undef MMA_MATCH
+  return false;
+}
+
+mla_status attention_mma(const void* q, const void* k, const void* v, float* o, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window) {
+  const Problem p{B, T, S, (int)H, (int)Hkv, scale, off, window};
+  auto* Q = (const bf16*)q;
+  auto* K = (const bf16*)k;
+  auto* V = (const bf16*)v;
+#define MMA_FORWARD(a, b) \
+  if (Dh == a && Dv == b) return forward<a, b>(Q, K, V, o, nullptr, nullptr, nullptr, p);
+  MMA_DIMS(MMA_FORWARD)
+#undef MMA_FORWARD
+  return MLA_FAIL(MLA_ERR_INTERNAL, "attention_mma: unsupported head dims " + std::to_string(Dh) + "/" + std::to_string(Dv));
+}
+
+mla_status attention_mma_backward(const void* q, const void* k, const void* v, const void* dout_bf16, const float* dout, float* lse, float* delta, float* dq, float* dk, float* dv, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window) {
+  const Problem p{B, T, S, (int)H, (int)Hkv, scale, off, window};
+  auto* Q = (const bf16*)q;
+  auto* K = (const bf16*)k;
+  auto* V = (const bf16*)v;
+  auto* dO = (const bf16*)dout_bf16;
+#define MMA_BACKWARD(a, b)                                                                     \
+  if (Dh == a && Dv == b) {                                                                    \
+    if (mla_status e = forward<a, b>(Q, K, V, nullptr, dout, lse, delta, p)) return e;         \
+    return backward<a, b>(Q, K, V, dO, lse, delta, dq, dk, dv, p);                             \
+  }
+  MMA_DIMS(MMA_BACKWARD)
+#undef MMA_BACKWARD
+  return MLA_FAIL(MLA_ERR_INTERNAL, "attention_mma_backward: unsupported head dims " + std::to_string(Dh) + "/" + std::to_string(Dv));
+}
+}  // namespace mla
