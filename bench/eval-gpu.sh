@@ -1,17 +1,25 @@
 #!/usr/bin/env bash
-# GPU evaluation throughput: `mha2mla eval` on a llama2-7b-shaped synth model with LAYERS layers at
-# context CTX, for each T > 1 attention route (MHA2MLA_CUDA_ATTENTION), beside bench/eval_torch.py
-# (HF Llama, bf16, SDPA) in the same run. Usage: bash bench/eval-gpu.sh [WORKDIR] [LAYERS] [CTX] [WINDOWS] [TEXT]
+# GPU evaluation (prefill) throughput: `mha2mla eval` of a bf16 synth model of ARCH (LAYERS layers, all
+# when empty) and of its MLA conversion (R 4 uniform, rank RANK) at context CTX, on the default route
+# (windows batched, bf16 attention on the fused tensor-core kernels for a bf16 checkpoint) and with
+# MHA2MLA_CUDA_ATTENTION=gemm, beside bench/eval_torch.py (HF Llama, bf16, SDPA; batch 1 and batch 8)
+# in the same run. Usage: bash bench/eval-gpu.sh [WORKDIR] [ARCH] [LAYERS] [CTX] [WINDOWS] [TEXT] [RANK]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-W=${1:-/tmp/mha2mla-eval}; LAYERS=${2:-8}; CTX=${3:-4096}; WINDOWS=${4:-4}; TEXT=${5:-../shared/data/text/tinystories_val.txt}
+W=${1:-/tmp/mha2mla-eval}; ARCH=${2:-smollm-135m}; LAYERS=${3:-}; CTX=${4:-2048}; WINDOWS=${5:-32}
+TEXT=${6:-../shared/data/text/tinystories_val.txt}; RANK=${7:-32}
 CLI="node dist/src/cli/main.js"
-M="$W/llama2-7b-L$LAYERS"
-[ -f "$M/config.json" ] || $CLI synth --arch llama2-7b --layers "$LAYERS" --dtype bf16 --out "$M" --force > /dev/null 2>&1
+M="$W/$ARCH${LAYERS:+-L$LAYERS}"
+mkdir -p "$W"
+[ -f "$M/config.json" ] || $CLI synth --arch "$ARCH" ${LAYERS:+--layers "$LAYERS"} --dtype bf16 --out "$M" --force > /dev/null 2>&1
 cp fixtures/models/stories260K/tokenizer.json fixtures/models/stories260K/tokenizer_config.json "$M/"
-echo "$(date -u +%F), $(nvidia-smi --query-gpu=name --format=csv,noheader), llama2-7b shape, $LAYERS layers, ctx $CTX, $WINDOWS windows"
-for route in gemm flash; do
-  MHA2MLA_CUDA_ATTENTION=$route $CLI eval "$M" --device cuda --text "$TEXT" --ctx "$CTX" --tokens $((CTX * WINDOWS)) --json "$W/eval-$route.json" > /dev/null 2> "$W/eval-$route.err"
-  node -e "const j=require('$W/eval-$route.json'); const r=Array.isArray(j)?j[0]:j; console.log(JSON.stringify({tool:'mha2mla', attention:'$route', ctx:$CTX, tokens:r.tokens, seconds:r.seconds, tokens_per_s:+r.tokens_per_second.toFixed(1), nll:r.nll}))"
+[ -f "$M-mla/config.json" ] || $CLI convert "$M" --device cuda --rank "$RANK" --rope-pairs 4 --rope-strategy uniform --out "$M-mla" --force > /dev/null 2>&1
+echo "$(date -u +%F), $(nvidia-smi --query-gpu=name --format=csv,noheader), $ARCH${LAYERS:+ ($LAYERS layers)}, ctx $CTX, $WINDOWS windows"
+for model in "$M" "$M-mla"; do
+  for route in default gemm; do
+    name=$(basename "$model")-$route
+    env $([ $route = gemm ] && echo MHA2MLA_CUDA_ATTENTION=gemm) $CLI eval "$model" --device cuda --text "$TEXT" --ctx "$CTX" --tokens $(((CTX - 1) * WINDOWS)) --json "$W/eval-$name.json" > /dev/null 2> "$W/eval-$name.err" || { tail -3 "$W/eval-$name.err"; continue; }
+    node -e "const j=require('$W/eval-$name.json'); const r=Array.isArray(j)?j[0]:j; console.log(JSON.stringify({tool:'mha2mla', model:'$(basename "$model")', attention:'$route', ctx:$CTX, tokens:r.tokens, seconds:r.seconds, tokens_per_s:+r.tokens_per_second.toFixed(1), nll:r.nll}))"
+  done
 done
-python3 bench/eval_torch.py "$M" "$CTX" "$WINDOWS"
+for b in 1 8; do python3 bench/eval_torch.py "$M" "$CTX" "$WINDOWS" "$b"; done

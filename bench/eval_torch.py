@@ -1,6 +1,7 @@
 """PyTorch baseline for the GPU eval throughput in docs/benchmarks.md: HF LlamaForCausalLM from a synth
 folder (bf16 weights, SDPA attention), forward over WINDOWS windows of CTX tokens with a cross-entropy
-loss, as `mha2mla eval --ctx CTX` does. Prints one JSON line. Usage: python3 bench/eval_torch.py DIR CTX WINDOWS"""
+loss, as `mha2mla eval --ctx CTX` does, BATCH windows per forward (default 1). Prints one JSON line.
+Usage: python3 bench/eval_torch.py DIR CTX WINDOWS [BATCH]"""
 import json, sys, time
 import torch
 from transformers import AutoConfig, LlamaForCausalLM
@@ -8,6 +9,7 @@ from safetensors.torch import load_file
 import glob, os
 
 d, ctx, windows = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+batch = int(sys.argv[4]) if len(sys.argv) > 4 else 1
 cfg = AutoConfig.from_pretrained(d)
 with torch.device("cuda"):
     model = LlamaForCausalLM(cfg).to(torch.bfloat16)
@@ -22,8 +24,8 @@ with torch.no_grad():
     model(ids[:1], labels=ids[:1])
     torch.cuda.synchronize()
     t0 = time.perf_counter()
-    for w in range(windows):
-        model(ids[w : w + 1], labels=ids[w : w + 1])
+    for w in range(0, windows, batch):
+        model(ids[w : w + batch], labels=ids[w : w + batch])
     torch.cuda.synchronize()
 sec = time.perf_counter() - t0
-print(json.dumps({"tool": "pytorch", "torch": torch.__version__, "dtype": "bfloat16", "attn": model.config._attn_implementation, "ctx": ctx, "tokens": windows * ctx, "seconds": round(sec, 2), "tokens_per_s": round(windows * ctx / sec, 1)}))
+print(json.dumps({"tool": "pytorch", "torch": torch.__version__, "dtype": "bfloat16", "attn": model.config._attn_implementation, "ctx": ctx, "batch": batch, "tokens": windows * ctx, "seconds": round(sec, 2), "tokens_per_s": round(windows * ctx / sec, 1)}))

@@ -35,7 +35,23 @@ export function tokenizeForEval(tokenizer: TextTokenizer, text: string, maxToken
   return Int32Array.from(maxTokens === undefined ? tokenizer.encode(text, { addSpecialTokens: false }) : encodePrefix(tokenizer, text, maxTokens));
 }
 
-export async function perplexity(model: LlamaModel, ids: Int32Array, opts: { ctx: number; progress?: ProgressSink | null }): Promise<PerplexityResult> {
+export interface PerplexityOptions {
+  ctx: number;
+  progress?: ProgressSink | null;
+  /**
+   * Windows scored per forward (full-length windows stacked as one micro-batch). Default: on a
+   * backend with batched attention (CUDA) as many as keep the float32 logits within 2 GiB, at most
+   * 16; elsewhere 1.
+   */
+  batch?: number;
+  /**
+   * Attention GEMM inputs in bf16 (float32 accumulation). Default: when the model's linear weights
+   * are held in bf16 (a bf16 checkpoint on CUDA), as HF transformers runs such a model.
+   */
+  bf16?: boolean;
+}
+
+export async function perplexity(model: LlamaModel, ids: Int32Array, opts: PerplexityOptions): Promise<PerplexityResult> {
   const { ctx } = opts;
   const bos = model.config.bosTokenId;
   if (bos === null) throw new MlaError("BAD_CONFIG", "the model's config has no bos_token_id", "the perplexity protocol starts every window with BOS; set bos_token_id in config.json");
@@ -43,20 +59,29 @@ export async function perplexity(model: LlamaModel, ids: Int32Array, opts: { ctx
   if (ids.length === 0) throw new MlaError("BAD_TEXT", "the text has no tokens", "pass a non-empty text");
   const stride = ctx - 1;
   const windows = Math.ceil(ids.length / stride);
+  const batch = opts.batch ?? (model.backend.batchedAttention ? Math.max(1, Math.min(16, Math.floor(2 ** 29 / (stride * model.config.vocabSize)))) : 1);
+  if (!Number.isInteger(batch) || batch < 1) throw new MlaError("BAD_ARGUMENT", `perplexity batch ${batch}`, "score at least one window per forward");
+  const bf16 = opts.bf16 ?? model.weights.layers[0]?.gate.dtype === "bf16";
   const progress = new Progress("eval", ids.length, "tok", opts.progress === undefined ? process.stderr : opts.progress);
   const t0 = performance.now();
   let sum = 0;
-  for (let w = 0; w < windows; w++) {
-    const chunk = ids.subarray(w * stride, Math.min(ids.length, (w + 1) * stride));
-    const input = new Int32Array(chunk.length + 1);
-    input[0] = bos;
-    input.set(chunk, 1);
-    // Logits at position j predict input[j+1] = chunk[j]; the last position predicts nothing kept.
-    const logits = model.forward(input.subarray(0, chunk.length));
-    const nll = model.backend.crossEntropy(logits, chunk);
+  for (let w = 0; w < windows; ) {
+    // Window w scores chunk w = ids[w·stride, (w+1)·stride) from [BOS] + the chunk without its last
+    // token (logits at position j predict chunk[j]); only full-length windows share a forward.
+    const n = Math.min(batch, Math.floor((ids.length - w * stride) / stride)) || 1;
+    const targets = ids.subarray(w * stride, Math.min(ids.length, (w + n) * stride));
+    const len = n === 1 ? targets.length : stride;
+    const input = new Int32Array(n * len);
+    for (let i = 0; i < n; i++) {
+      input[i * len] = bos;
+      input.set(targets.subarray(i * len, (i + 1) * len - 1), i * len + 1);
+    }
+    const logits = model.forward(input, undefined, { sequences: n, bf16 });
+    const nll = model.backend.crossEntropy(logits, targets);
     for (const x of nll) sum += x;
     logits.dispose();
-    progress.tick(chunk.length);
+    progress.tick(targets.length);
+    w += n;
     // Yield so that SIGINT/SIGTERM handlers can run during long evaluations.
     await new Promise((r) => setImmediate(r));
   }
