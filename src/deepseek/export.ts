@@ -26,6 +26,7 @@ import { Progress, ProgressSink } from "../util/progress.js";
 import { checkOutDir, defaultOut, SettingsInput } from "../convert/plan.js";
 import { evaluate } from "../eval/evaluate.js";
 import { deepseekLayer, FrequencyPca, frequencyPca, ladder, ladderScores, validSpacings } from "./layer.js";
+import { servingWarnings } from "./serving.js";
 
 export interface DeepseekOptions {
   /** Latent dims per KV head of the equivalent mha2mla conversion: sets the KV budget with ropePairs. */
@@ -116,6 +117,7 @@ export async function convertDeepseek(spec: string, o: DeepseekOptions): Promise
   const svdInit = o.svdInit ?? "weights";
   if (svdInit === "activations" && !o.calib) throw new MlaError("BAD_ARGUMENT", "--svd-init activations needs calibration text", "pass --calib FILE");
   const kvPerToken = { before: 2 * G * Dh, after: rk + dr, changePercent: (100 * (rk + dr - 2 * G * Dh)) / (2 * G * Dh) };
+  for (const w of servingWarnings(rk, dr, H)) log.warn(w);
   if (o.dryRun) return { out: null, ropeDim: dr, kvLoraRank: rk, ropeTheta: c.rope.theta, spacing: 0, kvPerToken, energy: [], eval: null };
   const out = path.resolve(o.out ?? defaultOut(spec, o.rank, "deepseek"));
   checkOutDir(out, srcDir, o.force ?? false);

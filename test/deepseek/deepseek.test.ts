@@ -16,6 +16,7 @@ import { SafetensorsFile, writeSafetensorsSync } from "../../src/io/safetensors.
 import { Checkpoint } from "../../src/io/checkpoint.js";
 import { MlaError } from "../../src/errors.js";
 import { pipeline } from "../../src/pipeline.js";
+import { servingWarnings } from "../../src/deepseek/serving.js";
 import { finiteDifference, FIXTURES, GOLDEN, MODELS, tmpDir } from "../helpers.js";
 
 const TEXT = path.join(FIXTURES, "text", "tinystories_25k.txt");
@@ -124,6 +125,7 @@ test("the CLI: --dry-run writes nothing; --eval-text writes report.json and repo
   const r1 = spawnSync(process.execPath, [MAIN, "convert", "stories260K", "--format", "deepseek", "--rank", "2", "--rope-pairs", "1", "--dry-run", "--out", dry], { encoding: "utf8" });
   assert.equal(r1.status, 0, r1.stderr);
   assert.match(r1.stdout, /dry run \(deepseek_v3\): KV cache per token and layer 64 → 16 elements/);
+  assert.match(r1.stderr, /warning: kv_lora_rank \d+ with qk_rope_head_dim \d+: FlashMLA, CUTLASS MLA and FlashInfer's MLA decode take only 512 with 64; vLLM refuses it/, "sizes the serving stacks reject are named before the run");
   assert.equal(fs.existsSync(dry), false);
   const out = path.join(tmpDir(), "rep");
   const r2 = spawnSync(process.execPath, [MAIN, "convert", "stories260K", "--format", "deepseek", "--rank", "2", "--rope-pairs", "1", "--eval-text", TEXT, "--eval-tokens", "1000", "--out", out], { encoding: "utf8" });
@@ -150,4 +152,11 @@ test("pipeline --format deepseek: convert, fine-tune and report with the deepsee
   assert.equal(r.evals[1]!.attention, "deepseek-mla");
   assert.ok(r.evals[2]!.nll! < r.evals[1]!.nll!, "fine-tuning the deepseek_v3 model lowers its NLL");
   assert.match(fs.readFileSync(r.report!.md, "utf8"), /DeepSeek-V3 MLA: kv_lora_rank 8, shared rope key 8 dims/);
+});
+
+test("serving-stack sizes: 512 + 64 (FlashMLA, CUTLASS MLA, FlashInfer) passes; 256 + 64 is vLLM Triton only; other sizes are refused by vLLM; > 128 heads by CUTLASS MLA", () => {
+  assert.deepEqual(servingWarnings(512, 64, 32), []);
+  assert.match(servingWarnings(256, 64, 32).join(), /vLLM \(recent versions only\) takes it on its Triton MLA backend/);
+  assert.match(servingWarnings(96, 48, 6).join(), /Head dimension 144 is not supported by MLA/);
+  assert.match(servingWarnings(512, 64, 256).join(), /at most 128/);
 });

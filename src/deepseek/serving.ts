@@ -1,0 +1,28 @@
+/**
+ * What the MLA serving stacks accept of a deepseek_v3 attention, so that `convert --format deepseek`
+ * can say before the run when a chosen size will not be served by them (docs/formats.md, "Serving
+ * stacks", has the sources). Our kv_lora_rank counts the constant channel that keeps
+ * kv_a_layernorm an identity, so 512 means 511 learned latent dims.
+ */
+
+/** The size every fused MLA decode kernel is built for (FlashMLA, CUTLASS MLA, FlashInfer trtllm-gen). */
+export const FUSED_MLA = { kvLoraRank: 512, ropeDim: 64 } as const;
+/** kv_lora_rank + qk_rope_head_dim that vLLM's MLA head-size gate lets through (320 only in recent versions). */
+const VLLM_HEAD_SIZES = [576, 320];
+
+/** Warnings for a deepseek_v3 export with kv_lora_rank `rk`, qk_rope_head_dim `dr` and `heads` query heads; empty when stock stacks take it. */
+export function servingWarnings(rk: number, dr: number, heads: number): string[] {
+  const out: string[] = [];
+  const size = rk + dr;
+  if (rk !== FUSED_MLA.kvLoraRank || dr !== FUSED_MLA.ropeDim) {
+    const vllm = VLLM_HEAD_SIZES.includes(size)
+      ? `vLLM ${size === 320 ? "(recent versions only) " : ""}takes it on its Triton MLA backend`
+      : `vLLM refuses it ("Head dimension ${size} is not supported by MLA": its MLA backends take kv_lora_rank + qk_rope_head_dim = 576, recent versions also 320)`;
+    out.push(
+      `kv_lora_rank ${rk} with qk_rope_head_dim ${dr}: FlashMLA, CUTLASS MLA and FlashInfer's MLA decode take only ${FUSED_MLA.kvLoraRank} with ${FUSED_MLA.ropeDim}; ${vllm}. ` +
+        `Stock transformers loads any size. For the fused kernels convert with --kv-lora-rank ${FUSED_MLA.kvLoraRank} --rope-dim ${FUSED_MLA.ropeDim} (a model with head_dim ≥ 64 and 2·KV heads·head_dim ≥ 511)`,
+    );
+  }
+  if (heads > 128) out.push(`${heads} query heads: vLLM's CUTLASS MLA backend takes at most 128`);
+  return out;
+}
