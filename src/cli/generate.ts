@@ -4,6 +4,7 @@ import { loadModel } from "../model/llama.js";
 import { generate } from "../model/generate.js";
 import { selectBackend, type DeviceName } from "../backends/select.js";
 import { stderrLogger } from "../util/log.js";
+import { KV_CACHE_DTYPES, KvCacheDtype } from "../model/kvQuant.js";
 
 interface Args {
   model: string;
@@ -12,6 +13,7 @@ interface Args {
   temperature: number;
   seed: number;
   device: DeviceName;
+  "kv-cache": KvCacheDtype;
 }
 
 export const generateCommand: CommandModule<object, Args> = {
@@ -24,11 +26,12 @@ export const generateCommand: CommandModule<object, Args> = {
       .option("max-tokens", { type: "number", default: 64 })
       .option("temperature", { type: "number", default: 0 })
       .option("seed", { type: "number", default: 0 })
-      .option("device", DEVICE_OPTION),
+      .option("device", DEVICE_OPTION)
+      .option("kv-cache", { choices: KV_CACHE_DTYPES, default: "f32" as KvCacheDtype, describe: "how the decode cache stores keys/values (MLA: rope keys and latents): int8/int4 groups of 32 with a bf16 scale each" }),
   handler: (a) => {
     const lm = loadModel(a.model, { backend: selectBackend(a.device, stderrLogger) });
     const prompt = lm.tokenizer.encode(a.prompt, { addSpecialTokens: true });
-    const r = generate(lm.model, prompt, { maxTokens: a["max-tokens"], temperature: a.temperature, seed: a.seed });
+    const r = generate(lm.model, prompt, { maxTokens: a["max-tokens"], temperature: a.temperature, seed: a.seed, kvCache: a["kv-cache"] });
     process.stdout.write(lm.tokenizer.decode([...prompt, ...r.ids].filter((t) => t !== lm.config.bosTokenId)) + "\n");
   },
 };

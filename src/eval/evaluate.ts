@@ -16,6 +16,8 @@ import { defaultDataDir, runTask, TaskName } from "./tasks/index.js";
 import type { ProgressSink } from "../util/progress.js";
 import type { Logger } from "../util/log.js";
 import { silentLogger } from "../util/log.js";
+import type { KvCacheDtype } from "../model/kvQuant.js";
+import { kvBytesPerToken } from "../model/config.js";
 
 export interface EvalOptions {
   text?: string;
@@ -31,6 +33,8 @@ export interface EvalOptions {
   logger?: Logger;
   /** A name for reports (default: the model argument). */
   label?: string;
+  /** Score perplexity as a decode cache of this type would serve the keys/values (MLA: rope keys and latents). */
+  kvCache?: KvCacheDtype;
 }
 
 export interface TaskScore {
@@ -53,6 +57,8 @@ export interface EvalResult {
   params: number;
   kv_elems_per_token: number;
   kv_bytes_per_token: number;
+  /** The cache type perplexity was scored with (--kv-cache) and its bytes per token, all layers, scales included. */
+  kv_cache?: { dtype: KvCacheDtype; bytes_per_token: number };
   backend: string;
   seconds: number;
   text?: string;
@@ -91,13 +97,14 @@ export async function evaluate(spec: string, opts: EvalOptions): Promise<EvalRes
     params: info.params,
     kv_elems_per_token: info.kv_elems_per_token,
     kv_bytes_per_token: info.kv_bytes_per_token,
+    ...(opts.kvCache ? { kv_cache: { dtype: opts.kvCache, bytes_per_token: kvBytesPerToken(lm.config, opts.kvCache) } } : {}),
     backend: backend.name,
     seconds: 0,
   };
   if (text !== null) {
     const ids = tokenizeForEval(lm.tokenizer, text, opts.tokens);
     if (opts.tokens !== undefined && ids.length < opts.tokens) log.warn(`${opts.text} holds only ${ids.length} tokens, fewer than --tokens ${opts.tokens}: scoring all of them`);
-    const r = await perplexity(lm.model, ids, { ctx: opts.ctx ?? 256, progress: opts.progress });
+    const r = await perplexity(lm.model, ids, { ctx: opts.ctx ?? 256, progress: opts.progress, kvCache: opts.kvCache });
     Object.assign(result, { text: path.resolve(opts.text!), ctx: r.ctx, tokens: r.tokens, windows: r.windows, nll: r.nll, ppl: r.ppl, tokens_per_second: r.tokens / r.seconds });
   }
   if (opts.tasks?.length) {

@@ -4,7 +4,8 @@ import { readHfConfig } from "../io/hfConfig.js";
 import { resolveModel } from "../io/modelDir.js";
 import { DTYPE_BYTES } from "../io/dtype.js";
 import { numel } from "../io/safetensors.js";
-import { kvElemsPerToken, ModelConfig } from "../model/config.js";
+import { kvBytesPerToken, kvElemsPerToken, ModelConfig } from "../model/config.js";
+import { KV_CACHE_DTYPES, KvCacheDtype } from "../model/kvQuant.js";
 
 export interface InspectResult {
   model: string;
@@ -26,6 +27,8 @@ export interface InspectResult {
   weight_bytes: number;
   kv_elems_per_token: number;
   kv_bytes_per_token: number;
+  /** A decode cache's bytes per token (all layers) for each cache type, quantization scales included. */
+  kv_cache_bytes_per_token: Record<KvCacheDtype, number>;
   rope: ModelConfig["rope"];
   sliding_window: number | null;
   mla?: { rope_pairs: number; rank: number; latent_dim: number; svd: string };
@@ -66,6 +69,7 @@ export function inspectModel(spec: string): InspectResult {
       weight_bytes: bytes,
       kv_elems_per_token: kv,
       kv_bytes_per_token: kv * DTYPE_BYTES[kDtype],
+      kv_cache_bytes_per_token: Object.fromEntries(KV_CACHE_DTYPES.map((d) => [d, kvBytesPerToken(c, d)])) as Record<KvCacheDtype, number>,
       rope: c.rope,
       sliding_window: c.slidingWindow,
     };

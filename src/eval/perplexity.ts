@@ -5,6 +5,7 @@
  */
 import { MlaError, ioError } from "../errors.js";
 import type { LlamaModel } from "../model/llama.js";
+import type { KvCacheDtype } from "../model/kvQuant.js";
 import { encodePrefix, TextTokenizer } from "../io/tokenizer.js";
 import { readTextFile } from "../io/text.js";
 import { Progress, ProgressSink } from "../util/progress.js";
@@ -49,6 +50,8 @@ export interface PerplexityOptions {
    * are held in bf16 (a bf16 checkpoint on CUDA), as HF transformers runs such a model.
    */
   bf16?: boolean;
+  /** Attend to keys/values as a decode cache of this type returns them (kvQuant.ts). Default f32. */
+  kvCache?: KvCacheDtype;
 }
 
 export async function perplexity(model: LlamaModel, ids: Int32Array, opts: PerplexityOptions): Promise<PerplexityResult> {
@@ -76,7 +79,7 @@ export async function perplexity(model: LlamaModel, ids: Int32Array, opts: Perpl
       input[i * len] = bos;
       input.set(targets.subarray(i * len, (i + 1) * len - 1), i * len + 1);
     }
-    const logits = model.forward(input, undefined, { sequences: n, bf16 });
+    const logits = model.forward(input, undefined, { sequences: n, bf16, kvCache: opts.kvCache });
     const nll = model.backend.crossEntropy(logits, targets);
     for (const x of nll) sum += x;
     logits.dispose();

@@ -1,4 +1,5 @@
 /** The normalized model description every other module reads (HF keys are read only in io/hfConfig.ts). */
+import { KvCacheDtype, kvRowBytes } from "./kvQuant.js";
 
 export type RopeScaling =
   | { type: "linear"; factor: number }
@@ -110,6 +111,19 @@ export function kvElemsPerToken(c: ModelConfig): number {
   if (a.kind === "mla") return (c.kvHeads * 2 * a.ropePairs + a.latentDim) * c.layers;
   if (a.kind === "deepseek") return (a.kvLoraRank + a.ropeDim) * c.layers;
   return 2 * c.kvHeads * c.headDim * c.layers;
+}
+
+/** The two rows one token caches per layer (MHA: keys, values; MLA: rope keys, latent; deepseek: rope key, latent), in elements. */
+export function kvRowsPerToken(c: ModelConfig): [number, number] {
+  const a = c.attention;
+  if (a.kind === "mla") return [c.kvHeads * 2 * a.ropePairs, a.latentDim];
+  if (a.kind === "deepseek") return [a.ropeDim, a.kvLoraRank];
+  return [c.kvHeads * c.headDim, c.kvHeads * c.headDim];
+}
+
+/** Bytes per token, all layers, of a decode cache storing `dtype` (quantization scales included). */
+export function kvBytesPerToken(c: ModelConfig, dtype: KvCacheDtype): number {
+  return kvRowsPerToken(c).reduce((n, r) => n + kvRowBytes(r, dtype), 0) * c.layers;
 }
 
 /** The dims of one head that keep RoPE, as [x-part…, y-part…] = [sel…, sel+Dh/2…], then the position-free rest ascending. */

@@ -2,6 +2,7 @@
 import { MlaError } from "../errors.js";
 import type { LlamaModel } from "./llama.js";
 import type { FloatArray } from "../tensor/tensor.js";
+import type { KvCacheDtype } from "./kvQuant.js";
 
 export interface GenerateOptions {
   maxTokens: number;
@@ -10,11 +11,15 @@ export interface GenerateOptions {
   seed?: number;
   /** Stop at the model's EOS token (default true). */
   stopAtEos?: boolean;
+  /** How the decode cache stores keys/values or latents (default f32). */
+  kvCache?: KvCacheDtype;
 }
 
 export interface GenerateResult {
   ids: number[];
   cacheElements: number;
+  /** Bytes the cache takes as its dtype (scales included). */
+  cacheBytes: number;
 }
 
 /** Mulberry32: a small seeded generator so sampled output is reproducible. */
@@ -46,7 +51,7 @@ function pick(logits: FloatArray, temperature: number, rand: () => number): numb
 export function generate(model: LlamaModel, prompt: readonly number[], opts: GenerateOptions): GenerateResult {
   if (prompt.length === 0) throw new MlaError("BAD_ARGUMENT", "the prompt has no tokens", "pass a non-empty --prompt");
   const c = model.config;
-  const cache = model.newCache();
+  const cache = model.newCache(opts.kvCache);
   const rand = rng(opts.seed ?? 0);
   const V = c.vocabSize;
   let logits = model.forward(Int32Array.from(prompt), cache).toArray();
@@ -60,5 +65,5 @@ export function generate(model: LlamaModel, prompt: readonly number[], opts: Gen
     logits = model.forward(Int32Array.of(next), cache).toArray();
     last = logits;
   }
-  return { ids: out, cacheElements: cache.elements };
+  return { ids: out, cacheElements: cache.elements, cacheBytes: cache.bytes };
 }

@@ -5,6 +5,7 @@
  */
 import type { Backend } from "../tensor/backend.js";
 import type { FloatArray, Tensor } from "../tensor/tensor.js";
+import { KvCacheDtype, kvRowBytes, roundTrip } from "./kvQuant.js";
 
 /** Growable [S, rowSize] float rows. */
 class RowBuffer {
@@ -60,6 +61,10 @@ export interface DecodeCache {
   readonly length: number;
   /** Floats held, summed over layers. */
   readonly elements: number;
+  /** Bytes those would take stored as the cache's dtype (scales included), summed over layers. */
+  readonly bytes: number;
+  /** How rows are stored (kvQuant.ts); rows come back as that storage gives them. */
+  readonly dtype: KvCacheDtype;
   /** Called once per forward after every layer appended. */
   advance(tokens: number): void;
   /** An independent copy (a shared prompt decoded into several continuations, or a benchmark's batch). */
@@ -72,7 +77,7 @@ abstract class TwoPartCache implements DecodeCache {
   private b: RowStore[];
   private len = 0;
 
-  constructor(protected readonly backend: Backend, layers: number, protected readonly shapeA: number[], protected readonly shapeB: number[]) {
+  constructor(protected readonly backend: Backend, layers: number, protected readonly shapeA: number[], protected readonly shapeB: number[], readonly dtype: KvCacheDtype = "f32") {
     const size = (s: number[]) => s.reduce((x, y) => x * y, 1);
     this.a = Array.from({ length: layers }, () => rowStore(backend, size(shapeA)));
     this.b = Array.from({ length: layers }, () => rowStore(backend, size(shapeB)));
@@ -91,6 +96,10 @@ abstract class TwoPartCache implements DecodeCache {
     return this.a.reduce((n, x, i) => n + x.rows * this.rowA + this.b[i]!.rows * this.rowB, 0);
   }
 
+  get bytes(): number {
+    return this.a.reduce((n, x, i) => n + x.rows * kvRowBytes(this.rowA, this.dtype) + this.b[i]!.rows * kvRowBytes(this.rowB, this.dtype), 0);
+  }
+
   advance(tokens: number): void {
     this.len += tokens;
   }
@@ -104,8 +113,11 @@ abstract class TwoPartCache implements DecodeCache {
   }
 
   protected appendBoth(layer: number, a: Tensor, b: Tensor): [Tensor, Tensor] {
-    this.a[layer]!.append(a);
-    this.b[layer]!.append(b);
+    for (const [store, t] of [[this.a[layer]!, a], [this.b[layer]!, b]] as const) {
+      const stored = roundTrip(this.backend, t, this.dtype);
+      store.append(stored);
+      if (stored !== t) stored.dispose();
+    }
     return this.both(layer);
   }
 
@@ -117,8 +129,8 @@ abstract class TwoPartCache implements DecodeCache {
 
 /** MHA/GQA cache: keys [S, Hkv, Dh] (after RoPE) and values [S, Hkv, Dh]. */
 export class KvCache extends TwoPartCache {
-  constructor(backend: Backend, layers: number, kvHeads: number, headDim: number) {
-    super(backend, layers, [kvHeads, headDim], [kvHeads, headDim]);
+  constructor(backend: Backend, layers: number, kvHeads: number, headDim: number, dtype: KvCacheDtype = "f32") {
+    super(backend, layers, [kvHeads, headDim], [kvHeads, headDim], dtype);
   }
 
   /** Appends k, v [T, Hkv, Dh] to `layer`; returns all cached keys and values [S, Hkv, Dh]. */
@@ -129,8 +141,8 @@ export class KvCache extends TwoPartCache {
 
 /** MLA cache: rope keys [S, Hkv, 2R] (after RoPE) and latents [S, L]. */
 export class LatentCache extends TwoPartCache {
-  constructor(backend: Backend, layers: number, kvHeads: number, ropeDims: number, latentDim: number) {
-    super(backend, layers, [kvHeads, ropeDims], [latentDim]);
+  constructor(backend: Backend, layers: number, kvHeads: number, ropeDims: number, latentDim: number, dtype: KvCacheDtype = "f32") {
+    super(backend, layers, [kvHeads, ropeDims], [latentDim], dtype);
   }
 
   /** Appends kr [T, Hkv, 2R] and c [T, L] to `layer`; returns everything cached. */

@@ -20,6 +20,7 @@ import { MlaBlock } from "./attention/mla.js";
 import { deepseekAttention, deepseekDecodeBatch } from "./attention/deepseek.js";
 import { Node, Ops, Tape } from "../tensor/autograd.js";
 import { ParamNodes, paramNodes } from "./params.js";
+import type { KvCacheDtype } from "./kvQuant.js";
 
 export interface ForwardOptions {
   /** Called with each layer's attention input [T, D] (after input_layernorm), for calibration. */
@@ -33,6 +34,12 @@ export interface ForwardOptions {
   sequences?: number;
   /** Mixed precision: attention GEMMs may take bf16 inputs (f32 accumulation) on backends that can. */
   bf16?: boolean;
+  /**
+   * Without a cache (evaluation): attend to the keys and values (MLA: rope keys and latents) as a
+   * decode cache of this type would return them, so perplexity shows the cache's quantization.
+   * Inference only. With a cache, the cache's own dtype rules.
+   */
+  kvCache?: KvCacheDtype;
   /**
    * Training only: keep each layer's input, not its intermediates, and recompute the layer during
    * the backward (activation checkpointing: about one layer of activations instead of all of them).
@@ -63,11 +70,11 @@ export class LlamaModel {
   }
 
   /** An empty decode cache of the right kind for this model. */
-  newCache(): DecodeCache {
+  newCache(dtype: KvCacheDtype = "f32"): DecodeCache {
     const c = this.config;
     const a = c.attention;
-    if (a.kind === "deepseek") return new LatentCache(this.backend, c.layers, 1, a.ropeDim, a.kvLoraRank);
-    return a.kind === "mla" ? new LatentCache(this.backend, c.layers, c.kvHeads, 2 * a.ropePairs, a.latentDim) : new KvCache(this.backend, c.layers, c.kvHeads, c.headDim);
+    if (a.kind === "deepseek") return new LatentCache(this.backend, c.layers, 1, a.ropeDim, a.kvLoraRank, dtype);
+    return a.kind === "mla" ? new LatentCache(this.backend, c.layers, c.kvHeads, 2 * a.ropePairs, a.latentDim, dtype) : new KvCache(this.backend, c.layers, c.kvHeads, c.headDim, dtype);
   }
 
   /**
@@ -112,7 +119,8 @@ export class LlamaModel {
     const seqLen = ids.length / sequences;
     const positions = batch ? Int32Array.from(batch, (x) => x.length) : new Int32Array(ids.length);
     if (!batch) for (let i = 0; i < ids.length; i++) positions[i] = start + (i % seqLen);
-    const mode = { batch: sequences, bf16: opts.bf16 ?? false };
+    if (opts.kvCache && opts.kvCache !== "f32" && ops.tape) throw new MlaError("BAD_ARGUMENT", "a quantized KV cache is for inference", "fine-tune without --kv-cache");
+    const mode = { batch: sequences, bf16: opts.bf16 ?? false, kvCache: opts.kvCache };
     const at: LayerContext = { positions, batch, single, mode, opts };
     let h = ops.embedding(P.embed, ids);
     for (let li = 0; li < P.layers.length; li++) {

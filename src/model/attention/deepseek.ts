@@ -12,7 +12,7 @@ import { rowOf, stackRows } from "../../tensor/rows.js";
 import type { DeepseekAttention, ModelConfig } from "../config.js";
 import type { LatentCache } from "../kvCache.js";
 import type { AttentionNodes } from "../params.js";
-import type { AttentionMode } from "./mha.js";
+import { AttentionMode, asCached } from "./mha.js";
 
 /** HF builds kv_a_layernorm without passing rms_norm_eps. */
 const LATENT_NORM_EPS = 1e-6;
@@ -65,6 +65,7 @@ export function deepseekAttention(ops: Ops, c: ModelConfig, w: AttentionNodes, i
   const kv = ops.linear(x, w.kvA, w.kvABias);
   let latent = ops.rmsnorm(ops.gatherCols(kv, cols.latent), w.kvNorm, LATENT_NORM_EPS);
   let kPe = ops.rope(ops.reshape(ops.gatherCols(kv, cols.kPe), [T, 1, dr]), positions, invFreq, dr);
+  [kPe, latent] = [asCached(ops, kPe, mode, cache), asCached(ops, latent, mode, cache)];
   const offset = cache?.length ?? 0;
   if (cache) {
     const [kAll, cAll] = cache.append(layer, kPe.value, latent.value);

@@ -4,11 +4,19 @@ import { rowOf, stackRows } from "../../tensor/rows.js";
 import type { ModelConfig } from "../config.js";
 import type { KvCache } from "../kvCache.js";
 import type { AttentionNodes } from "../params.js";
+import { KvCacheDtype, roundTrip } from "../kvQuant.js";
 
 /** How a graph runs attention: `batch` sequences stacked along the rows, bf16 GEMM inputs or not. */
 export interface AttentionMode {
   batch: number;
   bf16: boolean;
+  /** Without a cache: use the cached quantities as a cache of this type returns them (kvQuant.ts). */
+  kvCache?: KvCacheDtype;
+}
+
+/** x as a cache of mode.kvCache would return it, when no cache is there to do it (inference only). */
+export function asCached(ops: Ops, x: Node, mode: AttentionMode, cache: unknown): Node {
+  return cache || !mode.kvCache || mode.kvCache === "f32" ? x : ops.constant(roundTrip(ops.b, x.value, mode.kvCache));
 }
 
 export function mhaAttention(ops: Ops, c: ModelConfig, w: AttentionNodes, invFreq: Float64Array, x: Node, positions: Int32Array, layer: number, cache?: KvCache, mode: AttentionMode = { batch: 1, bf16: false }): Node {
@@ -17,6 +25,7 @@ export function mhaAttention(ops: Ops, c: ModelConfig, w: AttentionNodes, invFre
   const q = ops.rope(ops.reshape(ops.linear(x, w.q, w.qBias), [T, c.heads, c.headDim]), positions, invFreq);
   let k = ops.rope(ops.reshape(ops.linear(x, w.k, w.kBias), [T, c.kvHeads, c.headDim]), positions, invFreq);
   let v = ops.reshape(ops.linear(x, w.v, w.vBias), [T, c.kvHeads, c.headDim]);
+  [k, v] = [asCached(ops, k, mode, cache), asCached(ops, v, mode, cache)];
   const offset = cache?.length ?? 0;
   if (cache) {
     const [kAll, vAll] = cache.append(layer, k.value, v.value);

@@ -13,7 +13,7 @@ import type { Node, Ops } from "../../tensor/autograd.js";
 import type { AttentionNodes } from "../params.js";
 import { headDimOrder, ModelConfig, MlaAttention } from "../config.js";
 import type { LatentCache } from "../kvCache.js";
-import type { AttentionMode } from "./mha.js";
+import { AttentionMode, asCached } from "./mha.js";
 import { rowOf, stackRows } from "../../tensor/rows.js";
 import type { MlaWeights } from "../weights.js";
 
@@ -65,6 +65,7 @@ export class MlaBlock {
     const Dr = 2 * this.R;
     let kr = ops.rope(ops.reshape(ops.linear(x, w.kRope, w.kRopeBias), [T, c.kvHeads, Dr]), positions, this.kFreq, Dr);
     let lat = ops.linear(x, w.kvDown, null);
+    [kr, lat] = [asCached(ops, kr, mode, cache), asCached(ops, lat, mode, cache)];
     const offset = cache?.length ?? 0;
     if (cache) {
       const [krAll, latAll] = cache.append(this.layer, kr.value, lat.value);

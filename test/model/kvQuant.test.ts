@@ -1,0 +1,106 @@
+/**
+ * Quantized decode caches (--kv-cache): the per-group round trip, the byte accounting, decode on a
+ * quantized cache equal to evaluation with the same cache type (MHA, our MLA, deepseek_v3), and the
+ * perplexity cost of int8 (≤ 0.5%) on stories260K and its MLA conversion.
+ */
+import assert from "node:assert/strict";
+import fs from "node:fs";
+import path from "node:path";
+import { spawnSync } from "node:child_process";
+import { test } from "node:test";
+import { KV_GROUP, kvRowBytes, roundTripRows, checkKvCacheDtype } from "../../src/model/kvQuant.js";
+import { kvBytesPerToken, kvElemsPerToken } from "../../src/model/config.js";
+import { loadModel } from "../../src/model/llama.js";
+import { perplexity, readText, tokenizeForEval } from "../../src/eval/perplexity.js";
+import { convertDeepseek } from "../../src/deepseek/export.js";
+import { MlaError } from "../../src/errors.js";
+import { convertFixture } from "../convert/helpers.js";
+import { FIXTURES, MODELS, maxAbsDiff, seededRand, tmpDir } from "../helpers.js";
+
+const TEXT = path.join(FIXTURES, "text", "tinystories.txt");
+
+test("round trip: int8/int4 within half a step of a bf16 absmax scale per group of 32; bf16 rounds; zeros stay zero; f32 is the identity", () => {
+  const rand = seededRand(5, Float32Array);
+  const n = 3 * 70; // rows of 70: groups of 32, 32, 6
+  const x = rand(n);
+  for (const [dtype, qmax] of [["int8", 127], ["int4", 7]] as const) {
+    const y = roundTripRows(Float32Array.from(x), 70, dtype);
+    for (let r = 0; r < 3; r++)
+      for (let g = 0; g < 70; g += KV_GROUP) {
+        const idx = Array.from({ length: Math.min(KV_GROUP, 70 - g) }, (_, i) => r * 70 + g + i);
+        const amax = Math.max(...idx.map((i) => Math.abs(x[i]!)));
+        for (const i of idx) {
+          assert.ok(Math.abs(y[i]! - x[i]!) <= (amax / qmax) * 0.5 * 1.01 + 1e-7, `${dtype} element ${i}: ${x[i]} → ${y[i]}`);
+          const steps = y[i]! / (amax / qmax);
+          assert.ok(Math.abs(steps) <= qmax * 1.01, `${dtype}: at most ${qmax} steps`);
+        }
+      }
+  }
+  const b = roundTripRows(Float32Array.of(1 + 2 ** -10, 3.140625), 2, "bf16");
+  assert.deepEqual([...b], [1, 3.140625]);
+  assert.deepEqual([...roundTripRows(new Float32Array(40), 40, "int4")], new Array(40).fill(0));
+  const same = Float32Array.of(0.1, 0.2);
+  assert.equal(roundTripRows(same, 2, "f32"), same);
+  assert.throws(() => checkKvCacheDtype("int2"), (e: unknown) => e instanceof MlaError && /int2/.test(e.message) && /hint: use one of f32, bf16, int8, int4/.test(e.message));
+});
+
+test("bytes per token: f32 4·n, bf16 2·n, int8 n + 2 per group, int4 n/2 + 2 per group, summed over the cached rows and layers", () => {
+  assert.deepEqual(["f32", "bf16", "int8", "int4"].map((d) => kvRowBytes(64, d as never)), [256, 128, 68, 36]);
+  const { config } = loadModel(path.join(MODELS, "stories260K")); // 5 layers, 4 KV heads of 8: rows of 32 and 32
+  assert.equal(kvBytesPerToken(config, "bf16"), 2 * kvElemsPerToken(config));
+  assert.equal(kvBytesPerToken(config, "int4"), 5 * 2 * (16 + 2));
+});
+
+test("decode on an int8/int4 cache gives the logits of evaluating with the same cache type (MHA, MLA absorbed, deepseek_v3)", async () => {
+  const mla = await convertFixture("stories260K", { rank: 4, ropePairs: 2, ropeStrategy: "uniform", device: "reference" });
+  const ds = path.join(tmpDir(), "ds");
+  await convertDeepseek(path.join(MODELS, "stories260K"), { rank: 2, ropePairs: 1, out: ds });
+  const ids = Int32Array.of(1, 400, 300, 200, 17, 23, 42, 99, 5, 61);
+  for (const spec of [path.join(MODELS, "stories260K"), mla, ds]) {
+    const { model, config } = loadModel(spec);
+    const V = config.vocabSize;
+    for (const dtype of ["int8", "int4"] as const) {
+      const full = model.forward(ids, undefined, { kvCache: dtype }).toArray();
+      const cache = model.newCache(dtype);
+      const prefix = 4;
+      const rows = [model.forward(ids.subarray(0, prefix), cache).toArray()];
+      for (let t = prefix; t < ids.length; t++) rows.push(model.forward(ids.subarray(t, t + 1), cache).toArray());
+      const stepwise = new Float32Array(ids.length * V);
+      let at = 0;
+      for (const r of rows) (stepwise.set(r, at), (at += r.length));
+      const e = maxAbsDiff(stepwise, full);
+      assert.ok(e <= 2e-4, `${path.basename(spec)} ${dtype}: max |Δ logits| ${e}`);
+      assert.equal(cache.bytes, ids.length * kvBytesPerToken(config, dtype));
+      const exact = model.forward(ids).toArray();
+      assert.ok(maxAbsDiff(exact, full) > 0, `${dtype} changes the logits`);
+    }
+  }
+});
+
+test("perplexity: an int8 cache costs ≤ 0.5% NLL on stories260K and its MLA conversion; int4 more; fine-tuning with a quantized cache is refused", async () => {
+  const mla = await convertFixture("stories260K", { rank: 4, ropePairs: 2, ropeStrategy: "uniform", device: "reference" });
+  for (const spec of [path.join(MODELS, "stories260K"), mla]) {
+    const lm = loadModel(spec);
+    const ids = tokenizeForEval(lm.tokenizer, readText(TEXT), 3000);
+    const nll = async (kvCache?: "int8" | "int4") => (await perplexity(lm.model, ids, { ctx: 128, progress: null, kvCache })).nll;
+    const [f32, int8, int4] = [await nll(), await nll("int8"), await nll("int4")];
+    assert.ok(Math.abs(int8 - f32) / f32 <= 0.005, `${path.basename(spec)}: int8 ${int8} vs f32 ${f32}`);
+    assert.ok(Math.abs(int4 - f32) >= Math.abs(int8 - f32), `${path.basename(spec)}: int4 ${int4} costs at least int8's ${int8}`);
+  }
+});
+
+test("CLI: eval --kv-cache int8 reports the cache's bytes per token; inspect lists them per cache type", () => {
+  const MAIN = path.join(FIXTURES, "..", "dist", "src", "cli", "main.js");
+  const json = path.join(tmpDir(), "e.json");
+  const r = spawnSync(process.execPath, [MAIN, "eval", "stories260K", "--text", TEXT, "--tokens", "500", "--ctx", "64", "--kv-cache", "int8", "--device", "cpu", "--json", json], { encoding: "utf8" });
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stdout, /KV cache int8: 340 bytes per token/);
+  const e = JSON.parse(fs.readFileSync(json, "utf8"));
+  assert.deepEqual(e.kv_cache, { dtype: "int8", bytes_per_token: 340 });
+  const i = spawnSync(process.execPath, [MAIN, "inspect", "stories260K", "--json"], { encoding: "utf8" });
+  assert.equal(i.status, 0, i.stderr);
+  assert.deepEqual(JSON.parse(i.stdout).kv_cache_bytes_per_token, { f32: 1280, bf16: 640, int8: 340, int4: 180 });
+  const bad = spawnSync(process.execPath, [MAIN, "eval", "stories260K", "--text", TEXT, "--kv-cache", "int3"], { encoding: "utf8" });
+  assert.notEqual(bad.status, 0);
+  assert.match(bad.stderr, /int3/);
+});
