@@ -41,8 +41,8 @@ export interface PerplexityOptions {
   progress?: ProgressSink | null;
   /**
    * Windows scored per forward (full-length windows stacked as one micro-batch). Default: on a
-   * backend with batched attention (CUDA) as many as keep the float32 logits within 2 GiB, at most
-   * 16; elsewhere 1.
+   * backend with batched attention (CUDA) as many as keep the float32 logits within 2 GiB and an
+   * eighth of the free device memory, at most 16; elsewhere 1.
    */
   batch?: number;
   /**
@@ -54,6 +54,19 @@ export interface PerplexityOptions {
   kvCache?: KvCacheDtype;
 }
 
+/**
+ * Windows per forward: 1 without batched attention; else as many as keep the float32 logits within
+ * 2 GiB and within an eighth of the free device memory (a window's other live activations are of the
+ * same order as its logits at Llama shapes), at most 16.
+ */
+function defaultBatch(model: LlamaModel, stride: number): number {
+  const b = model.backend;
+  if (!b.batchedAttention) return 1;
+  const logitBytes = 4 * stride * model.config.vocabSize;
+  const budget = Math.min(2 ** 31, (b.memory?.().free ?? 2 ** 34) / 8);
+  return Math.max(1, Math.min(16, Math.floor(budget / logitBytes)));
+}
+
 export async function perplexity(model: LlamaModel, ids: Int32Array, opts: PerplexityOptions): Promise<PerplexityResult> {
   const { ctx } = opts;
   const bos = model.config.bosTokenId;
@@ -62,7 +75,7 @@ export async function perplexity(model: LlamaModel, ids: Int32Array, opts: Perpl
   if (ids.length === 0) throw new MlaError("BAD_TEXT", "the text has no tokens", "pass a non-empty text");
   const stride = ctx - 1;
   const windows = Math.ceil(ids.length / stride);
-  const batch = opts.batch ?? (model.backend.batchedAttention ? Math.max(1, Math.min(16, Math.floor(2 ** 29 / (stride * model.config.vocabSize)))) : 1);
+  const batch = opts.batch ?? defaultBatch(model, stride);
   if (!Number.isInteger(batch) || batch < 1) throw new MlaError("BAD_ARGUMENT", `perplexity batch ${batch}`, "score at least one window per forward");
   const bf16 = opts.bf16 ?? model.weights.layers[0]?.gate.dtype === "bf16";
   const progress = new Progress("eval", ids.length, "tok", opts.progress === undefined ? process.stderr : opts.progress);
