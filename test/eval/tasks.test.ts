@@ -12,14 +12,22 @@ const DATA = path.join(SHARED, "data", "eval");
 const haveData = fs.existsSync(DATA);
 const golden = JSON.parse(fs.readFileSync(path.join(GOLDEN, "tasks_stories260K.json"), "utf8")) as {
   limit: number;
-  tasks: Record<string, { predictions: { acc?: number; acc_norm?: number; scores?: number[]; greedy?: boolean; logprob?: number }[]; acc: number; ppl?: number }>;
+  tasks: Record<string, { predictions: { acc?: number; acc_norm?: number; gold?: number; scores?: number[]; greedy?: boolean; logprob?: number }[]; acc: number; ppl?: number }>;
 };
 
 const lm = loadModel(path.join(MODELS, "stories260K"));
+// The first LIMIT items of each golden (200 each): enough to cover every task's scoring paths while
+// keeping the suite within its time budget on 2 cores; the metrics are recomputed over that prefix.
+const LIMIT = Math.min(golden.limit, 100);
 for (const task of Object.keys(TASKS) as TaskName[]) {
-  test(`${task}: stories260K predictions equal PyTorch/transformers item by item (--limit ${golden.limit})`, { skip: haveData ? false : `needs ${DATA}` }, async () => {
-    const r = await runTask(lm.model, lm.tokenizer, task, DATA, golden.limit, null);
-    const g = golden.tasks[task]!;
+  test(`${task}: stories260K predictions equal PyTorch/transformers item by item (--limit ${LIMIT})`, { skip: haveData ? false : `needs ${DATA}` }, async () => {
+    const r = await runTask(lm.model, lm.tokenizer, task, DATA, LIMIT, null);
+    const full = golden.tasks[task]!;
+    const predictions = full.predictions.slice(0, LIMIT);
+    const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
+    const g = task === "lambada"
+      ? { predictions, acc: mean(predictions.map((p) => (p.greedy ? 1 : 0))), ppl: Math.exp(-mean(predictions.map((p) => p.logprob!))) }
+      : { predictions, acc: mean(predictions.map((p) => (p.acc === p.gold ? 1 : 0))) };
     assert.equal(r.n, g.predictions.length);
     r.predictions.forEach((p, i) => {
       const q = g.predictions[i]!;
