@@ -6,7 +6,7 @@
  * numerically what a kernel dequantizing the stored bytes computes.
  */
 import { MlaError } from "../errors.js";
-import { decodeToF32, encodeFromF32 } from "../io/dtype.js";
+import { bf16ToF32, f32ToBf16 } from "../io/dtype.js";
 import type { Backend } from "../tensor/backend.js";
 import type { Tensor } from "../tensor/tensor.js";
 
@@ -36,21 +36,22 @@ export function kvRowBytes(n: number, dtype: KvCacheDtype): number {
   }
 }
 
-const toBf16 = (x: Float32Array): Float32Array => decodeToF32("BF16", encodeFromF32("BF16", x));
+const toBf16 = (v: number): number => bf16ToF32(f32ToBf16(v));
 
 /** In place: each row of `rowSize` values of x as the cache of `dtype` gives it back. */
 export function roundTripRows(x: Float32Array, rowSize: number, dtype: KvCacheDtype): Float32Array {
   if (dtype === "f32") return x;
-  if (dtype === "bf16") return toBf16(x);
+  if (dtype === "bf16") {
+    for (let i = 0; i < x.length; i++) x[i] = toBf16(x[i]!);
+    return x;
+  }
   const qmax = QMAX[dtype];
-  const scales = new Float32Array(1);
   for (let r = 0; r < x.length; r += rowSize)
     for (let g = r; g < r + rowSize; g += KV_GROUP) {
       const end = Math.min(g + KV_GROUP, r + rowSize);
       let amax = 0;
       for (let i = g; i < end; i++) amax = Math.max(amax, Math.abs(x[i]!));
-      scales[0] = amax / qmax;
-      const s = toBf16(scales)[0]!; // the stored scale is bf16
+      const s = toBf16(amax / qmax); // the stored scale is bf16
       for (let i = g; i < end; i++) x[i] = s > 0 ? Math.max(-qmax, Math.min(qmax, Math.round(x[i]! / s))) * s : 0;
     }
   return x;
