@@ -1,0 +1,34 @@
+"""The peer of bench/linear-gpu.ts: F.linear under bf16 autocast (float32 x and weight master,
+as a PyTorch mixed-precision trainer runs it), forward and backward (dx, dw), ms per call."""
+import argparse, json, time
+import torch
+
+p = argparse.ArgumentParser()
+p.add_argument("--shapes", default="16384:576:576,16384:576:1536,16384:1536:576,16384:576:32,16384:32:168,16384:32:192,16384:576:24")
+a = p.parse_args()
+for s in a.shapes.split(","):
+    M, K, N = map(int, s.split(":"))
+    x = torch.randn(M, K, device="cuda", requires_grad=True)
+    w = torch.randn(N, K, device="cuda", requires_grad=True)
+    dy = torch.randn(M, N, device="cuda", dtype=torch.bfloat16)
+
+    def timed(pass_, flops, fn, reps=50):
+        fn()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+        ms = (time.perf_counter() - t0) * 1000 / reps
+        print(json.dumps({"tool": "torch", "pass": pass_, "M": M, "K": K, "N": N, "ms": round(ms, 4), "tflops": round(flops / ms / 1e9, 1)}))
+
+    def fwd():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            return torch.nn.functional.linear(x, w)
+
+    def fwd_bwd():
+        y = fwd()
+        torch.autograd.grad(y, (x, w), dy)
+
+    timed("forward", 2 * M * K * N, fwd)
+    timed("forward+backward", 6 * M * K * N, fwd_bwd)
