@@ -7,11 +7,13 @@
  * sequence); their caches are copies of one prefilled sequence (decode time does not depend on what
  * the cache holds, and B prefills of 16k tokens would take longer than the measurement). Tokens/s is
  * summed over the batch; where B sequences would not fit in GPU memory the row says so.
+ * MLA decodes in the absorbed form absorbForm picks (MHA2MLA_ABSORB=runtime|premultiplied forces one).
  * Run: node dist/bench/decode.js MHA_DIR MLA_DIR [--device cuda] [--contexts 1024,4096,16384] [--batches 1,32] [--steps 32]
  */
 import { selectBackend, type DeviceName } from "../src/backends/select.js";
 import { CudaBackend } from "../src/backends/native/cuda.js";
 import { loadModel } from "../src/model/llama.js";
+import { absorbForm } from "../src/model/attention/mla.js";
 import { stderrLogger } from "../src/util/log.js";
 
 const args = process.argv.slice(2);
@@ -48,7 +50,8 @@ for (const dir of dirs) {
       // Free on the device plus what our pool caches (freed buffers are kept for reuse, not returned to the driver).
       const avail = mem ? mem.total - mem.live - 2 * 2 ** 30 : Infinity;
       const size = (b: number) => (b >= 2 ** 30 ? `${(b / 2 ** 30).toFixed(2)} GiB` : `${(b / 2 ** 20).toFixed(1)} MiB`);
-      const label = `| ${dir.split("/").pop()} | ${config.attention.kind} | ${ctx} | ${B} | ${perToken} | ${size(bytes32)} | ${size(bytes32 / 2)} |`;
+      const kind = config.attention.kind === "mla" ? `mla, ${absorbForm(config)} absorption` : config.attention.kind;
+      const label = `| ${dir.split("/").pop()} | ${kind} | ${ctx} | ${B} | ${perToken} | ${size(bytes32)} | ${size(bytes32 / 2)} |`;
       if (bytes32 * 1.15 > avail) {
         console.log(`${label} does not fit (${(avail / 2 ** 30).toFixed(1)} GiB left beside the weights) |`);
         continue;

@@ -107,6 +107,12 @@ export interface Backend {
   latentAttention(qr: Tensor, kr: Tensor, qc: Tensor, c: Tensor, opts: AttentionOptions): Tensor;
   /** Causal GQA attention: q[T,H,Dh], k[S,Hkv,Dh], v[S,Hkv,Dv] → [T,H,Dv]. */
   attention(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOptions): Tensor;
+  /**
+   * Per-head products with weights shared by groups of heads: x [T,H,K], w [G,N,K] (H a multiple of
+   * G) → y [T,H,N], y[t,h] = w[h / (H/G)]·x[t,h]. MLA's run-time absorption: the query's nope part
+   * through its KV group's key up-projection, the latent output through its value up-projection.
+   */
+  headLinear(x: Tensor, w: Tensor): Tensor;
   /** silu(gate) ⊙ up, both [M,F]. */
   swiglu(gate: Tensor, up: Tensor): Tensor;
   /** a + b, same shape. */

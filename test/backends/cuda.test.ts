@@ -331,6 +331,13 @@ test("training kernels: batched attention forward and backward (f32 GEMMs; bf16 
       }
     }
   }
+  // headLinear (MLA's run-time absorption): f32 and bf16 weights, GQA groups, against the reference
+  for (const [T, H, G, K, N] of [[1, 32, 32, 112, 2048], [5, 9, 3, 56, 96], [3, 8, 1, 16, 8]] as const) {
+    const x = arr(T * H * K), w = arr(G * N * K);
+    const want = R.headLinear(R.upload(x, [T, H, K]), R.upload(w, [G, N, K])).toArray();
+    assert.ok(rel(B.headLinear(B.upload(x, [T, H, K]), B.upload(w, [G, N, K])).toArray(), want) < 1e-5, `headLinear f32 ${[T, H, G, K, N]}`);
+    assert.ok(rel(B.headLinear(B.upload(x, [T, H, K]), B.uploadBf16(toBf16Bits(w), [G, N, K])).toArray(), want) < 2e-2, `headLinear bf16 ${[T, H, G, K, N]}`);
+  }
   // linear backward with bf16 weights, dw added into an existing slot
   const [M, K, N] = [257, 96, 130];
   const x = arr(M * K), w = arr(N * K), dy = arr(M * N), prior = arr(N * K);

@@ -18,6 +18,20 @@ test("linear = x·Wᵀ + b", () => {
   assert.ok(maxAbsDiff(y, ref) < 1e-5);
 });
 
+test("headLinear: each head through its group's matrix (float64 check), zero-width inputs", () => {
+  const [T, H, G, K, N] = [3, 6, 2, 5, 4];
+  const x = rand(T * H * K), w = rand(G * N * K);
+  const y = B.headLinear(B.upload(x, [T, H, K]), B.upload(w, [G, N, K]));
+  assert.deepEqual(y.shape, [T, H, N]);
+  const want = new Float64Array(T * H * N);
+  for (let t = 0; t < T; t++)
+    for (let h = 0; h < H; h++)
+      for (let n = 0; n < N; n++) for (let k = 0; k < K; k++) want[(t * H + h) * N + n] += x[(t * H + h) * K + k]! * w[((h / (H / G)) | 0) * N * K + n * K + k]!;
+  assert.ok(maxAbsDiff(y.toArray(), want) < 1e-6);
+  assert.deepEqual(Array.from(B.headLinear(B.upload(new Float32Array(0), [T, H, 0]), B.upload(new Float32Array(0), [G, N, 0])).toArray()), new Array(T * H * N).fill(0));
+  assert.throws(() => B.headLinear(B.upload(x, [T, H, K]), B.upload(new Float32Array(4 * N * K), [4, N, K])), /multiple/);
+});
+
 test("rmsnorm", () => {
   const [T, D] = [3, 11];
   const x = rand(T * D), w = rand(D);

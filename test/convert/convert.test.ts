@@ -198,15 +198,23 @@ for (const fixture of ["tiny-qwen2", "tiny-llama3", "tiny-mistral"]) {
     assert.ok(err <= 1e-4, `full conversion: max |Δ| ${err}`);
     const low = path.join(tmpDir(), "low");
     await convert(dir, { rank: 2, ropePairs: 2, ropeStrategy: "uniform", out: low, progress: null });
-    const { model, config } = loadModel(low);
-    const V = config.vocabSize;
-    const plain = model.forward(ids).toArray();
-    const cache = model.newCache();
-    model.forward(ids.subarray(0, 3), cache);
-    for (let t = 3; t < ids.length; t++) {
-      const row = model.forward(ids.subarray(t, t + 1), cache, { absorb: true }).toArray();
-      const e = maxAbsDiff(row, plain.subarray(t * V, (t + 1) * V));
-      assert.ok(e <= 1e-4, `step ${t}: max |Δ| ${e}`);
+    // Both absorbed forms (run time and pre-multiplied), each on a freshly loaded model.
+    for (const form of ["runtime", "premultiplied"]) {
+      process.env["MHA2MLA_ABSORB"] = form;
+      try {
+        const { model, config } = loadModel(low);
+        const V = config.vocabSize;
+        const plain = model.forward(ids).toArray();
+        const cache = model.newCache();
+        model.forward(ids.subarray(0, 3), cache);
+        for (let t = 3; t < ids.length; t++) {
+          const row = model.forward(ids.subarray(t, t + 1), cache, { absorb: true }).toArray();
+          const e = maxAbsDiff(row, plain.subarray(t * V, (t + 1) * V));
+          assert.ok(e <= 1e-4, `${form} absorption, step ${t}: max |Δ| ${e}`);
+        }
+      } finally {
+        delete process.env["MHA2MLA_ABSORB"];
+      }
     }
   });
 }

@@ -128,6 +128,56 @@ export class NativeCpuBackend extends ReferenceBackend {
     return { dx: dx ? this.make(x.shape, dx) : null, dw: dw ? this.make([N, K], dw) : null, db: db ? this.make([N], db) : null };
   }
 
+  /** Per-head products as native GEMMs, one per head: the head's rows gathered, through its group's matrix. */
+  override headLinear(x: Tensor, w: Tensor): Tensor {
+    const [T, H, K] = x.shape as [number, number, number];
+    const [G, N] = w.shape as [number, number];
+    expectShape("headLinear", "w", w, [G, N, K]);
+    if (x.shape.length !== 3 || G < 1 || H % G !== 0) throw new MlaError("BAD_ARGUMENT", `headLinear: x [${x.shape}] needs [T, H, K] with H a multiple of w's ${G} groups`, "this is a bug in the caller");
+    const [X, W] = [data(x), data(w)];
+    const y = new Float32Array(T * H * N);
+    const xs = new Float32Array(T * K), ys = new Float32Array(T * N);
+    for (let h = 0; h < H; h++) {
+      for (let t = 0; t < T; t++) xs.set(X.subarray((t * H + h) * K, (t * H + h + 1) * K), t * K);
+      const g = Math.floor(h / (H / G));
+      this.call("head linear", this.lib.linear(xs, W.subarray(g * N * K, (g + 1) * N * K), null, ys, T, K, N));
+      for (let t = 0; t < T; t++) y.set(ys.subarray(t * N, (t + 1) * N), (t * H + h) * N);
+    }
+    return this.make([T, H, N], y);
+  }
+
+  /**
+   * MLA attention on the latent cache through the native attention kernel, as one-KV-head attention:
+   * every head's key row is the whole cache row [kr (Hkv·Dr) | c (L)] and its query
+   * [its group's qr in that group's Dr slot, zeros elsewhere | qc], the values are the latents. So the
+   * cache is not duplicated per head; the zero slots cost (Hkv − 1)·Dr extra products per score.
+   */
+  override latentAttention(qr: Tensor, kr: Tensor, qc: Tensor, c: Tensor, opts: AttentionOptions): Tensor {
+    const [T, H, Dr] = qr.shape as [number, number, number];
+    const [S, Hkv] = kr.shape as [number, number];
+    const L = last(c);
+    expectShape("latentAttention", "kr", kr, [S, Hkv, Dr]);
+    expectShape("latentAttention", "qc", qc, [T, H, L]);
+    expectShape("latentAttention", "c", c, [S, L]);
+    const R = Hkv * Dr, Dk = R + L, group = H / Hkv;
+    const [QR, KR, QC, C] = [data(qr), data(kr), data(qc), data(c)];
+    const q = new Float32Array(T * H * Dk);
+    for (let t = 0; t < T; t++)
+      for (let h = 0; h < H; h++) {
+        const at = (t * H + h) * Dk, row = t * H + h;
+        q.set(QR.subarray(row * Dr, (row + 1) * Dr), at + Math.floor(h / group) * Dr);
+        q.set(QC.subarray(row * L, (row + 1) * L), at + R);
+      }
+    const k = new Float32Array(S * Dk);
+    for (let s = 0; s < S; s++) {
+      k.set(KR.subarray(s * R, (s + 1) * R), s * Dk);
+      k.set(C.subarray(s * L, (s + 1) * L), s * Dk + R);
+    }
+    const o = new Float32Array(T * H * L);
+    this.call("latent attention", this.lib.attention(q, k, C instanceof Float32Array ? C : Float32Array.from(C), o, T, S, H, 1, Dk, L, opts.scale, opts.queryOffset, opts.window ?? 0));
+    return this.make([T, H, L], o);
+  }
+
   override attention(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOptions): Tensor {
     const [T, H, Dh] = q.shape as [number, number, number];
     const [S, Hkv] = k.shape as [number, number];

@@ -44,6 +44,7 @@ const SIGNATURES: Record<string, string> = {
   rmsnorm: "int mla_cuda_rmsnorm(const mla_cuda_buf* x, const mla_cuda_buf* w, mla_cuda_buf* y, int64_t rows, int64_t D, float eps)",
   rmsnormBackward: "int mla_cuda_rmsnorm_backward(const mla_cuda_buf* x, const mla_cuda_buf* w, const mla_cuda_buf* dy, mla_cuda_buf* dx, mla_cuda_buf* dw, int64_t rows, int64_t D, float eps)",
   rope: "int mla_cuda_rope(const mla_cuda_buf* x, mla_cuda_buf* y, const int32_t* positions, const double* inv_freq, int64_t n_freq, int64_t T, int64_t H, int64_t Dh, int64_t rotary_dims, int32_t sign)",
+  headLinear: "int mla_cuda_head_linear(const mla_cuda_buf* x, const mla_cuda_buf* w, mla_cuda_buf* y, int64_t T, int64_t H, int64_t G, int64_t K, int64_t N)",
   attention: "int mla_cuda_attention(const mla_cuda_buf* q, const mla_cuda_buf* k, const mla_cuda_buf* v, mla_cuda_buf* o, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window, int32_t bf16)",
   latentAttention: "int mla_cuda_latent_attention(const mla_cuda_buf* qr, const mla_cuda_buf* kr, const mla_cuda_buf* qc, const mla_cuda_buf* c, mla_cuda_buf* o, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dr, int64_t L, float scale, int64_t off, int64_t window)",
   attentionBackward: "int mla_cuda_attention_backward(const mla_cuda_buf* q, const mla_cuda_buf* k, const mla_cuda_buf* v, const mla_cuda_buf* dout, mla_cuda_buf* dq, mla_cuda_buf* dk, mla_cuda_buf* dv, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window, int32_t bf16)",
@@ -407,6 +408,16 @@ export class CudaBackend implements Backend {
     }
     this.call("attention", this.lib.fns["attention"]!(this.h(q), this.h(k), this.h(v), this.h(o), B, T / B, S / B, H, Hkv, Dh, Dv, opts.scale, opts.queryOffset, opts.window ?? 0, opts.bf16 ? 1 : 0));
     return o;
+  }
+
+  headLinear(x: Tensor, w: Tensor): Tensor {
+    const [T, H, K] = x.shape as [number, number, number];
+    const [G, N] = w.shape as [number, number];
+    expectShape("headLinear", "w", w, [G, N, K]);
+    if (x.shape.length !== 3 || G < 1 || H % G !== 0) throw new MlaError("BAD_ARGUMENT", `headLinear: x [${x.shape}] needs [T, H, K] with H a multiple of w's ${G} groups`, "this is a bug in the caller");
+    const y = this.empty([T, H, N], "a per-head product");
+    this.call("head_linear", this.lib.fns["headLinear"]!(this.h(x), this.h(w), this.h(y), T, H, G, K, N));
+    return y;
   }
 
   swiglu(gate: Tensor, up: Tensor): Tensor {

@@ -304,6 +304,27 @@ export class ReferenceBackend implements Backend {
     return out;
   }
 
+  headLinear(x: Tensor, w: Tensor): Tensor {
+    const [T, H, K] = x.shape as [number, number, number];
+    const [G, N] = w.shape as [number, number];
+    expectShape("headLinear", "w", w, [G, N, K]);
+    if (x.shape.length !== 3 || G < 1 || H % G !== 0) throw new MlaError("BAD_ARGUMENT", `headLinear: x [${x.shape}] needs [T, H, K] with H a multiple of w's ${G} groups`, "this is a bug in the caller");
+    const X = data(x);
+    const W = data(w);
+    const Y = this.alloc(T * H * N);
+    const group = H / G;
+    for (let t = 0; t < T; t++)
+      for (let h = 0; h < H; h++) {
+        const xo = (t * H + h) * K, wo = Math.floor(h / group) * N * K, yo = (t * H + h) * N;
+        for (let n = 0; n < N; n++) {
+          let s = 0;
+          for (let k = 0; k < K; k++) s += X[xo + k]! * W[wo + n * K + k]!;
+          Y[yo + n] = s;
+        }
+      }
+    return this.make([T, H, N], Y);
+  }
+
   gatherCols(x: Tensor, idx: Int32Array): Tensor {
     const N = last(x);
     const M = rows(x);

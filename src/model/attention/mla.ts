@@ -1,10 +1,16 @@
 /**
  * MLA attention block. Prefill (empty cache) runs the plain form: keys = [RoPE(k_rope), k_up(c)],
- * values = v_up(c) with c = kv_down(x). Decode runs the absorbed form on the latent cache:
- * k_up is folded into the query (q̃ = W_kupᵀ·q_nope, one [L, D] matrix per head) and v_up into
- * o_proj, so each step reads only the cached rope keys and latents. The key bias of k_up adds the
- * same q·b to every score of a query and cancels in the softmax; the value bias passes through the
- * softmax weights (they sum to 1) into a constant output bias.
+ * values = v_up(c) with c = kv_down(x). Decode runs the absorbed form on the latent cache, so each
+ * step reads only the cached rope keys and latents. Two absorbed forms:
+ * - run time (DeepSeek's inference): per head, the query's nope part goes through its KV group's key
+ *   up-projection (q̃ = W_kupᵀ·q_nope, [L, Dn] per group), attention runs over the latents, and the
+ *   head's latent output goes through the group's value up-projection, then o_proj. The weights read
+ *   per token stay about those of the MHA model.
+ * - pre-multiplied: W_kupᵀ folded into q_proj and W_vup into o_proj, one [L, D] matrix per head each:
+ *   fewer products per step, but H·L×D weights, far more than MHA's at large latents.
+ * `absorbForm` picks the one that reads fewer weight bytes (MHA2MLA_ABSORB=runtime|premultiplied
+ * forces one). The key bias of k_up adds the same q·b to every score of a query and cancels in the
+ * softmax; the value bias passes through the softmax weights (they sum to 1) into a constant output bias.
  */
 import { toBf16Bits } from "../../io/dtype.js";
 import type { Backend } from "../../tensor/backend.js";
@@ -17,13 +23,42 @@ import { AttentionMode, asCached } from "./mha.js";
 import { rowOf, stackRows } from "../../tensor/rows.js";
 import type { MlaWeights } from "../weights.js";
 
-interface Absorbed {
+/** The rope part of the query (q_proj's rope rows, shared by both forms) and the output bias. */
+interface AbsorbedCommon {
   qRope: Tensor; // [H·2R, D]
   qRopeBias: Tensor | null; // [H·2R]
+  oBias: Tensor | null; // [D]: o_proj's bias plus the value bias through o_proj
+}
+
+interface RuntimeAbsorbed extends AbsorbedCommon {
+  form: "runtime";
+  qNope: Tensor; // [H·Dn, D]: q_proj's nope rows
+  qNopeBias: Tensor | null; // [H·Dn]
+  kUpT: Tensor; // [Hkv, L, Dn]: each group's key up-projection, transposed
+  vUp: Tensor; // [Hkv, Dh, L]
+}
+
+interface PremultipliedAbsorbed extends AbsorbedCommon {
+  form: "premultiplied";
   qLatent: Tensor; // [H·L, D]
   qLatentBias: Tensor | null; // [H·L]
   oLatent: Tensor; // [D, H·L]
-  oBias: Tensor | null; // [D]
+}
+
+type Absorbed = RuntimeAbsorbed | PremultipliedAbsorbed;
+export type AbsorbForm = Absorbed["form"];
+
+/**
+ * Which absorbed form reads fewer weight elements per decoded token (MHA2MLA_ABSORB overrides): the
+ * pre-multiplied 2·H·L·D against q_proj's nope rows, the up-projections and o_proj.
+ */
+export function absorbForm(c: ModelConfig): AbsorbForm {
+  const forced = process.env["MHA2MLA_ABSORB"];
+  if (forced === "runtime" || forced === "premultiplied") return forced;
+  const a = c.attention as MlaAttention;
+  const [H, G, D, Dh, L] = [c.heads, c.kvHeads, c.hiddenSize, c.headDim, a.latentDim];
+  const Dn = Dh - 2 * a.ropePairs;
+  return 2 * H * L * D <= H * Dn * D + G * L * (Dn + Dh) + D * H * Dh ? "premultiplied" : "runtime";
 }
 
 export class MlaBlock {
@@ -78,7 +113,7 @@ export class MlaBlock {
       const ab = this.absorb();
       const [qr, qc] = this.absorbedQueries(x.value, positions);
       const ctx = b.latentAttention(qr, kr.value, qc, lat.value, opts);
-      return ops.constant(b.linear(ctx.reshape([T, c.heads * this.L]), ab.oLatent, ab.oBias));
+      return ops.constant(this.absorbedOutput(ctx, ab));
     }
     const S = lat.value.shape[0]!;
     const q = ops.rope(ops.reshape(ops.gatherCols(ops.linear(x, w.q, w.qBias), this.qOrder), [T, c.heads, c.headDim]), positions, this.qFreq, Dr);
@@ -105,10 +140,21 @@ export class MlaBlock {
       const [krAll, latAll] = cache.append(this.layer, rowOf(b, kr, i), rowOf(b, lat, i));
       return b.latentAttention(rowOf(b, qr, i), krAll, rowOf(b, qc, i), latAll, { scale: 1 / Math.sqrt(c.headDim), queryOffset: positions[i]!, window: c.slidingWindow });
     });
-    const ctx = stackRows(b, outs, [c.heads * this.L]);
+    const ctx = stackRows(b, outs, [c.heads, this.L]);
     for (const t of [kr, lat, qr, qc, ...outs]) t.dispose();
-    const y = b.linear(ctx, ab.oLatent, ab.oBias);
+    const y = this.absorbedOutput(ctx, ab);
     ctx.dispose();
+    return y;
+  }
+
+  /** The attention output [T, D] of the latent context ctx [T, H, L]. */
+  private absorbedOutput(ctx: Tensor, ab: Absorbed): Tensor {
+    const { b, c, w } = this;
+    const T = ctx.shape[0]!;
+    if (ab.form === "premultiplied") return b.linear(ctx.reshape([T, c.heads * this.L]), ab.oLatent, ab.oBias);
+    const heads = b.headLinear(ctx, ab.vUp); // [T, H, Dh]
+    const y = b.linear(heads.reshape([T, c.heads * c.headDim]), w.o, ab.oBias);
+    heads.dispose();
     return y;
   }
 
@@ -119,7 +165,11 @@ export class MlaBlock {
     const T = positions.length;
     const Dr = 2 * this.R;
     const qr = b.rope(b.linear(x, ab.qRope, ab.qRopeBias).reshape([T, c.heads, Dr]), positions, this.qFreq, Dr);
-    return [qr, b.linear(x, ab.qLatent, ab.qLatentBias).reshape([T, c.heads, this.L])];
+    if (ab.form === "premultiplied") return [qr, b.linear(x, ab.qLatent, ab.qLatentBias).reshape([T, c.heads, this.L])];
+    const qn = b.linear(x, ab.qNope, ab.qNopeBias).reshape([T, c.heads, c.headDim - Dr]);
+    const qc = b.headLinear(qn, ab.kUpT);
+    qn.dispose();
+    return [qr, qc];
   }
 
   /** Drops the absorbed projections (after the weights change, e.g. in fine-tuning). */
@@ -127,9 +177,74 @@ export class MlaBlock {
     this.absorbed = null;
   }
 
-  /** Builds (once) the absorbed projections, in float64 on the host. */
+  /** Builds (once) the absorbed projections of the form `absorbForm` picks. */
   private absorb(): Absorbed {
-    if (this.absorbed) return this.absorbed;
+    if (!this.absorbed) this.absorbed = absorbForm(this.c) === "runtime" ? this.runtimeAbsorbed() : this.premultiplied();
+    return this.absorbed;
+  }
+
+  /** Stored like the weights they come from (bf16 weights → bf16 matrices). */
+  private matrix(x: Float32Array | Float64Array, shape: number[]): Tensor {
+    const { b, w } = this;
+    return w.q.dtype === "bf16" && b.uploadBf16 ? b.uploadBf16(toBf16Bits(x), shape) : b.upload(x instanceof Float32Array ? x : Float32Array.from(x), shape);
+  }
+
+  /** The rope rows of q_proj and the output bias with the value bias folded in (float64 on the host). */
+  private common(Q: Float64Array, QB: Float64Array | null): AbsorbedCommon {
+    const { b, c, w, R } = this;
+    const D = c.hiddenSize, Dh = c.headDim, group = c.heads / c.kvHeads;
+    const qRope = new Float64Array(c.heads * 2 * R * D);
+    const qRopeBias = QB ? new Float64Array(c.heads * 2 * R) : null;
+    for (let h = 0; h < c.heads; h++)
+      for (let r = 0; r < 2 * R; r++) {
+        qRope.set(Q.subarray((h * Dh + r) * D, (h * Dh + r + 1) * D), (h * 2 * R + r) * D);
+        if (QB && qRopeBias) qRopeBias[h * 2 * R + r] = QB[h * Dh + r]!;
+      }
+    const OB = w.oBias?.toArray() ?? null;
+    const VB = w.vUpBias?.toArray() ?? null;
+    let oBias: Tensor | null = null;
+    if (OB || VB) {
+      const O = VB ? w.o.toArray() : null; // [D, H·Dh]
+      const bias = new Float64Array(D);
+      if (OB) OB.forEach((x, i) => (bias[i] = x));
+      if (VB && O)
+        for (let d = 0; d < D; d++)
+          for (let h = 0; h < c.heads; h++) {
+            const g = Math.floor(h / group);
+            for (let e = 0; e < Dh; e++) bias[d] += O[d * c.heads * Dh + h * Dh + e]! * VB[g * Dh + e]!;
+          }
+      oBias = b.upload(Float32Array.from(bias), [D]);
+    }
+    return { qRope: this.matrix(qRope, [c.heads * 2 * R, D]), qRopeBias: qRopeBias ? b.upload(Float32Array.from(qRopeBias), [c.heads * 2 * R]) : null, oBias };
+  }
+
+  /** The run-time form: q_proj's rows regrouped, the key up-projection transposed per group, the rest as stored. */
+  private runtimeAbsorbed(): RuntimeAbsorbed {
+    const { b, c, w, R, L } = this;
+    const D = c.hiddenSize, Dh = c.headDim, Dn = Dh - 2 * R, G = c.kvHeads;
+    const Q = gatherRows(w.q, this.qOrder);
+    const QB = w.qBias ? gatherRows(w.qBias, this.qOrder) : null;
+    const qNope = new Float64Array(c.heads * Dn * D);
+    const qNopeBias = QB ? new Float64Array(c.heads * Dn) : null;
+    for (let h = 0; h < c.heads; h++) {
+      qNope.set(Q.subarray((h * Dh + 2 * R) * D, (h + 1) * Dh * D), h * Dn * D);
+      if (QB && qNopeBias) qNopeBias.set(QB.subarray(h * Dh + 2 * R, (h + 1) * Dh), h * Dn);
+    }
+    const KU = w.kUp.toArray(); // [G·Dn, L]
+    const kUpT = new Float32Array(G * L * Dn);
+    for (let g = 0; g < G; g++) for (let n = 0; n < Dn; n++) for (let l = 0; l < L; l++) kUpT[(g * L + l) * Dn + n] = KU[(g * Dn + n) * L + l]!;
+    return {
+      form: "runtime",
+      ...this.common(Q, QB),
+      qNope: this.matrix(qNope, [c.heads * Dn, D]),
+      qNopeBias: qNopeBias ? b.upload(Float32Array.from(qNopeBias), [c.heads * Dn]) : null,
+      kUpT: w.kUp.dtype === "bf16" && b.uploadBf16 ? b.uploadBf16(toBf16Bits(kUpT), [G, L, Dn]) : b.upload(kUpT, [G, L, Dn]),
+      vUp: w.vUp.reshape([G, Dh, L]),
+    };
+  }
+
+  /** The pre-multiplied form, its products as backend GEMMs (on the GPU under CUDA). */
+  private premultiplied(): PremultipliedAbsorbed {
     const { b, c, w, R, L } = this;
     const D = c.hiddenSize;
     const Dh = c.headDim;
@@ -139,16 +254,10 @@ export class MlaBlock {
     const QB = w.qBias ? gatherRows(w.qBias, this.qOrder) : null;
     const KU = w.kUp.toArray(); // [Hkv·Dn, L]
     const VU = w.vUp.toArray(); // [Hkv·Dh, L]
-    const VB = w.vUpBias?.toArray() ?? null;
     const O = w.o.toArray(); // [D, H·Dh]
-    const OB = w.oBias?.toArray() ?? null;
-    const qRope = new Float32Array(c.heads * 2 * R * D);
-    const qRopeBias = QB ? new Float32Array(c.heads * 2 * R) : null;
     const qLatent = new Float32Array(c.heads * L * D);
     const qLatentBias = QB ? new Float32Array(c.heads * L) : null;
     const oLatent = new Float32Array(D * c.heads * L);
-    const oBias = new Float64Array(D);
-    if (OB) OB.forEach((x, i) => (oBias[i] = x));
     // The products run as backend GEMMs (on the GPU under CUDA): at the llama2-7b shape they are
     // ~64 GFLOP per layer, far too slow as host loops.
     const transposeRows = (src: ArrayLike<number>, row0: number, rows: number, cols: number) => {
@@ -162,10 +271,6 @@ export class MlaBlock {
     for (let h = 0; h < c.heads; h++) {
       const g = Math.floor(h / group);
       const qh = h * Dh;
-      for (let r = 0; r < 2 * R; r++) {
-        qRope.set(Q.subarray((qh + r) * D, (qh + r + 1) * D), (h * 2 * R + r) * D);
-        if (QB && qRopeBias) qRopeBias[h * 2 * R + r] = QB[qh + r]!;
-      }
       // qLatent[h·L + l, :] = Σ_n KU[g·Dn + n, l] · Q[qh + 2R + n, :]  =  KU_gᵀ [L,Dn] · Q_nope [Dn,D]
       const qnT = b.upload(transposeRows(Q, qh + 2 * R, Dn, D), [D, Dn]);
       const lat = b.linear(kuT[g]!, qnT);
@@ -185,21 +290,15 @@ export class MlaBlock {
       const ol = b.linear(ohT, vuT[g]!).toArray(); // [D, L]
       ohT.dispose();
       for (let d = 0; d < D; d++) oLatent.set(ol.subarray(d * L, (d + 1) * L), d * HL + h * L);
-      if (VB) for (let d = 0; d < D; d++) for (let e = 0; e < Dh; e++) oBias[d] += O[d * c.heads * Dh + h * Dh + e]! * VB[g * Dh + e]!;
     }
     for (const t of [...kuT, ...vuT]) t.dispose();
-    const hasOBias = OB !== null || VB !== null;
-    // The absorbed matrices are stored like the weights they come from (bf16 weights → bf16 products).
-    const matrix = (x: Float32Array, shape: number[]) => (w.q.dtype === "bf16" && b.uploadBf16 ? b.uploadBf16(toBf16Bits(x), shape) : b.upload(x, shape));
-    this.absorbed = {
-      qRope: matrix(qRope, [c.heads * 2 * R, D]),
-      qRopeBias: qRopeBias ? b.upload(qRopeBias, [c.heads * 2 * R]) : null,
-      qLatent: matrix(qLatent, [c.heads * L, D]),
+    return {
+      form: "premultiplied",
+      ...this.common(Q, QB),
+      qLatent: this.matrix(qLatent, [c.heads * L, D]),
       qLatentBias: qLatentBias ? b.upload(qLatentBias, [c.heads * L]) : null,
-      oLatent: matrix(oLatent, [D, c.heads * L]),
-      oBias: hasOBias ? b.upload(Float32Array.from(oBias), [D]) : null,
+      oLatent: this.matrix(oLatent, [D, c.heads * L]),
     };
-    return this.absorbed;
   }
 }
 
