@@ -1,7 +1,8 @@
 /**
  * Training attention on the GPU: forward and forward + backward of causal batched attention with bf16
  * inputs, on our two bf16 routes (the fused tensor-core kernels, default; the chunked cuBLAS GEMMs,
- * MHA2MLA_CUDA_ATTENTION=gemm), as the trainer calls them (float32 tensors in and out).
+ * MHA2MLA_CUDA_ATTENTION=gemm), as the trainer calls them (float32 tensors in and out; the training
+ * forward keeps the fused kernels' softmax statistics for the backward).
  * One JSON line per (shape, route, pass): milliseconds per call and effective TFLOP/s, counting the
  * causal half (forward 4·B·T²/2·H·Dh, backward 2.5× that). bench/attention_train_torch.py is the peer.
  * Run: node dist/bench/attention-train.js [--shapes B:T:H:Hkv:Dh,…]
@@ -39,10 +40,11 @@ for (const [nb, T, H, Hkv, Dh] of shapes) {
       console.log(JSON.stringify({ tool: "mha2mla", route, pass, B: nb, T, H, Hkv, Dh, ms: +ms.toFixed(3), tflops: +(flops / ms / 1e9).toFixed(1) }));
     };
     time("forward", 10, () => [backend.attention(q, k, v, opts)]);
+    // As the trainer runs it: the training forward keeps the softmax statistics for the backward.
     time("forward+backward", 10, () => {
-      const o = backend.attention(q, k, v, opts);
-      const g = backend.attentionBackward(q, k, v, d, opts);
-      return [o, g.dq, g.dk, g.dv];
+      const { o, saved } = backend.attentionForTraining(q, k, v, opts);
+      const g = backend.attentionBackward(q, k, v, d, opts, saved ?? undefined);
+      return [o, g.dq, g.dk, g.dv, ...(saved ? [saved.lse] : [])];
     });
     delete process.env["MHA2MLA_CUDA_ATTENTION"];
   }

@@ -15,6 +15,7 @@
 #include "common.cuh"
 
 using mla::ctx;
+using mla::use_mma;
 
 namespace {
 // A stream-ordered device allocation freed with the object.
@@ -130,13 +131,6 @@ mla_status run_batch(const Batch& x, cublasOperation_t ta, cublasOperation_t tb,
   return MLA_OK;
 }
 
-// bf16 inputs with head dims the fused tensor-core kernels take go there (attention_mma.cu), unless
-// MHA2MLA_CUDA_ATTENTION=gemm asks for these chunked GEMMs (benchmarks and the parity suite compare both).
-bool use_mma(bool bf16, int64_t Dh, int64_t Dv) {
-  const char* e = getenv("MHA2MLA_CUDA_ATTENTION");
-  return bf16 && mla::attention_mma_dims(Dh, Dv) && !(e && strcmp(e, "gemm") == 0);
-}
-
 // The GEMM inputs: the f32 tensors themselves, or bf16 copies made once per call.
 struct Inputs {
   const char* q;
@@ -172,11 +166,11 @@ mla_status prepare_inputs(Inputs& in, const float* q, const float* k, const floa
 }  // namespace
 
 namespace mla {
-mla_status attention_gemm(const float* q, const float* k, const float* v, float* o, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window, bool bf16) {
+mla_status attention_gemm(const float* q, const float* k, const float* v, float* o, float* lse, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window, bool bf16) {
   const int64_t group = H / Hkv;
   Inputs in;
   if (mla_status e = prepare_inputs(in, q, k, v, nullptr, B * T * H * Dh, B * S * Hkv * Dh, B * S * Hkv * Dv, 0, bf16)) return e;
-  if (use_mma(bf16, Dh, Dv)) return attention_mma(in.q, in.k, in.v, o, B, T, S, H, Hkv, Dh, Dv, scale, off, window);
+  if (use_mma(bf16, Dh, Dv)) return attention_mma(in.q, in.k, in.v, o, lse, B, T, S, H, Hkv, Dh, Dv, scale, off, window);
   const int64_t Tq = queries_per_chunk(B, T, H, S, 1);
   DevMem sc, pb;
   DEV_MEM(sc, sizeof(float) * B * H * Tq * S);
@@ -212,12 +206,15 @@ mla_status attention_gemm(const float* q, const float* k, const float* v, float*
 }  // namespace mla
 
 // Gradients of the chunked GEMM attention: the probabilities are recomputed chunk by chunk.
-extern "C" mla_status mla_cuda_attention_backward(const mla_cuda_buf* qb, const mla_cuda_buf* kb, const mla_cuda_buf* vb, const mla_cuda_buf* dob, mla_cuda_buf* dqb, mla_cuda_buf* dkb, mla_cuda_buf* dvb, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window, int32_t bf16) {
+// o and lse: the forward's output and the statistics it saved (mla_cuda_attention with `saved` set), or
+// null; the fused route then skips recomputing them.
+extern "C" mla_status mla_cuda_attention_backward(const mla_cuda_buf* qb, const mla_cuda_buf* kb, const mla_cuda_buf* vb, const mla_cuda_buf* dob, mla_cuda_buf* dqb, mla_cuda_buf* dkb, mla_cuda_buf* dvb, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window, int32_t bf16, const mla_cuda_buf* ob, const mla_cuda_buf* lseb) {
   NEED_CTX();
   auto f32 = [](const mla_cuda_buf* b, int64_t n) { return b && b->dtype == MLA_F32 && b->n == n; };
   MLA_CHECK(B >= 1 && f32(qb, B * T * H * Dh) && f32(kb, B * S * Hkv * Dh) && f32(vb, B * S * Hkv * Dv) && f32(dob, B * T * H * Dv) && f32(dqb, B * T * H * Dh) && f32(dkb, B * S * Hkv * Dh) && f32(dvb, B * S * Hkv * Dv),
             "attention_backward: f32 buffers q[B·T,H,Dh], k[B·S,Hkv,Dh], v[B·S,Hkv,Dv], dout[B·T,H,Dv] and gradients of the same shapes");
   MLA_CHECK(Hkv > 0 && H % Hkv == 0, "attention_backward: H must be a multiple of Hkv");
+  MLA_CHECK(!ob == !lseb && (!ob || (f32(ob, B * T * H * Dv) && f32(lseb, B * H * T))), "attention_backward: o[B·T,H,Dv] and lse[B·H·T] f32, both or neither");
   float* dq = (float*)dqb->ptr;
   float* dk = (float*)dkb->ptr;
   float* dv = (float*)dvb->ptr;
@@ -233,7 +230,7 @@ extern "C" mla_status mla_cuda_attention_backward(const mla_cuda_buf* qb, const 
     DevMem stats;  // the row log-sum-exp and δ = rowsum(dout ∘ o), [B·H, T] each
     DEV_MEM(stats, sizeof(float) * 2 * B * H * T);
     float* lse = (float*)stats.p;
-    return mla::attention_mma_backward(in.q, in.k, in.v, in.dout, (const float*)dob->ptr, lse, lse + B * H * T, dq, dk, dv, B, T, S, H, Hkv, Dh, Dv, scale, off, window);
+    return mla::attention_mma_backward(in.q, in.k, in.v, in.dout, (const float*)dob->ptr, ob ? (const float*)ob->ptr : nullptr, lseb ? (const float*)lseb->ptr : nullptr, lse, lse + B * H * T, dq, dk, dv, B, T, S, H, Hkv, Dh, Dv, scale, off, window);
   }
   const size_t es = in.es;
   const int64_t Tq = queries_per_chunk(B, T, H, S, 2);  // probabilities and their gradient

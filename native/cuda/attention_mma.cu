@@ -6,15 +6,30 @@
 //
 // The backward is deterministic (no atomics): one kernel accumulates dK and dV per key tile over every
 // query tile and every query head of its KV group, a second accumulates dQ per query tile over the key
-// tiles, recomputing the probabilities from the row log-sum-exp that a forward pass in "prep" mode
-// leaves (with δ = rowsum(dO ∘ O)). That is seven tensor-core products per tile pair plus two in the
-// prep pass, against five in FlashAttention-2's atomic dQ.
+// tiles, recomputing the probabilities from the row log-sum-exp. The training forward saves that
+// (`lse`), and δ = rowsum(dO ∘ O) then comes from a small row kernel; without saved statistics a
+// forward pass in "prep" mode recomputes both. Seven tensor-core products per tile pair, against five
+// in FlashAttention-2's atomic dQ.
+//
+// Small heads (Dh + Dv ≤ 128) keep their constant fragments in registers: the forward gives each warp
+// two 16-row m-tiles (so every K/V fragment read from shared memory feeds two products), the dQ kernel
+// holds its Q and dO fragments, the dK/dV kernel its K and V fragments.
 //
 // Shapes: q[B·T,H,Dh], k[B·S,Hkv,Dh], v[B·S,Hkv,Dv], o/dout[B·T,H,Dv]; query head h uses KV head
 // h / (H/Hkv); query row t sits at key position t + off and sees keys (t + off − window, t + off].
 // Head dims are template parameters (the pairs mma_dims lists); others take the GEMM route.
 #include <cuda_bf16.h>
 #include "common.cuh"
+
+// Build switches for benchmarking (-DMLA_MMA_FWD_MT2=0 / -DMLA_MMA_HOLD=0: the one-m-tile forward / the
+// per-tile fragment reloads of small heads). Measured on the H200 both ways at equal speed
+// (docs/benchmarks.md); the defaults are the configuration the CUDA suite ran.
+#ifndef MLA_MMA_FWD_MT2
+#define MLA_MMA_FWD_MT2 1
+#endif
+#ifndef MLA_MMA_HOLD
+#define MLA_MMA_HOLD 1
+#endif
 
 using mla::ctx;
 using bf16 = __nv_bfloat16;
@@ -66,21 +81,45 @@ __device__ __forceinline__ void frag_b_nk(uint32_t* b, const bf16* m, int ld, in
 __device__ __forceinline__ void frag_b_kn(uint32_t* b, const bf16* m, int ld, int n0, int k0, int lane) {
   ldmatrix4<true>(b, m + (k0 + (lane & 7) + ((lane >> 3) & 1) * 8) * ld + n0 + (lane >> 4) * 8);
 }
-// acc[16 × N] += A·Bᵀ: A = 16 rows × K of `a` ([row][k], stride lda), B = N rows × K of `b` ([n][k], stride ldb).
-template <int K, int N>
-__device__ __forceinline__ void mma_ss(float (*acc)[4], const bf16* a, int lda, const bf16* b, int ldb, int lane) {
+// The A fragments of 16 rows × K of a row-major [row][k] shared matrix (stride ld), for holding in registers.
+template <int K>
+__device__ __forceinline__ void load_a(uint32_t (*af)[4], const bf16* m, int ld, int lane) {
 #pragma unroll
-  for (int kk = 0; kk < K / 16; kk++) {
-    uint32_t af[4];
-    frag_a(af, a, lda, kk * 16, lane);
+  for (int kk = 0; kk < K / 16; kk++) frag_a(af[kk], m, ld, kk * 16, lane);
+}
+// acc[i][16 × N] += A_i·Bᵀ for the MT m-tiles A_i held in registers (af[i][K/16][4]) and B = N rows × K
+// of `b` ([n][k], stride ldb): each B fragment read from shared memory feeds MT products.
+template <int K, int N, int MT>
+__device__ __forceinline__ void mma_as(float (*acc)[N / 8][4], const uint32_t (*af)[K / 16][4], const bf16* b, int ldb, int lane) {
+#pragma unroll
+  for (int kk = 0; kk < K / 16; kk++)
 #pragma unroll
     for (int j = 0; j < N / 16; j++) {
       uint32_t bf[4];
       frag_b_nk(bf, b, ldb, j * 16, kk * 16, lane);
-      mma(acc[2 * j], af, bf[0], bf[1]);
-      mma(acc[2 * j + 1], af, bf[2], bf[3]);
+#pragma unroll
+      for (int i = 0; i < MT; i++) {
+        mma(acc[i][2 * j], af[i][kk], bf[0], bf[1]);
+        mma(acc[i][2 * j + 1], af[i][kk], bf[2], bf[3]);
+      }
     }
+}
+// acc[16 × N] += A·Bᵀ with A = 16 rows × K of `a` ([row][k], stride lda) read from shared memory one
+// k-slice at a time (wide heads, where holding every fragment would spill registers).
+template <int K, int N>
+__device__ __forceinline__ void mma_ss(float (*acc)[4], const bf16* a, int lda, const bf16* b, int ldb, int lane) {
+#pragma unroll
+  for (int kk = 0; kk < K / 16; kk++) {
+    uint32_t af[1][1][4];
+    frag_a(af[0][0], a, lda, kk * 16, lane);
+    mma_as<16, N, 1>(reinterpret_cast<float (*)[N / 8][4]>(acc), af, b + kk * 16, ldb, lane);
   }
+}
+// acc[16 × N] += A·Bᵀ, A's fragments held (HOLD: af, loaded once by the caller) or read from `a`.
+template <int K, int N, bool HOLD>
+__device__ __forceinline__ void mma_a(float (*acc)[4], const uint32_t (*af)[4], const bf16* a, int lda, const bf16* b, int ldb, int lane) {
+  if constexpr (HOLD) mma_as<K, N, 1>(reinterpret_cast<float (*)[N / 8][4]>(acc), reinterpret_cast<const uint32_t (*)[K / 16][4]>(af), b, ldb, lane);
+  else mma_ss<K, N>(acc, a, lda, b, ldb, lane);
 }
 // acc[16 × N] += P·B: P = 16 × K accumulator fragments (p[K/8][4], the m16n8 layout of two adjacent
 // n-tiles is the m16k16 A layout), B = K rows × N of `b` ([k][n], stride ldb).
@@ -115,36 +154,39 @@ __device__ __forceinline__ bool visible(int64_t key, int64_t pos, int64_t S, int
   return key <= pos && key < S && (window <= 0 || key > pos - window);
 }
 
-// Forward. grid (⌈T/ROWS⌉, B·H). Writes o (float32) — or, in prep mode (dout set), instead of o the
-// row log-sum-exp in the log2 domain (+∞ for a row with no visible key, so the backward's
-// probabilities come out 0) and δ = Σ dout·o, both [B·H, T]. Key/value tiles are double-buffered.
-template <int DH, int DV>
+// Forward. grid (⌈T/(ROWS·MT)⌉, B·H): each warp owns MT m-tiles of 16 query rows. Writes o (float32)
+// and, when `lse` is set, the row log-sum-exp in the log2 domain (+∞ for a row with no visible key, so
+// the backward's probabilities come out 0), [B·H, T]. In prep mode (dout set) it writes instead of o
+// that lse and δ = Σ dout·o. Key/value tiles (ROWS keys) are double-buffered.
+template <int DH, int DV, int MT>
 __global__ void __launch_bounds__(WARPS * 32) k_forward(const bf16* q, const bf16* k, const bf16* v, float* o, const float* dout, float* lse, float* delta, int64_t T, int64_t S, int H, int Hkv, float scale2, int64_t off, int64_t window) {
+  constexpr int QROWS = ROWS * MT;  // queries of the block
   extern __shared__ __align__(16) unsigned char smem[];
-  bf16* Qs = reinterpret_cast<bf16*>(smem);  // [ROWS queries][DH+PAD]
-  bf16* Ks = Qs + ROWS * (DH + PAD);         // 2 × [ROWS keys][DH+PAD]
+  bf16* Qs = reinterpret_cast<bf16*>(smem);  // [QROWS queries][DH+PAD]
+  bf16* Ks = Qs + QROWS * (DH + PAD);        // 2 × [ROWS keys][DH+PAD]
   bf16* Vs = Ks + 2 * ROWS * (DH + PAD);     // 2 × [ROWS keys][DV+PAD]
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
   const int64_t b = blockIdx.y / H;
   const int h = blockIdx.y % H, kh = h / (H / Hkv);
-  const int64_t t0 = (int64_t)blockIdx.x * ROWS, w0 = t0 + warp * 16;  // first row of the block, of this warp
+  const int64_t t0 = (int64_t)blockIdx.x * QROWS, w0 = t0 + warp * 16 * MT;  // first row of the block, of this warp
   const int64_t qld = (int64_t)H * DH, kld = (int64_t)Hkv * DH, vld = (int64_t)Hkv * DV;
   const bf16* kb = k + b * S * kld + kh * DH;
   const bf16* vb = v + b * S * vld + kh * DV;
-  const int64_t r0 = w0 + g, r1 = r0 + 8;
-  const int64_t khi = min(S - 1, min(T - 1, t0 + ROWS - 1) + off);
+  const int64_t khi = min(S - 1, min(T - 1, t0 + QROWS - 1) + off);
   const int64_t klo = window > 0 ? max((int64_t)0, t0 + off - window + 1) : 0;
   const int64_t first = klo / ROWS * ROWS;
 
-  load_rows<DH, ROWS>(Qs, q + (b * T + t0) * qld + h * DH, qld, T - t0);
+  load_rows<DH, QROWS>(Qs, q + (b * T + t0) * qld + h * DH, qld, T - t0);
   if (first <= khi) {
     load_rows<DH, ROWS>(Ks, kb + first * kld, kld, S - first);
     load_rows<DV, ROWS>(Vs, vb + first * vld, vld, S - first);
   }
   cp_commit();
-  uint32_t qf[DH / 16][4];
-  float acc[DV / 8][4] = {};
-  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};  // l: this thread's partial row sums
+  uint32_t qf[MT][DH / 16][4];
+  float acc[MT][DV / 8][4] = {};
+  float m[MT][2], l[MT][2] = {};  // l: this thread's partial row sums
+#pragma unroll
+  for (int i = 0; i < MT; i++) m[i][0] = m[i][1] = -INFINITY;
   int buf = 0;
   for (int64_t s0 = first; s0 <= khi; s0 += ROWS, buf ^= 1) {
     if (s0 + ROWS <= khi) {  // prefetch the next tile into the other buffer
@@ -156,89 +198,120 @@ __global__ void __launch_bounds__(WARPS * 32) k_forward(const bf16* q, const bf1
     __syncthreads();
     if (s0 == first) {
 #pragma unroll
-      for (int kk = 0; kk < DH / 16; kk++) frag_a(qf[kk], Qs + warp * 16 * (DH + PAD), DH + PAD, kk * 16, lane);
+      for (int i = 0; i < MT; i++) load_a<DH>(qf[i], Qs + (warp * MT + i) * 16 * (DH + PAD), DH + PAD, lane);
     }
     const bf16* kt = Ks + buf * ROWS * (DH + PAD);
     const bf16* vt = Vs + buf * ROWS * (DV + PAD);
-    if (!(s0 > w0 + 15 + off || (window > 0 && s0 + ROWS - 1 <= w0 + off - window))) {  // some key of the tile is visible to the warp
-      float s[ROWS / 8][4] = {};
+    if (!(s0 > w0 + 16 * MT - 1 + off || (window > 0 && s0 + ROWS - 1 <= w0 + off - window))) {  // some key of the tile is visible to the warp
+      float s[MT][ROWS / 8][4] = {};
+      mma_as<DH, ROWS, MT>(s, qf, kt, DH + PAD, lane);
 #pragma unroll
-      for (int kk = 0; kk < DH / 16; kk++)
+      for (int i = 0; i < MT; i++) {
+        const int64_t m0 = w0 + 16 * i, r0 = m0 + g, r1 = r0 + 8;  // this m-tile's first row, this thread's rows
+        const bool whole = s0 + ROWS - 1 <= m0 + off && s0 + ROWS <= S && (window <= 0 || s0 > m0 + 15 + off - window);
+        float mx[2] = {m[i][0], m[i][1]};
 #pragma unroll
-        for (int j = 0; j < ROWS / 16; j++) {
-          uint32_t bf[4];
-          frag_b_nk(bf, kt, DH + PAD, j * 16, kk * 16, lane);
-          mma(s[2 * j], qf[kk], bf[0], bf[1]);
-          mma(s[2 * j + 1], qf[kk], bf[2], bf[3]);
+        for (int j = 0; j < ROWS / 8; j++)
+#pragma unroll
+          for (int e = 0; e < 4; e++) {
+            float x = s[i][j][e] * scale2;
+            if (!whole && !visible(s0 + j * 8 + tq * 2 + (e & 1), (e < 2 ? r0 : r1) + off, S, window)) x = -INFINITY;
+            s[i][j][e] = x;
+            mx[e >> 1] = fmaxf(mx[e >> 1], x);
+          }
+        float base[2];
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+          mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+          mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+          base[r] = mx[r] == -INFINITY ? 0.f : mx[r];
+          const float alpha = exp2f(m[i][r] - base[r]);
+          m[i][r] = mx[r];
+          l[i][r] *= alpha;
+#pragma unroll
+          for (int j = 0; j < DV / 8; j++) acc[i][j][2 * r] *= alpha, acc[i][j][2 * r + 1] *= alpha;
         }
-      const bool whole = s0 + ROWS - 1 <= w0 + off && s0 + ROWS <= S && (window <= 0 || s0 > w0 + 15 + off - window);
-      float mx[2] = {m[0], m[1]};
 #pragma unroll
-      for (int j = 0; j < ROWS / 8; j++)
+        for (int j = 0; j < ROWS / 8; j++)
 #pragma unroll
-        for (int e = 0; e < 4; e++) {
-          float x = s[j][e] * scale2;
-          if (!whole && !visible(s0 + j * 8 + tq * 2 + (e & 1), (e < 2 ? r0 : r1) + off, S, window)) x = -INFINITY;
-          s[j][e] = x;
-          mx[e >> 1] = fmaxf(mx[e >> 1], x);
-        }
-      float base[2];
-#pragma unroll
-      for (int i = 0; i < 2; i++) {
-        mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
-        mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
-        base[i] = mx[i] == -INFINITY ? 0.f : mx[i];
-        const float alpha = exp2f(m[i] - base[i]);
-        m[i] = mx[i];
-        l[i] *= alpha;
-#pragma unroll
-        for (int j = 0; j < DV / 8; j++) acc[j][2 * i] *= alpha, acc[j][2 * i + 1] *= alpha;
+          for (int e = 0; e < 4; e++) {
+            const float p = exp2f(s[i][j][e] - base[e >> 1]);
+            s[i][j][e] = p;
+            l[i][e >> 1] += p;
+          }
       }
+      // acc_i += P_i·V: the score accumulators of two adjacent n-tiles are the m16k16 A fragment.
 #pragma unroll
-      for (int j = 0; j < ROWS / 8; j++)
+      for (int kk = 0; kk < ROWS / 16; kk++) {
+        uint32_t pf[MT][4];
 #pragma unroll
-        for (int e = 0; e < 4; e++) {
-          const float p = exp2f(s[j][e] - base[e >> 1]);
-          s[j][e] = p;
-          l[e >> 1] += p;
+        for (int i = 0; i < MT; i++) {
+          pf[i][0] = pack(s[i][2 * kk][0], s[i][2 * kk][1]);
+          pf[i][1] = pack(s[i][2 * kk][2], s[i][2 * kk][3]);
+          pf[i][2] = pack(s[i][2 * kk + 1][0], s[i][2 * kk + 1][1]);
+          pf[i][3] = pack(s[i][2 * kk + 1][2], s[i][2 * kk + 1][3]);
         }
-      mma_rs<ROWS, DV>(acc, s, vt, DV + PAD, lane);
+#pragma unroll
+        for (int j = 0; j < DV / 16; j++) {
+          uint32_t bf[4];
+          frag_b_kn(bf, vt, DV + PAD, j * 16, kk * 16, lane);
+#pragma unroll
+          for (int i = 0; i < MT; i++) {
+            mma(acc[i][2 * j], pf[i], bf[0], bf[1]);
+            mma(acc[i][2 * j + 1], pf[i], bf[2], bf[3]);
+          }
+        }
+      }
     }
     __syncthreads();  // the buffer is consumed before the next prefetch overwrites it
   }
   cp_wait<0>();  // no copy outlives the kernel (a block with no visible key tile)
 #pragma unroll
-  for (int i = 0; i < 2; i++) {
-    l[i] += __shfl_xor_sync(0xffffffffu, l[i], 1);
-    l[i] += __shfl_xor_sync(0xffffffffu, l[i], 2);
+  for (int i = 0; i < MT; i++) {
+    const int64_t rows[2] = {w0 + 16 * i + g, w0 + 16 * i + g + 8};
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+      l[i][r] += __shfl_xor_sync(0xffffffffu, l[i][r], 1);
+      l[i][r] += __shfl_xor_sync(0xffffffffu, l[i][r], 2);
+      const float inv = l[i][r] > 0 ? 1.f / l[i][r] : 0.f;  // no visible key: zeros
+      const int64_t at = (int64_t)blockIdx.y * T + rows[r];
+      if (!dout) {
+        if (rows[r] >= T) continue;
+        float* out = o + ((b * T + rows[r]) * H + h) * DV + tq * 2;
+#pragma unroll
+        for (int j = 0; j < DV / 8; j++) *reinterpret_cast<float2*>(out + j * 8) = make_float2(acc[i][j][2 * r] * inv, acc[i][j][2 * r + 1] * inv);
+        if (lse && tq == 0) lse[at] = l[i][r] > 0 ? m[i][r] + log2f(l[i][r]) : INFINITY;
+        continue;
+      }
+      float dot = 0;
+      if (rows[r] < T) {
+        const float* d = dout + ((b * T + rows[r]) * H + h) * DV + tq * 2;
+#pragma unroll
+        for (int j = 0; j < DV / 8; j++) dot += d[j * 8] * acc[i][j][2 * r] + d[j * 8 + 1] * acc[i][j][2 * r + 1];
+      }
+      dot += __shfl_xor_sync(0xffffffffu, dot, 1);
+      dot += __shfl_xor_sync(0xffffffffu, dot, 2);
+      if (tq == 0 && rows[r] < T) {
+        lse[at] = l[i][r] > 0 ? m[i][r] + log2f(l[i][r]) : INFINITY;
+        delta[at] = dot * inv;
+      }
+    }
   }
-  const float inv[2] = {l[0] > 0 ? 1.f / l[0] : 0.f, l[1] > 0 ? 1.f / l[1] : 0.f};  // no visible key: zeros
-  const int64_t rows[2] = {r0, r1};
-  if (!dout) {
+}
+
+// δ[b·H + h, t] = Σ_d dout[b·T + t, h, d]·o[b·T + t, h, d] (float32, as the prep pass computes it from
+// the same o): one warp per (b, t, h) row.
+__global__ void k_row_dot(const float* dout, const float* o, float* delta, int64_t rows, int64_t T, int H, int DV) {
+  const int64_t r = (blockIdx.x * (int64_t)blockDim.x + threadIdx.x) >> 5;
+  const int lane = threadIdx.x & 31;
+  if (r >= rows) return;
+  float sum = 0;
+  for (int d = lane; d < DV; d += 32) sum += dout[r * DV + d] * o[r * DV + d];
 #pragma unroll
-    for (int i = 0; i < 2; i++) {
-      if (rows[i] >= T) continue;
-      float* out = o + ((b * T + rows[i]) * H + h) * DV + tq * 2;
-#pragma unroll
-      for (int j = 0; j < DV / 8; j++) *reinterpret_cast<float2*>(out + j * 8) = make_float2(acc[j][2 * i] * inv[i], acc[j][2 * i + 1] * inv[i]);
-    }
-    return;
-  }
-#pragma unroll
-  for (int i = 0; i < 2; i++) {
-    float dot = 0;
-    if (rows[i] < T) {
-      const float* d = dout + ((b * T + rows[i]) * H + h) * DV + tq * 2;
-#pragma unroll
-      for (int j = 0; j < DV / 8; j++) dot += d[j * 8] * acc[j][2 * i] + d[j * 8 + 1] * acc[j][2 * i + 1];
-    }
-    dot += __shfl_xor_sync(0xffffffffu, dot, 1);
-    dot += __shfl_xor_sync(0xffffffffu, dot, 2);
-    if (tq == 0 && rows[i] < T) {
-      const int64_t at = (int64_t)blockIdx.y * T + rows[i];
-      lse[at] = l[i] > 0 ? m[i] + log2f(l[i]) : INFINITY;
-      delta[at] = dot * inv[i];
-    }
+  for (int w = 16; w; w >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, w);
+  if (lane == 0) {
+    const int64_t bt = r / H, b = bt / T, t = bt % T;
+    delta[(b * H + r % H) * T + t] = sum;
   }
 }
 
@@ -279,6 +352,8 @@ __global__ void __launch_bounds__(WARPS * 32) k_backward_dq(const bf16* q, const
   row_stats(lse, delta, (int64_t)blockIdx.y * T, r1, T, &L[1], &D[1]);
   const bf16* qw = Qs + warp * 16 * (DH + PAD);
   const bf16* dw = dOs + warp * 16 * (DV + PAD);
+  constexpr bool HOLD = MLA_MMA_HOLD && DH + DV <= 128;
+  uint32_t qf[HOLD ? DH / 16 : 1][4], df[HOLD ? DV / 16 : 1][4];
   float acc[DH / 8][4] = {};
   int buf = 0;
   for (int64_t s0 = first; s0 <= khi; s0 += ROWS, buf ^= 1) {
@@ -289,12 +364,15 @@ __global__ void __launch_bounds__(WARPS * 32) k_backward_dq(const bf16* q, const
     cp_commit();
     cp_wait<1>();
     __syncthreads();
+    if constexpr (HOLD) {
+      if (s0 == first) load_a<DH>(qf, qw, DH + PAD, lane), load_a<DV>(df, dw, DV + PAD, lane);
+    }
     const bf16* kt = Ks + buf * ROWS * (DH + PAD);
     const bf16* vt = Vs + buf * ROWS * (DV + PAD);
     if (!(s0 > w0 + 15 + off || (window > 0 && s0 + ROWS - 1 <= w0 + off - window))) {
       float p[ROWS / 8][4] = {}, dp[ROWS / 8][4] = {};
-      mma_ss<DH, ROWS>(p, qw, DH + PAD, kt, DH + PAD, lane);
-      mma_ss<DV, ROWS>(dp, dw, DV + PAD, vt, DV + PAD, lane);
+      mma_a<DH, ROWS, HOLD>(p, qf, qw, DH + PAD, kt, DH + PAD, lane);
+      mma_a<DV, ROWS, HOLD>(dp, df, dw, DV + PAD, vt, DV + PAD, lane);
 #pragma unroll
       for (int j = 0; j < ROWS / 8; j++)
 #pragma unroll
@@ -353,6 +431,8 @@ __global__ void __launch_bounds__(WARPS * 32) k_backward_dkdv(const bf16* q, con
   cp_commit();
   const bf16* kw = Ks + warp * 16 * (DH + PAD);
   const bf16* vw = Vs + warp * 16 * (DV + PAD);
+  constexpr bool HOLD = MLA_MMA_HOLD && DH + DV <= 128;
+  uint32_t kf[HOLD ? DH / 16 : 1][4], vf[HOLD ? DV / 16 : 1][4];
   float dka[DH / 8][4] = {}, dva[DV / 8][4] = {};
   for (int64_t step = 0; step < steps; step++) {
     const int buf = (int)(step & 1);
@@ -360,6 +440,9 @@ __global__ void __launch_bounds__(WARPS * 32) k_backward_dkdv(const bf16* q, con
     cp_commit();
     cp_wait<1>();
     __syncthreads();
+    if constexpr (HOLD) {
+      if (step == 0) load_a<DH>(kf, kw, DH + PAD, lane), load_a<DV>(vf, vw, DV + PAD, lane);
+    }
     const int64_t t0 = tlo + (step % tiles) * QR;
     if (!(w0 > t0 + QR - 1 + off || (window > 0 && w0 + 15 <= t0 + off - window))) {  // some query of the tile sees the warp's keys
       const bf16* qt = Qs + buf * QR * (DH + PAD);
@@ -367,8 +450,8 @@ __global__ void __launch_bounds__(WARPS * 32) k_backward_dkdv(const bf16* q, con
       const float* Lt = Ls + buf * QR;
       const float* Dt = Ds + buf * QR;
       float p[QR / 8][4] = {}, dp[QR / 8][4] = {};
-      mma_ss<DH, QR>(p, kw, DH + PAD, qt, DH + PAD, lane);
-      mma_ss<DV, QR>(dp, vw, DV + PAD, dt, DV + PAD, lane);
+      mma_a<DH, QR, HOLD>(p, kf, kw, DH + PAD, qt, DH + PAD, lane);
+      mma_a<DV, QR, HOLD>(dp, vf, vw, DV + PAD, dt, DV + PAD, lane);
 #pragma unroll
       for (int j = 0; j < QR / 8; j++)
 #pragma unroll
@@ -398,7 +481,9 @@ __global__ void __launch_bounds__(WARPS * 32) k_backward_dkdv(const bf16* q, con
   }
 }
 
-constexpr size_t forward_smem(int DH, int DV) { return sizeof(bf16) * (3 * ROWS * (DH + PAD) + 2 * ROWS * (DV + PAD)); }
+// Two m-tiles per warp where the fragments fit in registers (see the top of the file).
+constexpr int forward_mtiles(int DH, int DV) { return MLA_MMA_FWD_MT2 && DH + DV <= 128 ? 2 : 1; }
+constexpr size_t forward_smem(int DH, int DV) { return sizeof(bf16) * ((2 + forward_mtiles(DH, DV)) * ROWS * (DH + PAD) + 2 * ROWS * (DV + PAD)); }
 constexpr size_t dq_smem(int DH, int DV) { return sizeof(bf16) * (3 * ROWS * (DH + PAD) + 3 * ROWS * (DV + PAD)); }
 constexpr size_t dkdv_smem(int DH, int DV, int QR) { return sizeof(bf16) * (ROWS * (DH + PAD) + ROWS * (DV + PAD) + 2 * QR * (DH + PAD) + 2 * QR * (DV + PAD)) + sizeof(float) * 4 * QR; }
 
@@ -417,10 +502,11 @@ struct Problem {
 
 template <int DH, int DV>
 mla_status forward(const bf16* q, const bf16* k, const bf16* v, float* o, const float* dout, float* lse, float* delta, const Problem& p) {
+  constexpr int MT = forward_mtiles(DH, DV);
   const size_t smem = forward_smem(DH, DV);
-  if (mla_status e = allow_smem(k_forward<DH, DV>, smem)) return e;
-  const dim3 grid((unsigned)((p.T + ROWS - 1) / ROWS), (unsigned)(p.B * p.H));
-  k_forward<DH, DV><<<grid, WARPS * 32, smem, ctx()->stream>>>(q, k, v, o, dout, lse, delta, p.T, p.S, p.H, p.Hkv, p.scale * LOG2E, p.off, p.window);
+  if (mla_status e = allow_smem(k_forward<DH, DV, MT>, smem)) return e;
+  const dim3 grid((unsigned)((p.T + ROWS * MT - 1) / (ROWS * MT)), (unsigned)(p.B * p.H));
+  k_forward<DH, DV, MT><<<grid, WARPS * 32, smem, ctx()->stream>>>(q, k, v, o, dout, lse, delta, p.T, p.S, p.H, p.Hkv, p.scale * LOG2E, p.off, p.window);
   KERNEL_CHECK();
   return MLA_OK;
 }
@@ -451,28 +537,35 @@ bool attention_mma_dims(int64_t Dh, int64_t Dv) {
   return false;
 }
 
-mla_status attention_mma(const void* q, const void* k, const void* v, float* o, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window) {
+mla_status attention_mma(const void* q, const void* k, const void* v, float* o, float* lse, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window) {
   const Problem p{B, T, S, (int)H, (int)Hkv, scale, off, window};
   auto* Q = (const bf16*)q;
   auto* K = (const bf16*)k;
   auto* V = (const bf16*)v;
 #define MMA_FORWARD(a, b) \
-  if (Dh == a && Dv == b) return forward<a, b>(Q, K, V, o, nullptr, nullptr, nullptr, p);
+  if (Dh == a && Dv == b) return forward<a, b>(Q, K, V, o, nullptr, lse, nullptr, p);
   MMA_DIMS(MMA_FORWARD)
 #undef MMA_FORWARD
   return MLA_FAIL(MLA_ERR_INTERNAL, "attention_mma: unsupported head dims " + std::to_string(Dh) + "/" + std::to_string(Dv));
 }
 
-mla_status attention_mma_backward(const void* q, const void* k, const void* v, const void* dout_bf16, const float* dout, float* lse, float* delta, float* dq, float* dk, float* dv, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window) {
+mla_status attention_mma_backward(const void* q, const void* k, const void* v, const void* dout_bf16, const float* dout, const float* o, const float* saved_lse, float* lse, float* delta, float* dq, float* dk, float* dv, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window) {
   const Problem p{B, T, S, (int)H, (int)Hkv, scale, off, window};
   auto* Q = (const bf16*)q;
   auto* K = (const bf16*)k;
   auto* V = (const bf16*)v;
   auto* dO = (const bf16*)dout_bf16;
-#define MMA_BACKWARD(a, b)                                                                     \
-  if (Dh == a && Dv == b) {                                                                    \
-    if (mla_status e = forward<a, b>(Q, K, V, nullptr, dout, lse, delta, p)) return e;         \
-    return backward<a, b>(Q, K, V, dO, lse, delta, dq, dk, dv, p);                             \
+  const bool saved = o && saved_lse;
+  if (saved) {  // the forward's statistics: only δ is left to compute
+    const int64_t rows = B * T * H;
+    k_row_dot<<<(unsigned)((rows * 32 + 255) / 256), 256, 0, ctx()->stream>>>(dout, o, delta, rows, T, (int)H, (int)Dv);
+    KERNEL_CHECK();
+  }
+#define MMA_BACKWARD(a, b)                                                                              \
+  if (Dh == a && Dv == b) {                                                                             \
+    if (!saved)                                                                                         \
+      if (mla_status e = forward<a, b>(Q, K, V, nullptr, dout, lse, delta, p)) return e;                \
+    return backward<a, b>(Q, K, V, dO, saved ? saved_lse : lse, delta, dq, dk, dv, p);                  \
   }
   MMA_DIMS(MMA_BACKWARD)
 #undef MMA_BACKWARD

@@ -34,15 +34,25 @@ const char* cublas_name(cublasStatus_t s);
 size_t dtype_size(int32_t dtype);
 // Device scratch of at least `bytes`, valid until the next call on this thread (stream-ordered).
 void* scratch(size_t bytes, mla_status* st);
+// Which route T > 1 attention takes, from MHA2MLA_CUDA_ATTENTION (read at every call, so a benchmark or
+// test compares them in one process): unset, the fused tensor-core kernels where they take the inputs
+// (bf16 and their head dims) and the chunked GEMMs elsewhere; gemm, the chunked GEMMs always; flash and
+// rows, the older float32 kernels of kernels.cu (one fused block per query tile, one block per row).
+enum class AttentionRoute { Fused, Gemm, Flash, Rows };
+AttentionRoute attention_route();
 // Causal GQA attention of B sequences as cuBLAS GEMMs over chunks of queries (attention_gemm.cu):
-// q[B·T,H,Dh], k[B·S,Hkv,Dh], v[B·S,Hkv,Dv] → o[B·T,H,Dv]; bf16: GEMM inputs rounded to bf16.
-mla_status attention_gemm(const float* q, const float* k, const float* v, float* o, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window, bool bf16);
+// q[B·T,H,Dh], k[B·S,Hkv,Dh], v[B·S,Hkv,Dv] → o[B·T,H,Dv]; bf16: GEMM inputs rounded to bf16; handed to
+// the fused kernels where use_mma says so (lse: theirs, else unused).
+mla_status attention_gemm(const float* q, const float* k, const float* v, float* o, float* lse, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window, bool bf16);
 // The fused tensor-core route (attention_mma.cu) on bf16 copies of q, k, v (and dout): whether it takes
-// the head dims; the forward; the backward (lse and delta: [B·H, T] float32 scratch each; dq, dk, dv
-// overwritten, deterministically).
+// the head dims; the forward (lse, when set: the row log-sum-exp the backward can reuse, [B·H, T]); the
+// backward (o and saved_lse: the forward's output and lse, or null to recompute them; lse and delta:
+// [B·H, T] float32 scratch each; dq, dk, dv overwritten, deterministically).
 bool attention_mma_dims(int64_t Dh, int64_t Dv);
-mla_status attention_mma(const void* q, const void* k, const void* v, float* o, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window);
-mla_status attention_mma_backward(const void* q, const void* k, const void* v, const void* dout_bf16, const float* dout, float* lse, float* delta, float* dq, float* dk, float* dv, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window);
+// Whether bf16 attention with these head dims takes the fused route (MHA2MLA_CUDA_ATTENTION=gemm: never).
+bool use_mma(bool bf16, int64_t Dh, int64_t Dv);
+mla_status attention_mma(const void* q, const void* k, const void* v, float* o, float* lse, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window);
+mla_status attention_mma_backward(const void* q, const void* k, const void* v, const void* dout_bf16, const float* dout, const float* o, const float* saved_lse, float* lse, float* delta, float* dq, float* dk, float* dv, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window);
 }  // namespace mla
 
 #define MLA_FAIL(code, msg) ::mla::fail(code, __FILE__, __LINE__, msg)

@@ -1,4 +1,5 @@
 // Device, stream, handles, buffers and errors of the CUDA build.
+#include <cstdlib>
 #include <cstring>
 #include <mutex>
 #include "common.cuh"
@@ -59,6 +60,17 @@ void* scratch(size_t bytes, mla_status* st) {
   scratch_bytes = want;
   return scratch_ptr;
 }
+
+AttentionRoute attention_route() {
+  const char* e = getenv("MHA2MLA_CUDA_ATTENTION");
+  if (!e) return AttentionRoute::Fused;
+  if (strcmp(e, "gemm") == 0) return AttentionRoute::Gemm;
+  if (strcmp(e, "flash") == 0) return AttentionRoute::Flash;
+  if (strcmp(e, "rows") == 0) return AttentionRoute::Rows;
+  return AttentionRoute::Fused;
+}
+
+bool use_mma(bool bf16, int64_t Dh, int64_t Dv) { return bf16 && attention_mma_dims(Dh, Dv) && attention_route() == AttentionRoute::Fused; }
 }  // namespace mla
 
 using mla::ctx;
@@ -154,6 +166,7 @@ extern "C" mla_status mla_cuda_copy(mla_cuda_buf* dst, int64_t dst_offset, const
 
 extern "C" mla_status mla_cuda_upload(mla_cuda_buf* dst, const void* host, int64_t bytes) {
   NEED_CTX();
+  if (dst && bytes == 0 && dst->n == 0) return MLA_OK;  // an empty tensor (its host array may come as null)
   MLA_CHECK(dst && host && bytes == dst->n * (int64_t)mla::dtype_size(dst->dtype), "upload: size mismatch");
   CUDA_TRY(cudaMemcpyAsync(dst->ptr, host, bytes, cudaMemcpyHostToDevice, ctx()->stream));
   CUDA_TRY(cudaStreamSynchronize(ctx()->stream));  // the host array may be reused by JavaScript right after
@@ -162,6 +175,7 @@ extern "C" mla_status mla_cuda_upload(mla_cuda_buf* dst, const void* host, int64
 
 extern "C" mla_status mla_cuda_download(const mla_cuda_buf* src, void* host, int64_t bytes) {
   NEED_CTX();
+  if (src && bytes == 0 && src->n == 0) return MLA_OK;
   MLA_CHECK(src && host && bytes == src->n * (int64_t)mla::dtype_size(src->dtype), "download: size mismatch");
   CUDA_TRY(cudaMemcpyAsync(host, src->ptr, bytes, cudaMemcpyDeviceToHost, ctx()->stream));
   CUDA_TRY(cudaStreamSynchronize(ctx()->stream));

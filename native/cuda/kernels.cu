@@ -550,17 +550,6 @@ __global__ void __launch_bounds__(FWARPS * 32) k_flash_attention(const float* __
   }
 }
 
-// Which route T > 1 attention takes: MHA2MLA_CUDA_ATTENTION = gemm (default: cuBLAS GEMMs over query
-// chunks and a softmax kernel, the fastest measured), flash (the fused kernel above) or rows (one
-// block per query row). Read at every call, so a benchmark or test can compare them in one process.
-enum class AttentionRoute { Gemm, Flash, Rows };
-static AttentionRoute attention_route() {
-  const char* e = getenv("MHA2MLA_CUDA_ATTENTION");
-  if (e && strcmp(e, "flash") == 0) return AttentionRoute::Flash;
-  if (e && strcmp(e, "rows") == 0) return AttentionRoute::Rows;
-  return AttentionRoute::Gemm;
-}
-
 static mla_status launch_flash_attention(const float* q, const float* k, const float* v, float* o, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window) {
   static bool configured = false;
   const size_t smem = sizeof(float) * flash_smem_floats(256, 256);
@@ -597,12 +586,20 @@ static mla_status launch_attention(const float* q, const float* k, const float* 
   return MLA_OK;
 }
 
-extern "C" mla_status mla_cuda_attention(const mla_cuda_buf* q, const mla_cuda_buf* k, const mla_cuda_buf* v, mla_cuda_buf* o, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window, int32_t bf16) {
+extern "C" mla_status mla_cuda_attention(const mla_cuda_buf* q, const mla_cuda_buf* k, const mla_cuda_buf* v, mla_cuda_buf* o, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window, int32_t bf16, mla_cuda_buf* lse, int32_t* saved) {
   NEED_CTX();
   MLA_CHECK(B >= 1 && is_f32(q, B * T * H * Dh) && is_f32(k, B * S * Hkv * Dh) && is_f32(v, B * S * Hkv * Dv) && is_f32(o, B * T * H * Dv), "attention: f32 buffers q[B·T,H,Dh], k[B·S,Hkv,Dh], v[B·S,Hkv,Dv], o[B·T,H,Dv]");
   MLA_CHECK(Hkv > 0 && H % Hkv == 0, "attention: H must be a multiple of Hkv");
-  const AttentionRoute route = attention_route();
-  if (T > 1 && S > 0 && route == AttentionRoute::Gemm) return mla::attention_gemm(CF(q), CF(k), CF(v), F(o), B, T, S, H, Hkv, Dh, Dv, scale, off, window, bf16 != 0);
+  const mla::AttentionRoute route = mla::attention_route();
+  if (saved) *saved = 0;
+  if (T > 1 && S > 0 && (route == mla::AttentionRoute::Fused || route == mla::AttentionRoute::Gemm)) {
+    // Statistics for the backward come only from the fused kernels.
+    const bool fused = mla::use_mma(bf16 != 0, Dh, Dv);
+    MLA_CHECK(!lse || is_f32(lse, B * H * T), "attention: lse must be an f32 buffer [B·H·T]");
+    if (mla_status e = mla::attention_gemm(CF(q), CF(k), CF(v), F(o), fused && lse ? F(lse) : nullptr, B, T, S, H, Hkv, Dh, Dv, scale, off, window, bf16 != 0)) return e;
+    if (lse && fused && saved) *saved = 1;
+    return MLA_OK;
+  }
   // The other routes take one sequence at a time, in float32.
   for (int64_t b = 0; b < B; b++) {
     const float* qb = CF(q) + b * T * H * Dh;
@@ -610,7 +607,7 @@ extern "C" mla_status mla_cuda_attention(const mla_cuda_buf* q, const mla_cuda_b
     const float* vb = CF(v) + b * S * Hkv * Dv;
     float* ob = F(o) + b * T * H * Dv;
     // The flash kernel takes head dims up to 256 (every Llama-family model); wider ones the row kernel.
-    mla_status st = T > 1 && Dh <= 256 && Dv <= 256 && route == AttentionRoute::Flash ? launch_flash_attention(qb, kb, vb, ob, T, S, H, Hkv, Dh, Dv, scale, off, window)
+    mla_status st = T > 1 && Dh <= 256 && Dv <= 256 && route == mla::AttentionRoute::Flash ? launch_flash_attention(qb, kb, vb, ob, T, S, H, Hkv, Dh, Dv, scale, off, window)
                                                                                      : launch_attention<false>(qb, kb, vb, nullptr, nullptr, ob, T, S, H, Hkv, Dh, Dv, 0, scale, off, window);
     if (st != MLA_OK) return st;
   }

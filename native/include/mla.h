@@ -140,10 +140,13 @@ mla_status mla_cuda_rope(const mla_cuda_buf* x, mla_cuda_buf* y, const int32_t* 
 mla_status mla_cuda_head_linear(const mla_cuda_buf* x, const mla_cuda_buf* w, mla_cuda_buf* y, int64_t T, int64_t H, int64_t G, int64_t K, int64_t N);
 /* Attention of B independent sequences of equal length: q[B·T,H,Dh], k[B·S,Hkv,Dh], v[B·S,Hkv,Dv] →
    o[B·T,H,Dv]. bf16 != 0: the GEMM route rounds its GEMM inputs to bf16 (tensor cores), scores,
-   softmax and accumulation stay f32. */
-mla_status mla_cuda_attention(const mla_cuda_buf* q, const mla_cuda_buf* k, const mla_cuda_buf* v, mla_cuda_buf* o, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t query_offset, int64_t window, int32_t bf16);
-/* Gradients of mla_cuda_attention: dq[B·T,H,Dh], dk[B·S,Hkv,Dh], dv[B·S,Hkv,Dv] from dout[B·T,H,Dv] (overwritten). */
-mla_status mla_cuda_attention_backward(const mla_cuda_buf* q, const mla_cuda_buf* k, const mla_cuda_buf* v, const mla_cuda_buf* dout, mla_cuda_buf* dq, mla_cuda_buf* dk, mla_cuda_buf* dv, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t query_offset, int64_t window, int32_t bf16);
+   softmax and accumulation stay f32. lse (optional, f32 [B·H·T]): where the fused tensor-core kernels
+   run, they leave their row log-sum-exp there for the backward and *saved becomes 1 (else 0). */
+mla_status mla_cuda_attention(const mla_cuda_buf* q, const mla_cuda_buf* k, const mla_cuda_buf* v, mla_cuda_buf* o, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t query_offset, int64_t window, int32_t bf16, mla_cuda_buf* lse, int32_t* saved);
+/* Gradients of mla_cuda_attention: dq[B·T,H,Dh], dk[B·S,Hkv,Dh], dv[B·S,Hkv,Dv] from dout[B·T,H,Dv]
+   (overwritten). o and lse: the forward's output and saved statistics (both or neither; only pass lse
+   the forward marked saved), so the fused kernels need not recompute them. */
+mla_status mla_cuda_attention_backward(const mla_cuda_buf* q, const mla_cuda_buf* k, const mla_cuda_buf* v, const mla_cuda_buf* dout, mla_cuda_buf* dq, mla_cuda_buf* dk, mla_cuda_buf* dv, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t query_offset, int64_t window, int32_t bf16, const mla_cuda_buf* o, const mla_cuda_buf* lse);
 /* MLA attention on the latent cache: qr[T,H,Dr], kr[S,Hkv,Dr], qc[T,H,L], c[S,L] → o[T,H,L]. */
 mla_status mla_cuda_latent_attention(const mla_cuda_buf* qr, const mla_cuda_buf* kr, const mla_cuda_buf* qc, const mla_cuda_buf* c, mla_cuda_buf* o, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dr, int64_t L, float scale, int64_t query_offset, int64_t window);
 /* The same two for a single query row (decode, T = 1) through cuBLAS: scores of all heads by GEMM

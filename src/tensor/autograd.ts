@@ -6,7 +6,7 @@
  */
 import type { AttentionOptions, Backend } from "./backend.js";
 import type { Tensor } from "./tensor.js";
-import { attentionBackwardOf, attentionOf } from "./sequences.js";
+import { attentionBackwardOf, attentionForTrainingOf, attentionOf } from "./sequences.js";
 
 export class Node {
   grad: Tensor | null = null;
@@ -93,8 +93,11 @@ export class Ops {
 
   attention(q: Node, k: Node, v: Node, opts: AttentionOptions): Node {
     const b = this.b;
-    return this.out(attentionOf(b, q.value, k.value, v.value, opts), [q, k, v], (g) => {
-      const r = attentionBackwardOf(b, q.value, k.value, v.value, g, opts);
+    const training = this.tape !== null && [q, k, v].some((n) => n.requiresGrad);
+    // A backward will follow: let the backend keep what it can reuse there (the softmax statistics).
+    const { o, saved } = training ? attentionForTrainingOf(b, q.value, k.value, v.value, opts) : { o: attentionOf(b, q.value, k.value, v.value, opts), saved: null };
+    return this.out(o, [q, k, v], (g) => {
+      const r = attentionBackwardOf(b, q.value, k.value, v.value, g, opts, saved);
       if (q.requiresGrad) q.accumulate(b, r.dq);
       if (k.requiresGrad) k.accumulate(b, r.dk);
       if (v.requiresGrad) v.accumulate(b, r.dv);

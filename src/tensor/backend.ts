@@ -48,6 +48,12 @@ export interface TrainingKernels {
 }
 
 /** The keys query row t may attend to, as an inclusive range [lo, hi] of S cached rows (causal, sliding window). */
+/** What a training forward of attention leaves for its backward: o [T,H,Dv] and the row log-sum-exp of the softmax, [B·H·T] (backend-specific units). */
+export interface AttentionSaved {
+  o: Tensor;
+  lse: Tensor;
+}
+
 export function visibleKeys(t: number, S: number, opts: AttentionOptions): [number, number] {
   const qpos = t + opts.queryOffset;
   return [opts.window === null ? 0 : Math.max(0, qpos - opts.window + 1), Math.min(S - 1, qpos)];
@@ -108,6 +114,11 @@ export interface Backend {
   /** Causal GQA attention: q[T,H,Dh], k[S,Hkv,Dh], v[S,Hkv,Dv] → [T,H,Dv]. */
   attention(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOptions): Tensor;
   /**
+   * `attention` when a backward will follow: also returns what the backend's attentionBackward can
+   * reuse (the output and the softmax statistics), or saved null where it keeps nothing.
+   */
+  attentionForTraining?(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOptions): { o: Tensor; saved: AttentionSaved | null };
+  /**
    * Per-head products with weights shared by groups of heads: x [T,H,K], w [G,N,K] (H a multiple of
    * G) → y [T,H,N], y[t,h] = w[h / (H/G)]·x[t,h]. MLA's run-time absorption: the query's nope part
    * through its KV group's key up-projection, the latent output through its value up-projection.
@@ -135,7 +146,8 @@ export interface Backend {
   rmsnormBackward(x: Tensor, w: Tensor, eps: number, dy: Tensor): { dx: Tensor; dw: Tensor };
   /** RoPE is a rotation: its backward rotates dy by the opposite angle. */
   ropeBackward(dy: Tensor, positions: Int32Array, invFreq: Float64Array, rotaryDims?: number): Tensor;
-  attentionBackward(q: Tensor, k: Tensor, v: Tensor, dOut: Tensor, opts: AttentionOptions): { dq: Tensor; dk: Tensor; dv: Tensor };
+  /** `saved`: what `attentionForTraining` returned for these inputs, so the backward need not recompute it. */
+  attentionBackward(q: Tensor, k: Tensor, v: Tensor, dOut: Tensor, opts: AttentionOptions, saved?: AttentionSaved): { dq: Tensor; dk: Tensor; dv: Tensor };
   swigluBackward(gate: Tensor, up: Tensor, dy: Tensor): { dgate: Tensor; dup: Tensor };
   /** dtable[V,D]: rows of dy[T,D] added at ids. */
   embeddingBackward(ids: Int32Array, dy: Tensor, vocab: number): Tensor;

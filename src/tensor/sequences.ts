@@ -3,7 +3,7 @@
  * that declare `batchedAttention` take them in one call; for the others each sequence runs on its own
  * and the results are stacked again. q [B·T, H, Dh], k [B·S, Hkv, Dh], v [B·S, Hkv, Dv].
  */
-import type { AttentionOptions, Backend } from "./backend.js";
+import type { AttentionOptions, AttentionSaved, Backend } from "./backend.js";
 import type { Tensor } from "./tensor.js";
 import { rowOf, stackRows } from "./rows.js";
 
@@ -28,9 +28,16 @@ export function attentionOf(b: Backend, q: Tensor, k: Tensor, v: Tensor, opts: A
   return joinSequences(b, qs.map((qi, i) => b.attention(qi, ks[i]!, vs[i]!, one)));
 }
 
-export function attentionBackwardOf(b: Backend, q: Tensor, k: Tensor, v: Tensor, dOut: Tensor, opts: AttentionOptions): { dq: Tensor; dk: Tensor; dv: Tensor } {
+/** `attentionOf` with a backward to follow: the output and what the backward may reuse (null where the backend keeps nothing). */
+export function attentionForTrainingOf(b: Backend, q: Tensor, k: Tensor, v: Tensor, opts: AttentionOptions): { o: Tensor; saved: AttentionSaved | null } {
   const B = opts.batch ?? 1;
-  if (B === 1 || b.batchedAttention) return b.attentionBackward(q, k, v, dOut, opts);
+  if (b.attentionForTraining && (B === 1 || b.batchedAttention)) return b.attentionForTraining(q, k, v, opts);
+  return { o: attentionOf(b, q, k, v, opts), saved: null };
+}
+
+export function attentionBackwardOf(b: Backend, q: Tensor, k: Tensor, v: Tensor, dOut: Tensor, opts: AttentionOptions, saved?: AttentionSaved | null): { dq: Tensor; dk: Tensor; dv: Tensor } {
+  const B = opts.batch ?? 1;
+  if (B === 1 || b.batchedAttention) return b.attentionBackward(q, k, v, dOut, opts, saved ?? undefined);
   const one = { ...opts, batch: 1 };
   const [qs, ks, vs, ds] = [q, k, v, dOut].map((t) => splitSequences(b, t, B)) as [Tensor[], Tensor[], Tensor[], Tensor[]];
   const parts = qs.map((qi, i) => b.attentionBackward(qi, ks[i]!, vs[i]!, ds[i]!, one));

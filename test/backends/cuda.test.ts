@@ -295,7 +295,7 @@ test("training kernels: batched attention forward and backward (f32 GEMMs; bf16 
     return out;
   };
   // [sequences, T, S, H, Hkv, Dh, Dv, query offset, window]; the fused kernels take Dh/Dv 64/64, 128/128, 192/128.
-  const cases = [[3, 300, 300, 4, 2, 16, 16, 0, 0], [2, 513, 513, 6, 6, 64, 64, 0, 0], [1, 70, 70, 8, 1, 32, 32, 0, 0], [2, 200, 200, 8, 2, 128, 128, 0, 0], [1, 130, 150, 4, 4, 192, 128, 20, 0], [2, 300, 300, 6, 3, 64, 64, 0, 100], [1, 1, 1, 2, 1, 64, 64, 0, 0], [1, 128, 128, 2, 2, 128, 128, 0, 0], [2, 256, 256, 8, 2, 64, 64, 0, 0]] as const;
+  const cases = [[3, 300, 300, 4, 2, 16, 16, 0, 0], [2, 513, 513, 6, 6, 64, 64, 0, 0], [1, 70, 70, 8, 1, 32, 32, 0, 0], [2, 200, 200, 8, 2, 128, 128, 0, 0], [1, 130, 150, 4, 4, 192, 128, 20, 0], [2, 300, 300, 6, 3, 64, 64, 0, 100], [1, 1, 1, 2, 1, 64, 64, 0, 0], [1, 128, 128, 2, 2, 128, 128, 0, 0], [2, 256, 256, 8, 2, 64, 64, 0, 0], [1, 200, 230, 4, 2, 64, 64, 30, 50]] as const;
   for (const [nb, T, S, H, Hkv, Dh, Dv, off, win] of cases) {
     const q = arr(nb * T * H * Dh), k = arr(nb * S * Hkv * Dh), v = arr(nb * S * Hkv * Dv), d = arr(nb * T * H * Dv);
     const window = win > 0 ? win : null;
@@ -325,6 +325,17 @@ test("training kernels: batched attention forward and backward (f32 GEMMs; bf16 
           const again = B.attentionBackward(Q, K, V, D, opts);
           assert.deepEqual(again.dk.toArray(), g.dk.toArray(), "the fused backward is deterministic");
           assert.deepEqual(again.dq.toArray(), g.dq.toArray(), "the fused backward is deterministic");
+          // The training forward keeps the fused kernels' statistics; the backward from them matches.
+          const trained = B.attentionForTraining(Q, K, V, opts);
+          const fusedDims = T > 1 && [[64, 64], [128, 128], [192, 128]].some(([a, b]) => a === Dh && b === Dv);
+          assert.equal(trained.saved !== null, fusedDims, "statistics are kept exactly where the fused kernels run");
+          assert.deepEqual(trained.o.toArray(), o, "the training forward gives the same output");
+          const fromSaved = B.attentionBackward(Q, K, V, D, opts, trained.saved ?? undefined);
+          const twice = B.attentionBackward(Q, K, V, D, opts, trained.saved ?? undefined);
+          for (const n of ["dq", "dk", "dv"] as const) {
+            assert.ok(rel(fromSaved[n].toArray(), g[n].toArray()) < 1e-3, `${n} from saved statistics: relative difference ${rel(fromSaved[n].toArray(), g[n].toArray())}`);
+            assert.deepEqual(twice[n].toArray(), fromSaved[n].toArray(), "the backward from saved statistics is deterministic");
+          }
         }
       } finally {
         delete process.env["MHA2MLA_CUDA_ATTENTION"];

@@ -12,7 +12,7 @@ import vm from "node:vm";
 import koffi from "koffi";
 import { MlaError } from "../../errors.js";
 import { packageRoot } from "../../io/modelDir.js";
-import type { AttentionOptions, Backend, TrainingKernels } from "../../tensor/backend.js";
+import type { AttentionOptions, AttentionSaved, Backend, TrainingKernels } from "../../tensor/backend.js";
 import { FloatArray, Tensor, expectShape } from "../../tensor/tensor.js";
 import type { Linalg } from "./linalg.js";
 import { profileCuda } from "./cudaProfile.js";
@@ -45,9 +45,9 @@ const SIGNATURES: Record<string, string> = {
   rmsnormBackward: "int mla_cuda_rmsnorm_backward(const mla_cuda_buf* x, const mla_cuda_buf* w, const mla_cuda_buf* dy, mla_cuda_buf* dx, mla_cuda_buf* dw, int64_t rows, int64_t D, float eps)",
   rope: "int mla_cuda_rope(const mla_cuda_buf* x, mla_cuda_buf* y, const int32_t* positions, const double* inv_freq, int64_t n_freq, int64_t T, int64_t H, int64_t Dh, int64_t rotary_dims, int32_t sign)",
   headLinear: "int mla_cuda_head_linear(const mla_cuda_buf* x, const mla_cuda_buf* w, mla_cuda_buf* y, int64_t T, int64_t H, int64_t G, int64_t K, int64_t N)",
-  attention: "int mla_cuda_attention(const mla_cuda_buf* q, const mla_cuda_buf* k, const mla_cuda_buf* v, mla_cuda_buf* o, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window, int32_t bf16)",
+  attention: "int mla_cuda_attention(const mla_cuda_buf* q, const mla_cuda_buf* k, const mla_cuda_buf* v, mla_cuda_buf* o, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window, int32_t bf16, mla_cuda_buf* lse, int32_t* saved)",
   latentAttention: "int mla_cuda_latent_attention(const mla_cuda_buf* qr, const mla_cuda_buf* kr, const mla_cuda_buf* qc, const mla_cuda_buf* c, mla_cuda_buf* o, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dr, int64_t L, float scale, int64_t off, int64_t window)",
-  attentionBackward: "int mla_cuda_attention_backward(const mla_cuda_buf* q, const mla_cuda_buf* k, const mla_cuda_buf* v, const mla_cuda_buf* dout, mla_cuda_buf* dq, mla_cuda_buf* dk, mla_cuda_buf* dv, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window, int32_t bf16)",
+  attentionBackward: "int mla_cuda_attention_backward(const mla_cuda_buf* q, const mla_cuda_buf* k, const mla_cuda_buf* v, const mla_cuda_buf* dout, mla_cuda_buf* dq, mla_cuda_buf* dk, mla_cuda_buf* dv, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window, int32_t bf16, const mla_cuda_buf* o, const mla_cuda_buf* lse)",
   fillZero: "int mla_cuda_fill_zero(mla_cuda_buf* x)",
   sumSquares: "int mla_cuda_sum_squares(const mla_cuda_buf* x, double* out)",
   adamw: "int mla_cuda_adamw(mla_cuda_buf* p, const mla_cuda_buf* g, mla_cuda_buf* m, mla_cuda_buf* v, mla_cuda_buf* shadow, float lr, float beta1, float beta2, float eps, float weight_decay, double bias_c1, double bias_c2, float grad_scale)",
@@ -395,6 +395,15 @@ export class CudaBackend implements Backend {
   }
 
   attention(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOptions): Tensor {
+    return this.runAttention(q, k, v, opts, false).o;
+  }
+
+  /** The fused bf16 kernels keep their row log-sum-exp [B·H·T], so the backward skips a forward pass. */
+  attentionForTraining(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOptions): { o: Tensor; saved: AttentionSaved | null } {
+    return this.runAttention(q, k, v, opts, true);
+  }
+
+  private runAttention(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOptions, keep: boolean): { o: Tensor; saved: AttentionSaved | null } {
     const [T, H, Dh] = q.shape as [number, number, number];
     const [S, Hkv] = k.shape as [number, number];
     const Dv = last(v);
@@ -404,10 +413,13 @@ export class CudaBackend implements Backend {
     const B = batchOf("attention", opts, T, S);
     if (T === 1 && S > 0) {
       this.call("attention_decode", this.lib.fns["attentionDecode"]!(this.h(q), this.h(k), this.h(v), this.h(o), S, H, Hkv, Dh, Dv, opts.scale, opts.queryOffset, opts.window ?? 0));
-      return o;
+      return { o, saved: null };
     }
-    this.call("attention", this.lib.fns["attention"]!(this.h(q), this.h(k), this.h(v), this.h(o), B, T / B, S / B, H, Hkv, Dh, Dv, opts.scale, opts.queryOffset, opts.window ?? 0, opts.bf16 ? 1 : 0));
-    return o;
+    const lse = keep && opts.bf16 ? this.empty([H * T], "attention statistics") : null;
+    const kept = new Int32Array(1);
+    this.call("attention", this.lib.fns["attention"]!(this.h(q), this.h(k), this.h(v), this.h(o), B, T / B, S / B, H, Hkv, Dh, Dv, opts.scale, opts.queryOffset, opts.window ?? 0, opts.bf16 ? 1 : 0, this.h(lse), kept));
+    if (lse && !kept[0]) this.free(lse);
+    return { o, saved: lse && kept[0] ? { o, lse } : null };
   }
 
   headLinear(x: Tensor, w: Tensor): Tensor {
@@ -526,8 +538,8 @@ export class CudaBackend implements Backend {
     this.call("pair_norms", this.lib.fns["pairNorms"]!(this.h(y), acc, T, heads, Dh));
   }
 
-  /** Gradients of `attention` on the GPU (the chunked GEMM route, recomputing the probabilities). */
-  attentionBackward(q: Tensor, k: Tensor, v: Tensor, dOut: Tensor, opts: AttentionOptions) {
+  /** Gradients of `attention` on the GPU (probabilities recomputed; from `saved` statistics where the forward kept them). */
+  attentionBackward(q: Tensor, k: Tensor, v: Tensor, dOut: Tensor, opts: AttentionOptions, saved?: AttentionSaved) {
     const [T, H, Dh] = q.shape as [number, number, number];
     const [S, Hkv] = k.shape as [number, number];
     const Dv = last(v);
@@ -536,7 +548,7 @@ export class CudaBackend implements Backend {
     expectShape("attentionBackward", "dOut", dOut, [T, H, Dv]);
     const dq = this.empty(q.shape, "a query gradient"), dk = this.empty(k.shape, "a key gradient"), dv = this.empty(v.shape, "a value gradient");
     const B = batchOf("attentionBackward", opts, T, S);
-    this.call("attention_backward", this.lib.fns["attentionBackward"]!(this.h(q), this.h(k), this.h(v), this.h(dOut), this.h(dq), this.h(dk), this.h(dv), B, T / B, S / B, H, Hkv, Dh, Dv, opts.scale, opts.queryOffset, opts.window ?? 0, opts.bf16 ? 1 : 0));
+    this.call("attention_backward", this.lib.fns["attentionBackward"]!(this.h(q), this.h(k), this.h(v), this.h(dOut), this.h(dq), this.h(dk), this.h(dv), B, T / B, S / B, H, Hkv, Dh, Dv, opts.scale, opts.queryOffset, opts.window ?? 0, opts.bf16 ? 1 : 0, this.h(saved?.o), this.h(saved?.lse)));
     return { dq, dk, dv };
   }
 

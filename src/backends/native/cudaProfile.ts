@@ -3,7 +3,7 @@
  * per op (GPU work plus host dispatch) is summed and printed to stderr at exit, most expensive first.
  * For finding where a training step spends its time; it slows the run down (no overlap of host and GPU).
  */
-const OPS = ["linear", "linearBackward", "rmsnorm", "rmsnormBackward", "rope", "ropeBackward", "attention", "attentionBackward", "swiglu", "swigluBackward", "add", "scale", "embedding", "embeddingBackward", "crossEntropy", "crossEntropyBackward", "crossEntropyFused", "klDivergence", "gatherCols", "scatterCols", "concatLast", "splitLast"];
+const OPS = ["linear", "linearBackward", "rmsnorm", "rmsnormBackward", "rope", "ropeBackward", "attention", "attentionForTraining", "attentionBackward", "swiglu", "swigluBackward", "add", "scale", "embedding", "embeddingBackward", "crossEntropy", "crossEntropyBackward", "crossEntropyFused", "klDivergence", "gatherCols", "scatterCols", "concatLast", "splitLast"];
 const TRAINING = ["addInto", "fillZero", "sumSquares", "adamw", "cast", "copyInto"];
 
 export function profileCuda(backend: object, training: object, synchronize: () => void): void {
