@@ -20,7 +20,7 @@ interface Args {
   seq: number;
   batch: number;
   accum: number;
-  lr: number;
+  lr?: number;
   warmup: number;
   schedule: string;
   "decay-fraction": number;
@@ -55,7 +55,7 @@ export const finetuneCommand: CommandModule<object, Args> = {
       .option("seq", { type: "number", default: 256, describe: "sequence length, BOS included" })
       .option("batch", { type: "number", default: 16 })
       .option("accum", { type: "number", default: 1, describe: "gradient accumulation steps" })
-      .option("lr", { type: "number", default: 1e-3 })
+      .option("lr", { type: "number", describe: "peak learning rate (default by model size: 1e-3 under 10M parameters, 2e-4 under 100M, else 1e-4)" })
       .option("warmup", { type: "number", default: 0.05, describe: "warmup as a fraction of the steps" })
       .option("schedule", { type: "string", default: "wsd", choices: SCHEDULES as unknown as string[], describe: "wsd = warmup, constant, 1−sqrt decay (the paper's)" })
       .option("decay-fraction", { type: "number", default: 0.2, describe: "wsd: fraction of the steps spent decaying" })

@@ -16,7 +16,7 @@ interface Args extends ConversionArgs {
   tokens?: number;
   seq: number;
   batch: number;
-  lr: number;
+  lr?: number;
   distill?: string;
   "eval-text"?: string;
   "eval-tokens"?: number;
@@ -41,7 +41,7 @@ export const pipelineCommand: CommandModule<object, Args> = {
       .option("tokens", { type: "number", describe: "fine-tuning token budget" })
       .option("seq", { type: "number", default: 256 })
       .option("batch", { type: "number", default: 16 })
-      .option("lr", { type: "number", default: 1e-3 })
+      .option("lr", { type: "number", describe: "peak learning rate (default by model size: 1e-3 under 10M parameters, 2e-4 under 100M, else 1e-4)" })
       .option("distill", { type: "string", describe: "teacher for distillation during fine-tuning" })
       .option("eval-text", { type: "string", describe: "perplexity text" })
       .option("eval-tokens", { type: "number" })

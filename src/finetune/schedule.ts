@@ -20,6 +20,15 @@ export interface Schedule {
   minLrFraction: number;
 }
 
+/**
+ * The peak learning rate when none is given, by model size: the paper fine-tunes its 135M–7B
+ * conversions at 1e-4; on the 26M mha26m-debian 2e-4 recovers 0.4 nats better than 1e-3 after 500k
+ * tokens (docs/benchmarks.md); tiny models such as the bundled stories260K need the larger 1e-3.
+ */
+export function defaultLr(params: number): number {
+  return params < 10e6 ? 1e-3 : params < 100e6 ? 2e-4 : 1e-4;
+}
+
 export function parseSchedule(name: string): ScheduleName {
   if ((SCHEDULES as readonly string[]).includes(name)) return name as ScheduleName;
   throw new MlaError("BAD_ARGUMENT", `--schedule ${name} is not known`, `use one of ${SCHEDULES.join(", ")}`);

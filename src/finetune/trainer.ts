@@ -19,7 +19,7 @@ import { silentLogger, Logger } from "../util/log.js";
 import { fmtCount, fmtTime, ProgressSink } from "../util/progress.js";
 import { epochOrder, loadTrainingData, sequence } from "./data.js";
 import { activationBytes, checkFits, MicroBatch, microStep, Precision, stateBytes, TrainState } from "./trainState.js";
-import { lrAt, Schedule, ScheduleName } from "./schedule.js";
+import { defaultLr, lrAt, Schedule, ScheduleName } from "./schedule.js";
 import { checkpointDir, loadCheckpoint, saveCheckpoint, TrainState as RunState } from "./checkpoint.js";
 
 export interface FinetuneOptions {
@@ -86,12 +86,21 @@ function positive(name: string, v: number, integer = false): number {
   return v;
 }
 
+/** Elements of every tensor of the checkpoint in `dir` (from the safetensors headers; nothing is read). */
+function parameterCount(dir: string): number {
+  const ck = Checkpoint.open(dir);
+  try {
+    return ck.names().reduce((n, name) => n + ck.entry(name).shape.reduce((a, b) => a * b, 1), 0);
+  } finally {
+    ck.close();
+  }
+}
+
 export async function finetune(spec: string, o: FinetuneOptions): Promise<FinetuneResult> {
   const log = o.logger ?? silentLogger;
   const seq = positive("seq", o.seq ?? 256, true);
   const batch = positive("batch", o.batch ?? 16, true);
   const accum = positive("accum", o.accum ?? 1, true);
-  const lr = positive("lr", o.lr ?? 1e-3);
   if (o.tokens !== undefined) positive("tokens", o.tokens, true);
   const warmup = o.warmup ?? 0.05;
   if (!(warmup >= 0 && warmup < 1)) throw new MlaError("BAD_ARGUMENT", `--warmup ${warmup} is outside [0, 1)`, "warmup is a fraction of the steps, e.g. 0.05");
@@ -101,6 +110,8 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
   if (!(distillWeight >= 0 && distillWeight <= 1)) throw new MlaError("BAD_ARGUMENT", `--distill-weight ${distillWeight} is outside [0, 1]`, "0 = cross-entropy only, 1 = distillation only");
 
   const src = resolveModel(spec);
+  const lr = o.lr !== undefined ? positive("lr", o.lr) : defaultLr(parameterCount(src.dir));
+  if (o.lr === undefined) log.info(`learning rate ${lr} (the default for a model of this size; --lr to choose)`);
   const backend = selectBackend(o.device ?? "auto", log);
   const precision: Precision = o.precision ?? (backend.uploadBf16 ? "bf16" : "f32");
   if (precision !== "bf16" && precision !== "f32") throw new MlaError("BAD_ARGUMENT", `--precision ${String(precision)} is not known`, "use bf16 or f32");

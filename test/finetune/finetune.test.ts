@@ -6,7 +6,7 @@ import { test } from "node:test";
 import { MlaError } from "../../src/errors.js";
 import { convert } from "../../src/convert/pipeline.js";
 import { finetune, FinetuneOptions } from "../../src/finetune/trainer.js";
-import { lrAt, parseSchedule } from "../../src/finetune/schedule.js";
+import { defaultLr, lrAt, parseSchedule } from "../../src/finetune/schedule.js";
 import { AdamW, clipGradients } from "../../src/finetune/optimizer.js";
 import { loadModel } from "../../src/model/llama.js";
 import { FIXTURES, MODELS, ROOT, tmpDir, waitFor } from "../helpers.js";
@@ -30,6 +30,13 @@ test("wsd schedule: linear warmup, constant, then 1−sqrt decay over the last 2
   const c = { ...s, name: "cosine" as const, warmupSteps: 0 };
   assert.ok(Math.abs(lrAt(c, 100, 100) - 0.1) < 1e-12);
   assert.throws(() => parseSchedule("linear"), (e: Error) => e instanceof MlaError && /--schedule linear is not known/.test(e.message));
+});
+
+test("the default learning rate goes by model size: 1e-3 for tiny models, 2e-4 at tens of millions, the paper's 1e-4 from 100M", () => {
+  assert.equal(defaultLr(260e3), 1e-3);
+  assert.equal(defaultLr(26.5e6), 2e-4);
+  assert.equal(defaultLr(135e6), 1e-4);
+  assert.equal(defaultLr(6.7e9), 1e-4);
 });
 
 test("AdamW matches the PyTorch update rule; clipping scales to the global norm", () => {
