@@ -7,18 +7,12 @@
  * causal half (forward 4·B·T²/2·H·Dh, backward 2.5× that). bench/attention_train_torch.py is the peer.
  * Run: node dist/bench/attention-train.js [--shapes B:T:H:Hkv:Dh,…]
  */
-import { CudaBackend, loadCuda } from "../src/backends/native/cuda.js";
+import { openCuda } from "./cudaBench.js";
 
 const args = process.argv.slice(2);
 const at = args.indexOf("--shapes");
 const shapes = (at >= 0 ? args[at + 1]! : "8:1024:9:3:64,8:2048:32:32:64,4:2048:32:32:128,1:8192:32:32:128").split(",").map((s) => s.split(":").map(Number) as [number, number, number, number, number]);
-const lib = loadCuda();
-if (typeof lib === "string") {
-  console.error(`no CUDA: ${lib}`);
-  process.exit(1);
-}
-const backend = new CudaBackend(lib);
-const sync = () => backend.run("synchronize", lib.fns["synchronize"]!() as number);
+const { backend, sync } = openCuda();
 const rand = (n: number) => Float32Array.from({ length: n }, (_, i) => Math.sin(i * 12.9898) * 0.5);
 for (const [nb, T, H, Hkv, Dh] of shapes) {
   const q = backend.upload(rand(nb * T * H * Dh), [nb * T, H, Dh]);

@@ -4,20 +4,14 @@
  * bench/linear_torch.py (the same shapes under bf16 autocast). Milliseconds per call and TFLOP/s.
  * Run: node dist/bench/linear-gpu.js [--shapes M:K:N,…]
  */
-import { CudaBackend, loadCuda } from "../src/backends/native/cuda.js";
+import { openCuda } from "./cudaBench.js";
 import { toBf16Bits } from "../src/io/dtype.js";
 
 const args = process.argv.slice(2);
 const at = args.indexOf("--shapes");
 // smollm-135m at 8 × 2048 tokens: q/o, MLP up and down, the MLA latent and up-projections, the rope keys.
 const shapes = (at >= 0 ? args[at + 1]! : "16384:576:576,16384:576:1536,16384:1536:576,16384:576:32,16384:32:168,16384:32:192,16384:576:24").split(",").map((s) => s.split(":").map(Number) as [number, number, number]);
-const lib = loadCuda();
-if (typeof lib === "string") {
-  console.error(`no CUDA: ${lib}`);
-  process.exit(1);
-}
-const backend = new CudaBackend(lib);
-const sync = () => backend.run("synchronize", lib.fns["synchronize"]!() as number);
+const { backend, sync } = openCuda();
 const rand = (n: number) => Float32Array.from({ length: n }, (_, i) => Math.sin(i * 12.9898) * 0.5);
 for (const [M, K, N] of shapes) {
   const x = backend.upload(rand(M * K), [M, K]);

@@ -3,6 +3,8 @@
  * backend and, later, by native backends behind the C ABI. Letters in shapes: T time, S key time,
  * D hidden, H query heads, Hkv KV heads, Dh head dim, F MLP width, V vocab, N/K/M generic.
  */
+import { MlaError } from "../errors.js";
+import { expectShape } from "./tensor.js";
 import type { FloatArray, Tensor } from "./tensor.js";
 
 export interface AttentionOptions {
@@ -47,13 +49,33 @@ export interface TrainingKernels {
   adamw(p: Tensor, g: Tensor, m: Tensor, v: Tensor, lr: number, h: { beta1: number; beta2: number; eps: number; weightDecay: number }, c1: number, c2: number, gradScale: number, shadow: Tensor | null): void;
 }
 
-/** The keys query row t may attend to, as an inclusive range [lo, hi] of S cached rows (causal, sliding window). */
 /** What a training forward of attention leaves for its backward: o [T,H,Dv] and the row log-sum-exp of the softmax, [B·H·T] (backend-specific units). */
 export interface AttentionSaved {
   o: Tensor;
   lse: Tensor;
 }
 
+/** The dims of Backend.headLinear's x [T,H,K] and w [G,N,K], checked (H a multiple of G): every backend's entry check. */
+export function headLinearDims(x: Tensor, w: Tensor): { T: number; H: number; K: number; G: number; N: number } {
+  const [T, H, K] = x.shape as [number, number, number];
+  const [G, N] = w.shape as [number, number];
+  if (x.shape.length !== 3 || !(G >= 1) || H % G !== 0) throw new MlaError("BAD_ARGUMENT", `headLinear: x [${x.shape}] needs [T, H, K] with H a multiple of w's ${G} groups`, "this is a bug in the caller");
+  expectShape("headLinear", "w", w, [G, N, K]);
+  return { T, H, K, G, N };
+}
+
+/** The dims of Backend.latentAttention's qr [T,H,Dr], kr [S,Hkv,Dr], qc [T,H,L], c [S,L], checked: every backend's entry check. */
+export function latentAttentionDims(qr: Tensor, kr: Tensor, qc: Tensor, c: Tensor): { T: number; H: number; Dr: number; S: number; Hkv: number; L: number } {
+  const [T, H, Dr] = qr.shape as [number, number, number];
+  const [S, Hkv] = kr.shape as [number, number];
+  const L = c.shape[c.shape.length - 1]!;
+  expectShape("latentAttention", "kr", kr, [S, Hkv, Dr]);
+  expectShape("latentAttention", "qc", qc, [T, H, L]);
+  expectShape("latentAttention", "c", c, [S, L]);
+  return { T, H, Dr, S, Hkv, L };
+}
+
+/** The keys query row t may attend to, as an inclusive range [lo, hi] of S cached rows (causal, sliding window). */
 export function visibleKeys(t: number, S: number, opts: AttentionOptions): [number, number] {
   const qpos = t + opts.queryOffset;
   return [opts.window === null ? 0 : Math.max(0, qpos - opts.window + 1), Math.min(S - 1, qpos)];

@@ -8,7 +8,7 @@ import path from "node:path";
 import koffi from "koffi";
 import { MlaError } from "../../errors.js";
 import { packageRoot } from "../../io/modelDir.js";
-import type { AttentionOptions } from "../../tensor/backend.js";
+import { headLinearDims, latentAttentionDims, type AttentionOptions } from "../../tensor/backend.js";
 import { Tensor, expectShape } from "../../tensor/tensor.js";
 import { ReferenceBackend, data, rows } from "../reference/index.js";
 import type { Linalg } from "./linalg.js";
@@ -130,10 +130,7 @@ export class NativeCpuBackend extends ReferenceBackend {
 
   /** Per-head products as native GEMMs, one per head: the head's rows gathered, through its group's matrix. */
   override headLinear(x: Tensor, w: Tensor): Tensor {
-    const [T, H, K] = x.shape as [number, number, number];
-    const [G, N] = w.shape as [number, number];
-    expectShape("headLinear", "w", w, [G, N, K]);
-    if (x.shape.length !== 3 || G < 1 || H % G !== 0) throw new MlaError("BAD_ARGUMENT", `headLinear: x [${x.shape}] needs [T, H, K] with H a multiple of w's ${G} groups`, "this is a bug in the caller");
+    const { T, H, K, G, N } = headLinearDims(x, w);
     const [X, W] = [data(x), data(w)];
     const y = new Float32Array(T * H * N);
     const xs = new Float32Array(T * K), ys = new Float32Array(T * N);
@@ -153,12 +150,7 @@ export class NativeCpuBackend extends ReferenceBackend {
    * cache is not duplicated per head; the zero slots cost (Hkv − 1)·Dr extra products per score.
    */
   override latentAttention(qr: Tensor, kr: Tensor, qc: Tensor, c: Tensor, opts: AttentionOptions): Tensor {
-    const [T, H, Dr] = qr.shape as [number, number, number];
-    const [S, Hkv] = kr.shape as [number, number];
-    const L = last(c);
-    expectShape("latentAttention", "kr", kr, [S, Hkv, Dr]);
-    expectShape("latentAttention", "qc", qc, [T, H, L]);
-    expectShape("latentAttention", "c", c, [S, L]);
+    const { T, H, Dr, S, Hkv, L } = latentAttentionDims(qr, kr, qc, c);
     const R = Hkv * Dr, Dk = R + L, group = H / Hkv;
     const [QR, KR, QC, C] = [data(qr), data(kr), data(qc), data(c)];
     const q = new Float32Array(T * H * Dk);

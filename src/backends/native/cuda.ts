@@ -12,7 +12,7 @@ import vm from "node:vm";
 import koffi from "koffi";
 import { MlaError } from "../../errors.js";
 import { packageRoot } from "../../io/modelDir.js";
-import type { AttentionOptions, AttentionSaved, Backend, TrainingKernels } from "../../tensor/backend.js";
+import { headLinearDims, latentAttentionDims, type AttentionOptions, type AttentionSaved, type Backend, type TrainingKernels } from "../../tensor/backend.js";
 import { FloatArray, Tensor, expectShape } from "../../tensor/tensor.js";
 import type { Linalg } from "./linalg.js";
 import { profileCuda } from "./cudaProfile.js";
@@ -379,12 +379,7 @@ export class CudaBackend implements Backend {
   }
 
   latentAttention(qr: Tensor, kr: Tensor, qc: Tensor, c: Tensor, opts: AttentionOptions): Tensor {
-    const [T, H, Dr] = qr.shape as [number, number, number];
-    const [S, Hkv] = kr.shape as [number, number];
-    const L = last(c);
-    expectShape("latentAttention", "kr", kr, [S, Hkv, Dr]);
-    expectShape("latentAttention", "qc", qc, [T, H, L]);
-    expectShape("latentAttention", "c", c, [S, L]);
+    const { T, H, Dr, S, Hkv, L } = latentAttentionDims(qr, kr, qc, c);
     const o = this.empty([T, H, L], "a latent attention output");
     if (T === 1 && S > 0) {
       this.call("latent_attention_decode", this.lib.fns["latentAttentionDecode"]!(this.h(qr), this.h(kr), this.h(qc), this.h(c), this.h(o), S, H, Hkv, Dr, L, opts.scale, opts.queryOffset, opts.window ?? 0));
@@ -423,10 +418,7 @@ export class CudaBackend implements Backend {
   }
 
   headLinear(x: Tensor, w: Tensor): Tensor {
-    const [T, H, K] = x.shape as [number, number, number];
-    const [G, N] = w.shape as [number, number];
-    expectShape("headLinear", "w", w, [G, N, K]);
-    if (x.shape.length !== 3 || G < 1 || H % G !== 0) throw new MlaError("BAD_ARGUMENT", `headLinear: x [${x.shape}] needs [T, H, K] with H a multiple of w's ${G} groups`, "this is a bug in the caller");
+    const { T, H, K, G, N } = headLinearDims(x, w);
     const y = this.empty([T, H, N], "a per-head product");
     this.call("head_linear", this.lib.fns["headLinear"]!(this.h(x), this.h(w), this.h(y), T, H, G, K, N));
     return y;

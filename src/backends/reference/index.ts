@@ -5,7 +5,7 @@
  * serves as the default backend for small models. Backward ops live in ./backward.ts.
  */
 import { MlaError } from "../../errors.js";
-import { visibleKeys } from "../../tensor/backend.js";
+import { headLinearDims, latentAttentionDims, visibleKeys } from "../../tensor/backend.js";
 import type { AttentionOptions, Backend, TrainingKernels } from "../../tensor/backend.js";
 import { hostTraining, HostOptimizerLoops } from "./training.js";
 import * as bw from "./backward.js";
@@ -168,12 +168,7 @@ export class ReferenceBackend implements Backend {
   }
 
   latentAttention(qr: Tensor, kr: Tensor, qc: Tensor, c: Tensor, opts: AttentionOptions): Tensor {
-    const [T, H, Dr] = qr.shape as [number, number, number];
-    const [S, Hkv] = kr.shape as [number, number];
-    const L = last(c);
-    expectShape("latentAttention", "kr", kr, [S, Hkv, Dr]);
-    expectShape("latentAttention", "qc", qc, [T, H, L]);
-    expectShape("latentAttention", "c", c, [S, L]);
+    const { T, H, Dr, S, Hkv, L } = latentAttentionDims(qr, kr, qc, c);
     const group = H / Hkv;
     const QR = data(qr);
     const KR = data(kr);
@@ -305,10 +300,7 @@ export class ReferenceBackend implements Backend {
   }
 
   headLinear(x: Tensor, w: Tensor): Tensor {
-    const [T, H, K] = x.shape as [number, number, number];
-    const [G, N] = w.shape as [number, number];
-    expectShape("headLinear", "w", w, [G, N, K]);
-    if (x.shape.length !== 3 || G < 1 || H % G !== 0) throw new MlaError("BAD_ARGUMENT", `headLinear: x [${x.shape}] needs [T, H, K] with H a multiple of w's ${G} groups`, "this is a bug in the caller");
+    const { T, H, K, G, N } = headLinearDims(x, w);
     const X = data(x);
     const W = data(w);
     const Y = this.alloc(T * H * N);

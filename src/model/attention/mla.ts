@@ -183,14 +183,14 @@ export class MlaBlock {
     return this.absorbed;
   }
 
-  /** Stored like the weights they come from (bf16 weights → bf16 matrices). */
-  private matrix(x: Float32Array | Float64Array, shape: number[]): Tensor {
-    const { b, w } = this;
-    return w.q.dtype === "bf16" && b.uploadBf16 ? b.uploadBf16(toBf16Bits(x), shape) : b.upload(x instanceof Float32Array ? x : Float32Array.from(x), shape);
+  /** Stored like the weight `like` they come from (bf16 weights → bf16 matrices); q_proj by default. */
+  private matrix(x: Float32Array | Float64Array, shape: number[], like: Tensor = this.w.q): Tensor {
+    const { b } = this;
+    return like.dtype === "bf16" && b.uploadBf16 ? b.uploadBf16(toBf16Bits(x), shape) : b.upload(x instanceof Float32Array ? x : Float32Array.from(x), shape);
   }
 
   /** The rope rows of q_proj and the output bias with the value bias folded in (float64 on the host). */
-  private common(Q: Float64Array, QB: Float64Array | null): AbsorbedCommon {
+  private absorbedCommon(Q: Float64Array, QB: Float64Array | null): AbsorbedCommon {
     const { b, c, w, R } = this;
     const D = c.hiddenSize, Dh = c.headDim, group = c.heads / c.kvHeads;
     const qRope = new Float64Array(c.heads * 2 * R * D);
@@ -235,10 +235,10 @@ export class MlaBlock {
     for (let g = 0; g < G; g++) for (let n = 0; n < Dn; n++) for (let l = 0; l < L; l++) kUpT[(g * L + l) * Dn + n] = KU[(g * Dn + n) * L + l]!;
     return {
       form: "runtime",
-      ...this.common(Q, QB),
+      ...this.absorbedCommon(Q, QB),
       qNope: this.matrix(qNope, [c.heads * Dn, D]),
       qNopeBias: qNopeBias ? b.upload(Float32Array.from(qNopeBias), [c.heads * Dn]) : null,
-      kUpT: w.kUp.dtype === "bf16" && b.uploadBf16 ? b.uploadBf16(toBf16Bits(kUpT), [G, L, Dn]) : b.upload(kUpT, [G, L, Dn]),
+      kUpT: this.matrix(kUpT, [G, L, Dn], w.kUp),
       vUp: w.vUp.reshape([G, Dh, L]),
     };
   }
@@ -294,7 +294,7 @@ export class MlaBlock {
     for (const t of [...kuT, ...vuT]) t.dispose();
     return {
       form: "premultiplied",
-      ...this.common(Q, QB),
+      ...this.absorbedCommon(Q, QB),
       qLatent: this.matrix(qLatent, [c.heads * L, D]),
       qLatentBias: qLatentBias ? b.upload(qLatentBias, [c.heads * L]) : null,
       oLatent: this.matrix(oLatent, [D, c.heads * L]),
