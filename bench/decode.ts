@@ -8,6 +8,9 @@
  * the cache holds, and B prefills of 16k tokens would take longer than the measurement). Tokens/s is
  * summed over the batch; where B sequences would not fit in GPU memory the row says so.
  * MLA decodes in the absorbed form absorbForm picks (MHA2MLA_ABSORB=runtime|premultiplied forces one).
+ * Each row also gives its share of the HBM bound: the bytes one step must read (every weight but the
+ * embedding table, once for the batch, plus each sequence's whole cache as stored: float32 here)
+ * over 4.8 TB/s (H200), against the measured step time.
  * Run: node dist/bench/decode.js MHA_DIR MLA_DIR [--device cuda] [--contexts 1024,4096,16384] [--batches 1,32] [--steps 32]
  */
 import { selectBackend, type DeviceName } from "../src/backends/select.js";
@@ -15,6 +18,17 @@ import { CudaBackend } from "../src/backends/native/cuda.js";
 import { loadModel } from "../src/model/llama.js";
 import { absorbForm } from "../src/model/attention/mla.js";
 import { stderrLogger } from "../src/util/log.js";
+import { Tensor } from "../src/tensor/tensor.js";
+
+const HBM_BYTES_PER_S = 4.8e12;
+
+/** Bytes of every tensor reachable from `x` (weights as stored: bf16 2, float32 4). */
+function tensorBytes(x: unknown, seen = new Set<unknown>()): number {
+  if (!x || typeof x !== "object" || seen.has(x)) return 0;
+  seen.add(x);
+  if (x instanceof Tensor) return x.size * (x.dtype === "bf16" ? 2 : 4);
+  return Object.values(x).reduce((n: number, v) => n + tensorBytes(v, seen), 0);
+}
 
 const args = process.argv.slice(2);
 const opt = (name: string, dflt: string) => {
@@ -33,11 +47,13 @@ function rand(n: number, vocab: number, seed: number): Int32Array {
   return Int32Array.from({ length: n }, () => ((s = (s * 1664525 + 1013904223) >>> 0) % (vocab - 3)) + 3);
 }
 
-console.log(`| model | attention | context | batch | KV elements/token (all layers) | KV cache, f32 storage | KV cache, bf16 | decode tokens/s |`);
-console.log(`| --- | --- | --- | --- | --- | --- | --- | --- |`);
+console.log(`| model | attention | context | batch | KV elements/token (all layers) | KV cache, f32 storage | KV cache, bf16 | decode tokens/s | % of HBM bound |`);
+console.log(`| --- | --- | --- | --- | --- | --- | --- | --- | --- |`);
 for (const dir of dirs) {
   const { model, config } = loadModel(dir, { backend });
   const V = config.vocabSize;
+  const { embed: _gathered, ...read } = model.weights;
+  const weightBytes = tensorBytes(read); // the LM head is counted even when it is the (tied) embedding
   for (const ctx of contexts) {
     // Elements per token from a one-token cache.
     const probe = model.newCache();
@@ -52,26 +68,34 @@ for (const dir of dirs) {
       const size = (b: number) => (b >= 2 ** 30 ? `${(b / 2 ** 30).toFixed(2)} GiB` : `${(b / 2 ** 20).toFixed(1)} MiB`);
       const kind = config.attention.kind === "mla" ? `mla, ${absorbForm(config)} absorption` : config.attention.kind;
       const label = `| ${dir.split("/").pop()} | ${kind} | ${ctx} | ${B} | ${perToken} | ${size(bytes32)} | ${size(bytes32 / 2)} |`;
-      if (bytes32 * 1.15 > avail) {
-        console.log(`${label} does not fit (${(avail / 2 ** 30).toFixed(1)} GiB left beside the weights) |`);
+      // Each cache grows in steps of up to 1024 rows (DeviceRowStore.reserve), plus room for activations.
+      if ((bytes32 * (ctx + Math.min(ctx, 1024))) / ctx + 2 ** 30 > avail) {
+        console.log(`${label} does not fit (${(avail / 2 ** 30).toFixed(1)} GiB left beside the weights) | |`);
         continue;
       }
-      const first = model.newCache();
-      model.forward(rand(ctx, V, 11), first).toArray();
-      const caches = [first];
-      for (let b = 1; b < B; b++) caches.push(first.clone());
-      if (backend instanceof CudaBackend) await backend.reclaim();
-      let tok = new Int32Array(B).fill(5);
-      const step = () => {
-        const logits = B === 1 ? model.forward(tok, first).toArray() : model.decodeBatch(tok, caches).toArray();
-        // Next tokens from the logits (so each step depends on the previous one, as in real decoding).
-        tok = Int32Array.from({ length: B }, (_, b) => 3 + (logits.subarray(b * V, b * V + 64).indexOf(Math.max(...logits.subarray(b * V, b * V + 64))) % 60));
-      };
-      step(); // the first step builds the absorbed projections
-      const t0 = performance.now();
-      for (let s = 0; s < steps; s++) step();
-      const sec = (performance.now() - t0) / 1000;
-      console.log(`${label} ${((steps * B) / sec).toFixed(1)} |`);
+      try {
+        const first = model.newCache();
+        model.forward(rand(ctx, V, 11), first).toArray();
+        const caches = [first];
+        for (let b = 1; b < B; b++) caches.push(first.clone());
+        if (backend instanceof CudaBackend) await backend.reclaim();
+        let tok = new Int32Array(B).fill(5);
+        const step = () => {
+          const logits = B === 1 ? model.forward(tok, first).toArray() : model.decodeBatch(tok, caches).toArray();
+          // Next tokens from the logits (so each step depends on the previous one, as in real decoding).
+          tok = Int32Array.from({ length: B }, (_, b) => 3 + (logits.subarray(b * V, b * V + 64).indexOf(Math.max(...logits.subarray(b * V, b * V + 64))) % 60));
+        };
+        step(); // the first step builds the absorbed projections
+        const t0 = performance.now();
+        for (let s = 0; s < steps; s++) step();
+        const sec = (performance.now() - t0) / 1000;
+        const bound = (weightBytes + bytes32) / HBM_BYTES_PER_S;
+        console.log(`${label} ${((steps * B) / sec).toFixed(1)} | ${((100 * bound * steps) / sec).toFixed(0)}% |`);
+      } catch (e) {
+        // The fit estimate above is rough (the absorbed projections and activations come on top): say so and go on.
+        if ((e as { code?: string }).code !== "OUT_OF_MEMORY") throw e;
+        console.log(`${label} out of GPU memory while decoding | |`);
+      }
       await new Promise((r) => setImmediate(r)); // lets freed device buffers be reclaimed
     }
   }

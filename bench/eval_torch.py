@@ -4,20 +4,11 @@ loss, as `mha2mla eval --ctx CTX` does, BATCH windows per forward (default 1). P
 Usage: python3 bench/eval_torch.py DIR CTX WINDOWS [BATCH]"""
 import json, sys, time
 import torch
-from transformers import AutoConfig, LlamaForCausalLM
-from safetensors.torch import load_file
-import glob, os
+from torch_synth import load_synth_llama
 
 d, ctx, windows = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 batch = int(sys.argv[4]) if len(sys.argv) > 4 else 1
-cfg = AutoConfig.from_pretrained(d)
-with torch.device("cuda"):
-    model = LlamaForCausalLM(cfg).to(torch.bfloat16)
-state = {}
-for f in sorted(glob.glob(os.path.join(d, "*.safetensors"))):
-    state.update(load_file(f, device="cuda"))
-model.load_state_dict(state, strict=False)
-model.eval()
+model, cfg = load_synth_llama(d)
 g = torch.Generator(device="cuda").manual_seed(0)
 ids = torch.randint(3, 500, (windows, ctx), device="cuda", generator=g)
 with torch.no_grad():

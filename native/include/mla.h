@@ -153,6 +153,13 @@ mla_status mla_cuda_latent_attention(const mla_cuda_buf* qr, const mla_cuda_buf*
    (strided-batched over KV heads), a softmax kernel, a second GEMM on the values / latents. */
 mla_status mla_cuda_attention_decode(const mla_cuda_buf* q, const mla_cuda_buf* k, const mla_cuda_buf* v, mla_cuda_buf* o, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t query_offset, int64_t window);
 mla_status mla_cuda_latent_attention_decode(const mla_cuda_buf* qr, const mla_cuda_buf* kr, const mla_cuda_buf* qc, const mla_cuda_buf* c, mla_cuda_buf* o, int64_t S, int64_t H, int64_t Hkv, int64_t Dr, int64_t L, float scale, int64_t query_offset, int64_t window);
+/* Decode of B sequences against their own caches in one call (decode_batch.cu): a two-part key
+   (q1·k1 + q2·k2; MHA passes q2 = NULL, MLA the latent as k1 and v and the rope keys as k2), per
+   sequence b the keys 0 … pos[b] of its cache (spare rows after them ignored), head groups g(h) = h / (H/G).
+   q1 [B,H,D1], k1s[b] [≥pos[b]+1,G1,D1], q2 [B,H,D2], k2s[b] [..,G2,D2], vs[b] [..,Gv,Dv] → o [B,H,Dv]. */
+mla_status mla_cuda_decode_attention_batch(const mla_cuda_buf* q1, const mla_cuda_buf* const* k1s, int64_t G1, int64_t D1, const mla_cuda_buf* q2, const mla_cuda_buf* const* k2s, int64_t G2, int64_t D2, const mla_cuda_buf* const* vs, int64_t Gv, int64_t Dv, const int32_t* pos, mla_cuda_buf* o, int64_t B, int64_t H, float scale, int64_t window);
+/* Row b of src [B, n] into dsts[b] at element offsets[b] (each sequence's new cache row). */
+mla_status mla_cuda_scatter_rows(const mla_cuda_buf* src, mla_cuda_buf* const* dsts, const int64_t* offsets, int64_t B, int64_t n);
 mla_status mla_cuda_swiglu(const mla_cuda_buf* gate, const mla_cuda_buf* up, mla_cuda_buf* y, int64_t n);
 mla_status mla_cuda_swiglu_backward(const mla_cuda_buf* gate, const mla_cuda_buf* up, const mla_cuda_buf* dy, mla_cuda_buf* dgate, mla_cuda_buf* dup, int64_t n);
 /* y = sa·a + sb·b (b may be NULL). */

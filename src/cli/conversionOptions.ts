@@ -13,6 +13,8 @@ export interface ConversionArgs {
   calib?: string;
   "calib-samples": number;
   "calib-len": number;
+  attention: "mla" | "eg-mla";
+  "gate-dim"?: number;
 }
 
 export function withConversionOptions<T>(y: Argv<T>) {
@@ -25,7 +27,9 @@ export function withConversionOptions<T>(y: Argv<T>) {
     .option("balance-kv", { type: "boolean", default: true, describe: "scale keys against values (equal mean energy) before the joint SVD, undone in the up-projection (TransMLA's BKV); --no-balance-kv for the paper's plain SVD" })
     .option("calib", { type: "string", describe: "calibration text for 2-norm selection and activation-aware SVD" })
     .option("calib-samples", { type: "number", default: 32, describe: "calibration windows" })
-    .option("calib-len", { type: "number", default: 256, describe: "tokens per calibration window, BOS included" });
+    .option("calib-len", { type: "number", default: 256, describe: "tokens per calibration window, BOS included" })
+    .option("attention", { choices: ["mla", "eg-mla"] as const, default: "mla" as const, describe: "mla: MHA2MLA; eg-mla: MLA whose latent is gated by a per-layer token-embedding table (EG-MLA), initialized so the model starts equal to the mla conversion (same cache size)" })
+    .option("gate-dim", { type: "number", describe: "eg-mla: width of each layer's gate embedding (default 16)" });
 }
 
 export function conversionSettings(a: ConversionArgs): SettingsInput {
@@ -39,5 +43,7 @@ export function conversionSettings(a: ConversionArgs): SettingsInput {
     calib: a.calib,
     calibSamples: a["calib-samples"],
     calibLen: a["calib-len"],
+    attention: a.attention,
+    gateDim: a["gate-dim"],
   };
 }

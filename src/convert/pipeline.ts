@@ -30,6 +30,7 @@ import { Progress, ProgressSink } from "../util/progress.js";
 import { factorLayer, LayerFactors } from "./factor.js";
 import { checkOutDir, ConversionPlan, defaultOut, planConversion, resolveSettings, SettingsInput } from "./plan.js";
 import { buildReport, ConversionReport, reportMarkdown } from "./report.js";
+import { initialGate } from "./gate.js";
 
 export const TOOL_VERSION = "0.1.0";
 
@@ -91,7 +92,7 @@ export async function convert(spec: string, opts: ConvertOptions): Promise<Conve
       timings["calibration_s"] = stats.seconds;
     }
     const selection = selectPairs(config, settings.ropeStrategy, settings.ropePairs, stats);
-    const mlaConfig: ModelConfig = { ...config, attention: { kind: "mla", ropePairs: settings.ropePairs, selection, rank: settings.rank, latentDim: plan.latentDim, svd: settings.svd } };
+    const mlaConfig: ModelConfig = { ...config, attention: { kind: "mla", ropePairs: settings.ropePairs, selection, rank: settings.rank, latentDim: plan.latentDim, svd: settings.svd, gateDim: settings.gateDim } };
 
     tmp = beginOutDir(out, opts.force ?? false);
     const linalg = selectLinalg(opts.device ?? "auto", log);
@@ -148,7 +149,8 @@ async function writeConverted(src: Checkpoint, config: ModelConfig, mla: ModelCo
   const sourceNames = new Set(expectedTensors(config).map((t) => t.name));
   const extras = src.names().filter((n) => !sourceNames.has(n));
   const targets: TensorSpec[] = [
-    ...expectedTensors(mla).map((t) => ({ ...t, dtype: src.has(t.name) ? src.entry(t.name).dtype : kvDtype })),
+    // EG-MLA's gate stays float32 whatever the model's dtype: a bf16 bias would move the gate off 1.
+    ...expectedTensors(mla).map((t) => ({ ...t, dtype: src.has(t.name) ? src.entry(t.name).dtype : /kv_gate_/.test(t.name) ? ("F32" as DType) : kvDtype })),
     ...extras.map((n) => ({ name: n, dtype: src.entry(n).dtype, shape: src.entry(n).shape })),
   ];
   const writer = new CheckpointWriter(dir, targets, { metadata: { format: "pt" } });
@@ -187,7 +189,7 @@ async function writeConverted(src: Checkpoint, config: ModelConfig, mla: ModelCo
     targets.map((t) => ({ bytes: numel(t.shape) * DTYPE_BYTES[t.dtype], read: copied(t.name) ? () => src.readBytesAsync(t.name) : null })),
     readAheadBytes(),
   );
-  let current: { layer: number; f: LayerFactors } | null = null;
+  let current: { layer: number; f: LayerFactors; gate?: ReturnType<typeof initialGate> } | null = null;
   try {
     for (const [i, t] of targets.entries()) {
       if (copied(t.name)) {
@@ -210,7 +212,9 @@ async function writeConverted(src: Checkpoint, config: ModelConfig, mla: ModelCo
       }
       const f = current.f;
       const name = t.name.slice((layerPrefix(layer) + "self_attn.").length);
-      const values = ({ "k_rope_proj.weight": f.kRope, "k_rope_proj.bias": f.kRopeBias, "kv_down_proj.weight": f.kvDown, "k_up_proj.weight": f.kUp, "k_up_proj.bias": f.kUpBias, "v_up_proj.weight": f.vUp, "v_up_proj.bias": f.vUpBias } as Record<string, Float32Array | null>)[name];
+      if (a!.gateDim > 0 && name.startsWith("kv_gate_")) current.gate ??= initialGate(layer, config.vocabSize, a!.gateDim, a!.latentDim);
+      const gate = current.gate;
+      const values = ({ "k_rope_proj.weight": f.kRope, "k_rope_proj.bias": f.kRopeBias, "kv_down_proj.weight": f.kvDown, "k_up_proj.weight": f.kUp, "k_up_proj.bias": f.kUpBias, "v_up_proj.weight": f.vUp, "v_up_proj.bias": f.vUpBias, "kv_gate_embed.weight": gate?.embed, "kv_gate_proj.weight": gate?.proj, "kv_gate_proj.bias": gate?.bias } as Record<string, Float32Array | null | undefined>)[name];
       if (!values) throw new MlaError("BAD_CHECKPOINT", `${src.dir}: tensor "${t.name}" is missing`, "the checkpoint does not match its config.json");
       const bytes = encodeFromF32(t.dtype, values);
       io.wrote(bytes.length, writer.append(bytes), true);
@@ -242,6 +246,7 @@ function writeConfigAndFiles(srcDir: string, dir: string, s: ReturnType<typeof r
     latent_dim: plan.latentDim,
     svd: s.svd,
     svd_init: s.svdInit,
+    ...(s.gateDim > 0 ? { gate_dim: s.gateDim } : {}),
     selection,
   };
   fs.writeFileSync(path.join(dir, "config.json"), JSON.stringify(raw, null, 2) + "\n");

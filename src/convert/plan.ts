@@ -18,6 +18,8 @@ export interface ConversionSettings {
   calib: string | null;
   calibSamples: number;
   calibLen: number;
+  /** EG-MLA's gate embedding width per layer; 0 = plain MLA. */
+  gateDim: number;
 }
 
 export interface KvAccounting {
@@ -44,6 +46,10 @@ export interface SettingsInput {
   calib?: string;
   calibSamples?: number;
   calibLen?: number;
+  /** "eg-mla" adds EG-MLA's token-embedding gate on the latent (docs/method.md); default "mla". */
+  attention?: "mla" | "eg-mla";
+  /** EG-MLA: the gate embedding's width per layer (default 16). */
+  gateDim?: number;
 }
 
 export function resolveSettings(c: ModelConfig, o: SettingsInput, log: Logger): ConversionSettings {
@@ -68,13 +74,18 @@ export function resolveSettings(c: ModelConfig, o: SettingsInput, log: Logger): 
   }
   if (strategy === "2-norm" && !calib) throw new MlaError("BAD_ARGUMENT", "--rope-strategy 2-norm needs calibration text", "pass --calib FILE (any text in the model's language)");
   if (svdInit === "activations" && !calib) throw new MlaError("BAD_ARGUMENT", "--svd-init activations needs calibration text", "pass --calib FILE");
-  return { rank: o.rank, ropePairs: R, ropeStrategy: strategy, svd, svdInit, balanceKv: o.balanceKv ?? true, calib, calibSamples: o.calibSamples ?? 32, calibLen: o.calibLen ?? 256 };
+  const attention = o.attention ?? "mla";
+  if (attention !== "mla" && attention !== "eg-mla") throw new MlaError("BAD_ARGUMENT", `--attention ${attention} is not known`, "use mla or eg-mla");
+  if (o.gateDim !== undefined && attention !== "eg-mla") throw new MlaError("BAD_ARGUMENT", "--gate-dim is EG-MLA's gate width", "add --attention eg-mla, or leave --gate-dim out");
+  const gateDim = attention === "eg-mla" ? (o.gateDim ?? 16) : 0;
+  if (attention === "eg-mla" && (!Number.isInteger(gateDim) || gateDim < 1)) throw new MlaError("BAD_ARGUMENT", `--gate-dim ${o.gateDim} is not a positive integer`, "use for example 16 (the gate table holds vocab × gate-dim values per layer)");
+  return { rank: o.rank, ropePairs: R, ropeStrategy: strategy, svd, svdInit, balanceKv: o.balanceKv ?? true, calib, calibSamples: o.calibSamples ?? 32, calibLen: o.calibLen ?? 256, gateDim };
 }
 
 export function planConversion(c: ModelConfig, s: ConversionSettings, elemBytes: number): ConversionPlan {
   const latentDim = s.rank * c.kvHeads * (s.svd === "split" ? 2 : 1);
   const before = kvElemsPerToken(c);
-  const after = kvElemsPerToken({ ...c, attention: { kind: "mla", ropePairs: s.ropePairs, selection: [], rank: s.rank, latentDim, svd: s.svd } });
+  const after = kvElemsPerToken({ ...c, attention: { kind: "mla", ropePairs: s.ropePairs, selection: [], rank: s.rank, latentDim, svd: s.svd, gateDim: s.gateDim } });
   return {
     settings: s,
     latentDim,

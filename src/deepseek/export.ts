@@ -80,6 +80,7 @@ export interface DeepseekResult {
  */
 export function deepseekSettings(s: SettingsInput): Pick<DeepseekOptions, "rank" | "ropePairs" | "svdInit" | "balanceKv" | "calib" | "calibSamples" | "calibLen"> {
   if (s.ropeStrategy || s.svd === "split") throw new MlaError("BAD_ARGUMENT", "--format deepseek chooses its rope key by RoRoPE and factors jointly", "drop --rope-strategy and --svd split (the other conversion flags apply)");
+  if ((s.attention ?? "mla") !== "mla" || s.gateDim !== undefined) throw new MlaError("BAD_ARGUMENT", "--format deepseek writes DeepSeek-V3's attention, which has no EG-MLA gate", "drop --attention eg-mla / --gate-dim, or convert in our format");
   return { rank: s.rank, ropePairs: s.ropePairs, svdInit: s.svdInit, balanceKv: s.balanceKv, calib: s.calib, calibSamples: s.calibSamples, calibLen: s.calibLen };
 }
 

@@ -126,7 +126,9 @@ function parseMla(m: unknown, file: string, layers: number, kvHeads: number, hea
   const L = r["latent_dim"];
   if (!Number.isInteger(rank) || (rank as number) < 1) throw bad(`rank ${JSON.stringify(rank)} is not a positive integer`);
   if (L !== (rank as number) * kvHeads * (svd === "split" ? 2 : 1)) throw bad(`latent_dim ${JSON.stringify(L)} disagrees with rank ${rank} × ${kvHeads} KV heads (${svd})`);
-  return { kind: "mla", ropePairs: R as number, selection: sel as number[][][], rank: rank as number, latentDim: L as number, svd };
+  const gate = r["gate_dim"] ?? 0;
+  if (!Number.isInteger(gate) || (gate as number) < 0) throw bad(`gate_dim ${JSON.stringify(gate)} is not a non-negative integer`);
+  return { kind: "mla", ropePairs: R as number, selection: sel as number[][][], rank: rank as number, latentDim: L as number, svd, gateDim: gate as number };
 }
 
 /** A dense deepseek_v3 config without q compression (what `convert --format deepseek` writes). */

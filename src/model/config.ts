@@ -30,6 +30,12 @@ export interface MlaAttention {
   /** Latent width per token and layer: rank·Hkv (joint) or 2·rank·Hkv (split). */
   latentDim: number;
   svd: "joint" | "split";
+  /**
+   * EG-MLA (embedding-gated): width of each layer's gate embedding table, 0 = plain MLA. The latent
+   * of a token is multiplied by SiLU(gate_proj · gate_embed[token id] + bias) before it is cached,
+   * so the cache is the same size; docs/method.md says why this form.
+   */
+  gateDim: number;
 }
 
 /**

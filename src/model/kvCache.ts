@@ -6,6 +6,7 @@
 import type { Backend } from "../tensor/backend.js";
 import type { FloatArray, Tensor } from "../tensor/tensor.js";
 import { KvCacheDtype, kvRowBytes, roundTrip } from "./kvQuant.js";
+import { rowOf } from "../tensor/rows.js";
 
 /** Growable [S, rowSize] float rows. */
 class RowBuffer {
@@ -35,23 +36,40 @@ interface RowStore {
   readonly rows: number;
   append(values: Tensor): void;
   tensor(shape: number[]): Tensor;
+  /** The device store behind it, when there is one. */
+  readonly device?: DeviceStore;
 }
 
-/** A new store of `rowSize` holding a copy of `from`'s rows. */
-function copyStore(backend: Backend, from: RowStore, rowSize: number): RowStore {
-  const s = rowStore(backend, rowSize);
-  if (from.rows) s.append(from.tensor([rowSize]));
+/** A cache part in a backend's own memory (CUDA's DeviceRowStore). */
+interface DeviceStore {
+  readonly rows: number;
+  append(rows: Tensor): void;
+  view(shape: readonly number[]): Tensor;
+  reserve(add: number): void;
+  /** Counts `add` rows written into the spare capacity by another call (scatterRows). */
+  commit(add: number): void;
+  /** The whole buffer [capacity, …row shape]; rows past `rows` are spare. */
+  readonly storage: Tensor;
+}
+
+/** A new store of rows `rowShape` holding a copy of `from`'s rows. */
+function copyStore(backend: Backend, from: RowStore, rowShape: readonly number[]): RowStore {
+  const s = rowStore(backend, rowShape);
+  if (from.rows) s.append(from.tensor([...rowShape]));
   return s;
 }
 
-/** Backends that keep decode caches in their own memory (CUDA). */
+/** Backends that keep decode caches in their own memory (CUDA), and append one row to each of B of them in one call. */
 interface DeviceRowBackend {
-  createRowStore(rowSize: number): { readonly rows: number; append(rows: Tensor): void; view(shape: readonly number[]): Tensor };
+  createRowStore(rowShape: readonly number[]): DeviceStore;
+  /** Row b of src [B, n] into dst[b] at element offsets[b]. */
+  scatterRows(src: Tensor, dst: readonly Tensor[], offsets: readonly number[]): void;
 }
 
-function rowStore(backend: Backend, rowSize: number): RowStore {
-  const dev = (backend as Partial<DeviceRowBackend>).createRowStore?.(rowSize);
-  if (dev) return { get rows() { return dev.rows; }, append: (v) => dev.append(v), tensor: (shape) => dev.view(shape) };
+function rowStore(backend: Backend, rowShape: readonly number[]): RowStore {
+  const rowSize = rowShape.reduce((x, y) => x * y, 1);
+  const dev = (backend as Partial<DeviceRowBackend>).createRowStore?.(rowShape);
+  if (dev) return { get rows() { return dev.rows; }, append: (v) => dev.append(v), tensor: (shape) => dev.view(shape), device: dev };
   const host = new RowBuffer(rowSize);
   return { get rows() { return host.rows; }, append: (v) => host.append(v.toArray()), tensor: (shape) => backend.upload(host.view(), [host.rows, ...shape]) };
 }
@@ -79,8 +97,8 @@ abstract class TwoPartCache implements DecodeCache {
 
   constructor(protected readonly backend: Backend, layers: number, protected readonly shapeA: number[], protected readonly shapeB: number[], readonly dtype: KvCacheDtype = "f32") {
     const size = (s: number[]) => s.reduce((x, y) => x * y, 1);
-    this.a = Array.from({ length: layers }, () => rowStore(backend, size(shapeA)));
-    this.b = Array.from({ length: layers }, () => rowStore(backend, size(shapeB)));
+    this.a = Array.from({ length: layers }, () => rowStore(backend, shapeA));
+    this.b = Array.from({ length: layers }, () => rowStore(backend, shapeB));
     this.rowA = size(shapeA);
     this.rowB = size(shapeB);
   }
@@ -107,8 +125,8 @@ abstract class TwoPartCache implements DecodeCache {
   clone(): this {
     const copy = Object.create(Object.getPrototypeOf(this) as object) as this;
     Object.assign(copy, this);
-    copy.a = this.a.map((s) => copyStore(this.backend, s, this.rowA));
-    copy.b = this.b.map((s) => copyStore(this.backend, s, this.rowB));
+    copy.a = this.a.map((s) => copyStore(this.backend, s, this.shapeA));
+    copy.b = this.b.map((s) => copyStore(this.backend, s, this.shapeB));
     return copy;
   }
 
@@ -119,6 +137,33 @@ abstract class TwoPartCache implements DecodeCache {
       if (stored !== t) stored.dispose();
     }
     return this.both(layer);
+  }
+
+  /**
+   * One decode step of B sequences at `layer`: row b of a [B, …shapeA] and b [B, …shapeB] appended
+   * to caches[b]; returns each cache's rows of both parts for Backend.*DecodeBatch, possibly followed
+   * by spare rows. On a device backend the rows of all B caches go in one call per part and the
+   * caches' own buffers come back (no per-sequence views or copies).
+   */
+  static appendBatch(caches: readonly TwoPartCache[], layer: number, a: Tensor, b: Tensor): [Tensor[], Tensor[]] {
+    const first = caches[0]!;
+    const backend = first.backend as Backend & Partial<DeviceRowBackend>;
+    const uniform = caches.every((c) => c.dtype === first.dtype && c.backend === first.backend && c.a[layer]!.device && c.b[layer]!.device);
+    if (!backend.scatterRows || !uniform) {
+      const both = caches.map((c, i) => c.appendBoth(layer, rowOf(backend, a, i), rowOf(backend, b, i)));
+      return [both.map((x) => x[0]), both.map((x) => x[1])];
+    }
+    const parts: [Tensor[], Tensor[]] = [[], []];
+    for (const [p, src, rowSize] of [[0, a, first.rowA], [1, b, first.rowB]] as const) {
+      const stored = roundTrip(backend, src, first.dtype);
+      const stores = caches.map((c) => (p === 0 ? c.a : c.b)[layer]!.device!);
+      for (const s of stores) s.reserve(1);
+      backend.scatterRows(stored, stores.map((s) => s.storage), stores.map((s) => s.rows * rowSize));
+      for (const s of stores) s.commit(1);
+      if (stored !== src) stored.dispose();
+      parts[p] = stores.map((s) => s.storage);
+    }
+    return parts;
   }
 
   /** What `layer` holds now, without appending. */

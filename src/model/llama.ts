@@ -51,6 +51,8 @@ export interface ForwardOptions {
 const inputGradients = new WeakSet<Tensor>();
 
 interface LayerContext {
+  /** The token ids of the rows (EG-MLA gates each token's latent by its id). */
+  ids: Int32Array;
   positions: Int32Array;
   batch: readonly DecodeCache[] | null;
   single: DecodeCache | undefined;
@@ -121,7 +123,7 @@ export class LlamaModel {
     if (!batch) for (let i = 0; i < ids.length; i++) positions[i] = start + (i % seqLen);
     if (opts.kvCache && opts.kvCache !== "f32" && ops.tape) throw new MlaError("BAD_ARGUMENT", "a quantized KV cache is for inference", "fine-tune without --kv-cache");
     const mode = { batch: sequences, bf16: opts.bf16 ?? false, kvCache: opts.kvCache };
-    const at: LayerContext = { positions, batch, single, mode, opts };
+    const at: LayerContext = { ids, positions, batch, single, mode, opts };
     let h = ops.embedding(P.embed, ids);
     for (let li = 0; li < P.layers.length; li++) {
       const next = opts.checkpoint && ops.tape ? this.checkpointedLayer(ops, P, li, h, at) : this.layer(ops, P, li, h, at);
@@ -147,12 +149,12 @@ export class LlamaModel {
         ? mhaDecodeBatch(ops, c, lw.attn, this.invFreq, x, at.positions, li, at.batch as KvCache[])
         : kind === "deepseek"
           ? deepseekDecodeBatch(ops, c, lw.attn, this.invFreq, x, at.positions, li, at.batch as LatentCache[])
-          : ops.constant(this.mla![li]!.decodeBatch(x.value, at.positions, at.batch as LatentCache[]))
+          : ops.constant(this.mla![li]!.decodeBatch(x.value, at.ids, at.positions, at.batch as LatentCache[]))
       : kind === "mha"
         ? mhaAttention(ops, c, lw.attn, this.invFreq, x, at.positions, li, at.single as KvCache | undefined, at.mode)
         : kind === "deepseek"
           ? deepseekAttention(ops, c, lw.attn, this.invFreq, x, at.positions, li, at.single as LatentCache | undefined, at.mode)
-          : this.mla![li]!.forward(ops, lw.attn, x, at.positions, at.single as LatentCache | undefined, at.opts.absorb, at.mode);
+          : this.mla![li]!.forward(ops, lw.attn, x, at.ids, at.positions, at.single as LatentCache | undefined, at.opts.absorb, at.mode);
     const h1 = ops.add(h, a);
     if (!ops.tape) for (const n of [x, a]) n.value.dispose();
     const y = ops.rmsnorm(h1, lw.postNorm, c.rmsEps);

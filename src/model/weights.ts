@@ -32,6 +32,10 @@ export interface MlaWeights {
   vUpBias: Tensor | null;
   o: Tensor; // [D, H·Dh]
   oBias: Tensor | null;
+  /** EG-MLA's gate (null for plain MLA): table [V, E] by token id, projection [L, E] and bias [L]. */
+  gateEmbed: Tensor | null;
+  gateProj: Tensor | null;
+  gateProjBias: Tensor | null;
 }
 
 /** DeepSeek-V3 MLA projections (model_type deepseek_v3, q_lora_rank null). */
@@ -136,6 +140,9 @@ export function attentionTensors(c: ModelConfig): { name: string; shape: number[
     { name: a + "v_up_proj.weight", shape: [kvd, L], on: true },
     { name: a + "v_up_proj.bias", shape: [kvd], on: c.qkvBias },
     ...o,
+    { name: a + "kv_gate_embed.weight", shape: [c.vocabSize, c.attention.gateDim], on: c.attention.gateDim > 0 },
+    { name: a + "kv_gate_proj.weight", shape: [L, c.attention.gateDim], on: c.attention.gateDim > 0 },
+    { name: a + "kv_gate_proj.bias", shape: [L], on: c.attention.gateDim > 0 },
   ];
 }
 
@@ -191,12 +198,15 @@ const ATTENTION_FIELDS: Record<string, string> = {
   kvB: "kv_b_proj.weight",
   o: "o_proj.weight",
   oBias: "o_proj.bias",
+  gateEmbed: "kv_gate_embed.weight",
+  gateProj: "kv_gate_proj.weight",
+  gateProjBias: "kv_gate_proj.bias",
 };
 /** How weights are stored on the backend: "auto" keeps bf16 checkpoints bf16 where supported. */
 export type WeightStorage = "auto" | "f32";
 
 const MHA_KEYS = ["q", "qBias", "k", "kBias", "v", "vBias", "o", "oBias"];
-const MLA_KEYS = ["q", "qBias", "kRope", "kRopeBias", "kvDown", "kUp", "kUpBias", "vUp", "vUpBias", "o", "oBias"];
+const MLA_KEYS = ["q", "qBias", "kRope", "kRopeBias", "kvDown", "kUp", "kUpBias", "vUp", "vUpBias", "o", "oBias", "gateEmbed", "gateProj", "gateProjBias"];
 const DEEPSEEK_KEYS = ["q", "kvA", "kvABias", "kvNorm", "kvB", "o", "oBias"];
 
 /**

@@ -75,6 +75,42 @@ export function latentAttentionDims(qr: Tensor, kr: Tensor, qc: Tensor, c: Tenso
   return { T, H, Dr, S, Hkv, L };
 }
 
+/**
+ * One decode step of B sequences, each against its own cache. positions[b] is the new query's
+ * position in sequence b; its cache holds keys for rows 0 … positions[b] (the new token's included)
+ * and may hold more rows (spare capacity), which are ignored.
+ */
+export interface DecodeBatchOptions {
+  scale: number;
+  positions: Int32Array;
+  /** Keys more than this many positions behind the query are masked; null = none. */
+  window: number | null;
+}
+
+/**
+ * The dims of a batched decode, checked: queries `q` [B, H, Dq] with B = positions.length, and for
+ * each named cache part its per-sequence tensors [≥ positions[b] + 1, …rest], rest equal across b.
+ * Returns B, H and each part's rest.
+ */
+export function decodeBatchDims(op: string, q: Tensor, parts: Record<string, readonly Tensor[]>, opts: DecodeBatchOptions): { B: number; H: number; rest: Record<string, readonly number[]> } {
+  const B = opts.positions.length;
+  const H = q.shape[1]!;
+  if (q.shape.length !== 3 || q.shape[0] !== B)
+    throw new MlaError("BAD_ARGUMENT", `${op}: queries [${q.shape}] for ${B} positions`, "pass queries [B, H, D], one row per sequence, in the order of positions");
+  const rest: Record<string, readonly number[]> = {};
+  for (const [name, ts] of Object.entries(parts)) {
+    if (ts.length !== B) throw new MlaError("BAD_ARGUMENT", `${op}: ${ts.length} ${name} caches for ${B} sequences`, "pass one cache per sequence, in the order of positions");
+    const r = ts[0]?.shape.slice(1) ?? [];
+    ts.forEach((t, b) => {
+      const need = opts.positions[b]! + 1;
+      if (t.shape[0]! < need || t.shape.length !== r.length + 1 || t.shape.slice(1).some((d, i) => d !== r[i]))
+        throw new MlaError("BAD_ARGUMENT", `${op}: ${name} cache ${b} is [${t.shape}], expected [≥ ${need}, ${r}]`, "append the new token's row before attending (the cache must reach the query's position)");
+    });
+    rest[name] = r;
+  }
+  return { B, H, rest };
+}
+
 /** The keys query row t may attend to, as an inclusive range [lo, hi] of S cached rows (causal, sliding window). */
 export function visibleKeys(t: number, S: number, opts: AttentionOptions): [number, number] {
   const qpos = t + opts.queryOffset;
@@ -135,6 +171,14 @@ export interface Backend {
   latentAttention(qr: Tensor, kr: Tensor, qc: Tensor, c: Tensor, opts: AttentionOptions): Tensor;
   /** Causal GQA attention: q[T,H,Dh], k[S,Hkv,Dh], v[S,Hkv,Dv] → [T,H,Dv]. */
   attention(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOptions): Tensor;
+  /**
+   * `attention` for one new token of each of B sequences, each over its own cache (decodeBatchDims):
+   * q [B,H,Dh], k[b] [≥S_b,Hkv,Dh], v[b] [≥S_b,Hkv,Dv] with S_b = positions[b] + 1 → [B,H,Dv].
+   * One call per layer, so a backend can run the whole batch in a few launches.
+   */
+  attentionDecodeBatch(q: Tensor, k: readonly Tensor[], v: readonly Tensor[], opts: DecodeBatchOptions): Tensor;
+  /** `latentAttention` for one new token of each of B sequences: qr [B,H,Dr], kr[b] [≥S_b,Hkv,Dr], qc [B,H,L], c[b] [≥S_b,L] → [B,H,L]. */
+  latentAttentionDecodeBatch(qr: Tensor, kr: readonly Tensor[], qc: Tensor, c: readonly Tensor[], opts: DecodeBatchOptions): Tensor;
   /**
    * `attention` when a backward will follow: also returns what the backend's attentionBackward can
    * reuse (the output and the softmax statistics), or saved null where it keeps nothing.

@@ -3,7 +3,7 @@
  * per-sequence results back into one [B, …] tensor. Backends that keep tensors in their own memory
  * (CUDA) do both on the device with views and copies; host backends go through arrays.
  */
-import type { Backend } from "./backend.js";
+import { decodeBatchDims, type Backend, type DecodeBatchOptions } from "./backend.js";
 import type { Tensor } from "./tensor.js";
 
 /** What a device backend offers for this (CudaBackend). */
@@ -39,4 +39,37 @@ export function stackRows(b: Backend, parts: readonly Tensor[], rest: readonly n
   const out = new Float32Array(parts.length * n);
   parts.forEach((p, i) => out.set(p.toArray(), i * n));
   return b.upload(out, [parts.length, ...rest]);
+}
+
+/** Rows [0, n) of t [≥n, …rest] as [n, …rest] (t itself when it has exactly n rows). */
+export function firstRows(b: Backend, t: Tensor, n: number): Tensor {
+  if (t.shape[0] === n) return t;
+  const rest = t.shape.slice(1);
+  const size = (n * t.size) / t.shape[0]!;
+  const d = device(b);
+  if (d) return d.viewOf(t, 0, size, [n, ...rest]);
+  return b.upload(t.toArray().subarray(0, size), [n, ...rest]);
+}
+
+/**
+ * Backend.attentionDecodeBatch as one `attention` per sequence: the form of backends without a
+ * batched kernel (the host backends, whose per-call cost is small next to the arithmetic).
+ */
+export function attentionDecodeByRows(b: Backend, q: Tensor, k: readonly Tensor[], v: readonly Tensor[], opts: DecodeBatchOptions): Tensor {
+  const { B, H, rest } = decodeBatchDims("attentionDecodeBatch", q, { k, v }, opts);
+  const outs = Array.from({ length: B }, (_, i) => {
+    const S = opts.positions[i]! + 1;
+    return b.attention(rowOf(b, q, i), firstRows(b, k[i]!, S), firstRows(b, v[i]!, S), { scale: opts.scale, queryOffset: opts.positions[i]!, window: opts.window });
+  });
+  return stackRows(b, outs, [H, rest["v"]![1]!]);
+}
+
+/** Backend.latentAttentionDecodeBatch as one `latentAttention` per sequence (see attentionDecodeByRows). */
+export function latentAttentionDecodeByRows(b: Backend, qr: Tensor, kr: readonly Tensor[], qc: Tensor, c: readonly Tensor[], opts: DecodeBatchOptions): Tensor {
+  const { B, H, rest } = decodeBatchDims("latentAttentionDecodeBatch", qc, { kr, c }, opts);
+  const outs = Array.from({ length: B }, (_, i) => {
+    const S = opts.positions[i]! + 1;
+    return b.latentAttention(rowOf(b, qr, i), firstRows(b, kr[i]!, S), rowOf(b, qc, i), firstRows(b, c[i]!, S), { scale: opts.scale, queryOffset: opts.positions[i]!, window: opts.window });
+  });
+  return stackRows(b, outs, [H, rest["c"]![0]!]);
 }

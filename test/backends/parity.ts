@@ -95,6 +95,20 @@ export function runParity(candidate: Backend, relTol: number): ParityLine[] {
     const opts: AttentionOptions = { scale: 0.3, queryOffset: off, window: win };
     check("latentAttention", `T${T} S${S} H${H}/${Hkv} Dr${Dr} L${L} win${win}`, (B, up) => ({ y: B.latentAttention(up(qr, [T, H, Dr]), up(kr, [S, Hkv, Dr]), up(qc, [T, H, L]), up(c, [S, L]), opts) }));
   }
+  // Batched decode: ragged caches (some with spare rows past the query's position), GQA, a window.
+  for (const [B, H, Hkv, Dh, Dv, Dr, L, win] of [[1, 4, 2, 8, 8, 2, 6, null], [3, 6, 3, 12, 10, 4, 20, null], [5, 8, 2, 16, 16, 0, 33, 5]] as const) {
+    const positions = Int32Array.from({ length: B }, (_, b) => 2 + 7 * b);
+    const rows = Array.from(positions, (p, b) => p + 1 + (b % 2) * 3);
+    const q = rand(B * H * Dh), k = rows.map((S) => rand(S * Hkv * Dh)), v = rows.map((S) => rand(S * Hkv * Dv));
+    const qr = rand(B * H * Dr), qc = rand(B * H * L), kr = rows.map((S) => rand(S * Hkv * Dr)), c = rows.map((S) => rand(S * L));
+    const opts = { scale: 0.3, positions, window: win };
+    check("attentionDecodeBatch", `B${B} H${H}/${Hkv} Dh${Dh} Dv${Dv} win${win}`, (Bk, up) => ({
+      y: Bk.attentionDecodeBatch(up(q, [B, H, Dh]), k.map((x, b) => up(x, [rows[b]!, Hkv, Dh])), v.map((x, b) => up(x, [rows[b]!, Hkv, Dv])), opts),
+    }));
+    check("latentAttentionDecodeBatch", `B${B} H${H}/${Hkv} Dr${Dr} L${L} win${win}`, (Bk, up) => ({
+      y: Bk.latentAttentionDecodeBatch(up(qr, [B, H, Dr]), kr.map((x, b) => up(x, [rows[b]!, Hkv, Dr])), up(qc, [B, H, L]), c.map((x, b) => up(x, [rows[b]!, L])), opts),
+    }));
+  }
   for (const [T, H, G, K, N] of [[1, 4, 4, 3, 5], [6, 9, 3, 56, 96], [2, 8, 1, 16, 8]] as const) {
     const x = rand(T * H * K), w = rand(G * N * K);
     check("headLinear", `T${T} H${H}/${G} K${K} N${N}`, (B, up) => ({ y: B.headLinear(up(x, [T, H, K]), up(w, [G, N, K])) }));

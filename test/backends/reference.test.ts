@@ -104,3 +104,19 @@ test("swiglu, add, embedding, cross-entropy", () => {
     assert.ok(Math.abs(ce[t]! - (lse - row[[1, 4][t]!]!)) < 1e-9);
   }
 });
+
+test("batched decode: each sequence against its own cache, spare rows ignored, a short cache named", () => {
+  const [H, Hkv, Dh] = [4, 2, 6];
+  const positions = Int32Array.from([2, 5]);
+  const q = rand(2 * H * Dh);
+  const k = [rand(4 * Hkv * Dh), rand(6 * Hkv * Dh)], v = [rand(4 * Hkv * Dh), rand(6 * Hkv * Dh)];
+  const opts = { scale: 0.4, positions, window: null };
+  const y = B.attentionDecodeBatch(B.upload(q, [2, H, Dh]), k.map((x, b) => B.upload(x, [b ? 6 : 4, Hkv, Dh])), v.map((x, b) => B.upload(x, [b ? 6 : 4, Hkv, Dh])), opts).toArray();
+  for (let b = 0; b < 2; b++) {
+    const S = positions[b]! + 1;
+    const one = B.attention(B.upload(q.subarray(b * H * Dh, (b + 1) * H * Dh), [1, H, Dh]), B.upload(k[b]!.subarray(0, S * Hkv * Dh), [S, Hkv, Dh]), B.upload(v[b]!.subarray(0, S * Hkv * Dh), [S, Hkv, Dh]), { scale: 0.4, queryOffset: S - 1, window: null }).toArray();
+    assert.ok(maxAbsDiff(y.subarray(b * H * Dh, (b + 1) * H * Dh), one) < 1e-7, `sequence ${b}`);
+  }
+  const short = () => B.attentionDecodeBatch(B.upload(q, [2, H, Dh]), [B.upload(k[0]!, [4, Hkv, Dh]), B.upload(k[0]!, [4, Hkv, Dh])], [B.upload(v[0]!, [4, Hkv, Dh]), B.upload(v[0]!, [4, Hkv, Dh])], opts);
+  assert.throws(short, /k cache 1 is \[4,2,6\], expected \[≥ 6, 2,6\]/);
+});

@@ -12,7 +12,8 @@ import vm from "node:vm";
 import koffi from "koffi";
 import { MlaError } from "../../errors.js";
 import { packageRoot } from "../../io/modelDir.js";
-import { headLinearDims, latentAttentionDims, type AttentionOptions, type AttentionSaved, type Backend, type TrainingKernels } from "../../tensor/backend.js";
+import { attentionDecodeByRows, latentAttentionDecodeByRows } from "../../tensor/rows.js";
+import { decodeBatchDims, headLinearDims, latentAttentionDims, type AttentionOptions, type DecodeBatchOptions, type AttentionSaved, type Backend, type TrainingKernels } from "../../tensor/backend.js";
 import { FloatArray, Tensor, expectShape } from "../../tensor/tensor.js";
 import type { Linalg } from "./linalg.js";
 import { profileCuda } from "./cudaProfile.js";
@@ -53,6 +54,8 @@ const SIGNATURES: Record<string, string> = {
   adamw: "int mla_cuda_adamw(mla_cuda_buf* p, const mla_cuda_buf* g, mla_cuda_buf* m, mla_cuda_buf* v, mla_cuda_buf* shadow, float lr, float beta1, float beta2, float eps, float weight_decay, double bias_c1, double bias_c2, float grad_scale)",
   attentionDecode: "int mla_cuda_attention_decode(const mla_cuda_buf* q, const mla_cuda_buf* k, const mla_cuda_buf* v, mla_cuda_buf* o, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window)",
   latentAttentionDecode: "int mla_cuda_latent_attention_decode(const mla_cuda_buf* qr, const mla_cuda_buf* kr, const mla_cuda_buf* qc, const mla_cuda_buf* c, mla_cuda_buf* o, int64_t S, int64_t H, int64_t Hkv, int64_t Dr, int64_t L, float scale, int64_t off, int64_t window)",
+  decodeAttentionBatch: "int mla_cuda_decode_attention_batch(const mla_cuda_buf* q1, const mla_cuda_buf** k1s, int64_t G1, int64_t D1, const mla_cuda_buf* q2, const mla_cuda_buf** k2s, int64_t G2, int64_t D2, const mla_cuda_buf** vs, int64_t Gv, int64_t Dv, const int32_t* pos, mla_cuda_buf* o, int64_t B, int64_t H, float scale, int64_t window)",
+  scatterRows: "int mla_cuda_scatter_rows(const mla_cuda_buf* src, mla_cuda_buf** dsts, const int64_t* offsets, int64_t B, int64_t n)",
   swiglu: "int mla_cuda_swiglu(const mla_cuda_buf* g, const mla_cuda_buf* u, mla_cuda_buf* y, int64_t n)",
   swigluBackward: "int mla_cuda_swiglu_backward(const mla_cuda_buf* g, const mla_cuda_buf* u, const mla_cuda_buf* dy, mla_cuda_buf* dg, mla_cuda_buf* du, int64_t n)",
   axpby: "int mla_cuda_axpby(const mla_cuda_buf* a, const mla_cuda_buf* b, mla_cuda_buf* y, float sa, float sb, int64_t n)",
@@ -122,20 +125,44 @@ export class DeviceRowStore {
   private buf: Tensor | null = null;
   private capacity = 0;
   rows = 0;
-  constructor(private readonly backend: CudaBackend, readonly rowSize: number) {}
+  readonly rowSize: number;
+  constructor(private readonly backend: CudaBackend, private readonly rowShape: readonly number[]) {
+    this.rowSize = rowShape.reduce((x, y) => x * y, 1);
+  }
 
   append(rows: Tensor): void {
     const add = rows.size / this.rowSize;
-    if (this.rows + add > this.capacity) {
-      const cap = Math.max(this.rows + add, this.capacity * 2, 16);
-      const grown = this.backend.empty([cap * this.rowSize], "a decode cache");
-      if (this.buf && this.rows) this.backend.copyElements(grown, 0, this.buf, 0, this.rows * this.rowSize);
-      if (this.buf) this.backend.free(this.buf);
-      this.buf = grown;
-      this.capacity = cap;
-    }
+    this.reserve(add);
     this.backend.copyElements(this.buf!, this.rows * this.rowSize, rows, 0, rows.size);
     this.rows += add;
+  }
+
+  /**
+   * Makes room for `add` more rows. Capacity doubles up to 1024 rows, then grows by 1024: a long
+   * cache then holds at most 1024 spare rows (doubling would leave up to twice its size unused, which
+   * decides how many sequences fit), and each row is copied at most S/1024 times, little next to
+   * the S rows every decode step reads anyway.
+   */
+  reserve(add: number): void {
+    if (this.rows + add <= this.capacity) return;
+    const cap = Math.max(this.rows + add, this.capacity + Math.max(16, Math.min(this.capacity, 1024)));
+    const grown = this.backend.empty([cap, ...this.rowShape], "a decode cache");
+    if (this.buf && this.rows) this.backend.copyElements(grown, 0, this.buf, 0, this.rows * this.rowSize);
+    if (this.buf) this.backend.free(this.buf);
+    this.buf = grown;
+    this.capacity = cap;
+  }
+
+  /** Counts `add` rows written into the spare capacity by another call (CudaBackend.scatterRows). */
+  commit(add: number): void {
+    if (this.rows + add > this.capacity) throw new MlaError("BAD_ARGUMENT", `a decode cache of ${this.capacity} rows cannot take ${add} more after ${this.rows}`, "reserve the rows first; this is a bug in the caller");
+    this.rows += add;
+  }
+
+  /** The whole buffer [capacity, …rowShape]: rows past `rows` are spare (valid until the next reserve). */
+  get storage(): Tensor {
+    this.reserve(0);
+    return this.buf ?? (this.buf = this.backend.empty([0, ...this.rowShape], "an empty cache"));
   }
 
   /** All rows so far as [rows, ...shape] (a view: valid until the next append). */
@@ -250,8 +277,8 @@ export class CudaBackend implements Backend {
     return view;
   }
 
-  createRowStore(rowSize: number): DeviceRowStore {
-    return new DeviceRowStore(this, rowSize);
+  createRowStore(rowShape: readonly number[]): DeviceRowStore {
+    return new DeviceRowStore(this, rowShape);
   }
 
   private h(t: Tensor | null | undefined): unknown {
@@ -391,6 +418,41 @@ export class CudaBackend implements Backend {
 
   attention(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOptions): Tensor {
     return this.runAttention(q, k, v, opts, false).o;
+  }
+
+  /** The whole batch in one native call (grouped GEMMs over the ragged caches, decode_batch.cu). */
+  attentionDecodeBatch(q: Tensor, k: readonly Tensor[], v: readonly Tensor[], opts: DecodeBatchOptions): Tensor {
+    const { B, H, rest } = decodeBatchDims("attentionDecodeBatch", q, { k, v }, opts);
+    const [Hkv, Dh] = rest["k"] as [number, number];
+    const [Gv, Dv] = rest["v"] as [number, number];
+    if (Dh !== q.shape[2] || Gv !== Hkv || H % Hkv !== 0)
+      throw new MlaError("BAD_ARGUMENT", `attentionDecodeBatch: q [${q.shape}] with keys [S, ${Hkv}, ${Dh}] and values [S, ${Gv}, ${Dv}]`, "keys and values need the same KV heads, a divisor of H, and keys the query's head dim");
+    if (process.env["MHA2MLA_DECODE_BATCH"] === "rows") return attentionDecodeByRows(this, q, k, v, opts);
+    const o = this.empty([B, H, Dv], "a batched decode attention output");
+    this.call("decode_attention_batch", this.lib.fns["decodeAttentionBatch"]!(this.h(q), k.map((t) => this.h(t)), Hkv, Dh, null, null, 0, 0, v.map((t) => this.h(t)), Hkv, Dv, opts.positions, this.h(o), B, H, opts.scale, opts.window ?? 0));
+    return o;
+  }
+
+  /** MLA's batch in one native call: the latent is both the first key part (one group) and the value. */
+  latentAttentionDecodeBatch(qr: Tensor, kr: readonly Tensor[], qc: Tensor, c: readonly Tensor[], opts: DecodeBatchOptions): Tensor {
+    const { B, H, rest } = decodeBatchDims("latentAttentionDecodeBatch", qc, { kr, c }, opts);
+    const [Hkv, Dr] = rest["kr"] as [number, number];
+    const [L] = rest["c"] as [number];
+    expectShape("latentAttentionDecodeBatch", "qr", qr, [B, H, Dr]);
+    if (qc.shape[2] !== L || H % Hkv !== 0)
+      throw new MlaError("BAD_ARGUMENT", `latentAttentionDecodeBatch: qc [${qc.shape}] with latents [S, ${L}] and rope keys [S, ${Hkv}, ${Dr}]`, "the latent query needs the latent width, and the rope keys' heads must divide H");
+    if (process.env["MHA2MLA_DECODE_BATCH"] === "rows") return latentAttentionDecodeByRows(this, qr, kr, qc, c, opts);
+    const o = this.empty([B, H, L], "a batched latent attention output");
+    const latents = c.map((t) => this.h(t));
+    this.call("decode_attention_batch", this.lib.fns["decodeAttentionBatch"]!(this.h(qc), latents, 1, L, this.h(qr), kr.map((t) => this.h(t)), Hkv, Dr, latents, 1, L, opts.positions, this.h(o), B, H, opts.scale, opts.window ?? 0));
+    return o;
+  }
+
+  /** Row b of src [B, n] into dst[b] at element offsets[b] (each sequence's new row into its own cache buffer). */
+  scatterRows(src: Tensor, dst: readonly Tensor[], offsets: readonly number[]): void {
+    const B = dst.length;
+    if (src.shape[0] !== B || offsets.length !== B) throw new MlaError("BAD_ARGUMENT", `scatterRows: [${src.shape}] for ${B} destinations`, "this is a bug in the caller");
+    this.call("scatter_rows", this.lib.fns["scatterRows"]!(this.h(src), dst.map((t) => this.h(t)), BigInt64Array.from(offsets, BigInt), B, src.size / B));
   }
 
   /** The fused bf16 kernels keep their row log-sum-exp [B·H·T], so the backward skips a forward pass. */

@@ -6,7 +6,8 @@
  */
 import { MlaError } from "../../errors.js";
 import { headLinearDims, latentAttentionDims, visibleKeys } from "../../tensor/backend.js";
-import type { AttentionOptions, Backend, TrainingKernels } from "../../tensor/backend.js";
+import type { AttentionOptions, Backend, DecodeBatchOptions, TrainingKernels } from "../../tensor/backend.js";
+import { attentionDecodeByRows, latentAttentionDecodeByRows } from "../../tensor/rows.js";
 import { hostTraining, HostOptimizerLoops } from "./training.js";
 import * as bw from "./backward.js";
 import { FloatArray, Tensor, expectShape } from "../../tensor/tensor.js";
@@ -165,6 +166,14 @@ export class ReferenceBackend implements Backend {
       Y.set(Z.subarray(r * Bn, (r + 1) * Bn), r * (A + Bn) + A);
     }
     return this.make([...a.shape.slice(0, -1), A + Bn], Y);
+  }
+
+  attentionDecodeBatch(q: Tensor, k: readonly Tensor[], v: readonly Tensor[], opts: DecodeBatchOptions): Tensor {
+    return attentionDecodeByRows(this, q, k, v, opts);
+  }
+
+  latentAttentionDecodeBatch(qr: Tensor, kr: readonly Tensor[], qc: Tensor, c: readonly Tensor[], opts: DecodeBatchOptions): Tensor {
+    return latentAttentionDecodeByRows(this, qr, kr, qc, c, opts);
   }
 
   latentAttention(qr: Tensor, kr: Tensor, qc: Tensor, c: Tensor, opts: AttentionOptions): Tensor {

@@ -1,8 +1,7 @@
 /** Standard (MHA/GQA) attention block as graph ops: x [T, D] → [T, D]. */
 import type { Node, Ops } from "../../tensor/autograd.js";
-import { rowOf, stackRows } from "../../tensor/rows.js";
 import type { ModelConfig } from "../config.js";
-import type { KvCache } from "../kvCache.js";
+import { KvCache } from "../kvCache.js";
 import type { AttentionNodes } from "../params.js";
 import { KvCacheDtype, roundTrip } from "../kvQuant.js";
 
@@ -47,11 +46,8 @@ export function mhaDecodeBatch(ops: Ops, c: ModelConfig, w: AttentionNodes, invF
   const q = b.rope(b.linear(x.value, w.q.value, w.qBias?.value).reshape([B, c.heads, c.headDim]), positions, invFreq);
   const k = b.rope(b.linear(x.value, w.k.value, w.kBias?.value).reshape([B, c.kvHeads, c.headDim]), positions, invFreq);
   const v = b.linear(x.value, w.v.value, w.vBias?.value).reshape([B, c.kvHeads, c.headDim]);
-  const outs = caches.map((cache, i) => {
-    const [kAll, vAll] = cache.append(layer, rowOf(b, k, i), rowOf(b, v, i));
-    return b.attention(rowOf(b, q, i), kAll, vAll, { scale: 1 / Math.sqrt(c.headDim), queryOffset: positions[i]!, window: c.slidingWindow });
-  });
-  const o = stackRows(b, outs, [c.heads * c.headDim]);
-  for (const t of [q, k, v, ...outs]) t.dispose();
-  return ops.constant(b.linear(o, w.o.value, w.oBias?.value));
+  const [kAll, vAll] = KvCache.appendBatch(caches, layer, k, v);
+  const o = b.attentionDecodeBatch(q, kAll, vAll, { scale: 1 / Math.sqrt(c.headDim), positions, window: c.slidingWindow });
+  for (const t of [q, k, v]) t.dispose();
+  return ops.constant(b.linear(o.reshape([B, c.heads * c.headDim]), w.o.value, w.oBias?.value));
 }

@@ -18,9 +18,8 @@ import type { Tensor } from "../../tensor/tensor.js";
 import type { Node, Ops } from "../../tensor/autograd.js";
 import type { AttentionNodes } from "../params.js";
 import { headDimOrder, ModelConfig, MlaAttention } from "../config.js";
-import type { LatentCache } from "../kvCache.js";
+import { LatentCache } from "../kvCache.js";
 import { AttentionMode, asCached } from "./mha.js";
-import { rowOf, stackRows } from "../../tensor/rows.js";
 import type { MlaWeights } from "../weights.js";
 
 /** The rope part of the query (q_proj's rope rows, shared by both forms) and the output bias. */
@@ -93,13 +92,15 @@ export class MlaBlock {
    * x [T, D] at `positions` → [T, D] as graph ops over the weight nodes `w`. `absorb` defaults to
    * true whenever the cache already holds tokens (decode); the absorbed path is inference-only.
    */
-  forward(ops: Ops, w: AttentionNodes, x: Node, positions: Int32Array, cache?: LatentCache, absorb?: boolean, mode: AttentionMode = { batch: 1, bf16: false }): Node {
+  forward(ops: Ops, w: AttentionNodes, x: Node, ids: Int32Array, positions: Int32Array, cache?: LatentCache, absorb?: boolean, mode: AttentionMode = { batch: 1, bf16: false }): Node {
     if (w.kind !== "mla") throw new Error("MlaBlock on MHA weights");
     const { c } = this;
     const T = positions.length;
     const Dr = 2 * this.R;
     let kr = ops.rope(ops.reshape(ops.linear(x, w.kRope, w.kRopeBias), [T, c.kvHeads, Dr]), positions, this.kFreq, Dr);
     let lat = ops.linear(x, w.kvDown, null);
+    // EG-MLA: the latent times its token's gate, before it is cached.
+    if (w.gateEmbed) lat = ops.swiglu(ops.linear(ops.embedding(w.gateEmbed, ids), w.gateProj!, w.gateProjBias), lat);
     [kr, lat] = [asCached(ops, kr, mode, cache), asCached(ops, lat, mode, cache)];
     const offset = cache?.length ?? 0;
     if (cache) {
@@ -126,22 +127,27 @@ export class MlaBlock {
   /**
    * Batched decode, absorbed: x [B, D] holds one new token of each of B sequences at `positions[b]`,
    * each with its own latent cache. Projections run once for the batch (so the absorbed matrices,
-   * H·L×D per layer, are read once per step rather than B times); attention per sequence.
+   * H·L×D per layer, are read once per step rather than B times), and so does attention
+   * (Backend.latentAttentionDecodeBatch over the B caches).
    */
-  decodeBatch(x: Tensor, positions: Int32Array, caches: readonly LatentCache[]): Tensor {
+  decodeBatch(x: Tensor, ids: Int32Array, positions: Int32Array, caches: readonly LatentCache[]): Tensor {
     const { b, c, w } = this;
     const B = positions.length;
     const Dr = 2 * this.R;
     const ab = this.absorb();
     const kr = b.rope(b.linear(x, w.kRope, w.kRopeBias).reshape([B, c.kvHeads, Dr]), positions, this.kFreq, Dr);
-    const lat = b.linear(x, w.kvDown, null);
+    let lat = b.linear(x, w.kvDown, null);
+    if (w.gateEmbed) {
+      const e = b.embedding(w.gateEmbed, ids);
+      const pre = b.linear(e, w.gateProj!, w.gateProjBias);
+      const gated = b.swiglu(pre, lat);
+      for (const t of [e, pre, lat]) t.dispose();
+      lat = gated;
+    }
     const [qr, qc] = this.absorbedQueries(x, positions);
-    const outs = caches.map((cache, i) => {
-      const [krAll, latAll] = cache.append(this.layer, rowOf(b, kr, i), rowOf(b, lat, i));
-      return b.latentAttention(rowOf(b, qr, i), krAll, rowOf(b, qc, i), latAll, { scale: 1 / Math.sqrt(c.headDim), queryOffset: positions[i]!, window: c.slidingWindow });
-    });
-    const ctx = stackRows(b, outs, [c.heads, this.L]);
-    for (const t of [kr, lat, qr, qc, ...outs]) t.dispose();
+    const [krAll, latAll] = LatentCache.appendBatch(caches, this.layer, kr, lat);
+    const ctx = b.latentAttentionDecodeBatch(qr, krAll, qc, latAll, { scale: 1 / Math.sqrt(c.headDim), positions, window: c.slidingWindow });
+    for (const t of [kr, lat, qr, qc]) t.dispose();
     const y = this.absorbedOutput(ctx, ab);
     ctx.dispose();
     return y;

@@ -1,0 +1,65 @@
+/**
+ * Batched decode attention alone, per layer, on the GPU: the one native call of decode_batch.cu
+ * beside one attention call per sequence from TypeScript (MHA2MLA_DECODE_BATCH=rows, the form before
+ * it), for MHA and MLA at the llama2-7b shape (H 32, Dh 128; MLA rank 64, rope pairs 8: latent 2048,
+ * rope dims 16 per KV head). Every sequence reads its own cache (one buffer per sequence, all with the
+ * same contents: the timing does not depend on them). Prints ms per layer call and the share of the
+ * HBM bound (cache bytes / 4.8 TB/s).
+ * Run: node dist/bench/decode-attention.js [--contexts 4096,16384] [--batches 1,8,32] [--reps 20]
+ */
+import { openCuda } from "./cudaBench.js";
+
+const args = process.argv.slice(2);
+const opt = (name: string, dflt: string) => {
+  const i = args.indexOf(`--${name}`);
+  return i >= 0 ? args[i + 1]! : dflt;
+};
+const contexts = opt("contexts", "4096,16384").split(",").map(Number);
+const batches = opt("batches", "1,8,32").split(",").map(Number);
+const reps = Number(opt("reps", "20"));
+const { backend: B0, sync } = openCuda();
+const H = 32, Dh = 128, Hkv = 32, L = 2048, Dr = 16;
+const rand = (n: number) => Float32Array.from({ length: n }, (_, i) => Math.sin(i * 12.9898) * 0.5);
+
+console.log("| attention | context | batch | route | ms per layer call | % of HBM bound |");
+console.log("| --- | --- | --- | --- | --- | --- |");
+for (const S of contexts)
+  for (const B of batches) {
+    const positions = new Int32Array(B).fill(S - 1);
+    const opts = { scale: 1 / Math.sqrt(Dh), positions, window: null };
+    for (const kind of ["mha", "mla"] as const) {
+      const row = kind === "mha" ? 2 * Hkv * Dh : L + Hkv * Dr;
+      if (B * S * row * 4 > 60 * 2 ** 30) continue;
+      const q = B0.upload(rand(B * H * Dh), [B, H, Dh]);
+      const qr = B0.upload(rand(B * H * Dr), [B, H, Dr]), qc = B0.upload(rand(B * H * L), [B, H, L]);
+      const copies = (shape: number[]) => {
+        const one = B0.upload(rand(shape.reduce((x, y) => x * y, 1)), shape);
+        return Array.from({ length: B }, (_, b) => {
+          if (b === 0) return one;
+          const copy = B0.empty(shape, "a benchmark cache");
+          B0.copyElements(copy, 0, one, 0, one.size);
+          return copy;
+        });
+      };
+      const k = kind === "mha" ? copies([S, Hkv, Dh]) : [];
+      const v = kind === "mha" ? copies([S, Hkv, Dh]) : [];
+      const kr = kind === "mla" ? copies([S, Hkv, Dr]) : [];
+      const c = kind === "mla" ? copies([S, L]) : [];
+      const call = () => (kind === "mha" ? B0.attentionDecodeBatch(q, k, v, opts) : B0.latentAttentionDecodeBatch(qr, kr, qc, c, opts)).dispose();
+      for (const route of ["batched", "batched, tf32", "rows"]) {
+        process.env["MHA2MLA_DECODE_BATCH"] = route === "rows" ? "rows" : "";
+        process.env["MHA2MLA_DECODE_TF32"] = route.endsWith("tf32") ? "1" : "";
+        call();
+        sync();
+        const t0 = performance.now();
+        for (let r = 0; r < reps; r++) call();
+        sync();
+        const ms = (performance.now() - t0) / reps;
+        const bound = (B * S * row * 4) / 4.8e12;
+        console.log(`| ${kind} | ${S} | ${B} | ${route} | ${ms.toFixed(3)} | ${((100 * bound) / (ms / 1000)).toFixed(0)}% |`);
+      }
+      delete process.env["MHA2MLA_DECODE_BATCH"];
+      delete process.env["MHA2MLA_DECODE_TF32"];
+      for (const t of [q, qr, qc, ...k, ...v, ...kr, ...c]) t.dispose();
+    }
+  }
