@@ -54,7 +54,7 @@ export function inspectModel(spec: string): InspectResult {
       dir,
       model_type: c.modelType,
       attention: c.attention.kind === "mla" ? "mla" : c.attention.kind === "deepseek" ? "deepseek-mla" : c.kvHeads === c.heads ? "mha" : c.kvHeads === 1 ? "mqa" : "gqa",
-      ...(c.attention.kind === "mla" ? { mla: { rope_pairs: c.attention.ropePairs, rank: c.attention.rank, latent_dim: c.attention.latentDim, svd: c.attention.svd } } : {}),
+      ...(c.attention.kind === "mla" ? { mla: { rope_pairs: c.attention.ropePairs, rank: c.attention.rank, latent_dim: c.attention.latentDim, svd: c.attention.svd, ...(c.attention.gateDim > 0 ? { gate_dim: c.attention.gateDim } : {}) } } : {}),
       ...(c.attention.kind === "deepseek" ? { deepseek: { kv_lora_rank: c.attention.kvLoraRank, qk_rope_head_dim: c.attention.ropeDim, qk_nope_head_dim: c.attention.nopeDim, v_head_dim: c.attention.vDim, rope_interleave: c.attention.interleave } } : {}),
       params,
       layers: c.layers,
