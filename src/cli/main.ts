@@ -7,6 +7,7 @@ import { abandonAll } from "../io/atomicDir.js";
 import { inspectCommand } from "./inspect.js";
 import { evalCommand } from "./eval.js";
 import { synthCommand } from "./synth.js";
+import { studyCommand } from "./study.js";
 import { generateCommand } from "./generate.js";
 import { convertCommand } from "./convert.js";
 import { finetuneCommand } from "./finetune.js";
@@ -38,6 +39,7 @@ try {
     .command(pipelineCommand)
     .command(generateCommand)
     .command(synthCommand)
+    .command(studyCommand)
     .option("debug", { type: "boolean", describe: "print stack traces on errors", global: true })
     .demandCommand(1, "name a command; see --help")
     .strict()

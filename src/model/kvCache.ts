@@ -14,7 +14,8 @@ class RowBuffer {
   rows = 0;
   constructor(readonly rowSize: number) {}
 
-  append(values: FloatArray): void {
+  /** Appends `rows` rows (counted, not derived: a part may be zero wide, e.g. MLA without rope pairs). */
+  append(values: FloatArray, rows: number): void {
     const need = this.rows * this.rowSize + values.length;
     if (need > this.buf.length || this.buf.constructor !== values.constructor) {
       const n = Math.max(need, this.buf.length * 2, this.rowSize * 16);
@@ -23,7 +24,7 @@ class RowBuffer {
       this.buf = grown;
     }
     this.buf.set(values, this.rows * this.rowSize);
-    this.rows += values.length / this.rowSize;
+    this.rows += rows;
   }
 
   view(): FloatArray {
@@ -71,7 +72,7 @@ function rowStore(backend: Backend, rowShape: readonly number[]): RowStore {
   const dev = (backend as Partial<DeviceRowBackend>).createRowStore?.(rowShape);
   if (dev) return { get rows() { return dev.rows; }, append: (v) => dev.append(v), tensor: (shape) => dev.view(shape), device: dev };
   const host = new RowBuffer(rowSize);
-  return { get rows() { return host.rows; }, append: (v) => host.append(v.toArray()), tensor: (shape) => backend.upload(host.view(), [host.rows, ...shape]) };
+  return { get rows() { return host.rows; }, append: (v) => host.append(v.toArray(), v.shape[0]!), tensor: (shape) => backend.upload(host.view(), [host.rows, ...shape]) };
 }
 
 export interface DecodeCache {

@@ -57,3 +57,18 @@ test("a cloned cache is independent of its original", () => {
   assert.equal(a.length, 5);
   assert.equal(b.length, 4);
 });
+
+test("MLA without rope pairs (R = 0: zero-wide rope keys) decodes, alone and batched", async () => {
+  const { model, config } = loadModel(await convertFixture("stories260K", { rank: 4, ropePairs: 0, ropeStrategy: "uniform", device: "reference" }));
+  const V = config.vocabSize;
+  const p = Int32Array.of(1, 400, 300, 200, 9);
+  const full = model.forward(p).toArray();
+  const a = model.newCache(), b = model.newCache();
+  model.forward(p.subarray(0, 4), a);
+  model.forward(p.subarray(0, 2), b);
+  assert.ok(maxAbsDiff(model.forward(p.subarray(4), a.clone(), { absorb: true }).toArray(), full.subarray(4 * V)) < 1e-4);
+  const got = model.decodeBatch(Int32Array.of(p[4]!, p[2]!), [a, b]).toArray();
+  assert.ok(maxAbsDiff(got.subarray(0, V), full.subarray(4 * V)) < 1e-4);
+  assert.ok(maxAbsDiff(got.subarray(V), full.subarray(2 * V, 3 * V)) < 1e-4);
+  assert.equal(a.length, 5);
+});

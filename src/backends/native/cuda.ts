@@ -130,8 +130,9 @@ export class DeviceRowStore {
     this.rowSize = rowShape.reduce((x, y) => x * y, 1);
   }
 
+  /** rows [n, …rowShape]: n counted from the shape, since a part may be zero wide (MLA without rope pairs). */
   append(rows: Tensor): void {
-    const add = rows.size / this.rowSize;
+    const add = rows.shape[0]!;
     this.reserve(add);
     this.backend.copyElements(this.buf!, this.rows * this.rowSize, rows, 0, rows.size);
     this.rows += add;

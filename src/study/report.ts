@@ -1,0 +1,67 @@
+/** The study's report: a Markdown table, and an HTML page with the table and the validation curves (inline SVG, no scripts). */
+import type { StudyRow } from "./study.js";
+
+export interface StudyMeta {
+  like: string;
+  data: string;
+  tokens: number;
+  seq: number;
+  batch: number;
+  lr: number;
+  seed: number;
+  device: string;
+  date: string;
+}
+
+function header(m: StudyMeta): string {
+  return `Shape and tokenizer of \`${m.like}\`, trained from one seeded initialization (seed ${m.seed}) on \`${m.data}\`: ${m.tokens} tokens, seq ${m.seq}, batch ${m.batch}, peak lr ${m.lr}, device ${m.device}; ${m.date.slice(0, 10)}.`;
+}
+
+function tableRows(rows: readonly StudyRow[]): string[][] {
+  const mha = rows.find((r) => r.variant === "mha");
+  return rows.map((r) => [
+    r.label,
+    r.ropePairs === null ? "all" : String(r.ropePairs),
+    (r.params / 1e6).toFixed(2) + "M",
+    String(r.kvElemsPerToken),
+    mha ? `${((100 * (r.kvElemsPerToken - mha.kvElemsPerToken)) / mha.kvElemsPerToken).toFixed(1)}%` : "",
+    r.valNll.toFixed(4),
+    mha ? `${((100 * (r.valNll - mha.valNll)) / mha.valNll).toFixed(2)}%` : "",
+    r.trainTokensPerS.toFixed(0),
+    r.decodeTokensPerS.toFixed(1),
+  ]);
+}
+
+const COLUMNS = ["variant", "RoPE pairs per KV head", "parameters", "KV elements per token", "KV vs MHA", "validation NLL", "NLL vs MHA", "train tokens/s", "decode tokens/s"];
+
+export function studyMarkdown(m: StudyMeta, rows: readonly StudyRow[]): string {
+  const lines = [`# Attention variants trained from scratch`, "", header(m), "", `| ${COLUMNS.join(" | ")} |`, `| ${COLUMNS.map(() => "---").join(" | ")} |`];
+  for (const r of tableRows(rows)) lines.push(`| ${r.join(" | ")} |`);
+  lines.push("", "Validation NLL through training (step: NLL):", "");
+  for (const r of rows) lines.push(`- ${r.label}: ${r.curve.map(([s, v]) => `${s}: ${v.toFixed(3)}`).join(", ")}`);
+  return lines.join("\n") + "\n";
+}
+
+const COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"];
+const escape = (s: string) => s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
+
+/** Validation curves of every run on shared axes. */
+function curvesSvg(rows: readonly StudyRow[]): string {
+  const [W, H, pad] = [720, 360, 48];
+  const pts = rows.flatMap((r) => r.curve);
+  if (!pts.length) return "";
+  const xMax = Math.max(...pts.map((p) => p[0]), 1);
+  const ys = pts.map((p) => p[1]);
+  const [yMin, yMax] = [Math.min(...ys), Math.max(...ys)];
+  const x = (s: number) => pad + ((W - 2 * pad) * s) / xMax;
+  const y = (v: number) => H - pad - ((H - 2 * pad) * (v - yMin)) / Math.max(yMax - yMin, 1e-9);
+  const paths = rows.map((r, i) => `<polyline fill="none" stroke="${COLORS[i % COLORS.length]}" stroke-width="2" points="${r.curve.map(([s, v]) => `${x(s).toFixed(1)},${y(v).toFixed(1)}`).join(" ")}"/>`);
+  const legend = rows.map((r, i) => `<text x="${W - pad - 200}" y="${pad + 16 * i}" fill="${COLORS[i % COLORS.length]}" font-size="12">${escape(r.label)}</text>`);
+  const axes = `<line x1="${pad}" y1="${H - pad}" x2="${W - pad}" y2="${H - pad}" stroke="#444"/><line x1="${pad}" y1="${pad}" x2="${pad}" y2="${H - pad}" stroke="#444"/>` + `<text x="${W / 2}" y="${H - 12}" font-size="12" text-anchor="middle">step</text><text x="12" y="${H / 2}" font-size="12" transform="rotate(-90 12 ${H / 2})" text-anchor="middle">validation NLL</text>` + `<text x="${pad - 4}" y="${y(yMax) + 4}" font-size="11" text-anchor="end">${yMax.toFixed(2)}</text><text x="${pad - 4}" y="${y(yMin) + 4}" font-size="11" text-anchor="end">${yMin.toFixed(2)}</text><text x="${x(xMax)}" y="${H - pad + 16}" font-size="11" text-anchor="middle">${xMax}</text>`;
+  return `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" role="img" aria-label="validation curves">${axes}${paths.join("")}${legend.join("")}</svg>`;
+}
+
+export function studyHtml(m: StudyMeta, rows: readonly StudyRow[]): string {
+  const table = `<table><thead><tr>${COLUMNS.map((c) => `<th>${escape(c)}</th>`).join("")}</tr></thead><tbody>${tableRows(rows).map((r) => `<tr>${r.map((c) => `<td>${escape(c)}</td>`).join("")}</tr>`).join("")}</tbody></table>`;
+  return `<!doctype html><html><head><meta charset="utf-8"><title>mha2mla study</title><style>body{font-family:system-ui,sans-serif;margin:2em;max-width:60em}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:first-child,th:first-child{text-align:left}</style></head><body><h1>Attention variants trained from scratch</h1><p>${escape(header(m))}</p>${table}<h2>Validation NLL</h2>${curvesSvg(rows)}</body></html>\n`;
+}

@@ -1,0 +1,173 @@
+/**
+ * `mha2mla study`: attention variants trained from scratch on the same data, order, schedule and
+ * budget (Mehta et al. 2025's small-model MLA study, plus EG-MLA). Every variant starts from one
+ * seeded MHA initialization with the shape and tokenizer of `--like`: MHA as is, the MLA variants as
+ * its conversion at the chosen latent width (mla: no RoPE pairs, the paper's "MLA"; mla-rope: partial
+ * RoPE on head_dim/16 pairs per KV head, our form of "MLA + RoPE"; eg-mla: mla-rope with EG-MLA's
+ * token gate). Each is trained with the fine-tuning engine (which is all a from-scratch run needs),
+ * then measured: held-out NLL and its curve, KV bytes per token, decode tokens/s. Writes study.json,
+ * report.md and report.html (a table and the validation curves) into the output folder.
+ */
+import { spawnSync } from "node:child_process";
+import fs from "node:fs";
+import path from "node:path";
+import { convert } from "../convert/pipeline.js";
+import { MlaError } from "../errors.js";
+import { finetune } from "../finetune/trainer.js";
+import { inspectModel } from "../eval/inspect.js";
+import { resolveModel } from "../io/modelDir.js";
+import { readHfConfig } from "../io/hfConfig.js";
+import { kvElemsPerToken } from "../model/config.js";
+import { loadModel } from "../model/llama.js";
+import { defaultRopePairs } from "../ropeSelect/strategies.js";
+import { selectBackend, type DeviceName } from "../backends/select.js";
+import { silentLogger, type Logger } from "../util/log.js";
+import { initFromScratch } from "./init.js";
+import { studyHtml, studyMarkdown } from "./report.js";
+
+export const STUDY_VARIANTS = ["mha", "mla", "mla-rope", "eg-mla"] as const;
+export type StudyVariant = (typeof STUDY_VARIANTS)[number];
+
+export interface StudyOptions {
+  /** A model folder whose config (shape) and tokenizer every variant takes; its weights are not used. */
+  like: string;
+  variants: readonly StudyVariant[];
+  /** Latent widths per token and layer of the MLA variants: "d/2", "d/4" (of the hidden size) or a number. */
+  ranks: readonly string[];
+  /** Training text (.txt or .jsonl; .xz is decompressed into the output folder with the xz tool). */
+  data: string;
+  tokens: number;
+  out: string;
+  seq?: number;
+  batch?: number;
+  /** Peak learning rate (default 1e-3: from-scratch training of small models). */
+  lr?: number;
+  seed?: number;
+  valFraction?: number;
+  /** Validation NLL every this many steps (the curves; default: 20 points per run). */
+  evalEvery?: number;
+  gateDim?: number;
+  device?: DeviceName;
+  force?: boolean;
+  logger?: Logger;
+  progress?: NodeJS.WritableStream | null;
+}
+
+export interface StudyRow {
+  variant: StudyVariant;
+  label: string;
+  /** Latent width per token and layer (null for MHA). */
+  latentDim: number | null;
+  ropePairs: number | null;
+  params: number;
+  kvElemsPerToken: number;
+  /** The KV cache of a bf16 model, all layers. */
+  kvBytesPerTokenBf16: number;
+  valNll: number;
+  /** [step, validation NLL] through training. */
+  curve: [number, number][];
+  trainTokensPerS: number;
+  decodeTokensPerS: number;
+}
+
+export interface StudyResult {
+  rows: StudyRow[];
+  report: string;
+  html: string;
+}
+
+/** "d/2" → hidden/2; "96" → 96; checked to split evenly over the KV heads. */
+export function latentWidth(spec: string, hidden: number, kvHeads: number): number {
+  const m = /^d\/(\d+)$/.exec(spec.trim());
+  const L = m ? hidden / Number(m[1]) : Number(spec);
+  if (!Number.isInteger(L) || L < kvHeads || L % kvHeads !== 0)
+    throw new MlaError("BAD_ARGUMENT", `--ranks ${spec} gives a latent of ${L} dims, not a positive multiple of the ${kvHeads} KV heads`, `use d/2, d/4 (of hidden size ${hidden}) or a multiple of ${kvHeads}`);
+  return L;
+}
+
+function trainingText(data: string, out: string): string {
+  if (!fs.existsSync(data)) throw new MlaError("NOT_FOUND", `--data ${data} does not exist`, "pass a UTF-8 text file (.txt, .jsonl, or .xz of one)");
+  if (!data.endsWith(".xz")) return data;
+  const plain = path.join(out, path.basename(data, ".xz"));
+  if (fs.existsSync(plain)) return plain;
+  const r = spawnSync("xz", ["-dc", data], { maxBuffer: 2 ** 31, encoding: "buffer" });
+  if (r.error || r.status !== 0) throw new MlaError("UNSUPPORTED", `--data ${data} is xz-compressed and the xz tool could not decompress it (${r.error?.message ?? r.stderr.toString().trim()})`, `decompress it first (xz -dk ${data}) and pass the .txt`);
+  fs.writeFileSync(plain + ".part", r.stdout);
+  fs.renameSync(plain + ".part", plain);
+  return plain;
+}
+
+/** Greedy decode speed of a trained model: prefill 128 tokens, then 64 single-token steps. */
+function decodeSpeed(dir: string, device: DeviceName): number {
+  const { model, config } = loadModel(dir, { backend: selectBackend(device, silentLogger) });
+  const cache = model.newCache();
+  let logits = model.forward(Int32Array.from({ length: 128 }, (_, i) => 3 + ((i * 7919) % (config.vocabSize - 3))), cache).toArray();
+  const V = config.vocabSize;
+  const t0 = performance.now();
+  for (let s = 0; s < 64; s++) {
+    const row = logits.subarray(logits.length - V);
+    let next = 0;
+    for (let i = 1; i < V; i++) if (row[i]! > row[next]!) next = i;
+    logits = model.forward(Int32Array.of(next), cache).toArray();
+  }
+  return 64 / ((performance.now() - t0) / 1000);
+}
+
+export async function study(o: StudyOptions): Promise<StudyResult> {
+  const log = o.logger ?? silentLogger;
+  const { dir: like } = resolveModel(o.like);
+  const c = readHfConfig(like);
+  if (!o.variants.length) throw new MlaError("BAD_ARGUMENT", "--variants is empty", `name some of ${STUDY_VARIANTS.join(", ")}`);
+  for (const v of o.variants) if (!STUDY_VARIANTS.includes(v)) throw new MlaError("BAD_ARGUMENT", `--variants: ${v} is not known`, `use ${STUDY_VARIANTS.join(", ")}`);
+  const widths = o.ranks.map((r) => latentWidth(r, c.hiddenSize, c.kvHeads));
+  if (fs.existsSync(o.out) && !o.force) throw new MlaError("EXISTS", `output ${o.out} already exists`, "pass --force to replace it, or choose another --out");
+  fs.rmSync(o.out, { recursive: true, force: true });
+  fs.mkdirSync(o.out, { recursive: true });
+  const data = trainingText(o.data, o.out);
+  const device = o.device ?? "auto";
+  const seed = o.seed ?? 0;
+  const init = path.join(o.out, "init-mha");
+  initFromScratch(like, init, seed);
+  const runs: { variant: StudyVariant; L: number | null }[] = [];
+  for (const v of o.variants) {
+    if (v === "mha") runs.push({ variant: v, L: null });
+    else for (const L of widths) runs.push({ variant: v, L });
+  }
+  const seq = o.seq ?? 256, batch = o.batch ?? 16;
+  const steps = Math.max(1, Math.floor(o.tokens / (seq * batch)));
+  const rows: StudyRow[] = [];
+  for (const [i, r] of runs.entries()) {
+    const name = r.L === null ? "mha" : `${r.variant}-L${r.L}`;
+    log.info(`study ${i + 1}/${runs.length}: ${name}`);
+    let modelDir = init;
+    const R = r.variant === "mla" ? 0 : defaultRopePairs(c.headDim);
+    if (r.L !== null) {
+      modelDir = path.join(o.out, name);
+      await convert(init, { rank: r.L / c.kvHeads, ropePairs: R, ropeStrategy: "uniform", attention: r.variant === "eg-mla" ? "eg-mla" : "mla", gateDim: r.variant === "eg-mla" ? (o.gateDim ?? 16) : undefined, device, out: modelDir, force: true, progress: null, logger: log });
+    }
+    const ft = await finetune(modelDir, { data: [data], out: path.join(o.out, `${name}-trained`), force: true, tokens: o.tokens, seq, batch, lr: o.lr ?? 1e-3, seed, valFraction: o.valFraction ?? 0.01, evalEvery: o.evalEvery ?? Math.max(1, Math.round(steps / 20)), device, progress: o.progress, logger: log });
+    const curve = fs.readFileSync(path.join(ft.out, "train_log.jsonl"), "utf8").trim().split("\n").map((l) => JSON.parse(l) as { step: number; val_nll?: number }).filter((l) => l.val_nll !== undefined).map((l) => [l.step, l.val_nll!] as [number, number]);
+    const trained = readHfConfig(ft.out);
+    const kv = kvElemsPerToken(trained);
+    rows.push({
+      variant: r.variant,
+      label: r.L === null ? "MHA" : `${{ mla: "MLA", "mla-rope": "MLA + RoPE", "eg-mla": "EG-MLA" }[r.variant as Exclude<StudyVariant, "mha">]}, latent ${r.L}`,
+      latentDim: r.L,
+      ropePairs: r.L === null ? null : R,
+      params: inspectModel(ft.out).params,
+      kvElemsPerToken: kv,
+      kvBytesPerTokenBf16: kv * 2,
+      valNll: ft.valNllAfter ?? NaN,
+      curve,
+      trainTokensPerS: ft.tokensPerSecond,
+      decodeTokensPerS: decodeSpeed(ft.out, device),
+    });
+  }
+  const meta = { like: o.like, data: o.data, tokens: o.tokens, seq, batch, lr: o.lr ?? 1e-3, seed, device, date: new Date().toISOString() };
+  fs.writeFileSync(path.join(o.out, "study.json"), JSON.stringify({ ...meta, rows }, null, 2) + "\n");
+  const report = path.join(o.out, "report.md");
+  const html = path.join(o.out, "report.html");
+  fs.writeFileSync(report, studyMarkdown(meta, rows));
+  fs.writeFileSync(html, studyHtml(meta, rows));
+  return { rows, report, html };
+}

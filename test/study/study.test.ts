@@ -1,0 +1,67 @@
+/**
+ * `study`: a short run of every variant from one initialization writes a table (Markdown, HTML with
+ * the curves, JSON) whose KV column follows the latent widths; bad variants and widths are named.
+ */
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import fs from "node:fs";
+import path from "node:path";
+import { test } from "node:test";
+import { MlaError } from "../../src/errors.js";
+import { initFromScratch } from "../../src/study/init.js";
+import { latentWidth, study } from "../../src/study/study.js";
+import { Checkpoint } from "../../src/io/checkpoint.js";
+import { FIXTURES, MODELS, tmpDir } from "../helpers.js";
+
+const DATA = path.join(FIXTURES, "text", "tinystories_25k.txt");
+
+test("study: MHA, MLA, MLA + RoPE and EG-MLA from one initialization, with a report", async () => {
+  const out = path.join(tmpDir(), "study");
+  const r = await study({ like: path.join(MODELS, "stories260K"), variants: ["mha", "mla", "mla-rope", "eg-mla"], ranks: ["d/2"], data: DATA, tokens: 4 * 4 * 32, seq: 32, batch: 4, valFraction: 0.05, gateDim: 4, device: "cpu", out, progress: null });
+  assert.deepEqual(r.rows.map((x) => x.label), ["MHA", "MLA, latent 32", "MLA + RoPE, latent 32", "EG-MLA, latent 32"]);
+  const [mha, mla, rope, eg] = r.rows as [typeof r.rows[0], typeof r.rows[0], typeof r.rows[0], typeof r.rows[0]];
+  assert.equal(mha.kvElemsPerToken, 2 * 4 * 8 * 5);
+  assert.equal(mla.kvElemsPerToken, 32 * 5, "no rope keys: the latent only");
+  assert.equal(rope.kvElemsPerToken, (32 + 4 * 2) * 5);
+  assert.equal(eg.kvElemsPerToken, rope.kvElemsPerToken, "the gate is not cached");
+  for (const row of r.rows) {
+    assert.ok(Number.isFinite(row.valNll) && row.valNll < 7, `${row.label}: ${row.valNll}`);
+    assert.ok(row.curve.length >= 2 && row.decodeTokensPerS > 0, row.label);
+  }
+  const md = fs.readFileSync(r.report, "utf8");
+  assert.match(md, /\| MLA \+ RoPE, latent 32 \|/);
+  assert.match(fs.readFileSync(r.html, "utf8"), /<svg[^>]*aria-label="validation curves"/);
+  assert.equal(JSON.parse(fs.readFileSync(path.join(out, "study.json"), "utf8")).rows.length, 4);
+});
+
+test("study's initialization: seeded, norms at 1, N(0, 0.02) matrices, residual writers scaled down", () => {
+  const a = path.join(tmpDir(), "a"), b = path.join(tmpDir(), "b");
+  initFromScratch(path.join(MODELS, "stories260K"), a, 3);
+  initFromScratch(path.join(MODELS, "stories260K"), b, 3);
+  const ca = Checkpoint.open(a), cb = Checkpoint.open(b);
+  assert.deepEqual(ca.readF32("model.layers.0.self_attn.q_proj.weight"), cb.readF32("model.layers.0.self_attn.q_proj.weight"));
+  assert.ok(ca.readF32("model.layers.1.input_layernorm.weight").every((x) => x === 1));
+  const q = ca.readF32("model.layers.0.self_attn.q_proj.weight"), o = ca.readF32("model.layers.0.self_attn.o_proj.weight");
+  const std = (x: Float32Array) => Math.sqrt(x.reduce((s, v) => s + v * v, 0) / x.length);
+  assert.ok(Math.abs(std(q) - 0.02) < 0.002, `q_proj std ${std(q)}`);
+  assert.ok(Math.abs(std(o) - 0.02 / Math.sqrt(10)) < 0.001, `o_proj std ${std(o)}`);
+});
+
+test("study refuses unknown variants and latent widths that do not split over the KV heads, naming them", async () => {
+  assert.throws(() => latentWidth("d/3", 64, 4), (e: Error) => e instanceof MlaError && /--ranks d\/3 gives a latent of 21\.33/.test(e.message));
+  assert.equal(latentWidth("d/4", 64, 4), 16);
+  assert.equal(latentWidth("24", 64, 4), 24);
+  const base = { like: path.join(MODELS, "stories260K"), ranks: ["d/2"], data: DATA, tokens: 128, out: path.join(tmpDir(), "never"), progress: null };
+  await assert.rejects(study({ ...base, variants: ["gqa" as never] }), /--variants: gqa is not known/);
+  await assert.rejects(study({ ...base, variants: ["mha"], data: "/nonexistent.txt" }), /--data \/nonexistent.txt does not exist/);
+});
+
+test("study reads .xz training text through the xz tool", { skip: spawnSync("xz", ["--version"]).status !== 0 ? "no xz tool on this machine" : false }, async () => {
+  const dir = tmpDir();
+  const xz = path.join(dir, "text.txt.xz");
+  fs.writeFileSync(xz, spawnSync("xz", ["-c", DATA]).stdout);
+  const out = path.join(dir, "study");
+  const r = await study({ like: path.join(MODELS, "stories260K"), variants: ["mha"], ranks: [], data: xz, tokens: 2 * 4 * 32, seq: 32, batch: 4, valFraction: 0.05, device: "cpu", out, progress: null });
+  assert.equal(fs.readFileSync(path.join(out, "text.txt"), "utf8"), fs.readFileSync(DATA, "utf8"));
+  assert.equal(r.rows.length, 1);
+});
