@@ -112,7 +112,10 @@ export class LlamaModel {
   /** The final-norm hidden states [T, D] that the LM head turns into logits (training computes the loss from them in row chunks). */
   hidden(ops: Ops, P: ParamNodes, ids: Int32Array, cache?: DecodeCache | readonly DecodeCache[], opts: ForwardOptions = {}): Node {
     const c = this.config;
-    const batch = Array.isArray(cache) ? (cache as readonly DecodeCache[]) : null;
+    // One new token on a filled cache, inference, absorbed: the batched decode path with B = 1 (its
+    // backends append and attend in one call each, reading the cache buffers without views).
+    const oneStep = !Array.isArray(cache) && cache && cache.length > 0 && ids.length === 1 && !ops.tape && opts.absorb !== false;
+    const batch = Array.isArray(cache) ? (cache as readonly DecodeCache[]) : oneStep ? [cache as DecodeCache] : null;
     const single = batch ? undefined : (cache as DecodeCache | undefined);
     const start = single?.length ?? 0;
     const sequences = opts.sequences ?? 1;

@@ -36,8 +36,10 @@ export function stackRows(b: Backend, parts: readonly Tensor[], rest: readonly n
     parts.forEach((p, i) => d.copyElements(out, i * n, p, 0, n));
     return out;
   }
-  const out = new Float32Array(parts.length * n);
-  parts.forEach((p, i) => out.set(p.toArray(), i * n));
+  const arrays = parts.map((p) => p.toArray());
+  // Keep float64 rows float64 (the reference backend's finite-difference and decode checks run in it).
+  const out = arrays[0] instanceof Float64Array ? new Float64Array(parts.length * n) : new Float32Array(parts.length * n);
+  arrays.forEach((a, i) => out.set(a, i * n));
   return b.upload(out, [parts.length, ...rest]);
 }
 
