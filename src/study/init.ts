@@ -25,25 +25,21 @@ function normals(n: number, std: number, rng: Rng): Float32Array {
   return out;
 }
 
-/** Writes the initialized model to `out` (which must not exist); returns its parameter count. */
-export function initFromScratch(likeDir: string, out: string, seed: number): number {
+/** Writes the initialized model to `out` (which must not exist). */
+export function initFromScratch(likeDir: string, out: string, seed: number): void {
   const raw = JSON.parse(fs.readFileSync(path.join(likeDir, "config.json"), "utf8")) as Record<string, unknown>;
   if (raw["mha2mla"] || raw["model_type"] === "deepseek_v3")
     throw new MlaError("BAD_ARGUMENT", `${likeDir} is an MLA checkpoint`, "pass the original MHA/GQA model to --like; the study builds its own MLA variants");
-  delete raw["mha2mla"];
   fs.mkdirSync(out, { recursive: true });
   fs.writeFileSync(path.join(out, "config.json"), JSON.stringify(raw, null, 2) + "\n");
   copyModelSideFiles(likeDir, out);
   const c = readHfConfig(out);
   const rng = new Rng(seed);
   const residual = 0.02 / Math.sqrt(2 * c.layers);
-  let params = 0;
   const tensors = expectedTensors(c).map((t) => {
     const n = t.shape.reduce((a, b) => a * b, 1);
-    params += n;
     const values = /norm\.weight$/.test(t.name) ? new Float32Array(n).fill(1) : /\.bias$/.test(t.name) ? new Float32Array(n) : normals(n, /(o_proj|down_proj)\.weight$/.test(t.name) ? residual : 0.02, rng);
     return { name: t.name, shape: t.shape, dtype: "F32" as const, data: new Uint8Array(values.buffer) };
   });
   writeSafetensorsSync(path.join(out, SINGLE_FILE), tensors, { format: "pt" });
-  return params;
 }

@@ -17,7 +17,6 @@ import { finetune } from "../finetune/trainer.js";
 import { inspectModel } from "../eval/inspect.js";
 import { resolveModel } from "../io/modelDir.js";
 import { readHfConfig } from "../io/hfConfig.js";
-import { kvElemsPerToken } from "../model/config.js";
 import { loadModel } from "../model/llama.js";
 import { defaultRopePairs } from "../ropeSelect/strategies.js";
 import { selectBackend, type DeviceName } from "../backends/select.js";
@@ -147,14 +146,14 @@ export async function study(o: StudyOptions): Promise<StudyResult> {
     }
     const ft = await finetune(modelDir, { data: [data], out: path.join(o.out, `${name}-trained`), force: true, tokens: o.tokens, seq, batch, lr: o.lr ?? 1e-3, seed, valFraction: o.valFraction ?? 0.01, evalEvery: o.evalEvery ?? Math.max(1, Math.round(steps / 20)), device, progress: o.progress, logger: log });
     const curve = fs.readFileSync(path.join(ft.out, "train_log.jsonl"), "utf8").trim().split("\n").map((l) => JSON.parse(l) as { step: number; val_nll?: number }).filter((l) => l.val_nll !== undefined).map((l) => [l.step, l.val_nll!] as [number, number]);
-    const trained = readHfConfig(ft.out);
-    const kv = kvElemsPerToken(trained);
+    const info = inspectModel(ft.out);
+    const kv = info.kv_elems_per_token;
     rows.push({
       variant: r.variant,
       label: r.L === null ? "MHA" : `${{ mla: "MLA", "mla-rope": "MLA + RoPE", "eg-mla": "EG-MLA" }[r.variant as Exclude<StudyVariant, "mha">]}, latent ${r.L}`,
       latentDim: r.L,
       ropePairs: r.L === null ? null : R,
-      params: inspectModel(ft.out).params,
+      params: info.params,
       kvElemsPerToken: kv,
       kvBytesPerTokenBf16: kv * 2,
       valNll: ft.valNllAfter ?? NaN,

@@ -111,6 +111,27 @@ export function decodeBatchDims(op: string, q: Tensor, parts: Record<string, rea
   return { B, H, rest };
 }
 
+/** The dims of Backend.attentionDecodeBatch's q [B,H,Dh], k[b] [≥S_b,Hkv,Dh], v[b] [≥S_b,Hkv,Dv], checked: every backend's entry check. */
+export function attentionDecodeBatchDims(q: Tensor, k: readonly Tensor[], v: readonly Tensor[], opts: DecodeBatchOptions): { B: number; H: number; Hkv: number; Dh: number; Dv: number } {
+  const { B, H, rest } = decodeBatchDims("attentionDecodeBatch", q, { k, v }, opts);
+  const [Hkv, Dh] = rest["k"] as [number, number];
+  const [Gv, Dv] = rest["v"] as [number, number];
+  if (Dh !== q.shape[2] || Gv !== Hkv || !(Hkv >= 1) || H % Hkv !== 0)
+    throw new MlaError("BAD_ARGUMENT", `attentionDecodeBatch: q [${q.shape}] with keys [S, ${Hkv}, ${Dh}] and values [S, ${Gv}, ${Dv}]`, "keys and values need the same KV heads, a divisor of H, and keys the query's head dim");
+  return { B, H, Hkv, Dh, Dv };
+}
+
+/** The dims of Backend.latentAttentionDecodeBatch's qr [B,H,Dr], kr[b] [≥S_b,Hkv,Dr], qc [B,H,L], c[b] [≥S_b,L], checked: every backend's entry check. */
+export function latentAttentionDecodeBatchDims(qr: Tensor, kr: readonly Tensor[], qc: Tensor, c: readonly Tensor[], opts: DecodeBatchOptions): { B: number; H: number; Hkv: number; Dr: number; L: number } {
+  const { B, H, rest } = decodeBatchDims("latentAttentionDecodeBatch", qc, { kr, c }, opts);
+  const [Hkv, Dr] = rest["kr"] as [number, number];
+  const [L] = rest["c"] as [number];
+  expectShape("latentAttentionDecodeBatch", "qr", qr, [B, H, Dr]);
+  if (qc.shape[2] !== L || !(Hkv >= 1) || H % Hkv !== 0)
+    throw new MlaError("BAD_ARGUMENT", `latentAttentionDecodeBatch: qc [${qc.shape}] with latents [S, ${L}] and rope keys [S, ${Hkv}, ${Dr}]`, "the latent query needs the latent width, and the rope keys' heads must divide H");
+  return { B, H, Hkv, Dr, L };
+}
+
 /** The keys query row t may attend to, as an inclusive range [lo, hi] of S cached rows (causal, sliding window). */
 export function visibleKeys(t: number, S: number, opts: AttentionOptions): [number, number] {
   const qpos = t + opts.queryOffset;

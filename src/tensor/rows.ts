@@ -3,7 +3,7 @@
  * per-sequence results back into one [B, …] tensor. Backends that keep tensors in their own memory
  * (CUDA) do both on the device with views and copies; host backends go through arrays.
  */
-import { decodeBatchDims, type Backend, type DecodeBatchOptions } from "./backend.js";
+import { attentionDecodeBatchDims, latentAttentionDecodeBatchDims, type Backend, type DecodeBatchOptions } from "./backend.js";
 import type { Tensor } from "./tensor.js";
 
 /** What a device backend offers for this (CudaBackend). */
@@ -58,20 +58,20 @@ export function firstRows(b: Backend, t: Tensor, n: number): Tensor {
  * batched kernel (the host backends, whose per-call cost is small next to the arithmetic).
  */
 export function attentionDecodeByRows(b: Backend, q: Tensor, k: readonly Tensor[], v: readonly Tensor[], opts: DecodeBatchOptions): Tensor {
-  const { B, H, rest } = decodeBatchDims("attentionDecodeBatch", q, { k, v }, opts);
+  const { B, H, Dv } = attentionDecodeBatchDims(q, k, v, opts);
   const outs = Array.from({ length: B }, (_, i) => {
     const S = opts.positions[i]! + 1;
     return b.attention(rowOf(b, q, i), firstRows(b, k[i]!, S), firstRows(b, v[i]!, S), { scale: opts.scale, queryOffset: opts.positions[i]!, window: opts.window });
   });
-  return stackRows(b, outs, [H, rest["v"]![1]!]);
+  return stackRows(b, outs, [H, Dv]);
 }
 
 /** Backend.latentAttentionDecodeBatch as one `latentAttention` per sequence (see attentionDecodeByRows). */
 export function latentAttentionDecodeByRows(b: Backend, qr: Tensor, kr: readonly Tensor[], qc: Tensor, c: readonly Tensor[], opts: DecodeBatchOptions): Tensor {
-  const { B, H, rest } = decodeBatchDims("latentAttentionDecodeBatch", qc, { kr, c }, opts);
+  const { B, H, L } = latentAttentionDecodeBatchDims(qr, kr, qc, c, opts);
   const outs = Array.from({ length: B }, (_, i) => {
     const S = opts.positions[i]! + 1;
     return b.latentAttention(rowOf(b, qr, i), firstRows(b, kr[i]!, S), rowOf(b, qc, i), firstRows(b, c[i]!, S), { scale: opts.scale, queryOffset: opts.positions[i]!, window: opts.window });
   });
-  return stackRows(b, outs, [H, rest["c"]![0]!]);
+  return stackRows(b, outs, [H, L]);
 }

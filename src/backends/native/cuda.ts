@@ -13,7 +13,7 @@ import koffi from "koffi";
 import { MlaError } from "../../errors.js";
 import { packageRoot } from "../../io/modelDir.js";
 import { attentionDecodeByRows, latentAttentionDecodeByRows } from "../../tensor/rows.js";
-import { decodeBatchDims, headLinearDims, latentAttentionDims, type AttentionOptions, type DecodeBatchOptions, type AttentionSaved, type Backend, type TrainingKernels } from "../../tensor/backend.js";
+import { attentionDecodeBatchDims, headLinearDims, latentAttentionDecodeBatchDims, latentAttentionDims, type AttentionOptions, type DecodeBatchOptions, type AttentionSaved, type Backend, type TrainingKernels } from "../../tensor/backend.js";
 import { FloatArray, Tensor, expectShape } from "../../tensor/tensor.js";
 import type { Linalg } from "./linalg.js";
 import { profileCuda } from "./cudaProfile.js";
@@ -162,7 +162,6 @@ export class DeviceRowStore {
 
   /** The whole buffer [capacity, …rowShape]: rows past `rows` are spare (valid until the next reserve). */
   get storage(): Tensor {
-    this.reserve(0);
     return this.buf ?? (this.buf = this.backend.empty([0, ...this.rowShape], "an empty cache"));
   }
 
@@ -421,13 +420,9 @@ export class CudaBackend implements Backend {
     return this.runAttention(q, k, v, opts, false).o;
   }
 
-  /** The whole batch in one native call (grouped GEMMs over the ragged caches, decode_batch.cu). */
+  /** The whole batch in one native call (strided-batched GEMMs per sequence issued from C over the ragged caches, decode_batch.cu). */
   attentionDecodeBatch(q: Tensor, k: readonly Tensor[], v: readonly Tensor[], opts: DecodeBatchOptions): Tensor {
-    const { B, H, rest } = decodeBatchDims("attentionDecodeBatch", q, { k, v }, opts);
-    const [Hkv, Dh] = rest["k"] as [number, number];
-    const [Gv, Dv] = rest["v"] as [number, number];
-    if (Dh !== q.shape[2] || Gv !== Hkv || H % Hkv !== 0)
-      throw new MlaError("BAD_ARGUMENT", `attentionDecodeBatch: q [${q.shape}] with keys [S, ${Hkv}, ${Dh}] and values [S, ${Gv}, ${Dv}]`, "keys and values need the same KV heads, a divisor of H, and keys the query's head dim");
+    const { B, H, Hkv, Dh, Dv } = attentionDecodeBatchDims(q, k, v, opts);
     if (process.env["MHA2MLA_DECODE_BATCH"] === "rows") return attentionDecodeByRows(this, q, k, v, opts);
     const o = this.empty([B, H, Dv], "a batched decode attention output");
     this.call("decode_attention_batch", this.lib.fns["decodeAttentionBatch"]!(this.h(q), k.map((t) => this.h(t)), Hkv, Dh, null, null, 0, 0, v.map((t) => this.h(t)), Hkv, Dv, opts.positions, this.h(o), B, H, opts.scale, opts.window ?? 0));
@@ -436,12 +431,7 @@ export class CudaBackend implements Backend {
 
   /** MLA's batch in one native call: the latent is both the first key part (one group) and the value. */
   latentAttentionDecodeBatch(qr: Tensor, kr: readonly Tensor[], qc: Tensor, c: readonly Tensor[], opts: DecodeBatchOptions): Tensor {
-    const { B, H, rest } = decodeBatchDims("latentAttentionDecodeBatch", qc, { kr, c }, opts);
-    const [Hkv, Dr] = rest["kr"] as [number, number];
-    const [L] = rest["c"] as [number];
-    expectShape("latentAttentionDecodeBatch", "qr", qr, [B, H, Dr]);
-    if (qc.shape[2] !== L || H % Hkv !== 0)
-      throw new MlaError("BAD_ARGUMENT", `latentAttentionDecodeBatch: qc [${qc.shape}] with latents [S, ${L}] and rope keys [S, ${Hkv}, ${Dr}]`, "the latent query needs the latent width, and the rope keys' heads must divide H");
+    const { B, H, Hkv, Dr, L } = latentAttentionDecodeBatchDims(qr, kr, qc, c, opts);
     if (process.env["MHA2MLA_DECODE_BATCH"] === "rows") return latentAttentionDecodeByRows(this, qr, kr, qc, c, opts);
     const o = this.empty([B, H, L], "a batched latent attention output");
     const latents = c.map((t) => this.h(t));
