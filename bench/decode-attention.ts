@@ -8,6 +8,7 @@
  * Run: node dist/bench/decode-attention.js [--contexts 4096,16384] [--batches 1,8,32] [--reps 20]
  */
 import { openCuda } from "./cudaBench.js";
+import type { Tensor } from "../src/tensor/tensor.js";
 
 const args = process.argv.slice(2);
 const opt = (name: string, dflt: string) => {
@@ -29,7 +30,7 @@ for (const S of contexts)
     const opts = { scale: 1 / Math.sqrt(Dh), positions, window: null };
     for (const kind of ["mha", "mla"] as const) {
       const row = kind === "mha" ? 2 * Hkv * Dh : L + Hkv * Dr;
-      if (B * S * row * 4 > 60 * 2 ** 30) continue;
+      if (B * S * row * 6 > 60 * 2 ** 30) continue;
       const q = B0.upload(rand(B * H * Dh), [B, H, Dh]);
       const qr = B0.upload(rand(B * H * Dr), [B, H, Dr]), qc = B0.upload(rand(B * H * L), [B, H, L]);
       const copies = (shape: number[]) => {
@@ -45,21 +46,30 @@ for (const S of contexts)
       const v = kind === "mha" ? copies([S, Hkv, Dh]) : [];
       const kr = kind === "mla" ? copies([S, Hkv, Dr]) : [];
       const c = kind === "mla" ? copies([S, L]) : [];
-      const call = () => (kind === "mha" ? B0.attentionDecodeBatch(q, k, v, opts) : B0.latentAttentionDecodeBatch(qr, kr, qc, c, opts)).dispose();
-      for (const route of ["batched", "batched, tf32", "rows"]) {
+      // bf16 copies of the caches: the `--kv-cache bf16` storage, read by bf16 tensor-core GEMMs.
+      const half = (ts: Tensor[]) => ts.map((t) => {
+        const h = B0.empty(t.shape, "a bf16 benchmark cache", 1);
+        B0.training.cast(t, h);
+        return h;
+      });
+      const [kh, vh, krh, ch] = [half(k), half(v), half(kr), half(c)];
+      let bf16 = false;
+      const call = () => (kind === "mha" ? B0.attentionDecodeBatch(q, bf16 ? kh : k, bf16 ? vh : v, opts) : B0.latentAttentionDecodeBatch(qr, bf16 ? krh : kr, qc, bf16 ? ch : c, opts)).dispose();
+      for (const route of ["batched", "batched, tf32", "batched, bf16 cache", "rows"]) {
         process.env["MHA2MLA_DECODE_BATCH"] = route === "rows" ? "rows" : "";
         process.env["MHA2MLA_DECODE_TF32"] = route.endsWith("tf32") ? "1" : "";
+        bf16 = route.endsWith("bf16 cache");
         call();
         sync();
         const t0 = performance.now();
         for (let r = 0; r < reps; r++) call();
         sync();
         const ms = (performance.now() - t0) / reps;
-        const bound = (B * S * row * 4) / 4.8e12;
+        const bound = (B * S * row * (bf16 ? 2 : 4)) / 4.8e12;
         console.log(`| ${kind} | ${S} | ${B} | ${route} | ${ms.toFixed(3)} | ${((100 * bound) / (ms / 1000)).toFixed(0)}% |`);
       }
       delete process.env["MHA2MLA_DECODE_BATCH"];
       delete process.env["MHA2MLA_DECODE_TF32"];
-      for (const t of [q, qr, qc, ...k, ...v, ...kr, ...c]) t.dispose();
+      for (const t of [q, qr, qc, ...k, ...v, ...kr, ...c, ...kh, ...vh, ...krh, ...ch]) t.dispose();
     }
   }

@@ -23,6 +23,7 @@ $CLI convert "$M" --device cuda $CONVERT --out "$M-mla" --force 2>&1 | tail -1
 echo "$(date -u +%Y-%m-%d), $(nvidia-smi --query-gpu=name --format=csv,noheader), $ARCH shape with $LAYERS layers, bf16 linear weights and f32 cache on the GPU; convert $CONVERT"
 SHAPES="--contexts ${CONTEXTS:-4096,16384} --batches ${BATCHES:-1,8,32,128} --steps ${STEPS:-16}"
 node dist/bench/decode.js "$M" "$M-mla" --device cuda $SHAPES
+node dist/bench/decode.js "$M" "$M-mla" --device cuda $SHAPES --kv-cache bf16 | tail -n +3
 MHA2MLA_ABSORB=premultiplied node dist/bench/decode.js "$M-mla" --device cuda $SHAPES | tail -n +3 || true
 if [ "${PEER:-1}" != 0 ]; then
   python3 bench/decode_torch.py "$M" "${CONTEXTS:-4096,16384}" "${BATCHES:-1,8,32,128}" "${STEPS:-16}"

@@ -11,7 +11,7 @@
  * Each row also gives its share of the HBM bound: the bytes one step must read (every weight but the
  * embedding table, once for the batch, plus each sequence's whole cache as stored: float32 here)
  * over 4.8 TB/s (H200), against the measured step time.
- * Run: node dist/bench/decode.js MHA_DIR MLA_DIR [--device cuda] [--contexts 1024,4096,16384] [--batches 1,32] [--steps 32]
+ * Run: node dist/bench/decode.js MHA_DIR MLA_DIR [--device cuda] [--kv-cache f32|bf16] [--contexts 1024,4096,16384] [--batches 1,32] [--steps 32]
  */
 import { selectBackend, type DeviceName } from "../src/backends/select.js";
 import { CudaBackend } from "../src/backends/native/cuda.js";
@@ -40,6 +40,8 @@ const device = opt("device", "cuda") as DeviceName;
 const contexts = opt("contexts", "1024,4096,16384").split(",").map(Number);
 const batches = opt("batches", "1,32").split(",").map(Number);
 const steps = Number(opt("steps", "32"));
+// The cache as stored on the device: f32, or bf16 (half the bytes, read by bf16 tensor-core GEMMs).
+const kvCache = opt("kv-cache", "f32") as "f32" | "bf16";
 const backend = selectBackend(device, stderrLogger);
 
 function rand(n: number, vocab: number, seed: number): Int32Array {
@@ -61,20 +63,21 @@ for (const dir of dirs) {
     const perToken = probe.elements;
     for (const B of batches) {
       const bytes32 = perToken * 4 * ctx * B;
+      const stored = kvCache === "bf16" ? bytes32 / 2 : bytes32;
       if (backend instanceof CudaBackend) await backend.reclaim();
       const mem = backend instanceof CudaBackend ? backend.memory() : null;
       // Free on the device plus what our pool caches (freed buffers are kept for reuse, not returned to the driver).
       const avail = mem ? mem.total - mem.live - 2 * 2 ** 30 : Infinity;
       const size = (b: number) => (b >= 2 ** 30 ? `${(b / 2 ** 30).toFixed(2)} GiB` : `${(b / 2 ** 20).toFixed(1)} MiB`);
-      const kind = config.attention.kind === "mla" ? `mla, ${absorbForm(config)} absorption` : config.attention.kind;
+      const kind = (config.attention.kind === "mla" ? `mla, ${absorbForm(config)} absorption` : config.attention.kind) + (kvCache === "bf16" ? ", bf16 cache" : "");
       const label = `| ${dir.split("/").pop()} | ${kind} | ${ctx} | ${B} | ${perToken} | ${size(bytes32)} | ${size(bytes32 / 2)} |`;
       // Each cache grows in steps of up to 1024 rows (DeviceRowStore.reserve), plus room for activations.
-      if ((bytes32 * (ctx + Math.min(ctx, 1024))) / ctx + 2 ** 30 > avail) {
+      if ((stored * (ctx + Math.min(ctx, 1024))) / ctx + 2 ** 30 > avail) {
         console.log(`${label} does not fit (${(avail / 2 ** 30).toFixed(1)} GiB left beside the weights) | |`);
         continue;
       }
       try {
-        const first = model.newCache();
+        const first = model.newCache(kvCache);
         model.forward(rand(ctx, V, 11), first).toArray();
         const caches = [first];
         for (let b = 1; b < B; b++) caches.push(first.clone());
@@ -89,7 +92,7 @@ for (const dir of dirs) {
         const t0 = performance.now();
         for (let s = 0; s < steps; s++) step();
         const sec = (performance.now() - t0) / 1000;
-        const bound = (weightBytes + bytes32) / HBM_BYTES_PER_S;
+        const bound = (weightBytes + stored) / HBM_BYTES_PER_S;
         console.log(`${label} ${((steps * B) / sec).toFixed(1)} | ${((100 * bound * steps) / sec).toFixed(0)}% |`);
       } catch (e) {
         // The fit estimate above is rough (the absorbed projections and activations come on top): say so and go on.

@@ -64,78 +64,123 @@ struct Gemms {
   struct Group {
     cublasOperation_t ta, tb;
     int m, n, k, lda, ldb, ldc, count;
-    long long sa, sb, sc;
-    const float* A;
-    const float* B;
+    long long sa, sb, sc;  // elements
+    const void* A;
+    const void* B;
     float* C;
     float beta;
   };
   std::vector<Group> groups;
-  mla_status run() const {
+  // in: the type of A and B (CUDA_R_32F, or CUDA_R_16BF for bf16 caches with bf16 queries/weights);
+  // C is float32 and the accumulation float32 either way.
+  mla_status run(cudaDataType_t in) const {
     const float one = 1;
-    // MHA2MLA_DECODE_TF32=1: tensor cores on TF32-rounded inputs (10-bit mantissa), f32 accumulation.
+    // MHA2MLA_DECODE_TF32=1: float32 inputs on tensor cores, rounded to TF32 (10-bit mantissa).
     const char* tf32 = getenv("MHA2MLA_DECODE_TF32");
-    const bool fast = tf32 && strcmp(tf32, "1") == 0;
-    if (fast) CUBLAS_TRY(cublasSetMathMode(ctx()->blas, CUBLAS_TF32_TENSOR_OP_MATH));
-    for (const Group& g : groups) {
-      cublasStatus_t e = cublasSgemmStridedBatched(ctx()->blas, g.ta, g.tb, g.m, g.n, g.k, &one, g.A, g.lda, g.sa, g.B, g.ldb, g.sb, &g.beta, g.C, g.ldc, g.sc, g.count);
-      if (e != CUBLAS_STATUS_SUCCESS) {
-        if (fast) cublasSetMathMode(ctx()->blas, CUBLAS_DEFAULT_MATH);
-        return MLA_FAIL(MLA_ERR_INTERNAL, std::string("cublasSgemmStridedBatched (batched decode): ") + mla::cublas_name(e));
-      }
-    }
-    if (fast) CUBLAS_TRY(cublasSetMathMode(ctx()->blas, CUBLAS_DEFAULT_MATH));
+    const cublasComputeType_t compute = in == CUDA_R_32F && tf32 && strcmp(tf32, "1") == 0 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+    for (const Group& g : groups)
+      CUBLAS_TRY(cublasGemmStridedBatchedEx(ctx()->blas, g.ta, g.tb, g.m, g.n, g.k, &one, g.A, in, g.lda, g.sa, g.B, in, g.ldb, g.sb, &g.beta, g.C, CUDA_R_32F, g.ldc, g.sc, g.count, compute, CUBLAS_GEMM_DEFAULT));
     return MLA_OK;
   }
 };
+
+__global__ void k_f32_to_bf16(const float* x, __nv_bfloat16* y, int64_t n) {
+  const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+  if (i < n) y[i] = __float2bfloat16(x[i]);
+}
+
+// k_softmax_ragged, then a bf16 copy of the probabilities for the value GEMM on bf16 caches.
+__global__ void k_softmax_ragged_bf16(float* scores, __nv_bfloat16* probs, const int64_t* range, float scale) {
+  __shared__ float red[32];
+  const int64_t n = range[2 * blockIdx.y + 1];
+  const int64_t at = range[2 * blockIdx.y] + blockIdx.x * n;
+  softmax_row(scores + at, n, scale, 0, n - 1, red);
+  __syncthreads();
+  for (int64_t s = threadIdx.x; s < n; s += blockDim.x) probs[at + s] = __float2bfloat16(scores[at + s]);
+}
+
+__global__ void k_scatter_rows_bf16(const float* src, __nv_bfloat16* const* dst, int64_t n) {
+  const float* s = src + blockIdx.y * n;
+  __nv_bfloat16* d = dst[blockIdx.y];
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) d[i] = __float2bfloat16(s[i]);
+}
 }  // namespace
 
 // Batched decode attention with a two-part key (the MLA latent form; MHA leaves part 2 out):
 // for sequence b and head h, score(s) = q1[b,h]·k1_b[s, g1(h)] + q2[b,h]·k2_b[s, g2(h)] over its
 // visible keys s (causal at pos[b], sliding window), o[b,h] = Σ softmax(scale·score)(s) · v_b[s, gv(h)].
 // q1 [B,H,D1], k1s[b] [≥pos[b]+1, G1, D1]; q2 [B,H,D2], k2s[b] [.., G2, D2] (q2 null: no part 2);
-// vs[b] [.., Gv, Dv]; o [B,H,Dv]; g(h) = h / (H/G). All float32.
+// vs[b] [.., Gv, Dv]; o [B,H,Dv]; g(h) = h / (H/G). Queries and output float32; caches float32 or bf16.
 extern "C" mla_status mla_cuda_decode_attention_batch(const mla_cuda_buf* q1, const mla_cuda_buf* const* k1s, int64_t G1, int64_t D1, const mla_cuda_buf* q2, const mla_cuda_buf* const* k2s, int64_t G2, int64_t D2, const mla_cuda_buf* const* vs, int64_t Gv, int64_t Dv, const int32_t* pos, mla_cuda_buf* o, int64_t B, int64_t H, float scale, int64_t window) {
   NEED_CTX();
   MLA_CHECK(q1 && k1s && vs && o && pos && B > 0 && H > 0 && G1 > 0 && Gv > 0 && H % G1 == 0 && H % Gv == 0 && (!q2 || (k2s && G2 > 0 && H % G2 == 0)), "decode_attention_batch: q1, k1s, vs, o, pos and head groups dividing H");
   MLA_CHECK(q1->n == B * H * D1 && o->n == B * H * Dv && (!q2 || q2->n == B * H * D2) && q1->dtype == MLA_F32 && o->dtype == MLA_F32, "decode_attention_batch: q1 [B,H,D1], q2 [B,H,D2], o [B,H,Dv], float32");
+  // The caches are all float32 or all bf16 (a bf16 cache is read by bf16 tensor-core GEMMs: the
+  // queries and the softmax probabilities are rounded to bf16 for them, accumulation stays float32).
+  const int32_t kdt = k1s[0] ? k1s[0]->dtype : MLA_F32;
+  MLA_CHECK(kdt == MLA_F32 || kdt == MLA_BF16, "decode_attention_batch: caches must be float32 or bf16");
+  const bool half = kdt == MLA_BF16;
+  const size_t es = half ? 2 : 4;
   std::vector<int64_t> range(2 * B);  // per sequence: offset of its scores, number of visible keys
   std::vector<int64_t> lo(B);
   int64_t total = 0;
   for (int64_t b = 0; b < B; b++) {
     const int64_t S = (int64_t)pos[b] + 1;
     lo[b] = window > 0 && S > window ? S - window : 0;
-    const bool q2ok = !q2 || (k2s[b] && k2s[b]->dtype == MLA_F32 && k2s[b]->n >= S * G2 * D2);
-    MLA_CHECK(pos[b] >= 0 && k1s[b] && vs[b] && k1s[b]->dtype == MLA_F32 && vs[b]->dtype == MLA_F32 && k1s[b]->n >= S * G1 * D1 && vs[b]->n >= S * Gv * Dv && q2ok, "decode_attention_batch: sequence " + std::to_string(b) + "'s cache holds fewer than pos + 1 = " + std::to_string(S) + " float32 rows");
+    const bool q2ok = !q2 || (k2s[b] && k2s[b]->dtype == kdt && k2s[b]->n >= S * G2 * D2);
+    MLA_CHECK(pos[b] >= 0 && k1s[b] && vs[b] && k1s[b]->dtype == kdt && vs[b]->dtype == kdt && k1s[b]->n >= S * G1 * D1 && vs[b]->n >= S * Gv * Dv && q2ok, "decode_attention_batch: sequence " + std::to_string(b) + "'s cache holds fewer than pos + 1 = " + std::to_string(S) + " rows, or its parts differ in dtype from sequence 0's");
     range[2 * b] = total;
     range[2 * b + 1] = S - lo[b];
     total += H * (S - lo[b]);
   }
-  // One scratch: the scores of every sequence [H, n_b] back to back, then the softmax ranges.
+  // One scratch: the scores of every sequence [H, n_b] back to back, the softmax ranges, and for bf16
+  // caches the bf16 probabilities and queries.
   mla_status st;
   const size_t scores_bytes = align256(total * sizeof(float));
-  char* base = (char*)mla::scratch(scores_bytes + range.size() * sizeof(int64_t), &st);
+  const size_t range_bytes = align256(range.size() * sizeof(int64_t));
+  const size_t probs_bytes = half ? align256(total * 2) : 0;
+  const size_t q1_bytes = half ? align256(B * H * D1 * 2) : 0;
+  const size_t q2_bytes = half && q2 ? align256(B * H * D2 * 2) : 0;
+  char* base = (char*)mla::scratch(scores_bytes + range_bytes + probs_bytes + q1_bytes + q2_bytes, &st);
   if (!base) return st;
   float* scores = (float*)base;
   int64_t* dev_range = (int64_t*)(base + scores_bytes);
-  const float* Q1 = (const float*)q1->ptr;
-  const float* Q2 = q2 ? (const float*)q2->ptr : nullptr;
+  char* probs = base + scores_bytes + range_bytes;  // bf16 only
+  const char* Q1 = (const char*)q1->ptr;
+  const char* Q2 = q2 ? (const char*)q2->ptr : nullptr;
+  if (half) {
+    __nv_bfloat16* q1h = (__nv_bfloat16*)(probs + probs_bytes);
+    k_f32_to_bf16<<<blocks_for(B * H * D1, 256), 256, 0, ctx()->stream>>>((const float*)q1->ptr, q1h, B * H * D1);
+    KERNEL_CHECK();
+    Q1 = (const char*)q1h;
+    if (q2 && D2 > 0) {
+      __nv_bfloat16* q2h = (__nv_bfloat16*)(probs + probs_bytes + q1_bytes);
+      k_f32_to_bf16<<<blocks_for(B * H * D2, 256), 256, 0, ctx()->stream>>>((const float*)q2->ptr, q2h, B * H * D2);
+      KERNEL_CHECK();
+      Q2 = (const char*)q2h;
+    }
+  }
   float* O = (float*)o->ptr;
   Gemms s1, s2, pv;
   for (int64_t b = 0; b < B; b++) {
     const int n = (int)range[2 * b + 1];
     float* sc = scores + range[2 * b];
-    s1.groups.push_back({CUBLAS_OP_T, CUBLAS_OP_N, n, (int)(H / G1), (int)D1, (int)(G1 * D1), (int)D1, n, (int)G1, D1, (H / G1) * D1, (H / G1) * n, (const float*)k1s[b]->ptr + lo[b] * G1 * D1, Q1 + b * H * D1, sc, 0.0f});
+    // The value GEMM reads the probabilities as its B operand: the float32 scores, or their bf16 copy.
+    const char* p = half ? probs + range[2 * b] * 2 : (const char*)sc;
+    const char* k1 = (const char*)k1s[b]->ptr + lo[b] * G1 * D1 * es;
+    s1.groups.push_back({CUBLAS_OP_T, CUBLAS_OP_N, n, (int)(H / G1), (int)D1, (int)(G1 * D1), (int)D1, n, (int)G1, D1, (H / G1) * D1, (H / G1) * n, k1, Q1 + b * H * D1 * es, sc, 0.0f});
     if (q2 && D2 > 0)
-      s2.groups.push_back({CUBLAS_OP_T, CUBLAS_OP_N, n, (int)(H / G2), (int)D2, (int)(G2 * D2), (int)D2, n, (int)G2, D2, (H / G2) * D2, (H / G2) * n, (const float*)k2s[b]->ptr + lo[b] * G2 * D2, Q2 + b * H * D2, sc, 1.0f});
-    pv.groups.push_back({CUBLAS_OP_N, CUBLAS_OP_N, (int)Dv, (int)(H / Gv), n, (int)(Gv * Dv), n, (int)Dv, (int)Gv, Dv, (H / Gv) * n, (H / Gv) * Dv, (const float*)vs[b]->ptr + lo[b] * Gv * Dv, sc, O + b * H * Dv, 0.0f});
+      s2.groups.push_back({CUBLAS_OP_T, CUBLAS_OP_N, n, (int)(H / G2), (int)D2, (int)(G2 * D2), (int)D2, n, (int)G2, D2, (H / G2) * D2, (H / G2) * n, (const char*)k2s[b]->ptr + lo[b] * G2 * D2 * es, Q2 + b * H * D2 * es, sc, 1.0f});
+    pv.groups.push_back({CUBLAS_OP_N, CUBLAS_OP_N, (int)Dv, (int)(H / Gv), n, (int)(Gv * Dv), n, (int)Dv, (int)Gv, Dv, (H / Gv) * n, (H / Gv) * Dv, (const char*)vs[b]->ptr + lo[b] * Gv * Dv * es, p, O + b * H * Dv, 0.0f});
   }
   if (mla_status e = stage_to_device(range.data(), range.size() * sizeof(int64_t), dev_range)) return e;
-  if (mla_status e = s1.run()) return e;
-  if (mla_status e = s2.run()) return e;
-  k_softmax_ragged<<<dim3((unsigned)H, (unsigned)B), 256, 0, ctx()->stream>>>(scores, dev_range, scale);
+  const cudaDataType_t in = half ? CUDA_R_16BF : CUDA_R_32F;
+  if (mla_status e = s1.run(in)) return e;
+  if (mla_status e = s2.run(in)) return e;
+  if (half) k_softmax_ragged_bf16<<<dim3((unsigned)H, (unsigned)B), 256, 0, ctx()->stream>>>(scores, (__nv_bfloat16*)probs, dev_range, scale);
+  else k_softmax_ragged<<<dim3((unsigned)H, (unsigned)B), 256, 0, ctx()->stream>>>(scores, dev_range, scale);
   KERNEL_CHECK();
-  return pv.run();
+  return pv.run(in);
 }
 
 // Row b of src [B, n] → dsts[b] at element offsets[b] (each new token's row into its own cache).
@@ -143,17 +188,21 @@ extern "C" mla_status mla_cuda_scatter_rows(const mla_cuda_buf* src, mla_cuda_bu
   NEED_CTX();
   MLA_CHECK(src && dsts && offsets && B > 0 && n >= 0 && src->n == B * n && src->dtype == MLA_F32, "scatter_rows: src [B, n] float32, B destinations");
   if (n == 0) return MLA_OK;
-  std::vector<float*> targets(B);
+  // Destinations all float32 or all bf16 (a bf16 cache stores the rounded row).
+  const int32_t dt = dsts[0] ? dsts[0]->dtype : MLA_F32;
+  const size_t es = dt == MLA_BF16 ? 2 : 4;
+  std::vector<char*> targets(B);
   for (int64_t b = 0; b < B; b++) {
-    MLA_CHECK(dsts[b] && dsts[b]->dtype == MLA_F32 && offsets[b] >= 0 && offsets[b] + n <= dsts[b]->n, "scatter_rows: destination " + std::to_string(b) + " has no room for a row of " + std::to_string(n) + " at element " + std::to_string(offsets[b]));
-    targets[b] = (float*)dsts[b]->ptr + offsets[b];
+    MLA_CHECK(dsts[b] && dsts[b]->dtype == dt && (dt == MLA_F32 || dt == MLA_BF16) && offsets[b] >= 0 && offsets[b] + n <= dsts[b]->n, "scatter_rows: destination " + std::to_string(b) + " has no room for a row of " + std::to_string(n) + " at element " + std::to_string(offsets[b]) + ", or is not of destination 0's dtype (float32 or bf16)");
+    targets[b] = (char*)dsts[b]->ptr + offsets[b] * es;
   }
   mla_status st;
   void* dev = mla::scratch(B * sizeof(float*), &st);
   if (!dev) return st;
   if (mla_status e = stage_to_device(targets.data(), B * sizeof(float*), dev)) return e;
   const unsigned chunks = (unsigned)((n + 1023) / 1024 < 64 ? (n + 1023) / 1024 : 64);
-  k_scatter_rows<<<dim3(chunks, (unsigned)B), 256, 0, ctx()->stream>>>((const float*)src->ptr, (float* const*)dev, n);
+  if (dt == MLA_BF16) k_scatter_rows_bf16<<<dim3(chunks, (unsigned)B), 256, 0, ctx()->stream>>>((const float*)src->ptr, (__nv_bfloat16* const*)dev, n);
+  else k_scatter_rows<<<dim3(chunks, (unsigned)B), 256, 0, ctx()->stream>>>((const float*)src->ptr, (float* const*)dev, n);
   KERNEL_CHECK();
   return MLA_OK;
 }

@@ -47,6 +47,8 @@ interface DeviceStore {
   append(rows: Tensor): void;
   view(shape: readonly number[]): Tensor;
   reserve(add: number): void;
+  /** "bf16": rows are stored rounded to bf16 by the store itself. */
+  readonly dtype: "f32" | "bf16";
   /** Counts `add` rows written into the spare capacity by another call (scatterRows). */
   commit(add: number): void;
   /** The whole buffer [capacity, …row shape]; rows past `rows` are spare. */
@@ -54,22 +56,23 @@ interface DeviceStore {
 }
 
 /** A new store of rows `rowShape` holding a copy of `from`'s rows. */
-function copyStore(backend: Backend, from: RowStore, rowShape: readonly number[]): RowStore {
-  const s = rowStore(backend, rowShape);
+function copyStore(backend: Backend, from: RowStore, rowShape: readonly number[], dtype: KvCacheDtype): RowStore {
+  const s = rowStore(backend, rowShape, dtype);
   if (from.rows) s.append(from.tensor([...rowShape]));
   return s;
 }
 
 /** Backends that keep decode caches in their own memory (CUDA), and append one row to each of B of them in one call. */
 interface DeviceRowBackend {
-  createRowStore(rowShape: readonly number[]): DeviceStore;
+  createRowStore(rowShape: readonly number[], dtype: "f32" | "bf16"): DeviceStore;
   /** Row b of src [B, n] into dst[b] at element offsets[b]. */
   scatterRows(src: Tensor, dst: readonly Tensor[], offsets: readonly number[]): void;
 }
 
-function rowStore(backend: Backend, rowShape: readonly number[]): RowStore {
+/** A store of rows `rowShape`; a bf16 cache keeps bf16 rows where the backend can (half the bytes read per step). */
+function rowStore(backend: Backend, rowShape: readonly number[], dtype: KvCacheDtype = "f32"): RowStore {
   const rowSize = rowShape.reduce((x, y) => x * y, 1);
-  const dev = (backend as Partial<DeviceRowBackend>).createRowStore?.(rowShape);
+  const dev = (backend as Partial<DeviceRowBackend>).createRowStore?.(rowShape, dtype === "bf16" ? "bf16" : "f32");
   if (dev) return { get rows() { return dev.rows; }, append: (v) => dev.append(v), tensor: (shape) => dev.view(shape), device: dev };
   const host = new RowBuffer(rowSize);
   return { get rows() { return host.rows; }, append: (v) => host.append(v.toArray(), v.shape[0]!), tensor: (shape) => backend.upload(host.view(), [host.rows, ...shape]) };
@@ -98,8 +101,8 @@ abstract class TwoPartCache implements DecodeCache {
 
   constructor(protected readonly backend: Backend, layers: number, protected readonly shapeA: number[], protected readonly shapeB: number[], readonly dtype: KvCacheDtype = "f32") {
     const size = (s: number[]) => s.reduce((x, y) => x * y, 1);
-    this.a = Array.from({ length: layers }, () => rowStore(backend, shapeA));
-    this.b = Array.from({ length: layers }, () => rowStore(backend, shapeB));
+    this.a = Array.from({ length: layers }, () => rowStore(backend, shapeA, dtype));
+    this.b = Array.from({ length: layers }, () => rowStore(backend, shapeB, dtype));
     this.rowA = size(shapeA);
     this.rowB = size(shapeB);
   }
@@ -126,14 +129,14 @@ abstract class TwoPartCache implements DecodeCache {
   clone(): this {
     const copy = Object.create(Object.getPrototypeOf(this) as object) as this;
     Object.assign(copy, this);
-    copy.a = this.a.map((s) => copyStore(this.backend, s, this.shapeA));
-    copy.b = this.b.map((s) => copyStore(this.backend, s, this.shapeB));
+    copy.a = this.a.map((s) => copyStore(this.backend, s, this.shapeA, this.dtype));
+    copy.b = this.b.map((s) => copyStore(this.backend, s, this.shapeB, this.dtype));
     return copy;
   }
 
   protected appendBoth(layer: number, a: Tensor, b: Tensor): [Tensor, Tensor] {
     for (const [store, t] of [[this.a[layer]!, a], [this.b[layer]!, b]] as const) {
-      const stored = roundTrip(this.backend, t, this.dtype);
+      const stored = store.device?.dtype === "bf16" ? t : roundTrip(this.backend, t, this.dtype);
       store.append(stored);
       if (stored !== t) stored.dispose();
     }
@@ -156,8 +159,8 @@ abstract class TwoPartCache implements DecodeCache {
     }
     const parts: [Tensor[], Tensor[]] = [[], []];
     for (const [p, src, rowSize] of [[0, a, first.rowA], [1, b, first.rowB]] as const) {
-      const stored = roundTrip(backend, src, first.dtype);
       const stores = caches.map((c) => (p === 0 ? c.a : c.b)[layer]!.device!);
+      const stored = stores[0]!.dtype === "bf16" ? src : roundTrip(backend, src, first.dtype);
       for (const s of stores) s.reserve(1);
       backend.scatterRows(stored, stores.map((s) => s.storage), stores.map((s) => s.rows * rowSize));
       for (const s of stores) s.commit(1);

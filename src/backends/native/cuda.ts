@@ -126,15 +126,24 @@ export class DeviceRowStore {
   private capacity = 0;
   rows = 0;
   readonly rowSize: number;
-  constructor(private readonly backend: CudaBackend, private readonly rowShape: readonly number[]) {
+  /**
+   * dtype "bf16": rows are stored rounded to bf16 (half the bytes; `--kv-cache bf16`), and read by
+   * the batched decode's bf16 tensor-core GEMMs; view() then returns a float32 copy.
+   */
+  constructor(private readonly backend: CudaBackend, private readonly rowShape: readonly number[], readonly dtype: "f32" | "bf16" = "f32") {
     this.rowSize = rowShape.reduce((x, y) => x * y, 1);
   }
 
-  /** rows [n, …rowShape]: n counted from the shape, since a part may be zero wide (MLA without rope pairs). */
+  /** rows [n, …rowShape] float32: n counted from the shape, since a part may be zero wide (MLA without rope pairs). */
   append(rows: Tensor): void {
     const add = rows.shape[0]!;
     this.reserve(add);
-    this.backend.copyElements(this.buf!, this.rows * this.rowSize, rows, 0, rows.size);
+    if (this.dtype === "f32") this.backend.copyElements(this.buf!, this.rows * this.rowSize, rows, 0, rows.size);
+    else if (rows.size) {
+      const slot = this.backend.viewOf(this.buf!, this.rows * this.rowSize, rows.size, [rows.size]);
+      this.backend.training.cast(rows, slot);
+      slot.dispose();
+    }
     this.rows += add;
   }
 
@@ -147,7 +156,7 @@ export class DeviceRowStore {
   reserve(add: number): void {
     if (this.rows + add <= this.capacity) return;
     const cap = Math.max(this.rows + add, this.capacity + Math.max(16, Math.min(this.capacity, 1024)));
-    const grown = this.backend.empty([cap, ...this.rowShape], "a decode cache");
+    const grown = this.backend.empty([cap, ...this.rowShape], "a decode cache", this.dtype === "bf16" ? BF16 : F32);
     if (this.buf && this.rows) this.backend.copyElements(grown, 0, this.buf, 0, this.rows * this.rowSize);
     if (this.buf) this.backend.free(this.buf);
     this.buf = grown;
@@ -162,13 +171,18 @@ export class DeviceRowStore {
 
   /** The whole buffer [capacity, …rowShape]: rows past `rows` are spare (valid until the next reserve). */
   get storage(): Tensor {
-    return this.buf ?? (this.buf = this.backend.empty([0, ...this.rowShape], "an empty cache"));
+    return this.buf ?? (this.buf = this.backend.empty([0, ...this.rowShape], "an empty cache", this.dtype === "bf16" ? BF16 : F32));
   }
 
-  /** All rows so far as [rows, ...shape] (a view: valid until the next append). */
+  /** All rows so far as float32 [rows, ...shape] (f32: a view, valid until the next append; bf16: a copy). */
   view(shape: readonly number[]): Tensor {
     if (!this.buf) return this.backend.empty([0, ...shape], "an empty cache");
-    return this.backend.viewOf(this.buf, 0, this.rows * this.rowSize, [this.rows, ...shape]);
+    const rows = this.backend.viewOf(this.buf, 0, this.rows * this.rowSize, [this.rows, ...shape]);
+    if (this.dtype === "f32") return rows;
+    const copy = this.backend.empty([this.rows, ...shape], "a float32 copy of a bf16 decode cache");
+    if (rows.size) this.backend.training.cast(rows, copy);
+    rows.dispose();
+    return copy;
   }
 }
 
@@ -277,8 +291,8 @@ export class CudaBackend implements Backend {
     return view;
   }
 
-  createRowStore(rowShape: readonly number[]): DeviceRowStore {
-    return new DeviceRowStore(this, rowShape);
+  createRowStore(rowShape: readonly number[], dtype: "f32" | "bf16" = "f32"): DeviceRowStore {
+    return new DeviceRowStore(this, rowShape, dtype);
   }
 
   private h(t: Tensor | null | undefined): unknown {
