@@ -5,13 +5,16 @@
  * forward keeps the fused kernels' softmax statistics for the backward).
  * One JSON line per (shape, route, pass): milliseconds per call and effective TFLOP/s, counting the
  * causal half (forward 4·B·T²/2·H·Dh, backward 2.5× that). bench/attention_train_torch.py is the peer.
- * Run: node dist/bench/attention-train.js [--shapes B:T:H:Hkv:Dh,…]
+ * Run: node dist/bench/attention-train.js [--shapes B:T:H:Hkv:Dh,…] [--routes fused,gemm] [--label NAME]
+ * (--label tags each line, e.g. with the build variant of bench/attention-variants.sh.)
  */
 import { openCuda } from "./cudaBench.js";
 
 const args = process.argv.slice(2);
-const at = args.indexOf("--shapes");
-const shapes = (at >= 0 ? args[at + 1]! : "8:1024:9:3:64,8:2048:32:32:64,4:2048:32:32:128,1:8192:32:32:128").split(",").map((s) => s.split(":").map(Number) as [number, number, number, number, number]);
+const flag = (name: string, fallback: string) => (args.includes(name) ? args[args.indexOf(name) + 1]! : fallback);
+const routes = flag("--routes", "fused,gemm").split(",");
+const label = flag("--label", "");
+const shapes = flag("--shapes", "8:1024:9:3:64,8:2048:32:32:64,4:2048:32:32:128,1:8192:32:32:128").split(",").map((s) => s.split(":").map(Number) as [number, number, number, number, number]);
 const { backend, sync } = openCuda();
 const rand = (n: number) => Float32Array.from({ length: n }, (_, i) => Math.sin(i * 12.9898) * 0.5);
 for (const [nb, T, H, Hkv, Dh] of shapes) {
@@ -21,7 +24,7 @@ for (const [nb, T, H, Hkv, Dh] of shapes) {
   const d = backend.upload(rand(nb * T * H * Dh), [nb * T, H, Dh]);
   const opts = { scale: 1 / Math.sqrt(Dh), queryOffset: 0, window: null, batch: nb, bf16: true };
   const fwdFlops = 4 * nb * ((T * T) / 2) * H * Dh;
-  for (const route of ["fused", "gemm"]) {
+  for (const route of routes) {
     if (route === "gemm") process.env["MHA2MLA_CUDA_ATTENTION"] = "gemm";
     const time = (pass: string, reps: number, step: () => { dispose(): void }[]) => {
       for (const x of step()) x.dispose(); // warm-up
@@ -31,7 +34,7 @@ for (const [nb, T, H, Hkv, Dh] of shapes) {
       sync();
       const ms = (performance.now() - t0) / reps;
       const flops = pass === "forward" ? fwdFlops : 3.5 * fwdFlops;
-      console.log(JSON.stringify({ tool: "mha2mla", route, pass, B: nb, T, H, Hkv, Dh, ms: +ms.toFixed(3), tflops: +(flops / ms / 1e9).toFixed(1) }));
+      console.log(JSON.stringify({ tool: "mha2mla", ...(label ? { label } : {}), route, pass, B: nb, T, H, Hkv, Dh, ms: +ms.toFixed(3), tflops: +(flops / ms / 1e9).toFixed(1) }));
     };
     time("forward", 10, () => [backend.attention(q, k, v, opts)]);
     // As the trainer runs it: the training forward keeps the softmax statistics for the backward.
