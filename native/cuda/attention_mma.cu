@@ -11,9 +11,10 @@
 // forward pass in "prep" mode recomputes both. Seven tensor-core products per tile pair, against five
 // in FlashAttention-2's atomic dQ.
 //
-// Small heads (Dh + Dv ≤ 128) keep their constant fragments in registers: the forward gives each warp
-// two 16-row m-tiles (so every K/V fragment read from shared memory feeds two products), the dQ kernel
-// holds its Q and dO fragments, the dK/dV kernel its K and V fragments.
+// Small heads (Dh + Dv ≤ 128) keep their constant fragments in registers: the dQ kernel holds its Q
+// and dO fragments, the dK/dV kernel its K and V fragments. Fully visible tiles (most of a causal
+// matrix) skip the per-element mask. Blocks launch heads-fastest with the heaviest causal tiles first,
+// so the last wave is made of short blocks.
 //
 // Shapes: q[B·T,H,Dh], k[B·S,Hkv,Dh], v[B·S,Hkv,Dv], o/dout[B·T,H,Dv]; query head h uses KV head
 // h / (H/Hkv); query row t sits at key position t + off and sees keys (t + off − window, t + off].
@@ -21,14 +22,35 @@
 #include <cuda_bf16.h>
 #include "common.cuh"
 
-// Build switches for benchmarking (-DMLA_MMA_FWD_MT2=0 / -DMLA_MMA_HOLD=0: the one-m-tile forward / the
-// per-tile fragment reloads of small heads). Measured on the H200 both ways at equal speed
-// (docs/benchmarks.md); the defaults are the configuration the CUDA suite ran.
+// Build switches, compared on the H200 in one command by bench/attention-variants.sh (results in
+// docs/benchmarks.md); the defaults are the fastest measured and the configuration the CUDA suite ran.
+// MLA_MMA_FWD_MT2: two 16-row m-tiles per warp in the forward of small heads (each K/V fragment read
+// from shared memory feeds two products; 240 registers, so fewer warps: 5% slower); MLA_MMA_HOLD=0:
+// reload the constant fragments per tile.
 #ifndef MLA_MMA_FWD_MT2
-#define MLA_MMA_FWD_MT2 1
+#define MLA_MMA_FWD_MT2 0
 #endif
 #ifndef MLA_MMA_HOLD
 #define MLA_MMA_HOLD 1
+#endif
+// Keys per forward tile (64 or 128; 128 measured slower) and the block order (1: the tiles with the
+// most causal work are launched first, so the last wave is made of short blocks).
+#ifndef MLA_MMA_FWD_KT
+#define MLA_MMA_FWD_KT 64
+#endif
+#ifndef MLA_MMA_HEAVY_FIRST
+#define MLA_MMA_HEAVY_FIRST 1
+#endif
+// Grid layout: 1 puts the heads on grid x (the blocks of one tile index launch together across heads),
+// 0 the tiles (the tiles of one head launch together and share its K/V rows in L2).
+#ifndef MLA_MMA_HEADS_FAST
+#define MLA_MMA_HEADS_FAST 1
+#endif
+// m-tiles per warp in the backward kernels of small heads (2: each warp owns 32 query rows in dQ, 32
+// keys in dK/dV, so every fragment read from shared memory feeds two products; measured 13% slower:
+// 255 registers with small spills).
+#ifndef MLA_MMA_BWD_KM
+#define MLA_MMA_BWD_KM 1
 #endif
 
 using mla::ctx;
@@ -49,6 +71,21 @@ __device__ __forceinline__ uint32_t pack(float lo, float hi) {
   __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
   return *reinterpret_cast<uint32_t*>(&v);
 }
+// 2^x on the special-function unit, flushing denormals (−∞ → 0, which masked scores rely on).
+__device__ __forceinline__ float ex2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+// The tile index of a block, heaviest first when `reverse` (causal rows: the last query tiles see the
+// most keys), and its (batch · head) index; grid_of lays out the grid to match.
+__device__ __forceinline__ int64_t tile_index(bool reverse) {
+  const int64_t n = MLA_MMA_HEADS_FAST ? gridDim.y : gridDim.x, i = MLA_MMA_HEADS_FAST ? blockIdx.y : blockIdx.x;
+  return MLA_MMA_HEAVY_FIRST && reverse ? n - 1 - i : i;
+}
+__device__ __forceinline__ int64_t head_index() { return MLA_MMA_HEADS_FAST ? blockIdx.x : blockIdx.y; }
+dim3 grid_of(int64_t tiles, int64_t heads) { return MLA_MMA_HEADS_FAST ? dim3((unsigned)heads, (unsigned)tiles) : dim3((unsigned)tiles, (unsigned)heads); }
+
 // Four 8×8 bf16 matrices from shared memory (lane i gives the address of a row of matrix i / 8);
 // `trans` delivers each transposed.
 template <bool trans>
@@ -104,38 +141,50 @@ __device__ __forceinline__ void mma_as(float (*acc)[N / 8][4], const uint32_t (*
       }
     }
 }
-// acc[16 × N] += A·Bᵀ with A = 16 rows × K of `a` ([row][k], stride lda) read from shared memory one
-// k-slice at a time (wide heads, where holding every fragment would spill registers).
-template <int K, int N>
-__device__ __forceinline__ void mma_ss(float (*acc)[4], const bf16* a, int lda, const bf16* b, int ldb, int lane) {
+// acc[i][16 × N] += A_i·Bᵀ for MT m-tiles A_i = rows 16i … 16i+15 × K of `a` ([row][k], stride lda),
+// read from shared memory one k-slice at a time; each B fragment feeds MT products.
+template <int K, int N, int MT>
+__device__ __forceinline__ void mma_ss_mt(float (*acc)[N / 8][4], const bf16* a, int lda, const bf16* b, int ldb, int lane) {
 #pragma unroll
   for (int kk = 0; kk < K / 16; kk++) {
-    uint32_t af[1][1][4];
-    frag_a(af[0][0], a, lda, kk * 16, lane);
-    mma_as<16, N, 1>(reinterpret_cast<float (*)[N / 8][4]>(acc), af, b + kk * 16, ldb, lane);
+    uint32_t af[MT][1][4];
+#pragma unroll
+    for (int i = 0; i < MT; i++) frag_a(af[i][0], a + i * 16 * lda, lda, kk * 16, lane);
+    mma_as<16, N, MT>(acc, af, b + kk * 16, ldb, lane);
   }
 }
-// acc[16 × N] += A·Bᵀ, A's fragments held (HOLD: af, loaded once by the caller) or read from `a`.
-template <int K, int N, bool HOLD>
-__device__ __forceinline__ void mma_a(float (*acc)[4], const uint32_t (*af)[4], const bf16* a, int lda, const bf16* b, int ldb, int lane) {
-  if constexpr (HOLD) mma_as<K, N, 1>(reinterpret_cast<float (*)[N / 8][4]>(acc), reinterpret_cast<const uint32_t (*)[K / 16][4]>(af), b, ldb, lane);
-  else mma_ss<K, N>(acc, a, lda, b, ldb, lane);
-}
-// acc[16 × N] += P·B: P = 16 × K accumulator fragments (p[K/8][4], the m16n8 layout of two adjacent
-// n-tiles is the m16k16 A layout), B = K rows × N of `b` ([k][n], stride ldb).
-template <int K, int N>
-__device__ __forceinline__ void mma_rs(float (*acc)[4], const float (*p)[4], const bf16* b, int ldb, int lane) {
+// acc[i][16 × N] += P_i·B: P_i = 16 × K accumulator fragments (p[i][K/8][4], the m16n8 layout of two
+// adjacent n-tiles is the m16k16 A layout), B = K rows × N of `b` ([k][n], stride ldb).
+template <int K, int N, int MT>
+__device__ __forceinline__ void mma_rs_mt(float (*acc)[N / 8][4], const float (*p)[K / 8][4], const bf16* b, int ldb, int lane) {
 #pragma unroll
   for (int kk = 0; kk < K / 16; kk++) {
-    const uint32_t af[4] = {pack(p[2 * kk][0], p[2 * kk][1]), pack(p[2 * kk][2], p[2 * kk][3]), pack(p[2 * kk + 1][0], p[2 * kk + 1][1]), pack(p[2 * kk + 1][2], p[2 * kk + 1][3])};
+    uint32_t af[MT][4];
+#pragma unroll
+    for (int i = 0; i < MT; i++) {
+      af[i][0] = pack(p[i][2 * kk][0], p[i][2 * kk][1]);
+      af[i][1] = pack(p[i][2 * kk][2], p[i][2 * kk][3]);
+      af[i][2] = pack(p[i][2 * kk + 1][0], p[i][2 * kk + 1][1]);
+      af[i][3] = pack(p[i][2 * kk + 1][2], p[i][2 * kk + 1][3]);
+    }
 #pragma unroll
     for (int j = 0; j < N / 16; j++) {
       uint32_t bf[4];
       frag_b_kn(bf, b, ldb, j * 16, kk * 16, lane);
-      mma(acc[2 * j], af, bf[0], bf[1]);
-      mma(acc[2 * j + 1], af, bf[2], bf[3]);
+#pragma unroll
+      for (int i = 0; i < MT; i++) {
+        mma(acc[i][2 * j], af[i], bf[0], bf[1]);
+        mma(acc[i][2 * j + 1], af[i], bf[2], bf[3]);
+      }
     }
   }
+}
+// The backward's two score products for MT m-tiles: A's fragments held (HOLD, MT = 1: af, loaded
+// once by the caller) or read from `a`.
+template <int K, int N, int MT, bool HOLD>
+__device__ __forceinline__ void mma_a_mt(float (*acc)[N / 8][4], const uint32_t (*af)[4], const bf16* a, int lda, const bf16* b, int ldb, int lane) {
+  if constexpr (HOLD) mma_as<K, N, 1>(acc, reinterpret_cast<const uint32_t (*)[K / 16][4]>(af), b, ldb, lane);
+  else mma_ss_mt<K, N, MT>(acc, a, lda, b, ldb, lane);
 }
 
 // Starts copying rows [0, R) of a bf16 matrix (row stride ld elements, D columns) into shared
@@ -154,32 +203,32 @@ __device__ __forceinline__ bool visible(int64_t key, int64_t pos, int64_t S, int
   return key <= pos && key < S && (window <= 0 || key > pos - window);
 }
 
-// Forward. grid (⌈T/(ROWS·MT)⌉, B·H): each warp owns MT m-tiles of 16 query rows. Writes o (float32)
+// Forward. grid (grid_of: ⌈T/(ROWS·MT)⌉ tiles, B·H): each warp owns MT m-tiles of 16 query rows. Writes o (float32)
 // and, when `lse` is set, the row log-sum-exp in the log2 domain (+∞ for a row with no visible key, so
 // the backward's probabilities come out 0), [B·H, T]. In prep mode (dout set) it writes instead of o
-// that lse and δ = Σ dout·o. Key/value tiles (ROWS keys) are double-buffered.
-template <int DH, int DV, int MT>
+// that lse and δ = Σ dout·o. Key/value tiles (KT keys) are double-buffered.
+template <int DH, int DV, int MT, int KT>
 __global__ void __launch_bounds__(WARPS * 32) k_forward(const bf16* q, const bf16* k, const bf16* v, float* o, const float* dout, float* lse, float* delta, int64_t T, int64_t S, int H, int Hkv, float scale2, int64_t off, int64_t window) {
   constexpr int QROWS = ROWS * MT;  // queries of the block
   extern __shared__ __align__(16) unsigned char smem[];
   bf16* Qs = reinterpret_cast<bf16*>(smem);  // [QROWS queries][DH+PAD]
-  bf16* Ks = Qs + QROWS * (DH + PAD);        // 2 × [ROWS keys][DH+PAD]
-  bf16* Vs = Ks + 2 * ROWS * (DH + PAD);     // 2 × [ROWS keys][DV+PAD]
+  bf16* Ks = Qs + QROWS * (DH + PAD);        // 2 × [KT keys][DH+PAD]
+  bf16* Vs = Ks + 2 * KT * (DH + PAD);       // 2 × [KT keys][DV+PAD]
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
-  const int64_t b = blockIdx.y / H;
-  const int h = blockIdx.y % H, kh = h / (H / Hkv);
-  const int64_t t0 = (int64_t)blockIdx.x * QROWS, w0 = t0 + warp * 16 * MT;  // first row of the block, of this warp
+  const int64_t b = head_index() / H;
+  const int h = (int)(head_index() % H), kh = h / (H / Hkv);
+  const int64_t t0 = tile_index(window <= 0) * QROWS, w0 = t0 + warp * 16 * MT;  // first row of the block, of this warp
   const int64_t qld = (int64_t)H * DH, kld = (int64_t)Hkv * DH, vld = (int64_t)Hkv * DV;
   const bf16* kb = k + b * S * kld + kh * DH;
   const bf16* vb = v + b * S * vld + kh * DV;
   const int64_t khi = min(S - 1, min(T - 1, t0 + QROWS - 1) + off);
   const int64_t klo = window > 0 ? max((int64_t)0, t0 + off - window + 1) : 0;
-  const int64_t first = klo / ROWS * ROWS;
+  const int64_t first = klo / KT * KT;
 
   load_rows<DH, QROWS>(Qs, q + (b * T + t0) * qld + h * DH, qld, T - t0);
   if (first <= khi) {
-    load_rows<DH, ROWS>(Ks, kb + first * kld, kld, S - first);
-    load_rows<DV, ROWS>(Vs, vb + first * vld, vld, S - first);
+    load_rows<DH, KT>(Ks, kb + first * kld, kld, S - first);
+    load_rows<DV, KT>(Vs, vb + first * vld, vld, S - first);
   }
   cp_commit();
   uint32_t qf[MT][DH / 16][4];
@@ -188,10 +237,10 @@ __global__ void __launch_bounds__(WARPS * 32) k_forward(const bf16* q, const bf1
 #pragma unroll
   for (int i = 0; i < MT; i++) m[i][0] = m[i][1] = -INFINITY;
   int buf = 0;
-  for (int64_t s0 = first; s0 <= khi; s0 += ROWS, buf ^= 1) {
-    if (s0 + ROWS <= khi) {  // prefetch the next tile into the other buffer
-      load_rows<DH, ROWS>(Ks + (buf ^ 1) * ROWS * (DH + PAD), kb + (s0 + ROWS) * kld, kld, S - s0 - ROWS);
-      load_rows<DV, ROWS>(Vs + (buf ^ 1) * ROWS * (DV + PAD), vb + (s0 + ROWS) * vld, vld, S - s0 - ROWS);
+  for (int64_t s0 = first; s0 <= khi; s0 += KT, buf ^= 1) {
+    if (s0 + KT <= khi) {  // prefetch the next tile into the other buffer
+      load_rows<DH, KT>(Ks + (buf ^ 1) * KT * (DH + PAD), kb + (s0 + KT) * kld, kld, S - s0 - KT);
+      load_rows<DV, KT>(Vs + (buf ^ 1) * KT * (DV + PAD), vb + (s0 + KT) * vld, vld, S - s0 - KT);
     }
     cp_commit();
     cp_wait<1>();
@@ -200,18 +249,18 @@ __global__ void __launch_bounds__(WARPS * 32) k_forward(const bf16* q, const bf1
 #pragma unroll
       for (int i = 0; i < MT; i++) load_a<DH>(qf[i], Qs + (warp * MT + i) * 16 * (DH + PAD), DH + PAD, lane);
     }
-    const bf16* kt = Ks + buf * ROWS * (DH + PAD);
-    const bf16* vt = Vs + buf * ROWS * (DV + PAD);
-    if (!(s0 > w0 + 16 * MT - 1 + off || (window > 0 && s0 + ROWS - 1 <= w0 + off - window))) {  // some key of the tile is visible to the warp
-      float s[MT][ROWS / 8][4] = {};
-      mma_as<DH, ROWS, MT>(s, qf, kt, DH + PAD, lane);
+    const bf16* kt = Ks + buf * KT * (DH + PAD);
+    const bf16* vt = Vs + buf * KT * (DV + PAD);
+    if (!(s0 > w0 + 16 * MT - 1 + off || (window > 0 && s0 + KT - 1 <= w0 + off - window))) {  // some key of the tile is visible to the warp
+      float s[MT][KT / 8][4] = {};
+      mma_as<DH, KT, MT>(s, qf, kt, DH + PAD, lane);
 #pragma unroll
       for (int i = 0; i < MT; i++) {
         const int64_t m0 = w0 + 16 * i, r0 = m0 + g, r1 = r0 + 8;  // this m-tile's first row, this thread's rows
-        const bool whole = s0 + ROWS - 1 <= m0 + off && s0 + ROWS <= S && (window <= 0 || s0 > m0 + 15 + off - window);
+        const bool whole = s0 + KT - 1 <= m0 + off && s0 + KT <= S && (window <= 0 || s0 > m0 + 15 + off - window);
         float mx[2] = {m[i][0], m[i][1]};
 #pragma unroll
-        for (int j = 0; j < ROWS / 8; j++)
+        for (int j = 0; j < KT / 8; j++)
 #pragma unroll
           for (int e = 0; e < 4; e++) {
             float x = s[i][j][e] * scale2;
@@ -225,24 +274,24 @@ __global__ void __launch_bounds__(WARPS * 32) k_forward(const bf16* q, const bf1
           mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
           mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
           base[r] = mx[r] == -INFINITY ? 0.f : mx[r];
-          const float alpha = exp2f(m[i][r] - base[r]);
+          const float alpha = ex2(m[i][r] - base[r]);
           m[i][r] = mx[r];
           l[i][r] *= alpha;
 #pragma unroll
           for (int j = 0; j < DV / 8; j++) acc[i][j][2 * r] *= alpha, acc[i][j][2 * r + 1] *= alpha;
         }
 #pragma unroll
-        for (int j = 0; j < ROWS / 8; j++)
+        for (int j = 0; j < KT / 8; j++)
 #pragma unroll
           for (int e = 0; e < 4; e++) {
-            const float p = exp2f(s[i][j][e] - base[e >> 1]);
+            const float p = ex2(s[i][j][e] - base[e >> 1]);
             s[i][j][e] = p;
             l[i][e >> 1] += p;
           }
       }
       // acc_i += P_i·V: the score accumulators of two adjacent n-tiles are the m16k16 A fragment.
 #pragma unroll
-      for (int kk = 0; kk < ROWS / 16; kk++) {
+      for (int kk = 0; kk < KT / 16; kk++) {
         uint32_t pf[MT][4];
 #pragma unroll
         for (int i = 0; i < MT; i++) {
@@ -274,7 +323,7 @@ __global__ void __launch_bounds__(WARPS * 32) k_forward(const bf16* q, const bf1
       l[i][r] += __shfl_xor_sync(0xffffffffu, l[i][r], 1);
       l[i][r] += __shfl_xor_sync(0xffffffffu, l[i][r], 2);
       const float inv = l[i][r] > 0 ? 1.f / l[i][r] : 0.f;  // no visible key: zeros
-      const int64_t at = (int64_t)blockIdx.y * T + rows[r];
+      const int64_t at = head_index() * T + rows[r];
       if (!dout) {
         if (rows[r] >= T) continue;
         float* out = o + ((b * T + rows[r]) * H + h) * DV + tq * 2;
@@ -321,40 +370,43 @@ __device__ __forceinline__ void row_stats(const float* lse, const float* delta, 
   *D = r < T ? delta[base + r] : 0.f;
 }
 
-// dQ. grid (⌈T/ROWS⌉, B·H): per query tile, over the key tiles it sees (double-buffered),
-// P = exp2(scale2·QKᵀ − lse), dS = P ∘ (dO·Vᵀ − δ)·scale, dQ += dS·K.
-template <int DH, int DV>
+// dQ. grid (grid_of: ⌈T/(ROWS·KM)⌉ tiles, B·H): per query tile (each warp KM m-tiles of 16 rows), over the key tiles
+// it sees (double-buffered): P = exp2(scale2·QKᵀ − lse), dS = P ∘ (dO·Vᵀ − δ)·scale, dQ += dS·K.
+template <int DH, int DV, int KM>
 __global__ void __launch_bounds__(WARPS * 32) k_backward_dq(const bf16* q, const bf16* k, const bf16* v, const bf16* dout, const float* lse, const float* delta, float* dq, int64_t T, int64_t S, int H, int Hkv, float scale, float scale2, int64_t off, int64_t window) {
+  constexpr int QROWS = ROWS * KM;  // queries of the block
   extern __shared__ __align__(16) unsigned char smem[];
-  bf16* Qs = reinterpret_cast<bf16*>(smem);  // [ROWS queries][DH+PAD]
-  bf16* dOs = Qs + ROWS * (DH + PAD);        // [ROWS queries][DV+PAD]
-  bf16* Ks = dOs + ROWS * (DV + PAD);        // 2 × [ROWS keys][DH+PAD]
+  bf16* Qs = reinterpret_cast<bf16*>(smem);  // [QROWS queries][DH+PAD]
+  bf16* dOs = Qs + QROWS * (DH + PAD);       // [QROWS queries][DV+PAD]
+  bf16* Ks = dOs + QROWS * (DV + PAD);       // 2 × [ROWS keys][DH+PAD]
   bf16* Vs = Ks + 2 * ROWS * (DH + PAD);     // 2 × [ROWS keys][DV+PAD]
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
-  const int64_t b = blockIdx.y / H;
-  const int h = blockIdx.y % H, kh = h / (H / Hkv);
-  const int64_t t0 = (int64_t)blockIdx.x * ROWS, w0 = t0 + warp * 16, r0 = w0 + g, r1 = r0 + 8;
+  const int64_t b = head_index() / H;
+  const int h = (int)(head_index() % H), kh = h / (H / Hkv);
+  const int64_t t0 = tile_index(window <= 0) * QROWS, w0 = t0 + warp * 16 * KM;
   const int64_t qld = (int64_t)H * DH, dld = (int64_t)H * DV, kld = (int64_t)Hkv * DH, vld = (int64_t)Hkv * DV;
   const bf16* kb = k + b * S * kld + kh * DH;
   const bf16* vb = v + b * S * vld + kh * DV;
-  const int64_t khi = min(S - 1, min(T - 1, t0 + ROWS - 1) + off);
+  const int64_t khi = min(S - 1, min(T - 1, t0 + QROWS - 1) + off);
   const int64_t klo = window > 0 ? max((int64_t)0, t0 + off - window + 1) : 0;
   const int64_t first = klo / ROWS * ROWS;
-  load_rows<DH, ROWS>(Qs, q + (b * T + t0) * qld + h * DH, qld, T - t0);
-  load_rows<DV, ROWS>(dOs, dout + (b * T + t0) * dld + h * DV, dld, T - t0);
+  load_rows<DH, QROWS>(Qs, q + (b * T + t0) * qld + h * DH, qld, T - t0);
+  load_rows<DV, QROWS>(dOs, dout + (b * T + t0) * dld + h * DV, dld, T - t0);
   if (first <= khi) {
     load_rows<DH, ROWS>(Ks, kb + first * kld, kld, S - first);
     load_rows<DV, ROWS>(Vs, vb + first * vld, vld, S - first);
   }
   cp_commit();
-  float L[2], D[2];
-  row_stats(lse, delta, (int64_t)blockIdx.y * T, r0, T, &L[0], &D[0]);
-  row_stats(lse, delta, (int64_t)blockIdx.y * T, r1, T, &L[1], &D[1]);
-  const bf16* qw = Qs + warp * 16 * (DH + PAD);
-  const bf16* dw = dOs + warp * 16 * (DV + PAD);
-  constexpr bool HOLD = MLA_MMA_HOLD && DH + DV <= 128;
+  float L[KM][2], D[KM][2];
+#pragma unroll
+  for (int i = 0; i < KM; i++)
+#pragma unroll
+    for (int r = 0; r < 2; r++) row_stats(lse, delta, head_index() * T, w0 + 16 * i + g + 8 * r, T, &L[i][r], &D[i][r]);
+  const bf16* qw = Qs + warp * 16 * KM * (DH + PAD);
+  const bf16* dw = dOs + warp * 16 * KM * (DV + PAD);
+  constexpr bool HOLD = KM == 1 && MLA_MMA_HOLD && DH + DV <= 128;
   uint32_t qf[HOLD ? DH / 16 : 1][4], df[HOLD ? DV / 16 : 1][4];
-  float acc[DH / 8][4] = {};
+  float acc[KM][DH / 8][4] = {};
   int buf = 0;
   for (int64_t s0 = first; s0 <= khi; s0 += ROWS, buf ^= 1) {
     if (s0 + ROWS <= khi) {
@@ -369,54 +421,63 @@ __global__ void __launch_bounds__(WARPS * 32) k_backward_dq(const bf16* q, const
     }
     const bf16* kt = Ks + buf * ROWS * (DH + PAD);
     const bf16* vt = Vs + buf * ROWS * (DV + PAD);
-    if (!(s0 > w0 + 15 + off || (window > 0 && s0 + ROWS - 1 <= w0 + off - window))) {
-      float p[ROWS / 8][4] = {}, dp[ROWS / 8][4] = {};
-      mma_a<DH, ROWS, HOLD>(p, qf, qw, DH + PAD, kt, DH + PAD, lane);
-      mma_a<DV, ROWS, HOLD>(dp, df, dw, DV + PAD, vt, DV + PAD, lane);
+    if (!(s0 > w0 + 16 * KM - 1 + off || (window > 0 && s0 + ROWS - 1 <= w0 + off - window))) {  // some key of the tile is visible to the warp
+      float p[KM][ROWS / 8][4] = {}, dp[KM][ROWS / 8][4] = {};
+      mma_a_mt<DH, ROWS, KM, HOLD>(p, qf, qw, DH + PAD, kt, DH + PAD, lane);
+      mma_a_mt<DV, ROWS, KM, HOLD>(dp, df, dw, DV + PAD, vt, DV + PAD, lane);
 #pragma unroll
-      for (int j = 0; j < ROWS / 8; j++)
+      for (int i = 0; i < KM; i++) {
+        const int64_t m0 = w0 + 16 * i, r0 = m0 + g;
+        // Every key of the tile visible to every row of the m-tile (most tiles): no per-element mask.
+        const bool whole = s0 + ROWS - 1 <= m0 + off && s0 + ROWS <= S && (window <= 0 || s0 > m0 + 15 + off - window);
 #pragma unroll
-        for (int e = 0; e < 4; e++) {
-          const int i = e >> 1;
-          const bool ok = visible(s0 + j * 8 + tq * 2 + (e & 1), (i ? r1 : r0) + off, S, window);
-          const float pr = ok ? exp2f(p[j][e] * scale2 - L[i]) : 0.f;
-          p[j][e] = pr * (dp[j][e] - D[i]) * scale;  // dS
-        }
-      mma_rs<ROWS, DH>(acc, p, kt, DH + PAD, lane);
+        for (int j = 0; j < ROWS / 8; j++)
+#pragma unroll
+          for (int e = 0; e < 4; e++) {
+            const int r = e >> 1;
+            const bool ok = whole || visible(s0 + j * 8 + tq * 2 + (e & 1), r0 + 8 * r + off, S, window);
+            const float pr = ok ? ex2(fmaf(p[i][j][e], scale2, -L[i][r])) : 0.f;
+            p[i][j][e] = pr * (dp[i][j][e] - D[i][r]) * scale;  // dS
+          }
+      }
+      mma_rs_mt<ROWS, DH, KM>(acc, p, kt, DH + PAD, lane);
     }
     __syncthreads();
   }
   cp_wait<0>();
-  const int64_t rows[2] = {r0, r1};
 #pragma unroll
-  for (int i = 0; i < 2; i++) {
-    if (rows[i] >= T) continue;
-    float* out = dq + ((b * T + rows[i]) * H + h) * DH + tq * 2;
+  for (int i = 0; i < KM; i++)
 #pragma unroll
-    for (int j = 0; j < DH / 8; j++) *reinterpret_cast<float2*>(out + j * 8) = make_float2(acc[j][2 * i], acc[j][2 * i + 1]);
-  }
+    for (int r = 0; r < 2; r++) {
+      const int64_t row = w0 + 16 * i + g + 8 * r;
+      if (row >= T) continue;
+      float* out = dq + ((b * T + row) * H + h) * DH + tq * 2;
+#pragma unroll
+      for (int j = 0; j < DH / 8; j++) *reinterpret_cast<float2*>(out + j * 8) = make_float2(acc[i][j][2 * r], acc[i][j][2 * r + 1]);
+    }
 }
 
-// dK and dV. grid (⌈S/ROWS⌉, B·Hkv): per key tile (each warp 16 keys), over the query heads of the
-// group and the query tiles that see it (QR rows at a time, double-buffered), in transposed form:
-// Pᵀ = exp2(scale2·K·Qᵀ − lse), dV += Pᵀ·dO, dSᵀ = Pᵀ ∘ (V·dOᵀ − δ)·scale, dK += dSᵀ·Q.
-template <int DH, int DV, int QR>
+// dK and dV. grid (grid_of: ⌈S/(ROWS·KM)⌉ tiles, B·Hkv): per key tile (each warp KM m-tiles of 16 keys), over the
+// query heads of the group and the query tiles that see it (QR rows at a time, double-buffered), in
+// transposed form: Pᵀ = exp2(scale2·K·Qᵀ − lse), dV += Pᵀ·dO, dSᵀ = Pᵀ ∘ (V·dOᵀ − δ)·scale, dK += dSᵀ·Q.
+template <int DH, int DV, int QR, int KM>
 __global__ void __launch_bounds__(WARPS * 32) k_backward_dkdv(const bf16* q, const bf16* k, const bf16* v, const bf16* dout, const float* lse, const float* delta, float* dk, float* dv, int64_t T, int64_t S, int H, int Hkv, float scale, float scale2, int64_t off, int64_t window) {
+  constexpr int KROWS = ROWS * KM;  // keys of the block
   extern __shared__ __align__(16) unsigned char smem[];
-  bf16* Ks = reinterpret_cast<bf16*>(smem);  // [ROWS keys][DH+PAD]
-  bf16* Vs = Ks + ROWS * (DH + PAD);         // [ROWS keys][DV+PAD]
-  bf16* Qs = Vs + ROWS * (DV + PAD);         // 2 × [QR queries][DH+PAD]
+  bf16* Ks = reinterpret_cast<bf16*>(smem);  // [KROWS keys][DH+PAD]
+  bf16* Vs = Ks + KROWS * (DH + PAD);        // [KROWS keys][DV+PAD]
+  bf16* Qs = Vs + KROWS * (DV + PAD);        // 2 × [QR queries][DH+PAD]
   bf16* dOs = Qs + 2 * QR * (DH + PAD);      // 2 × [QR queries][DV+PAD]
   float* Ls = reinterpret_cast<float*>(dOs + 2 * QR * (DV + PAD));  // 2 × [QR]
   float* Ds = Ls + 2 * QR;                                          // 2 × [QR]
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
-  const int64_t b = blockIdx.y / Hkv;
-  const int kh = blockIdx.y % Hkv, group = H / Hkv;
-  const int64_t s0 = (int64_t)blockIdx.x * ROWS, w0 = s0 + warp * 16, c0 = w0 + g, c1 = c0 + 8;  // keys
+  const int64_t b = head_index() / Hkv;
+  const int kh = (int)(head_index() % Hkv), group = H / Hkv;
+  const int64_t s0 = tile_index(false) * KROWS, w0 = s0 + warp * 16 * KM;  // keys (causal: the first tiles are the heaviest)
   const int64_t qld = (int64_t)H * DH, dld = (int64_t)H * DV, kld = (int64_t)Hkv * DH, vld = (int64_t)Hkv * DV;
-  // Queries that see some key of the tile: position t + off in [s0, s0 + ROWS − 1 + window).
+  // Queries that see some key of the tile: position t + off in [s0, s0 + KROWS − 1 + window).
   const int64_t tlo = max((int64_t)0, s0 - off) / QR * QR;
-  const int64_t thi = window > 0 ? min(T - 1, s0 + ROWS - 1 + window - 1 - off) : T - 1;
+  const int64_t thi = window > 0 ? min(T - 1, s0 + KROWS - 1 + window - 1 - off) : T - 1;
   const int64_t tiles = thi >= tlo ? (thi - tlo) / QR + 1 : 0, steps = tiles * group;  // (head, query tile) pairs
   auto fetch = [&](int64_t step, int into) {
     const int h = kh * group + (int)(step / tiles);
@@ -425,15 +486,15 @@ __global__ void __launch_bounds__(WARPS * 32) k_backward_dkdv(const bf16* q, con
     load_rows<DV, QR>(dOs + into * QR * (DV + PAD), dout + (b * T + t0) * dld + h * DV, dld, T - t0);
     for (int i = threadIdx.x; i < QR; i += blockDim.x) row_stats(lse, delta, (b * H + h) * T, t0 + i, T, &Ls[into * QR + i], &Ds[into * QR + i]);
   };
-  load_rows<DH, ROWS>(Ks, k + (b * S + s0) * kld + kh * DH, kld, S - s0);
-  load_rows<DV, ROWS>(Vs, v + (b * S + s0) * vld + kh * DV, vld, S - s0);
+  load_rows<DH, KROWS>(Ks, k + (b * S + s0) * kld + kh * DH, kld, S - s0);
+  load_rows<DV, KROWS>(Vs, v + (b * S + s0) * vld + kh * DV, vld, S - s0);
   if (steps > 0) fetch(0, 0);
   cp_commit();
-  const bf16* kw = Ks + warp * 16 * (DH + PAD);
-  const bf16* vw = Vs + warp * 16 * (DV + PAD);
-  constexpr bool HOLD = MLA_MMA_HOLD && DH + DV <= 128;
+  const bf16* kw = Ks + warp * 16 * KM * (DH + PAD);
+  const bf16* vw = Vs + warp * 16 * KM * (DV + PAD);
+  constexpr bool HOLD = KM == 1 && MLA_MMA_HOLD && DH + DV <= 128;
   uint32_t kf[HOLD ? DH / 16 : 1][4], vf[HOLD ? DV / 16 : 1][4];
-  float dka[DH / 8][4] = {}, dva[DV / 8][4] = {};
+  float dka[KM][DH / 8][4] = {}, dva[KM][DV / 8][4] = {};
   for (int64_t step = 0; step < steps; step++) {
     const int buf = (int)(step & 1);
     if (step + 1 < steps) fetch(step + 1, buf ^ 1);
@@ -444,48 +505,60 @@ __global__ void __launch_bounds__(WARPS * 32) k_backward_dkdv(const bf16* q, con
       if (step == 0) load_a<DH>(kf, kw, DH + PAD, lane), load_a<DV>(vf, vw, DV + PAD, lane);
     }
     const int64_t t0 = tlo + (step % tiles) * QR;
-    if (!(w0 > t0 + QR - 1 + off || (window > 0 && w0 + 15 <= t0 + off - window))) {  // some query of the tile sees the warp's keys
+    if (!(w0 > t0 + QR - 1 + off || (window > 0 && w0 + 16 * KM - 1 <= t0 + off - window))) {  // some query of the tile sees the warp's keys
       const bf16* qt = Qs + buf * QR * (DH + PAD);
       const bf16* dt = dOs + buf * QR * (DV + PAD);
       const float* Lt = Ls + buf * QR;
       const float* Dt = Ds + buf * QR;
-      float p[QR / 8][4] = {}, dp[QR / 8][4] = {};
-      mma_a<DH, QR, HOLD>(p, kf, kw, DH + PAD, qt, DH + PAD, lane);
-      mma_a<DV, QR, HOLD>(dp, vf, vw, DV + PAD, dt, DV + PAD, lane);
+      float p[KM][QR / 8][4] = {}, dp[KM][QR / 8][4] = {};
+      mma_a_mt<DH, QR, KM, HOLD>(p, kf, kw, DH + PAD, qt, DH + PAD, lane);
+      mma_a_mt<DV, QR, KM, HOLD>(dp, vf, vw, DV + PAD, dt, DV + PAD, lane);
 #pragma unroll
-      for (int j = 0; j < QR / 8; j++)
+      for (int i = 0; i < KM; i++) {
+        const int64_t m0 = w0 + 16 * i, c0 = m0 + g;
+        // Every query of the tile sees every key of the m-tile (most tiles): no per-element mask.
+        const bool whole = m0 + 15 <= t0 + off && m0 + 15 < S && (window <= 0 || m0 > t0 + QR - 1 + off - window);
 #pragma unroll
-        for (int e = 0; e < 4; e++) {
-          const int col = j * 8 + tq * 2 + (e & 1);
-          const bool ok = visible(e < 2 ? c0 : c1, t0 + col + off, S, window);
-          const float pr = ok ? exp2f(p[j][e] * scale2 - Lt[col]) : 0.f;
-          p[j][e] = pr;
-          dp[j][e] = pr * (dp[j][e] - Dt[col]) * scale;  // dSᵀ
-        }
-      mma_rs<QR, DV>(dva, p, dt, DV + PAD, lane);
-      mma_rs<QR, DH>(dka, dp, qt, DH + PAD, lane);
+        for (int j = 0; j < QR / 8; j++)
+#pragma unroll
+          for (int e = 0; e < 4; e++) {
+            const int col = j * 8 + tq * 2 + (e & 1);
+            const bool ok = whole || visible(e < 2 ? c0 : c0 + 8, t0 + col + off, S, window);
+            const float pr = ok ? ex2(fmaf(p[i][j][e], scale2, -Lt[col])) : 0.f;
+            p[i][j][e] = pr;
+            dp[i][j][e] = pr * (dp[i][j][e] - Dt[col]) * scale;  // dSᵀ
+          }
+      }
+      mma_rs_mt<QR, DV, KM>(dva, p, dt, DV + PAD, lane);
+      mma_rs_mt<QR, DH, KM>(dka, dp, qt, DH + PAD, lane);
     }
     __syncthreads();
   }
   cp_wait<0>();
-  const int64_t keys[2] = {c0, c1};
 #pragma unroll
-  for (int i = 0; i < 2; i++) {
-    if (keys[i] >= S) continue;
-    float* ko = dk + ((b * S + keys[i]) * Hkv + kh) * DH + tq * 2;
-    float* vo = dv + ((b * S + keys[i]) * Hkv + kh) * DV + tq * 2;
+  for (int i = 0; i < KM; i++)
 #pragma unroll
-    for (int j = 0; j < DH / 8; j++) *reinterpret_cast<float2*>(ko + j * 8) = make_float2(dka[j][2 * i], dka[j][2 * i + 1]);
+    for (int r = 0; r < 2; r++) {
+      const int64_t key = w0 + 16 * i + g + 8 * r;
+      if (key >= S) continue;
+      float* ko = dk + ((b * S + key) * Hkv + kh) * DH + tq * 2;
+      float* vo = dv + ((b * S + key) * Hkv + kh) * DV + tq * 2;
 #pragma unroll
-    for (int j = 0; j < DV / 8; j++) *reinterpret_cast<float2*>(vo + j * 8) = make_float2(dva[j][2 * i], dva[j][2 * i + 1]);
-  }
+      for (int j = 0; j < DH / 8; j++) *reinterpret_cast<float2*>(ko + j * 8) = make_float2(dka[i][j][2 * r], dka[i][j][2 * r + 1]);
+#pragma unroll
+      for (int j = 0; j < DV / 8; j++) *reinterpret_cast<float2*>(vo + j * 8) = make_float2(dva[i][j][2 * r], dva[i][j][2 * r + 1]);
+    }
 }
 
 // Two m-tiles per warp where the fragments fit in registers (see the top of the file).
 constexpr int forward_mtiles(int DH, int DV) { return MLA_MMA_FWD_MT2 && DH + DV <= 128 ? 2 : 1; }
-constexpr size_t forward_smem(int DH, int DV) { return sizeof(bf16) * ((2 + forward_mtiles(DH, DV)) * ROWS * (DH + PAD) + 2 * ROWS * (DV + PAD)); }
-constexpr size_t dq_smem(int DH, int DV) { return sizeof(bf16) * (3 * ROWS * (DH + PAD) + 3 * ROWS * (DV + PAD)); }
-constexpr size_t dkdv_smem(int DH, int DV, int QR) { return sizeof(bf16) * (ROWS * (DH + PAD) + ROWS * (DV + PAD) + 2 * QR * (DH + PAD) + 2 * QR * (DV + PAD)) + sizeof(float) * 4 * QR; }
+constexpr int forward_keys(int DH, int DV) { return DH + DV <= 128 ? MLA_MMA_FWD_KT : 64; }
+constexpr size_t forward_smem(int DH, int DV) { return sizeof(bf16) * (forward_mtiles(DH, DV) * ROWS * (DH + PAD) + 2 * forward_keys(DH, DV) * (DH + DV + 2 * PAD)); }
+constexpr int backward_mtiles(int DH, int DV) { return DH + DV <= 128 ? MLA_MMA_BWD_KM : 1; }
+// dK/dV query rows per step: fewer where the dK/dV accumulators are many (wide heads, two m-tiles).
+constexpr int backward_queries(int DH, int DV) { return DH + DV > 128 || backward_mtiles(DH, DV) > 1 ? 32 : 64; }
+constexpr size_t dq_smem(int DH, int DV, int KM) { return sizeof(bf16) * ((KM + 2) * ROWS * (DH + DV + 2 * PAD)); }
+constexpr size_t dkdv_smem(int DH, int DV, int QR, int KM) { return sizeof(bf16) * (KM * ROWS * (DH + DV + 2 * PAD) + 2 * QR * (DH + DV + 2 * PAD)) + sizeof(float) * 4 * QR; }
 
 template <typename F>
 mla_status allow_smem(F* kernel, size_t bytes) {
@@ -502,25 +575,25 @@ struct Problem {
 
 template <int DH, int DV>
 mla_status forward(const bf16* q, const bf16* k, const bf16* v, float* o, const float* dout, float* lse, float* delta, const Problem& p) {
-  constexpr int MT = forward_mtiles(DH, DV);
+  constexpr int MT = forward_mtiles(DH, DV), KT = forward_keys(DH, DV);
   const size_t smem = forward_smem(DH, DV);
-  if (mla_status e = allow_smem(k_forward<DH, DV, MT>, smem)) return e;
-  const dim3 grid((unsigned)((p.T + ROWS * MT - 1) / (ROWS * MT)), (unsigned)(p.B * p.H));
-  k_forward<DH, DV, MT><<<grid, WARPS * 32, smem, ctx()->stream>>>(q, k, v, o, dout, lse, delta, p.T, p.S, p.H, p.Hkv, p.scale * LOG2E, p.off, p.window);
+  if (mla_status e = allow_smem(k_forward<DH, DV, MT, KT>, smem)) return e;
+  const dim3 grid = grid_of((p.T + ROWS * MT - 1) / (ROWS * MT), p.B * p.H);
+  k_forward<DH, DV, MT, KT><<<grid, WARPS * 32, smem, ctx()->stream>>>(q, k, v, o, dout, lse, delta, p.T, p.S, p.H, p.Hkv, p.scale * LOG2E, p.off, p.window);
   KERNEL_CHECK();
   return MLA_OK;
 }
 
 template <int DH, int DV>
 mla_status backward(const bf16* q, const bf16* k, const bf16* v, const bf16* dout, const float* lse, const float* delta, float* dq, float* dk, float* dv, const Problem& p) {
-  constexpr int QR = DH + DV > 128 ? 32 : 64;  // wide heads: fewer score registers beside the dK/dV accumulators
-  const size_t s1 = dq_smem(DH, DV), s2 = dkdv_smem(DH, DV, QR);
-  if (mla_status e = allow_smem(k_backward_dq<DH, DV>, s1)) return e;
-  if (mla_status e = allow_smem(k_backward_dkdv<DH, DV, QR>, s2)) return e;
+  constexpr int KM = backward_mtiles(DH, DV), QR = backward_queries(DH, DV);
+  const size_t s1 = dq_smem(DH, DV, KM), s2 = dkdv_smem(DH, DV, QR, KM);
+  if (mla_status e = allow_smem(k_backward_dq<DH, DV, KM>, s1)) return e;
+  if (mla_status e = allow_smem(k_backward_dkdv<DH, DV, QR, KM>, s2)) return e;
   const float s2l = p.scale * LOG2E;
-  k_backward_dq<DH, DV><<<dim3((unsigned)((p.T + ROWS - 1) / ROWS), (unsigned)(p.B * p.H)), WARPS * 32, s1, ctx()->stream>>>(q, k, v, dout, lse, delta, dq, p.T, p.S, p.H, p.Hkv, p.scale, s2l, p.off, p.window);
+  k_backward_dq<DH, DV, KM><<<grid_of((p.T + ROWS * KM - 1) / (ROWS * KM), p.B * p.H), WARPS * 32, s1, ctx()->stream>>>(q, k, v, dout, lse, delta, dq, p.T, p.S, p.H, p.Hkv, p.scale, s2l, p.off, p.window);
   KERNEL_CHECK();
-  k_backward_dkdv<DH, DV, QR><<<dim3((unsigned)((p.S + ROWS - 1) / ROWS), (unsigned)(p.B * p.Hkv)), WARPS * 32, s2, ctx()->stream>>>(q, k, v, dout, lse, delta, dk, dv, p.T, p.S, p.H, p.Hkv, p.scale, s2l, p.off, p.window);
+  k_backward_dkdv<DH, DV, QR, KM><<<grid_of((p.S + ROWS * KM - 1) / (ROWS * KM), p.B * p.Hkv), WARPS * 32, s2, ctx()->stream>>>(q, k, v, dout, lse, delta, dk, dv, p.T, p.S, p.H, p.Hkv, p.scale, s2l, p.off, p.window);
   KERNEL_CHECK();
   return MLA_OK;
 }
