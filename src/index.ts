@@ -52,4 +52,6 @@ export { pipeline } from "./pipeline.js";
 export type { PipelineOptions, PipelineResult } from "./pipeline.js";
 export { convertDeepseek } from "./deepseek/export.js";
 export type { DeepseekOptions, DeepseekResult } from "./deepseek/export.js";
+export { exportDeepseek } from "./deepseek/fromMla.js";
+export type { ExportOptions, ExportResult } from "./deepseek/fromMla.js";
 export type { DeepseekAttention } from "./model/config.js";

@@ -7,6 +7,7 @@ export interface ConversionArgs {
   rank: number;
   "rope-pairs"?: number;
   "rope-strategy"?: string;
+  "rope-disjoint": boolean;
   svd: "joint" | "split";
   "svd-init": "weights" | "activations";
   "balance-kv": boolean;
@@ -22,6 +23,7 @@ export function withConversionOptions<T>(y: Argv<T>) {
     .option("rank", { type: "number", demandOption: true, describe: "latent dims per KV head (the paper's d_kv); the cache holds rank × KV heads latent dims" })
     .option("rope-pairs", { type: "number", describe: "RoPE frequency pairs kept per KV head (default head_dim/16)" })
     .option("rope-strategy", { type: "string", choices: ROPE_STRATEGIES as unknown as string[], describe: "which pairs keep RoPE (default 2-norm with --calib, else uniform)" })
+    .option("rope-disjoint", { type: "boolean", default: false, describe: "no RoPE frequency kept by two KV heads of a layer (needs KV heads × rope pairs ≤ head_dim/2): the result can then be exported exactly with `export --format deepseek`" })
     .option("svd", { choices: ["joint", "split"] as const, default: "joint" as const, describe: "one SVD of [keys; values] or one each" })
     .option("svd-init", { choices: ["weights", "activations"] as const, default: "weights" as const, describe: "factor the weights, or the weights whitened by the calibration activations" })
     .option("balance-kv", { type: "boolean", default: true, describe: "scale keys against values (equal mean energy) before the joint SVD, undone in the up-projection (TransMLA's BKV); --no-balance-kv for the paper's plain SVD" })
@@ -37,6 +39,7 @@ export function conversionSettings(a: ConversionArgs): SettingsInput {
     rank: a.rank,
     ropePairs: a["rope-pairs"],
     ropeStrategy: a["rope-strategy"] ? parseStrategy(a["rope-strategy"]) : undefined,
+    ropeDisjoint: a["rope-disjoint"],
     svd: a.svd,
     svdInit: a["svd-init"],
     balanceKv: a["balance-kv"],

@@ -10,6 +10,7 @@ import { synthCommand } from "./synth.js";
 import { studyCommand } from "./study.js";
 import { generateCommand } from "./generate.js";
 import { convertCommand } from "./convert.js";
+import { exportCommand } from "./export.js";
 import { finetuneCommand } from "./finetune.js";
 import { reportCommand } from "./report.js";
 import { pipelineCommand } from "./pipeline.js";
@@ -33,6 +34,7 @@ try {
     .usage("$0 <command> [options]\n\nConvert Llama-style MHA/GQA checkpoints into multi-head latent attention (MLA).")
     .command(inspectCommand)
     .command(convertCommand)
+    .command(exportCommand)
     .command(evalCommand)
     .command(finetuneCommand)
     .command(reportCommand)

@@ -20,7 +20,7 @@ import { loadModel } from "../model/llama.js";
 import { DeviceName, selectBackend, selectLinalg } from "../backends/select.js";
 import { chosenLinalg, useLinalg } from "../backends/native/linalg.js";
 import { calibrate, calibrationWindows, CalibrationStats } from "../ropeSelect/calibrate.js";
-import { fixedPairs, RopeStrategy, topPairs, twoNormScores } from "../ropeSelect/strategies.js";
+import { disjointPairs, fixedPairs, pairPreferences, RopeStrategy, topPairs, twoNormScores } from "../ropeSelect/strategies.js";
 import { covarianceRoots } from "../svd/truncated.js";
 import { readText } from "../eval/perplexity.js";
 import { evaluate, EvalResult } from "../eval/evaluate.js";
@@ -57,11 +57,12 @@ export interface ConvertResult {
   report: ConversionReport | null;
 }
 
-function selectPairs(c: ModelConfig, strategy: RopeStrategy, R: number, stats: CalibrationStats | null): number[][][] {
+function selectPairs(c: ModelConfig, strategy: RopeStrategy, R: number, disjoint: boolean, stats: CalibrationStats | null): number[][][] {
   const half = c.headDim / 2;
   return Array.from({ length: c.layers }, (_, l) => {
-    if (strategy !== "2-norm") return Array.from({ length: c.kvHeads }, () => fixedPairs(strategy, R, c.headDim));
-    const scores = twoNormScores(stats!.qNorm[l]!, stats!.kNorm[l]!, c.heads, c.kvHeads, half);
+    const scores = strategy === "2-norm" ? twoNormScores(stats!.qNorm[l]!, stats!.kNorm[l]!, c.heads, c.kvHeads, half) : null;
+    if (disjoint) return disjointPairs(pairPreferences(strategy, c.kvHeads, R, half, scores), R, half);
+    if (!scores) return Array.from({ length: c.kvHeads }, () => fixedPairs(strategy as "high" | "low" | "uniform", R, c.headDim));
     return Array.from({ length: c.kvHeads }, (_, g) => topPairs(scores.subarray(g * half, (g + 1) * half), R));
   });
 }
@@ -91,7 +92,7 @@ export async function convert(spec: string, opts: ConvertOptions): Promise<Conve
       stats = await calibrate(model, windows, { covariance: settings.svdInit === "activations", progress: opts.progress });
       timings["calibration_s"] = stats.seconds;
     }
-    const selection = selectPairs(config, settings.ropeStrategy, settings.ropePairs, stats);
+    const selection = selectPairs(config, settings.ropeStrategy, settings.ropePairs, settings.ropeDisjoint, stats);
     const mlaConfig: ModelConfig = { ...config, attention: { kind: "mla", ropePairs: settings.ropePairs, selection, rank: settings.rank, latentDim: plan.latentDim, svd: settings.svd, gateDim: settings.gateDim } };
 
     tmp = beginOutDir(out, opts.force ?? false);
@@ -242,6 +243,7 @@ function writeConfigAndFiles(srcDir: string, dir: string, s: ReturnType<typeof r
     format_version: 1,
     rope_pairs: s.ropePairs,
     rope_strategy: s.ropeStrategy,
+    ...(s.ropeDisjoint ? { rope_disjoint: true } : {}),
     rank: s.rank,
     latent_dim: plan.latentDim,
     svd: s.svd,

@@ -3,7 +3,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { MlaError } from "../errors.js";
 import { kvElemsPerToken, ModelConfig } from "../model/config.js";
-import { defaultRopePairs, RopeStrategy } from "../ropeSelect/strategies.js";
+import { checkDisjoint, defaultRopePairs, RopeStrategy } from "../ropeSelect/strategies.js";
 import type { Logger } from "../util/log.js";
 import { maxRank } from "./factor.js";
 
@@ -11,6 +11,8 @@ export interface ConversionSettings {
   rank: number;
   ropePairs: number;
   ropeStrategy: RopeStrategy;
+  /** No frequency kept by two KV heads of a layer (exportable exactly to DeepSeek-V3's shared rope key). */
+  ropeDisjoint: boolean;
   svd: "joint" | "split";
   svdInit: "weights" | "activations";
   /** Balance keys against values before the joint SVD (TransMLA's BKV; function-preserving). Default on: it lowers the converted NLL on stories260K and mha26m-debian, in both formats (docs/benchmarks.md). */
@@ -40,6 +42,8 @@ export interface SettingsInput {
   rank: number;
   ropePairs?: number;
   ropeStrategy?: RopeStrategy;
+  /** Pairs chosen so no two KV heads of a layer share a frequency (`--rope-disjoint`). */
+  ropeDisjoint?: boolean;
   svd?: "joint" | "split";
   svdInit?: "weights" | "activations";
   balanceKv?: boolean;
@@ -79,7 +83,9 @@ export function resolveSettings(c: ModelConfig, o: SettingsInput, log: Logger): 
   if (o.gateDim !== undefined && attention !== "eg-mla") throw new MlaError("BAD_ARGUMENT", "--gate-dim is EG-MLA's gate width", "add --attention eg-mla, or leave --gate-dim out");
   const gateDim = attention === "eg-mla" ? (o.gateDim ?? 16) : 0;
   if (attention === "eg-mla" && (!Number.isInteger(gateDim) || gateDim < 1)) throw new MlaError("BAD_ARGUMENT", `--gate-dim ${o.gateDim} is not a positive integer`, "use for example 16 (the gate table holds vocab × gate-dim values per layer)");
-  return { rank: o.rank, ropePairs: R, ropeStrategy: strategy, svd, svdInit, balanceKv: o.balanceKv ?? true, calib, calibSamples: o.calibSamples ?? 32, calibLen: o.calibLen ?? 256, gateDim };
+  const ropeDisjoint = o.ropeDisjoint ?? false;
+  if (ropeDisjoint) checkDisjoint(c.kvHeads, R, half);
+  return { rank: o.rank, ropePairs: R, ropeStrategy: strategy, ropeDisjoint, svd, svdInit, balanceKv: o.balanceKv ?? true, calib, calibSamples: o.calibSamples ?? 32, calibLen: o.calibLen ?? 256, gateDim };
 }
 
 export function planConversion(c: ModelConfig, s: ConversionSettings, elemBytes: number): ConversionPlan {

@@ -8,11 +8,10 @@ import fs from "node:fs";
 import path from "node:path";
 import { MlaError } from "../errors.js";
 import { abandonOutDir, beginOutDir, commitOutDir } from "../io/atomicDir.js";
-import { Checkpoint, CheckpointWriter, copyModelSideFiles } from "../io/checkpoint.js";
+import { Checkpoint, copyModelSideFiles } from "../io/checkpoint.js";
 import { decodeToF32, DType, encodeFromF32 } from "../io/dtype.js";
 import { readHfConfig } from "../io/hfConfig.js";
 import { resolveModel } from "../io/modelDir.js";
-import type { TensorSpec } from "../io/safetensors.js";
 import { layerPrefix } from "../model/weights.js";
 import { loadModel } from "../model/llama.js";
 import type { ModelConfig } from "../model/config.js";
@@ -27,6 +26,7 @@ import { checkOutDir, defaultOut, SettingsInput } from "../convert/plan.js";
 import { evaluate } from "../eval/evaluate.js";
 import { deepseekLayer, FrequencyPca, frequencyPca, ladder, ladderScores, validSpacings } from "./layer.js";
 import { servingWarnings } from "./serving.js";
+import { planTensors, writePlanned } from "./stream.js";
 
 export interface DeepseekOptions {
   /** Latent dims per KV head of the equivalent mha2mla conversion: sets the KV budget with ropePairs. */
@@ -79,7 +79,7 @@ export interface DeepseekResult {
  * refuses what the format decides itself: the rope key comes from RoRoPE and the SVD is joint.
  */
 export function deepseekSettings(s: SettingsInput): Pick<DeepseekOptions, "rank" | "ropePairs" | "svdInit" | "balanceKv" | "calib" | "calibSamples" | "calibLen"> {
-  if (s.ropeStrategy || s.svd === "split") throw new MlaError("BAD_ARGUMENT", "--format deepseek chooses its rope key by RoRoPE and factors jointly", "drop --rope-strategy and --svd split (the other conversion flags apply)");
+  if (s.ropeStrategy || s.ropeDisjoint || s.svd === "split") throw new MlaError("BAD_ARGUMENT", "--format deepseek chooses its rope key by RoRoPE and factors jointly", "drop --rope-strategy, --rope-disjoint and --svd split (the other conversion flags apply)");
   if ((s.attention ?? "mla") !== "mla" || s.gateDim !== undefined) throw new MlaError("BAD_ARGUMENT", "--format deepseek writes DeepSeek-V3's attention, which has no EG-MLA gate", "drop --attention eg-mla / --gate-dim, or convert in our format");
   return { rank: s.rank, ropePairs: s.ropePairs, svdInit: s.svdInit, balanceKv: s.balanceKv, calib: s.calib, calibSamples: s.calibSamples, calibLen: s.calibLen };
 }
@@ -95,7 +95,7 @@ function checkSource(c: ModelConfig): void {
   if (c.mlpBias) throw new MlaError("UNSUPPORTED", "--format deepseek: DeepseekV3's MLP has no biases", "convert it in our format (without --format deepseek)");
 }
 
-function roundingFor(dtype: DType): (x: number) => number {
+export function roundingFor(dtype: DType): (x: number) => number {
   return (x) => decodeToF32(dtype, encodeFromF32(dtype, [x]))[0]!;
 }
 
@@ -160,86 +160,53 @@ export async function convertDeepseek(spec: string, o: DeepseekOptions): Promise
 
     tmp = beginOutDir(out, o.force ?? false);
     const dtypeOf = (name: string): DType => src.entry(name).dtype;
-    const specs: TensorSpec[] = [];
-    /** Names written from the per-layer results; everything else is copied byte for byte. */
-    const generated = new Set<string>();
-    const add = (s: TensorSpec) => {
-      specs.push(s);
-      generated.add(s.name);
-    };
-    const layerOf = (name: string) => /^model\.layers\.(\d+)\.(.*)$/.exec(name);
-    for (const name of src.names()) {
-      const mm = layerOf(name);
-      if (!mm) {
-        specs.push({ name, dtype: dtypeOf(name), shape: [...src.entry(name).shape] });
-        continue;
-      }
-      const l = Number(mm[1]);
-      const p = layerPrefix(l);
+    const plan = planTensors(src, ATTN[0]!, new Set(ATTN.slice(1)), (_l, p) => {
       const wd = dtypeOf(p + ATTN[0]!);
-      if (mm[2] === ATTN[0]) {
-        add({ name: p + "self_attn.q_proj.weight", dtype: wd, shape: [H * (Dh + dr), D] });
-        add({ name: p + "self_attn.kv_a_proj_with_mqa.weight", dtype: wd, shape: [rk + dr, D] });
-        add({ name: p + "self_attn.kv_a_proj_with_mqa.bias", dtype: wd, shape: [rk + dr] });
-        add({ name: p + "self_attn.kv_a_layernorm.weight", dtype: dtypeOf(p + "input_layernorm.weight"), shape: [rk] });
-        add({ name: p + "self_attn.kv_b_proj.weight", dtype: wd, shape: [H * 2 * Dh, rk] });
+      return [
+        { name: p + "self_attn.q_proj.weight", dtype: wd, shape: [H * (Dh + dr), D] },
+        { name: p + "self_attn.kv_a_proj_with_mqa.weight", dtype: wd, shape: [rk + dr, D] },
+        { name: p + "self_attn.kv_a_proj_with_mqa.bias", dtype: wd, shape: [rk + dr] },
+        { name: p + "self_attn.kv_a_layernorm.weight", dtype: dtypeOf(p + "input_layernorm.weight"), shape: [rk] },
+        { name: p + "self_attn.kv_b_proj.weight", dtype: wd, shape: [H * 2 * Dh, rk] },
         // attention_bias: true needs an o_proj bias; a source without one gets zeros.
-        if (!src.has(p + "self_attn.o_proj.bias")) add({ name: p + "self_attn.o_proj.bias", dtype: wd, shape: [D] });
-      } else if (mm[2] !== ATTN[1] && mm[2] !== ATTN[2]) specs.push({ name, dtype: dtypeOf(name), shape: [...src.entry(name).shape] });
-    }
-    const writer = new CheckpointWriter(tmp, specs, { metadata: { format: "pt" } });
-    const made = new Map<number, Map<string, Float32Array>>();
+        ...(src.has(p + "self_attn.o_proj.bias") ? [] : [{ name: p + "self_attn.o_proj.bias", dtype: wd, shape: [D] }]),
+      ];
+    });
     const energy: number[] = new Array(L).fill(0);
     const betas: number[] = new Array(L).fill(0);
-    const progress = new Progress("deepseek", L, "layers", o.progress);
-    for (const s of specs) {
-      if (!generated.has(s.name)) {
-        await writer.append(src.readBytes(s.name));
-        continue;
-      }
-      const [, layer, field] = layerOf(s.name)!;
-      const l = Number(layer);
-      let t = made.get(l);
-      if (!t) {
-        const p = layerPrefix(l);
-        const r = await deepseekLayer({
-          wq: src.readF32(p + ATTN[0]!),
-          wk: src.readF32(p + ATTN[1]!),
-          wv: src.readF32(p + ATTN[2]!),
-          heads: H,
-          kvHeads: G,
-          headDim: Dh,
-          hidden: D,
-          pca: pcas[l]!,
-          ladder: freqs,
-          kvLoraRank: rk,
-          whiten: svdInit === "activations" ? covarianceRoots(cov(l)!, D) : null,
-          cov: cov(l),
-          interleave: o.interleave ?? true,
-          roundStored: roundingFor(dtypeOf(p + "input_layernorm.weight")),
-          balance: o.balanceKv ?? true,
-        });
-        energy[l] = r.energy;
-        betas[l] = r.beta;
-        t = new Map([
-          ["self_attn.q_proj.weight", r.qProj],
-          ["self_attn.kv_a_proj_with_mqa.weight", r.kvA],
-          ["self_attn.kv_a_proj_with_mqa.bias", r.kvABias],
-          ["self_attn.kv_a_layernorm.weight", r.kvNorm],
-          ["self_attn.kv_b_proj.weight", r.kvB],
-        ]);
-        if (generated.has(p + "self_attn.o_proj.bias")) t.set("self_attn.o_proj.bias", new Float32Array(D));
-        made.set(l, t);
-        progress.tick();
-      }
-      await writer.append(encodeFromF32(s.dtype, t.get(field!)!));
-      t.delete(field!);
-      if (t.size === 0) made.delete(l); // the layer's results are written: let them go
-    }
-    await writer.close();
+    await writePlanned(src, tmp, plan, async (l) => {
+      const p = layerPrefix(l);
+      const r = await deepseekLayer({
+        wq: src.readF32(p + ATTN[0]!),
+        wk: src.readF32(p + ATTN[1]!),
+        wv: src.readF32(p + ATTN[2]!),
+        heads: H,
+        kvHeads: G,
+        headDim: Dh,
+        hidden: D,
+        pca: pcas[l]!,
+        ladder: freqs,
+        kvLoraRank: rk,
+        whiten: svdInit === "activations" ? covarianceRoots(cov(l)!, D) : null,
+        cov: cov(l),
+        interleave: o.interleave ?? true,
+        roundStored: roundingFor(dtypeOf(p + "input_layernorm.weight")),
+        balance: o.balanceKv ?? true,
+      });
+      energy[l] = r.energy;
+      betas[l] = r.beta;
+      const t = new Map([
+        ["self_attn.q_proj.weight", r.qProj],
+        ["self_attn.kv_a_proj_with_mqa.weight", r.kvA],
+        ["self_attn.kv_a_proj_with_mqa.bias", r.kvABias],
+        ["self_attn.kv_a_layernorm.weight", r.kvNorm],
+        ["self_attn.kv_b_proj.weight", r.kvB],
+      ]);
+      if (plan.generated.has(p + "self_attn.o_proj.bias")) t.set("self_attn.o_proj.bias", new Float32Array(D));
+      return t;
+    }, new Progress("deepseek", L, "layers", o.progress));
 
-
-    writeDeepseekConfig(srcDir, tmp, c, { dr, rk, ropeTheta, interleave: o.interleave ?? true });
+    writeDeepseekConfig(srcDir, tmp, c, { dr, dn: Dh, rk, ropeTheta, interleave: o.interleave ?? true, note: "written by mha2mla convert --format deepseek; see mla_conversion.json" });
     copyModelSideFiles(srcDir, tmp);
     fs.writeFileSync(
       path.join(tmp, "mla_conversion.json"),
@@ -268,10 +235,10 @@ export async function convertDeepseek(spec: string, o: DeepseekOptions): Promise
   }
 }
 
-/** The source config.json rewritten as a dense DeepseekV3 config (keys stock loaders read). */
-function writeDeepseekConfig(srcDir: string, dir: string, c: ModelConfig, s: { dr: number; rk: number; ropeTheta: number; interleave: boolean }): void {
+/** The source config.json rewritten as a dense DeepseekV3 config (keys stock loaders read); dn = qk_nope_head_dim. */
+export function writeDeepseekConfig(srcDir: string, dir: string, c: ModelConfig, s: { dr: number; dn: number; rk: number; ropeTheta: number; interleave: boolean; note: string }): void {
   const raw = JSON.parse(fs.readFileSync(path.join(srcDir, "config.json"), "utf8")) as Record<string, unknown>;
-  for (const k of ["head_dim", "rope_scaling", "mlp_bias", "pretraining_tp", "sliding_window", "use_sliding_window", "max_window_layers", "auto_map"]) delete raw[k];
+  for (const k of ["head_dim", "rope_scaling", "mlp_bias", "pretraining_tp", "sliding_window", "use_sliding_window", "max_window_layers", "auto_map", "mha2mla"]) delete raw[k];
   Object.assign(raw, {
     architectures: ["DeepseekV3ForCausalLM"],
     model_type: "deepseek_v3",
@@ -279,7 +246,7 @@ function writeDeepseekConfig(srcDir: string, dir: string, c: ModelConfig, s: { d
     q_lora_rank: null,
     kv_lora_rank: s.rk,
     qk_rope_head_dim: s.dr,
-    qk_nope_head_dim: c.headDim,
+    qk_nope_head_dim: s.dn,
     v_head_dim: c.headDim,
     rope_interleave: s.interleave,
     rope_theta: s.ropeTheta,
@@ -289,7 +256,7 @@ function writeDeepseekConfig(srcDir: string, dir: string, c: ModelConfig, s: { d
     // keys keep their defaults: transformers' config is typed (n_routed_experts must be an int).
     first_k_dense_replace: c.layers,
     num_nextn_predict_layers: 0,
-    mha2mla_deepseek: { source_model_type: c.modelType, note: "written by mha2mla convert --format deepseek; see mla_conversion.json" },
+    mha2mla_deepseek: { source_model_type: c.modelType, note: s.note },
   });
   fs.writeFileSync(path.join(dir, "config.json"), JSON.stringify(raw, null, 2) + "\n");
 }

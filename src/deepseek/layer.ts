@@ -143,8 +143,42 @@ export interface DeepseekLayer {
   beta: number;
 }
 
+/** What makes kv_a_layernorm an identity on a latent of `latent` learned dims plus one constant channel. */
+export interface ConstantChannel {
+  /** The constant channel's value, through the kv_a bias. */
+  beta: number;
+  /** kv_a_layernorm's weight [latent + 1]: γ = β/√rk on the latent, 1/√rk on the constant channel. */
+  kvNorm: Float32Array;
+  /** After the norm the latent is c/undo: kv_b's latent columns take the factor back. */
+  undo: number;
+  /** After the norm the constant channel is 1/constScale: a kv_b column meant to add a bias b holds b·constScale. */
+  constScale: number;
+}
+
+/**
+ * β large against every latent's norm (E‖c‖² = tr(Down Σ Downᵀ), Σ = I without calibration), so the
+ * RMS is ≈ β/√rk for every token. down [latent, D]. roundStored rounds as kv_a_layernorm is stored, and
+ * undo/constScale absorb that rounding.
+ */
+export function constantChannel(down: ArrayLike<number>, latent: number, D: number, cov: Float64Array | null, roundStored: (x: number) => number): ConstantChannel {
+  const rk = latent + 1;
+  let meanSq = 0;
+  for (let r = 0; r < latent; r++) {
+    const row = Float64Array.from({ length: D }, (_, c) => down[r * D + c]!);
+    const rs = cov ? matmul(row, cov, 1, D, D) : row;
+    for (let c = 0; c < D; c++) meanSq += rs[c]! * row[c]!;
+  }
+  const beta = 2 ** Math.ceil(Math.log2(4096 * Math.sqrt(Math.max(meanSq, 1e-12))));
+  const gamma = roundStored(beta / Math.sqrt(rk));
+  const kvNorm = new Float32Array(rk).fill(gamma);
+  // The constant channel leaves the norm at ≈ 1, not β: fine-tuning moves its kv_b column by ~lr per
+  // step, and times β that would swamp every key and value.
+  kvNorm[latent] = roundStored(1 / Math.sqrt(rk));
+  return { beta, kvNorm, undo: beta / (gamma * Math.sqrt(rk)), constScale: 1 / (kvNorm[latent]! * Math.sqrt(rk)) };
+}
+
 /** Rotate-half order of the rope dims → DeepSeek's interleaved order: (x_0, y_0, x_1, y_1, …). */
-function ropeRow(slot: number, y: boolean, m: number, interleave: boolean): number {
+export function ropeRow(slot: number, y: boolean, m: number, interleave: boolean): number {
   return interleave ? 2 * slot + (y ? 1 : 0) : slot + (y ? m : 0);
 }
 
@@ -183,20 +217,7 @@ export async function deepseekLayer(p: DeepseekLayerInput): Promise<DeepseekLaye
   if (alpha !== 1) for (let i = 0; i < G * Dh * D; i++) A[i] = A[i]! / alpha;
   const f = p.whiten ? whitenedFactor(A, rows, D, latent, p.whiten) : await truncatedFactorAsync(A, rows, D, latent);
 
-  // β large against every latent's norm: E‖c‖² = tr(Down Σ Downᵀ) (Σ = I·mean diag without calibration).
-  let meanSq = 0;
-  for (let r = 0; r < latent; r++) {
-    const row = f.down.subarray(r * D, (r + 1) * D);
-    if (p.cov) {
-      const rs = matmul(row, p.cov, 1, D, D);
-      for (let c = 0; c < D; c++) meanSq += rs[c]! * row[c]!;
-    } else for (let c = 0; c < D; c++) meanSq += row[c]! * row[c]!;
-  }
-  const beta = 2 ** Math.ceil(Math.log2(4096 * Math.sqrt(Math.max(meanSq, 1e-12))));
-  const gamma = p.roundStored(beta / Math.sqrt(rk));
-  // After the norm the latent is c·γ·√rk/β (to ‖c‖²/β²): kv_b takes the inverse, so the stored γ's
-  // rounding costs nothing.
-  const undo = beta / (gamma * Math.sqrt(rk));
+  const { beta, kvNorm, undo } = constantChannel(f.down, latent, D, p.cov, p.roundStored);
 
   const kvA = new Float32Array((rk + dr) * D);
   kvA.set(Float32Array.from(f.down));
@@ -204,10 +225,6 @@ export async function deepseekLayer(p: DeepseekLayerInput): Promise<DeepseekLaye
     for (const y of [false, true]) kvA.set(Float32Array.from(kRope.subarray((s + (y ? m : 0)) * D, (s + (y ? m : 0) + 1) * D)), (rk + ropeRow(s, y, m, p.interleave)) * D);
   const kvABias = new Float32Array(rk + dr);
   kvABias[latent] = beta;
-  const kvNorm = new Float32Array(rk).fill(gamma);
-  // The constant channel leaves the norm at ≈ 1, not β: its kv_b column is zero now, but fine-tuning
-  // moves it by ~lr per step, and times β that would swamp every key and value.
-  kvNorm[latent] = p.roundStored(1 / Math.sqrt(rk));
 
   // kv_b: per query head, its group's rows of the up-projection: Dh key rows, then Dh value rows.
   const kvB = new Float32Array(H * 2 * Dh * rk);

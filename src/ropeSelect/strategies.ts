@@ -34,6 +34,50 @@ export function topPairs(scores: ArrayLike<number>, R: number): number[] {
 }
 
 /**
+ * `--rope-disjoint`: R pairs per KV head with no frequency kept by two heads of the layer, which is
+ * what lets DeepSeek-V3's one shared rope key hold every head's pairs exactly (`export --format
+ * deepseek`, docs/deepseek.md). The heads take turns, R rounds, each taking its most preferred pair
+ * not yet taken. `prefs[g]` lists head g's pairs, most preferred first. Returns [Hkv][R] ascending.
+ */
+export function disjointPairs(prefs: number[][], R: number, half: number): number[][] {
+  const G = prefs.length;
+  checkDisjoint(G, R, half);
+  const taken = new Set<number>();
+  const out: number[][] = prefs.map(() => []);
+  for (let round = 0; round < R; round++)
+    for (let g = 0; g < G; g++) {
+      const i = prefs[g]!.find((p) => !taken.has(p))!;
+      taken.add(i);
+      out[g]!.push(i);
+    }
+  return out.map((p) => p.sort((a, b) => a - b));
+}
+
+/** `--rope-disjoint` needs Hkv·R distinct pairs out of Dh/2. */
+export function checkDisjoint(kvHeads: number, R: number, half: number): void {
+  if (kvHeads * R > half) throw new MlaError("BAD_ARGUMENT", `--rope-disjoint needs KV heads × rope pairs ≤ head_dim/2, but ${kvHeads} × ${R} > ${half}`, `use --rope-pairs ≤ ${Math.floor(half / kvHeads)}, or leave --rope-disjoint out`);
+}
+
+/**
+ * The preference order behind a strategy's pairs, for `disjointPairs`: high from the fastest pair,
+ * low from the slowest, uniform the G·R evenly spaced pairs (so the turns give each head an even
+ * spread), 2-norm by score (ties to the lower index).
+ */
+export function pairPreferences(strategy: RopeStrategy, kvHeads: number, R: number, half: number, scores: Float64Array | null): number[][] {
+  const all = Array.from({ length: half }, (_, i) => i);
+  return Array.from({ length: kvHeads }, (_, g) => {
+    if (strategy === "high") return all;
+    if (strategy === "low") return [...all].reverse();
+    if (strategy === "uniform") {
+      const even = Array.from({ length: Math.min(kvHeads * R, half) }, (_, j) => Math.floor((j * half) / (kvHeads * R)));
+      return [...even, ...all.filter((i) => !even.includes(i))];
+    }
+    const s = scores!.subarray(g * half, (g + 1) * half);
+    return [...all].sort((a, b) => s[b]! - s[a]! || a - b);
+  });
+}
+
+/**
  * 2-norm score per (KV head, pair) of one layer: Σ over the query heads h of group g of
  * q̄[h, i] · k̄[g, i]. qNorm [H, Dh/2], kNorm [Hkv, Dh/2] → [Hkv, Dh/2].
  */

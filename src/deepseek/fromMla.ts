@@ -1,0 +1,263 @@
+/**
+ * `export --format deepseek`: a model already in our MLA format (converted, and usually fine-tuned)
+ * → a `deepseek_v3` folder that stock `DeepseekV3ForCausalLM` loads, computing the same function.
+ *
+ * It is exact when no RoPE frequency is kept by two KV heads of one layer (`convert --rope-disjoint`
+ * guarantees it; so does any conversion with one KV head): DeepSeek's one shared rope key then gives
+ * each kept (head, pair) its own slot on a ladder of frequencies, and the query heads of the other KV
+ * groups meet that slot with zeros. With a shared frequency the two heads' keys would need one slot
+ * between them, which no weight choice gives; that case is refused with what to do instead.
+ *
+ * Per layer: q_proj = [the position-free query dims of the head's KV group; its pairs on their ladder
+ * slots], scaled by √((dn + dr)/Dh) so DeepSeek's (dn + dr)^−½ is our 1/√Dh; kv_a = [kv_down; a
+ * constant channel (kv_a_layernorm an identity, ./layer.ts); k_rope rows on their slots]; kv_b = per
+ * query head its group's k_up and v_up rows. dn = Dh − 2R, dv = Dh.
+ */
+import fs from "node:fs";
+import path from "node:path";
+import { MlaError } from "../errors.js";
+import { abandonOutDir, beginOutDir, commitOutDir } from "../io/atomicDir.js";
+import { Checkpoint, copyModelSideFiles } from "../io/checkpoint.js";
+import type { DType } from "../io/dtype.js";
+import { readHfConfig } from "../io/hfConfig.js";
+import { resolveModel } from "../io/modelDir.js";
+import { headDimOrder, MlaAttention, ModelConfig } from "../model/config.js";
+import { layerPrefix } from "../model/weights.js";
+import { checkOutDir } from "../convert/plan.js";
+import { evaluate } from "../eval/evaluate.js";
+import type { DeviceName } from "../backends/select.js";
+import { silentLogger, Logger } from "../util/log.js";
+import { Progress, ProgressSink } from "../util/progress.js";
+import { constantChannel, ropeRow } from "./layer.js";
+import { roundingFor, writeDeepseekConfig } from "./export.js";
+import { servingWarnings } from "./serving.js";
+import { planTensors, writePlanned } from "./stream.js";
+
+export interface ExportOptions {
+  /** Output folder (default ./NAME-deepseek next to the working directory). */
+  out?: string;
+  force?: boolean;
+  /** Interleaved rope rows (rope_interleave; DeepSeek's layout, what vLLM expects); default true. */
+  interleave?: boolean;
+  /** NLL of the source and of the export on this text (report.json in the output). */
+  evalText?: string;
+  evalTokens?: number;
+  evalCtx?: number;
+  device?: DeviceName;
+  logger?: Logger;
+  progress?: ProgressSink | null;
+}
+
+export interface ExportResult {
+  out: string;
+  ropeDim: number;
+  kvLoraRank: number;
+  nopeDim: number;
+  /** Rope slot k turns at the source's frequency spacing·k. */
+  spacing: number;
+  ropeTheta: number;
+  kvPerToken: { before: number; after: number };
+  eval: { text: string; tokens: number; ctx: number; before: number; after: number } | null;
+}
+
+/** The ladder every layer shares: spacing s = gcd of the kept pairs, m = max/s + 1 slots. Throws on a frequency two KV heads of a layer keep. */
+export function exportLadder(selection: number[][][]): { spacing: number; slots: number } {
+  const gcd = (a: number, b: number): number => (b === 0 ? a : gcd(b, a % b));
+  let spacing = 0;
+  let top = 0;
+  selection.forEach((layer, l) => {
+    const owner = new Map<number, number>();
+    layer.forEach((pairs, g) =>
+      pairs.forEach((i) => {
+        const other = owner.get(i);
+        if (other !== undefined)
+          throw new MlaError(
+            "UNSUPPORTED",
+            `export --format deepseek: layer ${l} keeps RoPE pair ${i} on KV heads ${other} and ${g}; DeepSeek-V3 has one shared rope key, so two heads cannot both rotate one frequency`,
+            "convert the original with --rope-disjoint (then fine-tune and export), or convert the original with --format deepseek",
+          );
+        owner.set(i, g);
+        spacing = gcd(spacing, i);
+        top = Math.max(top, i);
+      }),
+    );
+  });
+  spacing ||= 1;
+  return { spacing, slots: top / spacing + 1 };
+}
+
+function checkExportable(c: ModelConfig, dir: string): MlaAttention {
+  const a = c.attention;
+  if (a.kind !== "mla") throw new MlaError("BAD_ARGUMENT", `${dir} is not in our MLA format (config.json has no mha2mla section)`, a.kind === "mha" ? "convert it: `mha2mla convert MODEL --format deepseek`" : "it is already a deepseek_v3 folder");
+  if (a.gateDim > 0) throw new MlaError("UNSUPPORTED", "export --format deepseek: the model is EG-MLA, and DeepSeek-V3's attention has no gate", "export a plain MLA conversion (convert without --attention eg-mla)");
+  if (a.ropePairs < 1) throw new MlaError("UNSUPPORTED", "export --format deepseek: the model keeps no RoPE pair, and DeepSeek-V3 needs a rope key", "convert with --rope-pairs ≥ 1");
+  if (c.qkvBias) throw new MlaError("UNSUPPORTED", "export --format deepseek: the model has q/k/v biases, and DeepseekV3's q_proj has none", "serve it in our runtime");
+  if (c.rope.scaling) throw new MlaError("UNSUPPORTED", `export --format deepseek: rope scaling "${c.rope.scaling.type}" changes the frequency ladder`, "serve it in our runtime");
+  if (c.slidingWindow !== null) throw new MlaError("UNSUPPORTED", "export --format deepseek: DeepseekV3 has no sliding-window attention", "serve it in our runtime");
+  if (c.mlpBias) throw new MlaError("UNSUPPORTED", "export --format deepseek: DeepseekV3's MLP has no biases", "serve it in our runtime");
+  return a;
+}
+
+interface ExportLayerInput {
+  /** [H·Dh, D] */
+  wq: Float32Array;
+  /** [Hkv·2R, D]: per KV head the x rows of its pairs, then the y rows. */
+  kRope: Float32Array;
+  /** [L, D] */
+  kvDown: Float32Array;
+  /** [Hkv·(Dh − 2R), L] */
+  kUp: Float32Array;
+  /** [Hkv·Dh, L] */
+  vUp: Float32Array;
+  /** [Hkv][R] kept pairs, ascending. */
+  selection: number[][];
+  heads: number;
+  headDim: number;
+  hidden: number;
+  /** The ladder slot of pair i is i / spacing; `slots` of them. */
+  spacing: number;
+  slots: number;
+  interleave: boolean;
+  roundStored: (x: number) => number;
+}
+
+/** One layer in the DeepSeek-V3 layout (see the top of the file); tensors by name after the layer prefix. */
+export function exportLayer(p: ExportLayerInput): Map<string, Float32Array> {
+  const { heads: H, headDim: Dh, hidden: D, slots: m } = p;
+  const G = p.selection.length;
+  const R = p.selection[0]!.length;
+  const L = p.kvDown.length / D;
+  const rk = L + 1;
+  const dr = 2 * m;
+  const dn = Dh - 2 * R;
+  const group = H / G;
+  const half = Dh / 2;
+  const cc = constantChannel(p.kvDown, L, D, null, p.roundStored);
+
+  const kvA = new Float32Array((rk + dr) * D);
+  kvA.set(p.kvDown);
+  p.selection.forEach((pairs, g) =>
+    pairs.forEach((i, j) => {
+      for (const y of [false, true]) {
+        const src = (g * 2 * R + (y ? R : 0) + j) * D;
+        kvA.set(p.kRope.subarray(src, src + D), (rk + ropeRow(i / p.spacing, y, m, p.interleave)) * D);
+      }
+    }),
+  );
+  const kvABias = new Float32Array(rk + dr);
+  kvABias[L] = cc.beta;
+
+  const kvB = new Float32Array(H * (dn + Dh) * rk);
+  const qk = dn + dr;
+  const scale = Math.sqrt(qk / Dh);
+  const qProj = new Float32Array(H * qk * D);
+  for (let h = 0; h < H; h++) {
+    const g = Math.floor(h / group);
+    for (const [part, rows, from] of [[0, dn, p.kUp], [dn, Dh, p.vUp]] as const)
+      for (let d = 0; d < rows; d++) {
+        const dst = (h * (dn + Dh) + part + d) * rk;
+        const src = (g * rows + d) * L;
+        for (let j = 0; j < L; j++) kvB[dst + j] = from[src + j]! * cc.undo;
+      }
+    const { nope } = headDimOrder(Dh, p.selection[g]!);
+    nope.forEach((d, k) => {
+      for (let c = 0; c < D; c++) qProj[(h * qk + k) * D + c] = p.wq[(h * Dh + d) * D + c]! * scale;
+    });
+    for (const i of p.selection[g]!)
+      for (const [off, y] of [[i, false], [i + half, true]] as const) {
+        const dst = (h * qk + dn + ropeRow(i / p.spacing, y, m, p.interleave)) * D;
+        for (let c = 0; c < D; c++) qProj[dst + c] = p.wq[(h * Dh + off) * D + c]! * scale;
+      }
+  }
+  return new Map([
+    ["self_attn.q_proj.weight", qProj],
+    ["self_attn.kv_a_proj_with_mqa.weight", kvA],
+    ["self_attn.kv_a_proj_with_mqa.bias", kvABias],
+    ["self_attn.kv_a_layernorm.weight", cc.kvNorm],
+    ["self_attn.kv_b_proj.weight", kvB],
+  ]);
+}
+
+const SOURCE = ["q_proj", "k_rope_proj", "kv_down_proj", "k_up_proj", "v_up_proj"].map((n) => `self_attn.${n}.weight`);
+
+export async function exportDeepseek(spec: string, o: ExportOptions = {}): Promise<ExportResult> {
+  const log = o.logger ?? silentLogger;
+  const { dir: srcDir } = resolveModel(spec);
+  const c = readHfConfig(srcDir);
+  const a = checkExportable(c, srcDir);
+  const { heads: H, kvHeads: G, headDim: Dh, hiddenSize: D, layers: nLayers } = c;
+  const { spacing, slots } = exportLadder(a.selection);
+  const dr = 2 * slots;
+  const rk = a.latentDim + 1;
+  const dn = Dh - 2 * a.ropePairs;
+  // Slot k turns at base'^(−2k/dr) = θ_{s·k} = θ^(−2·s·k/Dh).
+  const ropeTheta = Math.pow(c.rope.theta, (2 * spacing * slots) / Dh);
+  const kvPerToken = { before: G * 2 * a.ropePairs + a.latentDim, after: rk + dr };
+  for (const w of servingWarnings(rk, dr, H)) log.warn(w);
+  log.info(`export: shared rope key of ${dr} dims (frequencies ${spacing}·k, k < ${slots}; ${G * a.ropePairs} used per layer), kv_lora_rank ${rk} (1 constant channel): ${kvPerToken.after} cached values per token and layer, ours ${kvPerToken.before}`);
+  const out = path.resolve(o.out ?? `${path.basename(srcDir)}-deepseek`);
+  checkOutDir(out, srcDir, o.force ?? false);
+  const src = Checkpoint.open(srcDir);
+  let tmp: string | null = null;
+  try {
+    for (let l = 0; l < nLayers; l++) for (const n of SOURCE) if (!src.has(layerPrefix(l) + n)) throw new MlaError("BAD_CHECKPOINT", `${srcDir}: tensor ${layerPrefix(l) + n} is missing`, "the checkpoint does not match its config");
+    tmp = beginOutDir(out, o.force ?? false);
+    const dtypeOf = (name: string): DType => src.entry(name).dtype;
+    const plan = planTensors(src, SOURCE[0]!, new Set(SOURCE.slice(1)), (_l, p) => {
+      const wd = dtypeOf(p + SOURCE[0]!);
+      return [
+        { name: p + "self_attn.q_proj.weight", dtype: wd, shape: [H * (dn + dr), D] },
+        { name: p + "self_attn.kv_a_proj_with_mqa.weight", dtype: wd, shape: [rk + dr, D] },
+        { name: p + "self_attn.kv_a_proj_with_mqa.bias", dtype: wd, shape: [rk + dr] },
+        { name: p + "self_attn.kv_a_layernorm.weight", dtype: dtypeOf(p + "input_layernorm.weight"), shape: [rk] },
+        { name: p + "self_attn.kv_b_proj.weight", dtype: wd, shape: [H * (dn + Dh), rk] },
+        ...(src.has(p + "self_attn.o_proj.bias") ? [] : [{ name: p + "self_attn.o_proj.bias", dtype: wd, shape: [D] }]),
+      ];
+    });
+    await writePlanned(
+      src,
+      tmp,
+      plan,
+      async (l) => {
+        const p = layerPrefix(l);
+        const t = exportLayer({
+          wq: src.readF32(p + SOURCE[0]!),
+          kRope: src.readF32(p + SOURCE[1]!),
+          kvDown: src.readF32(p + SOURCE[2]!),
+          kUp: src.readF32(p + SOURCE[3]!),
+          vUp: src.readF32(p + SOURCE[4]!),
+          selection: a.selection[l]!,
+          heads: H,
+          headDim: Dh,
+          hidden: D,
+          spacing,
+          slots,
+          interleave: o.interleave ?? true,
+          roundStored: roundingFor(dtypeOf(p + "input_layernorm.weight")),
+        });
+        if (plan.generated.has(p + "self_attn.o_proj.bias")) t.set("self_attn.o_proj.bias", new Float32Array(D));
+        return t;
+      },
+      new Progress("export", nLayers, "layers", o.progress),
+    );
+    writeDeepseekConfig(srcDir, tmp, c, { dr, dn, rk, ropeTheta, interleave: o.interleave ?? true, note: "written by mha2mla export --format deepseek; see mla_conversion.json" });
+    copyModelSideFiles(srcDir, tmp);
+    const manifest = { tool: "mha2mla", format: "deepseek_v3", exported_from: { model: spec, dir: srcDir, format: "mha2mla MLA" }, ladder: { spacing, slots, rope_theta: ropeTheta }, kv_per_token_per_layer: kvPerToken, created: new Date().toISOString() };
+    fs.writeFileSync(path.join(tmp, "mla_conversion.json"), JSON.stringify(manifest, null, 2) + "\n");
+    let report: ExportResult["eval"] = null;
+    if (o.evalText) {
+      const e = { text: o.evalText, tokens: o.evalTokens, ctx: o.evalCtx, device: o.device, progress: o.progress, logger: log };
+      const [b, x] = [await evaluate(srcDir, e), await evaluate(tmp, e)];
+      report = { text: o.evalText, tokens: b.tokens!, ctx: b.ctx!, before: b.nll!, after: x.nll! };
+      fs.writeFileSync(path.join(tmp, "report.json"), JSON.stringify({ source: spec, output: out, format: "deepseek_v3", ...report, nll_delta: x.nll! - b.nll!, kv_per_token_per_layer: kvPerToken }, null, 2) + "\n");
+    }
+    commitOutDir(tmp, out, o.force ?? false);
+    tmp = null;
+    return { out, ropeDim: dr, kvLoraRank: rk, nopeDim: dn, spacing, ropeTheta, kvPerToken, eval: report };
+  } catch (e) {
+    if (tmp) abandonOutDir(tmp);
+    throw e;
+  } finally {
+    src.close();
+  }
+}

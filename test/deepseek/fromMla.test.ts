@@ -1,0 +1,121 @@
+// `convert --rope-disjoint` and `export --format deepseek`: the export of a model in our MLA format is
+// exact (same logits, before and after its weights move as fine-tuning moves them), rope interleaved
+// or not; what cannot be exported exactly is refused with the reason; stock transformers' logits on
+// the exported folder (fixture from test/golden/deepseek_check.py) equal ours.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import fs from "node:fs";
+import path from "node:path";
+import { convert } from "../../src/convert/pipeline.js";
+import { exportDeepseek, exportLadder } from "../../src/deepseek/fromMla.js";
+import { disjointPairs, pairPreferences } from "../../src/ropeSelect/strategies.js";
+import { ReferenceBackend } from "../../src/backends/reference/index.js";
+import { loadModel } from "../../src/model/llama.js";
+import { Checkpoint } from "../../src/io/checkpoint.js";
+import { SafetensorsFile, writeSafetensorsSync } from "../../src/io/safetensors.js";
+import { readHfConfig } from "../../src/io/hfConfig.js";
+import { MlaError } from "../../src/errors.js";
+import { FIXTURES, GOLDEN, MODELS, tmpDir } from "../helpers.js";
+
+const CALIB = path.join(FIXTURES, "text", "tinystories.txt");
+const IDS = Int32Array.from([1, 403, 57, 22, 301, 9, 77, 120, 5, 260, 13, 99]);
+
+async function disjointConversion(strategy: "2-norm" | "uniform" = "2-norm"): Promise<string> {
+  const out = path.join(tmpDir(), `mla-${strategy}`);
+  await convert(path.join(MODELS, "stories260K"), { rank: 2, ropePairs: 1, ropeStrategy: strategy, ropeDisjoint: true, calib: strategy === "2-norm" ? CALIB : undefined, out, progress: null, device: "cpu" });
+  return out;
+}
+
+function maxRelDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let diff = 0;
+  let scale = 0;
+  for (let i = 0; i < a.length; i++) {
+    diff = Math.max(diff, Math.abs(a[i]! - b[i]!));
+    scale = Math.max(scale, Math.abs(b[i]!));
+  }
+  return diff / scale;
+}
+
+function logits(dir: string): Float64Array {
+  const { model } = loadModel(dir, { backend: new ReferenceBackend("f64") });
+  return Float64Array.from(model.forward(IDS).toArray());
+}
+
+/** Moves every attention weight of an MLA folder by noise, as a fine-tune would (float32 out). */
+function perturb(dir: string): void {
+  const ck = Checkpoint.open(dir);
+  let seed = 7;
+  const noise = () => ((seed = (seed * 1103515245 + 12345) % 2147483648) / 2147483648 - 0.5) * 0.2;
+  const tensors = ck.names().map((name) => {
+    const data = ck.readF32(name);
+    if (/self_attn\./.test(name)) for (let i = 0; i < data.length; i++) data[i] = data[i]! * (1 + noise()) + noise() * 0.05;
+    return { name, dtype: "F32" as const, shape: [...ck.entry(name).shape], data: new Uint8Array(data.buffer) };
+  });
+  ck.close();
+  writeSafetensorsSync(path.join(dir, "model.safetensors"), tensors, { format: "pt" });
+}
+
+test("--rope-disjoint: no RoPE frequency is kept by two KV heads of a layer; the turns follow each head's preference", async () => {
+  assert.deepEqual(disjointPairs([[0, 1, 2, 3], [0, 1, 2, 3]], 2, 4), [[0, 2], [1, 3]]);
+  assert.deepEqual(disjointPairs([[3, 2, 1, 0], [3, 0, 1, 2]], 2, 4), [[2, 3], [0, 1]]);
+  assert.deepEqual(pairPreferences("uniform", 2, 2, 8, null)[0]!.slice(0, 4), [0, 2, 4, 6]);
+  assert.deepEqual(disjointPairs(pairPreferences("uniform", 2, 2, 8, null), 2, 8), [[0, 4], [2, 6]]);
+  for (const strategy of ["2-norm", "uniform"] as const) {
+    const sel = readHfConfig(await disjointConversion(strategy)).attention;
+    assert.equal(sel.kind, "mla");
+    if (sel.kind !== "mla") return;
+    for (const layer of sel.selection) assert.equal(new Set(layer.flat()).size, layer.flat().length, `${strategy}: ${JSON.stringify(layer)}`);
+  }
+  await assert.rejects(
+    convert(path.join(MODELS, "stories260K-mha"), { rank: 2, ropePairs: 1, ropeDisjoint: true, out: path.join(tmpDir(), "x"), progress: null, device: "cpu" }),
+    (e: unknown) => e instanceof MlaError && /--rope-disjoint needs KV heads × rope pairs ≤ head_dim\/2, but 8 × 1 > 4/.test(e.message) && /--rope-pairs ≤ 0/.test(e.message),
+  );
+});
+
+test("export --format deepseek is exact: same logits as the MLA folder, converted and after its weights moved, rope interleaved or not", async () => {
+  const mla = await disjointConversion();
+  for (const moved of [false, true]) {
+    if (moved) perturb(mla);
+    const want = logits(mla);
+    for (const interleave of [true, false]) {
+      const out = path.join(tmpDir(), `ds-${moved}-${interleave}`);
+      const r = await exportDeepseek(mla, { out, interleave, progress: null });
+      assert.equal(r.kvPerToken.after, r.kvPerToken.before + 1 + (r.ropeDim - 2 * 4), "one constant channel, plus the ladder's unused slots");
+      const cfg = JSON.parse(fs.readFileSync(path.join(out, "config.json"), "utf8"));
+      assert.equal(cfg.model_type, "deepseek_v3");
+      assert.equal(cfg.qk_nope_head_dim, 6);
+      assert.equal(cfg.v_head_dim, 8);
+      assert.equal(cfg.mha2mla, undefined);
+      const d = maxRelDiff(logits(out), want);
+      assert.ok(d < 1e-6, `moved ${moved}, interleave ${interleave}: max relative logit difference ${d}`);
+    }
+  }
+});
+
+test("export refuses what DeepSeek-V3 cannot hold exactly, naming it, and writes nothing", async () => {
+  assert.throws(() => exportLadder([[[0, 2], [2, 3]]]), (e: unknown) => e instanceof MlaError && /layer 0 keeps RoPE pair 2 on KV heads 0 and 1/.test(e.message) && /hint: convert the original with --rope-disjoint/.test(e.message));
+  assert.deepEqual(exportLadder([[[0, 4], [2, 6]], [[2], [8]]]), { spacing: 2, slots: 5 });
+  const shared = path.join(tmpDir(), "shared");
+  await convert(path.join(MODELS, "stories260K"), { rank: 2, ropePairs: 1, ropeStrategy: "uniform", out: shared, progress: null, device: "cpu" });
+  const out = path.join(tmpDir(), "never");
+  await assert.rejects(exportDeepseek(shared, { out, progress: null }), (e: unknown) => e instanceof MlaError && e.code === "UNSUPPORTED" && /keeps RoPE pair 0 on KV heads 0 and 1/.test(e.message));
+  const eg = path.join(tmpDir(), "eg");
+  await convert(path.join(MODELS, "stories260K"), { rank: 2, ropePairs: 1, ropeDisjoint: true, ropeStrategy: "uniform", attention: "eg-mla", gateDim: 4, out: eg, progress: null, device: "cpu" });
+  await assert.rejects(exportDeepseek(eg, { out, progress: null }), (e: unknown) => e instanceof MlaError && /EG-MLA/.test(e.message));
+  await assert.rejects(exportDeepseek(path.join(MODELS, "stories260K"), { out, progress: null }), (e: unknown) => e instanceof MlaError && /not in our MLA format/.test(e.message));
+  assert.equal(fs.existsSync(out), false);
+});
+
+test("stock transformers' DeepseekV3ForCausalLM on the export gives our logits within 1e-3 relative (fixture)", async (t) => {
+  const file = path.join(GOLDEN, "stories260K_export_deepseek.safetensors");
+  if (!fs.existsSync(file)) return t.skip("fixture not generated yet: run test/golden/deepseek_check.py on the GPU machine (see bench/export-golden.sh)");
+  const fx = SafetensorsFile.open(file);
+  const ids = Int32Array.from(fx.readF32("ids"));
+  const want = fx.readF32("logits");
+  fx.close();
+  const out = path.join(tmpDir(), "ds-golden");
+  await exportDeepseek(await disjointConversion(), { out, progress: null });
+  const { model } = loadModel(out, { backend: new ReferenceBackend("f32") });
+  const d = maxRelDiff(model.forward(ids).toArray(), want);
+  assert.ok(d < 1e-3, `max relative logit difference ${d}`);
+});
