@@ -17,7 +17,7 @@ import { DecodeCache, KvCache, LatentCache } from "./kvCache.js";
 import { AttentionMode, mhaAttention, mhaDecodeBatch } from "./attention/mha.js";
 import { MlaError } from "../errors.js";
 import { MlaBlock } from "./attention/mla.js";
-import { deepseekAttention, deepseekDecodeBatch } from "./attention/deepseek.js";
+import { deepseekAttention, DeepseekDecoder } from "./attention/deepseek.js";
 import { Node, Ops, Tape } from "../tensor/autograd.js";
 import { ParamNodes, paramNodes } from "./params.js";
 import type { KvCacheDtype } from "./kvQuant.js";
@@ -64,11 +64,13 @@ export class LlamaModel {
   readonly invFreq: Float64Array;
 
   private readonly mla: MlaBlock[] | null;
+  private readonly deepseek: DeepseekDecoder[] | null;
   private constants: ParamNodes | null = null;
 
   constructor(readonly config: ModelConfig, readonly weights: LlamaWeights, readonly backend: Backend) {
     this.invFreq = attentionInvFreq(config);
     this.mla = config.attention.kind === "mla" ? weights.layers.map((lw, i) => new MlaBlock(backend, config, lw.attn as never, this.invFreq, i)) : null;
+    this.deepseek = config.attention.kind === "deepseek" ? weights.layers.map((lw, i) => new DeepseekDecoder(backend, config, lw.attn as never, this.invFreq, i)) : null;
   }
 
   /** An empty decode cache of the right kind for this model. */
@@ -151,7 +153,7 @@ export class LlamaModel {
       ? kind === "mha"
         ? mhaDecodeBatch(ops, c, lw.attn, this.invFreq, x, at.positions, li, at.batch as KvCache[])
         : kind === "deepseek"
-          ? deepseekDecodeBatch(ops, c, lw.attn, this.invFreq, x, at.positions, li, at.batch as LatentCache[])
+          ? ops.constant(this.deepseek![li]!.decodeBatch(x.value, at.positions, at.batch as LatentCache[]))
           : ops.constant(this.mla![li]!.decodeBatch(x.value, at.ids, at.positions, at.batch as LatentCache[]))
       : kind === "mha"
         ? mhaAttention(ops, c, lw.attn, this.invFreq, x, at.positions, li, at.single as KvCache | undefined, at.mode)
@@ -207,6 +209,7 @@ export class LlamaModel {
   weightsChanged(): void {
     this.constants = null;
     this.mla?.forEach((m) => m.invalidate());
+    this.deepseek?.forEach((m) => m.invalidate());
   }
 }
 

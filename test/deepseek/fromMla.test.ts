@@ -92,6 +92,26 @@ test("export --format deepseek is exact: same logits as the MLA folder, converte
   }
 });
 
+test("the export decodes like its source: greedy continuations on the latent cache are the same tokens", async () => {
+  const mla = await disjointConversion();
+  const out = path.join(tmpDir(), "ds-decode");
+  await exportDeepseek(mla, { out, progress: null });
+  const greedy = (dir: string) => {
+    const { model } = loadModel(dir, { backend: new ReferenceBackend("f64") });
+    const V = model.config.vocabSize;
+    const cache = model.newCache();
+    let next = model.forward(IDS, cache).toArray().subarray((IDS.length - 1) * V);
+    const tokens: number[] = [];
+    for (let i = 0; i < 12; i++) {
+      const t = next.indexOf(Math.max(...next));
+      tokens.push(t);
+      next = model.forward(Int32Array.of(t), cache).toArray();
+    }
+    return tokens;
+  };
+  assert.deepEqual(greedy(out), greedy(mla));
+});
+
 test("export refuses what DeepSeek-V3 cannot hold exactly, naming it, and writes nothing", async () => {
   assert.throws(() => exportLadder([[[0, 2], [2, 3]]]), (e: unknown) => e instanceof MlaError && /layer 0 keeps RoPE pair 2 on KV heads 0 and 1/.test(e.message) && /hint: convert the original with --rope-disjoint/.test(e.message));
   assert.deepEqual(exportLadder([[[0, 4], [2, 6]], [[2], [8]]]), { spacing: 2, slots: 5 });

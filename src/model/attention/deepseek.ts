@@ -3,16 +3,20 @@
  *   q = q_proj(x) → per head [q_nope (dn) | q_pe (dr)];  [c | k_pe] = kv_a_proj_with_mqa(x);
  *   c = RMSNorm(c)·kv_a_layernorm (eps 1e-6, as HF builds it);  [k_nope | v] = kv_b_proj(c) per head;
  *   RoPE on q_pe and on k_pe (one key shared by all heads); keys [k_nope | k_pe], scale (dn + dr)^−½.
- * The cache holds the normalized latent and the rotated k_pe (kv_lora_rank + dr per token and layer);
- * a step up-projects the whole cache (plain form, not absorbed). Interleaved rope rows are gathered
- * into rotate-half order on the fly, so the weights stay as stored.
+ * The cache holds the normalized latent and the rotated k_pe (kv_lora_rank + dr per token and layer).
+ * Prefill runs the plain form; decode (DeepseekDecoder) absorbs kv_b as DeepSeek's own inference does,
+ * so a step reads only the cache. Interleaved rope rows are gathered into rotate-half order on the
+ * fly, so the weights stay as stored.
  */
 import type { Node, Ops } from "../../tensor/autograd.js";
-import { rowOf, stackRows } from "../../tensor/rows.js";
+import type { Backend } from "../../tensor/backend.js";
+import type { Tensor } from "../../tensor/tensor.js";
 import type { DeepseekAttention, ModelConfig } from "../config.js";
-import type { LatentCache } from "../kvCache.js";
+import { LatentCache } from "../kvCache.js";
 import type { AttentionNodes } from "../params.js";
+import type { DeepseekWeights } from "../weights.js";
 import { AttentionMode, asCached } from "./mha.js";
+import { uploadLike } from "./mla.js";
 
 /** HF builds kv_a_layernorm without passing rms_norm_eps. */
 const LATENT_NORM_EPS = 1e-6;
@@ -82,11 +86,67 @@ export function deepseekAttention(ops: Ops, c: ModelConfig, w: AttentionNodes, i
   return ops.linear(ops.reshape(o, [T, H * dv]), w.o, w.oBias);
 }
 
-/** One decode step of B sequences, each against its own cache (projections per sequence). Inference only. */
-export function deepseekDecodeBatch(ops: Ops, c: ModelConfig, w: AttentionNodes, invFreq: Float64Array, x: Node, positions: Int32Array, layer: number, caches: readonly LatentCache[]): Node {
-  const b = ops.b;
-  const outs = caches.map((cache, i) => deepseekAttention(ops, c, w, invFreq, ops.constant(rowOf(b, x.value, i)), positions.subarray(i, i + 1), layer, cache).value);
-  const out = stackRows(b, outs, [c.hiddenSize]);
-  for (const t of outs) t.dispose();
-  return ops.constant(out);
+/**
+ * Decode on the latent cache with kv_b absorbed, per head h: q̃_h = W_kb,hᵀ·q_nope,h (the query in
+ * latent space), scores q̃_h·c_s + q_pe,h·k_pe,s over the cached latents and the shared rope key
+ * (Backend.latentAttentionDecodeBatch with one KV head), the latent output through W_vb,h, then
+ * o_proj. One layer; the absorbed matrices are built once from the weights (invalidate() after they
+ * change). Inference only.
+ */
+export class DeepseekDecoder {
+  private absorbed: { kbT: Tensor; vb: Tensor } | null = null;
+
+  constructor(private readonly b: Backend, private readonly c: ModelConfig, private readonly w: DeepseekWeights, private readonly invFreq: Float64Array, private readonly layer: number) {}
+
+  /** x [B, D]: one new token of each of B sequences at `positions[b]`, each with its own cache → [B, D]. */
+  decodeBatch(x: Tensor, positions: Int32Array, caches: readonly LatentCache[]): Tensor {
+    const { b, c, w } = this;
+    const a = c.attention as DeepseekAttention;
+    const { nopeDim: dn, ropeDim: dr, vDim: dv } = a;
+    const H = c.heads;
+    const B = positions.length;
+    const cols = Columns.of(H, a);
+    const { kbT, vb } = this.absorb();
+    const q = b.linear(x, w.q, null);
+    const qNope = b.gatherCols(q, cols.qNope);
+    const qPeRows = b.gatherCols(q, cols.qPe);
+    const qPe = b.rope(qPeRows.reshape([B, H, dr]), positions, this.invFreq, dr);
+    const qc = b.headLinear(qNope.reshape([B, H, dn]), kbT);
+    const kv = b.linear(x, w.kvA, w.kvABias);
+    const c0 = b.gatherCols(kv, cols.latent);
+    const lat = b.rmsnorm(c0, w.kvNorm, LATENT_NORM_EPS);
+    const kPeRows = b.gatherCols(kv, cols.kPe);
+    const kPe = b.rope(kPeRows.reshape([B, 1, dr]), positions, this.invFreq, dr);
+    const [krAll, latAll] = LatentCache.appendBatch(caches, this.layer, kPe, lat);
+    const ctx = b.latentAttentionDecodeBatch(qPe, krAll, qc, latAll, { scale: 1 / Math.sqrt(dn + dr), positions, window: null });
+    const heads = b.headLinear(ctx, vb);
+    const y = b.linear(heads.reshape([B, H * dv]), w.o, w.oBias);
+    for (const t of [q, qNope, qPeRows, qPe, qc, kv, c0, lat, kPeRows, kPe, ctx, heads]) t.dispose();
+    return y;
+  }
+
+  /** Drops the absorbed matrices (after the weights change). */
+  invalidate(): void {
+    this.absorbed?.kbT.dispose();
+    this.absorbed?.vb.dispose();
+    this.absorbed = null;
+  }
+
+  /** W_kb transposed per head [H, rk, dn] and W_vb per head [H, dv, rk], from kv_b's rows. */
+  private absorb(): { kbT: Tensor; vb: Tensor } {
+    if (this.absorbed) return this.absorbed;
+    const a = this.c.attention as DeepseekAttention;
+    const { nopeDim: dn, vDim: dv, kvLoraRank: rk } = a;
+    const H = this.c.heads;
+    const KB = this.w.kvB.toArray(); // [H·(dn+dv), rk]
+    const kbT = new Float32Array(H * rk * dn);
+    const vb = new Float32Array(H * dv * rk);
+    for (let h = 0; h < H; h++) {
+      const row = (r: number) => (h * (dn + dv) + r) * rk;
+      for (let n = 0; n < dn; n++) for (let l = 0; l < rk; l++) kbT[(h * rk + l) * dn + n] = KB[row(n) + l]!;
+      vb.set(KB.subarray(row(dn), row(dn + dv)), h * dv * rk);
+    }
+    this.absorbed = { kbT: uploadLike(this.b, kbT, [H, rk, dn], this.w.kvB), vb: uploadLike(this.b, vb, [H, dv, rk], this.w.kvB) };
+    return this.absorbed;
+  }
 }

@@ -60,6 +60,11 @@ export function absorbForm(c: ModelConfig): AbsorbForm {
   return 2 * H * L * D <= H * Dn * D + G * L * (Dn + Dh) + D * H * Dh ? "premultiplied" : "runtime";
 }
 
+/** A matrix derived from weights, stored like the weight `like` it comes from (bf16 weights → bf16). */
+export function uploadLike(b: Backend, x: Float32Array | Float64Array, shape: number[], like: Tensor): Tensor {
+  return like.dtype === "bf16" && b.uploadBf16 ? b.uploadBf16(toBf16Bits(x), shape) : b.upload(x instanceof Float32Array ? x : Float32Array.from(x), shape);
+}
+
 export class MlaBlock {
   /** Per query head: its dims reordered as [rope dims (2R), nope dims], as columns of q_proj's output. */
   private readonly qOrder: Int32Array;
@@ -189,10 +194,9 @@ export class MlaBlock {
     return this.absorbed;
   }
 
-  /** Stored like the weight `like` they come from (bf16 weights → bf16 matrices); q_proj by default. */
+  /** Stored like the weight `like` they come from; q_proj by default. */
   private matrix(x: Float32Array | Float64Array, shape: number[], like: Tensor = this.w.q): Tensor {
-    const { b } = this;
-    return like.dtype === "bf16" && b.uploadBf16 ? b.uploadBf16(toBf16Bits(x), shape) : b.upload(x instanceof Float32Array ? x : Float32Array.from(x), shape);
+    return uploadLike(this.b, x, shape, like);
   }
 
   /** The rope rows of q_proj and the output bias with the value bias folded in (float64 on the host). */
