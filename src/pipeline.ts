@@ -1,8 +1,8 @@
 /**
- * `pipeline`: convert → optional fine-tune → evaluate the original, the converted and the
- * fine-tuned model → report, in one output folder. Each phase leaves its result there
- * (eval-*.json, mla/, finetune/, report.*); re-running the same command skips finished phases and
- * resumes an interrupted fine-tune from its checkpoint.
+ * `pipeline`: convert → optional fine-tune → optional export to deepseek_v3 → evaluate the
+ * original, the converted, the fine-tuned and the exported model → report, in one output folder.
+ * Each phase leaves its result there (eval-*.json, mla/, finetune/, deepseek/, report.*); re-running
+ * the same command skips finished phases and resumes an interrupted fine-tune from its checkpoint.
  */
 import crypto from "node:crypto";
 import fs from "node:fs";
@@ -11,6 +11,9 @@ import { MlaError } from "./errors.js";
 import { writeFileAtomic } from "./io/atomicDir.js";
 import { convert } from "./convert/pipeline.js";
 import { convertDeepseek, deepseekSettings } from "./deepseek/export.js";
+import { exportDeepseek } from "./deepseek/fromMla.js";
+import { readHfConfig } from "./io/hfConfig.js";
+import { resolveModel } from "./io/modelDir.js";
 import type { SettingsInput } from "./convert/plan.js";
 import { evaluate, EvalResult } from "./eval/evaluate.js";
 import type { TaskName } from "./eval/tasks/index.js";
@@ -28,6 +31,8 @@ export interface PipelineOptions {
   format?: "mha2mla" | "deepseek";
   deepseek?: { ropeDim?: number; kvLoraRank?: number; interleave?: boolean };
   finetune?: Omit<FinetuneOptions, "out" | "resume" | "force" | "logger" | "progress" | "shouldStop">;
+  /** "deepseek": write the final model (fine-tuned, else converted) as a deepseek_v3 folder (`export --format deepseek`, exact; needs convert.ropeDisjoint or one KV head). */
+  export?: "deepseek";
   evalText?: string;
   evalTokens?: number;
   evalCtx?: number;
@@ -48,11 +53,20 @@ export interface PipelineResult {
   stoppedEarly: boolean;
 }
 
+/** Refuses --export deepseek up front (before hours of fine-tuning) where the export could not be exact. */
+function checkExportable(spec: string, o: PipelineOptions): void {
+  if (o.format === "deepseek") throw new MlaError("BAD_ARGUMENT", "--export deepseek exports a model in our format, and --format deepseek already converts to deepseek_v3", "drop one of them");
+  const kvHeads = readHfConfig(resolveModel(spec).dir).kvHeads;
+  if (!o.convert.ropeDisjoint && kvHeads > 1)
+    throw new MlaError("BAD_ARGUMENT", `--export deepseek needs each RoPE frequency on at most one KV head of a layer, which per-head selection on ${kvHeads} KV heads does not give`, "add --rope-disjoint (docs/deepseek.md)");
+}
+
 export async function pipeline(spec: string, o: PipelineOptions): Promise<PipelineResult> {
   const log = o.logger ?? silentLogger;
   const out = path.resolve(o.out);
   if (!o.evalText && !o.tasks?.length) throw new MlaError("BAD_ARGUMENT", "the pipeline has nothing to evaluate", "pass --eval-text FILE and/or --tasks a,b");
-  const fingerprint = crypto.createHash("sha256").update(JSON.stringify({ spec, convert: o.convert, format: o.format ?? "mha2mla", deepseek: o.deepseek ?? null, finetune: o.finetune ?? null, evalText: o.evalText, evalTokens: o.evalTokens, evalCtx: o.evalCtx, tasks: o.tasks, limit: o.limit })).digest("hex").slice(0, 16);
+  if (o.export) checkExportable(spec, o);
+  const fingerprint = crypto.createHash("sha256").update(JSON.stringify({ spec, convert: o.convert, format: o.format ?? "mha2mla", deepseek: o.deepseek ?? null, finetune: o.finetune ?? null, export: o.export ?? null, evalText: o.evalText, evalTokens: o.evalTokens, evalCtx: o.evalCtx, tasks: o.tasks, limit: o.limit })).digest("hex").slice(0, 16);
   const stateFile = path.join(out, "pipeline.json");
   if (fs.existsSync(out) && !o.force) {
     const prev = fs.existsSync(stateFile) ? (JSON.parse(fs.readFileSync(stateFile, "utf8")) as { fingerprint?: string }) : null;
@@ -83,7 +97,8 @@ export async function pipeline(spec: string, o: PipelineOptions): Promise<Pipeli
     });
   const mla = path.join(out, "mla");
   const ft = path.join(out, "finetune");
-  const files = { original: path.join(out, "eval-original.json"), converted: path.join(out, "eval-converted.json"), finetuned: path.join(out, "eval-finetuned.json") };
+  const exported = path.join(out, "deepseek");
+  const files = { original: path.join(out, "eval-original.json"), converted: path.join(out, "eval-converted.json"), finetuned: path.join(out, "eval-finetuned.json"), exported: path.join(out, "eval-exported.json") };
   const common = { out: mla, force: true, device: o.device, progress: o.progress, logger: log };
   await phase("convert", () => fs.existsSync(path.join(mla, "config.json")), (): Promise<unknown> =>
     o.format === "deepseek"
@@ -102,7 +117,11 @@ export async function pipeline(spec: string, o: PipelineOptions): Promise<Pipeli
     if (stoppedEarly) return { out, phases, evals: [], report: null, stoppedEarly };
     await evalTo("fine-tuned", ft, files.finetuned);
   }
-  const jsons = [files.original, files.converted, ...(o.finetune ? [files.finetuned] : [])];
+  if (o.export) {
+    await phase("export", () => fs.existsSync(path.join(exported, "config.json")), () => exportDeepseek(o.finetune ? ft : mla, { out: exported, force: true, progress: o.progress, logger: log }));
+    await evalTo("exported (deepseek_v3)", exported, files.exported);
+  }
+  const jsons = [files.original, files.converted, ...(o.finetune ? [files.finetuned] : []), ...(o.export ? [files.exported] : [])];
   const report = writeReport(jsons, path.join(out, "report.html"), { trainLogs: o.finetune ? [path.join(ft, "train_log.jsonl")] : [] });
   phases.push({ name: "report", skipped: false, seconds: 0 });
   return { out, phases, evals: jsons.map((f) => JSON.parse(fs.readFileSync(f, "utf8")) as EvalResult), report, stoppedEarly };

@@ -27,11 +27,12 @@ interface Args extends ConversionArgs {
   format: "mha2mla" | "deepseek";
   "rope-dim"?: number;
   "kv-lora-rank"?: number;
+  export?: "deepseek";
 }
 
 export const pipelineCommand: CommandModule<object, Args> = {
   command: "pipeline <model>",
-  describe: "convert → optional fine-tune → eval before and after → report, resumable by phase",
+  describe: "convert → optional fine-tune → optional export to deepseek_v3 → eval before and after → report, resumable by phase",
   builder: (y) =>
     withConversionOptions(y)
       .positional("model", { type: "string", demandOption: true })
@@ -51,7 +52,8 @@ export const pipelineCommand: CommandModule<object, Args> = {
       .option("device", DEVICE_OPTION)
       .option("format", { choices: ["mha2mla", "deepseek"] as const, default: "mha2mla" as const, describe: "the converted model's format (see convert --format)" })
       .option("rope-dim", { type: "number", describe: "deepseek: qk_rope_head_dim" })
-      .option("kv-lora-rank", { type: "number", describe: "deepseek: kv_lora_rank" }),
+      .option("kv-lora-rank", { type: "number", describe: "deepseek: kv_lora_rank" })
+      .option("export", { choices: ["deepseek"] as const, describe: "also write the final model as a deepseek_v3 folder (OUT/deepseek; exact; needs --rope-disjoint)" }),
   handler: async (a) => {
     const stop = gracefulStop();
     try {
@@ -61,6 +63,7 @@ export const pipelineCommand: CommandModule<object, Args> = {
         convert: conversionSettings(a),
         format: a.format,
         deepseek: a.format === "deepseek" ? { ropeDim: a["rope-dim"], kvLoraRank: a["kv-lora-rank"] } : undefined,
+        export: a.export,
         finetune: a["finetune-data"] ? { data: a["finetune-data"], tokens: a.tokens, seq: a.seq, batch: a.batch, lr: a.lr, distill: a.distill, device: a.device } : undefined,
         device: a.device,
         evalText: a["eval-text"],

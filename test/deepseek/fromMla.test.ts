@@ -15,9 +15,11 @@ import { Checkpoint } from "../../src/io/checkpoint.js";
 import { SafetensorsFile, writeSafetensorsSync } from "../../src/io/safetensors.js";
 import { readHfConfig } from "../../src/io/hfConfig.js";
 import { MlaError } from "../../src/errors.js";
+import { pipeline } from "../../src/pipeline.js";
 import { FIXTURES, GOLDEN, MODELS, tmpDir } from "../helpers.js";
 
 const CALIB = path.join(FIXTURES, "text", "tinystories.txt");
+const TEXT = path.join(FIXTURES, "text", "tinystories_25k.txt");
 const IDS = Int32Array.from([1, 403, 57, 22, 301, 9, 77, 120, 5, 260, 13, 99]);
 
 async function disjointConversion(strategy: "2-norm" | "uniform" = "2-norm"): Promise<string> {
@@ -110,6 +112,18 @@ test("the export decodes like its source: greedy continuations on the latent cac
     return tokens;
   };
   assert.deepEqual(greedy(out), greedy(mla));
+});
+
+test("pipeline --rope-disjoint --export deepseek: convert, fine-tune, export; the export scores as the fine-tuned model; without --rope-disjoint it is refused before anything runs", async () => {
+  const out = path.join(tmpDir(), "pl");
+  const common = { evalText: TEXT, evalTokens: 1000, device: "cpu" as const, progress: null };
+  const r = await pipeline(path.join(MODELS, "stories260K"), { ...common, out, export: "deepseek", convert: { rank: 2, ropePairs: 1, ropeDisjoint: true, calib: CALIB }, finetune: { data: [TEXT], tokens: 2 * 8 * 64, seq: 64, batch: 8, device: "cpu" } });
+  assert.deepEqual(r.phases.map((p) => p.name), ["convert", "eval original", "eval converted", "finetune", "eval fine-tuned", "export", "eval exported (deepseek_v3)", "report"]);
+  assert.equal(r.evals[3]!.attention, "deepseek-mla");
+  assert.ok(Math.abs(r.evals[3]!.nll! - r.evals[2]!.nll!) < 1e-4, `fine-tuned ${r.evals[2]!.nll} vs its export ${r.evals[3]!.nll}`);
+  const never = path.join(tmpDir(), "pl-never");
+  await assert.rejects(pipeline(path.join(MODELS, "stories260K"), { ...common, out: never, export: "deepseek", convert: { rank: 2, ropePairs: 1 } }), (e: unknown) => e instanceof MlaError && /hint: add --rope-disjoint/.test(e.message));
+  assert.equal(fs.existsSync(never), false);
 });
 
 test("export refuses what DeepSeek-V3 cannot hold exactly, naming it, and writes nothing", async () => {
