@@ -11,7 +11,8 @@ import { MlaError } from "./errors.js";
 import { writeFileAtomic } from "./io/atomicDir.js";
 import { convert } from "./convert/pipeline.js";
 import { convertDeepseek, deepseekSettings } from "./deepseek/export.js";
-import { exportDeepseek } from "./deepseek/fromMla.js";
+import { checkExportSettings, exportDeepseek } from "./deepseek/fromMla.js";
+import { defaultRopePairs } from "./ropeSelect/strategies.js";
 import { readHfConfig } from "./io/hfConfig.js";
 import { resolveModel } from "./io/modelDir.js";
 import type { SettingsInput } from "./convert/plan.js";
@@ -56,9 +57,10 @@ export interface PipelineResult {
 /** Refuses --export deepseek up front (before hours of fine-tuning) where the export could not be exact. */
 function checkExportable(spec: string, o: PipelineOptions): void {
   if (o.format === "deepseek") throw new MlaError("BAD_ARGUMENT", "--export deepseek exports a model in our format, and --format deepseek already converts to deepseek_v3", "drop one of them");
-  const kvHeads = readHfConfig(resolveModel(spec).dir).kvHeads;
-  if (!o.convert.ropeDisjoint && kvHeads > 1)
-    throw new MlaError("BAD_ARGUMENT", `--export deepseek needs each RoPE frequency on at most one KV head of a layer, which per-head selection on ${kvHeads} KV heads does not give`, "add --rope-disjoint (docs/deepseek.md)");
+  const c = readHfConfig(resolveModel(spec).dir);
+  if (!o.convert.ropeDisjoint && c.kvHeads > 1)
+    throw new MlaError("BAD_ARGUMENT", `--export deepseek needs each RoPE frequency on at most one KV head of a layer, which per-head selection on ${c.kvHeads} KV heads does not give`, "add --rope-disjoint (docs/deepseek.md)");
+  checkExportSettings(c, o.convert.ropePairs ?? defaultRopePairs(c.headDim), o.convert.attention === "eg-mla");
 }
 
 export async function pipeline(spec: string, o: PipelineOptions): Promise<PipelineResult> {

@@ -11,6 +11,8 @@ interface Args {
   out?: string;
   force: boolean;
   "rope-interleave": boolean;
+  "kv-lora-rank"?: number;
+  "rope-dim"?: number;
   "eval-text"?: string;
   "eval-tokens"?: number;
   "eval-ctx": number;
@@ -27,6 +29,8 @@ export const exportCommand: CommandModule<object, Args> = {
       .option("format", { choices: ["deepseek"] as const, demandOption: true, describe: "deepseek: a folder stock DeepseekV3ForCausalLM and the MLA serving stacks load" })
       .option("out", { type: "string", describe: "output folder (default ./NAME-deepseek)" })
       .option("force", { type: "boolean", default: false, describe: "replace an existing --out" })
+      .option("kv-lora-rank", { type: "number", describe: "kv_lora_rank, padded with zero channels (default: the latent + 1 constant channel; 512 with --rope-dim 64 for the fused MLA kernels)" })
+      .option("rope-dim", { type: "number", describe: "qk_rope_head_dim, padded with zero slots (default: 2 × the rope ladder's slots)" })
       .option("rope-interleave", { type: "boolean", default: true, describe: "interleaved rope rows (rope_interleave; vLLM expects them)" })
       .option("eval-text", { type: "string", describe: "NLL of the source and of the export on this text (they should agree); writes report.json into --out" })
       .option("eval-tokens", { type: "number", describe: "tokens of --eval-text to score (default all)" })
@@ -34,7 +38,7 @@ export const exportCommand: CommandModule<object, Args> = {
       .option("device", DEVICE_OPTION)
       .option("json", { type: "string", describe: "write the result summary as JSON to FILE (no value: stdout)" }),
   handler: async (a) => {
-    const r = await exportDeepseek(a.model, { out: a.out, force: a.force, interleave: a["rope-interleave"], evalText: a["eval-text"], evalTokens: a["eval-tokens"], evalCtx: a["eval-ctx"], device: a.device, logger: stderrLogger });
+    const r = await exportDeepseek(a.model, { out: a.out, force: a.force, interleave: a["rope-interleave"], kvLoraRank: a["kv-lora-rank"], ropeDim: a["rope-dim"], evalText: a["eval-text"], evalTokens: a["eval-tokens"], evalCtx: a["eval-ctx"], device: a.device, logger: stderrLogger });
     process.stdout.write(`wrote ${r.out} (deepseek_v3): shared rope key ${r.ropeDim} dims, kv_lora_rank ${r.kvLoraRank}, qk_nope_head_dim ${r.nopeDim}; cached values per token and layer ${r.kvPerToken.before} (ours) → ${r.kvPerToken.after}\n`);
     if (r.eval) process.stdout.write(`NLL ${r.eval.before.toFixed(5)} (source) → ${r.eval.after.toFixed(5)} (export), ${r.eval.tokens} tokens\n`);
     if (a.json !== undefined) emitJson(a.json, r);

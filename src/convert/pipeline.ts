@@ -61,7 +61,7 @@ function selectPairs(c: ModelConfig, strategy: RopeStrategy, R: number, disjoint
   const half = c.headDim / 2;
   return Array.from({ length: c.layers }, (_, l) => {
     const scores = strategy === "2-norm" ? twoNormScores(stats!.qNorm[l]!, stats!.kNorm[l]!, c.heads, c.kvHeads, half) : null;
-    if (disjoint) return disjointPairs(pairPreferences(strategy, c.kvHeads, R, half, scores), R, half);
+    if (disjoint) return disjointPairs(pairPreferences(strategy, c.kvHeads, R, half, scores), R, half, strategy === "2-norm");
     if (!scores) return Array.from({ length: c.kvHeads }, () => fixedPairs(strategy as "high" | "low" | "uniform", R, c.headDim));
     return Array.from({ length: c.kvHeads }, (_, g) => topPairs(scores.subarray(g * half, (g + 1) * half), R));
   });

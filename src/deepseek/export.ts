@@ -26,7 +26,7 @@ import { checkOutDir, defaultOut, SettingsInput } from "../convert/plan.js";
 import { evaluate } from "../eval/evaluate.js";
 import { deepseekLayer, FrequencyPca, frequencyPca, ladder, ladderScores, validSpacings } from "./layer.js";
 import { servingWarnings } from "./serving.js";
-import { planTensors, writePlanned } from "./stream.js";
+import { deepseekSpecs, planTensors, writePlanned } from "./stream.js";
 
 export interface DeepseekOptions {
   /** Latent dims per KV head of the equivalent mha2mla conversion: sets the KV budget with ropePairs. */
@@ -160,18 +160,9 @@ export async function convertDeepseek(spec: string, o: DeepseekOptions): Promise
 
     tmp = beginOutDir(out, o.force ?? false);
     const dtypeOf = (name: string): DType => src.entry(name).dtype;
-    const plan = planTensors(src, ATTN[0]!, new Set(ATTN.slice(1)), (_l, p) => {
-      const wd = dtypeOf(p + ATTN[0]!);
-      return [
-        { name: p + "self_attn.q_proj.weight", dtype: wd, shape: [H * (Dh + dr), D] },
-        { name: p + "self_attn.kv_a_proj_with_mqa.weight", dtype: wd, shape: [rk + dr, D] },
-        { name: p + "self_attn.kv_a_proj_with_mqa.bias", dtype: wd, shape: [rk + dr] },
-        { name: p + "self_attn.kv_a_layernorm.weight", dtype: dtypeOf(p + "input_layernorm.weight"), shape: [rk] },
-        { name: p + "self_attn.kv_b_proj.weight", dtype: wd, shape: [H * 2 * Dh, rk] },
-        // attention_bias: true needs an o_proj bias; a source without one gets zeros.
-        ...(src.has(p + "self_attn.o_proj.bias") ? [] : [{ name: p + "self_attn.o_proj.bias", dtype: wd, shape: [D] }]),
-      ];
-    });
+    const plan = planTensors(src, ATTN[0]!, new Set(ATTN.slice(1)), (_l, p) =>
+      deepseekSpecs(p, { H, D, dn: Dh, dr, dv: Dh, rk, dtype: dtypeOf(p + ATTN[0]!), normDtype: dtypeOf(p + "input_layernorm.weight"), addOBias: !src.has(p + "self_attn.o_proj.bias") }),
+    );
     const energy: number[] = new Array(L).fill(0);
     const betas: number[] = new Array(L).fill(0);
     await writePlanned(src, tmp, plan, async (l) => {

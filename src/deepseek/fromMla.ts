@@ -11,7 +11,9 @@
  * Per layer: q_proj = [the position-free query dims of the head's KV group; its pairs on their ladder
  * slots], scaled by √((dn + dr)/Dh) so DeepSeek's (dn + dr)^−½ is our 1/√Dh; kv_a = [kv_down; a
  * constant channel (kv_a_layernorm an identity, ./layer.ts); k_rope rows on their slots]; kv_b = per
- * query head its group's k_up and v_up rows. dn = Dh − 2R, dv = Dh.
+ * query head its group's k_up and v_up rows. dn = Dh − 2R, dv = Dh. Asked for a larger kv_lora_rank
+ * or rope dim (the 512 + 64 the fused MLA kernels take), it pads with zero channels and slots, which
+ * changes nothing but the cache size.
  */
 import fs from "node:fs";
 import path from "node:path";
@@ -30,8 +32,8 @@ import { silentLogger, Logger } from "../util/log.js";
 import { Progress, ProgressSink } from "../util/progress.js";
 import { constantChannel, ropeRow } from "./layer.js";
 import { roundingFor, writeDeepseekConfig } from "./export.js";
-import { servingWarnings } from "./serving.js";
-import { planTensors, writePlanned } from "./stream.js";
+import { FUSED_MLA, servingWarnings } from "./serving.js";
+import { deepseekSpecs, planTensors, writePlanned } from "./stream.js";
 
 export interface ExportOptions {
   /** Output folder (default ./NAME-deepseek next to the working directory). */
@@ -39,6 +41,10 @@ export interface ExportOptions {
   force?: boolean;
   /** Interleaved rope rows (rope_interleave; DeepSeek's layout, what vLLM expects); default true. */
   interleave?: boolean;
+  /** kv_lora_rank ≥ the latent + 1 (default: exactly that); extra channels are zeros. */
+  kvLoraRank?: number;
+  /** qk_rope_head_dim ≥ 2 × the ladder's slots (default: exactly that); extra slots are zeros. */
+  ropeDim?: number;
   /** NLL of the source and of the export on this text (report.json in the output). */
   evalText?: string;
   evalTokens?: number;
@@ -86,15 +92,26 @@ export function exportLadder(selection: number[][][]): { spacing: number; slots:
   return { spacing, slots: top / spacing + 1 };
 }
 
+/**
+ * What keeps a model of this shape (its config, R rope pairs, gated or not) from an exact export:
+ * checked on the MLA folder by `export`, and on the source and settings by `pipeline --export`
+ * before any work.
+ */
+export function checkExportSettings(c: ModelConfig, ropePairs: number, gated: boolean): void {
+  const no = (what: string, hint = "serve it in our runtime") => new MlaError("UNSUPPORTED", `export --format deepseek: ${what}`, hint);
+  if (gated) throw no("the model is EG-MLA, and DeepSeek-V3's attention has no gate", "export a plain MLA conversion (convert without --attention eg-mla)");
+  if (ropePairs < 1) throw no("the model keeps no RoPE pair, and DeepSeek-V3 needs a rope key", "convert with --rope-pairs ≥ 1");
+  if (2 * ropePairs >= c.headDim) throw no(`every RoPE pair is kept (R ${ropePairs} = head_dim/2), which leaves DeepSeek-V3 no position-free key dims (qk_nope_head_dim 0)`, `convert with --rope-pairs < ${c.headDim / 2}`);
+  if (c.qkvBias) throw no("the model has q/k/v biases, and DeepseekV3's q_proj has none");
+  if (c.rope.scaling) throw no(`rope scaling "${c.rope.scaling.type}" changes the frequency ladder`);
+  if (c.slidingWindow !== null) throw no("DeepseekV3 has no sliding-window attention");
+  if (c.mlpBias) throw no("DeepseekV3's MLP has no biases");
+}
+
 function checkExportable(c: ModelConfig, dir: string): MlaAttention {
   const a = c.attention;
   if (a.kind !== "mla") throw new MlaError("BAD_ARGUMENT", `${dir} is not in our MLA format (config.json has no mha2mla section)`, a.kind === "mha" ? "convert it: `mha2mla convert MODEL --format deepseek`" : "it is already a deepseek_v3 folder");
-  if (a.gateDim > 0) throw new MlaError("UNSUPPORTED", "export --format deepseek: the model is EG-MLA, and DeepSeek-V3's attention has no gate", "export a plain MLA conversion (convert without --attention eg-mla)");
-  if (a.ropePairs < 1) throw new MlaError("UNSUPPORTED", "export --format deepseek: the model keeps no RoPE pair, and DeepSeek-V3 needs a rope key", "convert with --rope-pairs ≥ 1");
-  if (c.qkvBias) throw new MlaError("UNSUPPORTED", "export --format deepseek: the model has q/k/v biases, and DeepseekV3's q_proj has none", "serve it in our runtime");
-  if (c.rope.scaling) throw new MlaError("UNSUPPORTED", `export --format deepseek: rope scaling "${c.rope.scaling.type}" changes the frequency ladder`, "serve it in our runtime");
-  if (c.slidingWindow !== null) throw new MlaError("UNSUPPORTED", "export --format deepseek: DeepseekV3 has no sliding-window attention", "serve it in our runtime");
-  if (c.mlpBias) throw new MlaError("UNSUPPORTED", "export --format deepseek: DeepseekV3's MLP has no biases", "serve it in our runtime");
+  checkExportSettings(c, a.ropePairs, a.gateDim > 0);
   return a;
 }
 
@@ -111,6 +128,10 @@ interface ExportLayerInput {
   vUp: Float32Array;
   /** [Hkv][R] kept pairs, ascending. */
   selection: number[][];
+  /** The attention input's RMSNorm weight [D]: sizes the constant channel against the real input scale. */
+  inputNorm: Float32Array;
+  /** kv_lora_rank (≥ L + 1; the extra channels are zeros). */
+  kvLoraRank: number;
   heads: number;
   headDim: number;
   hidden: number;
@@ -127,12 +148,16 @@ export function exportLayer(p: ExportLayerInput): Map<string, Float32Array> {
   const G = p.selection.length;
   const R = p.selection[0]!.length;
   const L = p.kvDown.length / D;
-  const rk = L + 1;
+  const rk = p.kvLoraRank;
   const dr = 2 * m;
   const dn = Dh - 2 * R;
   const group = H / G;
   const half = Dh / 2;
-  const cc = constantChannel(p.kvDown, L, D, null, p.roundStored);
+  // The latent's scale as the model sees it: x = RMSNorm(h)·γ has E x_c² ≈ γ_c². Zero channels count
+  // in the norm's mean, so the constant channel sits at index rk − 1 with every padded one before it.
+  const scaled = new Float32Array((rk - 1) * D);
+  for (let i = 0; i < L * D; i++) scaled[i] = p.kvDown[i]! * p.inputNorm[i % D]!;
+  const cc = constantChannel(scaled, rk - 1, D, null, p.roundStored);
 
   const kvA = new Float32Array((rk + dr) * D);
   kvA.set(p.kvDown);
@@ -145,7 +170,7 @@ export function exportLayer(p: ExportLayerInput): Map<string, Float32Array> {
     }),
   );
   const kvABias = new Float32Array(rk + dr);
-  kvABias[L] = cc.beta;
+  kvABias[rk - 1] = cc.beta;
 
   const kvB = new Float32Array(H * (dn + Dh) * rk);
   const qk = dn + dr;
@@ -186,15 +211,23 @@ export async function exportDeepseek(spec: string, o: ExportOptions = {}): Promi
   const c = readHfConfig(srcDir);
   const a = checkExportable(c, srcDir);
   const { heads: H, kvHeads: G, headDim: Dh, hiddenSize: D, layers: nLayers } = c;
-  const { spacing, slots } = exportLadder(a.selection);
-  const dr = 2 * slots;
-  const rk = a.latentDim + 1;
+  const ladder = exportLadder(a.selection);
+  const { spacing } = ladder;
+  const rk = o.kvLoraRank ?? a.latentDim + 1;
+  const dr = o.ropeDim ?? 2 * ladder.slots;
+  if (!Number.isInteger(rk) || rk < a.latentDim + 1) throw new MlaError("BAD_ARGUMENT", `--kv-lora-rank ${rk} cannot hold the model's ${a.latentDim} latent dims and the constant channel`, `use at least ${a.latentDim + 1} (larger pads with zero channels)`);
+  if (!Number.isInteger(dr) || dr % 2 !== 0 || dr < 2 * ladder.slots) throw new MlaError("BAD_ARGUMENT", `--rope-dim ${dr} cannot hold the model's rope ladder of ${ladder.slots} slots`, `use an even number ≥ ${2 * ladder.slots} (larger pads with zero slots)`);
+  const slots = dr / 2;
   const dn = Dh - 2 * a.ropePairs;
   // Slot k turns at base'^(−2k/dr) = θ_{s·k} = θ^(−2·s·k/Dh).
   const ropeTheta = Math.pow(c.rope.theta, (2 * spacing * slots) / Dh);
   const kvPerToken = { before: G * 2 * a.ropePairs + a.latentDim, after: rk + dr };
-  for (const w of servingWarnings(rk, dr, H)) log.warn(w);
-  log.info(`export: shared rope key of ${dr} dims (frequencies ${spacing}·k, k < ${slots}; ${G * a.ropePairs} used per layer), kv_lora_rank ${rk} (1 constant channel): ${kvPerToken.after} cached values per token and layer, ours ${kvPerToken.before}`);
+  const fits = a.latentDim + 1 <= FUSED_MLA.kvLoraRank && 2 * ladder.slots <= FUSED_MLA.ropeDim;
+  const remedy = fits
+    ? `For the fused kernels export with --kv-lora-rank ${FUSED_MLA.kvLoraRank} --rope-dim ${FUSED_MLA.ropeDim} (zero padding: exact, ${FUSED_MLA.kvLoraRank + FUSED_MLA.ropeDim} cached values per token and layer)`
+    : `The fused kernels' ${FUSED_MLA.kvLoraRank} + ${FUSED_MLA.ropeDim} cannot hold this model's ${a.latentDim + 1} latent channels and ${2 * ladder.slots} rope dims`;
+  for (const w of servingWarnings(rk, dr, H, remedy)) log.warn(w);
+  log.info(`export: shared rope key of ${dr} dims (frequencies ${spacing}·k, k < ${ladder.slots}; ${G * a.ropePairs} used per layer), kv_lora_rank ${rk} (1 constant channel): ${kvPerToken.after} cached values per token and layer, ours ${kvPerToken.before}`);
   const out = path.resolve(o.out ?? `${path.basename(srcDir)}-deepseek`);
   checkOutDir(out, srcDir, o.force ?? false);
   const src = Checkpoint.open(srcDir);
@@ -203,17 +236,9 @@ export async function exportDeepseek(spec: string, o: ExportOptions = {}): Promi
     for (let l = 0; l < nLayers; l++) for (const n of SOURCE) if (!src.has(layerPrefix(l) + n)) throw new MlaError("BAD_CHECKPOINT", `${srcDir}: tensor ${layerPrefix(l) + n} is missing`, "the checkpoint does not match its config");
     tmp = beginOutDir(out, o.force ?? false);
     const dtypeOf = (name: string): DType => src.entry(name).dtype;
-    const plan = planTensors(src, SOURCE[0]!, new Set(SOURCE.slice(1)), (_l, p) => {
-      const wd = dtypeOf(p + SOURCE[0]!);
-      return [
-        { name: p + "self_attn.q_proj.weight", dtype: wd, shape: [H * (dn + dr), D] },
-        { name: p + "self_attn.kv_a_proj_with_mqa.weight", dtype: wd, shape: [rk + dr, D] },
-        { name: p + "self_attn.kv_a_proj_with_mqa.bias", dtype: wd, shape: [rk + dr] },
-        { name: p + "self_attn.kv_a_layernorm.weight", dtype: dtypeOf(p + "input_layernorm.weight"), shape: [rk] },
-        { name: p + "self_attn.kv_b_proj.weight", dtype: wd, shape: [H * (dn + Dh), rk] },
-        ...(src.has(p + "self_attn.o_proj.bias") ? [] : [{ name: p + "self_attn.o_proj.bias", dtype: wd, shape: [D] }]),
-      ];
-    });
+    const plan = planTensors(src, SOURCE[0]!, new Set(SOURCE.slice(1)), (_l, p) =>
+      deepseekSpecs(p, { H, D, dn, dr, dv: Dh, rk, dtype: dtypeOf(p + SOURCE[0]!), normDtype: dtypeOf(p + "input_layernorm.weight"), addOBias: !src.has(p + "self_attn.o_proj.bias") }),
+    );
     await writePlanned(
       src,
       tmp,
@@ -227,6 +252,8 @@ export async function exportDeepseek(spec: string, o: ExportOptions = {}): Promi
           kUp: src.readF32(p + SOURCE[3]!),
           vUp: src.readF32(p + SOURCE[4]!),
           selection: a.selection[l]!,
+          inputNorm: src.readF32(p + "input_layernorm.weight"),
+          kvLoraRank: rk,
           heads: H,
           headDim: Dh,
           hidden: D,

@@ -10,8 +10,14 @@ export const FUSED_MLA = { kvLoraRank: 512, ropeDim: 64 } as const;
 /** kv_lora_rank + qk_rope_head_dim that vLLM's MLA head-size gate lets through (320 only in recent versions). */
 const VLLM_HEAD_SIZES = [576, 320];
 
-/** Warnings for a deepseek_v3 export with kv_lora_rank `rk`, qk_rope_head_dim `dr` and `heads` query heads; empty when stock stacks take it. */
-export function servingWarnings(rk: number, dr: number, heads: number): string[] {
+/** What `convert --format deepseek` can do about it. */
+export const CONVERT_REMEDY = `For the fused kernels convert with --kv-lora-rank ${FUSED_MLA.kvLoraRank} --rope-dim ${FUSED_MLA.ropeDim} (a model with head_dim ≥ 64 and 2·KV heads·head_dim ≥ 511)`;
+
+/**
+ * Warnings for a deepseek_v3 folder with kv_lora_rank `rk`, qk_rope_head_dim `dr` and `heads` query
+ * heads, ending with `remedy`; empty when stock stacks take it.
+ */
+export function servingWarnings(rk: number, dr: number, heads: number, remedy: string = CONVERT_REMEDY): string[] {
   const out: string[] = [];
   const size = rk + dr;
   if (rk !== FUSED_MLA.kvLoraRank || dr !== FUSED_MLA.ropeDim) {
@@ -20,7 +26,7 @@ export function servingWarnings(rk: number, dr: number, heads: number): string[]
       : `vLLM refuses it ("Head dimension ${size} is not supported by MLA": its MLA backends take kv_lora_rank + qk_rope_head_dim = 576, recent versions also 320)`;
     out.push(
       `kv_lora_rank ${rk} with qk_rope_head_dim ${dr}: FlashMLA, CUTLASS MLA and FlashInfer's MLA decode take only ${FUSED_MLA.kvLoraRank} with ${FUSED_MLA.ropeDim}; ${vllm}. ` +
-        `Stock transformers loads any size. For the fused kernels convert with --kv-lora-rank ${FUSED_MLA.kvLoraRank} --rope-dim ${FUSED_MLA.ropeDim} (a model with head_dim ≥ 64 and 2·KV heads·head_dim ≥ 511)`,
+        `Stock transformers loads any size. ${remedy}`,
     );
   }
   if (heads > 128) out.push(`${heads} query heads: vLLM's CUTLASS MLA backend takes at most 128`);

@@ -4,7 +4,7 @@
  * in the source's tensor order. Shared by `convert --format deepseek` and `export --format deepseek`.
  */
 import { Checkpoint, CheckpointWriter } from "../io/checkpoint.js";
-import { encodeFromF32 } from "../io/dtype.js";
+import { DType, encodeFromF32 } from "../io/dtype.js";
 import type { TensorSpec } from "../io/safetensors.js";
 import { layerPrefix } from "../model/weights.js";
 import type { Progress } from "../util/progress.js";
@@ -13,6 +13,18 @@ export interface TensorPlan {
   specs: TensorSpec[];
   /** Names computed per layer; every other spec is copied from the source. */
   generated: Set<string>;
+}
+
+/** The attention tensors of one deepseek_v3 layer (prefix p): q_proj [H·(dn+dr), D], kv_a (+ bias), kv_a_layernorm, kv_b [H·(dn+dv), rk], and a zero o_proj bias where the source has none (attention_bias: true needs one). */
+export function deepseekSpecs(p: string, s: { H: number; D: number; dn: number; dr: number; dv: number; rk: number; dtype: DType; normDtype: DType; addOBias: boolean }): TensorSpec[] {
+  return [
+    { name: p + "self_attn.q_proj.weight", dtype: s.dtype, shape: [s.H * (s.dn + s.dr), s.D] },
+    { name: p + "self_attn.kv_a_proj_with_mqa.weight", dtype: s.dtype, shape: [s.rk + s.dr, s.D] },
+    { name: p + "self_attn.kv_a_proj_with_mqa.bias", dtype: s.dtype, shape: [s.rk + s.dr] },
+    { name: p + "self_attn.kv_a_layernorm.weight", dtype: s.normDtype, shape: [s.rk] },
+    { name: p + "self_attn.kv_b_proj.weight", dtype: s.dtype, shape: [s.H * (s.dn + s.dv), s.rk] },
+    ...(s.addOBias ? [{ name: p + "self_attn.o_proj.bias", dtype: s.dtype, shape: [s.D] }] : []),
+  ];
 }
 
 const layerOf = (name: string) => /^model\.layers\.(\d+)\.(.*)$/.exec(name);

@@ -39,13 +39,16 @@ export function topPairs(scores: ArrayLike<number>, R: number): number[] {
  * deepseek`, docs/deepseek.md). The heads take turns, R rounds, each taking its most preferred pair
  * not yet taken. `prefs[g]` lists head g's pairs, most preferred first. Returns [Hkv][R] ascending.
  */
-export function disjointPairs(prefs: number[][], R: number, half: number): number[][] {
+export function disjointPairs(prefs: number[][], R: number, half: number, snake = false): number[][] {
   const G = prefs.length;
   checkDisjoint(G, R, half);
   const taken = new Set<number>();
   const out: number[][] = prefs.map(() => []);
+  // snake: 0…G−1, then G−1…0, … so that no head always chooses first (scores); otherwise the same
+  // order every round (a shared preference list then deals every G-th entry to each head).
   for (let round = 0; round < R; round++)
-    for (let g = 0; g < G; g++) {
+    for (let k = 0; k < G; k++) {
+      const g = snake && round % 2 === 1 ? G - 1 - k : k;
       const i = prefs[g]!.find((p) => !taken.has(p))!;
       taken.add(i);
       out[g]!.push(i);
@@ -55,13 +58,20 @@ export function disjointPairs(prefs: number[][], R: number, half: number): numbe
 
 /** `--rope-disjoint` needs Hkv·R distinct pairs out of Dh/2. */
 export function checkDisjoint(kvHeads: number, R: number, half: number): void {
-  if (kvHeads * R > half) throw new MlaError("BAD_ARGUMENT", `--rope-disjoint needs KV heads × rope pairs ≤ head_dim/2, but ${kvHeads} × ${R} > ${half}`, `use --rope-pairs ≤ ${Math.floor(half / kvHeads)}, or leave --rope-disjoint out`);
+  if (kvHeads * R <= half) return;
+  const most = Math.floor(half / kvHeads);
+  throw new MlaError(
+    "BAD_ARGUMENT",
+    `--rope-disjoint needs KV heads × rope pairs ≤ head_dim/2, but ${kvHeads} × ${R} > ${half}`,
+    most >= 1 ? `use --rope-pairs ≤ ${most}, or leave --rope-disjoint out` : `${kvHeads} KV heads cannot each keep a frequency of their own among ${half}: leave --rope-disjoint out (convert --format deepseek writes a deepseek_v3 model directly)`,
+  );
 }
 
 /**
  * The preference order behind a strategy's pairs, for `disjointPairs`: high from the fastest pair,
- * low from the slowest, uniform the G·R evenly spaced pairs (so the turns give each head an even
- * spread), 2-norm by score (ties to the lower index).
+ * low from the slowest, uniform G·R pairs a constant step ⌊(Dh/2)/(G·R)⌋ apart (so the turns give
+ * each head an even spread, and the export's rope ladder has exactly G·R slots), 2-norm by score
+ * (ties to the lower index).
  */
 export function pairPreferences(strategy: RopeStrategy, kvHeads: number, R: number, half: number, scores: Float64Array | null): number[][] {
   const all = Array.from({ length: half }, (_, i) => i);
@@ -69,7 +79,8 @@ export function pairPreferences(strategy: RopeStrategy, kvHeads: number, R: numb
     if (strategy === "high") return all;
     if (strategy === "low") return [...all].reverse();
     if (strategy === "uniform") {
-      const even = Array.from({ length: Math.min(kvHeads * R, half) }, (_, j) => Math.floor((j * half) / (kvHeads * R)));
+      const step = Math.max(1, Math.floor(half / (kvHeads * R)));
+      const even = Array.from({ length: Math.min(kvHeads * R, half) }, (_, j) => j * step);
       return [...even, ...all.filter((i) => !even.includes(i))];
     }
     const s = scores!.subarray(g * half, (g + 1) * half);

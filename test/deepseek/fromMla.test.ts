@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
 import { convert } from "../../src/convert/pipeline.js";
-import { exportDeepseek, exportLadder } from "../../src/deepseek/fromMla.js";
+import { checkExportSettings, exportDeepseek, exportLadder } from "../../src/deepseek/fromMla.js";
 import { disjointPairs, pairPreferences } from "../../src/ropeSelect/strategies.js";
 import { ReferenceBackend } from "../../src/backends/reference/index.js";
 import { loadModel } from "../../src/model/llama.js";
@@ -59,6 +59,7 @@ function perturb(dir: string): void {
 
 test("--rope-disjoint: no RoPE frequency is kept by two KV heads of a layer; the turns follow each head's preference", async () => {
   assert.deepEqual(disjointPairs([[0, 1, 2, 3], [0, 1, 2, 3]], 2, 4), [[0, 2], [1, 3]]);
+  assert.deepEqual(disjointPairs([[0, 1, 2, 3], [0, 1, 2, 3]], 2, 4, true), [[0, 3], [1, 2]], "snake order: head 1 chooses first in round 2");
   assert.deepEqual(disjointPairs([[3, 2, 1, 0], [3, 0, 1, 2]], 2, 4), [[2, 3], [0, 1]]);
   assert.deepEqual(pairPreferences("uniform", 2, 2, 8, null)[0]!.slice(0, 4), [0, 2, 4, 6]);
   assert.deepEqual(disjointPairs(pairPreferences("uniform", 2, 2, 8, null), 2, 8), [[0, 4], [2, 6]]);
@@ -70,7 +71,7 @@ test("--rope-disjoint: no RoPE frequency is kept by two KV heads of a layer; the
   }
   await assert.rejects(
     convert(path.join(MODELS, "stories260K-mha"), { rank: 2, ropePairs: 1, ropeDisjoint: true, out: path.join(tmpDir(), "x"), progress: null, device: "cpu" }),
-    (e: unknown) => e instanceof MlaError && /--rope-disjoint needs KV heads × rope pairs ≤ head_dim\/2, but 8 × 1 > 4/.test(e.message) && /--rope-pairs ≤ 0/.test(e.message),
+    (e: unknown) => e instanceof MlaError && /--rope-disjoint needs KV heads × rope pairs ≤ head_dim\/2, but 8 × 1 > 4/.test(e.message) && /8 KV heads cannot each keep a frequency of their own/.test(e.message),
   );
 });
 
@@ -94,24 +95,34 @@ test("export --format deepseek is exact: same logits as the MLA folder, converte
   }
 });
 
-test("the export decodes like its source: greedy continuations on the latent cache are the same tokens", async () => {
+test("padded to a larger kv_lora_rank and rope dim (zero channels and slots) the export is still exact", async () => {
   const mla = await disjointConversion();
+  const out = path.join(tmpDir(), "ds-padded");
+  const r = await exportDeepseek(mla, { out, kvLoraRank: 16, ropeDim: 12, interleave: false, progress: null });
+  assert.deepEqual([r.kvLoraRank, r.ropeDim], [16, 12]);
+  const d = maxRelDiff(logits(out), logits(mla));
+  assert.ok(d < 1e-6, `max relative logit difference ${d}`);
+  await assert.rejects(exportDeepseek(mla, { out: path.join(tmpDir(), "small"), kvLoraRank: 8, progress: null }), (e: unknown) => e instanceof MlaError && /--kv-lora-rank 8 cannot hold the model's 8 latent dims and the constant channel/.test(e.message));
+  await assert.rejects(exportDeepseek(mla, { out: path.join(tmpDir(), "small"), ropeDim: 6, progress: null }), (e: unknown) => e instanceof MlaError && /--rope-dim 6 cannot hold the model's rope ladder of 4 slots/.test(e.message));
+});
+
+test("the export decodes (kv_b absorbed, batched, sequences of different lengths) to the logits of its full forward", async () => {
   const out = path.join(tmpDir(), "ds-decode");
-  await exportDeepseek(mla, { out, progress: null });
-  const greedy = (dir: string) => {
-    const { model } = loadModel(dir, { backend: new ReferenceBackend("f64") });
-    const V = model.config.vocabSize;
+  await exportDeepseek(await disjointConversion(), { out, progress: null });
+  const { model } = loadModel(out, { backend: new ReferenceBackend("f64") });
+  const V = model.config.vocabSize;
+  const seqs = [IDS, IDS.subarray(0, 5).map((t) => (t * 7) % V)];
+  const caches = seqs.map((s) => {
     const cache = model.newCache();
-    let next = model.forward(IDS, cache).toArray().subarray((IDS.length - 1) * V);
-    const tokens: number[] = [];
-    for (let i = 0; i < 12; i++) {
-      const t = next.indexOf(Math.max(...next));
-      tokens.push(t);
-      next = model.forward(Int32Array.of(t), cache).toArray();
-    }
-    return tokens;
-  };
-  assert.deepEqual(greedy(out), greedy(mla));
+    model.forward(s.subarray(0, -1), cache).dispose();
+    return cache;
+  });
+  const step = model.decodeBatch(Int32Array.from(seqs, (s) => s[s.length - 1]!), caches).toArray();
+  seqs.forEach((s, b) => {
+    const full = model.forward(s).toArray().subarray((s.length - 1) * V, s.length * V);
+    const d = maxRelDiff(step.subarray(b * V, (b + 1) * V), full);
+    assert.ok(d < 1e-9, `sequence ${b}: ${d}`);
+  });
 });
 
 test("pipeline --rope-disjoint --export deepseek: convert, fine-tune, export; the export scores as the fine-tuned model; without --rope-disjoint it is refused before anything runs", async () => {
@@ -137,6 +148,7 @@ test("export refuses what DeepSeek-V3 cannot hold exactly, naming it, and writes
   await convert(path.join(MODELS, "stories260K"), { rank: 2, ropePairs: 1, ropeDisjoint: true, ropeStrategy: "uniform", attention: "eg-mla", gateDim: 4, out: eg, progress: null, device: "cpu" });
   await assert.rejects(exportDeepseek(eg, { out, progress: null }), (e: unknown) => e instanceof MlaError && /EG-MLA/.test(e.message));
   await assert.rejects(exportDeepseek(path.join(MODELS, "stories260K"), { out, progress: null }), (e: unknown) => e instanceof MlaError && /not in our MLA format/.test(e.message));
+  assert.throws(() => checkExportSettings(readHfConfig(path.join(MODELS, "stories260K")), 4, false), (e: unknown) => e instanceof MlaError && /every RoPE pair is kept \(R 4 = head_dim\/2\)/.test(e.message));
   assert.equal(fs.existsSync(out), false);
 });
 
