@@ -4,7 +4,9 @@ import { readHfConfig } from "../io/hfConfig.js";
 import { resolveModel } from "../io/modelDir.js";
 import { DTYPE_BYTES } from "../io/dtype.js";
 import { numel } from "../io/safetensors.js";
-import { kvBytesPerToken, kvElemsPerToken, ModelConfig } from "../model/config.js";
+import { kvBytesPerToken, kvElemsPerToken, MlaAttention, ModelConfig } from "../model/config.js";
+import { MlaError } from "../errors.js";
+import { checkExportSettings, exportLadder } from "../deepseek/exportable.js";
 import { KV_CACHE_DTYPES, KvCacheDtype } from "../model/kvQuant.js";
 
 export interface InspectResult {
@@ -31,7 +33,20 @@ export interface InspectResult {
   kv_cache_bytes_per_token: Record<KvCacheDtype, number>;
   rope: ModelConfig["rope"];
   sliding_window: number | null;
-  mla?: { rope_pairs: number; rank: number; latent_dim: number; svd: string };
+  mla?: { rope_pairs: number; rank: number; latent_dim: number; svd: string; gate_dim?: number; deepseek_export: string };
+}
+
+/** Whether `export --format deepseek` can write this MLA model exactly, and if not, why (the first line of the refusal). */
+function deepseekExport(c: ModelConfig): string {
+  const a = c.attention as MlaAttention;
+  try {
+    checkExportSettings(c, a.ropePairs, a.gateDim > 0);
+    const { slots, spacing } = exportLadder(a.selection);
+    return `exact (shared rope key of ${2 * slots} dims, spacing ${spacing})`;
+  } catch (e) {
+    if (!(e instanceof MlaError)) throw e;
+    return `no: ${e.message.split("\n")[0]!.replace(/^export --format deepseek: /, "")}`;
+  }
 }
 
 export function inspectModel(spec: string): InspectResult {
@@ -54,7 +69,7 @@ export function inspectModel(spec: string): InspectResult {
       dir,
       model_type: c.modelType,
       attention: c.attention.kind === "mla" ? "mla" : c.attention.kind === "deepseek" ? "deepseek-mla" : c.kvHeads === c.heads ? "mha" : c.kvHeads === 1 ? "mqa" : "gqa",
-      ...(c.attention.kind === "mla" ? { mla: { rope_pairs: c.attention.ropePairs, rank: c.attention.rank, latent_dim: c.attention.latentDim, svd: c.attention.svd, ...(c.attention.gateDim > 0 ? { gate_dim: c.attention.gateDim } : {}) } } : {}),
+      ...(c.attention.kind === "mla" ? { mla: { rope_pairs: c.attention.ropePairs, rank: c.attention.rank, latent_dim: c.attention.latentDim, svd: c.attention.svd, ...(c.attention.gateDim > 0 ? { gate_dim: c.attention.gateDim } : {}), deepseek_export: deepseekExport(c) } } : {}),
       ...(c.attention.kind === "deepseek" ? { deepseek: { kv_lora_rank: c.attention.kvLoraRank, qk_rope_head_dim: c.attention.ropeDim, qk_nope_head_dim: c.attention.nopeDim, v_head_dim: c.attention.vDim, rope_interleave: c.attention.interleave } } : {}),
       params,
       layers: c.layers,

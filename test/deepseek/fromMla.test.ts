@@ -16,6 +16,7 @@ import { SafetensorsFile, writeSafetensorsSync } from "../../src/io/safetensors.
 import { readHfConfig } from "../../src/io/hfConfig.js";
 import { MlaError } from "../../src/errors.js";
 import { pipeline } from "../../src/pipeline.js";
+import { inspectModel } from "../../src/eval/inspect.js";
 import { FIXTURES, GOLDEN, MODELS, tmpDir } from "../helpers.js";
 
 const CALIB = path.join(FIXTURES, "text", "tinystories.txt");
@@ -144,6 +145,8 @@ test("export refuses what DeepSeek-V3 cannot hold exactly, naming it, and writes
   await convert(path.join(MODELS, "stories260K"), { rank: 2, ropePairs: 1, ropeStrategy: "uniform", out: shared, progress: null, device: "cpu" });
   const out = path.join(tmpDir(), "never");
   await assert.rejects(exportDeepseek(shared, { out, progress: null }), (e: unknown) => e instanceof MlaError && e.code === "UNSUPPORTED" && /keeps RoPE pair 0 on KV heads 0 and 1/.test(e.message));
+  assert.match(inspectModel(shared).mla!.deepseek_export, /^no: layer 0 keeps RoPE pair 0 on KV heads 0 and 1/);
+  assert.match(inspectModel(await disjointConversion("uniform")).mla!.deepseek_export, /^exact \(shared rope key of 8 dims, spacing 1\)/);
   const eg = path.join(tmpDir(), "eg");
   await convert(path.join(MODELS, "stories260K"), { rank: 2, ropePairs: 1, ropeDisjoint: true, ropeStrategy: "uniform", attention: "eg-mla", gateDim: 4, out: eg, progress: null, device: "cpu" });
   await assert.rejects(exportDeepseek(eg, { out, progress: null }), (e: unknown) => e instanceof MlaError && /EG-MLA/.test(e.message));

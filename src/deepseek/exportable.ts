@@ -1,0 +1,49 @@
+/**
+ * Whether a model in our MLA format can be written exactly as deepseek_v3 (`export --format
+ * deepseek`, ./fromMla.ts): the checks, and the one rope ladder every layer shares. Kept apart from the
+ * writer so `inspect` and `pipeline` can ask without loading it.
+ */
+import { MlaError } from "../errors.js";
+import type { ModelConfig } from "../model/config.js";
+
+/** The ladder every layer shares: spacing s = gcd of the kept pairs, m = max/s + 1 slots. Throws on a frequency two KV heads of a layer keep. */
+export function exportLadder(selection: number[][][]): { spacing: number; slots: number } {
+  const gcd = (a: number, b: number): number => (b === 0 ? a : gcd(b, a % b));
+  let spacing = 0;
+  let top = 0;
+  selection.forEach((layer, l) => {
+    const owner = new Map<number, number>();
+    layer.forEach((pairs, g) =>
+      pairs.forEach((i) => {
+        const other = owner.get(i);
+        if (other !== undefined)
+          throw new MlaError(
+            "UNSUPPORTED",
+            `export --format deepseek: layer ${l} keeps RoPE pair ${i} on KV heads ${other} and ${g}; DeepSeek-V3 has one shared rope key, so two heads cannot both rotate one frequency`,
+            "convert the original with --rope-disjoint (then fine-tune and export), or convert the original with --format deepseek",
+          );
+        owner.set(i, g);
+        spacing = gcd(spacing, i);
+        top = Math.max(top, i);
+      }),
+    );
+  });
+  spacing ||= 1;
+  return { spacing, slots: top / spacing + 1 };
+}
+
+/**
+ * What keeps a model of this shape (its config, R rope pairs, gated or not) from an exact export:
+ * checked on the MLA folder by `export`, and on the source and settings by `pipeline --export`
+ * before any work.
+ */
+export function checkExportSettings(c: ModelConfig, ropePairs: number, gated: boolean): void {
+  const no = (what: string, hint = "serve it in our runtime") => new MlaError("UNSUPPORTED", `export --format deepseek: ${what}`, hint);
+  if (gated) throw no("the model is EG-MLA, and DeepSeek-V3's attention has no gate", "export a plain MLA conversion (convert without --attention eg-mla)");
+  if (ropePairs < 1) throw no("the model keeps no RoPE pair, and DeepSeek-V3 needs a rope key", "convert with --rope-pairs ≥ 1");
+  if (2 * ropePairs >= c.headDim) throw no(`every RoPE pair is kept (R ${ropePairs} = head_dim/2), which leaves DeepSeek-V3 no position-free key dims (qk_nope_head_dim 0)`, `convert with --rope-pairs < ${c.headDim / 2}`);
+  if (c.qkvBias) throw no("the model has q/k/v biases, and DeepseekV3's q_proj has none");
+  if (c.rope.scaling) throw no(`rope scaling "${c.rope.scaling.type}" changes the frequency ladder`);
+  if (c.slidingWindow !== null) throw no("DeepseekV3 has no sliding-window attention");
+  if (c.mlpBias) throw no("DeepseekV3's MLP has no biases");
+}
