@@ -12,6 +12,7 @@ import { test } from "node:test";
 import { CudaBackend, cudaLinalg, loadCuda } from "../../src/backends/native/cuda.js";
 import { referenceBackend as R } from "../../src/backends/reference/index.js";
 import { convert } from "../../src/convert/pipeline.js";
+import { exportDeepseek } from "../../src/deepseek/fromMla.js";
 import { evaluate } from "../../src/eval/evaluate.js";
 import { finetune } from "../../src/finetune/trainer.js";
 import { MlaError } from "../../src/errors.js";
@@ -215,12 +216,15 @@ test("bf16 checkpoints stay bf16 on the GPU: eval and absorbed MLA decode agree 
   }
 });
 
-test("batched decode on the GPU equals per-sequence decode on the CPU (MHA and absorbed MLA, sequences of different lengths)", { skip }, async (t) => {
+test("batched decode on the GPU equals per-sequence decode on the CPU (MHA, absorbed MLA, absorbed deepseek_v3; sequences of different lengths)", { skip }, async (t) => {
   const dir = tmpDir();
   const mla = (await convert(path.join(MODELS, "stories260K"), { rank: 4, ropePairs: 2, ropeStrategy: "uniform", out: path.join(dir, "mla"), progress: null, device: "cpu" })).out!;
+  // deepseek_v3 (kv_lora_rank 9, one shared rope key): the export of a --rope-disjoint conversion.
+  await convert(path.join(MODELS, "stories260K"), { rank: 2, ropePairs: 1, ropeStrategy: "uniform", ropeDisjoint: true, out: path.join(dir, "disjoint"), progress: null, device: "cpu" });
+  const ds = (await exportDeepseek(path.join(dir, "disjoint"), { out: path.join(dir, "ds"), progress: null })).out;
   const cpu = new NativeCpuBackend(loadNativeCpu() as Exclude<ReturnType<typeof loadNativeCpu>, string>);
   const prompts = [Int32Array.of(1, 400, 300, 200), Int32Array.of(1, 55), Int32Array.of(1, 9, 8, 7, 6, 5, 4, 3, 2, 10, 11)];
-  for (const spec of [path.join(MODELS, "stories260K"), mla]) {
+  for (const spec of [path.join(MODELS, "stories260K"), mla, ds]) {
     const g = loadModel(spec, { backend: backend() }).model;
     const c = loadModel(spec, { backend: cpu }).model;
     const V = c.config.vocabSize;
