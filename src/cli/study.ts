@@ -3,6 +3,7 @@ import type { DeviceName } from "../backends/select.js";
 import { STUDY_VARIANTS, study, type StudyVariant } from "../study/study.js";
 import { stderrLogger } from "../util/log.js";
 import { DEVICE_OPTION } from "./deviceOption.js";
+import { gracefulStop } from "./signals.js";
 
 interface Args {
   like: string;
@@ -39,10 +40,18 @@ export const studyCommand: CommandModule<object, Args> = {
       .option("gate-dim", { type: "number", default: 16, describe: "EG-MLA's gate width" })
       .option("eval-every", { type: "number", describe: "validation NLL every N steps (default: 20 points per run)" })
       .option("device", DEVICE_OPTION)
-      .option("force", { type: "boolean", default: false, describe: "replace an existing --out" }),
+      .option("force", { type: "boolean", default: false, describe: "start over in an existing --out (without it, re-running the same command resumes)" }),
   handler: async (a) => {
-    const r = await study({ like: a.like, variants: a.variants.split(",").map((v) => v.trim()) as StudyVariant[], ranks: a.ranks.split(","), data: a.data, tokens: a.tokens, out: a.out, seq: a.seq, batch: a.batch, lr: a.lr, seed: a.seed, gateDim: a["gate-dim"], evalEvery: a["eval-every"], device: a.device, force: a.force, logger: stderrLogger });
-    for (const row of r.rows) process.stdout.write(`${row.label}: validation NLL ${row.valNll.toFixed(4)}, ${row.kvElemsPerToken} KV elements per token, ${row.decodeTokensPerS.toFixed(1)} decode tokens/s\n`);
-    process.stdout.write(`wrote ${r.report} and ${r.html}\n`);
+    const stop = gracefulStop();
+    try {
+      const r = await study({ like: a.like, variants: a.variants.split(",").map((v) => v.trim()) as StudyVariant[], ranks: a.ranks.split(","), data: a.data, tokens: a.tokens, out: a.out, seq: a.seq, batch: a.batch, lr: a.lr, seed: a.seed, gateDim: a["gate-dim"], evalEvery: a["eval-every"], device: a.device, force: a.force, logger: stderrLogger, shouldStop: stop.requested });
+      for (const row of r.rows) process.stdout.write(`${row.label}: validation NLL ${row.valNll.toFixed(4)}, ${row.kvElemsPerToken} KV elements per token, ${row.decodeTokensPerS.toFixed(1)} decode tokens/s\n`);
+      if (r.stoppedEarly) {
+        process.stdout.write(`stopped during training (${r.rows.length} variant(s) done); re-run the same command to resume\n`);
+        process.exitCode = 130;
+      } else process.stdout.write(`wrote ${r.report} and ${r.html}\n`);
+    } finally {
+      stop.release();
+    }
   },
 };

@@ -7,6 +7,11 @@
  * token gate). Each is trained with the fine-tuning engine (which is all a from-scratch run needs),
  * then measured: held-out NLL and its curve, KV bytes per token, decode tokens/s. Writes study.json,
  * report.md and report.html (a table and the validation curves) into the output folder.
+ *
+ * Resumable: each finished variant leaves NAME.row.json; re-running the same command (same settings)
+ * skips those, continues an interrupted training run from its checkpoint (bit-identical to an
+ * uninterrupted one), and writes the report when all are done. A study longer than one sitting (or
+ * one GPU lease) is run in several.
  */
 import { spawnSync } from "node:child_process";
 import fs from "node:fs";
@@ -21,6 +26,7 @@ import { loadModel } from "../model/llama.js";
 import { defaultRopePairs } from "../ropeSelect/strategies.js";
 import { selectBackend, type DeviceName } from "../backends/select.js";
 import { silentLogger, type Logger } from "../util/log.js";
+import { writeFileAtomic } from "../io/atomicDir.js";
 import { initFromScratch } from "./init.js";
 import { studyHtml, studyMarkdown } from "./report.js";
 
@@ -50,6 +56,8 @@ export interface StudyOptions {
   force?: boolean;
   logger?: Logger;
   progress?: NodeJS.WritableStream | null;
+  /** Polled between training steps: true saves a checkpoint and stops (stoppedEarly); re-run to resume. */
+  shouldStop?: () => boolean;
 }
 
 export interface StudyRow {
@@ -70,9 +78,12 @@ export interface StudyRow {
 }
 
 export interface StudyResult {
+  /** The variants finished so far (all of them unless stoppedEarly). */
   rows: StudyRow[];
-  report: string;
-  html: string;
+  /** null when stopped early. */
+  report: string | null;
+  html: string | null;
+  stoppedEarly: boolean;
 }
 
 /** "d/2" → hidden/2; "96" → 96; checked to split evenly over the KV heads. */
@@ -119,36 +130,60 @@ export async function study(o: StudyOptions): Promise<StudyResult> {
   if (!o.variants.length) throw new MlaError("BAD_ARGUMENT", "--variants is empty", `name some of ${STUDY_VARIANTS.join(", ")}`);
   for (const v of o.variants) if (!STUDY_VARIANTS.includes(v)) throw new MlaError("BAD_ARGUMENT", `--variants: ${v} is not known`, `use ${STUDY_VARIANTS.join(", ")}`);
   const widths = o.ranks.map((r) => latentWidth(r, c.hiddenSize, c.kvHeads));
-  if (fs.existsSync(o.out) && !o.force) throw new MlaError("EXISTS", `output ${o.out} already exists`, "pass --force to replace it, or choose another --out");
-  fs.rmSync(o.out, { recursive: true, force: true });
-  fs.mkdirSync(o.out, { recursive: true });
+  const seq = o.seq ?? 256, batch = o.batch ?? 16;
+  const seed = o.seed ?? 0;
+  const settings = { like: o.like, variants: o.variants, ranks: o.ranks, data: o.data, tokens: o.tokens, seq, batch, lr: o.lr ?? 1e-3, seed, valFraction: o.valFraction ?? 0.01, evalEvery: o.evalEvery ?? null, gateDim: o.gateDim ?? 16 };
+  const stateFile = path.join(o.out, "study-state.json");
+  if (fs.existsSync(o.out) && !o.force) {
+    const prev = fs.existsSync(stateFile) ? (JSON.parse(fs.readFileSync(stateFile, "utf8")) as { settings?: unknown }) : null;
+    if (JSON.stringify(prev?.settings) !== JSON.stringify(settings))
+      throw new MlaError("EXISTS", `output ${o.out} already exists${prev ? " from a study with other settings" : ""}`, "re-run the same command to resume it, pass --force to start over, or choose another --out");
+    log.info(`resuming the study in ${o.out}`);
+  } else {
+    fs.rmSync(o.out, { recursive: true, force: true });
+    fs.mkdirSync(o.out, { recursive: true });
+    fs.writeFileSync(stateFile, JSON.stringify({ settings, started: new Date().toISOString() }, null, 2) + "\n");
+  }
   const data = trainingText(o.data, o.out);
   const device = o.device ?? "auto";
-  const seed = o.seed ?? 0;
   const init = path.join(o.out, "init-mha");
-  initFromScratch(like, init, seed);
+  if (!fs.existsSync(init)) {
+    // Built aside and renamed, so an interrupted initialization is never mistaken for a finished one.
+    fs.rmSync(init + ".part", { recursive: true, force: true });
+    initFromScratch(like, init + ".part", seed);
+    fs.renameSync(init + ".part", init);
+  }
   const runs: { variant: StudyVariant; L: number | null }[] = [];
   for (const v of o.variants) {
     if (v === "mha") runs.push({ variant: v, L: null });
     else for (const L of widths) runs.push({ variant: v, L });
   }
-  const seq = o.seq ?? 256, batch = o.batch ?? 16;
   const steps = Math.max(1, Math.floor(o.tokens / (seq * batch)));
   const rows: StudyRow[] = [];
   for (const [i, r] of runs.entries()) {
     const name = r.L === null ? "mha" : `${r.variant}-L${r.L}`;
+    const rowFile = path.join(o.out, `${name}.row.json`);
+    if (fs.existsSync(rowFile)) {
+      log.info(`study ${i + 1}/${runs.length}: ${name} already done`);
+      rows.push(JSON.parse(fs.readFileSync(rowFile, "utf8")) as StudyRow);
+      continue;
+    }
     log.info(`study ${i + 1}/${runs.length}: ${name}`);
     let modelDir = init;
     const R = r.variant === "mla" ? 0 : defaultRopePairs(c.headDim);
     if (r.L !== null) {
       modelDir = path.join(o.out, name);
-      await convert(init, { rank: r.L / c.kvHeads, ropePairs: R, ropeStrategy: "uniform", attention: r.variant === "eg-mla" ? "eg-mla" : "mla", gateDim: r.variant === "eg-mla" ? (o.gateDim ?? 16) : undefined, device, out: modelDir, force: true, progress: null, logger: log });
+      if (!fs.existsSync(path.join(modelDir, "config.json")))
+        await convert(init, { rank: r.L / c.kvHeads, ropePairs: R, ropeStrategy: "uniform", attention: r.variant === "eg-mla" ? "eg-mla" : "mla", gateDim: r.variant === "eg-mla" ? (o.gateDim ?? 16) : undefined, device, out: modelDir, force: true, progress: null, logger: log });
     }
-    const ft = await finetune(modelDir, { data: [data], out: path.join(o.out, `${name}-trained`), force: true, tokens: o.tokens, seq, batch, lr: o.lr ?? 1e-3, seed, valFraction: o.valFraction ?? 0.01, evalEvery: o.evalEvery ?? Math.max(1, Math.round(steps / 20)), device, progress: o.progress, logger: log });
+    const trained = path.join(o.out, `${name}-trained`);
+    const resume = fs.existsSync(path.join(trained, "checkpoint", "state.json"));
+    const ft = await finetune(modelDir, { data: [data], out: trained, force: !resume, resume, tokens: o.tokens, seq, batch, lr: o.lr ?? 1e-3, seed, valFraction: o.valFraction ?? 0.01, evalEvery: o.evalEvery ?? Math.max(1, Math.round(steps / 20)), device, progress: o.progress, logger: log, shouldStop: o.shouldStop });
+    if (ft.stoppedEarly) return { rows, report: null, html: null, stoppedEarly: true };
     const curve = fs.readFileSync(path.join(ft.out, "train_log.jsonl"), "utf8").trim().split("\n").map((l) => JSON.parse(l) as { step: number; val_nll?: number }).filter((l) => l.val_nll !== undefined).map((l) => [l.step, l.val_nll!] as [number, number]);
     const info = inspectModel(ft.out);
     const kv = info.kv_elems_per_token;
-    rows.push({
+    const row: StudyRow = {
       variant: r.variant,
       label: r.L === null ? "MHA" : `${{ mla: "MLA", "mla-rope": "MLA + RoPE", "eg-mla": "EG-MLA" }[r.variant as Exclude<StudyVariant, "mha">]}, latent ${r.L}`,
       latentDim: r.L,
@@ -160,7 +195,9 @@ export async function study(o: StudyOptions): Promise<StudyResult> {
       curve,
       trainTokensPerS: ft.tokensPerSecond,
       decodeTokensPerS: decodeSpeed(ft.out, device),
-    });
+    };
+    writeFileAtomic(rowFile, JSON.stringify(row, null, 2) + "\n");
+    rows.push(row);
   }
   const meta = { like: o.like, data: o.data, tokens: o.tokens, seq, batch, lr: o.lr ?? 1e-3, seed, device, date: new Date().toISOString() };
   fs.writeFileSync(path.join(o.out, "study.json"), JSON.stringify({ ...meta, rows }, null, 2) + "\n");
@@ -168,5 +205,5 @@ export async function study(o: StudyOptions): Promise<StudyResult> {
   const html = path.join(o.out, "report.html");
   fs.writeFileSync(report, studyMarkdown(meta, rows));
   fs.writeFileSync(html, studyHtml(meta, rows));
-  return { rows, report, html };
+  return { rows, report, html, stoppedEarly: false };
 }

@@ -28,10 +28,27 @@ test("study: MHA, MLA, MLA + RoPE and EG-MLA from one initialization, with a rep
     assert.ok(Number.isFinite(row.valNll) && row.valNll < 7, `${row.label}: ${row.valNll}`);
     assert.ok(row.curve.length >= 2 && row.decodeTokensPerS > 0, row.label);
   }
-  const md = fs.readFileSync(r.report, "utf8");
+  const md = fs.readFileSync(r.report!, "utf8");
   assert.match(md, /\| MLA \+ RoPE, latent 32 \|/);
-  assert.match(fs.readFileSync(r.html, "utf8"), /<svg[^>]*aria-label="validation curves"/);
+  assert.match(fs.readFileSync(r.html!, "utf8"), /<svg[^>]*aria-label="validation curves"/);
   assert.equal(JSON.parse(fs.readFileSync(path.join(out, "study.json"), "utf8")).rows.length, 4);
+});
+
+test("study resumes: stopped inside the second variant, the same command finishes it, skipping the first, and every result equals an uninterrupted study's", async () => {
+  const base = { like: path.join(MODELS, "stories260K"), variants: ["mha", "mla-rope"] as const, ranks: ["d/2"], data: DATA, tokens: 8 * 4 * 32, seq: 32, batch: 4, valFraction: 0.05, device: "cpu" as const, progress: null };
+  const straight = await study({ ...base, out: path.join(tmpDir(), "straight") });
+  const out = path.join(tmpDir(), "stopped");
+  let polls = 0;
+  const first = await study({ ...base, out, shouldStop: () => ++polls > 11 });
+  assert.equal(first.stoppedEarly, true);
+  assert.deepEqual(first.rows.map((r) => r.label), ["MHA"]);
+  assert.equal(fs.existsSync(path.join(out, "report.md")), false);
+  const mhaRow = fs.statSync(path.join(out, "mha.row.json")).mtimeMs;
+  const done = await study({ ...base, out });
+  assert.equal(done.stoppedEarly, false);
+  assert.equal(fs.statSync(path.join(out, "mha.row.json")).mtimeMs, mhaRow, "the finished variant is not trained again");
+  assert.deepEqual(done.rows.map((r) => r.valNll), straight.rows.map((r) => r.valNll));
+  await assert.rejects(study({ ...base, tokens: 4 * 4 * 32, out }), (e: unknown) => e instanceof MlaError && /from a study with other settings/.test(e.message));
 });
 
 test("study's initialization: seeded, norms at 1, N(0, 0.02) matrices, residual writers scaled down", () => {
