@@ -7,6 +7,7 @@ import { numel } from "../io/safetensors.js";
 import { kvBytesPerToken, kvElemsPerToken, MlaAttention, ModelConfig } from "../model/config.js";
 import { MlaError } from "../errors.js";
 import { checkExportSettings, exportLadder } from "../deepseek/exportable.js";
+import { servingWarnings } from "../deepseek/serving.js";
 import { KV_CACHE_DTYPES, KvCacheDtype } from "../model/kvQuant.js";
 
 export interface InspectResult {
@@ -14,7 +15,7 @@ export interface InspectResult {
   dir: string;
   model_type: string;
   attention: "mha" | "gqa" | "mqa" | "mla" | "deepseek-mla";
-  deepseek?: { kv_lora_rank: number; qk_rope_head_dim: number; qk_nope_head_dim: number; v_head_dim: number; rope_interleave: boolean };
+  deepseek?: { kv_lora_rank: number; qk_rope_head_dim: number; qk_nope_head_dim: number; v_head_dim: number; rope_interleave: boolean; serving: string };
   params: number;
   layers: number;
   hidden_size: number;
@@ -34,6 +35,12 @@ export interface InspectResult {
   rope: ModelConfig["rope"];
   sliding_window: number | null;
   mla?: { rope_pairs: number; rank: number; latent_dim: number; svd: string; gate_dim?: number; deepseek_export: string };
+}
+
+/** What the MLA serving stacks make of a deepseek_v3 folder's sizes (docs/formats.md). */
+function servingOf(rk: number, dr: number, heads: number): string {
+  const w = servingWarnings(rk, dr, heads, "");
+  return w.length ? w.map((x) => x.replace(/\.? Stock transformers loads any size\. ?$/, "")).join("; ") + "; stock transformers loads it" : "every MLA stack (FlashMLA, vLLM, SGLang) and stock transformers";
 }
 
 /** Whether `export --format deepseek` can write this MLA model exactly, and if not, why (the first line of the refusal). */
@@ -70,7 +77,7 @@ export function inspectModel(spec: string): InspectResult {
       model_type: c.modelType,
       attention: c.attention.kind === "mla" ? "mla" : c.attention.kind === "deepseek" ? "deepseek-mla" : c.kvHeads === c.heads ? "mha" : c.kvHeads === 1 ? "mqa" : "gqa",
       ...(c.attention.kind === "mla" ? { mla: { rope_pairs: c.attention.ropePairs, rank: c.attention.rank, latent_dim: c.attention.latentDim, svd: c.attention.svd, ...(c.attention.gateDim > 0 ? { gate_dim: c.attention.gateDim } : {}), deepseek_export: deepseekExport(c) } } : {}),
-      ...(c.attention.kind === "deepseek" ? { deepseek: { kv_lora_rank: c.attention.kvLoraRank, qk_rope_head_dim: c.attention.ropeDim, qk_nope_head_dim: c.attention.nopeDim, v_head_dim: c.attention.vDim, rope_interleave: c.attention.interleave } } : {}),
+      ...(c.attention.kind === "deepseek" ? { deepseek: { kv_lora_rank: c.attention.kvLoraRank, qk_rope_head_dim: c.attention.ropeDim, qk_nope_head_dim: c.attention.nopeDim, v_head_dim: c.attention.vDim, rope_interleave: c.attention.interleave, serving: servingOf(c.attention.kvLoraRank, c.attention.ropeDim, c.heads) } } : {}),
       params,
       layers: c.layers,
       hidden_size: c.hiddenSize,
