@@ -33,6 +33,17 @@ export function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
   return m;
 }
 
+/** max |a − b| relative to max |b| (logits, gradients: one scale for the whole tensor). */
+export function maxRelDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let d = 0;
+  let s = 0;
+  for (let i = 0; i < a.length; i++) {
+    d = Math.max(d, Math.abs(a[i]! - b[i]!));
+    s = Math.max(s, Math.abs(b[i]!));
+  }
+  return d / Math.max(s, 1e-30);
+}
+
 /** A seeded uniform(−scale, scale) generator of typed arrays, for op tests. */
 export function seededRand<A extends Float32Array | Float64Array>(seed: number, Ctor: { new (n: number): A }): (n: number, scale?: number) => A {
   let s = seed >>> 0;

@@ -28,7 +28,7 @@ import { deepseekLayer, FrequencyPca, frequencyPca, ladder, ladderScores, validS
 import { servingWarnings } from "./serving.js";
 import { deepseekSpecs, planTensors, writePlanned } from "./stream.js";
 
-export interface DeepseekOptions {
+export interface DeepseekOptions extends DeepseekEvalOptions {
   /** Latent dims per KV head of the equivalent mha2mla conversion: sets the KV budget with ropePairs. */
   rank: number;
   /** RoPE pairs per KV head of the equivalent mha2mla conversion (default head_dim/16). */
@@ -50,13 +50,37 @@ export interface DeepseekOptions {
   force?: boolean;
   /** Only validate and return the KV accounting; write nothing. */
   dryRun?: boolean;
-  /** Perplexity of the source and of the result on this text (report.json / report.md in the output). */
+}
+
+/** The evaluation (and device) settings both deepseek writers take: with evalText, the NLL of the source and of the result (report.json in the output). */
+export interface DeepseekEvalOptions {
   evalText?: string;
   evalTokens?: number;
   evalCtx?: number;
   device?: DeviceName;
   logger?: Logger;
   progress?: ProgressSink | null;
+}
+
+/** NLL (nats/token) of the source and of the written model on one text. */
+export interface BeforeAfter {
+  text: string;
+  tokens: number;
+  ctx: number;
+  before: number;
+  after: number;
+}
+
+/**
+ * Evaluates the source `srcDir` and the written folder `dir` (not yet committed) on o.evalText and
+ * writes report.json into `dir`; also returns both perplexities (for a Markdown report).
+ */
+export async function evalBeforeAfter(spec: string, srcDir: string, dir: string, out: string, o: DeepseekEvalOptions & { evalText: string }, kvPerToken: object): Promise<{ report: BeforeAfter; ppl: [number, number] }> {
+  const e = { text: o.evalText, tokens: o.evalTokens, ctx: o.evalCtx, device: o.device, progress: o.progress, logger: o.logger ?? silentLogger };
+  const [b, a] = [await evaluate(srcDir, e), await evaluate(dir, e)];
+  const report = { text: o.evalText, tokens: b.tokens!, ctx: b.ctx!, before: b.nll!, after: a.nll! };
+  fs.writeFileSync(path.join(dir, "report.json"), JSON.stringify({ source: spec, output: out, format: "deepseek_v3", ...report, nll_delta: a.nll! - b.nll!, kv_per_token_per_layer: kvPerToken }, null, 2) + "\n");
+  return { report, ppl: [b.ppl!, a.ppl!] };
 }
 
 export interface DeepseekResult {
@@ -70,8 +94,8 @@ export interface DeepseekResult {
   spacing: number;
   kvPerToken: { before: number; after: number; changePercent: number };
   energy: number[];
-  /** With evalText: NLL (nats/token) of the source and of the result. */
-  eval: { text: string; tokens: number; ctx: number; before: number; after: number } | null;
+  /** With evalText: NLL of the source and of the result. */
+  eval: BeforeAfter | null;
 }
 
 /**
@@ -203,15 +227,13 @@ export async function convertDeepseek(spec: string, o: DeepseekOptions): Promise
       path.join(tmp, "mla_conversion.json"),
       JSON.stringify({ tool: "mha2mla", format: "deepseek_v3", source: { model: spec, dir: srcDir }, settings: { rank: o.rank, rope_pairs: R, rope_dim: dr, kv_lora_rank: rk, svd_init: svdInit, balance_kv: o.balanceKv ?? true, calib: o.calib ?? null, interleave: o.interleave ?? true }, ladder: { spacing, frequencies: freqs, rope_theta: ropeTheta }, kv_per_token_per_layer: kvPerToken, retained_energy: energy, constant_channel_beta: betas, created: new Date().toISOString() }, null, 2) + "\n",
     );
-    let report: DeepseekResult["eval"] = null;
+    let report: BeforeAfter | null = null;
     if (o.evalText) {
-      const e = { text: o.evalText, tokens: o.evalTokens, ctx: o.evalCtx, device: o.device, progress: o.progress, logger: log };
-      const [b, a] = [await evaluate(srcDir, e), await evaluate(tmp, e)];
-      report = { text: o.evalText, tokens: b.tokens!, ctx: b.ctx!, before: b.nll!, after: a.nll! };
-      fs.writeFileSync(path.join(tmp, "report.json"), JSON.stringify({ source: spec, output: out, format: "deepseek_v3", ...report, nll_delta: a.nll! - b.nll!, kv_per_token_per_layer: kvPerToken }, null, 2) + "\n");
+      const r = await evalBeforeAfter(spec, srcDir, tmp, out, { ...o, evalText: o.evalText, logger: log }, kvPerToken);
+      report = r.report;
       fs.writeFileSync(
         path.join(tmp, "report.md"),
-        `# MHA → DeepSeek-V3 MLA conversion report\n\nSource: \`${spec}\` → \`${out}\`\n\n| | NLL | perplexity | KV elements per token and layer |\n| --- | --- | --- | --- |\n| original | ${b.nll!.toFixed(4)} | ${b.ppl!.toFixed(3)} | ${kvPerToken.before} |\n| converted | ${a.nll!.toFixed(4)} | ${a.ppl!.toFixed(3)} | ${kvPerToken.after} |\n\nText: \`${o.evalText}\`, ${b.tokens} tokens, ctx ${b.ctx}. Shared rope key ${dr} dims on frequencies ${freqs.join(", ")}; kv_lora_rank ${rk} (one constant channel).\n`,
+        `# MHA → DeepSeek-V3 MLA conversion report\n\nSource: \`${spec}\` → \`${out}\`\n\n| | NLL | perplexity | KV elements per token and layer |\n| --- | --- | --- | --- |\n| original | ${report.before.toFixed(4)} | ${r.ppl[0].toFixed(3)} | ${kvPerToken.before} |\n| converted | ${report.after.toFixed(4)} | ${r.ppl[1].toFixed(3)} | ${kvPerToken.after} |\n\nText: \`${o.evalText}\`, ${report.tokens} tokens, ctx ${report.ctx}. Shared rope key ${dr} dims on frequencies ${freqs.join(", ")}; kv_lora_rank ${rk} (one constant channel).\n`,
       );
     }
     commitOutDir(tmp, out, o.force ?? false);

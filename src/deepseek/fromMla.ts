@@ -27,17 +27,15 @@ import { headDimOrder, MlaAttention, ModelConfig } from "../model/config.js";
 export { checkExportSettings, exportLadder } from "./exportable.js";
 import { layerPrefix } from "../model/weights.js";
 import { checkOutDir } from "../convert/plan.js";
-import { evaluate } from "../eval/evaluate.js";
-import type { DeviceName } from "../backends/select.js";
-import { silentLogger, Logger } from "../util/log.js";
-import { Progress, ProgressSink } from "../util/progress.js";
+import { silentLogger } from "../util/log.js";
+import { Progress } from "../util/progress.js";
 import { constantChannel, ropeRow } from "./layer.js";
-import { roundingFor, writeDeepseekConfig } from "./export.js";
+import { BeforeAfter, DeepseekEvalOptions, evalBeforeAfter, roundingFor, writeDeepseekConfig } from "./export.js";
 import { FUSED_MLA, servingWarnings } from "./serving.js";
 import { checkExportSettings, exportLadder } from "./exportable.js";
 import { deepseekSpecs, planTensors, writePlanned } from "./stream.js";
 
-export interface ExportOptions {
+export interface ExportOptions extends DeepseekEvalOptions {
   /** Output folder (default ./NAME-deepseek next to the working directory). */
   out?: string;
   force?: boolean;
@@ -47,13 +45,6 @@ export interface ExportOptions {
   kvLoraRank?: number;
   /** qk_rope_head_dim ≥ 2 × the ladder's slots (default: exactly that); extra slots are zeros. */
   ropeDim?: number;
-  /** NLL of the source and of the export on this text (report.json in the output). */
-  evalText?: string;
-  evalTokens?: number;
-  evalCtx?: number;
-  device?: DeviceName;
-  logger?: Logger;
-  progress?: ProgressSink | null;
 }
 
 export interface ExportResult {
@@ -65,7 +56,7 @@ export interface ExportResult {
   spacing: number;
   ropeTheta: number;
   kvPerToken: { before: number; after: number };
-  eval: { text: string; tokens: number; ctx: number; before: number; after: number } | null;
+  eval: BeforeAfter | null;
 }
 
 function checkExportable(c: ModelConfig, dir: string): MlaAttention {
@@ -231,13 +222,7 @@ export async function exportDeepseek(spec: string, o: ExportOptions = {}): Promi
     copyModelSideFiles(srcDir, tmp);
     const manifest = { tool: "mha2mla", format: "deepseek_v3", exported_from: { model: spec, dir: srcDir, format: "mha2mla MLA" }, ladder: { spacing, slots, rope_theta: ropeTheta }, kv_per_token_per_layer: kvPerToken, created: new Date().toISOString() };
     fs.writeFileSync(path.join(tmp, "mla_conversion.json"), JSON.stringify(manifest, null, 2) + "\n");
-    let report: ExportResult["eval"] = null;
-    if (o.evalText) {
-      const e = { text: o.evalText, tokens: o.evalTokens, ctx: o.evalCtx, device: o.device, progress: o.progress, logger: log };
-      const [b, x] = [await evaluate(srcDir, e), await evaluate(tmp, e)];
-      report = { text: o.evalText, tokens: b.tokens!, ctx: b.ctx!, before: b.nll!, after: x.nll! };
-      fs.writeFileSync(path.join(tmp, "report.json"), JSON.stringify({ source: spec, output: out, format: "deepseek_v3", ...report, nll_delta: x.nll! - b.nll!, kv_per_token_per_layer: kvPerToken }, null, 2) + "\n");
-    }
+    const report = o.evalText ? (await evalBeforeAfter(spec, srcDir, tmp, out, { ...o, evalText: o.evalText, logger: log }, kvPerToken)).report : null;
     commitOutDir(tmp, out, o.force ?? false);
     tmp = null;
     return { out, ropeDim: dr, kvLoraRank: rk, nopeDim: dn, spacing, ropeTheta, kvPerToken, eval: report };

@@ -17,7 +17,7 @@ import { readHfConfig } from "../../src/io/hfConfig.js";
 import { MlaError } from "../../src/errors.js";
 import { pipeline } from "../../src/pipeline.js";
 import { inspectModel } from "../../src/eval/inspect.js";
-import { FIXTURES, GOLDEN, MODELS, tmpDir } from "../helpers.js";
+import { FIXTURES, GOLDEN, maxRelDiff, MODELS, tmpDir } from "../helpers.js";
 
 const CALIB = path.join(FIXTURES, "text", "tinystories.txt");
 const TEXT = path.join(FIXTURES, "text", "tinystories_25k.txt");
@@ -27,16 +27,6 @@ async function disjointConversion(strategy: "2-norm" | "uniform" = "2-norm"): Pr
   const out = path.join(tmpDir(), `mla-${strategy}`);
   await convert(path.join(MODELS, "stories260K"), { rank: 2, ropePairs: 1, ropeStrategy: strategy, ropeDisjoint: true, calib: strategy === "2-norm" ? CALIB : undefined, out, progress: null, device: "cpu" });
   return out;
-}
-
-function maxRelDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let diff = 0;
-  let scale = 0;
-  for (let i = 0; i < a.length; i++) {
-    diff = Math.max(diff, Math.abs(a[i]! - b[i]!));
-    scale = Math.max(scale, Math.abs(b[i]!));
-  }
-  return diff / scale;
 }
 
 function logits(dir: string): Float64Array {

@@ -11,17 +11,7 @@ import { paramNodes, trainableLeaves } from "../../src/model/params.js";
 import { Ops, Tape } from "../../src/tensor/autograd.js";
 import { activationBytes, checkFits } from "../../src/finetune/trainState.js";
 import { MlaError } from "../../src/errors.js";
-import { GOLDEN, tmpDir } from "../helpers.js";
-
-function maxRel(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let d = 0;
-  let s = 0;
-  for (let i = 0; i < a.length; i++) {
-    d = Math.max(d, Math.abs(a[i]! - b[i]!));
-    s = Math.max(s, Math.abs(b[i]!));
-  }
-  return d / Math.max(s, 1e-30);
-}
+import { GOLDEN, maxRelDiff, tmpDir } from "../helpers.js";
 
 function gradients(model: LlamaModel, ids: Int32Array, sequences: number, checkpoint: boolean, train: (p: string) => boolean) {
   const b = model.backend;
@@ -51,11 +41,11 @@ test("checkpointed layers give the plain tape's logits and gradients (all weight
     for (const train of [() => true, (p: string) => p.includes(".attn.")]) {
       const plain = gradients(model, ids, 2, false, train);
       const ckpt = gradients(model, ids, 2, true, train);
-      assert.ok(maxRel(ckpt.logits, plain.logits) < 1e-12, `${name}: logits`);
+      assert.ok(maxRelDiff(ckpt.logits, plain.logits) < 1e-12, `${name}: logits`);
       assert.equal(ckpt.grads.length, plain.grads.length);
       plain.grads.forEach((p, i) => {
         assert.equal(ckpt.grads[i]!.path, p.path);
-        assert.ok(maxRel(ckpt.grads[i]!.g, p.g) < 1e-12, `${name}: ${p.path} differs by ${maxRel(ckpt.grads[i]!.g, p.g)}`);
+        assert.ok(maxRelDiff(ckpt.grads[i]!.g, p.g) < 1e-12, `${name}: ${p.path} differs by ${maxRelDiff(ckpt.grads[i]!.g, p.g)}`);
       });
     }
   }
