@@ -52,6 +52,27 @@
 #ifndef MLA_MMA_BWD_KM
 #define MLA_MMA_BWD_KM 1
 #endif
+// MLA_MMA_FOLD_SCALE: the softmax scale rides in the exponent's FMA (max over raw scores, exp2(s·c − m·c))
+// and the backward's dS leaves it to the final dQ/dK store: one multiply fewer per score element.
+#ifndef MLA_MMA_FOLD_SCALE
+#define MLA_MMA_FOLD_SCALE 1
+#endif
+// MLA_MMA_LEAN (default 1): the per-tile bookkeeping in 32-bit offsets — tile copies whose addresses
+// step by constants, masks from one precomputed row-key distance, and a branch-free elementwise pass on
+// fully visible tiles — where 0 is the previous code (64-bit index arithmetic and a per-element branch,
+// which ncu showed at over half the backward's instructions).
+#ifndef MLA_MMA_LEAN
+#define MLA_MMA_LEAN 1
+#endif
+// Blocks per SM the kernels of small heads (Dh + Dv ≤ 128) are compiled for (__launch_bounds__'s
+// minimum; 0 leaves it unset). Unset, the forward takes ~130 registers (three blocks per SM); 4 caps it
+// at 128 (four blocks, a few bytes of spill); 1–3 let it use ~165 for more overlap at three blocks.
+#ifndef MLA_MMA_FWD_MINB
+#define MLA_MMA_FWD_MINB 0
+#endif
+#ifndef MLA_MMA_BWD_MINB
+#define MLA_MMA_BWD_MINB 0
+#endif
 
 using mla::ctx;
 using bf16 = __nv_bfloat16;
@@ -85,6 +106,13 @@ __device__ __forceinline__ int64_t tile_index(bool reverse) {
 }
 __device__ __forceinline__ int64_t head_index() { return MLA_MMA_HEADS_FAST ? blockIdx.x : blockIdx.y; }
 dim3 grid_of(int64_t tiles, int64_t heads) { return MLA_MMA_HEADS_FAST ? dim3((unsigned)heads, (unsigned)tiles) : dim3((unsigned)tiles, (unsigned)heads); }
+// grid.y holds at most 65,535 blocks (grid.x 2³¹ − 1): with the tiles on y, T ≤ 4M rows.
+mla_status check_grid(int64_t tiles, int64_t heads) {
+  const int64_t y = MLA_MMA_HEADS_FAST ? tiles : heads, x = MLA_MMA_HEADS_FAST ? heads : tiles;
+  if (y > 65535 || x > 2147483647)
+    return MLA_FAIL(MLA_ERR_ARGUMENT, "attention_mma: " + std::to_string(tiles) + " tiles × " + std::to_string(heads) + " (batch · head) blocks exceed the CUDA grid (65,535 on y); split the batch or the sequence");
+  return MLA_OK;
+}
 
 // Four 8×8 bf16 matrices from shared memory (lane i gives the address of a row of matrix i / 8);
 // `trans` delivers each transposed.
@@ -191,24 +219,43 @@ __device__ __forceinline__ void mma_a_mt(float (*acc)[N / 8][4], const uint32_t 
 // [R][D+PAD]; rows ≥ valid become zeros. D is a multiple of 8: one 16-byte copy per 8 columns.
 template <int D, int R>
 __device__ __forceinline__ void load_rows(bf16* sm, const bf16* g, int64_t ld, int64_t valid) {
-  constexpr int V = D / 8;
-  for (int i = threadIdx.x; i < R * V; i += blockDim.x) {
-    const int r = i / V, c = (i % V) * 8;
-    const bool ok = r < valid;
-    cp16(sm + r * (D + PAD) + c, ok ? g + r * ld + c : g, ok);
+  constexpr int V = D / 8, N = R * V, NT = WARPS * 32;
+  if constexpr (MLA_MMA_LEAN && NT % V == 0) {
+    // Each thread copies the same column of rows r0, r0 + NT/V, …: the offsets step by constants.
+    const int vr = valid < R ? (int)max(valid, (int64_t)0) : R;
+    const int tid = (int)threadIdx.x, r0 = tid / V, c = (tid % V) * 8, ld32 = (int)ld;
+#pragma unroll
+    for (int it = 0; it < (N + NT - 1) / NT; it++) {
+      if (N % NT != 0 && tid + it * NT >= N) break;
+      const int r = r0 + it * (NT / V);
+      const bool ok = r < vr;
+      cp16(sm + r * (D + PAD) + c, g + (ok ? r * ld32 + c : 0), ok);
+    }
+  } else {
+    for (int i = threadIdx.x; i < N; i += blockDim.x) {
+      const int r = i / V, c = (i % V) * 8;
+      const bool ok = r < valid;
+      cp16(sm + r * (D + PAD) + c, ok ? g + r * ld + c : g, ok);
+    }
   }
 }
 
 __device__ __forceinline__ bool visible(int64_t key, int64_t pos, int64_t S, int64_t window) {
   return key <= pos && key < S && (window <= 0 || key > pos - window);
 }
+// The same test in 32-bit tile offsets (MLA_MMA_LEAN): rel = query position − key, `key` the key's
+// index in its tile, `keys` the keys of the tile that exist (S − first key), `win` the window or
+// INT_MAX; no short-circuit, so it compiles to predicates rather than branches.
+__device__ __forceinline__ bool sees(int rel, int key, int keys, int win) { return (rel >= 0) & (rel < win) & (key < keys); }
+__device__ __forceinline__ int clamp32(int64_t x) { return (int)max((int64_t)-2147483647, min(x, (int64_t)2147483647)); }
+__device__ __forceinline__ int window32(int64_t window) { return window > 0 ? clamp32(window) : 2147483647; }
 
 // Forward. grid (grid_of: ⌈T/(ROWS·MT)⌉ tiles, B·H): each warp owns MT m-tiles of 16 query rows. Writes o (float32)
 // and, when `lse` is set, the row log-sum-exp in the log2 domain (+∞ for a row with no visible key, so
 // the backward's probabilities come out 0), [B·H, T]. In prep mode (dout set) it writes instead of o
 // that lse and δ = Σ dout·o. Key/value tiles (KT keys) are double-buffered.
 template <int DH, int DV, int MT, int KT>
-__global__ void __launch_bounds__(WARPS * 32) k_forward(const bf16* q, const bf16* k, const bf16* v, float* o, const float* dout, float* lse, float* delta, int64_t T, int64_t S, int H, int Hkv, float scale2, int64_t off, int64_t window) {
+__global__ void __launch_bounds__(WARPS * 32, DH + DV <= 128 ? MLA_MMA_FWD_MINB : 0) k_forward(const bf16* q, const bf16* k, const bf16* v, float* o, const float* dout, float* lse, float* delta, int64_t T, int64_t S, int H, int Hkv, float scale2, int64_t off, int64_t window) {
   constexpr int QROWS = ROWS * MT;  // queries of the block
   extern __shared__ __align__(16) unsigned char smem[];
   bf16* Qs = reinterpret_cast<bf16*>(smem);  // [QROWS queries][DH+PAD]
@@ -254,27 +301,52 @@ __global__ void __launch_bounds__(WARPS * 32) k_forward(const bf16* q, const bf1
     if (!(s0 > w0 + 16 * MT - 1 + off || (window > 0 && s0 + KT - 1 <= w0 + off - window))) {  // some key of the tile is visible to the warp
       float s[MT][KT / 8][4] = {};
       mma_as<DH, KT, MT>(s, qf, kt, DH + PAD, lane);
+      // FOLD: m holds raw-score maxima (the scale is positive, so the max commutes with it) and the
+      // scale joins the exponent's FMA; otherwise the scores are scaled first.
+      constexpr float unit = 1.f;
+      const float c = MLA_MMA_FOLD_SCALE ? scale2 : unit;
 #pragma unroll
       for (int i = 0; i < MT; i++) {
         const int64_t m0 = w0 + 16 * i, r0 = m0 + g, r1 = r0 + 8;  // this m-tile's first row, this thread's rows
         const bool whole = s0 + KT - 1 <= m0 + off && s0 + KT <= S && (window <= 0 || s0 > m0 + 15 + off - window);
         float mx[2] = {m[i][0], m[i][1]};
+        if (MLA_MMA_LEAN && whole) {
 #pragma unroll
-        for (int j = 0; j < KT / 8; j++)
+          for (int j = 0; j < KT / 8; j++)
 #pragma unroll
-          for (int e = 0; e < 4; e++) {
-            float x = s[i][j][e] * scale2;
-            if (!whole && !visible(s0 + j * 8 + tq * 2 + (e & 1), (e < 2 ? r0 : r1) + off, S, window)) x = -INFINITY;
-            s[i][j][e] = x;
-            mx[e >> 1] = fmaxf(mx[e >> 1], x);
-          }
+            for (int e = 0; e < 4; e++) {
+              if (!MLA_MMA_FOLD_SCALE) s[i][j][e] *= scale2;
+              mx[e >> 1] = fmaxf(mx[e >> 1], s[i][j][e]);
+            }
+        } else if (MLA_MMA_LEAN) {
+          // rel of element (j, e): the row's position minus the key, r0 + 8·(e ≥ 2) + off − (s0 + 8j + 2tq + e mod 2).
+          const int rel0 = clamp32(r0 + off - s0) - tq * 2, keys = clamp32(S - s0) - tq * 2, win = window32(window);
+#pragma unroll
+          for (int j = 0; j < KT / 8; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+              const float x = MLA_MMA_FOLD_SCALE ? s[i][j][e] : s[i][j][e] * scale2;
+              s[i][j][e] = sees(rel0 + (e >> 1) * 8 - j * 8 - (e & 1), j * 8 + (e & 1), keys, win) ? x : -INFINITY;
+              mx[e >> 1] = fmaxf(mx[e >> 1], s[i][j][e]);
+            }
+        } else {
+#pragma unroll
+          for (int j = 0; j < KT / 8; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+              float x = MLA_MMA_FOLD_SCALE ? s[i][j][e] : s[i][j][e] * scale2;
+              if (!whole && !visible(s0 + j * 8 + tq * 2 + (e & 1), (e < 2 ? r0 : r1) + off, S, window)) x = -INFINITY;
+              s[i][j][e] = x;
+              mx[e >> 1] = fmaxf(mx[e >> 1], x);
+            }
+        }
         float base[2];
 #pragma unroll
         for (int r = 0; r < 2; r++) {
           mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
           mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-          base[r] = mx[r] == -INFINITY ? 0.f : mx[r];
-          const float alpha = ex2(m[i][r] - base[r]);
+          base[r] = mx[r] == -INFINITY ? 0.f : mx[r] * c;
+          const float alpha = ex2(fmaf(m[i][r], c, -base[r]));
           m[i][r] = mx[r];
           l[i][r] *= alpha;
 #pragma unroll
@@ -284,33 +356,13 @@ __global__ void __launch_bounds__(WARPS * 32) k_forward(const bf16* q, const bf1
         for (int j = 0; j < KT / 8; j++)
 #pragma unroll
           for (int e = 0; e < 4; e++) {
-            const float p = ex2(s[i][j][e] - base[e >> 1]);
+            const float p = ex2(fmaf(s[i][j][e], c, -base[e >> 1]));
             s[i][j][e] = p;
             l[i][e >> 1] += p;
           }
       }
       // acc_i += P_i·V: the score accumulators of two adjacent n-tiles are the m16k16 A fragment.
-#pragma unroll
-      for (int kk = 0; kk < KT / 16; kk++) {
-        uint32_t pf[MT][4];
-#pragma unroll
-        for (int i = 0; i < MT; i++) {
-          pf[i][0] = pack(s[i][2 * kk][0], s[i][2 * kk][1]);
-          pf[i][1] = pack(s[i][2 * kk][2], s[i][2 * kk][3]);
-          pf[i][2] = pack(s[i][2 * kk + 1][0], s[i][2 * kk + 1][1]);
-          pf[i][3] = pack(s[i][2 * kk + 1][2], s[i][2 * kk + 1][3]);
-        }
-#pragma unroll
-        for (int j = 0; j < DV / 16; j++) {
-          uint32_t bf[4];
-          frag_b_kn(bf, vt, DV + PAD, j * 16, kk * 16, lane);
-#pragma unroll
-          for (int i = 0; i < MT; i++) {
-            mma(acc[i][2 * j], pf[i], bf[0], bf[1]);
-            mma(acc[i][2 * j + 1], pf[i], bf[2], bf[3]);
-          }
-        }
-      }
+      mma_rs_mt<KT, DV, MT>(acc, s, vt, DV + PAD, lane);
     }
     __syncthreads();  // the buffer is consumed before the next prefetch overwrites it
   }
@@ -329,7 +381,7 @@ __global__ void __launch_bounds__(WARPS * 32) k_forward(const bf16* q, const bf1
         float* out = o + ((b * T + rows[r]) * H + h) * DV + tq * 2;
 #pragma unroll
         for (int j = 0; j < DV / 8; j++) *reinterpret_cast<float2*>(out + j * 8) = make_float2(acc[i][j][2 * r] * inv, acc[i][j][2 * r + 1] * inv);
-        if (lse && tq == 0) lse[at] = l[i][r] > 0 ? m[i][r] + log2f(l[i][r]) : INFINITY;
+        if (lse && tq == 0) lse[at] = l[i][r] > 0 ? m[i][r] * (MLA_MMA_FOLD_SCALE ? scale2 : 1.f) + log2f(l[i][r]) : INFINITY;
         continue;
       }
       float dot = 0;
@@ -341,7 +393,7 @@ __global__ void __launch_bounds__(WARPS * 32) k_forward(const bf16* q, const bf1
       dot += __shfl_xor_sync(0xffffffffu, dot, 1);
       dot += __shfl_xor_sync(0xffffffffu, dot, 2);
       if (tq == 0 && rows[r] < T) {
-        lse[at] = l[i][r] > 0 ? m[i][r] + log2f(l[i][r]) : INFINITY;
+        lse[at] = l[i][r] > 0 ? m[i][r] * (MLA_MMA_FOLD_SCALE ? scale2 : 1.f) + log2f(l[i][r]) : INFINITY;
         delta[at] = dot * inv;
       }
     }
@@ -373,7 +425,7 @@ __device__ __forceinline__ void row_stats(const float* lse, const float* delta, 
 // dQ. grid (grid_of: ⌈T/(ROWS·KM)⌉ tiles, B·H): per query tile (each warp KM m-tiles of 16 rows), over the key tiles
 // it sees (double-buffered): P = exp2(scale2·QKᵀ − lse), dS = P ∘ (dO·Vᵀ − δ)·scale, dQ += dS·K.
 template <int DH, int DV, int KM>
-__global__ void __launch_bounds__(WARPS * 32) k_backward_dq(const bf16* q, const bf16* k, const bf16* v, const bf16* dout, const float* lse, const float* delta, float* dq, int64_t T, int64_t S, int H, int Hkv, float scale, float scale2, int64_t off, int64_t window) {
+__global__ void __launch_bounds__(WARPS * 32, DH + DV <= 128 ? MLA_MMA_BWD_MINB : 0) k_backward_dq(const bf16* q, const bf16* k, const bf16* v, const bf16* dout, const float* lse, const float* delta, float* dq, int64_t T, int64_t S, int H, int Hkv, float scale, float scale2, int64_t off, int64_t window) {
   constexpr int QROWS = ROWS * KM;  // queries of the block
   extern __shared__ __align__(16) unsigned char smem[];
   bf16* Qs = reinterpret_cast<bf16*>(smem);  // [QROWS queries][DH+PAD]
@@ -430,21 +482,38 @@ __global__ void __launch_bounds__(WARPS * 32) k_backward_dq(const bf16* q, const
         const int64_t m0 = w0 + 16 * i, r0 = m0 + g;
         // Every key of the tile visible to every row of the m-tile (most tiles): no per-element mask.
         const bool whole = s0 + ROWS - 1 <= m0 + off && s0 + ROWS <= S && (window <= 0 || s0 > m0 + 15 + off - window);
+        if (MLA_MMA_LEAN) {
+          // As in the forward: rel = r0 + 8·(e ≥ 2) + off − (s0 + 8j + 2tq + e mod 2); fully visible tiles skip the test.
+          const int rel0 = clamp32(r0 + off - s0) - tq * 2, keys = whole ? 2147483647 : clamp32(S - s0) - tq * 2;
+          const int win = whole ? 2147483647 : window32(window), low = whole ? -2147483647 : 0;
 #pragma unroll
-        for (int j = 0; j < ROWS / 8; j++)
+          for (int j = 0; j < ROWS / 8; j++)
 #pragma unroll
-          for (int e = 0; e < 4; e++) {
-            const int r = e >> 1;
-            const bool ok = whole || visible(s0 + j * 8 + tq * 2 + (e & 1), r0 + 8 * r + off, S, window);
-            const float pr = ok ? ex2(fmaf(p[i][j][e], scale2, -L[i][r])) : 0.f;
-            p[i][j][e] = pr * (dp[i][j][e] - D[i][r]) * scale;  // dS
-          }
+            for (int e = 0; e < 4; e++) {
+              const int r = e >> 1, rel = rel0 + r * 8 - j * 8 - (e & 1);
+              const float pr = ex2(fmaf(p[i][j][e], scale2, -L[i][r]));
+              const bool ok = (rel >= low) & (rel < win) & (j * 8 + (e & 1) < keys);
+              const float ds = MLA_MMA_FOLD_SCALE ? pr * (dp[i][j][e] - D[i][r]) : pr * (dp[i][j][e] - D[i][r]) * scale;  // dS (FOLD: ÷ scale)
+              p[i][j][e] = ok ? ds : 0.f;
+            }
+        } else {
+#pragma unroll
+          for (int j = 0; j < ROWS / 8; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+              const int r = e >> 1;
+              const bool ok = whole || visible(s0 + j * 8 + tq * 2 + (e & 1), r0 + 8 * r + off, S, window);
+              const float pr = ok ? ex2(fmaf(p[i][j][e], scale2, -L[i][r])) : 0.f;
+              p[i][j][e] = MLA_MMA_FOLD_SCALE ? pr * (dp[i][j][e] - D[i][r]) : pr * (dp[i][j][e] - D[i][r]) * scale;  // dS (FOLD: ÷ scale)
+            }
+        }
       }
       mma_rs_mt<ROWS, DH, KM>(acc, p, kt, DH + PAD, lane);
     }
     __syncthreads();
   }
   cp_wait<0>();
+  const float fin = MLA_MMA_FOLD_SCALE ? scale : 1.f;  // the scale dS left out
 #pragma unroll
   for (int i = 0; i < KM; i++)
 #pragma unroll
@@ -453,7 +522,7 @@ __global__ void __launch_bounds__(WARPS * 32) k_backward_dq(const bf16* q, const
       if (row >= T) continue;
       float* out = dq + ((b * T + row) * H + h) * DH + tq * 2;
 #pragma unroll
-      for (int j = 0; j < DH / 8; j++) *reinterpret_cast<float2*>(out + j * 8) = make_float2(acc[i][j][2 * r], acc[i][j][2 * r + 1]);
+      for (int j = 0; j < DH / 8; j++) *reinterpret_cast<float2*>(out + j * 8) = make_float2(acc[i][j][2 * r] * fin, acc[i][j][2 * r + 1] * fin);
     }
 }
 
@@ -461,7 +530,7 @@ __global__ void __launch_bounds__(WARPS * 32) k_backward_dq(const bf16* q, const
 // query heads of the group and the query tiles that see it (QR rows at a time, double-buffered), in
 // transposed form: Pᵀ = exp2(scale2·K·Qᵀ − lse), dV += Pᵀ·dO, dSᵀ = Pᵀ ∘ (V·dOᵀ − δ)·scale, dK += dSᵀ·Q.
 template <int DH, int DV, int QR, int KM>
-__global__ void __launch_bounds__(WARPS * 32) k_backward_dkdv(const bf16* q, const bf16* k, const bf16* v, const bf16* dout, const float* lse, const float* delta, float* dk, float* dv, int64_t T, int64_t S, int H, int Hkv, float scale, float scale2, int64_t off, int64_t window) {
+__global__ void __launch_bounds__(WARPS * 32, DH + DV <= 128 ? MLA_MMA_BWD_MINB : 0) k_backward_dkdv(const bf16* q, const bf16* k, const bf16* v, const bf16* dout, const float* lse, const float* delta, float* dk, float* dv, int64_t T, int64_t S, int H, int Hkv, float scale, float scale2, int64_t off, int64_t window) {
   constexpr int KROWS = ROWS * KM;  // keys of the block
   extern __shared__ __align__(16) unsigned char smem[];
   bf16* Ks = reinterpret_cast<bf16*>(smem);  // [KROWS keys][DH+PAD]
@@ -518,16 +587,37 @@ __global__ void __launch_bounds__(WARPS * 32) k_backward_dkdv(const bf16* q, con
         const int64_t m0 = w0 + 16 * i, c0 = m0 + g;
         // Every query of the tile sees every key of the m-tile (most tiles): no per-element mask.
         const bool whole = m0 + 15 <= t0 + off && m0 + 15 < S && (window <= 0 || m0 > t0 + QR - 1 + off - window);
+        if (MLA_MMA_LEAN) {
+          // Rows are keys c0, c0 + 8 and columns queries: rel = t0 + 8j + 2tq + e mod 2 + off − (c0 + 8·(e ≥ 2)).
+          const int rel0 = clamp32(t0 + off - c0) + tq * 2;
+          const int win = whole ? 2147483647 : window32(window), low = whole ? -2147483647 : 0;
+          const bool key0 = whole || c0 < S, key1 = whole || c0 + 8 < S;
 #pragma unroll
-        for (int j = 0; j < QR / 8; j++)
+          for (int j = 0; j < QR / 8; j++) {
+            const float2 lj = *reinterpret_cast<const float2*>(Lt + j * 8 + tq * 2);  // the two query columns of this thread
+            const float2 dj = *reinterpret_cast<const float2*>(Dt + j * 8 + tq * 2);
 #pragma unroll
-          for (int e = 0; e < 4; e++) {
-            const int col = j * 8 + tq * 2 + (e & 1);
-            const bool ok = whole || visible(e < 2 ? c0 : c0 + 8, t0 + col + off, S, window);
-            const float pr = ok ? ex2(fmaf(p[i][j][e], scale2, -Lt[col])) : 0.f;
-            p[i][j][e] = pr;
-            dp[i][j][e] = pr * (dp[i][j][e] - Dt[col]) * scale;  // dSᵀ
+            for (int e = 0; e < 4; e++) {
+              const int rel = rel0 + j * 8 + (e & 1) - (e >> 1) * 8;
+              const float pr = ex2(fmaf(p[i][j][e], scale2, -((e & 1) ? lj.y : lj.x)));
+              const bool ok = (rel >= low) & (rel < win) & (e < 2 ? key0 : key1);
+              const float ds = MLA_MMA_FOLD_SCALE ? pr * (dp[i][j][e] - ((e & 1) ? dj.y : dj.x)) : pr * (dp[i][j][e] - ((e & 1) ? dj.y : dj.x)) * scale;  // dSᵀ (FOLD: ÷ scale)
+              p[i][j][e] = ok ? pr : 0.f;
+              dp[i][j][e] = ok ? ds : 0.f;
+            }
           }
+        } else {
+#pragma unroll
+          for (int j = 0; j < QR / 8; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+              const int col = j * 8 + tq * 2 + (e & 1);
+              const bool ok = whole || visible(e < 2 ? c0 : c0 + 8, t0 + col + off, S, window);
+              const float pr = ok ? ex2(fmaf(p[i][j][e], scale2, -Lt[col])) : 0.f;
+              p[i][j][e] = pr;
+              dp[i][j][e] = MLA_MMA_FOLD_SCALE ? pr * (dp[i][j][e] - Dt[col]) : pr * (dp[i][j][e] - Dt[col]) * scale;  // dSᵀ (FOLD: ÷ scale)
+            }
+        }
       }
       mma_rs_mt<QR, DV, KM>(dva, p, dt, DV + PAD, lane);
       mma_rs_mt<QR, DH, KM>(dka, dp, qt, DH + PAD, lane);
@@ -535,6 +625,7 @@ __global__ void __launch_bounds__(WARPS * 32) k_backward_dkdv(const bf16* q, con
     __syncthreads();
   }
   cp_wait<0>();
+  const float fin = MLA_MMA_FOLD_SCALE ? scale : 1.f;  // the scale dSᵀ left out
 #pragma unroll
   for (int i = 0; i < KM; i++)
 #pragma unroll
@@ -544,7 +635,7 @@ __global__ void __launch_bounds__(WARPS * 32) k_backward_dkdv(const bf16* q, con
       float* ko = dk + ((b * S + key) * Hkv + kh) * DH + tq * 2;
       float* vo = dv + ((b * S + key) * Hkv + kh) * DV + tq * 2;
 #pragma unroll
-      for (int j = 0; j < DH / 8; j++) *reinterpret_cast<float2*>(ko + j * 8) = make_float2(dka[i][j][2 * r], dka[i][j][2 * r + 1]);
+      for (int j = 0; j < DH / 8; j++) *reinterpret_cast<float2*>(ko + j * 8) = make_float2(dka[i][j][2 * r] * fin, dka[i][j][2 * r + 1] * fin);
 #pragma unroll
       for (int j = 0; j < DV / 8; j++) *reinterpret_cast<float2*>(vo + j * 8) = make_float2(dva[i][j][2 * r], dva[i][j][2 * r + 1]);
     }
@@ -578,7 +669,9 @@ mla_status forward(const bf16* q, const bf16* k, const bf16* v, float* o, const 
   constexpr int MT = forward_mtiles(DH, DV), KT = forward_keys(DH, DV);
   const size_t smem = forward_smem(DH, DV);
   if (mla_status e = allow_smem(k_forward<DH, DV, MT, KT>, smem)) return e;
-  const dim3 grid = grid_of((p.T + ROWS * MT - 1) / (ROWS * MT), p.B * p.H);
+  const int64_t tiles = (p.T + ROWS * MT - 1) / (ROWS * MT);
+  if (mla_status e = check_grid(tiles, p.B * p.H)) return e;
+  const dim3 grid = grid_of(tiles, p.B * p.H);
   k_forward<DH, DV, MT, KT><<<grid, WARPS * 32, smem, ctx()->stream>>>(q, k, v, o, dout, lse, delta, p.T, p.S, p.H, p.Hkv, p.scale * LOG2E, p.off, p.window);
   KERNEL_CHECK();
   return MLA_OK;
@@ -591,6 +684,8 @@ mla_status backward(const bf16* q, const bf16* k, const bf16* v, const bf16* dou
   if (mla_status e = allow_smem(k_backward_dq<DH, DV, KM>, s1)) return e;
   if (mla_status e = allow_smem(k_backward_dkdv<DH, DV, QR, KM>, s2)) return e;
   const float s2l = p.scale * LOG2E;
+  if (mla_status e = check_grid((p.T + ROWS * KM - 1) / (ROWS * KM), p.B * p.H)) return e;
+  if (mla_status e = check_grid((p.S + ROWS * KM - 1) / (ROWS * KM), p.B * p.Hkv)) return e;
   k_backward_dq<DH, DV, KM><<<grid_of((p.T + ROWS * KM - 1) / (ROWS * KM), p.B * p.H), WARPS * 32, s1, ctx()->stream>>>(q, k, v, dout, lse, delta, dq, p.T, p.S, p.H, p.Hkv, p.scale, s2l, p.off, p.window);
   KERNEL_CHECK();
   k_backward_dkdv<DH, DV, QR, KM><<<grid_of((p.S + ROWS * KM - 1) / (ROWS * KM), p.B * p.Hkv), WARPS * 32, s2, ctx()->stream>>>(q, k, v, dout, lse, delta, dk, dv, p.T, p.S, p.H, p.Hkv, p.scale, s2l, p.off, p.window);
@@ -611,6 +706,7 @@ bool attention_mma_dims(int64_t Dh, int64_t Dv) {
 }
 
 mla_status attention_mma(const void* q, const void* k, const void* v, float* o, float* lse, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window) {
+  if (!(scale > 0)) return MLA_FAIL(MLA_ERR_ARGUMENT, "attention_mma: the softmax scale must be positive (the kernels take the row maximum of unscaled scores), got " + std::to_string(scale));
   const Problem p{B, T, S, (int)H, (int)Hkv, scale, off, window};
   auto* Q = (const bf16*)q;
   auto* K = (const bf16*)k;
@@ -623,6 +719,7 @@ mla_status attention_mma(const void* q, const void* k, const void* v, float* o, 
 }
 
 mla_status attention_mma_backward(const void* q, const void* k, const void* v, const void* dout_bf16, const float* dout, const float* o, const float* saved_lse, float* lse, float* delta, float* dq, float* dk, float* dv, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window) {
+  if (!(scale > 0)) return MLA_FAIL(MLA_ERR_ARGUMENT, "attention_mma_backward: the softmax scale must be positive, got " + std::to_string(scale));
   const Problem p{B, T, S, (int)H, (int)Hkv, scale, off, window};
   auto* Q = (const bf16*)q;
   auto* K = (const bf16*)k;
