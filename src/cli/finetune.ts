@@ -11,6 +11,7 @@ import type { DeviceName } from "../backends/select.js";
 interface Args {
   model: string;
   data: string[];
+  "token-cache"?: string;
   out: string;
   force: boolean;
   resume: boolean;
@@ -46,6 +47,7 @@ export const finetuneCommand: CommandModule<object, Args> = {
     y
       .positional("model", { type: "string", demandOption: true, describe: "the (converted) model to train" })
       .option("data", { type: "string", array: true, demandOption: true, describe: "text files or .jsonl with a text field" })
+      .option("token-cache", { type: "string", describe: "folder where the tokenized --data is kept and reused by later runs (tokenize a large corpus once)" })
       .option("out", { type: "string", demandOption: true, describe: "run folder: checkpoint/, train_log.jsonl, then the trained model" })
       .option("force", { type: "boolean", default: false, describe: "start over in an existing --out" })
       .option("resume", { type: "boolean", default: false, describe: "continue the interrupted run in --out exactly" })
@@ -77,6 +79,7 @@ export const finetuneCommand: CommandModule<object, Args> = {
     try {
       const r = await finetune(a.model, {
         data: a.data,
+        tokenCache: a["token-cache"],
         out: a.out,
         force: a.force,
         resume: a.resume,

@@ -4,11 +4,17 @@
  * last `valFraction` of the stream is held out for validation; `fraction` keeps only the first part
  * of the training tokens. Training sequences are non-overlapping [BOS] + (seq−1) consecutive
  * tokens, visited in a seeded random order that is reshuffled every epoch.
+ *
+ * A large file is tokenized in pieces on worker threads (io/encodeLong.ts: same ids as one encode)
+ * into Int32Arrays, and with a cache folder its stream is stored once and reused (tokenCache.ts).
  */
 import { readTextFile } from "../io/text.js";
 import { MlaError, ioError } from "../errors.js";
+import { encodeTexts, type EncodeLongOptions } from "../io/encodeLong.js";
 import type { TextTokenizer } from "../io/tokenizer.js";
+import { silentLogger, type Logger } from "../util/log.js";
 import { Rng } from "./rng.js";
+import { readTokenCache, tokenCacheFile, writeTokenCache } from "./tokenCache.js";
 
 export interface DataOptions {
   valFraction: number;
@@ -17,6 +23,12 @@ export interface DataOptions {
   seq: number;
   bos: number;
   eos: number | null;
+  /** Folder of cached token streams, one per data file (needs a tokenizer that knows its folder); none: tokenize every time. */
+  cacheDir?: string;
+  /** Receives the tokenizing progress and cache hits. */
+  logger?: Logger;
+  /** Piece size and threads of the tokenizing (defaults suit a corpus; tests force small values). */
+  encode?: Omit<EncodeLongOptions, "logger" | "label">;
 }
 
 export interface TrainingData {
@@ -52,25 +64,63 @@ export function readDocuments(file: string): string[] {
   return docs;
 }
 
-export function loadTrainingData(tokenizer: TextTokenizer, files: string[], o: DataOptions): TrainingData {
+export async function loadTrainingData(tokenizer: TextTokenizer, files: string[], o: DataOptions): Promise<TrainingData> {
   if (files.length === 0) throw new MlaError("BAD_ARGUMENT", "no --data files given", "pass --data FILE (text or .jsonl with a text field)");
   if (!Number.isInteger(o.seq) || o.seq < 2) throw new MlaError("BAD_ARGUMENT", `--seq ${o.seq} is too small`, "use at least 2 (BOS + one token)");
   if (!(o.valFraction >= 0 && o.valFraction < 1)) throw new MlaError("BAD_ARGUMENT", `--val-fraction ${o.valFraction} is outside [0, 1)`, "e.g. 0.1 holds out the last 10% of the tokens");
   const fraction = o.fraction ?? 1;
   if (!(fraction > 0 && fraction <= 1)) throw new MlaError("BAD_ARGUMENT", `--fraction ${fraction} is outside (0, 1]`, "e.g. 0.01 trains on the first 1% of the data");
-  const stream: number[] = [];
-  for (const f of files)
-    for (const d of readDocuments(f)) {
-      if (stream.length && o.eos !== null && d.length) stream.push(o.eos);
-      for (const id of tokenizer.encode(d)) stream.push(id);
-    }
+  const streams: Int32Array[] = [];
+  for (const f of files) streams.push(await fileTokens(tokenizer, f, o));
+  const stream = joinWith(streams, o.eos);
   if (stream.length === 0) throw new MlaError("BAD_TEXT", `the training data (${files.join(", ")}) holds no tokens`, "pass non-empty text");
   const cut = Math.floor(stream.length * (1 - o.valFraction));
-  const train = Int32Array.from(stream.slice(0, Math.floor(cut * fraction)));
-  const val = Int32Array.from(stream.slice(cut));
+  // Views of the one stream: no copies of a corpus-sized array.
+  const train = stream.subarray(0, Math.floor(cut * fraction));
+  const val = stream.subarray(cut);
   const sequences = Math.floor(train.length / (o.seq - 1));
   if (sequences < 1) throw new MlaError("BAD_TEXT", `the training part of the data has ${train.length} tokens, fewer than one sequence of ${o.seq - 1} (+BOS)`, "pass more data or a smaller --seq");
   return { train, val, sequences, seq: o.seq, bos: o.bos };
+}
+
+/** The token stream of one data file: its documents' ids joined by EOS (when the model has one); from the cache when there. */
+async function fileTokens(tokenizer: TextTokenizer, file: string, o: DataOptions): Promise<Int32Array> {
+  const log = o.logger ?? silentLogger;
+  let cacheFile: string | null = null;
+  if (o.cacheDir && tokenizer.dir) {
+    try {
+      cacheFile = tokenCacheFile(o.cacheDir, tokenizer.dir, file, { eos: o.eos, bos: o.bos });
+    } catch (e) {
+      throw ioError("cannot read data", file, e);
+    }
+    const cached = readTokenCache(cacheFile);
+    if (cached) {
+      log.info(`${file}: ${cached.length.toLocaleString("en-US")} tokens from the token cache ${cacheFile}`);
+      return cached;
+    }
+  }
+  const docs = readDocuments(file).filter((d) => d.length > 0);
+  const ids = joinWith(await encodeTexts(tokenizer, docs, { ...o.encode, logger: log, label: file }), o.eos);
+  if (cacheFile) writeTokenCache(cacheFile, ids);
+  return ids;
+}
+
+/**
+ * `parts` (token streams) concatenated into one Int32Array, with `sep` between consecutive non-empty
+ * parts (nothing when null). A single non-empty part is returned as is.
+ */
+function joinWith(parts: Int32Array[], sep: number | null): Int32Array {
+  const kept = parts.filter((p) => p.length > 0);
+  if (kept.length === 1) return kept[0]!;
+  const gap = sep === null ? 0 : 1;
+  const out = new Int32Array(kept.reduce((n, p) => n + p.length, 0) + gap * Math.max(0, kept.length - 1));
+  let at = 0;
+  kept.forEach((p, i) => {
+    if (i > 0 && sep !== null) out[at++] = sep;
+    out.set(p, at);
+    at += p.length;
+  });
+  return out;
 }
 
 /** Sequence `i` of the training stream: [BOS] + tokens i·(seq−1) … (i+1)·(seq−1)−1. */

@@ -24,6 +24,8 @@ import { checkpointDir, loadCheckpoint, saveCheckpoint, TrainState as RunState }
 
 export interface FinetuneOptions {
   data: string[];
+  /** Folder where each data file's token stream is kept and reused by later runs (tokenized once; see tokenCache.ts). */
+  tokenCache?: string;
   out: string;
   force?: boolean;
   resume?: boolean;
@@ -117,7 +119,7 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
   if (precision !== "bf16" && precision !== "f32") throw new MlaError("BAD_ARGUMENT", `--precision ${String(precision)} is not known`, "use bf16 or f32");
   const lm = loadModel(spec, { backend, weights: "f32" }); // trainable leaves are float32
   const model = lm.model;
-  const data = loadTrainingData(lm.tokenizer, o.data, { valFraction: o.valFraction ?? 0.1, fraction: o.fraction, seq, bos: lm.config.bosTokenId ?? 1, eos: lm.config.eosTokenId });
+  const data = await loadTrainingData(lm.tokenizer, o.data, { valFraction: o.valFraction ?? 0.1, fraction: o.fraction, seq, bos: lm.config.bosTokenId ?? 1, eos: lm.config.eosTokenId, cacheDir: o.tokenCache, logger: log });
   const perStep = batch * accum * seq;
   const totalSteps = Math.max(1, Math.ceil((o.tokens ?? data.sequences * seq) / perStep));
   const schedule: Schedule = { name: o.schedule ?? "wsd", lr, warmupSteps: Math.round(warmup * totalSteps), decayFraction: o.decayFraction ?? 0.2, minLrFraction: o.minLrFraction ?? 0.1 };

@@ -9,6 +9,13 @@ export interface TextTokenizer {
   encode(text: string, opts?: { addSpecialTokens?: boolean }): number[];
   decode(ids: readonly number[]): string;
   readonly vocabSize: number;
+  /**
+   * Token ids of `text` as the continuation of earlier text: no "▁" is prepended at its start (the
+   * whole text's encoding only prepends at offset 0). Absent: texts cannot be encoded in pieces.
+   */
+  encodeContinuation?(text: string): number[];
+  /** The folder the tokenizer was loaded from (worker threads load their own copy from it; the token cache hashes its files). */
+  readonly dir?: string;
 }
 
 function readJson(file: string, required: boolean): Record<string, unknown> | null {
@@ -41,6 +48,17 @@ export function loadTokenizer(dir: string): TextTokenizer {
   // by a twin tokenizer without the Prepend step.
   const noPrepend = withoutPrepend(tj);
   const tokNoPrepend = noPrepend ? make(noPrepend) : null;
+  // Continuations (the pieces of a long text after the first) need no prefix at all: the twin above
+  // for the Prepend normalizer, or one whose Metaspace pre-tokenizer never prepends. Built on first
+  // use: loading a 32k-vocabulary tokenizer takes ~0.4 s, and most commands never continue a text.
+  let tokCont: HfTokenizer | undefined;
+  const cont = (): HfTokenizer => {
+    if (!tokCont) {
+      const noMeta = withoutMetaspacePrepend(noPrepend ?? tj);
+      tokCont = noMeta ? make(noMeta) : (tokNoPrepend ?? tok);
+    }
+    return tokCont;
+  };
   const vocab = (tj["model"] as { vocab?: Record<string, number> | unknown[] } | undefined)?.vocab;
   const added = (tj["added_tokens"] as { id: number }[] | undefined) ?? [];
   const vocabSize = Math.max(vocab ? (Array.isArray(vocab) ? vocab.length : Object.keys(vocab).length) : 0, ...added.map((a) => a.id + 1));
@@ -48,7 +66,24 @@ export function loadTokenizer(dir: string): TextTokenizer {
     vocabSize,
     encode: (text, opts) => (tokNoPrepend && text.startsWith(" ") ? tokNoPrepend : tok).encode(text, { add_special_tokens: opts?.addSpecialTokens ?? false }).ids,
     decode: (ids) => tok.decode([...ids], { skip_special_tokens: false }),
+    encodeContinuation: (text) => cont().encode(text, { add_special_tokens: false }).ids,
+    dir: path.resolve(dir),
   };
+}
+
+/** The tokenizer.json with every Metaspace pre-tokenizer set to never prepend "▁", or null if none prepends. */
+function withoutMetaspacePrepend(tj: Record<string, unknown>): Record<string, unknown> | null {
+  type Pre = { type?: string; prepend_scheme?: string; add_prefix_space?: boolean; pretokenizers?: Pre[] };
+  let changed = false;
+  const fix = (p: Pre | null | undefined): Pre | null | undefined => {
+    if (p?.type === "Metaspace" && p.prepend_scheme !== "never") {
+      changed = true;
+      return { ...p, prepend_scheme: "never", add_prefix_space: false };
+    }
+    return p?.type === "Sequence" && p.pretokenizers ? { ...p, pretokenizers: p.pretokenizers.map((q) => fix(q)!) } : p;
+  };
+  const pre = fix(tj["pre_tokenizer"] as Pre | null | undefined);
+  return changed ? { ...tj, pre_tokenizer: pre } : null;
 }
 
 /** The tokenizer.json without its leading Prepend("▁") normalizer, or null if it has none. */

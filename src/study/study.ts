@@ -11,7 +11,8 @@
  * Resumable: each finished variant leaves NAME.row.json; re-running the same command (same settings)
  * skips those, continues an interrupted training run from its checkpoint (bit-identical to an
  * uninterrupted one), and writes the report when all are done. A study longer than one sitting (or
- * one GPU lease) is run in several.
+ * one GPU lease) is run in several. The training text is tokenized once: its token stream is cached
+ * in OUT/tokens/ and read back by every variant and every resumed run.
  */
 import { spawnSync } from "node:child_process";
 import fs from "node:fs";
@@ -132,7 +133,7 @@ export async function study(o: StudyOptions): Promise<StudyResult> {
   const widths = o.ranks.map((r) => latentWidth(r, c.hiddenSize, c.kvHeads));
   const seq = o.seq ?? 256, batch = o.batch ?? 16;
   const seed = o.seed ?? 0;
-  const settings = { like: o.like, variants: o.variants, ranks: o.ranks, data: o.data, tokens: o.tokens, seq, batch, lr: o.lr ?? 1e-3, seed, valFraction: o.valFraction ?? 0.01, evalEvery: o.evalEvery ?? null, gateDim: o.gateDim ?? 16 };
+  const settings = { like: o.like, variants: o.variants, ranks: o.ranks, data: o.data, tokens: o.tokens, seq, batch, lr: o.lr ?? 1e-3, seed, valFraction: o.valFraction ?? 0.01, tokenCache: path.join(o.out, "tokens"), evalEvery: o.evalEvery ?? null, gateDim: o.gateDim ?? 16 };
   const stateFile = path.join(o.out, "study-state.json");
   if (fs.existsSync(o.out) && !o.force) {
     const prev = fs.existsSync(stateFile) ? (JSON.parse(fs.readFileSync(stateFile, "utf8")) as { settings?: unknown }) : null;
@@ -178,7 +179,7 @@ export async function study(o: StudyOptions): Promise<StudyResult> {
     }
     const trained = path.join(o.out, `${name}-trained`);
     const resume = fs.existsSync(path.join(trained, "checkpoint", "state.json"));
-    const ft = await finetune(modelDir, { data: [data], out: trained, force: !resume, resume, tokens: o.tokens, seq, batch, lr: o.lr ?? 1e-3, seed, valFraction: o.valFraction ?? 0.01, evalEvery: o.evalEvery ?? Math.max(1, Math.round(steps / 20)), device, progress: o.progress, logger: log, shouldStop: o.shouldStop });
+    const ft = await finetune(modelDir, { data: [data], out: trained, force: !resume, resume, tokens: o.tokens, seq, batch, lr: o.lr ?? 1e-3, seed, valFraction: o.valFraction ?? 0.01, tokenCache: path.join(o.out, "tokens"), evalEvery: o.evalEvery ?? Math.max(1, Math.round(steps / 20)), device, progress: o.progress, logger: log, shouldStop: o.shouldStop });
     if (ft.stoppedEarly) return { rows, report: null, html: null, stoppedEarly: true };
     const curve = fs.readFileSync(path.join(ft.out, "train_log.jsonl"), "utf8").trim().split("\n").map((l) => JSON.parse(l) as { step: number; val_nll?: number }).filter((l) => l.val_nll !== undefined).map((l) => [l.step, l.val_nll!] as [number, number]);
     const info = inspectModel(ft.out);

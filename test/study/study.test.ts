@@ -32,6 +32,7 @@ test("study: MHA, MLA, MLA + RoPE and EG-MLA from one initialization, with a rep
   assert.match(md, /\| MLA \+ RoPE, latent 32 \|/);
   assert.match(fs.readFileSync(r.html!, "utf8"), /<svg[^>]*aria-label="validation curves"/);
   assert.equal(JSON.parse(fs.readFileSync(path.join(out, "study.json"), "utf8")).rows.length, 4);
+  assert.equal(fs.readdirSync(path.join(out, "tokens")).length, 1, "the variants share one cached token stream");
 });
 
 test("study resumes: stopped inside the second variant, the same command finishes it, skipping the first, and every result equals an uninterrupted study's", async () => {
