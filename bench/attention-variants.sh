@@ -4,6 +4,7 @@
 # bench/attention-train.js in one command, so the variants are compared on one machine in one run.
 # Usage: bash bench/attention-variants.sh B:T:H:Hkv:Dh[,…] NAME:"FLAGS" …
 #   e.g. bash bench/attention-variants.sh 8:2048:9:3:64 base:"" kt128:"-DMLA_MMA_FWD_KT=128 -DMLA_MMA_FWD_MT2=0"
+# FLAGS of the form @FILE build FILE (an earlier copy of attention_mma.cu) instead of the current source.
 # PARITY=1 also runs the CUDA suite's training-kernel parity test on each variant; VARIANT_DIR=DIR keeps
 # the libraries (DIR/lib-NAME.so, for MHA2MLA_CUDA_LIB) instead of deleting them.
 # (GPU machine; `npm run build` done; nvcc on PATH.)
@@ -18,8 +19,10 @@ for f in native/cuda/*.cu; do
 done
 for v in "$@"; do
   name=${v%%:*}; extra=${v#*:}
+  src=native/cuda/attention_mma.cu
+  if [ "${extra:0:1}" = @ ]; then src=${extra:1}; extra="-x cu"; fi
   # shellcheck disable=SC2086  # FLAGS is a list of -D switches
-  (nvcc "${flags[@]}" $extra -c native/cuda/attention_mma.cu -o "$W/$name.o") &
+  (nvcc "${flags[@]}" -Inative/cuda $extra -c "$src" -o "$W/$name.o") &
 done
 wait
 for v in "$@"; do

@@ -20,6 +20,7 @@
 // h / (H/Hkv); query row t sits at key position t + off and sees keys (t + off − window, t + off].
 // Head dims are template parameters (the pairs mma_dims lists); others take the GEMM route.
 #include <cuda_bf16.h>
+#include <type_traits>
 #include "common.cuh"
 
 // Build switches, compared on the H200 in one command by bench/attention-variants.sh (results in
@@ -483,19 +484,23 @@ __global__ void __launch_bounds__(WARPS * 32, DH + DV <= 128 ? MLA_MMA_BWD_MINB 
         // Every key of the tile visible to every row of the m-tile (most tiles): no per-element mask.
         const bool whole = s0 + ROWS - 1 <= m0 + off && s0 + ROWS <= S && (window <= 0 || s0 > m0 + 15 + off - window);
         if (MLA_MMA_LEAN) {
-          // As in the forward: rel = r0 + 8·(e ≥ 2) + off − (s0 + 8j + 2tq + e mod 2); fully visible tiles skip the test.
-          const int rel0 = clamp32(r0 + off - s0) - tq * 2, keys = whole ? 2147483647 : clamp32(S - s0) - tq * 2;
-          const int win = whole ? 2147483647 : window32(window), low = whole ? -2147483647 : 0;
+          // As in the forward: rel = r0 + 8·(e ≥ 2) + off − (s0 + 8j + 2tq + e mod 2). Two copies of the
+          // pass, so fully visible tiles (most of them) carry no mask instructions at all.
+          const int rel0 = clamp32(r0 + off - s0) - tq * 2, keys = clamp32(S - s0) - tq * 2, win = window32(window);
+          auto pass = [&](auto masked) {
 #pragma unroll
-          for (int j = 0; j < ROWS / 8; j++)
+            for (int j = 0; j < ROWS / 8; j++)
 #pragma unroll
-            for (int e = 0; e < 4; e++) {
-              const int r = e >> 1, rel = rel0 + r * 8 - j * 8 - (e & 1);
-              const float pr = ex2(fmaf(p[i][j][e], scale2, -L[i][r]));
-              const bool ok = (rel >= low) & (rel < win) & (j * 8 + (e & 1) < keys);
-              const float ds = MLA_MMA_FOLD_SCALE ? pr * (dp[i][j][e] - D[i][r]) : pr * (dp[i][j][e] - D[i][r]) * scale;  // dS (FOLD: ÷ scale)
-              p[i][j][e] = ok ? ds : 0.f;
-            }
+              for (int e = 0; e < 4; e++) {
+                const int r = e >> 1;
+                const float pr = ex2(fmaf(p[i][j][e], scale2, -L[i][r]));
+                const float ds = MLA_MMA_FOLD_SCALE ? pr * (dp[i][j][e] - D[i][r]) : pr * (dp[i][j][e] - D[i][r]) * scale;  // dS (FOLD: ÷ scale)
+                if constexpr (decltype(masked)::value) p[i][j][e] = sees(rel0 + r * 8 - j * 8 - (e & 1), j * 8 + (e & 1), keys, win) ? ds : 0.f;
+                else p[i][j][e] = ds;
+              }
+          };
+          if (whole) pass(std::false_type{});
+          else pass(std::true_type{});
         } else {
 #pragma unroll
           for (int j = 0; j < ROWS / 8; j++)
@@ -589,23 +594,32 @@ __global__ void __launch_bounds__(WARPS * 32, DH + DV <= 128 ? MLA_MMA_BWD_MINB 
         const bool whole = m0 + 15 <= t0 + off && m0 + 15 < S && (window <= 0 || m0 > t0 + QR - 1 + off - window);
         if (MLA_MMA_LEAN) {
           // Rows are keys c0, c0 + 8 and columns queries: rel = t0 + 8j + 2tq + e mod 2 + off − (c0 + 8·(e ≥ 2)).
-          const int rel0 = clamp32(t0 + off - c0) + tq * 2;
-          const int win = whole ? 2147483647 : window32(window), low = whole ? -2147483647 : 0;
-          const bool key0 = whole || c0 < S, key1 = whole || c0 + 8 < S;
+          // Two copies of the pass, so fully visible tiles carry no mask instructions.
+          const int rel0 = clamp32(t0 + off - c0) + tq * 2, win = window32(window);
+          const bool key0 = c0 < S, key1 = c0 + 8 < S;
+          auto pass = [&](auto masked) {
 #pragma unroll
-          for (int j = 0; j < QR / 8; j++) {
-            const float2 lj = *reinterpret_cast<const float2*>(Lt + j * 8 + tq * 2);  // the two query columns of this thread
-            const float2 dj = *reinterpret_cast<const float2*>(Dt + j * 8 + tq * 2);
+            for (int j = 0; j < QR / 8; j++) {
+              const float2 lj = *reinterpret_cast<const float2*>(Lt + j * 8 + tq * 2);  // the two query columns of this thread
+              const float2 dj = *reinterpret_cast<const float2*>(Dt + j * 8 + tq * 2);
 #pragma unroll
-            for (int e = 0; e < 4; e++) {
-              const int rel = rel0 + j * 8 + (e & 1) - (e >> 1) * 8;
-              const float pr = ex2(fmaf(p[i][j][e], scale2, -((e & 1) ? lj.y : lj.x)));
-              const bool ok = (rel >= low) & (rel < win) & (e < 2 ? key0 : key1);
-              const float ds = MLA_MMA_FOLD_SCALE ? pr * (dp[i][j][e] - ((e & 1) ? dj.y : dj.x)) : pr * (dp[i][j][e] - ((e & 1) ? dj.y : dj.x)) * scale;  // dSᵀ (FOLD: ÷ scale)
-              p[i][j][e] = ok ? pr : 0.f;
-              dp[i][j][e] = ok ? ds : 0.f;
+              for (int e = 0; e < 4; e++) {
+                const float pr = ex2(fmaf(p[i][j][e], scale2, -((e & 1) ? lj.y : lj.x)));
+                const float ds = MLA_MMA_FOLD_SCALE ? pr * (dp[i][j][e] - ((e & 1) ? dj.y : dj.x)) : pr * (dp[i][j][e] - ((e & 1) ? dj.y : dj.x)) * scale;  // dSᵀ (FOLD: ÷ scale)
+                if constexpr (decltype(masked)::value) {
+                  const int rel = rel0 + j * 8 + (e & 1) - (e >> 1) * 8;
+                  const bool ok = (rel >= 0) & (rel < win) & (e < 2 ? key0 : key1);
+                  p[i][j][e] = ok ? pr : 0.f;
+                  dp[i][j][e] = ok ? ds : 0.f;
+                } else {
+                  p[i][j][e] = pr;
+                  dp[i][j][e] = ds;
+                }
+              }
             }
-          }
+          };
+          if (whole) pass(std::false_type{});
+          else pass(std::true_type{});
         } else {
 #pragma unroll
           for (int j = 0; j < QR / 8; j++)

@@ -71,8 +71,9 @@ export function runParity(candidate: Backend, relTol: number): ParityLine[] {
     });
     check("add/scale", `[${T},${D}]`, (B, up) => ({ add: B.add(up(x, [T, D]), up(o, [T, D])), scale: B.scale(up(x, [T, D]), -0.37) }));
   }
-  // RoPE: full, partial rotary dims, per-head index sets (MLA), large positions (float32 angle rounding).
-  for (const [T, H, Dh, rd, perHead, p0] of [[1, 1, 2, 2, false, 0], [5, 3, 8, 8, false, 0], [7, 4, 16, 8, false, 3], [6, 4, 12, 4, true, 0], [4, 2, 64, 64, false, 30000]] as const) {
+  // RoPE: full, partial rotary dims, per-head index sets (MLA), large positions (float32 angle rounding),
+  // no rotary dims (an MLA with zero rope pairs: the identity) and an empty rope key.
+  for (const [T, H, Dh, rd, perHead, p0] of [[3, 2, 8, 0, false, 0], [3, 2, 0, 0, false, 0], [1, 1, 2, 2, false, 0], [5, 3, 8, 8, false, 0], [7, 4, 16, 8, false, 3], [6, 4, 12, 4, true, 0], [4, 2, 64, 64, false, 30000]] as const) {
     const x = rand(T * H * Dh);
     const positions = Int32Array.from({ length: T }, (_, i) => p0 + i * 3);
     const invFreq = Float64Array.from({ length: (perHead ? H : 1) * (rd / 2) }, (_, i) => 10000 ** (-(2 * (i % (rd / 2))) / rd) * (1 + (i >= rd / 2 ? 0.1 : 0)));

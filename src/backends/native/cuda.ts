@@ -383,6 +383,11 @@ export class CudaBackend implements Backend {
     if (rd % 2 !== 0 || rd > Dh || (invFreq.length !== rd / 2 && invFreq.length !== (H * rd) / 2))
       throw new MlaError("BAD_ARGUMENT", `${op}: ${invFreq.length} frequencies for x [${x.shape}] with ${rd} rotary dims`, "pass rotaryDims/2 frequencies, or H × rotaryDims/2");
     const y = this.empty(x.shape, "a rope output");
+    // No rotary dims (an MLA with zero rope pairs) or no elements: the identity, as on the CPU.
+    if (rd === 0 || x.size === 0) {
+      if (x.size) this.copyElements(y, 0, x, 0, x.size);
+      return y;
+    }
     this.call(op, this.lib.fns["rope"]!(this.h(x), this.h(y), positions, invFreq, invFreq.length, T, H, Dh, rd, sign));
     return y;
   }
