@@ -29,6 +29,7 @@ import fs from "node:fs";
 import { spawnSync } from "node:child_process";
 import { checkLinalg } from "./linalgCheck.js";
 import { formatParity, runParity } from "./parity.js";
+import { zeroWidthFailures } from "./zeroWidth.js";
 
 const lib = loadCuda();
 const skip = typeof lib === "string" ? `CUDA backend unavailable here, skipped: ${lib}` : false;
@@ -37,6 +38,11 @@ const backend = () => new CudaBackend(lib as Exclude<typeof lib, string>);
 test("CUDA library loads and reports its device", { skip }, (t) => {
   t.diagnostic(backend().info);
   assert.match(backend().info, /MiB/);
+});
+
+// The CPU backends pass the same check in zeroWidth.test.ts; the study's "mla" variant (no rope pairs) needs it on the GPU.
+test("zero-sized dimensions (M, K, N, T, S, head dims = 0, rope with no rotary dims) are accepted on the GPU", { skip }, () => {
+  assert.deepEqual(zeroWidthFailures(backend()), []);
 });
 
 test("parity: every backend op (forward and backward) of the CUDA backend vs the reference backend", { skip }, (t) => {
