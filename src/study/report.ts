@@ -1,8 +1,14 @@
-/** The study's report: a Markdown table, and an HTML page with the table and the validation curves (inline SVG, no scripts). */
+/**
+ * The study's report: a Markdown table, the paper's claims checked point by point, and an HTML page
+ * with both and the validation curves (inline SVG, no scripts).
+ */
+import { checkClaims, type ClaimCheck } from "./claims.js";
 import type { StudyRow } from "./study.js";
 
 export interface StudyMeta {
   like: string;
+  /** Hidden size d of the shape (finds the r = d/2 and r = d rows for the claims). */
+  hidden: number;
   data: string;
   tokens: number;
   seq: number;
@@ -32,11 +38,17 @@ function tableRows(rows: readonly StudyRow[]): string[][] {
   ]);
 }
 
+const CLAIM_COLUMNS = ["claim (arXiv 2506.09342)", "measured here", "verdict", "rule"];
+const CLAIMS_NOTE = "The paper trains ~30M GPT models on TinyStories; its MLA + RoPE is its own form (ours: partial RoPE on R pairs per KV head and one joint latent), so a verdict says whether the effect shows on this data and shape, not whether the paper is right.";
+const claimCells = (c: ClaimCheck) => [c.claim, c.measured, c.verdict, c.rule];
+
 const COLUMNS = ["variant", "RoPE pairs per KV head", "parameters", "KV elements per token", "KV vs MHA", "validation NLL", "NLL vs MHA", "train tokens/s", "decode tokens/s"];
 
 export function studyMarkdown(m: StudyMeta, rows: readonly StudyRow[]): string {
   const lines = [`# Attention variants trained from scratch`, "", header(m), "", `| ${COLUMNS.join(" | ")} |`, `| ${COLUMNS.map(() => "---").join(" | ")} |`];
   for (const r of tableRows(rows)) lines.push(`| ${r.join(" | ")} |`);
+  lines.push("", "## The claims of Mehta et al. (2025), point by point", "", CLAIMS_NOTE, "", `| ${CLAIM_COLUMNS.join(" | ")} |`, `| ${CLAIM_COLUMNS.map(() => "---").join(" | ")} |`);
+  for (const c of checkClaims(rows, m.hidden)) lines.push(`| ${claimCells(c).join(" | ")} |`);
   lines.push("", "Validation NLL through training (step: NLL):", "");
   for (const r of rows) lines.push(`- ${r.label}: ${r.curve.map(([s, v]) => `${s}: ${v.toFixed(3)}`).join(", ")}`);
   return lines.join("\n") + "\n";
@@ -62,6 +74,8 @@ function curvesSvg(rows: readonly StudyRow[]): string {
 }
 
 export function studyHtml(m: StudyMeta, rows: readonly StudyRow[]): string {
-  const table = `<table><thead><tr>${COLUMNS.map((c) => `<th>${escape(c)}</th>`).join("")}</tr></thead><tbody>${tableRows(rows).map((r) => `<tr>${r.map((c) => `<td>${escape(c)}</td>`).join("")}</tr>`).join("")}</tbody></table>`;
-  return `<!doctype html><html><head><meta charset="utf-8"><title>mha2mla study</title><style>body{font-family:system-ui,sans-serif;margin:2em;max-width:60em}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:first-child,th:first-child{text-align:left}</style></head><body><h1>Attention variants trained from scratch</h1><p>${escape(header(m))}</p>${table}<h2>Validation NLL</h2>${curvesSvg(rows)}</body></html>\n`;
+  const htmlTable = (cols: string[], cells: string[][]) => `<table><thead><tr>${cols.map((c) => `<th>${escape(c)}</th>`).join("")}</tr></thead><tbody>${cells.map((r) => `<tr>${r.map((c) => `<td>${escape(c)}</td>`).join("")}</tr>`).join("")}</tbody></table>`;
+  const table = htmlTable(COLUMNS, tableRows(rows));
+  const claimsTable = htmlTable(CLAIM_COLUMNS, checkClaims(rows, m.hidden).map(claimCells));
+  return `<!doctype html><html><head><meta charset="utf-8"><title>mha2mla study</title><style>body{font-family:system-ui,sans-serif;margin:2em;max-width:60em}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:first-child,th:first-child{text-align:left}</style></head><body><h1>Attention variants trained from scratch</h1><p>${escape(header(m))}</p>${table}<h2>The claims of Mehta et al. (2025), point by point</h2><p>${escape(CLAIMS_NOTE)}</p>${claimsTable}<h2>Validation NLL</h2>${curvesSvg(rows)}</body></html>\n`;
 }

@@ -87,12 +87,12 @@ export interface StudyResult {
   stoppedEarly: boolean;
 }
 
-/** "d/2" → hidden/2; "96" → 96; checked to split evenly over the KV heads. */
+/** "d" → hidden (full rank); "d/2" → hidden/2; "96" → 96; checked to split evenly over the KV heads. */
 export function latentWidth(spec: string, hidden: number, kvHeads: number): number {
-  const m = /^d\/(\d+)$/.exec(spec.trim());
-  const L = m ? hidden / Number(m[1]) : Number(spec);
+  const m = /^d(?:\/(\d+))?$/.exec(spec.trim());
+  const L = m ? hidden / Number(m[1] ?? 1) : Number(spec);
   if (!Number.isInteger(L) || L < kvHeads || L % kvHeads !== 0)
-    throw new MlaError("BAD_ARGUMENT", `--ranks ${spec} gives a latent of ${L} dims, not a positive multiple of the ${kvHeads} KV heads`, `use d/2, d/4 (of hidden size ${hidden}) or a multiple of ${kvHeads}`);
+    throw new MlaError("BAD_ARGUMENT", `--ranks ${spec} gives a latent of ${L} dims, not a positive multiple of the ${kvHeads} KV heads`, `use d, d/2, d/4 (of hidden size ${hidden}) or a multiple of ${kvHeads}`);
   return L;
 }
 
@@ -200,7 +200,7 @@ export async function study(o: StudyOptions): Promise<StudyResult> {
     writeFileAtomic(rowFile, JSON.stringify(row, null, 2) + "\n");
     rows.push(row);
   }
-  const meta = { like: o.like, data: o.data, tokens: o.tokens, seq, batch, lr: o.lr ?? 1e-3, seed, device, date: new Date().toISOString() };
+  const meta = { like: o.like, hidden: c.hiddenSize, data: o.data, tokens: o.tokens, seq, batch, lr: o.lr ?? 1e-3, seed, device, date: new Date().toISOString() };
   fs.writeFileSync(path.join(o.out, "study.json"), JSON.stringify({ ...meta, rows }, null, 2) + "\n");
   const report = path.join(o.out, "report.md");
   const html = path.join(o.out, "report.html");

@@ -69,6 +69,7 @@ test("study refuses unknown variants and latent widths that do not split over th
   assert.throws(() => latentWidth("d/3", 64, 4), (e: Error) => e instanceof MlaError && /--ranks d\/3 gives a latent of 21\.33/.test(e.message));
   assert.equal(latentWidth("d/4", 64, 4), 16);
   assert.equal(latentWidth("24", 64, 4), 24);
+  assert.equal(latentWidth("d", 64, 4), 64, "d: full rank");
   const base = { like: path.join(MODELS, "stories260K"), ranks: ["d/2"], data: DATA, tokens: 128, out: path.join(tmpDir(), "never"), progress: null };
   await assert.rejects(study({ ...base, variants: ["gqa" as never] }), /--variants: gqa is not known/);
   await assert.rejects(study({ ...base, variants: ["mha"], data: "/nonexistent.txt" }), /--data \/nonexistent.txt does not exist/);
