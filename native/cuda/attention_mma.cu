@@ -39,6 +39,11 @@
 #ifndef MLA_MMA_FWD_KT
 #define MLA_MMA_FWD_KT 64
 #endif
+// Keys per forward tile of wide heads (Dh + Dv > 128; 32 halves the score registers and the K/V
+// buffers, so a third block may fit per SM).
+#ifndef MLA_MMA_FWD_KT_WIDE
+#define MLA_MMA_FWD_KT_WIDE 64
+#endif
 #ifndef MLA_MMA_HEAVY_FIRST
 #define MLA_MMA_HEAVY_FIRST 1
 #endif
@@ -657,7 +662,7 @@ __global__ void __launch_bounds__(WARPS * 32, DH + DV <= 128 ? MLA_MMA_BWD_MINB 
 
 // Two m-tiles per warp where the fragments fit in registers (see the top of the file).
 constexpr int forward_mtiles(int DH, int DV) { return MLA_MMA_FWD_MT2 && DH + DV <= 128 ? 2 : 1; }
-constexpr int forward_keys(int DH, int DV) { return DH + DV <= 128 ? MLA_MMA_FWD_KT : 64; }
+constexpr int forward_keys(int DH, int DV) { return DH + DV <= 128 ? MLA_MMA_FWD_KT : MLA_MMA_FWD_KT_WIDE; }
 constexpr size_t forward_smem(int DH, int DV) { return sizeof(bf16) * (forward_mtiles(DH, DV) * ROWS * (DH + PAD) + 2 * forward_keys(DH, DV) * (DH + DV + 2 * PAD)); }
 constexpr int backward_mtiles(int DH, int DV) { return DH + DV <= 128 ? MLA_MMA_BWD_KM : 1; }
 // dK/dV query rows per step: fewer where the dK/dV accumulators are many (wide heads, two m-tiles).
