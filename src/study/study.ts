@@ -8,7 +8,8 @@
  * then measured: held-out NLL and its curve, KV bytes per token, decode tokens/s. Writes study.json,
  * report.md and report.html (a table and the validation curves) into the output folder.
  *
- * Resumable: each finished variant leaves NAME.row.json; re-running the same command (same settings)
+ * Resumable: each finished variant leaves NAME.row.json; re-running the same command (same settings; the
+ * variant and rank lists may change, finished runs are kept)
  * skips those, continues an interrupted training run from its checkpoint (bit-identical to an
  * uninterrupted one), and writes the report when all are done. A study longer than one sitting (or
  * one GPU lease) is run in several. The training text is tokenized once: its token stream is cached
@@ -133,17 +134,21 @@ export async function study(o: StudyOptions): Promise<StudyResult> {
   const widths = o.ranks.map((r) => latentWidth(r, c.hiddenSize, c.kvHeads));
   const seq = o.seq ?? 256, batch = o.batch ?? 16;
   const seed = o.seed ?? 0;
-  const settings = { like: o.like, variants: o.variants, ranks: o.ranks, data: o.data, tokens: o.tokens, seq, batch, lr: o.lr ?? 1e-3, seed, valFraction: o.valFraction ?? 0.01, tokenCache: path.join(o.out, "tokens"), evalEvery: o.evalEvery ?? null, gateDim: o.gateDim ?? 16 };
+  // What every run shares; the list of runs (variants × ranks) may grow between sittings, since each
+  // run is trained on its own from the same initialization.
+  const settings = { like: o.like, data: o.data, tokens: o.tokens, seq, batch, lr: o.lr ?? 1e-3, seed, valFraction: o.valFraction ?? 0.01, tokenCache: path.join(o.out, "tokens"), evalEvery: o.evalEvery ?? null, gateDim: o.gateDim ?? 16 };
   const stateFile = path.join(o.out, "study-state.json");
   if (fs.existsSync(o.out) && !o.force) {
-    const prev = fs.existsSync(stateFile) ? (JSON.parse(fs.readFileSync(stateFile, "utf8")) as { settings?: unknown }) : null;
+    const prev = fs.existsSync(stateFile) ? (JSON.parse(fs.readFileSync(stateFile, "utf8")) as { settings?: unknown; variants?: string[]; ranks?: string[] }) : null;
     if (JSON.stringify(prev?.settings) !== JSON.stringify(settings))
-      throw new MlaError("EXISTS", `output ${o.out} already exists${prev ? " from a study with other settings" : ""}`, "re-run the same command to resume it, pass --force to start over, or choose another --out");
-    log.info(`resuming the study in ${o.out}`);
+      throw new MlaError("EXISTS", `output ${o.out} already exists${prev ? " from a study with other settings" : ""}`, "re-run it with the same settings (other --variants or --ranks are fine: finished runs are kept), pass --force to start over, or choose another --out");
+    const same = JSON.stringify([prev?.variants, prev?.ranks]) === JSON.stringify([o.variants, o.ranks]);
+    log.info(same ? `resuming the study in ${o.out}` : `continuing the study in ${o.out} with --variants ${o.variants.join(",")} --ranks ${o.ranks.join(",")}: finished runs are kept, the others trained`);
+    if (!same) fs.writeFileSync(stateFile, JSON.stringify({ ...prev, variants: o.variants, ranks: o.ranks }, null, 2) + "\n");
   } else {
     fs.rmSync(o.out, { recursive: true, force: true });
     fs.mkdirSync(o.out, { recursive: true });
-    fs.writeFileSync(stateFile, JSON.stringify({ settings, started: new Date().toISOString() }, null, 2) + "\n");
+    fs.writeFileSync(stateFile, JSON.stringify({ settings, variants: o.variants, ranks: o.ranks, started: new Date().toISOString() }, null, 2) + "\n");
   }
   const data = trainingText(o.data, o.out);
   const device = o.device ?? "auto";

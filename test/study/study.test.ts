@@ -50,6 +50,14 @@ test("study resumes: stopped inside the second variant, the same command finishe
   assert.equal(fs.statSync(path.join(out, "mha.row.json")).mtimeMs, mhaRow, "the finished variant is not trained again");
   assert.deepEqual(done.rows.map((r) => r.valNll), straight.rows.map((r) => r.valNll));
   await assert.rejects(study({ ...base, tokens: 4 * 4 * 32, out }), (e: unknown) => e instanceof MlaError && /from a study with other settings/.test(e.message));
+  // Another width added later: the finished runs are kept, only the new one trains.
+  const logged: string[] = [];
+  const wider = await study({ ...base, ranks: ["d/2", "d/4"], out, logger: { info: (m) => logged.push(m), warn: () => {} } });
+  assert.deepEqual(wider.rows.map((r) => r.label), ["MHA", "MLA + RoPE, latent 32", "MLA + RoPE, latent 16"]);
+  assert.deepEqual(wider.rows.slice(0, 2).map((r) => r.valNll), straight.rows.map((r) => r.valNll));
+  assert.equal(fs.statSync(path.join(out, "mha.row.json")).mtimeMs, mhaRow);
+  assert.ok(logged.some((m) => /continuing the study .* --ranks d\/2,d\/4: finished runs are kept/.test(m)), logged.join("\n"));
+  assert.equal(logged.filter((m) => /already done/.test(m)).length, 2);
 });
 
 test("study's initialization: seeded, norms at 1, N(0, 0.02) matrices, residual writers scaled down", () => {
