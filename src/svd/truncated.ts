@@ -146,15 +146,31 @@ export interface CovarianceRoots {
   invSqrt: Float64Array;
 }
 
-/** C^{1/2} and C^{-1/2} of a covariance [N, N], eigenvalues floored at 1e-6·max (a ridge for dead directions). */
+/**
+ * The exponent β of the whitening C^{β/2} (MHA2MLA_WHITEN_POWER, default 1: full activation-aware
+ * SVD; 0 is the plain weight SVD). An experiment switch (bench/whiten-sweep.sh): on mha26m-debian no
+ * β in (0, 1] beat the weight SVD (docs/benchmarks.md), so it is not a flag.
+ */
+function whitenPower(): number {
+  const raw = process.env["MHA2MLA_WHITEN_POWER"];
+  const p = raw === undefined ? 1 : Number(raw);
+  if (!(p >= 0 && p <= 1)) throw new MlaError("BAD_ARGUMENT", `MHA2MLA_WHITEN_POWER=${raw} is not in [0, 1]`, "unset it for the full activation-aware SVD, or use e.g. 0.5");
+  return p;
+}
+
+/**
+ * C^{β/2} and C^{-β/2} of a covariance [N, N] (β = 1 unless MHA2MLA_WHITEN_POWER says otherwise),
+ * eigenvalues floored at 1e-6·max (a ridge for dead directions).
+ */
 export function covarianceRoots(C: Float64Array, N: number): CovarianceRoots {
+  const half = whitenPower() / 2;
   const { values, vectors } = symmetricEigen(C, N);
   const floor = Math.max(values[0] ?? 0, 1e-30) * 1e-6;
   const sqrt = new Float64Array(N * N);
   const invSqrt = new Float64Array(N * N);
   for (let e = 0; e < N; e++) {
     const lam = Math.max(values[e]!, floor);
-    const s = Math.sqrt(lam);
+    const s = half === 0.5 ? Math.sqrt(lam) : Math.pow(lam, half);
     const v = vectors[e]!;
     for (let i = 0; i < N; i++)
       for (let j = 0; j < N; j++) {
