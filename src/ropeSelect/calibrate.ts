@@ -95,7 +95,11 @@ export async function calibrate(model: LlamaModel, windows: Int32Array[], opts: 
         else addCovariance(xs, T, D, cov[layer]!);
       }
     };
-    model.forward(win, undefined, { onAttentionInput });
+    // In the backend's step arena where it has one (CUDA): the window's activations and logits are
+    // freed on return rather than left to the garbage collector; only host statistics leave it.
+    const run = () => model.forward(win, undefined, { onAttentionInput }).dispose();
+    if (b.arena) b.arena(run);
+    else run();
     tokens += win.length;
     progress.tick();
     await new Promise((r) => setImmediate(r));
