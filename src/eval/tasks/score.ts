@@ -22,7 +22,10 @@ export function loglikelihood(model: LlamaModel, tok: TextTokenizer, context: st
   input[0] = model.config.bosTokenId ?? 1;
   input.set(all.slice(0, n - 1), 1);
   // Rows c … n−1 predict the continuation tokens all[c … n−1]; earlier rows are computed for context only.
-  const logits = model.forward(input).toArray();
+  // In the backend's step arena where it has one (CUDA): the forward's device tensors are freed here.
+  const b = model.backend;
+  const run = () => model.forward(input).toArray();
+  const logits = b.arena ? b.arena(run) : run();
   const V = model.config.vocabSize;
   let logprob = 0;
   let greedy = true;
