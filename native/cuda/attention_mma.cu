@@ -113,6 +113,16 @@ __device__ __forceinline__ int64_t tile_index(bool reverse) {
 __device__ __forceinline__ int64_t head_index() { return MLA_MMA_HEADS_FAST ? blockIdx.x : blockIdx.y; }
 dim3 grid_of(int64_t tiles, int64_t heads) { return MLA_MMA_HEADS_FAST ? dim3((unsigned)heads, (unsigned)tiles) : dim3((unsigned)tiles, (unsigned)heads); }
 // grid.y holds at most 65,535 blocks (grid.x 2³¹ − 1): with the tiles on y, T ≤ 4M rows.
+// The kernels address a tile's rows with 32-bit offsets (row · H·D) and compare query − key distances
+// in 32 bits; both limits are far beyond real models, and checked rather than assumed.
+mla_status check_offsets(int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, int64_t off) {
+  const int64_t widest = (H > Hkv ? H : Hkv) * (Dh > Dv ? Dh : Dv);
+  if (widest * 128 >= ((int64_t)1 << 31))
+    return MLA_FAIL(MLA_ERR_ARGUMENT, "attention_mma: rows of " + std::to_string(widest) + " elements (heads × head dim) are too wide for the tile copies; use MHA2MLA_CUDA_ATTENTION=gemm");
+  if (off + T + S >= ((int64_t)1 << 31) - 256 || off + T <= -((int64_t)1 << 30))
+    return MLA_FAIL(MLA_ERR_ARGUMENT, "attention_mma: query offset " + std::to_string(off) + " with " + std::to_string(T) + " queries and " + std::to_string(S) + " keys exceeds the kernels' 32-bit positions; use MHA2MLA_CUDA_ATTENTION=gemm");
+  return MLA_OK;
+}
 mla_status check_grid(int64_t tiles, int64_t heads) {
   const int64_t y = MLA_MMA_HEADS_FAST ? tiles : heads, x = MLA_MMA_HEADS_FAST ? heads : tiles;
   if (y > 65535 || x > 2147483647)
@@ -352,7 +362,11 @@ __global__ void __launch_bounds__(WARPS * 32, DH + DV <= 128 ? MLA_MMA_FWD_MINB 
           mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
           mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
           base[r] = mx[r] == -INFINITY ? 0.f : mx[r] * c;
-          const float alpha = ex2(fmaf(m[i][r], c, -base[r]));
+          // The earlier tiles' probabilities were taken against base_old = round(m_old·c): rescale by
+          // exactly 2^(base_old − base), which is 1 when the maximum did not move (an FMA here would
+          // keep m·c's rounding error and compound it tile after tile on long rows). __fmul_rn is
+          // never contracted into an FMA.
+          const float alpha = ex2(__fmul_rn(m[i][r], c) - base[r]);
           m[i][r] = mx[r];
           l[i][r] *= alpha;
 #pragma unroll
@@ -726,6 +740,7 @@ bool attention_mma_dims(int64_t Dh, int64_t Dv) {
 
 mla_status attention_mma(const void* q, const void* k, const void* v, float* o, float* lse, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window) {
   if (!(scale > 0)) return MLA_FAIL(MLA_ERR_ARGUMENT, "attention_mma: the softmax scale must be positive (the kernels take the row maximum of unscaled scores), got " + std::to_string(scale));
+  if (mla_status e = check_offsets(T, S, H, Hkv, Dh, Dv, off)) return e;
   const Problem p{B, T, S, (int)H, (int)Hkv, scale, off, window};
   auto* Q = (const bf16*)q;
   auto* K = (const bf16*)k;
@@ -739,6 +754,7 @@ mla_status attention_mma(const void* q, const void* k, const void* v, float* o, 
 
 mla_status attention_mma_backward(const void* q, const void* k, const void* v, const void* dout_bf16, const float* dout, const float* o, const float* saved_lse, float* lse, float* delta, float* dq, float* dk, float* dv, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window) {
   if (!(scale > 0)) return MLA_FAIL(MLA_ERR_ARGUMENT, "attention_mma_backward: the softmax scale must be positive, got " + std::to_string(scale));
+  if (mla_status e = check_offsets(T, S, H, Hkv, Dh, Dv, off)) return e;
   const Problem p{B, T, S, (int)H, (int)Hkv, scale, off, window};
   auto* Q = (const bf16*)q;
   auto* K = (const bf16*)k;

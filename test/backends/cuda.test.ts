@@ -413,6 +413,38 @@ test("training kernels: batched attention forward and backward (f32 GEMMs; bf16 
   assert.ok(maxAbsDiff(shadow.toArray(), dev[0]!.toArray()) < 1e-2);
 });
 
+// A row of 131,072 keys whose maximum sits in the first tile: the running rescale must stay exactly 1
+// while the maximum does not move (an FMA-rounded factor drifted the log-sum-exp by ~3e-3 here).
+// Inputs are bf16-exact, so the fused kernel's scores are exact and its lse must match float64.
+test("fused attention on a long row keeps the log-sum-exp exact (no drift of the running rescale)", { skip }, () => {
+  const B = backend();
+  const S = 131072, T = 2, D = 128, scale = 1 / Math.sqrt(D);
+  const q = new Float32Array(T * D).fill(2);
+  const k = new Float32Array(S * D), v = new Float32Array(S * D);
+  for (let s = 0; s < S; s++)
+    for (let d = 0; d < D; d++) {
+      k[s * D + d] = s === 0 ? 2.75 : (((s * 131 + d * 7) % 9) - 4) / 64;
+      v[s * D + d] = s < 64 ? 1 : 0;
+    }
+  const opts = { scale, queryOffset: S - T, window: null, batch: 1, bf16: true };
+  const r = B.attentionForTraining!(B.upload(q, [T, 1, D]), B.upload(k, [S, 1, D]), B.upload(v, [S, 1, D]), opts);
+  assert.ok(r.saved, "the fused kernels ran");
+  const lse = r.saved!.lse.toArray();
+  for (let t = 0; t < T; t++) {
+    const scores = new Float64Array(S - T + t + 1);
+    for (let s = 0; s < scores.length; s++) {
+      let dot = 0;
+      for (let d = 0; d < D; d++) dot += q[t * D + d]! * k[s * D + d]!;
+      scores[s] = dot * scale * Math.LOG2E;
+    }
+    const m = scores.reduce((a, x) => Math.max(a, x), -Infinity);
+    let l = 0;
+    for (const x of scores) l += 2 ** (x - m);
+    const want = m + Math.log2(l);
+    assert.ok(Math.abs(lse[t]! - want) < 1e-4, `row ${t}: lse ${lse[t]} (log2), float64 ${want}`);
+  }
+});
+
 test("GPU training is bit-reproducible: a rerun, a run with --checkpoint-activations, and a run killed (-9) after step 10 then resumed give the same weights (bf16, MLA)", { skip }, async () => {
   const dir = tmpDir();
   const mla = (await convert(path.join(MODELS, "stories260K"), { rank: 4, ropePairs: 2, ropeStrategy: "uniform", out: path.join(dir, "mla"), progress: null, device: "cpu" })).out!;
