@@ -1,6 +1,6 @@
 import { DEVICE_OPTION } from "./deviceOption.js";
 import type { CommandModule } from "yargs";
-import { finetune } from "../finetune/trainer.js";
+import { FINETUNE_DEFAULTS as D, finetune } from "../finetune/trainer.js";
 import { parseSchedule, SCHEDULES } from "../finetune/schedule.js";
 import { stderrLogger } from "../util/log.js";
 import { emitJson } from "./output.js";
@@ -53,21 +53,21 @@ export const finetuneCommand: CommandModule<object, Args> = {
       .option("resume", { type: "boolean", default: false, describe: "continue the interrupted run in --out exactly" })
       .option("tokens", { type: "number", describe: "token budget (batch·seq per step; default one epoch)" })
       .option("fraction", { type: "number", describe: "train on the first fraction of the training tokens" })
-      .option("val-fraction", { type: "number", default: 0.1, describe: "held-out tail of the data for validation NLL" })
-      .option("seq", { type: "number", default: 256, describe: "sequence length, BOS included" })
-      .option("batch", { type: "number", default: 16 })
-      .option("accum", { type: "number", default: 1, describe: "gradient accumulation steps" })
+      .option("val-fraction", { type: "number", default: D.valFraction, describe: "held-out tail of the data for validation NLL" })
+      .option("seq", { type: "number", default: D.seq, describe: "sequence length, BOS included" })
+      .option("batch", { type: "number", default: D.batch })
+      .option("accum", { type: "number", default: D.accum, describe: "gradient accumulation steps" })
       .option("lr", { type: "number", describe: "peak learning rate (default by model size: 1e-3 under 10M parameters, 2e-4 under 100M, else 1e-4)" })
-      .option("warmup", { type: "number", default: 0.05, describe: "warmup as a fraction of the steps" })
-      .option("schedule", { type: "string", default: "wsd", choices: SCHEDULES as unknown as string[], describe: "wsd = warmup, constant, 1−sqrt decay (the paper's)" })
-      .option("decay-fraction", { type: "number", default: 0.2, describe: "wsd: fraction of the steps spent decaying" })
-      .option("weight-decay", { type: "number", default: 0.01 })
-      .option("clip", { type: "number", default: 1.0, describe: "global gradient-norm clip (0 = off)" })
-      .option("seed", { type: "number", default: 0 })
-      .option("train", { choices: ["attention", "all"] as const, default: "all" as const, describe: "which weights to train" })
+      .option("warmup", { type: "number", default: D.warmup, describe: "warmup as a fraction of the steps" })
+      .option("schedule", { type: "string", default: D.schedule, choices: SCHEDULES as unknown as string[], describe: "wsd = warmup, constant, 1−sqrt decay (the paper's)" })
+      .option("decay-fraction", { type: "number", default: D.decayFraction, describe: "wsd: fraction of the steps spent decaying" })
+      .option("weight-decay", { type: "number", default: D.weightDecay })
+      .option("clip", { type: "number", default: D.clip, describe: "global gradient-norm clip (0 = off)" })
+      .option("seed", { type: "number", default: D.seed })
+      .option("train", { choices: ["attention", "all"] as const, default: D.train, describe: "which weights to train" })
       .option("distill", { type: "string", describe: "teacher model (e.g. the original) for KL distillation" })
-      .option("temperature", { type: "number", default: 1 })
-      .option("distill-weight", { type: "number", default: 0.5, describe: "weight of the KL term (the rest is cross-entropy)" })
+      .option("temperature", { type: "number", default: D.temperature })
+      .option("distill-weight", { type: "number", default: D.distillWeight, describe: "weight of the KL term (the rest is cross-entropy)" })
       .option("eval-every", { type: "number", describe: "validation NLL every N steps" })
       .option("save-every", { type: "number", describe: "checkpoint every N steps" })
       .option("device", DEVICE_OPTION)

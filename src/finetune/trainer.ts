@@ -83,6 +83,27 @@ export interface FinetuneResult {
   precision: Precision;
 }
 
+/** The defaults of FinetuneOptions, one table for the library and the CLI (`mha2mla finetune --help`). */
+export const FINETUNE_DEFAULTS = {
+  seq: 256,
+  batch: 16,
+  accum: 1,
+  valFraction: 0.1,
+  warmup: 0.05,
+  schedule: "wsd",
+  decayFraction: 0.2,
+  minLrFraction: 0.1,
+  beta1: 0.9,
+  beta2: 0.95,
+  eps: 1e-8,
+  weightDecay: 0.01,
+  clip: 1.0,
+  seed: 0,
+  train: "all",
+  temperature: 1,
+  distillWeight: 0.5,
+} as const;
+
 function positive(name: string, v: number, integer = false): number {
   if (!Number.isFinite(v) || v <= 0 || (integer && !Number.isInteger(v))) throw new MlaError("BAD_ARGUMENT", `--${name} ${v} must be a positive ${integer ? "integer" : "number"}`, `pass e.g. --${name} ${integer ? 16 : 0.001}`);
   return v;
@@ -100,15 +121,16 @@ function parameterCount(dir: string): number {
 
 export async function finetune(spec: string, o: FinetuneOptions): Promise<FinetuneResult> {
   const log = o.logger ?? silentLogger;
-  const seq = positive("seq", o.seq ?? 256, true);
-  const batch = positive("batch", o.batch ?? 16, true);
-  const accum = positive("accum", o.accum ?? 1, true);
+  const D = FINETUNE_DEFAULTS;
+  const seq = positive("seq", o.seq ?? D.seq, true);
+  const batch = positive("batch", o.batch ?? D.batch, true);
+  const accum = positive("accum", o.accum ?? D.accum, true);
   if (o.tokens !== undefined) positive("tokens", o.tokens, true);
-  const warmup = o.warmup ?? 0.05;
+  const warmup = o.warmup ?? D.warmup;
   if (!(warmup >= 0 && warmup < 1)) throw new MlaError("BAD_ARGUMENT", `--warmup ${warmup} is outside [0, 1)`, "warmup is a fraction of the steps, e.g. 0.05");
-  const trainWhat = o.train ?? "all";
-  const distillWeight = o.distill ? (o.distillWeight ?? 0.5) : 0;
-  const temperature = positive("temperature", o.temperature ?? 1);
+  const trainWhat = o.train ?? D.train;
+  const distillWeight = o.distill ? (o.distillWeight ?? D.distillWeight) : 0;
+  const temperature = positive("temperature", o.temperature ?? D.temperature);
   if (!(distillWeight >= 0 && distillWeight <= 1)) throw new MlaError("BAD_ARGUMENT", `--distill-weight ${distillWeight} is outside [0, 1]`, "0 = cross-entropy only, 1 = distillation only");
 
   const src = resolveModel(spec);
@@ -119,14 +141,14 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
   if (precision !== "bf16" && precision !== "f32") throw new MlaError("BAD_ARGUMENT", `--precision ${String(precision)} is not known`, "use bf16 or f32");
   const lm = loadModel(spec, { backend, weights: "f32" }); // trainable leaves are float32
   const model = lm.model;
-  const data = await loadTrainingData(lm.tokenizer, o.data, { valFraction: o.valFraction ?? 0.1, fraction: o.fraction, seq, bos: lm.config.bosTokenId ?? 1, eos: lm.config.eosTokenId, cacheDir: o.tokenCache, logger: log });
+  const data = await loadTrainingData(lm.tokenizer, o.data, { valFraction: o.valFraction ?? D.valFraction, fraction: o.fraction, seq, bos: lm.config.bosTokenId ?? 1, eos: lm.config.eosTokenId, cacheDir: o.tokenCache, logger: log });
   const perStep = batch * accum * seq;
   const totalSteps = Math.max(1, Math.ceil((o.tokens ?? data.sequences * seq) / perStep));
-  const schedule: Schedule = { name: o.schedule ?? "wsd", lr, warmupSteps: Math.round(warmup * totalSteps), decayFraction: o.decayFraction ?? 0.2, minLrFraction: o.minLrFraction ?? 0.1 };
+  const schedule: Schedule = { name: o.schedule ?? D.schedule, lr, warmupSteps: Math.round(warmup * totalSteps), decayFraction: o.decayFraction ?? D.decayFraction, minLrFraction: o.minLrFraction ?? D.minLrFraction };
   const teacher: LlamaModel | null = o.distill ? loadModel(o.distill, { backend }).model : null;
   if (teacher && teacher.config.vocabSize !== lm.config.vocabSize) throw new MlaError("BAD_ARGUMENT", `--distill ${o.distill} has a vocabulary of ${teacher.config.vocabSize}, the student ${lm.config.vocabSize}`, "distill from a model with the same tokenizer (usually the original of the converted model)");
 
-  const settings = { model: fs.readFileSync(path.join(src.dir, "config.json"), "utf8"), data: o.data.map((f) => path.resolve(f)), tokens: o.tokens ?? null, fraction: o.fraction ?? 1, valFraction: o.valFraction ?? 0.1, seq, batch, accum, schedule, beta1: o.beta1 ?? 0.9, beta2: o.beta2 ?? 0.95, eps: o.eps ?? 1e-8, weightDecay: o.weightDecay ?? 0.01, clip: o.clip ?? 1.0, seed: o.seed ?? 0, train: trainWhat, distill: o.distill ?? null, temperature, distillWeight, precision };
+  const settings = { model: fs.readFileSync(path.join(src.dir, "config.json"), "utf8"), data: o.data.map((f) => path.resolve(f)), tokens: o.tokens ?? null, fraction: o.fraction ?? 1, valFraction: o.valFraction ?? D.valFraction, seq, batch, accum, schedule, beta1: o.beta1 ?? D.beta1, beta2: o.beta2 ?? D.beta2, eps: o.eps ?? D.eps, weightDecay: o.weightDecay ?? D.weightDecay, clip: o.clip ?? D.clip, seed: o.seed ?? D.seed, train: trainWhat, distill: o.distill ?? null, temperature, distillWeight, precision };
   const fingerprint = crypto.createHash("sha256").update(JSON.stringify(settings)).digest("hex").slice(0, 16);
 
   const out = path.resolve(o.out);
