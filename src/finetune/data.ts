@@ -131,6 +131,34 @@ export function sequence(d: TrainingData, i: number): Int32Array {
   return s;
 }
 
+/**
+ * The training micro-batches in visiting order: each call returns `batch` sequences as inputs and
+ * next-token targets ([batch·(seq−1)] each), advancing `pos` (epoch, cursor: what a checkpoint
+ * records, so a resumed run continues the same order) and reshuffling at each epoch's end.
+ */
+export function microBatches(d: TrainingData, batch: number, seed: number, pos: { epoch: number; cursor: number }): () => { inputs: Int32Array; targets: Int32Array; sequences: number } {
+  let order = epochOrder(d.sequences, seed, pos.epoch);
+  const next = () => {
+    if (pos.cursor >= d.sequences) {
+      pos.epoch++;
+      pos.cursor = 0;
+      order = epochOrder(d.sequences, seed, pos.epoch);
+    }
+    return sequence(d, order[pos.cursor++]!);
+  };
+  const T = d.seq - 1;
+  return () => {
+    const inputs = new Int32Array(batch * T);
+    const targets = new Int32Array(batch * T);
+    for (let i = 0; i < batch; i++) {
+      const s = next();
+      inputs.set(s.subarray(0, T), i * T);
+      targets.set(s.subarray(1), i * T);
+    }
+    return { inputs, targets, sequences: batch };
+  };
+}
+
 /** The visiting order of epoch `epoch`: a permutation drawn from (seed, epoch) alone, so a resumed run draws the same one. */
 export function epochOrder(sequences: number, seed: number, epoch: number): Int32Array {
   return new Rng((seed * 1000003 + epoch * 7919 + 17) >>> 0).permutation(sequences);

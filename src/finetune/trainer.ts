@@ -17,7 +17,7 @@ import { namedTensors } from "../model/weights.js";
 import { perplexity } from "../eval/perplexity.js";
 import { silentLogger, Logger } from "../util/log.js";
 import { fmtCount, fmtTime, ProgressSink } from "../util/progress.js";
-import { epochOrder, loadTrainingData, sequence } from "./data.js";
+import { loadTrainingData, microBatches } from "./data.js";
 import { activationBytes, checkFits, MicroBatch, microStep, Precision, stateBytes, TrainState } from "./trainState.js";
 import { defaultLr, lrAt, Schedule, ScheduleName } from "./schedule.js";
 import { checkpointDir, loadCheckpoint, saveCheckpoint, TrainState as RunState } from "./checkpoint.js";
@@ -151,15 +151,7 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
   const settings = { model: fs.readFileSync(path.join(src.dir, "config.json"), "utf8"), data: o.data.map((f) => path.resolve(f)), tokens: o.tokens ?? null, fraction: o.fraction ?? 1, valFraction: o.valFraction ?? D.valFraction, seq, batch, accum, schedule, beta1: o.beta1 ?? D.beta1, beta2: o.beta2 ?? D.beta2, eps: o.eps ?? D.eps, weightDecay: o.weightDecay ?? D.weightDecay, clip: o.clip ?? D.clip, seed: o.seed ?? D.seed, train: trainWhat, distill: o.distill ?? null, temperature, distillWeight, precision };
   const fingerprint = crypto.createHash("sha256").update(JSON.stringify(settings)).digest("hex").slice(0, 16);
 
-  const out = path.resolve(o.out);
-  if (o.resume) {
-    if (!fs.existsSync(checkpointDir(out))) throw new MlaError("NOT_FOUND", `--resume: no checkpoint in ${checkpointDir(out)}`, "point --out at the folder of the interrupted run");
-  } else {
-    if (fs.existsSync(out) && fs.readdirSync(out).length > 0 && !o.force) throw new MlaError("EXISTS", `output ${o.out} already exists`, "pass --resume to continue an interrupted run, --force to start over, or choose another --out");
-    if (path.resolve(src.dir) === out) throw new MlaError("BAD_ARGUMENT", `--out ${o.out} is the input model folder`, "choose a new folder; inputs are never modified");
-    fs.rmSync(out, { recursive: true, force: true });
-    fs.mkdirSync(out, { recursive: true });
-  }
+  const out = prepareOut(o.out, src.dir, o.resume ?? false, o.force ?? false);
 
   const trainable = (p: string) => trainWhat === "all" || p.includes(".attn.");
   const b = model.backend;
@@ -182,26 +174,7 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
   const valNllBefore = o.resume ? null : await valNll();
   if (valNllBefore !== null) logLine({ step: 0, val_nll: valNllBefore });
 
-  let order = epochOrder(data.sequences, settings.seed, run.epoch);
-  const nextSequence = () => {
-    if (run.cursor >= data.sequences) {
-      run.epoch++;
-      run.cursor = 0;
-      order = epochOrder(data.sequences, settings.seed, run.epoch);
-    }
-    return sequence(data, order[run.cursor++]!);
-  };
-  const nextMicroBatch = (): MicroBatch => {
-    const T = seq - 1;
-    const inputs = new Int32Array(batch * T);
-    const targets = new Int32Array(batch * T);
-    for (let i = 0; i < batch; i++) {
-      const s = nextSequence();
-      inputs.set(s.subarray(0, T), i * T);
-      targets.set(s.subarray(1), i * T);
-    }
-    return { inputs, targets, sequences: batch };
-  };
+  const nextMicroBatch: () => MicroBatch = microBatches(data, batch, settings.seed, run);
   const save = () => saveCheckpoint(out, run, state.slotIo());
   const targetsPerStep = batch * accum * (seq - 1);
   const loss = { scale: 1 / targetsPerStep, ceWeight: 1 - distillWeight, klWeight: distillWeight, temperature, teacher, checkpoint };
@@ -251,6 +224,23 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
     fs.writeFileSync(path.join(out, "finetune.json"), JSON.stringify({ source: spec, settings: { ...settings, model: src.dir }, steps: run.step, tokens: run.tokensSeen, precision, checkpoint_activations: checkpoint, params: modelParams(model), trainable_params: state.size, peak_device_bytes: model.backend.memory?.().peak ?? null, val_nll_before: valNllBefore, val_nll_after: valNllAfter, seconds }, null, 2) + "\n");
   }
   return { out, steps: run.step, stoppedEarly, tokensSeen: run.tokensSeen, seconds, tokensPerSecond: ((run.step - startStep) * perStep) / seconds, valNllBefore, valNllAfter, finalLoss, precision };
+}
+
+/**
+ * The run folder for --out (absolute): with --resume it must hold a checkpoint; otherwise it is
+ * created empty, replacing an existing non-empty one only with --force, and never the input folder.
+ */
+function prepareOut(given: string, srcDir: string, resume: boolean, force: boolean): string {
+  const out = path.resolve(given);
+  if (resume) {
+    if (!fs.existsSync(checkpointDir(out))) throw new MlaError("NOT_FOUND", `--resume: no checkpoint in ${checkpointDir(out)}`, "point --out at the folder of the interrupted run");
+    return out;
+  }
+  if (fs.existsSync(out) && fs.readdirSync(out).length > 0 && !force) throw new MlaError("EXISTS", `output ${given} already exists`, "pass --resume to continue an interrupted run, --force to start over, or choose another --out");
+  if (path.resolve(srcDir) === out) throw new MlaError("BAD_ARGUMENT", `--out ${given} is the input model folder`, "choose a new folder; inputs are never modified");
+  fs.rmSync(out, { recursive: true, force: true });
+  fs.mkdirSync(out, { recursive: true });
+  return out;
 }
 
 /** Writes the trained weights (in the source checkpoint's dtypes) and the model files into `out`, each file atomically. */
