@@ -3,6 +3,7 @@
  * with both and the validation curves (inline SVG, no scripts).
  */
 import { checkClaims, type ClaimCheck } from "./claims.js";
+import { DECODE_BATCH, DECODE_CONTEXT, DECODE_STEPS } from "./decodeSpeed.js";
 import type { StudyRow } from "./study.js";
 
 export interface StudyMeta {
@@ -20,7 +21,7 @@ export interface StudyMeta {
 }
 
 function header(m: StudyMeta): string {
-  return `Shape and tokenizer of \`${m.like}\`, trained from one seeded initialization (seed ${m.seed}) on \`${m.data}\`: ${m.tokens} tokens, seq ${m.seq}, batch ${m.batch}, peak lr ${m.lr}, device ${m.device}; ${m.date.slice(0, 10)}.`;
+  return `Shape and tokenizer of \`${m.like}\`, trained from one seeded initialization (seed ${m.seed}) on \`${m.data}\`: ${m.tokens} tokens, seq ${m.seq}, batch ${m.batch}, peak lr ${m.lr}, device ${m.device}; ${m.date.slice(0, 10)}. Decode tokens/s: ${DECODE_BATCH} sequences decoded together, each at a context of up to ${DECODE_CONTEXT} tokens (${DECODE_STEPS} steps), so the KV cache is what a step reads.`;
 }
 
 function tableRows(rows: readonly StudyRow[]): string[][] {

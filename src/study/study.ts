@@ -24,13 +24,13 @@ import { finetune } from "../finetune/trainer.js";
 import { inspectModel } from "../eval/inspect.js";
 import { resolveModel } from "../io/modelDir.js";
 import { readHfConfig } from "../io/hfConfig.js";
-import { loadModel } from "../model/llama.js";
 import { defaultRopePairs } from "../ropeSelect/strategies.js";
-import { selectBackend, type DeviceName } from "../backends/select.js";
+import type { DeviceName } from "../backends/select.js";
 import { silentLogger, type Logger } from "../util/log.js";
 import { writeFileAtomic } from "../io/atomicDir.js";
 import { initFromScratch } from "./init.js";
 import { studyHtml, studyMarkdown } from "./report.js";
+import { decodeSpeed } from "./decodeSpeed.js";
 
 export const STUDY_VARIANTS = ["mha", "mla", "mla-rope", "eg-mla"] as const;
 export type StudyVariant = (typeof STUDY_VARIANTS)[number];
@@ -109,21 +109,6 @@ function trainingText(data: string, out: string): string {
   return plain;
 }
 
-/** Greedy decode speed of a trained model: prefill 128 tokens, then 64 single-token steps. */
-function decodeSpeed(dir: string, device: DeviceName): number {
-  const { model, config } = loadModel(dir, { backend: selectBackend(device, silentLogger) });
-  const cache = model.newCache();
-  let logits = model.forward(Int32Array.from({ length: 128 }, (_, i) => 3 + ((i * 7919) % (config.vocabSize - 3))), cache).toArray();
-  const V = config.vocabSize;
-  const t0 = performance.now();
-  for (let s = 0; s < 64; s++) {
-    const row = logits.subarray(logits.length - V);
-    let next = 0;
-    for (let i = 1; i < V; i++) if (row[i]! > row[next]!) next = i;
-    logits = model.forward(Int32Array.of(next), cache).toArray();
-  }
-  return 64 / ((performance.now() - t0) / 1000);
-}
 
 export async function study(o: StudyOptions): Promise<StudyResult> {
   const log = o.logger ?? silentLogger;
