@@ -109,6 +109,12 @@ __global__ void k_scatter_cols(const float* dy, const int32_t* idx, float* y, in
   if (m >= M) return;
   for (int64_t k = 0; k < K; k++) y[m * N + idx[k]] += dy[m * K + k];
 }
+// Distinct indices: one thread per element, neighbours read neighbours (the per-row walk above strides
+// by N between the threads of a warp, which made the MLA query's column scatter 4× a gather).
+__global__ void k_scatter_cols_distinct(const float* dy, const int32_t* idx, float* y, int64_t M, int64_t K, int64_t N) {
+  const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+  if (i < M * K) y[(i / K) * N + idx[i % K]] = dy[i];
+}
 extern "C" mla_status mla_cuda_gather_cols(const mla_cuda_buf* x, const int32_t* idx, mla_cuda_buf* y, int64_t M, int64_t N, int64_t K) {
   NEED_CTX();
   MLA_CHECK(is_f32(x, M * N) && is_f32(y, M * K) && idx, "gather_cols: bad sizes");
@@ -123,10 +129,25 @@ extern "C" mla_status mla_cuda_scatter_cols(const mla_cuda_buf* dy, const int32_
   NEED_CTX();
   MLA_CHECK(is_f32(dy, M * K) && is_f32(y, M * N) && idx, "scatter_cols: bad sizes");
   for (int64_t k = 0; k < K; k++) MLA_CHECK(idx[k] >= 0 && idx[k] < N, "scatter_cols: column " + std::to_string(idx[k]) + " outside [0, " + std::to_string(N) + ")");
+  // A permutation (the MLA query's [rope | nope] order) scatters as a gather by its inverse, with no
+  // zero fill; other distinct indices need the fill but no per-row walk.
+  std::vector<int32_t> inverse(N, -1);
+  bool distinct = true;
+  for (int64_t k = 0; k < K && distinct; k++) {
+    distinct = inverse[idx[k]] < 0;
+    inverse[idx[k]] = (int32_t)k;
+  }
   DevInts d;
+  if (distinct && K == N) {
+    TO_DEVICE(d, inverse.data(), N);
+    if (M * N) k_gather_cols<<<blocks_for(M * N, 256), 256, 0, S_>>>(CF(dy), d.p, F(y), M, K, N);
+    KERNEL_CHECK();
+    return MLA_OK;
+  }
   TO_DEVICE(d, idx, K);
   CUDA_TRY(cudaMemsetAsync(y->ptr, 0, sizeof(float) * M * N, S_));
-  if (M) k_scatter_cols<<<blocks_for(M, 128), 128, 0, S_>>>(CF(dy), d.p, F(y), M, K, N);
+  if (distinct && M * K) k_scatter_cols_distinct<<<blocks_for(M * K, 256), 256, 0, S_>>>(CF(dy), d.p, F(y), M, K, N);
+  else if (M) k_scatter_cols<<<blocks_for(M, 128), 128, 0, S_>>>(CF(dy), d.p, F(y), M, K, N);
   KERNEL_CHECK();
   return MLA_OK;
 }

@@ -43,7 +43,7 @@ extern "C" mla_status mla_cuda_cast(const mla_cuda_buf* x, mla_cuda_buf* y) {
 
 extern "C" mla_status mla_cuda_linear(const mla_cuda_buf* x, const mla_cuda_buf* w, const mla_cuda_buf* b, mla_cuda_buf* y, int64_t M, int64_t K, int64_t N) {
   NEED_CTX();
-  MLA_CHECK(x && w && y && x->dtype == MLA_F32 && y->dtype == MLA_F32, "linear: x and y must be f32 buffers");
+  MLA_CHECK(x && w && y && (x->dtype == MLA_F32 || (x->dtype == MLA_BF16 && w->dtype == MLA_BF16)) && y->dtype == MLA_F32, "linear: y f32, x f32 (or bf16 with bf16 w)");
   MLA_CHECK(x->n == M * K && w->n == N * K && y->n == M * N && (!b || b->n == N), "linear: buffer sizes do not match M, K, N");
   if (M == 0 || N == 0) return MLA_OK;
   const float one = 1, zero = 0;
@@ -52,11 +52,16 @@ extern "C" mla_status mla_cuda_linear(const mla_cuda_buf* x, const mla_cuda_buf*
     CUBLAS_TRY(cublasSgemm(h, CUBLAS_OP_T, CUBLAS_OP_N, (int)N, (int)M, (int)K, &one, (const float*)w->ptr, (int)K, (const float*)x->ptr, (int)K, &zero, (float*)y->ptr, (int)N));
   } else if (w->dtype == MLA_BF16) {
     // bf16 weights stay bf16: the activations are rounded to bf16 and the product accumulates in f32.
-    mla_status st;
-    auto* xb = (__nv_bfloat16*)mla::scratch(sizeof(__nv_bfloat16) * M * K, &st);
-    if (!xb) return st;
-    f32_to_bf16<<<blocks_for(M * K, 256), 256, 0, ctx()->stream>>>((const float*)x->ptr, xb, M * K);
-    KERNEL_CHECK();
+    // A bf16 x is the caller's rounded copy of its activations (kept for every product that reads them).
+    const __nv_bfloat16* xb = (const __nv_bfloat16*)x->ptr;
+    if (x->dtype == MLA_F32) {
+      mla_status st;
+      auto* scratch = (__nv_bfloat16*)mla::scratch(sizeof(__nv_bfloat16) * M * K, &st);
+      if (!scratch) return st;
+      f32_to_bf16<<<blocks_for(M * K, 256), 256, 0, ctx()->stream>>>((const float*)x->ptr, scratch, M * K);
+      KERNEL_CHECK();
+      xb = scratch;
+    }
     CUBLAS_TRY(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, (int)N, (int)M, (int)K, &one, w->ptr, CUDA_R_16BF, (int)K, xb, CUDA_R_16BF, (int)K, &zero, y->ptr, CUDA_R_32F, (int)N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
   } else {
     return MLA_FAIL(MLA_ERR_ARGUMENT, "linear: w must be f32 or bf16");
@@ -68,26 +73,30 @@ extern "C" mla_status mla_cuda_linear(const mla_cuda_buf* x, const mla_cuda_buf*
   return MLA_OK;
 }
 
-extern "C" mla_status mla_cuda_linear_backward(const mla_cuda_buf* x, const mla_cuda_buf* w, const mla_cuda_buf* dy, mla_cuda_buf* dx, mla_cuda_buf* dw, mla_cuda_buf* db, int64_t M, int64_t K, int64_t N, int32_t accumulate_dw) {
+// accumulate_dx / accumulate_dw: add the product into dx / dw (GEMM β = 1) instead of overwriting, so a
+// gradient with several consumers is summed without a separate add over it.
+extern "C" mla_status mla_cuda_linear_backward(const mla_cuda_buf* x, const mla_cuda_buf* w, const mla_cuda_buf* dy, mla_cuda_buf* dx, mla_cuda_buf* dw, mla_cuda_buf* db, int64_t M, int64_t K, int64_t N, int32_t accumulate_dx, int32_t accumulate_dw) {
   NEED_CTX();
-  MLA_CHECK(x && w && dy && x->dtype == MLA_F32 && (w->dtype == MLA_F32 || w->dtype == MLA_BF16) && dy->dtype == MLA_F32, "linear_backward: x and dy f32, w f32 or bf16");
-  MLA_CHECK(x->n == M * K && w->n == N * K && dy->n == M * N && (!dx || dx->n == M * K) && (!dw || (dw->n == N * K && dw->dtype == MLA_F32)), "linear_backward: buffer sizes do not match M, K, N");
-  const float one = 1, zero = 0;
-  const float beta_w = accumulate_dw ? 1.0f : 0.0f;
+  MLA_CHECK(x && w && dy && (w->dtype == MLA_F32 || w->dtype == MLA_BF16) && (x->dtype == MLA_F32 || (x->dtype == MLA_BF16 && w->dtype == MLA_BF16)) && dy->dtype == MLA_F32, "linear_backward: dy f32, w f32 or bf16, x f32 (or bf16 with bf16 w)");
+  MLA_CHECK(x->n == M * K && w->n == N * K && dy->n == M * N && (!dx || (dx->n == M * K && dx->dtype == MLA_F32)) && (!dw || (dw->n == N * K && dw->dtype == MLA_F32)), "linear_backward: buffer sizes do not match M, K, N");
+  const float one = 1;
+  const float beta_w = accumulate_dw ? 1.0f : 0.0f, beta_x = accumulate_dx ? 1.0f : 0.0f;
   cublasHandle_t h = ctx()->blas;
   cudaStream_t s = ctx()->stream;
   if (w->dtype == MLA_BF16) {
     // Mixed precision: dy and x rounded to bf16 once, both products on tensor cores with f32 accumulation.
     mla_status st;
-    auto* dyb = (__nv_bfloat16*)mla::scratch(sizeof(__nv_bfloat16) * (M * N + (dw ? M * K : 0)), &st);
+    const bool convert_x = dw && x->dtype == MLA_F32;
+    auto* dyb = (__nv_bfloat16*)mla::scratch(sizeof(__nv_bfloat16) * (M * N + (convert_x ? M * K : 0)), &st);
     if (!dyb) return st;
-    __nv_bfloat16* xb = dyb + M * N;
+    const __nv_bfloat16* xb = convert_x ? dyb + M * N : (const __nv_bfloat16*)x->ptr;
     if (M * N) f32_to_bf16<<<blocks_for(M * N, 256), 256, 0, s>>>((const float*)dy->ptr, dyb, M * N);
-    if (dw && M * K) f32_to_bf16<<<blocks_for(M * K, 256), 256, 0, s>>>((const float*)x->ptr, xb, M * K);
+    if (convert_x && M * K) f32_to_bf16<<<blocks_for(M * K, 256), 256, 0, s>>>((const float*)x->ptr, dyb + M * N, M * K);
     KERNEL_CHECK();
     if (dx && M > 0 && K > 0) {
-      if (N == 0) CUDA_TRY(cudaMemsetAsync(dx->ptr, 0, sizeof(float) * M * K, s));
-      else CUBLAS_TRY(cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, (int)K, (int)M, (int)N, &one, w->ptr, CUDA_R_16BF, (int)K, dyb, CUDA_R_16BF, (int)N, &zero, dx->ptr, CUDA_R_32F, (int)K, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+      if (N == 0) {
+        if (!accumulate_dx) CUDA_TRY(cudaMemsetAsync(dx->ptr, 0, sizeof(float) * M * K, s));
+      } else CUBLAS_TRY(cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, (int)K, (int)M, (int)N, &one, w->ptr, CUDA_R_16BF, (int)K, dyb, CUDA_R_16BF, (int)N, &beta_x, dx->ptr, CUDA_R_32F, (int)K, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     }
     if (dw && N > 0 && K > 0) {
       if (M == 0) {
@@ -96,8 +105,9 @@ extern "C" mla_status mla_cuda_linear_backward(const mla_cuda_buf* x, const mla_
     }
   } else {
     if (dx && M > 0 && K > 0) {
-      if (N == 0) CUDA_TRY(cudaMemsetAsync(dx->ptr, 0, sizeof(float) * M * K, s));
-      else CUBLAS_TRY(cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, (int)K, (int)M, (int)N, &one, (const float*)w->ptr, (int)K, (const float*)dy->ptr, (int)N, &zero, (float*)dx->ptr, (int)K));
+      if (N == 0) {
+        if (!accumulate_dx) CUDA_TRY(cudaMemsetAsync(dx->ptr, 0, sizeof(float) * M * K, s));
+      } else CUBLAS_TRY(cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, (int)K, (int)M, (int)N, &one, (const float*)w->ptr, (int)K, (const float*)dy->ptr, (int)N, &beta_x, (float*)dx->ptr, (int)K));
     }
     if (dw && N > 0 && K > 0) {
       if (M == 0) {

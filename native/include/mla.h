@@ -128,11 +128,13 @@ mla_status mla_cuda_synchronize(void);
 /* f32 ↔ bf16 between buffers of equal length. */
 mla_status mla_cuda_cast(const mla_cuda_buf* x, mla_cuda_buf* y);
 
-/* As the CPU ops; w may be bf16 (activations are rounded to bf16, accumulation in f32). */
+/* As the CPU ops; w may be bf16 (activations are rounded to bf16, accumulation in f32); with bf16 w, x may be
+   the caller's bf16 copy of its activations (no rounding pass then). */
 mla_status mla_cuda_linear(const mla_cuda_buf* x, const mla_cuda_buf* w, const mla_cuda_buf* b, mla_cuda_buf* y, int64_t M, int64_t K, int64_t N);
-/* w may be bf16: dy (and x for dw) are rounded to bf16, products accumulate in f32. accumulate_dw != 0
-   adds the weight gradient into dw (a flat gradient buffer) instead of overwriting it. */
-mla_status mla_cuda_linear_backward(const mla_cuda_buf* x, const mla_cuda_buf* w, const mla_cuda_buf* dy, mla_cuda_buf* dx, mla_cuda_buf* dw, mla_cuda_buf* db, int64_t M, int64_t K, int64_t N, int32_t accumulate_dw);
+/* w may be bf16: dy (and x for dw, unless x is already bf16) are rounded to bf16, products accumulate in
+   f32. accumulate_dx / accumulate_dw != 0 add the gradient into dx / dw (a gradient with other consumers,
+   a flat gradient buffer) instead of overwriting it. */
+mla_status mla_cuda_linear_backward(const mla_cuda_buf* x, const mla_cuda_buf* w, const mla_cuda_buf* dy, mla_cuda_buf* dx, mla_cuda_buf* dw, mla_cuda_buf* db, int64_t M, int64_t K, int64_t N, int32_t accumulate_dx, int32_t accumulate_dw);
 mla_status mla_cuda_rmsnorm(const mla_cuda_buf* x, const mla_cuda_buf* w, mla_cuda_buf* y, int64_t rows, int64_t D, float eps);
 mla_status mla_cuda_rmsnorm_backward(const mla_cuda_buf* x, const mla_cuda_buf* w, const mla_cuda_buf* dy, mla_cuda_buf* dx, mla_cuda_buf* dw, int64_t rows, int64_t D, float eps);
 mla_status mla_cuda_rope(const mla_cuda_buf* x, mla_cuda_buf* y, const int32_t* positions, const double* inv_freq, int64_t n_freq, int64_t T, int64_t H, int64_t Dh, int64_t rotary_dims, int32_t sign);

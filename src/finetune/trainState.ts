@@ -36,9 +36,11 @@ export function stateBytes(params: number, precision: Precision): number {
  * and one layer is recomputed with its gradients at once); one chunk of logits and their gradient (all
  * of them with `fullLogits`, which distillation needs).
  */
-export function activationBytes(model: LlamaModel, tokens: number, checkpoint = false, fullLogits = false): number {
+export function activationBytes(model: LlamaModel, tokens: number, checkpoint = false, fullLogits = false, precision: Precision = "f32"): number {
   const c = model.config;
-  const perLayer = 2 * (10 * c.hiddenSize + 3 * c.intermediateSize + 4 * c.heads * c.headDim);
+  // bf16: each product's input is also kept rounded (2 bytes): two normed inputs, the attention output, the MLP's hidden.
+  const bf16Copies = precision === "bf16" ? (2 * c.hiddenSize + c.heads * c.headDim + c.intermediateSize) / 2 : 0;
+  const perLayer = 2 * (10 * c.hiddenSize + 3 * c.intermediateSize + 4 * c.heads * c.headDim) + bf16Copies;
   const layers = checkpoint ? c.layers * 2 * c.hiddenSize + perLayer : c.layers * perLayer;
   const logitRows = fullLogits ? tokens : Math.min(tokens, lossChunkRows(c.vocabSize));
   return 4 * tokens * layers + 4 * 3 * logitRows * c.vocabSize;
@@ -72,7 +74,7 @@ export function checkFits(model: LlamaModel, choice: MemoryChoice, precision: Pr
   if (!mem) return;
   const counts = { all: trainableCount(model, () => true), attention: trainableCount(model, (p) => p.includes(".attn.")) };
   // The weights already on the device are float32 copies that the flat buffers replace.
-  const needOf = (c: MemoryChoice) => stateBytes(counts[c.train], precision) - 4 * counts[c.train] + activationBytes(model, tokens, c.checkpoint, choice.fullLogits);
+  const needOf = (c: MemoryChoice) => stateBytes(counts[c.train], precision) - 4 * counts[c.train] + activationBytes(model, tokens, c.checkpoint, choice.fullLogits, precision);
   const need = needOf(choice);
   if (need <= mem.free) return;
   const gib = (x: number) => `${(x / 2 ** 30).toFixed(1)} GiB`;
@@ -84,7 +86,7 @@ export function checkFits(model: LlamaModel, choice: MemoryChoice, precision: Pr
   ];
   // Each alternative only narrows what is trained or adds checkpointing; the first that differs and fits.
   const fits = alternatives.find((c) => (c.train !== choice.train || c.checkpoint !== choice.checkpoint) && needOf(c) <= mem.free);
-  const act = activationBytes(model, tokens, choice.checkpoint, choice.fullLogits);
+  const act = activationBytes(model, tokens, choice.checkpoint, choice.fullLogits, precision);
   const hint = fits
     ? `${flags(fits)} needs about ${gib(needOf(fits))} and fits`
     : `a smaller --batch or --seq (activations of ${tokens} tokens take ${gib(act)}; --accum keeps the tokens per step)${choice.checkpoint ? "" : " with --checkpoint-activations"}`;
@@ -300,5 +302,6 @@ export function microStep(state: TrainState, batch: MicroBatch, o: { scale: numb
     tape.backward(logits, seed);
     return loss;
   };
-  return b.arena ? b.arena(run) : run();
+  // A step writes no activation after making it: the backend may round each one to bf16 once.
+  return b.arena ? b.arena(run, { bf16Inputs: state.precision === "bf16" }) : run();
 }

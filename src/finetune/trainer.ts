@@ -263,7 +263,7 @@ function memoryPlan(state: TrainState, tokens: number, checkpoint: boolean, full
   const gib = (x: number) => `${(x / 2 ** 30).toFixed(2)} GiB`;
   const n = state.size;
   const parts = [`weights ${gib(4 * n)}`, `gradients ${gib(4 * n)}`, `AdamW ${gib(8 * n)}`, ...(state.shadow ? [`bf16 copy ${gib(2 * n)}`] : [])];
-  return `memory plan: ${n.toLocaleString("en-US")} trainable parameters (${state.precision}): ${parts.join(", ")} = ${gib(stateBytes(n, state.precision))}; activations of ${tokens} tokens${checkpoint ? " (checkpointed per layer)" : ""} ≈ ${gib(activationBytes(state.model, tokens, checkpoint, fullLogits))}`;
+  return `memory plan: ${n.toLocaleString("en-US")} trainable parameters (${state.precision}): ${parts.join(", ")} = ${gib(stateBytes(n, state.precision))}; activations of ${tokens} tokens${checkpoint ? " (checkpointed per layer)" : ""} ≈ ${gib(activationBytes(state.model, tokens, checkpoint, fullLogits, state.precision))}`;
 }
 
 /** Every weight's element count (a tied LM head once). */

@@ -15,11 +15,25 @@ export class Node {
    * added into it in place (through Backend.training) and `grad` stays null.
    */
   gradTarget: Tensor | null = null;
+  /**
+   * `grad` is this node's own tensor (a fresh backward result, or a sum made here), not one shared
+   * with another node (an add passes its gradient to both inputs): further gradients may be added
+   * into it in place.
+   */
+  private gradOwned = false;
   constructor(readonly value: Tensor, readonly requiresGrad: boolean) {}
 
-  accumulate(b: Backend, g: Tensor): void {
+  /** `fresh`: g was just made for this node alone (the caller keeps no other reference). */
+  accumulate(b: Backend, g: Tensor, fresh = false): void {
     if (this.gradTarget) b.training!.addInto(this.gradTarget, g);
-    else this.grad = this.grad ? b.add(this.grad, g) : g;
+    else if (!this.grad) [this.grad, this.gradOwned] = [g, fresh];
+    else if (this.gradOwned && b.training) b.training.addInto(this.grad, g);
+    else [this.grad, this.gradOwned] = [b.add(this.grad, g), true];
+  }
+
+  /** The tensor a backward may add x's next gradient into (see Backend.linearBackward's dxInto). */
+  get gradSum(): Tensor | undefined {
+    return this.requiresGrad && !this.gradTarget && this.grad && this.gradOwned ? this.grad : undefined;
   }
 }
 
@@ -66,8 +80,8 @@ export class Ops {
     const b = this.b;
     return this.out(b.linear(x.value, w.value, bias?.value), [x, w, bias], (g) => {
       const dwInto = w.requiresGrad && w.gradTarget ? w.gradTarget.reshape(w.value.shape) : undefined;
-      const r = b.linearBackward(x.value, w.value, g, { x: x.requiresGrad, w: w.requiresGrad, bias: !!bias?.requiresGrad, dwInto });
-      if (r.dx) x.accumulate(b, r.dx);
+      const r = b.linearBackward(x.value, w.value, g, { x: x.requiresGrad, w: w.requiresGrad, bias: !!bias?.requiresGrad, dwInto, dxInto: x.gradSum });
+      if (r.dx) x.accumulate(b, r.dx, true);
       if (r.dw) w.accumulate(b, r.dw);
       if (r.db && bias) bias.accumulate(b, r.db);
     });
@@ -77,7 +91,7 @@ export class Ops {
     const b = this.b;
     return this.out(b.rmsnorm(x.value, w.value, eps), [x, w], (g) => {
       const r = b.rmsnormBackward(x.value, w.value, eps, g);
-      if (x.requiresGrad) x.accumulate(b, r.dx);
+      if (x.requiresGrad) x.accumulate(b, r.dx, true);
       if (w.requiresGrad) w.accumulate(b, r.dw);
     });
   }
@@ -88,7 +102,7 @@ export class Ops {
 
   rope(x: Node, positions: Int32Array, invFreq: Float64Array, rotaryDims?: number): Node {
     const b = this.b;
-    return this.out(b.rope(x.value, positions, invFreq, rotaryDims), [x], (g) => x.accumulate(b, b.ropeBackward(g, positions, invFreq, rotaryDims)));
+    return this.out(b.rope(x.value, positions, invFreq, rotaryDims), [x], (g) => x.accumulate(b, b.ropeBackward(g, positions, invFreq, rotaryDims), true));
   }
 
   attention(q: Node, k: Node, v: Node, opts: AttentionOptions): Node {
@@ -98,9 +112,9 @@ export class Ops {
     const { o, saved } = training ? attentionForTrainingOf(b, q.value, k.value, v.value, opts) : { o: attentionOf(b, q.value, k.value, v.value, opts), saved: null };
     return this.out(o, [q, k, v], (g) => {
       const r = attentionBackwardOf(b, q.value, k.value, v.value, g, opts, saved);
-      if (q.requiresGrad) q.accumulate(b, r.dq);
-      if (k.requiresGrad) k.accumulate(b, r.dk);
-      if (v.requiresGrad) v.accumulate(b, r.dv);
+      if (q.requiresGrad) q.accumulate(b, r.dq, true);
+      if (k.requiresGrad) k.accumulate(b, r.dk, true);
+      if (v.requiresGrad) v.accumulate(b, r.dv, true);
     });
   }
 
@@ -108,8 +122,8 @@ export class Ops {
     const b = this.b;
     return this.out(b.swiglu(gate.value, up.value), [gate, up], (g) => {
       const r = b.swigluBackward(gate.value, up.value, g);
-      if (gate.requiresGrad) gate.accumulate(b, r.dgate);
-      if (up.requiresGrad) up.accumulate(b, r.dup);
+      if (gate.requiresGrad) gate.accumulate(b, r.dgate, true);
+      if (up.requiresGrad) up.accumulate(b, r.dup, true);
     });
   }
 
@@ -127,7 +141,7 @@ export class Ops {
 
   gatherCols(x: Node, idx: Int32Array): Node {
     const b = this.b;
-    return this.out(b.gatherCols(x.value, idx), [x], (g) => x.accumulate(b, b.scatterCols(g, idx, x.value.shape[x.value.shape.length - 1]!)));
+    return this.out(b.gatherCols(x.value, idx), [x], (g) => x.accumulate(b, b.scatterCols(g, idx, x.value.shape[x.value.shape.length - 1]!), true));
   }
 
   concatLast(a: Node, c: Node): Node {

@@ -163,8 +163,10 @@ export interface Backend {
   /**
    * Runs fn; every tensor this backend allocates meanwhile is freed when it returns (a step arena),
    * so device memory never waits for the garbage collector. Results must be downloaded inside.
+   * `bf16Inputs`: fn never writes a tensor after making it (a training step's activations), so the
+   * backend may keep each one's bf16 rounding for all the bf16 products that read it.
    */
-  arena?<T>(fn: () => T): T;
+  arena?<T>(fn: () => T, opts?: { bf16Inputs?: boolean }): T;
   /** Device memory in bytes: held by this backend's buffers, their peak, free and total on the device. */
   memory?(): { live: number; peak: number; free: number; total: number };
   /** Starts a new peak for memory(). */
@@ -227,9 +229,10 @@ export interface Backend {
 
   /**
    * linear: dx[M,K] = dy·w, dw[N,K] = dyᵀ·x, db[N] = Σ dy (each only when asked). With `dwInto` a
-   * backend may add dw into that tensor [N,K] instead and return dw null (callers handle both).
+   * backend may add dw into that tensor [N,K] instead and return dw null, and with `dxInto` (x's size)
+   * add dx into it and return dx null (callers handle both).
    */
-  linearBackward(x: Tensor, w: Tensor, dy: Tensor, need: { x: boolean; w: boolean; bias: boolean; dwInto?: Tensor }): { dx: Tensor | null; dw: Tensor | null; db: Tensor | null };
+  linearBackward(x: Tensor, w: Tensor, dy: Tensor, need: { x: boolean; w: boolean; bias: boolean; dwInto?: Tensor; dxInto?: Tensor }): { dx: Tensor | null; dw: Tensor | null; db: Tensor | null };
   rmsnormBackward(x: Tensor, w: Tensor, eps: number, dy: Tensor): { dx: Tensor; dw: Tensor };
   /** RoPE is a rotation: its backward rotates dy by the opposite angle. */
   ropeBackward(dy: Tensor, positions: Int32Array, invFreq: Float64Array, rotaryDims?: number): Tensor;

@@ -76,6 +76,15 @@ test("swiglu, add, gatherCols, concatLast, reshape backward", () => {
   gradCheck("concatLast", [[2, 3, 2], [2, 3, 4]], (o, [a, b]) => o.concatLast(a!, b!));
   gradCheck("reshape", [[2, 6]], (o, [x]) => o.reshape(x!, [3, 4]));
 });
+test("fan-out: gradients of shared inputs are summed, in place only where a node owns its gradient", () => {
+  // x feeds three products and a sum (linearBackward's dxInto, then in-place sums); y reaches the output
+  // through an add (which hands one gradient tensor to both its inputs) and through both swiglu inputs.
+  gradCheck("fan-out", [[4, 5], [5, 5], [5, 5], [5, 5]], (o, [x, w1, w2, w3]) => {
+    const y = o.linear(x!, w1!, null);
+    const z = o.add(o.add(o.linear(x!, w2!, null), o.linear(x!, w3!, null)), x!);
+    return o.add(o.add(y, o.swiglu(y, y)), z);
+  });
+});
 test("embedding backward (repeated ids accumulate)", () => gradCheck("embedding", [[5, 4]], (o, [t]) => o.embedding(t!, Int32Array.of(3, 1, 3, 0))));
 test("cross-entropy and distillation KL backward", () => {
   const targets = Int32Array.of(2, 0, 4);

@@ -317,7 +317,7 @@ test("fine-tuning on the GPU (attention backward, KL distillation, AdamW updates
   assert.notEqual(saved.nll, before.nll);
 });
 
-test("training kernels: batched attention forward and backward (f32 GEMMs; bf16 on the chunked GEMMs and on the fused tensor-core kernels, incl. GQA, Dv ≠ Dh, offset, window, deterministic), bf16 linear backward accumulating into a gradient slot, fused AdamW and the gradient norm vs the reference", { skip }, (t) => {
+test("training kernels: batched attention forward and backward (f32 GEMMs; bf16 on the chunked GEMMs and on the fused tensor-core kernels, incl. GQA, Dv ≠ Dh, offset, window, deterministic), bf16 linear backward accumulating into a gradient slot and into dx, bf16 copies of activations, fused AdamW and the gradient norm vs the reference", { skip }, (t) => {
   const B = backend();
   const arr = seededRand(7, Float32Array);
   const rel = (got: ArrayLike<number>, want: ArrayLike<number>) => {
@@ -399,6 +399,24 @@ test("training kernels: batched attention forward and backward (f32 GEMMs; bf16 
   assert.equal(got.dw, null);
   assert.ok(rel(got.dx!.toArray(), ref.dx!.toArray()) < 2e-2);
   assert.ok(rel(into.toArray(), ref.dw!.toArray().map((g, i) => g + prior[i]!)) < 2e-2);
+  // Inside a bf16Inputs arena x is rounded once and kept for the forward and the backward, and dx is
+  // added into an existing gradient (dxInto): bit-identical to rounding at each product and adding after.
+  const wb = B.uploadBf16(toBf16Bits(w), [N, K]);
+  const plain = (() => {
+    const X = B.upload(x, [M, K]);
+    const y = B.linear(X, wb).toArray();
+    const g = B.linearBackward(X, wb, B.upload(dy, [M, N]), { x: true, w: true, bias: false });
+    return { y, dx: B.add(B.upload(prior.subarray(0, M * K), [M, K]), g.dx!).toArray(), dw: g.dw!.toArray() };
+  })();
+  const kept = B.arena(() => {
+    const X = B.upload(x, [M, K]);
+    const y = B.linear(X, wb).toArray();
+    const dxInto = B.upload(prior.subarray(0, M * K), [M, K]);
+    const g = B.linearBackward(X.reshape([M, 1, K]), wb, B.upload(dy, [M, 1, N]), { x: true, w: true, bias: false, dxInto });
+    assert.equal(g.dx, null, "dx went into dxInto");
+    return { y, dx: dxInto.toArray(), dw: g.dw!.toArray() };
+  }, { bf16Inputs: true });
+  for (const k of ["y", "dx", "dw"] as const) assert.deepEqual(kept[k], plain[k], `bf16 copy / dxInto: ${k}`);
   // fused clip + AdamW over a flat buffer and the deterministic norm
   const n = 100_003;
   const [p0, g0, m0, v0] = [arr(n), arr(n), arr(n), arr(n).map(Math.abs)];

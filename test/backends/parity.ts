@@ -132,11 +132,14 @@ export function runParity(candidate: Backend, relTol: number): ParityLine[] {
     check("embedding", `V${V} D${D} T${ids.length}`, (B, up) => ({ y: B.embedding(up(table, [V, D]), id), backward: B.embeddingBackward(id, up(d, [ids.length, D]), V) }));
   }
   for (const [M, A, Bn] of [[1, 1, 1], [4, 3, 5], [9, 16, 7]] as const) {
-    const a = rand(M * A), b = rand(M * Bn), idx = Int32Array.from({ length: Math.min(A, 3) }, (_, i) => (i * 2) % A);
+    const a = rand(M * A), b = rand(M * Bn), c3 = rand(M * 3), idx = Int32Array.from({ length: Math.min(A, 3) }, (_, i) => (i * 2) % A);
     check("concat/split/gather/scatter", `[${M},${A}]+[${M},${Bn}]`, (B, up) => {
       const cat = B.concatLast(up(a, [M, A]), up(b, [M, Bn]));
       const [s1, s2] = B.splitLast(cat, A);
-      return { concat: cat, split0: s1, split1: s2, gather: B.gatherCols(up(a, [M, A]), idx), scatter: B.scatterCols(B.gatherCols(up(a, [M, A]), idx), idx, A) };
+      // scatterCols has three routes: a permutation, distinct indices, repeated indices (summed).
+      const reversed = Int32Array.from({ length: A }, (_, i) => A - 1 - i), repeated = Int32Array.of(0, A - 1, 0);
+      const scatterPerm = B.scatterCols(up(a, [M, A]), reversed, A), scatterRepeated = B.scatterCols(up(c3, [M, 3]), repeated, A);
+      return { concat: cat, split0: s1, split1: s2, gather: B.gatherCols(up(a, [M, A]), idx), scatter: B.scatterCols(B.gatherCols(up(a, [M, A]), idx), idx, A), scatterPerm, scatterRepeated };
     });
   }
   return lines;

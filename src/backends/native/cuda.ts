@@ -41,7 +41,7 @@ const SIGNATURES: Record<string, string> = {
   synchronize: "int mla_cuda_synchronize(void)",
   cast: "int mla_cuda_cast(const mla_cuda_buf* x, mla_cuda_buf* y)",
   linear: "int mla_cuda_linear(const mla_cuda_buf* x, const mla_cuda_buf* w, const mla_cuda_buf* b, mla_cuda_buf* y, int64_t M, int64_t K, int64_t N)",
-  linearBackward: "int mla_cuda_linear_backward(const mla_cuda_buf* x, const mla_cuda_buf* w, const mla_cuda_buf* dy, mla_cuda_buf* dx, mla_cuda_buf* dw, mla_cuda_buf* db, int64_t M, int64_t K, int64_t N, int32_t accumulate_dw)",
+  linearBackward: "int mla_cuda_linear_backward(const mla_cuda_buf* x, const mla_cuda_buf* w, const mla_cuda_buf* dy, mla_cuda_buf* dx, mla_cuda_buf* dw, mla_cuda_buf* db, int64_t M, int64_t K, int64_t N, int32_t accumulate_dx, int32_t accumulate_dw)",
   rmsnorm: "int mla_cuda_rmsnorm(const mla_cuda_buf* x, const mla_cuda_buf* w, mla_cuda_buf* y, int64_t rows, int64_t D, float eps)",
   rmsnormBackward: "int mla_cuda_rmsnorm_backward(const mla_cuda_buf* x, const mla_cuda_buf* w, const mla_cuda_buf* dy, mla_cuda_buf* dx, mla_cuda_buf* dw, int64_t rows, int64_t D, float eps)",
   rope: "int mla_cuda_rope(const mla_cuda_buf* x, mla_cuda_buf* y, const int32_t* positions, const double* inv_freq, int64_t n_freq, int64_t T, int64_t H, int64_t Dh, int64_t rotary_dims, int32_t sign)",
@@ -115,8 +115,13 @@ function cudaError(lib: CudaLib, op: string, hint: string, oomHint: string): Mla
   return new MlaError("BAD_ARGUMENT", `CUDA ${op} failed: ${msg}`, hint);
 }
 
-/** A device buffer; `handle` is the opaque mla_cuda_buf*. A view keeps its parent reachable. */
+/**
+ * A device buffer; `handle` is the opaque mla_cuda_buf*. A view keeps its parent reachable. `bf16` is
+ * its contents rounded to bf16 (made by the first bf16 product that reads it inside an arena opened
+ * with `bf16Inputs`, read by the others and by their backward), freed with it.
+ */
 class DeviceBuffer {
+  bf16: Tensor | null = null;
   constructor(readonly handle: unknown, readonly n: number, readonly dtype: number, readonly parent: DeviceBuffer | null = null) {}
 }
 
@@ -213,6 +218,8 @@ export class CudaBackend implements Backend {
   private readonly gcEvery: number;
   /** Tensors allocated inside the open arenas, innermost last. */
   private readonly arenas: Tensor[][] = [];
+  /** Open arenas whose tensors are never written after they are made (so their bf16 copies stay true). */
+  private bf16InputArenas = 0;
 
   constructor(readonly lib: CudaLib) {
     this.registry = new FinalizationRegistry((h) => lib.free(h));
@@ -221,15 +228,32 @@ export class CudaBackend implements Backend {
     if (process.env["MHA2MLA_CUDA_PROFILE"]) profileCuda(this, this.training, () => this.call("synchronize", lib.fns["synchronize"]!()));
   }
 
-  arena<T>(fn: () => T): T {
+  arena<T>(fn: () => T, opts: { bf16Inputs?: boolean } = {}): T {
     const mine: Tensor[] = [];
     this.arenas.push(mine);
+    if (opts.bf16Inputs) this.bf16InputArenas++;
     try {
       return fn();
     } finally {
+      if (opts.bf16Inputs) this.bf16InputArenas--;
       this.arenas.pop();
       for (const t of mine) this.free(t);
     }
+  }
+
+  /**
+   * x rounded to bf16, kept with x's buffer so that every bf16 product reading x (the q/k/v
+   * projections of one normed input, and each one's weight gradient) rounds it once. Made only inside
+   * a bf16Inputs arena, where tensors are not written after they are made; `make` false only looks.
+   */
+  private bf16Of(x: Tensor, make: boolean): Tensor | null {
+    const buf = x.storage as DeviceBuffer;
+    if (buf.bf16 || !make || this.bf16InputArenas === 0 || buf.dtype !== F32 || buf.n === 0) return buf.bf16;
+    // Owned by x's buffer, not by the arena: it must live exactly as long as x (free() frees both).
+    const copy = this.empty([buf.n], "a bf16 copy of activations", BF16, false);
+    this.training.cast(x.reshape([buf.n]), copy);
+    buf.bf16 = copy;
+    return copy;
   }
 
   /** Runs a raw library call, turning a failure into an MlaError naming `op`. */
@@ -254,7 +278,7 @@ export class CudaBackend implements Backend {
   }
 
   /** A new device tensor of `shape` (contents undefined); `what` names it in out-of-memory errors. */
-  empty(shape: readonly number[], what: string, dtype = F32): Tensor {
+  empty(shape: readonly number[], what: string, dtype = F32, inArena = true): Tensor {
     let n = 1;
     for (const d of shape) n *= d;
     const bytes = n * (dtype === BF16 ? 2 : 4);
@@ -270,7 +294,7 @@ export class CudaBackend implements Backend {
     const buf = new DeviceBuffer(h, n, dtype);
     this.registry.register(buf, h, buf);
     const t = new Tensor(this, shape, buf, dtype === BF16 ? "bf16" : "f32");
-    arena?.push(t);
+    if (inArena) arena?.push(t);
     return t;
   }
 
@@ -340,6 +364,8 @@ export class CudaBackend implements Backend {
     const buf = t.storage as DeviceBuffer;
     if (!this.registry.unregister(buf)) return; // already freed
     this.lib.free(buf.handle);
+    if (buf.bf16) this.free(buf.bf16);
+    buf.bf16 = null;
   }
 
   /** Collects unreachable tensors and lets their finalizers free the device memory. */
@@ -364,7 +390,8 @@ export class CudaBackend implements Backend {
     expectShape("linear", "w", w, [N, K]);
     if (bias) expectShape("linear", "bias", bias, [N]);
     const y = this.empty([...x.shape.slice(0, -1), N], "a linear output");
-    this.call("linear", this.lib.fns["linear"]!(this.h(x), this.h(w), this.h(bias), this.h(y), M, K, N));
+    const xb = w.dtype === "bf16" ? this.bf16Of(x, true) : null;
+    this.call("linear", this.lib.fns["linear"]!(this.h(xb ?? x), this.h(w), this.h(bias), this.h(y), M, K, N));
     return y;
   }
 
@@ -538,15 +565,18 @@ export class CudaBackend implements Backend {
     return y;
   }
 
-  linearBackward(x: Tensor, w: Tensor, dy: Tensor, need: { x: boolean; w: boolean; bias: boolean; dwInto?: Tensor }) {
+  linearBackward(x: Tensor, w: Tensor, dy: Tensor, need: { x: boolean; w: boolean; bias: boolean; dwInto?: Tensor; dxInto?: Tensor }) {
     const K = last(x), M = x.size / K, N = w.shape[0]!;
     expectShape("linearBackward", "dy", dy, [...x.shape.slice(0, -1), N]);
     if (need.dwInto) expectShape("linearBackward", "dwInto", need.dwInto, [N, K]);
+    if (need.dxInto && need.dxInto.size !== x.size) throw new MlaError("BAD_ARGUMENT", `linearBackward: dxInto [${need.dxInto.shape}] for x [${x.shape}]`, "this is a bug in the caller");
     const into = need.w && need.dwInto ? need.dwInto : null;
-    const dx = need.x ? this.empty(x.shape, "dx") : null;
+    const dxInto = need.x && need.dxInto ? need.dxInto : null;
+    const dx = need.x && !dxInto ? this.empty(x.shape, "dx") : null;
     const dw = need.w && !into ? this.empty([N, K], "dw") : null;
     const db = need.bias ? this.empty([N], "db") : null;
-    this.call("linear_backward", this.lib.fns["linearBackward"]!(this.h(x), this.h(w), this.h(dy), this.h(dx), this.h(into ?? dw), this.h(db), M, K, N, into ? 1 : 0));
+    const xb = w.dtype === "bf16" ? this.bf16Of(x, false) : null;
+    this.call("linear_backward", this.lib.fns["linearBackward"]!(this.h(xb ?? x), this.h(w), this.h(dy), this.h(dxInto ?? dx), this.h(into ?? dw), this.h(db), M, K, N, dxInto ? 1 : 0, into ? 1 : 0));
     return { dx, dw, db };
   }
 
