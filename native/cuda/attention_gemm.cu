@@ -115,6 +115,11 @@ struct Batch {
 mla_status run_batch(const Batch& x, cublasOperation_t ta, cublasOperation_t tb, int64_t m, int64_t n, int64_t k, int64_t lda, int64_t ldb, int64_t ldc, float beta, cudaDataType_t ab) {
   const size_t count = x.c.size();
   if (count == 0 || m == 0 || n == 0) return MLA_OK;
+  if (k == 0) {
+    // A zero head dim (C = beta·C): the leading dims of the empty A, B must still be valid for cuBLAS.
+    lda = max(lda, ta == CUBLAS_OP_N ? m : (int64_t)1);
+    ldb = max(ldb, tb == CUBLAS_OP_N ? (int64_t)1 : n);
+  }
   std::vector<const void*> all(3 * count);
   for (size_t i = 0; i < count; i++) {
     all[i] = x.a[i];

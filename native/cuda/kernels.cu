@@ -117,7 +117,7 @@ __global__ void k_scatter_cols_distinct(const float* dy, const int32_t* idx, flo
 }
 extern "C" mla_status mla_cuda_gather_cols(const mla_cuda_buf* x, const int32_t* idx, mla_cuda_buf* y, int64_t M, int64_t N, int64_t K) {
   NEED_CTX();
-  MLA_CHECK(is_f32(x, M * N) && is_f32(y, M * K) && idx, "gather_cols: bad sizes");
+  MLA_CHECK(is_f32(x, M * N) && is_f32(y, M * K) && (idx || K == 0), "gather_cols: bad sizes");
   for (int64_t k = 0; k < K; k++) MLA_CHECK(idx[k] >= 0 && idx[k] < N, "gather_cols: column " + std::to_string(idx[k]) + " outside [0, " + std::to_string(N) + ")");
   DevInts d;
   TO_DEVICE(d, idx, K);
@@ -127,7 +127,7 @@ extern "C" mla_status mla_cuda_gather_cols(const mla_cuda_buf* x, const int32_t*
 }
 extern "C" mla_status mla_cuda_scatter_cols(const mla_cuda_buf* dy, const int32_t* idx, mla_cuda_buf* y, int64_t M, int64_t K, int64_t N) {
   NEED_CTX();
-  MLA_CHECK(is_f32(dy, M * K) && is_f32(y, M * N) && idx, "scatter_cols: bad sizes");
+  MLA_CHECK(is_f32(dy, M * K) && is_f32(y, M * N) && (idx || K == 0), "scatter_cols: bad sizes");
   for (int64_t k = 0; k < K; k++) MLA_CHECK(idx[k] >= 0 && idx[k] < N, "scatter_cols: column " + std::to_string(idx[k]) + " outside [0, " + std::to_string(N) + ")");
   // A permutation (the MLA query's [rope | nope] order) scatters as a gather by its inverse, with no
   // zero fill; other distinct indices need the fill but no per-row walk.
@@ -252,7 +252,7 @@ __global__ void k_rope(const float* x, float* y, const int32_t* pos, const doubl
 }
 extern "C" mla_status mla_cuda_rope(const mla_cuda_buf* x, mla_cuda_buf* y, const int32_t* positions, const double* inv_freq, int64_t n_freq, int64_t T, int64_t H, int64_t Dh, int64_t rotary_dims, int32_t sign) {
   NEED_CTX();
-  MLA_CHECK(is_f32(x, T * H * Dh) && is_f32(y, T * H * Dh) && positions && inv_freq, "rope: f32 buffers [T,H,Dh]");
+  MLA_CHECK(is_f32(x, T * H * Dh) && is_f32(y, T * H * Dh) && (positions || T == 0) && (inv_freq || n_freq == 0), "rope: f32 buffers [T,H,Dh]");
   MLA_CHECK(rotary_dims > 0 && rotary_dims % 2 == 0 && rotary_dims <= Dh, "rope: rotary_dims must be even and at most Dh");
   const int64_t half = rotary_dims / 2;
   MLA_CHECK(n_freq == half || n_freq == H * half, "rope: n_freq must be rotary_dims/2 or H·rotary_dims/2");
@@ -286,7 +286,7 @@ static mla_status check_ids(const char* op, const int32_t* ids, int64_t T, int64
 }
 extern "C" mla_status mla_cuda_embedding(const mla_cuda_buf* table, const int32_t* ids, mla_cuda_buf* y, int64_t T, int64_t V, int64_t D) {
   NEED_CTX();
-  MLA_CHECK(is_f32(table, V * D) && is_f32(y, T * D) && ids, "embedding: f32 buffers [V,D], [T,D]");
+  MLA_CHECK(is_f32(table, V * D) && is_f32(y, T * D) && (ids || T == 0), "embedding: f32 buffers [V,D], [T,D]");
   if (mla_status st = check_ids("embedding", ids, T, V)) return st;
   DevInts d;
   TO_DEVICE(d, ids, T);
@@ -296,7 +296,7 @@ extern "C" mla_status mla_cuda_embedding(const mla_cuda_buf* table, const int32_
 }
 extern "C" mla_status mla_cuda_embedding_backward(const int32_t* ids, const mla_cuda_buf* dy, mla_cuda_buf* dtable, int64_t T, int64_t V, int64_t D) {
   NEED_CTX();
-  MLA_CHECK(is_f32(dy, T * D) && is_f32(dtable, V * D) && ids, "embedding_backward: f32 buffers");
+  MLA_CHECK(is_f32(dy, T * D) && is_f32(dtable, V * D) && (ids || T == 0), "embedding_backward: f32 buffers");
   if (mla_status st = check_ids("embedding_backward", ids, T, V)) return st;
   // Positions grouped by token id (stable), so each id's rows are summed in position order.
   std::vector<int32_t> order(T), starts, segIds;
@@ -319,33 +319,80 @@ extern "C" mla_status mla_cuda_embedding_backward(const int32_t* ids, const mla_
 }
 
 // ---------------- cross-entropy ----------------
-__global__ void k_cross_entropy(const float* logits, const int32_t* targets, double* loss, float* grad, float scale, int64_t V) {
-  __shared__ float red[32];
+// (max, Σ exp(x − max)) of two parts of a row, combined.
+__device__ __forceinline__ void combine_max_sum(float& m, float& s, float m2, float s2) {
+  const float M = fmaxf(m, m2);
+  s = s * expf(m - M) + s2 * expf(m2 - M);
+  m = M;
+}
+// One block per row. The row's maximum and Σ exp(x − max) come from one read (each thread keeps a running
+// pair, rescaled when its maximum moves; pairs are combined across the block), the gradient from a second
+// (mostly from L2). loss[row] = log Σ exp − x[target]; grad[row] = scale·(softmax − onehot), stored as G
+// (bf16 when a bf16 product reads it next: the same rounding that product would apply).
+template <typename LossT, typename G>
+__global__ void k_cross_entropy(const float* logits, const int32_t* targets, LossT* loss, G* grad, float scale, int64_t V) {
+  __shared__ float red_m[32], red_s[32];
   const float* row = logits + blockIdx.x * V;
-  float mx = -FLT_MAX;
-  for (int64_t i = threadIdx.x; i < V; i += blockDim.x) mx = fmaxf(mx, row[i]);
-  mx = block_reduce<true>(mx, red);
-  float z = 0;
-  for (int64_t i = threadIdx.x; i < V; i += blockDim.x) z += expf(row[i] - mx);
-  z = block_reduce<false>(z, red);
+  float m = -FLT_MAX, s = 0;
+  for (int64_t i = threadIdx.x; i < V; i += blockDim.x) {
+    const float x = row[i];
+    if (x > m) {
+      s = s * expf(m - x) + 1.0f;
+      m = x;
+    } else {
+      s += expf(x - m);
+    }
+  }
+  for (int o = 16; o > 0; o >>= 1) combine_max_sum(m, s, __shfl_xor_sync(0xffffffffu, m, o), __shfl_xor_sync(0xffffffffu, s, o));
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (lane == 0) {
+    red_m[warp] = m;
+    red_s[warp] = s;
+  }
+  __syncthreads();
+  m = red_m[0];
+  s = red_s[0];
+  for (int w = 1; w < (int)(blockDim.x >> 5); w++) combine_max_sum(m, s, red_m[w], red_s[w]);
   const int32_t y = targets[blockIdx.x];
-  if (loss && threadIdx.x == 0) loss[blockIdx.x] = log((double)z) + mx - row[y];
-  if (grad)
-    for (int64_t i = threadIdx.x; i < V; i += blockDim.x) grad[blockIdx.x * V + i] = scale * (expf(row[i] - mx) / z - (i == y ? 1.0f : 0.0f));
+  if (loss && threadIdx.x == 0) loss[blockIdx.x] = (LossT)(log((double)s) + m - row[y]);
+  if (grad) {
+    const float inv = 1.0f / s;
+    G* g = grad + blockIdx.x * V;
+    for (int64_t i = threadIdx.x; i < V; i += blockDim.x) g[i] = (G)(scale * (expf(row[i] - m) * inv - (i == y ? 1.0f : 0.0f)));
+  }
+}
+static mla_status check_targets(const int32_t* targets, int64_t T, int64_t V) {
+  for (int64_t t = 0; t < T; t++) MLA_CHECK(targets[t] >= 0 && targets[t] < V, "cross_entropy: target " + std::to_string(targets[t]) + " is outside the vocabulary of " + std::to_string(V));
+  return MLA_OK;
 }
 // loss[T] on the host (double, skipped when NULL); grad[T,V] = scale·(softmax − onehot) on the device (skipped when NULL).
 extern "C" mla_status mla_cuda_cross_entropy(const mla_cuda_buf* logits, const int32_t* targets, double* loss, mla_cuda_buf* grad, float scale, int64_t T, int64_t V) {
   NEED_CTX();
-  MLA_CHECK(is_f32(logits, T * V) && targets && (!grad || is_f32(grad, T * V)), "cross_entropy: f32 buffers [T,V]");
-  for (int64_t t = 0; t < T; t++) MLA_CHECK(targets[t] >= 0 && targets[t] < V, "cross_entropy: target " + std::to_string(targets[t]) + " is outside the vocabulary of " + std::to_string(V));
+  MLA_CHECK(is_f32(logits, T * V) && (targets || T == 0) && (!grad || is_f32(grad, T * V)), "cross_entropy: f32 buffers [T,V]");
+  if (mla_status e = check_targets(targets, T, V)) return e;
   DevInts d;
   TO_DEVICE(d, targets, T);
   DevF64s l;
   if (loss) CUDA_TRY(cudaMallocAsync(&l.p, sizeof(double) * (T > 0 ? T : 1), S_));
-  if (T) k_cross_entropy<<<(unsigned)T, 256, 0, S_>>>(CF(logits), d.p, l.p, grad ? F(grad) : nullptr, scale, V);
+  if (T) k_cross_entropy<double, float><<<(unsigned)T, 256, 0, S_>>>(CF(logits), d.p, l.p, grad ? F(grad) : nullptr, scale, V);
   KERNEL_CHECK();
   if (loss && T) CUDA_TRY(cudaMemcpyAsync(loss, l.p, sizeof(double) * T, cudaMemcpyDeviceToHost, S_));
   CUDA_TRY(cudaStreamSynchronize(S_));
+  return MLA_OK;
+}
+// The training step's form: the per-row losses stay on the device (f32, at loss[loss_offset …]) so the
+// step never waits for them, and grad may be bf16. No synchronization.
+extern "C" mla_status mla_cuda_cross_entropy_device(const mla_cuda_buf* logits, const int32_t* targets, mla_cuda_buf* loss, int64_t loss_offset, mla_cuda_buf* grad, float scale, int64_t T, int64_t V) {
+  NEED_CTX();
+  MLA_CHECK(is_f32(logits, T * V) && (targets || T == 0) && grad && grad->n == T * V && (grad->dtype == MLA_F32 || grad->dtype == MLA_BF16), "cross_entropy_device: logits f32 [T,V], grad f32 or bf16 [T,V]");
+  MLA_CHECK(loss && loss->dtype == MLA_F32 && loss_offset >= 0 && loss_offset + T <= loss->n, "cross_entropy_device: loss must be an f32 buffer with room for T rows from loss_offset");
+  if (mla_status e = check_targets(targets, T, V)) return e;
+  DevInts d;
+  TO_DEVICE(d, targets, T);
+  float* l = F(loss) + loss_offset;
+  if (T && grad->dtype == MLA_BF16) k_cross_entropy<float, __nv_bfloat16><<<(unsigned)T, 256, 0, S_>>>(CF(logits), d.p, l, (__nv_bfloat16*)grad->ptr, scale, V);
+  else if (T) k_cross_entropy<float, float><<<(unsigned)T, 256, 0, S_>>>(CF(logits), d.p, l, F(grad), scale, V);
+  KERNEL_CHECK();
   return MLA_OK;
 }
 

@@ -77,7 +77,8 @@ extern "C" mla_status mla_cuda_linear(const mla_cuda_buf* x, const mla_cuda_buf*
 // gradient with several consumers is summed without a separate add over it.
 extern "C" mla_status mla_cuda_linear_backward(const mla_cuda_buf* x, const mla_cuda_buf* w, const mla_cuda_buf* dy, mla_cuda_buf* dx, mla_cuda_buf* dw, mla_cuda_buf* db, int64_t M, int64_t K, int64_t N, int32_t accumulate_dx, int32_t accumulate_dw) {
   NEED_CTX();
-  MLA_CHECK(x && w && dy && (w->dtype == MLA_F32 || w->dtype == MLA_BF16) && (x->dtype == MLA_F32 || (x->dtype == MLA_BF16 && w->dtype == MLA_BF16)) && dy->dtype == MLA_F32, "linear_backward: dy f32, w f32 or bf16, x f32 (or bf16 with bf16 w)");
+  MLA_CHECK(x && w && dy && (w->dtype == MLA_F32 || w->dtype == MLA_BF16) && (x->dtype == MLA_F32 || (x->dtype == MLA_BF16 && w->dtype == MLA_BF16)) && (dy->dtype == MLA_F32 || (dy->dtype == MLA_BF16 && w->dtype == MLA_BF16 && !db)),
+            "linear_backward: w f32 or bf16; x and dy f32 (or, with bf16 w, bf16; dy bf16 only without db)");
   MLA_CHECK(x->n == M * K && w->n == N * K && dy->n == M * N && (!dx || (dx->n == M * K && dx->dtype == MLA_F32)) && (!dw || (dw->n == N * K && dw->dtype == MLA_F32)), "linear_backward: buffer sizes do not match M, K, N");
   const float one = 1;
   const float beta_w = accumulate_dw ? 1.0f : 0.0f, beta_x = accumulate_dx ? 1.0f : 0.0f;
@@ -86,12 +87,14 @@ extern "C" mla_status mla_cuda_linear_backward(const mla_cuda_buf* x, const mla_
   if (w->dtype == MLA_BF16) {
     // Mixed precision: dy and x rounded to bf16 once, both products on tensor cores with f32 accumulation.
     mla_status st;
-    const bool convert_x = dw && x->dtype == MLA_F32;
-    auto* dyb = (__nv_bfloat16*)mla::scratch(sizeof(__nv_bfloat16) * (M * N + (convert_x ? M * K : 0)), &st);
-    if (!dyb) return st;
-    const __nv_bfloat16* xb = convert_x ? dyb + M * N : (const __nv_bfloat16*)x->ptr;
-    if (M * N) f32_to_bf16<<<blocks_for(M * N, 256), 256, 0, s>>>((const float*)dy->ptr, dyb, M * N);
-    if (convert_x && M * K) f32_to_bf16<<<blocks_for(M * K, 256), 256, 0, s>>>((const float*)x->ptr, dyb + M * N, M * K);
+    const bool convert_x = dw && x->dtype == MLA_F32, convert_dy = dy->dtype == MLA_F32;
+    auto* scratch = (__nv_bfloat16*)mla::scratch(sizeof(__nv_bfloat16) * ((convert_dy ? M * N : 0) + (convert_x ? M * K : 0) + 1), &st);
+    if (!scratch) return st;
+    const __nv_bfloat16* dyb = convert_dy ? scratch : (const __nv_bfloat16*)dy->ptr;
+    __nv_bfloat16* x_scratch = scratch + (convert_dy ? M * N : 0);
+    const __nv_bfloat16* xb = convert_x ? x_scratch : (const __nv_bfloat16*)x->ptr;
+    if (convert_dy && M * N) f32_to_bf16<<<blocks_for(M * N, 256), 256, 0, s>>>((const float*)dy->ptr, scratch, M * N);
+    if (convert_x && M * K) f32_to_bf16<<<blocks_for(M * K, 256), 256, 0, s>>>((const float*)x->ptr, x_scratch, M * K);
     KERNEL_CHECK();
     if (dx && M > 0 && K > 0) {
       if (N == 0) {

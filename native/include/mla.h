@@ -132,7 +132,7 @@ mla_status mla_cuda_cast(const mla_cuda_buf* x, mla_cuda_buf* y);
    the caller's bf16 copy of its activations (no rounding pass then). */
 mla_status mla_cuda_linear(const mla_cuda_buf* x, const mla_cuda_buf* w, const mla_cuda_buf* b, mla_cuda_buf* y, int64_t M, int64_t K, int64_t N);
 /* w may be bf16: dy (and x for dw, unless x is already bf16) are rounded to bf16, products accumulate in
-   f32. accumulate_dx / accumulate_dw != 0 add the gradient into dx / dw (a gradient with other consumers,
+   f32; with bf16 w, dy may be bf16 too (then no db). accumulate_dx / accumulate_dw != 0 add the gradient into dx / dw (a gradient with other consumers,
    a flat gradient buffer) instead of overwriting it. */
 mla_status mla_cuda_linear_backward(const mla_cuda_buf* x, const mla_cuda_buf* w, const mla_cuda_buf* dy, mla_cuda_buf* dx, mla_cuda_buf* dw, mla_cuda_buf* db, int64_t M, int64_t K, int64_t N, int32_t accumulate_dx, int32_t accumulate_dw);
 mla_status mla_cuda_rmsnorm(const mla_cuda_buf* x, const mla_cuda_buf* w, mla_cuda_buf* y, int64_t rows, int64_t D, float eps);
@@ -170,6 +170,9 @@ mla_status mla_cuda_embedding(const mla_cuda_buf* table, const int32_t* ids, mla
 mla_status mla_cuda_embedding_backward(const int32_t* ids, const mla_cuda_buf* dy, mla_cuda_buf* dtable, int64_t T, int64_t V, int64_t D);
 /* loss[T] is a host array (skipped when NULL); grad a device buffer (skipped when NULL). */
 mla_status mla_cuda_cross_entropy(const mla_cuda_buf* logits, const int32_t* targets, double* loss, mla_cuda_buf* grad, float scale, int64_t T, int64_t V);
+/* The training step's form: per-row losses into the f32 device buffer loss from loss_offset (no host wait),
+   grad [T,V] f32 or bf16 on the device. */
+mla_status mla_cuda_cross_entropy_device(const mla_cuda_buf* logits, const int32_t* targets, mla_cuda_buf* loss, int64_t loss_offset, mla_cuda_buf* grad, float scale, int64_t T, int64_t V);
 /* Distillation: loss[T] = τ²·KL(softmax(teacher/τ) ‖ softmax(student/τ)) on the host; grad[T,V] = scale·τ·(p_s − p_t). */
 mla_status mla_cuda_kl_divergence(const mla_cuda_buf* student, const mla_cuda_buf* teacher, double* loss, mla_cuda_buf* grad, float temperature, float scale, int64_t T, int64_t V);
 /* y[m, offy + j] = x[m, offx + j] for j < w (rows of length Nx and Ny): concat and split. */

@@ -95,7 +95,8 @@ export async function perplexity(model: LlamaModel, ids: Int32Array, opts: Perpl
     // In a step arena where the backend has one (CUDA): every activation of this forward is freed when
     // it returns, instead of waiting for the garbage collector (forced collections every ~1/8 of the
     // device's memory allocated outside arenas). Nothing the forward allocates outlives it here: the
-    // weights are wrapped, not copied, and there is no decode cache.
+    // weights are wrapped, not copied, and there is no decode cache. Nothing writes an activation after
+    // making it, so each is rounded to bf16 once for all the products that read it.
     const score = () => {
       const logits = model.forward(input, undefined, { sequences: n, bf16, kvCache: opts.kvCache });
       const nll = model.backend.crossEntropy(logits, targets);
@@ -103,7 +104,7 @@ export async function perplexity(model: LlamaModel, ids: Int32Array, opts: Perpl
       return nll;
     };
     const b = model.backend;
-    for (const x of b.arena ? b.arena(score) : score()) sum += x;
+    for (const x of b.arena ? b.arena(score, { bf16Inputs: bf16 }) : score()) sum += x;
     progress.tick(targets.length);
     w += n;
     // Yield so that SIGINT/SIGTERM handlers can run during long evaluations.

@@ -256,18 +256,32 @@ function chunkedHeadLoss(b: Backend, k: TrainingKernels, h: Tensor, head: Node, 
   const [N, D] = h.shape as [number, number];
   const dh = k.zeros(N * D, "the hidden-state gradient").reshape([N, D]);
   const dwInto = head.requiresGrad && head.gradTarget ? head.gradTarget.reshape(head.value.shape) : undefined;
+  // Where the backend keeps the losses on the device, the step waits for them once, after the last chunk.
+  const losses = b.crossEntropyDevice ? k.zeros(N, "the per-token losses") : null;
+  const gradDtype = head.value.dtype === "bf16" ? "bf16" : "f32";
   let loss = 0;
   for (let r0 = 0; r0 < N; r0 += chunk) {
     const rows = Math.min(chunk, N - r0);
     const hc = k.view(h, r0 * D, [rows, D]);
     const logits = b.linear(hc, head.value, null);
-    const ce = crossEntropyWithGrad(b, logits, targets.subarray(r0, r0 + rows), scale);
-    const grad = ce.grad;
-    loss += ce.loss;
-    const g = b.linearBackward(hc, head.value, grad, { x: true, w: head.requiresGrad, bias: false, dwInto });
-    k.copyInto(dh, r0 * D, g.dx!);
+    const rowTargets = targets.subarray(r0, r0 + rows);
+    let grad: Tensor;
+    if (losses) grad = b.crossEntropyDevice!(logits, rowTargets, scale, losses, r0, gradDtype);
+    else {
+      const ce = crossEntropyWithGrad(b, logits, rowTargets, scale);
+      [grad, loss] = [ce.grad, loss + ce.loss];
+    }
+    logits.dispose();
+    // dh's rows of this chunk are zeros: a backend that adds dx into them writes them in place.
+    const dhc = k.view(dh, r0 * D, [rows, D]);
+    const g = b.linearBackward(hc, head.value, grad, { x: true, w: head.requiresGrad, bias: false, dwInto, dxInto: dhc });
+    if (g.dx) k.copyInto(dh, r0 * D, g.dx);
     if (g.dw) head.accumulate(b, g.dw); // a backend that adds into dwInto returns none
-    for (const x of [logits, grad, g.dx!]) x.dispose();
+    for (const x of [grad, g.dx, hc, dhc]) x?.dispose();
+  }
+  if (losses) {
+    for (const x of losses.toArray()) loss += x;
+    losses.dispose();
   }
   return { loss, dh };
 }

@@ -173,6 +173,12 @@ export interface Backend {
   resetPeak?(): void;
   /** crossEntropy and crossEntropyBackward in one pass over the logits. */
   crossEntropyFused?(logits: Tensor, targets: Int32Array, scale: number): { loss: Float64Array; grad: Tensor };
+  /**
+   * As crossEntropyFused, but each row's loss stays on the device, in `losses` (f32) from element
+   * `offset`, so a training step need not wait for it; the gradient is stored as `gradDtype` (bf16 when
+   * a bf16 product reads it next, which would round it so anyway). linearBackward takes such a dy.
+   */
+  crossEntropyDevice?(logits: Tensor, targets: Int32Array, scale: number, losses: Tensor, offset: number, gradDtype: "f32" | "bf16"): Tensor;
 
   /** y[M,N] = x[M,K] · w[N,K]ᵀ (+ bias[N]). */
   linear(x: Tensor, w: Tensor, bias?: Tensor | null): Tensor;

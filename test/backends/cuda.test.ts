@@ -317,7 +317,7 @@ test("fine-tuning on the GPU (attention backward, KL distillation, AdamW updates
   assert.notEqual(saved.nll, before.nll);
 });
 
-test("training kernels: batched attention forward and backward (f32 GEMMs; bf16 on the chunked GEMMs and on the fused tensor-core kernels, incl. GQA, Dv ≠ Dh, offset, window, deterministic), bf16 linear backward accumulating into a gradient slot and into dx, bf16 copies of activations, fused AdamW and the gradient norm vs the reference", { skip }, (t) => {
+test("training kernels: batched attention forward and backward (f32 GEMMs; bf16 on the chunked GEMMs and on the fused tensor-core kernels, incl. GQA, Dv ≠ Dh, offset, window, deterministic), bf16 linear backward accumulating into a gradient slot and into dx, bf16 copies of activations, the device-resident cross-entropy with a bf16 gradient, fused AdamW and the gradient norm vs the reference", { skip }, (t) => {
   const B = backend();
   const arr = seededRand(7, Float32Array);
   const rel = (got: ArrayLike<number>, want: ArrayLike<number>) => {
@@ -402,21 +402,46 @@ test("training kernels: batched attention forward and backward (f32 GEMMs; bf16 
   // Inside a bf16Inputs arena x is rounded once and kept for the forward and the backward, and dx is
   // added into an existing gradient (dxInto): bit-identical to rounding at each product and adding after.
   const wb = B.uploadBf16(toBf16Bits(w), [N, K]);
+  const priorDx = arr(M * K);
   const plain = (() => {
     const X = B.upload(x, [M, K]);
     const y = B.linear(X, wb).toArray();
     const g = B.linearBackward(X, wb, B.upload(dy, [M, N]), { x: true, w: true, bias: false });
-    return { y, dx: B.add(B.upload(prior.subarray(0, M * K), [M, K]), g.dx!).toArray(), dw: g.dw!.toArray() };
+    return { y, dx: B.add(B.upload(priorDx, [M, K]), g.dx!).toArray(), dw: g.dw!.toArray() };
   })();
   const kept = B.arena(() => {
     const X = B.upload(x, [M, K]);
     const y = B.linear(X, wb).toArray();
-    const dxInto = B.upload(prior.subarray(0, M * K), [M, K]);
+    const dxInto = B.upload(priorDx, [M, K]);
     const g = B.linearBackward(X.reshape([M, 1, K]), wb, B.upload(dy, [M, 1, N]), { x: true, w: true, bias: false, dxInto });
     assert.equal(g.dx, null, "dx went into dxInto");
     return { y, dx: dxInto.toArray(), dw: g.dw!.toArray() };
   }, { bf16Inputs: true });
   for (const k of ["y", "dx", "dw"] as const) assert.deepEqual(kept[k], plain[k], `bf16 copy / dxInto: ${k}`);
+  // The training step's cross-entropy: losses kept on the device at an offset, the gradient f32 or bf16
+  // (exactly the f32 gradient rounded), and a bf16 dy taken by linearBackward as the f32 one it rounds.
+  {
+    const [Tc, Vc, scale] = [37, 50_021, 0.5];
+    const logits = arr(Tc * Vc).map((v) => 8 * v);
+    const targets = Int32Array.from({ length: Tc }, (_, i) => (i * 7919) % Vc);
+    const wantLoss = R.crossEntropy(R.upload(logits, [Tc, Vc]), targets);
+    const wantGrad = R.crossEntropyBackward(R.upload(logits, [Tc, Vc]), targets, scale).toArray();
+    const L = B.upload(logits, [Tc, Vc]);
+    const losses = B.training.zeros(2 * Tc + 1, "losses");
+    const g32 = B.crossEntropyDevice(L, targets, scale, losses, 1, "f32");
+    const g16 = B.crossEntropyDevice(L, targets, scale, losses, Tc + 1, "bf16");
+    const lv = losses.toArray();
+    assert.equal(lv[0], 0, "rows before the offset untouched");
+    assert.ok(rel(lv.subarray(1, Tc + 1), wantLoss) < 1e-6 && rel(lv.subarray(Tc + 1), wantLoss) < 1e-6, "per-row losses");
+    assert.ok(rel(g32.toArray(), wantGrad) < 1e-5, "f32 gradient");
+    assert.deepEqual(g16.toArray(), decodeToF32("BF16", new Uint8Array(toBf16Bits(g32.toArray()).buffer)), "bf16 gradient = the f32 one rounded");
+    const [Kc, hx] = [24, arr(Tc * 24)];
+    const head = B.uploadBf16(toBf16Bits(arr(Vc * Kc)), [Vc, Kc]);
+    const a = B.linearBackward(B.upload(hx, [Tc, Kc]), head, g32, { x: true, w: true, bias: false });
+    const b16 = B.linearBackward(B.upload(hx, [Tc, Kc]), head, g16, { x: true, w: true, bias: false });
+    assert.deepEqual(b16.dx!.toArray(), a.dx!.toArray(), "bf16 dy: dx");
+    assert.deepEqual(b16.dw!.toArray(), a.dw!.toArray(), "bf16 dy: dw");
+  }
   // fused clip + AdamW over a flat buffer and the deterministic norm
   const n = 100_003;
   const [p0, g0, m0, v0] = [arr(n), arr(n), arr(n), arr(n).map(Math.abs)];

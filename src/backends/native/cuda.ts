@@ -63,6 +63,7 @@ const SIGNATURES: Record<string, string> = {
   embeddingBackward: "int mla_cuda_embedding_backward(const int32_t* ids, const mla_cuda_buf* dy, mla_cuda_buf* dtable, int64_t T, int64_t V, int64_t D)",
   klDivergence: "int mla_cuda_kl_divergence(const mla_cuda_buf* student, const mla_cuda_buf* teacher, double* loss, mla_cuda_buf* grad, float temperature, float scale, int64_t T, int64_t V)",
   crossEntropy: "int mla_cuda_cross_entropy(const mla_cuda_buf* logits, const int32_t* targets, double* loss, mla_cuda_buf* grad, float scale, int64_t T, int64_t V)",
+  crossEntropyDevice: "int mla_cuda_cross_entropy_device(const mla_cuda_buf* logits, const int32_t* targets, mla_cuda_buf* loss, int64_t loss_offset, mla_cuda_buf* grad, float scale, int64_t T, int64_t V)",
   copyCols: "int mla_cuda_copy_cols(const mla_cuda_buf* x, mla_cuda_buf* y, int64_t M, int64_t Nx, int64_t offx, int64_t Ny, int64_t offy, int64_t w)",
   gatherCols: "int mla_cuda_gather_cols(const mla_cuda_buf* x, const int32_t* idx, mla_cuda_buf* y, int64_t M, int64_t N, int64_t K)",
   scatterCols: "int mla_cuda_scatter_cols(const mla_cuda_buf* dy, const int32_t* idx, mla_cuda_buf* y, int64_t M, int64_t K, int64_t N)",
@@ -193,6 +194,11 @@ export class DeviceRowStore {
 
 function last(t: Tensor): number {
   return t.shape[t.shape.length - 1]!;
+}
+
+/** Rows of t: the product of every dim but the last (not size / last, which is NaN for a zero-width last dim). */
+function rowsOf(t: Tensor): number {
+  return t.shape.slice(0, -1).reduce((a, b) => a * b, 1);
 }
 
 /** A synchronous full collection (V8's gc exposed at run time), so finalizers free unreachable buffers. */
@@ -386,7 +392,7 @@ export class CudaBackend implements Backend {
   }
 
   linear(x: Tensor, w: Tensor, bias?: Tensor | null): Tensor {
-    const K = last(x), M = x.size / K, N = w.shape[0]!;
+    const K = last(x), M = rowsOf(x), N = w.shape[0]!;
     expectShape("linear", "w", w, [N, K]);
     if (bias) expectShape("linear", "bias", bias, [N]);
     const y = this.empty([...x.shape.slice(0, -1), N], "a linear output");
@@ -399,7 +405,7 @@ export class CudaBackend implements Backend {
     const D = last(x);
     expectShape("rmsnorm", "w", w, [D]);
     const y = this.empty(x.shape, "an rmsnorm output");
-    this.call("rmsnorm", this.lib.fns["rmsnorm"]!(this.h(x), this.h(w), this.h(y), x.size / D, D, eps));
+    this.call("rmsnorm", this.lib.fns["rmsnorm"]!(this.h(x), this.h(w), this.h(y), rowsOf(x), D, eps));
     return y;
   }
 
@@ -435,7 +441,7 @@ export class CudaBackend implements Backend {
     const A = last(a), Bn = last(b);
     if (a.shape.length !== b.shape.length || a.shape.slice(0, -1).some((d, i) => d !== b.shape[i]))
       throw new MlaError("BAD_ARGUMENT", `concatLast: [${a.shape}] and [${b.shape}] differ before the last axis`, "this is a bug in the caller");
-    const M = a.size / A;
+    const M = rowsOf(a);
     const y = this.empty([...a.shape.slice(0, -1), A + Bn], "a concatenation");
     this.copyCols(a, y, M, A, 0, A + Bn, 0, A);
     this.copyCols(b, y, M, Bn, 0, A + Bn, A, Bn);
@@ -443,7 +449,7 @@ export class CudaBackend implements Backend {
   }
 
   splitLast(x: Tensor, a: number): [Tensor, Tensor] {
-    const N = last(x), M = x.size / N;
+    const N = last(x), M = rowsOf(x);
     const p = this.empty([...x.shape.slice(0, -1), a], "a split");
     const q = this.empty([...x.shape.slice(0, -1), N - a], "a split");
     this.copyCols(x, p, M, N, 0, a, 0, a);
@@ -551,7 +557,7 @@ export class CudaBackend implements Backend {
   }
 
   crossEntropy(logits: Tensor, targets: Int32Array): Float64Array {
-    const V = last(logits), T = logits.size / V;
+    const V = last(logits), T = rowsOf(logits);
     if (targets.length !== T) throw new MlaError("BAD_ARGUMENT", `crossEntropy: ${targets.length} targets for ${T} rows`, "one target per row");
     const loss = new Float64Array(T);
     if (this.lib.fns["crossEntropy"]!(this.h(logits), targets, loss, null, 0, T, V) !== 0) this.fail("crossEntropy", "the tokenizer and the model do not match");
@@ -559,14 +565,14 @@ export class CudaBackend implements Backend {
   }
 
   gatherCols(x: Tensor, idx: Int32Array): Tensor {
-    const N = last(x), M = x.size / N;
+    const N = last(x), M = rowsOf(x);
     const y = this.empty([...x.shape.slice(0, -1), idx.length], "gathered columns");
     this.call("gather_cols", this.lib.fns["gatherCols"]!(this.h(x), idx, this.h(y), M, N, idx.length));
     return y;
   }
 
   linearBackward(x: Tensor, w: Tensor, dy: Tensor, need: { x: boolean; w: boolean; bias: boolean; dwInto?: Tensor; dxInto?: Tensor }) {
-    const K = last(x), M = x.size / K, N = w.shape[0]!;
+    const K = last(x), M = rowsOf(x), N = w.shape[0]!;
     expectShape("linearBackward", "dy", dy, [...x.shape.slice(0, -1), N]);
     if (need.dwInto) expectShape("linearBackward", "dwInto", need.dwInto, [N, K]);
     if (need.dxInto && need.dxInto.size !== x.size) throw new MlaError("BAD_ARGUMENT", `linearBackward: dxInto [${need.dxInto.shape}] for x [${x.shape}]`, "this is a bug in the caller");
@@ -581,7 +587,7 @@ export class CudaBackend implements Backend {
   }
 
   crossEntropyFused(logits: Tensor, targets: Int32Array, scale: number): { loss: Float64Array; grad: Tensor } {
-    const V = last(logits), T = logits.size / V;
+    const V = last(logits), T = rowsOf(logits);
     if (targets.length !== T) throw new MlaError("BAD_ARGUMENT", `crossEntropy: ${targets.length} targets for ${T} rows`, "one target per row");
     const loss = new Float64Array(T);
     const grad = this.empty(logits.shape, "a cross-entropy gradient");
@@ -589,11 +595,19 @@ export class CudaBackend implements Backend {
     return { loss, grad };
   }
 
+  crossEntropyDevice(logits: Tensor, targets: Int32Array, scale: number, losses: Tensor, offset: number, gradDtype: "f32" | "bf16"): Tensor {
+    const V = last(logits), T = rowsOf(logits);
+    if (targets.length !== T) throw new MlaError("BAD_ARGUMENT", `crossEntropy: ${targets.length} targets for ${T} rows`, "one target per row");
+    const grad = this.empty(logits.shape, "a cross-entropy gradient", gradDtype === "bf16" ? BF16 : F32);
+    if (this.lib.fns["crossEntropyDevice"]!(this.h(logits), targets, this.h(losses), offset, this.h(grad), scale, T, V) !== 0) this.fail("crossEntropy", "the tokenizer and the model do not match");
+    return grad;
+  }
+
   rmsnormBackward(x: Tensor, w: Tensor, eps: number, dy: Tensor) {
     const D = last(x);
     const dx = this.empty(x.shape, "dx");
     const dw = this.empty([D], "dw");
-    this.call("rmsnorm_backward", this.lib.fns["rmsnormBackward"]!(this.h(x), this.h(w), this.h(dy), this.h(dx), this.h(dw), x.size / D, D, eps));
+    this.call("rmsnorm_backward", this.lib.fns["rmsnormBackward"]!(this.h(x), this.h(w), this.h(dy), this.h(dx), this.h(dw), rowsOf(x), D, eps));
     return { dx, dw };
   }
 
@@ -613,7 +627,7 @@ export class CudaBackend implements Backend {
   }
 
   crossEntropyBackward(logits: Tensor, targets: Int32Array, scale: number): Tensor {
-    const V = last(logits), T = logits.size / V;
+    const V = last(logits), T = rowsOf(logits);
     if (targets.length !== T) throw new MlaError("BAD_ARGUMENT", `crossEntropy: ${targets.length} targets for ${T} rows`, "one target per row");
     const g = this.empty(logits.shape, "a cross-entropy gradient");
     if (this.lib.fns["crossEntropy"]!(this.h(logits), targets, null, this.h(g), scale, T, V) !== 0) this.fail("crossEntropyBackward", "the tokenizer and the model do not match");
@@ -621,7 +635,7 @@ export class CudaBackend implements Backend {
   }
 
   scatterCols(dy: Tensor, idx: Int32Array, n: number): Tensor {
-    const K = last(dy), M = dy.size / K;
+    const K = last(dy), M = rowsOf(dy);
     const y = this.empty([...dy.shape.slice(0, -1), n], "scattered columns");
     this.call("scatter_cols", this.lib.fns["scatterCols"]!(this.h(dy), idx, this.h(y), M, K, n));
     return y;
@@ -649,7 +663,7 @@ export class CudaBackend implements Backend {
   /** Distillation loss per row (float64) and its gradient, on the GPU. */
   klDivergence(student: Tensor, teacher: Tensor, temperature: number, scale: number) {
     expectShape("klDivergence", "teacher", teacher, student.shape);
-    const V = last(student), T = student.size / V;
+    const V = last(student), T = rowsOf(student);
     const loss = new Float64Array(T);
     const grad = this.empty(student.shape, "a distillation gradient");
     this.call("kl_divergence", this.lib.fns["klDivergence"]!(this.h(student), this.h(teacher), loss, this.h(grad), temperature, scale, T, V));
