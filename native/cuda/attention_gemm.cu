@@ -128,8 +128,7 @@ mla_status run_batch(const Batch& x, cublasOperation_t ta, cublasOperation_t tb,
   }
   DevMem ptrs;
   DEV_MEM(ptrs, sizeof(void*) * 3 * count);
-  // Pageable host memory is staged before cudaMemcpyAsync returns, so `all` may go out of scope.
-  CUDA_TRY(cudaMemcpyAsync(ptrs.p, all.data(), sizeof(void*) * 3 * count, cudaMemcpyHostToDevice, ctx()->stream));
+  if (mla_status e = mla::stage_to_device(all.data(), sizeof(void*) * 3 * count, ptrs.p)) return e;
   const void** d = (const void**)ptrs.p;
   const float one = 1;
   CUBLAS_TRY(cublasGemmBatchedEx(ctx()->blas, ta, tb, (int)m, (int)n, (int)k, &one, d, ab, (int)lda, d + count, ab, (int)ldb, &beta, (void* const*)(d + 2 * count), CUDA_R_32F, (int)ldc, (int)count, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));

@@ -34,6 +34,11 @@ const char* cublas_name(cublasStatus_t s);
 size_t dtype_size(int32_t dtype);
 // Device scratch of at least `bytes`, valid until the next call on this thread (stream-ordered).
 void* scratch(size_t bytes, mla_status* st);
+// Copies `bytes` of host data to `device` in stream order. Up to kStageLimit bytes go through a ring of
+// pinned host slots: a cudaMemcpyAsync from pageable memory may synchronize with the stream, which would
+// put the host in lockstep with the GPU at every op that sends positions, ids or indices.
+constexpr size_t kStageLimit = 4u << 20;
+mla_status stage_to_device(const void* data, size_t bytes, void* device);
 // Which route T > 1 attention takes, from MHA2MLA_CUDA_ATTENTION (read at every call, so a benchmark or
 // test compares them in one process): unset, the fused tensor-core kernels where they take the inputs
 // (bf16 and their head dims) and the chunked GEMMs elsewhere; gemm, the chunked GEMMs always; flash and

@@ -61,6 +61,43 @@ void* scratch(size_t bytes, mla_status* st) {
   return scratch_ptr;
 }
 
+namespace {
+// Pinned host slots, reused round-robin once the copy that last read a slot has completed. Waiting for
+// that copy lets the host run at most kSlots small copies ahead of the GPU, never behind it.
+struct PinnedRing {
+  static constexpr int kSlots = 64;
+  void* host[kSlots] = {};
+  size_t bytes[kSlots] = {};
+  cudaEvent_t done[kSlots] = {};
+  int next = 0;
+};
+PinnedRing ring;
+}  // namespace
+
+mla_status stage_to_device(const void* data, size_t bytes, void* device) {
+  if (bytes == 0) return MLA_OK;
+  // Large one-off uploads (conversion inputs) go directly; staging is for the per-op tables.
+  if (bytes > kStageLimit) {
+    CUDA_TRY(cudaMemcpyAsync(device, data, bytes, cudaMemcpyHostToDevice, the_ctx->stream));
+    return MLA_OK;
+  }
+  const int i = ring.next;
+  ring.next = (i + 1) % PinnedRing::kSlots;
+  if (ring.done[i]) CUDA_TRY(cudaEventSynchronize(ring.done[i]));
+  else CUDA_TRY(cudaEventCreateWithFlags(&ring.done[i], cudaEventDisableTiming));
+  if (ring.bytes[i] < bytes) {
+    if (ring.host[i]) CUDA_TRY(cudaFreeHost(ring.host[i]));
+    ring.host[i] = nullptr;
+    const size_t want = bytes < 65536 ? 65536 : bytes * 2;
+    CUDA_TRY(cudaMallocHost(&ring.host[i], want));
+    ring.bytes[i] = want;
+  }
+  memcpy(ring.host[i], data, bytes);
+  CUDA_TRY(cudaMemcpyAsync(device, ring.host[i], bytes, cudaMemcpyHostToDevice, the_ctx->stream));
+  CUDA_TRY(cudaEventRecord(ring.done[i], the_ctx->stream));
+  return MLA_OK;
+}
+
 AttentionRoute attention_route() {
   const char* e = getenv("MHA2MLA_CUDA_ATTENTION");
   if (!e) return AttentionRoute::Fused;

@@ -1,9 +1,7 @@
 // Decode of B sequences in one native call per layer: each sequence attends over its own cache (its
 // own buffer and length) through cuBLAS strided-batched GEMMs issued from here, around one softmax
 // kernel for the whole batch, and the new rows reach their caches through one scatter kernel. Per-call
-// tables (per-sequence ranges, destination pointers) go to the device from a ring of pinned host
-// slots: a copy from pageable memory may wait for the GPU, which would put the host back in lockstep
-// with every layer.
+// tables (per-sequence ranges, destination pointers) go to the device through mla::stage_to_device.
 #include <cstdlib>
 #include <cstring>
 #include <vector>
@@ -12,34 +10,7 @@
 using mla::ctx;
 
 namespace {
-// Pinned host slots, reused round-robin once the copy that last read a slot has completed.
-struct PinnedRing {
-  static constexpr int kSlots = 16;
-  void* host[kSlots] = {};
-  size_t bytes[kSlots] = {};
-  cudaEvent_t done[kSlots] = {};
-  int next = 0;
-};
-PinnedRing ring;
-
-// Copies `bytes` of host data to `device` in stream order through a pinned slot.
-mla_status stage_to_device(const void* data, size_t bytes, void* device) {
-  int i = ring.next;
-  ring.next = (i + 1) % PinnedRing::kSlots;
-  if (ring.done[i]) CUDA_TRY(cudaEventSynchronize(ring.done[i]));
-  else CUDA_TRY(cudaEventCreateWithFlags(&ring.done[i], cudaEventDisableTiming));
-  if (ring.bytes[i] < bytes) {
-    if (ring.host[i]) CUDA_TRY(cudaFreeHost(ring.host[i]));
-    ring.host[i] = nullptr;
-    size_t want = bytes < 65536 ? 65536 : bytes * 2;
-    CUDA_TRY(cudaMallocHost(&ring.host[i], want));
-    ring.bytes[i] = want;
-  }
-  memcpy(ring.host[i], data, bytes);
-  CUDA_TRY(cudaMemcpyAsync(device, ring.host[i], bytes, cudaMemcpyHostToDevice, ctx()->stream));
-  CUDA_TRY(cudaEventRecord(ring.done[i], ctx()->stream));
-  return MLA_OK;
-}
+using mla::stage_to_device;
 
 size_t align256(size_t n) { return (n + 255) & ~size_t(255); }
 

@@ -29,7 +29,7 @@ struct DevF64s {
 template <typename T, typename H>
 mla_status to_device(H& d, const T* host, int64_t n) {
   CUDA_TRY(cudaMallocAsync(&d.p, sizeof(T) * (n > 0 ? n : 1), S_));
-  if (n > 0) CUDA_TRY(cudaMemcpyAsync(d.p, host, sizeof(T) * n, cudaMemcpyHostToDevice, S_));
+  if (n > 0) return mla::stage_to_device(host, sizeof(T) * n, d.p);
   return MLA_OK;
 }
 #define TO_DEVICE(d, host, n)                        \
@@ -45,9 +45,11 @@ bool is_f32(const mla_cuda_buf* b, int64_t n) { return b && b->dtype == MLA_F32 
 #define CF(b) ((const float*)(b)->ptr)
 
 // ---------------- elementwise ----------------
-__global__ void k_swiglu(const float* g, const float* u, float* y, int64_t n) {
+// Y is float, or bf16 where only bf16 products read the output (they would round it so anyway).
+template <typename Y>
+__global__ void k_swiglu(const float* g, const float* u, Y* y, int64_t n) {
   const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
-  if (i < n) y[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+  if (i < n) y[i] = (Y)(g[i] / (1.0f + expf(-g[i])) * u[i]);
 }
 __global__ void k_swiglu_bwd(const float* g, const float* u, const float* dy, float* dg, float* du, int64_t n) {
   const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
@@ -63,8 +65,9 @@ __global__ void k_axpby(const float* a, const float* b, float* y, float sa, floa
 
 extern "C" mla_status mla_cuda_swiglu(const mla_cuda_buf* g, const mla_cuda_buf* u, mla_cuda_buf* y, int64_t n) {
   NEED_CTX();
-  MLA_CHECK(is_f32(g, n) && is_f32(u, n) && is_f32(y, n), "swiglu: f32 buffers of n elements");
-  if (n) k_swiglu<<<blocks_for(n, 256), 256, 0, S_>>>(CF(g), CF(u), F(y), n);
+  MLA_CHECK(is_f32(g, n) && is_f32(u, n) && y && y->n == n && (y->dtype == MLA_F32 || y->dtype == MLA_BF16), "swiglu: f32 buffers of n elements (y may be bf16)");
+  if (n && y->dtype == MLA_BF16) k_swiglu<<<blocks_for(n, 256), 256, 0, S_>>>(CF(g), CF(u), (__nv_bfloat16*)y->ptr, n);
+  else if (n) k_swiglu<<<blocks_for(n, 256), 256, 0, S_>>>(CF(g), CF(u), F(y), n);
   KERNEL_CHECK();
   return MLA_OK;
 }
@@ -153,14 +156,15 @@ extern "C" mla_status mla_cuda_scatter_cols(const mla_cuda_buf* dy, const int32_
 }
 
 // ---------------- RMSNorm ----------------
-__global__ void k_rmsnorm(const float* x, const float* w, float* y, int64_t D, float eps) {
+template <typename Y>
+__global__ void k_rmsnorm(const float* x, const float* w, Y* y, int64_t D, float eps) {
   __shared__ float red[32];
   const float* xr = x + blockIdx.x * D;
   float ss = 0;
   for (int64_t i = threadIdx.x; i < D; i += blockDim.x) ss += xr[i] * xr[i];
   ss = block_reduce<false>(ss, red);
   const float inv = rsqrtf(ss / D + eps);
-  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) y[blockIdx.x * D + i] = xr[i] * inv * w[i];
+  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) y[blockIdx.x * D + i] = (Y)(xr[i] * inv * w[i]);
 }
 // dx = inv·(w⊙dy − x̂·mean(x̂⊙w⊙dy)), x̂ = x·inv; the row's inv goes to inv_out for dw. No atomics:
 // dw is reduced over rows in a fixed order (k_rmsnorm_dw_partial, k_sum_splits), so a training step
@@ -210,8 +214,9 @@ __global__ void k_sum_splits(const float* partial, float* out, int64_t splits, i
 }
 extern "C" mla_status mla_cuda_rmsnorm(const mla_cuda_buf* x, const mla_cuda_buf* w, mla_cuda_buf* y, int64_t rows, int64_t D, float eps) {
   NEED_CTX();
-  MLA_CHECK(is_f32(x, rows * D) && is_f32(w, D) && is_f32(y, rows * D), "rmsnorm: f32 buffers [rows, D], [D]");
-  if (rows) k_rmsnorm<<<(unsigned)rows, 256, 0, S_>>>(CF(x), CF(w), F(y), D, eps);
+  MLA_CHECK(is_f32(x, rows * D) && is_f32(w, D) && y && y->n == rows * D && (y->dtype == MLA_F32 || y->dtype == MLA_BF16), "rmsnorm: f32 buffers [rows, D], [D] (y may be bf16)");
+  if (rows && y->dtype == MLA_BF16) k_rmsnorm<<<(unsigned)rows, 256, 0, S_>>>(CF(x), CF(w), (__nv_bfloat16*)y->ptr, D, eps);
+  else if (rows) k_rmsnorm<<<(unsigned)rows, 256, 0, S_>>>(CF(x), CF(w), F(y), D, eps);
   KERNEL_CHECK();
   return MLA_OK;
 }

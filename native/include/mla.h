@@ -135,6 +135,7 @@ mla_status mla_cuda_linear(const mla_cuda_buf* x, const mla_cuda_buf* w, const m
    f32; with bf16 w, dy may be bf16 too (then no db). accumulate_dx / accumulate_dw != 0 add the gradient into dx / dw (a gradient with other consumers,
    a flat gradient buffer) instead of overwriting it. */
 mla_status mla_cuda_linear_backward(const mla_cuda_buf* x, const mla_cuda_buf* w, const mla_cuda_buf* dy, mla_cuda_buf* dx, mla_cuda_buf* dw, mla_cuda_buf* db, int64_t M, int64_t K, int64_t N, int32_t accumulate_dx, int32_t accumulate_dw);
+/* rmsnorm and swiglu: y may be bf16 (an output that only bf16 products read). */
 mla_status mla_cuda_rmsnorm(const mla_cuda_buf* x, const mla_cuda_buf* w, mla_cuda_buf* y, int64_t rows, int64_t D, float eps);
 mla_status mla_cuda_rmsnorm_backward(const mla_cuda_buf* x, const mla_cuda_buf* w, const mla_cuda_buf* dy, mla_cuda_buf* dx, mla_cuda_buf* dw, int64_t rows, int64_t D, float eps);
 mla_status mla_cuda_rope(const mla_cuda_buf* x, mla_cuda_buf* y, const int32_t* positions, const double* inv_freq, int64_t n_freq, int64_t T, int64_t H, int64_t Dh, int64_t rotary_dims, int32_t sign);

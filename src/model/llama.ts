@@ -22,6 +22,9 @@ import { Node, Ops, Tape } from "../tensor/autograd.js";
 import { ParamNodes, paramNodes } from "./params.js";
 import type { KvCacheDtype } from "./kvQuant.js";
 
+/** Outputs read only by matrix products (see ProductInputHint). */
+const PRODUCTS = { forProducts: true } as const;
+
 export interface ForwardOptions {
   /** Called with each layer's attention input [T, D] (after input_layernorm), for calibration. */
   onAttentionInput?: (layer: number, x: Tensor) => void;
@@ -139,14 +142,16 @@ export class LlamaModel {
     }
     if (batch) for (const b of batch) b.advance(1);
     else single?.advance(ids.length);
-    return ops.rmsnorm(h, P.finalNorm, c.rmsEps);
+    // Only the LM head (a product) reads the final hidden states.
+    return ops.rmsnorm(h, P.finalNorm, c.rmsEps, PRODUCTS);
   }
 
   /** One decoder layer on `h` [T, D]; without a tape its intermediates (not `h`) are freed at once. */
   private layer(ops: Ops, P: ParamNodes, li: number, h: Node, at: LayerContext): Node {
     const c = this.config;
     const lw = P.layers[li]!;
-    const x = ops.rmsnorm(h, lw.inputNorm, c.rmsEps);
+    // The attention block reads its normed input only through products, unless a caller watches it.
+    const x = ops.rmsnorm(h, lw.inputNorm, c.rmsEps, at.opts.onAttentionInput ? undefined : PRODUCTS);
     at.opts.onAttentionInput?.(li, x.value);
     const kind = lw.attn.kind;
     const a = at.batch
@@ -162,10 +167,10 @@ export class LlamaModel {
           : this.mla![li]!.forward(ops, lw.attn, x, at.ids, at.positions, at.single as LatentCache | undefined, at.opts.absorb, at.mode);
     const h1 = ops.add(h, a);
     if (!ops.tape) for (const n of [x, a]) n.value.dispose();
-    const y = ops.rmsnorm(h1, lw.postNorm, c.rmsEps);
+    const y = ops.rmsnorm(h1, lw.postNorm, c.rmsEps, PRODUCTS);
     const g = ops.linear(y, lw.gate, lw.gateBias);
     const u = ops.linear(y, lw.up, lw.upBias);
-    const s = ops.swiglu(g, u);
+    const s = ops.swiglu(g, u, PRODUCTS);
     const m = ops.linear(s, lw.down, lw.downBias);
     const out = ops.add(h1, m);
     if (!ops.tape) for (const n of [h1, y, g, u, s, m]) n.value.dispose();

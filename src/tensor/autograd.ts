@@ -4,7 +4,7 @@
  * gradient into input gradients with the backend's backward op. `backward` runs the closures in
  * reverse. Without a tape the same functions are plain forward calls.
  */
-import type { AttentionOptions, Backend } from "./backend.js";
+import type { AttentionOptions, Backend, ProductInputHint } from "./backend.js";
 import type { Tensor } from "./tensor.js";
 import { attentionBackwardOf, attentionForTrainingOf, attentionOf } from "./sequences.js";
 
@@ -87,9 +87,9 @@ export class Ops {
     });
   }
 
-  rmsnorm(x: Node, w: Node, eps: number): Node {
+  rmsnorm(x: Node, w: Node, eps: number, hint?: ProductInputHint): Node {
     const b = this.b;
-    return this.out(b.rmsnorm(x.value, w.value, eps), [x, w], (g) => {
+    return this.out(b.rmsnorm(x.value, w.value, eps, hint), [x, w], (g) => {
       const r = b.rmsnormBackward(x.value, w.value, eps, g);
       if (x.requiresGrad) x.accumulate(b, r.dx, true);
       if (w.requiresGrad) w.accumulate(b, r.dw);
@@ -118,9 +118,9 @@ export class Ops {
     });
   }
 
-  swiglu(gate: Node, up: Node): Node {
+  swiglu(gate: Node, up: Node, hint?: ProductInputHint): Node {
     const b = this.b;
-    return this.out(b.swiglu(gate.value, up.value), [gate, up], (g) => {
+    return this.out(b.swiglu(gate.value, up.value, hint), [gate, up], (g) => {
       const r = b.swigluBackward(gate.value, up.value, g);
       if (gate.requiresGrad) gate.accumulate(b, r.dgate, true);
       if (up.requiresGrad) up.accumulate(b, r.dup, true);

@@ -55,6 +55,15 @@ export interface AttentionSaved {
   lse: Tensor;
 }
 
+/**
+ * `forProducts`: the caller reads this output only as the x of `linear` (and its backward). Inside a
+ * `bf16Inputs` arena a backend may then return it in bf16, the rounding those products apply anyway,
+ * instead of float32 plus a rounded copy.
+ */
+export interface ProductInputHint {
+  forProducts?: boolean;
+}
+
 /** The dims of Backend.headLinear's x [T,H,K] and w [G,N,K], checked (H a multiple of G): every backend's entry check. */
 export function headLinearDims(x: Tensor, w: Tensor): { T: number; H: number; K: number; G: number; N: number } {
   const [T, H, K] = x.shape as [number, number, number];
@@ -183,7 +192,8 @@ export interface Backend {
   /** y[M,N] = x[M,K] · w[N,K]ᵀ (+ bias[N]). */
   linear(x: Tensor, w: Tensor, bias?: Tensor | null): Tensor;
   /** y[M,D] = x / rms(x) · w[D]. */
-  rmsnorm(x: Tensor, w: Tensor, eps: number): Tensor;
+  /** `hint.forProducts`: see ProductInputHint. */
+  rmsnorm(x: Tensor, w: Tensor, eps: number, hint?: ProductInputHint): Tensor;
   /**
    * Rotate-half RoPE on x[T, H, Dh] at `positions[T]`. Only the first `rotaryDims` (default Dh) dims
    * of each head rotate, as pairs (i, i + rotaryDims/2); the rest pass through. `invFreq` is
@@ -220,7 +230,7 @@ export interface Backend {
    */
   headLinear(x: Tensor, w: Tensor): Tensor;
   /** silu(gate) ⊙ up, both [M,F]. */
-  swiglu(gate: Tensor, up: Tensor): Tensor;
+  swiglu(gate: Tensor, up: Tensor, hint?: ProductInputHint): Tensor;
   /** a + b, same shape. */
   add(a: Tensor, b: Tensor): Tensor;
   /** Rows of table[V,D] at ids[T] → [T,D]. */

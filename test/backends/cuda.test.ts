@@ -317,7 +317,7 @@ test("fine-tuning on the GPU (attention backward, KL distillation, AdamW updates
   assert.notEqual(saved.nll, before.nll);
 });
 
-test("training kernels: batched attention forward and backward (f32 GEMMs; bf16 on the chunked GEMMs and on the fused tensor-core kernels, incl. GQA, Dv ≠ Dh, offset, window, deterministic), bf16 linear backward accumulating into a gradient slot and into dx, bf16 copies of activations, the device-resident cross-entropy with a bf16 gradient, fused AdamW and the gradient norm vs the reference", { skip }, (t) => {
+test("training kernels: batched attention forward and backward (f32 GEMMs; bf16 on the chunked GEMMs and on the fused tensor-core kernels, incl. GQA, Dv ≠ Dh, offset, window, deterministic), bf16 linear backward accumulating into a gradient slot and into dx, bf16 copies of activations and bf16 product inputs, the device-resident cross-entropy with a bf16 gradient, fused AdamW and the gradient norm vs the reference", { skip }, (t) => {
   const B = backend();
   const arr = seededRand(7, Float32Array);
   const rel = (got: ArrayLike<number>, want: ArrayLike<number>) => {
@@ -418,6 +418,29 @@ test("training kernels: batched attention forward and backward (f32 GEMMs; bf16 
     return { y, dx: dxInto.toArray(), dw: g.dw!.toArray() };
   }, { bf16Inputs: true });
   for (const k of ["y", "dx", "dw"] as const) assert.deepEqual(kept[k], plain[k], `bf16 copy / dxInto: ${k}`);
+  // Outputs hinted as product inputs come back bf16 inside such an arena (f32 outside): the f32 output
+  // rounded, read by a bf16 product exactly as the f32 one, widened for a float32 product.
+  {
+    const round = (a: ArrayLike<number>) => {
+      const bits = toBf16Bits(a);
+      return decodeToF32("BF16", new Uint8Array(bits.buffer, bits.byteOffset, bits.byteLength));
+    };
+    const hint = { forProducts: true };
+    const [X, gain, G, U] = [B.upload(x, [M, K]), B.upload(arr(K), [K]), B.upload(arr(M * K), [M, K]), B.upload(arr(M * K), [M, K])];
+    assert.equal(B.rmsnorm(X, gain, 1e-5, hint).dtype, "f32", "no bf16 outside a bf16Inputs arena");
+    B.arena(() => {
+      for (const [y16, y32] of [[B.rmsnorm(X, gain, 1e-5, hint), B.rmsnorm(X, gain, 1e-5)], [B.swiglu(G, U, hint), B.swiglu(G, U)]] as const) {
+        assert.equal(y16.dtype, "bf16");
+        assert.deepEqual(y16.toArray(), round(y32.toArray()), "a bf16 output is the f32 one rounded");
+        assert.deepEqual(B.linear(y16, wb).toArray(), B.linear(y32, wb).toArray(), "a bf16 product reads it as the f32 one");
+        const w32 = B.upload(w, [N, K]);
+        assert.deepEqual(B.linear(y16, w32).toArray(), B.linear(B.upload(y16.toArray(), [M, K]), w32).toArray(), "a float32 product widens it");
+        const g16 = B.linearBackward(y16, wb, B.upload(dy, [M, N]), { x: true, w: true, bias: false });
+        const g32 = B.linearBackward(y32, wb, B.upload(dy, [M, N]), { x: true, w: true, bias: false });
+        assert.deepEqual(g16.dw!.toArray(), g32.dw!.toArray(), "dw from a bf16 x");
+      }
+    }, { bf16Inputs: true });
+  }
   // The training step's cross-entropy: losses kept on the device at an offset, the gradient f32 or bf16
   // (exactly the f32 gradient rounded), and a bf16 dy taken by linearBackward as the f32 one it rounds.
   {
@@ -434,7 +457,8 @@ test("training kernels: batched attention forward and backward (f32 GEMMs; bf16 
     assert.equal(lv[0], 0, "rows before the offset untouched");
     assert.ok(rel(lv.subarray(1, Tc + 1), wantLoss) < 1e-6 && rel(lv.subarray(Tc + 1), wantLoss) < 1e-6, "per-row losses");
     assert.ok(rel(g32.toArray(), wantGrad) < 1e-5, "f32 gradient");
-    assert.deepEqual(g16.toArray(), decodeToF32("BF16", new Uint8Array(toBf16Bits(g32.toArray()).buffer)), "bf16 gradient = the f32 one rounded");
+    const bits = toBf16Bits(g32.toArray());
+    assert.deepEqual(g16.toArray(), decodeToF32("BF16", new Uint8Array(bits.buffer, bits.byteOffset, bits.byteLength)), "bf16 gradient = the f32 one rounded");
     const [Kc, hx] = [24, arr(Tc * 24)];
     const head = B.uploadBf16(toBf16Bits(arr(Vc * Kc)), [Vc, Kc]);
     const a = B.linearBackward(B.upload(hx, [Tc, Kc]), head, g32, { x: true, w: true, bias: false });

@@ -13,7 +13,7 @@ import koffi from "koffi";
 import { MlaError } from "../../errors.js";
 import { packageRoot } from "../../io/modelDir.js";
 import { attentionDecodeByRows, latentAttentionDecodeByRows } from "../../tensor/rows.js";
-import { attentionDecodeBatchDims, headLinearDims, latentAttentionDecodeBatchDims, latentAttentionDims, type AttentionOptions, type DecodeBatchOptions, type AttentionSaved, type Backend, type TrainingKernels } from "../../tensor/backend.js";
+import { attentionDecodeBatchDims, headLinearDims, latentAttentionDecodeBatchDims, latentAttentionDims, type AttentionOptions, type DecodeBatchOptions, type AttentionSaved, type ProductInputHint, type Backend, type TrainingKernels } from "../../tensor/backend.js";
 import { FloatArray, Tensor, expectShape } from "../../tensor/tensor.js";
 import type { Linalg } from "./linalg.js";
 import { profileCuda } from "./cudaProfile.js";
@@ -247,6 +247,19 @@ export class CudaBackend implements Backend {
     }
   }
 
+  /** bf16 for an output only products read, inside a bf16Inputs arena (see ProductInputHint). */
+  private productInputDtype(hint: ProductInputHint | undefined): number {
+    return hint?.forProducts && this.bf16InputArenas > 0 ? BF16 : F32;
+  }
+
+  /** x as float32: a bf16 product input (ProductInputHint) read by a float32 product is widened. */
+  private asF32(x: Tensor): Tensor {
+    if (x.dtype === "f32") return x;
+    const f = this.empty(x.shape, "a float32 copy of a bf16 activation");
+    this.training.cast(x, f);
+    return f;
+  }
+
   /**
    * x rounded to bf16, kept with x's buffer so that every bf16 product reading x (the q/k/v
    * projections of one normed input, and each one's weight gradient) rounds it once. Made only inside
@@ -397,14 +410,16 @@ export class CudaBackend implements Backend {
     if (bias) expectShape("linear", "bias", bias, [N]);
     const y = this.empty([...x.shape.slice(0, -1), N], "a linear output");
     const xb = w.dtype === "bf16" ? this.bf16Of(x, true) : null;
-    this.call("linear", this.lib.fns["linear"]!(this.h(xb ?? x), this.h(w), this.h(bias), this.h(y), M, K, N));
+    const xf = w.dtype === "bf16" ? x : this.asF32(x);
+    this.call("linear", this.lib.fns["linear"]!(this.h(xb ?? xf), this.h(w), this.h(bias), this.h(y), M, K, N));
+    if (xf !== x) xf.dispose();
     return y;
   }
 
-  rmsnorm(x: Tensor, w: Tensor, eps: number): Tensor {
+  rmsnorm(x: Tensor, w: Tensor, eps: number, hint?: ProductInputHint): Tensor {
     const D = last(x);
     expectShape("rmsnorm", "w", w, [D]);
-    const y = this.empty(x.shape, "an rmsnorm output");
+    const y = this.empty(x.shape, "an rmsnorm output", this.productInputDtype(hint));
     this.call("rmsnorm", this.lib.fns["rmsnorm"]!(this.h(x), this.h(w), this.h(y), rowsOf(x), D, eps));
     return y;
   }
@@ -529,9 +544,9 @@ export class CudaBackend implements Backend {
     return y;
   }
 
-  swiglu(gate: Tensor, up: Tensor): Tensor {
+  swiglu(gate: Tensor, up: Tensor, hint?: ProductInputHint): Tensor {
     expectShape("swiglu", "up", up, gate.shape);
-    const y = this.empty(gate.shape, "a swiglu output");
+    const y = this.empty(gate.shape, "a swiglu output", this.productInputDtype(hint));
     this.call("swiglu", this.lib.fns["swiglu"]!(this.h(gate), this.h(up), this.h(y), gate.size));
     return y;
   }
@@ -582,7 +597,9 @@ export class CudaBackend implements Backend {
     const dw = need.w && !into ? this.empty([N, K], "dw") : null;
     const db = need.bias ? this.empty([N], "db") : null;
     const xb = w.dtype === "bf16" ? this.bf16Of(x, false) : null;
-    this.call("linear_backward", this.lib.fns["linearBackward"]!(this.h(xb ?? x), this.h(w), this.h(dy), this.h(dxInto ?? dx), this.h(into ?? dw), this.h(db), M, K, N, dxInto ? 1 : 0, into ? 1 : 0));
+    const [xf, dyf] = w.dtype === "bf16" ? [x, need.bias ? this.asF32(dy) : dy] : [this.asF32(x), this.asF32(dy)];
+    this.call("linear_backward", this.lib.fns["linearBackward"]!(this.h(xb ?? xf), this.h(w), this.h(dyf), this.h(dxInto ?? dx), this.h(into ?? dw), this.h(db), M, K, N, dxInto ? 1 : 0, into ? 1 : 0));
+    for (const t of [xf, dyf]) if (t !== x && t !== dy) t.dispose();
     return { dx, dw, db };
   }
 
