@@ -272,9 +272,11 @@ extern "C" mla_status mla_cuda_rope(const mla_cuda_buf* x, mla_cuda_buf* y, cons
 }
 
 // ---------------- embedding ----------------
-__global__ void k_embedding(const float* table, const int32_t* ids, float* y, int64_t T, int64_t D) {
+// The table is float, or bf16 where training reads it from its bf16 copy (EG-MLA's gate embedding).
+template <typename E>
+__global__ void k_embedding(const E* table, const int32_t* ids, float* y, int64_t T, int64_t D) {
   const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
-  if (i < T * D) y[i] = table[(int64_t)ids[i / D] * D + i % D];
+  if (i < T * D) y[i] = (float)table[(int64_t)ids[i / D] * D + i % D];
 }
 // One block row per distinct token id: its positions (sorted on the host) summed in order, no atomics.
 __global__ void k_embedding_bwd(const int32_t* order, const int32_t* seg_start, const int32_t* seg_id, const float* dy, float* dt, int64_t D) {
@@ -291,11 +293,12 @@ static mla_status check_ids(const char* op, const int32_t* ids, int64_t T, int64
 }
 extern "C" mla_status mla_cuda_embedding(const mla_cuda_buf* table, const int32_t* ids, mla_cuda_buf* y, int64_t T, int64_t V, int64_t D) {
   NEED_CTX();
-  MLA_CHECK(is_f32(table, V * D) && is_f32(y, T * D) && (ids || T == 0), "embedding: f32 buffers [V,D], [T,D]");
+  MLA_CHECK(table && table->n == V * D && (table->dtype == MLA_F32 || table->dtype == MLA_BF16) && is_f32(y, T * D) && (ids || T == 0), "embedding: table [V,D] f32 or bf16, y [T,D] f32");
   if (mla_status st = check_ids("embedding", ids, T, V)) return st;
   DevInts d;
   TO_DEVICE(d, ids, T);
-  if (T * D) k_embedding<<<blocks_for(T * D, 256), 256, 0, S_>>>(CF(table), d.p, F(y), T, D);
+  if (T * D && table->dtype == MLA_BF16) k_embedding<<<blocks_for(T * D, 256), 256, 0, S_>>>((const __nv_bfloat16*)table->ptr, d.p, F(y), T, D);
+  else if (T * D) k_embedding<<<blocks_for(T * D, 256), 256, 0, S_>>>(CF(table), d.p, F(y), T, D);
   KERNEL_CHECK();
   return MLA_OK;
 }

@@ -48,7 +48,10 @@ extern "C" mla_status mla_cuda_linear(const mla_cuda_buf* x, const mla_cuda_buf*
   if (M == 0 || N == 0) return MLA_OK;
   const float one = 1, zero = 0;
   cublasHandle_t h = ctx()->blas;
-  if (w->dtype == MLA_F32) {
+  if (K == 0) {
+    // Nothing to sum (cuBLAS rejects a zero leading dimension): y is the bias in every row, or zeros.
+    CUDA_TRY(cudaMemsetAsync(y->ptr, 0, sizeof(float) * M * N, ctx()->stream));
+  } else if (w->dtype == MLA_F32) {
     CUBLAS_TRY(cublasSgemm(h, CUBLAS_OP_T, CUBLAS_OP_N, (int)N, (int)M, (int)K, &one, (const float*)w->ptr, (int)K, (const float*)x->ptr, (int)K, &zero, (float*)y->ptr, (int)N));
   } else if (w->dtype == MLA_BF16) {
     // bf16 weights stay bf16: the activations are rounded to bf16 and the product accumulates in f32.

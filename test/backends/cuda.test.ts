@@ -317,7 +317,7 @@ test("fine-tuning on the GPU (attention backward, KL distillation, AdamW updates
   assert.notEqual(saved.nll, before.nll);
 });
 
-test("training kernels: batched attention forward and backward (f32 GEMMs; bf16 on the chunked GEMMs and on the fused tensor-core kernels, incl. GQA, Dv ≠ Dh, offset, window, deterministic), bf16 linear backward accumulating into a gradient slot and into dx, bf16 copies of activations and bf16 product inputs, the device-resident cross-entropy with a bf16 gradient, fused AdamW and the gradient norm vs the reference", { skip }, (t) => {
+test("training kernels: batched attention forward and backward (f32 GEMMs; bf16 on the chunked GEMMs and on the fused tensor-core kernels, incl. GQA, Dv ≠ Dh, offset, window, deterministic), bf16 linear backward accumulating into a gradient slot and into dx, bf16 copies of activations and bf16 product inputs, a bf16 embedding table, the device-resident cross-entropy with a bf16 gradient, fused AdamW and the gradient norm vs the reference", { skip }, (t) => {
   const B = backend();
   const arr = seededRand(7, Float32Array);
   const rel = (got: ArrayLike<number>, want: ArrayLike<number>) => {
@@ -440,6 +440,14 @@ test("training kernels: batched attention forward and backward (f32 GEMMs; bf16 
         assert.deepEqual(g16.dw!.toArray(), g32.dw!.toArray(), "dw from a bf16 x");
       }
     }, { bf16Inputs: true });
+  }
+  // An embedding table read from its bf16 copy (EG-MLA's gate embedding in bf16 training).
+  {
+    const [V, D] = [11, 5];
+    const bits = toBf16Bits(arr(V * D));
+    const table = decodeToF32("BF16", new Uint8Array(bits.buffer, bits.byteOffset, bits.byteLength));
+    const ids = Int32Array.of(3, 0, 10, 3);
+    assert.deepEqual(B.embedding(B.uploadBf16(bits, [V, D]), ids).toArray(), R.embedding(R.upload(table, [V, D]), ids).toArray(), "bf16 embedding table");
   }
   // The training step's cross-entropy: losses kept on the device at an offset, the gradient f32 or bf16
   // (exactly the f32 gradient rounded), and a bf16 dy taken by linearBackward as the f32 one it rounds.
