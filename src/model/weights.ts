@@ -89,162 +89,133 @@ export function loadTensor(ckpt: Checkpoint, backend: Backend, name: string, sha
   return backend.upload(ckpt.readF32(name), shape);
 }
 
-/** Matrices that are only ever the `w` of a linear (so bf16 storage is allowed), by field name. */
-const LINEAR_WEIGHTS = new Set(["q", "k", "v", "o", "kRope", "kvDown", "kUp", "vUp", "kvA", "kvB", "gate", "up", "down"]);
+/**
+ * One tensor of a decoder layer in a checkpoint format: the LayerWeights field (or attention field)
+ * that holds it, its name after `model.layers.N.`, its shape, whether this config has it, and whether
+ * it is only ever the `w` of a linear (so a bf16 checkpoint may keep it bf16 on the backend).
+ */
+interface LayerTensor {
+  field: string;
+  name: string;
+  shape: number[];
+  on: boolean;
+  linear: boolean;
+}
 
-/** The attention tensors of one layer (names after `model.layers.N.`), in file order; `on` = present. */
-export function attentionTensors(c: ModelConfig): { name: string; shape: number[]; on: boolean }[] {
+const row = (field: string, name: string, shape: number[], on = true, linear = false): LayerTensor => ({ field, name, shape, on, linear });
+
+/** The attention tensors of one layer in the format of `c` (MHA, our MLA, or deepseek_v3), in file order. */
+function attentionTable(c: ModelConfig): LayerTensor[] {
   const D = c.hiddenSize;
   const qd = c.heads * c.headDim;
   const kvd = c.kvHeads * c.headDim;
   const a = "self_attn.";
-  const q = [
-    { name: a + "q_proj.weight", shape: [qd, D], on: true },
-    { name: a + "q_proj.bias", shape: [qd], on: c.qkvBias },
-  ];
-  const o = [
-    { name: a + "o_proj.weight", shape: [D, qd], on: true },
-    { name: a + "o_proj.bias", shape: [D], on: c.oBias },
-  ];
+  const q = [row("q", a + "q_proj.weight", [qd, D], true, true), row("qBias", a + "q_proj.bias", [qd], c.qkvBias)];
+  const o = [row("o", a + "o_proj.weight", [D, qd], true, true), row("oBias", a + "o_proj.bias", [D], c.oBias)];
   if (c.attention.kind === "mha")
     return [
       ...q,
-      { name: a + "k_proj.weight", shape: [kvd, D], on: true },
-      { name: a + "k_proj.bias", shape: [kvd], on: c.qkvBias },
-      { name: a + "v_proj.weight", shape: [kvd, D], on: true },
-      { name: a + "v_proj.bias", shape: [kvd], on: c.qkvBias },
+      row("k", a + "k_proj.weight", [kvd, D], true, true),
+      row("kBias", a + "k_proj.bias", [kvd], c.qkvBias),
+      row("v", a + "v_proj.weight", [kvd, D], true, true),
+      row("vBias", a + "v_proj.bias", [kvd], c.qkvBias),
       ...o,
     ];
   if (c.attention.kind === "deepseek") {
     const { kvLoraRank: rk, ropeDim: dr, nopeDim: dn, vDim: dv } = c.attention;
     return [
-      { name: a + "q_proj.weight", shape: [c.heads * (dn + dr), D], on: true },
-      { name: a + "kv_a_proj_with_mqa.weight", shape: [rk + dr, D], on: true },
-      { name: a + "kv_a_proj_with_mqa.bias", shape: [rk + dr], on: c.attention.kvABias },
-      { name: a + "kv_a_layernorm.weight", shape: [rk], on: true },
-      { name: a + "kv_b_proj.weight", shape: [c.heads * (dn + dv), rk], on: true },
-      { name: a + "o_proj.weight", shape: [D, c.heads * dv], on: true },
-      { name: a + "o_proj.bias", shape: [D], on: c.oBias },
+      row("q", a + "q_proj.weight", [c.heads * (dn + dr), D], true, true),
+      row("kvA", a + "kv_a_proj_with_mqa.weight", [rk + dr, D], true, true),
+      row("kvABias", a + "kv_a_proj_with_mqa.bias", [rk + dr], c.attention.kvABias),
+      row("kvNorm", a + "kv_a_layernorm.weight", [rk]),
+      row("kvB", a + "kv_b_proj.weight", [c.heads * (dn + dv), rk], true, true),
+      row("o", a + "o_proj.weight", [D, c.heads * dv], true, true),
+      row("oBias", a + "o_proj.bias", [D], c.oBias),
     ];
   }
-  const R = c.attention.ropePairs;
-  const L = c.attention.latentDim;
+  const { ropePairs: R, latentDim: L, gateDim: E } = c.attention;
   const kn = c.kvHeads * (c.headDim - 2 * R);
   return [
     ...q,
-    { name: a + "k_rope_proj.weight", shape: [c.kvHeads * 2 * R, D], on: true },
-    { name: a + "k_rope_proj.bias", shape: [c.kvHeads * 2 * R], on: c.qkvBias },
-    { name: a + "kv_down_proj.weight", shape: [L, D], on: true },
-    { name: a + "k_up_proj.weight", shape: [kn, L], on: true },
-    { name: a + "k_up_proj.bias", shape: [kn], on: c.qkvBias },
-    { name: a + "v_up_proj.weight", shape: [kvd, L], on: true },
-    { name: a + "v_up_proj.bias", shape: [kvd], on: c.qkvBias },
+    row("kRope", a + "k_rope_proj.weight", [c.kvHeads * 2 * R, D], true, true),
+    row("kRopeBias", a + "k_rope_proj.bias", [c.kvHeads * 2 * R], c.qkvBias),
+    row("kvDown", a + "kv_down_proj.weight", [L, D], true, true),
+    row("kUp", a + "k_up_proj.weight", [kn, L], true, true),
+    row("kUpBias", a + "k_up_proj.bias", [kn], c.qkvBias),
+    row("vUp", a + "v_up_proj.weight", [kvd, L], true, true),
+    row("vUpBias", a + "v_up_proj.bias", [kvd], c.qkvBias),
     ...o,
-    { name: a + "kv_gate_embed.weight", shape: [c.vocabSize, c.attention.gateDim], on: c.attention.gateDim > 0 },
-    { name: a + "kv_gate_proj.weight", shape: [L, c.attention.gateDim], on: c.attention.gateDim > 0 },
-    { name: a + "kv_gate_proj.bias", shape: [L], on: c.attention.gateDim > 0 },
+    row("gateEmbed", a + "kv_gate_embed.weight", [c.vocabSize, E], E > 0),
+    row("gateProj", a + "kv_gate_proj.weight", [L, E], E > 0),
+    row("gateProjBias", a + "kv_gate_proj.bias", [L], E > 0),
   ];
+}
+
+/** The rest of a layer: its input norm (before the attention) and the post-attention norm and MLP (after). */
+function normAndMlpTables(c: ModelConfig): { before: LayerTensor[]; after: LayerTensor[] } {
+  const [D, F] = [c.hiddenSize, c.intermediateSize];
+  const mlp = (proj: string, shape: number[]) => [row(proj, `mlp.${proj}_proj.weight`, shape, true, true), row(`${proj}Bias`, `mlp.${proj}_proj.bias`, [shape[0]!], c.mlpBias)];
+  return {
+    before: [row("inputNorm", "input_layernorm.weight", [D])],
+    after: [row("postNorm", "post_attention_layernorm.weight", [D]), ...mlp("gate", [F, D]), ...mlp("up", [F, D]), ...mlp("down", [D, F])],
+  };
+}
+
+/** The attention tensors of one layer (names after `model.layers.N.`), in file order; `on` = present. */
+export function attentionTensors(c: ModelConfig): { name: string; shape: number[]; on: boolean }[] {
+  return attentionTable(c).map(({ name, shape, on }) => ({ name, shape, on }));
 }
 
 /** Every tensor a checkpoint of this config holds, in Hugging Face order, with its shape. */
 export function expectedTensors(c: ModelConfig): { name: string; shape: number[] }[] {
   const D = c.hiddenSize;
-  const F = c.intermediateSize;
+  const { before, after } = normAndMlpTables(c);
+  const layer = [...before, ...attentionTable(c), ...after].filter((t) => t.on);
   const out: { name: string; shape: number[] }[] = [{ name: "model.embed_tokens.weight", shape: [c.vocabSize, D] }];
-  const add = (name: string, shape: number[], on = true) => on && out.push({ name, shape });
-  for (let i = 0; i < c.layers; i++) {
-    const p = layerPrefix(i);
-    add(p + "input_layernorm.weight", [D]);
-    for (const t of attentionTensors(c)) add(p + t.name, t.shape, t.on);
-    add(p + "post_attention_layernorm.weight", [D]);
-    for (const [proj, shape] of [["gate", [F, D]], ["up", [F, D]], ["down", [D, F]]] as const) {
-      add(`${p}mlp.${proj}_proj.weight`, [...shape]);
-      add(`${p}mlp.${proj}_proj.bias`, [shape[0]], c.mlpBias);
-    }
-  }
-  add("model.norm.weight", [D]);
-  add("lm_head.weight", [c.vocabSize, D], !c.tieEmbeddings);
+  for (let i = 0; i < c.layers; i++) for (const t of layer) out.push({ name: layerPrefix(i) + t.name, shape: [...t.shape] });
+  out.push({ name: "model.norm.weight", shape: [D] });
+  if (!c.tieEmbeddings) out.push({ name: "lm_head.weight", shape: [c.vocabSize, D] });
   return out;
 }
 
-/** Checkpoint name (after `model.layers.N.`) of each layer field, and of each attention field. */
-const LAYER_FIELDS: Record<string, string> = {
-  inputNorm: "input_layernorm.weight",
-  postNorm: "post_attention_layernorm.weight",
-  gate: "mlp.gate_proj.weight",
-  up: "mlp.up_proj.weight",
-  down: "mlp.down_proj.weight",
-  gateBias: "mlp.gate_proj.bias",
-  upBias: "mlp.up_proj.bias",
-  downBias: "mlp.down_proj.bias",
-};
-const ATTENTION_FIELDS: Record<string, string> = {
-  q: "q_proj.weight",
-  qBias: "q_proj.bias",
-  k: "k_proj.weight",
-  kBias: "k_proj.bias",
-  v: "v_proj.weight",
-  vBias: "v_proj.bias",
-  kRope: "k_rope_proj.weight",
-  kRopeBias: "k_rope_proj.bias",
-  kvDown: "kv_down_proj.weight",
-  kUp: "k_up_proj.weight",
-  kUpBias: "k_up_proj.bias",
-  vUp: "v_up_proj.weight",
-  vUpBias: "v_up_proj.bias",
-  kvA: "kv_a_proj_with_mqa.weight",
-  kvABias: "kv_a_proj_with_mqa.bias",
-  kvNorm: "kv_a_layernorm.weight",
-  kvB: "kv_b_proj.weight",
-  o: "o_proj.weight",
-  oBias: "o_proj.bias",
-  gateEmbed: "kv_gate_embed.weight",
-  gateProj: "kv_gate_proj.weight",
-  gateProjBias: "kv_gate_proj.bias",
-};
 /** How weights are stored on the backend: "auto" keeps bf16 checkpoints bf16 where supported. */
 export type WeightStorage = "auto" | "f32";
-
-const MHA_KEYS = ["q", "qBias", "k", "kBias", "v", "vBias", "o", "oBias"];
-const MLA_KEYS = ["q", "qBias", "kRope", "kRopeBias", "kvDown", "kUp", "kUpBias", "vUp", "vUpBias", "o", "oBias", "gateEmbed", "gateProj", "gateProjBias"];
-const DEEPSEEK_KEYS = ["q", "kvA", "kvABias", "kvNorm", "kvB", "o", "oBias"];
 
 /**
  * Every weight of the model on `backend`. `weights: "auto"` keeps bf16 linear weights (and an untied
  * LM head) in bf16 where the backend can; "f32" decodes everything (training needs float32 leaves).
  */
 export function loadLlamaWeights(ckpt: Checkpoint, c: ModelConfig, backend: Backend, weights: WeightStorage = "f32"): LlamaWeights {
-  const shapes = new Map(expectedTensors(c).map((e) => [e.name, e.shape]));
-  const t = (name: string, linear = false) => loadTensor(ckpt, backend, name, shapes.get(name)!, linear && weights === "auto");
-  const opt = (name: string, field: string) => (shapes.has(name) ? t(name, LINEAR_WEIGHTS.has(field)) : null);
-  const embed = t("model.embed_tokens.weight");
+  const t = (name: string, shape: number[], linear = false) => loadTensor(ckpt, backend, name, shape, linear && weights === "auto");
+  const D = c.hiddenSize;
+  const embed = t("model.embed_tokens.weight", [c.vocabSize, D]);
   if (!c.tieEmbeddings && !ckpt.has("lm_head.weight"))
     throw new MlaError("BAD_CHECKPOINT", `${ckpt.dir}: "lm_head.weight" is missing and tie_word_embeddings is false`, "set tie_word_embeddings: true in config.json if the model shares its embedding");
-  const lmHead = c.tieEmbeddings ? embed : t("lm_head.weight", true);
-  const fields = (keys: string[], table: Record<string, string>, prefix: string) => Object.fromEntries(keys.map((k) => [k, opt(prefix + table[k], k)]));
+  const lmHead = c.tieEmbeddings ? embed : t("lm_head.weight", [c.vocabSize, D], true);
+  const { before, after } = normAndMlpTables(c);
+  const attention = attentionTable(c);
+  // Absent tensors (a bias the config does not have) are null fields.
+  const fields = (rows: LayerTensor[], i: number) => Object.fromEntries(rows.map((r) => [r.field, r.on ? t(layerPrefix(i) + r.name, r.shape, r.linear) : null]));
   const layers: LayerWeights[] = [];
   for (let i = 0; i < c.layers; i++) {
-    const kind = c.attention.kind;
-    const keys = kind === "mha" ? MHA_KEYS : kind === "mla" ? MLA_KEYS : DEEPSEEK_KEYS;
-    const attn = { kind, ...fields(keys, ATTENTION_FIELDS, layerPrefix(i) + "self_attn.") } as LayerWeights["attn"];
-    layers.push({ ...fields(Object.keys(LAYER_FIELDS), LAYER_FIELDS, layerPrefix(i)), attn } as LayerWeights);
+    const attn = { kind: c.attention.kind, ...fields(attention, i) } as LayerWeights["attn"];
+    layers.push({ ...fields([...before, ...after], i), attn } as LayerWeights);
   }
-  return { embed, finalNorm: t("model.norm.weight"), lmHead, layers };
+  return { embed, finalNorm: t("model.norm.weight", [D]), lmHead, layers };
 }
 
 /** Every stored tensor of the model with its checkpoint name, in checkpoint order (a tied head is not listed). */
 export function namedTensors(c: ModelConfig, w: LlamaWeights): [string, Tensor][] {
   const byName = new Map<string, Tensor>([["model.embed_tokens.weight", w.embed], ["model.norm.weight", w.finalNorm]]);
   if (!c.tieEmbeddings) byName.set("lm_head.weight", w.lmHead);
+  const { before, after } = normAndMlpTables(c);
+  const attention = attentionTable(c);
   w.layers.forEach((l, i) => {
-    for (const [k, name] of Object.entries(LAYER_FIELDS)) {
-      const t = (l as unknown as Record<string, Tensor | null>)[k];
-      if (t) byName.set(layerPrefix(i) + name, t);
-    }
-    for (const [k, name] of Object.entries(ATTENTION_FIELDS)) {
-      const t = (l.attn as unknown as Record<string, Tensor | null>)[k];
-      if (t) byName.set(layerPrefix(i) + "self_attn." + name, t);
-    }
+    for (const [rows, holder] of [[[...before, ...after], l], [attention, l.attn]] as const)
+      for (const r of rows) {
+        const t = (holder as unknown as Record<string, Tensor | null>)[r.field];
+        if (t) byName.set(layerPrefix(i) + r.name, t);
+      }
   });
   return expectedTensors(c).map((e) => [e.name, byName.get(e.name)!]);
 }
