@@ -16,6 +16,7 @@ import { DeviceName, selectBackend } from "../backends/select.js";
 import { namedTensors } from "../model/weights.js";
 import { perplexity } from "../eval/perplexity.js";
 import { silentLogger, Logger } from "../util/log.js";
+import { StepTimer } from "./stepTimer.js";
 import { fmtCount, fmtTime, ProgressSink } from "../util/progress.js";
 import { loadTrainingData, microBatches } from "./data.js";
 import { activationBytes, checkFits, MicroBatch, microStep, Precision, stateBytes, TrainState } from "./trainState.js";
@@ -183,7 +184,9 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
   let lastPrint = 0;
   let finalLoss = NaN;
   let stoppedEarly = false;
+  const timer = new StepTimer(model.backend);
   while (run.step < totalSteps) {
+    timer.start();
     const rate = lrAt(schedule, run.step, totalSteps);
     state.zeroGrads();
     let lossSum = 0;
@@ -195,9 +198,10 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
     run.step++;
     run.tokensSeen += perStep;
     finalLoss = stepLoss;
+    const { stepMs, hostMs } = timer.stop();
     const elapsed = (performance.now() - t0) / 1000;
     const tps = ((run.step - startStep) * perStep) / elapsed;
-    logLine({ step: run.step, loss: stepLoss, lr: rate, grad_norm: norm, tokens: run.tokensSeen, tokens_per_s: tps, elapsed_s: elapsed });
+    logLine({ step: run.step, loss: stepLoss, lr: rate, grad_norm: norm, tokens: run.tokensSeen, tokens_per_s: tps, elapsed_s: elapsed, step_ms: stepMs, host_ms: hostMs });
     if (o.evalEvery && run.step % o.evalEvery === 0 && run.step < totalSteps) logLine({ step: run.step, val_nll: await valNll() });
     if (o.saveEvery && run.step % o.saveEvery === 0) save();
     const sink = o.progress === undefined ? process.stderr : o.progress;
@@ -215,13 +219,15 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
     }
   }
   const seconds = (performance.now() - t0) / 1000;
+  const hostLine = timer.describe();
+  if (hostLine) log.info(hostLine);
   let valNllAfter: number | null = null;
   if (!stoppedEarly) {
     save();
     valNllAfter = await valNll();
     logLine({ step: run.step, val_nll: valNllAfter });
     await writeModel(src.dir, out, lm.config, model);
-    fs.writeFileSync(path.join(out, "finetune.json"), JSON.stringify({ source: spec, settings: { ...settings, model: src.dir }, steps: run.step, tokens: run.tokensSeen, precision, checkpoint_activations: checkpoint, params: modelParams(model), trainable_params: state.size, peak_device_bytes: model.backend.memory?.().peak ?? null, val_nll_before: valNllBefore, val_nll_after: valNllAfter, seconds }, null, 2) + "\n");
+    fs.writeFileSync(path.join(out, "finetune.json"), JSON.stringify({ source: spec, settings: { ...settings, model: src.dir }, steps: run.step, tokens: run.tokensSeen, precision, checkpoint_activations: checkpoint, params: modelParams(model), trainable_params: state.size, peak_device_bytes: model.backend.memory?.().peak ?? null, val_nll_before: valNllBefore, val_nll_after: valNllAfter, seconds, host_time_per_step: timer.summary() }, null, 2) + "\n");
   }
   return { out, steps: run.step, stoppedEarly, tokensSeen: run.tokensSeen, seconds, tokensPerSecond: ((run.step - startStep) * perStep) / seconds, valNllBefore, valNllAfter, finalLoss, precision };
 }

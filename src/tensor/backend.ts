@@ -180,6 +180,8 @@ export interface Backend {
   memory?(): { live: number; peak: number; free: number; total: number };
   /** Starts a new peak for memory(). */
   resetPeak?(): void;
+  /** Milliseconds the host has spent blocked waiting for the device so far (a device backend's downloads and syncs). */
+  hostWaitMs?(): number;
   /** crossEntropy and crossEntropyBackward in one pass over the logits. */
   crossEntropyFused?(logits: Tensor, targets: Int32Array, scale: number): { loss: Float64Array; grad: Tensor };
   /**

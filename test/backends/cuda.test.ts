@@ -40,6 +40,15 @@ test("CUDA library loads and reports its device", { skip }, (t) => {
   assert.match(backend().info, /MiB/);
 });
 
+test("the host's waits on the device are counted (hostWaitMs: downloads, losses, norms)", { skip }, () => {
+  const B = backend();
+  const x = B.upload(new Float32Array(1 << 20).fill(1), [1 << 20]);
+  const w0 = B.hostWaitMs();
+  assert.equal(x.toArray()[0], 1);
+  assert.ok(B.training.sumSquares(x) === 1 << 20);
+  assert.ok(B.hostWaitMs() > w0, "downloads and the norm count as waits");
+});
+
 // The CPU backends pass the same check in zeroWidth.test.ts; the study's "mla" variant (no rope pairs) needs it on the GPU.
 test("zero-sized dimensions (M, K, N, T, S, head dims = 0, rope with no rotary dims) are accepted on the GPU", { skip }, () => {
   assert.deepEqual(zeroWidthFailures(backend()), []);

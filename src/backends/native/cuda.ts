@@ -226,6 +226,8 @@ export class CudaBackend implements Backend {
   private readonly arenas: Tensor[][] = [];
   /** Open arenas whose tensors are never written after they are made (so their bf16 copies stay true). */
   private bf16InputArenas = 0;
+  /** Milliseconds the host has spent blocked waiting for the device (see hostWaitMs). */
+  private waited = 0;
 
   constructor(readonly lib: CudaLib) {
     this.registry = new FinalizationRegistry((h) => lib.free(h));
@@ -273,6 +275,25 @@ export class CudaBackend implements Backend {
     this.training.cast(x.reshape([buf.n]), copy);
     buf.bf16 = copy;
     return copy;
+  }
+
+  /**
+   * Milliseconds the host has spent blocked on the device so far (downloads, per-row losses, the
+   * gradient norm, synchronizations): a step's wall time less its share of this is the host's own
+   * time, and a step whose host time is close to its wall time is host-bound.
+   */
+  hostWaitMs(): number {
+    return this.waited;
+  }
+
+  /** Runs a library call that waits for the device, counting the wait. */
+  blocking<T>(fn: () => T): T {
+    const t0 = performance.now();
+    try {
+      return fn();
+    } finally {
+      this.waited += performance.now() - t0;
+    }
   }
 
   /** Runs a raw library call, turning a failure into an MlaError naming `op`. */
@@ -375,7 +396,7 @@ export class CudaBackend implements Backend {
       return out;
     }
     const out = new Float32Array(buf.n);
-    this.call("download", this.lib.fns["download"]!(buf.handle, out, out.byteLength));
+    this.call("download", this.blocking(() => this.lib.fns["download"]!(buf.handle, out, out.byteLength)));
     return out;
   }
 
@@ -575,7 +596,7 @@ export class CudaBackend implements Backend {
     const V = last(logits), T = rowsOf(logits);
     if (targets.length !== T) throw new MlaError("BAD_ARGUMENT", `crossEntropy: ${targets.length} targets for ${T} rows`, "one target per row");
     const loss = new Float64Array(T);
-    if (this.lib.fns["crossEntropy"]!(this.h(logits), targets, loss, null, 0, T, V) !== 0) this.fail("crossEntropy", "the tokenizer and the model do not match");
+    if (this.blocking(() => this.lib.fns["crossEntropy"]!(this.h(logits), targets, loss, null, 0, T, V)) !== 0) this.fail("crossEntropy", "the tokenizer and the model do not match");
     return loss;
   }
 
@@ -608,7 +629,7 @@ export class CudaBackend implements Backend {
     if (targets.length !== T) throw new MlaError("BAD_ARGUMENT", `crossEntropy: ${targets.length} targets for ${T} rows`, "one target per row");
     const loss = new Float64Array(T);
     const grad = this.empty(logits.shape, "a cross-entropy gradient");
-    if (this.lib.fns["crossEntropy"]!(this.h(logits), targets, loss, this.h(grad), scale, T, V) !== 0) this.fail("crossEntropy", "the tokenizer and the model do not match");
+    if (this.blocking(() => this.lib.fns["crossEntropy"]!(this.h(logits), targets, loss, this.h(grad), scale, T, V)) !== 0) this.fail("crossEntropy", "the tokenizer and the model do not match");
     return { loss, grad };
   }
 
@@ -647,7 +668,7 @@ export class CudaBackend implements Backend {
     const V = last(logits), T = rowsOf(logits);
     if (targets.length !== T) throw new MlaError("BAD_ARGUMENT", `crossEntropy: ${targets.length} targets for ${T} rows`, "one target per row");
     const g = this.empty(logits.shape, "a cross-entropy gradient");
-    if (this.lib.fns["crossEntropy"]!(this.h(logits), targets, null, this.h(g), scale, T, V) !== 0) this.fail("crossEntropyBackward", "the tokenizer and the model do not match");
+    if (this.blocking(() => this.lib.fns["crossEntropy"]!(this.h(logits), targets, null, this.h(g), scale, T, V)) !== 0) this.fail("crossEntropyBackward", "the tokenizer and the model do not match");
     return g;
   }
 
@@ -683,7 +704,7 @@ export class CudaBackend implements Backend {
     const V = last(student), T = rowsOf(student);
     const loss = new Float64Array(T);
     const grad = this.empty(student.shape, "a distillation gradient");
-    this.call("kl_divergence", this.lib.fns["klDivergence"]!(this.h(student), this.h(teacher), loss, this.h(grad), temperature, scale, T, V));
+    this.call("kl_divergence", this.blocking(() => this.lib.fns["klDivergence"]!(this.h(student), this.h(teacher), loss, this.h(grad), temperature, scale, T, V)));
     return { loss, grad };
   }
 }
@@ -714,7 +735,7 @@ function cudaTraining(b: CudaBackend): TrainingKernels {
     },
     fillZero: (t) => b.run("fill_zero", fns["fillZero"]!(b.handle(t))),
     sumSquares(t) {
-      b.run("sum_squares", fns["sumSquares"]!(b.handle(t), out));
+      b.run("sum_squares", b.blocking(() => fns["sumSquares"]!(b.handle(t), out)));
       return out[0]!;
     },
     adamw: (p, g, m, v, lr, h, c1, c2, gradScale, shadow) =>
