@@ -120,8 +120,8 @@ function parameterCount(dir: string): number {
   }
 }
 
-export async function finetune(spec: string, o: FinetuneOptions): Promise<FinetuneResult> {
-  const log = o.logger ?? silentLogger;
+/** The run's shape and loss options with their defaults, each checked (a clear error names the flag). */
+function checkedOptions(o: FinetuneOptions) {
   const D = FINETUNE_DEFAULTS;
   const seq = positive("seq", o.seq ?? D.seq, true);
   const batch = positive("batch", o.batch ?? D.batch, true);
@@ -129,10 +129,16 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
   if (o.tokens !== undefined) positive("tokens", o.tokens, true);
   const warmup = o.warmup ?? D.warmup;
   if (!(warmup >= 0 && warmup < 1)) throw new MlaError("BAD_ARGUMENT", `--warmup ${warmup} is outside [0, 1)`, "warmup is a fraction of the steps, e.g. 0.05");
-  const trainWhat = o.train ?? D.train;
   const distillWeight = o.distill ? (o.distillWeight ?? D.distillWeight) : 0;
   const temperature = positive("temperature", o.temperature ?? D.temperature);
   if (!(distillWeight >= 0 && distillWeight <= 1)) throw new MlaError("BAD_ARGUMENT", `--distill-weight ${distillWeight} is outside [0, 1]`, "0 = cross-entropy only, 1 = distillation only");
+  return { seq, batch, accum, warmup, trainWhat: o.train ?? D.train, distillWeight, temperature };
+}
+
+export async function finetune(spec: string, o: FinetuneOptions): Promise<FinetuneResult> {
+  const log = o.logger ?? silentLogger;
+  const D = FINETUNE_DEFAULTS;
+  const { seq, batch, accum, warmup, trainWhat, distillWeight, temperature } = checkedOptions(o);
 
   const src = resolveModel(spec);
   const lr = o.lr !== undefined ? positive("lr", o.lr) : defaultLr(parameterCount(src.dir));
