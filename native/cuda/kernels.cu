@@ -39,6 +39,8 @@ mla_status to_device(H& d, const T* host, int64_t n) {
   } while (0)
 
 bool is_f32(const mla_cuda_buf* b, int64_t n) { return b && b->dtype == MLA_F32 && b->n == n; }
+// An output (or table) that may be bf16 where only bf16 products read it.
+bool is_f32_or_bf16(const mla_cuda_buf* b, int64_t n) { return b && (b->dtype == MLA_F32 || b->dtype == MLA_BF16) && b->n == n; }
 }  // namespace
 
 #define F(b) ((float*)(b)->ptr)
@@ -65,7 +67,7 @@ __global__ void k_axpby(const float* a, const float* b, float* y, float sa, floa
 
 extern "C" mla_status mla_cuda_swiglu(const mla_cuda_buf* g, const mla_cuda_buf* u, mla_cuda_buf* y, int64_t n) {
   NEED_CTX();
-  MLA_CHECK(is_f32(g, n) && is_f32(u, n) && y && y->n == n && (y->dtype == MLA_F32 || y->dtype == MLA_BF16), "swiglu: f32 buffers of n elements (y may be bf16)");
+  MLA_CHECK(is_f32(g, n) && is_f32(u, n) && is_f32_or_bf16(y, n), "swiglu: f32 buffers of n elements (y may be bf16)");
   if (n && y->dtype == MLA_BF16) k_swiglu<<<blocks_for(n, 256), 256, 0, S_>>>(CF(g), CF(u), (__nv_bfloat16*)y->ptr, n);
   else if (n) k_swiglu<<<blocks_for(n, 256), 256, 0, S_>>>(CF(g), CF(u), F(y), n);
   KERNEL_CHECK();
@@ -214,7 +216,7 @@ __global__ void k_sum_splits(const float* partial, float* out, int64_t splits, i
 }
 extern "C" mla_status mla_cuda_rmsnorm(const mla_cuda_buf* x, const mla_cuda_buf* w, mla_cuda_buf* y, int64_t rows, int64_t D, float eps) {
   NEED_CTX();
-  MLA_CHECK(is_f32(x, rows * D) && is_f32(w, D) && y && y->n == rows * D && (y->dtype == MLA_F32 || y->dtype == MLA_BF16), "rmsnorm: f32 buffers [rows, D], [D] (y may be bf16)");
+  MLA_CHECK(is_f32(x, rows * D) && is_f32(w, D) && is_f32_or_bf16(y, rows * D), "rmsnorm: f32 buffers [rows, D], [D] (y may be bf16)");
   if (rows && y->dtype == MLA_BF16) k_rmsnorm<<<(unsigned)rows, 256, 0, S_>>>(CF(x), CF(w), (__nv_bfloat16*)y->ptr, D, eps);
   else if (rows) k_rmsnorm<<<(unsigned)rows, 256, 0, S_>>>(CF(x), CF(w), F(y), D, eps);
   KERNEL_CHECK();
@@ -293,7 +295,7 @@ static mla_status check_ids(const char* op, const int32_t* ids, int64_t T, int64
 }
 extern "C" mla_status mla_cuda_embedding(const mla_cuda_buf* table, const int32_t* ids, mla_cuda_buf* y, int64_t T, int64_t V, int64_t D) {
   NEED_CTX();
-  MLA_CHECK(table && table->n == V * D && (table->dtype == MLA_F32 || table->dtype == MLA_BF16) && is_f32(y, T * D) && (ids || T == 0), "embedding: table [V,D] f32 or bf16, y [T,D] f32");
+  MLA_CHECK(is_f32_or_bf16(table, V * D) && is_f32(y, T * D) && (ids || T == 0), "embedding: table [V,D] f32 or bf16, y [T,D] f32");
   if (mla_status st = check_ids("embedding", ids, T, V)) return st;
   DevInts d;
   TO_DEVICE(d, ids, T);
@@ -392,7 +394,7 @@ extern "C" mla_status mla_cuda_cross_entropy(const mla_cuda_buf* logits, const i
 // step never waits for them, and grad may be bf16. No synchronization.
 extern "C" mla_status mla_cuda_cross_entropy_device(const mla_cuda_buf* logits, const int32_t* targets, mla_cuda_buf* loss, int64_t loss_offset, mla_cuda_buf* grad, float scale, int64_t T, int64_t V) {
   NEED_CTX();
-  MLA_CHECK(is_f32(logits, T * V) && (targets || T == 0) && grad && grad->n == T * V && (grad->dtype == MLA_F32 || grad->dtype == MLA_BF16), "cross_entropy_device: logits f32 [T,V], grad f32 or bf16 [T,V]");
+  MLA_CHECK(is_f32(logits, T * V) && (targets || T == 0) && is_f32_or_bf16(grad, T * V), "cross_entropy_device: logits f32 [T,V], grad f32 or bf16 [T,V]");
   MLA_CHECK(loss && loss->dtype == MLA_F32 && loss_offset >= 0 && loss_offset + T <= loss->n, "cross_entropy_device: loss must be an f32 buffer with room for T rows from loss_offset");
   if (mla_status e = check_targets(targets, T, V)) return e;
   DevInts d;

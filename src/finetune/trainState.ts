@@ -38,7 +38,9 @@ export function stateBytes(params: number, precision: Precision): number {
  */
 export function activationBytes(model: LlamaModel, tokens: number, checkpoint = false, fullLogits = false, precision: Precision = "f32"): number {
   const c = model.config;
-  // bf16: each product's input is also kept rounded (2 bytes): two normed inputs, the attention output, the MLP's hidden.
+  // bf16: a product input is kept rounded (2 bytes) beside its float32 value. Counted for the two
+  // normed inputs, the attention output and the MLP's hidden, though the normed inputs and the hidden
+  // are now stored in bf16 alone (ProductInputHint): an over-estimate, on the safe side for checkFits.
   const bf16Copies = precision === "bf16" ? (2 * c.hiddenSize + c.heads * c.headDim + c.intermediateSize) / 2 : 0;
   const perLayer = 2 * (10 * c.hiddenSize + 3 * c.intermediateSize + 4 * c.heads * c.headDim) + bf16Copies;
   const layers = checkpoint ? c.layers * 2 * c.hiddenSize + perLayer : c.layers * perLayer;

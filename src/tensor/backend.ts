@@ -193,8 +193,7 @@ export interface Backend {
 
   /** y[M,N] = x[M,K] · w[N,K]ᵀ (+ bias[N]). */
   linear(x: Tensor, w: Tensor, bias?: Tensor | null): Tensor;
-  /** y[M,D] = x / rms(x) · w[D]. */
-  /** `hint.forProducts`: see ProductInputHint. */
+  /** y[M,D] = x / rms(x) · w[D]; `hint.forProducts`: see ProductInputHint. */
   rmsnorm(x: Tensor, w: Tensor, eps: number, hint?: ProductInputHint): Tensor;
   /**
    * Rotate-half RoPE on x[T, H, Dh] at `positions[T]`. Only the first `rotaryDims` (default Dh) dims

@@ -201,6 +201,13 @@ function rowsOf(t: Tensor): number {
   return t.shape.slice(0, -1).reduce((a, b) => a * b, 1);
 }
 
+/** [V, T] of logits [T, V] with one target per row (every loss op's entry check). */
+function lossRows(logits: Tensor, targets: Int32Array): [number, number] {
+  const V = last(logits), T = rowsOf(logits);
+  if (targets.length !== T) throw new MlaError("BAD_ARGUMENT", `crossEntropy: ${targets.length} targets for ${T} rows`, "one target per row");
+  return [V, T];
+}
+
 /** A synchronous full collection (V8's gc exposed at run time), so finalizers free unreachable buffers. */
 const forceGc: () => void = (() => {
   v8.setFlagsFromString("--expose-gc");
@@ -593,8 +600,7 @@ export class CudaBackend implements Backend {
   }
 
   crossEntropy(logits: Tensor, targets: Int32Array): Float64Array {
-    const V = last(logits), T = rowsOf(logits);
-    if (targets.length !== T) throw new MlaError("BAD_ARGUMENT", `crossEntropy: ${targets.length} targets for ${T} rows`, "one target per row");
+    const [V, T] = lossRows(logits, targets);
     const loss = new Float64Array(T);
     if (this.blocking(() => this.lib.fns["crossEntropy"]!(this.h(logits), targets, loss, null, 0, T, V)) !== 0) this.fail("crossEntropy", "the tokenizer and the model do not match");
     return loss;
@@ -625,8 +631,7 @@ export class CudaBackend implements Backend {
   }
 
   crossEntropyFused(logits: Tensor, targets: Int32Array, scale: number): { loss: Float64Array; grad: Tensor } {
-    const V = last(logits), T = rowsOf(logits);
-    if (targets.length !== T) throw new MlaError("BAD_ARGUMENT", `crossEntropy: ${targets.length} targets for ${T} rows`, "one target per row");
+    const [V, T] = lossRows(logits, targets);
     const loss = new Float64Array(T);
     const grad = this.empty(logits.shape, "a cross-entropy gradient");
     if (this.blocking(() => this.lib.fns["crossEntropy"]!(this.h(logits), targets, loss, this.h(grad), scale, T, V)) !== 0) this.fail("crossEntropy", "the tokenizer and the model do not match");
@@ -634,8 +639,7 @@ export class CudaBackend implements Backend {
   }
 
   crossEntropyDevice(logits: Tensor, targets: Int32Array, scale: number, losses: Tensor, offset: number, gradDtype: "f32" | "bf16"): Tensor {
-    const V = last(logits), T = rowsOf(logits);
-    if (targets.length !== T) throw new MlaError("BAD_ARGUMENT", `crossEntropy: ${targets.length} targets for ${T} rows`, "one target per row");
+    const [V, T] = lossRows(logits, targets);
     const grad = this.empty(logits.shape, "a cross-entropy gradient", gradDtype === "bf16" ? BF16 : F32);
     if (this.lib.fns["crossEntropyDevice"]!(this.h(logits), targets, this.h(losses), offset, this.h(grad), scale, T, V) !== 0) this.fail("crossEntropy", "the tokenizer and the model do not match");
     return grad;
@@ -665,8 +669,7 @@ export class CudaBackend implements Backend {
   }
 
   crossEntropyBackward(logits: Tensor, targets: Int32Array, scale: number): Tensor {
-    const V = last(logits), T = rowsOf(logits);
-    if (targets.length !== T) throw new MlaError("BAD_ARGUMENT", `crossEntropy: ${targets.length} targets for ${T} rows`, "one target per row");
+    const [V, T] = lossRows(logits, targets);
     const g = this.empty(logits.shape, "a cross-entropy gradient");
     if (this.blocking(() => this.lib.fns["crossEntropy"]!(this.h(logits), targets, null, this.h(g), scale, T, V)) !== 0) this.fail("crossEntropyBackward", "the tokenizer and the model do not match");
     return g;
