@@ -1,11 +1,12 @@
 /**
  * Training attention on the GPU: forward and forward + backward of causal batched attention with bf16
- * inputs, on our two bf16 routes (the fused tensor-core kernels, default; the chunked cuBLAS GEMMs,
+ * inputs, on our bf16 routes (the fused tensor-core kernels, default; cuDNN's fused attention,
+ * MHA2MLA_CUDA_ATTENTION=cudnn, where the build has it; the chunked cuBLAS GEMMs,
  * MHA2MLA_CUDA_ATTENTION=gemm), as the trainer calls them (float32 tensors in and out; the training
  * forward keeps the fused kernels' softmax statistics for the backward).
  * One JSON line per (shape, route, pass): milliseconds per call and effective TFLOP/s, counting the
  * causal half (forward 4·B·T²/2·H·Dh, backward 2.5× that). bench/attention_train_torch.py is the peer.
- * Run: node dist/bench/attention-train.js [--shapes B:T:H:Hkv:Dh,…] [--routes fused,gemm] [--label NAME]
+ * Run: node dist/bench/attention-train.js [--shapes B:T:H:Hkv:Dh,…] [--routes fused,cudnn,gemm] [--label NAME]
  * (--label tags each line, e.g. with the build variant of bench/attention-variants.sh.)
  */
 import { openCuda } from "./cudaBench.js";
@@ -25,7 +26,12 @@ for (const [nb, T, H, Hkv, Dh] of shapes) {
   const opts = { scale: 1 / Math.sqrt(Dh), queryOffset: 0, window: null, batch: nb, bf16: true };
   const fwdFlops = 4 * nb * ((T * T) / 2) * H * Dh;
   for (const route of routes) {
-    if (route === "gemm") process.env["MHA2MLA_CUDA_ATTENTION"] = "gemm";
+    if (route === "cudnn" && !backend.cudnnVersion()) {
+      console.log(JSON.stringify({ tool: "mha2mla", route, skipped: "this build has no cuDNN route" }));
+      continue;
+    }
+    if (route === "fused") delete process.env["MHA2MLA_CUDA_ATTENTION"];
+    else process.env["MHA2MLA_CUDA_ATTENTION"] = route;
     const time = (pass: string, reps: number, step: () => { dispose(): void }[]) => {
       for (const x of step()) x.dispose(); // warm-up
       sync();

@@ -68,6 +68,32 @@ function findNvcc() {
   return which("nvcc");
 }
 
+/**
+ * cuDNN's header and library from one installation (so their versions agree): CUDNN_HOME, the CUDA
+ * toolkit, the system directories, or the nvidia-cudnn Python wheel. Null when there is none; the
+ * CUDA library is then built without the cuDNN attention route.
+ */
+function findCudnn(cudaHome) {
+  if (process.env.MHA2MLA_SKIP_CUDNN) return null;
+  const wheels = spawnSync("python3", ["-c", "import sys; print('\\n'.join(sys.path))"], { encoding: "utf8" });
+  const sitePaths = wheels.status === 0 ? wheels.stdout.split("\n").filter((p) => p.endsWith("-packages")).map((p) => path.join(p, "nvidia", "cudnn")) : [];
+  const homes = [
+    ...(process.env.CUDNN_HOME ? [{ inc: path.join(process.env.CUDNN_HOME, "include"), libs: [path.join(process.env.CUDNN_HOME, "lib64"), path.join(process.env.CUDNN_HOME, "lib")] }] : []),
+    { inc: path.join(cudaHome, "include"), libs: [path.join(cudaHome, "lib64")] },
+    { inc: "/usr/include/x86_64-linux-gnu", libs: ["/usr/lib/x86_64-linux-gnu"] },
+    { inc: "/usr/include", libs: ["/usr/lib/x86_64-linux-gnu", "/usr/lib64", "/usr/lib"] },
+    ...sitePaths.map((d) => ({ inc: path.join(d, "include"), libs: [path.join(d, "lib")] })),
+  ];
+  for (const h of homes) {
+    if (!fs.existsSync(path.join(h.inc, "cudnn.h"))) continue;
+    for (const dir of h.libs) {
+      const lib = ["libcudnn.so", "libcudnn.so.9"].map((f) => path.join(dir, f)).find((f) => fs.existsSync(f));
+      if (lib) return { include: h.inc, lib, dir };
+    }
+  }
+  return null;
+}
+
 function buildCuda() {
   if (process.env.MHA2MLA_SKIP_CUDA || process.env.MHA2MLA_SKIP_NATIVE) return "mha2mla: MHA2MLA_SKIP_CUDA/MHA2MLA_SKIP_NATIVE is set: CUDA library not built";
   const nvcc = findNvcc();
@@ -79,8 +105,14 @@ function buildCuda() {
   // The GPU of this machine when one is visible; otherwise Ampere and Hopper code plus PTX for newer GPUs.
   const hasGpu = spawnSync("nvidia-smi", ["-L"], { encoding: "utf8" }).status === 0;
   const fat = ["-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90", "-gencode=arch=compute_90,code=compute_90"];
-  const r = build(nvcc, out, [...(hasGpu ? [{ name: "-arch=native", flags: ["-arch=native", ...common] }] : []), { name: "sm_80+sm_90+PTX", flags: [...fat, ...common] }]);
-  if (r.ok) return `mha2mla: built the CUDA library ${path.relative(root, out)} with ${nvcc} (${r.variant}, cuBLAS, cuSOLVER)`;
+  // cuDNN's fused attention where cuDNN is installed (its frontend is vendored, header-only); the same
+  // builds without it otherwise, or when that build fails.
+  const cudnn = findCudnn(home);
+  const withCudnn = cudnn ? ["-DMLA_WITH_CUDNN", "-DCUDNN_FRONTEND_SKIP_JSON_LIB", `-I${cudnn.include}`, `-I${path.join(root, "native", "third_party", "cudnn_frontend", "include")}`, cudnn.lib, "-Xlinker", `-rpath,${cudnn.dir}`] : null;
+  const archs = [...(hasGpu ? [{ name: "-arch=native", flags: ["-arch=native"] }] : []), { name: "sm_80+sm_90+PTX", flags: fat }];
+  const attempts = archs.flatMap((a) => [...(withCudnn ? [{ name: `${a.name}, cuDNN`, flags: [...a.flags, ...common, ...withCudnn] }] : []), { name: a.name, flags: [...a.flags, ...common] }]);
+  const r = build(nvcc, out, attempts);
+  if (r.ok) return `mha2mla: built the CUDA library ${path.relative(root, out)} with ${nvcc} (${r.variant}, cuBLAS, cuSOLVER${r.variant.endsWith("cuDNN") ? ` from ${cudnn.lib}` : cudnn ? "; the cuDNN build failed, so without cuDNN" : "; no cuDNN found"})`;
   if (headers.length) return `mha2mla: ${nvcc} is there but ${headers.join(" and ")} ${headers.length > 1 ? "are" : "is"} not under ${home} (the cuBLAS/cuSOLVER development files of the CUDA toolkit are missing): CUDA library not built, --device cuda is unavailable`;
   return `mha2mla: building the CUDA library with ${nvcc} failed (${r.error}): --device cuda is unavailable`;
 }

@@ -174,6 +174,7 @@ mla_status attention_gemm(const float* q, const float* k, const float* v, float*
   const int64_t group = H / Hkv;
   Inputs in;
   if (mla_status e = prepare_inputs(in, q, k, v, nullptr, B * T * H * Dh, B * S * Hkv * Dh, B * S * Hkv * Dv, 0, bf16)) return e;
+  if (use_cudnn(bf16, B, T, S, H, Hkv, Dh, Dv, scale, off, window)) return cudnn_attention_forward(in.q, in.k, in.v, o, lse, B, T, S, H, Hkv, Dh, Dv, scale, off);
   if (use_mma(bf16, Dh, Dv)) return attention_mma(in.q, in.k, in.v, o, lse, B, T, S, H, Hkv, Dh, Dv, scale, off, window);
   const int64_t Tq = queries_per_chunk(B, T, H, S, 1);
   DevMem sc, pb;
@@ -210,9 +211,10 @@ mla_status attention_gemm(const float* q, const float* k, const float* v, float*
 }  // namespace mla
 
 // Gradients of the chunked GEMM attention: the probabilities are recomputed chunk by chunk.
-// o and lse: the forward's output and the statistics it saved (mla_cuda_attention with `saved` set), or
-// null; the fused route then skips recomputing them.
-extern "C" mla_status mla_cuda_attention_backward(const mla_cuda_buf* qb, const mla_cuda_buf* kb, const mla_cuda_buf* vb, const mla_cuda_buf* dob, mla_cuda_buf* dqb, mla_cuda_buf* dkb, mla_cuda_buf* dvb, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window, int32_t bf16, const mla_cuda_buf* ob, const mla_cuda_buf* lseb) {
+// o and lse: the forward's output and the statistics it saved (mla_cuda_attention's `saved`, passed
+// back as saved_kind: 1 the fused kernels', 2 cuDNN's), or null; the route that made them then skips
+// recomputing them, another route ignores them.
+extern "C" mla_status mla_cuda_attention_backward(const mla_cuda_buf* qb, const mla_cuda_buf* kb, const mla_cuda_buf* vb, const mla_cuda_buf* dob, mla_cuda_buf* dqb, mla_cuda_buf* dkb, mla_cuda_buf* dvb, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window, int32_t bf16, const mla_cuda_buf* ob, const mla_cuda_buf* lseb, int32_t saved_kind) {
   NEED_CTX();
   auto f32 = [](const mla_cuda_buf* b, int64_t n) { return b && b->dtype == MLA_F32 && b->n == n; };
   MLA_CHECK(B >= 1 && f32(qb, B * T * H * Dh) && f32(kb, B * S * Hkv * Dh) && f32(vb, B * S * Hkv * Dv) && f32(dob, B * T * H * Dv) && f32(dqb, B * T * H * Dh) && f32(dkb, B * S * Hkv * Dh) && f32(dvb, B * S * Hkv * Dv),
@@ -230,6 +232,13 @@ extern "C" mla_status mla_cuda_attention_backward(const mla_cuda_buf* qb, const 
   const int64_t group = H / Hkv;
   Inputs in;
   if (mla_status e = prepare_inputs(in, (const float*)qb->ptr, (const float*)kb->ptr, (const float*)vb->ptr, (const float*)dob->ptr, B * T * H * Dh, B * S * Hkv * Dh, B * S * Hkv * Dv, B * T * H * Dv, bf16 != 0)) return e;
+  if (mla::use_cudnn(bf16 != 0, B, T, S, H, Hkv, Dh, Dv, scale, off, window)) {
+    const bool mine = ob && saved_kind == 2;
+    bool taken = false;
+    if (mla_status e = mla::cudnn_attention_backward(in.q, in.k, in.v, in.dout, mine ? (const float*)ob->ptr : nullptr, mine ? (const float*)lseb->ptr : nullptr, dq, dk, dv, B, T, S, H, Hkv, Dh, Dv, scale, off, &taken)) return e;
+    if (taken) return MLA_OK;
+  }
+  if (saved_kind != 1) ob = lseb = nullptr;  // statistics of another route: recompute
   if (use_mma(bf16 != 0, Dh, Dv)) {
     DevMem stats;  // the row log-sum-exp and δ = rowsum(dout ∘ o), [B·H, T] each
     DEV_MEM(stats, sizeof(float) * 2 * B * H * T);

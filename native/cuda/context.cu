@@ -101,13 +101,17 @@ mla_status stage_to_device(const void* data, size_t bytes, void* device) {
 AttentionRoute attention_route() {
   const char* e = getenv("MHA2MLA_CUDA_ATTENTION");
   if (!e) return AttentionRoute::Fused;
+  if (strcmp(e, "cudnn") == 0) return AttentionRoute::Cudnn;
   if (strcmp(e, "gemm") == 0) return AttentionRoute::Gemm;
   if (strcmp(e, "flash") == 0) return AttentionRoute::Flash;
   if (strcmp(e, "rows") == 0) return AttentionRoute::Rows;
   return AttentionRoute::Fused;
 }
 
-bool use_mma(bool bf16, int64_t Dh, int64_t Dv) { return bf16 && attention_mma_dims(Dh, Dv) && attention_route() == AttentionRoute::Fused; }
+bool use_mma(bool bf16, int64_t Dh, int64_t Dv) {
+  const AttentionRoute r = attention_route();
+  return bf16 && attention_mma_dims(Dh, Dv) && (r == AttentionRoute::Fused || r == AttentionRoute::Cudnn);
+}
 }  // namespace mla
 
 using mla::ctx;

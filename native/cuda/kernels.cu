@@ -670,12 +670,14 @@ extern "C" mla_status mla_cuda_attention(const mla_cuda_buf* q, const mla_cuda_b
   MLA_CHECK(Hkv > 0 && H % Hkv == 0, "attention: H must be a multiple of Hkv");
   const mla::AttentionRoute route = mla::attention_route();
   if (saved) *saved = 0;
-  if (T > 1 && S > 0 && (route == mla::AttentionRoute::Fused || route == mla::AttentionRoute::Gemm)) {
-    // Statistics for the backward come only from the fused kernels.
-    const bool fused = mla::use_mma(bf16 != 0, Dh, Dv);
+  if (T > 1 && S > 0 && (route == mla::AttentionRoute::Fused || route == mla::AttentionRoute::Cudnn || route == mla::AttentionRoute::Gemm)) {
+    // Statistics for the backward come only from the fused kernels (saved = 1) or cuDNN (saved = 2:
+    // natural-log statistics, which only cuDNN's backward reads).
+    const bool cudnn = mla::use_cudnn(bf16 != 0, B, T, S, H, Hkv, Dh, Dv, scale, off, window);
+    const bool fused = cudnn || mla::use_mma(bf16 != 0, Dh, Dv);
     MLA_CHECK(!lse || is_f32(lse, B * H * T), "attention: lse must be an f32 buffer [B·H·T]");
     if (mla_status e = mla::attention_gemm(CF(q), CF(k), CF(v), F(o), fused && lse ? F(lse) : nullptr, B, T, S, H, Hkv, Dh, Dv, scale, off, window, bf16 != 0)) return e;
-    if (lse && fused && saved) *saved = 1;
+    if (lse && fused && saved) *saved = cudnn ? 2 : 1;
     return MLA_OK;
   }
   // The other routes take one sequence at a time, in float32.

@@ -30,6 +30,19 @@ __global__ void column_sums(const float* dy, float* db, int64_t M, int64_t N) {
   db[n] = (float)s;
 }
 
+namespace mla {
+mla_status widen_bf16(const __nv_bfloat16* x, float* y, int64_t n) {
+  if (n > 0) bf16_to_f32<<<blocks_for(n, 256), 256, 0, ctx()->stream>>>(x, y, n);
+  KERNEL_CHECK();
+  return MLA_OK;
+}
+mla_status narrow_f32(const float* x, __nv_bfloat16* y, int64_t n) {
+  if (n > 0) f32_to_bf16<<<blocks_for(n, 256), 256, 0, ctx()->stream>>>(x, y, n);
+  KERNEL_CHECK();
+  return MLA_OK;
+}
+}  // namespace mla
+
 extern "C" mla_status mla_cuda_cast(const mla_cuda_buf* x, mla_cuda_buf* y) {
   NEED_CTX();
   MLA_CHECK(x && y && x->n == y->n, "cast: size mismatch");

@@ -124,6 +124,9 @@ mla_status mla_cuda_download(const mla_cuda_buf* src, void* host, int64_t bytes)
 /* out[4] = bytes held by live buffers, their peak, device free, device total. */
 mla_status mla_cuda_memory(int64_t* out);
 mla_status mla_cuda_reset_peak(void);
+/* cuDNN's version (e.g. 91400) when this build has the cuDNN attention route and cuDNN loads on this
+   device, else 0. */
+int32_t mla_cuda_cudnn_version(void);
 mla_status mla_cuda_synchronize(void);
 /* f32 ↔ bf16 between buffers of equal length. */
 mla_status mla_cuda_cast(const mla_cuda_buf* x, mla_cuda_buf* y);
@@ -144,12 +147,14 @@ mla_status mla_cuda_head_linear(const mla_cuda_buf* x, const mla_cuda_buf* w, ml
 /* Attention of B independent sequences of equal length: q[B·T,H,Dh], k[B·S,Hkv,Dh], v[B·S,Hkv,Dv] →
    o[B·T,H,Dv]. bf16 != 0: the GEMM route rounds its GEMM inputs to bf16 (tensor cores), scores,
    softmax and accumulation stay f32. lse (optional, f32 [B·H·T]): where the fused tensor-core kernels
-   run, they leave their row log-sum-exp there for the backward and *saved becomes 1 (else 0). */
+   run, they leave their row log-sum-exp there for the backward and *saved becomes 1; where cuDNN runs
+   (MHA2MLA_CUDA_ATTENTION=cudnn), its statistics and *saved becomes 2; else 0. */
 mla_status mla_cuda_attention(const mla_cuda_buf* q, const mla_cuda_buf* k, const mla_cuda_buf* v, mla_cuda_buf* o, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t query_offset, int64_t window, int32_t bf16, mla_cuda_buf* lse, int32_t* saved);
 /* Gradients of mla_cuda_attention: dq[B·T,H,Dh], dk[B·S,Hkv,Dh], dv[B·S,Hkv,Dv] from dout[B·T,H,Dv]
    (overwritten). o and lse: the forward's output and saved statistics (both or neither; only pass lse
-   the forward marked saved), so the fused kernels need not recompute them. */
-mla_status mla_cuda_attention_backward(const mla_cuda_buf* q, const mla_cuda_buf* k, const mla_cuda_buf* v, const mla_cuda_buf* dout, mla_cuda_buf* dq, mla_cuda_buf* dk, mla_cuda_buf* dv, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t query_offset, int64_t window, int32_t bf16, const mla_cuda_buf* o, const mla_cuda_buf* lse);
+   the forward marked saved, and its *saved as saved_kind), so the route that made them need not
+   recompute them. */
+mla_status mla_cuda_attention_backward(const mla_cuda_buf* q, const mla_cuda_buf* k, const mla_cuda_buf* v, const mla_cuda_buf* dout, mla_cuda_buf* dq, mla_cuda_buf* dk, mla_cuda_buf* dv, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t query_offset, int64_t window, int32_t bf16, const mla_cuda_buf* o, const mla_cuda_buf* lse, int32_t saved_kind);
 /* MLA attention on the latent cache: qr[T,H,Dr], kr[S,Hkv,Dr], qc[T,H,L], c[S,L] → o[T,H,L]. */
 mla_status mla_cuda_latent_attention(const mla_cuda_buf* qr, const mla_cuda_buf* kr, const mla_cuda_buf* qc, const mla_cuda_buf* c, mla_cuda_buf* o, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dr, int64_t L, float scale, int64_t query_offset, int64_t window);
 /* The same two for a single query row (decode, T = 1) through cuBLAS: scores of all heads by GEMM

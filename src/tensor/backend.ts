@@ -49,10 +49,15 @@ export interface TrainingKernels {
   adamw(p: Tensor, g: Tensor, m: Tensor, v: Tensor, lr: number, h: { beta1: number; beta2: number; eps: number; weightDecay: number }, c1: number, c2: number, gradScale: number, shadow: Tensor | null): void;
 }
 
-/** What a training forward of attention leaves for its backward: o [T,H,Dv] and the row log-sum-exp of the softmax, [B·H·T] (backend-specific units). */
+/**
+ * What a training forward of attention leaves for its backward: o [T,H,Dv] and the row log-sum-exp of
+ * the softmax, [B·H·T], in the units of the kernel that made it (`kind`, backend-specific: the CUDA
+ * backend's fused kernels and cuDNN keep different ones).
+ */
 export interface AttentionSaved {
   o: Tensor;
   lse: Tensor;
+  kind?: number;
 }
 
 /**

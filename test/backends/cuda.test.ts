@@ -529,6 +529,74 @@ test("fused attention on a long row keeps the log-sum-exp exact (no drift of the
   }
 });
 
+// cuDNN's fused attention (MHA2MLA_CUDA_ATTENTION=cudnn) against the reference backend and the fused
+// kernels: GQA, Dv ≠ Dh, a query offset of S − T, a window (cuDNN does not take it: the fused kernels
+// run), saved and recomputed statistics, and statistics of one route never read by the other.
+test("cuDNN attention route: forward and backward equal the reference; its saved statistics stay its own", { skip }, (t) => {
+  const B = backend();
+  const version = B.cudnnVersion();
+  if (!version) {
+    t.skip("this CUDA build has no cuDNN route (cuDNN's header or library not found at build time, or it does not load)");
+    return;
+  }
+  t.diagnostic(`cuDNN ${version}`);
+  const arr = seededRand(11, Float32Array);
+  const rel = (got: ArrayLike<number>, want: ArrayLike<number>) => {
+    let num = 0, den = 0;
+    for (let i = 0; i < want.length; i++) (num += (got[i]! - want[i]!) ** 2), (den += want[i]! ** 2);
+    return den === 0 ? Math.sqrt(num / want.length) : Math.sqrt(num / den);
+  };
+  const withRoute = <T>(route: string | null, f: () => T): T => {
+    if (route) process.env["MHA2MLA_CUDA_ATTENTION"] = route;
+    else delete process.env["MHA2MLA_CUDA_ATTENTION"];
+    try {
+      return f();
+    } finally {
+      delete process.env["MHA2MLA_CUDA_ATTENTION"];
+    }
+  };
+  // [sequences, T, S, H, Hkv, Dh, Dv, query offset, window, cuDNN takes it]
+  const cases = [[2, 300, 300, 6, 3, 64, 64, 0, 0, true], [2, 200, 200, 8, 8, 128, 128, 0, 0, true], [2, 256, 256, 9, 3, 64, 64, 0, 0, true], [1, 130, 150, 4, 4, 128, 128, 20, 0, true], [1, 100, 100, 4, 2, 64, 64, 0, 30, false]] as const;
+  for (const [nb, T, S, H, Hkv, Dh, Dv, off, win, takes] of cases) {
+    const q = arr(nb * T * H * Dh), k = arr(nb * S * Hkv * Dh), v = arr(nb * S * Hkv * Dv), d = arr(nb * T * H * Dv);
+    const window = win > 0 ? win : null;
+    const parts = { o: [] as Float32Array[], dq: [] as Float32Array[], dk: [] as Float32Array[], dv: [] as Float32Array[] };
+    for (let s = 0; s < nb; s++) {
+      const sl = (x: Float32Array, rows: number, w: number) => x.slice(s * rows * w, (s + 1) * rows * w);
+      const opts = { scale: 1 / Math.sqrt(Dh), queryOffset: off, window };
+      const [Q, K, V, D] = [R.upload(sl(q, T, H * Dh), [T, H, Dh]), R.upload(sl(k, S, Hkv * Dh), [S, Hkv, Dh]), R.upload(sl(v, S, Hkv * Dv), [S, Hkv, Dv]), R.upload(sl(d, T, H * Dv), [T, H, Dv])];
+      parts.o.push(R.attention(Q, K, V, opts).toArray() as Float32Array);
+      const g = R.attentionBackward(Q, K, V, D, opts);
+      for (const n of ["dq", "dk", "dv"] as const) parts[n].push(g[n].toArray() as Float32Array);
+    }
+    const join = (xs: Float32Array[]) => Float32Array.from(xs.flatMap((x) => Array.from(x)));
+    const want = { o: join(parts.o), dq: join(parts.dq), dk: join(parts.dk), dv: join(parts.dv) };
+    const opts = { scale: 1 / Math.sqrt(Dh), queryOffset: off, window, batch: nb, bf16: true };
+    const [Q, K, V, D] = [B.upload(q, [nb * T, H, Dh]), B.upload(k, [nb * S, Hkv, Dh]), B.upload(v, [nb * S, Hkv, Dv]), B.upload(d, [nb * T, H, Dv])];
+    const label = `B${nb} T${T} S${S} H${H}/${Hkv} Dh${Dh} Dv${Dv} off${off} win${win}`;
+    withRoute("cudnn", () => {
+      const trained = B.attentionForTraining!(Q, K, V, opts);
+      assert.equal(trained.saved?.kind, takes ? 2 : 1, `${label}: statistics kept by ${takes ? "cuDNN" : "the fused kernels"}`);
+      const o = trained.o.toArray();
+      const fromSaved = B.attentionBackward(Q, K, V, D, opts, trained.saved ?? undefined);
+      const recomputed = B.attentionBackward(Q, K, V, D, opts);
+      const errs = { o: rel(o, want.o), dq: rel(fromSaved.dq.toArray(), want.dq), dk: rel(fromSaved.dk.toArray(), want.dk), dv: rel(fromSaved.dv.toArray(), want.dv) };
+      t.diagnostic(`cudnn ${label}: relative error ${Object.entries(errs).map(([n, e]) => `${n} ${e.toExponential(1)}`).join(", ")}`);
+      for (const [n, e] of Object.entries(errs)) assert.ok(e < 2e-2, `${label} ${n}: relative error ${e}`);
+      for (const n of ["dq", "dk", "dv"] as const) {
+        assert.ok(rel(recomputed[n].toArray(), fromSaved[n].toArray()) < 1e-3, `${label} ${n}: recomputed statistics vs saved`);
+        assert.deepEqual(B.attentionBackward(Q, K, V, D, opts, trained.saved ?? undefined)[n].toArray(), fromSaved[n].toArray(), `${label} ${n}: the backward is deterministic`);
+      }
+      // cuDNN's statistics handed to the fused kernels' backward are ignored (recomputed), not misread.
+      if (takes) {
+        const fused = withRoute(null, () => B.attentionBackward(Q, K, V, D, opts, trained.saved!));
+        const fusedOwn = withRoute(null, () => B.attentionBackward(Q, K, V, D, opts));
+        for (const n of ["dq", "dk", "dv"] as const) assert.deepEqual(fused[n].toArray(), fusedOwn[n].toArray(), `${label} ${n}: another route's statistics are not read`);
+      }
+    });
+  }
+});
+
 test("GPU training is bit-reproducible: a rerun, a run with --checkpoint-activations, and a run killed (-9) after step 10 then resumed give the same weights (bf16, MLA)", { skip }, async () => {
   const dir = tmpDir();
   const mla = (await convert(path.join(MODELS, "stories260K"), { rank: 4, ropePairs: 2, ropeStrategy: "uniform", out: path.join(dir, "mla"), progress: null, device: "cpu" })).out!;

@@ -38,6 +38,7 @@ const SIGNATURES: Record<string, string> = {
   download: "int mla_cuda_download(const mla_cuda_buf* src, void* host, int64_t bytes)",
   memory: "int mla_cuda_memory(int64_t* out)",
   resetPeak: "int mla_cuda_reset_peak(void)",
+  cudnnVersion: "int mla_cuda_cudnn_version(void)",
   synchronize: "int mla_cuda_synchronize(void)",
   cast: "int mla_cuda_cast(const mla_cuda_buf* x, mla_cuda_buf* y)",
   linear: "int mla_cuda_linear(const mla_cuda_buf* x, const mla_cuda_buf* w, const mla_cuda_buf* b, mla_cuda_buf* y, int64_t M, int64_t K, int64_t N)",
@@ -48,7 +49,7 @@ const SIGNATURES: Record<string, string> = {
   headLinear: "int mla_cuda_head_linear(const mla_cuda_buf* x, const mla_cuda_buf* w, mla_cuda_buf* y, int64_t T, int64_t H, int64_t G, int64_t K, int64_t N)",
   attention: "int mla_cuda_attention(const mla_cuda_buf* q, const mla_cuda_buf* k, const mla_cuda_buf* v, mla_cuda_buf* o, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window, int32_t bf16, mla_cuda_buf* lse, int32_t* saved)",
   latentAttention: "int mla_cuda_latent_attention(const mla_cuda_buf* qr, const mla_cuda_buf* kr, const mla_cuda_buf* qc, const mla_cuda_buf* c, mla_cuda_buf* o, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dr, int64_t L, float scale, int64_t off, int64_t window)",
-  attentionBackward: "int mla_cuda_attention_backward(const mla_cuda_buf* q, const mla_cuda_buf* k, const mla_cuda_buf* v, const mla_cuda_buf* dout, mla_cuda_buf* dq, mla_cuda_buf* dk, mla_cuda_buf* dv, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window, int32_t bf16, const mla_cuda_buf* o, const mla_cuda_buf* lse)",
+  attentionBackward: "int mla_cuda_attention_backward(const mla_cuda_buf* q, const mla_cuda_buf* k, const mla_cuda_buf* v, const mla_cuda_buf* dout, mla_cuda_buf* dq, mla_cuda_buf* dk, mla_cuda_buf* dv, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window, int32_t bf16, const mla_cuda_buf* o, const mla_cuda_buf* lse, int32_t saved_kind)",
   fillZero: "int mla_cuda_fill_zero(mla_cuda_buf* x)",
   sumSquares: "int mla_cuda_sum_squares(const mla_cuda_buf* x, double* out)",
   adamw: "int mla_cuda_adamw(mla_cuda_buf* p, const mla_cuda_buf* g, mla_cuda_buf* m, mla_cuda_buf* v, mla_cuda_buf* shadow, float lr, float beta1, float beta2, float eps, float weight_decay, double bias_c1, double bias_c2, float grad_scale)",
@@ -428,6 +429,11 @@ export class CudaBackend implements Backend {
     return { live: Number(out[0]), peak: Number(out[1]), free: Number(out[2]), total: Number(out[3]) };
   }
 
+  /** cuDNN's version (91400 for 9.14) where this build has the cuDNN attention route and cuDNN loads, else 0. */
+  cudnnVersion(): number {
+    return this.lib.fns["cudnnVersion"]!() as number;
+  }
+
   resetPeak(): void {
     this.call("reset_peak", this.lib.fns["resetPeak"]!());
   }
@@ -562,7 +568,7 @@ export class CudaBackend implements Backend {
     const kept = new Int32Array(1);
     this.call("attention", this.lib.fns["attention"]!(this.h(q), this.h(k), this.h(v), this.h(o), B, T / B, S / B, H, Hkv, Dh, Dv, opts.scale, opts.queryOffset, opts.window ?? 0, opts.bf16 ? 1 : 0, this.h(lse), kept));
     if (lse && !kept[0]) this.free(lse);
-    return { o, saved: lse && kept[0] ? { o, lse } : null };
+    return { o, saved: lse && kept[0] ? { o, lse, kind: kept[0] } : null };
   }
 
   headLinear(x: Tensor, w: Tensor): Tensor {
@@ -697,7 +703,7 @@ export class CudaBackend implements Backend {
     expectShape("attentionBackward", "dOut", dOut, [T, H, Dv]);
     const dq = this.empty(q.shape, "a query gradient"), dk = this.empty(k.shape, "a key gradient"), dv = this.empty(v.shape, "a value gradient");
     const B = batchOf("attentionBackward", opts, T, S);
-    this.call("attention_backward", this.lib.fns["attentionBackward"]!(this.h(q), this.h(k), this.h(v), this.h(dOut), this.h(dq), this.h(dk), this.h(dv), B, T / B, S / B, H, Hkv, Dh, Dv, opts.scale, opts.queryOffset, opts.window ?? 0, opts.bf16 ? 1 : 0, this.h(saved?.o), this.h(saved?.lse)));
+    this.call("attention_backward", this.lib.fns["attentionBackward"]!(this.h(q), this.h(k), this.h(v), this.h(dOut), this.h(dq), this.h(dk), this.h(dv), B, T / B, S / B, H, Hkv, Dh, Dv, opts.scale, opts.queryOffset, opts.window ?? 0, opts.bf16 ? 1 : 0, this.h(saved?.o), this.h(saved?.lse), saved?.kind ?? 0));
     return { dq, dk, dv };
   }
 
