@@ -30,6 +30,7 @@ import { spawnSync } from "node:child_process";
 import { checkLinalg } from "./linalgCheck.js";
 import { formatParity, runParity } from "./parity.js";
 import { zeroWidthFailures } from "./zeroWidth.js";
+import { referenceBatchedAttention, relativeError } from "./attentionReference.js";
 
 const lib = loadCuda();
 const skip = typeof lib === "string" ? `CUDA backend unavailable here, skipped: ${lib}` : false;
@@ -329,38 +330,13 @@ test("fine-tuning on the GPU (attention backward, KL distillation, AdamW updates
 test("training kernels: batched attention forward and backward (f32 GEMMs; bf16 on the chunked GEMMs and on the fused tensor-core kernels, incl. GQA, Dv ≠ Dh, offset, window, deterministic), bf16 linear backward accumulating into a gradient slot and into dx, bf16 copies of activations and bf16 product inputs, a bf16 embedding table, the device-resident cross-entropy with a bf16 gradient, fused AdamW and the gradient norm vs the reference", { skip }, (t) => {
   const B = backend();
   const arr = seededRand(7, Float32Array);
-  const rel = (got: ArrayLike<number>, want: ArrayLike<number>) => {
-    let num = 0, den = 0;
-    for (let i = 0; i < want.length; i++) {
-      num += (got[i]! - want[i]!) ** 2;
-      den += want[i]! ** 2;
-    }
-    // A reference of exact zeros (one visible key: dq = dk = 0) is met to rounding: RMS error instead.
-    return den === 0 ? Math.sqrt(num / want.length) : Math.sqrt(num / den);
-  };
-  const join = (xs: Float32Array[]) => {
-    const out = new Float32Array(xs.reduce((n, x) => n + x.length, 0));
-    let at = 0;
-    for (const x of xs) (out.set(x, at), (at += x.length));
-    return out;
-  };
+  const rel = relativeError;
   // [sequences, T, S, H, Hkv, Dh, Dv, query offset, window]; the fused kernels take Dh/Dv 64/64, 128/128, 192/128.
   const cases = [[3, 300, 300, 4, 2, 16, 16, 0, 0], [2, 513, 513, 6, 6, 64, 64, 0, 0], [1, 70, 70, 8, 1, 32, 32, 0, 0], [2, 200, 200, 8, 2, 128, 128, 0, 0], [1, 130, 150, 4, 4, 192, 128, 20, 0], [2, 300, 300, 6, 3, 64, 64, 0, 100], [1, 1, 1, 2, 1, 64, 64, 0, 0], [1, 128, 128, 2, 2, 128, 128, 0, 0], [2, 256, 256, 8, 2, 64, 64, 0, 0], [1, 200, 230, 4, 2, 64, 64, 30, 50]] as const;
   for (const [nb, T, S, H, Hkv, Dh, Dv, off, win] of cases) {
     const q = arr(nb * T * H * Dh), k = arr(nb * S * Hkv * Dh), v = arr(nb * S * Hkv * Dv), d = arr(nb * T * H * Dv);
     const window = win > 0 ? win : null;
-    const parts = { o: [] as Float32Array[], dq: [] as Float32Array[], dk: [] as Float32Array[], dv: [] as Float32Array[] };
-    for (let s = 0; s < nb; s++) {
-      const sl = (x: Float32Array, rows: number, w: number) => x.slice(s * rows * w, (s + 1) * rows * w);
-      const opts = { scale: 1 / Math.sqrt(Dh), queryOffset: off, window };
-      const [Q, K, V, D] = [R.upload(sl(q, T, H * Dh), [T, H, Dh]), R.upload(sl(k, S, Hkv * Dh), [S, Hkv, Dh]), R.upload(sl(v, S, Hkv * Dv), [S, Hkv, Dv]), R.upload(sl(d, T, H * Dv), [T, H, Dv])];
-      parts.o.push(R.attention(Q, K, V, opts).toArray() as Float32Array);
-      const g = R.attentionBackward(Q, K, V, D, opts);
-      parts.dq.push(g.dq.toArray() as Float32Array);
-      parts.dk.push(g.dk.toArray() as Float32Array);
-      parts.dv.push(g.dv.toArray() as Float32Array);
-    }
-    const want = { o: join(parts.o), dq: join(parts.dq), dk: join(parts.dk), dv: join(parts.dv) };
+    const want = referenceBatchedAttention({ nb, T, S, H, Hkv, Dh, Dv, off, window }, q, k, v, d);
     for (const [bf16, route] of [[false, "gemm"], [true, "gemm"], [true, "fused"]] as const) {
       const opts = { scale: 1 / Math.sqrt(Dh), queryOffset: off, window, batch: nb, bf16 };
       const [Q, K, V, D] = [B.upload(q, [nb * T, H, Dh]), B.upload(k, [nb * S, Hkv, Dh]), B.upload(v, [nb * S, Hkv, Dv]), B.upload(d, [nb * T, H, Dv])];
@@ -548,11 +524,7 @@ test("cuDNN attention route: forward and backward equal the reference; its saved
   }
   t.diagnostic(`cuDNN ${version}`);
   const arr = seededRand(11, Float32Array);
-  const rel = (got: ArrayLike<number>, want: ArrayLike<number>) => {
-    let num = 0, den = 0;
-    for (let i = 0; i < want.length; i++) (num += (got[i]! - want[i]!) ** 2), (den += want[i]! ** 2);
-    return den === 0 ? Math.sqrt(num / want.length) : Math.sqrt(num / den);
-  };
+  const rel = relativeError;
   const withRoute = <T>(route: string | null, f: () => T): T => {
     if (route) process.env["MHA2MLA_CUDA_ATTENTION"] = route;
     else delete process.env["MHA2MLA_CUDA_ATTENTION"];
@@ -567,17 +539,7 @@ test("cuDNN attention route: forward and backward equal the reference; its saved
   for (const [nb, T, S, H, Hkv, Dh, Dv, off, win, takes] of cases) {
     const q = arr(nb * T * H * Dh), k = arr(nb * S * Hkv * Dh), v = arr(nb * S * Hkv * Dv), d = arr(nb * T * H * Dv);
     const window = win > 0 ? win : null;
-    const parts = { o: [] as Float32Array[], dq: [] as Float32Array[], dk: [] as Float32Array[], dv: [] as Float32Array[] };
-    for (let s = 0; s < nb; s++) {
-      const sl = (x: Float32Array, rows: number, w: number) => x.slice(s * rows * w, (s + 1) * rows * w);
-      const opts = { scale: 1 / Math.sqrt(Dh), queryOffset: off, window };
-      const [Q, K, V, D] = [R.upload(sl(q, T, H * Dh), [T, H, Dh]), R.upload(sl(k, S, Hkv * Dh), [S, Hkv, Dh]), R.upload(sl(v, S, Hkv * Dv), [S, Hkv, Dv]), R.upload(sl(d, T, H * Dv), [T, H, Dv])];
-      parts.o.push(R.attention(Q, K, V, opts).toArray() as Float32Array);
-      const g = R.attentionBackward(Q, K, V, D, opts);
-      for (const n of ["dq", "dk", "dv"] as const) parts[n].push(g[n].toArray() as Float32Array);
-    }
-    const join = (xs: Float32Array[]) => Float32Array.from(xs.flatMap((x) => Array.from(x)));
-    const want = { o: join(parts.o), dq: join(parts.dq), dk: join(parts.dk), dv: join(parts.dv) };
+    const want = referenceBatchedAttention({ nb, T, S, H, Hkv, Dh, Dv, off, window }, q, k, v, d);
     const opts = { scale: 1 / Math.sqrt(Dh), queryOffset: off, window, batch: nb, bf16: true };
     const [Q, K, V, D] = [B.upload(q, [nb * T, H, Dh]), B.upload(k, [nb * S, Hkv, Dh]), B.upload(v, [nb * S, Hkv, Dv]), B.upload(d, [nb * T, H, Dv])];
     const label = `B${nb} T${T} S${S} H${H}/${Hkv} Dh${Dh} Dv${Dv} off${off} win${win}`;
