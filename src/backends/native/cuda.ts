@@ -38,7 +38,7 @@ const SIGNATURES: Record<string, string> = {
   download: "int mla_cuda_download(const mla_cuda_buf* src, void* host, int64_t bytes)",
   memory: "int mla_cuda_memory(int64_t* out)",
   resetPeak: "int mla_cuda_reset_peak(void)",
-  cudnnVersion: "int mla_cuda_cudnn_version(void)",
+  cudnnVersion: "int32_t mla_cuda_cudnn_version(void)",
   synchronize: "int mla_cuda_synchronize(void)",
   cast: "int mla_cuda_cast(const mla_cuda_buf* x, mla_cuda_buf* y)",
   linear: "int mla_cuda_linear(const mla_cuda_buf* x, const mla_cuda_buf* w, const mla_cuda_buf* b, mla_cuda_buf* y, int64_t M, int64_t K, int64_t N)",
