@@ -11,6 +11,7 @@ export interface ConversionArgs {
   svd: "joint" | "split";
   "svd-init": "weights" | "activations";
   "balance-kv": boolean;
+  "refit-output": boolean;
   calib?: string;
   "calib-samples": number;
   "calib-len": number;
@@ -27,7 +28,8 @@ export function withConversionOptions<T>(y: Argv<T>) {
     .option("svd", { choices: ["joint", "split"] as const, default: "joint" as const, describe: "one SVD of [keys; values] or one each" })
     .option("svd-init", { choices: ["weights", "activations"] as const, default: "weights" as const, describe: "factor the weights, or the weights whitened by the calibration activations" })
     .option("balance-kv", { type: "boolean", default: true, describe: "scale keys against values (equal mean energy) before the joint SVD, undone in the up-projection (TransMLA's BKV); --no-balance-kv for the paper's plain SVD" })
-    .option("calib", { type: "string", describe: "calibration text for 2-norm selection and activation-aware SVD" })
+    .option("refit-output", { type: "boolean", default: false, describe: "after factoring, solve each layer's o_proj again by least squares so the converted attention reproduces the original's output on the calibration text (needs --calib; the KV cache is unchanged)" })
+    .option("calib", { type: "string", describe: "calibration text for 2-norm selection, activation-aware SVD and --refit-output" })
     .option("calib-samples", { type: "number", default: 32, describe: "calibration windows" })
     .option("calib-len", { type: "number", default: 256, describe: "tokens per calibration window, BOS included" })
     .option("attention", { choices: ["mla", "eg-mla"] as const, default: "mla" as const, describe: "mla: MHA2MLA; eg-mla: MLA whose latent is gated by a per-layer token-embedding table (EG-MLA), initialized so the model starts equal to the mla conversion (same cache size)" })
@@ -43,6 +45,7 @@ export function conversionSettings(a: ConversionArgs): SettingsInput {
     svd: a.svd,
     svdInit: a["svd-init"],
     balanceKv: a["balance-kv"],
+    refitOutput: a["refit-output"],
     calib: a.calib,
     calibSamples: a["calib-samples"],
     calibLen: a["calib-len"],

@@ -20,6 +20,8 @@ import { loadModel } from "../model/llama.js";
 import { DeviceName, selectBackend, selectLinalg } from "../backends/select.js";
 import { chosenLinalg, useLinalg } from "../backends/native/linalg.js";
 import { calibrate, calibrationWindows, CalibrationStats } from "../ropeSelect/calibrate.js";
+import { loadTokenizer } from "../io/tokenizer.js";
+import { refitOutputProjections, RefitResult } from "./refitOutput.js";
 import { disjointPairs, fixedPairs, pairPreferences, RopeStrategy, topPairs, twoNormScores } from "../ropeSelect/strategies.js";
 import { covarianceRoots } from "../svd/truncated.js";
 import { readText } from "../eval/perplexity.js";
@@ -85,10 +87,13 @@ export async function convert(spec: string, opts: ConvertOptions): Promise<Conve
     checkOutDir(out, srcDir, opts.force ?? false);
 
     let stats: CalibrationStats | null = null;
-    if (settings.ropeStrategy === "2-norm" || settings.svdInit === "activations") {
-      const { model, tokenizer } = loadModel(srcDir, { backend: selectBackend(opts.device ?? "auto", log) });
-      const windows = calibrationWindows(tokenizer, readText(settings.calib!), settings.calibSamples, settings.calibLen, config.bosTokenId ?? 1, settings.calib!);
+    let windows: Int32Array[] = [];
+    if (settings.calib && (settings.ropeStrategy === "2-norm" || settings.svdInit === "activations" || settings.refitOutput)) {
+      windows = calibrationWindows(loadTokenizer(srcDir), readText(settings.calib), settings.calibSamples, settings.calibLen, config.bosTokenId ?? 1, settings.calib);
       if (windows.length < settings.calibSamples) log.info(`note: ${settings.calib} holds ${windows.length} calibration windows of ${settings.calibLen} tokens (asked for ${settings.calibSamples})`);
+    }
+    if (settings.ropeStrategy === "2-norm" || settings.svdInit === "activations") {
+      const { model } = loadModel(srcDir, { backend: selectBackend(opts.device ?? "auto", log) });
       stats = await calibrate(model, windows, { covariance: settings.svdInit === "activations", progress: opts.progress });
       timings["calibration_s"] = stats.seconds;
     }
@@ -106,6 +111,13 @@ export async function convert(spec: string, opts: ConvertOptions): Promise<Conve
     timings["read_wait_s"] = tFactor.readWait;
     timings["write_wait_s"] = tFactor.writeWait;
     writeConfigAndFiles(srcDir, tmp, settings, plan, selection);
+    let refit: RefitResult | null = null;
+    if (settings.refitOutput) {
+      const t = performance.now();
+      refit = await refitOutputProjections(srcDir, tmp, windows, selectBackend(opts.device ?? "auto", log), { progress: opts.progress });
+      timings["refit_s"] = (performance.now() - t) / 1000;
+      log.info(`refit o_proj: relative output error per layer ${refit.before.map((b, i) => `${b.toFixed(3)}→${refit!.after[i]!.toFixed(3)}`).join(", ")}`);
+    }
     timings["convert_s"] = (performance.now() - t0) / 1000;
 
     let report: ConversionReport | null = null;
@@ -123,7 +135,7 @@ export async function convert(spec: string, opts: ConvertOptions): Promise<Conve
     timings["total_s"] = (performance.now() - t0) / 1000;
     fs.writeFileSync(
       path.join(tmp, "mla_conversion.json"),
-      JSON.stringify({ tool: "mha2mla", version: TOOL_VERSION, source: { model: spec, dir: srcDir }, settings, latent_dim: plan.latentDim, kv: { before: plan.before, after: plan.after, change_percent: plan.kvChangePercent }, selection, retained_energy: energy, timings, created: new Date().toISOString() }, null, 2) + "\n",
+      JSON.stringify({ tool: "mha2mla", version: TOOL_VERSION, source: { model: spec, dir: srcDir }, settings, latent_dim: plan.latentDim, kv: { before: plan.before, after: plan.after, change_percent: plan.kvChangePercent }, selection, retained_energy: energy, ...(refit ? { output_refit: { relative_error_before: refit.before, relative_error_after: refit.after } } : {}), timings, created: new Date().toISOString() }, null, 2) + "\n",
     );
     commitOutDir(tmp, out, opts.force ?? false);
     tmp = null;

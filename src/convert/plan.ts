@@ -17,6 +17,8 @@ export interface ConversionSettings {
   svdInit: "weights" | "activations";
   /** Balance keys against values before the joint SVD (TransMLA's BKV; function-preserving). Default on: it lowers the converted NLL on stories260K and mha26m-debian, in both formats (docs/benchmarks.md). */
   balanceKv: boolean;
+  /** Refit each layer's o_proj by least squares on the calibration text (`--refit-output`). */
+  refitOutput: boolean;
   calib: string | null;
   calibSamples: number;
   calibLen: number;
@@ -47,6 +49,8 @@ export interface SettingsInput {
   svd?: "joint" | "split";
   svdInit?: "weights" | "activations";
   balanceKv?: boolean;
+  /** After factoring, refit each layer's o_proj on the calibration text (src/convert/refitOutput.ts); needs calib. */
+  refitOutput?: boolean;
   calib?: string;
   calibSamples?: number;
   calibLen?: number;
@@ -78,6 +82,8 @@ export function resolveSettings(c: ModelConfig, o: SettingsInput, log: Logger): 
   }
   if (strategy === "2-norm" && !calib) throw new MlaError("BAD_ARGUMENT", "--rope-strategy 2-norm needs calibration text", "pass --calib FILE (any text in the model's language)");
   if (svdInit === "activations" && !calib) throw new MlaError("BAD_ARGUMENT", "--svd-init activations needs calibration text", "pass --calib FILE");
+  const refitOutput = o.refitOutput ?? false;
+  if (refitOutput && !calib) throw new MlaError("BAD_ARGUMENT", "--refit-output fits o_proj on calibration text", "pass --calib FILE (any text in the model's language)");
   const attention = o.attention ?? "mla";
   if (attention !== "mla" && attention !== "eg-mla") throw new MlaError("BAD_ARGUMENT", `--attention ${attention} is not known`, "use mla or eg-mla");
   if (o.gateDim !== undefined && attention !== "eg-mla") throw new MlaError("BAD_ARGUMENT", "--gate-dim is EG-MLA's gate width", "add --attention eg-mla, or leave --gate-dim out");
@@ -85,7 +91,7 @@ export function resolveSettings(c: ModelConfig, o: SettingsInput, log: Logger): 
   if (attention === "eg-mla" && (!Number.isInteger(gateDim) || gateDim < 1)) throw new MlaError("BAD_ARGUMENT", `--gate-dim ${o.gateDim} is not a positive integer`, "use for example 16 (the gate table holds vocab × gate-dim values per layer)");
   const ropeDisjoint = o.ropeDisjoint ?? false;
   if (ropeDisjoint) checkDisjoint(c.kvHeads, R, half);
-  return { rank: o.rank, ropePairs: R, ropeStrategy: strategy, ropeDisjoint, svd, svdInit, balanceKv: o.balanceKv ?? true, calib, calibSamples: o.calibSamples ?? 32, calibLen: o.calibLen ?? 256, gateDim };
+  return { rank: o.rank, ropePairs: R, ropeStrategy: strategy, ropeDisjoint, svd, svdInit, balanceKv: o.balanceKv ?? true, refitOutput, calib, calibSamples: o.calibSamples ?? 32, calibLen: o.calibLen ?? 256, gateDim };
 }
 
 export function planConversion(c: ModelConfig, s: ConversionSettings, elemBytes: number): ConversionPlan {

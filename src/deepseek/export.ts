@@ -26,6 +26,7 @@ import { checkOutDir, defaultOut, SettingsInput } from "../convert/plan.js";
 import { evaluate } from "../eval/evaluate.js";
 import { deepseekLayer, FrequencyPca, frequencyPca, ladder, ladderScores, validSpacings } from "./layer.js";
 import { servingWarnings } from "./serving.js";
+import { refitOutputProjections } from "../convert/refitOutput.js";
 import { deepseekSpecs, planTensors, writePlanned } from "./stream.js";
 
 export interface DeepseekOptions extends DeepseekEvalOptions {
@@ -40,6 +41,8 @@ export interface DeepseekOptions extends DeepseekEvalOptions {
   svdInit?: "weights" | "activations";
   /** Balance keys against values before the joint SVD (TransMLA's BKV); default true. */
   balanceKv?: boolean;
+  /** Refit each layer's o_proj on the calibration text after factoring (src/convert/refitOutput.ts); needs calib. */
+  refitOutput?: boolean;
   calib?: string;
   calibSamples?: number;
   calibLen?: number;
@@ -102,10 +105,10 @@ export interface DeepseekResult {
  * The conversion settings of our format (CLI flags, pipeline options) as DeepSeek export options;
  * refuses what the format decides itself: the rope key comes from RoRoPE and the SVD is joint.
  */
-export function deepseekSettings(s: SettingsInput): Pick<DeepseekOptions, "rank" | "ropePairs" | "svdInit" | "balanceKv" | "calib" | "calibSamples" | "calibLen"> {
+export function deepseekSettings(s: SettingsInput): Pick<DeepseekOptions, "rank" | "ropePairs" | "svdInit" | "balanceKv" | "refitOutput" | "calib" | "calibSamples" | "calibLen"> {
   if (s.ropeStrategy || s.ropeDisjoint || s.svd === "split") throw new MlaError("BAD_ARGUMENT", "--format deepseek chooses its rope key by RoRoPE and factors jointly", "drop --rope-strategy, --rope-disjoint and --svd split (the other conversion flags apply)");
   if ((s.attention ?? "mla") !== "mla" || s.gateDim !== undefined) throw new MlaError("BAD_ARGUMENT", "--format deepseek writes DeepSeek-V3's attention, which has no EG-MLA gate", "drop --attention eg-mla / --gate-dim, or convert in our format");
-  return { rank: s.rank, ropePairs: s.ropePairs, svdInit: s.svdInit, balanceKv: s.balanceKv, calib: s.calib, calibSamples: s.calibSamples, calibLen: s.calibLen };
+  return { rank: s.rank, ropePairs: s.ropePairs, svdInit: s.svdInit, balanceKv: s.balanceKv, refitOutput: s.refitOutput, calib: s.calib, calibSamples: s.calibSamples, calibLen: s.calibLen };
 }
 
 const ATTN = ["q_proj", "k_proj", "v_proj"].map((n) => `self_attn.${n}.weight`);
@@ -141,6 +144,7 @@ export async function convertDeepseek(spec: string, o: DeepseekOptions): Promise
   if (!Number.isInteger(rk) || rk < 2 || rk > maxRk) throw new MlaError("BAD_ARGUMENT", `kv_lora_rank ${rk} is out of range 2…${maxRk} for this model`, o.kvLoraRank === undefined ? "lower --rope-dim or change --rank / --rope-pairs" : "choose another --kv-lora-rank");
   const svdInit = o.svdInit ?? "weights";
   if (svdInit === "activations" && !o.calib) throw new MlaError("BAD_ARGUMENT", "--svd-init activations needs calibration text", "pass --calib FILE");
+  if (o.refitOutput && !o.calib) throw new MlaError("BAD_ARGUMENT", "--refit-output fits o_proj on calibration text", "pass --calib FILE (any text in the model's language)");
   const kvPerToken = { before: 2 * G * Dh, after: rk + dr, changePercent: (100 * (rk + dr - 2 * G * Dh)) / (2 * G * Dh) };
   for (const w of servingWarnings(rk, dr, H)) log.warn(w);
   if (o.dryRun) return { out: null, ropeDim: dr, kvLoraRank: rk, ropeTheta: c.rope.theta, spacing: 0, kvPerToken, energy: [], eval: null };
@@ -152,9 +156,10 @@ export async function convertDeepseek(spec: string, o: DeepseekOptions): Promise
   try {
     for (let l = 0; l < L; l++) for (const n of ATTN) if (!src.has(layerPrefix(l) + n)) throw new MlaError("BAD_CHECKPOINT", `${srcDir}: tensor ${layerPrefix(l) + n} is missing`, "the checkpoint does not match its config");
     let stats: CalibrationStats | null = null;
+    let windows: Int32Array[] = [];
     if (o.calib) {
       const { model, tokenizer } = loadModel(srcDir, { backend: selectBackend(o.device ?? "auto", log) });
-      const windows = calibrationWindows(tokenizer, readText(o.calib), o.calibSamples ?? 32, o.calibLen ?? 256, c.bosTokenId ?? 1, o.calib);
+      windows = calibrationWindows(tokenizer, readText(o.calib), o.calibSamples ?? 32, o.calibLen ?? 256, c.bosTokenId ?? 1, o.calib);
       stats = await calibrate(model, windows, { covariance: true, progress: o.progress });
     }
     const cov = (l: number) => stats?.covariance?.[l] ?? null;
@@ -223,9 +228,11 @@ export async function convertDeepseek(spec: string, o: DeepseekOptions): Promise
 
     writeDeepseekConfig(srcDir, tmp, c, { dr, dn: Dh, rk, ropeTheta, interleave: o.interleave ?? true, note: "written by mha2mla convert --format deepseek; see mla_conversion.json" });
     copyModelSideFiles(srcDir, tmp);
+    const refit = o.refitOutput ? await refitOutputProjections(srcDir, tmp, windows, selectBackend(o.device ?? "auto", log), { progress: o.progress }) : null;
+    if (refit) log.info(`refit o_proj: relative output error per layer ${refit.before.map((b, i) => `${b.toFixed(3)}→${refit.after[i]!.toFixed(3)}`).join(", ")}`);
     fs.writeFileSync(
       path.join(tmp, "mla_conversion.json"),
-      JSON.stringify({ tool: "mha2mla", format: "deepseek_v3", source: { model: spec, dir: srcDir }, settings: { rank: o.rank, rope_pairs: R, rope_dim: dr, kv_lora_rank: rk, svd_init: svdInit, balance_kv: o.balanceKv ?? true, calib: o.calib ?? null, interleave: o.interleave ?? true }, ladder: { spacing, frequencies: freqs, rope_theta: ropeTheta }, kv_per_token_per_layer: kvPerToken, retained_energy: energy, constant_channel_beta: betas, created: new Date().toISOString() }, null, 2) + "\n",
+      JSON.stringify({ tool: "mha2mla", format: "deepseek_v3", source: { model: spec, dir: srcDir }, settings: { rank: o.rank, rope_pairs: R, rope_dim: dr, kv_lora_rank: rk, svd_init: svdInit, balance_kv: o.balanceKv ?? true, refit_output: o.refitOutput ?? false, calib: o.calib ?? null, interleave: o.interleave ?? true }, ...(refit ? { output_refit: { relative_error_before: refit.before, relative_error_after: refit.after } } : {}), ladder: { spacing, frequencies: freqs, rope_theta: ropeTheta }, kv_per_token_per_layer: kvPerToken, retained_energy: energy, constant_channel_beta: betas, created: new Date().toISOString() }, null, 2) + "\n",
     );
     let report: BeforeAfter | null = null;
     if (o.evalText) {

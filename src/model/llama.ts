@@ -19,7 +19,7 @@ import { MlaError } from "../errors.js";
 import { MlaBlock } from "./attention/mla.js";
 import { deepseekAttention, DeepseekDecoder } from "./attention/deepseek.js";
 import { Node, Ops, Tape } from "../tensor/autograd.js";
-import { ParamNodes, paramNodes } from "./params.js";
+import { AttentionNodes, ParamNodes, paramNodes } from "./params.js";
 import type { KvCacheDtype } from "./kvQuant.js";
 
 /** Outputs read only by matrix products (see ProductInputHint). */
@@ -146,6 +146,70 @@ export class LlamaModel {
     return ops.rmsnorm(h, P.finalNorm, c.rmsEps, PRODUCTS);
   }
 
+  /** Layer li's attention block on its normed input x [T, D], in whichever form the layer has. */
+  private attend(ops: Ops, w: AttentionNodes, li: number, x: Node, at: LayerContext): Node {
+    const c = this.config;
+    const kind = w.kind;
+    if (at.batch)
+      return kind === "mha"
+        ? mhaDecodeBatch(ops, c, w, this.invFreq, x, at.positions, li, at.batch as KvCache[])
+        : kind === "deepseek"
+          ? ops.constant(this.deepseek![li]!.decodeBatch(x.value, at.positions, at.batch as LatentCache[]))
+          : ops.constant(this.mla![li]!.decodeBatch(x.value, at.ids, at.positions, at.batch as LatentCache[]));
+    return kind === "mha"
+      ? mhaAttention(ops, c, w, this.invFreq, x, at.positions, li, at.single as KvCache | undefined, at.mode)
+      : kind === "deepseek"
+        ? deepseekAttention(ops, c, w, this.invFreq, x, at.positions, li, at.single as LatentCache | undefined, at.mode)
+        : this.mla![li]!.forward(ops, w, x, at.ids, at.positions, at.single as LatentCache | undefined, at.opts.absorb, at.mode);
+  }
+
+  /** The embeddings [T, D] of one sequence's ids [T]: the input of layer 0 (layer by layer inference, see layerForward). */
+  embedTokens(ids: Int32Array): Tensor {
+    const ops = new Ops(this.backend, null);
+    this.constants ??= paramNodes(ops, this.weights, () => false);
+    return ops.embedding(this.constants.embed, ids).value;
+  }
+
+  /**
+   * Layer li alone on one sequence's hidden states h [T, D] (ids [T] its tokens, positions 0…T−1, no
+   * cache): the layer's output [T, D]; h is left as it is. Running embedTokens then every layer in
+   * turn is `forward` without the final norm and head.
+   */
+  layerForward(li: number, ids: Int32Array, h: Tensor): Tensor {
+    const ops = new Ops(this.backend, null);
+    this.constants ??= paramNodes(ops, this.weights, () => false);
+    const positions = Int32Array.from({ length: ids.length }, (_, i) => i);
+    const at: LayerContext = { ids, positions, batch: null, single: undefined, mode: { batch: 1, bf16: false }, opts: { absorb: false } };
+    return this.layer(ops, this.constants, li, ops.constant(h), at).value;
+  }
+
+  /** Forget the inference graph's weight nodes after a caller replaced a weight tensor in `weights`. */
+  resetConstants(): void {
+    this.constants = null;
+  }
+
+  /**
+   * Layer li's attention block alone on one sequence's normed input x [T, D] (ids [T] its tokens, at
+   * positions 0…T−1, no cache): the block's output [T, D], or with `beforeOutput` the heads' output
+   * before o_proj, [T, H·Dv] (what the output refit of a conversion solves o_proj against).
+   */
+  attentionOf(li: number, ids: Int32Array, x: Tensor, beforeOutput = false): Tensor {
+    const ops = new Ops(this.backend, null);
+    this.constants ??= paramNodes(ops, this.weights, () => false);
+    let w = this.constants.layers[li]!.attn;
+    if (beforeOutput) {
+      const n = w.o.value.shape[1]!;
+      const eye = new Float32Array(n * n);
+      for (let i = 0; i < n; i++) eye[i * n + i] = 1;
+      w = { ...w, o: ops.constant(this.backend.upload(eye, [n, n])), oBias: null } as AttentionNodes;
+    }
+    const positions = Int32Array.from({ length: ids.length }, (_, i) => i);
+    const at: LayerContext = { ids, positions, batch: null, single: undefined, mode: { batch: 1, bf16: false }, opts: { absorb: false } };
+    const out = this.attend(ops, w, li, ops.constant(x), at).value;
+    if (beforeOutput) w.o.value.dispose();
+    return out;
+  }
+
   /** One decoder layer on `h` [T, D]; without a tape its intermediates (not `h`) are freed at once. */
   private layer(ops: Ops, P: ParamNodes, li: number, h: Node, at: LayerContext): Node {
     const c = this.config;
@@ -153,18 +217,7 @@ export class LlamaModel {
     // The attention block reads its normed input only through products, unless a caller watches it.
     const x = ops.rmsnorm(h, lw.inputNorm, c.rmsEps, at.opts.onAttentionInput ? undefined : PRODUCTS);
     at.opts.onAttentionInput?.(li, x.value);
-    const kind = lw.attn.kind;
-    const a = at.batch
-      ? kind === "mha"
-        ? mhaDecodeBatch(ops, c, lw.attn, this.invFreq, x, at.positions, li, at.batch as KvCache[])
-        : kind === "deepseek"
-          ? ops.constant(this.deepseek![li]!.decodeBatch(x.value, at.positions, at.batch as LatentCache[]))
-          : ops.constant(this.mla![li]!.decodeBatch(x.value, at.ids, at.positions, at.batch as LatentCache[]))
-      : kind === "mha"
-        ? mhaAttention(ops, c, lw.attn, this.invFreq, x, at.positions, li, at.single as KvCache | undefined, at.mode)
-        : kind === "deepseek"
-          ? deepseekAttention(ops, c, lw.attn, this.invFreq, x, at.positions, li, at.single as LatentCache | undefined, at.mode)
-          : this.mla![li]!.forward(ops, lw.attn, x, at.ids, at.positions, at.single as LatentCache | undefined, at.opts.absorb, at.mode);
+    const a = this.attend(ops, lw.attn, li, x, at);
     const h1 = ops.add(h, a);
     if (!ops.tape) for (const n of [x, a]) n.value.dispose();
     const y = ops.rmsnorm(h1, lw.postNorm, c.rmsEps, PRODUCTS);

@@ -1,0 +1,204 @@
+/**
+ * Output refit (`convert --refit-output`): after the factorization, each layer's o_proj is solved
+ * again by least squares so that the converted attention block reproduces the original block's output
+ * on calibration text. Layers go in order and each one is measured on the input the converted model
+ * (already refit below it) actually gives it, so a layer also absorbs the drift of the layers before.
+ * Only o_proj changes: the KV cache, the parameter count and the format stay as they are. The linear
+ * map cannot undo the distortion of the attention scores, but it can re-mix the heads' outputs to
+ * best match the original's, which a weight-only factorization never looks at.
+ *
+ * Per layer, with O [N, Hd] the converted heads' output before o_proj and A [N, D] the original block's
+ * output, over the calibration tokens: W_oᵀ = (OᵀO + λI)⁻¹ OᵀA, λ = ridge · trace(OᵀO)/Hd, kept only
+ * where it lowers the calibration error (an exact conversion keeps its o_proj).
+ */
+import { Checkpoint, INDEX_FILE, SINGLE_FILE } from "../io/checkpoint.js";
+import { encodeFromF32 } from "../io/dtype.js";
+import { writeSafetensorsSync } from "../io/safetensors.js";
+import { MlaError } from "../errors.js";
+import type { Backend } from "../tensor/backend.js";
+import type { Tensor } from "../tensor/tensor.js";
+import { loadModel, LlamaModel } from "../model/llama.js";
+import { layerPrefix } from "../model/weights.js";
+import { Progress, ProgressSink } from "../util/progress.js";
+import fs from "node:fs";
+import path from "node:path";
+
+export interface RefitResult {
+  /** Per layer, ‖block output − original‖ / ‖original‖ on the calibration tokens, before and after. */
+  before: number[];
+  after: number[];
+}
+
+/** Default ridge, relative to the mean diagonal of OᵀO (measured on mha26m-debian: docs/benchmarks.md). */
+export const REFIT_RIDGE = 1e-3;
+
+/**
+ * Refits o_proj of every layer of the converted model in `convDir` (written, config included; its
+ * single model.safetensors is rewritten) against the original in `srcDir`, on calibration `windows`.
+ */
+export async function refitOutputProjections(srcDir: string, convDir: string, windows: Int32Array[], backend: Backend, opts: { ridge?: number; progress?: ProgressSink | null } = {}): Promise<RefitResult> {
+  if (fs.existsSync(path.join(convDir, INDEX_FILE))) throw new MlaError("UNSUPPORTED", "--refit-output rewrites a single-file checkpoint, and this conversion was written in shards", "convert without --refit-output");
+  const original = loadModel(srcDir, { backend }).model;
+  const converted = loadModel(convDir, { backend }).model;
+  const L = converted.config.layers;
+  const progress = new Progress("refit o_proj", L * windows.length, "windows", opts.progress === undefined ? process.stderr : opts.progress);
+  const result: RefitResult = { before: [], after: [] };
+  const refit: Float32Array[] = [];
+  // Each window's hidden states in the converted model, advanced one layer at a time.
+  let hs = windows.map((ids) => converted.embedTokens(ids));
+  for (let l = 0; l < L; l++) {
+    const w = converted.weights.layers[l]!.attn;
+    const [D, Hd] = w.o.shape as [number, number];
+    const moments = new Moments(Hd, D);
+    for (let i = 0; i < windows.length; i++) {
+      const ids = windows[i]!;
+      const x = attentionInput(converted, l, hs[i]!);
+      const a = original.attentionOf(l, ids, x);
+      const o = converted.attentionOf(l, ids, x, true);
+      moments.add(backend, o, a);
+      for (const t of [x, a, o]) t.dispose();
+      progress.tick();
+      await new Promise((r) => setImmediate(r));
+    }
+    const oldW = Float32Array.from(w.o.toArray());
+    const solved = moments.solve(opts.ridge ?? REFIT_RIDGE);
+    const [before, after] = [moments.relativeError(oldW), moments.relativeError(solved)];
+    // A conversion that is already (nearly) exact gains nothing, and the ridge would only shrink it.
+    const newW = after < before ? solved : oldW;
+    result.before.push(before);
+    result.after.push(Math.min(before, after));
+    refit.push(newW);
+    // The next layer is measured on the stream this refit produces.
+    const old = w.o;
+    w.o = backend.upload(newW, [D, Hd]);
+    converted.resetConstants();
+    old.dispose();
+    hs = hs.map((h, i) => {
+      const next = converted.layerForward(l, windows[i]!, h);
+      h.dispose();
+      return next;
+    });
+  }
+  for (const h of hs) h.dispose();
+  rewriteOutputProjections(convDir, refit);
+  return result;
+}
+
+/** Layer l's normed attention input [T, D] for one window whose hidden states before layer l are h. */
+function attentionInput(model: LlamaModel, l: number, h: Tensor): Tensor {
+  const w = model.weights.layers[l]!;
+  return model.backend.rmsnorm(h, w.inputNorm, model.config.rmsEps);
+}
+
+/**
+ * Float64 sums of OᵀO [Hd, Hd], OᵀA [Hd, D] and ‖A‖² over the calibration tokens; each window's
+ * products run on the backend (float32 over one window's tokens), the sums across windows on the host.
+ */
+class Moments {
+  readonly oo: Float64Array;
+  readonly oa: Float64Array;
+  aa = 0;
+  constructor(readonly Hd: number, readonly D: number) {
+    this.oo = new Float64Array(Hd * Hd);
+    this.oa = new Float64Array(Hd * D);
+  }
+
+  /** o [T, Hd], a [T, D]. */
+  add(b: Backend, o: Tensor, a: Tensor): void {
+    const T = o.shape[0]!;
+    const [ot, at] = [b.upload(transpose(o.toArray(), T, this.Hd), [this.Hd, T]), b.upload(transpose(a.toArray(), T, this.D), [this.D, T])];
+    const oo = b.linear(ot, ot), oa = b.linear(ot, at);
+    addInto(this.oo, oo.toArray());
+    addInto(this.oa, oa.toArray());
+    for (const v of a.toArray()) this.aa += v * v;
+    for (const t of [ot, at, oo, oa]) t.dispose();
+  }
+
+  /** W_o [D, Hd] minimizing Σ‖o·W_oᵀ − a‖² + λ‖W_o‖², by Cholesky in float64. */
+  solve(ridge: number): Float32Array {
+    const { Hd, D } = this;
+    const G = Float64Array.from(this.oo);
+    let trace = 0;
+    for (let i = 0; i < Hd; i++) trace += G[i * Hd + i]!;
+    const lambda = (ridge * trace) / Hd || 1e-12;
+    for (let i = 0; i < Hd; i++) G[i * Hd + i] += lambda;
+    choleskyInPlace(G, Hd);
+    const X = Float64Array.from(this.oa);
+    for (let c = 0; c < D; c++) {
+      for (let i = 0; i < Hd; i++) {
+        let t = X[i * D + c]!;
+        for (let k = 0; k < i; k++) t -= G[i * Hd + k]! * X[k * D + c]!;
+        X[i * D + c] = t / G[i * Hd + i]!;
+      }
+      for (let i = Hd - 1; i >= 0; i--) {
+        let t = X[i * D + c]!;
+        for (let k = i + 1; k < Hd; k++) t -= G[k * Hd + i]! * X[k * D + c]!;
+        X[i * D + c] = t / G[i * Hd + i]!;
+      }
+    }
+    return Float32Array.from({ length: D * Hd }, (_, i) => X[(i % Hd) * D + Math.floor(i / Hd)]!);
+  }
+
+  /** ‖O·Wᵀ − A‖ / ‖A‖ for W [D, Hd], from the moments: tr(W OᵀO Wᵀ) − 2 tr(W OᵀA) + ‖A‖². */
+  relativeError(W: ArrayLike<number>): number {
+    const { Hd, D } = this;
+    let quad = 0, cross = 0;
+    for (let d = 0; d < D; d++) {
+      const row = d * Hd;
+      for (let i = 0; i < Hd; i++) {
+        const wi = W[row + i]!;
+        if (wi === 0) continue;
+        let g = 0;
+        for (let j = 0; j < Hd; j++) g += this.oo[i * Hd + j]! * W[row + j]!;
+        quad += wi * g;
+        cross += wi * this.oa[i * D + d]!;
+      }
+    }
+    return Math.sqrt(Math.max(0, quad - 2 * cross + this.aa) / this.aa);
+  }
+}
+
+function transpose(x: ArrayLike<number>, rows: number, cols: number): Float32Array {
+  const out = new Float32Array(rows * cols);
+  for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) out[c * rows + r] = x[r * cols + c]!;
+  return out;
+}
+
+function addInto(acc: Float64Array, x: ArrayLike<number>): void {
+  for (let i = 0; i < acc.length; i++) acc[i] += x[i]!;
+}
+
+/** Lower Cholesky factor of symmetric positive definite G [n, n], in place (upper triangle left as is). */
+function choleskyInPlace(G: Float64Array, n: number): void {
+  for (let j = 0; j < n; j++) {
+    let s = G[j * n + j]!;
+    for (let k = 0; k < j; k++) s -= G[j * n + k]! ** 2;
+    if (!(s > 0)) throw new MlaError("BAD_ARGUMENT", `output refit: the calibration moments are not positive definite (pivot ${j}: ${s})`, "raise --calib-samples, or convert without --refit-output");
+    const d = Math.sqrt(s);
+    G[j * n + j] = d;
+    for (let i = j + 1; i < n; i++) {
+      let t = G[i * n + j]!;
+      for (let k = 0; k < j; k++) t -= G[i * n + k]! * G[j * n + k]!;
+      G[i * n + j] = t / d;
+    }
+  }
+}
+
+/** Rewrites model.safetensors of `dir` with each layer's o_proj replaced (in its stored dtype). */
+function rewriteOutputProjections(dir: string, refit: Float32Array[]): void {
+  const ck = Checkpoint.open(dir);
+  let tensors;
+  try {
+    tensors = ck.names().map((name) => {
+      const e = ck.entry(name);
+      const l = refit.findIndex((_, i) => name === layerPrefix(i) + "self_attn.o_proj.weight");
+      return { name, dtype: e.dtype, shape: e.shape, data: l >= 0 ? encodeFromF32(e.dtype, refit[l]!) : ck.readBytes(name).slice() };
+    });
+  } finally {
+    ck.close();
+  }
+  const file = path.join(dir, SINGLE_FILE);
+  const tmp = `${file}.refit-${process.pid}`;
+  writeSafetensorsSync(tmp, tensors, { format: "pt" });
+  fs.renameSync(tmp, file);
+}

@@ -1,0 +1,88 @@
+/**
+ * `convert --refit-output`: o_proj re-solved by least squares on calibration text (src/convert/refitOutput.ts).
+ * In both formats it lowers every layer's calibration output error and the held-out NLL, changes
+ * nothing but o_proj, keeps an exact conversion as it was, and needs calibration text.
+ */
+import assert from "node:assert/strict";
+import fs from "node:fs";
+import path from "node:path";
+import { test } from "node:test";
+import { Checkpoint } from "../../src/io/checkpoint.js";
+import { convert } from "../../src/convert/pipeline.js";
+import { convertDeepseek } from "../../src/deepseek/export.js";
+import { maxRank } from "../../src/convert/factor.js";
+import { evaluate } from "../../src/eval/evaluate.js";
+import { loadModel } from "../../src/model/llama.js";
+import { MlaError } from "../../src/errors.js";
+import { FIXTURES, MODELS, maxAbsDiff, tmpDir } from "../helpers.js";
+
+const SRC = path.join(MODELS, "stories260K");
+const CALIB = path.join(FIXTURES, "text", "tinystories.txt");
+const HELDOUT = path.join(FIXTURES, "text", "tinystories_heldout.txt");
+const nll = async (dir: string) => (await evaluate(dir, { text: HELDOUT, tokens: 3000, ctx: 256, progress: null })).nll!;
+const calib = { calib: CALIB, calibSamples: 8, calibLen: 128 };
+
+/** Tensors of two checkpoints whose bytes differ. */
+function changedTensors(a: string, b: string): string[] {
+  const [x, y] = [Checkpoint.open(a), Checkpoint.open(b)];
+  try {
+    assert.deepEqual(x.names().sort(), y.names().sort(), "the same tensors");
+    return x.names().filter((n) => {
+      assert.deepEqual([x.entry(n).dtype, x.entry(n).shape], [y.entry(n).dtype, y.entry(n).shape], n);
+      return Buffer.compare(Buffer.from(x.readBytes(n)), Buffer.from(y.readBytes(n))) !== 0;
+    });
+  } finally {
+    x.close();
+    y.close();
+  }
+}
+
+for (const format of ["mla", "deepseek"] as const) {
+  test(`--refit-output (${format} format): only o_proj changes, every layer's calibration error falls, held-out NLL falls`, async () => {
+    const dir = tmpDir();
+    const run = async (refitOutput: boolean, out: string) =>
+      format === "mla"
+        ? convert(SRC, { rank: 2, ropePairs: 1, ropeStrategy: "uniform", ...calib, refitOutput, out, progress: null, device: "auto" })
+        : convertDeepseek(SRC, { rank: 2, ropePairs: 1, ...calib, refitOutput, out, progress: null, device: "auto" });
+    const [plain, refit] = [path.join(dir, "plain"), path.join(dir, "refit")];
+    await run(false, plain);
+    await run(true, refit);
+    const changed = changedTensors(plain, refit);
+    assert.ok(changed.length > 0 && changed.every((n) => /self_attn\.o_proj\.weight$/.test(n)), `changed: ${changed.join(", ")}`);
+    const record = JSON.parse(fs.readFileSync(path.join(refit, "mla_conversion.json"), "utf8"));
+    const { relative_error_before: before, relative_error_after: after } = record.output_refit;
+    assert.equal(before.length, 5);
+    before.forEach((b: number, i: number) => assert.ok(after[i] < b, `layer ${i}: ${b} → ${after[i]}`));
+    const [a, b] = [await nll(plain), await nll(refit)];
+    assert.ok(b < a - 0.1, `held-out NLL ${a} → ${b}`);
+  });
+}
+
+test("--refit-output keeps an exact conversion exact (nothing to gain, o_proj left as it was)", async () => {
+  const src = path.join(MODELS, "stories260K-mha");
+  const orig = loadModel(src);
+  const c = orig.config;
+  const half = c.headDim / 2;
+  const out = path.join(tmpDir(), "full");
+  await convert(src, { rank: maxRank("joint", c.kvHeads, c.headDim, half, c.hiddenSize), ropePairs: half, ropeStrategy: "high", ...calib, refitOutput: true, out, progress: null, device: "auto" });
+  const ids = Int32Array.from([1, 15, 200, 31, 7, 99, 4]);
+  const err = maxAbsDiff(loadModel(out).model.forward(ids).toArray(), orig.model.forward(ids).toArray());
+  assert.ok(err <= 1e-4, `max |Δ| ${err}`);
+});
+
+test("--refit-output without calibration text is refused before anything is written", async () => {
+  const out = path.join(tmpDir(), "x");
+  for (const run of [() => convert(SRC, { rank: 2, ropePairs: 1, ropeStrategy: "uniform", refitOutput: true, out, progress: null }), () => convertDeepseek(SRC, { rank: 2, ropePairs: 1, refitOutput: true, out, progress: null })])
+    await assert.rejects(run, (e: unknown) => e instanceof MlaError && e.code === "BAD_ARGUMENT" && /--refit-output/.test(e.message) && /hint: pass --calib/.test(e.message));
+  assert.equal(fs.existsSync(out), false);
+});
+
+test("embedTokens, then layerForward layer by layer, gives forward's hidden states (the refit's streaming path)", () => {
+  const { model, config } = loadModel(SRC);
+  const ids = Int32Array.from([1, 15, 200, 31, 7, 99, 4, 80]);
+  const b = model.backend;
+  let h = model.embedTokens(ids);
+  for (let l = 0; l < config.layers; l++) h = model.layerForward(l, ids, h);
+  const logits = b.linear(b.rmsnorm(h, model.weights.finalNorm, config.rmsEps), model.weights.lmHead);
+  assert.ok(maxAbsDiff(logits.toArray(), model.forward(ids).toArray()) <= 1e-5);
+});
