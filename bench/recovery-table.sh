@@ -4,7 +4,7 @@
 # calibration on debian_train.txt, 500k tokens of debian_train.txt on the GPU (bf16; seq 256, batch 16,
 # lr 1e-3, WSD: the settings of bench/finetune-numerics.sh's recovery stage), NLL on debian_dev_val.txt
 # (ctx 256, first 20,000 tokens) by `mha2mla eval`. Prints a Markdown table.
-# Usage: [METHODS="ours-2norm ours-2norm-bkv ours-2norm-disjoint ours-r8-bkv deepseek-48-bkv"] [LR=1e-3] bash bench/recovery-table.sh [WORKDIR] [MODEL] [TEXT_DIR]
+# Usage: [METHODS="ours-2norm ours-2norm-bkv ours-2norm-disjoint ours-r8-bkv deepseek-48-bkv deepseek-40-bkv+refit"] [LR=1e-3] bash bench/recovery-table.sh [WORKDIR] [MODEL] [TEXT_DIR]
 # (LR: the peak learning rate; 1e-3 throws the better-initialized deepseek conversion off, see docs/benchmarks.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,15 +20,18 @@ echo "| method (equal KV bytes) | converted | fine-tuned (500k tokens) | fine-tu
 echo "| --- | --- | --- | --- |"
 echo "| original MHA | $(nll "$M" "$W/original.json") | | |"
 for method in ${METHODS:-ours-2norm ours-2norm-bkv deepseek-48-bkv}; do
-  case $method in
+  # A "+refit" suffix adds --refit-output (o_proj solved again on the calibration text).
+  base=${method%+refit}
+  case $base in
     ours-2norm) flags="--rope-strategy 2-norm --rope-pairs 4 --rank 16 --no-balance-kv"; name="ours, 2-norm R 4, rank 16, weight SVD (the paper's)";;
     ours-2norm-bkv) flags="--rope-strategy 2-norm --rope-pairs 4 --rank 16"; name="ours, 2-norm R 4, rank 16, BKV (default)";;
     ours-2norm-disjoint) flags="--rope-strategy 2-norm --rope-pairs 4 --rank 16 --rope-disjoint"; name="ours, 2-norm R 4, rank 16, BKV, --rope-disjoint (exportable to deepseek_v3 exactly)";;
-    ours-r*-bkv) r=$(echo "$method" | cut -d- -f2 | tr -d r); flags="--rope-strategy 2-norm --rope-pairs $r --rank $((24 - 2 * r))"; name="ours, 2-norm R $r, rank $((24 - 2 * r)), BKV (the same bytes, more rope)";;
-    deepseek-*) dr=$(echo "$method" | cut -d- -f2); bkv=""; [[ $method == *-bkv ]] || bkv=--no-balance-kv
+    ours-r*-bkv) r=$(echo "$base" | cut -d- -f2 | tr -d r); flags="--rope-strategy 2-norm --rope-pairs $r --rank $((24 - 2 * r))"; name="ours, 2-norm R $r, rank $((24 - 2 * r)), BKV (the same bytes, more rope)";;
+    deepseek-*) dr=$(echo "$base" | cut -d- -f2); bkv=""; [[ $base == *-bkv ]] || bkv=--no-balance-kv
       flags="--format deepseek --rope-pairs 4 --rank 16 --rope-dim $dr --kv-lora-rank $((144 - dr)) $bkv"; name="deepseek_v3, rope dim $dr, kv_lora_rank $((144 - dr))${bkv:+, no BKV}${bkv:-, BKV}";;
     *) echo "unknown method $method" >&2; exit 2;;
   esac
+  [ "$base" != "$method" ] && { flags="$flags --refit-output"; name="$name, output refit"; }
   out="$W/$method"
   $CLI convert "$M" $flags --calib "$TD/debian_train.txt" --device cpu --out "$out" --force > "$out.convert.log" 2>&1 || { echo "| $name | convert failed: $(tail -1 "$out.convert.log") | | |"; continue; }
   before=$(nll "$out" "$out.before.json")
