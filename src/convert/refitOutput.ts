@@ -34,10 +34,9 @@ export const REFIT_RIDGE = 1e-3;
 
 /**
  * Refits o_proj of every layer of the converted model in `convDir` (written, config included; its
- * single model.safetensors is rewritten) against the original in `srcDir`, on calibration `windows`.
+ * checkpoint files holding an o_proj are rewritten) against the original in `srcDir`, on calibration `windows`.
  */
 export async function refitOutputProjections(srcDir: string, convDir: string, windows: Int32Array[], backend: Backend, opts: { ridge?: number; progress?: ProgressSink | null } = {}): Promise<RefitResult> {
-  if (fs.existsSync(path.join(convDir, INDEX_FILE))) throw new MlaError("UNSUPPORTED", "--refit-output rewrites a single-file checkpoint, and this conversion was written in shards", "convert without --refit-output");
   const original = loadModel(srcDir, { backend }).model;
   const converted = loadModel(convDir, { backend }).model;
   const L = converted.config.layers;
@@ -184,21 +183,33 @@ function choleskyInPlace(G: Float64Array, n: number): void {
   }
 }
 
-/** Rewrites model.safetensors of `dir` with each layer's o_proj replaced (in its stored dtype). */
+/**
+ * Rewrites the checkpoint in `dir` with each layer's o_proj replaced (in its stored dtype): the single
+ * model.safetensors, or each shard that holds an o_proj (one shard in memory at a time; the index
+ * stays valid, as names, shapes and dtypes do not change). Each file is written beside itself and
+ * renamed over it.
+ */
 function rewriteOutputProjections(dir: string, refit: Float32Array[]): void {
+  const replaced = new Map(refit.map((w, l) => [layerPrefix(l) + "self_attn.o_proj.weight", w]));
+  const indexPath = path.join(dir, INDEX_FILE);
   const ck = Checkpoint.open(dir);
-  let tensors;
   try {
-    tensors = ck.names().map((name) => {
-      const e = ck.entry(name);
-      const l = refit.findIndex((_, i) => name === layerPrefix(i) + "self_attn.o_proj.weight");
-      return { name, dtype: e.dtype, shape: e.shape, data: l >= 0 ? encodeFromF32(e.dtype, refit[l]!) : ck.readBytes(name).slice() };
-    });
+    const byFile = new Map<string, string[]>();
+    const map: Record<string, string> = fs.existsSync(indexPath) ? (JSON.parse(fs.readFileSync(indexPath, "utf8")) as { weight_map: Record<string, string> }).weight_map : Object.fromEntries(ck.names().map((n) => [n, SINGLE_FILE]));
+    for (const [name, file] of Object.entries(map)) byFile.set(file, [...(byFile.get(file) ?? []), name]);
+    for (const [file, names] of byFile) {
+      if (!names.some((n) => replaced.has(n))) continue;
+      const tensors = names.map((name) => {
+        const e = ck.entry(name);
+        const w = replaced.get(name);
+        return { name, dtype: e.dtype, shape: e.shape, data: w ? encodeFromF32(e.dtype, w) : ck.readBytes(name).slice() };
+      });
+      const target = path.join(dir, file);
+      const tmp = `${target}.refit-${process.pid}`;
+      writeSafetensorsSync(tmp, tensors, { format: "pt" });
+      fs.renameSync(tmp, target);
+    }
   } finally {
     ck.close();
   }
-  const file = path.join(dir, SINGLE_FILE);
-  const tmp = `${file}.refit-${process.pid}`;
-  writeSafetensorsSync(tmp, tensors, { format: "pt" });
-  fs.renameSync(tmp, file);
 }

@@ -7,7 +7,12 @@ import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
 import { test } from "node:test";
-import { Checkpoint } from "../../src/io/checkpoint.js";
+import { Checkpoint, CheckpointWriter, INDEX_FILE } from "../../src/io/checkpoint.js";
+import { refitOutputProjections } from "../../src/convert/refitOutput.js";
+import { calibrationWindows } from "../../src/ropeSelect/calibrate.js";
+import { readText } from "../../src/eval/perplexity.js";
+import { loadTokenizer } from "../../src/io/tokenizer.js";
+import { referenceBackend } from "../../src/backends/reference/index.js";
 import { convert } from "../../src/convert/pipeline.js";
 import { convertDeepseek } from "../../src/deepseek/export.js";
 import { maxRank } from "../../src/convert/factor.js";
@@ -85,4 +90,34 @@ test("embedTokens, then layerForward layer by layer, gives forward's hidden stat
   for (let l = 0; l < config.layers; l++) h = model.layerForward(l, ids, h);
   const logits = b.linear(b.rmsnorm(h, model.weights.finalNorm, config.rmsEps), model.weights.lmHead);
   assert.ok(maxAbsDiff(logits.toArray(), model.forward(ids).toArray()) <= 1e-5);
+});
+
+/** A copy of checkpoint folder `src` in `dst` written in shards of at most `maxShardBytes`. */
+async function reshard(src: string, dst: string, maxShardBytes: number): Promise<void> {
+  const ck = Checkpoint.open(src);
+  try {
+    const specs = ck.names().map((name) => ({ name, dtype: ck.entry(name).dtype, shape: ck.entry(name).shape }));
+    fs.mkdirSync(dst, { recursive: true });
+    const w = new CheckpointWriter(dst, specs, { maxShardBytes, metadata: { format: "pt" } });
+    for (const sp of specs) await w.append(ck.readBytes(sp.name).slice());
+    await w.close();
+  } finally {
+    ck.close();
+  }
+  for (const f of fs.readdirSync(src)) if (!f.endsWith(".safetensors")) fs.copyFileSync(path.join(src, f), path.join(dst, f));
+}
+
+test("the refit rewrites a sharded checkpoint to the same tensors as a single-file one", async () => {
+  const dir = tmpDir();
+  const single = path.join(dir, "single");
+  await convert(SRC, { rank: 2, ropePairs: 1, ropeStrategy: "uniform", out: single, progress: null });
+  const sharded = path.join(dir, "sharded");
+  await reshard(single, sharded, 64 * 1024);
+  assert.ok(fs.existsSync(path.join(sharded, INDEX_FILE)), "written in shards");
+  const windows = calibrationWindows(loadTokenizer(SRC), readText(CALIB), 4, 64, 1);
+  for (const d of [single, sharded]) await refitOutputProjections(SRC, d, windows, referenceBackend, { progress: null });
+  assert.deepEqual(changedTensors(single, sharded), []);
+  const plain = path.join(dir, "plain");
+  await convert(SRC, { rank: 2, ropePairs: 1, ropeStrategy: "uniform", out: plain, progress: null });
+  assert.ok(changedTensors(plain, sharded).length > 0, "the refit changed o_proj");
 });
