@@ -31,6 +31,8 @@ export type { ConvertOptions, ConvertResult } from "./convert/pipeline.js";
 export type { ConversionPlan, ConversionSettings } from "./convert/plan.js";
 export type { ConversionReport } from "./convert/report.js";
 export { factorLayer } from "./convert/factor.js";
+export { refitOutputProjections, REFIT_RIDGE } from "./convert/refitOutput.js";
+export type { RefitResult } from "./convert/refitOutput.js";
 export { calibrate, calibrationWindows } from "./ropeSelect/calibrate.js";
 export { ROPE_STRATEGIES, fixedPairs, topPairs, twoNormScores, defaultRopePairs } from "./ropeSelect/strategies.js";
 export type { RopeStrategy } from "./ropeSelect/strategies.js";
