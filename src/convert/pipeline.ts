@@ -21,7 +21,7 @@ import { DeviceName, selectBackend, selectLinalg } from "../backends/select.js";
 import { chosenLinalg, useLinalg } from "../backends/native/linalg.js";
 import { calibrate, calibrationWindows, CalibrationStats } from "../ropeSelect/calibrate.js";
 import { loadTokenizer } from "../io/tokenizer.js";
-import { refitOutputProjections, RefitResult } from "./refitOutput.js";
+import { describeRefit, refitOutputProjections, refitRecord, RefitResult } from "./refitOutput.js";
 import { disjointPairs, fixedPairs, pairPreferences, RopeStrategy, topPairs, twoNormScores } from "../ropeSelect/strategies.js";
 import { covarianceRoots } from "../svd/truncated.js";
 import { readText } from "../eval/perplexity.js";
@@ -116,7 +116,7 @@ export async function convert(spec: string, opts: ConvertOptions): Promise<Conve
       const t = performance.now();
       refit = await refitOutputProjections(srcDir, tmp, windows, selectBackend(opts.device ?? "auto", log), { progress: opts.progress });
       timings["refit_s"] = (performance.now() - t) / 1000;
-      log.info(`refit o_proj: relative output error per layer ${refit.before.map((b, i) => `${b.toFixed(3)}→${refit!.after[i]!.toFixed(3)}`).join(", ")}`);
+      log.info(describeRefit(refit));
     }
     timings["convert_s"] = (performance.now() - t0) / 1000;
 
@@ -135,7 +135,7 @@ export async function convert(spec: string, opts: ConvertOptions): Promise<Conve
     timings["total_s"] = (performance.now() - t0) / 1000;
     fs.writeFileSync(
       path.join(tmp, "mla_conversion.json"),
-      JSON.stringify({ tool: "mha2mla", version: TOOL_VERSION, source: { model: spec, dir: srcDir }, settings, latent_dim: plan.latentDim, kv: { before: plan.before, after: plan.after, change_percent: plan.kvChangePercent }, selection, retained_energy: energy, ...(refit ? { output_refit: { relative_error_before: refit.before, relative_error_after: refit.after } } : {}), timings, created: new Date().toISOString() }, null, 2) + "\n",
+      JSON.stringify({ tool: "mha2mla", version: TOOL_VERSION, source: { model: spec, dir: srcDir }, settings, latent_dim: plan.latentDim, kv: { before: plan.before, after: plan.after, change_percent: plan.kvChangePercent }, selection, retained_energy: energy, ...refitRecord(refit), timings, created: new Date().toISOString() }, null, 2) + "\n",
     );
     commitOutDir(tmp, out, opts.force ?? false);
     tmp = null;

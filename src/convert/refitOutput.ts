@@ -70,7 +70,7 @@ export async function refitOutputProjections(srcDir: string, convDir: string, wi
     // The next layer is measured on the stream this refit produces.
     const old = w.o;
     w.o = backend.upload(newW, [D, Hd]);
-    converted.resetConstants();
+    converted.weightsChanged();
     old.dispose();
     hs = hs.map((h, i) => {
       const next = converted.layerForward(l, windows[i]!, h);
@@ -105,11 +105,12 @@ class Moments {
   /** o [T, Hd], a [T, D]. */
   add(b: Backend, o: Tensor, a: Tensor): void {
     const T = o.shape[0]!;
-    const [ot, at] = [b.upload(transpose(o.toArray(), T, this.Hd), [this.Hd, T]), b.upload(transpose(a.toArray(), T, this.D), [this.D, T])];
+    const av = a.toArray();
+    const [ot, at] = [b.upload(transpose(o.toArray(), T, this.Hd), [this.Hd, T]), b.upload(transpose(av, T, this.D), [this.D, T])];
     const oo = b.linear(ot, ot), oa = b.linear(ot, at);
     addInto(this.oo, oo.toArray());
     addInto(this.oa, oa.toArray());
-    for (const v of a.toArray()) this.aa += v * v;
+    for (const v of av) this.aa += v * v;
     for (const t of [ot, at, oo, oa]) t.dispose();
   }
 
@@ -155,6 +156,16 @@ class Moments {
     }
     return Math.sqrt(Math.max(0, quad - 2 * cross + this.aa) / this.aa);
   }
+}
+
+/** One log line: each layer's calibration output error before → after the refit. */
+export function describeRefit(r: RefitResult): string {
+  return `refit o_proj: relative output error per layer ${r.before.map((b, i) => `${b.toFixed(3)}→${r.after[i]!.toFixed(3)}`).join(", ")}`;
+}
+
+/** The refit's record in mla_conversion.json (an empty object without a refit). */
+export function refitRecord(r: RefitResult | null): { output_refit?: { relative_error_before: number[]; relative_error_after: number[] } } {
+  return r ? { output_refit: { relative_error_before: r.before, relative_error_after: r.after } } : {};
 }
 
 function transpose(x: ArrayLike<number>, rows: number, cols: number): Float32Array {

@@ -26,7 +26,7 @@ import { checkOutDir, defaultOut, SettingsInput } from "../convert/plan.js";
 import { evaluate } from "../eval/evaluate.js";
 import { deepseekLayer, FrequencyPca, frequencyPca, ladder, ladderScores, validSpacings } from "./layer.js";
 import { servingWarnings } from "./serving.js";
-import { refitOutputProjections } from "../convert/refitOutput.js";
+import { describeRefit, refitOutputProjections, refitRecord } from "../convert/refitOutput.js";
 import { deepseekSpecs, planTensors, writePlanned } from "./stream.js";
 
 export interface DeepseekOptions extends DeepseekEvalOptions {
@@ -229,10 +229,10 @@ export async function convertDeepseek(spec: string, o: DeepseekOptions): Promise
     writeDeepseekConfig(srcDir, tmp, c, { dr, dn: Dh, rk, ropeTheta, interleave: o.interleave ?? true, note: "written by mha2mla convert --format deepseek; see mla_conversion.json" });
     copyModelSideFiles(srcDir, tmp);
     const refit = o.refitOutput ? await refitOutputProjections(srcDir, tmp, windows, selectBackend(o.device ?? "auto", log), { progress: o.progress }) : null;
-    if (refit) log.info(`refit o_proj: relative output error per layer ${refit.before.map((b, i) => `${b.toFixed(3)}→${refit.after[i]!.toFixed(3)}`).join(", ")}`);
+    if (refit) log.info(describeRefit(refit));
     fs.writeFileSync(
       path.join(tmp, "mla_conversion.json"),
-      JSON.stringify({ tool: "mha2mla", format: "deepseek_v3", source: { model: spec, dir: srcDir }, settings: { rank: o.rank, rope_pairs: R, rope_dim: dr, kv_lora_rank: rk, svd_init: svdInit, balance_kv: o.balanceKv ?? true, refit_output: o.refitOutput ?? false, calib: o.calib ?? null, interleave: o.interleave ?? true }, ...(refit ? { output_refit: { relative_error_before: refit.before, relative_error_after: refit.after } } : {}), ladder: { spacing, frequencies: freqs, rope_theta: ropeTheta }, kv_per_token_per_layer: kvPerToken, retained_energy: energy, constant_channel_beta: betas, created: new Date().toISOString() }, null, 2) + "\n",
+      JSON.stringify({ tool: "mha2mla", format: "deepseek_v3", source: { model: spec, dir: srcDir }, settings: { rank: o.rank, rope_pairs: R, rope_dim: dr, kv_lora_rank: rk, svd_init: svdInit, balance_kv: o.balanceKv ?? true, refit_output: o.refitOutput ?? false, calib: o.calib ?? null, interleave: o.interleave ?? true }, ...refitRecord(refit), ladder: { spacing, frequencies: freqs, rope_theta: ropeTheta }, kv_per_token_per_layer: kvPerToken, retained_energy: energy, constant_channel_beta: betas, created: new Date().toISOString() }, null, 2) + "\n",
     );
     let report: BeforeAfter | null = null;
     if (o.evalText) {

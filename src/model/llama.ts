@@ -63,12 +63,19 @@ interface LayerContext {
   opts: ForwardOptions;
 }
 
+/** The context of one sequence's tokens ids [T] at positions 0…T−1, without a cache (a layer run alone). */
+function oneSequence(ids: Int32Array): LayerContext {
+  const positions = Int32Array.from({ length: ids.length }, (_, i) => i);
+  return { ids, positions, batch: null, single: undefined, mode: { batch: 1, bf16: false }, opts: { absorb: false } };
+}
+
 export class LlamaModel {
   readonly invFreq: Float64Array;
 
   private readonly mla: MlaBlock[] | null;
   private readonly deepseek: DeepseekDecoder[] | null;
   private constants: ParamNodes | null = null;
+  private readonly identities = new Map<number, Tensor>();
 
   constructor(readonly config: ModelConfig, readonly weights: LlamaWeights, readonly backend: Backend) {
     this.invFreq = attentionInvFreq(config);
@@ -90,8 +97,7 @@ export class LlamaModel {
    */
   forward(ids: Int32Array, cache?: DecodeCache, opts: ForwardOptions = {}): Tensor {
     const ops = new Ops(this.backend, null);
-    this.constants ??= paramNodes(ops, this.weights, () => false);
-    return this.graph(ops, this.constants, ids, cache, opts).value;
+    return this.graph(ops, this.constantNodes(ops), ids, cache, opts).value;
   }
 
   /**
@@ -105,8 +111,7 @@ export class LlamaModel {
       throw new MlaError("BAD_ARGUMENT", `decodeBatch: ${ids.length} tokens for ${caches.length} caches`, "pass one next token per sequence, in the order of the caches");
     if (new Set(caches).size !== caches.length) throw new MlaError("BAD_ARGUMENT", "decodeBatch: the same cache appears twice", "each sequence needs its own cache (clone() copies one)");
     const ops = new Ops(this.backend, null);
-    this.constants ??= paramNodes(ops, this.weights, () => false);
-    return this.graph(ops, this.constants, ids, caches).value;
+    return this.graph(ops, this.constantNodes(ops), ids, caches).value;
   }
 
   /** The same forward as graph ops over weight nodes `P` (trainable leaves when `ops` has a tape). */
@@ -166,8 +171,7 @@ export class LlamaModel {
   /** The embeddings [T, D] of one sequence's ids [T]: the input of layer 0 (layer by layer inference, see layerForward). */
   embedTokens(ids: Int32Array): Tensor {
     const ops = new Ops(this.backend, null);
-    this.constants ??= paramNodes(ops, this.weights, () => false);
-    return ops.embedding(this.constants.embed, ids).value;
+    return ops.embedding(this.constantNodes(ops).embed, ids).value;
   }
 
   /**
@@ -177,15 +181,24 @@ export class LlamaModel {
    */
   layerForward(li: number, ids: Int32Array, h: Tensor): Tensor {
     const ops = new Ops(this.backend, null);
-    this.constants ??= paramNodes(ops, this.weights, () => false);
-    const positions = Int32Array.from({ length: ids.length }, (_, i) => i);
-    const at: LayerContext = { ids, positions, batch: null, single: undefined, mode: { batch: 1, bf16: false }, opts: { absorb: false } };
-    return this.layer(ops, this.constants, li, ops.constant(h), at).value;
+    return this.layer(ops, this.constantNodes(ops), li, ops.constant(h), oneSequence(ids)).value;
   }
 
-  /** Forget the inference graph's weight nodes after a caller replaced a weight tensor in `weights`. */
-  resetConstants(): void {
-    this.constants = null;
+  /** The weights as constant graph nodes (inference), made once (weightsChanged drops them). */
+  private constantNodes(ops: Ops): ParamNodes {
+    return (this.constants ??= paramNodes(ops, this.weights, () => false));
+  }
+
+  /** An n×n identity kept on the backend: o_proj's stand-in when attentionOf returns the heads' output. */
+  private identity(n: number): Tensor {
+    let eye = this.identities.get(n);
+    if (!eye) {
+      const values = new Float32Array(n * n);
+      for (let i = 0; i < n; i++) values[i * n + i] = 1;
+      eye = this.backend.upload(values, [n, n]);
+      this.identities.set(n, eye);
+    }
+    return eye;
   }
 
   /**
@@ -195,19 +208,9 @@ export class LlamaModel {
    */
   attentionOf(li: number, ids: Int32Array, x: Tensor, beforeOutput = false): Tensor {
     const ops = new Ops(this.backend, null);
-    this.constants ??= paramNodes(ops, this.weights, () => false);
-    let w = this.constants.layers[li]!.attn;
-    if (beforeOutput) {
-      const n = w.o.value.shape[1]!;
-      const eye = new Float32Array(n * n);
-      for (let i = 0; i < n; i++) eye[i * n + i] = 1;
-      w = { ...w, o: ops.constant(this.backend.upload(eye, [n, n])), oBias: null } as AttentionNodes;
-    }
-    const positions = Int32Array.from({ length: ids.length }, (_, i) => i);
-    const at: LayerContext = { ids, positions, batch: null, single: undefined, mode: { batch: 1, bf16: false }, opts: { absorb: false } };
-    const out = this.attend(ops, w, li, ops.constant(x), at).value;
-    if (beforeOutput) w.o.value.dispose();
-    return out;
+    let w = this.constantNodes(ops).layers[li]!.attn;
+    if (beforeOutput) w = { ...w, o: ops.constant(this.identity(w.o.value.shape[1]!)), oBias: null } as AttentionNodes;
+    return this.attend(ops, w, li, ops.constant(x), oneSequence(ids)).value;
   }
 
   /** One decoder layer on `h` [T, D]; without a tape its intermediates (not `h`) are freed at once. */
