@@ -30,8 +30,7 @@ for (const [nb, T, H, Hkv, Dh] of shapes) {
       console.log(JSON.stringify({ tool: "mha2mla", route, skipped: "this build has no cuDNN route" }));
       continue;
     }
-    if (route === "fused") delete process.env["MHA2MLA_CUDA_ATTENTION"];
-    else process.env["MHA2MLA_CUDA_ATTENTION"] = route;
+    process.env["MHA2MLA_CUDA_ATTENTION"] = route;
     const time = (pass: string, reps: number, step: () => { dispose(): void }[]) => {
       for (const x of step()) x.dispose(); // warm-up
       sync();

@@ -165,21 +165,6 @@ mla_status execute(const Cached& c, std::unordered_map<int64_t, void*>& pack) {
   return MLA_OK;
 }
 
-// The bf16 staging of a call: cuDNN's output before it is widened, one stream-ordered allocation.
-struct Staging {
-  void* p = nullptr;
-  ~Staging() {
-    if (p) cudaFreeAsync(p, ctx()->stream);
-  }
-};
-mla_status allocate(Staging& s, size_t bytes) {
-  if (cudaMallocAsync(&s.p, bytes > 0 ? bytes : 1, ctx()->stream) != cudaSuccess) {
-    cudaGetLastError();
-    return MLA_FAIL(MLA_ERR_MEMORY, "out of GPU memory for cuDNN attention staging of " + std::to_string((int64_t)bytes >> 20) + " MiB");
-  }
-  return MLA_OK;
-}
-
 bool expressible(const Problem& p, int64_t window) { return window <= 0 && p.T > 0 && p.S > 0 && (p.off == 0 || p.off == p.S - p.T) && p.off >= 0; }
 }  // namespace
 
@@ -189,20 +174,20 @@ bool cudnn_available() {
   return ctx() && handle(&why) != nullptr;
 }
 
-bool use_cudnn(bool bf16, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window) {
+bool use_cudnn(bool bf16, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window, bool stats) {
   if (!bf16 || attention_route() != AttentionRoute::Cudnn) return false;
   const Problem p{B, T, S, H, Hkv, Dh, Dv, scale, off};
   if (!expressible(p, window)) return false;
-  return graph_of(p, false, true).graph != nullptr;
+  return graph_of(p, false, stats).graph != nullptr;
 }
 
 mla_status cudnn_attention_forward(const void* q, const void* k, const void* v, float* o, float* stats, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off) {
   const Problem p{B, T, S, H, Hkv, Dh, Dv, scale, off};
   const Cached& c = graph_of(p, false, stats != nullptr);
   if (!c.graph) return MLA_FAIL(MLA_ERR_INTERNAL, "cuDNN attention forward not available for this problem: " + c.why);
-  Staging ob;
+  mla::DevMem ob;  // cuDNN's bf16 output before it is widened
   const int64_t n = B * T * H * Dv;
-  if (mla_status e = allocate(ob, sizeof(__nv_bfloat16) * n)) return e;
+  if (mla_status e = mla::dev_alloc(ob, sizeof(__nv_bfloat16) * n, "cuDNN attention staging")) return e;
   std::unordered_map<int64_t, void*> pack{{Q, (void*)q}, {K, (void*)k}, {V, (void*)v}, {O, ob.p}};
   if (stats) pack[STATS] = stats;
   if (mla_status e = execute(c, pack)) return e;
@@ -215,12 +200,12 @@ mla_status cudnn_attention_backward(const void* q, const void* k, const void* v,
   const Cached& c = graph_of(p, true, true);
   if (!c.graph) return MLA_OK;  // the caller takes the mma route
   const int64_t nq = B * T * H * Dh, nk = B * S * Hkv * Dh, nv = B * S * Hkv * Dv, no = B * T * H * Dv;
-  Staging st;
+  mla::DevMem st;
   // bf16 o (narrowed from the forward's float32 output, exactly: it was widened from bf16), the
   // statistics when none were saved, and the three bf16 gradients.
   const size_t bf = sizeof(__nv_bfloat16);
   const size_t stats_bytes = saved_stats ? 0 : sizeof(float) * B * H * T;
-  if (mla_status e = allocate(st, bf * (no + nq + nk + nv) + stats_bytes + 256)) return e;
+  if (mla_status e = mla::dev_alloc(st, bf * (no + nq + nk + nv) + stats_bytes + 256, "cuDNN attention staging")) return e;
   auto* ob = static_cast<__nv_bfloat16*>(st.p);
   auto* dqb = ob + no;
   auto* dkb = dqb + nq;
@@ -254,7 +239,7 @@ extern "C" int32_t mla_cuda_cudnn_version(void) { return 0; }
 
 namespace mla {
 bool cudnn_available() { return false; }
-bool use_cudnn(bool, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, float, int64_t, int64_t) { return false; }
+bool use_cudnn(bool, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, float, int64_t, int64_t, bool) { return false; }
 mla_status cudnn_attention_forward(const void*, const void*, const void*, float*, float*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, float, int64_t) {
   return MLA_FAIL(MLA_ERR_UNAVAILABLE, "this build has no cuDNN (rebuild with cuDNN's header and library installed)");
 }

@@ -18,27 +18,6 @@ using mla::ctx;
 using mla::use_mma;
 
 namespace {
-// A stream-ordered device allocation freed with the object.
-struct DevMem {
-  void* p = nullptr;
-  ~DevMem() {
-    if (p) cudaFreeAsync(p, ctx()->stream);
-  }
-};
-#define DEV_MEM(m, bytes)                                                                                              \
-  do {                                                                                                                 \
-    cudaError_t e_ = cudaMallocAsync(&(m).p, (size_t)(bytes) > 0 ? (size_t)(bytes) : 1, ctx()->stream);                \
-    if (e_ != cudaSuccess) {                                                                                           \
-      cudaGetLastError();                                                                                              \
-      return MLA_FAIL(MLA_ERR_MEMORY, "out of GPU memory for attention scratch of " + std::to_string((int64_t)(bytes) >> 20) + " MiB"); \
-    }                                                                                                                  \
-  } while (0)
-
-__global__ void k_to_bf16(const float* x, __nv_bfloat16* y, int64_t n) {
-  const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
-  if (i < n) y[i] = __float2bfloat16(x[i]);
-}
-
 // Row r of scores[B·H, n, Sc] (keys klo … klo+Sc−1 of its sequence): softmax over the keys query
 // t0 + (r mod n) may see, 0 elsewhere; written in place when `keep` (float32 callers and the
 // backward, which needs P), and as bf16 to pb when set (the forward in bf16 writes only that).
@@ -126,8 +105,8 @@ mla_status run_batch(const Batch& x, cublasOperation_t ta, cublasOperation_t tb,
     all[count + i] = x.b[i];
     all[2 * count + i] = x.c[i];
   }
-  DevMem ptrs;
-  DEV_MEM(ptrs, sizeof(void*) * 3 * count);
+  mla::DevMem ptrs;
+  if (mla_status e_ = mla::dev_alloc(ptrs, sizeof(void*) * 3 * count, "attention scratch")) return e_;
   if (mla_status e = mla::stage_to_device(all.data(), sizeof(void*) * 3 * count, ptrs.p)) return e;
   const void** d = (const void**)ptrs.p;
   const float one = 1;
@@ -143,7 +122,7 @@ struct Inputs {
   const char* dout;
   size_t es;  // element size of the inputs
   cudaDataType_t type;
-  DevMem mem;
+  mla::DevMem mem;
 };
 
 mla_status prepare_inputs(Inputs& in, const float* q, const float* k, const float* v, const float* dout, int64_t nq, int64_t nk, int64_t nv, int64_t nd, bool bf16) {
@@ -151,7 +130,7 @@ mla_status prepare_inputs(Inputs& in, const float* q, const float* k, const floa
     in = {(const char*)q, (const char*)k, (const char*)v, (const char*)dout, sizeof(float), CUDA_R_32F, {}};
     return MLA_OK;
   }
-  DEV_MEM(in.mem, sizeof(__nv_bfloat16) * (nq + nk + nv + nd));
+  if (mla_status e_ = mla::dev_alloc(in.mem, sizeof(__nv_bfloat16) * (nq + nk + nv + nd), "attention scratch")) return e_;
   auto* base = (__nv_bfloat16*)in.mem.p;
   const float* src[4] = {q, k, v, dout};
   const int64_t len[4] = {nq, nk, nv, nd};
@@ -159,10 +138,10 @@ mla_status prepare_inputs(Inputs& in, const float* q, const float* k, const floa
   int64_t at = 0;
   for (int i = 0; i < 4; i++) {
     *dst[i] = src[i] ? (const char*)(base + at) : nullptr;
-    if (src[i] && len[i]) k_to_bf16<<<blocks_for(len[i], 256), 256, 0, ctx()->stream>>>(src[i], base + at, len[i]);
+    if (src[i])
+      if (mla_status e = mla::narrow_f32(src[i], base + at, len[i])) return e;
     at += src[i] ? len[i] : 0;
   }
-  KERNEL_CHECK();
   in.es = sizeof(__nv_bfloat16);
   in.type = CUDA_R_16BF;
   return MLA_OK;
@@ -170,16 +149,18 @@ mla_status prepare_inputs(Inputs& in, const float* q, const float* k, const floa
 }  // namespace
 
 namespace mla {
-mla_status attention_gemm(const float* q, const float* k, const float* v, float* o, float* lse, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window, bool bf16) {
+mla_status attention_gemm(const float* q, const float* k, const float* v, float* o, float* lse, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window, bool bf16, bool cudnn) {
   const int64_t group = H / Hkv;
   Inputs in;
   if (mla_status e = prepare_inputs(in, q, k, v, nullptr, B * T * H * Dh, B * S * Hkv * Dh, B * S * Hkv * Dv, 0, bf16)) return e;
-  if (use_cudnn(bf16, B, T, S, H, Hkv, Dh, Dv, scale, off, window)) return cudnn_attention_forward(in.q, in.k, in.v, o, lse, B, T, S, H, Hkv, Dh, Dv, scale, off);
+  if (cudnn) return cudnn_attention_forward(in.q, in.k, in.v, o, lse, B, T, S, H, Hkv, Dh, Dv, scale, off);
   if (use_mma(bf16, Dh, Dv)) return attention_mma(in.q, in.k, in.v, o, lse, B, T, S, H, Hkv, Dh, Dv, scale, off, window);
   const int64_t Tq = queries_per_chunk(B, T, H, S, 1);
-  DevMem sc, pb;
-  DEV_MEM(sc, sizeof(float) * B * H * Tq * S);
-  if (bf16) DEV_MEM(pb, sizeof(__nv_bfloat16) * B * H * Tq * S);
+  mla::DevMem sc, pb;
+  if (mla_status e_ = mla::dev_alloc(sc, sizeof(float) * B * H * Tq * S, "attention scratch")) return e_;
+  if (bf16) {
+    if (mla_status e_ = mla::dev_alloc(pb, sizeof(__nv_bfloat16) * B * H * Tq * S, "attention scratch")) return e_;
+  }
   float* scores = (float*)sc.p;
   const size_t es = in.es;
   for (int64_t t0 = 0; t0 < T; t0 += Tq) {
@@ -232,7 +213,7 @@ extern "C" mla_status mla_cuda_attention_backward(const mla_cuda_buf* qb, const 
   const int64_t group = H / Hkv;
   Inputs in;
   if (mla_status e = prepare_inputs(in, (const float*)qb->ptr, (const float*)kb->ptr, (const float*)vb->ptr, (const float*)dob->ptr, B * T * H * Dh, B * S * Hkv * Dh, B * S * Hkv * Dv, B * T * H * Dv, bf16 != 0)) return e;
-  if (mla::use_cudnn(bf16 != 0, B, T, S, H, Hkv, Dh, Dv, scale, off, window)) {
+  if (mla::use_cudnn(bf16 != 0, B, T, S, H, Hkv, Dh, Dv, scale, off, window, true)) {
     const bool mine = ob && saved_kind == 2;
     bool taken = false;
     if (mla_status e = mla::cudnn_attention_backward(in.q, in.k, in.v, in.dout, mine ? (const float*)ob->ptr : nullptr, mine ? (const float*)lseb->ptr : nullptr, dq, dk, dv, B, T, S, H, Hkv, Dh, Dv, scale, off, &taken)) return e;
@@ -240,16 +221,18 @@ extern "C" mla_status mla_cuda_attention_backward(const mla_cuda_buf* qb, const 
   }
   if (saved_kind != 1) ob = lseb = nullptr;  // statistics of another route: recompute
   if (use_mma(bf16 != 0, Dh, Dv)) {
-    DevMem stats;  // the row log-sum-exp and δ = rowsum(dout ∘ o), [B·H, T] each
-    DEV_MEM(stats, sizeof(float) * 2 * B * H * T);
+    mla::DevMem stats;  // the row log-sum-exp and δ = rowsum(dout ∘ o), [B·H, T] each
+    if (mla_status e_ = mla::dev_alloc(stats, sizeof(float) * 2 * B * H * T, "attention scratch")) return e_;
     float* lse = (float*)stats.p;
     return mla::attention_mma_backward(in.q, in.k, in.v, in.dout, (const float*)dob->ptr, ob ? (const float*)ob->ptr : nullptr, lseb ? (const float*)lseb->ptr : nullptr, lse, lse + B * H * T, dq, dk, dv, B, T, S, H, Hkv, Dh, Dv, scale, off, window);
   }
   const size_t es = in.es;
   const int64_t Tq = queries_per_chunk(B, T, H, S, 2);  // probabilities and their gradient
-  DevMem pm, lowp;
-  DEV_MEM(pm, sizeof(float) * 2 * B * H * Tq * S);
-  if (bf16) DEV_MEM(lowp, sizeof(__nv_bfloat16) * 2 * B * H * Tq * S);
+  mla::DevMem pm, lowp;
+  if (mla_status e_ = mla::dev_alloc(pm, sizeof(float) * 2 * B * H * Tq * S, "attention scratch")) return e_;
+  if (bf16) {
+    if (mla_status e_ = mla::dev_alloc(lowp, sizeof(__nv_bfloat16) * 2 * B * H * Tq * S, "attention scratch")) return e_;
+  }
   float* P = (float*)pm.p;
   float* dP = P + B * H * Tq * S;
   __nv_bfloat16* Pb = bf16 ? (__nv_bfloat16*)lowp.p : nullptr;

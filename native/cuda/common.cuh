@@ -42,17 +42,26 @@ mla_status stage_to_device(const void* data, size_t bytes, void* device);
 // y = float(x) and y = bf16(x) (round to nearest even) over n elements, in stream order.
 mla_status widen_bf16(const __nv_bfloat16* x, float* y, int64_t n);
 mla_status narrow_f32(const float* x, __nv_bfloat16* y, int64_t n);
+// A stream-ordered device allocation, freed in stream order with the object; dev_alloc fails with
+// MLA_ERR_MEMORY naming `what` and the size.
+struct DevMem {
+  void* p = nullptr;
+  ~DevMem();
+};
+mla_status dev_alloc(DevMem& m, size_t bytes, const char* what);
 // Which route T > 1 attention takes, from MHA2MLA_CUDA_ATTENTION (read at every call, so a benchmark or
-// test compares them in one process): unset, the fused tensor-core kernels where they take the inputs
-// (bf16 and their head dims) and the chunked GEMMs elsewhere; cudnn, cuDNN's fused attention where this
-// build has cuDNN and it takes the problem, else as unset; gemm, the chunked GEMMs always; flash and
-// rows, the older float32 kernels of kernels.cu (one fused block per query tile, one block per row).
+// test compares them in one process): unset or cudnn, cuDNN's fused attention where this build has
+// cuDNN and it takes the problem (bf16, causal), else as fused; fused, our tensor-core kernels where
+// they take the inputs (bf16 and their head dims) and the chunked GEMMs elsewhere; gemm, the chunked
+// GEMMs always; flash and rows, the older float32 kernels of kernels.cu (one fused block per query
+// tile, one block per row).
 enum class AttentionRoute { Fused, Cudnn, Gemm, Flash, Rows };
 AttentionRoute attention_route();
 // Causal GQA attention of B sequences as cuBLAS GEMMs over chunks of queries (attention_gemm.cu):
 // q[B·T,H,Dh], k[B·S,Hkv,Dh], v[B·S,Hkv,Dv] → o[B·T,H,Dv]; bf16: GEMM inputs rounded to bf16; handed to
-// the fused kernels where use_mma says so (lse: theirs, else unused).
-mla_status attention_gemm(const float* q, const float* k, const float* v, float* o, float* lse, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window, bool bf16);
+// cuDNN when `cudnn` (the caller's use_cudnn, decided once per call), else to the fused kernels where
+// use_mma says so (lse: the statistics of whichever fused route ran, else unused).
+mla_status attention_gemm(const float* q, const float* k, const float* v, float* o, float* lse, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window, bool bf16, bool cudnn);
 // The fused tensor-core route (attention_mma.cu) on bf16 copies of q, k, v (and dout): whether it takes
 // the head dims; the forward (lse, when set: the row log-sum-exp the backward can reuse, [B·H, T]); the
 // backward (o and saved_lse: the forward's output and lse, or null to recompute them; lse and delta:
@@ -63,12 +72,13 @@ bool use_mma(bool bf16, int64_t Dh, int64_t Dv);
 mla_status attention_mma(const void* q, const void* k, const void* v, float* o, float* lse, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window);
 // cuDNN's fused attention (attention_cudnn.cu; bf16 q, k, v, dout as the mma route takes them):
 // whether this build has it and it loads; whether the route is chosen and cuDNN takes the problem
-// (causal with off = 0 or S − T, no window; builds and caches its graph); the forward (o float32;
+// (causal with off = 0 or S − T, no window; builds and caches the forward graph with statistics when
+// `stats`, the graph the call will run, so inference never builds the training graph); the forward (o float32;
 // stats, when set, cuDNN's natural-log statistics [B·H, T], which only its backward reads); the
 // backward (o and saved_stats from its forward, or null to recompute; `taken` false when cuDNN refused
 // the backward graph, nothing written, and the caller runs another route).
 bool cudnn_available();
-bool use_cudnn(bool bf16, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window);
+bool use_cudnn(bool bf16, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window, bool stats);
 mla_status cudnn_attention_forward(const void* q, const void* k, const void* v, float* o, float* stats, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off);
 mla_status cudnn_attention_backward(const void* q, const void* k, const void* v, const void* dout, const float* o, const float* saved_stats, float* dq, float* dk, float* dv, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, bool* taken);
 mla_status attention_mma_backward(const void* q, const void* k, const void* v, const void* dout_bf16, const float* dout, const float* o, const float* saved_lse, float* lse, float* delta, float* dq, float* dk, float* dv, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window);

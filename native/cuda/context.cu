@@ -98,14 +98,27 @@ mla_status stage_to_device(const void* data, size_t bytes, void* device) {
   return MLA_OK;
 }
 
+DevMem::~DevMem() {
+  if (p) cudaFreeAsync(p, ctx()->stream);
+}
+
+mla_status dev_alloc(DevMem& m, size_t bytes, const char* what) {
+  if (cudaMallocAsync(&m.p, bytes > 0 ? bytes : 1, ctx()->stream) != cudaSuccess) {
+    cudaGetLastError();
+    m.p = nullptr;
+    return MLA_FAIL(MLA_ERR_MEMORY, std::string("out of GPU memory for ") + what + " of " + std::to_string((int64_t)bytes >> 20) + " MiB");
+  }
+  return MLA_OK;
+}
+
 AttentionRoute attention_route() {
   const char* e = getenv("MHA2MLA_CUDA_ATTENTION");
-  if (!e) return AttentionRoute::Fused;
-  if (strcmp(e, "cudnn") == 0) return AttentionRoute::Cudnn;
+  if (!e || strcmp(e, "cudnn") == 0) return AttentionRoute::Cudnn;
+  if (strcmp(e, "fused") == 0) return AttentionRoute::Fused;
   if (strcmp(e, "gemm") == 0) return AttentionRoute::Gemm;
   if (strcmp(e, "flash") == 0) return AttentionRoute::Flash;
   if (strcmp(e, "rows") == 0) return AttentionRoute::Rows;
-  return AttentionRoute::Fused;
+  return AttentionRoute::Cudnn;
 }
 
 bool use_mma(bool bf16, int64_t Dh, int64_t Dv) {

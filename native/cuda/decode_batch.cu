@@ -55,11 +55,6 @@ struct Gemms {
   }
 };
 
-__global__ void k_f32_to_bf16(const float* x, __nv_bfloat16* y, int64_t n) {
-  const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
-  if (i < n) y[i] = __float2bfloat16(x[i]);
-}
-
 // k_softmax_ragged, then a bf16 copy of the probabilities for the value GEMM on bf16 caches.
 __global__ void k_softmax_ragged_bf16(float* scores, __nv_bfloat16* probs, const int64_t* range, float scale) {
   __shared__ float red[32];
@@ -121,13 +116,11 @@ extern "C" mla_status mla_cuda_decode_attention_batch(const mla_cuda_buf* q1, co
   const char* Q2 = q2 ? (const char*)q2->ptr : nullptr;
   if (half) {
     __nv_bfloat16* q1h = (__nv_bfloat16*)(probs + probs_bytes);
-    k_f32_to_bf16<<<blocks_for(B * H * D1, 256), 256, 0, ctx()->stream>>>((const float*)q1->ptr, q1h, B * H * D1);
-    KERNEL_CHECK();
+    if (mla_status e = mla::narrow_f32((const float*)q1->ptr, q1h, B * H * D1)) return e;
     Q1 = (const char*)q1h;
     if (q2 && D2 > 0) {
       __nv_bfloat16* q2h = (__nv_bfloat16*)(probs + probs_bytes + q1_bytes);
-      k_f32_to_bf16<<<blocks_for(B * H * D2, 256), 256, 0, ctx()->stream>>>((const float*)q2->ptr, q2h, B * H * D2);
-      KERNEL_CHECK();
+      if (mla_status e = mla::narrow_f32((const float*)q2->ptr, q2h, B * H * D2)) return e;
       Q2 = (const char*)q2h;
     }
   }

@@ -673,10 +673,12 @@ extern "C" mla_status mla_cuda_attention(const mla_cuda_buf* q, const mla_cuda_b
   if (T > 1 && S > 0 && (route == mla::AttentionRoute::Fused || route == mla::AttentionRoute::Cudnn || route == mla::AttentionRoute::Gemm)) {
     // Statistics for the backward come only from the fused kernels (saved = 1) or cuDNN (saved = 2:
     // natural-log statistics, which only cuDNN's backward reads).
-    const bool cudnn = mla::use_cudnn(bf16 != 0, B, T, S, H, Hkv, Dh, Dv, scale, off, window);
-    const bool fused = cudnn || mla::use_mma(bf16 != 0, Dh, Dv);
+    // The route is decided here, once: cuDNN builds (and caches) only the graph the call runs, with
+    // statistics when the caller keeps them for the backward, without for inference.
     MLA_CHECK(!lse || is_f32(lse, B * H * T), "attention: lse must be an f32 buffer [B·H·T]");
-    if (mla_status e = mla::attention_gemm(CF(q), CF(k), CF(v), F(o), fused && lse ? F(lse) : nullptr, B, T, S, H, Hkv, Dh, Dv, scale, off, window, bf16 != 0)) return e;
+    const bool cudnn = mla::use_cudnn(bf16 != 0, B, T, S, H, Hkv, Dh, Dv, scale, off, window, lse != nullptr);
+    const bool fused = cudnn || mla::use_mma(bf16 != 0, Dh, Dv);
+    if (mla_status e = mla::attention_gemm(CF(q), CF(k), CF(v), F(o), fused && lse ? F(lse) : nullptr, B, T, S, H, Hkv, Dh, Dv, scale, off, window, bf16 != 0, cudnn)) return e;
     if (lse && fused && saved) *saved = cudnn ? 2 : 1;
     return MLA_OK;
   }
