@@ -28,7 +28,7 @@ export function withConversionOptions<T>(y: Argv<T>) {
     .option("svd", { choices: ["joint", "split"] as const, default: "joint" as const, describe: "one SVD of [keys; values] or one each" })
     .option("svd-init", { choices: ["weights", "activations"] as const, default: "weights" as const, describe: "factor the weights, or the weights whitened by the calibration activations" })
     .option("balance-kv", { type: "boolean", default: true, describe: "scale keys against values (equal mean energy) before the joint SVD, undone in the up-projection (TransMLA's BKV); --no-balance-kv for the paper's plain SVD" })
-    .option("refit-output", { type: "boolean", default: false, describe: "after factoring, solve each layer's o_proj again by least squares so the converted attention reproduces the original's output on the calibration text (needs --calib; the KV cache is unchanged)" })
+    .option("refit-output", { type: "boolean", default: false, describe: "after factoring, solve each layer's o_proj again by least squares so the converted attention reproduces the original's output on the calibration text (needs --calib; the KV cache is unchanged). Best for a model used as converted: after a recovery fine-tune it ends slightly behind (docs/benchmarks.md)" })
     .option("calib", { type: "string", describe: "calibration text for 2-norm selection, activation-aware SVD and --refit-output" })
     .option("calib-samples", { type: "number", default: 32, describe: "calibration windows" })
     .option("calib-len", { type: "number", default: 256, describe: "tokens per calibration window, BOS included" })
