@@ -37,6 +37,24 @@ export interface StateSlots {
   write(kind: StateKind, i: number, data: Float32Array): void;
 }
 
+/** Bytes a checkpoint of `params` trainable weights takes on disk: three float32 arrays each, and a small header. */
+export function checkpointBytes(params: number): number {
+  return 12 * params + (1 << 20);
+}
+
+/** Bytes free to this user on the file system holding `dir`; null where the platform cannot say. */
+export function freeBytes(dir: string): number | null {
+  // Test hook: a disk this small, so the tests reach the no-room paths.
+  const forced = process.env["MHA2MLA_TEST_FREE_BYTES"];
+  if (forced !== undefined) return Number(forced);
+  try {
+    const s = fs.statfsSync(dir);
+    return Number(s.bavail) * Number(s.bsize);
+  } catch {
+    return null;
+  }
+}
+
 export function checkpointDir(out: string): string {
   return path.join(out, "checkpoint");
 }

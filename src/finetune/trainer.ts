@@ -21,7 +21,7 @@ import { fmtCount, fmtTime, ProgressSink } from "../util/progress.js";
 import { loadTrainingData, microBatches } from "./data.js";
 import { activationBytes, checkFits, MicroBatch, microStep, Precision, stateBytes, TrainState } from "./trainState.js";
 import { defaultLr, lrAt, Schedule, ScheduleName } from "./schedule.js";
-import { checkpointDir, loadCheckpoint, saveCheckpoint, TrainState as RunState } from "./checkpoint.js";
+import { checkpointBytes, checkpointDir, freeBytes, loadCheckpoint, saveCheckpoint, TrainState as RunState } from "./checkpoint.js";
 
 export interface FinetuneOptions {
   data: string[];
@@ -166,6 +166,17 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
   checkFits(model, { train: trainWhat, checkpoint, fullLogits: teacher !== null }, precision, batch * (seq - 1));
   b.resetPeak?.();
   const state = new TrainState(model, trainable, precision);
+  // A 7B model's checkpoint (float32 weights and both AdamW moments) is ~80 GB: a save that cannot fit
+  // is refused up front for --save-every, and skipped with a warning elsewhere (never a half-written
+  // checkpoint, never a lost model: the final one is written after the model).
+  const ckBytes = checkpointBytes(state.size);
+  const room = () => {
+    const free = freeBytes(out);
+    return { fits: free === null || free >= ckBytes, free: free ?? 0 };
+  };
+  const gb = (n: number) => `${(n / 1e9).toFixed(1)} GB`;
+  if (o.saveEvery && !room().fits)
+    throw new MlaError("IO", `--save-every ${o.saveEvery}: a checkpoint of this run takes ${gb(ckBytes)} (float32 weights and AdamW moments of ${state.size.toLocaleString("en-US")} parameters), and ${out} has ${gb(room().free)} free`, "free disk space, put --out on a larger disk, or train without --save-every");
   log.info(memoryPlan(state, batch * (seq - 1), checkpoint, teacher !== null));
   const hyper = { beta1: settings.beta1, beta2: settings.beta2, eps: settings.eps, weightDecay: settings.weightDecay };
   let run: RunState = { format: 1, step: 0, epoch: 0, cursor: 0, tokensSeen: 0, fingerprint, settings: { ...settings, model: src.dir } };
@@ -182,7 +193,15 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
   if (valNllBefore !== null) logLine({ step: 0, val_nll: valNllBefore });
 
   const nextMicroBatch: () => MicroBatch = microBatches(data, batch, settings.seed, run);
-  const save = () => saveCheckpoint(out, run, state.slotIo());
+  const save = (what: string): boolean => {
+    const r = room();
+    if (!r.fits) {
+      log.warn(`no ${what} checkpoint: it takes ${gb(ckBytes)} and ${out} has ${gb(r.free)} free`);
+      return false;
+    }
+    saveCheckpoint(out, run, state.slotIo());
+    return true;
+  };
   const targetsPerStep = batch * accum * (seq - 1);
   const loss = { scale: 1 / targetsPerStep, ceWeight: 1 - distillWeight, klWeight: distillWeight, temperature, teacher, checkpoint };
   const t0 = performance.now();
@@ -209,7 +228,7 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
     const tps = ((run.step - startStep) * perStep) / elapsed;
     logLine({ step: run.step, loss: stepLoss, lr: rate, grad_norm: norm, tokens: run.tokensSeen, tokens_per_s: tps, elapsed_s: elapsed, step_ms: stepMs, host_ms: hostMs });
     if (o.evalEvery && run.step % o.evalEvery === 0 && run.step < totalSteps) logLine({ step: run.step, val_nll: await valNll() });
-    if (o.saveEvery && run.step % o.saveEvery === 0) save();
+    if (o.saveEvery && run.step % o.saveEvery === 0) save(`step-${run.step}`);
     const sink = o.progress === undefined ? process.stderr : o.progress;
     if (sink && (performance.now() - lastPrint > 5000 || run.step === totalSteps)) {
       lastPrint = performance.now();
@@ -218,9 +237,9 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
     // Let signal handlers run: the steps themselves never yield to the event loop.
     await new Promise((r) => setImmediate(r));
     if (o.shouldStop?.() && run.step < totalSteps) {
-      save();
       stoppedEarly = true;
-      log.info(`stopped at step ${run.step}/${totalSteps}; checkpoint saved, continue with --resume`);
+      if (save(`step-${run.step}`)) log.info(`stopped at step ${run.step}/${totalSteps}; checkpoint saved, continue with --resume`);
+      else log.info(`stopped at step ${run.step}/${totalSteps} without a checkpoint (no room): this run cannot be resumed`);
       break;
     }
   }
@@ -229,11 +248,11 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
   if (hostLine) log.info(hostLine);
   let valNllAfter: number | null = null;
   if (!stoppedEarly) {
-    save();
     valNllAfter = await valNll();
     logLine({ step: run.step, val_nll: valNllAfter });
     await writeModel(src.dir, out, lm.config, model);
     fs.writeFileSync(path.join(out, "finetune.json"), JSON.stringify({ source: spec, settings: { ...settings, model: src.dir }, steps: run.step, tokens: run.tokensSeen, precision, checkpoint_activations: checkpoint, params: modelParams(model), trainable_params: state.size, peak_device_bytes: model.backend.memory?.().peak ?? null, val_nll_before: valNllBefore, val_nll_after: valNllAfter, seconds, host_time_per_step: timer.summary() }, null, 2) + "\n");
+    save("final");
   }
   return { out, steps: run.step, stoppedEarly, tokensSeen: run.tokensSeen, seconds, tokensPerSecond: ((run.step - startStep) * perStep) / seconds, valNllBefore, valNllAfter, finalLoss, precision };
 }

@@ -97,6 +97,27 @@ test("resume equality: 20 steps straight = 10 steps, kill -9, --resume 10 steps 
   assert.deepEqual(fs.readFileSync(path.join(killed, "model.safetensors")), fs.readFileSync(path.join(straight, "model.safetensors")), "same final weights");
 });
 
+test("a checkpoint that cannot fit on the disk: --save-every is refused before training; otherwise the model is written and the final checkpoint skipped with a warning", async () => {
+  const model = await convertedModel();
+  const common = { data: [DATA], tokens: 2 * 4 * 64, seq: 64, batch: 4, progress: null };
+  process.env["MHA2MLA_TEST_FREE_BYTES"] = "1000";
+  try {
+    const warnings: string[] = [];
+    const logger = { info: () => {}, warn: (m: string) => warnings.push(m) };
+    const refusedOut = path.join(tmpDir(), "refused");
+    await assert.rejects(finetune(model, { ...common, out: refusedOut, saveEvery: 1, logger }), (e: Error) => e instanceof MlaError && /--save-every 1: a checkpoint of this run takes .* GB .* has 0\.0 GB free/.test(e.message) && /hint: free disk space/.test(e.message));
+    assert.ok(!fs.existsSync(path.join(refusedOut, "model.safetensors")) && !fs.existsSync(path.join(refusedOut, "train_log.jsonl")), "refused before training");
+    const out = path.join(tmpDir(), "nocheckpoint");
+    const r = await finetune(model, { ...common, out, logger });
+    assert.equal(r.steps, 2);
+    assert.ok(fs.existsSync(path.join(out, "model.safetensors")) && fs.existsSync(path.join(out, "finetune.json")), "the trained model is written");
+    assert.ok(!fs.existsSync(path.join(out, "checkpoint")), "no checkpoint");
+    assert.ok(warnings.some((w) => /no final checkpoint: it takes .* GB/.test(w)), warnings.join("; "));
+  } finally {
+    delete process.env["MHA2MLA_TEST_FREE_BYTES"];
+  }
+});
+
 test("graceful SIGTERM saves a checkpoint and exits with 130, leaving no model yet", async () => {
   const model = await convertedModel();
   const out = path.join(tmpDir(), "sig");
