@@ -1,7 +1,7 @@
 /**
  * Training attention on the GPU: forward and forward + backward of causal batched attention with bf16
- * inputs, on our bf16 routes (the fused tensor-core kernels, default; cuDNN's fused attention,
- * MHA2MLA_CUDA_ATTENTION=cudnn, where the build has it; the chunked cuBLAS GEMMs,
+ * inputs, on our bf16 routes (cuDNN's fused attention, the default where the build has it; our
+ * fused tensor-core kernels, MHA2MLA_CUDA_ATTENTION=fused; the chunked cuBLAS GEMMs,
  * MHA2MLA_CUDA_ATTENTION=gemm), as the trainer calls them (float32 tensors in and out; the training
  * forward keeps the fused kernels' softmax statistics for the backward).
  * One JSON line per (shape, route, pass): milliseconds per call and effective TFLOP/s, counting the

@@ -39,6 +39,8 @@ void* scratch(size_t bytes, mla_status* st);
 // put the host in lockstep with the GPU at every op that sends positions, ids or indices.
 constexpr size_t kStageLimit = 4u << 20;
 mla_status stage_to_device(const void* data, size_t bytes, void* device);
+// Milliseconds stage_to_device has blocked the host waiting for a slot still being copied.
+double ring_waited_ms();
 // y = float(x) and y = bf16(x) (round to nearest even) over n elements, in stream order.
 mla_status widen_bf16(const __nv_bfloat16* x, float* y, int64_t n);
 mla_status narrow_f32(const float* x, __nv_bfloat16* y, int64_t n);
@@ -50,12 +52,13 @@ struct DevMem {
 };
 mla_status dev_alloc(DevMem& m, size_t bytes, const char* what);
 // Which route T > 1 attention takes, from MHA2MLA_CUDA_ATTENTION (read at every call, so a benchmark or
-// test compares them in one process): unset or cudnn, cuDNN's fused attention where this build has
-// cuDNN and it takes the problem (bf16, causal), else as fused; fused, our tensor-core kernels where
+// test compares them in one process): unset (Auto), cuDNN for training forwards and backwards, our
+// fused kernels for inference forwards where they take the head dims; cudnn, cuDNN's fused attention
+// where this build has cuDNN and it takes the problem (bf16, causal), else as fused; fused, our tensor-core kernels where
 // they take the inputs (bf16 and their head dims) and the chunked GEMMs elsewhere; gemm, the chunked
 // GEMMs always; flash and rows, the older float32 kernels of kernels.cu (one fused block per query
 // tile, one block per row).
-enum class AttentionRoute { Fused, Cudnn, Gemm, Flash, Rows };
+enum class AttentionRoute { Auto, Fused, Cudnn, Gemm, Flash, Rows };
 AttentionRoute attention_route();
 // Causal GQA attention of B sequences as cuBLAS GEMMs over chunks of queries (attention_gemm.cu):
 // q[B·T,H,Dh], k[B·S,Hkv,Dh], v[B·S,Hkv,Dv] → o[B·T,H,Dv]; bf16: GEMM inputs rounded to bf16; handed to

@@ -1,4 +1,5 @@
 // Device, stream, handles, buffers and errors of the CUDA build.
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
@@ -70,9 +71,12 @@ struct PinnedRing {
   size_t bytes[kSlots] = {};
   cudaEvent_t done[kSlots] = {};
   int next = 0;
+  double waited_ms = 0;
 };
 PinnedRing ring;
 }  // namespace
+
+double ring_waited_ms() { return ring.waited_ms; }
 
 mla_status stage_to_device(const void* data, size_t bytes, void* device) {
   if (bytes == 0) return MLA_OK;
@@ -83,8 +87,16 @@ mla_status stage_to_device(const void* data, size_t bytes, void* device) {
   }
   const int i = ring.next;
   ring.next = (i + 1) % PinnedRing::kSlots;
-  if (ring.done[i]) CUDA_TRY(cudaEventSynchronize(ring.done[i]));
-  else CUDA_TRY(cudaEventCreateWithFlags(&ring.done[i], cudaEventDisableTiming));
+  if (!ring.done[i]) {
+    CUDA_TRY(cudaEventCreateWithFlags(&ring.done[i], cudaEventDisableTiming));
+  } else if (cudaEventQuery(ring.done[i]) == cudaErrorNotReady) {
+    // The host is kSlots copies ahead of the GPU: this wait is the device's time, not the host's.
+    const auto t0 = std::chrono::steady_clock::now();
+    CUDA_TRY(cudaEventSynchronize(ring.done[i]));
+    ring.waited_ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  } else {
+    CUDA_TRY(cudaEventSynchronize(ring.done[i]));  // complete, or an error to report
+  }
   if (ring.bytes[i] < bytes) {
     if (ring.host[i]) CUDA_TRY(cudaFreeHost(ring.host[i]));
     ring.host[i] = nullptr;
@@ -113,17 +125,18 @@ mla_status dev_alloc(DevMem& m, size_t bytes, const char* what) {
 
 AttentionRoute attention_route() {
   const char* e = getenv("MHA2MLA_CUDA_ATTENTION");
-  if (!e || strcmp(e, "cudnn") == 0) return AttentionRoute::Cudnn;
+  if (!e) return AttentionRoute::Auto;
+  if (strcmp(e, "cudnn") == 0) return AttentionRoute::Cudnn;
   if (strcmp(e, "fused") == 0) return AttentionRoute::Fused;
   if (strcmp(e, "gemm") == 0) return AttentionRoute::Gemm;
   if (strcmp(e, "flash") == 0) return AttentionRoute::Flash;
   if (strcmp(e, "rows") == 0) return AttentionRoute::Rows;
-  return AttentionRoute::Cudnn;
+  return AttentionRoute::Auto;
 }
 
 bool use_mma(bool bf16, int64_t Dh, int64_t Dv) {
   const AttentionRoute r = attention_route();
-  return bf16 && attention_mma_dims(Dh, Dv) && (r == AttentionRoute::Fused || r == AttentionRoute::Cudnn);
+  return bf16 && attention_mma_dims(Dh, Dv) && (r == AttentionRoute::Auto || r == AttentionRoute::Fused || r == AttentionRoute::Cudnn);
 }
 }  // namespace mla
 
@@ -252,6 +265,8 @@ extern "C" mla_status mla_cuda_reset_peak(void) {
   ctx()->peak_bytes = ctx()->live_bytes;
   return MLA_OK;
 }
+
+extern "C" double mla_cuda_host_wait_ms(void) { return mla::ring_waited_ms(); }
 
 extern "C" mla_status mla_cuda_synchronize(void) {
   NEED_CTX();

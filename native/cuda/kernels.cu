@@ -670,7 +670,7 @@ extern "C" mla_status mla_cuda_attention(const mla_cuda_buf* q, const mla_cuda_b
   MLA_CHECK(Hkv > 0 && H % Hkv == 0, "attention: H must be a multiple of Hkv");
   const mla::AttentionRoute route = mla::attention_route();
   if (saved) *saved = 0;
-  if (T > 1 && S > 0 && (route == mla::AttentionRoute::Fused || route == mla::AttentionRoute::Cudnn || route == mla::AttentionRoute::Gemm)) {
+  if (T > 1 && S > 0 && (route == mla::AttentionRoute::Auto || route == mla::AttentionRoute::Fused || route == mla::AttentionRoute::Cudnn || route == mla::AttentionRoute::Gemm)) {
     // Statistics for the backward come only from the fused kernels (saved = 1) or cuDNN (saved = 2:
     // natural-log statistics, which only cuDNN's backward reads).
     // The route is decided here, once: cuDNN builds (and caches) only the graph the call runs, with

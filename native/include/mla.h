@@ -128,6 +128,9 @@ mla_status mla_cuda_reset_peak(void);
    device, else 0. */
 int32_t mla_cuda_cudnn_version(void);
 mla_status mla_cuda_synchronize(void);
+/* Milliseconds the library itself has blocked the host on the device so far (waiting for a pinned staging
+   slot still being copied: the host is that far ahead of the GPU). */
+double mla_cuda_host_wait_ms(void);
 /* f32 ↔ bf16 between buffers of equal length. */
 mla_status mla_cuda_cast(const mla_cuda_buf* x, mla_cuda_buf* y);
 

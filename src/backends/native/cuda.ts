@@ -40,6 +40,7 @@ const SIGNATURES: Record<string, string> = {
   resetPeak: "int mla_cuda_reset_peak(void)",
   cudnnVersion: "int32_t mla_cuda_cudnn_version(void)",
   synchronize: "int mla_cuda_synchronize(void)",
+  hostWaitMs: "double mla_cuda_host_wait_ms(void)",
   cast: "int mla_cuda_cast(const mla_cuda_buf* x, mla_cuda_buf* y)",
   linear: "int mla_cuda_linear(const mla_cuda_buf* x, const mla_cuda_buf* w, const mla_cuda_buf* b, mla_cuda_buf* y, int64_t M, int64_t K, int64_t N)",
   linearBackward: "int mla_cuda_linear_backward(const mla_cuda_buf* x, const mla_cuda_buf* w, const mla_cuda_buf* dy, mla_cuda_buf* dx, mla_cuda_buf* dw, mla_cuda_buf* db, int64_t M, int64_t K, int64_t N, int32_t accumulate_dx, int32_t accumulate_dw)",
@@ -291,7 +292,9 @@ export class CudaBackend implements Backend {
    * time, and a step whose host time is close to its wall time is host-bound.
    */
   hostWaitMs(): number {
-    return this.waited;
+    // The library's own waits too: when the host runs far enough ahead, staging a small table waits
+    // for a pinned slot the GPU is still copying from.
+    return this.waited + (this.lib.fns["hostWaitMs"]!() as number);
   }
 
   /** Runs a library call that waits for the device, counting the wait. */
