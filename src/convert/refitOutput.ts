@@ -14,12 +14,13 @@
 import { Checkpoint, INDEX_FILE, SINGLE_FILE } from "../io/checkpoint.js";
 import { encodeFromF32 } from "../io/dtype.js";
 import { writeSafetensorsSync } from "../io/safetensors.js";
-import { MlaError } from "../errors.js";
+import { chosenLinalg } from "../backends/native/linalg.js";
 import type { Backend } from "../tensor/backend.js";
 import type { Tensor } from "../tensor/tensor.js";
 import { loadModel, LlamaModel } from "../model/llama.js";
 import { layerPrefix } from "../model/weights.js";
 import { Progress, ProgressSink } from "../util/progress.js";
+import { RefitMoments } from "./refitMoments.js";
 import fs from "node:fs";
 import path from "node:path";
 
@@ -43,12 +44,13 @@ export async function refitOutputProjections(srcDir: string, convDir: string, wi
   const progress = new Progress("refit o_proj", L * windows.length, "windows", opts.progress === undefined ? process.stderr : opts.progress);
   const result: RefitResult = { before: [], after: [] };
   const refit: Float32Array[] = [];
+  const linalg = chosenLinalg(); // the converter's float64 library, if any
   // Each window's hidden states in the converted model, advanced one layer at a time.
   let hs = windows.map((ids) => converted.embedTokens(ids));
   for (let l = 0; l < L; l++) {
     const w = converted.weights.layers[l]!.attn;
     const [D, Hd] = w.o.shape as [number, number];
-    const moments = new Moments(Hd, D);
+    const moments = new RefitMoments(Hd, D);
     for (let i = 0; i < windows.length; i++) {
       const ids = windows[i]!;
       const x = attentionInput(converted, l, hs[i]!);
@@ -60,8 +62,8 @@ export async function refitOutputProjections(srcDir: string, convDir: string, wi
       await new Promise((r) => setImmediate(r));
     }
     const oldW = Float32Array.from(w.o.toArray());
-    const solved = moments.solve(opts.ridge ?? REFIT_RIDGE);
-    const [before, after] = [moments.relativeError(oldW), moments.relativeError(solved)];
+    const solved = moments.solve(opts.ridge ?? REFIT_RIDGE, linalg);
+    const [before, after] = [moments.relativeError(oldW, linalg), moments.relativeError(solved, linalg)];
     // A conversion that is already (nearly) exact gains nothing, and the ridge would only shrink it.
     const newW = after < before ? solved : oldW;
     result.before.push(before);
@@ -89,75 +91,6 @@ function attentionInput(model: LlamaModel, l: number, h: Tensor): Tensor {
   return model.backend.rmsnorm(h, w.inputNorm, model.config.rmsEps);
 }
 
-/**
- * Float64 sums of OᵀO [Hd, Hd], OᵀA [Hd, D] and ‖A‖² over the calibration tokens; each window's
- * products run on the backend (float32 over one window's tokens), the sums across windows on the host.
- */
-class Moments {
-  readonly oo: Float64Array;
-  readonly oa: Float64Array;
-  aa = 0;
-  constructor(readonly Hd: number, readonly D: number) {
-    this.oo = new Float64Array(Hd * Hd);
-    this.oa = new Float64Array(Hd * D);
-  }
-
-  /** o [T, Hd], a [T, D]. */
-  add(b: Backend, o: Tensor, a: Tensor): void {
-    const T = o.shape[0]!;
-    const av = a.toArray();
-    const [ot, at] = [b.upload(transpose(o.toArray(), T, this.Hd), [this.Hd, T]), b.upload(transpose(av, T, this.D), [this.D, T])];
-    const oo = b.linear(ot, ot), oa = b.linear(ot, at);
-    addInto(this.oo, oo.toArray());
-    addInto(this.oa, oa.toArray());
-    for (const v of av) this.aa += v * v;
-    for (const t of [ot, at, oo, oa]) t.dispose();
-  }
-
-  /** W_o [D, Hd] minimizing Σ‖o·W_oᵀ − a‖² + λ‖W_o‖², by Cholesky in float64. */
-  solve(ridge: number): Float32Array {
-    const { Hd, D } = this;
-    const G = Float64Array.from(this.oo);
-    let trace = 0;
-    for (let i = 0; i < Hd; i++) trace += G[i * Hd + i]!;
-    const lambda = (ridge * trace) / Hd || 1e-12;
-    for (let i = 0; i < Hd; i++) G[i * Hd + i] += lambda;
-    choleskyInPlace(G, Hd);
-    const X = Float64Array.from(this.oa);
-    for (let c = 0; c < D; c++) {
-      for (let i = 0; i < Hd; i++) {
-        let t = X[i * D + c]!;
-        for (let k = 0; k < i; k++) t -= G[i * Hd + k]! * X[k * D + c]!;
-        X[i * D + c] = t / G[i * Hd + i]!;
-      }
-      for (let i = Hd - 1; i >= 0; i--) {
-        let t = X[i * D + c]!;
-        for (let k = i + 1; k < Hd; k++) t -= G[k * Hd + i]! * X[k * D + c]!;
-        X[i * D + c] = t / G[i * Hd + i]!;
-      }
-    }
-    return Float32Array.from({ length: D * Hd }, (_, i) => X[(i % Hd) * D + Math.floor(i / Hd)]!);
-  }
-
-  /** ‖O·Wᵀ − A‖ / ‖A‖ for W [D, Hd], from the moments: tr(W OᵀO Wᵀ) − 2 tr(W OᵀA) + ‖A‖². */
-  relativeError(W: ArrayLike<number>): number {
-    const { Hd, D } = this;
-    let quad = 0, cross = 0;
-    for (let d = 0; d < D; d++) {
-      const row = d * Hd;
-      for (let i = 0; i < Hd; i++) {
-        const wi = W[row + i]!;
-        if (wi === 0) continue;
-        let g = 0;
-        for (let j = 0; j < Hd; j++) g += this.oo[i * Hd + j]! * W[row + j]!;
-        quad += wi * g;
-        cross += wi * this.oa[i * D + d]!;
-      }
-    }
-    return Math.sqrt(Math.max(0, quad - 2 * cross + this.aa) / this.aa);
-  }
-}
-
 /** One log line: each layer's calibration output error before → after the refit. */
 export function describeRefit(r: RefitResult): string {
   return `refit o_proj: relative output error per layer ${r.before.map((b, i) => `${b.toFixed(3)}→${r.after[i]!.toFixed(3)}`).join(", ")}`;
@@ -166,32 +99,6 @@ export function describeRefit(r: RefitResult): string {
 /** The refit's record in mla_conversion.json (an empty object without a refit). */
 export function refitRecord(r: RefitResult | null): { output_refit?: { relative_error_before: number[]; relative_error_after: number[] } } {
   return r ? { output_refit: { relative_error_before: r.before, relative_error_after: r.after } } : {};
-}
-
-function transpose(x: ArrayLike<number>, rows: number, cols: number): Float32Array {
-  const out = new Float32Array(rows * cols);
-  for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) out[c * rows + r] = x[r * cols + c]!;
-  return out;
-}
-
-function addInto(acc: Float64Array, x: ArrayLike<number>): void {
-  for (let i = 0; i < acc.length; i++) acc[i] += x[i]!;
-}
-
-/** Lower Cholesky factor of symmetric positive definite G [n, n], in place (upper triangle left as is). */
-function choleskyInPlace(G: Float64Array, n: number): void {
-  for (let j = 0; j < n; j++) {
-    let s = G[j * n + j]!;
-    for (let k = 0; k < j; k++) s -= G[j * n + k]! ** 2;
-    if (!(s > 0)) throw new MlaError("BAD_ARGUMENT", `output refit: the calibration moments are not positive definite (pivot ${j}: ${s})`, "raise --calib-samples, or convert without --refit-output");
-    const d = Math.sqrt(s);
-    G[j * n + j] = d;
-    for (let i = j + 1; i < n; i++) {
-      let t = G[i * n + j]!;
-      for (let k = 0; k < j; k++) t -= G[i * n + k]! * G[j * n + k]!;
-      G[i * n + j] = t / d;
-    }
-  }
 }
 
 /**

@@ -75,6 +75,8 @@ export interface FinetuneResult {
   out: string;
   steps: number;
   stoppedEarly: boolean;
+  /** Whether the run ended with a training checkpoint in OUT/checkpoint (false when the disk had no room for it). */
+  checkpointSaved: boolean;
   tokensSeen: number;
   seconds: number;
   tokensPerSecond: number;
@@ -209,6 +211,7 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
   let lastPrint = 0;
   let finalLoss = NaN;
   let stoppedEarly = false;
+  let checkpointSaved = false;
   const timer = new StepTimer(model.backend);
   while (run.step < totalSteps) {
     timer.start();
@@ -238,7 +241,8 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
     await new Promise((r) => setImmediate(r));
     if (o.shouldStop?.() && run.step < totalSteps) {
       stoppedEarly = true;
-      if (save(`step-${run.step}`)) log.info(`stopped at step ${run.step}/${totalSteps}; checkpoint saved, continue with --resume`);
+      checkpointSaved = save(`step-${run.step}`);
+      if (checkpointSaved) log.info(`stopped at step ${run.step}/${totalSteps}; checkpoint saved, continue with --resume`);
       else log.info(`stopped at step ${run.step}/${totalSteps} without a checkpoint (no room): this run cannot be resumed`);
       break;
     }
@@ -252,9 +256,9 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
     logLine({ step: run.step, val_nll: valNllAfter });
     await writeModel(src.dir, out, lm.config, model);
     fs.writeFileSync(path.join(out, "finetune.json"), JSON.stringify({ source: spec, settings: { ...settings, model: src.dir }, steps: run.step, tokens: run.tokensSeen, precision, checkpoint_activations: checkpoint, params: modelParams(model), trainable_params: state.size, peak_device_bytes: model.backend.memory?.().peak ?? null, val_nll_before: valNllBefore, val_nll_after: valNllAfter, seconds, host_time_per_step: timer.summary() }, null, 2) + "\n");
-    save("final");
+    checkpointSaved = save("final");
   }
-  return { out, steps: run.step, stoppedEarly, tokensSeen: run.tokensSeen, seconds, tokensPerSecond: ((run.step - startStep) * perStep) / seconds, valNllBefore, valNllAfter, finalLoss, precision };
+  return { out, steps: run.step, stoppedEarly, checkpointSaved, tokensSeen: run.tokensSeen, seconds, tokensPerSecond: ((run.step - startStep) * perStep) / seconds, valNllBefore, valNllAfter, finalLoss, precision };
 }
 
 /**

@@ -9,6 +9,7 @@ import path from "node:path";
 import { test } from "node:test";
 import { Checkpoint, CheckpointWriter, INDEX_FILE } from "../../src/io/checkpoint.js";
 import { refitOutputProjections } from "../../src/convert/refitOutput.js";
+import { RefitMoments } from "../../src/convert/refitMoments.js";
 import { calibrationWindows } from "../../src/ropeSelect/calibrate.js";
 import { readText } from "../../src/eval/perplexity.js";
 import { loadTokenizer } from "../../src/io/tokenizer.js";
@@ -120,4 +121,38 @@ test("the refit rewrites a sharded checkpoint to the same tensors as a single-fi
   const plain = path.join(dir, "plain");
   await convert(SRC, { rank: 2, ropePairs: 1, ropeStrategy: "uniform", out: plain, progress: null });
   assert.ok(changedTensors(plain, sharded).length > 0, "the refit changed o_proj");
+});
+
+test("the refit's least squares: the eigen route (native float64 library) and the Cholesky route agree, and satisfy the normal equations", async (t) => {
+  const { nativeLinalg } = await import("../../src/backends/native/cpu.js");
+  const linalg = nativeLinalg();
+  const b = referenceBackend;
+  const [T, Hd, D] = [300, 24, 17];
+  let seed = 5;
+  const rand = (n: number) => Float32Array.from({ length: n }, () => ((seed = (seed * 16807) % 2147483647) / 2147483647) * 2 - 1);
+  const m = new RefitMoments(Hd, D);
+  for (let w = 0; w < 2; w++) m.add(b, b.upload(rand(T * Hd), [T, Hd]), b.upload(rand(T * D), [T, D]));
+  const ridge = 1e-3;
+  const chol = m.solve(ridge);
+  // (OᵀO + λI)·Wᵀ = OᵀA, column by column, in float64.
+  let trace = 0;
+  for (let i = 0; i < Hd; i++) trace += m.oo[i * Hd + i]!;
+  const lambda = (ridge * trace) / Hd;
+  let worst = 0;
+  for (let d = 0; d < D; d++)
+    for (let i = 0; i < Hd; i++) {
+      let s = lambda * chol[d * Hd + i]!;
+      for (let j = 0; j < Hd; j++) s += m.oo[i * Hd + j]! * chol[d * Hd + j]!;
+      worst = Math.max(worst, Math.abs(s - m.oa[i * D + d]!) / Math.abs(m.oa[i * D + d]! || 1));
+    }
+  assert.ok(worst < 1e-4, `normal equations: worst relative residual ${worst}`); // W is stored as float32
+  const e0 = m.relativeError(chol);
+  assert.ok(e0 > 0 && e0 < 1, `relative error ${e0}`);
+  if (!linalg) {
+    t.diagnostic("native CPU library not built: the eigen route is checked where it is (the CUDA suite uses the same interface)");
+    return;
+  }
+  const eig = m.solve(ridge, linalg);
+  assert.ok(maxAbsDiff(eig, chol) < 1e-5, `eigen vs Cholesky: ${maxAbsDiff(eig, chol)}`);
+  assert.ok(Math.abs(m.relativeError(chol, linalg) - e0) < 1e-9, "relative error, both routes");
 });

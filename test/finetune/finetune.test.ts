@@ -110,6 +110,7 @@ test("a checkpoint that cannot fit on the disk: --save-every is refused before t
     const out = path.join(tmpDir(), "nocheckpoint");
     const r = await finetune(model, { ...common, out, logger });
     assert.equal(r.steps, 2);
+    assert.equal(r.checkpointSaved, false);
     assert.ok(fs.existsSync(path.join(out, "model.safetensors")) && fs.existsSync(path.join(out, "finetune.json")), "the trained model is written");
     assert.ok(!fs.existsSync(path.join(out, "checkpoint")), "no checkpoint");
     assert.ok(warnings.some((w) => /no final checkpoint: it takes .* GB/.test(w)), warnings.join("; "));
