@@ -87,30 +87,21 @@ function eigenSolve(linalg: Linalg, G: Float64Array, B: Float64Array, Hd: number
 /** X [Hd, D] = G⁻¹·X in place of X, by a lower Cholesky factor and forward/back substitution along rows. */
 function choleskySolve(G: Float64Array, X: Float64Array, Hd: number, D: number): Float64Array {
   choleskyInPlace(G, Hd);
-  // L y = b: row i of X less Σ_k<i L[i,k]·row k, over all D columns at once.
-  for (let i = 0; i < Hd; i++) {
+  // Row i of X less L[i,k]·row k over all D columns at once: L y = b (k < i), then Lᵀ x = y (k > i, L[k,i]).
+  const substitute = (i: number, ks: Iterable<number>, l: (k: number) => number) => {
     const xi = i * D;
-    for (let k = 0; k < i; k++) {
-      const l = G[i * Hd + k]!;
-      if (l === 0) continue;
+    for (const k of ks) {
+      const f = l(k);
+      if (f === 0) continue;
       const xk = k * D;
-      for (let c = 0; c < D; c++) X[xi + c] -= l * X[xk + c]!;
+      for (let c = 0; c < D; c++) X[xi + c] -= f * X[xk + c]!;
     }
     const inv = 1 / G[i * Hd + i]!;
     for (let c = 0; c < D; c++) X[xi + c] *= inv;
-  }
-  // Lᵀ x = y: L[k,i] for k > i.
-  for (let i = Hd - 1; i >= 0; i--) {
-    const xi = i * D;
-    for (let k = i + 1; k < Hd; k++) {
-      const l = G[k * Hd + i]!;
-      if (l === 0) continue;
-      const xk = k * D;
-      for (let c = 0; c < D; c++) X[xi + c] -= l * X[xk + c]!;
-    }
-    const inv = 1 / G[i * Hd + i]!;
-    for (let c = 0; c < D; c++) X[xi + c] *= inv;
-  }
+  };
+  const range = (from: number, to: number) => ({ *[Symbol.iterator]() { for (let k = from; k < to; k++) yield k; } });
+  for (let i = 0; i < Hd; i++) substitute(i, range(0, i), (k) => G[i * Hd + k]!);
+  for (let i = Hd - 1; i >= 0; i--) substitute(i, range(i + 1, Hd), (k) => G[k * Hd + i]!);
   return X;
 }
 
