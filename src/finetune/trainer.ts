@@ -19,7 +19,7 @@ import { silentLogger, Logger } from "../util/log.js";
 import { StepTimer } from "./stepTimer.js";
 import { fmtCount, fmtTime, ProgressSink } from "../util/progress.js";
 import { loadTrainingData, microBatches } from "./data.js";
-import { activationBytes, checkFits, MicroBatch, microStep, Precision, stateBytes, TrainState } from "./trainState.js";
+import { activationBytes, checkFits, MicroBatch, microStep, Precision, stateBytes, trainableCount, TrainState } from "./trainState.js";
 import { defaultLr, lrAt, Schedule, ScheduleName } from "./schedule.js";
 import { checkpointBytes, checkpointDir, freeBytes, loadCheckpoint, saveCheckpoint, TrainState as RunState } from "./checkpoint.js";
 
@@ -167,18 +167,20 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
   const checkpoint = o.checkpointActivations ?? false;
   checkFits(model, { train: trainWhat, checkpoint, fullLogits: teacher !== null }, precision, batch * (seq - 1));
   b.resetPeak?.();
-  const state = new TrainState(model, trainable, precision);
   // A 7B model's checkpoint (float32 weights and both AdamW moments) is ~80 GB: a save that cannot fit
   // is refused up front for --save-every, and skipped with a warning elsewhere (never a half-written
   // checkpoint, never a lost model: the final one is written after the model).
-  const ckBytes = checkpointBytes(state.size);
+  const params = trainableCount(model, trainable);
+  const ckBytes = checkpointBytes(params);
   const room = () => {
     const free = freeBytes(out);
     return { fits: free === null || free >= ckBytes, free: free ?? 0 };
   };
   const gb = (n: number) => `${(n / 1e9).toFixed(1)} GB`;
   if (o.saveEvery && !room().fits)
-    throw new MlaError("IO", `--save-every ${o.saveEvery}: a checkpoint of this run takes ${gb(ckBytes)} (float32 weights and AdamW moments of ${state.size.toLocaleString("en-US")} parameters), and ${out} has ${gb(room().free)} free`, "free disk space, put --out on a larger disk, or train without --save-every");
+    throw new MlaError("IO", `--save-every ${o.saveEvery}: a checkpoint of this run takes ${gb(ckBytes)} (float32 weights and AdamW moments of ${params.toLocaleString("en-US")} parameters), and ${out} has ${gb(room().free)} free`, "free disk space, put --out on a larger disk, or train without --save-every");
+  else if (!room().fits) log.warn(`a training checkpoint of this run takes ${gb(ckBytes)} and ${out} has ${gb(room().free)} free: the run will write its model but no checkpoint to resume or continue from`);
+  const state = new TrainState(model, trainable, precision);
   log.info(memoryPlan(state, batch * (seq - 1), checkpoint, teacher !== null));
   const hyper = { beta1: settings.beta1, beta2: settings.beta2, eps: settings.eps, weightDecay: settings.weightDecay };
   let run: RunState = { format: 1, step: 0, epoch: 0, cursor: 0, tokensSeen: 0, fingerprint, settings: { ...settings, model: src.dir } };

@@ -113,6 +113,7 @@ test("a checkpoint that cannot fit on the disk: --save-every is refused before t
     assert.equal(r.checkpointSaved, false);
     assert.ok(fs.existsSync(path.join(out, "model.safetensors")) && fs.existsSync(path.join(out, "finetune.json")), "the trained model is written");
     assert.ok(!fs.existsSync(path.join(out, "checkpoint")), "no checkpoint");
+    assert.ok(warnings.some((w) => /the run will write its model but no checkpoint/.test(w)), `warned up front: ${warnings.join("; ")}`);
     assert.ok(warnings.some((w) => /no final checkpoint: it takes .* GB/.test(w)), warnings.join("; "));
   } finally {
     delete process.env["MHA2MLA_TEST_FREE_BYTES"];
