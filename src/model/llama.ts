@@ -244,7 +244,7 @@ export class LlamaModel {
     const b = this.backend;
     const k = b.training;
     if (!k) throw new MlaError("UNSUPPORTED", `activation checkpointing needs a backend with training kernels; ${b.name} has none`, "use --device cpu or --device cuda");
-    const out = this.layer(new Ops(b, null), P, li, new Node(h.value, false), at);
+    const out = this.layer(new Ops(b, null, true), P, li, new Node(h.value, false), at);
     const node = new Node(out.value, true);
     ops.tape!.push(() => {
       if (!node.grad) return;

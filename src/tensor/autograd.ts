@@ -56,7 +56,12 @@ export class Tape {
 
 /** The differentiable ops, bound to a backend and an optional tape. */
 export class Ops {
-  constructor(readonly b: Backend, readonly tape: Tape | null) {}
+  /**
+   * `replaysTraining`: an untaped forward whose layer is run again, taped, for its backward
+   * (activation checkpointing). Its attention takes the training route, so the output the layers
+   * above read and the recomputed one come from the same kernel, bit for bit.
+   */
+  constructor(readonly b: Backend, readonly tape: Tape | null, readonly replaysTraining = false) {}
 
   private out(value: Tensor, inputs: (Node | null | undefined)[], backward: (g: Tensor) => void): Node {
     const needs = this.tape !== null && inputs.some((n) => n?.requiresGrad);
@@ -109,7 +114,8 @@ export class Ops {
     const b = this.b;
     const training = this.tape !== null && [q, k, v].some((n) => n.requiresGrad);
     // A backward will follow: let the backend keep what it can reuse there (the softmax statistics).
-    const { o, saved } = training ? attentionForTrainingOf(b, q.value, k.value, v.value, opts) : { o: attentionOf(b, q.value, k.value, v.value, opts), saved: null };
+    const { o, saved } = training || this.replaysTraining ? attentionForTrainingOf(b, q.value, k.value, v.value, opts) : { o: attentionOf(b, q.value, k.value, v.value, opts), saved: null };
+    if (!training && saved) saved.lse.dispose();
     return this.out(o, [q, k, v], (g) => {
       const r = attentionBackwardOf(b, q.value, k.value, v.value, g, opts, saved);
       if (q.requiresGrad) q.accumulate(b, r.dq, true);

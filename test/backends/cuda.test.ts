@@ -22,6 +22,7 @@ import { factorLayer } from "../../src/convert/factor.js";
 import { FIXTURES, MODELS, maxAbsDiff, seededRand, tmpDir } from "../helpers.js";
 import { loadNativeCpu, NativeCpuBackend } from "../../src/backends/native/cpu.js";
 import { loadModel } from "../../src/model/llama.js";
+import { synth } from "../../src/synth/synth.js";
 import { decodeToF32, encodeFromF32, toBf16Bits } from "../../src/io/dtype.js";
 import { Checkpoint } from "../../src/io/checkpoint.js";
 import { writeSafetensorsSync } from "../../src/io/safetensors.js";
@@ -581,4 +582,17 @@ test("GPU training is bit-reproducible: a rerun, a run with --checkpoint-activat
   assert.ok(ref.equals(weights(path.join(dir, "b"))), "two identical runs differ: a kernel is not deterministic");
   assert.ok(ref.equals(weights(path.join(dir, "ckpt"))), "activation checkpointing changed the result");
   assert.ok(ref.equals(weights(path.join(dir, "killed"))), "kill -9 + --resume differs from the uninterrupted run");
+});
+
+test("--checkpoint-activations gives the same weights as the plain run at head dim 64, where the default route splits training (cuDNN) from inference forwards (our fused kernels)", { skip }, async () => {
+  const dir = tmpDir();
+  const src = path.join(dir, "smollm-L2");
+  await synth({ arch: "smollm-135m", layers: 2, dtype: "BF16", out: src, progress: null });
+  for (const f of ["tokenizer.json", "tokenizer_config.json"]) fs.copyFileSync(path.join(MODELS, "stories260K", f), path.join(src, f));
+  const mla = (await convert(src, { rank: 8, ropePairs: 4, ropeStrategy: "uniform", out: path.join(dir, "mla"), progress: null, device: "cpu" })).out!;
+  const common = { data: [path.join(FIXTURES, "text", "tinystories.txt")], tokens: 6 * 4 * 64, seq: 64, batch: 4, device: "cuda" as const, precision: "bf16" as const, progress: null, force: true };
+  const plain = await finetune(mla, { ...common, out: path.join(dir, "plain") });
+  const ckpt = await finetune(mla, { ...common, out: path.join(dir, "ckpt"), checkpointActivations: true });
+  assert.equal(plain.finalLoss, ckpt.finalLoss, "the same losses");
+  assert.ok(fs.readFileSync(path.join(plain.out, "model.safetensors")).equals(fs.readFileSync(path.join(ckpt.out, "model.safetensors"))), "activation checkpointing changed the result");
 });
