@@ -111,9 +111,9 @@ export const finetuneCommand: CommandModule<object, Args> = {
       const nll = (x: number | null) => (x === null ? "–" : x.toFixed(4));
       process.stdout.write(
         r.stoppedEarly
-          ? r.checkpointSaved
-            ? `stopped at step ${r.steps}; checkpoint in ${r.out}/checkpoint (continue with --resume)\n`
-            : `stopped at step ${r.steps} without a checkpoint (no disk room for it): this run cannot be resumed\n`
+          ? r.checkpointStep === null
+            ? `stopped at step ${r.steps} without a checkpoint (no disk room for it): this run cannot be resumed\n`
+            : `stopped at step ${r.steps}; checkpoint of step ${r.checkpointStep} in ${r.out}/checkpoint (continue with --resume)\n`
           : `trained ${r.steps} steps (${r.tokensSeen} tokens) in ${r.seconds.toFixed(1)} s, ${Math.round(r.tokensPerSecond)} tok/s; validation NLL ${nll(r.valNllBefore)} → ${nll(r.valNllAfter)}; model in ${r.out}\n`,
       );
       if (a.json !== undefined) emitJson(a.json, r);

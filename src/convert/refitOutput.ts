@@ -14,7 +14,7 @@
 import { Checkpoint, INDEX_FILE, SINGLE_FILE } from "../io/checkpoint.js";
 import { encodeFromF32 } from "../io/dtype.js";
 import { writeSafetensorsSync } from "../io/safetensors.js";
-import { chosenLinalg } from "../backends/native/linalg.js";
+import { activeLinalg } from "../backends/native/linalg.js";
 import type { Backend } from "../tensor/backend.js";
 import type { Tensor } from "../tensor/tensor.js";
 import { loadModel, LlamaModel } from "../model/llama.js";
@@ -44,7 +44,7 @@ export async function refitOutputProjections(srcDir: string, convDir: string, wi
   const progress = new Progress("refit o_proj", L * windows.length, "windows", opts.progress === undefined ? process.stderr : opts.progress);
   const result: RefitResult = { before: [], after: [] };
   const refit: Float32Array[] = [];
-  const linalg = chosenLinalg(); // the converter's float64 library, if any
+  const linalg = activeLinalg(); // the converter's float64 library, or the native CPU one
   // Each window's hidden states in the converted model, advanced one layer at a time.
   let hs = windows.map((ids) => converted.embedTokens(ids));
   for (let l = 0; l < L; l++) {

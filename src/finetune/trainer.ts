@@ -21,7 +21,8 @@ import { fmtCount, fmtTime, ProgressSink } from "../util/progress.js";
 import { loadTrainingData, microBatches } from "./data.js";
 import { activationBytes, checkFits, MicroBatch, microStep, Precision, stateBytes, trainableCount, TrainState } from "./trainState.js";
 import { defaultLr, lrAt, Schedule, ScheduleName } from "./schedule.js";
-import { checkpointBytes, checkpointDir, freeBytes, loadCheckpoint, saveCheckpoint, TrainState as RunState } from "./checkpoint.js";
+import { checkpointDir, loadCheckpoint, TrainState as RunState } from "./checkpoint.js";
+import { CheckpointKeeper } from "./checkpointKeeper.js";
 
 export interface FinetuneOptions {
   data: string[];
@@ -75,8 +76,8 @@ export interface FinetuneResult {
   out: string;
   steps: number;
   stoppedEarly: boolean;
-  /** Whether the run ended with a training checkpoint in OUT/checkpoint (false when the disk had no room for it). */
-  checkpointSaved: boolean;
+  /** The step of the training checkpoint in OUT/checkpoint at the end (null: none; the disk had no room). */
+  checkpointStep: number | null;
   tokensSeen: number;
   seconds: number;
   tokensPerSecond: number;
@@ -167,19 +168,9 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
   const checkpoint = o.checkpointActivations ?? false;
   checkFits(model, { train: trainWhat, checkpoint, fullLogits: teacher !== null }, precision, batch * (seq - 1));
   b.resetPeak?.();
-  // A 7B model's checkpoint (float32 weights and both AdamW moments) is ~80 GB: a save that cannot fit
-  // is refused up front for --save-every, and skipped with a warning elsewhere (never a half-written
-  // checkpoint, never a lost model: the final one is written after the model).
-  const params = trainableCount(model, trainable);
-  const ckBytes = checkpointBytes(params);
-  const room = () => {
-    const free = freeBytes(out);
-    return { fits: free === null || free >= ckBytes, free: free ?? 0 };
-  };
-  const gb = (n: number) => `${(n / 1e9).toFixed(1)} GB`;
-  if (o.saveEvery && !room().fits)
-    throw new MlaError("IO", `--save-every ${o.saveEvery}: a checkpoint of this run takes ${gb(ckBytes)} (float32 weights and AdamW moments of ${params.toLocaleString("en-US")} parameters), and ${out} has ${gb(room().free)} free`, "free disk space, put --out on a larger disk, or train without --save-every");
-  else if (!room().fits) log.warn(`a training checkpoint of this run takes ${gb(ckBytes)} and ${out} has ${gb(room().free)} free: the run will write its model but no checkpoint to resume or continue from`);
+  // Checked before the state is allocated; a resumed run already has a checkpoint on the disk.
+  const keeper = new CheckpointKeeper(out, trainableCount(model, trainable), log, o.resume ?? false);
+  keeper.checkAtStart(o.saveEvery);
   const state = new TrainState(model, trainable, precision);
   log.info(memoryPlan(state, batch * (seq - 1), checkpoint, teacher !== null));
   const hyper = { beta1: settings.beta1, beta2: settings.beta2, eps: settings.eps, weightDecay: settings.weightDecay };
@@ -188,6 +179,7 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
     run = loadCheckpoint(out, fingerprint, state.slotIo());
     state.loaded();
     state.step = run.step;
+    keeper.step = run.step;
     log.info(`resuming at step ${run.step}/${totalSteps}`);
   }
   const logFile = path.join(out, "train_log.jsonl");
@@ -197,15 +189,7 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
   if (valNllBefore !== null) logLine({ step: 0, val_nll: valNllBefore });
 
   const nextMicroBatch: () => MicroBatch = microBatches(data, batch, settings.seed, run);
-  const save = (what: string): boolean => {
-    const r = room();
-    if (!r.fits) {
-      log.warn(`no ${what} checkpoint: it takes ${gb(ckBytes)} and ${out} has ${gb(r.free)} free`);
-      return false;
-    }
-    saveCheckpoint(out, run, state.slotIo());
-    return true;
-  };
+  const save = (what: string) => keeper.save(run, state.slotIo(), what);
   const targetsPerStep = batch * accum * (seq - 1);
   const loss = { scale: 1 / targetsPerStep, ceWeight: 1 - distillWeight, klWeight: distillWeight, temperature, teacher, checkpoint };
   const t0 = performance.now();
@@ -213,7 +197,6 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
   let lastPrint = 0;
   let finalLoss = NaN;
   let stoppedEarly = false;
-  let checkpointSaved = false;
   const timer = new StepTimer(model.backend);
   while (run.step < totalSteps) {
     timer.start();
@@ -243,9 +226,8 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
     await new Promise((r) => setImmediate(r));
     if (o.shouldStop?.() && run.step < totalSteps) {
       stoppedEarly = true;
-      checkpointSaved = save(`step-${run.step}`);
-      if (checkpointSaved) log.info(`stopped at step ${run.step}/${totalSteps}; checkpoint saved, continue with --resume`);
-      else log.info(`stopped at step ${run.step}/${totalSteps} without a checkpoint (no room): this run cannot be resumed`);
+      save(`step-${run.step}`);
+      log.info(`stopped at step ${run.step}/${totalSteps}; ${keeper.step === null ? "no checkpoint (no disk room): this run cannot be resumed" : `--resume continues from the step-${keeper.step} checkpoint`}`);
       break;
     }
   }
@@ -258,9 +240,9 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
     logLine({ step: run.step, val_nll: valNllAfter });
     await writeModel(src.dir, out, lm.config, model);
     fs.writeFileSync(path.join(out, "finetune.json"), JSON.stringify({ source: spec, settings: { ...settings, model: src.dir }, steps: run.step, tokens: run.tokensSeen, precision, checkpoint_activations: checkpoint, params: modelParams(model), trainable_params: state.size, peak_device_bytes: model.backend.memory?.().peak ?? null, val_nll_before: valNllBefore, val_nll_after: valNllAfter, seconds, host_time_per_step: timer.summary() }, null, 2) + "\n");
-    checkpointSaved = save("final");
+    save("final");
   }
-  return { out, steps: run.step, stoppedEarly, checkpointSaved, tokensSeen: run.tokensSeen, seconds, tokensPerSecond: ((run.step - startStep) * perStep) / seconds, valNllBefore, valNllAfter, finalLoss, precision };
+  return { out, steps: run.step, stoppedEarly, checkpointStep: keeper.step, tokensSeen: run.tokensSeen, seconds, tokensPerSecond: ((run.step - startStep) * perStep) / seconds, valNllBefore, valNllAfter, finalLoss, precision };
 }
 
 /**

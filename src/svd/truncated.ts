@@ -9,15 +9,7 @@
  */
 import { EigenvalueDecomposition, Matrix } from "ml-matrix";
 import { MlaError } from "../errors.js";
-import { nativeLinalg } from "../backends/native/cpu.js";
-import { chosenLinalg, type FusedFactors } from "../backends/native/linalg.js";
-
-/** The route chosen for this process (CUDA when converting on the GPU), else the native CPU routines unless disabled (tests compare both routes). */
-function native() {
-  const c = chosenLinalg();
-  if (c !== undefined) return c;
-  return process.env["MHA2MLA_SKIP_NATIVE_LINALG"] ? null : nativeLinalg();
-}
+import { activeLinalg as native, type FusedFactors } from "../backends/native/linalg.js";
 
 export interface Factors {
   /** [k, N] row-major. */

@@ -526,12 +526,15 @@ test("cuDNN attention route: forward and backward equal the reference; its saved
   t.diagnostic(`cuDNN ${version}`);
   const arr = seededRand(11, Float32Array);
   const rel = relativeError;
+  // Nested calls restore the route around them (an inner "fused" must not leave the outer block on the default).
   const withRoute = <T>(route: string, f: () => T): T => {
+    const before = process.env["MHA2MLA_CUDA_ATTENTION"];
     process.env["MHA2MLA_CUDA_ATTENTION"] = route;
     try {
       return f();
     } finally {
-      delete process.env["MHA2MLA_CUDA_ATTENTION"];
+      if (before === undefined) delete process.env["MHA2MLA_CUDA_ATTENTION"];
+      else process.env["MHA2MLA_CUDA_ATTENTION"] = before;
     }
   };
   // [sequences, T, S, H, Hkv, Dh, Dv, query offset, window, cuDNN takes it]
@@ -561,6 +564,12 @@ test("cuDNN attention route: forward and backward equal the reference; its saved
         const fused = withRoute("fused", () => B.attentionBackward(Q, K, V, D, opts, trained.saved!));
         const fusedOwn = withRoute("fused", () => B.attentionBackward(Q, K, V, D, opts));
         for (const n of ["dq", "dk", "dv"] as const) assert.deepEqual(fused[n].toArray(), fusedOwn[n].toArray(), `${label} ${n}: another route's statistics are not read`);
+        // The default route: cuDNN for a training forward (its statistics kept), our fused kernels for an
+        // inference forward (every case here has head dims they take), each bit for bit.
+        const byDefault = withRoute("default", () => ({ trained: B.attentionForTraining!(Q, K, V, opts), inference: B.attention(Q, K, V, opts) }));
+        assert.equal(byDefault.trained.saved?.kind, 2, `${label}: the default training forward is cuDNN's`);
+        assert.deepEqual(byDefault.trained.o.toArray(), o, `${label}: the default training forward equals cuDNN's`);
+        assert.deepEqual(byDefault.inference.toArray(), withRoute("fused", () => B.attention(Q, K, V, opts)).toArray(), `${label}: the default inference forward is the fused kernels'`);
       }
     });
   }

@@ -8,6 +8,8 @@ import { convert } from "../../src/convert/pipeline.js";
 import { finetune, FinetuneOptions } from "../../src/finetune/trainer.js";
 import { defaultLr, lrAt, parseSchedule } from "../../src/finetune/schedule.js";
 import { AdamW, clipGradients } from "../../src/finetune/optimizer.js";
+import { checkpointBytes } from "../../src/finetune/checkpoint.js";
+import { CheckpointKeeper } from "../../src/finetune/checkpointKeeper.js";
 import { loadModel } from "../../src/model/llama.js";
 import { FIXTURES, MODELS, ROOT, tmpDir, waitFor } from "../helpers.js";
 
@@ -105,12 +107,12 @@ test("a checkpoint that cannot fit on the disk: --save-every is refused before t
     const warnings: string[] = [];
     const logger = { info: () => {}, warn: (m: string) => warnings.push(m) };
     const refusedOut = path.join(tmpDir(), "refused");
-    await assert.rejects(finetune(model, { ...common, out: refusedOut, saveEvery: 1, logger }), (e: Error) => e instanceof MlaError && /--save-every 1: a checkpoint of this run takes .* GB .* has 0\.0 GB free/.test(e.message) && /hint: free disk space/.test(e.message));
+    await assert.rejects(finetune(model, { ...common, out: refusedOut, saveEvery: 1, logger }), (e: Error) => e instanceof MlaError && /--save-every 1: a training checkpoint of this run takes .* GB .* beside the last .* has 0\.0 GB free/.test(e.message) && /hint: free disk space/.test(e.message));
     assert.ok(!fs.existsSync(path.join(refusedOut, "model.safetensors")) && !fs.existsSync(path.join(refusedOut, "train_log.jsonl")), "refused before training");
     const out = path.join(tmpDir(), "nocheckpoint");
     const r = await finetune(model, { ...common, out, logger });
     assert.equal(r.steps, 2);
-    assert.equal(r.checkpointSaved, false);
+    assert.equal(r.checkpointStep, null);
     assert.ok(fs.existsSync(path.join(out, "model.safetensors")) && fs.existsSync(path.join(out, "finetune.json")), "the trained model is written");
     assert.ok(!fs.existsSync(path.join(out, "checkpoint")), "no checkpoint");
     assert.ok(warnings.some((w) => /the run will write its model but no checkpoint/.test(w)), `warned up front: ${warnings.join("; ")}`);
@@ -178,4 +180,29 @@ test("a NaN loss stops training with a clear error", async () => {
   new DataView(norm.data.buffer, norm.data.byteOffset).setFloat32(0, NaN, true);
   writeSafetensorsSync(file, tensors, { format: "pt" });
   await assert.rejects(finetune(model, { data: [DATA], out: path.join(tmpDir(), "nan"), tokens: 2 * 4 * 64, seq: 64, batch: 4, valFraction: 0, progress: null }), (e: Error) => e instanceof MlaError && /training diverged at step 1: loss NaN/.test(e.message) && /hint:/.test(e.message));
+});
+
+test("checkpoint room: --save-every needs room for two checkpoints (the new one is written beside the last), a resumed run for one; a skipped save names the checkpoint that stays", () => {
+  const out = tmpDir();
+  const warnings: string[] = [];
+  const log = { info: () => {}, warn: (m: string) => warnings.push(m) };
+  const slots = { paths: ["w"], sizes: [10], read: () => new Float32Array(10), write: () => {} };
+  const state = (step: number) => ({ format: 1 as const, step, epoch: 0, cursor: 0, tokensSeen: 0, fingerprint: "f", settings: {} });
+  const one = checkpointBytes(10);
+  process.env["MHA2MLA_TEST_FREE_BYTES"] = String(Math.round(1.5 * one));
+  try {
+    assert.throws(() => new CheckpointKeeper(out, 10, log, false).checkAtStart(5), (e: Error) => e instanceof MlaError && /beside the last/.test(e.message));
+    assert.doesNotThrow(() => new CheckpointKeeper(out, 10, log, true).checkAtStart(5), "a resumed run has its checkpoint on the disk already");
+    const keeper = new CheckpointKeeper(out, 10, log, false);
+    keeper.checkAtStart(undefined); // one fits: no warning
+    assert.equal(warnings.length, 0);
+    assert.equal(keeper.save(state(3), slots, "step-3"), true);
+    assert.equal(keeper.step, 3);
+    process.env["MHA2MLA_TEST_FREE_BYTES"] = "1000";
+    assert.equal(keeper.save(state(6), slots, "step-6"), false);
+    assert.equal(keeper.step, 3);
+    assert.match(warnings[0]!, /no step-6 checkpoint: .* keeps step 3/);
+  } finally {
+    delete process.env["MHA2MLA_TEST_FREE_BYTES"];
+  }
 });

@@ -224,6 +224,15 @@ export interface GpuMemory {
   total: number;
 }
 
+/** The values MHA2MLA_CUDA_ATTENTION takes (native/cuda/context.cu reads it at every call; "default" = unset). */
+export const CUDA_ATTENTION_ROUTES = ["default", "cudnn", "fused", "gemm", "flash", "rows"] as const;
+
+/** A misspelt route would silently run the default one: refuse it when the backend starts. */
+export function checkAttentionRoute(value: string | undefined): void {
+  if (value === undefined || value === "" || (CUDA_ATTENTION_ROUTES as readonly string[]).includes(value)) return;
+  throw new MlaError("BAD_ARGUMENT", `MHA2MLA_CUDA_ATTENTION=${value} is not an attention route`, `use one of ${CUDA_ATTENTION_ROUTES.join(", ")}, or unset it`);
+}
+
 export class CudaBackend implements Backend {
   readonly name = "cuda";
   readonly batchedAttention = true;
@@ -239,6 +248,7 @@ export class CudaBackend implements Backend {
   private waited = 0;
 
   constructor(readonly lib: CudaLib) {
+    checkAttentionRoute(process.env["MHA2MLA_CUDA_ATTENTION"]);
     this.registry = new FinalizationRegistry((h) => lib.free(h));
     this.gcEvery = Math.max(256 << 20, Math.floor(this.memory().total / 8));
     this.training = cudaTraining(this);
@@ -294,17 +304,23 @@ export class CudaBackend implements Backend {
   hostWaitMs(): number {
     // The library's own waits too: when the host runs far enough ahead, staging a small table waits
     // for a pinned slot the GPU is still copying from.
-    return this.waited + (this.lib.fns["hostWaitMs"]!() as number);
+    return this.waited + this.libraryWaitMs();
   }
 
   /** Runs a library call that waits for the device, counting the wait. */
   blocking<T>(fn: () => T): T {
     const t0 = performance.now();
+    const lib0 = this.libraryWaitMs();
     try {
       return fn();
     } finally {
-      this.waited += performance.now() - t0;
+      // A wait the library counted itself inside the call (a staging slot) is not counted twice.
+      this.waited += performance.now() - t0 - (this.libraryWaitMs() - lib0);
     }
+  }
+
+  private libraryWaitMs(): number {
+    return this.lib.fns["hostWaitMs"]!() as number;
   }
 
   /** Runs a raw library call, turning a failure into an MlaError naming `op`. */

@@ -3,6 +3,8 @@
  * served by the native CPU library or the CUDA library. `useLinalg` picks the route for the process
  * (the conversion sets it from --device); null means the TypeScript route (ml-matrix).
  */
+import { nativeLinalg } from "./cpu.js";
+
 export interface Linalg {
   readonly name: string;
   /** G[N,N] = AᵀA for A[M,N]. */
@@ -38,4 +40,14 @@ export function useLinalg(l: Linalg | null | undefined): void {
 
 export function chosenLinalg(): Linalg | null | undefined {
   return chosen;
+}
+
+/**
+ * The float64 routines to use now: the converter's choice for this process (CUDA when converting on
+ * the GPU, null for TypeScript), else the native CPU library unless MHA2MLA_SKIP_NATIVE_LINALG is set
+ * (tests compare both routes), else null.
+ */
+export function activeLinalg(): Linalg | null {
+  if (chosen !== undefined) return chosen;
+  return process.env["MHA2MLA_SKIP_NATIVE_LINALG"] ? null : (nativeLinalg() ?? null);
 }

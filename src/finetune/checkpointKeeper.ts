@@ -1,0 +1,54 @@
+/**
+ * When a run saves its training checkpoint, given the disk. A 7B model's checkpoint (float32 weights
+ * and both AdamW moments) is ~80 GB, and a save writes the new one beside the old before replacing it:
+ * a run with --save-every needs room for two. A run that cannot keep one is refused up front when
+ * checkpoints were asked for (--save-every), and otherwise told at the start and at each save that
+ * it is skipped; a skipped save never leaves a half-written checkpoint, and the one already there
+ * stays (its step is known, so a stop can say where --resume would continue).
+ */
+import { MlaError } from "../errors.js";
+import type { Logger } from "../util/log.js";
+import { checkpointBytes, freeBytes, saveCheckpoint, StateSlots, TrainState } from "./checkpoint.js";
+
+const gb = (n: number) => `${(n / 1e9).toFixed(1)} GB`;
+
+export class CheckpointKeeper {
+  private readonly bytes: number;
+  /** The step of the checkpoint in OUT/checkpoint now (null: none). */
+  step: number | null;
+
+  /** `params`: trainable parameters; `resuming`: OUT holds a checkpoint already (its step is set once read). */
+  constructor(private readonly out: string, private readonly params: number, private readonly log: Logger, private readonly resuming: boolean) {
+    this.bytes = checkpointBytes(params);
+    this.step = null;
+  }
+
+  /** Free bytes in OUT (Infinity where the platform cannot say). */
+  private free(): number {
+    return freeBytes(this.out) ?? Infinity;
+  }
+
+  /** Refuses --save-every without room for its checkpoints; warns a run that will end without one. */
+  checkAtStart(saveEvery: number | undefined): void {
+    // Without a checkpoint yet, the second save needs room beside the first.
+    const need = !this.resuming && saveEvery ? 2 * this.bytes : this.bytes;
+    const free = this.free();
+    if (free >= need) return;
+    const what = `a training checkpoint of this run takes ${gb(this.bytes)} (float32 weights and AdamW moments of ${this.params.toLocaleString("en-US")} parameters)`;
+    if (saveEvery) throw new MlaError("IO", `--save-every ${saveEvery}: ${what}, a save writes the new one beside the last (${gb(need)} in all), and ${this.out} has ${gb(free)} free`, "free disk space, put --out on a larger disk, or train without --save-every");
+    this.log.warn(`${what} and ${this.out} has ${gb(free)} free: the run will write its model but no checkpoint to resume or continue from`);
+  }
+
+  /** Saves `state` at its step unless the disk has no room; says which checkpoint stays when it has none. */
+  save(state: TrainState, slots: StateSlots, what: string): boolean {
+    const free = this.free();
+    if (free < this.bytes) {
+      const kept = this.step === null ? "" : `; ${this.out}/checkpoint keeps step ${this.step}`;
+      this.log.warn(`no ${what} checkpoint: it takes ${gb(this.bytes)} and ${this.out} has ${gb(free)} free${kept}`);
+      return false;
+    }
+    saveCheckpoint(this.out, state, slots);
+    this.step = state.step;
+    return true;
+  }
+}
