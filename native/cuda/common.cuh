@@ -53,7 +53,8 @@ struct DevMem {
 mla_status dev_alloc(DevMem& m, size_t bytes, const char* what);
 // Which route T > 1 attention takes, from MHA2MLA_CUDA_ATTENTION (read at every call, so a benchmark or
 // test compares them in one process): unset (Auto), cuDNN for training forwards and backwards, our
-// fused kernels for inference forwards where they take the head dims; cudnn, cuDNN's fused attention
+// fused kernels for inference forwards where they take the head dims (else cuDNN where it takes the
+// problem, else the chunked GEMMs); cudnn, cuDNN's fused attention
 // where this build has cuDNN and it takes the problem (bf16, causal), else as fused; fused, our tensor-core kernels where
 // they take the inputs (bf16 and their head dims) and the chunked GEMMs elsewhere; gemm, the chunked
 // GEMMs always; flash and rows, the older float32 kernels of kernels.cu (one fused block per query
