@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # GPU evaluation (prefill) throughput: `mha2mla eval` of a bf16 synth model of ARCH (LAYERS layers, all
 # when empty) and of its MLA conversion (R 4 uniform, rank RANK) at context CTX, windows batched, on
-# each attention route of ROUTES (default "fused cudnn gemm": the fused tensor-core kernels, cuDNN's
-# fused attention where the CUDA library was built with it, the cuBLAS chunks; each run names its
+# each attention route of ROUTES (default "default fused cudnn gemm": what runs unset, the fused
+# tensor-core kernels, cuDNN's fused attention where the CUDA library was built with it, the cuBLAS
+# chunks; each run names its
 # route, so an MHA2MLA_CUDA_ATTENTION in the caller's environment does not relabel a row), beside
 # bench/eval_torch.py (HF Llama, bf16, SDPA; batch 1 and batch 8) in the same run.
 # Usage: [ROUTES=…] bash bench/eval-gpu.sh [WORKDIR] [ARCH] [LAYERS] [CTX] [WINDOWS] [TEXT] [RANK]
@@ -18,7 +19,7 @@ cp fixtures/models/stories260K/tokenizer.json fixtures/models/stories260K/tokeni
 [ -f "$M-mla/config.json" ] || $CLI convert "$M" --device cuda --rank "$RANK" --rope-pairs 4 --rope-strategy uniform --out "$M-mla" --force > /dev/null 2>&1
 echo "$(date -u +%F), $(nvidia-smi --query-gpu=name --format=csv,noheader), $ARCH${LAYERS:+ ($LAYERS layers)}, ctx $CTX, $WINDOWS windows"
 for model in "$M" "$M-mla"; do
-  for route in ${ROUTES:-fused cudnn gemm}; do
+  for route in ${ROUTES:-default fused cudnn gemm}; do
     if [ "$route" = cudnn ] && ! grep -q cuDNN build/native/libmla_cuda.so.json 2>/dev/null; then echo "{\"tool\":\"mha2mla\",\"attention\":\"cudnn\",\"skipped\":\"this build has no cuDNN route\"}"; continue; fi
     name=$(basename "$model")-$route
     env MHA2MLA_CUDA_ATTENTION="$route" $CLI eval "$model" --device cuda --text "$TEXT" --ctx "$CTX" --tokens $(((CTX - 1) * WINDOWS)) --json "$W/eval-$name.json" > /dev/null 2> "$W/eval-$name.err" || { tail -3 "$W/eval-$name.err"; continue; }
