@@ -6,7 +6,8 @@
 # chunks; each run names its
 # route, so an MHA2MLA_CUDA_ATTENTION in the caller's environment does not relabel a row), beside
 # bench/eval_torch.py (HF Llama, bf16, SDPA; batch 1 and batch 8) in the same run.
-# Usage: [ROUTES=…] bash bench/eval-gpu.sh [WORKDIR] [ARCH] [LAYERS] [CTX] [WINDOWS] [TEXT] [RANK]
+# BATCH: windows per forward (eval --batch; default eval's own choice).
+# Usage: [ROUTES=…] [BATCH=…] bash bench/eval-gpu.sh [WORKDIR] [ARCH] [LAYERS] [CTX] [WINDOWS] [TEXT] [RANK]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 W=${1:-/tmp/mha2mla-eval}; ARCH=${2:-smollm-135m}; LAYERS=${3:-}; CTX=${4:-2048}; WINDOWS=${5:-32}
@@ -22,7 +23,7 @@ for model in "$M" "$M-mla"; do
   for route in ${ROUTES:-default fused cudnn gemm}; do
     if [ "$route" = cudnn ] && ! grep -q cuDNN build/native/libmla_cuda.so.json 2>/dev/null; then echo "{\"tool\":\"mha2mla\",\"attention\":\"cudnn\",\"skipped\":\"this build has no cuDNN route\"}"; continue; fi
     name=$(basename "$model")-$route
-    env MHA2MLA_CUDA_ATTENTION="$route" $CLI eval "$model" --device cuda --text "$TEXT" --ctx "$CTX" --tokens $(((CTX - 1) * WINDOWS)) --json "$W/eval-$name.json" > /dev/null 2> "$W/eval-$name.err" || { tail -3 "$W/eval-$name.err"; continue; }
+    env MHA2MLA_CUDA_ATTENTION="$route" $CLI eval "$model" --device cuda --text "$TEXT" --ctx "$CTX" --tokens $(((CTX - 1) * WINDOWS)) ${BATCH:+--batch "$BATCH"} --json "$W/eval-$name.json" > /dev/null 2> "$W/eval-$name.err" || { tail -3 "$W/eval-$name.err"; continue; }
     node -e "const j=require('$W/eval-$name.json'); const r=Array.isArray(j)?j[0]:j; console.log(JSON.stringify({tool:'mha2mla', model:'$(basename "$model")', attention:'$route', ctx:$CTX, tokens:r.tokens, seconds:r.seconds, tokens_per_s:+r.tokens_per_second.toFixed(1), nll:r.nll}))"
   done
 done

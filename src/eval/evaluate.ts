@@ -35,6 +35,8 @@ export interface EvalOptions {
   label?: string;
   /** Score perplexity as a decode cache of this type would serve the keys/values (MLA: rope keys and latents). */
   kvCache?: KvCacheDtype;
+  /** Perplexity windows scored per forward (default: as many as fit, up to 16, where attention is batched; else 1). */
+  batch?: number;
 }
 
 export interface TaskScore {
@@ -104,7 +106,7 @@ export async function evaluate(spec: string, opts: EvalOptions): Promise<EvalRes
   if (text !== null) {
     const ids = tokenizeForEval(lm.tokenizer, text, opts.tokens);
     if (opts.tokens !== undefined && ids.length < opts.tokens) log.warn(`${opts.text} holds only ${ids.length} tokens, fewer than --tokens ${opts.tokens}: scoring all of them`);
-    const r = await perplexity(lm.model, ids, { ctx: opts.ctx ?? 256, progress: opts.progress, kvCache: opts.kvCache });
+    const r = await perplexity(lm.model, ids, { ctx: opts.ctx ?? 256, progress: opts.progress, kvCache: opts.kvCache, batch: opts.batch });
     Object.assign(result, { text: path.resolve(opts.text!), ctx: r.ctx, tokens: r.tokens, windows: r.windows, nll: r.nll, ppl: r.ppl, tokens_per_second: r.tokens / r.seconds });
   }
   if (opts.tasks?.length) {

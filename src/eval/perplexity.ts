@@ -41,7 +41,7 @@ export interface PerplexityOptions {
   progress?: ProgressSink | null;
   /**
    * Windows scored per forward (full-length windows stacked as one micro-batch). Default: on a
-   * backend with batched attention (CUDA) as many as keep the float32 logits within 2 GiB and an
+   * backend with batched attention (CUDA) as many as keep the float32 logits within 8 GiB and an
    * eighth of the free device memory, at most 16; elsewhere 1.
    */
   batch?: number;
@@ -56,14 +56,16 @@ export interface PerplexityOptions {
 
 /**
  * Windows per forward: 1 without batched attention; else as many as keep the float32 logits within
- * 2 GiB and within an eighth of the free device memory (a window's other live activations are of the
- * same order as its logits at Llama shapes), at most 16.
+ * 8 GiB and within an eighth of the free device memory (a window's other live activations are of the
+ * same order as its logits at Llama shapes), at most 16. A forward's host work is paid per forward, so
+ * fewer, larger forwards (HF's evaluation peer runs 8 windows at once; a 2 GiB cap gave 5 windows of
+ * 2k tokens at smollm's 49k vocabulary) keep a small model's evaluation from being host-bound.
  */
 function defaultBatch(model: LlamaModel, stride: number): number {
   const b = model.backend;
   if (!b.batchedAttention) return 1;
   const logitBytes = 4 * stride * model.config.vocabSize;
-  const budget = Math.min(2 ** 31, (b.memory?.().free ?? 2 ** 34) / 8);
+  const budget = Math.min(2 ** 33, (b.memory?.().free ?? 2 ** 34) / 8);
   return Math.max(1, Math.min(16, Math.floor(budget / logitBytes)));
 }
 
@@ -76,7 +78,7 @@ export async function perplexity(model: LlamaModel, ids: Int32Array, opts: Perpl
   const stride = ctx - 1;
   const windows = Math.ceil(ids.length / stride);
   const batch = opts.batch ?? defaultBatch(model, stride);
-  if (!Number.isInteger(batch) || batch < 1) throw new MlaError("BAD_ARGUMENT", `perplexity batch ${batch}`, "score at least one window per forward");
+  if (!Number.isInteger(batch) || batch < 1) throw new MlaError("BAD_ARGUMENT", `--batch ${batch}: the windows scored per forward must be a positive integer`, "pass e.g. --batch 8, or leave it out for the default");
   const bf16 = opts.bf16 ?? model.weights.layers[0]?.gate.dtype === "bf16";
   const progress = new Progress("eval", ids.length, "tok", opts.progress === undefined ? process.stderr : opts.progress);
   const t0 = performance.now();

@@ -3,6 +3,7 @@ import path from "node:path";
 import { test } from "node:test";
 import { perplexity, readText, tokenizeForEval } from "../../src/eval/perplexity.js";
 import { loadModel } from "../../src/model/llama.js";
+import { evaluate } from "../../src/eval/evaluate.js";
 import { MlaError } from "../../src/errors.js";
 import { convertFixture } from "../convert/helpers.js";
 import { FIXTURES, MODELS } from "../helpers.js";
@@ -27,5 +28,12 @@ test("perplexity: windows batched per forward give the same NLL as one window pe
 
 test("perplexity: a batch below 1 is refused", async () => {
   const lm = loadModel(path.join(MODELS, "stories260K"));
-  await assert.rejects(perplexity(lm.model, Int32Array.from([5, 6, 7]), { ctx: 8, progress: null, batch: 0 }), (e: unknown) => e instanceof MlaError && /batch/.test(e.message));
+  await assert.rejects(perplexity(lm.model, Int32Array.from([5, 6, 7]), { ctx: 8, progress: null, batch: 0 }), (e: unknown) => e instanceof MlaError && /--batch 0: the windows scored per forward must be a positive integer/.test(e.message));
+});
+
+test("eval --batch reaches perplexity: the same NLL at 1 and 4 windows per forward", async () => {
+  const args = { text: path.join(FIXTURES, "text", "tinystories.txt"), ctx: 64, tokens: 1000, progress: null };
+  const [one, four] = [await evaluate(path.join(MODELS, "stories260K"), { ...args, batch: 1 }), await evaluate(path.join(MODELS, "stories260K"), { ...args, batch: 4 })];
+  assert.ok(Math.abs(one.nll! - four.nll!) < 1e-9, `${one.nll} vs ${four.nll}`);
+  await assert.rejects(evaluate(path.join(MODELS, "stories260K"), { ...args, batch: 1.5 }), (e: unknown) => e instanceof MlaError && /--batch 1\.5/.test(e.message));
 });
