@@ -113,6 +113,11 @@ function positive(name: string, v: number, integer = false): number {
   return v;
 }
 
+/** Bytes of the weight files of the checkpoint in `dir` (the trained model is written in the same dtypes). */
+function weightFileBytes(dir: string): number {
+  return fs.readdirSync(dir).filter((f) => f.endsWith(".safetensors")).reduce((n, f) => n + fs.statSync(path.join(dir, f)).size, 0);
+}
+
 /** Elements of every tensor of the checkpoint in `dir` (from the safetensors headers; nothing is read). */
 function parameterCount(dir: string): number {
   const ck = Checkpoint.open(dir);
@@ -169,7 +174,7 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
   checkFits(model, { train: trainWhat, checkpoint, fullLogits: teacher !== null }, precision, batch * (seq - 1));
   b.resetPeak?.();
   // Checked before the state is allocated; a resumed run already has a checkpoint on the disk.
-  const keeper = new CheckpointKeeper(out, trainableCount(model, trainable), log, o.resume ?? false);
+  const keeper = new CheckpointKeeper(out, trainableCount(model, trainable), weightFileBytes(src.dir), log, o.resume ?? false);
   keeper.checkAtStart(o.saveEvery);
   const state = new TrainState(model, trainable, precision);
   log.info(memoryPlan(state, batch * (seq - 1), checkpoint, teacher !== null));

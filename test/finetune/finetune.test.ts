@@ -99,15 +99,20 @@ test("resume equality: 20 steps straight = 10 steps, kill -9, --resume 10 steps 
   assert.deepEqual(fs.readFileSync(path.join(killed, "model.safetensors")), fs.readFileSync(path.join(straight, "model.safetensors")), "same final weights");
 });
 
-test("a checkpoint that cannot fit on the disk: --save-every is refused before training; otherwise the model is written and the final checkpoint skipped with a warning", async () => {
+test("disk room: a model that cannot be written is refused before training; so is --save-every without room for its checkpoints; otherwise the model is written and the final checkpoint skipped with a warning", async () => {
   const model = await convertedModel();
   const common = { data: [DATA], tokens: 2 * 4 * 64, seq: 64, batch: 4, progress: null };
+  const modelBytes = fs.statSync(path.join(model, "model.safetensors")).size;
   process.env["MHA2MLA_TEST_FREE_BYTES"] = "1000";
   try {
+    const noRoom = path.join(tmpDir(), "noroom");
+    await assert.rejects(finetune(model, { ...common, out: noRoom }), (e: Error) => e instanceof MlaError && /the trained model will take .* GB .* has 0\.0 GB free/.test(e.message) && /refused before training/.test(e.message));
+    assert.ok(!fs.existsSync(path.join(noRoom, "train_log.jsonl")), "refused before training");
+    process.env["MHA2MLA_TEST_FREE_BYTES"] = String(modelBytes + 1000); // the model fits, no checkpoint does
     const warnings: string[] = [];
     const logger = { info: () => {}, warn: (m: string) => warnings.push(m) };
     const refusedOut = path.join(tmpDir(), "refused");
-    await assert.rejects(finetune(model, { ...common, out: refusedOut, saveEvery: 1, logger }), (e: Error) => e instanceof MlaError && /--save-every 1: a training checkpoint of this run takes .* GB .* beside the last .* has 0\.0 GB free/.test(e.message) && /hint: free disk space/.test(e.message));
+    await assert.rejects(finetune(model, { ...common, out: refusedOut, saveEvery: 1, logger }), (e: Error) => e instanceof MlaError && /--save-every 1: a training checkpoint of this run takes .* GB .* beside the last, and the model takes .* GB free/.test(e.message) && /hint: free disk space/.test(e.message));
     assert.ok(!fs.existsSync(path.join(refusedOut, "model.safetensors")) && !fs.existsSync(path.join(refusedOut, "train_log.jsonl")), "refused before training");
     const out = path.join(tmpDir(), "nocheckpoint");
     const r = await finetune(model, { ...common, out, logger });
@@ -191,9 +196,10 @@ test("checkpoint room: --save-every needs room for two checkpoints (the new one 
   const one = checkpointBytes(10);
   process.env["MHA2MLA_TEST_FREE_BYTES"] = String(Math.round(1.5 * one));
   try {
-    assert.throws(() => new CheckpointKeeper(out, 10, log, false).checkAtStart(5), (e: Error) => e instanceof MlaError && /beside the last/.test(e.message));
-    assert.doesNotThrow(() => new CheckpointKeeper(out, 10, log, true).checkAtStart(5), "a resumed run has its checkpoint on the disk already");
-    const keeper = new CheckpointKeeper(out, 10, log, false);
+    assert.throws(() => new CheckpointKeeper(out, 10, 0, log, false).checkAtStart(5), (e: Error) => e instanceof MlaError && /beside the last/.test(e.message));
+    assert.doesNotThrow(() => new CheckpointKeeper(out, 10, 0, log, true).checkAtStart(5), "a resumed run has its checkpoint on the disk already");
+    assert.throws(() => new CheckpointKeeper(out, 10, 2 * one, log, true).checkAtStart(undefined), (e: Error) => e instanceof MlaError && /the trained model will take/.test(e.message));
+    const keeper = new CheckpointKeeper(out, 10, 0, log, false);
     keeper.checkAtStart(undefined); // one fits: no warning
     assert.equal(warnings.length, 0);
     assert.equal(keeper.save(state(3), slots, "step-3"), true);
