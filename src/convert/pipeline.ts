@@ -22,6 +22,7 @@ import { chosenLinalg, useLinalg } from "../backends/native/linalg.js";
 import { calibrate, calibrationWindows, CalibrationStats } from "../ropeSelect/calibrate.js";
 import { loadTokenizer } from "../io/tokenizer.js";
 import { describeRefit, refitOutputProjections, refitRecord, RefitResult } from "./refitOutput.js";
+import { requireRoom, weightFileBytes } from "../io/diskRoom.js";
 import { disjointPairs, fixedPairs, pairPreferences, RopeStrategy, topPairs, twoNormScores } from "../ropeSelect/strategies.js";
 import { covarianceRoots } from "../svd/truncated.js";
 import { readText } from "../eval/perplexity.js";
@@ -85,6 +86,8 @@ export async function convert(spec: string, opts: ConvertOptions): Promise<Conve
     if (opts.dryRun) return { out: null, plan, selection: null, energy: [], timings, report: null };
     const out = path.resolve(opts.out ?? defaultOut(spec, settings.rank));
     checkOutDir(out, srcDir, opts.force ?? false);
+    // The converted model is at most its source's size (smaller attention; EG-MLA's gate is small).
+    requireRoom(out, weightFileBytes(srcDir), "the converted model");
 
     let stats: CalibrationStats | null = null;
     let windows: Int32Array[] = [];

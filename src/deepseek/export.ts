@@ -27,6 +27,7 @@ import { evaluate } from "../eval/evaluate.js";
 import { deepseekLayer, FrequencyPca, frequencyPca, ladder, ladderScores, validSpacings } from "./layer.js";
 import { servingWarnings } from "./serving.js";
 import { describeRefit, refitOutputProjections, refitRecord } from "../convert/refitOutput.js";
+import { requireRoom, weightFileBytes } from "../io/diskRoom.js";
 import { deepseekSpecs, planTensors, writePlanned } from "./stream.js";
 
 export interface DeepseekOptions extends DeepseekEvalOptions {
@@ -150,6 +151,7 @@ export async function convertDeepseek(spec: string, o: DeepseekOptions): Promise
   if (o.dryRun) return { out: null, ropeDim: dr, kvLoraRank: rk, ropeTheta: c.rope.theta, spacing: 0, kvPerToken, energy: [], eval: null };
   const out = path.resolve(o.out ?? defaultOut(spec, o.rank, "deepseek"));
   checkOutDir(out, srcDir, o.force ?? false);
+  requireRoom(out, weightFileBytes(srcDir), "the converted model");
 
   const src = Checkpoint.open(srcDir);
   let tmp: string | null = null;

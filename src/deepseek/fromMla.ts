@@ -18,6 +18,7 @@
 import fs from "node:fs";
 import path from "node:path";
 import { MlaError } from "../errors.js";
+import { requireRoom, weightFileBytes } from "../io/diskRoom.js";
 import { abandonOutDir, beginOutDir, commitOutDir } from "../io/atomicDir.js";
 import { Checkpoint, copyModelSideFiles } from "../io/checkpoint.js";
 import type { DType } from "../io/dtype.js";
@@ -181,6 +182,8 @@ export async function exportDeepseek(spec: string, o: ExportOptions = {}): Promi
   log.info(`export: shared rope key of ${dr} dims (frequencies ${spacing}·k, k < ${ladder.slots}; ${G * a.ropePairs} used per layer), kv_lora_rank ${rk} (1 constant channel): ${kvPerToken.after} cached values per token and layer, ours ${kvPerToken.before}`);
   const out = path.resolve(o.out ?? `${path.basename(srcDir)}-deepseek`);
   checkOutDir(out, srcDir, o.force ?? false);
+  // The export adds one latent channel and a shared rope key per layer: a little over the source.
+  requireRoom(out, 1.05 * weightFileBytes(srcDir), "the exported model");
   const src = Checkpoint.open(srcDir);
   let tmp: string | null = null;
   try {

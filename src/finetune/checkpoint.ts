@@ -42,19 +42,6 @@ export function checkpointBytes(params: number): number {
   return 12 * params + (1 << 20);
 }
 
-/** Bytes free to this user on the file system holding `dir`; null where the platform cannot say. */
-export function freeBytes(dir: string): number | null {
-  // Test hook: a disk this small, so the tests reach the no-room paths.
-  const forced = process.env["MHA2MLA_TEST_FREE_BYTES"];
-  if (forced !== undefined) return Number(forced);
-  try {
-    const s = fs.statfsSync(dir);
-    return Number(s.bavail) * Number(s.bsize);
-  } catch {
-    return null;
-  }
-}
-
 export function checkpointDir(out: string): string {
   return path.join(out, "checkpoint");
 }

@@ -10,9 +10,8 @@
  */
 import { MlaError } from "../errors.js";
 import type { Logger } from "../util/log.js";
-import { checkpointBytes, freeBytes, saveCheckpoint, StateSlots, TrainState } from "./checkpoint.js";
-
-const gb = (n: number) => `${(n / 1e9).toFixed(1)} GB`;
+import { freeBytes, gigabytes as gb } from "../io/diskRoom.js";
+import { checkpointBytes, saveCheckpoint, StateSlots, TrainState } from "./checkpoint.js";
 
 export class CheckpointKeeper {
   private readonly bytes: number;

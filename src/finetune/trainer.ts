@@ -23,6 +23,7 @@ import { activationBytes, checkFits, MicroBatch, microStep, Precision, stateByte
 import { defaultLr, lrAt, Schedule, ScheduleName } from "./schedule.js";
 import { checkpointDir, loadCheckpoint, TrainState as RunState } from "./checkpoint.js";
 import { CheckpointKeeper } from "./checkpointKeeper.js";
+import { weightFileBytes } from "../io/diskRoom.js";
 
 export interface FinetuneOptions {
   data: string[];
@@ -111,11 +112,6 @@ export const FINETUNE_DEFAULTS = {
 function positive(name: string, v: number, integer = false): number {
   if (!Number.isFinite(v) || v <= 0 || (integer && !Number.isInteger(v))) throw new MlaError("BAD_ARGUMENT", `--${name} ${v} must be a positive ${integer ? "integer" : "number"}`, `pass e.g. --${name} ${integer ? 16 : 0.001}`);
   return v;
-}
-
-/** Bytes of the weight files of the checkpoint in `dir` (the trained model is written in the same dtypes). */
-function weightFileBytes(dir: string): number {
-  return fs.readdirSync(dir).filter((f) => f.endsWith(".safetensors")).reduce((n, f) => n + fs.statSync(path.join(dir, f)).size, 0);
 }
 
 /** Elements of every tensor of the checkpoint in `dir` (from the safetensors headers; nothing is read). */

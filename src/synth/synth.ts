@@ -7,6 +7,7 @@
 import fs from "node:fs";
 import path from "node:path";
 import { MlaError } from "../errors.js";
+import { requireRoom } from "../io/diskRoom.js";
 import { beginOutDir, commitOutDir, abandonOutDir } from "../io/atomicDir.js";
 import { CheckpointWriter } from "../io/checkpoint.js";
 import { Checkpoint } from "../io/checkpoint.js";
@@ -121,6 +122,7 @@ export async function synth(opts: SynthOptions): Promise<SynthResult> {
   const ones = encodeFromF32(dtype, new Float32Array(CHUNK_ELEMS).fill(1));
   const zeros = new Uint8Array(CHUNK_ELEMS * elemBytes);
 
+  requireRoom(opts.out, totalBytes, `the synth checkpoint (${opts.arch})`);
   const tmp = beginOutDir(opts.out, opts.force ?? false);
   const t0 = performance.now();
   try {

@@ -1,0 +1,35 @@
+/**
+ * Disk room for what a command is about to write: checked before the long work (calibration,
+ * factoring, training), so a full disk costs a clear error at the start instead of the work.
+ */
+import fs from "node:fs";
+import path from "node:path";
+import { MlaError } from "../errors.js";
+
+/** Bytes free to this user on the file system holding `dir` (or its nearest existing ancestor); null where the platform cannot say. */
+export function freeBytes(dir: string): number | null {
+  // Test hook: a disk this small, so the tests reach the no-room paths.
+  const forced = process.env["MHA2MLA_TEST_FREE_BYTES"];
+  if (forced !== undefined) return Number(forced);
+  let d = path.resolve(dir);
+  while (!fs.existsSync(d) && path.dirname(d) !== d) d = path.dirname(d);
+  try {
+    const s = fs.statfsSync(d);
+    return Number(s.bavail) * Number(s.bsize);
+  } catch {
+    return null;
+  }
+}
+
+/** Bytes of the weight files (*.safetensors) of the checkpoint folder `dir`. */
+export function weightFileBytes(dir: string): number {
+  return fs.readdirSync(dir).filter((f) => f.endsWith(".safetensors")).reduce((n, f) => n + fs.statSync(path.join(dir, f)).size, 0);
+}
+
+export const gigabytes = (n: number): string => `${(n / 1e9).toFixed(1)} GB`;
+
+/** Refuses, before any work, to write `bytes` (`what`) into `out` when its disk has less free. */
+export function requireRoom(out: string, bytes: number, what: string): void {
+  const free = freeBytes(out);
+  if (free !== null && free < bytes) throw new MlaError("IO", `${what} takes about ${gigabytes(bytes)} and the disk of ${out} has ${gigabytes(free)} free`, "free disk space or choose an --out on a larger disk (refused before the work, so nothing is lost)");
+}

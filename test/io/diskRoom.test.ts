@@ -1,0 +1,36 @@
+/** Commands that write a model check the disk first (MHA2MLA_TEST_FREE_BYTES stands in for a full disk). */
+import assert from "node:assert/strict";
+import fs from "node:fs";
+import path from "node:path";
+import { test } from "node:test";
+import { convert } from "../../src/convert/pipeline.js";
+import { convertDeepseek } from "../../src/deepseek/export.js";
+import { exportDeepseek } from "../../src/deepseek/fromMla.js";
+import { synth } from "../../src/synth/synth.js";
+import { MlaError } from "../../src/errors.js";
+import { freeBytes, requireRoom } from "../../src/io/diskRoom.js";
+import { MODELS, tmpDir } from "../helpers.js";
+
+const full = (what: RegExp) => (e: unknown) => e instanceof MlaError && what.test(e.message) && /takes about .* GB and the disk of .* has 0\.0 GB free/.test(e.message) && /hint: free disk space/.test(e.message);
+
+test("a full disk is refused before the work: convert (both formats), export, synth; nothing is written", async () => {
+  const dir = tmpDir();
+  const mla = (await convert(path.join(MODELS, "stories260K"), { rank: 2, ropePairs: 1, ropeStrategy: "uniform", ropeDisjoint: true, out: path.join(dir, "mla"), progress: null, device: "cpu" })).out!;
+  process.env["MHA2MLA_TEST_FREE_BYTES"] = "1000";
+  try {
+    await assert.rejects(convert(path.join(MODELS, "stories260K"), { rank: 4, ropePairs: 1, out: path.join(dir, "a"), progress: null }), full(/the converted model/));
+    await assert.rejects(convertDeepseek(path.join(MODELS, "stories260K"), { rank: 4, ropePairs: 1, out: path.join(dir, "b"), progress: null }), full(/the converted model/));
+    await assert.rejects(exportDeepseek(mla, { out: path.join(dir, "c"), progress: null }), full(/the exported model/));
+    await assert.rejects(synth({ arch: "llama2-7b", out: path.join(dir, "d"), progress: null }), full(/the synth checkpoint \(llama2-7b\)/));
+    for (const n of ["a", "b", "c", "d"]) assert.ok(!fs.existsSync(path.join(dir, n)), `${n}: nothing written`);
+    assert.deepEqual(fs.readdirSync(dir).filter((f) => f.startsWith(".")), [], "no temporary folders left");
+  } finally {
+    delete process.env["MHA2MLA_TEST_FREE_BYTES"];
+  }
+});
+
+test("freeBytes reads the nearest existing folder of a path not made yet; requireRoom passes where there is room", () => {
+  const free = freeBytes(path.join(tmpDir(), "not", "yet", "made"));
+  assert.ok(free === null || free > 0);
+  assert.doesNotThrow(() => requireRoom(path.join(tmpDir(), "x"), 1, "one byte"));
+});
