@@ -41,8 +41,8 @@ export interface PerplexityOptions {
   progress?: ProgressSink | null;
   /**
    * Windows scored per forward (full-length windows stacked as one micro-batch). Default: on a
-   * backend with batched attention (CUDA) as many as keep the float32 logits within 8 GiB and an
-   * eighth of the free device memory, at most 16; elsewhere 1.
+   * backend with batched attention (CUDA) as many as keep the forward's activations within an eighth
+   * of the free device memory, at most 16; elsewhere 1.
    */
   batch?: number;
   /**
@@ -55,18 +55,21 @@ export interface PerplexityOptions {
 }
 
 /**
- * Windows per forward: 1 without batched attention; else as many as keep the float32 logits within
- * 8 GiB and within an eighth of the free device memory (a window's other live activations are of the
- * same order as its logits at Llama shapes), at most 16. A forward's host work is paid per forward, so
- * fewer, larger forwards (HF's evaluation peer runs 8 windows at once; a 2 GiB cap gave 5 windows of
- * 2k tokens at smollm's 49k vocabulary) keep a small model's evaluation from being host-bound.
+ * Windows per forward: 1 without batched attention; else as many as keep a forward's activations
+ * (a generous float32 count per token: the residual stream and its normed copies, q/k/v and the
+ * attention output, the MLP's three hidden-width tensors) within an eighth of the free device memory,
+ * at most 16. The LM head runs in row chunks (LlamaModel.tokenLosses), so the vocabulary does not
+ * bound it. A forward's host work is paid per forward, so fewer, larger forwards (HF's evaluation
+ * peer runs 8 windows at once; the old bound, float32 logits within 2 GiB, gave 5 windows of 2k
+ * tokens at smollm's 49k vocabulary) keep a small model's evaluation from being host-bound.
  */
 function defaultBatch(model: LlamaModel, stride: number): number {
   const b = model.backend;
   if (!b.batchedAttention) return 1;
-  const logitBytes = 4 * stride * model.config.vocabSize;
-  const budget = Math.min(2 ** 33, (b.memory?.().free ?? 2 ** 34) / 8);
-  return Math.max(1, Math.min(16, Math.floor(budget / logitBytes)));
+  const c = model.config;
+  const windowBytes = 4 * stride * (12 * c.hiddenSize + 4 * c.heads * c.headDim + 3 * c.intermediateSize);
+  const budget = (b.memory?.().free ?? 2 ** 34) / 8;
+  return Math.max(1, Math.min(16, Math.floor(budget / windowBytes)));
 }
 
 export async function perplexity(model: LlamaModel, ids: Int32Array, opts: PerplexityOptions): Promise<PerplexityResult> {
@@ -99,12 +102,7 @@ export async function perplexity(model: LlamaModel, ids: Int32Array, opts: Perpl
     // device's memory allocated outside arenas). Nothing the forward allocates outlives it here: the
     // weights are wrapped, not copied, and there is no decode cache. Nothing writes an activation after
     // making it, so each is rounded to bf16 once for all the products that read it.
-    const score = () => {
-      const logits = model.forward(input, undefined, { sequences: n, bf16, kvCache: opts.kvCache });
-      const nll = model.backend.crossEntropy(logits, targets);
-      logits.dispose();
-      return nll;
-    };
+    const score = () => model.tokenLosses(input, targets, { sequences: n, bf16, kvCache: opts.kvCache });
     const b = model.backend;
     for (const x of b.arena ? b.arena(score, { bf16Inputs: bf16 }) : score()) sum += x;
     progress.tick(targets.length);

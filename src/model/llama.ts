@@ -20,6 +20,7 @@ import { MlaBlock } from "./attention/mla.js";
 import { deepseekAttention, DeepseekDecoder } from "./attention/deepseek.js";
 import { Node, Ops, Tape } from "../tensor/autograd.js";
 import { AttentionNodes, ParamNodes, paramNodes } from "./params.js";
+import { rowRange } from "../tensor/rows.js";
 import type { KvCacheDtype } from "./kvQuant.js";
 
 /** Outputs read only by matrix products (see ProductInputHint). */
@@ -166,6 +167,31 @@ export class LlamaModel {
       : kind === "deepseek"
         ? deepseekAttention(ops, c, w, this.invFreq, x, at.positions, li, at.single as LatentCache | undefined, at.mode)
         : this.mla![li]!.forward(ops, w, x, at.ids, at.positions, at.single as LatentCache | undefined, at.opts.absorb, at.mode);
+  }
+
+  /**
+   * The cross-entropy of each of `targets` [T] under the logits of `ids` [T] (what a perplexity sums;
+   * `opts.sequences` windows of equal length back to back), with the LM head run over row chunks of
+   * at most `chunkRows` so that no [T, V] logits exist: a 4k-token window of a 128k vocabulary would
+   * otherwise hold 2 GB of float32 logits. Inference only.
+   */
+  tokenLosses(ids: Int32Array, targets: Int32Array, opts: ForwardOptions = {}, chunkRows = Math.max(1, Math.floor(2 ** 28 / this.config.vocabSize))): number[] {
+    if (targets.length !== ids.length) throw new MlaError("BAD_ARGUMENT", `tokenLosses: ${targets.length} targets for ${ids.length} tokens`, "pass one target per input token");
+    const b = this.backend;
+    const ops = new Ops(b, null);
+    const P = this.constantNodes(ops);
+    const h = this.hidden(ops, P, ids, undefined, opts).value;
+    const losses: number[] = [];
+    for (let r0 = 0; r0 < ids.length; r0 += chunkRows) {
+      const rows = Math.min(chunkRows, ids.length - r0);
+      const hc = rowRange(b, h, r0, rows);
+      const logits = b.linear(hc, P.lmHead.value, null);
+      for (const x of b.crossEntropy(logits, targets.subarray(r0, r0 + rows))) losses.push(x);
+      logits.dispose();
+      if (hc !== h) hc.dispose();
+    }
+    h.dispose();
+    return losses;
   }
 
   /** The embeddings [T, D] of one sequence's ids [T]: the input of layer 0 (layer by layer inference, see layerForward). */

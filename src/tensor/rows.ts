@@ -43,6 +43,16 @@ export function stackRows(b: Backend, parts: readonly Tensor[], rest: readonly n
   return b.upload(out, [parts.length, ...rest]);
 }
 
+/** Rows [r0, r0 + n) of t [≥r0+n, …rest] as [n, …rest] (a view on device backends: valid while t is; t itself when that is all of it). */
+export function rowRange(b: Backend, t: Tensor, r0: number, n: number): Tensor {
+  if (r0 === 0 && t.shape[0] === n) return t;
+  const rest = t.shape.slice(1);
+  const per = t.size / t.shape[0]!;
+  const d = device(b);
+  if (d) return d.viewOf(t, r0 * per, n * per, [n, ...rest]);
+  return b.upload(t.toArray().subarray(r0 * per, (r0 + n) * per), [n, ...rest]);
+}
+
 /** Rows [0, n) of t [≥n, …rest] as [n, …rest] (t itself when it has exactly n rows). */
 export function firstRows(b: Backend, t: Tensor, n: number): Tensor {
   if (t.shape[0] === n) return t;

@@ -37,3 +37,21 @@ test("eval --batch reaches perplexity: the same NLL at 1 and 4 windows per forwa
   assert.ok(Math.abs(one.nll! - four.nll!) < 1e-9, `${one.nll} vs ${four.nll}`);
   await assert.rejects(evaluate(path.join(MODELS, "stories260K"), { ...args, batch: 1.5 }), (e: unknown) => e instanceof MlaError && /--batch 1\.5/.test(e.message));
 });
+
+test("tokenLosses: the LM head in row chunks gives forward's per-token cross-entropy (one window and stacked windows)", () => {
+  const lm = loadModel(path.join(MODELS, "stories260K"));
+  const text = readText(path.join(FIXTURES, "text", "tinystories.txt"));
+  const ids = tokenizeForEval(lm.tokenizer, text, 3 * 40 + 1);
+  const input = ids.subarray(0, 120), targets = ids.subarray(1, 121);
+  const b = lm.model.backend;
+  for (const sequences of [1, 3]) {
+    const logits = lm.model.forward(input, undefined, { sequences });
+    const want = b.crossEntropy(logits, targets);
+    for (const chunk of [7, 40, 1000]) {
+      const got = lm.model.tokenLosses(input, targets, { sequences }, chunk);
+      assert.equal(got.length, want.length);
+      assert.ok(got.every((x, i) => Math.abs(x - want[i]!) < 1e-9), `sequences ${sequences}, chunks of ${chunk}`);
+    }
+  }
+  assert.throws(() => lm.model.tokenLosses(input, targets.subarray(1)), (e: unknown) => e instanceof MlaError && /119 targets for 120 tokens/.test(e.message));
+});
