@@ -14,6 +14,12 @@ cp fixtures/models/stories260K/tokenizer.json fixtures/models/stories260K/tokeni
 echo "$(date -u +%F), $(nvidia-smi --query-gpu=name --format=csv,noheader), llama2-7b (32 layers), MLA R 8 rank 64, seq 2048, batch $BATCH"
 # A variant is --train all|attention, optionally +ckpt (--checkpoint-activations). Without
 # checkpointing the 7B shape does not fit: the refusal (before anything is allocated) is printed.
+# Peak GPU memory as the driver sees it (the allocator's own peak is in each run's finetune.json),
+# polled once a second for the whole script.
+SMI_LOG="$W/nvidia-smi-memory.txt"; : > "$SMI_LOG"
+(while true; do nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits >> "$SMI_LOG" 2>/dev/null; sleep 1; done) &
+SMI=$!
+trap 'kill $SMI 2>/dev/null' EXIT
 for variant in ${VARIANTS:-all all+ckpt attention+ckpt}; do
   what=${variant%+ckpt}; ckpt=""; [ "$variant" != "$what" ] && ckpt=--checkpoint-activations
   out="$W/ft-$variant"
@@ -26,3 +32,4 @@ done
 for mode in ${TORCH_MODES:-eager+ckpt}; do
   python3 bench/finetune_torch.py --model "$M" --seq 2048 --batch "$BATCH" --steps "$STEPS" --warmup-steps 2 $([[ $mode == compile* ]] && echo --compile) $([[ $mode == *+ckpt ]] && echo --checkpointing) --json "$W/torch-$mode.json" 2>"$W/torch-$mode.err" | tail -1 || tail -3 "$W/torch-$mode.err"
 done
+echo "peak GPU memory over the script (nvidia-smi, MiB): $(sort -n "$SMI_LOG" | tail -1)"
