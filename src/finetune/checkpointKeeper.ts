@@ -10,7 +10,7 @@
  */
 import { MlaError } from "../errors.js";
 import type { Logger } from "../util/log.js";
-import { freeBytes, gigabytes as gb } from "../io/diskRoom.js";
+import { formatBytes as gb, freeBytes } from "../io/diskRoom.js";
 import { checkpointBytes, saveCheckpoint, StateSlots, TrainState } from "./checkpoint.js";
 
 export class CheckpointKeeper {
@@ -35,6 +35,7 @@ export class CheckpointKeeper {
   /** Refuses a run whose model cannot be written, or --save-every without room for its checkpoints; warns a run that will end without one. */
   checkAtStart(saveEvery: number | undefined): void {
     const free = this.free();
+    this.log.info(`disk: the trained model takes ${gb(this.modelBytes)}, a training checkpoint ${gb(this.bytes)}${Number.isFinite(free) ? `; ${gb(free)} free in ${this.out}` : ""}`);
     if (free < this.modelBytes) throw new MlaError("IO", `the trained model will take ${gb(this.modelBytes)} (as its source's weight files) and ${this.out} has ${gb(free)} free`, "free disk space or put --out on a larger disk (refused before training, so no work is lost)");
     // The model is written beside the last checkpoint, then the final checkpoint beside that one
     // (a resumed run's first checkpoint is on the disk already).

@@ -26,10 +26,15 @@ export function weightFileBytes(dir: string): number {
   return fs.readdirSync(dir).filter((f) => f.endsWith(".safetensors")).reduce((n, f) => n + fs.statSync(path.join(dir, f)).size, 0);
 }
 
-export const gigabytes = (n: number): string => `${(n / 1e9).toFixed(1)} GB`;
+/** n bytes for a message: GB from 1 GB, else MB, else kB (decimal units, as disks are sold). */
+export function formatBytes(n: number): string {
+  if (n >= 1e9) return `${(n / 1e9).toFixed(1)} GB`;
+  if (n >= 1e6) return `${(n / 1e6).toFixed(1)} MB`;
+  return `${(n / 1e3).toFixed(1)} kB`;
+}
 
 /** Refuses, before any work, to write `bytes` (`what`) into `out` when its disk has less free. */
 export function requireRoom(out: string, bytes: number, what: string): void {
   const free = freeBytes(out);
-  if (free !== null && free < bytes) throw new MlaError("IO", `${what} takes about ${gigabytes(bytes)} and the disk of ${out} has ${gigabytes(free)} free`, "free disk space or choose an --out on a larger disk (refused before the work, so nothing is lost)");
+  if (free !== null && free < bytes) throw new MlaError("IO", `${what} takes about ${formatBytes(bytes)} and the disk of ${out} has ${formatBytes(free)} free`, "free disk space or choose an --out on a larger disk (refused before the work, so nothing is lost)");
 }

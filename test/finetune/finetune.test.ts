@@ -106,13 +106,13 @@ test("disk room: a model that cannot be written is refused before training; so i
   process.env["MHA2MLA_TEST_FREE_BYTES"] = "1000";
   try {
     const noRoom = path.join(tmpDir(), "noroom");
-    await assert.rejects(finetune(model, { ...common, out: noRoom }), (e: Error) => e instanceof MlaError && /the trained model will take .* GB .* has 0\.0 GB free/.test(e.message) && /refused before training/.test(e.message));
+    await assert.rejects(finetune(model, { ...common, out: noRoom }), (e: Error) => e instanceof MlaError && /the trained model will take .* [kMG]B .* has 1\.0 kB free/.test(e.message) && /refused before training/.test(e.message));
     assert.ok(!fs.existsSync(path.join(noRoom, "train_log.jsonl")), "refused before training");
     process.env["MHA2MLA_TEST_FREE_BYTES"] = String(modelBytes + 1000); // the model fits, no checkpoint does
     const warnings: string[] = [];
     const logger = { info: () => {}, warn: (m: string) => warnings.push(m) };
     const refusedOut = path.join(tmpDir(), "refused");
-    await assert.rejects(finetune(model, { ...common, out: refusedOut, saveEvery: 1, logger }), (e: Error) => e instanceof MlaError && /--save-every 1: a training checkpoint of this run takes .* GB .* beside the last, and the model takes .* GB free/.test(e.message) && /hint: free disk space/.test(e.message));
+    await assert.rejects(finetune(model, { ...common, out: refusedOut, saveEvery: 1, logger }), (e: Error) => e instanceof MlaError && /--save-every 1: a training checkpoint of this run takes .* [kMG]B .* beside the last, and the model takes .* [kMG]B free/.test(e.message) && /hint: free disk space/.test(e.message));
     assert.ok(!fs.existsSync(path.join(refusedOut, "model.safetensors")) && !fs.existsSync(path.join(refusedOut, "train_log.jsonl")), "refused before training");
     const out = path.join(tmpDir(), "nocheckpoint");
     const r = await finetune(model, { ...common, out, logger });
@@ -121,7 +121,7 @@ test("disk room: a model that cannot be written is refused before training; so i
     assert.ok(fs.existsSync(path.join(out, "model.safetensors")) && fs.existsSync(path.join(out, "finetune.json")), "the trained model is written");
     assert.ok(!fs.existsSync(path.join(out, "checkpoint")), "no checkpoint");
     assert.ok(warnings.some((w) => /the run will write its model but no checkpoint/.test(w)), `warned up front: ${warnings.join("; ")}`);
-    assert.ok(warnings.some((w) => /no final checkpoint: it takes .* GB/.test(w)), warnings.join("; "));
+    assert.ok(warnings.some((w) => /no final checkpoint: it takes .* [kMG]B/.test(w)), warnings.join("; "));
   } finally {
     delete process.env["MHA2MLA_TEST_FREE_BYTES"];
   }

@@ -11,7 +11,7 @@ import { MlaError } from "../../src/errors.js";
 import { freeBytes, requireRoom } from "../../src/io/diskRoom.js";
 import { MODELS, tmpDir } from "../helpers.js";
 
-const full = (what: RegExp) => (e: unknown) => e instanceof MlaError && what.test(e.message) && /takes about .* GB and the disk of .* has 0\.0 GB free/.test(e.message) && /hint: free disk space/.test(e.message);
+const full = (what: RegExp) => (e: unknown) => e instanceof MlaError && what.test(e.message) && /takes about .* [kMG]B and the disk of .* has 1\.0 kB free/.test(e.message) && /hint: free disk space/.test(e.message);
 
 test("a full disk is refused before the work: convert (both formats), export, synth; nothing is written", async () => {
   const dir = tmpDir();
