@@ -11,6 +11,7 @@ import { MlaError } from "../errors.js";
 import type { Linalg } from "../backends/native/linalg.js";
 import type { Backend } from "../tensor/backend.js";
 import type { Tensor } from "../tensor/tensor.js";
+import { transpose } from "../svd/truncated.js";
 
 /** Float64 sums of OᵀO [Hd, Hd], OᵀA [Hd, D] and ‖A‖² over the calibration tokens. */
 export class RefitMoments {
@@ -26,7 +27,7 @@ export class RefitMoments {
   add(b: Backend, o: Tensor, a: Tensor): void {
     const T = o.shape[0]!;
     const av = a.toArray();
-    const [ot, at] = [b.upload(transpose(o.toArray(), T, this.Hd), [this.Hd, T]), b.upload(transpose(av, T, this.D), [this.D, T])];
+    const [ot, at] = [b.upload(transposeF32(o.toArray(), T, this.Hd), [this.Hd, T]), b.upload(transposeF32(av, T, this.D), [this.D, T])];
     const oo = b.linear(ot, ot), oa = b.linear(ot, at);
     addInto(this.oo, oo.toArray());
     addInto(this.oa, oa.toArray());
@@ -43,7 +44,7 @@ export class RefitMoments {
     const lambda = (ridge * trace) / Hd || 1e-12;
     for (let i = 0; i < Hd; i++) G[i * Hd + i] += lambda;
     const X = linalg ? eigenSolve(linalg, G, this.oa, Hd, D) : choleskySolve(G, Float64Array.from(this.oa), Hd, D);
-    return Float32Array.from(transpose(X, Hd, D));
+    return transposeF32(X, Hd, D);
   }
 
   /** ‖O·Wᵀ − A‖ / ‖A‖ for W [D, Hd]: (tr(W OᵀO Wᵀ) − 2 tr(W OᵀA) + ‖A‖²)^½ / ‖A‖. */
@@ -81,7 +82,7 @@ function eigenSolve(linalg: Linalg, G: Float64Array, B: Float64Array, Hd: number
     const inv = 1 / values[i]!;
     for (let c = 0; c < D; c++) Y[i * D + c] *= inv;
   }
-  return linalg.matmul(transpose64(vectors, Hd, Hd), Y, Hd, Hd, D);
+  return linalg.matmul(transpose(vectors, Hd, Hd), Y, Hd, Hd, D);
 }
 
 /** X [Hd, D] = G⁻¹·X in place of X, by a lower Cholesky factor and forward/back substitution along rows. */
@@ -125,14 +126,9 @@ function notPositive(what: string): never {
   throw new MlaError("BAD_ARGUMENT", `output refit: the calibration moments are not positive definite (${what})`, "raise --calib-samples, or convert without --refit-output");
 }
 
-function transpose(x: ArrayLike<number>, rows: number, cols: number): Float32Array {
+/** transpose (svd/truncated.ts) into float32: what the backend's products and the checkpoint take. */
+function transposeF32(x: ArrayLike<number>, rows: number, cols: number): Float32Array {
   const out = new Float32Array(rows * cols);
-  for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) out[c * rows + r] = x[r * cols + c]!;
-  return out;
-}
-
-function transpose64(x: Float64Array, rows: number, cols: number): Float64Array {
-  const out = new Float64Array(rows * cols);
   for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) out[c * rows + r] = x[r * cols + c]!;
   return out;
 }

@@ -181,7 +181,8 @@ export function whitenedFactor(A: Float64Array, M: number, N: number, k: number,
   return { ...f, down: matmul(f.down, roots.invSqrt, k, N, N) };
 }
 
-function transpose(X: Float64Array, rows: number, cols: number): Float64Array {
+/** Xᵀ [cols, rows] of X [rows, cols]. */
+export function transpose(X: Float64Array, rows: number, cols: number): Float64Array {
   const T = new Float64Array(rows * cols);
   for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) T[c * rows + r] = X[r * cols + c]!;
   return T;

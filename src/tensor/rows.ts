@@ -53,16 +53,6 @@ export function rowRange(b: Backend, t: Tensor, r0: number, n: number): Tensor {
   return b.upload(t.toArray().subarray(r0 * per, (r0 + n) * per), [n, ...rest]);
 }
 
-/** Rows [0, n) of t [≥n, …rest] as [n, …rest] (t itself when it has exactly n rows). */
-export function firstRows(b: Backend, t: Tensor, n: number): Tensor {
-  if (t.shape[0] === n) return t;
-  const rest = t.shape.slice(1);
-  const size = (n * t.size) / t.shape[0]!;
-  const d = device(b);
-  if (d) return d.viewOf(t, 0, size, [n, ...rest]);
-  return b.upload(t.toArray().subarray(0, size), [n, ...rest]);
-}
-
 /**
  * Backend.attentionDecodeBatch as one `attention` per sequence: the form of backends without a
  * batched kernel (the host backends, whose per-call cost is small next to the arithmetic).
@@ -71,7 +61,7 @@ export function attentionDecodeByRows(b: Backend, q: Tensor, k: readonly Tensor[
   const { B, H, Dv } = attentionDecodeBatchDims(q, k, v, opts);
   const outs = Array.from({ length: B }, (_, i) => {
     const S = opts.positions[i]! + 1;
-    return b.attention(rowOf(b, q, i), firstRows(b, k[i]!, S), firstRows(b, v[i]!, S), { scale: opts.scale, queryOffset: opts.positions[i]!, window: opts.window });
+    return b.attention(rowOf(b, q, i), rowRange(b, k[i]!, 0, S), rowRange(b, v[i]!, 0, S), { scale: opts.scale, queryOffset: opts.positions[i]!, window: opts.window });
   });
   return stackRows(b, outs, [H, Dv]);
 }
@@ -81,7 +71,7 @@ export function latentAttentionDecodeByRows(b: Backend, qr: Tensor, kr: readonly
   const { B, H, L } = latentAttentionDecodeBatchDims(qr, kr, qc, c, opts);
   const outs = Array.from({ length: B }, (_, i) => {
     const S = opts.positions[i]! + 1;
-    return b.latentAttention(rowOf(b, qr, i), firstRows(b, kr[i]!, S), rowOf(b, qc, i), firstRows(b, c[i]!, S), { scale: opts.scale, queryOffset: opts.positions[i]!, window: opts.window });
+    return b.latentAttention(rowOf(b, qr, i), rowRange(b, kr[i]!, 0, S), rowOf(b, qc, i), rowRange(b, c[i]!, 0, S), { scale: opts.scale, queryOffset: opts.positions[i]!, window: opts.window });
   });
   return stackRows(b, outs, [H, L]);
 }
