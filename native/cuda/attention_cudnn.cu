@@ -185,37 +185,44 @@ bool use_cudnn(bool bf16, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hk
   return graph_of(p, false, stats).graph != nullptr;
 }
 
-mla_status cudnn_attention_forward(const void* q, const void* k, const void* v, float* o, float* stats, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off) {
+mla_status cudnn_attention_forward(const void* q, const void* k, const void* v, float* o, __nv_bfloat16* o_bf16, float* stats, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off) {
   const Problem p{B, T, S, H, Hkv, Dh, Dv, scale, off};
   const Cached& c = graph_of(p, false, stats != nullptr);
   if (!c.graph) return MLA_FAIL(MLA_ERR_INTERNAL, "cuDNN attention forward not available for this problem: " + c.why);
-  mla::DevMem ob;  // cuDNN's bf16 output before it is widened
+  mla::DevMem ob;  // cuDNN's bf16 output before it is widened, where the caller keeps no bf16 copy
   const int64_t n = B * T * H * Dv;
-  if (mla_status e = mla::dev_alloc(ob, sizeof(__nv_bfloat16) * n, "cuDNN attention staging")) return e;
-  std::unordered_map<int64_t, void*> pack{{Q, (void*)q}, {K, (void*)k}, {V, (void*)v}, {O, ob.p}};
+  if (!o_bf16) {
+    if (mla_status e = mla::dev_alloc(ob, sizeof(__nv_bfloat16) * n, "cuDNN attention staging")) return e;
+    o_bf16 = static_cast<__nv_bfloat16*>(ob.p);
+  }
+  std::unordered_map<int64_t, void*> pack{{Q, (void*)q}, {K, (void*)k}, {V, (void*)v}, {O, o_bf16}};
   if (stats) pack[STATS] = stats;
   if (mla_status e = execute(c, pack)) return e;
-  return widen_bf16(static_cast<const __nv_bfloat16*>(ob.p), o, n);
+  return widen_bf16(o_bf16, o, n);
 }
 
-mla_status cudnn_attention_backward(const void* q, const void* k, const void* v, const void* dout, const float* o, const float* saved_stats, float* dq, float* dk, float* dv, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, bool* taken) {
+mla_status cudnn_attention_backward(const void* q, const void* k, const void* v, const void* dout, const float* o, const __nv_bfloat16* o_bf16, const float* saved_stats, float* dq, float* dk, float* dv, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, bool* taken) {
   *taken = false;
   const Problem p{B, T, S, H, Hkv, Dh, Dv, scale, off};
   const Cached& c = graph_of(p, true, true);
   if (!c.graph) return MLA_OK;  // the caller takes the mma route
   const int64_t nq = B * T * H * Dh, nk = B * S * Hkv * Dh, nv = B * S * Hkv * Dv, no = B * T * H * Dv;
   mla::DevMem st;
-  // bf16 o (narrowed from the forward's float32 output, exactly: it was widened from bf16), the
-  // statistics when none were saved, and the three bf16 gradients.
+  // bf16 o (the caller's copy, or narrowed from the forward's float32 output, exactly: it was widened
+  // from bf16), the statistics when none were saved, and the three bf16 gradients.
   const size_t bf = sizeof(__nv_bfloat16);
   const size_t stats_bytes = saved_stats ? 0 : sizeof(float) * B * H * T;
-  if (mla_status e = mla::dev_alloc(st, bf * (no + nq + nk + nv) + stats_bytes + 256, "cuDNN attention staging")) return e;
+  const int64_t own_o = saved_stats && o_bf16 ? 0 : no;
+  if (mla_status e = mla::dev_alloc(st, bf * (own_o + nq + nk + nv) + stats_bytes + 256, "cuDNN attention staging")) return e;
   auto* ob = static_cast<__nv_bfloat16*>(st.p);
-  auto* dqb = ob + no;
+  const __nv_bfloat16* o_in = ob;
+  auto* dqb = ob + own_o;
   auto* dkb = dqb + nq;
   auto* dvb = dkb + nk;
   float* stats = const_cast<float*>(saved_stats);
-  if (saved_stats && o) {
+  if (saved_stats && o_bf16) {
+    o_in = o_bf16;
+  } else if (saved_stats && o) {
     if (mla_status e = narrow_f32(o, ob, no)) return e;
   } else {
     // No saved forward: run it again for o and the statistics (aligned past the bf16 tensors).
@@ -225,7 +232,7 @@ mla_status cudnn_attention_backward(const void* q, const void* k, const void* v,
     std::unordered_map<int64_t, void*> fp{{Q, (void*)q}, {K, (void*)k}, {V, (void*)v}, {O, ob}, {STATS, stats}};
     if (mla_status e = execute(f, fp)) return e;
   }
-  std::unordered_map<int64_t, void*> pack{{Q, (void*)q}, {K, (void*)k}, {V, (void*)v}, {O, ob}, {DO, (void*)dout}, {STATS, stats}, {DQ, dqb}, {DK, dkb}, {DV, dvb}};
+  std::unordered_map<int64_t, void*> pack{{Q, (void*)q}, {K, (void*)k}, {V, (void*)v}, {O, (void*)o_in}, {DO, (void*)dout}, {STATS, stats}, {DQ, dqb}, {DK, dkb}, {DV, dvb}};
   if (mla_status e = execute(c, pack)) return e;
   if (mla_status e = widen_bf16(dqb, dq, nq)) return e;
   if (mla_status e = widen_bf16(dkb, dk, nk)) return e;
@@ -244,10 +251,10 @@ extern "C" int32_t mla_cuda_cudnn_version(void) { return 0; }
 namespace mla {
 bool cudnn_available() { return false; }
 bool use_cudnn(bool, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, float, int64_t, int64_t, bool) { return false; }
-mla_status cudnn_attention_forward(const void*, const void*, const void*, float*, float*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, float, int64_t) {
+mla_status cudnn_attention_forward(const void*, const void*, const void*, float*, __nv_bfloat16*, float*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, float, int64_t) {
   return MLA_FAIL(MLA_ERR_UNAVAILABLE, "this build has no cuDNN (rebuild with cuDNN's header and library installed)");
 }
-mla_status cudnn_attention_backward(const void*, const void*, const void*, const void*, const float*, const float*, float*, float*, float*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, float, int64_t, bool* taken) {
+mla_status cudnn_attention_backward(const void*, const void*, const void*, const void*, const float*, const __nv_bfloat16*, const float*, float*, float*, float*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, float, int64_t, bool* taken) {
   *taken = false;
   return MLA_OK;
 }

@@ -125,18 +125,28 @@ struct Inputs {
   mla::DevMem mem;
 };
 
-mla_status prepare_inputs(Inputs& in, const float* q, const float* k, const float* v, const float* dout, int64_t nq, int64_t nk, int64_t nv, int64_t nd, bool bf16) {
+// The GEMM inputs: the float32 tensors as they are, or bf16 (the caller's kept copies where given,
+// else rounded here into scratch).
+mla_status prepare_inputs(Inputs& in, const float* q, const float* k, const float* v, const float* dout, int64_t nq, int64_t nk, int64_t nv, int64_t nd, bool bf16, const mla::AttentionBf16& kept) {
   if (!bf16) {
     in = {(const char*)q, (const char*)k, (const char*)v, (const char*)dout, sizeof(float), CUDA_R_32F, {}};
     return MLA_OK;
   }
-  if (mla_status e_ = mla::dev_alloc(in.mem, sizeof(__nv_bfloat16) * (nq + nk + nv + nd), "attention scratch")) return e_;
-  auto* base = (__nv_bfloat16*)in.mem.p;
   const float* src[4] = {q, k, v, dout};
+  const __nv_bfloat16* copies[4] = {kept.q, kept.k, kept.v, nullptr};
   const int64_t len[4] = {nq, nk, nv, nd};
   const char** dst[4] = {&in.q, &in.k, &in.v, &in.dout};
+  int64_t rounded = 0;
+  for (int i = 0; i < 4; i++) rounded += src[i] && !copies[i] ? len[i] : 0;
+  if (rounded)
+    if (mla_status e_ = mla::dev_alloc(in.mem, sizeof(__nv_bfloat16) * rounded, "attention scratch")) return e_;
+  auto* base = (__nv_bfloat16*)in.mem.p;
   int64_t at = 0;
   for (int i = 0; i < 4; i++) {
+    if (copies[i]) {
+      *dst[i] = (const char*)copies[i];
+      continue;
+    }
     *dst[i] = src[i] ? (const char*)(base + at) : nullptr;
     if (src[i])
       if (mla_status e = mla::narrow_f32(src[i], base + at, len[i])) return e;
@@ -149,11 +159,28 @@ mla_status prepare_inputs(Inputs& in, const float* q, const float* k, const floa
 }  // namespace
 
 namespace mla {
-mla_status attention_gemm(const float* q, const float* k, const float* v, float* o, float* lse, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window, bool bf16, bool cudnn) {
+mla_status kept_bf16(AttentionBf16& kept, const mla_cuda_buf* q, const mla_cuda_buf* k, const mla_cuda_buf* v, const mla_cuda_buf* o, int64_t nq, int64_t nk, int64_t nv, int64_t no, const char* op) {
+  auto ok = [](const mla_cuda_buf* b, int64_t n) { return !b || (b->dtype == MLA_BF16 && b->n == n); };
+  MLA_CHECK(ok(q, nq) && ok(k, nk) && ok(v, nv) && ok(o, no), std::string(op) + ": the kept copies of q, k, v, o must be bf16 buffers of their tensors' sizes, or null");
+  auto p = [](const mla_cuda_buf* b) { return b ? static_cast<__nv_bfloat16*>(b->ptr) : nullptr; };
+  kept = {p(q), p(k), p(v), p(o)};
+  return MLA_OK;
+}
+
+// The forward on the route chosen, its output float32 only.
+static mla_status attention_gemm_f32_out(const float* q, const float* k, const float* v, float* o, float* lse, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window, bool bf16, bool cudnn, const AttentionBf16& kept);
+
+mla_status attention_gemm(const float* q, const float* k, const float* v, float* o, float* lse, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window, bool bf16, bool cudnn, const AttentionBf16& kept) {
+  if (mla_status e = attention_gemm_f32_out(q, k, v, o, lse, B, T, S, H, Hkv, Dh, Dv, scale, off, window, bf16, cudnn, kept)) return e;
+  // cuDNN wrote kept.o itself; the other routes' float32 output is rounded into it.
+  return kept.o && !cudnn ? narrow_f32(o, kept.o, B * T * H * Dv) : MLA_OK;
+}
+
+static mla_status attention_gemm_f32_out(const float* q, const float* k, const float* v, float* o, float* lse, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window, bool bf16, bool cudnn, const AttentionBf16& kept) {
   const int64_t group = H / Hkv;
   Inputs in;
-  if (mla_status e = prepare_inputs(in, q, k, v, nullptr, B * T * H * Dh, B * S * Hkv * Dh, B * S * Hkv * Dv, 0, bf16)) return e;
-  if (cudnn) return cudnn_attention_forward(in.q, in.k, in.v, o, lse, B, T, S, H, Hkv, Dh, Dv, scale, off);
+  if (mla_status e = prepare_inputs(in, q, k, v, nullptr, B * T * H * Dh, B * S * Hkv * Dh, B * S * Hkv * Dv, 0, bf16, kept)) return e;
+  if (cudnn) return cudnn_attention_forward(in.q, in.k, in.v, o, kept.o, lse, B, T, S, H, Hkv, Dh, Dv, scale, off);
   if (use_mma(bf16, Dh, Dv)) return attention_mma(in.q, in.k, in.v, o, lse, B, T, S, H, Hkv, Dh, Dv, scale, off, window);
   const int64_t Tq = queries_per_chunk(B, T, H, S, 1);
   mla::DevMem sc, pb;
@@ -195,30 +222,37 @@ mla_status attention_gemm(const float* q, const float* k, const float* v, float*
 // o and lse: the forward's output and the statistics it saved (mla_cuda_attention's `saved`, passed
 // back as saved_kind: 1 the fused kernels', 2 cuDNN's), or null; the route that made them then skips
 // recomputing them, another route ignores them.
-extern "C" mla_status mla_cuda_attention_backward(const mla_cuda_buf* qb, const mla_cuda_buf* kb, const mla_cuda_buf* vb, const mla_cuda_buf* dob, mla_cuda_buf* dqb, mla_cuda_buf* dkb, mla_cuda_buf* dvb, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window, int32_t bf16, const mla_cuda_buf* ob, const mla_cuda_buf* lseb, int32_t saved_kind) {
+// q16, k16, v16, o16: the caller's bf16 copies of q, k, v and the forward's o (mla_cuda_attention's),
+// each null or bf16 of its tensor's size; read instead of rounding the float32 tensors again.
+extern "C" mla_status mla_cuda_attention_backward(const mla_cuda_buf* qb, const mla_cuda_buf* kb, const mla_cuda_buf* vb, const mla_cuda_buf* dob, mla_cuda_buf* dqb, mla_cuda_buf* dkb, mla_cuda_buf* dvb, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window, int32_t bf16, const mla_cuda_buf* ob, const mla_cuda_buf* lseb, int32_t saved_kind, const mla_cuda_buf* q16, const mla_cuda_buf* k16, const mla_cuda_buf* v16, const mla_cuda_buf* o16) {
   NEED_CTX();
   auto f32 = [](const mla_cuda_buf* b, int64_t n) { return b && b->dtype == MLA_F32 && b->n == n; };
   MLA_CHECK(B >= 1 && f32(qb, B * T * H * Dh) && f32(kb, B * S * Hkv * Dh) && f32(vb, B * S * Hkv * Dv) && f32(dob, B * T * H * Dv) && f32(dqb, B * T * H * Dh) && f32(dkb, B * S * Hkv * Dh) && f32(dvb, B * S * Hkv * Dv),
             "attention_backward: f32 buffers q[B·T,H,Dh], k[B·S,Hkv,Dh], v[B·S,Hkv,Dv], dout[B·T,H,Dv] and gradients of the same shapes");
   MLA_CHECK(Hkv > 0 && H % Hkv == 0, "attention_backward: H must be a multiple of Hkv");
   MLA_CHECK(!ob == !lseb && (!ob || (f32(ob, B * T * H * Dv) && f32(lseb, B * H * T))), "attention_backward: o[B·T,H,Dv] and lse[B·H·T] f32, both or neither");
+  mla::AttentionBf16 kept;
+  if (mla_status e = mla::kept_bf16(kept, q16, k16, v16, o16, B * T * H * Dh, B * S * Hkv * Dh, B * S * Hkv * Dv, B * T * H * Dv, "attention_backward")) return e;
   float* dq = (float*)dqb->ptr;
   float* dk = (float*)dkb->ptr;
   float* dv = (float*)dvb->ptr;
   cudaStream_t stream = ctx()->stream;
+  const int64_t group = H / Hkv;
+  Inputs in;
+  if (T > 0 && S > 0) {
+    if (mla_status e = prepare_inputs(in, (const float*)qb->ptr, (const float*)kb->ptr, (const float*)vb->ptr, (const float*)dob->ptr, B * T * H * Dh, B * S * Hkv * Dh, B * S * Hkv * Dv, B * T * H * Dv, bf16 != 0, kept)) return e;
+    if (mla::use_cudnn(bf16 != 0, B, T, S, H, Hkv, Dh, Dv, scale, off, window, true)) {
+      const bool mine = ob && saved_kind == 2;
+      bool taken = false;
+      if (mla_status e = mla::cudnn_attention_backward(in.q, in.k, in.v, in.dout, mine ? (const float*)ob->ptr : nullptr, mine ? kept.o : nullptr, mine ? (const float*)lseb->ptr : nullptr, dq, dk, dv, B, T, S, H, Hkv, Dh, Dv, scale, off, &taken)) return e;
+      if (taken) return MLA_OK;  // cuDNN wrote every gradient
+    }
+  }
+  // The other routes accumulate into zeroed gradients.
   CUDA_TRY(cudaMemsetAsync(dq, 0, sizeof(float) * B * T * H * Dh, stream));
   CUDA_TRY(cudaMemsetAsync(dk, 0, sizeof(float) * B * S * Hkv * Dh, stream));
   CUDA_TRY(cudaMemsetAsync(dv, 0, sizeof(float) * B * S * Hkv * Dv, stream));
   if (T == 0 || S == 0) return MLA_OK;
-  const int64_t group = H / Hkv;
-  Inputs in;
-  if (mla_status e = prepare_inputs(in, (const float*)qb->ptr, (const float*)kb->ptr, (const float*)vb->ptr, (const float*)dob->ptr, B * T * H * Dh, B * S * Hkv * Dh, B * S * Hkv * Dv, B * T * H * Dv, bf16 != 0)) return e;
-  if (mla::use_cudnn(bf16 != 0, B, T, S, H, Hkv, Dh, Dv, scale, off, window, true)) {
-    const bool mine = ob && saved_kind == 2;
-    bool taken = false;
-    if (mla_status e = mla::cudnn_attention_backward(in.q, in.k, in.v, in.dout, mine ? (const float*)ob->ptr : nullptr, mine ? (const float*)lseb->ptr : nullptr, dq, dk, dv, B, T, S, H, Hkv, Dh, Dv, scale, off, &taken)) return e;
-    if (taken) return MLA_OK;
-  }
   if (saved_kind != 1) ob = lseb = nullptr;  // statistics of another route: recompute
   if (use_mma(bf16 != 0, Dh, Dv)) {
     mla::DevMem stats;  // the row log-sum-exp and δ = rowsum(dout ∘ o), [B·H, T] each

@@ -61,11 +61,22 @@ mla_status dev_alloc(DevMem& m, size_t bytes, const char* what);
 // tile, one block per row).
 enum class AttentionRoute { Auto, Fused, Cudnn, Gemm, Flash, Rows };
 AttentionRoute attention_route();
+// bf16 copies of attention's tensors that the caller keeps (null where it keeps none). Inputs read
+// from them skip their rounding; o, in a forward, is filled with the output rounded to bf16 (cuDNN
+// writes it there directly), and read back by the backward instead of rounding o again.
+struct AttentionBf16 {
+  const __nv_bfloat16* q = nullptr;
+  const __nv_bfloat16* k = nullptr;
+  const __nv_bfloat16* v = nullptr;
+  __nv_bfloat16* o = nullptr;
+};
+// The kept copies from the C API's buffers: each null, or bf16 with its tensor's n elements.
+mla_status kept_bf16(AttentionBf16& kept, const mla_cuda_buf* q, const mla_cuda_buf* k, const mla_cuda_buf* v, const mla_cuda_buf* o, int64_t nq, int64_t nk, int64_t nv, int64_t no, const char* op);
 // Causal GQA attention of B sequences as cuBLAS GEMMs over chunks of queries (attention_gemm.cu):
 // q[B·T,H,Dh], k[B·S,Hkv,Dh], v[B·S,Hkv,Dv] → o[B·T,H,Dv]; bf16: GEMM inputs rounded to bf16; handed to
 // cuDNN when `cudnn` (the caller's use_cudnn, decided once per call), else to the fused kernels where
 // use_mma says so (lse: the statistics of whichever fused route ran, else unused).
-mla_status attention_gemm(const float* q, const float* k, const float* v, float* o, float* lse, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window, bool bf16, bool cudnn);
+mla_status attention_gemm(const float* q, const float* k, const float* v, float* o, float* lse, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window, bool bf16, bool cudnn, const AttentionBf16& kept);
 // The fused tensor-core route (attention_mma.cu) on bf16 copies of q, k, v (and dout): whether it takes
 // the head dims; the forward (lse, when set: the row log-sum-exp the backward can reuse, [B·H, T]); the
 // backward (o and saved_lse: the forward's output and lse, or null to recompute them; lse and delta:
@@ -78,13 +89,14 @@ mla_status attention_mma(const void* q, const void* k, const void* v, float* o, 
 // whether this build has it and it loads; whether the route is chosen and cuDNN takes the problem
 // (causal with off = 0 or S − T, no window; builds and caches the forward graph with statistics when
 // `stats`, the graph the call will run, so inference never builds the training graph); the forward (o float32;
-// stats, when set, cuDNN's natural-log statistics [B·H, T], which only its backward reads); the
-// backward (o and saved_stats from its forward, or null to recompute; `taken` false when cuDNN refused
-// the backward graph, nothing written, and the caller runs another route).
+// o_bf16, when set, receives cuDNN's bf16 output as is; stats, when set, cuDNN's natural-log
+// statistics [B·H, T], which only its backward reads); the backward (o, or its bf16 copy o_bf16, and
+// saved_stats from its forward, or null to recompute; `taken` false when cuDNN refused the backward
+// graph, nothing written, and the caller runs another route).
 bool cudnn_available();
 bool use_cudnn(bool bf16, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window, bool stats);
-mla_status cudnn_attention_forward(const void* q, const void* k, const void* v, float* o, float* stats, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off);
-mla_status cudnn_attention_backward(const void* q, const void* k, const void* v, const void* dout, const float* o, const float* saved_stats, float* dq, float* dk, float* dv, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, bool* taken);
+mla_status cudnn_attention_forward(const void* q, const void* k, const void* v, float* o, __nv_bfloat16* o_bf16, float* stats, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off);
+mla_status cudnn_attention_backward(const void* q, const void* k, const void* v, const void* dout, const float* o, const __nv_bfloat16* o_bf16, const float* saved_stats, float* dq, float* dk, float* dv, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, bool* taken);
 mla_status attention_mma_backward(const void* q, const void* k, const void* v, const void* dout_bf16, const float* dout, const float* o, const float* saved_lse, float* lse, float* delta, float* dq, float* dk, float* dv, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window);
 }  // namespace mla
 

@@ -664,10 +664,14 @@ static mla_status launch_attention(const float* q, const float* k, const float* 
   return MLA_OK;
 }
 
-extern "C" mla_status mla_cuda_attention(const mla_cuda_buf* q, const mla_cuda_buf* k, const mla_cuda_buf* v, mla_cuda_buf* o, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window, int32_t bf16, mla_cuda_buf* lse, int32_t* saved) {
+// q16, k16, v16: bf16 copies of q, k, v the caller keeps (read instead of rounding q, k, v); o16: filled
+// with o rounded to bf16 (for the caller to keep beside o); each null or bf16 of its tensor's size.
+extern "C" mla_status mla_cuda_attention(const mla_cuda_buf* q, const mla_cuda_buf* k, const mla_cuda_buf* v, mla_cuda_buf* o, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window, int32_t bf16, mla_cuda_buf* lse, int32_t* saved, const mla_cuda_buf* q16, const mla_cuda_buf* k16, const mla_cuda_buf* v16, mla_cuda_buf* o16) {
   NEED_CTX();
   MLA_CHECK(B >= 1 && is_f32(q, B * T * H * Dh) && is_f32(k, B * S * Hkv * Dh) && is_f32(v, B * S * Hkv * Dv) && is_f32(o, B * T * H * Dv), "attention: f32 buffers q[B·T,H,Dh], k[B·S,Hkv,Dh], v[B·S,Hkv,Dv], o[B·T,H,Dv]");
   MLA_CHECK(Hkv > 0 && H % Hkv == 0, "attention: H must be a multiple of Hkv");
+  mla::AttentionBf16 kept;
+  if (mla_status e = mla::kept_bf16(kept, q16, k16, v16, o16, B * T * H * Dh, B * S * Hkv * Dh, B * S * Hkv * Dv, B * T * H * Dv, "attention")) return e;
   const mla::AttentionRoute route = mla::attention_route();
   if (saved) *saved = 0;
   if (T > 1 && S > 0 && (route == mla::AttentionRoute::Auto || route == mla::AttentionRoute::Fused || route == mla::AttentionRoute::Cudnn || route == mla::AttentionRoute::Gemm)) {
@@ -678,7 +682,7 @@ extern "C" mla_status mla_cuda_attention(const mla_cuda_buf* q, const mla_cuda_b
     MLA_CHECK(!lse || is_f32(lse, B * H * T), "attention: lse must be an f32 buffer [B·H·T]");
     const bool cudnn = mla::use_cudnn(bf16 != 0, B, T, S, H, Hkv, Dh, Dv, scale, off, window, lse != nullptr);
     const bool fused = cudnn || mla::use_mma(bf16 != 0, Dh, Dv);
-    if (mla_status e = mla::attention_gemm(CF(q), CF(k), CF(v), F(o), fused && lse ? F(lse) : nullptr, B, T, S, H, Hkv, Dh, Dv, scale, off, window, bf16 != 0, cudnn)) return e;
+    if (mla_status e = mla::attention_gemm(CF(q), CF(k), CF(v), F(o), fused && lse ? F(lse) : nullptr, B, T, S, H, Hkv, Dh, Dv, scale, off, window, bf16 != 0, cudnn, kept)) return e;
     if (lse && fused && saved) *saved = cudnn ? 2 : 1;
     return MLA_OK;
   }
@@ -693,7 +697,7 @@ extern "C" mla_status mla_cuda_attention(const mla_cuda_buf* q, const mla_cuda_b
                                                                                      : launch_attention<false>(qb, kb, vb, nullptr, nullptr, ob, T, S, H, Hkv, Dh, Dv, 0, scale, off, window);
     if (st != MLA_OK) return st;
   }
-  return MLA_OK;
+  return kept.o ? mla::narrow_f32(CF(o), kept.o, B * T * H * Dv) : MLA_OK;
 }
 
 extern "C" mla_status mla_cuda_latent_attention(const mla_cuda_buf* qr, const mla_cuda_buf* kr, const mla_cuda_buf* qc, const mla_cuda_buf* c, mla_cuda_buf* o, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dr, int64_t L, float scale, int64_t off, int64_t window) {

@@ -151,13 +151,16 @@ mla_status mla_cuda_head_linear(const mla_cuda_buf* x, const mla_cuda_buf* w, ml
    o[B·T,H,Dv]. bf16 != 0: the GEMM route rounds its GEMM inputs to bf16 (tensor cores), scores,
    softmax and accumulation stay f32. lse (optional, f32 [B·H·T]): where the fused tensor-core kernels
    run, they leave their row log-sum-exp there for the backward and *saved becomes 1; where cuDNN runs
-   (MHA2MLA_CUDA_ATTENTION=cudnn), its statistics and *saved becomes 2; else 0. */
-mla_status mla_cuda_attention(const mla_cuda_buf* q, const mla_cuda_buf* k, const mla_cuda_buf* v, mla_cuda_buf* o, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t query_offset, int64_t window, int32_t bf16, mla_cuda_buf* lse, int32_t* saved);
+   (MHA2MLA_CUDA_ATTENTION=cudnn), its statistics and *saved becomes 2; else 0. q16, k16, v16
+   (optional, bf16 of q's, k's, v's size): copies of q, k, v rounded to bf16 that the caller keeps,
+   read instead of rounding again; o16 (optional, bf16 of o's size): receives o rounded to bf16. */
+mla_status mla_cuda_attention(const mla_cuda_buf* q, const mla_cuda_buf* k, const mla_cuda_buf* v, mla_cuda_buf* o, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t query_offset, int64_t window, int32_t bf16, mla_cuda_buf* lse, int32_t* saved, const mla_cuda_buf* q16, const mla_cuda_buf* k16, const mla_cuda_buf* v16, mla_cuda_buf* o16);
 /* Gradients of mla_cuda_attention: dq[B·T,H,Dh], dk[B·S,Hkv,Dh], dv[B·S,Hkv,Dv] from dout[B·T,H,Dv]
    (overwritten). o and lse: the forward's output and saved statistics (both or neither; only pass lse
    the forward marked saved, and its *saved as saved_kind), so the route that made them need not
-   recompute them. */
-mla_status mla_cuda_attention_backward(const mla_cuda_buf* q, const mla_cuda_buf* k, const mla_cuda_buf* v, const mla_cuda_buf* dout, mla_cuda_buf* dq, mla_cuda_buf* dk, mla_cuda_buf* dv, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t query_offset, int64_t window, int32_t bf16, const mla_cuda_buf* o, const mla_cuda_buf* lse, int32_t saved_kind);
+   recompute them. q16, k16, v16, o16 (optional): the bf16 copies of q, k, v and of the forward's o
+   (its o16), read instead of rounding again. */
+mla_status mla_cuda_attention_backward(const mla_cuda_buf* q, const mla_cuda_buf* k, const mla_cuda_buf* v, const mla_cuda_buf* dout, mla_cuda_buf* dq, mla_cuda_buf* dk, mla_cuda_buf* dv, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t query_offset, int64_t window, int32_t bf16, const mla_cuda_buf* o, const mla_cuda_buf* lse, int32_t saved_kind, const mla_cuda_buf* q16, const mla_cuda_buf* k16, const mla_cuda_buf* v16, const mla_cuda_buf* o16);
 /* MLA attention on the latent cache: qr[T,H,Dr], kr[S,Hkv,Dr], qc[T,H,L], c[S,L] → o[T,H,L]. */
 mla_status mla_cuda_latent_attention(const mla_cuda_buf* qr, const mla_cuda_buf* kr, const mla_cuda_buf* qc, const mla_cuda_buf* c, mla_cuda_buf* o, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dr, int64_t L, float scale, int64_t query_offset, int64_t window);
 /* The same two for a single query row (decode, T = 1) through cuBLAS: scores of all heads by GEMM

@@ -575,6 +575,42 @@ test("cuDNN attention route: forward and backward equal the reference; its saved
   }
 });
 
+// Inside a bf16Inputs arena (a training step) attention reads bf16 copies of q, k, v kept with them
+// (rounded once for the forward and the backward) and hands o back with its bf16 copy (what cuDNN
+// writes; o_proj's product and the backward read it): the same bits as the calls without copies.
+test("attention with the bf16 copies kept (q, k, v in, o out) gives the same bits as without, on every bf16 route; o's copy is o rounded", { skip }, (t) => {
+  const B = backend();
+  const arr = seededRand(12, Float32Array);
+  const routes = ["gemm", "fused", ...(B.cudnnVersion() ? ["cudnn", "default"] : [])];
+  if (!B.cudnnVersion()) t.diagnostic("this CUDA build has no cuDNN route: checked on gemm and fused only");
+  const [nb, T, H, Hkv, Dh, Dv] = [2, 160, 6, 3, 64, 64];
+  const q = arr(nb * T * H * Dh), k = arr(nb * T * Hkv * Dh), v = arr(nb * T * Hkv * Dv), d = arr(nb * T * H * Dv);
+  const opts = { scale: 1 / Math.sqrt(Dh), queryOffset: 0, window: null, batch: nb, bf16: true };
+  const before = process.env["MHA2MLA_CUDA_ATTENTION"];
+  try {
+    for (const route of routes) {
+      process.env["MHA2MLA_CUDA_ATTENTION"] = route;
+      const run = () => {
+        const [Q, K, V, D] = [B.upload(q, [nb * T, H, Dh]), B.upload(k, [nb * T, Hkv, Dh]), B.upload(v, [nb * T, Hkv, Dv]), B.upload(d, [nb * T, H, Dv])];
+        const trained = B.attentionForTraining!(Q, K, V, opts);
+        const g = B.attentionBackward(Q, K, V, D, opts, trained.saved ?? undefined);
+        const copy = (trained.o.storage as { bf16?: { toArray(): Float32Array } | null }).bf16 ?? null;
+        return { o: trained.o.toArray(), oCopy: copy?.toArray() ?? null, dq: g.dq.toArray(), dk: g.dk.toArray(), dv: g.dv.toArray(), inference: B.attention(Q, K, V, opts).toArray() };
+      };
+      const plain = run();
+      const kept = B.arena(run, { bf16Inputs: true });
+      assert.equal(plain.oCopy, null, `${route}: no copy of o outside a bf16Inputs arena`);
+      assert.ok(kept.oCopy, `${route}: o comes back with its bf16 copy inside a bf16Inputs arena`);
+      for (const n of ["o", "dq", "dk", "dv", "inference"] as const) assert.deepEqual(kept[n], plain[n], `${route} ${n}: the same bits with the copies kept`);
+      const rounded = Float32Array.from(toBf16Bits(plain.o), (h) => new Float32Array(new Uint32Array([h << 16]).buffer)[0]!);
+      assert.deepEqual(kept.oCopy, rounded, `${route}: o's copy is o rounded to bf16`);
+    }
+  } finally {
+    if (before === undefined) delete process.env["MHA2MLA_CUDA_ATTENTION"];
+    else process.env["MHA2MLA_CUDA_ATTENTION"] = before;
+  }
+});
+
 test("GPU training is bit-reproducible: a rerun, a run with --checkpoint-activations, and a run killed (-9) after step 10 then resumed give the same weights (bf16, MLA)", { skip }, async () => {
   const dir = tmpDir();
   const mla = (await convert(path.join(MODELS, "stories260K"), { rank: 4, ropePairs: 2, ropeStrategy: "uniform", out: path.join(dir, "mla"), progress: null, device: "cpu" })).out!;

@@ -48,9 +48,9 @@ const SIGNATURES: Record<string, string> = {
   rmsnormBackward: "int mla_cuda_rmsnorm_backward(const mla_cuda_buf* x, const mla_cuda_buf* w, const mla_cuda_buf* dy, mla_cuda_buf* dx, mla_cuda_buf* dw, int64_t rows, int64_t D, float eps)",
   rope: "int mla_cuda_rope(const mla_cuda_buf* x, mla_cuda_buf* y, const int32_t* positions, const double* inv_freq, int64_t n_freq, int64_t T, int64_t H, int64_t Dh, int64_t rotary_dims, int32_t sign)",
   headLinear: "int mla_cuda_head_linear(const mla_cuda_buf* x, const mla_cuda_buf* w, mla_cuda_buf* y, int64_t T, int64_t H, int64_t G, int64_t K, int64_t N)",
-  attention: "int mla_cuda_attention(const mla_cuda_buf* q, const mla_cuda_buf* k, const mla_cuda_buf* v, mla_cuda_buf* o, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window, int32_t bf16, mla_cuda_buf* lse, int32_t* saved)",
+  attention: "int mla_cuda_attention(const mla_cuda_buf* q, const mla_cuda_buf* k, const mla_cuda_buf* v, mla_cuda_buf* o, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window, int32_t bf16, mla_cuda_buf* lse, int32_t* saved, const mla_cuda_buf* q16, const mla_cuda_buf* k16, const mla_cuda_buf* v16, mla_cuda_buf* o16)",
   latentAttention: "int mla_cuda_latent_attention(const mla_cuda_buf* qr, const mla_cuda_buf* kr, const mla_cuda_buf* qc, const mla_cuda_buf* c, mla_cuda_buf* o, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dr, int64_t L, float scale, int64_t off, int64_t window)",
-  attentionBackward: "int mla_cuda_attention_backward(const mla_cuda_buf* q, const mla_cuda_buf* k, const mla_cuda_buf* v, const mla_cuda_buf* dout, mla_cuda_buf* dq, mla_cuda_buf* dk, mla_cuda_buf* dv, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window, int32_t bf16, const mla_cuda_buf* o, const mla_cuda_buf* lse, int32_t saved_kind)",
+  attentionBackward: "int mla_cuda_attention_backward(const mla_cuda_buf* q, const mla_cuda_buf* k, const mla_cuda_buf* v, const mla_cuda_buf* dout, mla_cuda_buf* dq, mla_cuda_buf* dk, mla_cuda_buf* dv, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window, int32_t bf16, const mla_cuda_buf* o, const mla_cuda_buf* lse, int32_t saved_kind, const mla_cuda_buf* q16, const mla_cuda_buf* k16, const mla_cuda_buf* v16, const mla_cuda_buf* o16)",
   fillZero: "int mla_cuda_fill_zero(mla_cuda_buf* x)",
   sumSquares: "int mla_cuda_sum_squares(const mla_cuda_buf* x, double* out)",
   adamw: "int mla_cuda_adamw(mla_cuda_buf* p, const mla_cuda_buf* g, mla_cuda_buf* m, mla_cuda_buf* v, mla_cuda_buf* shadow, float lr, float beta1, float beta2, float eps, float weight_decay, double bias_c1, double bias_c2, float grad_scale)",
@@ -585,7 +585,12 @@ export class CudaBackend implements Backend {
     }
     const lse = keep && opts.bf16 ? this.empty([H * T], "attention statistics") : null;
     const kept = new Int32Array(1);
-    this.call("attention", this.lib.fns["attention"]!(this.h(q), this.h(k), this.h(v), this.h(o), B, T / B, S / B, H, Hkv, Dh, Dv, opts.scale, opts.queryOffset, opts.window ?? 0, opts.bf16 ? 1 : 0, this.h(lse), kept));
+    // In a bf16Inputs arena, q, k, v are rounded once into copies kept with them (the backward reads
+    // them again), and o comes back with its own bf16 copy (what cuDNN writes; o_proj and the backward read it).
+    const [q16, k16, v16] = opts.bf16 ? [q, k, v].map((t) => this.bf16Of(t, true)) : [null, null, null];
+    const o16 = opts.bf16 && this.bf16InputArenas > 0 ? this.empty([o.size], "a bf16 copy of an attention output", BF16, false) : null;
+    this.call("attention", this.lib.fns["attention"]!(this.h(q), this.h(k), this.h(v), this.h(o), B, T / B, S / B, H, Hkv, Dh, Dv, opts.scale, opts.queryOffset, opts.window ?? 0, opts.bf16 ? 1 : 0, this.h(lse), kept, this.h(q16), this.h(k16), this.h(v16), this.h(o16)));
+    if (o16) (o.storage as DeviceBuffer).bf16 = o16;
     if (lse && !kept[0]) this.free(lse);
     return { o, saved: lse && kept[0] ? { o, lse, kind: kept[0] } : null };
   }
@@ -722,7 +727,8 @@ export class CudaBackend implements Backend {
     expectShape("attentionBackward", "dOut", dOut, [T, H, Dv]);
     const dq = this.empty(q.shape, "a query gradient"), dk = this.empty(k.shape, "a key gradient"), dv = this.empty(v.shape, "a value gradient");
     const B = batchOf("attentionBackward", opts, T, S);
-    this.call("attention_backward", this.lib.fns["attentionBackward"]!(this.h(q), this.h(k), this.h(v), this.h(dOut), this.h(dq), this.h(dk), this.h(dv), B, T / B, S / B, H, Hkv, Dh, Dv, opts.scale, opts.queryOffset, opts.window ?? 0, opts.bf16 ? 1 : 0, this.h(saved?.o), this.h(saved?.lse), saved?.kind ?? 0));
+    const [q16, k16, v16, o16] = opts.bf16 ? [q, k, v, saved?.o].map((t) => (t ? this.bf16Of(t, false) : null)) : [null, null, null, null];
+    this.call("attention_backward", this.lib.fns["attentionBackward"]!(this.h(q), this.h(k), this.h(v), this.h(dOut), this.h(dq), this.h(dk), this.h(dv), B, T / B, S / B, H, Hkv, Dh, Dv, opts.scale, opts.queryOffset, opts.window ?? 0, opts.bf16 ? 1 : 0, this.h(saved?.o), this.h(saved?.lse), saved?.kind ?? 0, this.h(q16), this.h(k16), this.h(v16), this.h(o16)));
     return { dq, dk, dv };
   }
 
