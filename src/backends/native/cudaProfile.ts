@@ -2,12 +2,16 @@
  * MHA2MLA_CUDA_PROFILE=1: every op of a CudaBackend synchronizes the GPU after it runs, and the time
  * per op (GPU work plus host dispatch) is summed and printed to stderr at exit, most expensive first.
  * For finding where a training step spends its time; it slows the run down (no overlap of host and GPU).
+ * The first MHA2MLA_CUDA_PROFILE_SKIP training steps (default 2; a step ends with its optimizer
+ * update) are left out: they build cuDNN graphs, choose cuBLAS algorithms and grow the memory pool.
  */
 const OPS = ["linear", "linearBackward", "rmsnorm", "rmsnormBackward", "rope", "ropeBackward", "attention", "attentionForTraining", "attentionBackward", "swiglu", "swigluBackward", "add", "scale", "embedding", "embeddingBackward", "crossEntropy", "crossEntropyBackward", "crossEntropyFused", "klDivergence", "gatherCols", "scatterCols", "concatLast", "splitLast"];
 const TRAINING = ["addInto", "fillZero", "sumSquares", "adamw", "cast", "copyInto"];
 
 export function profileCuda(backend: object, training: object, synchronize: () => void): void {
   const total = new Map<string, { ms: number; calls: number }>();
+  let skipSteps = Number(process.env["MHA2MLA_CUDA_PROFILE_SKIP"] ?? 2);
+  let steps = 0;
   const wrap = (obj: Record<string, unknown>, name: string, label: string) => {
     const fn = obj[name] as ((...a: unknown[]) => unknown) | undefined;
     if (typeof fn !== "function") return;
@@ -19,6 +23,10 @@ export function profileCuda(backend: object, training: object, synchronize: () =
       e.ms += performance.now() - t0;
       e.calls++;
       total.set(label, e);
+      if (label === "training.adamw" && skipSteps > 0) {
+        skipSteps--;
+        total.clear();
+      } else if (label === "training.adamw") steps++;
       return r;
     };
   };
@@ -27,7 +35,7 @@ export function profileCuda(backend: object, training: object, synchronize: () =
   process.on("exit", () => {
     const rows = [...total.entries()].sort((a, b) => b[1].ms - a[1].ms);
     const sum = rows.reduce((s, [, e]) => s + e.ms, 0);
-    process.stderr.write(`CUDA profile (ms, calls, share of ${sum.toFixed(0)} ms in ops):\n`);
+    process.stderr.write(`CUDA profile (ms, calls, share of ${sum.toFixed(0)} ms in ops${steps ? `, over ${steps} training steps after the first ${Number(process.env["MHA2MLA_CUDA_PROFILE_SKIP"] ?? 2)}` : ""}):\n`);
     for (const [op, e] of rows) process.stderr.write(`  ${op.padEnd(26)} ${e.ms.toFixed(1).padStart(9)} ${String(e.calls).padStart(7)} ${((100 * e.ms) / sum).toFixed(1).padStart(5)}%\n`);
   });
 }
