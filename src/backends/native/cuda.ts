@@ -403,6 +403,9 @@ export class CudaBackend implements Backend {
     const buf = t.storage as DeviceBuffer;
     if (buf.dtype !== F32 || data.length !== buf.n) throw new MlaError("BAD_ARGUMENT", `overwrite: ${data.length} float32 values for a tensor of ${buf.n}${buf.dtype !== F32 ? " bf16" : ""} elements`, "this is a bug in the caller");
     this.call("upload", this.lib.fns["upload"]!(buf.handle, data, data.byteLength));
+    // A bf16 copy made while t was an activation no longer matches it.
+    if (buf.bf16) this.free(buf.bf16);
+    buf.bf16 = null;
   }
 
   /** A weight kept in bf16 on the device (half the memory and bandwidth; linear accumulates in f32). */
