@@ -82,32 +82,15 @@ export async function convert(spec: string, opts: ConvertOptions): Promise<Conve
     // The converted model is at most its source's size (smaller attention; EG-MLA's gate is small).
     requireRoom(out, weightFileBytes(srcDir), "the converted model");
 
-    const perLayer = settings.kvSplit === "per-layer";
-    let stats: CalibrationStats | null = null;
     let windows: Int32Array[] = [];
-    if (settings.calib && (settings.ropeStrategy === "2-norm" || settings.svdInit === "activations" || settings.refitOutput || perLayer)) {
+    if (settings.calib && (settings.ropeStrategy === "2-norm" || settings.svdInit === "activations" || settings.refitOutput || settings.kvSplit === "per-layer")) {
       windows = calibrationWindows(loadTokenizer(srcDir), readText(settings.calib), settings.calibSamples, settings.calibLen, config.bosTokenId ?? 1, settings.calib);
       if (windows.length < settings.calibSamples) log.info(`note: ${settings.calib} holds ${windows.length} calibration windows of ${settings.calibLen} tokens (asked for ${settings.calibSamples})`);
-    }
-    const original = settings.ropeStrategy === "2-norm" || settings.svdInit === "activations" || perLayer ? loadModel(srcDir, { backend: selectBackend(opts.device ?? "auto", log) }).model : null;
-    if (original && (settings.ropeStrategy === "2-norm" || settings.svdInit === "activations")) {
-      stats = await calibrate(original, windows, { covariance: settings.svdInit === "activations", progress: opts.progress });
-      timings["calibration_s"] = stats.seconds;
     }
     const linalg = selectLinalg(opts.device ?? "auto", log);
     useLinalg(linalg);
     log.info(`factoring with the ${linalg?.name ?? "TypeScript"} float64 routines`);
-    const source = new LayerSource(src, config, settings, stats);
-    let attention: MlaAttention;
-    let choice: SplitChoice | null = null;
-    if (perLayer) {
-      choice = await chooseKvSplits(original!, windows, source, settings, log, opts.progress);
-      timings["kv_split_s"] = choice.seconds;
-      attention = { kind: "mla", splits: choice.chosen.map((i) => choice!.candidates[i]!), selection: choice.selection, svd: settings.svd, gateDim: settings.gateDim };
-    } else {
-      const split = { ropePairs: settings.ropePairs, rank: settings.rank, latentDim: plan.latentDim };
-      attention = { kind: "mla", splits: Array.from({ length: config.layers }, () => split), selection: Array.from({ length: config.layers }, (_, l) => source.pairs(l, settings.ropePairs)), svd: settings.svd, gateDim: settings.gateDim };
-    }
+    const { source, attention, choice } = await analyzeSource(srcDir, src, config, settings, plan, windows, opts, log, timings);
     const mlaConfig: ModelConfig = { ...config, attention };
     // Every candidate spends the budget's bytes (kvSplit.ts), so the total is the uniform conversion's.
     if (kvElemsPerToken(mlaConfig) !== plan.after.elems_per_token) throw new Error(`internal: the chosen splits cache ${kvElemsPerToken(mlaConfig)} values per token, the plan ${plan.after.elems_per_token}`);
@@ -157,6 +140,32 @@ export async function convert(spec: string, opts: ConvertOptions): Promise<Conve
     useLinalg(undefined);
     src.close();
   }
+}
+
+/**
+ * What runs the original model: calibration (2-norm scores, covariances) and the per-layer split
+ * choice. Returns how each layer will be factored and the converted model's attention; the model is
+ * dropped on return, before the writer streams the checkpoint layer by layer.
+ */
+async function analyzeSource(srcDir: string, src: Checkpoint, config: ModelConfig, settings: ConversionSettings, plan: ConversionPlan, windows: Int32Array[], opts: ConvertOptions, log: Logger, timings: Record<string, number>): Promise<{ source: LayerSource; attention: MlaAttention; choice: SplitChoice | null }> {
+  const perLayer = settings.kvSplit === "per-layer";
+  const calibrated = settings.ropeStrategy === "2-norm" || settings.svdInit === "activations";
+  const original = calibrated || perLayer ? loadModel(srcDir, { backend: selectBackend(opts.device ?? "auto", log) }).model : null;
+  let stats: CalibrationStats | null = null;
+  if (original && calibrated) {
+    stats = await calibrate(original, windows, { covariance: settings.svdInit === "activations", progress: opts.progress });
+    timings["calibration_s"] = stats.seconds;
+  }
+  const source = new LayerSource(src, config, settings, stats);
+  const { svd, gateDim } = settings;
+  if (!perLayer) {
+    const split = { ropePairs: settings.ropePairs, rank: settings.rank, latentDim: plan.latentDim };
+    const selection = Array.from({ length: config.layers }, (_, l) => source.pairs(l, settings.ropePairs));
+    return { source, attention: { kind: "mla", splits: Array.from({ length: config.layers }, () => split), selection, svd, gateDim }, choice: null };
+  }
+  const choice = await chooseKvSplits(original!, windows, source, settings, log, opts.progress);
+  timings["kv_split_s"] = choice.seconds;
+  return { source, attention: { kind: "mla", splits: choice.chosen.map((i) => choice.candidates[i]!), selection: choice.selection, svd, gateDim }, choice };
 }
 
 /** Where the conversion's time went: factoring (summed per layer, overlapped) and what the writer loop waited for. */
