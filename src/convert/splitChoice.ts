@@ -70,7 +70,7 @@ export async function chooseSplits(original: LlamaModel, windows: Int32Array[], 
     for (const split of candidates) {
       const selection = make.pairs(l, split.ropePairs);
       const block = candidateBlock(original, l, split, selection, await make.factor(l, split.rank, selection), o.svd);
-      errors.push(relativeError(targets, xs.map((x, i) => block.run(x, windows[i]!))));
+      errors.push(relativeError(targets, (i) => block.run(xs[i]!, windows[i]!)));
       block.dispose();
       selections.push(selection);
       progress.tick();
@@ -95,11 +95,11 @@ export async function chooseSplits(original: LlamaModel, windows: Int32Array[], 
   return choice;
 }
 
-/** √(Σ‖a − y‖² / Σ‖a‖²) over windows: targets a [T·D] (host), outputs y [T, D] (disposed here). */
-function relativeError(targets: FloatArray[], outputs: Tensor[]): number {
+/** √(Σ‖a − y‖² / Σ‖a‖²) over windows: targets a [T·D] (host), output(i) y [T, D] made and disposed one window at a time. */
+function relativeError(targets: FloatArray[], output: (window: number) => Tensor): number {
   let num = 0, den = 0;
-  outputs.forEach((y, i) => {
-    const a = targets[i]!;
+  targets.forEach((a, i) => {
+    const y = output(i);
     const v = y.toArray();
     y.dispose();
     for (let j = 0; j < a.length; j++) {
