@@ -148,8 +148,8 @@ abstract class TwoPartCache implements DecodeCache {
   }
 
   /**
-   * One decode step of B sequences at `layer`: row b of a [B, …] and b [B, …] (the layer's row shapes) appended
-   * to caches[b]; returns each cache's rows of both parts for Backend.*DecodeBatch, possibly followed
+   * One decode step of B sequences at `layer`: row b of a [B, …] and b [B, …] (the layer's row
+   * shapes) appended to caches[b]; returns each cache's rows of both parts for Backend.*DecodeBatch, possibly followed
    * by spare rows. On a device backend the rows of all B caches go in one call per part and the
    * caches' own buffers come back (no per-sequence views or copies).
    */
