@@ -69,7 +69,7 @@ for (const dir of dirs) {
       // Free on the device plus what our pool caches (freed buffers are kept for reuse, not returned to the driver).
       const avail = mem ? mem.total - mem.live - 2 * 2 ** 30 : Infinity;
       const size = (b: number) => (b >= 2 ** 30 ? `${(b / 2 ** 30).toFixed(2)} GiB` : `${(b / 2 ** 20).toFixed(1)} MiB`);
-      const kind = (config.attention.kind === "mla" ? `mla, ${absorbForm(config)} absorption` : config.attention.kind) + (kvCache === "bf16" ? ", bf16 cache" : "");
+      const kind = (config.attention.kind === "mla" ? `mla, ${[...new Set(Array.from({ length: config.layers }, (_, l) => absorbForm(config, l)))].join("/")} absorption` : config.attention.kind) + (kvCache === "bf16" ? ", bf16 cache" : "");
       const label = `| ${dir.split("/").pop()} | ${kind} | ${ctx} | ${B} | ${perToken} | ${size(bytes32)} | ${size(bytes32 / 2)} |`;
       // Each cache grows in steps of up to 1024 rows (DeviceRowStore.reserve), plus room for activations.
       if ((stored * (ctx + Math.min(ctx, 1024))) / ctx + 2 ** 30 > avail) {

@@ -1,59 +1,48 @@
 /**
  * Does the best split of a KV budget between rope pairs and latent dims differ from layer to layer?
- * For each split (R, rank) at equal KV bytes (2R + rank per KV head), the conversion of MODEL (2-norm,
- * BKV, calibrated on CALIB) is scored layer by layer: each layer's converted attention is fed the
- * ORIGINAL model's hidden states (so the error is the layer's own, not inherited), and its output
- * compared with the original attention's, ‖Δ‖/‖A‖ over held-out windows of VAL. Prints a Markdown
- * table (rows: splits; columns: layers) and each layer's best split.
- * Run: npm run build && node dist/bench/per-layer-split.js [MODEL] [CALIB] [VAL] [--splits 2:20,4:16,…] [--windows 16]
+ * For each split (R', rank') at the bytes of --rope-pairs/--rank (2R + rank per KV head), MODEL's
+ * layers are converted (2-norm calibrated on CALIB, BKV) and scored as `convert --kv-split per-layer`
+ * scores them (src/convert/splitChoice.ts): each layer's converted attention is fed the ORIGINAL
+ * model's hidden states (so the error is the layer's own, not inherited), and its output compared
+ * with the original attention's, ‖Δ‖/‖A‖, here over held-out windows of VAL rather than the
+ * calibration windows. Prints a Markdown table (rows: splits; columns: layers) and each layer's best.
+ * Run: npm run build && node dist/bench/per-layer-split.js [MODEL] [CALIB] [VAL] [--rope-pairs 4] [--rank 16] [--pairs 2,4,6,8,10] [--windows 16]
  */
-import fs from "node:fs";
-import os from "node:os";
 import path from "node:path";
-import { convert } from "../src/convert/pipeline.js";
-import { loadModel, type LlamaModel } from "../src/model/llama.js";
-import { calibrationWindows } from "../src/ropeSelect/calibrate.js";
+import { Checkpoint } from "../src/io/checkpoint.js";
+import { loadModel } from "../src/model/llama.js";
+import { calibrate, calibrationWindows } from "../src/ropeSelect/calibrate.js";
 import { readText } from "../src/eval/perplexity.js";
 import { packageRoot } from "../src/io/modelDir.js";
-import type { Tensor } from "../src/tensor/tensor.js";
+import { resolveSettings } from "../src/convert/plan.js";
+import { LayerSource } from "../src/convert/layerSource.js";
+import { chooseKvSplits } from "../src/convert/splitChoice.js";
+import { selectBackend, selectLinalg } from "../src/backends/select.js";
+import { useLinalg } from "../src/backends/native/linalg.js";
+import { silentLogger } from "../src/util/log.js";
 
 const args = process.argv.slice(2);
 const flag = (name: string, fallback: string) => (args.includes(name) ? args[args.indexOf(name) + 1]! : fallback);
 const positional = args.filter((a, i) => !a.startsWith("--") && !args[i - 1]?.startsWith("--"));
 const shared = path.resolve(packageRoot(), "..", "shared");
 const [model, calib, val] = [positional[0] ?? path.join(shared, "models/mha26m-debian"), positional[1] ?? path.join(shared, "data/text/debian_train.txt"), positional[2] ?? path.join(shared, "data/text/debian_dev_val.txt")];
-const splits = flag("--splits", "2:20,4:16,6:12,8:8,10:4").split(",").map((s) => s.split(":").map(Number) as [number, number]);
-const orig = loadModel(model);
-const windows = calibrationWindows(orig.tokenizer, readText(val), Number(flag("--windows", "16")), 256, orig.config.bosTokenId ?? 1, val);
-const L = orig.config.layers;
-// The original model's hidden states before every layer, per window.
-const hidden: Tensor[][] = windows.map((ids) => {
-  const hs = [orig.model.embedTokens(ids)];
-  for (let l = 0; l < L; l++) hs.push(orig.model.layerForward(l, ids, hs[l]!));
-  return hs;
-});
-const normed = (m: LlamaModel, l: number, h: Tensor) => m.backend.rmsnorm(h, m.weights.layers[l]!.inputNorm, m.config.rmsEps);
-const scratch = fs.mkdtempSync(path.join(os.tmpdir(), "mha2mla-split-"));
-const rows: { R: number; rank: number; errors: number[] }[] = [];
-for (const [R, rank] of splits) {
-  const out = path.join(scratch, `r${R}`);
-  await convert(model, { rank, ropePairs: R, ropeStrategy: "2-norm", calib, out, force: true, progress: null, device: "cpu" });
-  const conv = loadModel(out).model;
-  const errors = Array.from({ length: L }, (_, l) => {
-    let num = 0, den = 0;
-    windows.forEach((ids, i) => {
-      const x = normed(orig.model, l, hidden[i]![l]!);
-      const [a, c] = [orig.model.attentionOf(l, ids, x).toArray(), conv.attentionOf(l, ids, x).toArray()];
-      for (let j = 0; j < a.length; j++) [num, den] = [num + (a[j]! - c[j]!) ** 2, den + a[j]! ** 2];
-    });
-    return Math.sqrt(num / den);
-  });
-  rows.push({ R, rank, errors });
-}
-fs.rmSync(scratch, { recursive: true, force: true });
+// The CPU backend and float64 library, as `convert --device cpu` uses them.
+const orig = loadModel(model, { backend: selectBackend("cpu", silentLogger) });
+const c = orig.config;
+const settings = resolveSettings(c, { rank: Number(flag("--rank", "16")), ropePairs: Number(flag("--rope-pairs", "4")), ropeStrategy: "2-norm", calib, kvSplit: "per-layer", kvSplitPairs: flag("--pairs", "2,4,6,8,10").split(",").map(Number) }, silentLogger);
+const stats = await calibrate(orig.model, calibrationWindows(orig.tokenizer, readText(calib), settings.calibSamples, settings.calibLen, c.bosTokenId ?? 1, calib), { covariance: false, progress: null });
+const windows = calibrationWindows(orig.tokenizer, readText(val), Number(flag("--windows", "16")), 256, c.bosTokenId ?? 1, val);
+useLinalg(selectLinalg("cpu", silentLogger));
+const src = Checkpoint.open(orig.dir);
+const choice = await chooseKvSplits(orig.model, windows, new LayerSource(src, c, settings, stats), settings, silentLogger, null);
+src.close();
+const L = c.layers;
 const mean = (e: number[]) => e.reduce((s, x) => s + x, 0) / e.length;
 console.log(`| R, rank | ${Array.from({ length: L }, (_, l) => `layer ${l}`).join(" | ")} | mean |`);
 console.log(`| --- | ${Array.from({ length: L + 1 }, () => "---").join(" | ")} |`);
-for (const r of rows) console.log(`| ${r.R}, ${r.rank} | ${r.errors.map((e) => e.toFixed(3)).join(" | ")} | ${mean(r.errors).toFixed(3)} |`);
-const best = Array.from({ length: L }, (_, l) => rows.reduce((a, r) => (r.errors[l]! < a.errors[l]! ? r : a)));
-console.log(`| best per layer | ${best.map((r, l) => `${r.errors[l]!.toFixed(3)} (R ${r.R})`).join(" | ")} | ${mean(best.map((r, l) => r.errors[l]!)).toFixed(3)} |`);
+choice.candidates.forEach((s, k) => {
+  const row = choice.errors.map((e) => e[k]!);
+  console.log(`| ${s.ropePairs}, ${s.rank} | ${row.map((e) => e.toFixed(3)).join(" | ")} | ${mean(row).toFixed(3)} |`);
+});
+const best = choice.chosen.map((k, l) => choice.errors[l]![k]!);
+console.log(`| best per layer | ${best.map((e, l) => `${e.toFixed(3)} (R ${choice.candidates[choice.chosen[l]!]!.ropePairs})`).join(" | ")} | ${mean(best).toFixed(3)} |`);

@@ -4,7 +4,7 @@
 # calibration on debian_train.txt, 500k tokens of debian_train.txt on the GPU (bf16; seq 256, batch 16,
 # lr 1e-3, WSD: the settings of bench/finetune-numerics.sh's recovery stage), NLL on debian_dev_val.txt
 # (ctx 256, first 20,000 tokens) by `mha2mla eval`. Prints a Markdown table.
-# Usage: [METHODS="ours-2norm ours-2norm-bkv ours-2norm-disjoint ours-r8-bkv deepseek-48-bkv deepseek-40-bkv+refit"] [LR=1e-3] bash bench/recovery-table.sh [WORKDIR] [MODEL] [TEXT_DIR]
+# Usage: [METHODS="ours-2norm ours-2norm-bkv ours-2norm-disjoint ours-r8-bkv ours-per-layer-bkv deepseek-48-bkv deepseek-40-bkv+refit"] [LR=1e-3] bash bench/recovery-table.sh [WORKDIR] [MODEL] [TEXT_DIR]
 # (LR: the peak learning rate; 1e-3 throws the better-initialized deepseek conversion off, see docs/benchmarks.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +26,7 @@ for method in ${METHODS:-ours-2norm ours-2norm-bkv deepseek-48-bkv}; do
     ours-2norm) flags="--rope-strategy 2-norm --rope-pairs 4 --rank 16 --no-balance-kv"; name="ours, 2-norm R 4, rank 16, weight SVD (the paper's)";;
     ours-2norm-bkv) flags="--rope-strategy 2-norm --rope-pairs 4 --rank 16"; name="ours, 2-norm R 4, rank 16, BKV (default)";;
     ours-2norm-disjoint) flags="--rope-strategy 2-norm --rope-pairs 4 --rank 16 --rope-disjoint"; name="ours, 2-norm R 4, rank 16, BKV, --rope-disjoint (exportable to deepseek_v3 exactly)";;
+    ours-per-layer-bkv) flags="--rope-strategy 2-norm --rope-pairs 4 --rank 16 --kv-split per-layer"; name="ours, 2-norm, the bytes of R 4 rank 16 split per layer (--kv-split per-layer), BKV";;
     ours-r*-bkv) r=$(echo "$base" | cut -d- -f2 | tr -d r); flags="--rope-strategy 2-norm --rope-pairs $r --rank $((24 - 2 * r))"; name="ours, 2-norm R $r, rank $((24 - 2 * r)), BKV (the same bytes, more rope)";;
     deepseek-*) dr=$(echo "$base" | cut -d- -f2); bkv=""; [[ $base == *-bkv ]] || bkv=--no-balance-kv
       flags="--format deepseek --rope-pairs 4 --rank 16 --rope-dim $dr --kv-lora-rank $((144 - dr)) $bkv"; name="deepseek_v3, rope dim $dr, kv_lora_rank $((144 - dr))${bkv:+, no BKV}${bkv:-, BKV}";;

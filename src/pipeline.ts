@@ -12,7 +12,7 @@ import { writeFileAtomic } from "./io/atomicDir.js";
 import { convert } from "./convert/pipeline.js";
 import { convertDeepseek, deepseekSettings } from "./deepseek/export.js";
 import { exportDeepseek } from "./deepseek/fromMla.js";
-import { checkExportSettings } from "./deepseek/exportable.js";
+import { checkExportSettings, perLayerRefusal } from "./deepseek/exportable.js";
 import { defaultRopePairs } from "./ropeSelect/strategies.js";
 import { readHfConfig } from "./io/hfConfig.js";
 import { resolveModel } from "./io/modelDir.js";
@@ -58,6 +58,7 @@ export interface PipelineResult {
 /** Refuses --export deepseek up front (before hours of fine-tuning) where the export could not be exact. */
 function checkExportable(spec: string, o: PipelineOptions): void {
   if (o.format === "deepseek") throw new MlaError("BAD_ARGUMENT", "--export deepseek exports a model in our format, and --format deepseek already converts to deepseek_v3", "drop one of them");
+  if ((o.convert.kvSplit ?? "uniform") !== "uniform") throw perLayerRefusal("--kv-split per-layer gives each layer its own RoPE pairs and latent width");
   const c = readHfConfig(resolveModel(spec).dir);
   if (!o.convert.ropeDisjoint && c.kvHeads > 1)
     throw new MlaError("BAD_ARGUMENT", `--export deepseek needs each RoPE frequency on at most one KV head of a layer, which per-head selection on ${c.kvHeads} KV heads does not give`, "add --rope-disjoint (docs/deepseek.md)");

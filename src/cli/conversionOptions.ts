@@ -2,6 +2,16 @@
 import type { Argv } from "yargs";
 import type { SettingsInput } from "../convert/plan.js";
 import { parseStrategy, ROPE_STRATEGIES } from "../ropeSelect/strategies.js";
+import { KV_SPLIT_MODES, KvSplitMode } from "../convert/kvSplit.js";
+import { MlaError } from "../errors.js";
+
+/** "2,4,6" → [2, 4, 6]; anything else is refused with the value that failed. */
+function parsePairList(list: string): number[] {
+  const items = String(list).split(",").map((x) => x.trim());
+  const bad = items.find((x) => !/^\d+$/.test(x));
+  if (bad !== undefined) throw new MlaError("BAD_ARGUMENT", `--kv-split-pairs ${list}: "${bad}" is not a whole number`, "list rope pair counts separated by commas, e.g. --kv-split-pairs 2,4,6,8");
+  return items.map(Number);
+}
 
 export interface ConversionArgs {
   rank: number;
@@ -17,6 +27,8 @@ export interface ConversionArgs {
   "calib-len": number;
   attention: "mla" | "eg-mla";
   "gate-dim"?: number;
+  "kv-split": KvSplitMode;
+  "kv-split-pairs"?: string;
 }
 
 export function withConversionOptions<T>(y: Argv<T>) {
@@ -33,7 +45,9 @@ export function withConversionOptions<T>(y: Argv<T>) {
     .option("calib-samples", { type: "number", default: 32, describe: "calibration windows" })
     .option("calib-len", { type: "number", default: 256, describe: "tokens per calibration window, BOS included" })
     .option("attention", { choices: ["mla", "eg-mla"] as const, default: "mla" as const, describe: "mla: MHA2MLA; eg-mla: MLA whose latent is gated by a per-layer token-embedding table (EG-MLA), initialized so the model starts equal to the mla conversion (same cache size)" })
-    .option("gate-dim", { type: "number", describe: "eg-mla: width of each layer's gate embedding (default 16)" });
+    .option("gate-dim", { type: "number", describe: "eg-mla: width of each layer's gate embedding (default 16)" })
+    .option("kv-split", { choices: KV_SPLIT_MODES, default: "uniform" as KvSplitMode, describe: "how each layer splits the cache budget of --rope-pairs/--rank (2R + rank values per KV head and token) between rope pairs and latent dims: uniform (the same everywhere), or per-layer: each layer takes the equal-bytes split (R', rank') whose converted attention best reproduces the original's on --calib (needs --calib; the total cache is the uniform one's; `export --format deepseek` cannot write the result)" })
+    .option("kv-split-pairs", { type: "string", describe: "per-layer: the rope pairs R' to try, comma-separated (default R + k·max(1, round(R/2)): 2,4,6,8,10 for R 4 and rank 16, as far as the budget allows)" });
 }
 
 export function conversionSettings(a: ConversionArgs): SettingsInput {
@@ -51,5 +65,8 @@ export function conversionSettings(a: ConversionArgs): SettingsInput {
     calibLen: a["calib-len"],
     attention: a.attention,
     gateDim: a["gate-dim"],
+    // Left out when uniform, so a pipeline started before --kv-split existed keeps its fingerprint (and resumes).
+    kvSplit: a["kv-split"] === "uniform" ? undefined : a["kv-split"],
+    kvSplitPairs: a["kv-split-pairs"] === undefined ? undefined : parsePairList(a["kv-split-pairs"]),
   };
 }

@@ -64,9 +64,11 @@ export const convertCommand: CommandModule<object, Args> = {
     });
     const p = r.plan;
     const kv = `KV cache per token ${p.before.elems_per_token} → ${p.after.elems_per_token} elements (${p.kvChangePercent.toFixed(2)}%), ${p.before.bytes_per_token} → ${p.after.bytes_per_token} bytes`;
-    if (!r.out) process.stdout.write(`dry run: rank ${p.settings.rank}, ${p.settings.ropePairs} RoPE pairs (${p.settings.ropeStrategy}), latent ${p.latentDim} dims per layer; ${kv}\n`);
+    const perLayer = p.settings.kvSplit === "per-layer" ? ` (split per layer from R ${p.settings.kvSplitPairs!.join(", ")} at the same bytes)` : "";
+    if (!r.out) process.stdout.write(`dry run: rank ${p.settings.rank}, ${p.settings.ropePairs} RoPE pairs (${p.settings.ropeStrategy}), latent ${p.latentDim} dims per layer${perLayer}; ${kv}\n`);
     else {
       process.stdout.write(`wrote ${r.out} in ${r.timings["total_s"]!.toFixed(1)} s; ${kv}\n`);
+      if (perLayer) process.stdout.write(`split per layer (R, rank): ${r.splits!.map((x) => `${x.ropePairs}, ${x.rank}`).join(" | ")}\n`);
       if (r.report) process.stdout.write(`perplexity ${r.report.before.ppl.toFixed(3)} → ${r.report.after.ppl.toFixed(3)} (NLL ${r.report.nll_delta >= 0 ? "+" : ""}${r.report.nll_delta.toFixed(4)}); report: ${r.out}/report.md\n`);
     }
     if (a.json !== undefined) emitJson(a.json, r);

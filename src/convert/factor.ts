@@ -130,6 +130,11 @@ export async function factorLayer(p: LayerFactorInput): Promise<LayerFactors> {
   };
 }
 
+/** The factors under their tensor names after `model.layers.N.self_attn.` (docs/formats.md); null = no such bias. */
+export function factorTensors(f: LayerFactors): Record<string, Float32Array | null> {
+  return { "k_rope_proj.weight": f.kRope, "k_rope_proj.bias": f.kRopeBias, "kv_down_proj.weight": f.kvDown, "k_up_proj.weight": f.kUp, "k_up_proj.bias": f.kUpBias, "v_up_proj.weight": f.vUp, "v_up_proj.bias": f.vUpBias };
+}
+
 export function squaredNorm(x: Float64Array): number {
   let e = 0;
   for (let c = 0; c < x.length; c++) e += x[c]! * x[c]!;

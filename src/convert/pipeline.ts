@@ -14,7 +14,7 @@ import { readHfConfig } from "../io/hfConfig.js";
 import { resolveModel } from "../io/modelDir.js";
 import { numel, type TensorSpec } from "../io/safetensors.js";
 import { ByteBudget } from "../io/byteBudget.js";
-import type { ModelConfig } from "../model/config.js";
+import { kvElemsPerToken, MlaAttention, MlaSplit, ModelConfig } from "../model/config.js";
 import { expectedTensors, layerPrefix } from "../model/weights.js";
 import { loadModel } from "../model/llama.js";
 import { DeviceName, selectBackend, selectLinalg } from "../backends/select.js";
@@ -23,15 +23,16 @@ import { calibrate, calibrationWindows, CalibrationStats } from "../ropeSelect/c
 import { loadTokenizer } from "../io/tokenizer.js";
 import { describeRefit, refitOutputProjections, refitRecord, RefitResult } from "./refitOutput.js";
 import { requireRoom, weightFileBytes } from "../io/diskRoom.js";
-import { disjointPairs, fixedPairs, pairPreferences, RopeStrategy, topPairs, twoNormScores } from "../ropeSelect/strategies.js";
-import { covarianceRoots } from "../svd/truncated.js";
 import { readText } from "../eval/perplexity.js";
 import { evaluate, EvalResult } from "../eval/evaluate.js";
 import { inspectModel } from "../eval/inspect.js";
 import { silentLogger, Logger } from "../util/log.js";
 import { Progress, ProgressSink } from "../util/progress.js";
-import { factorLayer, LayerFactors } from "./factor.js";
-import { checkOutDir, ConversionPlan, defaultOut, planConversion, resolveSettings, SettingsInput } from "./plan.js";
+import { factorTensors, LayerFactors } from "./factor.js";
+import { checkOutDir, ConversionPlan, ConversionSettings, defaultOut, planConversion, resolveSettings, SettingsInput } from "./plan.js";
+import { LayerSource } from "./layerSource.js";
+import { chooseKvSplits, kvSplitRecord, SplitChoice } from "./splitChoice.js";
+import { mlaSection, splitFields } from "../io/mlaSection.js";
 import { buildReport, ConversionReport, reportMarkdown } from "./report.js";
 import { initialGate } from "./gate.js";
 
@@ -55,19 +56,11 @@ export interface ConvertResult {
   out: string | null;
   plan: ConversionPlan;
   selection: number[][][] | null;
+  /** [layer] → its rope pairs and latent width (all equal unless --kv-split per-layer). */
+  splits: MlaSplit[] | null;
   energy: number[];
   timings: Record<string, number>;
   report: ConversionReport | null;
-}
-
-function selectPairs(c: ModelConfig, strategy: RopeStrategy, R: number, disjoint: boolean, stats: CalibrationStats | null): number[][][] {
-  const half = c.headDim / 2;
-  return Array.from({ length: c.layers }, (_, l) => {
-    const scores = strategy === "2-norm" ? twoNormScores(stats!.qNorm[l]!, stats!.kNorm[l]!, c.heads, c.kvHeads, half) : null;
-    if (disjoint) return disjointPairs(pairPreferences(strategy, c.kvHeads, R, half, scores), R, half, strategy === "2-norm");
-    if (!scores) return Array.from({ length: c.kvHeads }, () => fixedPairs(strategy as "high" | "low" | "uniform", R, c.headDim));
-    return Array.from({ length: c.kvHeads }, (_, g) => topPairs(scores.subarray(g * half, (g + 1) * half), R));
-  });
 }
 
 export async function convert(spec: string, opts: ConvertOptions): Promise<ConvertResult> {
@@ -83,37 +76,34 @@ export async function convert(spec: string, opts: ConvertOptions): Promise<Conve
     const kName = layerPrefix(0) + "self_attn.k_proj.weight";
     const kvDtype: DType = src.has(kName) ? src.entry(kName).dtype : "F32";
     const plan = planConversion(config, settings, DTYPE_BYTES[kvDtype]);
-    if (opts.dryRun) return { out: null, plan, selection: null, energy: [], timings, report: null };
+    if (opts.dryRun) return { out: null, plan, selection: null, splits: null, energy: [], timings, report: null };
     const out = path.resolve(opts.out ?? defaultOut(spec, settings.rank));
     checkOutDir(out, srcDir, opts.force ?? false);
     // The converted model is at most its source's size (smaller attention; EG-MLA's gate is small).
     requireRoom(out, weightFileBytes(srcDir), "the converted model");
 
-    let stats: CalibrationStats | null = null;
     let windows: Int32Array[] = [];
-    if (settings.calib && (settings.ropeStrategy === "2-norm" || settings.svdInit === "activations" || settings.refitOutput)) {
+    if (settings.calib && (settings.ropeStrategy === "2-norm" || settings.svdInit === "activations" || settings.refitOutput || settings.kvSplit === "per-layer")) {
       windows = calibrationWindows(loadTokenizer(srcDir), readText(settings.calib), settings.calibSamples, settings.calibLen, config.bosTokenId ?? 1, settings.calib);
       if (windows.length < settings.calibSamples) log.info(`note: ${settings.calib} holds ${windows.length} calibration windows of ${settings.calibLen} tokens (asked for ${settings.calibSamples})`);
     }
-    if (settings.ropeStrategy === "2-norm" || settings.svdInit === "activations") {
-      const { model } = loadModel(srcDir, { backend: selectBackend(opts.device ?? "auto", log) });
-      stats = await calibrate(model, windows, { covariance: settings.svdInit === "activations", progress: opts.progress });
-      timings["calibration_s"] = stats.seconds;
-    }
-    const selection = selectPairs(config, settings.ropeStrategy, settings.ropePairs, settings.ropeDisjoint, stats);
-    const mlaConfig: ModelConfig = { ...config, attention: { kind: "mla", ropePairs: settings.ropePairs, selection, rank: settings.rank, latentDim: plan.latentDim, svd: settings.svd, gateDim: settings.gateDim } };
-
-    tmp = beginOutDir(out, opts.force ?? false);
     const linalg = selectLinalg(opts.device ?? "auto", log);
     useLinalg(linalg);
     log.info(`factoring with the ${linalg?.name ?? "TypeScript"} float64 routines`);
+    const { source, attention, choice } = await analyzeSource(srcDir, src, config, settings, plan, windows, opts, log, timings);
+    const mlaConfig: ModelConfig = { ...config, attention };
+    // Every candidate spends the budget's bytes (kvSplit.ts), so the total is the uniform conversion's.
+    if (kvElemsPerToken(mlaConfig) !== plan.after.elems_per_token) throw new Error(`internal: the chosen splits cache ${kvElemsPerToken(mlaConfig)} values per token, the plan ${plan.after.elems_per_token}`);
+    const selection = attention.selection;
+
+    tmp = beginOutDir(out, opts.force ?? false);
     const tFactor: PhaseTimes = { s: 0, wait: 0, readWait: 0, writeWait: 0 };
-    const energy = await writeConverted(src, config, mlaConfig, kvDtype, tmp, settings.svd, settings.balanceKv, stats, tFactor, opts.progress);
+    const energy = await writeConverted(src, config, mlaConfig, kvDtype, tmp, source, tFactor, opts.progress);
     timings["factor_s"] = tFactor.s;
     timings["factor_wait_s"] = tFactor.wait;
     timings["read_wait_s"] = tFactor.readWait;
     timings["write_wait_s"] = tFactor.writeWait;
-    writeConfigAndFiles(srcDir, tmp, settings, plan, selection);
+    writeConfigAndFiles(srcDir, tmp, settings, attention);
     let refit: RefitResult | null = null;
     if (settings.refitOutput) {
       const t = performance.now();
@@ -131,18 +121,18 @@ export async function convert(spec: string, opts: ConvertOptions): Promise<Conve
       before.model = spec;
       after.model = out;
       timings["eval_s"] = before.seconds + after.seconds;
-      report = buildReport(spec, out, plan, energy, before, after, timings, kvDtype, { before: inspectModel(srcDir).params, after: inspectModel(tmp).params });
+      report = buildReport(spec, out, plan, energy, before, after, timings, kvDtype, { before: inspectModel(srcDir).params, after: inspectModel(tmp).params }, attention.splits);
       fs.writeFileSync(path.join(tmp, "report.json"), JSON.stringify(report, null, 2) + "\n");
       fs.writeFileSync(path.join(tmp, "report.md"), reportMarkdown(report));
     }
     timings["total_s"] = (performance.now() - t0) / 1000;
     fs.writeFileSync(
       path.join(tmp, "mla_conversion.json"),
-      JSON.stringify({ tool: "mha2mla", version: TOOL_VERSION, source: { model: spec, dir: srcDir }, settings, latent_dim: plan.latentDim, kv: { before: plan.before, after: plan.after, change_percent: plan.kvChangePercent }, selection, retained_energy: energy, ...refitRecord(refit), timings, created: new Date().toISOString() }, null, 2) + "\n",
+      JSON.stringify({ tool: "mha2mla", version: TOOL_VERSION, source: { model: spec, dir: srcDir }, settings, latent_dim: splitFields(attention).latent_dim, kv: { before: plan.before, after: plan.after, change_percent: plan.kvChangePercent }, ...kvSplitRecord(choice), selection, retained_energy: energy, ...refitRecord(refit), timings, created: new Date().toISOString() }, null, 2) + "\n",
     );
     commitOutDir(tmp, out, opts.force ?? false);
     tmp = null;
-    return { out, plan, selection, energy, timings, report };
+    return { out, plan, selection, splits: attention.splits, energy, timings, report };
   } catch (e) {
     if (tmp) abandonOutDir(tmp);
     throw e;
@@ -150,6 +140,32 @@ export async function convert(spec: string, opts: ConvertOptions): Promise<Conve
     useLinalg(undefined);
     src.close();
   }
+}
+
+/**
+ * What runs the original model: calibration (2-norm scores, covariances) and the per-layer split
+ * choice. Returns how each layer will be factored and the converted model's attention; the model is
+ * dropped on return, before the writer streams the checkpoint layer by layer.
+ */
+async function analyzeSource(srcDir: string, src: Checkpoint, config: ModelConfig, settings: ConversionSettings, plan: ConversionPlan, windows: Int32Array[], opts: ConvertOptions, log: Logger, timings: Record<string, number>): Promise<{ source: LayerSource; attention: MlaAttention; choice: SplitChoice | null }> {
+  const perLayer = settings.kvSplit === "per-layer";
+  const calibrated = settings.ropeStrategy === "2-norm" || settings.svdInit === "activations";
+  const original = calibrated || perLayer ? loadModel(srcDir, { backend: selectBackend(opts.device ?? "auto", log) }).model : null;
+  let stats: CalibrationStats | null = null;
+  if (original && calibrated) {
+    stats = await calibrate(original, windows, { covariance: settings.svdInit === "activations", progress: opts.progress });
+    timings["calibration_s"] = stats.seconds;
+  }
+  const source = new LayerSource(src, config, settings, stats);
+  const { svd, gateDim } = settings;
+  if (!perLayer) {
+    const split = { ropePairs: settings.ropePairs, rank: settings.rank, latentDim: plan.latentDim };
+    const selection = Array.from({ length: config.layers }, (_, l) => source.pairs(l, settings.ropePairs));
+    return { source, attention: { kind: "mla", splits: Array.from({ length: config.layers }, () => split), selection, svd, gateDim }, choice: null };
+  }
+  const choice = await chooseKvSplits(original!, windows, source, settings, log, opts.progress);
+  timings["kv_split_s"] = choice.seconds;
+  return { source, attention: { kind: "mla", splits: choice.chosen.map((i) => choice.candidates[i]!), selection: choice.selection, svd, gateDim }, choice };
 }
 
 /** Where the conversion's time went: factoring (summed per layer, overlapped) and what the writer loop waited for. */
@@ -161,7 +177,7 @@ interface PhaseTimes {
 }
 
 /** Writes all tensors in order; returns the retained energy per layer. */
-async function writeConverted(src: Checkpoint, config: ModelConfig, mla: ModelConfig, kvDtype: DType, dir: string, svd: "joint" | "split", balance: boolean, stats: CalibrationStats | null, tFactor: PhaseTimes, progressSink: ProgressSink | null | undefined): Promise<number[]> {
+async function writeConverted(src: Checkpoint, config: ModelConfig, mla: ModelConfig, kvDtype: DType, dir: string, source: LayerSource, tFactor: PhaseTimes, progressSink: ProgressSink | null | undefined): Promise<number[]> {
   const sourceNames = new Set(expectedTensors(config).map((t) => t.name));
   const extras = src.names().filter((n) => !sourceNames.has(n));
   const targets: TensorSpec[] = [
@@ -177,22 +193,8 @@ async function writeConverted(src: Checkpoint, config: ModelConfig, mla: ModelCo
   const inFlight = new Map<number, Promise<LayerFactors>>();
   const start = (layer: number) => {
     if (layer >= config.layers || inFlight.has(layer)) return;
-    const p = layerPrefix(layer) + "self_attn.";
     const t1 = performance.now();
-    const job = factorLayer({
-      wk: src.readF32(p + "k_proj.weight"),
-      wv: src.readF32(p + "v_proj.weight"),
-      bk: config.qkvBias ? src.readF32(p + "k_proj.bias") : null,
-      bv: config.qkvBias ? src.readF32(p + "v_proj.bias") : null,
-      kvHeads: config.kvHeads,
-      headDim: config.headDim,
-      hidden: config.hiddenSize,
-      selection: a!.selection[layer]!,
-      rank: a!.rank,
-      svd,
-      whiten: stats?.covariance ? covarianceRoots(stats.covariance[layer]!, config.hiddenSize) : null,
-      balance,
-    }).then((f) => {
+    const job = source.factor(layer, a!.splits[layer]!.rank, a!.selection[layer]!).then((f) => {
       tFactor.s += (performance.now() - t1) / 1000;
       return f;
     });
@@ -228,9 +230,9 @@ async function writeConverted(src: Checkpoint, config: ModelConfig, mla: ModelCo
       }
       const f = current.f;
       const name = t.name.slice((layerPrefix(layer) + "self_attn.").length);
-      if (a!.gateDim > 0 && name.startsWith("kv_gate_")) current.gate ??= initialGate(layer, config.vocabSize, a!.gateDim, a!.latentDim);
+      if (a!.gateDim > 0 && name.startsWith("kv_gate_")) current.gate ??= initialGate(layer, config.vocabSize, a!.gateDim, a!.splits[layer]!.latentDim);
       const gate = current.gate;
-      const values = ({ "k_rope_proj.weight": f.kRope, "k_rope_proj.bias": f.kRopeBias, "kv_down_proj.weight": f.kvDown, "k_up_proj.weight": f.kUp, "k_up_proj.bias": f.kUpBias, "v_up_proj.weight": f.vUp, "v_up_proj.bias": f.vUpBias, "kv_gate_embed.weight": gate?.embed, "kv_gate_proj.weight": gate?.proj, "kv_gate_proj.bias": gate?.bias } as Record<string, Float32Array | null | undefined>)[name];
+      const values = ({ ...factorTensors(f), "kv_gate_embed.weight": gate?.embed, "kv_gate_proj.weight": gate?.proj, "kv_gate_proj.bias": gate?.bias } as Record<string, Float32Array | null | undefined>)[name];
       if (!values) throw new MlaError("BAD_CHECKPOINT", `${src.dir}: tensor "${t.name}" is missing`, "the checkpoint does not match its config.json");
       const bytes = encodeFromF32(t.dtype, values);
       io.wrote(bytes.length, writer.append(bytes), true);
@@ -252,20 +254,9 @@ function readAheadBytes(): number {
   return (Number.isFinite(mb) && mb > 0 ? mb : 1024) * 2 ** 20;
 }
 
-function writeConfigAndFiles(srcDir: string, dir: string, s: ReturnType<typeof resolveSettings>, plan: ConversionPlan, selection: number[][][]): void {
+function writeConfigAndFiles(srcDir: string, dir: string, s: ConversionSettings, attention: MlaAttention): void {
   const raw = JSON.parse(fs.readFileSync(path.join(srcDir, "config.json"), "utf8")) as Record<string, unknown>;
-  raw["mha2mla"] = {
-    format_version: 1,
-    rope_pairs: s.ropePairs,
-    rope_strategy: s.ropeStrategy,
-    ...(s.ropeDisjoint ? { rope_disjoint: true } : {}),
-    rank: s.rank,
-    latent_dim: plan.latentDim,
-    svd: s.svd,
-    svd_init: s.svdInit,
-    ...(s.gateDim > 0 ? { gate_dim: s.gateDim } : {}),
-    selection,
-  };
+  raw["mha2mla"] = mlaSection(attention, s);
   fs.writeFileSync(path.join(dir, "config.json"), JSON.stringify(raw, null, 2) + "\n");
   copyModelSideFiles(srcDir, dir);
 }

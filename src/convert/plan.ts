@@ -2,10 +2,11 @@
 import fs from "node:fs";
 import path from "node:path";
 import { MlaError } from "../errors.js";
-import { kvElemsPerToken, ModelConfig } from "../model/config.js";
+import { kvElemsPerToken, latentWidth, ModelConfig } from "../model/config.js";
 import { checkDisjoint, defaultRopePairs, RopeStrategy } from "../ropeSelect/strategies.js";
 import type { Logger } from "../util/log.js";
 import { maxRank } from "./factor.js";
+import { budgetSplits, KV_SPLIT_MODES, KvSplitMode } from "./kvSplit.js";
 
 export interface ConversionSettings {
   rank: number;
@@ -24,6 +25,10 @@ export interface ConversionSettings {
   calibLen: number;
   /** EG-MLA's gate embedding width per layer; 0 = plain MLA. */
   gateDim: number;
+  /** "per-layer": each layer's (R, rank) chosen from calibration at the bytes of (ropePairs, rank) (`--kv-split`). */
+  kvSplit: KvSplitMode;
+  /** per-layer: the rope pairs tried per layer, ascending (each with its equal-bytes rank); null for uniform. */
+  kvSplitPairs: number[] | null;
 }
 
 export interface KvAccounting {
@@ -33,6 +38,7 @@ export interface KvAccounting {
 
 export interface ConversionPlan {
   settings: ConversionSettings;
+  /** The latent width of (ropePairs, rank); with --kv-split per-layer the layers' widths differ but their cache adds up to the same `after`. */
   latentDim: number;
   before: KvAccounting;
   after: KvAccounting;
@@ -58,6 +64,10 @@ export interface SettingsInput {
   attention?: "mla" | "eg-mla";
   /** EG-MLA: the gate embedding's width per layer (default 16). */
   gateDim?: number;
+  /** "per-layer" chooses each layer's split of the KV budget of (ropePairs, rank) from calibration (needs calib); default "uniform". */
+  kvSplit?: KvSplitMode;
+  /** per-layer: the rope pairs to try (default R + k·max(1, round(R/2)), src/convert/kvSplit.ts). */
+  kvSplitPairs?: number[];
 }
 
 export function resolveSettings(c: ModelConfig, o: SettingsInput, log: Logger): ConversionSettings {
@@ -91,13 +101,19 @@ export function resolveSettings(c: ModelConfig, o: SettingsInput, log: Logger): 
   if (attention === "eg-mla" && (!Number.isInteger(gateDim) || gateDim < 1)) throw new MlaError("BAD_ARGUMENT", `--gate-dim ${o.gateDim} is not a positive integer`, "use for example 16 (the gate table holds vocab × gate-dim values per layer)");
   const ropeDisjoint = o.ropeDisjoint ?? false;
   if (ropeDisjoint) checkDisjoint(c.kvHeads, R, half);
-  return { rank: o.rank, ropePairs: R, ropeStrategy: strategy, ropeDisjoint, svd, svdInit, balanceKv: o.balanceKv ?? true, refitOutput, calib, calibSamples: o.calibSamples ?? 32, calibLen: o.calibLen ?? 256, gateDim };
+  const kvSplit = o.kvSplit ?? "uniform";
+  if (!KV_SPLIT_MODES.includes(kvSplit)) throw new MlaError("BAD_ARGUMENT", `--kv-split ${kvSplit} is not known`, `use ${KV_SPLIT_MODES.join(" or ")}`);
+  if (kvSplit === "uniform" && o.kvSplitPairs) throw new MlaError("BAD_ARGUMENT", "--kv-split-pairs lists the rope pairs --kv-split per-layer tries", "add --kv-split per-layer, or leave --kv-split-pairs out");
+  if (kvSplit === "per-layer" && !calib) throw new MlaError("BAD_ARGUMENT", "--kv-split per-layer chooses each layer's split by its attention error on calibration text", "pass --calib FILE (any text in the model's language)");
+  const kvSplitPairs = kvSplit === "per-layer" ? budgetSplits({ kvHeads: c.kvHeads, headDim: c.headDim, hidden: c.hiddenSize }, { ropePairs: R, rank: o.rank, svd, ropeDisjoint }, o.kvSplitPairs).map((x) => x.ropePairs) : null;
+  return { rank: o.rank, ropePairs: R, ropeStrategy: strategy, ropeDisjoint, svd, svdInit, balanceKv: o.balanceKv ?? true, refitOutput, calib, calibSamples: o.calibSamples ?? 32, calibLen: o.calibLen ?? 256, gateDim, kvSplit, kvSplitPairs };
 }
 
 export function planConversion(c: ModelConfig, s: ConversionSettings, elemBytes: number): ConversionPlan {
-  const latentDim = s.rank * c.kvHeads * (s.svd === "split" ? 2 : 1);
+  const latentDim = latentWidth(s.rank, c.kvHeads, s.svd);
   const before = kvElemsPerToken(c);
-  const after = kvElemsPerToken({ ...c, attention: { kind: "mla", ropePairs: s.ropePairs, selection: [], rank: s.rank, latentDim, svd: s.svd, gateDim: s.gateDim } });
+  const split = { ropePairs: s.ropePairs, rank: s.rank, latentDim };
+  const after = kvElemsPerToken({ ...c, attention: { kind: "mla", splits: Array.from({ length: c.layers }, () => split), selection: [], svd: s.svd, gateDim: s.gateDim } });
   return {
     settings: s,
     latentDim,

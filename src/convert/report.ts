@@ -2,6 +2,7 @@
 import type { DType } from "../io/dtype.js";
 import type { EvalResult } from "../eval/evaluate.js";
 import type { ConversionPlan } from "./plan.js";
+import type { MlaSplit } from "../model/config.js";
 
 export interface ConversionReport {
   source: string;
@@ -17,10 +18,12 @@ export interface ConversionReport {
   kv_change_percent: number;
   kv_dtype: string;
   retained_energy_mean: number;
+  /** --kv-split per-layer: each layer's chosen rope pairs and rank (absent for a uniform conversion). */
+  kv_split?: { rope_pairs: number; rank: number }[];
   timings: Record<string, number>;
 }
 
-export function buildReport(source: string, output: string, plan: ConversionPlan, energy: number[], before: EvalResult, after: EvalResult, timings: Record<string, number>, kvDtype: DType, params: { before: number; after: number }): ConversionReport {
+export function buildReport(source: string, output: string, plan: ConversionPlan, energy: number[], before: EvalResult, after: EvalResult, timings: Record<string, number>, kvDtype: DType, params: { before: number; after: number }, splits: MlaSplit[]): ConversionReport {
   return {
     source,
     output,
@@ -35,6 +38,7 @@ export function buildReport(source: string, output: string, plan: ConversionPlan
     kv_change_percent: plan.kvChangePercent,
     kv_dtype: kvDtype.toLowerCase(),
     retained_energy_mean: energy.reduce((a, x) => a + x, 0) / Math.max(energy.length, 1),
+    ...(plan.settings.kvSplit === "per-layer" ? { kv_split: splits.map((x) => ({ rope_pairs: x.ropePairs, rank: x.rank })) } : {}),
     timings,
   };
 }
@@ -47,7 +51,9 @@ export function reportMarkdown(r: ConversionReport): string {
 
 Source: \`${r.source}\` → \`${r.output}\`
 
-Settings: rank ${s.rank} per KV head, ${s.ropePairs} RoPE pairs (${s.ropeStrategy}), SVD ${s.svd} (${s.svdInit})${s.calib ? `, calibration ${s.calib}` : ""}
+Settings: rank ${s.rank} per KV head, ${s.ropePairs} RoPE pairs (${s.ropeStrategy}), SVD ${s.svd} (${s.svdInit})${s.calib ? `, calibration ${s.calib}` : ""}${r.kv_split ? `
+
+Split of that budget chosen per layer (R, rank): ${r.kv_split.map((x) => `${x.rope_pairs}, ${x.rank}`).join(" | ")}` : ""}
 
 Perplexity on \`${r.text}\` (first ${r.tokens} tokens, ctx ${r.ctx}, no fine-tuning yet):
 

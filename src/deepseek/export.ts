@@ -109,6 +109,7 @@ export interface DeepseekResult {
 export function deepseekSettings(s: SettingsInput): Pick<DeepseekOptions, "rank" | "ropePairs" | "svdInit" | "balanceKv" | "refitOutput" | "calib" | "calibSamples" | "calibLen"> {
   if (s.ropeStrategy || s.ropeDisjoint || s.svd === "split") throw new MlaError("BAD_ARGUMENT", "--format deepseek chooses its rope key by RoRoPE and factors jointly", "drop --rope-strategy, --rope-disjoint and --svd split (the other conversion flags apply)");
   if ((s.attention ?? "mla") !== "mla" || s.gateDim !== undefined) throw new MlaError("BAD_ARGUMENT", "--format deepseek writes DeepSeek-V3's attention, which has no EG-MLA gate", "drop --attention eg-mla / --gate-dim, or convert in our format");
+  if ((s.kvSplit ?? "uniform") !== "uniform" || s.kvSplitPairs) throw new MlaError("BAD_ARGUMENT", "--format deepseek writes one kv_lora_rank and one rope dim for every layer, so --kv-split per-layer has nothing to choose", "drop --kv-split/--kv-split-pairs, or convert in our format");
   return { rank: s.rank, ropePairs: s.ropePairs, svdInit: s.svdInit, balanceKv: s.balanceKv, refitOutput: s.refitOutput, calib: s.calib, calibSamples: s.calibSamples, calibLen: s.calibLen };
 }
 

@@ -4,7 +4,7 @@
  * writer so `inspect` and `pipeline` can ask without loading it.
  */
 import { MlaError } from "../errors.js";
-import type { ModelConfig } from "../model/config.js";
+import { MlaAttention, MlaSplit, ModelConfig, uniformSplit } from "../model/config.js";
 
 /** The ladder every layer shares: spacing s = gcd of the kept pairs, m = max/s + 1 slots. Throws on a frequency two KV heads of a layer keep. */
 export function exportLadder(selection: number[][][]): { spacing: number; slots: number } {
@@ -30,6 +30,22 @@ export function exportLadder(selection: number[][][]): { spacing: number; slots:
   });
   spacing ||= 1;
   return { spacing, slots: top / spacing + 1 };
+}
+
+/** Why a per-layer model (`convert --kv-split per-layer`) cannot be exported; `detail` says what differs. */
+export function perLayerRefusal(detail: string): MlaError {
+  return new MlaError(
+    "UNSUPPORTED",
+    `export --format deepseek: ${detail}, and DeepSeek-V3's config has one kv_lora_rank and one qk_rope_head_dim for every layer`,
+    "export a uniform conversion (convert without --kv-split per-layer), or serve this model in our runtime",
+  );
+}
+
+/** The split every layer of `a` shares: the only kind of model DeepSeek-V3's single latent and rope widths can hold. */
+export function exportSplit(a: MlaAttention): MlaSplit {
+  const s = uniformSplit(a);
+  if (!s) throw perLayerRefusal(`the model's layers keep different RoPE pairs and latent widths (per layer R ${a.splits.map((x) => x.ropePairs).join(", ")}; latent ${a.splits.map((x) => x.latentDim).join(", ")})`);
+  return s;
 }
 
 /**

@@ -24,7 +24,7 @@ import { Checkpoint, copyModelSideFiles } from "../io/checkpoint.js";
 import type { DType } from "../io/dtype.js";
 import { readHfConfig } from "../io/hfConfig.js";
 import { resolveModel } from "../io/modelDir.js";
-import { headDimOrder, MlaAttention, ModelConfig } from "../model/config.js";
+import { headDimOrder, MlaAttention, MlaSplit, ModelConfig } from "../model/config.js";
 export { checkExportSettings, exportLadder } from "./exportable.js";
 import { layerPrefix } from "../model/weights.js";
 import { checkOutDir } from "../convert/plan.js";
@@ -33,7 +33,7 @@ import { Progress } from "../util/progress.js";
 import { constantChannel, ropeRow } from "./layer.js";
 import { BeforeAfter, DeepseekEvalOptions, evalBeforeAfter, roundingFor, writeDeepseekConfig } from "./export.js";
 import { FUSED_MLA, servingWarnings } from "./serving.js";
-import { checkExportSettings, exportLadder } from "./exportable.js";
+import { checkExportSettings, exportLadder, exportSplit } from "./exportable.js";
 import { deepseekSpecs, planTensors, writePlanned } from "./stream.js";
 
 export interface ExportOptions extends DeepseekEvalOptions {
@@ -60,11 +60,13 @@ export interface ExportResult {
   eval: BeforeAfter | null;
 }
 
-function checkExportable(c: ModelConfig, dir: string): MlaAttention {
+/** The model's MLA settings and its one split (DeepSeek-V3 has one latent and rope width), or why it cannot be exported. */
+function checkExportable(c: ModelConfig, dir: string): { a: MlaAttention; split: MlaSplit } {
   const a = c.attention;
   if (a.kind !== "mla") throw new MlaError("BAD_ARGUMENT", `${dir} is not in our MLA format (config.json has no mha2mla section)`, a.kind === "mha" ? "convert it: `mha2mla convert MODEL --format deepseek`" : "it is already a deepseek_v3 folder");
-  checkExportSettings(c, a.ropePairs, a.gateDim > 0);
-  return a;
+  const split = exportSplit(a);
+  checkExportSettings(c, split.ropePairs, a.gateDim > 0);
+  return { a, split };
 }
 
 interface ExportLayerInput {
@@ -161,25 +163,26 @@ export async function exportDeepseek(spec: string, o: ExportOptions = {}): Promi
   const log = o.logger ?? silentLogger;
   const { dir: srcDir } = resolveModel(spec);
   const c = readHfConfig(srcDir);
-  const a = checkExportable(c, srcDir);
+  const { a, split } = checkExportable(c, srcDir);
+  const { ropePairs: R, latentDim: L } = split;
   const { heads: H, kvHeads: G, headDim: Dh, hiddenSize: D, layers: nLayers } = c;
   const ladder = exportLadder(a.selection);
   const { spacing } = ladder;
-  const rk = o.kvLoraRank ?? a.latentDim + 1;
+  const rk = o.kvLoraRank ?? L + 1;
   const dr = o.ropeDim ?? 2 * ladder.slots;
-  if (!Number.isInteger(rk) || rk < a.latentDim + 1) throw new MlaError("BAD_ARGUMENT", `--kv-lora-rank ${rk} cannot hold the model's ${a.latentDim} latent dims and the constant channel`, `use at least ${a.latentDim + 1} (larger pads with zero channels)`);
+  if (!Number.isInteger(rk) || rk < L + 1) throw new MlaError("BAD_ARGUMENT", `--kv-lora-rank ${rk} cannot hold the model's ${L} latent dims and the constant channel`, `use at least ${L + 1} (larger pads with zero channels)`);
   if (!Number.isInteger(dr) || dr % 2 !== 0 || dr < 2 * ladder.slots) throw new MlaError("BAD_ARGUMENT", `--rope-dim ${dr} cannot hold the model's rope ladder of ${ladder.slots} slots`, `use an even number ≥ ${2 * ladder.slots} (larger pads with zero slots)`);
   const slots = dr / 2;
-  const dn = Dh - 2 * a.ropePairs;
+  const dn = Dh - 2 * R;
   // Slot k turns at base'^(−2k/dr) = θ_{s·k} = θ^(−2·s·k/Dh).
   const ropeTheta = Math.pow(c.rope.theta, (2 * spacing * slots) / Dh);
-  const kvPerToken = { before: G * 2 * a.ropePairs + a.latentDim, after: rk + dr };
-  const fits = a.latentDim + 1 <= FUSED_MLA.kvLoraRank && 2 * ladder.slots <= FUSED_MLA.ropeDim;
+  const kvPerToken = { before: G * 2 * R + L, after: rk + dr };
+  const fits = L + 1 <= FUSED_MLA.kvLoraRank && 2 * ladder.slots <= FUSED_MLA.ropeDim;
   const remedy = fits
     ? `For the fused kernels export with --kv-lora-rank ${FUSED_MLA.kvLoraRank} --rope-dim ${FUSED_MLA.ropeDim} (zero padding: exact, ${FUSED_MLA.kvLoraRank + FUSED_MLA.ropeDim} cached values per token and layer)`
-    : `The fused kernels' ${FUSED_MLA.kvLoraRank} + ${FUSED_MLA.ropeDim} cannot hold this model's ${a.latentDim + 1} latent channels and ${2 * ladder.slots} rope dims`;
+    : `The fused kernels' ${FUSED_MLA.kvLoraRank} + ${FUSED_MLA.ropeDim} cannot hold this model's ${L + 1} latent channels and ${2 * ladder.slots} rope dims`;
   for (const w of servingWarnings(rk, dr, H, remedy)) log.warn(w);
-  log.info(`export: shared rope key of ${dr} dims (frequencies ${spacing}·k, k < ${ladder.slots}; ${G * a.ropePairs} used per layer), kv_lora_rank ${rk} (1 constant channel): ${kvPerToken.after} cached values per token and layer, ours ${kvPerToken.before}`);
+  log.info(`export: shared rope key of ${dr} dims (frequencies ${spacing}·k, k < ${ladder.slots}; ${G * R} used per layer), kv_lora_rank ${rk} (1 constant channel): ${kvPerToken.after} cached values per token and layer, ours ${kvPerToken.before}`);
   const out = path.resolve(o.out ?? `${path.basename(srcDir)}-deepseek`);
   checkOutDir(out, srcDir, o.force ?? false);
   // The export adds one latent channel and a shared rope key per layer: a little over the source.

@@ -6,7 +6,8 @@ import { DTYPE_BYTES } from "../io/dtype.js";
 import { numel } from "../io/safetensors.js";
 import { kvBytesPerToken, kvElemsPerToken, MlaAttention, ModelConfig } from "../model/config.js";
 import { MlaError } from "../errors.js";
-import { checkExportSettings, exportLadder } from "../deepseek/exportable.js";
+import { checkExportSettings, exportLadder, exportSplit } from "../deepseek/exportable.js";
+import { splitFields } from "../io/mlaSection.js";
 import { servingWarnings } from "../deepseek/serving.js";
 import { KV_CACHE_DTYPES, KvCacheDtype } from "../model/kvQuant.js";
 
@@ -34,7 +35,8 @@ export interface InspectResult {
   kv_cache_bytes_per_token: Record<KvCacheDtype, number>;
   rope: ModelConfig["rope"];
   sliding_window: number | null;
-  mla?: { rope_pairs: number; rank: number; latent_dim: number; svd: string; gate_dim?: number; deepseek_export: string };
+  /** rope_pairs, rank and latent_dim: one number, or one per layer for a `--kv-split per-layer` conversion. */
+  mla?: ReturnType<typeof splitFields> & { svd: string; gate_dim?: number; deepseek_export: string };
 }
 
 /** What the MLA serving stacks make of a deepseek_v3 folder's sizes (docs/formats.md). */
@@ -47,7 +49,7 @@ function servingOf(rk: number, dr: number, heads: number): string {
 function deepseekExport(c: ModelConfig): string {
   const a = c.attention as MlaAttention;
   try {
-    checkExportSettings(c, a.ropePairs, a.gateDim > 0);
+    checkExportSettings(c, exportSplit(a).ropePairs, a.gateDim > 0);
     const { slots, spacing } = exportLadder(a.selection);
     return `exact (shared rope key of ${2 * slots} dims, spacing ${spacing})`;
   } catch (e) {
@@ -76,7 +78,7 @@ export function inspectModel(spec: string): InspectResult {
       dir,
       model_type: c.modelType,
       attention: c.attention.kind === "mla" ? "mla" : c.attention.kind === "deepseek" ? "deepseek-mla" : c.kvHeads === c.heads ? "mha" : c.kvHeads === 1 ? "mqa" : "gqa",
-      ...(c.attention.kind === "mla" ? { mla: { rope_pairs: c.attention.ropePairs, rank: c.attention.rank, latent_dim: c.attention.latentDim, svd: c.attention.svd, ...(c.attention.gateDim > 0 ? { gate_dim: c.attention.gateDim } : {}), deepseek_export: deepseekExport(c) } } : {}),
+      ...(c.attention.kind === "mla" ? { mla: { ...splitFields(c.attention), svd: c.attention.svd, ...(c.attention.gateDim > 0 ? { gate_dim: c.attention.gateDim } : {}), deepseek_export: deepseekExport(c) } } : {}),
       ...(c.attention.kind === "deepseek" ? { deepseek: { kv_lora_rank: c.attention.kvLoraRank, qk_rope_head_dim: c.attention.ropeDim, qk_nope_head_dim: c.attention.nopeDim, v_head_dim: c.attention.vDim, rope_interleave: c.attention.interleave, serving: servingOf(c.attention.kvLoraRank, c.attention.ropeDim, c.heads) } } : {}),
       params,
       layers: c.layers,

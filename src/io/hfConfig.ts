@@ -5,7 +5,8 @@
 import fs from "node:fs";
 import path from "node:path";
 import { MlaError, ioError } from "../errors.js";
-import { AttentionConfig, DeepseekAttention, ModelConfig, RopeScaling } from "../model/config.js";
+import { DeepseekAttention, ModelConfig, RopeScaling } from "../model/config.js";
+import { parseMlaSection } from "./mlaSection.js";
 
 const SUPPORTED_TYPES = ["llama", "mistral", "qwen2", "deepseek_v3"] as const;
 
@@ -105,30 +106,8 @@ export function normalizeHfConfig(raw: Raw, file = "config.json"): ModelConfig {
     bosTokenId: typeof raw["bos_token_id"] === "number" ? (raw["bos_token_id"] as number) : null,
     eosTokenId: typeof eos === "number" ? eos : Array.isArray(eos) && typeof eos[0] === "number" ? (eos[0] as number) : null,
     declaredDtype: typeof dtype === "string" ? dtype : null,
-    attention: deepseek ?? parseMla(raw["mha2mla"], file, posInt(raw, "num_hidden_layers", file), kvHeads, headDim),
+    attention: deepseek ?? parseMlaSection(raw["mha2mla"], file, { layers: posInt(raw, "num_hidden_layers", file), kvHeads, headDim }) ?? { kind: "mha" },
   };
-}
-
-/** The `mha2mla` section a conversion writes into config.json (docs/formats.md); absent = plain MHA/GQA. */
-function parseMla(m: unknown, file: string, layers: number, kvHeads: number, headDim: number): AttentionConfig {
-  if (m === undefined || m === null) return { kind: "mha" };
-  const bad = (what: string) => new MlaError("BAD_CONFIG", `${file}: mha2mla.${what}`, "the mha2mla section is written by `mha2mla convert`; re-run the conversion");
-  const r = m as Raw;
-  if (r["format_version"] !== 1) throw bad(`format_version is ${JSON.stringify(r["format_version"])}, this version reads 1`);
-  const R = r["rope_pairs"];
-  if (!Number.isInteger(R) || (R as number) < 0 || (R as number) > headDim / 2) throw bad(`rope_pairs ${JSON.stringify(R)} is not in 0…${headDim / 2}`);
-  const sel = r["selection"];
-  const ok = Array.isArray(sel) && sel.length === layers && sel.every((l) => Array.isArray(l) && l.length === kvHeads && l.every((h) => Array.isArray(h) && h.length === R && h.every((p, i) => Number.isInteger(p) && p >= 0 && p < headDim / 2 && (i === 0 || p > h[i - 1]))));
-  if (!ok) throw bad(`selection is not [${layers} layers][${kvHeads} KV heads][${R} ascending pair indices < ${headDim / 2}]`);
-  const svd = r["svd"];
-  if (svd !== "joint" && svd !== "split") throw bad(`svd is ${JSON.stringify(svd)}, expected "joint" or "split"`);
-  const rank = r["rank"];
-  const L = r["latent_dim"];
-  if (!Number.isInteger(rank) || (rank as number) < 1) throw bad(`rank ${JSON.stringify(rank)} is not a positive integer`);
-  if (L !== (rank as number) * kvHeads * (svd === "split" ? 2 : 1)) throw bad(`latent_dim ${JSON.stringify(L)} disagrees with rank ${rank} × ${kvHeads} KV heads (${svd})`);
-  const gate = r["gate_dim"] ?? 0;
-  if (!Number.isInteger(gate) || (gate as number) < 0) throw bad(`gate_dim ${JSON.stringify(gate)} is not a non-negative integer`);
-  return { kind: "mla", ropePairs: R as number, selection: sel as number[][][], rank: rank as number, latentDim: L as number, svd, gateDim: gate as number };
 }
 
 /** A dense deepseek_v3 config without q compression (what `convert --format deepseek` writes). */

@@ -15,20 +15,28 @@ export interface MhaAttention {
   kind: "mha";
 }
 
+/** One layer's share of the KV budget: R rope pairs per KV head and the latent the rest comes from. */
+export interface MlaSplit {
+  ropePairs: number;
+  /** Latent dims per KV head (the paper's d_kv). */
+  rank: number;
+  /** Latent width per token: rank·Hkv (joint) or 2·rank·Hkv (split). */
+  latentDim: number;
+}
+
 /**
  * Multi-head latent attention after conversion: per layer and KV head, R frequency pairs keep RoPE
  * (`selection`, sorted pair indices, pair i = dims i and i + Dh/2); the other key dims and all value
- * dims are up-projected from one latent of `latentDim` dims per token and layer.
+ * dims are up-projected from one latent of `latentDim` dims per token and layer. R and the latent
+ * width are per layer (`splits`): a uniform conversion repeats one split, `convert --kv-split
+ * per-layer` chooses each layer's at equal bytes.
  */
 export interface MlaAttention {
   kind: "mla";
-  ropePairs: number;
-  /** [layer][kvHead] → the R kept pair indices, ascending. */
+  /** [layer] → that layer's rope pairs and latent width. */
+  splits: MlaSplit[];
+  /** [layer][kvHead] → the layer's R kept pair indices, ascending. */
   selection: number[][][];
-  /** Latent dims per KV head (the paper's d_kv). */
-  rank: number;
-  /** Latent width per token and layer: rank·Hkv (joint) or 2·rank·Hkv (split). */
-  latentDim: number;
   svd: "joint" | "split";
   /**
    * EG-MLA (embedding-gated): width of each layer's gate embedding table, 0 = plain MLA. The latent
@@ -36,6 +44,17 @@ export interface MlaAttention {
    * so the cache is the same size; docs/method.md says why this form.
    */
   gateDim: number;
+}
+
+/** The latent width of `rank` dims per KV head: one latent (joint SVD) or one for keys and one for values (split). */
+export function latentWidth(rank: number, kvHeads: number, svd: "joint" | "split"): number {
+  return rank * kvHeads * (svd === "split" ? 2 : 1);
+}
+
+/** The split every layer shares, or null when layers differ (a `--kv-split per-layer` conversion). */
+export function uniformSplit(a: MlaAttention): MlaSplit | null {
+  const first = a.splits[0]!;
+  return a.splits.every((s) => s.ropePairs === first.ropePairs && s.rank === first.rank && s.latentDim === first.latentDim) ? first : null;
 }
 
 /**
@@ -113,23 +132,27 @@ export function ropeInvFreq(headDim: number, rope: RopeConfig): Float64Array {
 
 /** KV-cache elements per token summed over layers: 2·Hkv·Dh (MHA/GQA), Hkv·2R + latent (MLA), kv_lora_rank + rope dim (DeepSeek) per layer. */
 export function kvElemsPerToken(c: ModelConfig): number {
-  const a = c.attention;
-  if (a.kind === "mla") return (c.kvHeads * 2 * a.ropePairs + a.latentDim) * c.layers;
-  if (a.kind === "deepseek") return (a.kvLoraRank + a.ropeDim) * c.layers;
-  return 2 * c.kvHeads * c.headDim * c.layers;
+  let n = 0;
+  for (let l = 0; l < c.layers; l++) n += kvRowsPerToken(c, l).reduce((x, y) => x + y, 0);
+  return n;
 }
 
-/** The two rows one token caches per layer (MHA: keys, values; MLA: rope keys, latent; deepseek: rope key, latent), in elements. */
-export function kvRowsPerToken(c: ModelConfig): [number, number] {
+/** The two rows one token caches at `layer` (MHA: keys, values; MLA: rope keys, latent; deepseek: rope key, latent), in elements. */
+export function kvRowsPerToken(c: ModelConfig, layer: number): [number, number] {
   const a = c.attention;
-  if (a.kind === "mla") return [c.kvHeads * 2 * a.ropePairs, a.latentDim];
+  if (a.kind === "mla") {
+    const s = a.splits[layer]!;
+    return [c.kvHeads * 2 * s.ropePairs, s.latentDim];
+  }
   if (a.kind === "deepseek") return [a.ropeDim, a.kvLoraRank];
   return [c.kvHeads * c.headDim, c.kvHeads * c.headDim];
 }
 
 /** Bytes per token, all layers, of a decode cache storing `dtype` (quantization scales included). */
 export function kvBytesPerToken(c: ModelConfig, dtype: KvCacheDtype): number {
-  return kvRowsPerToken(c).reduce((n, r) => n + kvRowBytes(r, dtype), 0) * c.layers;
+  let n = 0;
+  for (let l = 0; l < c.layers; l++) n += kvRowsPerToken(c, l).reduce((x, r) => x + kvRowBytes(r, dtype), 0);
+  return n;
 }
 
 /** The dims of one head that keep RoPE, as [x-part…, y-part…] = [sel…, sel+Dh/2…], then the position-free rest ascending. */

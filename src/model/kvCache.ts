@@ -93,33 +93,37 @@ export interface DecodeCache {
   clone(): DecodeCache;
 }
 
+/** The row shapes of one layer's two cache parts (MLA layers may differ from each other). */
+export type LayerRowShapes = readonly [readonly number[], readonly number[]];
+
 /** Pairs of row buffers per layer, shared by both cache kinds. */
 abstract class TwoPartCache implements DecodeCache {
   private a: RowStore[];
   private b: RowStore[];
   private len = 0;
+  /** Elements per row of each part, per layer. */
+  private readonly rowA: number[];
+  private readonly rowB: number[];
 
-  constructor(protected readonly backend: Backend, layers: number, protected readonly shapeA: number[], protected readonly shapeB: number[], readonly dtype: KvCacheDtype = "f32") {
-    const size = (s: number[]) => s.reduce((x, y) => x * y, 1);
-    this.a = Array.from({ length: layers }, () => rowStore(backend, shapeA, dtype));
-    this.b = Array.from({ length: layers }, () => rowStore(backend, shapeB, dtype));
-    this.rowA = size(shapeA);
-    this.rowB = size(shapeB);
+  /** `shapes[layer]` = the row shapes of that layer's two parts. */
+  constructor(protected readonly backend: Backend, protected readonly shapes: readonly LayerRowShapes[], readonly dtype: KvCacheDtype = "f32") {
+    const size = (s: readonly number[]) => s.reduce((x, y) => x * y, 1);
+    this.a = shapes.map(([a]) => rowStore(backend, a, dtype));
+    this.b = shapes.map(([, b]) => rowStore(backend, b, dtype));
+    this.rowA = shapes.map(([a]) => size(a));
+    this.rowB = shapes.map(([, b]) => size(b));
   }
 
   get length(): number {
     return this.len;
   }
 
-  private readonly rowA: number;
-  private readonly rowB: number;
-
   get elements(): number {
-    return this.a.reduce((n, x, i) => n + x.rows * this.rowA + this.b[i]!.rows * this.rowB, 0);
+    return this.a.reduce((n, x, i) => n + x.rows * this.rowA[i]! + this.b[i]!.rows * this.rowB[i]!, 0);
   }
 
   get bytes(): number {
-    return this.a.reduce((n, x, i) => n + x.rows * kvRowBytes(this.rowA, this.dtype) + this.b[i]!.rows * kvRowBytes(this.rowB, this.dtype), 0);
+    return this.a.reduce((n, x, i) => n + x.rows * kvRowBytes(this.rowA[i]!, this.dtype) + this.b[i]!.rows * kvRowBytes(this.rowB[i]!, this.dtype), 0);
   }
 
   advance(tokens: number): void {
@@ -129,8 +133,8 @@ abstract class TwoPartCache implements DecodeCache {
   clone(): this {
     const copy = Object.create(Object.getPrototypeOf(this) as object) as this;
     Object.assign(copy, this);
-    copy.a = this.a.map((s) => copyStore(this.backend, s, this.shapeA, this.dtype));
-    copy.b = this.b.map((s) => copyStore(this.backend, s, this.shapeB, this.dtype));
+    copy.a = this.a.map((s, l) => copyStore(this.backend, s, this.shapes[l]![0], this.dtype));
+    copy.b = this.b.map((s, l) => copyStore(this.backend, s, this.shapes[l]![1], this.dtype));
     return copy;
   }
 
@@ -144,8 +148,8 @@ abstract class TwoPartCache implements DecodeCache {
   }
 
   /**
-   * One decode step of B sequences at `layer`: row b of a [B, …shapeA] and b [B, …shapeB] appended
-   * to caches[b]; returns each cache's rows of both parts for Backend.*DecodeBatch, possibly followed
+   * One decode step of B sequences at `layer`: row b of a [B, …] and b [B, …] (the layer's row
+   * shapes) appended to caches[b]; returns each cache's rows of both parts for Backend.*DecodeBatch, possibly followed
    * by spare rows. On a device backend the rows of all B caches go in one call per part and the
    * caches' own buffers come back (no per-sequence views or copies).
    */
@@ -158,7 +162,7 @@ abstract class TwoPartCache implements DecodeCache {
       return [both.map((x) => x[0]), both.map((x) => x[1])];
     }
     const parts: [Tensor[], Tensor[]] = [[], []];
-    for (const [p, src, rowSize] of [[0, a, first.rowA], [1, b, first.rowB]] as const) {
+    for (const [p, src, rowSize] of [[0, a, first.rowA[layer]!], [1, b, first.rowB[layer]!]] as const) {
       const stores = caches.map((c) => (p === 0 ? c.a : c.b)[layer]!.device!);
       const stored = stores[0]!.dtype === "bf16" ? src : roundTrip(backend, src, first.dtype);
       for (const s of stores) s.reserve(1);
@@ -172,14 +176,15 @@ abstract class TwoPartCache implements DecodeCache {
 
   /** What `layer` holds now, without appending. */
   protected both(layer: number): [Tensor, Tensor] {
-    return [this.a[layer]!.tensor(this.shapeA), this.b[layer]!.tensor(this.shapeB)];
+    const [shapeA, shapeB] = this.shapes[layer]!;
+    return [this.a[layer]!.tensor([...shapeA]), this.b[layer]!.tensor([...shapeB])];
   }
 }
 
 /** MHA/GQA cache: keys [S, Hkv, Dh] (after RoPE) and values [S, Hkv, Dh]. */
 export class KvCache extends TwoPartCache {
   constructor(backend: Backend, layers: number, kvHeads: number, headDim: number, dtype: KvCacheDtype = "f32") {
-    super(backend, layers, [kvHeads, headDim], [kvHeads, headDim], dtype);
+    super(backend, Array.from({ length: layers }, () => [[kvHeads, headDim], [kvHeads, headDim]] as const), dtype);
   }
 
   /** Appends k, v [T, Hkv, Dh] to `layer`; returns all cached keys and values [S, Hkv, Dh]. */
@@ -188,10 +193,11 @@ export class KvCache extends TwoPartCache {
   }
 }
 
-/** MLA cache: rope keys [S, Hkv, 2R] (after RoPE) and latents [S, L]. */
+/** MLA cache: per layer, rope keys [S, Hkv, 2R] (after RoPE) and latents [S, L]; R and L may differ between layers. */
 export class LatentCache extends TwoPartCache {
-  constructor(backend: Backend, layers: number, kvHeads: number, ropeDims: number, latentDim: number, dtype: KvCacheDtype = "f32") {
-    super(backend, layers, [kvHeads, ropeDims], [latentDim], dtype);
+  /** `layers[l]` = layer l's rope dims per KV head (2R) and latent width. */
+  constructor(backend: Backend, kvHeads: number, layers: readonly { ropeDims: number; latentDim: number }[], dtype: KvCacheDtype = "f32") {
+    super(backend, layers.map(({ ropeDims, latentDim }) => [[kvHeads, ropeDims], [latentDim]] as const), dtype);
   }
 
   /** Appends kr [T, Hkv, 2R] and c [T, L] to `layer`; returns everything cached. */

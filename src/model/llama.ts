@@ -88,8 +88,8 @@ export class LlamaModel {
   newCache(dtype: KvCacheDtype = "f32"): DecodeCache {
     const c = this.config;
     const a = c.attention;
-    if (a.kind === "deepseek") return new LatentCache(this.backend, c.layers, 1, a.ropeDim, a.kvLoraRank, dtype);
-    return a.kind === "mla" ? new LatentCache(this.backend, c.layers, c.kvHeads, 2 * a.ropePairs, a.latentDim, dtype) : new KvCache(this.backend, c.layers, c.kvHeads, c.headDim, dtype);
+    if (a.kind === "deepseek") return new LatentCache(this.backend, 1, Array.from({ length: c.layers }, () => ({ ropeDims: a.ropeDim, latentDim: a.kvLoraRank })), dtype);
+    return a.kind === "mla" ? new LatentCache(this.backend, c.kvHeads, a.splits.map((s) => ({ ropeDims: 2 * s.ropePairs, latentDim: s.latentDim })), dtype) : new KvCache(this.backend, c.layers, c.kvHeads, c.headDim, dtype);
   }
 
   /**

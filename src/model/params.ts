@@ -3,7 +3,7 @@ import type { Node, Ops } from "../tensor/autograd.js";
 import type { Tensor } from "../tensor/tensor.js";
 import type { LlamaWeights } from "./weights.js";
 
-type NodesOf<T> = { [K in keyof T]: T[K] extends Tensor ? Node : T[K] extends Tensor | null ? Node | null : T[K] };
+export type NodesOf<T> = { [K in keyof T]: T[K] extends Tensor ? Node : T[K] extends Tensor | null ? Node | null : T[K] };
 
 export type AttentionNodes = NodesOf<LlamaWeights["layers"][number]["attn"]>;
 export type LayerNodes = Omit<NodesOf<LlamaWeights["layers"][number]>, "attn"> & { attn: AttentionNodes };
@@ -14,20 +14,23 @@ export interface ParamNodes {
   layers: LayerNodes[];
 }
 
+/** Every tensor field of `obj` as a node (null and string fields as they are); `trainable(prefix + field)` says which get gradients. */
+export function nodesOf<T extends object>(ops: Ops, obj: T, trainable: (path: string) => boolean, prefix = ""): NodesOf<T> {
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(obj)) {
+    if (v === null || typeof v === "string") out[k] = v;
+    else out[k] = ops.param(v as Tensor, trainable(prefix + k));
+  }
+  return out as NodesOf<T>;
+}
+
 /**
  * Wraps every weight in a node; `trainable(path)` says which get gradients (path like
  * "layers.3.attn.kUp" or "embed"). A tied LM head shares the embedding's node, so its gradient
  * accumulates into one tensor.
  */
 export function paramNodes(ops: Ops, w: LlamaWeights, trainable: (path: string) => boolean): ParamNodes {
-  const wrap = <T extends object>(obj: T, prefix: string): NodesOf<T> => {
-    const out: Record<string, unknown> = {};
-    for (const [k, v] of Object.entries(obj)) {
-      if (v === null || typeof v === "string") out[k] = v;
-      else out[k] = ops.param(v as Tensor, trainable(prefix + k));
-    }
-    return out as NodesOf<T>;
-  };
+  const wrap = <T extends object>(obj: T, prefix: string): NodesOf<T> => nodesOf(ops, obj, trainable, prefix);
   const embed = ops.param(w.embed, trainable("embed"));
   return {
     embed,

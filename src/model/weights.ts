@@ -104,8 +104,8 @@ interface LayerTensor {
 
 const row = (field: string, name: string, shape: number[], on = true, linear = false): LayerTensor => ({ field, name, shape, on, linear });
 
-/** The attention tensors of one layer in the format of `c` (MHA, our MLA, or deepseek_v3), in file order. */
-function attentionTable(c: ModelConfig): LayerTensor[] {
+/** The attention tensors of `layer` in the format of `c` (MHA, our MLA, or deepseek_v3), in file order. */
+function attentionTable(c: ModelConfig, layer: number): LayerTensor[] {
   const D = c.hiddenSize;
   const qd = c.heads * c.headDim;
   const kvd = c.kvHeads * c.headDim;
@@ -133,7 +133,8 @@ function attentionTable(c: ModelConfig): LayerTensor[] {
       row("oBias", a + "o_proj.bias", [D], c.oBias),
     ];
   }
-  const { ropePairs: R, latentDim: L, gateDim: E } = c.attention;
+  const { ropePairs: R, latentDim: L } = c.attention.splits[layer]!;
+  const E = c.attention.gateDim;
   const kn = c.kvHeads * (c.headDim - 2 * R);
   return [
     ...q,
@@ -161,18 +162,17 @@ function normAndMlpTables(c: ModelConfig): { before: LayerTensor[]; after: Layer
   };
 }
 
-/** The attention tensors of one layer (names after `model.layers.N.`), in file order; `on` = present. */
-export function attentionTensors(c: ModelConfig): { name: string; shape: number[]; on: boolean }[] {
-  return attentionTable(c).map(({ name, shape, on }) => ({ name, shape, on }));
+/** The attention tensors of `layer` (names after `model.layers.N.`, `field` their attention-weights field), in file order; `on` = present. */
+export function attentionTensors(c: ModelConfig, layer: number): { field: string; name: string; shape: number[]; on: boolean }[] {
+  return attentionTable(c, layer).map(({ field, name, shape, on }) => ({ field, name, shape, on }));
 }
 
 /** Every tensor a checkpoint of this config holds, in Hugging Face order, with its shape. */
 export function expectedTensors(c: ModelConfig): { name: string; shape: number[] }[] {
   const D = c.hiddenSize;
   const { before, after } = normAndMlpTables(c);
-  const layer = [...before, ...attentionTable(c), ...after].filter((t) => t.on);
   const out: { name: string; shape: number[] }[] = [{ name: "model.embed_tokens.weight", shape: [c.vocabSize, D] }];
-  for (let i = 0; i < c.layers; i++) for (const t of layer) out.push({ name: layerPrefix(i) + t.name, shape: [...t.shape] });
+  for (let i = 0; i < c.layers; i++) for (const t of [...before, ...attentionTable(c, i), ...after]) if (t.on) out.push({ name: layerPrefix(i) + t.name, shape: [...t.shape] });
   out.push({ name: "model.norm.weight", shape: [D] });
   if (!c.tieEmbeddings) out.push({ name: "lm_head.weight", shape: [c.vocabSize, D] });
   return out;
@@ -193,12 +193,11 @@ export function loadLlamaWeights(ckpt: Checkpoint, c: ModelConfig, backend: Back
     throw new MlaError("BAD_CHECKPOINT", `${ckpt.dir}: "lm_head.weight" is missing and tie_word_embeddings is false`, "set tie_word_embeddings: true in config.json if the model shares its embedding");
   const lmHead = c.tieEmbeddings ? embed : t("lm_head.weight", [c.vocabSize, D], true);
   const { before, after } = normAndMlpTables(c);
-  const attention = attentionTable(c);
   // Absent tensors (a bias the config does not have) are null fields.
   const fields = (rows: LayerTensor[], i: number) => Object.fromEntries(rows.map((r) => [r.field, r.on ? t(layerPrefix(i) + r.name, r.shape, r.linear) : null]));
   const layers: LayerWeights[] = [];
   for (let i = 0; i < c.layers; i++) {
-    const attn = { kind: c.attention.kind, ...fields(attention, i) } as LayerWeights["attn"];
+    const attn = { kind: c.attention.kind, ...fields(attentionTable(c, i), i) } as LayerWeights["attn"];
     layers.push({ ...fields([...before, ...after], i), attn } as LayerWeights);
   }
   return { embed, finalNorm: t("model.norm.weight", [D]), lmHead, layers };
@@ -209,9 +208,8 @@ export function namedTensors(c: ModelConfig, w: LlamaWeights): [string, Tensor][
   const byName = new Map<string, Tensor>([["model.embed_tokens.weight", w.embed], ["model.norm.weight", w.finalNorm]]);
   if (!c.tieEmbeddings) byName.set("lm_head.weight", w.lmHead);
   const { before, after } = normAndMlpTables(c);
-  const attention = attentionTable(c);
   w.layers.forEach((l, i) => {
-    for (const [rows, holder] of [[[...before, ...after], l], [attention, l.attn]] as const)
+    for (const [rows, holder] of [[[...before, ...after], l], [attentionTable(c, i), l.attn]] as const)
       for (const r of rows) {
         const t = (holder as unknown as Record<string, Tensor | null>)[r.field];
         if (t) byName.set(layerPrefix(i) + r.name, t);

@@ -59,6 +59,19 @@ test("eval on a short fixture text; bad input gives one clear error line and exi
   }
 });
 
+test("convert --kv-split per-layer prints each layer's split and the uniform conversion's KV; a bad --kv-split-pairs is one error line", () => {
+  const out = path.join(tmpDir(), "pl");
+  const r = cli(["convert", "stories260K", "--rank", "8", "--rope-pairs", "1", "--calib", path.join(FIXTURES, "text", "tinystories_25k.txt"), "--calib-samples", "4", "--kv-split", "per-layer", "--out", out]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /KV cache per token 320 → 200 elements/);
+  assert.match(r.stdout, /^split per layer \(R, rank\): \d, \d( \| \d, \d){4}$/m);
+  assert.match(r.stderr, /kv split, layer 4: R \d rank \d \(error [\d.]+; uniform R 1 rank 8: [\d.]+\)/);
+  const b = cli(["convert", "stories260K", "--rank", "8", "--calib", path.join(FIXTURES, "text", "tinystories_25k.txt"), "--kv-split", "per-layer", "--kv-split-pairs", "1,x", "--dry-run"]);
+  assert.equal(b.code, 1);
+  assert.match(b.stderr, /^error: --kv-split-pairs 1,x: "x" is not a whole number/m);
+  assert.match(cli(["convert", "--help"]).stdout, /--kv-split\s/);
+});
+
 test("synth --arch llama2-7b --layers 2 writes a sharded bf16 checkpoint that reads back", () => {
   const out = path.join(tmpDir(), "syn");
   const r = cli(["synth", "--arch", "llama2-7b", "--layers", "2", "--out", out, "--shard-size", "0.5", "--json"]);

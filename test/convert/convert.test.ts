@@ -7,7 +7,7 @@ import { SafetensorsFile } from "../../src/io/safetensors.js";
 import { loadModel, LlamaModel } from "../../src/model/llama.js";
 import type { MhaWeights } from "../../src/model/weights.js";
 import type { FloatArray } from "../../src/tensor/tensor.js";
-import { headDimOrder } from "../../src/model/config.js";
+import { headDimOrder, MlaAttention } from "../../src/model/config.js";
 import { calibrate, calibrationWindows } from "../../src/ropeSelect/calibrate.js";
 import { twoNormScores, topPairs, fixedPairs } from "../../src/ropeSelect/strategies.js";
 import { perplexity, readText, tokenizeForEval } from "../../src/eval/perplexity.js";
@@ -140,7 +140,7 @@ test("llama2-7b shape with R = 8, rank 64: the KV cache shrinks by 68.75%", asyn
 test("absorbed decode equals the non-absorbed forward at every step of a 64-token greedy generation", async () => {
   const out = await convertFixture("stories260K", { rank: 4, ropePairs: 2, ropeStrategy: "uniform" });
   const { model, config, tokenizer } = loadModel(out);
-  const a = config.attention as { ropePairs: number; latentDim: number };
+  const a = (config.attention as MlaAttention).splits[0]!;
   const ids = tokenizer.encode("Once upon a time", { addSpecialTokens: true });
   const cache = model.newCache();
   let logits = model.forward(Int32Array.from(ids), cache);

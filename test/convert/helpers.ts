@@ -2,7 +2,7 @@
 import fs from "node:fs";
 import path from "node:path";
 import { convert, ConvertOptions } from "../../src/convert/pipeline.js";
-import { GOLDEN, MODELS, tmpDir } from "../helpers.js";
+import { FIXTURES, GOLDEN, MODELS, tmpDir } from "../helpers.js";
 
 export interface GoldenSetting {
   strategy: "high" | "low" | "uniform" | "2-norm";
@@ -26,4 +26,20 @@ export async function convertFixture(model: string, opts: Omit<ConvertOptions, "
   // The PyTorch goldens factor without BKV (the paper's plain SVD).
   await convert(path.join(MODELS, model), { progress: null, balanceKv: false, ...opts, out });
   return out;
+}
+
+/** A budget on stories260K (head dim 8) at which --kv-split per-layer gives layers different splits. */
+export const PER_LAYER_BUDGET = { rank: 8, ropePairs: 1 } as const;
+export const PER_LAYER_CALIB = path.join(FIXTURES, "text", "tinystories_25k.txt");
+
+let perLayer: Promise<string> | null = null;
+
+/** stories260K converted with `--kv-split per-layer` (2-norm, BKV) at PER_LAYER_BUDGET, once per test process. */
+export function perLayerFixture(): Promise<string> {
+  perLayer ??= (async () => {
+    const out = path.join(tmpDir(), "stories260K-per-layer");
+    await convert(path.join(MODELS, "stories260K"), { ...PER_LAYER_BUDGET, ropeStrategy: "2-norm", calib: PER_LAYER_CALIB, calibSamples: 8, kvSplit: "per-layer", out, progress: null });
+    return out;
+  })();
+  return perLayer;
 }

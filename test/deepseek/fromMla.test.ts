@@ -18,6 +18,7 @@ import { MlaError } from "../../src/errors.js";
 import { pipeline } from "../../src/pipeline.js";
 import { inspectModel } from "../../src/eval/inspect.js";
 import { FIXTURES, GOLDEN, maxRelDiff, MODELS, tmpDir } from "../helpers.js";
+import { perLayerFixture } from "../convert/helpers.js";
 
 const CALIB = path.join(FIXTURES, "text", "tinystories.txt");
 const TEXT = path.join(FIXTURES, "text", "tinystories_25k.txt");
@@ -147,6 +148,14 @@ test("export refuses what DeepSeek-V3 cannot hold exactly, naming it, and writes
   await assert.rejects(exportDeepseek(eg, { out, progress: null }), (e: unknown) => e instanceof MlaError && /EG-MLA/.test(e.message));
   await assert.rejects(exportDeepseek(path.join(MODELS, "stories260K"), { out, progress: null }), (e: unknown) => e instanceof MlaError && /not in our MLA format/.test(e.message));
   assert.throws(() => checkExportSettings(readHfConfig(path.join(MODELS, "stories260K")), 4, false), (e: unknown) => e instanceof MlaError && /every RoPE pair is kept \(R 4 = head_dim\/2\)/.test(e.message));
+  assert.equal(fs.existsSync(out), false);
+});
+
+test("a per-layer model (--kv-split per-layer) is refused by the export and by pipeline --export deepseek, before anything is written", async () => {
+  const out = path.join(tmpDir(), "never-per-layer");
+  const perLayer = (e: unknown) => e instanceof MlaError && e.code === "UNSUPPORTED" && /DeepSeek-V3's config has one kv_lora_rank and one qk_rope_head_dim for every layer/.test(e.message) && /hint: export a uniform conversion/.test(e.message);
+  await assert.rejects(exportDeepseek(await perLayerFixture(), { out, progress: null }), (e: unknown) => perLayer(e) && /per layer R \d+(, \d+){4}/.test((e as Error).message));
+  await assert.rejects(pipeline(path.join(MODELS, "stories260K"), { out, evalText: TEXT, export: "deepseek", convert: { rank: 2, ropePairs: 1, ropeDisjoint: true, calib: CALIB, kvSplit: "per-layer" }, progress: null }), perLayer);
   assert.equal(fs.existsSync(out), false);
 });
 

@@ -95,7 +95,9 @@ function settings(r: EvalResult): string {
   const c = r.conversion as Record<string, unknown> | null;
   if (!c) return `${r.attention.toUpperCase()} (original)`;
   if (c["format"] === "deepseek_v3") return `DeepSeek-V3 MLA: kv_lora_rank ${c["kv_lora_rank"]}, shared rope key ${c["qk_rope_head_dim"]} dims`;
-  return `MLA: rank ${c["rank"]}, ${c["rope_pairs"]} RoPE pairs (${c["rope_strategy"]}), SVD ${c["svd"]} (${c["svd_init"]}), latent ${c["latent_dim"]}`;
+  // A per-layer conversion (--kv-split per-layer) lists one value per layer.
+  const perLayer = (v: unknown) => (Array.isArray(v) ? `[${v.join(", ")}] per layer` : String(v));
+  return `MLA: rank ${perLayer(c["rank"])}, ${perLayer(c["rope_pairs"])} RoPE pairs (${c["rope_strategy"]}), SVD ${c["svd"]} (${c["svd_init"]}), latent ${perLayer(c["latent_dim"])}`;
 }
 
 export function reportMarkdown(runs: EvalResult[], logs: TrainLog[] = []): string {

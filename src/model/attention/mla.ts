@@ -48,15 +48,16 @@ type Absorbed = RuntimeAbsorbed | PremultipliedAbsorbed;
 export type AbsorbForm = Absorbed["form"];
 
 /**
- * Which absorbed form reads fewer weight elements per decoded token (MHA2MLA_ABSORB overrides): the
- * pre-multiplied 2·H·L·D against q_proj's nope rows, the up-projections and o_proj.
+ * Which absorbed form reads fewer weight elements per decoded token at `layer` (MHA2MLA_ABSORB
+ * overrides): the pre-multiplied 2·H·L·D against q_proj's nope rows, the up-projections and o_proj.
+ * Per layer, since R and L may differ between layers.
  */
-export function absorbForm(c: ModelConfig): AbsorbForm {
+export function absorbForm(c: ModelConfig, layer: number): AbsorbForm {
   const forced = process.env["MHA2MLA_ABSORB"];
   if (forced === "runtime" || forced === "premultiplied") return forced;
-  const a = c.attention as MlaAttention;
-  const [H, G, D, Dh, L] = [c.heads, c.kvHeads, c.hiddenSize, c.headDim, a.latentDim];
-  const Dn = Dh - 2 * a.ropePairs;
+  const s = (c.attention as MlaAttention).splits[layer]!;
+  const [H, G, D, Dh, L] = [c.heads, c.kvHeads, c.hiddenSize, c.headDim, s.latentDim];
+  const Dn = Dh - 2 * s.ropePairs;
   return 2 * H * L * D <= H * Dn * D + G * L * (Dn + Dh) + D * H * Dh ? "premultiplied" : "runtime";
 }
 
@@ -76,8 +77,7 @@ export class MlaBlock {
 
   constructor(private readonly b: Backend, private readonly c: ModelConfig, private readonly w: MlaWeights, invFreq: Float64Array, private readonly layer: number) {
     const a = c.attention as MlaAttention;
-    this.R = a.ropePairs;
-    this.L = a.latentDim;
+    ({ ropePairs: this.R, latentDim: this.L } = a.splits[layer]!);
     const sel = a.selection[layer]!;
     const group = c.heads / c.kvHeads;
     const order: number[] = [];
@@ -190,7 +190,7 @@ export class MlaBlock {
 
   /** Builds (once) the absorbed projections of the form `absorbForm` picks. */
   private absorb(): Absorbed {
-    if (!this.absorbed) this.absorbed = absorbForm(this.c) === "runtime" ? this.runtimeAbsorbed() : this.premultiplied();
+    if (!this.absorbed) this.absorbed = absorbForm(this.c, this.layer) === "runtime" ? this.runtimeAbsorbed() : this.premultiplied();
     return this.absorbed;
   }
 

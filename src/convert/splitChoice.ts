@@ -1,0 +1,167 @@
+/**
+ * `convert --kv-split per-layer`: for each layer, the split of the KV budget (kvSplit.ts) whose
+ * converted attention best reproduces the original's on the calibration windows. Each candidate's
+ * layer is factored as the writer will factor it (LayerSource), fed the ORIGINAL model's normed
+ * hidden states, so that the error is the layer's own and not inherited from the layers below, and
+ * scored by ‖Δ‖/‖A‖ of the attention block's output over all windows (the measure of
+ * bench/per-layer-split.ts). Layers go in order with every window's hidden state advanced one layer
+ * at a time: one forward of the original model in all, plus one factorization and one attention pass
+ * per (layer, candidate); memory holds one layer's activations for all windows.
+ */
+import { MlaSplit, ModelConfig } from "../model/config.js";
+import type { LlamaModel } from "../model/llama.js";
+import { MlaBlock } from "../model/attention/mla.js";
+import { attentionTensors, MhaWeights, MlaWeights } from "../model/weights.js";
+import { nodesOf } from "../model/params.js";
+import { Ops } from "../tensor/autograd.js";
+import type { FloatArray, Tensor } from "../tensor/tensor.js";
+import type { Logger } from "../util/log.js";
+import { Progress, ProgressSink } from "../util/progress.js";
+import { factorTensors, LayerFactors } from "./factor.js";
+import { budgetSplits } from "./kvSplit.js";
+import type { ConversionSettings } from "./plan.js";
+
+/** How a candidate layer is made: its rope pairs for R, and its factors (LayerSource). */
+export interface LayerMaker {
+  pairs(layer: number, R: number): number[][];
+  factor(layer: number, rank: number, selection: number[][]): Promise<LayerFactors>;
+}
+
+export interface SplitChoice {
+  /** The splits tried, ascending in R (each at the budget's bytes). */
+  candidates: MlaSplit[];
+  /** The index in `candidates` of the uniform conversion's split. */
+  uniform: number;
+  /** [layer] → the index of its split in `candidates`. */
+  chosen: number[];
+  /** [layer][candidate] → ‖converted − original‖ / ‖original‖ of the attention output on the calibration windows. */
+  errors: number[][];
+  /** [layer][kvHead] → the chosen split's rope pairs. */
+  selection: number[][][];
+  seconds: number;
+}
+
+export interface SplitChoiceOptions {
+  /** The index in `candidates` of the uniform conversion's split: ties go to it. */
+  uniform: number;
+  svd: "joint" | "split";
+  logger: Logger;
+  progress?: ProgressSink | null;
+}
+
+/** Chooses every layer's split of `original` (the MHA/GQA model) on calibration `windows` ([T] ids each, from BOS). */
+export async function chooseSplits(original: LlamaModel, windows: Int32Array[], candidates: MlaSplit[], make: LayerMaker, o: SplitChoiceOptions): Promise<SplitChoice> {
+  const t0 = performance.now();
+  const c = original.config;
+  const b = original.backend;
+  const progress = new Progress("choose kv split", c.layers * candidates.length, "layer splits", o.progress === undefined ? process.stderr : o.progress);
+  const choice: SplitChoice = { candidates, uniform: o.uniform, chosen: [], errors: [], selection: [], seconds: 0 };
+  let hs = windows.map((ids) => original.embedTokens(ids)); // [T, D] per window, before the current layer
+  for (let l = 0; l < c.layers; l++) {
+    const xs = hs.map((h) => b.rmsnorm(h, original.weights.layers[l]!.inputNorm, c.rmsEps)); // the attention input [T, D]
+    const targets = xs.map((x, i) => {
+      const a = original.attentionOf(l, windows[i]!, x);
+      const values = a.toArray();
+      a.dispose();
+      return values;
+    });
+    const errors: number[] = [];
+    const selections: number[][][] = [];
+    for (const split of candidates) {
+      const selection = make.pairs(l, split.ropePairs);
+      const block = candidateBlock(original, l, split, selection, await make.factor(l, split.rank, selection), o.svd);
+      errors.push(relativeError(targets, (i) => block.run(xs[i]!, windows[i]!)));
+      block.dispose();
+      selections.push(selection);
+      progress.tick();
+      await new Promise((r) => setImmediate(r));
+    }
+    const best = errors.reduce((k, e, i) => (e < errors[k]! ? i : k), o.uniform);
+    choice.chosen.push(best);
+    choice.errors.push(errors);
+    choice.selection.push(selections[best]!);
+    const u = candidates[o.uniform]!;
+    o.logger.info(`kv split, layer ${l}: R ${candidates[best]!.ropePairs} rank ${candidates[best]!.rank} (error ${errors[best]!.toFixed(4)}; uniform R ${u.ropePairs} rank ${u.rank}: ${errors[o.uniform]!.toFixed(4)})`);
+    for (const x of xs) x.dispose();
+    if (l + 1 < c.layers)
+      hs = hs.map((h, i) => {
+        const next = original.layerForward(l, windows[i]!, h);
+        h.dispose();
+        return next;
+      });
+  }
+  for (const h of hs) h.dispose();
+  choice.seconds = (performance.now() - t0) / 1000;
+  return choice;
+}
+
+/** √(Σ‖a − y‖² / Σ‖a‖²) over windows: targets a [T·D] (host), output(i) y [T, D] made and disposed one window at a time. */
+function relativeError(targets: FloatArray[], output: (window: number) => Tensor): number {
+  let num = 0, den = 0;
+  targets.forEach((a, i) => {
+    const y = output(i);
+    const v = y.toArray();
+    y.dispose();
+    for (let j = 0; j < a.length; j++) {
+      const d = a[j]! - v[j]!;
+      num += d * d;
+      den += a[j]! * a[j]!;
+    }
+  });
+  return Math.sqrt(num / Math.max(den, 1e-300));
+}
+
+/** Layer l of `original` converted to `split`: q_proj and o_proj the original's, the rest the factors `f`. */
+function candidateBlock(original: LlamaModel, l: number, split: MlaSplit, selection: number[][], f: LayerFactors, svd: "joint" | "split") {
+  const b = original.backend;
+  const base = original.config;
+  // A config in which every layer has this split: MlaBlock reads only layer l's entries.
+  const c: ModelConfig = { ...base, attention: { kind: "mla", splits: Array.from({ length: base.layers }, () => split), selection: Array.from({ length: base.layers }, () => selection), svd, gateDim: 0 } };
+  const mha = original.weights.layers[l]!.attn as MhaWeights as unknown as Record<string, Tensor | null>;
+  const factors = factorTensors(f);
+  const uploaded: Tensor[] = [];
+  const fields: Record<string, unknown> = { kind: "mla" };
+  // The shapes are the checkpoint format's (weights.ts), so the candidate is laid out as the written layer will be.
+  for (const t of attentionTensors(c, l)) {
+    const values = factors[t.name.slice("self_attn.".length)];
+    if (!t.on) fields[t.field] = null;
+    else if (values) uploaded.push((fields[t.field] = b.upload(values, t.shape)) as Tensor);
+    else fields[t.field] = mha[t.field] ?? null;
+  }
+  const w = fields as unknown as MlaWeights;
+  const block = new MlaBlock(b, c, w, original.invFreq, l);
+  return {
+    /** The converted block's output [T, D] on one window's normed input x [T, D] (ids [T] at positions 0…T−1). */
+    run(x: Tensor, ids: Int32Array): Tensor {
+      const ops = new Ops(b, null);
+      const positions = Int32Array.from(ids, (_, i) => i);
+      return block.forward(ops, nodesOf(ops, w, () => false), ops.constant(x), ids, positions, undefined, false).value;
+    },
+    dispose(): void {
+      for (const t of uploaded) t.dispose();
+    },
+  };
+}
+
+/** The conversion's step: every layer's split among the budget's candidates (kvSplit.ts), logged per layer. */
+export function chooseKvSplits(original: LlamaModel, windows: Int32Array[], make: LayerMaker, s: ConversionSettings, log: Logger, progress?: ProgressSink | null): Promise<SplitChoice> {
+  const c = original.config;
+  const candidates = budgetSplits({ kvHeads: c.kvHeads, headDim: c.headDim, hidden: c.hiddenSize }, s, s.kvSplitPairs ?? undefined);
+  const uniform = candidates.findIndex((x) => x.ropePairs === s.ropePairs);
+  log.info(`kv split per layer: trying R ${candidates.map((x) => `${x.ropePairs} rank ${x.rank}`).join(", ")} (${2 * s.ropePairs + (s.svd === "split" ? 2 : 1) * s.rank} cached values per KV head and token each) on ${windows.length} calibration windows`);
+  return chooseSplits(original, windows, candidates, make, { uniform, svd: s.svd, logger: log, progress });
+}
+
+/** The choice's record in mla_conversion.json (an empty object for a uniform conversion). */
+export function kvSplitRecord(choice: SplitChoice | null): { kv_split?: { candidates: { rope_pairs: number; rank: number }[]; chosen: { rope_pairs: number; rank: number; latent_dim: number }[]; relative_error: number[][]; mean_error: { chosen: number; uniform: number } } } {
+  if (!choice) return {};
+  const mean = (xs: number[]) => xs.reduce((a, x) => a + x, 0) / Math.max(xs.length, 1);
+  return {
+    kv_split: {
+      candidates: choice.candidates.map((x) => ({ rope_pairs: x.ropePairs, rank: x.rank })),
+      chosen: choice.chosen.map((i) => ({ rope_pairs: choice.candidates[i]!.ropePairs, rank: choice.candidates[i]!.rank, latent_dim: choice.candidates[i]!.latentDim })),
+      relative_error: choice.errors,
+      mean_error: { chosen: mean(choice.errors.map((e, l) => e[choice.chosen[l]!]!)), uniform: mean(choice.errors.map((e) => e[choice.uniform]!)) },
+    },
+  };
+}
