@@ -7,6 +7,7 @@ import { checkDisjoint, defaultRopePairs, RopeStrategy } from "../ropeSelect/str
 import type { Logger } from "../util/log.js";
 import { maxRank } from "./factor.js";
 import { budgetSplits, KV_SPLIT_MODES, KvSplitMode } from "./kvSplit.js";
+import { requireCalibration } from "./calibrationNeeds.js";
 
 export interface ConversionSettings {
   rank: number;
@@ -90,10 +91,7 @@ export function resolveSettings(c: ModelConfig, o: SettingsInput, log: Logger): 
     strategy = calib ? "2-norm" : "uniform";
     if (!calib) log.info(`note: no --calib given, so --rope-strategy uniform (pass --calib FILE for the paper's 2-norm selection)`);
   }
-  if (strategy === "2-norm" && !calib) throw new MlaError("BAD_ARGUMENT", "--rope-strategy 2-norm needs calibration text", "pass --calib FILE (any text in the model's language)");
-  if (svdInit === "activations" && !calib) throw new MlaError("BAD_ARGUMENT", "--svd-init activations needs calibration text", "pass --calib FILE");
   const refitOutput = o.refitOutput ?? false;
-  if (refitOutput && !calib) throw new MlaError("BAD_ARGUMENT", "--refit-output fits o_proj on calibration text", "pass --calib FILE (any text in the model's language)");
   const attention = o.attention ?? "mla";
   if (attention !== "mla" && attention !== "eg-mla") throw new MlaError("BAD_ARGUMENT", `--attention ${attention} is not known`, "use mla or eg-mla");
   if (o.gateDim !== undefined && attention !== "eg-mla") throw new MlaError("BAD_ARGUMENT", "--gate-dim is EG-MLA's gate width", "add --attention eg-mla, or leave --gate-dim out");
@@ -104,7 +102,7 @@ export function resolveSettings(c: ModelConfig, o: SettingsInput, log: Logger): 
   const kvSplit = o.kvSplit ?? "uniform";
   if (!KV_SPLIT_MODES.includes(kvSplit)) throw new MlaError("BAD_ARGUMENT", `--kv-split ${kvSplit} is not known`, `use ${KV_SPLIT_MODES.join(" or ")}`);
   if (kvSplit === "uniform" && o.kvSplitPairs) throw new MlaError("BAD_ARGUMENT", "--kv-split-pairs lists the rope pairs --kv-split per-layer tries", "add --kv-split per-layer, or leave --kv-split-pairs out");
-  if (kvSplit === "per-layer" && !calib) throw new MlaError("BAD_ARGUMENT", "--kv-split per-layer chooses each layer's split by its attention error on calibration text", "pass --calib FILE (any text in the model's language)");
+  requireCalibration(calib, { ropeStrategy: strategy, svdInit, refitOutput, kvSplit });
   const kvSplitPairs = kvSplit === "per-layer" ? budgetSplits({ kvHeads: c.kvHeads, headDim: c.headDim, hidden: c.hiddenSize }, { ropePairs: R, rank: o.rank, svd, ropeDisjoint }, o.kvSplitPairs).map((x) => x.ropePairs) : null;
   return { rank: o.rank, ropePairs: R, ropeStrategy: strategy, ropeDisjoint, svd, svdInit, balanceKv: o.balanceKv ?? true, refitOutput, calib, calibSamples: o.calibSamples ?? 32, calibLen: o.calibLen ?? 256, gateDim, kvSplit, kvSplitPairs };
 }

@@ -29,6 +29,7 @@ import { servingWarnings } from "./serving.js";
 import { describeRefit, refitOutputProjections, refitRecord } from "../convert/refitOutput.js";
 import { requireRoom, weightFileBytes } from "../io/diskRoom.js";
 import { deepseekSpecs, planTensors, writePlanned } from "./stream.js";
+import { requireCalibration } from "../convert/calibrationNeeds.js";
 
 export interface DeepseekOptions extends DeepseekEvalOptions {
   /** Latent dims per KV head of the equivalent mha2mla conversion: sets the KV budget with ropePairs. */
@@ -145,8 +146,7 @@ export async function convertDeepseek(spec: string, o: DeepseekOptions): Promise
   const maxRk = Math.min(2 * G * Dh, D) + 1;
   if (!Number.isInteger(rk) || rk < 2 || rk > maxRk) throw new MlaError("BAD_ARGUMENT", `kv_lora_rank ${rk} is out of range 2…${maxRk} for this model`, o.kvLoraRank === undefined ? "lower --rope-dim or change --rank / --rope-pairs" : "choose another --kv-lora-rank");
   const svdInit = o.svdInit ?? "weights";
-  if (svdInit === "activations" && !o.calib) throw new MlaError("BAD_ARGUMENT", "--svd-init activations needs calibration text", "pass --calib FILE");
-  if (o.refitOutput && !o.calib) throw new MlaError("BAD_ARGUMENT", "--refit-output fits o_proj on calibration text", "pass --calib FILE (any text in the model's language)");
+  requireCalibration(o.calib, { svdInit, refitOutput: o.refitOutput });
   const kvPerToken = { before: 2 * G * Dh, after: rk + dr, changePercent: (100 * (rk + dr - 2 * G * Dh)) / (2 * G * Dh) };
   for (const w of servingWarnings(rk, dr, H)) log.warn(w);
   if (o.dryRun) return { out: null, ropeDim: dr, kvLoraRank: rk, ropeTheta: c.rope.theta, spacing: 0, kvPerToken, energy: [], eval: null };

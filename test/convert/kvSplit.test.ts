@@ -44,7 +44,7 @@ test("candidates: equal bytes per KV head (joint 2R + rank, split 2R + 2·rank),
 
 test("--kv-split options: per-layer needs --calib, --kv-split-pairs needs per-layer, --format deepseek refuses both", async () => {
   const out = path.join(tmpDir(), "x");
-  await assert.rejects(convert(STORIES, { rank: 4, kvSplit: "per-layer", out, progress: null }), bad(/--kv-split per-layer chooses each layer's split by its attention error on calibration text/));
+  await assert.rejects(convert(STORIES, { rank: 4, kvSplit: "per-layer", out, progress: null }), bad(/--kv-split per-layer needs calibration text/));
   await assert.rejects(convert(STORIES, { rank: 4, kvSplitPairs: [1, 2], out, progress: null }), bad(/--kv-split-pairs lists the rope pairs --kv-split per-layer tries/));
   await assert.rejects(convert(STORIES, { rank: 4, kvSplit: "sideways" as never, out, progress: null }), bad(/--kv-split sideways is not known/));
   const { deepseekSettings } = await import("../../src/deepseek/export.js");
