@@ -2,7 +2,10 @@
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
+import assert from "node:assert/strict";
 import { packageRoot } from "../src/io/modelDir.js";
+import type { LlamaModel } from "../src/model/llama.js";
+import type { DecodeCache } from "../src/model/kvCache.js";
 
 export const ROOT = packageRoot();
 export const FIXTURES = path.join(ROOT, "fixtures");
@@ -91,4 +94,22 @@ export function finiteDifference(w: Float64Array | Float32Array, g: ArrayLike<nu
     diff2 += (g[j]! - n) ** 2;
   }
   return { rel: Math.sqrt(diff2) / Math.max(Math.sqrt(num2), 1e-10), norm: Math.sqrt(num2) };
+}
+
+/**
+ * Decode equals the full forward: `ids` [T] prefilled `prefill` tokens into a fresh cache, then fed
+ * one token per step through the absorbed path, each step's logits within `tol` of row t of the
+ * full forward. Returns the cache (for callers that check its size).
+ */
+export function assertDecodeMatchesForward(model: LlamaModel, ids: Int32Array, label: string, prefill = 3, tol = 1e-4): DecodeCache {
+  const V = model.config.vocabSize;
+  const full = model.forward(ids).toArray();
+  const cache = model.newCache();
+  model.forward(ids.subarray(0, prefill), cache);
+  for (let t = prefill; t < ids.length; t++) {
+    const got = model.forward(ids.subarray(t, t + 1), cache, { absorb: true }).toArray();
+    const e = maxAbsDiff(got, full.subarray(t * V, (t + 1) * V));
+    assert.ok(e <= tol, `${label}, step ${t}: max |Δ logits| ${e}`);
+  }
+  return cache;
 }

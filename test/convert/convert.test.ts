@@ -15,7 +15,7 @@ import { inspectModel } from "../../src/eval/inspect.js";
 import { convert } from "../../src/convert/pipeline.js";
 import { maxRank } from "../../src/convert/factor.js";
 import { synth } from "../../src/synth/synth.js";
-import { FIXTURES, GOLDEN, MODELS, ROOT, maxAbsDiff, tmpDir } from "../helpers.js";
+import { assertDecodeMatchesForward, FIXTURES, GOLDEN, MODELS, ROOT, maxAbsDiff, tmpDir } from "../helpers.js";
 import { conversionGolden, convertFixture } from "./helpers.js";
 
 function goldenPrompt(model: string): Int32Array {
@@ -202,16 +202,7 @@ for (const fixture of ["tiny-qwen2", "tiny-llama3", "tiny-mistral"]) {
     for (const form of ["runtime", "premultiplied"]) {
       process.env["MHA2MLA_ABSORB"] = form;
       try {
-        const { model, config } = loadModel(low);
-        const V = config.vocabSize;
-        const plain = model.forward(ids).toArray();
-        const cache = model.newCache();
-        model.forward(ids.subarray(0, 3), cache);
-        for (let t = 3; t < ids.length; t++) {
-          const row = model.forward(ids.subarray(t, t + 1), cache, { absorb: true }).toArray();
-          const e = maxAbsDiff(row, plain.subarray(t * V, (t + 1) * V));
-          assert.ok(e <= 1e-4, `${form} absorption, step ${t}: max |Δ| ${e}`);
-        }
+        assertDecodeMatchesForward(loadModel(low).model, ids, `${form} absorption`);
       } finally {
         delete process.env["MHA2MLA_ABSORB"];
       }

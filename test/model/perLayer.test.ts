@@ -13,7 +13,7 @@ import { absorbForm } from "../../src/model/attention/mla.js";
 import { inspectModel } from "../../src/eval/inspect.js";
 import { perplexity, readText, tokenizeForEval } from "../../src/eval/perplexity.js";
 import { MlaError } from "../../src/errors.js";
-import { FIXTURES, maxAbsDiff, tmpDir } from "../helpers.js";
+import { assertDecodeMatchesForward, FIXTURES, maxAbsDiff, tmpDir } from "../helpers.js";
 import { PER_LAYER_BUDGET, perLayerFixture } from "../convert/helpers.js";
 
 const PROMPT = Int32Array.of(1, 400, 300, 200, 9, 57, 22, 301);
@@ -48,13 +48,7 @@ test("a per-layer model evaluates, and its absorbed decode (alone and batched) e
   const V = config.vocabSize;
   const full = model.forward(PROMPT).toArray();
   // One sequence: prefill 3 tokens, then one token per step through the absorbed path.
-  const cache = model.newCache();
-  model.forward(PROMPT.subarray(0, 3), cache);
-  for (let t = 3; t < PROMPT.length; t++) {
-    const got = model.forward(PROMPT.subarray(t, t + 1), cache, { absorb: true }).toArray();
-    const e = maxAbsDiff(got, full.subarray(t * V, (t + 1) * V));
-    assert.ok(e < 1e-4, `step ${t}: max |Δ logits| ${e}`);
-  }
+  const cache = assertDecodeMatchesForward(model, PROMPT, "per-layer decode");
   const a = config.attention as MlaAttention;
   assert.equal(cache.elements, a.splits.reduce((n, s) => n + config.kvHeads * 2 * s.ropePairs + s.latentDim, 0) * PROMPT.length, "each layer caches its own widths");
   // Two sequences of different lengths in one batched step.
