@@ -10,8 +10,8 @@ const TRAINING = ["addInto", "fillZero", "sumSquares", "adamw", "cast", "copyInt
 
 export function profileCuda(backend: object, training: object, synchronize: () => void): void {
   const total = new Map<string, { ms: number; calls: number }>();
-  let skipSteps = Number(process.env["MHA2MLA_CUDA_PROFILE_SKIP"] ?? 2);
-  let steps = 0;
+  const skip = Number(process.env["MHA2MLA_CUDA_PROFILE_SKIP"] ?? 2);
+  let steps = 0; // optimizer updates seen, the skipped ones included
   const wrap = (obj: Record<string, unknown>, name: string, label: string) => {
     const fn = obj[name] as ((...a: unknown[]) => unknown) | undefined;
     if (typeof fn !== "function") return;
@@ -23,10 +23,7 @@ export function profileCuda(backend: object, training: object, synchronize: () =
       e.ms += performance.now() - t0;
       e.calls++;
       total.set(label, e);
-      if (label === "training.adamw" && skipSteps > 0) {
-        skipSteps--;
-        total.clear();
-      } else if (label === "training.adamw") steps++;
+      if (label === "training.adamw" && ++steps <= skip) total.clear();
       return r;
     };
   };
@@ -35,7 +32,7 @@ export function profileCuda(backend: object, training: object, synchronize: () =
   process.on("exit", () => {
     const rows = [...total.entries()].sort((a, b) => b[1].ms - a[1].ms);
     const sum = rows.reduce((s, [, e]) => s + e.ms, 0);
-    process.stderr.write(`CUDA profile (ms, calls, share of ${sum.toFixed(0)} ms in ops${steps ? `, over ${steps} training steps after the first ${Number(process.env["MHA2MLA_CUDA_PROFILE_SKIP"] ?? 2)}` : ""}):\n`);
+    process.stderr.write(`CUDA profile (ms, calls, share of ${sum.toFixed(0)} ms in ops${steps > skip ? `, over ${steps - skip} training steps after the first ${skip}` : ""}):\n`);
     for (const [op, e] of rows) process.stderr.write(`  ${op.padEnd(26)} ${e.ms.toFixed(1).padStart(9)} ${String(e.calls).padStart(7)} ${((100 * e.ms) / sum).toFixed(1).padStart(5)}%\n`);
   });
 }
