@@ -2,8 +2,10 @@
 PyTorch picks: FlashAttention-2 / cuDNN / efficient), forward and forward + backward, same shapes, GQA
 through enable_gqa. One JSON line per (shape, pass).
 SDPA_BACKENDS=default,flash,cudnn,efficient runs each named backend in turn (default: the one PyTorch
-picks), to tell which kernel a "PyTorch SDPA" row stands for.
-Usage: [SDPA_BACKENDS=…] python3 bench/attention_train_torch.py [B:T:H:Hkv:Dh,...]"""
+picks), to tell which kernel a "PyTorch SDPA" row stands for. SDPA_LAYOUT=bshd lays q, k, v out as
+[B, T, H, Dh] in memory (transposed views, as HF's attention and our kernels hold them) instead of
+contiguous [B, H, T, Dh].
+Usage: [SDPA_BACKENDS=…] [SDPA_LAYOUT=bhsd|bshd] python3 bench/attention_train_torch.py [B:T:H:Hkv:Dh,...]"""
 import contextlib, json, os, sys, time
 import torch
 import torch.nn.functional as F
@@ -11,13 +13,18 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 BACKENDS = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION}
 backends = os.environ.get("SDPA_BACKENDS", "default").split(",")
+layout = os.environ.get("SDPA_LAYOUT", "bhsd")
+
+
+def tensor(B, H, T, Dh, scale=0.5):
+    """Logical [B, H, T, Dh], stored in `layout` order."""
+    x = torch.randn(B, H, T, Dh, device="cuda", dtype=torch.bfloat16) if layout == "bhsd" else torch.randn(B, T, H, Dh, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
+    return x * scale
 
 shapes = [tuple(int(x) for x in s.split(":")) for s in (sys.argv[1] if len(sys.argv) > 1 else "8:1024:9:3:64,8:2048:32:32:64,4:2048:32:32:128,1:8192:32:32:128").split(",")]
 for B, T, H, Hkv, Dh in shapes:
-    q = (torch.randn(B, H, T, Dh, device="cuda", dtype=torch.bfloat16) * 0.5).requires_grad_()
-    k = (torch.randn(B, Hkv, T, Dh, device="cuda", dtype=torch.bfloat16) * 0.5).requires_grad_()
-    v = (torch.randn(B, Hkv, T, Dh, device="cuda", dtype=torch.bfloat16) * 0.5).requires_grad_()
-    d = torch.randn(B, H, T, Dh, device="cuda", dtype=torch.bfloat16)
+    q, k, v = (tensor(B, h, T, Dh).requires_grad_() for h in (H, Hkv, Hkv))
+    d = tensor(B, H, T, Dh, scale=1.0)
     fwd_flops = 4 * B * (T * T / 2) * H * Dh
 
     def forward():
@@ -38,7 +45,7 @@ for B, T, H, Hkv, Dh in shapes:
                         fn()
                     torch.cuda.synchronize()
             except RuntimeError as e:
-                print(json.dumps({"tool": "pytorch", "backend": backend, "pass": name, "B": B, "T": T, "H": H, "Hkv": Hkv, "Dh": Dh, "error": str(e).splitlines()[0][:200]}))
+                print(json.dumps({"tool": "pytorch", "backend": backend, "layout": layout, "pass": name, "B": B, "T": T, "H": H, "Hkv": Hkv, "Dh": Dh, "error": str(e).splitlines()[0][:200]}))
                 continue
             ms = (time.perf_counter() - t0) / 10 * 1000
-            print(json.dumps({"tool": "pytorch", "torch": torch.__version__, "cudnn": torch.backends.cudnn.version(), "backend": backend, "pass": name, "B": B, "T": T, "H": H, "Hkv": Hkv, "Dh": Dh, "ms": round(ms, 3), "tflops": round(flops / ms / 1e9, 1)}))
+            print(json.dumps({"tool": "pytorch", "torch": torch.__version__, "cudnn": torch.backends.cudnn.version(), "backend": backend, "layout": layout, "pass": name, "B": B, "T": T, "H": H, "Hkv": Hkv, "Dh": Dh, "ms": round(ms, 3), "tflops": round(flops / ms / 1e9, 1)}))
