@@ -16,6 +16,7 @@
 
 #ifdef MLA_WITH_CUDNN
 #include <cudnn.h>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -37,6 +38,7 @@ struct Cached {
   std::shared_ptr<fe::graph::Graph> graph;  // null: cuDNN does not take this problem
   int64_t workspace = 0;
   std::string why;
+  std::string label;  // the problem, for the trace
 };
 
 struct State {
@@ -48,6 +50,16 @@ struct State {
 State& state() {
   static State s;
   return s;
+}
+
+// MHA2MLA_CUDNN_TRACE=1: each graph's plan (engine) name and workspace when built, and each execute's
+// device time (CUDA events, synchronizing: a diagnosis aid, it slows the run), on stderr.
+bool tracing() {
+  static const bool on = [] {
+    const char* e = getenv("MHA2MLA_CUDNN_TRACE");
+    return e && *e && strcmp(e, "0") != 0;
+  }();
+  return on;
 }
 
 // The backward is deterministic unless MHA2MLA_CUDNN_DETERMINISTIC=0 (faster where cuDNN's atomic dQ
@@ -68,6 +80,12 @@ struct Problem {
   float scale;
   int64_t off;
 };
+
+std::string describe(const Problem& p, bool backward) {
+  char b[200];
+  snprintf(b, sizeof b, "%s B=%lld T=%lld S=%lld H=%lld Hkv=%lld Dh=%lld Dv=%lld off=%lld", backward ? "backward" : "forward", (long long)p.B, (long long)p.T, (long long)p.S, (long long)p.H, (long long)p.Hkv, (long long)p.Dh, (long long)p.Dv, (long long)p.off);
+  return b;
+}
 
 // Query row t sits at key position t + off and sees keys ≤ t + off: cuDNN's causal band with its
 // diagonal at the top left (off = 0) or the bottom right (off = S − T).
@@ -143,6 +161,12 @@ const Cached& graph_of(const Problem& p, bool backward, bool stats) {
       fe::error_t sized = built.is_good() ? g->get_workspace_size(c.workspace) : built;
       if (sized.is_good()) c.graph = g;
       else c.why = sized.get_message();
+      c.label = describe(p, backward);
+      if (tracing()) {
+        std::string plan = "?";
+        if (c.graph && !c.graph->get_plan_name(plan).is_good()) plan = "?";
+        fprintf(stderr, "[cudnn] built %s%s: plan %s, workspace %lld B%s%s\n", c.label.c_str(), stats ? "" : " (no stats)", plan.c_str(), (long long)c.workspace, c.graph ? "" : ", refused: ", c.why.c_str());
+      }
     } catch (const std::exception& ex) {
       c.why = ex.what();
     }
@@ -160,7 +184,22 @@ mla_status execute(const Cached& c, std::unordered_map<int64_t, void*>& pack) {
     ws = mla::scratch((size_t)c.workspace, &st);
     if (!ws) return st;
   }
+  cudaEvent_t t0 = nullptr, t1 = nullptr;
+  if (tracing()) {
+    cudaEventCreate(&t0);
+    cudaEventCreate(&t1);
+    cudaEventRecord(t0, ctx()->stream);
+  }
   fe::error_t e = c.graph->execute(h, pack, ws);
+  if (t0) {
+    cudaEventRecord(t1, ctx()->stream);
+    cudaEventSynchronize(t1);
+    float ms = 0;
+    cudaEventElapsedTime(&ms, t0, t1);
+    fprintf(stderr, "[cudnn] %s: %.3f ms\n", c.label.c_str(), ms);
+    cudaEventDestroy(t0);
+    cudaEventDestroy(t1);
+  }
   if (!e.is_good()) return MLA_FAIL(MLA_ERR_INTERNAL, "cuDNN attention: " + e.get_message());
   return MLA_OK;
 }

@@ -53,12 +53,14 @@ __global__ void k_swiglu(const float* g, const float* u, Y* y, int64_t n) {
   const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
   if (i < n) y[i] = (Y)(g[i] / (1.0f + expf(-g[i])) * u[i]);
 }
-__global__ void k_swiglu_bwd(const float* g, const float* u, const float* dy, float* dg, float* du, int64_t n) {
+// G: float, or bf16 where only bf16 products (the gate and up projections' backward) read the gradients.
+template <typename G>
+__global__ void k_swiglu_bwd(const float* g, const float* u, const float* dy, G* dg, G* du, int64_t n) {
   const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
   if (i >= n) return;
   const float sig = 1.0f / (1.0f + expf(-g[i]));
-  du[i] = dy[i] * g[i] * sig;
-  dg[i] = dy[i] * u[i] * sig * (1.0f + g[i] * (1.0f - sig));
+  du[i] = (G)(dy[i] * g[i] * sig);
+  dg[i] = (G)(dy[i] * u[i] * sig * (1.0f + g[i] * (1.0f - sig)));
 }
 __global__ void k_axpby(const float* a, const float* b, float* y, float sa, float sb, int64_t n) {
   const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
@@ -75,8 +77,9 @@ extern "C" mla_status mla_cuda_swiglu(const mla_cuda_buf* g, const mla_cuda_buf*
 }
 extern "C" mla_status mla_cuda_swiglu_backward(const mla_cuda_buf* g, const mla_cuda_buf* u, const mla_cuda_buf* dy, mla_cuda_buf* dg, mla_cuda_buf* du, int64_t n) {
   NEED_CTX();
-  MLA_CHECK(is_f32(g, n) && is_f32(u, n) && is_f32(dy, n) && is_f32(dg, n) && is_f32(du, n), "swiglu_backward: f32 buffers of n elements");
-  if (n) k_swiglu_bwd<<<blocks_for(n, 256), 256, 0, S_>>>(CF(g), CF(u), CF(dy), F(dg), F(du), n);
+  MLA_CHECK(is_f32(g, n) && is_f32(u, n) && is_f32(dy, n) && is_f32_or_bf16(dg, n) && is_f32_or_bf16(du, n) && dg->dtype == du->dtype, "swiglu_backward: f32 buffers of n elements (dg and du may both be bf16)");
+  if (n && dg->dtype == MLA_BF16) k_swiglu_bwd<<<blocks_for(n, 256), 256, 0, S_>>>(CF(g), CF(u), CF(dy), (__nv_bfloat16*)dg->ptr, (__nv_bfloat16*)du->ptr, n);
+  else if (n) k_swiglu_bwd<<<blocks_for(n, 256), 256, 0, S_>>>(CF(g), CF(u), CF(dy), F(dg), F(du), n);
   KERNEL_CHECK();
   return MLA_OK;
 }

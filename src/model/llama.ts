@@ -246,17 +246,30 @@ export class LlamaModel {
     // The attention block reads its normed input only through products, unless a caller watches it.
     const x = ops.rmsnorm(h, lw.inputNorm, c.rmsEps, at.opts.onAttentionInput ? undefined : PRODUCTS);
     at.opts.onAttentionInput?.(li, x.value);
-    const a = this.attend(ops, lw.attn, li, x, at);
+    const a = this.attendFreeing(ops, lw.attn, li, x, at);
     const h1 = ops.add(h, a);
     if (!ops.tape) for (const n of [x, a]) n.value.dispose();
     const y = ops.rmsnorm(h1, lw.postNorm, c.rmsEps, PRODUCTS);
     const g = ops.linear(y, lw.gate, lw.gateBias);
     const u = ops.linear(y, lw.up, lw.upBias);
-    const s = ops.swiglu(g, u, PRODUCTS);
+    // Without biases the gate and up gradients feed only their projections' bf16 backward products.
+    const s = ops.swiglu(g, u, PRODUCTS, lw.gateBias || lw.upBias ? undefined : PRODUCTS);
     const m = ops.linear(s, lw.down, lw.downBias);
     const out = ops.add(h1, m);
     if (!ops.tape) for (const n of [h1, y, g, u, s, m]) n.value.dispose();
     return out;
+  }
+
+  /**
+   * attend, but without a tape or a cache, inside an arena of its own that keeps only the block's
+   * output: q, k, v, the latent and the heads' output (with their bf16 copies) are freed when the block
+   * ends rather than when the step does. Without this an evaluation forward, or a checkpointed
+   * layer's first pass, held every layer's attention intermediates until the step's end.
+   */
+  private attendFreeing(ops: Ops, w: AttentionNodes, li: number, x: Node, at: LayerContext): Node {
+    const b = this.backend;
+    if (ops.tape || at.single || at.batch || at.opts.absorb || !b.arena) return this.attend(ops, w, li, x, at);
+    return b.arena(() => this.attend(ops, w, li, x, at), { keep: (a) => [a.value] });
   }
 
   /**

@@ -124,10 +124,11 @@ export class Ops {
     });
   }
 
-  swiglu(gate: Node, up: Node, hint?: ProductInputHint): Node {
+  /** `gradHint`: only products read gate's and up's gradients (no bias, no other consumer). */
+  swiglu(gate: Node, up: Node, hint?: ProductInputHint, gradHint?: ProductInputHint): Node {
     const b = this.b;
     return this.out(b.swiglu(gate.value, up.value, hint), [gate, up], (g) => {
-      const r = b.swigluBackward(gate.value, up.value, g);
+      const r = b.swigluBackward(gate.value, up.value, g, gradHint);
       if (gate.requiresGrad) gate.accumulate(b, r.dgate, true);
       if (up.requiresGrad) up.accumulate(b, r.dup, true);
     });

@@ -152,6 +152,12 @@ export function visibleKeys(t: number, S: number, opts: AttentionOptions): [numb
   return [opts.window === null ? 0 : Math.max(0, qpos - opts.window + 1), Math.min(S - 1, qpos)];
 }
 
+/** See Backend.arena. */
+export interface ArenaOptions<T> {
+  bf16Inputs?: boolean;
+  keep?: (result: T) => readonly Tensor[];
+}
+
 export interface Backend {
   readonly name: string;
   upload(data: FloatArray, shape: readonly number[]): Tensor;
@@ -179,8 +185,11 @@ export interface Backend {
    * so device memory never waits for the garbage collector. Results must be downloaded inside.
    * `bf16Inputs`: fn never writes a tensor after making it (a training step's activations), so the
    * backend may keep each one's bf16 rounding for all the bf16 products that read it.
+   * `keep`: the tensors of fn's result that outlive it (an arena nested in a step: a layer's
+   * attention block frees its q, k, v and heads' output as soon as the block's output exists, and
+   * the output itself joins the enclosing arena).
    */
-  arena?<T>(fn: () => T, opts?: { bf16Inputs?: boolean }): T;
+  arena?<T>(fn: () => T, opts?: ArenaOptions<T>): T;
   /** Device memory in bytes: held by this backend's buffers, their peak, free and total on the device. */
   memory?(): { live: number; peak: number; free: number; total: number };
   /** Starts a new peak for memory(). */
@@ -260,7 +269,8 @@ export interface Backend {
   ropeBackward(dy: Tensor, positions: Int32Array, invFreq: Float64Array, rotaryDims?: number): Tensor;
   /** `saved`: what `attentionForTraining` returned for these inputs, so the backward need not recompute it. */
   attentionBackward(q: Tensor, k: Tensor, v: Tensor, dOut: Tensor, opts: AttentionOptions, saved?: AttentionSaved): { dq: Tensor; dk: Tensor; dv: Tensor };
-  swigluBackward(gate: Tensor, up: Tensor, dy: Tensor): { dgate: Tensor; dup: Tensor };
+  /** `hint.forProducts`: only bf16 products read dgate and dup (see ProductInputHint). */
+  swigluBackward(gate: Tensor, up: Tensor, dy: Tensor, hint?: ProductInputHint): { dgate: Tensor; dup: Tensor };
   /** dtable[V,D]: rows of dy[T,D] added at ids. */
   embeddingBackward(ids: Int32Array, dy: Tensor, vocab: number): Tensor;
   /** d(scale·Σ crossEntropy)/dlogits = scale·(softmax − onehot). */

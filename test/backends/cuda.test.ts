@@ -157,6 +157,53 @@ test("out of GPU memory is an error naming the tensor and its size, with a hint"
   assert.equal(B.upload(Float32Array.of(1, 2), [2]).toArray()[1], 2);
 });
 
+test("a nested arena frees what it made except the kept tensors (and the buffers they view), which then live as long as the enclosing arena", { skip }, () => {
+  const B = backend();
+  const MiB = 1 << 20;
+  const base = B.memory().live;
+  B.arena(() => {
+    const kept = B.arena(
+      () => {
+        B.empty([4 * MiB], "scratch freed by the inner arena");
+        const whole = B.upload(new Float32Array(2 * MiB).fill(3), [2 * MiB]);
+        return B.viewOf(whole, MiB, MiB, [MiB]);
+      },
+      { keep: (v) => [v] },
+    );
+    const live = B.memory().live - base;
+    assert.ok(live >= 8 * MiB && live < 16 * MiB + MiB, `after the inner arena ${live} bytes are held: the kept view's 8 MiB parent, not the 16 MiB scratch`);
+    assert.equal(kept.toArray()[MiB - 1], 3);
+  });
+  assert.ok(B.memory().live - base < MiB, "the enclosing arena freed the kept tensor");
+});
+
+test("SwiGLU's backward writes bf16 gate/up gradients for bf16 products (in a bf16Inputs arena): the float32 ones rounded, and the same dx/dw from the projection's backward", { skip }, () => {
+  const B = backend();
+  const rand = seededRand(11, Float32Array);
+  const [M, K, N] = [64, 48, 96];
+  const g = B.upload(rand(M * N, 2), [M, N]);
+  const u = B.upload(rand(M * N), [M, N]);
+  const dy = B.upload(rand(M * N, 0.5), [M, N]);
+  const x = B.upload(rand(M * K, 0.5), [M, K]);
+  const w = B.uploadBf16(toBf16Bits(rand(N * K, 0.5)), [N, K]);
+  const f = B.swigluBackward(g, u, dy);
+  B.arena(
+    () => {
+      const h = B.swigluBackward(g, u, dy, { forProducts: true });
+      assert.equal(h.dgate.dtype, "bf16");
+      const rounded = (t: typeof f.dgate) => decodeToF32("BF16", encodeFromF32("BF16", t.toArray()));
+      assert.deepEqual(h.dgate.toArray(), rounded(f.dgate));
+      assert.deepEqual(h.dup.toArray(), rounded(f.dup));
+      const need = { x: true, w: true, bias: false };
+      const a = B.linearBackward(x, w, f.dgate, need);
+      const b = B.linearBackward(x, w, h.dgate, need);
+      assert.deepEqual(b.dx!.toArray(), a.dx!.toArray(), "the bf16 product rounds dy to bf16 either way");
+      assert.deepEqual(b.dw!.toArray(), a.dw!.toArray());
+    },
+    { bf16Inputs: true },
+  );
+});
+
 const TEXT = path.join(FIXTURES, "text", "tinystories_25k.txt");
 
 test("decode with the cache on the device equals the CPU step by step (MHA and absorbed MLA)", { skip }, async (t) => {

@@ -13,7 +13,7 @@ import koffi from "koffi";
 import { MlaError } from "../../errors.js";
 import { packageRoot } from "../../io/modelDir.js";
 import { attentionDecodeByRows, latentAttentionDecodeByRows } from "../../tensor/rows.js";
-import { attentionDecodeBatchDims, headLinearDims, latentAttentionDecodeBatchDims, latentAttentionDims, type AttentionOptions, type DecodeBatchOptions, type AttentionSaved, type ProductInputHint, type Backend, type TrainingKernels } from "../../tensor/backend.js";
+import { attentionDecodeBatchDims, headLinearDims, latentAttentionDecodeBatchDims, latentAttentionDims, type AttentionOptions, type DecodeBatchOptions, type AttentionSaved, type ArenaOptions, type ProductInputHint, type Backend, type TrainingKernels } from "../../tensor/backend.js";
 import { FloatArray, Tensor, expectShape } from "../../tensor/tensor.js";
 import type { Linalg } from "./linalg.js";
 import { profileCuda } from "./cudaProfile.js";
@@ -126,6 +126,13 @@ function cudaError(lib: CudaLib, op: string, hint: string, oomHint: string): Mla
 class DeviceBuffer {
   bf16: Tensor | null = null;
   constructor(readonly handle: unknown, readonly n: number, readonly dtype: number, readonly parent: DeviceBuffer | null = null) {}
+}
+
+/** The buffers of `tensors` and every buffer they are views of. */
+function buffersBehind(tensors: readonly Tensor[]): Set<DeviceBuffer> {
+  const out = new Set<DeviceBuffer>();
+  for (const t of tensors) for (let b: DeviceBuffer | null = t.storage as DeviceBuffer; b; b = b.parent) out.add(b);
+  return out;
 }
 
 /** Growable [rows, rowSize] float32 rows on the device (decode caches): appending copies only the new rows. */
@@ -255,16 +262,23 @@ export class CudaBackend implements Backend {
     if (process.env["MHA2MLA_CUDA_PROFILE"]) profileCuda(this, this.training, () => this.call("synchronize", lib.fns["synchronize"]!()));
   }
 
-  arena<T>(fn: () => T, opts: { bf16Inputs?: boolean } = {}): T {
+  arena<T>(fn: () => T, opts: ArenaOptions<T> = {}): T {
     const mine: Tensor[] = [];
     this.arenas.push(mine);
     if (opts.bf16Inputs) this.bf16InputArenas++;
+    let kept = new Set<DeviceBuffer>();
     try {
-      return fn();
+      const result = fn();
+      if (opts.keep) kept = buffersBehind(opts.keep(result));
+      return result;
     } finally {
       if (opts.bf16Inputs) this.bf16InputArenas--;
       this.arenas.pop();
-      for (const t of mine) this.free(t);
+      const outer = this.arenas[this.arenas.length - 1];
+      for (const t of mine) {
+        if (!kept.has(t.storage as DeviceBuffer)) this.free(t);
+        else outer?.push(t);
+      }
     }
   }
 
@@ -686,9 +700,9 @@ export class CudaBackend implements Backend {
     return { dx, dw };
   }
 
-  swigluBackward(gate: Tensor, up: Tensor, dy: Tensor) {
-    const dgate = this.empty(gate.shape, "dgate");
-    const dup = this.empty(up.shape, "dup");
+  swigluBackward(gate: Tensor, up: Tensor, dy: Tensor, hint?: ProductInputHint) {
+    const dgate = this.empty(gate.shape, "dgate", this.productInputDtype(hint));
+    const dup = this.empty(up.shape, "dup", this.productInputDtype(hint));
     this.call("swiglu_backward", this.lib.fns["swigluBackward"]!(this.h(gate), this.h(up), this.h(dy), this.h(dgate), this.h(dup), gate.size));
     return { dgate, dup };
   }
