@@ -4,17 +4,19 @@
 # calibration on debian_train.txt, 500k tokens of debian_train.txt on the GPU (bf16; seq 256, batch 16,
 # lr 1e-3, WSD: the settings of bench/finetune-numerics.sh's recovery stage), NLL on debian_dev_val.txt
 # (ctx 256, first 20,000 tokens) by `mha2mla eval`. Prints a Markdown table.
-# Usage: [METHODS="ours-2norm ours-2norm-bkv ours-2norm-disjoint ours-r8-bkv ours-per-layer-bkv deepseek-48-bkv deepseek-40-bkv+refit"] [LR=1e-3] bash bench/recovery-table.sh [WORKDIR] [MODEL] [TEXT_DIR]
+# DEVICE=cpu runs the same table without a GPU (float32; slower: about 20 minutes per method on 2 cores).
+# Usage: [DEVICE=cuda|cpu] [METHODS="ours-2norm ours-2norm-bkv ours-2norm-disjoint ours-r8-bkv ours-per-layer-bkv deepseek-48-bkv deepseek-40-bkv+refit"] [LR=1e-3] bash bench/recovery-table.sh [WORKDIR] [MODEL] [TEXT_DIR]
 # (LR: the peak learning rate; 1e-3 throws the better-initialized deepseek conversion off, see docs/benchmarks.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 W=${1:-/tmp/mha2mla-recovery}; M=${2:-../shared/models/mha26m-debian}; TD=${3:-../shared/data/text}
 CLI="node dist/src/cli/main.js"
 mkdir -p "$W"
-EV="--text $TD/debian_dev_val.txt --ctx 256 --tokens 20000 --weights f32 --device cuda"
-TRAIN="--tokens 500000 --seq 256 --batch 16 --lr ${LR:-1e-3} --warmup 0.05 --decay-fraction 0.2 --val-fraction 0.1 --device cuda --precision bf16"
+DEVICE=${DEVICE:-cuda}; PRECISION=bf16; [ "$DEVICE" = cpu ] && PRECISION=f32
+EV="--text $TD/debian_dev_val.txt --ctx 256 --tokens 20000 --weights f32 --device $DEVICE"
+TRAIN="--tokens 500000 --seq 256 --batch 16 --lr ${LR:-1e-3} --warmup 0.05 --decay-fraction 0.2 --val-fraction 0.1 --device $DEVICE --precision $PRECISION"
 nll() { $CLI eval "$1" $EV --json "$2" > /dev/null 2>> "$W/eval.log"; node -e "console.log(require(require('path').resolve('$2')).nll.toFixed(5))"; }
-echo "$(date -u +%F), $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null || echo no GPU), $(basename "$M"), lr ${LR:-1e-3}"
+echo "$(date -u +%F), $DEVICE ($PRECISION): $([ "$DEVICE" = cpu ] && echo "$(nproc) cores" || nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null), $(basename "$M"), lr ${LR:-1e-3}"
 echo
 echo "| method (equal KV bytes) | converted | fine-tuned (500k tokens) | fine-tune wall |"
 echo "| --- | --- | --- | --- |"
