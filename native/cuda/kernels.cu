@@ -46,31 +46,81 @@ bool is_f32_or_bf16(const mla_cuda_buf* b, int64_t n) { return b && (b->dtype ==
 #define F(b) ((float*)(b)->ptr)
 #define CF(b) ((const float*)(b)->ptr)
 
+// ---------------- 4-wide access ----------------
+// The memory-bound kernels below move 4 consecutive elements per thread (one 16-byte float load,
+// one 16- or 8-byte store) where the sizes are multiples of 4 and the buffers aligned, which is
+// every activation of a training step (views at odd offsets take the scalar kernels). Each lane
+// computes what the scalar kernel computes for its element, so both give the same bits.
+namespace {
+bool aligned_for4(const void* p, size_t elem) { return (reinterpret_cast<uintptr_t>(p) % (4 * elem)) == 0; }
+bool vec4(const mla_cuda_buf* b) { return b->n % 4 == 0 && aligned_for4(b->ptr, b->dtype == MLA_BF16 ? 2 : 4); }
+__device__ __forceinline__ void store4(float* y, float4 v) { *reinterpret_cast<float4*>(y) = v; }
+__device__ __forceinline__ void store4(__nv_bfloat16* y, float4 v) {
+  const __nv_bfloat162 lo = __floats2bfloat162_rn(v.x, v.y), hi = __floats2bfloat162_rn(v.z, v.w);
+  uint2 u;
+  u.x = *reinterpret_cast<const uint32_t*>(&lo);
+  u.y = *reinterpret_cast<const uint32_t*>(&hi);
+  *reinterpret_cast<uint2*>(y) = u;
+}
+__device__ __forceinline__ float4 load4(const float* x) { return *reinterpret_cast<const float4*>(x); }
+__device__ __forceinline__ float silu_times(float g, float u) { return g / (1.0f + expf(-g)) * u; }
+}  // namespace
+
 // ---------------- elementwise ----------------
 // Y is float, or bf16 where only bf16 products read the output (they would round it so anyway).
 template <typename Y>
 __global__ void k_swiglu(const float* g, const float* u, Y* y, int64_t n) {
   const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
-  if (i < n) y[i] = (Y)(g[i] / (1.0f + expf(-g[i])) * u[i]);
+  if (i < n) y[i] = (Y)silu_times(g[i], u[i]);
+}
+template <typename Y>
+__global__ void k_swiglu4(const float* g, const float* u, Y* y, int64_t n4) {
+  const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+  if (i >= n4) return;
+  const float4 a = load4(g + 4 * i), b = load4(u + 4 * i);
+  store4(y + 4 * i, make_float4(silu_times(a.x, b.x), silu_times(a.y, b.y), silu_times(a.z, b.z), silu_times(a.w, b.w)));
 }
 // G: float, or bf16 where only bf16 products (the gate and up projections' backward) read the gradients.
+// d/dg and d/du of silu(g)·u times dy, as (dg, du).
+__device__ __forceinline__ float2 swiglu_grads(float g, float u, float dy) {
+  const float sig = 1.0f / (1.0f + expf(-g));
+  return make_float2(dy * u * sig * (1.0f + g * (1.0f - sig)), dy * g * sig);
+}
 template <typename G>
 __global__ void k_swiglu_bwd(const float* g, const float* u, const float* dy, G* dg, G* du, int64_t n) {
   const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
   if (i >= n) return;
-  const float sig = 1.0f / (1.0f + expf(-g[i]));
-  du[i] = (G)(dy[i] * g[i] * sig);
-  dg[i] = (G)(dy[i] * u[i] * sig * (1.0f + g[i] * (1.0f - sig)));
+  const float2 r = swiglu_grads(g[i], u[i], dy[i]);
+  dg[i] = (G)r.x;
+  du[i] = (G)r.y;
+}
+template <typename G>
+__global__ void k_swiglu_bwd4(const float* g, const float* u, const float* dy, G* dg, G* du, int64_t n4) {
+  const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+  if (i >= n4) return;
+  const float4 a = load4(g + 4 * i), b = load4(u + 4 * i), d = load4(dy + 4 * i);
+  const float2 r0 = swiglu_grads(a.x, b.x, d.x), r1 = swiglu_grads(a.y, b.y, d.y), r2 = swiglu_grads(a.z, b.z, d.z), r3 = swiglu_grads(a.w, b.w, d.w);
+  store4(dg + 4 * i, make_float4(r0.x, r1.x, r2.x, r3.x));
+  store4(du + 4 * i, make_float4(r0.y, r1.y, r2.y, r3.y));
 }
 __global__ void k_axpby(const float* a, const float* b, float* y, float sa, float sb, int64_t n) {
   const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
   if (i < n) y[i] = sa * a[i] + (b ? sb * b[i] : 0.0f);
 }
+__global__ void k_axpby4(const float* a, const float* b, float* y, float sa, float sb, int64_t n4) {
+  const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+  if (i >= n4) return;
+  const float4 x = load4(a + 4 * i), z = b ? load4(b + 4 * i) : make_float4(0, 0, 0, 0);
+  store4(y + 4 * i, b ? make_float4(sa * x.x + sb * z.x, sa * x.y + sb * z.y, sa * x.z + sb * z.z, sa * x.w + sb * z.w) : make_float4(sa * x.x + 0.0f, sa * x.y + 0.0f, sa * x.z + 0.0f, sa * x.w + 0.0f));
+}
 
 extern "C" mla_status mla_cuda_swiglu(const mla_cuda_buf* g, const mla_cuda_buf* u, mla_cuda_buf* y, int64_t n) {
   NEED_CTX();
   MLA_CHECK(is_f32(g, n) && is_f32(u, n) && is_f32_or_bf16(y, n), "swiglu: f32 buffers of n elements (y may be bf16)");
-  if (n && y->dtype == MLA_BF16) k_swiglu<<<blocks_for(n, 256), 256, 0, S_>>>(CF(g), CF(u), (__nv_bfloat16*)y->ptr, n);
+  const bool v4 = vec4(g) && vec4(u) && vec4(y);
+  if (n && y->dtype == MLA_BF16 && v4) k_swiglu4<<<blocks_for(n / 4, 256), 256, 0, S_>>>(CF(g), CF(u), (__nv_bfloat16*)y->ptr, n / 4);
+  else if (n && v4) k_swiglu4<<<blocks_for(n / 4, 256), 256, 0, S_>>>(CF(g), CF(u), F(y), n / 4);
+  else if (n && y->dtype == MLA_BF16) k_swiglu<<<blocks_for(n, 256), 256, 0, S_>>>(CF(g), CF(u), (__nv_bfloat16*)y->ptr, n);
   else if (n) k_swiglu<<<blocks_for(n, 256), 256, 0, S_>>>(CF(g), CF(u), F(y), n);
   KERNEL_CHECK();
   return MLA_OK;
@@ -78,7 +128,11 @@ extern "C" mla_status mla_cuda_swiglu(const mla_cuda_buf* g, const mla_cuda_buf*
 extern "C" mla_status mla_cuda_swiglu_backward(const mla_cuda_buf* g, const mla_cuda_buf* u, const mla_cuda_buf* dy, mla_cuda_buf* dg, mla_cuda_buf* du, int64_t n) {
   NEED_CTX();
   MLA_CHECK(is_f32(g, n) && is_f32(u, n) && is_f32(dy, n) && is_f32_or_bf16(dg, n) && is_f32_or_bf16(du, n) && dg->dtype == du->dtype, "swiglu_backward: f32 buffers of n elements (dg and du may both be bf16)");
-  if (n && dg->dtype == MLA_BF16) k_swiglu_bwd<<<blocks_for(n, 256), 256, 0, S_>>>(CF(g), CF(u), CF(dy), (__nv_bfloat16*)dg->ptr, (__nv_bfloat16*)du->ptr, n);
+  const bool v4 = vec4(g) && vec4(u) && vec4(dy) && vec4(dg) && vec4(du);
+  using B16 = __nv_bfloat16;
+  if (n && dg->dtype == MLA_BF16 && v4) k_swiglu_bwd4<<<blocks_for(n / 4, 256), 256, 0, S_>>>(CF(g), CF(u), CF(dy), (B16*)dg->ptr, (B16*)du->ptr, n / 4);
+  else if (n && v4) k_swiglu_bwd4<<<blocks_for(n / 4, 256), 256, 0, S_>>>(CF(g), CF(u), CF(dy), F(dg), F(du), n / 4);
+  else if (n && dg->dtype == MLA_BF16) k_swiglu_bwd<<<blocks_for(n, 256), 256, 0, S_>>>(CF(g), CF(u), CF(dy), (B16*)dg->ptr, (B16*)du->ptr, n);
   else if (n) k_swiglu_bwd<<<blocks_for(n, 256), 256, 0, S_>>>(CF(g), CF(u), CF(dy), F(dg), F(du), n);
   KERNEL_CHECK();
   return MLA_OK;
@@ -87,7 +141,8 @@ extern "C" mla_status mla_cuda_swiglu_backward(const mla_cuda_buf* g, const mla_
 extern "C" mla_status mla_cuda_axpby(const mla_cuda_buf* a, const mla_cuda_buf* b, mla_cuda_buf* y, float sa, float sb, int64_t n) {
   NEED_CTX();
   MLA_CHECK(is_f32(a, n) && (!b || is_f32(b, n)) && is_f32(y, n), "axpby: f32 buffers of n elements");
-  if (n) k_axpby<<<blocks_for(n, 256), 256, 0, S_>>>(CF(a), b ? CF(b) : nullptr, F(y), sa, sb, n);
+  if (n && vec4(a) && (!b || vec4(b)) && vec4(y)) k_axpby4<<<blocks_for(n / 4, 256), 256, 0, S_>>>(CF(a), b ? CF(b) : nullptr, F(y), sa, sb, n / 4);
+  else if (n) k_axpby<<<blocks_for(n, 256), 256, 0, S_>>>(CF(a), b ? CF(b) : nullptr, F(y), sa, sb, n);
   KERNEL_CHECK();
   return MLA_OK;
 }
@@ -171,6 +226,23 @@ __global__ void k_rmsnorm(const float* x, const float* w, Y* y, int64_t D, float
   const float inv = rsqrtf(ss / D + eps);
   for (int64_t i = threadIdx.x; i < D; i += blockDim.x) y[blockIdx.x * D + i] = (Y)(xr[i] * inv * w[i]);
 }
+// The same with 4 columns per thread (D a multiple of 4, rows aligned).
+template <typename Y>
+__global__ void k_rmsnorm4(const float* x, const float* w, Y* y, int64_t D, float eps) {
+  __shared__ float red[32];
+  const float* xr = x + blockIdx.x * D;
+  float ss = 0;
+  for (int64_t i = 4 * threadIdx.x; i < D; i += 4 * blockDim.x) {
+    const float4 v = load4(xr + i);
+    ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+  }
+  ss = block_reduce<false>(ss, red);
+  const float inv = rsqrtf(ss / D + eps);
+  for (int64_t i = 4 * threadIdx.x; i < D; i += 4 * blockDim.x) {
+    const float4 v = load4(xr + i), g = load4(w + i);
+    store4(y + blockIdx.x * D + i, make_float4(v.x * inv * g.x, v.y * inv * g.y, v.z * inv * g.z, v.w * inv * g.w));
+  }
+}
 // dx = inv·(w⊙dy − x̂·mean(x̂⊙w⊙dy)), x̂ = x·inv; the row's inv goes to inv_out for dw. No atomics:
 // dw is reduced over rows in a fixed order (k_rmsnorm_dw_partial, k_sum_splits), so a training step
 // gives the same bits every time, which resume's bit-identity needs.
@@ -188,6 +260,26 @@ __global__ void k_rmsnorm_bwd(const float* x, const float* w, const float* dy, f
   const float inv = rsqrtf(ss / D + eps);
   const float c = dot * inv * inv * inv / D;
   for (int64_t i = threadIdx.x; i < D; i += blockDim.x) dx[blockIdx.x * D + i] = inv * w[i] * g[i] - c * xr[i];
+  if (threadIdx.x == 0) inv_out[blockIdx.x] = inv;
+}
+__global__ void k_rmsnorm_bwd4(const float* x, const float* w, const float* dy, float* dx, float* inv_out, int64_t D, float eps) {
+  __shared__ float red[32];
+  const float* xr = x + blockIdx.x * D;
+  const float* g = dy + blockIdx.x * D;
+  float ss = 0, dot = 0;
+  for (int64_t i = 4 * threadIdx.x; i < D; i += 4 * blockDim.x) {
+    const float4 a = load4(xr + i), b = load4(w + i), c = load4(g + i);
+    ss += a.x * a.x + a.y * a.y + a.z * a.z + a.w * a.w;
+    dot += a.x * b.x * c.x + a.y * b.y * c.y + a.z * b.z * c.z + a.w * b.w * c.w;
+  }
+  ss = block_reduce<false>(ss, red);
+  dot = block_reduce<false>(dot, red);
+  const float inv = rsqrtf(ss / D + eps);
+  const float k = dot * inv * inv * inv / D;
+  for (int64_t i = 4 * threadIdx.x; i < D; i += 4 * blockDim.x) {
+    const float4 a = load4(xr + i), b = load4(w + i), c = load4(g + i);
+    store4(dx + blockIdx.x * D + i, make_float4(inv * b.x * c.x - k * a.x, inv * b.y * c.y - k * a.y, inv * b.z * c.z - k * a.z, inv * b.w * c.w - k * a.w));
+  }
   if (threadIdx.x == 0) inv_out[blockIdx.x] = inv;
 }
 // partial[split, c] = Σ over the split's rows of dy[r, c]·x[r, c]·inv[r]; blocks of 32 columns × 8 row
@@ -220,7 +312,10 @@ __global__ void k_sum_splits(const float* partial, float* out, int64_t splits, i
 extern "C" mla_status mla_cuda_rmsnorm(const mla_cuda_buf* x, const mla_cuda_buf* w, mla_cuda_buf* y, int64_t rows, int64_t D, float eps) {
   NEED_CTX();
   MLA_CHECK(is_f32(x, rows * D) && is_f32(w, D) && is_f32_or_bf16(y, rows * D), "rmsnorm: f32 buffers [rows, D], [D] (y may be bf16)");
-  if (rows && y->dtype == MLA_BF16) k_rmsnorm<<<(unsigned)rows, 256, 0, S_>>>(CF(x), CF(w), (__nv_bfloat16*)y->ptr, D, eps);
+  const bool v4 = D % 4 == 0 && vec4(x) && vec4(w) && vec4(y);
+  if (rows && y->dtype == MLA_BF16 && v4) k_rmsnorm4<<<(unsigned)rows, 256, 0, S_>>>(CF(x), CF(w), (__nv_bfloat16*)y->ptr, D, eps);
+  else if (rows && v4) k_rmsnorm4<<<(unsigned)rows, 256, 0, S_>>>(CF(x), CF(w), F(y), D, eps);
+  else if (rows && y->dtype == MLA_BF16) k_rmsnorm<<<(unsigned)rows, 256, 0, S_>>>(CF(x), CF(w), (__nv_bfloat16*)y->ptr, D, eps);
   else if (rows) k_rmsnorm<<<(unsigned)rows, 256, 0, S_>>>(CF(x), CF(w), F(y), D, eps);
   KERNEL_CHECK();
   return MLA_OK;
@@ -237,7 +332,8 @@ extern "C" mla_status mla_cuda_rmsnorm_backward(const mla_cuda_buf* x, const mla
   float* inv = (float*)mla::scratch(sizeof(float) * (rows + splits * D), &st);
   if (st != MLA_OK) return st;
   float* partial = inv + rows;
-  k_rmsnorm_bwd<<<(unsigned)rows, 256, 0, S_>>>(CF(x), CF(w), CF(dy), F(dx), inv, D, eps);
+  if (D % 4 == 0 && vec4(x) && vec4(w) && vec4(dy) && vec4(dx)) k_rmsnorm_bwd4<<<(unsigned)rows, 256, 0, S_>>>(CF(x), CF(w), CF(dy), F(dx), inv, D, eps);
+  else k_rmsnorm_bwd<<<(unsigned)rows, 256, 0, S_>>>(CF(x), CF(w), CF(dy), F(dx), inv, D, eps);
   k_rmsnorm_dw_partial<<<dim3((unsigned)((D + 31) / 32), (unsigned)splits), dim3(32, kDwLanes), 0, S_>>>(CF(x), CF(dy), inv, partial, rows, D);
   k_sum_splits<<<blocks_for(D, 256), 256, 0, S_>>>(partial, F(dw), splits, D);
   KERNEL_CHECK();
