@@ -49,8 +49,10 @@ bool is_f32_or_bf16(const mla_cuda_buf* b, int64_t n) { return b && (b->dtype ==
 // ---------------- 4-wide access ----------------
 // The memory-bound kernels below move 4 consecutive elements per thread (one 16-byte float load,
 // one 16- or 8-byte store) where the sizes are multiples of 4 and the buffers aligned, which is
-// every activation of a training step (views at odd offsets take the scalar kernels). Each lane
-// computes what the scalar kernel computes for its element, so both give the same bits.
+// every activation of a training step (views at odd offsets take the scalar kernels). In the
+// elementwise kernels each lane computes what the scalar kernel computes for its element (the same
+// bits); RMSNorm's row sums add in another order than the scalar kernel's, so its last bits differ
+// (one build always takes the same kernel for a tensor, so reruns stay bit-identical).
 namespace {
 bool aligned_for4(const void* p, size_t elem) { return (reinterpret_cast<uintptr_t>(p) % (4 * elem)) == 0; }
 bool vec4(const mla_cuda_buf* b) { return b->n % 4 == 0 && aligned_for4(b->ptr, b->dtype == MLA_BF16 ? 2 : 4); }
@@ -80,12 +82,12 @@ __global__ void k_swiglu4(const float* g, const float* u, Y* y, int64_t n4) {
   const float4 a = load4(g + 4 * i), b = load4(u + 4 * i);
   store4(y + 4 * i, make_float4(silu_times(a.x, b.x), silu_times(a.y, b.y), silu_times(a.z, b.z), silu_times(a.w, b.w)));
 }
-// G: float, or bf16 where only bf16 products (the gate and up projections' backward) read the gradients.
 // d/dg and d/du of silu(g)·u times dy, as (dg, du).
 __device__ __forceinline__ float2 swiglu_grads(float g, float u, float dy) {
   const float sig = 1.0f / (1.0f + expf(-g));
   return make_float2(dy * u * sig * (1.0f + g * (1.0f - sig)), dy * g * sig);
 }
+// G: float, or bf16 where only bf16 products (the gate and up projections' backward) read the gradients.
 template <typename G>
 __global__ void k_swiglu_bwd(const float* g, const float* u, const float* dy, G* dg, G* du, int64_t n) {
   const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
