@@ -32,9 +32,9 @@ export function stateBytes(params: number, precision: Precision): number {
 
 /**
  * Rough peak activation bytes of one micro-batch: the tape keeps each op's output, and the backward
- * adds their gradients (one layer at a time when `checkpoint`: then every layer keeps only its input,
- * and one layer is recomputed with its gradients at once); one chunk of logits and their gradient (all
- * of them with `fullLogits`, which distillation needs).
+ * adds their gradients (one layer at a time when `checkpoint`: then every layer keeps only its input
+ * and mid-layer residual sum, and one layer is recomputed with its gradients at once); one chunk of
+ * logits and their gradient (all of them with `fullLogits`, which distillation needs).
  */
 export function activationBytes(model: LlamaModel, tokens: number, checkpoint = false, fullLogits = false, precision: Precision = "f32"): number {
   const c = model.config;
@@ -43,7 +43,9 @@ export function activationBytes(model: LlamaModel, tokens: number, checkpoint = 
   // are now stored in bf16 alone (ProductInputHint): an over-estimate, on the safe side for checkFits.
   const bf16Copies = precision === "bf16" ? (2 * c.hiddenSize + c.heads * c.headDim + c.intermediateSize) / 2 : 0;
   const perLayer = 2 * (10 * c.hiddenSize + 3 * c.intermediateSize + 4 * c.heads * c.headDim) + bf16Copies;
-  const layers = checkpoint ? c.layers * 2 * c.hiddenSize + perLayer : c.layers * perLayer;
+  // A checkpointed layer keeps its input and its mid-layer residual sum (the recompute skips the
+  // products that only feed it), and the input gradient of the layer above.
+  const layers = checkpoint ? c.layers * 3 * c.hiddenSize + perLayer : c.layers * perLayer;
   const logitRows = fullLogits ? tokens : Math.min(tokens, lossChunkRows(c.vocabSize));
   return 4 * tokens * layers + 4 * 3 * logitRows * c.vocabSize;
 }

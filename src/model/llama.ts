@@ -19,6 +19,7 @@ import { MlaError } from "../errors.js";
 import { MlaBlock } from "./attention/mla.js";
 import { deepseekAttention, DeepseekDecoder } from "./attention/deepseek.js";
 import { Node, Ops, Tape } from "../tensor/autograd.js";
+import { ResidualRecomputeOps } from "./residualRecompute.js";
 import { AttentionNodes, ParamNodes, paramNodes } from "./params.js";
 import { rowRange } from "../tensor/rows.js";
 import type { KvCacheDtype } from "./kvQuant.js";
@@ -239,8 +240,11 @@ export class LlamaModel {
     return this.attend(ops, w, li, ops.constant(x), oneSequence(ids)).value;
   }
 
-  /** One decoder layer on `h` [T, D]; without a tape its intermediates (not `h`) are freed at once. */
-  private layer(ops: Ops, P: ParamNodes, li: number, h: Node, at: LayerContext): Node {
+  /**
+   * One decoder layer on `h` [T, D]; without a tape its intermediates (not `h`) are freed at once,
+   * except the mid-layer residual sum h + attention [T, D], handed to `keepMid` when given.
+   */
+  private layer(ops: Ops, P: ParamNodes, li: number, h: Node, at: LayerContext, keepMid?: (h1: Tensor) => void): Node {
     const c = this.config;
     const lw = P.layers[li]!;
     // The attention block reads its normed input only through products, unless a caller watches it.
@@ -256,7 +260,8 @@ export class LlamaModel {
     const s = ops.swiglu(g, u, PRODUCTS, lw.gateBias || lw.upBias ? undefined : PRODUCTS);
     const m = ops.linear(s, lw.down, lw.downBias);
     const out = ops.add(h1, m);
-    if (!ops.tape) for (const n of [h1, y, g, u, s, m]) n.value.dispose();
+    keepMid?.(h1.value);
+    if (!ops.tape) for (const n of [...(keepMid ? [] : [h1]), y, g, u, s, m]) n.value.dispose();
     return out;
   }
 
@@ -273,17 +278,21 @@ export class LlamaModel {
   }
 
   /**
-   * Activation checkpointing: the layer runs without a tape (only its input and output stay alive)
-   * and runs again, recorded, when the backward reaches it; the recomputed intermediates live in an
-   * arena of their own that closes as soon as this layer's backward is done. Trainable weights add
-   * into their gradient slots as usual; the input gradient is summed into a buffer allocated
-   * outside that arena.
+   * Activation checkpointing: the layer runs without a tape (only its input, its mid-layer residual
+   * sum and its output stay alive) and runs again, recorded, when the backward reaches it, without
+   * the two products that only feed the residual sums (ResidualRecomputeOps); the recomputed
+   * intermediates live in an arena of their own that closes as soon as this layer's backward is
+   * done. Trainable weights add into their gradient slots as usual; the input gradient is summed
+   * into a buffer allocated outside that arena.
    */
   private checkpointedLayer(ops: Ops, P: ParamNodes, li: number, h: Node, at: LayerContext): Node {
     const b = this.backend;
     const k = b.training;
     if (!k) throw new MlaError("UNSUPPORTED", `activation checkpointing needs a backend with training kernels; ${b.name} has none`, "use --device cpu or --device cuda");
-    const out = this.layer(new Ops(b, null, true), P, li, new Node(h.value, false), at);
+    let mid: Tensor | null = null;
+    const out = this.layer(new Ops(b, null, true), P, li, new Node(h.value, false), at, (h1) => (mid = h1));
+    const lw = P.layers[li]!;
+    const sums = new Map<Node, Tensor>([[lw.attn.o, mid!], [lw.down, out.value]]);
     const node = new Node(out.value, true);
     ops.tape!.push(() => {
       if (!node.grad) return;
@@ -293,10 +302,14 @@ export class LlamaModel {
         const tape = new Tape(b);
         const input = new Node(h.value, true);
         input.gradTarget = dh;
-        tape.backward(this.layer(new Ops(b, tape), P, li, input, at), seed);
+        const replay = new ResidualRecomputeOps(b, tape, sums);
+        const top = this.layer(replay, P, li, input, at);
+        replay.checkConsumed();
+        tape.backward(top, seed);
       };
       if (b.arena) b.arena(recompute);
       else recompute();
+      mid!.dispose();
       // The next layer's input gradient has been used up; the one of the last layer is the final norm's.
       if (inputGradients.has(seed)) seed.dispose();
       inputGradients.add(dh);

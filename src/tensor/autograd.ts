@@ -63,7 +63,7 @@ export class Ops {
    */
   constructor(readonly b: Backend, readonly tape: Tape | null, readonly replaysTraining = false) {}
 
-  private out(value: Tensor, inputs: (Node | null | undefined)[], backward: (g: Tensor) => void): Node {
+  protected out(value: Tensor, inputs: (Node | null | undefined)[], backward: (g: Tensor) => void): Node {
     const needs = this.tape !== null && inputs.some((n) => n?.requiresGrad);
     const node = new Node(value, needs);
     if (needs)
@@ -82,8 +82,13 @@ export class Ops {
   }
 
   linear(x: Node, w: Node, bias: Node | null): Node {
+    return this.linearOf(this.b.linear(x.value, w.value, bias?.value), x, w, bias);
+  }
+
+  /** The node of x·wᵀ + bias with `value` as its forward value: the backward reads x and w, never `value`. */
+  protected linearOf(value: Tensor, x: Node, w: Node, bias: Node | null): Node {
     const b = this.b;
-    return this.out(b.linear(x.value, w.value, bias?.value), [x, w, bias], (g) => {
+    return this.out(value, [x, w, bias], (g) => {
       const dwInto = w.requiresGrad && w.gradTarget ? w.gradTarget.reshape(w.value.shape) : undefined;
       const r = b.linearBackward(x.value, w.value, g, { x: x.requiresGrad, w: w.requiresGrad, bias: !!bias?.requiresGrad, dwInto, dxInto: x.gradSum });
       if (r.dx) x.accumulate(b, r.dx, true);
@@ -135,7 +140,12 @@ export class Ops {
   }
 
   add(a: Node, c: Node): Node {
-    return this.out(this.b.add(a.value, c.value), [a, c], (g) => {
+    return this.sumOf(this.b.add(a.value, c.value), a, c);
+  }
+
+  /** The node of a + c with `value` as its forward value (the backward passes the gradient to both). */
+  protected sumOf(value: Tensor, a: Node, c: Node): Node {
+    return this.out(value, [a, c], (g) => {
       if (a.requiresGrad) a.accumulate(this.b, g);
       if (c.requiresGrad) c.accumulate(this.b, g);
     });

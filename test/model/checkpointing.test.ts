@@ -51,6 +51,23 @@ test("checkpointed layers give the plain tape's logits and gradients (all weight
   }
 });
 
+test("the recompute skips the products that only feed a residual sum (o_proj, down): two per layer", () => {
+  const b = new ReferenceBackend("f64");
+  const { model } = loadModel("stories260K", { backend: b, weights: "f32" });
+  const ids = Int32Array.from([1, 400, 13, 77, 260, 5, 301, 99, 12]);
+  let products = 0;
+  const linear = b.linear.bind(b);
+  b.linear = (...args: Parameters<typeof b.linear>) => (products++, linear(...args));
+  gradients(model, ids, 1, false, () => true);
+  const plain = products;
+  products = 0;
+  gradients(model, ids, 1, true, () => true);
+  const layers = model.config.layers;
+  // Each layer's 7 products run twice (first pass and recompute) but for o_proj and down; the head once.
+  assert.equal(plain, 7 * layers + 1);
+  assert.equal(products, plain + 5 * layers);
+});
+
 test("the memory check refuses before allocating and names the flags that fit", () => {
   const b = new ReferenceBackend("f32");
   const { model } = loadModel("stories260K", { backend: b, weights: "f32" });
