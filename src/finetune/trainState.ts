@@ -10,7 +10,7 @@ import { MlaError } from "../errors.js";
 import type { LlamaModel } from "../model/llama.js";
 import type { ParamNodes } from "../model/params.js";
 import { paramNodes, trainableLeaves } from "../model/params.js";
-import { Node, Ops, Tape } from "../tensor/autograd.js";
+import { Node, Ops, Tape, type SlotFlag } from "../tensor/autograd.js";
 import type { Backend, TrainingKernels } from "../tensor/backend.js";
 import type { Tensor } from "../tensor/tensor.js";
 import type { AdamWHyper } from "../backends/native/kernels.js";
@@ -107,6 +107,8 @@ export class TrainState {
   /** bf16 copy of params for the GEMMs (mixed precision), else null. */
   readonly shadow: Tensor | null;
   readonly slots: Slot[];
+  /** One per slot: its gradient holds an earlier step's values (see zeroGrads). */
+  private readonly flags: SlotFlag[];
   /** The graph's weight nodes: trainable leaves read the flat views (bf16 ones for linear weights in bf16). */
   readonly nodes: ParamNodes;
   step = 0;
@@ -146,6 +148,7 @@ export class TrainState {
     this.v = k.zeros(total, "the AdamW second moments");
     this.shadow = precision === "bf16" ? k.zeros(total, "the bf16 weight copy", "bf16") : null;
     if (this.shadow) k.cast(this.params, this.shadow);
+    this.flags = this.slots.map(() => ({ stale: false }));
     this.nodes = this.buildNodes(trainable);
   }
 
@@ -165,19 +168,17 @@ export class TrainState {
     const P = paramNodes(ops, this.model.weights, trainable);
     const leaves = new Map(trainableLeaves(P).map((l) => [l.path, l.node]));
     const embedSlot = this.slots.find((s) => s.path === "embed");
-    for (const s of this.slots) {
+    this.slots.forEach((s, i) => {
       const grad = k.view(this.grads, s.offset, s.shape);
       const node = leaves.get(s.path)!;
       const isLinear = s.shape.length === 2 && s.path !== "embed";
-      if (this.shadow && isLinear) {
-        const low = ops.param(k.view(this.shadow, s.offset, s.shape), true);
-        low.gradTarget = grad;
-        setAt(P, s.path, low);
-      } else node.gradTarget = grad;
-    }
+      const target = this.shadow && isLinear ? ops.param(k.view(this.shadow, s.offset, s.shape), true) : node;
+      [target.gradTarget, target.slotFlag] = [grad, this.flags[i]!];
+      if (target !== node) setAt(P, s.path, target);
+    });
     if (this.shadow && embedSlot && P.lmHead === P.embed) {
       const head = ops.param(k.view(this.shadow, embedSlot.offset, embedSlot.shape), true);
-      head.gradTarget = P.embed.gradTarget;
+      [head.gradTarget, head.slotFlag] = [P.embed.gradTarget, P.embed.slotFlag];
       P.lmHead = head;
     }
     return P;
@@ -214,12 +215,24 @@ export class TrainState {
     this.model.weightsChanged();
   }
 
+  /**
+   * Starts a step's gradients: every slot is marked stale rather than zeroed (its first gradient of
+   * the step is written over it; a 7B model's slots are 27 GB to fill and read again per step).
+   */
   zeroGrads(): void {
-    this.kernels.fillZero(this.grads);
+    for (const f of this.flags) f.stale = true;
   }
 
   /** Global gradient norm; then one AdamW step with the gradients clipped to `clip` (0: no clipping). */
   update(lr: number, h: AdamWHyper, clip: number): number {
+    // A slot no gradient reached this step (a weight the loss does not depend on) holds zeros.
+    this.slots.forEach((s, i) => {
+      if (!this.flags[i]!.stale) return;
+      const view = this.kernels.view(this.grads, s.offset, [s.size]);
+      this.kernels.fillZero(view);
+      view.dispose();
+      this.flags[i]!.stale = false;
+    });
     const norm = Math.sqrt(this.kernels.sumSquares(this.grads));
     const scale = clip > 0 && norm > clip ? clip / (norm + 1e-6) : 1;
     this.step++;
@@ -278,9 +291,10 @@ function chunkedHeadLoss(b: Backend, k: TrainingKernels, h: Tensor, head: Node, 
     logits.dispose();
     // dh's rows of this chunk are zeros: a backend that adds dx into them writes them in place.
     const dhc = k.view(dh, r0 * D, [rows, D]);
-    const g = b.linearBackward(hc, head.value, grad, { x: true, w: head.requiresGrad, bias: false, dwInto, dxInto: dhc });
+    const g = b.linearBackward(hc, head.value, grad, { x: true, w: head.requiresGrad, bias: false, dwInto, dwOverwrite: head.slotFlag?.stale, dxInto: dhc });
     if (g.dx) k.copyInto(dh, r0 * D, g.dx);
     if (g.dw) head.accumulate(b, g.dw); // a backend that adds into dwInto returns none
+    else if (dwInto && head.slotFlag) head.slotFlag.stale = false;
     for (const x of [grad, g.dx, hc, dhc]) x?.dispose();
   }
   if (losses) {

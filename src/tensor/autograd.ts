@@ -8,6 +8,15 @@ import type { AttentionOptions, Backend, ProductInputHint } from "./backend.js";
 import type { Tensor } from "./tensor.js";
 import { attentionBackwardOf, attentionForTrainingOf, attentionOf } from "./sequences.js";
 
+/**
+ * Whether a gradient slot still holds an earlier step's values: its next gradient is written over
+ * them rather than added, which spares a zero fill of every slot per step (TrainState). Shared by the
+ * nodes that write one slot (a tied LM head and its embedding).
+ */
+export interface SlotFlag {
+  stale: boolean;
+}
+
 export class Node {
   grad: Tensor | null = null;
   /**
@@ -15,6 +24,8 @@ export class Node {
    * added into it in place (through Backend.training) and `grad` stays null.
    */
   gradTarget: Tensor | null = null;
+  /** gradTarget's SlotFlag, where the slot is not zeroed before each step. */
+  slotFlag: SlotFlag | null = null;
   /**
    * `grad` is this node's own tensor (a fresh backward result, or a sum made here), not one shared
    * with another node (an add passes its gradient to both inputs): further gradients may be added
@@ -25,7 +36,10 @@ export class Node {
 
   /** `fresh`: g was just made for this node alone (the caller keeps no other reference). */
   accumulate(b: Backend, g: Tensor, fresh = false): void {
-    if (this.gradTarget) b.training!.addInto(this.gradTarget, g);
+    if (this.gradTarget && this.slotFlag?.stale) {
+      b.training!.copyInto(this.gradTarget, 0, g);
+      this.slotFlag.stale = false;
+    } else if (this.gradTarget) b.training!.addInto(this.gradTarget, g);
     else if (!this.grad) [this.grad, this.gradOwned] = [g, fresh];
     else if (this.gradOwned && b.training) b.training.addInto(this.grad, g);
     else [this.grad, this.gradOwned] = [b.add(this.grad, g), true];
@@ -90,9 +104,10 @@ export class Ops {
     const b = this.b;
     return this.out(value, [x, w, bias], (g) => {
       const dwInto = w.requiresGrad && w.gradTarget ? w.gradTarget.reshape(w.value.shape) : undefined;
-      const r = b.linearBackward(x.value, w.value, g, { x: x.requiresGrad, w: w.requiresGrad, bias: !!bias?.requiresGrad, dwInto, dxInto: x.gradSum });
+      const r = b.linearBackward(x.value, w.value, g, { x: x.requiresGrad, w: w.requiresGrad, bias: !!bias?.requiresGrad, dwInto, dwOverwrite: w.slotFlag?.stale, dxInto: x.gradSum });
       if (r.dx) x.accumulate(b, r.dx, true);
       if (r.dw) w.accumulate(b, r.dw);
+      else if (dwInto && w.slotFlag) w.slotFlag.stale = false; // the backend wrote dwInto
       if (r.db && bias) bias.accumulate(b, r.db);
     });
   }

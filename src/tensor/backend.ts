@@ -158,6 +158,16 @@ export interface ArenaOptions<T> {
   keep?: (result: T) => readonly Tensor[];
 }
 
+/** Which gradients Backend.linearBackward computes, and where it may put them. */
+export interface LinearBackwardNeed {
+  x: boolean;
+  w: boolean;
+  bias: boolean;
+  dwInto?: Tensor;
+  dwOverwrite?: boolean;
+  dxInto?: Tensor;
+}
+
 export interface Backend {
   readonly name: string;
   upload(data: FloatArray, shape: readonly number[]): Tensor;
@@ -260,10 +270,11 @@ export interface Backend {
 
   /**
    * linear: dx[M,K] = dy·w, dw[N,K] = dyᵀ·x, db[N] = Σ dy (each only when asked). With `dwInto` a
-   * backend may add dw into that tensor [N,K] instead and return dw null, and with `dxInto` (x's size)
-   * add dx into it and return dx null (callers handle both).
+   * backend may add dw into that tensor [N,K] instead and return dw null (with `dwOverwrite`, write
+   * dw over its stale contents instead of adding), and with `dxInto` (x's size) add dx into it and
+   * return dx null (callers handle both).
    */
-  linearBackward(x: Tensor, w: Tensor, dy: Tensor, need: { x: boolean; w: boolean; bias: boolean; dwInto?: Tensor; dxInto?: Tensor }): { dx: Tensor | null; dw: Tensor | null; db: Tensor | null };
+  linearBackward(x: Tensor, w: Tensor, dy: Tensor, need: LinearBackwardNeed): { dx: Tensor | null; dw: Tensor | null; db: Tensor | null };
   rmsnormBackward(x: Tensor, w: Tensor, eps: number, dy: Tensor): { dx: Tensor; dw: Tensor };
   /** RoPE is a rotation: its backward rotates dy by the opposite angle. */
   ropeBackward(dy: Tensor, positions: Int32Array, invFreq: Float64Array, rotaryDims?: number): Tensor;

@@ -13,7 +13,7 @@ import koffi from "koffi";
 import { MlaError } from "../../errors.js";
 import { packageRoot } from "../../io/modelDir.js";
 import { attentionDecodeByRows, latentAttentionDecodeByRows } from "../../tensor/rows.js";
-import { attentionDecodeBatchDims, headLinearDims, latentAttentionDecodeBatchDims, latentAttentionDims, type AttentionOptions, type DecodeBatchOptions, type AttentionSaved, type ArenaOptions, type ProductInputHint, type Backend, type TrainingKernels } from "../../tensor/backend.js";
+import { attentionDecodeBatchDims, headLinearDims, latentAttentionDecodeBatchDims, latentAttentionDims, type AttentionOptions, type DecodeBatchOptions, type AttentionSaved, type ArenaOptions, type LinearBackwardNeed, type ProductInputHint, type Backend, type TrainingKernels } from "../../tensor/backend.js";
 import { FloatArray, Tensor, expectShape } from "../../tensor/tensor.js";
 import type { Linalg } from "./linalg.js";
 import { profileCuda } from "./cudaProfile.js";
@@ -660,7 +660,7 @@ export class CudaBackend implements Backend {
     return y;
   }
 
-  linearBackward(x: Tensor, w: Tensor, dy: Tensor, need: { x: boolean; w: boolean; bias: boolean; dwInto?: Tensor; dxInto?: Tensor }) {
+  linearBackward(x: Tensor, w: Tensor, dy: Tensor, need: LinearBackwardNeed) {
     const K = last(x), M = rowsOf(x), N = w.shape[0]!;
     expectShape("linearBackward", "dy", dy, [...x.shape.slice(0, -1), N]);
     if (need.dwInto) expectShape("linearBackward", "dwInto", need.dwInto, [N, K]);
@@ -672,7 +672,7 @@ export class CudaBackend implements Backend {
     const db = need.bias ? this.empty([N], "db") : null;
     const xb = w.dtype === "bf16" ? this.bf16Of(x, false) : null;
     const [xf, dyf] = w.dtype === "bf16" ? [x, need.bias ? this.asF32(dy) : dy] : [this.asF32(x), this.asF32(dy)];
-    this.call("linear_backward", this.lib.fns["linearBackward"]!(this.h(xb ?? xf), this.h(w), this.h(dyf), this.h(dxInto ?? dx), this.h(into ?? dw), this.h(db), M, K, N, dxInto ? 1 : 0, into ? 1 : 0));
+    this.call("linear_backward", this.lib.fns["linearBackward"]!(this.h(xb ?? xf), this.h(w), this.h(dyf), this.h(dxInto ?? dx), this.h(into ?? dw), this.h(db), M, K, N, dxInto ? 1 : 0, into && !need.dwOverwrite ? 1 : 0));
     for (const t of [xf, dyf]) if (t !== x && t !== dy) t.dispose();
     return { dx, dw, db };
   }
