@@ -6,7 +6,8 @@
 # Defaults: stories260K on TinyStories, R 1, rank 4, gate 8, 200k tokens on the CPU.
 # mha26m-debian on the GPU: MODEL=…/mha26m-debian DATA=…/debian_train.txt EVAL_TEXT=…/debian_dev_val.txt
 #   R=4 RANK=16 GATE=32 TOKENS=500000 LR=2e-4 DEVICE=cuda CALIB=…/debian_train.txt bash bench/eg-mla.sh /tmp/eg
-# Usage: bash bench/eg-mla.sh [WORKDIR]
+# VARIANTS picks rows, KIND:RANK each (default "mla:RANK mla:RANK/2 eg-mla:RANK/2").
+# Usage: [VARIANTS=…] bash bench/eg-mla.sh [WORKDIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 W=${1:-/tmp/mha2mla-eg-mla}
@@ -23,8 +24,8 @@ echo "$(date -u +%F), $(basename "$MODEL"), R $R, $TOKENS tokens, device $DEVICE
 echo
 echo "| conversion | KV elements per token and layer | NLL converted | NLL fine-tuned | fine-tune wall |"
 echo "| --- | --- | --- | --- | --- |"
-for v in "mla $RANK" "mla $HALF" "eg-mla $HALF"; do
-  set -- $v
+for v in ${VARIANTS:-mla:$RANK mla:$HALF eg-mla:$HALF}; do
+  set -- ${v/:/ }
   name="$1-r$2"; extra=""; [ "$1" = eg-mla ] && extra="--attention eg-mla --gate-dim $GATE"
   $CLI convert "$MODEL" $STRATEGY --rope-pairs "$R" --rank "$2" $extra --device "$DEVICE" --out "$W/$name" --force > "$W/$name.convert.log" 2>&1
   kv=$(node -e "const c=require('$W/$name/config.json');const m=c.mha2mla;console.log(m.latent_dim+2*m.rope_pairs*(c.num_key_value_heads??c.num_attention_heads))")
