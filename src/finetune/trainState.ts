@@ -36,16 +36,16 @@ export function stateBytes(params: number, precision: Precision): number {
  * and mid-layer residual sum, and one layer is recomputed with its gradients at once); one chunk of
  * logits and their gradient (all of them with `fullLogits`, which distillation needs).
  */
-export function activationBytes(model: LlamaModel, tokens: number, checkpoint = false, fullLogits = false, precision: Precision = "f32"): number {
+export function activationBytes(model: LlamaModel, tokens: number, checkpoint = false, fullLogits = false, precision: Precision = "f32", keepMid = true): number {
   const c = model.config;
   // bf16: a product input is kept rounded (2 bytes) beside its float32 value. Counted for the two
   // normed inputs, the attention output and the MLP's hidden, though the normed inputs and the hidden
   // are now stored in bf16 alone (ProductInputHint): an over-estimate, on the safe side for checkFits.
   const bf16Copies = precision === "bf16" ? (2 * c.hiddenSize + c.heads * c.headDim + c.intermediateSize) / 2 : 0;
   const perLayer = 2 * (10 * c.hiddenSize + 3 * c.intermediateSize + 4 * c.heads * c.headDim) + bf16Copies;
-  // A checkpointed layer keeps its input and its mid-layer residual sum (the recompute skips the
-  // products that only feed it), and the input gradient of the layer above.
-  const layers = checkpoint ? c.layers * 3 * c.hiddenSize + perLayer : c.layers * perLayer;
+  // A checkpointed layer keeps its input (counted twice, as before the mid-layer sums, for the input
+  // gradients in flight) and, with `keepMid`, its mid-layer residual sum (ForwardOptions.checkpointKeepsMid).
+  const layers = checkpoint ? c.layers * (keepMid ? 3 : 2) * c.hiddenSize + perLayer : c.layers * perLayer;
   const logitRows = fullLogits ? tokens : Math.min(tokens, lossChunkRows(c.vocabSize));
   return 4 * tokens * layers + 4 * 3 * logitRows * c.vocabSize;
 }
@@ -67,6 +67,21 @@ export interface MemoryChoice {
   checkpoint: boolean;
   /** Distillation keeps the whole logits (no chunked loss). */
   fullLogits?: boolean;
+  /** With checkpoint: keep each layer's mid-layer residual sum (ForwardOptions.checkpointKeepsMid; default true). */
+  keepMid?: boolean;
+}
+
+/** Device bytes `choice` needs beyond the float32 weights already loaded (which the flat buffers replace). */
+function memoryNeed(model: LlamaModel, choice: MemoryChoice, precision: Precision, tokens: number, trainable: number): number {
+  return stateBytes(trainable, precision) - 4 * trainable + activationBytes(model, tokens, choice.checkpoint, choice.fullLogits, precision, choice.keepMid ?? true);
+}
+
+/** Whether `choice` fits the device's free memory (true on a backend that does not report memory). */
+export function fitsDevice(model: LlamaModel, choice: MemoryChoice, precision: Precision, tokens: number): boolean {
+  const mem = model.backend.memory?.();
+  if (!mem) return true;
+  const n = trainableCount(model, choice.train === "all" ? () => true : (p) => p.includes(".attn."));
+  return memoryNeed(model, choice, precision, tokens, n) <= mem.free;
 }
 
 /**
@@ -77,8 +92,7 @@ export function checkFits(model: LlamaModel, choice: MemoryChoice, precision: Pr
   const mem = model.backend.memory?.();
   if (!mem) return;
   const counts = { all: trainableCount(model, () => true), attention: trainableCount(model, (p) => p.includes(".attn.")) };
-  // The weights already on the device are float32 copies that the flat buffers replace.
-  const needOf = (c: MemoryChoice) => stateBytes(counts[c.train], precision) - 4 * counts[c.train] + activationBytes(model, tokens, c.checkpoint, choice.fullLogits, precision);
+  const needOf = (c: MemoryChoice) => memoryNeed(model, { ...c, fullLogits: choice.fullLogits }, precision, tokens, counts[c.train]);
   const need = needOf(choice);
   if (need <= mem.free) return;
   const gib = (x: number) => `${(x / 2 ** 30).toFixed(1)} GiB`;
@@ -90,7 +104,7 @@ export function checkFits(model: LlamaModel, choice: MemoryChoice, precision: Pr
   ];
   // Each alternative only narrows what is trained or adds checkpointing; the first that differs and fits.
   const fits = alternatives.find((c) => (c.train !== choice.train || c.checkpoint !== choice.checkpoint) && needOf(c) <= mem.free);
-  const act = activationBytes(model, tokens, choice.checkpoint, choice.fullLogits, precision);
+  const act = activationBytes(model, tokens, choice.checkpoint, choice.fullLogits, precision, choice.keepMid ?? true);
   const hint = fits
     ? `${flags(fits)} needs about ${gib(needOf(fits))} and fits`
     : `a smaller --batch or --seq (activations of ${tokens} tokens take ${gib(act)}; --accum keeps the tokens per step)${choice.checkpoint ? "" : " with --checkpoint-activations"}`;
@@ -101,13 +115,14 @@ export function checkFits(model: LlamaModel, choice: MemoryChoice, precision: Pr
 export class TrainState {
   readonly kernels: TrainingKernels;
   readonly params: Tensor;
+  /** The gradient slots (see beginStep: a slot not yet reached this step holds the last step's values). */
   readonly grads: Tensor;
   readonly m: Tensor;
   readonly v: Tensor;
   /** bf16 copy of params for the GEMMs (mixed precision), else null. */
   readonly shadow: Tensor | null;
   readonly slots: Slot[];
-  /** One per slot: its gradient holds an earlier step's values (see zeroGrads). */
+  /** One per slot: its gradient holds an earlier step's values (see beginStep). */
   private readonly flags: SlotFlag[];
   /** The graph's weight nodes: trainable leaves read the flat views (bf16 ones for linear weights in bf16). */
   readonly nodes: ParamNodes;
@@ -217,9 +232,10 @@ export class TrainState {
 
   /**
    * Starts a step's gradients: every slot is marked stale rather than zeroed (its first gradient of
-   * the step is written over it; a 7B model's slots are 27 GB to fill and read again per step).
+   * the step is written over it; a 7B model's slots are 26 GB to fill and read again per step). Until
+   * `update`, a slot no gradient has reached yet still holds the last step's values.
    */
-  zeroGrads(): void {
+  beginStep(): void {
     for (const f of this.flags) f.stale = true;
   }
 
@@ -307,16 +323,17 @@ function chunkedHeadLoss(b: Backend, k: TrainingKernels, h: Tensor, head: Node, 
 /**
  * Forward and backward of one micro-batch inside a backend arena: the loss gradient (cross-entropy
  * weighted by `ceWeight`, plus distillation from `teacher` weighted by `klWeight`, each summed over
- * tokens and scaled by `scale`) is added into the state's gradient slots. Returns the summed loss.
+ * tokens and scaled by `scale`) goes into the state's gradient slots (added, or written over a slot
+ * the step has not reached yet: TrainState.beginStep). Returns the summed loss.
  * Without a teacher the LM head and the loss run in row chunks (`lossChunk` rows, default
  * lossChunkRows(vocab)); distillation needs the whole logits.
  */
-export function microStep(state: TrainState, batch: MicroBatch, o: { scale: number; ceWeight: number; klWeight: number; temperature: number; teacher: LlamaModel | null; checkpoint?: boolean; lossChunk?: number }): number {
+export function microStep(state: TrainState, batch: MicroBatch, o: { scale: number; ceWeight: number; klWeight: number; temperature: number; teacher: LlamaModel | null; checkpoint?: boolean; keepMid?: boolean; lossChunk?: number }): number {
   const b: Backend = state.model.backend;
   const run = () => {
     const tape = new Tape(b);
     const bf16 = state.precision === "bf16";
-    const fwd = { sequences: batch.sequences, bf16, checkpoint: o.checkpoint };
+    const fwd = { sequences: batch.sequences, bf16, checkpoint: o.checkpoint, checkpointKeepsMid: o.keepMid };
     const ops = new Ops(b, tape);
     if (!o.teacher) {
       const h = state.model.hidden(ops, state.nodes, batch.inputs, undefined, fwd);

@@ -19,7 +19,7 @@ import { silentLogger, Logger } from "../util/log.js";
 import { StepTimer } from "./stepTimer.js";
 import { fmtCount, fmtTime, ProgressSink } from "../util/progress.js";
 import { loadTrainingData, microBatches } from "./data.js";
-import { activationBytes, checkFits, MicroBatch, microStep, Precision, stateBytes, trainableCount, TrainState } from "./trainState.js";
+import { activationBytes, checkFits, fitsDevice, MemoryChoice, MicroBatch, microStep, Precision, stateBytes, trainableCount, TrainState } from "./trainState.js";
 import { defaultLr, lrAt, Schedule, ScheduleName } from "./schedule.js";
 import { checkpointDir, loadCheckpoint, TrainState as RunState } from "./checkpoint.js";
 import { CheckpointKeeper } from "./checkpointKeeper.js";
@@ -167,13 +167,16 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
   const trainable = (p: string) => trainWhat === "all" || p.includes(".attn.");
   const b = model.backend;
   const checkpoint = o.checkpointActivations ?? false;
-  checkFits(model, { train: trainWhat, checkpoint, fullLogits: teacher !== null }, precision, batch * (seq - 1));
+  const memory: MemoryChoice = { train: trainWhat, checkpoint, fullLogits: teacher !== null, keepMid: checkpoint };
+  // The kept mid-layer sums make the recompute cheaper; they go first when memory is short.
+  if (checkpoint && !fitsDevice(model, memory, precision, batch * (seq - 1))) memory.keepMid = false;
+  checkFits(model, memory, precision, batch * (seq - 1));
   b.resetPeak?.();
   // Checked before the state is allocated; a resumed run already has a checkpoint on the disk.
   const keeper = new CheckpointKeeper(out, trainableCount(model, trainable), weightFileBytes(src.dir), log, o.resume ?? false);
   keeper.checkAtStart(o.saveEvery);
   const state = new TrainState(model, trainable, precision);
-  log.info(memoryPlan(state, batch * (seq - 1), checkpoint, teacher !== null));
+  log.info(memoryPlan(state, batch * (seq - 1), memory));
   const hyper = { beta1: settings.beta1, beta2: settings.beta2, eps: settings.eps, weightDecay: settings.weightDecay };
   let run: RunState = { format: 1, step: 0, epoch: 0, cursor: 0, tokensSeen: 0, fingerprint, settings: { ...settings, model: src.dir } };
   if (o.resume) {
@@ -192,7 +195,7 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
   const nextMicroBatch: () => MicroBatch = microBatches(data, batch, settings.seed, run);
   const save = (what: string) => keeper.save(run, state.slotIo(), what);
   const targetsPerStep = batch * accum * (seq - 1);
-  const loss = { scale: 1 / targetsPerStep, ceWeight: 1 - distillWeight, klWeight: distillWeight, temperature, teacher, checkpoint };
+  const loss = { scale: 1 / targetsPerStep, ceWeight: 1 - distillWeight, klWeight: distillWeight, temperature, teacher, checkpoint, keepMid: memory.keepMid };
   const t0 = performance.now();
   const startStep = run.step;
   let lastPrint = 0;
@@ -202,7 +205,7 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
   while (run.step < totalSteps) {
     timer.start();
     const rate = lrAt(schedule, run.step, totalSteps);
-    state.zeroGrads();
+    state.beginStep();
     let lossSum = 0;
     for (let i = 0; i < accum; i++) lossSum += microStep(state, nextMicroBatch(), loss);
     const stepLoss = lossSum / targetsPerStep;
@@ -279,11 +282,11 @@ async function writeModel(srcDir: string, out: string, config: LlamaModel["confi
 }
 
 /** One line: what the training state and a micro-batch's activations take, beside what the device has. */
-function memoryPlan(state: TrainState, tokens: number, checkpoint: boolean, fullLogits: boolean): string {
+function memoryPlan(state: TrainState, tokens: number, m: MemoryChoice): string {
   const gib = (x: number) => `${(x / 2 ** 30).toFixed(2)} GiB`;
   const n = state.size;
   const parts = [`weights ${gib(4 * n)}`, `gradients ${gib(4 * n)}`, `AdamW ${gib(8 * n)}`, ...(state.shadow ? [`bf16 copy ${gib(2 * n)}`] : [])];
-  return `memory plan: ${n.toLocaleString("en-US")} trainable parameters (${state.precision}): ${parts.join(", ")} = ${gib(stateBytes(n, state.precision))}; activations of ${tokens} tokens${checkpoint ? " (checkpointed per layer)" : ""} ≈ ${gib(activationBytes(state.model, tokens, checkpoint, fullLogits, state.precision))}`;
+  return `memory plan: ${n.toLocaleString("en-US")} trainable parameters (${state.precision}): ${parts.join(", ")} = ${gib(stateBytes(n, state.precision))}; activations of ${tokens} tokens${m.checkpoint ? ` (checkpointed per layer; the recompute skips ${m.keepMid ? "o_proj and down" : "down only: no room to keep the mid-layer sums"})` : ""} ≈ ${gib(activationBytes(state.model, tokens, m.checkpoint, m.fullLogits, state.precision, m.keepMid))}`;
 }
 
 /** Every weight's element count (a tied LM head once). */

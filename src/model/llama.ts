@@ -50,6 +50,13 @@ export interface ForwardOptions {
    * the backward (activation checkpointing: about one layer of activations instead of all of them).
    */
   checkpoint?: boolean;
+  /**
+   * With `checkpoint`: each layer also keeps its mid-layer residual sum h + attention [T, D] (4 bytes
+   * × hidden per token and layer), so the recompute skips o_proj as well as down
+   * (ResidualRecomputeOps). Default true; false where memory is short: down is skipped either way,
+   * its sum being the layer's output, which the next layer keeps as its input.
+   */
+  checkpointKeepsMid?: boolean;
 }
 
 /** Input gradients that checkpointed layers allocated: each is freed once the layer below has used it. */
@@ -278,9 +285,9 @@ export class LlamaModel {
   }
 
   /**
-   * Activation checkpointing: the layer runs without a tape (only its input, its mid-layer residual
-   * sum and its output stay alive) and runs again, recorded, when the backward reaches it, without
-   * the two products that only feed the residual sums (ResidualRecomputeOps); the recomputed
+   * Activation checkpointing: the layer runs without a tape (only its input, its output and, with
+   * checkpointKeepsMid, its mid-layer residual sum stay alive) and runs again, recorded, when the
+   * backward reaches it, without the products that only feed a kept sum (ResidualRecomputeOps); the recomputed
    * intermediates live in an arena of their own that closes as soon as this layer's backward is
    * done. Trainable weights add into their gradient slots as usual; the input gradient is summed
    * into a buffer allocated outside that arena.
@@ -290,32 +297,41 @@ export class LlamaModel {
     const k = b.training;
     if (!k) throw new MlaError("UNSUPPORTED", `activation checkpointing needs a backend with training kernels; ${b.name} has none`, "use --device cpu or --device cuda");
     let mid: Tensor | null = null;
-    const out = this.layer(new Ops(b, null, true), P, li, new Node(h.value, false), at, (h1) => (mid = h1));
+    const keepMid = at.opts.checkpointKeepsMid ?? true;
+    const out = this.layer(new Ops(b, null, true), P, li, new Node(h.value, false), at, keepMid ? (h1) => (mid = h1) : undefined);
     const lw = P.layers[li]!;
-    const sums = new Map<Node, Tensor>([[lw.attn.o, mid!], [lw.down, out.value]]);
+    const sums = new Map<Node, Tensor>([[lw.down, out.value], ...(mid ? [[lw.attn.o, mid] as [Node, Tensor]] : [])]);
     const node = new Node(out.value, true);
     ops.tape!.push(() => {
-      if (!node.grad) return;
-      const seed = node.grad;
-      const dh = k.zeros(h.value.size, `the layer ${li} input gradient`).reshape(h.value.shape);
-      const recompute = () => {
-        const tape = new Tape(b);
-        const input = new Node(h.value, true);
-        input.gradTarget = dh;
-        const replay = new ResidualRecomputeOps(b, tape, sums);
-        const top = this.layer(replay, P, li, input, at);
-        replay.checkConsumed();
-        tape.backward(top, seed);
-      };
-      if (b.arena) b.arena(recompute);
-      else recompute();
-      mid!.dispose();
-      // The next layer's input gradient has been used up; the one of the last layer is the final norm's.
-      if (inputGradients.has(seed)) seed.dispose();
-      inputGradients.add(dh);
-      if (h.requiresGrad) h.accumulate(b, dh);
+      try {
+        if (node.grad) this.recomputeLayer(P, li, h, at, sums, node.grad);
+      } finally {
+        mid?.dispose();
+      }
     });
     return node;
+  }
+
+  /** The taped recompute and backward of checkpointed layer li from its input h, seeded with its output's gradient. */
+  private recomputeLayer(P: ParamNodes, li: number, h: Node, at: LayerContext, sums: ReadonlyMap<Node, Tensor>, seed: Tensor): void {
+    const b = this.backend;
+    const k = b.training!;
+    const dh = k.zeros(h.value.size, `the layer ${li} input gradient`).reshape(h.value.shape);
+    const recompute = () => {
+      const tape = new Tape(b);
+      const input = new Node(h.value, true);
+      input.gradTarget = dh;
+      const replay = new ResidualRecomputeOps(b, tape, sums);
+      const top = this.layer(replay, P, li, input, at);
+      replay.checkConsumed();
+      tape.backward(top, seed);
+    };
+    if (b.arena) b.arena(recompute);
+    else recompute();
+    // The next layer's input gradient has been used up; the one of the last layer is the final norm's.
+    if (inputGradients.has(seed)) seed.dispose();
+    inputGradients.add(dh);
+    if (h.requiresGrad) h.accumulate(b, dh);
   }
 
   /** Call after changing weights in place: drops the absorbed MLA projections built from them. */

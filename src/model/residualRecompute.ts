@@ -3,9 +3,10 @@
  * A decoder layer ends its two blocks with h1 = h + o_proj(heads) and out = h1 + down(swiglu): the
  * backward of those products reads their inputs and weights, never their outputs, and the backward
  * of an add reads nothing. So when the first (untaped) pass kept h1 and out, the recompute need not
- * run o_proj and down again: a third of a llama layer's product FLOPs (36% at llama2-7b: o_proj
- * 16.8M of 4096×4096 and down 45M of the 172M weights one token multiplies), on every checkpointed
- * layer of every step.
+ * run o_proj and down again: about a third of a llama layer's product FLOPs (32% at the llama2-7b
+ * MLA shape: o_proj's 16.8M and down's 45.1M of ~195M weights per layer), on every checkpointed
+ * layer of every step. Without the mid-layer sum (ForwardOptions.checkpointKeepsMid false) only
+ * down is skipped (23%).
  */
 import { Node, Ops, Tape } from "../tensor/autograd.js";
 import type { Backend } from "../tensor/backend.js";

@@ -37,6 +37,8 @@ export class Node {
   /** `fresh`: g was just made for this node alone (the caller keeps no other reference). */
   accumulate(b: Backend, g: Tensor, fresh = false): void {
     if (this.gradTarget && this.slotFlag?.stale) {
+      // addInto checks the sizes; a short copy would leave the stale tail in place.
+      if (g.size !== this.gradTarget.size) throw new Error(`a gradient of ${g.size} elements for a slot of ${this.gradTarget.size}`);
       b.training!.copyInto(this.gradTarget, 0, g);
       this.slotFlag.stale = false;
     } else if (this.gradTarget) b.training!.addInto(this.gradTarget, g);

@@ -27,7 +27,7 @@ for (const name of [path.join(MODELS, "stories260K"), path.join(GOLDEN, "tiny-ll
     // Chunks of 5 rows (uneven) through the training state.
     const model = loadModel(name, { backend: b, weights: "f32" }).model;
     const state = new TrainState(model, () => true, "f32");
-    state.zeroGrads();
+    state.beginStep();
     const loss = microStep(state, { inputs, targets, sequences: 2 }, { scale, ceWeight: 1, klWeight: 0, temperature: 1, teacher: null, lossChunk: 5 });
     assert.ok(Math.abs(loss - lossRef) < 1e-6 * Math.abs(lossRef), `loss ${loss} vs ${lossRef}`);
     const grads = state.grads.toArray();

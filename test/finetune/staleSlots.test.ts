@@ -16,23 +16,36 @@ const fresh = () => new TrainState(loadModel("stories260K", { backend: new Refer
 
 test("a step's gradients overwrite the last step's: equal to a fresh state's, with accumulation", () => {
   const used = fresh();
-  used.zeroGrads();
+  used.beginStep();
   microStep(used, batch(1), opts);
-  used.zeroGrads();
+  used.beginStep();
   microStep(used, batch(2), opts);
   microStep(used, batch(3), opts);
   const clean = fresh();
-  clean.zeroGrads();
+  clean.beginStep();
   microStep(clean, batch(2), opts);
   microStep(clean, batch(3), opts);
   assert.deepEqual(used.grads.toArray(), clean.grads.toArray());
 });
 
+test("with activation checkpointing too (the recompute's skipped products write their weights' slots)", () => {
+  const ck = { ...opts, checkpoint: true };
+  const used = fresh();
+  used.beginStep();
+  microStep(used, batch(1), ck);
+  used.beginStep();
+  microStep(used, batch(2), ck);
+  const clean = fresh();
+  clean.beginStep();
+  microStep(clean, batch(2), opts);
+  assert.deepEqual(used.grads.toArray(), clean.grads.toArray());
+});
+
 test("a slot no gradient reached in a step reads as zeros when the optimizer runs", () => {
   const s = fresh();
-  s.zeroGrads();
+  s.beginStep();
   microStep(s, batch(1), opts);
-  s.zeroGrads(); // a step whose loss reaches no weight
+  s.beginStep(); // a step whose loss reaches no weight
   const norm = s.update(1e-3, { beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0 }, 1);
   assert.equal(norm, 0);
   assert.ok(s.grads.toArray().every((x) => x === 0));
