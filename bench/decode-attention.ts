@@ -5,7 +5,10 @@
  * rope dims 16 per KV head). Every sequence reads its own cache (one buffer per sequence, all with the
  * same contents: the timing does not depend on them). Prints ms per layer call and the share of the
  * HBM bound (cache bytes / 4.8 TB/s).
- * Run: node dist/bench/decode-attention.js [--contexts 4096,16384] [--batches 1,8,32] [--reps 20]
+ * MLA on bf16 caches runs twice: the fused latent kernel (latent_decode.cu, the default) and the two cuBLAS
+ * GEMMs it replaced (MHA2MLA_LATENT_DECODE=gemm), with the largest difference of their outputs.
+ * Run: node dist/bench/decode-attention.js [--contexts 4096,16384] [--batches 1,8,32] [--reps 20] [--f32] [--rows]
+ * (--f32 adds float32 caches, --rows one call per sequence)
  */
 import { openCuda } from "./cudaBench.js";
 import type { Tensor } from "../src/tensor/tensor.js";
@@ -18,6 +21,8 @@ const opt = (name: string, dflt: string) => {
 const contexts = opt("contexts", "4096,16384").split(",").map(Number);
 const batches = opt("batches", "1,8,32").split(",").map(Number);
 const reps = Number(opt("reps", "20"));
+const withRows = args.includes("--rows");
+const withF32 = args.includes("--f32");
 const { backend: B0, sync } = openCuda();
 const H = 32, Dh = 128, Hkv = 32, L = 2048, Dr = 16;
 const rand = (n: number) => Float32Array.from({ length: n }, (_, i) => Math.sin(i * 12.9898) * 0.5);
@@ -55,10 +60,18 @@ for (const S of contexts)
       const [kh, vh, krh, ch] = [half(k), half(v), half(kr), half(c)];
       let bf16 = false;
       const call = () => (kind === "mha" ? B0.attentionDecodeBatch(q, bf16 ? kh : k, bf16 ? vh : v, opts) : B0.latentAttentionDecodeBatch(qr, bf16 ? krh : kr, qc, bf16 ? ch : c, opts)).dispose();
-      for (const route of ["batched", "batched, tf32", "batched, bf16 cache", "rows"]) {
+      // MLA on bf16 caches takes the fused latent kernel (latent_decode.cu) unless MHA2MLA_LATENT_DECODE=gemm.
+      const routes = [...(withF32 ? ["batched"] : []), "batched, bf16 cache, cuBLAS", ...(kind === "mla" ? ["batched, bf16 cache, fused"] : []), ...(withRows ? ["rows"] : [])];
+      const outputs: ArrayLike<number>[] = [];
+      for (const route of routes) {
         process.env["MHA2MLA_DECODE_BATCH"] = route === "rows" ? "rows" : "";
-        process.env["MHA2MLA_DECODE_TF32"] = route.endsWith("tf32") ? "1" : "";
-        bf16 = route.endsWith("bf16 cache");
+        process.env["MHA2MLA_LATENT_DECODE"] = route.endsWith("cuBLAS") ? "gemm" : "";
+        bf16 = route.includes("bf16 cache");
+        if (bf16) {
+          const y = kind === "mha" ? B0.attentionDecodeBatch(q, kh, vh, opts) : B0.latentAttentionDecodeBatch(qr, krh, qc, ch, opts);
+          outputs.push(y.toArray());
+          y.dispose();
+        }
         call();
         sync();
         const t0 = performance.now();
@@ -68,8 +81,16 @@ for (const S of contexts)
         const bound = (B * S * row * (bf16 ? 2 : 4)) / 4.8e12;
         console.log(`| ${kind} | ${S} | ${B} | ${route} | ${ms.toFixed(3)} | ${((100 * bound) / (ms / 1000)).toFixed(0)}% |`);
       }
+      if (outputs.length === 2) {
+        let d = 0, m = 0;
+        for (let i = 0; i < outputs[0]!.length; i++) {
+          d = Math.max(d, Math.abs(outputs[0]![i]! - outputs[1]![i]!));
+          m = Math.max(m, Math.abs(outputs[0]![i]!));
+        }
+        console.log(`|  |  |  | fused vs cuBLAS on the bf16 cache: max abs diff ${d.toExponential(2)} of max ${m.toFixed(3)} |  |  |`);
+      }
       delete process.env["MHA2MLA_DECODE_BATCH"];
-      delete process.env["MHA2MLA_DECODE_TF32"];
+      delete process.env["MHA2MLA_LATENT_DECODE"];
       for (const t of [q, qr, qc, ...k, ...v, ...kr, ...c, ...kh, ...vh, ...krh, ...ch]) t.dispose();
     }
   }

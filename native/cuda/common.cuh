@@ -97,6 +97,12 @@ bool cudnn_available();
 bool use_cudnn(bool bf16, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window, bool stats);
 mla_status cudnn_attention_forward(const void* q, const void* k, const void* v, float* o, __nv_bfloat16* o_bf16, float* stats, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off);
 mla_status cudnn_attention_backward(const void* q, const void* k, const void* v, const void* dout, const float* o, const __nv_bfloat16* o_bf16, const float* saved_stats, float* dq, float* dk, float* dv, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, bool* taken);
+// The fused latent decode (latent_decode.cu) for bf16 caches: whether it takes a latent width L, Hkv
+// rope groups of Dr dims (MHA2MLA_LATENT_DECODE=gemm: never), and the call: per sequence b its latent rows
+// cs[b] [.., L] and rope rows krs[b] [.., Hkv, Dr] from row lo[b] on, n[b] visible rows; qc [B, H, L]
+// and qr [B, H, Dr] float32 → o [B, H, L] float32.
+bool latent_decode_takes(int64_t L, int64_t Hkv, int64_t Dr);
+mla_status latent_decode(const __nv_bfloat16* const* cs, const __nv_bfloat16* const* krs, const int64_t* lo, const int64_t* n, const float* qc, const float* qr, float* o, int64_t B, int64_t H, int64_t Hkv, int64_t Dr, int64_t L, float scale);
 mla_status attention_mma_backward(const void* q, const void* k, const void* v, const void* dout_bf16, const float* dout, const float* o, const float* saved_lse, float* lse, float* delta, float* dq, float* dk, float* dv, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window);
 }  // namespace mla
 

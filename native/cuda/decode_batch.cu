@@ -99,6 +99,19 @@ extern "C" mla_status mla_cuda_decode_attention_batch(const mla_cuda_buf* q1, co
     range[2 * b + 1] = S - lo[b];
     total += H * (S - lo[b]);
   }
+  // MLA's latent form (the latent is the one-group key part and the value) on bf16 caches: the fused kernel.
+  bool latent = half && G1 == 1 && Gv == 1 && D1 == Dv && mla::latent_decode_takes(D1, q2 ? G2 : 1, q2 ? D2 : 0);
+  for (int64_t b = 0; latent && b < B; b++) latent = k1s[b]->ptr == vs[b]->ptr;
+  if (latent) {
+    std::vector<const __nv_bfloat16*> cs(B), krs(B);
+    std::vector<int64_t> n(B);
+    for (int64_t b = 0; b < B; b++) {
+      cs[b] = (const __nv_bfloat16*)k1s[b]->ptr;
+      krs[b] = q2 && D2 > 0 ? (const __nv_bfloat16*)k2s[b]->ptr : nullptr;
+      n[b] = range[2 * b + 1];
+    }
+    return mla::latent_decode(cs.data(), krs.data(), lo.data(), n.data(), (const float*)q1->ptr, q2 && D2 > 0 ? (const float*)q2->ptr : nullptr, (float*)o->ptr, B, H, q2 ? G2 : 1, q2 ? D2 : 0, D1, scale);
+  }
   // One scratch: the scores of every sequence [H, n_b] back to back, the softmax ranges, and for bf16
   // caches the bf16 probabilities and queries.
   mla_status st;

@@ -338,6 +338,45 @@ test("a bf16 cache on the GPU (stored bf16, read by bf16 tensor-core GEMMs) deco
   }
 });
 
+test("the fused latent decode kernel (bf16 caches) equals the reference on bf16-rounded inputs and the cuBLAS route: llama2-7b's latent (H 32, L 2048, Dr 16), smollm's (H 9/3, L 96), three head blocks (H 40/8, L 512), L 48, ragged lengths, context splits, a window, no rope", { skip }, (t) => {
+  const B = backend();
+  const rand = seededRand(31, Float32Array);
+  const round = (a: Float32Array) => decodeToF32("BF16", encodeFromF32("BF16", a));
+  for (const [H, Hkv, Dr, L, rows, win] of [
+    [32, 32, 16, 2048, [5, 300, 1100], null],
+    [9, 3, 8, 96, [2000, 37, 1], 512],
+    [40, 8, 16, 512, [700, 64], null],
+    [6, 2, 4, 48, [129, 16, 17], null],
+    [16, 4, 0, 256, [400], null],
+  ] as const) {
+    const Bn = rows.length;
+    const positions = Int32Array.from(rows, (n, b) => n - 1 - (b % 2));  // some caches hold a spare row
+    const qr = rand(Bn * H * Dr), qc = rand(Bn * H * L, 0.5);
+    const kr = rows.map((n) => rand(n * Hkv * Dr)), c = rows.map((n) => rand(n * L));
+    const opts = { scale: 1 / Math.sqrt(L / 16), positions, window: win };
+    // bf16 caches as `--kv-cache bf16` stores them.
+    const stored = (a: Float32Array, shape: number[]) => {
+      const h = B.empty(shape, "a bf16 test cache", 1);
+      if (a.length) B.training.cast(B.upload(a, shape), h);
+      return h;
+    };
+    const krs = kr.map((a, b) => stored(a, [rows[b]!, Hkv, Dr])), cs = c.map((a, b) => stored(a, [rows[b]!, L]));
+    const run = () => B.latentAttentionDecodeBatch(B.upload(qr, [Bn, H, Dr]), krs, B.upload(qc, [Bn, H, L]), cs, opts).toArray();
+    const fused = run();
+    process.env["MHA2MLA_LATENT_DECODE"] = "gemm";
+    const gemm = run();
+    delete process.env["MHA2MLA_LATENT_DECODE"];
+    const want = R.latentAttentionDecodeBatch(R.upload(round(qr), [Bn, H, Dr]), kr.map((a, b) => R.upload(round(a), [rows[b]!, Hkv, Dr])), R.upload(round(qc), [Bn, H, L]), c.map((a, b) => R.upload(round(a), [rows[b]!, L])), opts).toArray();
+    let scale = 0;
+    for (const x of want) scale = Math.max(scale, Math.abs(x));
+    const e = maxAbsDiff(fused, want) / scale, eg = maxAbsDiff(gemm, want) / scale;
+    t.diagnostic(`H${H}/${Hkv} Dr${Dr} L${L} rows ${rows} win ${win}: fused rel ${e.toExponential(2)}, cuBLAS route rel ${eg.toExponential(2)}`);
+    // Beyond the rounded inputs both routes round the probabilities to bf16 (~2⁻⁹ each, averaging out).
+    assert.ok(e < 1e-2 && Number.isFinite(e), `fused rel ${e}`);
+    assert.ok(e < 3 * eg + 1e-3, `fused ${e} vs cuBLAS ${eg}`);
+  }
+});
+
 test("the three T > 1 attention routes (GEMMs over query chunks, flash-style kernel, block-per-row) equal the reference, incl. several key tiles, GQA, window, offset", { skip }, (t) => {
   const B = backend();
   const rand = seededRand(29, Float32Array);

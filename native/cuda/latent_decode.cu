@@ -1,0 +1,415 @@
+// MLA decode over bf16 latent caches in one fused kernel: the FlashDecoding / FlashMLA idea written
+// with mma.sync. The cuBLAS route (decode_batch.cu) runs the scores and the weighted sum as two skinny
+// GEMMs per sequence, reading every cached latent row twice at ~27% of the HBM bound (llama2-7b,
+// 16k context); here each block streams a run of latent rows through shared memory once and uses each
+// row for both products of 16 query heads.
+//
+// Per block: one sequence, one block of HB = 16 query heads (one m16 tile; more heads take more
+// blocks, which read the same rows, mostly from L2), one split of the sequence's visible keys.
+// Tiles of TN = 16 cached rows pass through a ring of cp.async stages. Per tile:
+//   scores  S[16 heads × 16 keys] = Qc·Cᵀ (tensor cores; each warp a slice of the latent dims, its
+//           query fragments held in registers) + Qr·Krᵀ (the few rope dims, on CUDA cores);
+//   softmax online, in the log2 domain, the probabilities rounded to bf16 (the weighted sum reads
+//           them so) and the row sum l accumulated from the rounded values;
+//   output  O[16 × L] += P·C (tensor cores; each warp owns L / warps columns in registers).
+// A sequence split in several parts writes float32 partial outputs (already divided by their l) and
+// their log2-sum-exp; a second kernel merges them. The design, and FlashMLA's that it follows, are in
+// docs/latent-decode-design.md.
+//
+// Shapes: qc [B, H, L], qr [B, H, Dr] float32; per sequence b a latent cache c_b [≥ pos_b + 1, L] and
+// a rope key cache kr_b [≥ pos_b + 1, Hkv, Dr], both bf16; o [B, H, L] float32. Query head h reads rope
+// group h / (H / Hkv). L a multiple of 16 up to 2048; Dr even, ≤ 64.
+#include <algorithm>
+#include <cmath>
+#include <vector>
+#include "common.cuh"
+#include "mma.cuh"
+
+using mla::ctx;
+
+namespace {
+using namespace mla_mma;
+constexpr int TN = 16;   // cached rows per tile
+constexpr int HB = 16;   // query heads per block (one m16 tile)
+constexpr int PAD = 8;   // bf16 of padding per shared latent row: ldmatrix rows fall in distinct banks
+constexpr int MAX_WARPS = 16;
+constexpr int MAX_DR = 64;
+constexpr int MIN_TILES_PER_SPLIT = 8;  // a split's partial output (16·L floats a head block) costs about one tile's read
+constexpr float LOG2E = 1.4426950408889634f;
+
+struct Seq {
+  const bf16* c;   // latent rows [.., L]
+  const bf16* kr;  // rope rows [.., Hkv, Dr]
+  int64_t lo;      // first visible key
+  int64_t n;       // visible keys
+};
+
+// The bulk copies and transaction-counting barriers below are sm_90 features; the sm_80 code of a fat
+// build never runs this kernel (latent_decode_takes asks for compute capability 9.0 or newer).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+#define MLA_SM90_ONLY(body) __trap();
+#else
+#define MLA_SM90_ONLY(body) body
+#endif
+// A stage's arrival barrier (mbarrier): one expected arrival plus the bytes its bulk copies bring.
+__device__ __forceinline__ void bar_init(uint64_t* bar) {
+  MLA_SM90_ONLY({
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"((unsigned)__cvta_generic_to_shared(bar)));
+  })
+}
+__device__ __forceinline__ void bar_expect(uint64_t* bar, unsigned bytes) {
+  MLA_SM90_ONLY({
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"((unsigned)__cvta_generic_to_shared(bar)), "r"(bytes) : "memory");
+  })
+}
+__device__ __forceinline__ void bar_wait(uint64_t* bar, unsigned parity) {
+  MLA_SM90_ONLY({
+  const unsigned a = (unsigned)__cvta_generic_to_shared(bar);
+  asm volatile(
+      "{\n.reg .pred p;\nWAIT_%=:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
+      "@!p bra WAIT_%=;\n}\n" ::"r"(a), "r"(parity) : "memory");
+  })
+}
+// `bytes` (a multiple of 16, both addresses 16-byte aligned) global → shared by the copy engine, counted on `bar`.
+__device__ __forceinline__ void bulk_copy(void* dst, const void* src, unsigned bytes, uint64_t* bar) {
+  MLA_SM90_ONLY({
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n"
+               ::"r"((unsigned)__cvta_generic_to_shared(dst)), "l"(src), "r"(bytes), "r"((unsigned)__cvta_generic_to_shared(bar)) : "memory");
+  })
+}
+// The B fragment of one n8 tile (n0 … n0+7) over k0 … k0+15 of a [k][n] shared matrix.
+__device__ __forceinline__ void frag_b_kn1(uint32_t* b, const bf16* m, int ld, int n0, int k0, int lane) {
+  const unsigned a = (unsigned)__cvta_generic_to_shared(m + (k0 + (lane & 15)) * ld + n0);
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n" : "=r"(b[0]), "=r"(b[1]) : "r"(a));
+}
+
+struct Layout {
+  int L, ldc, ropeStride, Dr, stages;
+  __host__ __device__ size_t latentBytes() const { return (size_t)TN * ldc * 2; }
+  __host__ __device__ size_t ropeBytes() const { return ((size_t)TN * ropeStride * 2 + 15) & ~size_t(15); }
+  __host__ __device__ size_t stageBytes() const { return latentBytes() + ropeBytes(); }
+  __host__ __device__ size_t partOffset() const { return stageBytes() * stages; }
+  __host__ __device__ size_t qrOffset() const { return partOffset() + (size_t)MAX_WARPS * HB * TN * 4; }
+  __host__ __device__ size_t probsOffset() const { return qrOffset() + (size_t)HB * MAX_DR * 4; }
+  __host__ __device__ size_t statsOffset() const { return probsOffset() + (size_t)HB * (TN + PAD) * 2; }
+  __host__ __device__ size_t barOffset() const { return (statsOffset() + 3 * HB * 4 + 7) & ~size_t(7); }
+  __host__ __device__ size_t bytes() const { return barOffset() + (size_t)stages * 8; }
+};
+
+// Grid: x = head block + head blocks · split, y = sequence. NT n8 output tiles per warp: L = 8·NT·warps.
+template <int NT>
+__global__ void __launch_bounds__(32 * MAX_WARPS, 1)
+k_latent_decode(const Seq* seqs, const float* qc, const float* qr, int H, int Hkv, float scale2, Layout lay, int nsplit, float* o, float* opart, float* lsepart) {
+  constexpr int KQ = NT >= 2 ? NT / 2 : 1;  // k16 steps of the scores per warp
+  extern __shared__ __align__(16) unsigned char smem[];
+  const int L = lay.L, Dr = lay.Dr, ldc = lay.ldc;
+  const int warps = blockDim.x >> 5, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int hbn = (H + HB - 1) / HB, hb = blockIdx.x % hbn, split = blockIdx.x / hbn, b = blockIdx.y;
+  const int h0 = hb * HB, nh = min(HB, H - h0), group = H / Hkv;
+  const Seq sq = seqs[b];
+  const int64_t tiles = (sq.n + TN - 1) / TN, per = (tiles + nsplit - 1) / nsplit;
+  const int64_t t_begin = tiles < split * per ? tiles : split * per, t_end = tiles < t_begin + per ? tiles : t_begin + per;
+  const int ntiles = (int)(t_end - t_begin);
+
+  float* sPart = (float*)(smem + lay.partOffset());  // [warps][HB][TN] partial scores
+  float* sQr = (float*)(smem + lay.qrOffset());      // [HB][Dr]
+  bf16* sP = (bf16*)(smem + lay.probsOffset());      // [HB][TN + PAD]
+  float* sAlpha = (float*)(smem + lay.statsOffset());
+  float* sM = sAlpha + HB;
+  float* sL = sM + HB;
+  uint64_t* bars = (uint64_t*)(smem + lay.barOffset());
+  if (threadIdx.x < lay.stages) bar_init(bars + threadIdx.x);
+  for (int i = threadIdx.x; i < HB * Dr; i += blockDim.x) {
+    const int r = i / Dr;
+    sQr[i] = r < nh ? qr[((int64_t)b * H + h0 + r) * Dr + i % Dr] : 0.f;
+  }
+  if (threadIdx.x < HB) {
+    sM[threadIdx.x] = -INFINITY;
+    sL[threadIdx.x] = 0.f;
+  }
+  // This warp's query fragments for k16 steps warp, warp + warps, … (A layout of m16n8k16).
+  const int ksteps = L / 16, g = lane >> 2, t4 = lane & 3;
+  uint32_t qf[KQ][4];
+#pragma unroll
+  for (int j = 0; j < KQ; j++) {
+    const int ks = warp + j * warps;
+    const int k0 = ks * 16 + 2 * t4;
+    auto at = [&](int r, int k) -> float2 {
+      return ks < ksteps && r < nh ? *reinterpret_cast<const float2*>(qc + ((int64_t)b * H + h0 + r) * L + k) : make_float2(0.f, 0.f);
+    };
+    const float2 a0 = at(g, k0), a1 = at(g + 8, k0), a2 = at(g, k0 + 8), a3 = at(g + 8, k0 + 8);
+    qf[j][0] = pack(a0.x, a0.y);
+    qf[j][1] = pack(a1.x, a1.y);
+    qf[j][2] = pack(a2.x, a2.y);
+    qf[j][3] = pack(a3.x, a3.y);
+  }
+
+  MLA_SM90_ONLY(asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");)
+  __syncthreads();
+  // Tile `it` into its stage: warp 0 issues one bulk copy per cached row (lane i: latent row i, lane
+  // 16 + i: its rope row, all KV groups); the rows past the sequence's end are zeroed instead (they
+  // meet probability 0, and stale shared memory could hold NaN, which 0 would not cancel).
+  const unsigned latentRow = (unsigned)L * 2, ropeRow = (unsigned)(Hkv * Dr) * 2;
+  auto load = [&](int it) {
+    if (it >= ntiles) return;
+    unsigned char* st = smem + (size_t)(it % lay.stages) * lay.stageBytes();
+    bf16* sC = (bf16*)st;
+    bf16* sR = (bf16*)(st + lay.latentBytes());
+    const int64_t first = sq.lo + (t_begin + it) * TN, end = sq.lo + sq.n;
+    const int valid = (int)(end - first < TN ? end - first : TN);
+    if (warp == 0) {
+      uint64_t* bar = bars + it % lay.stages;
+      if (lane == 0) bar_expect(bar, (unsigned)valid * (latentRow + ropeRow));
+      __syncwarp();
+      const int i = lane & 15;
+      if (i < valid) {
+        if (lane < 16) bulk_copy(sC + i * ldc, sq.c + (first + i) * L, latentRow, bar);
+        else if (ropeRow) bulk_copy(sR + i * lay.ropeStride, sq.kr + (first + i) * Hkv * Dr, ropeRow, bar);
+      }
+    }
+    if (valid < TN) {
+      const int chunks = L / 8;
+      for (int e = threadIdx.x; e < (TN - valid) * chunks; e += blockDim.x) *reinterpret_cast<int4*>(sC + (valid + e / chunks) * ldc + (e % chunks) * 8) = make_int4(0, 0, 0, 0);
+      for (int e = threadIdx.x; e < (TN - valid) * Hkv * Dr; e += blockDim.x) sR[(valid + e / (Hkv * Dr)) * lay.ropeStride + e % (Hkv * Dr)] = __float2bfloat16(0.f);
+    }
+  };
+  for (int s = 0; s < lay.stages - 1; s++) load(s);
+
+  float acc[NT][4];
+#pragma unroll
+  for (int i = 0; i < NT; i++) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
+  const int n0 = warp * NT * 8;  // this warp's output columns
+  const int qwarps = min(warps, ksteps);
+
+  for (int it = 0; it < ntiles; it++) {
+    __syncthreads();  // every warp is done with the stage the next load overwrites (and the zeroed rows are visible)
+    load(it + lay.stages - 1);
+    bar_wait(bars + it % lay.stages, (unsigned)(it / lay.stages) & 1);
+    const unsigned char* st = smem + (size_t)(it % lay.stages) * lay.stageBytes();
+    const bf16* sC = (const bf16*)st;
+    const bf16* sR = (const bf16*)(st + lay.latentBytes());
+
+    // Partial scores of this warp's latent slice.
+    float s[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+#pragma unroll
+    for (int j = 0; j < KQ; j++) {
+      const int ks = warp + j * warps;
+      if (ks < ksteps) {
+        uint32_t bf[4];
+        frag_b_nk(bf, sC, ldc, 0, ks * 16, lane);
+        mma(s[0], qf[j], bf[0], bf[1]);
+        mma(s[1], qf[j], bf[2], bf[3]);
+      }
+    }
+    if (warp < qwarps) {
+      float* part = sPart + warp * HB * TN;
+#pragma unroll
+      for (int nt = 0; nt < 2; nt++) {
+        *reinterpret_cast<float2*>(part + g * TN + nt * 8 + 2 * t4) = make_float2(s[nt][0], s[nt][1]);
+        *reinterpret_cast<float2*>(part + (g + 8) * TN + nt * 8 + 2 * t4) = make_float2(s[nt][2], s[nt][3]);
+      }
+    }
+    __syncthreads();
+
+    // Scores, online softmax: 16 lanes per head row (the shuffles stay within 16-lane halves).
+    for (int e = threadIdx.x; e < HB * TN; e += blockDim.x) {
+      const int r = e / TN, n = e % TN;
+      const float* pr = sPart + r * TN + n;
+      float x0 = 0.f, x1 = 0.f, x2 = 0.f, x3 = 0.f;
+      int w = 0;
+      for (; w + 4 <= qwarps; w += 4) {  // four independent sums: the loads overlap
+        x0 += pr[w * HB * TN];
+        x1 += pr[(w + 1) * HB * TN];
+        x2 += pr[(w + 2) * HB * TN];
+        x3 += pr[(w + 3) * HB * TN];
+      }
+      for (; w < qwarps; w++) x0 += pr[w * HB * TN];
+      float x = (x0 + x1) + (x2 + x3);
+      const int gr = min(h0 + r, H - 1) / group;
+      const bf16* kr = sR + n * lay.ropeStride + gr * Dr;
+      for (int d = 0; d < Dr; d += 2) {
+        const float2 k2 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(kr + d));
+        x += sQr[r * Dr + d] * k2.x + sQr[r * Dr + d + 1] * k2.y;
+      }
+      const bool visible = (t_begin + it) * TN + n < sq.n;
+      x = visible ? x * scale2 : -INFINITY;
+      float mt = x;
+#pragma unroll
+      for (int off = 8; off; off >>= 1) mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, off, 16));
+      const float m_old = sM[r], m_new = fmaxf(m_old, mt);  // finite: a tile's first key is visible
+      const bf16 pb = __float2bfloat16(ex2(x - m_new));
+      float ps = __bfloat162float(pb);
+      sP[r * (TN + PAD) + n] = pb;
+#pragma unroll
+      for (int off = 8; off; off >>= 1) ps += __shfl_xor_sync(0xffffffffu, ps, off, 16);
+      __syncwarp();
+      if (n == 0) {
+        const float alpha = ex2(m_old - m_new);
+        sAlpha[r] = alpha;
+        sM[r] = m_new;
+        sL[r] = sL[r] * alpha + ps;
+      }
+    }
+    __syncthreads();
+
+    // O = α·O + P·C over this warp's columns.
+    const float a_lo = sAlpha[g], a_hi = sAlpha[g + 8];
+    uint32_t pa[4];
+    frag_a(pa, sP, TN + PAD, 0, lane);
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++) {
+      acc[nt][0] *= a_lo;
+      acc[nt][1] *= a_lo;
+      acc[nt][2] *= a_hi;
+      acc[nt][3] *= a_hi;
+    }
+    if (NT == 1) {
+      uint32_t bf[2];
+      frag_b_kn1(bf, sC, ldc, n0, 0, lane);
+      mma(acc[0], pa, bf[0], bf[1]);
+    } else {
+#pragma unroll
+      for (int nt = 0; nt < NT; nt += 2) {
+        uint32_t bf[4];
+        frag_b_kn(bf, sC, ldc, n0 + nt * 8, 0, lane);
+        mma(acc[nt], pa, bf[0], bf[1]);
+        mma(acc[nt + 1], pa, bf[2], bf[3]);
+      }
+    }
+  }
+  __syncthreads();
+
+  // Rows g and g + 8 of this warp's columns, divided by their l (an empty split writes zeros and lse −∞).
+  const float l_lo = sL[g], l_hi = sL[g + 8];
+  const float i_lo = l_lo > 0.f ? 1.f / l_lo : 0.f, i_hi = l_hi > 0.f ? 1.f / l_hi : 0.f;
+  float* out = nsplit == 1 ? o + (int64_t)b * H * L : opart + ((int64_t)split * gridDim.y + b) * H * L;
+#pragma unroll
+  for (int nt = 0; nt < NT; nt++) {
+    const int col = n0 + nt * 8 + 2 * t4;
+    if (g < nh) *reinterpret_cast<float2*>(out + (int64_t)(h0 + g) * L + col) = make_float2(acc[nt][0] * i_lo, acc[nt][1] * i_lo);
+    if (g + 8 < nh) *reinterpret_cast<float2*>(out + (int64_t)(h0 + g + 8) * L + col) = make_float2(acc[nt][2] * i_hi, acc[nt][3] * i_hi);
+  }
+  if (nsplit > 1 && threadIdx.x < nh) {
+    const float l = sL[threadIdx.x];
+    lsepart[((int64_t)split * gridDim.y + b) * H + h0 + threadIdx.x] = l > 0.f ? sM[threadIdx.x] + log2f(l) : -INFINITY;
+  }
+}
+
+// o[b, h] = Σ_j w_j · opart[j, b, h] with w_j = 2^(lse_j − lse) (lse: the log2-sum-exp over the
+// splits). Grid: x = b·H + h, y = a 256-column chunk of L.
+__global__ void k_latent_combine(const float* opart, const float* lsepart, float* o, int nsplit, int64_t BH, int L) {
+  extern __shared__ float w[];  // [nsplit] weights, then their sum
+  const int64_t bh = blockIdx.x;
+  if (threadIdx.x < 32) {
+    float m = -INFINITY;
+    for (int j = threadIdx.x; j < nsplit; j += 32) m = fmaxf(m, lsepart[j * BH + bh]);
+    for (int off = 16; off; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
+    if (m == -INFINITY) m = 0.f;
+    float sum = 0.f;
+    for (int j = threadIdx.x; j < nsplit; j += 32) sum += (w[j] = exp2f(lsepart[j * BH + bh] - m));
+    for (int off = 16; off; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+    if (threadIdx.x == 0) w[nsplit] = sum > 0.f ? 1.f / sum : 0.f;
+  }
+  __syncthreads();
+  const int c = blockIdx.y * blockDim.x + threadIdx.x;
+  if (c >= L) return;
+  float x = 0.f;
+  for (int j = 0; j < nsplit; j++) x += w[j] * opart[(j * BH + bh) * L + c];
+  o[bh * L + c] = x * w[nsplit];
+}
+
+template <int NT>
+mla_status launch(const Seq* seqs, const float* qc, const float* qr, int64_t B, int64_t H, int64_t Hkv, float scale2, const Layout& lay, int nsplit, float* o, float* opart, float* lsepart) {
+  const int hbn = (int)((H + HB - 1) / HB);
+  const int threads = 32 * (lay.L / (8 * NT));
+  k_latent_decode<NT><<<dim3((unsigned)(hbn * nsplit), (unsigned)B), threads, lay.bytes(), ctx()->stream>>>(seqs, qc, qr, (int)H, (int)Hkv, scale2, lay, nsplit, o, opart, lsepart);
+  KERNEL_CHECK();
+  return MLA_OK;
+}
+
+// n8 output tiles per warp for a latent width: the fewest that keep the warps ≤ 16 (0: not taken).
+int tiles_per_warp(int64_t L) {
+  if (L <= 0 || L % 16) return 0;
+  for (int nt : {1, 2, 4, 8, 16})
+    if (L % (8 * nt) == 0 && L / (8 * nt) <= MAX_WARPS) return nt;
+  return 0;
+}
+
+bool sm90() {
+  static int major = -1;
+  if (major < 0 && cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, ctx()->device) != cudaSuccess) major = 0;
+  return major >= 9;
+}
+
+int sm_count() {
+  static int n = 0;
+  if (!n && cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, ctx()->device) != cudaSuccess) n = 1;
+  return n;
+}
+
+// The shared-memory plan: as many stages (2–4) as fit in 200 KB; stages 0 when even two do not fit.
+Layout plan(int64_t L, int64_t Hkv, int64_t Dr) {
+  // Rope rows padded by 16 bytes: the 16 lanes reading one head's rope keys of 16 rows spread over banks.
+  Layout lay{(int)L, (int)L + PAD, (int)(Hkv * Dr + 8), (int)Dr, 4};
+  while (lay.stages > 2 && lay.bytes() > 200 * 1024) lay.stages--;
+  if (lay.bytes() > 227 * 1024) lay.stages = 0;
+  return lay;
+}
+}  // namespace
+
+namespace mla {
+bool latent_decode_takes(int64_t L, int64_t Hkv, int64_t Dr) {
+  const char* route = getenv("MHA2MLA_LATENT_DECODE");
+  if (route && std::string(route) == "gemm") return false;
+  // Bulk copies move 16-byte multiples: a rope row (all KV groups) must be one.
+  return sm90() && tiles_per_warp(L) > 0 && Hkv > 0 && Dr >= 0 && Dr <= MAX_DR && Dr % 2 == 0 && (Hkv * Dr) % 8 == 0 && plan(L, Hkv, Dr).stages > 0;
+}
+
+mla_status latent_decode(const __nv_bfloat16* const* cs, const __nv_bfloat16* const* krs, const int64_t* lo, const int64_t* n, const float* qc, const float* qr, float* o, int64_t B, int64_t H, int64_t Hkv, int64_t Dr, int64_t L, float scale) {
+  const int nt = tiles_per_warp(L);
+  MLA_CHECK(nt > 0 && H > 0 && Hkv > 0 && H % Hkv == 0 && B > 0 && B <= 65535 && latent_decode_takes(L, Hkv, Dr), "latent_decode: L a multiple of 16 up to 2048, Hkv dividing H, Hkv·Dr a multiple of 8, 1 ≤ B ≤ 65,535");
+  const Layout lay = plan(L, Hkv, Dr);
+  // Splits along the context: enough blocks for one wave over the SMs, each split ≥ 8 tiles.
+  const int64_t hbn = (H + HB - 1) / HB;
+  int64_t maxTiles = 1;
+  for (int64_t b = 0; b < B; b++) maxTiles = std::max<int64_t>(maxTiles, (n[b] + TN - 1) / TN);
+  int perSm = 1;
+  const int threads = 32 * (int)(L / (8 * nt));
+  const void* fn = nt == 1 ? (const void*)k_latent_decode<1> : nt == 2 ? (const void*)k_latent_decode<2> : nt == 4 ? (const void*)k_latent_decode<4> : nt == 8 ? (const void*)k_latent_decode<8> : (const void*)k_latent_decode<16>;
+  static bool configured[17] = {};
+  if (!configured[nt]) {
+    CUDA_TRY(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, 227 * 1024));
+    configured[nt] = true;
+  }
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&perSm, fn, threads, lay.bytes()) != cudaSuccess || perSm < 1) perSm = 1;
+  const int64_t wave = (int64_t)sm_count() * perSm;
+  int64_t nsplit = std::max<int64_t>(1, wave / (B * hbn));
+  nsplit = std::min<int64_t>(nsplit, std::max<int64_t>(1, maxTiles / MIN_TILES_PER_SPLIT));
+  nsplit = std::min<int64_t>(nsplit, 65535 / hbn);
+  std::vector<Seq> seqs(B);
+  for (int64_t b = 0; b < B; b++) seqs[b] = {cs[b], krs[b], lo[b], n[b]};
+  const size_t seqBytes = (B * sizeof(Seq) + 255) & ~size_t(255);
+  const size_t partBytes = nsplit > 1 ? ((size_t)(nsplit * B * H * L * 4) + 255) & ~size_t(255) : 0;
+  const size_t lseBytes = nsplit > 1 ? (size_t)nsplit * B * H * 4 : 0;
+  mla_status st;
+  char* base = (char*)scratch(seqBytes + partBytes + lseBytes, &st);
+  if (!base) return st;
+  Seq* dseqs = (Seq*)base;
+  float* opart = nsplit > 1 ? (float*)(base + seqBytes) : nullptr;
+  float* lsepart = nsplit > 1 ? (float*)(base + seqBytes + partBytes) : nullptr;
+  if (mla_status e = stage_to_device(seqs.data(), B * sizeof(Seq), dseqs)) return e;
+  const float scale2 = scale * LOG2E;
+  mla_status e = nt == 1 ? launch<1>(dseqs, qc, qr, B, H, Hkv, scale2, lay, (int)nsplit, o, opart, lsepart)
+                 : nt == 2 ? launch<2>(dseqs, qc, qr, B, H, Hkv, scale2, lay, (int)nsplit, o, opart, lsepart)
+                 : nt == 4 ? launch<4>(dseqs, qc, qr, B, H, Hkv, scale2, lay, (int)nsplit, o, opart, lsepart)
+                 : nt == 8 ? launch<8>(dseqs, qc, qr, B, H, Hkv, scale2, lay, (int)nsplit, o, opart, lsepart)
+                           : launch<16>(dseqs, qc, qr, B, H, Hkv, scale2, lay, (int)nsplit, o, opart, lsepart);
+  if (e) return e;
+  if (nsplit > 1) {
+    k_latent_combine<<<dim3((unsigned)(B * H), (unsigned)((L + 255) / 256)), 256, (nsplit + 1) * sizeof(float), ctx()->stream>>>(opart, lsepart, o, (int)nsplit, B * H, (int)L);
+    KERNEL_CHECK();
+  }
+  return MLA_OK;
+}
+}  // namespace mla
