@@ -6,7 +6,7 @@
 # with the layer count, tokens/s roughly inversely), converted with CONVERT (default the paper's
 # llama2-7b setting, --rank 64 --rope-pairs 8 --rope-strategy uniform). The MLA model decodes in both
 # absorbed forms (run time, as DeepSeek's inference does, and pre-multiplied).
-# Usage: bash bench/decode.sh [WORKDIR] [LAYERS]     (env ARCH, CONVERT, CONTEXTS, BATCHES, STEPS; PEER=0 skips PyTorch)
+# Usage: bash bench/decode.sh [WORKDIR] [LAYERS]     (env ARCH, CONVERT, CONTEXTS, BATCHES, STEPS, KV_CACHES, PREMULTIPLIED; PEER=0 skips PyTorch)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 W=${1:-/tmp/mha2mla-decode}
@@ -20,11 +20,16 @@ $CLI synth --arch "$ARCH" --layers "$LAYERS" --dtype bf16 --out "$M" --force > /
 # synth writes no tokenizer and the runtime loads one with the model: borrow the bundled one (token ids only).
 cp fixtures/models/stories260K/tokenizer.json fixtures/models/stories260K/tokenizer_config.json "$M/"
 $CLI convert "$M" --device cuda $CONVERT --out "$M-mla" --force 2>&1 | tail -1
-echo "$(date -u +%Y-%m-%d), $(nvidia-smi --query-gpu=name --format=csv,noheader), $ARCH shape with $LAYERS layers, bf16 linear weights and f32 cache on the GPU; convert $CONVERT"
+echo "$(date -u +%Y-%m-%d), $(nvidia-smi --query-gpu=name --format=csv,noheader), $ARCH shape with $LAYERS layers, bf16 linear weights, caches ${KV_CACHES:-f32 bf16}; convert $CONVERT"
 SHAPES="--contexts ${CONTEXTS:-4096,16384} --batches ${BATCHES:-1,8,32,128} --steps ${STEPS:-16}"
-node dist/bench/decode.js "$M" "$M-mla" --device cuda $SHAPES
-node dist/bench/decode.js "$M" "$M-mla" --device cuda $SHAPES --kv-cache bf16 | tail -n +3
-MHA2MLA_ABSORB=premultiplied node dist/bench/decode.js "$M-mla" --device cuda $SHAPES | tail -n +3 || true
+# KV_CACHES: the cache storages to run (default both; bf16 is what HF's peer stores, and where MLA
+# takes the fused latent kernel); PREMULTIPLIED=0 skips the pre-multiplied absorbed form.
+head=1
+for kv in ${KV_CACHES:-f32 bf16}; do
+  node dist/bench/decode.js "$M" "$M-mla" --device cuda $SHAPES --kv-cache "$kv" | tail -n +$head
+  head=3
+done
+if [ "${PREMULTIPLIED:-1}" != 0 ]; then MHA2MLA_ABSORB=premultiplied node dist/bench/decode.js "$M-mla" --device cuda $SHAPES | tail -n +3 || true; fi
 if [ "${PEER:-1}" != 0 ]; then
   python3 bench/decode_torch.py "$M" "${CONTEXTS:-4096,16384}" "${BATCHES:-1,8,32,128}" "${STEPS:-16}"
 fi

@@ -58,7 +58,13 @@ interface DeviceStore {
 /** A new store of rows `rowShape` holding a copy of `from`'s rows. */
 function copyStore(backend: Backend, from: RowStore, rowShape: readonly number[], dtype: KvCacheDtype): RowStore {
   const s = rowStore(backend, rowShape, dtype);
-  if (from.rows) s.append(from.tensor([...rowShape]));
+  if (from.rows) {
+    // The rows come as a temporary (an upload, a float32 copy of a bf16 device store, or a view):
+    // freed here, or cloning a cache for each of B sequences would hold B copies until collection.
+    const rows = from.tensor([...rowShape]);
+    s.append(rows);
+    rows.dispose();
+  }
   return s;
 }
 

@@ -338,7 +338,7 @@ test("a bf16 cache on the GPU (stored bf16, read by bf16 tensor-core GEMMs) deco
   }
 });
 
-test("the fused latent decode kernel (bf16 caches) equals the reference on bf16-rounded inputs and the cuBLAS route: llama2-7b's latent (H 32, L 2048, Dr 16), smollm's (H 9/3, L 96), three head blocks (H 40/8, L 512), L 48, ragged lengths, context splits, a window, no rope", { skip }, (t) => {
+test("the fused latent decode kernel (bf16 caches) equals the reference on bf16-rounded inputs and the cuBLAS route: llama2-7b's latent (H 32, L 2048, Dr 16), smollm's (H 9/3, L 96), three head blocks (H 40/8, L 512), L 48, clusters of 4 (L 2048), ragged lengths, context splits, windows, no rope", { skip }, (t) => {
   const B = backend();
   const rand = seededRand(31, Float32Array);
   const round = (a: Float32Array) => decodeToF32("BF16", encodeFromF32("BF16", a));
@@ -348,6 +348,7 @@ test("the fused latent decode kernel (bf16 caches) equals the reference on bf16-
     [40, 8, 16, 512, [700, 64], null],
     [6, 2, 4, 48, [129, 16, 17], null],
     [16, 4, 0, 256, [400], null],
+    [8, 8, 16, 2048, [40, 500], 100],
   ] as const) {
     const Bn = rows.length;
     const positions = Int32Array.from(rows, (n, b) => n - 1 - (b % 2));  // some caches hold a spare row
