@@ -101,7 +101,11 @@ extern "C" mla_status mla_cuda_decode_attention_batch(const mla_cuda_buf* q1, co
   }
   // MLA's latent form (the latent is the one-group key part and the value) on bf16 caches: the fused kernel.
   bool latent = half && G1 == 1 && Gv == 1 && D1 == Dv && mla::latent_decode_takes(D1, q2 ? G2 : 1, q2 ? D2 : 0);
-  for (int64_t b = 0; latent && b < B; b++) latent = k1s[b]->ptr == vs[b]->ptr;
+  // Its bulk copies need 16-byte aligned rows and its query loads 8-byte aligned queries: views at odd
+  // offsets take the GEMMs.
+  auto aligned = [](const void* p, uintptr_t a) { return ((uintptr_t)p & (a - 1)) == 0; };
+  latent = latent && aligned(q1->ptr, 8) && (!q2 || D2 == 0 || aligned(q2->ptr, 8));
+  for (int64_t b = 0; latent && b < B; b++) latent = k1s[b]->ptr == vs[b]->ptr && aligned(k1s[b]->ptr, 16) && (!q2 || D2 == 0 || aligned(k2s[b]->ptr, 16));
   if (latent) {
     std::vector<const __nv_bfloat16*> cs(B), krs(B);
     std::vector<int64_t> n(B);

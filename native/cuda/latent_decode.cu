@@ -18,7 +18,8 @@
 //
 // Shapes: qc [B, H, L], qr [B, H, Dr] float32; per sequence b a latent cache c_b [≥ pos_b + 1, L] and
 // a rope key cache kr_b [≥ pos_b + 1, Hkv, Dr], both bf16; o [B, H, L] float32. Query head h reads rope
-// group h / (H / Hkv). L a multiple of 16 up to 2048; Dr even, ≤ 64.
+// group h / (H / Hkv). L = 8·NT·warps for NT in {1, 2, 4, 8, 16} and ≤ 16 warps (48, 96, 256, 512,
+// 1024, 2048, …; other widths take the cuBLAS route); Dr even, ≤ 64; Hkv·Dr a multiple of 8.
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -34,7 +35,9 @@ constexpr int HB = 16;   // query heads per block (one m16 tile)
 constexpr int PAD = 8;   // bf16 of padding per shared latent row: ldmatrix rows fall in distinct banks
 constexpr int MAX_WARPS = 16;
 constexpr int MAX_DR = 64;
-constexpr int MIN_TILES_PER_SPLIT = 8;  // a split's partial output (16·L floats a head block) costs about one tile's read
+// A split writes and the merge reads back 16·L floats per head block, about two tiles of bf16 latent:
+// each split gets at least 8 tiles so that costs ≤ 25% of its reads.
+constexpr int MIN_TILES_PER_SPLIT = 8;
 constexpr float LOG2E = 1.4426950408889634f;
 
 struct Seq {
@@ -342,6 +345,13 @@ bool sm90() {
   return major >= 9;
 }
 
+// Shared memory one block may use (227 KB on sm_90 data-center parts, ~99 KB on 12.x consumer parts).
+int smem_optin() {
+  static int n = -1;
+  if (n < 0 && cudaDeviceGetAttribute(&n, cudaDevAttrMaxSharedMemoryPerBlockOptin, ctx()->device) != cudaSuccess) n = 48 * 1024;
+  return n;
+}
+
 int sm_count() {
   static int n = 0;
   if (!n && cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, ctx()->device) != cudaSuccess) n = 1;
@@ -350,10 +360,12 @@ int sm_count() {
 
 // The shared-memory plan: as many stages (2–4) as fit in 200 KB; stages 0 when even two do not fit.
 Layout plan(int64_t L, int64_t Hkv, int64_t Dr) {
-  // Rope rows padded by 16 bytes: the 16 lanes reading one head's rope keys of 16 rows spread over banks.
+  // Rope rows padded by 16 bytes, which spreads the 16 rows one head reads over more banks (still a
+  // 2–8-way conflict in the softmax phase; a block-diagonal rope query in the tensor-core product would remove it).
   Layout lay{(int)L, (int)L + PAD, (int)(Hkv * Dr + 8), (int)Dr, 4};
-  while (lay.stages > 2 && lay.bytes() > 200 * 1024) lay.stages--;
-  if (lay.bytes() > 227 * 1024) lay.stages = 0;
+  const size_t limit = (size_t)smem_optin();
+  while (lay.stages > 2 && lay.bytes() > std::min<size_t>(200 * 1024, limit)) lay.stages--;
+  if (lay.bytes() > limit) lay.stages = 0;
   return lay;
 }
 }  // namespace
@@ -368,7 +380,7 @@ bool latent_decode_takes(int64_t L, int64_t Hkv, int64_t Dr) {
 
 mla_status latent_decode(const __nv_bfloat16* const* cs, const __nv_bfloat16* const* krs, const int64_t* lo, const int64_t* n, const float* qc, const float* qr, float* o, int64_t B, int64_t H, int64_t Hkv, int64_t Dr, int64_t L, float scale) {
   const int nt = tiles_per_warp(L);
-  MLA_CHECK(nt > 0 && H > 0 && Hkv > 0 && H % Hkv == 0 && B > 0 && B <= 65535 && latent_decode_takes(L, Hkv, Dr), "latent_decode: L a multiple of 16 up to 2048, Hkv dividing H, Hkv·Dr a multiple of 8, 1 ≤ B ≤ 65,535");
+  MLA_CHECK(nt > 0 && H > 0 && Hkv > 0 && H % Hkv == 0 && B > 0 && B <= 65535 && latent_decode_takes(L, Hkv, Dr), "latent_decode: L = 8·NT·warps (NT 1–16, ≤ 16 warps), Hkv dividing H, Hkv·Dr a multiple of 8, a shared-memory plan that fits, 1 ≤ B ≤ 65,535");
   const Layout lay = plan(L, Hkv, Dr);
   // Splits along the context: enough blocks for one wave over the SMs, each split ≥ 8 tiles.
   const int64_t hbn = (H + HB - 1) / HB;
@@ -379,14 +391,13 @@ mla_status latent_decode(const __nv_bfloat16* const* cs, const __nv_bfloat16* co
   const void* fn = nt == 1 ? (const void*)k_latent_decode<1> : nt == 2 ? (const void*)k_latent_decode<2> : nt == 4 ? (const void*)k_latent_decode<4> : nt == 8 ? (const void*)k_latent_decode<8> : (const void*)k_latent_decode<16>;
   static bool configured[17] = {};
   if (!configured[nt]) {
-    CUDA_TRY(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, 227 * 1024));
+    CUDA_TRY(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_optin()));
     configured[nt] = true;
   }
   if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&perSm, fn, threads, lay.bytes()) != cudaSuccess || perSm < 1) perSm = 1;
   const int64_t wave = (int64_t)sm_count() * perSm;
   int64_t nsplit = std::max<int64_t>(1, wave / (B * hbn));
   nsplit = std::min<int64_t>(nsplit, std::max<int64_t>(1, maxTiles / MIN_TILES_PER_SPLIT));
-  nsplit = std::min<int64_t>(nsplit, 65535 / hbn);
   std::vector<Seq> seqs(B);
   for (int64_t b = 0; b < B; b++) seqs[b] = {cs[b], krs[b], lo[b], n[b]};
   const size_t seqBytes = (B * sizeof(Seq) + 255) & ~size_t(255);

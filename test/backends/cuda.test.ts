@@ -378,6 +378,27 @@ test("the fused latent decode kernel (bf16 caches) equals the reference on bf16-
   }
 });
 
+test("a bf16 latent cache that is a view at an odd element offset (rows not 16-byte aligned) decodes through the cuBLAS route, not the fused kernel's bulk copies", { skip }, () => {
+  const B = backend();
+  const rand = seededRand(37, Float32Array);
+  const [H, Hkv, Dr, L, n] = [8, 8, 16, 512, 70];
+  const qr = rand(H * Dr), qc = rand(H * L, 0.5), kr = rand(n * Hkv * Dr), c = rand(n * L);
+  const bf16 = (a: Float32Array, shape: number[]) => {
+    const h = B.empty(shape, "a bf16 test cache", 1);
+    B.training.cast(B.upload(a, shape), h);
+    return h;
+  };
+  const padded = new Float32Array(1 + n * L);
+  padded.set(c, 1);
+  const cOdd = B.training.view(bf16(padded, [1 + n * L]), 1, [n, L]);
+  const opts = { scale: 0.125, positions: Int32Array.of(n - 1), window: null };
+  const got = B.latentAttentionDecodeBatch(B.upload(qr, [1, H, Dr]), [bf16(kr, [n, Hkv, Dr])], B.upload(qc, [1, H, L]), [cOdd], opts).toArray();
+  const want = B.latentAttentionDecodeBatch(B.upload(qr, [1, H, Dr]), [bf16(kr, [n, Hkv, Dr])], B.upload(qc, [1, H, L]), [bf16(c, [n, L])], opts).toArray();
+  let scale = 0;
+  for (const x of want) scale = Math.max(scale, Math.abs(x));
+  assert.ok(maxAbsDiff(got, want) / scale < 1e-2);
+});
+
 test("the three T > 1 attention routes (GEMMs over query chunks, flash-style kernel, block-per-row) equal the reference, incl. several key tiles, GQA, window, offset", { skip }, (t) => {
   const B = backend();
   const rand = seededRand(29, Float32Array);
