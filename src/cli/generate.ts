@@ -1,7 +1,7 @@
 import { DEVICE_OPTION } from "./deviceOption.js";
 import type { CommandModule } from "yargs";
 import { loadModel } from "../model/llama.js";
-import { generate } from "../model/generate.js";
+import { defaultKvCache, generate } from "../model/generate.js";
 import { selectBackend, type DeviceName } from "../backends/select.js";
 import { stderrLogger } from "../util/log.js";
 import { KV_CACHE_DTYPES, KvCacheDtype } from "../model/kvQuant.js";
@@ -13,7 +13,7 @@ interface Args {
   temperature: number;
   seed: number;
   device: DeviceName;
-  "kv-cache": KvCacheDtype;
+  "kv-cache": KvCacheDtype | "auto";
 }
 
 export const generateCommand: CommandModule<object, Args> = {
@@ -27,11 +27,11 @@ export const generateCommand: CommandModule<object, Args> = {
       .option("temperature", { type: "number", default: 0 })
       .option("seed", { type: "number", default: 0 })
       .option("device", DEVICE_OPTION)
-      .option("kv-cache", { choices: KV_CACHE_DTYPES, default: "f32" as KvCacheDtype, describe: "how the decode cache stores keys/values (MLA: rope keys and latents): int8/int4 groups of 32 with a bf16 scale each" }),
+      .option("kv-cache", { choices: ["auto", ...KV_CACHE_DTYPES] as const, default: "auto" as const, describe: "how the decode cache stores keys/values (MLA: rope keys and latents): auto = bf16 for a bf16 checkpoint on the GPU (as HF transformers stores it), else f32; int8/int4 groups of 32 with a bf16 scale each" }),
   handler: (a) => {
     const lm = loadModel(a.model, { backend: selectBackend(a.device, stderrLogger) });
     const prompt = lm.tokenizer.encode(a.prompt, { addSpecialTokens: true });
-    const r = generate(lm.model, prompt, { maxTokens: a["max-tokens"], temperature: a.temperature, seed: a.seed, kvCache: a["kv-cache"] });
+    const r = generate(lm.model, prompt, { maxTokens: a["max-tokens"], temperature: a.temperature, seed: a.seed, kvCache: a["kv-cache"] === "auto" ? defaultKvCache(lm.model) : a["kv-cache"] });
     process.stdout.write(lm.tokenizer.decode([...prompt, ...r.ids].filter((t) => t !== lm.config.bosTokenId)) + "\n");
   },
 };

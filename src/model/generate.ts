@@ -47,6 +47,15 @@ function pick(logits: FloatArray, temperature: number, rand: () => number): numb
   return p.length - 1;
 }
 
+/**
+ * The decode cache a model serves with by default: bf16 where its linear weights are held in bf16
+ * (a bf16 checkpoint on the GPU: what HF transformers stores for such a model, half the bytes, and
+ * on CUDA the fused latent-attention kernel for MLA), float32 elsewhere (exact, as evaluation computes).
+ */
+export function defaultKvCache(model: LlamaModel): KvCacheDtype {
+  return model.weights.layers[0]?.gate.dtype === "bf16" ? "bf16" : "f32";
+}
+
 /** Continues `prompt` (token ids, BOS included if wanted) by up to maxTokens tokens. */
 export function generate(model: LlamaModel, prompt: readonly number[], opts: GenerateOptions): GenerateResult {
   if (prompt.length === 0) throw new MlaError("BAD_ARGUMENT", "the prompt has no tokens", "pass a non-empty --prompt");

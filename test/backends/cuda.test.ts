@@ -22,6 +22,7 @@ import { factorLayer } from "../../src/convert/factor.js";
 import { FIXTURES, MODELS, maxAbsDiff, seededRand, tmpDir } from "../helpers.js";
 import { loadNativeCpu, NativeCpuBackend } from "../../src/backends/native/cpu.js";
 import { loadModel } from "../../src/model/llama.js";
+import { defaultKvCache } from "../../src/model/generate.js";
 import { synth } from "../../src/synth/synth.js";
 import { decodeToF32, encodeFromF32, toBf16Bits } from "../../src/io/dtype.js";
 import { Checkpoint } from "../../src/io/checkpoint.js";
@@ -260,6 +261,7 @@ test("bf16 checkpoints stay bf16 on the GPU: eval and absorbed MLA decode agree 
   for (const spec of [mha, mla]) {
     const g = loadModel(spec, { backend: backend() }).model;
     assert.equal(g.weights.layers[0]!.gate.dtype, "bf16", "linear weights are kept bf16");
+    assert.equal(defaultKvCache(g), "bf16", "generate's --kv-cache auto serves a bf16 checkpoint on the GPU with a bf16 cache");
     assert.equal(g.weights.embed.dtype, "f32", "the embedding table is decoded");
     const c = loadModel(spec, { backend: cpu }).model;
     const cg = g.newCache(), cc = c.newCache();

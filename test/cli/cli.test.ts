@@ -30,6 +30,18 @@ test("inspect --json holds the documented fields (KV = 2·Hkv·Dh·layers)", () 
   assert.equal(JSON.parse(cli(["inspect", "stories260K-mha", "--json"]).stdout).kv_elems_per_token, 2 * 8 * 8 * 5);
 });
 
+test("generate continues a prompt; --kv-cache auto (the default) is f32 on the CPU, so it equals --kv-cache f32; bf16 and int8 caches run too", () => {
+  const run = (...extra: string[]) => cli(["generate", "stories260K", "--prompt", "Once upon a time", "--max-tokens", "12", "--device", "cpu", ...extra]);
+  const auto = run();
+  assert.equal(auto.code, 0, auto.stderr);
+  assert.match(auto.stdout, /^Once upon a time\S*\s*\S/);
+  assert.equal(run("--kv-cache", "f32").stdout, auto.stdout);
+  for (const kv of ["bf16", "int8"]) assert.equal(run("--kv-cache", kv).code, 0);
+  const bad = run("--kv-cache", "int3");
+  assert.notEqual(bad.code, 0);
+  assert.match(bad.stderr, /int3/);
+});
+
 const tinyStories = path.join(SHARED, "data", "text", "tinystories_val.txt");
 const haveShared = fs.existsSync(tinyStories);
 
