@@ -77,7 +77,8 @@ for (const dir of dirs) {
         continue;
       }
       try {
-        const first = model.newCache(kvCache);
+        // Room for the prefill and every step (the clones keep it): no cache moves while timed.
+        const first = model.newCache(kvCache, { capacity: ctx + steps + 2 });
         model.forward(rand(ctx, V, 11), first).toArray();
         const caches = [first];
         for (let b = 1; b < B; b++) caches.push(first.clone());

@@ -59,8 +59,10 @@ export function defaultKvCache(model: LlamaModel): KvCacheDtype {
 /** Continues `prompt` (token ids, BOS included if wanted) by up to maxTokens tokens. */
 export function generate(model: LlamaModel, prompt: readonly number[], opts: GenerateOptions): GenerateResult {
   if (prompt.length === 0) throw new MlaError("BAD_ARGUMENT", "the prompt has no tokens", "pass a non-empty --prompt");
+  if (!Number.isInteger(opts.maxTokens) || opts.maxTokens < 0) throw new MlaError("BAD_ARGUMENT", `--max-tokens ${opts.maxTokens} is not a token count`, "pass a whole number ≥ 0");
   const c = model.config;
-  const cache = model.newCache(opts.kvCache);
+  // Room for the whole sequence up front: the cache never moves while generating.
+  const cache = model.newCache(opts.kvCache, { capacity: prompt.length + opts.maxTokens });
   const rand = rng(opts.seed ?? 0);
   const V = c.vocabSize;
   let logits = model.forward(Int32Array.from(prompt), cache).toArray();

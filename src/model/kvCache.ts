@@ -1,8 +1,10 @@
 /**
  * Decode caches. MHA/GQA keeps keys (after RoPE) and values, 2·Hkv·Dh per token and layer; MLA keeps
  * the rope keys (after RoPE) and the latent, Hkv·2R + L per token and layer. Rows live in growable
- * buffers (capacity doubles), so appending a token copies only that token.
+ * buffers, so appending a token copies only that token; a cache made with a capacity (the longest
+ * sequence it will hold) never moves while it stays within it.
  */
+import { MlaError } from "../errors.js";
 import type { Backend } from "../tensor/backend.js";
 import type { FloatArray, Tensor } from "../tensor/tensor.js";
 import { KvCacheDtype, kvRowBytes, roundTrip } from "./kvQuant.js";
@@ -13,6 +15,19 @@ class RowBuffer {
   private buf: FloatArray = new Float32Array(0);
   rows = 0;
   constructor(readonly rowSize: number) {}
+
+  /** Room for `rows` rows in all, allocated now. */
+  reserve(rows: number): void {
+    if (rows * this.rowSize > this.buf.length) {
+      const grown = new Float32Array(rows * this.rowSize);
+      grown.set(this.buf.subarray(0, this.rows * this.rowSize));
+      this.buf = grown;
+    }
+  }
+
+  get capacity(): number {
+    return this.rowSize ? this.buf.length / this.rowSize : 0;
+  }
 
   /** Appends `rows` rows (counted, not derived: a part may be zero wide, e.g. MLA without rope pairs). */
   append(values: FloatArray, rows: number): void {
@@ -35,6 +50,8 @@ class RowBuffer {
 /** Rows of one cache part: on the host (uploaded whole for each step) or, where the backend can keep them, on the device. */
 interface RowStore {
   readonly rows: number;
+  /** Rows it holds room for without moving. */
+  readonly capacity: number;
   append(values: Tensor): void;
   tensor(shape: number[]): Tensor;
   /** The device store behind it, when there is one. */
@@ -46,7 +63,9 @@ interface DeviceStore {
   readonly rows: number;
   append(rows: Tensor): void;
   view(shape: readonly number[]): Tensor;
-  reserve(add: number): void;
+  /** Room for `add` more rows (exact: no more than that; else with the growth policy's spare rows). */
+  reserve(add: number, exact?: boolean): void;
+  readonly capacity: number;
   /** "bf16": rows are stored rounded to bf16 by the store itself. */
   readonly dtype: "f32" | "bf16";
   /** Counts `add` rows written into the spare capacity by another call (scatterRows). */
@@ -55,9 +74,9 @@ interface DeviceStore {
   readonly storage: Tensor;
 }
 
-/** A new store of rows `rowShape` holding a copy of `from`'s rows. */
+/** A new store of rows `rowShape` holding a copy of `from`'s rows, with the same capacity. */
 function copyStore(backend: Backend, from: RowStore, rowShape: readonly number[], dtype: KvCacheDtype): RowStore {
-  const s = rowStore(backend, rowShape, dtype);
+  const s = rowStore(backend, rowShape, dtype, from.capacity);
   if (from.rows) {
     // The rows come as a temporary (an upload, a float32 copy of a bf16 device store, or a view):
     // freed here, or cloning a cache for each of B sequences would hold B copies until collection.
@@ -75,13 +94,30 @@ interface DeviceRowBackend {
   scatterRows(src: Tensor, dst: readonly Tensor[], offsets: readonly number[]): void;
 }
 
-/** A store of rows `rowShape`; a bf16 cache keeps bf16 rows where the backend can (half the bytes read per step). */
-function rowStore(backend: Backend, rowShape: readonly number[], dtype: KvCacheDtype = "f32"): RowStore {
+/**
+ * A store of rows `rowShape` with room for `capacity` rows allocated up front; a bf16 cache keeps bf16
+ * rows where the backend can (half the bytes read per step).
+ */
+function rowStore(backend: Backend, rowShape: readonly number[], dtype: KvCacheDtype = "f32", capacity = 0): RowStore {
   const rowSize = rowShape.reduce((x, y) => x * y, 1);
   const dev = (backend as Partial<DeviceRowBackend>).createRowStore?.(rowShape, dtype === "bf16" ? "bf16" : "f32");
-  if (dev) return { get rows() { return dev.rows; }, append: (v) => dev.append(v), tensor: (shape) => dev.view(shape), device: dev };
+  if (dev) {
+    if (capacity > 0) dev.reserve(capacity, true);
+    return { get rows() { return dev.rows; }, get capacity() { return dev.capacity; }, append: (v) => dev.append(v), tensor: (shape) => dev.view(shape), device: dev };
+  }
   const host = new RowBuffer(rowSize);
-  return { get rows() { return host.rows; }, append: (v) => host.append(v.toArray(), v.shape[0]!), tensor: (shape) => backend.upload(host.view(), [host.rows, ...shape]) };
+  if (capacity > 0) host.reserve(capacity);
+  return { get rows() { return host.rows; }, get capacity() { return host.capacity; }, append: (v) => host.append(v.toArray(), v.shape[0]!), tensor: (shape) => backend.upload(host.view(), [host.rows, ...shape]) };
+}
+
+/** Options of a new decode cache. */
+export interface CacheOptions {
+  /**
+   * Tokens to allocate room for now (e.g. prompt + new tokens): the cache's buffers then never move
+   * while it stays within that, which spares the copies and the transient twice-the-cache memory of
+   * growing, and keeps addresses fixed (what a captured decode step needs). Beyond it the cache grows.
+   */
+  capacity?: number;
 }
 
 export interface DecodeCache {
@@ -112,10 +148,12 @@ abstract class TwoPartCache implements DecodeCache {
   private readonly rowB: number[];
 
   /** `shapes[layer]` = the row shapes of that layer's two parts. */
-  constructor(protected readonly backend: Backend, protected readonly shapes: readonly LayerRowShapes[], readonly dtype: KvCacheDtype = "f32") {
+  constructor(protected readonly backend: Backend, protected readonly shapes: readonly LayerRowShapes[], readonly dtype: KvCacheDtype = "f32", opts: CacheOptions = {}) {
     const size = (s: readonly number[]) => s.reduce((x, y) => x * y, 1);
-    this.a = shapes.map(([a]) => rowStore(backend, a, dtype));
-    this.b = shapes.map(([, b]) => rowStore(backend, b, dtype));
+    const capacity = opts.capacity ?? 0;
+    if (!Number.isInteger(capacity) || capacity < 0) throw new MlaError("BAD_ARGUMENT", `a decode cache's capacity must be a whole number of tokens ≥ 0, got ${capacity}`, "pass the longest sequence the cache will hold (prompt + new tokens), or leave it out");
+    this.a = shapes.map(([a]) => rowStore(backend, a, dtype, capacity));
+    this.b = shapes.map(([, b]) => rowStore(backend, b, dtype, capacity));
     this.rowA = shapes.map(([a]) => size(a));
     this.rowB = shapes.map(([, b]) => size(b));
   }
@@ -189,8 +227,8 @@ abstract class TwoPartCache implements DecodeCache {
 
 /** MHA/GQA cache: keys [S, Hkv, Dh] (after RoPE) and values [S, Hkv, Dh]. */
 export class KvCache extends TwoPartCache {
-  constructor(backend: Backend, layers: number, kvHeads: number, headDim: number, dtype: KvCacheDtype = "f32") {
-    super(backend, Array.from({ length: layers }, () => [[kvHeads, headDim], [kvHeads, headDim]] as const), dtype);
+  constructor(backend: Backend, layers: number, kvHeads: number, headDim: number, dtype: KvCacheDtype = "f32", opts: CacheOptions = {}) {
+    super(backend, Array.from({ length: layers }, () => [[kvHeads, headDim], [kvHeads, headDim]] as const), dtype, opts);
   }
 
   /** Appends k, v [T, Hkv, Dh] to `layer`; returns all cached keys and values [S, Hkv, Dh]. */
@@ -202,8 +240,8 @@ export class KvCache extends TwoPartCache {
 /** MLA cache: per layer, rope keys [S, Hkv, 2R] (after RoPE) and latents [S, L]; R and L may differ between layers. */
 export class LatentCache extends TwoPartCache {
   /** `layers[l]` = layer l's rope dims per KV head (2R) and latent width. */
-  constructor(backend: Backend, kvHeads: number, layers: readonly { ropeDims: number; latentDim: number }[], dtype: KvCacheDtype = "f32") {
-    super(backend, layers.map(({ ropeDims, latentDim }) => [[kvHeads, ropeDims], [latentDim]] as const), dtype);
+  constructor(backend: Backend, kvHeads: number, layers: readonly { ropeDims: number; latentDim: number }[], dtype: KvCacheDtype = "f32", opts: CacheOptions = {}) {
+    super(backend, layers.map(({ ropeDims, latentDim }) => [[kvHeads, ropeDims], [latentDim]] as const), dtype, opts);
   }
 
   /** Appends kr [T, Hkv, 2R] and c [T, L] to `layer`; returns everything cached. */

@@ -13,7 +13,7 @@ import type { Backend } from "../tensor/backend.js";
 import type { Tensor } from "../tensor/tensor.js";
 import { attentionInvFreq, ModelConfig } from "./config.js";
 import { LlamaWeights, loadLlamaWeights, WeightStorage } from "./weights.js";
-import { DecodeCache, KvCache, LatentCache } from "./kvCache.js";
+import { CacheOptions, DecodeCache, KvCache, LatentCache } from "./kvCache.js";
 import { AttentionMode, mhaAttention, mhaDecodeBatch } from "./attention/mha.js";
 import { MlaError } from "../errors.js";
 import { MlaBlock } from "./attention/mla.js";
@@ -92,12 +92,12 @@ export class LlamaModel {
     this.deepseek = config.attention.kind === "deepseek" ? weights.layers.map((lw, i) => new DeepseekDecoder(backend, config, lw.attn as never, this.invFreq, i)) : null;
   }
 
-  /** An empty decode cache of the right kind for this model. */
-  newCache(dtype: KvCacheDtype = "f32"): DecodeCache {
+  /** An empty decode cache of the right kind for this model (opts.capacity: tokens to allocate room for now). */
+  newCache(dtype: KvCacheDtype = "f32", opts: CacheOptions = {}): DecodeCache {
     const c = this.config;
     const a = c.attention;
-    if (a.kind === "deepseek") return new LatentCache(this.backend, 1, Array.from({ length: c.layers }, () => ({ ropeDims: a.ropeDim, latentDim: a.kvLoraRank })), dtype);
-    return a.kind === "mla" ? new LatentCache(this.backend, c.kvHeads, a.splits.map((s) => ({ ropeDims: 2 * s.ropePairs, latentDim: s.latentDim })), dtype) : new KvCache(this.backend, c.layers, c.kvHeads, c.headDim, dtype);
+    if (a.kind === "deepseek") return new LatentCache(this.backend, 1, Array.from({ length: c.layers }, () => ({ ropeDims: a.ropeDim, latentDim: a.kvLoraRank })), dtype, opts);
+    return a.kind === "mla" ? new LatentCache(this.backend, c.kvHeads, a.splits.map((s) => ({ ropeDims: 2 * s.ropePairs, latentDim: s.latentDim })), dtype, opts) : new KvCache(this.backend, c.layers, c.kvHeads, c.headDim, dtype, opts);
   }
 
   /**

@@ -96,3 +96,49 @@ test("cloning a cache frees the temporary tensors it copies the rows through (no
   a.clone();
   assert.equal(backend.live, before);
 });
+
+test("a cache made with a capacity holds it up front, decodes like a growing one, and its clones keep the capacity; a bad capacity is refused", () => {
+  const { model } = loadModel(path.join(MODELS, "stories260K"));
+  const grown = model.newCache();
+  const sized = model.newCache("f32", { capacity: 40 });
+  const p = Int32Array.of(1, 5, 6, 7, 9);
+  const a = model.forward(p, grown).toArray(), b = model.forward(p, sized).toArray();
+  assert.equal(maxAbsDiff(a, b), 0);
+  for (const t of [11, 12, 13]) assert.equal(maxAbsDiff(model.forward(Int32Array.of(t), grown).toArray(), model.forward(Int32Array.of(t), sized).toArray()), 0);
+  assert.equal(maxAbsDiff(model.forward(Int32Array.of(4), sized.clone()).toArray(), model.forward(Int32Array.of(4), grown.clone()).toArray()), 0);
+  assert.throws(() => model.newCache("f32", { capacity: -1 }), (e: unknown) => e instanceof MlaError && /capacity/.test(e.message) && /hint: pass the longest sequence/.test(e.message));
+});
+
+test("a device row store: an exact reserve holds that many rows without moving; growth leaves up to 1024 spare rows (a prefill is followed by decode steps that do not move it)", async () => {
+  const { DeviceRowStore } = await import("../../src/backends/native/cuda.js");
+  // A stand-in for the CUDA backend's memory calls, counting allocations.
+  let allocations = 0;
+  const fake = {
+    empty: (shape: number[]) => {
+      allocations++;
+      return { shape, size: shape.reduce((x, y) => x * y, 1) };
+    },
+    copyElements: () => {},
+    free: () => {},
+  };
+  const exact = new DeviceRowStore(fake as never, [4], "f32");
+  exact.reserve(100, true);
+  assert.equal(exact.capacity, 100);
+  for (let i = 0; i < 100; i++) exact.reserve(1), exact.commit(1);
+  assert.equal(allocations, 1, "no move within the capacity");
+  const grown = new DeviceRowStore(fake as never, [4], "f32");
+  grown.reserve(16384);
+  grown.commit(16384);
+  assert.equal(grown.capacity, 16384 + 1024);
+  const before = allocations;
+  for (let i = 0; i < 1024; i++) grown.reserve(1), grown.commit(1);
+  assert.equal(allocations, before, "1024 decode steps after a long prefill without a move");
+  grown.reserve(1);
+  assert.equal(grown.capacity, 17409 + 1024);
+  const small = new DeviceRowStore(fake as never, [4], "f32");
+  small.reserve(5);
+  assert.equal(small.capacity, 21, "short caches get at least 16 spare rows");
+  small.commit(5);
+  small.reserve(30);
+  assert.equal(small.capacity, 70, "below 1024 rows, growth doubles what is needed");
+});

@@ -138,7 +138,7 @@ function buffersBehind(tensors: readonly Tensor[]): Set<DeviceBuffer> {
 /** Growable [rows, rowSize] float32 rows on the device (decode caches): appending copies only the new rows. */
 export class DeviceRowStore {
   private buf: Tensor | null = null;
-  private capacity = 0;
+  private room = 0;
   rows = 0;
   readonly rowSize: number;
   /**
@@ -163,24 +163,31 @@ export class DeviceRowStore {
   }
 
   /**
-   * Makes room for `add` more rows. Capacity doubles up to 1024 rows, then grows by 1024: a long
-   * cache then holds at most 1024 spare rows (doubling would leave up to twice its size unused, which
-   * decides how many sequences fit), and each row is copied at most S/1024 times, little next to
-   * the S rows every decode step reads anyway.
+   * Makes room for `add` more rows. `exact`: room for exactly that (a cache made with a capacity).
+   * Otherwise growth leaves spare rows: as many as it holds up to 1024, then 1024 (a long cache holds at
+   * most 1024 spare rows, where doubling would leave up to its whole size unused, which decides how
+   * many sequences fit), so a prefill or a clone is followed by up to 1024 decode steps without a move,
+   * and each row is copied at most S/1024 times, little next to the S rows every step reads anyway.
    */
-  reserve(add: number): void {
-    if (this.rows + add <= this.capacity) return;
-    const cap = Math.max(this.rows + add, this.capacity + Math.max(16, Math.min(this.capacity, 1024)));
+  reserve(add: number, exact = false): void {
+    const need = this.rows + add;
+    if (need <= this.room) return;
+    const cap = exact ? need : need + Math.max(16, Math.min(need, 1024));
     const grown = this.backend.empty([cap, ...this.rowShape], "a decode cache", this.dtype === "bf16" ? BF16 : F32);
     if (this.buf && this.rows) this.backend.copyElements(grown, 0, this.buf, 0, this.rows * this.rowSize);
     if (this.buf) this.backend.free(this.buf);
     this.buf = grown;
-    this.capacity = cap;
+    this.room = cap;
+  }
+
+  /** Rows the buffer holds room for. */
+  get capacity(): number {
+    return this.room;
   }
 
   /** Counts `add` rows written into the spare capacity by another call (CudaBackend.scatterRows). */
   commit(add: number): void {
-    if (this.rows + add > this.capacity) throw new MlaError("BAD_ARGUMENT", `a decode cache of ${this.capacity} rows cannot take ${add} more after ${this.rows}`, "reserve the rows first; this is a bug in the caller");
+    if (this.rows + add > this.room) throw new MlaError("BAD_ARGUMENT", `a decode cache of ${this.room} rows cannot take ${add} more after ${this.rows}`, "reserve the rows first; this is a bug in the caller");
     this.rows += add;
   }
 
