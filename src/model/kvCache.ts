@@ -63,6 +63,8 @@ interface DeviceStore {
   readonly rows: number;
   append(rows: Tensor): void;
   view(shape: readonly number[]): Tensor;
+  /** This (empty) store becomes a copy of `other`'s rows (same dtype and row size), device to device. */
+  copyRowsFrom?(other: DeviceStore): void;
   /** Room for `add` more rows (exact: no more than that; else with the growth policy's spare rows). */
   reserve(add: number, exact?: boolean): void;
   readonly capacity: number;
@@ -77,6 +79,11 @@ interface DeviceStore {
 /** A new store of rows `rowShape` holding a copy of `from`'s rows, with the same capacity. */
 function copyStore(backend: Backend, from: RowStore, rowShape: readonly number[], dtype: KvCacheDtype): RowStore {
   const s = rowStore(backend, rowShape, dtype, from.capacity);
+  // Device stores copy device to device in their own dtype (no float32 copy of a bf16 cache).
+  if (from.device && s.device?.copyRowsFrom) {
+    s.device.copyRowsFrom(from.device);
+    return s;
+  }
   if (from.rows) {
     // The rows come as a temporary (an upload, a float32 copy of a bf16 device store, or a view):
     // freed here, or cloning a cache for each of B sequences would hold B copies until collection.

@@ -335,6 +335,9 @@ test("a bf16 cache on the GPU (stored bf16, read by bf16 tensor-core GEMMs) deco
       });
       next = Int32Array.from(rows, (r, i) => (r.indexOf(Math.max(...r)) + i) % V);
     }
+    // A clone (copied device to device in bf16, with the original's capacity) decodes like its original.
+    const twin = gc[0]!.clone();
+    assert.equal(maxAbsDiff(g.forward(next.subarray(0, 1), twin).toArray(), g.forward(next.subarray(0, 1), gc[0]!).toArray()), 0, "a clone decodes like its original");
     t.diagnostic(`${path.basename(spec)}: bf16 GPU cache vs bf16-rounded CPU cache, max |Δ logits| ${worst.toExponential(2)} (max |logit| ${scale.toFixed(1)})`);
     // Beyond the cache's own rounding (same on both sides) the GPU rounds the queries and the softmax probabilities to bf16.
     assert.ok(worst < 2e-2 * scale);

@@ -142,3 +142,31 @@ test("a device row store: an exact reserve holds that many rows without moving; 
   small.reserve(30);
   assert.equal(small.capacity, 70, "below 1024 rows, growth doubles what is needed");
 });
+
+test("a device row store copies another's rows device to device in their stored dtype (a bf16 clone makes no float32 copy) and keeps its capacity", async () => {
+  const { DeviceRowStore } = await import("../../src/backends/native/cuda.js");
+  const made: { dtype: number; size: number }[] = [];
+  const copies: number[] = [];
+  const fake = {
+    empty: (shape: number[], _what: string, dtype = 0) => {
+      const t = { shape, size: shape.reduce((x, y) => x * y, 1), dtype };
+      made.push(t);
+      return t;
+    },
+    copyElements: (_d: unknown, _do: number, _s: unknown, _so: number, n: number) => copies.push(n),
+    free: () => {},
+    training: { cast: () => {} },
+    viewOf: () => ({ dispose: () => {} }),
+  };
+  const src = new DeviceRowStore(fake as never, [2, 8], "bf16");
+  src.reserve(300, true);
+  src.commit(120);
+  made.length = 0;
+  const dst = new DeviceRowStore(fake as never, [2, 8], "bf16");
+  dst.copyRowsFrom(src);
+  assert.equal(dst.rows, 120);
+  assert.equal(dst.capacity, 300);
+  assert.deepEqual(made.map((t) => t.size), [300 * 16], "one allocation, the capacity's");
+  assert.deepEqual(copies, [120 * 16], "one copy of the rows");
+  assert.throws(() => dst.copyRowsFrom(src), /empty/);
+});

@@ -180,6 +180,15 @@ export class DeviceRowStore {
     this.room = cap;
   }
 
+  /** This (empty) store becomes a copy of `other`'s rows, device to device in their stored dtype. */
+  copyRowsFrom(other: DeviceRowStore): void {
+    if (this.rows || other.dtype !== this.dtype || other.rowSize !== this.rowSize)
+      throw new MlaError("BAD_ARGUMENT", `copyRowsFrom: an empty ${this.dtype} store of rows of ${this.rowSize} cannot copy ${other.dtype} rows of ${other.rowSize}`, "this is a bug in the caller");
+    this.reserve(Math.max(other.rows, other.capacity), true);
+    if (other.rows && this.rowSize) this.backend.copyElements(this.buf!, 0, other.buf!, 0, other.rows * this.rowSize);
+    this.rows = other.rows;
+  }
+
   /** Rows the buffer holds room for. */
   get capacity(): number {
     return this.room;
