@@ -11,7 +11,8 @@
  * Each row also gives its share of the HBM bound: the bytes one step must read (every weight but the
  * embedding table, once for the batch, plus each sequence's whole cache as stored: float32 here)
  * over 4.8 TB/s (H200), against the measured step time.
- * Run: node dist/bench/decode.js MHA_DIR MLA_DIR [--device cuda] [--kv-cache f32|bf16] [--contexts 1024,4096,16384] [--batches 1,32] [--steps 32]
+ * Each row times --repeats windows of --steps steps and reports the median window (the range beside it).
+ * Run: node dist/bench/decode.js MHA_DIR MLA_DIR [--device cuda] [--kv-cache f32|bf16] [--contexts 1024,4096,16384] [--batches 1,32] [--steps 32] [--repeats 3]
  */
 import { selectBackend, type DeviceName } from "../src/backends/select.js";
 import { CudaBackend } from "../src/backends/native/cuda.js";
@@ -40,6 +41,7 @@ const device = opt("device", "cuda") as DeviceName;
 const contexts = opt("contexts", "1024,4096,16384").split(",").map(Number);
 const batches = opt("batches", "1,32").split(",").map(Number);
 const steps = Number(opt("steps", "32"));
+const repeats = Number(opt("repeats", "3"));
 // The cache as stored on the device: f32, or bf16 (half the bytes, read by bf16 tensor-core GEMMs).
 const kvCache = opt("kv-cache", "f32") as "f32" | "bf16";
 const backend = selectBackend(device, stderrLogger);
@@ -78,7 +80,7 @@ for (const dir of dirs) {
       }
       try {
         // Room for the prefill and every step (the clones keep it): no cache moves while timed.
-        const first = model.newCache(kvCache, { capacity: ctx + steps + 2 });
+        const first = model.newCache(kvCache, { capacity: ctx + repeats * steps + 2 });
         model.forward(rand(ctx, V, 11), first).toArray();
         const caches = [first];
         for (let b = 1; b < B; b++) caches.push(first.clone());
@@ -90,11 +92,19 @@ for (const dir of dirs) {
           tok = Int32Array.from({ length: B }, (_, b) => 3 + (logits.subarray(b * V, b * V + 64).indexOf(Math.max(...logits.subarray(b * V, b * V + 64))) % 60));
         };
         step(); // the first step builds the absorbed projections
-        const t0 = performance.now();
-        for (let s = 0; s < steps; s++) step();
-        const sec = (performance.now() - t0) / 1000;
+        // `repeats` windows of `steps` steps: the median window's rate, and the range (a machine that
+        // is busy elsewhere for a moment shows as a wide range rather than a wrong number).
+        const rates: number[] = [];
+        for (let r = 0; r < repeats; r++) {
+          const t0 = performance.now();
+          for (let s = 0; s < steps; s++) step();
+          rates.push((steps * B) / ((performance.now() - t0) / 1000));
+        }
+        rates.sort((x, y) => x - y);
+        const median = rates[Math.floor(rates.length / 2)]!;
         const bound = (weightBytes + stored) / HBM_BYTES_PER_S;
-        console.log(`${label} ${((steps * B) / sec).toFixed(1)} | ${((100 * bound * steps) / sec).toFixed(0)}% |`);
+        const range = repeats > 1 ? ` (${rates[0]!.toFixed(0)}–${rates[rates.length - 1]!.toFixed(0)})` : "";
+        console.log(`${label} ${median.toFixed(1)}${range} | ${((100 * bound * median) / B).toFixed(0)}% |`);
       } catch (e) {
         // The fit estimate above is rough (the absorbed projections and activations come on top): say so and go on.
         if ((e as { code?: string }).code !== "OUT_OF_MEMORY") throw e;
