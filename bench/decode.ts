@@ -42,6 +42,7 @@ const contexts = opt("contexts", "1024,4096,16384").split(",").map(Number);
 const batches = opt("batches", "1,32").split(",").map(Number);
 const steps = Number(opt("steps", "32"));
 const repeats = Number(opt("repeats", "3"));
+if (!Number.isInteger(repeats) || repeats < 1 || !Number.isInteger(steps) || steps < 1) throw new Error(`--steps ${steps} --repeats ${repeats}: each must be a whole number ≥ 1`);
 // The cache as stored on the device: f32, or bf16 (half the bytes, read by bf16 tensor-core GEMMs).
 const kvCache = opt("kv-cache", "f32") as "f32" | "bf16";
 const backend = selectBackend(device, stderrLogger);

@@ -61,8 +61,9 @@ export function generate(model: LlamaModel, prompt: readonly number[], opts: Gen
   if (prompt.length === 0) throw new MlaError("BAD_ARGUMENT", "the prompt has no tokens", "pass a non-empty --prompt");
   if (!Number.isInteger(opts.maxTokens) || opts.maxTokens < 0) throw new MlaError("BAD_ARGUMENT", `--max-tokens ${opts.maxTokens} is not a token count`, "pass a whole number ≥ 0");
   const c = model.config;
-  // Room for the whole sequence up front: the cache never moves while generating.
-  const cache = model.newCache(opts.kvCache, { capacity: prompt.length + opts.maxTokens });
+  // Room for the whole sequence up front (it never moves while generating), up to the model's context
+  // length: a larger --max-tokens that EOS may cut short grows the cache as it is used instead.
+  const cache = model.newCache(opts.kvCache, { capacity: Math.min(prompt.length + opts.maxTokens, Math.max(prompt.length, c.maxPositions)) });
   const rand = rng(opts.seed ?? 0);
   const V = c.vocabSize;
   let logits = model.forward(Int32Array.from(prompt), cache).toArray();

@@ -16,10 +16,10 @@ class RowBuffer {
   rows = 0;
   constructor(readonly rowSize: number) {}
 
-  /** Room for `rows` rows in all, allocated now. */
+  /** Room for `rows` rows in all, allocated now (in the buffer's current element type). */
   reserve(rows: number): void {
     if (rows * this.rowSize > this.buf.length) {
-      const grown = new Float32Array(rows * this.rowSize);
+      const grown = this.buf instanceof Float64Array ? new Float64Array(rows * this.rowSize) : new Float32Array(rows * this.rowSize);
       grown.set(this.buf.subarray(0, this.rows * this.rowSize));
       this.buf = grown;
     }
@@ -33,7 +33,8 @@ class RowBuffer {
   append(values: FloatArray, rows: number): void {
     const need = this.rows * this.rowSize + values.length;
     if (need > this.buf.length || this.buf.constructor !== values.constructor) {
-      const n = Math.max(need, this.buf.length * 2, this.rowSize * 16);
+      // A change of element type alone (float64 rows into a reserved float32 buffer) keeps the size.
+      const n = need > this.buf.length ? Math.max(need, this.buf.length * 2, this.rowSize * 16) : this.buf.length;
       const grown = values instanceof Float64Array ? new Float64Array(n) : new Float32Array(n);
       grown.set(this.buf.subarray(0, this.rows * this.rowSize));
       this.buf = grown;
@@ -136,6 +137,8 @@ export interface DecodeCache {
   readonly bytes: number;
   /** How rows are stored (kvQuant.ts); rows come back as that storage gives them. */
   readonly dtype: KvCacheDtype;
+  /** Tokens it holds room for without moving its buffers (newCache's capacity, or what growth left). */
+  readonly capacity: number;
   /** Called once per forward after every layer appended. */
   advance(tokens: number): void;
   /** An independent copy (a shared prompt decoded into several continuations, or a benchmark's batch). */
@@ -167,6 +170,12 @@ abstract class TwoPartCache implements DecodeCache {
 
   get length(): number {
     return this.len;
+  }
+
+  get capacity(): number {
+    // Zero-wide parts (MLA without rope pairs) hold no room on the host and do not limit it.
+    const parts = [...this.a.map((s, i) => [s, this.rowA[i]!] as const), ...this.b.map((s, i) => [s, this.rowB[i]!] as const)];
+    return parts.reduce((m, [s, n]) => (n > 0 ? Math.min(m, s.capacity) : m), Infinity);
   }
 
   get elements(): number {

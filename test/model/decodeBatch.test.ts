@@ -105,6 +105,13 @@ test("a cache made with a capacity holds it up front, decodes like a growing one
   const a = model.forward(p, grown).toArray(), b = model.forward(p, sized).toArray();
   assert.equal(maxAbsDiff(a, b), 0);
   for (const t of [11, 12, 13]) assert.equal(maxAbsDiff(model.forward(Int32Array.of(t), grown).toArray(), model.forward(Int32Array.of(t), sized).toArray()), 0);
+  assert.equal(sized.capacity, 40);
+  assert.equal(sized.clone().capacity, 40, "a clone keeps the capacity");
+  // float64 rows (the f64 reference backend) land in the reserved room without reallocating it.
+  const f64 = loadModel(path.join(MODELS, "stories260K"), { backend: new ReferenceBackend("f64") }).model;
+  const c64 = f64.newCache("f32", { capacity: 40 });
+  f64.forward(p, c64);
+  assert.equal(c64.clone().clone().capacity, 40);
   assert.equal(maxAbsDiff(model.forward(Int32Array.of(4), sized.clone()).toArray(), model.forward(Int32Array.of(4), grown.clone()).toArray()), 0);
   assert.throws(() => model.newCache("f32", { capacity: -1 }), (e: unknown) => e instanceof MlaError && /capacity/.test(e.message) && /hint: pass the longest sequence/.test(e.message));
 });
@@ -168,5 +175,5 @@ test("a device row store copies another's rows device to device in their stored 
   assert.equal(dst.capacity, 300);
   assert.deepEqual(made.map((t) => t.size), [300 * 16], "one allocation, the capacity's");
   assert.deepEqual(copies, [120 * 16], "one copy of the rows");
-  assert.throws(() => dst.copyRowsFrom(src), /empty/);
+  assert.throws(() => dst.copyRowsFrom(src), /already holds 120 rows/);
 });
