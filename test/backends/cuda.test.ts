@@ -344,7 +344,7 @@ test("a bf16 cache on the GPU (stored bf16, read by bf16 tensor-core GEMMs) deco
   }
 });
 
-test("the fused latent decode kernel (bf16 caches) equals the reference on bf16-rounded inputs and the cuBLAS route: llama2-7b's latent (H 32, L 2048, Dr 16), smollm's (H 9/3, L 96), two head blocks (H 40/8, L 512), L 48, one head block of 8 (L 2048), ragged lengths, context splits, windows, no rope", { skip }, (t) => {
+test("the fused latent decode kernel (bf16 caches) equals the reference on bf16-rounded inputs and the cuBLAS route: llama2-7b's latent (H 32, L 2048, Dr 16), smollm's (H 9/3, L 96), three head blocks (H 40/8, L 512), L 48, one head block of 8 (L 2048), ragged lengths, context splits, windows, no rope", { skip }, (t) => {
   const B = backend();
   const rand = seededRand(31, Float32Array);
   const round = (a: Float32Array) => decodeToF32("BF16", encodeFromF32("BF16", a));
