@@ -100,21 +100,22 @@ extern "C" mla_status mla_cuda_decode_attention_batch(const mla_cuda_buf* q1, co
     total += H * (S - lo[b]);
   }
   // MLA's latent form (the latent is the one-group key part and the value) on bf16 caches: the fused kernel.
-  bool latent = half && G1 == 1 && Gv == 1 && D1 == Dv && mla::latent_decode_takes(D1, q2 ? G2 : 1, q2 ? D2 : 0);
+  const bool rope = q2 && D2 > 0;
+  bool latent = half && G1 == 1 && Gv == 1 && D1 == Dv && mla::latent_decode_takes(D1, rope ? G2 : 1, rope ? D2 : 0);
   // Its bulk copies need 16-byte aligned rows and its query loads 8-byte aligned queries: views at odd
   // offsets take the GEMMs.
   auto aligned = [](const void* p, uintptr_t a) { return ((uintptr_t)p & (a - 1)) == 0; };
-  latent = latent && aligned(q1->ptr, 8) && (!q2 || D2 == 0 || aligned(q2->ptr, 8));
-  for (int64_t b = 0; latent && b < B; b++) latent = k1s[b]->ptr == vs[b]->ptr && aligned(k1s[b]->ptr, 16) && (!q2 || D2 == 0 || aligned(k2s[b]->ptr, 16));
+  latent = latent && aligned(q1->ptr, 8) && (!rope || aligned(q2->ptr, 8));
+  for (int64_t b = 0; latent && b < B; b++) latent = k1s[b]->ptr == vs[b]->ptr && aligned(k1s[b]->ptr, 16) && (!rope || aligned(k2s[b]->ptr, 16));
   if (latent) {
     std::vector<const __nv_bfloat16*> cs(B), krs(B);
     std::vector<int64_t> n(B);
     for (int64_t b = 0; b < B; b++) {
       cs[b] = (const __nv_bfloat16*)k1s[b]->ptr;
-      krs[b] = q2 && D2 > 0 ? (const __nv_bfloat16*)k2s[b]->ptr : nullptr;
+      krs[b] = rope ? (const __nv_bfloat16*)k2s[b]->ptr : nullptr;
       n[b] = range[2 * b + 1];
     }
-    return mla::latent_decode(cs.data(), krs.data(), lo.data(), n.data(), (const float*)q1->ptr, q2 && D2 > 0 ? (const float*)q2->ptr : nullptr, (float*)o->ptr, B, H, q2 ? G2 : 1, q2 ? D2 : 0, D1, scale);
+    return mla::latent_decode(cs.data(), krs.data(), lo.data(), n.data(), (const float*)q1->ptr, rope ? (const float*)q2->ptr : nullptr, (float*)o->ptr, B, H, rope ? G2 : 1, rope ? D2 : 0, D1, scale);
   }
   // One scratch: the scores of every sequence [H, n_b] back to back, the softmax ranges, and for bf16
   // caches the bf16 probabilities and queries.

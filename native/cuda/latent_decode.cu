@@ -322,15 +322,6 @@ __global__ void k_latent_combine(const float* opart, const float* lsepart, float
   o[bh * L + c] = x * w[nsplit];
 }
 
-template <int NT>
-mla_status launch(const Seq* seqs, const float* qc, const float* qr, int64_t B, int64_t H, int64_t Hkv, float scale2, const Layout& lay, int nsplit, float* o, float* opart, float* lsepart) {
-  const int hbn = (int)((H + HB - 1) / HB);
-  const int threads = 32 * (lay.L / (8 * NT));
-  k_latent_decode<NT><<<dim3((unsigned)(hbn * nsplit), (unsigned)B), threads, lay.bytes(), ctx()->stream>>>(seqs, qc, qr, (int)H, (int)Hkv, scale2, lay, nsplit, o, opart, lsepart);
-  KERNEL_CHECK();
-  return MLA_OK;
-}
-
 // n8 output tiles per warp for a latent width: the fewest that keep the warps ≤ 16 (0: not taken).
 int tiles_per_warp(int64_t L) {
   if (L <= 0 || L % 16) return 0;
@@ -368,34 +359,44 @@ Layout plan(int64_t L, int64_t Hkv, int64_t Dr) {
   if (lay.bytes() > limit) lay.stages = 0;
   return lay;
 }
+
+// Whether this GPU and the kernel take the widths: a tile split of L, Dr even ≤ 64, rope rows of a
+// 16-byte multiple (bulk copies move those), a shared-memory plan that fits.
+bool shape_fits(int64_t L, int64_t Hkv, int64_t Dr) {
+  return sm90() && tiles_per_warp(L) > 0 && Hkv > 0 && Dr >= 0 && Dr <= MAX_DR && Dr % 2 == 0 && (Hkv * Dr) % 8 == 0 && plan(L, Hkv, Dr).stages > 0;
+}
 }  // namespace
 
 namespace mla {
 bool latent_decode_takes(int64_t L, int64_t Hkv, int64_t Dr) {
   const char* route = getenv("MHA2MLA_LATENT_DECODE");
   if (route && std::string(route) == "gemm") return false;
-  // Bulk copies move 16-byte multiples: a rope row (all KV groups) must be one.
-  return sm90() && tiles_per_warp(L) > 0 && Hkv > 0 && Dr >= 0 && Dr <= MAX_DR && Dr % 2 == 0 && (Hkv * Dr) % 8 == 0 && plan(L, Hkv, Dr).stages > 0;
+  return shape_fits(L, Hkv, Dr);
 }
 
 mla_status latent_decode(const __nv_bfloat16* const* cs, const __nv_bfloat16* const* krs, const int64_t* lo, const int64_t* n, const float* qc, const float* qr, float* o, int64_t B, int64_t H, int64_t Hkv, int64_t Dr, int64_t L, float scale) {
   const int nt = tiles_per_warp(L);
-  MLA_CHECK(nt > 0 && H > 0 && Hkv > 0 && H % Hkv == 0 && B > 0 && B <= 65535 && latent_decode_takes(L, Hkv, Dr), "latent_decode: L = 8·NT·warps (NT 1–16, ≤ 16 warps), Hkv dividing H, Hkv·Dr a multiple of 8, a shared-memory plan that fits, 1 ≤ B ≤ 65,535");
   const Layout lay = plan(L, Hkv, Dr);
-  // Splits along the context: enough blocks for one wave over the SMs, each split ≥ 8 tiles.
-  const int64_t hbn = (H + HB - 1) / HB;
-  int64_t maxTiles = 1;
-  for (int64_t b = 0; b < B; b++) maxTiles = std::max<int64_t>(maxTiles, (n[b] + TN - 1) / TN);
-  int perSm = 1;
-  const int threads = 32 * (int)(L / (8 * nt));
+  MLA_CHECK(shape_fits(L, Hkv, Dr) && H > 0 && H % Hkv == 0 && B > 0 && B <= 65535, "latent_decode: L = 8·NT·warps (NT 1–16, ≤ 16 warps), Hkv dividing H, Hkv·Dr a multiple of 8, a shared-memory plan that fits, 1 ≤ B ≤ 65,535");
   const void* fn = nt == 1 ? (const void*)k_latent_decode<1> : nt == 2 ? (const void*)k_latent_decode<2> : nt == 4 ? (const void*)k_latent_decode<4> : nt == 8 ? (const void*)k_latent_decode<8> : (const void*)k_latent_decode<16>;
+  const int threads = 32 * (int)(L / (8 * nt));
+  // Per instantiation, once: the shared-memory opt-in, and blocks per SM for the last plan size seen.
   static bool configured[17] = {};
+  static size_t occupancyBytes[17] = {};
+  static int perSm[17] = {};
   if (!configured[nt]) {
     CUDA_TRY(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_optin()));
     configured[nt] = true;
   }
-  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&perSm, fn, threads, lay.bytes()) != cudaSuccess || perSm < 1) perSm = 1;
-  const int64_t wave = (int64_t)sm_count() * perSm;
+  if (occupancyBytes[nt] != lay.bytes()) {
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&perSm[nt], fn, threads, lay.bytes()) != cudaSuccess || perSm[nt] < 1) perSm[nt] = 1;
+    occupancyBytes[nt] = lay.bytes();
+  }
+  // Splits along the context: enough blocks for one wave over the SMs, each split ≥ 8 tiles.
+  const int64_t hbn = (H + HB - 1) / HB;
+  int64_t maxTiles = 1;
+  for (int64_t b = 0; b < B; b++) maxTiles = std::max<int64_t>(maxTiles, (n[b] + TN - 1) / TN);
+  const int64_t wave = (int64_t)sm_count() * perSm[nt];
   int64_t nsplit = std::max<int64_t>(1, wave / (B * hbn));
   nsplit = std::min<int64_t>(nsplit, std::max<int64_t>(1, maxTiles / MIN_TILES_PER_SPLIT));
   std::vector<Seq> seqs(B);
@@ -406,17 +407,16 @@ mla_status latent_decode(const __nv_bfloat16* const* cs, const __nv_bfloat16* co
   mla_status st;
   char* base = (char*)scratch(seqBytes + partBytes + lseBytes, &st);
   if (!base) return st;
-  Seq* dseqs = (Seq*)base;
+  const Seq* dseqs = (const Seq*)base;
   float* opart = nsplit > 1 ? (float*)(base + seqBytes) : nullptr;
   float* lsepart = nsplit > 1 ? (float*)(base + seqBytes + partBytes) : nullptr;
-  if (mla_status e = stage_to_device(seqs.data(), B * sizeof(Seq), dseqs)) return e;
-  const float scale2 = scale * LOG2E;
-  mla_status e = nt == 1 ? launch<1>(dseqs, qc, qr, B, H, Hkv, scale2, lay, (int)nsplit, o, opart, lsepart)
-                 : nt == 2 ? launch<2>(dseqs, qc, qr, B, H, Hkv, scale2, lay, (int)nsplit, o, opart, lsepart)
-                 : nt == 4 ? launch<4>(dseqs, qc, qr, B, H, Hkv, scale2, lay, (int)nsplit, o, opart, lsepart)
-                 : nt == 8 ? launch<8>(dseqs, qc, qr, B, H, Hkv, scale2, lay, (int)nsplit, o, opart, lsepart)
-                           : launch<16>(dseqs, qc, qr, B, H, Hkv, scale2, lay, (int)nsplit, o, opart, lsepart);
-  if (e) return e;
+  if (mla_status e = stage_to_device(seqs.data(), B * sizeof(Seq), (void*)dseqs)) return e;
+  // The kernel's arguments, in its parameter order and types, for the instantiation `fn` picked.
+  int h32 = (int)H, hkv32 = (int)Hkv, splits = (int)nsplit;
+  float scale2 = scale * LOG2E;
+  Layout layArg = lay;
+  void* args[] = {(void*)&dseqs, (void*)&qc, (void*)&qr, &h32, &hkv32, &scale2, &layArg, &splits, (void*)&o, &opart, &lsepart};
+  CUDA_TRY(cudaLaunchKernel(fn, dim3((unsigned)(hbn * nsplit), (unsigned)B), dim3((unsigned)threads), args, lay.bytes(), ctx()->stream));
   if (nsplit > 1) {
     k_latent_combine<<<dim3((unsigned)(B * H), (unsigned)((L + 255) / 256)), 256, (nsplit + 1) * sizeof(float), ctx()->stream>>>(opart, lsepart, o, (int)nsplit, B * H, (int)L);
     KERNEL_CHECK();
