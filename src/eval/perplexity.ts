@@ -82,7 +82,7 @@ export async function perplexity(model: LlamaModel, ids: Int32Array, opts: Perpl
   const windows = Math.ceil(ids.length / stride);
   const batch = opts.batch ?? defaultBatch(model, stride);
   if (!Number.isInteger(batch) || batch < 1) throw new MlaError("BAD_ARGUMENT", `--batch ${batch}: the windows scored per forward must be a positive integer`, "pass e.g. --batch 8, or leave it out for the default");
-  const bf16 = opts.bf16 ?? model.weights.layers[0]?.gate.dtype === "bf16";
+  const bf16 = opts.bf16 ?? model.bf16Weights;
   const progress = new Progress("eval", ids.length, "tok", opts.progress === undefined ? process.stderr : opts.progress);
   const t0 = performance.now();
   let sum = 0;

@@ -53,7 +53,7 @@ function pick(logits: FloatArray, temperature: number, rand: () => number): numb
  * on CUDA the fused latent-attention kernel for MLA), float32 elsewhere (exact, as evaluation computes).
  */
 export function defaultKvCache(model: LlamaModel): KvCacheDtype {
-  return model.weights.layers[0]?.gate.dtype === "bf16" ? "bf16" : "f32";
+  return model.bf16Weights ? "bf16" : "f32";
 }
 
 /** Continues `prompt` (token ids, BOS included if wanted) by up to maxTokens tokens. */

@@ -18,11 +18,14 @@ class RowBuffer {
 
   /** Room for `rows` rows in all, allocated now (in the buffer's current element type). */
   reserve(rows: number): void {
-    if (rows * this.rowSize > this.buf.length) {
-      const grown = this.buf instanceof Float64Array ? new Float64Array(rows * this.rowSize) : new Float32Array(rows * this.rowSize);
-      grown.set(this.buf.subarray(0, this.rows * this.rowSize));
-      this.buf = grown;
-    }
+    if (rows * this.rowSize > this.buf.length) this.resize(rows * this.rowSize, this.buf instanceof Float64Array);
+  }
+
+  /** A buffer of n elements (float64 or float32) holding the rows so far. */
+  private resize(n: number, f64: boolean): void {
+    const grown = f64 ? new Float64Array(n) : new Float32Array(n);
+    grown.set(this.buf.subarray(0, this.rows * this.rowSize));
+    this.buf = grown;
   }
 
   get capacity(): number {
@@ -34,10 +37,7 @@ class RowBuffer {
     const need = this.rows * this.rowSize + values.length;
     if (need > this.buf.length || this.buf.constructor !== values.constructor) {
       // A change of element type alone (float64 rows into a reserved float32 buffer) keeps the size.
-      const n = need > this.buf.length ? Math.max(need, this.buf.length * 2, this.rowSize * 16) : this.buf.length;
-      const grown = values instanceof Float64Array ? new Float64Array(n) : new Float32Array(n);
-      grown.set(this.buf.subarray(0, this.rows * this.rowSize));
-      this.buf = grown;
+      this.resize(need > this.buf.length ? Math.max(need, this.buf.length * 2, this.rowSize * 16) : this.buf.length, values instanceof Float64Array);
     }
     this.buf.set(values, this.rows * this.rowSize);
     this.rows += rows;
@@ -65,7 +65,7 @@ interface DeviceStore {
   append(rows: Tensor): void;
   view(shape: readonly number[]): Tensor;
   /** This (empty) store becomes a copy of `other`'s rows (same dtype and row size), device to device. */
-  copyRowsFrom?(other: DeviceStore): void;
+  copyRowsFrom(other: DeviceStore): void;
   /** Room for `add` more rows (exact: no more than that; else with the growth policy's spare rows). */
   reserve(add: number, exact?: boolean): void;
   readonly capacity: number;
@@ -81,7 +81,7 @@ interface DeviceStore {
 function copyStore(backend: Backend, from: RowStore, rowShape: readonly number[], dtype: KvCacheDtype): RowStore {
   const s = rowStore(backend, rowShape, dtype, from.capacity);
   // Device stores copy device to device in their own dtype (no float32 copy of a bf16 cache).
-  if (from.device && s.device?.copyRowsFrom) {
+  if (from.device && s.device) {
     s.device.copyRowsFrom(from.device);
     return s;
   }

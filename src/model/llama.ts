@@ -92,6 +92,11 @@ export class LlamaModel {
     this.deepseek = config.attention.kind === "deepseek" ? weights.layers.map((lw, i) => new DeepseekDecoder(backend, config, lw.attn as never, this.invFreq, i)) : null;
   }
 
+  /** Whether the linear weights are held in bf16 (a bf16 checkpoint on a backend that keeps bf16: CUDA). */
+  get bf16Weights(): boolean {
+    return this.weights.layers[0]?.gate.dtype === "bf16";
+  }
+
   /** An empty decode cache of the right kind for this model (opts.capacity: tokens to allocate room for now). */
   newCache(dtype: KvCacheDtype = "f32", opts: CacheOptions = {}): DecodeCache {
     const c = this.config;

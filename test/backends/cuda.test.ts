@@ -344,6 +344,13 @@ test("a bf16 cache on the GPU (stored bf16, read by bf16 tensor-core GEMMs) deco
   }
 });
 
+/** A bf16 tensor holding `a` [shape] rounded, as `--kv-cache bf16` stores a cache part. */
+function bf16Cache(B: CudaBackend, a: Float32Array, shape: number[]) {
+  const h = B.empty(shape, "a bf16 test cache", 1);
+  if (a.length) B.training.cast(B.upload(a, shape), h);
+  return h;
+}
+
 test("the fused latent decode kernel (bf16 caches) equals the reference on bf16-rounded inputs and the cuBLAS route: llama2-7b's latent (H 32, L 2048, Dr 16), smollm's (H 9/3, L 96), three head blocks (H 40/8, L 512), L 48, one head block of 8 (L 2048), ragged lengths, context splits, windows, no rope", { skip }, (t) => {
   const B = backend();
   const rand = seededRand(31, Float32Array);
@@ -361,13 +368,7 @@ test("the fused latent decode kernel (bf16 caches) equals the reference on bf16-
     const qr = rand(Bn * H * Dr), qc = rand(Bn * H * L, 0.5);
     const kr = rows.map((n) => rand(n * Hkv * Dr)), c = rows.map((n) => rand(n * L));
     const opts = { scale: 1 / Math.sqrt(L / 16), positions, window: win };
-    // bf16 caches as `--kv-cache bf16` stores them.
-    const stored = (a: Float32Array, shape: number[]) => {
-      const h = B.empty(shape, "a bf16 test cache", 1);
-      if (a.length) B.training.cast(B.upload(a, shape), h);
-      return h;
-    };
-    const krs = kr.map((a, b) => stored(a, [rows[b]!, Hkv, Dr])), cs = c.map((a, b) => stored(a, [rows[b]!, L]));
+    const krs = kr.map((a, b) => bf16Cache(B, a, [rows[b]!, Hkv, Dr])), cs = c.map((a, b) => bf16Cache(B, a, [rows[b]!, L]));
     const run = () => B.latentAttentionDecodeBatch(B.upload(qr, [Bn, H, Dr]), krs, B.upload(qc, [Bn, H, L]), cs, opts).toArray();
     const fused = run();
     process.env["MHA2MLA_LATENT_DECODE"] = "gemm";
@@ -389,17 +390,12 @@ test("a bf16 latent cache that is a view at an odd element offset (rows not 16-b
   const rand = seededRand(37, Float32Array);
   const [H, Hkv, Dr, L, n] = [8, 8, 16, 512, 70];
   const qr = rand(H * Dr), qc = rand(H * L, 0.5), kr = rand(n * Hkv * Dr), c = rand(n * L);
-  const bf16 = (a: Float32Array, shape: number[]) => {
-    const h = B.empty(shape, "a bf16 test cache", 1);
-    B.training.cast(B.upload(a, shape), h);
-    return h;
-  };
   const padded = new Float32Array(1 + n * L);
   padded.set(c, 1);
-  const cOdd = B.training.view(bf16(padded, [1 + n * L]), 1, [n, L]);
+  const cOdd = B.training.view(bf16Cache(B, padded, [1 + n * L]), 1, [n, L]);
   const opts = { scale: 0.125, positions: Int32Array.of(n - 1), window: null };
-  const got = B.latentAttentionDecodeBatch(B.upload(qr, [1, H, Dr]), [bf16(kr, [n, Hkv, Dr])], B.upload(qc, [1, H, L]), [cOdd], opts).toArray();
-  const want = B.latentAttentionDecodeBatch(B.upload(qr, [1, H, Dr]), [bf16(kr, [n, Hkv, Dr])], B.upload(qc, [1, H, L]), [bf16(c, [n, L])], opts).toArray();
+  const got = B.latentAttentionDecodeBatch(B.upload(qr, [1, H, Dr]), [bf16Cache(B, kr, [n, Hkv, Dr])], B.upload(qc, [1, H, L]), [cOdd], opts).toArray();
+  const want = B.latentAttentionDecodeBatch(B.upload(qr, [1, H, Dr]), [bf16Cache(B, kr, [n, Hkv, Dr])], B.upload(qc, [1, H, L]), [bf16Cache(B, c, [n, L])], opts).toArray();
   let scale = 0;
   for (const x of want) scale = Math.max(scale, Math.abs(x));
   assert.ok(maxAbsDiff(got, want) / scale < 1e-2);
