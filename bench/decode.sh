@@ -6,7 +6,7 @@
 # with the layer count, tokens/s roughly inversely), converted with CONVERT (default the paper's
 # llama2-7b setting, --rank 64 --rope-pairs 8 --rope-strategy uniform). The MLA model decodes in both
 # absorbed forms (run time, as DeepSeek's inference does, and pre-multiplied).
-# Usage: bash bench/decode.sh [WORKDIR] [LAYERS]     (env ARCH, CONVERT, CONTEXTS, BATCHES, STEPS, KV_CACHES, PREMULTIPLIED; PEER=0 skips PyTorch)
+# Usage: bash bench/decode.sh [WORKDIR] [LAYERS]     (env ARCH, CONVERT, CONTEXTS, BATCHES, STEPS, KV_CACHES, PREMULTIPLIED; PEER=0 skips PyTorch; GRAPHS=0 runs every step op by op)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 W=${1:-/tmp/mha2mla-decode}
@@ -26,7 +26,7 @@ SHAPES="--contexts ${CONTEXTS:-4096,16384} --batches ${BATCHES:-1,8,32,128} --st
 # takes the fused latent kernel); PREMULTIPLIED=0 skips the pre-multiplied absorbed form.
 head=1
 for kv in ${KV_CACHES:-f32 bf16}; do
-  node dist/bench/decode.js "$M" "$M-mla" --device cuda $SHAPES --kv-cache "$kv" | tail -n +$head
+  node dist/bench/decode.js "$M" "$M-mla" --device cuda $SHAPES --kv-cache "$kv" --graphs "${GRAPHS:-1}" | tail -n +$head
   head=3
 done
 if [ "${PREMULTIPLIED:-1}" != 0 ]; then MHA2MLA_ABSORB=premultiplied node dist/bench/decode.js "$M-mla" --device cuda $SHAPES | tail -n +3 || true; fi

@@ -12,12 +12,15 @@
  * embedding table, once for the batch, plus each sequence's whole cache as stored: float32 here)
  * over 4.8 TB/s (H200), against the measured step time.
  * Each row times --repeats windows of --steps steps and reports the median window (the range beside it).
- * Run: node dist/bench/decode.js MHA_DIR MLA_DIR [--device cuda] [--kv-cache f32|bf16] [--contexts 1024,4096,16384] [--batches 1,32] [--steps 32] [--repeats 3]
+ * Steps go through a DecodeSession, which replays a recorded step (CUDA graph) where it can: the row
+ * says "CUDA graph", or why not; --graphs 0 runs every step op by op.
+ * Run: node dist/bench/decode.js MHA_DIR MLA_DIR [--device cuda] [--kv-cache f32|bf16] [--graphs 0|1] [--contexts 1024,4096,16384] [--batches 1,32] [--steps 32] [--repeats 3]
  */
 import { selectBackend, type DeviceName } from "../src/backends/select.js";
 import { CudaBackend } from "../src/backends/native/cuda.js";
 import { loadModel } from "../src/model/llama.js";
 import { absorbForm } from "../src/model/attention/mla.js";
+import { DecodeSession } from "../src/model/decodeSession.js";
 import { stderrLogger } from "../src/util/log.js";
 import { Tensor } from "../src/tensor/tensor.js";
 
@@ -45,6 +48,8 @@ const repeats = Number(opt("repeats", "3"));
 if (!Number.isInteger(repeats) || repeats < 1 || !Number.isInteger(steps) || steps < 1) throw new Error(`--steps ${steps} --repeats ${repeats}: each must be a whole number ≥ 1`);
 // The cache as stored on the device: f32, or bf16 (half the bytes, read by bf16 tensor-core GEMMs).
 const kvCache = opt("kv-cache", "f32") as "f32" | "bf16";
+// --graphs 0: every step op by op (the comparison for a recorded step, DecodeSession).
+const graphs = opt("graphs", "1") !== "0";
 const backend = selectBackend(device, stderrLogger);
 
 function rand(n: number, vocab: number, seed: number): Int32Array {
@@ -73,10 +78,11 @@ for (const dir of dirs) {
       const avail = mem ? mem.total - mem.live - 2 * 2 ** 30 : Infinity;
       const size = (b: number) => (b >= 2 ** 30 ? `${(b / 2 ** 30).toFixed(2)} GiB` : `${(b / 2 ** 20).toFixed(1)} MiB`);
       const kind = (config.attention.kind === "mla" ? `mla, ${[...new Set(Array.from({ length: config.layers }, (_, l) => absorbForm(config, l)))].join("/")} absorption` : config.attention.kind) + (kvCache === "bf16" ? ", bf16 cache" : "");
-      const label = `| ${dir.split("/").pop()} | ${kind} | ${ctx} | ${B} | ${perToken} | ${size(bytes32)} | ${size(bytes32 / 2)} |`;
+      // `how`: how the steps ran, added to the attention column once known.
+      const row = (how = "") => `| ${dir.split("/").pop()} | ${kind}${how} | ${ctx} | ${B} | ${perToken} | ${size(bytes32)} | ${size(bytes32 / 2)} |`;
       // Each cache grows in steps of up to 1024 rows (DeviceRowStore.reserve), plus room for activations.
       if ((stored * (ctx + Math.min(ctx, 1024))) / ctx + 2 ** 30 > avail) {
-        console.log(`${label} does not fit (${(avail / 2 ** 30).toFixed(1)} GiB left beside the weights) | |`);
+        console.log(`${row()} does not fit (${(avail / 2 ** 30).toFixed(1)} GiB left beside the weights) | |`);
         continue;
       }
       try {
@@ -87,12 +93,14 @@ for (const dir of dirs) {
         for (let b = 1; b < B; b++) caches.push(first.clone());
         if (backend instanceof CudaBackend) await backend.reclaim();
         let tok = new Int32Array(B).fill(5);
+        const session = new DecodeSession(model, caches, { graphs });
         const step = () => {
-          const logits = B === 1 ? model.forward(tok, first).toArray() : model.decodeBatch(tok, caches).toArray();
+          const logits = session.step(tok).toArray();
           // Next tokens from the logits (so each step depends on the previous one, as in real decoding).
           tok = Int32Array.from({ length: B }, (_, b) => 3 + (logits.subarray(b * V, b * V + 64).indexOf(Math.max(...logits.subarray(b * V, b * V + 64))) % 60));
         };
         step(); // the first step builds the absorbed projections
+        step(); // the second records the step where it can
         // `repeats` windows of `steps` steps: the median window's rate, and the range (a machine that
         // is busy elsewhere for a moment shows as a wide range rather than a wrong number).
         const rates: number[] = [];
@@ -101,15 +109,18 @@ for (const dir of dirs) {
           for (let s = 0; s < steps; s++) step();
           rates.push((steps * B) / ((performance.now() - t0) / 1000));
         }
+        const how = session.graphed ? ", CUDA graph" : ", op by op";
+        if (graphs && session.why) console.error(`${dir.split("/").pop()} ctx ${ctx} batch ${B}: op by op because ${session.why}`);
+        session.dispose();
         rates.sort((x, y) => x - y);
         const median = rates[Math.floor(rates.length / 2)]!;
         const bound = (weightBytes + stored) / HBM_BYTES_PER_S;
         const range = repeats > 1 ? ` (${rates[0]!.toFixed(0)}–${rates[rates.length - 1]!.toFixed(0)})` : "";
-        console.log(`${label} ${median.toFixed(1)}${range} | ${((100 * bound * median) / B).toFixed(0)}% |`);
+        console.log(`${row(how)} ${median.toFixed(1)}${range} | ${((100 * bound * median) / B).toFixed(0)}% |`);
       } catch (e) {
         // The fit estimate above is rough (the absorbed projections and activations come on top): say so and go on.
         if ((e as { code?: string }).code !== "OUT_OF_MEMORY") throw e;
-        console.log(`${label} out of GPU memory while decoding | |`);
+        console.log(`${row()} out of GPU memory while decoding | |`);
       }
       await new Promise((r) => setImmediate(r)); // lets freed device buffers be reclaimed
     }

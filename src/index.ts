@@ -16,6 +16,7 @@ export { LlamaModel, loadModel } from "./model/llama.js";
 export type { LoadedModel } from "./model/llama.js";
 export { KvCache } from "./model/kvCache.js";
 export { generate } from "./model/generate.js";
+export { DecodeSession, type DecodeSessionOptions } from "./model/decodeSession.js";
 export { Tensor } from "./tensor/tensor.js";
 export type { Backend } from "./tensor/backend.js";
 export { referenceBackend } from "./backends/reference/index.js";

@@ -24,16 +24,32 @@ struct Context {
   cudaStream_t stream = nullptr;
   cublasHandle_t blas = nullptr;
   cusolverDnHandle_t solver = nullptr;
+  void* blas_workspace = nullptr;
   int64_t live_bytes = 0;
   int64_t peak_bytes = 0;
   std::string info;
 };
+// cuBLAS's workspace: 32 MiB, its recommendation for Hopper.
+constexpr size_t kBlasWorkspace = 32u << 20;
 Context* ctx();  // nullptr before a successful mla_cuda_init
 mla_status fail(mla_status code, const char* file, int line, const std::string& msg);
 const char* cublas_name(cublasStatus_t s);
 size_t dtype_size(int32_t dtype);
 // Device scratch of at least `bytes`, valid until the next call on this thread (stream-ordered).
 void* scratch(size_t bytes, mla_status* st);
+// The decode step being captured into a CUDA graph (graph.cu), or null. While one is open, ops take
+// their per-step inputs from the graph (step_ids / step_positions: null, and the capture refused, when
+// the host values are not the step's), their fixed tables from capture_constant, and never stage.
+struct StepCapture;
+StepCapture* capturing();
+mla_status refuse(const std::string& why);
+const int32_t* step_ids(const int32_t* host, int64_t n);
+const int32_t* step_positions(const int32_t* host, int64_t n);
+const void* capture_constant(const void* data, size_t bytes, mla_status* st);
+void* capture_scratch(size_t bytes, mla_status* st);
+void capture_made(mla_cuda_buf* b);
+// Whether the free of `b` (made before the capture) was deferred to the capture's end.
+bool capture_free(mla_cuda_buf* b);
 // Copies `bytes` of host data to `device` in stream order. Up to kStageLimit bytes go through a ring of
 // pinned host slots: a cudaMemcpyAsync from pageable memory may synchronize with the stream, which would
 // put the host in lockstep with the GPU at every op that sends positions, ids or indices.
@@ -99,10 +115,17 @@ mla_status cudnn_attention_forward(const void* q, const void* k, const void* v, 
 mla_status cudnn_attention_backward(const void* q, const void* k, const void* v, const void* dout, const float* o, const __nv_bfloat16* o_bf16, const float* saved_stats, float* dq, float* dk, float* dv, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, bool* taken);
 // The fused latent decode (latent_decode.cu) for bf16 caches: whether it takes a latent width L, Hkv
 // rope groups of Dr dims (MHA2MLA_LATENT_DECODE=gemm: never), and the call: per sequence b its latent rows
-// cs[b] [.., L] and rope rows krs[b] [.., Hkv, Dr] from row lo[b] on, n[b] visible rows; qc [B, H, L]
+// cs[b] [.., L] and rope rows krs[b] [.., Hkv, Dr] from row lo[b] on, n[b] visible rows (pos[b] the
+// query's position, window the sliding window: what a decode graph recomputes them from); qc [B, H, L]
 // and qr [B, H, Dr] float32 → o [B, H, L] float32.
 bool latent_decode_takes(int64_t L, int64_t Hkv, int64_t Dr);
-mla_status latent_decode(const __nv_bfloat16* const* cs, const __nv_bfloat16* const* krs, const int64_t* lo, const int64_t* n, const float* qc, const float* qr, float* o, int64_t B, int64_t H, int64_t Hkv, int64_t Dr, int64_t L, float scale);
+mla_status latent_decode(const __nv_bfloat16* const* cs, const __nv_bfloat16* const* krs, const int64_t* lo, const int64_t* n, const int32_t* pos, int64_t window, const float* qc, const float* qr, float* o, int64_t B, int64_t H, int64_t Hkv, int64_t Dr, int64_t L, float scale);
+// The MHA/GQA decode kernel (mha_decode.cu) for bf16 caches: whether it takes H query heads over Hkv
+// KV heads of Dh dims (MHA2MLA_MHA_DECODE=gemm: never), and the call: per sequence b its key rows
+// ks[b] and value rows vs[b] [.., Hkv, Dh] from row lo[b] on, n[b] visible rows (pos, window as for
+// latent_decode); q [B, H, Dh] float32 → o [B, H, Dh] float32.
+bool mha_decode_takes(int64_t H, int64_t Hkv, int64_t Dh);
+mla_status mha_decode(const __nv_bfloat16* const* ks, const __nv_bfloat16* const* vs, const int64_t* lo, const int64_t* n, const int32_t* pos, int64_t window, const float* q, float* o, int64_t B, int64_t H, int64_t Hkv, int64_t Dh, float scale);
 mla_status attention_mma_backward(const void* q, const void* k, const void* v, const void* dout_bf16, const float* dout, const float* o, const float* saved_lse, float* lse, float* delta, float* dq, float* dk, float* dv, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window);
 }  // namespace mla
 

@@ -46,6 +46,7 @@ size_t dtype_size(int32_t dtype) {
 }
 
 void* scratch(size_t bytes, mla_status* st) {
+  if (capturing()) return capture_scratch(bytes, st);
   *st = MLA_OK;
   if (bytes <= scratch_bytes) return scratch_ptr;
   if (scratch_ptr) cudaFreeAsync(scratch_ptr, the_ctx->stream);
@@ -80,6 +81,8 @@ double ring_waited_ms() { return ring.waited_ms; }
 
 mla_status stage_to_device(const void* data, size_t bytes, void* device) {
   if (bytes == 0) return MLA_OK;
+  // A replay would copy whatever the pinned slot holds by then.
+  if (capturing()) return refuse("an op staged host data (" + std::to_string(bytes) + " bytes) that a replay would not refresh");
   // Large one-off uploads (conversion inputs) go directly; staging is for the per-op tables.
   if (bytes > kStageLimit) {
     CUDA_TRY(cudaMemcpyAsync(device, data, bytes, cudaMemcpyHostToDevice, the_ctx->stream));
@@ -168,6 +171,10 @@ extern "C" mla_status mla_cuda_init(int device) {
   CUDA_TRY(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep));
   CUBLAS_TRY(cublasCreate(&c->blas));
   CUBLAS_TRY(cublasSetStream(c->blas, c->stream));
+  // A workspace of our own, set after the stream (which resets it): cuBLAS then allocates nothing
+  // itself, which a decode graph capture needs (cuBLAS's "CUDA Graphs Support").
+  CUDA_TRY(cudaMalloc(&c->blas_workspace, mla::kBlasWorkspace));
+  CUBLAS_TRY(cublasSetWorkspace(c->blas, c->blas_workspace, mla::kBlasWorkspace));
   CUSOLVER_TRY(cusolverDnCreate(&c->solver));
   CUSOLVER_TRY(cusolverDnSetStream(c->solver, c->stream));
   cudaDeviceProp p;
@@ -201,6 +208,10 @@ extern "C" mla_cuda_buf* mla_cuda_alloc(int64_t n, int32_t dtype) {
     delete b;
     return nullptr;
   }
+  if (mla::capturing()) {
+    mla::capture_made(b);  // a graph allocation: counted by no one, freed by the graph or in it
+    return b;
+  }
   ctx()->live_bytes += bytes;
   if (ctx()->live_bytes > ctx()->peak_bytes) ctx()->peak_bytes = ctx()->live_bytes;
   return b;
@@ -208,7 +219,10 @@ extern "C" mla_cuda_buf* mla_cuda_alloc(int64_t n, int32_t dtype) {
 
 extern "C" void mla_cuda_free(mla_cuda_buf* b) {
   if (!b || !ctx()) return;
-  if (b->owner) {
+  if (b->owner && mla::capturing()) {
+    if (mla::capture_free(b)) ctx()->live_bytes -= (int64_t)((b->n > 0 ? b->n : 1) * mla::dtype_size(b->dtype));
+    else cudaFreeAsync(b->ptr, ctx()->stream);
+  } else if (b->owner) {
     cudaFreeAsync(b->ptr, ctx()->stream);
     ctx()->live_bytes -= (int64_t)((b->n > 0 ? b->n : 1) * mla::dtype_size(b->dtype));
   }
@@ -233,6 +247,7 @@ extern "C" mla_status mla_cuda_copy(mla_cuda_buf* dst, int64_t dst_offset, const
 
 extern "C" mla_status mla_cuda_upload(mla_cuda_buf* dst, const void* host, int64_t bytes) {
   NEED_CTX();
+  if (mla::capturing()) return mla::refuse("an upload waits for the device, which a graph cannot record");
   if (dst && bytes == 0 && dst->n == 0) return MLA_OK;  // an empty tensor (its host array may come as null)
   MLA_CHECK(dst && host && bytes == dst->n * (int64_t)mla::dtype_size(dst->dtype), "upload: size mismatch");
   CUDA_TRY(cudaMemcpyAsync(dst->ptr, host, bytes, cudaMemcpyHostToDevice, ctx()->stream));
@@ -242,6 +257,7 @@ extern "C" mla_status mla_cuda_upload(mla_cuda_buf* dst, const void* host, int64
 
 extern "C" mla_status mla_cuda_download(const mla_cuda_buf* src, void* host, int64_t bytes) {
   NEED_CTX();
+  if (mla::capturing()) return mla::refuse("a download waits for the device, which a graph cannot record");
   if (src && bytes == 0 && src->n == 0) return MLA_OK;
   MLA_CHECK(src && host && bytes == src->n * (int64_t)mla::dtype_size(src->dtype), "download: size mismatch");
   CUDA_TRY(cudaMemcpyAsync(host, src->ptr, bytes, cudaMemcpyDeviceToHost, ctx()->stream));
@@ -270,6 +286,7 @@ extern "C" double mla_cuda_host_wait_ms(void) { return mla::ring_waited_ms(); }
 
 extern "C" mla_status mla_cuda_synchronize(void) {
   NEED_CTX();
+  if (mla::capturing()) return mla::refuse("a synchronization waits for the device, which a graph cannot record");
   CUDA_TRY(cudaStreamSynchronize(ctx()->stream));
   return MLA_OK;
 }

@@ -21,9 +21,15 @@ __global__ void k_softmax_ragged(float* scores, const int64_t* range, float scal
   softmax_row(scores + range[2 * blockIdx.y] + blockIdx.x * n, n, scale, 0, n - 1, red);
 }
 
-__global__ void k_scatter_rows(const float* src, float* const* dst, int64_t n) {
+// Destination of row b: dst[b], or in a decode graph dst[b] (the cache's base) + pos[b]·n (its next row).
+template <typename T>
+__device__ __forceinline__ T* row_target(T* const* dst, const int32_t* pos, int64_t n) {
+  return pos ? dst[blockIdx.y] + (int64_t)pos[blockIdx.y] * n : dst[blockIdx.y];
+}
+
+__global__ void k_scatter_rows(const float* src, float* const* dst, const int32_t* pos, int64_t n) {
   const float* s = src + blockIdx.y * n;
-  float* d = dst[blockIdx.y];
+  float* d = row_target(dst, pos, n);
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) d[i] = s[i];
 }
 
@@ -65,9 +71,9 @@ __global__ void k_softmax_ragged_bf16(float* scores, __nv_bfloat16* probs, const
   for (int64_t s = threadIdx.x; s < n; s += blockDim.x) probs[at + s] = __float2bfloat16(scores[at + s]);
 }
 
-__global__ void k_scatter_rows_bf16(const float* src, __nv_bfloat16* const* dst, int64_t n) {
+__global__ void k_scatter_rows_bf16(const float* src, __nv_bfloat16* const* dst, const int32_t* pos, int64_t n) {
   const float* s = src + blockIdx.y * n;
-  __nv_bfloat16* d = dst[blockIdx.y];
+  __nv_bfloat16* d = row_target(dst, pos, n);
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) d[i] = __float2bfloat16(s[i]);
 }
 }  // namespace
@@ -115,8 +121,23 @@ extern "C" mla_status mla_cuda_decode_attention_batch(const mla_cuda_buf* q1, co
       krs[b] = rope ? (const __nv_bfloat16*)k2s[b]->ptr : nullptr;
       n[b] = range[2 * b + 1];
     }
-    return mla::latent_decode(cs.data(), krs.data(), lo.data(), n.data(), (const float*)q1->ptr, rope ? (const float*)q2->ptr : nullptr, (float*)o->ptr, B, H, rope ? G2 : 1, rope ? D2 : 0, D1, scale);
+    return mla::latent_decode(cs.data(), krs.data(), lo.data(), n.data(), pos, window, (const float*)q1->ptr, rope ? (const float*)q2->ptr : nullptr, (float*)o->ptr, B, H, rope ? G2 : 1, rope ? D2 : 0, D1, scale);
   }
+  // MHA/GQA on bf16 caches: its own split kernel (mha_decode.cu), for 16-byte aligned rows.
+  bool mha = half && !q2 && G1 == Gv && D1 == Dv && mla::mha_decode_takes(H, G1, D1);
+  for (int64_t b = 0; mha && b < B; b++) mha = aligned(k1s[b]->ptr, 16) && aligned(vs[b]->ptr, 16);
+  if (mha) {
+    std::vector<const __nv_bfloat16*> ks(B), vv(B);
+    std::vector<int64_t> n(B);
+    for (int64_t b = 0; b < B; b++) {
+      ks[b] = (const __nv_bfloat16*)k1s[b]->ptr;
+      vv[b] = (const __nv_bfloat16*)vs[b]->ptr;
+      n[b] = range[2 * b + 1];
+    }
+    return mla::mha_decode(ks.data(), vv.data(), lo.data(), n.data(), pos, window, (const float*)q1->ptr, (float*)o->ptr, B, H, G1, D1, scale);
+  }
+  // The GEMMs' shapes follow every sequence's length, which a replay cannot change.
+  if (mla::capturing()) return mla::refuse("decode attention on this cache takes the cuBLAS route (only the fused latent kernel on bf16 caches is captured)");
   // One scratch: the scores of every sequence [H, n_b] back to back, the softmax ranges, and for bf16
   // caches the bf16 probabilities and queries.
   mla_status st;
@@ -178,13 +199,29 @@ extern "C" mla_status mla_cuda_scatter_rows(const mla_cuda_buf* src, mla_cuda_bu
     MLA_CHECK(dsts[b] && dsts[b]->dtype == dt && (dt == MLA_F32 || dt == MLA_BF16) && offsets[b] >= 0 && offsets[b] + n <= dsts[b]->n, "scatter_rows: destination " + std::to_string(b) + " has no room for a row of " + std::to_string(n) + " at element " + std::to_string(offsets[b]) + ", or is not of destination 0's dtype (float32 or bf16)");
     targets[b] = (char*)dsts[b]->ptr + offsets[b] * es;
   }
-  mla_status st;
-  void* dev = mla::scratch(B * sizeof(float*), &st);
-  if (!dev) return st;
-  if (mla_status e = stage_to_device(targets.data(), B * sizeof(float*), dev)) return e;
+  mla_status st = MLA_OK;
+  const void* dev = nullptr;
+  const int32_t* pos = nullptr;
+  if (mla::capturing()) {
+    // A decode graph: the caches' bases are fixed while it lives, the rows move with the step's
+    // positions, so each offset must be the sequence's position times the row (its next row).
+    std::vector<int32_t> rows(B);
+    for (int64_t b = 0; b < B; b++) {
+      if (n == 0 || offsets[b] % n) return mla::refuse("scatter_rows: an offset that is not a whole row");
+      rows[b] = (int32_t)(offsets[b] / n);
+      targets[b] = (char*)dsts[b]->ptr;
+    }
+    if (!(pos = mla::step_positions(rows.data(), B))) return MLA_FAIL(MLA_ERR_UNSUPPORTED, "scatter_rows: rows other than the captured step's positions");
+    if (!(dev = mla::capture_constant(targets.data(), B * sizeof(char*), &st))) return st;
+  } else {
+    void* d = mla::scratch(B * sizeof(float*), &st);
+    if (!d) return st;
+    if (mla_status e = stage_to_device(targets.data(), B * sizeof(float*), d)) return e;
+    dev = d;
+  }
   const unsigned chunks = (unsigned)((n + 1023) / 1024 < 64 ? (n + 1023) / 1024 : 64);
-  if (dt == MLA_BF16) k_scatter_rows_bf16<<<dim3(chunks, (unsigned)B), 256, 0, ctx()->stream>>>((const float*)src->ptr, (__nv_bfloat16* const*)dev, n);
-  else k_scatter_rows<<<dim3(chunks, (unsigned)B), 256, 0, ctx()->stream>>>((const float*)src->ptr, (float* const*)dev, n);
+  if (dt == MLA_BF16) k_scatter_rows_bf16<<<dim3(chunks, (unsigned)B), 256, 0, ctx()->stream>>>((const float*)src->ptr, (__nv_bfloat16* const*)dev, pos, n);
+  else k_scatter_rows<<<dim3(chunks, (unsigned)B), 256, 0, ctx()->stream>>>((const float*)src->ptr, (float* const*)dev, pos, n);
   KERNEL_CHECK();
   return MLA_OK;
 }

@@ -366,10 +366,20 @@ extern "C" mla_status mla_cuda_rope(const mla_cuda_buf* x, mla_cuda_buf* y, cons
   MLA_CHECK(n_freq == half || n_freq == H * half, "rope: n_freq must be rotary_dims/2 or H·rotary_dims/2");
   DevInts p;
   DevF64s f;
-  TO_DEVICE(p, positions, T);
-  TO_DEVICE(f, inv_freq, n_freq);
+  const int32_t* pos = nullptr;
+  const double* freq = nullptr;
+  if (mla::capturing()) {  // a decode graph: the step's positions, the frequencies uploaded once
+    mla_status st = MLA_OK;
+    if (!(pos = mla::step_positions(positions, T))) return MLA_FAIL(MLA_ERR_UNSUPPORTED, "rope: positions other than the captured step's");
+    if (!(freq = (const double*)mla::capture_constant(inv_freq, n_freq * sizeof(double), &st))) return st;
+  } else {
+    TO_DEVICE(p, positions, T);
+    TO_DEVICE(f, inv_freq, n_freq);
+    pos = p.p;
+    freq = f.p;
+  }
   const int64_t n = T * H * Dh;
-  if (n) k_rope<<<blocks_for(n, 256), 256, 0, S_>>>(CF(x), F(y), p.p, f.p, T, H, Dh, half, n_freq == H * half && H > 1, sign < 0 ? -1 : 1);
+  if (n) k_rope<<<blocks_for(n, 256), 256, 0, S_>>>(CF(x), F(y), pos, freq, T, H, Dh, half, n_freq == H * half && H > 1, sign < 0 ? -1 : 1);
   KERNEL_CHECK();
   return MLA_OK;
 }
@@ -399,9 +409,15 @@ extern "C" mla_status mla_cuda_embedding(const mla_cuda_buf* table, const int32_
   MLA_CHECK(is_f32_or_bf16(table, V * D) && is_f32(y, T * D) && (ids || T == 0), "embedding: table [V,D] f32 or bf16, y [T,D] f32");
   if (mla_status st = check_ids("embedding", ids, T, V)) return st;
   DevInts d;
-  TO_DEVICE(d, ids, T);
-  if (T * D && table->dtype == MLA_BF16) k_embedding<<<blocks_for(T * D, 256), 256, 0, S_>>>((const __nv_bfloat16*)table->ptr, d.p, F(y), T, D);
-  else if (T * D) k_embedding<<<blocks_for(T * D, 256), 256, 0, S_>>>(CF(table), d.p, F(y), T, D);
+  const int32_t* dev = nullptr;
+  if (mla::capturing()) {  // a decode graph: the step's ids (a replay's are checked by its caller)
+    if (!(dev = mla::step_ids(ids, T))) return MLA_FAIL(MLA_ERR_UNSUPPORTED, "embedding: token ids other than the captured step's");
+  } else {
+    TO_DEVICE(d, ids, T);
+    dev = d.p;
+  }
+  if (T * D && table->dtype == MLA_BF16) k_embedding<<<blocks_for(T * D, 256), 256, 0, S_>>>((const __nv_bfloat16*)table->ptr, dev, F(y), T, D);
+  else if (T * D) k_embedding<<<blocks_for(T * D, 256), 256, 0, S_>>>(CF(table), dev, F(y), T, D);
   KERNEL_CHECK();
   return MLA_OK;
 }

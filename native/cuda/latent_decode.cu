@@ -25,27 +25,17 @@
 #include <vector>
 #include "common.cuh"
 #include "mma.cuh"
+#include "decode_split.cuh"
 
 using mla::ctx;
 
 namespace {
 using namespace mla_mma;
-constexpr int TN = 16;   // cached rows per tile
 constexpr int HB = 16;   // query heads per block (one m16 tile)
 constexpr int PAD = 8;   // bf16 of padding per shared latent row: ldmatrix rows fall in distinct banks
 constexpr int MAX_WARPS = 16;
 constexpr int MAX_DR = 64;
-// A split writes and the merge reads back 16·L floats per head block, about two tiles of bf16 latent:
-// each split gets at least 8 tiles so that costs ≤ 25% of its reads.
-constexpr int MIN_TILES_PER_SPLIT = 8;
 constexpr float LOG2E = 1.4426950408889634f;
-
-struct Seq {
-  const bf16* c;   // latent rows [.., L]
-  const bf16* kr;  // rope rows [.., Hkv, Dr]
-  int64_t lo;      // first visible key
-  int64_t n;       // visible keys
-};
 
 // The bulk copies and transaction-counting barriers below are sm_90 features; the sm_80 code of a fat
 // build never runs this kernel (latent_decode_takes asks for compute capability 9.0 or newer).
@@ -103,14 +93,16 @@ struct Layout {
 // Grid: x = head block + head blocks · split, y = sequence. NT n8 output tiles per warp: L = 8·NT·warps.
 template <int NT>
 __global__ void __launch_bounds__(32 * MAX_WARPS, 1)
-k_latent_decode(const Seq* seqs, const float* qc, const float* qr, int H, int Hkv, float scale2, Layout lay, int nsplit, float* o, float* opart, float* lsepart) {
+k_latent_decode(const Seq* seqs, const int32_t* pos, int64_t window, const float* qc, const float* qr, int H, int Hkv, float scale2, Layout lay, int gridSplits, float* o, float* opart, float* lsepart) {
   constexpr int KQ = NT >= 2 ? NT / 2 : 1;  // k16 steps of the scores per warp
   extern __shared__ __align__(16) unsigned char smem[];
   const int L = lay.L, Dr = lay.Dr, ldc = lay.ldc;
   const int warps = blockDim.x >> 5, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int hbn = (H + HB - 1) / HB, hb = blockIdx.x % hbn, split = blockIdx.x / hbn, b = blockIdx.y;
   const int h0 = hb * HB, nh = min(HB, H - h0), group = H / Hkv;
-  const Seq sq = seqs[b];
+  const Seq sq = seq_of(seqs, pos, window, b);
+  const int nsplit = splits_of(sq.n, gridSplits);
+  if (split >= nsplit) return;  // a shorter sequence than the grid was sized for
   const int64_t tiles = (sq.n + TN - 1) / TN, per = (tiles + nsplit - 1) / nsplit;
   const int64_t t_begin = tiles < split * per ? tiles : split * per, t_end = tiles < t_begin + per ? tiles : t_begin + per;
   const int ntiles = (int)(t_end - t_begin);
@@ -299,29 +291,6 @@ k_latent_decode(const Seq* seqs, const float* qc, const float* qr, int H, int Hk
   }
 }
 
-// o[b, h] = Σ_j w_j · opart[j, b, h] with w_j = 2^(lse_j − lse) (lse: the log2-sum-exp over the
-// splits). Grid: x = b·H + h, y = a 256-column chunk of L.
-__global__ void k_latent_combine(const float* opart, const float* lsepart, float* o, int nsplit, int64_t BH, int L) {
-  extern __shared__ float w[];  // [nsplit] weights, then their sum
-  const int64_t bh = blockIdx.x;
-  if (threadIdx.x < 32) {
-    float m = -INFINITY;
-    for (int j = threadIdx.x; j < nsplit; j += 32) m = fmaxf(m, lsepart[j * BH + bh]);
-    for (int off = 16; off; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
-    if (m == -INFINITY) m = 0.f;
-    float sum = 0.f;
-    for (int j = threadIdx.x; j < nsplit; j += 32) sum += (w[j] = exp2f(lsepart[j * BH + bh] - m));
-    for (int off = 16; off; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
-    if (threadIdx.x == 0) w[nsplit] = sum > 0.f ? 1.f / sum : 0.f;
-  }
-  __syncthreads();
-  const int c = blockIdx.y * blockDim.x + threadIdx.x;
-  if (c >= L) return;
-  float x = 0.f;
-  for (int j = 0; j < nsplit; j++) x += w[j] * opart[(j * BH + bh) * L + c];
-  o[bh * L + c] = x * w[nsplit];
-}
-
 // n8 output tiles per warp for a latent width: the fewest that keep the warps ≤ 16 (0: not taken).
 int tiles_per_warp(int64_t L) {
   if (L <= 0 || L % 16) return 0;
@@ -374,7 +343,7 @@ bool latent_decode_takes(int64_t L, int64_t Hkv, int64_t Dr) {
   return shape_fits(L, Hkv, Dr);
 }
 
-mla_status latent_decode(const __nv_bfloat16* const* cs, const __nv_bfloat16* const* krs, const int64_t* lo, const int64_t* n, const float* qc, const float* qr, float* o, int64_t B, int64_t H, int64_t Hkv, int64_t Dr, int64_t L, float scale) {
+mla_status latent_decode(const __nv_bfloat16* const* cs, const __nv_bfloat16* const* krs, const int64_t* lo, const int64_t* n, const int32_t* pos, int64_t window, const float* qc, const float* qr, float* o, int64_t B, int64_t H, int64_t Hkv, int64_t Dr, int64_t L, float scale) {
   const int nt = tiles_per_warp(L);
   const Layout lay = plan(L, Hkv, Dr);
   MLA_CHECK(shape_fits(L, Hkv, Dr) && H > 0 && H % Hkv == 0 && B > 0 && B <= 65535, "latent_decode: L = 8·NT·warps (NT 1–16, ≤ 16 warps), Hkv dividing H, Hkv·Dr a multiple of 8, a shared-memory plan that fits, 1 ≤ B ≤ 65,535");
@@ -392,33 +361,43 @@ mla_status latent_decode(const __nv_bfloat16* const* cs, const __nv_bfloat16* co
     if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&perSm[nt], fn, threads, lay.bytes()) != cudaSuccess || perSm[nt] < 1) perSm[nt] = 1;
     occupancyBytes[nt] = lay.bytes();
   }
-  // Splits along the context: enough blocks for one wave over the SMs, each split ≥ 8 tiles.
+  // Splits along the context: at most enough blocks for one wave over the SMs (cap), each split ≥ 8
+  // tiles (splits_of). An eager call's grid has the splits its longest sequence takes; a decode graph's
+  // has the cap, since its sequences grow while it lives (blocks past a sequence's splits exit).
   const int64_t hbn = (H + HB - 1) / HB;
-  int64_t maxTiles = 1;
-  for (int64_t b = 0; b < B; b++) maxTiles = std::max<int64_t>(maxTiles, (n[b] + TN - 1) / TN);
   const int64_t wave = (int64_t)sm_count() * perSm[nt];
-  int64_t nsplit = std::max<int64_t>(1, wave / (B * hbn));
-  nsplit = std::min<int64_t>(nsplit, std::max<int64_t>(1, maxTiles / MIN_TILES_PER_SPLIT));
+  const int cap = (int)std::min<int64_t>(std::max<int64_t>(1, wave / (B * hbn)), 1 << 16);
+  const bool graph = capturing() != nullptr;
+  int nsplit = 1;
+  for (int64_t b = 0; b < B; b++) nsplit = std::max(nsplit, splits_of(n[b], cap));
+  if (graph) nsplit = cap;
   std::vector<Seq> seqs(B);
   for (int64_t b = 0; b < B; b++) seqs[b] = {cs[b], krs[b], lo[b], n[b]};
   const size_t seqBytes = (B * sizeof(Seq) + 255) & ~size_t(255);
   const size_t partBytes = nsplit > 1 ? ((size_t)(nsplit * B * H * L * 4) + 255) & ~size_t(255) : 0;
   const size_t lseBytes = nsplit > 1 ? (size_t)nsplit * B * H * 4 : 0;
-  mla_status st;
+  mla_status st = MLA_OK;
   char* base = (char*)scratch(seqBytes + partBytes + lseBytes, &st);
   if (!base) return st;
   const Seq* dseqs = (const Seq*)base;
   float* opart = nsplit > 1 ? (float*)(base + seqBytes) : nullptr;
   float* lsepart = nsplit > 1 ? (float*)(base + seqBytes + partBytes) : nullptr;
-  if (mla_status e = stage_to_device(seqs.data(), B * sizeof(Seq), (void*)dseqs)) return e;
+  const int32_t* dpos = nullptr;
+  if (graph) {
+    // The cache pointers stay while the graph lives; the visible ranges come from the step's positions.
+    if (!(dpos = step_positions(pos, B))) return MLA_FAIL(MLA_ERR_UNSUPPORTED, "latent decode: positions other than the captured step's");
+    if (!(dseqs = (const Seq*)capture_constant(seqs.data(), B * sizeof(Seq), &st))) return st;
+  } else if (mla_status e = stage_to_device(seqs.data(), B * sizeof(Seq), (void*)dseqs)) {
+    return e;
+  }
   // The kernel's arguments, in its parameter order and types, for the instantiation `fn` picked.
-  int h32 = (int)H, hkv32 = (int)Hkv, splits = (int)nsplit;
+  int h32 = (int)H, hkv32 = (int)Hkv, splits = nsplit;
   float scale2 = scale * LOG2E;
   Layout layArg = lay;
-  void* args[] = {(void*)&dseqs, (void*)&qc, (void*)&qr, &h32, &hkv32, &scale2, &layArg, &splits, (void*)&o, &opart, &lsepart};
+  void* args[] = {(void*)&dseqs, (void*)&dpos, &window, (void*)&qc, (void*)&qr, &h32, &hkv32, &scale2, &layArg, &splits, (void*)&o, &opart, &lsepart};
   CUDA_TRY(cudaLaunchKernel(fn, dim3((unsigned)(hbn * nsplit), (unsigned)B), dim3((unsigned)threads), args, lay.bytes(), ctx()->stream));
   if (nsplit > 1) {
-    k_latent_combine<<<dim3((unsigned)(B * H), (unsigned)((L + 255) / 256)), 256, (nsplit + 1) * sizeof(float), ctx()->stream>>>(opart, lsepart, o, (int)nsplit, B * H, (int)L);
+    k_split_combine<<<dim3((unsigned)(B * H), (unsigned)((L + 255) / 256)), 256, (nsplit + 1) * sizeof(float), ctx()->stream>>>(dseqs, dpos, window, nsplit, opart, lsepart, o, (int)H, B * H, (int)L);
     KERNEL_CHECK();
   }
   return MLA_OK;

@@ -22,7 +22,8 @@ typedef enum {
   MLA_ERR_ARGUMENT = 1,  /* a size or pointer is invalid */
   MLA_ERR_MEMORY = 2,    /* an allocation failed */
   MLA_ERR_INTERNAL = 3,
-  MLA_ERR_UNAVAILABLE = 4 /* no usable GPU / driver (CUDA build) */
+  MLA_ERR_UNAVAILABLE = 4, /* no usable GPU / driver (CUDA build) */
+  MLA_ERR_UNSUPPORTED = 5  /* an op that a decode graph capture cannot record (CUDA build) */
 } mla_status;
 
 /* The last error, "file:line: message"; "" when none. Per thread in the CPU build; one per process in
@@ -219,6 +220,18 @@ mla_status mla_cuda_factor_cols(const double* A, int64_t M, int64_t N, int64_t k
    all Mv rows of wv] (D columns, built in float64 on the GPU), then as mla_cuda_factor_cols with
    N = D; down[k,D] and up[Mk+Mv, k] come back as float32 (the checkpoint's precision at most). */
 mla_status mla_cuda_factor_kv(const float* wk, const float* wv, int64_t rows_k, int64_t Mv, int64_t D, const int32_t* nope_rows, int64_t Mk, int64_t k, float* down, float* up, double* values);
+
+/* Decode graphs (graph.cu): one decode step of B sequences recorded once and replayed.
+   begin: opens a capture of the stream for a step with token ids and positions [B]; the ops that
+   follow are recorded, not run (an op that cannot be recorded fails with MLA_ERR_UNSUPPORTED).
+   end: the graph (null with the reason in mla_last_error); abort: ends a capture an op failed in.
+   launch: writes the step's ids and positions [B] and replays it; destroy: frees it and its outputs. */
+typedef struct mla_cuda_graph mla_cuda_graph;
+mla_status mla_cuda_graph_begin(const int32_t* ids, const int32_t* pos, int64_t B);
+mla_cuda_graph* mla_cuda_graph_end(void);
+void mla_cuda_graph_abort(void);
+mla_status mla_cuda_graph_launch(mla_cuda_graph* g, const int32_t* ids, const int32_t* pos, int64_t B);
+void mla_cuda_graph_destroy(mla_cuda_graph* g);
 
 #ifdef __cplusplus
 }

@@ -1,6 +1,7 @@
 /** Text generation with the KV cache: prefill the prompt once, then one token per step. */
 import { MlaError } from "../errors.js";
 import type { LlamaModel } from "./llama.js";
+import { DecodeSession } from "./decodeSession.js";
 import type { FloatArray } from "../tensor/tensor.js";
 import type { KvCacheDtype } from "./kvQuant.js";
 
@@ -66,16 +67,21 @@ export function generate(model: LlamaModel, prompt: readonly number[], opts: Gen
   const cache = model.newCache(opts.kvCache, { capacity: Math.min(prompt.length + opts.maxTokens, Math.max(prompt.length, c.maxPositions)) });
   const rand = rng(opts.seed ?? 0);
   const V = c.vocabSize;
-  let logits = model.forward(Int32Array.from(prompt), cache).toArray();
+  const logits = model.forward(Int32Array.from(prompt), cache).toArray();
   let last = logits.subarray(logits.length - V);
   const out: number[] = [];
-  for (let i = 0; i < opts.maxTokens; i++) {
-    const next = pick(last, opts.temperature ?? 0, rand);
-    out.push(next);
-    if ((opts.stopAtEos ?? true) && next === c.eosTokenId) break;
-    if (i + 1 === opts.maxTokens) break;
-    logits = model.forward(Int32Array.of(next), cache).toArray();
-    last = logits;
+  // Steps after the prompt replay one recorded step where the backend can (DecodeSession).
+  const session = new DecodeSession(model, [cache]);
+  try {
+    for (let i = 0; i < opts.maxTokens; i++) {
+      const next = pick(last, opts.temperature ?? 0, rand);
+      out.push(next);
+      if ((opts.stopAtEos ?? true) && next === c.eosTokenId) break;
+      if (i + 1 === opts.maxTokens) break;
+      last = session.step(Int32Array.of(next)).toArray();
+    }
+  } finally {
+    session.dispose();
   }
   return { ids: out, cacheElements: cache.elements, cacheBytes: cache.bytes };
 }

@@ -46,6 +46,10 @@ class RowBuffer {
   view(): FloatArray {
     return this.buf.subarray(0, this.rows * this.rowSize);
   }
+
+  truncate(rows: number): void {
+    this.rows = Math.min(this.rows, rows);
+  }
 }
 
 /** Rows of one cache part: on the host (uploaded whole for each step) or, where the backend can keep them, on the device. */
@@ -55,6 +59,8 @@ interface RowStore {
   readonly capacity: number;
   append(values: Tensor): void;
   tensor(shape: number[]): Tensor;
+  /** Keeps the first `rows` rows (at most). */
+  truncate(rows: number): void;
   /** The device store behind it, when there is one. */
   readonly device?: DeviceStore;
 }
@@ -73,6 +79,8 @@ interface DeviceStore {
   readonly dtype: "f32" | "bf16";
   /** Counts `add` rows written into the spare capacity by another call (scatterRows). */
   commit(add: number): void;
+  /** Keeps the first `rows` rows (at most); the buffer stays. */
+  truncate(rows: number): void;
   /** The whole buffer [capacity, …row shape]; rows past `rows` are spare. */
   readonly storage: Tensor;
 }
@@ -111,11 +119,11 @@ function rowStore(backend: Backend, rowShape: readonly number[], dtype: KvCacheD
   const dev = (backend as Partial<DeviceRowBackend>).createRowStore?.(rowShape, dtype === "bf16" ? "bf16" : "f32");
   if (dev) {
     if (capacity > 0) dev.reserve(capacity, true);
-    return { get rows() { return dev.rows; }, get capacity() { return dev.capacity; }, append: (v) => dev.append(v), tensor: (shape) => dev.view(shape), device: dev };
+    return { get rows() { return dev.rows; }, get capacity() { return dev.capacity; }, append: (v) => dev.append(v), tensor: (shape) => dev.view(shape), truncate: (n) => dev.truncate(n), device: dev };
   }
   const host = new RowBuffer(rowSize);
   if (capacity > 0) host.reserve(capacity);
-  return { get rows() { return host.rows; }, get capacity() { return host.capacity; }, append: (v) => host.append(v.toArray(), v.shape[0]!), tensor: (shape) => backend.upload(host.view(), [host.rows, ...shape]) };
+  return { get rows() { return host.rows; }, get capacity() { return host.capacity; }, append: (v) => host.append(v.toArray(), v.shape[0]!), tensor: (shape) => backend.upload(host.view(), [host.rows, ...shape]), truncate: (n) => host.truncate(n) };
 }
 
 /** Options of a new decode cache. */
@@ -143,6 +151,16 @@ export interface DecodeCache {
   advance(tokens: number): void;
   /** An independent copy (a shared prompt decoded into several continuations, or a benchmark's batch). */
   clone(): DecodeCache;
+  /**
+   * For a recorded decode step (DecodeSession): the device buffers the step writes and reads, or null
+   * where the cache cannot be replayed (host rows, quantized rows, which round trip through the host).
+   * A change of any of them (growth moved one) invalidates a recording.
+   */
+  replayBuffers(): readonly Tensor[] | null;
+  /** The host bookkeeping of one replayed step: one more row in every part, one more token. */
+  commitStep(): void;
+  /** Forgets every token past the first `tokens` (a rejected draft, an undone step); the room stays. */
+  truncate(tokens: number): void;
 }
 
 /** The row shapes of one layer's two cache parts (MLA layers may differ from each other). */
@@ -188,6 +206,24 @@ abstract class TwoPartCache implements DecodeCache {
 
   advance(tokens: number): void {
     this.len += tokens;
+  }
+
+  replayBuffers(): readonly Tensor[] | null {
+    if (this.dtype !== "bf16" && this.dtype !== "f32") return null;
+    const stores = [...this.a, ...this.b];
+    if (stores.some((s) => !s.device)) return null;
+    return stores.map((s) => s.device!.storage);
+  }
+
+  truncate(tokens: number): void {
+    if (!Number.isInteger(tokens) || tokens < 0 || tokens > this.len) throw new MlaError("BAD_ARGUMENT", `truncate: ${tokens} tokens of a cache holding ${this.len}`, `pass a whole number from 0 to ${this.len}`);
+    for (const s of [...this.a, ...this.b]) s.truncate(tokens);
+    this.len = tokens;
+  }
+
+  commitStep(): void {
+    for (const s of [...this.a, ...this.b]) s.device!.commit(1);
+    this.len += 1;
   }
 
   clone(): this {

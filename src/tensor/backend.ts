@@ -168,6 +168,14 @@ export interface LinearBackwardNeed {
   dxInto?: Tensor;
 }
 
+/** A recorded decode step (Backend.captureStep). */
+export interface StepGraph {
+  /** Runs the step again for the next token ids and positions [B] (the batch it was recorded for). */
+  launch(ids: Int32Array, positions: Int32Array): void;
+  /** Frees the graph and its outputs (the tensors its capture returned). */
+  dispose(): void;
+}
+
 export interface Backend {
   readonly name: string;
   upload(data: FloatArray, shape: readonly number[]): Tensor;
@@ -200,6 +208,13 @@ export interface Backend {
    * the output itself joins the enclosing arena).
    */
   arena?<T>(fn: () => T, opts?: ArenaOptions<T>): T;
+  /**
+   * Records `run` (one decode step of B sequences: token ids and positions [B]) once as a replayable
+   * graph, and runs it; the tensors `run` returns are the graph's outputs, refreshed in place by
+   * every launch (CUDA graphs; see DecodeSession). Throws an MlaError when some op of the step cannot
+   * be recorded, with nothing left open.
+   */
+  captureStep?<T>(ids: Int32Array, positions: Int32Array, run: () => T): { result: T; graph: StepGraph };
   /** Device memory in bytes: held by this backend's buffers, their peak, free and total on the device. */
   memory?(): { live: number; peak: number; free: number; total: number };
   /** Starts a new peak for memory(). */

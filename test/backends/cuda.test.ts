@@ -23,6 +23,7 @@ import { FIXTURES, MODELS, maxAbsDiff, seededRand, tmpDir } from "../helpers.js"
 import { loadNativeCpu, NativeCpuBackend } from "../../src/backends/native/cpu.js";
 import { loadModel } from "../../src/model/llama.js";
 import { defaultKvCache } from "../../src/model/generate.js";
+import { DecodeSession } from "../../src/model/decodeSession.js";
 import { synth } from "../../src/synth/synth.js";
 import { decodeToF32, encodeFromF32, toBf16Bits } from "../../src/io/dtype.js";
 import { Checkpoint } from "../../src/io/checkpoint.js";
@@ -382,6 +383,38 @@ test("the fused latent decode kernel (bf16 caches) equals the reference on bf16-
     // Beyond the rounded inputs both routes round the probabilities to bf16 (~2⁻⁹ each, averaging out).
     assert.ok(e < 1e-2 && Number.isFinite(e), `fused rel ${e}`);
     assert.ok(e < 3 * eg + 1e-3, `fused ${e} vs cuBLAS ${eg}`);
+  }
+});
+
+test("the MHA/GQA decode kernel (bf16 caches) equals the reference on bf16-rounded caches and the cuBLAS route: llama2-7b's heads (32/32, Dh 128), GQA 9/3 and 32/4 (8 per group), Dh 64 and 256, ragged lengths, context splits, windows", { skip }, (t) => {
+  const B = backend();
+  const rand = seededRand(37, Float32Array);
+  const round = (a: Float32Array) => decodeToF32("BF16", encodeFromF32("BF16", a));
+  for (const [H, Hkv, Dh, rows, win] of [
+    [32, 32, 128, [5, 300, 1100], null],
+    [9, 3, 64, [2000, 37, 1], 512],
+    [32, 4, 128, [700, 64], null],
+    [4, 2, 256, [129, 16, 17], null],
+    [8, 8, 128, [40, 3000], 100],
+  ] as const) {
+    const Bn = rows.length;
+    const positions = Int32Array.from(rows, (n, b) => n - 1 - (b % 2));  // some caches hold a spare row
+    const q = rand(Bn * H * Dh);
+    const k = rows.map((n) => rand(n * Hkv * Dh)), v = rows.map((n) => rand(n * Hkv * Dh));
+    const opts = { scale: 1 / Math.sqrt(Dh), positions, window: win };
+    const ks = k.map((a, b) => bf16Cache(B, a, [rows[b]!, Hkv, Dh])), vs = v.map((a, b) => bf16Cache(B, a, [rows[b]!, Hkv, Dh]));
+    const run = () => B.attentionDecodeBatch(B.upload(q, [Bn, H, Dh]), ks, vs, opts).toArray();
+    const mine = run();
+    process.env["MHA2MLA_MHA_DECODE"] = "gemm";
+    const gemm = run();
+    delete process.env["MHA2MLA_MHA_DECODE"];
+    const want = R.attentionDecodeBatch(R.upload(q, [Bn, H, Dh]), k.map((a, b) => R.upload(round(a), [rows[b]!, Hkv, Dh])), v.map((a, b) => R.upload(round(a), [rows[b]!, Hkv, Dh])), opts).toArray();
+    let scale = 0;
+    for (const x of want) scale = Math.max(scale, Math.abs(x));
+    const e = maxAbsDiff(mine, want) / scale, eg = maxAbsDiff(gemm, want) / scale;
+    t.diagnostic(`H${H}/${Hkv} Dh${Dh} rows ${rows} win ${win}: kernel rel ${e.toExponential(2)}, cuBLAS route rel ${eg.toExponential(2)}`);
+    // The kernel keeps the query and the probabilities in float32 (the cuBLAS route rounds both to bf16).
+    assert.ok(e < 1e-4 && Number.isFinite(e), `kernel rel ${e}`);
   }
 });
 
@@ -750,4 +783,50 @@ test("--checkpoint-activations gives the same weights as the plain run at head d
   const ckpt = await finetune(mla, { ...common, out: path.join(dir, "ckpt"), checkpointActivations: true });
   assert.equal(plain.finalLoss, ckpt.finalLoss, "the same losses");
   assert.ok(fs.readFileSync(path.join(plain.out, "model.safetensors")).equals(fs.readFileSync(path.join(ckpt.out, "model.safetensors"))), "activation checkpointing changed the result");
+});
+
+test("a recorded decode step (CUDA graph) replays like op-by-op steps: absorbed MLA on bf16 caches at B = 1 and 3 (ragged, context splits, a cache that moves mid-run and is recorded again); MHA/GQA through its own kernel too, and an f32 cache says why it runs op by op", { skip }, async (t) => {
+  const dir = tmpDir();
+  const src = path.join(dir, "smollm-L2");
+  await synth({ arch: "smollm-135m", layers: 2, dtype: "BF16", out: src, progress: null });
+  for (const f of ["tokenizer.json", "tokenizer_config.json"]) fs.copyFileSync(path.join(MODELS, "stories260K", f), path.join(src, f));
+  // rank 32 × 3 KV heads: a latent of 96, which the fused latent kernel takes.
+  const mla = (await convert(src, { rank: 32, ropePairs: 4, ropeStrategy: "uniform", out: path.join(dir, "mla"), progress: null, device: "cpu" })).out!;
+  const B = backend();
+  let s = 7;
+  const tokens = (n: number) => Int32Array.from({ length: n }, () => ((s = (s * 1664525 + 1013904223) >>> 0) % 1000) + 3);
+  for (const [spec, lengths, dtype] of [[mla, [700], "bf16"], [mla, [300, 40, 700], "bf16"], [src, [50, 9, 400], "bf16"], [src, [50, 9], "f32"]] as const) {
+    const model = loadModel(spec, { backend: B }).model;
+    const V = model.config.vocabSize;
+    const prompts = lengths.map((n) => tokens(n));
+    // Sequence 0 has room for 5 steps only: its cache moves at the 6th, and the session records again.
+    const fill = (graphs: boolean) => {
+      const caches = prompts.map((p, i) => { const c = model.newCache(dtype, { capacity: i === 0 ? p.length + 5 : p.length + 40 }); model.forward(p, c); return c; });
+      return { caches, session: new DecodeSession(model, caches, { graphs }) };
+    };
+    const rec = fill(true), eager = fill(false);
+    let next = Int32Array.from(lengths, (_, i) => 11 + i);
+    let worst = 0, scale = 0, recorded = 0;
+    for (let step = 0; step < 12; step++) {
+      const got = rec.session.step(next).toArray();
+      if (rec.session.graphed) recorded++;
+      const want = eager.session.step(next).toArray();
+      worst = Math.max(worst, maxAbsDiff(got, want));
+      for (const x of want) scale = Math.max(scale, Math.abs(x));
+      next = Int32Array.from(lengths, (_, b) => 3 + (want.subarray(b * V, b * V + 500).indexOf(Math.max(...want.subarray(b * V, b * V + 500))) % 400));
+    }
+    assert.deepEqual(rec.caches.map((c) => c.length), eager.caches.map((c) => c.length), "the replayed steps advanced the caches");
+    t.diagnostic(`${path.basename(spec)} ${dtype} B=${lengths.length}: ${recorded} of 12 steps replayed; max |Δ logits| vs op by op ${worst.toExponential(2)} (max |logit| ${scale.toFixed(1)})${rec.session.why ? `; op by op because ${rec.session.why}` : ""}`);
+    if (dtype === "f32") {
+      assert.equal(recorded, 0);
+      assert.match(rec.session.why ?? "", /cuBLAS route/);
+      assert.equal(worst, 0, "a refused recording leaves the step to run op by op, unchanged");
+    } else {
+      // Steps 0 (warm-up), 1 (recorded and run), then replays; the move at step 6 runs op by op and step 7 records again.
+      assert.equal(recorded, 10, "every step but the first and the one that moved the cache replays");
+      assert.ok(worst <= 1e-5 * scale, "a replay computes what the op-by-op step computes");
+    }
+    rec.session.dispose();
+    eager.session.dispose();
+  }
 });

@@ -13,7 +13,7 @@ import koffi from "koffi";
 import { MlaError } from "../../errors.js";
 import { packageRoot } from "../../io/modelDir.js";
 import { attentionDecodeByRows, latentAttentionDecodeByRows } from "../../tensor/rows.js";
-import { attentionDecodeBatchDims, headLinearDims, latentAttentionDecodeBatchDims, latentAttentionDims, type AttentionOptions, type DecodeBatchOptions, type AttentionSaved, type ArenaOptions, type LinearBackwardNeed, type ProductInputHint, type Backend, type TrainingKernels } from "../../tensor/backend.js";
+import { attentionDecodeBatchDims, headLinearDims, latentAttentionDecodeBatchDims, latentAttentionDims, type AttentionOptions, type DecodeBatchOptions, type AttentionSaved, type ArenaOptions, type LinearBackwardNeed, type StepGraph, type ProductInputHint, type Backend, type TrainingKernels } from "../../tensor/backend.js";
 import { FloatArray, Tensor, expectShape } from "../../tensor/tensor.js";
 import type { Linalg } from "./linalg.js";
 import { profileCuda } from "./cudaProfile.js";
@@ -21,6 +21,8 @@ import { profileCuda } from "./cudaProfile.js";
 type Fn = (...args: unknown[]) => number;
 const F32 = 0;
 const BF16 = 1;
+/** mla_status of an op a decode graph capture cannot record (native/include/mla.h). */
+const MLA_ERR_UNSUPPORTED = 5;
 
 interface CudaLib {
   path: string;
@@ -29,6 +31,11 @@ interface CudaLib {
   alloc: (n: number, dtype: number) => unknown;
   view: (parent: unknown, offset: number, n: number) => unknown;
   free: (b: unknown) => void;
+  /** Decode graphs (graph.cu): the end of a capture returns the graph, or null with the reason in lastError. */
+  graphEnd: () => unknown;
+  graphAbort: () => void;
+  graphLaunch: (g: unknown, ids: Int32Array, pos: Int32Array, B: number) => number;
+  graphDestroy: (g: unknown) => void;
   fns: Record<string, Fn>;
 }
 
@@ -75,6 +82,7 @@ const SIGNATURES: Record<string, string> = {
   factorKv: "int mla_cuda_factor_kv(const float* wk, const float* wv, int64_t rows_k, int64_t Mv, int64_t D, const int32_t* nope_rows, int64_t Mk, int64_t k, float* down, float* up, double* values)",
   factorCols: "int mla_cuda_factor_cols(const double* A, int64_t M, int64_t N, int64_t k, double* down, double* up, double* values)",
   symmetricEigen: "int mla_cuda_symmetric_eigen(const double* S, double* values, double* vectors, int64_t n)",
+  graphBegin: "int mla_cuda_graph_begin(const int32_t* ids, const int32_t* pos, int64_t B)",
 };
 
 export function cudaLibraryPath(): string {
@@ -95,6 +103,7 @@ export function loadCuda(): CudaLib | string {
     return (cached = `${file} cannot be loaded: ${(e as Error).message} (are the CUDA libraries cuBLAS/cuSOLVER on LD_LIBRARY_PATH?)`);
   }
   koffi.opaque("mla_cuda_buf");
+  koffi.opaque("mla_cuda_graph");
   const lastError = lib.func("const char* mla_last_error(void)") as () => string;
   const init = lib.func("int mla_cuda_init(int device)") as (d: number) => number;
   if (init(Number(process.env["MHA2MLA_CUDA_DEVICE"] ?? 0)) !== 0) return (cached = `${file}: ${lastError().replace(/^[^ ]+: /, "")}`);
@@ -107,14 +116,19 @@ export function loadCuda(): CudaLib | string {
     alloc: lib.func("mla_cuda_buf* mla_cuda_alloc(int64_t n, int32_t dtype)") as (n: number, d: number) => unknown,
     view: lib.func("mla_cuda_buf* mla_cuda_view(const mla_cuda_buf* parent, int64_t offset, int64_t n)") as (p: unknown, o: number, n: number) => unknown,
     free: lib.func("void mla_cuda_free(mla_cuda_buf* b)") as (b: unknown) => void,
+    graphEnd: lib.func("mla_cuda_graph* mla_cuda_graph_end(void)") as () => unknown,
+    graphAbort: lib.func("void mla_cuda_graph_abort(void)") as () => void,
+    graphLaunch: lib.func("int mla_cuda_graph_launch(mla_cuda_graph* g, const int32_t* ids, const int32_t* pos, int64_t B)") as CudaLib["graphLaunch"],
+    graphDestroy: lib.func("void mla_cuda_graph_destroy(mla_cuda_graph* g)") as (g: unknown) => void,
     fns,
   });
 }
 
 /** The library's last error as an MlaError: OUT_OF_MEMORY (with `oomHint`) or a failed op (with `hint`). */
-function cudaError(lib: CudaLib, op: string, hint: string, oomHint: string): MlaError {
+function cudaError(lib: CudaLib, op: string, hint: string, oomHint: string, status = 0): MlaError {
   const msg = lib.lastError().replace(/^[^ ]+: /, "");
   if (/out of GPU memory/.test(msg)) return new MlaError("OUT_OF_MEMORY", `${op}: ${msg}`, oomHint);
+  if (status === MLA_ERR_UNSUPPORTED) return new MlaError("UNSUPPORTED", `${op}: ${msg}`, "the step runs op by op instead");
   return new MlaError("BAD_ARGUMENT", `CUDA ${op} failed: ${msg}`, hint);
 }
 
@@ -188,6 +202,10 @@ export class DeviceRowStore {
     this.reserve(Math.max(other.rows, other.capacity), true);
     if (other.rows && this.rowSize) this.backend.copyElements(this.buf!, 0, other.buf!, 0, other.rows * this.rowSize);
     this.rows = other.rows;
+  }
+
+  truncate(rows: number): void {
+    this.rows = Math.min(this.rows, rows);
   }
 
   /** Rows the buffer holds room for. */
@@ -367,12 +385,46 @@ export class CudaBackend implements Backend {
     return this.lib.info;
   }
 
-  private fail(op: string, hint = "this is a bug; re-run with --device cpu to compare"): never {
-    throw cudaError(this.lib, op, hint, "use --device cpu, a shorter --ctx / --calib-len, or a smaller model");
+  private fail(op: string, hint = "this is a bug; re-run with --device cpu to compare", status = 0): never {
+    throw cudaError(this.lib, op, hint, "use --device cpu, a shorter --ctx / --calib-len, or a smaller model", status);
   }
 
   private call(op: string, status: number): void {
-    if (status !== 0) this.fail(op);
+    if (status !== 0) this.fail(op, undefined, status);
+  }
+
+  captureStep<T>(ids: Int32Array, positions: Int32Array, run: () => T): { result: T; graph: StepGraph } {
+    const B = ids.length;
+    if (positions.length !== B || B === 0) throw new MlaError("BAD_ARGUMENT", `captureStep: ${B} token ids and ${positions.length} positions`, "one of each per sequence; this is a bug in the caller");
+    if (process.env["MHA2MLA_CUDA_PROFILE"]) throw new MlaError("UNSUPPORTED", "a decode step cannot be recorded while MHA2MLA_CUDA_PROFILE times every op", "unset MHA2MLA_CUDA_PROFILE to record decode steps");
+    this.call("graph_begin", this.lib.fns["graphBegin"]!(ids, positions, B));
+    let result: T;
+    try {
+      result = run();
+    } catch (e) {
+      this.lib.graphAbort();
+      throw e;
+    }
+    const handle = this.lib.graphEnd();
+    if (!handle) throw new MlaError("UNSUPPORTED", `the decode step cannot be recorded as a CUDA graph: ${this.lib.lastError().replace(/^[^ ]+: /, "")}`, "it runs op by op instead (set MHA2MLA_DECODE_GRAPHS=0 to skip the attempt)");
+    let live = true;
+    const graph: StepGraph = {
+      launch: (nextIds, nextPositions) => {
+        if (!live) throw new MlaError("BAD_ARGUMENT", "launch of a disposed decode graph", "this is a bug in the caller");
+        this.call("graph_launch", this.lib.graphLaunch(handle, nextIds, nextPositions, nextIds.length));
+      },
+      dispose: () => {
+        if (live) this.lib.graphDestroy(handle);
+        live = false;
+      },
+    };
+    try {
+      graph.launch(ids, positions); // the recorded step itself: capture only recorded it
+    } catch (e) {
+      graph.dispose();
+      throw e;
+    }
+    return { result, graph };
   }
 
   /** A new device tensor of `shape` (contents undefined); `what` names it in out-of-memory errors. */
@@ -659,7 +711,8 @@ export class CudaBackend implements Backend {
   embedding(table: Tensor, ids: Int32Array): Tensor {
     const [V, D] = table.shape as [number, number];
     const y = this.empty([ids.length, D], "an embedding output");
-    if (this.lib.fns["embedding"]!(this.h(table), ids, this.h(y), ids.length, V, D) !== 0) this.fail("embedding", "the tokenizer and the model do not match");
+    const status = this.lib.fns["embedding"]!(this.h(table), ids, this.h(y), ids.length, V, D) as number;
+    if (status !== 0) this.fail("embedding", "the tokenizer and the model do not match", status);
     return y;
   }
 

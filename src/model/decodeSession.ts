@@ -1,0 +1,121 @@
+/**
+ * Decoding B sequences one token per step, each step recorded once and replayed where the backend can
+ * (CUDA graphs). Op by op, a decode step of a 32-layer model is about a thousand kernel launches and
+ * more library calls from JavaScript, which bounds decode at small batches; a replay is one launch.
+ * Where a step cannot be recorded (a backend without graphs, float32 / int8 / int4 caches, attention
+ * routes whose shapes follow the sequence lengths) the session runs steps op by op and says why.
+ */
+import { MlaError } from "../errors.js";
+import type { StepGraph } from "../tensor/backend.js";
+import type { Tensor } from "../tensor/tensor.js";
+import type { DecodeCache } from "./kvCache.js";
+import type { LlamaModel } from "./llama.js";
+
+export interface DecodeSessionOptions {
+  /** Record and replay steps where the backend can (default: yes, unless MHA2MLA_DECODE_GRAPHS=0). */
+  graphs?: boolean;
+}
+
+export class DecodeSession {
+  private graph: StepGraph | null = null;
+  /** The buffers the graph was recorded over (a cache that moved invalidates it). */
+  private recordedOver: readonly Tensor[] = [];
+  /** The last step's logits: the graph's output, or an op-by-op result this session frees. */
+  private logits: Tensor | null = null;
+  private steps = 0;
+  private refusal: string | undefined;
+
+  /** `caches` [B]: distinct caches holding each sequence so far (prefilled); they advance with every step. */
+  constructor(readonly model: LlamaModel, readonly caches: readonly DecodeCache[], opts: DecodeSessionOptions = {}) {
+    if (caches.length === 0) throw new MlaError("BAD_ARGUMENT", "a decode session needs at least one cache", "prefill a cache per sequence first (model.forward(prompt, cache))");
+    if (new Set(caches).size !== caches.length) throw new MlaError("BAD_ARGUMENT", "a decode session got the same cache twice", "each sequence needs its own cache (clone() copies one)");
+    const backend = model.backend;
+    if (!(opts.graphs ?? process.env["MHA2MLA_DECODE_GRAPHS"] !== "0")) this.refusal = "recording was turned off (graphs: false or MHA2MLA_DECODE_GRAPHS=0)";
+    else if (!backend.captureStep) this.refusal = `the ${backend.name} backend has no step recording`;
+    else if (model.config.attention.kind === "deepseek") this.refusal = "deepseek_v3 layers gather columns through host tables, which a recording cannot refresh";
+    else if (caches.some((c) => c.replayBuffers() === null)) this.refusal = "a cache is not held on the device as float32 or bf16 (int8/int4 caches round trip through the host)";
+  }
+
+  /** Whether the last step was a replay. */
+  get graphed(): boolean {
+    return this.graph !== null;
+  }
+
+  /** Why steps run op by op, once that is settled for good (undefined while recording can still happen). */
+  get why(): string | undefined {
+    return this.refusal;
+  }
+
+  /**
+   * Logits [B, V] of the token after `ids` [B] (each sequence's next token, in the order of the
+   * caches). Owned by the session: valid until the next step or dispose().
+   */
+  step(ids: Int32Array): Tensor {
+    const B = this.caches.length, V = this.model.config.vocabSize;
+    if (ids.length !== B) throw new MlaError("BAD_ARGUMENT", `a decode step got ${ids.length} tokens for ${B} sequences`, "pass one next token per sequence, in the order of the caches");
+    // A replay reads ids on the device without the host check an op-by-op embedding makes.
+    for (let b = 0; b < B; b++)
+      if (!(ids[b]! >= 0 && ids[b]! < V)) throw new MlaError("BAD_ARGUMENT", `token id ${ids[b]} of sequence ${b} is outside the vocabulary of ${V}`, "the tokenizer and the model do not match");
+    const positions = Int32Array.from(this.caches, (c) => c.length);
+    if (this.graph && !this.replayable()) this.dropGraph(); // a cache moved, or has no room for this step
+    if (this.graph) {
+      this.graph.launch(ids, positions);
+      for (const c of this.caches) c.commitStep();
+      this.steps++;
+      return this.logits!;
+    }
+    this.logits?.dispose();
+    this.logits = null;
+    // The first step runs op by op: it builds what every later step reuses (absorbed projections,
+    // kernel attributes, scratch), none of which a recording may allocate.
+    if (this.steps > 0 && this.refusal === undefined && this.replayable()) this.logits = this.record(ids, positions);
+    this.logits ??= this.model.decodeBatch(ids, this.caches);
+    this.steps++;
+    return this.logits;
+  }
+
+  /** Frees the recording and the last logits; the caches stay the caller's. */
+  dispose(): void {
+    this.dropGraph();
+    this.logits?.dispose();
+    this.logits = null;
+  }
+
+  /** The step recorded and run, or null (the step not run, the caches as they were) when it cannot be. */
+  private record(ids: Int32Array, positions: Int32Array): Tensor | null {
+    const lengths = this.caches.map((c) => c.length);
+    const buffers = this.buffers();
+    try {
+      const { result, graph } = this.model.backend.captureStep!(ids, positions, () => this.model.decodeBatch(ids, this.caches));
+      this.graph = graph;
+      this.recordedOver = buffers;
+      return result;
+    } catch (e) {
+      // The recording ran (some of) the step's host bookkeeping but no device work: undo it.
+      this.caches.forEach((c, i) => c.truncate(lengths[i]!));
+      if (!(e instanceof MlaError) || e.code !== "UNSUPPORTED") throw e;
+      this.refusal = e.message; // and op by op from now on
+      return null;
+    }
+  }
+
+  /** Every cache has room for one more token without moving, in the buffers the graph was recorded over. */
+  private replayable(): boolean {
+    if (this.caches.some((c) => c.capacity < c.length + 1)) return false;
+    if (!this.graph) return true;
+    const now = this.buffers();
+    return now.length === this.recordedOver.length && now.every((t, i) => t === this.recordedOver[i]);
+  }
+
+  private buffers(): Tensor[] {
+    return this.caches.flatMap((c) => [...(c.replayBuffers() ?? [])]);
+  }
+
+  private dropGraph(): void {
+    this.graph?.dispose();
+    this.graph = null;
+    // The logits were the graph's output: gone with it.
+    this.logits = null;
+    this.recordedOver = [];
+  }
+}

@@ -1,0 +1,47 @@
+/**
+ * DecodeSession on a backend without step recording (the CPU ones): steps equal decodeBatch, it says
+ * why it runs op by op, and checks its input; DecodeCache.truncate forgets tokens (what a refused
+ * recording relies on). The recorded (CUDA graph) path is tested on the GPU (test/backends/cuda.test.ts).
+ */
+import assert from "node:assert/strict";
+import path from "node:path";
+import { test } from "node:test";
+import { loadModel } from "../../src/model/llama.js";
+import { DecodeSession } from "../../src/model/decodeSession.js";
+import { MODELS, maxAbsDiff } from "../helpers.js";
+import { MlaError } from "../../src/errors.js";
+
+const prompts = [Int32Array.of(1, 400, 300, 200), Int32Array.of(1, 55)];
+
+test("a decode session on the CPU steps like decodeBatch, says why it does not record, and refuses bad tokens", () => {
+  const { model, config } = loadModel(path.join(MODELS, "stories260K"));
+  const fill = () => prompts.map((p) => { const c = model.newCache(); model.forward(p, c); return c; });
+  const mine = fill(), theirs = fill();
+  const session = new DecodeSession(model, mine);
+  assert.match(session.why ?? "", /has no step recording/);
+  let next = Int32Array.of(17, 23);
+  for (let step = 0; step < 4; step++) {
+    const got = session.step(next).toArray();
+    const want = model.decodeBatch(next, theirs).toArray();
+    assert.equal(maxAbsDiff(got, want), 0);
+    assert.equal(session.graphed, false);
+    next = Int32Array.of(30 + step, 40 + step);
+  }
+  assert.deepEqual(mine.map((c) => c.length), [8, 6]);
+  assert.throws(() => session.step(Int32Array.of(1)), (e: unknown) => e instanceof MlaError && /1 tokens for 2 sequences/.test(e.message));
+  assert.throws(() => session.step(Int32Array.of(1, config.vocabSize)), (e: unknown) => e instanceof MlaError && /outside the vocabulary/.test(e.message));
+  assert.throws(() => new DecodeSession(model, [mine[0]!, mine[0]!]), /same cache twice/);
+  session.dispose();
+});
+
+test("truncate forgets a cache's last tokens: decoding after it equals decoding a cache that never held them", () => {
+  const { model } = loadModel(path.join(MODELS, "stories260K"));
+  const a = model.newCache(), b = model.newCache();
+  model.forward(Int32Array.of(1, 400, 300, 200, 9, 8), a);
+  model.forward(Int32Array.of(1, 400, 300, 200), b);
+  a.truncate(4);
+  assert.equal(a.length, 4);
+  assert.equal(a.elements, b.elements);
+  assert.equal(maxAbsDiff(model.forward(Int32Array.of(17), a).toArray(), model.forward(Int32Array.of(17), b).toArray()), 0);
+  assert.throws(() => a.truncate(6), /truncate: 6 tokens of a cache holding 5/);
+});
