@@ -75,18 +75,28 @@ k_mha_decode(const Seq* seqs, const int32_t* pos, int64_t window, const float* q
   const int64_t stride = (int64_t)Hkv * DH;  // elements between rows
   const __nv_bfloat16* K = sq.c + (sq.lo) * stride + j * DH + lane * E;
   const __nv_bfloat16* V = sq.kr + (sq.lo) * stride + j * DH + lane * E;
+  // The next rows' loads are issued before this iteration's arithmetic (two iterations in flight).
+  float kn[ROWS][E], vn[ROWS][E];
+  auto fetch = [&](int64_t r) {
+#pragma unroll
+    for (int u = 0; u < ROWS; u++) {
+      if (r + u < last) {
+        load_row<E>(K + (r + u) * stride, kn[u]);
+        load_row<E>(V + (r + u) * stride, vn[u]);
+      } else {
+#pragma unroll
+        for (int e = 0; e < E; e++) kn[u][e] = vn[u][e] = 0.f;
+      }
+    }
+  };
+  fetch(first + warp * ROWS);
   for (int64_t r0 = first + warp * ROWS; r0 < last; r0 += WARPS * ROWS) {
     float kx[ROWS][E], vx[ROWS][E];
 #pragma unroll
-    for (int u = 0; u < ROWS; u++) {
-      if (r0 + u < last) {
-        load_row<E>(K + (r0 + u) * stride, kx[u]);
-        load_row<E>(V + (r0 + u) * stride, vx[u]);
-      } else {
+    for (int u = 0; u < ROWS; u++)
 #pragma unroll
-        for (int e = 0; e < E; e++) kx[u][e] = vx[u][e] = 0.f;
-      }
-    }
+      for (int e = 0; e < E; e++) kx[u][e] = kn[u][e], vx[u][e] = vn[u][e];
+    fetch(r0 + WARPS * ROWS);
     float s[GMAX][ROWS];
 #pragma unroll
     for (int h = 0; h < GMAX; h++)
@@ -181,8 +191,9 @@ mla_status mha_decode(const __nv_bfloat16* const* ks, const __nv_bfloat16* const
   MLA_CHECK(mha_decode_takes(H, Hkv, Dh) && B > 0 && B <= 65535, "mha_decode: Dh 64, 128 or 256, Hkv dividing H with at most 8 query heads each, 1 ≤ B ≤ 65,535");
   const void* fn = Dh == 64 ? (const void*)k_mha_decode<64> : Dh == 128 ? (const void*)k_mha_decode<128> : (const void*)k_mha_decode<256>;
   const int perSm = Dh == 64 ? blocks_per_sm<64>() : Dh == 128 ? blocks_per_sm<128>() : blocks_per_sm<256>();
-  // Splits as the latent kernel takes them (decode_split.cuh): up to one wave of blocks.
-  const int cap = (int)std::min<int64_t>(std::max<int64_t>(1, (int64_t)sm_count() * perSm / (B * Hkv)), 1 << 16);
+  // Splits as the latent kernel takes them (decode_split.cuh), up to four waves of blocks: a block
+  // has few rows in flight, so more blocks than fit at once keep the SMs fed as blocks finish.
+  const int cap = (int)std::min<int64_t>(std::max<int64_t>(1, 4 * (int64_t)sm_count() * perSm / (B * Hkv)), 1 << 16);
   const bool graph = capturing() != nullptr;
   int nsplit = 1;
   for (int64_t b = 0; b < B; b++) nsplit = std::max(nsplit, splits_of(n[b], cap));
