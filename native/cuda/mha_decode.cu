@@ -1,6 +1,7 @@
 // MHA/GQA decode over bf16 caches in one kernel (FlashDecoding): the counterpart of the fused latent
-// kernel (latent_decode.cu), so the original model decodes with the same batching, context splits
-// and decode graphs as its MLA conversion. The cuBLAS route (decode_batch.cu) sizes its GEMMs by every
+// kernel (latent_decode.cu), so the original model can decode with the same context splits and decode
+// graphs as its MLA conversion. Opt-in (MHA2MLA_MHA_DECODE=kernel) until it is faster: per call it
+// reaches 12–16% of the HBM bound where the cuBLAS route reaches 18–69% (docs/benchmarks.md). The cuBLAS route (decode_batch.cu) sizes its GEMMs by every
 // sequence's length, which a recorded step cannot replay; here lengths are read on the device.
 //
 // Per block: one sequence, one KV head with its g ≤ 8 query heads, one split of the visible keys
@@ -182,8 +183,10 @@ int sm_count() {
 
 namespace mla {
 bool mha_decode_takes(int64_t H, int64_t Hkv, int64_t Dh) {
+  // Opt-in: measured on the H200 (docs/benchmarks.md) it is 1.5–4.5× slower than the cuBLAS route per
+  // call, though a decode graph that it makes possible wins back more at batch 1.
   const char* route = getenv("MHA2MLA_MHA_DECODE");
-  if (route && std::string(route) == "gemm") return false;
+  if (!route || std::string(route) != "kernel") return false;
   return (Dh == 64 || Dh == 128 || Dh == 256) && Hkv > 0 && H % Hkv == 0 && H / Hkv <= GMAX;
 }
 
