@@ -15,7 +15,7 @@ export { ropeInvFreq, kvElemsPerToken, uniformSplit } from "./model/config.js";
 export { LlamaModel, loadModel } from "./model/llama.js";
 export type { LoadedModel } from "./model/llama.js";
 export { KvCache } from "./model/kvCache.js";
-export { generate } from "./model/generate.js";
+export { generate, generateBatch, type GenerateOptions, type GenerateResult, type GenerateBatchResult } from "./model/generate.js";
 export { DecodeSession, type DecodeSessionOptions } from "./model/decodeSession.js";
 export { Tensor } from "./tensor/tensor.js";
 export type { Backend } from "./tensor/backend.js";

@@ -1,14 +1,14 @@
 import { DEVICE_OPTION } from "./deviceOption.js";
 import type { CommandModule } from "yargs";
 import { loadModel } from "../model/llama.js";
-import { defaultKvCache, generate } from "../model/generate.js";
+import { defaultKvCache, generateBatch } from "../model/generate.js";
 import { selectBackend, type DeviceName } from "../backends/select.js";
 import { stderrLogger } from "../util/log.js";
 import { KV_CACHE_DTYPES, KvCacheDtype } from "../model/kvQuant.js";
 
 interface Args {
   model: string;
-  prompt: string;
+  prompt: string[];
   "max-tokens": number;
   temperature: number;
   seed: number;
@@ -18,11 +18,11 @@ interface Args {
 
 export const generateCommand: CommandModule<object, Args> = {
   command: "generate <model>",
-  describe: "continue a prompt (greedy, or sampled with --temperature), decoding with the KV cache",
+  describe: "continue a prompt, or several together (greedy, or sampled with --temperature), decoding with the KV cache",
   builder: (y) =>
     y
       .positional("model", { type: "string", demandOption: true })
-      .option("prompt", { type: "string", default: "Once upon a time" })
+      .option("prompt", { type: "string", array: true, default: ["Once upon a time"], describe: "the text to continue; give it several times to continue several prompts together, decoded as one batch (each continuation printed after a --- line)" })
       .option("max-tokens", { type: "number", default: 64 })
       .option("temperature", { type: "number", default: 0 })
       .option("seed", { type: "number", default: 0 })
@@ -30,8 +30,12 @@ export const generateCommand: CommandModule<object, Args> = {
       .option("kv-cache", { choices: ["auto", ...KV_CACHE_DTYPES] as const, default: "auto" as const, describe: "how the decode cache stores keys/values (MLA: rope keys and latents): auto = bf16 for a bf16 checkpoint on the GPU (as HF transformers stores it), else f32; int8/int4 groups of 32 with a bf16 scale each" }),
   handler: (a) => {
     const lm = loadModel(a.model, { backend: selectBackend(a.device, stderrLogger) });
-    const prompt = lm.tokenizer.encode(a.prompt, { addSpecialTokens: true });
-    const r = generate(lm.model, prompt, { maxTokens: a["max-tokens"], temperature: a.temperature, seed: a.seed, kvCache: a["kv-cache"] === "auto" ? defaultKvCache(lm.model) : a["kv-cache"] });
-    process.stdout.write(lm.tokenizer.decode([...prompt, ...r.ids].filter((t) => t !== lm.config.bosTokenId)) + "\n");
+    const prompts = a.prompt.map((p) => lm.tokenizer.encode(String(p), { addSpecialTokens: true }));
+    const r = generateBatch(lm.model, prompts, { maxTokens: a["max-tokens"], temperature: a.temperature, seed: a.seed, kvCache: a["kv-cache"] === "auto" ? defaultKvCache(lm.model) : a["kv-cache"] });
+    r.sequences.forEach((s, i) => {
+      if (prompts.length > 1) process.stdout.write(`--- ${i + 1}\n`);
+      process.stdout.write(lm.tokenizer.decode([...prompts[i]!, ...s.ids].filter((t) => t !== lm.config.bosTokenId)) + "\n");
+    });
+    if (r.decodeTokens > 0) stderrLogger.info(`decoded ${r.decodeTokens} tokens of ${prompts.length} prompt${prompts.length > 1 ? "s" : ""} in ${r.decodeSeconds.toFixed(2)} s (${(r.decodeTokens / r.decodeSeconds).toFixed(1)} tokens/s; steps ${r.steps})`);
   },
 };

@@ -57,31 +57,81 @@ export function defaultKvCache(model: LlamaModel): KvCacheDtype {
   return model.bf16Weights ? "bf16" : "f32";
 }
 
+/** What a batch of prompts produced (generateBatch). */
+export interface GenerateBatchResult {
+  /** One per prompt, in order. */
+  sequences: GenerateResult[];
+  /** Tokens the decode steps produced (after each prompt's first new token) and the seconds they took. */
+  decodeTokens: number;
+  decodeSeconds: number;
+  /** How the steps ran: "CUDA graph", or why op by op (DecodeSession.why). */
+  steps: string;
+}
+
 /** Continues `prompt` (token ids, BOS included if wanted) by up to maxTokens tokens. */
 export function generate(model: LlamaModel, prompt: readonly number[], opts: GenerateOptions): GenerateResult {
-  if (prompt.length === 0) throw new MlaError("BAD_ARGUMENT", "the prompt has no tokens", "pass a non-empty --prompt");
+  return generateBatch(model, [prompt], opts).sequences[0]!;
+}
+
+/**
+ * Continues each of `prompts` by up to maxTokens tokens, decoding them together: one step for all
+ * unfinished sequences reads every weight once (MLA's small caches let more sequences share a step).
+ * Each prompt is prefilled on its own cache; a sequence that ends (EOS) leaves the batch. Sampling
+ * draws from a generator per sequence (seed + its index), so a prompt's output does not depend on the
+ * others in its batch.
+ */
+export function generateBatch(model: LlamaModel, prompts: readonly (readonly number[])[], opts: GenerateOptions): GenerateBatchResult {
+  if (prompts.length === 0) throw new MlaError("BAD_ARGUMENT", "no prompts to continue", "pass at least one --prompt");
+  prompts.forEach((p, i) => {
+    if (p.length === 0) throw new MlaError("BAD_ARGUMENT", prompts.length > 1 ? `prompt ${i + 1} has no tokens` : "the prompt has no tokens", "pass a non-empty --prompt");
+  });
   if (!Number.isInteger(opts.maxTokens) || opts.maxTokens < 0) throw new MlaError("BAD_ARGUMENT", `--max-tokens ${opts.maxTokens} is not a token count`, "pass a whole number ≥ 0");
   const c = model.config;
-  // Room for the whole sequence up front (it never moves while generating), up to the model's context
-  // length: a larger --max-tokens that EOS may cut short grows the cache as it is used instead.
-  const cache = model.newCache(opts.kvCache, { capacity: Math.min(prompt.length + opts.maxTokens, Math.max(prompt.length, c.maxPositions)) });
-  const rand = rng(opts.seed ?? 0);
   const V = c.vocabSize;
-  const logits = model.forward(Int32Array.from(prompt), cache).toArray();
-  let last = logits.subarray(logits.length - V);
-  const out: number[] = [];
-  // Steps after the prompt replay one recorded step where the backend can (DecodeSession).
-  const session = new DecodeSession(model, [cache]);
+  // Room for each whole sequence up front (it never moves while generating), up to the model's context
+  // length: a larger --max-tokens that EOS may cut short grows the cache as it is used instead.
+  const caches = prompts.map((p) => model.newCache(opts.kvCache, { capacity: Math.min(p.length + opts.maxTokens, Math.max(p.length, c.maxPositions)) }));
+  const rands = prompts.map((_, i) => rng((opts.seed ?? 0) + i));
+  const outs: number[][] = prompts.map(() => []);
+  // Each prompt's last row gives its first new token.
+  let lasts = prompts.map((p, i) => {
+    const logits = model.forward(Int32Array.from(p), caches[i]).toArray();
+    return logits.subarray(logits.length - V);
+  });
+  let live = opts.maxTokens > 0 ? prompts.map((_, i) => i) : [];
+  let session: DecodeSession | null = null;
+  let steps = "";
+  let decodeTokens = 0;
+  const t0 = performance.now();
   try {
-    for (let i = 0; i < opts.maxTokens; i++) {
-      const next = pick(last, opts.temperature ?? 0, rand);
-      out.push(next);
-      if ((opts.stopAtEos ?? true) && next === c.eosTokenId) break;
-      if (i + 1 === opts.maxTokens) break;
-      last = session.step(Int32Array.of(next)).toArray();
+    while (live.length) {
+      const still: number[] = [], next: number[] = [];
+      live.forEach((i, k) => {
+        const t = pick(lasts[k]!, opts.temperature ?? 0, rands[i]!);
+        outs[i]!.push(t);
+        if (((opts.stopAtEos ?? true) && t === c.eosTokenId) || outs[i]!.length >= opts.maxTokens) return;
+        still.push(i);
+        next.push(t);
+      });
+      if (!still.length) break;
+      // A sequence left the batch: a session over the others (recorded again where steps are recorded).
+      if (!session || still.length !== live.length) {
+        session?.dispose();
+        session = new DecodeSession(model, still.map((i) => caches[i]!));
+      }
+      live = still;
+      const logits = session.step(Int32Array.from(next)).toArray();
+      decodeTokens += live.length;
+      steps = session.graphed ? "CUDA graph" : `op by op (${session.why ?? "not recorded yet"})`;
+      lasts = live.map((_, k) => logits.subarray(k * V, (k + 1) * V));
     }
   } finally {
-    session.dispose();
+    session?.dispose();
   }
-  return { ids: out, cacheElements: cache.elements, cacheBytes: cache.bytes };
+  return {
+    sequences: prompts.map((_, i) => ({ ids: outs[i]!, cacheElements: caches[i]!.elements, cacheBytes: caches[i]!.bytes })),
+    decodeTokens,
+    decodeSeconds: (performance.now() - t0) / 1000,
+    steps,
+  };
 }

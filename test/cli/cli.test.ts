@@ -37,6 +37,14 @@ test("generate continues a prompt; --kv-cache auto (the default) is f32 on the C
   assert.match(auto.stdout, /^Once upon a time\S*\s*\S/);
   assert.equal(run("--kv-cache", "f32").stdout, auto.stdout);
   for (const kv of ["bf16", "int8"]) assert.equal(run("--kv-cache", kv).code, 0);
+  // Several prompts: each continuation after its --- line, the first as it is alone; the decode rate on stderr.
+  const two = run("--prompt", "The cat"); // after run()'s own --prompt
+  assert.equal(two.code, 0, two.stderr);
+  const parts = two.stdout.split(/^--- \d+\n/m).slice(1);
+  assert.equal(parts.length, 2);
+  assert.equal(parts[0], auto.stdout);
+  assert.match(parts[1]!, /^The cat/);
+  assert.match(two.stderr, /decoded \d+ tokens of 2 prompts in [\d.]+ s \([\d.]+ tokens\/s; steps op by op/);
   const bad = run("--kv-cache", "int3");
   assert.notEqual(bad.code, 0);
   assert.match(bad.stderr, /int3/);

@@ -1,13 +1,15 @@
 /**
  * DecodeSession on a backend without step recording (the CPU ones): steps equal decodeBatch, it says
  * why it runs op by op, and checks its input; DecodeCache.truncate forgets tokens (what a refused
- * recording relies on). The recorded (CUDA graph) path is tested on the GPU (test/backends/cuda.test.ts).
+ * recording relies on); generateBatch decodes several prompts as each would alone. The recorded (CUDA
+ * graph) path is tested on the GPU (test/backends/cuda.test.ts).
  */
 import assert from "node:assert/strict";
 import path from "node:path";
 import { test } from "node:test";
 import { loadModel } from "../../src/model/llama.js";
 import { DecodeSession } from "../../src/model/decodeSession.js";
+import { generate, generateBatch } from "../../src/model/generate.js";
 import { MODELS, maxAbsDiff } from "../helpers.js";
 import { MlaError } from "../../src/errors.js";
 
@@ -44,4 +46,26 @@ test("truncate forgets a cache's last tokens: decoding after it equals decoding 
   assert.equal(a.elements, b.elements);
   assert.equal(maxAbsDiff(model.forward(Int32Array.of(17), a).toArray(), model.forward(Int32Array.of(17), b).toArray()), 0);
   assert.throws(() => a.truncate(6), /truncate: 6 tokens of a cache holding 5/);
+});
+
+test("generateBatch continues several prompts together as each would alone (greedy and sampled), a sequence that stops leaves the batch, and bad input names the prompt", () => {
+  const { model, config } = loadModel(path.join(MODELS, "stories260K"));
+  const prompts = [[1, 400, 300, 200], [1, 55], [1, 9, 8, 7, 6, 5]];
+  for (const opts of [{ maxTokens: 10 }, { maxTokens: 10, temperature: 0.8, seed: 3 }]) {
+    const together = generateBatch(model, prompts, opts);
+    assert.equal(together.decodeTokens, 3 * 9, "the first new token of each comes from its prompt's prefill");
+    assert.match(together.steps, /op by op/);
+    prompts.forEach((p, i) => assert.deepEqual(together.sequences[i]!.ids, generateBatch(model, [p], { ...opts, seed: (opts.seed ?? 0) + i }).sequences[0]!.ids, `prompt ${i}`));
+    assert.deepEqual(generate(model, prompts[0]!, opts).ids, together.sequences[0]!.ids);
+  }
+  // A sequence that meets EOS stops there; the others go on.
+  const eos = config.eosTokenId ?? -1;
+  const short = generateBatch(model, prompts, { maxTokens: 40 });
+  for (const s of short.sequences) {
+    const at = s.ids.indexOf(eos);
+    assert.ok(at < 0 ? s.ids.length === 40 : at === s.ids.length - 1, "ends at its EOS or after 40 tokens");
+  }
+  assert.deepEqual(generateBatch(model, prompts, { maxTokens: 0 }).sequences.map((s) => s.ids), [[], [], []]);
+  assert.throws(() => generateBatch(model, [[1, 2], []], { maxTokens: 3 }), /prompt 2 has no tokens/);
+  assert.throws(() => generateBatch(model, [], { maxTokens: 3 }), /no prompts/);
 });
