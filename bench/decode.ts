@@ -85,6 +85,7 @@ for (const dir of dirs) {
         console.log(`${row()} does not fit (${(avail / 2 ** 30).toFixed(1)} GiB left beside the weights) | |`);
         continue;
       }
+      let session: DecodeSession | null = null;
       try {
         // Room for the prefill and every step (the clones keep it): no cache moves while timed.
         const first = model.newCache(kvCache, { capacity: ctx + repeats * steps + 2 });
@@ -93,9 +94,9 @@ for (const dir of dirs) {
         for (let b = 1; b < B; b++) caches.push(first.clone());
         if (backend instanceof CudaBackend) await backend.reclaim();
         let tok = new Int32Array(B).fill(5);
-        const session = new DecodeSession(model, caches, { graphs });
+        session = new DecodeSession(model, caches, { graphs });
         const step = () => {
-          const logits = session.step(tok).toArray();
+          const logits = session!.step(tok).toArray();
           // Next tokens from the logits (so each step depends on the previous one, as in real decoding).
           tok = Int32Array.from({ length: B }, (_, b) => 3 + (logits.subarray(b * V, b * V + 64).indexOf(Math.max(...logits.subarray(b * V, b * V + 64))) % 60));
         };
@@ -111,7 +112,6 @@ for (const dir of dirs) {
         }
         const how = session.graphed ? ", CUDA graph" : ", op by op";
         if (graphs && session.why) console.error(`${dir.split("/").pop()} ctx ${ctx} batch ${B}: op by op because ${session.why}`);
-        session.dispose();
         rates.sort((x, y) => x - y);
         const median = rates[Math.floor(rates.length / 2)]!;
         const bound = (weightBytes + stored) / HBM_BYTES_PER_S;
@@ -121,6 +121,9 @@ for (const dir of dirs) {
         // The fit estimate above is rough (the absorbed projections and activations come on top): say so and go on.
         if ((e as { code?: string }).code !== "OUT_OF_MEMORY") throw e;
         console.log(`${row()} out of GPU memory while decoding | |`);
+      } finally {
+        session?.dispose(); // its recorded step and scratch, before the next row's caches
+        session = null;
       }
       await new Promise((r) => setImmediate(r)); // lets freed device buffers be reclaimed
     }

@@ -22,7 +22,7 @@ export const generateCommand: CommandModule<object, Args> = {
   builder: (y) =>
     y
       .positional("model", { type: "string", demandOption: true })
-      .option("prompt", { type: "string", array: true, default: ["Once upon a time"], describe: "the text to continue; give it several times to continue several prompts together, decoded as one batch (each continuation printed after a --- line)" })
+      .option("prompt", { type: "string", array: true, nargs: 1, default: ["Once upon a time"], describe: "the text to continue; give it several times to continue several prompts together, decoded as one batch (each continuation printed after a --- line)" })
       .option("max-tokens", { type: "number", default: 64 })
       .option("temperature", { type: "number", default: 0 })
       .option("seed", { type: "number", default: 0 })

@@ -91,10 +91,11 @@ export class DecodeSession {
       this.recordedOver = buffers;
       return result;
     } catch (e) {
-      // The recording ran (some of) the step's host bookkeeping but no device work: undo it.
+      // The recording ran (some of) the step's host bookkeeping but no device work: undo it, and run
+      // op by op from now on (out of memory while recording too: the op-by-op step needs less).
       this.caches.forEach((c, i) => c.truncate(lengths[i]!));
-      if (!(e instanceof MlaError) || e.code !== "UNSUPPORTED") throw e;
-      this.refusal = e.message; // and op by op from now on
+      if (!(e instanceof MlaError)) throw e;
+      this.refusal = e.message.split("\n")[0];
       return null;
     }
   }

@@ -45,6 +45,10 @@ test("generate continues a prompt; --kv-cache auto (the default) is f32 on the C
   assert.equal(parts[0], auto.stdout);
   assert.match(parts[1]!, /^The cat/);
   assert.match(two.stderr, /decoded \d+ tokens of 2 prompts in [\d.]+ s \([\d.]+ tokens\/s; steps op by op/);
+  // --prompt takes one word after it: the model may follow it.
+  const before = cli(["generate", "--prompt", "The cat", "stories260K", "--max-tokens", "3", "--device", "cpu"]);
+  assert.equal(before.code, 0, before.stderr);
+  assert.match(before.stdout, /^The cat/);
   const bad = run("--kv-cache", "int3");
   assert.notEqual(bad.code, 0);
   assert.match(bad.stderr, /int3/);

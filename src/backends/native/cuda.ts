@@ -21,7 +21,8 @@ import { profileCuda } from "./cudaProfile.js";
 type Fn = (...args: unknown[]) => number;
 const F32 = 0;
 const BF16 = 1;
-/** mla_status of an op a decode graph capture cannot record (native/include/mla.h). */
+/** mla_status codes (native/include/mla.h): an allocation failed; an op a decode graph capture cannot record. */
+const MLA_ERR_MEMORY = 2;
 const MLA_ERR_UNSUPPORTED = 5;
 
 interface CudaLib {
@@ -127,7 +128,7 @@ export function loadCuda(): CudaLib | string {
 /** The library's last error as an MlaError: OUT_OF_MEMORY (with `oomHint`) or a failed op (with `hint`). */
 function cudaError(lib: CudaLib, op: string, hint: string, oomHint: string, status = 0): MlaError {
   const msg = lib.lastError().replace(/^[^ ]+: /, "");
-  if (/out of GPU memory/.test(msg)) return new MlaError("OUT_OF_MEMORY", `${op}: ${msg}`, oomHint);
+  if (/out of GPU memory/.test(msg) || status === MLA_ERR_MEMORY) return new MlaError("OUT_OF_MEMORY", `${op}: ${msg}`, oomHint);
   if (status === MLA_ERR_UNSUPPORTED) return new MlaError("UNSUPPORTED", `${op}: ${msg}`, "the step runs op by op instead");
   return new MlaError("BAD_ARGUMENT", `CUDA ${op} failed: ${msg}`, hint);
 }
@@ -139,6 +140,12 @@ function cudaError(lib: CudaLib, op: string, hint: string, oomHint: string, stat
  */
 class DeviceBuffer {
   bf16: Tensor | null = null;
+  /**
+   * The recorded decode step whose output this is (made during the recording, alive at its end): the
+   * graph re-makes it at the same address at every launch and frees it with itself, so dispose()
+   * leaves it alone, and the reference keeps the graph alive while its outputs are.
+   */
+  graph: StepGraph | null = null;
   constructor(readonly handle: unknown, readonly n: number, readonly dtype: number, readonly parent: DeviceBuffer | null = null) {}
 }
 
@@ -288,6 +295,10 @@ export class CudaBackend implements Backend {
   private bf16InputArenas = 0;
   /** Milliseconds the host has spent blocked waiting for the device (see hostWaitMs). */
   private waited = 0;
+  /** While a decode step is recorded: the buffers it made and has not freed (captureStep). */
+  private recording: Set<DeviceBuffer> | null = null;
+  /** Frees the graphs their sessions dropped without dispose(). */
+  private readonly graphs = new FinalizationRegistry<unknown>((g) => this.lib.graphDestroy(g));
 
   constructor(readonly lib: CudaLib) {
     checkAttentionRoute(process.env["MHA2MLA_CUDA_ATTENTION"]);
@@ -397,27 +408,38 @@ export class CudaBackend implements Backend {
     const B = ids.length;
     if (positions.length !== B || B === 0) throw new MlaError("BAD_ARGUMENT", `captureStep: ${B} token ids and ${positions.length} positions`, "one of each per sequence; this is a bug in the caller");
     if (process.env["MHA2MLA_CUDA_PROFILE"]) throw new MlaError("UNSUPPORTED", "a decode step cannot be recorded while MHA2MLA_CUDA_PROFILE times every op", "unset MHA2MLA_CUDA_PROFILE to record decode steps");
+    // That route sizes its views and products from each sequence's length on the host.
+    if (process.env["MHA2MLA_DECODE_BATCH"] === "rows") throw new MlaError("UNSUPPORTED", "a decode step cannot be recorded with MHA2MLA_DECODE_BATCH=rows (one attention call per sequence, sized on the host)", "unset MHA2MLA_DECODE_BATCH to record decode steps");
     this.call("graph_begin", this.lib.fns["graphBegin"]!(ids, positions, B));
     let result: T;
+    const made = (this.recording = new Set());
     try {
       result = run();
     } catch (e) {
       this.lib.graphAbort();
       throw e;
+    } finally {
+      this.recording = null;
     }
     const handle = this.lib.graphEnd();
     if (!handle) throw new MlaError("UNSUPPORTED", `the decode step cannot be recorded as a CUDA graph: ${this.lib.lastError().replace(/^[^ ]+: /, "")}`, "it runs op by op instead (set MHA2MLA_DECODE_GRAPHS=0 to skip the attempt)");
     let live = true;
+    const token = {};
     const graph: StepGraph = {
       launch: (nextIds, nextPositions) => {
         if (!live) throw new MlaError("BAD_ARGUMENT", "launch of a disposed decode graph", "this is a bug in the caller");
         this.call("graph_launch", this.lib.graphLaunch(handle, nextIds, nextPositions, nextIds.length));
       },
       dispose: () => {
-        if (live) this.lib.graphDestroy(handle);
+        if (live) {
+          this.graphs.unregister(token);
+          this.lib.graphDestroy(handle);
+        }
         live = false;
       },
     };
+    this.graphs.register(graph, handle, token);
+    for (const buf of made) buf.graph = graph;
     try {
       graph.launch(ids, positions); // the recorded step itself: capture only recorded it
     } catch (e) {
@@ -443,6 +465,7 @@ export class CudaBackend implements Backend {
     if (!h) this.fail(`allocating ${what} [${shape}] (${(bytes / 2 ** 20).toFixed(1)} MiB)`);
     const buf = new DeviceBuffer(h, n, dtype);
     this.registry.register(buf, h, buf);
+    this.recording?.add(buf);
     const t = new Tensor(this, shape, buf, dtype === BF16 ? "bf16" : "f32");
     if (inArena) arena?.push(t);
     return t;
@@ -515,6 +538,8 @@ export class CudaBackend implements Backend {
 
   free(t: Tensor): void {
     const buf = t.storage as DeviceBuffer;
+    if (buf.graph) return;
+    this.recording?.delete(buf);
     if (!this.registry.unregister(buf)) return; // already freed
     this.lib.free(buf.handle);
     if (buf.bf16) this.free(buf.bf16);
