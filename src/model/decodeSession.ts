@@ -18,11 +18,13 @@ export interface DecodeSessionOptions {
 
 export class DecodeSession {
   private graph: StepGraph | null = null;
-  /** The buffers the graph was recorded over (a cache that moved invalidates it). */
+  /** The buffers the graph was recorded over (a cache that moved invalidates it), and the weights' version. */
   private recordedOver: readonly Tensor[] = [];
+  private recordedWeights = -1;
   /** The last step's logits: the graph's output, or an op-by-op result this session frees. */
   private logits: Tensor | null = null;
-  private steps = 0;
+  /** The weights' version the last op-by-op step ran with (it built what a recording reuses); -1: none yet. */
+  private warmWeights = -1;
   private refusal: string | undefined;
 
   /** `caches` [B]: distinct caches holding each sequence so far (prefilled); they advance with every step. */
@@ -61,16 +63,16 @@ export class DecodeSession {
     if (this.graph) {
       this.graph.launch(ids, positions);
       for (const c of this.caches) c.commitStep();
-      this.steps++;
       return this.logits!;
     }
     this.logits?.dispose();
     this.logits = null;
-    // The first step runs op by op: it builds what every later step reuses (absorbed projections,
-    // kernel attributes, scratch), none of which a recording may allocate.
-    if (this.steps > 0 && this.refusal === undefined && this.replayable()) this.logits = this.record(ids, positions);
+    // The first step, and the first after the weights change, runs op by op: it builds what every later
+    // step reuses (absorbed projections, kernel attributes, scratch), none of which a recording may allocate.
+    const warm = this.warmWeights === this.model.weightsVersion;
+    if (warm && this.refusal === undefined && this.replayable()) this.logits = this.record(ids, positions);
     this.logits ??= this.model.decodeBatch(ids, this.caches);
-    this.steps++;
+    this.warmWeights = this.model.weightsVersion;
     return this.logits;
   }
 
@@ -89,6 +91,7 @@ export class DecodeSession {
       const { result, graph } = this.model.backend.captureStep!(ids, positions, () => this.model.decodeBatch(ids, this.caches));
       this.graph = graph;
       this.recordedOver = buffers;
+      this.recordedWeights = this.model.weightsVersion;
       return result;
     } catch (e) {
       // The recording ran (some of) the step's host bookkeeping but no device work: undo it, and run
@@ -104,6 +107,7 @@ export class DecodeSession {
   private replayable(): boolean {
     if (this.caches.some((c) => c.capacity < c.length + 1)) return false;
     if (!this.graph) return true;
+    if (this.recordedWeights !== this.model.weightsVersion) return false; // fine-tuned meanwhile: re-record
     const now = this.buffers();
     return now.length === this.recordedOver.length && now.every((t, i) => t === this.recordedOver[i]);
   }

@@ -339,8 +339,12 @@ export class LlamaModel {
     if (h.requiresGrad) h.accumulate(b, dh);
   }
 
+  /** Counts weightsChanged() calls: a recorded decode step (DecodeSession) holds the weights it read. */
+  weightsVersion = 0;
+
   /** Call after changing weights in place: drops the absorbed MLA projections built from them. */
   weightsChanged(): void {
+    this.weightsVersion++;
     this.constants = null;
     this.mla?.forEach((m) => m.invalidate());
     this.deepseek?.forEach((m) => m.invalidate());

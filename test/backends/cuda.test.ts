@@ -785,7 +785,7 @@ test("--checkpoint-activations gives the same weights as the plain run at head d
   assert.ok(fs.readFileSync(path.join(plain.out, "model.safetensors")).equals(fs.readFileSync(path.join(ckpt.out, "model.safetensors"))), "activation checkpointing changed the result");
 });
 
-test("a recorded decode step (CUDA graph) replays like op-by-op steps: absorbed MLA on bf16 caches at B = 1 and 3 (ragged, context splits, a cache that moves mid-run and is recorded again); MHA/GQA through its opt-in kernel too; MHA on the cuBLAS route (its default) and an f32 cache say why they run op by op", { skip }, async (t) => {
+test("a recorded decode step (CUDA graph) replays like op-by-op steps: absorbed MLA on bf16 caches at B = 1 and 3 (ragged, context splits, a cache that moves mid-run and weights that change: recorded again); MHA/GQA through its opt-in kernel too; MHA on the cuBLAS route (its default) and an f32 cache say why they run op by op", { skip }, async (t) => {
   const dir = tmpDir();
   const src = path.join(dir, "smollm-L2");
   await synth({ arch: "smollm-135m", layers: 2, dtype: "BF16", out: src, progress: null });
@@ -810,6 +810,7 @@ test("a recorded decode step (CUDA graph) replays like op-by-op steps: absorbed 
     let next = Int32Array.from(lengths, (_, i) => 11 + i);
     let worst = 0, scale = 0, recorded = 0;
     for (let step = 0; step < 12; step++) {
+      if (step === 8) model.weightsChanged(); // as fine-tuning does: the next step runs op by op, the one after records again
       const got = rec.session.step(next).toArray();
       if (rec.session.graphed) recorded++;
       const want = eager.session.step(next).toArray();
@@ -825,8 +826,9 @@ test("a recorded decode step (CUDA graph) replays like op-by-op steps: absorbed 
       assert.match(rec.session.why ?? "", /cuBLAS route/);
       assert.equal(worst, 0, "a refused recording leaves the step to run op by op, unchanged");
     } else {
-      // Steps 0 (warm-up), 1 (recorded and run), then replays; the move at step 6 runs op by op and step 7 records again.
-      assert.equal(recorded, 10, "every step but the first and the one that moved the cache replays");
+      // Steps 0 (warm-up), 1 (recorded and run), then replays; the move at step 5 and the weights'
+      // change at step 8 each cost one step op by op, and the step after records again.
+      assert.equal(recorded, 9, "every step but the first, the one that moved the cache and the first after the weights changed replays");
       assert.ok(worst <= 1e-5 * scale, "a replay computes what the op-by-op step computes");
     }
     rec.session.dispose();
