@@ -18,12 +18,14 @@ export interface DecodeSessionOptions {
 
 export class DecodeSession {
   private graph: StepGraph | null = null;
-  /** The buffers the graph was recorded over (a cache that moved invalidates it), and the weights' version. */
+  /** The buffers the graph was recorded over (a cache that moved invalidates it). */
   private recordedOver: readonly Tensor[] = [];
-  private recordedWeights = -1;
   /** The last step's logits: the graph's output, or an op-by-op result this session frees. */
   private logits: Tensor | null = null;
-  /** The weights' version the last op-by-op step ran with (it built what a recording reuses); -1: none yet. */
+  /**
+   * The weights' version the last op-by-op or recorded step ran with (it built what a recording reuses,
+   * and a graph holds the weights it was recorded with); -1: none yet.
+   */
   private warmWeights = -1;
   private refusal: string | undefined;
 
@@ -91,7 +93,6 @@ export class DecodeSession {
       const { result, graph } = this.model.backend.captureStep!(ids, positions, () => this.model.decodeBatch(ids, this.caches));
       this.graph = graph;
       this.recordedOver = buffers;
-      this.recordedWeights = this.model.weightsVersion;
       return result;
     } catch (e) {
       // The recording ran (some of) the step's host bookkeeping but no device work: undo it, and run
@@ -107,7 +108,7 @@ export class DecodeSession {
   private replayable(): boolean {
     if (this.caches.some((c) => c.capacity < c.length + 1)) return false;
     if (!this.graph) return true;
-    if (this.recordedWeights !== this.model.weightsVersion) return false; // fine-tuned meanwhile: re-record
+    if (this.warmWeights !== this.model.weightsVersion) return false; // fine-tuned meanwhile: re-record
     const now = this.buffers();
     return now.length === this.recordedOver.length && now.every((t, i) => t === this.recordedOver[i]);
   }
