@@ -3,7 +3,9 @@
 // decode graph recomputes from the step's positions, how many splits a sequence takes, and the merge
 // of the splits' partial outputs by their log2-sum-exp.
 #pragma once
+#include <algorithm>
 #include <cmath>
+#include <vector>
 #include "common.cuh"
 
 namespace {
@@ -64,4 +66,45 @@ __global__ void k_split_combine(const Seq* seqs, const int32_t* pos, int64_t win
   o[bh * L + c] = x * w[nsplit];
 }
 
+
+// The host side both kernels share: the sequences' table, the grid's splits and the partial outputs,
+// for B sequences (a[b], bb[b]: the two row pointers of Seq; lo, n their visible ranges; pos the host
+// positions) of H heads of `width` output columns, with at most `cap` splits per sequence. In a decode
+// graph the table is a graph constant, the positions the step's on the device, and the grid has `cap`
+// splits (the sequences grow while it lives).
+struct SplitCall {
+  const Seq* seqs = nullptr;
+  const int32_t* pos = nullptr;  // device; null outside a graph
+  float* opart = nullptr;        // [splits, B, H, width], when splits > 1
+  float* lsepart = nullptr;      // [splits, B, H]
+  int splits = 1;
+};
+inline mla_status split_call(SplitCall& c, const __nv_bfloat16* const* a, const __nv_bfloat16* const* bb, const int64_t* lo, const int64_t* n, const int32_t* pos, int64_t B, int64_t H, int64_t width, int cap) {
+  const bool graph = mla::capturing() != nullptr;
+  for (int64_t b = 0; b < B; b++) c.splits = std::max(c.splits, splits_of(n[b], cap));
+  if (graph) c.splits = cap;
+  std::vector<Seq> seqs(B);
+  for (int64_t b = 0; b < B; b++) seqs[b] = {a[b], bb[b], lo[b], n[b]};
+  const size_t seqBytes = (B * sizeof(Seq) + 255) & ~size_t(255);
+  const size_t partBytes = c.splits > 1 ? ((size_t)(c.splits * B * H * width * 4) + 255) & ~size_t(255) : 0;
+  const size_t lseBytes = c.splits > 1 ? (size_t)c.splits * B * H * 4 : 0;
+  mla_status st = MLA_OK;
+  char* base = (char*)mla::scratch(seqBytes + partBytes + lseBytes, &st);
+  if (!base) return st;
+  c.seqs = (const Seq*)base;
+  c.opart = c.splits > 1 ? (float*)(base + seqBytes) : nullptr;
+  c.lsepart = c.splits > 1 ? (float*)(base + seqBytes + partBytes) : nullptr;
+  if (!graph) return mla::stage_to_device(seqs.data(), B * sizeof(Seq), (void*)c.seqs);
+  if (!(c.pos = mla::step_positions(pos, B))) return MLA_FAIL(MLA_ERR_UNSUPPORTED, "decode attention: positions other than the captured step's");
+  if (!(c.seqs = (const Seq*)mla::capture_constant(seqs.data(), B * sizeof(Seq), &st))) return st;
+  return MLA_OK;
+}
+
+// The merge of the splits into o [B, H, width], when there are several.
+inline mla_status split_merge(const SplitCall& c, int64_t window, float* o, int64_t B, int64_t H, int64_t width) {
+  if (c.splits == 1) return MLA_OK;
+  k_split_combine<<<dim3((unsigned)(B * H), (unsigned)((width + 255) / 256)), 256, (c.splits + 1) * sizeof(float), mla::ctx()->stream>>>(c.seqs, c.pos, window, c.splits, c.opart, c.lsepart, o, (int)H, B * H, (int)width);
+  KERNEL_CHECK();
+  return MLA_OK;
+}
 }  // namespace

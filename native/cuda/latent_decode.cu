@@ -367,39 +367,14 @@ mla_status latent_decode(const __nv_bfloat16* const* cs, const __nv_bfloat16* co
   const int64_t hbn = (H + HB - 1) / HB;
   const int64_t wave = (int64_t)sm_count() * perSm[nt];
   const int cap = (int)std::min<int64_t>(std::max<int64_t>(1, wave / (B * hbn)), 1 << 16);
-  const bool graph = capturing() != nullptr;
-  int nsplit = 1;
-  for (int64_t b = 0; b < B; b++) nsplit = std::max(nsplit, splits_of(n[b], cap));
-  if (graph) nsplit = cap;
-  std::vector<Seq> seqs(B);
-  for (int64_t b = 0; b < B; b++) seqs[b] = {cs[b], krs[b], lo[b], n[b]};
-  const size_t seqBytes = (B * sizeof(Seq) + 255) & ~size_t(255);
-  const size_t partBytes = nsplit > 1 ? ((size_t)(nsplit * B * H * L * 4) + 255) & ~size_t(255) : 0;
-  const size_t lseBytes = nsplit > 1 ? (size_t)nsplit * B * H * 4 : 0;
-  mla_status st = MLA_OK;
-  char* base = (char*)scratch(seqBytes + partBytes + lseBytes, &st);
-  if (!base) return st;
-  const Seq* dseqs = (const Seq*)base;
-  float* opart = nsplit > 1 ? (float*)(base + seqBytes) : nullptr;
-  float* lsepart = nsplit > 1 ? (float*)(base + seqBytes + partBytes) : nullptr;
-  const int32_t* dpos = nullptr;
-  if (graph) {
-    // The cache pointers stay while the graph lives; the visible ranges come from the step's positions.
-    if (!(dpos = step_positions(pos, B))) return MLA_FAIL(MLA_ERR_UNSUPPORTED, "latent decode: positions other than the captured step's");
-    if (!(dseqs = (const Seq*)capture_constant(seqs.data(), B * sizeof(Seq), &st))) return st;
-  } else if (mla_status e = stage_to_device(seqs.data(), B * sizeof(Seq), (void*)dseqs)) {
-    return e;
-  }
+  SplitCall sc;
+  if (mla_status e = split_call(sc, cs, krs, lo, n, pos, B, H, L, cap)) return e;
   // The kernel's arguments, in its parameter order and types, for the instantiation `fn` picked.
-  int h32 = (int)H, hkv32 = (int)Hkv, splits = nsplit;
+  int h32 = (int)H, hkv32 = (int)Hkv;
   float scale2 = scale * LOG2E;
   Layout layArg = lay;
-  void* args[] = {(void*)&dseqs, (void*)&dpos, &window, (void*)&qc, (void*)&qr, &h32, &hkv32, &scale2, &layArg, &splits, (void*)&o, &opart, &lsepart};
-  CUDA_TRY(cudaLaunchKernel(fn, dim3((unsigned)(hbn * nsplit), (unsigned)B), dim3((unsigned)threads), args, lay.bytes(), ctx()->stream));
-  if (nsplit > 1) {
-    k_split_combine<<<dim3((unsigned)(B * H), (unsigned)((L + 255) / 256)), 256, (nsplit + 1) * sizeof(float), ctx()->stream>>>(dseqs, dpos, window, nsplit, opart, lsepart, o, (int)H, B * H, (int)L);
-    KERNEL_CHECK();
-  }
-  return MLA_OK;
+  void* args[] = {(void*)&sc.seqs, (void*)&sc.pos, &window, (void*)&qc, (void*)&qr, &h32, &hkv32, &scale2, &layArg, &sc.splits, (void*)&o, &sc.opart, &sc.lsepart};
+  CUDA_TRY(cudaLaunchKernel(fn, dim3((unsigned)(hbn * sc.splits), (unsigned)B), dim3((unsigned)threads), args, lay.bytes(), ctx()->stream));
+  return split_merge(sc, window, o, B, H, L);
 }
 }  // namespace mla

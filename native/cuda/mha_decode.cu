@@ -197,36 +197,12 @@ mla_status mha_decode(const __nv_bfloat16* const* ks, const __nv_bfloat16* const
   // Splits as the latent kernel takes them (decode_split.cuh), up to four waves of blocks: a block
   // has few rows in flight, so more blocks than fit at once keep the SMs fed as blocks finish.
   const int cap = (int)std::min<int64_t>(std::max<int64_t>(1, 4 * (int64_t)sm_count() * perSm / (B * Hkv)), 1 << 16);
-  const bool graph = capturing() != nullptr;
-  int nsplit = 1;
-  for (int64_t b = 0; b < B; b++) nsplit = std::max(nsplit, splits_of(n[b], cap));
-  if (graph) nsplit = cap;
-  std::vector<Seq> seqs(B);
-  for (int64_t b = 0; b < B; b++) seqs[b] = {ks[b], vs[b], lo[b], n[b]};
-  const size_t seqBytes = (B * sizeof(Seq) + 255) & ~size_t(255);
-  const size_t partBytes = nsplit > 1 ? ((size_t)(nsplit * B * H * Dh * 4) + 255) & ~size_t(255) : 0;
-  const size_t lseBytes = nsplit > 1 ? (size_t)nsplit * B * H * 4 : 0;
-  mla_status st = MLA_OK;
-  char* base = (char*)scratch(seqBytes + partBytes + lseBytes, &st);
-  if (!base) return st;
-  const Seq* dseqs = (const Seq*)base;
-  float* opart = nsplit > 1 ? (float*)(base + seqBytes) : nullptr;
-  float* lsepart = nsplit > 1 ? (float*)(base + seqBytes + partBytes) : nullptr;
-  const int32_t* dpos = nullptr;
-  if (graph) {
-    if (!(dpos = step_positions(pos, B))) return MLA_FAIL(MLA_ERR_UNSUPPORTED, "mha decode: positions other than the captured step's");
-    if (!(dseqs = (const Seq*)capture_constant(seqs.data(), B * sizeof(Seq), &st))) return st;
-  } else if (mla_status e = stage_to_device(seqs.data(), B * sizeof(Seq), (void*)dseqs)) {
-    return e;
-  }
-  int h32 = (int)H, hkv32 = (int)Hkv, splits = nsplit;
+  SplitCall sc;
+  if (mla_status e = split_call(sc, ks, vs, lo, n, pos, B, H, Dh, cap)) return e;
+  int h32 = (int)H, hkv32 = (int)Hkv;
   float scale2 = scale * LOG2E;
-  void* args[] = {(void*)&dseqs, (void*)&dpos, &window, (void*)&q, &h32, &hkv32, &scale2, &splits, (void*)&o, &opart, &lsepart};
-  CUDA_TRY(cudaLaunchKernel(fn, dim3((unsigned)(Hkv * nsplit), (unsigned)B), dim3(WARPS * 32), args, 0, ctx()->stream));
-  if (nsplit > 1) {
-    k_split_combine<<<dim3((unsigned)(B * H), (unsigned)((Dh + 255) / 256)), 256, (nsplit + 1) * sizeof(float), ctx()->stream>>>(dseqs, dpos, window, nsplit, opart, lsepart, o, (int)H, B * H, (int)Dh);
-    KERNEL_CHECK();
-  }
-  return MLA_OK;
+  void* args[] = {(void*)&sc.seqs, (void*)&sc.pos, &window, (void*)&q, &h32, &hkv32, &scale2, &sc.splits, (void*)&o, &sc.opart, &sc.lsepart};
+  CUDA_TRY(cudaLaunchKernel(fn, dim3((unsigned)(Hkv * sc.splits), (unsigned)B), dim3(WARPS * 32), args, 0, ctx()->stream));
+  return split_merge(sc, window, o, B, H, Dh);
 }
 }  // namespace mla
