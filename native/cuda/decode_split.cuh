@@ -10,9 +10,16 @@
 
 namespace {
 constexpr int TN = 16;  // cached rows per tile
+constexpr float LOG2E = 1.4426950408889634f;  // softmax runs in base 2 (exp2f)
 // A split writes and the merge reads back its partial output (16·L floats per head block for the
 // latent kernel, about two tiles of bf16 latent): each split gets at least 8 tiles so that costs ≤ 25% of its reads.
 constexpr int MIN_TILES_PER_SPLIT = 8;
+
+int sm_count() {
+  static int n = 0;
+  if (!n && cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, mla::ctx()->device) != cudaSuccess) n = 1;
+  return n;
+}
 
 struct Seq {
   const __nv_bfloat16* c;   // latent rows [.., L] (MHA: key rows [.., Hkv, Dh])

@@ -35,7 +35,6 @@ constexpr int HB = 16;   // query heads per block (one m16 tile)
 constexpr int PAD = 8;   // bf16 of padding per shared latent row: ldmatrix rows fall in distinct banks
 constexpr int MAX_WARPS = 16;
 constexpr int MAX_DR = 64;
-constexpr float LOG2E = 1.4426950408889634f;
 
 // The bulk copies and transaction-counting barriers below are sm_90 features; the sm_80 code of a fat
 // build never runs this kernel (latent_decode_takes asks for compute capability 9.0 or newer).
@@ -309,12 +308,6 @@ bool sm90() {
 int smem_optin() {
   static int n = -1;
   if (n < 0 && cudaDeviceGetAttribute(&n, cudaDevAttrMaxSharedMemoryPerBlockOptin, ctx()->device) != cudaSuccess) n = 48 * 1024;
-  return n;
-}
-
-int sm_count() {
-  static int n = 0;
-  if (!n && cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, ctx()->device) != cudaSuccess) n = 1;
   return n;
 }
 

@@ -23,7 +23,6 @@ namespace {
 constexpr int WARPS = 4;
 constexpr int ROWS = 4;   // rows per warp per iteration
 constexpr int GMAX = 8;   // query heads per KV head
-constexpr float LOG2E = 1.4426950408889634f;
 
 // E consecutive bf16 of a row as float (E = 2, 4 or 8: one 4-, 8- or 16-byte load).
 template <int E>
@@ -174,11 +173,6 @@ int blocks_per_sm() {
   return n;
 }
 
-int sm_count() {
-  static int n = 0;
-  if (!n && cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, ctx()->device) != cudaSuccess) n = 1;
-  return n;
-}
 }  // namespace
 
 namespace mla {
