@@ -57,6 +57,10 @@ constexpr size_t kStageLimit = 4u << 20;
 mla_status stage_to_device(const void* data, size_t bytes, void* device);
 // Milliseconds stage_to_device has blocked the host waiting for a slot still being copied.
 double ring_waited_ms();
+// Decode's products against bf16 weights for a few rows (gemv.cu): whether the kernel takes the problem
+// (rows per problem, K a multiple of 8, aligned rows), and y [T, P·hpg, N] = x [T, P·hpg, K] · w[p]ᵀ.
+bool gemv_takes(const void* x, bool x_bf16, const void* w, int64_t rows, int64_t K, int64_t N, int64_t P);
+mla_status gemv_bf16(const void* x, bool x_bf16, const __nv_bfloat16* w, float* y, int64_t P, int64_t rows, int64_t hpg, int64_t K, int64_t N);
 // y = float(x) and y = bf16(x) (round to nearest even) over n elements, in stream order.
 mla_status widen_bf16(const __nv_bfloat16* x, float* y, int64_t n);
 mla_status narrow_f32(const float* x, __nv_bfloat16* y, int64_t n);

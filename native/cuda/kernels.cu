@@ -343,20 +343,35 @@ extern "C" mla_status mla_cuda_rmsnorm_backward(const mla_cuda_buf* x, const mla
 }
 
 // ---------------- RoPE ----------------
-__global__ void k_rope(const float* x, float* y, const int32_t* pos, const double* inv_freq, int64_t T, int64_t H, int64_t Dh, int64_t half, bool per_head, int sign) {
-  const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
-  if (i >= T * H * Dh) return;
-  const int64_t d = i % Dh, th = i / Dh, h = th % H, t = th / H;
-  if (d >= 2 * half) {
-    y[i] = x[i];
-    return;
-  }
-  const int64_t j = d < half ? d : d - half;
+// One thread per (token, rotary pair, run of up to ROPE_HEADS heads; one head where each head has its
+// own frequencies): the angle's sine and cosine are computed once for the heads of the run, and a
+// pair's two outputs are written together; 32-bit index math (the launcher passes at most 2^31 − 1
+// elements per launch). Per element it once took four double-precision trig calls and four 64-bit
+// divisions, which made rope cost as much as a q projection in an eval forward.
+constexpr int ROPE_HEADS = 8;
+__global__ void k_rope(const float* x, float* y, const int32_t* pos, const double* inv_freq, int T, int H, int Dh, int half, int runs, bool per_head, int sign) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= T * runs * half) return;
+  const int j = i % half, r = i / half, run = r % runs, t = r / runs;
+  const int h0 = per_head ? run : run * ROPE_HEADS, h1 = per_head ? run + 1 : min(H, h0 + ROPE_HEADS);
   // The angle is rounded to float32 as HF computes it; sin/cos in double as the reference backend does.
-  const float a = (float)(sign * pos[t]) * (float)inv_freq[(per_head ? h * half : 0) + j];
-  const double c = cos((double)a), s = sin((double)a);
-  const float* xr = x + th * Dh;
-  y[i] = d < half ? (float)(xr[j] * c - xr[j + half] * s) : (float)(xr[j + half] * c + xr[j] * s);
+  const float p = (float)(sign * pos[t]);
+  double s = 0, c = 1;
+  if (!per_head) sincos((double)(p * (float)inv_freq[j]), &s, &c);
+  for (int h = h0; h < h1; h++) {
+    if (per_head) sincos((double)(p * (float)inv_freq[h * half + j]), &s, &c);
+    const int64_t row = ((int64_t)t * H + h) * Dh;
+    const float a = x[row + j], b = x[row + j + half];
+    y[row + j] = (float)(a * c - b * s);
+    y[row + j + half] = (float)(b * c + a * s);
+  }
+}
+// The dims past the rotary ones (partial rotary) pass through: [rows, Dh] columns from `from` on.
+__global__ void k_rope_tail(const float* x, float* y, int64_t rows, int Dh, int from) {
+  const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x, w = Dh - from;
+  if (i >= rows * w) return;
+  const int64_t at = (i / w) * Dh + from + i % w;
+  y[at] = x[at];
 }
 extern "C" mla_status mla_cuda_rope(const mla_cuda_buf* x, mla_cuda_buf* y, const int32_t* positions, const double* inv_freq, int64_t n_freq, int64_t T, int64_t H, int64_t Dh, int64_t rotary_dims, int32_t sign) {
   NEED_CTX();
@@ -378,9 +393,21 @@ extern "C" mla_status mla_cuda_rope(const mla_cuda_buf* x, mla_cuda_buf* y, cons
     pos = p.p;
     freq = f.p;
   }
-  const int64_t n = T * H * Dh;
-  if (n) k_rope<<<blocks_for(n, 256), 256, 0, S_>>>(CF(x), F(y), pos, freq, T, H, Dh, half, n_freq == H * half && H > 1, sign < 0 ? -1 : 1);
-  KERNEL_CHECK();
+  if (T * H * Dh == 0) return MLA_OK;
+  const bool per_head = n_freq == H * half && H > 1;
+  // Heads with frequencies of their own take a thread each: a run would chain their sincos calls.
+  const int runs = per_head ? (int)H : (int)((H + ROPE_HEADS - 1) / ROPE_HEADS);
+  // Tokens per launch: the kernel's 32-bit indices stay below 2^31 (x's offsets are 64-bit).
+  const int64_t perLaunch = std::max<int64_t>(1, (int64_t)INT32_MAX / std::max<int64_t>(H * Dh, runs * half));
+  for (int64_t t0 = 0; t0 < T; t0 += perLaunch) {
+    const int64_t Tc = std::min(perLaunch, T - t0), off = t0 * H * Dh;
+    k_rope<<<blocks_for(Tc * runs * half, 256), 256, 0, S_>>>(CF(x) + off, F(y) + off, pos + t0, freq, (int)Tc, (int)H, (int)Dh, (int)half, runs, per_head, sign < 0 ? -1 : 1);
+    KERNEL_CHECK();
+  }
+  if (2 * half < Dh) {
+    k_rope_tail<<<blocks_for(T * H * (Dh - 2 * half), 256), 256, 0, S_>>>(CF(x), F(y), T * H, (int)Dh, (int)(2 * half));
+    KERNEL_CHECK();
+  }
   return MLA_OK;
 }
 

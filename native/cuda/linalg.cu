@@ -66,6 +66,9 @@ extern "C" mla_status mla_cuda_linear(const mla_cuda_buf* x, const mla_cuda_buf*
     CUDA_TRY(cudaMemsetAsync(y->ptr, 0, sizeof(float) * M * N, ctx()->stream));
   } else if (w->dtype == MLA_F32) {
     CUBLAS_TRY(cublasSgemm(h, CUBLAS_OP_T, CUBLAS_OP_N, (int)N, (int)M, (int)K, &one, (const float*)w->ptr, (int)K, (const float*)x->ptr, (int)K, &zero, (float*)y->ptr, (int)N));
+  } else if (w->dtype == MLA_BF16 && mla::gemv_takes(x->ptr, x->dtype == MLA_BF16, w->ptr, M, K, N, 1)) {
+    // A few rows (decode): one pass over the weights, x rounded as it is read.
+    if (mla_status e = mla::gemv_bf16(x->ptr, x->dtype == MLA_BF16, (const __nv_bfloat16*)w->ptr, (float*)y->ptr, 1, M, 1, K, N)) return e;
   } else if (w->dtype == MLA_BF16) {
     // bf16 weights stay bf16: the activations are rounded to bf16 and the product accumulates in f32.
     // A bf16 x is the caller's rounded copy of its activations (kept for every product that reads them).
@@ -157,6 +160,8 @@ extern "C" mla_status mla_cuda_head_linear(const mla_cuda_buf* x, const mla_cuda
   const int64_t group = H / G;
   const float one = 1, zero = 0;
   cublasHandle_t h = ctx()->blas;
+  if (w->dtype == MLA_BF16 && mla::gemv_takes(x->ptr, false, w->ptr, T * group, K, N, G))  // decode: T·group rows per group
+    return mla::gemv_bf16(x->ptr, false, (const __nv_bfloat16*)w->ptr, (float*)y->ptr, G, T * group, group, K, N);
   const void* xs = x->ptr;
   cudaDataType_t type = CUDA_R_32F;
   if (w->dtype == MLA_BF16) {  // the activations rounded to bf16 once, as linear does

@@ -58,6 +58,61 @@ test("zero-sized dimensions (M, K, N, T, S, head dims = 0, rope with no rotary d
   assert.deepEqual(zeroWidthFailures(backend()), []);
 });
 
+// Decode's products (≤ 8 rows per weight matrix) can take a kernel of their own (gemv.cu, opt-in): x rounded to
+// bf16 as it is read, float32 sums. Checked against float64 sums of the same rounded values, for f32
+// and bf16 x, row counts of each instantiation (1, 2, 3 → 4, 5 → 8, 8), column counts off the block
+// width, and head_linear's groups (MHA-shaped, GQA, several tokens); 9 rows take cuBLAS, same bound.
+test("decode products (≤ 8 rows, bf16 weights; the opt-in gemv kernel and cuBLAS) equal float64 sums of the bf16-rounded inputs: linear (f32 and bf16 x) and headLinear (groups)", { skip }, () => {
+  const B = backend();
+  const rand = seededRand(11, Float32Array);
+  const round = (a: Float32Array) => {
+    const bits = toBf16Bits(a);
+    return decodeToF32("BF16", new Uint8Array(bits.buffer, bits.byteOffset, bits.byteLength));
+  };
+  // y[t, h, n] = Σ_k x[t, h, k]·w[h / (H/G), n, k] in float64, and Σ|terms| (the sum's error scale).
+  const reference = (x: Float32Array, w: Float32Array, T: number, H: number, G: number, K: number, N: number) => {
+    const y = new Float64Array(T * H * N), mag = new Float64Array(T * H * N);
+    for (let t = 0; t < T; t++)
+      for (let h = 0; h < H; h++)
+        for (let n = 0; n < N; n++) {
+          let s = 0, m = 0;
+          const xo = (t * H + h) * K, wo = (Math.floor(h / (H / G)) * N + n) * K;
+          for (let k = 0; k < K; k++) {
+            const p = x[xo + k]! * w[wo + k]!;
+            s += p;
+            m += Math.abs(p);
+          }
+          y[(t * H + h) * N + n] = s;
+          mag[(t * H + h) * N + n] = m;
+        }
+    return { y, mag };
+  };
+  const check = (got: ArrayLike<number>, want: { y: Float64Array; mag: Float64Array }, what: string) => {
+    assert.equal(got.length, want.y.length, what);
+    for (let i = 0; i < got.length; i++) {
+      const err = Math.abs(got[i]! - want.y[i]!);
+      assert.ok(err <= 1e-5 * want.mag[i]! + 1e-30, `${what}: element ${i} is ${got[i]}, float64 sum ${want.y[i]} (|terms| ${want.mag[i]})`);
+    }
+  };
+  // The kernel is opt-in (MHA2MLA_GEMV_ROWS, read at each call): on, then off (cuBLAS, the same bound).
+  for (const rows of ["8", undefined]) {
+    if (rows) process.env["MHA2MLA_GEMV_ROWS"] = rows;
+    else delete process.env["MHA2MLA_GEMV_ROWS"];
+    for (const [M, K, N] of [[1, 4096, 520], [2, 576, 1536], [3, 64, 33], [5, 1536, 96], [8, 8, 17], [9, 256, 40]] as const) {
+      const x = rand(M * K), w = round(rand(N * K));
+      const want = reference(round(x), w, M, 1, 1, K, N);
+      const wb = B.uploadBf16(toBf16Bits(w), [N, K]);
+      check(B.linear(B.upload(x, [M, K]), wb).toArray(), want, `linear f32 x [${M},${K}]·[${N},${K}]ᵀ${rows ? " (gemv)" : ""}`);
+      check(B.linear(B.uploadBf16(toBf16Bits(x), [M, K]), wb).toArray(), want, `linear bf16 x [${M},${K}]·[${N},${K}]ᵀ${rows ? " (gemv)" : ""}`);
+    }
+    for (const [T, H, G, K, N] of [[1, 32, 32, 112, 2048], [1, 32, 32, 2048, 128], [2, 9, 3, 64, 96], [1, 32, 4, 128, 40], [3, 4, 4, 24, 8]] as const) {
+      const x = rand(T * H * K), w = round(rand(G * N * K));
+      check(B.headLinear(B.upload(x, [T, H, K]), B.uploadBf16(toBf16Bits(w), [G, N, K])).toArray(), reference(round(x), w, T, H, G, K, N), `headLinear [${T},${H},${K}] by [${G},${N},${K}]${rows ? " (gemv)" : ""}`);
+    }
+  }
+  delete process.env["MHA2MLA_GEMV_ROWS"];
+});
+
 test("parity: every backend op (forward and backward) of the CUDA backend vs the reference backend", { skip }, (t) => {
   const B = backend();
   const lines = runParity(B, 1e-4);
