@@ -216,9 +216,11 @@ bool cudnn_available() {
 bool use_cudnn(bool bf16, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window, bool stats) {
   const AttentionRoute r = attention_route();
   if (!bf16 || (r != AttentionRoute::Cudnn && r != AttentionRoute::Auto)) return false;
-  // The default route: cuDNN for training (its forward + backward beats ours), our fused kernels for an
-  // inference forward where they take the head dims (faster there: evaluation ran 13–15% faster).
-  if (r == AttentionRoute::Auto && !stats && attention_mma_dims(Dh, Dv)) return false;
+  // The default route: cuDNN for training (its forward + backward beats ours) and for inference forwards
+  // at head dims above 64 (llama2-7b's 128: its forward 0.26–0.30 ms against our fused kernel's 0.91 at
+  // B 4, T 2048, 32 heads; docs/device-logs/cudnn-trace-h200.txt, attn-cudnn919-h200.txt); our fused
+  // kernels for inference at head dim 64, where the two are even per call and eval ran faster on ours.
+  if (r == AttentionRoute::Auto && !stats && attention_mma_dims(Dh, Dv) && Dh <= 64) return false;
   const Problem p{B, T, S, H, Hkv, Dh, Dv, scale, off};
   if (!expressible(p, window)) return false;
   return graph_of(p, false, stats).graph != nullptr;
