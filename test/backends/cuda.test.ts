@@ -60,8 +60,9 @@ test("zero-sized dimensions (M, K, N, T, S, head dims = 0, rope with no rotary d
 
 // Decode's products (≤ 4 rows per weight matrix) can take a kernel of their own (gemv.cu, opt-in): x rounded to
 // bf16 as it is read, float32 sums. Checked against float64 sums of the same rounded values, for f32
-// and bf16 x, row counts of each instantiation (1, 2, 3 → 4, 5 → 8, 8), column counts off the block
-// width, and head_linear's groups (MHA-shaped, GQA, several tokens); 9 rows take cuBLAS, same bound.
+// and bf16 x, row counts of each instantiation (1, 2, 3 → 4, 4), short and long rows (K 8 to 11,008:
+// one warp to eight per block, several trips), column counts off the block width, and head_linear's
+// groups (MHA-shaped, GQA, several tokens); 5 and more rows take cuBLAS, same bound.
 test("decode products (≤ 4 rows, bf16 weights; the opt-in gemv kernel and cuBLAS) equal float64 sums of the bf16-rounded inputs: linear (f32 and bf16 x) and headLinear (groups)", { skip }, () => {
   const B = backend();
   const rand = seededRand(11, Float32Array);
