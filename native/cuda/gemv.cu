@@ -3,13 +3,19 @@
 // narrow tiles that read the weights at 35–70% of the HBM bandwidth (ncu on a llama2-7b decode step),
 // and linear first rounds x into scratch with a kernel of its own: three launches where this is one.
 // The numbers are those of the cuBLAS route: x rounded to bf16, products summed in float32 (in
-// another order, so not the same bits). Opt-in (MHA2MLA_GEMV_ROWS, below): not yet faster.
+// another order, so not the same bits). Opt-in (MHA2MLA_GEMV_ROWS, below).
 //
 // Problems p = 0 … P−1 (head_linear's KV groups; linear has one) share the shapes: rows r of problem p
 // are (t, j) = (r / hpg, r % hpg), the input row x[t, p·hpg + j, :] and output row y[t, p·hpg + j, :]
-// of x [T, H, K] and y [T, H, N] with H = P·hpg; w [P, N, K]. Each warp owns NW output columns and
-// walks K in 8-element (16-byte) steps, its lanes 256 elements apart; the rows' x values are loaded
-// once per step and used for all NW columns.
+// of x [T, H, K] and y [T, H, N] with H = P·hpg; w [P, N, K].
+//
+// A block owns CB output columns of one problem and splits K, in 8-element (16-byte) chunks, over its
+// warps and lanes: chunk c goes to lane c mod (warps·32), so a warp reads 512 contiguous bytes of each
+// row per step. Each lane issues all its weight loads of UNROLL steps before it uses any, so a block
+// has CB·UNROLL 16-byte loads per thread in flight and most matrices are read in one or two memory
+// round trips (the first version walked K in one warp per column, a round trip per step: 1.9 TB/s on
+// 4096 × 4096). The rows' x values are loaded once per chunk for all CB columns. Sums: shuffles within
+// a warp, then the warps' partial sums in order through shared memory (deterministic).
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
@@ -18,9 +24,16 @@
 using mla::ctx;
 
 namespace {
-constexpr int NW = 4;          // output columns per warp
-constexpr int WARPS = 4;       // warps per block
-constexpr int MAX_ROWS = 8;    // rows per problem this kernel takes
+constexpr int CB = 4;         // output columns per block
+constexpr int MAX_WARPS = 8;  // warps per block (fewer for short rows: each lane gets ≥ 2 chunks)
+constexpr int MAX_ROWS = 4;   // rows per problem this kernel takes
+
+// 16 bytes of weights, read-only, not kept in L1 (the rows' x values are what L1 should hold).
+__device__ __forceinline__ uint4 load_w(const __nv_bfloat16* p) {
+  uint4 v;
+  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+  return v;
+}
 
 __device__ __forceinline__ void load8(const float* p, float* v) {
   const float4 a = *reinterpret_cast<const float4*>(p), b = *reinterpret_cast<const float4*>(p + 4);
@@ -39,79 +52,99 @@ __device__ __forceinline__ void load8(const __nv_bfloat16* p, float* v) {
   }
 }
 
-// Grid: x = column blocks of WARPS·NW columns, y = problem. R: rows per problem rounded up (rows ≤ R).
+// acc += Σ_e w_e · x_e over one chunk (w: 8 bf16 in a uint4).
+__device__ __forceinline__ float dot8(uint4 w, const float* x, float acc) {
+  const uint32_t u[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+  for (int e = 0; e < 4; e++) {
+    const float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u[e]));
+    acc = fmaf(f.x, x[2 * e], acc);
+    acc = fmaf(f.y, x[2 * e + 1], acc);
+  }
+  return acc;
+}
+
+// Grid: x = column blocks of CB, y = problem; blockDim.x = 32·warps. R: rows per problem rounded up.
 template <int R, typename XT>
-__global__ void __launch_bounds__(WARPS * 32) k_gemv_bf16(const XT* x, const __nv_bfloat16* w, float* y, int rows, int hpg, int H, int K, int N) {
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, p = blockIdx.y;
-  const int n0 = (blockIdx.x * WARPS + warp) * NW;
-  if (n0 >= N) return;
+__global__ void __launch_bounds__(MAX_WARPS * 32) k_gemv_bf16(const XT* x, const __nv_bfloat16* w, float* y, int rows, int hpg, int H, int K, int N) {
+  constexpr int UNROLL = R <= 2 ? 4 : 2;  // chunks per lane per trip: CB·UNROLL loads in flight
+  __shared__ float part[MAX_WARPS][CB * R];
+  const int warps = blockDim.x >> 5, warp = threadIdx.x >> 5, lane = threadIdx.x & 31, p = blockIdx.y;
+  const int n0 = blockIdx.x * CB, C = K / 8, stride = warps * 32;
   const __nv_bfloat16* wp = w + (int64_t)p * N * K;
+  const __nv_bfloat16* wr[CB];
+#pragma unroll
+  for (int j = 0; j < CB; j++) wr[j] = wp + (int64_t)min(n0 + j, N - 1) * K;  // columns past N re-read N − 1; not written
   const XT* xr[R];
 #pragma unroll
   for (int r = 0; r < R; r++) {
-    const int rr = r < rows ? r : 0;  // rows past the last repeat row 0; their sums are not written
+    const int rr = r < rows ? r : 0;  // rows past the last repeat row 0; not written
     xr[r] = x + ((int64_t)(rr / hpg) * H + p * hpg + rr % hpg) * K;
   }
-  float acc[NW][R];
+  float acc[CB][R];
 #pragma unroll
-  for (int j = 0; j < NW; j++)
+  for (int j = 0; j < CB; j++)
 #pragma unroll
     for (int r = 0; r < R; r++) acc[j][r] = 0.f;
-  // Two steps per trip (R ≤ 4): the next step's weight loads are in flight while this one's sums run.
-#pragma unroll(R <= 4 ? 2 : 1)
-  for (int k = lane * 8; k < K; k += 256) {
-    float wv[NW][8];
+  for (int c0 = warp * 32 + lane; c0 < C; c0 += stride * UNROLL) {
+    uint4 wv[UNROLL][CB];
 #pragma unroll
-    for (int j = 0; j < NW; j++) {
-      if (n0 + j < N) load8(wp + (int64_t)(n0 + j) * K + k, wv[j]);
-      else
+    for (int u = 0; u < UNROLL; u++) {
+      const int c = c0 + u * stride;
 #pragma unroll
-        for (int e = 0; e < 8; e++) wv[j][e] = 0.f;
+      for (int j = 0; j < CB; j++) wv[u][j] = c < C ? load_w(wr[j] + c * 8) : make_uint4(0, 0, 0, 0);
     }
 #pragma unroll
-    for (int r = 0; r < R; r++) {
-      float xv[8];
-      load8(xr[r] + k, xv);
+    for (int u = 0; u < UNROLL; u++) {
+      const int c = c0 + u * stride;
+      if (c < C) {
 #pragma unroll
-      for (int j = 0; j < NW; j++)
+        for (int r = 0; r < R; r++) {
+          float xv[8];
+          load8(xr[r] + c * 8, xv);
 #pragma unroll
-        for (int e = 0; e < 8; e++) acc[j][r] = fmaf(wv[j][e], xv[e], acc[j][r]);
+          for (int j = 0; j < CB; j++) acc[j][r] = dot8(wv[u][j], xv, acc[j][r]);
+        }
+      }
     }
   }
 #pragma unroll
-  for (int j = 0; j < NW; j++)
+  for (int j = 0; j < CB; j++)
 #pragma unroll
-    for (int r = 0; r < R; r++)
+    for (int r = 0; r < R; r++) {
 #pragma unroll
       for (int off = 16; off; off >>= 1) acc[j][r] += __shfl_xor_sync(0xffffffffu, acc[j][r], off);
-  // Lane j·R + r writes column n0 + j of row r (NW·R ≤ 32).
-#pragma unroll
-  for (int j = 0; j < NW; j++)
-#pragma unroll
-    for (int r = 0; r < R; r++)
-      if (lane == j * R + r && r < rows && n0 + j < N) y[((int64_t)(r / hpg) * H + p * hpg + r % hpg) * N + n0 + j] = acc[j][r];
+      if (lane == 0) part[warp][j * R + r] = acc[j][r];
+    }
+  __syncthreads();
+  const int t = threadIdx.x, j = t / R, r = t % R;
+  if (t < CB * R && r < rows && n0 + j < N) {
+    float sum = 0.f;
+    for (int v = 0; v < warps; v++) sum += part[v][t];
+    y[((int64_t)(r / hpg) * H + p * hpg + r % hpg) * N + n0 + j] = sum;
+  }
 }
 
 template <typename XT>
 mla_status launch(const XT* x, const __nv_bfloat16* w, float* y, int64_t P, int64_t rows, int64_t hpg, int64_t K, int64_t N) {
-  const dim3 grid((unsigned)((N + WARPS * NW - 1) / (WARPS * NW)), (unsigned)P), block(WARPS * 32);
+  const int64_t chunks = K / 8;
+  const int warps = (int)std::max<int64_t>(1, std::min<int64_t>(MAX_WARPS, (chunks + 63) / 64));  // ≥ 2 chunks per lane
+  const dim3 grid((unsigned)((N + CB - 1) / CB), (unsigned)P), block(32 * warps);
   const int H = (int)(P * hpg);
   cudaStream_t s = ctx()->stream;
   if (rows == 1) k_gemv_bf16<1, XT><<<grid, block, 0, s>>>(x, w, y, (int)rows, (int)hpg, H, (int)K, (int)N);
   else if (rows == 2) k_gemv_bf16<2, XT><<<grid, block, 0, s>>>(x, w, y, (int)rows, (int)hpg, H, (int)K, (int)N);
-  else if (rows <= 4) k_gemv_bf16<4, XT><<<grid, block, 0, s>>>(x, w, y, (int)rows, (int)hpg, H, (int)K, (int)N);
-  else k_gemv_bf16<8, XT><<<grid, block, 0, s>>>(x, w, y, (int)rows, (int)hpg, H, (int)K, (int)N);
+  else k_gemv_bf16<4, XT><<<grid, block, 0, s>>>(x, w, y, (int)rows, (int)hpg, H, (int)K, (int)N);
   KERNEL_CHECK();
   return MLA_OK;
 }
 
 bool aligned16(const void* p) { return ((uintptr_t)p & 15) == 0; }
 
-// Rows per problem up to which this kernel runs instead of cuBLAS: MHA2MLA_GEMV_ROWS (0–8), read at
-// each call; default 0 (never). Measured on the H200 (docs/benchmarks.md, sixteenth session) it is
-// slower than cuBLAS in a decode step: 1.9–3.4 TB/s at one row where cuBLAS's split-K kernels plus
-// their reduction come out ahead, 1.4 TB/s at eight rows against cuBLAS's 3.4. Kept, tested, as the
-// start of a one-kernel decode product (it needs more loads in flight per thread, K split across warps).
+// Rows per problem up to which this kernel runs instead of cuBLAS: MHA2MLA_GEMV_ROWS (0–4), read at
+// each call; default 0 (never). The first version (one warp per column walking K) was slower than
+// cuBLAS in a decode step (docs/benchmarks.md, sixteenth session: 1.9–3.4 TB/s at one row, 1.4 at
+// eight); this one is not measured yet.
 int64_t max_rows() {
   const char* v = getenv("MHA2MLA_GEMV_ROWS");
   return v && *v ? std::max<int64_t>(0, std::min<int64_t>(MAX_ROWS, atoll(v))) : 0;
@@ -125,7 +158,7 @@ bool gemv_takes(const void* x, bool x_bf16, const void* w, int64_t rows, int64_t
   return rows >= 1 && rows <= max_rows() && K > 0 && K % 8 == 0 && N > 0 && P > 0 && P <= 65535 && N * K < INT32_MAX && aligned16(x) && aligned16(w) && (x_bf16 || K % 4 == 0);
 }
 
-// y [T, P·hpg, N] = x [T, P·hpg, K] · w[p]ᵀ per problem p (rows = T·hpg ≤ 8; see gemv_takes). x f32 or bf16.
+// y [T, P·hpg, N] = x [T, P·hpg, K] · w[p]ᵀ per problem p (rows = T·hpg ≤ 4; see gemv_takes). x f32 or bf16.
 mla_status gemv_bf16(const void* x, bool x_bf16, const __nv_bfloat16* w, float* y, int64_t P, int64_t rows, int64_t hpg, int64_t K, int64_t N) {
   return x_bf16 ? launch((const __nv_bfloat16*)x, w, y, P, rows, hpg, K, N) : launch((const float*)x, w, y, P, rows, hpg, K, N);
 }
