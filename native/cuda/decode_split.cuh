@@ -5,6 +5,7 @@
 #pragma once
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <vector>
 #include "common.cuh"
 
@@ -13,7 +14,14 @@ constexpr int TN = 16;  // cached rows per tile
 constexpr float LOG2E = 1.4426950408889634f;  // softmax runs in base 2 (exp2f)
 // A split writes and the merge reads back its partial output (16·L floats per head block for the
 // latent kernel, about two tiles of bf16 latent): each split gets at least 8 tiles so that costs ≤ 25% of its reads.
+// MHA2MLA_DECODE_MIN_TILES (1–64, read at each call) sets another minimum: at batch 1 and 4k context
+// the latent kernel's 8-tile splits fill 64 of the H200's 132 SMs (docs/benchmarks.md, sixteenth session).
 constexpr int MIN_TILES_PER_SPLIT = 8;
+inline int min_tiles_per_split() {
+  const char* v = getenv("MHA2MLA_DECODE_MIN_TILES");
+  const int n = v && *v ? atoi(v) : MIN_TILES_PER_SPLIT;
+  return n < 1 ? 1 : n > 64 ? 64 : n;
+}
 
 int sm_count() {
   static int n = 0;
@@ -40,20 +48,20 @@ __device__ __forceinline__ Seq seq_of(const Seq* seqs, const int32_t* pos, int64
   return s;
 }
 
-// Splits of a sequence of n visible keys: each ≥ MIN_TILES_PER_SPLIT tiles, at most the grid's. A
-// function of n alone, so a graph (whose grid has the most splits the batch can use) and an eager
-// call (the fewest its longest sequence needs) split a sequence alike and give the same bits.
-__host__ __device__ __forceinline__ int splits_of(int64_t n, int cap) {
-  const int64_t tiles = (n + TN - 1) / TN, want = tiles / MIN_TILES_PER_SPLIT;
+// Splits of a sequence of n visible keys: each ≥ minTiles tiles, at most the grid's. A function of n
+// alone (for one call's cap and minimum), so a graph (whose grid has the most splits the batch can use)
+// and an eager call (the fewest its longest sequence needs) split a sequence alike and give the same bits.
+__host__ __device__ __forceinline__ int splits_of(int64_t n, int cap, int minTiles) {
+  const int64_t tiles = (n + TN - 1) / TN, want = tiles / minTiles;
   return (int)(want < 1 ? 1 : want < cap ? want : cap);
 }
 
 // o[b, h] = Σ_j w_j · opart[j, b, h] with w_j = 2^(lse_j − lse) (lse: the log2-sum-exp over the
 // sequence's splits; one split wrote o itself). Grid: x = b·H + h, y = a 256-column chunk of L.
-__global__ void k_split_combine(const Seq* seqs, const int32_t* pos, int64_t window, int gridSplits, const float* opart, const float* lsepart, float* o, int H, int64_t BH, int L) {
+__global__ void k_split_combine(const Seq* seqs, const int32_t* pos, int64_t window, int gridSplits, int minTiles, const float* opart, const float* lsepart, float* o, int H, int64_t BH, int L) {
   extern __shared__ float w[];  // [gridSplits] weights, then their sum
   const int64_t bh = blockIdx.x;
-  const int nsplit = splits_of(seq_of(seqs, pos, window, (int)(bh / H)).n, gridSplits);
+  const int nsplit = splits_of(seq_of(seqs, pos, window, (int)(bh / H)).n, gridSplits, minTiles);
   if (nsplit == 1) return;
   if (threadIdx.x < 32) {
     float m = -INFINITY;
@@ -85,10 +93,12 @@ struct SplitCall {
   float* opart = nullptr;        // [splits, B, H, width], when splits > 1
   float* lsepart = nullptr;      // [splits, B, H]
   int splits = 1;
+  int minTiles = MIN_TILES_PER_SPLIT;  // the call's minimum tiles per split (min_tiles_per_split)
 };
 inline mla_status split_call(SplitCall& c, const __nv_bfloat16* const* a, const __nv_bfloat16* const* bb, const int64_t* lo, const int64_t* n, const int32_t* pos, int64_t B, int64_t H, int64_t width, int cap) {
   const bool graph = mla::capturing() != nullptr;
-  for (int64_t b = 0; b < B; b++) c.splits = std::max(c.splits, splits_of(n[b], cap));
+  c.minTiles = min_tiles_per_split();
+  for (int64_t b = 0; b < B; b++) c.splits = std::max(c.splits, splits_of(n[b], cap, c.minTiles));
   if (graph) c.splits = cap;
   std::vector<Seq> seqs(B);
   for (int64_t b = 0; b < B; b++) seqs[b] = {a[b], bb[b], lo[b], n[b]};
@@ -110,7 +120,7 @@ inline mla_status split_call(SplitCall& c, const __nv_bfloat16* const* a, const 
 // The merge of the splits into o [B, H, width], when there are several.
 inline mla_status split_merge(const SplitCall& c, int64_t window, float* o, int64_t B, int64_t H, int64_t width) {
   if (c.splits == 1) return MLA_OK;
-  k_split_combine<<<dim3((unsigned)(B * H), (unsigned)((width + 255) / 256)), 256, (c.splits + 1) * sizeof(float), mla::ctx()->stream>>>(c.seqs, c.pos, window, c.splits, c.opart, c.lsepart, o, (int)H, B * H, (int)width);
+  k_split_combine<<<dim3((unsigned)(B * H), (unsigned)((width + 255) / 256)), 256, (c.splits + 1) * sizeof(float), mla::ctx()->stream>>>(c.seqs, c.pos, window, c.splits, c.minTiles, c.opart, c.lsepart, o, (int)H, B * H, (int)width);
   KERNEL_CHECK();
   return MLA_OK;
 }

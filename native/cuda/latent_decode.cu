@@ -92,7 +92,7 @@ struct Layout {
 // Grid: x = head block + head blocks · split, y = sequence. NT n8 output tiles per warp: L = 8·NT·warps.
 template <int NT>
 __global__ void __launch_bounds__(32 * MAX_WARPS, 1)
-k_latent_decode(const Seq* seqs, const int32_t* pos, int64_t window, const float* qc, const float* qr, int H, int Hkv, float scale2, Layout lay, int gridSplits, float* o, float* opart, float* lsepart) {
+k_latent_decode(const Seq* seqs, const int32_t* pos, int64_t window, const float* qc, const float* qr, int H, int Hkv, float scale2, Layout lay, int gridSplits, int minTiles, float* o, float* opart, float* lsepart) {
   constexpr int KQ = NT >= 2 ? NT / 2 : 1;  // k16 steps of the scores per warp
   extern __shared__ __align__(16) unsigned char smem[];
   const int L = lay.L, Dr = lay.Dr, ldc = lay.ldc;
@@ -100,7 +100,7 @@ k_latent_decode(const Seq* seqs, const int32_t* pos, int64_t window, const float
   const int hbn = (H + HB - 1) / HB, hb = blockIdx.x % hbn, split = blockIdx.x / hbn, b = blockIdx.y;
   const int h0 = hb * HB, nh = min(HB, H - h0), group = H / Hkv;
   const Seq sq = seq_of(seqs, pos, window, b);
-  const int nsplit = splits_of(sq.n, gridSplits);
+  const int nsplit = splits_of(sq.n, gridSplits, minTiles);
   if (split >= nsplit) return;  // a shorter sequence than the grid was sized for
   const int64_t tiles = (sq.n + TN - 1) / TN, per = (tiles + nsplit - 1) / nsplit;
   const int64_t t_begin = tiles < split * per ? tiles : split * per, t_end = tiles < t_begin + per ? tiles : t_begin + per;
@@ -355,7 +355,7 @@ mla_status latent_decode(const __nv_bfloat16* const* cs, const __nv_bfloat16* co
     occupancyBytes[nt] = lay.bytes();
   }
   // Splits along the context: at most enough blocks for one wave over the SMs (cap), each split ≥ 8
-  // tiles (splits_of). An eager call's grid has the splits its longest sequence takes; a decode graph's
+  // tiles unless MHA2MLA_DECODE_MIN_TILES says otherwise (splits_of). An eager call's grid has the splits its longest sequence takes; a decode graph's
   // has the cap, since its sequences grow while it lives (blocks past a sequence's splits exit).
   const int64_t hbn = (H + HB - 1) / HB;
   const int64_t wave = (int64_t)sm_count() * perSm[nt];
@@ -366,7 +366,7 @@ mla_status latent_decode(const __nv_bfloat16* const* cs, const __nv_bfloat16* co
   int h32 = (int)H, hkv32 = (int)Hkv;
   float scale2 = scale * LOG2E;
   Layout layArg = lay;
-  void* args[] = {(void*)&sc.seqs, (void*)&sc.pos, &window, (void*)&qc, (void*)&qr, &h32, &hkv32, &scale2, &layArg, &sc.splits, (void*)&o, &sc.opart, &sc.lsepart};
+  void* args[] = {(void*)&sc.seqs, (void*)&sc.pos, &window, (void*)&qc, (void*)&qr, &h32, &hkv32, &scale2, &layArg, &sc.splits, &sc.minTiles, (void*)&o, &sc.opart, &sc.lsepart};
   CUDA_TRY(cudaLaunchKernel(fn, dim3((unsigned)(hbn * sc.splits), (unsigned)B), dim3((unsigned)threads), args, lay.bytes(), ctx()->stream));
   return split_merge(sc, window, o, B, H, L);
 }

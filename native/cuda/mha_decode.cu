@@ -48,14 +48,14 @@ __device__ __forceinline__ void load_row(const __nv_bfloat16* p, float* x) {
 // Grid: x = KV head + Hkv · split, y = sequence; WARPS · 32 threads.
 template <int DH>
 __global__ void __launch_bounds__(WARPS * 32)
-k_mha_decode(const Seq* seqs, const int32_t* pos, int64_t window, const float* q, int H, int Hkv, float scale2, int gridSplits, float* o, float* opart, float* lsepart) {
+k_mha_decode(const Seq* seqs, const int32_t* pos, int64_t window, const float* q, int H, int Hkv, float scale2, int gridSplits, int minTiles, float* o, float* opart, float* lsepart) {
   constexpr int E = DH / 32;
   __shared__ float sAcc[WARPS][GMAX][DH];
   __shared__ float sM[WARPS][GMAX], sL[WARPS][GMAX];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int j = blockIdx.x % Hkv, split = blockIdx.x / Hkv, b = blockIdx.y, g = H / Hkv;
   const Seq sq = seq_of(seqs, pos, window, b);
-  const int nsplit = splits_of(sq.n, gridSplits);
+  const int nsplit = splits_of(sq.n, gridSplits, minTiles);
   if (split >= nsplit) return;
   const int64_t tiles = (sq.n + TN - 1) / TN, per = (tiles + nsplit - 1) / nsplit;
   const int64_t t0 = split * per < tiles ? split * per : tiles, t1 = t0 + per < tiles ? t0 + per : tiles;
@@ -195,7 +195,7 @@ mla_status mha_decode(const __nv_bfloat16* const* ks, const __nv_bfloat16* const
   if (mla_status e = split_call(sc, ks, vs, lo, n, pos, B, H, Dh, cap)) return e;
   int h32 = (int)H, hkv32 = (int)Hkv;
   float scale2 = scale * LOG2E;
-  void* args[] = {(void*)&sc.seqs, (void*)&sc.pos, &window, (void*)&q, &h32, &hkv32, &scale2, &sc.splits, (void*)&o, &sc.opart, &sc.lsepart};
+  void* args[] = {(void*)&sc.seqs, (void*)&sc.pos, &window, (void*)&q, &h32, &hkv32, &scale2, &sc.splits, &sc.minTiles, (void*)&o, &sc.opart, &sc.lsepart};
   CUDA_TRY(cudaLaunchKernel(fn, dim3((unsigned)(Hkv * sc.splits), (unsigned)B), dim3(WARPS * 32), args, 0, ctx()->stream));
   return split_merge(sc, window, o, B, H, Dh);
 }
