@@ -30,6 +30,8 @@ static mla_status grouped_scores(const float* q, const float* k, float* scores, 
 extern "C" mla_status mla_cuda_attention_decode(const mla_cuda_buf* q, const mla_cuda_buf* k, const mla_cuda_buf* v, mla_cuda_buf* o, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window) {
   NEED_CTX();
   MLA_CHECK(q && k && v && o && q->n == H * Dh && k->n == S * Hkv * Dh && v->n == S * Hkv * Dv && o->n == H * Dv && Hkv > 0 && H % Hkv == 0 && S > 0, "attention_decode: buffers q[1,H,Dh], k[S,Hkv,Dh], v[S,Hkv,Dv], o[1,H,Dv]");
+  // A single sequence's cache length is fixed in the launch; a replay would attend over a stale length.
+  if (mla::capturing()) return mla::refuse("attention_decode sizes its sequence on the host (decode graphs record the batched decode ops)");
   mla_status st;
   float* scores = (float*)mla::scratch(sizeof(float) * H * S, &st);
   if (!scores) return st;
@@ -47,6 +49,7 @@ extern "C" mla_status mla_cuda_attention_decode(const mla_cuda_buf* q, const mla
 extern "C" mla_status mla_cuda_latent_attention_decode(const mla_cuda_buf* qr, const mla_cuda_buf* kr, const mla_cuda_buf* qc, const mla_cuda_buf* c, mla_cuda_buf* o, int64_t S, int64_t H, int64_t Hkv, int64_t Dr, int64_t L, float scale, int64_t off, int64_t window) {
   NEED_CTX();
   MLA_CHECK(qr && kr && qc && c && o && qr->n == H * Dr && kr->n == S * Hkv * Dr && qc->n == H * L && c->n == S * L && o->n == H * L && Hkv > 0 && H % Hkv == 0 && S > 0, "latent_attention_decode: buffers qr[1,H,Dr], kr[S,Hkv,Dr], qc[1,H,L], c[S,L], o[1,H,L]");
+  if (mla::capturing()) return mla::refuse("latent_attention_decode sizes its sequence on the host (decode graphs record the batched decode ops)");
   mla_status st;
   float* scores = (float*)mla::scratch(sizeof(float) * H * S, &st);
   if (!scores) return st;

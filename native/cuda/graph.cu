@@ -144,9 +144,15 @@ extern "C" mla_status mla_cuda_graph_begin(const int32_t* ids, const int32_t* po
     mla::release(g);
     return st;
   }
-  CUDA_TRY(cudaStreamSynchronize(ctx()->stream));  // pending eager work is not part of the graph
-  CUDA_TRY(cudaMemcpy(g->step, ids, B * sizeof(int32_t), cudaMemcpyHostToDevice));
-  CUDA_TRY(cudaMemcpy(g->step + B, pos, B * sizeof(int32_t), cudaMemcpyHostToDevice));
+  // Pending eager work is not part of the graph; a failure here releases the graph (it leaked before).
+  cudaError_t ready = cudaStreamSynchronize(ctx()->stream);
+  if (ready == cudaSuccess) ready = cudaMemcpy(g->step, ids, B * sizeof(int32_t), cudaMemcpyHostToDevice);
+  if (ready == cudaSuccess) ready = cudaMemcpy(g->step + B, pos, B * sizeof(int32_t), cudaMemcpyHostToDevice);
+  if (ready != cudaSuccess) {
+    cudaGetLastError();
+    mla::release(g);
+    return MLA_FAIL(MLA_ERR_INTERNAL, std::string("graph_begin: ") + cudaGetErrorString(ready));
+  }
   auto* c = new mla::StepCapture();
   c->g = g;
   c->ids.assign(ids, ids + B);

@@ -814,6 +814,8 @@ extern "C" mla_status mla_cuda_attention(const mla_cuda_buf* q, const mla_cuda_b
   NEED_CTX();
   MLA_CHECK(B >= 1 && is_f32(q, B * T * H * Dh) && is_f32(k, B * S * Hkv * Dh) && is_f32(v, B * S * Hkv * Dv) && is_f32(o, B * T * H * Dv), "attention: f32 buffers q[B·T,H,Dh], k[B·S,Hkv,Dh], v[B·S,Hkv,Dv], o[B·T,H,Dv]");
   MLA_CHECK(Hkv > 0 && H % Hkv == 0, "attention: H must be a multiple of Hkv");
+  // Its sizes (T, S, the chunking, cuDNN's graph) are fixed on the host per call: not a decode-step op.
+  if (mla::capturing()) return mla::refuse("attention over T > 1 query rows is a prefill op, which a decode graph does not record");
   mla::AttentionBf16 kept;
   if (mla_status e = mla::kept_bf16(kept, q16, k16, v16, o16, B * T * H * Dh, B * S * Hkv * Dh, B * S * Hkv * Dv, B * T * H * Dv, "attention")) return e;
   const mla::AttentionRoute route = mla::attention_route();
