@@ -217,10 +217,11 @@ bool use_cudnn(bool bf16, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hk
   const AttentionRoute r = attention_route();
   if (!bf16 || (r != AttentionRoute::Cudnn && r != AttentionRoute::Auto)) return false;
   // The default route: cuDNN for training (its forward + backward beats ours) and for inference forwards
-  // at head dims above 64 (llama2-7b's 128: its forward 0.26–0.30 ms against our fused kernel's 0.91 at
+  // at 128/128 head dims (llama2-7b's: its forward 0.26–0.30 ms against our fused kernel's 0.91 at
   // B 4, T 2048, 32 heads; docs/device-logs/cudnn-trace-h200.txt, attn-cudnn919-h200.txt); our fused
-  // kernels for inference at head dim 64, where the two are even per call and eval ran faster on ours.
-  if (r == AttentionRoute::Auto && !stats && attention_mma_dims(Dh, Dv) && Dh <= 64) return false;
+  // kernels for other inference forwards they take (64/64, where the two are even per call and eval
+  // ran faster on ours; 192/128, not measured).
+  if (r == AttentionRoute::Auto && !stats && attention_mma_dims(Dh, Dv) && !(Dh == 128 && Dv == 128)) return false;
   const Problem p{B, T, S, H, Hkv, Dh, Dv, scale, off};
   if (!expressible(p, window)) return false;
   return graph_of(p, false, stats).graph != nullptr;

@@ -14,13 +14,18 @@ constexpr int TN = 16;  // cached rows per tile
 constexpr float LOG2E = 1.4426950408889634f;  // softmax runs in base 2 (exp2f)
 // A split writes and the merge reads back its partial output (16·L floats per head block for the
 // latent kernel, about two tiles of bf16 latent): each split gets at least 8 tiles so that costs ≤ 25% of its reads.
-// MHA2MLA_DECODE_MIN_TILES (1–64, read at each call) sets another minimum: at batch 1 and 4k context
-// the latent kernel's 8-tile splits fill 64 of the H200's 132 SMs (docs/benchmarks.md, sixteenth session).
+// MHA2MLA_DECODE_MIN_TILES (1–64) sets another minimum: at batch 1 and 4k context the latent kernel's
+// 8-tile splits fill 64 of the H200's 132 SMs (docs/benchmarks.md, sixteenth session). Read once per
+// process: a recorded decode graph keeps the value it was recorded with, and an eager step must split
+// alike for the two to give the same bits.
 constexpr int MIN_TILES_PER_SPLIT = 8;
 inline int min_tiles_per_split() {
-  const char* v = getenv("MHA2MLA_DECODE_MIN_TILES");
-  const int n = v && *v ? atoi(v) : MIN_TILES_PER_SPLIT;
-  return n < 1 ? 1 : n > 64 ? 64 : n;
+  static const int n = [] {
+    const char* v = getenv("MHA2MLA_DECODE_MIN_TILES");
+    const int m = v && *v ? atoi(v) : MIN_TILES_PER_SPLIT;
+    return m < 1 ? 1 : m > 64 ? 64 : m;
+  }();
+  return n;
 }
 
 int sm_count() {

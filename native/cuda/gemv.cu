@@ -125,18 +125,25 @@ __global__ void __launch_bounds__(MAX_WARPS * 32) k_gemv_bf16(const XT* x, const
   }
 }
 
-template <typename XT>
-mla_status launch(const XT* x, const __nv_bfloat16* w, float* y, int64_t P, int64_t rows, int64_t hpg, int64_t K, int64_t N) {
+// Warps per block: as few as cover a row's chunks in one trip of UNROLL chunks per lane (so no load
+// slot idles; 4096-wide rows take 4 warps at one or two rows), at most MAX_WARPS (longer rows take
+// several trips). Fewer warps per block leave room for more blocks per SM.
+template <int R, typename XT>
+mla_status launch_rows(const XT* x, const __nv_bfloat16* w, float* y, int64_t P, int64_t rows, int64_t hpg, int64_t K, int64_t N) {
+  constexpr int UNROLL = R <= 2 ? 4 : 2;  // as in the kernel
   const int64_t chunks = K / 8;
-  const int warps = (int)std::max<int64_t>(1, std::min<int64_t>(MAX_WARPS, (chunks + 63) / 64));  // ≥ 2 chunks per lane
+  const int warps = (int)std::max<int64_t>(1, std::min<int64_t>(MAX_WARPS, (chunks + 32 * UNROLL - 1) / (32 * UNROLL)));
   const dim3 grid((unsigned)((N + CB - 1) / CB), (unsigned)P), block(32 * warps);
-  const int H = (int)(P * hpg);
-  cudaStream_t s = ctx()->stream;
-  if (rows == 1) k_gemv_bf16<1, XT><<<grid, block, 0, s>>>(x, w, y, (int)rows, (int)hpg, H, (int)K, (int)N);
-  else if (rows == 2) k_gemv_bf16<2, XT><<<grid, block, 0, s>>>(x, w, y, (int)rows, (int)hpg, H, (int)K, (int)N);
-  else k_gemv_bf16<4, XT><<<grid, block, 0, s>>>(x, w, y, (int)rows, (int)hpg, H, (int)K, (int)N);
+  k_gemv_bf16<R, XT><<<grid, block, 0, ctx()->stream>>>(x, w, y, (int)rows, (int)hpg, (int)(P * hpg), (int)K, (int)N);
   KERNEL_CHECK();
   return MLA_OK;
+}
+
+template <typename XT>
+mla_status launch(const XT* x, const __nv_bfloat16* w, float* y, int64_t P, int64_t rows, int64_t hpg, int64_t K, int64_t N) {
+  if (rows == 1) return launch_rows<1>(x, w, y, P, rows, hpg, K, N);
+  if (rows == 2) return launch_rows<2>(x, w, y, P, rows, hpg, K, N);
+  return launch_rows<4>(x, w, y, P, rows, hpg, K, N);
 }
 
 bool aligned16(const void* p) { return ((uintptr_t)p & 15) == 0; }
