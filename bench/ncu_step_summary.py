@@ -1,6 +1,7 @@
 """Per-kernel summary of an `ncu --csv --print-units base --metrics gpu__time_duration.sum,dram__bytes_read.sum`
-log (bench/ncu-decode-step.sh): the kernels from the last launch whose name matches START (default
-`embedding`: a decode step begins with the token embedding) to the end of the log, grouped by kernel
+log (bench/ncu-decode-step.sh, bench/ncu-eval-forward.sh): the kernels from the last launch whose name
+matches START (default `embedding`: a decode step, and a forward, begins with the token embedding) to
+the end of the log, grouped by kernel
 name, most time first: launches, µs, share, MB read from DRAM and the rate. ncu serializes kernels and
 locks clocks, so the sum exceeds a replayed step's wall time; the shares are what it is for.
 Usage: python3 bench/ncu_step_summary.py LOG.csv [START]"""
