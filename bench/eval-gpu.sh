@@ -12,6 +12,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 W=${1:-/tmp/mha2mla-eval}; ARCH=${2:-smollm-135m}; LAYERS=${3:-}; CTX=${4:-2048}; WINDOWS=${5:-32}
 TEXT=${6:-../shared/data/text/tinystories_val.txt}; RANK=${7:-32}
+# Fail before any model is made: on the GPU machine ../shared is absent, so a default TEXT is missing there.
+[ -f "$TEXT" ] || { echo "bench/eval-gpu.sh: no text at $TEXT (on the GPU machine ../shared is not copied: carry one, e.g. .carry/text/debian_train.txt, and pass it as TEXT)" >&2; exit 2; }
 CLI="node dist/src/cli/main.js"
 M="$W/$ARCH${LAYERS:+-L$LAYERS}"
 mkdir -p "$W"
