@@ -208,21 +208,26 @@ abstract class TwoPartCache implements DecodeCache {
     this.len += tokens;
   }
 
+  /** Every layer's stores of both parts. */
+  private stores(): RowStore[] {
+    return [...this.a, ...this.b];
+  }
+
   replayBuffers(): readonly Tensor[] | null {
     if (this.dtype !== "bf16" && this.dtype !== "f32") return null;
-    const stores = [...this.a, ...this.b];
+    const stores = this.stores();
     if (stores.some((s) => !s.device)) return null;
     return stores.map((s) => s.device!.storage);
   }
 
   truncate(tokens: number): void {
     if (!Number.isInteger(tokens) || tokens < 0 || tokens > this.len) throw new MlaError("BAD_ARGUMENT", `truncate: ${tokens} tokens of a cache holding ${this.len}`, `pass a whole number from 0 to ${this.len}`);
-    for (const s of [...this.a, ...this.b]) s.truncate(tokens);
+    for (const s of this.stores()) s.truncate(tokens);
     this.len = tokens;
   }
 
   commitStep(): void {
-    for (const s of [...this.a, ...this.b]) s.device!.commit(1);
+    for (const s of this.stores()) s.device!.commit(1);
     this.len += 1;
   }
 
