@@ -19,6 +19,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
+#include "bf16_rows.cuh"
 #include "common.cuh"
 
 using mla::ctx;
@@ -41,26 +42,14 @@ __device__ __forceinline__ void load8(const float* p, float* v) {
 #pragma unroll
   for (int e = 0; e < 8; e++) v[e] = __bfloat162float(__float2bfloat16(f[e]));  // rounded as linear's narrow rounds
 }
-__device__ __forceinline__ void load8(const __nv_bfloat16* p, float* v) {
-  const uint4 u = *reinterpret_cast<const uint4*>(p);
-  const uint32_t w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-  for (int e = 0; e < 4; e++) {
-    const float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&w[e]));
-    v[2 * e] = f.x;
-    v[2 * e + 1] = f.y;
-  }
-}
+__device__ __forceinline__ void load8(const __nv_bfloat16* p, float* v) { mla_bf16::load_row<8>(p, v); }
 
 // acc += Σ_e w_e · x_e over one chunk (w: 8 bf16 in a uint4).
 __device__ __forceinline__ float dot8(uint4 w, const float* x, float acc) {
-  const uint32_t u[4] = {w.x, w.y, w.z, w.w};
+  float f[8];
+  mla_bf16::unpack8(w, f);
 #pragma unroll
-  for (int e = 0; e < 4; e++) {
-    const float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u[e]));
-    acc = fmaf(f.x, x[2 * e], acc);
-    acc = fmaf(f.y, x[2 * e + 1], acc);
-  }
+  for (int e = 0; e < 8; e++) acc = fmaf(f[e], x[e], acc);
   return acc;
 }
 

@@ -15,35 +15,16 @@
 #include <algorithm>
 #include <string>
 #include <vector>
+#include "bf16_rows.cuh"
 #include "decode_split.cuh"
 
 using mla::ctx;
 
 namespace {
+using mla_bf16::load_row;
 constexpr int WARPS = 4;
 constexpr int ROWS = 4;   // rows per warp per iteration
 constexpr int GMAX = 8;   // query heads per KV head
-
-// E consecutive bf16 of a row as float (E = 2, 4 or 8: one 4-, 8- or 16-byte load).
-template <int E>
-__device__ __forceinline__ void load_row(const __nv_bfloat16* p, float* x) {
-  if constexpr (E == 2) {
-    const float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(p));
-    x[0] = f.x, x[1] = f.y;
-  } else if constexpr (E == 4) {
-    const uint2 u = *reinterpret_cast<const uint2*>(p);
-    const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.x)), b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.y));
-    x[0] = a.x, x[1] = a.y, x[2] = b.x, x[3] = b.y;
-  } else {
-    const uint4 u = *reinterpret_cast<const uint4*>(p);
-    const uint32_t w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-      const float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&w[i]));
-      x[2 * i] = f.x, x[2 * i + 1] = f.y;
-    }
-  }
-}
 
 // Grid: x = KV head + Hkv · split, y = sequence; WARPS · 32 threads.
 template <int DH>
