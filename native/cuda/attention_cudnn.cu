@@ -216,12 +216,11 @@ bool cudnn_available() {
 bool use_cudnn(bool bf16, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window, bool stats) {
   const AttentionRoute r = attention_route();
   if (!bf16 || (r != AttentionRoute::Cudnn && r != AttentionRoute::Auto)) return false;
-  // The default route: cuDNN for training (its forward + backward beats ours) and for inference forwards
-  // at 128/128 head dims (llama2-7b's: its forward 0.26–0.30 ms against our fused kernel's 0.91 at
-  // B 4, T 2048, 32 heads; docs/device-logs/cudnn-trace-h200.txt, attn-cudnn919-h200.txt); our fused
-  // kernels for other inference forwards they take (64/64, where the two are even per call and eval
-  // ran faster on ours; 192/128, not measured).
-  if (r == AttentionRoute::Auto && !stats && attention_mma_dims(Dh, Dv) && !(Dh == 128 && Dv == 128)) return false;
+  // The default route: cuDNN for training (its forward + backward beats ours); our fused kernels for
+  // inference forwards they take. cuDNN's forward alone is faster per call at 128/128 (0.26–0.30 ms
+  // against 0.91 at B 4, T 2048, 32 heads), but as eval's default at the llama2-7b shape it was not
+  // (seventeenth session: 105.7k and 45.4k tokens/s in two runs against the fused kernels' 113.5k).
+  if (r == AttentionRoute::Auto && !stats && attention_mma_dims(Dh, Dv)) return false;
   const Problem p{B, T, S, H, Hkv, Dh, Dv, scale, off};
   if (!expressible(p, window)) return false;
   return graph_of(p, false, stats).graph != nullptr;

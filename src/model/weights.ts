@@ -182,13 +182,16 @@ export function expectedTensors(c: ModelConfig): { name: string; shape: number[]
 export type WeightStorage = "auto" | "f32";
 
 /**
- * Every weight of the model on `backend`. `weights: "auto"` keeps bf16 linear weights (and an untied
- * LM head) in bf16 where the backend can; "f32" decodes everything (training needs float32 leaves).
+ * Every weight of the model on `backend`. `weights: "auto"` keeps bf16 linear weights (and the LM
+ * head, tied or not) in bf16 where the backend can; "f32" decodes everything (training needs float32 leaves).
  */
 export function loadLlamaWeights(ckpt: Checkpoint, c: ModelConfig, backend: Backend, weights: WeightStorage = "f32"): LlamaWeights {
   const t = (name: string, shape: number[], linear = false) => loadTensor(ckpt, backend, name, shape, linear && weights === "auto");
   const D = c.hiddenSize;
-  const embed = t("model.embed_tokens.weight", [c.vocabSize, D]);
+  // A tied embedding is also the LM head's weight, so under "auto" it stays bf16 like the other linear
+  // weights: the head's product then runs on tensor cores (in float32 it was half of smollm-135m's
+  // eval forward on the H200), and the lookup reads bf16 rows (every backend with uploadBf16 does).
+  const embed = t("model.embed_tokens.weight", [c.vocabSize, D], c.tieEmbeddings);
   if (!c.tieEmbeddings && !ckpt.has("lm_head.weight"))
     throw new MlaError("BAD_CHECKPOINT", `${ckpt.dir}: "lm_head.weight" is missing and tie_word_embeddings is false`, "set tie_word_embeddings: true in config.json if the model shares its embedding");
   const lmHead = c.tieEmbeddings ? embed : t("lm_head.weight", [c.vocabSize, D], true);
