@@ -6,7 +6,9 @@
 # chunks; each run names its
 # route, so an MHA2MLA_CUDA_ATTENTION in the caller's environment does not relabel a row), beside
 # bench/eval_torch.py (HF Llama, bf16, SDPA; batch 1 and batch 8) in the same run.
-# BATCH: windows per forward (eval --batch; default eval's own choice).
+# BATCH: windows per forward (eval --batch; default eval's own choice). Each of our rows gives tokens/s
+# over the whole run and after the first forward (which alone pays the one-time costs): HF's script times
+# after a warm-up forward, so the second is the one to set beside it.
 # Usage: [ROUTES=…] [BATCH=…] bash bench/eval-gpu.sh [WORKDIR] [ARCH] [LAYERS] [CTX] [WINDOWS] [TEXT] [RANK]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,7 +28,7 @@ for model in "$M" "$M-mla"; do
     if [ "$route" = cudnn ] && ! grep -q cuDNN build/native/libmla_cuda.so.json 2>/dev/null; then echo "{\"tool\":\"mha2mla\",\"attention\":\"cudnn\",\"skipped\":\"this build has no cuDNN route\"}"; continue; fi
     name=$(basename "$model")-$route
     env MHA2MLA_CUDA_ATTENTION="$route" $CLI eval "$model" --device cuda --text "$TEXT" --ctx "$CTX" --tokens $(((CTX - 1) * WINDOWS)) ${BATCH:+--batch "$BATCH"} --json "$W/eval-$name.json" > /dev/null 2> "$W/eval-$name.err" || { tail -3 "$W/eval-$name.err"; continue; }
-    node -e "const j=require('$W/eval-$name.json'); const r=Array.isArray(j)?j[0]:j; console.log(JSON.stringify({tool:'mha2mla', model:'$(basename "$model")', attention:'$route', ctx:$CTX, tokens:r.tokens, seconds:r.seconds, tokens_per_s:+r.tokens_per_second.toFixed(1), nll:r.nll}))"
+    node -e "const j=require('$W/eval-$name.json'); const r=Array.isArray(j)?j[0]:j; console.log(JSON.stringify({tool:'mha2mla', model:'$(basename "$model")', attention:'$route', ctx:$CTX, tokens:r.tokens, seconds:r.seconds, tokens_per_s:+r.tokens_per_second.toFixed(1), tokens_per_s_after_first_forward:r.tokens_per_second_warm?+r.tokens_per_second_warm.toFixed(1):null, nll:r.nll}))"
   done
 done
 for b in 1 8; do python3 bench/eval_torch.py "$M" "$CTX" "$WINDOWS" "$b"; done

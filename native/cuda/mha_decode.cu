@@ -1,8 +1,9 @@
 // MHA/GQA decode over bf16 caches in one kernel (FlashDecoding): the counterpart of the fused latent
 // kernel (latent_decode.cu), so the original model can decode with the same context splits and decode
-// graphs as its MLA conversion. Opt-in (MHA2MLA_MHA_DECODE=kernel) until it is faster: per call it
-// reaches 12–16% of the HBM bound where the cuBLAS route reaches 18–69% (docs/benchmarks.md). The cuBLAS route (decode_batch.cu) sizes its GEMMs by every
-// sequence's length, which a recorded step cannot replay; here lengths are read on the device.
+// graphs as its MLA conversion. The default only for GQA at head dim 64 (mha_decode_takes): per call
+// at llama2-7b's heads it reaches 12–16% of the HBM bound where the cuBLAS route reaches 18–69%
+// (docs/benchmarks.md). The cuBLAS route (decode_batch.cu) sizes its GEMMs by every sequence's
+// length, which a recorded step cannot replay; here lengths are read on the device.
 //
 // Per block: one sequence, one KV head with its g ≤ 8 query heads, one split of the visible keys
 // (decode_split.cuh). Four warps take rows in turn, four rows per warp at a time (their loads in flight
@@ -158,11 +159,16 @@ int blocks_per_sm() {
 
 namespace mla {
 bool mha_decode_takes(int64_t H, int64_t Hkv, int64_t Dh) {
-  // Opt-in: measured on the H200 (docs/benchmarks.md) it is 1.5–4.5× slower than the cuBLAS route per
-  // call, though a decode graph that it makes possible wins back more at batch 1.
+  if (!((Dh == 64 || Dh == 128 || Dh == 256) && Hkv > 0 && H % Hkv == 0 && H / Hkv <= GMAX)) return false;
+  // MHA2MLA_MHA_DECODE=kernel takes it wherever it can, =cublas never. Unset: GQA at head dim 64
+  // (smollm-135m's 9/3), where a step recorded with it decoded 4–4.7× faster than op by op on the
+  // cuBLAS route at batch 1, 8 and 32 (docs/benchmarks.md, seventeenth session); not at llama2-7b's
+  // MHA heads (32/32, Dh 128), where per call it is 1.5–4.5× slower than the cuBLAS route and the
+  // recorded step lost at batch ≥ 8 (fifteenth session). Other shapes are not measured.
   const char* route = getenv("MHA2MLA_MHA_DECODE");
-  if (!route || std::string(route) != "kernel") return false;
-  return (Dh == 64 || Dh == 128 || Dh == 256) && Hkv > 0 && H % Hkv == 0 && H / Hkv <= GMAX;
+  if (route && std::string(route) == "kernel") return true;
+  if (route && std::string(route) == "cublas") return false;
+  return Dh == 64 && H / Hkv >= 2;
 }
 
 mla_status mha_decode(const __nv_bfloat16* const* ks, const __nv_bfloat16* const* vs, const int64_t* lo, const int64_t* n, const int32_t* pos, int64_t window, const float* q, float* o, int64_t B, int64_t H, int64_t Hkv, int64_t Dh, float scale) {

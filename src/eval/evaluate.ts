@@ -70,6 +70,8 @@ export interface EvalResult {
   nll?: number;
   ppl?: number;
   tokens_per_second?: number;
+  /** Tokens per second after the first forward (see PerplexityResult.afterFirst); absent with one forward. */
+  tokens_per_second_warm?: number;
   tasks?: Record<string, TaskScore>;
 }
 
@@ -108,6 +110,7 @@ export async function evaluate(spec: string, opts: EvalOptions): Promise<EvalRes
     if (opts.tokens !== undefined && ids.length < opts.tokens) log.warn(`${opts.text} holds only ${ids.length} tokens, fewer than --tokens ${opts.tokens}: scoring all of them`);
     const r = await perplexity(lm.model, ids, { ctx: opts.ctx ?? 256, progress: opts.progress, kvCache: opts.kvCache, batch: opts.batch });
     Object.assign(result, { text: path.resolve(opts.text!), ctx: r.ctx, tokens: r.tokens, windows: r.windows, nll: r.nll, ppl: r.ppl, tokens_per_second: r.tokens / r.seconds });
+    if (r.afterFirst) result.tokens_per_second_warm = r.afterFirst.tokens / r.afterFirst.seconds;
   }
   if (opts.tasks?.length) {
     result.tasks = {};

@@ -18,6 +18,12 @@ export interface PerplexityResult {
   windows: number;
   ctx: number;
   seconds: number;
+  /**
+   * Tokens scored and seconds taken after the first forward, which alone pays one-time costs (kernels
+   * loaded on first use, library handles, the arena's first growth); null with a single forward.
+   * Throughput peers time after a warm-up forward, so this is the figure to set beside theirs.
+   */
+  afterFirst: { tokens: number; seconds: number } | null;
 }
 
 export function readText(file: string): string {
@@ -86,6 +92,7 @@ export async function perplexity(model: LlamaModel, ids: Int32Array, opts: Perpl
   const progress = new Progress("eval", ids.length, "tok", opts.progress === undefined ? process.stderr : opts.progress);
   const t0 = performance.now();
   let sum = 0;
+  let first: { t: number; tokens: number } | null = null;
   for (let w = 0; w < windows; ) {
     // Window w scores chunk w = ids[w·stride, (w+1)·stride) from [BOS] + the chunk without its last
     // token (logits at position j predict chunk[j]); only full-length windows share a forward.
@@ -106,10 +113,14 @@ export async function perplexity(model: LlamaModel, ids: Int32Array, opts: Perpl
     const b = model.backend;
     for (const x of b.arena ? b.arena(score, { bf16Inputs: bf16 }) : score()) sum += x;
     progress.tick(targets.length);
+    // The losses above were read back, so the device has finished this forward.
+    first ??= { t: performance.now(), tokens: targets.length };
     w += n;
     // Yield so that SIGINT/SIGTERM handlers can run during long evaluations.
     await new Promise((r) => setImmediate(r));
   }
   const nll = sum / ids.length;
-  return { nll, ppl: Math.exp(nll), tokens: ids.length, windows, ctx, seconds: (performance.now() - t0) / 1000 };
+  const t1 = performance.now();
+  const afterFirst = first && first.tokens < ids.length ? { tokens: ids.length - first.tokens, seconds: (t1 - first.t) / 1000 } : null;
+  return { nll, ppl: Math.exp(nll), tokens: ids.length, windows, ctx, seconds: (t1 - t0) / 1000, afterFirst };
 }

@@ -446,7 +446,7 @@ test("the fused latent decode kernel (bf16 caches) equals the reference on bf16-
   }
 });
 
-test("the MHA/GQA decode kernel (bf16 caches, MHA2MLA_MHA_DECODE=kernel) equals the reference on bf16-rounded caches and the cuBLAS route: llama2-7b's heads (32/32, Dh 128), GQA 9/3 and 32/4 (8 per group), Dh 64 and 256, ragged lengths, context splits, windows", { skip }, (t) => {
+test("the MHA/GQA decode kernel (bf16 caches; MHA2MLA_MHA_DECODE=kernel, and the default for GQA at head dim 64) equals the reference on bf16-rounded caches and the cuBLAS route: llama2-7b's heads (32/32, Dh 128), GQA 9/3 and 32/4 (8 per group), Dh 64 and 256, ragged lengths, context splits, windows", { skip }, (t) => {
   const B = backend();
   const rand = seededRand(37, Float32Array);
   const round = (a: Float32Array) => decodeToF32("BF16", encodeFromF32("BF16", a));
@@ -463,11 +463,17 @@ test("the MHA/GQA decode kernel (bf16 caches, MHA2MLA_MHA_DECODE=kernel) equals 
     const k = rows.map((n) => rand(n * Hkv * Dh)), v = rows.map((n) => rand(n * Hkv * Dh));
     const opts = { scale: 1 / Math.sqrt(Dh), positions, window: win };
     const ks = k.map((a, b) => bf16Cache(B, a, [rows[b]!, Hkv, Dh])), vs = v.map((a, b) => bf16Cache(B, a, [rows[b]!, Hkv, Dh]));
-    const run = () => B.attentionDecodeBatch(B.upload(q, [Bn, H, Dh]), ks, vs, opts).toArray();
-    const gemm = run();
-    process.env["MHA2MLA_MHA_DECODE"] = "kernel";
-    const mine = run();
-    delete process.env["MHA2MLA_MHA_DECODE"];
+    const run = (route?: "cublas" | "kernel") => {
+      if (route) process.env["MHA2MLA_MHA_DECODE"] = route;
+      try {
+        return B.attentionDecodeBatch(B.upload(q, [Bn, H, Dh]), ks, vs, opts).toArray();
+      } finally {
+        delete process.env["MHA2MLA_MHA_DECODE"];
+      }
+    };
+    const gemm = run("cublas"), mine = run("kernel");
+    // Unset, GQA at head dim 64 takes the kernel (measured faster there); other shapes the cuBLAS route.
+    assert.deepEqual(run(), Dh === 64 && H / Hkv >= 2 ? mine : gemm, `H${H}/${Hkv} Dh${Dh}: the default route`);
     const want = R.attentionDecodeBatch(R.upload(q, [Bn, H, Dh]), k.map((a, b) => R.upload(round(a), [rows[b]!, Hkv, Dh])), v.map((a, b) => R.upload(round(a), [rows[b]!, Hkv, Dh])), opts).toArray();
     let scale = 0;
     for (const x of want) scale = Math.max(scale, Math.abs(x));
@@ -845,7 +851,7 @@ test("--checkpoint-activations gives the same weights as the plain run at head d
   assert.ok(fs.readFileSync(path.join(plain.out, "model.safetensors")).equals(fs.readFileSync(path.join(ckpt.out, "model.safetensors"))), "activation checkpointing changed the result");
 });
 
-test("a recorded decode step (CUDA graph) replays like op-by-op steps: absorbed MLA on bf16 caches at B = 1 and 3 (ragged, context splits, a cache that moves mid-run and weights that change: recorded again); MHA/GQA through its opt-in kernel too; MHA on the cuBLAS route (its default) and an f32 cache say why they run op by op", { skip }, async (t) => {
+test("a recorded decode step (CUDA graph) replays like op-by-op steps: absorbed MLA on bf16 caches at B = 1 and 3 (ragged, context splits, a cache that moves mid-run and weights that change: recorded again); GQA at head dim 64 through the MHA decode kernel (its default there) too; GQA on the cuBLAS route (MHA2MLA_MHA_DECODE=cublas) and an f32 cache say why they run op by op", { skip }, async (t) => {
   const dir = tmpDir();
   const src = path.join(dir, "smollm-L2");
   await synth({ arch: "smollm-135m", layers: 2, dtype: "BF16", out: src, progress: null });
@@ -855,9 +861,11 @@ test("a recorded decode step (CUDA graph) replays like op-by-op steps: absorbed 
   const B = backend();
   let s = 7;
   const tokens = (n: number) => Int32Array.from({ length: n }, () => ((s = (s * 1664525 + 1013904223) >>> 0) % 1000) + 3);
-  // MHA on bf16 caches twice: through the cuBLAS route (the default: op by op) and through its own kernel (recorded).
-  for (const [spec, lengths, dtype, kernel] of [[mla, [700], "bf16", false], [mla, [300, 40, 700], "bf16", false], [src, [50, 9, 400], "bf16", true], [src, [50, 9, 400], "bf16", false], [src, [50, 9], "f32", false]] as const) {
-    if (kernel) process.env["MHA2MLA_MHA_DECODE"] = "kernel";
+  // smollm's GQA (9/3, head dim 64) on bf16 caches twice: through the MHA decode kernel (its default at
+  // these shapes: recorded) and through the cuBLAS route (op by op).
+  for (const [spec, lengths, dtype, route] of [[mla, [700], "bf16", null], [mla, [300, 40, 700], "bf16", null], [src, [50, 9, 400], "bf16", null], [src, [50, 9, 400], "bf16", "cublas"], [src, [50, 9], "f32", null]] as const) {
+    if (route) process.env["MHA2MLA_MHA_DECODE"] = route;
+    const opByOp = spec === src && (route === "cublas" || dtype === "f32");
     const model = loadModel(spec, { backend: B }).model;
     const V = model.config.vocabSize;
     const prompts = lengths.map((n) => tokens(n));
@@ -880,8 +888,8 @@ test("a recorded decode step (CUDA graph) replays like op-by-op steps: absorbed 
     }
     assert.deepEqual(rec.caches.map((c) => c.length), eager.caches.map((c) => c.length), "the replayed steps advanced the caches");
     delete process.env["MHA2MLA_MHA_DECODE"];
-    t.diagnostic(`${path.basename(spec)} ${dtype}${kernel ? " (MHA kernel)" : ""} B=${lengths.length}: ${recorded} of 12 steps replayed; max |Δ logits| vs op by op ${worst.toExponential(2)} (max |logit| ${scale.toFixed(1)})${rec.session.why ? `; op by op because ${rec.session.why}` : ""}`);
-    if (spec === src && !kernel) {
+    t.diagnostic(`${path.basename(spec)} ${dtype}${route ? ` (MHA2MLA_MHA_DECODE=${route})` : ""} B=${lengths.length}: ${recorded} of 12 steps replayed; max |Δ logits| vs op by op ${worst.toExponential(2)} (max |logit| ${scale.toFixed(1)})${rec.session.why ? `; op by op because ${rec.session.why}` : ""}`);
+    if (opByOp) {
       assert.equal(recorded, 0);
       assert.match(rec.session.why ?? "", /cuBLAS route/);
       assert.equal(worst, 0, "a refused recording leaves the step to run op by op, unchanged");

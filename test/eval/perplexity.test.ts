@@ -26,6 +26,18 @@ test("perplexity: windows batched per forward give the same NLL as one window pe
   }
 });
 
+// A throughput peer times after a warm-up forward, so the result also says what came after the first.
+test("perplexity: the timing after the first forward counts the tokens of the later forwards (null with one forward)", async () => {
+  const lm = loadModel(path.join(MODELS, "stories260K"));
+  const ids = tokenizeForEval(lm.tokenizer, readText(path.join(FIXTURES, "text", "tinystories.txt")), 1000);
+  const r = await perplexity(lm.model, ids, { ctx: 64, progress: null, batch: 4 });
+  assert.ok(ids.length > 4 * 63);
+  assert.equal(r.afterFirst?.tokens, ids.length - 4 * 63, "the first forward scored 4 full windows");
+  assert.ok(r.afterFirst.seconds > 0 && r.afterFirst.seconds <= r.seconds);
+  // Four full windows in one forward (a partial last window would take a forward of its own).
+  assert.equal((await perplexity(lm.model, ids.subarray(0, 4 * 63), { ctx: 64, progress: null, batch: 4 })).afterFirst, null);
+});
+
 test("perplexity: a batch below 1 is refused", async () => {
   const lm = loadModel(path.join(MODELS, "stories260K"));
   await assert.rejects(perplexity(lm.model, Int32Array.from([5, 6, 7]), { ctx: 8, progress: null, batch: 0 }), (e: unknown) => e instanceof MlaError && /--batch 0: the windows scored per forward must be a positive integer/.test(e.message));
