@@ -6,7 +6,9 @@
 # with the layer count, tokens/s roughly inversely), converted with CONVERT (default the paper's
 # llama2-7b setting, --rank 64 --rope-pairs 8 --rope-strategy uniform). The MLA model decodes in both
 # absorbed forms (run time, as DeepSeek's inference does, and pre-multiplied).
-# Usage: bash bench/decode.sh [WORKDIR] [LAYERS]     (env ARCH, CONVERT, CONTEXTS, BATCHES, STEPS, KV_CACHES, PREMULTIPLIED; PEER=0 skips PyTorch; GRAPHS=0 runs every step op by op)
+# Ends with issue 13's goals judged over the rows (bench/decode-goals.ts), which it also keeps in
+# WORKDIR/decode-rows-ARCH-LLAYERS.txt.
+# Usage: bash bench/decode.sh [WORKDIR] [LAYERS]     (env ARCH, CONVERT, CONTEXTS, BATCHES, STEPS, KV_CACHES, MHA_ROUTES, PREMULTIPLIED; PEER=0 skips PyTorch; GRAPHS=0 runs every step op by op)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 W=${1:-/tmp/mha2mla-decode}
@@ -22,14 +24,32 @@ cp fixtures/models/stories260K/tokenizer.json fixtures/models/stories260K/tokeni
 $CLI convert "$M" --device cuda $CONVERT --out "$M-mla" --force 2>&1 | tail -1
 echo "$(date -u +%Y-%m-%d), $(nvidia-smi --query-gpu=name --format=csv,noheader), $ARCH shape with $LAYERS layers, bf16 linear weights, caches ${KV_CACHES:-f32 bf16}; convert $CONVERT"
 SHAPES="--contexts ${CONTEXTS:-4096,16384} --batches ${BATCHES:-1,8,32,128} --steps ${STEPS:-16}"
+ROWS="$W/decode-rows-$ARCH-L$LAYERS.txt"
+run() { node dist/bench/decode.js "$@" --device cuda $SHAPES --graphs "${GRAPHS:-1}"; }
 # KV_CACHES: the cache storages to run (default both; bf16 is what HF's peer stores, and where MLA
 # takes the fused latent kernel); PREMULTIPLIED=0 skips the pre-multiplied absorbed form.
-head=1
-for kv in ${KV_CACHES:-f32 bf16}; do
-  node dist/bench/decode.js "$M" "$M-mla" --device cuda $SHAPES --kv-cache "$kv" --graphs "${GRAPHS:-1}" | tail -n +$head
-  head=3
-done
-if [ "${PREMULTIPLIED:-1}" != 0 ]; then MHA2MLA_ABSORB=premultiplied node dist/bench/decode.js "$M-mla" --device cuda $SHAPES | tail -n +3 || true; fi
-if [ "${PEER:-1}" != 0 ]; then
-  python3 bench/decode_torch.py "$M" "${CONTEXTS:-4096,16384}" "${BATCHES:-1,8,32,128}" "${STEPS:-16}"
-fi
+# MHA_ROUTES: on bf16 caches MHA runs once per decode-attention route (MHA2MLA_MHA_DECODE; default
+# both: "kernel", recorded as a graph, and "cublas", op by op), so its best row is the fair comparison
+# whichever route its shape defaults to; MHA_ROUTES=default runs only what it defaults to.
+{
+  head=1
+  for kv in ${KV_CACHES:-f32 bf16}; do
+    if [ "$kv" = bf16 ] && [ "${MHA_ROUTES:-kernel cublas}" != default ]; then
+      for route in ${MHA_ROUTES:-kernel cublas}; do
+        MHA2MLA_MHA_DECODE=$route run "$M" --kv-cache bf16 | tail -n +$head | sed "s/| mha, bf16 cache/| mha ($route route), bf16 cache/"
+        head=3
+      done
+      run "$M-mla" --kv-cache bf16 | tail -n +$head
+    else
+      run "$M" "$M-mla" --kv-cache "$kv" | tail -n +$head
+    fi
+    head=3
+  done
+  if [ "${PREMULTIPLIED:-1}" != 0 ]; then MHA2MLA_ABSORB=premultiplied run "$M-mla" | tail -n +3 || true; fi
+  if [ "${PEER:-1}" != 0 ]; then
+    python3 bench/decode_torch.py "$M" "${CONTEXTS:-4096,16384}" "${BATCHES:-1,8,32,128}" "${STEPS:-16}"
+  fi
+} | tee "$ROWS"
+# Issue 13's goals over these rows (best row of each kind per shape; bench/decode-goals.ts).
+echo
+node dist/bench/decode-goals.js "$ROWS"
