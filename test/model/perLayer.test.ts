@@ -79,3 +79,19 @@ test("the absorbed form is chosen per layer from that layer's widths", async () 
   const one = (l: number) => ({ ...config, attention: { ...a, splits: a.splits.map(() => a.splits[l]!) } });
   for (let l = 0; l < config.layers; l++) assert.equal(absorbForm(config, l), absorbForm(one(l), 0), `layer ${l}`);
 });
+
+test("MHA2MLA_ABSORB forces a form; a misspelt one is refused, not taken as the automatic choice", async () => {
+  const { config } = loadModel(await perLayerFixture());
+  const before = process.env["MHA2MLA_ABSORB"];
+  try {
+    for (const form of ["runtime", "premultiplied"] as const) {
+      process.env["MHA2MLA_ABSORB"] = form;
+      assert.equal(absorbForm(config, 0), form);
+    }
+    process.env["MHA2MLA_ABSORB"] = "premultiply";
+    assert.throws(() => absorbForm(config, 0), (e: Error) => e instanceof MlaError && /MHA2MLA_ABSORB=premultiply is not an absorbed form/.test(e.message) && /use runtime or premultiplied/.test(e.message));
+  } finally {
+    if (before === undefined) delete process.env["MHA2MLA_ABSORB"];
+    else process.env["MHA2MLA_ABSORB"] = before;
+  }
+});

@@ -11,6 +11,7 @@ import v8 from "node:v8";
 import vm from "node:vm";
 import koffi from "koffi";
 import { MlaError } from "../../errors.js";
+import { checkCudaEnv } from "./cudaEnv.js";
 import { packageRoot } from "../../io/modelDir.js";
 import { attentionDecodeByRows, latentAttentionDecodeByRows } from "../../tensor/rows.js";
 import { attentionDecodeBatchDims, headLinearDims, latentAttentionDecodeBatchDims, latentAttentionDims, type AttentionOptions, type DecodeBatchOptions, type AttentionSaved, type ArenaOptions, type LinearBackwardNeed, type StepGraph, type ProductInputHint, type Backend, type TrainingKernels } from "../../tensor/backend.js";
@@ -273,15 +274,6 @@ export interface GpuMemory {
   total: number;
 }
 
-/** The values MHA2MLA_CUDA_ATTENTION takes (native/cuda/context.cu reads it at every call; "default" = unset). */
-export const CUDA_ATTENTION_ROUTES = ["default", "cudnn", "fused", "gemm", "flash", "rows"] as const;
-
-/** A misspelt route would silently run the default one: refuse it when the backend starts. */
-export function checkAttentionRoute(value: string | undefined): void {
-  if (value === undefined || value === "" || (CUDA_ATTENTION_ROUTES as readonly string[]).includes(value)) return;
-  throw new MlaError("BAD_ARGUMENT", `MHA2MLA_CUDA_ATTENTION=${value} is not an attention route`, `use one of ${CUDA_ATTENTION_ROUTES.join(", ")}, or unset it`);
-}
-
 export class CudaBackend implements Backend {
   readonly name = "cuda";
   readonly batchedAttention = true;
@@ -301,7 +293,7 @@ export class CudaBackend implements Backend {
   private readonly graphs = new FinalizationRegistry<unknown>((g) => this.lib.graphDestroy(g));
 
   constructor(readonly lib: CudaLib) {
-    checkAttentionRoute(process.env["MHA2MLA_CUDA_ATTENTION"]);
+    checkCudaEnv();
     this.registry = new FinalizationRegistry((h) => lib.free(h));
     this.gcEvery = Math.max(256 << 20, Math.floor(this.memory().total / 8));
     this.training = cudaTraining(this);

@@ -12,6 +12,7 @@
  * forces one). The key bias of k_up adds the same q·b to every score of a query and cancels in the
  * softmax; the value bias passes through the softmax weights (they sum to 1) into a constant output bias.
  */
+import { MlaError } from "../../errors.js";
 import { toBf16Bits } from "../../io/dtype.js";
 import type { Backend } from "../../tensor/backend.js";
 import type { Tensor } from "../../tensor/tensor.js";
@@ -55,6 +56,8 @@ export type AbsorbForm = Absorbed["form"];
 export function absorbForm(c: ModelConfig, layer: number): AbsorbForm {
   const forced = process.env["MHA2MLA_ABSORB"];
   if (forced === "runtime" || forced === "premultiplied") return forced;
+  // A misspelt form would silently take the automatic choice, which a benchmark would then mislabel.
+  if (forced) throw new MlaError("BAD_ARGUMENT", `MHA2MLA_ABSORB=${forced} is not an absorbed form`, "use runtime or premultiplied, or unset it for the form that reads fewer weight bytes");
   const s = (c.attention as MlaAttention).splits[layer]!;
   const [H, G, D, Dh, L] = [c.heads, c.kvHeads, c.hiddenSize, c.headDim, s.latentDim];
   const Dn = Dh - 2 * s.ropePairs;

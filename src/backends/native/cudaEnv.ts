@@ -1,0 +1,57 @@
+/**
+ * The environment switches of the CUDA backend that pick a route or a tuning value, with the values
+ * each takes. The native library reads them (some at every call, some once per process) and treats a
+ * value it does not know as unset, so a misspelt route or an out-of-range number would silently run the
+ * default: the backend checks them all when it starts (checkCudaEnv) and refuses such a value, naming
+ * it and what is accepted. Unset and empty mean the default everywhere.
+ */
+import { MlaError } from "../../errors.js";
+
+/** The values MHA2MLA_CUDA_ATTENTION takes (native/cuda/context.cu reads it at every call; "default" = unset). */
+export const CUDA_ATTENTION_ROUTES = ["default", "cudnn", "fused", "gemm", "flash", "rows"] as const;
+
+interface Switch {
+  name: string;
+  /** What a value selects, for the message ("an attention route"). */
+  what: string;
+  /** The accepted words, or an inclusive integer range. */
+  accepts: readonly string[] | { min: number; max: number };
+}
+
+export const CUDA_SWITCHES: readonly Switch[] = [
+  { name: "MHA2MLA_CUDA_ATTENTION", what: "an attention route", accepts: CUDA_ATTENTION_ROUTES },
+  { name: "MHA2MLA_MHA_DECODE", what: "an MHA decode route", accepts: ["kernel", "cublas"] },
+  { name: "MHA2MLA_LATENT_DECODE", what: "a latent decode route (the fused kernel is the default)", accepts: ["gemm"] },
+  { name: "MHA2MLA_DECODE_BATCH", what: "a batched decode mode (one call per layer is the default)", accepts: ["rows"] },
+  { name: "MHA2MLA_DECODE_GRAPHS", what: "a decode recording switch", accepts: ["0", "1"] },
+  { name: "MHA2MLA_DECODE_TF32", what: "a TF32 switch for decode's attention GEMMs", accepts: ["0", "1"] },
+  { name: "MHA2MLA_CUDNN_DETERMINISTIC", what: "a cuDNN determinism switch", accepts: ["0", "1"] },
+  { name: "MHA2MLA_CUDNN_TRACE", what: "a cuDNN trace switch", accepts: ["0", "1"] },
+  // Any non-empty value turns profiling on (cuda.ts), "0" included: refuse it rather than profile.
+  { name: "MHA2MLA_CUDA_PROFILE", what: "a profiling switch", accepts: ["1"] },
+  { name: "MHA2MLA_CUDA_PROFILE_SKIP", what: "a count of training steps", accepts: { min: 0, max: 1_000_000 } },
+  { name: "MHA2MLA_GEMV_ROWS", what: "a row limit for the decode products' kernel", accepts: { min: 0, max: 4 } },
+  { name: "MHA2MLA_DECODE_MIN_TILES", what: "a minimum of tiles per context split", accepts: { min: 1, max: 64 } },
+  { name: "MHA2MLA_CUDA_ATTENTION_CHUNK", what: "a count of queries per GEMM chunk", accepts: { min: 1, max: 1 << 20 } },
+];
+
+function accepted(s: Switch, value: string): boolean {
+  if (Array.isArray(s.accepts)) return (s.accepts as readonly string[]).includes(value);
+  const { min, max } = s.accepts as { min: number; max: number };
+  return /^\d+$/.test(value) && Number(value) >= min && Number(value) <= max;
+}
+
+function expected(s: Switch): string {
+  if (Array.isArray(s.accepts)) return `use ${s.accepts.length === 1 ? "" : "one of "}${s.accepts.join(", ")}, or unset it`;
+  const { min, max } = s.accepts as { min: number; max: number };
+  return `use a whole number from ${min} to ${max}, or unset it`;
+}
+
+/** Refuses the first switch in `env` whose value its reader would not take (see the file comment). */
+export function checkCudaEnv(env: Readonly<Record<string, string | undefined>> = process.env): void {
+  for (const s of CUDA_SWITCHES) {
+    const value = env[s.name];
+    if (value === undefined || value === "" || accepted(s, value)) continue;
+    throw new MlaError("BAD_ARGUMENT", `${s.name}=${value} is not ${s.what}`, expected(s));
+  }
+}
