@@ -18,7 +18,7 @@ import { kvElemsPerToken, MlaAttention, MlaSplit, ModelConfig } from "../model/c
 import { expectedTensors, layerPrefix } from "../model/weights.js";
 import { loadModel } from "../model/llama.js";
 import { DeviceName, selectBackend, selectLinalg } from "../backends/select.js";
-import { chosenLinalg, useLinalg } from "../backends/native/linalg.js";
+import { chosenLinalg, linalgScope, useLinalg } from "../backends/native/linalg.js";
 import { calibrate, calibrationWindows, CalibrationStats } from "../ropeSelect/calibrate.js";
 import { loadTokenizer } from "../io/tokenizer.js";
 import { describeRefit, refitOutputProjections, refitRecord, RefitResult } from "./refitOutput.js";
@@ -65,6 +65,11 @@ export interface ConvertResult {
 }
 
 export async function convert(spec: string, opts: ConvertOptions): Promise<ConvertResult> {
+  // The float64 route this conversion picks (from --device) is its own, not the process's.
+  return linalgScope(() => convertInScope(spec, opts));
+}
+
+async function convertInScope(spec: string, opts: ConvertOptions): Promise<ConvertResult> {
   const log = opts.logger ?? silentLogger;
   const t0 = performance.now();
   const timings: Record<string, number> = {};

@@ -16,7 +16,7 @@ import { layerPrefix } from "../model/weights.js";
 import { loadModel } from "../model/llama.js";
 import type { ModelConfig } from "../model/config.js";
 import { DeviceName, selectBackend, selectLinalg } from "../backends/select.js";
-import { useLinalg } from "../backends/native/linalg.js";
+import { linalgScope, useLinalg } from "../backends/native/linalg.js";
 import { calibrate, calibrationWindows, CalibrationStats } from "../ropeSelect/calibrate.js";
 import { covarianceRoots } from "../svd/truncated.js";
 import { readText } from "../eval/perplexity.js";
@@ -130,6 +130,11 @@ export function roundingFor(dtype: DType): (x: number) => number {
 }
 
 export async function convertDeepseek(spec: string, o: DeepseekOptions): Promise<DeepseekResult> {
+  // The float64 route this conversion picks (from --device) is its own, not the process's.
+  return linalgScope(() => convertDeepseekInScope(spec, o));
+}
+
+async function convertDeepseekInScope(spec: string, o: DeepseekOptions): Promise<DeepseekResult> {
   const log = o.logger ?? silentLogger;
   const { dir: srcDir } = resolveModel(spec);
   const c = readHfConfig(srcDir);

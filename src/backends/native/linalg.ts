@@ -1,8 +1,12 @@
 /**
  * The float64 routines of the conversion SVD (Gram, product, symmetric eigen) behind one interface,
- * served by the native CPU library or the CUDA library. `useLinalg` picks the route for the process
- * (the conversion sets it from --device); null means the TypeScript route (ml-matrix).
+ * served by the native CPU library or the CUDA library. `useLinalg` picks the route: inside a
+ * `linalgScope` (each conversion runs in its own) for that scope only, so conversions running
+ * concurrently in one process (a script converting on the GPU and on the CPU at once) each keep theirs;
+ * outside any scope, the process default (tests and benchmarks). null means the TypeScript route
+ * (ml-matrix).
  */
+import { AsyncLocalStorage } from "node:async_hooks";
 import { nativeLinalg } from "./cpu.js";
 
 export interface Linalg {
@@ -32,14 +36,24 @@ export interface FusedFactors {
 }
 
 let chosen: Linalg | null | undefined;
+const scope = new AsyncLocalStorage<{ linalg?: Linalg | null }>();
 
-/** Sets the route; undefined restores the default (native CPU when built). */
-export function useLinalg(l: Linalg | null | undefined): void {
-  chosen = l;
+/** Runs `fn` and everything it awaits in a route scope of its own (useLinalg inside it sets that scope's). */
+export function linalgScope<T>(fn: () => Promise<T>): Promise<T> {
+  return scope.run({}, fn);
 }
 
+/** Sets the route of the current scope (or the process default outside one); undefined restores the default (native CPU when built). */
+export function useLinalg(l: Linalg | null | undefined): void {
+  const s = scope.getStore();
+  if (s) s.linalg = l;
+  else chosen = l;
+}
+
+/** The route set for the current scope, else the process default's; undefined when neither was set. */
 export function chosenLinalg(): Linalg | null | undefined {
-  return chosen;
+  const s = scope.getStore();
+  return s && s.linalg !== undefined ? s.linalg : chosen;
 }
 
 /**
@@ -48,6 +62,7 @@ export function chosenLinalg(): Linalg | null | undefined {
  * (tests compare both routes), else null.
  */
 export function activeLinalg(): Linalg | null {
-  if (chosen !== undefined) return chosen;
+  const c = chosenLinalg();
+  if (c !== undefined) return c;
   return process.env["MHA2MLA_SKIP_NATIVE_LINALG"] ? null : (nativeLinalg() ?? null);
 }
