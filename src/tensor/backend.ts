@@ -184,8 +184,8 @@ export interface Backend {
   /**
    * A weight stored as bf16 (half the memory and bandwidth), from bf16 `bits` [numel(shape)] (raw
    * checkpoint bytes as uint16). Only backends with bf16 kernels offer it; such a tensor may be used
-   * as `linear`'s w, as `embedding`'s table (a tied LM head's weight is the embedding) and downloaded,
-   * nothing else.
+   * as `linear`'s and `headLinear`'s w, as `embedding`'s table (a tied LM head's weight is the
+   * embedding) and downloaded, nothing else.
    */
   uploadBf16?(bits: Uint16Array, shape: readonly number[]): Tensor;
   /**
