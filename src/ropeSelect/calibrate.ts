@@ -11,7 +11,6 @@ import type { MhaWeights } from "../model/weights.js";
 import { encodePrefix, TextTokenizer } from "../io/tokenizer.js";
 import type { FloatArray, Tensor } from "../tensor/tensor.js";
 import { Progress, ProgressSink } from "../util/progress.js";
-import { calibrationKernels } from "../backends/native/kernels.js";
 
 export interface CalibrationStats {
   /** Per layer [H, Dh/2]: mean ‖(q_i, q_{i+Dh/2})‖. */
@@ -74,7 +73,7 @@ export async function calibrate(model: LlamaModel, windows: Int32Array[], opts: 
   const progress = new Progress("calibrate", windows.length, "windows", opts.progress === undefined ? process.stderr : opts.progress);
   const t0 = performance.now();
   let tokens = 0;
-  const native = calibrationKernels(b);
+  const native = b.calibration ?? null;
   const pairNorms = (y: Tensor, T: number, heads: number, acc: Float64Array) => {
     if (native) native.pairNorms(y, T, heads, c.headDim, acc);
     else addPairNorms(y.toArray(), T, heads, c.headDim, acc);

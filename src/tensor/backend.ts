@@ -176,6 +176,14 @@ export interface StepGraph {
   dispose(): void;
 }
 
+/** Calibration's reductions on a backend that has them (Backend.calibration). */
+export interface CalibrationKernels {
+  /** acc[heads, Dh/2] += mean over T of each RoPE pair's L2 norm in y[T, heads, Dh] (a tensor of this backend). */
+  pairNorms(y: Tensor, T: number, heads: number, Dh: number, acc: Float64Array): void;
+  /** acc[D,D] upper triangle += xᵀx for x[T,D] (null: the TypeScript loop on the downloaded x). */
+  covariance: ((x: Float32Array, T: number, D: number, acc: Float64Array) => void) | null;
+}
+
 export interface Backend {
   readonly name: string;
   upload(data: FloatArray, shape: readonly number[]): Tensor;
@@ -188,6 +196,11 @@ export interface Backend {
    * embedding) and downloaded, nothing else.
    */
   uploadBf16?(bits: Uint16Array, shape: readonly number[]): Tensor;
+  /**
+   * Calibration's reductions (2-norm pair scores, activation covariance) in the backend's own code,
+   * where it has them; absent: the callers' TypeScript loops over downloaded activations.
+   */
+  readonly calibration?: CalibrationKernels;
   /**
    * Replaces t's values in place with `data` [t.size]. Backends whose `download` returns a copy
    * (device memory) need it so that host-side updates (the optimizer's) reach the tensor; host

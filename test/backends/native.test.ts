@@ -6,7 +6,6 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { loadNativeCpu, NativeCpuBackend } from "../../src/backends/native/cpu.js";
-import { calibrationKernels, optimizerKernels } from "../../src/backends/native/kernels.js";
 import { AdamW, clipGradients, gradNorm } from "../../src/finetune/optimizer.js";
 import { addCovariance, addPairNorms } from "../../src/ropeSelect/calibrate.js";
 import { maxAbsDiff, seededRand } from "../helpers.js";
@@ -37,7 +36,7 @@ test("native CPU errors name the culprit", { skip }, () => {
 
 test("native optimizer and calibration kernels match their TypeScript loops", { skip }, () => {
   const N = new NativeCpuBackend(lib as Exclude<typeof lib, string>);
-  const kernels = optimizerKernels(N)!;
+  const kernels = N.optimizerLoops();
   const rand = seededRand(11, Float32Array);
   for (const n of [1, 7, 100_003]) {
     const p = rand(n), g = rand(n, 2);
@@ -58,7 +57,7 @@ test("native optimizer and calibration kernels match their TypeScript loops", { 
     clipGradients([gcr], 0.5);
     assert.ok(maxAbsDiff(gc, gcr) <= 1e-7, "clipping");
   }
-  const cal = calibrationKernels(N)!;
+  const cal = N.calibration;
   for (const [T, heads, Dh] of [[1, 1, 2], [13, 3, 8], [64, 4, 64]] as const) {
     const y = rand(T * heads * Dh);
     const a = new Float64Array(heads * (Dh / 2)).fill(0.5), b = a.slice();

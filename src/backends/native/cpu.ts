@@ -8,9 +8,11 @@ import path from "node:path";
 import koffi from "koffi";
 import { MlaError } from "../../errors.js";
 import { packageRoot } from "../../io/modelDir.js";
-import { headLinearDims, latentAttentionDims, type AttentionOptions } from "../../tensor/backend.js";
+import { headLinearDims, latentAttentionDims, type AttentionOptions, type CalibrationKernels } from "../../tensor/backend.js";
 import { Tensor, expectShape } from "../../tensor/tensor.js";
 import { ReferenceBackend, data, rows } from "../reference/index.js";
+import type { HostOptimizerLoops } from "../reference/training.js";
+import { calibrationKernels, optimizerKernels } from "./kernels.js";
 import type { Linalg } from "./linalg.js";
 
 type Fn = (...args: unknown[]) => number;
@@ -92,9 +94,18 @@ function last(t: Tensor): number {
 
 export class NativeCpuBackend extends ReferenceBackend {
   override readonly name = "cpu";
+  readonly calibration: CalibrationKernels;
+  private readonly loops: HostOptimizerLoops;
 
   constructor(readonly lib: NativeLib) {
     super("f32");
+    this.calibration = calibrationKernels(this);
+    this.loops = optimizerKernels(this);
+  }
+
+  /** The training step's AdamW, gradient norm and scaling in C++ (~4x the TypeScript loops at 26M parameters). */
+  override optimizerLoops(): HostOptimizerLoops {
+    return this.loops;
   }
 
   get info(): string {

@@ -14,7 +14,7 @@ import { MlaError } from "../../errors.js";
 import { checkCudaEnv } from "./cudaEnv.js";
 import { packageRoot } from "../../io/modelDir.js";
 import { attentionDecodeByRows, latentAttentionDecodeByRows } from "../../tensor/rows.js";
-import { attentionDecodeBatchDims, headLinearDims, latentAttentionDecodeBatchDims, latentAttentionDims, type AttentionOptions, type DecodeBatchOptions, type AttentionSaved, type ArenaOptions, type LinearBackwardNeed, type StepGraph, type ProductInputHint, type Backend, type TrainingKernels } from "../../tensor/backend.js";
+import { attentionDecodeBatchDims, headLinearDims, latentAttentionDecodeBatchDims, latentAttentionDims, type AttentionOptions, type DecodeBatchOptions, type AttentionSaved, type ArenaOptions, type CalibrationKernels, type LinearBackwardNeed, type StepGraph, type ProductInputHint, type Backend, type TrainingKernels } from "../../tensor/backend.js";
 import { FloatArray, Tensor, expectShape } from "../../tensor/tensor.js";
 import type { Linalg } from "./linalg.js";
 import { profileCuda } from "./cudaProfile.js";
@@ -278,6 +278,8 @@ export class CudaBackend implements Backend {
   readonly name = "cuda";
   readonly batchedAttention = true;
   readonly training: TrainingKernels;
+  /** Calibration's pair norms on the device (the covariance: the callers' loop on downloaded activations). */
+  readonly calibration: CalibrationKernels = { pairNorms: (y, T, heads, Dh, acc) => this.pairNorms(y, T, heads, Dh, acc), covariance: null };
   private readonly registry: FinalizationRegistry<unknown>;
   private sinceGc = 0;
   private readonly gcEvery: number;

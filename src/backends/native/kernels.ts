@@ -1,13 +1,13 @@
 /**
- * Host-array kernels outside the Backend interface (optimizer step, calibration reductions), native
- * when the model runs on the native CPU backend, TypeScript otherwise. The callers keep their
+ * The native CPU library's host-array loops (optimizer step, calibration reductions), which
+ * NativeCpuBackend offers as its optimizerLoops and its calibration. The callers keep their
  * TypeScript loops as the fallback and the test oracle.
  */
 import { MlaError } from "../../errors.js";
-import type { Backend } from "../../tensor/backend.js";
-import type { Tensor } from "../../tensor/tensor.js";
-import { NativeCpuBackend } from "./cpu.js";
-import { CudaBackend } from "./cuda.js";
+import type { CalibrationKernels } from "../../tensor/backend.js";
+import type { NativeCpuBackend } from "./cpu.js";
+
+export type { CalibrationKernels };
 
 export interface AdamWHyper {
   beta1: number;
@@ -23,21 +23,13 @@ export interface OptimizerKernels {
   scaleInPlace(x: Float32Array, s: number): void;
 }
 
-export interface CalibrationKernels {
-  /** acc[heads, Dh/2] += mean over T of each RoPE pair's L2 norm in y[T, heads, Dh] (a tensor of the model's backend). */
-  pairNorms(y: Tensor, T: number, heads: number, Dh: number, acc: Float64Array): void;
-  /** acc[D,D] upper triangle += xᵀx for x[T,D] (null: the TypeScript loop on the downloaded x). */
-  covariance: ((x: Float32Array, T: number, D: number, acc: Float64Array) => void) | null;
-}
-
 function checker(b: NativeCpuBackend) {
   return (op: string, status: number) => {
     if (status !== 0) throw new MlaError("BAD_ARGUMENT", `native ${op} failed: ${b.lib.lastError()}`, "this is a bug; re-run with --device reference to compare");
   };
 }
 
-export function optimizerKernels(backend: Backend): OptimizerKernels | null {
-  if (!(backend instanceof NativeCpuBackend)) return null;
+export function optimizerKernels(backend: NativeCpuBackend): OptimizerKernels {
   const lib = backend.lib;
   const ok = checker(backend);
   const out = new Float64Array(1);
@@ -51,9 +43,7 @@ export function optimizerKernels(backend: Backend): OptimizerKernels | null {
   };
 }
 
-export function calibrationKernels(backend: Backend): CalibrationKernels | null {
-  if (backend instanceof CudaBackend) return { pairNorms: (y, T, heads, Dh, acc) => backend.pairNorms(y, T, heads, Dh, acc), covariance: null };
-  if (!(backend instanceof NativeCpuBackend)) return null;
+export function calibrationKernels(backend: NativeCpuBackend): CalibrationKernels {
   const lib = backend.lib;
   const ok = checker(backend);
   return {
