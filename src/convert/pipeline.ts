@@ -143,7 +143,6 @@ async function convertInScope(spec: string, opts: ConvertOptions): Promise<Conve
     if (tmp) abandonOutDir(tmp);
     throw e;
   } finally {
-    useLinalg(undefined);
     src.close();
   }
 }

@@ -258,7 +258,6 @@ async function convertDeepseekInScope(spec: string, o: DeepseekOptions): Promise
     if (tmp) abandonOutDir(tmp);
     throw e;
   } finally {
-    useLinalg(undefined);
     src.close();
   }
 }

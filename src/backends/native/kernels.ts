@@ -7,8 +7,6 @@ import { MlaError } from "../../errors.js";
 import type { CalibrationKernels } from "../../tensor/backend.js";
 import type { NativeCpuBackend } from "./cpu.js";
 
-export type { CalibrationKernels };
-
 export interface AdamWHyper {
   beta1: number;
   beta2: number;
