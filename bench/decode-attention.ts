@@ -7,7 +7,7 @@
  * HBM bound (cache bytes / 4.8 TB/s).
  * MLA on bf16 caches runs twice: the fused latent kernel (latent_decode.cu, the default) and the two cuBLAS
  * GEMMs it replaced (MHA2MLA_LATENT_DECODE=gemm), with the largest difference of their outputs.
- * Run: node dist/bench/decode-attention.js [--contexts 4096,16384] [--batches 1,8,32] [--reps 20] [--f32] [--rows]
+ * Run: node dist/bench/decode-attention.js [--contexts 4096,16384] [--batches 1,8,32] [--reps 20] [--kinds mha,mla] [--f32] [--rows]
  * (--f32 adds float32 caches, --rows one call per sequence)
  */
 import { openCuda } from "./cudaBench.js";
@@ -21,6 +21,7 @@ const opt = (name: string, dflt: string) => {
 const contexts = opt("contexts", "4096,16384").split(",").map(Number);
 const batches = opt("batches", "1,8,32").split(",").map(Number);
 const reps = Number(opt("reps", "20"));
+const kinds = opt("kinds", "mha,mla").split(",") as ("mha" | "mla")[];
 const withRows = args.includes("--rows");
 const withF32 = args.includes("--f32");
 const { backend: B0, sync } = openCuda();
@@ -33,7 +34,7 @@ for (const S of contexts)
   for (const B of batches) {
     const positions = new Int32Array(B).fill(S - 1);
     const opts = { scale: 1 / Math.sqrt(Dh), positions, window: null };
-    for (const kind of ["mha", "mla"] as const) {
+    for (const kind of kinds) {
       const row = kind === "mha" ? 2 * Hkv * Dh : L + Hkv * Dr;
       if (B * S * row * 6 > 60 * 2 ** 30) continue;
       const q = B0.upload(rand(B * H * Dh), [B, H, Dh]);

@@ -122,7 +122,7 @@ mla_status cudnn_attention_backward(const void* q, const void* k, const void* v,
 // cs[b] [.., L] and rope rows krs[b] [.., Hkv, Dr] from row lo[b] on, n[b] visible rows (pos[b] the
 // query's position, window the sliding window: what a decode graph recomputes them from); qc [B, H, L]
 // and qr [B, H, Dr] float32 → o [B, H, L] float32.
-bool latent_decode_takes(int64_t L, int64_t Hkv, int64_t Dr);
+bool latent_decode_takes(int64_t L, int64_t H, int64_t Hkv, int64_t Dr);
 mla_status latent_decode(const __nv_bfloat16* const* cs, const __nv_bfloat16* const* krs, const int64_t* lo, const int64_t* n, const int32_t* pos, int64_t window, const float* qc, const float* qr, float* o, int64_t B, int64_t H, int64_t Hkv, int64_t Dr, int64_t L, float scale);
 // The MHA/GQA decode kernel (mha_decode.cu) for bf16 caches: whether it takes H query heads over Hkv
 // KV heads of Dh dims (the default for GQA at head dim 64, see mha_decode.cu), and the call: per sequence b its key rows

@@ -107,7 +107,7 @@ extern "C" mla_status mla_cuda_decode_attention_batch(const mla_cuda_buf* q1, co
   }
   // MLA's latent form (the latent is the one-group key part and the value) on bf16 caches: the fused kernel.
   const bool rope = q2 && D2 > 0;
-  bool latent = half && G1 == 1 && Gv == 1 && D1 == Dv && mla::latent_decode_takes(D1, rope ? G2 : 1, rope ? D2 : 0);
+  bool latent = half && G1 == 1 && Gv == 1 && D1 == Dv && mla::latent_decode_takes(D1, H, rope ? G2 : 1, rope ? D2 : 0);
   // Its bulk copies need 16-byte aligned rows and its query loads 8-byte aligned queries: views at odd
   // offsets take the GEMMs.
   auto aligned = [](const void* p, uintptr_t a) { return ((uintptr_t)p & (a - 1)) == 0; };

@@ -78,24 +78,41 @@ __device__ __forceinline__ void frag_b_kn1(uint32_t* b, const bf16* m, int ld, i
 
 struct Layout {
   int L, ldc, ropeStride, Dr, stages;
+  int ropeK;  // columns of the block-diagonal rope query: the widest rope span a head block loads, rounded up to 16
   __host__ __device__ size_t latentBytes() const { return (size_t)TN * ldc * 2; }
   __host__ __device__ size_t ropeBytes() const { return ((size_t)TN * ropeStride * 2 + 15) & ~size_t(15); }
   __host__ __device__ size_t stageBytes() const { return latentBytes() + ropeBytes(); }
   __host__ __device__ size_t partOffset() const { return stageBytes() * stages; }
   __host__ __device__ size_t qrOffset() const { return partOffset() + (size_t)MAX_WARPS * HB * TN * 4; }
-  __host__ __device__ size_t probsOffset() const { return qrOffset() + (size_t)HB * MAX_DR * 4; }
+  __host__ __device__ int ldq() const { return ropeK + PAD; }
+  __host__ __device__ size_t probsOffset() const { return qrOffset() + ((size_t)HB * ldq() * 2 + 15 & ~size_t(15)); }
   __host__ __device__ size_t statsOffset() const { return probsOffset() + (size_t)HB * (TN + PAD) * 2; }
   __host__ __device__ size_t barOffset() const { return (statsOffset() + 3 * HB * 4 + 7) & ~size_t(7); }
   __host__ __device__ size_t bytes() const { return barOffset() + (size_t)stages * 8; }
 };
 
+// The rope groups head block hb copies from each rope row: [first, first + count). Only its own
+// heads' groups when they start and end on 16-byte boundaries (llama2-7b: half of each row per head
+// block), else the whole row.
+struct RopeSpan {
+  int first, count;
+};
+__host__ __device__ inline RopeSpan rope_span(int hb, int H, int Hkv, int Dr) {
+  const int group = H / Hkv, h0 = hb * HB, h1 = (h0 + HB < H ? h0 + HB : H) - 1;
+  const int gA = h0 / group, gB = h1 / group;
+  if ((gA * Dr) % 8 == 0 && ((gB - gA + 1) * Dr) % 8 == 0) return {gA, gB - gA + 1};
+  return {0, Hkv};
+}
+
 // Grid: x = head block + head blocks · split, y = sequence. NT n8 output tiles per warp: L = 8·NT·warps.
+// Per tile two block barriers: after the scores (partials visible; every warp is also past the weighted
+// sum of the tile before, whose stage the next copy then refills) and after the softmax.
 template <int NT>
 __global__ void __launch_bounds__(32 * MAX_WARPS, 1)
 k_latent_decode(const Seq* seqs, const int32_t* pos, int64_t window, const float* qc, const float* qr, int H, int Hkv, float scale2, Layout lay, int gridSplits, int minTiles, float* o, float* opart, float* lsepart) {
-  constexpr int KQ = NT >= 2 ? NT / 2 : 1;  // k16 steps of the scores per warp
+  constexpr int KQ = NT >= 2 ? NT / 2 : 1;  // latent k16 steps of the scores per warp
   extern __shared__ __align__(16) unsigned char smem[];
-  const int L = lay.L, Dr = lay.Dr, ldc = lay.ldc;
+  const int L = lay.L, Dr = lay.Dr, ldc = lay.ldc, ldq = lay.ldq();
   const int warps = blockDim.x >> 5, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int hbn = (H + HB - 1) / HB, hb = blockIdx.x % hbn, split = blockIdx.x / hbn, b = blockIdx.y;
   const int h0 = hb * HB, nh = min(HB, H - h0), group = H / Hkv;
@@ -105,25 +122,37 @@ k_latent_decode(const Seq* seqs, const int32_t* pos, int64_t window, const float
   const int64_t tiles = (sq.n + TN - 1) / TN, per = (tiles + nsplit - 1) / nsplit;
   const int64_t t_begin = tiles < split * per ? tiles : split * per, t_end = tiles < t_begin + per ? tiles : t_begin + per;
   const int ntiles = (int)(t_end - t_begin);
+  const RopeSpan span = rope_span(hb, H, Hkv, Dr);
+  const int ropeCols = span.count * Dr;             // rope columns this block copies per cached row
+  const int ksteps = L / 16, rsteps = (ropeCols + 15) / 16;  // latent and rope k16 steps of the scores
 
   float* sPart = (float*)(smem + lay.partOffset());  // [warps][HB][TN] partial scores
-  float* sQr = (float*)(smem + lay.qrOffset());      // [HB][Dr]
+  bf16* sQr = (bf16*)(smem + lay.qrOffset());        // [HB][ldq] block-diagonal rope query
   bf16* sP = (bf16*)(smem + lay.probsOffset());      // [HB][TN + PAD]
   float* sAlpha = (float*)(smem + lay.statsOffset());
   float* sM = sAlpha + HB;
   float* sL = sM + HB;
   uint64_t* bars = (uint64_t*)(smem + lay.barOffset());
   if (threadIdx.x < lay.stages) bar_init(bars + threadIdx.x);
-  for (int i = threadIdx.x; i < HB * Dr; i += blockDim.x) {
-    const int r = i / Dr;
-    sQr[i] = r < nh ? qr[((int64_t)b * H + h0 + r) * Dr + i % Dr] : 0.f;
+  // The rope scores as one more product: row r holds head h0 + r's rope query at its group's columns
+  // of the copied span and zeros elsewhere, so Qr·Krᵀ runs on the tensor cores beside Qc·Cᵀ.
+  for (int i = threadIdx.x; i < HB * lay.ropeK; i += blockDim.x) {
+    const int r = i / lay.ropeK, k = i % lay.ropeK, d = k - ((h0 + r) / group - span.first) * Dr;
+    sQr[r * ldq + k] = __float2bfloat16(r < nh && d >= 0 && d < Dr ? qr[((int64_t)b * H + h0 + r) * Dr + d] : 0.f);
+  }
+  // Rope columns past the copied span up to the last k16 step are read by the product: zero them
+  // once in every stage (no copy writes them).
+  for (int i = threadIdx.x; i < lay.stages * TN * (rsteps * 16 - ropeCols); i += blockDim.x) {
+    const int w = rsteps * 16 - ropeCols, st = i / (TN * w), row = i / w % TN;
+    bf16* sR = (bf16*)(smem + (size_t)st * lay.stageBytes() + lay.latentBytes());
+    sR[row * lay.ropeStride + ropeCols + i % w] = __float2bfloat16(0.f);
   }
   if (threadIdx.x < HB) {
     sM[threadIdx.x] = -INFINITY;
     sL[threadIdx.x] = 0.f;
   }
-  // This warp's query fragments for k16 steps warp, warp + warps, … (A layout of m16n8k16).
-  const int ksteps = L / 16, g = lane >> 2, t4 = lane & 3;
+  // This warp's query fragments for latent k16 steps warp, warp + warps, … (A layout of m16n8k16).
+  const int g = lane >> 2, t4 = lane & 3;
   uint32_t qf[KQ][4];
 #pragma unroll
   for (int j = 0; j < KQ; j++) {
@@ -138,13 +167,19 @@ k_latent_decode(const Seq* seqs, const int32_t* pos, int64_t window, const float
     qf[j][2] = pack(a2.x, a2.y);
     qf[j][3] = pack(a3.x, a3.y);
   }
+  // The rope steps continue the latent ones round the warps: this warp's first is the first
+  // step ≥ ksteps congruent to it.
+  int rs0 = warp;
+  while (rs0 < ksteps) rs0 += warps;
+  const int qwarps = min(warps, ksteps + rsteps);  // warps with partial scores
 
   MLA_SM90_ONLY(asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");)
+  MLA_SM90_ONLY(asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");)
   __syncthreads();
   // Tile `it` into its stage: warp 0 issues one bulk copy per cached row (lane i: latent row i, lane
-  // 16 + i: its rope row, all KV groups); the rows past the sequence's end are zeroed instead (they
-  // meet probability 0, and stale shared memory could hold NaN, which 0 would not cancel).
-  const unsigned latentRow = (unsigned)L * 2, ropeRow = (unsigned)(Hkv * Dr) * 2;
+  // 16 + i: its rope span); the rows past the sequence's end are zeroed instead (they meet
+  // probability 0, and stale shared memory could hold NaN, which 0 would not cancel).
+  const unsigned latentRow = (unsigned)L * 2, ropeRow = (unsigned)ropeCols * 2;
   auto load = [&](int it) {
     if (it >= ntiles) return;
     unsigned char* st = smem + (size_t)(it % lay.stages) * lay.stageBytes();
@@ -159,32 +194,30 @@ k_latent_decode(const Seq* seqs, const int32_t* pos, int64_t window, const float
       const int i = lane & 15;
       if (i < valid) {
         if (lane < 16) bulk_copy(sC + i * ldc, sq.c + (first + i) * L, latentRow, bar);
-        else if (ropeRow) bulk_copy(sR + i * lay.ropeStride, sq.kr + (first + i) * Hkv * Dr, ropeRow, bar);
+        else if (ropeRow) bulk_copy(sR + i * lay.ropeStride, sq.kr + ((first + i) * Hkv + span.first) * Dr, ropeRow, bar);
       }
     }
     if (valid < TN) {
       const int chunks = L / 8;
       for (int e = threadIdx.x; e < (TN - valid) * chunks; e += blockDim.x) *reinterpret_cast<int4*>(sC + (valid + e / chunks) * ldc + (e % chunks) * 8) = make_int4(0, 0, 0, 0);
-      for (int e = threadIdx.x; e < (TN - valid) * Hkv * Dr; e += blockDim.x) sR[(valid + e / (Hkv * Dr)) * lay.ropeStride + e % (Hkv * Dr)] = __float2bfloat16(0.f);
+      for (int e = threadIdx.x; e < (TN - valid) * ropeCols; e += blockDim.x) sR[(valid + e / ropeCols) * lay.ropeStride + e % ropeCols] = __float2bfloat16(0.f);
     }
   };
   for (int s = 0; s < lay.stages - 1; s++) load(s);
+  __syncthreads();  // the zeroed rows of a short first tile are visible
 
   float acc[NT][4];
 #pragma unroll
   for (int i = 0; i < NT; i++) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
   const int n0 = warp * NT * 8;  // this warp's output columns
-  const int qwarps = min(warps, ksteps);
 
   for (int it = 0; it < ntiles; it++) {
-    __syncthreads();  // every warp is done with the stage the next load overwrites (and the zeroed rows are visible)
-    load(it + lay.stages - 1);
     bar_wait(bars + it % lay.stages, (unsigned)(it / lay.stages) & 1);
     const unsigned char* st = smem + (size_t)(it % lay.stages) * lay.stageBytes();
     const bf16* sC = (const bf16*)st;
     const bf16* sR = (const bf16*)(st + lay.latentBytes());
 
-    // Partial scores of this warp's latent slice.
+    // Partial scores of this warp's latent slice and rope steps.
     float s[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
 #pragma unroll
     for (int j = 0; j < KQ; j++) {
@@ -196,6 +229,13 @@ k_latent_decode(const Seq* seqs, const int32_t* pos, int64_t window, const float
         mma(s[1], qf[j], bf[2], bf[3]);
       }
     }
+    for (int ks = rs0; ks < ksteps + rsteps; ks += warps) {
+      uint32_t qa[4], bf[4];
+      frag_a(qa, sQr, ldq, (ks - ksteps) * 16, lane);
+      frag_b_nk(bf, sR, lay.ropeStride, 0, (ks - ksteps) * 16, lane);
+      mma(s[0], qa, bf[0], bf[1]);
+      mma(s[1], qa, bf[2], bf[3]);
+    }
     if (warp < qwarps) {
       float* part = sPart + warp * HB * TN;
 #pragma unroll
@@ -205,40 +245,36 @@ k_latent_decode(const Seq* seqs, const int32_t* pos, int64_t window, const float
       }
     }
     __syncthreads();
+    // Every warp is past the weighted sum of tile it − 1: its stage takes tile it + stages − 1.
+    load(it + lay.stages - 1);
 
-    // Scores, online softmax: 16 lanes per head row (the shuffles stay within 16-lane halves).
-    for (int e = threadIdx.x; e < HB * TN; e += blockDim.x) {
-      const int r = e / TN, n = e % TN;
+    // Online softmax, one head row per warp pass: lane pair (2n, 2n + 1) sums the partials of key n
+    // (even and odd warps), the row's max and sum reduce over the other four lane bits.
+    for (int i = threadIdx.x; i < 2 * HB * TN; i += blockDim.x) {
+      const int e = i >> 1, half = i & 1, r = e / TN, n = e % TN;
       const float* pr = sPart + r * TN + n;
-      float x0 = 0.f, x1 = 0.f, x2 = 0.f, x3 = 0.f;
-      int w = 0;
-      for (; w + 4 <= qwarps; w += 4) {  // four independent sums: the loads overlap
+      float x0 = 0.f, x1 = 0.f;
+      int w = half;
+      for (; w + 2 < qwarps; w += 4) {  // two independent sums: the loads overlap
         x0 += pr[w * HB * TN];
-        x1 += pr[(w + 1) * HB * TN];
-        x2 += pr[(w + 2) * HB * TN];
-        x3 += pr[(w + 3) * HB * TN];
+        x1 += pr[(w + 2) * HB * TN];
       }
-      for (; w < qwarps; w++) x0 += pr[w * HB * TN];
-      float x = (x0 + x1) + (x2 + x3);
-      const int gr = min(h0 + r, H - 1) / group;
-      const bf16* kr = sR + n * lay.ropeStride + gr * Dr;
-      for (int d = 0; d < Dr; d += 2) {
-        const float2 k2 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(kr + d));
-        x += sQr[r * Dr + d] * k2.x + sQr[r * Dr + d + 1] * k2.y;
-      }
+      if (w < qwarps) x0 += pr[w * HB * TN];
+      float x = x0 + x1;
+      x += __shfl_xor_sync(0xffffffffu, x, 1);
       const bool visible = (t_begin + it) * TN + n < sq.n;
       x = visible ? x * scale2 : -INFINITY;
       float mt = x;
 #pragma unroll
-      for (int off = 8; off; off >>= 1) mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, off, 16));
+      for (int off = 16; off > 1; off >>= 1) mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, off));
       const float m_old = sM[r], m_new = fmaxf(m_old, mt);  // finite: a tile's first key is visible
       const bf16 pb = __float2bfloat16(ex2(x - m_new));
       float ps = __bfloat162float(pb);
-      sP[r * (TN + PAD) + n] = pb;
+      if (!half) sP[r * (TN + PAD) + n] = pb;
 #pragma unroll
-      for (int off = 8; off; off >>= 1) ps += __shfl_xor_sync(0xffffffffu, ps, off, 16);
+      for (int off = 16; off > 1; off >>= 1) ps += __shfl_xor_sync(0xffffffffu, ps, off);
       __syncwarp();
-      if (n == 0) {
+      if (lane == 0) {
         const float alpha = ex2(m_old - m_new);
         sAlpha[r] = alpha;
         sM[r] = m_new;
@@ -247,16 +283,18 @@ k_latent_decode(const Seq* seqs, const int32_t* pos, int64_t window, const float
     }
     __syncthreads();
 
-    // O = α·O + P·C over this warp's columns.
+    // O = α·O + P·C over this warp's columns (the rescale skipped while no row's max moved).
     const float a_lo = sAlpha[g], a_hi = sAlpha[g + 8];
     uint32_t pa[4];
     frag_a(pa, sP, TN + PAD, 0, lane);
+    if (!__all_sync(0xffffffffu, a_lo == 1.f && a_hi == 1.f)) {
 #pragma unroll
-    for (int nt = 0; nt < NT; nt++) {
-      acc[nt][0] *= a_lo;
-      acc[nt][1] *= a_lo;
-      acc[nt][2] *= a_hi;
-      acc[nt][3] *= a_hi;
+      for (int nt = 0; nt < NT; nt++) {
+        acc[nt][0] *= a_lo;
+        acc[nt][1] *= a_lo;
+        acc[nt][2] *= a_hi;
+        acc[nt][3] *= a_hi;
+      }
     }
     if (NT == 1) {
       uint32_t bf[2];
@@ -312,10 +350,12 @@ int smem_optin() {
 }
 
 // The shared-memory plan: as many stages (2–4) as fit in 200 KB; stages 0 when even two do not fit.
-Layout plan(int64_t L, int64_t Hkv, int64_t Dr) {
-  // Rope rows padded by 16 bytes, which spreads the 16 rows one head reads over more banks (still a
-  // 2–8-way conflict in the softmax phase; a block-diagonal rope query in the tensor-core product would remove it).
-  Layout lay{(int)L, (int)L + PAD, (int)(Hkv * Dr + 8), (int)Dr, 4};
+Layout plan(int64_t L, int64_t H, int64_t Hkv, int64_t Dr) {
+  // Rope rows padded by 16 bytes (ldmatrix rows in distinct banks); they hold the widest span a head
+  // block copies, rounded up to the product's k16 steps (Hkv·Dr is a multiple of 8, so + 8 covers it).
+  int ropeK = 0;
+  for (int hb = 0; hb * HB < H; hb++) ropeK = std::max(ropeK, (rope_span(hb, (int)H, (int)Hkv, (int)Dr).count * (int)Dr + 15) / 16 * 16);
+  Layout lay{(int)L, (int)L + PAD, (int)(Hkv * Dr + 8), (int)Dr, 4, ropeK};
   const size_t limit = (size_t)smem_optin();
   while (lay.stages > 2 && lay.bytes() > std::min<size_t>(200 * 1024, limit)) lay.stages--;
   if (lay.bytes() > limit) lay.stages = 0;
@@ -324,22 +364,22 @@ Layout plan(int64_t L, int64_t Hkv, int64_t Dr) {
 
 // Whether this GPU and the kernel take the widths: a tile split of L, Dr even ≤ 64, rope rows of a
 // 16-byte multiple (bulk copies move those), a shared-memory plan that fits.
-bool shape_fits(int64_t L, int64_t Hkv, int64_t Dr) {
-  return sm90() && tiles_per_warp(L) > 0 && Hkv > 0 && Dr >= 0 && Dr <= MAX_DR && Dr % 2 == 0 && (Hkv * Dr) % 8 == 0 && plan(L, Hkv, Dr).stages > 0;
+bool shape_fits(int64_t L, int64_t H, int64_t Hkv, int64_t Dr) {
+  return sm90() && tiles_per_warp(L) > 0 && Hkv > 0 && H > 0 && H % Hkv == 0 && Dr >= 0 && Dr <= MAX_DR && Dr % 2 == 0 && (Hkv * Dr) % 8 == 0 && plan(L, H, Hkv, Dr).stages > 0;
 }
 }  // namespace
 
 namespace mla {
-bool latent_decode_takes(int64_t L, int64_t Hkv, int64_t Dr) {
+bool latent_decode_takes(int64_t L, int64_t H, int64_t Hkv, int64_t Dr) {
   const char* route = getenv("MHA2MLA_LATENT_DECODE");
   if (route && std::string(route) == "gemm") return false;
-  return shape_fits(L, Hkv, Dr);
+  return shape_fits(L, H, Hkv, Dr);
 }
 
 mla_status latent_decode(const __nv_bfloat16* const* cs, const __nv_bfloat16* const* krs, const int64_t* lo, const int64_t* n, const int32_t* pos, int64_t window, const float* qc, const float* qr, float* o, int64_t B, int64_t H, int64_t Hkv, int64_t Dr, int64_t L, float scale) {
   const int nt = tiles_per_warp(L);
-  const Layout lay = plan(L, Hkv, Dr);
-  MLA_CHECK(shape_fits(L, Hkv, Dr) && H > 0 && H % Hkv == 0 && B > 0 && B <= 65535, "latent_decode: L = 8·NT·warps (NT 1–16, ≤ 16 warps), Hkv dividing H, Hkv·Dr a multiple of 8, a shared-memory plan that fits, 1 ≤ B ≤ 65,535");
+  const Layout lay = plan(L, H, Hkv, Dr);
+  MLA_CHECK(shape_fits(L, H, Hkv, Dr) && B > 0 && B <= 65535, "latent_decode: L = 8·NT·warps (NT 1–16, ≤ 16 warps), Hkv dividing H, Hkv·Dr a multiple of 8, a shared-memory plan that fits, 1 ≤ B ≤ 65,535");
   const void* fn = nt == 1 ? (const void*)k_latent_decode<1> : nt == 2 ? (const void*)k_latent_decode<2> : nt == 4 ? (const void*)k_latent_decode<4> : nt == 8 ? (const void*)k_latent_decode<8> : (const void*)k_latent_decode<16>;
   const int threads = 32 * (int)(L / (8 * nt));
   // Per instantiation, once: the shared-memory opt-in, and blocks per SM for the last plan size seen.

@@ -412,7 +412,7 @@ function bf16Cache(B: CudaBackend, a: Float32Array, shape: number[]) {
   return h;
 }
 
-test("the fused latent decode kernel (bf16 caches) equals the reference on bf16-rounded inputs and the cuBLAS route: llama2-7b's latent (H 32, L 2048, Dr 16), smollm's (H 9/3, L 96), three head blocks (H 40/8, L 512), L 48, one head block of 8 (L 2048), ragged lengths, context splits, windows, no rope", { skip }, (t) => {
+test("the fused latent decode kernel (bf16 caches) equals the reference on bf16-rounded inputs and the cuBLAS route: llama2-7b's latent (H 32, L 2048, Dr 16), smollm's (H 9/3, L 96), three head blocks (H 40/8, L 512), L 48, one head block of 8 (L 2048), whole rope rows (H 32/4, Dr 6), ragged lengths, context splits, windows, no rope", { skip }, (t) => {
   const B = backend();
   const rand = seededRand(31, Float32Array);
   const round = (a: Float32Array) => decodeToF32("BF16", encodeFromF32("BF16", a));
@@ -423,6 +423,7 @@ test("the fused latent decode kernel (bf16 caches) equals the reference on bf16-
     [6, 2, 4, 48, [129, 16, 17], null],
     [16, 4, 0, 256, [400], null],
     [8, 8, 16, 2048, [40, 500], 100],
+    [32, 4, 6, 256, [300, 45], null],  // the second head block's rope groups start off a 16-byte boundary: it copies whole rows
   ] as const) {
     const Bn = rows.length;
     const positions = Int32Array.from(rows, (n, b) => n - 1 - (b % 2));  // some caches hold a spare row

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# One GPU-machine call's worth of decode experiments for issue 13, each step under its own time limit
+# so one slow step cannot eat the call: the GPU suite, the latent kernel per call at the llama2-7b
+# shape, the recorded decode steps of bench/decode.sh (DECODE=1), and ncu's stall reasons for the
+# kernel (NCU=1).
+# Usage: [DECODE=1] [NCU=1] bash bench/decode-experiments.sh OUT_DIR   (needs `npm run build` done, a GPU)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:?OUT_DIR}
+mkdir -p "$OUT"
+step() { local name=$1 limit=$2; shift 2; echo "== $name (≤ ${limit}s)"; local t0=$SECONDS
+  timeout "$limit" "$@" > "$OUT/$name.txt" 2>&1; local rc=$?; echo "   rc $rc, $((SECONDS - t0)) s"; }
+step suite 240 bash bench/cuda-check.sh "$OUT/cuda-test.txt"
+tail -3 "$OUT/cuda-test.txt"; grep "^not ok" "$OUT/cuda-test.txt" | head
+step attention 120 node dist/bench/decode-attention.js --contexts 4096,16384 --batches 1,8 --kinds mla
+grep -E "mla .*fused|diff" "$OUT/attention.txt"
+if [ -n "${DECODE:-}" ]; then
+  ARCH=llama2-7b CONTEXTS=4096,16384 BATCHES=1,8 KV_CACHES=bf16 PREMULTIPLIED=0 STEPS=16 step decode 300 bash bench/decode.sh /tmp/dec 4
+  tail -40 "$OUT/decode.txt"
+fi
+if [ -n "${NCU:-}" ] && command -v ncu >/dev/null; then
+  for shape in "4096 1" "16384 8"; do
+    set -- $shape
+    step "ncu-latent-$1x$2" 150 ncu --kernel-name regex:k_latent_decode --launch-skip 3 --launch-count 1 \
+      --section LaunchStats --section Occupancy --section SpeedOfLight --section MemoryWorkloadAnalysis \
+      --section SchedulerStats --section WarpStateStats \
+      --metrics "regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio" \
+      node dist/bench/decode-attention.js --contexts "$1" --batches "$2" --reps 4 --kinds mla
+    grep -E "Duration|DRAM Throughput|L2 Hit|Achieved Occupancy|Warp Cycles Per Issued|Issue Slots Busy|No Eligible|Stall|stall" "$OUT/ncu-latent-$1x$2.txt" | head -30
+    grep -E "issue_stalled" "$OUT/ncu-latent-$1x$2.txt" | sort -k3 -g -r | head -8
+  done
+fi
