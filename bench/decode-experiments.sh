@@ -2,8 +2,9 @@
 # One GPU-machine call's worth of decode experiments for issue 13, each step under its own time limit
 # so one slow step cannot eat the call: the GPU suite, the latent kernel per call at the llama2-7b
 # shape, the recorded decode steps of bench/decode.sh (DECODE=1), and ncu's stall reasons for the
-# kernel (NCU=1).
-# Usage: [DECODE=1] [NCU=1] bash bench/decode-experiments.sh OUT_DIR   (needs `npm run build` done, a GPU)
+# kernel (NCU=1), and where a recorded 4k × 1 step goes kernel by kernel for MLA and MHA
+# (STEP=1, after DECODE=1 made the models).
+# Usage: [DECODE=1] [NCU=1] [STEP=1] bash bench/decode-experiments.sh OUT_DIR   (needs `npm run build` done, a GPU)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:?OUT_DIR}
@@ -28,5 +29,11 @@ if [ -n "${NCU:-}" ] && command -v ncu >/dev/null; then
       node dist/bench/decode-attention.js --contexts "$1" --batches "$2" --reps 4 --kinds mla
     grep -E "Duration|DRAM Throughput|L2 Hit|Achieved Occupancy|Warp Cycles Per Issued|Issue Slots Busy|No Eligible|Stall|stall" "$OUT/ncu-latent-$1x$2.txt" | head -30
     grep -E "issue_stalled" "$OUT/ncu-latent-$1x$2.txt" | sort -k3 -g -r | head -8
+  done
+fi
+if [ -n "${STEP:-}" ] && command -v ncu >/dev/null; then
+  for m in llama2-7b-L4-mla llama2-7b-L4; do
+    step "ncu-step-$m" 150 bash bench/ncu-decode-step.sh "/tmp/dec/$m" 4096 1 "$OUT/ncu-step-$m.csv"
+    head -30 "$OUT/ncu-step-$m.txt"
   done
 fi
