@@ -423,7 +423,7 @@ test("the fused latent decode kernel (bf16 caches) equals the reference on bf16-
     [6, 2, 4, 48, [129, 16, 17], null],
     [16, 4, 0, 256, [400], null],
     [8, 8, 16, 2048, [40, 500], 100],
-    [32, 4, 6, 256, [300, 45], null],  // the second head block's rope groups start off a 16-byte boundary: it copies whole rows
+    [32, 4, 6, 256, [300, 45], null],  // neither head block's rope span starts and ends on 16-byte boundaries: both copy whole rows
   ] as const) {
     const Bn = rows.length;
     const positions = Int32Array.from(rows, (n, b) => n - 1 - (b % 2));  // some caches hold a spare row
