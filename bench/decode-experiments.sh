@@ -11,6 +11,8 @@ OUT=${1:?OUT_DIR}
 mkdir -p "$OUT"
 step() { local name=$1 limit=$2; shift 2; echo "== $name (≤ ${limit}s)"; local t0=$SECONDS
   timeout "$limit" "$@" > "$OUT/$name.txt" 2>&1; local rc=$?; echo "   rc $rc, $((SECONDS - t0)) s"; }
+# With NCU=1 the library is built with line tables, so the kernel's source counters name lines.
+[ -n "${NCU:-}" ] && export MHA2MLA_NVCC_FLAGS="${MHA2MLA_NVCC_FLAGS:-} -lineinfo"
 step suite 240 bash bench/cuda-check.sh "$OUT/cuda-test.txt"
 tail -3 "$OUT/cuda-test.txt"; grep "^not ok" "$OUT/cuda-test.txt" | head
 step attention 120 node dist/bench/decode-attention.js --contexts 4096,16384 --batches 1,8 --kinds mla
@@ -24,7 +26,7 @@ if [ -n "${NCU:-}" ] && command -v ncu >/dev/null; then
     set -- $shape
     step "ncu-latent-$1x$2" 150 ncu --kernel-name regex:k_latent_decode --launch-skip 3 --launch-count 1 \
       --section LaunchStats --section Occupancy --section SpeedOfLight --section MemoryWorkloadAnalysis \
-      --section SchedulerStats --section WarpStateStats \
+      --section SchedulerStats --section WarpStateStats --section SourceCounters --import-source yes \
       --metrics "regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio" \
       node dist/bench/decode-attention.js --contexts "$1" --batches "$2" --reps 4 --kinds mla
     grep -E "Duration|DRAM Throughput|L2 Hit|Achieved Occupancy|Warp Cycles Per Issued|Issue Slots Busy|No Eligible|Stall|stall" "$OUT/ncu-latent-$1x$2.txt" | head -30

@@ -139,7 +139,9 @@ function buildCuda() {
   const home = path.resolve(path.dirname(nvcc), "..");
   const headers = ["cublas_v2.h", "cusolverDn.h"].filter((h) => !fs.existsSync(path.join(home, "include", h)) && !fs.existsSync(path.join(home, "targets", "x86_64-linux", "include", h)));
   const out = path.join(outDir, "libmla_cuda.so");
-  const common = ["-O3", "-std=c++17", "-shared", "-Xcompiler", "-fPIC", "-Xlinker", "-z,nodelete", include, ...sourcesOf("cuda", ".cu"), "-lcublas", "-lcusolver"];
+  // MHA2MLA_NVCC_FLAGS: extra nvcc flags, e.g. -lineinfo for ncu's per-line source counters.
+  const extra = (process.env.MHA2MLA_NVCC_FLAGS ?? "").split(/\s+/).filter(Boolean);
+  const common = ["-O3", "-std=c++17", "-shared", "-Xcompiler", "-fPIC", "-Xlinker", "-z,nodelete", include, ...extra, ...sourcesOf("cuda", ".cu"), "-lcublas", "-lcusolver"];
   // The GPU of this machine when one is visible; otherwise Ampere and Hopper code plus PTX for newer GPUs.
   const hasGpu = spawnSync("nvidia-smi", ["-L"], { encoding: "utf8" }).status === 0;
   const fat = ["-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90", "-gencode=arch=compute_90,code=compute_90"];
