@@ -27,6 +27,13 @@ export class DecodeSession {
    * and a graph holds the weights it was recorded with); -1: none yet.
    */
   private warmWeights = -1;
+  /**
+   * The backend's routes (Backend.routes) the last step ran with: a graph keeps the kernels it was
+   * recorded with, so a route switched mid-session (e.g. MHA2MLA_MHA_DECODE) means one op-by-op step,
+   * which builds what the new route reuses, and a new recording.
+   */
+  private warmRoutes: string | undefined;
+  private recordedRoutes: string | undefined;
   private refusal: string | undefined;
 
   /** `caches` [B]: distinct caches holding each sequence so far (prefilled); they advance with every step. */
@@ -61,7 +68,8 @@ export class DecodeSession {
     for (let b = 0; b < B; b++)
       if (!(ids[b]! >= 0 && ids[b]! < V)) throw new MlaError("BAD_ARGUMENT", `token id ${ids[b]} of sequence ${b} is outside the vocabulary of ${V}`, "the tokenizer and the model do not match");
     const positions = Int32Array.from(this.caches, (c) => c.length);
-    if (this.graph && !this.replayable()) this.dropGraph(); // a cache moved, or has no room for this step
+    const routes = this.model.backend.routes?.();
+    if (this.graph && (!this.replayable() || routes !== this.recordedRoutes)) this.dropGraph(); // a cache moved, has no room for this step, or a route changed
     if (this.graph) {
       this.graph.launch(ids, positions);
       for (const c of this.caches) c.commitStep();
@@ -71,10 +79,11 @@ export class DecodeSession {
     this.logits = null;
     // The first step, and the first after the weights change, runs op by op: it builds what every later
     // step reuses (absorbed projections, kernel attributes, scratch), none of which a recording may allocate.
-    const warm = this.warmWeights === this.model.weightsVersion;
-    if (warm && this.refusal === undefined && this.replayable()) this.logits = this.record(ids, positions);
+    const warm = this.warmWeights === this.model.weightsVersion && this.warmRoutes === routes;
+    if (warm && this.refusal === undefined && this.replayable()) this.logits = this.record(ids, positions, routes);
     this.logits ??= this.model.decodeBatch(ids, this.caches);
     this.warmWeights = this.model.weightsVersion;
+    this.warmRoutes = routes;
     return this.logits;
   }
 
@@ -86,13 +95,14 @@ export class DecodeSession {
   }
 
   /** The step recorded and run, or null (the step not run, the caches as they were) when it cannot be. */
-  private record(ids: Int32Array, positions: Int32Array): Tensor | null {
+  private record(ids: Int32Array, positions: Int32Array, routes: string | undefined): Tensor | null {
     const lengths = this.caches.map((c) => c.length);
     const buffers = this.buffers();
     try {
       const { result, graph } = this.model.backend.captureStep!(ids, positions, () => this.model.decodeBatch(ids, this.caches));
       this.graph = graph;
       this.recordedOver = buffers;
+      this.recordedRoutes = routes;
       return result;
     } catch (e) {
       // The recording ran (some of) the step's host bookkeeping but no device work: undo it, and run

@@ -229,6 +229,12 @@ export interface Backend {
    * be recorded, with nothing left open.
    */
   captureStep?<T>(ids: Int32Array, positions: Int32Array, run: () => T): { result: T; graph: StepGraph };
+  /**
+   * The route choices the backend reads from its environment as it runs (which kernel a product or a
+   * decode attention takes), as one string. A recorded step keeps the routes it was recorded with, so
+   * DecodeSession records again when this changes. Throws an MlaError for a value no route takes.
+   */
+  routes?(): string;
   /** Device memory in bytes: held by this backend's buffers, their peak, free and total on the device. */
   memory?(): { live: number; peak: number; free: number; total: number };
   /** Starts a new peak for memory(). */

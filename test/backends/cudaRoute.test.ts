@@ -4,7 +4,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { test } from "node:test";
 import { packageRoot } from "../../src/io/modelDir.js";
-import { checkCudaEnv, CUDA_ATTENTION_ROUTES, CUDA_SWITCHES } from "../../src/backends/native/cudaEnv.js";
+import { checkCudaEnv, CUDA_ATTENTION_ROUTES, CUDA_SWITCHES, cudaRoutes } from "../../src/backends/native/cudaEnv.js";
 import { MlaError } from "../../src/errors.js";
 
 const refused = (env: Record<string, string>, message: RegExp, hint: RegExp) =>
@@ -30,4 +30,12 @@ test("the CUDA switches: documented values and in-range numbers pass; a misspelt
 test("every CUDA switch the check knows is documented in the README", () => {
   const readme = fs.readFileSync(path.join(packageRoot(), "README.md"), "utf8");
   for (const s of CUDA_SWITCHES) assert.match(readme, new RegExp("`" + s.name + "[=`]"), `${s.name} is not in the README`);
+});
+
+test("cudaRoutes: one string that changes with any switch (a recorded decode step is recorded again), and a value set mid-process is refused like one set at start-up", () => {
+  const a = cudaRoutes({}), b = cudaRoutes({ MHA2MLA_GEMV_ROWS: "0" }), c = cudaRoutes({ MHA2MLA_MHA_DECODE: "kernel" });
+  assert.equal(new Set([a, b, c]).size, 3);
+  assert.equal(cudaRoutes({ MHA2MLA_GEMV_ROWS: "0", PATH: "/bin" }), b, "variables that are not switches do not count");
+  refused({ MHA2MLA_GEMV_ROWS: "9" }, /MHA2MLA_GEMV_ROWS=9/, /0 to 4/);
+  assert.throws(() => cudaRoutes({ MHA2MLA_GEMV_ROWS: "9" }), /MHA2MLA_GEMV_ROWS=9/);
 });

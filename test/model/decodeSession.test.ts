@@ -1,13 +1,15 @@
 /**
  * DecodeSession on a backend without step recording (the CPU ones): steps equal decodeBatch, it says
  * why it runs op by op, and checks its input; DecodeCache.truncate forgets tokens (what a refused
- * recording relies on); generateBatch decodes several prompts as each would alone. The recorded (CUDA
- * graph) path is tested on the GPU (test/backends/cuda.test.ts).
+ * recording relies on); generateBatch decodes several prompts as each would alone; when the session
+ * records again (a fake recording backend). The recorded (CUDA graph) path itself is tested on the GPU
+ * (test/backends/cuda.test.ts).
  */
 import assert from "node:assert/strict";
 import path from "node:path";
 import { test } from "node:test";
-import { loadModel } from "../../src/model/llama.js";
+import { loadModel, type LlamaModel } from "../../src/model/llama.js";
+import type { DecodeCache } from "../../src/model/kvCache.js";
 import { DecodeSession } from "../../src/model/decodeSession.js";
 import { generate, generateBatch } from "../../src/model/generate.js";
 import { MODELS, maxAbsDiff } from "../helpers.js";
@@ -68,4 +70,53 @@ test("generateBatch continues several prompts together as each would alone (gree
   assert.deepEqual(generateBatch(model, prompts, { maxTokens: 0 }).sequences.map((s) => s.ids), [[], [], []]);
   assert.throws(() => generateBatch(model, [[1, 2], []], { maxTokens: 3 }), /prompt 2 has no tokens/);
   assert.throws(() => generateBatch(model, [], { maxTokens: 3 }), /no prompts/);
+});
+
+test("a recording session (a fake backend that records) replays from the third step, and a route switched mid-session or new weights mean one op-by-op step and a new recording; a refused route value is an error", () => {
+  let routes = "gemv=4", decodes = 0, captures = 0, launches = 0, disposed = 0;
+  const logits = (tag: string) => ({ tag, dispose() {} });
+  const backend = {
+    name: "fake",
+    routes() {
+      if (routes.includes("bad")) throw new MlaError("BAD_ARGUMENT", `${routes} is not a route`, "unset it");
+      return routes;
+    },
+    captureStep(_ids: Int32Array, _positions: Int32Array, run: () => unknown) {
+      captures++;
+      return { result: run(), graph: { launch() { launches++; }, dispose() { disposed++; } } };
+    },
+  };
+  const buffer = {};
+  const cache = { length: 4, capacity: 100, replayBuffers: () => [buffer], commitStep() { this.length++; }, truncate(n: number) { this.length = n; } };
+  const model = {
+    backend,
+    config: { vocabSize: 50, attention: { kind: "mla" } },
+    weightsVersion: 0,
+    decodeBatch() {
+      decodes++;
+      cache.length++;
+      return logits(`step ${decodes}`);
+    },
+  };
+  const session = new DecodeSession(model as unknown as LlamaModel, [cache as unknown as DecodeCache]);
+  const step = () => {
+    session.step(Int32Array.of(7));
+    return { graphed: session.graphed, decodes, captures, launches, disposed };
+  };
+  assert.deepEqual(step(), { graphed: false, decodes: 1, captures: 0, launches: 0, disposed: 0 }, "the first step warms up op by op");
+  assert.deepEqual(step(), { graphed: true, decodes: 2, captures: 1, launches: 0, disposed: 0 }, "the second is recorded");
+  assert.deepEqual(step(), { graphed: true, decodes: 2, captures: 1, launches: 1, disposed: 0 }, "the third replays");
+  routes = "gemv=0";
+  assert.deepEqual(step(), { graphed: false, decodes: 3, captures: 1, launches: 1, disposed: 1 }, "a new route: the graph goes, one op-by-op step");
+  assert.deepEqual(step(), { graphed: true, decodes: 4, captures: 2, launches: 1, disposed: 1 }, "then a recording with the new route");
+  assert.deepEqual(step(), { graphed: true, decodes: 4, captures: 2, launches: 2, disposed: 1 });
+  model.weightsVersion++;
+  assert.deepEqual(step(), { graphed: false, decodes: 5, captures: 2, launches: 2, disposed: 2 }, "new weights: the same");
+  assert.deepEqual(step(), { graphed: true, decodes: 6, captures: 3, launches: 2, disposed: 2 });
+  assert.equal(cache.length, 12);
+  routes = "bad";
+  assert.throws(() => session.step(Int32Array.of(7)), (e: unknown) => e instanceof MlaError && /bad is not a route/.test(e.message));
+  assert.equal(cache.length, 12, "a refused step leaves the cache as it was");
+  session.dispose();
+  assert.equal(disposed, 3);
 });

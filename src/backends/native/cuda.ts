@@ -11,7 +11,7 @@ import v8 from "node:v8";
 import vm from "node:vm";
 import koffi from "koffi";
 import { MlaError } from "../../errors.js";
-import { checkCudaEnv } from "./cudaEnv.js";
+import { checkCudaEnv, cudaRoutes } from "./cudaEnv.js";
 import { packageRoot } from "../../io/modelDir.js";
 import { attentionDecodeByRows, latentAttentionDecodeByRows } from "../../tensor/rows.js";
 import { attentionDecodeBatchDims, headLinearDims, latentAttentionDecodeBatchDims, latentAttentionDims, type AttentionOptions, type DecodeBatchOptions, type AttentionSaved, type ArenaOptions, type CalibrationKernels, type LinearBackwardNeed, type StepGraph, type ProductInputHint, type Backend, type TrainingKernels } from "../../tensor/backend.js";
@@ -396,6 +396,10 @@ export class CudaBackend implements Backend {
 
   private call(op: string, status: number): void {
     if (status !== 0) this.fail(op, undefined, status);
+  }
+
+  routes(): string {
+    return cudaRoutes();
   }
 
   captureStep<T>(ids: Int32Array, positions: Int32Array, run: () => T): { result: T; graph: StepGraph } {

@@ -55,3 +55,17 @@ export function checkCudaEnv(env: Readonly<Record<string, string | undefined>> =
     throw new MlaError("BAD_ARGUMENT", `${s.name}=${value} is not ${s.what}`, expected(s));
   }
 }
+
+/**
+ * Every switch's value as one string (see Backend.routes), checked when it differs from the last one
+ * checked: a switch set mid-process is refused as one set at start-up is.
+ */
+let lastRoutes: string | undefined;
+export function cudaRoutes(env: Readonly<Record<string, string | undefined>> = process.env): string {
+  const key = CUDA_SWITCHES.map((s) => `${s.name}=${env[s.name] ?? ""}`).join(";");
+  if (key !== lastRoutes) {
+    checkCudaEnv(env);
+    lastRoutes = key;
+  }
+  return key;
+}
