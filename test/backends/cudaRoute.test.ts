@@ -32,10 +32,12 @@ test("every CUDA switch the check knows is documented in the README", () => {
   for (const s of CUDA_SWITCHES) assert.match(readme, new RegExp("`" + s.name + "[=`]"), `${s.name} is not in the README`);
 });
 
-test("cudaRoutes: one string that changes with any switch (a recorded decode step is recorded again), and a value set mid-process is refused like one set at start-up", () => {
+test("cudaRoutes: one string that changes with any per-call route switch (a recorded decode step is recorded again), and a value set mid-process is refused like one set at start-up", () => {
   const a = cudaRoutes({}), b = cudaRoutes({ MHA2MLA_GEMV_ROWS: "0" }), c = cudaRoutes({ MHA2MLA_MHA_DECODE: "kernel" });
   assert.equal(new Set([a, b, c]).size, 3);
-  assert.equal(cudaRoutes({ MHA2MLA_GEMV_ROWS: "0", PATH: "/bin" }), b, "variables that are not switches do not count");
+  assert.equal(cudaRoutes({ MHA2MLA_GEMV_ROWS: "0", PATH: "/bin", MHA2MLA_DECODE_MIN_TILES: "4" }), b, "variables that are not per-call switches do not count");
+  assert.equal(cudaRoutes({ MHA2MLA_LATENT_DECODE: "gemm" }) === a, false);
+  assert.equal(cudaRoutes({ MHA2MLA_DECODE_BATCH: "rows" }) === a, false);
   refused({ MHA2MLA_GEMV_ROWS: "9" }, /MHA2MLA_GEMV_ROWS=9/, /0 to 4/);
   assert.throws(() => cudaRoutes({ MHA2MLA_GEMV_ROWS: "9" }), /MHA2MLA_GEMV_ROWS=9/);
 });

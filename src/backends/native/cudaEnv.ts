@@ -16,13 +16,15 @@ interface Switch {
   what: string;
   /** The accepted words, or an inclusive integer range. */
   accepts: readonly string[] | { min: number; max: number };
+  /** Read at each call of an op a decode step records (so a recorded step must follow a change). */
+  perCall?: true;
 }
 
 export const CUDA_SWITCHES: readonly Switch[] = [
   { name: "MHA2MLA_CUDA_ATTENTION", what: "an attention route", accepts: CUDA_ATTENTION_ROUTES },
-  { name: "MHA2MLA_MHA_DECODE", what: "an MHA decode route", accepts: ["kernel", "cublas"] },
-  { name: "MHA2MLA_LATENT_DECODE", what: "a latent decode route (the fused kernel is the default)", accepts: ["gemm"] },
-  { name: "MHA2MLA_DECODE_BATCH", what: "a batched decode mode (one call per layer is the default)", accepts: ["rows"] },
+  { name: "MHA2MLA_MHA_DECODE", what: "an MHA decode route", accepts: ["kernel", "cublas"], perCall: true },
+  { name: "MHA2MLA_LATENT_DECODE", what: "a latent decode route (the fused kernel is the default)", accepts: ["gemm"], perCall: true },
+  { name: "MHA2MLA_DECODE_BATCH", what: "a batched decode mode (one call per layer is the default)", accepts: ["rows"], perCall: true },
   { name: "MHA2MLA_DECODE_GRAPHS", what: "a decode recording switch", accepts: ["0", "1"] },
   { name: "MHA2MLA_DECODE_TF32", what: "a TF32 switch for decode's attention GEMMs", accepts: ["0", "1"] },
   { name: "MHA2MLA_CUDNN_DETERMINISTIC", what: "a cuDNN determinism switch", accepts: ["0", "1"] },
@@ -30,7 +32,7 @@ export const CUDA_SWITCHES: readonly Switch[] = [
   // Any non-empty value turns profiling on (cuda.ts), "0" included: refuse it rather than profile.
   { name: "MHA2MLA_CUDA_PROFILE", what: "a profiling switch", accepts: ["1"] },
   { name: "MHA2MLA_CUDA_PROFILE_SKIP", what: "a count of training steps", accepts: { min: 0, max: 1_000_000 } },
-  { name: "MHA2MLA_GEMV_ROWS", what: "a row limit for the decode products' kernel", accepts: { min: 0, max: 4 } },
+  { name: "MHA2MLA_GEMV_ROWS", what: "a row limit for the decode products' kernel", accepts: { min: 0, max: 4 }, perCall: true },
   { name: "MHA2MLA_DECODE_MIN_TILES", what: "a minimum of tiles per context split", accepts: { min: 1, max: 64 } },
   { name: "MHA2MLA_CUDA_ATTENTION_CHUNK", what: "a count of queries per GEMM chunk", accepts: { min: 1, max: 1 << 20 } },
 ];
@@ -57,12 +59,14 @@ export function checkCudaEnv(env: Readonly<Record<string, string | undefined>> =
 }
 
 /**
- * Every switch's value as one string (see Backend.routes), checked when it differs from the last one
- * checked: a switch set mid-process is refused as one set at start-up is.
+ * The per-call switches' values as one string (see Backend.routes), checked when it differs from the
+ * last one checked: a route set mid-process is refused as one set at start-up is. Only the per-call
+ * ones: a decode step calls this, and each process.env read costs about a microsecond.
  */
+const PER_CALL = CUDA_SWITCHES.filter((s) => s.perCall).map((s) => s.name);
 let lastRoutes: string | undefined;
 export function cudaRoutes(env: Readonly<Record<string, string | undefined>> = process.env): string {
-  const key = CUDA_SWITCHES.map((s) => `${s.name}=${env[s.name] ?? ""}`).join(";");
+  const key = PER_CALL.map((name) => env[name] ?? "").join(";");
   if (key !== lastRoutes) {
     checkCudaEnv(env);
     lastRoutes = key;
