@@ -6,6 +6,8 @@
 
 namespace mla {
 mla_status fail(mla_status code, const char* file, int line, const std::string& msg);
+// Work (multiply-adds) below which a kernel runs on the calling thread instead of the OpenMP team.
+constexpr int64_t kParallelMacs = int64_t(1) << 20;
 }
 
 #define MLA_FAIL(code, msg) ::mla::fail(code, __FILE__, __LINE__, msg)

@@ -18,6 +18,12 @@ static int threads() {
 #endif
 }
 
+// Products below this many multiply-adds run on the calling thread alone. A decode step's projections
+// (one row) cost less than the team's hand-off, and on a machine whose other core is busy a team
+// waits for it: 1–8 ms per small product, where alone they take 0.01–0.05 ms (docs/benchmarks.md,
+// "The CPU's small products", eighteenth session).
+static bool parallel_work(int64_t M, int64_t K, int64_t N) { return M * K * N >= mla::kParallelMacs; }
+
 // OpenBLAS runs single-threaded inside our OpenMP team, one slice of the output per thread: two
 // thread pools spinning on the same cores (OpenBLAS's and libgomp's) were slower than either alone.
 static bool blas_ok(int64_t M, int64_t K, int64_t N) { return M > 0 && N > 0 && K > 0 && M < INT32_MAX && N < INT32_MAX && K < INT32_MAX; }
@@ -74,15 +80,16 @@ extern "C" mla_status mla_cpu_linear(const float* x, const float* w, const float
   if (M == 0 || N == 0) return MLA_OK;
   if (K == 0) std::memset(y, 0, sizeof(float) * M * N);
   else if (auto sgemm = mla::openblas_sgemm(); sgemm && blas_ok(M, K, N)) {
-    const int nt = threads();
-#pragma omp parallel for schedule(static)
+    const bool team = parallel_work(M, K, N);
+    const int nt = team ? threads() : 1;
+#pragma omp parallel for schedule(static) if (team)
     for (int c = 0; c < nt; c++) {
       const int64_t n0 = N * c / nt, n1 = N * (c + 1) / nt;
       if (n1 > n0) sgemm(mla::CblasRowMajor, mla::CblasNoTrans, mla::CblasTrans, (int)M, (int)(n1 - n0), (int)K, 1.0f, x, (int)K, w + n0 * K, (int)K, 0.0f, y + n0, (int)N);
     }
   } else {
   const int64_t mt = (M + 3) / 4, nt = (N + 3) / 4;
-#pragma omp parallel for schedule(static) collapse(2)
+#pragma omp parallel for schedule(static) collapse(2) if (parallel_work(M, K, N))
   for (int64_t bm = 0; bm < mt; bm++)
     for (int64_t bn = 0; bn < nt; bn++) {
       const int64_t m0 = bm * 4, n0 = bn * 4;
@@ -90,7 +97,7 @@ extern "C" mla_status mla_cpu_linear(const float* x, const float* w, const float
     }
   }
   if (b)
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel_work(M, K, N))
     for (int64_t m = 0; m < M; m++)
       for (int64_t n = 0; n < N; n++) y[m * N + n] += b[n];
   return MLA_OK;
@@ -106,9 +113,10 @@ extern "C" mla_status mla_cpu_linear_backward(const float* x, const float* w, co
   if (N * K == 0) dw = nullptr;
   if (N == 0) db = nullptr;
   auto sgemm = mla::openblas_sgemm();
+  const bool team = parallel_work(M, K, N);
   if (sgemm && blas_ok(M, K, N)) {
-    const int nt = threads();
-#pragma omp parallel for schedule(static)
+    const int nt = team ? threads() : 1;
+#pragma omp parallel for schedule(static) if (team)
     for (int c = 0; c < nt; c++) {
       const int64_t k0 = K * c / nt, k1 = K * (c + 1) / nt, n0 = N * c / nt, n1 = N * (c + 1) / nt;
       // dx[:, k0:k1] = dy·w[:, k0:k1]; dw[n0:n1, :] = dy[:, n0:n1]ᵀ·x
@@ -119,7 +127,7 @@ extern "C" mla_status mla_cpu_linear_backward(const float* x, const float* w, co
   }
   if (dx) {
     // dx[m,:] = Σ_n dy[m,n]·w[n,:]: rows of w scaled and added, vectorized along K.
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (team)
     for (int64_t m = 0; m < M; m++) {
       float* out = dx + m * K;
       std::memset(out, 0, sizeof(float) * K);
@@ -133,7 +141,7 @@ extern "C" mla_status mla_cpu_linear_backward(const float* x, const float* w, co
   }
   if (dw) {
     // dw[n,:] = Σ_m dy[m,n]·x[m,:], one output row per thread.
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (team)
     for (int64_t n = 0; n < N; n++) {
       float* out = dw + n * K;
       std::memset(out, 0, sizeof(float) * K);
