@@ -5,8 +5,12 @@
 # Usage: bash bench/cpu-decode-load.sh MODEL_DIR [ROUNDS] [TOKENS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-MODEL=$1; ROUNDS=${2:-5}; TOKENS=${3:-150}
-rate() { node dist/src/cli/main.js generate "$MODEL" --prompt "The Debian package manager" --max-tokens "$TOKENS" 2>&1 | tail -1 | grep -o '[0-9.]* tokens/s' | cut -d' ' -f1; }
+MODEL=${1:?usage: bash bench/cpu-decode-load.sh MODEL_DIR [ROUNDS] [TOKENS]}; ROUNDS=${2:-5}; TOKENS=${3:-150}
+rate() {
+  local log
+  log=$(node dist/src/cli/main.js generate "$MODEL" --device cpu --prompt "The Debian package manager" --max-tokens "$TOKENS" 2>&1) || { echo "generate failed: $log" >&2; exit 1; }
+  echo "$log" | tail -1 | grep -o '[0-9.]* tokens/s' | cut -d' ' -f1
+}
 run() {
   local label=$1 sum=0 all=""
   for _ in $(seq "$ROUNDS"); do r=$(rate); all="$all $r"; sum=$(echo "$sum + $r" | bc -l); done
@@ -15,5 +19,5 @@ run() {
 echo "$(date -u +%Y-%m-%d), $(nproc) cores, $(node -e 'import("./dist/src/backends/select.js").then(({selectBackend}) => console.log(selectBackend("cpu", { info() {}, warn() {}, log() {} }).info))')"
 run idle
 yes > /dev/null & HOG=$!
-trap 'kill $HOG 2>/dev/null' EXIT
+trap 'kill $HOG 2>/dev/null' EXIT INT TERM
 run "one core busy"

@@ -22,6 +22,7 @@ const contexts = opt("contexts", "4096,16384").split(",").map(Number);
 const batches = opt("batches", "1,8,32").split(",").map(Number);
 const reps = Number(opt("reps", "20"));
 const kinds = opt("kinds", "mha,mla").split(",") as ("mha" | "mla")[];
+for (const k of kinds) if (k !== "mha" && k !== "mla") throw new Error(`--kinds: ${k} is not mha or mla`);
 const withRows = args.includes("--rows");
 const withF32 = args.includes("--f32");
 const { backend: B0, sync } = openCuda();

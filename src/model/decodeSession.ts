@@ -35,6 +35,12 @@ export class DecodeSession {
   private warmRoutes: string | undefined;
   private recordedRoutes: string | undefined;
   private refusal: string | undefined;
+  /**
+   * Set when a recording was refused (rather than recording being impossible from the start): the
+   * routes it was refused under. Another route may record (MHA2MLA_MHA_DECODE=cublas refuses, the
+   * kernel records), so the refusal holds only while the routes stay these.
+   */
+  private refusedUnder: { routes: string | undefined } | null = null;
 
   /** `caches` [B]: distinct caches holding each sequence so far (prefilled); they advance with every step. */
   constructor(readonly model: LlamaModel, readonly caches: readonly DecodeCache[], opts: DecodeSessionOptions = {}) {
@@ -52,7 +58,7 @@ export class DecodeSession {
     return this.graph !== null;
   }
 
-  /** Why steps run op by op, once that is settled for good (undefined while recording can still happen). */
+  /** Why steps run op by op (undefined while recording can still happen; a refused route may change). */
   get why(): string | undefined {
     return this.refusal;
   }
@@ -70,6 +76,10 @@ export class DecodeSession {
     const positions = Int32Array.from(this.caches, (c) => c.length);
     const routes = this.model.backend.routes?.();
     if (this.graph && (!this.replayable() || routes !== this.recordedRoutes)) this.dropGraph(); // a cache moved, has no room for this step, or a route changed
+    if (this.refusedUnder && this.refusedUnder.routes !== routes) {
+      this.refusal = undefined;
+      this.refusedUnder = null;
+    }
     if (this.graph) {
       this.graph.launch(ids, positions);
       for (const c of this.caches) c.commitStep();
@@ -110,6 +120,7 @@ export class DecodeSession {
       this.caches.forEach((c, i) => c.truncate(lengths[i]!));
       if (!(e instanceof MlaError)) throw e;
       this.refusal = e.message.split("\n")[0];
+      this.refusedUnder = { routes };
       return null;
     }
   }

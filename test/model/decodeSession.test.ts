@@ -72,7 +72,7 @@ test("generateBatch continues several prompts together as each would alone (gree
   assert.throws(() => generateBatch(model, [], { maxTokens: 3 }), /no prompts/);
 });
 
-test("a recording session (a fake backend that records) replays from the third step, and a route switched mid-session or new weights mean one op-by-op step and a new recording; a refused route value is an error", () => {
+test("a recording session (a fake backend that records) replays from the third step; a route switched mid-session or new weights mean one op-by-op step and a new recording; a route whose recording is refused runs op by op until the route changes back; a refused route value is an error", () => {
   let routes = "gemv=4", decodes = 0, captures = 0, launches = 0, disposed = 0;
   const logits = (tag: string) => ({ tag, dispose() {} });
   const backend = {
@@ -83,6 +83,8 @@ test("a recording session (a fake backend that records) replays from the third s
     },
     captureStep(_ids: Int32Array, _positions: Int32Array, run: () => unknown) {
       captures++;
+      // As the CUDA backend refuses the cuBLAS decode route: before the step's work, nothing recorded.
+      if (routes === "cublas") throw new MlaError("UNSUPPORTED", "decode attention on this cache takes the cuBLAS route", "use the kernel route");
       return { result: run(), graph: { launch() { launches++; }, dispose() { disposed++; } } };
     },
   };
@@ -114,9 +116,19 @@ test("a recording session (a fake backend that records) replays from the third s
   assert.deepEqual(step(), { graphed: false, decodes: 5, captures: 2, launches: 2, disposed: 2 }, "new weights: the same");
   assert.deepEqual(step(), { graphed: true, decodes: 6, captures: 3, launches: 2, disposed: 2 });
   assert.equal(cache.length, 12);
+  routes = "cublas";
+  assert.deepEqual(step(), { graphed: false, decodes: 7, captures: 3, launches: 2, disposed: 3 }, "a route that cannot be recorded: one op-by-op step");
+  assert.deepEqual(step(), { graphed: false, decodes: 8, captures: 4, launches: 2, disposed: 3 }, "its recording is refused: op by op");
+  assert.match(session.why ?? "", /cuBLAS route/);
+  assert.deepEqual(step(), { graphed: false, decodes: 9, captures: 4, launches: 2, disposed: 3 }, "and stays refused while the route does");
+  routes = "gemv=4";
+  assert.deepEqual(step(), { graphed: false, decodes: 10, captures: 4, launches: 2, disposed: 3 }, "back to a recordable route: one op-by-op step");
+  assert.equal(session.why, undefined);
+  assert.deepEqual(step(), { graphed: true, decodes: 11, captures: 5, launches: 2, disposed: 3 }, "then it records again");
+  assert.equal(cache.length, 17);
   routes = "bad";
   assert.throws(() => session.step(Int32Array.of(7)), (e: unknown) => e instanceof MlaError && /bad is not a route/.test(e.message));
-  assert.equal(cache.length, 12, "a refused step leaves the cache as it was");
+  assert.equal(cache.length, 17, "a refused step leaves the cache as it was");
   session.dispose();
-  assert.equal(disposed, 3);
+  assert.equal(disposed, 4);
 });
