@@ -55,6 +55,11 @@ export function loadNativeCpu(): NativeLib | string {
   const file = nativeLibraryPath();
   if (!fs.existsSync(file)) return (cached = `${file} does not exist (npm install builds it when a C++ compiler is present; \`npm run build:native\` retries)`);
   try {
+    // libgomp reads its wait policy once, as the library loads it. Passive: a thread done with a
+    // parallel region sleeps instead of spinning, so a core busy with another process does not stall
+    // the next region for a time slice (with one core busy: eval 360 → 564 tokens/s, decode 51 → 72;
+    // idle within noise; docs/benchmarks.md, eighteenth session). A value the user set is kept.
+    process.env["OMP_WAIT_POLICY"] ??= "passive";
     const lib = koffi.load(file);
     const f = (sig: string) => lib.func(sig) as Fn;
     cached = {
