@@ -21,7 +21,7 @@ static int threads() {
 // Products below this many multiply-adds run on the calling thread alone. A decode step's projections
 // (one row) cost less than the team's hand-off, and on a machine whose other core is busy a team
 // waits for it: 1–8 ms per small product, where alone they take 0.01–0.05 ms (docs/benchmarks.md,
-// "The CPU's small products", eighteenth session).
+// "The CPU under load", eighteenth session).
 static bool parallel_work(int64_t M, int64_t K, int64_t N) { return M * K * N >= mla::kParallelMacs; }
 
 // OpenBLAS runs single-threaded inside our OpenMP team, one slice of the output per thread: two
@@ -78,9 +78,9 @@ extern "C" mla_status mla_cpu_linear(const float* x, const float* w, const float
   MLA_CHECK_BUF(w, N * K, "linear: null w");
   MLA_CHECK_BUF(y, M * N, "linear: null y");
   if (M == 0 || N == 0) return MLA_OK;
+  const bool team = parallel_work(M, K, N);
   if (K == 0) std::memset(y, 0, sizeof(float) * M * N);
   else if (auto sgemm = mla::openblas_sgemm(); sgemm && blas_ok(M, K, N)) {
-    const bool team = parallel_work(M, K, N);
     const int nt = team ? threads() : 1;
 #pragma omp parallel for schedule(static) if (team)
     for (int c = 0; c < nt; c++) {
@@ -89,7 +89,7 @@ extern "C" mla_status mla_cpu_linear(const float* x, const float* w, const float
     }
   } else {
   const int64_t mt = (M + 3) / 4, nt = (N + 3) / 4;
-#pragma omp parallel for schedule(static) collapse(2) if (parallel_work(M, K, N))
+#pragma omp parallel for schedule(static) collapse(2) if (team)
   for (int64_t bm = 0; bm < mt; bm++)
     for (int64_t bn = 0; bn < nt; bn++) {
       const int64_t m0 = bm * 4, n0 = bn * 4;
@@ -97,7 +97,7 @@ extern "C" mla_status mla_cpu_linear(const float* x, const float* w, const float
     }
   }
   if (b)
-#pragma omp parallel for schedule(static) if (parallel_work(M, K, N))
+#pragma omp parallel for schedule(static) if (team)
     for (int64_t m = 0; m < M; m++)
       for (int64_t n = 0; n < N; n++) y[m * N + n] += b[n];
   return MLA_OK;

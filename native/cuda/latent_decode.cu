@@ -6,9 +6,10 @@
 //
 // Per block: one sequence, one block of HB = 16 query heads (one m16 tile; more heads take more
 // blocks, which read the same rows, mostly from L2), one split of the sequence's visible keys.
-// Tiles of TN = 16 cached rows pass through a ring of cp.async stages. Per tile:
+// Tiles of TN = 16 cached rows pass through a ring of shared-memory stages (bulk copies). Per tile:
 //   scores  S[16 heads × 16 keys] = Qc·Cᵀ (tensor cores; each warp a slice of the latent dims, its
-//           query fragments held in registers) + Qr·Krᵀ (the few rope dims, on CUDA cores);
+//           query fragments held in registers) + Qr·Krᵀ (tensor cores too: a block-diagonal rope
+//           query in shared memory, its k16 steps continuing the latent ones round the warps);
 //   softmax online, in the log2 domain, the probabilities rounded to bf16 (the weighted sum reads
 //           them so) and the row sum l accumulated from the rounded values;
 //   output  O[16 × L] += P·C (tensor cores; each warp owns L / warps columns in registers).

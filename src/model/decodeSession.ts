@@ -33,14 +33,12 @@ export class DecodeSession {
    * which builds what the new route reuses, and a new recording.
    */
   private warmRoutes: string | undefined;
-  private recordedRoutes: string | undefined;
   private refusal: string | undefined;
   /**
-   * Set when a recording was refused (rather than recording being impossible from the start): the
-   * routes it was refused under. Another route may record (MHA2MLA_MHA_DECODE=cublas refuses, the
-   * kernel records), so the refusal holds only while the routes stay these.
+   * The refusal came from a recording (under warmRoutes), not from the start: another route may record
+   * (MHA2MLA_MHA_DECODE=cublas refuses, the kernel records), so it holds only while the routes stay.
    */
-  private refusedUnder: { routes: string | undefined } | null = null;
+  private recordingRefused = false;
 
   /** `caches` [B]: distinct caches holding each sequence so far (prefilled); they advance with every step. */
   constructor(readonly model: LlamaModel, readonly caches: readonly DecodeCache[], opts: DecodeSessionOptions = {}) {
@@ -74,11 +72,12 @@ export class DecodeSession {
     for (let b = 0; b < B; b++)
       if (!(ids[b]! >= 0 && ids[b]! < V)) throw new MlaError("BAD_ARGUMENT", `token id ${ids[b]} of sequence ${b} is outside the vocabulary of ${V}`, "the tokenizer and the model do not match");
     const positions = Int32Array.from(this.caches, (c) => c.length);
+    // A graph is recorded under warmRoutes (a recording step is warm), and replays leave them as they are.
     const routes = this.model.backend.routes?.();
-    if (this.graph && (!this.replayable() || routes !== this.recordedRoutes)) this.dropGraph(); // a cache moved, has no room for this step, or a route changed
-    if (this.refusedUnder && this.refusedUnder.routes !== routes) {
+    if (this.graph && (!this.replayable() || routes !== this.warmRoutes)) this.dropGraph(); // a cache moved, has no room for this step, or a route changed
+    if (this.recordingRefused && routes !== this.warmRoutes) {
       this.refusal = undefined;
-      this.refusedUnder = null;
+      this.recordingRefused = false;
     }
     if (this.graph) {
       this.graph.launch(ids, positions);
@@ -90,7 +89,7 @@ export class DecodeSession {
     // The first step, and the first after the weights change, runs op by op: it builds what every later
     // step reuses (absorbed projections, kernel attributes, scratch), none of which a recording may allocate.
     const warm = this.warmWeights === this.model.weightsVersion && this.warmRoutes === routes;
-    if (warm && this.refusal === undefined && this.replayable()) this.logits = this.record(ids, positions, routes);
+    if (warm && this.refusal === undefined && this.replayable()) this.logits = this.record(ids, positions);
     this.logits ??= this.model.decodeBatch(ids, this.caches);
     this.warmWeights = this.model.weightsVersion;
     this.warmRoutes = routes;
@@ -105,14 +104,13 @@ export class DecodeSession {
   }
 
   /** The step recorded and run, or null (the step not run, the caches as they were) when it cannot be. */
-  private record(ids: Int32Array, positions: Int32Array, routes: string | undefined): Tensor | null {
+  private record(ids: Int32Array, positions: Int32Array): Tensor | null {
     const lengths = this.caches.map((c) => c.length);
     const buffers = this.buffers();
     try {
       const { result, graph } = this.model.backend.captureStep!(ids, positions, () => this.model.decodeBatch(ids, this.caches));
       this.graph = graph;
       this.recordedOver = buffers;
-      this.recordedRoutes = routes;
       return result;
     } catch (e) {
       // The recording ran (some of) the step's host bookkeeping but no device work: undo it, and run
@@ -120,7 +118,7 @@ export class DecodeSession {
       this.caches.forEach((c, i) => c.truncate(lengths[i]!));
       if (!(e instanceof MlaError)) throw e;
       this.refusal = e.message.split("\n")[0];
-      this.refusedUnder = { routes };
+      this.recordingRefused = true;
       return null;
     }
   }

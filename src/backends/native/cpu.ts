@@ -57,8 +57,9 @@ export function loadNativeCpu(): NativeLib | string {
   try {
     // libgomp reads its wait policy once, as the library loads it. Passive: a thread done with a
     // parallel region sleeps instead of spinning, so a core busy with another process does not stall
-    // the next region for a time slice (with one core busy: eval 360 → 564 tokens/s, decode 51 → 72;
-    // idle within noise; docs/benchmarks.md, eighteenth session). A value the user set is kept.
+    // the next region for a time slice (with one core busy, over the small-product bound alone: eval
+    // 356 → 560 tokens/s, decode 50.6 → 78.1; idle unchanged; docs/benchmarks.md, "The CPU under
+    // load"). A value the user set is kept.
     process.env["OMP_WAIT_POLICY"] ??= "passive";
     const lib = koffi.load(file);
     const f = (sig: string) => lib.func(sig) as Fn;
