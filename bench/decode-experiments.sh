@@ -3,8 +3,9 @@
 # so one slow step cannot eat the call: the GPU suite, the latent kernel per call at the llama2-7b
 # shape, the recorded decode steps of bench/decode.sh (DECODE=1), and ncu's stall reasons for the
 # kernel (NCU=1), and where a recorded 4k × 1 step goes kernel by kernel for MLA and MHA
-# (STEP=1, after DECODE=1 made the models).
-# Usage: [DECODE=1] [NCU=1] [STEP=1] bash bench/decode-experiments.sh OUT_DIR   (needs `npm run build` done, a GPU)
+# (STEP=1, after DECODE=1 made the models), and the latent kernel's SASS with ncu's per-instruction
+# counters (SASS=1).
+# Usage: [DECODE=1] [NCU=1] [STEP=1] [SASS=1] bash bench/decode-experiments.sh OUT_DIR   (needs `npm run build` done, a GPU)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:?OUT_DIR}
@@ -15,8 +16,14 @@ step() { local name=$1 limit=$2; shift 2; echo "== $name (≤ ${limit}s)"; local
 [ -n "${NCU:-}" ] && export MHA2MLA_NVCC_FLAGS="${MHA2MLA_NVCC_FLAGS:-} -lineinfo"
 step suite 240 bash bench/cuda-check.sh "$OUT/cuda-test.txt"
 tail -3 "$OUT/cuda-test.txt"; grep "^not ok" "$OUT/cuda-test.txt" | head
-step attention 120 node dist/bench/decode-attention.js --contexts 4096,16384 --batches 1,8 --kinds mla
-grep -E "mla .*fused|diff" "$OUT/attention.txt"
+for copy in bulk early barrier async; do
+  MHA2MLA_LATENT_COPY=$copy step "attention-$copy" 120 node dist/bench/decode-attention.js --contexts 4096,16384 --batches 1,8 --kinds mla
+  grep -E "mla .*fused|diff" "$OUT/attention-$copy.txt"
+done
+for copy in early barrier async; do
+  MHA2MLA_LATENT_COPY=$copy step "suite-$copy" 120 node --test dist/test/backends/cuda.test.js
+  grep -E "^# (pass|fail)|^not ok" "$OUT/suite-$copy.txt"
+done
 if [ -n "${DECODE:-}" ]; then
   ARCH=llama2-7b CONTEXTS=4096,16384 BATCHES=1,8 KV_CACHES=bf16 PREMULTIPLIED=0 STEPS=16 step decode 300 bash bench/decode.sh /tmp/dec 4
   tail -40 "$OUT/decode.txt"
@@ -38,4 +45,11 @@ if [ -n "${STEP:-}" ] && command -v ncu >/dev/null; then
     step "ncu-step-$m" 150 bash bench/ncu-decode-step.sh "/tmp/dec/$m" 4096 1 "$OUT/ncu-step-$m.csv"
     head -30 "$OUT/ncu-step-$m.txt"
   done
+fi
+if [ -n "${SASS:-}" ] && command -v ncu >/dev/null; then
+  # Executed instructions and stall samples per SASS instruction of the widest instantiation at 16k × 8.
+  cuobjdump -sass -arch sm_90 build/native/libmla_cuda.so | awk '/Function : .*k_latent_decodeILi16/ { f = 1 } f && /Function : / && !/k_latent_decodeILi16/ { f = 0 } f' > "$OUT/latent16.sass" 2>&1
+  step ncu-sass 150 ncu --kernel-name regex:k_latent_decode --launch-skip 3 --launch-count 1 --section SourceCounters \
+    --page source --print-source sass --csv node dist/bench/decode-attention.js --contexts 16384 --batches 8 --reps 4 --kinds mla
+  wc -l "$OUT/latent16.sass" "$OUT/ncu-sass.txt"
 fi

@@ -137,7 +137,7 @@ extern "C" mla_status mla_cuda_decode_attention_batch(const mla_cuda_buf* q1, co
     return mla::mha_decode(ks.data(), vv.data(), lo.data(), n.data(), pos, window, (const float*)q1->ptr, (float*)o->ptr, B, H, G1, D1, scale);
   }
   // The GEMMs' shapes follow every sequence's length, which a replay cannot change.
-  if (mla::capturing()) return mla::refuse("decode attention on this cache takes the cuBLAS route (recorded are the fused latent kernel on bf16 caches and the MHA kernel: the default for GQA at head dim 64, MHA2MLA_MHA_DECODE=kernel elsewhere)");
+  if (mla::capturing()) return mla::refuse("decode attention on this cache takes the cuBLAS route (recorded are the fused latent kernel and the MHA kernel on bf16 caches, unless MHA2MLA_MHA_DECODE=cublas)");
   // One scratch: the scores of every sequence [H, n_b] back to back, the softmax ranges, and for bf16
   // caches the bf16 probabilities and queries.
   mla_status st;

@@ -13,19 +13,23 @@ namespace {
 constexpr int TN = 16;  // cached rows per tile
 constexpr float LOG2E = 1.4426950408889634f;  // softmax runs in base 2 (exp2f)
 // A split writes and the merge reads back its partial output (16·L floats per head block for the
-// latent kernel, about two tiles of bf16 latent): each split gets at least 8 tiles so that costs ≤ 25% of its reads.
-// MHA2MLA_DECODE_MIN_TILES (1–64) sets another minimum: at batch 1 and 4k context the latent kernel's
-// 8-tile splits fill 64 of the H200's 132 SMs (docs/benchmarks.md, sixteenth session). Read once per
-// process: a recorded decode graph keeps the value it was recorded with, and an eager step must split
-// alike for the two to give the same bits.
+// latent kernel, about two tiles of bf16 latent): each split gets at least 8 tiles so that costs ≤ 25% of
+// its reads. The latent kernel at batch 1 takes 4: its 8-tile splits fill only 64 of the H200's 132 SMs
+// at 4k context, and 4 measured 0.045 → 0.038 ms per layer call and +4% tokens/s on a recorded llama2-7b
+// step (docs/benchmarks.md, eighteenth session; 8 stays at batch 8, where 4 lost 2–3%).
+// MHA2MLA_DECODE_MIN_TILES (1–64) sets one minimum for every call instead. Read once per process: a
+// recorded decode graph keeps the value it was recorded with, and an eager step must split alike for
+// the two to give the same bits.
 constexpr int MIN_TILES_PER_SPLIT = 8;
-inline int min_tiles_per_split() {
+constexpr int MIN_TILES_PER_SPLIT_LATENT_B1 = 4;
+inline int min_tiles_per_split(int fallback) {
   static const int n = [] {
     const char* v = getenv("MHA2MLA_DECODE_MIN_TILES");
-    const int m = v && *v ? atoi(v) : MIN_TILES_PER_SPLIT;
+    if (!v || !*v) return 0;  // unset: the caller's default
+    const int m = atoi(v);
     return m < 1 ? 1 : m > 64 ? 64 : m;
   }();
-  return n;
+  return n ? n : fallback;
 }
 
 int sm_count() {
@@ -100,9 +104,9 @@ struct SplitCall {
   int splits = 1;
   int minTiles = MIN_TILES_PER_SPLIT;  // the call's minimum tiles per split (min_tiles_per_split)
 };
-inline mla_status split_call(SplitCall& c, const __nv_bfloat16* const* a, const __nv_bfloat16* const* bb, const int64_t* lo, const int64_t* n, const int32_t* pos, int64_t B, int64_t H, int64_t width, int cap) {
+inline mla_status split_call(SplitCall& c, const __nv_bfloat16* const* a, const __nv_bfloat16* const* bb, const int64_t* lo, const int64_t* n, const int32_t* pos, int64_t B, int64_t H, int64_t width, int cap, int minTiles = MIN_TILES_PER_SPLIT) {
   const bool graph = mla::capturing() != nullptr;
-  c.minTiles = min_tiles_per_split();
+  c.minTiles = min_tiles_per_split(minTiles);
   for (int64_t b = 0; b < B; b++) c.splits = std::max(c.splits, splits_of(n[b], cap, c.minTiles));
   if (graph) c.splits = cap;
   std::vector<Seq> seqs(B);

@@ -315,8 +315,13 @@ extern "C" mla_status mla_cuda_rmsnorm(const mla_cuda_buf* x, const mla_cuda_buf
   NEED_CTX();
   MLA_CHECK(is_f32(x, rows * D) && is_f32(w, D) && is_f32_or_bf16(y, rows * D), "rmsnorm: f32 buffers [rows, D], [D] (y may be bf16)");
   const bool v4 = D % 4 == 0 && vec4(x) && vec4(w) && vec4(y);
-  if (rows && y->dtype == MLA_BF16 && v4) k_rmsnorm4<<<(unsigned)rows, 256, 0, S_>>>(CF(x), CF(w), (__nv_bfloat16*)y->ptr, D, eps);
-  else if (rows && v4) k_rmsnorm4<<<(unsigned)rows, 256, 0, S_>>>(CF(x), CF(w), F(y), D, eps);
+  // Few rows (a decode step: one per sequence): up to 1024 threads per row, one float4 each up to
+  // D = 4096, so a row is one round of loads and one reduction; a 256-thread block walked a 4096-wide
+  // row in four dependent rounds (~6 µs per call in a recorded llama2-7b step, docs/benchmarks.md,
+  // sixteenth session). Many rows (prefill, training) keep 256 threads and the same bits as before.
+  const int t4 = rows < 64 ? (int)std::min<int64_t>(1024, std::max<int64_t>(32, (D / 4 + 31) / 32 * 32)) : 256;
+  if (rows && y->dtype == MLA_BF16 && v4) k_rmsnorm4<<<(unsigned)rows, t4, 0, S_>>>(CF(x), CF(w), (__nv_bfloat16*)y->ptr, D, eps);
+  else if (rows && v4) k_rmsnorm4<<<(unsigned)rows, t4, 0, S_>>>(CF(x), CF(w), F(y), D, eps);
   else if (rows && y->dtype == MLA_BF16) k_rmsnorm<<<(unsigned)rows, 256, 0, S_>>>(CF(x), CF(w), (__nv_bfloat16*)y->ptr, D, eps);
   else if (rows) k_rmsnorm<<<(unsigned)rows, 256, 0, S_>>>(CF(x), CF(w), F(y), D, eps);
   KERNEL_CHECK();

@@ -23,6 +23,7 @@
 // 1024, 2048, …; other widths take the cuBLAS route); Dr even, ≤ 64; Hkv·Dr a multiple of 8.
 #include <algorithm>
 #include <cmath>
+#include <string>
 #include <vector>
 #include "common.cuh"
 #include "mma.cuh"
@@ -36,6 +37,19 @@ constexpr int HB = 16;   // query heads per block (one m16 tile)
 constexpr int PAD = 8;   // bf16 of padding per shared latent row: ldmatrix rows fall in distinct banks
 constexpr int MAX_WARPS = 16;
 constexpr int MAX_DR = 64;
+// How the stages are filled (MHA2MLA_LATENT_COPY), measured per call at llama2-7b's latent
+// (docs/benchmarks.md, nineteenth session):
+//   bulk (COPY_SPREAD, the default): once every warp is done with a stage, each warp issues the bulk
+//        copies of its own rows. ncu put 31% of the warps' stall samples at the score barrier, waiting
+//        for the one warp that issued all 32 copies of a tile (one ELECT loop turn per copy). 7–10%
+//        faster per call than early;
+//   early: warp 0 issues them all once every warp is done with the stage; 4–5% faster than barrier;
+//   barrier: warp 0 issues them at the next tile's score barrier (the eighteenth session's kernel);
+//   async: 16-byte cp.async copies from every thread.
+enum CopyMode { COPY_BARRIER = 0, COPY_ASYNC = 1, COPY_EARLY = 2, COPY_SPREAD = 3 };
+// Floats between two warps' partial scores ([HB][TN] each): 16 more than the 256 they hold, so the
+// softmax's lane pair (2n, 2n + 1), which reads warps w and w + 1, meets two banks, not one.
+constexpr int PART_STRIDE = HB * TN + 16;
 
 // The bulk copies and transaction-counting barriers below are sm_90 features; the sm_80 code of a fat
 // build never runs this kernel (latent_decode_takes asks for compute capability 9.0 or newer).
@@ -45,14 +59,26 @@ constexpr int MAX_DR = 64;
 #define MLA_SM90_ONLY(body) body
 #endif
 // A stage's arrival barrier (mbarrier): one expected arrival plus the bytes its bulk copies bring.
-__device__ __forceinline__ void bar_init(uint64_t* bar) {
+__device__ __forceinline__ void bar_init(uint64_t* bar, unsigned arrivals) {
   MLA_SM90_ONLY({
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"((unsigned)__cvta_generic_to_shared(bar)));
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"((unsigned)__cvta_generic_to_shared(bar)), "r"(arrivals));
+  })
+}
+// This thread's arrival on `bar` once its cp.async copies issued so far have landed (counted in the
+// barrier's arrivals: .noinc).
+__device__ __forceinline__ void bar_arrive_copies(uint64_t* bar) {
+  MLA_SM90_ONLY({
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"((unsigned)__cvta_generic_to_shared(bar)) : "memory");
   })
 }
 __device__ __forceinline__ void bar_expect(uint64_t* bar, unsigned bytes) {
   MLA_SM90_ONLY({
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"((unsigned)__cvta_generic_to_shared(bar)), "r"(bytes) : "memory");
+  })
+}
+__device__ __forceinline__ void bar_arrive(uint64_t* bar) {
+  MLA_SM90_ONLY({
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"((unsigned)__cvta_generic_to_shared(bar)) : "memory");
   })
 }
 __device__ __forceinline__ void bar_wait(uint64_t* bar, unsigned parity) {
@@ -84,12 +110,13 @@ struct Layout {
   __host__ __device__ size_t ropeBytes() const { return ((size_t)TN * ropeStride * 2 + 15) & ~size_t(15); }
   __host__ __device__ size_t stageBytes() const { return latentBytes() + ropeBytes(); }
   __host__ __device__ size_t partOffset() const { return stageBytes() * stages; }
-  __host__ __device__ size_t qrOffset() const { return partOffset() + (size_t)MAX_WARPS * HB * TN * 4; }
+  __host__ __device__ size_t qrOffset() const { return partOffset() + (size_t)MAX_WARPS * PART_STRIDE * 4; }
   __host__ __device__ int ldq() const { return ropeK + PAD; }
   __host__ __device__ size_t probsOffset() const { return qrOffset() + ((size_t)HB * ldq() * 2 + 15 & ~size_t(15)); }
   __host__ __device__ size_t statsOffset() const { return probsOffset() + (size_t)HB * (TN + PAD) * 2; }
   __host__ __device__ size_t barOffset() const { return (statsOffset() + 3 * HB * 4 + 7) & ~size_t(7); }
-  __host__ __device__ size_t bytes() const { return barOffset() + (size_t)stages * 8; }
+  // Per stage two barriers: full (the copies landed) and empty (every warp is past its weighted sum).
+  __host__ __device__ size_t bytes() const { return barOffset() + (size_t)stages * 16; }
 };
 
 // The rope groups head block hb copies from each rope row: [first, first + count). Only its own
@@ -110,7 +137,9 @@ __host__ __device__ inline RopeSpan rope_span(int hb, int H, int Hkv, int Dr) {
 // sum of the tile before, whose stage the next copy then refills) and after the softmax.
 template <int NT>
 __global__ void __launch_bounds__(32 * MAX_WARPS, 1)
-k_latent_decode(const Seq* seqs, const int32_t* pos, int64_t window, const float* qc, const float* qr, int H, int Hkv, float scale2, Layout lay, int gridSplits, int minTiles, float* o, float* opart, float* lsepart) {
+k_latent_decode(const Seq* seqs, const int32_t* pos, int64_t window, const float* qc, const float* qr, int H, int Hkv, float scale2, Layout lay, int gridSplits, int minTiles, int copyMode, float* o, float* opart, float* lsepart) {
+  const bool asyncCopy = copyMode == COPY_ASYNC, spread = copyMode == COPY_SPREAD;
+  const bool early = copyMode == COPY_EARLY || spread;  // refilled once every warp is past its weighted sum
   constexpr int KQ = NT >= 2 ? NT / 2 : 1;  // latent k16 steps of the scores per warp
   extern __shared__ __align__(16) unsigned char smem[];
   const int L = lay.L, Dr = lay.Dr, ldc = lay.ldc, ldq = lay.ldq();
@@ -127,14 +156,20 @@ k_latent_decode(const Seq* seqs, const int32_t* pos, int64_t window, const float
   const int ropeCols = span.count * Dr;             // rope columns this block copies per cached row
   const int ksteps = L / 16, rsteps = (ropeCols + 15) / 16;  // latent and rope k16 steps of the scores
 
-  float* sPart = (float*)(smem + lay.partOffset());  // [warps][HB][TN] partial scores
+  float* sPart = (float*)(smem + lay.partOffset());  // [warps][HB][TN] partial scores, PART_STRIDE apart
   bf16* sQr = (bf16*)(smem + lay.qrOffset());        // [HB][ldq] block-diagonal rope query
   bf16* sP = (bf16*)(smem + lay.probsOffset());      // [HB][TN + PAD]
   float* sAlpha = (float*)(smem + lay.statsOffset());
   float* sM = sAlpha + HB;
   float* sL = sM + HB;
   uint64_t* bars = (uint64_t*)(smem + lay.barOffset());
-  if (threadIdx.x < lay.stages) bar_init(bars + threadIdx.x);
+  uint64_t* empties = bars + lay.stages;
+  // A stage's barrier: one arrival with the bytes of warp 0's bulk copies, or (asyncCopy) one per thread
+  // when its 16-byte copies land.
+  if (threadIdx.x < lay.stages) {
+    bar_init(bars + threadIdx.x, asyncCopy ? blockDim.x : spread ? warps : 1);
+    bar_init(empties + threadIdx.x, warps);
+  }
   // The rope scores as one more product: row r holds head h0 + r's rope query at its group's columns
   // of the copied span and zeros elsewhere, so Qr·Krᵀ runs on the tensor cores beside Qc·Cᵀ.
   for (int i = threadIdx.x; i < HB * lay.ropeK; i += blockDim.x) {
@@ -181,6 +216,17 @@ k_latent_decode(const Seq* seqs, const int32_t* pos, int64_t window, const float
   // 16 + i: its rope span); the rows past the sequence's end are zeroed instead (they meet
   // probability 0, and stale shared memory could hold NaN, which 0 would not cancel).
   const unsigned latentRow = (unsigned)L * 2, ropeRow = (unsigned)ropeCols * 2;
+  // TN rows of `chunks` 16-byte chunks from src (row stride srcStride elements) to dst (row stride
+  // ld), the block's threads taking chunks in turn; rows ≥ valid are zero-filled.
+  auto copy_rows = [&](bf16* dst, int ld, const bf16* src, int64_t srcStride, int chunks, int valid) {
+    int r = threadIdx.x / chunks, c = threadIdx.x % chunks;
+    const int dr = blockDim.x / chunks, dc = blockDim.x % chunks;
+    for (; r < TN; r += dr, c += dc) {
+      if (c >= chunks) c -= chunks, r++;
+      if (r >= TN) break;
+      cp16(dst + r * ld + c * 8, src + (r < valid ? r : 0) * srcStride + c * 8, r < valid);
+    }
+  };
   auto load = [&](int it) {
     if (it >= ntiles) return;
     unsigned char* st = smem + (size_t)(it % lay.stages) * lay.stageBytes();
@@ -188,6 +234,47 @@ k_latent_decode(const Seq* seqs, const int32_t* pos, int64_t window, const float
     bf16* sR = (bf16*)(st + lay.latentBytes());
     const int64_t first = sq.lo + (t_begin + it) * TN, end = sq.lo + sq.n;
     const int valid = (int)(end - first < TN ? end - first : TN);
+    if (asyncCopy) {
+      // Every thread copies 16-byte chunks (rows past the end read as zeros); no bulk copies, whose
+      // issue from one warp, 32 per tile, may be what a tile waits on (docs/latent-decode-design.md).
+      copy_rows(sC, ldc, sq.c + first * L, L, L / 8, valid);
+      if (ropeCols) copy_rows(sR, lay.ropeStride, sq.kr + (first * Hkv + span.first) * Dr, Hkv * Dr, ropeCols / 8, valid);
+      bar_arrive_copies(bars + it % lay.stages);
+      return;
+    }
+    if (spread) {
+      // Warp w brings rows w, w + warps, … (lane 2j: the latent row of its j-th, lane 2j + 1: its rope
+      // span), zeroes those past the end, and arrives expecting its copies' bytes.
+      uint64_t* bar = bars + it % lay.stages;
+      unsigned bytes = 0;
+      for (int r = warp; r < TN; r += warps) {
+        if (r < valid) {
+          bytes += latentRow + ropeRow;
+          continue;
+        }
+        for (int e = lane; e < L / 8; e += 32) *reinterpret_cast<int4*>(sC + r * ldc + e * 8) = make_int4(0, 0, 0, 0);
+        for (int e = lane; e < ropeCols; e += 32) sR[r * lay.ropeStride + e] = __float2bfloat16(0.f);
+      }
+      __threadfence_block();
+      __syncwarp();
+      if (lane == 0) bar_expect(bar, bytes);
+      __syncwarp();
+      const int r = warp + (lane >> 1) * warps;
+      if (r < valid) {
+        if (!(lane & 1)) bulk_copy(sC + r * ldc, sq.c + (first + r) * L, latentRow, bar);
+        else if (ropeRow) bulk_copy(sR + r * lay.ropeStride, sq.kr + ((first + r) * Hkv + span.first) * Dr, ropeRow, bar);
+      }
+      return;
+    }
+    if (early && valid < TN) {
+      // Only warp 0 refills in this mode: it zeroes the rows past the end before its arrival, which
+      // publishes them with the copies.
+      const int chunks = L / 8;
+      for (int e = lane; e < (TN - valid) * chunks; e += 32) *reinterpret_cast<int4*>(sC + (valid + e / chunks) * ldc + (e % chunks) * 8) = make_int4(0, 0, 0, 0);
+      for (int e = lane; e < (TN - valid) * ropeCols; e += 32) sR[(valid + e / ropeCols) * lay.ropeStride + e % ropeCols] = __float2bfloat16(0.f);
+      __threadfence_block();
+      __syncwarp();
+    }
     if (warp == 0) {
       uint64_t* bar = bars + it % lay.stages;
       if (lane == 0) bar_expect(bar, (unsigned)valid * (latentRow + ropeRow));
@@ -198,13 +285,19 @@ k_latent_decode(const Seq* seqs, const int32_t* pos, int64_t window, const float
         else if (ropeRow) bulk_copy(sR + i * lay.ropeStride, sq.kr + ((first + i) * Hkv + span.first) * Dr, ropeRow, bar);
       }
     }
-    if (valid < TN) {
+    if (!early && valid < TN) {
       const int chunks = L / 8;
       for (int e = threadIdx.x; e < (TN - valid) * chunks; e += blockDim.x) *reinterpret_cast<int4*>(sC + (valid + e / chunks) * ldc + (e % chunks) * 8) = make_int4(0, 0, 0, 0);
       for (int e = threadIdx.x; e < (TN - valid) * ropeCols; e += blockDim.x) sR[(valid + e / ropeCols) * lay.ropeStride + e % ropeCols] = __float2bfloat16(0.f);
     }
   };
-  for (int s = 0; s < lay.stages - 1; s++) load(s);
+  // Early refill fills every stage now; otherwise one stays free for the copy issued at tile 0's barrier.
+  if (early) {
+    if (warp == 0 || spread)
+      for (int s = 0; s < lay.stages; s++) load(s);
+  } else {
+    for (int s = 0; s < lay.stages - 1; s++) load(s);
+  }
   __syncthreads();  // the zeroed rows of a short first tile are visible
 
   float acc[NT][4];
@@ -238,7 +331,7 @@ k_latent_decode(const Seq* seqs, const int32_t* pos, int64_t window, const float
       mma(s[1], qa, bf[2], bf[3]);
     }
     if (warp < qwarps) {
-      float* part = sPart + warp * HB * TN;
+      float* part = sPart + warp * PART_STRIDE;
 #pragma unroll
       for (int nt = 0; nt < 2; nt++) {
         *reinterpret_cast<float2*>(part + g * TN + nt * 8 + 2 * t4) = make_float2(s[nt][0], s[nt][1]);
@@ -247,7 +340,7 @@ k_latent_decode(const Seq* seqs, const int32_t* pos, int64_t window, const float
     }
     __syncthreads();
     // Every warp is past the weighted sum of tile it − 1: its stage takes tile it + stages − 1.
-    load(it + lay.stages - 1);
+    if (!early) load(it + lay.stages - 1);
 
     // Online softmax, one head row per warp pass: lane pair (2n, 2n + 1) sums the partials of key n
     // (even and odd warps), the row's max and sum reduce over the other four lane bits.
@@ -257,10 +350,10 @@ k_latent_decode(const Seq* seqs, const int32_t* pos, int64_t window, const float
       float x0 = 0.f, x1 = 0.f;
       int w = half;
       for (; w + 2 < qwarps; w += 4) {  // two independent sums: the loads overlap
-        x0 += pr[w * HB * TN];
-        x1 += pr[(w + 2) * HB * TN];
+        x0 += pr[w * PART_STRIDE];
+        x1 += pr[(w + 2) * PART_STRIDE];
       }
-      if (w < qwarps) x0 += pr[w * HB * TN];
+      if (w < qwarps) x0 += pr[w * PART_STRIDE];
       float x = x0 + x1;
       x += __shfl_xor_sync(0xffffffffu, x, 1);
       const bool visible = (t_begin + it) * TN + n < sq.n;
@@ -310,6 +403,18 @@ k_latent_decode(const Seq* seqs, const int32_t* pos, int64_t window, const float
         mma(acc[nt + 1], pa, bf[2], bf[3]);
       }
     }
+    if (early) {
+      // This warp is done with the stage. Once every warp is, it is refilled (by every warp, its own
+      // rows, or by warp 0 alone), so the next copy is in flight through the next tile's scores too
+      // (the barrier path issues it only after them).
+      __syncwarp();
+      uint64_t* empty = empties + it % lay.stages;
+      if (lane == 0) bar_arrive(empty);
+      if ((warp == 0 || spread) && it + lay.stages < ntiles) {
+        bar_wait(empty, (unsigned)(it / lay.stages) & 1);
+        load(it + lay.stages);
+      }
+    }
   }
   __syncthreads();
 
@@ -335,6 +440,17 @@ int tiles_per_warp(int64_t L) {
   for (int nt : {1, 2, 4, 8, 16})
     if (L % (8 * nt) == 0 && L / (8 * nt) <= MAX_WARPS) return nt;
   return 0;
+}
+
+// How the kernel fills its stages (MHA2MLA_LATENT_COPY, CopyMode): "bulk" (default), "early", "barrier"
+// or "async". Read once per process.
+int latent_copy_mode() {
+  static const int a = [] {
+    const char* v = getenv("MHA2MLA_LATENT_COPY");
+    const std::string s = v ? v : "";
+    return s == "async" ? COPY_ASYNC : s == "barrier" ? COPY_BARRIER : s == "early" ? COPY_EARLY : COPY_SPREAD;
+  }();
+  return a;
 }
 
 bool sm90() {
@@ -380,6 +496,7 @@ bool latent_decode_takes(int64_t L, int64_t H, int64_t Hkv, int64_t Dr) {
 mla_status latent_decode(const __nv_bfloat16* const* cs, const __nv_bfloat16* const* krs, const int64_t* lo, const int64_t* n, const int32_t* pos, int64_t window, const float* qc, const float* qr, float* o, int64_t B, int64_t H, int64_t Hkv, int64_t Dr, int64_t L, float scale) {
   const int nt = tiles_per_warp(L);
   const Layout lay = plan(L, H, Hkv, Dr);
+  int copyMode = latent_copy_mode();
   MLA_CHECK(shape_fits(L, H, Hkv, Dr) && B > 0 && B <= 65535, "latent_decode: L = 8·NT·warps (NT 1–16, ≤ 16 warps), Hkv dividing H, Hkv·Dr a multiple of 8, a shared-memory plan that fits, 1 ≤ B ≤ 65,535");
   const void* fn = nt == 1 ? (const void*)k_latent_decode<1> : nt == 2 ? (const void*)k_latent_decode<2> : nt == 4 ? (const void*)k_latent_decode<4> : nt == 8 ? (const void*)k_latent_decode<8> : (const void*)k_latent_decode<16>;
   const int threads = 32 * (int)(L / (8 * nt));
@@ -395,19 +512,19 @@ mla_status latent_decode(const __nv_bfloat16* const* cs, const __nv_bfloat16* co
     if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&perSm[nt], fn, threads, lay.bytes()) != cudaSuccess || perSm[nt] < 1) perSm[nt] = 1;
     occupancyBytes[nt] = lay.bytes();
   }
-  // Splits along the context: at most enough blocks for one wave over the SMs (cap), each split ≥ 8
+  // Splits along the context: at most enough blocks for one wave over the SMs (cap), each split ≥ 8 (4 at batch 1)
   // tiles unless MHA2MLA_DECODE_MIN_TILES says otherwise (splits_of). An eager call's grid has the splits its longest sequence takes; a decode graph's
   // has the cap, since its sequences grow while it lives (blocks past a sequence's splits exit).
   const int64_t hbn = (H + HB - 1) / HB;
   const int64_t wave = (int64_t)sm_count() * perSm[nt];
   const int cap = (int)std::min<int64_t>(std::max<int64_t>(1, wave / (B * hbn)), 1 << 16);
   SplitCall sc;
-  if (mla_status e = split_call(sc, cs, krs, lo, n, pos, B, H, L, cap)) return e;
+  if (mla_status e = split_call(sc, cs, krs, lo, n, pos, B, H, L, cap, B == 1 ? MIN_TILES_PER_SPLIT_LATENT_B1 : MIN_TILES_PER_SPLIT)) return e;
   // The kernel's arguments, in its parameter order and types, for the instantiation `fn` picked.
   int h32 = (int)H, hkv32 = (int)Hkv;
   float scale2 = scale * LOG2E;
   Layout layArg = lay;
-  void* args[] = {(void*)&sc.seqs, (void*)&sc.pos, &window, (void*)&qc, (void*)&qr, &h32, &hkv32, &scale2, &layArg, &sc.splits, &sc.minTiles, (void*)&o, &sc.opart, &sc.lsepart};
+  void* args[] = {(void*)&sc.seqs, (void*)&sc.pos, &window, (void*)&qc, (void*)&qr, &h32, &hkv32, &scale2, &layArg, &sc.splits, &sc.minTiles, &copyMode, (void*)&o, &sc.opart, &sc.lsepart};
   CUDA_TRY(cudaLaunchKernel(fn, dim3((unsigned)(hbn * sc.splits), (unsigned)B), dim3((unsigned)threads), args, lay.bytes(), ctx()->stream));
   return split_merge(sc, window, o, B, H, L);
 }

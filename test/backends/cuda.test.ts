@@ -424,6 +424,7 @@ test("the fused latent decode kernel (bf16 caches) equals the reference on bf16-
     [16, 4, 0, 256, [400], null],
     [8, 8, 16, 2048, [40, 500], 100],
     [32, 4, 6, 256, [300, 45], null],  // neither head block's rope span starts and ends on 16-byte boundaries: both copy whole rows
+    [24, 4, 12, 512, [260], null],  // head block 0's span (36 columns) ends off a 16-byte boundary: it copies whole rows (48); block 1 copies its own 24
   ] as const) {
     const Bn = rows.length;
     const positions = Int32Array.from(rows, (n, b) => n - 1 - (b % 2));  // some caches hold a spare row
@@ -447,7 +448,7 @@ test("the fused latent decode kernel (bf16 caches) equals the reference on bf16-
   }
 });
 
-test("the MHA/GQA decode kernel (bf16 caches; MHA2MLA_MHA_DECODE=kernel, and the default for GQA at head dim 64) equals the reference on bf16-rounded caches and the cuBLAS route: llama2-7b's heads (32/32, Dh 128), GQA 9/3 and 32/4 (8 per group), Dh 64 and 256, ragged lengths, context splits, windows", { skip }, (t) => {
+test("the MHA/GQA decode kernel (bf16 caches; the default, MHA2MLA_MHA_DECODE=cublas the other route) equals the reference on bf16-rounded caches and the cuBLAS route: llama2-7b's heads (32/32, Dh 128), GQA 9/3 and 32/4 (8 per group), every grouping instantiated (1, 2, 4, 8 query heads per KV head) at Dh 64, 128 and 256, ragged lengths, context splits, windows", { skip }, (t) => {
   const B = backend();
   const rand = seededRand(37, Float32Array);
   const round = (a: Float32Array) => decodeToF32("BF16", encodeFromF32("BF16", a));
@@ -457,6 +458,18 @@ test("the MHA/GQA decode kernel (bf16 caches; MHA2MLA_MHA_DECODE=kernel, and the
     [32, 4, 128, [700, 64], null],
     [4, 2, 256, [129, 16, 17], null],
     [8, 8, 128, [40, 3000], 100],
+    // every instantiation (G = 1, 2, 4, 8 query heads per KV head at Dh 64, 128, 256; g rounds up to G)
+    [8, 8, 64, [1000, 3], 300],
+    [16, 4, 64, [333, 20], null],
+    [6, 3, 64, [64, 65], null],
+    [16, 2, 64, [200, 17], null],
+    [8, 4, 128, [300, 33], null],
+    [16, 4, 128, [150], null],
+    [12, 2, 128, [517], null],
+    [4, 4, 256, [260, 9], null],
+    [8, 2, 256, [120], null],
+    [16, 2, 256, [250, 31], null],
+    [8, 1, 256, [190], null],
   ] as const) {
     const Bn = rows.length;
     const positions = Int32Array.from(rows, (n, b) => n - 1 - (b % 2));  // some caches hold a spare row
@@ -473,8 +486,8 @@ test("the MHA/GQA decode kernel (bf16 caches; MHA2MLA_MHA_DECODE=kernel, and the
       }
     };
     const gemm = run("cublas"), mine = run("kernel");
-    // Unset, GQA at head dim 64 takes the kernel (measured faster there); other shapes the cuBLAS route.
-    assert.deepEqual(run(), Dh === 64 && H / Hkv >= 2 ? mine : gemm, `H${H}/${Hkv} Dh${Dh}: the default route`);
+    // Unset, every shape here takes the kernel (measured faster than the cuBLAS route).
+    assert.deepEqual(run(), mine, `H${H}/${Hkv} Dh${Dh}: the default route`);
     const want = R.attentionDecodeBatch(R.upload(q, [Bn, H, Dh]), k.map((a, b) => R.upload(round(a), [rows[b]!, Hkv, Dh])), v.map((a, b) => R.upload(round(a), [rows[b]!, Hkv, Dh])), opts).toArray();
     let scale = 0;
     for (const x of want) scale = Math.max(scale, Math.abs(x));
@@ -852,7 +865,7 @@ test("--checkpoint-activations gives the same weights as the plain run at head d
   assert.ok(fs.readFileSync(path.join(plain.out, "model.safetensors")).equals(fs.readFileSync(path.join(ckpt.out, "model.safetensors"))), "activation checkpointing changed the result");
 });
 
-test("a recorded decode step (CUDA graph) replays like op-by-op steps: absorbed MLA on bf16 caches at B = 1 and 3 (ragged, context splits, a cache that moves mid-run and weights that change: recorded again); GQA at head dim 64 through the MHA decode kernel (its default there) too; GQA on the cuBLAS route (MHA2MLA_MHA_DECODE=cublas) and an f32 cache say why they run op by op", { skip }, async (t) => {
+test("a recorded decode step (CUDA graph) replays like op-by-op steps: absorbed MLA on bf16 caches at B = 1 and 3 (ragged, context splits, a cache that moves mid-run and weights that change: recorded again); GQA at head dim 64 through the MHA decode kernel (the default) too; GQA on the cuBLAS route (MHA2MLA_MHA_DECODE=cublas) and an f32 cache say why they run op by op", { skip }, async (t) => {
   const dir = tmpDir();
   const src = path.join(dir, "smollm-L2");
   await synth({ arch: "smollm-135m", layers: 2, dtype: "BF16", out: src, progress: null });

@@ -24,6 +24,7 @@ export const CUDA_SWITCHES: readonly Switch[] = [
   { name: "MHA2MLA_CUDA_ATTENTION", what: "an attention route", accepts: CUDA_ATTENTION_ROUTES },
   { name: "MHA2MLA_MHA_DECODE", what: "an MHA decode route", accepts: ["kernel", "cublas"], perCall: true },
   { name: "MHA2MLA_LATENT_DECODE", what: "a latent decode route (the fused kernel is the default)", accepts: ["gemm"], perCall: true },
+  { name: "MHA2MLA_LATENT_COPY", what: "a copy mode for the latent kernel's stages", accepts: ["bulk", "early", "barrier", "async"] },
   { name: "MHA2MLA_DECODE_BATCH", what: "a batched decode mode (one call per layer is the default)", accepts: ["rows"], perCall: true },
   { name: "MHA2MLA_DECODE_GRAPHS", what: "a decode recording switch", accepts: ["0", "1"] },
   { name: "MHA2MLA_DECODE_TF32", what: "a TF32 switch for decode's attention GEMMs", accepts: ["0", "1"] },
