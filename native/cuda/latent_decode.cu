@@ -47,6 +47,8 @@ constexpr int MAX_DR = 64;
 //   barrier: warp 0 issues them at the next tile's score barrier (the eighteenth session's kernel);
 //   async: 16-byte cp.async copies from every thread.
 enum CopyMode { COPY_BARRIER = 0, COPY_ASYNC = 1, COPY_EARLY = 2, COPY_SPREAD = 3 };
+// Spread gives each warp two lanes per row it brings: 2 · ⌈TN / warps⌉ ≤ 32.
+static_assert(TN == 16 && MAX_WARPS <= TN, "the spread copy mode's lanes per warp");
 // Floats between two warps' partial scores ([HB][TN] each): 16 more than the 256 they hold, so the
 // softmax's lane pair (2n, 2n + 1), which reads warps w and w + 1, meets two banks, not one.
 constexpr int PART_STRIDE = HB * TN + 16;
@@ -134,7 +136,8 @@ __host__ __device__ inline RopeSpan rope_span(int hb, int H, int Hkv, int Dr) {
 
 // Grid: x = head block + head blocks · split, y = sequence. NT n8 output tiles per warp: L = 8·NT·warps.
 // Per tile two block barriers: after the scores (partials visible; every warp is also past the weighted
-// sum of the tile before, whose stage the next copy then refills) and after the softmax.
+// sum of the tile before, whose stage the barrier copy mode then refills) and after the softmax. The
+// other bulk modes refill a stage sooner, once every warp has arrived on its empty barrier.
 template <int NT>
 __global__ void __launch_bounds__(32 * MAX_WARPS, 1)
 k_latent_decode(const Seq* seqs, const int32_t* pos, int64_t window, const float* qc, const float* qr, int H, int Hkv, float scale2, Layout lay, int gridSplits, int minTiles, int copyMode, float* o, float* opart, float* lsepart) {
@@ -164,8 +167,9 @@ k_latent_decode(const Seq* seqs, const int32_t* pos, int64_t window, const float
   float* sL = sM + HB;
   uint64_t* bars = (uint64_t*)(smem + lay.barOffset());
   uint64_t* empties = bars + lay.stages;
-  // A stage's barrier: one arrival with the bytes of warp 0's bulk copies, or (asyncCopy) one per thread
-  // when its 16-byte copies land.
+  // A stage's full barrier: one arrival per warp with the bytes of its bulk copies (spread), one with
+  // those of warp 0's (early, barrier), or (asyncCopy) one per thread when its 16-byte copies land; its
+  // empty barrier: one arrival per warp done with the stage.
   if (threadIdx.x < lay.stages) {
     bar_init(bars + threadIdx.x, asyncCopy ? blockDim.x : spread ? warps : 1);
     bar_init(empties + threadIdx.x, warps);
@@ -212,9 +216,10 @@ k_latent_decode(const Seq* seqs, const int32_t* pos, int64_t window, const float
   MLA_SM90_ONLY(asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");)
   MLA_SM90_ONLY(asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");)
   __syncthreads();
-  // Tile `it` into its stage: warp 0 issues one bulk copy per cached row (lane i: latent row i, lane
-  // 16 + i: its rope span); the rows past the sequence's end are zeroed instead (they meet
-  // probability 0, and stale shared memory could hold NaN, which 0 would not cancel).
+  // Tile `it` into its stage: one bulk copy per cached row and one per its rope span, issued by every
+  // warp for its own rows (spread) or by warp 0 (lane i: latent row i, lane 16 + i: its rope span); the
+  // rows past the sequence's end are zeroed instead (they meet probability 0, and stale shared memory
+  // could hold NaN, which 0 would not cancel).
   const unsigned latentRow = (unsigned)L * 2, ropeRow = (unsigned)ropeCols * 2;
   // TN rows of `chunks` 16-byte chunks from src (row stride srcStride elements) to dst (row stride
   // ld), the block's threads taking chunks in turn; rows ≥ valid are zero-filled.
