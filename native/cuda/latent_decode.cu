@@ -41,7 +41,7 @@ constexpr int MAX_DR = 64;
 // (docs/benchmarks.md, nineteenth session):
 //   bulk (COPY_SPREAD, the default): once every warp is done with a stage, each warp issues the bulk
 //        copies of its own rows. ncu put 31% of the warps' stall samples at the score barrier, waiting
-//        for the one warp that issued all 32 copies of a tile (one ELECT loop turn per copy). 7–10%
+//        for the one warp that issued all 32 copies of a tile (one ELECT loop turn per copy). 5–10%
 //        faster per call than early;
 //   early: warp 0 issues them all once every warp is done with the stage; 4–5% faster than barrier;
 //   barrier: warp 0 issues them at the next tile's score barrier (the eighteenth session's kernel);
