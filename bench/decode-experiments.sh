@@ -47,9 +47,14 @@ if [ -n "${STEP:-}" ] && command -v ncu >/dev/null; then
   done
 fi
 if [ -n "${SASS:-}" ] && command -v ncu >/dev/null; then
-  # Executed instructions and stall samples per SASS instruction of the widest instantiation at 16k × 8.
+  # Executed instructions and stall samples per SASS instruction of the widest instantiation: at 16k × 8
+  # (the tile loop) and at 4k × 1 (where start-up and finish are half the call); summed by
+  # bench/ncu_sass_summary.py.
   cuobjdump -sass -arch sm_90 build/native/libmla_cuda.so | awk '/Function : .*k_latent_decodeILi16/ { f = 1 } f && /Function : / && !/k_latent_decodeILi16/ { f = 0 } f' > "$OUT/latent16.sass" 2>&1
-  step ncu-sass 150 ncu --kernel-name regex:k_latent_decode --launch-skip 3 --launch-count 1 --section SourceCounters \
-    --page source --print-source sass --csv node dist/bench/decode-attention.js --contexts 16384 --batches 8 --reps 4 --kinds mla
-  wc -l "$OUT/latent16.sass" "$OUT/ncu-sass.txt"
+  for shape in "16384 8" "4096 1"; do
+    set -- $shape
+    step "ncu-sass-$1x$2" 150 ncu --kernel-name regex:k_latent_decode --launch-skip 3 --launch-count 1 --section SourceCounters \
+      --page source --print-source sass --csv node dist/bench/decode-attention.js --contexts "$1" --batches "$2" --reps 4 --kinds mla
+    python3 bench/ncu_sass_summary.py "$OUT/ncu-sass-$1x$2.txt" | head -40
+  done
 fi
