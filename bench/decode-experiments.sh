@@ -55,6 +55,6 @@ if [ -n "${SASS:-}" ] && command -v ncu >/dev/null; then
     set -- $shape
     step "ncu-sass-$1x$2" 150 ncu --kernel-name regex:k_latent_decode --launch-skip 3 --launch-count 1 --section SourceCounters \
       --page source --print-source sass --csv node dist/bench/decode-attention.js --contexts "$1" --batches "$2" --reps 4 --kinds mla
-    python3 bench/ncu_sass_summary.py "$OUT/ncu-sass-$1x$2.txt" | head -40
+    python3 bench/ncu_sass_summary.py "$OUT/ncu-sass-$1x$2.txt" | tee "$OUT/ncu-sass-$1x$2-summary.txt" | tail -22
   done
 fi
