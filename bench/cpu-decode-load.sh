@@ -3,6 +3,8 @@
 # (`yes`): how the native CPU library's OpenMP team behaves when a core is taken. Each setting runs
 # ROUNDS times (default 5); prints every rate and the mean. EVAL_TEXT=FILE adds eval's tokens/s (ctx 256,
 # 8,000 tokens of FILE) beside each.
+# The library's bound for running a kernel on the calling thread is MHA2MLA_CPU_SERIAL_MACS (README):
+# set it in the environment to compare bounds.
 # Usage: [EVAL_TEXT=FILE] bash bench/cpu-decode-load.sh MODEL_DIR [ROUNDS] [TOKENS]
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -84,8 +84,8 @@ static void attention_fwd(const float* q, const float* k, const float* v, float*
   const int64_t Dh = DC ? DC : Dh_, Dv = DC ? DC : Dv_;
   const int64_t group = H / Hkv;
   const std::vector<float> kt = keys_by_dim(k, S, Hkv, Dh);
-  // One decode query (T = 1) over a short cache runs on the calling thread (see kParallelMacs).
-#pragma omp parallel if (T * H * S * (Dh + Dv) >= mla::kParallelMacs)
+  // One decode query (T = 1) over a short cache runs on the calling thread (see parallel_macs).
+#pragma omp parallel if (T * H * S * (Dh + Dv) >= mla::parallel_macs())
   {
     std::vector<float> p(S > 0 ? S : 1);
     std::vector<float> acc(Dv);

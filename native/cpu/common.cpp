@@ -1,5 +1,6 @@
 #include "blas.h"
 #include "common.h"
+#include <cstdlib>
 #include <cstring>
 #ifdef _OPENMP
 #include <omp.h>
@@ -7,6 +8,17 @@
 
 namespace mla {
 static thread_local std::string last_error;
+
+int64_t parallel_macs() {
+  static const int64_t bound = [] {
+    const char* v = std::getenv("MHA2MLA_CPU_SERIAL_MACS");
+    char* end = nullptr;
+    const long long n = v && *v ? std::strtoll(v, &end, 10) : -1;
+    // The TypeScript side refuses a value that is not a whole number before the library loads.
+    return n >= 0 && end && *end == '\0' ? int64_t(n) : int64_t(1) << 20;
+  }();
+  return bound;
+}
 
 mla_status fail(mla_status code, const char* file, int line, const std::string& msg) {
   const char* base = std::strrchr(file, '/');

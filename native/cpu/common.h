@@ -6,8 +6,11 @@
 
 namespace mla {
 mla_status fail(mla_status code, const char* file, int line, const std::string& msg);
-// Work (multiply-adds) below which a kernel runs on the calling thread instead of the OpenMP team.
-constexpr int64_t kParallelMacs = int64_t(1) << 20;
+// Work (multiply-adds) below which a kernel runs on the calling thread instead of the OpenMP team:
+// MHA2MLA_CPU_SERIAL_MACS (a whole number, read once; 0 sends every kernel to the team), 2^20 when
+// unset. The default was measured on 2 cores (docs/benchmarks.md, "The CPU under load"); a machine
+// with many idle cores may decode faster with a lower bound.
+int64_t parallel_macs();
 }
 
 #define MLA_FAIL(code, msg) ::mla::fail(code, __FILE__, __LINE__, msg)

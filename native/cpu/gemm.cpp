@@ -18,11 +18,12 @@ static int threads() {
 #endif
 }
 
-// Products below this many multiply-adds run on the calling thread alone. A decode step's projections
+// Products below parallel_macs() multiply-adds (MHA2MLA_CPU_SERIAL_MACS; 2^20 unset) run on the calling
+// thread alone. A decode step's projections
 // (one row) cost less than the team's hand-off, and on a machine whose other core is busy a team
 // waits for it: 1–8 ms per small product, where alone they take 0.01–0.05 ms (docs/benchmarks.md,
 // "The CPU under load", eighteenth session).
-static bool parallel_work(int64_t M, int64_t K, int64_t N) { return M * K * N >= mla::kParallelMacs; }
+static bool parallel_work(int64_t M, int64_t K, int64_t N) { return M * K * N >= mla::parallel_macs(); }
 
 // OpenBLAS runs single-threaded inside our OpenMP team, one slice of the output per thread: two
 // thread pools spinning on the same cores (OpenBLAS's and libgomp's) were slower than either alone.

@@ -5,7 +5,8 @@
  */
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { loadNativeCpu, NativeCpuBackend } from "../../src/backends/native/cpu.js";
+import { spawnSync } from "node:child_process";
+import { checkCpuEnv, loadNativeCpu, NativeCpuBackend } from "../../src/backends/native/cpu.js";
 import { AdamW, clipGradients, gradNorm } from "../../src/finetune/optimizer.js";
 import { addCovariance, addPairNorms } from "../../src/ropeSelect/calibrate.js";
 import { maxAbsDiff, seededRand } from "../helpers.js";
@@ -32,6 +33,32 @@ test("native CPU errors name the culprit", { skip }, () => {
   assert.throws(() => N.crossEntropy(N.upload(new Float32Array(6), [2, 3]), Int32Array.of(0, 3)), /target 3 is outside the vocabulary of 3/);
   assert.throws(() => N.embedding(N.upload(new Float32Array(6), [3, 2]), Int32Array.of(1, 7)), /token id 7 at position 1 is outside the vocabulary of 3/);
   assert.throws(() => N.rope(N.upload(new Float32Array(12), [2, 1, 6]), Int32Array.of(0, 1), new Float64Array(2), 6), /2 frequencies/);
+});
+
+test("MHA2MLA_CPU_SERIAL_MACS: a whole number is taken, anything else refused by name; the thread team and the calling thread compute the same products and attention", { skip }, () => {
+  for (const v of [undefined, "", "0", "1048576", "65536"]) assert.doesNotThrow(() => checkCpuEnv({ MHA2MLA_CPU_SERIAL_MACS: v }), `${v}`);
+  for (const v of ["-1", "1e6", "lots", "2^20", " 5"]) assert.throws(() => checkCpuEnv({ MHA2MLA_CPU_SERIAL_MACS: v }), (e: Error) => e.message.includes(`MHA2MLA_CPU_SERIAL_MACS=${v}`), `${v}`);
+  // The library reads the bound once per process: run a one-row product and one decode query (both
+  // below the default bound, so on the calling thread) in child processes, once through the team (0).
+  const cpu = new URL("../../src/backends/native/cpu.js", import.meta.url).href;
+  const script = `
+    const { loadNativeCpu, NativeCpuBackend } = await import(${JSON.stringify(cpu)});
+    const N = new NativeCpuBackend(loadNativeCpu());
+    let s = 1; const rand = (n) => Float32Array.from({ length: n }, () => ((s = (s * 1664525 + 1013904223) >>> 0) / 2 ** 32) - 0.5);
+    const y = N.linear(N.upload(rand(512), [1, 512]), N.upload(rand(1024 * 512), [1024, 512])).toArray();
+    const q = N.upload(rand(4 * 64), [1, 4, 64]), k = N.upload(rand(300 * 2 * 64), [300, 2, 64]), v = N.upload(rand(300 * 2 * 64), [300, 2, 64]);
+    const o = N.attention(q, k, v, { scale: 0.125, queryOffset: 299, window: null }).toArray();
+    process.stdout.write(JSON.stringify([...y, ...o]));`;
+  const run = (env: Record<string, string>) => {
+    const r = spawnSync(process.execPath, ["--input-type=module", "-e", script], { encoding: "utf8", env: { ...process.env, OMP_NUM_THREADS: "2", ...env } });
+    assert.equal(r.status, 0, r.stderr);
+    return JSON.parse(r.stdout) as number[];
+  };
+  const alone = run({}), team = run({ MHA2MLA_CPU_SERIAL_MACS: "0" });
+  assert.equal(alone.length, 1024 + 4 * 64);
+  let worst = 0;
+  for (let i = 0; i < alone.length; i++) worst = Math.max(worst, Math.abs(alone[i]! - team[i]!) / (Math.abs(alone[i]!) + 1e-3));
+  assert.ok(worst < 1e-5, `team vs calling thread: ${worst}`);
 });
 
 test("native optimizer and calibration kernels match their TypeScript loops", { skip }, () => {

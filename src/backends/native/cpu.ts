@@ -49,11 +49,22 @@ export function nativeLibraryPath(): string {
 
 let cached: NativeLib | string | null = null;
 
+/**
+ * Refuses a MHA2MLA_CPU_SERIAL_MACS the native library would not take (it reads the variable once and
+ * treats anything but a whole number as unset, which would silently keep the default bound).
+ */
+export function checkCpuEnv(env: Readonly<Record<string, string | undefined>> = process.env): void {
+  const v = env["MHA2MLA_CPU_SERIAL_MACS"];
+  if (v === undefined || v === "" || (/^\d+$/.test(v) && Number(v) <= 2 ** 53)) return;
+  throw new MlaError("BAD_ARGUMENT", `MHA2MLA_CPU_SERIAL_MACS=${v} is not a count of multiply-adds`, "use a whole number (0 sends every CPU kernel to the thread team; unset: 1048576), or unset it");
+}
+
 /** The loaded library, or a sentence saying why it cannot be loaded. */
 export function loadNativeCpu(): NativeLib | string {
   if (cached) return cached;
   const file = nativeLibraryPath();
   if (!fs.existsSync(file)) return (cached = `${file} does not exist (npm install builds it when a C++ compiler is present; \`npm run build:native\` retries)`);
+  checkCpuEnv();
   try {
     // libgomp reads its wait policy once, as the library loads it. Passive: a thread done with a
     // parallel region sleeps instead of spinning, so a core busy with another process does not stall
