@@ -9,6 +9,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { MlaError } from "./errors.js";
 import { writeFileAtomic } from "./io/atomicDir.js";
+import { refuseOutOverInputs } from "./io/outGuard.js";
 import { convert } from "./convert/pipeline.js";
 import { convertDeepseek, deepseekSettings } from "./deepseek/export.js";
 import { exportDeepseek } from "./deepseek/fromMla.js";
@@ -68,6 +69,12 @@ function checkExportable(spec: string, o: PipelineOptions): void {
 export async function pipeline(spec: string, o: PipelineOptions): Promise<PipelineResult> {
   const log = o.logger ?? silentLogger;
   const out = path.resolve(o.out);
+  refuseOutOverInputs("--out", o.out, [
+    { name: "the input model folder", path: resolveModel(spec).dir },
+    { name: "--calib", path: o.convert.calib },
+    { name: "--eval-text", path: o.evalText },
+    ...(o.finetune?.data ?? []).map((f) => ({ name: "--data", path: f })),
+  ]);
   if (!o.evalText && !o.tasks?.length) throw new MlaError("BAD_ARGUMENT", "the pipeline has nothing to evaluate", "pass --eval-text FILE and/or --tasks a,b");
   if (o.export) checkExportable(spec, o);
   const fingerprint = crypto.createHash("sha256").update(JSON.stringify({ spec, convert: o.convert, format: o.format ?? "mha2mla", deepseek: o.deepseek ?? null, finetune: o.finetune ?? null, export: o.export ?? null, evalText: o.evalText, evalTokens: o.evalTokens, evalCtx: o.evalCtx, tasks: o.tasks, limit: o.limit })).digest("hex").slice(0, 16);

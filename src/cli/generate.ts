@@ -1,7 +1,8 @@
 import { DEVICE_OPTION } from "./deviceOption.js";
 import type { CommandModule } from "yargs";
 import { loadModel } from "../model/llama.js";
-import { defaultKvCache, generateBatch } from "../model/generate.js";
+import { defaultKvCache, generateBatchAsync } from "../model/generate.js";
+import { Progress } from "../util/progress.js";
 import { selectBackend, type DeviceName } from "../backends/select.js";
 import { stderrLogger } from "../util/log.js";
 import { KV_CACHE_DTYPES, KvCacheDtype } from "../model/kvQuant.js";
@@ -28,10 +29,16 @@ export const generateCommand: CommandModule<object, Args> = {
       .option("seed", { type: "number", default: 0 })
       .option("device", DEVICE_OPTION)
       .option("kv-cache", { choices: ["auto", ...KV_CACHE_DTYPES] as const, default: "auto" as const, describe: "how the decode cache stores keys/values (MLA: rope keys and latents): auto = bf16 for a bf16 checkpoint on the GPU (as HF transformers stores it), else f32; int8/int4 groups of 32 with a bf16 scale each" }),
-  handler: (a) => {
+  handler: async (a) => {
     const lm = loadModel(a.model, { backend: selectBackend(a.device, stderrLogger) });
     const prompts = a.prompt.map((p) => lm.tokenizer.encode(String(p), { addSpecialTokens: true }));
-    const r = generateBatch(lm.model, prompts, { maxTokens: a["max-tokens"], temperature: a.temperature, seed: a.seed, kvCache: a["kv-cache"] === "auto" ? defaultKvCache(lm.model) : a["kv-cache"] });
+    const maxTokens = a["max-tokens"];
+    const longest = Math.max(...prompts.map((p) => p.length));
+    if (Number.isInteger(maxTokens) && longest + maxTokens > lm.config.maxPositions)
+      stderrLogger.warn(`${longest} prompt tokens + --max-tokens ${maxTokens} pass the model's ${lm.config.maxPositions} positions (max_position_embeddings); text past them is usually poor`);
+    // Decoded between event-loop turns, so Ctrl-C stops a long run; progress on stderr.
+    const progress = new Progress("generate", Math.max(1, maxTokens) * prompts.length, "tokens");
+    const r = await generateBatchAsync(lm.model, prompts, { maxTokens, temperature: a.temperature, seed: a.seed, kvCache: a["kv-cache"] === "auto" ? defaultKvCache(lm.model) : a["kv-cache"], onStep: (n) => progress.tick(n) });
     r.sequences.forEach((s, i) => {
       if (prompts.length > 1) process.stdout.write(`--- ${i + 1}\n`);
       process.stdout.write(lm.tokenizer.decode([...prompts[i]!, ...s.ids].filter((t) => t !== lm.config.bosTokenId)) + "\n");

@@ -2,7 +2,7 @@
 /** The `mha2mla` command: parses arguments and calls one library function per command. */
 import yargs from "yargs";
 import { hideBin } from "yargs/helpers";
-import { isMlaError } from "../errors.js";
+import { isMlaError, MlaError } from "../errors.js";
 import { abandonAll } from "../io/atomicDir.js";
 import { inspectCommand } from "./inspect.js";
 import { evalCommand } from "./eval.js";
@@ -27,6 +27,36 @@ function fail(e: unknown): never {
 }
 
 installSignalHandlers();
+// A reader that stops early (`mha2mla inspect … | head`) closes stdout: nothing is left to say.
+process.stdout.on("error", (e: NodeJS.ErrnoException) => {
+  if (e.code === "EPIPE") process.exit(0);
+  throw e;
+});
+
+/** The text the user typed for --key (yargs turns a non-number into NaN before the handlers see it). */
+function typed(key: string): string {
+  const args = process.argv.slice(2);
+  for (let i = 0; i < args.length; i++) {
+    if (args[i]!.startsWith(`--${key}=`)) return args[i]!.slice(key.length + 3);
+    if (args[i] === `--${key}` && i + 1 < args.length) return args[i + 1]!;
+  }
+  return "NaN";
+}
+
+/**
+ * Flags a command declares as one value must come once and, when numeric, be numbers: yargs would
+ * otherwise pass an array ("--rank 4 --rank 5" → "4,5") or NaN on to the command, whose message then
+ * blames the wrong thing.
+ */
+function checkFlagValues(argv: Record<string, unknown>, y: { getOptions(): { array: string[]; key: Record<string, unknown> } }): void {
+  const o = y.getOptions();
+  const arrays = new Set(o.array);
+  for (const key of Object.keys(o.key)) {
+    const v = argv[key];
+    if (Array.isArray(v) && !arrays.has(key)) throw new MlaError("BAD_ARGUMENT", `--${key} was given ${v.length} times (${v.join(", ")})`, `give --${key} once`);
+    if (typeof v === "number" && Number.isNaN(v)) throw new MlaError("BAD_ARGUMENT", `--${key} ${typed(key)} is not a number`, `give --${key} a number`);
+  }
+}
 
 try {
   await yargs(hideBin(process.argv))
@@ -43,6 +73,8 @@ try {
     .command(synthCommand)
     .command(studyCommand)
     .option("debug", { type: "boolean", describe: "print stack traces on errors", global: true })
+    // yargs calls a middleware with the parsed arguments and its instance (its types name only the first).
+    .middleware(checkFlagValues as unknown as (argv: unknown) => void)
     .demandCommand(1, "name a command; see --help")
     .strict()
     .fail((msg, err, y) => {

@@ -1,6 +1,7 @@
 /** How commands hand results to the user: JSON to a file or stdout, tables to stdout. */
 import fs from "node:fs";
 import path from "node:path";
+import { MlaError } from "../errors.js";
 import { writeFileAtomic } from "../io/atomicDir.js";
 
 /** `--json` with no value prints to stdout; `--json FILE` writes FILE atomically. */
@@ -8,6 +9,7 @@ export function emitJson(target: string | undefined, value: unknown): void {
   const text = JSON.stringify(value, null, 2) + "\n";
   if (target === undefined) return;
   if (target === "" || target === "-") process.stdout.write(text);
+  else if (fs.existsSync(target) && fs.statSync(target).isDirectory()) throw new MlaError("BAD_ARGUMENT", `--json ${target} is a folder`, `give a file name, e.g. --json ${path.join(target, "result.json")}`);
   else {
     fs.mkdirSync(path.dirname(path.resolve(target)), { recursive: true });
     writeFileAtomic(target, text);

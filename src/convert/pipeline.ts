@@ -15,7 +15,7 @@ import { resolveModel } from "../io/modelDir.js";
 import { numel, type TensorSpec } from "../io/safetensors.js";
 import { ByteBudget } from "../io/byteBudget.js";
 import { kvElemsPerToken, MlaAttention, MlaSplit, ModelConfig } from "../model/config.js";
-import { expectedTensors, layerPrefix } from "../model/weights.js";
+import { checkShapes, expectedTensors, layerPrefix } from "../model/weights.js";
 import { loadModel } from "../model/llama.js";
 import { DeviceName, selectBackend, selectLinalg } from "../backends/select.js";
 import { chosenLinalg, linalgScope, useLinalg } from "../backends/native/linalg.js";
@@ -79,12 +79,13 @@ async function convertInScope(spec: string, opts: ConvertOptions): Promise<Conve
   const src = Checkpoint.open(srcDir);
   let tmp: string | null = null;
   try {
+    checkShapes(src, config);
     const kName = layerPrefix(0) + "self_attn.k_proj.weight";
     const kvDtype: DType = src.has(kName) ? src.entry(kName).dtype : "F32";
     const plan = planConversion(config, settings, DTYPE_BYTES[kvDtype]);
     if (opts.dryRun) return { out: null, plan, selection: null, splits: null, energy: [], timings, report: null };
     const out = path.resolve(opts.out ?? defaultOut(spec, settings.rank));
-    checkOutDir(out, srcDir, opts.force ?? false);
+    checkOutDir(out, srcDir, opts.force ?? false, [{ name: "--calib", path: settings.calib }, { name: "--eval-text", path: opts.evalText }]);
     // The converted model is at most its source's size (smaller attention; EG-MLA's gate is small).
     requireRoom(out, weightFileBytes(srcDir), "the converted model");
 

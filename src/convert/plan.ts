@@ -2,6 +2,7 @@
 import fs from "node:fs";
 import path from "node:path";
 import { MlaError } from "../errors.js";
+import { refuseOutOverInputs, type InputPath } from "../io/outGuard.js";
 import { kvElemsPerToken, latentWidth, ModelConfig } from "../model/config.js";
 import { checkDisjoint, defaultRopePairs, RopeStrategy } from "../ropeSelect/strategies.js";
 import type { Logger } from "../util/log.js";
@@ -126,10 +127,8 @@ export function defaultOut(spec: string, rank: number, kind = "mla"): string {
   return path.resolve(`${path.basename(path.resolve(spec)).replace(/[^\w.-]+/g, "_")}-${kind}-r${rank}`);
 }
 
-export function checkOutDir(out: string, srcDir: string, force: boolean): void {
-  const o = path.resolve(out);
-  const s = fs.realpathSync(srcDir);
-  const oReal = fs.existsSync(o) ? fs.realpathSync(o) : o;
-  if (oReal === s || oReal.startsWith(s + path.sep)) throw new MlaError("BAD_ARGUMENT", `--out ${out} is the input model folder or inside it`, "choose a new folder; inputs are never modified");
-  if (fs.existsSync(o) && !force) throw new MlaError("EXISTS", `output ${out} already exists`, "pass --force to replace it, or choose another --out");
+/** Refuses an --out that is, lies inside or holds the model folder or another input (`inputs`), or exists without --force. */
+export function checkOutDir(out: string, srcDir: string, force: boolean, inputs: readonly InputPath[] = []): void {
+  refuseOutOverInputs("--out", out, [{ name: "the input model folder", path: srcDir }, ...inputs]);
+  if (fs.existsSync(path.resolve(out)) && !force) throw new MlaError("EXISTS", `output ${out} already exists`, "pass --force to replace it, or choose another --out");
 }

@@ -156,7 +156,7 @@ async function convertDeepseekInScope(spec: string, o: DeepseekOptions): Promise
   for (const w of servingWarnings(rk, dr, H)) log.warn(w);
   if (o.dryRun) return { out: null, ropeDim: dr, kvLoraRank: rk, ropeTheta: c.rope.theta, spacing: 0, kvPerToken, energy: [], eval: null };
   const out = path.resolve(o.out ?? defaultOut(spec, o.rank, "deepseek"));
-  checkOutDir(out, srcDir, o.force ?? false);
+  checkOutDir(out, srcDir, o.force ?? false, [{ name: "--calib", path: o.calib }, { name: "--eval-text", path: o.evalText }]);
   requireRoom(out, weightFileBytes(srcDir), "the converted model");
 
   const src = Checkpoint.open(srcDir);

@@ -184,7 +184,7 @@ export async function exportDeepseek(spec: string, o: ExportOptions = {}): Promi
   for (const w of servingWarnings(rk, dr, H, remedy)) log.warn(w);
   log.info(`export: shared rope key of ${dr} dims (frequencies ${spacing}·k, k < ${ladder.slots}; ${G * R} used per layer), kv_lora_rank ${rk} (1 constant channel): ${kvPerToken.after} cached values per token and layer, ours ${kvPerToken.before}`);
   const out = path.resolve(o.out ?? `${path.basename(srcDir)}-deepseek`);
-  checkOutDir(out, srcDir, o.force ?? false);
+  checkOutDir(out, srcDir, o.force ?? false, [{ name: "--eval-text", path: o.evalText }]);
   // The export adds one latent channel and a shared rope key per layer: a little over the source.
   requireRoom(out, 1.05 * weightFileBytes(srcDir), "the exported model");
   const src = Checkpoint.open(srcDir);

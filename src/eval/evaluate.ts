@@ -78,6 +78,8 @@ export interface EvalResult {
 export async function evaluate(spec: string, opts: EvalOptions): Promise<EvalResult> {
   const log = opts.logger ?? silentLogger;
   if (!opts.text && !opts.tasks?.length) throw new MlaError("BAD_ARGUMENT", "nothing to evaluate", "pass --text FILE for perplexity and/or --tasks a,b for benchmarks");
+  for (const [flag, v] of [["--tokens", opts.tokens], ["--limit", opts.limit]] as const)
+    if (v !== undefined && !(Number.isInteger(v) && v > 0)) throw new MlaError("BAD_ARGUMENT", `${flag} ${v} is not a positive count`, `pass a whole number ≥ 1, or leave ${flag} out for all of it`);
   const backend = selectBackend(opts.device ?? "auto", log);
   const t0 = performance.now();
   const text = opts.text ? readText(opts.text) : null;

@@ -84,6 +84,8 @@ export function resolveModel(spec: string, env: NodeJS.ProcessEnv = process.env)
     if (!isModelFolder(spec)) throw new MlaError("NOT_FOUND", `model folder ${spec} has no config.json`, "point at a Hugging Face model folder (config.json, *.safetensors, tokenizer.json)");
     return { dir: spec, source: "path" };
   }
+  if (fs.existsSync(spec) && isModelFolder(path.dirname(spec)))
+    throw new MlaError("BAD_ARGUMENT", `${spec} is a file of a model folder, not the folder`, `pass the folder: ${path.dirname(spec)}`);
   looked.push(`path ${path.resolve(spec)}`);
   const bundled = bundledModels()[spec];
   if (bundled && isModelFolder(bundled)) return { dir: bundled, source: "bundled" };

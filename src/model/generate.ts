@@ -81,11 +81,41 @@ export function generate(model: LlamaModel, prompt: readonly number[], opts: Gen
  * others in its batch.
  */
 export function generateBatch(model: LlamaModel, prompts: readonly (readonly number[])[], opts: GenerateOptions): GenerateBatchResult {
+  const run = decodeSteps(model, prompts, opts);
+  for (;;) {
+    const r = run.next();
+    if (r.done) return r.value;
+  }
+}
+
+/**
+ * generateBatch that gives the event loop a turn between decode steps (at least every `yieldMs`,
+ * default 50), so a signal handler can run during a long generation, and reports each step's
+ * tokens to `onStep` (progress). Same results as generateBatch.
+ */
+export async function generateBatchAsync(model: LlamaModel, prompts: readonly (readonly number[])[], opts: GenerateOptions & { yieldMs?: number; onStep?: (tokens: number) => void }): Promise<GenerateBatchResult> {
+  const run = decodeSteps(model, prompts, opts);
+  let last = performance.now();
+  for (;;) {
+    const r = run.next();
+    if (r.done) return r.value;
+    opts.onStep?.(r.value);
+    if (performance.now() - last >= (opts.yieldMs ?? 50)) {
+      await new Promise((resolve) => setImmediate(resolve));
+      last = performance.now();
+    }
+  }
+}
+
+/** The decode loop of generateBatch, yielding the number of new tokens after each step. */
+function* decodeSteps(model: LlamaModel, prompts: readonly (readonly number[])[], opts: GenerateOptions): Generator<number, GenerateBatchResult> {
   if (prompts.length === 0) throw new MlaError("BAD_ARGUMENT", "no prompts to continue", "pass at least one --prompt");
   prompts.forEach((p, i) => {
     if (p.length === 0) throw new MlaError("BAD_ARGUMENT", prompts.length > 1 ? `prompt ${i + 1} has no tokens` : "the prompt has no tokens", "pass a non-empty --prompt");
   });
   if (!Number.isInteger(opts.maxTokens) || opts.maxTokens < 0) throw new MlaError("BAD_ARGUMENT", `--max-tokens ${opts.maxTokens} is not a token count`, "pass a whole number ≥ 0");
+  const temperature = opts.temperature ?? 0;
+  if (!(Number.isFinite(temperature) && temperature >= 0)) throw new MlaError("BAD_ARGUMENT", `--temperature ${temperature} is not a sampling temperature`, "pass 0 for greedy decoding or a positive number (1 samples the model's own distribution)");
   const c = model.config;
   const V = c.vocabSize;
   // Room for each whole sequence up front (it never moves while generating), up to the model's context
@@ -113,6 +143,7 @@ export function generateBatch(model: LlamaModel, prompts: readonly (readonly num
         still.push(i);
         next.push(t);
       });
+      yield live.length;
       if (!still.length) break;
       // A sequence left the batch: a session over the others (recorded again where steps are recorded).
       if (!session || still.length !== live.length) {

@@ -73,14 +73,25 @@ export function layerPrefix(i: number): string {
   return `model.layers.${i}.`;
 }
 
+/** Refuses a checkpoint tensor whose shape is not `shape` (config.json and the weights disagree). */
+export function checkShape(ckpt: Checkpoint, name: string, shape: readonly number[]): void {
+  const e = ckpt.entry(name);
+  if (e.shape.length !== shape.length || e.shape.some((d, i) => d !== shape[i]))
+    throw new MlaError("BAD_CHECKPOINT", `${ckpt.dir}: tensor "${name}" has shape [${e.shape}], config.json implies [${shape}]`, "the weights and config.json belong to different models");
+}
+
+/** Checks every tensor this config implies, before work that reads them in pieces (conversion). */
+export function checkShapes(ckpt: Checkpoint, c: ModelConfig): void {
+  for (const t of expectedTensors(c)) if (ckpt.has(t.name)) checkShape(ckpt, t.name, t.shape);
+}
+
 /**
  * A checkpoint tensor on `backend`, checked against `shape`. With `keepBf16` a bf16 tensor stays bf16
  * when the backend can store it (GPU inference: half the memory, and decode is bandwidth-bound).
  */
 export function loadTensor(ckpt: Checkpoint, backend: Backend, name: string, shape: readonly number[], keepBf16 = false): Tensor {
+  checkShape(ckpt, name, shape);
   const e = ckpt.entry(name);
-  if (e.shape.length !== shape.length || e.shape.some((d, i) => d !== shape[i]))
-    throw new MlaError("BAD_CHECKPOINT", `${ckpt.dir}: tensor "${name}" has shape [${e.shape}], config.json implies [${shape}]`, "the weights and config.json belong to different models");
   if (!["F32", "F16", "BF16", "F64"].includes(e.dtype)) throw new MlaError("BAD_CHECKPOINT", `${ckpt.dir}: tensor "${name}" is ${e.dtype}`, "weights must be floating point (quantized checkpoints are not read)");
   if (keepBf16 && e.dtype === "BF16" && backend.uploadBf16) {
     const bytes = ckpt.readBytes(name); // a fresh array: offset 0, so the uint16 view is aligned

@@ -20,6 +20,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { convert } from "../convert/pipeline.js";
 import { MlaError } from "../errors.js";
+import { refuseOutOverInputs } from "../io/outGuard.js";
 import { finetune } from "../finetune/trainer.js";
 import { inspectModel } from "../eval/inspect.js";
 import { resolveModel } from "../io/modelDir.js";
@@ -113,6 +114,7 @@ function trainingText(data: string, out: string): string {
 export async function study(o: StudyOptions): Promise<StudyResult> {
   const log = o.logger ?? silentLogger;
   const { dir: like } = resolveModel(o.like);
+  refuseOutOverInputs("--out", o.out, [{ name: "--like's model folder", path: like }, { name: "--data", path: o.data }]);
   const c = readHfConfig(like);
   if (!o.variants.length) throw new MlaError("BAD_ARGUMENT", "--variants is empty", `name some of ${STUDY_VARIANTS.join(", ")}`);
   for (const v of o.variants) if (!STUDY_VARIANTS.includes(v)) throw new MlaError("BAD_ARGUMENT", `--variants: ${v} is not known`, `use ${STUDY_VARIANTS.join(", ")}`);

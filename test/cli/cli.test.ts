@@ -70,6 +70,24 @@ for (const model of ["stories260K", "stories260K-mha"]) {
   });
 }
 
+test("a flag given twice, a number that is not one, and a bad --temperature are one clear error each, naming the flag and what was typed", () => {
+  for (const [args, re] of [
+    [["convert", "stories260K", "--rank", "4", "--rank", "5"], /--rank was given 2 times \(4, 5\)[\s\S]*give --rank once/],
+    [["inspect", "stories260K", "--json", "a.json", "--json", "b.json"], /--json was given 2 times/],
+    [["convert", "stories260K", "--rank", "abc"], /--rank abc is not a number/],
+    [["generate", "stories260K", "--max-tokens=lots"], /--max-tokens lots is not a number/],
+    [["generate", "stories260K", "--temperature", "-1", "--max-tokens", "2"], /--temperature -1 is not a sampling temperature/],
+    [["eval", "stories260K", "--text", path.join(FIXTURES, "text", "tinystories_25k.txt"), "--tokens", "0"], /--tokens 0 is not a positive count/],
+    [["inspect", "stories260K", "--json", tmpDir()], /--json .* is a folder[\s\S]*give a file name/],
+    [["inspect", path.join(ROOT, "fixtures", "models", "stories260K", "config.json")], /is a file of a model folder, not the folder/],
+  ] as const) {
+    const r = cli([...args]);
+    assert.equal(r.code, 1, args.join(" "));
+    assert.match(r.stderr, re, args.join(" "));
+    assert.doesNotMatch(r.stderr, /internal error|    at /, args.join(" "));
+  }
+});
+
 test("eval on a short fixture text; bad input gives one clear error line and exit 1, no stack", () => {
   const r = cli(["eval", "stories260K", "--text", path.join(FIXTURES, "text", "tinystories.txt"), "--ctx", "64", "--json"]);
   assert.equal(r.code, 0, r.stderr);
@@ -131,4 +149,15 @@ test("an interrupted synth leaves neither the output nor a temporary folder", as
   const code = await new Promise((r) => child.on("exit", r));
   assert.equal(code, 130, stderr);
   assert.deepEqual(fs.readdirSync(parent), []);
+});
+
+test("a long generate shows its progress and stops on SIGINT (exit 130) instead of running to the end", async () => {
+  const child = spawn(process.execPath, [MAIN, "generate", "stories260K", "--max-tokens", "1000000"], { stdio: ["ignore", "ignore", "pipe"] });
+  let stderr = "";
+  child.stderr.on("data", (d) => (stderr += d));
+  await waitFor(() => /generate [\d.k]+\/[\d.kM]+ tokens/.test(stderr), "generate's progress line");
+  assert.match(stderr, /warning: .* pass the model's 512 positions/);
+  child.kill("SIGINT");
+  const code = await new Promise((r) => child.on("exit", r));
+  assert.equal(code, 130, stderr);
 });

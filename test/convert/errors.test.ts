@@ -8,7 +8,7 @@ import { convert, ConvertOptions } from "../../src/convert/pipeline.js";
 import { parseStrategy } from "../../src/ropeSelect/strategies.js";
 import { beginOutDir } from "../../src/io/atomicDir.js";
 import { synth } from "../../src/synth/synth.js";
-import { MODELS, ROOT, tmpDir, waitFor } from "../helpers.js";
+import { FIXTURES, MODELS, ROOT, tmpDir, waitFor } from "../helpers.js";
 
 const MAIN = path.join(ROOT, "dist", "src", "cli", "main.js");
 
@@ -36,7 +36,23 @@ test("an existing --out without --force, and --out equal to the input, are refus
   fs.cpSync(path.join(MODELS, "stories260K"), copy, { recursive: true });
   const before = fs.readFileSync(path.join(copy, "model.safetensors"));
   await refused({ model: copy, out: copy, force: true }, /is the input model folder/);
+  // A folder that holds the model (replacing it with --force deleted the model), one inside it, and
+  // one that holds the calibration text.
+  await refused({ model: copy, out: path.dirname(copy), force: true }, /holds the input model folder[\s\S]*contains none of the inputs/);
+  await refused({ model: copy, out: path.join(copy, "sub"), force: true }, /is the input model folder or inside it/);
+  const calibDir = tmpDir(), calib = path.join(calibDir, "calib.txt");
+  fs.copyFileSync(path.join(FIXTURES, "text", "tinystories.txt"), calib);
+  await refused({ model: copy, out: calibDir, calib, force: true }, /holds --calib/);
   assert.deepEqual(fs.readFileSync(path.join(copy, "model.safetensors")), before, "input unchanged");
+  assert.ok(fs.existsSync(calib), "calibration text kept");
+});
+
+test("a config.json whose sizes the weights do not have is refused before any work, naming the tensor (not a chunk error)", async () => {
+  const copy = path.join(tmpDir(), "model");
+  fs.cpSync(path.join(MODELS, "stories260K"), copy, { recursive: true });
+  const cfg = JSON.parse(fs.readFileSync(path.join(copy, "config.json"), "utf8"));
+  fs.writeFileSync(path.join(copy, "config.json"), JSON.stringify({ ...cfg, hidden_size: 2 * cfg.hidden_size }));
+  await refused({ model: copy, rank: 4, ropePairs: 1 }, /tensor "model\.embed_tokens\.weight" has shape \[512,64\], config\.json implies \[512,128\][\s\S]*belong to different models/);
 });
 
 test("a model that is not Llama-family, a converted model, and too little calibration text are refused", async () => {

@@ -169,6 +169,11 @@ test("bad input is refused cleanly", async () => {
   await assert.rejects(finetune(path.join(MODELS, "stories260K"), { ...base, out: run, resume: true, tokens: 2 * 4 * 64 }), /different model/);
   await refused({ out: path.join(tmpDir(), "none"), resume: true }, /no checkpoint/);
   await refused({ out: run }, /already exists[\s\S]*--resume/);
+  // An --out inside the model folder, or one that holds it (starting over there deleted the model).
+  await refused({ out: path.join(model, "ft") }, /is the input model folder or inside it/);
+  await refused({ out: path.dirname(model), force: true }, /holds the input model folder/);
+  await refused({ out: path.dirname(DATA), force: true }, /holds (the input model folder|--data)/);
+  assert.ok(fs.existsSync(path.join(model, "config.json")) && fs.existsSync(DATA), "the model and the data are kept");
   const cli = spawnSync(process.execPath, [MAIN, "finetune", model, "--data", DATA, "--out", path.join(tmpDir(), "y"), "--schedule", "linear"], { encoding: "utf8" });
   assert.equal(cli.status, 1);
   assert.match(cli.stderr, /Invalid values[\s\S]*linear/);

@@ -1,0 +1,44 @@
+/**
+ * Inputs are never modified: an output a command writes (a folder it fills, or replaces with --force;
+ * a file it writes) must not be an input, lie inside an input folder, or hold an input. Replacing a
+ * folder that holds the input model would delete the model (convert … --out PARENT --force did).
+ */
+import fs from "node:fs";
+import path from "node:path";
+import { MlaError } from "../errors.js";
+
+/** An input of a command: what the message calls it ("the input model folder", "--data") and its path. */
+export interface InputPath {
+  name: string;
+  path: string | undefined | null;
+}
+
+/** The path with symbolic links resolved as far as it exists (the rest appended), so aliases compare equal. */
+export function realPath(p: string): string {
+  const abs = path.resolve(p);
+  let head = abs;
+  const tail: string[] = [];
+  while (!fs.existsSync(head)) {
+    const parent = path.dirname(head);
+    if (parent === head) return abs;
+    tail.unshift(path.basename(head));
+    head = parent;
+  }
+  return path.join(fs.realpathSync(head), ...tail);
+}
+
+const within = (inner: string, outer: string) => inner === outer || inner.startsWith(outer.endsWith(path.sep) ? outer : outer + path.sep);
+
+/**
+ * Refuses `out` (given by `flag`, e.g. "--out") when it is one of `inputs`, lies inside one, or holds
+ * one. Inputs that do not exist are skipped (their own check reports them).
+ */
+export function refuseOutOverInputs(flag: string, out: string, inputs: readonly InputPath[]): void {
+  const o = realPath(out);
+  for (const input of inputs) {
+    if (!input.path || !fs.existsSync(input.path)) continue;
+    const p = fs.realpathSync(input.path);
+    if (within(o, p)) throw new MlaError("BAD_ARGUMENT", `${flag} ${out} is ${input.name}${o === p ? "" : " or inside it"} (${input.path})`, "choose a new path; inputs are never modified");
+    if (within(p, o)) throw new MlaError("BAD_ARGUMENT", `${flag} ${out} holds ${input.name} (${input.path}): writing or replacing it would change or delete that input`, "choose a path that contains none of the inputs");
+  }
+}
