@@ -16,7 +16,8 @@ export function installSignalHandlers(): void {
         return;
       }
       abandonAll();
-      process.stderr.write(`\ninterrupted (${sig}): no partial output was left behind\n`);
+      // A resumable command (graceful) works in its run folder, which stays for the next run.
+      process.stderr.write(graceful ? `\ninterrupted (${sig}) at once: the run folder keeps its last checkpoint, if one was saved; re-running the same command resumes from it\n` : `\ninterrupted (${sig}): no partial output was left behind\n`);
       process.exit(130);
     });
 }

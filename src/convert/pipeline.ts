@@ -256,8 +256,11 @@ async function writeConverted(src: Checkpoint, config: ModelConfig, mla: ModelCo
 
 /** Bytes read ahead of the writer (MHA2MLA_READ_AHEAD_MB, default 1024): enough to keep the disk busy, small against the RSS goal. */
 function readAheadBytes(): number {
-  const mb = Number(process.env["MHA2MLA_READ_AHEAD_MB"] ?? 1024);
-  return (Number.isFinite(mb) && mb > 0 ? mb : 1024) * 2 ** 20;
+  const v = process.env["MHA2MLA_READ_AHEAD_MB"];
+  if (v === undefined || v === "") return 1024 * 2 ** 20;
+  const mb = Number(v);
+  if (!(Number.isFinite(mb) && mb > 0)) throw new MlaError("BAD_ARGUMENT", `MHA2MLA_READ_AHEAD_MB=${v} is not a size in MB`, "use a positive number (default 1024), or unset it");
+  return mb * 2 ** 20;
 }
 
 function writeConfigAndFiles(srcDir: string, dir: string, s: ConversionSettings, attention: MlaAttention): void {

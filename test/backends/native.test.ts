@@ -38,6 +38,8 @@ test("native CPU errors name the culprit", { skip }, () => {
 test("MHA2MLA_CPU_SERIAL_MACS: a whole number is taken, anything else refused by name; the thread team and the calling thread compute the same products and attention", { skip }, () => {
   for (const v of [undefined, "", "0", "1048576", "65536"]) assert.doesNotThrow(() => checkCpuEnv({ MHA2MLA_CPU_SERIAL_MACS: v }), `${v}`);
   for (const v of ["-1", "1e6", "lots", "2^20", " 5"]) assert.throws(() => checkCpuEnv({ MHA2MLA_CPU_SERIAL_MACS: v }), (e: Error) => e.message.includes(`MHA2MLA_CPU_SERIAL_MACS=${v}`), `${v}`);
+  assert.doesNotThrow(() => checkCpuEnv({ MHA2MLA_BLAS: "own" }));
+  assert.throws(() => checkCpuEnv({ MHA2MLA_BLAS: "foo" }), /MHA2MLA_BLAS=foo is not known/);
   // The library reads the bound once per process: run a one-row product and one decode query (both
   // below the default bound, so on the calling thread) in child processes, once through the team (0).
   const cpu = new URL("../../src/backends/native/cpu.js", import.meta.url).href;

@@ -86,6 +86,19 @@ test("a flag given twice, a number that is not one, and a bad --temperature are 
     assert.match(r.stderr, re, args.join(" "));
     assert.doesNotMatch(r.stderr, /internal error|    at /, args.join(" "));
   }
+  // Environment switches with values their readers would silently ignore.
+  const text = path.join(FIXTURES, "text", "tinystories_25k.txt");
+  for (const [env, args, re] of [
+    [{ MHA2MLA_READ_AHEAD_MB: "abc" }, ["convert", "stories260K", "--rank", "4", "--out", path.join(tmpDir(), "o")], /MHA2MLA_READ_AHEAD_MB=abc is not a size in MB/],
+    [{ MHA2MLA_EVAL_DATA: "/nonexistent-eval-data" }, ["eval", "stories260K", "--tasks", "arc-easy", "--limit", "2"], /MHA2MLA_EVAL_DATA=\/nonexistent-eval-data does not exist/],
+    [{ MHA2MLA_BLAS: "foo" }, ["eval", "stories260K", "--text", text, "--tokens", "50", "--device", "cpu"], /MHA2MLA_BLAS=foo is not known/],
+  ] as const) {
+    // MHA2MLA_BLAS is checked as the native CPU library loads: only where it is built.
+    if ("MHA2MLA_BLAS" in env && !fs.existsSync(path.join(ROOT, "build", "native", "libmla_cpu.so"))) continue;
+    const r = spawnSync(process.execPath, [MAIN, ...args], { encoding: "utf8", env: { ...process.env, ...env } });
+    assert.equal(r.status, 1, JSON.stringify(env));
+    assert.match(r.stderr, re, JSON.stringify(env));
+  }
 });
 
 test("eval on a short fixture text; bad input gives one clear error line and exit 1, no stack", () => {

@@ -50,13 +50,16 @@ export function nativeLibraryPath(): string {
 let cached: NativeLib | string | null = null;
 
 /**
- * Refuses a MHA2MLA_CPU_SERIAL_MACS the native library would not take (it reads the variable once and
- * treats anything but a whole number as unset, which would silently keep the default bound).
+ * Refuses a MHA2MLA_CPU_SERIAL_MACS or MHA2MLA_BLAS the native library would not take (it reads them
+ * once and treats an unknown value as unset, which would silently keep the default).
  */
 export function checkCpuEnv(env: Readonly<Record<string, string | undefined>> = process.env): void {
   const v = env["MHA2MLA_CPU_SERIAL_MACS"];
-  if (v === undefined || v === "" || (/^\d+$/.test(v) && Number(v) <= 2 ** 53)) return;
-  throw new MlaError("BAD_ARGUMENT", `MHA2MLA_CPU_SERIAL_MACS=${v} is not a count of multiply-adds`, "use a whole number (0 sends every CPU kernel to the thread team; unset: 1048576), or unset it");
+  if (!(v === undefined || v === "" || (/^\d+$/.test(v) && Number(v) <= 2 ** 53)))
+    throw new MlaError("BAD_ARGUMENT", `MHA2MLA_CPU_SERIAL_MACS=${v} is not a count of multiply-adds`, "use a whole number (0 sends every CPU kernel to the thread team; unset: 1048576), or unset it");
+  const blas = env["MHA2MLA_BLAS"];
+  if (!(blas === undefined || blas === "" || blas === "own"))
+    throw new MlaError("BAD_ARGUMENT", `MHA2MLA_BLAS=${blas} is not known`, "use own (never OpenBLAS), or unset it (OpenBLAS when found; MHA2MLA_OPENBLAS names a library)");
 }
 
 /** The loaded library, or a sentence saying why it cannot be loaded. */
