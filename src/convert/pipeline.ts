@@ -84,6 +84,8 @@ async function convertInScope(spec: string, opts: ConvertOptions): Promise<Conve
     const kvDtype: DType = src.has(kName) ? src.entry(kName).dtype : "F32";
     const plan = planConversion(config, settings, DTYPE_BYTES[kvDtype]);
     if (opts.dryRun) return { out: null, plan, selection: null, splits: null, energy: [], timings, report: null };
+    // The evaluation text is read after the conversion: check it now, not after minutes of work.
+    if (opts.evalText) readText(opts.evalText);
     const out = path.resolve(opts.out ?? defaultOut(spec, settings.rank));
     checkOutDir(out, srcDir, opts.force ?? false, [{ name: "--calib", path: settings.calib }, { name: "--eval-text", path: opts.evalText }]);
     // The converted model is at most its source's size (smaller attention; EG-MLA's gate is small).

@@ -3,6 +3,7 @@
  * tokens, score windows of [BOS] + the next ctx−1 tokens (stride ctx−1), so every kept token is
  * predicted exactly once; mean NLL in nats/token and ppl = exp(NLL).
  */
+import fs from "node:fs";
 import { MlaError, ioError } from "../errors.js";
 import type { LlamaModel } from "../model/llama.js";
 import type { KvCacheDtype } from "../model/kvQuant.js";
@@ -28,6 +29,7 @@ export interface PerplexityResult {
 
 export function readText(file: string): string {
   let text: string;
+  if (fs.existsSync(file) && fs.statSync(file).isDirectory()) throw new MlaError("BAD_ARGUMENT", `${file} is a folder, not a text file`, "pass a UTF-8 text file");
   try {
     text = readTextFile(file);
   } catch (e) {

@@ -80,6 +80,7 @@ test("a flag given twice, a number that is not one, and a bad --temperature are 
     [["eval", "stories260K", "--text", path.join(FIXTURES, "text", "tinystories_25k.txt"), "--tokens", "0"], /--tokens 0 is not a positive count/],
     [["inspect", "stories260K", "--json", tmpDir()], /--json .* is a folder[\s\S]*give a file name/],
     [["inspect", path.join(ROOT, "fixtures", "models", "stories260K", "config.json")], /is a file of a model folder, not the folder/],
+    [["convert", "stories260K", "--rank", "4", "--rope-strategy", "2-norm", "--calib", path.join(FIXTURES, "text"), "--out", path.join(tmpDir(), "o")], /is a folder, not a text file/],
   ] as const) {
     const r = cli([...args]);
     assert.equal(r.code, 1, args.join(" "));
