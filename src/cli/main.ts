@@ -33,14 +33,14 @@ process.stdout.on("error", (e: NodeJS.ErrnoException) => {
   throw e;
 });
 
-/** The text the user typed for --key (yargs turns a non-number into NaN before the handlers see it). */
-function typed(key: string): string {
+/** The text the user typed for --key (yargs turns a non-number into NaN before the handlers see it); null when none. */
+function typed(key: string): string | null {
   const args = process.argv.slice(2);
   for (let i = 0; i < args.length; i++) {
     if (args[i]!.startsWith(`--${key}=`)) return args[i]!.slice(key.length + 3);
-    if (args[i] === `--${key}` && i + 1 < args.length) return args[i + 1]!;
+    if (args[i] === `--${key}` && i + 1 < args.length && !args[i + 1]!.startsWith("--")) return args[i + 1]!;
   }
-  return "NaN";
+  return null;
 }
 
 /**
@@ -54,7 +54,10 @@ function checkFlagValues(argv: Record<string, unknown>, y: { getOptions(): { arr
   for (const key of Object.keys(o.key)) {
     const v = argv[key];
     if (Array.isArray(v) && !arrays.has(key)) throw new MlaError("BAD_ARGUMENT", `--${key} was given ${v.length} times (${v.join(", ")})`, `give --${key} once`);
-    if (typeof v === "number" && Number.isNaN(v)) throw new MlaError("BAD_ARGUMENT", `--${key} ${typed(key)} is not a number`, `give --${key} a number`);
+    if (typeof v === "number" && Number.isNaN(v)) {
+      const text = typed(key);
+      throw new MlaError("BAD_ARGUMENT", text === null ? `--${key} needs a number` : `--${key} ${text} is not a number`, `give --${key} a number`);
+    }
   }
 }
 
