@@ -69,12 +69,16 @@ function checkExportable(spec: string, o: PipelineOptions): void {
 export async function pipeline(spec: string, o: PipelineOptions): Promise<PipelineResult> {
   const log = o.logger ?? silentLogger;
   const out = path.resolve(o.out);
-  refuseOutOverInputs("--out", o.out, [
+  const inputs = [
     { name: "the input model folder", path: resolveModel(spec).dir },
     { name: "--calib", path: o.convert.calib },
     { name: "--eval-text", path: o.evalText },
-    ...(o.finetune?.data ?? []).map((f) => ({ name: "--data", path: f })),
-  ]);
+    { name: "--data-dir", path: o.tasks?.length ? o.dataDir : undefined },
+    ...(o.finetune?.data ?? []).map((f) => ({ name: "--finetune-data", path: f })),
+  ];
+  refuseOutOverInputs("--out", o.out, [...inputs, { name: "--distill", path: o.finetune?.distill }]);
+  // Before --force clears --out (which may hold an earlier run's results): every input file exists.
+  for (const i of inputs.slice(1)) if (i.path && !fs.existsSync(i.path)) throw new MlaError("NOT_FOUND", `${i.name} ${i.path} does not exist`, "check the path; nothing was changed");
   if (!o.evalText && !o.tasks?.length) throw new MlaError("BAD_ARGUMENT", "the pipeline has nothing to evaluate", "pass --eval-text FILE and/or --tasks a,b");
   if (o.export) checkExportable(spec, o);
   const fingerprint = crypto.createHash("sha256").update(JSON.stringify({ spec, convert: o.convert, format: o.format ?? "mha2mla", deepseek: o.deepseek ?? null, finetune: o.finetune ?? null, export: o.export ?? null, evalText: o.evalText, evalTokens: o.evalTokens, evalCtx: o.evalCtx, tasks: o.tasks, limit: o.limit })).digest("hex").slice(0, 16);
@@ -90,11 +94,18 @@ export async function pipeline(spec: string, o: PipelineOptions): Promise<Pipeli
     fs.writeFileSync(stateFile, JSON.stringify({ fingerprint, model: spec, settings: o, started: new Date().toISOString() }, null, 2) + "\n");
   }
   const phases: PipelineResult["phases"] = [];
+  // A stop asked for between phases (Ctrl-C outside fine-tuning) ends the run before the next one;
+  // finished phases are kept, and the same command resumes.
+  let stoppedEarly = false;
   const phase = async <T>(name: string, done: () => boolean, run: () => Promise<T>): Promise<void> => {
     const t0 = performance.now();
     if (done()) {
       phases.push({ name, skipped: true, seconds: 0 });
       log.info(`pipeline: ${name} already done`);
+      return;
+    }
+    if (stoppedEarly || o.shouldStop?.()) {
+      stoppedEarly = true;
       return;
     }
     log.info(`pipeline: ${name}`);
@@ -118,20 +129,19 @@ export async function pipeline(spec: string, o: PipelineOptions): Promise<Pipeli
   );
   await evalTo("original", spec, files.original);
   await evalTo("converted", mla, files.converted);
-  let stoppedEarly = false;
   if (o.finetune) {
     await phase("finetune", () => fs.existsSync(path.join(ft, "finetune.json")), async () => {
       const resume = fs.existsSync(path.join(ft, "checkpoint", "state.json"));
       const r = await finetune(mla, { ...o.finetune!, out: ft, resume, force: !resume, logger: log, progress: o.progress, shouldStop: o.shouldStop });
       stoppedEarly = r.stoppedEarly;
     });
-    if (stoppedEarly) return { out, phases, evals: [], report: null, stoppedEarly };
     await evalTo("fine-tuned", ft, files.finetuned);
   }
   if (o.export) {
     await phase("export", () => fs.existsSync(path.join(exported, "config.json")), () => exportDeepseek(o.finetune ? ft : mla, { out: exported, force: true, progress: o.progress, logger: log }));
     await evalTo("exported (deepseek_v3)", exported, files.exported);
   }
+  if (stoppedEarly) return { out, phases, evals: [], report: null, stoppedEarly };
   const jsons = [files.original, files.converted, ...(o.finetune ? [files.finetuned] : []), ...(o.export ? [files.exported] : [])];
   const report = writeReport(jsons, path.join(out, "report.html"), { trainLogs: o.finetune ? [path.join(ft, "train_log.jsonl")] : [] });
   phases.push({ name: "report", skipped: false, seconds: 0 });

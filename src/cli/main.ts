@@ -3,6 +3,8 @@
 import yargs from "yargs";
 import { hideBin } from "yargs/helpers";
 import { isMlaError, MlaError } from "../errors.js";
+import { refuseOutOverInputs, type InputPath } from "../io/outGuard.js";
+import { resolveModel } from "../io/modelDir.js";
 import { abandonAll } from "../io/atomicDir.js";
 import { inspectCommand } from "./inspect.js";
 import { evalCommand } from "./eval.js";
@@ -51,14 +53,39 @@ function typed(key: string): string | null {
 function checkFlagValues(argv: Record<string, unknown>, y: { getOptions(): { array: string[]; key: Record<string, unknown> } }): void {
   const o = y.getOptions();
   const arrays = new Set(o.array);
+  const args = process.argv.slice(2);
   for (const key of Object.keys(o.key)) {
     const v = argv[key];
-    if (Array.isArray(v) && !arrays.has(key)) throw new MlaError("BAD_ARGUMENT", `--${key} was given ${v.length} times (${v.join(", ")})`, `give --${key} once`);
+    // Counted on the command line: yargs may fold a repeated number into one value (--ctx 64 --ctx 1 → 65).
+    const given = args.filter((a) => a === `--${key}` || a.startsWith(`--${key}=`)).length;
+    if (!arrays.has(key) && (given > 1 || Array.isArray(v))) throw new MlaError("BAD_ARGUMENT", `--${key} was given ${Math.max(given, Array.isArray(v) ? v.length : 0)} times${Array.isArray(v) ? ` (${v.join(", ")})` : ""}`, `give --${key} once`);
     if (typeof v === "number" && Number.isNaN(v)) {
       const text = typed(key);
       throw new MlaError("BAD_ARGUMENT", text === null ? `--${key} needs a number` : `--${key} ${text} is not a number`, `give --${key} a number`);
     }
   }
+  checkFileOutputs(argv);
+}
+
+/**
+ * A file a command writes (--json; report's --out and its .md twin) must not be an input or lie inside
+ * one (`eval MODEL --json MODEL/config.json` replaced the model's config). Checked before any work.
+ */
+function checkFileOutputs(argv: Record<string, unknown>): void {
+  const files = (k: string) => (argv[k] === undefined ? [] : ([] as unknown[]).concat(argv[k]).filter((x): x is string => typeof x === "string" && x !== ""));
+  const inputs: InputPath[] = [];
+  for (const spec of files("model")) {
+    try {
+      inputs.push({ name: "the input model folder", path: resolveModel(spec).dir });
+    } catch {
+      // the command reports a model it cannot find
+    }
+  }
+  for (const k of ["text", "calib", "eval-text", "data", "like", "distill", "data-dir", "results", "train-log", "finetune-data"]) for (const f of files(k)) inputs.push({ name: k === "results" ? "an input" : `--${k}`, path: f });
+  const json = files("json").filter((f) => f !== "-");
+  for (const f of json) refuseOutOverInputs("--json", f, inputs);
+  if (argv["_"] && (argv["_"] as unknown[])[0] === "report")
+    for (const f of files("out")) for (const out of [f, f.replace(/\.html?$/i, "") + ".md"]) refuseOutOverInputs("--out", out, inputs);
 }
 
 try {

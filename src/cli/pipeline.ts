@@ -76,7 +76,7 @@ export const pipelineCommand: CommandModule<object, Args> = {
       });
       for (const p of r.phases) process.stdout.write(`${p.name}: ${p.skipped ? "already done" : `${p.seconds.toFixed(1)} s`}\n`);
       if (r.stoppedEarly) {
-        process.stdout.write(`stopped during fine-tuning; re-run the same command to resume\n`);
+        process.stdout.write(`stopped (${r.phases.length} phase(s) done or already done); re-run the same command to resume\n`);
         process.exitCode = 130;
       } else process.stdout.write(`report: ${r.report!.html} (and .md)\n`);
     } finally {

@@ -170,8 +170,12 @@ export async function exportDeepseek(spec: string, o: ExportOptions = {}): Promi
   const { spacing } = ladder;
   const rk = o.kvLoraRank ?? L + 1;
   const dr = o.ropeDim ?? 2 * ladder.slots;
-  if (!Number.isInteger(rk) || rk < L + 1) throw new MlaError("BAD_ARGUMENT", `--kv-lora-rank ${rk} cannot hold the model's ${L} latent dims and the constant channel`, `use at least ${L + 1} (larger pads with zero channels)`);
+  if (!Number.isInteger(rk) || rk < L + 1) throw new MlaError("BAD_ARGUMENT", `--kv-lora-rank ${rk} cannot hold the model's ${L} latent dims and the constant channel`, `use a whole number ≥ ${L + 1} (larger pads with zero channels)`);
   if (!Number.isInteger(dr) || dr % 2 !== 0 || dr < 2 * ladder.slots) throw new MlaError("BAD_ARGUMENT", `--rope-dim ${dr} cannot hold the model's rope ladder of ${ladder.slots} slots`, `use an even number ≥ ${2 * ladder.slots} (larger pads with zero slots)`);
+  // Zero padding is exact but costs cache and weights: up to the hidden size, or the fused kernels' dims.
+  const maxRk = Math.max(L + 1, D, FUSED_MLA.kvLoraRank), maxDr = Math.max(2 * ladder.slots, Dh, FUSED_MLA.ropeDim);
+  if (rk > maxRk) throw new MlaError("BAD_ARGUMENT", `--kv-lora-rank ${rk} pads far past this model (at most ${maxRk}: its hidden size or the fused kernels' ${FUSED_MLA.kvLoraRank})`, `use ${L + 1}…${maxRk}`);
+  if (dr > maxDr) throw new MlaError("BAD_ARGUMENT", `--rope-dim ${dr} pads far past this model (at most ${maxDr}: its head dim or the fused kernels' ${FUSED_MLA.ropeDim})`, `use an even number ${2 * ladder.slots}…${maxDr}`);
   const slots = dr / 2;
   const dn = Dh - 2 * R;
   // Slot k turns at base'^(−2k/dr) = θ_{s·k} = θ^(−2·s·k/Dh).

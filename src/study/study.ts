@@ -115,6 +115,7 @@ export async function study(o: StudyOptions): Promise<StudyResult> {
   const log = o.logger ?? silentLogger;
   const { dir: like } = resolveModel(o.like);
   refuseOutOverInputs("--out", o.out, [{ name: "--like's model folder", path: like }, { name: "--data", path: o.data }]);
+  if (!fs.existsSync(o.data)) throw new MlaError("NOT_FOUND", `--data ${o.data} does not exist`, "check the path; nothing was changed");
   const c = readHfConfig(like);
   if (!o.variants.length) throw new MlaError("BAD_ARGUMENT", "--variants is empty", `name some of ${STUDY_VARIANTS.join(", ")}`);
   for (const v of o.variants) if (!STUDY_VARIANTS.includes(v)) throw new MlaError("BAD_ARGUMENT", `--variants: ${v} is not known`, `use ${STUDY_VARIANTS.join(", ")}`);

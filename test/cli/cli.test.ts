@@ -81,6 +81,10 @@ test("a flag given twice, a number that is not one, and a bad --temperature are 
     [["inspect", "stories260K", "--json", tmpDir()], /--json .* is a folder[\s\S]*give a file name/],
     [["inspect", path.join(ROOT, "fixtures", "models", "stories260K", "config.json")], /is a file of a model folder, not the folder/],
     [["convert", "stories260K", "--rank", "4", "--rope-strategy", "2-norm", "--calib", path.join(FIXTURES, "text"), "--out", path.join(tmpDir(), "o")], /is a folder, not a text file/],
+    // Files written over inputs: a model's own config, and report's output over its input.
+    [["eval", "stories260K", "--text", path.join(FIXTURES, "text", "tinystories_25k.txt"), "--json", path.join(ROOT, "fixtures", "models", "stories260K", "config.json")], /--json .* is the input model folder or inside it/],
+    [["report", path.join(FIXTURES, "text", "tinystories_25k.txt"), "--out", path.join(FIXTURES, "text", "tinystories_25k.txt")], /--out .* is an input/],
+    [["eval", "stories260K", "--text", path.join(FIXTURES, "text", "tinystories_25k.txt"), "--ctx", "64", "--ctx", "1"], /--ctx was given 2 times/],
   ] as const) {
     const r = cli([...args]);
     assert.equal(r.code, 1, args.join(" "));

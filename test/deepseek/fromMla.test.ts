@@ -101,6 +101,9 @@ test("padded to a larger kv_lora_rank and rope dim (zero channels and slots) the
   assert.ok(maxRelDiff(logits(fused), logits(mla)) < 1e-6, "padded to the fused kernels' 512 + 64, still exact");
   await assert.rejects(exportDeepseek(mla, { out: path.join(tmpDir(), "small"), kvLoraRank: 8, progress: null }), (e: unknown) => e instanceof MlaError && /--kv-lora-rank 8 cannot hold the model's 8 latent dims and the constant channel/.test(e.message));
   await assert.rejects(exportDeepseek(mla, { out: path.join(tmpDir(), "small"), ropeDim: 6, progress: null }), (e: unknown) => e instanceof MlaError && /--rope-dim 6 cannot hold the model's rope ladder of 4 slots/.test(e.message));
+  // Padding far past the model was an internal error (a typed array too long), now a range.
+  await assert.rejects(exportDeepseek(mla, { out: path.join(tmpDir(), "huge"), kvLoraRank: 1e8, progress: null }), (e: unknown) => e instanceof MlaError && /--kv-lora-rank 100000000 pads far past this model/.test(e.message));
+  await assert.rejects(exportDeepseek(mla, { out: path.join(tmpDir(), "huge"), ropeDim: 1e8, progress: null }), (e: unknown) => e instanceof MlaError && /--rope-dim 100000000 pads far past this model/.test(e.message));
 });
 
 test("the export decodes (kv_b absorbed, batched, sequences of different lengths) to the logits of its full forward", async () => {

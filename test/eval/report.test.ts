@@ -77,6 +77,9 @@ test("pipeline: convert → fine-tune → three evaluations → report; a re-run
   const again = await pipeline(path.join(MODELS, "stories260K"), opts);
   assert.ok(again.phases.filter((p) => p.name !== "report").every((p) => p.skipped));
   await assert.rejects(pipeline(path.join(MODELS, "stories260K"), { ...opts, convert: { ...opts.convert, rank: 2 } }), /other settings/);
+  // --force with an input that does not exist is refused before it clears the finished run.
+  await assert.rejects(pipeline(path.join(MODELS, "stories260K"), { ...opts, force: true, convert: { ...opts.convert, calib: path.join(tmpDir(), "missing.txt") } }), /--calib .*missing\.txt does not exist[\s\S]*nothing was changed/);
+  assert.ok(fs.existsSync(path.join(out, "report.md")), "the finished run is kept");
 });
 
 test("the committed report screenshot exists", () => {
