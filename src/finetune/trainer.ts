@@ -132,6 +132,8 @@ function checkedOptions(o: FinetuneOptions) {
   const batch = positive("batch", o.batch ?? D.batch, true);
   const accum = positive("accum", o.accum ?? D.accum, true);
   if (o.tokens !== undefined) positive("tokens", o.tokens, true);
+  // 0 (or unset) turns them off; a negative or fractional step count used to act on every step.
+  for (const [name, v] of [["save-every", o.saveEvery], ["eval-every", o.evalEvery]] as const) if (v !== undefined && v !== 0) positive(name, v, true);
   const warmup = o.warmup ?? D.warmup;
   if (!(warmup >= 0 && warmup < 1)) throw new MlaError("BAD_ARGUMENT", `--warmup ${warmup} is outside [0, 1)`, "warmup is a fraction of the steps, e.g. 0.05");
   const distillWeight = o.distill ? (o.distillWeight ?? D.distillWeight) : 0;
