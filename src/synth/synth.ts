@@ -116,6 +116,8 @@ export async function synth(opts: SynthOptions): Promise<SynthResult> {
   const specs: TensorSpec[] = expectedTensors(config).map((e) => ({ ...e, dtype }));
   const totalBytes = specs.reduce((n, s) => n + numel(s.shape) * DTYPE_BYTES[dtype], 0);
   const seed = opts.seed ?? 0;
+  if (!Number.isInteger(seed) || seed < 0) throw new MlaError("BAD_ARGUMENT", `--seed ${seed} is not a whole number ≥ 0`, "pass e.g. --seed 0");
+  if (opts.maxShardBytes !== undefined && !(opts.maxShardBytes > 0)) throw new MlaError("BAD_ARGUMENT", `--shard-size ${opts.maxShardBytes / 2 ** 30} GiB is not a size`, "pass a positive number of GiB, e.g. --shard-size 5");
   const elemBytes = DTYPE_BYTES[dtype];
   const CHUNK_ELEMS = CHUNK_BYTES / elemBytes;
   const pool = normalPool(dtype, 0.02, seed ^ 0x9e3779b9);

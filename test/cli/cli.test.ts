@@ -85,6 +85,7 @@ test("a flag given twice, a number that is not one, and a bad --temperature are 
     [["eval", "stories260K", "--text", path.join(FIXTURES, "text", "tinystories_25k.txt"), "--json", path.join(ROOT, "fixtures", "models", "stories260K", "config.json")], /--json .* is the input model folder or inside it/],
     [["report", path.join(FIXTURES, "text", "tinystories_25k.txt"), "--out", path.join(FIXTURES, "text", "tinystories_25k.txt")], /--out .* is an input/],
     [["eval", "stories260K", "--text", path.join(FIXTURES, "text", "tinystories_25k.txt"), "--ctx", "64", "--ctx", "1"], /--ctx was given 2 times/],
+    [["synth", "--arch", "llama2-7b", "--layers", "1", "--shard-size", "0", "--out", path.join(tmpDir(), "s")], /--shard-size 0 GiB is not a size/],
   ] as const) {
     const r = cli([...args]);
     assert.equal(r.code, 1, args.join(" "));
