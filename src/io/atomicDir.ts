@@ -7,6 +7,7 @@
 import fs from "node:fs";
 import path from "node:path";
 import { MlaError, ioError } from "../errors.js";
+import { refuseOutOverInputs } from "./outGuard.js";
 
 const live = new Set<string>();
 
@@ -43,6 +44,7 @@ export function sweepStale(out: string): void {
 
 /** Creates the hidden temporary sibling folder of `out` (owned by this process) and returns its path. */
 export function beginOutDir(out: string, force: boolean): string {
+  refuseOutOverInputs("--out", out, []);
   refuseExisting(out, force);
   const parent = path.dirname(path.resolve(out));
   try {

@@ -35,6 +35,8 @@ const within = (inner: string, outer: string) => inner === outer || inner.starts
  */
 export function refuseOutOverInputs(flag: string, out: string, inputs: readonly InputPath[]): void {
   const o = realPath(out);
+  // Replacing the working folder (or one above it) with --force would empty the folder the user is in.
+  if (within(realPath(process.cwd()), o)) throw new MlaError("BAD_ARGUMENT", `${flag} ${out} is the working folder or holds it`, "choose a new folder below it, e.g. --out ./result");
   for (const input of inputs) {
     if (!input.path || !fs.existsSync(input.path)) continue;
     const p = fs.realpathSync(input.path);

@@ -26,4 +26,14 @@ test("an output that is an input, lies inside an input folder, or holds an input
   refused(path.join(root, "texts"), /holds --calib/);
   for (const ok of [path.join(root, "out"), path.join(root, "models", "m2"), path.join(root, "models", "m-mla"), path.join(root, "texts", "calib.txt.d")]) assert.doesNotThrow(() => refuseOutOverInputs("--out", ok, inputs), ok);
   assert.equal(realPath(path.join(root, "alias", "m", "x", "y")), path.join(fs.realpathSync(model), "x", "y"));
+  // The working folder, or one above it, is never an output (--out . --force would empty it).
+  const cwd = process.cwd();
+  try {
+    process.chdir(path.join(root, "texts"));
+    refused(".", /is the working folder or holds it/);
+    refused("..", /is the working folder or holds it/);
+    assert.doesNotThrow(() => refuseOutOverInputs("--out", "./result", []));
+  } finally {
+    process.chdir(cwd);
+  }
 });
