@@ -35,12 +35,14 @@ process.stdout.on("error", (e: NodeJS.ErrnoException) => {
   throw e;
 });
 
+/** The command line after `node main.js`. */
+const ARGS = process.argv.slice(2);
+
 /** The text the user typed for --key (yargs turns a non-number into NaN before the handlers see it); null when none. */
 function typed(key: string): string | null {
-  const args = process.argv.slice(2);
-  for (let i = 0; i < args.length; i++) {
-    if (args[i]!.startsWith(`--${key}=`)) return args[i]!.slice(key.length + 3);
-    if (args[i] === `--${key}` && i + 1 < args.length && !args[i + 1]!.startsWith("--")) return args[i + 1]!;
+  for (let i = 0; i < ARGS.length; i++) {
+    if (ARGS[i]!.startsWith(`--${key}=`)) return ARGS[i]!.slice(key.length + 3);
+    if (ARGS[i] === `--${key}` && i + 1 < ARGS.length && !ARGS[i + 1]!.startsWith("--")) return ARGS[i + 1]!;
   }
   return null;
 }
@@ -53,11 +55,10 @@ function typed(key: string): string | null {
 function checkFlagValues(argv: Record<string, unknown>, y: { getOptions(): { array: string[]; key: Record<string, unknown> } }): void {
   const o = y.getOptions();
   const arrays = new Set(o.array);
-  const args = process.argv.slice(2);
   for (const key of Object.keys(o.key)) {
     const v = argv[key];
     // Counted on the command line: yargs may fold a repeated number into one value (--ctx 64 --ctx 1 → 65).
-    const given = args.filter((a) => a === `--${key}` || a.startsWith(`--${key}=`)).length;
+    const given = ARGS.filter((a) => a === `--${key}` || a.startsWith(`--${key}=`)).length;
     if (!arrays.has(key) && (given > 1 || Array.isArray(v))) throw new MlaError("BAD_ARGUMENT", `--${key} was given ${Math.max(given, Array.isArray(v) ? v.length : 0)} times${Array.isArray(v) ? ` (${v.join(", ")})` : ""}`, `give --${key} once`);
     if (typeof v === "number" && Number.isNaN(v)) {
       const text = typed(key);

@@ -111,8 +111,9 @@ export async function evaluate(spec: string, opts: EvalOptions): Promise<EvalRes
   if (text !== null) {
     const ids = tokenizeForEval(lm.tokenizer, text, opts.tokens);
     if (opts.tokens !== undefined && ids.length < opts.tokens) log.warn(`${opts.text} holds only ${ids.length} tokens, fewer than --tokens ${opts.tokens}: scoring all of them`);
-    if ((opts.ctx ?? 256) > lm.config.maxPositions) log.warn(`--ctx ${opts.ctx} passes the model's ${lm.config.maxPositions} positions (max_position_embeddings): windows past them score poorly`);
-    const r = await perplexity(lm.model, ids, { ctx: opts.ctx ?? 256, progress: opts.progress, kvCache: opts.kvCache, batch: opts.batch });
+    const ctx = opts.ctx ?? 256;
+    if (ctx > lm.config.maxPositions) log.warn(`--ctx ${ctx} passes the model's ${lm.config.maxPositions} positions (max_position_embeddings): windows past them score poorly`);
+    const r = await perplexity(lm.model, ids, { ctx, progress: opts.progress, kvCache: opts.kvCache, batch: opts.batch });
     Object.assign(result, { text: path.resolve(opts.text!), ctx: r.ctx, tokens: r.tokens, windows: r.windows, nll: r.nll, ppl: r.ppl, tokens_per_second: r.tokens / r.seconds });
     if (r.afterFirst) result.tokens_per_second_warm = r.afterFirst.tokens / r.afterFirst.seconds;
   }

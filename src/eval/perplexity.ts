@@ -27,16 +27,25 @@ export interface PerplexityResult {
   afterFirst: { tokens: number; seconds: number } | null;
 }
 
-export function readText(file: string): string {
-  let text: string;
-  if (fs.existsSync(file) && fs.statSync(file).isDirectory()) throw new MlaError("BAD_ARGUMENT", `${file} is a folder, not a text file`, "pass a UTF-8 text file");
+/** Refuses what readText would, without reading the file: a missing path, a folder, an empty file. */
+export function checkTextFile(file: string): void {
+  let st: fs.Stats;
   try {
-    text = readTextFile(file);
+    st = fs.statSync(file);
   } catch (e) {
     throw ioError("cannot read text", file, e);
   }
-  if (text.length === 0) throw new MlaError("BAD_TEXT", `text file ${file} is empty`, "pass a UTF-8 text file with some content");
-  return text;
+  if (st.isDirectory()) throw new MlaError("BAD_ARGUMENT", `${file} is a folder, not a text file`, "pass a UTF-8 text file");
+  if (st.size === 0) throw new MlaError("BAD_TEXT", `text file ${file} is empty`, "pass a UTF-8 text file with some content");
+}
+
+export function readText(file: string): string {
+  checkTextFile(file);
+  try {
+    return readTextFile(file);
+  } catch (e) {
+    throw ioError("cannot read text", file, e);
+  }
 }
 
 /** The first `maxTokens` token ids of `text` (all when maxTokens is undefined). */

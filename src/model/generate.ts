@@ -137,7 +137,7 @@ function* decodeSteps(model: LlamaModel, prompts: readonly (readonly number[])[]
     while (live.length) {
       const still: number[] = [], next: number[] = [];
       live.forEach((i, k) => {
-        const t = pick(lasts[k]!, opts.temperature ?? 0, rands[i]!);
+        const t = pick(lasts[k]!, temperature, rands[i]!);
         outs[i]!.push(t);
         if (((opts.stopAtEos ?? true) && t === c.eosTokenId) || outs[i]!.length >= opts.maxTokens) return;
         still.push(i);

@@ -40,7 +40,7 @@ export function parseTaskNames(list: string): TaskName[] {
 export function defaultDataDir(root: string): string | null {
   const env = process.env["MHA2MLA_EVAL_DATA"];
   if (env && !fs.existsSync(env)) throw new MlaError("NOT_FOUND", `MHA2MLA_EVAL_DATA=${env} does not exist`, "point it at the folder with ARC-*.test.json, piqa.test.json, hellaswag_val_full.txt.bz2, lambada_test.jsonl, or unset it");
-  const candidates = [process.env["MHA2MLA_EVAL_DATA"], path.resolve(root, "..", "shared", "data", "eval")].filter((x): x is string => !!x);
+  const candidates = [env, path.resolve(root, "..", "shared", "data", "eval")].filter((x): x is string => !!x);
   return candidates.find((d) => fs.existsSync(d)) ?? null;
 }
 
