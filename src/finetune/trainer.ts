@@ -8,7 +8,6 @@ import crypto from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
 import { MlaError } from "../errors.js";
-import { refuseOutOverInputs, type InputPath } from "../io/outGuard.js";
 import { Checkpoint, CheckpointWriter, copyModelSideFiles } from "../io/checkpoint.js";
 import { DType, encodeFromF32 } from "../io/dtype.js";
 import { resolveModel } from "../io/modelDir.js";
@@ -23,6 +22,7 @@ import { loadTrainingData, microBatches } from "./data.js";
 import { activationBytes, checkFits, fitsDevice, MemoryChoice, MicroBatch, microStep, Precision, stateBytes, trainableCount, TrainState } from "./trainState.js";
 import { defaultLr, lrAt, Schedule, ScheduleName } from "./schedule.js";
 import { checkpointDir, loadCheckpoint, TrainState as RunState } from "./checkpoint.js";
+import { checkRunFolders, startRunFolder } from "./runFolder.js";
 import { CheckpointKeeper } from "./checkpointKeeper.js";
 import { weightFileBytes } from "../io/diskRoom.js";
 
@@ -148,6 +148,7 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
   const { seq, batch, accum, warmup, trainWhat, distillWeight, temperature } = checkedOptions(o);
 
   const src = resolveModel(spec);
+  const out = checkRunFolders(o, src.dir);
   const lr = o.lr !== undefined ? positive("lr", o.lr) : defaultLr(parameterCount(src.dir));
   if (o.lr === undefined) log.info(`learning rate ${lr} (the default for a model of this size; --lr to choose)`);
   const backend = selectBackend(o.device ?? "auto", log);
@@ -164,8 +165,7 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
 
   const settings = { model: fs.readFileSync(path.join(src.dir, "config.json"), "utf8"), data: o.data.map((f) => path.resolve(f)), tokens: o.tokens ?? null, fraction: o.fraction ?? 1, valFraction: o.valFraction ?? D.valFraction, seq, batch, accum, schedule, beta1: o.beta1 ?? D.beta1, beta2: o.beta2 ?? D.beta2, eps: o.eps ?? D.eps, weightDecay: o.weightDecay ?? D.weightDecay, clip: o.clip ?? D.clip, seed: o.seed ?? D.seed, train: trainWhat, distill: o.distill ?? null, temperature, distillWeight, precision };
   const fingerprint = crypto.createHash("sha256").update(JSON.stringify(settings)).digest("hex").slice(0, 16);
-
-  const out = prepareOut(o.out, src.dir, o.resume ?? false, o.force ?? false, [...o.data.map((f) => ({ name: "--data", path: f })), { name: "--distill", path: o.distill }]);
+  if (!o.resume) startRunFolder(out);
 
   const trainable = (p: string) => trainWhat === "all" || p.includes(".attn.");
   const b = model.backend;
@@ -250,24 +250,6 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
     save("final");
   }
   return { out, steps: run.step, stoppedEarly, checkpointStep: keeper.step, tokensSeen: run.tokensSeen, seconds, tokensPerSecond: ((run.step - startStep) * perStep) / seconds, valNllBefore, valNllAfter, finalLoss, precision };
-}
-
-/**
- * The run folder for --out (absolute): with --resume it must hold a checkpoint; otherwise it is
- * created empty, replacing an existing non-empty one only with --force; never an input, inside one
- * (the model folder) or holding one.
- */
-function prepareOut(given: string, srcDir: string, resume: boolean, force: boolean, inputs: readonly InputPath[]): string {
-  const out = path.resolve(given);
-  refuseOutOverInputs("--out", given, [{ name: "the input model folder", path: srcDir }, ...inputs]);
-  if (resume) {
-    if (!fs.existsSync(checkpointDir(out))) throw new MlaError("NOT_FOUND", `--resume: no checkpoint in ${checkpointDir(out)}`, "point --out at the folder of the interrupted run");
-    return out;
-  }
-  if (fs.existsSync(out) && fs.readdirSync(out).length > 0 && !force) throw new MlaError("EXISTS", `output ${given} already exists`, "pass --resume to continue an interrupted run, --force to start over, or choose another --out");
-  fs.rmSync(out, { recursive: true, force: true });
-  fs.mkdirSync(out, { recursive: true });
-  return out;
 }
 
 /** Writes the trained weights (in the source checkpoint's dtypes) and the model files into `out`, each file atomically. */
