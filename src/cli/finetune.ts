@@ -47,10 +47,10 @@ export const finetuneCommand: CommandModule<object, Args> = {
     y
       .positional("model", { type: "string", demandOption: true, describe: "the (converted) model to train" })
       .option("data", { type: "string", array: true, demandOption: true, describe: "text files or .jsonl with a text field" })
-      .option("token-cache", { type: "string", describe: "folder where the tokenized --data is kept and reused by later runs (tokenize a large corpus once)" })
+      .option("token-cache", { type: "string", describe: "folder of its own (apart from MODEL, --data, --out and the working folder) where the tokenized --data is kept and reused by later runs (tokenize a large corpus once)" })
       .option("out", { type: "string", demandOption: true, describe: "run folder: checkpoint/, train_log.jsonl, then the trained model" })
       .option("force", { type: "boolean", default: false, describe: "start over in an existing --out" })
-      .option("resume", { type: "boolean", default: false, describe: "continue the interrupted run in --out exactly" })
+      .option("resume", { type: "boolean", default: false, describe: "continue the interrupted run in --out exactly, with the same flags (a finished run is reported again, nothing rewritten)" })
       .option("tokens", { type: "number", describe: "token budget (batch·seq per step; default one epoch)" })
       .option("fraction", { type: "number", describe: "train on the first fraction of the training tokens" })
       .option("val-fraction", { type: "number", default: D.valFraction, describe: "held-out tail of the data for validation NLL" })

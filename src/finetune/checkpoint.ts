@@ -71,19 +71,21 @@ export function saveCheckpoint(out: string, state: TrainState, t: StateSlots): v
   if (process.env["MHA2MLA_TEST_KILL_AFTER_SAVE"] === String(state.step)) process.kill(process.pid, "SIGKILL");
 }
 
-/** Loads a checkpoint into `t` (in place) after checking it belongs to this run's settings. */
-export function loadCheckpoint(out: string, fingerprint: string, t: StateSlots): TrainState {
+/** The state.json of the checkpoint in `out` (--resume reads it before any work; resume.ts checks it is this run's). */
+export function readCheckpointState(out: string): TrainState {
   const dir = checkpointDir(out);
   const stateFile = path.join(dir, "state.json");
   if (!fs.existsSync(stateFile)) throw new MlaError("NOT_FOUND", `--resume: no checkpoint in ${dir}`, "train without --resume first, or point --out at the folder of the interrupted run");
-  let state: TrainState;
   try {
-    state = JSON.parse(fs.readFileSync(stateFile, "utf8")) as TrainState;
+    return JSON.parse(fs.readFileSync(stateFile, "utf8")) as TrainState;
   } catch (e) {
     throw new MlaError("BAD_CHECKPOINT", `${stateFile}: not valid JSON (${(e as Error).message})`, "the checkpoint is corrupt; start again without --resume");
   }
-  if (state.fingerprint !== fingerprint)
-    throw new MlaError("BAD_CHECKPOINT", `--resume: the checkpoint in ${dir} was made for a different model or different training settings`, `resume with the same MODEL and flags as the interrupted run (it used ${JSON.stringify(state.settings)})`);
+}
+
+/** Loads the weights and moments of the checkpoint in `out` into `t` (in place). */
+export function loadCheckpoint(out: string, t: StateSlots): void {
+  const dir = checkpointDir(out);
   const f = SafetensorsFile.open(path.join(dir, "state.safetensors"));
   try {
     t.paths.forEach((p, i) => {
@@ -98,5 +100,4 @@ export function loadCheckpoint(out: string, fingerprint: string, t: StateSlots):
   } finally {
     f.close();
   }
-  return state;
 }

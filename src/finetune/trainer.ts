@@ -8,7 +8,6 @@ import crypto from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
 import { MlaError } from "../errors.js";
-import { refuseOutOverInputs, type InputPath } from "../io/outGuard.js";
 import { Checkpoint, CheckpointWriter, copyModelSideFiles } from "../io/checkpoint.js";
 import { DType, encodeFromF32 } from "../io/dtype.js";
 import { resolveModel } from "../io/modelDir.js";
@@ -22,7 +21,10 @@ import { fmtCount, fmtTime, ProgressSink } from "../util/progress.js";
 import { loadTrainingData, microBatches } from "./data.js";
 import { activationBytes, checkFits, fitsDevice, MemoryChoice, MicroBatch, microStep, Precision, stateBytes, trainableCount, TrainState } from "./trainState.js";
 import { defaultLr, lrAt, Schedule, ScheduleName } from "./schedule.js";
-import { checkpointDir, loadCheckpoint, TrainState as RunState } from "./checkpoint.js";
+import { checkpointDir, loadCheckpoint, readCheckpointState, TrainState as RunState } from "./checkpoint.js";
+import { checkRunFolders, startRunFolder } from "./runFolder.js";
+import { checkSameRun, finishedRun, loggedValNllBefore, SUMMARY_FILE } from "./resume.js";
+import { writeFileAtomic } from "../io/atomicDir.js";
 import { CheckpointKeeper } from "./checkpointKeeper.js";
 import { weightFileBytes } from "../io/diskRoom.js";
 
@@ -148,6 +150,8 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
   const { seq, batch, accum, warmup, trainWhat, distillWeight, temperature } = checkedOptions(o);
 
   const src = resolveModel(spec);
+  const out = checkRunFolders(o, src.dir);
+  const prior = o.resume ? readCheckpointState(out) : null;
   const lr = o.lr !== undefined ? positive("lr", o.lr) : defaultLr(parameterCount(src.dir));
   if (o.lr === undefined) log.info(`learning rate ${lr} (the default for a model of this size; --lr to choose)`);
   const backend = selectBackend(o.device ?? "auto", log);
@@ -164,8 +168,17 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
 
   const settings = { model: fs.readFileSync(path.join(src.dir, "config.json"), "utf8"), data: o.data.map((f) => path.resolve(f)), tokens: o.tokens ?? null, fraction: o.fraction ?? 1, valFraction: o.valFraction ?? D.valFraction, seq, batch, accum, schedule, beta1: o.beta1 ?? D.beta1, beta2: o.beta2 ?? D.beta2, eps: o.eps ?? D.eps, weightDecay: o.weightDecay ?? D.weightDecay, clip: o.clip ?? D.clip, seed: o.seed ?? D.seed, train: trainWhat, distill: o.distill ?? null, temperature, distillWeight, precision };
   const fingerprint = crypto.createHash("sha256").update(JSON.stringify(settings)).digest("hex").slice(0, 16);
-
-  const out = prepareOut(o.out, src.dir, o.resume ?? false, o.force ?? false, [...o.data.map((f) => ({ name: "--data", path: f })), { name: "--distill", path: o.distill }]);
+  // What the run records (not fingerprinted, so older checkpoints still resume): the model's folder
+  // for its config's text, and the --warmup fraction beside the steps it gives, for checkSameRun's message.
+  const recorded = { ...settings, model: path.resolve(src.dir), warmup };
+  if (prior) {
+    checkSameRun(out, prior, fingerprint, recorded);
+    const finished = finishedRun(out, prior.step);
+    if (finished) {
+      log.info(`the run in ${out} has finished (step ${finished.steps}); nothing to resume`);
+      return finished;
+    }
+  } else startRunFolder(out);
 
   const trainable = (p: string) => trainWhat === "all" || p.includes(".attn.");
   const b = model.backend;
@@ -181,9 +194,9 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
   const state = new TrainState(model, trainable, precision);
   log.info(memoryPlan(state, batch * (seq - 1), memory));
   const hyper = { beta1: settings.beta1, beta2: settings.beta2, eps: settings.eps, weightDecay: settings.weightDecay };
-  let run: RunState = { format: 1, step: 0, epoch: 0, cursor: 0, tokensSeen: 0, fingerprint, settings: { ...settings, model: src.dir } };
-  if (o.resume) {
-    run = loadCheckpoint(out, fingerprint, state.slotIo());
+  const run: RunState = prior ?? { format: 1, step: 0, epoch: 0, cursor: 0, tokensSeen: 0, fingerprint, settings: recorded };
+  if (prior) {
+    loadCheckpoint(out, state.slotIo());
     state.loaded();
     state.step = run.step;
     keeper.step = run.step;
@@ -192,8 +205,8 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
   const logFile = path.join(out, "train_log.jsonl");
   const logLine = (row: Record<string, unknown>) => fs.appendFileSync(logFile, JSON.stringify(row) + "\n");
   const valNll = async () => (data.val.length > 0 ? (await perplexity(model, data.val, { ctx: seq, progress: null })).nll : null);
-  const valNllBefore = o.resume ? null : await valNll();
-  if (valNllBefore !== null) logLine({ step: 0, val_nll: valNllBefore });
+  const valNllBefore = prior ? loggedValNllBefore(out) : await valNll();
+  if (!prior && valNllBefore !== null) logLine({ step: 0, val_nll: valNllBefore });
 
   const nextMicroBatch: () => MicroBatch = microBatches(data, batch, settings.seed, run);
   const save = (what: string) => keeper.save(run, state.slotIo(), what);
@@ -242,32 +255,16 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
   const hostLine = timer.describe();
   if (hostLine) log.info(hostLine);
   let valNllAfter: number | null = null;
+  const tokensPerSecond = ((run.step - startStep) * perStep) / seconds;
   if (!stoppedEarly) {
     valNllAfter = await valNll();
     logLine({ step: run.step, val_nll: valNllAfter });
     await writeModel(src.dir, out, lm.config, model);
-    fs.writeFileSync(path.join(out, "finetune.json"), JSON.stringify({ source: spec, settings: { ...settings, model: src.dir }, steps: run.step, tokens: run.tokensSeen, precision, checkpoint_activations: checkpoint, params: modelParams(model), trainable_params: state.size, peak_device_bytes: model.backend.memory?.().peak ?? null, val_nll_before: valNllBefore, val_nll_after: valNllAfter, seconds, host_time_per_step: timer.summary() }, null, 2) + "\n");
+    // Last of the run's files (then the final checkpoint), and whole: its presence means finished (finishedRun, the pipeline).
+    writeFileAtomic(path.join(out, SUMMARY_FILE), JSON.stringify({ source: spec, settings: recorded, steps: run.step, tokens: run.tokensSeen, precision, checkpoint_activations: checkpoint, params: modelParams(model), trainable_params: state.size, peak_device_bytes: model.backend.memory?.().peak ?? null, val_nll_before: valNllBefore, val_nll_after: valNllAfter, final_loss: finalLoss, seconds, tokens_per_s: tokensPerSecond, host_time_per_step: timer.summary() }, null, 2) + "\n");
     save("final");
   }
-  return { out, steps: run.step, stoppedEarly, checkpointStep: keeper.step, tokensSeen: run.tokensSeen, seconds, tokensPerSecond: ((run.step - startStep) * perStep) / seconds, valNllBefore, valNllAfter, finalLoss, precision };
-}
-
-/**
- * The run folder for --out (absolute): with --resume it must hold a checkpoint; otherwise it is
- * created empty, replacing an existing non-empty one only with --force; never an input, inside one
- * (the model folder) or holding one.
- */
-function prepareOut(given: string, srcDir: string, resume: boolean, force: boolean, inputs: readonly InputPath[]): string {
-  const out = path.resolve(given);
-  refuseOutOverInputs("--out", given, [{ name: "the input model folder", path: srcDir }, ...inputs]);
-  if (resume) {
-    if (!fs.existsSync(checkpointDir(out))) throw new MlaError("NOT_FOUND", `--resume: no checkpoint in ${checkpointDir(out)}`, "point --out at the folder of the interrupted run");
-    return out;
-  }
-  if (fs.existsSync(out) && fs.readdirSync(out).length > 0 && !force) throw new MlaError("EXISTS", `output ${given} already exists`, "pass --resume to continue an interrupted run, --force to start over, or choose another --out");
-  fs.rmSync(out, { recursive: true, force: true });
-  fs.mkdirSync(out, { recursive: true });
-  return out;
+  return { out, steps: run.step, stoppedEarly, checkpointStep: keeper.step, tokensSeen: run.tokensSeen, seconds, tokensPerSecond, valNllBefore, valNllAfter, finalLoss, precision };
 }
 
 /** Writes the trained weights (in the source checkpoint's dtypes) and the model files into `out`, each file atomically. */

@@ -11,6 +11,8 @@ import { MlaError } from "../errors.js";
 export interface InputPath {
   name: string;
   path: string | undefined | null;
+  /** Another output of the same command (finetune's run folder beside its token cache): it may not exist yet, and is compared all the same. */
+  output?: boolean;
 }
 
 /** The path with symbolic links resolved as far as it exists (the rest appended), so aliases compare equal. */
@@ -31,16 +33,18 @@ const within = (inner: string, outer: string) => inner === outer || inner.starts
 
 /**
  * Refuses `out` (given by `flag`, e.g. "--out") when it is one of `inputs`, lies inside one, or holds
- * one. Inputs that do not exist are skipped (their own check reports them).
+ * one. Inputs that do not exist are skipped (their own check reports them), outputs are not. `hint`
+ * replaces the default hints, for an output whose harm is not that of a folder written or replaced
+ * (it should say why the paths must stay apart).
  */
-export function refuseOutOverInputs(flag: string, out: string, inputs: readonly InputPath[]): void {
+export function refuseOutOverInputs(flag: string, out: string, inputs: readonly InputPath[], hint?: string): void {
   const o = realPath(out);
   // Replacing the working folder (or one above it) with --force would empty the folder the user is in.
-  if (within(realPath(process.cwd()), o)) throw new MlaError("BAD_ARGUMENT", `${flag} ${out} is the working folder or holds it`, "choose a new folder below it, e.g. --out ./result");
+  if (within(realPath(process.cwd()), o)) throw new MlaError("BAD_ARGUMENT", `${flag} ${out} is the working folder or holds it`, hint ?? `choose a new folder below it, e.g. ${flag} ./result`);
   for (const input of inputs) {
-    if (!input.path || !fs.existsSync(input.path)) continue;
-    const p = fs.realpathSync(input.path);
-    if (within(o, p)) throw new MlaError("BAD_ARGUMENT", `${flag} ${out} is ${input.name}${o === p ? "" : " or inside it"} (${input.path})`, "choose a new path; inputs are never modified");
-    if (within(p, o)) throw new MlaError("BAD_ARGUMENT", `${flag} ${out} holds ${input.name} (${input.path}): writing or replacing it would change or delete that input`, "choose a path that contains none of the inputs");
+    if (!input.path || (!input.output && !fs.existsSync(input.path))) continue;
+    const p = realPath(input.path);
+    if (within(o, p)) throw new MlaError("BAD_ARGUMENT", `${flag} ${out} is ${input.name}${o === p ? "" : " or inside it"} (${input.path})`, hint ?? "choose a new path; inputs are never modified");
+    if (within(p, o)) throw new MlaError("BAD_ARGUMENT", `${flag} ${out} holds ${input.name} (${input.path})${hint ? "" : ": writing or replacing it would change or delete that input"}`, hint ?? "choose a path that contains none of the inputs");
   }
 }

@@ -1,0 +1,134 @@
+/**
+ * What --resume takes from the run in OUT besides its checkpoint's weights: the proof that it is the
+ * same run (a mismatch names each flag that differs, with both values), the validation NLL measured
+ * before training (only the run's log has it), and, for a run that has finished, its summary: a
+ * finished run is reported as it ended, not finished a second time.
+ */
+import fs from "node:fs";
+import path from "node:path";
+import { MlaError } from "../errors.js";
+import type { TrainState as RunState } from "./checkpoint.js";
+import type { FinetuneResult } from "./trainer.js";
+import type { Precision } from "./trainState.js";
+
+/** Written once the trained model is in OUT: its presence means the run has finished. */
+export const SUMMARY_FILE = "finetune.json";
+
+/** The flag of each recorded setting (a flattened key); options only the library has keep their own name. */
+const FLAGS: Record<string, string> = {
+  model: "MODEL",
+  data: "--data",
+  tokens: "--tokens",
+  fraction: "--fraction",
+  valFraction: "--val-fraction",
+  seq: "--seq",
+  batch: "--batch",
+  accum: "--accum",
+  "schedule.name": "--schedule",
+  "schedule.lr": "--lr",
+  warmup: "--warmup",
+  "schedule.warmupSteps": "the warmup steps (--warmup)",
+  "schedule.decayFraction": "--decay-fraction",
+  "schedule.minLrFraction": "minLrFraction",
+  weightDecay: "--weight-decay",
+  clip: "--clip",
+  seed: "--seed",
+  train: "--train",
+  distill: "--distill",
+  temperature: "--temperature",
+  distillWeight: "--distill-weight",
+  precision: "--precision",
+};
+
+/** Settings one level deep (the schedule is an object) as `key` and `outer.key` entries. */
+function flatten(settings: Record<string, unknown>): Map<string, unknown> {
+  const flat = new Map<string, unknown>();
+  for (const [k, v] of Object.entries(settings)) {
+    if (v !== null && typeof v === "object" && !Array.isArray(v)) for (const [k2, v2] of Object.entries(v)) flat.set(`${k}.${k2}`, v2);
+    else flat.set(k, v);
+  }
+  return flat;
+}
+
+/** A value as it would be typed: learning rates as 2e-4 rather than 0.0002. */
+function shown(v: unknown): string {
+  if (Array.isArray(v)) return v.map(shown).join(", ");
+  return typeof v === "number" && v !== 0 && Math.abs(v) < 1e-2 ? v.toExponential() : String(v);
+}
+
+/** One clause per setting whose value here (`now`) differs from the run's in `out` (`was`). */
+export function settingDifferences(out: string, was: Record<string, unknown>, now: Record<string, unknown>): string[] {
+  const [a, b] = [flatten(was), flatten(now)];
+  // Runs record the --warmup fraction beside the steps it gives; the steps also follow --tokens and the
+  // data, so the fraction is compared where both runs have it (older checkpoints have only the steps).
+  const unused = a.has("warmup") && b.has("warmup") ? "schedule.warmupSteps" : "warmup";
+  for (const m of [a, b]) m.delete(unused);
+  const clauses: string[] = [];
+  for (const key of new Set([...a.keys(), ...b.keys()])) {
+    const [before, here] = [a.get(key), b.get(key)];
+    if (JSON.stringify(before) === JSON.stringify(here)) continue;
+    const flag = FLAGS[key] ?? key;
+    clauses.push(`${flag} ${here == null ? "is not given here" : `is ${shown(here)} here`} but the run in ${out} was started ${before == null ? "without it" : `with ${shown(before)}`}`);
+  }
+  return clauses;
+}
+
+/**
+ * Refuses to resume the run in `out` (checkpoint state `prior`) with other settings: the fingerprint
+ * covers MODEL's config.json and every setting `settings` records.
+ */
+export function checkSameRun(out: string, prior: RunState, fingerprint: string, settings: Record<string, unknown>): void {
+  if (prior.fingerprint === fingerprint) return;
+  const clauses = settingDifferences(out, prior.settings, settings);
+  // What the fingerprint holds beyond the recorded flags: the text of config.json, and the step count the data gives.
+  if (clauses.length === 0) clauses.push(`MODEL ${String(settings["model"])} (its config.json) or the --data files (their length) are not those the run in ${out} was started with`);
+  throw new MlaError("BAD_CHECKPOINT", `--resume: ${clauses.join("; ")}`, "pass the same MODEL and flags to resume, or --force to start over");
+}
+
+/** The validation NLL before training, from the first line of the run's log (step 0; absent when the run had no validation tokens). */
+export function loggedValNllBefore(out: string): number | null {
+  try {
+    const first = JSON.parse(fs.readFileSync(path.join(out, "train_log.jsonl"), "utf8").split("\n", 1)[0]!) as { step?: unknown; val_nll?: unknown };
+    return first.step === 0 && typeof first.val_nll === "number" ? first.val_nll : null;
+  } catch {
+    return null; // no log: nothing to recover
+  }
+}
+
+/** The fields of SUMMARY_FILE a finished run is reported from (final_loss and tokens_per_s are absent in older ones). */
+interface Summary {
+  steps: number;
+  tokens: number;
+  seconds: number;
+  tokens_per_s?: number;
+  final_loss?: number;
+  val_nll_before: number | null;
+  val_nll_after: number | null;
+  precision: Precision;
+}
+
+/** The result of the finished run in `out` as it ended, or null when it has not finished. */
+export function finishedRun(out: string, checkpointStep: number): FinetuneResult | null {
+  const file = path.join(out, SUMMARY_FILE);
+  if (!fs.existsSync(file)) return null;
+  let s: Summary;
+  try {
+    s = JSON.parse(fs.readFileSync(file, "utf8")) as Summary;
+  } catch (e) {
+    throw new MlaError("BAD_CHECKPOINT", `${file}: not valid JSON (${(e as Error).message})`, `delete ${file} and --resume again to redo the end of the run (evaluation and the model files), or --force to start over`);
+  }
+  return {
+    out,
+    steps: s.steps,
+    stoppedEarly: false,
+    checkpointStep,
+    tokensSeen: s.tokens,
+    seconds: s.seconds,
+    tokensPerSecond: s.tokens_per_s ?? s.tokens / s.seconds,
+    // Runs resumed before the log was read for it have null here.
+    valNllBefore: s.val_nll_before ?? loggedValNllBefore(out),
+    valNllAfter: s.val_nll_after,
+    finalLoss: s.final_loss ?? NaN,
+    precision: s.precision,
+  };
+}

@@ -1,0 +1,48 @@
+/**
+ * The folders a finetune run writes, checked before any work (tokenizing a corpus or loading a
+ * model takes minutes; a refusal after them wastes those minutes):
+ * - the run folder --out is never an input, inside one or holding one; with --resume it must hold a
+ *   checkpoint, otherwise an existing non-empty one is replaced only with --force;
+ * - the --token-cache folder outlives runs and is meant to be cleared at will, so it must be a
+ *   folder of its own. Inside --out, --force would empty it (the reuse it exists for is lost) and a
+ *   fresh run would find its own --out non-empty; holding the model, a data file, --out or the
+ *   working folder, clearing it would delete them; being one of them, cache files would be mixed
+ *   into a model folder or written over a data file.
+ */
+import fs from "node:fs";
+import path from "node:path";
+import { MlaError } from "../errors.js";
+import { refuseOutOverInputs, type InputPath } from "../io/outGuard.js";
+
+export interface RunFolders {
+  out: string;
+  data: string[];
+  distill?: string;
+  tokenCache?: string;
+  resume?: boolean;
+  force?: boolean;
+}
+
+const TOKEN_CACHE_HINT = "the token cache is kept across runs and may be cleared at any time, so it needs a folder of its own, apart from MODEL, the --data files, the --out run folder (which --force empties) and the working folder: e.g. --token-cache ./token-cache";
+
+/** Refuses run folders that would harm an input or each other; returns --out as an absolute path. */
+export function checkRunFolders(o: RunFolders, modelDir: string): string {
+  const inputs: InputPath[] = [{ name: "the input model folder", path: modelDir }, ...o.data.map((f) => ({ name: "--data", path: f })), { name: "--distill", path: o.distill }];
+  refuseOutOverInputs("--out", o.out, inputs);
+  if (o.tokenCache !== undefined) checkTokenCache(o.tokenCache, [...inputs, { name: "the --out run folder", path: o.out, output: true }]);
+  const out = path.resolve(o.out);
+  if (!o.resume && !o.force && fs.existsSync(out) && fs.readdirSync(out).length > 0)
+    throw new MlaError("EXISTS", `output ${o.out} already exists`, "pass --resume to continue an interrupted run, --force to start over, or choose another --out");
+  return out;
+}
+
+function checkTokenCache(dir: string, avoid: readonly InputPath[]): void {
+  refuseOutOverInputs("--token-cache", dir, avoid, TOKEN_CACHE_HINT);
+  if (fs.existsSync(dir) && !fs.statSync(dir).isDirectory()) throw new MlaError("BAD_ARGUMENT", `--token-cache ${dir} is a file, not a folder`, TOKEN_CACHE_HINT);
+}
+
+/** A fresh run starts in an empty --out (an old one was allowed by checkRunFolders: empty, or --force). */
+export function startRunFolder(out: string): void {
+  fs.rmSync(out, { recursive: true, force: true });
+  fs.mkdirSync(out, { recursive: true });
+}

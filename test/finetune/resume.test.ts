@@ -1,0 +1,92 @@
+/**
+ * --resume: a resumed run reports the validation NLL before training as an uninterrupted one does; a
+ * finished run is reported as it ended and nothing in its folder is written again; a run started with
+ * other flags is refused naming each flag that differs, with both values.
+ */
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import fs from "node:fs";
+import path from "node:path";
+import { test } from "node:test";
+import { MlaError } from "../../src/errors.js";
+import { finetune, type FinetuneOptions } from "../../src/finetune/trainer.js";
+import { checkSameRun, settingDifferences } from "../../src/finetune/resume.js";
+import { FIXTURES, MODELS, ROOT, tmpDir } from "../helpers.js";
+
+const MAIN = path.join(ROOT, "dist", "src", "cli", "main.js");
+const MODEL = path.join(MODELS, "stories260K");
+const DATA = path.join(FIXTURES, "text", "tinystories_25k.txt");
+const STEPS = 6;
+const common: FinetuneOptions = { data: [DATA], out: "", tokens: STEPS * 4 * 32, seq: 32, batch: 4, valFraction: 0.05, progress: null };
+const cliArgs = (out: string) => ["finetune", MODEL, "--data", DATA, "--out", out, "--tokens", String(STEPS * 4 * 32), "--seq", "32", "--batch", "4", "--val-fraction", "0.05"];
+
+/** Every file of a run folder with its bytes and modification time: what "nothing written" compares. */
+function snapshot(dir: string): Map<string, string> {
+  const files = fs.readdirSync(dir, { recursive: true }).map(String).filter((f) => fs.statSync(path.join(dir, f)).isFile());
+  return new Map(files.map((f) => [f, `${fs.statSync(path.join(dir, f)).mtimeMs} ${fs.readFileSync(path.join(dir, f)).toString("base64")}`]));
+}
+
+const summary = (out: string) => JSON.parse(fs.readFileSync(path.join(out, "finetune.json"), "utf8")) as { val_nll_before: number | null; val_nll_after: number | null };
+
+test("a resumed run reports the NLL before training of the uninterrupted run; resuming it once finished reports it again and writes nothing", async () => {
+  const straight = await finetune(MODEL, { ...common, out: path.join(tmpDir(), "straight") });
+  const out = path.join(tmpDir(), "stopped");
+  let polls = 0;
+  const stopped = await finetune(MODEL, { ...common, out, shouldStop: () => ++polls >= 3 });
+  assert.ok(stopped.stoppedEarly && stopped.checkpointStep === 3, `stopped at step ${stopped.steps}`);
+  const resumed = await finetune(MODEL, { ...common, out, resume: true });
+  assert.equal(resumed.steps, STEPS);
+  assert.equal(resumed.valNllBefore, straight.valNllBefore);
+  assert.ok(resumed.valNllBefore !== null);
+  assert.equal(resumed.valNllAfter, straight.valNllAfter);
+  assert.deepEqual([summary(out).val_nll_before, summary(out).val_nll_after], [straight.valNllBefore, straight.valNllAfter], "finetune.json");
+
+  const files = snapshot(out);
+  const again = await finetune(MODEL, { ...common, out, resume: true });
+  assert.deepEqual(again, { ...resumed, checkpointStep: STEPS }, "the finished run, as it ended");
+  assert.deepEqual(snapshot(out), files, "nothing written: no log line, model, summary or checkpoint");
+});
+
+test("the CLI: --resume of a finished run prints the line the run ended with, appends nothing to train_log.jsonl and exits 0", () => {
+  const out = path.join(tmpDir(), "cli");
+  const first = spawnSync(process.execPath, [MAIN, ...cliArgs(out)], { encoding: "utf8" });
+  assert.equal(first.status, 0, first.stderr);
+  const files = snapshot(out);
+  const again = spawnSync(process.execPath, [MAIN, ...cliArgs(out), "--resume"], { encoding: "utf8" });
+  assert.equal(again.status, 0, again.stderr);
+  assert.equal(again.stdout, first.stdout);
+  assert.match(again.stdout, /validation NLL \d\.\d{4} → \d\.\d{4}/);
+  assert.match(again.stderr, /has finished \(step 6\); nothing to resume/);
+  assert.deepEqual(snapshot(out), files);
+});
+
+test("--resume with other flags names each flag that differs with both values, not the settings record", async () => {
+  const out = path.join(tmpDir(), "run");
+  let polls = 0;
+  await finetune(MODEL, { ...common, out, lr: 1e-3, shouldStop: () => ++polls >= 1 });
+  const refused = (o: Partial<FinetuneOptions>, re: RegExp, model = MODEL) =>
+    assert.rejects(finetune(model, { ...common, out, resume: true, lr: 1e-3, ...o }), (e: Error) => e instanceof MlaError && e.code === "BAD_CHECKPOINT" && re.test(e.message) && !/\{"/.test(e.message) && /hint: pass the same MODEL and flags to resume, or --force to start over/.test(e.message));
+  const interrupted = snapshot(out);
+  const was = `but the run in ${out.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")} was started`;
+  await refused({ lr: 2e-4 }, new RegExp(`^--resume: --lr is 2e-4 here ${was} with 1e-3\\n`));
+  await refused({ seq: 64, warmup: 0.2 }, new RegExp(`--seq is 64 here ${was} with 32; --warmup is 0\\.2 here ${was} with 0\\.05\\n`));
+  await refused({ tokens: undefined, seed: 7 }, new RegExp(`--tokens is not given here ${was} with ${STEPS * 4 * 32}; --seed is 7 here ${was} with 0\\n`));
+  const copy = path.join(tmpDir(), "other");
+  fs.cpSync(MODEL, copy, { recursive: true });
+  const config = path.join(copy, "config.json");
+  fs.writeFileSync(config, fs.readFileSync(config, "utf8").replace(/"rms_norm_eps": [^,\n]+/, '"rms_norm_eps": 1e-6'));
+  await refused({}, new RegExp(`MODEL is .*other here ${was} with .*stories260K\\n`), copy);
+  assert.deepEqual(snapshot(out), interrupted, "a refused resume writes nothing");
+});
+
+test("settingDifferences compares the --warmup fraction where both runs recorded it, else the steps; a fingerprint that differs in no recorded flag names the model and the data", () => {
+  const schedule = { name: "wsd", lr: 1e-3, warmupSteps: 2, decayFraction: 0.2, minLrFraction: 0.1 };
+  const old = { data: ["/d.txt"], tokens: null, schedule };
+  // --tokens moved the warmup steps; the fraction is the same: only --tokens is named.
+  assert.deepEqual(settingDifferences("OUT", { ...old, warmup: 0.05 }, { ...old, tokens: 4096, schedule: { ...schedule, warmupSteps: 4 }, warmup: 0.05 }), ["--tokens is 4096 here but the run in OUT was started without it"]);
+  // A checkpoint from before the fraction was recorded: the steps are compared.
+  assert.deepEqual(settingDifferences("OUT", old, { ...old, schedule: { ...schedule, warmupSteps: 4 }, warmup: 0.1 }), ["the warmup steps (--warmup) is 4 here but the run in OUT was started with 2"]);
+  const prior = { format: 1 as const, step: 1, epoch: 0, cursor: 1, tokensSeen: 128, fingerprint: "a", settings: { model: "/m", ...old } };
+  assert.throws(() => checkSameRun("OUT", prior, "b", { model: "/m", ...old }), (e: Error) => e instanceof MlaError && /^--resume: MODEL \/m \(its config\.json\) or the --data files \(their length\) are not those the run in OUT was started with/.test(e.message));
+  assert.doesNotThrow(() => checkSameRun("OUT", prior, "a", { model: "/elsewhere", ...old }), "a copy of the model (same config.json) resumes");
+});
