@@ -8,7 +8,7 @@ import { MlaError, ioError } from "../errors.js";
 import type { LlamaModel } from "../model/llama.js";
 import type { KvCacheDtype } from "../model/kvQuant.js";
 import { encodePrefix, TextTokenizer } from "../io/tokenizer.js";
-import { readTextFile } from "../io/text.js";
+import { readTextFile, sniffTextFile } from "../io/text.js";
 import { Progress, ProgressSink } from "../util/progress.js";
 
 export interface PerplexityResult {
@@ -27,7 +27,7 @@ export interface PerplexityResult {
   afterFirst: { tokens: number; seconds: number } | null;
 }
 
-/** Refuses what readText would, without reading the file: a missing path, a folder, an empty file. */
+/** Refuses what readText would, reading only the file's first few KB: a missing path, a folder, an empty file, binary data. */
 export function checkTextFile(file: string): void {
   let st: fs.Stats;
   try {
@@ -37,6 +37,11 @@ export function checkTextFile(file: string): void {
   }
   if (st.isDirectory()) throw new MlaError("BAD_ARGUMENT", `${file} is a folder, not a text file`, "pass a UTF-8 text file");
   if (st.size === 0) throw new MlaError("BAD_TEXT", `text file ${file} is empty`, "pass a UTF-8 text file with some content");
+  try {
+    sniffTextFile(file);
+  } catch (e) {
+    throw ioError("cannot read text", file, e);
+  }
 }
 
 export function readText(file: string): string {

@@ -5,7 +5,7 @@
 import fs from "node:fs";
 import Bunzip from "seek-bzip";
 import { MlaError, ioError } from "../../errors.js";
-import { normalizeNewlines } from "../../io/text.js";
+import { decodeText } from "../../io/text.js";
 
 export interface ChoiceItem {
   /** 0-based index in the file. */
@@ -15,6 +15,8 @@ export interface ChoiceItem {
   choices: string[];
   gold: number;
 }
+
+const CORRUPT = "the task file is corrupt or in another format; copy it again";
 
 function readFile(file: string): Buffer {
   try {
@@ -27,15 +29,17 @@ function readFile(file: string): Buffer {
 /** The file as text, bzip2 decoded where named .bz2, newlines normalized like Python's text mode. */
 function readText(file: string): string {
   const buf = readFile(file);
-  if (!file.endsWith(".bz2")) return normalizeNewlines(buf.toString("utf8"));
+  if (!file.endsWith(".bz2")) return decodeText(buf, file, CORRUPT);
+  let plain: Buffer;
   try {
-    return normalizeNewlines(Bunzip.decode(buf).toString("utf8"));
+    plain = Bunzip.decode(buf);
   } catch (e) {
     throw bad(file, null, `is not a complete bzip2 file (${(e as Error).message ?? e})`);
   }
+  return decodeText(plain, file, CORRUPT);
 }
 
-function bad(file: string, item: number | null, what: string, hint = "the task file is corrupt or in another format; copy it again"): MlaError {
+function bad(file: string, item: number | null, what: string, hint = CORRUPT): MlaError {
   return new MlaError("BAD_TEXT", `${file}${item === null ? "" : ` item ${item}`}: ${what}`, hint);
 }
 
