@@ -18,6 +18,7 @@ import type { Logger } from "../util/log.js";
 import { silentLogger } from "../util/log.js";
 import type { KvCacheDtype } from "../model/kvQuant.js";
 import { kvBytesPerToken } from "../model/config.js";
+import { requireCount } from "../util/counts.js";
 
 export interface EvalOptions {
   text?: string;
@@ -79,8 +80,8 @@ export async function evaluate(spec: string, opts: EvalOptions): Promise<EvalRes
   const log = opts.logger ?? silentLogger;
   if (!opts.text && !opts.tasks?.length) throw new MlaError("BAD_ARGUMENT", "nothing to evaluate", "pass --text FILE for perplexity and/or --tasks a,b for benchmarks");
   if (opts.kvCache && opts.tasks?.length) log.warn(`--kv-cache ${opts.kvCache} applies to the perplexity windows only: each task item is scored in one forward pass, without a cache`);
-  for (const [flag, v] of [["--tokens", opts.tokens], ["--limit", opts.limit]] as const)
-    if (v !== undefined && !(Number.isInteger(v) && v > 0)) throw new MlaError("BAD_ARGUMENT", `${flag} ${v} is not a positive count`, `pass a whole number ≥ 1, or leave ${flag} out for all of it`);
+  requireCount("--tokens", opts.tokens);
+  requireCount("--limit", opts.limit);
   const backend = selectBackend(opts.device ?? "auto", log);
   const t0 = performance.now();
   const text = opts.text ? readText(opts.text) : null;
@@ -121,6 +122,7 @@ export async function evaluate(spec: string, opts: EvalOptions): Promise<EvalRes
     result.tasks = {};
     for (const task of opts.tasks) {
       const r = await runTask(lm.model, lm.tokenizer, task, dataDir!, opts.limit, opts.progress);
+      if (opts.limit !== undefined && r.n < opts.limit) log.warn(`${task}: its file holds ${r.n} items, fewer than --limit ${opts.limit}: scored all of them`);
       result.tasks[task] = { n: r.n, ...(r.metrics as Omit<TaskScore, "n">) };
     }
   }
