@@ -94,11 +94,16 @@ function defaultBatch(model: LlamaModel, stride: number): number {
   return Math.max(1, Math.min(16, Math.floor(budget / windowBytes)));
 }
 
+/** Refuses a window length below BOS + one token; `flag` is the option it came from (--eval-ctx where another command evaluates). */
+export function checkCtx(ctx: number, flag = "--ctx"): void {
+  if (!Number.isInteger(ctx) || ctx < 2) throw new MlaError("BAD_ARGUMENT", `${flag} ${ctx} is too small`, "use at least 2 (BOS + one token)");
+}
+
 export async function perplexity(model: LlamaModel, ids: Int32Array, opts: PerplexityOptions): Promise<PerplexityResult> {
   const { ctx } = opts;
   const bos = model.config.bosTokenId;
   if (bos === null) throw new MlaError("BAD_CONFIG", "the model's config has no bos_token_id", "the perplexity protocol starts every window with BOS; set bos_token_id in config.json");
-  if (!Number.isInteger(ctx) || ctx < 2) throw new MlaError("BAD_ARGUMENT", `--ctx ${ctx} is too small`, "use at least 2 (BOS + one token)");
+  checkCtx(ctx);
   if (ids.length === 0) throw new MlaError("BAD_TEXT", "the text has no tokens", "pass a non-empty text");
   const stride = ctx - 1;
   const windows = Math.ceil(ids.length / stride);
