@@ -29,8 +29,12 @@ export function isMlaError(e: unknown): e is MlaError {
   return e instanceof MlaError;
 }
 
-/** Wraps a Node file-system error into an MlaError naming the file and the operation. */
+/**
+ * Wraps a Node file-system error into an MlaError naming the file and the operation. An MlaError
+ * (a reader that refused the file's contents) already names the file and says what to do: it is kept.
+ */
 export function ioError(op: string, path: string, cause: unknown): MlaError {
+  if (isMlaError(cause)) return cause;
   const err = cause as NodeJS.ErrnoException;
   const why = err?.code === "ENOENT" ? "no such file or folder" : err?.code === "EACCES" ? "permission denied" : err?.code === "ENOSPC" ? "no space left on the device" : String(err?.message ?? cause);
   const code = err?.code === "ENOENT" ? "NOT_FOUND" : "IO";

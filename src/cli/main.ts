@@ -47,12 +47,42 @@ function typed(key: string): string | null {
   return null;
 }
 
+/** What yargs knows of the options the command being parsed declares (getOptions is missing from its types). */
+interface DeclaredOptions {
+  array: string[];
+  key: Record<string, unknown>;
+  alias: Record<string, string[]>;
+}
+type WithOptions = { getOptions(): DeclaredOptions };
+
+const camel = (name: string) => name.replace(/-+([^-])/g, (_m, c: string) => c.toUpperCase());
+
+/** The flags on the command line (before `--`) that `o` does not declare, as yargs's strict mode names them. */
+function unknownFlags(o: DeclaredOptions): string[] {
+  const known = new Set<string>();
+  for (const k of [...Object.keys(o.key), ...Object.values(o.alias).flat()]) known.add(k).add(camel(k));
+  const isKnown = (name: string): boolean => known.has(name) || known.has(camel(name)) || (name.startsWith("no-") && isKnown(name.slice(3)));
+  const end = ARGS.includes("--") ? ARGS.indexOf("--") : ARGS.length;
+  const names = ARGS.slice(0, end).flatMap((a) => (a.startsWith("--") ? [a.slice(2).split("=")[0]!] : /^-[^-\d.]/.test(a) ? [...a.slice(1).split("=")[0]!] : []));
+  return [...new Set(names.filter((n) => !isKnown(n)))];
+}
+
+/**
+ * yargs's message for a command line it refuses. It checks positionals and required options before
+ * unknown flags, and an unknown flag takes the next word as its value, so `inspect --bogus MODEL`
+ * would read "Not enough non-option arguments": an unknown flag is named first, as it is the mistake.
+ */
+function refusal(msg: string, y: WithOptions): string {
+  const unknown = unknownFlags(y.getOptions());
+  return unknown.length ? `Unknown argument${unknown.length > 1 ? "s" : ""}: ${unknown.join(", ")}` : msg;
+}
+
 /**
  * Flags a command declares as one value must come once and, when numeric, be numbers: yargs would
  * otherwise pass an array ("--rank 4 --rank 5" → "4,5") or NaN on to the command, whose message then
  * blames the wrong thing.
  */
-function checkFlagValues(argv: Record<string, unknown>, y: { getOptions(): { array: string[]; key: Record<string, unknown> } }): void {
+function checkFlagValues(argv: Record<string, unknown>, y: WithOptions): void {
   const o = y.getOptions();
   const arrays = new Set(o.array);
   for (const key of Object.keys(o.key)) {
@@ -89,8 +119,10 @@ function checkFileOutputs(argv: Record<string, unknown>): void {
     for (const f of files("out")) for (const out of [f, f.replace(/\.html?$/i, "") + ".md"]) refuseOutOverInputs("--out", out, inputs);
 }
 
+// Kept to read the options of the command being parsed: yargs fills this instance with them.
+const cli = yargs(hideBin(process.argv));
 try {
-  await yargs(hideBin(process.argv))
+  await cli
     .scriptName("mha2mla")
     .usage("$0 <command> [options]\n\nConvert Llama-style MHA/GQA checkpoints into multi-head latent attention (MLA).")
     .command(inspectCommand)
@@ -110,7 +142,7 @@ try {
     .strict()
     .fail((msg, err, y) => {
       if (err) fail(err);
-      process.stderr.write(`${y.help()}\n\nerror: ${msg}\n`);
+      process.stderr.write(`${y.help()}\n\nerror: ${refusal(msg, cli as unknown as WithOptions)}\n`);
       process.exit(1);
     })
     .help()

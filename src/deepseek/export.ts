@@ -23,7 +23,7 @@ import { readText } from "../eval/perplexity.js";
 import { silentLogger, Logger } from "../util/log.js";
 import { Progress, ProgressSink } from "../util/progress.js";
 import { checkOutDir, defaultOut, SettingsInput } from "../convert/plan.js";
-import { evaluate } from "../eval/evaluate.js";
+import { checkEvalSettings, embeddedEval, evaluate } from "../eval/evaluate.js";
 import { deepseekLayer, FrequencyPca, frequencyPca, ladder, ladderScores, validSpacings } from "./layer.js";
 import { servingWarnings } from "./serving.js";
 import { describeRefit, refitOutputProjections, refitRecord } from "../convert/refitOutput.js";
@@ -81,7 +81,7 @@ export interface BeforeAfter {
  * writes report.json into `dir`; also returns both perplexities (for a Markdown report).
  */
 export async function evalBeforeAfter(spec: string, srcDir: string, dir: string, out: string, o: DeepseekEvalOptions & { evalText: string }, kvPerToken: object): Promise<{ report: BeforeAfter; ppl: [number, number] }> {
-  const e = { text: o.evalText, tokens: o.evalTokens, ctx: o.evalCtx, device: o.device, progress: o.progress, logger: o.logger ?? silentLogger };
+  const e = { ...embeddedEval(o), device: o.device, progress: o.progress, logger: o.logger ?? silentLogger };
   const [b, a] = [await evaluate(srcDir, e), await evaluate(dir, e)];
   const report = { text: o.evalText, tokens: b.tokens!, ctx: b.ctx!, before: b.nll!, after: a.nll! };
   fs.writeFileSync(path.join(dir, "report.json"), JSON.stringify({ source: spec, output: out, format: "deepseek_v3", ...report, nll_delta: a.nll! - b.nll!, kv_per_token_per_layer: kvPerToken }, null, 2) + "\n");
@@ -155,6 +155,8 @@ async function convertDeepseekInScope(spec: string, o: DeepseekOptions): Promise
   const kvPerToken = { before: 2 * G * Dh, after: rk + dr, changePercent: (100 * (rk + dr - 2 * G * Dh)) / (2 * G * Dh) };
   for (const w of servingWarnings(rk, dr, H)) log.warn(w);
   if (o.dryRun) return { out: null, ropeDim: dr, kvLoraRank: rk, ropeTheta: c.rope.theta, spacing: 0, kvPerToken, energy: [], eval: null };
+  // The evaluation comes last: its settings are checked now, not after the conversion.
+  checkEvalSettings(embeddedEval(o));
   const out = path.resolve(o.out ?? defaultOut(spec, o.rank, "deepseek"));
   checkOutDir(out, srcDir, o.force ?? false, [{ name: "--calib", path: o.calib }, { name: "--eval-text", path: o.evalText }]);
   requireRoom(out, weightFileBytes(srcDir), "the converted model");

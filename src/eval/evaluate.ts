@@ -9,7 +9,7 @@ import { MlaError } from "../errors.js";
 import type { WeightStorage } from "../model/weights.js";
 import { loadModel } from "../model/llama.js";
 import { selectBackend, DeviceName } from "../backends/select.js";
-import { perplexity, readText, tokenizeForEval } from "./perplexity.js";
+import { checkCtx, checkTextFile, perplexity, readText, tokenizeForEval } from "./perplexity.js";
 import { inspectModel } from "./inspect.js";
 import { packageRoot } from "../io/modelDir.js";
 import { defaultDataDir, runTask, TaskName } from "./tasks/index.js";
@@ -18,6 +18,16 @@ import type { Logger } from "../util/log.js";
 import { silentLogger } from "../util/log.js";
 import type { KvCacheDtype } from "../model/kvQuant.js";
 import { kvBytesPerToken } from "../model/config.js";
+import { requireCount } from "../util/counts.js";
+
+/** The options the text's token count and window length came from, named in messages. */
+export interface EvalFlagNames {
+  tokens: string;
+  ctx: string;
+}
+const EVAL_FLAGS: EvalFlagNames = { tokens: "--tokens", ctx: "--ctx" };
+/** convert and export score their --eval-text with these. */
+export const EMBEDDED_EVAL_FLAGS: EvalFlagNames = { tokens: "--eval-tokens", ctx: "--eval-ctx" };
 
 export interface EvalOptions {
   text?: string;
@@ -37,6 +47,23 @@ export interface EvalOptions {
   kvCache?: KvCacheDtype;
   /** Perplexity windows scored per forward (default: as many as fit, up to 16, where attention is batched; else 1). */
   batch?: number;
+  /** Where tokens and ctx came from, for messages (default eval's --tokens and --ctx). */
+  flags?: EvalFlagNames;
+}
+
+/** Refuses what evaluate() would refuse of the text and the counts, before any work (convert and export evaluate last). */
+export function checkEvalSettings(o: Pick<EvalOptions, "text" | "tokens" | "ctx" | "limit" | "flags">): void {
+  const flags = o.flags ?? EVAL_FLAGS;
+  requireCount(flags.tokens, o.tokens);
+  requireCount("--limit", o.limit);
+  if (!o.text) return;
+  checkTextFile(o.text);
+  if (o.ctx !== undefined) checkCtx(o.ctx, flags.ctx);
+}
+
+/** Another command's --eval-text, --eval-tokens and --eval-ctx as evaluate() options. */
+export function embeddedEval(o: { evalText?: string; evalTokens?: number; evalCtx?: number }): EvalOptions {
+  return { text: o.evalText, tokens: o.evalTokens, ctx: o.evalCtx, flags: EMBEDDED_EVAL_FLAGS };
 }
 
 export interface TaskScore {
@@ -79,8 +106,8 @@ export async function evaluate(spec: string, opts: EvalOptions): Promise<EvalRes
   const log = opts.logger ?? silentLogger;
   if (!opts.text && !opts.tasks?.length) throw new MlaError("BAD_ARGUMENT", "nothing to evaluate", "pass --text FILE for perplexity and/or --tasks a,b for benchmarks");
   if (opts.kvCache && opts.tasks?.length) log.warn(`--kv-cache ${opts.kvCache} applies to the perplexity windows only: each task item is scored in one forward pass, without a cache`);
-  for (const [flag, v] of [["--tokens", opts.tokens], ["--limit", opts.limit]] as const)
-    if (v !== undefined && !(Number.isInteger(v) && v > 0)) throw new MlaError("BAD_ARGUMENT", `${flag} ${v} is not a positive count`, `pass a whole number ≥ 1, or leave ${flag} out for all of it`);
+  checkEvalSettings(opts);
+  const flags = opts.flags ?? EVAL_FLAGS;
   const backend = selectBackend(opts.device ?? "auto", log);
   const t0 = performance.now();
   const text = opts.text ? readText(opts.text) : null;
@@ -110,9 +137,9 @@ export async function evaluate(spec: string, opts: EvalOptions): Promise<EvalRes
   };
   if (text !== null) {
     const ids = tokenizeForEval(lm.tokenizer, text, opts.tokens);
-    if (opts.tokens !== undefined && ids.length < opts.tokens) log.warn(`${opts.text} holds only ${ids.length} tokens, fewer than --tokens ${opts.tokens}: scoring all of them`);
+    if (opts.tokens !== undefined && ids.length < opts.tokens) log.warn(`${opts.text} holds only ${ids.length} tokens, fewer than ${flags.tokens} ${opts.tokens}: scoring all of them`);
     const ctx = opts.ctx ?? 256;
-    if (ctx > lm.config.maxPositions) log.warn(`--ctx ${ctx} passes the model's ${lm.config.maxPositions} positions (max_position_embeddings): windows past them score poorly`);
+    if (ctx > lm.config.maxPositions) log.warn(`${flags.ctx} ${ctx} passes the model's ${lm.config.maxPositions} positions (max_position_embeddings): windows past them score poorly`);
     const r = await perplexity(lm.model, ids, { ctx, progress: opts.progress, kvCache: opts.kvCache, batch: opts.batch });
     Object.assign(result, { text: path.resolve(opts.text!), ctx: r.ctx, tokens: r.tokens, windows: r.windows, nll: r.nll, ppl: r.ppl, tokens_per_second: r.tokens / r.seconds });
     if (r.afterFirst) result.tokens_per_second_warm = r.afterFirst.tokens / r.afterFirst.seconds;
@@ -121,6 +148,7 @@ export async function evaluate(spec: string, opts: EvalOptions): Promise<EvalRes
     result.tasks = {};
     for (const task of opts.tasks) {
       const r = await runTask(lm.model, lm.tokenizer, task, dataDir!, opts.limit, opts.progress);
+      if (opts.limit !== undefined && r.n < opts.limit) log.warn(`${task}: its file holds ${r.n} items, fewer than --limit ${opts.limit}: scored all of them`);
       result.tasks[task] = { n: r.n, ...(r.metrics as Omit<TaskScore, "n">) };
     }
   }

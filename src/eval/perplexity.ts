@@ -8,7 +8,7 @@ import { MlaError, ioError } from "../errors.js";
 import type { LlamaModel } from "../model/llama.js";
 import type { KvCacheDtype } from "../model/kvQuant.js";
 import { encodePrefix, TextTokenizer } from "../io/tokenizer.js";
-import { readTextFile } from "../io/text.js";
+import { readTextFile, sniffTextFile } from "../io/text.js";
 import { Progress, ProgressSink } from "../util/progress.js";
 
 export interface PerplexityResult {
@@ -27,7 +27,7 @@ export interface PerplexityResult {
   afterFirst: { tokens: number; seconds: number } | null;
 }
 
-/** Refuses what readText would, without reading the file: a missing path, a folder, an empty file. */
+/** Refuses what readText would, reading only the file's first few KB: a missing path, a folder, an empty file, binary data. */
 export function checkTextFile(file: string): void {
   let st: fs.Stats;
   try {
@@ -37,6 +37,11 @@ export function checkTextFile(file: string): void {
   }
   if (st.isDirectory()) throw new MlaError("BAD_ARGUMENT", `${file} is a folder, not a text file`, "pass a UTF-8 text file");
   if (st.size === 0) throw new MlaError("BAD_TEXT", `text file ${file} is empty`, "pass a UTF-8 text file with some content");
+  try {
+    sniffTextFile(file);
+  } catch (e) {
+    throw ioError("cannot read text", file, e);
+  }
 }
 
 export function readText(file: string): string {
@@ -89,11 +94,16 @@ function defaultBatch(model: LlamaModel, stride: number): number {
   return Math.max(1, Math.min(16, Math.floor(budget / windowBytes)));
 }
 
+/** Refuses a window length below BOS + one token; `flag` is the option it came from (--eval-ctx where another command evaluates). */
+export function checkCtx(ctx: number, flag = "--ctx"): void {
+  if (!Number.isInteger(ctx) || ctx < 2) throw new MlaError("BAD_ARGUMENT", `${flag} ${ctx} is too small`, "use at least 2 (BOS + one token)");
+}
+
 export async function perplexity(model: LlamaModel, ids: Int32Array, opts: PerplexityOptions): Promise<PerplexityResult> {
   const { ctx } = opts;
   const bos = model.config.bosTokenId;
   if (bos === null) throw new MlaError("BAD_CONFIG", "the model's config has no bos_token_id", "the perplexity protocol starts every window with BOS; set bos_token_id in config.json");
-  if (!Number.isInteger(ctx) || ctx < 2) throw new MlaError("BAD_ARGUMENT", `--ctx ${ctx} is too small`, "use at least 2 (BOS + one token)");
+  checkCtx(ctx);
   if (ids.length === 0) throw new MlaError("BAD_TEXT", "the text has no tokens", "pass a non-empty text");
   const stride = ctx - 1;
   const windows = Math.ceil(ids.length / stride);

@@ -4,6 +4,7 @@ import path from "node:path";
 import { test } from "node:test";
 import { MlaError } from "../../src/errors.js";
 import { loadModel } from "../../src/model/llama.js";
+import { evaluate } from "../../src/eval/evaluate.js";
 import { parseTaskNames, runTask, TASKS, TaskName } from "../../src/eval/tasks/index.js";
 import { parseHellaswag, parseInstructionChoices, parseLambada } from "../../src/eval/tasks/items.js";
 import { GOLDEN, MODELS, SHARED, tmpDir } from "../helpers.js";
@@ -68,4 +69,34 @@ test("unknown task names and corrupt or truncated task files are refused, naming
   const lam = path.join(dir, "l.jsonl");
   fs.writeFileSync(lam, '{"text": "a b c"}\n{"text": "a b c"\n');
   assert.throws(() => parseLambada(lam), (e: Error) => e instanceof MlaError && /l\.jsonl item 1: line 2 is not valid JSON/.test(e.message));
+});
+
+test("a task file holding no items is refused, naming the file, the format expected and a hint (it would score n = 0)", () => {
+  const dir = tmpDir();
+  const write = (name: string, text: string) => (fs.writeFileSync(path.join(dir, name), text), path.join(dir, name));
+  const refused = (parse: () => unknown, file: string, expected: RegExp) =>
+    assert.throws(parse, (e: Error) => e instanceof MlaError && e.message.startsWith(`${file}: holds no items; expected `) && expected.test(e.message) && /hint: the file is empty or cut short/.test(e.message), file);
+  for (const text of ["", "[]", " \n[ ]\n"]) {
+    const f = write("arc.json", text);
+    refused(() => parseInstructionChoices(f, "answer"), f, /a JSON array of \{"instruction", "answer"\} objects/);
+  }
+  for (const text of ["", "\n"]) {
+    const f = write("hs.txt", text);
+    refused(() => parseHellaswag(f), f, /6 lines per item/);
+  }
+  for (const text of ["", "\n  \n\n"]) {
+    const f = write("l.jsonl", text);
+    refused(() => parseLambada(f, 5), f, /one \{"text": …\} object per line/);
+  }
+});
+
+test("--limit: 0 or a fraction is refused by runTask as by eval; past the file's items, eval scores them all and says so", async () => {
+  const dir = tmpDir();
+  const item = { instruction: "Please choose the correct answer to the question: Q?\n\nAnswer1: yes Answer2: no\n\nAnswer format: answer1/answer2", answer: "answer1" };
+  fs.writeFileSync(path.join(dir, TASKS["arc-easy"].file), JSON.stringify([item, item]));
+  for (const limit of [0, 1.5]) await assert.rejects(runTask(lm.model, lm.tokenizer, "arc-easy", dir, limit, null), (e: Error) => e instanceof MlaError && e.message.includes(`--limit ${limit} is not a positive count`));
+  const warnings: string[] = [];
+  const r = await evaluate(path.join(MODELS, "stories260K"), { tasks: ["arc-easy"], dataDir: dir, limit: 5, device: "reference", progress: null, logger: { info: () => {}, warn: (m: string) => warnings.push(m) } });
+  assert.equal(r.tasks!["arc-easy"]!.n, 2);
+  assert.deepEqual(warnings, ["arc-easy: its file holds 2 items, fewer than --limit 5: scored all of them"]);
 });

@@ -7,10 +7,12 @@ import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
 import { test } from "node:test";
-import { readText, tokenizeForEval } from "../../src/eval/perplexity.js";
+import zlib from "node:zlib";
+import { MlaError } from "../../src/errors.js";
+import { checkTextFile, readText, tokenizeForEval } from "../../src/eval/perplexity.js";
 import { parseHellaswag, parseInstructionChoices, parseLambada } from "../../src/eval/tasks/items.js";
 import { readDocuments } from "../../src/finetune/data.js";
-import { normalizeNewlines, readTextFile } from "../../src/io/text.js";
+import { normalizeNewlines, readTextFile, SNIFF_BYTES } from "../../src/io/text.js";
 import { loadTokenizer } from "../../src/io/tokenizer.js";
 import { calibrationWindows } from "../../src/ropeSelect/calibrate.js";
 import { FIXTURES, MODELS, tmpDir } from "../helpers.js";
@@ -63,4 +65,34 @@ test("task files: CRLF HellaSwag, LAMBADA and instruction files parse like their
   const item = { instruction: "Please choose the correct answer to the question: Q?\n\nAnswer1: yes Answer2: no\n\nAnswer format: answer1/answer2", answer: "answer1" };
   const [il, ic] = pair("arc.json", JSON.stringify([item], null, 2) + "\n");
   assert.deepEqual(parseInstructionChoices(ic, "answer"), parseInstructionChoices(il, "answer"));
+});
+
+test("binary files given as text (a checkpoint, compressed data, NUL bytes, another encoding) are refused, naming the file and what to pass", () => {
+  const dir = tmpDir();
+  const write = (name: string, data: Uint8Array | string) => (fs.writeFileSync(path.join(dir, name), data), path.join(dir, name));
+  const story = fs.readFileSync(path.join(FIXTURES, "text", "tinystories_heldout.txt")).subarray(0, 20_000);
+  const cases: [string, RegExp][] = [
+    [path.join(MODELS, "stories260K", "model.safetensors"), /looks like a safetensors checkpoint[\s\S]*hint: that is model weights, not text/],
+    [write("corpus.txt.gz", zlib.gzipSync(story)), /looks like gzip-compressed data[\s\S]*hint: decompress it first \(gzip -dk .*corpus\.txt\.gz\)/],
+    [write("nul.txt", Buffer.concat([Buffer.from("text"), Buffer.alloc(4)])), /holds NUL bytes/],
+    [write("latin1.txt", Buffer.from("caf\xe9 cr\xe8me\n", "latin1")), /is not valid UTF-8[\s\S]*iconv/],
+  ];
+  for (const [file, why] of cases) {
+    const named = (e: Error) => e instanceof MlaError && e.code === "BAD_TEXT" && e.message.startsWith(`${file} is not a text file: its start `) && why.test(e.message) && /hint: .*plain UTF-8 text file/.test(e.message);
+    for (const read of [readTextFile, readText, checkTextFile, readDocuments]) assert.throws(() => read(file), named, `${read.name} ${file}`);
+  }
+  // Task files say the file is corrupt rather than suggest another format.
+  assert.throws(() => parseLambada(cases[1]![0]), (e: Error) => e instanceof MlaError && /gzip-compressed[\s\S]*hint: decompress it first.*; the task file is corrupt/.test(e.message));
+});
+
+test("what UTF-8 text may hold is not taken for binary: a character cut by the sniffed prefix, a BOM, a text that starts like bzip2's magic", () => {
+  const dir = tmpDir();
+  const cut = Buffer.concat([Buffer.from("a".repeat(SNIFF_BYTES - 1)), Buffer.from("é and more\n")]);
+  assert.equal(cut[SNIFF_BYTES - 1], 0xc3, "é straddles the sniffed prefix");
+  for (const [name, data] of [["cut.txt", cut], ["bom.txt", Buffer.from("\ufeffhello\n")], ["bzh.txt", Buffer.from("BZh9 starts a bzip2 stream, and this text\n")]] as const) {
+    const file = path.join(dir, name);
+    fs.writeFileSync(file, data);
+    assert.doesNotThrow(() => checkTextFile(file), name);
+    assert.equal(readTextFile(file), data.toString("utf8"), name);
+  }
 });

@@ -4,10 +4,9 @@
  * loaded with koffi. Tensors stay JavaScript Float32Arrays; koffi passes them to C without copies.
  */
 import fs from "node:fs";
-import path from "node:path";
 import koffi from "koffi";
 import { MlaError } from "../../errors.js";
-import { packageRoot } from "../../io/modelDir.js";
+import { libraryFile, missingLibrary, unloadableLibrary } from "./libraryFile.js";
 import { headLinearDims, latentAttentionDims, type AttentionOptions, type CalibrationKernels } from "../../tensor/backend.js";
 import { Tensor, expectShape } from "../../tensor/tensor.js";
 import { ReferenceBackend, data, rows } from "../reference/index.js";
@@ -43,10 +42,6 @@ interface NativeLib {
   accumulateCovariance: Fn;
 }
 
-export function nativeLibraryPath(): string {
-  return process.env["MHA2MLA_NATIVE_LIB"] ?? path.join(packageRoot(), "build", "native", "libmla_cpu.so");
-}
-
 let cached: NativeLib | string | null = null;
 
 /**
@@ -62,11 +57,12 @@ export function checkCpuEnv(env: Readonly<Record<string, string | undefined>> = 
     throw new MlaError("BAD_ARGUMENT", `MHA2MLA_BLAS=${blas} is not known`, "use own (never OpenBLAS), or unset it (OpenBLAS when found; MHA2MLA_OPENBLAS names a library)");
 }
 
-/** The loaded library, or a sentence saying why it cannot be loaded. */
+/** The loaded library, or a sentence saying why the built one cannot be loaded; an error for a MHA2MLA_NATIVE_LIB that does not load. */
 export function loadNativeCpu(): NativeLib | string {
   if (cached) return cached;
-  const file = nativeLibraryPath();
-  if (!fs.existsSync(file)) return (cached = `${file} does not exist (npm install builds it when a C++ compiler is present; \`npm run build:native\` retries)`);
+  const libFile = libraryFile("MHA2MLA_NATIVE_LIB", "libmla_cpu.so");
+  const file = libFile.path;
+  if (!fs.existsSync(file)) return (cached = missingLibrary(libFile, "npm install builds it when a C++ compiler is present; `npm run build:native` retries"));
   checkCpuEnv();
   try {
     // libgomp reads its wait policy once, as the library loads it. Passive: a thread done with a
@@ -104,7 +100,7 @@ export function loadNativeCpu(): NativeLib | string {
     };
     return cached;
   } catch (e) {
-    return (cached = `${file} cannot be loaded: ${(e as Error).message}`);
+    return (cached = unloadableLibrary(libFile, (e as Error).message));
   }
 }
 

@@ -6,13 +6,12 @@
  * the tiny handles alone never make V8 collect). Every op of the Backend interface runs on the GPU.
  */
 import fs from "node:fs";
-import path from "node:path";
 import v8 from "node:v8";
 import vm from "node:vm";
 import koffi from "koffi";
 import { MlaError } from "../../errors.js";
 import { checkCudaEnv, cudaRoutes } from "./cudaEnv.js";
-import { packageRoot } from "../../io/modelDir.js";
+import { libraryFile, missingLibrary, unloadableLibrary } from "./libraryFile.js";
 import { attentionDecodeByRows, latentAttentionDecodeByRows } from "../../tensor/rows.js";
 import { attentionDecodeBatchDims, headLinearDims, latentAttentionDecodeBatchDims, latentAttentionDims, type AttentionOptions, type DecodeBatchOptions, type AttentionSaved, type ArenaOptions, type CalibrationKernels, type LinearBackwardNeed, type StepGraph, type ProductInputHint, type Backend, type TrainingKernels } from "../../tensor/backend.js";
 import { FloatArray, Tensor, expectShape } from "../../tensor/tensor.js";
@@ -87,27 +86,30 @@ const SIGNATURES: Record<string, string> = {
   graphBegin: "int mla_cuda_graph_begin(const int32_t* ids, const int32_t* pos, int64_t B)",
 };
 
-export function cudaLibraryPath(): string {
-  return process.env["MHA2MLA_CUDA_LIB"] ?? path.join(packageRoot(), "build", "native", "libmla_cuda.so");
-}
-
 let cached: CudaLib | string | null = null;
 
-/** The loaded and initialized library, or a sentence saying why CUDA cannot be used (which file, why). */
+/**
+ * The loaded and initialized library, or a sentence saying why CUDA cannot be used (which file, why);
+ * an error for a MHA2MLA_CUDA_LIB that does not load (one that loads on a machine without a GPU is a sentence).
+ */
 export function loadCuda(): CudaLib | string {
   if (cached) return cached;
-  const file = cudaLibraryPath();
-  if (!fs.existsSync(file)) return (cached = `${file} does not exist (npm install builds it when nvcc is found; \`npm run build:native\` retries and prints why it failed)`);
-  let lib: ReturnType<typeof koffi.load>;
+  const libFile = libraryFile("MHA2MLA_CUDA_LIB", "libmla_cuda.so");
+  const file = libFile.path;
+  if (!fs.existsSync(file)) return (cached = missingLibrary(libFile, "npm install builds it when nvcc is found; `npm run build:native` retries and prints why it failed"));
+  let lib: ReturnType<typeof koffi.load> | undefined;
+  let lastError: () => string;
+  let init: (d: number) => number;
   try {
     lib = koffi.load(file);
+    lastError = lib.func("const char* mla_last_error(void)") as () => string;
+    init = lib.func("int mla_cuda_init(int device)") as (d: number) => number;
   } catch (e) {
-    return (cached = `${file} cannot be loaded: ${(e as Error).message} (are the CUDA libraries cuBLAS/cuSOLVER on LD_LIBRARY_PATH?)`);
+    const deps = lib ? "" : " (are the CUDA libraries cuBLAS/cuSOLVER on LD_LIBRARY_PATH?)";
+    return (cached = unloadableLibrary(libFile, `${(e as Error).message}${deps}`));
   }
   koffi.opaque("mla_cuda_buf");
   koffi.opaque("mla_cuda_graph");
-  const lastError = lib.func("const char* mla_last_error(void)") as () => string;
-  const init = lib.func("int mla_cuda_init(int device)") as (d: number) => number;
   if (init(Number(process.env["MHA2MLA_CUDA_DEVICE"] ?? 0)) !== 0) return (cached = `${file}: ${lastError().replace(/^[^ ]+: /, "")}`);
   const fns: Record<string, Fn> = {};
   for (const [k, sig] of Object.entries(SIGNATURES)) fns[k] = lib.func(sig) as Fn;

@@ -9,6 +9,7 @@ import { MlaError } from "../../errors.js";
 import type { LlamaModel } from "../../model/llama.js";
 import type { TextTokenizer } from "../../io/tokenizer.js";
 import { Progress, ProgressSink } from "../../util/progress.js";
+import { requireCount } from "../../util/counts.js";
 import { ChoiceItem, parseHellaswag, parseInstructionChoices, parseLambada } from "./items.js";
 import { loglikelihood } from "./score.js";
 
@@ -59,6 +60,7 @@ function argmax(xs: number[]): number {
 }
 
 export async function runTask(model: LlamaModel, tok: TextTokenizer, task: TaskName, dataDir: string, limit?: number, progress?: ProgressSink | null): Promise<TaskResult> {
+  requireCount("--limit", limit);
   const spec = TASKS[task];
   const file = path.join(dataDir, spec.file);
   if (!fs.existsSync(file)) throw new MlaError("NOT_FOUND", `task file ${file} does not exist`, "pass --data-dir with the task files (ARC-*.test.json, piqa.test.json, hellaswag_val_full.txt.bz2, lambada_test.jsonl)");

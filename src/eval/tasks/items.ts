@@ -5,7 +5,7 @@
 import fs from "node:fs";
 import Bunzip from "seek-bzip";
 import { MlaError, ioError } from "../../errors.js";
-import { normalizeNewlines } from "../../io/text.js";
+import { decodeText } from "../../io/text.js";
 
 export interface ChoiceItem {
   /** 0-based index in the file. */
@@ -15,6 +15,8 @@ export interface ChoiceItem {
   choices: string[];
   gold: number;
 }
+
+const CORRUPT = "the task file is corrupt or in another format; copy it again";
 
 function readFile(file: string): Buffer {
   try {
@@ -27,27 +29,43 @@ function readFile(file: string): Buffer {
 /** The file as text, bzip2 decoded where named .bz2, newlines normalized like Python's text mode. */
 function readText(file: string): string {
   const buf = readFile(file);
-  if (!file.endsWith(".bz2")) return normalizeNewlines(buf.toString("utf8"));
+  if (!file.endsWith(".bz2")) return decodeText(buf, file, CORRUPT);
+  let plain: Buffer;
   try {
-    return normalizeNewlines(Bunzip.decode(buf).toString("utf8"));
+    plain = Bunzip.decode(buf);
   } catch (e) {
     throw bad(file, null, `is not a complete bzip2 file (${(e as Error).message ?? e})`);
   }
+  return decodeText(plain, file, CORRUPT);
 }
 
-function bad(file: string, item: number | null, what: string, hint = "the task file is corrupt or in another format; copy it again"): MlaError {
+function bad(file: string, item: number | null, what: string, hint = CORRUPT): MlaError {
   return new MlaError("BAD_TEXT", `${file}${item === null ? "" : ` item ${item}`}: ${what}`, hint);
 }
 
-function readJsonArray(file: string): unknown[] {
+/** A file that holds no items: scored, it would report an accuracy over n = 0. */
+function noItems(file: string, expected: string): MlaError {
+  return bad(file, null, `holds no items; expected ${expected}`, "the file is empty or cut short: copy it again, or pass --data-dir with the complete task files");
+}
+
+/** The text of a task file that holds something besides whitespace (`expected` describes its items). */
+function readItemsText(file: string, expected: string): string {
+  const text = readText(file);
+  if (!text.trim()) throw noItems(file, expected);
+  return text;
+}
+
+/** The items of a JSON array file, at least one (`expected` describes them). */
+function readJsonArray(file: string, expected: string): unknown[] {
+  const text = readItemsText(file, expected);
   let raw: unknown;
   try {
-    raw = JSON.parse(readText(file));
+    raw = JSON.parse(text);
   } catch (e) {
-    if (e instanceof MlaError) throw e;
     throw bad(file, null, `not valid JSON (${(e as Error).message})`);
   }
   if (!Array.isArray(raw)) throw bad(file, null, "not a JSON array of items");
+  if (raw.length === 0) throw noItems(file, expected);
   return raw;
 }
 
@@ -56,7 +74,7 @@ function readJsonArray(file: string): unknown[] {
  * inside `instruction`; `answer` is "answerN" / "solutionN" (1-based).
  */
 export function parseInstructionChoices(file: string, kind: "answer" | "solution", limit?: number): ChoiceItem[] {
-  const items = readJsonArray(file);
+  const items = readJsonArray(file, `a JSON array of {"instruction", "answer"} objects`);
   const label = kind === "answer" ? "Answer" : "Solution";
   const head = `Please choose the correct ${kind} to the question: `;
   const sep = kind === "answer" ? " " : "\n\n";
@@ -95,7 +113,7 @@ export function parseInstructionChoices(file: string, kind: "answer" | "solution
 
 /** HellaSwag in llama.cpp's text format (bz2 or plain): 6 lines per item: context, gold (0-based), 4 endings. */
 export function parseHellaswag(file: string, limit?: number): ChoiceItem[] {
-  const lines = readText(file).split("\n");
+  const lines = readItemsText(file, "6 lines per item (context, gold index 0–3, 4 endings)").split("\n");
   if (lines[lines.length - 1] === "") lines.pop();
   if (lines.length % 6 !== 0) throw bad(file, Math.floor(lines.length / 6), `has ${lines.length} lines, not a multiple of 6 (context, gold, 4 endings per item)`);
   const out: ChoiceItem[] = [];
@@ -117,7 +135,7 @@ export interface LambadaItem {
 
 export function parseLambada(file: string, limit?: number): LambadaItem[] {
   const out: LambadaItem[] = [];
-  const lines = readText(file).split("\n");
+  const lines = readItemsText(file, 'one {"text": …} object per line').split("\n");
   for (let i = 0; i < lines.length && (limit === undefined || out.length < limit); i++) {
     if (!lines[i]!.trim()) continue;
     let row: unknown;

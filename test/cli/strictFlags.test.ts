@@ -1,0 +1,40 @@
+/**
+ * An unknown flag is named as unknown whatever else yargs finds wrong: it checks positionals and
+ * required options first, and the unknown flag swallows the next word as its value
+ * (`inspect --bogus MODEL` read "Not enough non-option arguments").
+ */
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import path from "node:path";
+import { test } from "node:test";
+import { ROOT } from "../helpers.js";
+
+const MAIN = path.join(ROOT, "dist", "src", "cli", "main.js");
+
+function cli(args: string[]): { code: number; stderr: string } {
+  const r = spawnSync(process.execPath, [MAIN, ...args], { encoding: "utf8" });
+  return { code: r.status ?? -1, stderr: r.stderr };
+}
+
+/** The last line of stderr (after the usage yargs prints). */
+const said = (args: string[]) => {
+  const r = cli(args);
+  assert.equal(r.code, 1, `${args.join(" ")}: ${r.stderr}`);
+  return r.stderr.trimEnd().split("\n").pop();
+};
+
+test("an unknown flag before a positional, or beside a missing required option, is named as unknown in every command", () => {
+  assert.equal(said(["inspect", "--bogus", "stories260K"]), "error: Unknown argument: bogus");
+  assert.equal(said(["eval", "--bogus", "stories260K", "--text", "x.txt"]), "error: Unknown argument: bogus");
+  assert.equal(said(["synth", "--bogus", "--arch", "llama2-7b"]), "error: Unknown argument: bogus", "not --out missing");
+  assert.equal(said(["--bogus"]), "error: Unknown argument: bogus", "not a missing command");
+  assert.equal(said(["inspect", "--bogus=1", "-z", "stories260K"]), "error: Unknown arguments: bogus, z");
+});
+
+test("declared flags in any spelling yargs takes are not unknown; without an unknown flag yargs's own message stands", () => {
+  assert.equal(said(["inspect"]), "error: Not enough non-option arguments: got 0, need at least 1");
+  assert.equal(said(["synth", "--arch", "llama2-7b"]), "error: Missing required argument: out");
+  // camelCase, --no- negation, --debug (global), and a flag after `--` (not parsed as one).
+  assert.equal(said(["convert", "--evalText", "x", "--no-force", "--debug"]), "error: Not enough non-option arguments: got 0, need at least 1");
+  assert.equal(said(["inspect", "--", "--bogus"]), "error: Not enough non-option arguments: got 0, need at least 1");
+});

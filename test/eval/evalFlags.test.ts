@@ -1,0 +1,48 @@
+/**
+ * convert and export score their --eval-text with eval's own checks, which name eval's flags: their
+ * messages must name the flags the user typed (--eval-tokens, --eval-ctx), and come before the work,
+ * not after a conversion.
+ */
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import fs from "node:fs";
+import path from "node:path";
+import { test } from "node:test";
+import { convert } from "../../src/convert/pipeline.js";
+import { convertDeepseek } from "../../src/deepseek/export.js";
+import { exportDeepseek } from "../../src/deepseek/fromMla.js";
+import { evaluate } from "../../src/eval/evaluate.js";
+import { MlaError } from "../../src/errors.js";
+import { FIXTURES, MODELS, ROOT, tmpDir } from "../helpers.js";
+
+const MODEL = path.join(MODELS, "stories260K");
+const TEXT = path.join(FIXTURES, "text", "tinystories_heldout.txt");
+const BAD = [
+  [{ evalTokens: 0 }, /^--eval-tokens 0 is not a positive count\n  hint: pass a whole number ≥ 1, or leave --eval-tokens out/],
+  [{ evalTokens: 2.5 }, /^--eval-tokens 2\.5 is not a positive count/],
+  [{ evalCtx: 1 }, /^--eval-ctx 1 is too small\n  hint: use at least 2/],
+] as const;
+
+const named = (re: RegExp) => (e: unknown) => e instanceof MlaError && e.code === "BAD_ARGUMENT" && re.test(e.message);
+
+test("convert (both formats) and export name --eval-tokens and --eval-ctx, and refuse them before writing anything", async () => {
+  const mla = path.join(tmpDir(), "mla");
+  await convert(MODEL, { rank: 2, ropePairs: 1, ropeStrategy: "uniform", ropeDisjoint: true, out: mla, progress: null, device: "cpu" });
+  const parent = tmpDir();
+  const out = path.join(parent, "never");
+  for (const [bad, re] of BAD) {
+    const o = { evalText: TEXT, ...bad, out, progress: null, device: "cpu" as const };
+    await assert.rejects(convert(MODEL, { rank: 2, ...o }), named(re), `convert ${JSON.stringify(bad)}`);
+    await assert.rejects(convertDeepseek(MODEL, { rank: 2, ...o }), named(re), `convert --format deepseek ${JSON.stringify(bad)}`);
+    await assert.rejects(exportDeepseek(mla, o), named(re), `export ${JSON.stringify(bad)}`);
+  }
+  assert.deepEqual(fs.readdirSync(parent), [], "no output or temporary folder left");
+  const r = spawnSync(process.execPath, [path.join(ROOT, "dist", "src", "cli", "main.js"), "export", mla, "--format", "deepseek", "--out", out, "--eval-text", TEXT, "--eval-ctx", "1"], { encoding: "utf8" });
+  assert.equal(r.status, 1);
+  assert.match(r.stderr, /^error: --eval-ctx 1 is too small$/m);
+});
+
+test("eval itself still names --tokens and --ctx", async () => {
+  await assert.rejects(evaluate(MODEL, { text: TEXT, tokens: 0, device: "reference" }), named(/^--tokens 0 is not a positive count/));
+  await assert.rejects(evaluate(MODEL, { text: TEXT, ctx: 1, device: "reference" }), named(/^--ctx 1 is too small/));
+});
