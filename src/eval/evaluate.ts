@@ -5,11 +5,11 @@
 import crypto from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
-import { MlaError } from "../errors.js";
+import { flagsWithout, MlaError } from "../errors.js";
 import type { WeightStorage } from "../model/weights.js";
 import { loadModel } from "../model/llama.js";
 import { selectBackend, DeviceName } from "../backends/select.js";
-import { perplexity, readText, tokenizeForEval } from "./perplexity.js";
+import { checkTextFile, perplexity, readText, tokenizeForEval } from "./perplexity.js";
 import { inspectModel } from "./inspect.js";
 import { packageRoot } from "../io/modelDir.js";
 import { defaultDataDir, runTask, TaskName } from "./tasks/index.js";
@@ -75,20 +75,41 @@ export interface EvalResult {
   tasks?: Record<string, TaskScore>;
 }
 
+/** What `text` and `tokens` are called on the command line: --text/--tokens in `eval`, --eval-text/--eval-tokens in `pipeline`. */
+export interface EvalFlagNames {
+  text: string;
+  tokens: string;
+}
+
+const EVAL_FLAGS: EvalFlagNames = { text: "--text", tokens: "--tokens" };
+
+/**
+ * The checks of `opts` that need no model, so a caller with work to do first (`pipeline` converts
+ * before it evaluates) can make them before it starts. Returns the task data folder (null without tasks).
+ */
+export function checkEvalOptions(opts: EvalOptions, flags: EvalFlagNames = EVAL_FLAGS): { dataDir: string | null } {
+  if (!opts.text && !opts.tasks?.length) throw new MlaError("BAD_ARGUMENT", "nothing to evaluate", `pass ${flags.text} FILE for perplexity and/or --tasks a,b for benchmarks`);
+  for (const [flag, v] of [[flags.tokens, opts.tokens], ["--limit", opts.limit]] as const)
+    if (v !== undefined && !(Number.isInteger(v) && v > 0)) throw new MlaError("BAD_ARGUMENT", `${flag} ${v} is not a positive count`, `pass a whole number ≥ 1, or leave ${flag} out for all of it`);
+  if (opts.tokens !== undefined && !opts.text) throw flagsWithout([flags.tokens], `${flags.text} FILE`, "it counts the perplexity text's tokens");
+  if (opts.text) checkTextFile(opts.text);
+  if (!opts.tasks?.length) {
+    const taskOnly = ([["--limit", opts.limit], ["--data-dir", opts.dataDir]] as const).filter(([, v]) => v !== undefined).map(([f]) => f);
+    if (taskOnly.length) throw flagsWithout(taskOnly, "--tasks a,b", "settings of the benchmark tasks");
+    return { dataDir: null };
+  }
+  const dataDir = opts.dataDir ?? defaultDataDir(packageRoot());
+  if (!dataDir || !fs.existsSync(dataDir)) throw new MlaError("NOT_FOUND", `task data folder ${opts.dataDir ?? "(none found)"} does not exist`, "pass --data-dir with ARC-*.test.json, piqa.test.json, hellaswag_val_full.txt.bz2, lambada_test.jsonl (or set MHA2MLA_EVAL_DATA)");
+  return { dataDir };
+}
+
 export async function evaluate(spec: string, opts: EvalOptions): Promise<EvalResult> {
   const log = opts.logger ?? silentLogger;
-  if (!opts.text && !opts.tasks?.length) throw new MlaError("BAD_ARGUMENT", "nothing to evaluate", "pass --text FILE for perplexity and/or --tasks a,b for benchmarks");
+  const { dataDir } = checkEvalOptions(opts);
   if (opts.kvCache && opts.tasks?.length) log.warn(`--kv-cache ${opts.kvCache} applies to the perplexity windows only: each task item is scored in one forward pass, without a cache`);
-  for (const [flag, v] of [["--tokens", opts.tokens], ["--limit", opts.limit]] as const)
-    if (v !== undefined && !(Number.isInteger(v) && v > 0)) throw new MlaError("BAD_ARGUMENT", `${flag} ${v} is not a positive count`, `pass a whole number ≥ 1, or leave ${flag} out for all of it`);
   const backend = selectBackend(opts.device ?? "auto", log);
   const t0 = performance.now();
   const text = opts.text ? readText(opts.text) : null;
-  let dataDir: string | null = null;
-  if (opts.tasks?.length) {
-    dataDir = opts.dataDir ?? defaultDataDir(packageRoot());
-    if (!dataDir || !fs.existsSync(dataDir)) throw new MlaError("NOT_FOUND", `task data folder ${opts.dataDir ?? "(none found)"} does not exist`, "pass --data-dir with ARC-*.test.json, piqa.test.json, hellaswag_val_full.txt.bz2, lambada_test.jsonl (or set MHA2MLA_EVAL_DATA)");
-  }
   const lm = loadModel(spec, { backend, weights: opts.weights });
   const info = inspectModel(lm.dir);
   const rawConfig = fs.readFileSync(path.join(lm.dir, "config.json"), "utf8");
