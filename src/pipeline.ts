@@ -166,7 +166,8 @@ export async function pipeline(spec: string, o: PipelineOptions): Promise<Pipeli
     }
     log.info(`pipeline: ${name}`);
     await run();
-    phases.push({ name, skipped: false, seconds: (performance.now() - t0) / 1000 });
+    // A fine-tune stopped part-way is not done: the next run resumes it.
+    if (!stoppedEarly) phases.push({ name, skipped: false, seconds: (performance.now() - t0) / 1000 });
   };
   const evalTo = (label: string, model: string, file: string) =>
     phase(`eval ${label}`, () => fs.existsSync(file), async () => {

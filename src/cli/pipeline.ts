@@ -5,7 +5,7 @@ import { FINETUNE_DEFAULTS as D } from "../finetune/trainer.js";
 import { ConversionArgs, conversionSettings, withConversionOptions } from "./conversionOptions.js";
 import { parseTaskNames } from "../eval/tasks/index.js";
 import { stderrLogger } from "../util/log.js";
-import { gracefulStop } from "./signals.js";
+import { gracefulStop, type StopMessages } from "./signals.js";
 
 import type { DeviceName } from "../backends/select.js";
 
@@ -30,6 +30,11 @@ interface Args extends ConversionArgs {
   "kv-lora-rank"?: number;
   export?: "deepseek";
 }
+
+const PIPELINE_STOP: StopMessages = {
+  stopping: "finishing the current phase (a fine-tune: this step, then a checkpoint), then stopping",
+  kept: "the pipeline folder keeps its finished phases and the fine-tune's last checkpoint, if one was saved; re-running the same command resumes",
+};
 
 /** The fine-tune's options, whenever one of its flags is given: the pipeline refuses them without --finetune-data, rather than drop them. */
 function finetuneOptions(a: Args): PipelineOptions["finetune"] {
@@ -64,7 +69,7 @@ export const pipelineCommand: CommandModule<object, Args> = {
       .option("kv-lora-rank", { type: "number", describe: "deepseek: kv_lora_rank" })
       .option("export", { choices: ["deepseek"] as const, describe: "also write the final model as a deepseek_v3 folder (OUT/deepseek; exact; needs --rope-disjoint)" }),
   handler: async (a) => {
-    const stop = gracefulStop();
+    const stop = gracefulStop(PIPELINE_STOP);
     try {
       const r = await pipeline(a.model, {
         out: a.out,
@@ -85,7 +90,7 @@ export const pipelineCommand: CommandModule<object, Args> = {
       });
       for (const p of r.phases) process.stdout.write(`${p.name}: ${p.skipped ? "already done" : `${p.seconds.toFixed(1)} s`}\n`);
       if (r.stoppedEarly) {
-        process.stdout.write(`stopped (${r.phases.length} phase(s) done or already done); re-run the same command to resume\n`);
+        process.stdout.write(`stopped: the ${r.phases.length} finished phase(s) are kept in ${r.out}; re-running the same command resumes (an interrupted fine-tune from its last checkpoint); other settings need --force, which starts over\n`);
         process.exitCode = 130;
       } else process.stdout.write(`report: ${r.report!.html} (and .md)\n`);
     } finally {

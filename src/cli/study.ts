@@ -3,7 +3,7 @@ import type { DeviceName } from "../backends/select.js";
 import { STUDY_RANKS, STUDY_VARIANTS, study, type StudyVariant } from "../study/study.js";
 import { stderrLogger } from "../util/log.js";
 import { DEVICE_OPTION } from "./deviceOption.js";
-import { gracefulStop } from "./signals.js";
+import { gracefulStop, type StopMessages } from "./signals.js";
 
 interface Args {
   like: string;
@@ -21,6 +21,11 @@ interface Args {
   device: DeviceName;
   force: boolean;
 }
+
+const STUDY_STOP: StopMessages = {
+  stopping: "stopping at the next training step, with a checkpoint (a conversion or measurement under way finishes first)",
+  kept: "the study folder keeps its finished runs and the last training checkpoint, if one was saved; re-running the same command resumes",
+};
 
 export const studyCommand: CommandModule<object, Args> = {
   command: "study",
@@ -43,12 +48,12 @@ export const studyCommand: CommandModule<object, Args> = {
       .option("device", DEVICE_OPTION)
       .option("force", { type: "boolean", default: false, describe: "start over in an existing --out (without it, re-running the same command resumes)" }),
   handler: async (a) => {
-    const stop = gracefulStop();
+    const stop = gracefulStop(STUDY_STOP);
     try {
       const r = await study({ like: a.like, variants: a.variants.split(",").map((v) => v.trim()) as StudyVariant[], ranks: a.ranks?.split(","), data: a.data, tokens: a.tokens, out: a.out, seq: a.seq, batch: a.batch, lr: a.lr, seed: a.seed, gateDim: a["gate-dim"], evalEvery: a["eval-every"], device: a.device, force: a.force, logger: stderrLogger, shouldStop: stop.requested });
       for (const row of r.rows) process.stdout.write(`${row.label}: validation NLL ${row.valNll.toFixed(4)}, ${row.kvElemsPerToken} KV elements per token, ${row.decodeTokensPerS.toFixed(1)} decode tokens/s\n`);
       if (r.stoppedEarly) {
-        process.stdout.write(`stopped during training (${r.rows.length} variant(s) done); re-run the same command to resume\n`);
+        process.stdout.write(`stopped during training: the ${r.rows.length} finished run(s) are kept in ${a.out}; re-running the same command resumes (the interrupted run from its last checkpoint); other settings need --force, which starts over (other --variants or --ranks do not)\n`);
         process.exitCode = 130;
       } else process.stdout.write(`wrote ${r.report} and ${r.html}\n`);
     } finally {
