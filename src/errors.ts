@@ -40,3 +40,19 @@ export function ioError(op: string, path: string, cause: unknown): MlaError {
   const code = err?.code === "ENOENT" ? "NOT_FOUND" : "IO";
   return new MlaError(code, `${op} ${path}: ${why}`, err?.code === "ENOSPC" ? "free disk space or choose another --out" : "check the path and its permissions");
 }
+
+/** "--a", "--a and --b", "--a, --b and --c". */
+function listFlags(flags: readonly string[]): string {
+  return flags.length < 2 ? (flags[0] ?? "") : `${flags.slice(0, -1).join(", ")} and ${flags[flags.length - 1]}`;
+}
+
+/**
+ * Flags given where they do nothing because the flag they work with is missing. Refused rather than
+ * warned about: a run that quietly drops a setting the user asked for is the costlier surprise, and the
+ * fix (add the other flag, or drop these) is one edit. `needed` is the missing flag as the user would
+ * write it, `why` what the flags do; `add` phrases the hint's remedy where "add NEEDED" reads badly.
+ */
+export function flagsWithout(flags: readonly string[], needed: string, why: string, add = `add ${needed}`): MlaError {
+  const names = listFlags(flags);
+  return new MlaError("BAD_ARGUMENT", `${names} ${flags.length > 1 ? "have" : "has"} no effect without ${needed} (${why})`, `${add}, or leave ${names} out`);
+}

@@ -7,23 +7,26 @@
 import crypto from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
-import { MlaError } from "./errors.js";
+import { flagsWithout, MlaError } from "./errors.js";
 import { writeFileAtomic } from "./io/atomicDir.js";
 import { refuseOutOverInputs } from "./io/outGuard.js";
 import { convert } from "./convert/pipeline.js";
-import { convertDeepseek, deepseekSettings } from "./deepseek/export.js";
+import { convertDeepseek, deepseekSettings, deepseekShape } from "./deepseek/export.js";
 import { exportDeepseek } from "./deepseek/fromMla.js";
 import { checkExportSettings, perLayerRefusal } from "./deepseek/exportable.js";
 import { defaultRopePairs } from "./ropeSelect/strategies.js";
 import { readHfConfig } from "./io/hfConfig.js";
 import { resolveModel } from "./io/modelDir.js";
-import type { SettingsInput } from "./convert/plan.js";
-import { evaluate, EvalResult } from "./eval/evaluate.js";
+import { resolveSettings, type SettingsInput } from "./convert/plan.js";
+import type { ModelConfig } from "./model/config.js";
+import { checkEvalOptions, embeddedEval, evaluate, EvalOptions, EvalResult } from "./eval/evaluate.js";
+import { checkTextFile } from "./eval/perplexity.js";
 import type { TaskName } from "./eval/tasks/index.js";
 import { writeReport } from "./eval/report/report.js";
-import { finetune, FinetuneOptions } from "./finetune/trainer.js";
+import { FINETUNE_DEFAULTS, finetune, FinetuneOptions } from "./finetune/trainer.js";
+import { checkFinetuneOptions, checkTeacher } from "./finetuneOptions.js";
 import { silentLogger, Logger } from "./util/log.js";
-import type { DeviceName } from "./backends/select.js";
+import { selectBackend, type DeviceName } from "./backends/select.js";
 import type { ProgressSink } from "./util/progress.js";
 
 export interface PipelineOptions {
@@ -32,7 +35,9 @@ export interface PipelineOptions {
   convert: SettingsInput;
   /** "deepseek": the converted model is a deepseek_v3 folder (`convert --format deepseek`), with these widths. */
   format?: "mha2mla" | "deepseek";
+  /** Only with format "deepseek" (a width set otherwise is refused). */
   deepseek?: { ropeDim?: number; kvLoraRank?: number; interleave?: boolean };
+  /** The fine-tune, on `data`; a setting with no data is refused. */
   finetune?: Omit<FinetuneOptions, "out" | "resume" | "force" | "logger" | "progress" | "shouldStop">;
   /** "deepseek": write the final model (fine-tuned, else converted) as a deepseek_v3 folder (`export --format deepseek`, exact; needs convert.ropeDisjoint or one KV head). */
   export?: "deepseek";
@@ -57,20 +62,77 @@ export interface PipelineResult {
 }
 
 /** Refuses --export deepseek up front (before hours of fine-tuning) where the export could not be exact. */
-function checkExportable(spec: string, o: PipelineOptions): void {
+function checkExportable(c: ModelConfig, o: PipelineOptions): void {
   if (o.format === "deepseek") throw new MlaError("BAD_ARGUMENT", "--export deepseek exports a model in our format, and --format deepseek already converts to deepseek_v3", "drop one of them");
   if ((o.convert.kvSplit ?? "uniform") !== "uniform") throw perLayerRefusal("--kv-split per-layer gives each layer its own RoPE pairs and latent width");
-  const c = readHfConfig(resolveModel(spec).dir);
   if (!o.convert.ropeDisjoint && c.kvHeads > 1)
     throw new MlaError("BAD_ARGUMENT", `--export deepseek needs each RoPE frequency on at most one KV head of a layer, which per-head selection on ${c.kvHeads} KV heads does not give`, "add --rope-disjoint (docs/deepseek.md)");
   checkExportSettings(c, o.convert.ropePairs ?? defaultRopePairs(c.headDim), o.convert.attention === "eg-mla");
 }
 
+/** The flags (named as on the command line) of the options in `fields` that are set. */
+function flagsSet(fields: object): string[] {
+  return Object.entries(fields)
+    .filter(([, v]) => v !== undefined)
+    .map(([k]) => "--" + k.replace(/[A-Z]/g, (ch) => "-" + ch.toLowerCase()));
+}
+
+/** Refuses options of a phase that is off (--rope-dim without --format deepseek, --lr without --finetune-data), which would otherwise be dropped unseen. */
+function refuseIdleOptions(o: PipelineOptions): void {
+  const deepseek = o.format === "deepseek" ? [] : flagsSet(o.deepseek ?? {});
+  if (deepseek.length) throw flagsWithout(deepseek, "--format deepseek", "widths of the deepseek_v3 model the conversion writes; --export deepseek sizes its own from the model");
+  if (!o.finetune || o.finetune.data.length) return;
+  // device is the pipeline's own, handed on to the fine-tune.
+  const { data: _data, device: _device, ...tuning } = o.finetune;
+  const given = flagsSet(tuning);
+  if (!given.length) throw new MlaError("BAD_ARGUMENT", "--finetune-data names no files", "pass --finetune-data FILE..., or leave it out to skip fine-tuning");
+  throw flagsWithout(given, "--finetune-data FILE", "the pipeline fine-tunes only when given data");
+}
+
+/** Every evaluation of the pipeline: its --eval-text with the tasks (errors name the pipeline's flags). */
+function pipelineEval(o: PipelineOptions): EvalOptions {
+  return { ...embeddedEval(o), tasks: o.tasks, dataDir: o.dataDir, limit: o.limit };
+}
+
+/**
+ * Every option whose validity needs no phase's result, checked before the first phase and before
+ * --force clears an earlier run: found later, a bad --lr would cost the conversion and evaluations
+ * before it, and the corrected command, no longer the one that started the run, would need --force.
+ * Each phase's checks are called, not written again here.
+ */
+function checkOptions(srcDir: string, o: PipelineOptions, log: Logger): void {
+  refuseIdleOptions(o);
+  const c = readHfConfig(srcDir);
+  // Silent: the convert phase says what it chose (the default strategy) when it runs.
+  if (o.format === "deepseek") deepseekShape(c, { ...deepseekSettings(o.convert), ...o.deepseek });
+  else resolveSettings(c, o.convert, silentLogger);
+  checkEvalOptions(pipelineEval(o));
+  if (o.export) checkExportable(c, o);
+  selectBackend(o.device ?? "auto", log);
+  if (o.finetune) {
+    for (const f of o.finetune.data) checkTextFile(f);
+    checkFinetuneOptions(o.finetune);
+    // The converted model keeps the source's vocabulary.
+    if (o.finetune.distill) checkTeacher(o.finetune.distill, c.vocabSize);
+  }
+}
+
+/** The run's identity: a re-run with the same one resumes, another needs --force. */
+function runFingerprint(spec: string, o: PipelineOptions): string {
+  // seq and batch as the CLI passed them before they lost their defaults there (so that "given" can be
+  // told from "defaulted"): a run started then still resumes.
+  const finetune = o.finetune ? { ...o.finetune, seq: o.finetune.seq ?? FINETUNE_DEFAULTS.seq, batch: o.finetune.batch ?? FINETUNE_DEFAULTS.batch } : null;
+  const deepseek = o.format === "deepseek" ? (o.deepseek ?? null) : null;
+  const settings = { spec, convert: o.convert, format: o.format ?? "mha2mla", deepseek, finetune, export: o.export ?? null, evalText: o.evalText, evalTokens: o.evalTokens, evalCtx: o.evalCtx, tasks: o.tasks, limit: o.limit };
+  return crypto.createHash("sha256").update(JSON.stringify(settings)).digest("hex").slice(0, 16);
+}
+
 export async function pipeline(spec: string, o: PipelineOptions): Promise<PipelineResult> {
   const log = o.logger ?? silentLogger;
   const out = path.resolve(o.out);
+  const srcDir = resolveModel(spec).dir;
   const inputs = [
-    { name: "the input model folder", path: resolveModel(spec).dir },
+    { name: "the input model folder", path: srcDir },
     { name: "--calib", path: o.convert.calib },
     { name: "--eval-text", path: o.evalText },
     { name: "--data-dir", path: o.tasks?.length ? o.dataDir : undefined },
@@ -79,9 +141,8 @@ export async function pipeline(spec: string, o: PipelineOptions): Promise<Pipeli
   refuseOutOverInputs("--out", o.out, [...inputs, { name: "--distill", path: o.finetune?.distill }]);
   // Before --force clears --out (which may hold an earlier run's results): every input file exists.
   for (const i of inputs.slice(1)) if (i.path && !fs.existsSync(i.path)) throw new MlaError("NOT_FOUND", `${i.name} ${i.path} does not exist`, "check the path; nothing was changed");
-  if (!o.evalText && !o.tasks?.length) throw new MlaError("BAD_ARGUMENT", "the pipeline has nothing to evaluate", "pass --eval-text FILE and/or --tasks a,b");
-  if (o.export) checkExportable(spec, o);
-  const fingerprint = crypto.createHash("sha256").update(JSON.stringify({ spec, convert: o.convert, format: o.format ?? "mha2mla", deepseek: o.deepseek ?? null, finetune: o.finetune ?? null, export: o.export ?? null, evalText: o.evalText, evalTokens: o.evalTokens, evalCtx: o.evalCtx, tasks: o.tasks, limit: o.limit })).digest("hex").slice(0, 16);
+  checkOptions(srcDir, o, log);
+  const fingerprint = runFingerprint(spec, o);
   const stateFile = path.join(out, "pipeline.json");
   if (fs.existsSync(out) && !o.force) {
     const prev = fs.existsSync(stateFile) ? (JSON.parse(fs.readFileSync(stateFile, "utf8")) as { fingerprint?: string }) : null;
@@ -110,11 +171,12 @@ export async function pipeline(spec: string, o: PipelineOptions): Promise<Pipeli
     }
     log.info(`pipeline: ${name}`);
     await run();
-    phases.push({ name, skipped: false, seconds: (performance.now() - t0) / 1000 });
+    // A fine-tune stopped part-way is not done: the next run resumes it.
+    if (!stoppedEarly) phases.push({ name, skipped: false, seconds: (performance.now() - t0) / 1000 });
   };
   const evalTo = (label: string, model: string, file: string) =>
     phase(`eval ${label}`, () => fs.existsSync(file), async () => {
-      const r = await evaluate(model, { text: o.evalText, tokens: o.evalTokens, ctx: o.evalCtx, tasks: o.tasks, dataDir: o.dataDir, limit: o.limit, label, device: o.device, progress: o.progress, logger: log });
+      const r = await evaluate(model, { ...pipelineEval(o), label, device: o.device, progress: o.progress, logger: log });
       writeFileAtomic(file, JSON.stringify(r, null, 2) + "\n");
     });
   const mla = path.join(out, "mla");

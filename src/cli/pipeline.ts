@@ -1,10 +1,11 @@
 import { DEVICE_OPTION } from "./deviceOption.js";
 import type { CommandModule } from "yargs";
-import { pipeline } from "../pipeline.js";
+import { pipeline, type PipelineOptions } from "../pipeline.js";
+import { FINETUNE_DEFAULTS as D } from "../finetune/trainer.js";
 import { ConversionArgs, conversionSettings, withConversionOptions } from "./conversionOptions.js";
 import { parseTaskNames } from "../eval/tasks/index.js";
 import { stderrLogger } from "../util/log.js";
-import { gracefulStop } from "./signals.js";
+import { gracefulStop, type StopMessages } from "./signals.js";
 
 import type { DeviceName } from "../backends/select.js";
 
@@ -14,8 +15,8 @@ interface Args extends ConversionArgs {
   force: boolean;
   "finetune-data"?: string[];
   tokens?: number;
-  seq: number;
-  batch: number;
+  seq?: number;
+  batch?: number;
   lr?: number;
   distill?: string;
   "eval-text"?: string;
@@ -30,6 +31,18 @@ interface Args extends ConversionArgs {
   export?: "deepseek";
 }
 
+const PIPELINE_STOP: StopMessages = {
+  stopping: "finishing the current phase (a fine-tune: this step, then a checkpoint), then stopping",
+  kept: "the pipeline folder keeps its finished phases and the fine-tune's last checkpoint, if one was saved; re-running the same command resumes",
+};
+
+/** The fine-tune's options, whenever one of its flags is given: the pipeline refuses them without --finetune-data, rather than drop them. */
+function finetuneOptions(a: Args): PipelineOptions["finetune"] {
+  const given = { tokens: a.tokens, seq: a.seq, batch: a.batch, lr: a.lr, distill: a.distill };
+  if (!a["finetune-data"] && Object.values(given).every((v) => v === undefined)) return undefined;
+  return { data: a["finetune-data"] ?? [], ...given, device: a.device };
+}
+
 export const pipelineCommand: CommandModule<object, Args> = {
   command: "pipeline <model>",
   describe: "convert → optional fine-tune → optional export to deepseek_v3 → eval before and after → report, resumable by phase",
@@ -40,8 +53,9 @@ export const pipelineCommand: CommandModule<object, Args> = {
       .option("force", { type: "boolean", default: false, describe: "start over in an existing --out" })
       .option("finetune-data", { type: "string", array: true, describe: "fine-tune on these files (skipped when absent)" })
       .option("tokens", { type: "number", describe: "fine-tuning token budget" })
-      .option("seq", { type: "number", default: 256 })
-      .option("batch", { type: "number", default: 16 })
+      // No yargs defaults: a --seq given without --finetune-data is refused, so given must differ from defaulted.
+      .option("seq", { type: "number", describe: `fine-tuning sequence length, BOS included (default ${D.seq})` })
+      .option("batch", { type: "number", describe: `fine-tuning batch (default ${D.batch})` })
       .option("lr", { type: "number", describe: "peak learning rate (default by model size: 1e-3 under 10M parameters, 2e-4 under 100M, else 1e-4)" })
       .option("distill", { type: "string", describe: "teacher for distillation during fine-tuning" })
       .option("eval-text", { type: "string", describe: "perplexity text" })
@@ -55,16 +69,16 @@ export const pipelineCommand: CommandModule<object, Args> = {
       .option("kv-lora-rank", { type: "number", describe: "deepseek: kv_lora_rank" })
       .option("export", { choices: ["deepseek"] as const, describe: "also write the final model as a deepseek_v3 folder (OUT/deepseek; exact; needs --rope-disjoint)" }),
   handler: async (a) => {
-    const stop = gracefulStop();
+    const stop = gracefulStop(PIPELINE_STOP);
     try {
       const r = await pipeline(a.model, {
         out: a.out,
         force: a.force,
         convert: conversionSettings(a),
         format: a.format,
-        deepseek: a.format === "deepseek" ? { ropeDim: a["rope-dim"], kvLoraRank: a["kv-lora-rank"] } : undefined,
+        deepseek: { ropeDim: a["rope-dim"], kvLoraRank: a["kv-lora-rank"] },
         export: a.export,
-        finetune: a["finetune-data"] ? { data: a["finetune-data"], tokens: a.tokens, seq: a.seq, batch: a.batch, lr: a.lr, distill: a.distill, device: a.device } : undefined,
+        finetune: finetuneOptions(a),
         device: a.device,
         evalText: a["eval-text"],
         evalTokens: a["eval-tokens"],
@@ -76,7 +90,7 @@ export const pipelineCommand: CommandModule<object, Args> = {
       });
       for (const p of r.phases) process.stdout.write(`${p.name}: ${p.skipped ? "already done" : `${p.seconds.toFixed(1)} s`}\n`);
       if (r.stoppedEarly) {
-        process.stdout.write(`stopped (${r.phases.length} phase(s) done or already done); re-run the same command to resume\n`);
+        process.stdout.write(`stopped: the ${r.phases.length} finished phase(s) are kept in ${r.out}; re-running the same command resumes (an interrupted fine-tune from its last checkpoint); other settings need --force, which starts over\n`);
         process.exitCode = 130;
       } else process.stdout.write(`report: ${r.report!.html} (and .md)\n`);
     } finally {

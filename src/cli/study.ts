@@ -1,14 +1,14 @@
 import type { CommandModule } from "yargs";
 import type { DeviceName } from "../backends/select.js";
-import { STUDY_VARIANTS, study, type StudyVariant } from "../study/study.js";
+import { STUDY_RANKS, STUDY_VARIANTS, study, type StudyVariant } from "../study/study.js";
 import { stderrLogger } from "../util/log.js";
 import { DEVICE_OPTION } from "./deviceOption.js";
-import { gracefulStop } from "./signals.js";
+import { gracefulStop, type StopMessages } from "./signals.js";
 
 interface Args {
   like: string;
   variants: string;
-  ranks: string;
+  ranks?: string;
   data: string;
   tokens: number;
   out: string;
@@ -16,11 +16,16 @@ interface Args {
   batch: number;
   lr: number;
   seed: number;
-  "gate-dim": number;
+  "gate-dim"?: number;
   "eval-every"?: number;
   device: DeviceName;
   force: boolean;
 }
+
+const STUDY_STOP: StopMessages = {
+  stopping: "stopping at the next training step, with a checkpoint (a conversion or measurement under way finishes first)",
+  kept: "the study folder keeps its finished runs and the last training checkpoint, if one was saved; re-running the same command resumes",
+};
 
 export const studyCommand: CommandModule<object, Args> = {
   command: "study",
@@ -29,7 +34,8 @@ export const studyCommand: CommandModule<object, Args> = {
     y
       .option("like", { type: "string", demandOption: true, describe: "model folder whose shape and tokenizer the variants take (its weights are not used)" })
       .option("variants", { type: "string", default: STUDY_VARIANTS.join(","), describe: `comma-separated: ${STUDY_VARIANTS.join(", ")}` })
-      .option("ranks", { type: "string", default: "d/2,d/4", describe: "latent widths per token and layer of the MLA variants: d/N of the hidden size, or numbers" })
+      // No yargs defaults for --ranks and --gate-dim: the study refuses them where no variant uses them, so given must differ from defaulted.
+      .option("ranks", { type: "string", describe: `latent widths per token and layer of the MLA variants: d/N of the hidden size, or numbers (default ${STUDY_RANKS.join(",")})` })
       .option("data", { type: "string", demandOption: true, describe: "training text (.txt, .jsonl, or .xz of one); the last 1% is held out" })
       .option("tokens", { type: "number", demandOption: true, describe: "training tokens per variant" })
       .option("out", { type: "string", demandOption: true, describe: "study folder: each variant's model and run, study.json, report.md, report.html" })
@@ -37,17 +43,17 @@ export const studyCommand: CommandModule<object, Args> = {
       .option("batch", { type: "number", default: 16 })
       .option("lr", { type: "number", default: 1e-3, describe: "peak learning rate (warmup 5%, WSD decay)" })
       .option("seed", { type: "number", default: 0 })
-      .option("gate-dim", { type: "number", default: 16, describe: "EG-MLA's gate width" })
+      .option("gate-dim", { type: "number", describe: "EG-MLA's gate width (default 16)" })
       .option("eval-every", { type: "number", describe: "validation NLL every N steps (default: 20 points per run)" })
       .option("device", DEVICE_OPTION)
       .option("force", { type: "boolean", default: false, describe: "start over in an existing --out (without it, re-running the same command resumes)" }),
   handler: async (a) => {
-    const stop = gracefulStop();
+    const stop = gracefulStop(STUDY_STOP);
     try {
-      const r = await study({ like: a.like, variants: a.variants.split(",").map((v) => v.trim()) as StudyVariant[], ranks: a.ranks.split(","), data: a.data, tokens: a.tokens, out: a.out, seq: a.seq, batch: a.batch, lr: a.lr, seed: a.seed, gateDim: a["gate-dim"], evalEvery: a["eval-every"], device: a.device, force: a.force, logger: stderrLogger, shouldStop: stop.requested });
+      const r = await study({ like: a.like, variants: a.variants.split(",").map((v) => v.trim()) as StudyVariant[], ranks: a.ranks?.split(","), data: a.data, tokens: a.tokens, out: a.out, seq: a.seq, batch: a.batch, lr: a.lr, seed: a.seed, gateDim: a["gate-dim"], evalEvery: a["eval-every"], device: a.device, force: a.force, logger: stderrLogger, shouldStop: stop.requested });
       for (const row of r.rows) process.stdout.write(`${row.label}: validation NLL ${row.valNll.toFixed(4)}, ${row.kvElemsPerToken} KV elements per token, ${row.decodeTokensPerS.toFixed(1)} decode tokens/s\n`);
       if (r.stoppedEarly) {
-        process.stdout.write(`stopped during training (${r.rows.length} variant(s) done); re-run the same command to resume\n`);
+        process.stdout.write(`stopped during training: the ${r.rows.length} finished run(s) are kept in ${a.out}; re-running the same command resumes (the interrupted run from its last checkpoint); other settings need --force, which starts over (other --variants or --ranks do not)\n`);
         process.exitCode = 130;
       } else process.stdout.write(`wrote ${r.report} and ${r.html}\n`);
     } finally {

@@ -24,7 +24,7 @@ import { loadTokenizer } from "../io/tokenizer.js";
 import { describeRefit, refitOutputProjections, refitRecord, RefitResult } from "./refitOutput.js";
 import { requireRoom, weightFileBytes } from "../io/diskRoom.js";
 import { readText } from "../eval/perplexity.js";
-import { checkEvalSettings, embeddedEval, evaluate, EvalResult } from "../eval/evaluate.js";
+import { checkEmbeddedEval, embeddedEval, evaluate, EvalResult } from "../eval/evaluate.js";
 import { inspectModel } from "../eval/inspect.js";
 import { silentLogger, Logger } from "../util/log.js";
 import { Progress, ProgressSink } from "../util/progress.js";
@@ -85,7 +85,7 @@ async function convertInScope(spec: string, opts: ConvertOptions): Promise<Conve
     const plan = planConversion(config, settings, DTYPE_BYTES[kvDtype]);
     if (opts.dryRun) return { out: null, plan, selection: null, splits: null, energy: [], timings, report: null };
     // The evaluation text is read after the conversion: check it now, not after minutes of work.
-    checkEvalSettings(embeddedEval(opts));
+    checkEmbeddedEval(opts);
     const out = path.resolve(opts.out ?? defaultOut(spec, settings.rank));
     checkOutDir(out, srcDir, opts.force ?? false, [{ name: "--calib", path: settings.calib }, { name: "--eval-text", path: opts.evalText }]);
     // The converted model is at most its source's size (smaller attention; EG-MLA's gate is small).

@@ -9,6 +9,8 @@ import type { Logger } from "../util/log.js";
 import { maxRank } from "./factor.js";
 import { budgetSplits, KV_SPLIT_MODES, KvSplitMode } from "./kvSplit.js";
 import { requireCalibration } from "./calibrationNeeds.js";
+import { checkWindowShape } from "../ropeSelect/calibrate.js";
+import { checkTextFile } from "../eval/perplexity.js";
 
 export interface ConversionSettings {
   rank: number;
@@ -87,6 +89,7 @@ export function resolveSettings(c: ModelConfig, o: SettingsInput, log: Logger): 
     throw new MlaError("BAD_ARGUMENT", `--rank ${o.rank} is out of range for this model with --rope-pairs ${R} and --svd ${svd}`, `use an integer in 1…${top} (latent dims per KV head; ${top} keeps everything)`);
   const calib = o.calib ?? null;
   if (calib !== null && !fs.existsSync(calib)) throw new MlaError("NOT_FOUND", `--calib ${calib} does not exist`, "pass a UTF-8 text file");
+  if (calib !== null) checkTextFile(calib);
   let strategy = o.ropeStrategy;
   if (!strategy) {
     strategy = calib ? "2-norm" : "uniform";
@@ -104,8 +107,10 @@ export function resolveSettings(c: ModelConfig, o: SettingsInput, log: Logger): 
   if (!KV_SPLIT_MODES.includes(kvSplit)) throw new MlaError("BAD_ARGUMENT", `--kv-split ${kvSplit} is not known`, `use ${KV_SPLIT_MODES.join(" or ")}`);
   if (kvSplit === "uniform" && o.kvSplitPairs) throw new MlaError("BAD_ARGUMENT", "--kv-split-pairs lists the rope pairs --kv-split per-layer tries", "add --kv-split per-layer, or leave --kv-split-pairs out");
   requireCalibration(calib, { ropeStrategy: strategy, svdInit, refitOutput, kvSplit });
+  const calibSamples = o.calibSamples ?? 32, calibLen = o.calibLen ?? 256;
+  checkWindowShape(calibSamples, calibLen);
   const kvSplitPairs = kvSplit === "per-layer" ? budgetSplits({ kvHeads: c.kvHeads, headDim: c.headDim, hidden: c.hiddenSize }, { ropePairs: R, rank: o.rank, svd, ropeDisjoint }, o.kvSplitPairs).map((x) => x.ropePairs) : null;
-  return { rank: o.rank, ropePairs: R, ropeStrategy: strategy, ropeDisjoint, svd, svdInit, balanceKv: o.balanceKv ?? true, refitOutput, calib, calibSamples: o.calibSamples ?? 32, calibLen: o.calibLen ?? 256, gateDim, kvSplit, kvSplitPairs };
+  return { rank: o.rank, ropePairs: R, ropeStrategy: strategy, ropeDisjoint, svd, svdInit, balanceKv: o.balanceKv ?? true, refitOutput, calib, calibSamples, calibLen, gateDim, kvSplit, kvSplitPairs };
 }
 
 export function planConversion(c: ModelConfig, s: ConversionSettings, elemBytes: number): ConversionPlan {

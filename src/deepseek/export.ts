@@ -17,13 +17,13 @@ import { loadModel } from "../model/llama.js";
 import type { ModelConfig } from "../model/config.js";
 import { DeviceName, selectBackend, selectLinalg } from "../backends/select.js";
 import { linalgScope, useLinalg } from "../backends/native/linalg.js";
-import { calibrate, calibrationWindows, CalibrationStats } from "../ropeSelect/calibrate.js";
+import { calibrate, calibrationWindows, CalibrationStats, checkWindowShape } from "../ropeSelect/calibrate.js";
 import { covarianceRoots } from "../svd/truncated.js";
 import { readText } from "../eval/perplexity.js";
 import { silentLogger, Logger } from "../util/log.js";
 import { Progress, ProgressSink } from "../util/progress.js";
 import { checkOutDir, defaultOut, SettingsInput } from "../convert/plan.js";
-import { checkEvalSettings, embeddedEval, evaluate } from "../eval/evaluate.js";
+import { checkEmbeddedEval, embeddedEval, evaluate } from "../eval/evaluate.js";
 import { deepseekLayer, FrequencyPca, frequencyPca, ladder, ladderScores, validSpacings } from "./layer.js";
 import { servingWarnings } from "./serving.js";
 import { describeRefit, refitOutputProjections, refitRecord } from "../convert/refitOutput.js";
@@ -134,12 +134,13 @@ export async function convertDeepseek(spec: string, o: DeepseekOptions): Promise
   return linalgScope(() => convertDeepseekInScope(spec, o));
 }
 
-async function convertDeepseekInScope(spec: string, o: DeepseekOptions): Promise<DeepseekResult> {
-  const log = o.logger ?? silentLogger;
-  const { dir: srcDir } = resolveModel(spec);
-  const c = readHfConfig(srcDir);
+/**
+ * The deepseek_v3 widths `o` asks of a source of config `c`, with every option checked against it:
+ * all a conversion can refuse without reading weights, so `pipeline` asks it before its first phase.
+ */
+export function deepseekShape(c: ModelConfig, o: DeepseekOptions): { ropePairs: number; ropeDim: number; kvLoraRank: number; svdInit: "weights" | "activations" } {
   checkSource(c);
-  const { heads: H, kvHeads: G, headDim: Dh, hiddenSize: D, layers: L } = c;
+  const { kvHeads: G, headDim: Dh, hiddenSize: D } = c;
   const half = Dh / 2;
   const R = o.ropePairs ?? Math.max(1, Math.round(Dh / 16));
   if (!Number.isInteger(R) || R < 1 || R > half) throw new MlaError("BAD_ARGUMENT", `--rope-pairs ${R} is out of range for head_dim ${Dh}`, `use an integer in 1…${half}`);
@@ -152,11 +153,22 @@ async function convertDeepseekInScope(spec: string, o: DeepseekOptions): Promise
   if (!Number.isInteger(rk) || rk < 2 || rk > maxRk) throw new MlaError("BAD_ARGUMENT", `kv_lora_rank ${rk} is out of range 2…${maxRk} for this model`, o.kvLoraRank === undefined ? "lower --rope-dim or change --rank / --rope-pairs" : "choose another --kv-lora-rank");
   const svdInit = o.svdInit ?? "weights";
   requireCalibration(o.calib, { svdInit, refitOutput: o.refitOutput });
+  checkWindowShape(o.calibSamples ?? 32, o.calibLen ?? 256);
+  return { ropePairs: R, ropeDim: dr, kvLoraRank: rk, svdInit };
+}
+
+async function convertDeepseekInScope(spec: string, o: DeepseekOptions): Promise<DeepseekResult> {
+  const log = o.logger ?? silentLogger;
+  const { dir: srcDir } = resolveModel(spec);
+  const c = readHfConfig(srcDir);
+  const { ropePairs: R, ropeDim: dr, kvLoraRank: rk, svdInit } = deepseekShape(c, o);
+  const { heads: H, kvHeads: G, headDim: Dh, hiddenSize: D, layers: L } = c;
+  const half = Dh / 2;
   const kvPerToken = { before: 2 * G * Dh, after: rk + dr, changePercent: (100 * (rk + dr - 2 * G * Dh)) / (2 * G * Dh) };
   for (const w of servingWarnings(rk, dr, H)) log.warn(w);
   if (o.dryRun) return { out: null, ropeDim: dr, kvLoraRank: rk, ropeTheta: c.rope.theta, spacing: 0, kvPerToken, energy: [], eval: null };
   // The evaluation comes last: its settings are checked now, not after the conversion.
-  checkEvalSettings(embeddedEval(o));
+  checkEmbeddedEval(o);
   const out = path.resolve(o.out ?? defaultOut(spec, o.rank, "deepseek"));
   checkOutDir(out, srcDir, o.force ?? false, [{ name: "--calib", path: o.calib }, { name: "--eval-text", path: o.evalText }]);
   requireRoom(out, weightFileBytes(srcDir), "the converted model");

@@ -28,7 +28,7 @@ import { headDimOrder, MlaAttention, MlaSplit, ModelConfig } from "../model/conf
 export { checkExportSettings, exportLadder } from "./exportable.js";
 import { layerPrefix } from "../model/weights.js";
 import { checkOutDir } from "../convert/plan.js";
-import { checkEvalSettings, embeddedEval } from "../eval/evaluate.js";
+import { checkEmbeddedEval } from "../eval/evaluate.js";
 import { silentLogger } from "../util/log.js";
 import { Progress } from "../util/progress.js";
 import { constantChannel, ropeRow } from "./layer.js";
@@ -189,7 +189,7 @@ export async function exportDeepseek(spec: string, o: ExportOptions = {}): Promi
   for (const w of servingWarnings(rk, dr, H, remedy)) log.warn(w);
   log.info(`export: shared rope key of ${dr} dims (frequencies ${spacing}·k, k < ${ladder.slots}; ${G * R} used per layer), kv_lora_rank ${rk} (1 constant channel): ${kvPerToken.after} cached values per token and layer, ours ${kvPerToken.before}`);
   // The evaluation comes last: its settings are checked now, not after the export.
-  checkEvalSettings(embeddedEval(o));
+  checkEmbeddedEval(o);
   const out = path.resolve(o.out ?? `${path.basename(srcDir)}-deepseek`);
   checkOutDir(out, srcDir, o.force ?? false, [{ name: "--eval-text", path: o.evalText }]);
   // The export adds one latent channel and a shared rope key per layer: a little over the source.

@@ -5,7 +5,7 @@
 import crypto from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
-import { MlaError } from "../errors.js";
+import { flagsWithout, MlaError } from "../errors.js";
 import type { WeightStorage } from "../model/weights.js";
 import { loadModel } from "../model/llama.js";
 import { selectBackend, DeviceName } from "../backends/select.js";
@@ -20,14 +20,15 @@ import type { KvCacheDtype } from "../model/kvQuant.js";
 import { kvBytesPerToken } from "../model/config.js";
 import { requireCount } from "../util/counts.js";
 
-/** The options the text's token count and window length came from, named in messages. */
+/** The options the perplexity text, its token count and its window length came from, named in messages. */
 export interface EvalFlagNames {
+  text: string;
   tokens: string;
   ctx: string;
 }
-const EVAL_FLAGS: EvalFlagNames = { tokens: "--tokens", ctx: "--ctx" };
-/** convert and export score their --eval-text with these. */
-export const EMBEDDED_EVAL_FLAGS: EvalFlagNames = { tokens: "--eval-tokens", ctx: "--eval-ctx" };
+const EVAL_FLAGS: EvalFlagNames = { text: "--text", tokens: "--tokens", ctx: "--ctx" };
+/** convert, export and pipeline score their --eval-text with these. */
+export const EMBEDDED_EVAL_FLAGS: EvalFlagNames = { text: "--eval-text", tokens: "--eval-tokens", ctx: "--eval-ctx" };
 
 export interface EvalOptions {
   text?: string;
@@ -47,23 +48,22 @@ export interface EvalOptions {
   kvCache?: KvCacheDtype;
   /** Perplexity windows scored per forward (default: as many as fit, up to 16, where attention is batched; else 1). */
   batch?: number;
-  /** Where tokens and ctx came from, for messages (default eval's --tokens and --ctx). */
+  /** Where text, tokens and ctx came from, for messages (default eval's --text, --tokens and --ctx). */
   flags?: EvalFlagNames;
-}
-
-/** Refuses what evaluate() would refuse of the text and the counts, before any work (convert and export evaluate last). */
-export function checkEvalSettings(o: Pick<EvalOptions, "text" | "tokens" | "ctx" | "limit" | "flags">): void {
-  const flags = o.flags ?? EVAL_FLAGS;
-  requireCount(flags.tokens, o.tokens);
-  requireCount("--limit", o.limit);
-  if (!o.text) return;
-  checkTextFile(o.text);
-  if (o.ctx !== undefined) checkCtx(o.ctx, flags.ctx);
 }
 
 /** Another command's --eval-text, --eval-tokens and --eval-ctx as evaluate() options. */
 export function embeddedEval(o: { evalText?: string; evalTokens?: number; evalCtx?: number }): EvalOptions {
   return { text: o.evalText, tokens: o.evalTokens, ctx: o.evalCtx, flags: EMBEDDED_EVAL_FLAGS };
+}
+
+/**
+ * convert's and export's optional evaluation, checked before their work: nothing to check without
+ * --eval-text, unless --eval-tokens was given (it does nothing without it). --eval-ctx has a default,
+ * so it is not told apart from one typed.
+ */
+export function checkEmbeddedEval(o: { evalText?: string; evalTokens?: number; evalCtx?: number }): void {
+  if (o.evalText !== undefined || o.evalTokens !== undefined) checkEvalOptions(embeddedEval(o));
 }
 
 export interface TaskScore {
@@ -102,20 +102,39 @@ export interface EvalResult {
   tasks?: Record<string, TaskScore>;
 }
 
+/**
+ * What evaluate() would refuse of `opts` that needs no model, so a command with work to do first
+ * (convert, export and pipeline evaluate last) refuses it before that work. Returns the task data
+ * folder (null without tasks).
+ */
+export function checkEvalOptions(opts: EvalOptions): { dataDir: string | null } {
+  const flags = opts.flags ?? EVAL_FLAGS;
+  requireCount(flags.tokens, opts.tokens);
+  requireCount("--limit", opts.limit);
+  if (opts.tokens !== undefined && !opts.text) throw flagsWithout([flags.tokens], `${flags.text} FILE`, "it counts the perplexity text's tokens");
+  if (!opts.text && !opts.tasks?.length) throw new MlaError("BAD_ARGUMENT", "nothing to evaluate", `pass ${flags.text} FILE for perplexity and/or --tasks a,b for benchmarks`);
+  if (opts.text) {
+    checkTextFile(opts.text);
+    if (opts.ctx !== undefined) checkCtx(opts.ctx, flags.ctx);
+  }
+  if (!opts.tasks?.length) {
+    const taskOnly = ([["--limit", opts.limit], ["--data-dir", opts.dataDir]] as const).filter(([, v]) => v !== undefined).map(([f]) => f);
+    if (taskOnly.length) throw flagsWithout(taskOnly, "--tasks a,b", "settings of the benchmark tasks");
+    return { dataDir: null };
+  }
+  const dataDir = opts.dataDir ?? defaultDataDir(packageRoot());
+  if (!dataDir || !fs.existsSync(dataDir)) throw new MlaError("NOT_FOUND", `task data folder ${opts.dataDir ?? "(none found)"} does not exist`, "pass --data-dir with ARC-*.test.json, piqa.test.json, hellaswag_val_full.txt.bz2, lambada_test.jsonl (or set MHA2MLA_EVAL_DATA)");
+  return { dataDir };
+}
+
 export async function evaluate(spec: string, opts: EvalOptions): Promise<EvalResult> {
   const log = opts.logger ?? silentLogger;
-  if (!opts.text && !opts.tasks?.length) throw new MlaError("BAD_ARGUMENT", "nothing to evaluate", "pass --text FILE for perplexity and/or --tasks a,b for benchmarks");
+  const { dataDir } = checkEvalOptions(opts);
   if (opts.kvCache && opts.tasks?.length) log.warn(`--kv-cache ${opts.kvCache} applies to the perplexity windows only: each task item is scored in one forward pass, without a cache`);
-  checkEvalSettings(opts);
   const flags = opts.flags ?? EVAL_FLAGS;
   const backend = selectBackend(opts.device ?? "auto", log);
   const t0 = performance.now();
   const text = opts.text ? readText(opts.text) : null;
-  let dataDir: string | null = null;
-  if (opts.tasks?.length) {
-    dataDir = opts.dataDir ?? defaultDataDir(packageRoot());
-    if (!dataDir || !fs.existsSync(dataDir)) throw new MlaError("NOT_FOUND", `task data folder ${opts.dataDir ?? "(none found)"} does not exist`, "pass --data-dir with ARC-*.test.json, piqa.test.json, hellaswag_val_full.txt.bz2, lambada_test.jsonl (or set MHA2MLA_EVAL_DATA)");
-  }
   const lm = loadModel(spec, { backend, weights: opts.weights });
   const info = inspectModel(lm.dir);
   const rawConfig = fs.readFileSync(path.join(lm.dir, "config.json"), "utf8");

@@ -24,9 +24,14 @@ export interface CalibrationStats {
   seconds: number;
 }
 
-export function calibrationWindows(tokenizer: TextTokenizer, text: string, samples: number, len: number, bos: number, source = "calibration text"): Int32Array[] {
+/** Refuses a window count or length no text could fill; conversions call it before their work, not at calibration. */
+export function checkWindowShape(samples: number, len: number): void {
   if (!Number.isInteger(len) || len < 2) throw new MlaError("BAD_ARGUMENT", `--calib-len ${len} is too small`, "use at least 2 (BOS + one token)");
   if (!Number.isInteger(samples) || samples < 1) throw new MlaError("BAD_ARGUMENT", `--calib-samples ${samples} is not a positive integer`, "pass e.g. --calib-samples 32");
+}
+
+export function calibrationWindows(tokenizer: TextTokenizer, text: string, samples: number, len: number, bos: number, source = "calibration text"): Int32Array[] {
+  checkWindowShape(samples, len);
   const stride = len - 1;
   const ids = encodePrefix(tokenizer, text, samples * stride);
   const available = Math.floor(ids.length / stride);

@@ -25,11 +25,17 @@ function normals(n: number, std: number, rng: Rng): Float32Array {
   return out;
 }
 
-/** Writes the initialized model to `out` (which must not exist). */
-export function initFromScratch(likeDir: string, out: string, seed: number): void {
+/** The config of `likeDir` as written, refused when it is an MLA checkpoint (the study builds its own MLA variants from an MHA shape). */
+export function likeConfig(likeDir: string): Record<string, unknown> {
   const raw = JSON.parse(fs.readFileSync(path.join(likeDir, "config.json"), "utf8")) as Record<string, unknown>;
   if (raw["mha2mla"] || raw["model_type"] === "deepseek_v3")
     throw new MlaError("BAD_ARGUMENT", `${likeDir} is an MLA checkpoint`, "pass the original MHA/GQA model to --like; the study builds its own MLA variants");
+  return raw;
+}
+
+/** Writes the initialized model to `out` (which must not exist). */
+export function initFromScratch(likeDir: string, out: string, seed: number): void {
+  const raw = likeConfig(likeDir);
   fs.mkdirSync(out, { recursive: true });
   fs.writeFileSync(path.join(out, "config.json"), JSON.stringify(raw, null, 2) + "\n");
   copyModelSideFiles(likeDir, out);

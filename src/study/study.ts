@@ -19,29 +19,35 @@ import { spawnSync } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
 import { convert } from "../convert/pipeline.js";
-import { MlaError } from "../errors.js";
+import { flagsWithout, MlaError } from "../errors.js";
 import { refuseOutOverInputs } from "../io/outGuard.js";
 import { finetune } from "../finetune/trainer.js";
 import { inspectModel } from "../eval/inspect.js";
 import { resolveModel } from "../io/modelDir.js";
 import { readHfConfig } from "../io/hfConfig.js";
 import { defaultRopePairs } from "../ropeSelect/strategies.js";
-import type { DeviceName } from "../backends/select.js";
+import { resolveSettings, type SettingsInput } from "../convert/plan.js";
+import type { ModelConfig } from "../model/config.js";
+import { checkFinetuneOptions } from "../finetuneOptions.js";
+import { checkTextFile } from "../eval/perplexity.js";
+import { selectBackend, type DeviceName } from "../backends/select.js";
 import { silentLogger, type Logger } from "../util/log.js";
 import { writeFileAtomic } from "../io/atomicDir.js";
-import { initFromScratch } from "./init.js";
+import { initFromScratch, likeConfig } from "./init.js";
 import { studyHtml, studyMarkdown } from "./report.js";
 import { decodeSpeed } from "./decodeSpeed.js";
 
 export const STUDY_VARIANTS = ["mha", "mla", "mla-rope", "eg-mla"] as const;
 export type StudyVariant = (typeof STUDY_VARIANTS)[number];
+/** The latent widths the MLA variants are trained at when --ranks is not given. */
+export const STUDY_RANKS = ["d/2", "d/4"] as const;
 
 export interface StudyOptions {
   /** A model folder whose config (shape) and tokenizer every variant takes; its weights are not used. */
   like: string;
   variants: readonly StudyVariant[];
-  /** Latent widths per token and layer of the MLA variants: "d/2", "d/4" (of the hidden size) or a number. */
-  ranks: readonly string[];
+  /** Latent widths per token and layer of the MLA variants: "d/2", "d/4" (of the hidden size) or a number; default STUDY_RANKS. Only with an MLA variant. */
+  ranks?: readonly string[];
   /** Training text (.txt or .jsonl; .xz is decompressed into the output folder with the xz tool). */
   data: string;
   tokens: number;
@@ -54,6 +60,7 @@ export interface StudyOptions {
   valFraction?: number;
   /** Validation NLL every this many steps (the curves; default: 20 points per run). */
   evalEvery?: number;
+  /** EG-MLA's gate width (default 16); only with the eg-mla variant. */
   gateDim?: number;
   device?: DeviceName;
   force?: boolean;
@@ -111,46 +118,85 @@ function trainingText(data: string, out: string): string {
 }
 
 
+type MlaVariant = Exclude<StudyVariant, "mha">;
+/** One training run: the MHA initialization as is, or an MLA variant at latent width L per token and layer. */
+type StudyRun = { variant: "mha"; L: null } | { variant: MlaVariant; L: number };
+
+/** The conversion that makes an MLA variant at latent width L from the MHA initialization. */
+function runSettings({ variant, L }: { variant: MlaVariant; L: number }, c: ModelConfig, gateDim: number | undefined): SettingsInput {
+  const eg = variant === "eg-mla";
+  return { rank: L / c.kvHeads, ropePairs: variant === "mla" ? 0 : defaultRopePairs(c.headDim), ropeStrategy: "uniform", attention: eg ? "eg-mla" : "mla", gateDim: eg ? (gateDim ?? 16) : undefined };
+}
+
+/**
+ * The runs (variant × width) the options ask for, each run's conversion checked by convert's own
+ * checks before any work: a width or gate the third run's conversion would refuse must not cost the two
+ * runs before it (nor the --force that a corrected command, no longer the one that started the
+ * study, would then need).
+ */
+function plannedRuns(o: StudyOptions, c: ModelConfig): { runs: StudyRun[]; ranks: readonly string[] } {
+  if (!o.variants.length) throw new MlaError("BAD_ARGUMENT", "--variants is empty", `name some of ${STUDY_VARIANTS.join(", ")}`);
+  for (const v of o.variants) if (!STUDY_VARIANTS.includes(v)) throw new MlaError("BAD_ARGUMENT", `--variants: ${v} is not known`, `use ${STUDY_VARIANTS.join(", ")}`);
+  const mla = o.variants.filter((v): v is MlaVariant => v !== "mha");
+  const others = STUDY_VARIANTS.filter((v) => v !== "mha").join(", ");
+  if (!mla.length && o.ranks?.length) throw flagsWithout(["--ranks"], "an MLA variant in --variants", "it sets the MLA variants' latent widths", `add one of ${others} to --variants`);
+  if (o.gateDim !== undefined && !mla.includes("eg-mla")) throw flagsWithout(["--gate-dim"], "eg-mla in --variants", "it is EG-MLA's gate width", "add eg-mla to --variants");
+  const ranks = mla.length ? (o.ranks ?? STUDY_RANKS) : [];
+  if (mla.length && !ranks.length) throw new MlaError("BAD_ARGUMENT", "--ranks is empty", `name the MLA variants' latent widths, e.g. ${STUDY_RANKS.join(",")}`);
+  const widths = ranks.map((r) => latentWidth(r, c.hiddenSize, c.kvHeads));
+  const runs = o.variants.flatMap((v): StudyRun[] => (v === "mha" ? [{ variant: v, L: null }] : widths.map((L) => ({ variant: v, L }))));
+  for (const r of runs) if (r.variant !== "mha") checkRun(r, c, o.gateDim);
+  return { runs, ranks };
+}
+
+/** Convert's checks of one run's conversion, whose message names convert's flags: prefixed with the run they come from. */
+function checkRun(r: { variant: MlaVariant; L: number }, c: ModelConfig, gateDim: number | undefined): void {
+  try {
+    resolveSettings(c, runSettings(r, c, gateDim), silentLogger);
+  } catch (e) {
+    if (!(e instanceof MlaError)) throw e;
+    throw new MlaError(e.code, `the ${r.variant} variant at latent ${r.L} (${r.L / c.kvHeads} per KV head): ${e.message}`);
+  }
+}
+
 export async function study(o: StudyOptions): Promise<StudyResult> {
   const log = o.logger ?? silentLogger;
   const { dir: like } = resolveModel(o.like);
   refuseOutOverInputs("--out", o.out, [{ name: "--like's model folder", path: like }, { name: "--data", path: o.data }]);
   if (!fs.existsSync(o.data)) throw new MlaError("NOT_FOUND", `--data ${o.data} does not exist`, "check the path; nothing was changed");
+  checkTextFile(o.data);
+  likeConfig(like);
   const c = readHfConfig(like);
-  if (!o.variants.length) throw new MlaError("BAD_ARGUMENT", "--variants is empty", `name some of ${STUDY_VARIANTS.join(", ")}`);
-  for (const v of o.variants) if (!STUDY_VARIANTS.includes(v)) throw new MlaError("BAD_ARGUMENT", `--variants: ${v} is not known`, `use ${STUDY_VARIANTS.join(", ")}`);
-  const widths = o.ranks.map((r) => latentWidth(r, c.hiddenSize, c.kvHeads));
-  const seq = o.seq ?? 256, batch = o.batch ?? 16;
+  const { runs, ranks } = plannedRuns(o, c);
+  const seq = o.seq ?? 256, batch = o.batch ?? 16, lr = o.lr ?? 1e-3;
   const seed = o.seed ?? 0;
+  const device = o.device ?? "auto";
+  // The runs' fine-tunes check these too, but only as each starts: after the runs before it.
+  checkFinetuneOptions({ tokens: o.tokens, seq, batch, lr, evalEvery: o.evalEvery });
+  selectBackend(device, log);
   // What every run shares; the list of runs (variants × ranks) may grow between sittings, since each
   // run is trained on its own from the same initialization.
-  const settings = { like: o.like, data: o.data, tokens: o.tokens, seq, batch, lr: o.lr ?? 1e-3, seed, valFraction: o.valFraction ?? 0.01, tokenCache: path.join(o.out, "tokens"), evalEvery: o.evalEvery ?? null, gateDim: o.gateDim ?? 16 };
+  const settings = { like: o.like, data: o.data, tokens: o.tokens, seq, batch, lr, seed, valFraction: o.valFraction ?? 0.01, tokenCache: path.join(o.out, "tokens"), evalEvery: o.evalEvery ?? null, gateDim: o.gateDim ?? 16 };
   const stateFile = path.join(o.out, "study-state.json");
   if (fs.existsSync(o.out) && !o.force) {
     const prev = fs.existsSync(stateFile) ? (JSON.parse(fs.readFileSync(stateFile, "utf8")) as { settings?: unknown; variants?: string[]; ranks?: string[] }) : null;
     if (JSON.stringify(prev?.settings) !== JSON.stringify(settings))
       throw new MlaError("EXISTS", `output ${o.out} already exists${prev ? " from a study with other settings" : ""}`, "re-run it with the same settings (other --variants or --ranks are fine: finished runs are kept), pass --force to start over, or choose another --out");
-    const same = JSON.stringify([prev?.variants, prev?.ranks]) === JSON.stringify([o.variants, o.ranks]);
-    log.info(same ? `resuming the study in ${o.out}` : `continuing the study in ${o.out} with --variants ${o.variants.join(",")} --ranks ${o.ranks.join(",")}: finished runs are kept, the others trained`);
-    if (!same) fs.writeFileSync(stateFile, JSON.stringify({ ...prev, variants: o.variants, ranks: o.ranks }, null, 2) + "\n");
+    const same = JSON.stringify([prev?.variants, prev?.ranks]) === JSON.stringify([o.variants, ranks]);
+    log.info(same ? `resuming the study in ${o.out}` : `continuing the study in ${o.out} with --variants ${o.variants.join(",")} --ranks ${ranks.join(",")}: finished runs are kept, the others trained`);
+    if (!same) fs.writeFileSync(stateFile, JSON.stringify({ ...prev, variants: o.variants, ranks }, null, 2) + "\n");
   } else {
     fs.rmSync(o.out, { recursive: true, force: true });
     fs.mkdirSync(o.out, { recursive: true });
-    fs.writeFileSync(stateFile, JSON.stringify({ settings, variants: o.variants, ranks: o.ranks, started: new Date().toISOString() }, null, 2) + "\n");
+    fs.writeFileSync(stateFile, JSON.stringify({ settings, variants: o.variants, ranks, started: new Date().toISOString() }, null, 2) + "\n");
   }
   const data = trainingText(o.data, o.out);
-  const device = o.device ?? "auto";
   const init = path.join(o.out, "init-mha");
   if (!fs.existsSync(init)) {
     // Built aside and renamed, so an interrupted initialization is never mistaken for a finished one.
     fs.rmSync(init + ".part", { recursive: true, force: true });
     initFromScratch(like, init + ".part", seed);
     fs.renameSync(init + ".part", init);
-  }
-  const runs: { variant: StudyVariant; L: number | null }[] = [];
-  for (const v of o.variants) {
-    if (v === "mha") runs.push({ variant: v, L: null });
-    else for (const L of widths) runs.push({ variant: v, L });
   }
   const steps = Math.max(1, Math.floor(o.tokens / (seq * batch)));
   const rows: StudyRow[] = [];
@@ -164,15 +210,14 @@ export async function study(o: StudyOptions): Promise<StudyResult> {
     }
     log.info(`study ${i + 1}/${runs.length}: ${name}`);
     let modelDir = init;
-    const R = r.variant === "mla" ? 0 : defaultRopePairs(c.headDim);
-    if (r.L !== null) {
+    const conversion = r.variant === "mha" ? null : runSettings(r, c, o.gateDim);
+    if (conversion) {
       modelDir = path.join(o.out, name);
-      if (!fs.existsSync(path.join(modelDir, "config.json")))
-        await convert(init, { rank: r.L / c.kvHeads, ropePairs: R, ropeStrategy: "uniform", attention: r.variant === "eg-mla" ? "eg-mla" : "mla", gateDim: r.variant === "eg-mla" ? (o.gateDim ?? 16) : undefined, device, out: modelDir, force: true, progress: null, logger: log });
+      if (!fs.existsSync(path.join(modelDir, "config.json"))) await convert(init, { ...conversion, device, out: modelDir, force: true, progress: null, logger: log });
     }
     const trained = path.join(o.out, `${name}-trained`);
     const resume = fs.existsSync(path.join(trained, "checkpoint", "state.json"));
-    const ft = await finetune(modelDir, { data: [data], out: trained, force: !resume, resume, tokens: o.tokens, seq, batch, lr: o.lr ?? 1e-3, seed, valFraction: o.valFraction ?? 0.01, tokenCache: path.join(o.out, "tokens"), evalEvery: o.evalEvery ?? Math.max(1, Math.round(steps / 20)), device, progress: o.progress, logger: log, shouldStop: o.shouldStop });
+    const ft = await finetune(modelDir, { data: [data], out: trained, force: !resume, resume, tokens: o.tokens, seq, batch, lr, seed, valFraction: o.valFraction ?? 0.01, tokenCache: path.join(o.out, "tokens"), evalEvery: o.evalEvery ?? Math.max(1, Math.round(steps / 20)), device, progress: o.progress, logger: log, shouldStop: o.shouldStop });
     if (ft.stoppedEarly) return { rows, report: null, html: null, stoppedEarly: true };
     const curve = fs.readFileSync(path.join(ft.out, "train_log.jsonl"), "utf8").trim().split("\n").map((l) => JSON.parse(l) as { step: number; val_nll?: number }).filter((l) => l.val_nll !== undefined).map((l) => [l.step, l.val_nll!] as [number, number]);
     const info = inspectModel(ft.out);
@@ -181,7 +226,7 @@ export async function study(o: StudyOptions): Promise<StudyResult> {
       variant: r.variant,
       label: r.L === null ? "MHA" : `${{ mla: "MLA", "mla-rope": "MLA + RoPE", "eg-mla": "EG-MLA" }[r.variant as Exclude<StudyVariant, "mha">]}, latent ${r.L}`,
       latentDim: r.L,
-      ropePairs: r.L === null ? null : R,
+      ropePairs: conversion?.ropePairs ?? null,
       params: info.params,
       kvElemsPerToken: kv,
       kvBytesPerTokenBf16: kv * 2,
@@ -193,7 +238,7 @@ export async function study(o: StudyOptions): Promise<StudyResult> {
     writeFileAtomic(rowFile, JSON.stringify(row, null, 2) + "\n");
     rows.push(row);
   }
-  const meta = { like: o.like, hidden: c.hiddenSize, data: o.data, tokens: o.tokens, seq, batch, lr: o.lr ?? 1e-3, seed, device, date: new Date().toISOString() };
+  const meta = { like: o.like, hidden: c.hiddenSize, data: o.data, tokens: o.tokens, seq, batch, lr, seed, device, date: new Date().toISOString() };
   fs.writeFileSync(path.join(o.out, "study.json"), JSON.stringify({ ...meta, rows }, null, 2) + "\n");
   const report = path.join(o.out, "report.md");
   const html = path.join(o.out, "report.html");

@@ -42,6 +42,12 @@ test("convert (both formats) and export name --eval-tokens and --eval-ctx, and r
   assert.match(r.stderr, /^error: --eval-ctx 1 is too small$/m);
 });
 
+test("convert refuses --eval-tokens without --eval-text, which it would do nothing without", async () => {
+  const parent = tmpDir();
+  await assert.rejects(convert(MODEL, { rank: 2, evalTokens: 100, out: path.join(parent, "never"), progress: null, device: "cpu" }), named(/^--eval-tokens has no effect without --eval-text FILE/));
+  assert.deepEqual(fs.readdirSync(parent), []);
+});
+
 test("eval itself still names --tokens and --ctx", async () => {
   await assert.rejects(evaluate(MODEL, { text: TEXT, tokens: 0, device: "reference" }), named(/^--tokens 0 is not a positive count/));
   await assert.rejects(evaluate(MODEL, { text: TEXT, ctx: 1, device: "reference" }), named(/^--ctx 1 is too small/));

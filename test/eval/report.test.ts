@@ -8,6 +8,7 @@ import { evaluate } from "../../src/eval/evaluate.js";
 import { writeReport } from "../../src/eval/report/report.js";
 import { pipeline } from "../../src/pipeline.js";
 import { convert } from "../../src/convert/pipeline.js";
+import type { TaskName } from "../../src/eval/tasks/index.js";
 import { FIXTURES, MODELS, ROOT, SHARED, tmpDir } from "../helpers.js";
 
 const CHROMIUM = ["/usr/bin/chromium", "/usr/bin/chromium-browser"].find((p) => fs.existsSync(p));
@@ -25,9 +26,10 @@ test("report: HTML with inline SVG charts renders in headless Chromium; the Mark
   const dir = tmpDir();
   const mla = path.join(dir, "mla");
   await convert(path.join(MODELS, "stories260K"), { rank: 4, ropePairs: 2, ropeStrategy: "uniform", out: mla, progress: null });
-  const tasks = fs.existsSync(DATA) ? (["arc-easy", "piqa"] as const) : undefined;
-  const before = await evaluate(path.join(MODELS, "stories260K"), { text: TEXT, tasks: tasks ? [...tasks] : undefined, dataDir: DATA, limit: 20, label: "original", progress: null });
-  const after = await evaluate(mla, { text: TEXT, tasks: tasks ? [...tasks] : undefined, dataDir: DATA, limit: 20, label: "MLA r4", progress: null });
+  // --data-dir and --limit only with tasks: alone they are refused (they would do nothing).
+  const tasks = fs.existsSync(DATA) ? { tasks: ["arc-easy", "piqa"] as TaskName[], dataDir: DATA, limit: 20 } : {};
+  const before = await evaluate(path.join(MODELS, "stories260K"), { text: TEXT, ...tasks, label: "original", progress: null });
+  const after = await evaluate(mla, { text: TEXT, ...tasks, label: "MLA r4", progress: null });
   const files = [path.join(dir, "a.json"), path.join(dir, "b.json")];
   fs.writeFileSync(files[0]!, JSON.stringify(before));
   fs.writeFileSync(files[1]!, JSON.stringify(after));
@@ -63,9 +65,7 @@ test("pipeline: convert → fine-tune → three evaluations → report; a re-run
     convert: { rank: 4, ropePairs: 1, ropeStrategy: "high" as const },
     finetune: { data: [path.join(FIXTURES, "text", "tinystories_25k.txt")], tokens: 6 * 8 * 64, seq: 64, batch: 8 },
     evalText: TEXT,
-    tasks: fs.existsSync(DATA) ? (["arc-easy"] as ["arc-easy"]) : undefined,
-    dataDir: DATA,
-    limit: 10,
+    ...(fs.existsSync(DATA) ? { tasks: ["arc-easy"] as TaskName[], dataDir: DATA, limit: 10 } : {}),
     progress: null,
   };
   const r = await pipeline(path.join(MODELS, "stories260K"), opts);

@@ -1,0 +1,41 @@
+/**
+ * The checks of a fine-tune's options that need neither the model nor the data, for callers with work
+ * to do before they train (`pipeline` converts and evaluates first; `study` initializes and converts):
+ * a bad --lr must not cost them that work. The messages are the trainer's own, so a flag reads the
+ * same from every command. src/finetune/ still makes these checks itself (trainer.ts's private
+ * checkedOptions and teacher check, data.ts's --seq floor); it can import these instead.
+ */
+import { MlaError } from "./errors.js";
+import { readHfConfig } from "./io/hfConfig.js";
+import { resolveModel } from "./io/modelDir.js";
+import { FINETUNE_DEFAULTS, type FinetuneOptions } from "./finetune/trainer.js";
+
+function positive(name: string, v: number, integer = false): number {
+  if (!Number.isFinite(v) || v <= 0 || (integer && !Number.isInteger(v))) throw new MlaError("BAD_ARGUMENT", `--${name} ${v} must be a positive ${integer ? "integer" : "number"}`, `pass e.g. --${name} ${integer ? 16 : 0.001}`);
+  return v;
+}
+
+/** The run's shape, schedule and loss options with their defaults, each checked (a clear error names the flag). */
+export function checkFinetuneOptions(o: Omit<FinetuneOptions, "data" | "out">) {
+  const D = FINETUNE_DEFAULTS;
+  const seq = positive("seq", o.seq ?? D.seq, true);
+  if (seq < 2) throw new MlaError("BAD_ARGUMENT", `--seq ${seq} is too small`, "use at least 2 (BOS + one token)");
+  const batch = positive("batch", o.batch ?? D.batch, true);
+  const accum = positive("accum", o.accum ?? D.accum, true);
+  if (o.tokens !== undefined) positive("tokens", o.tokens, true);
+  if (o.lr !== undefined) positive("lr", o.lr);
+  // 0 (or unset) turns them off; a negative or fractional step count used to act on every step.
+  for (const [name, v] of [["save-every", o.saveEvery], ["eval-every", o.evalEvery]] as const) if (v !== undefined && v !== 0) positive(name, v, true);
+  const warmup = o.warmup ?? D.warmup;
+  if (!(warmup >= 0 && warmup < 1)) throw new MlaError("BAD_ARGUMENT", `--warmup ${warmup} is outside [0, 1)`, "warmup is a fraction of the steps, e.g. 0.05");
+  const distillWeight = o.distill ? (o.distillWeight ?? D.distillWeight) : 0;
+  const temperature = positive("temperature", o.temperature ?? D.temperature);
+  if (!(distillWeight >= 0 && distillWeight <= 1)) throw new MlaError("BAD_ARGUMENT", `--distill-weight ${distillWeight} is outside [0, 1]`, "0 = cross-entropy only, 1 = distillation only");
+  return { seq, batch, accum, warmup, trainWhat: o.train ?? D.train, distillWeight, temperature };
+}
+
+/** Refuses a --distill teacher that cannot be found or whose vocabulary is not the student's (`vocabSize`), from its config alone. */
+export function checkTeacher(distill: string, vocabSize: number): void {
+  const teacher = readHfConfig(resolveModel(distill).dir);
+  if (teacher.vocabSize !== vocabSize) throw new MlaError("BAD_ARGUMENT", `--distill ${distill} has a vocabulary of ${teacher.vocabSize}, the student ${vocabSize}`, "distill from a model with the same tokenizer (usually the original of the converted model)");
+}

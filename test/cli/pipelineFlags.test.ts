@@ -1,0 +1,132 @@
+/**
+ * `pipeline` checks every option that needs no phase's result before its first phase, and before
+ * --force clears an earlier run (a bad --lr used to surface after the conversion and evaluations,
+ * and the corrected command then needed --force). Options of a phase that is off (--rope-dim without
+ * --format deepseek, --lr without --finetune-data) are refused, naming both flags.
+ */
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import crypto from "node:crypto";
+import fs from "node:fs";
+import path from "node:path";
+import { test } from "node:test";
+import { MlaError } from "../../src/errors.js";
+import { pipeline, type PipelineOptions } from "../../src/pipeline.js";
+import { FIXTURES, MODELS, ROOT, tmpDir } from "../helpers.js";
+
+const MAIN = path.join(ROOT, "dist", "src", "cli", "main.js");
+const MODEL = path.join(MODELS, "stories260K");
+const TEXT = path.join(FIXTURES, "text", "tinystories.txt");
+const HAVE_CUDA = fs.existsSync(path.join(ROOT, "build", "native", "libmla_cuda.so"));
+
+/** An --out that holds an earlier run's result, which a refused command must leave as it was. */
+function earlierRun(): string {
+  const out = path.join(tmpDir(), "pl");
+  fs.mkdirSync(out);
+  fs.writeFileSync(path.join(out, "report.md"), "earlier run");
+  return out;
+}
+
+function assertKept(out: string): void {
+  assert.deepEqual(fs.readdirSync(out), ["report.md"], "no phase ran and --force cleared nothing");
+}
+
+/** A teacher whose vocabulary differs from stories260K's: only its config is read. */
+function otherVocabTeacher(): string {
+  const dir = tmpDir();
+  const config = JSON.parse(fs.readFileSync(path.join(MODEL, "config.json"), "utf8")) as Record<string, unknown>;
+  fs.writeFileSync(path.join(dir, "config.json"), JSON.stringify({ ...config, vocab_size: 1000 }));
+  return dir;
+}
+
+function cli(args: string[]): { code: number; stdout: string; stderr: string } {
+  const r = spawnSync(process.execPath, [MAIN, ...args], { encoding: "utf8" });
+  return { code: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
+}
+
+test("pipeline refuses a bad option of any phase before the first phase runs, --force or not, naming the flag", async () => {
+  const empty = path.join(tmpDir(), "empty.txt");
+  fs.writeFileSync(empty, "");
+  const base: PipelineOptions = { out: "", force: true, convert: { rank: 2 }, evalText: TEXT, device: "reference", progress: null };
+  const cases: [Partial<PipelineOptions>, RegExp][] = [
+    // convert (our format and deepseek_v3)
+    [{ convert: { rank: 999 } }, /--rank 999 is out of range/],
+    [{ convert: { rank: 2, ropePairs: 9 } }, /--rope-pairs 9 is out of range/],
+    [{ convert: { rank: 2, calib: empty } }, /text file .*empty\.txt is empty/],
+    [{ convert: { rank: 2, calib: TEXT, calibSamples: 0 } }, /--calib-samples 0 is not a positive integer/],
+    [{ convert: { rank: 2, calib: TEXT, calibLen: 1 } }, /--calib-len 1 is too small/],
+    [{ convert: { rank: 2, svdInit: "activations" } }, /--svd-init activations needs calibration text/],
+    [{ convert: { rank: 2, attention: "eg-mla", gateDim: 0 } }, /--gate-dim 0 is not a positive integer/],
+    [{ format: "deepseek", convert: { rank: 2, ropeStrategy: "high" } }, /--format deepseek chooses its rope key by RoRoPE/],
+    [{ format: "deepseek", deepseek: { ropeDim: 3 } }, /--rope-dim 3 must be even/],
+    [{ format: "deepseek", deepseek: { kvLoraRank: 1 } }, /kv_lora_rank 1 is out of range/],
+    // evaluations
+    [{ evalTokens: 0 }, /--eval-tokens 0 is not a positive count/],
+    [{ evalText: undefined }, /nothing to evaluate\n {2}hint: pass --eval-text FILE/],
+    [{ evalText: empty }, /text file .*empty\.txt is empty/],
+    // fine-tune
+    [{ finetune: { data: [TEXT], lr: 0 } }, /--lr 0 must be a positive number/],
+    [{ finetune: { data: [FIXTURES] } }, /fixtures is a folder, not a text file/],
+    [{ finetune: { data: [TEXT], tokens: 0.5 } }, /--tokens 0\.5 must be a positive integer/],
+    [{ finetune: { data: [TEXT], seq: 1 } }, /--seq 1 is too small/],
+    [{ finetune: { data: [TEXT], batch: 0 } }, /--batch 0 must be a positive integer/],
+    [{ finetune: { data: [TEXT], distill: "no-such-model" } }, /model "no-such-model" was not found/],
+    [{ finetune: { data: [TEXT], distill: otherVocabTeacher() } }, /--distill .* has a vocabulary of 1000, the student 512/],
+    // export
+    [{ export: "deepseek", convert: { rank: 2, ropeDisjoint: true, attention: "eg-mla" } }, /EG-MLA/],
+    ...(HAVE_CUDA ? [] : ([[{ device: "cuda" }, /--device cuda: /]] as [Partial<PipelineOptions>, RegExp][])),
+  ];
+  for (const [opts, re] of cases) {
+    const out = earlierRun();
+    await assert.rejects(pipeline(MODEL, { ...base, ...opts, out }), (e: unknown) => e instanceof MlaError && re.test(e.message), `${JSON.stringify(opts)} → ${re}`);
+    assertKept(out);
+  }
+});
+
+test("pipeline refuses options of a phase that is off, naming both flags", async () => {
+  const base: PipelineOptions = { out: "", force: true, convert: { rank: 2 }, evalText: TEXT, device: "reference", progress: null };
+  const cases: [Partial<PipelineOptions>, RegExp][] = [
+    [{ deepseek: { ropeDim: 4, kvLoraRank: 8 } }, /--rope-dim and --kv-lora-rank have no effect without --format deepseek .*\n {2}hint: add --format deepseek, or leave --rope-dim and --kv-lora-rank out/],
+    [{ finetune: { data: [], lr: 1e-3, seq: 32 } }, /--lr and --seq have no effect without --finetune-data FILE .*\n {2}hint: add --finetune-data FILE, or leave --lr and --seq out/],
+    [{ finetune: { data: [] } }, /--finetune-data names no files/],
+    [{ evalTokens: 100, evalText: undefined, tasks: ["arc-easy"] }, /--eval-tokens has no effect without --eval-text FILE/],
+    [{ limit: 5 }, /--limit has no effect without --tasks a,b/],
+    [{ dataDir: FIXTURES }, /--data-dir has no effect without --tasks a,b/],
+  ];
+  for (const [opts, re] of cases) {
+    const out = earlierRun();
+    await assert.rejects(pipeline(MODEL, { ...base, ...opts, out }), (e: unknown) => e instanceof MlaError && e.code === "BAD_ARGUMENT" && re.test(e.message), `${JSON.stringify(opts)} → ${re}`);
+    assertKept(out);
+  }
+});
+
+test("pipeline on the command line: fine-tuning and deepseek flags alone are refused, and a bad --rank with --force keeps the earlier run", () => {
+  const common = ["pipeline", MODEL, "--rank", "2", "--eval-text", TEXT, "--device", "reference"];
+  const never = path.join(tmpDir(), "never");
+  // --seq and --batch have no yargs default any more, so giving one is seen.
+  const tuning = cli([...common, "--out", never, "--seq", "32", "--lr", "0.001"]);
+  assert.equal(tuning.code, 1, tuning.stderr);
+  assert.match(tuning.stderr, /^error: --seq and --lr have no effect without --finetune-data FILE/m);
+  const ropeDim = cli([...common, "--out", never, "--rope-dim", "4"]);
+  assert.equal(ropeDim.code, 1, ropeDim.stderr);
+  assert.match(ropeDim.stderr, /^error: --rope-dim has no effect without --format deepseek/m);
+  assert.equal(fs.existsSync(never), false);
+  const out = earlierRun();
+  const rank = cli(["pipeline", MODEL, "--rank", "999", "--eval-text", TEXT, "--device", "reference", "--out", out, "--force"]);
+  assert.equal(rank.code, 1, rank.stderr);
+  assert.match(rank.stderr, /^error: --rank 999 is out of range/m);
+  assert.doesNotMatch(rank.stderr, /pipeline: convert/, "refused before the first phase");
+  assertKept(out);
+});
+
+test("a pipeline the CLI started before --seq/--batch lost their defaults still resumes (same fingerprint)", async () => {
+  const out = path.join(tmpDir(), "pl");
+  fs.mkdirSync(out);
+  // What the CLI passes now for `--finetune-data TEXT --tokens 2048`: the flags not given are undefined.
+  const opts = { convert: { rank: 2 }, evalText: TEXT, finetune: { data: [TEXT], tokens: 2048, seq: undefined, batch: undefined, lr: undefined, distill: undefined, device: "cpu" as const } };
+  // As the CLI passed them then: every fine-tuning field, seq and batch at their defaults (256, 16).
+  const then = { spec: MODEL, convert: opts.convert, format: "mha2mla", deepseek: null, finetune: { data: [TEXT], tokens: 2048, seq: 256, batch: 16, device: "cpu" }, export: null, evalText: TEXT };
+  fs.writeFileSync(path.join(out, "pipeline.json"), JSON.stringify({ fingerprint: crypto.createHash("sha256").update(JSON.stringify(then)).digest("hex").slice(0, 16) }));
+  const r = await pipeline(MODEL, { ...opts, out, device: "cpu", progress: null, shouldStop: () => true });
+  assert.equal(r.stoppedEarly, true, "resumed (and stopped before the first phase), not refused as another run");
+});
