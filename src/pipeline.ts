@@ -24,7 +24,7 @@ import { checkTextFile } from "./eval/perplexity.js";
 import type { TaskName } from "./eval/tasks/index.js";
 import { writeReport } from "./eval/report/report.js";
 import { FINETUNE_DEFAULTS, finetune, FinetuneOptions } from "./finetune/trainer.js";
-import { checkFinetuneOptions, checkTeacher } from "./finetuneOptions.js";
+import { checkFinetuneOptions, checkTeacher } from "./finetune/options.js";
 import { silentLogger, Logger } from "./util/log.js";
 import { selectBackend, type DeviceName } from "./backends/select.js";
 import type { ProgressSink } from "./util/progress.js";

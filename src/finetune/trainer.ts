@@ -23,6 +23,7 @@ import { activationBytes, checkFits, fitsDevice, MemoryChoice, MicroBatch, micro
 import { defaultLr, lrAt, Schedule, ScheduleName } from "./schedule.js";
 import { checkpointDir, loadCheckpoint, readCheckpointState, TrainState as RunState } from "./checkpoint.js";
 import { checkRunFolders, startRunFolder } from "./runFolder.js";
+import { checkFinetuneOptions, checkTeacher, FINETUNE_DEFAULTS } from "./options.js";
 import { checkSameRun, finishedRun, loggedValNllBefore, SUMMARY_FILE } from "./resume.js";
 import { writeFileAtomic } from "../io/atomicDir.js";
 import { CheckpointKeeper } from "./checkpointKeeper.js";
@@ -76,6 +77,8 @@ export interface FinetuneOptions {
   shouldStop?: () => boolean;
 }
 
+export { FINETUNE_DEFAULTS };
+
 export interface FinetuneResult {
   out: string;
   steps: number;
@@ -91,31 +94,6 @@ export interface FinetuneResult {
   precision: Precision;
 }
 
-/** The defaults of FinetuneOptions, one table for the library and the CLI (`mha2mla finetune --help`). */
-export const FINETUNE_DEFAULTS = {
-  seq: 256,
-  batch: 16,
-  accum: 1,
-  valFraction: 0.1,
-  warmup: 0.05,
-  schedule: "wsd",
-  decayFraction: 0.2,
-  minLrFraction: 0.1,
-  beta1: 0.9,
-  beta2: 0.95,
-  eps: 1e-8,
-  weightDecay: 0.01,
-  clip: 1.0,
-  seed: 0,
-  train: "all",
-  temperature: 1,
-  distillWeight: 0.5,
-} as const;
-
-function positive(name: string, v: number, integer = false): number {
-  if (!Number.isFinite(v) || v <= 0 || (integer && !Number.isInteger(v))) throw new MlaError("BAD_ARGUMENT", `--${name} ${v} must be a positive ${integer ? "integer" : "number"}`, `pass e.g. --${name} ${integer ? 16 : 0.001}`);
-  return v;
-}
 
 /** Elements of every tensor of the checkpoint in `dir` (from the safetensors headers; nothing is read). */
 function parameterCount(dir: string): number {
@@ -127,32 +105,15 @@ function parameterCount(dir: string): number {
   }
 }
 
-/** The run's shape and loss options with their defaults, each checked (a clear error names the flag). */
-function checkedOptions(o: FinetuneOptions) {
-  const D = FINETUNE_DEFAULTS;
-  const seq = positive("seq", o.seq ?? D.seq, true);
-  const batch = positive("batch", o.batch ?? D.batch, true);
-  const accum = positive("accum", o.accum ?? D.accum, true);
-  if (o.tokens !== undefined) positive("tokens", o.tokens, true);
-  // 0 (or unset) turns them off; a negative or fractional step count used to act on every step.
-  for (const [name, v] of [["save-every", o.saveEvery], ["eval-every", o.evalEvery]] as const) if (v !== undefined && v !== 0) positive(name, v, true);
-  const warmup = o.warmup ?? D.warmup;
-  if (!(warmup >= 0 && warmup < 1)) throw new MlaError("BAD_ARGUMENT", `--warmup ${warmup} is outside [0, 1)`, "warmup is a fraction of the steps, e.g. 0.05");
-  const distillWeight = o.distill ? (o.distillWeight ?? D.distillWeight) : 0;
-  const temperature = positive("temperature", o.temperature ?? D.temperature);
-  if (!(distillWeight >= 0 && distillWeight <= 1)) throw new MlaError("BAD_ARGUMENT", `--distill-weight ${distillWeight} is outside [0, 1]`, "0 = cross-entropy only, 1 = distillation only");
-  return { seq, batch, accum, warmup, trainWhat: o.train ?? D.train, distillWeight, temperature };
-}
-
 export async function finetune(spec: string, o: FinetuneOptions): Promise<FinetuneResult> {
   const log = o.logger ?? silentLogger;
   const D = FINETUNE_DEFAULTS;
-  const { seq, batch, accum, warmup, trainWhat, distillWeight, temperature } = checkedOptions(o);
+  const { seq, batch, accum, warmup, trainWhat, distillWeight, temperature } = checkFinetuneOptions(o);
 
   const src = resolveModel(spec);
   const out = checkRunFolders(o, src.dir);
   const prior = o.resume ? readCheckpointState(out) : null;
-  const lr = o.lr !== undefined ? positive("lr", o.lr) : defaultLr(parameterCount(src.dir));
+  const lr = o.lr ?? defaultLr(parameterCount(src.dir));
   if (o.lr === undefined) log.info(`learning rate ${lr} (the default for a model of this size; --lr to choose)`);
   const backend = selectBackend(o.device ?? "auto", log);
   const precision: Precision = o.precision ?? (backend.uploadBf16 ? "bf16" : "f32");
@@ -163,8 +124,8 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
   const perStep = batch * accum * seq;
   const totalSteps = Math.max(1, Math.ceil((o.tokens ?? data.sequences * seq) / perStep));
   const schedule: Schedule = { name: o.schedule ?? D.schedule, lr, warmupSteps: Math.round(warmup * totalSteps), decayFraction: o.decayFraction ?? D.decayFraction, minLrFraction: o.minLrFraction ?? D.minLrFraction };
+  if (o.distill) checkTeacher(o.distill, lm.config.vocabSize);
   const teacher: LlamaModel | null = o.distill ? loadModel(o.distill, { backend }).model : null;
-  if (teacher && teacher.config.vocabSize !== lm.config.vocabSize) throw new MlaError("BAD_ARGUMENT", `--distill ${o.distill} has a vocabulary of ${teacher.config.vocabSize}, the student ${lm.config.vocabSize}`, "distill from a model with the same tokenizer (usually the original of the converted model)");
 
   const settings = { model: fs.readFileSync(path.join(src.dir, "config.json"), "utf8"), data: o.data.map((f) => path.resolve(f)), tokens: o.tokens ?? null, fraction: o.fraction ?? 1, valFraction: o.valFraction ?? D.valFraction, seq, batch, accum, schedule, beta1: o.beta1 ?? D.beta1, beta2: o.beta2 ?? D.beta2, eps: o.eps ?? D.eps, weightDecay: o.weightDecay ?? D.weightDecay, clip: o.clip ?? D.clip, seed: o.seed ?? D.seed, train: trainWhat, distill: o.distill ?? null, temperature, distillWeight, precision };
   const fingerprint = crypto.createHash("sha256").update(JSON.stringify(settings)).digest("hex").slice(0, 16);
@@ -247,7 +208,7 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
     if (o.shouldStop?.() && run.step < totalSteps) {
       stoppedEarly = true;
       save(`step-${run.step}`);
-      log.info(`stopped at step ${run.step}/${totalSteps}; ${keeper.step === null ? "no checkpoint (no disk room): this run cannot be resumed" : `--resume continues from the step-${keeper.step} checkpoint`}`);
+      log.info(`stopped at step ${run.step}/${totalSteps}; ${keeper.step === null ? "no checkpoint (no disk room): this run cannot be resumed" : `the step-${keeper.step} checkpoint is kept in ${checkpointDir(out)}`}`);
       break;
     }
   }

@@ -28,7 +28,7 @@ import { readHfConfig } from "../io/hfConfig.js";
 import { defaultRopePairs } from "../ropeSelect/strategies.js";
 import { resolveSettings, type SettingsInput } from "../convert/plan.js";
 import type { ModelConfig } from "../model/config.js";
-import { checkFinetuneOptions } from "../finetuneOptions.js";
+import { checkFinetuneOptions } from "../finetune/options.js";
 import { checkTextFile } from "../eval/perplexity.js";
 import { selectBackend, type DeviceName } from "../backends/select.js";
 import { silentLogger, type Logger } from "../util/log.js";

@@ -43,7 +43,7 @@ test("pipeline on Ctrl-C: finishes the phase, keeps the finished ones (the stopp
 
 // The trainer's own log line still says "--resume continues from the step-N checkpoint"; it lives in
 // src/finetune/trainer.ts, which pipeline and study cannot word for themselves yet.
-test("pipeline and study never point at a --resume they do not take", { todo: "src/finetune/trainer.ts logs '--resume continues…' on a stop" }, async () => {
+test("pipeline and study never point at a --resume they do not take", async () => {
   for (const args of [PIPELINE, STUDY]) {
     const r = await interruptTraining([...args, path.join(tmpDir(), "out"), ...ENDLESS]);
     assert.doesNotMatch(r.stdout + r.stderr, /--resume/, args[0]);

@@ -1,14 +1,34 @@
 /**
- * The checks of a fine-tune's options that need neither the model nor the data, for callers with work
- * to do before they train (`pipeline` converts and evaluates first; `study` initializes and converts):
- * a bad --lr must not cost them that work. The messages are the trainer's own, so a flag reads the
- * same from every command. src/finetune/ still makes these checks itself (trainer.ts's private
- * checkedOptions and teacher check, data.ts's --seq floor); it can import these instead.
+ * A fine-tune's defaults, and the checks of its options that need neither the model nor the data:
+ * the trainer makes them first, and so do callers with work to do before they train (`pipeline`
+ * converts and evaluates first; `study` initializes and converts), so a bad --lr does not cost them
+ * that work and a flag's error reads the same from every command.
  */
-import { MlaError } from "./errors.js";
-import { readHfConfig } from "./io/hfConfig.js";
-import { resolveModel } from "./io/modelDir.js";
-import { FINETUNE_DEFAULTS, type FinetuneOptions } from "./finetune/trainer.js";
+import { MlaError } from "../errors.js";
+import { readHfConfig } from "../io/hfConfig.js";
+import { resolveModel } from "../io/modelDir.js";
+import type { FinetuneOptions } from "./trainer.js";
+
+/** The defaults of FinetuneOptions, one table for the library and the CLI (`mha2mla finetune --help`). */
+export const FINETUNE_DEFAULTS = {
+  seq: 256,
+  batch: 16,
+  accum: 1,
+  valFraction: 0.1,
+  warmup: 0.05,
+  schedule: "wsd",
+  decayFraction: 0.2,
+  minLrFraction: 0.1,
+  beta1: 0.9,
+  beta2: 0.95,
+  eps: 1e-8,
+  weightDecay: 0.01,
+  clip: 1.0,
+  seed: 0,
+  train: "all",
+  temperature: 1,
+  distillWeight: 0.5,
+} as const;
 
 function positive(name: string, v: number, integer = false): number {
   if (!Number.isFinite(v) || v <= 0 || (integer && !Number.isInteger(v))) throw new MlaError("BAD_ARGUMENT", `--${name} ${v} must be a positive ${integer ? "integer" : "number"}`, `pass e.g. --${name} ${integer ? 16 : 0.001}`);
