@@ -5,6 +5,7 @@ import { ConversionArgs, conversionSettings, withConversionOptions } from "./con
 import { stderrLogger } from "../util/log.js";
 import { emitJson } from "./output.js";
 import { convertDeepseek, deepseekSettings } from "../deepseek/export.js";
+import { flagsWithout } from "../errors.js";
 
 import type { DeviceName } from "../backends/select.js";
 
@@ -43,6 +44,9 @@ export const convertCommand: CommandModule<object, Args> = {
       .option("rope-interleave", { type: "boolean", default: true, describe: "deepseek: interleaved rope rows (rope_interleave; vLLM expects them)" })
       .option("json", { type: "string", describe: "write the result summary as JSON to FILE (no value: stdout)" }),
   handler: async (a) => {
+    // The deepseek_v3 widths do nothing in our format: refused, not dropped unseen.
+    const deepseekOnly = ([["--rope-dim", a["rope-dim"] !== undefined], ["--kv-lora-rank", a["kv-lora-rank"] !== undefined], ["--no-rope-interleave", !a["rope-interleave"]]] as const).filter(([, given]) => given).map(([flag]) => flag);
+    if (a.format !== "deepseek" && deepseekOnly.length) throw flagsWithout(deepseekOnly, "--format deepseek", "widths of the deepseek_v3 folder's rope key and latent");
     if (a.format === "deepseek") {
       const d = await convertDeepseek(a.model, { ...deepseekSettings(conversionSettings(a)), ropeDim: a["rope-dim"], kvLoraRank: a["kv-lora-rank"], interleave: a["rope-interleave"], dryRun: a["dry-run"], evalText: a["eval-text"], evalTokens: a["eval-tokens"], evalCtx: a["eval-ctx"], out: a.out, force: a.force, device: a.device, logger: stderrLogger });
       const kv = `KV cache per token and layer ${d.kvPerToken.before} → ${d.kvPerToken.after} elements (${d.kvPerToken.changePercent.toFixed(2)}%), shared rope key ${d.ropeDim} dims, kv_lora_rank ${d.kvLoraRank}`;

@@ -12,15 +12,27 @@ export interface CalibrationUses {
   kvSplit?: string;
 }
 
+/** Every option that reads calibration text: whether `o` has it on, its flag, what it does with the text. */
+const READERS: [(o: CalibrationUses) => boolean, string, string][] = [
+  [(o) => o.ropeStrategy === "2-norm", "--rope-strategy 2-norm", "ranks the frequency pairs by query and key norms measured on it"],
+  [(o) => o.svdInit === "activations", "--svd-init activations", "weights the factorization by the activations it produces"],
+  [(o) => o.refitOutput === true, "--refit-output", "fits o_proj on it"],
+  [(o) => o.kvSplit === "per-layer", "--kv-split per-layer", "chooses each layer's split by its attention error on it"],
+];
+
 /** The options of `o` that read calibration text: [flag, what it does with the text]. */
 function calibrationUses(o: CalibrationUses): [string, string][] {
-  const uses: [boolean, string, string][] = [
-    [o.ropeStrategy === "2-norm", "--rope-strategy 2-norm", "ranks the frequency pairs by query and key norms measured on it"],
-    [o.svdInit === "activations", "--svd-init activations", "weights the factorization by the activations it produces"],
-    [o.refitOutput === true, "--refit-output", "fits o_proj on it"],
-    [o.kvSplit === "per-layer", "--kv-split per-layer", "chooses each layer's split by its attention error on it"],
-  ];
-  return uses.filter(([on]) => on).map(([, flag, why]) => [flag, why]);
+  return READERS.filter(([on]) => on(o)).map(([, flag, why]) => [flag, why]);
+}
+
+/**
+ * A warning when `calib` is given but no option of `o` reads it (our format; the deepseek format always
+ * reads it). A warning, not a refusal: a script may pass the same --calib to every setting it sweeps.
+ */
+export function unreadCalibration(calib: string | null | undefined, o: CalibrationUses): string | null {
+  if (!calib || calibrationUses(o).length > 0) return null;
+  const flags = READERS.map(([, flag]) => flag);
+  return `--calib ${calib} is not read with these settings: only ${flags.slice(0, -1).join(", ")} or ${flags[flags.length - 1]} read calibration text`;
 }
 
 /** Whether any option of `o` reads calibration text. */

@@ -32,7 +32,7 @@ import { factorTensors, LayerFactors } from "./factor.js";
 import { checkOutDir, ConversionPlan, ConversionSettings, defaultOut, planConversion, resolveSettings, SettingsInput } from "./plan.js";
 import { LayerSource } from "./layerSource.js";
 import { chooseKvSplits, kvSplitRecord, SplitChoice } from "./splitChoice.js";
-import { readsCalibration } from "./calibrationNeeds.js";
+import { readsCalibration, unreadCalibration } from "./calibrationNeeds.js";
 import { mlaSection, splitFields } from "../io/mlaSection.js";
 import { buildReport, ConversionReport, reportMarkdown } from "./report.js";
 import { initialGate } from "./gate.js";
@@ -92,6 +92,8 @@ async function convertInScope(spec: string, opts: ConvertOptions): Promise<Conve
     requireRoom(out, weightFileBytes(srcDir), "the converted model");
 
     let windows: Int32Array[] = [];
+    const unread = unreadCalibration(settings.calib, settings);
+    if (unread) log.warn(unread);
     if (settings.calib && readsCalibration(settings)) {
       windows = calibrationWindows(loadTokenizer(srcDir), readText(settings.calib), settings.calibSamples, settings.calibLen, config.bosTokenId ?? 1, settings.calib);
       if (windows.length < settings.calibSamples) log.info(`note: ${settings.calib} holds ${windows.length} calibration windows of ${settings.calibLen} tokens (asked for ${settings.calibSamples})`);

@@ -107,3 +107,21 @@ test("a conversion killed mid-way leaves no output; SIGTERM removes its temporar
   fs.rmSync(parent, { recursive: true });
   fs.rmSync(model, { recursive: true });
 });
+
+test("convert refuses the deepseek_v3 widths without --format deepseek, and warns of a --calib no setting reads", () => {
+  const parent = tmpDir();
+  const out = path.join(parent, "out");
+  for (const flags of [["--rope-dim", "8"], ["--kv-lora-rank", "16"], ["--no-rope-interleave"]]) {
+    const r = spawnSync(process.execPath, [MAIN, "convert", "stories260K", "--rank", "2", ...flags, "--out", out], { encoding: "utf8" });
+    assert.equal(r.status, 1, flags.join(" "));
+    assert.match(r.stderr, new RegExp(`^error: ${flags[0]} has no effect without --format deepseek .*\\n  hint: add --format deepseek, or leave ${flags[0]} out`, "m"));
+  }
+  assert.deepEqual(fs.readdirSync(parent), [], "nothing written");
+  const calib = path.join(FIXTURES, "text", "tinystories.txt");
+  const w = spawnSync(process.execPath, [MAIN, "convert", "stories260K", "--rank", "2", "--rope-strategy", "high", "--calib", calib, "--out", out, "--device", "cpu"], { encoding: "utf8" });
+  assert.equal(w.status, 0, w.stderr);
+  assert.match(w.stderr, /warning: --calib .* is not read with these settings: only --rope-strategy 2-norm, .* or --kv-split per-layer read calibration text/);
+  const quiet = spawnSync(process.execPath, [MAIN, "convert", "stories260K", "--rank", "2", "--calib", calib, "--out", out, "--force", "--device", "cpu"], { encoding: "utf8" });
+  assert.equal(quiet.status, 0, quiet.stderr);
+  assert.doesNotMatch(quiet.stderr, /is not read/, "the default 2-norm strategy reads it");
+});
