@@ -81,6 +81,8 @@ function flagsSet(fields: object): string[] {
 function refuseIdleOptions(o: PipelineOptions): void {
   const deepseek = o.format === "deepseek" ? [] : flagsSet(o.deepseek ?? {});
   if (deepseek.length) throw flagsWithout(deepseek, "--format deepseek", "widths of the deepseek_v3 model the conversion writes; --export deepseek sizes its own from the model");
+  // eval's --ctx has a default; the pipeline's --eval-ctx has none, so one given is told from one not.
+  if (o.evalCtx !== undefined && !o.evalText) throw flagsWithout(["--eval-ctx"], "--eval-text FILE", "the perplexity windows' length");
   if (!o.finetune || o.finetune.data.length) return;
   // device is the pipeline's own, handed on to the fine-tune.
   const { data: _data, device: _device, ...tuning } = o.finetune;

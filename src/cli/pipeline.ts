@@ -21,6 +21,7 @@ interface Args extends ConversionArgs {
   distill?: string;
   "eval-text"?: string;
   "eval-tokens"?: number;
+  "eval-ctx"?: number;
   tasks?: string;
   "data-dir"?: string;
   limit?: number;
@@ -60,6 +61,7 @@ export const pipelineCommand: CommandModule<object, Args> = {
       .option("distill", { type: "string", describe: "teacher for distillation during fine-tuning" })
       .option("eval-text", { type: "string", describe: "perplexity text" })
       .option("eval-tokens", { type: "number" })
+      .option("eval-ctx", { type: "number", describe: "window length of the --eval-text perplexity, BOS included (default 256)" })
       .option("tasks", { type: "string", describe: "benchmarks, comma-separated" })
       .option("data-dir", { type: "string" })
       .option("limit", { type: "number", describe: "first N items of each task" })
@@ -82,6 +84,7 @@ export const pipelineCommand: CommandModule<object, Args> = {
         device: a.device,
         evalText: a["eval-text"],
         evalTokens: a["eval-tokens"],
+        evalCtx: a["eval-ctx"],
         tasks: a.tasks ? parseTaskNames(a.tasks) : undefined,
         dataDir: a["data-dir"],
         limit: a.limit,

@@ -46,6 +46,9 @@ export function checkFinetuneOptions(o: Omit<FinetuneOptions, "data" | "out">) {
   if (o.lr !== undefined) positive("lr", o.lr);
   // 0 (or unset) turns them off; a negative or fractional step count used to act on every step.
   for (const [name, v] of [["save-every", o.saveEvery], ["eval-every", o.evalEvery]] as const) if (v !== undefined && v !== 0) positive(name, v, true);
+  // The data order's generator takes 32 bits: a fraction or a larger seed would alias another seed's order.
+  const seed = o.seed ?? D.seed;
+  if (!(Number.isInteger(seed) && seed >= 0 && seed < 2 ** 32)) throw new MlaError("BAD_ARGUMENT", `--seed ${seed} is not a whole number in [0, 2^32)`, "pass e.g. --seed 0");
   const warmup = o.warmup ?? D.warmup;
   if (!(warmup >= 0 && warmup < 1)) throw new MlaError("BAD_ARGUMENT", `--warmup ${warmup} is outside [0, 1)`, "warmup is a fraction of the steps, e.g. 0.05");
   const distillWeight = o.distill ? (o.distillWeight ?? D.distillWeight) : 0;

@@ -70,6 +70,8 @@ test("pipeline refuses a bad option of any phase before the first phase runs, --
     [{ finetune: { data: [TEXT], tokens: 0.5 } }, /--tokens 0\.5 must be a positive integer/],
     [{ finetune: { data: [TEXT], seq: 1 } }, /--seq 1 is too small/],
     [{ finetune: { data: [TEXT], batch: 0 } }, /--batch 0 must be a positive integer/],
+    [{ finetune: { data: [TEXT], seed: 1.5 } }, /--seed 1\.5 is not a whole number in \[0, 2\^32\)/],
+    [{ evalCtx: 1 }, /--eval-ctx 1 is too small/],
     [{ finetune: { data: [TEXT], distill: "no-such-model" } }, /model "no-such-model" was not found/],
     [{ finetune: { data: [TEXT], distill: otherVocabTeacher() } }, /--distill .* has a vocabulary of 1000, the student 512/],
     // export
@@ -91,6 +93,7 @@ test("pipeline refuses options of a phase that is off, naming both flags", async
     [{ finetune: { data: [] } }, /--finetune-data names no files/],
     [{ evalTokens: 100, evalText: undefined, tasks: ["arc-easy"] }, /--eval-tokens has no effect without --eval-text FILE/],
     [{ limit: 5 }, /--limit has no effect without --tasks a,b/],
+    [{ evalCtx: 128, evalText: undefined, tasks: ["arc-easy"] }, /--eval-ctx has no effect without --eval-text FILE/],
     [{ dataDir: FIXTURES }, /--data-dir has no effect without --tasks a,b/],
   ];
   for (const [opts, re] of cases) {
