@@ -164,7 +164,8 @@ export async function study(o: StudyOptions): Promise<StudyResult> {
   const { dir: like } = resolveModel(o.like);
   refuseOutOverInputs("--out", o.out, [{ name: "--like's model folder", path: like }, { name: "--data", path: o.data }]);
   if (!fs.existsSync(o.data)) throw new MlaError("NOT_FOUND", `--data ${o.data} does not exist`, "check the path; nothing was changed");
-  checkTextFile(o.data);
+  // An .xz file is decompressed later by the xz tool; what it holds is read as text then.
+  if (!o.data.endsWith(".xz")) checkTextFile(o.data);
   likeConfig(like);
   const c = readHfConfig(like);
   const { runs, ranks } = plannedRuns(o, c);
