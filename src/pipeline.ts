@@ -146,7 +146,10 @@ export async function pipeline(spec: string, o: PipelineOptions): Promise<Pipeli
   checkOptions(srcDir, o, log);
   const fingerprint = runFingerprint(spec, o);
   const stateFile = path.join(out, "pipeline.json");
-  if (fs.existsSync(out) && !o.force) {
+  // An --out holding only the state file is a run whose first phase failed (a calibration text too
+  // short is found only when converting): nothing in it to lose, so a corrected command starts over.
+  const nothingDone = fs.existsSync(out) && fs.readdirSync(out).every((name) => name === "pipeline.json");
+  if (fs.existsSync(out) && !o.force && !nothingDone) {
     const prev = fs.existsSync(stateFile) ? (JSON.parse(fs.readFileSync(stateFile, "utf8")) as { fingerprint?: string }) : null;
     if (!prev || prev.fingerprint !== fingerprint)
       throw new MlaError("EXISTS", `output ${o.out} already exists${prev ? " from a pipeline with other settings" : ""}`, "re-run the same command to resume it, pass --force to start over, or choose another --out");

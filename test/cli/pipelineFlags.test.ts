@@ -133,3 +133,14 @@ test("a pipeline the CLI started before --seq/--batch lost their defaults still 
   const r = await pipeline(MODEL, { ...opts, out, device: "cpu", progress: null, shouldStop: () => true });
   assert.equal(r.stoppedEarly, true, "resumed (and stopped before the first phase), not refused as another run");
 });
+
+test("a pipeline whose first phase failed (calibration text too short) starts over with the corrected command, no --force needed", async () => {
+  const out = path.join(tmpDir(), "pl");
+  const short = path.join(tmpDir(), "short.txt");
+  fs.writeFileSync(short, "Once upon a time there was a cat.\n");
+  const base: PipelineOptions = { out, convert: { rank: 2 }, evalText: TEXT, evalTokens: 300, device: "cpu", progress: null };
+  await assert.rejects(pipeline(MODEL, { ...base, convert: { rank: 2, calib: short } }), (e: unknown) => e instanceof MlaError && /short\.txt/.test(e.message));
+  assert.deepEqual(fs.readdirSync(out), ["pipeline.json"], "only the state file: no phase finished");
+  const r = await pipeline(MODEL, { ...base, convert: { rank: 2, calib: TEXT } });
+  assert.ok(r.phases.some((p) => p.name.startsWith("convert") && !p.skipped), "the corrected run converted");
+});
