@@ -18,6 +18,7 @@ import type { ModelConfig } from "../model/config.js";
 import { DeviceName, selectBackend, selectLinalg } from "../backends/select.js";
 import { linalgScope, useLinalg } from "../backends/native/linalg.js";
 import { calibrate, calibrationWindows, CalibrationStats, checkWindowShape } from "../ropeSelect/calibrate.js";
+import { defaultRopePairs } from "../ropeSelect/strategies.js";
 import { covarianceRoots } from "../svd/truncated.js";
 import { readText } from "../eval/perplexity.js";
 import { silentLogger, Logger } from "../util/log.js";
@@ -142,7 +143,7 @@ export function deepseekShape(c: ModelConfig, o: DeepseekOptions): { ropePairs: 
   checkSource(c);
   const { kvHeads: G, headDim: Dh, hiddenSize: D } = c;
   const half = Dh / 2;
-  const R = o.ropePairs ?? Math.max(1, Math.round(Dh / 16));
+  const R = o.ropePairs ?? defaultRopePairs(Dh);
   if (!Number.isInteger(R) || R < 1 || R > half) throw new MlaError("BAD_ARGUMENT", `--rope-pairs ${R} is out of range for head_dim ${Dh}`, `use an integer in 1…${half}`);
   if (!Number.isInteger(o.rank) || o.rank < 1) throw new MlaError("BAD_ARGUMENT", `--rank ${o.rank} must be a positive integer`, "pass the latent dims per KV head, e.g. --rank 16");
   const budget = G * (o.rank + 2 * R);

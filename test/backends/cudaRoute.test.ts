@@ -25,6 +25,8 @@ test("the CUDA switches: documented values and in-range numbers pass; a misspelt
   refused({ MHA2MLA_DECODE_MIN_TILES: "2.5" }, /MHA2MLA_DECODE_MIN_TILES=2\.5/, /whole number/);
   // Any non-empty value would turn profiling on, "0" included.
   refused({ MHA2MLA_CUDA_PROFILE: "0" }, /MHA2MLA_CUDA_PROFILE=0 is not a profiling switch/, /use 1, or unset it/);
+  assert.doesNotThrow(() => checkCudaEnv({ MHA2MLA_CUDA_DEVICE: "1" }));
+  refused({ MHA2MLA_CUDA_DEVICE: "x" }, /MHA2MLA_CUDA_DEVICE=x is not a GPU index/, /whole number from 0 to 1023/);
 });
 
 test("every CUDA switch the check knows is documented in the README", () => {

@@ -21,6 +21,8 @@ interface Switch {
 }
 
 export const CUDA_SWITCHES: readonly Switch[] = [
+  // Read as a number when the library starts: "x" would be NaN, which the binding passes on as GPU 0.
+  { name: "MHA2MLA_CUDA_DEVICE", what: "a GPU index", accepts: { min: 0, max: 1023 } },
   { name: "MHA2MLA_CUDA_ATTENTION", what: "an attention route", accepts: CUDA_ATTENTION_ROUTES },
   { name: "MHA2MLA_MHA_DECODE", what: "an MHA decode route", accepts: ["kernel", "cublas"], perCall: true },
   { name: "MHA2MLA_LATENT_DECODE", what: "a latent decode route (the fused kernel is the default)", accepts: ["gemm"], perCall: true },
