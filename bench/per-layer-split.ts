@@ -34,7 +34,7 @@ const stats = await calibrate(orig.model, calibrationWindows(orig.tokenizer, rea
 const windows = calibrationWindows(orig.tokenizer, readText(val), Number(flag("--windows", "16")), 256, c.bosTokenId ?? 1, val);
 useLinalg(selectLinalg("cpu", silentLogger));
 const src = Checkpoint.open(orig.dir);
-const choice = await chooseKvSplits(orig.model, windows, new LayerSource(src, c, settings, stats), settings, silentLogger, null);
+const choice = await chooseKvSplits(orig.model, windows, new LayerSource(src, c, settings, stats), settings, silentLogger, { progress: null });
 src.close();
 const L = c.layers;
 const mean = (e: number[]) => e.reduce((s, x) => s + x, 0) / e.length;

@@ -18,8 +18,8 @@ export type MlaErrorCode =
 
 export class MlaError extends Error {
   readonly code: MlaErrorCode;
-  constructor(code: MlaErrorCode, message: string, hint?: string) {
-    super(hint ? `${message}\n  hint: ${hint}` : message);
+  constructor(code: MlaErrorCode, message: string, hint?: string, options?: { cause?: unknown }) {
+    super(hint ? `${message}\n  hint: ${hint}` : message, options);
     this.name = "MlaError";
     this.code = code;
   }

@@ -17,14 +17,15 @@ import { checkExportSettings, perLayerRefusal } from "./deepseek/exportable.js";
 import { defaultRopePairs } from "./ropeSelect/strategies.js";
 import { readHfConfig } from "./io/hfConfig.js";
 import { resolveModel } from "./io/modelDir.js";
-import { resolveSettings, type SettingsInput } from "./convert/plan.js";
+import { resolveSettings, SETTINGS_KINDS, type SettingsInput } from "./convert/plan.js";
 import type { ModelConfig } from "./model/config.js";
 import { checkEvalOptions, embeddedEval, evaluate, EvalOptions, EvalResult } from "./eval/evaluate.js";
 import { checkTextFile } from "./eval/perplexity.js";
 import type { TaskName } from "./eval/tasks/index.js";
 import { writeReport } from "./eval/report/report.js";
 import { FINETUNE_DEFAULTS, finetune, FinetuneOptions } from "./finetune/trainer.js";
-import { checkFinetuneOptions, checkTeacher } from "./finetune/options.js";
+import { checkFinetuneOptions, checkTeacher, FINETUNE_KINDS } from "./finetune/options.js";
+import { checkOptionTypes, type OptionKinds } from "./util/optionTypes.js";
 import { silentLogger, Logger } from "./util/log.js";
 import { selectBackend, type DeviceName } from "./backends/select.js";
 import type { ProgressSink } from "./util/progress.js";
@@ -38,7 +39,7 @@ export interface PipelineOptions {
   /** Only with format "deepseek" (a width set otherwise is refused). */
   deepseek?: { ropeDim?: number; kvLoraRank?: number; interleave?: boolean };
   /** The fine-tune, on `data`; a setting with no data is refused. */
-  finetune?: Omit<FinetuneOptions, "out" | "resume" | "force" | "logger" | "progress" | "shouldStop">;
+  finetune?: Omit<FinetuneOptions, PipelineOwned>;
   /** "deepseek": write the final model (fine-tuned, else converted) as a deepseek_v3 folder (`export --format deepseek`, exact; needs convert.ropeDisjoint or one KV head). */
   export?: "deepseek";
   evalText?: string;
@@ -51,6 +52,41 @@ export interface PipelineOptions {
   logger?: Logger;
   progress?: ProgressSink | null;
   shouldStop?: () => boolean;
+}
+
+/** The fine-tune's options the pipeline sets itself (its phase's folder, resume, output and stop). */
+type PipelineOwned = "out" | "resume" | "force" | "logger" | "progress" | "shouldStop" | "signal";
+
+const { out: _out, resume: _resume, force: _force, logger: _logger, progress: _progress, shouldStop: _shouldStop, signal: _signal, ...PIPELINE_FINETUNE_KINDS } = FINETUNE_KINDS;
+const PIPELINE_KINDS: OptionKinds<PipelineOptions> = {
+  out: "string",
+  force: "boolean",
+  convert: "object",
+  format: "string",
+  deepseek: "object",
+  finetune: "object",
+  export: "string",
+  evalText: "string",
+  evalTokens: "number",
+  evalCtx: "number",
+  tasks: "string[]",
+  dataDir: "string",
+  limit: "number",
+  device: "string",
+  logger: "object",
+  progress: "object",
+  shouldStop: "function",
+};
+type PipelineDeepseek = NonNullable<PipelineOptions["deepseek"]>;
+type PipelineFinetune = NonNullable<PipelineOptions["finetune"]>;
+const PIPELINE_DEEPSEEK_KINDS: OptionKinds<PipelineDeepseek> = { ropeDim: "number", kvLoraRank: "number", interleave: "boolean" };
+
+/** The JavaScript types of the options and of the phases' option objects inside them. */
+function checkTypes(o: unknown): asserts o is PipelineOptions {
+  checkOptionTypes("pipeline()", o, PIPELINE_KINDS, ["out", "convert"]);
+  checkOptionTypes<SettingsInput>("pipeline()'s convert", o.convert, SETTINGS_KINDS, ["rank"]);
+  if (o.deepseek) checkOptionTypes<PipelineDeepseek>("pipeline()'s deepseek", o.deepseek, PIPELINE_DEEPSEEK_KINDS);
+  if (o.finetune) checkOptionTypes<PipelineFinetune>("pipeline()'s finetune", o.finetune, PIPELINE_FINETUNE_KINDS, ["data"]);
 }
 
 export interface PipelineResult {
@@ -130,6 +166,7 @@ function runFingerprint(spec: string, o: PipelineOptions): string {
 }
 
 export async function pipeline(spec: string, o: PipelineOptions): Promise<PipelineResult> {
+  checkTypes(o);
   const log = o.logger ?? silentLogger;
   const out = path.resolve(o.out);
   const srcDir = resolveModel(spec).dir;

@@ -5,7 +5,7 @@
  */
 import { MlaError } from "../errors.js";
 import type { Backend } from "../tensor/backend.js";
-import type { Logger } from "../util/log.js";
+import { silentLogger, type Logger } from "../util/log.js";
 import { referenceBackend } from "./reference/index.js";
 import { loadNativeCpu, nativeLinalg, NativeCpuBackend } from "./native/cpu.js";
 import { CudaBackend, cudaLinalg, loadCuda } from "./native/cuda.js";
@@ -16,11 +16,14 @@ export type DeviceName = (typeof DEVICE_NAMES)[number];
 
 let cpu: NativeCpuBackend | null = null;
 let cuda: CudaBackend | null = null;
-const announced = new Set<string>();
+/** Per logger, so a script's call with a logger hears the device even after a quiet call picked it. */
+const announced = new WeakMap<Logger, Set<string>>();
 
 function announce(log: Logger, line: string): void {
-  if (announced.has(line)) return;
-  announced.add(line);
+  const said = announced.get(log) ?? new Set<string>();
+  announced.set(log, said);
+  if (said.has(line)) return;
+  said.add(line);
   log.info(line);
 }
 
@@ -38,7 +41,14 @@ function tryCuda(device: DeviceName, log: Logger): CudaBackend | null {
   return cuda;
 }
 
-export function selectBackend(device: DeviceName, log: Logger): Backend {
+/** Refuses a device name outside DEVICE_NAMES (a script's typo would otherwise run on whatever auto finds). */
+function checkDevice(device: unknown): asserts device is DeviceName {
+  if (!(DEVICE_NAMES as readonly unknown[]).includes(device)) throw new MlaError("BAD_ARGUMENT", `--device ${String(device)} is not known`, `use one of ${DEVICE_NAMES.join(", ")}`);
+}
+
+/** The backend `device` names (see the file's header); `log` hears which one auto picked and why. */
+export function selectBackend(device: DeviceName, log: Logger = silentLogger): Backend {
+  checkDevice(device);
   if (device === "reference") return referenceBackend;
   const gpu = tryCuda(device, log);
   if (gpu) return gpu;
@@ -55,6 +65,7 @@ export function selectBackend(device: DeviceName, log: Logger): Backend {
 
 /** The float64 linear-algebra route for `device` (null: TypeScript/ml-matrix). */
 export function selectLinalg(device: DeviceName, log: Logger): Linalg | null {
+  checkDevice(device);
   if (device === "reference") return null;
   const gpu = tryCuda(device, log);
   if (gpu) return cudaLinalg(gpu.lib);

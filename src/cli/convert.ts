@@ -48,7 +48,7 @@ export const convertCommand: CommandModule<object, Args> = {
     const deepseekOnly = ([["--rope-dim", a["rope-dim"] !== undefined], ["--kv-lora-rank", a["kv-lora-rank"] !== undefined], ["--no-rope-interleave", !a["rope-interleave"]]] as const).filter(([, given]) => given).map(([flag]) => flag);
     if (a.format !== "deepseek" && deepseekOnly.length) throw flagsWithout(deepseekOnly, "--format deepseek", "widths of the deepseek_v3 folder's rope key and latent");
     if (a.format === "deepseek") {
-      const d = await convertDeepseek(a.model, { ...deepseekSettings(conversionSettings(a)), ropeDim: a["rope-dim"], kvLoraRank: a["kv-lora-rank"], interleave: a["rope-interleave"], dryRun: a["dry-run"], evalText: a["eval-text"], evalTokens: a["eval-tokens"], evalCtx: a["eval-ctx"], out: a.out, force: a.force, device: a.device, logger: stderrLogger });
+      const d = await convertDeepseek(a.model, { ...deepseekSettings(conversionSettings(a)), ropeDim: a["rope-dim"], kvLoraRank: a["kv-lora-rank"], interleave: a["rope-interleave"], dryRun: a["dry-run"], evalText: a["eval-text"], evalTokens: a["eval-tokens"], evalCtx: a["eval-ctx"], out: a.out, force: a.force, device: a.device, logger: stderrLogger, progress: process.stderr });
       const kv = `KV cache per token and layer ${d.kvPerToken.before} → ${d.kvPerToken.after} elements (${d.kvPerToken.changePercent.toFixed(2)}%), shared rope key ${d.ropeDim} dims, kv_lora_rank ${d.kvLoraRank}`;
       process.stdout.write(d.out ? `wrote ${d.out} (deepseek_v3): ${kv}\n` : `dry run (deepseek_v3): ${kv}\n`);
       if (d.eval) process.stdout.write(`perplexity ${Math.exp(d.eval.before).toFixed(3)} → ${Math.exp(d.eval.after).toFixed(3)} (NLL ${d.eval.after >= d.eval.before ? "+" : ""}${(d.eval.after - d.eval.before).toFixed(4)}); report: ${d.out}/report.md\n`);
@@ -65,6 +65,7 @@ export const convertCommand: CommandModule<object, Args> = {
       evalTokens: a["eval-tokens"],
       evalCtx: a["eval-ctx"],
       logger: stderrLogger,
+      progress: process.stderr,
     });
     const p = r.plan;
     const kv = `KV cache per token ${p.before.elems_per_token} → ${p.after.elems_per_token} elements (${p.kvChangePercent.toFixed(2)}%), ${p.before.bytes_per_token} → ${p.after.bytes_per_token} bytes`;

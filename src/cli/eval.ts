@@ -43,7 +43,7 @@ export const evalCommand: CommandModule<object, Args> = {
       .option("batch", { type: "number", describe: "perplexity windows scored per forward (default on the GPU: as many as keep the activations within an eighth of free memory, up to 16; 1 elsewhere)" })
       .option("kv-cache", { choices: KV_CACHE_DTYPES, describe: "score perplexity as a decode cache of this type serves keys/values (MLA: rope keys and latents): bf16, or int8/int4 in groups of 32 with a bf16 scale each; the JSON gives its bytes per token" }),
   handler: async (a) => {
-    const r = await evaluate(a.model, { text: a.text, ctx: a.ctx, tokens: a.tokens, tasks: a.tasks ? parseTaskNames(a.tasks) : undefined, dataDir: a["data-dir"], limit: a.limit, label: a.label, device: a.device, weights: a.weights, kvCache: a["kv-cache"], batch: a.batch, logger: stderrLogger });
+    const r = await evaluate(a.model, { text: a.text, ctx: a.ctx, tokens: a.tokens, tasks: a.tasks ? parseTaskNames(a.tasks) : undefined, dataDir: a["data-dir"], limit: a.limit, label: a.label, device: a.device, weights: a.weights, kvCache: a["kv-cache"], batch: a.batch, logger: stderrLogger, progress: process.stderr });
     if (r.nll !== undefined) process.stdout.write(`${r.model}: nll ${r.nll.toFixed(5)} nats/token, ppl ${r.ppl!.toFixed(4)} over ${r.tokens} tokens (ctx ${r.ctx}, ${r.windows} windows) on ${r.backend}\n`);
     for (const [t, s] of Object.entries(r.tasks ?? {}))
       process.stdout.write(`${t}: acc ${s.acc.toFixed(4)} ± ${s.acc_stderr.toFixed(4)}${s.acc_norm !== undefined ? `, acc_norm ${s.acc_norm.toFixed(4)} ± ${s.acc_norm_stderr!.toFixed(4)}` : ""}${s.ppl !== undefined ? `, ppl ${s.ppl.toFixed(2)}` : ""} (n ${s.n})\n`);

@@ -106,6 +106,7 @@ export const finetuneCommand: CommandModule<object, Args> = {
         precision: a.precision,
         checkpointActivations: a["checkpoint-activations"],
         logger: stderrLogger,
+        progress: process.stderr,
         shouldStop: stop.requested,
       });
       const nll = (x: number | null) => (x === null ? "–" : x.toFixed(4));

@@ -37,7 +37,7 @@ export const generateCommand: CommandModule<object, Args> = {
     if (Number.isInteger(maxTokens) && longest + maxTokens > lm.config.maxPositions)
       stderrLogger.warn(`${longest} prompt tokens + --max-tokens ${maxTokens} pass the model's ${lm.config.maxPositions} positions (max_position_embeddings); text past them is usually poor`);
     // Decoded between event-loop turns, so Ctrl-C stops a long run; progress on stderr.
-    const progress = new Progress("generate", Math.max(1, maxTokens) * prompts.length, "tokens");
+    const progress = new Progress("generate", Math.max(1, maxTokens) * prompts.length, "tokens", process.stderr);
     const r = await generateBatchAsync(lm.model, prompts, { maxTokens, temperature: a.temperature, seed: a.seed, kvCache: a["kv-cache"] === "auto" ? defaultKvCache(lm.model) : a["kv-cache"], onStep: (n) => progress.tick(n) });
     r.sequences.forEach((s, i) => {
       if (prompts.length > 1) process.stdout.write(`--- ${i + 1}\n`);

@@ -89,6 +89,7 @@ export const pipelineCommand: CommandModule<object, Args> = {
         dataDir: a["data-dir"],
         limit: a.limit,
         logger: stderrLogger,
+        progress: process.stderr,
         shouldStop: stop.requested,
       });
       for (const p of r.phases) process.stdout.write(`${p.name}: ${p.skipped ? "already done" : `${p.seconds.toFixed(1)} s`}\n`);

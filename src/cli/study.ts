@@ -50,7 +50,7 @@ export const studyCommand: CommandModule<object, Args> = {
   handler: async (a) => {
     const stop = gracefulStop(STUDY_STOP);
     try {
-      const r = await study({ like: a.like, variants: a.variants.split(",").map((v) => v.trim()) as StudyVariant[], ranks: a.ranks?.split(","), data: a.data, tokens: a.tokens, out: a.out, seq: a.seq, batch: a.batch, lr: a.lr, seed: a.seed, gateDim: a["gate-dim"], evalEvery: a["eval-every"], device: a.device, force: a.force, logger: stderrLogger, shouldStop: stop.requested });
+      const r = await study({ like: a.like, variants: a.variants.split(",").map((v) => v.trim()) as StudyVariant[], ranks: a.ranks?.split(","), data: a.data, tokens: a.tokens, out: a.out, seq: a.seq, batch: a.batch, lr: a.lr, seed: a.seed, gateDim: a["gate-dim"], evalEvery: a["eval-every"], device: a.device, force: a.force, logger: stderrLogger, progress: process.stderr, shouldStop: stop.requested });
       for (const row of r.rows) process.stdout.write(`${row.label}: validation NLL ${row.valNll.toFixed(4)}, ${row.kvElemsPerToken} KV elements per token, ${row.decodeTokensPerS.toFixed(1)} decode tokens/s\n`);
       if (r.stoppedEarly) {
         process.stdout.write(`stopped during training: the ${r.rows.length} finished run(s) are kept in ${a.out}; re-running the same command resumes (the interrupted run from its last checkpoint); other settings need --force, which starts over (other --variants or --ranks do not)\n`);

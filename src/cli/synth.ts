@@ -29,7 +29,7 @@ export const synthCommand: CommandModule<object, Args> = {
       .option("force", { type: "boolean", default: false, describe: "replace an existing --out" })
       .option("json", { type: "string", describe: "write a summary as JSON to FILE (no value: stdout)" }),
   handler: async (a) => {
-    const r = await synth({ arch: a.arch, out: a.out, dtype: parseDType(a.dtype), layers: a.layers, seed: a.seed, maxShardBytes: a["shard-size"] * 2 ** 30, force: a.force });
+    const r = await synth({ arch: a.arch, out: a.out, dtype: parseDType(a.dtype), layers: a.layers, seed: a.seed, maxShardBytes: a["shard-size"] * 2 ** 30, force: a.force, progress: process.stderr });
     process.stdout.write(`wrote ${r.out}: ${r.arch}, ${r.layers} layers, ${r.tensors} tensors, ${(r.bytes / 1e9).toFixed(2)} GB in ${r.shards} shard(s), ${r.seconds.toFixed(1)} s (${r.gbPerSecond.toFixed(2)} GB/s)\n`);
     if (a.json !== undefined) emitJson(a.json, { ...r, peak_rss_bytes: process.resourceUsage().maxRSS * 1024 });
   },

@@ -29,7 +29,9 @@ import { inspectModel } from "../eval/inspect.js";
 import { silentLogger, Logger } from "../util/log.js";
 import { Progress, ProgressSink } from "../util/progress.js";
 import { factorTensors, LayerFactors } from "./factor.js";
-import { checkOutDir, ConversionPlan, ConversionSettings, defaultOut, planConversion, resolveSettings, SettingsInput } from "./plan.js";
+import { checkOutDir, ConversionPlan, ConversionSettings, defaultOut, planConversion, resolveSettings, SETTINGS_KINDS, SettingsInput } from "./plan.js";
+import { checkOptionTypes, type OptionKinds } from "../util/optionTypes.js";
+import { throwIfAborted } from "../util/abort.js";
 import { LayerSource } from "./layerSource.js";
 import { chooseKvSplits, kvSplitRecord, SplitChoice } from "./splitChoice.js";
 import { readsCalibration, unreadCalibration } from "./calibrationNeeds.js";
@@ -51,7 +53,23 @@ export interface ConvertOptions extends SettingsInput {
   evalCtx?: number;
   logger?: Logger;
   progress?: ProgressSink | null;
+  /** Aborting it stops the conversion at the next layer or calibration window (MlaError INTERRUPTED); no output folder is left. */
+  signal?: AbortSignal;
 }
+
+const CONVERT_KINDS: OptionKinds<ConvertOptions> = {
+  ...SETTINGS_KINDS,
+  out: "string",
+  device: "string",
+  force: "boolean",
+  dryRun: "boolean",
+  evalText: "string",
+  evalTokens: "number",
+  evalCtx: "number",
+  logger: "object",
+  progress: "object",
+  signal: "object",
+};
 
 export interface ConvertResult {
   out: string | null;
@@ -65,6 +83,8 @@ export interface ConvertResult {
 }
 
 export async function convert(spec: string, opts: ConvertOptions): Promise<ConvertResult> {
+  checkOptionTypes("convert()", opts, CONVERT_KINDS, ["rank"]);
+  throwIfAborted(opts.signal);
   // The float64 route this conversion picks (from --device) is its own, not the process's.
   return linalgScope(() => convertInScope(spec, opts));
 }
@@ -109,7 +129,7 @@ async function convertInScope(spec: string, opts: ConvertOptions): Promise<Conve
 
     tmp = beginOutDir(out, opts.force ?? false);
     const tFactor: PhaseTimes = { s: 0, wait: 0, readWait: 0, writeWait: 0 };
-    const energy = await writeConverted(src, config, mlaConfig, kvDtype, tmp, source, tFactor, opts.progress);
+    const energy = await writeConverted(src, config, mlaConfig, kvDtype, tmp, source, tFactor, opts);
     timings["factor_s"] = tFactor.s;
     timings["factor_wait_s"] = tFactor.wait;
     timings["read_wait_s"] = tFactor.readWait;
@@ -118,7 +138,7 @@ async function convertInScope(spec: string, opts: ConvertOptions): Promise<Conve
     let refit: RefitResult | null = null;
     if (settings.refitOutput) {
       const t = performance.now();
-      refit = await refitOutputProjections(srcDir, tmp, windows, selectBackend(opts.device ?? "auto", log), { progress: opts.progress });
+      refit = await refitOutputProjections(srcDir, tmp, windows, selectBackend(opts.device ?? "auto", log), { progress: opts.progress, signal: opts.signal });
       timings["refit_s"] = (performance.now() - t) / 1000;
       log.info(describeRefit(refit));
     }
@@ -126,7 +146,7 @@ async function convertInScope(spec: string, opts: ConvertOptions): Promise<Conve
 
     let report: ConversionReport | null = null;
     if (opts.evalText) {
-      const e = { ...embeddedEval(opts), device: opts.device, progress: opts.progress, logger: log };
+      const e = { ...embeddedEval(opts), device: opts.device, progress: opts.progress, signal: opts.signal, logger: log };
       const before: EvalResult = await evaluate(srcDir, e);
       const after: EvalResult = await evaluate(tmp, e);
       before.model = spec;
@@ -163,7 +183,7 @@ async function analyzeSource(srcDir: string, src: Checkpoint, config: ModelConfi
   const original = calibrated || perLayer ? loadModel(srcDir, { backend: selectBackend(opts.device ?? "auto", log) }).model : null;
   let stats: CalibrationStats | null = null;
   if (original && calibrated) {
-    stats = await calibrate(original, windows, { covariance: settings.svdInit === "activations", progress: opts.progress });
+    stats = await calibrate(original, windows, { covariance: settings.svdInit === "activations", progress: opts.progress, signal: opts.signal });
     timings["calibration_s"] = stats.seconds;
   }
   const source = new LayerSource(src, config, settings, stats);
@@ -173,7 +193,7 @@ async function analyzeSource(srcDir: string, src: Checkpoint, config: ModelConfi
     const selection = Array.from({ length: config.layers }, (_, l) => source.pairs(l, settings.ropePairs));
     return { source, attention: { kind: "mla", splits: Array.from({ length: config.layers }, () => split), selection, svd, gateDim }, choice: null };
   }
-  const choice = await chooseKvSplits(original!, windows, source, settings, log, opts.progress);
+  const choice = await chooseKvSplits(original!, windows, source, settings, log, { progress: opts.progress, signal: opts.signal });
   timings["kv_split_s"] = choice.seconds;
   return { source, attention: { kind: "mla", splits: choice.chosen.map((i) => choice.candidates[i]!), selection: choice.selection, svd, gateDim }, choice };
 }
@@ -187,7 +207,7 @@ interface PhaseTimes {
 }
 
 /** Writes all tensors in order; returns the retained energy per layer. */
-async function writeConverted(src: Checkpoint, config: ModelConfig, mla: ModelConfig, kvDtype: DType, dir: string, source: LayerSource, tFactor: PhaseTimes, progressSink: ProgressSink | null | undefined): Promise<number[]> {
+async function writeConverted(src: Checkpoint, config: ModelConfig, mla: ModelConfig, kvDtype: DType, dir: string, source: LayerSource, tFactor: PhaseTimes, run: Pick<ConvertOptions, "progress" | "signal">): Promise<number[]> {
   const sourceNames = new Set(expectedTensors(config).map((t) => t.name));
   const extras = src.names().filter((n) => !sourceNames.has(n));
   const targets: TensorSpec[] = [
@@ -197,7 +217,7 @@ async function writeConverted(src: Checkpoint, config: ModelConfig, mla: ModelCo
   ];
   const writer = new CheckpointWriter(dir, targets, { metadata: { format: "pt" } });
   const energy: number[] = [];
-  const progress = new Progress("convert", config.layers, "layers", progressSink === undefined ? process.stderr : progressSink);
+  const progress = new Progress("convert", config.layers, "layers", run.progress);
   const a = mla.attention.kind === "mla" ? mla.attention : null;
   // Layer ℓ+1 is factored (off the JavaScript thread on CUDA) while layer ℓ's other tensors are written.
   const inFlight = new Map<number, Promise<LayerFactors>>();
@@ -237,6 +257,7 @@ async function writeConverted(src: Checkpoint, config: ModelConfig, mla: ModelCo
         energy.push(done.energy);
         current = { layer, f: done };
         progress.tick();
+        throwIfAborted(run.signal);
       }
       const f = current.f;
       const name = t.name.slice((layerPrefix(layer) + "self_attn.").length);

@@ -4,7 +4,8 @@ import path from "node:path";
 import { MlaError } from "../errors.js";
 import { refuseOutOverInputs, type InputPath } from "../io/outGuard.js";
 import { kvElemsPerToken, latentWidth, ModelConfig } from "../model/config.js";
-import { checkDisjoint, defaultRopePairs, RopeStrategy } from "../ropeSelect/strategies.js";
+import { checkDisjoint, defaultRopePairs, parseStrategy, RopeStrategy } from "../ropeSelect/strategies.js";
+import type { OptionKinds } from "../util/optionTypes.js";
 import type { Logger } from "../util/log.js";
 import { maxRank } from "./factor.js";
 import { budgetSplits, KV_SPLIT_MODES, KvSplitMode } from "./kvSplit.js";
@@ -74,6 +75,25 @@ export interface SettingsInput {
   kvSplitPairs?: number[];
 }
 
+/** The JavaScript types of SettingsInput, for the entry checks of the functions that take them. */
+export const SETTINGS_KINDS: OptionKinds<SettingsInput> = {
+  rank: "number",
+  ropePairs: "number",
+  ropeStrategy: "string",
+  ropeDisjoint: "boolean",
+  svd: "string",
+  svdInit: "string",
+  balanceKv: "boolean",
+  refitOutput: "boolean",
+  calib: "string",
+  calibSamples: "number",
+  calibLen: "number",
+  attention: "string",
+  gateDim: "number",
+  kvSplit: "string",
+  kvSplitPairs: "number[]",
+};
+
 export function resolveSettings(c: ModelConfig, o: SettingsInput, log: Logger): ConversionSettings {
   if (c.attention.kind !== "mha") throw new MlaError("BAD_ARGUMENT", "the model is already an MLA checkpoint (config.json has an mha2mla section)", "convert the original MHA/GQA model");
   const half = c.headDim / 2;
@@ -90,7 +110,7 @@ export function resolveSettings(c: ModelConfig, o: SettingsInput, log: Logger): 
   const calib = o.calib ?? null;
   if (calib !== null && !fs.existsSync(calib)) throw new MlaError("NOT_FOUND", `--calib ${calib} does not exist`, "pass a UTF-8 text file");
   if (calib !== null) checkTextFile(calib);
-  let strategy = o.ropeStrategy;
+  let strategy = o.ropeStrategy === undefined ? undefined : parseStrategy(o.ropeStrategy);
   if (!strategy) {
     strategy = calib ? "2-norm" : "uniform";
     if (!calib) log.info(`note: no --calib given, so --rope-strategy uniform (pass --calib FILE for the paper's 2-norm selection)`);

@@ -20,6 +20,7 @@ import type { Tensor } from "../tensor/tensor.js";
 import { loadModel, LlamaModel } from "../model/llama.js";
 import { layerPrefix } from "../model/weights.js";
 import { Progress, ProgressSink } from "../util/progress.js";
+import { nextTurn } from "../util/abort.js";
 import { RefitMoments } from "./refitMoments.js";
 import fs from "node:fs";
 import path from "node:path";
@@ -37,11 +38,11 @@ export const REFIT_RIDGE = 1e-3;
  * Refits o_proj of every layer of the converted model in `convDir` (written, config included; its
  * checkpoint files holding an o_proj are rewritten) against the original in `srcDir`, on calibration `windows`.
  */
-export async function refitOutputProjections(srcDir: string, convDir: string, windows: Int32Array[], backend: Backend, opts: { ridge?: number; progress?: ProgressSink | null } = {}): Promise<RefitResult> {
+export async function refitOutputProjections(srcDir: string, convDir: string, windows: Int32Array[], backend: Backend, opts: { ridge?: number; progress?: ProgressSink | null; signal?: AbortSignal } = {}): Promise<RefitResult> {
   const original = loadModel(srcDir, { backend }).model;
   const converted = loadModel(convDir, { backend }).model;
   const L = converted.config.layers;
-  const progress = new Progress("refit o_proj", L * windows.length, "windows", opts.progress === undefined ? process.stderr : opts.progress);
+  const progress = new Progress("refit o_proj", L * windows.length, "windows", opts.progress);
   const result: RefitResult = { before: [], after: [] };
   const refit: Float32Array[] = [];
   const linalg = activeLinalg(); // the converter's float64 library, or the native CPU one
@@ -59,7 +60,7 @@ export async function refitOutputProjections(srcDir: string, convDir: string, wi
       moments.add(backend, o, a);
       for (const t of [x, a, o]) t.dispose();
       progress.tick();
-      await new Promise((r) => setImmediate(r));
+      await nextTurn(opts.signal);
     }
     const oldW = Float32Array.from(w.o.toArray());
     const solved = moments.solve(opts.ridge ?? REFIT_RIDGE, linalg);

@@ -17,6 +17,7 @@ import { Ops } from "../tensor/autograd.js";
 import type { FloatArray, Tensor } from "../tensor/tensor.js";
 import type { Logger } from "../util/log.js";
 import { Progress, ProgressSink } from "../util/progress.js";
+import { nextTurn } from "../util/abort.js";
 import { factorTensors, LayerFactors } from "./factor.js";
 import { budgetSplits } from "./kvSplit.js";
 import type { ConversionSettings } from "./plan.js";
@@ -47,6 +48,7 @@ export interface SplitChoiceOptions {
   svd: "joint" | "split";
   logger: Logger;
   progress?: ProgressSink | null;
+  signal?: AbortSignal;
 }
 
 /** Chooses every layer's split of `original` (the MHA/GQA model) on calibration `windows` ([T] ids each, from BOS). */
@@ -54,7 +56,7 @@ export async function chooseSplits(original: LlamaModel, windows: Int32Array[], 
   const t0 = performance.now();
   const c = original.config;
   const b = original.backend;
-  const progress = new Progress("choose kv split", c.layers * candidates.length, "layer splits", o.progress === undefined ? process.stderr : o.progress);
+  const progress = new Progress("choose kv split", c.layers * candidates.length, "layer splits", o.progress);
   const choice: SplitChoice = { candidates, uniform: o.uniform, chosen: [], errors: [], selection: [], seconds: 0 };
   let hs = windows.map((ids) => original.embedTokens(ids)); // [T, D] per window, before the current layer
   for (let l = 0; l < c.layers; l++) {
@@ -74,7 +76,7 @@ export async function chooseSplits(original: LlamaModel, windows: Int32Array[], 
       block.dispose();
       selections.push(selection);
       progress.tick();
-      await new Promise((r) => setImmediate(r));
+      await nextTurn(o.signal);
     }
     const best = errors.reduce((k, e, i) => (e < errors[k]! ? i : k), o.uniform);
     choice.chosen.push(best);
@@ -144,12 +146,12 @@ function candidateBlock(original: LlamaModel, l: number, split: MlaSplit, select
 }
 
 /** The conversion's step: every layer's split among the budget's candidates (kvSplit.ts), logged per layer. */
-export function chooseKvSplits(original: LlamaModel, windows: Int32Array[], make: LayerMaker, s: ConversionSettings, log: Logger, progress?: ProgressSink | null): Promise<SplitChoice> {
+export function chooseKvSplits(original: LlamaModel, windows: Int32Array[], make: LayerMaker, s: ConversionSettings, log: Logger, run: Pick<SplitChoiceOptions, "progress" | "signal"> = {}): Promise<SplitChoice> {
   const c = original.config;
   const candidates = budgetSplits({ kvHeads: c.kvHeads, headDim: c.headDim, hidden: c.hiddenSize }, s, s.kvSplitPairs ?? undefined);
   const uniform = candidates.findIndex((x) => x.ropePairs === s.ropePairs);
   log.info(`kv split per layer: trying R ${candidates.map((x) => `${x.ropePairs} rank ${x.rank}`).join(", ")} (${2 * s.ropePairs + (s.svd === "split" ? 2 : 1) * s.rank} cached values per KV head and token each) on ${windows.length} calibration windows`);
-  return chooseSplits(original, windows, candidates, make, { uniform, svd: s.svd, logger: log, progress });
+  return chooseSplits(original, windows, candidates, make, { uniform, svd: s.svd, logger: log, progress: run.progress, signal: run.signal });
 }
 
 /** The choice's record in mla_conversion.json (an empty object for a uniform conversion). */

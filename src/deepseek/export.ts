@@ -22,6 +22,7 @@ import { defaultRopePairs } from "../ropeSelect/strategies.js";
 import { covarianceRoots } from "../svd/truncated.js";
 import { readText } from "../eval/perplexity.js";
 import { silentLogger, Logger } from "../util/log.js";
+import { checkOptionTypes, type OptionKinds } from "../util/optionTypes.js";
 import { Progress, ProgressSink } from "../util/progress.js";
 import { checkOutDir, defaultOut, SettingsInput } from "../convert/plan.js";
 import { checkEmbeddedEval, embeddedEval, evaluate } from "../eval/evaluate.js";
@@ -67,6 +68,25 @@ export interface DeepseekEvalOptions {
   logger?: Logger;
   progress?: ProgressSink | null;
 }
+
+export const DEEPSEEK_EVAL_KINDS: OptionKinds<DeepseekEvalOptions> = { evalText: "string", evalTokens: "number", evalCtx: "number", device: "string", logger: "object", progress: "object" };
+const DEEPSEEK_KINDS: OptionKinds<DeepseekOptions> = {
+  ...DEEPSEEK_EVAL_KINDS,
+  rank: "number",
+  ropePairs: "number",
+  ropeDim: "number",
+  kvLoraRank: "number",
+  svdInit: "string",
+  balanceKv: "boolean",
+  refitOutput: "boolean",
+  calib: "string",
+  calibSamples: "number",
+  calibLen: "number",
+  interleave: "boolean",
+  out: "string",
+  force: "boolean",
+  dryRun: "boolean",
+};
 
 /** NLL (nats/token) of the source and of the written model on one text. */
 export interface BeforeAfter {
@@ -131,6 +151,7 @@ export function roundingFor(dtype: DType): (x: number) => number {
 }
 
 export async function convertDeepseek(spec: string, o: DeepseekOptions): Promise<DeepseekResult> {
+  checkOptionTypes("convertDeepseek()", o, DEEPSEEK_KINDS, ["rank"]);
   // The float64 route this conversion picks (from --device) is its own, not the process's.
   return linalgScope(() => convertDeepseekInScope(spec, o));
 }

@@ -32,7 +32,8 @@ import { checkEmbeddedEval } from "../eval/evaluate.js";
 import { silentLogger } from "../util/log.js";
 import { Progress } from "../util/progress.js";
 import { constantChannel, ropeRow } from "./layer.js";
-import { BeforeAfter, DeepseekEvalOptions, evalBeforeAfter, roundingFor, writeDeepseekConfig } from "./export.js";
+import { BeforeAfter, DEEPSEEK_EVAL_KINDS, DeepseekEvalOptions, evalBeforeAfter, roundingFor, writeDeepseekConfig } from "./export.js";
+import { checkOptionTypes, type OptionKinds } from "../util/optionTypes.js";
 import { FUSED_MLA, servingWarnings } from "./serving.js";
 import { checkExportSettings, exportLadder, exportSplit } from "./exportable.js";
 import { deepseekSpecs, planTensors, writePlanned } from "./stream.js";
@@ -160,7 +161,10 @@ export function exportLayer(p: ExportLayerInput): Map<string, Float32Array> {
 
 const SOURCE = ["q_proj", "k_rope_proj", "kv_down_proj", "k_up_proj", "v_up_proj"].map((n) => `self_attn.${n}.weight`);
 
+const EXPORT_KINDS: OptionKinds<ExportOptions> = { ...DEEPSEEK_EVAL_KINDS, out: "string", force: "boolean", interleave: "boolean", kvLoraRank: "number", ropeDim: "number" };
+
 export async function exportDeepseek(spec: string, o: ExportOptions = {}): Promise<ExportResult> {
+  checkOptionTypes("exportDeepseek()", o, EXPORT_KINDS);
   const log = o.logger ?? silentLogger;
   const { dir: srcDir } = resolveModel(spec);
   const c = readHfConfig(srcDir);

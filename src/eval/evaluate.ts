@@ -12,11 +12,13 @@ import { selectBackend, DeviceName } from "../backends/select.js";
 import { checkCtx, checkTextFile, perplexity, readText, tokenizeForEval } from "./perplexity.js";
 import { inspectModel } from "./inspect.js";
 import { packageRoot } from "../io/modelDir.js";
-import { defaultDataDir, runTask, TaskName } from "./tasks/index.js";
+import { checkTaskName, defaultDataDir, runTask, TaskName } from "./tasks/index.js";
 import type { ProgressSink } from "../util/progress.js";
 import type { Logger } from "../util/log.js";
 import { silentLogger } from "../util/log.js";
-import type { KvCacheDtype } from "../model/kvQuant.js";
+import { checkKvCacheDtype, type KvCacheDtype } from "../model/kvQuant.js";
+import { checkOptionTypes, type OptionKinds } from "../util/optionTypes.js";
+import { throwIfAborted } from "../util/abort.js";
 import { kvBytesPerToken } from "../model/config.js";
 import { requireCount } from "../util/counts.js";
 
@@ -50,7 +52,27 @@ export interface EvalOptions {
   batch?: number;
   /** Where text, tokens and ctx came from, for messages (default eval's --text, --tokens and --ctx). */
   flags?: EvalFlagNames;
+  /** Aborting it stops the evaluation at the next window or task item (MlaError INTERRUPTED). */
+  signal?: AbortSignal;
 }
+
+const EVAL_KINDS: OptionKinds<EvalOptions> = {
+  text: "string",
+  ctx: "number",
+  tokens: "number",
+  tasks: "string[]",
+  dataDir: "string",
+  limit: "number",
+  weights: "string",
+  device: "string",
+  progress: "object",
+  logger: "object",
+  label: "string",
+  kvCache: "string",
+  batch: "number",
+  flags: "object",
+  signal: "object",
+};
 
 /** Another command's --eval-text, --eval-tokens and --eval-ctx as evaluate() options. */
 export function embeddedEval(o: { evalText?: string; evalTokens?: number; evalCtx?: number }): EvalOptions {
@@ -109,6 +131,8 @@ export interface EvalResult {
  */
 export function checkEvalOptions(opts: EvalOptions): { dataDir: string | null } {
   const flags = opts.flags ?? EVAL_FLAGS;
+  opts.tasks?.forEach(checkTaskName);
+  if (opts.kvCache !== undefined) checkKvCacheDtype(opts.kvCache);
   requireCount(flags.tokens, opts.tokens);
   requireCount("--limit", opts.limit);
   if (opts.tokens !== undefined && !opts.text) throw flagsWithout([flags.tokens], `${flags.text} FILE`, "it counts the perplexity text's tokens");
@@ -128,6 +152,8 @@ export function checkEvalOptions(opts: EvalOptions): { dataDir: string | null } 
 }
 
 export async function evaluate(spec: string, opts: EvalOptions): Promise<EvalResult> {
+  checkOptionTypes("evaluate()", opts, EVAL_KINDS);
+  throwIfAborted(opts.signal);
   const log = opts.logger ?? silentLogger;
   const { dataDir } = checkEvalOptions(opts);
   if (opts.kvCache && opts.tasks?.length) log.warn(`--kv-cache ${opts.kvCache} applies to the perplexity windows only: each task item is scored in one forward pass, without a cache`);
@@ -159,14 +185,14 @@ export async function evaluate(spec: string, opts: EvalOptions): Promise<EvalRes
     if (opts.tokens !== undefined && ids.length < opts.tokens) log.warn(`${opts.text} holds only ${ids.length} tokens, fewer than ${flags.tokens} ${opts.tokens}: scoring all of them`);
     const ctx = opts.ctx ?? 256;
     if (ctx > lm.config.maxPositions) log.warn(`${flags.ctx} ${ctx} passes the model's ${lm.config.maxPositions} positions (max_position_embeddings): windows past them score poorly`);
-    const r = await perplexity(lm.model, ids, { ctx, progress: opts.progress, kvCache: opts.kvCache, batch: opts.batch });
+    const r = await perplexity(lm.model, ids, { ctx, progress: opts.progress, kvCache: opts.kvCache, batch: opts.batch, signal: opts.signal });
     Object.assign(result, { text: path.resolve(opts.text!), ctx: r.ctx, tokens: r.tokens, windows: r.windows, nll: r.nll, ppl: r.ppl, tokens_per_second: r.tokens / r.seconds });
     if (r.afterFirst) result.tokens_per_second_warm = r.afterFirst.tokens / r.afterFirst.seconds;
   }
   if (opts.tasks?.length) {
     result.tasks = {};
     for (const task of opts.tasks) {
-      const r = await runTask(lm.model, lm.tokenizer, task, dataDir!, opts.limit, opts.progress);
+      const r = await runTask(lm.model, lm.tokenizer, task, dataDir!, opts.limit, opts.progress, opts.signal);
       if (opts.limit !== undefined && r.n < opts.limit) log.warn(`${task}: its file holds ${r.n} items, fewer than --limit ${opts.limit}: scored all of them`);
       result.tasks[task] = { n: r.n, ...(r.metrics as Omit<TaskScore, "n">) };
     }

@@ -10,6 +10,7 @@ import type { KvCacheDtype } from "../model/kvQuant.js";
 import { encodePrefix, TextTokenizer } from "../io/tokenizer.js";
 import { readTextFile, sniffTextFile } from "../io/text.js";
 import { Progress, ProgressSink } from "../util/progress.js";
+import { nextTurn } from "../util/abort.js";
 
 export interface PerplexityResult {
   nll: number;
@@ -61,6 +62,8 @@ export function tokenizeForEval(tokenizer: TextTokenizer, text: string, maxToken
 export interface PerplexityOptions {
   ctx: number;
   progress?: ProgressSink | null;
+  /** Aborting it stops the scoring at the next window (MlaError INTERRUPTED). */
+  signal?: AbortSignal;
   /**
    * Windows scored per forward (full-length windows stacked as one micro-batch). Default: on a
    * backend with batched attention (CUDA) as many as keep the forward's activations within an eighth
@@ -110,7 +113,7 @@ export async function perplexity(model: LlamaModel, ids: Int32Array, opts: Perpl
   const batch = opts.batch ?? defaultBatch(model, stride);
   if (!Number.isInteger(batch) || batch < 1) throw new MlaError("BAD_ARGUMENT", `--batch ${batch}: the windows scored per forward must be a positive integer`, "pass e.g. --batch 8, or leave it out for the default");
   const bf16 = opts.bf16 ?? model.bf16Weights;
-  const progress = new Progress("eval", ids.length, "tok", opts.progress === undefined ? process.stderr : opts.progress);
+  const progress = new Progress("eval", ids.length, "tok", opts.progress);
   const t0 = performance.now();
   let sum = 0;
   let first: { t: number; tokens: number } | null = null;
@@ -137,8 +140,8 @@ export async function perplexity(model: LlamaModel, ids: Int32Array, opts: Perpl
     // The losses above were read back, so the device has finished this forward.
     first ??= { t: performance.now(), tokens: targets.length };
     w += n;
-    // Yield so that SIGINT/SIGTERM handlers can run during long evaluations.
-    await new Promise((r) => setImmediate(r));
+    // Yield so that SIGINT/SIGTERM handlers (and an abort) can run during long evaluations.
+    await nextTurn(opts.signal);
   }
   const nll = sum / ids.length;
   const t1 = performance.now();

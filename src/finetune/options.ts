@@ -8,6 +8,8 @@ import { MlaError } from "../errors.js";
 import { readHfConfig } from "../io/hfConfig.js";
 import { resolveModel } from "../io/modelDir.js";
 import type { FinetuneOptions } from "./trainer.js";
+import { parseSchedule } from "./schedule.js";
+import type { OptionKinds } from "../util/optionTypes.js";
 
 /** The defaults of FinetuneOptions, one table for the library and the CLI (`mha2mla finetune --help`). */
 export const FINETUNE_DEFAULTS = {
@@ -29,6 +31,45 @@ export const FINETUNE_DEFAULTS = {
   temperature: 1,
   distillWeight: 0.5,
 } as const;
+
+/** The JavaScript types of FinetuneOptions (finetune's entry check). */
+export const FINETUNE_KINDS: OptionKinds<FinetuneOptions> = {
+  data: "string[]",
+  tokenCache: "string",
+  out: "string",
+  force: "boolean",
+  resume: "boolean",
+  tokens: "number",
+  fraction: "number",
+  valFraction: "number",
+  seq: "number",
+  batch: "number",
+  accum: "number",
+  lr: "number",
+  warmup: "number",
+  schedule: "string",
+  decayFraction: "number",
+  minLrFraction: "number",
+  beta1: "number",
+  beta2: "number",
+  eps: "number",
+  weightDecay: "number",
+  clip: "number",
+  seed: "number",
+  train: "string",
+  distill: "string",
+  temperature: "number",
+  distillWeight: "number",
+  evalEvery: "number",
+  saveEvery: "number",
+  device: "string",
+  precision: "string",
+  checkpointActivations: "boolean",
+  logger: "object",
+  progress: "object",
+  shouldStop: "function",
+  signal: "object",
+};
 
 function positive(name: string, v: number, integer = false): number {
   if (!Number.isFinite(v) || v <= 0 || (integer && !Number.isInteger(v))) throw new MlaError("BAD_ARGUMENT", `--${name} ${v} must be a positive ${integer ? "integer" : "number"}`, `pass e.g. --${name} ${integer ? 16 : 0.001}`);
@@ -54,7 +95,10 @@ export function checkFinetuneOptions(o: Omit<FinetuneOptions, "data" | "out">) {
   const distillWeight = o.distill ? (o.distillWeight ?? D.distillWeight) : 0;
   const temperature = positive("temperature", o.temperature ?? D.temperature);
   if (!(distillWeight >= 0 && distillWeight <= 1)) throw new MlaError("BAD_ARGUMENT", `--distill-weight ${distillWeight} is outside [0, 1]`, "0 = cross-entropy only, 1 = distillation only");
-  return { seq, batch, accum, warmup, trainWhat: o.train ?? D.train, distillWeight, temperature };
+  if (o.schedule !== undefined) parseSchedule(o.schedule);
+  const trainWhat = o.train ?? D.train;
+  if (trainWhat !== "attention" && trainWhat !== "all") throw new MlaError("BAD_ARGUMENT", `--train ${String(trainWhat)} is not known`, "use attention (the attention weights only) or all");
+  return { seq, batch, accum, warmup, trainWhat, distillWeight, temperature };
 }
 
 /** Refuses a --distill teacher that cannot be found or whose vocabulary is not the student's (`vocabSize`), from its config alone. */

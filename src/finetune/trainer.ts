@@ -23,7 +23,9 @@ import { activationBytes, checkFits, fitsDevice, MemoryChoice, MicroBatch, micro
 import { defaultLr, lrAt, Schedule, ScheduleName } from "./schedule.js";
 import { checkpointDir, loadCheckpoint, readCheckpointState, TrainState as RunState } from "./checkpoint.js";
 import { checkRunFolders, startRunFolder } from "./runFolder.js";
-import { checkFinetuneOptions, checkTeacher, FINETUNE_DEFAULTS } from "./options.js";
+import { checkFinetuneOptions, checkTeacher, FINETUNE_DEFAULTS, FINETUNE_KINDS } from "./options.js";
+import { checkOptionTypes } from "../util/optionTypes.js";
+import { throwIfAborted } from "../util/abort.js";
 import { checkSameRun, finishedRun, loggedValNllBefore, SUMMARY_FILE } from "./resume.js";
 import { writeFileAtomic } from "../io/atomicDir.js";
 import { CheckpointKeeper } from "./checkpointKeeper.js";
@@ -75,6 +77,12 @@ export interface FinetuneOptions {
   progress?: ProgressSink | null;
   /** Polled after every step: true = save a checkpoint and stop (SIGINT/SIGTERM in the CLI). */
   shouldStop?: () => boolean;
+  /**
+   * Aborting it stops the run as shouldStop does (polled after every step: a checkpoint is saved and
+   * the result says stoppedEarly; `resume: true` continues), rather than with an error, so the steps
+   * done are kept. One aborted before the call throws MlaError INTERRUPTED, as convert and evaluate do.
+   */
+  signal?: AbortSignal;
 }
 
 export { FINETUNE_DEFAULTS };
@@ -106,6 +114,8 @@ function parameterCount(dir: string): number {
 }
 
 export async function finetune(spec: string, o: FinetuneOptions): Promise<FinetuneResult> {
+  checkOptionTypes("finetune()", o, FINETUNE_KINDS, ["data", "out"]);
+  throwIfAborted(o.signal);
   const log = o.logger ?? silentLogger;
   const D = FINETUNE_DEFAULTS;
   const { seq, batch, accum, warmup, trainWhat, distillWeight, temperature } = checkFinetuneOptions(o);
@@ -175,7 +185,7 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
   const loss = { scale: 1 / targetsPerStep, ceWeight: 1 - distillWeight, klWeight: distillWeight, temperature, teacher, checkpoint, keepMid: memory.keepMid };
   const t0 = performance.now();
   const startStep = run.step;
-  let lastPrint = 0;
+  let lastPrint = -Infinity; // the first step prints (performance.now() counts from the process start)
   let finalLoss = NaN;
   let stoppedEarly = false;
   const timer = new StepTimer(model.backend);
@@ -198,14 +208,14 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
     logLine({ step: run.step, loss: stepLoss, lr: rate, grad_norm: norm, tokens: run.tokensSeen, tokens_per_s: tps, elapsed_s: elapsed, step_ms: stepMs, host_ms: hostMs });
     if (o.evalEvery && run.step % o.evalEvery === 0 && run.step < totalSteps) logLine({ step: run.step, val_nll: await valNll() });
     if (o.saveEvery && run.step % o.saveEvery === 0) save(`step-${run.step}`);
-    const sink = o.progress === undefined ? process.stderr : o.progress;
+    const sink = o.progress;
     if (sink && (performance.now() - lastPrint > 5000 || run.step === totalSteps)) {
       lastPrint = performance.now();
       sink.write(`step ${run.step}/${totalSteps} loss ${stepLoss.toFixed(4)} lr ${rate.toExponential(2)} |g| ${norm.toFixed(3)} ${fmtCount(tps)} tok/s, ETA ${fmtTime(((totalSteps - run.step) * perStep) / tps)}\n`);
     }
     // Let signal handlers run: the steps themselves never yield to the event loop.
     await new Promise((r) => setImmediate(r));
-    if (o.shouldStop?.() && run.step < totalSteps) {
+    if ((o.shouldStop?.() || o.signal?.aborted) && run.step < totalSteps) {
       stoppedEarly = true;
       save(`step-${run.step}`);
       log.info(`stopped at step ${run.step}/${totalSteps}; ${keeper.step === null ? "no checkpoint (no disk room): this run cannot be resumed" : `the step-${keeper.step} checkpoint is kept in ${checkpointDir(out)}`}`);

@@ -79,6 +79,7 @@ export interface ResolvedModel {
 }
 
 export function resolveModel(spec: string, env: NodeJS.ProcessEnv = process.env): ResolvedModel {
+  if (typeof spec !== "string" || spec === "") throw new MlaError("BAD_ARGUMENT", `the model ${JSON.stringify(spec) ?? String(spec)} is not a name`, "pass a model folder, a Hugging Face hub id, an alias or a bundled name (a string)");
   const looked: string[] = [];
   if (fs.existsSync(spec) && fs.statSync(spec).isDirectory()) {
     if (!isModelFolder(spec)) throw new MlaError("NOT_FOUND", `model folder ${spec} has no config.json`, "point at a Hugging Face model folder (config.json, *.safetensors, tokenizer.json)");

@@ -4,6 +4,8 @@ import type { LlamaModel } from "./llama.js";
 import { DecodeSession } from "./decodeSession.js";
 import type { FloatArray } from "../tensor/tensor.js";
 import type { KvCacheDtype } from "./kvQuant.js";
+import { nextTurn, throwIfAborted } from "../util/abort.js";
+import { checkOptionTypes, type OptionKinds } from "../util/optionTypes.js";
 
 export interface GenerateOptions {
   maxTokens: number;
@@ -88,12 +90,22 @@ export function generateBatch(model: LlamaModel, prompts: readonly (readonly num
   }
 }
 
+export interface GenerateAsyncOptions extends GenerateOptions {
+  /** The longest the event loop waits for a turn, in ms (default 50). */
+  yieldMs?: number;
+  /** Called after every decode step with the tokens it produced (progress). */
+  onStep?: (tokens: number) => void;
+  /** Aborting it stops the generation at its next turn (MlaError INTERRUPTED). */
+  signal?: AbortSignal;
+}
+
 /**
- * generateBatch that gives the event loop a turn between decode steps (at least every `yieldMs`,
- * default 50), so a signal handler can run during a long generation, and reports each step's
- * tokens to `onStep` (progress). Same results as generateBatch.
+ * generateBatch that gives the event loop a turn between decode steps (at least every `yieldMs`),
+ * so a signal handler or an abort can run during a long generation, and reports each step's
+ * tokens to `onStep`. Same results as generateBatch.
  */
-export async function generateBatchAsync(model: LlamaModel, prompts: readonly (readonly number[])[], opts: GenerateOptions & { yieldMs?: number; onStep?: (tokens: number) => void }): Promise<GenerateBatchResult> {
+export async function generateBatchAsync(model: LlamaModel, prompts: readonly (readonly number[])[], opts: GenerateAsyncOptions): Promise<GenerateBatchResult> {
+  throwIfAborted(opts?.signal);
   const run = decodeSteps(model, prompts, opts);
   let last = performance.now();
   for (;;) {
@@ -101,16 +113,26 @@ export async function generateBatchAsync(model: LlamaModel, prompts: readonly (r
     if (r.done) return r.value;
     opts.onStep?.(r.value);
     if (performance.now() - last >= (opts.yieldMs ?? 50)) {
-      await new Promise((resolve) => setImmediate(resolve));
+      await nextTurn(opts.signal);
       last = performance.now();
     }
   }
 }
 
+const GENERATE_KINDS: OptionKinds<GenerateAsyncOptions> = { maxTokens: "number", temperature: "number", seed: "number", stopAtEos: "boolean", kvCache: "string", yieldMs: "number", onStep: "function", signal: "object" };
+
+/** An array (or typed array) of integers; a string (text, not token ids) would read as ids 0, 0, … and be continued. */
+function isTokenIds(p: unknown): boolean {
+  return (Array.isArray(p) || p instanceof Int32Array || p instanceof Uint32Array) && Array.prototype.every.call(p, (t: unknown) => Number.isInteger(t));
+}
+
 /** The decode loop of generateBatch, yielding the number of new tokens after each step. */
 function* decodeSteps(model: LlamaModel, prompts: readonly (readonly number[])[], opts: GenerateOptions): Generator<number, GenerateBatchResult> {
-  if (prompts.length === 0) throw new MlaError("BAD_ARGUMENT", "no prompts to continue", "pass at least one --prompt");
+  if (!Array.isArray(prompts) || prompts.length === 0) throw new MlaError("BAD_ARGUMENT", "no prompts to continue", "pass at least one prompt (an array of token ids; --prompt on the command line)");
+  checkOptionTypes("generate()", opts, GENERATE_KINDS, ["maxTokens"]);
   prompts.forEach((p, i) => {
+    if (!isTokenIds(p))
+      throw new MlaError("BAD_ARGUMENT", `${prompts.length > 1 ? `prompt ${i + 1}` : "the prompt"} is not an array of token ids`, "encode the text first: tokenizer.encode(text, { addSpecialTokens: true })");
     if (p.length === 0) throw new MlaError("BAD_ARGUMENT", prompts.length > 1 ? `prompt ${i + 1} has no tokens` : "the prompt has no tokens", "pass a non-empty --prompt");
   });
   if (!Number.isInteger(opts.maxTokens) || opts.maxTokens < 0) throw new MlaError("BAD_ARGUMENT", `--max-tokens ${opts.maxTokens} is not a token count`, "pass a whole number ≥ 0");

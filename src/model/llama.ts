@@ -12,7 +12,8 @@ import { referenceBackend } from "../backends/reference/index.js";
 import type { Backend } from "../tensor/backend.js";
 import type { Tensor } from "../tensor/tensor.js";
 import { attentionInvFreq, ModelConfig } from "./config.js";
-import { LlamaWeights, loadLlamaWeights, WeightStorage } from "./weights.js";
+import { LlamaWeights, loadLlamaWeights, WEIGHT_STORAGES, WeightStorage } from "./weights.js";
+import { checkOptionTypes, type OptionKinds } from "../util/optionTypes.js";
 import { CacheOptions, DecodeCache, KvCache, LatentCache } from "./kvCache.js";
 import { AttentionMode, mhaAttention, mhaDecodeBatch } from "./attention/mha.js";
 import { MlaError } from "../errors.js";
@@ -22,7 +23,7 @@ import { Node, Ops, Tape } from "../tensor/autograd.js";
 import { ResidualRecomputeOps } from "./residualRecompute.js";
 import { AttentionNodes, ParamNodes, paramNodes } from "./params.js";
 import { rowRange } from "../tensor/rows.js";
-import type { KvCacheDtype } from "./kvQuant.js";
+import { checkKvCacheDtype, type KvCacheDtype } from "./kvQuant.js";
 
 /** Outputs read only by matrix products (see ProductInputHint). */
 const PRODUCTS = { forProducts: true } as const;
@@ -99,6 +100,7 @@ export class LlamaModel {
 
   /** An empty decode cache of the right kind for this model (opts.capacity: tokens to allocate room for now). */
   newCache(dtype: KvCacheDtype = "f32", opts: CacheOptions = {}): DecodeCache {
+    checkKvCacheDtype(dtype);
     const c = this.config;
     const a = c.attention;
     if (a.kind === "deepseek") return new LatentCache(this.backend, 1, Array.from({ length: c.layers }, () => ({ ropeDims: a.ropeDim, latentDim: a.kvLoraRank })), dtype, opts);
@@ -359,13 +361,19 @@ export interface LoadedModel {
   tokenizer: TextTokenizer;
 }
 
-/** Resolves MODEL (folder, cache id, alias), reads config, weights and tokenizer. */
-/**
- * Loads a model folder or bundled name onto `backend` (default reference). `weights` "auto" (the
- * default) keeps a bf16 checkpoint's linear weights bf16 on a backend that can (CUDA); pass "f32"
- * to train them.
- */
-export function loadModel(spec: string, opts: { backend?: Backend; weights?: WeightStorage } = {}): LoadedModel {
+export interface LoadModelOptions {
+  /** Where the weights live and the ops run (default the TypeScript reference; selectBackend("auto") picks the fastest). */
+  backend?: Backend;
+  /** "auto" (the default) keeps a bf16 checkpoint's linear weights bf16 on a backend that can (CUDA); "f32" decodes them, as training needs. */
+  weights?: WeightStorage;
+}
+
+const LOAD_KINDS: OptionKinds<LoadModelOptions> = { backend: "object", weights: "string" };
+
+/** Resolves MODEL (folder, cache id, alias, bundled name) and reads its config, weights and tokenizer onto the backend. */
+export function loadModel(spec: string, opts: LoadModelOptions = {}): LoadedModel {
+  checkOptionTypes("loadModel()", opts, LOAD_KINDS);
+  if (opts.weights !== undefined && !WEIGHT_STORAGES.includes(opts.weights)) throw new MlaError("BAD_ARGUMENT", `weights ${JSON.stringify(opts.weights)} is not known`, `use ${WEIGHT_STORAGES.join(" or ")}`);
   const { dir, source } = resolveModel(spec);
   const config = readHfConfig(dir);
   const ckpt = Checkpoint.open(dir);

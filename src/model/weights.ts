@@ -190,7 +190,8 @@ export function expectedTensors(c: ModelConfig): { name: string; shape: number[]
 }
 
 /** How weights are stored on the backend: "auto" keeps bf16 checkpoints bf16 where supported. */
-export type WeightStorage = "auto" | "f32";
+export const WEIGHT_STORAGES = ["auto", "f32"] as const;
+export type WeightStorage = (typeof WEIGHT_STORAGES)[number];
 
 /**
  * Every weight of the model on `backend`. `weights: "auto"` keeps bf16 linear weights (and the LM

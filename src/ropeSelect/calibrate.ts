@@ -11,6 +11,7 @@ import type { MhaWeights } from "../model/weights.js";
 import { encodePrefix, TextTokenizer } from "../io/tokenizer.js";
 import type { FloatArray, Tensor } from "../tensor/tensor.js";
 import { Progress, ProgressSink } from "../util/progress.js";
+import { nextTurn } from "../util/abort.js";
 
 export interface CalibrationStats {
   /** Per layer [H, Dh/2]: mean ‖(q_i, q_{i+Dh/2})‖. */
@@ -66,7 +67,7 @@ export function addCovariance(x: FloatArray, T: number, D: number, acc: Float64A
   }
 }
 
-export async function calibrate(model: LlamaModel, windows: Int32Array[], opts: { covariance: boolean; progress?: ProgressSink | null }): Promise<CalibrationStats> {
+export async function calibrate(model: LlamaModel, windows: Int32Array[], opts: { covariance: boolean; progress?: ProgressSink | null; signal?: AbortSignal }): Promise<CalibrationStats> {
   const c = model.config;
   if (c.attention.kind !== "mha") throw new MlaError("UNSUPPORTED", "calibration needs the original MHA/GQA model", "calibrate before converting");
   const half = c.headDim / 2;
@@ -75,7 +76,7 @@ export async function calibrate(model: LlamaModel, windows: Int32Array[], opts: 
   const kNorm = Array.from({ length: c.layers }, () => new Float64Array(c.kvHeads * half));
   const cov = opts.covariance ? Array.from({ length: c.layers }, () => new Float64Array(D * D)) : null;
   const b = model.backend;
-  const progress = new Progress("calibrate", windows.length, "windows", opts.progress === undefined ? process.stderr : opts.progress);
+  const progress = new Progress("calibrate", windows.length, "windows", opts.progress);
   const t0 = performance.now();
   let tokens = 0;
   const native = b.calibration ?? null;
@@ -106,7 +107,7 @@ export async function calibrate(model: LlamaModel, windows: Int32Array[], opts: 
     else run();
     tokens += win.length;
     progress.tick();
-    await new Promise((r) => setImmediate(r));
+    await nextTurn(opts.signal);
   }
   for (const a of [...qNorm, ...kNorm]) for (let i = 0; i < a.length; i++) a[i] = a[i]! / windows.length;
   if (cov)

@@ -32,6 +32,8 @@ import { checkFinetuneOptions } from "../finetune/options.js";
 import { checkTextFile } from "../eval/perplexity.js";
 import { selectBackend, type DeviceName } from "../backends/select.js";
 import { silentLogger, type Logger } from "../util/log.js";
+import type { ProgressSink } from "../util/progress.js";
+import { checkOptionTypes, type OptionKinds } from "../util/optionTypes.js";
 import { writeFileAtomic } from "../io/atomicDir.js";
 import { initFromScratch, likeConfig } from "./init.js";
 import { studyHtml, studyMarkdown } from "./report.js";
@@ -65,10 +67,31 @@ export interface StudyOptions {
   device?: DeviceName;
   force?: boolean;
   logger?: Logger;
-  progress?: NodeJS.WritableStream | null;
+  progress?: ProgressSink | null;
   /** Polled between training steps: true saves a checkpoint and stops (stoppedEarly); re-run to resume. */
   shouldStop?: () => boolean;
 }
+
+const STUDY_KINDS: OptionKinds<StudyOptions> = {
+  like: "string",
+  variants: "string[]",
+  ranks: "string[]",
+  data: "string",
+  tokens: "number",
+  out: "string",
+  seq: "number",
+  batch: "number",
+  lr: "number",
+  seed: "number",
+  valFraction: "number",
+  evalEvery: "number",
+  gateDim: "number",
+  device: "string",
+  force: "boolean",
+  logger: "object",
+  progress: "object",
+  shouldStop: "function",
+};
 
 export interface StudyRow {
   variant: StudyVariant;
@@ -160,6 +183,7 @@ function checkRun(r: { variant: MlaVariant; L: number }, c: ModelConfig, gateDim
 }
 
 export async function study(o: StudyOptions): Promise<StudyResult> {
+  checkOptionTypes("study()", o, STUDY_KINDS, ["like", "variants", "data", "tokens", "out"]);
   const log = o.logger ?? silentLogger;
   const { dir: like } = resolveModel(o.like);
   refuseOutOverInputs("--out", o.out, [{ name: "--like's model folder", path: like }, { name: "--data", path: o.data }]);

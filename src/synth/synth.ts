@@ -129,7 +129,7 @@ export async function synth(opts: SynthOptions): Promise<SynthResult> {
   const t0 = performance.now();
   try {
     const writer = new CheckpointWriter(tmp, specs, { maxShardBytes: opts.maxShardBytes, metadata: { format: "pt" } });
-    const progress = new Progress("synth", totalBytes / 2 ** 30, "GiB", opts.progress === undefined ? process.stderr : opts.progress);
+    const progress = new Progress("synth", totalBytes / 2 ** 30, "GiB", opts.progress);
     // Two buffers: one is being written by the thread pool while the other is filled.
     const buffers = [new Uint8Array(CHUNK_ELEMS * elemBytes), new Uint8Array(CHUNK_ELEMS * elemBytes)];
     const written: Promise<void>[] = [Promise.resolve(), Promise.resolve()];

@@ -1,6 +1,7 @@
 /**
  * Progress for long work: a redrawn bar on a terminal, otherwise a line every few seconds, both with
- * rate and ETA. Written to the injected sink (stderr in the CLI), never to stdout.
+ * rate and ETA. Written to the injected sink (stderr in the CLI), never to stdout; without one (the
+ * library's default) nothing is written, as a library called from a script should stay quiet unless asked.
  */
 export interface ProgressSink {
   write(s: string): void;
@@ -16,7 +17,7 @@ export class Progress {
     private readonly label: string,
     private readonly total: number,
     private readonly unit: string,
-    private readonly sink: ProgressSink | null = process.stderr,
+    private readonly sink: ProgressSink | null = null,
     private readonly everyMs = 5000,
   ) {}
 

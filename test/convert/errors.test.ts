@@ -12,10 +12,10 @@ import { FIXTURES, MODELS, ROOT, tmpDir, waitFor } from "../helpers.js";
 
 const MAIN = path.join(ROOT, "dist", "src", "cli", "main.js");
 
-async function refused(opts: Partial<ConvertOptions> & { model?: string }, re: RegExp): Promise<void> {
+async function refused({ model, ...opts }: Partial<ConvertOptions> & { model?: string }, re: RegExp): Promise<void> {
   const parent = tmpDir();
   const out = opts.out ?? path.join(parent, "out");
-  await assert.rejects(convert(opts.model ?? path.join(MODELS, "stories260K"), { rank: 2, progress: null, ...opts, out }), (e: Error) => e instanceof MlaError && re.test(e.message) && /hint:/.test(e.message));
+  await assert.rejects(convert(model ?? path.join(MODELS, "stories260K"), { rank: 2, progress: null, ...opts, out }), (e: Error) => e instanceof MlaError && re.test(e.message) && /hint:/.test(e.message));
   if (!opts.out) assert.deepEqual(fs.readdirSync(parent), [], "no output or temporary folder left");
 }
 

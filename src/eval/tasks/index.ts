@@ -9,6 +9,7 @@ import { MlaError } from "../../errors.js";
 import type { LlamaModel } from "../../model/llama.js";
 import type { TextTokenizer } from "../../io/tokenizer.js";
 import { Progress, ProgressSink } from "../../util/progress.js";
+import { nextTurn } from "../../util/abort.js";
 import { requireCount } from "../../util/counts.js";
 import { ChoiceItem, parseHellaswag, parseInstructionChoices, parseLambada } from "./items.js";
 import { loglikelihood } from "./score.js";
@@ -33,8 +34,12 @@ export interface TaskResult {
 export function parseTaskNames(list: string): TaskName[] {
   const names = list.split(",").map((s) => s.trim()).filter(Boolean);
   if (names.length === 0) throw new MlaError("BAD_ARGUMENT", "--tasks is empty", `name some of ${Object.keys(TASKS).join(", ")}`);
-  for (const n of names) if (!(n in TASKS)) throw new MlaError("BAD_ARGUMENT", `task "${n}" is not known`, `known tasks: ${Object.keys(TASKS).join(", ")}`);
+  names.forEach(checkTaskName);
   return names as TaskName[];
+}
+
+export function checkTaskName(name: string): void {
+  if (!Object.hasOwn(TASKS, name)) throw new MlaError("BAD_ARGUMENT", `task "${name}" is not known`, `known tasks: ${Object.keys(TASKS).join(", ")}`);
 }
 
 /** Where task files are looked for when --data-dir is not given. */
@@ -59,33 +64,33 @@ function argmax(xs: number[]): number {
   return best;
 }
 
-export async function runTask(model: LlamaModel, tok: TextTokenizer, task: TaskName, dataDir: string, limit?: number, progress?: ProgressSink | null): Promise<TaskResult> {
+export async function runTask(model: LlamaModel, tok: TextTokenizer, task: TaskName, dataDir: string, limit?: number, progress?: ProgressSink | null, signal?: AbortSignal): Promise<TaskResult> {
   requireCount("--limit", limit);
   const spec = TASKS[task];
   const file = path.join(dataDir, spec.file);
   if (!fs.existsSync(file)) throw new MlaError("NOT_FOUND", `task file ${file} does not exist`, "pass --data-dir with the task files (ARC-*.test.json, piqa.test.json, hellaswag_val_full.txt.bz2, lambada_test.jsonl)");
   if (spec.kind === "lambada") {
     const items = parseLambada(file, limit);
-    const bar = new Progress(task, items.length, "items", progress === undefined ? process.stderr : progress);
+    const bar = new Progress(task, items.length, "items", progress);
     const predictions: TaskResult["predictions"] = [];
     for (const it of items) {
       const r = loglikelihood(model, tok, it.context, it.target);
       predictions.push({ greedy: r.greedy, logprob: r.logprob });
       bar.tick();
-      await new Promise((res) => setImmediate(res));
+      await nextTurn(signal);
     }
     const hits = predictions.map((p) => (p.greedy ? 1 : 0));
     const meanLp = predictions.reduce((a, p) => a + p.logprob!, 0) / Math.max(items.length, 1);
     return { task, n: items.length, metrics: { acc: hits.reduce((a: number, b) => a + b, 0) / Math.max(items.length, 1), acc_stderr: stderr(hits), ppl: Math.exp(-meanLp) }, predictions };
   }
   const items: ChoiceItem[] = spec.load(file, limit);
-  const bar = new Progress(task, items.length, "items", progress === undefined ? process.stderr : progress);
+  const bar = new Progress(task, items.length, "items", progress);
   const predictions: TaskResult["predictions"] = [];
   for (const it of items) {
     const scores = it.choices.map((c) => loglikelihood(model, tok, it.context, c).logprob);
     predictions.push({ acc: argmax(scores), acc_norm: argmax(scores.map((s, i) => s / it.choices[i]!.length)), scores });
     bar.tick();
-    await new Promise((res) => setImmediate(res));
+    await nextTurn(signal);
   }
   const acc = predictions.map((p, i) => (p.acc === items[i]!.gold ? 1 : 0));
   const accNorm = predictions.map((p, i) => (p.acc_norm === items[i]!.gold ? 1 : 0));

@@ -1,0 +1,83 @@
+/**
+ * The shape check of an options object at a library entry (convert, evaluate, finetune, …). The types
+ * hold for TypeScript callers; a JavaScript caller can pass a string where a number goes, an option
+ * with a typo, or no object at all, which would otherwise surface as a TypeError deep inside or, worse,
+ * as a default silently used. The tables are typed from the options' interfaces (OptionKinds), so an
+ * option added to an interface without its kind, or with the wrong one, does not compile.
+ */
+import { MlaError } from "../errors.js";
+
+type Kind<T> = T extends readonly string[]
+  ? "string[]"
+  : T extends readonly number[]
+    ? "number[]"
+    : T extends number
+      ? "number"
+      : T extends string
+        ? "string"
+        : T extends boolean
+          ? "boolean"
+          : T extends (...args: never[]) => unknown
+            ? "function"
+            : "object";
+
+/** For each option of T, the JavaScript type its value must have. */
+export type OptionKinds<T> = { readonly [K in keyof T]-?: Kind<NonNullable<T[K]>> };
+
+type AnyKind = "number" | "string" | "boolean" | "function" | "object" | "string[]" | "number[]";
+
+const EXPECTED: Record<AnyKind, string> = {
+  number: "a number",
+  string: "a string",
+  boolean: "true or false",
+  function: "a function",
+  object: "an object",
+  "string[]": "an array of strings",
+  "number[]": "an array of numbers",
+};
+
+function hasKind(v: unknown, kind: AnyKind): boolean {
+  switch (kind) {
+    case "string[]":
+    case "number[]":
+      return Array.isArray(v) && v.every((x) => typeof x === kind.slice(0, -2));
+    case "object":
+      return typeof v === "object" && !Array.isArray(v);
+    default:
+      return typeof v === kind;
+  }
+}
+
+function describe(v: unknown): string {
+  if (v === undefined || v === null) return String(v);
+  if (typeof v === "string") return `${JSON.stringify(v)} (a string)`;
+  if (Array.isArray(v)) return `[${v.map((x) => (typeof x === "string" ? JSON.stringify(x) : String(x))).join(", ")}] (an array)`;
+  if (typeof v === "object") return "an object";
+  if (typeof v === "function") return "a function";
+  return `${String(v)} (a ${typeof v})`;
+}
+
+/**
+ * Refuses `o` unless it is an object whose every set option (null and undefined count as unset) has
+ * the kind `kinds` gives it, with no option `kinds` does not know, and with every `required` one set.
+ * `where` names the options in messages ("convert()", "pipeline()'s finetune"). Only the shape: each
+ * option's values are checked where it is used.
+ */
+export function checkOptionTypes<T>(where: string, o: unknown, kinds: OptionKinds<T>, required: readonly (keyof T & string)[] = []): asserts o is T {
+  const table = kinds as unknown as Record<string, AnyKind>;
+  if (typeof o !== "object" || o === null || Array.isArray(o))
+    throw new MlaError("BAD_ARGUMENT", `${where} takes an options object, got ${describe(o)}`, required.length ? `pass at least { ${required.map((k) => `${k}: …`).join(", ")} }` : "pass {} for the defaults");
+  for (const [key, v] of Object.entries(o)) {
+    if (v === undefined) continue;
+    const kind = table[key];
+    if (kind === undefined) {
+      const near = Object.keys(table).find((k) => k.toLowerCase().replace(/[-_]/g, "") === key.toLowerCase().replace(/[-_]/g, ""));
+      throw new MlaError("BAD_ARGUMENT", `${where} has no option ${JSON.stringify(key)}`, near ? `did you mean ${near}?` : `its options are ${Object.keys(table).join(", ")}`);
+    }
+    if (v !== null && !hasKind(v, kind)) throw new MlaError("BAD_ARGUMENT", `${where}: option ${key} is ${describe(v)}, not ${EXPECTED[kind]}`, `pass ${key} as ${EXPECTED[kind]}`);
+  }
+  for (const key of required) {
+    const v = (o as Record<string, unknown>)[key];
+    if (v === undefined || v === null) throw new MlaError("BAD_ARGUMENT", `${where} needs the option ${key}`, `pass ${key} as ${EXPECTED[table[key]!]}`);
+  }
+}

@@ -1,0 +1,82 @@
+/**
+ * What a script gets for bad input through the public API: an MlaError with a stable code and a
+ * message naming the culprit, with a hint, before any work, never a TypeError from deep inside nor
+ * a default silently used. JavaScript callers are the point: the casts below are what TypeScript
+ * would refuse to compile.
+ */
+import test from "node:test";
+import assert from "node:assert/strict";
+import fs from "node:fs";
+import path from "node:path";
+import { convert, evaluate, finetune, generate, inspectModel, loadModel, MlaError, pipeline, study, type MlaErrorCode } from "../../src/index.js";
+import { FIXTURES, tmpDir } from "../helpers.js";
+
+const TEXT = path.join(FIXTURES, "text", "tinystories.txt");
+type Loose = any;
+
+async function refused(what: string, call: () => unknown, code: MlaErrorCode, re: RegExp): Promise<void> {
+  await assert.rejects(
+    (async () => call())(),
+    (e: unknown) => {
+      assert.ok(e instanceof MlaError, `${what}: threw ${String(e)}`);
+      assert.equal(e.code, code, `${what}: ${e.message}`);
+      assert.match(e.message, re, what);
+      assert.match(e.message, /\n {2}hint: /, `${what}: no hint`);
+      return true;
+    },
+  );
+}
+
+test("a model that is not there is NOT_FOUND from every entry, naming where it looked", async () => {
+  const out = path.join(tmpDir(), "out");
+  await refused("convert", () => convert("no-such-model", { rank: 4, out }), "NOT_FOUND", /model "no-such-model" was not found; looked in/);
+  await refused("evaluate", () => evaluate("no-such-model", { text: TEXT }), "NOT_FOUND", /model "no-such-model" was not found/);
+  await refused("finetune", () => finetune("no-such-model", { data: [TEXT], out }), "NOT_FOUND", /model "no-such-model" was not found/);
+  await refused("loadModel", () => loadModel("no-such-model"), "NOT_FOUND", /model "no-such-model" was not found/);
+  await refused("inspectModel", () => inspectModel("no-such-model"), "NOT_FOUND", /model "no-such-model" was not found/);
+  await refused("a model that is no string", () => loadModel(42 as Loose), "BAD_ARGUMENT", /the model 42 is not a name/);
+  assert.ok(!fs.existsSync(out));
+});
+
+test("a rank out of range, of the wrong type or left out is BAD_ARGUMENT and writes nothing", async () => {
+  const parent = tmpDir();
+  const out = path.join(parent, "out");
+  await refused("rank 0", () => convert("stories260K", { rank: 0, out }), "BAD_ARGUMENT", /--rank 0 is out of range[\s\S]*1…14/);
+  await refused("rank 99", () => convert("stories260K", { rank: 99, out }), "BAD_ARGUMENT", /--rank 99 is out of range/);
+  await refused("rank as text", () => convert("stories260K", { rank: "4" as Loose, out }), "BAD_ARGUMENT", /convert\(\): option rank is "4" \(a string\), not a number/);
+  await refused("no rank", () => convert("stories260K", { out } as Loose), "BAD_ARGUMENT", /convert\(\) needs the option rank/);
+  await refused("no options", () => (convert as Loose)("stories260K"), "BAD_ARGUMENT", /convert\(\) takes an options object, got undefined/);
+  assert.deepEqual(fs.readdirSync(parent), [], "no output or temporary folder left");
+});
+
+test("options of the wrong type, unknown options and unknown values are refused by name", async () => {
+  const out = path.join(tmpDir(), "out");
+  const cases: [string, () => unknown, RegExp][] = [
+    ["convert out as a number", () => convert("stories260K", { rank: 4, out: 5 as Loose }), /option out is 5 \(a number\), not a string/],
+    ["convert option misspelt", () => convert("stories260K", { rank: 4, out, ropepairs: 1 } as Loose), /convert\(\) has no option "ropepairs"[\s\S]*did you mean ropePairs\?/],
+    ["convert unknown strategy", () => convert("stories260K", { rank: 4, out, ropeStrategy: "random" as Loose }), /--rope-strategy random is not known[\s\S]*high, low, uniform, 2-norm/],
+    ["convert unknown device", () => convert("stories260K", { rank: 4, out, device: "gpu" as Loose }), /--device gpu is not known[\s\S]*auto, reference, cpu, cuda/],
+    ["evaluate ctx as text", () => evaluate("stories260K", { text: TEXT, ctx: "64" as Loose }), /evaluate\(\): option ctx is "64" \(a string\), not a number/],
+    ["evaluate tasks as one string", () => evaluate("stories260K", { tasks: "arc-easy" as Loose }), /option tasks is "arc-easy" \(a string\), not an array of strings/],
+    ["evaluate unknown task", () => evaluate("stories260K", { tasks: ["arc-easy", "mmlu" as Loose] }), /task "mmlu" is not known/],
+    ["evaluate unknown cache type", () => evaluate("stories260K", { text: TEXT, kvCache: "fp8" as Loose }), /--kv-cache fp8 is not a cache type/],
+    ["finetune data as one string", () => finetune("stories260K", { data: TEXT as Loose, out }), /option data is ".*tinystories\.txt" \(a string\), not an array of strings/],
+    ["finetune no out", () => finetune("stories260K", { data: [TEXT] } as Loose), /finetune\(\) needs the option out/],
+    ["finetune lr as text", () => finetune("stories260K", { data: [TEXT], out, lr: "1e-3" as Loose }), /option lr is "1e-3" \(a string\), not a number/],
+    ["finetune unknown schedule", () => finetune("stories260K", { data: [TEXT], out, schedule: "linear" as Loose }), /--schedule linear is not known/],
+    ["finetune unknown train", () => finetune("stories260K", { data: [TEXT], out, train: "mlp" as Loose }), /--train mlp is not known/],
+    ["finetune shouldStop not a function", () => finetune("stories260K", { data: [TEXT], out, shouldStop: true as Loose }), /option shouldStop is true \(a boolean\), not a function/],
+    ["loadModel unknown weights", () => loadModel("stories260K", { weights: "bf16" as Loose }), /weights "bf16" is not known[\s\S]*auto or f32/],
+    ["pipeline rank as text", () => pipeline("stories260K", { out, convert: { rank: "4" as Loose } }), /pipeline\(\)'s convert: option rank is "4"/],
+    ["study variants as one string", () => study({ like: "stories260K", variants: "mha,mla" as Loose, data: TEXT, tokens: 100, out }), /study\(\): option variants is "mha,mla" \(a string\), not an array of strings/],
+  ];
+  for (const [what, call, re] of cases) await refused(what, call, "BAD_ARGUMENT", re);
+  assert.ok(!fs.existsSync(out));
+});
+
+test("generate refuses text where token ids go, and an unknown cache type", async () => {
+  const { model } = loadModel("stories260K");
+  await refused("a string prompt", () => generate(model, "Once upon a time" as Loose, { maxTokens: 2 }), "BAD_ARGUMENT", /the prompt is not an array of token ids[\s\S]*tokenizer\.encode/);
+  await refused("maxTokens as text", () => generate(model, [1, 2], { maxTokens: "2" as Loose }), "BAD_ARGUMENT", /generate\(\): option maxTokens is "2"/);
+  await refused("newCache fp8", () => model.newCache("fp8" as Loose), "BAD_ARGUMENT", /--kv-cache fp8 is not a cache type/);
+});

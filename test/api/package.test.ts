@@ -1,0 +1,81 @@
+/**
+ * `import … from "mha2mla"` from a script outside the repository, as after `npm install mha2mla`:
+ * the packed files resolve and run (ESM, and require() where Node loads ES modules that way), the
+ * bundled model is found from the installed copy, and the declarations type-check a consumer under
+ * each module resolution a TypeScript project uses.
+ */
+import test from "node:test";
+import assert from "node:assert/strict";
+import fs from "node:fs";
+import path from "node:path";
+import * as api from "../../src/index.js";
+import { installPackage, runNode, tsc } from "./installed.js";
+
+const app = installPackage();
+
+/** What a script reaches for beyond the four functions the design names. */
+const SCRIPT_NEEDS = ["convert", "evaluate", "finetune", "loadModel", "study", "pipeline", "generateBatchAsync", "DecodeSession", "FINETUNE_DEFAULTS", "selectBackend", "DEVICE_NAMES", "KV_CACHE_DTYPES", "MlaError", "isMlaError"];
+
+test("the installed package imports by name and exports what the repository's index does", () => {
+  fs.writeFileSync(
+    path.join(app, "esm.mjs"),
+    `import * as m from "mha2mla";
+const info = m.inspectModel("stories260K");
+console.log(JSON.stringify({ names: Object.keys(m).sort(), dir: info.dir, kv: info.kv_elems_per_token }));
+`,
+  );
+  const r = runNode(app, "esm.mjs");
+  assert.equal(r.code, 0, r.stderr);
+  const out = JSON.parse(r.stdout) as { names: string[]; dir: string; kv: number };
+  assert.deepEqual(out.names, Object.keys(api).sort());
+  for (const n of SCRIPT_NEEDS) assert.ok(out.names.includes(n), `${n} is not exported`);
+  // The bundled model resolves inside the installed copy, not the checkout.
+  assert.equal(fs.realpathSync(out.dir), fs.realpathSync(path.join(app, "node_modules", "mha2mla", "fixtures", "models", "stories260K")));
+  assert.equal(out.kv, 320);
+  assert.equal(r.stderr, "");
+});
+
+test("require() of the installed package works where Node loads ES modules with require", { skip: (process.features as { require_module?: boolean }).require_module ? false : "this Node cannot require() an ES module" }, () => {
+  fs.writeFileSync(path.join(app, "cjs.cjs"), `const m = require("mha2mla"); console.log(typeof m.convert, typeof m.MlaError);\n`);
+  const r = runNode(app, "cjs.cjs");
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(r.stdout.trim(), "function function");
+});
+
+test("the declarations type-check a strict consumer under node16, nodenext and bundler resolution", async () => {
+  fs.writeFileSync(
+    path.join(app, "consumer.ts"),
+    `import { convert, evaluate, finetune, loadModel, study, generateBatchAsync, selectBackend, DecodeSession, MlaError, FINETUNE_DEFAULTS, DEVICE_NAMES, KV_CACHE_DTYPES } from "mha2mla";
+import type { ConvertOptions, ConvertResult, EvalOptions, EvalResult, FinetuneOptions, FinetuneResult, StudyOptions, StudyResult, GenerateAsyncOptions, GenerateBatchResult, DeviceName, KvCacheDtype, ProgressSink, Logger, LoadModelOptions, DecodeSessionOptions } from "mha2mla";
+const device: DeviceName = DEVICE_NAMES[0];
+const kv: KvCacheDtype = KV_CACHE_DTYPES[1];
+const sink: ProgressSink = process.stderr;
+const logger: Logger = console;
+const signal = new AbortController().signal;
+const c: ConvertOptions = { rank: 4, out: "x", device, logger, progress: sink, signal };
+const e: EvalOptions = { text: "t", kvCache: kv, signal };
+const f: FinetuneOptions = { data: ["d"], out: "o", seq: FINETUNE_DEFAULTS.seq, signal };
+const s: StudyOptions = { like: "m", variants: ["mha", "mla"], data: "d", tokens: 1, out: "o" };
+const load: LoadModelOptions = { backend: selectBackend("reference") };
+const g: GenerateAsyncOptions = { maxTokens: 4, signal, onStep: (n: number) => void n };
+const session: DecodeSessionOptions = { graphs: false };
+export async function run(): Promise<[ConvertResult, EvalResult, FinetuneResult, StudyResult, GenerateBatchResult]> {
+  const { model } = loadModel("m", load);
+  void new DecodeSession(model, [model.newCache(kv)], session);
+  try {
+    return [await convert("m", c), await evaluate("m", e), await finetune("m", f), await study(s), await generateBatchAsync(model, [[1, 2]], g)];
+  } catch (err) {
+    if (err instanceof MlaError) throw new Error(err.code);
+    throw err;
+  }
+}
+`,
+  );
+  const resolutions = [
+    ["node16", { module: "node16", moduleResolution: "node16" }],
+    ["nodenext", { module: "nodenext", moduleResolution: "nodenext" }],
+    ["bundler", { module: "esnext", moduleResolution: "bundler" }],
+  ] as const;
+  const results = await Promise.all(resolutions.map(([name, options]) => tsc(app, name, ["consumer.ts"], options)));
+  results.forEach((r, i) => assert.equal(r.code, 0, `${resolutions[i]![0]}:\n${r.output}`));
+});
