@@ -26,6 +26,19 @@ export function tmpDir(prefix = "mha2mla-test-"): string {
   return d;
 }
 
+/** An --out that holds an earlier run's result, which a refused command must leave as it was (assertKept). */
+export function earlierOut(): string {
+  const out = path.join(tmpDir(), "earlier");
+  fs.mkdirSync(out);
+  fs.writeFileSync(path.join(out, "report.md"), "earlier run");
+  return out;
+}
+
+/** The earlier result in `out` (earlierOut) is all there is: no phase or run started, and --force cleared nothing. */
+export function assertKept(out: string, what = ""): void {
+  assert.deepEqual(fs.readdirSync(out), ["report.md"], `${what}${what ? ": " : ""}no phase or run started, and --force cleared nothing`);
+}
+
 export function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
   if (a.length !== b.length) throw new Error(`length ${a.length} vs ${b.length}`);
   let m = 0;

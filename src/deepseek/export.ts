@@ -24,7 +24,7 @@ import { readText } from "../eval/perplexity.js";
 import { silentLogger, Logger } from "../util/log.js";
 import { checkOptionTypes, type OptionKinds } from "../util/optionTypes.js";
 import { Progress, ProgressSink } from "../util/progress.js";
-import { checkOutDir, defaultOut, SettingsInput } from "../convert/plan.js";
+import { checkOutDir, defaultOut, SETTINGS_KINDS, SettingsInput } from "../convert/plan.js";
 import { checkEmbeddedEval, embeddedEval, evaluate } from "../eval/evaluate.js";
 import { deepseekLayer, FrequencyPca, frequencyPca, ladder, ladderScores, validSpacings } from "./layer.js";
 import { servingWarnings } from "./serving.js";
@@ -70,18 +70,13 @@ export interface DeepseekEvalOptions {
 }
 
 export const DEEPSEEK_EVAL_KINDS: OptionKinds<DeepseekEvalOptions> = { evalText: "string", evalTokens: "number", evalCtx: "number", device: "string", logger: "object", progress: "object" };
+// The conversion settings this format shares with ours keep their one table.
+const SHARED_KINDS = (({ rank, ropePairs, svdInit, balanceKv, refitOutput, calib, calibSamples, calibLen }) => ({ rank, ropePairs, svdInit, balanceKv, refitOutput, calib, calibSamples, calibLen }))(SETTINGS_KINDS);
 const DEEPSEEK_KINDS: OptionKinds<DeepseekOptions> = {
   ...DEEPSEEK_EVAL_KINDS,
-  rank: "number",
-  ropePairs: "number",
+  ...SHARED_KINDS,
   ropeDim: "number",
   kvLoraRank: "number",
-  svdInit: "string",
-  balanceKv: "boolean",
-  refitOutput: "boolean",
-  calib: "string",
-  calibSamples: "number",
-  calibLen: "number",
   interleave: "boolean",
   out: "string",
   force: "boolean",

@@ -12,24 +12,12 @@ import path from "node:path";
 import { test } from "node:test";
 import { MlaError } from "../../src/errors.js";
 import { pipeline, type PipelineOptions } from "../../src/pipeline.js";
-import { FIXTURES, MODELS, ROOT, tmpDir } from "../helpers.js";
+import { assertKept, earlierOut, FIXTURES, MODELS, ROOT, tmpDir } from "../helpers.js";
 
 const MAIN = path.join(ROOT, "dist", "src", "cli", "main.js");
 const MODEL = path.join(MODELS, "stories260K");
 const TEXT = path.join(FIXTURES, "text", "tinystories.txt");
 const HAVE_CUDA = fs.existsSync(path.join(ROOT, "build", "native", "libmla_cuda.so"));
-
-/** An --out that holds an earlier run's result, which a refused command must leave as it was. */
-function earlierRun(): string {
-  const out = path.join(tmpDir(), "pl");
-  fs.mkdirSync(out);
-  fs.writeFileSync(path.join(out, "report.md"), "earlier run");
-  return out;
-}
-
-function assertKept(out: string): void {
-  assert.deepEqual(fs.readdirSync(out), ["report.md"], "no phase ran and --force cleared nothing");
-}
 
 /** A teacher whose vocabulary differs from stories260K's: only its config is read. */
 function otherVocabTeacher(): string {
@@ -79,7 +67,7 @@ test("pipeline refuses a bad option of any phase before the first phase runs, --
     ...(HAVE_CUDA ? [] : ([[{ device: "cuda" }, /--device cuda: /]] as [Partial<PipelineOptions>, RegExp][])),
   ];
   for (const [opts, re] of cases) {
-    const out = earlierRun();
+    const out = earlierOut();
     await assert.rejects(pipeline(MODEL, { ...base, ...opts, out }), (e: unknown) => e instanceof MlaError && re.test(e.message), `${JSON.stringify(opts)} → ${re}`);
     assertKept(out);
   }
@@ -97,7 +85,7 @@ test("pipeline refuses options of a phase that is off, naming both flags", async
     [{ dataDir: FIXTURES }, /--data-dir has no effect without --tasks a,b/],
   ];
   for (const [opts, re] of cases) {
-    const out = earlierRun();
+    const out = earlierOut();
     await assert.rejects(pipeline(MODEL, { ...base, ...opts, out }), (e: unknown) => e instanceof MlaError && e.code === "BAD_ARGUMENT" && re.test(e.message), `${JSON.stringify(opts)} → ${re}`);
     assertKept(out);
   }
@@ -114,7 +102,7 @@ test("pipeline on the command line: fine-tuning and deepseek flags alone are ref
   assert.equal(ropeDim.code, 1, ropeDim.stderr);
   assert.match(ropeDim.stderr, /^error: --rope-dim has no effect without --format deepseek/m);
   assert.equal(fs.existsSync(never), false);
-  const out = earlierRun();
+  const out = earlierOut();
   const rank = cli(["pipeline", MODEL, "--rank", "999", "--eval-text", TEXT, "--device", "reference", "--out", out, "--force"]);
   assert.equal(rank.code, 1, rank.stderr);
   assert.match(rank.stderr, /^error: --rank 999 is out of range/m);

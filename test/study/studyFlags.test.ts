@@ -11,20 +11,12 @@ import { test } from "node:test";
 import { MlaError } from "../../src/errors.js";
 import { convert } from "../../src/convert/pipeline.js";
 import { study, type StudyOptions } from "../../src/study/study.js";
-import { FIXTURES, MODELS, ROOT, tmpDir } from "../helpers.js";
+import { assertKept, earlierOut, FIXTURES, MODELS, ROOT, tmpDir } from "../helpers.js";
 
 const MAIN = path.join(ROOT, "dist", "src", "cli", "main.js");
 const LIKE = path.join(MODELS, "stories260K");
 const DATA = path.join(FIXTURES, "text", "tinystories_25k.txt");
 const HAVE_CUDA = fs.existsSync(path.join(ROOT, "build", "native", "libmla_cuda.so"));
-
-/** An --out that holds an earlier study's result, which a refused command must leave as it was. */
-function earlierStudy(): string {
-  const out = path.join(tmpDir(), "study");
-  fs.mkdirSync(out);
-  fs.writeFileSync(path.join(out, "report.md"), "earlier study");
-  return out;
-}
 
 test("study refuses a bad option of any run before the first run, --force or not, naming the flag", async () => {
   const mla = path.join(tmpDir(), "mla");
@@ -45,9 +37,9 @@ test("study refuses a bad option of any run before the first run, --force or not
     ...(HAVE_CUDA ? [] : ([[{ device: "cuda" }, /--device cuda: /]] as [Partial<StudyOptions>, RegExp][])),
   ];
   for (const [opts, re] of cases) {
-    const out = earlierStudy();
+    const out = earlierOut();
     await assert.rejects(study({ ...base, ...opts, out }), (e: unknown) => e instanceof MlaError && re.test(e.message), `${JSON.stringify(opts)} → ${re}`);
-    assert.deepEqual(fs.readdirSync(out), ["report.md"], `${JSON.stringify(opts)}: no run started and --force cleared nothing`);
+    assertKept(out, JSON.stringify(opts));
   }
 });
 
@@ -58,9 +50,9 @@ test("study refuses --gate-dim without the eg-mla variant and --ranks without an
     [{ ranks: ["d/2"] }, /--ranks has no effect without an MLA variant in --variants .*\n {2}hint: add one of mla, mla-rope, eg-mla to --variants, or leave --ranks out/],
   ];
   for (const [opts, re] of cases) {
-    const out = earlierStudy();
+    const out = earlierOut();
     await assert.rejects(study({ ...base, ...opts, out }), (e: unknown) => e instanceof MlaError && e.code === "BAD_ARGUMENT" && re.test(e.message), `${JSON.stringify(opts)} → ${re}`);
-    assert.deepEqual(fs.readdirSync(out), ["report.md"]);
+    assertKept(out);
   }
 });
 
