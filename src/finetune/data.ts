@@ -66,10 +66,7 @@ export function readDocuments(file: string): string[] {
 
 export async function loadTrainingData(tokenizer: TextTokenizer, files: string[], o: DataOptions): Promise<TrainingData> {
   if (files.length === 0) throw new MlaError("BAD_ARGUMENT", "no --data files given", "pass --data FILE (text or .jsonl with a text field)");
-  if (!Number.isInteger(o.seq) || o.seq < 2) throw new MlaError("BAD_ARGUMENT", `--seq ${o.seq} is too small`, "use at least 2 (BOS + one token)");
-  if (!(o.valFraction >= 0 && o.valFraction < 1)) throw new MlaError("BAD_ARGUMENT", `--val-fraction ${o.valFraction} is outside [0, 1)`, "e.g. 0.1 holds out the last 10% of the tokens");
   const fraction = o.fraction ?? 1;
-  if (!(fraction > 0 && fraction <= 1)) throw new MlaError("BAD_ARGUMENT", `--fraction ${fraction} is outside (0, 1]`, "e.g. 0.01 trains on the first 1% of the data");
   const streams: Int32Array[] = [];
   for (const f of files) streams.push(await fileTokens(tokenizer, f, o));
   const stream = joinWith(streams, o.eos);

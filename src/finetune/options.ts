@@ -76,6 +76,14 @@ function positive(name: string, v: number, integer = false): number {
   return v;
 }
 
+/** Refuses `v` (named `flag`) outside `range`, written "[lo, hi)"-style: a bracket includes its end, a parenthesis does not. */
+function within(flag: string, v: number, range: string, hint: string): void {
+  const m = /^([[(])(\S+), (\S+)([\])])$/.exec(range)!;
+  const lo = Number(m[2]), hi = m[3] === "∞" ? Infinity : Number(m[3]);
+  const ok = (m[1] === "[" ? v >= lo : v > lo) && (m[4] === "]" ? v <= hi : v < hi);
+  if (!ok) throw new MlaError("BAD_ARGUMENT", `${flag} ${v} is outside ${range}`, hint);
+}
+
 /** The run's shape, schedule and loss options with their defaults, each checked (a clear error names the flag). */
 export function checkFinetuneOptions(o: Omit<FinetuneOptions, "data" | "out">) {
   const D = FINETUNE_DEFAULTS;
@@ -91,7 +99,16 @@ export function checkFinetuneOptions(o: Omit<FinetuneOptions, "data" | "out">) {
   const seed = o.seed ?? D.seed;
   if (!(Number.isInteger(seed) && seed >= 0 && seed < 2 ** 32)) throw new MlaError("BAD_ARGUMENT", `--seed ${seed} is not a whole number in [0, 2^32)`, "pass e.g. --seed 0");
   const warmup = o.warmup ?? D.warmup;
-  if (!(warmup >= 0 && warmup < 1)) throw new MlaError("BAD_ARGUMENT", `--warmup ${warmup} is outside [0, 1)`, "warmup is a fraction of the steps, e.g. 0.05");
+  within("--warmup", warmup, "[0, 1)", "warmup is a fraction of the steps, e.g. 0.05");
+  // Checked here, not where each is used, so a pipeline or study refuses them before its first phase.
+  within("--val-fraction", o.valFraction ?? D.valFraction, "[0, 1)", "e.g. 0.1 holds out the last 10% of the tokens");
+  within("--fraction", o.fraction ?? 1, "(0, 1]", "e.g. 0.01 trains on the first 1% of the data");
+  within("--decay-fraction", o.decayFraction ?? D.decayFraction, "[0, 1]", "wsd decays over this fraction of the steps, e.g. 0.2");
+  within("--weight-decay", o.weightDecay ?? D.weightDecay, "[0, ∞)", "e.g. 0.01, or 0 for none");
+  within("--clip", o.clip ?? D.clip, "[0, ∞)", "the global gradient-norm bound, e.g. 1, or 0 for none");
+  within("beta1", o.beta1 ?? D.beta1, "[0, 1)", "AdamW's first-moment decay, e.g. 0.9");
+  within("beta2", o.beta2 ?? D.beta2, "[0, 1)", "AdamW's second-moment decay, e.g. 0.95");
+  within("eps", o.eps ?? D.eps, "(0, ∞)", "AdamW's denominator floor, e.g. 1e-8");
   const distillWeight = o.distill ? (o.distillWeight ?? D.distillWeight) : 0;
   const temperature = positive("temperature", o.temperature ?? D.temperature);
   if (!(distillWeight >= 0 && distillWeight <= 1)) throw new MlaError("BAD_ARGUMENT", `--distill-weight ${distillWeight} is outside [0, 1]`, "0 = cross-entropy only, 1 = distillation only");
