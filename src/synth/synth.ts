@@ -17,6 +17,7 @@ import { TensorSpec, numel } from "../io/safetensors.js";
 import { expectedTensors } from "../model/weights.js";
 import { Progress, ProgressSink } from "../util/progress.js";
 import { archConfig } from "./archs.js";
+import { checkOptionTypes, type OptionKinds } from "../util/optionTypes.js";
 
 export interface SynthOptions {
   arch: string;
@@ -103,7 +104,10 @@ function fillFromPool(out: Uint8Array, elemBytes: number, pool: Uint8Array, stat
   state.s = s;
 }
 
+const SYNTH_KINDS: OptionKinds<SynthOptions> = { arch: "string", out: "string", dtype: "string", layers: "number", seed: "number", maxShardBytes: "number", force: "boolean", progress: "object" };
+
 export async function synth(opts: SynthOptions): Promise<SynthResult> {
+  checkOptionTypes("synth()", opts, SYNTH_KINDS, ["arch", "out"]);
   const dtype = opts.dtype ?? "BF16";
   if (!["BF16", "F16", "F32"].includes(dtype)) throw new MlaError("BAD_ARGUMENT", `--dtype ${dtype.toLowerCase()} is not supported by synth`, "use bf16, f16 or f32");
   const raw = archConfig(opts.arch);

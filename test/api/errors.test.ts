@@ -8,7 +8,7 @@ import test from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
-import { convert, evaluate, finetune, generate, inspectModel, loadModel, MlaError, pipeline, study, type MlaErrorCode } from "../../src/index.js";
+import { convert, evaluate, finetune, generate, inspectModel, loadModel, MlaError, pipeline, study, synth, type MlaErrorCode } from "../../src/index.js";
 import { FIXTURES, tmpDir } from "../helpers.js";
 
 const TEXT = path.join(FIXTURES, "text", "tinystories.txt");
@@ -79,4 +79,13 @@ test("generate refuses text where token ids go, and an unknown cache type", asyn
   await refused("a string prompt", () => generate(model, "Once upon a time" as Loose, { maxTokens: 2 }), "BAD_ARGUMENT", /the prompt is not an array of token ids[\s\S]*tokenizer\.encode/);
   await refused("maxTokens as text", () => generate(model, [1, 2], { maxTokens: "2" as Loose }), "BAD_ARGUMENT", /generate\(\): option maxTokens is "2"/);
   await refused("newCache fp8", () => model.newCache("fp8" as Loose), "BAD_ARGUMENT", /--kv-cache fp8 is not a cache type/);
+});
+
+test("synth: an options object of the wrong shape is BAD_ARGUMENT, naming the option", async () => {
+  const out = path.join(tmpDir(), "synth");
+  await refused("synth without options", () => synth(undefined as Loose), "BAD_ARGUMENT", /synth\(\) takes an options object, got undefined/);
+  await refused("synth layers as a string", () => synth({ arch: "smollm-135m", out, layers: "2" as Loose }), "BAD_ARGUMENT", /synth\(\): option layers is "2" \(a string\), not a number/);
+  await refused("synth misspelt option", () => synth({ arch: "smollm-135m", out, layer: 2 } as Loose), "BAD_ARGUMENT", /synth\(\) has no option "layer"/);
+  await refused("synth without out", () => synth({ arch: "smollm-135m" } as Loose), "BAD_ARGUMENT", /synth\(\) needs the option out/);
+  assert.ok(!fs.existsSync(out));
 });
