@@ -5,7 +5,7 @@
 # kernel (NCU=1), and where a recorded 4k × 1 step goes kernel by kernel for MLA and MHA
 # (STEP=1, after DECODE=1 made the models), and the latent kernel's SASS with ncu's per-instruction
 # counters (SASS=1).
-# Usage: [DECODE=1] [NCU=1] [STEP=1] [SASS=1] bash bench/decode-experiments.sh OUT_DIR   (needs `npm run build` done, a GPU)
+# Usage: [DECODE=1] [NCU=1] [STEP=1] [SASS=1] [AB_LIB=FILE] [COPY_MODES=1] bash bench/decode-experiments.sh OUT_DIR   (needs `npm run build` done, a GPU)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:?OUT_DIR}
@@ -16,14 +16,27 @@ step() { local name=$1 limit=$2; shift 2; echo "== $name (≤ ${limit}s)"; local
 [ -n "${NCU:-}" ] && export MHA2MLA_NVCC_FLAGS="${MHA2MLA_NVCC_FLAGS:-} -lineinfo"
 step suite 240 bash bench/cuda-check.sh "$OUT/cuda-test.txt"
 tail -3 "$OUT/cuda-test.txt"; grep "^not ok" "$OUT/cuda-test.txt" | head
-for copy in bulk early barrier async; do
-  MHA2MLA_LATENT_COPY=$copy step "attention-$copy" 120 node dist/bench/decode-attention.js --contexts 4096,16384 --batches 1,8 --kinds mla
-  grep -E "mla .*fused|diff" "$OUT/attention-$copy.txt"
-done
-for copy in early barrier async; do
-  MHA2MLA_LATENT_COPY=$copy step "suite-$copy" 120 node --test dist/test/backends/cuda.test.js
-  grep -E "^# (pass|fail)|^not ok" "$OUT/suite-$copy.txt"
-done
+# AB_LIB=FILE (another commit's library, bench/build-cuda-ab.sh): the kernels per call under it and under
+# this tree's build, alternated twice, in the same call (machine drift cancels).
+if [ -n "${AB_LIB:-}" ]; then
+  for i in 1 2; do
+    MHA2MLA_CUDA_LIB=$AB_LIB step "attention-ab-$i" 120 node dist/bench/decode-attention.js --contexts 4096,16384 --batches 1,8 --kinds mla,mha --reps 100
+    step "attention-tree-$i" 120 node dist/bench/decode-attention.js --contexts 4096,16384 --batches 1,8 --kinds mla,mha --reps 100
+    grep -hE "fused|kernel" "$OUT/attention-ab-$i.txt" "$OUT/attention-tree-$i.txt"
+  done
+fi
+# COPY_MODES=1: the latent kernel per call under every copy mode, and the GPU suite under the three that
+# are not the default (~3.5 min; measured in the nineteenth session, so off unless asked).
+if [ -n "${COPY_MODES:-}" ]; then
+  for copy in bulk early barrier async; do
+    MHA2MLA_LATENT_COPY=$copy step "attention-$copy" 120 node dist/bench/decode-attention.js --contexts 4096,16384 --batches 1,8 --kinds mla
+    grep -E "mla .*fused|diff" "$OUT/attention-$copy.txt"
+  done
+  for copy in early barrier async; do
+    MHA2MLA_LATENT_COPY=$copy step "suite-$copy" 120 node --test dist/test/backends/cuda.test.js
+    grep -E "^# (pass|fail)|^not ok" "$OUT/suite-$copy.txt"
+  done
+fi
 if [ -n "${DECODE:-}" ]; then
   ARCH=llama2-7b CONTEXTS=4096,16384 BATCHES=1,8 KV_CACHES=bf16 PREMULTIPLIED=0 STEPS=16 step decode 300 bash bench/decode.sh /tmp/dec 4
   tail -40 "$OUT/decode.txt"
