@@ -50,6 +50,11 @@ mla_status mla_cpu_linear_backward(const float* x, const float* w, const float* 
    position t + query_offset; keys more than `window` positions behind are masked (window <= 0: none). */
 mla_status mla_cpu_attention(const float* q, const float* k, const float* v, float* o, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t query_offset, int64_t window);
 
+/* MLA attention on the latent cache: qr[T,H,Dr], kr[S,Hkv,Dr], qc[T,H,L], c[S,L] → o[T,H,L], query row t
+   at key position t + query_offset, causal, within `window` keys (0: all); head h scores
+   scale·(qr_h·kr_{s, h/(H/Hkv)} + qc_h·c_s) and averages the latents c_s. */
+mla_status mla_cpu_latent_attention(const float* qr, const float* kr, const float* qc, const float* c, float* o, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dr, int64_t L, float scale, int64_t query_offset, int64_t window);
+
 /* Gradients of mla_cpu_attention for dout[T,H,Dv]: dq[T,H,Dh], dk[S,Hkv,Dh], dv[S,Hkv,Dv] (overwritten). */
 mla_status mla_cpu_attention_backward(const float* q, const float* k, const float* v, const float* dout, float* dq, float* dk, float* dv, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t query_offset, int64_t window);
 

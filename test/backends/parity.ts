@@ -91,7 +91,7 @@ export function runParity(candidate: Backend, relTol: number): ParityLine[] {
       return { y: B.attention(Q, Kt, Vt, opts), dq: g.dq, dk: g.dk, dv: g.dv };
     });
   }
-  for (const [T, S, H, Hkv, Dr, L, off, win] of [[1, 1, 1, 1, 2, 3, 0, null], [5, 5, 4, 2, 4, 6, 0, null], [2, 9, 8, 4, 2, 16, 7, null], [1, 40, 8, 4, 4, 16, 39, null], [1, 33, 6, 2, 2, 70, 20, null], [3, 30, 6, 6, 2, 12, 27, 10]] as const) {
+  for (const [T, S, H, Hkv, Dr, L, off, win] of [[1, 1, 1, 1, 2, 3, 0, null], [5, 5, 4, 2, 4, 6, 0, null], [2, 9, 8, 4, 2, 16, 7, null], [1, 40, 8, 4, 4, 16, 39, null], [1, 33, 6, 2, 2, 70, 20, null], [3, 30, 6, 6, 2, 12, 27, 10], [1, 1100, 6, 1, 16, 384, 1099, null], [2, 600, 6, 2, 8, 64, 598, 300], [12, 300, 4, 2, 4, 40, 288, null]] as const) {
     const qr = rand(T * H * Dr), kr = rand(S * Hkv * Dr), qc = rand(T * H * L), c = rand(S * L);
     const opts: AttentionOptions = { scale: 0.3, queryOffset: off, window: win };
     check("latentAttention", `T${T} S${S} H${H}/${Hkv} Dr${Dr} L${L} win${win}`, (B, up) => ({ y: B.latentAttention(up(qr, [T, H, Dr]), up(kr, [S, Hkv, Dr]), up(qc, [T, H, L]), up(c, [S, L]), opts) }));

@@ -14,6 +14,12 @@ import type { HostOptimizerLoops } from "../reference/training.js";
 import { calibrationKernels, optimizerKernels } from "./kernels.js";
 import type { Linalg } from "./linalg.js";
 
+/** A tensor's values as the float32 array the native kernels take (a cache may hold another float array). */
+function f32(t: Tensor): Float32Array {
+  const a = data(t);
+  return a instanceof Float32Array ? a : Float32Array.from(a);
+}
+
 type Fn = (...args: unknown[]) => number;
 
 interface NativeLib {
@@ -24,6 +30,7 @@ interface NativeLib {
   linearBackward: Fn;
   attention: Fn;
   attentionBackward: Fn;
+  latentAttention: Fn;
   swiglu: Fn;
   swigluBackward: Fn;
   crossEntropy: Fn;
@@ -80,6 +87,7 @@ export function loadNativeCpu(): NativeLib | string {
       linear: f("int mla_cpu_linear(const float* x, const float* w, const float* b, float* y, int64_t M, int64_t K, int64_t N)"),
       linearBackward: f("int mla_cpu_linear_backward(const float* x, const float* w, const float* dy, float* dx, float* dw, float* db, int64_t M, int64_t K, int64_t N)"),
       attention: f("int mla_cpu_attention(const float* q, const float* k, const float* v, float* o, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window)"),
+      latentAttention: f("int mla_cpu_latent_attention(const float* qr, const float* kr, const float* qc, const float* c, float* o, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dr, int64_t L, float scale, int64_t off, int64_t window)"),
       attentionBackward: f("int mla_cpu_attention_backward(const float* q, const float* k, const float* v, const float* dout, float* dq, float* dk, float* dv, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window)"),
       swiglu: f("int mla_cpu_swiglu(const float* gate, const float* up, float* y, int64_t n)"),
       swigluBackward: f("int mla_cpu_swiglu_backward(const float* gate, const float* up, const float* dy, float* dgate, float* dup, int64_t n)"),
@@ -170,30 +178,11 @@ export class NativeCpuBackend extends ReferenceBackend {
     return this.make([T, H, N], y);
   }
 
-  /**
-   * MLA attention on the latent cache through the native attention kernel, as one-KV-head attention:
-   * every head's key row is the whole cache row [kr (Hkv·Dr) | c (L)] and its query
-   * [its group's qr in that group's Dr slot, zeros elsewhere | qc], the values are the latents. So the
-   * cache is not duplicated per head; the zero slots cost (Hkv − 1)·Dr extra products per score.
-   */
+  /** MLA attention on the latent cache (native/cpu/latent_attention.cpp: each latent row read once for all heads). */
   override latentAttention(qr: Tensor, kr: Tensor, qc: Tensor, c: Tensor, opts: AttentionOptions): Tensor {
     const { T, H, Dr, S, Hkv, L } = latentAttentionDims(qr, kr, qc, c);
-    const R = Hkv * Dr, Dk = R + L, group = H / Hkv;
-    const [QR, KR, QC, C] = [data(qr), data(kr), data(qc), data(c)];
-    const q = new Float32Array(T * H * Dk);
-    for (let t = 0; t < T; t++)
-      for (let h = 0; h < H; h++) {
-        const at = (t * H + h) * Dk, row = t * H + h;
-        q.set(QR.subarray(row * Dr, (row + 1) * Dr), at + Math.floor(h / group) * Dr);
-        q.set(QC.subarray(row * L, (row + 1) * L), at + R);
-      }
-    const k = new Float32Array(S * Dk);
-    for (let s = 0; s < S; s++) {
-      k.set(KR.subarray(s * R, (s + 1) * R), s * Dk);
-      k.set(C.subarray(s * L, (s + 1) * L), s * Dk + R);
-    }
     const o = new Float32Array(T * H * L);
-    this.call("latent attention", this.lib.attention(q, k, C instanceof Float32Array ? C : Float32Array.from(C), o, T, S, H, 1, Dk, L, opts.scale, opts.queryOffset, opts.window ?? 0));
+    this.call("latent attention", this.lib.latentAttention(f32(qr), f32(kr), f32(qc), f32(c), o, T, S, H, Hkv, Dr, L, opts.scale, opts.queryOffset, opts.window ?? 0));
     return this.make([T, H, L], o);
   }
 
