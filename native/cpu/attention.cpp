@@ -5,7 +5,12 @@
 #include <vector>
 #include "common.h"
 
+#include "decode_attention.h"
 #include "softmax.h"
+
+// Query rows up to which the forward takes decode_attention (the prefill kernel transposes the whole
+// key cache first, which pays off only over many rows).
+constexpr int64_t DECODE_ROWS = 8;
 
 // DC > 0 (template argument below) fixes the head dim at compile time, so the per-key value loops
 // unroll and vectorize at small head dims.
@@ -88,6 +93,14 @@ extern "C" mla_status mla_cpu_attention(const float* q, const float* k, const fl
   if (mla_status s = check(q, k, v, T, S, H, Hkv, Dh, Dv)) return s;
   MLA_CHECK_BUF(o, T * H * Dv, "attention: null output");
   if (T * Dv == 0) return MLA_OK;
+  // A few query rows (decode): no transpose of the cache, a KV group's heads read each row once.
+  if (T <= DECODE_ROWS) {
+    std::vector<const float*> ks(Hkv), vs(Hkv);
+    for (int64_t g = 0; g < Hkv; g++) ks[g] = k + g * Dh, vs[g] = v + g * Dv;
+    const mla::SharedRows rows{q, Dh, nullptr, Hkv * Dh, nullptr, 0, nullptr, 0, 1, nullptr, Hkv * Dv, Dv, H, scale};
+    mla::decode_attention(rows, T, S, Hkv, ks.data(), vs.data(), o, off, window);
+    return MLA_OK;
+  }
   MLA_DISPATCH_HEAD_DIM(attention_fwd, q, k, v, o, T, S, H, Hkv, Dh, Dv, scale, off, window);
   return MLA_OK;
 }

@@ -1,0 +1,151 @@
+// Attention for a few query rows over a long cache (decode), where heads share their key and value
+// rows: a KV group's query heads in MHA/GQA, every head in MLA (the latent row; each head group adds
+// its rope keys). The heads sharing a row are scored together key by key, so a row is read once for
+// all of them, and once more (from cache) for their weighted sums; nothing is copied or transposed.
+// mla_cpu_attention's prefill kernel transposes the whole key cache first (it pays off over many
+// query rows), and MLA went through it as one-KV-head attention over [kr | c] rows built per call: at
+// mha26m's conversion (6 heads, a 480-wide row) MLA decoded at half MHA's rate. Keys go in chunks
+// with an online softmax; a task with too few rows for the threads splits its keys over them
+// (flash-decoding) and merges the parts.
+#include "decode_attention.h"
+#include <algorithm>
+#include <cmath>
+#include <vector>
+#include "common.h"
+#include "softmax.h"
+
+namespace {
+constexpr int64_t CHUNK = 64;      // keys scored before their weighted sum (their rows stay in L2)
+constexpr int64_t MIN_PART = 256;  // the fewest keys a thread's part of a split takes
+
+// One task's running softmax over a run of keys: per head its max m, sum l and weighted sum acc [Dv].
+struct Partial {
+  std::vector<float> m, l, acc;
+  Partial(int64_t n, int64_t Dv) : m(n, -INFINITY), l(n, 0.0f), acc(n * Dv, 0.0f) {}
+};
+
+// The heads h0 … h0 + n − 1 of query row t over keys [s0, s1) of `g`, folded into `r`; `p` holds CHUNK·n scores.
+void attend(const mla::SharedRows& g, int64_t t, int64_t h0, int64_t n, int64_t s0, int64_t s1, Partial& r, float* __restrict p) {
+  const int64_t D1 = g.d1, D2 = g.d2, Dv = g.dv;
+  for (int64_t a = s0; a < s1; a += CHUNK) {
+    const int64_t m = std::min(CHUNK, s1 - a);
+    for (int64_t j = 0; j < m; j++) {
+      const float* k1 = g.k1 + (a + j) * g.ld1;
+      const float* k2 = D2 ? g.k2 + (a + j) * g.ld2 : nullptr;
+      for (int64_t i = 0; i < n; i++) {
+        const int64_t h = h0 + i;
+        const float* q = g.q1 + (t * g.H + h) * D1;
+        float x = 0.0f;
+#pragma omp simd reduction(+ : x)
+        for (int64_t e = 0; e < D1; e++) x += q[e] * k1[e];
+        if (D2) {
+          const float* q2 = g.q2 + (t * g.H + h) * D2;
+          const float* kh = k2 + (h / g.group2) * D2;
+          for (int64_t e = 0; e < D2; e++) x += q2[e] * kh[e];
+        }
+        p[i * CHUNK + j] = x * g.scale;
+      }
+    }
+    for (int64_t i = 0; i < n; i++) {
+      float* pi = p + i * CHUNK;
+      float mt = -INFINITY;
+      for (int64_t j = 0; j < m; j++) mt = pi[j] > mt ? pi[j] : mt;
+      const float mNew = std::max(r.m[i], mt);
+      const float alpha = exp_nonpos(r.m[i] - mNew);  // ~0 for the first chunk (m = −∞)
+      r.l[i] = r.l[i] * alpha + exp_row(pi, 0, m - 1, mNew);
+      r.m[i] = mNew;
+      if (alpha != 1.0f) {
+        float* acc = r.acc.data() + i * Dv;
+        for (int64_t e = 0; e < Dv; e++) acc[e] *= alpha;
+      }
+    }
+    for (int64_t j = 0; j < m; j++) {
+      const float* vr = g.v + (a + j) * g.ldv;
+      for (int64_t i = 0; i < n; i++) {
+        const float w = p[i * CHUNK + j];
+        float* __restrict acc = r.acc.data() + i * Dv;
+#pragma omp simd
+        for (int64_t e = 0; e < Dv; e++) acc[e] += w * vr[e];
+      }
+    }
+  }
+}
+
+// o (n heads × Dv) = the parts' weighted sums, rescaled to their common max, over their summed l (0 for no key).
+void merge(const std::vector<Partial>& parts, int64_t n, int64_t Dv, float* o) {
+  for (int64_t i = 0; i < n; i++) {
+    float m = -INFINITY;
+    for (const Partial& r : parts) m = std::max(m, r.m[i]);
+    float l = 0.0f;
+    std::vector<float> w(parts.size(), 0.0f);
+    for (size_t k = 0; k < parts.size(); k++)
+      if (parts[k].l[i] > 0.0f) l += parts[k].l[i] * (w[k] = exp_nonpos(parts[k].m[i] - m));
+    const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+    for (int64_t e = 0; e < Dv; e++) {
+      float x = 0.0f;
+      for (size_t k = 0; k < parts.size(); k++) x += w[k] * parts[k].acc[i * Dv + e];
+      o[i * Dv + e] = x * inv;
+    }
+  }
+}
+}  // namespace
+
+namespace mla {
+void decode_attention(const SharedRows& g, int64_t T, int64_t S, int64_t groups, const float* const* k1s, const float* const* vs, float* o, int64_t off, int64_t window) {
+  const int64_t n = g.H / groups;  // heads per shared row
+  const bool team = T * g.H * S * (g.d1 + g.d2 + g.dv) >= parallel_macs();
+  const int threads = team ? mla_num_threads() : 1;
+  const int64_t tasks = T * groups;
+  auto rows_of = [&](int64_t grp) {
+    SharedRows r = g;
+    r.k1 = k1s[grp];
+    r.v = vs[grp];
+    return r;
+  };
+  // Enough (query row, group) tasks for every thread: each takes its keys in order.
+  if (tasks >= threads) {
+#pragma omp parallel for schedule(dynamic) if (team)
+    for (int64_t task = 0; task < tasks; task++) {
+      const int64_t t = task / groups, grp = task % groups;
+      int64_t lo, hi;
+      visible(t, S, off, window, &lo, &hi);
+      Partial r(n, g.dv);
+      std::vector<float> p(CHUNK * n);
+      attend(rows_of(grp), t, grp * n, n, lo, hi + 1, r, p.data());
+      merge(std::vector<Partial>{std::move(r)}, n, g.dv, o + (t * g.H + grp * n) * g.dv);
+    }
+    return;
+  }
+  // Fewer: each task's keys split into parts of at least MIN_PART, one per thread, merged after.
+  for (int64_t task = 0; task < tasks; task++) {
+    const int64_t t = task / groups, grp = task % groups;
+    int64_t lo, hi;
+    visible(t, S, off, window, &lo, &hi);
+    const int64_t len = hi + 1 - lo;
+    const int64_t nparts = std::max<int64_t>(1, std::min<int64_t>(threads, len / MIN_PART));
+    std::vector<Partial> parts(nparts, Partial(n, g.dv));
+    const SharedRows rows = rows_of(grp);
+#pragma omp parallel for schedule(static) if (nparts > 1)
+    for (int64_t k = 0; k < nparts; k++) {
+      std::vector<float> p(CHUNK * n);
+      attend(rows, t, grp * n, n, lo + len * k / nparts, lo + len * (k + 1) / nparts, parts[k], p.data());
+    }
+    merge(parts, n, g.dv, o + (t * g.H + grp * n) * g.dv);
+  }
+}
+}  // namespace mla
+
+extern "C" mla_status mla_cpu_latent_attention(const float* qr, const float* kr, const float* qc, const float* c, float* o, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dr, int64_t L, float scale, int64_t query_offset, int64_t window) {
+  MLA_CHECK(T >= 0 && S >= 0 && H > 0 && Hkv > 0 && Dr >= 0 && L >= 0, "latent attention: bad sizes");
+  MLA_CHECK(H % Hkv == 0, "latent attention: H is not a multiple of Hkv");
+  MLA_CHECK_BUF(qr, T * H * Dr, "latent attention: null qr");
+  MLA_CHECK_BUF(kr, S * Hkv * Dr, "latent attention: null kr");
+  MLA_CHECK_BUF(qc, T * H * L, "latent attention: null qc");
+  MLA_CHECK_BUF(c, S * L, "latent attention: null c");
+  MLA_CHECK_BUF(o, T * H * L, "latent attention: null output");
+  if (T * H * L == 0) return MLA_OK;
+  // Every head shares the latent row; its rope keys are its head group's slice of the kr row.
+  const mla::SharedRows g{qc, L, c, L, qr, Dr, kr, Hkv * Dr, H / Hkv, c, L, L, H, scale};
+  mla::decode_attention(g, T, S, 1, &c, &c, o, query_offset, window);
+  return MLA_OK;
+}
