@@ -178,7 +178,7 @@ export class NativeCpuBackend extends ReferenceBackend {
     return this.make([T, H, N], y);
   }
 
-  /** MLA attention on the latent cache (native/cpu/latent_attention.cpp: each latent row read once for all heads). */
+  /** MLA attention on the latent cache (native/cpu/decode_attention.cpp: each latent row read once for all heads). */
   override latentAttention(qr: Tensor, kr: Tensor, qc: Tensor, c: Tensor, opts: AttentionOptions): Tensor {
     const { T, H, Dr, S, Hkv, L } = latentAttentionDims(qr, kr, qc, c);
     const o = new Float32Array(T * H * L);
