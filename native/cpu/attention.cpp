@@ -1,5 +1,6 @@
-// Causal GQA attention and its backward on the CPU, one (query row, head) per task; the backward
-// gives each thread whole KV groups so that dk/dv rows are written by one thread only.
+// Causal GQA attention and its backward on the CPU, one (query row, head) per task (a forward of at
+// most DECODE_ROWS query rows goes to decode_attention.cpp); the backward gives each thread whole KV
+// groups so that dk/dv rows are written by one thread only.
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -51,7 +52,8 @@ static void attention_fwd(const float* q, const float* k, const float* v, float*
   const int64_t Dh = DC ? DC : Dh_, Dv = DC ? DC : Dv_;
   const int64_t group = H / Hkv;
   const std::vector<float> kt = keys_by_dim(k, S, Hkv, Dh);
-  // One decode query (T = 1) over a short cache runs on the calling thread (see parallel_macs).
+  // A few rows over a short cache run on the calling thread (see parallel_macs); decode rows (T ≤
+  // DECODE_ROWS) take decode_attention instead.
 #pragma omp parallel if (T * H * S * (Dh + Dv) >= mla::parallel_macs())
   {
     std::vector<float> p(S > 0 ? S : 1);
@@ -95,10 +97,8 @@ extern "C" mla_status mla_cpu_attention(const float* q, const float* k, const fl
   if (T * Dv == 0) return MLA_OK;
   // A few query rows (decode): no transpose of the cache, a KV group's heads read each row once.
   if (T <= DECODE_ROWS) {
-    std::vector<const float*> ks(Hkv), vs(Hkv);
-    for (int64_t g = 0; g < Hkv; g++) ks[g] = k + g * Dh, vs[g] = v + g * Dv;
-    const mla::SharedRows rows{q, Dh, nullptr, Hkv * Dh, nullptr, 0, nullptr, 0, 1, nullptr, Hkv * Dv, Dv, H, scale};
-    mla::decode_attention(rows, T, S, Hkv, ks.data(), vs.data(), o, off, window);
+    const mla::SharedRows rows{q, Dh, k, Hkv * Dh, Dh, nullptr, 0, nullptr, 0, 1, v, Hkv * Dv, Dv, Dv, H, scale};
+    mla::decode_attention(rows, T, S, Hkv, o, off, window);
     return MLA_OK;
   }
   MLA_DISPATCH_HEAD_DIM(attention_fwd, q, k, v, o, T, S, H, Hkv, Dh, Dv, scale, off, window);

@@ -91,22 +91,22 @@ void merge(const std::vector<Partial>& parts, int64_t n, int64_t Dv, float* o) {
 }  // namespace
 
 namespace mla {
-void decode_attention(const SharedRows& g, int64_t T, int64_t S, int64_t groups, const float* const* k1s, const float* const* vs, float* o, int64_t off, int64_t window) {
-  const int64_t n = g.H / groups;  // heads per shared row
+void decode_attention(const SharedRows& g, int64_t T, int64_t S, int64_t runs, float* o, int64_t off, int64_t window) {
+  const int64_t n = g.H / runs;  // heads per shared row
   const bool team = T * g.H * S * (g.d1 + g.d2 + g.dv) >= parallel_macs();
   const int threads = team ? mla_num_threads() : 1;
-  const int64_t tasks = T * groups;
+  const int64_t tasks = T * runs;
   auto rows_of = [&](int64_t grp) {
     SharedRows r = g;
-    r.k1 = k1s[grp];
-    r.v = vs[grp];
+    r.k1 += grp * g.k1_run;
+    r.v += grp * g.v_run;
     return r;
   };
-  // Enough (query row, group) tasks for every thread: each takes its keys in order.
+  // Enough (query row, run) tasks for every thread: each takes its keys in order.
   if (tasks >= threads) {
 #pragma omp parallel for schedule(dynamic) if (team)
     for (int64_t task = 0; task < tasks; task++) {
-      const int64_t t = task / groups, grp = task % groups;
+      const int64_t t = task / runs, grp = task % runs;
       int64_t lo, hi;
       visible(t, S, off, window, &lo, &hi);
       Partial r(n, g.dv);
@@ -118,7 +118,7 @@ void decode_attention(const SharedRows& g, int64_t T, int64_t S, int64_t groups,
   }
   // Fewer: each task's keys split into parts of at least MIN_PART, one per thread, merged after.
   for (int64_t task = 0; task < tasks; task++) {
-    const int64_t t = task / groups, grp = task % groups;
+    const int64_t t = task / runs, grp = task % runs;
     int64_t lo, hi;
     visible(t, S, off, window, &lo, &hi);
     const int64_t len = hi + 1 - lo;
@@ -145,7 +145,7 @@ extern "C" mla_status mla_cpu_latent_attention(const float* qr, const float* kr,
   MLA_CHECK_BUF(o, T * H * L, "latent attention: null output");
   if (T * H * L == 0) return MLA_OK;
   // Every head shares the latent row; its rope keys are its head group's slice of the kr row.
-  const mla::SharedRows g{qc, L, c, L, qr, Dr, kr, Hkv * Dr, H / Hkv, c, L, L, H, scale};
-  mla::decode_attention(g, T, S, 1, &c, &c, o, query_offset, window);
+  const mla::SharedRows g{qc, L, c, L, 0, qr, Dr, kr, Hkv * Dr, H / Hkv, c, L, 0, L, H, scale};
+  mla::decode_attention(g, T, S, 1, o, query_offset, window);
   return MLA_OK;
 }

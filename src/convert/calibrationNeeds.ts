@@ -26,11 +26,10 @@ function calibrationUses(o: CalibrationUses): [string, string][] {
 }
 
 /**
- * A warning when `calib` is given but no option of `o` reads it (our format; the deepseek format always
+ * The warning for a `calib` given where no option reads it (our format; the deepseek format always
  * reads it). A warning, not a refusal: a script may pass the same --calib to every setting it sweeps.
  */
-export function unreadCalibration(calib: string | null | undefined, o: CalibrationUses): string | null {
-  if (!calib || calibrationUses(o).length > 0) return null;
+export function unreadCalibration(calib: string): string {
   const flags = READERS.map(([, flag]) => flag);
   return `--calib ${calib} is not read with these settings: only ${flags.slice(0, -1).join(", ")} or ${flags[flags.length - 1]} read calibration text`;
 }

@@ -112,12 +112,10 @@ async function convertInScope(spec: string, opts: ConvertOptions): Promise<Conve
     requireRoom(out, weightFileBytes(srcDir), "the converted model");
 
     let windows: Int32Array[] = [];
-    const unread = unreadCalibration(settings.calib, settings);
-    if (unread) log.warn(unread);
     if (settings.calib && readsCalibration(settings)) {
       windows = calibrationWindows(loadTokenizer(srcDir), readText(settings.calib), settings.calibSamples, settings.calibLen, config.bosTokenId ?? 1, settings.calib);
       if (windows.length < settings.calibSamples) log.info(`note: ${settings.calib} holds ${windows.length} calibration windows of ${settings.calibLen} tokens (asked for ${settings.calibSamples})`);
-    }
+    } else if (settings.calib) log.warn(unreadCalibration(settings.calib));
     const linalg = selectLinalg(opts.device ?? "auto", log);
     useLinalg(linalg);
     log.info(`factoring with the ${linalg?.name ?? "TypeScript"} float64 routines`);

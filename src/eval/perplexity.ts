@@ -28,8 +28,8 @@ export interface PerplexityResult {
   afterFirst: { tokens: number; seconds: number } | null;
 }
 
-/** Refuses what readText would, reading only the file's first few KB: a missing path, a folder, an empty file, binary data. */
-export function checkTextFile(file: string): void {
+/** Refuses a missing path, a folder or an empty file, from a stat. */
+function checkTextStat(file: string): void {
   let st: fs.Stats;
   try {
     st = fs.statSync(file);
@@ -38,6 +38,11 @@ export function checkTextFile(file: string): void {
   }
   if (st.isDirectory()) throw new MlaError("BAD_ARGUMENT", `${file} is a folder, not a text file`, "pass a UTF-8 text file");
   if (st.size === 0) throw new MlaError("BAD_TEXT", `text file ${file} is empty`, "pass a UTF-8 text file with some content");
+}
+
+/** Refuses what readText would, reading only the file's first few KB: a missing path, a folder, an empty file, binary data. */
+export function checkTextFile(file: string): void {
+  checkTextStat(file);
   try {
     sniffTextFile(file);
   } catch (e) {
@@ -46,8 +51,9 @@ export function checkTextFile(file: string): void {
 }
 
 export function readText(file: string): string {
-  checkTextFile(file);
+  checkTextStat(file);
   try {
+    // readTextFile refuses binary data from the bytes it read: no second look at the file's start.
     return readTextFile(file);
   } catch (e) {
     throw ioError("cannot read text", file, e);

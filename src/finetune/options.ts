@@ -111,7 +111,7 @@ export function checkFinetuneOptions(o: Omit<FinetuneOptions, "data" | "out">) {
   within("eps", o.eps ?? D.eps, "(0, ∞)", "AdamW's denominator floor, e.g. 1e-8");
   const distillWeight = o.distill ? (o.distillWeight ?? D.distillWeight) : 0;
   const temperature = positive("temperature", o.temperature ?? D.temperature);
-  if (!(distillWeight >= 0 && distillWeight <= 1)) throw new MlaError("BAD_ARGUMENT", `--distill-weight ${distillWeight} is outside [0, 1]`, "0 = cross-entropy only, 1 = distillation only");
+  within("--distill-weight", distillWeight, "[0, 1]", "0 = cross-entropy only, 1 = distillation only");
   if (o.schedule !== undefined) parseSchedule(o.schedule);
   const trainWhat = o.train ?? D.train;
   if (trainWhat !== "attention" && trainWhat !== "all") throw new MlaError("BAD_ARGUMENT", `--train ${String(trainWhat)} is not known`, "use attention (the attention weights only) or all");

@@ -102,7 +102,6 @@ export interface FinetuneResult {
   precision: Precision;
 }
 
-
 /** Elements of every tensor of the checkpoint in `dir` (from the safetensors headers; nothing is read). */
 function parameterCount(dir: string): number {
   const ck = Checkpoint.open(dir);
