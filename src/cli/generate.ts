@@ -12,6 +12,8 @@ interface Args {
   prompt: string[];
   "max-tokens": number;
   temperature: number;
+  "top-k": number;
+  "top-p": number;
   seed: number;
   device: DeviceName;
   "kv-cache": KvCacheDtype | "auto";
@@ -25,7 +27,9 @@ export const generateCommand: CommandModule<object, Args> = {
       .positional("model", { type: "string", demandOption: true })
       .option("prompt", { type: "string", array: true, nargs: 1, default: ["Once upon a time"], describe: "the text to continue; give it several times to continue several prompts together, decoded as one batch (each continuation printed after a --- line)" })
       .option("max-tokens", { type: "number", default: 64 })
-      .option("temperature", { type: "number", default: 0 })
+      .option("temperature", { type: "number", default: 0, describe: "0: greedy; else sample from softmax(logits / temperature)" })
+      .option("top-k", { type: "number", default: 0, describe: "sample among the k most likely tokens only (0: all)" })
+      .option("top-p", { type: "number", default: 1, describe: "sample from the smallest set of most likely tokens holding this much probability (1: all)" })
       .option("seed", { type: "number", default: 0 })
       .option("device", DEVICE_OPTION)
       .option("kv-cache", { choices: ["auto", ...KV_CACHE_DTYPES] as const, default: "auto" as const, describe: "how the decode cache stores keys/values (MLA: rope keys and latents): auto = bf16 for a bf16 checkpoint on the GPU (as HF transformers stores it), else f32; int8/int4 groups of 32 with a bf16 scale each" }),
@@ -38,7 +42,7 @@ export const generateCommand: CommandModule<object, Args> = {
       stderrLogger.warn(`${longest} prompt tokens + --max-tokens ${maxTokens} pass the model's ${lm.config.maxPositions} positions (max_position_embeddings); text past them is usually poor`);
     // Decoded between event-loop turns, so Ctrl-C stops a long run; progress on stderr.
     const progress = new Progress("generate", Math.max(1, maxTokens) * prompts.length, "tokens", process.stderr);
-    const r = await generateBatchAsync(lm.model, prompts, { maxTokens, temperature: a.temperature, seed: a.seed, kvCache: a["kv-cache"] === "auto" ? defaultKvCache(lm.model) : a["kv-cache"], onStep: (n) => progress.tick(n) });
+    const r = await generateBatchAsync(lm.model, prompts, { maxTokens, temperature: a.temperature, topK: a["top-k"], topP: a["top-p"], seed: a.seed, kvCache: a["kv-cache"] === "auto" ? defaultKvCache(lm.model) : a["kv-cache"], onStep: (n) => progress.tick(n) });
     r.sequences.forEach((s, i) => {
       if (prompts.length > 1) process.stdout.write(`--- ${i + 1}\n`);
       process.stdout.write(lm.tokenizer.decode([...prompts[i]!, ...s.ids].filter((t) => t !== lm.config.bosTokenId)) + "\n");

@@ -11,6 +11,7 @@ import { evalCommand } from "./eval.js";
 import { synthCommand } from "./synth.js";
 import { studyCommand } from "./study.js";
 import { generateCommand } from "./generate.js";
+import { serveCommand } from "./serve.js";
 import { convertCommand } from "./convert.js";
 import { exportCommand } from "./export.js";
 import { finetuneCommand } from "./finetune.js";
@@ -133,6 +134,7 @@ try {
     .command(reportCommand)
     .command(pipelineCommand)
     .command(generateCommand)
+    .command(serveCommand)
     .command(synthCommand)
     .command(studyCommand)
     .option("debug", { type: "boolean", describe: "print stack traces on errors", global: true })

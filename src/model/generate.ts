@@ -2,15 +2,19 @@
 import { MlaError } from "../errors.js";
 import type { LlamaModel } from "./llama.js";
 import { DecodeSession } from "./decodeSession.js";
-import type { FloatArray } from "../tensor/tensor.js";
 import type { KvCacheDtype } from "./kvQuant.js";
 import { nextTurn, throwIfAborted } from "../util/abort.js";
 import { checkOptionTypes, type OptionKinds } from "../util/optionTypes.js";
+import { pickToken, seededRandom, type SamplingOptions } from "./sampling.js";
 
 export interface GenerateOptions {
   maxTokens: number;
   /** 0 = greedy. */
   temperature?: number;
+  /** Sample among the k most likely tokens only (default 0: all). */
+  topK?: number;
+  /** Sample from the smallest set of most likely tokens holding this much probability (default 1: all). */
+  topP?: number;
   seed?: number;
   /** Stop at the model's EOS token (default true). */
   stopAtEos?: boolean;
@@ -23,31 +27,6 @@ export interface GenerateResult {
   cacheElements: number;
   /** Bytes the cache takes as its dtype (scales included). */
   cacheBytes: number;
-}
-
-/** Mulberry32: a small seeded generator so sampled output is reproducible. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-function pick(logits: FloatArray, temperature: number, rand: () => number): number {
-  let best = 0;
-  for (let i = 1; i < logits.length; i++) if (logits[i]! > logits[best]!) best = i;
-  if (temperature <= 0) return best;
-  const max = logits[best]!;
-  const p = new Float64Array(logits.length);
-  let sum = 0;
-  for (let i = 0; i < logits.length; i++) sum += p[i] = Math.exp((logits[i]! - max) / temperature);
-  let r = rand() * sum;
-  for (let i = 0; i < p.length; i++) if ((r -= p[i]!) <= 0) return i;
-  return p.length - 1;
 }
 
 /**
@@ -83,6 +62,10 @@ export function generate(model: LlamaModel, prompt: readonly number[], opts: Gen
  * others in its batch.
  */
 export function generateBatch(model: LlamaModel, prompts: readonly (readonly number[])[], opts: GenerateOptions): GenerateBatchResult {
+  // yieldMs, onStep and signal need turns of the event loop, which a synchronous call never gives.
+  const asyncOnly = ["yieldMs", "onStep", "signal"].filter((k) => (opts as unknown as Record<string, unknown> | null)?.[k] !== undefined);
+  if (asyncOnly.length) throw new MlaError("BAD_ARGUMENT", `generate() and generateBatch() take no ${asyncOnly.join(", ")}: they never give the event loop a turn`, "call generateBatchAsync(model, prompts, opts), which takes them");
+  checkOptionTypes("generate()", opts, SYNC_KINDS, ["maxTokens"]);
   const run = decodeSteps(model, prompts, opts);
   for (;;) {
     const r = run.next();
@@ -105,6 +88,7 @@ export interface GenerateAsyncOptions extends GenerateOptions {
  * tokens to `onStep`. Same results as generateBatch.
  */
 export async function generateBatchAsync(model: LlamaModel, prompts: readonly (readonly number[])[], opts: GenerateAsyncOptions): Promise<GenerateBatchResult> {
+  checkOptionTypes("generateBatchAsync()", opts, ASYNC_KINDS, ["maxTokens"]);
   throwIfAborted(opts?.signal);
   const run = decodeSteps(model, prompts, opts);
   let last = performance.now();
@@ -119,7 +103,17 @@ export async function generateBatchAsync(model: LlamaModel, prompts: readonly (r
   }
 }
 
-const GENERATE_KINDS: OptionKinds<GenerateAsyncOptions> = { maxTokens: "number", temperature: "number", seed: "number", stopAtEos: "boolean", kvCache: "string", yieldMs: "number", onStep: "function", signal: "object" };
+const SYNC_KINDS: OptionKinds<GenerateOptions> = { maxTokens: "number", temperature: "number", topK: "number", topP: "number", seed: "number", stopAtEos: "boolean", kvCache: "string" };
+const ASYNC_KINDS: OptionKinds<GenerateAsyncOptions> = { ...SYNC_KINDS, yieldMs: "number", onStep: "function", signal: "object" };
+
+/** The sampling settings of `opts`, checked (a bad one named as the CLI's flag). */
+export function checkSampling(opts: { temperature?: number; topK?: number; topP?: number }): SamplingOptions {
+  const temperature = opts.temperature ?? 0, topK = opts.topK ?? 0, topP = opts.topP ?? 1;
+  if (!(Number.isFinite(temperature) && temperature >= 0)) throw new MlaError("BAD_ARGUMENT", `--temperature ${temperature} is not a sampling temperature`, "pass 0 for greedy decoding or a positive number (1 samples the model's own distribution)");
+  if (!(Number.isInteger(topK) && topK >= 0)) throw new MlaError("BAD_ARGUMENT", `--top-k ${topK} is not a token count`, "pass a whole number ≥ 1 to sample among that many most likely tokens, or 0 for all");
+  if (!(topP > 0 && topP <= 1)) throw new MlaError("BAD_ARGUMENT", `--top-p ${topP} is not a probability in (0, 1]`, "pass e.g. 0.9 to sample from the tokens holding 90% of the probability, or 1 for all");
+  return { temperature, topK, topP };
+}
 
 /** An array (or typed array) of integers; a string (text, not token ids) would read as ids 0, 0, … and be continued. */
 function isTokenIds(p: unknown): boolean {
@@ -129,21 +123,19 @@ function isTokenIds(p: unknown): boolean {
 /** The decode loop of generateBatch, yielding the number of new tokens after each step. */
 function* decodeSteps(model: LlamaModel, prompts: readonly (readonly number[])[], opts: GenerateOptions): Generator<number, GenerateBatchResult> {
   if (!Array.isArray(prompts) || prompts.length === 0) throw new MlaError("BAD_ARGUMENT", "no prompts to continue", "pass at least one prompt (an array of token ids; --prompt on the command line)");
-  checkOptionTypes("generate()", opts, GENERATE_KINDS, ["maxTokens"]);
   prompts.forEach((p, i) => {
     if (!isTokenIds(p))
       throw new MlaError("BAD_ARGUMENT", `${prompts.length > 1 ? `prompt ${i + 1}` : "the prompt"} is not an array of token ids`, "encode the text first: tokenizer.encode(text, { addSpecialTokens: true })");
     if (p.length === 0) throw new MlaError("BAD_ARGUMENT", prompts.length > 1 ? `prompt ${i + 1} has no tokens` : "the prompt has no tokens", "pass a non-empty --prompt");
   });
   if (!Number.isInteger(opts.maxTokens) || opts.maxTokens < 0) throw new MlaError("BAD_ARGUMENT", `--max-tokens ${opts.maxTokens} is not a token count`, "pass a whole number ≥ 0");
-  const temperature = opts.temperature ?? 0;
-  if (!(Number.isFinite(temperature) && temperature >= 0)) throw new MlaError("BAD_ARGUMENT", `--temperature ${temperature} is not a sampling temperature`, "pass 0 for greedy decoding or a positive number (1 samples the model's own distribution)");
+  const sampling = checkSampling(opts);
   const c = model.config;
   const V = c.vocabSize;
   // Room for each whole sequence up front (it never moves while generating), up to the model's context
   // length: a larger --max-tokens that EOS may cut short grows the cache as it is used instead.
   const caches = prompts.map((p) => model.newCache(opts.kvCache, { capacity: Math.min(p.length + opts.maxTokens, Math.max(p.length, c.maxPositions)) }));
-  const rands = prompts.map((_, i) => rng((opts.seed ?? 0) + i));
+  const rands = prompts.map((_, i) => seededRandom((opts.seed ?? 0) + i));
   const outs: number[][] = prompts.map(() => []);
   // Each prompt's last row gives its first new token.
   let lasts = prompts.map((p, i) => {
@@ -159,7 +151,7 @@ function* decodeSteps(model: LlamaModel, prompts: readonly (readonly number[])[]
     while (live.length) {
       const still: number[] = [], next: number[] = [];
       live.forEach((i, k) => {
-        const t = pick(lasts[k]!, temperature, rands[i]!);
+        const t = pickToken(lasts[k]!, sampling, rands[i]!);
         outs[i]!.push(t);
         if (((opts.stopAtEos ?? true) && t === c.eosTokenId) || outs[i]!.length >= opts.maxTokens) return;
         still.push(i);

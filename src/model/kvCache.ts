@@ -50,6 +50,11 @@ class RowBuffer {
   truncate(rows: number): void {
     this.rows = Math.min(this.rows, rows);
   }
+
+  release(): void {
+    this.buf = new Float32Array(0);
+    this.rows = 0;
+  }
 }
 
 /** Rows of one cache part: on the host (uploaded whole for each step) or, where the backend can keep them, on the device. */
@@ -61,6 +66,8 @@ interface RowStore {
   tensor(shape: number[]): Tensor;
   /** Keeps the first `rows` rows (at most). */
   truncate(rows: number): void;
+  /** Frees the rows' memory; the store is then empty, with no room. */
+  dispose(): void;
   /** The device store behind it, when there is one. */
   readonly device?: DeviceStore;
 }
@@ -83,6 +90,8 @@ interface DeviceStore {
   truncate(rows: number): void;
   /** The whole buffer [capacity, …row shape]; rows past `rows` are spare. */
   readonly storage: Tensor;
+  /** Frees the buffer; the store is then empty, with no room. */
+  dispose(): void;
 }
 
 /** A new store of rows `rowShape` holding a copy of `from`'s rows, with the same capacity. */
@@ -119,11 +128,11 @@ function rowStore(backend: Backend, rowShape: readonly number[], dtype: KvCacheD
   const dev = (backend as Partial<DeviceRowBackend>).createRowStore?.(rowShape, dtype === "bf16" ? "bf16" : "f32");
   if (dev) {
     if (capacity > 0) dev.reserve(capacity, true);
-    return { get rows() { return dev.rows; }, get capacity() { return dev.capacity; }, append: (v) => dev.append(v), tensor: (shape) => dev.view(shape), truncate: (n) => dev.truncate(n), device: dev };
+    return { get rows() { return dev.rows; }, get capacity() { return dev.capacity; }, append: (v) => dev.append(v), tensor: (shape) => dev.view(shape), truncate: (n) => dev.truncate(n), dispose: () => dev.dispose(), device: dev };
   }
   const host = new RowBuffer(rowSize);
   if (capacity > 0) host.reserve(capacity);
-  return { get rows() { return host.rows; }, get capacity() { return host.capacity; }, append: (v) => host.append(v.toArray(), v.shape[0]!), tensor: (shape) => backend.upload(host.view(), [host.rows, ...shape]), truncate: (n) => host.truncate(n) };
+  return { get rows() { return host.rows; }, get capacity() { return host.capacity; }, append: (v) => host.append(v.toArray(), v.shape[0]!), tensor: (shape) => backend.upload(host.view(), [host.rows, ...shape]), truncate: (n) => host.truncate(n), dispose: () => host.release() };
 }
 
 /** Options of a new decode cache. */
@@ -161,6 +170,11 @@ export interface DecodeCache {
   commitStep(): void;
   /** Forgets every token past the first `tokens` (a rejected draft, an undone step); the room stays. */
   truncate(tokens: number): void;
+  /**
+   * Frees its buffers now and leaves it empty, with no room. Device memory is otherwise freed only when
+   * the cache is collected, which a server retiring sequences one after another cannot wait for.
+   */
+  dispose(): void;
 }
 
 /** The row shapes of one layer's two cache parts (MLA layers may differ from each other). */
@@ -229,6 +243,11 @@ abstract class TwoPartCache implements DecodeCache {
   commitStep(): void {
     for (const s of this.stores()) s.device!.commit(1);
     this.len += 1;
+  }
+
+  dispose(): void {
+    for (const s of this.stores()) s.dispose();
+    this.len = 0;
   }
 
   clone(): this {

@@ -218,6 +218,13 @@ export class DeviceRowStore {
     this.rows = Math.min(this.rows, rows);
   }
 
+  dispose(): void {
+    if (this.buf) this.backend.free(this.buf);
+    this.buf = null;
+    this.room = 0;
+    this.rows = 0;
+  }
+
   /** Rows the buffer holds room for. */
   get capacity(): number {
     return this.room;

@@ -1,0 +1,57 @@
+import type { CommandModule } from "yargs";
+import { DEVICE_OPTION } from "./deviceOption.js";
+import { serve } from "../serve/server.js";
+import type { DeviceName } from "../backends/select.js";
+import { stderrLogger } from "../util/log.js";
+import { KV_CACHE_DTYPES, type KvCacheDtype } from "../model/kvQuant.js";
+import { gracefulStop } from "./signals.js";
+
+interface Args {
+  model: string;
+  host: string;
+  port: number;
+  "served-model-name"?: string;
+  "max-batch": number;
+  "kv-cache": KvCacheDtype | "auto";
+  "kv-budget-mb"?: number;
+  device: DeviceName;
+}
+
+export const serveCommand: CommandModule<object, Args> = {
+  command: "serve <model>",
+  describe: "serve the model over HTTP with the OpenAI completions API (POST /v1/completions, streamed or not), requests in flight decoded as one continuous batch",
+  builder: (y) =>
+    y
+      .positional("model", { type: "string", demandOption: true })
+      .option("host", { type: "string", default: "127.0.0.1", describe: "address to listen on (0.0.0.0: every interface)" })
+      .option("port", { type: "number", default: 8000, describe: "TCP port (0: any free one, printed at start)" })
+      .option("served-model-name", { type: "string", describe: "the model name clients send (default: MODEL as given)" })
+      .option("max-batch", { type: "number", default: 32, describe: "the most sequences decoded together; later requests wait for a place" })
+      .option("kv-cache", { choices: ["auto", ...KV_CACHE_DTYPES] as const, default: "auto" as const, describe: "how decode caches store keys/values (MLA: rope keys and latents): auto = bf16 for a bf16 checkpoint on the GPU, else f32" })
+      .option("kv-budget-mb", { type: "number", describe: "the most MB of cache all admitted sequences may reserve (each reserves its prompt + max_tokens); default: no limit but --max-batch" })
+      .option("device", DEVICE_OPTION),
+  handler: async (a) => {
+    const server = await serve(a.model, {
+      host: a.host,
+      port: a.port,
+      maxBatch: a["max-batch"],
+      kvCache: a["kv-cache"],
+      device: a.device,
+      logger: stderrLogger,
+      ...(a["served-model-name"] !== undefined ? { name: a["served-model-name"] } : {}),
+      ...(a["kv-budget-mb"] !== undefined ? { kvBudgetMb: a["kv-budget-mb"] } : {}),
+    });
+    // Ctrl-C: stop taking requests and finish those in flight; a second one quits at once.
+    const stop = gracefulStop({ stopping: "no new requests; finishing those in flight, then stopping", kept: "requests in flight were cut off" });
+    await new Promise<void>((resolve) => {
+      const poll = setInterval(() => {
+        if (!stop.requested()) return;
+        clearInterval(poll);
+        void server.close().then(resolve);
+      }, 100);
+    });
+    stop.release();
+    const s = server.stats();
+    stderrLogger.info(`served ${s.requests} request${s.requests === 1 ? "" : "s"}, ${s.newTokens} new tokens; stopped`);
+  },
+};

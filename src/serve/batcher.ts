@@ -1,0 +1,316 @@
+/**
+ * Continuous batching: sequences join and leave one decode batch between steps, so a server keeps
+ * every weight read shared by all the sequences in flight. A new sequence is prefilled on its own
+ * cache between two decode steps (at most one per step while others decode, so a long prompt delays
+ * the running ones by one prefill, not by a queue of them), then takes a place in the batch; one that
+ * ends (EOS, a stop string, its token limit, a cancel) leaves it and frees its cache at once.
+ *
+ * Admission is bounded by the number of sequences and, optionally, by the bytes their caches reserve:
+ * each sequence reserves room for its prompt and its token limit when it is admitted, so a running
+ * batch never runs out of cache. This is where MLA pays: the same budget admits as many more
+ * sequences as its cache is smaller.
+ */
+import { MlaError, isMlaError } from "../errors.js";
+import type { LlamaModel } from "../model/llama.js";
+import type { DecodeCache } from "../model/kvCache.js";
+import { DecodeSession } from "../model/decodeSession.js";
+import { kvBytesPerToken } from "../model/config.js";
+import type { KvCacheDtype } from "../model/kvQuant.js";
+import { pickToken, seededRandom, type SamplingOptions } from "../model/sampling.js";
+
+export interface SequenceSpec {
+  /** Token ids to continue (BOS included where the model wants it). */
+  prompt: readonly number[];
+  /** The most new tokens (≥ 1). */
+  maxTokens: number;
+  sampling: SamplingOptions;
+  /** The generator's seed for sampled tokens. */
+  seed: number;
+  /** End at the model's EOS token (default true); EOS is counted but not passed to onToken. */
+  stopAtEos?: boolean;
+  /** Each new token; returning false ends the sequence there ("stop": a stop string was met). */
+  onToken: (id: number) => boolean;
+  /** Called once, when the sequence ends for whatever reason. */
+  onEnd: (end: SequenceEnd) => void;
+}
+
+export interface SequenceEnd {
+  reason: "stop" | "length" | "cancelled" | "error";
+  /** With reason "error": what failed (the prefill or a decode step). */
+  error?: MlaError;
+  promptTokens: number;
+  /** Tokens generated (an EOS included). */
+  newTokens: number;
+  /** Milliseconds waiting for a place, in the prefill, and from admission to the end. */
+  queuedMs: number;
+  prefillMs: number;
+  totalMs: number;
+}
+
+export interface BatcherOptions {
+  /** The most sequences decoded together (≥ 1). */
+  maxBatch: number;
+  /** How the caches store keys/values (MLA: rope keys and latents). */
+  kvCache: KvCacheDtype;
+  /** The most bytes all admitted sequences' caches may reserve (default: no limit but maxBatch). */
+  kvBudgetBytes?: number;
+}
+
+export interface BatcherStats {
+  running: number;
+  waiting: number;
+  /** Sequences ended so far, by reason. */
+  ended: Record<SequenceEnd["reason"], number>;
+  /** Tokens generated so far, and by decode steps (after each sequence's first). */
+  newTokens: number;
+  decodeTokens: number;
+  /** Seconds spent in decode steps. */
+  decodeSeconds: number;
+  /** Bytes the running sequences' caches reserve / hold now. */
+  kvReservedBytes: number;
+  kvHeldBytes: number;
+  kvBudgetBytes: number | null;
+  kvBytesPerToken: number;
+}
+
+interface Sequence {
+  spec: SequenceSpec;
+  cache: DecodeCache | null;
+  rand: () => number;
+  /** The token fed to the next step. */
+  next: number;
+  newTokens: number;
+  reserved: number;
+  cancelled: boolean;
+  ended: boolean;
+  queuedAt: number;
+  admittedAt: number;
+  prefillMs: number;
+}
+
+/** What submit() returns: a way to end the sequence early. */
+export interface SequenceHandle {
+  /** Ends it at the next turn (reason "cancelled"), freeing its place and cache. */
+  cancel(): void;
+}
+
+export class Batcher {
+  private readonly waiting: Sequence[] = [];
+  private running: Sequence[] = [];
+  private session: DecodeSession | null = null;
+  /** The running sequences the session was made over (any change makes a new one). */
+  private sessionOver: Sequence[] = [];
+  private looping = false;
+  private idle: (() => void)[] = [];
+  private readonly perToken: number;
+  private readonly ended = { stop: 0, length: 0, cancelled: 0, error: 0 };
+  private newTokens = 0;
+  private decodeTokens = 0;
+  private decodeMs = 0;
+
+  constructor(readonly model: LlamaModel, readonly opts: BatcherOptions) {
+    if (!(Number.isInteger(opts.maxBatch) && opts.maxBatch >= 1)) throw new MlaError("BAD_ARGUMENT", `--max-batch ${opts.maxBatch} is not a number of sequences`, "pass a whole number ≥ 1, e.g. 32");
+    if (opts.kvBudgetBytes !== undefined && !(opts.kvBudgetBytes > 0)) throw new MlaError("BAD_ARGUMENT", `a KV-cache budget of ${opts.kvBudgetBytes} bytes admits no sequence`, "pass a positive budget, or none for no limit but the batch size");
+    this.perToken = kvBytesPerToken(model.config, opts.kvCache);
+  }
+
+  /** Bytes of cache a sequence of `tokens` tokens (prompt + new) reserves. */
+  cacheBytes(tokens: number): number {
+    return tokens * this.perToken;
+  }
+
+  /**
+   * Queues a sequence; it starts once a place (and cache budget) is free. Throws, before queueing, for a
+   * sequence that can never start: longer than the model's positions, or needing more cache than the budget.
+   */
+  submit(spec: SequenceSpec): SequenceHandle {
+    const c = this.model.config;
+    if (spec.prompt.length === 0) throw new MlaError("BAD_ARGUMENT", "the prompt has no tokens", "send a non-empty prompt");
+    if (!(Number.isInteger(spec.maxTokens) && spec.maxTokens >= 1)) throw new MlaError("BAD_ARGUMENT", `max_tokens ${spec.maxTokens} is not a token count`, "pass a whole number ≥ 1");
+    const total = spec.prompt.length + spec.maxTokens;
+    if (total > c.maxPositions)
+      throw new MlaError("BAD_ARGUMENT", `the prompt's ${spec.prompt.length} tokens + max_tokens ${spec.maxTokens} = ${total} pass the model's ${c.maxPositions} positions`, `lower max_tokens to at most ${Math.max(0, c.maxPositions - spec.prompt.length)} or shorten the prompt`);
+    const reserved = this.cacheBytes(total);
+    if (this.opts.kvBudgetBytes !== undefined && reserved > this.opts.kvBudgetBytes)
+      throw new MlaError("BAD_ARGUMENT", `${total} tokens of cache take ${mb(reserved)} MB, more than the server's whole KV budget of ${mb(this.opts.kvBudgetBytes)} MB`, "lower max_tokens or shorten the prompt (or start the server with a larger --kv-budget-mb)");
+    const s: Sequence = { spec, cache: null, rand: seededRandom(spec.seed), next: -1, newTokens: 0, reserved, cancelled: false, ended: false, queuedAt: performance.now(), admittedAt: 0, prefillMs: 0 };
+    this.waiting.push(s);
+    this.kick();
+    return {
+      cancel: () => {
+        if (s.ended) return;
+        s.cancelled = true;
+        const i = this.waiting.indexOf(s);
+        if (i >= 0) {
+          this.waiting.splice(i, 1);
+          this.end(s, "cancelled");
+        }
+      },
+    };
+  }
+
+  stats(): BatcherStats {
+    return {
+      running: this.running.length,
+      waiting: this.waiting.length,
+      ended: { ...this.ended },
+      newTokens: this.newTokens,
+      decodeTokens: this.decodeTokens,
+      decodeSeconds: this.decodeMs / 1000,
+      kvReservedBytes: this.running.reduce((n, s) => n + s.reserved, 0),
+      kvHeldBytes: this.running.reduce((n, s) => n + (s.cache?.bytes ?? 0), 0),
+      kvBudgetBytes: this.opts.kvBudgetBytes ?? null,
+      kvBytesPerToken: this.perToken,
+    };
+  }
+
+  /** Resolves once no sequence runs or waits. */
+  whenIdle(): Promise<void> {
+    if (!this.looping && !this.waiting.length && !this.running.length) return Promise.resolve();
+    return new Promise((r) => this.idle.push(r));
+  }
+
+  /** Cancels every sequence, waiting or running. */
+  cancelAll(): void {
+    for (const s of [...this.waiting]) {
+      s.cancelled = true;
+      this.end(s, "cancelled");
+    }
+    this.waiting.length = 0;
+    for (const s of this.running) s.cancelled = true;
+  }
+
+  private kick(): void {
+    if (this.looping) return;
+    this.looping = true;
+    setImmediate(() => void this.loop());
+  }
+
+  private async loop(): Promise<void> {
+    try {
+      while (this.waiting.length || this.running.length) {
+        this.retire();
+        this.admit();
+        this.step();
+        this.retire();
+        // Requests, cancels and the streamed text go out between steps.
+        await new Promise((r) => setImmediate(r));
+      }
+    } finally {
+      this.session?.dispose();
+      this.session = null;
+      this.sessionOver = [];
+      this.looping = false;
+      for (const r of this.idle.splice(0)) r();
+    }
+  }
+
+  /** Starts waiting sequences while there is room: all of them into an empty batch, else one per step. */
+  private admit(): void {
+    const budget = this.opts.kvBudgetBytes ?? Infinity;
+    let reserved = this.running.reduce((n, s) => n + s.reserved, 0);
+    const alone = this.running.length === 0;
+    while (this.waiting.length && this.running.length < this.opts.maxBatch && reserved + this.waiting[0]!.reserved <= budget) {
+      const s = this.waiting.shift()!;
+      reserved += s.reserved;
+      this.prefill(s);
+      if (!alone) break;
+    }
+  }
+
+  private prefill(s: Sequence): void {
+    s.admittedAt = performance.now();
+    const V = this.model.config.vocabSize;
+    try {
+      s.cache = this.model.newCache(this.opts.kvCache, { capacity: s.spec.prompt.length + s.spec.maxTokens });
+      const out = this.model.forward(Int32Array.from(s.spec.prompt), s.cache);
+      const logits = out.toArray().slice(out.size - V);
+      out.dispose();
+      s.prefillMs = performance.now() - s.admittedAt;
+      this.running.push(s);
+      this.take(s, pickToken(logits, s.spec.sampling, s.rand));
+    } catch (e) {
+      this.fail([s], e);
+    }
+  }
+
+  /** One decode step for every running sequence that goes on. */
+  private step(): void {
+    const live = this.running.filter((s) => !s.ended && !s.cancelled);
+    if (!live.length) return;
+    const V = this.model.config.vocabSize;
+    try {
+      if (!this.session || live.length !== this.sessionOver.length || live.some((s, i) => s !== this.sessionOver[i])) {
+        this.session?.dispose();
+        this.session = null;
+        this.session = new DecodeSession(this.model, live.map((s) => s.cache!));
+        this.sessionOver = live;
+      }
+      const t0 = performance.now();
+      const logits = this.session.step(Int32Array.from(live, (s) => s.next)).toArray();
+      this.decodeMs += performance.now() - t0;
+      this.decodeTokens += live.length;
+      live.forEach((s, k) => this.take(s, pickToken(logits.subarray(k * V, (k + 1) * V), s.spec.sampling, s.rand)));
+    } catch (e) {
+      this.session?.dispose();
+      this.session = null;
+      this.sessionOver = [];
+      this.fail(live, e);
+    }
+  }
+
+  /** A new token of `s`: passed on, and the sequence ended where it should. */
+  private take(s: Sequence, id: number): void {
+    s.newTokens++;
+    this.newTokens++;
+    const eos = this.model.config.eosTokenId;
+    if ((s.spec.stopAtEos ?? true) && id === eos) return this.end(s, "stop");
+    let more: boolean;
+    try {
+      more = s.spec.onToken(id);
+    } catch (e) {
+      return this.fail([s], e);
+    }
+    if (!more) return this.end(s, "stop");
+    if (s.newTokens >= s.spec.maxTokens) return this.end(s, "length");
+    s.next = id;
+  }
+
+  /** Removes ended and cancelled sequences from the batch. */
+  private retire(): void {
+    for (const s of this.running) if (s.cancelled && !s.ended) this.end(s, "cancelled");
+    if (this.running.some((s) => s.ended)) this.running = this.running.filter((s) => !s.ended);
+  }
+
+  private fail(seqs: Sequence[], e: unknown): void {
+    const error = isMlaError(e) ? e : new MlaError("UNSUPPORTED", `internal error: ${(e as Error)?.message ?? String(e)}`, "this is a bug; report it with the request that caused it", { cause: e });
+    for (const s of seqs) this.end(s, "error", error);
+  }
+
+  private end(s: Sequence, reason: SequenceEnd["reason"], error?: MlaError): void {
+    if (s.ended) return;
+    s.ended = true;
+    if (s.cache) {
+      // The session holds the cache's buffers in a recording: it goes first.
+      if (this.sessionOver.includes(s)) {
+        this.session?.dispose();
+        this.session = null;
+        this.sessionOver = [];
+      }
+      s.cache.dispose();
+      s.cache = null;
+    }
+    this.ended[reason]++;
+    const now = performance.now();
+    const admitted = s.admittedAt || now;
+    try {
+      s.spec.onEnd({ reason, ...(error ? { error } : {}), promptTokens: s.spec.prompt.length, newTokens: s.newTokens, queuedMs: admitted - s.queuedAt, prefillMs: s.prefillMs, totalMs: now - admitted });
+    } catch {
+      // A listener's failure must not stop the other sequences.
+    }
+  }
+}
+
+function mb(bytes: number): string {
+  return (bytes / 2 ** 20).toFixed(1);
+}

@@ -1,0 +1,97 @@
+/**
+ * The body of an OpenAI-style `POST /v1/completions`, checked. What the server does not implement
+ * (several choices, log-probabilities, penalties, echo, suffix) is refused by name rather than
+ * ignored, so a client never reads an answer computed without a setting it asked for.
+ */
+import { MlaError } from "../errors.js";
+import type { SamplingOptions } from "../model/sampling.js";
+
+export interface CompletionRequest {
+  /** The prompt as text, or as token ids. */
+  prompt: string | number[];
+  maxTokens: number;
+  sampling: SamplingOptions;
+  seed: number | null;
+  stop: string[];
+  stream: boolean;
+  includeUsage: boolean;
+}
+
+/** OpenAI's default when max_tokens is left out. */
+export const DEFAULT_MAX_TOKENS = 16;
+
+/** Fields that change the answer and are not implemented, with the value that means "off". */
+const UNSUPPORTED: Record<string, (v: unknown) => boolean> = {
+  n: (v) => v === 1,
+  best_of: (v) => v === 1,
+  echo: (v) => v === false,
+  logprobs: (v) => v === 0 || v === false,
+  suffix: (v) => v === "",
+  presence_penalty: (v) => v === 0,
+  frequency_penalty: (v) => v === 0,
+  repetition_penalty: (v) => v === 1,
+  logit_bias: (v) => typeof v === "object" && v !== null && Object.keys(v).length === 0,
+};
+
+/** Fields read, or harmless to ignore (user: an end-user id for abuse tracking). */
+const KNOWN = new Set(["model", "prompt", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "stream", "stream_options", "user", ...Object.keys(UNSUPPORTED)]);
+
+function bad(message: string, hint: string): MlaError {
+  return new MlaError("BAD_ARGUMENT", message, hint);
+}
+
+function numberField(body: Record<string, unknown>, key: string, fallback: number, ok: (v: number) => boolean, expected: string): number {
+  const v = body[key];
+  if (v === undefined || v === null) return fallback;
+  if (typeof v !== "number" || !ok(v)) throw bad(`${key} ${JSON.stringify(v)} is not ${expected}`, `send ${key} as ${expected}, or leave it out (default ${fallback})`);
+  return v;
+}
+
+/** The request `body` (parsed JSON) checked against the served model's name and vocabulary. */
+export function parseCompletionRequest(body: unknown, served: { name: string; vocabSize: number }): CompletionRequest {
+  if (typeof body !== "object" || body === null || Array.isArray(body)) throw bad("the request body is not a JSON object", 'send e.g. {"prompt": "Once upon a time", "max_tokens": 32}');
+  const b = body as Record<string, unknown>;
+  const unknown = Object.keys(b).filter((k) => !KNOWN.has(k));
+  if (unknown.length) throw bad(`unknown field${unknown.length > 1 ? "s" : ""} ${unknown.map((k) => JSON.stringify(k)).join(", ")}`, `the fields read are ${[...KNOWN].filter((k) => !(k in UNSUPPORTED)).join(", ")}`);
+  for (const [k, off] of Object.entries(UNSUPPORTED))
+    if (b[k] !== undefined && b[k] !== null && !off(b[k])) throw bad(`${k} ${JSON.stringify(b[k])} is not supported by this server`, `leave ${k} out (one choice per request, no log-probabilities, penalties, echo or suffix)`);
+  if (b["model"] !== undefined && b["model"] !== served.name) throw new MlaError("NOT_FOUND", `model ${JSON.stringify(b["model"])} is not served here`, `this server serves ${JSON.stringify(served.name)} (GET /v1/models); send that name or leave model out`);
+
+  let prompt: string | number[];
+  const p = b["prompt"];
+  if (typeof p === "string") prompt = p;
+  else if (Array.isArray(p) && p.length > 0 && p.every((t) => Number.isInteger(t))) {
+    const out = (p as number[]).find((t) => t < 0 || t >= served.vocabSize);
+    if (out !== undefined) throw bad(`prompt token id ${out} is outside the vocabulary of ${served.vocabSize}`, "send ids from the served model's tokenizer, or the prompt as text");
+    prompt = p as number[];
+  } else if (Array.isArray(p) && p.length === 1 && typeof p[0] === "string") prompt = p[0];
+  else if (Array.isArray(p) && p.length > 1 && p.every((x) => typeof x === "string" || Array.isArray(x))) throw bad(`prompt holds ${p.length} prompts`, "send one prompt per request (requests in flight are decoded together anyway)");
+  else if (p === undefined || p === null) throw bad("the request has no prompt", 'send "prompt": "…" (text) or a list of token ids');
+  else throw bad(`prompt ${JSON.stringify(p).slice(0, 60)} is neither text nor a list of token ids`, 'send "prompt": "…" (text) or a list of token ids');
+  if (prompt.length === 0) throw bad("the prompt is empty", "send at least one character or token id");
+
+  const maxTokens = numberField(b, "max_tokens", DEFAULT_MAX_TOKENS, (v) => Number.isInteger(v) && v >= 1, "a whole number ≥ 1");
+  const temperature = numberField(b, "temperature", 1, (v) => Number.isFinite(v) && v >= 0, "a number ≥ 0 (0: greedy)");
+  const topP = numberField(b, "top_p", 1, (v) => v > 0 && v <= 1, "a probability in (0, 1]");
+  // top_k as vLLM takes it: -1 (or 0) means all tokens.
+  const topK = numberField(b, "top_k", -1, (v) => Number.isInteger(v) && v >= -1, "a whole number (-1: all tokens)");
+  const seedV = b["seed"];
+  if (seedV !== undefined && seedV !== null && !(Number.isInteger(seedV) && typeof seedV === "number")) throw bad(`seed ${JSON.stringify(seedV)} is not a whole number`, "send an integer seed, or leave it out for a random one");
+
+  let stop: string[] = [];
+  const s = b["stop"];
+  if (typeof s === "string") stop = [s];
+  else if (Array.isArray(s) && s.every((x) => typeof x === "string")) stop = s as string[];
+  else if (s !== undefined && s !== null) throw bad(`stop ${JSON.stringify(s).slice(0, 60)} is neither a string nor a list of strings`, 'send e.g. "stop": ["\\n\\n"]');
+  if (stop.length > 4) throw bad(`stop holds ${stop.length} strings`, "send at most 4 stop strings");
+  if (stop.some((x) => x.length === 0)) throw bad("stop holds an empty string", "every stop string needs at least one character");
+
+  const stream = b["stream"] ?? false;
+  if (typeof stream !== "boolean") throw bad(`stream ${JSON.stringify(stream)} is not true or false`, "send stream: true for server-sent events");
+  const so = b["stream_options"];
+  if (so !== undefined && so !== null && (typeof so !== "object" || Array.isArray(so))) throw bad("stream_options is not an object", 'send e.g. "stream_options": {"include_usage": true}');
+  const includeUsage = (so as Record<string, unknown> | null | undefined)?.["include_usage"] === true;
+  if (so && !stream) throw bad("stream_options is set without stream: true", "send stream: true, or leave stream_options out");
+
+  return { prompt, maxTokens, sampling: { temperature, topP, topK: topK < 0 ? 0 : topK }, seed: (seedV as number | undefined | null) ?? null, stop, stream, includeUsage };
+}

@@ -1,0 +1,244 @@
+/**
+ * An HTTP server speaking the OpenAI completions protocol (`POST /v1/completions`, streamed or not),
+ * over one continuous batch (batcher.ts): what `mha2mla serve` runs. Clients written for vLLM or the
+ * OpenAI API talk to it unchanged; the point of serving an MLA model from here is its small cache,
+ * which admits more sequences into one batch under the same memory.
+ */
+import http from "node:http";
+import crypto from "node:crypto";
+import { MlaError, isMlaError } from "../errors.js";
+import { loadModel, type LoadedModel } from "../model/llama.js";
+import { defaultKvCache } from "../model/generate.js";
+import { KV_CACHE_DTYPES, type KvCacheDtype } from "../model/kvQuant.js";
+import { selectBackend, DEVICE_NAMES, type DeviceName } from "../backends/select.js";
+import { silentLogger, type Logger } from "../util/log.js";
+import { checkOptionTypes, type OptionKinds } from "../util/optionTypes.js";
+import { throwIfAborted } from "../util/abort.js";
+import { Batcher, type BatcherStats, type SequenceEnd } from "./batcher.js";
+import { parseCompletionRequest, type CompletionRequest } from "./completionRequest.js";
+import { TextStream } from "./textStream.js";
+
+export interface ServeOptions {
+  /** Address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 for every interface). */
+  host?: string;
+  /** Port (default 8000; 0: any free port, see Server.port). */
+  port?: number;
+  /** The model name clients send and /v1/models lists (default: the model as given). */
+  name?: string;
+  /** The most sequences decoded together (default 32). */
+  maxBatch?: number;
+  /** How decode caches store keys/values (default "auto": bf16 for a bf16 checkpoint on the GPU, else f32). */
+  kvCache?: KvCacheDtype | "auto";
+  /** The most MB all admitted sequences' caches may reserve (default: no limit but maxBatch). */
+  kvBudgetMb?: number;
+  /** Where a model given by name runs (default "auto"; a LoadedModel keeps its backend). */
+  device?: DeviceName;
+  /** The largest request body in bytes (default 4 MiB). */
+  maxBodyBytes?: number;
+  /** One line per finished request, and the start (default: silent). */
+  logger?: Logger;
+  /** Aborting it closes the server at once: requests in flight end, their connections close. */
+  signal?: AbortSignal;
+}
+
+export interface ServerStats extends BatcherStats {
+  model: string;
+  requests: number;
+  uptimeSeconds: number;
+}
+
+export interface Server {
+  /** http://host:port */
+  readonly url: string;
+  readonly host: string;
+  readonly port: number;
+  /** The name clients send as `model`. */
+  readonly model: string;
+  /** The loaded model (its tokenizer, config and backend). */
+  readonly loaded: LoadedModel;
+  stats(): ServerStats;
+  /** Stops accepting requests, lets those in flight finish, then resolves. */
+  close(): Promise<void>;
+}
+
+const SERVE_KINDS: OptionKinds<ServeOptions> = { host: "string", port: "number", name: "string", maxBatch: "number", kvCache: "string", kvBudgetMb: "number", device: "string", maxBodyBytes: "number", logger: "object", signal: "object" };
+
+/** HTTP status of a refusal: the caller's mistake, a missing thing, no room, or ours. */
+function statusOf(e: MlaError): number {
+  if (e.code === "BAD_ARGUMENT" || e.code === "BAD_TEXT") return 400;
+  if (e.code === "NOT_FOUND") return 404;
+  if (e.code === "OUT_OF_MEMORY") return 503;
+  return 500;
+}
+
+/** OpenAI's error body; the message keeps the hint on the same line. */
+function errorBody(e: MlaError): string {
+  const type = statusOf(e) === 400 || statusOf(e) === 404 ? "invalid_request_error" : "server_error";
+  return JSON.stringify({ error: { message: e.message.replace(/\n\s*hint: /, "; hint: "), type, param: null, code: e.code } });
+}
+
+function sendJson(res: http.ServerResponse, status: number, body: string): void {
+  res.writeHead(status, { "Content-Type": "application/json", "Content-Length": Buffer.byteLength(body) });
+  res.end(body);
+}
+
+function asMlaError(e: unknown): MlaError {
+  return isMlaError(e) ? e : new MlaError("UNSUPPORTED", `internal error: ${(e as Error)?.message ?? String(e)}`, "this is a bug; report it with the request");
+}
+
+/** The request's body, at most `limit` bytes, parsed as JSON. */
+function readJson(req: http.IncomingMessage, limit: number): Promise<unknown> {
+  return new Promise((resolve, reject) => {
+    const parts: Buffer[] = [];
+    let size = 0;
+    req.on("data", (b: Buffer) => {
+      size += b.length;
+      if (size > limit) {
+        reject(new MlaError("BAD_ARGUMENT", `the request body passes ${limit} bytes`, "send a shorter prompt (or start the server with a larger maxBodyBytes)"));
+        req.destroy();
+      } else parts.push(b);
+    });
+    req.on("end", () => {
+      try {
+        resolve(JSON.parse(Buffer.concat(parts).toString("utf8")));
+      } catch (e) {
+        reject(new MlaError("BAD_ARGUMENT", `the request body is not JSON (${(e as Error).message})`, 'send e.g. {"prompt": "Once upon a time", "max_tokens": 32} with Content-Type: application/json'));
+      }
+    });
+    req.on("error", reject);
+  });
+}
+
+/** Starts serving `model` (a folder, alias or bundled name, loaded on opts.device; or a model already loaded). */
+export async function serve(model: string | LoadedModel, opts: ServeOptions = {}): Promise<Server> {
+  checkOptionTypes("serve()", opts, SERVE_KINDS);
+  throwIfAborted(opts.signal);
+  const port = opts.port ?? 8000;
+  if (!(Number.isInteger(port) && port >= 0 && port <= 65535)) throw new MlaError("BAD_ARGUMENT", `--port ${port} is not a TCP port`, "pass a whole number from 1 to 65535, or 0 for any free port");
+  if (opts.kvCache !== undefined && opts.kvCache !== "auto" && !KV_CACHE_DTYPES.includes(opts.kvCache)) throw new MlaError("BAD_ARGUMENT", `--kv-cache ${opts.kvCache} is not a cache type`, `use auto, ${KV_CACHE_DTYPES.join(", ")}`);
+  if (opts.device !== undefined && !DEVICE_NAMES.includes(opts.device)) throw new MlaError("BAD_ARGUMENT", `--device ${opts.device} is not known`, `use ${DEVICE_NAMES.join(", ")}`);
+  if (opts.kvBudgetMb !== undefined && !(Number.isFinite(opts.kvBudgetMb) && opts.kvBudgetMb > 0)) throw new MlaError("BAD_ARGUMENT", `--kv-budget-mb ${opts.kvBudgetMb} is not a size in MB`, "pass a positive number, or leave it out for no limit but --max-batch");
+  const maxBody = opts.maxBodyBytes ?? 4 * 2 ** 20;
+  const log = opts.logger ?? silentLogger;
+  const lm = typeof model === "string" ? loadModel(model, { backend: selectBackend(opts.device ?? "auto", log) }) : model;
+  const name = opts.name ?? (typeof model === "string" ? model : lm.source);
+  const kvCache = !opts.kvCache || opts.kvCache === "auto" ? defaultKvCache(lm.model) : opts.kvCache;
+  const batcher = new Batcher(lm.model, { maxBatch: opts.maxBatch ?? 32, kvCache, ...(opts.kvBudgetMb !== undefined ? { kvBudgetBytes: opts.kvBudgetMb * 2 ** 20 } : {}) });
+  const started = performance.now();
+  let requests = 0;
+  let closing = false;
+
+  const completions = async (req: http.IncomingMessage, res: http.ServerResponse): Promise<void> => {
+    let r: CompletionRequest;
+    let prompt: number[];
+    try {
+      r = parseCompletionRequest(await readJson(req, maxBody), { name, vocabSize: lm.config.vocabSize });
+      prompt = typeof r.prompt === "string" ? lm.tokenizer.encode(r.prompt, { addSpecialTokens: true }) : r.prompt;
+    } catch (e) {
+      if (!res.headersSent && !res.destroyed) sendJson(res, statusOf(asMlaError(e)), errorBody(asMlaError(e)));
+      return;
+    }
+    const id = `cmpl-${crypto.randomUUID().replaceAll("-", "")}`;
+    const created = Math.floor(Date.now() / 1000);
+    const text = new TextStream(lm.tokenizer, prompt, r.stop);
+    const chunk = (piece: string, finish: string | null) => JSON.stringify({ id, object: "text_completion", created, model: name, choices: [{ index: 0, text: piece, logprobs: null, finish_reason: finish }] });
+    const usage = (end: SequenceEnd) => ({ prompt_tokens: end.promptTokens, completion_tokens: end.newTokens, total_tokens: end.promptTokens + end.newTokens });
+    let done = false;
+    const onEnd = (end: SequenceEnd): void => {
+      done = true;
+      log.info(`${id}: ${end.promptTokens} prompt + ${end.newTokens} new tokens, ${end.reason}${end.error ? ` (${end.error.message.split("\n")[0]})` : ""}; queued ${end.queuedMs.toFixed(0)} ms, prefill ${end.prefillMs.toFixed(0)} ms, ${(end.totalMs / 1000).toFixed(2)} s`);
+      if (end.reason === "cancelled" || res.destroyed) return void res.end();
+      const finish = end.reason === "length" ? "length" : "stop";
+      if (end.reason === "error") {
+        if (!r.stream) return sendJson(res, statusOf(end.error!), errorBody(end.error!));
+        res.write(`data: ${errorBody(end.error!)}\n\n`);
+        return void res.end();
+      }
+      const rest = text.finish();
+      if (!r.stream) {
+        const body = JSON.stringify({ id, object: "text_completion", created, model: name, choices: [{ index: 0, text: text.output, logprobs: null, finish_reason: finish }], usage: usage(end) });
+        return sendJson(res, 200, body);
+      }
+      res.write(`data: ${chunk(rest, finish)}\n\n`);
+      if (r.includeUsage) res.write(`data: ${JSON.stringify({ id, object: "text_completion", created, model: name, choices: [], usage: usage(end) })}\n\n`);
+      res.end("data: [DONE]\n\n");
+    };
+    let handle;
+    try {
+      handle = batcher.submit({
+        prompt,
+        maxTokens: r.maxTokens,
+        sampling: r.sampling,
+        seed: r.seed ?? crypto.randomInt(2 ** 32),
+        onToken: (tok) => {
+          const piece = text.push(tok);
+          if (r.stream && piece) res.write(`data: ${chunk(piece, null)}\n\n`);
+          return !text.hitStop;
+        },
+        onEnd,
+      });
+    } catch (e) {
+      return sendJson(res, statusOf(asMlaError(e)), errorBody(asMlaError(e)));
+    }
+    requests++;
+    if (r.stream) res.writeHead(200, { "Content-Type": "text/event-stream", "Cache-Control": "no-cache", Connection: "keep-alive" });
+    // A client that goes away stops its sequence (its place and cache go to the next request).
+    res.on("close", () => {
+      if (!done) handle.cancel();
+    });
+  };
+
+  const server = http.createServer((req, res) => {
+    const path = new URL(req.url ?? "/", "http://localhost").pathname;
+    const route = `${req.method} ${path}`;
+    if (route === "GET /health") return sendJson(res, closing ? 503 : 200, JSON.stringify({ status: closing ? "closing" : "ok" }));
+    if (route === "GET /v1/models") return sendJson(res, 200, JSON.stringify({ object: "list", data: [{ id: name, object: "model", created: Math.floor(Date.now() / 1000), owned_by: "mha2mla", max_model_len: lm.config.maxPositions }] }));
+    if (route === "GET /stats") return sendJson(res, 200, JSON.stringify(stats()));
+    if (route === "POST /v1/completions") {
+      if (closing) return sendJson(res, 503, errorBody(new MlaError("INTERRUPTED", "the server is shutting down", "send the request to another server, or again once it is back")));
+      return void completions(req, res).catch((e) => {
+        if (!res.headersSent) sendJson(res, 500, errorBody(asMlaError(e)));
+        else res.end();
+      });
+    }
+    if (route === "POST /v1/chat/completions")
+      return sendJson(res, 404, errorBody(new MlaError("NOT_FOUND", "this server has no chat endpoint: it does not render chat templates", "format the conversation yourself and send it as the prompt of POST /v1/completions")));
+    const known = ["GET /health", "GET /v1/models", "GET /stats", "POST /v1/completions"];
+    return sendJson(res, 404, errorBody(new MlaError("NOT_FOUND", `no route ${route}`, `the routes are ${known.join(", ")}`)));
+  });
+
+  const stats = (): ServerStats => ({ model: name, requests, uptimeSeconds: (performance.now() - started) / 1000, ...batcher.stats() });
+
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", (e: NodeJS.ErrnoException) =>
+      reject(
+        e.code === "EADDRINUSE"
+          ? new MlaError("BAD_ARGUMENT", `port ${port} on ${opts.host ?? "127.0.0.1"} is in use`, "pass another --port, or --port 0 for any free one")
+          : e.code === "EACCES"
+            ? new MlaError("BAD_ARGUMENT", `port ${port} needs privileges this process lacks`, "pass a port above 1023")
+            : new MlaError("IO", `cannot listen on ${opts.host ?? "127.0.0.1"}:${port}: ${e.message}`, "check --host and --port"),
+      ),
+    );
+    server.listen(port, opts.host ?? "127.0.0.1", () => resolve());
+  });
+  const addr = server.address() as { address: string; port: number };
+  const host = opts.host ?? "127.0.0.1";
+  let closed: Promise<void> | null = null;
+  const close = (): Promise<void> =>
+    (closed ??= (async () => {
+      closing = true;
+      const stopped = new Promise<void>((r) => server.close(() => r()));
+      server.closeIdleConnections();
+      await batcher.whenIdle();
+      server.closeAllConnections();
+      await stopped;
+    })());
+  opts.signal?.addEventListener("abort", () => {
+    batcher.cancelAll();
+    server.closeAllConnections();
+    void close();
+  });
+  const shown = host.includes(":") ? `[${host}]` : host;
+  log.info(`serving ${name} at http://${shown}:${addr.port} (POST /v1/completions; GET /v1/models, /health, /stats): ${kvCache} cache, ${batcher.cacheBytes(1)} bytes per token; up to ${opts.maxBatch ?? 32} sequences per batch${opts.kvBudgetMb !== undefined ? ` within ${opts.kvBudgetMb} MB of cache` : ""}`);
+  return { url: `http://${shown}:${addr.port}`, host, port: addr.port, model: name, loaded: lm, stats, close };
+}

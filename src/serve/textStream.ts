@@ -1,0 +1,102 @@
+/**
+ * Text of a growing list of token ids, given out piece by piece as the ids arrive (a streamed
+ * completion), with stop strings cut off.
+ *
+ * Decoding each new id on its own is wrong for SentencePiece-style tokenizers (a piece's leading "▁"
+ * becomes a space only after other text, and one character may span several byte tokens), and
+ * decoding all ids at every step costs O(n) per token. So, as vLLM does, the ids are decoded from a
+ * few ids back: the text of ids[prefix:] minus the text of ids[prefix:read] is what the new ids add,
+ * and it is given out only once it does not end in an incomplete character (U+FFFD).
+ */
+import type { TextTokenizer } from "../io/tokenizer.js";
+
+/** Ids of the prompt decoded before the first new one, so its leading space comes out as the text has it. */
+const CONTEXT_IDS = 5;
+
+export class TextStream {
+  private readonly ids: number[];
+  private prefix: number;
+  private read: number;
+  /** The completion's text so far (stop strings not yet cut). */
+  private text = "";
+  /** How much of `text` has been given out. */
+  private given = 0;
+  private stopped = false;
+
+  /** `prompt`: the prompt's ids (only its last few are decoded); `stops`: strings that end the text, not part of it. */
+  constructor(private readonly tokenizer: TextTokenizer, prompt: readonly number[], private readonly stops: readonly string[] = []) {
+    this.ids = prompt.slice(-CONTEXT_IDS);
+    this.prefix = 0;
+    this.read = this.ids.length;
+  }
+
+  /** Whether a stop string has ended the text (push then adds nothing). */
+  get hitStop(): boolean {
+    return this.stopped;
+  }
+
+  /** Takes the next id; returns the text that can be given out now (possibly ""). */
+  push(id: number): string {
+    if (this.stopped) return "";
+    this.ids.push(id);
+    const before = this.tokenizer.decode(this.ids.slice(this.prefix, this.read));
+    const after = this.tokenizer.decode(this.ids.slice(this.prefix));
+    if (after.length > before.length && !after.endsWith("\uFFFD") && after.startsWith(before)) {
+      this.text += after.slice(before.length);
+      this.prefix = this.read;
+      this.read = this.ids.length;
+    }
+    return this.release(false);
+  }
+
+  /** The rest of the text at the end of the completion. */
+  finish(): string {
+    if (!this.stopped && this.read < this.ids.length) {
+      // Ids still held back (an incomplete character at the very end): their text as it decodes.
+      const before = this.tokenizer.decode(this.ids.slice(this.prefix, this.read));
+      this.text += this.tokenizer.decode(this.ids.slice(this.prefix)).slice(before.length);
+      this.read = this.ids.length;
+    }
+    return this.release(true);
+  }
+
+  /** The text given out so far. */
+  get output(): string {
+    return this.text.slice(0, this.given);
+  }
+
+  /**
+   * Text up to the first stop string (then stops), or, while the text may still grow into one, all but
+   * its longest end that begins a stop string.
+   */
+  private release(final: boolean): string {
+    let end = this.text.length;
+    // A stop string may start inside text already given out only by its held-back end: search from
+    // there on (given out text never holds a whole stop string, or the stream would have ended).
+    const from = Math.max(0, this.given - Math.max(0, ...this.stops.map((s) => s.length - 1)));
+    for (const s of this.stops) {
+      const at = this.text.indexOf(s, from);
+      if (at >= 0 && at < end) {
+        end = at;
+        this.stopped = true;
+      }
+    }
+    if (this.stopped) this.text = this.text.slice(0, end);
+    else if (!final) end -= this.heldBack();
+    const out = this.text.slice(this.given, end);
+    this.given = Math.max(this.given, end);
+    return out;
+  }
+
+  /** Characters at the end of the text that begin some stop string (they may turn out to be one). */
+  private heldBack(): number {
+    let hold = 0;
+    for (const s of this.stops)
+      for (let n = Math.min(s.length - 1, this.text.length); n > hold; n--)
+        if (this.text.endsWith(s.slice(0, n))) {
+          hold = n;
+          break;
+        }
+    return hold;
+  }
+}

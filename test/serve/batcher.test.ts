@@ -1,0 +1,95 @@
+/**
+ * Continuous batching (Batcher): each sequence comes out as generate() gives it alone, whatever joins
+ * or leaves the batch around it; places and the cache budget bound what runs; cancels free places.
+ */
+import assert from "node:assert/strict";
+import path from "node:path";
+import { test } from "node:test";
+import { loadModel } from "../../src/model/llama.js";
+import { generate } from "../../src/model/generate.js";
+import { Batcher, type SequenceEnd, type SequenceSpec } from "../../src/serve/batcher.js";
+import { kvBytesPerToken } from "../../src/model/config.js";
+import { MODELS } from "../helpers.js";
+import { MlaError } from "../../src/errors.js";
+
+const { model, tokenizer } = loadModel(path.join(MODELS, "stories260K"));
+const texts = ["Once upon a time", "The cat", "Lily and Tom went to the park. They", "One day", "Sam had a big red ball"];
+const prompts = texts.map((t) => tokenizer.encode(t, { addSpecialTokens: true }));
+
+interface Run {
+  ids: number[];
+  end: Promise<SequenceEnd>;
+}
+
+function submit(b: Batcher, spec: Omit<SequenceSpec, "onToken" | "onEnd">, onToken?: (ids: number[]) => boolean): Run & { cancel: () => void } {
+  const ids: number[] = [];
+  let done!: (e: SequenceEnd) => void;
+  const end = new Promise<SequenceEnd>((r) => (done = r));
+  const h = b.submit({ ...spec, onToken: (id) => (ids.push(id), onToken ? onToken(ids) : true), onEnd: done });
+  return { ids, end, cancel: h.cancel };
+}
+
+test("sequences joining and leaving a batch of 2 each decode as generate() alone, greedy and sampled", async () => {
+  const b = new Batcher(model, { maxBatch: 2, kvCache: "f32" });
+  const limits = [3, 24, 9, 17, 12];
+  let most = 0;
+  const greedy = prompts.map((p, i) => submit(b, { prompt: p, maxTokens: limits[i]!, sampling: { temperature: 0 }, seed: 0 }, () => ((most = Math.max(most, b.stats().running)), true)));
+  const sampled = prompts.map((p, i) => submit(b, { prompt: p, maxTokens: 10, sampling: { temperature: 0.9, topK: 40, topP: 0.95 }, seed: 100 + i }));
+  const ends = await Promise.all([...greedy, ...sampled].map((r) => r.end));
+  assert.ok(most <= 2, `at most 2 running, saw ${most}`);
+  prompts.forEach((p, i) => {
+    const want = generate(model, p, { maxTokens: limits[i]!, stopAtEos: true }).ids.filter((t) => t !== model.config.eosTokenId);
+    assert.deepEqual(greedy[i]!.ids, want, `greedy prompt ${i}`);
+    const wantS = generate(model, p, { maxTokens: 10, temperature: 0.9, topK: 40, topP: 0.95, seed: 100 + i }).ids.filter((t) => t !== model.config.eosTokenId);
+    assert.deepEqual(sampled[i]!.ids, wantS, `sampled prompt ${i}`);
+  });
+  for (const e of ends) assert.ok(e.reason === "length" || e.reason === "stop");
+  assert.equal(ends[0]!.reason, "length");
+  assert.equal(ends[0]!.newTokens, 3);
+  const s = b.stats();
+  assert.equal(s.running + s.waiting, 0);
+  assert.equal(s.ended.length + s.ended.stop, 10);
+  await b.whenIdle();
+});
+
+test("a sequence whose onToken says stop ends there; cancels end waiting and running sequences", async () => {
+  const b = new Batcher(model, { maxBatch: 1, kvCache: "f32" });
+  const stopped = submit(b, { prompt: prompts[0]!, maxTokens: 30, sampling: { temperature: 0 }, seed: 0 }, (ids) => ids.length < 4);
+  const running = submit(b, { prompt: prompts[1]!, maxTokens: 200, sampling: { temperature: 0 }, seed: 0 }, (ids) => {
+    if (ids.length === 5) running.cancel();
+    return true;
+  });
+  const waiting = submit(b, { prompt: prompts[2]!, maxTokens: 5, sampling: { temperature: 0 }, seed: 0 });
+  waiting.cancel();
+  assert.equal((await waiting.end).reason, "cancelled");
+  assert.equal(waiting.ids.length, 0);
+  const e1 = await stopped.end;
+  assert.equal(e1.reason, "stop");
+  assert.equal(stopped.ids.length, 4);
+  const e2 = await running.end;
+  assert.equal(e2.reason, "cancelled");
+  assert.ok(running.ids.length >= 5 && running.ids.length < 10, `cancelled soon after: ${running.ids.length} tokens`);
+  assert.deepEqual(b.stats().ended, { stop: 1, length: 0, cancelled: 2, error: 0 });
+});
+
+test("the KV budget bounds the sequences admitted together, each reserving prompt + max_tokens", async () => {
+  const per = kvBytesPerToken(model.config, "f32");
+  const need = (prompts[0]!.length + 8) * per;
+  const b = new Batcher(model, { maxBatch: 8, kvCache: "f32", kvBudgetBytes: 2.5 * need });
+  let most = 0;
+  const runs = [0, 1, 2, 3].map(() => submit(b, { prompt: prompts[0]!, maxTokens: 8, sampling: { temperature: 0 }, seed: 0 }, () => ((most = Math.max(most, b.stats().running)), true)));
+  await Promise.all(runs.map((r) => r.end));
+  assert.equal(most, 2, "room for two in the budget");
+  for (const r of runs) assert.deepEqual(r.ids, runs[0]!.ids);
+  assert.throws(() => b.submit({ prompt: prompts[0]!, maxTokens: 40, sampling: { temperature: 0 }, seed: 0, onToken: () => true, onEnd: () => {} }), (e: unknown) => e instanceof MlaError && /more than the server's whole KV budget/.test(e.message));
+});
+
+test("a sequence that can never start is refused before it queues", () => {
+  const b = new Batcher(model, { maxBatch: 2, kvCache: "f32" });
+  const spec = { sampling: { temperature: 0 }, seed: 0, onToken: () => true, onEnd: () => {} };
+  assert.throws(() => b.submit({ ...spec, prompt: prompts[0]!, maxTokens: model.config.maxPositions }), /pass the model's 512 positions[^]*lower max_tokens to at most 507/);
+  assert.throws(() => b.submit({ ...spec, prompt: [], maxTokens: 4 }), /no tokens/);
+  assert.throws(() => b.submit({ ...spec, prompt: prompts[0]!, maxTokens: 0 }), /max_tokens 0/);
+  assert.throws(() => new Batcher(model, { maxBatch: 0, kvCache: "f32" }), /--max-batch 0/);
+  assert.equal(b.stats().waiting, 0);
+});

@@ -1,0 +1,72 @@
+/** pickToken against the distributions it should draw from: greedy, temperature, top-k and the nucleus. */
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { pickToken, seededRandom } from "../../src/model/sampling.js";
+import { checkSampling } from "../../src/model/generate.js";
+
+/** Frequencies of `n` draws. */
+function draws(logits: Float32Array, opts: Parameters<typeof pickToken>[1], n = 20000): number[] {
+  const rand = seededRandom(7);
+  const counts = new Array<number>(logits.length).fill(0);
+  for (let i = 0; i < n; i++) counts[pickToken(logits, opts, rand)]!++;
+  return counts.map((c) => c / n);
+}
+
+const logits = Float32Array.from([2, 1, 0.5, 0, -1, -3]);
+const softmax = (x: Float32Array, t: number, keep: number[]): number[] => {
+  const e = Array.from(x, (v, i) => (keep.includes(i) ? Math.exp(v / t) : 0));
+  const s = e.reduce((a, b) => a + b, 0);
+  return e.map((v) => v / s);
+};
+
+test("greedy takes the largest logit, whatever top-k and top-p say", () => {
+  assert.equal(pickToken(logits, { temperature: 0, topK: 3, topP: 0.1 }, seededRandom(1)), 0);
+  assert.equal(pickToken(Float32Array.from([0, 5, 5, 1]), { temperature: 0 }, seededRandom(1)), 1, "ties go to the first");
+});
+
+test("sampling at a temperature draws softmax(logits / T)", () => {
+  const got = draws(logits, { temperature: 0.7 });
+  const want = softmax(logits, 0.7, [0, 1, 2, 3, 4, 5]);
+  got.forEach((g, i) => assert.ok(Math.abs(g - want[i]!) < 0.015, `id ${i}: ${g} vs ${want[i]}`));
+});
+
+test("top-k keeps the k most likely ids, renormalized", () => {
+  const got = draws(logits, { temperature: 1, topK: 2 });
+  const want = softmax(logits, 1, [0, 1]);
+  got.forEach((g, i) => assert.ok(Math.abs(g - want[i]!) < 0.015, `id ${i}: ${g} vs ${want[i]}`));
+  assert.equal(pickToken(logits, { temperature: 5, topK: 1 }, seededRandom(3)), 0);
+});
+
+test("top-p keeps the fewest most likely ids reaching p, renormalized", () => {
+  const p = softmax(logits, 1, [0, 1, 2, 3, 4, 5]);
+  // p ≈ [0.54, 0.20, 0.12, 0.07, 0.03, 0.00]: 0.8 needs the first three (0.54 + 0.20 < 0.8).
+  assert.ok(p[0]! + p[1]! < 0.8 && p[0]! + p[1]! + p[2]! >= 0.8);
+  const got = draws(logits, { temperature: 1, topP: 0.8 });
+  const want = softmax(logits, 1, [0, 1, 2]);
+  got.forEach((g, i) => assert.ok(Math.abs(g - want[i]!) < 0.015, `id ${i}: ${g} vs ${want[i]}`));
+  assert.equal(pickToken(logits, { temperature: 1, topP: 0.01 }, seededRandom(3)), 0, "a tiny p keeps only the most likely id");
+});
+
+test("top-p over a large vocabulary finds the nucleus among the likely ids", () => {
+  // 32000 ids: a handful likely, the rest a long flat tail that together holds most of the mass.
+  const V = 32000;
+  const big = new Float32Array(V).fill(-2);
+  big[10] = 8;
+  big[20] = 7.5;
+  const tail = (V - 2) * Math.exp(-2);
+  const head = Math.exp(8) + Math.exp(7.5);
+  assert.ok(tail > head * 0.9, "the tail holds a sizeable share");
+  // p = 0.5 lies within the two likely ids; 0.9 reaches into the flat tail.
+  const got = draws(big, { temperature: 1, topP: Math.exp(8) / (head + tail) + 0.01 }, 400);
+  assert.ok(got[10]! > 0.3 && got[20]! > 0.3 && got[10]! + got[20]! === 1, `only the two likely ids: ${got[10]}, ${got[20]}`);
+  const wide = draws(big, { temperature: 1, topP: 0.95 }, 400);
+  assert.ok(wide[10]! + wide[20]! < 0.8, "a wide nucleus reaches the tail");
+});
+
+test("the sampling settings are checked, naming the flag", () => {
+  assert.throws(() => checkSampling({ temperature: -1 }), /--temperature -1/);
+  assert.throws(() => checkSampling({ topK: 1.5 }), /--top-k 1.5/);
+  assert.throws(() => checkSampling({ topP: 0 }), /--top-p 0 /);
+  assert.throws(() => checkSampling({ topP: 1.2 }), /--top-p 1.2/);
+  assert.deepEqual(checkSampling({}), { temperature: 0, topK: 0, topP: 1 });
+});

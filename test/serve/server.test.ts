@@ -1,0 +1,186 @@
+/**
+ * `serve` over HTTP: the OpenAI completions protocol (plain and streamed), answers equal to generate(),
+ * refusals as OpenAI error bodies naming the culprit, a client that leaves cancels its sequence, and
+ * close() finishing what is in flight. The command itself: started, asked, stopped with SIGINT.
+ */
+import assert from "node:assert/strict";
+import path from "node:path";
+import { spawn } from "node:child_process";
+import { test } from "node:test";
+import { loadModel } from "../../src/model/llama.js";
+import { generate } from "../../src/model/generate.js";
+import { serve } from "../../src/serve/server.js";
+import { MODELS, ROOT } from "../helpers.js";
+
+const lm = loadModel(path.join(MODELS, "stories260K"));
+const bos = lm.config.bosTokenId;
+
+/** What generate() continues `prompt` with, as text. */
+function expected(prompt: string, maxTokens: number): string {
+  const p = lm.tokenizer.encode(prompt, { addSpecialTokens: true });
+  const ids = generate(lm.model, p, { maxTokens }).ids.filter((t) => t !== lm.config.eosTokenId);
+  const strip = (x: number[]) => x.filter((t) => t !== bos);
+  return lm.tokenizer.decode(strip([...p, ...ids])).slice(lm.tokenizer.decode(strip(p)).length);
+}
+
+async function post(url: string, body: unknown): Promise<{ status: number; json: Record<string, any> }> {
+  const r = await fetch(`${url}/v1/completions`, { method: "POST", headers: { "Content-Type": "application/json" }, body: typeof body === "string" ? body : JSON.stringify(body) });
+  return { status: r.status, json: (await r.json()) as Record<string, any> };
+}
+
+/** The events of a streamed completion, parsed, up to [DONE]. */
+async function events(url: string, body: unknown): Promise<Record<string, any>[]> {
+  const r = await fetch(`${url}/v1/completions`, { method: "POST", body: JSON.stringify({ ...(body as object), stream: true }) });
+  assert.equal(r.status, 200);
+  assert.match(r.headers.get("content-type") ?? "", /text\/event-stream/);
+  const text = await r.text();
+  const data = text.split("\n\n").filter((x) => x.startsWith("data: ")).map((x) => x.slice(6));
+  assert.equal(data[data.length - 1], "[DONE]");
+  return data.slice(0, -1).map((d) => JSON.parse(d) as Record<string, any>);
+}
+
+test("completions, plain and streamed, decoded together, equal generate(); models, health and stats answer", async () => {
+  const server = await serve(lm, { port: 0, name: "tiny", maxBatch: 3 });
+  try {
+    const models = (await (await fetch(`${server.url}/v1/models`)).json()) as { data: { id: string; max_model_len: number }[] };
+    assert.deepEqual(models.data.map((m) => [m.id, m.max_model_len]), [["tiny", 512]]);
+    assert.equal((await fetch(`${server.url}/health`)).status, 200);
+    const asks = [["Once upon a time", 30], ["The dog", 12], ["Lily saw a bird", 20], ["One day", 25]] as const;
+    const [a, b, c, d] = await Promise.all([
+      post(server.url, { model: "tiny", prompt: asks[0][0], max_tokens: asks[0][1], temperature: 0 }),
+      events(server.url, { prompt: asks[1][0], max_tokens: asks[1][1], temperature: 0, stream_options: { include_usage: true } }),
+      post(server.url, { prompt: asks[2][0], max_tokens: asks[2][1], temperature: 0 }),
+      events(server.url, { prompt: asks[3][0], max_tokens: asks[3][1], temperature: 0 }),
+    ]);
+    assert.equal(a.status, 200);
+    assert.equal(a.json["object"], "text_completion");
+    assert.equal(a.json["model"], "tiny");
+    assert.equal(a.json["choices"][0].text, expected(asks[0][0], asks[0][1]));
+    assert.equal(a.json["choices"][0].finish_reason, "length");
+    assert.deepEqual(a.json["usage"], { prompt_tokens: lm.tokenizer.encode(asks[0][0], { addSpecialTokens: true }).length, completion_tokens: 30, total_tokens: lm.tokenizer.encode(asks[0][0], { addSpecialTokens: true }).length + 30 });
+    assert.equal(c.json["choices"][0].text, expected(asks[2][0], asks[2][1]));
+    const streamed = (evs: Record<string, any>[]) => evs.filter((e) => e["choices"].length).map((e) => e["choices"][0].text as string).join("");
+    assert.equal(streamed(b), expected(asks[1][0], asks[1][1]));
+    assert.equal(streamed(d), expected(asks[3][0], asks[3][1]));
+    assert.ok(d.length > 5, "streamed in several events");
+    assert.deepEqual(d.slice(0, -1).map((e) => e["choices"][0].finish_reason), new Array(d.length - 1).fill(null));
+    assert.equal(d[d.length - 1]!["choices"][0].finish_reason, "length");
+    assert.equal(b[b.length - 1]!["usage"].completion_tokens, 12, "include_usage adds a last event with the usage");
+    assert.equal(new Set(d.map((e) => e["id"])).size, 1, "one id per completion");
+    const stats = (await (await fetch(`${server.url}/stats`)).json()) as Record<string, number>;
+    assert.equal(stats["requests"], 4);
+    assert.equal(stats["newTokens"], 30 + 12 + 20 + 25);
+  } finally {
+    await server.close();
+  }
+});
+
+test("a stop string ends the completion before it, plain and streamed; sampled answers follow the seed", async () => {
+  const server = await serve(lm, { port: 0 });
+  try {
+    const full = expected("Once upon a time", 40);
+    const cut = full.indexOf(".");
+    assert.ok(cut > 0);
+    const r = await post(server.url, { prompt: "Once upon a time", max_tokens: 40, temperature: 0, stop: ["."] });
+    assert.equal(r.json["choices"][0].text, full.slice(0, cut));
+    assert.equal(r.json["choices"][0].finish_reason, "stop");
+    const evs = await events(server.url, { prompt: "Once upon a time", max_tokens: 40, temperature: 0, stop: "." });
+    assert.equal(evs.map((e) => e["choices"][0].text).join(""), full.slice(0, cut));
+    const ask = { prompt: "The cat", max_tokens: 16, temperature: 1, top_p: 0.9, top_k: 20, seed: 5 };
+    const [x, y] = await Promise.all([post(server.url, ask), post(server.url, ask)]);
+    assert.equal(x.json["choices"][0].text, y.json["choices"][0].text, "the same seed draws the same text, in one batch");
+  } finally {
+    await server.close();
+  }
+});
+
+test("bad requests get OpenAI error bodies that name the culprit; unknown routes and chat are 404", async () => {
+  const server = await serve(lm, { port: 0, name: "tiny" });
+  try {
+    const cases: [unknown, number, RegExp][] = [
+      ["{not json", 400, /not JSON/],
+      [[1, 2], 400, /not a JSON object/],
+      [{ prompt: "x", max_tokens: 4, bogus: 1 }, 400, /unknown field "bogus"/],
+      [{ prompt: "x", n: 2 }, 400, /n 2 is not supported/],
+      [{ prompt: "x", logprobs: 3 }, 400, /logprobs 3 is not supported/],
+      [{ prompt: "x", model: "gpt-4" }, 404, /model "gpt-4" is not served here.*"tiny"/],
+      [{ max_tokens: 3 }, 400, /no prompt/],
+      [{ prompt: ["a", "b"] }, 400, /2 prompts.*one prompt per request/],
+      [{ prompt: [1, 99999] }, 400, /token id 99999 is outside the vocabulary of 512/],
+      [{ prompt: "x", max_tokens: 0 }, 400, /max_tokens 0 is not a whole number ≥ 1/],
+      [{ prompt: "x", max_tokens: 600 }, 400, /pass the model's 512 positions.*hint: lower max_tokens/],
+      [{ prompt: "x", temperature: -1 }, 400, /temperature -1/],
+      [{ prompt: "x", top_p: 0 }, 400, /top_p 0/],
+      [{ prompt: "x", stop: [""] }, 400, /empty string/],
+      [{ prompt: "x", stop: ["a", "b", "c", "d", "e"] }, 400, /at most 4/],
+      [{ prompt: "x", stream_options: { include_usage: true } }, 400, /without stream: true/],
+    ];
+    for (const [body, status, message] of cases) {
+      const r = await post(server.url, body);
+      assert.equal(r.status, status, JSON.stringify(body));
+      assert.match(r.json["error"].message, message, JSON.stringify(body));
+      assert.ok(!r.json["error"].message.includes("\n"), "one line");
+      assert.equal(r.json["error"].type, "invalid_request_error");
+    }
+    const chat = await fetch(`${server.url}/v1/chat/completions`, { method: "POST", body: "{}" });
+    assert.equal(chat.status, 404);
+    assert.match(((await chat.json()) as { error: { message: string } }).error.message, /no chat endpoint.*POST \/v1\/completions/);
+    const other = await fetch(`${server.url}/v2/nothing`);
+    assert.equal(other.status, 404);
+    assert.match(((await other.json()) as { error: { message: string } }).error.message, /no route GET \/v2\/nothing.*POST \/v1\/completions/);
+    assert.equal(server.stats().requests, 0, "refused requests start nothing");
+  } finally {
+    await server.close();
+  }
+});
+
+test("a client that leaves mid-stream cancels its sequence; close() finishes what is in flight and takes no more", async () => {
+  const server = await serve(lm, { port: 0, maxBatch: 1 });
+  const abort = new AbortController();
+  const r = await fetch(`${server.url}/v1/completions`, { method: "POST", body: JSON.stringify({ prompt: "Once", max_tokens: 400, temperature: 0, stream: true }), signal: abort.signal });
+  const reader = r.body!.getReader();
+  await reader.read();
+  abort.abort();
+  for (let i = 0; i < 200 && server.stats().ended.cancelled === 0; i++) await new Promise((res) => setTimeout(res, 10));
+  assert.equal(server.stats().ended.cancelled, 1);
+  assert.ok(server.stats().newTokens < 400);
+
+  const inFlight = post(server.url, { prompt: "Once upon a time", max_tokens: 60, temperature: 0 });
+  while (server.stats().running === 0) await new Promise((res) => setTimeout(res, 2));
+  const closed = server.close();
+  const done = await inFlight;
+  assert.equal(done.status, 200);
+  assert.equal(done.json["choices"][0].text, expected("Once upon a time", 60));
+  await closed;
+  await assert.rejects(fetch(`${server.url}/health`), "no longer listening");
+});
+
+test("serve() refuses bad options; a port in use is named", async () => {
+  await assert.rejects(serve(lm, { port: 70000 }), /--port 70000 is not a TCP port/);
+  await assert.rejects(serve(lm, { port: 0, kvCache: "fp8" as never }), /--kv-cache fp8/);
+  await assert.rejects(serve(lm, { port: 0, kvBudgetMb: 0 }), /--kv-budget-mb 0/);
+  await assert.rejects(serve(lm, { port: 0, maxBatch: 0 }), /--max-batch 0/);
+  await assert.rejects(serve(lm, { port: 0, bogus: 1 } as never), /serve\(\) has no option "bogus"/);
+  const first = await serve(lm, { port: 0 });
+  try {
+    await assert.rejects(serve(lm, { port: first.port }), new RegExp(`port ${first.port} on 127.0.0.1 is in use[^]*--port 0`));
+  } finally {
+    await first.close();
+  }
+});
+
+test("mha2mla serve answers, then stops on SIGINT after finishing", async () => {
+  const child = spawn(process.execPath, [path.join(ROOT, "dist/src/cli/main.js"), "serve", path.join(MODELS, "stories260K"), "--port", "0", "--device", "reference", "--served-model-name", "s"], { stdio: ["ignore", "pipe", "pipe"] });
+  let err = "";
+  child.stderr.on("data", (b: Buffer) => (err += b.toString()));
+  const exited = new Promise<number | null>((r) => child.on("exit", (code) => r(code)));
+  for (let i = 0; i < 300 && !/serving s at (http:\S+)/.test(err); i++) await new Promise((res) => setTimeout(res, 20));
+  const url = /serving s at (http:\S+)/.exec(err)?.[1];
+  assert.ok(url, err);
+  const r = await post(url, { prompt: "Once upon a time", max_tokens: 8, temperature: 0 });
+  assert.equal(r.json["choices"][0].text, expected("Once upon a time", 8));
+  child.kill("SIGINT");
+  assert.equal(await exited, 0);
+  assert.match(err, /served 1 request, 8 new tokens; stopped/);
+  assert.match(err, /cmpl-\w+: \d+ prompt \+ 8 new tokens, length/);
+});
