@@ -26,7 +26,7 @@ import { inspectModel } from "../eval/inspect.js";
 import { resolveModel } from "../io/modelDir.js";
 import { readHfConfig } from "../io/hfConfig.js";
 import { defaultRopePairs } from "../ropeSelect/strategies.js";
-import { resolveSettings, type SettingsInput } from "../convert/plan.js";
+import { DEFAULT_GATE_DIM, resolveSettings, type SettingsInput } from "../convert/plan.js";
 import type { ModelConfig } from "../model/config.js";
 import { checkFinetuneOptions } from "../finetune/options.js";
 import { checkTextFile } from "../eval/perplexity.js";
@@ -62,7 +62,7 @@ export interface StudyOptions {
   valFraction?: number;
   /** Validation NLL every this many steps (the curves; default: 20 points per run). */
   evalEvery?: number;
-  /** EG-MLA's gate width (default 16); only with the eg-mla variant. */
+  /** EG-MLA's gate width (default DEFAULT_GATE_DIM); only with the eg-mla variant. */
   gateDim?: number;
   device?: DeviceName;
   force?: boolean;
@@ -148,7 +148,7 @@ type StudyRun = { variant: "mha"; L: null } | { variant: MlaVariant; L: number }
 /** The conversion that makes an MLA variant at latent width L from the MHA initialization. */
 function runSettings({ variant, L }: { variant: MlaVariant; L: number }, c: ModelConfig, gateDim: number | undefined): SettingsInput {
   const eg = variant === "eg-mla";
-  return { rank: L / c.kvHeads, ropePairs: variant === "mla" ? 0 : defaultRopePairs(c.headDim), ropeStrategy: "uniform", attention: eg ? "eg-mla" : "mla", gateDim: eg ? (gateDim ?? 16) : undefined };
+  return { rank: L / c.kvHeads, ropePairs: variant === "mla" ? 0 : defaultRopePairs(c.headDim), ropeStrategy: "uniform", attention: eg ? "eg-mla" : "mla", gateDim: eg ? gateDim : undefined };
 }
 
 /**
@@ -201,7 +201,7 @@ export async function study(o: StudyOptions): Promise<StudyResult> {
   selectBackend(device, log);
   // What every run shares; the list of runs (variants × ranks) may grow between sittings, since each
   // run is trained on its own from the same initialization.
-  const settings = { like: o.like, data: o.data, tokens: o.tokens, seq, batch, lr, seed, valFraction: o.valFraction ?? 0.01, tokenCache: path.join(o.out, "tokens"), evalEvery: o.evalEvery ?? null, gateDim: o.gateDim ?? 16 };
+  const settings = { like: o.like, data: o.data, tokens: o.tokens, seq, batch, lr, seed, valFraction: o.valFraction ?? 0.01, tokenCache: path.join(o.out, "tokens"), evalEvery: o.evalEvery ?? null, gateDim: o.gateDim ?? DEFAULT_GATE_DIM };
   const stateFile = path.join(o.out, "study-state.json");
   if (fs.existsSync(o.out) && !o.force) {
     const prev = fs.existsSync(stateFile) ? (JSON.parse(fs.readFileSync(stateFile, "utf8")) as { settings?: unknown; variants?: string[]; ranks?: string[] }) : null;
