@@ -26,6 +26,7 @@ import { writeReport } from "./eval/report/report.js";
 import { FINETUNE_DEFAULTS, finetune, FinetuneOptions } from "./finetune/trainer.js";
 import { checkFinetuneOptions, checkTeacher, FINETUNE_KINDS } from "./finetune/options.js";
 import { checkOptionTypes, type OptionKinds } from "./util/optionTypes.js";
+import { resumableStep, throwIfAborted } from "./util/abort.js";
 import { silentLogger, Logger } from "./util/log.js";
 import { selectBackend, type DeviceName } from "./backends/select.js";
 import type { ProgressSink } from "./util/progress.js";
@@ -51,7 +52,14 @@ export interface PipelineOptions {
   device?: DeviceName;
   logger?: Logger;
   progress?: ProgressSink | null;
+  /** Polled between phases and by the fine-tune after every step: true ends the run with stoppedEarly (the CLI's Ctrl-C). */
   shouldStop?: () => boolean;
+  /**
+   * Aborting it stops the current phase at its next safe point (a conversion at its next layer, an
+   * evaluation at its next window, a fine-tune after its step, with a checkpoint) and throws MlaError
+   * INTERRUPTED. Finished phases are kept and nothing half-written is: the same call resumes.
+   */
+  signal?: AbortSignal;
 }
 
 /** The fine-tune's options the pipeline sets itself (its phase's folder, resume, output and stop). */
@@ -76,6 +84,7 @@ const PIPELINE_KINDS: OptionKinds<PipelineOptions> = {
   logger: "object",
   progress: "object",
   shouldStop: "function",
+  signal: "object",
 };
 type PipelineDeepseek = NonNullable<PipelineOptions["deepseek"]>;
 type PipelineFinetune = NonNullable<PipelineOptions["finetune"]>;
@@ -165,8 +174,14 @@ function runFingerprint(spec: string, o: PipelineOptions): string {
   return crypto.createHash("sha256").update(JSON.stringify(settings)).digest("hex").slice(0, 16);
 }
 
+/** The options pipeline.json records: what the run does, not how this call reports (a stream's internals) or is stopped. */
+function recordedSettings({ logger: _l, progress: _p, shouldStop: _s, signal: _a, ...settings }: PipelineOptions): object {
+  return settings;
+}
+
 export async function pipeline(spec: string, o: PipelineOptions): Promise<PipelineResult> {
   checkTypes(o);
+  throwIfAborted(o.signal);
   const log = o.logger ?? silentLogger;
   const out = path.resolve(o.out);
   const srcDir = resolveModel(spec).dir;
@@ -194,12 +209,13 @@ export async function pipeline(spec: string, o: PipelineOptions): Promise<Pipeli
   } else {
     fs.rmSync(out, { recursive: true, force: true });
     fs.mkdirSync(out, { recursive: true });
-    fs.writeFileSync(stateFile, JSON.stringify({ fingerprint, model: spec, settings: o, started: new Date().toISOString() }, null, 2) + "\n");
+    fs.writeFileSync(stateFile, JSON.stringify({ fingerprint, model: spec, settings: recordedSettings(o), started: new Date().toISOString() }, null, 2) + "\n");
   }
   const phases: PipelineResult["phases"] = [];
   // A stop asked for between phases (Ctrl-C outside fine-tuning) ends the run before the next one;
   // finished phases are kept, and the same command resumes.
   let stoppedEarly = false;
+  const resumes = `the finished phases are kept in ${o.out} (and an interrupted fine-tune's last checkpoint); call pipeline() again with the same options to resume`;
   const phase = async <T>(name: string, done: () => boolean, run: () => Promise<T>): Promise<void> => {
     const t0 = performance.now();
     if (done()) {
@@ -212,13 +228,13 @@ export async function pipeline(spec: string, o: PipelineOptions): Promise<Pipeli
       return;
     }
     log.info(`pipeline: ${name}`);
-    await run();
+    await resumableStep(o.signal, resumes, run);
     // A fine-tune stopped part-way is not done: the next run resumes it.
     if (!stoppedEarly) phases.push({ name, skipped: false, seconds: (performance.now() - t0) / 1000 });
   };
   const evalTo = (label: string, model: string, file: string) =>
     phase(`eval ${label}`, () => fs.existsSync(file), async () => {
-      const r = await evaluate(model, { ...pipelineEval(o), label, device: o.device, progress: o.progress, logger: log });
+      const r = await evaluate(model, { ...pipelineEval(o), label, device: o.device, progress: o.progress, signal: o.signal, logger: log });
       writeFileAtomic(file, JSON.stringify(r, null, 2) + "\n");
     });
   const mla = path.join(out, "mla");
@@ -229,14 +245,14 @@ export async function pipeline(spec: string, o: PipelineOptions): Promise<Pipeli
   await phase("convert", () => fs.existsSync(path.join(mla, "config.json")), (): Promise<unknown> =>
     o.format === "deepseek"
       ? convertDeepseek(spec, { ...deepseekSettings(o.convert), ...o.deepseek, ...common })
-      : convert(spec, { ...o.convert, ...common }),
+      : convert(spec, { ...o.convert, ...common, signal: o.signal }),
   );
   await evalTo("original", spec, files.original);
   await evalTo("converted", mla, files.converted);
   if (o.finetune) {
     await phase("finetune", () => fs.existsSync(path.join(ft, "finetune.json")), async () => {
       const resume = fs.existsSync(path.join(ft, "checkpoint", "state.json"));
-      const r = await finetune(mla, { ...o.finetune!, out: ft, resume, force: !resume, logger: log, progress: o.progress, shouldStop: o.shouldStop });
+      const r = await finetune(mla, { ...o.finetune!, out: ft, resume, force: !resume, logger: log, progress: o.progress, shouldStop: o.shouldStop, signal: o.signal });
       stoppedEarly = r.stoppedEarly;
     });
     await evalTo("fine-tuned", ft, files.finetuned);

@@ -1,6 +1,6 @@
 /** The conversion flags shared by `convert` and `pipeline`, and their mapping to library settings. */
 import type { Argv } from "yargs";
-import type { SettingsInput } from "../convert/plan.js";
+import { DEFAULT_GATE_DIM, type SettingsInput } from "../convert/plan.js";
 import { parseStrategy, ROPE_STRATEGIES } from "../ropeSelect/strategies.js";
 import { KV_SPLIT_MODES, KvSplitMode } from "../convert/kvSplit.js";
 import { MlaError } from "../errors.js";
@@ -45,7 +45,7 @@ export function withConversionOptions<T>(y: Argv<T>) {
     .option("calib-samples", { type: "number", default: 32, describe: "calibration windows" })
     .option("calib-len", { type: "number", default: 256, describe: "tokens per calibration window, BOS included" })
     .option("attention", { choices: ["mla", "eg-mla"] as const, default: "mla" as const, describe: "mla: MHA2MLA; eg-mla: MLA whose latent is gated by a per-layer token-embedding table (EG-MLA), initialized so the model starts equal to the mla conversion (same cache size)" })
-    .option("gate-dim", { type: "number", describe: "eg-mla: width of each layer's gate embedding (default 16)" })
+    .option("gate-dim", { type: "number", describe: `eg-mla: width of each layer's gate embedding (default ${DEFAULT_GATE_DIM})` })
     .option("kv-split", { choices: KV_SPLIT_MODES, default: "uniform" as KvSplitMode, describe: "how each layer splits the cache budget of --rope-pairs/--rank (2R + rank values per KV head and token) between rope pairs and latent dims: uniform (the same everywhere), or per-layer: each layer takes the equal-bytes split (R', rank') whose converted attention best reproduces the original's on --calib (needs --calib; the total cache is the uniform one's; `export --format deepseek` cannot write the result)" })
     .option("kv-split-pairs", { type: "string", describe: "per-layer: the rope pairs R' to try, comma-separated (default R + k·max(1, round(R/2)): 2,4,6,8,10 for R 4 and rank 16, as far as the budget allows)" });
 }

@@ -3,6 +3,7 @@ import type { DeviceName } from "../backends/select.js";
 import { STUDY_RANKS, STUDY_VARIANTS, study, type StudyVariant } from "../study/study.js";
 import { stderrLogger } from "../util/log.js";
 import { DEVICE_OPTION } from "./deviceOption.js";
+import { DEFAULT_GATE_DIM } from "../convert/plan.js";
 import { gracefulStop, type StopMessages } from "./signals.js";
 
 interface Args {
@@ -43,7 +44,7 @@ export const studyCommand: CommandModule<object, Args> = {
       .option("batch", { type: "number", default: 16 })
       .option("lr", { type: "number", default: 1e-3, describe: "peak learning rate (warmup 5%, WSD decay)" })
       .option("seed", { type: "number", default: 0 })
-      .option("gate-dim", { type: "number", describe: "EG-MLA's gate width (default 16)" })
+      .option("gate-dim", { type: "number", describe: `EG-MLA's gate width (default ${DEFAULT_GATE_DIM})` })
       .option("eval-every", { type: "number", describe: "validation NLL every N steps (default: 20 points per run)" })
       .option("device", DEVICE_OPTION)
       .option("force", { type: "boolean", default: false, describe: "start over in an existing --out (without it, re-running the same command resumes)" }),

@@ -13,6 +13,9 @@ import { requireCalibration } from "./calibrationNeeds.js";
 import { checkWindowShape } from "../ropeSelect/calibrate.js";
 import { checkTextFile } from "../eval/perplexity.js";
 
+/** EG-MLA's gate embedding width per layer when --gate-dim is not given (convert, pipeline, study, their help). */
+export const DEFAULT_GATE_DIM = 16;
+
 export interface ConversionSettings {
   rank: number;
   ropePairs: number;
@@ -67,7 +70,7 @@ export interface SettingsInput {
   calibLen?: number;
   /** "eg-mla" adds EG-MLA's token-embedding gate on the latent (docs/method.md); default "mla". */
   attention?: "mla" | "eg-mla";
-  /** EG-MLA: the gate embedding's width per layer (default 16). */
+  /** EG-MLA: the gate embedding's width per layer (default DEFAULT_GATE_DIM). */
   gateDim?: number;
   /** "per-layer" chooses each layer's split of the KV budget of (ropePairs, rank) from calibration (needs calib); default "uniform". */
   kvSplit?: KvSplitMode;
@@ -119,8 +122,8 @@ export function resolveSettings(c: ModelConfig, o: SettingsInput, log: Logger): 
   const attention = o.attention ?? "mla";
   if (attention !== "mla" && attention !== "eg-mla") throw new MlaError("BAD_ARGUMENT", `--attention ${attention} is not known`, "use mla or eg-mla");
   if (o.gateDim !== undefined && attention !== "eg-mla") throw new MlaError("BAD_ARGUMENT", "--gate-dim is EG-MLA's gate width", "add --attention eg-mla, or leave --gate-dim out");
-  const gateDim = attention === "eg-mla" ? (o.gateDim ?? 16) : 0;
-  if (attention === "eg-mla" && (!Number.isInteger(gateDim) || gateDim < 1)) throw new MlaError("BAD_ARGUMENT", `--gate-dim ${o.gateDim} is not a positive integer`, "use for example 16 (the gate table holds vocab × gate-dim values per layer)");
+  const gateDim = attention === "eg-mla" ? (o.gateDim ?? DEFAULT_GATE_DIM) : 0;
+  if (attention === "eg-mla" && (!Number.isInteger(gateDim) || gateDim < 1)) throw new MlaError("BAD_ARGUMENT", `--gate-dim ${o.gateDim} is not a positive integer`, `use for example ${DEFAULT_GATE_DIM} (the gate table holds vocab × gate-dim values per layer)`);
   const ropeDisjoint = o.ropeDisjoint ?? false;
   if (ropeDisjoint) checkDisjoint(c.kvHeads, R, half);
   const kvSplit = o.kvSplit ?? "uniform";

@@ -7,7 +7,6 @@
 import fs from "node:fs";
 import path from "node:path";
 import { MlaError, ioError } from "../errors.js";
-import { refuseOutOverInputs } from "./outGuard.js";
 
 const live = new Set<string>();
 
@@ -42,9 +41,12 @@ export function sweepStale(out: string): void {
   }
 }
 
-/** Creates the hidden temporary sibling folder of `out` (owned by this process) and returns its path. */
+/**
+ * Creates the hidden temporary sibling folder of `out` (owned by this process) and returns its path.
+ * The caller has already refused an `out` over its inputs or the working folder (refuseOutOverInputs;
+ * checkOutDir in the converters), before its work: checked here too, it ran twice per command.
+ */
 export function beginOutDir(out: string, force: boolean): string {
-  refuseOutOverInputs("--out", out, []);
   refuseExisting(out, force);
   const parent = path.dirname(path.resolve(out));
   try {

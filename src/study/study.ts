@@ -26,7 +26,7 @@ import { inspectModel } from "../eval/inspect.js";
 import { resolveModel } from "../io/modelDir.js";
 import { readHfConfig } from "../io/hfConfig.js";
 import { defaultRopePairs } from "../ropeSelect/strategies.js";
-import { resolveSettings, type SettingsInput } from "../convert/plan.js";
+import { DEFAULT_GATE_DIM, resolveSettings, type SettingsInput } from "../convert/plan.js";
 import type { ModelConfig } from "../model/config.js";
 import { checkFinetuneOptions } from "../finetune/options.js";
 import { checkTextFile } from "../eval/perplexity.js";
@@ -35,6 +35,7 @@ import { silentLogger, type Logger } from "../util/log.js";
 import type { ProgressSink } from "../util/progress.js";
 import { checkOptionTypes, type OptionKinds } from "../util/optionTypes.js";
 import { writeFileAtomic } from "../io/atomicDir.js";
+import { resumableStep, throwIfAborted } from "../util/abort.js";
 import { initFromScratch, likeConfig } from "./init.js";
 import { studyHtml, studyMarkdown } from "./report.js";
 import { decodeSpeed } from "./decodeSpeed.js";
@@ -62,7 +63,7 @@ export interface StudyOptions {
   valFraction?: number;
   /** Validation NLL every this many steps (the curves; default: 20 points per run). */
   evalEvery?: number;
-  /** EG-MLA's gate width (default 16); only with the eg-mla variant. */
+  /** EG-MLA's gate width (default DEFAULT_GATE_DIM); only with the eg-mla variant. */
   gateDim?: number;
   device?: DeviceName;
   force?: boolean;
@@ -70,6 +71,12 @@ export interface StudyOptions {
   progress?: ProgressSink | null;
   /** Polled between training steps: true saves a checkpoint and stops (stoppedEarly); re-run to resume. */
   shouldStop?: () => boolean;
+  /**
+   * Aborting it stops the run under way at its next safe point (a conversion at its next layer, training
+   * after its step, with a checkpoint; a measurement finishes first) and throws MlaError INTERRUPTED.
+   * Finished runs are kept and nothing half-written is: the same call resumes the interrupted run exactly.
+   */
+  signal?: AbortSignal;
 }
 
 const STUDY_KINDS: OptionKinds<StudyOptions> = {
@@ -91,6 +98,7 @@ const STUDY_KINDS: OptionKinds<StudyOptions> = {
   logger: "object",
   progress: "object",
   shouldStop: "function",
+  signal: "object",
 };
 
 export interface StudyRow {
@@ -148,7 +156,7 @@ type StudyRun = { variant: "mha"; L: null } | { variant: MlaVariant; L: number }
 /** The conversion that makes an MLA variant at latent width L from the MHA initialization. */
 function runSettings({ variant, L }: { variant: MlaVariant; L: number }, c: ModelConfig, gateDim: number | undefined): SettingsInput {
   const eg = variant === "eg-mla";
-  return { rank: L / c.kvHeads, ropePairs: variant === "mla" ? 0 : defaultRopePairs(c.headDim), ropeStrategy: "uniform", attention: eg ? "eg-mla" : "mla", gateDim: eg ? (gateDim ?? 16) : undefined };
+  return { rank: L / c.kvHeads, ropePairs: variant === "mla" ? 0 : defaultRopePairs(c.headDim), ropeStrategy: "uniform", attention: eg ? "eg-mla" : "mla", gateDim: eg ? gateDim : undefined };
 }
 
 /**
@@ -184,6 +192,7 @@ function checkRun(r: { variant: MlaVariant; L: number }, c: ModelConfig, gateDim
 
 export async function study(o: StudyOptions): Promise<StudyResult> {
   checkOptionTypes("study()", o, STUDY_KINDS, ["like", "variants", "data", "tokens", "out"]);
+  throwIfAborted(o.signal);
   const log = o.logger ?? silentLogger;
   const { dir: like } = resolveModel(o.like);
   refuseOutOverInputs("--out", o.out, [{ name: "--like's model folder", path: like }, { name: "--data", path: o.data }]);
@@ -201,7 +210,7 @@ export async function study(o: StudyOptions): Promise<StudyResult> {
   selectBackend(device, log);
   // What every run shares; the list of runs (variants × ranks) may grow between sittings, since each
   // run is trained on its own from the same initialization.
-  const settings = { like: o.like, data: o.data, tokens: o.tokens, seq, batch, lr, seed, valFraction: o.valFraction ?? 0.01, tokenCache: path.join(o.out, "tokens"), evalEvery: o.evalEvery ?? null, gateDim: o.gateDim ?? 16 };
+  const settings = { like: o.like, data: o.data, tokens: o.tokens, seq, batch, lr, seed, valFraction: o.valFraction ?? 0.01, tokenCache: path.join(o.out, "tokens"), evalEvery: o.evalEvery ?? null, gateDim: o.gateDim ?? DEFAULT_GATE_DIM };
   const stateFile = path.join(o.out, "study-state.json");
   if (fs.existsSync(o.out) && !o.force) {
     const prev = fs.existsSync(stateFile) ? (JSON.parse(fs.readFileSync(stateFile, "utf8")) as { settings?: unknown; variants?: string[]; ranks?: string[] }) : null;
@@ -225,6 +234,7 @@ export async function study(o: StudyOptions): Promise<StudyResult> {
   }
   const steps = Math.max(1, Math.floor(o.tokens / (seq * batch)));
   const rows: StudyRow[] = [];
+  const resumes = `the finished runs are kept in ${o.out} (and an interrupted training run's last checkpoint); call study() again with the same options to resume`;
   for (const [i, r] of runs.entries()) {
     const name = r.L === null ? "mha" : `${r.variant}-L${r.L}`;
     const rowFile = path.join(o.out, `${name}.row.json`);
@@ -234,15 +244,14 @@ export async function study(o: StudyOptions): Promise<StudyResult> {
       continue;
     }
     log.info(`study ${i + 1}/${runs.length}: ${name}`);
-    let modelDir = init;
     const conversion = r.variant === "mha" ? null : runSettings(r, c, o.gateDim);
-    if (conversion) {
-      modelDir = path.join(o.out, name);
-      if (!fs.existsSync(path.join(modelDir, "config.json"))) await convert(init, { ...conversion, device, out: modelDir, force: true, progress: null, logger: log });
-    }
+    const modelDir = conversion ? path.join(o.out, name) : init;
     const trained = path.join(o.out, `${name}-trained`);
-    const resume = fs.existsSync(path.join(trained, "checkpoint", "state.json"));
-    const ft = await finetune(modelDir, { data: [data], out: trained, force: !resume, resume, tokens: o.tokens, seq, batch, lr, seed, valFraction: o.valFraction ?? 0.01, tokenCache: path.join(o.out, "tokens"), evalEvery: o.evalEvery ?? Math.max(1, Math.round(steps / 20)), device, progress: o.progress, logger: log, shouldStop: o.shouldStop });
+    const ft = await resumableStep(o.signal, resumes, async () => {
+      if (conversion && !fs.existsSync(path.join(modelDir, "config.json"))) await convert(init, { ...conversion, device, out: modelDir, force: true, progress: null, logger: log, signal: o.signal });
+      const resume = fs.existsSync(path.join(trained, "checkpoint", "state.json"));
+      return finetune(modelDir, { data: [data], out: trained, force: !resume, resume, tokens: o.tokens, seq, batch, lr, seed, valFraction: o.valFraction ?? 0.01, tokenCache: path.join(o.out, "tokens"), evalEvery: o.evalEvery ?? Math.max(1, Math.round(steps / 20)), device, progress: o.progress, logger: log, shouldStop: o.shouldStop, signal: o.signal });
+    });
     if (ft.stoppedEarly) return { rows, report: null, html: null, stoppedEarly: true };
     const curve = fs.readFileSync(path.join(ft.out, "train_log.jsonl"), "utf8").trim().split("\n").map((l) => JSON.parse(l) as { step: number; val_nll?: number }).filter((l) => l.val_nll !== undefined).map((l) => [l.step, l.val_nll!] as [number, number]);
     const info = inspectModel(ft.out);

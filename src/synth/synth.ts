@@ -9,6 +9,7 @@ import path from "node:path";
 import { MlaError } from "../errors.js";
 import { requireRoom } from "../io/diskRoom.js";
 import { beginOutDir, commitOutDir, abandonOutDir } from "../io/atomicDir.js";
+import { refuseOutOverInputs } from "../io/outGuard.js";
 import { CheckpointWriter } from "../io/checkpoint.js";
 import { Checkpoint } from "../io/checkpoint.js";
 import { DTYPE_BYTES, DType, encodeFromF32 } from "../io/dtype.js";
@@ -128,6 +129,7 @@ export async function synth(opts: SynthOptions): Promise<SynthResult> {
   const ones = encodeFromF32(dtype, new Float32Array(CHUNK_ELEMS).fill(1));
   const zeros = new Uint8Array(CHUNK_ELEMS * elemBytes);
 
+  refuseOutOverInputs("--out", opts.out, []);
   requireRoom(opts.out, totalBytes, `the synth checkpoint (${opts.arch})`);
   const tmp = beginOutDir(opts.out, opts.force ?? false);
   const t0 = performance.now();

@@ -6,15 +6,35 @@
  */
 import { MlaError } from "../errors.js";
 
-export function throwIfAborted(signal: AbortSignal | undefined): void {
+/** `hint`: what is left and what calling again does, for work that resumes (pipeline, study) rather than starts over. */
+export function throwIfAborted(signal: AbortSignal | undefined, hint = "no partial output is left; call it again to redo the work"): void {
   if (!signal?.aborted) return;
   const r: unknown = signal.reason;
   const why = r instanceof Error ? r.message : String(r);
-  throw new MlaError("INTERRUPTED", `stopped: the AbortSignal was aborted (${why})`, "no partial output is left; call it again to redo the work", { cause: r });
+  throw new MlaError("INTERRUPTED", `stopped: the AbortSignal was aborted (${why})`, hint, { cause: r });
 }
 
 /** One turn of the event loop (timers and signal handlers run), then the signal's check. */
 export async function nextTurn(signal?: AbortSignal): Promise<void> {
   await new Promise((r) => setImmediate(r));
   throwIfAborted(signal);
+}
+
+/**
+ * One step of work that resumes by steps (a pipeline's phase, a study's run), under `signal`: the step
+ * stops itself (convert, evaluate: INTERRUPTED; finetune: a checkpoint and stoppedEarly), then the
+ * caller stops with `hint`, which says what is kept and that the same call resumes. A step that
+ * finished as the signal came stops the caller too, its result kept.
+ */
+export async function resumableStep<T>(signal: AbortSignal | undefined, hint: string, step: () => Promise<T>): Promise<T> {
+  throwIfAborted(signal, hint);
+  let r: T;
+  try {
+    r = await step();
+  } catch (e) {
+    if (e instanceof MlaError && e.code === "INTERRUPTED") throwIfAborted(signal, hint);
+    throw e;
+  }
+  throwIfAborted(signal, hint);
+  return r;
 }

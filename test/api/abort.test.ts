@@ -1,14 +1,15 @@
 /**
  * `signal` stops long calls: convert, evaluate and generateBatchAsync throw MlaError INTERRUPTED
  * (the signal's reason as `cause`) within one unit of work and leave no output; finetune stops as
- * shouldStop does, keeping a checkpoint it can resume from. Each abort comes from the work's own
- * progress callback, so it lands mid-run deterministically, whatever the machine's speed.
+ * shouldStop does, keeping a checkpoint it can resume from; pipeline stops inside the phase under way
+ * and throws, and the same call resumes by phase. Each abort comes from the work's own progress
+ * callback or log line, so it lands mid-run deterministically, whatever the machine's speed.
  */
 import test from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
-import { convert, evaluate, finetune, generateBatchAsync, loadModel, MlaError, type ProgressSink } from "../../src/index.js";
+import { convert, evaluate, finetune, generateBatchAsync, loadModel, MlaError, pipeline, study, type Logger, type ProgressSink } from "../../src/index.js";
 import { FIXTURES, tmpDir } from "../helpers.js";
 
 const TEXT = path.join(FIXTURES, "text", "tinystories.txt");
@@ -17,6 +18,11 @@ const TEXT = path.join(FIXTURES, "text", "tinystories.txt");
 function abortingSink(c: AbortController): ProgressSink & { lines: number } {
   const sink = { lines: 0, write: () => void (sink.lines++ === 0 && c.abort(new Error("enough"))) };
   return sink;
+}
+
+/** A logger that aborts `c` at its first line matching `re`. */
+function abortingLogger(c: AbortController, re: RegExp): Logger {
+  return { info: (m) => void (re.test(m) && c.abort(new Error("enough"))), warn: () => {} };
 }
 
 function isInterrupted(e: unknown): boolean {
@@ -46,6 +52,8 @@ test("a signal aborted before the call refuses at once", async () => {
   await assert.rejects(convert("stories260K", { rank: 4, out, signal }), isInterrupted);
   await assert.rejects(evaluate("stories260K", { text: TEXT, signal }), isInterrupted);
   await assert.rejects(finetune("stories260K", { data: [TEXT], out, signal }), isInterrupted);
+  await assert.rejects(pipeline("stories260K", { out, convert: { rank: 4 }, evalText: TEXT, signal }), isInterrupted);
+  await assert.rejects(study({ like: "stories260K", variants: ["mha"], data: TEXT, tokens: 64, out, signal }), isInterrupted);
   assert.ok(!fs.existsSync(out));
 });
 
@@ -75,4 +83,24 @@ test("finetune stops after the step of an abort with a checkpoint, and resume: t
   const done = await finetune("stories260K", { ...opts, resume: true });
   assert.equal(done.stoppedEarly, false);
   assert.equal(done.steps, 4);
+});
+
+test("pipeline stops inside the phase under way (convert at a layer, the fine-tune after a step with its checkpoint) and the same call resumes by phase", async () => {
+  const out = path.join(tmpDir(), "pl");
+  const opts = { out, convert: { rank: 4, ropePairs: 1 }, finetune: { data: [TEXT], seq: 32, batch: 2, tokens: 4 * 64 }, evalText: TEXT, evalTokens: 200, evalCtx: 32 };
+  const resumes = (e: unknown) => isInterrupted(e) && /hint: the finished phases are kept in .* call pipeline\(\) again with the same options to resume/.test((e as Error).message);
+  // The first progress line is the conversion's first layer.
+  const c = new AbortController();
+  const sink = abortingSink(c);
+  await assert.rejects(pipeline("stories260K", { ...opts, progress: sink, signal: c.signal }), resumes);
+  assert.equal(sink.lines, 1, "one layer's progress, then the stop");
+  assert.deepEqual(fs.readdirSync(out), ["pipeline.json"], "no model folder, whole or temporary");
+  const c2 = new AbortController();
+  await assert.rejects(pipeline("stories260K", { ...opts, logger: abortingLogger(c2, /^memory plan/), signal: c2.signal }), resumes);
+  assert.ok(fs.existsSync(path.join(out, "finetune", "checkpoint", "state.json")), "the stopped fine-tune's checkpoint");
+  assert.ok(!fs.existsSync(path.join(out, "finetune", "finetune.json")), "nor is the fine-tune done");
+  const logged: string[] = [];
+  const r = await pipeline("stories260K", { ...opts, logger: { info: (m) => logged.push(m), warn: () => {} } });
+  assert.deepEqual(r.phases.map((p) => `${p.name}${p.skipped ? " (skipped)" : ""}`), ["convert (skipped)", "eval original (skipped)", "eval converted (skipped)", "finetune", "eval fine-tuned", "report"]);
+  assert.ok(logged.some((m) => /^resuming at step 1\//.test(m)), logged.join("\n"));
 });

@@ -4,16 +4,20 @@
  * cached (absorbed) decode, batched decode and the full forward still agree; fine-tuning trains it.
  */
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
 import path from "node:path";
 import { test } from "node:test";
 import { convert } from "../../src/convert/pipeline.js";
 import { SILU_UNIT_POINT } from "../../src/convert/gate.js";
+import { DEFAULT_GATE_DIM, resolveSettings } from "../../src/convert/plan.js";
+import { readHfConfig } from "../../src/io/hfConfig.js";
+import { silentLogger } from "../../src/util/log.js";
 import { MlaError } from "../../src/errors.js";
 import { finetune } from "../../src/finetune/trainer.js";
 import { Checkpoint } from "../../src/io/checkpoint.js";
 import { loadModel } from "../../src/model/llama.js";
 import type { MlaWeights } from "../../src/model/weights.js";
-import { FIXTURES, MODELS, maxAbsDiff, tmpDir } from "../helpers.js";
+import { FIXTURES, MODELS, ROOT, maxAbsDiff, tmpDir } from "../helpers.js";
 import { convertFixture } from "./helpers.js";
 
 const settings = { rank: 4, ropePairs: 2, ropeStrategy: "uniform" as const, device: "reference" as const };
@@ -87,4 +91,15 @@ test("eg-mla flags: --gate-dim needs --attention eg-mla, and --format deepseek h
   await refused({ attention: "eg-mla", gateDim: 0 }, /--gate-dim 0 is not a positive integer/);
   const { deepseekSettings } = await import("../../src/deepseek/export.js");
   assert.throws(() => deepseekSettings({ rank: 4, attention: "eg-mla" }), /no EG-MLA gate/);
+});
+
+test("EG-MLA's default gate width is one constant: the conversion's default and the help of convert, pipeline and study", () => {
+  const c = readHfConfig(path.join(MODELS, "stories260K"));
+  assert.equal(resolveSettings(c, { ...settings, attention: "eg-mla" }, silentLogger).gateDim, DEFAULT_GATE_DIM);
+  for (const command of ["convert", "pipeline", "study"]) {
+    const help = spawnSync(process.execPath, [path.join(ROOT, "dist", "src", "cli", "main.js"), command, "--help"], { encoding: "utf8" }).stdout;
+    // yargs wraps the description: up to the next flag.
+    const gate = /--gate-dim\s+((?:(?!\s--)[\s\S])*)/.exec(help)?.[1] ?? "";
+    assert.match(gate, new RegExp(`\\(default ${DEFAULT_GATE_DIM}\\)`), `${command} --help: ${gate}`);
+  }
 });

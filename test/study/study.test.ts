@@ -60,6 +60,26 @@ test("study resumes: stopped inside the second variant, the same command finishe
   assert.equal(logged.filter((m) => /already done/.test(m)).length, 2);
 });
 
+test("study stops on its signal inside the run under way (its conversion at a layer, its training after a step, with a checkpoint) and the same call finishes that run as an uninterrupted study does", async () => {
+  const base = { like: path.join(MODELS, "stories260K"), variants: ["mla-rope"] as const, ranks: ["d/2"], data: DATA, tokens: 8 * 4 * 32, seq: 32, batch: 4, valFraction: 0.05, device: "cpu" as const, progress: null };
+  const straight = await study({ ...base, out: path.join(tmpDir(), "straight") });
+  const out = path.join(tmpDir(), "stopped");
+  const stopsAt = (re: RegExp) => {
+    const c = new AbortController();
+    return { signal: c.signal, logger: { info: (m: string) => void (re.test(m) && c.abort(new Error("enough"))), warn: () => {} } };
+  };
+  const stopped = (e: unknown) => e instanceof MlaError && e.code === "INTERRUPTED" && /hint: the finished runs are kept in .* call study\(\) again with the same options to resume/.test(e.message);
+  // convert logs its float64 route just before its layers.
+  await assert.rejects(study({ ...base, out, ...stopsAt(/^factoring with/) }), stopped);
+  assert.deepEqual(fs.readdirSync(out).filter((f) => f.includes("mla-rope")), [], "no model folder, whole or temporary");
+  await assert.rejects(study({ ...base, out, ...stopsAt(/^memory plan/) }), stopped);
+  assert.ok(fs.existsSync(path.join(out, "mla-rope-L32-trained", "checkpoint", "state.json")));
+  assert.ok(!fs.existsSync(path.join(out, "mla-rope-L32.row.json")));
+  const done = await study({ ...base, out });
+  assert.equal(done.stoppedEarly, false);
+  assert.deepEqual(done.rows.map((r) => [r.valNll, r.curve]), straight.rows.map((r) => [r.valNll, r.curve]));
+});
+
 test("study's initialization: seeded, norms at 1, N(0, 0.02) matrices, residual writers scaled down", () => {
   const a = path.join(tmpDir(), "a"), b = path.join(tmpDir(), "b");
   initFromScratch(path.join(MODELS, "stories260K"), a, 3);
