@@ -14,7 +14,7 @@ import { installPackage, runNode, tsc } from "./installed.js";
 const app = installPackage();
 
 /** What a script reaches for beyond the four functions the design names. */
-const SCRIPT_NEEDS = ["convert", "evaluate", "finetune", "loadModel", "study", "pipeline", "generateBatchAsync", "DecodeSession", "FINETUNE_DEFAULTS", "selectBackend", "DEVICE_NAMES", "KV_CACHE_DTYPES", "MlaError", "isMlaError"];
+const SCRIPT_NEEDS = ["convert", "evaluate", "finetune", "loadModel", "study", "pipeline", "generateBatchAsync", "DecodeSession", "serve", "FINETUNE_DEFAULTS", "selectBackend", "DEVICE_NAMES", "KV_CACHE_DTYPES", "MlaError", "isMlaError"];
 
 test("the installed package imports by name and exports what the repository's index does", () => {
   fs.writeFileSync(
