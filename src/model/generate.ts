@@ -139,8 +139,10 @@ function* decodeSteps(model: LlamaModel, prompts: readonly (readonly number[])[]
   const outs: number[][] = prompts.map(() => []);
   // Each prompt's last row gives its first new token.
   let lasts = prompts.map((p, i) => {
-    const logits = model.forward(Int32Array.from(p), caches[i]).toArray();
-    return logits.subarray(logits.length - V);
+    const out = model.prefill(Int32Array.from(p), caches[i]!);
+    const logits = out.toArray();
+    out.dispose();
+    return logits;
   });
   let live = opts.maxTokens > 0 ? prompts.map((_, i) => i) : [];
   let session: DecodeSession | null = null;

@@ -117,6 +117,22 @@ export class LlamaModel {
   }
 
   /**
+   * Logits [1, V] of the token after `ids` [T], which go into `cache` at positions cache.length …:
+   * a prompt's prefill, where only the last row's logits are wanted (a 2k-token prompt of a 128k
+   * vocabulary would otherwise make 1 GB of float32 logits to read one row).
+   */
+  prefill(ids: Int32Array, cache: DecodeCache): Tensor {
+    const ops = new Ops(this.backend, null);
+    const P = this.constantNodes(ops);
+    const h = this.hidden(ops, P, ids, cache).value;
+    const last = rowRange(this.backend, h, ids.length - 1, 1);
+    const logits = this.backend.linear(last, P.lmHead.value, null);
+    if (last !== h) last.dispose();
+    h.dispose();
+    return logits;
+  }
+
+  /**
    * One decode step of B sequences at once: `ids` [B] holds the next token of each, `caches` [B]
    * their caches (distinct, any lengths). Returns logits [B, V]. Every weight is read once per step
    * for the whole batch, which is what makes decode of many sequences fast; attention runs per

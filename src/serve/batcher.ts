@@ -220,11 +220,10 @@ export class Batcher {
 
   private prefill(s: Sequence): void {
     s.admittedAt = performance.now();
-    const V = this.model.config.vocabSize;
     try {
       s.cache = this.model.newCache(this.opts.kvCache, { capacity: s.spec.prompt.length + s.spec.maxTokens });
-      const out = this.model.forward(Int32Array.from(s.spec.prompt), s.cache);
-      const logits = out.toArray().slice(out.size - V);
+      const out = this.model.prefill(Int32Array.from(s.spec.prompt), s.cache);
+      const logits = out.toArray();
       out.dispose();
       s.prefillMs = performance.now() - s.admittedAt;
       this.running.push(s);

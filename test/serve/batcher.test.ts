@@ -93,3 +93,16 @@ test("a sequence that can never start is refused before it queues", () => {
   assert.throws(() => new Batcher(model, { maxBatch: 0, kvCache: "f32" }), /--max-batch 0/);
   assert.equal(b.stats().waiting, 0);
 });
+
+test("prefill gives the last row of forward's logits, and fills the cache as forward does", () => {
+  const a = model.newCache("f32"), b = model.newCache("f32");
+  const ids = Int32Array.from(prompts[2]!);
+  const last = model.prefill(ids, a).toArray();
+  const all = model.forward(ids, b).toArray();
+  const V = model.config.vocabSize;
+  assert.equal(last.length, V);
+  assert.deepEqual(Array.from(last), Array.from(all.subarray(all.length - V)));
+  assert.equal(a.length, b.length);
+  const next = Int32Array.of(42);
+  assert.deepEqual(Array.from(model.forward(next, a).toArray()), Array.from(model.forward(next, b).toArray()));
+});
