@@ -26,7 +26,7 @@ import { checkRunFolders, startRunFolder } from "./runFolder.js";
 import { checkFinetuneOptions, checkTeacher, FINETUNE_DEFAULTS, FINETUNE_KINDS } from "./options.js";
 import { checkOptionTypes } from "../util/optionTypes.js";
 import { throwIfAborted } from "../util/abort.js";
-import { checkSameRun, finishedRun, loggedValNllBefore, SUMMARY_FILE } from "./resume.js";
+import { checkSameRun, finishedRun, LOG_FILE, loggedValNllBefore, SUMMARY_FILE, trimLogToCheckpoint } from "./resume.js";
 import { writeFileAtomic } from "../io/atomicDir.js";
 import { CheckpointKeeper } from "./checkpointKeeper.js";
 import { weightFileBytes } from "../io/diskRoom.js";
@@ -148,6 +148,8 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
       log.info(`the run in ${out} has finished (step ${finished.steps}); nothing to resume`);
       return finished;
     }
+    const dropped = trimLogToCheckpoint(out, prior.step, totalSteps);
+    if (dropped > 0) log.info(`${LOG_FILE}: dropped ${dropped} line(s) written after the step-${prior.step} checkpoint (the run was cut off after saving it); they are written again`);
   } else startRunFolder(out);
 
   const trainable = (p: string) => trainWhat === "all" || p.includes(".attn.");
@@ -172,7 +174,7 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
     keeper.step = run.step;
     log.info(`resuming at step ${run.step}/${totalSteps}`);
   }
-  const logFile = path.join(out, "train_log.jsonl");
+  const logFile = path.join(out, LOG_FILE);
   const logLine = (row: Record<string, unknown>) => fs.appendFileSync(logFile, JSON.stringify(row) + "\n");
   const valNll = async () => (data.val.length > 0 ? (await perplexity(model, data.val, { ctx: seq, progress: null })).nll : null);
   const valNllBefore = prior ? loggedValNllBefore(out) : await valNll();

@@ -10,7 +10,7 @@ import path from "node:path";
 import { test } from "node:test";
 import { MlaError } from "../../src/errors.js";
 import { finetune, type FinetuneOptions } from "../../src/finetune/trainer.js";
-import { checkSameRun, settingDifferences } from "../../src/finetune/resume.js";
+import { checkSameRun, settingDifferences, trimLogToCheckpoint } from "../../src/finetune/resume.js";
 import { FIXTURES, MODELS, ROOT, tmpDir } from "../helpers.js";
 
 const MAIN = path.join(ROOT, "dist", "src", "cli", "main.js");
@@ -89,4 +89,63 @@ test("settingDifferences compares the --warmup fraction where both runs recorded
   const prior = { format: 1 as const, step: 1, epoch: 0, cursor: 1, tokensSeen: 128, fingerprint: "a", settings: { model: "/m", ...old } };
   assert.throws(() => checkSameRun("OUT", prior, "b", { model: "/m", ...old }), (e: Error) => e instanceof MlaError && /^--resume: MODEL \/m \(its config\.json\) or the --data files \(their length\) are not those the run in OUT was started with/.test(e.message));
   assert.doesNotThrow(() => checkSameRun("OUT", prior, "a", { model: "/elsewhere", ...old }), "a copy of the model (same config.json) resumes");
+});
+
+/** The log's lines without their timing fields (which differ between any two runs), in order. */
+function logRows(out: string): Record<string, unknown>[] {
+  return fs.readFileSync(path.join(out, "train_log.jsonl"), "utf8").trim().split("\n").map((l) => {
+    const { elapsed_s, tokens_per_s, step_ms, host_ms, ...rest } = JSON.parse(l) as Record<string, unknown>;
+    return rest;
+  });
+}
+
+test("--resume after a crash past the checkpoint: the log's later lines are dropped, so it ends as the uninterrupted run's", () => {
+  const args = (out: string) => ["finetune", MODEL, "--data", DATA, "--out", out, "--tokens", String(8 * 4 * 32), "--seq", "32", "--batch", "4", "--val-fraction", "0.05", "--save-every", "4", "--eval-every", "2"];
+  const straight = path.join(tmpDir(), "straight");
+  assert.equal(spawnSync(process.execPath, [MAIN, ...args(straight)], { encoding: "utf8" }).status, 0);
+  const out = path.join(tmpDir(), "crashed");
+  const killed = spawnSync(process.execPath, [MAIN, ...args(out)], { encoding: "utf8", env: { ...process.env, MHA2MLA_TEST_KILL_AFTER_SAVE: "4" } });
+  assert.equal(killed.signal, "SIGKILL", killed.stderr);
+  // What a crash after steps 5 and 6 leaves (the next checkpoint is at step 8): their lines, the last one torn.
+  const later = fs.readFileSync(path.join(straight, "train_log.jsonl"), "utf8").split("\n").filter((l) => l && [5, 6].includes(JSON.parse(l).step));
+  assert.deepEqual(later.map((l) => Object.keys(JSON.parse(l)).includes("loss") ? "loss" : "val"), ["loss", "loss", "val"]);
+  fs.appendFileSync(path.join(out, "train_log.jsonl"), later.join("\n") + '\n{"step":7,"lo');
+
+  const resumed = spawnSync(process.execPath, [MAIN, ...args(out), "--resume"], { encoding: "utf8" });
+  assert.equal(resumed.status, 0, resumed.stderr);
+  assert.match(resumed.stderr, /train_log\.jsonl: dropped 4 line\(s\) written after the step-4 checkpoint/);
+  const [a, b] = [logRows(straight), logRows(out)];
+  assert.deepEqual(b.map((r) => [r["step"], "loss" in r]), a.map((r) => [r["step"], "loss" in r]), "the same lines in the same order, none twice");
+  a.forEach((r, i) => {
+    for (const k of ["loss", "val_nll"]) if (k in r) assert.ok(Math.abs((r[k] as number) - (b[i]![k] as number)) <= 1e-6, `line ${i + 1} ${k}: ${r[k]} vs ${b[i]![k]}`);
+  });
+});
+
+test("--resume after a crash between the last step's checkpoint and finetune.json: the final validation is logged once", async () => {
+  const out = path.join(tmpDir(), "run");
+  const straight = await finetune(MODEL, { ...common, out, saveEvery: STEPS });
+  const rows = logRows(out);
+  fs.rmSync(path.join(out, "finetune.json")); // as if cut off before it: the checkpoint is of the last step
+  const resumed = await finetune(MODEL, { ...common, out, resume: true });
+  assert.deepEqual(logRows(out), rows);
+  assert.equal(resumed.valNllAfter, straight.valNllAfter);
+});
+
+test("trimLogToCheckpoint cuts at the first line written after the checkpoint", () => {
+  const out = tmpDir();
+  const file = path.join(out, "train_log.jsonl");
+  const write = (rows: unknown[], tail = "") => fs.writeFileSync(file, rows.map((r) => JSON.stringify(r) + "\n").join("") + tail);
+  const base = [{ step: 0, val_nll: 3 }, { step: 1, loss: 2.9, elapsed_s: 1 }, { step: 2, loss: 2.8, elapsed_s: 2 }, { step: 2, val_nll: 2.7 }];
+  write(base);
+  const before = fs.statSync(file).mtimeMs;
+  assert.equal(trimLogToCheckpoint(out, 2, 4), 0, "a periodic validation at the checkpoint's step came before it");
+  assert.equal(fs.statSync(file).mtimeMs, before, "nothing to drop: not rewritten");
+  write([...base, { step: 3, loss: 2.6, elapsed_s: 3 }], '{"step":4,');
+  assert.equal(trimLogToCheckpoint(out, 2, 4), 2);
+  assert.deepEqual(fs.readFileSync(file, "utf8").trim().split("\n").map((l) => JSON.parse(l)), base);
+  // A checkpoint of the last step: its loss line came before it, the final validation after.
+  write([...base.slice(0, 3), { step: 2, val_nll: 2.7 }]);
+  assert.equal(trimLogToCheckpoint(out, 2, 2), 1);
+  assert.equal(fs.readFileSync(file, "utf8").trim().split("\n").length, 3);
+  assert.equal(trimLogToCheckpoint(path.join(out, "none"), 2, 2), 0, "no log: nothing to do");
 });
