@@ -1,9 +1,9 @@
 /**
  * What --resume takes from the run in OUT besides its checkpoint's weights: the proof that it is the
  * same run (a mismatch names each flag that differs, with both values), the validation NLL measured
- * before training (only the run's log has it), and, for a run that has finished, its summary: a
- * finished run is reported as it ended, not finished a second time. The log is first cut back to the
- * checkpoint.
+ * before training (only the run's log has it), the training seconds of earlier sittings where the
+ * checkpoint does not record them, and, for a run that has finished, its summary: a finished run is
+ * reported as it ended, not finished a second time. The log is first cut back to the checkpoint.
  */
 import fs from "node:fs";
 import path from "node:path";
@@ -24,6 +24,7 @@ interface LogRow {
   step?: unknown;
   loss?: unknown;
   val_nll?: unknown;
+  elapsed_s?: unknown;
 }
 
 /** The flag of each recorded setting (a flattened key); options only the library has keep their own name. */
@@ -153,12 +154,29 @@ export function trimLogToCheckpoint(out: string, step: number, totalSteps: numbe
   return lines.length - after;
 }
 
-/** The fields of SUMMARY_FILE a finished run is reported from (final_loss and tokens_per_s are absent in older ones). */
+/**
+ * The training seconds of the run up to step `step`, from its log, for a checkpoint that does not
+ * record them. Runs that wrote such checkpoints counted each line's elapsed_s from the start of its
+ * sitting: where it drops, a sitting began, and the sittings' times are added.
+ */
+export function loggedSeconds(out: string, step: number): number {
+  let [total, last] = [0, 0];
+  for (const line of logLines(out) ?? []) {
+    const row = parseRow(line);
+    if (!row || typeof row.step !== "number" || row.step > step || row.loss === undefined || typeof row.elapsed_s !== "number") continue;
+    if (row.elapsed_s < last) total += last;
+    last = row.elapsed_s;
+  }
+  return total + last;
+}
+
+/** The fields of SUMMARY_FILE a finished run is reported from (final_loss, tokens_per_s and sitting are absent in older ones). */
 interface Summary {
   steps: number;
   tokens: number;
   seconds: number;
   tokens_per_s?: number;
+  sitting?: { steps: number; seconds: number; tokens_per_s: number };
   final_loss?: number;
   val_nll_before: number | null;
   val_nll_after: number | null;
@@ -183,6 +201,8 @@ export function finishedRun(out: string, checkpointStep: number): FinetuneResult
     tokensSeen: s.tokens,
     seconds: s.seconds,
     tokensPerSecond: s.tokens_per_s ?? s.tokens / s.seconds,
+    // Older summaries recorded one sitting's figures as the run's.
+    sitting: s.sitting ? { steps: s.sitting.steps, seconds: s.sitting.seconds, tokensPerSecond: s.sitting.tokens_per_s } : { steps: s.steps, seconds: s.seconds, tokensPerSecond: s.tokens_per_s ?? s.tokens / s.seconds },
     // Runs resumed before the log was read for it have null here.
     valNllBefore: s.val_nll_before ?? loggedValNllBefore(out),
     valNllAfter: s.val_nll_after,

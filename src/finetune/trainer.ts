@@ -26,7 +26,7 @@ import { checkRunFolders, startRunFolder } from "./runFolder.js";
 import { checkFinetuneOptions, checkTeacher, FINETUNE_DEFAULTS, FINETUNE_KINDS } from "./options.js";
 import { checkOptionTypes } from "../util/optionTypes.js";
 import { throwIfAborted } from "../util/abort.js";
-import { checkSameRun, finishedRun, LOG_FILE, loggedValNllBefore, SUMMARY_FILE, trimLogToCheckpoint } from "./resume.js";
+import { checkSameRun, finishedRun, LOG_FILE, loggedSeconds, loggedValNllBefore, SUMMARY_FILE, trimLogToCheckpoint } from "./resume.js";
 import { writeFileAtomic } from "../io/atomicDir.js";
 import { CheckpointKeeper } from "./checkpointKeeper.js";
 import { weightFileBytes } from "../io/diskRoom.js";
@@ -89,18 +89,26 @@ export { FINETUNE_DEFAULTS };
 
 export interface FinetuneResult {
   out: string;
+  /** Steps of the run so far, earlier sittings included. */
   steps: number;
   stoppedEarly: boolean;
   /** The step of the training checkpoint in OUT/checkpoint at the end (null: none; the disk had no room). */
   checkpointStep: number | null;
   tokensSeen: number;
+  /** Training seconds (the steps and periodic validation) over all the run's sittings, as an uninterrupted run reports them. */
   seconds: number;
+  /** tokensSeen / seconds. */
   tokensPerSecond: number;
+  /** This call's own part: the same as the run's unless it resumed a checkpoint. */
+  sitting: { steps: number; seconds: number; tokensPerSecond: number };
   valNllBefore: number | null;
   valNllAfter: number | null;
   finalLoss: number;
   precision: Precision;
 }
+
+/** Tokens per second, 0 before any time has passed. */
+const perSecond = (tokens: number, seconds: number) => (seconds > 0 ? tokens / seconds : 0);
 
 /** Elements of every tensor of the checkpoint in `dir` (from the safetensors headers; nothing is read). */
 function parameterCount(dir: string): number {
@@ -122,6 +130,7 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
   const src = resolveModel(spec);
   const out = checkRunFolders(o, src.dir);
   const prior = o.resume ? readCheckpointState(out) : null;
+  const priorSeconds = prior ? prior.seconds ?? loggedSeconds(out, prior.step) : 0;
   const lr = o.lr ?? defaultLr(parameterCount(src.dir));
   if (o.lr === undefined) log.info(`learning rate ${lr} (the default for a model of this size; --lr to choose)`);
   const backend = selectBackend(o.device ?? "auto", log);
@@ -181,11 +190,13 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
   if (!prior && valNllBefore !== null) logLine({ step: 0, val_nll: valNllBefore });
 
   const nextMicroBatch: () => MicroBatch = microBatches(data, batch, settings.seed, run);
-  const save = (what: string) => keeper.save(run, state.slotIo(), what);
-  const targetsPerStep = batch * accum * (seq - 1);
-  const loss = { scale: 1 / targetsPerStep, ceWeight: 1 - distillWeight, klWeight: distillWeight, temperature, teacher, checkpoint, keepMid: memory.keepMid };
   const t0 = performance.now();
   const startStep = run.step;
+  // The run's time spans its sittings: a resumed run goes on from its checkpoint's.
+  const sittingSeconds = () => (performance.now() - t0) / 1000;
+  const save = (what: string, seconds = priorSeconds + sittingSeconds()) => keeper.save(Object.assign(run, { seconds }), state.slotIo(), what);
+  const targetsPerStep = batch * accum * (seq - 1);
+  const loss = { scale: 1 / targetsPerStep, ceWeight: 1 - distillWeight, klWeight: distillWeight, temperature, teacher, checkpoint, keepMid: memory.keepMid };
   let lastPrint = -Infinity; // the first step prints (performance.now() counts from the process start)
   let finalLoss = NaN;
   let stoppedEarly = false;
@@ -204,14 +215,16 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
     run.tokensSeen += perStep;
     finalLoss = stepLoss;
     const { stepMs, hostMs } = timer.stop();
-    const elapsed = (performance.now() - t0) / 1000;
-    const tps = ((run.step - startStep) * perStep) / elapsed;
-    logLine({ step: run.step, loss: stepLoss, lr: rate, grad_norm: norm, tokens: run.tokensSeen, tokens_per_s: tps, elapsed_s: elapsed, step_ms: stepMs, host_ms: hostMs });
+    const inSitting = sittingSeconds();
+    const elapsed = priorSeconds + inSitting;
+    logLine({ step: run.step, loss: stepLoss, lr: rate, grad_norm: norm, tokens: run.tokensSeen, tokens_per_s: perSecond(run.tokensSeen, elapsed), elapsed_s: elapsed, step_ms: stepMs, host_ms: hostMs });
     if (o.evalEvery && run.step % o.evalEvery === 0 && run.step < totalSteps) logLine({ step: run.step, val_nll: await valNll() });
     if (o.saveEvery && run.step % o.saveEvery === 0) save(`step-${run.step}`);
     const sink = o.progress;
     if (sink && (performance.now() - lastPrint > 5000 || run.step === totalSteps)) {
       lastPrint = performance.now();
+      // This sitting's rate: the speed now, for the time left.
+      const tps = perSecond((run.step - startStep) * perStep, inSitting);
       sink.write(`step ${run.step}/${totalSteps} loss ${stepLoss.toFixed(4)} lr ${rate.toExponential(2)} |g| ${norm.toFixed(3)} ${fmtCount(tps)} tok/s, ETA ${fmtTime(((totalSteps - run.step) * perStep) / tps)}\n`);
     }
     // Let signal handlers run: the steps themselves never yield to the event loop.
@@ -223,20 +236,22 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
       break;
     }
   }
-  const seconds = (performance.now() - t0) / 1000;
+  const sittingTime = sittingSeconds();
+  const seconds = priorSeconds + sittingTime;
   const hostLine = timer.describe();
   if (hostLine) log.info(hostLine);
   let valNllAfter: number | null = null;
-  const tokensPerSecond = ((run.step - startStep) * perStep) / seconds;
+  const tokensPerSecond = perSecond(run.tokensSeen, seconds);
+  const sitting = { steps: run.step - startStep, seconds: sittingTime, tokensPerSecond: perSecond((run.step - startStep) * perStep, sittingTime) };
   if (!stoppedEarly) {
     valNllAfter = await valNll();
     logLine({ step: run.step, val_nll: valNllAfter });
     await writeModel(src.dir, out, lm.config, model);
     // Last of the run's files (then the final checkpoint), and whole: its presence means finished (finishedRun, the pipeline).
-    writeFileAtomic(path.join(out, SUMMARY_FILE), JSON.stringify({ source: spec, settings: recorded, steps: run.step, tokens: run.tokensSeen, precision, checkpoint_activations: checkpoint, params: modelParams(model), trainable_params: state.size, peak_device_bytes: model.backend.memory?.().peak ?? null, val_nll_before: valNllBefore, val_nll_after: valNllAfter, final_loss: finalLoss, seconds, tokens_per_s: tokensPerSecond, host_time_per_step: timer.summary() }, null, 2) + "\n");
-    save("final");
+    writeFileAtomic(path.join(out, SUMMARY_FILE), JSON.stringify({ source: spec, settings: recorded, steps: run.step, tokens: run.tokensSeen, precision, checkpoint_activations: checkpoint, params: modelParams(model), trainable_params: state.size, peak_device_bytes: model.backend.memory?.().peak ?? null, val_nll_before: valNllBefore, val_nll_after: valNllAfter, final_loss: finalLoss, seconds, tokens_per_s: tokensPerSecond, sitting: { steps: sitting.steps, seconds: sitting.seconds, tokens_per_s: sitting.tokensPerSecond }, host_time_per_step: timer.summary() }, null, 2) + "\n");
+    save("final", seconds);
   }
-  return { out, steps: run.step, stoppedEarly, checkpointStep: keeper.step, tokensSeen: run.tokensSeen, seconds, tokensPerSecond, valNllBefore, valNllAfter, finalLoss, precision };
+  return { out, steps: run.step, stoppedEarly, checkpointStep: keeper.step, tokensSeen: run.tokensSeen, seconds, tokensPerSecond, sitting, valNllBefore, valNllAfter, finalLoss, precision };
 }
 
 /** Writes the trained weights (in the source checkpoint's dtypes) and the model files into `out`, each file atomically. */
