@@ -116,7 +116,9 @@ export const finetuneCommand: CommandModule<object, Args> = {
       process.stdout.write(
         r.stoppedEarly
           ? r.checkpointStep === null
-            ? `stopped at step ${r.steps} without a checkpoint (no disk room for it): this run cannot be resumed\n`
+            ? r.steps === 0
+              ? `stopped before the first training step: nothing was trained, so there is nothing to resume; running the same command again starts over\n`
+              : `stopped at step ${r.steps} without a checkpoint (no disk room for it): this run cannot be resumed\n`
             : `stopped at step ${r.steps}; checkpoint of step ${r.checkpointStep} in ${r.out}/checkpoint (continue with --resume)\n`
           : `trained ${r.steps} steps (${r.tokensSeen} tokens) in ${r.seconds.toFixed(1)} s, ${Math.round(r.tokensPerSecond)} tok/s${sitting}; validation NLL ${nll(r.valNllBefore)} → ${nll(r.valNllAfter)}; model in ${r.out}\n`,
       );

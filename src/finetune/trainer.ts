@@ -25,7 +25,7 @@ import { checkpointDir, loadCheckpoint, readCheckpointState, TrainState as RunSt
 import { checkRunFolders, startRunFolder } from "./runFolder.js";
 import { checkFinetuneOptions, checkTeacher, FINETUNE_DEFAULTS, FINETUNE_KINDS } from "./options.js";
 import { checkOptionTypes } from "../util/optionTypes.js";
-import { throwIfAborted } from "../util/abort.js";
+import { nextTurn, throwIfAborted } from "../util/abort.js";
 import { checkSameRun, finishedRun, LOG_FILE, loggedSeconds, loggedValNllBefore, SUMMARY_FILE, trimLogToCheckpoint } from "./resume.js";
 import { writeFileAtomic } from "../io/atomicDir.js";
 import { CheckpointKeeper } from "./checkpointKeeper.js";
@@ -75,12 +75,17 @@ export interface FinetuneOptions {
   checkpointActivations?: boolean;
   logger?: Logger;
   progress?: ProgressSink | null;
-  /** Polled after every step: true = save a checkpoint and stop (SIGINT/SIGTERM in the CLI). */
+  /**
+   * Polled after every step: true = save a checkpoint and stop (SIGINT/SIGTERM in the CLI). Also
+   * polled between pieces of tokenizing the data and windows of the validation before training: a
+   * stop there ends the run before its first step (of this call), with nothing saved or written.
+   */
   shouldStop?: () => boolean;
   /**
-   * Aborting it stops the run as shouldStop does (polled after every step: a checkpoint is saved and
-   * the result says stoppedEarly; `resume: true` continues), rather than with an error, so the steps
-   * done are kept. One aborted before the call throws MlaError INTERRUPTED, as convert and evaluate do.
+   * Aborting it stops the run as shouldStop does (a checkpoint is saved after the step, the result
+   * says stoppedEarly and `resume: true` continues; before the first step nothing is written), rather
+   * than with an error, so the steps done are kept. One aborted before the call throws MlaError
+   * INTERRUPTED, as convert and evaluate do.
    */
   signal?: AbortSignal;
 }
@@ -89,10 +94,10 @@ export { FINETUNE_DEFAULTS };
 
 export interface FinetuneResult {
   out: string;
-  /** Steps of the run so far, earlier sittings included. */
+  /** Steps of the run so far, earlier sittings included (0: stopped before the first one). */
   steps: number;
   stoppedEarly: boolean;
-  /** The step of the training checkpoint in OUT/checkpoint at the end (null: none; the disk had no room). */
+  /** The step of the training checkpoint in OUT/checkpoint at the end (null: none; stopped before the first step, or the disk had no room). */
   checkpointStep: number | null;
   tokensSeen: number;
   /** Training seconds (the steps and periodic validation) over all the run's sittings, as an uninterrupted run reports them. */
@@ -138,7 +143,31 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
   if (precision !== "bf16" && precision !== "f32") throw new MlaError("BAD_ARGUMENT", `--precision ${String(precision)} is not known`, "use bf16 or f32");
   const lm = loadModel(spec, { backend, weights: "f32" }); // trainable leaves are float32
   const model = lm.model;
-  const data = await loadTrainingData(lm.tokenizer, o.data, { valFraction: o.valFraction ?? D.valFraction, fraction: o.fraction, seq, bos: lm.config.bosTokenId ?? 1, eos: lm.config.eosTokenId, cacheDir: o.tokenCache, logger: log });
+
+  // Before the first step (tokenizing a corpus, the first validation: minutes) a stop is polled
+  // between pieces and windows, and ends the run there: no step has run in this call, so there is
+  // nothing to save, and a fresh run leaves its --out as it found it (emptied by --force at most).
+  let stopped = false; // once asked, stays asked (shouldStop is not polled again for the same stop)
+  const stopAsked = () => (stopped ||= o.shouldStop?.() === true || o.signal?.aborted === true);
+  const STOPPED = Symbol("stopped");
+  const unlessStopped = async <T>(work: () => Promise<T>): Promise<T | typeof STOPPED> => {
+    try {
+      return await work();
+    } catch (e) {
+      if (e instanceof MlaError && e.code === "INTERRUPTED" && stopAsked()) return STOPPED;
+      throw e;
+    }
+  };
+  let madeOut = false; // this call created --out (a fresh run)
+  const stoppedBeforeTraining = (during: string): FinetuneResult => {
+    if (madeOut) fs.rmdirSync(out); // empty: nothing is written before the first validation ends
+    log.info(prior ? `stopped while ${during}, before training resumed; the step-${prior.step} checkpoint is kept in ${checkpointDir(out)}` : `stopped while ${during}, before the first training step: nothing was trained, so there is nothing to resume (running it again starts over)`);
+    const tokensSeen = prior?.tokensSeen ?? 0;
+    return { out, steps: prior?.step ?? 0, stoppedEarly: true, checkpointStep: prior?.step ?? null, tokensSeen, seconds: priorSeconds, tokensPerSecond: perSecond(tokensSeen, priorSeconds), sitting: { steps: 0, seconds: 0, tokensPerSecond: 0 }, valNllBefore: prior ? loggedValNllBefore(out) : null, valNllAfter: null, finalLoss: NaN, precision };
+  };
+
+  const data = await unlessStopped(() => loadTrainingData(lm.tokenizer, o.data, { valFraction: o.valFraction ?? D.valFraction, fraction: o.fraction, seq, bos: lm.config.bosTokenId ?? 1, eos: lm.config.eosTokenId, cacheDir: o.tokenCache, logger: log, shouldStop: stopAsked }));
+  if (data === STOPPED) return stoppedBeforeTraining("tokenizing the --data files");
   const perStep = batch * accum * seq;
   const totalSteps = Math.max(1, Math.ceil((o.tokens ?? data.sequences * seq) / perStep));
   const schedule: Schedule = { name: o.schedule ?? D.schedule, lr, warmupSteps: Math.round(warmup * totalSteps), decayFraction: o.decayFraction ?? D.decayFraction, minLrFraction: o.minLrFraction ?? D.minLrFraction };
@@ -159,7 +188,10 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
     }
     const dropped = trimLogToCheckpoint(out, prior.step, totalSteps);
     if (dropped > 0) log.info(`${LOG_FILE}: dropped ${dropped} line(s) written after the step-${prior.step} checkpoint (the run was cut off after saving it); they are written again`);
-  } else startRunFolder(out);
+  } else {
+    madeOut = !fs.existsSync(out);
+    startRunFolder(out);
+  }
 
   const trainable = (p: string) => trainWhat === "all" || p.includes(".attn.");
   const b = model.backend;
@@ -185,9 +217,16 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
   }
   const logFile = path.join(out, LOG_FILE);
   const logLine = (row: Record<string, unknown>) => fs.appendFileSync(logFile, JSON.stringify(row) + "\n");
-  const valNll = async () => (data.val.length > 0 ? (await perplexity(model, data.val, { ctx: seq, progress: null })).nll : null);
-  const valNllBefore = prior ? loggedValNllBefore(out) : await valNll();
-  if (!prior && valNllBefore !== null) logLine({ step: 0, val_nll: valNllBefore });
+  const valNll = async (shouldStop?: () => boolean) => (data.val.length > 0 ? (await perplexity(model, data.val, { ctx: seq, progress: null, shouldStop })).nll : null);
+  let valNllBefore: number | null;
+  if (prior) valNllBefore = loggedValNllBefore(out);
+  else {
+    await nextTurn(); // a stop asked for while the model and the state were set up (no turn ran)
+    const v = stopAsked() ? STOPPED : await unlessStopped(() => valNll(stopAsked));
+    if (v === STOPPED) return stoppedBeforeTraining(data.val.length > 0 ? "measuring the validation NLL before training" : "setting up the training");
+    valNllBefore = v;
+    if (v !== null) logLine({ step: 0, val_nll: v });
+  }
 
   const nextMicroBatch: () => MicroBatch = microBatches(data, batch, settings.seed, run);
   const t0 = performance.now();

@@ -26,13 +26,15 @@ function snapshot(dir: string): Map<string, string> {
   return new Map(files.map((f) => [f, `${fs.statSync(path.join(dir, f)).mtimeMs} ${fs.readFileSync(path.join(dir, f)).toString("base64")}`]));
 }
 
+/** Loss lines in the run's log: a stop after step N that polls it (shouldStop is also polled while tokenizing and validating, so counting polls would stop there). */
+const losses = (out: string) => (fs.existsSync(path.join(out, "train_log.jsonl")) ? fs.readFileSync(path.join(out, "train_log.jsonl"), "utf8").split("\n").filter((l) => l.includes('"loss"')).length : 0);
+
 const summary = (out: string) => JSON.parse(fs.readFileSync(path.join(out, "finetune.json"), "utf8")) as { val_nll_before: number | null; val_nll_after: number | null };
 
 test("a resumed run reports the NLL before training of the uninterrupted run; resuming it once finished reports it again and writes nothing", async () => {
   const straight = await finetune(MODEL, { ...common, out: path.join(tmpDir(), "straight") });
   const out = path.join(tmpDir(), "stopped");
-  let polls = 0;
-  const stopped = await finetune(MODEL, { ...common, out, shouldStop: () => ++polls >= 3 });
+  const stopped = await finetune(MODEL, { ...common, out, shouldStop: () => losses(out) >= 3 });
   assert.ok(stopped.stoppedEarly && stopped.checkpointStep === 3, `stopped at step ${stopped.steps}`);
   const resumed = await finetune(MODEL, { ...common, out, resume: true });
   assert.equal(resumed.steps, STEPS);
@@ -62,8 +64,7 @@ test("the CLI: --resume of a finished run prints the line the run ended with, ap
 
 test("--resume with other flags names each flag that differs with both values, not the settings record", async () => {
   const out = path.join(tmpDir(), "run");
-  let polls = 0;
-  await finetune(MODEL, { ...common, out, lr: 1e-3, shouldStop: () => ++polls >= 1 });
+  await finetune(MODEL, { ...common, out, lr: 1e-3, shouldStop: () => losses(out) >= 1 });
   const refused = (o: Partial<FinetuneOptions>, re: RegExp, model = MODEL) =>
     assert.rejects(finetune(model, { ...common, out, resume: true, lr: 1e-3, ...o }), (e: Error) => e instanceof MlaError && e.code === "BAD_CHECKPOINT" && re.test(e.message) && !/\{"/.test(e.message) && /hint: pass the same MODEL and flags to resume, or --force to start over/.test(e.message));
   const interrupted = snapshot(out);
