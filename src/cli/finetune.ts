@@ -110,12 +110,17 @@ export const finetuneCommand: CommandModule<object, Args> = {
         shouldStop: stop.requested,
       });
       const nll = (x: number | null) => (x === null ? "–" : x.toFixed(4));
+      const s = r.sitting;
+      // A resumed run's figures are the run's, over its sittings; this sitting's follow.
+      const sitting = s.steps === r.steps ? "" : ` (this sitting, resumed at step ${r.steps - s.steps}: ${s.steps} steps in ${s.seconds.toFixed(1)} s, ${Math.round(s.tokensPerSecond)} tok/s)`;
       process.stdout.write(
         r.stoppedEarly
           ? r.checkpointStep === null
-            ? `stopped at step ${r.steps} without a checkpoint (no disk room for it): this run cannot be resumed\n`
+            ? r.steps === 0
+              ? `stopped before the first training step: nothing was trained, so there is nothing to resume; running the same command again starts over\n`
+              : `stopped at step ${r.steps} without a checkpoint (no disk room for it): this run cannot be resumed\n`
             : `stopped at step ${r.steps}; checkpoint of step ${r.checkpointStep} in ${r.out}/checkpoint (continue with --resume)\n`
-          : `trained ${r.steps} steps (${r.tokensSeen} tokens) in ${r.seconds.toFixed(1)} s, ${Math.round(r.tokensPerSecond)} tok/s; validation NLL ${nll(r.valNllBefore)} → ${nll(r.valNllAfter)}; model in ${r.out}\n`,
+          : `trained ${r.steps} steps (${r.tokensSeen} tokens) in ${r.seconds.toFixed(1)} s, ${Math.round(r.tokensPerSecond)} tok/s${sitting}; validation NLL ${nll(r.valNllBefore)} → ${nll(r.valNllAfter)}; model in ${r.out}\n`,
       );
       if (a.json !== undefined) emitJson(a.json, r);
       if (r.stoppedEarly) process.exitCode = 130;

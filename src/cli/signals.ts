@@ -14,8 +14,8 @@ export interface StopMessages {
 }
 
 const FINETUNE_STOP: StopMessages = {
-  stopping: "finishing this step, saving a checkpoint, then stopping",
-  kept: "the run folder keeps its last checkpoint, if one was saved; re-running the same command resumes from it",
+  stopping: "finishing this step, saving a checkpoint, then stopping; before the first step (tokenizing, the first validation), at the next piece or window, with nothing to save",
+  kept: "the run folder keeps its last checkpoint, if one was saved: the same command with --resume continues from it",
 };
 
 let graceful: { flag: boolean; say: StopMessages } | null = null;

@@ -70,6 +70,8 @@ export interface PerplexityOptions {
   progress?: ProgressSink | null;
   /** Aborting it stops the scoring at the next window (MlaError INTERRUPTED). */
   signal?: AbortSignal;
+  /** Polled after each window: true stops the scoring as an abort does (finetune's first validation). */
+  shouldStop?: () => boolean;
   /**
    * Windows scored per forward (full-length windows stacked as one micro-batch). Default: on a
    * backend with batched attention (CUDA) as many as keep the forward's activations within an eighth
@@ -147,7 +149,7 @@ export async function perplexity(model: LlamaModel, ids: Int32Array, opts: Perpl
     first ??= { t: performance.now(), tokens: targets.length };
     w += n;
     // Yield so that SIGINT/SIGTERM handlers (and an abort) can run during long evaluations.
-    await nextTurn(opts.signal);
+    await nextTurn(opts.signal, opts.shouldStop);
   }
   const nll = sum / ids.length;
   const t1 = performance.now();

@@ -14,6 +14,11 @@ export interface TrainState {
   epoch: number;
   cursor: number;
   tokensSeen: number;
+  /**
+   * Training seconds up to this step over all the run's sittings (a resumed run adds its own), so a
+   * resumed run reports the run's time and rate; absent in checkpoints from before it was recorded.
+   */
+  seconds?: number;
   /** The settings that must match for --resume (hash of the resolved options and of the model). */
   fingerprint: string;
   settings: Record<string, unknown>;

@@ -28,7 +28,9 @@ export interface DataOptions {
   /** Receives the tokenizing progress and cache hits. */
   logger?: Logger;
   /** Piece size and threads of the tokenizing (defaults suit a corpus; tests force small values). */
-  encode?: Omit<EncodeLongOptions, "logger" | "label">;
+  encode?: Omit<EncodeLongOptions, "logger" | "label" | "shouldStop">;
+  /** Polled between pieces of the tokenizing: true stops it (MlaError INTERRUPTED); nothing is cached. */
+  shouldStop?: () => boolean;
 }
 
 export interface TrainingData {
@@ -97,7 +99,7 @@ async function fileTokens(tokenizer: TextTokenizer, file: string, o: DataOptions
     }
   }
   const docs = readDocuments(file).filter((d) => d.length > 0);
-  const ids = joinWith(await encodeTexts(tokenizer, docs, { ...o.encode, logger: log, label: file }), o.eos);
+  const ids = joinWith(await encodeTexts(tokenizer, docs, { ...o.encode, logger: log, label: file, shouldStop: o.shouldStop }), o.eos);
   if (cacheFile) writeTokenCache(cacheFile, ids);
   return ids;
 }

@@ -1,18 +1,31 @@
 /**
  * What --resume takes from the run in OUT besides its checkpoint's weights: the proof that it is the
  * same run (a mismatch names each flag that differs, with both values), the validation NLL measured
- * before training (only the run's log has it), and, for a run that has finished, its summary: a
- * finished run is reported as it ended, not finished a second time.
+ * before training (only the run's log has it), the training seconds of earlier sittings where the
+ * checkpoint does not record them, and, for a run that has finished, its summary: a finished run is
+ * reported as it ended, not finished a second time. The log is first cut back to the checkpoint.
  */
 import fs from "node:fs";
 import path from "node:path";
-import { MlaError } from "../errors.js";
+import { ioError, MlaError } from "../errors.js";
+import { writeFileAtomic } from "../io/atomicDir.js";
 import type { TrainState as RunState } from "./checkpoint.js";
 import type { FinetuneResult } from "./trainer.js";
 import type { Precision } from "./trainState.js";
 
 /** Written once the trained model is in OUT: its presence means the run has finished. */
 export const SUMMARY_FILE = "finetune.json";
+
+/** One JSON object per line, appended as the run goes: a line per step, validation lines (step 0: before training). */
+export const LOG_FILE = "train_log.jsonl";
+
+/** The fields of a log line that resuming reads. */
+interface LogRow {
+  step?: unknown;
+  loss?: unknown;
+  val_nll?: unknown;
+  elapsed_s?: unknown;
+}
 
 /** The flag of each recorded setting (a flattened key); options only the library has keep their own name. */
 const FLAGS: Record<string, string> = {
@@ -88,19 +101,82 @@ export function checkSameRun(out: string, prior: RunState, fingerprint: string, 
 /** The validation NLL before training, from the first line of the run's log (step 0; absent when the run had no validation tokens). */
 export function loggedValNllBefore(out: string): number | null {
   try {
-    const first = JSON.parse(fs.readFileSync(path.join(out, "train_log.jsonl"), "utf8").split("\n", 1)[0]!) as { step?: unknown; val_nll?: unknown };
+    const first = JSON.parse(fs.readFileSync(path.join(out, LOG_FILE), "utf8").split("\n", 1)[0]!) as LogRow;
     return first.step === 0 && typeof first.val_nll === "number" ? first.val_nll : null;
   } catch {
     return null; // no log: nothing to recover
   }
 }
 
-/** The fields of SUMMARY_FILE a finished run is reported from (final_loss and tokens_per_s are absent in older ones). */
+/** The lines of the run's log (without the newline that ends the last), or null when it has none. */
+function logLines(out: string): string[] | null {
+  const file = path.join(out, LOG_FILE);
+  let text: string;
+  try {
+    text = fs.readFileSync(file, "utf8");
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === "ENOENT") return null;
+    throw ioError("cannot read the training log", file, e);
+  }
+  const lines = text.split("\n");
+  if (lines[lines.length - 1] === "") lines.pop();
+  return lines;
+}
+
+function parseRow(line: string): LogRow | null {
+  try {
+    const row = JSON.parse(line) as unknown;
+    return row !== null && typeof row === "object" ? (row as LogRow) : null;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Cuts the run's log back to what it held when the checkpoint of step `step` was saved. A crash after
+ * that save (kill -9, a lost machine) leaves the lines of later steps, or, when the checkpoint is of
+ * the last step (`totalSteps`), the final validation's line: the resumed run writes them again, so
+ * they would appear twice. The log is written in order, so every line from the first such one (or a
+ * torn one) on came after the checkpoint. Written anew atomically, only when a line is dropped;
+ * returns the number dropped.
+ */
+export function trimLogToCheckpoint(out: string, step: number, totalSteps: number): number {
+  const lines = logLines(out);
+  if (!lines) return 0;
+  const after = lines.findIndex((line) => {
+    const row = parseRow(line);
+    if (!row || typeof row.step !== "number") return true;
+    // At the checkpoint's step its loss line (and a periodic validation, before the last step) came first.
+    return row.step > step || (row.step === step && step >= totalSteps && row.loss === undefined);
+  });
+  if (after < 0) return 0;
+  writeFileAtomic(path.join(out, LOG_FILE), lines.slice(0, after).map((l) => l + "\n").join(""));
+  return lines.length - after;
+}
+
+/**
+ * The training seconds of the run up to step `step`, from its log, for a checkpoint that does not
+ * record them. Runs that wrote such checkpoints counted each line's elapsed_s from the start of its
+ * sitting: where it drops, a sitting began, and the sittings' times are added.
+ */
+export function loggedSeconds(out: string, step: number): number {
+  let [total, last] = [0, 0];
+  for (const line of logLines(out) ?? []) {
+    const row = parseRow(line);
+    if (!row || typeof row.step !== "number" || row.step > step || row.loss === undefined || typeof row.elapsed_s !== "number") continue;
+    if (row.elapsed_s < last) total += last;
+    last = row.elapsed_s;
+  }
+  return total + last;
+}
+
+/** The fields of SUMMARY_FILE a finished run is reported from (final_loss, tokens_per_s and sitting are absent in older ones). */
 interface Summary {
   steps: number;
   tokens: number;
   seconds: number;
   tokens_per_s?: number;
+  sitting?: { steps: number; seconds: number; tokens_per_s: number };
   final_loss?: number;
   val_nll_before: number | null;
   val_nll_after: number | null;
@@ -125,6 +201,8 @@ export function finishedRun(out: string, checkpointStep: number): FinetuneResult
     tokensSeen: s.tokens,
     seconds: s.seconds,
     tokensPerSecond: s.tokens_per_s ?? s.tokens / s.seconds,
+    // Older summaries recorded one sitting's figures as the run's.
+    sitting: s.sitting ? { steps: s.sitting.steps, seconds: s.sitting.seconds, tokensPerSecond: s.sitting.tokens_per_s } : { steps: s.steps, seconds: s.seconds, tokensPerSecond: s.tokens_per_s ?? s.tokens / s.seconds },
     // Runs resumed before the log was read for it have null here.
     valNllBefore: s.val_nll_before ?? loggedValNllBefore(out),
     valNllAfter: s.val_nll_after,

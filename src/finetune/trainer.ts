@@ -25,8 +25,8 @@ import { checkpointDir, loadCheckpoint, readCheckpointState, TrainState as RunSt
 import { checkRunFolders, startRunFolder } from "./runFolder.js";
 import { checkFinetuneOptions, checkTeacher, FINETUNE_DEFAULTS, FINETUNE_KINDS } from "./options.js";
 import { checkOptionTypes } from "../util/optionTypes.js";
-import { throwIfAborted } from "../util/abort.js";
-import { checkSameRun, finishedRun, loggedValNllBefore, SUMMARY_FILE } from "./resume.js";
+import { nextTurn, throwIfAborted } from "../util/abort.js";
+import { checkSameRun, finishedRun, LOG_FILE, loggedSeconds, loggedValNllBefore, SUMMARY_FILE, trimLogToCheckpoint } from "./resume.js";
 import { writeFileAtomic } from "../io/atomicDir.js";
 import { CheckpointKeeper } from "./checkpointKeeper.js";
 import { weightFileBytes } from "../io/diskRoom.js";
@@ -75,12 +75,17 @@ export interface FinetuneOptions {
   checkpointActivations?: boolean;
   logger?: Logger;
   progress?: ProgressSink | null;
-  /** Polled after every step: true = save a checkpoint and stop (SIGINT/SIGTERM in the CLI). */
+  /**
+   * Polled after every step: true = save a checkpoint and stop (SIGINT/SIGTERM in the CLI). Also
+   * polled between pieces of tokenizing the data and windows of the validation before training: a
+   * stop there ends the run before its first step (of this call), with nothing saved or written.
+   */
   shouldStop?: () => boolean;
   /**
-   * Aborting it stops the run as shouldStop does (polled after every step: a checkpoint is saved and
-   * the result says stoppedEarly; `resume: true` continues), rather than with an error, so the steps
-   * done are kept. One aborted before the call throws MlaError INTERRUPTED, as convert and evaluate do.
+   * Aborting it stops the run as shouldStop does (a checkpoint is saved after the step, the result
+   * says stoppedEarly and `resume: true` continues; before the first step nothing is written), rather
+   * than with an error, so the steps done are kept. One aborted before the call throws MlaError
+   * INTERRUPTED, as convert and evaluate do.
    */
   signal?: AbortSignal;
 }
@@ -89,18 +94,26 @@ export { FINETUNE_DEFAULTS };
 
 export interface FinetuneResult {
   out: string;
+  /** Steps of the run so far, earlier sittings included (0: stopped before the first one). */
   steps: number;
   stoppedEarly: boolean;
-  /** The step of the training checkpoint in OUT/checkpoint at the end (null: none; the disk had no room). */
+  /** The step of the training checkpoint in OUT/checkpoint at the end (null: none; stopped before the first step, or the disk had no room). */
   checkpointStep: number | null;
   tokensSeen: number;
+  /** Training seconds (the steps and periodic validation) over all the run's sittings, as an uninterrupted run reports them. */
   seconds: number;
+  /** tokensSeen / seconds. */
   tokensPerSecond: number;
+  /** This call's own part: the same as the run's unless it resumed a checkpoint. */
+  sitting: { steps: number; seconds: number; tokensPerSecond: number };
   valNllBefore: number | null;
   valNllAfter: number | null;
   finalLoss: number;
   precision: Precision;
 }
+
+/** Tokens per second, 0 before any time has passed. */
+const perSecond = (tokens: number, seconds: number) => (seconds > 0 ? tokens / seconds : 0);
 
 /** Elements of every tensor of the checkpoint in `dir` (from the safetensors headers; nothing is read). */
 function parameterCount(dir: string): number {
@@ -122,6 +135,7 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
   const src = resolveModel(spec);
   const out = checkRunFolders(o, src.dir);
   const prior = o.resume ? readCheckpointState(out) : null;
+  const priorSeconds = prior ? prior.seconds ?? loggedSeconds(out, prior.step) : 0;
   const lr = o.lr ?? defaultLr(parameterCount(src.dir));
   if (o.lr === undefined) log.info(`learning rate ${lr} (the default for a model of this size; --lr to choose)`);
   const backend = selectBackend(o.device ?? "auto", log);
@@ -129,7 +143,31 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
   if (precision !== "bf16" && precision !== "f32") throw new MlaError("BAD_ARGUMENT", `--precision ${String(precision)} is not known`, "use bf16 or f32");
   const lm = loadModel(spec, { backend, weights: "f32" }); // trainable leaves are float32
   const model = lm.model;
-  const data = await loadTrainingData(lm.tokenizer, o.data, { valFraction: o.valFraction ?? D.valFraction, fraction: o.fraction, seq, bos: lm.config.bosTokenId ?? 1, eos: lm.config.eosTokenId, cacheDir: o.tokenCache, logger: log });
+
+  // Before the first step (tokenizing a corpus, the first validation: minutes) a stop is polled
+  // between pieces and windows, and ends the run there: no step has run in this call, so there is
+  // nothing to save, and a fresh run leaves its --out as it found it (emptied by --force at most).
+  let stopped = false; // once asked, stays asked (shouldStop is not polled again for the same stop)
+  const stopAsked = () => (stopped ||= o.shouldStop?.() === true || o.signal?.aborted === true);
+  const STOPPED = Symbol("stopped");
+  const unlessStopped = async <T>(work: () => Promise<T>): Promise<T | typeof STOPPED> => {
+    try {
+      return await work();
+    } catch (e) {
+      if (e instanceof MlaError && e.code === "INTERRUPTED" && stopAsked()) return STOPPED;
+      throw e;
+    }
+  };
+  let madeOut = false; // this call created --out (a fresh run)
+  const stoppedBeforeTraining = (during: string): FinetuneResult => {
+    if (madeOut) fs.rmdirSync(out); // empty: nothing is written before the first validation ends
+    log.info(prior ? `stopped while ${during}, before training resumed; the step-${prior.step} checkpoint is kept in ${checkpointDir(out)}` : `stopped while ${during}, before the first training step: nothing was trained, so there is nothing to resume (running it again starts over)`);
+    const tokensSeen = prior?.tokensSeen ?? 0;
+    return { out, steps: prior?.step ?? 0, stoppedEarly: true, checkpointStep: prior?.step ?? null, tokensSeen, seconds: priorSeconds, tokensPerSecond: perSecond(tokensSeen, priorSeconds), sitting: { steps: 0, seconds: 0, tokensPerSecond: 0 }, valNllBefore: prior ? loggedValNllBefore(out) : null, valNllAfter: null, finalLoss: NaN, precision };
+  };
+
+  const data = await unlessStopped(() => loadTrainingData(lm.tokenizer, o.data, { valFraction: o.valFraction ?? D.valFraction, fraction: o.fraction, seq, bos: lm.config.bosTokenId ?? 1, eos: lm.config.eosTokenId, cacheDir: o.tokenCache, logger: log, shouldStop: stopAsked }));
+  if (data === STOPPED) return stoppedBeforeTraining("tokenizing the --data files");
   const perStep = batch * accum * seq;
   const totalSteps = Math.max(1, Math.ceil((o.tokens ?? data.sequences * seq) / perStep));
   const schedule: Schedule = { name: o.schedule ?? D.schedule, lr, warmupSteps: Math.round(warmup * totalSteps), decayFraction: o.decayFraction ?? D.decayFraction, minLrFraction: o.minLrFraction ?? D.minLrFraction };
@@ -148,7 +186,12 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
       log.info(`the run in ${out} has finished (step ${finished.steps}); nothing to resume`);
       return finished;
     }
-  } else startRunFolder(out);
+    const dropped = trimLogToCheckpoint(out, prior.step, totalSteps);
+    if (dropped > 0) log.info(`${LOG_FILE}: dropped ${dropped} line(s) written after the step-${prior.step} checkpoint (the run was cut off after saving it); they are written again`);
+  } else {
+    madeOut = !fs.existsSync(out);
+    startRunFolder(out);
+  }
 
   const trainable = (p: string) => trainWhat === "all" || p.includes(".attn.");
   const b = model.backend;
@@ -172,18 +215,27 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
     keeper.step = run.step;
     log.info(`resuming at step ${run.step}/${totalSteps}`);
   }
-  const logFile = path.join(out, "train_log.jsonl");
+  const logFile = path.join(out, LOG_FILE);
   const logLine = (row: Record<string, unknown>) => fs.appendFileSync(logFile, JSON.stringify(row) + "\n");
-  const valNll = async () => (data.val.length > 0 ? (await perplexity(model, data.val, { ctx: seq, progress: null })).nll : null);
-  const valNllBefore = prior ? loggedValNllBefore(out) : await valNll();
-  if (!prior && valNllBefore !== null) logLine({ step: 0, val_nll: valNllBefore });
+  const valNll = async (shouldStop?: () => boolean) => (data.val.length > 0 ? (await perplexity(model, data.val, { ctx: seq, progress: null, shouldStop })).nll : null);
+  let valNllBefore: number | null;
+  if (prior) valNllBefore = loggedValNllBefore(out);
+  else {
+    await nextTurn(); // a stop asked for while the model and the state were set up (no turn ran)
+    const v = stopAsked() ? STOPPED : await unlessStopped(() => valNll(stopAsked));
+    if (v === STOPPED) return stoppedBeforeTraining(data.val.length > 0 ? "measuring the validation NLL before training" : "setting up the training");
+    valNllBefore = v;
+    if (v !== null) logLine({ step: 0, val_nll: v });
+  }
 
   const nextMicroBatch: () => MicroBatch = microBatches(data, batch, settings.seed, run);
-  const save = (what: string) => keeper.save(run, state.slotIo(), what);
-  const targetsPerStep = batch * accum * (seq - 1);
-  const loss = { scale: 1 / targetsPerStep, ceWeight: 1 - distillWeight, klWeight: distillWeight, temperature, teacher, checkpoint, keepMid: memory.keepMid };
   const t0 = performance.now();
   const startStep = run.step;
+  // The run's time spans its sittings: a resumed run goes on from its checkpoint's.
+  const sittingSeconds = () => (performance.now() - t0) / 1000;
+  const save = (what: string, seconds = priorSeconds + sittingSeconds()) => keeper.save(Object.assign(run, { seconds }), state.slotIo(), what);
+  const targetsPerStep = batch * accum * (seq - 1);
+  const loss = { scale: 1 / targetsPerStep, ceWeight: 1 - distillWeight, klWeight: distillWeight, temperature, teacher, checkpoint, keepMid: memory.keepMid };
   let lastPrint = -Infinity; // the first step prints (performance.now() counts from the process start)
   let finalLoss = NaN;
   let stoppedEarly = false;
@@ -202,14 +254,16 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
     run.tokensSeen += perStep;
     finalLoss = stepLoss;
     const { stepMs, hostMs } = timer.stop();
-    const elapsed = (performance.now() - t0) / 1000;
-    const tps = ((run.step - startStep) * perStep) / elapsed;
-    logLine({ step: run.step, loss: stepLoss, lr: rate, grad_norm: norm, tokens: run.tokensSeen, tokens_per_s: tps, elapsed_s: elapsed, step_ms: stepMs, host_ms: hostMs });
+    const inSitting = sittingSeconds();
+    const elapsed = priorSeconds + inSitting;
+    logLine({ step: run.step, loss: stepLoss, lr: rate, grad_norm: norm, tokens: run.tokensSeen, tokens_per_s: perSecond(run.tokensSeen, elapsed), elapsed_s: elapsed, step_ms: stepMs, host_ms: hostMs });
     if (o.evalEvery && run.step % o.evalEvery === 0 && run.step < totalSteps) logLine({ step: run.step, val_nll: await valNll() });
     if (o.saveEvery && run.step % o.saveEvery === 0) save(`step-${run.step}`);
     const sink = o.progress;
     if (sink && (performance.now() - lastPrint > 5000 || run.step === totalSteps)) {
       lastPrint = performance.now();
+      // This sitting's rate: the speed now, for the time left.
+      const tps = perSecond((run.step - startStep) * perStep, inSitting);
       sink.write(`step ${run.step}/${totalSteps} loss ${stepLoss.toFixed(4)} lr ${rate.toExponential(2)} |g| ${norm.toFixed(3)} ${fmtCount(tps)} tok/s, ETA ${fmtTime(((totalSteps - run.step) * perStep) / tps)}\n`);
     }
     // Let signal handlers run: the steps themselves never yield to the event loop.
@@ -221,20 +275,22 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
       break;
     }
   }
-  const seconds = (performance.now() - t0) / 1000;
+  const sittingTime = sittingSeconds();
+  const seconds = priorSeconds + sittingTime;
   const hostLine = timer.describe();
   if (hostLine) log.info(hostLine);
   let valNllAfter: number | null = null;
-  const tokensPerSecond = ((run.step - startStep) * perStep) / seconds;
+  const tokensPerSecond = perSecond(run.tokensSeen, seconds);
+  const sitting = { steps: run.step - startStep, seconds: sittingTime, tokensPerSecond: perSecond((run.step - startStep) * perStep, sittingTime) };
   if (!stoppedEarly) {
     valNllAfter = await valNll();
     logLine({ step: run.step, val_nll: valNllAfter });
     await writeModel(src.dir, out, lm.config, model);
     // Last of the run's files (then the final checkpoint), and whole: its presence means finished (finishedRun, the pipeline).
-    writeFileAtomic(path.join(out, SUMMARY_FILE), JSON.stringify({ source: spec, settings: recorded, steps: run.step, tokens: run.tokensSeen, precision, checkpoint_activations: checkpoint, params: modelParams(model), trainable_params: state.size, peak_device_bytes: model.backend.memory?.().peak ?? null, val_nll_before: valNllBefore, val_nll_after: valNllAfter, final_loss: finalLoss, seconds, tokens_per_s: tokensPerSecond, host_time_per_step: timer.summary() }, null, 2) + "\n");
-    save("final");
+    writeFileAtomic(path.join(out, SUMMARY_FILE), JSON.stringify({ source: spec, settings: recorded, steps: run.step, tokens: run.tokensSeen, precision, checkpoint_activations: checkpoint, params: modelParams(model), trainable_params: state.size, peak_device_bytes: model.backend.memory?.().peak ?? null, val_nll_before: valNllBefore, val_nll_after: valNllAfter, final_loss: finalLoss, seconds, tokens_per_s: tokensPerSecond, sitting: { steps: sitting.steps, seconds: sitting.seconds, tokens_per_s: sitting.tokensPerSecond }, host_time_per_step: timer.summary() }, null, 2) + "\n");
+    save("final", seconds);
   }
-  return { out, steps: run.step, stoppedEarly, checkpointStep: keeper.step, tokensSeen: run.tokensSeen, seconds, tokensPerSecond, valNllBefore, valNllAfter, finalLoss, precision };
+  return { out, steps: run.step, stoppedEarly, checkpointStep: keeper.step, tokensSeen: run.tokensSeen, seconds, tokensPerSecond, sitting, valNllBefore, valNllAfter, finalLoss, precision };
 }
 
 /** Writes the trained weights (in the source checkpoint's dtypes) and the model files into `out`, each file atomically. */

@@ -18,6 +18,7 @@ import { Worker } from "node:worker_threads";
 import { MlaError } from "../errors.js";
 import { silentLogger, type Logger } from "../util/log.js";
 import { fmtCount, fmtTime } from "../util/progress.js";
+import { nextTurn, throwIfStopped } from "../util/abort.js";
 import type { TextTokenizer } from "./tokenizer.js";
 
 export interface EncodeLongOptions {
@@ -31,6 +32,11 @@ export interface EncodeLongOptions {
   logger?: Logger;
   /** What is being tokenized (the data file), named in progress lines and errors. */
   label?: string;
+  /**
+   * Polled between pieces (in worker threads: as each batch of pieces comes back): true ends the
+   * tokenizing with MlaError INTERRUPTED (finetune's stop: the CLI's SIGINT flag).
+   */
+  shouldStop?: () => boolean;
 }
 
 /** A piece of a text: `cont` = it continues the previous piece (encoded without a leading "▁"). */
@@ -138,6 +144,7 @@ export async function encodeTexts(tok: TextTokenizer, texts: readonly string[], 
   log.info(`tokenizing ${label}: ${mb(total)} MB in ${pieces.length} piece(s)${long && !exact ? " (encoded whole: this tokenizer fails the split probe)" : ""}, ${workers > 1 ? `${workers} worker threads` : "1 thread"}`);
   const ids: Int32Array[] = new Array(pieces.length);
   const finished = (b: number, out: Int32Array[]) => {
+    throwIfStopped(o.shouldStop);
     const [first, end] = batches[b]!;
     for (let p = first; p < end; p++) {
       ids[p] = out[p - first]!;
@@ -154,9 +161,25 @@ export async function encodeTexts(tok: TextTokenizer, texts: readonly string[], 
     try {
       await inWorkers(tok.dir!, batches.map(([a, b]) => pieces.slice(a, b)), workers, finished);
     } catch (e) {
+      if (e instanceof MlaError && e.code === "INTERRUPTED") throw e; // a stop, seen as a batch came back: not a failure
       throw new MlaError("BAD_TOKENIZER", `tokenizing ${label} in worker threads failed: ${(e as Error).message}`, `the tokenizer in ${tok.dir} could not encode this text; check that the file is UTF-8 text`);
     }
-  } else batches.forEach(([a, b], i) => finished(i, pieces.slice(a, b).map((p) => encodePiece(tok, p))));
+  } else {
+    // Encoding never yields by itself: the event loop gets a turn every 50 ms (not every piece: a
+    // .jsonl of short documents has millions), so that a SIGINT handler can run and a stop be seen.
+    let turn = performance.now();
+    for (const [i, [a, b]] of batches.entries()) {
+      const out: Int32Array[] = [];
+      for (let p = a; p < b; p++) {
+        if (performance.now() - turn >= 50) {
+          await nextTurn(undefined, o.shouldStop);
+          turn = performance.now();
+        }
+        out.push(encodePiece(tok, pieces[p]!));
+      }
+      finished(i, out);
+    }
+  }
 
   // Each text's pieces concatenated into one array.
   const lengths = texts.map(() => 0);

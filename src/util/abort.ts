@@ -14,10 +14,20 @@ export function throwIfAborted(signal: AbortSignal | undefined, hint = "no parti
   throw new MlaError("INTERRUPTED", `stopped: the AbortSignal was aborted (${why})`, hint, { cause: r });
 }
 
-/** One turn of the event loop (timers and signal handlers run), then the signal's check. */
-export async function nextTurn(signal?: AbortSignal): Promise<void> {
+/**
+ * The same stop asked for by polling (finetune's `shouldStop`: the CLI's SIGINT handler sets a flag
+ * it reads). The work that throws it stops as for an aborted signal; finetune, which passes it down
+ * to its tokenizing and first validation, turns it into a clean stop before training.
+ */
+export function throwIfStopped(shouldStop: (() => boolean) | undefined): void {
+  if (shouldStop?.()) throw new MlaError("INTERRUPTED", "stopped: a stop was asked for (shouldStop)", "no partial output is left; call it again to redo the work");
+}
+
+/** One turn of the event loop (timers and signal handlers run), then the signal's check and shouldStop's. */
+export async function nextTurn(signal?: AbortSignal, shouldStop?: () => boolean): Promise<void> {
   await new Promise((r) => setImmediate(r));
   throwIfAborted(signal);
+  throwIfStopped(shouldStop);
 }
 
 /**

@@ -9,7 +9,7 @@ import test from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
-import { convert, evaluate, finetune, generateBatchAsync, loadModel, MlaError, pipeline, study, type Logger, type ProgressSink } from "../../src/index.js";
+import { convert, evaluate, finetune, generateBatchAsync, loadModel, MlaError, pipeline, study, type ProgressSink } from "../../src/index.js";
 import { FIXTURES, tmpDir } from "../helpers.js";
 
 const TEXT = path.join(FIXTURES, "text", "tinystories.txt");
@@ -20,9 +20,13 @@ function abortingSink(c: AbortController): ProgressSink & { lines: number } {
   return sink;
 }
 
-/** A logger that aborts `c` at its first line matching `re`. */
-function abortingLogger(c: AbortController, re: RegExp): Logger {
-  return { info: (m) => void (re.test(m) && c.abort(new Error("enough"))), warn: () => {} };
+/**
+ * A progress sink that aborts `c` at a fine-tune's first step line (`step 1/N …`): after the step, so
+ * it ends with a checkpoint (an abort before the first step, e.g. at the memory plan, ends in the
+ * validation before training, with nothing to resume).
+ */
+function abortingAtStep(c: AbortController): ProgressSink {
+  return { write: (s) => void (/^step \d+\//.test(s) && c.abort(new Error("enough"))) };
 }
 
 function isInterrupted(e: unknown): boolean {
@@ -96,7 +100,7 @@ test("pipeline stops inside the phase under way (convert at a layer, the fine-tu
   assert.equal(sink.lines, 1, "one layer's progress, then the stop");
   assert.deepEqual(fs.readdirSync(out), ["pipeline.json"], "no model folder, whole or temporary");
   const c2 = new AbortController();
-  await assert.rejects(pipeline("stories260K", { ...opts, logger: abortingLogger(c2, /^memory plan/), signal: c2.signal }), resumes);
+  await assert.rejects(pipeline("stories260K", { ...opts, progress: abortingAtStep(c2), signal: c2.signal }), resumes);
   assert.ok(fs.existsSync(path.join(out, "finetune", "checkpoint", "state.json")), "the stopped fine-tune's checkpoint");
   assert.ok(!fs.existsSync(path.join(out, "finetune", "finetune.json")), "nor is the fine-tune done");
   const logged: string[] = [];

@@ -1,7 +1,7 @@
 /**
  * Ctrl-C in the commands that stop cleanly: each says what it does and what a re-run does in its own
- * terms. pipeline and study take no --resume (re-running the same command resumes them); finetune's
- * messages stay as they were.
+ * terms. pipeline and study take no --resume (re-running the same command resumes them); finetune
+ * points at --resume once it has a checkpoint (a stop before its first step: test/finetune/stop.test.ts).
  */
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
@@ -18,14 +18,17 @@ const ENDLESS = ["--tokens", "100000000", "--seq", "32", "--batch", "2", "--devi
 const PIPELINE = ["pipeline", MODEL, "--rank", "2", "--eval-text", TEXT, "--eval-tokens", "200", "--finetune-data", TEXT, "--out"];
 const STUDY = ["study", "--like", MODEL, "--variants", "mha", "--data", TEXT, "--out"];
 
-/** Runs the CLI, sends SIGINT as training starts (its memory plan is logged), and returns its exit code and output. */
+/**
+ * Runs the CLI, sends SIGINT once training has started (its first step is printed: a stop before it,
+ * while tokenizing or validating, ends a fine-tune with nothing to resume), and returns its exit code and output.
+ */
 async function interruptTraining(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
   const child = spawn(process.execPath, [MAIN, ...args], { stdio: ["ignore", "pipe", "pipe"] });
   let stdout = "", stderr = "";
   child.stdout.on("data", (d) => (stdout += d));
   child.stderr.on("data", (d) => (stderr += d));
   const exited = new Promise<number | null>((r) => child.on("exit", r));
-  await waitFor(() => /^memory plan: /m.test(stderr) || child.exitCode !== null, "the start of training");
+  await waitFor(() => /^step \d+\/\d+ loss /m.test(stderr) || child.exitCode !== null, "the first training step");
   child.kill("SIGINT");
   const code = await exited;
   return { code, stdout, stderr };
@@ -62,6 +65,6 @@ test("study on Ctrl-C: stops at a training step with a checkpoint and says the s
 test("finetune on Ctrl-C keeps its own messages: a checkpoint, and --resume to continue", async () => {
   const r = await interruptTraining(["finetune", MODEL, "--data", TEXT, "--out", path.join(tmpDir(), "ft"), ...ENDLESS]);
   assert.equal(r.code, 130, r.stderr);
-  assert.match(r.stderr, /SIGINT: finishing this step, saving a checkpoint, then stopping \(send again to quit at once\)/);
+  assert.match(r.stderr, /SIGINT: finishing this step, saving a checkpoint, then stopping; before the first step \(tokenizing, the first validation\), at the next piece or window, with nothing to save \(send again to quit at once\)/);
   assert.match(r.stdout, /^stopped at step \d+; checkpoint of step \d+ in .* \(continue with --resume\)$/m);
 });

@@ -10,7 +10,7 @@ import path from "node:path";
 import { test } from "node:test";
 import { MlaError } from "../../src/errors.js";
 import { finetune, type FinetuneOptions } from "../../src/finetune/trainer.js";
-import { checkSameRun, settingDifferences } from "../../src/finetune/resume.js";
+import { checkSameRun, loggedSeconds, settingDifferences, trimLogToCheckpoint } from "../../src/finetune/resume.js";
 import { FIXTURES, MODELS, ROOT, tmpDir } from "../helpers.js";
 
 const MAIN = path.join(ROOT, "dist", "src", "cli", "main.js");
@@ -26,13 +26,15 @@ function snapshot(dir: string): Map<string, string> {
   return new Map(files.map((f) => [f, `${fs.statSync(path.join(dir, f)).mtimeMs} ${fs.readFileSync(path.join(dir, f)).toString("base64")}`]));
 }
 
+/** Loss lines in the run's log: a stop after step N that polls it (shouldStop is also polled while tokenizing and validating, so counting polls would stop there). */
+const losses = (out: string) => (fs.existsSync(path.join(out, "train_log.jsonl")) ? fs.readFileSync(path.join(out, "train_log.jsonl"), "utf8").split("\n").filter((l) => l.includes('"loss"')).length : 0);
+
 const summary = (out: string) => JSON.parse(fs.readFileSync(path.join(out, "finetune.json"), "utf8")) as { val_nll_before: number | null; val_nll_after: number | null };
 
 test("a resumed run reports the NLL before training of the uninterrupted run; resuming it once finished reports it again and writes nothing", async () => {
   const straight = await finetune(MODEL, { ...common, out: path.join(tmpDir(), "straight") });
   const out = path.join(tmpDir(), "stopped");
-  let polls = 0;
-  const stopped = await finetune(MODEL, { ...common, out, shouldStop: () => ++polls >= 3 });
+  const stopped = await finetune(MODEL, { ...common, out, shouldStop: () => losses(out) >= 3 });
   assert.ok(stopped.stoppedEarly && stopped.checkpointStep === 3, `stopped at step ${stopped.steps}`);
   const resumed = await finetune(MODEL, { ...common, out, resume: true });
   assert.equal(resumed.steps, STEPS);
@@ -62,8 +64,7 @@ test("the CLI: --resume of a finished run prints the line the run ended with, ap
 
 test("--resume with other flags names each flag that differs with both values, not the settings record", async () => {
   const out = path.join(tmpDir(), "run");
-  let polls = 0;
-  await finetune(MODEL, { ...common, out, lr: 1e-3, shouldStop: () => ++polls >= 1 });
+  await finetune(MODEL, { ...common, out, lr: 1e-3, shouldStop: () => losses(out) >= 1 });
   const refused = (o: Partial<FinetuneOptions>, re: RegExp, model = MODEL) =>
     assert.rejects(finetune(model, { ...common, out, resume: true, lr: 1e-3, ...o }), (e: Error) => e instanceof MlaError && e.code === "BAD_CHECKPOINT" && re.test(e.message) && !/\{"/.test(e.message) && /hint: pass the same MODEL and flags to resume, or --force to start over/.test(e.message));
   const interrupted = snapshot(out);
@@ -89,4 +90,89 @@ test("settingDifferences compares the --warmup fraction where both runs recorded
   const prior = { format: 1 as const, step: 1, epoch: 0, cursor: 1, tokensSeen: 128, fingerprint: "a", settings: { model: "/m", ...old } };
   assert.throws(() => checkSameRun("OUT", prior, "b", { model: "/m", ...old }), (e: Error) => e instanceof MlaError && /^--resume: MODEL \/m \(its config\.json\) or the --data files \(their length\) are not those the run in OUT was started with/.test(e.message));
   assert.doesNotThrow(() => checkSameRun("OUT", prior, "a", { model: "/elsewhere", ...old }), "a copy of the model (same config.json) resumes");
+});
+
+/** The log's lines without their timing fields (which differ between any two runs), in order. */
+function logRows(out: string): Record<string, unknown>[] {
+  return fs.readFileSync(path.join(out, "train_log.jsonl"), "utf8").trim().split("\n").map((l) => {
+    const { elapsed_s, tokens_per_s, step_ms, host_ms, ...rest } = JSON.parse(l) as Record<string, unknown>;
+    return rest;
+  });
+}
+
+test("--resume after a crash past the checkpoint: the log's later lines are dropped, so it ends as the uninterrupted run's; the run's seconds and tokens/s span both sittings, the sitting's own follow", () => {
+  const args = (out: string) => ["finetune", MODEL, "--data", DATA, "--out", out, "--tokens", String(8 * 4 * 32), "--seq", "32", "--batch", "4", "--val-fraction", "0.05", "--save-every", "4", "--eval-every", "2"];
+  const straight = path.join(tmpDir(), "straight");
+  assert.equal(spawnSync(process.execPath, [MAIN, ...args(straight)], { encoding: "utf8" }).status, 0);
+  const out = path.join(tmpDir(), "crashed");
+  const killed = spawnSync(process.execPath, [MAIN, ...args(out)], { encoding: "utf8", env: { ...process.env, MHA2MLA_TEST_KILL_AFTER_SAVE: "4" } });
+  assert.equal(killed.signal, "SIGKILL", killed.stderr);
+  // What a crash after steps 5 and 6 leaves (the next checkpoint is at step 8): their lines, the last one torn.
+  const later = fs.readFileSync(path.join(straight, "train_log.jsonl"), "utf8").split("\n").filter((l) => l && [5, 6].includes(JSON.parse(l).step));
+  assert.deepEqual(later.map((l) => Object.keys(JSON.parse(l)).includes("loss") ? "loss" : "val"), ["loss", "loss", "val"]);
+  fs.appendFileSync(path.join(out, "train_log.jsonl"), later.join("\n") + '\n{"step":7,"lo');
+  const ckSeconds = JSON.parse(fs.readFileSync(path.join(out, "checkpoint", "state.json"), "utf8")).seconds as number;
+  assert.ok(ckSeconds > 0, "the checkpoint records the training seconds so far");
+
+  const resumed = spawnSync(process.execPath, [MAIN, ...args(out), "--resume"], { encoding: "utf8" });
+  assert.equal(resumed.status, 0, resumed.stderr);
+  assert.match(resumed.stderr, /train_log\.jsonl: dropped 4 line\(s\) written after the step-4 checkpoint/);
+  const [a, b] = [logRows(straight), logRows(out)];
+  assert.deepEqual(b.map((r) => [r["step"], "loss" in r]), a.map((r) => [r["step"], "loss" in r]), "the same lines in the same order, none twice");
+  a.forEach((r, i) => {
+    for (const k of ["loss", "val_nll"]) if (k in r) assert.ok(Math.abs((r[k] as number) - (b[i]![k] as number)) <= 1e-6, `line ${i + 1} ${k}: ${r[k]} vs ${b[i]![k]}`);
+  });
+
+  const s = JSON.parse(fs.readFileSync(path.join(out, "finetune.json"), "utf8")) as { steps: number; tokens: number; seconds: number; tokens_per_s: number; sitting: { steps: number; seconds: number; tokens_per_s: number } };
+  assert.equal(s.steps, 8);
+  assert.equal(s.sitting.steps, 4);
+  assert.ok(s.seconds >= ckSeconds + s.sitting.seconds - 1e-9 && s.seconds <= ckSeconds + s.sitting.seconds + 1e-9, `${s.seconds} = ${ckSeconds} before + ${s.sitting.seconds} now`);
+  assert.equal(s.tokens_per_s, s.tokens / s.seconds);
+  assert.equal(s.sitting.tokens_per_s, (4 * 4 * 32) / s.sitting.seconds);
+  // The log's elapsed_s goes on from the checkpoint's time, as in one sitting.
+  const elapsed = fs.readFileSync(path.join(out, "train_log.jsonl"), "utf8").trim().split("\n").map((l) => JSON.parse(l)).filter((r) => "loss" in r).map((r) => r.elapsed_s as number);
+  assert.ok(elapsed.every((x, i) => i === 0 || x >= elapsed[i - 1]!), `elapsed_s never goes back: ${elapsed.join(", ")}`);
+  assert.ok(elapsed[4]! > ckSeconds);
+  assert.match(resumed.stdout, new RegExp(`^trained 8 steps \\(1024 tokens\\) in ${s.seconds.toFixed(1)} s, ${Math.round(s.tokens_per_s)} tok/s \\(this sitting, resumed at step 4: 4 steps in ${s.sitting.seconds.toFixed(1)} s, ${Math.round(s.sitting.tokens_per_s)} tok/s\\); validation NLL`));
+  const again = spawnSync(process.execPath, [MAIN, ...args(out), "--resume"], { encoding: "utf8" });
+  assert.equal(again.stdout, resumed.stdout, "a finished run is reported as it ended, this sitting included");
+});
+
+test("--resume after a crash between the last step's checkpoint and finetune.json: the final validation is logged once", async () => {
+  const out = path.join(tmpDir(), "run");
+  const straight = await finetune(MODEL, { ...common, out, saveEvery: STEPS });
+  const rows = logRows(out);
+  assert.deepEqual(straight.sitting, { steps: STEPS, seconds: straight.seconds, tokensPerSecond: straight.tokensPerSecond }, "one sitting: its figures are the run's");
+  fs.rmSync(path.join(out, "finetune.json")); // as if cut off before it: the checkpoint is of the last step
+  const ckSeconds = JSON.parse(fs.readFileSync(path.join(out, "checkpoint", "state.json"), "utf8")).seconds as number;
+  const resumed = await finetune(MODEL, { ...common, out, resume: true });
+  assert.deepEqual(logRows(out), rows);
+  assert.equal(resumed.valNllAfter, straight.valNllAfter);
+  assert.equal(resumed.sitting.steps, 0);
+  assert.ok(resumed.seconds >= ckSeconds && resumed.seconds < ckSeconds + 1, `${resumed.seconds}: the run's ${ckSeconds} s, no step in this sitting`);
+});
+
+test("trimLogToCheckpoint cuts at the first line written after the checkpoint; loggedSeconds adds the sittings of an older run's log", () => {
+  const out = tmpDir();
+  const file = path.join(out, "train_log.jsonl");
+  const write = (rows: unknown[], tail = "") => fs.writeFileSync(file, rows.map((r) => JSON.stringify(r) + "\n").join("") + tail);
+  const base = [{ step: 0, val_nll: 3 }, { step: 1, loss: 2.9, elapsed_s: 1 }, { step: 2, loss: 2.8, elapsed_s: 2 }, { step: 2, val_nll: 2.7 }];
+  write(base);
+  const before = fs.statSync(file).mtimeMs;
+  assert.equal(trimLogToCheckpoint(out, 2, 4), 0, "a periodic validation at the checkpoint's step came before it");
+  assert.equal(fs.statSync(file).mtimeMs, before, "nothing to drop: not rewritten");
+  write([...base, { step: 3, loss: 2.6, elapsed_s: 3 }], '{"step":4,');
+  assert.equal(trimLogToCheckpoint(out, 2, 4), 2);
+  assert.deepEqual(fs.readFileSync(file, "utf8").trim().split("\n").map((l) => JSON.parse(l)), base);
+  // A checkpoint of the last step: its loss line came before it, the final validation after.
+  write([...base.slice(0, 3), { step: 2, val_nll: 2.7 }]);
+  assert.equal(trimLogToCheckpoint(out, 2, 2), 1);
+  assert.equal(fs.readFileSync(file, "utf8").trim().split("\n").length, 3);
+  assert.equal(trimLogToCheckpoint(path.join(out, "none"), 2, 2), 0, "no log: nothing to do");
+
+  // Older runs counted elapsed_s from each sitting's start: 2 s, then 3 s more after a resume at step 2.
+  write([...base, { step: 3, loss: 2.6, elapsed_s: 1.5 }, { step: 4, loss: 2.5, elapsed_s: 3 }, { step: 5, loss: 2.4, elapsed_s: 4 }]);
+  assert.equal(loggedSeconds(out, 4), 5);
+  assert.equal(loggedSeconds(out, 2), 2);
+  assert.equal(loggedSeconds(path.join(out, "none"), 4), 0);
 });

@@ -69,3 +69,15 @@ test("a failing worker thread is an MlaError naming the text, and every worker i
   const broken = { ...stories, dir: tmpDir() }; // workers load the tokenizer from a folder without one
   await assert.rejects(encodeLong(broken, "one line\n".repeat(5000), { pieceChars: 64, parallelAbove: 0, workers: 2, label: "corpus.txt" }), (e: unknown) => e instanceof MlaError && e.code === "BAD_TOKENIZER" && /tokenizing corpus\.txt in worker threads failed: .*tokenizer\.json does not exist/.test(e.message) && /hint:/.test(e.message));
 });
+
+test("shouldStop ends the tokenizing part-way with INTERRUPTED, on this thread and in worker threads", async () => {
+  const text = fs.readFileSync(path.join(FIXTURES, "text", "tinystories_25k.txt"), "utf8").repeat(4);
+  for (const o of [{ pieceChars: 64 }, { pieceChars: 64, parallelAbove: 0, workers: 2 }]) {
+    let polls = 0;
+    const lines: string[] = [];
+    const logger = { info: (m: string) => void lines.push(m), warn: () => {} };
+    await assert.rejects(encodeTexts(stories, [text], { ...o, logger, shouldStop: () => ++polls > 1 }), (e: unknown) => e instanceof MlaError && e.code === "INTERRUPTED" && /stopped: a stop was asked for \(shouldStop\)/.test(e.message));
+    assert.ok(!lines.some((m) => m.startsWith("tokenized ")), `${o.workers ?? 1} thread(s): stopped part-way`);
+    assert.equal(polls, 2, "not polled again once stopped");
+  }
+});

@@ -39,8 +39,9 @@ test("study resumes: stopped inside the second variant, the same command finishe
   const base = { like: path.join(MODELS, "stories260K"), variants: ["mha", "mla-rope"] as const, ranks: ["d/2"], data: DATA, tokens: 8 * 4 * 32, seq: 32, batch: 4, valFraction: 0.05, device: "cpu" as const, progress: null };
   const straight = await study({ ...base, out: path.join(tmpDir(), "straight") });
   const out = path.join(tmpDir(), "stopped");
-  let polls = 0;
-  const first = await study({ ...base, out, shouldStop: () => ++polls > 11 });
+  // Four steps into the second variant (shouldStop is also polled while tokenizing and validating).
+  const log = path.join(out, "mla-rope-L32-trained", "train_log.jsonl");
+  const first = await study({ ...base, out, shouldStop: () => fs.existsSync(log) && fs.readFileSync(log, "utf8").split("\n").filter((l) => l.includes('"loss"')).length >= 4 });
   assert.equal(first.stoppedEarly, true);
   assert.deepEqual(first.rows.map((r) => r.label), ["MHA"]);
   assert.equal(fs.existsSync(path.join(out, "report.md")), false);
@@ -64,15 +65,18 @@ test("study stops on its signal inside the run under way (its conversion at a la
   const base = { like: path.join(MODELS, "stories260K"), variants: ["mla-rope"] as const, ranks: ["d/2"], data: DATA, tokens: 8 * 4 * 32, seq: 32, batch: 4, valFraction: 0.05, device: "cpu" as const, progress: null };
   const straight = await study({ ...base, out: path.join(tmpDir(), "straight") });
   const out = path.join(tmpDir(), "stopped");
+  // At a log line, or a progress line: the fine-tune's are its steps ("step 1/8 …").
   const stopsAt = (re: RegExp) => {
     const c = new AbortController();
-    return { signal: c.signal, logger: { info: (m: string) => void (re.test(m) && c.abort(new Error("enough"))), warn: () => {} } };
+    const at = (m: string) => void (re.test(m) && c.abort(new Error("enough")));
+    return { signal: c.signal, logger: { info: at, warn: () => {} }, progress: { write: at } };
   };
   const stopped = (e: unknown) => e instanceof MlaError && e.code === "INTERRUPTED" && /hint: the finished runs are kept in .* call study\(\) again with the same options to resume/.test(e.message);
   // convert logs its float64 route just before its layers.
   await assert.rejects(study({ ...base, out, ...stopsAt(/^factoring with/) }), stopped);
   assert.deepEqual(fs.readdirSync(out).filter((f) => f.includes("mla-rope")), [], "no model folder, whole or temporary");
-  await assert.rejects(study({ ...base, out, ...stopsAt(/^memory plan/) }), stopped);
+  // After the first step (a stop before it, in the validation before training, leaves nothing to resume).
+  await assert.rejects(study({ ...base, out, ...stopsAt(/^step 1\//) }), stopped);
   assert.ok(fs.existsSync(path.join(out, "mla-rope-L32-trained", "checkpoint", "state.json")));
   assert.ok(!fs.existsSync(path.join(out, "mla-rope-L32.row.json")));
   const done = await study({ ...base, out });
