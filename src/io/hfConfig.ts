@@ -27,7 +27,21 @@ export function readHfConfig(dir: string): ModelConfig {
     throw new MlaError("BAD_CONFIG", `${file}: not valid JSON (${(e as Error).message})`, "the config file is corrupt; copy it again");
   }
   if (typeof raw !== "object" || raw === null || Array.isArray(raw)) throw new MlaError("BAD_CONFIG", `${file}: not a JSON object`, "the config file is corrupt; copy it again");
-  return normalizeHfConfig(raw as Raw, file);
+  const config = normalizeHfConfig(raw as Raw, file);
+  const stops = eosList((raw as Raw)["eos_token_id"]);
+  // generation_config.json is optional and only adds stop ids: one that does not parse adds none.
+  try {
+    const gen = JSON.parse(fs.readFileSync(path.join(dir, "generation_config.json"), "utf8")) as Raw;
+    for (const id of eosList(gen["eos_token_id"])) if (!stops.includes(id)) stops.push(id);
+  } catch {
+    // no generation_config.json, or not JSON
+  }
+  return stops.length > 1 || (stops.length === 1 && stops[0] !== config.eosTokenId) ? { ...config, stopTokenIds: stops } : config;
+}
+
+/** The ids of an eos_token_id field: a number or a list of numbers. */
+function eosList(v: unknown): number[] {
+  return (Array.isArray(v) ? v : [v]).filter((x): x is number => Number.isInteger(x) && (x as number) >= 0);
 }
 
 function num(raw: Raw, key: string, file: string, fallback?: number): number {

@@ -7,7 +7,8 @@ import { MlaError } from "../errors.js";
 export interface TextTokenizer {
   /** Token ids of `text`; special tokens (BOS) only when asked. */
   encode(text: string, opts?: { addSpecialTokens?: boolean }): number[];
-  decode(ids: readonly number[]): string;
+  /** Text of `ids`; special tokens (BOS, EOS, <|eot_id|>) written out unless skipSpecialTokens. */
+  decode(ids: readonly number[], opts?: { skipSpecialTokens?: boolean }): string;
   readonly vocabSize: number;
   /**
    * Token ids of `text` as the continuation of earlier text: no "▁" is prepended at its start (the
@@ -65,7 +66,7 @@ export function loadTokenizer(dir: string): TextTokenizer {
   return {
     vocabSize,
     encode: (text, opts) => (tokNoPrepend && text.startsWith(" ") ? tokNoPrepend : tok).encode(text, { add_special_tokens: opts?.addSpecialTokens ?? false }).ids,
-    decode: (ids) => tok.decode([...ids], { skip_special_tokens: false }),
+    decode: (ids, opts) => tok.decode([...ids], { skip_special_tokens: opts?.skipSpecialTokens ?? false }),
     encodeContinuation: (text) => cont().encode(text, { add_special_tokens: false }).ids,
     dir: path.resolve(dir),
   };

@@ -99,6 +99,11 @@ export interface ModelConfig {
   slidingWindow: number | null;
   bosTokenId: number | null;
   eosTokenId: number | null;
+  /**
+   * Every token id that ends a generation: config.json's eos_token_id list and generation_config.json's
+   * (Llama 3 Instruct ends turns with <|eot_id|>, not its first EOS). Absent: eosTokenId alone.
+   */
+  stopTokenIds?: readonly number[];
   /** The checkpoint's declared dtype (torch_dtype / dtype), e.g. "bfloat16". */
   declaredDtype: string | null;
   attention: AttentionConfig;
@@ -149,6 +154,11 @@ export function kvRowsPerToken(c: ModelConfig, layer: number): [number, number] 
 }
 
 /** Bytes per token, all layers, of a decode cache storing `dtype` (quantization scales included). */
+/** The ids that end a generation (stopTokenIds, else eosTokenId). */
+export function stopTokenIds(c: Pick<ModelConfig, "eosTokenId" | "stopTokenIds">): ReadonlySet<number> {
+  return new Set(c.stopTokenIds ?? (c.eosTokenId === null ? [] : [c.eosTokenId]));
+}
+
 export function kvBytesPerToken(c: ModelConfig, dtype: KvCacheDtype): number {
   let n = 0;
   for (let l = 0; l < c.layers; l++) n += kvRowsPerToken(c, l).reduce((x, r) => x + kvRowBytes(r, dtype), 0);

@@ -6,6 +6,7 @@ import type { KvCacheDtype } from "./kvQuant.js";
 import { nextTurn, throwIfAborted } from "../util/abort.js";
 import { checkOptionTypes, type OptionKinds } from "../util/optionTypes.js";
 import { pickToken, seededRandom, type SamplingOptions } from "./sampling.js";
+import { stopTokenIds } from "./config.js";
 
 export interface GenerateOptions {
   maxTokens: number;
@@ -132,6 +133,7 @@ function* decodeSteps(model: LlamaModel, prompts: readonly (readonly number[])[]
   const sampling = checkSampling(opts);
   const c = model.config;
   const V = c.vocabSize;
+  const stops = stopTokenIds(c);
   // Room for each whole sequence up front (it never moves while generating), up to the model's context
   // length: a larger --max-tokens that EOS may cut short grows the cache as it is used instead.
   const caches = prompts.map((p) => model.newCache(opts.kvCache, { capacity: Math.min(p.length + opts.maxTokens, Math.max(p.length, c.maxPositions)) }));
@@ -155,7 +157,7 @@ function* decodeSteps(model: LlamaModel, prompts: readonly (readonly number[])[]
       live.forEach((i, k) => {
         const t = pickToken(lasts[k]!, sampling, rands[i]!);
         outs[i]!.push(t);
-        if (((opts.stopAtEos ?? true) && t === c.eosTokenId) || outs[i]!.length >= opts.maxTokens) return;
+        if (((opts.stopAtEos ?? true) && stops.has(t)) || outs[i]!.length >= opts.maxTokens) return;
         still.push(i);
         next.push(t);
       });

@@ -4,6 +4,7 @@
  * does not depend on the other sequences decoded beside it.
  */
 import type { FloatArray } from "../tensor/tensor.js";
+import { MlaError } from "../errors.js";
 
 export interface SamplingOptions {
   /** 0 = greedy (the other settings are then unused). */
@@ -26,23 +27,25 @@ export function seededRandom(seed: number): () => number {
   };
 }
 
+/** The first largest logit's id; NaN counts as −∞. Refuses logits with no finite or +∞ value (a diverged model). */
 function argmax(logits: FloatArray): number {
-  let best = 0;
-  for (let i = 1; i < logits.length; i++) if (logits[i]! > logits[best]!) best = i;
+  let best = -1, max = -Infinity;
+  for (let i = 0; i < logits.length; i++) if (logits[i]! > max) (max = logits[i]!), (best = i);
+  if (best < 0) throw new MlaError("UNSUPPORTED", `the model's logits for the next token hold no number (${logits.length ? `e.g. ${logits[0]}` : "none"})`, "the weights or the computation diverged: check the model with `mha2mla eval`");
   return best;
 }
 
 /**
- * The ids holding the most probability: as few as cover `want` of it, and at most `topK` (0: no limit),
- * in no particular order (a draw among them does not need one). `p` [V] are unnormalized probabilities.
+ * The ids of `among` holding the most probability: as few as cover `want` of it, and at most `topK`
+ * (0: no limit), in no particular order (a draw among them does not need one). `p` [V] are
+ * unnormalized probabilities, none NaN.
  * Sorting all V ids for every token would cost more than a decode step at small models and a flat
  * distribution, so this is a quickselect: partition around a pivot value, and keep only the side where
  * the boundary lies, O(V) on average. Ids of equal probability at the boundary go in index order.
  */
-function nucleus(p: Float64Array, topK: number, want: number): Int32Array {
-  const limit = topK > 0 ? topK : p.length;
-  let set: Int32Array = new Int32Array(p.length);
-  for (let i = 0; i < set.length; i++) set[i] = i;
+function nucleus(p: Float64Array, among: Int32Array, topK: number, want: number): Int32Array {
+  const limit = topK > 0 ? topK : among.length;
+  let set: Int32Array = among;
   const kept: number[] = [];
   let mass = 0;
   // Only the side holding the boundary is copied out of each pass: the first pass over a flat tail then
@@ -62,6 +65,7 @@ function nucleus(p: Float64Array, topK: number, want: number): Int32Array {
       if (v > pivot) (hi++, (hiMass += v));
       else if (v === pivot) eq++;
     }
+    if (eq === 0) throw new Error("nucleus: the pivot is not a value of the set (NaN probabilities)");
     // The boundary lies among the ids above the pivot: look there only. (They are fewer than the set:
     // the pivot is one of its values.)
     if (kept.length + hi >= limit || mass + hiMass >= want) {
@@ -88,21 +92,48 @@ function nucleus(p: Float64Array, topK: number, want: number): Int32Array {
  */
 export function pickToken(logits: FloatArray, opts: SamplingOptions, rand: () => number): number {
   const best = argmax(logits);
-  if (opts.temperature <= 0) return best;
-  const topK = opts.topK ?? 0, topP = opts.topP ?? 1;
   const max = logits[best]!;
+  if (opts.temperature <= 0 || max === Infinity) return best;
+  const topK = opts.topK ?? 0, topP = opts.topP ?? 1;
   const p = new Float64Array(logits.length);
   let sum = 0;
-  for (let i = 0; i < logits.length; i++) sum += p[i] = Math.exp((logits[i]! - max) / opts.temperature);
-  if (topK === 0 && topP >= 1) {
-    let r = rand() * sum;
-    for (let i = 0; i < p.length; i++) if ((r -= p[i]!) <= 0) return i;
-    return p.length - 1;
+  // NaN logits weigh nothing (exp of NaN would poison every sum).
+  for (let i = 0; i < logits.length; i++) sum += p[i] = Math.exp((logits[i]! - max) / opts.temperature) || 0;
+  if (topK === 0 && topP >= 1) return draw(p, null, sum, rand);
+  // As vLLM and HF apply them: the top k first (ids tied with the k-th kept too), then the nucleus of
+  // what they hold, renormalized.
+  let ids: Int32Array | null = null, mass = sum;
+  if (topK > 0 && topK < p.length) {
+    const top = nucleus(p, allIds(p.length), topK, Infinity);
+    let kth = Infinity;
+    for (const i of top) kth = Math.min(kth, p[i]!);
+    ids = allIds(p.length).filter((i) => p[i]! >= kth);
+    mass = 0;
+    for (const i of ids) mass += p[i]!;
   }
-  const ids = nucleus(p, topK, topP * sum);
-  let kept = 0;
-  for (const i of ids) kept += p[i]!;
-  let r = rand() * kept;
-  for (const i of ids) if ((r -= p[i]!) <= 0) return i;
-  return ids[ids.length - 1]!;
+  if (topP < 1) {
+    ids = nucleus(p, ids ?? allIds(p.length), 0, topP * mass);
+    mass = 0;
+    for (const i of ids) mass += p[i]!;
+  }
+  return draw(p, ids, mass, rand);
+}
+
+function allIds(n: number): Int32Array {
+  const ids = new Int32Array(n);
+  for (let i = 0; i < n; i++) ids[i] = i;
+  return ids;
+}
+
+/** A draw among `ids` (null: all) in proportion to p, whose sum over them is `mass`. */
+function draw(p: Float64Array, ids: Int32Array | null, mass: number, rand: () => number): number {
+  let r = rand() * mass;
+  const n = ids ? ids.length : p.length;
+  for (let j = 0; j < n; j++) {
+    const i = ids ? ids[j]! : j;
+    if ((r -= p[i]!) <= 0 && p[i]! > 0) return i;
+  }
+  // Rounding left r above 0: the last id with any weight.
+  for (let j = n - 1; j >= 0; j--) if (p[ids ? ids[j]! : j]! > 0) return ids ? ids[j]! : j;
+  return ids ? ids[0]! : 0;
 }

@@ -14,7 +14,7 @@ import { MlaError, isMlaError } from "../errors.js";
 import type { LlamaModel } from "../model/llama.js";
 import type { DecodeCache } from "../model/kvCache.js";
 import { DecodeSession } from "../model/decodeSession.js";
-import { kvBytesPerToken } from "../model/config.js";
+import { kvBytesPerToken, stopTokenIds } from "../model/config.js";
 import type { KvCacheDtype } from "../model/kvQuant.js";
 import { pickToken, seededRandom, type SamplingOptions } from "../model/sampling.js";
 
@@ -26,7 +26,7 @@ export interface SequenceSpec {
   sampling: SamplingOptions;
   /** The generator's seed for sampled tokens. */
   seed: number;
-  /** End at the model's EOS token (default true); EOS is counted but not passed to onToken. */
+  /** End at the model's EOS tokens (stopTokenIds; default true); the EOS is counted but not passed to onToken. */
   stopAtEos?: boolean;
   /** Each new token; returning false ends the sequence there ("stop": a stop string was met). */
   onToken: (id: number) => boolean;
@@ -103,6 +103,7 @@ export class Batcher {
   private looping = false;
   private idle: (() => void)[] = [];
   private readonly perToken: number;
+  private readonly stops: ReadonlySet<number>;
   private readonly ended = { stop: 0, length: 0, cancelled: 0, error: 0 };
   private newTokens = 0;
   private decodeTokens = 0;
@@ -112,6 +113,7 @@ export class Batcher {
     if (!(Number.isInteger(opts.maxBatch) && opts.maxBatch >= 1)) throw new MlaError("BAD_ARGUMENT", `--max-batch ${opts.maxBatch} is not a number of sequences`, "pass a whole number ≥ 1, e.g. 32");
     if (opts.kvBudgetBytes !== undefined && !(opts.kvBudgetBytes > 0)) throw new MlaError("BAD_ARGUMENT", `a KV-cache budget of ${opts.kvBudgetBytes} bytes admits no sequence`, "pass a positive budget, or none for no limit but the batch size");
     this.perToken = kvBytesPerToken(model.config, opts.kvCache);
+    this.stops = stopTokenIds(model.config);
   }
 
   /** Bytes of cache a sequence of `tokens` tokens (prompt + new) reserves. */
@@ -189,10 +191,19 @@ export class Batcher {
   private async loop(): Promise<void> {
     try {
       while (this.waiting.length || this.running.length) {
-        this.retire();
-        this.admit();
-        this.step();
-        this.retire();
+        try {
+          this.retire();
+          this.admit();
+          this.step();
+          this.retire();
+        } catch (e) {
+          // A failure outside a prefill or a step (freeing a cache, a recording): every sequence ends
+          // with it rather than hang, and the batcher stays usable.
+          this.session = null;
+          this.sessionOver = [];
+          this.fail([...this.running, ...this.waiting.splice(0)], e);
+          this.running = [];
+        }
         // Requests, cancels and the streamed text go out between steps.
         await new Promise((r) => setImmediate(r));
       }
@@ -262,8 +273,7 @@ export class Batcher {
   private take(s: Sequence, id: number): void {
     s.newTokens++;
     this.newTokens++;
-    const eos = this.model.config.eosTokenId;
-    if ((s.spec.stopAtEos ?? true) && id === eos) return this.end(s, "stop");
+    if ((s.spec.stopAtEos ?? true) && this.stops.has(id)) return this.end(s, "stop");
     let more: boolean;
     try {
       more = s.spec.onToken(id);
@@ -289,15 +299,17 @@ export class Batcher {
   private end(s: Sequence, reason: SequenceEnd["reason"], error?: MlaError): void {
     if (s.ended) return;
     s.ended = true;
-    if (s.cache) {
+    const cache = s.cache;
+    s.cache = null;
+    if (cache) {
       // The session holds the cache's buffers in a recording: it goes first.
       if (this.sessionOver.includes(s)) {
-        this.session?.dispose();
+        const session = this.session;
         this.session = null;
         this.sessionOver = [];
+        session?.dispose();
       }
-      s.cache.dispose();
-      s.cache = null;
+      cache.dispose();
     }
     this.ended[reason]++;
     const now = performance.now();

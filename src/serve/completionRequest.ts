@@ -25,7 +25,8 @@ const UNSUPPORTED: Record<string, (v: unknown) => boolean> = {
   n: (v) => v === 1,
   best_of: (v) => v === 1,
   echo: (v) => v === false,
-  logprobs: (v) => v === 0 || v === false,
+  // 0 asks OpenAI and vLLM for the chosen tokens' log-probabilities: only null or false is off.
+  logprobs: (v) => v === false,
   suffix: (v) => v === "",
   presence_penalty: (v) => v === 0,
   frequency_penalty: (v) => v === 0,
@@ -65,10 +66,12 @@ export function parseCompletionRequest(body: unknown, served: { name: string; vo
     if (out !== undefined) throw bad(`prompt token id ${out} is outside the vocabulary of ${served.vocabSize}`, "send ids from the served model's tokenizer, or the prompt as text");
     prompt = p as number[];
   } else if (Array.isArray(p) && p.length === 1 && typeof p[0] === "string") prompt = p[0];
+  else if (Array.isArray(p) && p.length === 1 && Array.isArray(p[0])) return parseCompletionRequest({ ...b, prompt: p[0] }, served);
   else if (Array.isArray(p) && p.length > 1 && p.every((x) => typeof x === "string" || Array.isArray(x))) throw bad(`prompt holds ${p.length} prompts`, "send one prompt per request (requests in flight are decoded together anyway)");
   else if (p === undefined || p === null) throw bad("the request has no prompt", 'send "prompt": "…" (text) or a list of token ids');
   else throw bad(`prompt ${JSON.stringify(p).slice(0, 60)} is neither text nor a list of token ids`, 'send "prompt": "…" (text) or a list of token ids');
-  if (prompt.length === 0) throw bad("the prompt is empty", "send at least one character or token id");
+  // An empty text is a prompt of BOS alone (unconditional generation); an empty list of ids is nothing.
+  if (Array.isArray(prompt) && prompt.length === 0) throw bad("the prompt is an empty list of token ids", "send at least one id, or the prompt as text");
 
   const maxTokens = numberField(b, "max_tokens", DEFAULT_MAX_TOKENS, (v) => Number.isInteger(v) && v >= 1, "a whole number ≥ 1");
   const temperature = numberField(b, "temperature", 1, (v) => Number.isFinite(v) && v >= 0, "a number ≥ 0 (0: greedy)");

@@ -5,6 +5,7 @@
  * which admits more sequences into one batch under the same memory.
  */
 import http from "node:http";
+import path from "node:path";
 import crypto from "node:crypto";
 import { MlaError, isMlaError } from "../errors.js";
 import { loadModel, type LoadedModel } from "../model/llama.js";
@@ -17,6 +18,7 @@ import { throwIfAborted } from "../util/abort.js";
 import { Batcher, type BatcherStats, type SequenceEnd } from "./batcher.js";
 import { parseCompletionRequest, type CompletionRequest } from "./completionRequest.js";
 import { TextStream } from "./textStream.js";
+import { encodePrefix } from "../io/tokenizer.js";
 
 export interface ServeOptions {
   /** Address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 for every interface). */
@@ -63,11 +65,15 @@ export interface Server {
 
 const SERVE_KINDS: OptionKinds<ServeOptions> = { host: "string", port: "number", name: "string", maxBatch: "number", kvCache: "string", kvBudgetMb: "number", device: "string", maxBodyBytes: "number", logger: "object", signal: "object" };
 
+/** A refusal with its own HTTP status (413: a body too large). */
+type WithStatus = MlaError & { httpStatus?: number };
+
 /** HTTP status of a refusal: the caller's mistake, a missing thing, no room, or ours. */
-function statusOf(e: MlaError): number {
+function statusOf(e: WithStatus): number {
+  if (e.httpStatus) return e.httpStatus;
   if (e.code === "BAD_ARGUMENT" || e.code === "BAD_TEXT") return 400;
   if (e.code === "NOT_FOUND") return 404;
-  if (e.code === "OUT_OF_MEMORY") return 503;
+  if (e.code === "OUT_OF_MEMORY" || e.code === "INTERRUPTED") return 503;
   return 500;
 }
 
@@ -77,28 +83,39 @@ function errorBody(e: MlaError): string {
   return JSON.stringify({ error: { message: e.message.replace(/\n\s*hint: /, "; hint: "), type, param: null, code: e.code } });
 }
 
-function sendJson(res: http.ServerResponse, status: number, body: string): void {
-  res.writeHead(status, { "Content-Type": "application/json", "Content-Length": Buffer.byteLength(body) });
+function sendJson(res: http.ServerResponse, status: number, body: string, headers: http.OutgoingHttpHeaders = {}): void {
+  if (res.headersSent || res.destroyed) return void res.end();
+  res.writeHead(status, { "Content-Type": "application/json", "Content-Length": Buffer.byteLength(body), ...headers });
   res.end(body);
+}
+
+function tooLarge(limit: number): WithStatus {
+  return Object.assign(new MlaError("BAD_ARGUMENT", `the request body passes ${limit} bytes`, "send a shorter prompt"), { httpStatus: 413 });
 }
 
 function asMlaError(e: unknown): MlaError {
   return isMlaError(e) ? e : new MlaError("UNSUPPORTED", `internal error: ${(e as Error)?.message ?? String(e)}`, "this is a bug; report it with the request");
 }
 
-/** The request's body, at most `limit` bytes, parsed as JSON. */
+/**
+ * The request's body, at most `limit` bytes, parsed as JSON. A body declared larger is refused before
+ * it is read; one that grows past the limit is refused once it has ended (its rest read and dropped),
+ * so the client gets the 413 instead of a cut connection.
+ */
 function readJson(req: http.IncomingMessage, limit: number): Promise<unknown> {
   return new Promise((resolve, reject) => {
+    if (Number(req.headers["content-length"] ?? 0) > limit) {
+      req.resume();
+      return reject(tooLarge(limit));
+    }
     const parts: Buffer[] = [];
     let size = 0;
     req.on("data", (b: Buffer) => {
       size += b.length;
-      if (size > limit) {
-        reject(new MlaError("BAD_ARGUMENT", `the request body passes ${limit} bytes`, "send a shorter prompt (or start the server with a larger maxBodyBytes)"));
-        req.destroy();
-      } else parts.push(b);
+      if (size <= limit) parts.push(b);
     });
     req.on("end", () => {
+      if (size > limit) return reject(tooLarge(limit));
       try {
         resolve(JSON.parse(Buffer.concat(parts).toString("utf8")));
       } catch (e) {
@@ -121,21 +138,37 @@ export async function serve(model: string | LoadedModel, opts: ServeOptions = {}
   const maxBody = opts.maxBodyBytes ?? 4 * 2 ** 20;
   const log = opts.logger ?? silentLogger;
   const lm = typeof model === "string" ? loadModel(model, { backend: selectBackend(opts.device ?? "auto", log) }) : model;
-  const name = opts.name ?? (typeof model === "string" ? model : lm.source);
+  const name = opts.name ?? (typeof model === "string" ? model : path.basename(lm.dir));
   const kvCache = !opts.kvCache || opts.kvCache === "auto" ? defaultKvCache(lm.model) : opts.kvCache;
   const batcher = new Batcher(lm.model, { maxBatch: opts.maxBatch ?? 32, kvCache, ...(opts.kvBudgetMb !== undefined ? { kvBudgetBytes: opts.kvBudgetMb * 2 ** 20 } : {}) });
   const started = performance.now();
   let requests = 0;
   let closing = false;
+  /** Responses under way, from routing to their end: close() waits for them. */
+  const inFlight = new Set<Promise<void>>();
+
+  /**
+   * A text prompt's ids (BOS first where the tokenizer adds one). One that cannot fit the model is
+   * refused after tokenizing only its first maxPositions ids or so: a 4 MB text would otherwise hold
+   * the event loop, and every stream, for tens of seconds.
+   */
+  const encodePrompt = (text: string): number[] => {
+    const max = lm.config.maxPositions;
+    if (encodePrefix(lm.tokenizer, text, max + 1).length > max)
+      throw new MlaError("BAD_ARGUMENT", `the prompt holds more than the model's ${max} positions of tokens`, "shorten the prompt");
+    return lm.tokenizer.encode(text, { addSpecialTokens: true });
+  };
 
   const completions = async (req: http.IncomingMessage, res: http.ServerResponse): Promise<void> => {
     let r: CompletionRequest;
     let prompt: number[];
     try {
       r = parseCompletionRequest(await readJson(req, maxBody), { name, vocabSize: lm.config.vocabSize });
-      prompt = typeof r.prompt === "string" ? lm.tokenizer.encode(r.prompt, { addSpecialTokens: true }) : r.prompt;
+      prompt = typeof r.prompt === "string" ? encodePrompt(r.prompt) : r.prompt;
     } catch (e) {
-      if (!res.headersSent && !res.destroyed) sendJson(res, statusOf(asMlaError(e)), errorBody(asMlaError(e)));
+      const err = asMlaError(e) as WithStatus;
+      // After a 413 the rest of the body is not worth reading: the connection closes once it is sent.
+      sendJson(res, statusOf(err), errorBody(err), err.httpStatus === 413 ? { Connection: "close" } : {});
       return;
     }
     const id = `cmpl-${crypto.randomUUID().replaceAll("-", "")}`;
@@ -147,13 +180,14 @@ export async function serve(model: string | LoadedModel, opts: ServeOptions = {}
     const onEnd = (end: SequenceEnd): void => {
       done = true;
       log.info(`${id}: ${end.promptTokens} prompt + ${end.newTokens} new tokens, ${end.reason}${end.error ? ` (${end.error.message.split("\n")[0]})` : ""}; queued ${end.queuedMs.toFixed(0)} ms, prefill ${end.prefillMs.toFixed(0)} ms, ${(end.totalMs / 1000).toFixed(2)} s`);
-      if (end.reason === "cancelled" || res.destroyed) return void res.end();
-      const finish = end.reason === "length" ? "length" : "stop";
-      if (end.reason === "error") {
-        if (!r.stream) return sendJson(res, statusOf(end.error!), errorBody(end.error!));
-        res.write(`data: ${errorBody(end.error!)}\n\n`);
+      if (res.destroyed) return; // the client left (that cancelled it)
+      const failure = end.reason === "error" ? end.error! : end.reason === "cancelled" ? new MlaError("INTERRUPTED", "the server stopped this request as it shut down", "send it again once the server is back") : null;
+      if (failure) {
+        if (!r.stream) return sendJson(res, statusOf(failure), errorBody(failure));
+        res.write(`data: ${errorBody(failure)}\n\n`);
         return void res.end();
       }
+      const finish = end.reason === "length" ? "length" : "stop";
       const rest = text.finish();
       if (!r.stream) {
         const body = JSON.stringify({ id, object: "text_completion", created, model: name, choices: [{ index: 0, text: text.output, logprobs: null, finish_reason: finish }], usage: usage(end) });
@@ -181,63 +215,86 @@ export async function serve(model: string | LoadedModel, opts: ServeOptions = {}
       return sendJson(res, statusOf(asMlaError(e)), errorBody(asMlaError(e)));
     }
     requests++;
-    if (r.stream) res.writeHead(200, { "Content-Type": "text/event-stream", "Cache-Control": "no-cache", Connection: "keep-alive" });
+    if (r.stream) {
+      // Sent at once, so a client queued behind a full batch sees its stream open.
+      res.writeHead(200, { "Content-Type": "text/event-stream", "Cache-Control": "no-cache" });
+      res.flushHeaders();
+    }
     // A client that goes away stops its sequence (its place and cache go to the next request).
     res.on("close", () => {
       if (!done) handle.cancel();
     });
   };
 
+  const routes: Record<string, Record<string, (req: http.IncomingMessage, res: http.ServerResponse) => void>> = {
+    "/health": { GET: (_q, res) => sendJson(res, closing ? 503 : 200, JSON.stringify({ status: closing ? "closing" : "ok" })) },
+    "/v1/models": { GET: (_q, res) => sendJson(res, 200, JSON.stringify({ object: "list", data: [{ id: name, object: "model", created: Math.floor(Date.now() / 1000), owned_by: "mha2mla", max_model_len: lm.config.maxPositions }] })) },
+    "/stats": { GET: (_q, res) => sendJson(res, 200, JSON.stringify(stats())) },
+    "/v1/completions": {
+      POST: (req, res) => {
+        if (closing) return sendJson(res, 503, errorBody(new MlaError("INTERRUPTED", "the server is shutting down", "send the request to another server, or again once it is back")));
+        const work = completions(req, res).catch((e) => sendJson(res, 500, errorBody(asMlaError(e))));
+        // Under way until its response has gone out or its client has left.
+        const whole = Promise.all([work, new Promise<void>((r) => res.once("close", () => r()))]).then(() => {});
+        inFlight.add(whole);
+        void whole.then(() => inFlight.delete(whole));
+      },
+    },
+    "/v1/chat/completions": { POST: (_q, res) => sendJson(res, 404, errorBody(new MlaError("NOT_FOUND", "this server has no chat endpoint: it does not render chat templates", "format the conversation yourself and send it as the prompt of POST /v1/completions"))) },
+  };
+
   const server = http.createServer((req, res) => {
-    const path = new URL(req.url ?? "/", "http://localhost").pathname;
-    const route = `${req.method} ${path}`;
-    if (route === "GET /health") return sendJson(res, closing ? 503 : 200, JSON.stringify({ status: closing ? "closing" : "ok" }));
-    if (route === "GET /v1/models") return sendJson(res, 200, JSON.stringify({ object: "list", data: [{ id: name, object: "model", created: Math.floor(Date.now() / 1000), owned_by: "mha2mla", max_model_len: lm.config.maxPositions }] }));
-    if (route === "GET /stats") return sendJson(res, 200, JSON.stringify(stats()));
-    if (route === "POST /v1/completions") {
-      if (closing) return sendJson(res, 503, errorBody(new MlaError("INTERRUPTED", "the server is shutting down", "send the request to another server, or again once it is back")));
-      return void completions(req, res).catch((e) => {
-        if (!res.headersSent) sendJson(res, 500, errorBody(asMlaError(e)));
-        else res.end();
-      });
-    }
-    if (route === "POST /v1/chat/completions")
-      return sendJson(res, 404, errorBody(new MlaError("NOT_FOUND", "this server has no chat endpoint: it does not render chat templates", "format the conversation yourself and send it as the prompt of POST /v1/completions")));
-    const known = ["GET /health", "GET /v1/models", "GET /stats", "POST /v1/completions"];
-    return sendJson(res, 404, errorBody(new MlaError("NOT_FOUND", `no route ${route}`, `the routes are ${known.join(", ")}`)));
+    // The path as sent (no URL parsing: a malformed request line must not take the server down).
+    const where = (req.url ?? "/").split("?")[0]!;
+    const route = routes[where];
+    const method = req.method === "HEAD" ? "GET" : (req.method ?? "");
+    const handler = route?.[method];
+    if (handler) return handler(req, res);
+    if (route) return sendJson(res, 405, errorBody(new MlaError("BAD_ARGUMENT", `${where} takes ${Object.keys(route).join(", ")}, not ${req.method}`, `send ${Object.keys(route)[0]} ${where}`)), { Allow: Object.keys(route).join(", ") });
+    const known = Object.entries(routes).flatMap(([p, m]) => Object.keys(m).map((k) => `${k} ${p}`)).filter((r) => !r.includes("chat"));
+    return sendJson(res, 404, errorBody(new MlaError("NOT_FOUND", `no route ${req.method} ${where}`, `the routes are ${known.join(", ")}`)));
   });
 
   const stats = (): ServerStats => ({ model: name, requests, uptimeSeconds: (performance.now() - started) / 1000, ...batcher.stats() });
 
   await new Promise<void>((resolve, reject) => {
-    server.once("error", (e: NodeJS.ErrnoException) =>
+    const refused = (e: NodeJS.ErrnoException) =>
       reject(
         e.code === "EADDRINUSE"
           ? new MlaError("BAD_ARGUMENT", `port ${port} on ${opts.host ?? "127.0.0.1"} is in use`, "pass another --port, or --port 0 for any free one")
           : e.code === "EACCES"
             ? new MlaError("BAD_ARGUMENT", `port ${port} needs privileges this process lacks`, "pass a port above 1023")
             : new MlaError("IO", `cannot listen on ${opts.host ?? "127.0.0.1"}:${port}: ${e.message}`, "check --host and --port"),
-      ),
-    );
-    server.listen(port, opts.host ?? "127.0.0.1", () => resolve());
+      );
+    server.once("error", refused);
+    server.listen(port, opts.host ?? "127.0.0.1", () => {
+      server.off("error", refused);
+      resolve();
+    });
   });
+  // Errors after the start (a failed accept, too many open files) are logged; the server goes on.
+  server.on("error", (e) => log.warn(`server: ${e.message}`));
   const addr = server.address() as { address: string; port: number };
   const host = opts.host ?? "127.0.0.1";
   let closed: Promise<void> | null = null;
   const close = (): Promise<void> =>
     (closed ??= (async () => {
+      // No new connections; a request on an open keep-alive connection gets 503.
       closing = true;
       const stopped = new Promise<void>((r) => server.close(() => r()));
       server.closeIdleConnections();
+      while (inFlight.size) await Promise.all(inFlight);
       await batcher.whenIdle();
       server.closeAllConnections();
       await stopped;
     })());
-  opts.signal?.addEventListener("abort", () => {
+  const abort = () => {
+    // Requests in flight end now, each with a 503 (or an error event on its stream).
     batcher.cancelAll();
-    server.closeAllConnections();
     void close();
-  });
+  };
+  if (opts.signal?.aborted) abort();
+  else opts.signal?.addEventListener("abort", abort, { once: true });
   const shown = host.includes(":") ? `[${host}]` : host;
   log.info(`serving ${name} at http://${shown}:${addr.port} (POST /v1/completions; GET /v1/models, /health, /stats): ${kvCache} cache, ${batcher.cacheBytes(1)} bytes per token; up to ${opts.maxBatch ?? 32} sequences per batch${opts.kvBudgetMb !== undefined ? ` within ${opts.kvBudgetMb} MB of cache` : ""}`);
   return { url: `http://${shown}:${addr.port}`, host, port: addr.port, model: name, loaded: lm, stats, close };

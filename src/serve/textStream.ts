@@ -28,6 +28,14 @@ export class TextStream {
     this.ids = prompt.slice(-CONTEXT_IDS);
     this.prefix = 0;
     this.read = this.ids.length;
+    // A prompt (of ids) that ends inside a character: its last bytes count as the completion's, so the
+    // character the first new ids complete comes out whole.
+    while (this.read > 0 && this.decode(this.ids.slice(0, this.read)).endsWith("\uFFFD")) this.read--;
+  }
+
+  /** Text of ids, special tokens (BOS, EOS) left out as vLLM and OpenAI give completions. */
+  private decode(ids: readonly number[]): string {
+    return this.tokenizer.decode(ids, { skipSpecialTokens: true });
   }
 
   /** Whether a stop string has ended the text (push then adds nothing). */
@@ -39,11 +47,18 @@ export class TextStream {
   push(id: number): string {
     if (this.stopped) return "";
     this.ids.push(id);
-    const before = this.tokenizer.decode(this.ids.slice(this.prefix, this.read));
-    const after = this.tokenizer.decode(this.ids.slice(this.prefix));
-    if (after.length > before.length && !after.endsWith("\uFFFD") && after.startsWith(before)) {
+    const before = this.decode(this.ids.slice(this.prefix, this.read));
+    const after = this.decode(this.ids.slice(this.prefix));
+    // No character spans more than 4 byte tokens: ids that still decode to U+FFFD after more than
+    // that are bytes that never make a character, given out as U+FFFD rather than held for ever.
+    const stuck = this.ids.length - this.read > 4;
+    if (after.length > before.length && (!after.endsWith("\uFFFD") || stuck)) {
       this.text += after.slice(before.length);
       this.prefix = this.read;
+      this.read = this.ids.length;
+    } else if (after === before) {
+      // Ids that add no text (special tokens) are read, but the window keeps its start: from them on, a
+      // SentencePiece piece's leading space would read as the start of the text and be dropped.
       this.read = this.ids.length;
     }
     return this.release(false);
@@ -53,8 +68,8 @@ export class TextStream {
   finish(): string {
     if (!this.stopped && this.read < this.ids.length) {
       // Ids still held back (an incomplete character at the very end): their text as it decodes.
-      const before = this.tokenizer.decode(this.ids.slice(this.prefix, this.read));
-      this.text += this.tokenizer.decode(this.ids.slice(this.prefix)).slice(before.length);
+      const before = this.decode(this.ids.slice(this.prefix, this.read));
+      this.text += this.decode(this.ids.slice(this.prefix)).slice(before.length);
       this.read = this.ids.length;
     }
     return this.release(true);

@@ -70,3 +70,22 @@ test("the sampling settings are checked, naming the flag", () => {
   assert.throws(() => checkSampling({ topP: 1.2 }), /--top-p 1.2/);
   assert.deepEqual(checkSampling({}), { temperature: 0, topK: 0, topP: 1 });
 });
+
+test("top-p applies to what top-k kept, as vLLM and HF apply them; ids tied with the k-th stay", () => {
+  // p = [.5, .3, .2]: top-k 2 keeps .5 and .3 (mass .8); top-p .6 of that is .48, which .5 alone covers.
+  const l = Float32Array.from([Math.log(0.5), Math.log(0.3), Math.log(0.2)]);
+  const got = draws(l, { temperature: 1, topK: 2, topP: 0.6 }, 2000);
+  assert.deepEqual(got, [1, 0, 0]);
+  const tied = draws(Float32Array.from([3, 1, 1, 0]), { temperature: 1, topK: 2 }, 4000);
+  assert.ok(tied[1]! > 0.05 && tied[2]! > 0.05 && tied[3] === 0, `ids 1 and 2 tie at the 2nd value: ${tied}`);
+});
+
+test("NaN logits weigh nothing, +∞ wins, and logits with no number at all are refused", () => {
+  const r = seededRandom(1);
+  for (const opts of [{ temperature: 0 }, { temperature: 1 }, { temperature: 1, topP: 0.9 }, { temperature: 1, topK: 2 }]) {
+    for (let i = 0; i < 50; i++) assert.notEqual(pickToken(Float32Array.from([NaN, 5, 1]), opts, r), 0, JSON.stringify(opts));
+    assert.equal(pickToken(Float32Array.from([0, Infinity, 1]), opts, r), 1);
+    assert.throws(() => pickToken(Float32Array.from([NaN, NaN]), opts, r), /logits for the next token hold no number[^]*diverged/);
+    assert.throws(() => pickToken(Float32Array.from([-Infinity, -Infinity]), opts, r), /hold no number/);
+  }
+});

@@ -184,3 +184,75 @@ test("mha2mla serve answers, then stops on SIGINT after finishing", async () => 
   assert.match(err, /served 1 request, 8 new tokens; stopped/);
   assert.match(err, /cmpl-\w+: \d+ prompt \+ 8 new tokens, length/);
 });
+
+test("HTTP hygiene: a malformed request line, a body over the limit (413), a wrong method (405), HEAD, empty and nested prompts", async () => {
+  const net = await import("node:net");
+  const server = await serve(lm, { port: 0, maxBodyBytes: 1000 });
+  try {
+    const raw = await new Promise<string>((resolve) => {
+      const sock = net.connect(server.port, "127.0.0.1", () => sock.write("GET //[ HTTP/1.1\r\nHost: x\r\n\r\n"));
+      let got = "";
+      sock.on("data", (b) => ((got += b.toString()), sock.end()));
+      sock.on("close", () => resolve(got));
+    });
+    assert.match(raw, /^HTTP\/1.1 404/, "a malformed path is an unknown route, not a crash");
+    assert.equal((await fetch(`${server.url}/health`)).status, 200, "still serving");
+    const big = await post(server.url, { prompt: "x".repeat(2000) });
+    assert.equal(big.status, 413);
+    assert.match(big.json["error"].message, /passes 1000 bytes/);
+    const wrong = await fetch(`${server.url}/v1/completions`);
+    assert.equal(wrong.status, 405);
+    assert.equal(wrong.headers.get("allow"), "POST");
+    assert.equal((await fetch(`${server.url}/health`, { method: "HEAD" })).status, 200);
+    const empty = await post(server.url, { prompt: "", max_tokens: 3, temperature: 0 });
+    assert.equal(empty.status, 200, "an empty text is BOS alone");
+    assert.equal(empty.json["usage"].prompt_tokens, 1);
+    const nested = await post(server.url, { prompt: [[1, 403]], max_tokens: 2, temperature: 0 });
+    assert.equal(nested.status, 200, "a list holding one list of ids");
+    assert.equal((await post(server.url, { prompt: "x", logprobs: 0 })).status, 400, "logprobs 0 asks for log-probabilities");
+  } finally {
+    await server.close();
+  }
+});
+
+test("a prompt text far longer than the model is refused without tokenizing it all", async () => {
+  const server = await serve(lm, { port: 0 });
+  try {
+    const t0 = performance.now();
+    const r = await post(server.url, { prompt: "Once upon a time there was a dog. ".repeat(60_000) });
+    assert.equal(r.status, 400);
+    assert.match(r.json["error"].message, /more than the model's 512 positions/);
+    assert.ok(performance.now() - t0 < 3000, `refused in ${(performance.now() - t0).toFixed(0)} ms`);
+  } finally {
+    await server.close();
+  }
+});
+
+test("an aborted signal ends queued and running requests with 503 (an error event on a stream); an upload under way at close() is answered", async () => {
+  const abort = new AbortController();
+  const server = await serve(lm, { port: 0, maxBatch: 1, signal: abort.signal });
+  const running = post(server.url, { prompt: "Once", max_tokens: 400, temperature: 0 });
+  while (server.stats().running === 0) await new Promise((r) => setTimeout(r, 2));
+  const queued = post(server.url, { prompt: "The dog", max_tokens: 5, temperature: 0 });
+  const streamed = fetch(`${server.url}/v1/completions`, { method: "POST", body: JSON.stringify({ prompt: "Lily", max_tokens: 5, stream: true }) }).then((r) => r.text());
+  while (server.stats().waiting < 2) await new Promise((r) => setTimeout(r, 2));
+  abort.abort();
+  for (const r of await Promise.all([running, queued])) {
+    assert.equal(r.status, 503);
+    assert.match(r.json["error"].message, /shut down/);
+  }
+  assert.match(await streamed, /"code":"INTERRUPTED"/);
+
+  const second = await serve(lm, { port: 0 });
+  const http = await import("node:http");
+  // Headers and half the body sent, then close(), then the rest.
+  const body = JSON.stringify({ prompt: "Once upon a time", max_tokens: 4, temperature: 0 });
+  const answer = new Promise<number>((resolve, reject) => {
+    const req = http.request(`${second.url}/v1/completions`, { method: "POST", headers: { "Content-Length": Buffer.byteLength(body) } }, (res) => (res.resume(), res.on("end", () => resolve(res.statusCode!))));
+    req.on("error", reject);
+    req.write(body.slice(0, 10));
+    setTimeout(() => req.end(body.slice(10)), 200);
+  });
+  await new Promise((r) => setTimeout(r, 50));
+  await Promise.all([second.close(), answer.then((s) => assert.equal(s, 200))]);
+});

@@ -57,3 +57,23 @@ test("a long text streams in pieces that add up to it", () => {
   const text = " " + "The little dog ran to the park and saw a big red ball. ".repeat(20);
   assert.equal(stream("Once", text).all, text);
 });
+
+test("a prompt of ids ending inside a character: the completion gives the character whole", () => {
+  const ids = tok.encode("Hi ☕5", { addSpecialTokens: true });
+  const base = tok.encode("Hi ", { addSpecialTokens: true }).length;
+  assert.equal(ids.length - base, 4, "☕ is three byte tokens, then 5");
+  // The prompt ends after the first byte of ☕.
+  const s = new TextStream(tok, ids.slice(0, base + 1));
+  const pieces = ids.slice(base + 1).map((id) => s.push(id));
+  pieces.push(s.finish());
+  assert.equal(pieces.join(""), "☕5");
+  assert.equal(pieces[1], "☕", "given out once complete, not at the end");
+});
+
+test("special tokens add no text, and the stream goes on after them", () => {
+  const p = tok.encode("Once", { addSpecialTokens: true });
+  const s = new TextStream(tok, p);
+  const more = tok.encode("Once upon", { addSpecialTokens: true }).slice(p.length);
+  const out = [s.push(2), s.push(1), ...more.map((id) => s.push(id)), s.finish()].join("");
+  assert.equal(out, " upon");
+});
