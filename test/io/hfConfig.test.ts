@@ -68,3 +68,18 @@ test("config.json that is not JSON names the file", () => {
   fs.writeFileSync(path.join(dir, "config.json"), "{oops");
   assert.throws(() => readHfConfig(dir), (e: Error) => e instanceof MlaError && e.code === "BAD_CONFIG" && e.message.includes(path.join(dir, "config.json")));
 });
+
+test("stop ids: every eos_token_id of config.json and generation_config.json; one EOS alone adds none", () => {
+  const dir = tmpDir();
+  fs.writeFileSync(path.join(dir, "config.json"), JSON.stringify({ ...base, eos_token_id: [128001, 128008] }));
+  fs.writeFileSync(path.join(dir, "generation_config.json"), JSON.stringify({ eos_token_id: [128001, 128009] }));
+  const c = readHfConfig(dir);
+  assert.equal(c.eosTokenId, 128001);
+  assert.deepEqual(c.stopTokenIds, [128001, 128008, 128009]);
+  fs.writeFileSync(path.join(dir, "generation_config.json"), "not json");
+  assert.deepEqual(readHfConfig(dir).stopTokenIds, [128001, 128008], "a generation_config.json that does not parse adds nothing");
+  fs.writeFileSync(path.join(dir, "config.json"), JSON.stringify({ ...base, eos_token_id: 2 }));
+  fs.writeFileSync(path.join(dir, "generation_config.json"), JSON.stringify({ eos_token_id: 2 }));
+  assert.equal(readHfConfig(dir).stopTokenIds, undefined);
+  assert.equal(readHfConfig(path.join(MODELS, "stories260K")).stopTokenIds, undefined);
+});
