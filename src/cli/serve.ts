@@ -19,7 +19,7 @@ interface Args {
 
 export const serveCommand: CommandModule<object, Args> = {
   command: "serve <model>",
-  describe: "serve the model over HTTP with the OpenAI completions API (POST /v1/completions, streamed or not), requests in flight decoded as one continuous batch",
+  describe: "serve the model over HTTP with the OpenAI completions and chat APIs (POST /v1/completions, /v1/chat/completions for a model with a chat template; streamed or not), requests in flight decoded as one continuous batch",
   builder: (y) =>
     y
       .positional("model", { type: "string", demandOption: true })

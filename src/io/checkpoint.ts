@@ -11,7 +11,7 @@ import { SafetensorsFile, SafetensorsWriter, TensorEntry, TensorSpec, numel } fr
 export const INDEX_FILE = "model.safetensors.index.json";
 
 /** Files of a model folder besides config.json and the weights, carried over by convert and finetune. */
-export const MODEL_SIDE_FILES = ["tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json", "generation_config.json"];
+export const MODEL_SIDE_FILES = ["tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json", "generation_config.json", "chat_template.jinja", "chat_template.json"];
 
 /** Copies the side files `srcDir` has (tokenizer, generation config) into `dstDir`. */
 export function copyModelSideFiles(srcDir: string, dstDir: string): void {

@@ -1,20 +1,31 @@
 /**
- * The body of an OpenAI-style `POST /v1/completions`, checked. What the server does not implement
+ * The body of an OpenAI-style `POST /v1/completions` or `/v1/chat/completions`, checked. What the
+ * server does not implement
  * (several choices, log-probabilities, penalties, echo, suffix) is refused by name rather than
  * ignored, so a client never reads an answer computed without a setting it asked for.
  */
 import { MlaError } from "../errors.js";
 import type { SamplingOptions } from "../model/sampling.js";
+import type { ChatMessage } from "./chatTemplate.js";
 
-export interface CompletionRequest {
-  /** The prompt as text, or as token ids. */
-  prompt: string | number[];
-  maxTokens: number;
+/** What a completion needs besides its prompt, read the same way from both endpoints. */
+export interface GenerationFields {
+  /** null: up to the model's positions (chat's default, as vLLM's). */
+  maxTokens: number | null;
   sampling: SamplingOptions;
   seed: number | null;
   stop: string[];
   stream: boolean;
   includeUsage: boolean;
+}
+
+export interface CompletionRequest extends GenerationFields {
+  /** The prompt as text, or as token ids. */
+  prompt: string | number[];
+}
+
+export interface ChatRequest extends GenerationFields {
+  messages: ChatMessage[];
 }
 
 /** OpenAI's default when max_tokens is left out. */
@@ -34,8 +45,24 @@ const UNSUPPORTED: Record<string, (v: unknown) => boolean> = {
   logit_bias: (v) => typeof v === "object" && v !== null && Object.keys(v).length === 0,
 };
 
+/** Chat's own fields that change the answer and are not implemented ("off" values as above). */
+const CHAT_UNSUPPORTED: Record<string, (v: unknown) => boolean> = {
+  n: UNSUPPORTED["n"]!,
+  logprobs: (v) => v === false,
+  top_logprobs: (v) => v === 0,
+  presence_penalty: UNSUPPORTED["presence_penalty"]!,
+  frequency_penalty: UNSUPPORTED["frequency_penalty"]!,
+  repetition_penalty: UNSUPPORTED["repetition_penalty"]!,
+  logit_bias: UNSUPPORTED["logit_bias"]!,
+  tools: (v) => Array.isArray(v) && v.length === 0,
+  tool_choice: (v) => v === "none",
+  response_format: (v) => typeof v === "object" && v !== null && (v as { type?: unknown }).type === "text",
+};
+
 /** Fields read, or harmless to ignore (user: an end-user id for abuse tracking). */
-const KNOWN = new Set(["model", "prompt", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "stream", "stream_options", "user", ...Object.keys(UNSUPPORTED)]);
+const COMMON = ["model", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "stream", "stream_options", "user"];
+const KNOWN = new Set(["prompt", ...COMMON, ...Object.keys(UNSUPPORTED)]);
+const CHAT_KNOWN = new Set(["messages", "max_completion_tokens", ...COMMON, ...Object.keys(CHAT_UNSUPPORTED)]);
 
 function bad(message: string, hint: string): MlaError {
   return new MlaError("BAD_ARGUMENT", message, hint);
@@ -48,16 +75,21 @@ function numberField(body: Record<string, unknown>, key: string, fallback: numbe
   return v;
 }
 
-/** The request `body` (parsed JSON) checked against the served model's name and vocabulary. */
-export function parseCompletionRequest(body: unknown, served: { name: string; vocabSize: number }): CompletionRequest {
-  if (typeof body !== "object" || body === null || Array.isArray(body)) throw bad("the request body is not a JSON object", 'send e.g. {"prompt": "Once upon a time", "max_tokens": 32}');
+/** The body as an object whose every field is known and implemented, for the served model. */
+function checkedBody(body: unknown, served: { name: string }, known: ReadonlySet<string>, unsupported: Record<string, (v: unknown) => boolean>, example: string): Record<string, unknown> {
+  if (typeof body !== "object" || body === null || Array.isArray(body)) throw bad("the request body is not a JSON object", `send e.g. ${example}`);
   const b = body as Record<string, unknown>;
-  const unknown = Object.keys(b).filter((k) => !KNOWN.has(k));
-  if (unknown.length) throw bad(`unknown field${unknown.length > 1 ? "s" : ""} ${unknown.map((k) => JSON.stringify(k)).join(", ")}`, `the fields read are ${[...KNOWN].filter((k) => !(k in UNSUPPORTED)).join(", ")}`);
-  for (const [k, off] of Object.entries(UNSUPPORTED))
-    if (b[k] !== undefined && b[k] !== null && !off(b[k])) throw bad(`${k} ${JSON.stringify(b[k])} is not supported by this server`, `leave ${k} out (one choice per request, no log-probabilities, penalties, echo or suffix)`);
+  const unknown = Object.keys(b).filter((k) => !known.has(k));
+  if (unknown.length) throw bad(`unknown field${unknown.length > 1 ? "s" : ""} ${unknown.map((k) => JSON.stringify(k)).join(", ")}`, `the fields read are ${[...known].filter((k) => !(k in unsupported)).join(", ")}`);
+  for (const [k, off] of Object.entries(unsupported))
+    if (b[k] !== undefined && b[k] !== null && !off(b[k])) throw bad(`${k} ${JSON.stringify(b[k])} is not supported by this server`, `leave ${k} out (one choice per request; no log-probabilities, penalties, tools, echo or suffix)`);
   if (b["model"] !== undefined && b["model"] !== served.name) throw new MlaError("NOT_FOUND", `model ${JSON.stringify(b["model"])} is not served here`, `this server serves ${JSON.stringify(served.name)} (GET /v1/models); send that name or leave model out`);
+  return b;
+}
 
+/** The request `body` (parsed JSON) of POST /v1/completions, checked against the served model's name and vocabulary. */
+export function parseCompletionRequest(body: unknown, served: { name: string; vocabSize: number }): CompletionRequest {
+  const b = checkedBody(body, served, KNOWN, UNSUPPORTED, '{"prompt": "Once upon a time", "max_tokens": 32}');
   let prompt: string | number[];
   const p = b["prompt"];
   if (typeof p === "string") prompt = p;
@@ -73,7 +105,32 @@ export function parseCompletionRequest(body: unknown, served: { name: string; vo
   // An empty text is a prompt of BOS alone (unconditional generation); an empty list of ids is nothing.
   if (Array.isArray(prompt) && prompt.length === 0) throw bad("the prompt is an empty list of token ids", "send at least one id, or the prompt as text");
 
-  const maxTokens = numberField(b, "max_tokens", DEFAULT_MAX_TOKENS, (v) => Number.isInteger(v) && v >= 1, "a whole number ≥ 1");
+  return { prompt, ...generationFields(b, "max_tokens", DEFAULT_MAX_TOKENS) };
+}
+
+/** The request `body` of POST /v1/chat/completions, checked against the served model's name. */
+export function parseChatRequest(body: unknown, served: { name: string }): ChatRequest {
+  const example = '{"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 32}';
+  const b = checkedBody(body, served, CHAT_KNOWN, CHAT_UNSUPPORTED, example);
+  const m = b["messages"];
+  if (!Array.isArray(m) || m.length === 0) throw bad("the request has no messages", `send e.g. ${example}`);
+  const messages = m.map((x: unknown, i): ChatMessage => {
+    const o = x as Record<string, unknown> | null;
+    if (typeof o !== "object" || o === null || typeof o["role"] !== "string") throw bad(`messages[${i}] has no role`, 'each message is {"role": "user" | "assistant" | "system", "content": "…"}');
+    const c = o["content"];
+    // OpenAI's content parts: text parts are joined; other kinds (images, audio) this model cannot take.
+    if (typeof c === "string") return { role: o["role"], content: c };
+    if (Array.isArray(c) && c.every((p) => typeof p === "object" && p !== null && (p as { type?: unknown }).type === "text" && typeof (p as { text?: unknown }).text === "string"))
+      return { role: o["role"], content: (c as { text: string }[]).map((p) => p.text).join("") };
+    throw bad(`messages[${i}].content is neither text nor a list of text parts`, "send the content as a string (this model takes text only)");
+  });
+  if (b["max_tokens"] !== undefined && b["max_completion_tokens"] !== undefined) throw bad("both max_tokens and max_completion_tokens are set", "send one of them");
+  return { messages, ...generationFields(b, b["max_completion_tokens"] !== undefined ? "max_completion_tokens" : "max_tokens", null) };
+}
+
+/** The fields both endpoints share, checked; `maxKey` names the token limit's field. */
+function generationFields(b: Record<string, unknown>, maxKey: string, defaultMax: number | null): GenerationFields {
+  const maxTokens = b[maxKey] === undefined || b[maxKey] === null ? defaultMax : numberField(b, maxKey, 0, (v) => Number.isInteger(v) && v >= 1, "a whole number ≥ 1");
   const temperature = numberField(b, "temperature", 1, (v) => Number.isFinite(v) && v >= 0, "a number ≥ 0 (0: greedy)");
   const topP = numberField(b, "top_p", 1, (v) => v > 0 && v <= 1, "a probability in (0, 1]");
   // top_k as vLLM takes it: -1 (or 0) means all tokens.
@@ -96,5 +153,5 @@ export function parseCompletionRequest(body: unknown, served: { name: string; vo
   const includeUsage = (so as Record<string, unknown> | null | undefined)?.["include_usage"] === true;
   if (so && !stream) throw bad("stream_options is set without stream: true", "send stream: true, or leave stream_options out");
 
-  return { prompt, maxTokens, sampling: { temperature, topP, topK: topK < 0 ? 0 : topK }, seed: (seedV as number | undefined | null) ?? null, stop, stream, includeUsage };
+  return { maxTokens, sampling: { temperature, topP, topK: topK < 0 ? 0 : topK }, seed: (seedV as number | undefined | null) ?? null, stop, stream, includeUsage };
 }

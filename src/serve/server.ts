@@ -1,5 +1,6 @@
 /**
- * An HTTP server speaking the OpenAI completions protocol (`POST /v1/completions`, streamed or not),
+ * An HTTP server speaking the OpenAI completions and chat protocols (`POST /v1/completions`,
+ * `POST /v1/chat/completions`, streamed or not),
  * over one continuous batch (batcher.ts): what `mha2mla serve` runs. Clients written for vLLM or the
  * OpenAI API talk to it unchanged; the point of serving an MLA model from here is its small cache,
  * which admits more sequences into one batch under the same memory.
@@ -16,7 +17,9 @@ import { silentLogger, type Logger } from "../util/log.js";
 import { checkOptionTypes, type OptionKinds } from "../util/optionTypes.js";
 import { throwIfAborted } from "../util/abort.js";
 import { Batcher, type BatcherStats, type SequenceEnd } from "./batcher.js";
-import { parseCompletionRequest, type CompletionRequest } from "./completionRequest.js";
+import { parseChatRequest, parseCompletionRequest, type GenerationFields } from "./completionRequest.js";
+import { loadChatTemplate } from "./chatTemplate.js";
+import { CHAT_COMPLETION, TEXT_COMPLETION, type ResponseShape } from "./responseShapes.js";
 import { TextStream } from "./textStream.js";
 import { encodePrefix } from "../io/tokenizer.js";
 
@@ -141,6 +144,7 @@ export async function serve(model: string | LoadedModel, opts: ServeOptions = {}
   const name = opts.name ?? (typeof model === "string" ? model : path.basename(lm.dir));
   const kvCache = !opts.kvCache || opts.kvCache === "auto" ? defaultKvCache(lm.model) : opts.kvCache;
   const batcher = new Batcher(lm.model, { maxBatch: opts.maxBatch ?? 32, kvCache, ...(opts.kvBudgetMb !== undefined ? { kvBudgetBytes: opts.kvBudgetMb * 2 ** 20 } : {}) });
+  const chat = loadChatTemplate(lm.dir);
   const started = performance.now();
   let requests = 0;
   let closing = false;
@@ -152,29 +156,39 @@ export async function serve(model: string | LoadedModel, opts: ServeOptions = {}
    * refused after tokenizing only its first maxPositions ids or so: a 4 MB text would otherwise hold
    * the event loop, and every stream, for tens of seconds.
    */
-  const encodePrompt = (text: string): number[] => {
+  const encodePrompt = (text: string, addSpecialTokens: boolean): number[] => {
     const max = lm.config.maxPositions;
     if (encodePrefix(lm.tokenizer, text, max + 1).length > max)
       throw new MlaError("BAD_ARGUMENT", `the prompt holds more than the model's ${max} positions of tokens`, "shorten the prompt");
-    return lm.tokenizer.encode(text, { addSpecialTokens: true });
+    return lm.tokenizer.encode(text, { addSpecialTokens });
   };
 
-  const completions = async (req: http.IncomingMessage, res: http.ServerResponse): Promise<void> => {
-    let r: CompletionRequest;
-    let prompt: number[];
+  /** A completion's prompt ids and settings from its request body. */
+  type Parse = (body: unknown) => { prompt: number[]; fields: GenerationFields };
+  const parseText: Parse = (body) => {
+    const r = parseCompletionRequest(body, { name, vocabSize: lm.config.vocabSize });
+    return { prompt: typeof r.prompt === "string" ? encodePrompt(r.prompt, true) : r.prompt, fields: r };
+  };
+  // The template writes the special tokens it wants (BOS among them), as apply_chat_template's ids have them.
+  const parseChat: Parse = (body) => {
+    const r = parseChatRequest(body, { name });
+    return { prompt: encodePrompt(chat!.render(r.messages), false), fields: r };
+  };
+
+  const generation = async (req: http.IncomingMessage, res: http.ServerResponse, parse: Parse, shape: ResponseShape): Promise<void> => {
+    let prompt: number[], r: GenerationFields;
     try {
-      r = parseCompletionRequest(await readJson(req, maxBody), { name, vocabSize: lm.config.vocabSize });
-      prompt = typeof r.prompt === "string" ? encodePrompt(r.prompt) : r.prompt;
+      ({ prompt, fields: r } = parse(await readJson(req, maxBody)));
     } catch (e) {
       const err = asMlaError(e) as WithStatus;
       // After a 413 the rest of the body is not worth reading: the connection closes once it is sent.
       sendJson(res, statusOf(err), errorBody(err), err.httpStatus === 413 ? { Connection: "close" } : {});
       return;
     }
-    const id = `cmpl-${crypto.randomUUID().replaceAll("-", "")}`;
+    const id = `${shape.idPrefix}-${crypto.randomUUID().replaceAll("-", "")}`;
     const created = Math.floor(Date.now() / 1000);
     const text = new TextStream(lm.tokenizer, prompt, r.stop);
-    const chunk = (piece: string, finish: string | null) => JSON.stringify({ id, object: "text_completion", created, model: name, choices: [{ index: 0, text: piece, logprobs: null, finish_reason: finish }] });
+    const event = (body: Record<string, unknown>) => res.write(`data: ${JSON.stringify({ id, object: shape.chunkObject, created, model: name, ...body })}\n\n`);
     const usage = (end: SequenceEnd) => ({ prompt_tokens: end.promptTokens, completion_tokens: end.newTokens, total_tokens: end.promptTokens + end.newTokens });
     let done = false;
     const onEnd = (end: SequenceEnd): void => {
@@ -189,24 +203,22 @@ export async function serve(model: string | LoadedModel, opts: ServeOptions = {}
       }
       const finish = end.reason === "length" ? "length" : "stop";
       const rest = text.finish();
-      if (!r.stream) {
-        const body = JSON.stringify({ id, object: "text_completion", created, model: name, choices: [{ index: 0, text: text.output, logprobs: null, finish_reason: finish }], usage: usage(end) });
-        return sendJson(res, 200, body);
-      }
-      res.write(`data: ${chunk(rest, finish)}\n\n`);
-      if (r.includeUsage) res.write(`data: ${JSON.stringify({ id, object: "text_completion", created, model: name, choices: [], usage: usage(end) })}\n\n`);
+      if (!r.stream) return sendJson(res, 200, JSON.stringify({ id, object: shape.object, created, model: name, choices: [shape.choice(text.output, finish)], usage: usage(end) }));
+      event({ choices: [shape.delta(rest, finish)] });
+      if (r.includeUsage) event({ choices: [], usage: usage(end) });
       res.end("data: [DONE]\n\n");
     };
     let handle;
     try {
       handle = batcher.submit({
         prompt,
-        maxTokens: r.maxTokens,
+        // Without a limit (chat's default), up to the model's positions.
+        maxTokens: r.maxTokens ?? Math.max(1, lm.config.maxPositions - prompt.length),
         sampling: r.sampling,
         seed: r.seed ?? crypto.randomInt(2 ** 32),
         onToken: (tok) => {
           const piece = text.push(tok);
-          if (r.stream && piece) res.write(`data: ${chunk(piece, null)}\n\n`);
+          if (r.stream && piece) event({ choices: [shape.delta(piece, null)] });
           return !text.hitStop;
         },
         onEnd,
@@ -219,6 +231,7 @@ export async function serve(model: string | LoadedModel, opts: ServeOptions = {}
       // Sent at once, so a client queued behind a full batch sees its stream open.
       res.writeHead(200, { "Content-Type": "text/event-stream", "Cache-Control": "no-cache" });
       res.flushHeaders();
+      if (shape.opening) event({ choices: [shape.opening()] });
     }
     // A client that goes away stops its sequence (its place and cache go to the next request).
     res.on("close", () => {
@@ -226,21 +239,26 @@ export async function serve(model: string | LoadedModel, opts: ServeOptions = {}
     });
   };
 
+  /** A generation route: refused while closing, counted in flight until its response has gone. */
+  const generationRoute = (parse: Parse, shape: ResponseShape) => (req: http.IncomingMessage, res: http.ServerResponse) => {
+    if (closing) return sendJson(res, 503, errorBody(new MlaError("INTERRUPTED", "the server is shutting down", "send the request to another server, or again once it is back")));
+    const work = generation(req, res, parse, shape).catch((e) => sendJson(res, 500, errorBody(asMlaError(e))));
+    // Under way until its response has gone out or its client has left.
+    const whole = Promise.all([work, new Promise<void>((r) => res.once("close", () => r()))]).then(() => {});
+    inFlight.add(whole);
+    void whole.then(() => inFlight.delete(whole));
+  };
+
   const routes: Record<string, Record<string, (req: http.IncomingMessage, res: http.ServerResponse) => void>> = {
     "/health": { GET: (_q, res) => sendJson(res, closing ? 503 : 200, JSON.stringify({ status: closing ? "closing" : "ok" })) },
     "/v1/models": { GET: (_q, res) => sendJson(res, 200, JSON.stringify({ object: "list", data: [{ id: name, object: "model", created: Math.floor(Date.now() / 1000), owned_by: "mha2mla", max_model_len: lm.config.maxPositions }] })) },
     "/stats": { GET: (_q, res) => sendJson(res, 200, JSON.stringify(stats())) },
-    "/v1/completions": {
-      POST: (req, res) => {
-        if (closing) return sendJson(res, 503, errorBody(new MlaError("INTERRUPTED", "the server is shutting down", "send the request to another server, or again once it is back")));
-        const work = completions(req, res).catch((e) => sendJson(res, 500, errorBody(asMlaError(e))));
-        // Under way until its response has gone out or its client has left.
-        const whole = Promise.all([work, new Promise<void>((r) => res.once("close", () => r()))]).then(() => {});
-        inFlight.add(whole);
-        void whole.then(() => inFlight.delete(whole));
-      },
+    "/v1/completions": { POST: generationRoute(parseText, TEXT_COMPLETION) },
+    "/v1/chat/completions": {
+      POST: chat
+        ? generationRoute(parseChat, CHAT_COMPLETION)
+        : (_q, res) => sendJson(res, 404, errorBody(new MlaError("NOT_FOUND", `this model has no chat template (chat_template.jinja, chat_template.json or tokenizer_config.json's chat_template in ${lm.dir})`, "format the conversation yourself and send it as the prompt of POST /v1/completions"))),
     },
-    "/v1/chat/completions": { POST: (_q, res) => sendJson(res, 404, errorBody(new MlaError("NOT_FOUND", "this server has no chat endpoint: it does not render chat templates", "format the conversation yourself and send it as the prompt of POST /v1/completions"))) },
   };
 
   const server = http.createServer((req, res) => {
@@ -251,7 +269,7 @@ export async function serve(model: string | LoadedModel, opts: ServeOptions = {}
     const handler = route?.[method];
     if (handler) return handler(req, res);
     if (route) return sendJson(res, 405, errorBody(new MlaError("BAD_ARGUMENT", `${where} takes ${Object.keys(route).join(", ")}, not ${req.method}`, `send ${Object.keys(route)[0]} ${where}`)), { Allow: Object.keys(route).join(", ") });
-    const known = Object.entries(routes).flatMap(([p, m]) => Object.keys(m).map((k) => `${k} ${p}`)).filter((r) => !r.includes("chat"));
+    const known = Object.entries(routes).flatMap(([p, m]) => Object.keys(m).map((k) => `${k} ${p}`)).filter((r) => chat || !r.includes("chat"));
     return sendJson(res, 404, errorBody(new MlaError("NOT_FOUND", `no route ${req.method} ${where}`, `the routes are ${known.join(", ")}`)));
   });
 
@@ -296,6 +314,6 @@ export async function serve(model: string | LoadedModel, opts: ServeOptions = {}
   if (opts.signal?.aborted) abort();
   else opts.signal?.addEventListener("abort", abort, { once: true });
   const shown = host.includes(":") ? `[${host}]` : host;
-  log.info(`serving ${name} at http://${shown}:${addr.port} (POST /v1/completions; GET /v1/models, /health, /stats): ${kvCache} cache, ${batcher.cacheBytes(1)} bytes per token; up to ${opts.maxBatch ?? 32} sequences per batch${opts.kvBudgetMb !== undefined ? ` within ${opts.kvBudgetMb} MB of cache` : ""}`);
+  log.info(`serving ${name} at http://${shown}:${addr.port} (POST /v1/completions${chat ? ", /v1/chat/completions" : ""}; GET /v1/models, /health, /stats): ${kvCache} cache, ${batcher.cacheBytes(1)} bytes per token; up to ${opts.maxBatch ?? 32} sequences per batch${opts.kvBudgetMb !== undefined ? ` within ${opts.kvBudgetMb} MB of cache` : ""}`);
   return { url: `http://${shown}:${addr.port}`, host, port: addr.port, model: name, loaded: lm, stats, close };
 }

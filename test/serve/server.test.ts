@@ -124,7 +124,7 @@ test("bad requests get OpenAI error bodies that name the culprit; unknown routes
     }
     const chat = await fetch(`${server.url}/v1/chat/completions`, { method: "POST", body: "{}" });
     assert.equal(chat.status, 404);
-    assert.match(((await chat.json()) as { error: { message: string } }).error.message, /no chat endpoint.*POST \/v1\/completions/);
+    assert.match(((await chat.json()) as { error: { message: string } }).error.message, /this model has no chat template.*POST \/v1\/completions/);
     const other = await fetch(`${server.url}/v2/nothing`);
     assert.equal(other.status, 404);
     assert.match(((await other.json()) as { error: { message: string } }).error.message, /no route GET \/v2\/nothing.*POST \/v1\/completions/);

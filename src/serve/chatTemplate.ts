@@ -1,0 +1,84 @@
+/**
+ * A model's chat template: the Jinja text that turns a list of messages into the prompt the model was
+ * tuned on, as transformers' apply_chat_template renders it (through @huggingface/jinja, the
+ * implementation transformers.js uses). transformers saves it as chat_template.jinja (newer),
+ * chat_template.json, or the chat_template field of tokenizer_config.json (a string, or a list of
+ * named templates of which "default" is used).
+ */
+import fs from "node:fs";
+import path from "node:path";
+import { Template } from "@huggingface/jinja";
+import { MlaError } from "../errors.js";
+
+export interface ChatMessage {
+  role: string;
+  content: string;
+}
+
+export interface ChatTemplate {
+  /** The file it came from (for messages). */
+  readonly source: string;
+  /** The prompt text for `messages`, ending where the assistant's reply begins. */
+  render(messages: readonly ChatMessage[]): string;
+}
+
+function readJson(file: string): Record<string, unknown> | null {
+  if (!fs.existsSync(file)) return null;
+  try {
+    const v = JSON.parse(fs.readFileSync(file, "utf8")) as unknown;
+    return typeof v === "object" && v !== null && !Array.isArray(v) ? (v as Record<string, unknown>) : null;
+  } catch (e) {
+    throw new MlaError("BAD_TOKENIZER", `${file}: not valid JSON (${(e as Error).message})`, "the file is corrupt; copy it again");
+  }
+}
+
+/** A special token's text: tokenizer_config.json writes it as a string or as {content: …}. */
+function tokenText(v: unknown): string {
+  if (typeof v === "string") return v;
+  if (typeof v === "object" && v !== null && typeof (v as { content?: unknown }).content === "string") return (v as { content: string }).content;
+  return "";
+}
+
+/** The template text of a chat_template value, and whether it had one. */
+function templateText(v: unknown): string | null {
+  if (typeof v === "string") return v;
+  if (Array.isArray(v)) {
+    const named = v.filter((t): t is { name: string; template: string } => typeof t === "object" && t !== null && typeof t.template === "string");
+    return (named.find((t) => t.name === "default") ?? named[0])?.template ?? null;
+  }
+  return null;
+}
+
+/** The chat template of the model folder `dir`, or null when it has none. */
+export function loadChatTemplate(dir: string): ChatTemplate | null {
+  const config = readJson(path.join(dir, "tokenizer_config.json")) ?? {};
+  const jinja = path.join(dir, "chat_template.jinja");
+  const json = path.join(dir, "chat_template.json");
+  let source: string, text: string | null;
+  if (fs.existsSync(jinja)) [source, text] = [jinja, fs.readFileSync(jinja, "utf8")];
+  else if (fs.existsSync(json)) [source, text] = [json, templateText(readJson(json)?.["chat_template"])];
+  else [source, text] = [path.join(dir, "tokenizer_config.json"), templateText(config["chat_template"])];
+  if (text === null) return null;
+  let template: Template;
+  try {
+    template = new Template(text);
+  } catch (e) {
+    throw new MlaError("BAD_TOKENIZER", `${source}: the chat template does not parse (${(e as Error).message})`, "fix or remove the chat template; completions work without it");
+  }
+  const specials = { bos_token: tokenText(config["bos_token"]), eos_token: tokenText(config["eos_token"]), unk_token: tokenText(config["unk_token"]), pad_token: tokenText(config["pad_token"]) };
+  return {
+    source,
+    render: (messages) => {
+      try {
+        return template.render({
+          messages,
+          add_generation_prompt: true,
+          ...specials,
+        });
+      } catch (e) {
+        // Templates call raise_exception to refuse a conversation they cannot format (roles out of order).
+        throw new MlaError("BAD_ARGUMENT", `the model's chat template refuses these messages: ${(e as Error).message}`, `change the messages as that says (e.g. alternate user and assistant); the template is ${path.basename(source)}`);
+      }
+    },
+  };
+}

@@ -1,0 +1,38 @@
+/**
+ * The OpenAI response bodies of the two generation endpoints: `text_completion` (POST /v1/completions)
+ * and `chat.completion` (POST /v1/chat/completions), whole or as stream chunks. Only the choice's
+ * shape differs between them; ids, usage and the event framing are the server's.
+ */
+export type Finish = "stop" | "length";
+
+export interface ResponseShape {
+  /** The id's prefix ("cmpl", "chatcmpl"). */
+  readonly idPrefix: string;
+  /** The `object` of a whole response and of a stream chunk. */
+  readonly object: string;
+  readonly chunkObject: string;
+  /** The one choice of a whole response. */
+  choice(text: string, finish: Finish): Record<string, unknown>;
+  /** A stream chunk's choice: a piece of text (finish null), or the end (finish set, with the last piece). */
+  delta(piece: string, finish: Finish | null): Record<string, unknown>;
+  /** The choice of the chunk that opens a stream, if the shape has one. */
+  opening?(): Record<string, unknown>;
+}
+
+export const TEXT_COMPLETION: ResponseShape = {
+  idPrefix: "cmpl",
+  object: "text_completion",
+  chunkObject: "text_completion",
+  choice: (text, finish) => ({ index: 0, text, logprobs: null, finish_reason: finish }),
+  delta: (piece, finish) => ({ index: 0, text: piece, logprobs: null, finish_reason: finish }),
+};
+
+export const CHAT_COMPLETION: ResponseShape = {
+  idPrefix: "chatcmpl",
+  object: "chat.completion",
+  chunkObject: "chat.completion.chunk",
+  choice: (text, finish) => ({ index: 0, message: { role: "assistant", content: text }, logprobs: null, finish_reason: finish }),
+  delta: (piece, finish) => ({ index: 0, delta: piece || finish === null ? { content: piece } : {}, logprobs: null, finish_reason: finish }),
+  // OpenAI's first chunk names the role, with no text yet.
+  opening: () => ({ index: 0, delta: { role: "assistant", content: "" }, logprobs: null, finish_reason: null }),
+};

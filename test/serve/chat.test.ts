@@ -1,0 +1,99 @@
+/**
+ * POST /v1/chat/completions over a model folder with a chat template (Llama 2's, as its
+ * tokenizer_config.json carries it): the template rendered as transformers does, answers equal to
+ * generate() on the rendered prompt, plain and streamed as chat.completion chunks, and refusals.
+ */
+import assert from "node:assert/strict";
+import fs from "node:fs";
+import path from "node:path";
+import { test } from "node:test";
+import { loadModel } from "../../src/model/llama.js";
+import { generate } from "../../src/model/generate.js";
+import { serve } from "../../src/serve/server.js";
+import { loadChatTemplate } from "../../src/serve/chatTemplate.js";
+import { MODELS, tmpDir } from "../helpers.js";
+
+/** meta-llama/Llama-2-7b-chat-hf's chat_template. */
+const LLAMA2 =
+  "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}{% set system_message = messages[0]['content'] %}{% else %}{% set loop_messages = messages %}{% set system_message = false %}{% endif %}{% for message in loop_messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}{% if loop.index0 == 0 and system_message != false %}{% set content = '<<SYS>>\\n' + system_message + '\\n<</SYS>>\\n\\n' + message['content'] %}{% else %}{% set content = message['content'] %}{% endif %}{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}{% elif message['role'] == 'assistant' %}{{ ' '  + content.strip() + ' ' + eos_token }}{% endif %}{% endfor %}";
+
+/** stories260K with Llama 2's chat template in its tokenizer_config.json. */
+function chatModel(): string {
+  const dir = path.join(tmpDir(), "stories-chat");
+  fs.cpSync(path.join(MODELS, "stories260K"), dir, { recursive: true });
+  const cfgFile = path.join(dir, "tokenizer_config.json");
+  const cfg = JSON.parse(fs.readFileSync(cfgFile, "utf8")) as Record<string, unknown>;
+  fs.writeFileSync(cfgFile, JSON.stringify({ ...cfg, bos_token: "<s>", eos_token: { content: "</s>" }, chat_template: LLAMA2 }));
+  return dir;
+}
+
+const dir = chatModel();
+const lm = loadModel(dir);
+const messages = [
+  { role: "system", content: "You tell short stories." },
+  { role: "user", content: " Tell me about a cat. " },
+];
+
+test("the chat template renders as transformers renders it, and refuses what it refuses", () => {
+  const t = loadChatTemplate(dir)!;
+  assert.equal(t.render(messages), "<s>[INST] <<SYS>>\nYou tell short stories.\n<</SYS>>\n\n Tell me about a cat. [/INST]", "strip() trims the whole content, as in Python");
+  assert.equal(t.render([{ role: "user", content: "a" }, { role: "assistant", content: "b" }, { role: "user", content: "c" }]), "<s>[INST] a [/INST] b </s><s>[INST] c [/INST]");
+  assert.throws(() => t.render([{ role: "assistant", content: "a" }]), /chat template refuses these messages: .*Conversation roles must alternate/);
+  assert.equal(loadChatTemplate(path.join(MODELS, "stories260K")), null);
+  // chat_template.jinja (newer transformers) wins over tokenizer_config.json's.
+  fs.writeFileSync(path.join(dir, "chat_template.jinja"), "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}");
+  try {
+    assert.equal(loadChatTemplate(dir)!.render([{ role: "user", content: "hi" }]), "<user>hi<assistant>");
+  } finally {
+    fs.rmSync(path.join(dir, "chat_template.jinja"));
+  }
+});
+
+test("chat completions, plain and streamed, answer as generate() continues the rendered prompt", async () => {
+  const server = await serve(lm, { port: 0, name: "chat" });
+  try {
+    const prompt = lm.tokenizer.encode(loadChatTemplate(dir)!.render(messages), { addSpecialTokens: false });
+    assert.equal(prompt.filter((t) => t === lm.config.bosTokenId).length, 1, "one BOS, the template's");
+    const ids = generate(lm.model, prompt, { maxTokens: 20 }).ids.filter((t) => t !== lm.config.eosTokenId);
+    const want = lm.tokenizer.decode([...prompt, ...ids].slice(1)).slice(lm.tokenizer.decode(prompt.slice(1)).length);
+    const r = await fetch(`${server.url}/v1/chat/completions`, { method: "POST", body: JSON.stringify({ messages, max_completion_tokens: 20, temperature: 0 }) });
+    assert.equal(r.status, 200);
+    const body = (await r.json()) as Record<string, any>;
+    assert.equal(body["object"], "chat.completion");
+    assert.match(body["id"], /^chatcmpl-/);
+    assert.deepEqual(body["choices"][0].message, { role: "assistant", content: want });
+    assert.equal(body["usage"].prompt_tokens, prompt.length);
+    // Content as a list of text parts, streamed.
+    const parts = messages.map((m) => ({ role: m.role, content: [{ type: "text", text: m.content }] }));
+    const s = await fetch(`${server.url}/v1/chat/completions`, { method: "POST", body: JSON.stringify({ messages: parts, max_tokens: 20, temperature: 0, stream: true }) });
+    const events = (await s.text()).split("\n\n").filter((x) => x.startsWith("data: ") && x !== "data: [DONE]").map((x) => JSON.parse(x.slice(6)) as Record<string, any>);
+    assert.deepEqual(events[0]!["choices"][0].delta, { role: "assistant", content: "" });
+    assert.ok(events.every((e) => e["object"] === "chat.completion.chunk"));
+    assert.equal(events.map((e) => e["choices"][0].delta.content ?? "").join(""), want);
+    assert.equal(events[events.length - 1]!["choices"][0].finish_reason, "length");
+  } finally {
+    await server.close();
+  }
+});
+
+test("chat requests the server cannot honour are refused by name; without max_tokens a chat runs to the model's positions", async () => {
+  const server = await serve(lm, { port: 0 });
+  try {
+    const ask = async (body: unknown) => {
+      const r = await fetch(`${server.url}/v1/chat/completions`, { method: "POST", body: JSON.stringify(body) });
+      return { status: r.status, message: (((await r.json()) as { error?: { message: string } }).error?.message ?? "") };
+    };
+    assert.match((await ask({ messages: [] })).message, /no messages/);
+    assert.match((await ask({ messages: [{ content: "x" }] })).message, /messages\[0\] has no role/);
+    assert.match((await ask({ messages: [{ role: "user", content: [{ type: "image_url", image_url: {} }] }] })).message, /messages\[0\]\.content is neither text/);
+    assert.match((await ask({ messages, tools: [{ type: "function" }] })).message, /tools .* is not supported/);
+    assert.match((await ask({ messages, max_tokens: 3, max_completion_tokens: 3 })).message, /both max_tokens and max_completion_tokens/);
+    const roles = await ask({ messages: [{ role: "assistant", content: "x" }] });
+    assert.equal(roles.status, 400);
+    assert.match(roles.message, /roles must alternate/);
+    const long = await fetch(`${server.url}/v1/chat/completions`, { method: "POST", body: JSON.stringify({ messages, temperature: 0, stop: ["."] }) });
+    assert.equal(long.status, 200, "no max_tokens: room up to the model's positions, not OpenAI completions' 16");
+  } finally {
+    await server.close();
+  }
+});
