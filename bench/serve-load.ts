@@ -5,8 +5,12 @@
  * sequences the server ran together (its /stats, polled). Give an MHA model and its MLA conversion with
  * one --kv-budget-mb: the budget admits as many more MLA sequences as its cache is smaller.
  *
+ * `--shared-prefix N`: every prompt begins with the same N tokens (a system prompt), which the server's
+ * prefix cache (`--prefix-cache-mb`, passed on) prefills once.
+ *
  * Usage: node dist/bench/serve-load.js MODEL [MODEL…] [--clients 16] [--requests 64] [--prompt-tokens 256]
  *        [--max-tokens 64] [--max-batch 32] [--kv-budget-mb MB] [--kv-cache auto] [--device auto] [--text FILE]
+ *        [--shared-prefix 0] [--prefix-cache-mb MB]
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import fs from "node:fs";
@@ -30,10 +34,12 @@ const maxBatch = flag("max-batch", "32");
 const budget = flag("kv-budget-mb", "");
 const kvCache = flag("kv-cache", "auto");
 const device = flag("device", "auto");
+const sharedPrefix = Number(flag("shared-prefix", "0"));
+const prefixCacheMb = flag("prefix-cache-mb", "");
 const textFile = flag("text", path.resolve(ROOT, "..", "shared", "data", "text", "debian_dev_val.txt"));
 
 async function start(model: string): Promise<{ url: string; child: ChildProcess; log: () => string }> {
-  const args = [path.join(ROOT, "dist/src/cli/main.js"), "serve", model, "--port", "0", "--max-batch", maxBatch, "--kv-cache", kvCache, "--device", device, ...(budget ? ["--kv-budget-mb", budget] : [])];
+  const args = [path.join(ROOT, "dist/src/cli/main.js"), "serve", model, "--port", "0", "--max-batch", maxBatch, "--kv-cache", kvCache, "--device", device, ...(budget ? ["--kv-budget-mb", budget] : []), ...(prefixCacheMb ? ["--prefix-cache-mb", prefixCacheMb] : [])];
   const child = spawn(process.execPath, args, { stdio: ["ignore", "ignore", "pipe"] });
   let err = "";
   child.stderr!.on("data", (b: Buffer) => (err += b.toString()));
@@ -66,13 +72,16 @@ async function complete(url: string, prompt: number[]): Promise<{ ttft: number; 
 const pct = (xs: number[], q: number) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(q * xs.length))]!;
 
 const text = fs.readFileSync(textFile, "utf8");
-console.log(`${new Date().toISOString().slice(0, 10)}, ${clients} clients, ${requests} requests of ${promptTokens} prompt + ${maxTokens} new tokens (greedy, streamed), --max-batch ${maxBatch}${budget ? ` --kv-budget-mb ${budget}` : ""} --kv-cache ${kvCache} --device ${device}`);
+console.log(`${new Date().toISOString().slice(0, 10)}, ${clients} clients, ${requests} requests of ${promptTokens} prompt${sharedPrefix ? ` (${sharedPrefix} shared)` : ""} + ${maxTokens} new tokens (greedy, streamed), --max-batch ${maxBatch}${budget ? ` --kv-budget-mb ${budget}` : ""}${prefixCacheMb ? ` --prefix-cache-mb ${prefixCacheMb}` : ""} --kv-cache ${kvCache} --device ${device}`);
 console.log("| model | KV bytes/token | most running | output tok/s | TTFT p50 / p99 (s) | latency p50 / p99 (s) | wall (s) |");
 console.log("| --- | --- | --- | --- | --- | --- | --- |");
 for (const model of models) {
   const tok = loadTokenizer(resolveModel(model).dir);
   const ids = tok.encode(text.slice(0, 400_000), { addSpecialTokens: false });
-  const prompts = Array.from({ length: requests }, (_, i) => [1, ...ids.slice((i * 997) % (ids.length - promptTokens), ((i * 997) % (ids.length - promptTokens)) + promptTokens - 1)]);
+  // Each prompt: BOS, the shared beginning (the text's first tokens), then its own window of the text.
+  const own = promptTokens - 1 - sharedPrefix;
+  const at = (i: number) => sharedPrefix + ((i * 997) % (ids.length - own - sharedPrefix));
+  const prompts = Array.from({ length: requests + 1 }, (_, i) => [1, ...ids.slice(0, sharedPrefix), ...ids.slice(at(i), at(i) + own)]);
   const server = await start(model);
   let most = 0, perToken = 0;
   const poll = setInterval(() => {
@@ -82,7 +91,7 @@ for (const model of models) {
       .catch(() => {});
   }, 20);
   // One request first: the server's one-time costs (the first forward, kernel set-up) stay out of the timing.
-  await complete(server.url, prompts[0]!);
+  await complete(server.url, prompts[requests]!);
   let next = 0;
   const results: { ttft: number; total: number; tokens: number }[] = [];
   const t0 = performance.now();

@@ -14,6 +14,7 @@ interface Args {
   "max-batch": number;
   "kv-cache": KvCacheDtype | "auto";
   "kv-budget-mb"?: number;
+  "prefix-cache-mb": number;
   device: DeviceName;
 }
 
@@ -29,12 +30,14 @@ export const serveCommand: CommandModule<object, Args> = {
       .option("max-batch", { type: "number", default: 32, describe: "the most sequences decoded together; later requests wait for a place" })
       .option("kv-cache", { choices: ["auto", ...KV_CACHE_DTYPES] as const, default: "auto" as const, describe: "how decode caches store keys/values (MLA: rope keys and latents): auto = bf16 for a bf16 checkpoint on the GPU, else f32" })
       .option("kv-budget-mb", { type: "number", describe: "the most MB of cache all admitted sequences may reserve (each reserves its prompt + max_tokens); default: no limit but --max-batch" })
+      .option("prefix-cache-mb", { type: "number", default: 1024, describe: "MB of prompts' caches kept so that a later prompt beginning the same way (a system prompt, a chat's earlier turns) prefills only the rest; 0: none" })
       .option("device", DEVICE_OPTION),
   handler: async (a) => {
     const server = await serve(a.model, {
       host: a.host,
       port: a.port,
       maxBatch: a["max-batch"],
+      prefixCacheMb: a["prefix-cache-mb"],
       kvCache: a["kv-cache"],
       device: a.device,
       logger: stderrLogger,

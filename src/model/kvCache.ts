@@ -8,7 +8,7 @@ import { MlaError } from "../errors.js";
 import type { Backend } from "../tensor/backend.js";
 import type { FloatArray, Tensor } from "../tensor/tensor.js";
 import { KvCacheDtype, kvRowBytes, roundTrip } from "./kvQuant.js";
-import { rowOf } from "../tensor/rows.js";
+import { rowOf, rowRange } from "../tensor/rows.js";
 
 /** Growable [S, rowSize] float rows. */
 class RowBuffer {
@@ -77,8 +77,8 @@ interface DeviceStore {
   readonly rows: number;
   append(rows: Tensor): void;
   view(shape: readonly number[]): Tensor;
-  /** This (empty) store becomes a copy of `other`'s rows (same dtype and row size), device to device. */
-  copyRowsFrom(other: DeviceStore): void;
+  /** This (empty) store becomes a copy of `other`'s first `rows` rows (default all; same dtype and row size), device to device, with room for `capacity` rows (default other's). */
+  copyRowsFrom(other: DeviceStore, rows?: number, capacity?: number): void;
   /** Room for `add` more rows (exact: no more than that; else with the growth policy's spare rows). */
   reserve(add: number, exact?: boolean): void;
   readonly capacity: number;
@@ -94,20 +94,23 @@ interface DeviceStore {
   dispose(): void;
 }
 
-/** A new store of rows `rowShape` holding a copy of `from`'s rows, with the same capacity. */
-function copyStore(backend: Backend, from: RowStore, rowShape: readonly number[], dtype: KvCacheDtype): RowStore {
-  const s = rowStore(backend, rowShape, dtype, from.capacity);
+/** A new store of rows `rowShape` holding a copy of `from`'s first `rows` rows, with room for `capacity` rows. */
+function copyStore(backend: Backend, from: RowStore, rowShape: readonly number[], dtype: KvCacheDtype, rows: number, capacity: number): RowStore {
   // Device stores copy device to device in their own dtype (no float32 copy of a bf16 cache).
-  if (from.device && s.device) {
-    s.device.copyRowsFrom(from.device);
-    return s;
+  const probe = from.device ? rowStore(backend, rowShape, dtype, 0) : null;
+  if (from.device && probe?.device) {
+    probe.device.copyRowsFrom(from.device, rows, capacity);
+    return probe;
   }
-  if (from.rows) {
+  const s = rowStore(backend, rowShape, dtype, capacity);
+  if (rows) {
     // The rows come as a temporary (an upload, a float32 copy of a bf16 device store, or a view):
     // freed here, or cloning a cache for each of B sequences would hold B copies until collection.
-    const rows = from.tensor([...rowShape]);
-    s.append(rows);
-    rows.dispose();
+    const all = from.tensor([...rowShape]);
+    const kept = rows === from.rows ? all : rowRange(backend, all, 0, rows);
+    s.append(kept);
+    if (kept !== all) kept.dispose();
+    all.dispose();
   }
   return s;
 }
@@ -135,6 +138,11 @@ function rowStore(backend: Backend, rowShape: readonly number[], dtype: KvCacheD
   return { get rows() { return host.rows; }, get capacity() { return host.capacity; }, append: (v) => host.append(v.toArray(), v.shape[0]!), tensor: (shape) => backend.upload(host.view(), [host.rows, ...shape]), truncate: (n) => host.truncate(n), dispose: () => host.release() };
 }
 
+export interface CloneOptions {
+  tokens?: number;
+  capacity?: number;
+}
+
 /** Options of a new decode cache. */
 export interface CacheOptions {
   /**
@@ -158,8 +166,12 @@ export interface DecodeCache {
   readonly capacity: number;
   /** Called once per forward after every layer appended. */
   advance(tokens: number): void;
-  /** An independent copy (a shared prompt decoded into several continuations, or a benchmark's batch). */
-  clone(): DecodeCache;
+  /**
+   * An independent copy (a shared prompt decoded into several continuations, a benchmark's batch, a
+   * server's cached prefix): of its first `tokens` tokens (default all), with room for `capacity`
+   * tokens (default its own) allocated at once.
+   */
+  clone(opts?: CloneOptions): DecodeCache;
   /**
    * For a recorded decode step (DecodeSession): the device buffers the step writes and reads, or null
    * where the cache cannot be replayed (host rows, quantized rows, which round trip through the host).
@@ -250,11 +262,18 @@ abstract class TwoPartCache implements DecodeCache {
     this.len = 0;
   }
 
-  clone(): this {
+  clone(opts: CloneOptions = {}): this {
+    const tokens = opts.tokens ?? this.len;
+    if (!Number.isInteger(tokens) || tokens < 0 || tokens > this.len) throw new MlaError("BAD_ARGUMENT", `clone: ${tokens} tokens of a cache holding ${this.len}`, `pass a whole number from 0 to ${this.len}`);
+    // A cache of zero-wide parts only (MLA without rope pairs or latent) has unbounded room.
+    const own = Number.isFinite(this.capacity) ? this.capacity : tokens;
+    const capacity = Math.max(tokens, opts.capacity ?? own);
+    if (!Number.isInteger(capacity)) throw new MlaError("BAD_ARGUMENT", `clone: a capacity of ${opts.capacity} tokens`, "pass a whole number of tokens");
     const copy = Object.create(Object.getPrototypeOf(this) as object) as this;
     Object.assign(copy, this);
-    copy.a = this.a.map((s, l) => copyStore(this.backend, s, this.shapes[l]![0], this.dtype));
-    copy.b = this.b.map((s, l) => copyStore(this.backend, s, this.shapes[l]![1], this.dtype));
+    copy.a = this.a.map((s, l) => copyStore(this.backend, s, this.shapes[l]![0], this.dtype, tokens, capacity));
+    copy.b = this.b.map((s, l) => copyStore(this.backend, s, this.shapes[l]![1], this.dtype, tokens, capacity));
+    copy.len = tokens;
     return copy;
   }
 

@@ -17,6 +17,7 @@ import { DecodeSession } from "../model/decodeSession.js";
 import { kvBytesPerToken, stopTokenIds } from "../model/config.js";
 import type { KvCacheDtype } from "../model/kvQuant.js";
 import { pickToken, seededRandom, type SamplingOptions } from "../model/sampling.js";
+import { PrefixCache, type PrefixCacheStats } from "./prefixCache.js";
 
 export interface SequenceSpec {
   /** Token ids to continue (BOS included where the model wants it). */
@@ -54,6 +55,8 @@ export interface BatcherOptions {
   kvCache: KvCacheDtype;
   /** The most bytes all admitted sequences' caches may reserve (default: no limit but maxBatch). */
   kvBudgetBytes?: number;
+  /** The most bytes of prompts' caches kept for later prompts that begin the same way (default 0: none; prefixCache.ts). */
+  prefixCacheBytes?: number;
 }
 
 export interface BatcherStats {
@@ -71,6 +74,8 @@ export interface BatcherStats {
   kvHeldBytes: number;
   kvBudgetBytes: number | null;
   kvBytesPerToken: number;
+  /** Prompts kept for reuse, and what they saved (null: no prefix cache). */
+  prefixCache: PrefixCacheStats | null;
 }
 
 interface Sequence {
@@ -104,6 +109,7 @@ export class Batcher {
   private idle: (() => void)[] = [];
   private readonly perToken: number;
   private readonly stops: ReadonlySet<number>;
+  private readonly prefix: PrefixCache | null;
   private readonly ended = { stop: 0, length: 0, cancelled: 0, error: 0 };
   private newTokens = 0;
   private decodeTokens = 0;
@@ -114,6 +120,8 @@ export class Batcher {
     if (opts.kvBudgetBytes !== undefined && !(opts.kvBudgetBytes > 0)) throw new MlaError("BAD_ARGUMENT", `a KV-cache budget of ${opts.kvBudgetBytes} bytes admits no sequence`, "pass a positive budget, or none for no limit but the batch size");
     this.perToken = kvBytesPerToken(model.config, opts.kvCache);
     this.stops = stopTokenIds(model.config);
+    if (opts.prefixCacheBytes !== undefined && !(opts.prefixCacheBytes >= 0)) throw new MlaError("BAD_ARGUMENT", `a prefix cache of ${opts.prefixCacheBytes} bytes`, "pass 0 for none, or a positive budget");
+    this.prefix = opts.prefixCacheBytes ? new PrefixCache(opts.prefixCacheBytes, this.perToken) : null;
   }
 
   /** Bytes of cache a sequence of `tokens` tokens (prompt + new) reserves. */
@@ -163,6 +171,7 @@ export class Batcher {
       kvHeldBytes: this.running.reduce((n, s) => n + (s.cache?.bytes ?? 0), 0),
       kvBudgetBytes: this.opts.kvBudgetBytes ?? null,
       kvBytesPerToken: this.perToken,
+      prefixCache: this.prefix?.stats() ?? null,
     };
   }
 
@@ -170,6 +179,11 @@ export class Batcher {
   whenIdle(): Promise<void> {
     if (!this.looping && !this.waiting.length && !this.running.length) return Promise.resolve();
     return new Promise((r) => this.idle.push(r));
+  }
+
+  /** Frees the kept prompts (the prefix cache); the batcher still serves, starting with none. */
+  clearPrefixCache(): void {
+    this.prefix?.clear();
   }
 
   /** Cancels every sequence, waiting or running. */
@@ -231,11 +245,18 @@ export class Batcher {
 
   private prefill(s: Sequence): void {
     s.admittedAt = performance.now();
+    const prompt = s.spec.prompt, capacity = prompt.length + s.spec.maxTokens;
     try {
-      s.cache = this.model.newCache(this.opts.kvCache, { capacity: s.spec.prompt.length + s.spec.maxTokens });
-      const out = this.model.prefill(Int32Array.from(s.spec.prompt), s.cache);
-      const logits = out.toArray();
-      out.dispose();
+      // From a kept prompt that begins the same way where there is one: only the rest is prefilled.
+      const seed = this.prefix?.seed(prompt, capacity) ?? null;
+      s.cache = seed?.cache ?? this.model.newCache(this.opts.kvCache, { capacity });
+      let logits = seed?.logits ?? null;
+      if (!logits) {
+        const out = this.model.prefill(Int32Array.from(prompt.slice(seed?.tokens ?? 0)), s.cache);
+        logits = out.toArray();
+        out.dispose();
+        this.prefix?.store(prompt, s.cache, logits);
+      }
       s.prefillMs = performance.now() - s.admittedAt;
       this.running.push(s);
       this.take(s, pickToken(logits, s.spec.sampling, s.rand));

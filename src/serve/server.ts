@@ -36,6 +36,8 @@ export interface ServeOptions {
   kvCache?: KvCacheDtype | "auto";
   /** The most MB all admitted sequences' caches may reserve (default: no limit but maxBatch). */
   kvBudgetMb?: number;
+  /** MB of prompts' caches kept so that later prompts beginning the same way prefill only the rest (default 1024; 0: none). */
+  prefixCacheMb?: number;
   /** Where a model given by name runs (default "auto"; a LoadedModel keeps its backend). */
   device?: DeviceName;
   /** The largest request body in bytes (default 4 MiB). */
@@ -66,7 +68,7 @@ export interface Server {
   close(): Promise<void>;
 }
 
-const SERVE_KINDS: OptionKinds<ServeOptions> = { host: "string", port: "number", name: "string", maxBatch: "number", kvCache: "string", kvBudgetMb: "number", device: "string", maxBodyBytes: "number", logger: "object", signal: "object" };
+const SERVE_KINDS: OptionKinds<ServeOptions> = { host: "string", port: "number", name: "string", maxBatch: "number", kvCache: "string", kvBudgetMb: "number", prefixCacheMb: "number", device: "string", maxBodyBytes: "number", logger: "object", signal: "object" };
 
 /** A refusal with its own HTTP status (413: a body too large). */
 type WithStatus = MlaError & { httpStatus?: number };
@@ -138,12 +140,13 @@ export async function serve(model: string | LoadedModel, opts: ServeOptions = {}
   if (opts.kvCache !== undefined && opts.kvCache !== "auto" && !KV_CACHE_DTYPES.includes(opts.kvCache)) throw new MlaError("BAD_ARGUMENT", `--kv-cache ${opts.kvCache} is not a cache type`, `use auto, ${KV_CACHE_DTYPES.join(", ")}`);
   if (opts.device !== undefined && !DEVICE_NAMES.includes(opts.device)) throw new MlaError("BAD_ARGUMENT", `--device ${opts.device} is not known`, `use ${DEVICE_NAMES.join(", ")}`);
   if (opts.kvBudgetMb !== undefined && !(Number.isFinite(opts.kvBudgetMb) && opts.kvBudgetMb > 0)) throw new MlaError("BAD_ARGUMENT", `--kv-budget-mb ${opts.kvBudgetMb} is not a size in MB`, "pass a positive number, or leave it out for no limit but --max-batch");
+  if (opts.prefixCacheMb !== undefined && !(Number.isFinite(opts.prefixCacheMb) && opts.prefixCacheMb >= 0)) throw new MlaError("BAD_ARGUMENT", `--prefix-cache-mb ${opts.prefixCacheMb} is not a size in MB`, "pass 0 to keep no prompts, or a positive number");
   const maxBody = opts.maxBodyBytes ?? 4 * 2 ** 20;
   const log = opts.logger ?? silentLogger;
   const lm = typeof model === "string" ? loadModel(model, { backend: selectBackend(opts.device ?? "auto", log) }) : model;
   const name = opts.name ?? (typeof model === "string" ? model : path.basename(lm.dir));
   const kvCache = !opts.kvCache || opts.kvCache === "auto" ? defaultKvCache(lm.model) : opts.kvCache;
-  const batcher = new Batcher(lm.model, { maxBatch: opts.maxBatch ?? 32, kvCache, ...(opts.kvBudgetMb !== undefined ? { kvBudgetBytes: opts.kvBudgetMb * 2 ** 20 } : {}) });
+  const batcher = new Batcher(lm.model, { maxBatch: opts.maxBatch ?? 32, kvCache, prefixCacheBytes: (opts.prefixCacheMb ?? 1024) * 2 ** 20, ...(opts.kvBudgetMb !== undefined ? { kvBudgetBytes: opts.kvBudgetMb * 2 ** 20 } : {}) });
   const chat = loadChatTemplate(lm.dir);
   const started = performance.now();
   let requests = 0;
@@ -303,6 +306,7 @@ export async function serve(model: string | LoadedModel, opts: ServeOptions = {}
       server.closeIdleConnections();
       while (inFlight.size) await Promise.all(inFlight);
       await batcher.whenIdle();
+      batcher.clearPrefixCache();
       server.closeAllConnections();
       await stopped;
     })());

@@ -928,9 +928,12 @@ test("serving on the GPU: in a continuous batch of bf16 MLA sequences joining an
   const { model } = loadModel(mla, { backend: B });
   const { Batcher } = await import("../../src/serve/batcher.js");
   let s = 3;
-  const prompts = [120, 7, 300, 45, 64].map((n) => Array.from({ length: n }, () => ((s = (s * 1664525 + 1013904223) >>> 0) % 1000) + 3));
-  const limits = [40, 12, 25, 33, 18];
-  const batcher = new Batcher(model, { maxBatch: 3, kvCache: "bf16" });
+  const random = (n: number) => Array.from({ length: n }, () => ((s = (s * 1664525 + 1013904223) >>> 0) % 1000) + 3);
+  const prompts = [120, 7, 300, 45, 64].map(random);
+  // Two more beginning as the third does: they start from its kept cache (cut to 200 tokens, copied on the device).
+  prompts.push([...prompts[2]!.slice(0, 200), ...random(30)], [...prompts[2]!.slice(0, 200), ...random(9)]);
+  const limits = [40, 12, 25, 33, 18, 20, 15];
+  const batcher = new Batcher(model, { maxBatch: 3, kvCache: "bf16", prefixCacheBytes: 64 << 20 });
   let got: number[][] = [];
   const serveAll = async (): Promise<void> => {
     got = prompts.map(() => []);
@@ -943,8 +946,11 @@ test("serving on the GPU: in a continuous batch of bf16 MLA sequences joining an
   const base = B.memory().live;
   await serveAll();
   const left = B.memory().live - base;
-  t.diagnostic(`device memory after a second round of the same requests: ${left} bytes more than after the first`);
-  // A round's caches hold ~320 KB (664 tokens × 480 bytes): freed by dispose, not left to the collector.
+  const kept = batcher.stats().prefixCache!;
+  assert.ok(kept.hits >= 2, `prompts started from kept ones (${kept.hits} hits)`);
+  t.diagnostic(`device memory after a second round of the same requests: ${left} bytes more than after the first; prefix cache ${kept.entries} prompts, ${kept.bytes} bytes, ${kept.hits} hits reusing ${kept.reusedTokens} tokens`);
+  // A round's caches hold ~400 KB (~830 tokens × 480 bytes): freed by dispose, not left to the collector.
+  // (The second round's prompts are all kept already: it stores no new ones.)
   assert.ok(left < 64 << 10, `retired caches and recordings were freed (${left} bytes left)`);
   // A batch's kernels split the context otherwise than a sequence's alone (bf16 partial sums), so a near
   // tie may go the other way and greedy paths part there: each token is checked against one forward of

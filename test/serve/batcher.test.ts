@@ -106,3 +106,46 @@ test("prefill gives the last row of forward's logits, and fills the cache as for
   const next = Int32Array.of(42);
   assert.deepEqual(Array.from(model.forward(next, a).toArray()), Array.from(model.forward(next, b).toArray()));
 });
+
+test("a cache cloned to its first tokens, with room for more, continues like the cache of those tokens alone", () => {
+  const full = model.newCache("f32");
+  const ids = Int32Array.from(prompts[2]!);
+  model.forward(ids, full);
+  const cut = full.clone({ tokens: 5, capacity: 40 });
+  assert.equal(cut.length, 5);
+  assert.equal(cut.capacity, 40);
+  assert.equal(full.length, ids.length, "the original is left as it was");
+  const alone = model.newCache("f32");
+  model.forward(ids.subarray(0, 5), alone);
+  const next = Int32Array.of(42, 7);
+  assert.deepEqual(Array.from(model.forward(next, cut).toArray()), Array.from(model.forward(next, alone).toArray()));
+  assert.throws(() => full.clone({ tokens: ids.length + 1 }), /clone: \d+ tokens of a cache holding/);
+});
+
+test("the prefix cache: prompts sharing a beginning prefill only the rest and decode as without it; a repeated prompt prefills nothing; old entries leave within the budget", async () => {
+  const system = tokenizer.encode("Once upon a time, in a small town by the sea, there lived a kind old man who had a little dog.", { addSpecialTokens: true });
+  assert.ok(system.length >= 20);
+  const asks = [" The dog", " One day, the man", " One day, the man"].map((t) => [...system, ...tokenizer.encode(t, { addSpecialTokens: false })]);
+  const per = kvBytesPerToken(model.config, "f32");
+  // Room for one of these prompts at a time, not two.
+  const room = Math.ceil(1.5 * Math.max(...asks.map((a) => a.length))) * per;
+  const b = new Batcher(model, { maxBatch: 1, kvCache: "f32", prefixCacheBytes: room });
+  const outs: number[][] = [];
+  for (const p of asks) {
+    const r = submit(b, { prompt: p, maxTokens: 12, sampling: { temperature: 0 }, seed: 0 });
+    await r.end;
+    outs.push(r.ids);
+  }
+  asks.forEach((p, i) => assert.deepEqual(outs[i], generate(model, p, { maxTokens: 12 }).ids.filter((t) => t !== model.config.eosTokenId), `prompt ${i}`));
+  const s = b.stats().prefixCache!;
+  assert.equal(s.hits, 2, "the second and third prompts started from a kept one");
+  let shared = 0;
+  while (asks[0]![shared] === asks[1]![shared]) shared++;
+  assert.ok(shared >= system.length);
+  assert.equal(s.reusedTokens, shared + asks[2]!.length, "the second reused the shared beginning, the third (a repeat) all of itself");
+  // The first was dropped for the second.
+  assert.equal(s.entries, 1);
+  assert.ok(s.bytes <= room);
+  b.clearPrefixCache();
+  assert.equal(b.stats().prefixCache!.entries, 0);
+});

@@ -204,14 +204,15 @@ export class DeviceRowStore {
     this.room = cap;
   }
 
-  /** This (empty) store becomes a copy of `other`'s rows, device to device in their stored dtype. */
-  copyRowsFrom(other: DeviceRowStore): void {
+  /** This (empty) store becomes a copy of `other`'s first `rows` rows, device to device in their stored dtype, with room for `capacity`. */
+  copyRowsFrom(other: DeviceRowStore, rows = other.rows, capacity = Math.max(other.rows, other.capacity)): void {
     if (this.rows) throw new MlaError("BAD_ARGUMENT", `copyRowsFrom: the target store already holds ${this.rows} rows`, "copy into a new store; this is a bug in the caller");
     if (other.dtype !== this.dtype || other.rowSize !== this.rowSize)
       throw new MlaError("BAD_ARGUMENT", `copyRowsFrom: a ${this.dtype} store of rows of ${this.rowSize} cannot copy ${other.dtype} rows of ${other.rowSize}`, "copy between stores of one dtype and row shape; this is a bug in the caller");
-    this.reserve(Math.max(other.rows, other.capacity), true);
-    if (other.rows && this.rowSize) this.backend.copyElements(this.buf!, 0, other.buf!, 0, other.rows * this.rowSize);
-    this.rows = other.rows;
+    if (rows > other.rows) throw new MlaError("BAD_ARGUMENT", `copyRowsFrom: ${rows} rows of a store holding ${other.rows}`, "this is a bug in the caller");
+    this.reserve(Math.max(rows, capacity), true);
+    if (rows && this.rowSize) this.backend.copyElements(this.buf!, 0, other.buf!, 0, rows * this.rowSize);
+    this.rows = rows;
   }
 
   truncate(rows: number): void {
