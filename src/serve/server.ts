@@ -40,6 +40,11 @@ export interface ServeOptions {
   prefixCacheMb?: number;
   /** Where a model given by name runs (default "auto"; a LoadedModel keeps its backend). */
   device?: DeviceName;
+  /**
+   * Requests to /v1/… must carry `Authorization: Bearer KEY` (as vLLM's --api-key); /health stays open.
+   * Default: none, fine on 127.0.0.1; set one before listening on other interfaces.
+   */
+  apiKey?: string;
   /** The largest request body in bytes (default 4 MiB). */
   maxBodyBytes?: number;
   /** One line per finished request, and the start (default: silent). */
@@ -68,7 +73,7 @@ export interface Server {
   close(): Promise<void>;
 }
 
-const SERVE_KINDS: OptionKinds<ServeOptions> = { host: "string", port: "number", name: "string", maxBatch: "number", kvCache: "string", kvBudgetMb: "number", prefixCacheMb: "number", device: "string", maxBodyBytes: "number", logger: "object", signal: "object" };
+const SERVE_KINDS: OptionKinds<ServeOptions> = { host: "string", port: "number", name: "string", maxBatch: "number", kvCache: "string", kvBudgetMb: "number", prefixCacheMb: "number", apiKey: "string", device: "string", maxBodyBytes: "number", logger: "object", signal: "object" };
 
 /** A refusal with its own HTTP status (413: a body too large). */
 type WithStatus = MlaError & { httpStatus?: number };
@@ -141,6 +146,7 @@ export async function serve(model: string | LoadedModel, opts: ServeOptions = {}
   if (opts.device !== undefined && !DEVICE_NAMES.includes(opts.device)) throw new MlaError("BAD_ARGUMENT", `--device ${opts.device} is not known`, `use ${DEVICE_NAMES.join(", ")}`);
   if (opts.kvBudgetMb !== undefined && !(Number.isFinite(opts.kvBudgetMb) && opts.kvBudgetMb > 0)) throw new MlaError("BAD_ARGUMENT", `--kv-budget-mb ${opts.kvBudgetMb} is not a size in MB`, "pass a positive number, or leave it out for no limit but --max-batch");
   if (opts.prefixCacheMb !== undefined && !(Number.isFinite(opts.prefixCacheMb) && opts.prefixCacheMb >= 0)) throw new MlaError("BAD_ARGUMENT", `--prefix-cache-mb ${opts.prefixCacheMb} is not a size in MB`, "pass 0 to keep no prompts, or a positive number");
+  if (opts.apiKey !== undefined && opts.apiKey.length === 0) throw new MlaError("BAD_ARGUMENT", "--api-key is empty", "pass a key clients will send as Authorization: Bearer KEY, or leave --api-key out");
   const maxBody = opts.maxBodyBytes ?? 4 * 2 ** 20;
   const log = opts.logger ?? silentLogger;
   const lm = typeof model === "string" ? loadModel(model, { backend: selectBackend(opts.device ?? "auto", log) }) : model;
@@ -252,7 +258,8 @@ export async function serve(model: string | LoadedModel, opts: ServeOptions = {}
     void whole.then(() => inFlight.delete(whole));
   };
 
-  const routes: Record<string, Record<string, (req: http.IncomingMessage, res: http.ServerResponse) => void>> = {
+  type Routes = Record<string, Record<string, (req: http.IncomingMessage, res: http.ServerResponse) => void>>;
+  const routes: Routes = {
     "/health": { GET: (_q, res) => sendJson(res, closing ? 503 : 200, JSON.stringify({ status: closing ? "closing" : "ok" })) },
     "/v1/models": { GET: (_q, res) => sendJson(res, 200, JSON.stringify({ object: "list", data: [{ id: name, object: "model", created: Math.floor(Date.now() / 1000), owned_by: "mha2mla", max_model_len: lm.config.maxPositions }] })) },
     "/stats": { GET: (_q, res) => sendJson(res, 200, JSON.stringify(stats())) },
@@ -264,12 +271,21 @@ export async function serve(model: string | LoadedModel, opts: ServeOptions = {}
     },
   };
 
+  const expected = opts.apiKey === undefined ? null : Buffer.from(`Bearer ${opts.apiKey}`);
+  /** The Authorization header against the key, in constant time (no timing hint at the key's bytes). */
+  const authorized = (header: string | undefined): boolean => {
+    const got = Buffer.from(header ?? "");
+    return expected !== null && got.length === expected.length && crypto.timingSafeEqual(got, expected);
+  };
+
   const server = http.createServer((req, res) => {
     // The path as sent (no URL parsing: a malformed request line must not take the server down).
     const where = (req.url ?? "/").split("?")[0]!;
-    const route = routes[where];
+    const route = routes[where] as Routes[string] | undefined;
     const method = req.method === "HEAD" ? "GET" : (req.method ?? "");
-    const handler = route?.[method];
+    const handler = route?.[method] as Routes[string][string] | undefined;
+    if (handler && opts.apiKey !== undefined && where !== "/health" && !authorized(req.headers.authorization))
+      return sendJson(res, 401, errorBody(new MlaError("BAD_ARGUMENT", "the request has no valid API key", "send the header Authorization: Bearer KEY with the server's --api-key")), { "WWW-Authenticate": "Bearer" });
     if (handler) return handler(req, res);
     if (route) return sendJson(res, 405, errorBody(new MlaError("BAD_ARGUMENT", `${where} takes ${Object.keys(route).join(", ")}, not ${req.method}`, `send ${Object.keys(route)[0]} ${where}`)), { Allow: Object.keys(route).join(", ") });
     const known = Object.entries(routes).flatMap(([p, m]) => Object.keys(m).map((k) => `${k} ${p}`)).filter((r) => chat || !r.includes("chat"));
@@ -318,6 +334,7 @@ export async function serve(model: string | LoadedModel, opts: ServeOptions = {}
   if (opts.signal?.aborted) abort();
   else opts.signal?.addEventListener("abort", abort, { once: true });
   const shown = host.includes(":") ? `[${host}]` : host;
+  if (opts.apiKey === undefined && !["127.0.0.1", "localhost", "::1"].includes(host)) log.warn(`listening on ${host} without --api-key: anyone who reaches this port can use the model`);
   log.info(`serving ${name} at http://${shown}:${addr.port} (POST /v1/completions${chat ? ", /v1/chat/completions" : ""}; GET /v1/models, /health, /stats): ${kvCache} cache, ${batcher.cacheBytes(1)} bytes per token; up to ${opts.maxBatch ?? 32} sequences per batch${opts.kvBudgetMb !== undefined ? ` within ${opts.kvBudgetMb} MB of cache` : ""}`);
   return { url: `http://${shown}:${addr.port}`, host, port: addr.port, model: name, loaded: lm, stats, close };
 }

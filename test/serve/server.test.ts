@@ -256,3 +256,19 @@ test("an aborted signal ends queued and running requests with 503 (an error even
   await new Promise((r) => setTimeout(r, 50));
   await Promise.all([second.close(), answer.then((s) => assert.equal(s, 200))]);
 });
+
+test("with an API key, /v1 routes need it as a bearer token (401 otherwise); /health stays open", async () => {
+  const server = await serve(lm, { port: 0, apiKey: "s3cret" });
+  try {
+    const body = JSON.stringify({ prompt: "Once", max_tokens: 2, temperature: 0 });
+    const none = await fetch(`${server.url}/v1/completions`, { method: "POST", body });
+    assert.equal(none.status, 401);
+    assert.match(((await none.json()) as { error: { message: string } }).error.message, /no valid API key.*Authorization: Bearer/);
+    assert.equal((await fetch(`${server.url}/v1/models`, { headers: { Authorization: "Bearer wrong!" } })).status, 401);
+    assert.equal((await fetch(`${server.url}/v1/completions`, { method: "POST", body, headers: { Authorization: "Bearer s3cret" } })).status, 200);
+    assert.equal((await fetch(`${server.url}/health`)).status, 200);
+  } finally {
+    await server.close();
+  }
+  await assert.rejects(serve(lm, { port: 0, apiKey: "" }), /--api-key is empty/);
+});
