@@ -16,6 +16,7 @@ interface Args {
   "kv-budget-mb"?: number;
   "prefix-cache-mb": number;
   "api-key"?: string;
+  "default-max-tokens": number;
   device: DeviceName;
 }
 
@@ -32,6 +33,7 @@ export const serveCommand: CommandModule<object, Args> = {
       .option("kv-cache", { choices: ["auto", ...KV_CACHE_DTYPES] as const, default: "auto" as const, describe: "how decode caches store keys/values (MLA: rope keys and latents): auto = bf16 for a bf16 checkpoint on the GPU, else f32" })
       .option("kv-budget-mb", { type: "number", describe: "the most MB of cache all admitted sequences may reserve (each reserves its prompt + max_tokens); default: no limit but --max-batch" })
       .option("prefix-cache-mb", { type: "number", default: 1024, describe: "MB of prompts' caches kept so that a later prompt beginning the same way (a system prompt, a chat's earlier turns) prefills only the rest; 0: none" })
+      .option("default-max-tokens", { type: "number", default: 1024, describe: "the most new tokens of a chat reply whose request sets no max_tokens (each request reserves cache for its prompt and limit)" })
       .option("api-key", { type: "string", describe: "require Authorization: Bearer KEY on /v1/… (default: the environment's MHA2MLA_API_KEY, else none)" })
       .option("device", DEVICE_OPTION),
   handler: async (a) => {
@@ -40,12 +42,13 @@ export const serveCommand: CommandModule<object, Args> = {
       port: a.port,
       maxBatch: a["max-batch"],
       prefixCacheMb: a["prefix-cache-mb"],
+      defaultMaxTokens: a["default-max-tokens"],
       kvCache: a["kv-cache"],
       device: a.device,
       logger: stderrLogger,
       ...(a["served-model-name"] !== undefined ? { name: a["served-model-name"] } : {}),
       // A key in the environment stays out of the process list.
-      ...((a["api-key"] ?? process.env["MHA2MLA_API_KEY"]) !== undefined ? { apiKey: a["api-key"] ?? process.env["MHA2MLA_API_KEY"] } : {}),
+      ...((a["api-key"] ?? (process.env["MHA2MLA_API_KEY"] || undefined)) !== undefined ? { apiKey: a["api-key"] ?? process.env["MHA2MLA_API_KEY"] } : {}),
       ...(a["kv-budget-mb"] !== undefined ? { kvBudgetMb: a["kv-budget-mb"] } : {}),
     });
     // Ctrl-C: stop taking requests and finish those in flight; a second one quits at once.

@@ -55,6 +55,10 @@ class RowBuffer {
     this.buf = new Float32Array(0);
     this.rows = 0;
   }
+
+  get heldBytes(): number {
+    return this.buf.byteLength;
+  }
 }
 
 /** Rows of one cache part: on the host (uploaded whole for each step) or, where the backend can keep them, on the device. */
@@ -68,6 +72,8 @@ interface RowStore {
   truncate(rows: number): void;
   /** Frees the rows' memory; the store is then empty, with no room. */
   dispose(): void;
+  /** Bytes its buffer takes, room included. */
+  readonly heldBytes: number;
   /** The device store behind it, when there is one. */
   readonly device?: DeviceStore;
 }
@@ -131,11 +137,11 @@ function rowStore(backend: Backend, rowShape: readonly number[], dtype: KvCacheD
   const dev = (backend as Partial<DeviceRowBackend>).createRowStore?.(rowShape, dtype === "bf16" ? "bf16" : "f32");
   if (dev) {
     if (capacity > 0) dev.reserve(capacity, true);
-    return { get rows() { return dev.rows; }, get capacity() { return dev.capacity; }, append: (v) => dev.append(v), tensor: (shape) => dev.view(shape), truncate: (n) => dev.truncate(n), dispose: () => dev.dispose(), device: dev };
+    return { get rows() { return dev.rows; }, get capacity() { return dev.capacity; }, append: (v) => dev.append(v), tensor: (shape) => dev.view(shape), truncate: (n) => dev.truncate(n), dispose: () => dev.dispose(), get heldBytes() { return dev.capacity * rowSize * (dev.dtype === "bf16" ? 2 : 4); }, device: dev };
   }
   const host = new RowBuffer(rowSize);
   if (capacity > 0) host.reserve(capacity);
-  return { get rows() { return host.rows; }, get capacity() { return host.capacity; }, append: (v) => host.append(v.toArray(), v.shape[0]!), tensor: (shape) => backend.upload(host.view(), [host.rows, ...shape]), truncate: (n) => host.truncate(n), dispose: () => host.release() };
+  return { get rows() { return host.rows; }, get capacity() { return host.capacity; }, append: (v) => host.append(v.toArray(), v.shape[0]!), tensor: (shape) => backend.upload(host.view(), [host.rows, ...shape]), truncate: (n) => host.truncate(n), dispose: () => host.release(), get heldBytes() { return host.heldBytes; } };
 }
 
 export interface CloneOptions {
@@ -160,6 +166,11 @@ export interface DecodeCache {
   readonly elements: number;
   /** Bytes those would take stored as the cache's dtype (scales included), summed over layers. */
   readonly bytes: number;
+  /**
+   * Bytes its buffers take in memory now, room included: more than `bytes` where rows are held wider
+   * than their dtype (host caches hold float32 rows; int8/int4 rows are float32 until quantized kernels).
+   */
+  readonly heldBytes: number;
   /** How rows are stored (kvQuant.ts); rows come back as that storage gives them. */
   readonly dtype: KvCacheDtype;
   /** Tokens it holds room for without moving its buffers (newCache's capacity, or what growth left). */
@@ -228,6 +239,10 @@ abstract class TwoPartCache implements DecodeCache {
 
   get bytes(): number {
     return this.a.reduce((n, x, i) => n + x.rows * kvRowBytes(this.rowA[i]!, this.dtype) + this.b[i]!.rows * kvRowBytes(this.rowB[i]!, this.dtype), 0);
+  }
+
+  get heldBytes(): number {
+    return this.stores().reduce((n, s) => n + s.heldBytes, 0);
   }
 
   advance(tokens: number): void {

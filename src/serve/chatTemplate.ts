@@ -65,14 +65,23 @@ export function loadChatTemplate(dir: string): ChatTemplate | null {
   } catch (e) {
     throw new MlaError("BAD_TOKENIZER", `${source}: the chat template does not parse (${(e as Error).message})`, "fix or remove the chat template; completions work without it");
   }
-  const specials = { bos_token: tokenText(config["bos_token"]), eos_token: tokenText(config["eos_token"]), unk_token: tokenText(config["unk_token"]), pad_token: tokenText(config["pad_token"]) };
+  // Older folders name their special tokens in special_tokens_map.json only.
+  const map = readJson(path.join(dir, "special_tokens_map.json")) ?? {};
+  const special = (k: string) => tokenText(config[k]) || tokenText(map[k]);
+  const specials = { bos_token: special("bos_token"), eos_token: special("eos_token"), unk_token: special("unk_token"), pad_token: special("pad_token") };
+  // Templates written for OpenAI's content parts loop over message.content (vLLM detects them the same
+  // way): they get each message's text as one text part, the others get a string.
+  const parts = /\{%-?\s*for\s+\w+\s+in\s+(message|msg|m)(\[\s*['"]content['"]\s*\]|\.content)\s*-?%\}/.test(text);
   return {
     source,
     render: (messages) => {
       try {
         return template.render({
-          messages,
+          messages: parts ? messages.map((m) => ({ ...m, content: [{ type: "text", text: m.content }] })) : messages,
           add_generation_prompt: true,
+          // What apply_chat_template passes when a request has none (templates test them with `is not none`).
+          tools: null,
+          documents: null,
           ...specials,
         });
       } catch (e) {

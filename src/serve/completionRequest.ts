@@ -55,7 +55,8 @@ const CHAT_UNSUPPORTED: Record<string, (v: unknown) => boolean> = {
   repetition_penalty: UNSUPPORTED["repetition_penalty"]!,
   logit_bias: UNSUPPORTED["logit_bias"]!,
   tools: (v) => Array.isArray(v) && v.length === 0,
-  tool_choice: (v) => v === "none",
+  // With no tools, "auto" chooses none.
+  tool_choice: (v) => v === "none" || v === "auto",
   response_format: (v) => typeof v === "object" && v !== null && (v as { type?: unknown }).type === "text",
 };
 
@@ -118,14 +119,17 @@ export function parseChatRequest(body: unknown, served: { name: string }): ChatR
     const o = x as Record<string, unknown> | null;
     if (typeof o !== "object" || o === null || typeof o["role"] !== "string") throw bad(`messages[${i}] has no role`, 'each message is {"role": "user" | "assistant" | "system", "content": "…"}');
     const c = o["content"];
-    // OpenAI's content parts: text parts are joined; other kinds (images, audio) this model cannot take.
+    // OpenAI's content parts: text parts are joined by line breaks, as vLLM joins them; other kinds
+    // (images, audio) this model cannot take. An assistant turn with tool calls may have no content.
     if (typeof c === "string") return { role: o["role"], content: c };
+    if (c === null || c === undefined) return { role: o["role"], content: "" };
     if (Array.isArray(c) && c.every((p) => typeof p === "object" && p !== null && (p as { type?: unknown }).type === "text" && typeof (p as { text?: unknown }).text === "string"))
-      return { role: o["role"], content: (c as { text: string }[]).map((p) => p.text).join("") };
+      return { role: o["role"], content: (c as { text: string }[]).map((p) => p.text).join("\n") };
     throw bad(`messages[${i}].content is neither text nor a list of text parts`, "send the content as a string (this model takes text only)");
   });
-  if (b["max_tokens"] !== undefined && b["max_completion_tokens"] !== undefined) throw bad("both max_tokens and max_completion_tokens are set", "send one of them");
-  return { messages, ...generationFields(b, b["max_completion_tokens"] !== undefined ? "max_completion_tokens" : "max_tokens", null) };
+  const set = (k: string) => b[k] !== undefined && b[k] !== null;
+  if (set("max_tokens") && set("max_completion_tokens")) throw bad("both max_tokens and max_completion_tokens are set", "send one of them");
+  return { messages, ...generationFields(b, set("max_completion_tokens") ? "max_completion_tokens" : "max_tokens", null) };
 }
 
 /** The fields both endpoints share, checked; `maxKey` names the token limit's field. */

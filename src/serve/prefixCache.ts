@@ -50,7 +50,8 @@ export class PrefixCache {
   private reused = 0;
 
   /**
-   * `budgetBytes`: the most the kept caches may take; `bytesPerToken`: a cache's size per token;
+   * `budgetBytes`: the most the kept caches may take; `bytesPerToken`: a cache's size per token in its
+   * dtype (a lower bound on what a copy holds, to skip prompts that cannot fit before copying them);
    * `minTokens`: shorter shared beginnings are prefilled again (a copy costs more than it saves).
    */
   constructor(private readonly budgetBytes: number, private readonly bytesPerToken: number, private readonly minTokens = 16) {}
@@ -60,34 +61,53 @@ export class PrefixCache {
     let best: Entry | null = null, len = 0;
     for (const e of this.entries) {
       const n = common(e.ids, prompt);
-      if (n > len) (best = e), (len = n);
+      // Of equal matches, the entry that is exactly the shared part has the logits after it.
+      if (n > len || (n === len && n > 0 && e.ids.length === n)) (best = e), (len = n);
     }
     if (!best || len < this.minTokens) return null;
     // The logits after the prompt's last token exist only for an entry that is this very prompt;
     // otherwise at least that token is prefilled again, which gives them.
     const whole = len === prompt.length && len === best.ids.length;
     const tokens = whole ? len : Math.min(len, prompt.length - 1);
+    let cache: DecodeCache;
+    try {
+      cache = best.cache.clone({ tokens, capacity });
+    } catch {
+      // No room for the copy (device memory): the prompt is prefilled whole instead.
+      return null;
+    }
     best.used = ++this.clock;
     this.hits++;
     this.reused += tokens;
-    return { cache: best.cache.clone({ tokens, capacity }), tokens, logits: whole ? best.logits : null };
+    return { cache, tokens, logits: whole ? best.logits : null };
   }
 
-  /** Keeps a copy of `cache` (holding exactly `prompt`) and the logits after it, dropping old entries to make room. */
+  /**
+   * Keeps a copy of `cache` (holding exactly `prompt`) and the logits after it, dropping old entries to
+   * make room. Best effort: a copy that finds no memory is not kept. An entry counts the bytes its
+   * copy holds (host caches and int8/int4 rows are held as float32) and its logits.
+   */
   store(prompt: readonly number[], cache: DecodeCache, logits: FloatArray): void {
-    const bytes = prompt.length * this.bytesPerToken;
-    if (prompt.length < this.minTokens || bytes > this.budgetBytes) return;
+    if (prompt.length < this.minTokens || prompt.length * this.bytesPerToken > this.budgetBytes) return;
     // Already kept (a repeated prompt): that entry is enough.
     const same = this.entries.find((e) => e.ids.length === prompt.length && common(e.ids, prompt) === prompt.length);
     if (same) return void (same.used = ++this.clock);
     // A kept prompt that this one extends (a chat's earlier turn) says nothing this one does not.
     for (let i = this.entries.length - 1; i >= 0; i--) if (common(this.entries[i]!.ids, prompt) === this.entries[i]!.ids.length) this.drop(i);
-    while (this.bytes() + bytes > this.budgetBytes) {
+    let copy: DecodeCache;
+    try {
+      copy = cache.clone({ capacity: prompt.length });
+    } catch {
+      return;
+    }
+    const bytes = copy.heldBytes + logits.byteLength;
+    if (bytes > this.budgetBytes) return copy.dispose();
+    while (this.entries.length && this.bytes() + bytes > this.budgetBytes) {
       let oldest = 0;
       this.entries.forEach((e, i) => e.used < this.entries[oldest]!.used && (oldest = i));
       this.drop(oldest);
     }
-    this.entries.push({ ids: [...prompt], cache: cache.clone({ capacity: prompt.length }), logits, bytes, used: ++this.clock });
+    this.entries.push({ ids: [...prompt], cache: copy, logits, bytes, used: ++this.clock });
   }
 
   stats(): PrefixCacheStats {

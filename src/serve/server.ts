@@ -18,7 +18,7 @@ import { checkOptionTypes, type OptionKinds } from "../util/optionTypes.js";
 import { throwIfAborted } from "../util/abort.js";
 import { Batcher, type BatcherStats, type SequenceEnd } from "./batcher.js";
 import { parseChatRequest, parseCompletionRequest, type GenerationFields } from "./completionRequest.js";
-import { loadChatTemplate } from "./chatTemplate.js";
+import { loadChatTemplate, type ChatTemplate } from "./chatTemplate.js";
 import { CHAT_COMPLETION, TEXT_COMPLETION, type ResponseShape } from "./responseShapes.js";
 import { TextStream } from "./textStream.js";
 import { encodePrefix } from "../io/tokenizer.js";
@@ -38,6 +38,12 @@ export interface ServeOptions {
   kvBudgetMb?: number;
   /** MB of prompts' caches kept so that later prompts beginning the same way prefill only the rest (default 1024; 0: none). */
   prefixCacheMb?: number;
+  /**
+   * The most new tokens of a chat reply whose request sets no limit (default 1024). Each request
+   * reserves cache for its prompt and limit when admitted, so "up to the model's positions" would
+   * reserve a whole context per chat (16 GiB at Llama 3.1 8B's 131k).
+   */
+  defaultMaxTokens?: number;
   /** Where a model given by name runs (default "auto"; a LoadedModel keeps its backend). */
   device?: DeviceName;
   /**
@@ -73,7 +79,7 @@ export interface Server {
   close(): Promise<void>;
 }
 
-const SERVE_KINDS: OptionKinds<ServeOptions> = { host: "string", port: "number", name: "string", maxBatch: "number", kvCache: "string", kvBudgetMb: "number", prefixCacheMb: "number", apiKey: "string", device: "string", maxBodyBytes: "number", logger: "object", signal: "object" };
+const SERVE_KINDS: OptionKinds<ServeOptions> = { host: "string", port: "number", name: "string", maxBatch: "number", kvCache: "string", kvBudgetMb: "number", prefixCacheMb: "number", defaultMaxTokens: "number", apiKey: "string", device: "string", maxBodyBytes: "number", logger: "object", signal: "object" };
 
 /** A refusal with its own HTTP status (413: a body too large). */
 type WithStatus = MlaError & { httpStatus?: number };
@@ -146,14 +152,24 @@ export async function serve(model: string | LoadedModel, opts: ServeOptions = {}
   if (opts.device !== undefined && !DEVICE_NAMES.includes(opts.device)) throw new MlaError("BAD_ARGUMENT", `--device ${opts.device} is not known`, `use ${DEVICE_NAMES.join(", ")}`);
   if (opts.kvBudgetMb !== undefined && !(Number.isFinite(opts.kvBudgetMb) && opts.kvBudgetMb > 0)) throw new MlaError("BAD_ARGUMENT", `--kv-budget-mb ${opts.kvBudgetMb} is not a size in MB`, "pass a positive number, or leave it out for no limit but --max-batch");
   if (opts.prefixCacheMb !== undefined && !(Number.isFinite(opts.prefixCacheMb) && opts.prefixCacheMb >= 0)) throw new MlaError("BAD_ARGUMENT", `--prefix-cache-mb ${opts.prefixCacheMb} is not a size in MB`, "pass 0 to keep no prompts, or a positive number");
-  if (opts.apiKey !== undefined && opts.apiKey.length === 0) throw new MlaError("BAD_ARGUMENT", "--api-key is empty", "pass a key clients will send as Authorization: Bearer KEY, or leave --api-key out");
+  if (opts.apiKey !== undefined && !/^[\x21-\x7e]+$/.test(opts.apiKey))
+    throw new MlaError("BAD_ARGUMENT", opts.apiKey.length ? "--api-key holds characters other than visible ASCII" : "--api-key is empty", "pass a key of visible ASCII characters (HTTP headers carry no others reliably), or leave --api-key out");
+  const defaultMax = opts.defaultMaxTokens ?? 1024;
+  if (!(Number.isInteger(defaultMax) && defaultMax >= 1)) throw new MlaError("BAD_ARGUMENT", `--default-max-tokens ${defaultMax} is not a token count`, "pass a whole number ≥ 1");
   const maxBody = opts.maxBodyBytes ?? 4 * 2 ** 20;
   const log = opts.logger ?? silentLogger;
   const lm = typeof model === "string" ? loadModel(model, { backend: selectBackend(opts.device ?? "auto", log) }) : model;
   const name = opts.name ?? (typeof model === "string" ? model : path.basename(lm.dir));
   const kvCache = !opts.kvCache || opts.kvCache === "auto" ? defaultKvCache(lm.model) : opts.kvCache;
   const batcher = new Batcher(lm.model, { maxBatch: opts.maxBatch ?? 32, kvCache, prefixCacheBytes: (opts.prefixCacheMb ?? 1024) * 2 ** 20, ...(opts.kvBudgetMb !== undefined ? { kvBudgetBytes: opts.kvBudgetMb * 2 ** 20 } : {}) });
-  const chat = loadChatTemplate(lm.dir);
+  // A template that does not parse costs the chat endpoint, not the server.
+  let chat: ChatTemplate | null = null, chatProblem = "";
+  try {
+    chat = loadChatTemplate(lm.dir);
+  } catch (e) {
+    chatProblem = asMlaError(e).message.split("\n")[0]!;
+    log.warn(`${chatProblem}: serving without POST /v1/chat/completions`);
+  }
   const started = performance.now();
   let requests = 0;
   let closing = false;
@@ -197,7 +213,8 @@ export async function serve(model: string | LoadedModel, opts: ServeOptions = {}
     const id = `${shape.idPrefix}-${crypto.randomUUID().replaceAll("-", "")}`;
     const created = Math.floor(Date.now() / 1000);
     const text = new TextStream(lm.tokenizer, prompt, r.stop);
-    const event = (body: Record<string, unknown>) => res.write(`data: ${JSON.stringify({ id, object: shape.chunkObject, created, model: name, ...body })}\n\n`);
+    // With include_usage every chunk has a usage field, null until the last, as OpenAI sends them.
+    const event = (body: Record<string, unknown>) => res.write(`data: ${JSON.stringify({ id, object: shape.chunkObject, created, model: name, ...(r.includeUsage ? { usage: null } : {}), ...body })}\n\n`);
     const usage = (end: SequenceEnd) => ({ prompt_tokens: end.promptTokens, completion_tokens: end.newTokens, total_tokens: end.promptTokens + end.newTokens });
     let done = false;
     const onEnd = (end: SequenceEnd): void => {
@@ -222,7 +239,7 @@ export async function serve(model: string | LoadedModel, opts: ServeOptions = {}
       handle = batcher.submit({
         prompt,
         // Without a limit (chat's default), up to the model's positions.
-        maxTokens: r.maxTokens ?? Math.max(1, lm.config.maxPositions - prompt.length),
+        maxTokens: r.maxTokens ?? Math.max(1, Math.min(defaultMax, lm.config.maxPositions - prompt.length)),
         sampling: r.sampling,
         seed: r.seed ?? crypto.randomInt(2 ** 32),
         onToken: (tok) => {
@@ -267,7 +284,8 @@ export async function serve(model: string | LoadedModel, opts: ServeOptions = {}
     "/v1/chat/completions": {
       POST: chat
         ? generationRoute(parseChat, CHAT_COMPLETION)
-        : (_q, res) => sendJson(res, 404, errorBody(new MlaError("NOT_FOUND", `this model has no chat template (chat_template.jinja, chat_template.json or tokenizer_config.json's chat_template in ${lm.dir})`, "format the conversation yourself and send it as the prompt of POST /v1/completions"))),
+        : (_q, res) =>
+            sendJson(res, 404, errorBody(new MlaError("NOT_FOUND", chatProblem ? `this model's chat template cannot be used (${chatProblem})` : `this model has no chat template (chat_template.jinja, chat_template.json or tokenizer_config.json's chat_template in ${lm.dir})`, "format the conversation yourself and send it as the prompt of POST /v1/completions"))),
     },
   };
 

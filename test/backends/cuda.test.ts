@@ -943,12 +943,24 @@ test("serving on the GPU: in a continuous batch of bf16 MLA sequences joining an
   // The first round builds what the model keeps for its life (absorbed projections, kernel attributes,
   // scratch for these batch sizes); a server's later rounds must hold no more than that.
   await serveAll();
+  const first = batcher.stats().prefixCache!;
+  assert.ok(first.hits >= 2 && first.reusedTokens >= 398, `the two prompts sharing 200 tokens started from a device copy of a kept cache (${first.hits} hits, ${first.reusedTokens} tokens)`);
+  // The copy itself: a kept cache cut to 200 tokens on the device, then the rest prefilled, against a fresh prefill.
+  const kept = model.newCache("bf16");
+  model.prefill(Int32Array.from(prompts[2]!), kept).dispose();
+  const cut = kept.clone({ tokens: 200, capacity: prompts[5]!.length + 8 });
+  const seeded = model.prefill(Int32Array.from(prompts[5]!.slice(200)), cut).toArray();
+  const fresh = model.prefill(Int32Array.from(prompts[5]!), model.newCache("bf16")).toArray();
+  let d = 0, m = 0;
+  fresh.forEach((x, i) => ((d = Math.max(d, Math.abs(x - seeded[i]!))), (m = Math.max(m, Math.abs(x)))));
+  t.diagnostic(`a prompt prefilled from a device copy cut to 200 tokens against a fresh prefill: max |Δ logits| ${d.toExponential(2)} of ${m.toFixed(2)}`);
+  assert.ok(d <= 1e-2 * m, "the copied rows are the kept prompt's");
+  for (const c of [kept, cut]) c.dispose();
   const base = B.memory().live;
   await serveAll();
   const left = B.memory().live - base;
-  const kept = batcher.stats().prefixCache!;
-  assert.ok(kept.hits >= 2, `prompts started from kept ones (${kept.hits} hits)`);
-  t.diagnostic(`device memory after a second round of the same requests: ${left} bytes more than after the first; prefix cache ${kept.entries} prompts, ${kept.bytes} bytes, ${kept.hits} hits reusing ${kept.reusedTokens} tokens`);
+  const pc = batcher.stats().prefixCache!;
+  t.diagnostic(`device memory after a second round of the same requests: ${left} bytes more than after the first; prefix cache ${pc.entries} prompts, ${pc.bytes} bytes, ${pc.hits} hits reusing ${pc.reusedTokens} tokens`);
   // A round's caches hold ~400 KB (~830 tokens × 480 bytes): freed by dispose, not left to the collector.
   // (The second round's prompts are all kept already: it stores no new ones.)
   assert.ok(left < 64 << 10, `retired caches and recordings were freed (${left} bytes left)`);

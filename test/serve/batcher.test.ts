@@ -149,3 +149,25 @@ test("the prefix cache: prompts sharing a beginning prefill only the rest and de
   b.clearPrefixCache();
   assert.equal(b.stats().prefixCache!.entries, 0);
 });
+
+test("the prefix cache prefers an entry that is exactly the shared part (its logits end the prompt), and counts the bytes its copies hold", async () => {
+  const { PrefixCache } = await import("../../src/serve/prefixCache.js");
+  const long = [...prompts[2]!, ...prompts[2]!, ...prompts[2]!];
+  const short = long.slice(0, 20);
+  const fill = (ids: number[]) => {
+    const c = model.newCache("int8");
+    const logits = model.prefill(Int32Array.from(ids), c).toArray();
+    return { c, logits };
+  };
+  const per = kvBytesPerToken(model.config, "int8");
+  const pc = new PrefixCache(1 << 30, per);
+  const a = fill(long), b = fill(short);
+  pc.store(long, a.c, a.logits);
+  pc.store(short, b.c, b.logits);
+  const seed = pc.seed(short, 40)!;
+  assert.equal(seed.tokens, 20);
+  assert.ok(seed.logits !== null, "the entry that is the whole prompt wins the tie: nothing to prefill");
+  const st = pc.stats();
+  // int8 rows are held as float32 on the host: the entries count that, not int8's nominal size.
+  assert.ok(st.bytes >= (long.length + short.length) * per * 3, `${st.bytes} bytes counted for ${(long.length + short.length) * per} nominal`);
+});

@@ -97,3 +97,45 @@ test("chat requests the server cannot honour are refused by name; without max_to
     await server.close();
   }
 });
+
+test("templates looping over content parts get parts; special tokens from special_tokens_map.json; tools and documents are none", () => {
+  const d = path.join(tmpDir(), "parts");
+  fs.cpSync(path.join(MODELS, "stories260K"), d, { recursive: true });
+  const cfgFile = path.join(d, "tokenizer_config.json");
+  const cfg = JSON.parse(fs.readFileSync(cfgFile, "utf8")) as Record<string, unknown>;
+  delete cfg["bos_token"];
+  const tpl = "{{ bos_token }}{% if tools is not none %}TOOLS{% endif %}{% for message in messages %}{% for c in message['content'] %}{% if c['type'] == 'text' %}[{{ c['text'] }}]{% endif %}{% endfor %}{% endfor %}";
+  fs.writeFileSync(cfgFile, JSON.stringify({ ...cfg, chat_template: tpl }));
+  fs.writeFileSync(path.join(d, "special_tokens_map.json"), JSON.stringify({ bos_token: { content: "<s>" } }));
+  assert.equal(loadChatTemplate(d)!.render([{ role: "user", content: "hi" }]), "<s>[hi]");
+});
+
+test("chat: the default reply limit, null fields OpenAI allows, usage null on every chunk but the last; a template that does not parse costs only the chat endpoint", async () => {
+  const server = await serve(lm, { port: 0, defaultMaxTokens: 6 });
+  try {
+    const r = await fetch(`${server.url}/v1/chat/completions`, { method: "POST", body: JSON.stringify({ messages: [...messages, { role: "assistant", content: null }, { role: "user", content: "More." }], temperature: 0, tool_choice: "auto", max_tokens: null, stream: true, stream_options: { include_usage: true } }) });
+    const events = (await r.text()).split("\n\n").filter((x) => x.startsWith("data: {")).map((x) => JSON.parse(x.slice(6)) as Record<string, any>);
+    assert.ok(events.slice(0, -1).every((e) => e["usage"] === null), "usage: null until the last chunk");
+    const last = events[events.length - 1]!;
+    assert.ok(last["usage"].completion_tokens <= 6, "no max_tokens: --default-max-tokens");
+  } finally {
+    await server.close();
+  }
+  await assert.rejects(serve(lm, { port: 0, defaultMaxTokens: 0 }), /--default-max-tokens 0/);
+  await assert.rejects(serve(lm, { port: 0, apiKey: "clé" }), /--api-key holds characters other than visible ASCII/);
+
+  const broken = path.join(tmpDir(), "broken");
+  fs.cpSync(dir, broken, { recursive: true });
+  fs.writeFileSync(path.join(broken, "chat_template.jinja"), "{% for m in messages %}");
+  const warnings: string[] = [];
+  const s2 = await serve(broken, { port: 0, device: "reference", logger: { info: () => {}, warn: (m) => warnings.push(m) } });
+  try {
+    assert.match(warnings.join("\n"), /chat template does not parse.*serving without POST \/v1\/chat\/completions/);
+    const c = await fetch(`${s2.url}/v1/chat/completions`, { method: "POST", body: JSON.stringify({ messages }) });
+    assert.equal(c.status, 404);
+    assert.match(((await c.json()) as { error: { message: string } }).error.message, /chat template cannot be used/);
+    assert.equal((await fetch(`${s2.url}/v1/completions`, { method: "POST", body: JSON.stringify({ prompt: "Once", max_tokens: 2 }) })).status, 200);
+  } finally {
+    await s2.close();
+  }
+});
