@@ -6,6 +6,8 @@ import { Progress } from "../util/progress.js";
 import { selectBackend, type DeviceName } from "../backends/select.js";
 import { stderrLogger } from "../util/log.js";
 import { KV_CACHE_DTYPES, KvCacheDtype } from "../model/kvQuant.js";
+import { loadChatTemplate } from "../serve/chatTemplate.js";
+import { MlaError, flagsWithout } from "../errors.js";
 
 interface Args {
   model: string;
@@ -17,6 +19,8 @@ interface Args {
   seed: number;
   device: DeviceName;
   "kv-cache": KvCacheDtype | "auto";
+  chat: boolean;
+  system?: string;
 }
 
 export const generateCommand: CommandModule<object, Args> = {
@@ -31,11 +35,19 @@ export const generateCommand: CommandModule<object, Args> = {
       .option("top-k", { type: "number", default: 0, describe: "sample among the k most likely tokens only (0: all)" })
       .option("top-p", { type: "number", default: 1, describe: "sample from the smallest set of most likely tokens holding this much probability (1: all)" })
       .option("seed", { type: "number", default: 0 })
+      .option("chat", { type: "boolean", default: false, describe: "each --prompt is a user message, formatted by the model's chat template (as serve's /v1/chat/completions does); prints the replies only" })
+      .option("system", { type: "string", describe: "with --chat: a system message before each prompt" })
       .option("device", DEVICE_OPTION)
       .option("kv-cache", { choices: ["auto", ...KV_CACHE_DTYPES] as const, default: "auto" as const, describe: "how the decode cache stores keys/values (MLA: rope keys and latents): auto = bf16 for a bf16 checkpoint on the GPU (as HF transformers stores it), else f32; int8/int4 groups of 32 with a bf16 scale each" }),
   handler: async (a) => {
+    if (a.system !== undefined && !a.chat) throw flagsWithout(["--system"], "--chat", "it is the chat's system message");
     const lm = loadModel(a.model, { backend: selectBackend(a.device, stderrLogger) });
-    const prompts = a.prompt.map((p) => lm.tokenizer.encode(String(p), { addSpecialTokens: true }));
+    const template = a.chat ? loadChatTemplate(lm.dir) : null;
+    if (a.chat && !template) throw new MlaError("NOT_FOUND", `${a.model} has no chat template (chat_template.jinja, chat_template.json or tokenizer_config.json's chat_template)`, "leave out --chat and write the prompt as the model expects it");
+    // The template writes the special tokens it wants, as apply_chat_template's ids have them.
+    const prompts = a.prompt.map((p) =>
+      template ? lm.tokenizer.encode(template.render([...(a.system !== undefined ? [{ role: "system", content: a.system }] : []), { role: "user", content: String(p) }]), { addSpecialTokens: false }) : lm.tokenizer.encode(String(p), { addSpecialTokens: true }),
+    );
     const maxTokens = a["max-tokens"];
     const longest = Math.max(...prompts.map((p) => p.length));
     if (Number.isInteger(maxTokens) && longest + maxTokens > lm.config.maxPositions)
@@ -45,7 +57,8 @@ export const generateCommand: CommandModule<object, Args> = {
     const r = await generateBatchAsync(lm.model, prompts, { maxTokens, temperature: a.temperature, topK: a["top-k"], topP: a["top-p"], seed: a.seed, kvCache: a["kv-cache"] === "auto" ? defaultKvCache(lm.model) : a["kv-cache"], onStep: (n) => progress.tick(n) });
     r.sequences.forEach((s, i) => {
       if (prompts.length > 1) process.stdout.write(`--- ${i + 1}\n`);
-      process.stdout.write(lm.tokenizer.decode([...prompts[i]!, ...s.ids].filter((t) => t !== lm.config.bosTokenId)) + "\n");
+      // A chat prints the reply alone (the prompt is the template's markup); else the prompt and its continuation.
+      process.stdout.write((template ? lm.tokenizer.decode(s.ids, { skipSpecialTokens: true }) : lm.tokenizer.decode([...prompts[i]!, ...s.ids].filter((t) => t !== lm.config.bosTokenId))) + "\n");
     });
     if (r.decodeTokens > 0) stderrLogger.info(`decoded ${r.decodeTokens} tokens of ${prompts.length} prompt${prompts.length > 1 ? "s" : ""} in ${r.decodeSeconds.toFixed(2)} s (${(r.decodeTokens / r.decodeSeconds).toFixed(1)} tokens/s; steps ${r.steps})`);
   },

@@ -139,3 +139,19 @@ test("chat: the default reply limit, null fields OpenAI allows, usage null on ev
     await s2.close();
   }
 });
+
+test("generate --chat formats each prompt with the chat template and prints the reply alone; --system without --chat is refused", async () => {
+  const { spawnSync } = await import("node:child_process");
+  const { ROOT } = await import("../helpers.js");
+  const cli = (...args: string[]) => spawnSync(process.execPath, [path.join(ROOT, "dist/src/cli/main.js"), "generate", ...args, "--device", "reference"], { encoding: "utf8" });
+  const r = cli(dir, "--chat", "--system", messages[0]!.content, "--prompt", messages[1]!.content, "--max-tokens", "12");
+  assert.equal(r.status, 0, r.stderr);
+  const prompt = lm.tokenizer.encode(loadChatTemplate(dir)!.render(messages), { addSpecialTokens: false });
+  const want = lm.tokenizer.decode(generate(lm.model, prompt, { maxTokens: 12 }).ids, { skipSpecialTokens: true });
+  assert.equal(r.stdout, want + "\n");
+  const bad = cli(path.join(MODELS, "stories260K"), "--system", "x");
+  assert.equal(bad.status, 1);
+  assert.match(bad.stderr, /--system has no effect without --chat/);
+  const none = cli(path.join(MODELS, "stories260K"), "--chat");
+  assert.match(none.stderr, /has no chat template/);
+});
