@@ -21,6 +21,7 @@ import { parseChatRequest, parseCompletionRequest, type GenerationFields } from 
 import { loadChatTemplate, type ChatTemplate } from "./chatTemplate.js";
 import { CHAT_COMPLETION, TEXT_COMPLETION, type ResponseShape } from "./responseShapes.js";
 import { TextStream } from "./textStream.js";
+import { prometheusText } from "./metrics.js";
 import { encodePrefix } from "../io/tokenizer.js";
 
 export interface ServeOptions {
@@ -280,6 +281,13 @@ export async function serve(model: string | LoadedModel, opts: ServeOptions = {}
     "/health": { GET: (_q, res) => sendJson(res, closing ? 503 : 200, JSON.stringify({ status: closing ? "closing" : "ok" })) },
     "/v1/models": { GET: (_q, res) => sendJson(res, 200, JSON.stringify({ object: "list", data: [{ id: name, object: "model", created: Math.floor(Date.now() / 1000), owned_by: "mha2mla", max_model_len: lm.config.maxPositions }] })) },
     "/stats": { GET: (_q, res) => sendJson(res, 200, JSON.stringify(stats())) },
+    "/metrics": {
+      GET: (_q, res) => {
+        const text = prometheusText(stats());
+        res.writeHead(200, { "Content-Type": "text/plain; version=0.0.4", "Content-Length": Buffer.byteLength(text) });
+        res.end(text);
+      },
+    },
     "/v1/completions": { POST: generationRoute(parseText, TEXT_COMPLETION) },
     "/v1/chat/completions": {
       POST: chat
@@ -353,6 +361,6 @@ export async function serve(model: string | LoadedModel, opts: ServeOptions = {}
   else opts.signal?.addEventListener("abort", abort, { once: true });
   const shown = host.includes(":") ? `[${host}]` : host;
   if (opts.apiKey === undefined && !["127.0.0.1", "localhost", "::1"].includes(host)) log.warn(`listening on ${host} without --api-key: anyone who reaches this port can use the model`);
-  log.info(`serving ${name} at http://${shown}:${addr.port} (POST /v1/completions${chat ? ", /v1/chat/completions" : ""}; GET /v1/models, /health, /stats): ${kvCache} cache, ${batcher.cacheBytes(1)} bytes per token; up to ${opts.maxBatch ?? 32} sequences per batch${opts.kvBudgetMb !== undefined ? ` within ${opts.kvBudgetMb} MB of cache` : ""}`);
+  log.info(`serving ${name} at http://${shown}:${addr.port} (POST /v1/completions${chat ? ", /v1/chat/completions" : ""}; GET /v1/models, /health, /stats, /metrics): ${kvCache} cache, ${batcher.cacheBytes(1)} bytes per token; up to ${opts.maxBatch ?? 32} sequences per batch${opts.kvBudgetMb !== undefined ? ` within ${opts.kvBudgetMb} MB of cache` : ""}`);
   return { url: `http://${shown}:${addr.port}`, host, port: addr.port, model: name, loaded: lm, stats, close };
 }

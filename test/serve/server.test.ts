@@ -272,3 +272,26 @@ test("with an API key, /v1 routes need it as a bearer token (401 otherwise); /he
   }
   await assert.rejects(serve(lm, { port: 0, apiKey: "" }), /--api-key is empty/);
 });
+
+test("GET /metrics gives the counters in Prometheus's text format", async () => {
+  const server = await serve(lm, { port: 0, kvBudgetMb: 8 });
+  try {
+    await post(server.url, { prompt: "Once upon a time", max_tokens: 5, temperature: 0 });
+    const r = await fetch(`${server.url}/metrics`);
+    assert.match(r.headers.get("content-type") ?? "", /text\/plain/);
+    const text = await r.text();
+    assert.match(text, /^# TYPE mha2mla_requests_total counter\nmha2mla_requests_total 1$/m);
+    assert.match(text, /^mha2mla_sequences_ended_total\{reason="length"\} 1$/m);
+    assert.match(text, /^mha2mla_generated_tokens_total 5$/m);
+    assert.match(text, /^mha2mla_kv_cache_budget_bytes 8388608$/m);
+    assert.match(text, /^mha2mla_prefix_cache_hits_total 0$/m);
+    // Every sample line is NAME{labels} VALUE, each name declared by a TYPE line.
+    const types = new Set([...text.matchAll(/^# TYPE (\S+) /gm)].map((m) => m[1]));
+    for (const line of text.split("\n").filter((l) => l && !l.startsWith("#"))) {
+      assert.match(line, /^[a-z0-9_]+(\{[^}]*\})? -?[\d.e+-]+$/, line);
+      assert.ok(types.has(line.split(/[{ ]/)[0]), line);
+    }
+  } finally {
+    await server.close();
+  }
+});
