@@ -17,6 +17,7 @@ interface Args {
   "prefix-cache-mb": number;
   "api-key"?: string;
   "default-max-tokens": number;
+  "prefill-chunk": number;
   device: DeviceName;
 }
 
@@ -33,6 +34,7 @@ export const serveCommand: CommandModule<object, Args> = {
       .option("kv-cache", { choices: ["auto", ...KV_CACHE_DTYPES] as const, default: "auto" as const, describe: "how decode caches store keys/values (MLA: rope keys and latents): auto = bf16 for a bf16 checkpoint on the GPU, else f32" })
       .option("kv-budget-mb", { type: "number", describe: "the most MB of cache all admitted sequences may reserve (each reserves its prompt + max_tokens); default: no limit but --max-batch" })
       .option("prefix-cache-mb", { type: "number", default: 1024, describe: "MB of prompts' caches kept so that a later prompt beginning the same way (a system prompt, a chat's earlier turns) prefills only the rest; 0: none" })
+      .option("prefill-chunk", { type: "number", default: 512, describe: "the most prompt tokens prefilled between two decode steps, so a long prompt does not stall the replies being decoded; 0: each prompt whole" })
       .option("default-max-tokens", { type: "number", default: 1024, describe: "the most new tokens of a chat reply whose request sets no max_tokens (each request reserves cache for its prompt and limit)" })
       .option("api-key", { type: "string", describe: "require Authorization: Bearer KEY on /v1/… (default: the environment's MHA2MLA_API_KEY, else none)" })
       .option("device", DEVICE_OPTION),
@@ -43,6 +45,7 @@ export const serveCommand: CommandModule<object, Args> = {
       maxBatch: a["max-batch"],
       prefixCacheMb: a["prefix-cache-mb"],
       defaultMaxTokens: a["default-max-tokens"],
+      prefillChunk: a["prefill-chunk"],
       kvCache: a["kv-cache"],
       device: a.device,
       logger: stderrLogger,

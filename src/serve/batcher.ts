@@ -1,9 +1,10 @@
 /**
  * Continuous batching: sequences join and leave one decode batch between steps, so a server keeps
  * every weight read shared by all the sequences in flight. A new sequence is prefilled on its own
- * cache between two decode steps (at most one per step while others decode, so a long prompt delays
- * the running ones by one prefill, not by a queue of them), then takes a place in the batch; one that
- * ends (EOS, a stop string, its token limit, a cancel) leaves it and frees its cache at once.
+ * cache in chunks between decode steps (at most `prefillChunk` prompt tokens per step, as vLLM's
+ * chunked prefill: a long prompt delays the running ones by a chunk per step, not by its whole
+ * prefill), then decodes with the batch; one that ends (EOS, a stop string, its token limit, a
+ * cancel) leaves it and frees its cache at once.
  *
  * Admission is bounded by the number of sequences and, optionally, by the bytes their caches reserve:
  * each sequence reserves room for its prompt and its token limit when it is admitted, so a running
@@ -17,6 +18,7 @@ import { DecodeSession } from "../model/decodeSession.js";
 import { kvBytesPerToken, stopTokenIds } from "../model/config.js";
 import type { KvCacheDtype } from "../model/kvQuant.js";
 import { pickToken, seededRandom, type SamplingOptions } from "../model/sampling.js";
+import type { FloatArray } from "../tensor/tensor.js";
 import { PrefixCache, type PrefixCacheStats } from "./prefixCache.js";
 
 export interface SequenceSpec {
@@ -57,10 +59,14 @@ export interface BatcherOptions {
   kvBudgetBytes?: number;
   /** The most bytes of prompts' caches kept for later prompts that begin the same way (default 0: none; prefixCache.ts). */
   prefixCacheBytes?: number;
+  /** The most prompt tokens prefilled between two decode steps (default 512; 0: each prompt whole). */
+  prefillChunk?: number;
 }
 
 export interface BatcherStats {
+  /** Sequences admitted (prefilling or decoding); of them, still prefilling their prompt. */
   running: number;
+  prefilling: number;
   waiting: number;
   /** Sequences ended so far, by reason. */
   ended: Record<SequenceEnd["reason"], number>;
@@ -84,6 +90,9 @@ interface Sequence {
   rand: () => number;
   /** The token fed to the next step. */
   next: number;
+  /** Prompt tokens in the cache so far; the sequence decodes once all are. */
+  prefilled: number;
+  decoding: boolean;
   newTokens: number;
   reserved: number;
   cancelled: boolean;
@@ -120,6 +129,7 @@ export class Batcher {
     if (opts.kvBudgetBytes !== undefined && !(opts.kvBudgetBytes > 0)) throw new MlaError("BAD_ARGUMENT", `a KV-cache budget of ${opts.kvBudgetBytes} bytes admits no sequence`, "pass a positive budget, or none for no limit but the batch size");
     this.perToken = kvBytesPerToken(model.config, opts.kvCache);
     this.stops = stopTokenIds(model.config);
+    if (opts.prefillChunk !== undefined && !(Number.isInteger(opts.prefillChunk) && opts.prefillChunk >= 0)) throw new MlaError("BAD_ARGUMENT", `--prefill-chunk ${opts.prefillChunk} is not a token count`, "pass a whole number of prompt tokens per step, or 0 to prefill each prompt whole");
     if (opts.prefixCacheBytes !== undefined && !(opts.prefixCacheBytes >= 0)) throw new MlaError("BAD_ARGUMENT", `a prefix cache of ${opts.prefixCacheBytes} bytes`, "pass 0 for none, or a positive budget");
     this.prefix = opts.prefixCacheBytes ? new PrefixCache(opts.prefixCacheBytes, this.perToken) : null;
   }
@@ -143,7 +153,7 @@ export class Batcher {
     const reserved = this.cacheBytes(total);
     if (this.opts.kvBudgetBytes !== undefined && reserved > this.opts.kvBudgetBytes)
       throw new MlaError("BAD_ARGUMENT", `${total} tokens of cache take ${mb(reserved)} MB, more than the server's whole KV budget of ${mb(this.opts.kvBudgetBytes)} MB`, "lower max_tokens or shorten the prompt (or start the server with a larger --kv-budget-mb)");
-    const s: Sequence = { spec, cache: null, rand: seededRandom(spec.seed), next: -1, newTokens: 0, reserved, cancelled: false, ended: false, queuedAt: performance.now(), admittedAt: 0, prefillMs: 0 };
+    const s: Sequence = { spec, cache: null, rand: seededRandom(spec.seed), next: -1, prefilled: 0, decoding: false, newTokens: 0, reserved, cancelled: false, ended: false, queuedAt: performance.now(), admittedAt: 0, prefillMs: 0 };
     this.waiting.push(s);
     this.kick();
     return {
@@ -162,6 +172,7 @@ export class Batcher {
   stats(): BatcherStats {
     return {
       running: this.running.length,
+      prefilling: this.running.filter((s) => !s.decoding).length,
       waiting: this.waiting.length,
       ended: { ...this.ended },
       newTokens: this.newTokens,
@@ -208,6 +219,7 @@ export class Batcher {
         try {
           this.retire();
           this.admit();
+          this.prefillChunks();
           this.step();
           this.retire();
         } catch (e) {
@@ -230,44 +242,58 @@ export class Batcher {
     }
   }
 
-  /** Starts waiting sequences while there is room: all of them into an empty batch, else one per step. */
+  /** Admits waiting sequences while there are places and budget: each gets its cache (from a kept prompt where one begins the same way). */
   private admit(): void {
     const budget = this.opts.kvBudgetBytes ?? Infinity;
     let reserved = this.running.reduce((n, s) => n + s.reserved, 0);
-    const alone = this.running.length === 0;
     while (this.waiting.length && this.running.length < this.opts.maxBatch && reserved + this.waiting[0]!.reserved <= budget) {
       const s = this.waiting.shift()!;
       reserved += s.reserved;
-      this.prefill(s);
-      if (!alone) break;
+      s.admittedAt = performance.now();
+      const prompt = s.spec.prompt, capacity = prompt.length + s.spec.maxTokens;
+      try {
+        const seed = this.prefix?.seed(prompt, capacity) ?? null;
+        s.cache = seed?.cache ?? this.model.newCache(this.opts.kvCache, { capacity });
+        s.prefilled = seed?.tokens ?? 0;
+        this.running.push(s);
+        if (seed?.logits) this.prefilledAll(s, seed.logits, false);
+      } catch (e) {
+        this.fail([s], e);
+      }
     }
   }
 
-  private prefill(s: Sequence): void {
-    s.admittedAt = performance.now();
-    const prompt = s.spec.prompt, capacity = prompt.length + s.spec.maxTokens;
-    try {
-      // From a kept prompt that begins the same way where there is one: only the rest is prefilled.
-      const seed = this.prefix?.seed(prompt, capacity) ?? null;
-      s.cache = seed?.cache ?? this.model.newCache(this.opts.kvCache, { capacity });
-      let logits = seed?.logits ?? null;
-      if (!logits) {
-        const out = this.model.prefill(Int32Array.from(prompt.slice(seed?.tokens ?? 0)), s.cache);
-        logits = out.toArray();
+  /** Prefills admitted prompts in arrival order, at most prefillChunk tokens in all (0: each whole). */
+  private prefillChunks(): void {
+    let left = this.opts.prefillChunk || Infinity;
+    for (const s of this.running) {
+      if (left <= 0) break;
+      if (s.decoding || s.ended || s.cancelled) continue;
+      const prompt = s.spec.prompt;
+      const n = Math.min(prompt.length - s.prefilled, left);
+      try {
+        const out = this.model.prefill(Int32Array.from(prompt.slice(s.prefilled, s.prefilled + n)), s.cache!);
+        s.prefilled += n;
+        left -= n;
+        if (s.prefilled === prompt.length) this.prefilledAll(s, out.toArray(), true);
         out.dispose();
-        this.prefix?.store(prompt, s.cache, logits);
+      } catch (e) {
+        this.fail([s], e);
       }
-      s.prefillMs = performance.now() - s.admittedAt;
-      this.running.push(s);
-      this.take(s, pickToken(logits, s.spec.sampling, s.rand));
-    } catch (e) {
-      this.fail([s], e);
     }
+  }
+
+  /** The whole prompt is in the cache: kept for later prompts, its first token taken, and on to decoding. */
+  private prefilledAll(s: Sequence, logits: FloatArray, keep: boolean): void {
+    if (keep) this.prefix?.store(s.spec.prompt, s.cache!, logits);
+    s.prefillMs = performance.now() - s.admittedAt;
+    s.decoding = true;
+    this.take(s, pickToken(logits, s.spec.sampling, s.rand));
   }
 
   /** One decode step for every running sequence that goes on. */
   private step(): void {
-    const live = this.running.filter((s) => !s.ended && !s.cancelled);
+    const live = this.running.filter((s) => s.decoding && !s.ended && !s.cancelled);
     if (!live.length) return;
     const V = this.model.config.vocabSize;
     try {

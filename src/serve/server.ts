@@ -39,6 +39,8 @@ export interface ServeOptions {
   kvBudgetMb?: number;
   /** MB of prompts' caches kept so that later prompts beginning the same way prefill only the rest (default 1024; 0: none). */
   prefixCacheMb?: number;
+  /** The most prompt tokens prefilled between two decode steps (default 512; 0: each prompt whole, as it comes). */
+  prefillChunk?: number;
   /**
    * The most new tokens of a chat reply whose request sets no limit (default 1024). Each request
    * reserves cache for its prompt and limit when admitted, so "up to the model's positions" would
@@ -80,7 +82,7 @@ export interface Server {
   close(): Promise<void>;
 }
 
-const SERVE_KINDS: OptionKinds<ServeOptions> = { host: "string", port: "number", name: "string", maxBatch: "number", kvCache: "string", kvBudgetMb: "number", prefixCacheMb: "number", defaultMaxTokens: "number", apiKey: "string", device: "string", maxBodyBytes: "number", logger: "object", signal: "object" };
+const SERVE_KINDS: OptionKinds<ServeOptions> = { host: "string", port: "number", name: "string", maxBatch: "number", kvCache: "string", kvBudgetMb: "number", prefixCacheMb: "number", prefillChunk: "number", defaultMaxTokens: "number", apiKey: "string", device: "string", maxBodyBytes: "number", logger: "object", signal: "object" };
 
 /** A refusal with its own HTTP status (413: a body too large). */
 type WithStatus = MlaError & { httpStatus?: number };
@@ -162,7 +164,7 @@ export async function serve(model: string | LoadedModel, opts: ServeOptions = {}
   const lm = typeof model === "string" ? loadModel(model, { backend: selectBackend(opts.device ?? "auto", log) }) : model;
   const name = opts.name ?? (typeof model === "string" ? model : path.basename(lm.dir));
   const kvCache = !opts.kvCache || opts.kvCache === "auto" ? defaultKvCache(lm.model) : opts.kvCache;
-  const batcher = new Batcher(lm.model, { maxBatch: opts.maxBatch ?? 32, kvCache, prefixCacheBytes: (opts.prefixCacheMb ?? 1024) * 2 ** 20, ...(opts.kvBudgetMb !== undefined ? { kvBudgetBytes: opts.kvBudgetMb * 2 ** 20 } : {}) });
+  const batcher = new Batcher(lm.model, { maxBatch: opts.maxBatch ?? 32, kvCache, prefixCacheBytes: (opts.prefixCacheMb ?? 1024) * 2 ** 20, prefillChunk: opts.prefillChunk ?? 512, ...(opts.kvBudgetMb !== undefined ? { kvBudgetBytes: opts.kvBudgetMb * 2 ** 20 } : {}) });
   // A template that does not parse costs the chat endpoint, not the server.
   let chat: ChatTemplate | null = null, chatProblem = "";
   try {

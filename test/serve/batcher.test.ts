@@ -171,3 +171,21 @@ test("the prefix cache prefers an entry that is exactly the shared part (its log
   // int8 rows are held as float32 on the host: the entries count that, not int8's nominal size.
   assert.ok(st.bytes >= (long.length + short.length) * per * 3, `${st.bytes} bytes counted for ${(long.length + short.length) * per} nominal`);
 });
+
+test("chunked prefill: a long prompt is prefilled a chunk per step while the batch decodes, and decodes as generate() alone", async () => {
+  const long = tokenizer.encode("Once upon a time, there was a little girl named Lily. She loved to play outside in the sunshine with her dog, Max. One day, they went to the park.", { addSpecialTokens: true });
+  assert.ok(long.length > 40);
+  const b = new Batcher(model, { maxBatch: 4, kvCache: "f32", prefillChunk: 7 });
+  const order: string[] = [];
+  const a = submit(b, { prompt: prompts[1]!, maxTokens: 30, sampling: { temperature: 0 }, seed: 0 }, () => (order.push("a"), true));
+  // B arrives once A decodes.
+  await new Promise((r) => setTimeout(r, 0));
+  while (a.ids.length < 2) await new Promise((r) => setImmediate(r));
+  const bRun = submit(b, { prompt: long, maxTokens: 6, sampling: { temperature: 0 }, seed: 0 }, () => (order.push("b"), true));
+  await Promise.all([a.end, bRun.end]);
+  const aBeforeB = order.indexOf("b") - order.indexOf("a");
+  assert.ok(aBeforeB >= Math.floor(long.length / 7) - 1, `A kept decoding while B's ${long.length} prompt tokens went in 7 at a time (${aBeforeB} of A's tokens before B's first)`);
+  assert.deepEqual(bRun.ids, generate(model, long, { maxTokens: 6 }).ids.filter((t) => t !== model.config.eosTokenId));
+  assert.deepEqual(a.ids, generate(model, prompts[1]!, { maxTokens: 30 }).ids.filter((t) => t !== model.config.eosTokenId));
+  assert.throws(() => new Batcher(model, { maxBatch: 1, kvCache: "f32", prefillChunk: -1 }), /--prefill-chunk -1/);
+});
