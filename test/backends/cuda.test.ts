@@ -865,13 +865,21 @@ test("--checkpoint-activations gives the same weights as the plain run at head d
   assert.ok(fs.readFileSync(path.join(plain.out, "model.safetensors")).equals(fs.readFileSync(path.join(ckpt.out, "model.safetensors"))), "activation checkpointing changed the result");
 });
 
-test("a recorded decode step (CUDA graph) replays like op-by-op steps: absorbed MLA on bf16 caches at B = 1 and 3 (ragged, context splits, a cache that moves mid-run and weights that change: recorded again); GQA at head dim 64 through the MHA decode kernel (the default) too; GQA on the cuBLAS route (MHA2MLA_MHA_DECODE=cublas) and an f32 cache say why they run op by op", { skip }, async (t) => {
+/**
+ * A 2-layer bf16 synth of smollm-135m's shape (GQA 9/3, head dim 64; stories260K's tokenizer) and its
+ * MLA conversion at rank 32 × 3 KV heads: a latent of 96, which the fused latent kernel takes.
+ */
+async function smollmWithMla(): Promise<{ src: string; mla: string }> {
   const dir = tmpDir();
   const src = path.join(dir, "smollm-L2");
   await synth({ arch: "smollm-135m", layers: 2, dtype: "BF16", out: src, progress: null });
   for (const f of ["tokenizer.json", "tokenizer_config.json"]) fs.copyFileSync(path.join(MODELS, "stories260K", f), path.join(src, f));
-  // rank 32 × 3 KV heads: a latent of 96, which the fused latent kernel takes.
   const mla = (await convert(src, { rank: 32, ropePairs: 4, ropeStrategy: "uniform", out: path.join(dir, "mla"), progress: null, device: "cpu" })).out!;
+  return { src, mla };
+}
+
+test("a recorded decode step (CUDA graph) replays like op-by-op steps: absorbed MLA on bf16 caches at B = 1 and 3 (ragged, context splits, a cache that moves mid-run and weights that change: recorded again); GQA at head dim 64 through the MHA decode kernel (the default) too; GQA on the cuBLAS route (MHA2MLA_MHA_DECODE=cublas) and an f32 cache say why they run op by op", { skip }, async (t) => {
+  const { src, mla } = await smollmWithMla();
   const B = backend();
   let s = 7;
   const tokens = (n: number) => Int32Array.from({ length: n }, () => ((s = (s * 1664525 + 1013904223) >>> 0) % 1000) + 3);
@@ -919,11 +927,7 @@ test("a recorded decode step (CUDA graph) replays like op-by-op steps: absorbed 
 });
 
 test("serving on the GPU: in a continuous batch of bf16 MLA sequences joining and leaving (recorded steps) every token is the most likely of the whole sequence's forward, and every retired cache and recording frees its device memory at once", { skip }, async (t) => {
-  const dir = tmpDir();
-  const src = path.join(dir, "smollm-L2");
-  await synth({ arch: "smollm-135m", layers: 2, dtype: "BF16", out: src, progress: null });
-  for (const f of ["tokenizer.json", "tokenizer_config.json"]) fs.copyFileSync(path.join(MODELS, "stories260K", f), path.join(src, f));
-  const mla = (await convert(src, { rank: 32, ropePairs: 4, ropeStrategy: "uniform", out: path.join(dir, "mla"), progress: null, device: "cpu" })).out!;
+  const { mla } = await smollmWithMla();
   const B = backend();
   const { model } = loadModel(mla, { backend: B });
   const { Batcher } = await import("../../src/serve/batcher.js");
