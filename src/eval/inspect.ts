@@ -1,9 +1,11 @@
 /** `inspect`: architecture, parameter count and KV-cache size per token, from headers only (no weights are read). */
+import path from "node:path";
 import { Checkpoint } from "../io/checkpoint.js";
 import { readHfConfig } from "../io/hfConfig.js";
 import { resolveModel } from "../io/modelDir.js";
 import { DTYPE_BYTES } from "../io/dtype.js";
 import { numel } from "../io/safetensors.js";
+import { loadChatTemplate } from "../serve/chatTemplate.js";
 import { kvBytesPerToken, kvElemsPerToken, MlaAttention, ModelConfig } from "../model/config.js";
 import { MlaError } from "../errors.js";
 import { checkExportSettings, exportLadder, exportSplit } from "../deepseek/exportable.js";
@@ -35,6 +37,8 @@ export interface InspectResult {
   kv_cache_bytes_per_token: Record<KvCacheDtype, number>;
   rope: ModelConfig["rope"];
   sliding_window: number | null;
+  /** Where the chat template `serve`'s /v1/chat/completions and `generate --chat` use comes from (null: none; or why it cannot be used). */
+  chat_template: string | null;
   /** rope_pairs, rank and latent_dim: one number, or one per layer for a `--kv-split per-layer` conversion. */
   mla?: ReturnType<typeof splitFields> & { svd: string; gate_dim?: number; deepseek_export: string };
 }
@@ -55,6 +59,15 @@ function deepseekExport(c: ModelConfig): string {
   } catch (e) {
     if (!(e instanceof MlaError)) throw e;
     return `no: ${e.message.split("\n")[0]!.replace(/^export --format deepseek: /, "")}`;
+  }
+}
+
+function chatTemplateOf(dir: string): string | null {
+  try {
+    const t = loadChatTemplate(dir);
+    return t ? path.basename(t.source) : null;
+  } catch (e) {
+    return `unusable: ${(e as Error).message.split("\n")[0]}`;
   }
 }
 
@@ -96,6 +109,7 @@ export function inspectModel(spec: string): InspectResult {
       kv_cache_bytes_per_token: Object.fromEntries(KV_CACHE_DTYPES.map((d) => [d, kvBytesPerToken(c, d)])) as Record<KvCacheDtype, number>,
       rope: c.rope,
       sliding_window: c.slidingWindow,
+      chat_template: chatTemplateOf(dir),
     };
   } finally {
     ck.close();

@@ -11,6 +11,7 @@ import { loadModel } from "../../src/model/llama.js";
 import { generate } from "../../src/model/generate.js";
 import { serve } from "../../src/serve/server.js";
 import { loadChatTemplate } from "../../src/serve/chatTemplate.js";
+import { inspectModel } from "../../src/eval/inspect.js";
 import { MODELS, tmpDir } from "../helpers.js";
 
 /** meta-llama/Llama-2-7b-chat-hf's chat_template. */
@@ -40,6 +41,8 @@ test("the chat template renders as transformers renders it, and refuses what it 
   assert.equal(t.render([{ role: "user", content: "a" }, { role: "assistant", content: "b" }, { role: "user", content: "c" }]), "<s>[INST] a [/INST] b </s><s>[INST] c [/INST]");
   assert.throws(() => t.render([{ role: "assistant", content: "a" }]), /chat template refuses these messages: .*Conversation roles must alternate/);
   assert.equal(loadChatTemplate(path.join(MODELS, "stories260K")), null);
+  assert.equal(inspectModel(dir).chat_template, "tokenizer_config.json", "inspect says where the template comes from");
+  assert.equal(inspectModel(path.join(MODELS, "stories260K")).chat_template, null);
   // chat_template.jinja (newer transformers) wins over tokenizer_config.json's.
   fs.writeFileSync(path.join(dir, "chat_template.jinja"), "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}");
   try {
