@@ -246,8 +246,16 @@ export class Batcher {
   private admit(): void {
     const budget = this.opts.kvBudgetBytes ?? Infinity;
     let reserved = this.running.reduce((n, s) => n + s.reserved, 0);
-    while (this.waiting.length && this.running.length < this.opts.maxBatch && reserved + this.waiting[0]!.reserved <= budget) {
-      const s = this.waiting.shift()!;
+    for (let i = 0; i < this.waiting.length && this.running.length < this.opts.maxBatch; ) {
+      const s = this.waiting[i]!;
+      if (reserved + s.reserved > budget) break;
+      // A request's other choices (the same prompt) wait for its first to be prefilled and kept: they
+      // then start from its cache, and the prompt is prefilled once.
+      if (this.prefix?.keeps(s.spec.prompt) && this.running.some((x) => !x.decoding && x.spec.prompt === s.spec.prompt)) {
+        i++;
+        continue;
+      }
+      this.waiting.splice(i, 1);
       reserved += s.reserved;
       s.admittedAt = performance.now();
       const prompt = s.spec.prompt, capacity = prompt.length + s.spec.maxTokens;

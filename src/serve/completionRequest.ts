@@ -17,6 +17,8 @@ export interface GenerationFields {
   stop: string[];
   stream: boolean;
   includeUsage: boolean;
+  /** Choices to generate for the prompt, each with its own draws (seed + index). */
+  n: number;
 }
 
 export interface CompletionRequest extends GenerationFields {
@@ -28,12 +30,14 @@ export interface ChatRequest extends GenerationFields {
   messages: ChatMessage[];
 }
 
+/** The most choices per request (each is a sequence in the batch). */
+export const MAX_CHOICES = 16;
+
 /** OpenAI's default when max_tokens is left out. */
 export const DEFAULT_MAX_TOKENS = 16;
 
 /** Fields that change the answer and are not implemented, with the value that means "off". */
 const UNSUPPORTED: Record<string, (v: unknown) => boolean> = {
-  n: (v) => v === 1,
   best_of: (v) => v === 1,
   echo: (v) => v === false,
   // 0 asks OpenAI and vLLM for the chosen tokens' log-probabilities: only null or false is off.
@@ -47,7 +51,6 @@ const UNSUPPORTED: Record<string, (v: unknown) => boolean> = {
 
 /** Chat's own fields that change the answer and are not implemented ("off" values as above). */
 const CHAT_UNSUPPORTED: Record<string, (v: unknown) => boolean> = {
-  n: UNSUPPORTED["n"]!,
   logprobs: (v) => v === false,
   top_logprobs: (v) => v === 0,
   presence_penalty: UNSUPPORTED["presence_penalty"]!,
@@ -61,7 +64,7 @@ const CHAT_UNSUPPORTED: Record<string, (v: unknown) => boolean> = {
 };
 
 /** Fields read, or harmless to ignore (user: an end-user id for abuse tracking). */
-const COMMON = ["model", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "stream", "stream_options", "user"];
+const COMMON = ["model", "n", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "stream", "stream_options", "user"];
 const KNOWN = new Set(["prompt", ...COMMON, ...Object.keys(UNSUPPORTED)]);
 const CHAT_KNOWN = new Set(["messages", "max_completion_tokens", ...COMMON, ...Object.keys(CHAT_UNSUPPORTED)]);
 
@@ -83,7 +86,7 @@ function checkedBody(body: unknown, served: { name: string }, known: ReadonlySet
   const unknown = Object.keys(b).filter((k) => !known.has(k));
   if (unknown.length) throw bad(`unknown field${unknown.length > 1 ? "s" : ""} ${unknown.map((k) => JSON.stringify(k)).join(", ")}`, `the fields read are ${[...known].filter((k) => !(k in unsupported)).join(", ")}`);
   for (const [k, off] of Object.entries(unsupported))
-    if (b[k] !== undefined && b[k] !== null && !off(b[k])) throw bad(`${k} ${JSON.stringify(b[k])} is not supported by this server`, `leave ${k} out (one choice per request; no log-probabilities, penalties, tools, echo or suffix)`);
+    if (b[k] !== undefined && b[k] !== null && !off(b[k])) throw bad(`${k} ${JSON.stringify(b[k])} is not supported by this server`, `leave ${k} out (no log-probabilities, penalties, tools, best_of, echo or suffix)`);
   if (b["model"] !== undefined && b["model"] !== served.name) throw new MlaError("NOT_FOUND", `model ${JSON.stringify(b["model"])} is not served here`, `this server serves ${JSON.stringify(served.name)} (GET /v1/models); send that name or leave model out`);
   return b;
 }
@@ -157,5 +160,6 @@ function generationFields(b: Record<string, unknown>, maxKey: string, defaultMax
   const includeUsage = (so as Record<string, unknown> | null | undefined)?.["include_usage"] === true;
   if (so && !stream) throw bad("stream_options is set without stream: true", "send stream: true, or leave stream_options out");
 
-  return { maxTokens, sampling: { temperature, topP, topK: topK < 0 ? 0 : topK }, seed: (seedV as number | undefined | null) ?? null, stop, stream, includeUsage };
+  const n = numberField(b, "n", 1, (v) => Number.isInteger(v) && v >= 1 && v <= MAX_CHOICES, `a whole number from 1 to ${MAX_CHOICES}`);
+  return { n, maxTokens, sampling: { temperature, topP, topK: topK < 0 ? 0 : topK }, seed: (seedV as number | undefined | null) ?? null, stop, stream, includeUsage };
 }

@@ -56,6 +56,11 @@ export class PrefixCache {
    */
   constructor(private readonly budgetBytes: number, private readonly bytesPerToken: number, private readonly minTokens = 16) {}
 
+  /** Whether a prompt this long is kept once prefilled (shorter ones cost less to prefill again than to copy). */
+  keeps(prompt: readonly number[]): boolean {
+    return prompt.length >= this.minTokens && prompt.length * this.bytesPerToken <= this.budgetBytes;
+  }
+
   /** A copy of the cache holding the longest beginning `prompt` shares with a kept one, or null. */
   seed(prompt: readonly number[], capacity: number): PrefixSeed | null {
     let best: Entry | null = null, len = 0;

@@ -11,28 +11,28 @@ export interface ResponseShape {
   /** The `object` of a whole response and of a stream chunk. */
   readonly object: string;
   readonly chunkObject: string;
-  /** The one choice of a whole response. */
-  choice(text: string, finish: Finish): Record<string, unknown>;
+  /** Choice `index` of a whole response. */
+  choice(text: string, finish: Finish, index: number): Record<string, unknown>;
   /** A stream chunk's choice: a piece of text (finish null), or the end (finish set, with the last piece). */
-  delta(piece: string, finish: Finish | null): Record<string, unknown>;
-  /** The choice of the chunk that opens a stream, if the shape has one. */
-  opening?(): Record<string, unknown>;
+  delta(piece: string, finish: Finish | null, index: number): Record<string, unknown>;
+  /** The choice of the chunk that opens a choice's stream, if the shape has one. */
+  opening?(index: number): Record<string, unknown>;
 }
 
 export const TEXT_COMPLETION: ResponseShape = {
   idPrefix: "cmpl",
   object: "text_completion",
   chunkObject: "text_completion",
-  choice: (text, finish) => ({ index: 0, text, logprobs: null, finish_reason: finish }),
-  delta: (piece, finish) => ({ index: 0, text: piece, logprobs: null, finish_reason: finish }),
+  choice: (text, finish, index) => ({ index, text, logprobs: null, finish_reason: finish }),
+  delta: (piece, finish, index) => ({ index, text: piece, logprobs: null, finish_reason: finish }),
 };
 
 export const CHAT_COMPLETION: ResponseShape = {
   idPrefix: "chatcmpl",
   object: "chat.completion",
   chunkObject: "chat.completion.chunk",
-  choice: (text, finish) => ({ index: 0, message: { role: "assistant", content: text }, logprobs: null, finish_reason: finish }),
-  delta: (piece, finish) => ({ index: 0, delta: piece || finish === null ? { content: piece } : {}, logprobs: null, finish_reason: finish }),
-  // OpenAI's first chunk names the role, with no text yet.
-  opening: () => ({ index: 0, delta: { role: "assistant", content: "" }, logprobs: null, finish_reason: null }),
+  choice: (text, finish, index) => ({ index, message: { role: "assistant", content: text }, logprobs: null, finish_reason: finish }),
+  delta: (piece, finish, index) => ({ index, delta: piece || finish === null ? { content: piece } : {}, logprobs: null, finish_reason: finish }),
+  // OpenAI's first chunk of each choice names the role, with no text yet.
+  opening: (index) => ({ index, delta: { role: "assistant", content: "" }, logprobs: null, finish_reason: null }),
 };

@@ -16,7 +16,7 @@ import { selectBackend, DEVICE_NAMES, type DeviceName } from "../backends/select
 import { silentLogger, type Logger } from "../util/log.js";
 import { checkOptionTypes, type OptionKinds } from "../util/optionTypes.js";
 import { throwIfAborted } from "../util/abort.js";
-import { Batcher, type BatcherStats, type SequenceEnd } from "./batcher.js";
+import { Batcher, type BatcherStats, type SequenceEnd, type SequenceHandle } from "./batcher.js";
 import { parseChatRequest, parseCompletionRequest, type GenerationFields } from "./completionRequest.js";
 import { loadChatTemplate, type ChatTemplate } from "./chatTemplate.js";
 import { CHAT_COMPLETION, TEXT_COMPLETION, type ResponseShape } from "./responseShapes.js";
@@ -215,44 +215,60 @@ export async function serve(model: string | LoadedModel, opts: ServeOptions = {}
     }
     const id = `${shape.idPrefix}-${crypto.randomUUID().replaceAll("-", "")}`;
     const created = Math.floor(Date.now() / 1000);
-    const text = new TextStream(lm.tokenizer, prompt, r.stop);
+    const n = r.n;
+    const texts = Array.from({ length: n }, () => new TextStream(lm.tokenizer, prompt, r.stop));
+    const ends: (SequenceEnd | null)[] = new Array<SequenceEnd | null>(n).fill(null);
+    const handles: SequenceHandle[] = [];
     // With include_usage every chunk has a usage field, null until the last, as OpenAI sends them.
     const event = (body: Record<string, unknown>) => res.write(`data: ${JSON.stringify({ id, object: shape.chunkObject, created, model: name, ...(r.includeUsage ? { usage: null } : {}), ...body })}\n\n`);
-    const usage = (end: SequenceEnd) => ({ prompt_tokens: end.promptTokens, completion_tokens: end.newTokens, total_tokens: end.promptTokens + end.newTokens });
+    const finishOf = (end: SequenceEnd) => (end.reason === "length" ? "length" : "stop");
     let done = false;
-    const onEnd = (end: SequenceEnd): void => {
-      done = true;
-      log.info(`${id}: ${end.promptTokens} prompt + ${end.newTokens} new tokens, ${end.reason}${end.error ? ` (${end.error.message.split("\n")[0]})` : ""}; queued ${end.queuedMs.toFixed(0)} ms, prefill ${end.prefillMs.toFixed(0)} ms, ${(end.totalMs / 1000).toFixed(2)} s`);
-      if (res.destroyed) return; // the client left (that cancelled it)
+    const onEnd = (i: number) => (end: SequenceEnd): void => {
+      ends[i] = end;
+      log.info(`${id}${n > 1 ? `[${i}]` : ""}: ${end.promptTokens} prompt + ${end.newTokens} new tokens, ${end.reason}${end.error ? ` (${end.error.message.split("\n")[0]})` : ""}; queued ${end.queuedMs.toFixed(0)} ms, prefill ${end.prefillMs.toFixed(0)} ms, ${(end.totalMs / 1000).toFixed(2)} s`);
+      if (done || res.destroyed) return; // answered already (another choice failed), or the client left
       const failure = end.reason === "error" ? end.error! : end.reason === "cancelled" ? new MlaError("INTERRUPTED", "the server stopped this request as it shut down", "send it again once the server is back") : null;
       if (failure) {
+        // One choice failed: the request fails, and its other choices stop.
+        done = true;
+        for (const h of handles) h.cancel();
         if (!r.stream) return sendJson(res, statusOf(failure), errorBody(failure));
         res.write(`data: ${errorBody(failure)}\n\n`);
         return void res.end();
       }
-      const finish = end.reason === "length" ? "length" : "stop";
-      const rest = text.finish();
-      if (!r.stream) return sendJson(res, 200, JSON.stringify({ id, object: shape.object, created, model: name, choices: [shape.choice(text.output, finish)], usage: usage(end) }));
-      event({ choices: [shape.delta(rest, finish)] });
-      if (r.includeUsage) event({ choices: [], usage: usage(end) });
+      const rest = texts[i]!.finish();
+      if (r.stream) event({ choices: [shape.delta(rest, finishOf(end), i)] });
+      if (!ends.every((e) => e !== null)) return;
+      done = true;
+      const completion = ends.reduce((k, e) => k + e!.newTokens, 0);
+      const usage = { prompt_tokens: prompt.length, completion_tokens: completion, total_tokens: prompt.length + completion };
+      if (!r.stream) return sendJson(res, 200, JSON.stringify({ id, object: shape.object, created, model: name, choices: texts.map((t, k) => shape.choice(t.output, finishOf(ends[k]!), k)), usage }));
+      if (r.includeUsage) event({ choices: [], usage });
       res.end("data: [DONE]\n\n");
     };
-    let handle;
+    // Choice i draws with seed + i: reproducible per choice, and different from the others.
+    const seed = r.seed ?? crypto.randomInt(2 ** 32);
     try {
-      handle = batcher.submit({
-        prompt,
-        // Without a limit (chat's default), up to the model's positions.
-        maxTokens: r.maxTokens ?? Math.max(1, Math.min(defaultMax, lm.config.maxPositions - prompt.length)),
-        sampling: r.sampling,
-        seed: r.seed ?? crypto.randomInt(2 ** 32),
-        onToken: (tok) => {
-          const piece = text.push(tok);
-          if (r.stream && piece) event({ choices: [shape.delta(piece, null)] });
-          return !text.hitStop;
-        },
-        onEnd,
-      });
+      for (let i = 0; i < n; i++)
+        handles.push(
+          batcher.submit({
+            prompt,
+            // Without a limit (chat's default), up to --default-max-tokens or the model's positions.
+            maxTokens: r.maxTokens ?? Math.max(1, Math.min(defaultMax, lm.config.maxPositions - prompt.length)),
+            sampling: r.sampling,
+            seed: (seed + i) >>> 0,
+            onToken: (tok) => {
+              const piece = texts[i]!.push(tok);
+              if (r.stream && piece) event({ choices: [shape.delta(piece, null, i)] });
+              return !texts[i]!.hitStop;
+            },
+            onEnd: onEnd(i),
+          }),
+        );
     } catch (e) {
+      // Every choice is the same sequence: the first refusal is the request's.
+      done = true;
+      for (const h of handles) h.cancel();
       return sendJson(res, statusOf(asMlaError(e)), errorBody(asMlaError(e)));
     }
     requests++;
@@ -260,11 +276,11 @@ export async function serve(model: string | LoadedModel, opts: ServeOptions = {}
       // Sent at once, so a client queued behind a full batch sees its stream open.
       res.writeHead(200, { "Content-Type": "text/event-stream", "Cache-Control": "no-cache" });
       res.flushHeaders();
-      if (shape.opening) event({ choices: [shape.opening()] });
+      if (shape.opening) for (let i = 0; i < n; i++) event({ choices: [shape.opening(i)] });
     }
-    // A client that goes away stops its sequence (its place and cache go to the next request).
+    // A client that goes away stops its sequences (their places and caches go to the next request).
     res.on("close", () => {
-      if (!done) handle.cancel();
+      if (!done) for (const h of handles) h.cancel();
     });
   };
 

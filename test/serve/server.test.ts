@@ -101,7 +101,8 @@ test("bad requests get OpenAI error bodies that name the culprit; unknown routes
       ["{not json", 400, /not JSON/],
       [[1, 2], 400, /not a JSON object/],
       [{ prompt: "x", max_tokens: 4, bogus: 1 }, 400, /unknown field "bogus"/],
-      [{ prompt: "x", n: 2 }, 400, /n 2 is not supported/],
+      [{ prompt: "x", n: 17 }, 400, /n 17 is not a whole number from 1 to 16/],
+      [{ prompt: "x", best_of: 2 }, 400, /best_of 2 is not supported/],
       [{ prompt: "x", logprobs: 3 }, 400, /logprobs 3 is not supported/],
       [{ prompt: "x", model: "gpt-4" }, 404, /model "gpt-4" is not served here.*"tiny"/],
       [{ max_tokens: 3 }, 400, /no prompt/],
@@ -291,6 +292,36 @@ test("GET /metrics gives the counters in Prometheus's text format", async () => 
       assert.match(line, /^[a-z0-9_]+(\{[^}]*\})? -?[\d.e+-]+$/, line);
       assert.ok(types.has(line.split(/[{ ]/)[0]), line);
     }
+  } finally {
+    await server.close();
+  }
+});
+
+test("n choices: each draws as its own request with seed + index, the prompt is prefilled once, usage sums them; streamed choices carry their index", async () => {
+  const server = await serve(lm, { port: 0 });
+  try {
+    const prompt = "Once upon a time, there was a little girl named Lily. She loved to play outside.";
+    assert.ok(lm.tokenizer.encode(prompt, { addSpecialTokens: true }).length >= 16, "long enough to be kept");
+    const ask = { prompt, max_tokens: 12, temperature: 1, seed: 40 };
+    const three = await post(server.url, { ...ask, n: 3 });
+    assert.equal(three.status, 200);
+    assert.deepEqual(three.json["choices"].map((c: { index: number }) => c.index), [0, 1, 2]);
+    assert.equal(server.stats().prefixCache!.hits, 2, "the other two choices started from the first's kept prompt");
+    let tokens = 0;
+    for (let i = 0; i < 3; i++) {
+      const alone = await post(server.url, { ...ask, seed: 40 + i });
+      assert.equal(three.json["choices"][i].text, alone.json["choices"][0].text, `choice ${i} draws as a request with seed ${40 + i}`);
+      tokens += alone.json["usage"].completion_tokens as number;
+    }
+    assert.equal(three.json["usage"].completion_tokens, tokens, "the choices' tokens summed");
+    assert.equal(three.json["usage"].total_tokens, three.json["usage"].prompt_tokens + tokens);
+    const evs = await events(server.url, { ...ask, n: 2, stream_options: { include_usage: true } });
+    const byIndex = [0, 1].map((i) => evs.filter((e) => e["choices"][0]?.index === i));
+    for (const [i, list] of byIndex.entries()) {
+      assert.equal(list.filter((e) => e["choices"][0].finish_reason !== null).length, 1, `choice ${i} finishes once`);
+      assert.equal(list.map((e) => e["choices"][0].text).join(""), (await post(server.url, { ...ask, seed: 40 + i })).json["choices"][0].text);
+    }
+    assert.ok(evs[evs.length - 1]!["usage"].completion_tokens > 0, "one usage event for the request, last");
   } finally {
     await server.close();
   }
