@@ -119,6 +119,8 @@ export class Batcher {
   private readonly perToken: number;
   private readonly stops: ReadonlySet<number>;
   private readonly prefix: PrefixCache | null;
+  /** Prompts whose prefill ended without being kept: their other choices prefill on their own. */
+  private readonly unkept = new WeakSet<readonly number[]>();
   private readonly ended = { stop: 0, length: 0, cancelled: 0, error: 0 };
   private newTokens = 0;
   private decodeTokens = 0;
@@ -246,12 +248,16 @@ export class Batcher {
   private admit(): void {
     const budget = this.opts.kvBudgetBytes ?? Infinity;
     let reserved = this.running.reduce((n, s) => n + s.reserved, 0);
-    for (let i = 0; i < this.waiting.length && this.running.length < this.opts.maxBatch; ) {
+    let held = 0;
+    for (let i = 0; i < this.waiting.length && this.running.length + held < this.opts.maxBatch; ) {
       const s = this.waiting[i]!;
       if (reserved + s.reserved > budget) break;
       // A request's other choices (the same prompt) wait for its first to be prefilled and kept: they
-      // then start from its cache, and the prompt is prefilled once.
-      if (this.prefix?.keeps(s.spec.prompt) && this.running.some((x) => !x.decoding && x.spec.prompt === s.spec.prompt)) {
+      // then start from its cache, and the prompt is prefilled once. They hold their places and budget
+      // meanwhile, so later requests do not pass them. A prompt that was not kept (no room) is not waited for.
+      if (this.prefix?.keeps(s.spec.prompt) && !this.unkept.has(s.spec.prompt) && this.running.some((x) => !x.decoding && x.spec.prompt === s.spec.prompt)) {
+        held++;
+        reserved += s.reserved;
         i++;
         continue;
       }
@@ -293,7 +299,7 @@ export class Batcher {
 
   /** The whole prompt is in the cache: kept for later prompts, its first token taken, and on to decoding. */
   private prefilledAll(s: Sequence, logits: FloatArray, keep: boolean): void {
-    if (keep) this.prefix?.store(s.spec.prompt, s.cache!, logits);
+    if (keep && this.prefix && !this.prefix.store(s.spec.prompt, s.cache!, logits)) this.unkept.add(s.spec.prompt);
     s.prefillMs = performance.now() - s.admittedAt;
     s.decoding = true;
     this.take(s, pickToken(logits, s.spec.sampling, s.rand));
@@ -315,7 +321,8 @@ export class Batcher {
       const logits = this.session.step(Int32Array.from(live, (s) => s.next)).toArray();
       this.decodeMs += performance.now() - t0;
       this.decodeTokens += live.length;
-      live.forEach((s, k) => this.take(s, pickToken(logits.subarray(k * V, (k + 1) * V), s.spec.sampling, s.rand)));
+      // A sequence ended or cancelled earlier in this pass (a sibling choice failed) takes no token.
+      live.forEach((s, k) => !s.ended && !s.cancelled && this.take(s, pickToken(logits.subarray(k * V, (k + 1) * V), s.spec.sampling, s.rand)));
     } catch (e) {
       this.session?.dispose();
       this.session = null;

@@ -90,29 +90,37 @@ export class PrefixCache {
   /**
    * Keeps a copy of `cache` (holding exactly `prompt`) and the logits after it, dropping old entries to
    * make room. Best effort: a copy that finds no memory is not kept. An entry counts the bytes its
-   * copy holds (host caches and int8/int4 rows are held as float32) and its logits.
+   * copy holds (host caches and int8/int4 rows are held as float32) and its logits. Returns whether
+   * the prompt is kept.
    */
-  store(prompt: readonly number[], cache: DecodeCache, logits: FloatArray): void {
-    if (prompt.length < this.minTokens || prompt.length * this.bytesPerToken > this.budgetBytes) return;
+  store(prompt: readonly number[], cache: DecodeCache, logits: FloatArray): boolean {
+    if (prompt.length < this.minTokens || prompt.length * this.bytesPerToken > this.budgetBytes) return false;
     // Already kept (a repeated prompt): that entry is enough.
     const same = this.entries.find((e) => e.ids.length === prompt.length && common(e.ids, prompt) === prompt.length);
-    if (same) return void (same.used = ++this.clock);
+    if (same) {
+      same.used = ++this.clock;
+      return true;
+    }
     // A kept prompt that this one extends (a chat's earlier turn) says nothing this one does not.
     for (let i = this.entries.length - 1; i >= 0; i--) if (common(this.entries[i]!.ids, prompt) === this.entries[i]!.ids.length) this.drop(i);
     let copy: DecodeCache;
     try {
       copy = cache.clone({ capacity: prompt.length });
     } catch {
-      return;
+      return false;
     }
     const bytes = copy.heldBytes + logits.byteLength;
-    if (bytes > this.budgetBytes) return copy.dispose();
+    if (bytes > this.budgetBytes) {
+      copy.dispose();
+      return false;
+    }
     while (this.entries.length && this.bytes() + bytes > this.budgetBytes) {
       let oldest = 0;
       this.entries.forEach((e, i) => e.used < this.entries[oldest]!.used && (oldest = i));
       this.drop(oldest);
     }
     this.entries.push({ ids: [...prompt], cache: copy, logits, bytes, used: ++this.clock });
+    return true;
   }
 
   stats(): PrefixCacheStats {

@@ -234,7 +234,7 @@ export async function serve(model: string | LoadedModel, opts: ServeOptions = {}
         for (const h of handles) h.cancel();
         if (!r.stream) return sendJson(res, statusOf(failure), errorBody(failure));
         res.write(`data: ${errorBody(failure)}\n\n`);
-        return void res.end();
+        return void res.end("data: [DONE]\n\n");
       }
       const rest = texts[i]!.finish();
       if (r.stream) event({ choices: [shape.delta(rest, finishOf(end), i)] });
@@ -256,8 +256,10 @@ export async function serve(model: string | LoadedModel, opts: ServeOptions = {}
             // Without a limit (chat's default), up to --default-max-tokens or the model's positions.
             maxTokens: r.maxTokens ?? Math.max(1, Math.min(defaultMax, lm.config.maxPositions - prompt.length)),
             sampling: r.sampling,
-            seed: (seed + i) >>> 0,
+            seed: ((seed >>> 0) + i) >>> 0,
             onToken: (tok) => {
+              // Answered already (another choice failed in this same step): nothing more goes out.
+              if (done || res.writableEnded) return false;
               const piece = texts[i]!.push(tok);
               if (r.stream && piece) event({ choices: [shape.delta(piece, null, i)] });
               return !texts[i]!.hitStop;
@@ -278,6 +280,8 @@ export async function serve(model: string | LoadedModel, opts: ServeOptions = {}
       res.flushHeaders();
       if (shape.opening) for (let i = 0; i < n; i++) event({ choices: [shape.opening(i)] });
     }
+    // A write to a connection that just failed must not become an uncaught error: the close below ends the request.
+    res.on("error", () => {});
     // A client that goes away stops its sequences (their places and caches go to the next request).
     res.on("close", () => {
       if (!done) for (const h of handles) h.cancel();

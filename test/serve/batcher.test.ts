@@ -189,3 +189,18 @@ test("chunked prefill: a long prompt is prefilled a chunk per step while the bat
   assert.deepEqual(a.ids, generate(model, prompts[1]!, { maxTokens: 30 }).ids.filter((t) => t !== model.config.eosTokenId));
   assert.throws(() => new Batcher(model, { maxBatch: 1, kvCache: "f32", prefillChunk: -1 }), /--prefill-chunk -1/);
 });
+
+test("a request's other choices hold their places while its first is prefilled: a later request does not pass them", async () => {
+  const prompt = tokenizer.encode("Once upon a time, in a small town by the sea, there lived a kind old man.", { addSpecialTokens: true });
+  assert.ok(prompt.length >= 16);
+  const b = new Batcher(model, { maxBatch: 2, kvCache: "f32", prefixCacheBytes: 1 << 20, prefillChunk: 4 });
+  const order: string[] = [];
+  const spec = { prompt, maxTokens: 8, sampling: { temperature: 0 }, seed: 0, stopAtEos: false };
+  const a0 = submit(b, spec, () => (order.push("a0"), true));
+  const a1 = submit(b, spec, () => (order.push("a1"), true));
+  const later = submit(b, { ...spec, prompt: prompts[1]!, maxTokens: 8 }, () => (order.push("b"), true));
+  await Promise.all([a0.end, a1.end, later.end]);
+  assert.ok(order.indexOf("a1") < order.indexOf("b"), `the sibling started first: ${order.join(" ")}`);
+  assert.deepEqual(a1.ids, a0.ids);
+  assert.equal(b.stats().prefixCache!.hits, 1, "the sibling started from the first's kept prompt");
+});

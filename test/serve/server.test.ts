@@ -326,3 +326,19 @@ test("n choices: each draws as its own request with seed + index, the prompt is 
     await server.close();
   }
 });
+
+test("a choice that fails mid-stream fails the request with an error event and [DONE]; its sibling writes nothing after, and the server goes on", async () => {
+  let calls = 0;
+  // A tokenizer that fails once, part-way through the stream (as decoding an id past a padded vocabulary does).
+  const failing = { ...lm, tokenizer: { ...lm.tokenizer, decode: (ids: readonly number[], o?: { skipSpecialTokens?: boolean }) => { if (++calls === 25) throw new Error("boom"); return lm.tokenizer.decode(ids, o); } } };
+  const server = await serve(failing, { port: 0 });
+  try {
+    const r = await fetch(`${server.url}/v1/completions`, { method: "POST", body: JSON.stringify({ prompt: "Once upon a time", n: 2, max_tokens: 30, temperature: 1, seed: 3, stream: true }) });
+    const text = await r.text();
+    assert.match(text, /"error":\{"message":"internal error: boom/);
+    assert.ok(text.endsWith("data: [DONE]\n\n"), "the stream ends with [DONE]");
+    assert.equal((await fetch(`${server.url}/health`)).status, 200, "the server goes on");
+  } finally {
+    await server.close();
+  }
+});
