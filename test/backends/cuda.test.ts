@@ -926,7 +926,7 @@ test("a recorded decode step (CUDA graph) replays like op-by-op steps: absorbed 
   }
 });
 
-test("serving on the GPU: in a continuous batch of bf16 MLA sequences joining and leaving (recorded steps) every token is the most likely of the whole sequence's forward, and every retired cache and recording frees its device memory at once", { skip }, async (t) => {
+test("serving on the GPU: in a continuous batch of bf16 MLA sequences joining and leaving (recorded steps, chunked prefill, prompts started from kept ones) every token is the most likely of the whole sequence's forward, and every retired cache and recording frees its device memory at once", { skip }, async (t) => {
   const { mla } = await smollmWithMla();
   const B = backend();
   const { model } = loadModel(mla, { backend: B });
@@ -937,7 +937,8 @@ test("serving on the GPU: in a continuous batch of bf16 MLA sequences joining an
   // Two more beginning as the third does: they start from its kept cache (cut to 200 tokens, copied on the device).
   prompts.push([...prompts[2]!.slice(0, 200), ...random(30)], [...prompts[2]!.slice(0, 200), ...random(9)]);
   const limits = [40, 12, 25, 33, 18, 20, 15];
-  const batcher = new Batcher(model, { maxBatch: 3, kvCache: "bf16", prefixCacheBytes: 64 << 20 });
+  // Chunks of 64 prompt tokens: prompts of up to 300 go in over several steps beside the decoding ones.
+  const batcher = new Batcher(model, { maxBatch: 3, kvCache: "bf16", prefixCacheBytes: 64 << 20, prefillChunk: 64 });
   let got: number[][] = [];
   const serveAll = async (): Promise<void> => {
     got = prompts.map(() => []);
