@@ -85,9 +85,20 @@ __global__ void k_split_combine(const Seq* seqs, const int32_t* pos, int64_t win
   __syncthreads();
   const int c = blockIdx.y * blockDim.x + threadIdx.x;
   if (c >= L) return;
-  float x = 0.f;
-  for (int j = 0; j < nsplit; j++) x += w[j] * opart[(j * BH + bh) * L + c];
-  o[bh * L + c] = x * w[nsplit];
+  // Four independent sums, so four splits' loads are in flight at once (one chain kept one: the merge
+  // read its partials at ~1.5 TB/s, ~11 µs per call at llama2-7b's 4k × 1, nineteenth session's ncu).
+  const float* p = opart + bh * L + c;
+  const int64_t stride = BH * L;
+  float x0 = 0.f, x1 = 0.f, x2 = 0.f, x3 = 0.f;
+  int j = 0;
+  for (; j + 4 <= nsplit; j += 4) {
+    x0 += w[j] * p[j * stride];
+    x1 += w[j + 1] * p[(j + 1) * stride];
+    x2 += w[j + 2] * p[(j + 2) * stride];
+    x3 += w[j + 3] * p[(j + 3) * stride];
+  }
+  for (; j < nsplit; j++) x0 += w[j] * p[j * stride];
+  o[bh * L + c] = ((x0 + x1) + (x2 + x3)) * w[nsplit];
 }
 
 

@@ -99,10 +99,17 @@ __device__ __forceinline__ void bulk_copy(void* dst, const void* src, unsigned b
                ::"r"((unsigned)__cvta_generic_to_shared(dst)), "l"(src), "r"(bytes), "r"((unsigned)__cvta_generic_to_shared(bar)) : "memory");
   })
 }
-// The B fragment of one n8 tile (n0 … n0+7) over k0 … k0+15 of a [k][n] shared matrix.
-__device__ __forceinline__ void frag_b_kn1(uint32_t* b, const bf16* m, int ld, int n0, int k0, int lane) {
-  const unsigned a = (unsigned)__cvta_generic_to_shared(m + (k0 + (lane & 15)) * ld + n0);
-  asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n" : "=r"(b[0]), "=r"(b[1]) : "r"(a));
+// Four (x4) or two (x2) 8×8 bf16 matrices at a shared-memory byte address (lane i: a row of matrix i / 8),
+// optionally transposed: the loops below keep these addresses in registers and step them by adds.
+template <bool trans>
+__device__ __forceinline__ void ldsm4(uint32_t* r, unsigned a) {
+  if (trans)
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n" : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+  else
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n" : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+}
+__device__ __forceinline__ void ldsm2t(uint32_t* r, unsigned a) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(a));
 }
 
 struct Layout {
@@ -232,9 +239,10 @@ k_latent_decode(const Seq* seqs, const int32_t* pos, int64_t window, const float
       cp16(dst + r * ld + c * 8, src + (r < valid ? r : 0) * srcStride + c * 8, r < valid);
     }
   };
-  auto load = [&](int it) {
+  // Tile `it` into stage `stage` (it mod stages, which the caller tracks without a division).
+  auto load = [&](int it, int stage) {
     if (it >= ntiles) return;
-    unsigned char* st = smem + (size_t)(it % lay.stages) * lay.stageBytes();
+    unsigned char* st = smem + (size_t)stage * lay.stageBytes();
     bf16* sC = (bf16*)st;
     bf16* sR = (bf16*)(st + lay.latentBytes());
     const int64_t first = sq.lo + (t_begin + it) * TN, end = sq.lo + sq.n;
@@ -244,13 +252,13 @@ k_latent_decode(const Seq* seqs, const int32_t* pos, int64_t window, const float
       // issue from one warp, 32 per tile, may be what a tile waits on (docs/latent-decode-design.md).
       copy_rows(sC, ldc, sq.c + first * L, L, L / 8, valid);
       if (ropeCols) copy_rows(sR, lay.ropeStride, sq.kr + (first * Hkv + span.first) * Dr, Hkv * Dr, ropeCols / 8, valid);
-      bar_arrive_copies(bars + it % lay.stages);
+      bar_arrive_copies(bars + stage);
       return;
     }
     if (spread) {
       // Warp w brings rows w, w + warps, … (lane 2j: the latent row of its j-th, lane 2j + 1: its rope
       // span), zeroes those past the end, and arrives expecting its copies' bytes.
-      uint64_t* bar = bars + it % lay.stages;
+      uint64_t* bar = bars + stage;
       unsigned bytes = 0;
       for (int r = warp; r < TN; r += warps) {
         if (r < valid) {
@@ -281,7 +289,7 @@ k_latent_decode(const Seq* seqs, const int32_t* pos, int64_t window, const float
       __syncwarp();
     }
     if (warp == 0) {
-      uint64_t* bar = bars + it % lay.stages;
+      uint64_t* bar = bars + stage;
       if (lane == 0) bar_expect(bar, (unsigned)valid * (latentRow + ropeRow));
       __syncwarp();
       const int i = lane & 15;
@@ -299,9 +307,9 @@ k_latent_decode(const Seq* seqs, const int32_t* pos, int64_t window, const float
   // Early refill fills every stage now; otherwise one stays free for the copy issued at tile 0's barrier.
   if (early) {
     if (warp == 0 || spread)
-      for (int s = 0; s < lay.stages; s++) load(s);
+      for (int s = 0; s < lay.stages; s++) load(s, s);
   } else {
-    for (int s = 0; s < lay.stages - 1; s++) load(s);
+    for (int s = 0; s < lay.stages - 1; s++) load(s, s);
   }
   __syncthreads();  // the zeroed rows of a short first tile are visible
 
@@ -309,43 +317,62 @@ k_latent_decode(const Seq* seqs, const int32_t* pos, int64_t window, const float
 #pragma unroll
   for (int i = 0; i < NT; i++) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
   const int n0 = warp * NT * 8;  // this warp's output columns
+  // Shared-memory byte addresses of this lane's ldmatrix rows, fixed for the kernel, so the loops add
+  // only a stage base and compile-time steps (ncu counted ~240 integer instructions per warp per tile
+  // when each k16 step recomputed them; docs/latent-decode-design.md):
+  //   scoreOff: the latent B fragment (keys as rows) of this warp's first k16 step, kStep bytes to the
+  //   next; ropeOff: the rope B fragment, relative to the stage's rope rows; qrAddr: the rope query's A
+  //   fragment; pvOff: the weighted sum's B fragment (rows over the keys) at this warp's columns;
+  //   pAddr: the probabilities' A fragment.
+  const unsigned smemAddr = (unsigned)__cvta_generic_to_shared(smem);
+  const unsigned stageBytes = (unsigned)lay.stageBytes(), latentBytes = (unsigned)lay.latentBytes();
+  const int nkRow = (lane & 7) + (lane >> 4) * 8, nkCol = ((lane >> 3) & 1) * 8;
+  const unsigned scoreOff = (unsigned)((nkRow * ldc + nkCol + warp * 16) * 2), kStep = (unsigned)warps * 32;
+  const unsigned ropeOff = latentBytes + (unsigned)((nkRow * lay.ropeStride + nkCol) * 2);
+  const unsigned qrAddr = (unsigned)__cvta_generic_to_shared(sQr) + (unsigned)(((lane & 15) * ldq + (lane >> 4) * 8) * 2);
+  const unsigned pvOff = NT == 1 ? (unsigned)(((lane & 15) * ldc + n0) * 2)
+                                 : (unsigned)((((lane & 7) + ((lane >> 3) & 1) * 8) * ldc + n0 + (lane >> 4) * 8) * 2);
+  const unsigned pAddr = (unsigned)__cvta_generic_to_shared(sP) + (unsigned)(((lane & 15) * (TN + PAD) + (lane >> 4) * 8) * 2);
+  float* const partLo = sPart + warp * PART_STRIDE + g * TN + 2 * t4;  // this lane's partial scores, rows g and g + 8
+  int stage = 0;        // it mod stages
+  unsigned phase = 0;   // (it / stages) mod 2: the parity of the stage's barriers at this tile
 
   for (int it = 0; it < ntiles; it++) {
-    bar_wait(bars + it % lay.stages, (unsigned)(it / lay.stages) & 1);
-    const unsigned char* st = smem + (size_t)(it % lay.stages) * lay.stageBytes();
-    const bf16* sC = (const bf16*)st;
-    const bf16* sR = (const bf16*)(st + lay.latentBytes());
+    bar_wait(bars + stage, phase);
+    const unsigned stageAddr = smemAddr + (unsigned)stage * stageBytes;
 
-    // Partial scores of this warp's latent slice and rope steps.
+    // Partial scores of this warp's latent slice and rope steps. With NT ≥ 2 every warp has KQ latent
+    // steps (L / 16 = KQ · warps); with NT = 1 only the first half of the warps has one. Both rely on
+    // the launch's L / (8 · NT) warps, as the output columns n0 do.
     float s[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+    unsigned ka = stageAddr + scoreOff;
 #pragma unroll
-    for (int j = 0; j < KQ; j++) {
-      const int ks = warp + j * warps;
-      if (ks < ksteps) {
+    for (int j = 0; j < KQ; j++, ka += kStep) {
+      if (NT >= 2 || warp < ksteps) {
         uint32_t bf[4];
-        frag_b_nk(bf, sC, ldc, 0, ks * 16, lane);
+        ldsm4<false>(bf, ka);
         mma(s[0], qf[j], bf[0], bf[1]);
         mma(s[1], qf[j], bf[2], bf[3]);
       }
     }
     for (int ks = rs0; ks < ksteps + rsteps; ks += warps) {
       uint32_t qa[4], bf[4];
-      frag_a(qa, sQr, ldq, (ks - ksteps) * 16, lane);
-      frag_b_nk(bf, sR, lay.ropeStride, 0, (ks - ksteps) * 16, lane);
+      const unsigned kk = (unsigned)(ks - ksteps) * 32;
+      ldsm4<false>(qa, qrAddr + kk);
+      ldsm4<false>(bf, stageAddr + ropeOff + kk);
       mma(s[0], qa, bf[0], bf[1]);
       mma(s[1], qa, bf[2], bf[3]);
     }
     if (warp < qwarps) {
-      float* part = sPart + warp * PART_STRIDE;
 #pragma unroll
       for (int nt = 0; nt < 2; nt++) {
-        *reinterpret_cast<float2*>(part + g * TN + nt * 8 + 2 * t4) = make_float2(s[nt][0], s[nt][1]);
-        *reinterpret_cast<float2*>(part + (g + 8) * TN + nt * 8 + 2 * t4) = make_float2(s[nt][2], s[nt][3]);
+        *reinterpret_cast<float2*>(partLo + nt * 8) = make_float2(s[nt][0], s[nt][1]);
+        *reinterpret_cast<float2*>(partLo + 8 * TN + nt * 8) = make_float2(s[nt][2], s[nt][3]);
       }
     }
     __syncthreads();
     // Every warp is past the weighted sum of tile it − 1: its stage takes tile it + stages − 1.
-    if (!early) load(it + lay.stages - 1);
+    if (!early) load(it + lay.stages - 1, stage == 0 ? lay.stages - 1 : stage - 1);
 
     // Online softmax, one head row per warp pass: lane pair (2n, 2n + 1) sums the partials of key n
     // (even and odd warps), the row's max and sum reduce over the other four lane bits.
@@ -385,7 +412,7 @@ k_latent_decode(const Seq* seqs, const int32_t* pos, int64_t window, const float
     // O = α·O + P·C over this warp's columns (the rescale skipped while no row's max moved).
     const float a_lo = sAlpha[g], a_hi = sAlpha[g + 8];
     uint32_t pa[4];
-    frag_a(pa, sP, TN + PAD, 0, lane);
+    ldsm4<false>(pa, pAddr);
     if (!__all_sync(0xffffffffu, a_lo == 1.f && a_hi == 1.f)) {
 #pragma unroll
       for (int nt = 0; nt < NT; nt++) {
@@ -395,15 +422,16 @@ k_latent_decode(const Seq* seqs, const int32_t* pos, int64_t window, const float
         acc[nt][3] *= a_hi;
       }
     }
+    const unsigned va = stageAddr + pvOff;
     if (NT == 1) {
       uint32_t bf[2];
-      frag_b_kn1(bf, sC, ldc, n0, 0, lane);
+      ldsm2t(bf, va);
       mma(acc[0], pa, bf[0], bf[1]);
     } else {
 #pragma unroll
       for (int nt = 0; nt < NT; nt += 2) {
         uint32_t bf[4];
-        frag_b_kn(bf, sC, ldc, n0 + nt * 8, 0, lane);
+        ldsm4<true>(bf, va + nt * 16);
         mma(acc[nt], pa, bf[0], bf[1]);
         mma(acc[nt + 1], pa, bf[2], bf[3]);
       }
@@ -413,12 +441,16 @@ k_latent_decode(const Seq* seqs, const int32_t* pos, int64_t window, const float
       // rows, or by warp 0 alone), so the next copy is in flight through the next tile's scores too
       // (the barrier path issues it only after them).
       __syncwarp();
-      uint64_t* empty = empties + it % lay.stages;
+      uint64_t* empty = empties + stage;
       if (lane == 0) bar_arrive(empty);
       if ((warp == 0 || spread) && it + lay.stages < ntiles) {
-        bar_wait(empty, (unsigned)(it / lay.stages) & 1);
-        load(it + lay.stages);
+        bar_wait(empty, phase);
+        load(it + lay.stages, stage);
       }
+    }
+    if (++stage == lay.stages) {
+      stage = 0;
+      phase ^= 1;
     }
   }
   __syncthreads();

@@ -961,11 +961,14 @@ test("serving on the GPU: in a continuous batch of bf16 MLA sequences joining an
   t.diagnostic(`a prompt prefilled from a device copy cut to 200 tokens against a fresh prefill: max |Δ logits| ${d.toExponential(2)} of ${m.toFixed(2)}`);
   assert.ok(d <= 1e-2 * m, "the copied rows are the kept prompt's");
   for (const c of [kept, cut]) c.dispose();
+  // The second round runs without prefills (every prompt is kept), so its batches differ from the
+  // first's and may grow the model's decode scratch once; the third runs as the second did.
+  await serveAll();
   const base = B.memory().live;
   await serveAll();
   const left = B.memory().live - base;
   const pc = batcher.stats().prefixCache!;
-  t.diagnostic(`device memory after a second round of the same requests: ${left} bytes more than after the first; prefix cache ${pc.entries} prompts, ${pc.bytes} bytes, ${pc.hits} hits reusing ${pc.reusedTokens} tokens`);
+  t.diagnostic(`device memory after a third round of the same requests: ${left} bytes more than after the second; prefix cache ${pc.entries} prompts, ${pc.bytes} bytes, ${pc.hits} hits reusing ${pc.reusedTokens} tokens`);
   // A round's caches hold ~400 KB (~830 tokens × 480 bytes): freed by dispose, not left to the collector.
   // (The second round's prompts are all kept already: it stores no new ones.)
   assert.ok(left < 64 << 10, `retired caches and recordings were freed (${left} bytes left)`);
