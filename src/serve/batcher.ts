@@ -180,12 +180,17 @@ export class Batcher {
       newTokens: this.newTokens,
       decodeTokens: this.decodeTokens,
       decodeSeconds: this.decodeMs / 1000,
-      kvReservedBytes: this.running.reduce((n, s) => n + s.reserved, 0),
+      kvReservedBytes: this.reservedBytes(),
       kvHeldBytes: this.running.reduce((n, s) => n + (s.cache?.bytes ?? 0), 0),
       kvBudgetBytes: this.opts.kvBudgetBytes ?? null,
       kvBytesPerToken: this.perToken,
       prefixCache: this.prefix?.stats() ?? null,
     };
+  }
+
+  /** Cache bytes the admitted sequences reserve (prompt + token limit each). */
+  private reservedBytes(): number {
+    return this.running.reduce((n, s) => n + s.reserved, 0);
   }
 
   /** Resolves once no sequence runs or waits. */
@@ -247,7 +252,7 @@ export class Batcher {
   /** Admits waiting sequences while there are places and budget: each gets its cache (from a kept prompt where one begins the same way). */
   private admit(): void {
     const budget = this.opts.kvBudgetBytes ?? Infinity;
-    let reserved = this.running.reduce((n, s) => n + s.reserved, 0);
+    let reserved = this.reservedBytes();
     let held = 0;
     for (let i = 0; i < this.waiting.length && this.running.length + held < this.opts.maxBatch; ) {
       const s = this.waiting[i]!;
