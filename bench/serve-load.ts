@@ -1,6 +1,6 @@
 /**
  * Load on `mha2mla serve`: C clients each send streamed completions back to back (prompts of P tokens
- * cut from a text, N new tokens each, greedy), against one server per model, started as the command
+ * cut from a text, exactly N new tokens each (ignore_eos), greedy), against one server per model, started as the command
  * a user runs. Reports output tokens/s, time to first token and request latency, and how many
  * sequences the server ran together (its /stats, polled). Give an MHA model and its MLA conversion with
  * one --kv-budget-mb: the budget admits as many more MLA sequences as its cache is smaller.
@@ -55,7 +55,7 @@ async function start(model: string): Promise<{ url: string; child: ChildProcess;
 /** One streamed completion: seconds to its first text and to its end, and the tokens it produced. */
 async function complete(url: string, prompt: number[]): Promise<{ ttft: number; total: number; tokens: number }> {
   const t0 = performance.now();
-  const r = await fetch(`${url}/v1/completions`, { method: "POST", body: JSON.stringify({ prompt, max_tokens: maxTokens, temperature: 0, stream: true, stream_options: { include_usage: true } }) });
+  const r = await fetch(`${url}/v1/completions`, { method: "POST", body: JSON.stringify({ prompt, max_tokens: maxTokens, temperature: 0, ignore_eos: true, stream: true, stream_options: { include_usage: true } }) });
   if (r.status !== 200) throw new Error(`HTTP ${r.status}: ${await r.text()}`);
   const reader = r.body!.getReader();
   let ttft = NaN, text = "";
@@ -73,8 +73,8 @@ const pct = (xs: number[], q: number) => [...xs].sort((a, b) => a - b)[Math.min(
 
 const text = fs.readFileSync(textFile, "utf8");
 console.log(`${new Date().toISOString().slice(0, 10)}, ${clients} clients, ${requests} requests of ${promptTokens} prompt${sharedPrefix ? ` (${sharedPrefix} shared)` : ""} + ${maxTokens} new tokens (greedy, streamed), --max-batch ${maxBatch}${budget ? ` --kv-budget-mb ${budget}` : ""}${prefixCacheMb ? ` --prefix-cache-mb ${prefixCacheMb}` : ""} --kv-cache ${kvCache} --device ${device}`);
-console.log("| model | KV bytes/token | most running | output tok/s | TTFT p50 / p99 (s) | latency p50 / p99 (s) | wall (s) |");
-console.log("| --- | --- | --- | --- | --- | --- | --- |");
+console.log("| model | KV bytes/token | most running | output tok/s | TTFT p50 / p99 (s) | latency p50 / p99 (s) | wall (s) | decode steps (recorded) |");
+console.log("| --- | --- | --- | --- | --- | --- | --- | --- |");
 for (const model of models) {
   const tok = loadTokenizer(resolveModel(model).dir);
   const ids = tok.encode(text.slice(0, 400_000), { addSpecialTokens: false });
@@ -84,9 +84,10 @@ for (const model of models) {
   const prompts = Array.from({ length: requests + 1 }, (_, i) => [1, ...ids.slice(0, sharedPrefix), ...ids.slice(at(i), at(i) + own)]);
   const server = await start(model);
   let most = 0, perToken = 0;
+  type Stats = { running: number; kvBytesPerToken: number; decodeSteps: number; replayedSteps: number };
+  const stats = () => fetch(`${server.url}/stats`).then((r) => r.json() as Promise<Stats>);
   const poll = setInterval(() => {
-    void fetch(`${server.url}/stats`)
-      .then((r) => r.json() as Promise<{ running: number; kvBytesPerToken: number }>)
+    void stats()
       .then((s) => ((most = Math.max(most, s.running)), (perToken = s.kvBytesPerToken)))
       .catch(() => {});
   }, 20);
@@ -94,6 +95,7 @@ for (const model of models) {
   await complete(server.url, prompts[requests]!);
   let next = 0;
   const results: { ttft: number; total: number; tokens: number }[] = [];
+  const before = await stats();
   const t0 = performance.now();
   await Promise.all(
     Array.from({ length: clients }, async () => {
@@ -102,9 +104,11 @@ for (const model of models) {
   );
   const wall = (performance.now() - t0) / 1000;
   clearInterval(poll);
+  const after = await stats();
+  const steps = after.decodeSteps - before.decodeSteps, recorded = after.replayedSteps - before.replayedSteps;
   server.child.kill("SIGINT");
   await new Promise((r) => server.child.on("exit", r));
   const tokens = results.reduce((n, r) => n + r.tokens, 0);
   const ttft = results.map((r) => r.ttft), lat = results.map((r) => r.total);
-  console.log(`| ${path.basename(model)} | ${perToken} | ${most} | ${(tokens / wall).toFixed(1)} | ${pct(ttft, 0.5).toFixed(2)} / ${pct(ttft, 0.99).toFixed(2)} | ${pct(lat, 0.5).toFixed(2)} / ${pct(lat, 0.99).toFixed(2)} | ${wall.toFixed(1)} |`);
+  console.log(`| ${path.basename(model)} | ${perToken} | ${most} | ${(tokens / wall).toFixed(1)} | ${pct(ttft, 0.5).toFixed(2)} / ${pct(ttft, 0.99).toFixed(2)} | ${pct(lat, 0.5).toFixed(2)} / ${pct(lat, 0.99).toFixed(2)} | ${wall.toFixed(1)} | ${steps} (${((100 * recorded) / Math.max(1, steps)).toFixed(0)}%) |`);
 }

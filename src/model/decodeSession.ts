@@ -11,6 +11,15 @@ import type { Tensor } from "../tensor/tensor.js";
 import type { DecodeCache } from "./kvCache.js";
 import type { LlamaModel } from "./llama.js";
 
+/**
+ * Per model, the batch shapes (sequence count and cache dtypes) an op-by-op step has run with, and
+ * under which weights and routes. Such a step built all that a recording of that shape reuses (absorbed
+ * projections, bf16 copies, kernel attributes), so a later session of the same shape, as a server makes
+ * at every change of its batch, records its first step instead of running it op by op. Bounded by the
+ * shapes seen (at most one entry per batch size and dtype mix).
+ */
+const warmShapes = new WeakMap<LlamaModel, Map<string, string>>();
+
 export interface DecodeSessionOptions {
   /** Record and replay steps where the backend can (default: yes, unless MHA2MLA_DECODE_GRAPHS=0). */
   graphs?: boolean;
@@ -39,11 +48,14 @@ export class DecodeSession {
    * (MHA2MLA_MHA_DECODE=cublas refuses, the kernel records), so it holds only while the routes stay.
    */
   private recordingRefused = false;
+  /** This batch's shape, the key of warmShapes. */
+  private readonly shape: string;
 
   /** `caches` [B]: distinct caches holding each sequence so far (prefilled); they advance with every step. */
   constructor(readonly model: LlamaModel, readonly caches: readonly DecodeCache[], opts: DecodeSessionOptions = {}) {
     if (caches.length === 0) throw new MlaError("BAD_ARGUMENT", "a decode session needs at least one cache", "prefill a cache per sequence first (model.forward(prompt, cache))");
     if (new Set(caches).size !== caches.length) throw new MlaError("BAD_ARGUMENT", "a decode session got the same cache twice", "each sequence needs its own cache (clone() copies one)");
+    this.shape = `${caches.length}×${caches.map((c) => c.dtype).join(",")}`;
     const backend = model.backend;
     if (!(opts.graphs ?? process.env["MHA2MLA_DECODE_GRAPHS"] !== "0")) this.refusal = "recording was turned off (graphs: false or MHA2MLA_DECODE_GRAPHS=0)";
     else if (!backend.captureStep) this.refusal = `the ${backend.name} backend has no step recording`;
@@ -86,12 +98,20 @@ export class DecodeSession {
     }
     this.logits?.dispose();
     this.logits = null;
-    // The first step, and the first after the weights change, runs op by op: it builds what every later
-    // step reuses (absorbed projections, kernel attributes, scratch), none of which a recording may allocate.
-    const warm = this.warmWeights === this.model.weightsVersion && this.warmRoutes === routes;
-    if (warm && this.refusal === undefined && this.replayable()) this.logits = this.record(ids, positions);
-    this.logits ??= this.model.decodeBatch(ids, this.caches);
-    this.warmWeights = this.model.weightsVersion;
+    // The first step of a shape, and the first after the weights or routes change, runs op by op: it
+    // builds what every later step reuses (absorbed projections, kernel attributes), none of which a
+    // recording may allocate. A step this session ran, or one of another session of this shape, did.
+    const version = this.model.weightsVersion;
+    const warmHere = this.warmWeights === version && this.warmRoutes === routes;
+    const warm = warmHere || warmShapes.get(this.model)?.get(this.shape) === `${version}|${routes}`;
+    if (warm && this.refusal === undefined && this.replayable()) this.logits = this.record(ids, positions, warmHere);
+    if (!this.logits) {
+      this.logits = this.model.decodeBatch(ids, this.caches);
+      let shapes = warmShapes.get(this.model);
+      if (!shapes) warmShapes.set(this.model, (shapes = new Map()));
+      shapes.set(this.shape, `${version}|${routes}`);
+    }
+    this.warmWeights = version;
     this.warmRoutes = routes;
     return this.logits;
   }
@@ -103,8 +123,12 @@ export class DecodeSession {
     this.logits = null;
   }
 
-  /** The step recorded and run, or null (the step not run, the caches as they were) when it cannot be. */
-  private record(ids: Int32Array, positions: Int32Array): Tensor | null {
+  /**
+   * The step recorded and run, or null (the step not run, the caches as they were) when it cannot be.
+   * `warmHere`: this session ran the step before; a refusal of a session's first step (warm only from
+   * another session) is not kept, so its next step, warm by its own, tries once more.
+   */
+  private record(ids: Int32Array, positions: Int32Array, warmHere: boolean): Tensor | null {
     const lengths = this.caches.map((c) => c.length);
     const buffers = this.buffers();
     try {
@@ -117,6 +141,7 @@ export class DecodeSession {
       // op by op from now on (out of memory while recording too: the op-by-op step needs less).
       this.caches.forEach((c, i) => c.truncate(lengths[i]!));
       if (!(e instanceof MlaError)) throw e;
+      if (!warmHere) return null;
       this.refusal = e.message.split("\n")[0];
       this.recordingRefused = true;
       return null;

@@ -75,6 +75,13 @@ export interface BatcherStats {
   decodeTokens: number;
   /** Seconds spent in decode steps. */
   decodeSeconds: number;
+  /**
+   * Decode steps run, and of them those launched as a recorded step (CUDA graphs; a recording's own
+   * step counts): the rest ran op by op, bound by the host's dispatch (a new batch shape's first step,
+   * a backend that cannot record).
+   */
+  decodeSteps: number;
+  replayedSteps: number;
   /** Bytes the running sequences' caches reserve / hold now. */
   kvReservedBytes: number;
   kvHeldBytes: number;
@@ -125,6 +132,8 @@ export class Batcher {
   private newTokens = 0;
   private decodeTokens = 0;
   private decodeMs = 0;
+  private decodeSteps = 0;
+  private replayedSteps = 0;
 
   constructor(readonly model: LlamaModel, readonly opts: BatcherOptions) {
     if (!(Number.isInteger(opts.maxBatch) && opts.maxBatch >= 1)) throw new MlaError("BAD_ARGUMENT", `--max-batch ${opts.maxBatch} is not a number of sequences`, "pass a whole number ≥ 1, e.g. 32");
@@ -180,6 +189,8 @@ export class Batcher {
       newTokens: this.newTokens,
       decodeTokens: this.decodeTokens,
       decodeSeconds: this.decodeMs / 1000,
+      decodeSteps: this.decodeSteps,
+      replayedSteps: this.replayedSteps,
       kvReservedBytes: this.reservedBytes(),
       kvHeldBytes: this.running.reduce((n, s) => n + (s.cache?.bytes ?? 0), 0),
       kvBudgetBytes: this.opts.kvBudgetBytes ?? null,
@@ -326,6 +337,8 @@ export class Batcher {
       const logits = this.session.step(Int32Array.from(live, (s) => s.next)).toArray();
       this.decodeMs += performance.now() - t0;
       this.decodeTokens += live.length;
+      this.decodeSteps++;
+      if (this.session.graphed) this.replayedSteps++;
       // A sequence ended or cancelled earlier in this pass (a sibling choice failed) takes no token.
       live.forEach((s, k) => !s.ended && !s.cancelled && this.take(s, pickToken(logits.subarray(k * V, (k + 1) * V), s.spec.sampling, s.rand)));
     } catch (e) {

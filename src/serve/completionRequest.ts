@@ -19,6 +19,8 @@ export interface GenerationFields {
   includeUsage: boolean;
   /** Choices to generate for the prompt, each with its own draws (seed + index). */
   n: number;
+  /** vLLM's `ignore_eos`: go on past the model's end-of-sequence tokens (load tests, fixed lengths). */
+  ignoreEos: boolean;
 }
 
 export interface CompletionRequest extends GenerationFields {
@@ -64,7 +66,7 @@ const CHAT_UNSUPPORTED: Record<string, (v: unknown) => boolean> = {
 };
 
 /** Fields read, or harmless to ignore (user: an end-user id for abuse tracking). */
-const COMMON = ["model", "n", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "stream", "stream_options", "user"];
+const COMMON = ["model", "n", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "stream", "stream_options", "user", "ignore_eos"];
 const KNOWN = new Set(["prompt", ...COMMON, ...Object.keys(UNSUPPORTED)]);
 const CHAT_KNOWN = new Set(["messages", "max_completion_tokens", ...COMMON, ...Object.keys(CHAT_UNSUPPORTED)]);
 
@@ -160,6 +162,8 @@ function generationFields(b: Record<string, unknown>, maxKey: string, defaultMax
   const includeUsage = (so as Record<string, unknown> | null | undefined)?.["include_usage"] === true;
   if (so && !stream) throw bad("stream_options is set without stream: true", "send stream: true, or leave stream_options out");
 
+  const ignoreEos = b["ignore_eos"] ?? false;
+  if (typeof ignoreEos !== "boolean") throw bad(`ignore_eos ${JSON.stringify(ignoreEos)} is not true or false`, "send ignore_eos: true to generate past end-of-sequence tokens, or leave it out");
   const n = numberField(b, "n", 1, (v) => Number.isInteger(v) && v >= 1 && v <= MAX_CHOICES, `a whole number from 1 to ${MAX_CHOICES}`);
-  return { n, maxTokens, sampling: { temperature, topP, topK: topK < 0 ? 0 : topK }, seed: (seedV as number | undefined | null) ?? null, stop, stream, includeUsage };
+  return { n, maxTokens, sampling: { temperature, topP, topK: topK < 0 ? 0 : topK }, seed: (seedV as number | undefined | null) ?? null, stop, stream, includeUsage, ignoreEos };
 }

@@ -256,6 +256,7 @@ export async function serve(model: string | LoadedModel, opts: ServeOptions = {}
             // Without a limit (chat's default), up to --default-max-tokens or the model's positions.
             maxTokens: r.maxTokens ?? Math.max(1, Math.min(defaultMax, lm.config.maxPositions - prompt.length)),
             sampling: r.sampling,
+            stopAtEos: !r.ignoreEos,
             seed: ((seed >>> 0) + i) >>> 0,
             onToken: (tok) => {
               // Answered already (another choice failed in this same step): nothing more goes out.

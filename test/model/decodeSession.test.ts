@@ -131,4 +131,41 @@ test("a recording session (a fake backend that records) replays from the third s
   assert.equal(cache.length, 17, "a refused step leaves the cache as it was");
   session.dispose();
   assert.equal(disposed, 4);
+
+  // A server makes a session at every change of its batch: a shape this model has stepped op by op
+  // (same weights, same routes) records at once; another batch size warms up first.
+  routes = "gemv=4";
+  const other = { ...cache, length: 30, capacity: 100 };
+  const again = new DecodeSession(model as unknown as LlamaModel, [other as unknown as DecodeCache]);
+  const stepAgain = () => (again.step(Int32Array.of(7)), { graphed: again.graphed, decodes, captures });
+  assert.deepEqual(stepAgain(), { graphed: true, decodes: 12, captures: 6 }, "a warm shape: the first step is recorded");
+  again.dispose();
+  const two = [{ ...cache, length: 3 }, { ...cache, length: 9 }].map((c) => ({ ...c, commitStep() { c.length++; } }));
+  const pair = new DecodeSession(model as unknown as LlamaModel, two as unknown as DecodeCache[]);
+  pair.step(Int32Array.of(7, 8));
+  assert.deepEqual({ graphed: pair.graphed, decodes, captures }, { graphed: false, decodes: 13, captures: 6 }, "two sequences: a new shape warms up op by op");
+  pair.dispose();
+  model.weightsVersion++;
+  const stale = new DecodeSession(model as unknown as LlamaModel, [other as unknown as DecodeCache]);
+  stale.step(Int32Array.of(7));
+  assert.deepEqual({ graphed: stale.graphed, decodes, captures }, { graphed: false, decodes: 14, captures: 6 }, "new weights: the shape is cold again");
+  stale.dispose();
+  // A first step whose recording is refused (warm only from another session) is not a refusal for good:
+  // it runs op by op, and the next step, warm from this session's own, tries again.
+  const refusedOnce = new DecodeSession(model as unknown as LlamaModel, [other as unknown as DecodeCache]);
+  let fail = true;
+  const capture = backend.captureStep;
+  backend.captureStep = (ids, positions, run) => {
+    if (fail) {
+      fail = false;
+      captures++;
+      throw new MlaError("UNSUPPORTED", "not warm enough", "it runs op by op");
+    }
+    return capture(ids, positions, run);
+  };
+  refusedOnce.step(Int32Array.of(7));
+  assert.deepEqual({ graphed: refusedOnce.graphed, why: refusedOnce.why }, { graphed: false, why: undefined }, "refused on a first step: op by op, not refused for good");
+  refusedOnce.step(Int32Array.of(7));
+  assert.equal(refusedOnce.graphed, true, "the next step records");
+  refusedOnce.dispose();
 });

@@ -49,6 +49,8 @@ test("sequences joining and leaving a batch of 2 each decode as generate() alone
   const s = b.stats();
   assert.equal(s.running + s.waiting, 0);
   assert.equal(s.ended.length + s.ended.stop, 10);
+  assert.ok(s.decodeSteps > 0 && s.decodeSteps <= s.decodeTokens, "a step decodes one token of each running sequence");
+  assert.equal(s.replayedSteps, 0, "the CPU backend records no steps");
   await b.whenIdle();
 });
 

@@ -94,6 +94,24 @@ test("a stop string ends the completion before it, plain and streamed; sampled a
   }
 });
 
+test("ignore_eos generates past the model's stop tokens, to exactly max_tokens", async () => {
+  // stories260K never ends a story within a few hundred tokens: make the fifth greedy token a stop token.
+  const stopping = loadModel(path.join(MODELS, "stories260K"));
+  const ids = generate(stopping.model, stopping.tokenizer.encode("Once upon a time"), { maxTokens: 5, temperature: 0 }).ids;
+  (stopping.model.config as { stopTokenIds?: readonly number[] }).stopTokenIds = [ids[4]!];
+  const server = await serve(stopping, { port: 0, name: "tiny" });
+  try {
+    const ends = await post(server.url, { prompt: "Once upon a time", max_tokens: 30, temperature: 0 });
+    assert.equal(ends.json["choices"][0].finish_reason, "stop");
+    assert.ok(ends.json["usage"].completion_tokens <= 5);
+    const past = await post(server.url, { prompt: "Once upon a time", max_tokens: 30, temperature: 0, ignore_eos: true });
+    assert.equal(past.json["choices"][0].finish_reason, "length");
+    assert.equal(past.json["usage"].completion_tokens, 30);
+  } finally {
+    await server.close();
+  }
+});
+
 test("bad requests get OpenAI error bodies that name the culprit; unknown routes and chat are 404", async () => {
   const server = await serve(lm, { port: 0, name: "tiny" });
   try {
@@ -113,6 +131,7 @@ test("bad requests get OpenAI error bodies that name the culprit; unknown routes
       [{ prompt: "x", temperature: -1 }, 400, /temperature -1/],
       [{ prompt: "x", top_p: 0 }, 400, /top_p 0/],
       [{ prompt: "x", stop: [""] }, 400, /empty string/],
+      [{ prompt: "x", ignore_eos: "yes" }, 400, /ignore_eos "yes" is not true or false/],
       [{ prompt: "x", stop: ["a", "b", "c", "d", "e"] }, 400, /at most 4/],
       [{ prompt: "x", stream_options: { include_usage: true } }, 400, /without stream: true/],
     ];
