@@ -101,6 +101,8 @@ interface Sequence {
   prefilled: number;
   decoding: boolean;
   newTokens: number;
+  /** The tokens generated so far, in order (all but the last are in the cache once it ends). */
+  generated: number[];
   reserved: number;
   cancelled: boolean;
   ended: boolean;
@@ -164,7 +166,7 @@ export class Batcher {
     const reserved = this.cacheBytes(total);
     if (this.opts.kvBudgetBytes !== undefined && reserved > this.opts.kvBudgetBytes)
       throw new MlaError("BAD_ARGUMENT", `${total} tokens of cache take ${mb(reserved)} MB, more than the server's whole KV budget of ${mb(this.opts.kvBudgetBytes)} MB`, "lower max_tokens or shorten the prompt (or start the server with a larger --kv-budget-mb)");
-    const s: Sequence = { spec, cache: null, rand: seededRandom(spec.seed), next: -1, prefilled: 0, decoding: false, newTokens: 0, reserved, cancelled: false, ended: false, queuedAt: performance.now(), admittedAt: 0, prefillMs: 0 };
+    const s: Sequence = { spec, cache: null, rand: seededRandom(spec.seed), next: -1, prefilled: 0, decoding: false, newTokens: 0, generated: [], reserved, cancelled: false, ended: false, queuedAt: performance.now(), admittedAt: 0, prefillMs: 0 };
     this.waiting.push(s);
     this.kick();
     return {
@@ -352,6 +354,7 @@ export class Batcher {
   /** A new token of `s`: passed on, and the sequence ended where it should. */
   private take(s: Sequence, id: number): void {
     s.newTokens++;
+    s.generated.push(id);
     this.newTokens++;
     if ((s.spec.stopAtEos ?? true) && this.stops.has(id)) return this.end(s, "stop");
     let more: boolean;
@@ -376,6 +379,18 @@ export class Batcher {
     for (const s of seqs) this.end(s, "error", error);
   }
 
+  /**
+   * A finished sequence's cache, prompt and reply (all but the last token, which no step fed), kept
+   * for later prompts: a chat's next turn renders the earlier turns and this reply before its new
+   * message, so it starts from here and prefills only the new message. It replaces the kept prompt it
+   * extends.
+   */
+  private keepFinished(s: Sequence, cache: DecodeCache): void {
+    const ids = [...s.spec.prompt, ...s.generated];
+    if (!this.prefix || cache.length <= s.spec.prompt.length || cache.length !== ids.length - 1) return;
+    this.prefix.store(ids.slice(0, cache.length), cache, null);
+  }
+
   private end(s: Sequence, reason: SequenceEnd["reason"], error?: MlaError): void {
     if (s.ended) return;
     s.ended = true;
@@ -389,6 +404,7 @@ export class Batcher {
         this.sessionOver = [];
         session?.dispose();
       }
+      if (reason === "stop" || reason === "length") this.keepFinished(s, cache);
       cache.dispose();
     }
     this.ended[reason]++;

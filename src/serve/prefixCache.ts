@@ -1,9 +1,9 @@
 /**
  * Prompts prefilled before, kept so that a later prompt starting the same way (a shared system prompt,
  * a chat's earlier turns, the same question again) copies their cache and prefills only the rest, as
- * vLLM's automatic prefix caching does. An entry is a whole prompt's cache and its last-row logits; a
- * new prompt takes the entry sharing its longest beginning, cut to that length (DecodeCache.clone with
- * `tokens`). Entries are dropped least recently used first, within a byte budget of their own, apart
+ * vLLM's automatic prefix caching does. An entry is a whole prompt's cache and its last-row logits, or
+ * a finished sequence's (prompt and reply, without logits); a new prompt takes the entry sharing its
+ * longest beginning, cut to that length (DecodeCache.clone with `tokens`). Entries are dropped least recently used first, within a byte budget of their own, apart
  * from the running sequences'. MLA's small cache makes each kept prompt as much cheaper.
  */
 import type { DecodeCache } from "../model/kvCache.js";
@@ -12,8 +12,8 @@ import type { FloatArray } from "../tensor/tensor.js";
 interface Entry {
   ids: readonly number[];
   cache: DecodeCache;
-  /** Logits [V] after the whole prompt. */
-  logits: FloatArray;
+  /** Logits [V] after all of `ids`; null for a finished sequence's (its last token is prefilled again). */
+  logits: FloatArray | null;
   bytes: number;
   used: number;
 }
@@ -66,13 +66,12 @@ export class PrefixCache {
     let best: Entry | null = null, len = 0;
     for (const e of this.entries) {
       const n = common(e.ids, prompt);
-      // Of equal matches, the entry that is exactly the shared part has the logits after it.
-      if (n > len || (n === len && n > 0 && e.ids.length === n)) (best = e), (len = n);
+      if (n > len) (best = e), (len = n);
     }
     if (!best || len < this.minTokens) return null;
     // The logits after the prompt's last token exist only for an entry that is this very prompt;
     // otherwise at least that token is prefilled again, which gives them.
-    const whole = len === prompt.length && len === best.ids.length;
+    const whole = len === prompt.length && len === best.ids.length && best.logits !== null;
     const tokens = whole ? len : Math.min(len, prompt.length - 1);
     let cache: DecodeCache;
     try {
@@ -88,17 +87,18 @@ export class PrefixCache {
   }
 
   /**
-   * Keeps a copy of `cache` (holding exactly `prompt`) and the logits after it, dropping old entries to
-   * make room. Best effort: a copy that finds no memory is not kept. An entry counts the bytes its
+   * Keeps a copy of `cache` (holding exactly `prompt`) and the logits after it (null: not known), dropping
+   * old entries to make room. Best effort: a copy that finds no memory is not kept. An entry counts the bytes its
    * copy holds (host caches and int8/int4 rows are held as float32) and its logits. Returns whether
    * the prompt is kept.
    */
-  store(prompt: readonly number[], cache: DecodeCache, logits: FloatArray): boolean {
+  store(prompt: readonly number[], cache: DecodeCache, logits: FloatArray | null): boolean {
     if (prompt.length < this.minTokens || prompt.length * this.bytesPerToken > this.budgetBytes) return false;
-    // Already kept (a repeated prompt): that entry is enough.
-    const same = this.entries.find((e) => e.ids.length === prompt.length && common(e.ids, prompt) === prompt.length);
-    if (same) {
-      same.used = ++this.clock;
+    // Already kept, alone or as the beginning of a finished sequence (a repeated prompt): that entry is
+    // enough (a repeat then prefills its last token again, for the logits).
+    const covering = this.entries.find((e) => e.ids.length >= prompt.length && common(e.ids, prompt) === prompt.length);
+    if (covering) {
+      covering.used = ++this.clock;
       return true;
     }
     // A kept prompt that this one extends (a chat's earlier turn) says nothing this one does not.
@@ -109,7 +109,7 @@ export class PrefixCache {
     } catch {
       return false;
     }
-    const bytes = copy.heldBytes + logits.byteLength;
+    const bytes = copy.heldBytes + (logits?.byteLength ?? 0);
     if (bytes > this.budgetBytes) {
       copy.dispose();
       return false;

@@ -144,15 +144,15 @@ test("the prefix cache: prompts sharing a beginning prefill only the rest and de
   let shared = 0;
   while (asks[0]![shared] === asks[1]![shared]) shared++;
   assert.ok(shared >= system.length);
-  assert.equal(s.reusedTokens, shared + asks[2]!.length, "the second reused the shared beginning, the third (a repeat) all of itself");
-  // The first was dropped for the second.
+  assert.equal(s.reusedTokens, shared + asks[2]!.length - 1, "the second reused the shared beginning, the third (a repeat, kept as the beginning of the second's finished sequence) all of itself but its last token, prefilled again for the logits");
+  // The first was dropped for the second, whose prompt was replaced by its finished sequence.
   assert.equal(s.entries, 1);
   assert.ok(s.bytes <= room);
   b.clearPrefixCache();
   assert.equal(b.stats().prefixCache!.entries, 0);
 });
 
-test("the prefix cache prefers an entry that is exactly the shared part (its logits end the prompt), and counts the bytes its copies hold", async () => {
+test("the prefix cache keeps a prompt once: one that a kept sequence begins with is not copied again, and a repeat of it prefills its last token; entries count the bytes their copies hold", async () => {
   const { PrefixCache } = await import("../../src/serve/prefixCache.js");
   const long = [...prompts[2]!, ...prompts[2]!, ...prompts[2]!];
   const short = long.slice(0, 20);
@@ -164,14 +164,30 @@ test("the prefix cache prefers an entry that is exactly the shared part (its log
   const per = kvBytesPerToken(model.config, "int8");
   const pc = new PrefixCache(1 << 30, per);
   const a = fill(long), b = fill(short);
-  pc.store(long, a.c, a.logits);
-  pc.store(short, b.c, b.logits);
+  assert.equal(pc.store(long, a.c, null), true);
+  assert.equal(pc.store(short, b.c, b.logits), true, "kept already, as the beginning of long");
+  assert.equal(pc.stats().entries, 1);
   const seed = pc.seed(short, 40)!;
-  assert.equal(seed.tokens, 20);
-  assert.ok(seed.logits !== null, "the entry that is the whole prompt wins the tie: nothing to prefill");
+  assert.deepEqual([seed.tokens, seed.logits], [19, null], "long has no logits after short: its last token is prefilled again");
+  const whole = pc.seed(long, long.length + 8)!;
+  assert.deepEqual([whole.tokens, whole.logits], [long.length - 1, null], "nor after itself (a finished sequence's entry)");
   const st = pc.stats();
   // int8 rows are held as float32 on the host: the entries count that, not int8's nominal size.
-  assert.ok(st.bytes >= (long.length + short.length) * per * 3, `${st.bytes} bytes counted for ${(long.length + short.length) * per} nominal`);
+  assert.ok(st.bytes >= long.length * per * 3, `${st.bytes} bytes counted for ${long.length * per} nominal`);
+});
+
+test("a finished sequence is kept, prompt and reply: a chat's next turn starting with both prefills only its new tokens, and decodes as without it", async () => {
+  const first = tokenizer.encode("Once upon a time, in a small town by the sea, there lived a kind old man.", { addSpecialTokens: true });
+  const b = new Batcher(model, { maxBatch: 2, kvCache: "f32", prefixCacheBytes: 1 << 24 });
+  const one = submit(b, { prompt: first, maxTokens: 10, sampling: { temperature: 0 }, seed: 0, stopAtEos: false });
+  await one.end;
+  const next = [...first, ...one.ids, ...tokenizer.encode(" The dog said", { addSpecialTokens: false })];
+  const two = submit(b, { prompt: next, maxTokens: 8, sampling: { temperature: 0 }, seed: 0, stopAtEos: false });
+  await two.end;
+  const s = b.stats().prefixCache!;
+  assert.equal(s.hits, 1);
+  assert.equal(s.reusedTokens, first.length + one.ids.length - 1, "the whole first turn but its last token (no step fed it)");
+  assert.deepEqual(two.ids, generate(model, next, { maxTokens: 8 }).ids);
 });
 
 test("chunked prefill: a long prompt is prefilled a chunk per step while the batch decodes, and decodes as generate() alone", async () => {
