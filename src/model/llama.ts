@@ -119,12 +119,12 @@ export class LlamaModel {
   /**
    * Logits [1, V] of the token after `ids` [T], which go into `cache` at positions cache.length …:
    * a prompt's prefill, where only the last row's logits are wanted (a 2k-token prompt of a 128k
-   * vocabulary would otherwise make 1 GB of float32 logits to read one row).
+   * vocabulary would otherwise make 1 GB of float32 logits to read one row). `opts.absorb`: as forward's.
    */
-  prefill(ids: Int32Array, cache: DecodeCache): Tensor {
+  prefill(ids: Int32Array, cache: DecodeCache, opts: Pick<ForwardOptions, "absorb"> = {}): Tensor {
     const ops = new Ops(this.backend, null);
     const P = this.constantNodes(ops);
-    const h = this.hidden(ops, P, ids, cache).value;
+    const h = this.hidden(ops, P, ids, cache, opts).value;
     const last = rowRange(this.backend, h, ids.length - 1, 1);
     const logits = this.backend.linear(last, P.lmHead.value, null);
     if (last !== h) last.dispose();

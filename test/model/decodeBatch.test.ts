@@ -7,6 +7,7 @@ import path from "node:path";
 import { test } from "node:test";
 import { loadModel } from "../../src/model/llama.js";
 import { convertFixture } from "../convert/helpers.js";
+import { absorbedCheaper } from "../../src/model/attention/mla.js";
 import { MODELS, maxAbsDiff } from "../helpers.js";
 import { MlaError } from "../../src/errors.js";
 import { ReferenceBackend } from "../../src/backends/reference/index.js";
@@ -176,4 +177,28 @@ test("a device row store copies another's rows device to device in their stored 
   assert.deepEqual(made.map((t) => t.size), [300 * 16], "one allocation, the capacity's");
   assert.deepEqual(copies, [120 * 16], "one copy of the rows");
   assert.throws(() => dst.copyRowsFrom(src), /already holds 120 rows/);
+});
+
+test("a prompt's later chunk on a filled MLA cache takes the plain form where it costs less, and both forms give the whole prompt's logits", async () => {
+  const { model, config } = loadModel(await convertFixture("stories260K", { rank: 4, ropePairs: 1, ropeStrategy: "uniform", device: "reference" }));
+  const V = config.vocabSize;
+  const p = Int32Array.of(1, 400, 300, 200, 9, 57, 22, 301, 5, 77);
+  const full = model.forward(p).toArray();
+  for (const absorb of [undefined, true, false]) {
+    const cache = model.newCache();
+    model.forward(p.subarray(0, 4), cache);
+    const rest = model.forward(p.subarray(4), cache, absorb === undefined ? {} : { absorb }).toArray();
+    assert.ok(maxAbsDiff(rest, full.subarray(4 * V)) < 1e-4, `absorb ${absorb}`);
+    assert.equal(cache.length, p.length);
+  }
+  // At the llama2-7b shape with the paper's split (H = Hkv = 32, Dh 128, R 8, L 2048), with the GPU's
+  // weight on the absorbed loop: one query, or a few on a long cache, attend in the latent; a prompt
+  // chunk on a short cache up-projects it. Unweighted (the CPU), absorbed wins more.
+  const shape = { ...config, heads: 32, kvHeads: 32, headDim: 128 };
+  assert.equal(absorbedCheaper(shape, 2048, 8, 1, 16384, 8), true);
+  assert.equal(absorbedCheaper(shape, 2048, 8, 7, 16384, 8), true);
+  assert.equal(absorbedCheaper(shape, 2048, 8, 512, 1024, 8), false);
+  assert.equal(absorbedCheaper(shape, 2048, 8, 124, 1024, 8), false);
+  assert.equal(absorbedCheaper(shape, 2048, 8, 64, 1024), true);
+  assert.equal(absorbedCheaper(shape, 2048, 8, 512, 1024), false);
 });

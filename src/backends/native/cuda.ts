@@ -286,6 +286,12 @@ export interface GpuMemory {
 
 export class CudaBackend implements Backend {
   readonly name = "cuda";
+  /**
+   * latentAttention for T > 1 is a float32 loop kernel without tensor cores, against products and a
+   * fused attention on them: the plain form wins a prompt chunk on a filled cache far sooner. A chunk of
+   * 512 prompt tokens on a 1k-token cache at the llama2-7b shape ran ~0.1 s absorbed (~5 TFLOP/s).
+   */
+  readonly latentAttentionCost = 8;
   readonly batchedAttention = true;
   readonly training: TrainingKernels;
   /** Calibration's pair norms on the device (the covariance: the callers' loop on downloaded activations). */

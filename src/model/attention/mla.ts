@@ -49,6 +49,23 @@ type Absorbed = RuntimeAbsorbed | PremultipliedAbsorbed;
 export type AbsorbForm = Absorbed["form"];
 
 /**
+ * Whether T new queries attending over S cached rows (theirs included) cost less in the absorbed form
+ * than in the plain one, in multiply-adds. Plain up-projects all S latents to keys and values, S·L·Hkv·
+ * (2·Dh − 2R), then attends in the head dims, T·S·H·2·Dh. Absorbed attends in the latent dims,
+ * T·S·H·(2L + 2R), after turning the queries and outputs through the up-projections, T·H·L·(2·Dh − 2R).
+ * For one query absorbed always wins (the point of MLA decode); for a long prompt chunk on a short
+ * cache plain does. `latentCost` (Backend.latentAttentionCost) weighs the absorbed attention's
+ * multiply-adds: on the GPU it is a loop kernel where the plain form runs on tensor cores.
+ */
+export function absorbedCheaper(c: ModelConfig, L: number, R: number, T: number, S: number, latentCost = 1): boolean {
+  if (T === 1) return true;
+  const Dh = c.headDim, nope = Dh - 2 * R;
+  const plain = S * L * c.kvHeads * (nope + Dh) + T * S * c.heads * 2 * Dh;
+  const absorbed = latentCost * T * S * c.heads * (2 * L + 2 * R) + T * c.heads * L * (nope + Dh);
+  return absorbed < plain;
+}
+
+/**
  * Which absorbed form reads fewer weight elements per decoded token at `layer` (MHA2MLA_ABSORB
  * overrides): the pre-multiplied 2·H·L·D against q_proj's nope rows, the up-projections and o_proj.
  * Per layer, since R and L may differ between layers.
@@ -97,8 +114,11 @@ export class MlaBlock {
   }
 
   /**
-   * x [T, D] at `positions` → [T, D] as graph ops over the weight nodes `w`. `absorb` defaults to
-   * true whenever the cache already holds tokens (decode); the absorbed path is inference-only.
+   * x [T, D] at `positions` → [T, D] as graph ops over the weight nodes `w`. `absorb` defaults to the
+   * absorbed form when the cache already holds tokens and it costs less there (absorbedCheaper: a
+   * decode step, a short chunk on a long cache), else the plain form, which up-projects the cached
+   * latents (a prompt's later chunks, the rest of a prompt after a prefix-cache hit). The absorbed
+   * path is inference-only.
    */
   forward(ops: Ops, w: AttentionNodes, x: Node, ids: Int32Array, positions: Int32Array, cache?: LatentCache, absorb?: boolean, mode: AttentionMode = { batch: 1, bf16: false }): Node {
     if (w.kind !== "mla") throw new Error("MlaBlock on MHA weights");
@@ -116,7 +136,7 @@ export class MlaBlock {
       [kr, lat] = [ops.constant(krAll), ops.constant(latAll)];
     }
     const opts = { scale: 1 / Math.sqrt(c.headDim), queryOffset: offset, window: c.slidingWindow };
-    if (absorb ?? offset > 0) {
+    if (absorb ?? (offset > 0 && absorbedCheaper(c, this.L, this.R, T, offset + T, this.b.latentAttentionCost))) {
       if (mode.batch > 1) throw new Error("MlaBlock: the absorbed path takes one sequence");
       const b = this.b;
       const ab = this.absorb();
