@@ -96,6 +96,11 @@ function withoutPrepend(tj: Record<string, unknown>): Record<string, unknown> | 
   return { ...tj, normalizer: { ...n, normalizers: n.normalizers.slice(1) } };
 }
 
+/** Texts shorter than this many characters encodePrefix tokenizes whole (for `need` ids). */
+export function encodedWholeBelow(need: number): number {
+  return Math.max(16_384, need * 8);
+}
+
 /**
  * The first `need` token ids of `text`, without tokenizing all of it (a 4 MB calibration file takes
  * over a minute): prefixes cut at a line break grow until they hold `need` ids plus a margin, because
@@ -103,7 +108,7 @@ function withoutPrepend(tj: Record<string, unknown>): Record<string, unknown> | 
  */
 export function encodePrefix(tokenizer: TextTokenizer, text: string, need: number): number[] {
   const MARGIN = 256;
-  for (let chars = Math.max(16_384, need * 8); chars < text.length; chars *= 2) {
+  for (let chars = encodedWholeBelow(need); chars < text.length; chars *= 2) {
     const nl = text.lastIndexOf("\n", chars);
     const ids = tokenizer.encode(text.slice(0, nl > chars / 2 ? nl : chars), { addSpecialTokens: false });
     if (ids.length >= need + MARGIN) return ids.slice(0, need);

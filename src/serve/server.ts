@@ -22,7 +22,7 @@ import { loadChatTemplate, type ChatTemplate } from "./chatTemplate.js";
 import { CHAT_COMPLETION, TEXT_COMPLETION, type ResponseShape } from "./responseShapes.js";
 import { TextStream } from "./textStream.js";
 import { prometheusText } from "./metrics.js";
-import { encodePrefix } from "../io/tokenizer.js";
+import { encodedWholeBelow, encodePrefix } from "../io/tokenizer.js";
 
 export interface ServeOptions {
   /** Address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 for every interface). */
@@ -186,9 +186,12 @@ export async function serve(model: string | LoadedModel, opts: ServeOptions = {}
    */
   const encodePrompt = (text: string, addSpecialTokens: boolean): number[] => {
     const max = lm.config.maxPositions;
-    if (encodePrefix(lm.tokenizer, text, max + 1).length > max)
-      throw new MlaError("BAD_ARGUMENT", `the prompt holds more than the model's ${max} positions of tokens`, "shorten the prompt");
-    return lm.tokenizer.encode(text, { addSpecialTokens });
+    const tooLong = () => new MlaError("BAD_ARGUMENT", `the prompt holds more than the model's ${max} positions of tokens`, "shorten the prompt");
+    // A text the bounded probe would tokenize whole anyway (most prompts) is tokenized once.
+    if (text.length >= encodedWholeBelow(max + 1) && encodePrefix(lm.tokenizer, text, max + 1).length > max) throw tooLong();
+    const ids = lm.tokenizer.encode(text, { addSpecialTokens });
+    if (ids.length > max) throw tooLong();
+    return ids;
   };
 
   /** A completion's prompt ids and settings from its request body. */
