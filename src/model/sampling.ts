@@ -137,3 +137,34 @@ function draw(p: Float64Array, ids: Int32Array | null, mass: number, rand: () =>
   for (let j = n - 1; j >= 0; j--) if (p[ids ? ids[j]! : j]! > 0) return ids ? ids[j]! : j;
   return ids ? ids[0]! : 0;
 }
+
+/** A chosen token's log-probability and the `top` most likely tokens' (most likely first). */
+export interface TokenLogprobs {
+  logprob: number;
+  top: { id: number; logprob: number }[];
+}
+
+/**
+ * Log-probabilities under the model's own distribution, softmax(logits) before temperature, top-k or
+ * top-p (as vLLM reports them by default): of token `id`, and of the `top` most likely tokens, ties
+ * broken by the lower id. `logits` [V].
+ */
+export function tokenLogprobs(logits: FloatArray, id: number, top: number): TokenLogprobs {
+  let max = -Infinity;
+  for (let i = 0; i < logits.length; i++) if (logits[i]! > max) max = logits[i]!;
+  let sum = 0;
+  for (let i = 0; i < logits.length; i++) sum += Math.exp(logits[i]! - max);
+  const norm = max + Math.log(sum);
+  // The `top` largest by insertion into a short sorted list: top ≤ 20 against a vocabulary of 32k–128k.
+  const best: number[] = [];
+  if (top > 0)
+    for (let i = 0; i < logits.length; i++) {
+      const x = logits[i]!;
+      if (best.length === top && !(x > logits[best[top - 1]!]!)) continue;
+      let at = best.length;
+      while (at > 0 && x > logits[best[at - 1]!]!) at--;
+      best.splice(at, 0, i);
+      if (best.length > top) best.pop();
+    }
+  return { logprob: logits[id]! - norm, top: best.map((i) => ({ id: i, logprob: logits[i]! - norm })) };
+}

@@ -17,7 +17,7 @@ import type { DecodeCache } from "../model/kvCache.js";
 import { DecodeSession } from "../model/decodeSession.js";
 import { kvBytesPerToken, stopTokenIds } from "../model/config.js";
 import type { KvCacheDtype } from "../model/kvQuant.js";
-import { pickToken, seededRandom, type SamplingOptions } from "../model/sampling.js";
+import { pickToken, seededRandom, tokenLogprobs, type SamplingOptions, type TokenLogprobs } from "../model/sampling.js";
 import type { FloatArray } from "../tensor/tensor.js";
 import { PrefixCache, type PrefixCacheStats } from "./prefixCache.js";
 
@@ -31,8 +31,10 @@ export interface SequenceSpec {
   seed: number;
   /** End at the model's EOS tokens (stopTokenIds; default true); the EOS is counted but not passed to onToken. */
   stopAtEos?: boolean;
-  /** Each new token; returning false ends the sequence there ("stop": a stop string was met). */
-  onToken: (id: number) => boolean;
+  /** Log-probabilities of each new token and of this many most likely ones, passed to onToken (default: none). */
+  logprobs?: number;
+  /** Each new token (with its log-probabilities when asked); returning false ends the sequence there ("stop": a stop string was met). */
+  onToken: (id: number, logprobs?: TokenLogprobs) => boolean;
   /** Called once, when the sequence ends for whatever reason. */
   onEnd: (end: SequenceEnd) => void;
 }
@@ -320,7 +322,7 @@ export class Batcher {
     if (keep && this.prefix && !this.prefix.store(s.spec.prompt, s.cache!, logits)) this.unkept.add(s.spec.prompt);
     s.prefillMs = performance.now() - s.admittedAt;
     s.decoding = true;
-    this.take(s, pickToken(logits, s.spec.sampling, s.rand));
+    this.take(s, logits);
   }
 
   /** One decode step for every running sequence that goes on. */
@@ -342,7 +344,7 @@ export class Batcher {
       this.decodeSteps++;
       if (this.session.graphed) this.replayedSteps++;
       // A sequence ended or cancelled earlier in this pass (a sibling choice failed) takes no token.
-      live.forEach((s, k) => !s.ended && !s.cancelled && this.take(s, pickToken(logits.subarray(k * V, (k + 1) * V), s.spec.sampling, s.rand)));
+      live.forEach((s, k) => !s.ended && !s.cancelled && this.take(s, logits.subarray(k * V, (k + 1) * V)));
     } catch (e) {
       this.session?.dispose();
       this.session = null;
@@ -351,15 +353,17 @@ export class Batcher {
     }
   }
 
-  /** A new token of `s`: passed on, and the sequence ended where it should. */
-  private take(s: Sequence, id: number): void {
+  /** The next token of `s`, drawn from its `logits` [V]. */
+  private take(s: Sequence, logits: FloatArray): void {
+    const id = pickToken(logits, s.spec.sampling, s.rand);
+    const lp = s.spec.logprobs === undefined ? undefined : tokenLogprobs(logits, id, s.spec.logprobs);
     s.newTokens++;
     s.generated.push(id);
     this.newTokens++;
     if ((s.spec.stopAtEos ?? true) && this.stops.has(id)) return this.end(s, "stop");
     let more: boolean;
     try {
-      more = s.spec.onToken(id);
+      more = s.spec.onToken(id, lp);
     } catch (e) {
       return this.fail([s], e);
     }

@@ -1,7 +1,6 @@
 /**
  * The body of an OpenAI-style `POST /v1/completions` or `/v1/chat/completions`, checked. What the
- * server does not implement
- * (several choices, log-probabilities, penalties, echo, suffix) is refused by name rather than
+ * server does not implement (penalties, echo, suffix, best_of, tools) is refused by name rather than
  * ignored, so a client never reads an answer computed without a setting it asked for.
  */
 import { MlaError } from "../errors.js";
@@ -21,7 +20,15 @@ export interface GenerationFields {
   n: number;
   /** vLLM's `ignore_eos`: go on past the model's end-of-sequence tokens (load tests, fixed lengths). */
   ignoreEos: boolean;
+  /**
+   * Log-probabilities of the chosen tokens and of this many most likely ones at each step (completions'
+   * `logprobs`, chat's `top_logprobs` with `logprobs: true`); null: none.
+   */
+  logprobs: number | null;
 }
+
+/** The most alternatives per token a request may ask log-probabilities of (vLLM's default limit). */
+export const MAX_LOGPROBS = 20;
 
 export interface CompletionRequest extends GenerationFields {
   /** The prompt as text, or as token ids. */
@@ -42,8 +49,6 @@ export const DEFAULT_MAX_TOKENS = 16;
 const UNSUPPORTED: Record<string, (v: unknown) => boolean> = {
   best_of: (v) => v === 1,
   echo: (v) => v === false,
-  // 0 asks OpenAI and vLLM for the chosen tokens' log-probabilities: only null or false is off.
-  logprobs: (v) => v === false,
   suffix: (v) => v === "",
   presence_penalty: (v) => v === 0,
   frequency_penalty: (v) => v === 0,
@@ -53,8 +58,6 @@ const UNSUPPORTED: Record<string, (v: unknown) => boolean> = {
 
 /** Chat's own fields that change the answer and are not implemented ("off" values as above). */
 const CHAT_UNSUPPORTED: Record<string, (v: unknown) => boolean> = {
-  logprobs: (v) => v === false,
-  top_logprobs: (v) => v === 0,
   presence_penalty: UNSUPPORTED["presence_penalty"]!,
   frequency_penalty: UNSUPPORTED["frequency_penalty"]!,
   repetition_penalty: UNSUPPORTED["repetition_penalty"]!,
@@ -67,8 +70,8 @@ const CHAT_UNSUPPORTED: Record<string, (v: unknown) => boolean> = {
 
 /** Fields read, or harmless to ignore (user: an end-user id for abuse tracking). */
 const COMMON = ["model", "n", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "stream", "stream_options", "user", "ignore_eos"];
-const KNOWN = new Set(["prompt", ...COMMON, ...Object.keys(UNSUPPORTED)]);
-const CHAT_KNOWN = new Set(["messages", "max_completion_tokens", ...COMMON, ...Object.keys(CHAT_UNSUPPORTED)]);
+const KNOWN = new Set(["prompt", "logprobs", ...COMMON, ...Object.keys(UNSUPPORTED)]);
+const CHAT_KNOWN = new Set(["messages", "max_completion_tokens", "logprobs", "top_logprobs", ...COMMON, ...Object.keys(CHAT_UNSUPPORTED)]);
 
 function bad(message: string, hint: string): MlaError {
   return new MlaError("BAD_ARGUMENT", message, hint);
@@ -88,7 +91,7 @@ function checkedBody(body: unknown, served: { name: string }, known: ReadonlySet
   const unknown = Object.keys(b).filter((k) => !known.has(k));
   if (unknown.length) throw bad(`unknown field${unknown.length > 1 ? "s" : ""} ${unknown.map((k) => JSON.stringify(k)).join(", ")}`, `the fields read are ${[...known].filter((k) => !(k in unsupported)).join(", ")}`);
   for (const [k, off] of Object.entries(unsupported))
-    if (b[k] !== undefined && b[k] !== null && !off(b[k])) throw bad(`${k} ${JSON.stringify(b[k])} is not supported by this server`, `leave ${k} out (no log-probabilities, penalties, tools, best_of, echo or suffix)`);
+    if (b[k] !== undefined && b[k] !== null && !off(b[k])) throw bad(`${k} ${JSON.stringify(b[k])} is not supported by this server`, `leave ${k} out (no penalties, tools, best_of, echo or suffix)`);
   if (b["model"] !== undefined && b["model"] !== served.name) throw new MlaError("NOT_FOUND", `model ${JSON.stringify(b["model"])} is not served here`, `this server serves ${JSON.stringify(served.name)} (GET /v1/models); send that name or leave model out`);
   return b;
 }
@@ -111,7 +114,10 @@ export function parseCompletionRequest(body: unknown, served: { name: string; vo
   // An empty text is a prompt of BOS alone (unconditional generation); an empty list of ids is nothing.
   if (Array.isArray(prompt) && prompt.length === 0) throw bad("the prompt is an empty list of token ids", "send at least one id, or the prompt as text");
 
-  return { prompt, ...generationFields(b, "max_tokens", DEFAULT_MAX_TOKENS) };
+  // An integer: the chosen tokens' log-probabilities and this many alternatives (0: the chosen alone).
+  const lp = b["logprobs"];
+  const logprobs = lp === undefined || lp === null || lp === false ? null : numberField(b, "logprobs", 0, (v) => Number.isInteger(v) && v >= 0 && v <= MAX_LOGPROBS, `a whole number from 0 to ${MAX_LOGPROBS}`);
+  return { prompt, ...generationFields(b, "max_tokens", DEFAULT_MAX_TOKENS), logprobs };
 }
 
 /** The request `body` of POST /v1/chat/completions, checked against the served model's name. */
@@ -134,11 +140,15 @@ export function parseChatRequest(body: unknown, served: { name: string }): ChatR
   });
   const set = (k: string) => b[k] !== undefined && b[k] !== null;
   if (set("max_tokens") && set("max_completion_tokens")) throw bad("both max_tokens and max_completion_tokens are set", "send one of them");
-  return { messages, ...generationFields(b, set("max_completion_tokens") ? "max_completion_tokens" : "max_tokens", null) };
+  const lp = b["logprobs"] ?? false;
+  if (typeof lp !== "boolean") throw bad(`logprobs ${JSON.stringify(lp)} is not true or false`, "send logprobs: true (and top_logprobs: N for N alternatives per token)");
+  const top = set("top_logprobs") ? numberField(b, "top_logprobs", 0, (v) => Number.isInteger(v) && v >= 0 && v <= MAX_LOGPROBS, `a whole number from 0 to ${MAX_LOGPROBS}`) : 0;
+  if (top > 0 && !lp) throw bad(`top_logprobs ${top} is set without logprobs: true`, "send logprobs: true with it, or leave top_logprobs out");
+  return { messages, ...generationFields(b, set("max_completion_tokens") ? "max_completion_tokens" : "max_tokens", null), logprobs: lp ? top : null };
 }
 
 /** The fields both endpoints share, checked; `maxKey` names the token limit's field. */
-function generationFields(b: Record<string, unknown>, maxKey: string, defaultMax: number | null): GenerationFields {
+function generationFields(b: Record<string, unknown>, maxKey: string, defaultMax: number | null): Omit<GenerationFields, "logprobs"> {
   const maxTokens = b[maxKey] === undefined || b[maxKey] === null ? defaultMax : numberField(b, maxKey, 0, (v) => Number.isInteger(v) && v >= 1, "a whole number ≥ 1");
   const temperature = numberField(b, "temperature", 1, (v) => Number.isFinite(v) && v >= 0, "a number ≥ 0 (0: greedy)");
   const topP = numberField(b, "top_p", 1, (v) => v > 0 && v <= 1, "a probability in (0, 1]");

@@ -5,16 +5,45 @@
  */
 export type Finish = "stop" | "length";
 
+/** A generated token's text and log-probability, and the most likely tokens' at its step. */
+export interface TokenEntry {
+  token: string;
+  logprob: number;
+  top: { token: string; logprob: number }[];
+}
+
+/** The completions API's (legacy) log-probabilities of `entries`; text offsets count from `offset`. */
+function completionLogprobs(entries: readonly TokenEntry[] | null, offset: number): Record<string, unknown> | null {
+  if (!entries) return null;
+  const text_offset: number[] = [];
+  for (const e of entries) {
+    text_offset.push(offset);
+    offset += e.token.length;
+  }
+  return { tokens: entries.map((e) => e.token), token_logprobs: entries.map((e) => e.logprob), top_logprobs: entries.map((e) => Object.fromEntries(e.top.map((t) => [t.token, t.logprob]))), text_offset };
+}
+
+const utf8 = (text: string) => [...Buffer.from(text, "utf8")];
+
+/** The chat API's log-probabilities of `entries` (`content`, each token with its UTF-8 bytes). */
+function chatLogprobs(entries: readonly TokenEntry[] | null): Record<string, unknown> | null {
+  if (!entries) return null;
+  return { content: entries.map((e) => ({ token: e.token, logprob: e.logprob, bytes: utf8(e.token), top_logprobs: e.top.map((t) => ({ token: t.token, logprob: t.logprob, bytes: utf8(t.token) })) })) };
+}
+
 export interface ResponseShape {
   /** The id's prefix ("cmpl", "chatcmpl"). */
   readonly idPrefix: string;
   /** The `object` of a whole response and of a stream chunk. */
   readonly object: string;
   readonly chunkObject: string;
-  /** Choice `index` of a whole response. */
-  choice(text: string, finish: Finish, index: number): Record<string, unknown>;
-  /** A stream chunk's choice: a piece of text (finish null), or the end (finish set, with the last piece). */
-  delta(piece: string, finish: Finish | null, index: number): Record<string, unknown>;
+  /** Choice `index` of a whole response; `logprobs`: its tokens' (null: not asked). */
+  choice(text: string, finish: Finish, index: number, logprobs: readonly TokenEntry[] | null): Record<string, unknown>;
+  /**
+   * A stream chunk's choice: a piece of text (finish null), or the end (finish set, with the last
+   * piece); `logprobs`: the tokens since the last chunk, whose text starts `offset` characters in.
+   */
+  delta(piece: string, finish: Finish | null, index: number, logprobs: readonly TokenEntry[] | null, offset: number): Record<string, unknown>;
   /** The choice of the chunk that opens a choice's stream, if the shape has one. */
   opening?(index: number): Record<string, unknown>;
 }
@@ -23,16 +52,16 @@ export const TEXT_COMPLETION: ResponseShape = {
   idPrefix: "cmpl",
   object: "text_completion",
   chunkObject: "text_completion",
-  choice: (text, finish, index) => ({ index, text, logprobs: null, finish_reason: finish }),
-  delta: (piece, finish, index) => ({ index, text: piece, logprobs: null, finish_reason: finish }),
+  choice: (text, finish, index, logprobs) => ({ index, text, logprobs: completionLogprobs(logprobs, 0), finish_reason: finish }),
+  delta: (piece, finish, index, logprobs, offset) => ({ index, text: piece, logprobs: completionLogprobs(logprobs, offset), finish_reason: finish }),
 };
 
 export const CHAT_COMPLETION: ResponseShape = {
   idPrefix: "chatcmpl",
   object: "chat.completion",
   chunkObject: "chat.completion.chunk",
-  choice: (text, finish, index) => ({ index, message: { role: "assistant", content: text }, logprobs: null, finish_reason: finish }),
-  delta: (piece, finish, index) => ({ index, delta: piece || finish === null ? { content: piece } : {}, logprobs: null, finish_reason: finish }),
+  choice: (text, finish, index, logprobs) => ({ index, message: { role: "assistant", content: text }, logprobs: chatLogprobs(logprobs), finish_reason: finish }),
+  delta: (piece, finish, index, logprobs) => ({ index, delta: piece || finish === null ? { content: piece } : {}, logprobs: chatLogprobs(logprobs), finish_reason: finish }),
   // OpenAI's first chunk of each choice names the role, with no text yet.
   opening: (index) => ({ index, delta: { role: "assistant", content: "" }, logprobs: null, finish_reason: null }),
 };

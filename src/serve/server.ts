@@ -19,7 +19,8 @@ import { throwIfAborted } from "../util/abort.js";
 import { Batcher, type BatcherStats, type SequenceEnd, type SequenceHandle } from "./batcher.js";
 import { parseChatRequest, parseCompletionRequest, type GenerationFields } from "./completionRequest.js";
 import { loadChatTemplate, type ChatTemplate } from "./chatTemplate.js";
-import { CHAT_COMPLETION, TEXT_COMPLETION, type ResponseShape } from "./responseShapes.js";
+import { CHAT_COMPLETION, TEXT_COMPLETION, type ResponseShape, type TokenEntry } from "./responseShapes.js";
+import type { TokenLogprobs } from "../model/sampling.js";
 import { TextStream } from "./textStream.js";
 import { prometheusText } from "./metrics.js";
 import { encodedWholeBelow, encodePrefix } from "../io/tokenizer.js";
@@ -194,6 +195,18 @@ export async function serve(model: string | LoadedModel, opts: ServeOptions = {}
     return ids;
   };
 
+  /**
+   * A token's text as it reads after `prev` (so a SentencePiece piece keeps its leading space): the
+   * text of [prev, id] less that of [prev]; special tokens by name. A byte token short of a whole
+   * character reads as U+FFFD.
+   */
+  const tokenText = (prev: number, id: number): string => {
+    const before = lm.tokenizer.decode([prev], { skipSpecialTokens: false });
+    const both = lm.tokenizer.decode([prev, id], { skipSpecialTokens: false });
+    return both.startsWith(before) ? both.slice(before.length) : lm.tokenizer.decode([id], { skipSpecialTokens: false });
+  };
+  const tokenEntry = (prev: number, id: number, lp: TokenLogprobs): TokenEntry => ({ token: tokenText(prev, id), logprob: lp.logprob, top: lp.top.map((t) => ({ token: tokenText(prev, t.id), logprob: t.logprob })) });
+
   /** A completion's prompt ids and settings from its request body. */
   type Parse = (body: unknown) => { prompt: number[]; fields: GenerationFields };
   const parseText: Parse = (body) => {
@@ -220,6 +233,17 @@ export async function serve(model: string | LoadedModel, opts: ServeOptions = {}
     const created = Math.floor(Date.now() / 1000);
     const n = r.n;
     const texts = Array.from({ length: n }, () => new TextStream(lm.tokenizer, prompt, r.stop));
+    // With logprobs: each choice's token entries, all of them and those not yet streamed, and the text
+    // offset of the first of those; the last id, for the next token's text.
+    const entries = Array.from({ length: n }, () => ({ all: [] as TokenEntry[], pending: [] as TokenEntry[], offset: 0, last: prompt[prompt.length - 1]! }));
+    /** Choice i's entries not yet streamed, and where their text starts; the pending ones then count as sent. */
+    const unsent = (i: number): { list: TokenEntry[] | null; offset: number } => {
+      const e = entries[i]!, list = e.pending, offset = e.offset;
+      if (r.logprobs === null) return { list: null, offset };
+      e.pending = [];
+      e.offset += list.reduce((k, x) => k + x.token.length, 0);
+      return { list, offset };
+    };
     const ends: (SequenceEnd | null)[] = new Array<SequenceEnd | null>(n).fill(null);
     const handles: SequenceHandle[] = [];
     // With include_usage every chunk has a usage field, null until the last, as OpenAI sends them.
@@ -240,12 +264,15 @@ export async function serve(model: string | LoadedModel, opts: ServeOptions = {}
         return void res.end("data: [DONE]\n\n");
       }
       const rest = texts[i]!.finish();
-      if (r.stream) event({ choices: [shape.delta(rest, finishOf(end), i)] });
+      if (r.stream) {
+        const u = unsent(i);
+        event({ choices: [shape.delta(rest, finishOf(end), i, u.list, u.offset)] });
+      }
       if (!ends.every((e) => e !== null)) return;
       done = true;
       const completion = ends.reduce((k, e) => k + e!.newTokens, 0);
       const usage = { prompt_tokens: prompt.length, completion_tokens: completion, total_tokens: prompt.length + completion };
-      if (!r.stream) return sendJson(res, 200, JSON.stringify({ id, object: shape.object, created, model: name, choices: texts.map((t, k) => shape.choice(t.output, finishOf(ends[k]!), k)), usage }));
+      if (!r.stream) return sendJson(res, 200, JSON.stringify({ id, object: shape.object, created, model: name, choices: texts.map((t, k) => shape.choice(t.output, finishOf(ends[k]!), k, r.logprobs === null ? null : entries[k]!.all)), usage }));
       if (r.includeUsage) event({ choices: [], usage });
       res.end("data: [DONE]\n\n");
     };
@@ -261,11 +288,22 @@ export async function serve(model: string | LoadedModel, opts: ServeOptions = {}
             sampling: r.sampling,
             stopAtEos: !r.ignoreEos,
             seed: ((seed >>> 0) + i) >>> 0,
-            onToken: (tok) => {
+            logprobs: r.logprobs ?? undefined,
+            onToken: (tok, lp) => {
               // Answered already (another choice failed in this same step): nothing more goes out.
               if (done || res.writableEnded) return false;
               const piece = texts[i]!.push(tok);
-              if (r.stream && piece) event({ choices: [shape.delta(piece, null, i)] });
+              // The tokens up to the one that completes a stop string (whose text is cut) are reported.
+              if (lp && !texts[i]!.hitStop) {
+                const e = entries[i]!, entry = tokenEntry(e.last, tok, lp);
+                e.all.push(entry);
+                e.pending.push(entry);
+              }
+              entries[i]!.last = tok;
+              if (r.stream && piece) {
+                const u = unsent(i);
+                event({ choices: [shape.delta(piece, null, i, u.list, u.offset)] });
+              }
               return !texts[i]!.hitStop;
             },
             onEnd: onEnd(i),

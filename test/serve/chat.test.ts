@@ -74,6 +74,15 @@ test("chat completions, plain and streamed, answer as generate() continues the r
     assert.ok(events.every((e) => e["object"] === "chat.completion.chunk"));
     assert.equal(events.map((e) => e["choices"][0].delta.content ?? "").join(""), want);
     assert.equal(events[events.length - 1]!["choices"][0].finish_reason, "length");
+    // Log-probabilities in the chat shape: a token, its logprob and UTF-8 bytes, and the alternatives'.
+    const withLp = await fetch(`${server.url}/v1/chat/completions`, { method: "POST", body: JSON.stringify({ messages, max_tokens: 6, temperature: 0, logprobs: true, top_logprobs: 2 }) });
+    const lp = ((await withLp.json()) as Record<string, any>)["choices"][0].logprobs.content as { token: string; logprob: number; bytes: number[]; top_logprobs: { token: string; logprob: number }[] }[];
+    assert.equal(lp.length, 6);
+    assert.equal(lp.map((x) => x.token).join(""), want.slice(0, lp.map((x) => x.token).join("").length));
+    for (const x of lp) {
+      assert.deepEqual(x.bytes, [...Buffer.from(x.token, "utf8")]);
+      assert.ok(x.logprob <= 0 && x.top_logprobs.length === 2 && Math.abs(x.top_logprobs[0]!.logprob - x.logprob) < 1e-6);
+    }
   } finally {
     await server.close();
   }
@@ -91,6 +100,8 @@ test("chat requests the server cannot honour are refused by name; without max_to
     assert.match((await ask({ messages: [{ role: "user", content: [{ type: "image_url", image_url: {} }] }] })).message, /messages\[0\]\.content is neither text/);
     assert.match((await ask({ messages, tools: [{ type: "function" }] })).message, /tools .* is not supported/);
     assert.match((await ask({ messages, max_tokens: 3, max_completion_tokens: 3 })).message, /both max_tokens and max_completion_tokens/);
+    assert.match((await ask({ messages, top_logprobs: 2 })).message, /top_logprobs 2 is set without logprobs: true/);
+    assert.match((await ask({ messages, logprobs: 3 })).message, /logprobs 3 is not true or false/);
     const roles = await ask({ messages: [{ role: "assistant", content: "x" }] });
     assert.equal(roles.status, 400);
     assert.match(roles.message, /roles must alternate/);

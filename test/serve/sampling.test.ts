@@ -1,7 +1,7 @@
-/** pickToken against the distributions it should draw from: greedy, temperature, top-k and the nucleus. */
+/** pickToken against the distributions it should draw from: greedy, temperature, top-k and the nucleus; tokenLogprobs against a float64 log-softmax. */
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { pickToken, seededRandom } from "../../src/model/sampling.js";
+import { pickToken, seededRandom, tokenLogprobs } from "../../src/model/sampling.js";
 import { checkSampling } from "../../src/model/generate.js";
 
 /** Frequencies of `n` draws. */
@@ -88,4 +88,15 @@ test("NaN logits weigh nothing, +∞ wins, and logits with no number at all are 
     assert.throws(() => pickToken(Float32Array.from([NaN, NaN]), opts, r), /logits for the next token hold no number[^]*diverged/);
     assert.throws(() => pickToken(Float32Array.from([-Infinity, -Infinity]), opts, r), /hold no number/);
   }
+});
+
+test("tokenLogprobs: the chosen token's log-softmax and the top ones, most likely first, ties to the lower id", () => {
+  const logits = Float32Array.of(1, 3, 3, -2, 0.5, 2);
+  const norm = Math.log(Array.from(logits).reduce((a, x) => a + Math.exp(x), 0));
+  const r = tokenLogprobs(logits, 4, 3);
+  assert.ok(Math.abs(r.logprob - (0.5 - norm)) < 1e-12);
+  assert.deepEqual(r.top.map((t) => t.id), [1, 2, 5]);
+  r.top.forEach((t) => assert.ok(Math.abs(t.logprob - (logits[t.id]! - norm)) < 1e-12));
+  assert.deepEqual(tokenLogprobs(logits, 0, 0).top, []);
+  assert.equal(tokenLogprobs(logits, 0, 10).top.length, 6, "at most the vocabulary");
 });

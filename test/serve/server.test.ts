@@ -121,7 +121,8 @@ test("bad requests get OpenAI error bodies that name the culprit; unknown routes
       [{ prompt: "x", max_tokens: 4, bogus: 1 }, 400, /unknown field "bogus"/],
       [{ prompt: "x", n: 17 }, 400, /n 17 is not a whole number from 1 to 16/],
       [{ prompt: "x", best_of: 2 }, 400, /best_of 2 is not supported/],
-      [{ prompt: "x", logprobs: 3 }, 400, /logprobs 3 is not supported/],
+      [{ prompt: "x", logprobs: 21 }, 400, /logprobs 21 is not a whole number from 0 to 20/],
+      [{ prompt: "x", echo: true }, 400, /echo true is not supported/],
       [{ prompt: "x", model: "gpt-4" }, 404, /model "gpt-4" is not served here.*"tiny"/],
       [{ max_tokens: 3 }, 400, /no prompt/],
       [{ prompt: ["a", "b"] }, 400, /2 prompts.*one prompt per request/],
@@ -229,7 +230,47 @@ test("HTTP hygiene: a malformed request line, a body over the limit (413), a wro
     assert.equal(empty.json["usage"].prompt_tokens, 1);
     const nested = await post(server.url, { prompt: [[1, 403]], max_tokens: 2, temperature: 0 });
     assert.equal(nested.status, 200, "a list holding one list of ids");
-    assert.equal((await post(server.url, { prompt: "x", logprobs: 0 })).status, 400, "logprobs 0 asks for log-probabilities");
+    const chosenOnly = await post(server.url, { prompt: "x", max_tokens: 2, logprobs: 0 });
+    assert.equal(chosenOnly.status, 200, "logprobs 0 asks for the chosen tokens' log-probabilities alone");
+    assert.deepEqual(chosenOnly.json["choices"][0].logprobs.top_logprobs, [{}, {}]);
+  } finally {
+    await server.close();
+  }
+});
+
+test("logprobs: each generated token's log-probability under the model and its most likely alternatives, plain and streamed", async () => {
+  const server = await serve(lm, { port: 0, name: "tiny" });
+  try {
+    const ask = { prompt: "Once upon a time", max_tokens: 8, temperature: 0, logprobs: 3 };
+    const r = await post(server.url, ask);
+    const c = r.json["choices"][0];
+    const lp = c.logprobs;
+    assert.equal(lp.tokens.length, 8);
+    assert.equal(lp.tokens.join(""), c.text, "the tokens' texts make the completion");
+    assert.deepEqual(lp.text_offset, lp.tokens.map((_: string, k: number) => lp.tokens.slice(0, k).join("").length));
+    // Against one forward over the prompt and the generated tokens: the log-softmax of each step's row.
+    const p = lm.tokenizer.encode(ask.prompt, { addSpecialTokens: true });
+    const gen = generate(lm.model, p, { maxTokens: 8 }).ids;
+    const V = lm.config.vocabSize;
+    const logits = lm.model.forward(Int32Array.from([...p, ...gen.slice(0, -1)])).toArray();
+    gen.forEach((id, k) => {
+      const row = logits.subarray((p.length - 1 + k) * V, (p.length + k) * V);
+      const max = Math.max(...row);
+      const norm = max + Math.log(Array.from(row).reduce((a, x) => a + Math.exp(x - max), 0));
+      assert.ok(Math.abs(lp.token_logprobs[k] - (row[id]! - norm)) < 1e-4, `token ${k}`);
+      const top = Object.values(lp.top_logprobs[k] as Record<string, number>);
+      assert.ok(top.length >= 1 && top.length <= 3);
+      assert.ok(Math.abs(Math.max(...top) - lp.token_logprobs[k]) < 1e-6, "greedy: the chosen token is the most likely");
+    });
+    const evs = await events(server.url, ask);
+    const streamed = evs.flatMap((e) => e["choices"][0]?.logprobs?.tokens ?? []);
+    assert.deepEqual(streamed, lp.tokens, "streamed, each chunk carries its tokens'");
+    assert.deepEqual(evs.flatMap((e) => e["choices"][0]?.logprobs?.text_offset ?? []), lp.text_offset);
+    // A stop string: the tokens up to the one that completes it.
+    const cut = await post(server.url, { ...ask, max_tokens: 40, stop: ["."] });
+    const cutLp = cut.json["choices"][0].logprobs;
+    assert.ok(cutLp.tokens.join("").startsWith(cut.json["choices"][0].text));
+    assert.ok(cutLp.tokens.length < cut.json["usage"].completion_tokens + 1);
   } finally {
     await server.close();
   }
