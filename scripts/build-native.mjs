@@ -5,8 +5,9 @@
 // Never fails the install: without a compiler, or when a build fails, the other backends are used.
 // Each library is compiled beside its final name and renamed, so a process starting meanwhile never
 // loads a half-written file.
-import { spawnSync } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import fs from "node:fs";
+import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -45,6 +46,63 @@ function build(compiler, out, attempts) {
   }
   fs.rmSync(tmp, { force: true });
   fs.rmSync(out, { force: true });
+  return { ok: false, error: last };
+}
+
+/** Runs `compiler args` asynchronously: its exit status and stderr. */
+function run(compiler, args) {
+  return new Promise((resolve) => {
+    const child = spawn(compiler, args, { stdio: ["ignore", "ignore", "pipe"] });
+    let stderr = "";
+    child.stderr.on("data", (b) => (stderr += b.toString()));
+    child.on("error", (e) => resolve({ status: -1, stderr: e.message }));
+    child.on("close", (status) => resolve({ status, stderr }));
+  });
+}
+
+/**
+ * `build` for a library of many sources that each take long (the CUDA kernels): every source compiled
+ * on its own, as many at once as there are cores, then linked. One nvcc call over all sources compiles
+ * them one after another (~2 min on the GPU machine, where the slowest source alone takes ~30 s).
+ * Each attempt has `compile` flags (for every source) and `link` flags.
+ */
+async function buildParallel(compiler, out, sources, attempts) {
+  fs.mkdirSync(outDir, { recursive: true });
+  const objDir = fs.mkdtempSync(path.join(outDir, `obj-${path.basename(out, ".so")}-`));
+  const tmp = `${out}.tmp-${process.pid}`;
+  const errors = {};
+  let last = "";
+  const firstErrors = (stderr) => stderr.trim().split("\n").filter((l) => /error|fatal/i.test(l)).slice(0, 2).join(" | ") || stderr.trim().split("\n").slice(-2).join(" | ");
+  try {
+    for (const a of attempts) {
+      const objects = sources.map((src, i) => path.join(objDir, `${i}-${path.basename(src)}.o`));
+      let next = 0, failed = null;
+      const worker = async () => {
+        while (next < sources.length && !failed) {
+          const i = next++;
+          const r = await run(compiler, [...a.compile, "-c", sources[i], "-o", objects[i]]);
+          if (r.status !== 0) failed ??= `${path.basename(sources[i])}: ${firstErrors(r.stderr)}`;
+        }
+      };
+      await Promise.all(Array.from({ length: Math.max(1, Math.min(sources.length, os.availableParallelism?.() ?? os.cpus().length)) }, worker));
+      if (!failed) {
+        const r = await run(compiler, [...objects, ...a.link, "-o", tmp]);
+        if (r.status === 0) {
+          fs.renameSync(tmp, out);
+          const record = { compiler, variant: a.name, flags: [...a.compile, ...a.link].filter((f) => f.startsWith("-") && !f.startsWith("-I")), ...(a.record ?? {}), built: new Date().toISOString() };
+          fs.writeFileSync(`${out}.json`, JSON.stringify(record, null, 2) + "\n");
+          return { ok: true, variant: a.name, errors };
+        }
+        failed = `linking: ${firstErrors(r.stderr)}`;
+      }
+      errors[a.name] = last = failed;
+    }
+  } finally {
+    fs.rmSync(objDir, { recursive: true, force: true });
+    fs.rmSync(tmp, { force: true });
+  }
+  // No library, and no record of one: a failed build leaves nothing that says a library was built.
+  for (const f of [out, `${out}.json`]) fs.rmSync(f, { force: true });
   return { ok: false, error: last };
 }
 
@@ -132,7 +190,7 @@ function cudnnLinkDir(cudnn) {
   return dir;
 }
 
-function buildCuda() {
+async function buildCuda() {
   if (process.env.MHA2MLA_SKIP_CUDA || process.env.MHA2MLA_SKIP_NATIVE) return "mha2mla: MHA2MLA_SKIP_CUDA/MHA2MLA_SKIP_NATIVE is set: CUDA library not built";
   const nvcc = findNvcc();
   if (!nvcc) return "mha2mla: nvcc not found (CUDA_HOME, /usr/local/cuda, PATH): CUDA library not built, --device cuda is unavailable";
@@ -141,18 +199,23 @@ function buildCuda() {
   const out = path.join(outDir, "libmla_cuda.so");
   // MHA2MLA_NVCC_FLAGS: extra nvcc flags, e.g. -lineinfo for ncu's per-line source counters.
   const extra = (process.env.MHA2MLA_NVCC_FLAGS ?? "").split(/\s+/).filter(Boolean);
-  const common = ["-O3", "-std=c++17", "-shared", "-Xcompiler", "-fPIC", "-Xlinker", "-z,nodelete", include, ...extra, ...sourcesOf("cuda", ".cu"), "-lcublas", "-lcusolver"];
+  const compile = ["-O3", "-std=c++17", "-Xcompiler", "-fPIC", include, ...extra];
+  const link = ["-shared", "-Xlinker", "-z,nodelete", "-lcublas", "-lcusolver"];
   // The GPU of this machine when one is visible; otherwise Ampere and Hopper code plus PTX for newer GPUs.
   const hasGpu = spawnSync("nvidia-smi", ["-L"], { encoding: "utf8" }).status === 0;
   const fat = ["-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90", "-gencode=arch=compute_90,code=compute_90"];
   // cuDNN's fused attention where cuDNN is installed (its frontend is vendored, header-only); the same
   // builds without it otherwise, or when that build fails.
   const cudnn = findCudnn(home);
-  const withCudnn = cudnn ? ["-DMLA_WITH_CUDNN", "-DCUDNN_FRONTEND_SKIP_JSON_LIB", `-I${cudnn.include}`, `-I${path.join(root, "native", "third_party", "cudnn_frontend", "include")}`, `-L${cudnnLinkDir(cudnn)}`, "-lcudnn", "-Xlinker", `-rpath,${cudnn.dir}`] : null;
+  const cudnnCompile = cudnn ? ["-DMLA_WITH_CUDNN", "-DCUDNN_FRONTEND_SKIP_JSON_LIB", `-I${cudnn.include}`, `-I${path.join(root, "native", "third_party", "cudnn_frontend", "include")}`] : null;
+  const cudnnLink = cudnn ? [`-L${cudnnLinkDir(cudnn)}`, "-lcudnn", "-Xlinker", `-rpath,${cudnn.dir}`] : null;
   const archs = [...(hasGpu ? [{ name: "-arch=native", flags: ["-arch=native"] }] : []), { name: "sm_80+sm_90+PTX", flags: fat }];
   const cudnnRecord = cudnn ? { cudnn: { lib: cudnn.lib, version: cudnn.version } } : {};
-  const attempts = archs.flatMap((a) => [...(withCudnn ? [{ name: `${a.name}, cuDNN`, flags: [...a.flags, ...common, ...withCudnn], record: cudnnRecord }] : []), { name: a.name, flags: [...a.flags, ...common] }]);
-  const r = build(nvcc, out, attempts);
+  const attempts = archs.flatMap((a) => [
+    ...(cudnn ? [{ name: `${a.name}, cuDNN`, compile: [...a.flags, ...compile, ...cudnnCompile], link: [...a.flags, ...link, ...cudnnLink], record: cudnnRecord }] : []),
+    { name: a.name, compile: [...a.flags, ...compile], link: [...a.flags, ...link] },
+  ]);
+  const r = await buildParallel(nvcc, out, sourcesOf("cuda", ".cu"), attempts);
   const cudnnError = r.ok && cudnn && !r.variant.endsWith("cuDNN") ? Object.entries(r.errors).find(([name]) => name.endsWith("cuDNN"))?.[1] : undefined;
   if (r.ok) return `mha2mla: built the CUDA library ${path.relative(root, out)} with ${nvcc} (${r.variant}, cuBLAS, cuSOLVER${r.variant.endsWith("cuDNN") ? ` from ${cudnn.lib}` : cudnn ? `; the build with cuDNN ${cudnn.lib} failed (${cudnnError}), so without cuDNN` : "; no cuDNN found"})`;
   if (headers.length) return `mha2mla: ${nvcc} is there but ${headers.join(" and ")} ${headers.length > 1 ? "are" : "is"} not under ${home} (the cuBLAS/cuSOLVER development files of the CUDA toolkit are missing): CUDA library not built, --device cuda is unavailable`;
@@ -161,4 +224,4 @@ function buildCuda() {
 
 const only = process.argv[2];
 if (only !== "cuda") console.log(buildCpu());
-if (only !== "cpu") console.log(buildCuda());
+if (only !== "cpu") console.log(await buildCuda());
