@@ -3,8 +3,9 @@
  * a chat's earlier turns, the same question again) copies their cache and prefills only the rest, as
  * vLLM's automatic prefix caching does. An entry is a whole prompt's cache and its last-row logits, or
  * a finished sequence's (prompt and reply, without logits); a new prompt takes the entry sharing its
- * longest beginning, cut to that length (DecodeCache.clone with `tokens`). Entries are dropped least recently used first, within a byte budget of their own, apart
- * from the running sequences'. MLA's small cache makes each kept prompt as much cheaper.
+ * longest beginning, cut to that length (DecodeCache.clone with `tokens`). Entries are dropped least
+ * recently used first, within a byte budget of their own, apart from the running sequences'. MLA's
+ * small cache makes each kept prompt as much cheaper.
  */
 import type { DecodeCache } from "../model/kvCache.js";
 import type { FloatArray } from "../tensor/tensor.js";
@@ -93,7 +94,7 @@ export class PrefixCache {
    * the prompt is kept.
    */
   store(prompt: readonly number[], cache: DecodeCache, logits: FloatArray | null): boolean {
-    if (prompt.length < this.minTokens || prompt.length * this.bytesPerToken > this.budgetBytes) return false;
+    if (!this.keeps(prompt)) return false;
     // Already kept, alone or as the beginning of a finished sequence (a repeated prompt): that entry is
     // enough (a repeat then prefills its last token again, for the logits).
     const covering = this.entries.find((e) => e.ids.length >= prompt.length && common(e.ids, prompt) === prompt.length);

@@ -5,22 +5,18 @@
  */
 export type Finish = "stop" | "length";
 
-/** A generated token's text and log-probability, and the most likely tokens' at its step. */
+/** A generated token's text, where that starts in the completion, its log-probability, and the most likely tokens' at its step. */
 export interface TokenEntry {
   token: string;
+  offset: number;
   logprob: number;
   top: { token: string; logprob: number }[];
 }
 
-/** The completions API's (legacy) log-probabilities of `entries`; text offsets count from `offset`. */
-function completionLogprobs(entries: readonly TokenEntry[] | null, offset: number): Record<string, unknown> | null {
+/** The completions API's (legacy) log-probabilities of `entries`. */
+function completionLogprobs(entries: readonly TokenEntry[] | null): Record<string, unknown> | null {
   if (!entries) return null;
-  const text_offset: number[] = [];
-  for (const e of entries) {
-    text_offset.push(offset);
-    offset += e.token.length;
-  }
-  return { tokens: entries.map((e) => e.token), token_logprobs: entries.map((e) => e.logprob), top_logprobs: entries.map((e) => Object.fromEntries(e.top.map((t) => [t.token, t.logprob]))), text_offset };
+  return { tokens: entries.map((e) => e.token), token_logprobs: entries.map((e) => e.logprob), top_logprobs: entries.map((e) => Object.fromEntries(e.top.map((t) => [t.token, t.logprob]))), text_offset: entries.map((e) => e.offset) };
 }
 
 const utf8 = (text: string) => [...Buffer.from(text, "utf8")];
@@ -41,9 +37,9 @@ export interface ResponseShape {
   choice(text: string, finish: Finish, index: number, logprobs: readonly TokenEntry[] | null): Record<string, unknown>;
   /**
    * A stream chunk's choice: a piece of text (finish null), or the end (finish set, with the last
-   * piece); `logprobs`: the tokens since the last chunk, whose text starts `offset` characters in.
+   * piece); `logprobs`: the tokens since the last chunk.
    */
-  delta(piece: string, finish: Finish | null, index: number, logprobs: readonly TokenEntry[] | null, offset: number): Record<string, unknown>;
+  delta(piece: string, finish: Finish | null, index: number, logprobs: readonly TokenEntry[] | null): Record<string, unknown>;
   /** The choice of the chunk that opens a choice's stream, if the shape has one. */
   opening?(index: number): Record<string, unknown>;
 }
@@ -52,8 +48,8 @@ export const TEXT_COMPLETION: ResponseShape = {
   idPrefix: "cmpl",
   object: "text_completion",
   chunkObject: "text_completion",
-  choice: (text, finish, index, logprobs) => ({ index, text, logprobs: completionLogprobs(logprobs, 0), finish_reason: finish }),
-  delta: (piece, finish, index, logprobs, offset) => ({ index, text: piece, logprobs: completionLogprobs(logprobs, offset), finish_reason: finish }),
+  choice: (text, finish, index, logprobs) => ({ index, text, logprobs: completionLogprobs(logprobs), finish_reason: finish }),
+  delta: (piece, finish, index, logprobs) => ({ index, text: piece, logprobs: completionLogprobs(logprobs), finish_reason: finish }),
 };
 
 export const CHAT_COMPLETION: ResponseShape = {

@@ -196,16 +196,20 @@ export async function serve(model: string | LoadedModel, opts: ServeOptions = {}
   };
 
   /**
-   * A token's text as it reads after `prev` (so a SentencePiece piece keeps its leading space): the
-   * text of [prev, id] less that of [prev]; special tokens by name. A byte token short of a whole
-   * character reads as U+FFFD.
+   * The entry of token `id` (and of the step's most likely tokens) after `prev`, its text starting
+   * `offset` characters into the completion. A token's text is as it reads after `prev` (so a
+   * SentencePiece piece keeps its leading space): the text of [prev, id] less that of [prev]; special
+   * tokens by name. A byte token short of a whole character reads as U+FFFD.
    */
-  const tokenText = (prev: number, id: number): string => {
-    const before = lm.tokenizer.decode([prev], { skipSpecialTokens: false });
-    const both = lm.tokenizer.decode([prev, id], { skipSpecialTokens: false });
-    return both.startsWith(before) ? both.slice(before.length) : lm.tokenizer.decode([id], { skipSpecialTokens: false });
+  const tokenEntry = (prev: number, id: number, lp: TokenLogprobs, offset: number): TokenEntry => {
+    const decode = (ids: number[]) => lm.tokenizer.decode(ids, { skipSpecialTokens: false });
+    const before = decode([prev]);
+    const text = (t: number) => {
+      const both = decode([prev, t]);
+      return both.startsWith(before) ? both.slice(before.length) : decode([t]);
+    };
+    return { token: text(id), offset, logprob: lp.logprob, top: lp.top.map((t) => ({ token: text(t.id), logprob: t.logprob })) };
   };
-  const tokenEntry = (prev: number, id: number, lp: TokenLogprobs): TokenEntry => ({ token: tokenText(prev, id), logprob: lp.logprob, top: lp.top.map((t) => ({ token: tokenText(prev, t.id), logprob: t.logprob })) });
 
   /** A completion's prompt ids and settings from its request body. */
   type Parse = (body: unknown) => { prompt: number[]; fields: GenerationFields };
@@ -233,16 +237,15 @@ export async function serve(model: string | LoadedModel, opts: ServeOptions = {}
     const created = Math.floor(Date.now() / 1000);
     const n = r.n;
     const texts = Array.from({ length: n }, () => new TextStream(lm.tokenizer, prompt, r.stop));
-    // With logprobs: each choice's token entries, all of them and those not yet streamed, and the text
-    // offset of the first of those; the last id, for the next token's text.
-    const entries = Array.from({ length: n }, () => ({ all: [] as TokenEntry[], pending: [] as TokenEntry[], offset: 0, last: prompt[prompt.length - 1]! }));
-    /** Choice i's entries not yet streamed, and where their text starts; the pending ones then count as sent. */
-    const unsent = (i: number): { list: TokenEntry[] | null; offset: number } => {
-      const e = entries[i]!, list = e.pending, offset = e.offset;
-      if (r.logprobs === null) return { list: null, offset };
-      e.pending = [];
-      e.offset += list.reduce((k, x) => k + x.token.length, 0);
-      return { list, offset };
+    // With logprobs: each choice's token entries, all of them and how many have been streamed; the last
+    // id, for the next token's text.
+    const entries = Array.from({ length: n }, () => ({ all: [] as TokenEntry[], sent: 0, last: prompt[prompt.length - 1]! }));
+    /** Choice i's entries not yet streamed (null without logprobs); they then count as sent. */
+    const unsent = (i: number): TokenEntry[] | null => {
+      if (r.logprobs === null) return null;
+      const e = entries[i]!, list = e.all.slice(e.sent);
+      e.sent = e.all.length;
+      return list;
     };
     const ends: (SequenceEnd | null)[] = new Array<SequenceEnd | null>(n).fill(null);
     const handles: SequenceHandle[] = [];
@@ -264,10 +267,7 @@ export async function serve(model: string | LoadedModel, opts: ServeOptions = {}
         return void res.end("data: [DONE]\n\n");
       }
       const rest = texts[i]!.finish();
-      if (r.stream) {
-        const u = unsent(i);
-        event({ choices: [shape.delta(rest, finishOf(end), i, u.list, u.offset)] });
-      }
+      if (r.stream) event({ choices: [shape.delta(rest, finishOf(end), i, unsent(i))] });
       if (!ends.every((e) => e !== null)) return;
       done = true;
       const completion = ends.reduce((k, e) => k + e!.newTokens, 0);
@@ -294,16 +294,13 @@ export async function serve(model: string | LoadedModel, opts: ServeOptions = {}
               if (done || res.writableEnded) return false;
               const piece = texts[i]!.push(tok);
               // The tokens up to the one that completes a stop string (whose text is cut) are reported.
+              const e = entries[i]!;
               if (lp && !texts[i]!.hitStop) {
-                const e = entries[i]!, entry = tokenEntry(e.last, tok, lp);
-                e.all.push(entry);
-                e.pending.push(entry);
+                const prior = e.all[e.all.length - 1];
+                e.all.push(tokenEntry(e.last, tok, lp, prior ? prior.offset + prior.token.length : 0));
               }
-              entries[i]!.last = tok;
-              if (r.stream && piece) {
-                const u = unsent(i);
-                event({ choices: [shape.delta(piece, null, i, u.list, u.offset)] });
-              }
+              e.last = tok;
+              if (r.stream && piece) event({ choices: [shape.delta(piece, null, i, unsent(i))] });
               return !texts[i]!.hitStop;
             },
             onEnd: onEnd(i),
