@@ -24,6 +24,19 @@ function sourcesOf(dir, ext) {
   return fs.readdirSync(path.join(root, "native", dir)).filter((f) => f.endsWith(ext)).sort().map((f) => path.join(root, "native", dir, f));
 }
 
+/** A failed compiler run's first error lines (else its last lines), on one line. */
+function errorLines(stderr) {
+  const lines = stderr.trim().split("\n");
+  return lines.filter((l) => /error|fatal/i.test(l)).slice(0, 2).join(" | ") || lines.slice(-2).join(" | ");
+}
+
+/** The built library `tmp` in place as `out`, with a record of how attempt `a` (its `flags`) built it. */
+function install(tmp, out, compiler, a, flags) {
+  fs.renameSync(tmp, out);
+  const record = { compiler, variant: a.name, flags: flags.filter((f) => f.startsWith("-") && !f.startsWith("-I")), ...(a.record ?? {}), built: new Date().toISOString() };
+  fs.writeFileSync(`${out}.json`, JSON.stringify(record, null, 2) + "\n");
+}
+
 /**
  * Tries each flag set in turn; returns the variant that built, or the last error. `errors` maps each
  * failed variant to its first error lines (so a fallback can say why the better build failed).
@@ -36,12 +49,10 @@ function build(compiler, out, attempts) {
   for (const a of attempts) {
     const r = spawnSync(compiler, [...a.flags, "-o", tmp], { encoding: "utf8" });
     if (r.status === 0) {
-      fs.renameSync(tmp, out);
-      const record = { compiler, variant: a.name, flags: a.flags.filter((f) => f.startsWith("-") && !f.startsWith("-I")), ...(a.record ?? {}), built: new Date().toISOString() };
-      fs.writeFileSync(`${out}.json`, JSON.stringify(record, null, 2) + "\n");
+      install(tmp, out, compiler, a, a.flags);
       return { ok: true, variant: a.name, errors };
     }
-    last = (r.stderr || r.error?.message || "").trim().split("\n").filter((l) => /error|fatal/i.test(l)).slice(0, 2).join(" | ") || (r.stderr || "").trim().split("\n").slice(-2).join(" | ");
+    last = errorLines(r.stderr || r.error?.message || "");
     errors[a.name] = last;
   }
   fs.rmSync(tmp, { force: true });
@@ -73,7 +84,6 @@ async function buildParallel(compiler, out, sources, attempts) {
   const tmp = `${out}.tmp-${process.pid}`;
   const errors = {};
   let last = "";
-  const firstErrors = (stderr) => stderr.trim().split("\n").filter((l) => /error|fatal/i.test(l)).slice(0, 2).join(" | ") || stderr.trim().split("\n").slice(-2).join(" | ");
   try {
     for (const a of attempts) {
       const objects = sources.map((src, i) => path.join(objDir, `${i}-${path.basename(src)}.o`));
@@ -82,19 +92,17 @@ async function buildParallel(compiler, out, sources, attempts) {
         while (next < sources.length && !failed) {
           const i = next++;
           const r = await run(compiler, [...a.compile, "-c", sources[i], "-o", objects[i]]);
-          if (r.status !== 0) failed ??= `${path.basename(sources[i])}: ${firstErrors(r.stderr)}`;
+          if (r.status !== 0) failed ??= `${path.basename(sources[i])}: ${errorLines(r.stderr)}`;
         }
       };
       await Promise.all(Array.from({ length: Math.max(1, Math.min(sources.length, os.availableParallelism?.() ?? os.cpus().length)) }, worker));
       if (!failed) {
         const r = await run(compiler, [...objects, ...a.link, "-o", tmp]);
         if (r.status === 0) {
-          fs.renameSync(tmp, out);
-          const record = { compiler, variant: a.name, flags: [...a.compile, ...a.link].filter((f) => f.startsWith("-") && !f.startsWith("-I")), ...(a.record ?? {}), built: new Date().toISOString() };
-          fs.writeFileSync(`${out}.json`, JSON.stringify(record, null, 2) + "\n");
+          install(tmp, out, compiler, a, [...a.compile, ...a.link]);
           return { ok: true, variant: a.name, errors };
         }
-        failed = `linking: ${firstErrors(r.stderr)}`;
+        failed = `linking: ${errorLines(r.stderr)}`;
       }
       errors[a.name] = last = failed;
     }
