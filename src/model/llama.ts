@@ -10,7 +10,7 @@ import { resolveModel } from "../io/modelDir.js";
 import { loadTokenizer, TextTokenizer } from "../io/tokenizer.js";
 import { referenceBackend } from "../backends/reference/index.js";
 import type { Backend } from "../tensor/backend.js";
-import type { Tensor } from "../tensor/tensor.js";
+import type { FloatArray, Tensor } from "../tensor/tensor.js";
 import { attentionInvFreq, ModelConfig } from "./config.js";
 import { LlamaWeights, loadLlamaWeights, WEIGHT_STORAGES, WeightStorage } from "./weights.js";
 import { checkOptionTypes, type OptionKinds } from "../util/optionTypes.js";
@@ -23,6 +23,7 @@ import { Node, Ops, Tape } from "../tensor/autograd.js";
 import { ResidualRecomputeOps } from "./residualRecompute.js";
 import { AttentionNodes, ParamNodes, paramNodes } from "./params.js";
 import { rowRange } from "../tensor/rows.js";
+import { tokenLogprobs, type TokenLogprobs } from "./sampling.js";
 import { checkKvCacheDtype, type KvCacheDtype } from "./kvQuant.js";
 
 /** Outputs read only by matrix products (see ProductInputHint). */
@@ -130,6 +131,45 @@ export class LlamaModel {
     if (last !== h) last.dispose();
     h.dispose();
     return logits;
+  }
+
+  /**
+   * prefill, also scoring the prompt: for each row i of `ids` [T] whose next token `next[i]` is known
+   * (≥ 0; −1 where it is not, e.g. the prompt's last row), the log-probability of that token and of
+   * the `top` most likely ones after ids[0…i] (what a completion's `echo` with logprobs reports, and
+   * lm-eval's log-likelihood tasks read). Returns the last row's logits [V] and one entry per row (null
+   * where next is −1). The LM head runs over row chunks, so a long prompt of a large vocabulary never
+   * holds all its logits at once.
+   */
+  prefillScored(ids: Int32Array, cache: DecodeCache, next: Int32Array, top: number, opts: Pick<ForwardOptions, "absorb"> = {}): { logits: FloatArray; scored: (TokenLogprobs | null)[] } {
+    if (next.length !== ids.length) throw new MlaError("BAD_ARGUMENT", `prefillScored: ${next.length} next tokens for ${ids.length} ids`, "pass one next token (or −1) per id");
+    const b = this.backend;
+    const ops = new Ops(b, null);
+    const P = this.constantNodes(ops);
+    const h = this.hidden(ops, P, ids, cache, opts).value;
+    const V = this.config.vocabSize, T = ids.length;
+    const chunkRows = Math.max(1, Math.floor(2 ** 24 / V));
+    const scored: (TokenLogprobs | null)[] = [];
+    let last: FloatArray | null = null;
+    try {
+      for (let r0 = 0; r0 < T; r0 += chunkRows) {
+        const rows = Math.min(chunkRows, T - r0);
+        const hc = rowRange(b, h, r0, rows);
+        const lt = b.linear(hc, P.lmHead.value, null);
+        if (hc !== h) hc.dispose();
+        const logits = lt.toArray();
+        lt.dispose();
+        for (let j = 0; j < rows; j++) {
+          const row = logits.subarray(j * V, (j + 1) * V);
+          const t = next[r0 + j]!;
+          scored.push(t >= 0 ? tokenLogprobs(row, t, top) : null);
+          if (r0 + j === T - 1) last = row.slice();
+        }
+      }
+    } finally {
+      h.dispose();
+    }
+    return { logits: last!, scored };
   }
 
   /**

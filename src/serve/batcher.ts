@@ -24,7 +24,7 @@ import { PrefixCache, type PrefixCacheStats } from "./prefixCache.js";
 export interface SequenceSpec {
   /** Token ids to continue (BOS included where the model wants it). */
   prompt: readonly number[];
-  /** The most new tokens (≥ 1). */
+  /** The most new tokens (≥ 0; 0: the prompt is only prefilled, e.g. to score it with promptLogprobs). */
   maxTokens: number;
   sampling: SamplingOptions;
   /** The generator's seed for sampled tokens. */
@@ -33,6 +33,15 @@ export interface SequenceSpec {
   stopAtEos?: boolean;
   /** Log-probabilities of each new token and of this many most likely ones, passed to onToken (default: none). */
   logprobs?: number;
+  /**
+   * Score the prompt too: the log-probability of each prompt token after the ones before it, and of
+   * this many most likely tokens there (a completion's `echo` with logprobs; lm-eval's log-likelihood
+   * tasks), passed to onPrompt once the prompt is prefilled. Such a prompt is prefilled whole, not
+   * started from a kept prompt's cache, whose logits only the last row has.
+   */
+  promptLogprobs?: number;
+  /** With promptLogprobs: the prompt's tokens 1… scored (token 0 has nothing before it), before any new token. */
+  onPrompt?: (scored: TokenLogprobs[]) => void;
   /** Each new token (with its log-probabilities when asked); returning false ends the sequence there ("stop": a stop string was met). */
   onToken: (id: number, logprobs?: TokenLogprobs) => boolean;
   /** Called once, when the sequence ends for whatever reason. */
@@ -99,6 +108,8 @@ interface Sequence {
   rand: () => number;
   /** The token fed to the next step. */
   next: number;
+  /** With promptLogprobs: the prompt tokens scored so far. */
+  promptScored: TokenLogprobs[];
   /** Prompt tokens in the cache so far; the sequence decodes once all are. */
   prefilled: number;
   decoding: boolean;
@@ -161,14 +172,14 @@ export class Batcher {
   submit(spec: SequenceSpec): SequenceHandle {
     const c = this.model.config;
     if (spec.prompt.length === 0) throw new MlaError("BAD_ARGUMENT", "the prompt has no tokens", "send a non-empty prompt");
-    if (!(Number.isInteger(spec.maxTokens) && spec.maxTokens >= 1)) throw new MlaError("BAD_ARGUMENT", `max_tokens ${spec.maxTokens} is not a token count`, "pass a whole number ≥ 1");
+    if (!(Number.isInteger(spec.maxTokens) && spec.maxTokens >= 0)) throw new MlaError("BAD_ARGUMENT", `max_tokens ${spec.maxTokens} is not a token count`, "pass a whole number ≥ 0");
     const total = spec.prompt.length + spec.maxTokens;
     if (total > c.maxPositions)
       throw new MlaError("BAD_ARGUMENT", `the prompt's ${spec.prompt.length} tokens + max_tokens ${spec.maxTokens} = ${total} pass the model's ${c.maxPositions} positions`, `lower max_tokens to at most ${Math.max(0, c.maxPositions - spec.prompt.length)} or shorten the prompt`);
     const reserved = this.cacheBytes(total);
     if (this.opts.kvBudgetBytes !== undefined && reserved > this.opts.kvBudgetBytes)
       throw new MlaError("BAD_ARGUMENT", `${total} tokens of cache take ${mb(reserved)} MB, more than the server's whole KV budget of ${mb(this.opts.kvBudgetBytes)} MB`, "lower max_tokens or shorten the prompt (or start the server with a larger --kv-budget-mb)");
-    const s: Sequence = { spec, cache: null, rand: seededRandom(spec.seed), next: -1, prefilled: 0, decoding: false, newTokens: 0, generated: [], reserved, cancelled: false, ended: false, queuedAt: performance.now(), admittedAt: 0, prefillMs: 0 };
+    const s: Sequence = { spec, cache: null, rand: seededRandom(spec.seed), next: -1, promptScored: [], prefilled: 0, decoding: false, newTokens: 0, generated: [], reserved, cancelled: false, ended: false, queuedAt: performance.now(), admittedAt: 0, prefillMs: 0 };
     this.waiting.push(s);
     this.kick();
     return {
@@ -275,7 +286,8 @@ export class Batcher {
       // A request's other choices (the same prompt) wait for its first to be prefilled and kept: they
       // then start from its cache, and the prompt is prefilled once. They hold their places and budget
       // meanwhile, so later requests do not pass them. A prompt that was not kept (no room) is not waited for.
-      if (this.prefix?.keeps(s.spec.prompt) && !this.unkept.has(s.spec.prompt) && this.running.some((x) => !x.decoding && x.spec.prompt === s.spec.prompt)) {
+      const scoring = s.spec.promptLogprobs !== undefined;
+      if (!scoring && this.prefix?.keeps(s.spec.prompt) && !this.unkept.has(s.spec.prompt) && this.running.some((x) => !x.decoding && x.spec.prompt === s.spec.prompt)) {
         held++;
         reserved += s.reserved;
         i++;
@@ -286,7 +298,7 @@ export class Batcher {
       s.admittedAt = performance.now();
       const prompt = s.spec.prompt, capacity = prompt.length + s.spec.maxTokens;
       try {
-        const seed = this.prefix?.seed(prompt, capacity) ?? null;
+        const seed = scoring ? null : (this.prefix?.seed(prompt, capacity) ?? null);
         s.cache = seed?.cache ?? this.model.newCache(this.opts.kvCache, { capacity });
         s.prefilled = seed?.tokens ?? 0;
         this.running.push(s);
@@ -306,11 +318,22 @@ export class Batcher {
       const prompt = s.spec.prompt;
       const n = Math.min(prompt.length - s.prefilled, left);
       try {
-        const out = this.model.prefill(Int32Array.from(prompt.slice(s.prefilled, s.prefilled + n)), s.cache!);
+        const ids = Int32Array.from(prompt.slice(s.prefilled, s.prefilled + n));
+        let logits: FloatArray;
+        if (s.spec.promptLogprobs !== undefined) {
+          // Row j scores the prompt token after it; the prompt's last row has none (it gives the first new token).
+          const next = Int32Array.from({ length: n }, (_, j) => prompt[s.prefilled + j + 1] ?? -1);
+          const out = this.model.prefillScored(ids, s.cache!, next, s.spec.promptLogprobs);
+          for (const x of out.scored) if (x) s.promptScored.push(x);
+          logits = out.logits;
+        } else {
+          const out = this.model.prefill(ids, s.cache!);
+          logits = out.toArray();
+          out.dispose();
+        }
         s.prefilled += n;
         left -= n;
-        if (s.prefilled === prompt.length) this.prefilledAll(s, out.toArray(), true);
-        out.dispose();
+        if (s.prefilled === prompt.length) this.prefilledAll(s, logits, true);
       } catch (e) {
         this.fail([s], e);
       }
@@ -322,6 +345,13 @@ export class Batcher {
     if (keep && this.prefix && !this.prefix.store(s.spec.prompt, s.cache!, logits)) this.unkept.add(s.spec.prompt);
     s.prefillMs = performance.now() - s.admittedAt;
     s.decoding = true;
+    if (s.spec.promptLogprobs !== undefined)
+      try {
+        s.spec.onPrompt?.(s.promptScored);
+      } catch (e) {
+        return this.fail([s], e);
+      }
+    if (s.spec.maxTokens === 0) return this.end(s, "length");
     this.take(s, logits);
   }
 

@@ -18,8 +18,10 @@ export interface ChatMessage {
 export interface ChatTemplate {
   /** The file it came from (for messages). */
   readonly source: string;
-  /** The prompt text for `messages`, ending where the assistant's reply begins. */
-  render(messages: readonly ChatMessage[]): string;
+  /** The template's Jinja text (what a vLLM client reads from /tokenizer_info). */
+  readonly text: string;
+  /** The prompt text for `messages`, ending where the assistant's reply begins (unless `addGenerationPrompt` is false). */
+  render(messages: readonly ChatMessage[], addGenerationPrompt?: boolean): string;
 }
 
 function readJson(file: string): Record<string, unknown> | null {
@@ -74,11 +76,12 @@ export function loadChatTemplate(dir: string): ChatTemplate | null {
   const parts = /\{%-?\s*for\s+\w+\s+in\s+(message|msg|m)(\[\s*['"]content['"]\s*\]|\.content)\s*-?%\}/.test(text);
   return {
     source,
-    render: (messages) => {
+    text,
+    render: (messages, addGenerationPrompt = true) => {
       try {
         return template.render({
           messages: parts ? messages.map((m) => ({ ...m, content: [{ type: "text", text: m.content }] })) : messages,
-          add_generation_prompt: true,
+          add_generation_prompt: addGenerationPrompt,
           // What apply_chat_template passes when a request has none (templates test them with `is not none`).
           tools: null,
           documents: null,

@@ -1,6 +1,6 @@
 /**
  * The body of an OpenAI-style `POST /v1/completions` or `/v1/chat/completions`, checked. What the
- * server does not implement (penalties, echo, suffix, best_of, tools) is refused by name rather than
+ * server does not implement (penalties, suffix, best_of, tools) is refused by name rather than
  * ignored, so a client never reads an answer computed without a setting it asked for.
  */
 import { MlaError } from "../errors.js";
@@ -33,11 +33,20 @@ export const MAX_LOGPROBS = 20;
 export interface CompletionRequest extends GenerationFields {
   /** The prompt as text, or as token ids. */
   prompt: string | number[];
+  /**
+   * The prompt comes back before the completion, and with logprobs its tokens' log-probabilities too
+   * (the first token's null: nothing comes before it). With echo, max_tokens may be 0: the prompt
+   * scored alone, as lm-eval's log-likelihood requests and OpenAI's legacy scoring ask.
+   */
+  echo: boolean;
 }
 
 export interface ChatRequest extends GenerationFields {
   messages: ChatMessage[];
 }
+
+/** The most stop strings per request. */
+export const MAX_STOPS = 16;
 
 /** The most choices per request (each is a sequence in the batch). */
 export const MAX_CHOICES = 16;
@@ -48,7 +57,6 @@ export const DEFAULT_MAX_TOKENS = 16;
 /** Fields that change the answer and are not implemented, with the value that means "off". */
 const UNSUPPORTED: Record<string, (v: unknown) => boolean> = {
   best_of: (v) => v === 1,
-  echo: (v) => v === false,
   suffix: (v) => v === "",
   presence_penalty: (v) => v === 0,
   frequency_penalty: (v) => v === 0,
@@ -70,10 +78,10 @@ const CHAT_UNSUPPORTED: Record<string, (v: unknown) => boolean> = {
 
 /** Fields read, or harmless to ignore (user: an end-user id for abuse tracking). */
 const COMMON = ["model", "n", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "stream", "stream_options", "user", "ignore_eos"];
-const KNOWN = new Set(["prompt", "logprobs", ...COMMON, ...Object.keys(UNSUPPORTED)]);
+const KNOWN = new Set(["prompt", "logprobs", "echo", ...COMMON, ...Object.keys(UNSUPPORTED)]);
 const CHAT_KNOWN = new Set(["messages", "max_completion_tokens", "logprobs", "top_logprobs", ...COMMON, ...Object.keys(CHAT_UNSUPPORTED)]);
 
-function bad(message: string, hint: string): MlaError {
+export function bad(message: string, hint: string): MlaError {
   return new MlaError("BAD_ARGUMENT", message, hint);
 }
 
@@ -84,14 +92,14 @@ function numberField(body: Record<string, unknown>, key: string, fallback: numbe
   return v;
 }
 
-/** The body as an object whose every field is known and implemented, for the served model. */
-function checkedBody(body: unknown, served: { name: string }, known: ReadonlySet<string>, unsupported: Record<string, (v: unknown) => boolean>, example: string): Record<string, unknown> {
+/** The body as an object whose every field is known (`known`) and implemented (`unsupported` at its "off" value), for the served model. */
+export function checkedBody(body: unknown, served: { name: string }, known: ReadonlySet<string>, unsupported: Record<string, (v: unknown) => boolean>, example: string): Record<string, unknown> {
   if (typeof body !== "object" || body === null || Array.isArray(body)) throw bad("the request body is not a JSON object", `send e.g. ${example}`);
   const b = body as Record<string, unknown>;
   const unknown = Object.keys(b).filter((k) => !known.has(k));
   if (unknown.length) throw bad(`unknown field${unknown.length > 1 ? "s" : ""} ${unknown.map((k) => JSON.stringify(k)).join(", ")}`, `the fields read are ${[...known].filter((k) => !(k in unsupported)).join(", ")}`);
   for (const [k, off] of Object.entries(unsupported))
-    if (b[k] !== undefined && b[k] !== null && !off(b[k])) throw bad(`${k} ${JSON.stringify(b[k])} is not supported by this server`, `leave ${k} out (no penalties, tools, best_of, echo or suffix)`);
+    if (b[k] !== undefined && b[k] !== null && !off(b[k])) throw bad(`${k} ${JSON.stringify(b[k])} is not supported by this server`, `leave ${k} out (no penalties, tools, best_of or suffix)`);
   if (b["model"] !== undefined && b["model"] !== served.name) throw new MlaError("NOT_FOUND", `model ${JSON.stringify(b["model"])} is not served here`, `this server serves ${JSON.stringify(served.name)} (GET /v1/models); send that name or leave model out`);
   return b;
 }
@@ -117,16 +125,29 @@ export function parseCompletionRequest(body: unknown, served: { name: string; vo
   // An integer: the chosen tokens' log-probabilities and this many alternatives (0: the chosen alone).
   const lp = b["logprobs"];
   const logprobs = lp === undefined || lp === null || lp === false ? null : numberField(b, "logprobs", 0, (v) => Number.isInteger(v) && v >= 0 && v <= MAX_LOGPROBS, `a whole number from 0 to ${MAX_LOGPROBS}`);
-  return { prompt, ...generationFields(b, "max_tokens", DEFAULT_MAX_TOKENS), logprobs };
+  const echo = b["echo"] ?? false;
+  if (typeof echo !== "boolean") throw bad(`echo ${JSON.stringify(echo)} is not true or false`, "send echo: true to get the prompt (and with logprobs its tokens' log-probabilities) back before the completion");
+  return { prompt, ...generationFields(b, "max_tokens", DEFAULT_MAX_TOKENS, echo), logprobs, echo };
 }
 
 /** The request `body` of POST /v1/chat/completions, checked against the served model's name. */
 export function parseChatRequest(body: unknown, served: { name: string }): ChatRequest {
   const example = '{"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 32}';
   const b = checkedBody(body, served, CHAT_KNOWN, CHAT_UNSUPPORTED, example);
-  const m = b["messages"];
+  const messages = parseMessages(b["messages"], example);
+  const set = (k: string) => b[k] !== undefined && b[k] !== null;
+  if (set("max_tokens") && set("max_completion_tokens")) throw bad("both max_tokens and max_completion_tokens are set", "send one of them");
+  const lp = b["logprobs"] ?? false;
+  if (typeof lp !== "boolean") throw bad(`logprobs ${JSON.stringify(lp)} is not true or false`, "send logprobs: true (and top_logprobs: N for N alternatives per token)");
+  const top = set("top_logprobs") ? numberField(b, "top_logprobs", 0, (v) => Number.isInteger(v) && v >= 0 && v <= MAX_LOGPROBS, `a whole number from 0 to ${MAX_LOGPROBS}`) : 0;
+  if (top > 0 && !lp) throw bad(`top_logprobs ${top} is set without logprobs: true`, "send logprobs: true with it, or leave top_logprobs out");
+  return { messages, ...generationFields(b, set("max_completion_tokens") ? "max_completion_tokens" : "max_tokens", null), logprobs: lp ? top : null };
+}
+
+/** A request's `messages` (chat, and /tokenize's chat form), checked; `example` shows a good request. */
+export function parseMessages(m: unknown, example: string): ChatMessage[] {
   if (!Array.isArray(m) || m.length === 0) throw bad("the request has no messages", `send e.g. ${example}`);
-  const messages = m.map((x: unknown, i): ChatMessage => {
+  return m.map((x: unknown, i): ChatMessage => {
     const o = x as Record<string, unknown> | null;
     if (typeof o !== "object" || o === null || typeof o["role"] !== "string") throw bad(`messages[${i}] has no role`, 'each message is {"role": "user" | "assistant" | "system", "content": "…"}');
     const c = o["content"];
@@ -138,18 +159,12 @@ export function parseChatRequest(body: unknown, served: { name: string }): ChatR
       return { role: o["role"], content: (c as { text: string }[]).map((p) => p.text).join("\n") };
     throw bad(`messages[${i}].content is neither text nor a list of text parts`, "send the content as a string (this model takes text only)");
   });
-  const set = (k: string) => b[k] !== undefined && b[k] !== null;
-  if (set("max_tokens") && set("max_completion_tokens")) throw bad("both max_tokens and max_completion_tokens are set", "send one of them");
-  const lp = b["logprobs"] ?? false;
-  if (typeof lp !== "boolean") throw bad(`logprobs ${JSON.stringify(lp)} is not true or false`, "send logprobs: true (and top_logprobs: N for N alternatives per token)");
-  const top = set("top_logprobs") ? numberField(b, "top_logprobs", 0, (v) => Number.isInteger(v) && v >= 0 && v <= MAX_LOGPROBS, `a whole number from 0 to ${MAX_LOGPROBS}`) : 0;
-  if (top > 0 && !lp) throw bad(`top_logprobs ${top} is set without logprobs: true`, "send logprobs: true with it, or leave top_logprobs out");
-  return { messages, ...generationFields(b, set("max_completion_tokens") ? "max_completion_tokens" : "max_tokens", null), logprobs: lp ? top : null };
 }
 
-/** The fields both endpoints share, checked; `maxKey` names the token limit's field. */
-function generationFields(b: Record<string, unknown>, maxKey: string, defaultMax: number | null): Omit<GenerationFields, "logprobs"> {
-  const maxTokens = b[maxKey] === undefined || b[maxKey] === null ? defaultMax : numberField(b, maxKey, 0, (v) => Number.isInteger(v) && v >= 1, "a whole number ≥ 1");
+/** The fields both endpoints share, checked; `maxKey` names the token limit's field, which may be 0 where `zeroMax` (a prompt echoed or scored alone). */
+function generationFields(b: Record<string, unknown>, maxKey: string, defaultMax: number | null, zeroMax = false): Omit<GenerationFields, "logprobs"> {
+  if (b[maxKey] === 0 && !zeroMax) throw bad(`${maxKey} 0 asks for no tokens`, `send ${maxKey} ≥ 1${maxKey === "max_tokens" && "prompt" in b ? ", or echo: true with it to get the prompt (and with logprobs its scores) alone" : ""}`);
+  const maxTokens = b[maxKey] === undefined || b[maxKey] === null ? defaultMax : numberField(b, maxKey, 0, (v) => Number.isInteger(v) && v >= 0, "a whole number ≥ 1");
   const temperature = numberField(b, "temperature", 1, (v) => Number.isFinite(v) && v >= 0, "a number ≥ 0 (0: greedy)");
   const topP = numberField(b, "top_p", 1, (v) => v > 0 && v <= 1, "a probability in (0, 1]");
   // top_k as vLLM takes it: -1 (or 0) means all tokens.
@@ -162,7 +177,8 @@ function generationFields(b: Record<string, unknown>, maxKey: string, defaultMax
   if (typeof s === "string") stop = [s];
   else if (Array.isArray(s) && s.every((x) => typeof x === "string")) stop = s as string[];
   else if (s !== undefined && s !== null) throw bad(`stop ${JSON.stringify(s).slice(0, 60)} is neither a string nor a list of strings`, 'send e.g. "stop": ["\\n\\n"]');
-  if (stop.length > 4) throw bad(`stop holds ${stop.length} strings`, "send at most 4 stop strings");
+  // More than OpenAI's 4, as vLLM takes any number: lm-eval's generation tasks send their stop strings and the EOS text.
+  if (stop.length > MAX_STOPS) throw bad(`stop holds ${stop.length} strings`, `send at most ${MAX_STOPS} stop strings`);
   if (stop.some((x) => x.length === 0)) throw bad("stop holds an empty string", "every stop string needs at least one character");
 
   const stream = b["stream"] ?? false;

@@ -5,18 +5,21 @@
  */
 export type Finish = "stop" | "length";
 
-/** A generated token's text, where that starts in the completion, its log-probability, and the most likely tokens' at its step. */
+/**
+ * A token's text, where that starts in the completion, its log-probability, and the most likely
+ * tokens' at its step; both null for an echoed prompt's first token, which nothing comes before.
+ */
 export interface TokenEntry {
   token: string;
   offset: number;
-  logprob: number;
-  top: { token: string; logprob: number }[];
+  logprob: number | null;
+  top: { token: string; logprob: number }[] | null;
 }
 
 /** The completions API's (legacy) log-probabilities of `entries`. */
 function completionLogprobs(entries: readonly TokenEntry[] | null): Record<string, unknown> | null {
   if (!entries) return null;
-  return { tokens: entries.map((e) => e.token), token_logprobs: entries.map((e) => e.logprob), top_logprobs: entries.map((e) => Object.fromEntries(e.top.map((t) => [t.token, t.logprob]))), text_offset: entries.map((e) => e.offset) };
+  return { tokens: entries.map((e) => e.token), token_logprobs: entries.map((e) => e.logprob), top_logprobs: entries.map((e) => (e.top ? Object.fromEntries(e.top.map((t) => [t.token, t.logprob])) : null)), text_offset: entries.map((e) => e.offset) };
 }
 
 const utf8 = (text: string) => [...Buffer.from(text, "utf8")];
@@ -24,7 +27,7 @@ const utf8 = (text: string) => [...Buffer.from(text, "utf8")];
 /** The chat API's log-probabilities of `entries` (`content`, each token with its UTF-8 bytes). */
 function chatLogprobs(entries: readonly TokenEntry[] | null): Record<string, unknown> | null {
   if (!entries) return null;
-  return { content: entries.map((e) => ({ token: e.token, logprob: e.logprob, bytes: utf8(e.token), top_logprobs: e.top.map((t) => ({ token: t.token, logprob: t.logprob, bytes: utf8(t.token) })) })) };
+  return { content: entries.map((e) => ({ token: e.token, logprob: e.logprob, bytes: utf8(e.token), top_logprobs: (e.top ?? []).map((t) => ({ token: t.token, logprob: t.logprob, bytes: utf8(t.token) })) })) };
 }
 
 export interface ResponseShape {

@@ -23,6 +23,7 @@ import { CHAT_COMPLETION, TEXT_COMPLETION, type ResponseShape, type TokenEntry }
 import type { TokenLogprobs } from "../model/sampling.js";
 import { TextStream } from "./textStream.js";
 import { prometheusText } from "./metrics.js";
+import { detokenize, tokenize, tokenizerInfo, type TokenizerServed } from "./tokenizerRoutes.js";
 import { encodedWholeBelow, encodePrefix } from "../io/tokenizer.js";
 
 export interface ServeOptions {
@@ -211,22 +212,35 @@ export async function serve(model: string | LoadedModel, opts: ServeOptions = {}
     return { token: text(id), offset, logprob: lp.logprob, top: lp.top.map((t) => ({ token: text(t.id), logprob: t.logprob })) };
   };
 
-  /** A completion's prompt ids and settings from its request body. */
-  type Parse = (body: unknown) => { prompt: number[]; fields: GenerationFields };
+  /** The entries of an echoed prompt's tokens, from `scored` (the log-probabilities of tokens 1…; null: not asked). */
+  const promptEntries = (prompt: readonly number[], scored: readonly TokenLogprobs[]): TokenEntry[] => {
+    const out: TokenEntry[] = [{ token: lm.tokenizer.decode([prompt[0]!], { skipSpecialTokens: false }), offset: 0, logprob: null, top: null }];
+    for (let k = 1; k < prompt.length; k++) {
+      const prior = out[k - 1]!;
+      out.push(tokenEntry(prompt[k - 1]!, prompt[k]!, scored[k - 1]!, prior.offset + prior.token.length));
+    }
+    return out;
+  };
+
+  /** A completion's prompt ids and settings from its request body; `echo`: the prompt's text when it comes back before the completion. */
+  type Parse = (body: unknown) => { prompt: number[]; fields: GenerationFields; echo: string | null };
   const parseText: Parse = (body) => {
     const r = parseCompletionRequest(body, { name, vocabSize: lm.config.vocabSize });
-    return { prompt: typeof r.prompt === "string" ? encodePrompt(r.prompt, true) : r.prompt, fields: r };
+    const prompt = typeof r.prompt === "string" ? encodePrompt(r.prompt, true) : r.prompt;
+    // A text prompt comes back as sent; ids as their text (special tokens left out, as completions' text).
+    const echo = !r.echo ? null : typeof r.prompt === "string" ? r.prompt : lm.tokenizer.decode(prompt, { skipSpecialTokens: true });
+    return { prompt, fields: r, echo };
   };
   // The template writes the special tokens it wants (BOS among them), as apply_chat_template's ids have them.
   const parseChat: Parse = (body) => {
     const r = parseChatRequest(body, { name });
-    return { prompt: encodePrompt(chat!.render(r.messages), false), fields: r };
+    return { prompt: encodePrompt(chat!.render(r.messages), false), fields: r, echo: null };
   };
 
   const generation = async (req: http.IncomingMessage, res: http.ServerResponse, parse: Parse, shape: ResponseShape): Promise<void> => {
-    let prompt: number[], r: GenerationFields;
+    let prompt: number[], r: GenerationFields, echo: string | null;
     try {
-      ({ prompt, fields: r } = parse(await readJson(req, maxBody)));
+      ({ prompt, fields: r, echo } = parse(await readJson(req, maxBody)));
     } catch (e) {
       const err = asMlaError(e) as WithStatus;
       // After a 413 the rest of the body is not worth reading: the connection closes once it is sent.
@@ -266,16 +280,26 @@ export async function serve(model: string | LoadedModel, opts: ServeOptions = {}
         res.write(`data: ${errorBody(failure)}\n\n`);
         return void res.end("data: [DONE]\n\n");
       }
+      // A choice that ends before its prompt's scores went out (a prompt scored alone) sends them now.
+      if (r.stream && !echoSent[i]) sendEcho(i);
       const rest = texts[i]!.finish();
       if (r.stream) event({ choices: [shape.delta(rest, finishOf(end), i, unsent(i))] });
       if (!ends.every((e) => e !== null)) return;
       done = true;
       const completion = ends.reduce((k, e) => k + e!.newTokens, 0);
       const usage = { prompt_tokens: prompt.length, completion_tokens: completion, total_tokens: prompt.length + completion };
-      if (!r.stream) return sendJson(res, 200, JSON.stringify({ id, object: shape.object, created, model: name, choices: texts.map((t, k) => shape.choice(t.output, finishOf(ends[k]!), k, r.logprobs === null ? null : entries[k]!.all)), usage }));
+      if (!r.stream) return sendJson(res, 200, JSON.stringify({ id, object: shape.object, created, model: name, choices: texts.map((t, k) => shape.choice((echo ?? "") + t.output, finishOf(ends[k]!), k, r.logprobs === null ? null : entries[k]!.all)), usage }));
       if (r.includeUsage) event({ choices: [], usage });
       res.end("data: [DONE]\n\n");
     };
+    // An echoed prompt goes out as each choice's first piece: with its scores once they are known
+    // (onPrompt: before the choice's first token), else as soon as the stream opens.
+    const echoSent = new Array<boolean>(n).fill(echo === null);
+    const sendEcho = (i: number) => {
+      echoSent[i] = true;
+      event({ choices: [shape.delta(echo!, null, i, unsent(i))] });
+    };
+    const scorePrompt = echo !== null && r.logprobs !== null;
     // Choice i draws with seed + i: reproducible per choice, and different from the others.
     const seed = r.seed ?? crypto.randomInt(2 ** 32);
     try {
@@ -289,6 +313,18 @@ export async function serve(model: string | LoadedModel, opts: ServeOptions = {}
             stopAtEos: !r.ignoreEos,
             seed: ((seed >>> 0) + i) >>> 0,
             logprobs: r.logprobs ?? undefined,
+            // Each choice scores its prompt itself (so its entries come before its first token's); n > 1 with
+            // echo and logprobs prefills the prompt once per choice.
+            ...(scorePrompt
+              ? {
+                  promptLogprobs: r.logprobs!,
+                  onPrompt: (scored: TokenLogprobs[]) => {
+                    if (done || res.writableEnded) return;
+                    entries[i]!.all.push(...promptEntries(prompt, scored));
+                    if (r.stream) sendEcho(i);
+                  },
+                }
+              : {}),
             onToken: (tok, lp) => {
               // Answered already (another choice failed in this same step): nothing more goes out.
               if (done || res.writableEnded) return false;
@@ -318,6 +354,7 @@ export async function serve(model: string | LoadedModel, opts: ServeOptions = {}
       res.writeHead(200, { "Content-Type": "text/event-stream", "Cache-Control": "no-cache" });
       res.flushHeaders();
       if (shape.opening) for (let i = 0; i < n; i++) event({ choices: [shape.opening(i)] });
+      if (echo !== null && !scorePrompt) for (let i = 0; i < n; i++) sendEcho(i);
     }
     // A write to a connection that just failed must not become an uncaught error: the close below ends the request.
     res.on("error", () => {});
@@ -337,6 +374,16 @@ export async function serve(model: string | LoadedModel, opts: ServeOptions = {}
     void whole.then(() => inFlight.delete(whole));
   };
 
+  const tokenizerServed: TokenizerServed = { name, tokenizer: lm.tokenizer, vocabSize: lm.config.vocabSize, maxPositions: lm.config.maxPositions, bosTokenId: lm.config.bosTokenId, eosTokenId: lm.config.eosTokenId, chat };
+  /** A POST route answering `answer(body)` as JSON, or the refusal it throws. */
+  const jsonRoute = (answer: (body: unknown) => Record<string, unknown>) => (req: http.IncomingMessage, res: http.ServerResponse) =>
+    void readJson(req, maxBody)
+      .then((body) => sendJson(res, 200, JSON.stringify(answer(body))))
+      .catch((e) => {
+        const err = asMlaError(e) as WithStatus;
+        sendJson(res, statusOf(err), errorBody(err), err.httpStatus === 413 ? { Connection: "close" } : {});
+      });
+
   type Routes = Record<string, Record<string, (req: http.IncomingMessage, res: http.ServerResponse) => void>>;
   const routes: Routes = {
     "/health": { GET: (_q, res) => sendJson(res, closing ? 503 : 200, JSON.stringify({ status: closing ? "closing" : "ok" })) },
@@ -350,6 +397,10 @@ export async function serve(model: string | LoadedModel, opts: ServeOptions = {}
       },
     },
     "/v1/completions": { POST: generationRoute(parseText, TEXT_COMPLETION) },
+    // vLLM's tokenizer endpoints (lm-evaluation-harness's remote tokenizer reads them).
+    "/tokenize": { POST: jsonRoute((body) => tokenize(body, tokenizerServed)) },
+    "/detokenize": { POST: jsonRoute((body) => detokenize(body, tokenizerServed)) },
+    "/tokenizer_info": { GET: (_q, res) => sendJson(res, 200, JSON.stringify(tokenizerInfo(tokenizerServed))) },
     "/v1/chat/completions": {
       POST: chat
         ? generationRoute(parseChat, CHAT_COMPLETION)
@@ -422,6 +473,6 @@ export async function serve(model: string | LoadedModel, opts: ServeOptions = {}
   else opts.signal?.addEventListener("abort", abort, { once: true });
   const shown = host.includes(":") ? `[${host}]` : host;
   if (opts.apiKey === undefined && !["127.0.0.1", "localhost", "::1"].includes(host)) log.warn(`listening on ${host} without --api-key: anyone who reaches this port can use the model`);
-  log.info(`serving ${name} at http://${shown}:${addr.port} (POST /v1/completions${chat ? ", /v1/chat/completions" : ""}; GET /v1/models, /health, /stats, /metrics): ${kvCache} cache, ${batcher.cacheBytes(1)} bytes per token; up to ${opts.maxBatch ?? 32} sequences per batch${opts.kvBudgetMb !== undefined ? ` within ${opts.kvBudgetMb} MB of cache` : ""}`);
+  log.info(`serving ${name} at http://${shown}:${addr.port} (POST /v1/completions${chat ? ", /v1/chat/completions" : ""}, /tokenize, /detokenize; GET /v1/models, /tokenizer_info, /health, /stats, /metrics): ${kvCache} cache, ${batcher.cacheBytes(1)} bytes per token; up to ${opts.maxBatch ?? 32} sequences per batch${opts.kvBudgetMb !== undefined ? ` within ${opts.kvBudgetMb} MB of cache` : ""}`);
   return { url: `http://${shown}:${addr.port}`, host, port: addr.port, model: name, loaded: lm, stats, close };
 }

@@ -91,7 +91,7 @@ test("a sequence that can never start is refused before it queues", () => {
   const spec = { sampling: { temperature: 0 }, seed: 0, onToken: () => true, onEnd: () => {} };
   assert.throws(() => b.submit({ ...spec, prompt: prompts[0]!, maxTokens: model.config.maxPositions }), /pass the model's 512 positions[^]*lower max_tokens to at most 507/);
   assert.throws(() => b.submit({ ...spec, prompt: [], maxTokens: 4 }), /no tokens/);
-  assert.throws(() => b.submit({ ...spec, prompt: prompts[0]!, maxTokens: 0 }), /max_tokens 0/);
+  assert.throws(() => b.submit({ ...spec, prompt: prompts[0]!, maxTokens: 1.5 }), /max_tokens 1.5 is not a token count/);
   assert.throws(() => new Batcher(model, { maxBatch: 0, kvCache: "f32" }), /--max-batch 0/);
   assert.equal(b.stats().waiting, 0);
 });

@@ -52,6 +52,21 @@ test("the chat template renders as transformers renders it, and refuses what it 
   }
 });
 
+test("/tokenize renders messages through the chat template; /tokenizer_info carries the template", async () => {
+  const server = await serve(lm, { port: 0, name: "chat" });
+  try {
+    const post = async (body: unknown) => ((await (await fetch(`${server.url}/tokenize`, { method: "POST", body: JSON.stringify(body) })).json()) as Record<string, any>)["tokens"];
+    const t = loadChatTemplate(dir)!;
+    assert.deepEqual(await post({ messages }), lm.tokenizer.encode(t.render(messages), { addSpecialTokens: false }), "the template writes the special tokens");
+    const two = [{ role: "user", content: "a" }, { role: "assistant", content: "b" }];
+    assert.deepEqual(await post({ messages: two, add_generation_prompt: false }), lm.tokenizer.encode(t.render(two, false), { addSpecialTokens: false }));
+    const info = (await (await fetch(`${server.url}/tokenizer_info`)).json()) as Record<string, unknown>;
+    assert.equal(info["chat_template"], LLAMA2);
+  } finally {
+    await server.close();
+  }
+});
+
 test("chat completions, plain and streamed, answer as generate() continues the rendered prompt", async () => {
   const server = await serve(lm, { port: 0, name: "chat" });
   try {

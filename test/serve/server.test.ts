@@ -122,18 +122,18 @@ test("bad requests get OpenAI error bodies that name the culprit; unknown routes
       [{ prompt: "x", n: 17 }, 400, /n 17 is not a whole number from 1 to 16/],
       [{ prompt: "x", best_of: 2 }, 400, /best_of 2 is not supported/],
       [{ prompt: "x", logprobs: 21 }, 400, /logprobs 21 is not a whole number from 0 to 20/],
-      [{ prompt: "x", echo: true }, 400, /echo true is not supported/],
+      [{ prompt: "x", echo: "yes" }, 400, /echo "yes" is not true or false/],
       [{ prompt: "x", model: "gpt-4" }, 404, /model "gpt-4" is not served here.*"tiny"/],
       [{ max_tokens: 3 }, 400, /no prompt/],
       [{ prompt: ["a", "b"] }, 400, /2 prompts.*one prompt per request/],
       [{ prompt: [1, 99999] }, 400, /token id 99999 is outside the vocabulary of 512/],
-      [{ prompt: "x", max_tokens: 0 }, 400, /max_tokens 0 is not a whole number ≥ 1/],
+      [{ prompt: "x", max_tokens: 0 }, 400, /max_tokens 0 asks for no tokens.*echo: true/],
       [{ prompt: "x", max_tokens: 600 }, 400, /pass the model's 512 positions.*hint: lower max_tokens/],
       [{ prompt: "x", temperature: -1 }, 400, /temperature -1/],
       [{ prompt: "x", top_p: 0 }, 400, /top_p 0/],
       [{ prompt: "x", stop: [""] }, 400, /empty string/],
       [{ prompt: "x", ignore_eos: "yes" }, 400, /ignore_eos "yes" is not true or false/],
-      [{ prompt: "x", stop: ["a", "b", "c", "d", "e"] }, 400, /at most 4/],
+      [{ prompt: "x", stop: Array.from({ length: 17 }, (_, i) => `s${i}`) }, 400, /stop holds 17 strings.*at most 16/],
       [{ prompt: "x", stream_options: { include_usage: true } }, 400, /without stream: true/],
     ];
     for (const [body, status, message] of cases) {
@@ -271,6 +271,114 @@ test("logprobs: each generated token's log-probability under the model and its m
     const cutLp = cut.json["choices"][0].logprobs;
     assert.ok(cutLp.tokens.join("").startsWith(cut.json["choices"][0].text));
     assert.ok(cutLp.tokens.length < cut.json["usage"].completion_tokens + 1);
+  } finally {
+    await server.close();
+  }
+});
+
+test("echo: the prompt comes back scored, as lm-eval's log-likelihood requests read it, plain, streamed, and alone (max_tokens 0)", async () => {
+  // Chunks of 3 prompt tokens: the scores cross chunk boundaries; the prefix cache is on (the default).
+  const server = await serve(lm, { port: 0, name: "tiny", prefillChunk: 3 });
+  try {
+    const context = lm.tokenizer.encode("Once upon a time there was a", { addSpecialTokens: true });
+    const continuation = lm.tokenizer.encode(" little dog", { addSpecialTokens: false });
+    const p = [...context, ...continuation];
+    // lm-eval's local-completions payload for a log-likelihood request (tokenized, batch size 1).
+    const ask = { model: "tiny", prompt: [p], temperature: 0, max_tokens: 1, logprobs: 1, seed: 1234, echo: true };
+    const r = await post(server.url, ask);
+    assert.equal(r.status, 200);
+    const c = r.json["choices"][0];
+    const lp = c.logprobs;
+    assert.equal(lp.tokens.length, p.length + 1, "the prompt's tokens, then the one generated");
+    assert.equal(lp.token_logprobs[0], null);
+    assert.equal(lp.top_logprobs[0], null);
+    assert.equal(lp.tokens[0], lm.tokenizer.decode([bos!], { skipSpecialTokens: false }));
+    const losses = lm.model.tokenLosses(Int32Array.from(p.slice(0, -1)), Int32Array.from(p.slice(1)));
+    for (let k = 1; k < p.length; k++) assert.ok(Math.abs(lp.token_logprobs[k] + losses[k - 1]!) < 1e-4, `prompt token ${k}`);
+    // What lm-eval computes from it: the continuation's log-likelihood, and whether greedy decoding gives it.
+    const ll = lp.token_logprobs.slice(context.length, -1).reduce((a: number, x: number) => a + x, 0);
+    const want = -losses.slice(context.length - 1).reduce((a, x) => a + x, 0);
+    assert.ok(Math.abs(ll - want) < 1e-3, `log-likelihood ${ll} against ${want}`);
+    const greedy = lp.token_logprobs.slice(context.length, -1).every((x: number, k: number) => x === Math.max(...(Object.values(lp.top_logprobs[context.length + k]) as number[])));
+    const logits = lm.model.forward(Int32Array.from(p)).toArray();
+    const V = lm.config.vocabSize;
+    const argmaxAt = (row: number) => Array.from(logits.subarray(row * V, (row + 1) * V)).reduce((b, x, i, a) => (x > a[b]! ? i : b), 0);
+    assert.equal(greedy, continuation.every((t, k) => argmaxAt(context.length - 1 + k) === t));
+    assert.deepEqual(lp.text_offset, lp.tokens.map((_: string, k: number) => lp.tokens.slice(0, k).join("").length), "offsets run on from the prompt's into the completion's");
+    const promptText = lm.tokenizer.decode(p, { skipSpecialTokens: true });
+    assert.ok(c.text.startsWith(promptText) && c.text.length > promptText.length, "the text is the prompt's, then the completion's");
+    // Again: the prompt is kept in the prefix cache now, and scored the same (it is prefilled whole).
+    const again = await post(server.url, ask);
+    assert.deepEqual(again.json["choices"][0].logprobs, lp);
+    // The prompt alone: scored, nothing generated.
+    const alone = await post(server.url, { ...ask, max_tokens: 0 });
+    assert.equal(alone.status, 200);
+    assert.deepEqual(alone.json["choices"][0].logprobs.token_logprobs, lp.token_logprobs.slice(0, -1));
+    assert.equal(alone.json["choices"][0].text, promptText);
+    assert.equal(alone.json["choices"][0].finish_reason, "length");
+    assert.deepEqual(alone.json["usage"], { prompt_tokens: p.length, completion_tokens: 0, total_tokens: p.length });
+    // Streamed: the prompt and its scores first, then the completion's; the same as the plain answer.
+    const streamAsk = { ...ask, max_tokens: 4, n: 2, temperature: 0 };
+    const plain = await post(server.url, streamAsk);
+    const evs = await events(server.url, streamAsk);
+    for (const i of [0, 1]) {
+      const mine = evs.map((e) => e["choices"][0]).filter((x) => x?.index === i);
+      assert.equal(mine[0].text, promptText, `choice ${i}: the prompt is the first piece`);
+      assert.equal(mine.map((x) => x.text).join(""), plain.json["choices"][i].text);
+      assert.deepEqual(mine.flatMap((x) => x.logprobs?.token_logprobs ?? []), plain.json["choices"][i].logprobs.token_logprobs);
+      assert.equal(plain.json["choices"][i].logprobs.tokens.length, p.length + 4);
+    }
+    // Without logprobs: a text prompt comes back as sent.
+    const text = await post(server.url, { prompt: "Once upon a time", max_tokens: 5, temperature: 0, echo: true });
+    assert.equal(text.json["choices"][0].text, "Once upon a time" + expected("Once upon a time", 5));
+    assert.equal(text.json["choices"][0].logprobs, null);
+    const textEvs = await events(server.url, { prompt: "Once upon a time", max_tokens: 0, echo: true });
+    assert.deepEqual(textEvs.map((e) => e["choices"][0].text).join(""), "Once upon a time");
+    assert.equal(textEvs[textEvs.length - 1]!["choices"][0].finish_reason, "length");
+  } finally {
+    await server.close();
+  }
+});
+
+test("vLLM's tokenizer endpoints: /tokenize, /detokenize and /tokenizer_info answer as lm-eval's remote tokenizer reads them", async () => {
+  const server = await serve(lm, { port: 0, name: "tiny", apiKey: "k" });
+  const call = async (route: string, body?: unknown) => {
+    const r = await fetch(`${server.url}${route}`, { method: body === undefined ? "GET" : "POST", headers: { Authorization: "Bearer k" }, ...(body === undefined ? {} : { body: JSON.stringify(body) }) });
+    return { status: r.status, json: (await r.json()) as Record<string, any> };
+  };
+  try {
+    const info = await call("/tokenizer_info");
+    assert.equal(info.status, 200);
+    assert.equal(info.json["eos_token"], lm.tokenizer.decode([lm.config.eosTokenId!], { skipSpecialTokens: false }));
+    assert.equal(info.json["bos_token"], lm.tokenizer.decode([bos!], { skipSpecialTokens: false }));
+    assert.equal(info.json["chat_template"], null, "stories260K has none");
+    assert.equal(info.json["model_max_length"], 512);
+    // lm-eval's RemoteTokenizer: encode without special tokens, the EOS id as encode(eos_token)[0].
+    const t = await call("/tokenize", { prompt: "Once upon a time", add_special_tokens: false });
+    assert.deepEqual(t.json, { count: t.json["tokens"].length, max_model_len: 512, tokens: lm.tokenizer.encode("Once upon a time", { addSpecialTokens: false }), token_strs: null });
+    assert.deepEqual((await call("/tokenize", { prompt: "Once upon a time" })).json["tokens"], lm.tokenizer.encode("Once upon a time", { addSpecialTokens: true }), "special tokens by default, as vLLM's");
+    assert.deepEqual((await call("/tokenize", { prompt: info.json["eos_token"], add_special_tokens: false })).json["tokens"], [lm.config.eosTokenId]);
+    const strs = await call("/tokenize", { model: "tiny", prompt: "The dog", return_token_strs: true });
+    assert.equal(strs.json["token_strs"].length, strs.json["count"]);
+    const d = await call("/detokenize", { tokens: t.json["tokens"] });
+    assert.deepEqual(d.json, { prompt: "Once upon a time" });
+    for (const [route, body, status, message] of [
+      ["/tokenize", { messages: [{ role: "user", content: "hi" }] }, 404, /no chat template/],
+      ["/tokenize", {}, 400, /neither prompt nor messages/],
+      ["/tokenize", { prompt: "a", messages: [] }, 400, /both prompt and messages/],
+      ["/tokenize", { prompt: [1, 2] }, 400, /prompt \[1,2\] is not text/],
+      ["/tokenize", { prompt: "a", add_special_tokens: "no" }, 400, /add_special_tokens "no" is not true or false/],
+      ["/tokenize", { prompt: "a", add_generation_prompt: true }, 400, /add_generation_prompt is set without messages/],
+      ["/tokenize", { prompt: "a", model: "other" }, 404, /model "other" is not served here/],
+      ["/detokenize", { tokens: [1, 9999] }, 400, /token id 9999 is outside the vocabulary of 512/],
+      ["/detokenize", { tokens: "1 2" }, 400, /tokens is not a list of token ids/],
+      ["/detokenize", { tokens: [1], extra: 1 }, 400, /unknown field "extra"/],
+    ] as const) {
+      const r = await call(route, body);
+      assert.equal(r.status, status, `${route} ${JSON.stringify(body)}`);
+      assert.match(r.json["error"].message, message);
+    }
+    assert.equal((await fetch(`${server.url}/tokenize`, { method: "POST", body: "{}" })).status, 401, "the API key guards them too");
   } finally {
     await server.close();
   }

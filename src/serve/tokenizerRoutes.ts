@@ -1,0 +1,72 @@
+/**
+ * vLLM's tokenizer endpoints: `POST /tokenize` (a prompt, or chat messages through the model's
+ * template, to ids), `POST /detokenize` (ids to text) and `GET /tokenizer_info` (the special tokens
+ * and the chat template). Clients that score or generate with ids read the served model's tokenizer
+ * from them instead of loading it themselves: lm-evaluation-harness's `local-completions` uses them
+ * when `/tokenizer_info` answers (its "remote" tokenizer), and its log-likelihood requests then need
+ * no local copy of the model.
+ */
+import { MlaError } from "../errors.js";
+import type { TextTokenizer } from "../io/tokenizer.js";
+import type { ChatTemplate } from "./chatTemplate.js";
+import { bad, checkedBody, parseMessages } from "./completionRequest.js";
+
+/** What the endpoints read: the served name, its tokenizer, positions and chat template (null: none). */
+export interface TokenizerServed {
+  name: string;
+  tokenizer: TextTokenizer;
+  vocabSize: number;
+  maxPositions: number;
+  bosTokenId: number | null;
+  eosTokenId: number | null;
+  chat: ChatTemplate | null;
+}
+
+const TOKENIZE_EXAMPLE = '{"prompt": "Once upon a time"} or {"messages": [{"role": "user", "content": "Hello"}]}';
+
+/** A field that must be true or false when sent. */
+function flag(b: Record<string, unknown>, key: string, fallback: boolean, what: string): boolean {
+  const v = b[key] ?? fallback;
+  if (typeof v !== "boolean") throw bad(`${key} ${JSON.stringify(v)} is not true or false`, `send ${key}: true to ${what}, or leave it out (default ${fallback})`);
+  return v;
+}
+
+/**
+ * The answer to POST /tokenize: `{count, max_model_len, tokens, token_strs}` for `{prompt,
+ * add_special_tokens (default true)}` or `{messages, add_generation_prompt (default true),
+ * add_special_tokens (default false: the template writes them)}`, as vLLM answers.
+ */
+export function tokenize(body: unknown, s: TokenizerServed): Record<string, unknown> {
+  const known = new Set(["model", "prompt", "messages", "add_special_tokens", "add_generation_prompt", "return_token_strs"]);
+  const b = checkedBody(body, s, known, {}, TOKENIZE_EXAMPLE);
+  const chatForm = b["messages"] !== undefined && b["messages"] !== null;
+  if (chatForm === (b["prompt"] !== undefined && b["prompt"] !== null)) throw bad(chatForm ? "the request has both prompt and messages" : "the request has neither prompt nor messages", `send one of them, e.g. ${TOKENIZE_EXAMPLE}`);
+  let text: string;
+  if (chatForm) {
+    if (!s.chat) throw new MlaError("NOT_FOUND", "this model has no chat template to render messages with", "send the conversation as one prompt text instead");
+    text = s.chat.render(parseMessages(b["messages"], TOKENIZE_EXAMPLE), flag(b, "add_generation_prompt", true, "end the text where the assistant's reply begins"));
+  } else {
+    if (b["add_generation_prompt"] !== undefined) throw bad("add_generation_prompt is set without messages", "send it with messages, or leave it out");
+    if (typeof b["prompt"] !== "string") throw bad(`prompt ${JSON.stringify(b["prompt"]).slice(0, 60)} is not text`, `send e.g. ${TOKENIZE_EXAMPLE}`);
+    text = b["prompt"];
+  }
+  const tokens = s.tokenizer.encode(text, { addSpecialTokens: flag(b, "add_special_tokens", !chatForm, "add the model's special tokens (BOS)") });
+  const strs = flag(b, "return_token_strs", false, "get each token's text too") ? tokens.map((t) => s.tokenizer.decode([t], { skipSpecialTokens: false })) : null;
+  return { count: tokens.length, max_model_len: s.maxPositions, tokens, token_strs: strs };
+}
+
+/** The answer to POST /detokenize: `{prompt}` for `{tokens}`, special tokens written out (as vLLM's). */
+export function detokenize(body: unknown, s: TokenizerServed): Record<string, unknown> {
+  const b = checkedBody(body, s, new Set(["model", "tokens"]), {}, '{"tokens": [1, 403]}');
+  const t = b["tokens"];
+  if (!Array.isArray(t) || !t.every((x) => Number.isInteger(x))) throw bad("tokens is not a list of token ids", 'send e.g. {"tokens": [1, 403]}');
+  const out = (t as number[]).find((x) => x < 0 || x >= s.vocabSize);
+  if (out !== undefined) throw bad(`token id ${out} is outside the vocabulary of ${s.vocabSize}`, "send ids from the served model's tokenizer");
+  return { prompt: s.tokenizer.decode(t as number[], { skipSpecialTokens: false }) };
+}
+
+/** The answer to GET /tokenizer_info: the special tokens' texts, the chat template and the context length. */
+export function tokenizerInfo(s: TokenizerServed): Record<string, unknown> {
+  const text = (id: number | null) => (id === null ? null : s.tokenizer.decode([id], { skipSpecialTokens: false }));
+  return { tokenizer_class: "PreTrainedTokenizerFast", bos_token: text(s.bosTokenId), eos_token: text(s.eosTokenId), pad_token: null, chat_template: s.chat?.text ?? null, model_max_length: s.maxPositions, vocab_size: s.vocabSize };
+}
