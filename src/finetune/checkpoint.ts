@@ -19,6 +19,11 @@ export interface TrainState {
    * resumed run reports the run's time and rate; absent in checkpoints from before it was recorded.
    */
   seconds?: number;
+  /**
+   * The most device memory held at once (bytes) over the run's sittings up to this step, for the same
+   * reason; absent where the backend does not count it, and in older checkpoints.
+   */
+  peakDeviceBytes?: number;
   /** The settings that must match for --resume (hash of the resolved options and of the model). */
   fingerprint: string;
   settings: Record<string, unknown>;

@@ -233,7 +233,15 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
   const startStep = run.step;
   // The run's time spans its sittings: a resumed run goes on from its checkpoint's.
   const sittingSeconds = () => (performance.now() - t0) / 1000;
-  const save = (what: string, seconds = priorSeconds + sittingSeconds()) => keeper.save(Object.assign(run, { seconds }), state.slotIo(), what);
+  // Device memory peaks per sitting (a resumed process starts counting afresh): the run's is the most of its sittings'.
+  const peakBytes = () => {
+    const now = model.backend.memory?.().peak;
+    return now === undefined ? (prior?.peakDeviceBytes ?? null) : Math.max(now, prior?.peakDeviceBytes ?? 0);
+  };
+  const save = (what: string, seconds = priorSeconds + sittingSeconds()) => {
+    const peak = peakBytes();
+    return keeper.save(Object.assign(run, { seconds }, peak === null ? {} : { peakDeviceBytes: peak }), state.slotIo(), what);
+  };
   const targetsPerStep = batch * accum * (seq - 1);
   const loss = { scale: 1 / targetsPerStep, ceWeight: 1 - distillWeight, klWeight: distillWeight, temperature, teacher, checkpoint, keepMid: memory.keepMid };
   let lastPrint = -Infinity; // the first step prints (performance.now() counts from the process start)
@@ -287,7 +295,7 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
     logLine({ step: run.step, val_nll: valNllAfter });
     await writeModel(src.dir, out, lm.config, model);
     // Last of the run's files (then the final checkpoint), and whole: its presence means finished (finishedRun, the pipeline).
-    writeFileAtomic(path.join(out, SUMMARY_FILE), JSON.stringify({ source: spec, settings: recorded, steps: run.step, tokens: run.tokensSeen, precision, checkpoint_activations: checkpoint, params: modelParams(model), trainable_params: state.size, peak_device_bytes: model.backend.memory?.().peak ?? null, val_nll_before: valNllBefore, val_nll_after: valNllAfter, final_loss: finalLoss, seconds, tokens_per_s: tokensPerSecond, sitting: { steps: sitting.steps, seconds: sitting.seconds, tokens_per_s: sitting.tokensPerSecond }, host_time_per_step: timer.summary() }, null, 2) + "\n");
+    writeFileAtomic(path.join(out, SUMMARY_FILE), JSON.stringify({ source: spec, settings: recorded, steps: run.step, tokens: run.tokensSeen, precision, checkpoint_activations: checkpoint, params: modelParams(model), trainable_params: state.size, peak_device_bytes: peakBytes(), val_nll_before: valNllBefore, val_nll_after: valNllAfter, final_loss: finalLoss, seconds, tokens_per_s: tokensPerSecond, sitting: { steps: sitting.steps, seconds: sitting.seconds, tokens_per_s: sitting.tokensPerSecond, peak_device_bytes: model.backend.memory?.().peak ?? null, host_time_per_step: timer.summary() } }, null, 2) + "\n");
     save("final", seconds);
   }
   return { out, steps: run.step, stoppedEarly, checkpointStep: keeper.step, tokensSeen: run.tokensSeen, seconds, tokensPerSecond, sitting, valNllBefore, valNllAfter, finalLoss, precision };

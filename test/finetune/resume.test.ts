@@ -113,6 +113,10 @@ test("--resume after a crash past the checkpoint: the log's later lines are drop
   fs.appendFileSync(path.join(out, "train_log.jsonl"), later.join("\n") + '\n{"step":7,"lo');
   const ckSeconds = JSON.parse(fs.readFileSync(path.join(out, "checkpoint", "state.json"), "utf8")).seconds as number;
   assert.ok(ckSeconds > 0, "the checkpoint records the training seconds so far");
+  // As a GPU run's checkpoint records its peak device memory (the CPU backend counts none): the resumed
+  // run reports the most of its sittings', not its own sitting's alone.
+  const stateFile = path.join(out, "checkpoint", "state.json");
+  fs.writeFileSync(stateFile, JSON.stringify({ ...JSON.parse(fs.readFileSync(stateFile, "utf8")), peakDeviceBytes: 123456789 }));
 
   const resumed = spawnSync(process.execPath, [MAIN, ...args(out), "--resume"], { encoding: "utf8" });
   assert.equal(resumed.status, 0, resumed.stderr);
@@ -123,7 +127,11 @@ test("--resume after a crash past the checkpoint: the log's later lines are drop
     for (const k of ["loss", "val_nll"]) if (k in r) assert.ok(Math.abs((r[k] as number) - (b[i]![k] as number)) <= 1e-6, `line ${i + 1} ${k}: ${r[k]} vs ${b[i]![k]}`);
   });
 
-  const s = JSON.parse(fs.readFileSync(path.join(out, "finetune.json"), "utf8")) as { steps: number; tokens: number; seconds: number; tokens_per_s: number; sitting: { steps: number; seconds: number; tokens_per_s: number } };
+  const s = JSON.parse(fs.readFileSync(path.join(out, "finetune.json"), "utf8")) as { steps: number; tokens: number; seconds: number; tokens_per_s: number; peak_device_bytes: number | null; sitting: { steps: number; seconds: number; tokens_per_s: number; peak_device_bytes: number | null; host_time_per_step: unknown } };
+  assert.equal(s.peak_device_bytes, 123456789, "the run's peak spans its sittings");
+  assert.equal(s.sitting.peak_device_bytes, null, "this sitting's own, on a backend that counts none");
+  assert.ok("host_time_per_step" in s.sitting && !("host_time_per_step" in s), "the host time per step is the sitting's");
+  assert.equal(JSON.parse(fs.readFileSync(stateFile, "utf8")).peakDeviceBytes, 123456789, "and the final checkpoint keeps it");
   assert.equal(s.steps, 8);
   assert.equal(s.sitting.steps, 4);
   assert.ok(s.seconds >= ckSeconds + s.sitting.seconds - 1e-9 && s.seconds <= ckSeconds + s.sitting.seconds + 1e-9, `${s.seconds} = ${ckSeconds} before + ${s.sitting.seconds} now`);
