@@ -31,8 +31,11 @@ export interface GenerationFields {
 export const MAX_LOGPROBS = 20;
 
 export interface CompletionRequest extends GenerationFields {
-  /** The prompt as text, or as token ids. */
-  prompt: string | number[];
+  /**
+   * The prompts, each as text or as token ids: one, or a batch sent in one request (lm-eval with a
+   * batch size, OpenAI's list of prompts), each with its `n` choices.
+   */
+  prompts: (string | number[])[];
   /**
    * The prompt comes back before the completion, and with logprobs its tokens' log-probabilities too
    * (the first token's null: nothing comes before it). With echo, max_tokens may be 0: the prompt
@@ -47,6 +50,9 @@ export interface ChatRequest extends GenerationFields {
 
 /** The most stop strings per request. */
 export const MAX_STOPS = 16;
+
+/** The most prompts per request, and the most prompts × choices (each is a sequence in the batch). */
+export const MAX_PROMPTS = 64;
 
 /** The most choices per request (each is a sequence in the batch). */
 export const MAX_CHOICES = 16;
@@ -107,27 +113,34 @@ export function checkedBody(body: unknown, served: { name: string }, known: Read
 /** The request `body` (parsed JSON) of POST /v1/completions, checked against the served model's name and vocabulary. */
 export function parseCompletionRequest(body: unknown, served: { name: string; vocabSize: number }): CompletionRequest {
   const b = checkedBody(body, served, KNOWN, UNSUPPORTED, '{"prompt": "Once upon a time", "max_tokens": 32}');
-  let prompt: string | number[];
   const p = b["prompt"];
-  if (typeof p === "string") prompt = p;
-  else if (Array.isArray(p) && p.length > 0 && p.every((t) => Number.isInteger(t))) {
-    const out = (p as number[]).find((t) => t < 0 || t >= served.vocabSize);
-    if (out !== undefined) throw bad(`prompt token id ${out} is outside the vocabulary of ${served.vocabSize}`, "send ids from the served model's tokenizer, or the prompt as text");
-    prompt = p as number[];
-  } else if (Array.isArray(p) && p.length === 1 && typeof p[0] === "string") prompt = p[0];
-  else if (Array.isArray(p) && p.length === 1 && Array.isArray(p[0])) return parseCompletionRequest({ ...b, prompt: p[0] }, served);
-  else if (Array.isArray(p) && p.length > 1 && p.every((x) => typeof x === "string" || Array.isArray(x))) throw bad(`prompt holds ${p.length} prompts`, "send one prompt per request (requests in flight are decoded together anyway)");
-  else if (p === undefined || p === null) throw bad("the request has no prompt", 'send "prompt": "…" (text) or a list of token ids');
-  else throw bad(`prompt ${JSON.stringify(p).slice(0, 60)} is neither text nor a list of token ids`, 'send "prompt": "…" (text) or a list of token ids');
-  // An empty text is a prompt of BOS alone (unconditional generation); an empty list of ids is nothing.
-  if (Array.isArray(prompt) && prompt.length === 0) throw bad("the prompt is an empty list of token ids", "send at least one id, or the prompt as text");
+  const many = Array.isArray(p) && p.length > 0 && p.every((x) => typeof x === "string" || Array.isArray(x));
+  if (p === undefined || p === null) throw bad("the request has no prompt", 'send "prompt": "…" (text) or a list of token ids');
+  if (Array.isArray(p) && p.length === 0) throw bad("the prompt is an empty list", "send at least one token id, or the prompt as text");
+  if (many && p.length > MAX_PROMPTS) throw bad(`prompt holds ${p.length} prompts`, `send at most ${MAX_PROMPTS} per request (requests in flight are decoded together anyway)`);
+  const prompts = (many ? (p as unknown[]) : [p]).map((x, i) => onePrompt(x, many ? `prompt[${i}]` : "prompt", served.vocabSize));
 
   // An integer: the chosen tokens' log-probabilities and this many alternatives (0: the chosen alone).
   const lp = b["logprobs"];
   const logprobs = lp === undefined || lp === null || lp === false ? null : numberField(b, "logprobs", 0, (v) => Number.isInteger(v) && v >= 0 && v <= MAX_LOGPROBS, `a whole number from 0 to ${MAX_LOGPROBS}`);
   const echo = b["echo"] ?? false;
   if (typeof echo !== "boolean") throw bad(`echo ${JSON.stringify(echo)} is not true or false`, "send echo: true to get the prompt (and with logprobs its tokens' log-probabilities) back before the completion");
-  return { prompt, ...generationFields(b, "max_tokens", DEFAULT_MAX_TOKENS, echo), logprobs, echo };
+  const fields = generationFields(b, "max_tokens", DEFAULT_MAX_TOKENS, echo);
+  if (prompts.length * fields.n > MAX_PROMPTS) throw bad(`${prompts.length} prompts × n ${fields.n} make ${prompts.length * fields.n} sequences`, `send at most ${MAX_PROMPTS} prompts × choices per request`);
+  return { prompts, ...fields, logprobs, echo };
+}
+
+/** One prompt, text or token ids, checked (`what` names it in a refusal). */
+function onePrompt(p: unknown, what: string, vocabSize: number): string | number[] {
+  if (typeof p === "string") return p;
+  if (Array.isArray(p) && p.length > 0 && p.every((t) => Number.isInteger(t))) {
+    const out = (p as number[]).find((t) => t < 0 || t >= vocabSize);
+    if (out !== undefined) throw bad(`${what} token id ${out} is outside the vocabulary of ${vocabSize}`, "send ids from the served model's tokenizer, or the prompt as text");
+    return p as number[];
+  }
+  // An empty text is a prompt of BOS alone (unconditional generation); an empty list of ids is nothing.
+  if (Array.isArray(p) && p.length === 0) throw bad(`${what} is an empty list of token ids`, "send at least one id, or the prompt as text");
+  throw bad(`${what} ${JSON.stringify(p).slice(0, 60)} is neither text nor a list of token ids`, 'send "prompt": "…" (text) or a list of token ids');
 }
 
 /** The request `body` of POST /v1/chat/completions, checked against the served model's name. */

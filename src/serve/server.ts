@@ -222,25 +222,32 @@ export async function serve(model: string | LoadedModel, opts: ServeOptions = {}
     return out;
   };
 
-  /** A completion's prompt ids and settings from its request body; `echo`: the prompt's text when it comes back before the completion. */
-  type Parse = (body: unknown) => { prompt: number[]; fields: GenerationFields; echo: string | null };
+  /** One prompt of a request: its ids, and its text when it comes back before the completion (echo). */
+  interface Prompt {
+    ids: number[];
+    echo: string | null;
+  }
+  /** A completion's prompts and settings from its request body. */
+  type Parse = (body: unknown) => { prompts: Prompt[]; fields: GenerationFields };
   const parseText: Parse = (body) => {
     const r = parseCompletionRequest(body, { name, vocabSize: lm.config.vocabSize });
-    const prompt = typeof r.prompt === "string" ? encodePrompt(r.prompt, true) : r.prompt;
-    // A text prompt comes back as sent; ids as their text (special tokens left out, as completions' text).
-    const echo = !r.echo ? null : typeof r.prompt === "string" ? r.prompt : lm.tokenizer.decode(prompt, { skipSpecialTokens: true });
-    return { prompt, fields: r, echo };
+    const prompts = r.prompts.map((p): Prompt => {
+      const ids = typeof p === "string" ? encodePrompt(p, true) : p;
+      // A text prompt comes back as sent; ids as their text (special tokens left out, as completions' text).
+      return { ids, echo: !r.echo ? null : typeof p === "string" ? p : lm.tokenizer.decode(ids, { skipSpecialTokens: true }) };
+    });
+    return { prompts, fields: r };
   };
   // The template writes the special tokens it wants (BOS among them), as apply_chat_template's ids have them.
   const parseChat: Parse = (body) => {
     const r = parseChatRequest(body, { name });
-    return { prompt: encodePrompt(chat!.render(r.messages), false), fields: r, echo: null };
+    return { prompts: [{ ids: encodePrompt(chat!.render(r.messages), false), echo: null }], fields: r };
   };
 
   const generation = async (req: http.IncomingMessage, res: http.ServerResponse, parse: Parse, shape: ResponseShape): Promise<void> => {
-    let prompt: number[], r: GenerationFields, echo: string | null;
+    let prompts: Prompt[], r: GenerationFields;
     try {
-      ({ prompt, fields: r, echo } = parse(await readJson(req, maxBody)));
+      ({ prompts, fields: r } = parse(await readJson(req, maxBody)));
     } catch (e) {
       const err = asMlaError(e) as WithStatus;
       // After a 413 the rest of the body is not worth reading: the connection closes once it is sent.
@@ -249,27 +256,37 @@ export async function serve(model: string | LoadedModel, opts: ServeOptions = {}
     }
     const id = `${shape.idPrefix}-${crypto.randomUUID().replaceAll("-", "")}`;
     const created = Math.floor(Date.now() / 1000);
-    const n = r.n;
-    const texts = Array.from({ length: n }, () => new TextStream(lm.tokenizer, prompt, r.stop));
+    // Choice k answers prompt ⌊k / n⌋, as OpenAI and vLLM index a batch of prompts' choices.
+    const n = r.n, count = prompts.length * n;
+    const promptOf = (k: number) => prompts[Math.floor(k / n)]!;
+    const texts = Array.from({ length: count }, (_, k) => new TextStream(lm.tokenizer, promptOf(k).ids, r.stop));
     // With logprobs: each choice's token entries, all of them and how many have been streamed; the last
     // id, for the next token's text.
-    const entries = Array.from({ length: n }, () => ({ all: [] as TokenEntry[], sent: 0, last: prompt[prompt.length - 1]! }));
-    /** Choice i's entries not yet streamed (null without logprobs); they then count as sent. */
-    const unsent = (i: number): TokenEntry[] | null => {
+    const entries = Array.from({ length: count }, (_, k) => ({ all: [] as TokenEntry[], sent: 0, last: promptOf(k).ids[promptOf(k).ids.length - 1]! }));
+    /** Choice k's entries not yet streamed (null without logprobs); they then count as sent. */
+    const unsent = (k: number): TokenEntry[] | null => {
       if (r.logprobs === null) return null;
-      const e = entries[i]!, list = e.all.slice(e.sent);
+      const e = entries[k]!, list = e.all.slice(e.sent);
       e.sent = e.all.length;
       return list;
     };
-    const ends: (SequenceEnd | null)[] = new Array<SequenceEnd | null>(n).fill(null);
+    const ends: (SequenceEnd | null)[] = new Array<SequenceEnd | null>(count).fill(null);
     const handles: SequenceHandle[] = [];
     // With include_usage every chunk has a usage field, null until the last, as OpenAI sends them.
     const event = (body: Record<string, unknown>) => res.write(`data: ${JSON.stringify({ id, object: shape.chunkObject, created, model: name, ...(r.includeUsage ? { usage: null } : {}), ...body })}\n\n`);
     const finishOf = (end: SequenceEnd) => (end.reason === "length" ? "length" : "stop");
+    // An echoed prompt goes out as each choice's first piece: with its scores once they are known
+    // (onPrompt: before the choice's first token), else as soon as the stream opens.
+    const scorePrompt = r.logprobs !== null && prompts[0]!.echo !== null;
+    const echoSent = Array.from({ length: count }, (_, k) => promptOf(k).echo === null);
+    const sendEcho = (k: number) => {
+      echoSent[k] = true;
+      event({ choices: [shape.delta(promptOf(k).echo!, null, k, unsent(k))] });
+    };
     let done = false;
-    const onEnd = (i: number) => (end: SequenceEnd): void => {
-      ends[i] = end;
-      log.info(`${id}${n > 1 ? `[${i}]` : ""}: ${end.promptTokens} prompt + ${end.newTokens} new tokens, ${end.reason}${end.error ? ` (${end.error.message.split("\n")[0]})` : ""}; queued ${end.queuedMs.toFixed(0)} ms, prefill ${end.prefillMs.toFixed(0)} ms, ${(end.totalMs / 1000).toFixed(2)} s`);
+    const onEnd = (k: number) => (end: SequenceEnd): void => {
+      ends[k] = end;
+      log.info(`${id}${count > 1 ? `[${k}]` : ""}: ${end.promptTokens} prompt + ${end.newTokens} new tokens, ${end.reason}${end.error ? ` (${end.error.message.split("\n")[0]})` : ""}; queued ${end.queuedMs.toFixed(0)} ms, prefill ${end.prefillMs.toFixed(0)} ms, ${(end.totalMs / 1000).toFixed(2)} s`);
       if (done || res.destroyed) return; // answered already (another choice failed), or the client left
       const failure = end.reason === "error" ? end.error! : end.reason === "cancelled" ? new MlaError("INTERRUPTED", "the server stopped this request as it shut down", "send it again once the server is back") : null;
       if (failure) {
@@ -281,69 +298,72 @@ export async function serve(model: string | LoadedModel, opts: ServeOptions = {}
         return void res.end("data: [DONE]\n\n");
       }
       // A choice that ends before its prompt's scores went out (a prompt scored alone) sends them now.
-      if (r.stream && !echoSent[i]) sendEcho(i);
-      const rest = texts[i]!.finish();
-      if (r.stream) event({ choices: [shape.delta(rest, finishOf(end), i, unsent(i))] });
+      if (r.stream && !echoSent[k]) sendEcho(k);
+      const rest = texts[k]!.finish();
+      if (r.stream) event({ choices: [shape.delta(rest, finishOf(end), k, unsent(k))] });
       if (!ends.every((e) => e !== null)) return;
       done = true;
-      const completion = ends.reduce((k, e) => k + e!.newTokens, 0);
-      const usage = { prompt_tokens: prompt.length, completion_tokens: completion, total_tokens: prompt.length + completion };
-      if (!r.stream) return sendJson(res, 200, JSON.stringify({ id, object: shape.object, created, model: name, choices: texts.map((t, k) => shape.choice((echo ?? "") + t.output, finishOf(ends[k]!), k, r.logprobs === null ? null : entries[k]!.all)), usage }));
+      // Each prompt counts once, however many choices it has (as OpenAI counts them).
+      const promptTokens = prompts.reduce((t, p) => t + p.ids.length, 0);
+      const completion = ends.reduce((t, e) => t + e!.newTokens, 0);
+      const usage = { prompt_tokens: promptTokens, completion_tokens: completion, total_tokens: promptTokens + completion };
+      if (!r.stream) return sendJson(res, 200, JSON.stringify({ id, object: shape.object, created, model: name, choices: texts.map((t, c) => shape.choice((promptOf(c).echo ?? "") + t.output, finishOf(ends[c]!), c, r.logprobs === null ? null : entries[c]!.all)), usage }));
       if (r.includeUsage) event({ choices: [], usage });
       res.end("data: [DONE]\n\n");
     };
-    // An echoed prompt goes out as each choice's first piece: with its scores once they are known
-    // (onPrompt: before the choice's first token), else as soon as the stream opens.
-    const echoSent = new Array<boolean>(n).fill(echo === null);
-    const sendEcho = (i: number) => {
-      echoSent[i] = true;
-      event({ choices: [shape.delta(echo!, null, i, unsent(i))] });
-    };
-    const scorePrompt = echo !== null && r.logprobs !== null;
-    // Choice i draws with seed + i: reproducible per choice, and different from the others.
+    // A prompt's choice j draws with seed + j: reproducible per choice, different from its siblings, and
+    // the same whether its prompt came alone or in a batch.
     const seed = r.seed ?? crypto.randomInt(2 ** 32);
     try {
-      for (let i = 0; i < n; i++)
-        handles.push(
-          batcher.submit({
-            prompt,
-            // Without a limit (chat's default), up to --default-max-tokens or the model's positions.
-            maxTokens: r.maxTokens ?? Math.max(1, Math.min(defaultMax, lm.config.maxPositions - prompt.length)),
-            sampling: r.sampling,
-            stopAtEos: !r.ignoreEos,
-            seed: ((seed >>> 0) + i) >>> 0,
-            logprobs: r.logprobs ?? undefined,
-            // Each choice scores its prompt itself (so its entries come before its first token's); n > 1 with
-            // echo and logprobs prefills the prompt once per choice.
-            ...(scorePrompt
-              ? {
-                  promptLogprobs: r.logprobs!,
-                  onPrompt: (scored: TokenLogprobs[]) => {
-                    if (done || res.writableEnded) return;
-                    entries[i]!.all.push(...promptEntries(prompt, scored));
-                    if (r.stream) sendEcho(i);
-                  },
+      for (let k = 0; k < count; k++) {
+        const prompt = promptOf(k).ids;
+        try {
+          handles.push(
+            batcher.submit({
+              prompt,
+              // Without a limit (chat's default), up to --default-max-tokens or the model's positions.
+              maxTokens: r.maxTokens ?? Math.max(1, Math.min(defaultMax, lm.config.maxPositions - prompt.length)),
+              sampling: r.sampling,
+              stopAtEos: !r.ignoreEos,
+              seed: ((seed >>> 0) + (k % n)) >>> 0,
+              logprobs: r.logprobs ?? undefined,
+              // Each choice scores its prompt itself (so its entries come before its first token's); n > 1 with
+              // echo and logprobs prefills the prompt once per choice.
+              ...(scorePrompt
+                ? {
+                    promptLogprobs: r.logprobs!,
+                    onPrompt: (scored: TokenLogprobs[]) => {
+                      if (done || res.writableEnded) return;
+                      entries[k]!.all.push(...promptEntries(prompt, scored));
+                      if (r.stream) sendEcho(k);
+                    },
+                  }
+                : {}),
+              onToken: (tok, lp) => {
+                // Answered already (another choice failed in this same step): nothing more goes out.
+                if (done || res.writableEnded) return false;
+                const piece = texts[k]!.push(tok);
+                // The tokens up to the one that completes a stop string (whose text is cut) are reported.
+                const e = entries[k]!;
+                if (lp && !texts[k]!.hitStop) {
+                  const prior = e.all[e.all.length - 1];
+                  e.all.push(tokenEntry(e.last, tok, lp, prior ? prior.offset + prior.token.length : 0));
                 }
-              : {}),
-            onToken: (tok, lp) => {
-              // Answered already (another choice failed in this same step): nothing more goes out.
-              if (done || res.writableEnded) return false;
-              const piece = texts[i]!.push(tok);
-              // The tokens up to the one that completes a stop string (whose text is cut) are reported.
-              const e = entries[i]!;
-              if (lp && !texts[i]!.hitStop) {
-                const prior = e.all[e.all.length - 1];
-                e.all.push(tokenEntry(e.last, tok, lp, prior ? prior.offset + prior.token.length : 0));
-              }
-              e.last = tok;
-              if (r.stream && piece) event({ choices: [shape.delta(piece, null, i, unsent(i))] });
-              return !texts[i]!.hitStop;
-            },
-            onEnd: onEnd(i),
-          }),
-        );
+                e.last = tok;
+                if (r.stream && piece) event({ choices: [shape.delta(piece, null, k, unsent(k))] });
+                return !texts[k]!.hitStop;
+              },
+              onEnd: onEnd(k),
+            }),
+          );
+        } catch (e) {
+          // A batch's refusal names the prompt it is about.
+          const err = asMlaError(e);
+          throw prompts.length > 1 ? new MlaError(err.code, `prompt[${Math.floor(k / n)}]: ${err.message}`) : err;
+        }
+      }
     } catch (e) {
-      // Every choice is the same sequence: the first refusal is the request's.
+      // The first refusal is the request's: none of its choices runs.
       done = true;
       for (const h of handles) h.cancel();
       return sendJson(res, statusOf(asMlaError(e)), errorBody(asMlaError(e)));
@@ -353,8 +373,8 @@ export async function serve(model: string | LoadedModel, opts: ServeOptions = {}
       // Sent at once, so a client queued behind a full batch sees its stream open.
       res.writeHead(200, { "Content-Type": "text/event-stream", "Cache-Control": "no-cache" });
       res.flushHeaders();
-      if (shape.opening) for (let i = 0; i < n; i++) event({ choices: [shape.opening(i)] });
-      if (echo !== null && !scorePrompt) for (let i = 0; i < n; i++) sendEcho(i);
+      if (shape.opening) for (let k = 0; k < count; k++) event({ choices: [shape.opening(k)] });
+      if (!scorePrompt) for (let k = 0; k < count; k++) if (!echoSent[k]) sendEcho(k);
     }
     // A write to a connection that just failed must not become an uncaught error: the close below ends the request.
     res.on("error", () => {});

@@ -125,7 +125,13 @@ test("bad requests get OpenAI error bodies that name the culprit; unknown routes
       [{ prompt: "x", echo: "yes" }, 400, /echo "yes" is not true or false/],
       [{ prompt: "x", model: "gpt-4" }, 404, /model "gpt-4" is not served here.*"tiny"/],
       [{ max_tokens: 3 }, 400, /no prompt/],
-      [{ prompt: ["a", "b"] }, 400, /2 prompts.*one prompt per request/],
+      [{ prompt: Array.from({ length: 65 }, () => "a") }, 400, /prompt holds 65 prompts.*at most 64/],
+      [{ prompt: ["a", 5] }, 400, /prompt \["a",5\] is neither text nor a list of token ids/],
+      [{ prompt: [[1], []] }, 400, /prompt\[1\] is an empty list of token ids/],
+      [{ prompt: [[1], [1, 99999]] }, 400, /prompt\[1\] token id 99999 is outside the vocabulary/],
+      [{ prompt: ["a", "b", "c", "d", "e"], n: 16 }, 400, /5 prompts × n 16 make 80 sequences/],
+      [{ prompt: ["a", "b"], max_tokens: 511 }, 400, /prompt\[0\]: the prompt's 2 tokens \+ max_tokens 511/],
+      [{ prompt: [] }, 400, /the prompt is an empty list/],
       [{ prompt: [1, 99999] }, 400, /token id 99999 is outside the vocabulary of 512/],
       [{ prompt: "x", max_tokens: 0 }, 400, /max_tokens 0 asks for no tokens.*echo: true/],
       [{ prompt: "x", max_tokens: 600 }, 400, /pass the model's 512 positions.*hint: lower max_tokens/],
@@ -490,6 +496,36 @@ test("n choices: each draws as its own request with seed + index, the prompt is 
       assert.equal(list.map((e) => e["choices"][0].text).join(""), (await post(server.url, { ...ask, seed: 40 + i })).json["choices"][0].text);
     }
     assert.ok(evs[evs.length - 1]!["usage"].completion_tokens > 0, "one usage event for the request, last");
+  } finally {
+    await server.close();
+  }
+});
+
+test("a batch of prompts in one request: each prompt's choices answer as the prompt sent alone, indexed prompt by prompt; usage counts each prompt once; echo scores each", async () => {
+  const server = await serve(lm, { port: 0 });
+  try {
+    const asks = ["Once upon a time", "The dog ran", "Lily saw a bird"];
+    const ask = { max_tokens: 8, temperature: 1, seed: 7 };
+    const batch = await post(server.url, { ...ask, prompt: asks, n: 2 });
+    assert.equal(batch.status, 200);
+    assert.deepEqual(batch.json["choices"].map((c: { index: number }) => c.index), [0, 1, 2, 3, 4, 5]);
+    let promptTokens = 0, completion = 0;
+    for (const [p, text] of asks.entries()) {
+      const alone = await post(server.url, { ...ask, prompt: text, n: 2 });
+      for (const j of [0, 1]) assert.equal(batch.json["choices"][p * 2 + j].text, alone.json["choices"][j].text, `prompt ${p}, choice ${j}`);
+      promptTokens += alone.json["usage"].prompt_tokens as number;
+      completion += alone.json["usage"].completion_tokens as number;
+    }
+    assert.deepEqual(batch.json["usage"], { prompt_tokens: promptTokens, completion_tokens: completion, total_tokens: promptTokens + completion });
+    // lm-eval with a batch size: several log-likelihood requests as token-id prompts in one body.
+    const ids = asks.map((t) => lm.tokenizer.encode(t, { addSpecialTokens: true }));
+    const scored = await post(server.url, { prompt: ids, max_tokens: 1, temperature: 0, logprobs: 1, echo: true });
+    for (const [p, one] of ids.entries()) {
+      const alone = await post(server.url, { prompt: one, max_tokens: 1, temperature: 0, logprobs: 1, echo: true });
+      assert.deepEqual(scored.json["choices"][p].logprobs, alone.json["choices"][0].logprobs, `prompt ${p} scored as alone`);
+    }
+    const evs = await events(server.url, { prompt: ids, max_tokens: 3, temperature: 0, echo: true });
+    for (const [p, one] of ids.entries()) assert.equal(evs.filter((e) => e["choices"][0]?.index === p).map((e) => e["choices"][0].text).join(""), scored.json["choices"][p].text.slice(0, lm.tokenizer.decode(one, { skipSpecialTokens: true }).length) + (await post(server.url, { prompt: one, max_tokens: 3, temperature: 0 })).json["choices"][0].text);
   } finally {
     await server.close();
   }
