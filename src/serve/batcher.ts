@@ -36,8 +36,9 @@ export interface SequenceSpec {
   /**
    * Score the prompt too: the log-probability of each prompt token after the ones before it, and of
    * this many most likely tokens there (a completion's `echo` with logprobs; lm-eval's log-likelihood
-   * tasks), passed to onPrompt once the prompt is prefilled. Such a prompt is prefilled whole, not
-   * started from a kept prompt's cache, whose logits only the last row has.
+   * tasks), passed to onPrompt once the prompt is prefilled. Such a prompt starts only from a kept
+   * prompt that was scored too (at least as many alternatives), whose scores it takes for the tokens
+   * they share.
    */
   promptLogprobs?: number;
   /** With promptLogprobs: the prompt's tokens 1… scored (token 0 has nothing before it), before any new token. */
@@ -286,8 +287,7 @@ export class Batcher {
       // A request's other choices (the same prompt) wait for its first to be prefilled and kept: they
       // then start from its cache, and the prompt is prefilled once. They hold their places and budget
       // meanwhile, so later requests do not pass them. A prompt that was not kept (no room) is not waited for.
-      const scoring = s.spec.promptLogprobs !== undefined;
-      if (!scoring && this.prefix?.keeps(s.spec.prompt) && !this.unkept.has(s.spec.prompt) && this.running.some((x) => !x.decoding && x.spec.prompt === s.spec.prompt)) {
+      if (this.prefix?.keeps(s.spec.prompt) && !this.unkept.has(s.spec.prompt) && this.running.some((x) => !x.decoding && x.spec.prompt === s.spec.prompt)) {
         held++;
         reserved += s.reserved;
         i++;
@@ -298,9 +298,10 @@ export class Batcher {
       s.admittedAt = performance.now();
       const prompt = s.spec.prompt, capacity = prompt.length + s.spec.maxTokens;
       try {
-        const seed = scoring ? null : (this.prefix?.seed(prompt, capacity) ?? null);
+        const seed = this.prefix?.seed(prompt, capacity, s.spec.promptLogprobs) ?? null;
         s.cache = seed?.cache ?? this.model.newCache(this.opts.kvCache, { capacity });
         s.prefilled = seed?.tokens ?? 0;
+        if (seed?.scores) s.promptScored = seed.scores;
         this.running.push(s);
         if (seed?.logits) this.prefilledAll(s, seed.logits, false);
       } catch (e) {
@@ -342,7 +343,8 @@ export class Batcher {
 
   /** The whole prompt is in the cache: kept for later prompts, its first token taken, and on to decoding. */
   private prefilledAll(s: Sequence, logits: FloatArray, keep: boolean): void {
-    if (keep && this.prefix && !this.prefix.store(s.spec.prompt, s.cache!, logits)) this.unkept.add(s.spec.prompt);
+    const scores = s.spec.promptLogprobs === undefined ? null : { top: s.spec.promptLogprobs, rows: s.promptScored };
+    if (keep && this.prefix && !this.prefix.store(s.spec.prompt, s.cache!, logits, scores)) this.unkept.add(s.spec.prompt);
     s.prefillMs = performance.now() - s.admittedAt;
     s.decoding = true;
     if (s.spec.promptLogprobs !== undefined)

@@ -152,6 +152,46 @@ test("the prefix cache: prompts sharing a beginning prefill only the rest and de
   assert.equal(b.stats().prefixCache!.entries, 0);
 });
 
+test("scored prompts (lm-eval's choices of one question) reuse a kept scored prompt's scores for the beginning they share, and score as alone; unscored kept prompts are not used for them", async () => {
+  const context = tokenizer.encode("Once upon a time, in a small town by the sea, there lived a kind old man who had a little", { addSpecialTokens: true });
+  const choices = [" dog", " cat named Tom", " boat"].map((t) => [...context, ...tokenizer.encode(t, { addSpecialTokens: false })]);
+  /** Prompt `p` scored with `top` alternatives by batcher `b`; its scores and how much of it the prefix cache gave. */
+  const score = async (b: Batcher, p: number[], top: number) => {
+    let scored: unknown[] = [];
+    const before = b.stats().prefixCache?.reusedTokens ?? 0;
+    const r = submit(b, { prompt: p, maxTokens: 0, sampling: { temperature: 0 }, seed: 0, promptLogprobs: top, onPrompt: (x: unknown[]) => (scored = x) });
+    const end = await r.end;
+    assert.equal(end.reason, "length");
+    assert.equal(end.newTokens, 0, "max_tokens 0: the prompt scored alone");
+    return { scored, reused: (b.stats().prefixCache?.reusedTokens ?? 0) - before };
+  };
+  const alone = new Batcher(model, { maxBatch: 1, kvCache: "f32" });
+  const want = await Promise.all(choices.map((p) => score(alone, p, 2)));
+  for (const [i, w] of want.entries()) {
+    assert.equal(w.scored.length, choices[i]!.length - 1, "one score per token after the first");
+    assert.equal(w.reused, 0);
+  }
+  const b = new Batcher(model, { maxBatch: 1, kvCache: "f32", prefixCacheBytes: 2 ** 24 });
+  // An unscored kept prompt of the same context cannot give scores: the first scored prompt prefills whole.
+  await submit(b, { prompt: context, maxTokens: 1, sampling: { temperature: 0 }, seed: 0 }).end;
+  const first = await score(b, choices[0]!, 2);
+  assert.equal(first.reused, 0);
+  assert.deepEqual(first.scored, want[0]!.scored);
+  for (const i of [1, 2]) {
+    const got = await score(b, choices[i]!, 2);
+    assert.deepEqual(got.scored, want[i]!.scored, `choice ${i} scores as alone`);
+    let shared = 0;
+    while (choices[0]![shared] === choices[i]![shared]) shared++;
+    assert.equal(got.reused, shared - 1, `choice ${i}: the shared beginning less its last token, whose row scores the choice's own first token`);
+  }
+  // Fewer alternatives: the kept scores, cut; a repeat prefills nothing.
+  const fewer = await score(b, choices[1]!, 1);
+  assert.deepEqual(fewer.scored, (want[1]!.scored as { logprob: number; top: unknown[] }[]).map((x) => ({ logprob: x.logprob, top: x.top.slice(0, 1) })));
+  assert.equal(fewer.reused, choices[1]!.length, "a repeat of a kept scored prompt prefills nothing");
+  // More alternatives than were kept: scored afresh.
+  assert.equal((await score(b, choices[2]!, 3)).reused, 0);
+});
+
 test("the prefix cache keeps a prompt once: one that a kept sequence begins with is not copied again, and a repeat of it prefills its last token; entries count the bytes their copies hold", async () => {
   const { PrefixCache } = await import("../../src/serve/prefixCache.js");
   const long = [...prompts[2]!, ...prompts[2]!, ...prompts[2]!];

@@ -286,7 +286,7 @@ test("echo: the prompt comes back scored, as lm-eval's log-likelihood requests r
   // Chunks of 3 prompt tokens: the scores cross chunk boundaries; the prefix cache is on (the default).
   const server = await serve(lm, { port: 0, name: "tiny", prefillChunk: 3 });
   try {
-    const context = lm.tokenizer.encode("Once upon a time there was a", { addSpecialTokens: true });
+    const context = lm.tokenizer.encode("Once upon a time there was a girl named Lily. She loved to play in the park with her", { addSpecialTokens: true });
     const continuation = lm.tokenizer.encode(" little dog", { addSpecialTokens: false });
     const p = [...context, ...continuation];
     // lm-eval's local-completions payload for a log-likelihood request (tokenized, batch size 1).
@@ -313,9 +313,11 @@ test("echo: the prompt comes back scored, as lm-eval's log-likelihood requests r
     assert.deepEqual(lp.text_offset, lp.tokens.map((_: string, k: number) => lp.tokens.slice(0, k).join("").length), "offsets run on from the prompt's into the completion's");
     const promptText = lm.tokenizer.decode(p, { skipSpecialTokens: true });
     assert.ok(c.text.startsWith(promptText) && c.text.length > promptText.length, "the text is the prompt's, then the completion's");
-    // Again: the prompt is kept in the prefix cache now, and scored the same (it is prefilled whole).
+    // Again: the prompt and its scores are kept in the prefix cache now, and it is scored the same from them.
+    const hits = server.stats().prefixCache!.hits;
     const again = await post(server.url, ask);
     assert.deepEqual(again.json["choices"][0].logprobs, lp);
+    assert.equal(server.stats().prefixCache!.hits, hits + 1);
     // The prompt alone: scored, nothing generated.
     const alone = await post(server.url, { ...ask, max_tokens: 0 });
     assert.equal(alone.status, 200);
