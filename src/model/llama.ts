@@ -138,8 +138,8 @@ export class LlamaModel {
    * (≥ 0; −1 where it is not, e.g. the prompt's last row), the log-probability of that token and of
    * the `top` most likely ones after ids[0…i] (what a completion's `echo` with logprobs reports, and
    * lm-eval's log-likelihood tasks read). Returns the last row's logits [V] and one entry per row (null
-   * where next is −1). The LM head runs over row chunks, so a long prompt of a large vocabulary never
-   * holds all its logits at once.
+   * where next is −1). The LM head runs over the rows from the first scored one to the last, in row
+   * chunks, so a long prompt of a large vocabulary never holds all its logits at once.
    */
   prefillScored(ids: Int32Array, cache: DecodeCache, next: Int32Array, top: number, opts: Pick<ForwardOptions, "absorb"> = {}): { logits: FloatArray; scored: (TokenLogprobs | null)[] } {
     if (next.length !== ids.length) throw new MlaError("BAD_ARGUMENT", `prefillScored: ${next.length} next tokens for ${ids.length} ids`, "pass one next token (or −1) per id");
@@ -149,10 +149,13 @@ export class LlamaModel {
     const h = this.hidden(ops, P, ids, cache, opts).value;
     const V = this.config.vocabSize, T = ids.length;
     const chunkRows = Math.max(1, Math.floor(2 ** 24 / V));
-    const scored: (TokenLogprobs | null)[] = [];
+    // Rows before the first scored one need no logits (a context whose continuation alone is scored).
+    let first = next.findIndex((t) => t >= 0);
+    if (first < 0) first = T - 1;
+    const scored: (TokenLogprobs | null)[] = new Array<null>(first).fill(null);
     let last: FloatArray | null = null;
     try {
-      for (let r0 = 0; r0 < T; r0 += chunkRows) {
+      for (let r0 = first; r0 < T; r0 += chunkRows) {
         const rows = Math.min(chunkRows, T - r0);
         const hc = rowRange(b, h, r0, rows);
         const lt = b.linear(hc, P.lmHead.value, null);
@@ -170,6 +173,12 @@ export class LlamaModel {
       h.dispose();
     }
     return { logits: last!, scored };
+  }
+
+  /** Puts `ids` [T] into `cache` at positions cache.length … without computing any logits (a shared beginning prefilled once). */
+  fill(ids: Int32Array, cache: DecodeCache, opts: Pick<ForwardOptions, "absorb"> = {}): void {
+    const ops = new Ops(this.backend, null);
+    this.hidden(ops, this.constantNodes(ops), ids, cache, opts).value.dispose();
   }
 
   /**

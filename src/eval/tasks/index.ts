@@ -12,7 +12,7 @@ import { Progress, ProgressSink } from "../../util/progress.js";
 import { nextTurn } from "../../util/abort.js";
 import { requireCount } from "../../util/counts.js";
 import { ChoiceItem, parseHellaswag, parseInstructionChoices, parseLambada } from "./items.js";
-import { loglikelihood } from "./score.js";
+import { choiceLoglikelihoods, loglikelihood } from "./score.js";
 
 export const TASKS = {
   "arc-easy": { file: "ARC-Easy.test.json", kind: "choice" as const, load: (f: string, n?: number) => parseInstructionChoices(f, "answer", n) },
@@ -87,7 +87,7 @@ export async function runTask(model: LlamaModel, tok: TextTokenizer, task: TaskN
   const bar = new Progress(task, items.length, "items", progress);
   const predictions: TaskResult["predictions"] = [];
   for (const it of items) {
-    const scores = it.choices.map((c) => loglikelihood(model, tok, it.context, c).logprob);
+    const scores = choiceLoglikelihoods(model, tok, it.context, it.choices).map((r) => r.logprob);
     predictions.push({ acc: argmax(scores), acc_norm: argmax(scores.map((s, i) => s / it.choices[i]!.length)), scores });
     bar.tick();
     await nextTurn(signal);

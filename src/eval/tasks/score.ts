@@ -1,7 +1,8 @@
 /**
  * Log-likelihood scoring with lm-evaluation-harness semantics: input = [BOS] + tokens(context +
  * continuation); the continuation's tokens are those past len(tokens(context)); the score is the
- * sum of their log-probabilities, and `greedy` says whether each was the argmax.
+ * sum of their log-probabilities, and `greedy` says whether each was the argmax. A multiple-choice
+ * item's continuations share their context: choiceLoglikelihoods prefills it once.
  */
 import type { LlamaModel } from "../../model/llama.js";
 import type { TextTokenizer } from "../../io/tokenizer.js";
@@ -44,4 +45,64 @@ export function loglikelihood(model: LlamaModel, tok: TextTokenizer, context: st
     if (arg !== all[r]) greedy = false;
   }
   return { logprob, greedy, tokens: n - c };
+}
+
+/** One continuation's scoring inputs: [BOS] + tokens(context + continuation) less the last, and where its own tokens start. */
+interface Scored {
+  all: number[];
+  input: Int32Array;
+  /** Rows c … n − 1 predict the continuation's tokens all[c … n − 1]. */
+  c: number;
+}
+
+function scoringInput(model: LlamaModel, tok: TextTokenizer, ctx: number[], context: string, continuation: string): Scored {
+  const all = tok.encode(context + continuation);
+  const input = new Int32Array(all.length);
+  input[0] = model.config.bosTokenId ?? 1;
+  input.set(all.slice(0, all.length - 1), 1);
+  return { all, input, c: Math.min(ctx.length, all.length) };
+}
+
+/**
+ * loglikelihood of each of `continuations` after `context`, the same numbers up to rounding: the rows
+ * the choices' inputs share, up to the first continuation row, are prefilled once into a cache; each
+ * choice prefills the rest on a copy of it, and the LM head runs over its continuation's rows alone
+ * (where loglikelihood runs a whole forward per choice, the head over every row).
+ */
+export function choiceLoglikelihoods(model: LlamaModel, tok: TextTokenizer, context: string, continuations: readonly string[]): Loglikelihood[] {
+  const ctx = tok.encode(context);
+  const items = continuations.map((x) => scoringInput(model, tok, ctx, context, x));
+  const live = items.filter((it) => it.c < it.all.length);
+  // The shared rows: the inputs' common beginning, cut before the first row any choice scores.
+  let p = Math.min(...live.map((it) => it.c));
+  for (const it of live) {
+    let k = 0;
+    while (k < p && it.input[k] === live[0]!.input[k]) k++;
+    p = k;
+  }
+  const shared = live.length ? model.newCache("f32", { capacity: p }) : null;
+  try {
+    if (shared && p > 0) model.fill(live[0]!.input.subarray(0, p), shared);
+    return items.map((it) => {
+      const n = it.all.length;
+      if (it.c === n) return { logprob: 0, greedy: true, tokens: 0 };
+      const cache = p > 0 ? shared!.clone({ capacity: n }) : model.newCache("f32", { capacity: n });
+      try {
+        const next = Int32Array.from({ length: n - p }, (_, i) => (p + i >= it.c ? it.all[p + i]! : -1));
+        const { scored } = model.prefillScored(it.input.subarray(p), cache, next, 1);
+        let logprob = 0, greedy = true;
+        for (let r = it.c; r < n; r++) {
+          const s = scored[r - p]!;
+          logprob += s.logprob;
+          // The most likely token, ties to the lower id, as the argmax above takes the first maximum.
+          if (s.top[0]!.id !== it.all[r]) greedy = false;
+        }
+        return { logprob, greedy, tokens: n - it.c };
+      } finally {
+        cache.dispose();
+      }
+    });
+  } finally {
+    shared?.dispose();
+  }
 }
