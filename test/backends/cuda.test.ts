@@ -14,12 +14,13 @@ import { referenceBackend as R } from "../../src/backends/reference/index.js";
 import { convert } from "../../src/convert/pipeline.js";
 import { exportDeepseek } from "../../src/deepseek/fromMla.js";
 import { evaluate } from "../../src/eval/evaluate.js";
+import { runTask } from "../../src/eval/tasks/index.js";
 import { finetune } from "../../src/finetune/trainer.js";
 import { MlaError } from "../../src/errors.js";
 import { useLinalg } from "../../src/backends/native/linalg.js";
 import { truncatedFactor } from "../../src/svd/truncated.js";
 import { factorLayer } from "../../src/convert/factor.js";
-import { FIXTURES, MODELS, maxAbsDiff, seededRand, tmpDir } from "../helpers.js";
+import { FIXTURES, MODELS, SHARED, maxAbsDiff, seededRand, tmpDir } from "../helpers.js";
 import { loadNativeCpu, NativeCpuBackend } from "../../src/backends/native/cpu.js";
 import { loadModel } from "../../src/model/llama.js";
 import { defaultKvCache } from "../../src/model/generate.js";
@@ -290,6 +291,35 @@ test("end to end: stories260K eval NLL on the GPU equals the CPU within 1e-3", {
   const cpu = await evaluate(path.join(MODELS, "stories260K"), { ...opts, device: "cpu" });
   t.diagnostic(`nll gpu ${gpu.nll!.toFixed(6)} cpu ${cpu.nll!.toFixed(6)}`);
   assert.ok(Math.abs(gpu.nll! - cpu.nll!) < 1e-3);
+});
+
+test("multiple-choice tasks on the GPU (each item's context prefilled once, its choices' rows scored) and a scored prompt (prefillScored on a growing cache) equal the CPU", { skip }, async (t) => {
+  const gpu = loadModel(path.join(MODELS, "stories260K"), { backend: backend() });
+  const cpu = loadModel(path.join(MODELS, "stories260K"), { backend: new NativeCpuBackend(loadNativeCpu() as Exclude<ReturnType<typeof loadNativeCpu>, string>) });
+  const data = path.join(SHARED, "data", "eval");
+  if (fs.existsSync(data))
+    for (const task of ["arc-easy", "hellaswag"] as const) {
+      const [g, c] = [await runTask(gpu.model, gpu.tokenizer, task, data, 20, null), await runTask(cpu.model, cpu.tokenizer, task, data, 20, null)];
+      const diff = Math.max(...g.predictions.flatMap((p, i) => p.scores!.map((x, j) => Math.abs(x - c.predictions[i]!.scores![j]!))));
+      t.diagnostic(`${task}: acc ${g.metrics["acc"]} (CPU ${c.metrics["acc"]}), max |Δ score| ${diff.toExponential(2)}`);
+      assert.ok(diff < 1e-3, task);
+    }
+  else t.diagnostic(`no task files at ${data}: the scored prompt only`);
+  const ids = Int32Array.of(1, 400, 300, 200, 17, 23, 42, 9, 8, 7, 6, 5, 99, 311);
+  const next = Int32Array.from(ids, (_, i) => ids[i + 1] ?? -1);
+  const scoredBy = (m: typeof gpu) => {
+    const cache = m.model.newCache("f32");
+    const a = m.model.prefillScored(ids.subarray(0, 6), cache, next.subarray(0, 6), 3);
+    const b = m.model.prefillScored(ids.subarray(6), cache, next.subarray(6), 3);
+    cache.dispose();
+    return [...a.scored, ...b.scored];
+  };
+  const [sg, sc] = [scoredBy(gpu), scoredBy(cpu)];
+  sg.forEach((x, i) => {
+    if (!x) return assert.equal(sc[i], null);
+    assert.ok(Math.abs(x.logprob - sc[i]!.logprob) < 1e-3, `row ${i}`);
+    assert.deepEqual(x.top.map((y) => y.id), sc[i]!.top.map((y) => y.id), `row ${i}: the most likely tokens`);
+  });
 });
 
 test("end to end: a 2-norm conversion of stories260K-mha on the GPU matches the CPU (selection, perplexity within 0.5%)", { skip }, async (t) => {
