@@ -16,6 +16,9 @@ interface Args {
   temperature: number;
   "top-k": number;
   "top-p": number;
+  "repetition-penalty"?: number;
+  "presence-penalty"?: number;
+  "frequency-penalty"?: number;
   seed: number;
   device: DeviceName;
   "kv-cache": KvCacheDtype | "auto";
@@ -34,6 +37,9 @@ export const generateCommand: CommandModule<object, Args> = {
       .option("temperature", { type: "number", default: 0, describe: "0: greedy; else sample from softmax(logits / temperature)" })
       .option("top-k", { type: "number", default: 0, describe: "sample among the k most likely tokens only (0: all)" })
       .option("top-p", { type: "number", default: 1, describe: "sample from the smallest set of most likely tokens holding this much probability (1: all)" })
+      .option("repetition-penalty", { type: "number", describe: "> 1 makes tokens of the prompt and of the text so far less likely (HF's repetition_penalty; e.g. 1.1)" })
+      .option("presence-penalty", { type: "number", describe: "subtracted from the logit of every token generated so far, once (-2 … 2)" })
+      .option("frequency-penalty", { type: "number", describe: "subtracted from the logit of every token generated so far, times its count (-2 … 2)" })
       .option("seed", { type: "number", default: 0 })
       .option("chat", { type: "boolean", default: false, describe: "each --prompt is a user message, formatted by the model's chat template (as serve's /v1/chat/completions does); prints the replies only" })
       .option("system", { type: "string", describe: "with --chat: a system message before each prompt" })
@@ -54,7 +60,7 @@ export const generateCommand: CommandModule<object, Args> = {
       stderrLogger.warn(`${longest} prompt tokens + --max-tokens ${maxTokens} pass the model's ${lm.config.maxPositions} positions (max_position_embeddings); text past them is usually poor`);
     // Decoded between event-loop turns, so Ctrl-C stops a long run; progress on stderr.
     const progress = new Progress("generate", Math.max(1, maxTokens) * prompts.length, "tokens", process.stderr);
-    const r = await generateBatchAsync(lm.model, prompts, { maxTokens, temperature: a.temperature, topK: a["top-k"], topP: a["top-p"], seed: a.seed, kvCache: a["kv-cache"] === "auto" ? defaultKvCache(lm.model) : a["kv-cache"], onStep: (n) => progress.tick(n) });
+    const r = await generateBatchAsync(lm.model, prompts, { maxTokens, temperature: a.temperature, topK: a["top-k"], topP: a["top-p"], ...penaltyArgs(a), seed: a.seed, kvCache: a["kv-cache"] === "auto" ? defaultKvCache(lm.model) : a["kv-cache"], onStep: (n) => progress.tick(n) });
     r.sequences.forEach((s, i) => {
       if (prompts.length > 1) process.stdout.write(`--- ${i + 1}\n`);
       // A chat prints the reply alone (the prompt is the template's markup); else the prompt and its continuation.
@@ -63,3 +69,12 @@ export const generateCommand: CommandModule<object, Args> = {
     if (r.decodeTokens > 0) stderrLogger.info(`decoded ${r.decodeTokens} tokens of ${prompts.length} prompt${prompts.length > 1 ? "s" : ""} in ${r.decodeSeconds.toFixed(2)} s (${(r.decodeTokens / r.decodeSeconds).toFixed(1)} tokens/s; steps ${r.steps})`);
   },
 };
+
+/** The penalty flags that were given, as generate()'s options. */
+function penaltyArgs(a: Args): { repetitionPenalty?: number; presencePenalty?: number; frequencyPenalty?: number } {
+  return {
+    ...(a["repetition-penalty"] !== undefined ? { repetitionPenalty: a["repetition-penalty"] } : {}),
+    ...(a["presence-penalty"] !== undefined ? { presencePenalty: a["presence-penalty"] } : {}),
+    ...(a["frequency-penalty"] !== undefined ? { frequencyPenalty: a["frequency-penalty"] } : {}),
+  };
+}

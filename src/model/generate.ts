@@ -6,9 +6,10 @@ import type { KvCacheDtype } from "./kvQuant.js";
 import { nextTurn, throwIfAborted } from "../util/abort.js";
 import { checkOptionTypes, type OptionKinds } from "../util/optionTypes.js";
 import { pickToken, seededRandom, type SamplingOptions } from "./sampling.js";
+import { checkPenalties, Penalties, type PenaltyOptions } from "./penalties.js";
 import { stopTokenIds } from "./config.js";
 
-export interface GenerateOptions {
+export interface GenerateOptions extends PenaltyOptions {
   maxTokens: number;
   /** 0 = greedy. */
   temperature?: number;
@@ -104,16 +105,20 @@ export async function generateBatchAsync(model: LlamaModel, prompts: readonly (r
   }
 }
 
-const SYNC_KINDS: OptionKinds<GenerateOptions> = { maxTokens: "number", temperature: "number", topK: "number", topP: "number", seed: "number", stopAtEos: "boolean", kvCache: "string" };
+const SYNC_KINDS: OptionKinds<GenerateOptions> = { maxTokens: "number", temperature: "number", topK: "number", topP: "number", seed: "number", stopAtEos: "boolean", kvCache: "string", presencePenalty: "number", frequencyPenalty: "number", repetitionPenalty: "number", logitBias: "object" };
 const ASYNC_KINDS: OptionKinds<GenerateAsyncOptions> = { ...SYNC_KINDS, yieldMs: "number", onStep: "function", signal: "object" };
 
-/** The sampling settings of `opts`, checked (a bad one named as the CLI's flag). */
-export function checkSampling(opts: { temperature?: number; topK?: number; topP?: number }): SamplingOptions {
+/** The CLI flags the penalty options are named by in refusals. */
+const PENALTY_FLAGS = { presencePenalty: "--presence-penalty", frequencyPenalty: "--frequency-penalty", repetitionPenalty: "--repetition-penalty", logitBias: "logitBias" };
+
+/** The sampling settings of `opts`, checked (a bad one named as the CLI's flag); with `vocabSize`, the penalties too. */
+export function checkSampling(opts: { temperature?: number; topK?: number; topP?: number } & PenaltyOptions, vocabSize = Infinity): SamplingOptions {
   const temperature = opts.temperature ?? 0, topK = opts.topK ?? 0, topP = opts.topP ?? 1;
   if (!(Number.isFinite(temperature) && temperature >= 0)) throw new MlaError("BAD_ARGUMENT", `--temperature ${temperature} is not a sampling temperature`, "pass 0 for greedy decoding or a positive number (1 samples the model's own distribution)");
   if (!(Number.isInteger(topK) && topK >= 0)) throw new MlaError("BAD_ARGUMENT", `--top-k ${topK} is not a token count`, "pass a whole number ≥ 1 to sample among that many most likely tokens, or 0 for all");
   if (!(topP > 0 && topP <= 1)) throw new MlaError("BAD_ARGUMENT", `--top-p ${topP} is not a probability in (0, 1]`, "pass e.g. 0.9 to sample from the tokens holding 90% of the probability, or 1 for all");
-  return { temperature, topK, topP };
+  const { presencePenalty, frequencyPenalty, repetitionPenalty, logitBias } = checkPenalties(opts, vocabSize, PENALTY_FLAGS);
+  return { temperature, topK, topP, ...(presencePenalty !== undefined ? { presencePenalty } : {}), ...(frequencyPenalty !== undefined ? { frequencyPenalty } : {}), ...(repetitionPenalty !== undefined ? { repetitionPenalty } : {}), ...(logitBias ? { logitBias } : {}) };
 }
 
 /** An array (or typed array) of integers; a string (text, not token ids) would read as ids 0, 0, … and be continued. */
@@ -130,7 +135,7 @@ function* decodeSteps(model: LlamaModel, prompts: readonly (readonly number[])[]
     if (p.length === 0) throw new MlaError("BAD_ARGUMENT", prompts.length > 1 ? `prompt ${i + 1} has no tokens` : "the prompt has no tokens", "pass a non-empty --prompt");
   });
   if (!Number.isInteger(opts.maxTokens) || opts.maxTokens < 0) throw new MlaError("BAD_ARGUMENT", `--max-tokens ${opts.maxTokens} is not a token count`, "pass a whole number ≥ 0");
-  const sampling = checkSampling(opts);
+  const sampling = checkSampling(opts, model.config.vocabSize);
   const c = model.config;
   const V = c.vocabSize;
   const stops = stopTokenIds(c);
@@ -138,6 +143,7 @@ function* decodeSteps(model: LlamaModel, prompts: readonly (readonly number[])[]
   // length: a larger --max-tokens that EOS may cut short grows the cache as it is used instead.
   const caches = prompts.map((p) => model.newCache(opts.kvCache, { capacity: Math.min(p.length + opts.maxTokens, Math.max(p.length, c.maxPositions)) }));
   const rands = prompts.map((_, i) => seededRandom((opts.seed ?? 0) + i));
+  const penalties = prompts.map((p) => Penalties.of(p, sampling));
   const outs: number[][] = prompts.map(() => []);
   // Each prompt's last row gives its first new token.
   let lasts = prompts.map((p, i) => {
@@ -155,7 +161,8 @@ function* decodeSteps(model: LlamaModel, prompts: readonly (readonly number[])[]
     while (live.length) {
       const still: number[] = [], next: number[] = [];
       live.forEach((i, k) => {
-        const t = pickToken(lasts[k]!, sampling, rands[i]!);
+        const t = pickToken(penalties[i]?.apply(lasts[k]!) ?? lasts[k]!, sampling, rands[i]!);
+        penalties[i]?.add(t);
         outs[i]!.push(t);
         if (((opts.stopAtEos ?? true) && stops.has(t)) || outs[i]!.length >= opts.maxTokens) return;
         still.push(i);

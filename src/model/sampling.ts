@@ -5,8 +5,10 @@
  */
 import type { FloatArray } from "../tensor/tensor.js";
 import { MlaError } from "../errors.js";
+import type { PenaltyOptions } from "./penalties.js";
 
-export interface SamplingOptions {
+/** How the next token is chosen; the penalties (penalties.ts) adjust the logits before, where a caller applies them. */
+export interface SamplingOptions extends PenaltyOptions {
   /** 0 = greedy (the other settings are then unused). */
   temperature: number;
   /** Sample among the k most likely tokens only; 0 = all. */

@@ -20,6 +20,7 @@ import type { KvCacheDtype } from "../model/kvQuant.js";
 import { pickToken, seededRandom, tokenLogprobs, type SamplingOptions, type TokenLogprobs } from "../model/sampling.js";
 import type { FloatArray } from "../tensor/tensor.js";
 import { PrefixCache, type PrefixCacheStats } from "./prefixCache.js";
+import { Penalties } from "../model/penalties.js";
 
 export interface SequenceSpec {
   /** Token ids to continue (BOS included where the model wants it). */
@@ -111,6 +112,8 @@ interface Sequence {
   next: number;
   /** With promptLogprobs: the prompt tokens scored so far. */
   promptScored: TokenLogprobs[];
+  /** The sampling settings' penalties and biases (null: none). */
+  penalties: Penalties | null;
   /** Prompt tokens in the cache so far; the sequence decodes once all are. */
   prefilled: number;
   decoding: boolean;
@@ -180,7 +183,7 @@ export class Batcher {
     const reserved = this.cacheBytes(total);
     if (this.opts.kvBudgetBytes !== undefined && reserved > this.opts.kvBudgetBytes)
       throw new MlaError("BAD_ARGUMENT", `${total} tokens of cache take ${mb(reserved)} MB, more than the server's whole KV budget of ${mb(this.opts.kvBudgetBytes)} MB`, "lower max_tokens or shorten the prompt (or start the server with a larger --kv-budget-mb)");
-    const s: Sequence = { spec, cache: null, rand: seededRandom(spec.seed), next: -1, promptScored: [], prefilled: 0, decoding: false, newTokens: 0, generated: [], reserved, cancelled: false, ended: false, queuedAt: performance.now(), admittedAt: 0, prefillMs: 0 };
+    const s: Sequence = { spec, cache: null, rand: seededRandom(spec.seed), next: -1, promptScored: [], penalties: Penalties.of(spec.prompt, spec.sampling), prefilled: 0, decoding: false, newTokens: 0, generated: [], reserved, cancelled: false, ended: false, queuedAt: performance.now(), admittedAt: 0, prefillMs: 0 };
     this.waiting.push(s);
     this.kick();
     return {
@@ -387,7 +390,9 @@ export class Batcher {
 
   /** The next token of `s`, drawn from its `logits` [V]. */
   private take(s: Sequence, logits: FloatArray): void {
-    const id = pickToken(logits, s.spec.sampling, s.rand);
+    const id = pickToken(s.penalties?.apply(logits) ?? logits, s.spec.sampling, s.rand);
+    s.penalties?.add(id);
+    // The model's own distribution, before penalties and biases (as vLLM reports them by default).
     const lp = s.spec.logprobs === undefined ? undefined : tokenLogprobs(logits, id, s.spec.logprobs);
     s.newTokens++;
     s.generated.push(id);

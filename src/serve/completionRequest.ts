@@ -1,10 +1,11 @@
 /**
  * The body of an OpenAI-style `POST /v1/completions` or `/v1/chat/completions`, checked. What the
- * server does not implement (penalties, suffix, best_of, tools) is refused by name rather than
+ * server does not implement (suffix, best_of, tools) is refused by name rather than
  * ignored, so a client never reads an answer computed without a setting it asked for.
  */
 import { MlaError } from "../errors.js";
 import type { SamplingOptions } from "../model/sampling.js";
+import { checkPenalties } from "../model/penalties.js";
 import type { ChatMessage } from "./chatTemplate.js";
 
 /** What a completion needs besides its prompt, read the same way from both endpoints. */
@@ -48,6 +49,9 @@ export interface ChatRequest extends GenerationFields {
   messages: ChatMessage[];
 }
 
+/** The most tokens a logit_bias may name (OpenAI's limit). */
+export const MAX_LOGIT_BIAS = 300;
+
 /** The most stop strings per request. */
 export const MAX_STOPS = 16;
 
@@ -64,18 +68,10 @@ export const DEFAULT_MAX_TOKENS = 16;
 const UNSUPPORTED: Record<string, (v: unknown) => boolean> = {
   best_of: (v) => v === 1,
   suffix: (v) => v === "",
-  presence_penalty: (v) => v === 0,
-  frequency_penalty: (v) => v === 0,
-  repetition_penalty: (v) => v === 1,
-  logit_bias: (v) => typeof v === "object" && v !== null && Object.keys(v).length === 0,
 };
 
 /** Chat's own fields that change the answer and are not implemented ("off" values as above). */
 const CHAT_UNSUPPORTED: Record<string, (v: unknown) => boolean> = {
-  presence_penalty: UNSUPPORTED["presence_penalty"]!,
-  frequency_penalty: UNSUPPORTED["frequency_penalty"]!,
-  repetition_penalty: UNSUPPORTED["repetition_penalty"]!,
-  logit_bias: UNSUPPORTED["logit_bias"]!,
   tools: (v) => Array.isArray(v) && v.length === 0,
   // With no tools, "auto" chooses none.
   tool_choice: (v) => v === "none" || v === "auto",
@@ -83,7 +79,7 @@ const CHAT_UNSUPPORTED: Record<string, (v: unknown) => boolean> = {
 };
 
 /** Fields read, or harmless to ignore (user: an end-user id for abuse tracking). */
-const COMMON = ["model", "n", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "stream", "stream_options", "user", "ignore_eos"];
+const COMMON = ["model", "n", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "stream", "stream_options", "user", "ignore_eos", "presence_penalty", "frequency_penalty", "repetition_penalty", "logit_bias"];
 const KNOWN = new Set(["prompt", "logprobs", "echo", ...COMMON, ...Object.keys(UNSUPPORTED)]);
 const CHAT_KNOWN = new Set(["messages", "max_completion_tokens", "logprobs", "top_logprobs", ...COMMON, ...Object.keys(CHAT_UNSUPPORTED)]);
 
@@ -105,7 +101,7 @@ export function checkedBody(body: unknown, served: { name: string }, known: Read
   const unknown = Object.keys(b).filter((k) => !known.has(k));
   if (unknown.length) throw bad(`unknown field${unknown.length > 1 ? "s" : ""} ${unknown.map((k) => JSON.stringify(k)).join(", ")}`, `the fields read are ${[...known].filter((k) => !(k in unsupported)).join(", ")}`);
   for (const [k, off] of Object.entries(unsupported))
-    if (b[k] !== undefined && b[k] !== null && !off(b[k])) throw bad(`${k} ${JSON.stringify(b[k])} is not supported by this server`, `leave ${k} out (no penalties, tools, best_of or suffix)`);
+    if (b[k] !== undefined && b[k] !== null && !off(b[k])) throw bad(`${k} ${JSON.stringify(b[k])} is not supported by this server`, `leave ${k} out (no tools, best_of or suffix)`);
   if (b["model"] !== undefined && b["model"] !== served.name) throw new MlaError("NOT_FOUND", `model ${JSON.stringify(b["model"])} is not served here`, `this server serves ${JSON.stringify(served.name)} (GET /v1/models); send that name or leave model out`);
   return b;
 }
@@ -125,7 +121,7 @@ export function parseCompletionRequest(body: unknown, served: { name: string; vo
   const logprobs = lp === undefined || lp === null || lp === false ? null : numberField(b, "logprobs", 0, (v) => Number.isInteger(v) && v >= 0 && v <= MAX_LOGPROBS, `a whole number from 0 to ${MAX_LOGPROBS}`);
   const echo = b["echo"] ?? false;
   if (typeof echo !== "boolean") throw bad(`echo ${JSON.stringify(echo)} is not true or false`, "send echo: true to get the prompt (and with logprobs its tokens' log-probabilities) back before the completion");
-  const fields = generationFields(b, "max_tokens", DEFAULT_MAX_TOKENS, echo);
+  const fields = generationFields(b, "max_tokens", DEFAULT_MAX_TOKENS, served.vocabSize, echo);
   if (prompts.length * fields.n > MAX_PROMPTS) throw bad(`${prompts.length} prompts × n ${fields.n} make ${prompts.length * fields.n} sequences`, `send at most ${MAX_PROMPTS} prompts × choices per request`);
   return { prompts, ...fields, logprobs, echo };
 }
@@ -143,8 +139,8 @@ function onePrompt(p: unknown, what: string, vocabSize: number): string | number
   throw bad(`${what} ${JSON.stringify(p).slice(0, 60)} is neither text nor a list of token ids`, 'send "prompt": "…" (text) or a list of token ids');
 }
 
-/** The request `body` of POST /v1/chat/completions, checked against the served model's name. */
-export function parseChatRequest(body: unknown, served: { name: string }): ChatRequest {
+/** The request `body` of POST /v1/chat/completions, checked against the served model's name and vocabulary. */
+export function parseChatRequest(body: unknown, served: { name: string; vocabSize: number }): ChatRequest {
   const example = '{"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 32}';
   const b = checkedBody(body, served, CHAT_KNOWN, CHAT_UNSUPPORTED, example);
   const messages = parseMessages(b["messages"], example);
@@ -154,7 +150,7 @@ export function parseChatRequest(body: unknown, served: { name: string }): ChatR
   if (typeof lp !== "boolean") throw bad(`logprobs ${JSON.stringify(lp)} is not true or false`, "send logprobs: true (and top_logprobs: N for N alternatives per token)");
   const top = set("top_logprobs") ? numberField(b, "top_logprobs", 0, (v) => Number.isInteger(v) && v >= 0 && v <= MAX_LOGPROBS, `a whole number from 0 to ${MAX_LOGPROBS}`) : 0;
   if (top > 0 && !lp) throw bad(`top_logprobs ${top} is set without logprobs: true`, "send logprobs: true with it, or leave top_logprobs out");
-  return { messages, ...generationFields(b, set("max_completion_tokens") ? "max_completion_tokens" : "max_tokens", null), logprobs: lp ? top : null };
+  return { messages, ...generationFields(b, set("max_completion_tokens") ? "max_completion_tokens" : "max_tokens", null, served.vocabSize), logprobs: lp ? top : null };
 }
 
 /** A request's `messages` (chat, and /tokenize's chat form), checked; `example` shows a good request. */
@@ -175,7 +171,7 @@ export function parseMessages(m: unknown, example: string): ChatMessage[] {
 }
 
 /** The fields both endpoints share, checked; `maxKey` names the token limit's field, which may be 0 where `zeroMax` (a prompt echoed or scored alone). */
-function generationFields(b: Record<string, unknown>, maxKey: string, defaultMax: number | null, zeroMax = false): Omit<GenerationFields, "logprobs"> {
+function generationFields(b: Record<string, unknown>, maxKey: string, defaultMax: number | null, vocabSize: number, zeroMax = false): Omit<GenerationFields, "logprobs"> {
   if (b[maxKey] === 0 && !zeroMax) throw bad(`${maxKey} 0 asks for no tokens`, `send ${maxKey} ≥ 1${maxKey === "max_tokens" && "prompt" in b ? ", or echo: true with it to get the prompt (and with logprobs its scores) alone" : ""}`);
   const maxTokens = b[maxKey] === undefined || b[maxKey] === null ? defaultMax : numberField(b, maxKey, 0, (v) => Number.isInteger(v) && v >= 0, "a whole number ≥ 1");
   const temperature = numberField(b, "temperature", 1, (v) => Number.isFinite(v) && v >= 0, "a number ≥ 0 (0: greedy)");
@@ -204,5 +200,34 @@ function generationFields(b: Record<string, unknown>, maxKey: string, defaultMax
   const ignoreEos = b["ignore_eos"] ?? false;
   if (typeof ignoreEos !== "boolean") throw bad(`ignore_eos ${JSON.stringify(ignoreEos)} is not true or false`, "send ignore_eos: true to generate past end-of-sequence tokens, or leave it out");
   const n = numberField(b, "n", 1, (v) => Number.isInteger(v) && v >= 1 && v <= MAX_CHOICES, `a whole number from 1 to ${MAX_CHOICES}`);
-  return { n, maxTokens, sampling: { temperature, topP, topK: topK < 0 ? 0 : topK }, seed: (seedV as number | undefined | null) ?? null, stop, stream, includeUsage, ignoreEos };
+  return { n, maxTokens, sampling: { temperature, topP, topK: topK < 0 ? 0 : topK, ...penaltyFields(b, vocabSize) }, seed: (seedV as number | undefined | null) ?? null, stop, stream, includeUsage, ignoreEos };
+}
+
+/** The penalty fields (vLLM's ranges) and logit_bias (`{"token id": bias}`, as OpenAI sends it), checked. */
+function penaltyFields(b: Record<string, unknown>, vocabSize: number): Pick<SamplingOptions, "presencePenalty" | "frequencyPenalty" | "repetitionPenalty" | "logitBias"> {
+  const out: Pick<SamplingOptions, "presencePenalty" | "frequencyPenalty" | "repetitionPenalty" | "logitBias"> = {};
+  const num = (key: string) => {
+    const v = b[key];
+    if (v === undefined || v === null) return undefined;
+    if (typeof v !== "number") throw bad(`${key} ${JSON.stringify(v)} is not a number`, `send ${key} as a number, or leave it out`);
+    return v;
+  };
+  const presence = num("presence_penalty"), frequency = num("frequency_penalty"), repetition = num("repetition_penalty");
+  if (presence !== undefined) out.presencePenalty = presence;
+  if (frequency !== undefined) out.frequencyPenalty = frequency;
+  if (repetition !== undefined) out.repetitionPenalty = repetition;
+  const lb = b["logit_bias"];
+  if (lb !== undefined && lb !== null) {
+    if (typeof lb !== "object" || Array.isArray(lb)) throw bad("logit_bias is not an object", 'send e.g. "logit_bias": {"50256": -100} (token id → bias from -100 to 100)');
+    const entries = Object.entries(lb as Record<string, unknown>);
+    if (entries.length > MAX_LOGIT_BIAS) throw bad(`logit_bias holds ${entries.length} tokens`, `send at most ${MAX_LOGIT_BIAS}`);
+    const bias = new Map<number, number>();
+    for (const [k, v] of entries) {
+      if (!/^\d+$/.test(k)) throw bad(`logit_bias key ${JSON.stringify(k)} is not a token id`, 'key it by token ids, e.g. {"50256": -100}');
+      if (typeof v !== "number") throw bad(`logit_bias gives token ${k} ${JSON.stringify(v)}, not a number`, "give each token a bias from -100 to 100");
+      bias.set(Number(k), v);
+    }
+    if (bias.size) out.logitBias = bias;
+  }
+  return checkPenalties(out, vocabSize, { presencePenalty: "presence_penalty", frequencyPenalty: "frequency_penalty", repetitionPenalty: "repetition_penalty", logitBias: "logit_bias" });
 }

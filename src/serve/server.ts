@@ -240,7 +240,7 @@ export async function serve(model: string | LoadedModel, opts: ServeOptions = {}
   };
   // The template writes the special tokens it wants (BOS among them), as apply_chat_template's ids have them.
   const parseChat: Parse = (body) => {
-    const r = parseChatRequest(body, { name });
+    const r = parseChatRequest(body, { name, vocabSize: lm.config.vocabSize });
     return { prompts: [{ ids: encodePrompt(chat!.render(r.messages), false), echo: null }], fields: r };
   };
 

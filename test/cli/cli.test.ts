@@ -37,6 +37,11 @@ test("generate continues a prompt; --kv-cache auto (the default) is f32 on the C
   assert.match(auto.stdout, /^Once upon a time\S*\s*\S/);
   assert.equal(run("--kv-cache", "f32").stdout, auto.stdout);
   for (const kv of ["bf16", "int8"]) assert.equal(run("--kv-cache", kv).code, 0);
+  // The penalties reach generate(): here they change the greedy text.
+  const penalized = run("--repetition-penalty", "10", "--frequency-penalty", "0.5");
+  assert.equal(penalized.code, 0, penalized.stderr);
+  assert.notEqual(penalized.stdout, auto.stdout);
+  assert.match(run("--presence-penalty", "5").stderr, /--presence-penalty 5 is not a number from -2 to 2/);
   // Several prompts: each continuation after its --- line, the first as it is alone; the decode rate on stderr.
   const two = run("--prompt", "The cat"); // after run()'s own --prompt
   assert.equal(two.code, 0, two.stderr);

@@ -392,6 +392,40 @@ test("vLLM's tokenizer endpoints: /tokenize, /detokenize and /tokenizer_info ans
   }
 });
 
+test("penalties and logit_bias: a completion with them equals generate() with them; logprobs stay the model's own; bad values are refused by name", async () => {
+  const server = await serve(lm, { port: 0, name: "tiny" });
+  try {
+    const prompt = "Once upon a time";
+    const p = lm.tokenizer.encode(prompt, { addSpecialTokens: true });
+    const dog = lm.tokenizer.encode(" dog", { addSpecialTokens: false })[0]!;
+    const ask = { prompt, max_tokens: 12, temperature: 0, ignore_eos: true, repetition_penalty: 1.5, frequency_penalty: 0.5, presence_penalty: 0.3, logit_bias: { [String(dog)]: 4 } };
+    const r = await post(server.url, ask);
+    assert.equal(r.status, 200);
+    const want = generate(lm.model, p, { maxTokens: 12, stopAtEos: false, repetitionPenalty: 1.5, frequencyPenalty: 0.5, presencePenalty: 0.3, logitBias: new Map([[dog, 4]]) }).ids;
+    assert.equal(r.json["choices"][0].text, lm.tokenizer.decode([...p, ...want].slice(1)).slice(lm.tokenizer.decode(p.slice(1)).length));
+    // A bias of 100 forces the token; the logprob reported is still the model's own for it.
+    const forced = await post(server.url, { prompt, max_tokens: 3, temperature: 0, logit_bias: { [String(dog)]: 100 }, logprobs: 1 });
+    const lp = forced.json["choices"][0].logprobs;
+    assert.equal(forced.json["choices"][0].text, lm.tokenizer.decode([...p, dog, dog, dog].slice(1)).slice(lm.tokenizer.decode(p.slice(1)).length), "the biased token three times");
+    assert.equal(lp.tokens.join(""), forced.json["choices"][0].text);
+    assert.ok(lp.token_logprobs[0] < Math.max(...(Object.values(lp.top_logprobs[0]) as number[])), "not the model's most likely token: its own log-probability, not the biased one");
+    for (const [body, message] of [
+      [{ prompt, presence_penalty: 2.5 }, /presence_penalty 2.5 is not a number from -2 to 2/],
+      [{ prompt, repetition_penalty: "high" }, /repetition_penalty "high" is not a number/],
+      [{ prompt, logit_bias: { abc: 1 } }, /logit_bias key "abc" is not a token id/],
+      [{ prompt, logit_bias: { "99999": 1 } }, /logit_bias names token id 99999, outside the vocabulary of 512/],
+      [{ prompt, logit_bias: { "5": -200 } }, /logit_bias gives token 5 the bias -200/],
+      [{ prompt, logit_bias: [1] }, /logit_bias is not an object/],
+    ] as const) {
+      const bad = await post(server.url, body);
+      assert.equal(bad.status, 400, JSON.stringify(body));
+      assert.match(bad.json["error"].message, message);
+    }
+  } finally {
+    await server.close();
+  }
+});
+
 test("a prompt text far longer than the model is refused without tokenizing it all", async () => {
   const server = await serve(lm, { port: 0 });
   try {
