@@ -23,6 +23,7 @@ export { KvCache } from "./model/kvCache.js";
 export { generate, generateBatch, generateBatchAsync, defaultKvCache, type GenerateOptions, type GenerateAsyncOptions, type GenerateResult, type GenerateBatchResult } from "./model/generate.js";
 export { DecodeSession, type DecodeSessionOptions } from "./model/decodeSession.js";
 export { pickToken, seededRandom, tokenLogprobs, type SamplingOptions, type TokenLogprobs } from "./model/sampling.js";
+export { Penalties, checkPenalties, type PenaltyOptions } from "./model/penalties.js";
 export { serve, type ServeOptions, type Server, type ServerStats } from "./serve/server.js";
 export { Batcher, type BatcherOptions, type BatcherStats, type SequenceSpec, type SequenceEnd, type SequenceHandle } from "./serve/batcher.js";
 export { Tensor } from "./tensor/tensor.js";
