@@ -16,6 +16,7 @@ interface Args {
   temperature: number;
   "top-k": number;
   "top-p": number;
+  "min-p": number;
   "repetition-penalty"?: number;
   "presence-penalty"?: number;
   "frequency-penalty"?: number;
@@ -37,6 +38,7 @@ export const generateCommand: CommandModule<object, Args> = {
       .option("temperature", { type: "number", default: 0, describe: "0: greedy; else sample from softmax(logits / temperature)" })
       .option("top-k", { type: "number", default: 0, describe: "sample among the k most likely tokens only (0: all)" })
       .option("top-p", { type: "number", default: 1, describe: "sample from the smallest set of most likely tokens holding this much probability (1: all)" })
+      .option("min-p", { type: "number", default: 0, describe: "drop tokens less likely than this fraction of the most likely one (0: none)" })
       .option("repetition-penalty", { type: "number", describe: "> 1 makes tokens of the prompt and of the text so far less likely (HF's repetition_penalty; e.g. 1.1)" })
       .option("presence-penalty", { type: "number", describe: "subtracted from the logit of every token generated so far, once (-2 … 2)" })
       .option("frequency-penalty", { type: "number", describe: "subtracted from the logit of every token generated so far, times its count (-2 … 2)" })
@@ -60,7 +62,7 @@ export const generateCommand: CommandModule<object, Args> = {
       stderrLogger.warn(`${longest} prompt tokens + --max-tokens ${maxTokens} pass the model's ${lm.config.maxPositions} positions (max_position_embeddings); text past them is usually poor`);
     // Decoded between event-loop turns, so Ctrl-C stops a long run; progress on stderr.
     const progress = new Progress("generate", Math.max(1, maxTokens) * prompts.length, "tokens", process.stderr);
-    const r = await generateBatchAsync(lm.model, prompts, { maxTokens, temperature: a.temperature, topK: a["top-k"], topP: a["top-p"], ...penaltyArgs(a), seed: a.seed, kvCache: a["kv-cache"] === "auto" ? defaultKvCache(lm.model) : a["kv-cache"], onStep: (n) => progress.tick(n) });
+    const r = await generateBatchAsync(lm.model, prompts, { maxTokens, temperature: a.temperature, topK: a["top-k"], topP: a["top-p"], minP: a["min-p"], ...penaltyArgs(a), seed: a.seed, kvCache: a["kv-cache"] === "auto" ? defaultKvCache(lm.model) : a["kv-cache"], onStep: (n) => progress.tick(n) });
     r.sequences.forEach((s, i) => {
       if (prompts.length > 1) process.stdout.write(`--- ${i + 1}\n`);
       // A chat prints the reply alone (the prompt is the template's markup); else the prompt and its continuation.

@@ -17,6 +17,8 @@ export interface GenerateOptions extends PenaltyOptions {
   topK?: number;
   /** Sample from the smallest set of most likely tokens holding this much probability (default 1: all). */
   topP?: number;
+  /** Drop tokens less likely than this fraction of the most likely one (default 0: none). */
+  minP?: number;
   seed?: number;
   /** Stop at the model's EOS token (default true). */
   stopAtEos?: boolean;
@@ -105,20 +107,21 @@ export async function generateBatchAsync(model: LlamaModel, prompts: readonly (r
   }
 }
 
-const SYNC_KINDS: OptionKinds<GenerateOptions> = { maxTokens: "number", temperature: "number", topK: "number", topP: "number", seed: "number", stopAtEos: "boolean", kvCache: "string", presencePenalty: "number", frequencyPenalty: "number", repetitionPenalty: "number", logitBias: "object" };
+const SYNC_KINDS: OptionKinds<GenerateOptions> = { maxTokens: "number", temperature: "number", topK: "number", topP: "number", minP: "number", seed: "number", stopAtEos: "boolean", kvCache: "string", presencePenalty: "number", frequencyPenalty: "number", repetitionPenalty: "number", logitBias: "object" };
 const ASYNC_KINDS: OptionKinds<GenerateAsyncOptions> = { ...SYNC_KINDS, yieldMs: "number", onStep: "function", signal: "object" };
 
 /** The CLI flags the penalty options are named by in refusals. */
 const PENALTY_FLAGS = { presencePenalty: "--presence-penalty", frequencyPenalty: "--frequency-penalty", repetitionPenalty: "--repetition-penalty", logitBias: "logitBias" };
 
 /** The sampling settings of `opts`, checked (a bad one named as the CLI's flag); with `vocabSize`, the penalties too. */
-export function checkSampling(opts: { temperature?: number; topK?: number; topP?: number } & PenaltyOptions, vocabSize = Infinity): SamplingOptions {
-  const temperature = opts.temperature ?? 0, topK = opts.topK ?? 0, topP = opts.topP ?? 1;
+export function checkSampling(opts: { temperature?: number; topK?: number; topP?: number; minP?: number } & PenaltyOptions, vocabSize = Infinity): SamplingOptions {
+  const temperature = opts.temperature ?? 0, topK = opts.topK ?? 0, topP = opts.topP ?? 1, minP = opts.minP ?? 0;
   if (!(Number.isFinite(temperature) && temperature >= 0)) throw new MlaError("BAD_ARGUMENT", `--temperature ${temperature} is not a sampling temperature`, "pass 0 for greedy decoding or a positive number (1 samples the model's own distribution)");
   if (!(Number.isInteger(topK) && topK >= 0)) throw new MlaError("BAD_ARGUMENT", `--top-k ${topK} is not a token count`, "pass a whole number ≥ 1 to sample among that many most likely tokens, or 0 for all");
   if (!(topP > 0 && topP <= 1)) throw new MlaError("BAD_ARGUMENT", `--top-p ${topP} is not a probability in (0, 1]`, "pass e.g. 0.9 to sample from the tokens holding 90% of the probability, or 1 for all");
+  if (!(minP >= 0 && minP <= 1)) throw new MlaError("BAD_ARGUMENT", `--min-p ${minP} is not a fraction in [0, 1]`, "pass e.g. 0.05 to drop tokens under 5% as likely as the most likely one, or 0 for none");
   const { presencePenalty, frequencyPenalty, repetitionPenalty, logitBias } = checkPenalties(opts, vocabSize, PENALTY_FLAGS);
-  return { temperature, topK, topP, ...(presencePenalty !== undefined ? { presencePenalty } : {}), ...(frequencyPenalty !== undefined ? { frequencyPenalty } : {}), ...(repetitionPenalty !== undefined ? { repetitionPenalty } : {}), ...(logitBias ? { logitBias } : {}) };
+  return { temperature, topK, topP, ...(minP > 0 ? { minP } : {}), ...(presencePenalty !== undefined ? { presencePenalty } : {}), ...(frequencyPenalty !== undefined ? { frequencyPenalty } : {}), ...(repetitionPenalty !== undefined ? { repetitionPenalty } : {}), ...(logitBias ? { logitBias } : {}) };
 }
 
 /** An array (or typed array) of integers; a string (text, not token ids) would read as ids 0, 0, … and be continued. */

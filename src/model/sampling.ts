@@ -15,6 +15,8 @@ export interface SamplingOptions extends PenaltyOptions {
   topK?: number;
   /** Sample from the smallest set of most likely tokens whose probability reaches p; 1 = all. */
   topP?: number;
+  /** Drop tokens less likely than this fraction of the most likely one (after temperature, before top-k and top-p, as vLLM); 0 = none. */
+  minP?: number;
 }
 
 /** Mulberry32: a small seeded generator of uniform numbers in [0, 1), so sampled output is reproducible. */
@@ -90,17 +92,22 @@ function nucleus(p: Float64Array, among: Int32Array, topK: number, want: number)
 
 /**
  * The next token from `logits` [V]: the most likely at temperature 0, else a draw from
- * softmax(logits / temperature) restricted to the top-k ids and the nucleus, renormalized.
+ * softmax(logits / temperature) restricted to the ids at least min-p as likely as the most likely,
+ * then to the top-k ids and the nucleus, renormalized.
  */
 export function pickToken(logits: FloatArray, opts: SamplingOptions, rand: () => number): number {
   const best = argmax(logits);
   const max = logits[best]!;
   if (opts.temperature <= 0 || max === Infinity) return best;
-  const topK = opts.topK ?? 0, topP = opts.topP ?? 1;
+  const topK = opts.topK ?? 0, topP = opts.topP ?? 1, minP = opts.minP ?? 0;
   const p = new Float64Array(logits.length);
   let sum = 0;
-  // NaN logits weigh nothing (exp of NaN would poison every sum).
-  for (let i = 0; i < logits.length; i++) sum += p[i] = Math.exp((logits[i]! - max) / opts.temperature) || 0;
+  // NaN logits weigh nothing (exp of NaN would poison every sum). The most likely id weighs 1, so
+  // min-p drops the ids below minP itself.
+  for (let i = 0; i < logits.length; i++) {
+    const w = Math.exp((logits[i]! - max) / opts.temperature) || 0;
+    sum += p[i] = w < minP ? 0 : w;
+  }
   if (topK === 0 && topP >= 1) return draw(p, null, sum, rand);
   // As vLLM and HF apply them: the top k first (ids tied with the k-th kept too), then the nucleus of
   // what they hold, renormalized.

@@ -32,6 +32,10 @@ export interface SequenceSpec {
   seed: number;
   /** End at the model's EOS tokens (stopTokenIds; default true); the EOS is counted but not passed to onToken. */
   stopAtEos?: boolean;
+  /** More ids that end the sequence as EOS does (vLLM's stop_token_ids), whatever stopAtEos says. */
+  stopTokenIds?: readonly number[];
+  /** No ending id (EOS, stopTokenIds) is picked before this many new tokens (vLLM's min_tokens; default 0). */
+  minTokens?: number;
   /** Log-probabilities of each new token and of this many most likely ones, passed to onToken (default: none). */
   logprobs?: number;
   /**
@@ -390,14 +394,19 @@ export class Batcher {
 
   /** The next token of `s`, drawn from its `logits` [V]. */
   private take(s: Sequence, logits: FloatArray): void {
-    const id = pickToken(s.penalties?.apply(logits) ?? logits, s.spec.sampling, s.rand);
+    let row = s.penalties?.apply(logits) ?? logits;
+    if (s.newTokens < (s.spec.minTokens ?? 0)) {
+      if (row === logits) row = logits.slice();
+      for (const t of this.endingIds(s)) row[t] = -Infinity;
+    }
+    const id = pickToken(row, s.spec.sampling, s.rand);
     s.penalties?.add(id);
     // The model's own distribution, before penalties and biases (as vLLM reports them by default).
     const lp = s.spec.logprobs === undefined ? undefined : tokenLogprobs(logits, id, s.spec.logprobs);
     s.newTokens++;
     s.generated.push(id);
     this.newTokens++;
-    if ((s.spec.stopAtEos ?? true) && this.stops.has(id)) return this.end(s, "stop");
+    if (((s.spec.stopAtEos ?? true) && this.stops.has(id)) || s.spec.stopTokenIds?.includes(id)) return this.end(s, "stop");
     let more: boolean;
     try {
       more = s.spec.onToken(id, lp);
@@ -407,6 +416,11 @@ export class Batcher {
     if (!more) return this.end(s, "stop");
     if (s.newTokens >= s.spec.maxTokens) return this.end(s, "length");
     s.next = id;
+  }
+
+  /** The ids that end `s` when picked: the model's EOS ones unless it ignores them, and its own. */
+  private endingIds(s: Sequence): number[] {
+    return [...((s.spec.stopAtEos ?? true) ? this.stops : []), ...(s.spec.stopTokenIds ?? [])];
   }
 
   /** Removes ended and cancelled sequences from the batch. */

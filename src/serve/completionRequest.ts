@@ -21,6 +21,10 @@ export interface GenerationFields {
   n: number;
   /** vLLM's `ignore_eos`: go on past the model's end-of-sequence tokens (load tests, fixed lengths). */
   ignoreEos: boolean;
+  /** vLLM's `stop_token_ids`: more ids that end a choice as EOS does. */
+  stopTokenIds: number[];
+  /** vLLM's `min_tokens`: no EOS or stop token id before this many new tokens. */
+  minTokens: number;
   /**
    * Log-probabilities of the chosen tokens and of this many most likely ones at each step (completions'
    * `logprobs`, chat's `top_logprobs` with `logprobs: true`); null: none.
@@ -79,7 +83,7 @@ const CHAT_UNSUPPORTED: Record<string, (v: unknown) => boolean> = {
 };
 
 /** Fields read, or harmless to ignore (user: an end-user id for abuse tracking). */
-const COMMON = ["model", "n", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "stream", "stream_options", "user", "ignore_eos", "presence_penalty", "frequency_penalty", "repetition_penalty", "logit_bias"];
+const COMMON = ["model", "n", "max_tokens", "temperature", "top_p", "top_k", "min_p", "seed", "stop", "stop_token_ids", "min_tokens", "stream", "stream_options", "user", "ignore_eos", "presence_penalty", "frequency_penalty", "repetition_penalty", "logit_bias"];
 const KNOWN = new Set(["prompt", "logprobs", "echo", ...COMMON, ...Object.keys(UNSUPPORTED)]);
 const CHAT_KNOWN = new Set(["messages", "max_completion_tokens", "logprobs", "top_logprobs", ...COMMON, ...Object.keys(CHAT_UNSUPPORTED)]);
 
@@ -200,7 +204,15 @@ function generationFields(b: Record<string, unknown>, maxKey: string, defaultMax
   const ignoreEos = b["ignore_eos"] ?? false;
   if (typeof ignoreEos !== "boolean") throw bad(`ignore_eos ${JSON.stringify(ignoreEos)} is not true or false`, "send ignore_eos: true to generate past end-of-sequence tokens, or leave it out");
   const n = numberField(b, "n", 1, (v) => Number.isInteger(v) && v >= 1 && v <= MAX_CHOICES, `a whole number from 1 to ${MAX_CHOICES}`);
-  return { n, maxTokens, sampling: { temperature, topP, topK: topK < 0 ? 0 : topK, ...penaltyFields(b, vocabSize) }, seed: (seedV as number | undefined | null) ?? null, stop, stream, includeUsage, ignoreEos };
+  // vLLM's extensions: min_p (after temperature, before top-k and top-p), stop_token_ids, min_tokens.
+  const minP = numberField(b, "min_p", 0, (v) => v >= 0 && v <= 1, "a fraction in [0, 1]");
+  const st = b["stop_token_ids"];
+  if (st !== undefined && st !== null && !(Array.isArray(st) && st.every((t) => Number.isInteger(t) && t >= 0 && t < vocabSize))) throw bad(`stop_token_ids ${JSON.stringify(st).slice(0, 60)} is not a list of token ids of this model`, `send ids from 0 to ${vocabSize - 1}, e.g. [2]`);
+  const stopTokenIds = (st as number[] | undefined | null) ?? [];
+  if (stopTokenIds.length > MAX_STOPS) throw bad(`stop_token_ids holds ${stopTokenIds.length} ids`, `send at most ${MAX_STOPS}`);
+  const minTokens = numberField(b, "min_tokens", 0, (v) => Number.isInteger(v) && v >= 0, "a whole number ≥ 0");
+  if (maxTokens !== null && minTokens > maxTokens) throw bad(`min_tokens ${minTokens} is more than ${maxKey} ${maxTokens}`, `send min_tokens ≤ ${maxKey}`);
+  return { n, maxTokens, sampling: { temperature, topP, topK: topK < 0 ? 0 : topK, ...(minP > 0 ? { minP } : {}), ...penaltyFields(b, vocabSize) }, seed: (seedV as number | undefined | null) ?? null, stop, stream, includeUsage, ignoreEos, stopTokenIds, minTokens };
 }
 
 /** The penalty fields (vLLM's ranges) and logit_bias (`{"token id": bias}`, as OpenAI sends it), checked. */

@@ -325,6 +325,8 @@ export async function serve(model: string | LoadedModel, opts: ServeOptions = {}
               maxTokens: r.maxTokens ?? Math.max(1, Math.min(defaultMax, lm.config.maxPositions - prompt.length)),
               sampling: r.sampling,
               stopAtEos: !r.ignoreEos,
+              stopTokenIds: r.stopTokenIds,
+              minTokens: r.minTokens,
               seed: ((seed >>> 0) + (k % n)) >>> 0,
               logprobs: r.logprobs ?? undefined,
               // Each choice scores its prompt itself (so its entries come before its first token's); n > 1 with

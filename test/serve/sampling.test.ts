@@ -71,6 +71,17 @@ test("the sampling settings are checked, naming the flag", () => {
   assert.deepEqual(checkSampling({}), { temperature: 0, topK: 0, topP: 1 });
 });
 
+test("min-p keeps the ids at least that fraction as likely as the most likely one, renormalized, before top-k", () => {
+  // exp(1 − 2) ≈ 0.37 ≥ 0.3 > exp(0.5 − 2) ≈ 0.22: the first two stay.
+  const got = draws(logits, { temperature: 1, minP: 0.3 });
+  const want = softmax(logits, 1, [0, 1]);
+  got.forEach((g, i) => assert.ok(Math.abs(g - want[i]!) < 0.015, `id ${i}: ${g} vs ${want[i]}`));
+  // After the temperature: at T = 2 the ratios are square roots, so a third id clears 0.3.
+  assert.deepEqual(draws(logits, { temperature: 2, minP: 0.3, topK: 2 }).map((g) => g > 0), [true, true, false, false, false, false], "then top-k of what min-p kept");
+  assert.ok(draws(logits, { temperature: 2, minP: 0.3 })[2]! > 0);
+  assert.throws(() => checkSampling({ minP: 1.5 }), /--min-p 1.5 is not a fraction in \[0, 1\]/);
+});
+
 test("top-p applies to what top-k kept, as vLLM and HF apply them; ids tied with the k-th stay", () => {
   // p = [.5, .3, .2]: top-k 2 keeps .5 and .3 (mass .8); top-p .6 of that is .48, which .5 alone covers.
   const l = Float32Array.from([Math.log(0.5), Math.log(0.3), Math.log(0.2)]);

@@ -426,6 +426,37 @@ test("penalties and logit_bias: a completion with them equals generate() with th
   }
 });
 
+test("vLLM's min_p, stop_token_ids and min_tokens: min_p 1 samples the greedy text; a stop token id ends a choice as EOS does; min_tokens holds it back", async () => {
+  const server = await serve(lm, { port: 0, name: "tiny" });
+  try {
+    const prompt = "Once upon a time";
+    const p = lm.tokenizer.encode(prompt, { addSpecialTokens: true });
+    const greedy = generate(lm.model, p, { maxTokens: 8, stopAtEos: false }).ids;
+    const text = (ids: number[]) => lm.tokenizer.decode([...p, ...ids].slice(1)).slice(lm.tokenizer.decode(p.slice(1)).length);
+    const sampled = await post(server.url, { prompt, max_tokens: 8, temperature: 1.5, seed: 3, min_p: 1, ignore_eos: true });
+    assert.equal(sampled.json["choices"][0].text, text(greedy), "only the most likely token clears min_p 1");
+    const stopped = await post(server.url, { prompt, max_tokens: 8, temperature: 0, stop_token_ids: [greedy[2]], ignore_eos: true });
+    assert.equal(stopped.json["choices"][0].finish_reason, "stop");
+    assert.equal(stopped.json["choices"][0].text, text(greedy.slice(0, 2)), "the stop token is not in the text, as EOS is not");
+    assert.equal(stopped.json["usage"].completion_tokens, 3);
+    const held = await post(server.url, { prompt, max_tokens: 4, temperature: 0, stop_token_ids: [greedy[2]], min_tokens: 4, ignore_eos: true, logprobs: 0 });
+    assert.equal(held.json["choices"][0].finish_reason, "length", "the stop token cannot come before 4 tokens");
+    assert.equal(held.json["usage"].completion_tokens, 4);
+    assert.equal(held.json["choices"][0].text.startsWith(text(greedy.slice(0, 2))), true);
+    for (const [body, message] of [
+      [{ prompt, min_p: 2 }, /min_p 2 is not a fraction in \[0, 1\]/],
+      [{ prompt, stop_token_ids: [600] }, /stop_token_ids \[600\] is not a list of token ids of this model/],
+      [{ prompt, max_tokens: 3, min_tokens: 5 }, /min_tokens 5 is more than max_tokens 3/],
+    ] as const) {
+      const bad = await post(server.url, body);
+      assert.equal(bad.status, 400, JSON.stringify(body));
+      assert.match(bad.json["error"].message, message);
+    }
+  } finally {
+    await server.close();
+  }
+});
+
 test("a prompt text far longer than the model is refused without tokenizing it all", async () => {
   const server = await serve(lm, { port: 0 });
   try {
