@@ -21,6 +21,7 @@ import { pickToken, seededRandom, tokenLogprobs, type SamplingOptions, type Toke
 import type { FloatArray } from "../tensor/tensor.js";
 import { PrefixCache, type PrefixCacheStats } from "./prefixCache.js";
 import { Penalties } from "../model/penalties.js";
+import { Histogram, type HistogramSnapshot } from "./histogram.js";
 
 export interface SequenceSpec {
   /** Token ids to continue (BOS included where the model wants it). */
@@ -106,6 +107,11 @@ export interface BatcherStats {
   kvBytesPerToken: number;
   /** Prompts kept for reuse, and what they saved (null: no prefix cache). */
   prefixCache: PrefixCacheStats | null;
+  /**
+   * Seconds per sequence that ended at a stop or its length: from submission to its first token, per
+   * token after the first, from submission to its end, and waiting for a place.
+   */
+  latency: { timeToFirstToken: HistogramSnapshot; timePerOutputToken: HistogramSnapshot; endToEnd: HistogramSnapshot; queue: HistogramSnapshot };
 }
 
 interface Sequence {
@@ -157,6 +163,7 @@ export class Batcher {
   private decodeMs = 0;
   private decodeSteps = 0;
   private replayedSteps = 0;
+  private readonly latency = { timeToFirstToken: new Histogram(), timePerOutputToken: new Histogram(), endToEnd: new Histogram(), queue: new Histogram() };
 
   constructor(readonly model: LlamaModel, readonly opts: BatcherOptions) {
     if (!(Number.isInteger(opts.maxBatch) && opts.maxBatch >= 1)) throw new MlaError("BAD_ARGUMENT", `--max-batch ${opts.maxBatch} is not a number of sequences`, "pass a whole number ≥ 1, e.g. 32");
@@ -219,6 +226,7 @@ export class Batcher {
       kvBudgetBytes: this.opts.kvBudgetBytes ?? null,
       kvBytesPerToken: this.perToken,
       prefixCache: this.prefix?.stats() ?? null,
+      latency: { timeToFirstToken: this.latency.timeToFirstToken.snapshot(), timePerOutputToken: this.latency.timePerOutputToken.snapshot(), endToEnd: this.latency.endToEnd.snapshot(), queue: this.latency.queue.snapshot() },
     };
   }
 
@@ -465,6 +473,13 @@ export class Batcher {
     this.ended[reason]++;
     const now = performance.now();
     const admitted = s.admittedAt || now;
+    if (reason === "stop" || reason === "length") {
+      const queued = (admitted - s.queuedAt) / 1000, decode = (now - admitted) / 1000 - s.prefillMs / 1000;
+      this.latency.queue.observe(queued);
+      this.latency.endToEnd.observe((now - s.queuedAt) / 1000);
+      if (s.newTokens > 0) this.latency.timeToFirstToken.observe(queued + s.prefillMs / 1000);
+      if (s.newTokens > 1) this.latency.timePerOutputToken.observe(decode / (s.newTokens - 1));
+    }
     try {
       s.spec.onEnd({ reason, ...(error ? { error } : {}), promptTokens: s.spec.prompt.length, newTokens: s.newTokens, queuedMs: admitted - s.queuedAt, prefillMs: s.prefillMs, totalMs: now - admitted });
     } catch {

@@ -1,5 +1,6 @@
 /** The server's counters in Prometheus's text format (GET /metrics), for the dashboards vLLM users already have. */
 import type { ServerStats } from "./server.js";
+import type { HistogramSnapshot } from "./histogram.js";
 
 /** `stats` as Prometheus text exposition: counters end in _total, gauges do not. */
 export function prometheusText(stats: ServerStats): string {
@@ -29,6 +30,16 @@ export function prometheusText(stats: ServerStats): string {
     metric("prefix_cache_hits_total", "counter", "Prompts that started from a kept one.", one(pc.hits));
     metric("prefix_cache_reused_tokens_total", "counter", "Prompt tokens not prefilled thanks to kept prompts.", one(pc.reusedTokens));
   }
+  const histogram = (name: string, help: string, h: HistogramSnapshot) => {
+    lines.push(`# HELP mha2mla_${name} ${help}`, `# TYPE mha2mla_${name} histogram`);
+    h.buckets.forEach((b, i) => lines.push(`mha2mla_${name}_bucket{le="${b}"} ${h.counts[i]}`));
+    lines.push(`mha2mla_${name}_bucket{le="+Inf"} ${h.count}`, `mha2mla_${name}_sum ${h.sum}`, `mha2mla_${name}_count ${h.count}`);
+  };
+  const l = stats.latency;
+  histogram("time_to_first_token_seconds", "Seconds from a sequence's submission to its first token.", l.timeToFirstToken);
+  histogram("time_per_output_token_seconds", "Seconds per token after a sequence's first.", l.timePerOutputToken);
+  histogram("e2e_request_latency_seconds", "Seconds from a sequence's submission to its end.", l.endToEnd);
+  histogram("request_queue_time_seconds", "Seconds a sequence waited for a place or cache budget.", l.queue);
   metric("uptime_seconds", "gauge", "Seconds since the server started.", one(stats.uptimeSeconds));
   return lines.join("\n") + "\n";
 }

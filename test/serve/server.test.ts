@@ -527,11 +527,21 @@ test("GET /metrics gives the counters in Prometheus's text format", async () => 
     assert.match(text, /^mha2mla_generated_tokens_total 5$/m);
     assert.match(text, /^mha2mla_kv_cache_budget_bytes 8388608$/m);
     assert.match(text, /^mha2mla_prefix_cache_hits_total 0$/m);
-    // Every sample line is NAME{labels} VALUE, each name declared by a TYPE line.
+    // Latency histograms: the one sequence in +Inf and the count, cumulative buckets.
+    assert.match(text, /^# TYPE mha2mla_time_to_first_token_seconds histogram$/m);
+    for (const h of ["time_to_first_token_seconds", "time_per_output_token_seconds", "e2e_request_latency_seconds", "request_queue_time_seconds"]) {
+      assert.match(text, new RegExp(`^mha2mla_${h}_bucket\\{le="\\+Inf"\\} 1$`, "m"), h);
+      assert.match(text, new RegExp(`^mha2mla_${h}_count 1$`, "m"), h);
+      const counts = [...text.matchAll(new RegExp(`^mha2mla_${h}_bucket\\{le="[^"]+"\\} (\\d+)$`, "gm"))].map((m) => Number(m[1]));
+      assert.ok(counts.every((c, i) => i === 0 || c >= counts[i - 1]!), `${h}: cumulative`);
+    }
+    assert.equal(server.stats().latency.endToEnd.count, 1);
+    // Every sample line is NAME{labels} VALUE, each name declared by a TYPE line (a histogram's samples by its _bucket, _sum and _count).
     const types = new Set([...text.matchAll(/^# TYPE (\S+) /gm)].map((m) => m[1]));
     for (const line of text.split("\n").filter((l) => l && !l.startsWith("#"))) {
       assert.match(line, /^[a-z0-9_]+(\{[^}]*\})? -?[\d.e+-]+$/, line);
-      assert.ok(types.has(line.split(/[{ ]/)[0]), line);
+      const name = line.split(/[{ ]/)[0]!;
+      assert.ok(types.has(name) || types.has(name.replace(/_(bucket|sum|count)$/, "")), line);
     }
   } finally {
     await server.close();
