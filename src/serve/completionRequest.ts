@@ -25,6 +25,10 @@ export interface GenerationFields {
   stopTokenIds: number[];
   /** vLLM's `min_tokens`: no EOS or stop token id before this many new tokens. */
   minTokens: number;
+  /** vLLM's `include_stop_str_in_output`: the stop string that ends the text stays in it. */
+  includeStop: boolean;
+  /** vLLM's `skip_special_tokens` (default true): special tokens add no text. */
+  skipSpecialTokens: boolean;
   /**
    * Log-probabilities of the chosen tokens and of this many most likely ones at each step (completions'
    * `logprobs`, chat's `top_logprobs` with `logprobs: true`); null: none.
@@ -51,6 +55,8 @@ export interface CompletionRequest extends GenerationFields {
 
 export interface ChatRequest extends GenerationFields {
   messages: ChatMessage[];
+  /** vLLM's `add_generation_prompt` (default true): the rendered prompt ends where the assistant's reply begins. */
+  addGenerationPrompt: boolean;
 }
 
 /** The most tokens a logit_bias may name (OpenAI's limit). */
@@ -83,9 +89,9 @@ const CHAT_UNSUPPORTED: Record<string, (v: unknown) => boolean> = {
 };
 
 /** Fields read, or harmless to ignore (user: an end-user id for abuse tracking). */
-const COMMON = ["model", "n", "max_tokens", "temperature", "top_p", "top_k", "min_p", "seed", "stop", "stop_token_ids", "min_tokens", "stream", "stream_options", "user", "ignore_eos", "presence_penalty", "frequency_penalty", "repetition_penalty", "logit_bias"];
+const COMMON = ["model", "n", "max_tokens", "temperature", "top_p", "top_k", "min_p", "seed", "stop", "stop_token_ids", "min_tokens", "include_stop_str_in_output", "skip_special_tokens", "stream", "stream_options", "user", "ignore_eos", "presence_penalty", "frequency_penalty", "repetition_penalty", "logit_bias"];
 const KNOWN = new Set(["prompt", "logprobs", "echo", ...COMMON, ...Object.keys(UNSUPPORTED)]);
-const CHAT_KNOWN = new Set(["messages", "max_completion_tokens", "logprobs", "top_logprobs", ...COMMON, ...Object.keys(CHAT_UNSUPPORTED)]);
+const CHAT_KNOWN = new Set(["messages", "max_completion_tokens", "logprobs", "top_logprobs", "add_generation_prompt", ...COMMON, ...Object.keys(CHAT_UNSUPPORTED)]);
 
 export function bad(message: string, hint: string): MlaError {
   return new MlaError("BAD_ARGUMENT", message, hint);
@@ -154,7 +160,9 @@ export function parseChatRequest(body: unknown, served: { name: string; vocabSiz
   if (typeof lp !== "boolean") throw bad(`logprobs ${JSON.stringify(lp)} is not true or false`, "send logprobs: true (and top_logprobs: N for N alternatives per token)");
   const top = set("top_logprobs") ? numberField(b, "top_logprobs", 0, (v) => Number.isInteger(v) && v >= 0 && v <= MAX_LOGPROBS, `a whole number from 0 to ${MAX_LOGPROBS}`) : 0;
   if (top > 0 && !lp) throw bad(`top_logprobs ${top} is set without logprobs: true`, "send logprobs: true with it, or leave top_logprobs out");
-  return { messages, ...generationFields(b, set("max_completion_tokens") ? "max_completion_tokens" : "max_tokens", null, served.vocabSize), logprobs: lp ? top : null };
+  const addGenerationPrompt = b["add_generation_prompt"] ?? true;
+  if (typeof addGenerationPrompt !== "boolean") throw bad(`add_generation_prompt ${JSON.stringify(addGenerationPrompt)} is not true or false`, "leave it out (true: the prompt ends where the assistant's reply begins)");
+  return { messages, addGenerationPrompt, ...generationFields(b, set("max_completion_tokens") ? "max_completion_tokens" : "max_tokens", null, served.vocabSize), logprobs: lp ? top : null };
 }
 
 /** A request's `messages` (chat, and /tokenize's chat form), checked; `example` shows a good request. */
@@ -212,7 +220,14 @@ function generationFields(b: Record<string, unknown>, maxKey: string, defaultMax
   if (stopTokenIds.length > MAX_STOPS) throw bad(`stop_token_ids holds ${stopTokenIds.length} ids`, `send at most ${MAX_STOPS}`);
   const minTokens = numberField(b, "min_tokens", 0, (v) => Number.isInteger(v) && v >= 0, "a whole number ≥ 0");
   if (maxTokens !== null && minTokens > maxTokens) throw bad(`min_tokens ${minTokens} is more than ${maxKey} ${maxTokens}`, `send min_tokens ≤ ${maxKey}`);
-  return { n, maxTokens, sampling: { temperature, topP, topK: topK < 0 ? 0 : topK, ...(minP > 0 ? { minP } : {}), ...penaltyFields(b, vocabSize) }, seed: (seedV as number | undefined | null) ?? null, stop, stream, includeUsage, ignoreEos, stopTokenIds, minTokens };
+  const flag = (key: string, fallback: boolean, what: string) => {
+    const v = b[key] ?? fallback;
+    if (typeof v !== "boolean") throw bad(`${key} ${JSON.stringify(v)} is not true or false`, `send ${key}: ${!fallback} to ${what}, or leave it out`);
+    return v;
+  };
+  const includeStop = flag("include_stop_str_in_output", false, "keep the stop string that ends the text");
+  const skipSpecialTokens = flag("skip_special_tokens", true, "write special tokens into the text");
+  return { includeStop, skipSpecialTokens, n, maxTokens, sampling: { temperature, topP, topK: topK < 0 ? 0 : topK, ...(minP > 0 ? { minP } : {}), ...penaltyFields(b, vocabSize) }, seed: (seedV as number | undefined | null) ?? null, stop, stream, includeUsage, ignoreEos, stopTokenIds, minTokens };
 }
 
 /** The penalty fields (vLLM's ranges) and logit_bias (`{"token id": bias}`, as OpenAI sends it), checked. */

@@ -241,7 +241,7 @@ export async function serve(model: string | LoadedModel, opts: ServeOptions = {}
   // The template writes the special tokens it wants (BOS among them), as apply_chat_template's ids have them.
   const parseChat: Parse = (body) => {
     const r = parseChatRequest(body, { name, vocabSize: lm.config.vocabSize });
-    return { prompts: [{ ids: encodePrompt(chat!.render(r.messages), false), echo: null }], fields: r };
+    return { prompts: [{ ids: encodePrompt(chat!.render(r.messages, r.addGenerationPrompt), false), echo: null }], fields: r };
   };
 
   const generation = async (req: http.IncomingMessage, res: http.ServerResponse, parse: Parse, shape: ResponseShape): Promise<void> => {
@@ -259,7 +259,7 @@ export async function serve(model: string | LoadedModel, opts: ServeOptions = {}
     // Choice k answers prompt ⌊k / n⌋, as OpenAI and vLLM index a batch of prompts' choices.
     const n = r.n, count = prompts.length * n;
     const promptOf = (k: number) => prompts[Math.floor(k / n)]!;
-    const texts = Array.from({ length: count }, (_, k) => new TextStream(lm.tokenizer, promptOf(k).ids, r.stop));
+    const texts = Array.from({ length: count }, (_, k) => new TextStream(lm.tokenizer, promptOf(k).ids, r.stop, { includeStop: r.includeStop, skipSpecialTokens: r.skipSpecialTokens }));
     // With logprobs: each choice's token entries, all of them and how many have been streamed; the last
     // id, for the next token's text.
     const entries = Array.from({ length: count }, (_, k) => ({ all: [] as TokenEntry[], sent: 0, last: promptOf(k).ids[promptOf(k).ids.length - 1]! }));

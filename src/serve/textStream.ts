@@ -23,8 +23,12 @@ export class TextStream {
   private given = 0;
   private stopped = false;
 
-  /** `prompt`: the prompt's ids (only its last few are decoded); `stops`: strings that end the text, not part of it. */
-  constructor(private readonly tokenizer: TextTokenizer, prompt: readonly number[], private readonly stops: readonly string[] = []) {
+  /**
+   * `prompt`: the prompt's ids (only its last few are decoded); `stops`: strings that end the text, not
+   * part of it unless `opts.includeStop` (vLLM's include_stop_str_in_output); `opts.skipSpecialTokens`
+   * (default true, as vLLM and OpenAI give completions): special tokens add no text.
+   */
+  constructor(private readonly tokenizer: TextTokenizer, prompt: readonly number[], private readonly stops: readonly string[] = [], private readonly opts: { includeStop?: boolean; skipSpecialTokens?: boolean } = {}) {
     this.ids = prompt.slice(-CONTEXT_IDS);
     this.prefix = 0;
     this.read = this.ids.length;
@@ -33,9 +37,9 @@ export class TextStream {
     while (this.read > 0 && this.decode(this.ids.slice(0, this.read)).endsWith("\uFFFD")) this.read--;
   }
 
-  /** Text of ids, special tokens (BOS, EOS) left out as vLLM and OpenAI give completions. */
+  /** Text of ids, special tokens (BOS, EOS) left out unless asked, as vLLM and OpenAI give completions. */
   private decode(ids: readonly number[]): string {
-    return this.tokenizer.decode(ids, { skipSpecialTokens: true });
+    return this.tokenizer.decode(ids, { skipSpecialTokens: this.opts.skipSpecialTokens ?? true });
   }
 
   /** Whether a stop string has ended the text (push then adds nothing). */
@@ -89,12 +93,15 @@ export class TextStream {
     // A stop string may start inside text already given out only by its held-back end: search from
     // there on (given out text never holds a whole stop string, or the stream would have ended).
     const from = Math.max(0, this.given - Math.max(0, ...this.stops.map((s) => s.length - 1)));
+    // The first stop string met ends the text: before it, or after it with includeStop.
+    let at = -1, length = 0;
     for (const s of this.stops) {
-      const at = this.text.indexOf(s, from);
-      if (at >= 0 && at < end) {
-        end = at;
-        this.stopped = true;
-      }
+      const i = this.text.indexOf(s, from);
+      if (i >= 0 && (at < 0 || i < at)) (at = i), (length = s.length);
+    }
+    if (at >= 0) {
+      end = at + (this.opts.includeStop ? length : 0);
+      this.stopped = true;
     }
     if (this.stopped) this.text = this.text.slice(0, end);
     else if (!final) end -= this.heldBack();

@@ -117,6 +117,7 @@ test("chat requests the server cannot honour are refused by name; without max_to
     assert.match((await ask({ messages, max_tokens: 3, max_completion_tokens: 3 })).message, /both max_tokens and max_completion_tokens/);
     assert.match((await ask({ messages, top_logprobs: 2 })).message, /top_logprobs 2 is set without logprobs: true/);
     assert.match((await ask({ messages, logprobs: 3 })).message, /logprobs 3 is not true or false/);
+    assert.match((await ask({ messages, add_generation_prompt: "yes" })).message, /add_generation_prompt "yes" is not true or false/);
     const roles = await ask({ messages: [{ role: "assistant", content: "x" }] });
     assert.equal(roles.status, 400);
     assert.match(roles.message, /roles must alternate/);

@@ -457,6 +457,34 @@ test("vLLM's min_p, stop_token_ids and min_tokens: min_p 1 samples the greedy te
   }
 });
 
+test("vLLM's include_stop_str_in_output keeps the stop string, plain and streamed; skip_special_tokens false writes special tokens into the text", async () => {
+  const server = await serve(lm, { port: 0, name: "tiny" });
+  try {
+    const ask = { prompt: "Once upon a time", max_tokens: 40, temperature: 0, stop: ["."] };
+    const cut = await post(server.url, ask);
+    const kept = await post(server.url, { ...ask, include_stop_str_in_output: true });
+    assert.equal(kept.json["choices"][0].text, cut.json["choices"][0].text + ".");
+    assert.equal(kept.json["choices"][0].finish_reason, "stop");
+    const evs = await events(server.url, { ...ask, include_stop_str_in_output: true });
+    assert.equal(evs.map((e) => e["choices"][0]?.text ?? "").join(""), kept.json["choices"][0].text);
+    // EOS forced twice, generated past (ignore_eos): no text unless special tokens are written.
+    const eos = lm.config.eosTokenId!;
+    const forced = { prompt: "Once", max_tokens: 2, temperature: 0, ignore_eos: true, logit_bias: { [String(eos)]: 100 } };
+    assert.equal((await post(server.url, forced)).json["choices"][0].text, "");
+    assert.equal((await post(server.url, { ...forced, skip_special_tokens: false })).json["choices"][0].text, lm.tokenizer.decode([eos, eos], { skipSpecialTokens: false }));
+    for (const [body, message] of [
+      [{ prompt: "x", include_stop_str_in_output: 1 }, /include_stop_str_in_output 1 is not true or false/],
+      [{ prompt: "x", skip_special_tokens: "no" }, /skip_special_tokens "no" is not true or false/],
+    ] as const) {
+      const bad = await post(server.url, body);
+      assert.equal(bad.status, 400);
+      assert.match(bad.json["error"].message, message);
+    }
+  } finally {
+    await server.close();
+  }
+});
+
 test("a prompt text far longer than the model is refused without tokenizing it all", async () => {
   const server = await serve(lm, { port: 0 });
   try {
