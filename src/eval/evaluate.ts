@@ -46,7 +46,7 @@ export interface EvalOptions {
   logger?: Logger;
   /** A name for reports (default: the model argument). */
   label?: string;
-  /** Score perplexity as a decode cache of this type would serve the keys/values (MLA: rope keys and latents). */
+  /** Score perplexity and the tasks as a decode cache of this type would serve the keys/values (MLA: rope keys and latents). */
   kvCache?: KvCacheDtype;
   /** Perplexity windows scored per forward (default: as many as fit, up to 16, where attention is batched; else 1). */
   batch?: number;
@@ -156,7 +156,6 @@ export async function evaluate(spec: string, opts: EvalOptions): Promise<EvalRes
   throwIfAborted(opts.signal);
   const log = opts.logger ?? silentLogger;
   const { dataDir } = checkEvalOptions(opts);
-  if (opts.kvCache && opts.tasks?.length) log.warn(`--kv-cache ${opts.kvCache} applies to the perplexity windows only: each task item is scored in one forward pass, without a cache`);
   const flags = opts.flags ?? EVAL_FLAGS;
   const backend = selectBackend(opts.device ?? "auto", log);
   const t0 = performance.now();
@@ -192,7 +191,7 @@ export async function evaluate(spec: string, opts: EvalOptions): Promise<EvalRes
   if (opts.tasks?.length) {
     result.tasks = {};
     for (const task of opts.tasks) {
-      const r = await runTask(lm.model, lm.tokenizer, task, dataDir!, opts.limit, opts.progress, opts.signal);
+      const r = await runTask(lm.model, lm.tokenizer, task, dataDir!, opts.limit, opts.progress, opts.signal, opts.kvCache);
       if (opts.limit !== undefined && r.n < opts.limit) log.warn(`${task}: its file holds ${r.n} items, fewer than --limit ${opts.limit}: scored all of them`);
       result.tasks[task] = { n: r.n, ...(r.metrics as Omit<TaskScore, "n">) };
     }

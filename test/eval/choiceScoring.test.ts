@@ -22,6 +22,9 @@ for (const kind of ["gqa", "mla"] as const) {
     const spec = kind === "gqa" ? path.join(MODELS, "stories260K") : await convertFixture("stories260K", { rank: 4, ropePairs: 2, ropeStrategy: "uniform", device: "reference" });
     const { model, tokenizer } = loadModel(spec);
     for (const [context, choices] of cases) {
+      // An int8 cache (groups of 32 per token) quantizes the same rows whether cached or round-tripped in one forward.
+      const int8 = choiceLoglikelihoods(model, tokenizer, context, choices, "int8");
+      choices.forEach((c, j) => assert.ok(Math.abs(int8[j]!.logprob - loglikelihood(model, tokenizer, context, c, "int8").logprob) < 1e-4, `${JSON.stringify(context + c)}: int8`));
       const got = choiceLoglikelihoods(model, tokenizer, context, choices);
       choices.forEach((c, j) => {
         const want = loglikelihood(model, tokenizer, context, c);

@@ -13,6 +13,7 @@ import { nextTurn } from "../../util/abort.js";
 import { requireCount } from "../../util/counts.js";
 import { ChoiceItem, parseHellaswag, parseInstructionChoices, parseLambada } from "./items.js";
 import { choiceLoglikelihoods, loglikelihood } from "./score.js";
+import type { KvCacheDtype } from "../../model/kvQuant.js";
 
 export const TASKS = {
   "arc-easy": { file: "ARC-Easy.test.json", kind: "choice" as const, load: (f: string, n?: number) => parseInstructionChoices(f, "answer", n) },
@@ -64,7 +65,8 @@ function argmax(xs: number[]): number {
   return best;
 }
 
-export async function runTask(model: LlamaModel, tok: TextTokenizer, task: TaskName, dataDir: string, limit?: number, progress?: ProgressSink | null, signal?: AbortSignal): Promise<TaskResult> {
+/** Scores `task`'s first `limit` items; `kvCache`: as a decode cache of that type serves keys/values (default f32, exact). */
+export async function runTask(model: LlamaModel, tok: TextTokenizer, task: TaskName, dataDir: string, limit?: number, progress?: ProgressSink | null, signal?: AbortSignal, kvCache?: KvCacheDtype): Promise<TaskResult> {
   requireCount("--limit", limit);
   const spec = TASKS[task];
   const file = path.join(dataDir, spec.file);
@@ -74,7 +76,7 @@ export async function runTask(model: LlamaModel, tok: TextTokenizer, task: TaskN
     const bar = new Progress(task, items.length, "items", progress);
     const predictions: TaskResult["predictions"] = [];
     for (const it of items) {
-      const r = loglikelihood(model, tok, it.context, it.target);
+      const r = loglikelihood(model, tok, it.context, it.target, kvCache);
       predictions.push({ greedy: r.greedy, logprob: r.logprob });
       bar.tick();
       await nextTurn(signal);
@@ -87,7 +89,7 @@ export async function runTask(model: LlamaModel, tok: TextTokenizer, task: TaskN
   const bar = new Progress(task, items.length, "items", progress);
   const predictions: TaskResult["predictions"] = [];
   for (const it of items) {
-    const scores = choiceLoglikelihoods(model, tok, it.context, it.choices).map((r) => r.logprob);
+    const scores = choiceLoglikelihoods(model, tok, it.context, it.choices, kvCache).map((r) => r.logprob);
     predictions.push({ acc: argmax(scores), acc_norm: argmax(scores.map((s, i) => s / it.choices[i]!.length)), scores });
     bar.tick();
     await nextTurn(signal);

@@ -5,6 +5,7 @@
  * item's continuations share their context: choiceLoglikelihoods prefills it once.
  */
 import type { LlamaModel } from "../../model/llama.js";
+import type { KvCacheDtype } from "../../model/kvQuant.js";
 import type { TextTokenizer } from "../../io/tokenizer.js";
 
 export interface Loglikelihood {
@@ -13,7 +14,8 @@ export interface Loglikelihood {
   tokens: number;
 }
 
-export function loglikelihood(model: LlamaModel, tok: TextTokenizer, context: string, continuation: string): Loglikelihood {
+/** `kvCache`: the keys/values as a decode cache of that type serves them (default f32: exact). */
+export function loglikelihood(model: LlamaModel, tok: TextTokenizer, context: string, continuation: string, kvCache?: KvCacheDtype): Loglikelihood {
   const ctx = tok.encode(context);
   const all = tok.encode(context + continuation);
   const n = all.length;
@@ -25,7 +27,7 @@ export function loglikelihood(model: LlamaModel, tok: TextTokenizer, context: st
   // Rows c … n−1 predict the continuation tokens all[c … n−1]; earlier rows are computed for context only.
   // In the backend's step arena where it has one (CUDA): the forward's device tensors are freed here.
   const b = model.backend;
-  const run = () => model.forward(input).toArray();
+  const run = () => model.forward(input, undefined, kvCache ? { kvCache } : {}).toArray();
   const logits = b.arena ? b.arena(run) : run();
   const V = model.config.vocabSize;
   let logprob = 0;
@@ -67,9 +69,10 @@ function scoringInput(model: LlamaModel, tok: TextTokenizer, ctx: number[], cont
  * loglikelihood of each of `continuations` after `context`, the same numbers up to rounding: the rows
  * the choices' inputs share, up to the first continuation row, are prefilled once into a cache; each
  * choice prefills the rest on a copy of it, and the LM head runs over its continuation's rows alone
- * (where loglikelihood runs a whole forward per choice, the head over every row).
+ * (where loglikelihood runs a whole forward per choice, the head over every row). `kvCache`: the caches'
+ * type, so the choices score as a server with such a cache would (default f32: exact).
  */
-export function choiceLoglikelihoods(model: LlamaModel, tok: TextTokenizer, context: string, continuations: readonly string[]): Loglikelihood[] {
+export function choiceLoglikelihoods(model: LlamaModel, tok: TextTokenizer, context: string, continuations: readonly string[], kvCache: KvCacheDtype = "f32"): Loglikelihood[] {
   const ctx = tok.encode(context);
   const items = continuations.map((x) => scoringInput(model, tok, ctx, context, x));
   const live = items.filter((it) => it.c < it.all.length);
@@ -80,13 +83,13 @@ export function choiceLoglikelihoods(model: LlamaModel, tok: TextTokenizer, cont
     while (k < p && it.input[k] === live[0]!.input[k]) k++;
     p = k;
   }
-  const shared = live.length ? model.newCache("f32", { capacity: p }) : null;
+  const shared = live.length ? model.newCache(kvCache, { capacity: p }) : null;
   try {
     if (shared && p > 0) model.fill(live[0]!.input.subarray(0, p), shared);
     return items.map((it) => {
       const n = it.all.length;
       if (it.c === n) return { logprob: 0, greedy: true, tokens: 0 };
-      const cache = p > 0 ? shared!.clone({ capacity: n }) : model.newCache("f32", { capacity: n });
+      const cache = p > 0 ? shared!.clone({ capacity: n }) : model.newCache(kvCache, { capacity: n });
       try {
         const next = Int32Array.from({ length: n - p }, (_, i) => (p + i >= it.c ? it.all[p + i]! : -1));
         const { scored } = model.prefillScored(it.input.subarray(p), cache, next, 1);
