@@ -28,6 +28,15 @@ async function post(url: string, body: unknown): Promise<{ status: number; json:
   return { status: r.status, json: (await r.json()) as Record<string, any> };
 }
 
+/** Each body is refused with a 400 whose message matches. */
+async function assertRefused(url: string, cases: readonly (readonly [unknown, RegExp])[]): Promise<void> {
+  for (const [body, message] of cases) {
+    const bad = await post(url, body);
+    assert.equal(bad.status, 400, JSON.stringify(body));
+    assert.match(bad.json["error"].message, message);
+  }
+}
+
 /** The events of a streamed completion, parsed, up to [DONE]. */
 async function events(url: string, body: unknown): Promise<Record<string, any>[]> {
   const r = await fetch(`${url}/v1/completions`, { method: "POST", body: JSON.stringify({ ...(body as object), stream: true }) });
@@ -409,18 +418,14 @@ test("penalties and logit_bias: a completion with them equals generate() with th
     assert.equal(forced.json["choices"][0].text, lm.tokenizer.decode([...p, dog, dog, dog].slice(1)).slice(lm.tokenizer.decode(p.slice(1)).length), "the biased token three times");
     assert.equal(lp.tokens.join(""), forced.json["choices"][0].text);
     assert.ok(lp.token_logprobs[0] < Math.max(...(Object.values(lp.top_logprobs[0]) as number[])), "not the model's most likely token: its own log-probability, not the biased one");
-    for (const [body, message] of [
+    await assertRefused(server.url, [
       [{ prompt, presence_penalty: 2.5 }, /presence_penalty 2.5 is not a number from -2 to 2/],
       [{ prompt, repetition_penalty: "high" }, /repetition_penalty "high" is not a number/],
       [{ prompt, logit_bias: { abc: 1 } }, /logit_bias key "abc" is not a token id/],
       [{ prompt, logit_bias: { "99999": 1 } }, /logit_bias names token id 99999, outside the vocabulary of 512/],
       [{ prompt, logit_bias: { "5": -200 } }, /logit_bias gives token 5 the bias -200/],
       [{ prompt, logit_bias: [1] }, /logit_bias is not an object/],
-    ] as const) {
-      const bad = await post(server.url, body);
-      assert.equal(bad.status, 400, JSON.stringify(body));
-      assert.match(bad.json["error"].message, message);
-    }
+    ]);
   } finally {
     await server.close();
   }
@@ -443,15 +448,11 @@ test("vLLM's min_p, stop_token_ids and min_tokens: min_p 1 samples the greedy te
     assert.equal(held.json["choices"][0].finish_reason, "length", "the stop token cannot come before 4 tokens");
     assert.equal(held.json["usage"].completion_tokens, 4);
     assert.equal(held.json["choices"][0].text.startsWith(text(greedy.slice(0, 2))), true);
-    for (const [body, message] of [
+    await assertRefused(server.url, [
       [{ prompt, min_p: 2 }, /min_p 2 is not a fraction in \[0, 1\]/],
       [{ prompt, stop_token_ids: [600] }, /stop_token_ids \[600\] is not a list of token ids of this model/],
       [{ prompt, max_tokens: 3, min_tokens: 5 }, /min_tokens 5 is more than max_tokens 3/],
-    ] as const) {
-      const bad = await post(server.url, body);
-      assert.equal(bad.status, 400, JSON.stringify(body));
-      assert.match(bad.json["error"].message, message);
-    }
+    ]);
   } finally {
     await server.close();
   }
@@ -472,14 +473,10 @@ test("vLLM's include_stop_str_in_output keeps the stop string, plain and streame
     const forced = { prompt: "Once", max_tokens: 2, temperature: 0, ignore_eos: true, logit_bias: { [String(eos)]: 100 } };
     assert.equal((await post(server.url, forced)).json["choices"][0].text, "");
     assert.equal((await post(server.url, { ...forced, skip_special_tokens: false })).json["choices"][0].text, lm.tokenizer.decode([eos, eos], { skipSpecialTokens: false }));
-    for (const [body, message] of [
+    await assertRefused(server.url, [
       [{ prompt: "x", include_stop_str_in_output: 1 }, /include_stop_str_in_output 1 is not true or false/],
       [{ prompt: "x", skip_special_tokens: "no" }, /skip_special_tokens "no" is not true or false/],
-    ] as const) {
-      const bad = await post(server.url, body);
-      assert.equal(bad.status, 400);
-      assert.match(bad.json["error"].message, message);
-    }
+    ]);
   } finally {
     await server.close();
   }
