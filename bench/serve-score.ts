@@ -16,14 +16,9 @@ import { selectBackend, type DeviceName } from "../src/backends/select.js";
 import { choiceLoglikelihoods } from "../src/eval/tasks/score.js";
 import { defaultDataDir, TASKS, checkTaskName, type TaskName } from "../src/eval/tasks/index.js";
 import { packageRoot } from "../src/io/modelDir.js";
+import { benchArgs } from "./args.js";
 
-const argv = process.argv.slice(2);
-const flag = (name: string, fallback: string): string => {
-  const i = argv.indexOf(`--${name}`);
-  return i >= 0 ? argv[i + 1]! : fallback;
-};
-const model = argv.find((a, i) => !a.startsWith("--") && !argv[i - 1]?.startsWith("--"));
-if (!model) throw new Error("usage: node dist/bench/serve-score.js MODEL [--task arc-easy] [--limit 30] [--device cpu] [--data-dir DIR]");
+const { opt: flag, first: model } = benchArgs(process.argv.slice(2), "node dist/bench/serve-score.js MODEL [--task arc-easy] [--limit 30] [--device cpu] [--data-dir DIR]");
 const task = flag("task", "arc-easy");
 checkTaskName(task);
 const spec = TASKS[task as TaskName];

@@ -13,14 +13,9 @@ import { choiceLoglikelihoods, loglikelihood } from "../src/eval/tasks/score.js"
 import { defaultDataDir, parseTaskNames, TASKS } from "../src/eval/tasks/index.js";
 import { packageRoot } from "../src/io/modelDir.js";
 import { stderrLogger } from "../src/util/log.js";
+import { benchArgs } from "./args.js";
 
-const args = process.argv.slice(2);
-const opt = (name: string, dflt: string): string => {
-  const i = args.indexOf(`--${name}`);
-  return i >= 0 ? args[i + 1]! : dflt;
-};
-const dir = args.find((a, i) => !a.startsWith("--") && !args[i - 1]?.startsWith("--"));
-if (!dir) throw new Error("usage: node dist/bench/task-scoring.js MODEL_DIR [--device cpu] [--tasks arc-easy,hellaswag,piqa] [--limit 30] [--data-dir DIR]");
+const { opt, first: dir } = benchArgs(process.argv.slice(2), "node dist/bench/task-scoring.js MODEL_DIR [--device cpu] [--tasks arc-easy,hellaswag,piqa] [--limit 30] [--data-dir DIR]");
 const { model, tokenizer } = loadModel(dir, { backend: selectBackend(opt("device", "cpu") as DeviceName, stderrLogger) });
 const data = opt("data-dir", defaultDataDir(packageRoot()) ?? "");
 const limit = Number(opt("limit", "30"));
