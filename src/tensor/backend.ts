@@ -252,6 +252,12 @@ export interface Backend {
 
   /** y[M,N] = x[M,K] · w[N,K]ᵀ (+ bias[N]). */
   linear(x: Tensor, w: Tensor, bias?: Tensor | null): Tensor;
+  /**
+   * linear of one x against several weights (a layer's projections of one normed input), in one launch
+   * where the backend can (decode's few rows): the same results as one linear each. Absent: callers
+   * use linearMany() below, which makes one linear call per weight.
+   */
+  linearMany?(x: Tensor, ws: readonly Tensor[], biases: readonly (Tensor | null | undefined)[]): Tensor[];
   /** y[M,D] = x / rms(x) · w[D]; `hint.forProducts`: see ProductInputHint. */
   rmsnorm(x: Tensor, w: Tensor, eps: number, hint?: ProductInputHint): Tensor;
   /**
@@ -338,4 +344,9 @@ export interface Backend {
   splitLast(x: Tensor, a: number): [Tensor, Tensor];
   /** x·s. */
   scale(x: Tensor, s: number): Tensor;
+}
+
+/** x [M, K] · each ws[i] [N_i, K]ᵀ (+ biases[i]): through the backend's linearMany where it has one, else one linear each. */
+export function linearMany(b: Backend, x: Tensor, ws: readonly Tensor[], biases: readonly (Tensor | null | undefined)[] = []): Tensor[] {
+  return b.linearMany ? b.linearMany(x, ws, biases) : ws.map((w, i) => b.linear(x, w, biases[i] ?? null));
 }

@@ -4,6 +4,7 @@ import type { ModelConfig } from "../config.js";
 import { KvCache } from "../kvCache.js";
 import type { AttentionNodes } from "../params.js";
 import { KvCacheDtype, roundTrip } from "../kvQuant.js";
+import { linearMany } from "../../tensor/backend.js";
 
 /** How a graph runs attention: `batch` sequences stacked along the rows, bf16 GEMM inputs or not. */
 export interface AttentionMode {
@@ -43,9 +44,12 @@ export function mhaDecodeBatch(ops: Ops, c: ModelConfig, w: AttentionNodes, invF
   if (w.kind !== "mha") throw new Error("mhaDecodeBatch on MLA weights");
   const b = ops.b;
   const B = positions.length;
-  const q = b.rope(b.linear(x.value, w.q.value, w.qBias?.value).reshape([B, c.heads, c.headDim]), positions, invFreq);
-  const k = b.rope(b.linear(x.value, w.k.value, w.kBias?.value).reshape([B, c.kvHeads, c.headDim]), positions, invFreq);
-  const v = b.linear(x.value, w.v.value, w.vBias?.value).reshape([B, c.kvHeads, c.headDim]);
+  // The three products of x in one launch where the backend can.
+  const [qRaw, kRaw, vRaw] = linearMany(b, x.value, [w.q.value, w.k.value, w.v.value], [w.qBias?.value, w.kBias?.value, w.vBias?.value]);
+  const q = b.rope(qRaw!.reshape([B, c.heads, c.headDim]), positions, invFreq);
+  const k = b.rope(kRaw!.reshape([B, c.kvHeads, c.headDim]), positions, invFreq);
+  for (const t of [qRaw!, kRaw!]) t.dispose();
+  const v = vRaw!.reshape([B, c.kvHeads, c.headDim]);
   const [kAll, vAll] = KvCache.appendBatch(caches, layer, k, v);
   const o = b.attentionDecodeBatch(q, kAll, vAll, { scale: 1 / Math.sqrt(c.headDim), positions, window: c.slidingWindow });
   for (const t of [q, k, v]) t.dispose();

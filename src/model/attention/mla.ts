@@ -14,7 +14,7 @@
  */
 import { MlaError } from "../../errors.js";
 import { toBf16Bits } from "../../io/dtype.js";
-import type { Backend } from "../../tensor/backend.js";
+import { linearMany, type Backend } from "../../tensor/backend.js";
 import type { Tensor } from "../../tensor/tensor.js";
 import type { Node, Ops } from "../../tensor/autograd.js";
 import type { AttentionNodes } from "../params.js";
@@ -163,8 +163,12 @@ export class MlaBlock {
     const B = positions.length;
     const Dr = 2 * this.R;
     const ab = this.absorb();
-    const kr = b.rope(b.linear(x, w.kRope, w.kRopeBias).reshape([B, c.kvHeads, Dr]), positions, this.kFreq, Dr);
-    let lat = b.linear(x, w.kvDown, null);
+    // The four products of x (rope keys, latent, the two query parts) in one launch where the backend can.
+    const [q1, q2] = this.queryWeights(ab);
+    const [krRaw, latRaw, qRaw1, qRaw2] = linearMany(b, x, [w.kRope, w.kvDown, q1.w, q2.w], [w.kRopeBias, null, q1.bias, q2.bias]);
+    const kr = b.rope(krRaw!.reshape([B, c.kvHeads, Dr]), positions, this.kFreq, Dr);
+    krRaw!.dispose();
+    let lat = latRaw!;
     if (w.gateEmbed) {
       const e = b.embedding(w.gateEmbed, ids);
       const pre = b.linear(e, w.gateProj!, w.gateProjBias);
@@ -172,7 +176,7 @@ export class MlaBlock {
       for (const t of [e, pre, lat]) t.dispose();
       lat = gated;
     }
-    const [qr, qc] = this.absorbedQueries(x, positions);
+    const [qr, qc] = this.absorbedQueriesOf(qRaw1!, qRaw2!, positions);
     const [krAll, latAll] = LatentCache.appendBatch(caches, this.layer, kr, lat);
     const ctx = b.latentAttentionDecodeBatch(qr, krAll, qc, latAll, { scale: 1 / Math.sqrt(c.headDim), positions, window: c.slidingWindow });
     for (const t of [kr, lat, qr, qc]) t.dispose();
@@ -192,17 +196,28 @@ export class MlaBlock {
     return y;
   }
 
+  /** The absorbed form's two query products: the rope rows, then the nope rows (run time) or the latent rows (pre-multiplied). */
+  private queryWeights(ab: Absorbed): [{ w: Tensor; bias: Tensor | null }, { w: Tensor; bias: Tensor | null }] {
+    return [{ w: ab.qRope, bias: ab.qRopeBias }, ab.form === "premultiplied" ? { w: ab.qLatent, bias: ab.qLatentBias } : { w: ab.qNope, bias: ab.qNopeBias }];
+  }
+
   /** The absorbed queries of x [T, D] at `positions`: rope part qr [T, H, 2R] (rotated) and latent part qc [T, H, L]. */
   private absorbedQueries(x: Tensor, positions: Int32Array): [Tensor, Tensor] {
+    const [q1, q2] = this.queryWeights(this.absorb());
+    return this.absorbedQueriesOf(this.b.linear(x, q1.w, q1.bias), this.b.linear(x, q2.w, q2.bias), positions);
+  }
+
+  /** absorbedQueries from the two query products (queryWeights) [T, ·], which it frees. */
+  private absorbedQueriesOf(ropeRows: Tensor, second: Tensor, positions: Int32Array): [Tensor, Tensor] {
     const { b, c } = this;
     const ab = this.absorb();
     const T = positions.length;
     const Dr = 2 * this.R;
-    const qr = b.rope(b.linear(x, ab.qRope, ab.qRopeBias).reshape([T, c.heads, Dr]), positions, this.qFreq, Dr);
-    if (ab.form === "premultiplied") return [qr, b.linear(x, ab.qLatent, ab.qLatentBias).reshape([T, c.heads, this.L])];
-    const qn = b.linear(x, ab.qNope, ab.qNopeBias).reshape([T, c.heads, c.headDim - Dr]);
-    const qc = b.headLinear(qn, ab.kUpT);
-    qn.dispose();
+    const qr = b.rope(ropeRows.reshape([T, c.heads, Dr]), positions, this.qFreq, Dr);
+    ropeRows.dispose();
+    if (ab.form === "premultiplied") return [qr, second.reshape([T, c.heads, this.L])];
+    const qc = b.headLinear(second.reshape([T, c.heads, c.headDim - Dr]), ab.kUpT);
+    second.dispose();
     return [qr, qc];
   }
 
