@@ -9,7 +9,7 @@
  * fly, so the weights stay as stored.
  */
 import type { Node, Ops } from "../../tensor/autograd.js";
-import type { Backend } from "../../tensor/backend.js";
+import { linearMany, type Backend } from "../../tensor/backend.js";
 import type { Tensor } from "../../tensor/tensor.js";
 import type { DeepseekAttention, ModelConfig } from "../config.js";
 import { LatentCache } from "../kvCache.js";
@@ -107,12 +107,12 @@ export class DeepseekDecoder {
     const B = positions.length;
     const cols = Columns.of(H, a);
     const { kbT, vb } = this.absorb();
-    const q = b.linear(x, w.q, null);
+    // Both products of x in one launch where the backend can.
+    const [q, kv] = linearMany(b, x, [w.q, w.kvA], [null, w.kvABias]) as [Tensor, Tensor];
     const qNope = b.gatherCols(q, cols.qNope);
     const qPeRows = b.gatherCols(q, cols.qPe);
     const qPe = b.rope(qPeRows.reshape([B, H, dr]), positions, this.invFreq, dr);
     const qc = b.headLinear(qNope.reshape([B, H, dn]), kbT);
-    const kv = b.linear(x, w.kvA, w.kvABias);
     const c0 = b.gatherCols(kv, cols.latent);
     const lat = b.rmsnorm(c0, w.kvNorm, LATENT_NORM_EPS);
     const kPeRows = b.gatherCols(kv, cols.kPe);
