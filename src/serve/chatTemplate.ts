@@ -24,6 +24,21 @@ export interface ChatTemplate {
   render(messages: readonly ChatMessage[], addGenerationPrompt?: boolean): string;
 }
 
+/**
+ * The prompt text that continues `messages`' last message (an assistant reply begun by the caller) rather
+ * than opening a new one, as transformers' apply_chat_template(continue_final_message=True) makes it: the
+ * conversation rendered without a generation prompt, cut right after the last message's content.
+ */
+export function continueFinalMessage(t: ChatTemplate, messages: readonly ChatMessage[]): string {
+  const rendered = t.render(messages, false);
+  const last = messages[messages.length - 1]!.content;
+  for (const text of [last, last.trim()]) {
+    const at = text ? rendered.lastIndexOf(text) : -1;
+    if (at >= 0) return rendered.slice(0, at + text.length);
+  }
+  throw new MlaError("BAD_ARGUMENT", "the chat template does not write the last message's content as given, so it cannot be continued", "send the conversation without continue_final_message, or as one prompt to /v1/completions");
+}
+
 function readJson(file: string): Record<string, unknown> | null {
   if (!fs.existsSync(file)) return null;
   try {

@@ -57,6 +57,8 @@ export interface ChatRequest extends GenerationFields {
   messages: ChatMessage[];
   /** vLLM's `add_generation_prompt` (default true): the rendered prompt ends where the assistant's reply begins. */
   addGenerationPrompt: boolean;
+  /** vLLM's `continue_final_message`: the reply continues the last message (an assistant reply begun by the caller). */
+  continueFinalMessage: boolean;
 }
 
 /** The most tokens a logit_bias may name (OpenAI's limit). */
@@ -91,7 +93,7 @@ const CHAT_UNSUPPORTED: Record<string, (v: unknown) => boolean> = {
 /** Fields read, or harmless to ignore (user: an end-user id for abuse tracking). */
 const COMMON = ["model", "n", "max_tokens", "temperature", "top_p", "top_k", "min_p", "seed", "stop", "stop_token_ids", "min_tokens", "include_stop_str_in_output", "skip_special_tokens", "stream", "stream_options", "user", "ignore_eos", "presence_penalty", "frequency_penalty", "repetition_penalty", "logit_bias"];
 const KNOWN = new Set(["prompt", "logprobs", "echo", ...COMMON, ...Object.keys(UNSUPPORTED)]);
-const CHAT_KNOWN = new Set(["messages", "max_completion_tokens", "logprobs", "top_logprobs", "add_generation_prompt", ...COMMON, ...Object.keys(CHAT_UNSUPPORTED)]);
+const CHAT_KNOWN = new Set(["messages", "max_completion_tokens", "logprobs", "top_logprobs", "add_generation_prompt", "continue_final_message", ...COMMON, ...Object.keys(CHAT_UNSUPPORTED)]);
 
 export function bad(message: string, hint: string): MlaError {
   return new MlaError("BAD_ARGUMENT", message, hint);
@@ -160,9 +162,13 @@ export function parseChatRequest(body: unknown, served: { name: string; vocabSiz
   if (typeof lp !== "boolean") throw bad(`logprobs ${JSON.stringify(lp)} is not true or false`, "send logprobs: true (and top_logprobs: N for N alternatives per token)");
   const top = set("top_logprobs") ? numberField(b, "top_logprobs", 0, (v) => Number.isInteger(v) && v >= 0 && v <= MAX_LOGPROBS, `a whole number from 0 to ${MAX_LOGPROBS}`) : 0;
   if (top > 0 && !lp) throw bad(`top_logprobs ${top} is set without logprobs: true`, "send logprobs: true with it, or leave top_logprobs out");
-  const addGenerationPrompt = b["add_generation_prompt"] ?? true;
+  const continueFinal = b["continue_final_message"] ?? false;
+  if (typeof continueFinal !== "boolean") throw bad(`continue_final_message ${JSON.stringify(continueFinal)} is not true or false`, "send true to continue the last message (an assistant reply you began), or leave it out");
+  // vLLM's default: a generation prompt unless the last message is continued.
+  const addGenerationPrompt = b["add_generation_prompt"] ?? !continueFinal;
   if (typeof addGenerationPrompt !== "boolean") throw bad(`add_generation_prompt ${JSON.stringify(addGenerationPrompt)} is not true or false`, "leave it out (true: the prompt ends where the assistant's reply begins)");
-  return { messages, addGenerationPrompt, ...generationFields(b, set("max_completion_tokens") ? "max_completion_tokens" : "max_tokens", null, served.vocabSize), logprobs: lp ? top : null };
+  if (continueFinal && addGenerationPrompt) throw bad("continue_final_message and add_generation_prompt are both true", "send add_generation_prompt: false (or leave it out) to continue the last message");
+  return { messages, addGenerationPrompt, continueFinalMessage: continueFinal, ...generationFields(b, set("max_completion_tokens") ? "max_completion_tokens" : "max_tokens", null, served.vocabSize), logprobs: lp ? top : null };
 }
 
 /** A request's `messages` (chat, and /tokenize's chat form), checked; `example` shows a good request. */

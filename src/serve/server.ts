@@ -18,7 +18,7 @@ import { checkOptionTypes, type OptionKinds } from "../util/optionTypes.js";
 import { throwIfAborted } from "../util/abort.js";
 import { Batcher, type BatcherStats, type SequenceEnd, type SequenceHandle } from "./batcher.js";
 import { parseChatRequest, parseCompletionRequest, type GenerationFields } from "./completionRequest.js";
-import { loadChatTemplate, type ChatTemplate } from "./chatTemplate.js";
+import { continueFinalMessage, loadChatTemplate, type ChatTemplate } from "./chatTemplate.js";
 import { CHAT_COMPLETION, TEXT_COMPLETION, type ResponseShape, type TokenEntry } from "./responseShapes.js";
 import type { TokenLogprobs } from "../model/sampling.js";
 import { TextStream } from "./textStream.js";
@@ -241,7 +241,8 @@ export async function serve(model: string | LoadedModel, opts: ServeOptions = {}
   // The template writes the special tokens it wants (BOS among them), as apply_chat_template's ids have them.
   const parseChat: Parse = (body) => {
     const r = parseChatRequest(body, { name, vocabSize: lm.config.vocabSize });
-    return { prompts: [{ ids: encodePrompt(chat!.render(r.messages, r.addGenerationPrompt), false), echo: null }], fields: r };
+    const text = r.continueFinalMessage ? continueFinalMessage(chat!, r.messages) : chat!.render(r.messages, r.addGenerationPrompt);
+    return { prompts: [{ ids: encodePrompt(text, false), echo: null }], fields: r };
   };
 
   const generation = async (req: http.IncomingMessage, res: http.ServerResponse, parse: Parse, shape: ResponseShape): Promise<void> => {

@@ -10,7 +10,7 @@ import { test } from "node:test";
 import { loadModel } from "../../src/model/llama.js";
 import { generate } from "../../src/model/generate.js";
 import { serve } from "../../src/serve/server.js";
-import { loadChatTemplate } from "../../src/serve/chatTemplate.js";
+import { continueFinalMessage, loadChatTemplate } from "../../src/serve/chatTemplate.js";
 import { inspectModel } from "../../src/eval/inspect.js";
 import { MODELS, tmpDir } from "../helpers.js";
 
@@ -62,6 +62,28 @@ test("/tokenize renders messages through the chat template; /tokenizer_info carr
     assert.deepEqual(await post({ messages: two, add_generation_prompt: false }), lm.tokenizer.encode(t.render(two, false), { addSpecialTokens: false }));
     const info = (await (await fetch(`${server.url}/tokenizer_info`)).json()) as Record<string, unknown>;
     assert.equal(info["chat_template"], LLAMA2);
+  } finally {
+    await server.close();
+  }
+});
+
+test("continue_final_message continues the assistant's begun reply, as apply_chat_template(continue_final_message=True) renders it", async () => {
+  const t = loadChatTemplate(dir)!;
+  const begun = [{ role: "user", content: "Tell me about a cat." }, { role: "assistant", content: "Once upon a time" }];
+  assert.equal(continueFinalMessage(t, begun), "<s>[INST] Tell me about a cat. [/INST] Once upon a time", "cut after the last content: no end-of-turn");
+  const server = await serve(lm, { port: 0, name: "chat" });
+  try {
+    const ask = async (body: Record<string, unknown>) => {
+      const r = await fetch(`${server.url}/v1/chat/completions`, { method: "POST", body: JSON.stringify(body) });
+      return { status: r.status, json: (await r.json()) as Record<string, any> };
+    };
+    const r = await ask({ messages: begun, continue_final_message: true, max_tokens: 8, temperature: 0 });
+    assert.equal(r.status, 200);
+    const prompt = lm.tokenizer.encode(continueFinalMessage(t, begun), { addSpecialTokens: false });
+    const ids = generate(lm.model, prompt, { maxTokens: 8 }).ids.filter((x) => x !== lm.config.eosTokenId);
+    assert.equal(r.json["choices"][0].message.content, lm.tokenizer.decode([...prompt, ...ids].slice(1)).slice(lm.tokenizer.decode(prompt.slice(1)).length));
+    assert.match((await ask({ messages: begun, continue_final_message: true, add_generation_prompt: true })).json["error"].message, /continue_final_message and add_generation_prompt are both true/);
+    assert.match((await ask({ messages: begun, continue_final_message: "yes" })).json["error"].message, /continue_final_message "yes" is not true or false/);
   } finally {
     await server.close();
   }
