@@ -23,7 +23,7 @@ import { Node, Ops, Tape } from "../tensor/autograd.js";
 import { ResidualRecomputeOps } from "./residualRecompute.js";
 import { AttentionNodes, ParamNodes, paramNodes } from "./params.js";
 import { rowRange } from "../tensor/rows.js";
-import { tokenLogprobs, type TokenLogprobs } from "./sampling.js";
+import { tokenLogprobsFromLoss, type TokenLogprobs } from "./sampling.js";
 import { checkKvCacheDtype, type KvCacheDtype } from "./kvQuant.js";
 
 /** Outputs read only by matrix products (see ProductInputHint). */
@@ -161,11 +161,14 @@ export class LlamaModel {
         const lt = b.linear(hc, P.lmHead.value, null);
         if (hc !== h) hc.dispose();
         const logits = lt.toArray();
+        // The log-softmax's normalizer from the backend's cross-entropy (native code where it has it, and
+        // on the device); rows without a target score token 0 there, unread.
+        const losses = b.crossEntropy(lt, Int32Array.from({ length: rows }, (_, j) => Math.max(0, next[r0 + j]!)));
         lt.dispose();
         for (let j = 0; j < rows; j++) {
           const row = logits.subarray(j * V, (j + 1) * V);
           const t = next[r0 + j]!;
-          scored.push(t >= 0 ? tokenLogprobs(row, t, top) : null);
+          scored.push(t >= 0 ? tokenLogprobsFromLoss(row, t, top, losses[j]!) : null);
           if (r0 + j === T - 1) last = row.slice();
         }
       }

@@ -163,7 +163,20 @@ export function tokenLogprobs(logits: FloatArray, id: number, top: number): Toke
   for (let i = 0; i < logits.length; i++) if (logits[i]! > max) max = logits[i]!;
   let sum = 0;
   for (let i = 0; i < logits.length; i++) sum += Math.exp(logits[i]! - max);
-  const norm = max + Math.log(sum);
+  return withTop(logits, id, top, max + Math.log(sum));
+}
+
+/**
+ * tokenLogprobs where the cross-entropy of `id` (−log softmax, e.g. from Backend.crossEntropy, which
+ * a native backend computes faster than this thread) is known: the log-normalizer is then logits[id] +
+ * loss, and the alternatives take one pass without an exp.
+ */
+export function tokenLogprobsFromLoss(logits: FloatArray, id: number, top: number, loss: number): TokenLogprobs {
+  return withTop(logits, id, top, logits[id]! + loss);
+}
+
+/** The log-probabilities of `id` and of the `top` largest logits, given the log-normalizer `norm`. */
+function withTop(logits: FloatArray, id: number, top: number, norm: number): TokenLogprobs {
   // The `top` largest by insertion into a short sorted list: top ≤ 20 against a vocabulary of 32k–128k.
   const best: number[] = [];
   if (top > 0)
