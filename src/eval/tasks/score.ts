@@ -16,14 +16,9 @@ export interface Loglikelihood {
 
 /** `kvCache`: the keys/values as a decode cache of that type serves them (default f32: exact). */
 export function loglikelihood(model: LlamaModel, tok: TextTokenizer, context: string, continuation: string, kvCache?: KvCacheDtype): Loglikelihood {
-  const ctx = tok.encode(context);
-  const all = tok.encode(context + continuation);
+  const { all, input, c } = scoringInput(model, tok, tok.encode(context), context, continuation);
   const n = all.length;
-  const c = Math.min(ctx.length, n);
   if (c === n) return { logprob: 0, greedy: true, tokens: 0 };
-  const input = new Int32Array(n);
-  input[0] = model.config.bosTokenId ?? 1;
-  input.set(all.slice(0, n - 1), 1);
   // Rows c … n−1 predict the continuation tokens all[c … n−1]; earlier rows are computed for context only.
   // In the backend's step arena where it has one (CUDA): the forward's device tensors are freed here.
   const b = model.backend;
