@@ -41,9 +41,12 @@ export function checkPenalties(o: PenaltyOptions, vocabSize: number, names: Reco
 export class Penalties {
   private readonly seen: Set<number>;
   private readonly counts = new Map<number, number>();
+  /** Whether the repetition penalty applies (then `seen` is kept). */
+  private readonly repeats: boolean;
 
   private constructor(prompt: readonly number[], private readonly o: PenaltyOptions) {
-    this.seen = new Set(o.repetitionPenalty !== undefined && o.repetitionPenalty !== 1 ? prompt : []);
+    this.repeats = (o.repetitionPenalty ?? 1) !== 1;
+    this.seen = new Set(this.repeats ? prompt : []);
   }
 
   /** The penalties of a sequence continuing `prompt`, or null where the options change nothing. */
@@ -55,7 +58,7 @@ export class Penalties {
   /** Counts a generated token. */
   add(id: number): void {
     this.counts.set(id, (this.counts.get(id) ?? 0) + 1);
-    if (this.o.repetitionPenalty !== undefined && this.o.repetitionPenalty !== 1) this.seen.add(id);
+    if (this.repeats) this.seen.add(id);
   }
 
   /** A copy of `logits` [V] with the bias and the penalties applied. */
@@ -63,7 +66,7 @@ export class Penalties {
     const out = logits.slice();
     for (const [id, bias] of this.o.logitBias ?? []) out[id] = out[id]! + bias;
     const r = this.o.repetitionPenalty ?? 1;
-    if (r !== 1) for (const id of this.seen) out[id] = out[id]! > 0 ? out[id]! / r : out[id]! * r;
+    if (this.repeats) for (const id of this.seen) out[id] = out[id]! > 0 ? out[id]! / r : out[id]! * r;
     const f = this.o.frequencyPenalty ?? 0, p = this.o.presencePenalty ?? 0;
     if (f !== 0 || p !== 0) for (const [id, n] of this.counts) out[id] = out[id]! - f * n - p;
     return out;

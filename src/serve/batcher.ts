@@ -124,6 +124,8 @@ interface Sequence {
   promptScored: TokenLogprobs[];
   /** The sampling settings' penalties and biases (null: none). */
   penalties: Penalties | null;
+  /** The ids that end it when picked: the model's EOS ones unless it ignores them, and its own stop ids. */
+  endings: ReadonlySet<number>;
   /** Prompt tokens in the cache so far; the sequence decodes once all are. */
   prefilled: number;
   decoding: boolean;
@@ -194,7 +196,7 @@ export class Batcher {
     const reserved = this.cacheBytes(total);
     if (this.opts.kvBudgetBytes !== undefined && reserved > this.opts.kvBudgetBytes)
       throw new MlaError("BAD_ARGUMENT", `${total} tokens of cache take ${mb(reserved)} MB, more than the server's whole KV budget of ${mb(this.opts.kvBudgetBytes)} MB`, "lower max_tokens or shorten the prompt (or start the server with a larger --kv-budget-mb)");
-    const s: Sequence = { spec, cache: null, rand: seededRandom(spec.seed), next: -1, promptScored: [], penalties: Penalties.of(spec.prompt, spec.sampling), prefilled: 0, decoding: false, newTokens: 0, generated: [], reserved, cancelled: false, ended: false, queuedAt: performance.now(), admittedAt: 0, prefillMs: 0 };
+    const s: Sequence = { spec, cache: null, rand: seededRandom(spec.seed), next: -1, promptScored: [], penalties: Penalties.of(spec.prompt, spec.sampling), endings: new Set([...((spec.stopAtEos ?? true) ? this.stops : []), ...(spec.stopTokenIds ?? [])]), prefilled: 0, decoding: false, newTokens: 0, generated: [], reserved, cancelled: false, ended: false, queuedAt: performance.now(), admittedAt: 0, prefillMs: 0 };
     this.waiting.push(s);
     this.kick();
     return {
@@ -405,7 +407,7 @@ export class Batcher {
     let row = s.penalties?.apply(logits) ?? logits;
     if (s.newTokens < (s.spec.minTokens ?? 0)) {
       if (row === logits) row = logits.slice();
-      for (const t of this.endingIds(s)) row[t] = -Infinity;
+      for (const t of s.endings) row[t] = -Infinity;
     }
     const id = pickToken(row, s.spec.sampling, s.rand);
     s.penalties?.add(id);
@@ -414,7 +416,7 @@ export class Batcher {
     s.newTokens++;
     s.generated.push(id);
     this.newTokens++;
-    if (((s.spec.stopAtEos ?? true) && this.stops.has(id)) || s.spec.stopTokenIds?.includes(id)) return this.end(s, "stop");
+    if (s.endings.has(id)) return this.end(s, "stop");
     let more: boolean;
     try {
       more = s.spec.onToken(id, lp);
@@ -424,11 +426,6 @@ export class Batcher {
     if (!more) return this.end(s, "stop");
     if (s.newTokens >= s.spec.maxTokens) return this.end(s, "length");
     s.next = id;
-  }
-
-  /** The ids that end `s` when picked: the model's EOS ones unless it ignores them, and its own. */
-  private endingIds(s: Sequence): number[] {
-    return [...((s.spec.stopAtEos ?? true) ? this.stops : []), ...(s.spec.stopTokenIds ?? [])];
   }
 
   /** Removes ended and cancelled sequences from the batch. */
