@@ -99,6 +99,13 @@ export function bad(message: string, hint: string): MlaError {
   return new MlaError("BAD_ARGUMENT", message, hint);
 }
 
+/** `key` of `b` as true or false (`fallback` when absent or null), refused with `hint` otherwise. */
+export function booleanField(b: Record<string, unknown>, key: string, fallback: boolean, hint: string): boolean {
+  const v = b[key] ?? fallback;
+  if (typeof v !== "boolean") throw bad(`${key} ${JSON.stringify(v)} is not true or false`, hint);
+  return v;
+}
+
 function numberField(body: Record<string, unknown>, key: string, fallback: number, ok: (v: number) => boolean, expected: string): number {
   const v = body[key];
   if (v === undefined || v === null) return fallback;
@@ -131,8 +138,7 @@ export function parseCompletionRequest(body: unknown, served: { name: string; vo
   // An integer: the chosen tokens' log-probabilities and this many alternatives (0: the chosen alone).
   const lp = b["logprobs"];
   const logprobs = lp === undefined || lp === null || lp === false ? null : numberField(b, "logprobs", 0, (v) => Number.isInteger(v) && v >= 0 && v <= MAX_LOGPROBS, `a whole number from 0 to ${MAX_LOGPROBS}`);
-  const echo = b["echo"] ?? false;
-  if (typeof echo !== "boolean") throw bad(`echo ${JSON.stringify(echo)} is not true or false`, "send echo: true to get the prompt (and with logprobs its tokens' log-probabilities) back before the completion");
+  const echo = booleanField(b, "echo", false, "send echo: true to get the prompt (and with logprobs its tokens' log-probabilities) back before the completion");
   const fields = generationFields(b, "max_tokens", DEFAULT_MAX_TOKENS, served.vocabSize, echo);
   if (prompts.length * fields.n > MAX_PROMPTS) throw bad(`${prompts.length} prompts × n ${fields.n} make ${prompts.length * fields.n} sequences`, `send at most ${MAX_PROMPTS} prompts × choices per request`);
   return { prompts, ...fields, logprobs, echo };
@@ -158,15 +164,12 @@ export function parseChatRequest(body: unknown, served: { name: string; vocabSiz
   const messages = parseMessages(b["messages"], example);
   const set = (k: string) => b[k] !== undefined && b[k] !== null;
   if (set("max_tokens") && set("max_completion_tokens")) throw bad("both max_tokens and max_completion_tokens are set", "send one of them");
-  const lp = b["logprobs"] ?? false;
-  if (typeof lp !== "boolean") throw bad(`logprobs ${JSON.stringify(lp)} is not true or false`, "send logprobs: true (and top_logprobs: N for N alternatives per token)");
+  const lp = booleanField(b, "logprobs", false, "send logprobs: true (and top_logprobs: N for N alternatives per token)");
   const top = set("top_logprobs") ? numberField(b, "top_logprobs", 0, (v) => Number.isInteger(v) && v >= 0 && v <= MAX_LOGPROBS, `a whole number from 0 to ${MAX_LOGPROBS}`) : 0;
   if (top > 0 && !lp) throw bad(`top_logprobs ${top} is set without logprobs: true`, "send logprobs: true with it, or leave top_logprobs out");
-  const continueFinal = b["continue_final_message"] ?? false;
-  if (typeof continueFinal !== "boolean") throw bad(`continue_final_message ${JSON.stringify(continueFinal)} is not true or false`, "send true to continue the last message (an assistant reply you began), or leave it out");
+  const continueFinal = booleanField(b, "continue_final_message", false, "send true to continue the last message (an assistant reply you began), or leave it out");
   // vLLM's default: a generation prompt unless the last message is continued.
-  const addGenerationPrompt = b["add_generation_prompt"] ?? !continueFinal;
-  if (typeof addGenerationPrompt !== "boolean") throw bad(`add_generation_prompt ${JSON.stringify(addGenerationPrompt)} is not true or false`, "leave it out (true: the prompt ends where the assistant's reply begins)");
+  const addGenerationPrompt = booleanField(b, "add_generation_prompt", !continueFinal, "leave it out (true: the prompt ends where the assistant's reply begins)");
   if (continueFinal && addGenerationPrompt) throw bad("continue_final_message and add_generation_prompt are both true", "send add_generation_prompt: false (or leave it out) to continue the last message");
   return { messages, addGenerationPrompt, continueFinalMessage: continueFinal, ...generationFields(b, set("max_completion_tokens") ? "max_completion_tokens" : "max_tokens", null, served.vocabSize), logprobs: lp ? top : null };
 }
@@ -208,15 +211,13 @@ function generationFields(b: Record<string, unknown>, maxKey: string, defaultMax
   if (stop.length > MAX_STOPS) throw bad(`stop holds ${stop.length} strings`, `send at most ${MAX_STOPS} stop strings`);
   if (stop.some((x) => x.length === 0)) throw bad("stop holds an empty string", "every stop string needs at least one character");
 
-  const stream = b["stream"] ?? false;
-  if (typeof stream !== "boolean") throw bad(`stream ${JSON.stringify(stream)} is not true or false`, "send stream: true for server-sent events");
+  const stream = booleanField(b, "stream", false, "send stream: true for server-sent events");
   const so = b["stream_options"];
   if (so !== undefined && so !== null && (typeof so !== "object" || Array.isArray(so))) throw bad("stream_options is not an object", 'send e.g. "stream_options": {"include_usage": true}');
   const includeUsage = (so as Record<string, unknown> | null | undefined)?.["include_usage"] === true;
   if (so && !stream) throw bad("stream_options is set without stream: true", "send stream: true, or leave stream_options out");
 
-  const ignoreEos = b["ignore_eos"] ?? false;
-  if (typeof ignoreEos !== "boolean") throw bad(`ignore_eos ${JSON.stringify(ignoreEos)} is not true or false`, "send ignore_eos: true to generate past end-of-sequence tokens, or leave it out");
+  const ignoreEos = booleanField(b, "ignore_eos", false, "send ignore_eos: true to generate past end-of-sequence tokens, or leave it out");
   const n = numberField(b, "n", 1, (v) => Number.isInteger(v) && v >= 1 && v <= MAX_CHOICES, `a whole number from 1 to ${MAX_CHOICES}`);
   // vLLM's extensions: min_p (after temperature, before top-k and top-p), stop_token_ids, min_tokens.
   const minP = numberField(b, "min_p", 0, (v) => v >= 0 && v <= 1, "a fraction in [0, 1]");
@@ -226,13 +227,8 @@ function generationFields(b: Record<string, unknown>, maxKey: string, defaultMax
   if (stopTokenIds.length > MAX_STOPS) throw bad(`stop_token_ids holds ${stopTokenIds.length} ids`, `send at most ${MAX_STOPS}`);
   const minTokens = numberField(b, "min_tokens", 0, (v) => Number.isInteger(v) && v >= 0, "a whole number ≥ 0");
   if (maxTokens !== null && minTokens > maxTokens) throw bad(`min_tokens ${minTokens} is more than ${maxKey} ${maxTokens}`, `send min_tokens ≤ ${maxKey}`);
-  const flag = (key: string, fallback: boolean, what: string) => {
-    const v = b[key] ?? fallback;
-    if (typeof v !== "boolean") throw bad(`${key} ${JSON.stringify(v)} is not true or false`, `send ${key}: ${!fallback} to ${what}, or leave it out`);
-    return v;
-  };
-  const includeStop = flag("include_stop_str_in_output", false, "keep the stop string that ends the text");
-  const skipSpecialTokens = flag("skip_special_tokens", true, "write special tokens into the text");
+  const includeStop = booleanField(b, "include_stop_str_in_output", false, "send include_stop_str_in_output: true to keep the stop string that ends the text, or leave it out");
+  const skipSpecialTokens = booleanField(b, "skip_special_tokens", true, "send skip_special_tokens: false to write special tokens into the text, or leave it out");
   return { includeStop, skipSpecialTokens, n, maxTokens, sampling: { temperature, topP, topK: topK < 0 ? 0 : topK, ...(minP > 0 ? { minP } : {}), ...penaltyFields(b, vocabSize) }, seed: (seedV as number | undefined | null) ?? null, stop, stream, includeUsage, ignoreEos, stopTokenIds, minTokens };
 }
 

@@ -9,7 +9,7 @@
 import { MlaError } from "../errors.js";
 import type { TextTokenizer } from "../io/tokenizer.js";
 import type { ChatTemplate } from "./chatTemplate.js";
-import { bad, checkedBody, parseMessages } from "./completionRequest.js";
+import { bad, booleanField, checkedBody, parseMessages } from "./completionRequest.js";
 
 /** What the endpoints read: the served name, its tokenizer, positions and chat template (null: none). */
 export interface TokenizerServed {
@@ -24,11 +24,9 @@ export interface TokenizerServed {
 
 const TOKENIZE_EXAMPLE = '{"prompt": "Once upon a time"} or {"messages": [{"role": "user", "content": "Hello"}]}';
 
-/** A field that must be true or false when sent. */
+/** A field that must be true or false when sent; the hint says what true does. */
 function flag(b: Record<string, unknown>, key: string, fallback: boolean, what: string): boolean {
-  const v = b[key] ?? fallback;
-  if (typeof v !== "boolean") throw bad(`${key} ${JSON.stringify(v)} is not true or false`, `send ${key}: true to ${what}, or leave it out (default ${fallback})`);
-  return v;
+  return booleanField(b, key, fallback, `send ${key}: true to ${what}, or leave it out (default ${fallback})`);
 }
 
 /**
