@@ -114,6 +114,12 @@ function tooLarge(limit: number): WithStatus {
   return Object.assign(new MlaError("BAD_ARGUMENT", `the request body passes ${limit} bytes`, "send a shorter prompt"), { httpStatus: 413 });
 }
 
+/** A request refused while its body was read or checked. After a 413 the rest of the body is not worth reading: the connection closes once the answer is sent. */
+function sendRefusal(res: http.ServerResponse, e: unknown): void {
+  const err = asMlaError(e) as WithStatus;
+  sendJson(res, statusOf(err), errorBody(err), err.httpStatus === 413 ? { Connection: "close" } : {});
+}
+
 function asMlaError(e: unknown): MlaError {
   return isMlaError(e) ? e : new MlaError("UNSUPPORTED", `internal error: ${(e as Error)?.message ?? String(e)}`, "this is a bug; report it with the request");
 }
@@ -250,10 +256,7 @@ export async function serve(model: string | LoadedModel, opts: ServeOptions = {}
     try {
       ({ prompts, fields: r } = parse(await readJson(req, maxBody)));
     } catch (e) {
-      const err = asMlaError(e) as WithStatus;
-      // After a 413 the rest of the body is not worth reading: the connection closes once it is sent.
-      sendJson(res, statusOf(err), errorBody(err), err.httpStatus === 413 ? { Connection: "close" } : {});
-      return;
+      return sendRefusal(res, e);
     }
     const id = `${shape.idPrefix}-${crypto.randomUUID().replaceAll("-", "")}`;
     const created = Math.floor(Date.now() / 1000);
@@ -402,10 +405,7 @@ export async function serve(model: string | LoadedModel, opts: ServeOptions = {}
   const jsonRoute = (answer: (body: unknown) => Record<string, unknown>) => (req: http.IncomingMessage, res: http.ServerResponse) =>
     void readJson(req, maxBody)
       .then((body) => sendJson(res, 200, JSON.stringify(answer(body))))
-      .catch((e) => {
-        const err = asMlaError(e) as WithStatus;
-        sendJson(res, statusOf(err), errorBody(err), err.httpStatus === 413 ? { Connection: "close" } : {});
-      });
+      .catch((e) => sendRefusal(res, e));
 
   type Routes = Record<string, Record<string, (req: http.IncomingMessage, res: http.ServerResponse) => void>>;
   const routes: Routes = {
