@@ -15,12 +15,16 @@ import { MODELS, ROOT } from "../helpers.js";
 const lm = loadModel(path.join(MODELS, "stories260K"));
 const bos = lm.config.bosTokenId;
 
+/** The text `ids` add after the prompt ids `p`, as a completion gives it (BOS left out). */
+function continuation(p: readonly number[], ids: readonly number[]): string {
+  const strip = (x: readonly number[]) => x.filter((t) => t !== bos);
+  return lm.tokenizer.decode(strip([...p, ...ids])).slice(lm.tokenizer.decode(strip(p)).length);
+}
+
 /** What generate() continues `prompt` with, as text. */
 function expected(prompt: string, maxTokens: number): string {
   const p = lm.tokenizer.encode(prompt, { addSpecialTokens: true });
-  const ids = generate(lm.model, p, { maxTokens }).ids.filter((t) => t !== lm.config.eosTokenId);
-  const strip = (x: number[]) => x.filter((t) => t !== bos);
-  return lm.tokenizer.decode(strip([...p, ...ids])).slice(lm.tokenizer.decode(strip(p)).length);
+  return continuation(p, generate(lm.model, p, { maxTokens }).ids.filter((t) => t !== lm.config.eosTokenId));
 }
 
 async function post(url: string, body: unknown): Promise<{ status: number; json: Record<string, any> }> {
@@ -411,11 +415,11 @@ test("penalties and logit_bias: a completion with them equals generate() with th
     const r = await post(server.url, ask);
     assert.equal(r.status, 200);
     const want = generate(lm.model, p, { maxTokens: 12, stopAtEos: false, repetitionPenalty: 1.5, frequencyPenalty: 0.5, presencePenalty: 0.3, logitBias: new Map([[dog, 4]]) }).ids;
-    assert.equal(r.json["choices"][0].text, lm.tokenizer.decode([...p, ...want].slice(1)).slice(lm.tokenizer.decode(p.slice(1)).length));
+    assert.equal(r.json["choices"][0].text, continuation(p, want));
     // A bias of 100 forces the token; the logprob reported is still the model's own for it.
     const forced = await post(server.url, { prompt, max_tokens: 3, temperature: 0, logit_bias: { [String(dog)]: 100 }, logprobs: 1 });
     const lp = forced.json["choices"][0].logprobs;
-    assert.equal(forced.json["choices"][0].text, lm.tokenizer.decode([...p, dog, dog, dog].slice(1)).slice(lm.tokenizer.decode(p.slice(1)).length), "the biased token three times");
+    assert.equal(forced.json["choices"][0].text, continuation(p, [dog, dog, dog]), "the biased token three times");
     assert.equal(lp.tokens.join(""), forced.json["choices"][0].text);
     assert.ok(lp.token_logprobs[0] < Math.max(...(Object.values(lp.top_logprobs[0]) as number[])), "not the model's most likely token: its own log-probability, not the biased one");
     await assertRefused(server.url, [
@@ -437,7 +441,7 @@ test("vLLM's min_p, stop_token_ids and min_tokens: min_p 1 samples the greedy te
     const prompt = "Once upon a time";
     const p = lm.tokenizer.encode(prompt, { addSpecialTokens: true });
     const greedy = generate(lm.model, p, { maxTokens: 8, stopAtEos: false }).ids;
-    const text = (ids: number[]) => lm.tokenizer.decode([...p, ...ids].slice(1)).slice(lm.tokenizer.decode(p.slice(1)).length);
+    const text = (ids: number[]) => continuation(p, ids);
     const sampled = await post(server.url, { prompt, max_tokens: 8, temperature: 1.5, seed: 3, min_p: 1, ignore_eos: true });
     assert.equal(sampled.json["choices"][0].text, text(greedy), "only the most likely token clears min_p 1");
     const stopped = await post(server.url, { prompt, max_tokens: 8, temperature: 0, stop_token_ids: [greedy[2]], ignore_eos: true });
