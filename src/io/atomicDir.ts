@@ -14,7 +14,8 @@ export function refuseExisting(out: string, force: boolean): void {
   if (fs.existsSync(out) && !force) throw new MlaError("EXISTS", `output ${out} already exists`, "pass --force to replace it, or choose another --out");
 }
 
-const OWNER_FILE = ".mha2mla-owner";
+/** Written by versions before the owner's pid went into the folder's name; still read when sweeping. */
+const LEGACY_OWNER_FILE = ".mha2mla-owner";
 
 function alive(pid: number): boolean {
   try {
@@ -25,19 +26,37 @@ function alive(pid: number): boolean {
   }
 }
 
+function tmpPrefix(out: string): string {
+  return "." + path.basename(out) + ".tmp-";
+}
+
+/**
+ * The pid that owns a temporary folder: from its name (`.NAME.tmp-<pid>-XXXXXX`), which exists the
+ * moment the folder does, so a run killed between creating the folder and stamping it cannot leave
+ * one that looks owned (an empty owner file once read as pid 0, which `kill(0, 0)` calls alive).
+ */
+function ownerOf(dir: string, suffix: string): number {
+  const named = /^(\d+)-/.exec(suffix);
+  if (named) return Number(named[1]);
+  const legacy = path.join(dir, LEGACY_OWNER_FILE);
+  return fs.existsSync(legacy) ? Number(fs.readFileSync(legacy, "utf8").trim() || NaN) : NaN;
+}
+
 /**
  * Removes temporary folders of `out` left by a run that was killed outright (SIGKILL, power loss):
  * hidden `.NAME.tmp-*` siblings whose owner process is gone.
  */
 export function sweepStale(out: string): void {
   const parent = path.dirname(path.resolve(out));
-  const prefix = "." + path.basename(out) + ".tmp-";
+  const prefix = tmpPrefix(out);
   if (!fs.existsSync(parent)) return;
   for (const name of fs.readdirSync(parent)) {
     if (!name.startsWith(prefix)) continue;
     const dir = path.join(parent, name);
-    const owner = Number(fs.existsSync(path.join(dir, OWNER_FILE)) ? fs.readFileSync(path.join(dir, OWNER_FILE), "utf8") : NaN);
-    if (!Number.isInteger(owner) || !alive(owner)) fs.rmSync(dir, { recursive: true, force: true });
+    const owner = ownerOf(dir, name.slice(prefix.length));
+    // A pid of ours on a folder this process did not make is a dead run's whose pid was reused.
+    const owned = live.has(dir) || (Number.isInteger(owner) && owner > 0 && owner !== process.pid && alive(owner));
+    if (!owned) fs.rmSync(dir, { recursive: true, force: true });
   }
 }
 
@@ -52,8 +71,7 @@ export function beginOutDir(out: string, force: boolean): string {
   try {
     fs.mkdirSync(parent, { recursive: true });
     sweepStale(out);
-    const tmp = fs.mkdtempSync(path.join(parent, "." + path.basename(out) + ".tmp-"));
-    fs.writeFileSync(path.join(tmp, OWNER_FILE), String(process.pid));
+    const tmp = fs.mkdtempSync(path.join(parent, `${tmpPrefix(out)}${process.pid}-`));
     live.add(tmp);
     return tmp;
   } catch (e) {
@@ -65,7 +83,6 @@ export function beginOutDir(out: string, force: boolean): string {
 export function commitOutDir(tmp: string, out: string, force: boolean): void {
   refuseExisting(out, force);
   try {
-    fs.rmSync(path.join(tmp, OWNER_FILE), { force: true });
     if (fs.existsSync(out)) {
       const old = fs.mkdtempSync(path.resolve(out) + ".old-");
       fs.renameSync(out, path.join(old, "x"));
