@@ -6,6 +6,7 @@
 import fs from "node:fs";
 import path from "node:path";
 import { MlaError } from "../errors.js";
+import { makeOwnedTemp, sweepStaleTemps } from "../io/atomicDir.js";
 import { SafetensorsFile, SafetensorsWriter } from "../io/safetensors.js";
 
 export interface TrainState {
@@ -56,9 +57,27 @@ export function checkpointDir(out: string): string {
   return path.join(out, "checkpoint");
 }
 
+const CHECKPOINT_TMP = ".checkpoint.tmp-";
+/** The temporary folder the finished model's files are written into before they move into --out (trainer.ts). */
+export const MODEL_TMP = ".model.tmp-";
+
+/**
+ * Undoes what a run killed while saving left in `out` (before --resume reads it): the half-written
+ * temporary folders (a 7B model's checkpoint is ~84 GB), and a checkpoint moved aside to
+ * `checkpoint.old` whose replacement had not yet moved into place, which is then the last whole one.
+ */
+export function recoverInterruptedSave(out: string): void {
+  for (const prefix of [CHECKPOINT_TMP, MODEL_TMP]) sweepStaleTemps(out, prefix);
+  const final = checkpointDir(out);
+  const old = final + ".old";
+  if (!fs.existsSync(old)) return;
+  if (!fs.existsSync(final) && fs.existsSync(path.join(old, "state.json"))) fs.renameSync(old, final);
+  else fs.rmSync(old, { recursive: true, force: true });
+}
+
 export function saveCheckpoint(out: string, state: TrainState, t: StateSlots): void {
   const final = checkpointDir(out);
-  const tmp = fs.mkdtempSync(path.join(out, ".checkpoint.tmp-"));
+  const tmp = makeOwnedTemp(out, CHECKPOINT_TMP);
   const specs = t.paths.flatMap((p, i) => STATE_KINDS.map((k) => ({ name: `${k}.${p}`, dtype: "F32" as const, shape: [t.sizes[i]!] })));
   const w = new SafetensorsWriter(path.join(tmp, "state.safetensors"), specs, { format: "mha2mla-train" });
   t.paths.forEach((_, i) => {
@@ -83,6 +102,7 @@ export function saveCheckpoint(out: string, state: TrainState, t: StateSlots): v
 
 /** The state.json of the checkpoint in `out` (--resume reads it before any work; resume.ts checks it is this run's). */
 export function readCheckpointState(out: string): TrainState {
+  recoverInterruptedSave(out);
   const dir = checkpointDir(out);
   const stateFile = path.join(dir, "state.json");
   if (!fs.existsSync(stateFile)) throw new MlaError("NOT_FOUND", `--resume: no checkpoint in ${dir}`, "train without --resume first, or point --out at the folder of the interrupted run");

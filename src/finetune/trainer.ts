@@ -21,13 +21,13 @@ import { fmtCount, fmtTime, ProgressSink } from "../util/progress.js";
 import { loadTrainingData, microBatches } from "./data.js";
 import { activationBytes, checkFits, fitsDevice, MemoryChoice, MicroBatch, microStep, Precision, stateBytes, trainableCount, TrainState } from "./trainState.js";
 import { defaultLr, lrAt, Schedule, ScheduleName } from "./schedule.js";
-import { checkpointDir, loadCheckpoint, readCheckpointState, TrainState as RunState } from "./checkpoint.js";
+import { checkpointDir, loadCheckpoint, MODEL_TMP, readCheckpointState, TrainState as RunState } from "./checkpoint.js";
 import { checkRunFolders, startRunFolder } from "./runFolder.js";
 import { checkFinetuneOptions, checkTeacher, FINETUNE_DEFAULTS, FINETUNE_KINDS } from "./options.js";
 import { checkOptionTypes } from "../util/optionTypes.js";
 import { nextTurn, throwIfAborted } from "../util/abort.js";
 import { checkSameRun, finishedRun, LOG_FILE, loggedSeconds, loggedValNllBefore, SUMMARY_FILE, trimLogToCheckpoint } from "./resume.js";
-import { writeFileAtomic } from "../io/atomicDir.js";
+import { makeOwnedTemp, writeFileAtomic } from "../io/atomicDir.js";
 import { CheckpointKeeper } from "./checkpointKeeper.js";
 import { weightFileBytes } from "../io/diskRoom.js";
 
@@ -306,7 +306,7 @@ async function writeModel(srcDir: string, out: string, config: LlamaModel["confi
   const src = Checkpoint.open(srcDir);
   const tensors = namedTensors(config, model.weights).map(([name, t]) => ({ name, t, dtype: (src.has(name) ? src.entry(name).dtype : "F32") as DType }));
   src.close();
-  const tmp = fs.mkdtempSync(path.join(out, ".model.tmp-"));
+  const tmp = makeOwnedTemp(out, MODEL_TMP);
   const w = new CheckpointWriter(tmp, tensors.map((x) => ({ name: x.name, dtype: x.dtype, shape: [...x.t.shape] })), { metadata: { format: "pt" } });
   for (const x of tensors) await w.append(encodeFromF32(x.dtype, x.t.toArray()));
   await w.close();

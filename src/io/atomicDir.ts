@@ -43,12 +43,11 @@ function ownerOf(dir: string, suffix: string): number {
 }
 
 /**
- * Removes temporary folders of `out` left by a run that was killed outright (SIGKILL, power loss):
- * hidden `.NAME.tmp-*` siblings whose owner process is gone.
+ * Removes the temporary folders in `parent` named `prefix<pid>-XXXXXX` (or, from earlier versions,
+ * `prefix` and a legacy owner file) whose owner process is gone: left by a run killed outright
+ * (SIGKILL, power loss).
  */
-export function sweepStale(out: string): void {
-  const parent = path.dirname(path.resolve(out));
-  const prefix = tmpPrefix(out);
+export function sweepStaleTemps(parent: string, prefix: string): void {
   if (!fs.existsSync(parent)) return;
   for (const name of fs.readdirSync(parent)) {
     if (!name.startsWith(prefix)) continue;
@@ -58,6 +57,16 @@ export function sweepStale(out: string): void {
     const owned = live.has(dir) || (Number.isInteger(owner) && owner > 0 && owner !== process.pid && alive(owner));
     if (!owned) fs.rmSync(dir, { recursive: true, force: true });
   }
+}
+
+/** Creates `parent/prefix<pid>-XXXXXX`: owned by this process from the moment it exists (sweepStaleTemps). */
+export function makeOwnedTemp(parent: string, prefix: string): string {
+  return fs.mkdtempSync(path.join(parent, `${prefix}${process.pid}-`));
+}
+
+/** Removes the hidden `.NAME.tmp-*` siblings of `out` whose owner process is gone. */
+export function sweepStale(out: string): void {
+  sweepStaleTemps(path.dirname(path.resolve(out)), tmpPrefix(out));
 }
 
 /**
@@ -71,7 +80,7 @@ export function beginOutDir(out: string, force: boolean): string {
   try {
     fs.mkdirSync(parent, { recursive: true });
     sweepStale(out);
-    const tmp = fs.mkdtempSync(path.join(parent, `${tmpPrefix(out)}${process.pid}-`));
+    const tmp = makeOwnedTemp(parent, tmpPrefix(out));
     live.add(tmp);
     return tmp;
   } catch (e) {

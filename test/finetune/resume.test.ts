@@ -146,17 +146,25 @@ test("--resume after a crash past the checkpoint: the log's later lines are drop
   assert.equal(again.stdout, resumed.stdout, "a finished run is reported as it ended, this sitting included");
 });
 
-test("--resume after a crash between the last step's checkpoint and finetune.json: the final validation is logged once", async () => {
+test("--resume after a crash between the last step's checkpoint and finetune.json, in the middle of saving it: the checkpoint moved aside is used, the half-written folders are swept, the final validation is logged once", async () => {
   const out = path.join(tmpDir(), "run");
   const straight = await finetune(MODEL, { ...common, out, saveEvery: STEPS });
   const rows = logRows(out);
   assert.deepEqual(straight.sitting, { steps: STEPS, seconds: straight.seconds, tokensPerSecond: straight.tokensPerSecond }, "one sitting: its figures are the run's");
-  fs.rmSync(path.join(out, "finetune.json")); // as if cut off before it: the checkpoint is of the last step
   const ckSeconds = JSON.parse(fs.readFileSync(path.join(out, "checkpoint", "state.json"), "utf8")).seconds as number;
+  fs.rmSync(path.join(out, "finetune.json")); // as if cut off before it: the checkpoint is of the last step
+  // ... and, saving a checkpoint once more, after the whole one was moved aside and before its
+  // replacement moved into place; the model's files half-written too (pid 999999999 is above any
+  // kernel's pid_max: no process owns them).
+  fs.renameSync(path.join(out, "checkpoint"), path.join(out, "checkpoint.old"));
+  const stale = [".checkpoint.tmp-999999999-aaaaaa", ".model.tmp-999999999-bbbbbb"];
+  for (const d of stale) fs.mkdirSync(path.join(out, d));
+  fs.writeFileSync(path.join(out, stale[0]!, "state.safetensors"), "half");
   const resumed = await finetune(MODEL, { ...common, out, resume: true });
   assert.deepEqual(logRows(out), rows);
   assert.equal(resumed.valNllAfter, straight.valNllAfter);
   assert.equal(resumed.sitting.steps, 0);
+  assert.deepEqual(fs.readdirSync(out).filter((n) => n.startsWith(".") || n.startsWith("checkpoint")), ["checkpoint"], "the moved-aside checkpoint back in place, the temporary folders gone");
   assert.ok(resumed.seconds >= ckSeconds && resumed.seconds < ckSeconds + 1, `${resumed.seconds}: the run's ${ckSeconds} s, no step in this sitting`);
 });
 
