@@ -3,6 +3,7 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import assert from "node:assert/strict";
+import type { ChildProcess } from "node:child_process";
 import { packageRoot } from "../src/io/modelDir.js";
 import type { LlamaModel } from "../src/model/llama.js";
 import type { DecodeCache } from "../src/model/kvCache.js";
@@ -83,6 +84,22 @@ export async function waitFor(cond: () => boolean, what: string, limitMs = 300_0
     if (Date.now() - t0 > limitMs) throw new Error(`timed out after ${limitMs / 1000} s waiting for ${what}`);
     await new Promise((r) => setTimeout(r, everyMs));
   }
+}
+
+/**
+ * A spawned CLI: its stderr so far, and its exit code once its output streams have closed. `until`
+ * waits for a state the child reaches while running, and fails at once, with its stderr, if the
+ * child exits first (waiting out waitFor's limit would only hide why).
+ */
+export function watchChild(child: ChildProcess): { stderr: () => string; exited: Promise<number | null>; until: (cond: () => boolean, what: string) => Promise<void> } {
+  let err = "";
+  child.stderr?.on("data", (d: Buffer) => (err += d.toString()));
+  const exited = new Promise<number | null>((r) => child.on("close", (code) => r(code)));
+  const until = async (cond: () => boolean, what: string) => {
+    await waitFor(() => cond() || child.exitCode !== null || child.signalCode !== null, what);
+    if (!cond()) throw new Error(`the child exited (${child.exitCode ?? child.signalCode}) before ${what}:\n${err}`);
+  };
+  return { stderr: () => err, exited, until };
 }
 
 /**

@@ -11,6 +11,7 @@ export function prometheusText(stats: ServerStats): string {
   };
   const one = (v: number): [null, number][] => [[null, v]];
   metric("requests_total", "counter", "Generation requests admitted to the queue.", one(stats.requests));
+  metric("requests_in_flight", "gauge", "Generation requests being received or answered.", one(stats.inFlight));
   metric("sequences_running", "gauge", "Sequences admitted: prefilling their prompt or decoding.", one(stats.running));
   metric("sequences_waiting", "gauge", "Sequences waiting for a place or cache budget.", one(stats.waiting));
   metric("sequences_ended_total", "counter", "Sequences ended, by reason.", Object.entries(stats.ended).map(([reason, n]) => [{ reason }, n]));

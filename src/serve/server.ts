@@ -67,6 +67,8 @@ export interface ServeOptions {
 export interface ServerStats extends BatcherStats {
   model: string;
   requests: number;
+  /** Generation requests being received or answered (what close() waits for). */
+  inFlight: number;
   uptimeSeconds: number;
 }
 
@@ -453,7 +455,7 @@ export async function serve(model: string | LoadedModel, opts: ServeOptions = {}
     return sendJson(res, 404, errorBody(new MlaError("NOT_FOUND", `no route ${req.method} ${where}`, `the routes are ${known.join(", ")}`)));
   });
 
-  const stats = (): ServerStats => ({ model: name, requests, uptimeSeconds: (performance.now() - started) / 1000, ...batcher.stats() });
+  const stats = (): ServerStats => ({ model: name, requests, inFlight: inFlight.size, uptimeSeconds: (performance.now() - started) / 1000, ...batcher.stats() });
 
   await new Promise<void>((resolve, reject) => {
     const refused = (e: NodeJS.ErrnoException) =>

@@ -4,7 +4,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { test } from "node:test";
 import { Checkpoint } from "../../src/io/checkpoint.js";
-import { ROOT, SHARED, FIXTURES, tmpDir, waitFor } from "../helpers.js";
+import { ROOT, SHARED, FIXTURES, tmpDir, watchChild } from "../helpers.js";
 
 const MAIN = path.join(ROOT, "dist", "src", "cli", "main.js");
 
@@ -164,24 +164,20 @@ test("an interrupted synth leaves neither the output nor a temporary folder", as
   const parent = tmpDir();
   const out = path.join(parent, "big");
   const child = spawn(process.execPath, [MAIN, "synth", "--arch", "llama2-7b", "--layers", "8", "--out", out], { stdio: ["ignore", "ignore", "pipe"] });
-  let stderr = "";
-  child.stderr.on("data", (d) => (stderr += d));
+  const watched = watchChild(child);
   // Interrupt once the temporary folder exists (signal handlers are set before any command runs),
   // not after a fixed delay: on a busy machine the CLI may not have started yet.
-  await waitFor(() => fs.readdirSync(parent).some((n) => n.includes(".tmp-")), "synth's temporary folder");
+  await watched.until(() => fs.readdirSync(parent).some((n) => n.includes(".tmp-")), "synth's temporary folder");
   child.kill("SIGINT");
-  const code = await new Promise((r) => child.on("exit", r));
-  assert.equal(code, 130, stderr);
+  assert.equal(await watched.exited, 130, watched.stderr());
   assert.deepEqual(fs.readdirSync(parent), []);
 });
 
 test("a long generate shows its progress and stops on SIGINT (exit 130) instead of running to the end", async () => {
   const child = spawn(process.execPath, [MAIN, "generate", "stories260K", "--max-tokens", "1000000"], { stdio: ["ignore", "ignore", "pipe"] });
-  let stderr = "";
-  child.stderr.on("data", (d) => (stderr += d));
-  await waitFor(() => /generate [\d.k]+\/[\d.kM]+ tokens/.test(stderr), "generate's progress line");
-  assert.match(stderr, /warning: .* pass the model's 512 positions/);
+  const watched = watchChild(child);
+  await watched.until(() => /generate [\d.k]+\/[\d.kM]+ tokens/.test(watched.stderr()), "generate's progress line");
+  assert.match(watched.stderr(), /warning: .* pass the model's 512 positions/);
   child.kill("SIGINT");
-  const code = await new Promise((r) => child.on("exit", r));
-  assert.equal(code, 130, stderr);
+  assert.equal(await watched.exited, 130, watched.stderr());
 });

@@ -8,7 +8,7 @@ import { convert, ConvertOptions } from "../../src/convert/pipeline.js";
 import { parseStrategy } from "../../src/ropeSelect/strategies.js";
 import { beginOutDir } from "../../src/io/atomicDir.js";
 import { synth } from "../../src/synth/synth.js";
-import { FIXTURES, MODELS, ROOT, tmpDir, waitFor } from "../helpers.js";
+import { FIXTURES, MODELS, ROOT, tmpDir, watchChild } from "../helpers.js";
 
 const MAIN = path.join(ROOT, "dist", "src", "cli", "main.js");
 
@@ -88,14 +88,13 @@ test("a conversion killed mid-way leaves no output; SIGTERM removes its temporar
   const out = path.join(parent, "mla");
   const run = async (signal: NodeJS.Signals) => {
     const child = spawn(process.execPath, [MAIN, "convert", model, "--rank", "64", "--rope-pairs", "8", "--rope-strategy", "uniform", "--out", out], { stdio: ["ignore", "ignore", "pipe"] });
-    let err = "";
-    child.stderr.on("data", (d) => (err += d));
+    const watched = watchChild(child);
     // The temporary folder exists: the conversion is under way and the CLI's signal handlers (set
     // before any command runs) are in place. Kill at once, long before the layer is written.
-    await waitFor(() => fs.readdirSync(parent).some((n) => n.includes(".tmp-")), "the conversion's temporary folder");
+    await watched.until(() => fs.readdirSync(parent).some((n) => n.includes(".tmp-")), "the conversion's temporary folder");
     child.kill(signal);
-    await new Promise((r) => child.on("exit", r));
-    return err;
+    await watched.exited;
+    return watched.stderr();
   };
   await run("SIGTERM");
   assert.deepEqual(fs.readdirSync(parent), [], "SIGTERM: nothing left");
