@@ -66,7 +66,8 @@ export function loadTokenizer(dir: string): TextTokenizer {
   return {
     vocabSize,
     encode: (text, opts) => (tokNoPrepend && text.startsWith(" ") ? tokNoPrepend : tok).encode(text, { add_special_tokens: opts?.addSpecialTokens ?? false }).ids,
-    decode: (ids, opts) => tok.decode([...ids], { skip_special_tokens: opts?.skipSpecialTokens ?? false }),
+    // The HF library throws on no ids (a /detokenize of [], a window of a stream with nothing in it).
+    decode: (ids, opts) => (ids.length === 0 ? "" : tok.decode([...ids], { skip_special_tokens: opts?.skipSpecialTokens ?? false })),
     encodeContinuation: (text) => cont().encode(text, { add_special_tokens: false }).ids,
     dir: path.resolve(dir),
   };

@@ -31,7 +31,7 @@ export interface SequenceSpec {
   sampling: SamplingOptions;
   /** The generator's seed for sampled tokens. */
   seed: number;
-  /** End at the model's EOS tokens (stopTokenIds; default true); the EOS is counted but not passed to onToken. */
+  /** End at the model's EOS tokens (stopTokenIds; default true); the EOS is counted and passed to onEndToken, not onToken. */
   stopAtEos?: boolean;
   /** More ids that end the sequence as EOS does (vLLM's stop_token_ids), whatever stopAtEos says. */
   stopTokenIds?: readonly number[];
@@ -51,6 +51,8 @@ export interface SequenceSpec {
   onPrompt?: (scored: TokenLogprobs[]) => void;
   /** Each new token (with its log-probabilities when asked); returning false ends the sequence there ("stop": a stop string was met). */
   onToken: (id: number, logprobs?: TokenLogprobs) => boolean;
+  /** The id that ended the sequence (EOS or one of stopTokenIds), which adds no text, with its log-probabilities when asked. */
+  onEndToken?: (id: number, logprobs?: TokenLogprobs) => void;
   /** Called once, when the sequence ends for whatever reason. */
   onEnd: (end: SequenceEnd) => void;
 }
@@ -416,9 +418,12 @@ export class Batcher {
     s.newTokens++;
     s.generated.push(id);
     this.newTokens++;
-    if (s.endings.has(id)) return this.end(s, "stop");
     let more: boolean;
     try {
+      if (s.endings.has(id)) {
+        s.spec.onEndToken?.(id, lp);
+        return this.end(s, "stop");
+      }
       more = s.spec.onToken(id, lp);
     } catch (e) {
       return this.fail([s], e);

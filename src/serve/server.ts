@@ -21,7 +21,7 @@ import { parseChatRequest, parseCompletionRequest, type GenerationFields } from 
 import { continueFinalMessage, loadChatTemplate, type ChatTemplate } from "./chatTemplate.js";
 import { CHAT_COMPLETION, TEXT_COMPLETION, type ResponseShape, type TokenEntry } from "./responseShapes.js";
 import type { TokenLogprobs } from "../model/sampling.js";
-import { TextStream } from "./textStream.js";
+import { incompleteTail, TextStream } from "./textStream.js";
 import { prometheusText } from "./metrics.js";
 import { detokenize, tokenize, tokenizerInfo, type TokenizerServed } from "./tokenizerRoutes.js";
 import { encodedWholeBelow, encodePrefix } from "../io/tokenizer.js";
@@ -241,8 +241,10 @@ export async function serve(model: string | LoadedModel, opts: ServeOptions = {}
     const r = parseCompletionRequest(body, { name, vocabSize: lm.config.vocabSize });
     const prompts = r.prompts.map((p): Prompt => {
       const ids = typeof p === "string" ? encodePrompt(p, true) : p;
-      // A text prompt comes back as sent; ids as their text (special tokens left out, as completions' text).
-      return { ids, echo: !r.echo ? null : typeof p === "string" ? p : lm.tokenizer.decode(ids, { skipSpecialTokens: true }) };
+      // A text prompt comes back as sent; ids as their text (special tokens left out, as completions'
+      // text), less the bytes of a character they end inside: those come out with the completion.
+      if (!r.echo) return { ids, echo: null };
+      return { ids, echo: typeof p === "string" ? p : lm.tokenizer.decode(ids.slice(0, ids.length - incompleteTail(lm.tokenizer, ids)), { skipSpecialTokens: true }) };
     });
     return { prompts, fields: r };
   };
@@ -288,6 +290,15 @@ export async function serve(model: string | LoadedModel, opts: ServeOptions = {}
     const sendEcho = (k: number) => {
       echoSent[k] = true;
       event({ choices: [shape.delta(promptOf(k).echo!, null, k, unsent(k))] });
+    };
+    /** Choice k's entry for its new token `tok` (with logprobs). */
+    const record = (k: number, tok: number, lp: TokenLogprobs | undefined) => {
+      const e = entries[k]!;
+      if (lp) {
+        const prior = e.all[e.all.length - 1];
+        e.all.push(tokenEntry(e.last, tok, lp, prior ? prior.offset + prior.token.length : 0));
+      }
+      e.last = tok;
     };
     let done = false;
     const onEnd = (k: number) => (end: SequenceEnd): void => {
@@ -351,16 +362,14 @@ export async function serve(model: string | LoadedModel, opts: ServeOptions = {}
                 // Answered already (another choice failed in this same step): nothing more goes out.
                 if (done || res.writableEnded) return false;
                 const piece = texts[k]!.push(tok);
-                // The tokens up to the one that completes a stop string (whose text is cut) are reported.
-                const e = entries[k]!;
-                if (lp && !texts[k]!.hitStop) {
-                  const prior = e.all[e.all.length - 1];
-                  e.all.push(tokenEntry(e.last, tok, lp, prior ? prior.offset + prior.token.length : 0));
-                }
-                e.last = tok;
+                // Every generated token is reported, the one that completes a stop string (whose text is
+                // cut) too: an entry per token of completion_tokens, as vLLM gives them.
+                record(k, tok, lp);
                 if (r.stream && piece) event({ choices: [shape.delta(piece, null, k, unsent(k))] });
                 return !texts[k]!.hitStop;
               },
+              // EOS or a stop token id: its entry, as the text it adds nowhere (it goes out with the end).
+              onEndToken: (tok, lp) => record(k, tok, lp),
               onEnd: onEnd(k),
             }),
           );

@@ -13,6 +13,18 @@ import type { TextTokenizer } from "../io/tokenizer.js";
 /** Ids of the prompt decoded before the first new one, so its leading space comes out as the text has it. */
 const CONTEXT_IDS = 5;
 
+/**
+ * How many of the prompt's last ids are bytes of a character it does not finish (at most its last
+ * CONTEXT_IDS). They count as the completion's, so the character the first new ids complete comes
+ * out whole; an echoed prompt leaves them out, or their bytes would come back twice.
+ */
+export function incompleteTail(tokenizer: TextTokenizer, prompt: readonly number[], skipSpecialTokens = true): number {
+  const ids = prompt.slice(-CONTEXT_IDS);
+  let read = ids.length;
+  while (read > 0 && tokenizer.decode(ids.slice(0, read), { skipSpecialTokens }).endsWith("\uFFFD")) read--;
+  return ids.length - read;
+}
+
 export class TextStream {
   private readonly ids: number[];
   private prefix: number;
@@ -31,10 +43,7 @@ export class TextStream {
   constructor(private readonly tokenizer: TextTokenizer, prompt: readonly number[], private readonly stops: readonly string[] = [], private readonly opts: { includeStop?: boolean; skipSpecialTokens?: boolean } = {}) {
     this.ids = prompt.slice(-CONTEXT_IDS);
     this.prefix = 0;
-    this.read = this.ids.length;
-    // A prompt (of ids) that ends inside a character: its last bytes count as the completion's, so the
-    // character the first new ids complete comes out whole.
-    while (this.read > 0 && this.decode(this.ids.slice(0, this.read)).endsWith("\uFFFD")) this.read--;
+    this.read = this.ids.length - incompleteTail(tokenizer, prompt, opts.skipSpecialTokens ?? true);
   }
 
   /** Text of ids, special tokens (BOS, EOS) left out unless asked, as vLLM and OpenAI give completions. */

@@ -291,11 +291,41 @@ test("logprobs: each generated token's log-probability under the model and its m
     const streamed = evs.flatMap((e) => e["choices"][0]?.logprobs?.tokens ?? []);
     assert.deepEqual(streamed, lp.tokens, "streamed, each chunk carries its tokens'");
     assert.deepEqual(evs.flatMap((e) => e["choices"][0]?.logprobs?.text_offset ?? []), lp.text_offset);
-    // A stop string: the tokens up to the one that completes it.
+    // A stop string: the tokens up to the one that completes it, that one too.
     const cut = await post(server.url, { ...ask, max_tokens: 40, stop: ["."] });
     const cutLp = cut.json["choices"][0].logprobs;
-    assert.ok(cutLp.tokens.join("").startsWith(cut.json["choices"][0].text));
-    assert.ok(cutLp.tokens.length < cut.json["usage"].completion_tokens + 1);
+    assert.ok(cutLp.tokens.join("").startsWith(cut.json["choices"][0].text + "."));
+    assert.equal(cutLp.tokens.length, cut.json["usage"].completion_tokens, "an entry per generated token");
+  } finally {
+    await server.close();
+  }
+});
+
+test("logprobs end with the token that ended the sequence (EOS, a stop token id), plain and streamed; prompts of ids that end inside a character are answered and echoed once", async () => {
+  const server = await serve(lm, { port: 0, name: "tiny" });
+  try {
+    const eos = lm.config.eosTokenId!;
+    const name = lm.tokenizer.decode([eos], { skipSpecialTokens: false });
+    const atEos = { prompt: "Once", max_tokens: 5, temperature: 0, logit_bias: { [String(eos)]: 100 }, logprobs: 1 };
+    const p = lm.tokenizer.encode("Once", { addSpecialTokens: true });
+    const third = generate(lm.model, p, { maxTokens: 3, stopAtEos: false }).ids[2]!;
+    for (const body of [atEos, { ...atEos, logit_bias: {}, ignore_eos: true, stop_token_ids: [third] }]) {
+      const ended = await post(server.url, body);
+      const c = ended.json["choices"][0];
+      assert.equal(c.finish_reason, "stop");
+      assert.equal(c.logprobs.tokens.length, ended.json["usage"].completion_tokens, JSON.stringify(body));
+      assert.equal(c.logprobs.tokens.length, body === atEos ? 1 : 3);
+      if (body === atEos) assert.deepEqual([c.text, c.logprobs.tokens], ["", [name]], "the EOS's entry, not its text");
+      const streamed = (await events(server.url, body)).flatMap((e) => e["choices"][0]?.logprobs?.tokens ?? []);
+      assert.deepEqual(streamed, c.logprobs.tokens, "streamed: the ending token's entry goes out with the end");
+    }
+    // Byte tokens: 0xC3 and 0xA9 make "é". A prompt of one incomplete byte is answered (decoding no ids once failed).
+    const [c3, a9] = [198, 172];
+    assert.equal(lm.tokenizer.decode([c3, a9]), "é", "the byte tokens of é");
+    const alone = await post(server.url, { prompt: [c3], max_tokens: 3, temperature: 0 });
+    assert.equal(alone.status, 200, JSON.stringify(alone.json));
+    const echoed = await post(server.url, { prompt: [bos!, 403, c3], max_tokens: 1, temperature: 0, logit_bias: { [String(a9)]: 100 }, echo: true });
+    assert.equal(echoed.json["choices"][0].text, lm.tokenizer.decode([bos!, 403], { skipSpecialTokens: true }) + "é", "the byte once, in the completion's whole character");
   } finally {
     await server.close();
   }
@@ -389,6 +419,7 @@ test("vLLM's tokenizer endpoints: /tokenize, /detokenize and /tokenizer_info ans
     assert.equal(strs.json["token_strs"].length, strs.json["count"]);
     const d = await call("/detokenize", { tokens: t.json["tokens"] });
     assert.deepEqual(d.json, { prompt: "Once upon a time" });
+    assert.deepEqual((await call("/detokenize", { tokens: [] })).json, { prompt: "" }, "no tokens: no text, as vLLM answers");
     for (const [route, body, status, message] of [
       ["/tokenize", { messages: [{ role: "user", content: "hi" }] }, 404, /no chat template/],
       ["/tokenize", {}, 400, /neither prompt nor messages/],
