@@ -106,10 +106,11 @@ export function booleanField(b: Record<string, unknown>, key: string, fallback: 
   return v;
 }
 
-function numberField(body: Record<string, unknown>, key: string, fallback: number, ok: (v: number) => boolean, expected: string): number {
+/** `key` of `body` (`fallback` when absent or null); `shownDefault` is what the hint calls the default, where `fallback` is not it. */
+function numberField(body: Record<string, unknown>, key: string, fallback: number, ok: (v: number) => boolean, expected: string, shownDefault = String(fallback)): number {
   const v = body[key];
   if (v === undefined || v === null) return fallback;
-  if (typeof v !== "number" || !ok(v)) throw bad(`${key} ${JSON.stringify(v)} is not ${expected}`, `send ${key} as ${expected}, or leave it out (default ${fallback})`);
+  if (typeof v !== "number" || !ok(v)) throw bad(`${key} ${JSON.stringify(v)} is not ${expected}`, `send ${key} as ${expected}, or leave it out (default ${shownDefault})`);
   return v;
 }
 
@@ -194,7 +195,8 @@ export function parseMessages(m: unknown, example: string): ChatMessage[] {
 /** The fields both endpoints share, checked; `maxKey` names the token limit's field, which may be 0 where `zeroMax` (a prompt echoed or scored alone). */
 function generationFields(b: Record<string, unknown>, maxKey: string, defaultMax: number | null, vocabSize: number, zeroMax = false): Omit<GenerationFields, "logprobs"> {
   if (b[maxKey] === 0 && !zeroMax) throw bad(`${maxKey} 0 asks for no tokens`, `send ${maxKey} ≥ 1${maxKey === "max_tokens" && "prompt" in b ? ", or echo: true with it to get the prompt (and with logprobs its scores) alone" : ""}`);
-  const maxTokens = b[maxKey] === undefined || b[maxKey] === null ? defaultMax : numberField(b, maxKey, 0, (v) => Number.isInteger(v) && v >= 0, "a whole number ≥ 1");
+  const least = zeroMax ? 0 : 1;
+  const maxTokens = b[maxKey] === undefined || b[maxKey] === null ? defaultMax : numberField(b, maxKey, 0, (v) => Number.isInteger(v) && v >= least, `a whole number ≥ ${least}`, defaultMax === null ? "as many as the model's positions allow" : String(defaultMax));
   const temperature = numberField(b, "temperature", 1, (v) => Number.isFinite(v) && v >= 0, "a number ≥ 0 (0: greedy)");
   const topP = numberField(b, "top_p", 1, (v) => v > 0 && v <= 1, "a probability in (0, 1]");
   // top_k as vLLM takes it: -1 (or 0) means all tokens.

@@ -102,7 +102,7 @@ function statusOf(e: WithStatus): number {
 
 /** OpenAI's error body; the message keeps the hint on the same line. */
 function errorBody(e: MlaError): string {
-  const type = statusOf(e) === 400 || statusOf(e) === 404 ? "invalid_request_error" : "server_error";
+  const type = statusOf(e) < 500 ? "invalid_request_error" : "server_error";
   return JSON.stringify({ error: { message: e.message.replace(/\n\s*hint: /, "; hint: "), type, param: null, code: e.code } });
 }
 
@@ -127,13 +127,20 @@ function asMlaError(e: unknown): MlaError {
 }
 
 /**
- * The request's body, at most `limit` bytes, parsed as JSON. A body declared larger is refused before
- * it is read; one that grows past the limit is refused once it has ended (its rest read and dropped),
- * so the client gets the 413 instead of a cut connection.
+ * A body declared at most this many times the limit is read and dropped before its 413 goes out:
+ * closing a connection with request bytes unread resets it, and the reset can reach the client before
+ * the answer. One declared larger still is cut off at once.
+ */
+const DRAIN_FACTOR = 16;
+
+/**
+ * The request's body, at most `limit` bytes, parsed as JSON. One larger is refused once it has ended
+ * (its rest read and dropped), so the client gets the 413 instead of a reset connection; one declared
+ * past DRAIN_FACTOR × the limit is refused before it is read.
  */
 function readJson(req: http.IncomingMessage, limit: number): Promise<unknown> {
   return new Promise((resolve, reject) => {
-    if (Number(req.headers["content-length"] ?? 0) > limit) {
+    if (Number(req.headers["content-length"] ?? 0) > DRAIN_FACTOR * limit) {
       req.resume();
       return reject(tooLarge(limit));
     }
@@ -335,6 +342,9 @@ export async function serve(model: string | LoadedModel, opts: ServeOptions = {}
       for (let k = 0; k < count; k++) {
         const prompt = promptOf(k).ids;
         try {
+          // Without a limit the request asked for no count: the refusal must not name one.
+          if (r.maxTokens === null && prompt.length >= lm.config.maxPositions)
+            throw new MlaError("BAD_ARGUMENT", `the prompt's ${prompt.length} tokens fill the model's ${lm.config.maxPositions} positions: there is no room for a reply`, "shorten the conversation");
           handles.push(
             batcher.submit({
               prompt,
@@ -413,9 +423,9 @@ export async function serve(model: string | LoadedModel, opts: ServeOptions = {}
 
   const tokenizerServed: TokenizerServed = { name, tokenizer: lm.tokenizer, vocabSize: lm.config.vocabSize, maxPositions: lm.config.maxPositions, bosTokenId: lm.config.bosTokenId, eosTokenId: lm.config.eosTokenId, chat };
   /** A POST route answering `answer(body)` as JSON, or the refusal it throws. */
-  const jsonRoute = (answer: (body: unknown) => Record<string, unknown>) => (req: http.IncomingMessage, res: http.ServerResponse) =>
+  const jsonRoute = (answer: (body: unknown) => Record<string, unknown> | Promise<Record<string, unknown>>) => (req: http.IncomingMessage, res: http.ServerResponse) =>
     void readJson(req, maxBody)
-      .then((body) => sendJson(res, 200, JSON.stringify(answer(body))))
+      .then(async (body) => sendJson(res, 200, JSON.stringify(await answer(body))))
       .catch((e) => sendRefusal(res, e));
 
   type Routes = Record<string, Record<string, (req: http.IncomingMessage, res: http.ServerResponse) => void>>;
@@ -462,6 +472,14 @@ export async function serve(model: string | LoadedModel, opts: ServeOptions = {}
     if (route) return sendJson(res, 405, errorBody(new MlaError("BAD_ARGUMENT", `${where} takes ${Object.keys(route).join(", ")}, not ${req.method}`, `send ${Object.keys(route)[0]} ${where}`)), { Allow: Object.keys(route).join(", ") });
     const known = Object.entries(routes).flatMap(([p, m]) => Object.keys(m).map((k) => `${k} ${p}`)).filter((r) => chat || !r.includes("chat"));
     return sendJson(res, 404, errorBody(new MlaError("NOT_FOUND", `no route ${req.method} ${where}`, `the routes are ${known.join(", ")}`)));
+  });
+
+  // A client that waits for "100 Continue" before sending a body too large (curl does above 1 MB) gets
+  // the 413 instead, and sends nothing; any other gets the 100 and is served as usual.
+  server.on("checkContinue", (req: http.IncomingMessage, res: http.ServerResponse) => {
+    if (Number(req.headers["content-length"] ?? 0) > maxBody) return sendRefusal(res, tooLarge(maxBody));
+    res.writeContinue();
+    server.emit("request", req, res);
   });
 
   const stats = (): ServerStats => ({ model: name, requests, inFlight: inFlight.size, uptimeSeconds: (performance.now() - started) / 1000, ...batcher.stats() });

@@ -7,6 +7,7 @@
  * no local copy of the model.
  */
 import { MlaError } from "../errors.js";
+import { encodeLong } from "../io/encodeLong.js";
 import type { TextTokenizer } from "../io/tokenizer.js";
 import type { ChatTemplate } from "./chatTemplate.js";
 import { bad, booleanField, checkedBody, parseMessages } from "./completionRequest.js";
@@ -29,12 +30,32 @@ function flag(b: Record<string, unknown>, key: string, fallback: boolean, what: 
   return booleanField(b, key, fallback, `send ${key}: true to ${what}, or leave it out (default ${fallback})`);
 }
 
+/** Texts longer than this (characters) are tokenized in pieces, the event loop getting turns between them. */
+const LONG_TEXT = 16_384;
+
+/**
+ * `text`'s ids as tok.encode gives them. A long one (lm-eval's remote tokenizer sends whole
+ * documents) is encoded in pieces that give the same ids (encodeLong), so the streams of other
+ * requests go on meanwhile; one encode of a 1 MB text held every stream for ~18 s. The special tokens
+ * encode would add around the text are those it adds around a short one.
+ */
+async function encodeYielding(tok: TextTokenizer, text: string, addSpecialTokens: boolean): Promise<number[]> {
+  if (text.length <= LONG_TEXT) return tok.encode(text, { addSpecialTokens });
+  const ids = [...(await encodeLong(tok, text))];
+  if (!addSpecialTokens) return ids;
+  const bare = tok.encode("x"), full = tok.encode("x", { addSpecialTokens: true });
+  const at = full.findIndex((_, i) => bare.every((id, k) => full[i + k] === id));
+  // A tokenizer whose special tokens are not around the text (none seen so far): encoded whole.
+  if (at < 0) return tok.encode(text, { addSpecialTokens });
+  return [...full.slice(0, at), ...ids, ...full.slice(at + bare.length)];
+}
+
 /**
  * The answer to POST /tokenize: `{count, max_model_len, tokens, token_strs}` for `{prompt,
  * add_special_tokens (default true)}` or `{messages, add_generation_prompt (default true),
  * add_special_tokens (default false: the template writes them)}`, as vLLM answers.
  */
-export function tokenize(body: unknown, s: TokenizerServed): Record<string, unknown> {
+export async function tokenize(body: unknown, s: TokenizerServed): Promise<Record<string, unknown>> {
   const known = new Set(["model", "prompt", "messages", "add_special_tokens", "add_generation_prompt", "return_token_strs"]);
   const b = checkedBody(body, s, known, {}, TOKENIZE_EXAMPLE);
   const chatForm = b["messages"] !== undefined && b["messages"] !== null;
@@ -48,7 +69,7 @@ export function tokenize(body: unknown, s: TokenizerServed): Record<string, unkn
     if (typeof b["prompt"] !== "string") throw bad(`prompt ${JSON.stringify(b["prompt"]).slice(0, 60)} is not text`, `send e.g. ${TOKENIZE_EXAMPLE}`);
     text = b["prompt"];
   }
-  const tokens = s.tokenizer.encode(text, { addSpecialTokens: flag(b, "add_special_tokens", !chatForm, "add the model's special tokens (BOS)") });
+  const tokens = await encodeYielding(s.tokenizer, text, flag(b, "add_special_tokens", !chatForm, "add the model's special tokens (BOS)"));
   const strs = flag(b, "return_token_strs", false, "get each token's text too") ? tokens.map((t) => s.tokenizer.decode([t], { skipSpecialTokens: false })) : null;
   return { count: tokens.length, max_model_len: s.maxPositions, tokens, token_strs: strs };
 }

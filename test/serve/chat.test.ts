@@ -145,6 +145,13 @@ test("chat requests the server cannot honour are refused by name; without max_to
     assert.match(roles.message, /roles must alternate/);
     const long = await fetch(`${server.url}/v1/chat/completions`, { method: "POST", body: JSON.stringify({ messages, temperature: 0, stop: ["."] }) });
     assert.equal(long.status, 200, "no max_tokens: room up to the model's positions, not OpenAI completions' 16");
+    // A conversation of exactly the model's 512 positions (" a" is one token here), sized through /tokenize.
+    const count = async (words: number) => ((await (await fetch(`${server.url}/tokenize`, { method: "POST", body: JSON.stringify({ messages: [{ role: "user", content: "a ".repeat(words) }] }) })).json()) as { count: number }).count;
+    const words = 100 + 512 - (await count(100));
+    assert.equal(await count(words), 512);
+    const full = await ask({ messages: [{ role: "user", content: "a ".repeat(words) }] });
+    assert.equal(full.status, 400);
+    assert.match(full.message, /the prompt's \d+ tokens fill the model's 512 positions: there is no room for a reply; hint: shorten the conversation/, "no max_tokens sent: none named");
   } finally {
     await server.close();
   }

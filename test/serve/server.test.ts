@@ -4,13 +4,14 @@
  * close() finishing what is in flight. The command itself: started, asked, stopped with SIGINT.
  */
 import assert from "node:assert/strict";
+import fs from "node:fs";
 import path from "node:path";
 import { spawn } from "node:child_process";
 import { test } from "node:test";
 import { loadModel } from "../../src/model/llama.js";
 import { generate } from "../../src/model/generate.js";
 import { serve } from "../../src/serve/server.js";
-import { MODELS, ROOT, waitFor } from "../helpers.js";
+import { FIXTURES, MODELS, ROOT, waitFor } from "../helpers.js";
 
 const lm = loadModel(path.join(MODELS, "stories260K"));
 const bos = lm.config.bosTokenId;
@@ -147,6 +148,7 @@ test("bad requests get OpenAI error bodies that name the culprit; unknown routes
       [{ prompt: [] }, 400, /the prompt is an empty list/],
       [{ prompt: [1, 99999] }, 400, /token id 99999 is outside the vocabulary of 512/],
       [{ prompt: "x", max_tokens: 0 }, 400, /max_tokens 0 asks for no tokens.*echo: true/],
+      [{ prompt: "x", max_tokens: -1 }, 400, /max_tokens -1 is not a whole number ≥ 1; hint: .*leave it out \(default 16\)/],
       [{ prompt: "x", max_tokens: 600 }, 400, /pass the model's 512 positions.*hint: lower max_tokens/],
       [{ prompt: "x", temperature: -1 }, 400, /temperature -1/],
       [{ prompt: "x", top_p: 0 }, 400, /top_p 0/],
@@ -246,6 +248,25 @@ test("HTTP hygiene: a malformed request line, a body over the limit (413), a wro
     const big = await post(server.url, { prompt: "x".repeat(2000) });
     assert.equal(big.status, 413);
     assert.match(big.json["error"].message, /passes 1000 bytes/);
+    assert.equal(big.json["error"].type, "invalid_request_error");
+    // A client that waits for "100 Continue" (curl, above 1 MB) gets the 413 instead, before it sends the body.
+    const http = await import("node:http");
+    const early = await new Promise<{ status: number; continued: boolean }>((resolve, reject) => {
+      let continued = false;
+      const req = http.request(`${server.url}/v1/completions`, { method: "POST", headers: { "Content-Length": 2000, Expect: "100-continue" } }, (res) => (res.resume(), res.on("end", () => resolve({ status: res.statusCode!, continued }))));
+      req.on("continue", () => ((continued = true), req.end("x".repeat(2000))));
+      req.on("error", reject);
+      req.flushHeaders();
+    });
+    assert.deepEqual(early, { status: 413, continued: false });
+    const small = await new Promise<number>((resolve, reject) => {
+      const body = JSON.stringify({ prompt: "x", max_tokens: 1 });
+      const req = http.request(`${server.url}/v1/completions`, { method: "POST", headers: { "Content-Length": Buffer.byteLength(body), Expect: "100-continue" } }, (res) => (res.resume(), res.on("end", () => resolve(res.statusCode!))));
+      req.on("continue", () => req.end(body));
+      req.on("error", reject);
+      req.flushHeaders();
+    });
+    assert.equal(small, 200, "a body within the limit is asked for and served");
     const wrong = await fetch(`${server.url}/v1/completions`);
     assert.equal(wrong.status, 405);
     assert.equal(wrong.headers.get("allow"), "POST");
@@ -420,6 +441,12 @@ test("vLLM's tokenizer endpoints: /tokenize, /detokenize and /tokenizer_info ans
     const d = await call("/detokenize", { tokens: t.json["tokens"] });
     assert.deepEqual(d.json, { prompt: "Once upon a time" });
     assert.deepEqual((await call("/detokenize", { tokens: [] })).json, { prompt: "" }, "no tokens: no text, as vLLM answers");
+    // A long document (lm-eval sends whole ones) is tokenized in pieces, other requests served meanwhile: the same ids.
+    const doc = fs.readFileSync(path.join(FIXTURES, "text", "tinystories_25k.txt"), "utf8").repeat(3);
+    for (const special of [true, false]) {
+      const long = await call("/tokenize", { prompt: doc, add_special_tokens: special });
+      assert.deepEqual(long.json["tokens"], lm.tokenizer.encode(doc, { addSpecialTokens: special }), `add_special_tokens ${special}`);
+    }
     for (const [route, body, status, message] of [
       ["/tokenize", { messages: [{ role: "user", content: "hi" }] }, 404, /no chat template/],
       ["/tokenize", {}, 400, /neither prompt nor messages/],
