@@ -3,7 +3,7 @@ import type { CommandModule } from "yargs";
 import { convert } from "../convert/pipeline.js";
 import { ConversionArgs, conversionSettings, withConversionOptions } from "./conversionOptions.js";
 import { stderrLogger } from "../util/log.js";
-import { emitJson } from "./output.js";
+import { emitJson, summaryWriter } from "./output.js";
 import { convertDeepseek, deepseekSettings } from "../deepseek/export.js";
 import { flagsWithout } from "../errors.js";
 
@@ -44,14 +44,15 @@ export const convertCommand: CommandModule<object, Args> = {
       .option("rope-interleave", { type: "boolean", default: true, describe: "deepseek: interleaved rope rows (rope_interleave; vLLM expects them)" })
       .option("json", { type: "string", describe: "write the result summary as JSON to FILE (no value: stdout)" }),
   handler: async (a) => {
+    const say = summaryWriter(a.json);
     // The deepseek_v3 widths do nothing in our format: refused, not dropped unseen.
     const deepseekOnly = ([["--rope-dim", a["rope-dim"] !== undefined], ["--kv-lora-rank", a["kv-lora-rank"] !== undefined], ["--no-rope-interleave", !a["rope-interleave"]]] as const).filter(([, given]) => given).map(([flag]) => flag);
     if (a.format !== "deepseek" && deepseekOnly.length) throw flagsWithout(deepseekOnly, "--format deepseek", "widths of the deepseek_v3 folder's rope key and latent");
     if (a.format === "deepseek") {
       const d = await convertDeepseek(a.model, { ...deepseekSettings(conversionSettings(a)), ropeDim: a["rope-dim"], kvLoraRank: a["kv-lora-rank"], interleave: a["rope-interleave"], dryRun: a["dry-run"], evalText: a["eval-text"], evalTokens: a["eval-tokens"], evalCtx: a["eval-ctx"], out: a.out, force: a.force, device: a.device, logger: stderrLogger, progress: process.stderr });
       const kv = `KV cache per token and layer ${d.kvPerToken.before} → ${d.kvPerToken.after} elements (${d.kvPerToken.changePercent.toFixed(2)}%), shared rope key ${d.ropeDim} dims, kv_lora_rank ${d.kvLoraRank}`;
-      process.stdout.write(d.out ? `wrote ${d.out} (deepseek_v3): ${kv}\n` : `dry run (deepseek_v3): ${kv}\n`);
-      if (d.eval) process.stdout.write(`perplexity ${Math.exp(d.eval.before).toFixed(3)} → ${Math.exp(d.eval.after).toFixed(3)} (NLL ${d.eval.after >= d.eval.before ? "+" : ""}${(d.eval.after - d.eval.before).toFixed(4)}); report: ${d.out}/report.md\n`);
+      say(d.out ? `wrote ${d.out} (deepseek_v3): ${kv}\n` : `dry run (deepseek_v3): ${kv}\n`);
+      if (d.eval) say(`perplexity ${Math.exp(d.eval.before).toFixed(3)} → ${Math.exp(d.eval.after).toFixed(3)} (NLL ${d.eval.after >= d.eval.before ? "+" : ""}${(d.eval.after - d.eval.before).toFixed(4)}); report: ${d.out}/report.md\n`);
       if (a.json !== undefined) emitJson(a.json, d);
       return;
     }
@@ -70,11 +71,11 @@ export const convertCommand: CommandModule<object, Args> = {
     const p = r.plan;
     const kv = `KV cache per token ${p.before.elems_per_token} → ${p.after.elems_per_token} elements (${p.kvChangePercent.toFixed(2)}%), ${p.before.bytes_per_token} → ${p.after.bytes_per_token} bytes`;
     const perLayer = p.settings.kvSplit === "per-layer" ? ` (split per layer from R ${p.settings.kvSplitPairs!.join(", ")} at the same bytes)` : "";
-    if (!r.out) process.stdout.write(`dry run: rank ${p.settings.rank}, ${p.settings.ropePairs} RoPE pairs (${p.settings.ropeStrategy}), latent ${p.latentDim} dims per layer${perLayer}; ${kv}\n`);
+    if (!r.out) say(`dry run: rank ${p.settings.rank}, ${p.settings.ropePairs} RoPE pairs (${p.settings.ropeStrategy}), latent ${p.latentDim} dims per layer${perLayer}; ${kv}\n`);
     else {
-      process.stdout.write(`wrote ${r.out} in ${r.timings["total_s"]!.toFixed(1)} s; ${kv}\n`);
-      if (perLayer) process.stdout.write(`split per layer (R, rank): ${r.splits!.map((x) => `${x.ropePairs}, ${x.rank}`).join(" | ")}\n`);
-      if (r.report) process.stdout.write(`perplexity ${r.report.before.ppl.toFixed(3)} → ${r.report.after.ppl.toFixed(3)} (NLL ${r.report.nll_delta >= 0 ? "+" : ""}${r.report.nll_delta.toFixed(4)}); report: ${r.out}/report.md\n`);
+      say(`wrote ${r.out} in ${r.timings["total_s"]!.toFixed(1)} s; ${kv}\n`);
+      if (perLayer) say(`split per layer (R, rank): ${r.splits!.map((x) => `${x.ropePairs}, ${x.rank}`).join(" | ")}\n`);
+      if (r.report) say(`perplexity ${r.report.before.ppl.toFixed(3)} → ${r.report.after.ppl.toFixed(3)} (NLL ${r.report.nll_delta >= 0 ? "+" : ""}${r.report.nll_delta.toFixed(4)}); report: ${r.out}/report.md\n`);
     }
     if (a.json !== undefined) emitJson(a.json, r);
   },

@@ -4,7 +4,7 @@ import type { CommandModule } from "yargs";
 import { evaluate } from "../eval/evaluate.js";
 import type { DeviceName } from "../backends/select.js";
 import { stderrLogger } from "../util/log.js";
-import { emitJson } from "./output.js";
+import { emitJson, summaryWriter } from "./output.js";
 import { parseTaskNames, TASKS } from "../eval/tasks/index.js";
 import { KV_CACHE_DTYPES, KvCacheDtype } from "../model/kvQuant.js";
 
@@ -43,12 +43,13 @@ export const evalCommand: CommandModule<object, Args> = {
       .option("batch", { type: "number", describe: "perplexity windows scored per forward (default on the GPU: as many as keep the activations within an eighth of free memory, up to 16; 1 elsewhere)" })
       .option("kv-cache", { choices: KV_CACHE_DTYPES, describe: "score perplexity and the tasks as a decode cache of this type serves keys/values (MLA: rope keys and latents): bf16, or int8/int4 in groups of 32 with a bf16 scale each; the JSON gives its bytes per token" }),
   handler: async (a) => {
+    const say = summaryWriter(a.json);
     const r = await evaluate(a.model, { text: a.text, ctx: a.ctx, tokens: a.tokens, tasks: a.tasks ? parseTaskNames(a.tasks) : undefined, dataDir: a["data-dir"], limit: a.limit, label: a.label, device: a.device, weights: a.weights, kvCache: a["kv-cache"], batch: a.batch, logger: stderrLogger, progress: process.stderr });
-    if (r.nll !== undefined) process.stdout.write(`${r.model}: nll ${r.nll.toFixed(5)} nats/token, ppl ${r.ppl!.toFixed(4)} over ${r.tokens} tokens (ctx ${r.ctx}, ${r.windows} windows) on ${r.backend}\n`);
+    if (r.nll !== undefined) say(`${r.model}: nll ${r.nll.toFixed(5)} nats/token, ppl ${r.ppl!.toFixed(4)} over ${r.tokens} tokens (ctx ${r.ctx}, ${r.windows} windows) on ${r.backend}\n`);
     for (const [t, s] of Object.entries(r.tasks ?? {}))
-      process.stdout.write(`${t}: acc ${s.acc.toFixed(4)} ± ${s.acc_stderr.toFixed(4)}${s.acc_norm !== undefined ? `, acc_norm ${s.acc_norm.toFixed(4)} ± ${s.acc_norm_stderr!.toFixed(4)}` : ""}${s.ppl !== undefined ? `, ppl ${s.ppl.toFixed(2)}` : ""} (n ${s.n})\n`);
-    if (r.kv_cache) process.stdout.write(`KV cache ${r.kv_cache.dtype}: ${r.kv_cache.bytes_per_token} bytes per token (all layers)\n`);
-    process.stdout.write(`${r.seconds.toFixed(1)} s\n`);
+      say(`${t}: acc ${s.acc.toFixed(4)} ± ${s.acc_stderr.toFixed(4)}${s.acc_norm !== undefined ? `, acc_norm ${s.acc_norm.toFixed(4)} ± ${s.acc_norm_stderr!.toFixed(4)}` : ""}${s.ppl !== undefined ? `, ppl ${s.ppl.toFixed(2)}` : ""} (n ${s.n})\n`);
+    if (r.kv_cache) say(`KV cache ${r.kv_cache.dtype}: ${r.kv_cache.bytes_per_token} bytes per token (all layers)\n`);
+    say(`${r.seconds.toFixed(1)} s\n`);
     if (a.json !== undefined) emitJson(a.json, r);
   },
 };

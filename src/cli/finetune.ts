@@ -3,7 +3,7 @@ import type { CommandModule } from "yargs";
 import { FINETUNE_DEFAULTS as D, finetune } from "../finetune/trainer.js";
 import { parseSchedule, SCHEDULES } from "../finetune/schedule.js";
 import { stderrLogger } from "../util/log.js";
-import { emitJson } from "./output.js";
+import { emitJson, summaryWriter } from "./output.js";
 import { gracefulStop } from "./signals.js";
 
 import type { DeviceName } from "../backends/select.js";
@@ -75,6 +75,7 @@ export const finetuneCommand: CommandModule<object, Args> = {
       .option("checkpoint-activations", { type: "boolean", default: false, describe: "recompute each layer in the backward instead of keeping its activations (less memory, ~1/3 more compute)" })
       .option("json", { type: "string", describe: "write the result summary as JSON to FILE (no value: stdout)" }),
   handler: async (a) => {
+    const say = summaryWriter(a.json);
     const stop = gracefulStop();
     try {
       const r = await finetune(a.model, {
@@ -113,7 +114,7 @@ export const finetuneCommand: CommandModule<object, Args> = {
       const s = r.sitting;
       // A resumed run's figures are the run's, over its sittings; this sitting's follow.
       const sitting = s.steps === r.steps ? "" : ` (this sitting, resumed at step ${r.steps - s.steps}: ${s.steps} steps in ${s.seconds.toFixed(1)} s, ${Math.round(s.tokensPerSecond)} tok/s)`;
-      process.stdout.write(
+      say(
         r.stoppedEarly
           ? r.checkpointStep === null
             ? r.steps === 0

@@ -16,6 +16,15 @@ export function emitJson(target: string | undefined, value: unknown): void {
   }
 }
 
+/**
+ * Where a command's human summary lines go: stdout, unless `--json` (no value) prints the JSON there,
+ * which must then be the only thing on stdout (`… --json | jq` parses it).
+ */
+export function summaryWriter(json: string | undefined): (line: string) => void {
+  const to = json === "" || json === "-" ? process.stderr : process.stdout;
+  return (line) => void to.write(line);
+}
+
 export function printTable(rows: [string, unknown][]): void {
   const w = Math.max(...rows.map(([k]) => k.length));
   for (const [k, v] of rows) process.stdout.write(`${k.padEnd(w)}  ${typeof v === "object" ? JSON.stringify(v) : String(v)}\n`);

@@ -85,3 +85,29 @@ test("pipeline: convert → fine-tune → three evaluations → report; a re-run
 test("the committed report screenshot exists", () => {
   assert.ok(fs.statSync(path.join(ROOT, "docs", "report-screenshot.png")).size > 30000);
 });
+
+test("report: a quantized cache's bytes and dtype, a log with no validation (null), a label with |, and --out NAME.md", async () => {
+  const dir = tmpDir();
+  const model = path.join(MODELS, "stories260K");
+  const plain = await evaluate(model, { text: TEXT, tokens: 600, label: "bf16|fp32", progress: null });
+  const int4 = await evaluate(model, { text: TEXT, tokens: 600, kvCache: "int4", label: "int4", progress: null });
+  const files = [path.join(dir, "a.json"), path.join(dir, "b.json")];
+  fs.writeFileSync(files[0]!, JSON.stringify(plain));
+  fs.writeFileSync(files[1]!, JSON.stringify(int4));
+  const log = path.join(dir, "run", "train_log.jsonl");
+  fs.mkdirSync(path.dirname(log));
+  // finetune --val-fraction 0 logs its validations as null.
+  fs.writeFileSync(log, [{ step: 0, val_nll: null }, { step: 1, loss: 3.5, elapsed_s: 1 }, { step: 2, loss: 3.25, elapsed_s: 2 }, { step: 2, val_nll: null }].map((x) => JSON.stringify(x)).join("\n") + "\n");
+  const r = writeReport(files, path.join(dir, "out", "r.md"), { trainLogs: [log] });
+  assert.deepEqual([path.basename(r.md), path.basename(r.html)], ["r.md", "r.html"], "NAME.md is the Markdown, its twin NAME.html");
+  const md = fs.readFileSync(r.md, "utf8");
+  const html = fs.readFileSync(r.html, "utf8");
+  assert.match(md, /^\| metric \| bf16\\\|fp32 \| int4 \|$/m, "a | in a label is escaped");
+  assert.ok(int4.kv_cache!.bytes_per_token < plain.kv_bytes_per_token);
+  for (const text of [md, html]) {
+    assert.ok(text.includes(`${plain.kv_bytes_per_token} | ${int4.kv_cache!.bytes_per_token} (`) || text.includes(`<td>${int4.kv_cache!.bytes_per_token} (`), "the int4 cache's bytes");
+    assert.match(text, /KV cache int4/);
+    assert.match(text, /tinystories_heldout\.txt \(600 tokens, ctx/, "both list what each run read");
+  }
+  assert.match(md, /2 steps; loss 3\.5000 → 3\.2500; validation NLL –/);
+});

@@ -97,6 +97,11 @@ test("CLI: eval --kv-cache int8 reports the cache's bytes per token; inspect lis
   assert.match(r.stdout, /KV cache int8: 340 bytes per token/);
   const e = JSON.parse(fs.readFileSync(json, "utf8"));
   assert.deepEqual(e.kv_cache, { dtype: "int8", bytes_per_token: 340 });
+  // --json with no value: stdout holds the JSON alone (it pipes into jq), the summary goes to stderr.
+  const piped = spawnSync(process.execPath, [MAIN, "eval", "stories260K", "--text", TEXT, "--tokens", "500", "--ctx", "64", "--kv-cache", "int8", "--device", "cpu", "--json"], { encoding: "utf8" });
+  assert.equal(piped.status, 0, piped.stderr);
+  assert.deepEqual(JSON.parse(piped.stdout).kv_cache, e.kv_cache);
+  assert.match(piped.stderr, /KV cache int8: 340 bytes per token/);
   const i = spawnSync(process.execPath, [MAIN, "inspect", "stories260K", "--json"], { encoding: "utf8" });
   assert.equal(i.status, 0, i.stderr);
   assert.deepEqual(JSON.parse(i.stdout).kv_cache_bytes_per_token, { f32: 1280, bf16: 640, int8: 340, int4: 180 });

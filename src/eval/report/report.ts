@@ -12,7 +12,7 @@ import { barChart, esc, lineChart } from "./charts.js";
 
 export interface TrainLog {
   label: string;
-  rows: { step: number; loss?: number; val_nll?: number }[];
+  rows: { step: number; loss?: number; val_nll?: number | null }[];
 }
 
 interface Row {
@@ -71,7 +71,8 @@ function rows(runs: EvalResult[]): Row[] {
     if (runs.some((r) => r.tasks?.[t]?.ppl !== undefined)) out.push({ metric: `${t} ppl`, values: v((r) => r.tasks?.[t]?.ppl), digits: 2, delta: "pct" });
   }
   out.push({ metric: "KV elements / token", values: v((r) => r.kv_elems_per_token), digits: 0, delta: "pct" });
-  out.push({ metric: "KV bytes / token", values: v((r) => r.kv_bytes_per_token), digits: 0, delta: "pct" });
+  // In the cache the run used (eval --kv-cache), where it chose one.
+  out.push({ metric: "KV bytes / token", values: v((r) => r.kv_cache?.bytes_per_token ?? r.kv_bytes_per_token), digits: 0, delta: "pct" });
   out.push({ metric: "parameters", values: v((r) => r.params), digits: 0, delta: "pct" });
   return out;
 }
@@ -92,12 +93,27 @@ function cell(row: Row, i: number): string {
 }
 
 function settings(r: EvalResult): string {
+  const cache = r.kv_cache ? `; KV cache ${r.kv_cache.dtype}` : "";
   const c = r.conversion as Record<string, unknown> | null;
-  if (!c) return `${r.attention.toUpperCase()} (original)`;
-  if (c["format"] === "deepseek_v3") return `DeepSeek-V3 MLA: kv_lora_rank ${c["kv_lora_rank"]}, shared rope key ${c["qk_rope_head_dim"]} dims`;
+  if (!c) return `${r.attention.toUpperCase()} (original)${cache}`;
+  if (c["format"] === "deepseek_v3") return `DeepSeek-V3 MLA: kv_lora_rank ${c["kv_lora_rank"]}, shared rope key ${c["qk_rope_head_dim"]} dims${cache}`;
   // A per-layer conversion (--kv-split per-layer) lists one value per layer.
   const perLayer = (v: unknown) => (Array.isArray(v) ? `[${v.join(", ")}] per layer` : String(v));
-  return `MLA: rank ${perLayer(c["rank"])}, ${perLayer(c["rope_pairs"])} RoPE pairs (${c["rope_strategy"]}), SVD ${c["svd"]} (${c["svd_init"]}), latent ${perLayer(c["latent_dim"])}`;
+  return `MLA: rank ${perLayer(c["rank"])}, ${perLayer(c["rope_pairs"])} RoPE pairs (${c["rope_strategy"]}), SVD ${c["svd"]} (${c["svd_init"]}), latent ${perLayer(c["latent_dim"])}${cache}`;
+}
+
+/** What a run read (the Models list of both formats). */
+function measuredOn(r: EvalResult): string {
+  return `; ${r.backend}, ${r.seconds.toFixed(1)} s${r.text ? `; text ${path.basename(r.text)} (${r.tokens} tokens, ctx ${r.ctx})` : ""}`;
+}
+
+/** A Markdown table cell: a "|" would end it. */
+const mdCell = (s: string) => s.replace(/\|/g, "\\|");
+
+/** The steps of a training log that logged a loss, and those that logged a validation NLL (null where the run kept no validation text). */
+function curves(l: TrainLog): { loss: [number, number][]; val: [number, number][] } {
+  const at = (key: "loss" | "val_nll") => l.rows.flatMap((x) => (typeof x[key] === "number" ? [[x.step, x[key]] as [number, number]] : []));
+  return { loss: at("loss"), val: at("val_nll") };
 }
 
 export function reportMarkdown(runs: EvalResult[], logs: TrainLog[] = []): string {
@@ -105,7 +121,7 @@ export function reportMarkdown(runs: EvalResult[], logs: TrainLog[] = []): strin
   const lines = [
     "# mha2mla evaluation report",
     "",
-    `| metric | ${runs.map((r) => r.label).join(" | ")} |`,
+    `| metric | ${runs.map((r) => mdCell(r.label)).join(" | ")} |`,
     `| --- | ${runs.map(() => "---").join(" | ")} |`,
     ...rs.map((row) => `| ${row.metric} | ${runs.map((_, i) => cell(row, i)).join(" | ")} |`),
     "",
@@ -113,12 +129,11 @@ export function reportMarkdown(runs: EvalResult[], logs: TrainLog[] = []): strin
     "",
     "## Models",
     "",
-    ...runs.map((r) => `- **${r.label}**: \`${r.dir}\` — ${settings(r)}; config ${r.config_hash}; ${r.backend}, ${r.seconds.toFixed(1)} s${r.text ? `; text \`${path.basename(r.text)}\` (${r.tokens} tokens, ctx ${r.ctx})` : ""}`),
+    ...runs.map((r) => `- **${r.label}**: \`${r.dir}\` — ${settings(r)}; config ${r.config_hash}${measuredOn(r)}`),
   ];
   for (const l of logs) {
-    const losses = l.rows.filter((x) => x.loss !== undefined);
-    const vals = l.rows.filter((x) => x.val_nll !== undefined);
-    lines.push("", `## Fine-tuning: ${l.label}`, "", `${losses.length} steps; loss ${losses[0]?.loss?.toFixed(4) ?? "–"} → ${losses[losses.length - 1]?.loss?.toFixed(4) ?? "–"}; validation NLL ${vals.map((x) => `${x.val_nll!.toFixed(4)} (step ${x.step})`).join(", ") || "–"}`);
+    const { loss, val } = curves(l);
+    lines.push("", `## Fine-tuning: ${l.label}`, "", `${loss.length} steps; loss ${loss[0]?.[1].toFixed(4) ?? "–"} → ${loss[loss.length - 1]?.[1].toFixed(4) ?? "–"}; validation NLL ${val.map(([step, nll]) => `${nll.toFixed(4)} (step ${step})`).join(", ") || "–"}`);
   }
   return lines.join("\n") + "\n";
 }
@@ -134,12 +149,11 @@ export function reportHtml(runs: EvalResult[], logs: TrainLog[] = []): string {
   const kv = rs.find((r) => r.metric === "KV bytes / token")!;
   charts.push(barChart("KV cache per token (bytes)", ["KV bytes / token"], labels, labels.map((_, s) => [kv.values[s] ?? null]), { yLabel: "bytes", width: 480 }));
   for (const l of logs) {
-    const loss = l.rows.filter((x) => x.loss !== undefined).map((x) => [x.step, x.loss!] as [number, number]);
-    const val = l.rows.filter((x) => x.val_nll !== undefined).map((x) => [x.step, x.val_nll!] as [number, number]);
+    const { loss, val } = curves(l);
     charts.push(lineChart(`Fine-tuning: ${l.label}`, [{ name: "training loss", points: loss }, { name: "validation NLL", points: val, dots: true }], { xLabel: "step", yLabel: "nats/token" }));
   }
   const table = `<table><thead><tr><th>metric</th>${labels.map((l) => `<th>${esc(l)}</th>`).join("")}</tr></thead><tbody>${rs.map((row) => `<tr><td>${esc(row.metric)}</td>${runs.map((_, i) => `<td>${esc(cell(row, i))}</td>`).join("")}</tr>`).join("")}</tbody></table>`;
-  const models = `<ul>${runs.map((r) => `<li><b>${esc(r.label)}</b>: <code>${esc(r.dir)}</code> — ${esc(settings(r))}; config ${esc(r.config_hash)}; ${esc(r.backend)}, ${r.seconds.toFixed(1)} s</li>`).join("")}</ul>`;
+  const models = `<ul>${runs.map((r) => `<li><b>${esc(r.label)}</b>: <code>${esc(r.dir)}</code> — ${esc(settings(r))}; config ${esc(r.config_hash)}${esc(measuredOn(r))}</li>`).join("")}</ul>`;
   return `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>mha2mla evaluation report</title>
 <style>
@@ -157,7 +171,7 @@ ${table}
 `;
 }
 
-/** Writes OUT (HTML) and its Markdown twin (same name, .md), each atomically. */
+/** Writes OUT (HTML) and its Markdown twin (same name, .md; an OUT ending in .md is the Markdown, its twin .html), each atomically, once both are made. */
 export function writeReport(jsonFiles: string[], out: string, opts: { trainLogs?: string[]; labels?: string[] } = {}): { html: string; md: string } {
   if (jsonFiles.length === 0) throw new MlaError("BAD_ARGUMENT", "no eval JSON files given", "pass e.g. `mha2mla report before.json after.json --out report.html`");
   const runs = jsonFiles.map(readEvalJson);
@@ -166,9 +180,12 @@ export function writeReport(jsonFiles: string[], out: string, opts: { trainLogs?
     runs.forEach((r, i) => (r.label = opts.labels![i]!));
   }
   const logs = (opts.trainLogs ?? []).map((f) => readTrainLog(f, path.basename(path.dirname(path.resolve(f)))));
-  const md = out.replace(/\.html?$/i, "") + ".md";
+  const base = out.replace(/\.(html?|md)$/i, "");
+  const html = /\.md$/i.test(out) ? base + ".html" : out;
+  const md = base + ".md";
+  const texts = [reportHtml(runs, logs), reportMarkdown(runs, logs)] as const;
   fs.mkdirSync(path.dirname(path.resolve(out)), { recursive: true });
-  writeFileAtomic(out, reportHtml(runs, logs));
-  writeFileAtomic(md, reportMarkdown(runs, logs));
-  return { html: out, md };
+  writeFileAtomic(html, texts[0]);
+  writeFileAtomic(md, texts[1]);
+  return { html, md };
 }
