@@ -107,7 +107,8 @@ function defaultBatch(model: LlamaModel, stride: number): number {
 
 /** Refuses a window length below BOS + one token; `flag` is the option it came from (--eval-ctx where another command evaluates). */
 export function checkCtx(ctx: number, flag = "--ctx"): void {
-  if (!Number.isInteger(ctx) || ctx < 2) throw new MlaError("BAD_ARGUMENT", `${flag} ${ctx} is too small`, "use at least 2 (BOS + one token)");
+  if (!Number.isInteger(ctx)) throw new MlaError("BAD_ARGUMENT", `${flag} ${ctx} is not a whole number of tokens`, "use a whole number ≥ 2 (BOS + one token), e.g. 256");
+  if (ctx < 2) throw new MlaError("BAD_ARGUMENT", `${flag} ${ctx} is too small`, "use at least 2 (BOS + one token)");
 }
 
 export async function perplexity(model: LlamaModel, ids: Int32Array, opts: PerplexityOptions): Promise<PerplexityResult> {

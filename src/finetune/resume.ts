@@ -72,6 +72,8 @@ function shown(v: unknown): string {
 /** One clause per setting whose value here (`now`) differs from the run's in `out` (`was`). */
 export function settingDifferences(out: string, was: Record<string, unknown>, now: Record<string, unknown>): string[] {
   const [a, b] = [flatten(was), flatten(now)];
+  // Compared on its own (checkSameRun); older checkpoints lack it.
+  for (const m of [a, b]) for (const k of [...m.keys()]) if (k.startsWith("dataTokens")) m.delete(k);
   // Runs record the --warmup fraction beside the steps it gives; the steps also follow --tokens and the
   // data, so the fraction is compared where both runs have it (older checkpoints have only the steps).
   const unused = a.has("warmup") && b.has("warmup") ? "schedule.warmupSteps" : "warmup";
@@ -91,6 +93,13 @@ export function settingDifferences(out: string, was: Record<string, unknown>, no
  * covers MODEL's config.json and every setting `settings` records.
  */
 export function checkSameRun(out: string, prior: RunState, fingerprint: string, settings: Record<string, unknown>): void {
+  // The tokens the --data files hold, recorded but not fingerprinted (older checkpoints have none):
+  // text added to or cut from a file changes the epoch, the cursor's meaning and the validation split.
+  const [was, now] = [prior.settings["dataTokens"], settings["dataTokens"]];
+  if (was !== undefined && JSON.stringify(was) !== JSON.stringify(now)) {
+    const t = (x: unknown) => (Array.isArray(x) ? `${x[0]} training + ${x[1]} validation tokens` : String(x));
+    throw new MlaError("BAD_CHECKPOINT", `--resume: the --data files hold ${t(now)} here, but ${t(was)} when the run in ${out} was started: they have changed`, "resume with the data the run started with, or --force to start over on this data");
+  }
   if (prior.fingerprint === fingerprint) return;
   const clauses = settingDifferences(out, prior.settings, settings);
   // What the fingerprint holds beyond the recorded flags: the text of config.json, and the step count the data gives.

@@ -31,6 +31,7 @@ export function checkRunFolders(o: RunFolders, modelDir: string): string {
   refuseOutOverInputs("--out", o.out, inputs);
   if (o.tokenCache !== undefined) checkTokenCache(o.tokenCache, [...inputs, { name: "the --out run folder", path: o.out, output: true }]);
   const out = path.resolve(o.out);
+  if (fs.existsSync(out) && !fs.statSync(out).isDirectory()) throw new MlaError("BAD_ARGUMENT", `--out ${o.out} is a file, not a folder`, "give --out a folder for the run (its checkpoint, log and model), e.g. --out ./run");
   if (!o.resume && !o.force && fs.existsSync(out) && fs.readdirSync(out).length > 0)
     throw new MlaError("EXISTS", `output ${o.out} already exists`, "pass --resume to continue an interrupted run, --force to start over, or choose another --out");
   return out;

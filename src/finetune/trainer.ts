@@ -141,8 +141,11 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
   const backend = selectBackend(o.device ?? "auto", log);
   const precision: Precision = o.precision ?? (backend.uploadBf16 ? "bf16" : "f32");
   if (precision !== "bf16" && precision !== "f32") throw new MlaError("BAD_ARGUMENT", `--precision ${String(precision)} is not known`, "use bf16 or f32");
+  // Refused before the data is tokenized and --out made (minutes on a corpus), not when the state is.
+  if (precision === "bf16" && !backend.uploadBf16) throw new MlaError("UNSUPPORTED", `--precision bf16 needs a backend with bf16 GEMMs; ${backend.name} has none`, "use --device cuda, or --precision f32");
   const lm = loadModel(spec, { backend, weights: "f32" }); // trainable leaves are float32
   const model = lm.model;
+  if (seq > lm.config.maxPositions) log.warn(`--seq ${seq} passes the model's ${lm.config.maxPositions} positions: it trains on positions it was not pretrained for (RoPE extrapolates)`);
 
   // Before the first step (tokenizing a corpus, the first validation: minutes) a stop is polled
   // between pieces and windows, and ends the run there: no step has run in this call, so there is
@@ -177,8 +180,9 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
   const settings = { model: fs.readFileSync(path.join(src.dir, "config.json"), "utf8"), data: o.data.map((f) => path.resolve(f)), tokens: o.tokens ?? null, fraction: o.fraction ?? 1, valFraction: o.valFraction ?? D.valFraction, seq, batch, accum, schedule, beta1: o.beta1 ?? D.beta1, beta2: o.beta2 ?? D.beta2, eps: o.eps ?? D.eps, weightDecay: o.weightDecay ?? D.weightDecay, clip: o.clip ?? D.clip, seed: o.seed ?? D.seed, train: trainWhat, distill: o.distill ?? null, temperature, distillWeight, precision };
   const fingerprint = crypto.createHash("sha256").update(JSON.stringify(settings)).digest("hex").slice(0, 16);
   // What the run records (not fingerprinted, so older checkpoints still resume): the model's folder
-  // for its config's text, and the --warmup fraction beside the steps it gives, for checkSameRun's message.
-  const recorded = { ...settings, model: path.resolve(src.dir), warmup };
+  // for its config's text, the --warmup fraction beside the steps it gives, for checkSameRun's message,
+  // and the tokens the --data files hold, which checkSameRun compares.
+  const recorded = { ...settings, model: path.resolve(src.dir), warmup, dataTokens: [data.train.length, data.val.length] };
   if (prior) {
     checkSameRun(out, prior, fingerprint, recorded);
     const finished = finishedRun(out, prior.step);
@@ -239,6 +243,9 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
     return now === undefined ? (prior?.peakDeviceBytes ?? null) : Math.max(now, prior?.peakDeviceBytes ?? 0);
   };
   const save = (what: string, seconds = priorSeconds + sittingSeconds()) => {
+    // The checkpoint of this step is in place already (--save-every met the last step, or a stop):
+    // a 7B run's would be ~84 GB written again.
+    if (keeper.step === run.step) return;
     const peak = peakBytes();
     return keeper.save(Object.assign(run, { seconds }, peak === null ? {} : { peakDeviceBytes: peak }), state.slotIo(), what);
   };

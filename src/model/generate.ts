@@ -138,6 +138,8 @@ function* decodeSteps(model: LlamaModel, prompts: readonly (readonly number[])[]
     if (p.length === 0) throw new MlaError("BAD_ARGUMENT", prompts.length > 1 ? `prompt ${i + 1} has no tokens` : "the prompt has no tokens", "pass a non-empty --prompt");
   });
   if (!Number.isInteger(opts.maxTokens) || opts.maxTokens < 0) throw new MlaError("BAD_ARGUMENT", `--max-tokens ${opts.maxTokens} is not a token count`, "pass a whole number ≥ 0");
+  // The generator takes 32 bits: a fraction, a negative or a larger seed would alias another seed's draws.
+  if (opts.seed !== undefined && !(Number.isInteger(opts.seed) && opts.seed >= 0 && opts.seed < 2 ** 32)) throw new MlaError("BAD_ARGUMENT", `--seed ${opts.seed} is not a whole number in [0, 2^32)`, "pass e.g. --seed 0");
   const sampling = checkSampling(opts, model.config.vocabSize);
   const c = model.config;
   const V = c.vocabSize;

@@ -82,6 +82,7 @@ test("a flag given twice, a number that is not one, and a bad --temperature are 
     [["convert", "stories260K", "--rank", "abc"], /--rank abc is not a number/],
     [["generate", "stories260K", "--max-tokens=lots"], /--max-tokens lots is not a number/],
     [["generate", "stories260K", "--temperature", "-1", "--max-tokens", "2"], /--temperature -1 is not a sampling temperature/],
+    [["generate", "stories260K", "--temperature", "1", "--seed", "4294967296", "--max-tokens", "2"], /--seed 4294967296 is not a whole number in \[0, 2\^32\)/],
     [["eval", "stories260K", "--text", path.join(FIXTURES, "text", "tinystories_25k.txt"), "--tokens", "0"], /--tokens 0 is not a positive count/],
     [["inspect", "stories260K", "--json", tmpDir()], /--json .* is a folder[\s\S]*give a file name/],
     [["inspect", path.join(ROOT, "fixtures", "models", "stories260K", "config.json")], /is a file of a model folder, not the folder/],

@@ -51,4 +51,5 @@ test("convert refuses --eval-tokens without --eval-text, which it would do nothi
 test("eval itself still names --tokens and --ctx", async () => {
   await assert.rejects(evaluate(MODEL, { text: TEXT, tokens: 0, device: "reference" }), named(/^--tokens 0 is not a positive count/));
   await assert.rejects(evaluate(MODEL, { text: TEXT, ctx: 1, device: "reference" }), named(/^--ctx 1 is too small/));
+  await assert.rejects(evaluate(MODEL, { text: TEXT, ctx: 2.5, device: "reference" }), named(/^--ctx 2.5 is not a whole number of tokens/));
 });

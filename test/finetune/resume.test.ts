@@ -168,6 +168,19 @@ test("--resume after a crash between the last step's checkpoint and finetune.jso
   assert.ok(resumed.seconds >= ckSeconds && resumed.seconds < ckSeconds + 1, `${resumed.seconds}: the run's ${ckSeconds} s, no step in this sitting`);
 });
 
+test("--resume refuses --data files that have changed since the run started (their tokens); the last step's checkpoint is written once, before finetune.json", async () => {
+  const dir = tmpDir();
+  const data = path.join(dir, "data.txt");
+  fs.copyFileSync(DATA, data);
+  const out = path.join(dir, "run");
+  await finetune(MODEL, { ...common, data: [data], out, saveEvery: STEPS });
+  const mtime = (f: string) => fs.statSync(path.join(out, f)).mtimeMs;
+  assert.ok(mtime("checkpoint/state.json") <= mtime("finetune.json"), "no second save of the same step after the run's summary");
+  fs.rmSync(path.join(out, "finetune.json")); // cut off before it, so that --resume has work to do
+  fs.appendFileSync(data, "\nOnce upon a time there was a new story that was not there before.\n");
+  await assert.rejects(finetune(MODEL, { ...common, data: [data], out, resume: true }), (e: Error) => e instanceof MlaError && e.code === "BAD_CHECKPOINT" && /the --data files hold \d+ training \+ \d+ validation tokens here, but \d+ training/.test(e.message));
+});
+
 test("trimLogToCheckpoint cuts at the first line written after the checkpoint; loggedSeconds adds the sittings of an older run's log", () => {
   const out = tmpDir();
   const file = path.join(out, "train_log.jsonl");

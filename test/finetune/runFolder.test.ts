@@ -71,3 +71,15 @@ test("a token cache beside the run is used and reused; an existing --out is refu
   await assert.rejects(finetune(w.model, o), (e: Error) => e instanceof MlaError && e.code === "EXISTS" && /--resume .* --force/.test(e.message));
   assert.deepEqual(logged, [], "refused before the model or the data were read");
 });
+
+test("an --out that is a file, and --precision bf16 on a backend without bf16 GEMMs, are refused before the data is tokenized or --out made", async () => {
+  const w = workspace();
+  const file = path.join(w.root, "afile");
+  fs.writeFileSync(file, "hi");
+  const logged: string[] = [];
+  const o: FinetuneOptions = { data: [w.data], out: file, tokens: 2 * 4 * 32, seq: 32, batch: 4, progress: null, device: "cpu", logger: { info: (m) => logged.push(m), warn: () => {} } };
+  for (const resume of [false, true]) await assert.rejects(finetune(w.model, { ...o, resume }), (e: Error) => e instanceof MlaError && /--out .*afile is a file, not a folder/.test(e.message));
+  await assert.rejects(finetune(w.model, { ...o, out: w.out, precision: "bf16" }), (e: Error) => e instanceof MlaError && /--precision bf16 needs a backend with bf16 GEMMs/.test(e.message));
+  assert.equal(fs.existsSync(w.out), false, "no --out made");
+  assert.ok(!logged.some((m) => /tokeniz/.test(m)), logged.join("\n"));
+});
