@@ -8,6 +8,7 @@
  * A large file is tokenized in pieces on worker threads (io/encodeLong.ts: same ids as one encode)
  * into Int32Arrays, and with a cache folder its stream is stored once and reused (tokenCache.ts).
  */
+import fs from "node:fs";
 import { readTextFile } from "../io/text.js";
 import { MlaError, ioError } from "../errors.js";
 import { encodeTexts, type EncodeLongOptions } from "../io/encodeLong.js";
@@ -40,6 +41,17 @@ export interface TrainingData {
   sequences: number;
   seq: number;
   bos: number;
+}
+
+/** Refuses a --data path that is missing or a folder, before any work (loading the model, tokenizing the others). */
+export function checkDataFile(file: string): void {
+  let st: fs.Stats;
+  try {
+    st = fs.statSync(file);
+  } catch (e) {
+    throw ioError("cannot read data", file, e);
+  }
+  if (st.isDirectory()) throw new MlaError("BAD_ARGUMENT", `--data ${file} is a folder, not a text file`, "pass the files themselves (.txt, .jsonl of {\"text\": …} lines, or .xz), e.g. --data folder/*.txt");
 }
 
 export function readDocuments(file: string): string[] {

@@ -28,6 +28,7 @@ const TOKEN_CACHE_HINT = "the token cache is kept across runs and may be cleared
 /** Refuses run folders that would harm an input or each other; returns --out as an absolute path. */
 export function checkRunFolders(o: RunFolders, modelDir: string): string {
   const inputs: InputPath[] = [{ name: "the input model folder", path: modelDir }, ...o.data.map((f) => ({ name: "--data", path: f })), { name: "--distill", path: o.distill }];
+  if (o.resume && o.force) throw new MlaError("BAD_ARGUMENT", "--resume and --force contradict each other: --resume continues the run in --out, --force starts it over", "pass --resume to continue the run, or --force to start over");
   refuseOutOverInputs("--out", o.out, inputs);
   if (o.tokenCache !== undefined) checkTokenCache(o.tokenCache, [...inputs, { name: "the --out run folder", path: o.out, output: true }]);
   const out = path.resolve(o.out);

@@ -18,7 +18,7 @@ import { perplexity } from "../eval/perplexity.js";
 import { silentLogger, Logger } from "../util/log.js";
 import { StepTimer } from "./stepTimer.js";
 import { fmtCount, fmtTime, ProgressSink } from "../util/progress.js";
-import { loadTrainingData, microBatches } from "./data.js";
+import { checkDataFile, loadTrainingData, microBatches } from "./data.js";
 import { activationBytes, checkFits, fitsDevice, MemoryChoice, MicroBatch, microStep, Precision, stateBytes, trainableCount, TrainState } from "./trainState.js";
 import { defaultLr, lrAt, Schedule, ScheduleName } from "./schedule.js";
 import { checkpointDir, loadCheckpoint, MODEL_TMP, readCheckpointState, TrainState as RunState } from "./checkpoint.js";
@@ -134,6 +134,7 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
 
   const src = resolveModel(spec);
   const out = checkRunFolders(o, src.dir);
+  for (const f of o.data) checkDataFile(f);
   const prior = o.resume ? readCheckpointState(out) : null;
   const priorSeconds = prior ? prior.seconds ?? loggedSeconds(out, prior.step) : 0;
   const lr = o.lr ?? defaultLr(parameterCount(src.dir));
@@ -319,6 +320,8 @@ async function writeModel(srcDir: string, out: string, config: LlamaModel["confi
   await w.close();
   fs.copyFileSync(path.join(srcDir, "config.json"), path.join(tmp, "config.json"));
   copyModelSideFiles(srcDir, tmp);
+  // The conversion's record (its settings, calibration, report), which the config of a deepseek_v3 export points to.
+  if (fs.existsSync(path.join(srcDir, "mla_conversion.json"))) fs.copyFileSync(path.join(srcDir, "mla_conversion.json"), path.join(tmp, "mla_conversion.json"));
   for (const f of fs.readdirSync(tmp)) fs.renameSync(path.join(tmp, f), path.join(out, f));
   fs.rmSync(tmp, { recursive: true, force: true });
 }

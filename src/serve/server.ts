@@ -264,6 +264,9 @@ export async function serve(model: string | LoadedModel, opts: ServeOptions = {}
 
   const generation = async (req: http.IncomingMessage, res: http.ServerResponse, parse: Parse, shape: ResponseShape): Promise<void> => {
     let prompts: Prompt[], r: GenerationFields;
+    // A client can leave while its body is read: its 'close' has gone by when the sequences start.
+    let left = false;
+    res.once("close", () => (left = true));
     try {
       ({ prompts, fields: r } = parse(await readJson(req, maxBody)));
     } catch (e) {
@@ -406,9 +409,11 @@ export async function serve(model: string | LoadedModel, opts: ServeOptions = {}
     // A write to a connection that just failed must not become an uncaught error: the close below ends the request.
     res.on("error", () => {});
     // A client that goes away stops its sequences (their places and caches go to the next request).
-    res.on("close", () => {
+    const leave = () => {
       if (!done) for (const h of handles) h.cancel();
-    });
+    };
+    if (left) leave();
+    else res.on("close", leave);
   };
 
   /** A generation route: refused while closing, counted in flight until its response has gone. */

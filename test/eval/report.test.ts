@@ -72,6 +72,7 @@ test("pipeline: convert → fine-tune → three evaluations → report; a re-run
   assert.deepEqual(r.phases.map((p) => p.name), ["convert", "eval original", "eval converted", "finetune", "eval fine-tuned", "report"]);
   assert.deepEqual(r.evals.map((e) => e.label), ["original", "converted", "fine-tuned"]);
   assert.ok(r.evals[2]!.nll! < r.evals[1]!.nll!, "fine-tuning recovers some of the loss");
+  assert.deepEqual(JSON.parse(fs.readFileSync(path.join(out, "finetune", "mla_conversion.json"), "utf8")), JSON.parse(fs.readFileSync(path.join(out, "mla", "mla_conversion.json"), "utf8")), "the fine-tuned model keeps the conversion's record");
   const md = fs.readFileSync(path.join(out, "report.md"), "utf8");
   assert.match(md, /\| metric \| original \| converted \| fine-tuned \|/);
   const again = await pipeline(path.join(MODELS, "stories260K"), opts);

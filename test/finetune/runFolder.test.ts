@@ -83,3 +83,11 @@ test("an --out that is a file, and --precision bf16 on a backend without bf16 GE
   assert.equal(fs.existsSync(w.out), false, "no --out made");
   assert.ok(!logged.some((m) => /tokeniz/.test(m)), logged.join("\n"));
 });
+
+test("--resume with --force, and a --data folder, are refused by name before any work", async () => {
+  const w = workspace();
+  const o: FinetuneOptions = { data: [w.data], out: w.out, tokens: 2 * 4 * 32, seq: 32, batch: 4, progress: null, device: "cpu" };
+  await assert.rejects(finetune(w.model, { ...o, resume: true, force: true }), (e: Error) => e instanceof MlaError && /--resume and --force contradict each other/.test(e.message));
+  await assert.rejects(finetune(w.model, { ...o, data: [path.dirname(w.data)] }), (e: Error) => e instanceof MlaError && /--data .*texts is a folder, not a text file\n  hint: pass the files themselves/.test(e.message));
+  assert.equal(fs.existsSync(w.out), false);
+});
