@@ -93,6 +93,8 @@ export function ladder(m: number, spacing: number): number[] {
 
 /** Spacings s ≥ 1 whose ladder of m slots stays inside the Dh/2 frequencies. */
 export function validSpacings(m: number, half: number): number[] {
+  // One slot is frequency 0 whatever the spacing (the loop below would never end).
+  if (m <= 1) return [1];
   const out: number[] = [];
   for (let s = 1; s * (m - 1) <= half - 1; s++) out.push(s);
   return out;
@@ -168,7 +170,10 @@ export function constantChannel(down: ArrayLike<number>, latent: number, D: numb
     const rs = cov ? matmul(row, cov, 1, D, D) : row;
     for (let c = 0; c < D; c++) meanSq += rs[c]! * row[c]!;
   }
-  const beta = 2 ** Math.ceil(Math.log2(4096 * Math.sqrt(Math.max(meanSq, 1e-12))));
+  let beta = 2 ** Math.ceil(Math.log2(4096 * Math.sqrt(Math.max(meanSq, 1e-12))));
+  // A dtype of small range stores the largest power of two it holds (f16: 2^15; 2^16 is inf, and the
+  // export was all NaN). Each halving quadruples the error ‖c‖²/2β², still far below f16's rounding.
+  while (beta > 1 && !Number.isFinite(roundStored(beta))) beta /= 2;
   const gamma = roundStored(beta / Math.sqrt(rk));
   const kvNorm = new Float32Array(rk).fill(gamma);
   // The constant channel leaves the norm at ≈ 1, not β: fine-tuning moves its kv_b column by ~lr per

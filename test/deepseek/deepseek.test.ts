@@ -6,7 +6,8 @@ import assert from "node:assert/strict";
 import fs from "node:fs";
 import { spawnSync } from "node:child_process";
 import path from "node:path";
-import { convertDeepseek } from "../../src/deepseek/export.js";
+import { convertDeepseek, roundingFor } from "../../src/deepseek/export.js";
+import { constantChannel, validSpacings } from "../../src/deepseek/layer.js";
 import { ReferenceBackend } from "../../src/backends/reference/index.js";
 import { loadModel } from "../../src/model/llama.js";
 import { paramNodes, trainableLeaves } from "../../src/model/params.js";
@@ -159,4 +160,17 @@ test("serving-stack sizes: 512 + 64 (FlashMLA, CUTLASS MLA, FlashInfer) passes; 
   assert.match(servingWarnings(256, 64, 32).join(), /vLLM \(recent versions only\) takes it on its Triton MLA backend/);
   assert.match(servingWarnings(96, 48, 6).join(), /Head dimension 144 is not supported by MLA/);
   assert.match(servingWarnings(512, 64, 256).join(), /at most 128/);
+});
+
+test("the constant channel's bias fits an f16 checkpoint (2^16 is inf there: the export was all NaN); a one-slot rope ladder has a spacing", () => {
+  const D = 4, latent = 2;
+  const down = Float32Array.from({ length: latent * D }, (_, i) => 12 + i); // a latent this large wants β = 2^18
+  const wide = constantChannel(down, latent, D, null, roundingFor("BF16"));
+  assert.equal(wide.beta, 2 ** 18, "bf16 holds it");
+  const f16 = constantChannel(down, latent, D, null, roundingFor("F16"));
+  assert.equal(f16.beta, 2 ** 15, "the largest power of two f16 holds");
+  assert.ok([...f16.kvNorm, f16.undo, f16.constScale].every(Number.isFinite));
+  assert.deepEqual(validSpacings(1, 4), [1], "one slot: frequency 0, any spacing (the loop never ended)");
+  assert.deepEqual(validSpacings(3, 4), [1]);
+  assert.deepEqual(validSpacings(2, 4), [1, 2, 3]);
 });
