@@ -100,6 +100,9 @@ export async function evalBeforeAfter(spec: string, srcDir: string, dir: string,
   const e = { ...embeddedEval(o), device: o.device, progress: o.progress, logger: o.logger ?? silentLogger };
   const [b, a] = [await evaluate(srcDir, e), await evaluate(dir, e)];
   const report = { text: o.evalText, tokens: b.tokens!, ctx: b.ctx!, before: b.nll!, after: a.nll! };
+  // A source that scores but an output that does not (a weight out of its dtype's range) is no model to hand over.
+  if (Number.isFinite(report.before) && !Number.isFinite(report.after))
+    throw new MlaError("UNSUPPORTED", `the deepseek_v3 folder scores NLL ${report.after} on ${o.evalText} where the source scores ${report.before.toFixed(5)}: a weight is out of its dtype's range`, "nothing was written; this is a bug, report it with the command (a bf16 or f32 copy of the source may convert meanwhile)");
   fs.writeFileSync(path.join(dir, "report.json"), JSON.stringify({ source: spec, output: out, format: "deepseek_v3", ...report, nll_delta: a.nll! - b.nll!, kv_per_token_per_layer: kvPerToken }, null, 2) + "\n");
   return { report, ppl: [b.ppl!, a.ppl!] };
 }
