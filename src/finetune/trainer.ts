@@ -27,7 +27,7 @@ import { checkFinetuneOptions, checkTeacher, FINETUNE_DEFAULTS, FINETUNE_KINDS }
 import { checkOptionTypes } from "../util/optionTypes.js";
 import { nextTurn, throwIfAborted } from "../util/abort.js";
 import { checkSameRun, finishedRun, LOG_FILE, loggedSeconds, loggedValNllBefore, SUMMARY_FILE, trimLogToCheckpoint } from "./resume.js";
-import { makeOwnedTemp, writeFileAtomic } from "../io/atomicDir.js";
+import { copyFileFresh, makeOwnedTemp, writeFileAtomic } from "../io/atomicDir.js";
 import { CheckpointKeeper } from "./checkpointKeeper.js";
 import { weightFileBytes } from "../io/diskRoom.js";
 
@@ -318,10 +318,10 @@ async function writeModel(srcDir: string, out: string, config: LlamaModel["confi
   const w = new CheckpointWriter(tmp, tensors.map((x) => ({ name: x.name, dtype: x.dtype, shape: [...x.t.shape] })), { metadata: { format: "pt" } });
   for (const x of tensors) await w.append(encodeFromF32(x.dtype, x.t.toArray()));
   await w.close();
-  fs.copyFileSync(path.join(srcDir, "config.json"), path.join(tmp, "config.json"));
+  copyFileFresh(path.join(srcDir, "config.json"), path.join(tmp, "config.json"));
   copyModelSideFiles(srcDir, tmp);
   // The conversion's record (its settings, calibration, report), which the config of a deepseek_v3 export points to.
-  if (fs.existsSync(path.join(srcDir, "mla_conversion.json"))) fs.copyFileSync(path.join(srcDir, "mla_conversion.json"), path.join(tmp, "mla_conversion.json"));
+  if (fs.existsSync(path.join(srcDir, "mla_conversion.json"))) copyFileFresh(path.join(srcDir, "mla_conversion.json"), path.join(tmp, "mla_conversion.json"));
   for (const f of fs.readdirSync(tmp)) fs.renameSync(path.join(tmp, f), path.join(out, f));
   fs.rmSync(tmp, { recursive: true, force: true });
 }

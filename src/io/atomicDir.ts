@@ -59,9 +59,29 @@ export function sweepStaleTemps(parent: string, prefix: string): void {
   }
 }
 
-/** Creates `parent/prefix<pid>-XXXXXX`: owned by this process from the moment it exists (sweepStaleTemps). */
+/** The process's umask, read once (reading it sets it back, so not from several threads at once). */
+let umask: number | undefined;
+/** The mode a file (0o666) or folder (0o777) made with this process's umask has. */
+export function defaultMode(base: 0o666 | 0o777): number {
+  umask ??= process.umask();
+  return base & ~umask;
+}
+
+/**
+ * Creates `parent/prefix<pid>-XXXXXX`: owned by this process from the moment it exists
+ * (sweepStaleTemps). mkdtemp makes it 0700, which it would keep as the output: a model other users
+ * or a serving container cannot read. It gets the mode mkdir would give.
+ */
 export function makeOwnedTemp(parent: string, prefix: string): string {
-  return fs.mkdtempSync(path.join(parent, `${prefix}${process.pid}-`));
+  const dir = fs.mkdtempSync(path.join(parent, `${prefix}${process.pid}-`));
+  fs.chmodSync(dir, defaultMode(0o777));
+  return dir;
+}
+
+/** Copies a file with the mode a new file gets, not the source's (a read-only tokenizer copy could not be edited). */
+export function copyFileFresh(src: string, dst: string): void {
+  fs.copyFileSync(src, dst);
+  fs.chmodSync(dst, defaultMode(0o666));
 }
 
 /** Removes the hidden `.NAME.tmp-*` siblings of `out` whose owner process is gone. */

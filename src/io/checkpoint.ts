@@ -5,6 +5,7 @@
 import fs from "node:fs";
 import path from "node:path";
 import { MlaError } from "../errors.js";
+import { copyFileFresh } from "./atomicDir.js";
 import { DTYPE_BYTES } from "./dtype.js";
 import { SafetensorsFile, SafetensorsWriter, TensorEntry, TensorSpec, numel } from "./safetensors.js";
 
@@ -15,7 +16,7 @@ export const MODEL_SIDE_FILES = ["tokenizer.json", "tokenizer_config.json", "tok
 
 /** Copies the side files `srcDir` has (tokenizer, generation config) into `dstDir`. */
 export function copyModelSideFiles(srcDir: string, dstDir: string): void {
-  for (const f of MODEL_SIDE_FILES) if (fs.existsSync(path.join(srcDir, f))) fs.copyFileSync(path.join(srcDir, f), path.join(dstDir, f));
+  for (const f of MODEL_SIDE_FILES) if (fs.existsSync(path.join(srcDir, f))) copyFileFresh(path.join(srcDir, f), path.join(dstDir, f));
 }
 export const SINGLE_FILE = "model.safetensors";
 

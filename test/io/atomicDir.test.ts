@@ -3,7 +3,7 @@ import { spawn } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
 import { test } from "node:test";
-import { abandonOutDir, beginOutDir } from "../../src/io/atomicDir.js";
+import { abandonOutDir, beginOutDir, copyFileFresh } from "../../src/io/atomicDir.js";
 import { tmpDir } from "../helpers.js";
 
 /** A pid that is certainly dead: a child that has exited and been reaped. */
@@ -44,4 +44,17 @@ test("sweepStale keeps a live run's temporary folder and removes a dead run's, a
     sleeper.kill("SIGKILL");
     fs.rmSync(parent, { recursive: true, force: true });
   }
+});
+
+test("an output folder gets the mode mkdir gives (mkdtemp's 0700 kept other users from the model); copied side files the mode of a new file", () => {
+  const parent = tmpDir();
+  const mask = process.umask();
+  const tmp = beginOutDir(path.join(parent, "out"), false);
+  assert.equal(fs.statSync(tmp).mode & 0o777, 0o777 & ~mask);
+  abandonOutDir(tmp);
+  const src = path.join(parent, "tokenizer.json");
+  fs.writeFileSync(src, "{}");
+  fs.chmodSync(src, 0o444);
+  copyFileFresh(src, path.join(parent, "copy.json"));
+  assert.equal(fs.statSync(path.join(parent, "copy.json")).mode & 0o777, 0o666 & ~mask);
 });
