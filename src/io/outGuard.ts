@@ -46,5 +46,27 @@ export function refuseOutOverInputs(flag: string, out: string, inputs: readonly 
     const p = realPath(input.path);
     if (within(o, p)) throw new MlaError("BAD_ARGUMENT", `${flag} ${out} is ${input.name}${o === p ? "" : " or inside it"} (${input.path})`, hint ?? "choose a new path; inputs are never modified");
     if (within(p, o)) throw new MlaError("BAD_ARGUMENT", `${flag} ${out} holds ${input.name} (${input.path})${hint ? "" : ": writing or replacing it would change or delete that input"}`, hint ?? "choose a path that contains none of the inputs");
+    for (const place of linkedPlaces(input.path))
+      if (within(o, place) || within(place, o))
+        throw new MlaError("BAD_ARGUMENT", `${flag} ${out} ${within(o, place) ? "is" : "holds"} ${place}, where files of ${input.name} (${input.path}) are linked from${hint ? "" : ": writing or replacing it would change or delete them"}`, hint ?? "choose a path apart from the inputs and the folders their links point into");
   }
+}
+
+/**
+ * The folders that the linked files of folder `dir` live in (a Hugging Face hub snapshot's files are
+ * links into ../../blobs): replacing one deletes the input as surely as replacing `dir` itself.
+ */
+function linkedPlaces(dir: string): string[] {
+  if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory()) return [];
+  const places = new Set<string>();
+  for (const e of fs.readdirSync(dir, { withFileTypes: true })) {
+    if (!e.isSymbolicLink()) continue;
+    try {
+      places.add(path.dirname(fs.realpathSync(path.join(dir, e.name))));
+    } catch {
+      // A dangling link: its own read reports it.
+    }
+  }
+  places.delete(realPath(dir));
+  return [...places];
 }

@@ -124,3 +124,18 @@ test("convert refuses the deepseek_v3 widths without --format deepseek, and warn
   assert.equal(quiet.status, 0, quiet.stderr);
   assert.doesNotMatch(quiet.stderr, /is not read/, "the default 2-norm strategy reads it");
 });
+
+test("a model whose files are links (a Hugging Face hub snapshot into ../../blobs): --out over the folder they point into, or one holding it, is refused, --force or not", async () => {
+  const store = path.join(tmpDir(), "store");
+  const blobs = path.join(store, "blobs");
+  const snapshot = path.join(tmpDir(), "snapshots", "abc123");
+  fs.mkdirSync(blobs, { recursive: true });
+  fs.mkdirSync(snapshot, { recursive: true });
+  for (const f of fs.readdirSync(path.join(MODELS, "stories260K"))) {
+    fs.copyFileSync(path.join(MODELS, "stories260K", f), path.join(blobs, `blob-${f}`));
+    fs.symlinkSync(path.join(blobs, `blob-${f}`), path.join(snapshot, f));
+  }
+  const before = fs.readdirSync(blobs).sort();
+  for (const out of [blobs, store]) await refused({ model: snapshot, out, force: true, ropeStrategy: "high" }, /--out .* (is|holds) .*blobs, where files of the input model folder .* are linked from/);
+  assert.deepEqual(fs.readdirSync(blobs).sort(), before, "the blobs are untouched");
+});
