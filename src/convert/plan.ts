@@ -152,7 +152,15 @@ export function planConversion(c: ModelConfig, s: ConversionSettings, elemBytes:
 
 /** Default output folder: ./NAME-<kind>-r<rank> beside the working directory (kind mla, or deepseek). */
 export function defaultOut(spec: string, rank: number, kind = "mla"): string {
-  return path.resolve(`${path.basename(path.resolve(spec)).replace(/[^\w.-]+/g, "_")}-${kind}-r${rank}`);
+  return path.resolve(`${modelName(spec)}-${kind}-r${rank}`);
+}
+
+/**
+ * The name default outputs start with: the model as the user named it (a hub id's last part, a
+ * folder's name; "." the working folder's), not its resolved folder (a hub snapshot's is a hash).
+ */
+export function modelName(spec: string): string {
+  return path.basename(path.resolve(spec)).replace(/[^\w.-]+/g, "_");
 }
 
 /** Refuses an --out that is, lies inside or holds the model folder or another input (`inputs`), or exists without --force. */

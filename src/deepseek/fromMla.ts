@@ -27,7 +27,7 @@ import { resolveModel } from "../io/modelDir.js";
 import { headDimOrder, MlaAttention, MlaSplit, ModelConfig } from "../model/config.js";
 export { checkExportSettings, exportLadder } from "./exportable.js";
 import { layerPrefix } from "../model/weights.js";
-import { checkOutDir } from "../convert/plan.js";
+import { checkOutDir, modelName } from "../convert/plan.js";
 import { checkEmbeddedEval } from "../eval/evaluate.js";
 import { silentLogger } from "../util/log.js";
 import { Progress } from "../util/progress.js";
@@ -194,7 +194,7 @@ export async function exportDeepseek(spec: string, o: ExportOptions = {}): Promi
   log.info(`export: shared rope key of ${dr} dims (frequencies ${spacing}·k, k < ${ladder.slots}; ${G * R} used per layer), kv_lora_rank ${rk} (1 constant channel): ${kvPerToken.after} cached values per token and layer, ours ${kvPerToken.before}`);
   // The evaluation comes last: its settings are checked now, not after the export.
   checkEmbeddedEval(o);
-  const out = path.resolve(o.out ?? `${path.basename(srcDir)}-deepseek`);
+  const out = path.resolve(o.out ?? `${modelName(spec)}-deepseek`);
   checkOutDir(out, srcDir, o.force ?? false, [{ name: "--eval-text", path: o.evalText }]);
   // The export adds one latent channel and a shared rope key per layer: a little over the source.
   requireRoom(out, 1.05 * weightFileBytes(srcDir), "the exported model");

@@ -4,6 +4,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { test } from "node:test";
 import { MlaError } from "../../src/errors.js";
+import { defaultOut, modelName } from "../../src/convert/plan.js";
 import { convert, ConvertOptions } from "../../src/convert/pipeline.js";
 import { parseStrategy } from "../../src/ropeSelect/strategies.js";
 import { beginOutDir } from "../../src/io/atomicDir.js";
@@ -138,4 +139,11 @@ test("a model whose files are links (a Hugging Face hub snapshot into ../../blob
   const before = fs.readdirSync(blobs).sort();
   for (const out of [blobs, store]) await refused({ model: snapshot, out, force: true, ropeStrategy: "high" }, /--out .* (is|holds) .*blobs, where files of the input model folder .* are linked from/);
   assert.deepEqual(fs.readdirSync(blobs).sort(), before, "the blobs are untouched");
+});
+
+test("default output names start with the model as named (a hub id's last part), not its resolved folder (a snapshot hash)", () => {
+  assert.equal(modelName("org/tiny-mla"), "tiny-mla");
+  assert.equal(modelName("."), path.basename(process.cwd()));
+  assert.equal(modelName("my model!"), "my_model_");
+  assert.equal(defaultOut("org/tiny", 64), path.resolve("tiny-mla-r64"));
 });
