@@ -30,6 +30,9 @@ export function likeConfig(likeDir: string): Record<string, unknown> {
   const raw = JSON.parse(fs.readFileSync(path.join(likeDir, "config.json"), "utf8")) as Record<string, unknown>;
   if (raw["mha2mla"] || raw["model_type"] === "deepseek_v3")
     throw new MlaError("BAD_ARGUMENT", `${likeDir} is an MLA checkpoint`, "pass the original MHA/GQA model to --like; the study builds its own MLA variants");
+  // The study trains on text through --like's tokenizer: missing, it would be named by a copy inside --out.
+  if (!fs.existsSync(path.join(likeDir, "tokenizer.json")))
+    throw new MlaError("BAD_ARGUMENT", `--like ${likeDir} has no tokenizer.json`, "pass a model folder with its tokenizer (the study tokenizes --data with it); a synth folder has none: copy one in");
   return raw;
 }
 

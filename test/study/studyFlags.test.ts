@@ -65,3 +65,15 @@ test("study on the command line: --gate-dim and --ranks get no yargs default (a 
   assert.equal(gate.status, 1);
   assert.match(gate.stderr, /^error: --gate-dim has no effect without eg-mla in --variants/m);
 });
+
+test("a --like without a tokenizer is refused by name; a fresh study that fails before any run kept work leaves no folder to block the corrected command", async () => {
+  const bare = path.join(tmpDir(), "bare");
+  fs.mkdirSync(bare);
+  fs.copyFileSync(path.join(LIKE, "config.json"), path.join(bare, "config.json"));
+  fs.copyFileSync(path.join(LIKE, "model.safetensors"), path.join(bare, "model.safetensors"));
+  const base: StudyOptions = { like: LIKE, variants: ["mha"], data: DATA, tokens: 256, seq: 32, batch: 4, out: path.join(tmpDir(), "st"), device: "reference", progress: null };
+  await assert.rejects(study({ ...base, like: bare }), (e: unknown) => e instanceof MlaError && /--like .*bare has no tokenizer\.json/.test(e.message));
+  // A --seq longer than the text holds fails in the first run's fine-tune, after the study's folder was made.
+  await assert.rejects(study({ ...base, seq: 100_000 }), (e: unknown) => e instanceof MlaError && e.code !== "INTERRUPTED");
+  assert.equal(fs.existsSync(base.out), false, "nothing kept: the folder is gone");
+});
