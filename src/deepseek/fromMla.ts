@@ -185,11 +185,19 @@ export async function exportDeepseek(spec: string, o: ExportOptions = {}): Promi
   const dn = Dh - 2 * R;
   // Slot k turns at base'^(−2k/dr) = θ_{s·k} = θ^(−2·s·k/Dh).
   const ropeTheta = Math.pow(c.rope.theta, (2 * spacing * slots) / Dh);
+  // Loaders compute the frequencies in float32 (transformers: rope_theta ** (arange(0, dim, 2) / dim)):
+  // a base past its range is inf there, and every frequency but the first comes out 0.
+  const F32_MAX = 3.4028234663852886e38;
+  const finiteDr = 2 * Math.floor((Math.log(F32_MAX) * Dh) / (2 * spacing * Math.log(c.rope.theta)));
+  if (!(ropeTheta < F32_MAX))
+    throw new MlaError("BAD_ARGUMENT", `--rope-dim ${dr} pads the rope key so far that its rope_theta, ${ropeTheta.toExponential(3)}, is past float32's range, in which transformers and vLLM compute the frequencies (all but the first would be 0)`, `use an even --rope-dim from ${2 * ladder.slots} to ${finiteDr}`);
   const kvPerToken = { before: G * 2 * R + L, after: rk + dr };
-  const fits = L + 1 <= FUSED_MLA.kvLoraRank && 2 * ladder.slots <= FUSED_MLA.ropeDim;
+  const fits = L + 1 <= FUSED_MLA.kvLoraRank && 2 * ladder.slots <= FUSED_MLA.ropeDim && FUSED_MLA.ropeDim <= finiteDr;
   const remedy = fits
     ? `For the fused kernels export with --kv-lora-rank ${FUSED_MLA.kvLoraRank} --rope-dim ${FUSED_MLA.ropeDim} (zero padding: exact, ${FUSED_MLA.kvLoraRank + FUSED_MLA.ropeDim} cached values per token and layer)`
-    : `The fused kernels' ${FUSED_MLA.kvLoraRank} + ${FUSED_MLA.ropeDim} cannot hold this model's ${L + 1} latent channels and ${2 * ladder.slots} rope dims`;
+    : FUSED_MLA.ropeDim > finiteDr && 2 * ladder.slots <= FUSED_MLA.ropeDim
+      ? `Padded to the fused kernels' ${FUSED_MLA.ropeDim} rope dims, this ladder's rope_theta would pass float32's range (at most --rope-dim ${finiteDr})`
+      : `The fused kernels' ${FUSED_MLA.kvLoraRank} + ${FUSED_MLA.ropeDim} cannot hold this model's ${L + 1} latent channels and ${2 * ladder.slots} rope dims`;
   for (const w of servingWarnings(rk, dr, H, remedy)) log.warn(w);
   log.info(`export: shared rope key of ${dr} dims (frequencies ${spacing}·k, k < ${ladder.slots}; ${G * R} used per layer), kv_lora_rank ${rk} (1 constant channel): ${kvPerToken.after} cached values per token and layer, ours ${kvPerToken.before}`);
   // The evaluation comes last: its settings are checked now, not after the export.

@@ -16,6 +16,7 @@ import { SafetensorsFile, writeSafetensorsSync } from "../../src/io/safetensors.
 import { readHfConfig } from "../../src/io/hfConfig.js";
 import { MlaError } from "../../src/errors.js";
 import { pipeline } from "../../src/pipeline.js";
+import { synth } from "../../src/synth/synth.js";
 import { inspectModel } from "../../src/eval/inspect.js";
 import { FIXTURES, GOLDEN, maxRelDiff, MODELS, tmpDir } from "../helpers.js";
 import { perLayerFixture } from "../convert/helpers.js";
@@ -175,4 +176,17 @@ test("stock transformers' DeepseekV3ForCausalLM on the export gives our logits w
   const { model } = loadModel(out, { backend: new ReferenceBackend("f32") });
   const d = maxRelDiff(model.forward(ids).toArray(), want);
   assert.ok(d < 1e-3, `max relative logit difference ${d}`);
+});
+
+test("export refuses a --rope-dim whose padded rope_theta passes float32's range (loaders compute the frequencies in float32: all but the first would be 0), naming the largest that fits", async () => {
+  const dir = tmpDir();
+  const smol = path.join(dir, "smol");
+  await synth({ arch: "smollm-135m", layers: 1, out: smol, progress: null });
+  for (const f of ["tokenizer.json", "tokenizer_config.json"]) fs.copyFileSync(path.join(MODELS, "stories260K", f), path.join(smol, f));
+  const mla = path.join(dir, "mla");
+  await convert(smol, { rank: 8, ropePairs: 1, ropeDisjoint: true, ropeStrategy: "uniform", out: mla, progress: null, device: "reference" });
+  // 3 KV heads · 1 pair on 32 frequencies: spacing 10, θ 1e4; padded to 64 dims, rope_theta = 1e4^10.
+  await assert.rejects(exportDeepseek(mla, { out: path.join(dir, "ds"), kvLoraRank: 512, ropeDim: 64, progress: null }), (e: unknown) => e instanceof MlaError && /--rope-dim 64 pads the rope key so far that its rope_theta, 1\.000e\+40, is past float32's range[\s\S]*use an even --rope-dim from 6 to 60/.test(e.message));
+  const ok = await exportDeepseek(mla, { out: path.join(dir, "ds"), ropeDim: 60, progress: null });
+  assert.ok(ok.ropeTheta < 3.4e38);
 });
