@@ -165,7 +165,7 @@ function runSettings({ variant, L }: { variant: MlaVariant; L: number }, c: Mode
  * runs before it (nor the --force that a corrected command, no longer the one that started the
  * study, would then need).
  */
-function plannedRuns(o: StudyOptions, c: ModelConfig): { runs: StudyRun[]; ranks: readonly string[] } {
+export function plannedRuns(o: StudyOptions, c: ModelConfig): { runs: StudyRun[]; ranks: readonly string[] } {
   if (!o.variants.length) throw new MlaError("BAD_ARGUMENT", "--variants is empty", `name some of ${STUDY_VARIANTS.join(", ")}`);
   for (const v of o.variants) if (!STUDY_VARIANTS.includes(v)) throw new MlaError("BAD_ARGUMENT", `--variants: ${v} is not known`, `use ${STUDY_VARIANTS.join(", ")}`);
   const mla = o.variants.filter((v): v is MlaVariant => v !== "mha");
@@ -175,7 +175,8 @@ function plannedRuns(o: StudyOptions, c: ModelConfig): { runs: StudyRun[]; ranks
   const ranks = mla.length ? (o.ranks ?? STUDY_RANKS) : [];
   if (mla.length && !ranks.length) throw new MlaError("BAD_ARGUMENT", "--ranks is empty", `name the MLA variants' latent widths, e.g. ${STUDY_RANKS.join(",")}`);
   const widths = ranks.map((r) => latentWidth(r, c.hiddenSize, c.kvHeads));
-  const runs = o.variants.flatMap((v): StudyRun[] => (v === "mha" ? [{ variant: v, L: null }] : widths.map((L) => ({ variant: v, L }))));
+  // A variant or width named twice (mla,mla; d/2,32 at d = 64) is one run, not two identical rows.
+  const runs = [...new Set(o.variants)].flatMap((v): StudyRun[] => (v === "mha" ? [{ variant: v, L: null }] : [...new Set(widths)].map((L) => ({ variant: v, L }))));
   for (const r of runs) if (r.variant !== "mha") checkRun(r, c, o.gateDim);
   return { runs, ranks };
 }

@@ -10,7 +10,8 @@ import path from "node:path";
 import { test } from "node:test";
 import { MlaError } from "../../src/errors.js";
 import { convert } from "../../src/convert/pipeline.js";
-import { study, type StudyOptions } from "../../src/study/study.js";
+import { plannedRuns, study, type StudyOptions } from "../../src/study/study.js";
+import { readHfConfig } from "../../src/io/hfConfig.js";
 import { assertKept, earlierOut, FIXTURES, MODELS, ROOT, tmpDir } from "../helpers.js";
 
 const MAIN = path.join(ROOT, "dist", "src", "cli", "main.js");
@@ -76,4 +77,10 @@ test("a --like without a tokenizer is refused by name; a fresh study that fails 
   // A --seq longer than the text holds fails in the first run's fine-tune, after the study's folder was made.
   await assert.rejects(study({ ...base, seq: 100_000 }), (e: unknown) => e instanceof MlaError && e.code !== "INTERRUPTED");
   assert.equal(fs.existsSync(base.out), false, "nothing kept: the folder is gone");
+});
+
+test("a variant or latent width named twice is one run", () => {
+  const c = readHfConfig(LIKE);
+  const { runs } = plannedRuns({ like: LIKE, variants: ["mha", "mla", "mla", "mha"], ranks: ["d/2", "32"], data: DATA, tokens: 256, out: "x" }, c);
+  assert.deepEqual(runs, [{ variant: "mha", L: null }, { variant: "mla", L: 32 }]);
 });
