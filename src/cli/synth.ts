@@ -22,7 +22,7 @@ export const synthCommand: CommandModule<object, Args> = {
     y
       .option("arch", { type: "string", demandOption: true, describe: `architecture: ${Object.keys(ARCHS).join(", ")}` })
       .option("out", { type: "string", demandOption: true, describe: "output folder (written atomically)" })
-      .option("dtype", { type: "string", default: "bf16", describe: "bf16, f16 or f32" })
+      .option("dtype", { choices: ["bf16", "f16", "f32"] as const, default: "bf16" as const, describe: "the weights' dtype" })
       .option("layers", { type: "number", describe: "override the number of layers" })
       .option("seed", { type: "number", default: 0 })
       .option("shard-size", { type: "number", default: 5, describe: "maximum shard size in GiB" })
