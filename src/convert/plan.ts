@@ -111,8 +111,7 @@ export function resolveSettings(c: ModelConfig, o: SettingsInput, log: Logger): 
   if (!Number.isInteger(o.rank) || o.rank < 1 || o.rank > top)
     throw new MlaError("BAD_ARGUMENT", `--rank ${o.rank} is out of range for this model with --rope-pairs ${R} and --svd ${svd}`, `use an integer in 1…${top} (latent dims per KV head; ${top} keeps everything)`);
   const calib = o.calib ?? null;
-  if (calib !== null && !fs.existsSync(calib)) throw new MlaError("NOT_FOUND", `--calib ${calib} does not exist`, "pass a UTF-8 text file");
-  if (calib !== null) checkTextFile(calib);
+  checkCalibFile(calib);
   let strategy = o.ropeStrategy === undefined ? undefined : parseStrategy(o.ropeStrategy);
   if (!strategy) {
     strategy = calib ? "2-norm" : "uniform";
@@ -151,6 +150,13 @@ export function planConversion(c: ModelConfig, s: ConversionSettings, elemBytes:
 }
 
 /** Default output folder: ./NAME-<kind>-r<rank> beside the working directory (kind mla, or deepseek). */
+/** Refuses a --calib that is missing or not text (both formats, dry run or not: before any work). */
+export function checkCalibFile(calib: string | null | undefined): void {
+  if (calib === null || calib === undefined) return;
+  if (!fs.existsSync(calib)) throw new MlaError("NOT_FOUND", `--calib ${calib} does not exist`, "pass a UTF-8 text file");
+  checkTextFile(calib);
+}
+
 export function defaultOut(spec: string, rank: number, kind = "mla"): string {
   return path.resolve(`${modelName(spec)}-${kind}-r${rank}`);
 }

@@ -24,7 +24,7 @@ import { readText } from "../eval/perplexity.js";
 import { silentLogger, Logger } from "../util/log.js";
 import { checkOptionTypes, type OptionKinds } from "../util/optionTypes.js";
 import { Progress, ProgressSink } from "../util/progress.js";
-import { checkOutDir, defaultOut, SETTINGS_KINDS, SettingsInput } from "../convert/plan.js";
+import { checkCalibFile, checkOutDir, defaultOut, SETTINGS_KINDS, SettingsInput } from "../convert/plan.js";
 import { checkEmbeddedEval, embeddedEval, evaluate } from "../eval/evaluate.js";
 import { deepseekLayer, FrequencyPca, frequencyPca, ladder, ladderScores, validSpacings } from "./layer.js";
 import { servingWarnings } from "./serving.js";
@@ -173,6 +173,7 @@ export function deepseekShape(c: ModelConfig, o: DeepseekOptions): { ropePairs: 
   if (!Number.isInteger(rk) || rk < 2 || rk > maxRk) throw new MlaError("BAD_ARGUMENT", `kv_lora_rank ${rk} is out of range 2…${maxRk} for this model`, o.kvLoraRank === undefined ? "lower --rope-dim or change --rank / --rope-pairs" : "choose another --kv-lora-rank");
   const svdInit = o.svdInit ?? "weights";
   requireCalibration(o.calib, { svdInit, refitOutput: o.refitOutput });
+  checkCalibFile(o.calib);
   checkWindowShape(o.calibSamples ?? 32, o.calibLen ?? 256);
   return { ropePairs: R, ropeDim: dr, kvLoraRank: rk, svdInit };
 }

@@ -15,6 +15,8 @@ export interface TextTokenizer {
    * whole text's encoding only prepends at offset 0). Absent: texts cannot be encoded in pieces.
    */
   encodeContinuation?(text: string): number[];
+  /** The vocabulary's string for `id` as the tokenizer file spells it ("▁The", "<0x0A>", "<s>"): transformers' convert_ids_to_tokens. */
+  idToToken?(id: number): string | undefined;
   /** The folder the tokenizer was loaded from (worker threads load their own copy from it; the token cache hashes its files). */
   readonly dir?: string;
 }
@@ -69,6 +71,7 @@ export function loadTokenizer(dir: string): TextTokenizer {
     // The HF library throws on no ids (a /detokenize of [], a window of a stream with nothing in it).
     decode: (ids, opts) => (ids.length === 0 ? "" : tok.decode([...ids], { skip_special_tokens: opts?.skipSpecialTokens ?? false })),
     encodeContinuation: (text) => cont().encode(text, { add_special_tokens: false }).ids,
+    idToToken: (id) => tok.id_to_token(id),
     dir: path.resolve(dir),
   };
 }

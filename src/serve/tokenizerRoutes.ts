@@ -70,7 +70,9 @@ export async function tokenize(body: unknown, s: TokenizerServed): Promise<Recor
     text = b["prompt"];
   }
   const tokens = await encodeYielding(s.tokenizer, text, flag(b, "add_special_tokens", !chatForm, "add the model's special tokens (BOS)"));
-  const strs = flag(b, "return_token_strs", false, "get each token's text too") ? tokens.map((t) => s.tokenizer.decode([t], { skipSpecialTokens: false })) : null;
+  // Vocabulary strings ("▁The"), as vLLM's convert_ids_to_tokens gives them: a piece decoded alone
+  // would lose its leading space.
+  const strs = flag(b, "return_token_strs", false, "get each token's string too") ? tokens.map((t) => s.tokenizer.idToToken?.(t) ?? s.tokenizer.decode([t], { skipSpecialTokens: false })) : null;
   return { count: tokens.length, max_model_len: s.maxPositions, tokens, token_strs: strs };
 }
 

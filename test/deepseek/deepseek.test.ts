@@ -174,3 +174,9 @@ test("the constant channel's bias fits an f16 checkpoint (2^16 is inf there: the
   assert.deepEqual(validSpacings(3, 4), [1]);
   assert.deepEqual(validSpacings(2, 4), [1, 2, 3]);
 });
+
+test("--format deepseek checks --calib before any work, in a dry run too", async () => {
+  const missing = path.join(tmpDir(), "missing.txt");
+  for (const dryRun of [true, false])
+    await assert.rejects(convertDeepseek(path.join(MODELS, "stories260K"), { rank: 2, calib: missing, dryRun, out: path.join(tmpDir(), "o"), progress: null }), (e: unknown) => e instanceof MlaError && /--calib .*missing\.txt does not exist/.test(e.message));
+});

@@ -438,6 +438,7 @@ test("vLLM's tokenizer endpoints: /tokenize, /detokenize and /tokenizer_info ans
     assert.deepEqual((await call("/tokenize", { prompt: info.json["eos_token"], add_special_tokens: false })).json["tokens"], [lm.config.eosTokenId]);
     const strs = await call("/tokenize", { model: "tiny", prompt: "The dog", return_token_strs: true });
     assert.equal(strs.json["token_strs"].length, strs.json["count"]);
+    assert.deepEqual(strs.json["token_strs"].slice(0, 2), ["<s>", "▁The"], "the vocabulary's strings, as vLLM gives them");
     const d = await call("/detokenize", { tokens: t.json["tokens"] });
     assert.deepEqual(d.json, { prompt: "Once upon a time" });
     assert.deepEqual((await call("/detokenize", { tokens: [] })).json, { prompt: "" }, "no tokens: no text, as vLLM answers");
