@@ -27,7 +27,7 @@ import { Progress, ProgressSink } from "../util/progress.js";
 import { checkCalibFile, checkOutDir, defaultOut, SETTINGS_KINDS, SettingsInput } from "../convert/plan.js";
 import { checkEmbeddedEval, embeddedEval, evaluate } from "../eval/evaluate.js";
 import { deepseekLayer, FrequencyPca, frequencyPca, ladder, ladderScores, validSpacings } from "./layer.js";
-import { servingWarnings } from "./serving.js";
+import { convertRemedy, servingWarnings } from "./serving.js";
 import { describeRefit, refitOutputProjections, refitRecord } from "../convert/refitOutput.js";
 import { requireRoom, weightFileBytes } from "../io/diskRoom.js";
 import { deepseekSpecs, planTensors, writePlanned } from "./stream.js";
@@ -186,7 +186,7 @@ async function convertDeepseekInScope(spec: string, o: DeepseekOptions): Promise
   const { heads: H, kvHeads: G, headDim: Dh, hiddenSize: D, layers: L } = c;
   const half = Dh / 2;
   const kvPerToken = { before: 2 * G * Dh, after: rk + dr, changePercent: (100 * (rk + dr - 2 * G * Dh)) / (2 * G * Dh) };
-  for (const w of servingWarnings(rk, dr, H)) log.warn(w);
+  for (const w of servingWarnings(rk, dr, H, convertRemedy(Dh, Math.min(2 * G * Dh, D)))) log.warn(w);
   if (o.dryRun) return { out: null, ropeDim: dr, kvLoraRank: rk, ropeTheta: c.rope.theta, spacing: 0, kvPerToken, energy: [], eval: null };
   // The evaluation comes last: its settings are checked now, not after the conversion.
   checkEmbeddedEval(o);

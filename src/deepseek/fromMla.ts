@@ -194,7 +194,8 @@ export async function exportDeepseek(spec: string, o: ExportOptions = {}): Promi
   const kvPerToken = { before: G * 2 * R + L, after: rk + dr };
   const fits = L + 1 <= FUSED_MLA.kvLoraRank && 2 * ladder.slots <= FUSED_MLA.ropeDim && FUSED_MLA.ropeDim <= finiteDr;
   const remedy = fits
-    ? `For the fused kernels export with --kv-lora-rank ${FUSED_MLA.kvLoraRank} --rope-dim ${FUSED_MLA.ropeDim} (zero padding: exact, ${FUSED_MLA.kvLoraRank + FUSED_MLA.ropeDim} cached values per token and layer)`
+    ? // Named as a command: pipeline's export phase takes no widths, so there it is a separate `export`.
+      `For the fused kernels export with \`mha2mla export MODEL --format deepseek --kv-lora-rank ${FUSED_MLA.kvLoraRank} --rope-dim ${FUSED_MLA.ropeDim}\` (zero padding: exact, ${FUSED_MLA.kvLoraRank + FUSED_MLA.ropeDim} cached values per token and layer)`
     : FUSED_MLA.ropeDim > finiteDr && 2 * ladder.slots <= FUSED_MLA.ropeDim
       ? `Padded to the fused kernels' ${FUSED_MLA.ropeDim} rope dims, this ladder's rope_theta would pass float32's range (at most --rope-dim ${finiteDr})`
       : `The fused kernels' ${FUSED_MLA.kvLoraRank} + ${FUSED_MLA.ropeDim} cannot hold this model's ${L + 1} latent channels and ${2 * ladder.slots} rope dims`;

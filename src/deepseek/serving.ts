@@ -10,14 +10,21 @@ export const FUSED_MLA = { kvLoraRank: 512, ropeDim: 64 } as const;
 /** kv_lora_rank + qk_rope_head_dim that vLLM's MLA head-size gate lets through (320 only in recent versions). */
 const VLLM_HEAD_SIZES = [576, 320];
 
-/** What `convert --format deepseek` can do about it. */
-export const CONVERT_REMEDY = `For the fused kernels convert with --kv-lora-rank ${FUSED_MLA.kvLoraRank} --rope-dim ${FUSED_MLA.ropeDim} (a model with head_dim ≥ 64 and 2·KV heads·head_dim ≥ 511)`;
+/**
+ * What `convert --format deepseek` can do about it for a source of head dim `headDim` whose latent can
+ * hold at most `maxLatent` learned dims (min(2·KV heads·head_dim, hidden size)): the fused kernels'
+ * sizes where they fit, else why they do not.
+ */
+export function convertRemedy(headDim: number, maxLatent: number): string {
+  if (headDim >= FUSED_MLA.ropeDim && maxLatent + 1 >= FUSED_MLA.kvLoraRank) return `For the fused kernels convert with --kv-lora-rank ${FUSED_MLA.kvLoraRank} --rope-dim ${FUSED_MLA.ropeDim}`;
+  return `This model cannot take the fused kernels' sizes (they need head_dim ≥ ${FUSED_MLA.ropeDim} and ${FUSED_MLA.kvLoraRank - 1} latent dims; it has head_dim ${headDim} and at most ${maxLatent})`;
+}
 
 /**
  * Warnings for a deepseek_v3 folder with kv_lora_rank `rk`, qk_rope_head_dim `dr` and `heads` query
  * heads, ending with `remedy`; empty when stock stacks take it.
  */
-export function servingWarnings(rk: number, dr: number, heads: number, remedy: string = CONVERT_REMEDY): string[] {
+export function servingWarnings(rk: number, dr: number, heads: number, remedy: string): string[] {
   const out: string[] = [];
   const size = rk + dr;
   if (rk !== FUSED_MLA.kvLoraRank || dr !== FUSED_MLA.ropeDim) {

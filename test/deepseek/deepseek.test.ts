@@ -17,7 +17,7 @@ import { SafetensorsFile, writeSafetensorsSync } from "../../src/io/safetensors.
 import { Checkpoint } from "../../src/io/checkpoint.js";
 import { MlaError } from "../../src/errors.js";
 import { pipeline } from "../../src/pipeline.js";
-import { servingWarnings } from "../../src/deepseek/serving.js";
+import { convertRemedy, servingWarnings } from "../../src/deepseek/serving.js";
 import { finiteDifference, FIXTURES, GOLDEN, MODELS, tmpDir } from "../helpers.js";
 
 const TEXT = path.join(FIXTURES, "text", "tinystories_25k.txt");
@@ -156,10 +156,15 @@ test("pipeline --format deepseek: convert, fine-tune and report with the deepsee
 });
 
 test("serving-stack sizes: 512 + 64 (FlashMLA, CUTLASS MLA, FlashInfer) passes; 256 + 64 is vLLM Triton only; other sizes are refused by vLLM; > 128 heads by CUTLASS MLA", () => {
-  assert.deepEqual(servingWarnings(512, 64, 32), []);
-  assert.match(servingWarnings(256, 64, 32).join(), /vLLM \(recent versions only\) takes it on its Triton MLA backend/);
-  assert.match(servingWarnings(96, 48, 6).join(), /Head dimension 144 is not supported by MLA/);
-  assert.match(servingWarnings(512, 64, 256).join(), /at most 128/);
+  assert.deepEqual(servingWarnings(512, 64, 32, ""), []);
+  assert.match(servingWarnings(256, 64, 32, "").join(), /vLLM \(recent versions only\) takes it on its Triton MLA backend/);
+  assert.match(servingWarnings(96, 48, 6, "").join(), /Head dimension 144 is not supported by MLA/);
+  assert.match(servingWarnings(512, 64, 256, "").join(), /at most 128/);
+  // The remedy is offered only where it applies: llama2-7b (head_dim 128, latent up to 4096), not
+  // mha26m-debian (head_dim 64 but hidden 384) or stories260K (head_dim 8).
+  assert.match(convertRemedy(128, 4096), /^For the fused kernels convert with --kv-lora-rank 512 --rope-dim 64$/);
+  assert.match(convertRemedy(64, 384), /cannot take the fused kernels' sizes .* head_dim 64 and at most 384/);
+  assert.match(convertRemedy(8, 64), /cannot take/);
 });
 
 test("the constant channel's bias fits an f16 checkpoint (2^16 is inf there: the export was all NaN); a one-slot rope ladder has a spacing", () => {
