@@ -68,6 +68,8 @@ export function tokenizeForEval(tokenizer: TextTokenizer, text: string, maxToken
 export interface PerplexityOptions {
   ctx: number;
   progress?: ProgressSink | null;
+  /** What the progress lines call the scoring (default "eval"; finetune's "validation"). */
+  label?: string;
   /** Aborting it stops the scoring at the next window (MlaError INTERRUPTED). */
   signal?: AbortSignal;
   /** Polled after each window: true stops the scoring as an abort does (finetune's first validation). */
@@ -122,7 +124,7 @@ export async function perplexity(model: LlamaModel, ids: Int32Array, opts: Perpl
   const batch = opts.batch ?? defaultBatch(model, stride);
   if (!Number.isInteger(batch) || batch < 1) throw new MlaError("BAD_ARGUMENT", `--batch ${batch}: the windows scored per forward must be a positive integer`, "pass e.g. --batch 8, or leave it out for the default");
   const bf16 = opts.bf16 ?? model.bf16Weights;
-  const progress = new Progress("eval", ids.length, "tok", opts.progress);
+  const progress = new Progress(opts.label ?? "eval", ids.length, "tok", opts.progress);
   const t0 = performance.now();
   let sum = 0;
   let first: { t: number; tokens: number } | null = null;

@@ -222,12 +222,14 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
   }
   const logFile = path.join(out, LOG_FILE);
   const logLine = (row: Record<string, unknown>) => fs.appendFileSync(logFile, JSON.stringify(row) + "\n");
-  const valNll = async (shouldStop?: () => boolean) => (data.val.length > 0 ? (await perplexity(model, data.val, { ctx: seq, progress: null, shouldStop })).nll : null);
+  // The validations before and after training show their progress (a large --val-fraction takes
+  // minutes); the periodic ones (--eval-every) would interleave with the step lines.
+  const valNll = async (shouldStop?: () => boolean, shown = false) => (data.val.length > 0 ? (await perplexity(model, data.val, { ctx: seq, progress: shown ? o.progress : null, label: "validation", shouldStop })).nll : null);
   let valNllBefore: number | null;
   if (prior) valNllBefore = loggedValNllBefore(out);
   else {
     await nextTurn(); // a stop asked for while the model and the state were set up (no turn ran)
-    const v = stopAsked() ? STOPPED : await unlessStopped(() => valNll(stopAsked));
+    const v = stopAsked() ? STOPPED : await unlessStopped(() => valNll(stopAsked, true));
     if (v === STOPPED) return stoppedBeforeTraining(data.val.length > 0 ? "measuring the validation NLL before training" : "setting up the training");
     valNllBefore = v;
     if (v !== null) logLine({ step: 0, val_nll: v });
@@ -299,7 +301,7 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
   const tokensPerSecond = perSecond(run.tokensSeen, seconds);
   const sitting = { steps: run.step - startStep, seconds: sittingTime, tokensPerSecond: perSecond((run.step - startStep) * perStep, sittingTime) };
   if (!stoppedEarly) {
-    valNllAfter = await valNll();
+    valNllAfter = await valNll(undefined, true);
     logLine({ step: run.step, val_nll: valNllAfter });
     await writeModel(src.dir, out, lm.config, model);
     // Last of the run's files (then the final checkpoint), and whole: its presence means finished (finishedRun, the pipeline).

@@ -53,6 +53,7 @@ test("the CLI: --resume of a finished run prints the line the run ended with, ap
   const out = path.join(tmpDir(), "cli");
   const first = spawnSync(process.execPath, [MAIN, ...cliArgs(out)], { encoding: "utf8" });
   assert.equal(first.status, 0, first.stderr);
+  assert.equal(first.stderr.match(/^validation \d+\/\d+ tok \(100\.0%\)/gm)?.length, 2, "the validations before and after training show their progress");
   const files = snapshot(out);
   const again = spawnSync(process.execPath, [MAIN, ...cliArgs(out), "--resume"], { encoding: "utf8" });
   assert.equal(again.status, 0, again.stderr);
