@@ -252,7 +252,8 @@ export async function pipeline(spec: string, o: PipelineOptions): Promise<Pipeli
   if (o.finetune) {
     await phase("finetune", () => fs.existsSync(path.join(ft, "finetune.json")), async () => {
       const resume = fs.existsSync(path.join(ft, "checkpoint", "state.json"));
-      const r = await finetune(mla, { ...o.finetune!, out: ft, resume, force: !resume, logger: log, progress: o.progress, shouldStop: o.shouldStop, signal: o.signal });
+      // The pipeline's device covers every phase (the fine-tune's own, where a script sets one, wins).
+      const r = await finetune(mla, { ...o.finetune!, device: o.finetune!.device ?? o.device, out: ft, resume, force: !resume, logger: log, progress: o.progress, shouldStop: o.shouldStop, signal: o.signal });
       stoppedEarly = r.stoppedEarly;
     });
     await evalTo("fine-tuned", ft, files.finetuned);

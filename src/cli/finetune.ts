@@ -30,8 +30,8 @@ interface Args {
   seed: number;
   train: "attention" | "all";
   distill?: string;
-  temperature: number;
-  "distill-weight": number;
+  temperature?: number;
+  "distill-weight"?: number;
   "eval-every"?: number;
   "save-every"?: number;
   json?: string;
@@ -66,8 +66,9 @@ export const finetuneCommand: CommandModule<object, Args> = {
       .option("seed", { type: "number", default: D.seed })
       .option("train", { choices: ["attention", "all"] as const, default: D.train, describe: "which weights to train" })
       .option("distill", { type: "string", describe: "teacher model (e.g. the original) for KL distillation" })
-      .option("temperature", { type: "number", default: D.temperature })
-      .option("distill-weight", { type: "number", default: D.distillWeight, describe: "weight of the KL term (the rest is cross-entropy)" })
+      // No yargs defaults: with --distill they default in finetune(); without it, one given is refused.
+      .option("temperature", { type: "number", describe: `with --distill: the softmax temperature of teacher and student (default ${D.temperature})` })
+      .option("distill-weight", { type: "number", describe: `with --distill: weight of the KL term, the rest is cross-entropy (default ${D.distillWeight})` })
       .option("eval-every", { type: "number", describe: "validation NLL every N steps" })
       .option("save-every", { type: "number", describe: "checkpoint every N steps" })
       .option("device", DEVICE_OPTION)

@@ -4,7 +4,7 @@
  * converts and evaluates first; `study` initializes and converts), so a bad --lr does not cost them
  * that work and a flag's error reads the same from every command.
  */
-import { MlaError } from "../errors.js";
+import { flagsWithout, MlaError } from "../errors.js";
 import { readHfConfig } from "../io/hfConfig.js";
 import { resolveModel } from "../io/modelDir.js";
 import type { FinetuneOptions } from "./trainer.js";
@@ -104,11 +104,16 @@ export function checkFinetuneOptions(o: Omit<FinetuneOptions, "data" | "out">) {
   within("--val-fraction", o.valFraction ?? D.valFraction, "[0, 1)", "e.g. 0.1 holds out the last 10% of the tokens");
   within("--fraction", o.fraction ?? 1, "(0, 1]", "e.g. 0.01 trains on the first 1% of the data");
   within("--decay-fraction", o.decayFraction ?? D.decayFraction, "[0, 1]", "wsd decays over this fraction of the steps, e.g. 0.2");
+  // Past [0, 1] the schedule's floor turns the rate negative (gradient ascent) or above its peak.
+  within("minLrFraction", o.minLrFraction ?? D.minLrFraction, "[0, 1]", "the schedule's floor as a fraction of the peak rate, e.g. 0.1");
   within("--weight-decay", o.weightDecay ?? D.weightDecay, "[0, ∞)", "e.g. 0.01, or 0 for none");
   within("--clip", o.clip ?? D.clip, "[0, ∞)", "the global gradient-norm bound, e.g. 1, or 0 for none");
   within("beta1", o.beta1 ?? D.beta1, "[0, 1)", "AdamW's first-moment decay, e.g. 0.9");
   within("beta2", o.beta2 ?? D.beta2, "[0, 1)", "AdamW's second-moment decay, e.g. 0.95");
   within("eps", o.eps ?? D.eps, "(0, ∞)", "AdamW's denominator floor, e.g. 1e-8");
+  // Settings of distillation without a teacher would be dropped unseen.
+  const idle = ([["--distill-weight", o.distillWeight], ["--temperature", o.temperature]] as const).filter(([, v]) => v !== undefined).map(([f]) => f);
+  if (!o.distill && idle.length) throw flagsWithout(idle, "--distill TEACHER", "settings of the distillation from a teacher model");
   const distillWeight = o.distill ? (o.distillWeight ?? D.distillWeight) : 0;
   const temperature = positive("temperature", o.temperature ?? D.temperature);
   within("--distill-weight", distillWeight, "[0, 1]", "0 = cross-entropy only, 1 = distillation only");

@@ -4,7 +4,7 @@
  */
 import fs from "node:fs";
 import path from "node:path";
-import { MlaError } from "../errors.js";
+import { ioError, MlaError } from "../errors.js";
 import { copyFileFresh } from "./atomicDir.js";
 import { DTYPE_BYTES } from "./dtype.js";
 import { SafetensorsFile, SafetensorsWriter, TensorEntry, TensorSpec, numel } from "./safetensors.js";
@@ -58,7 +58,8 @@ export class Checkpoint {
       }
     } catch (e) {
       for (const f of files) f.close();
-      throw e;
+      // A missing folder or a file given for one (ENOENT, ENOTDIR) is named, not thrown raw.
+      throw e instanceof MlaError ? e : ioError("cannot read the checkpoint folder", dir, e);
     }
     return new Checkpoint(dir, where, files);
   }

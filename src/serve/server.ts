@@ -520,6 +520,8 @@ export async function serve(model: string | LoadedModel, opts: ServeOptions = {}
       batcher.clearPrefixCache();
       server.closeAllConnections();
       await stopped;
+      // A signal that outlives the server (one per process, many servers) must not keep it alive.
+      opts.signal?.removeEventListener("abort", abort);
     })());
   const abort = () => {
     // Requests in flight end now, each with a 503 (or an error event on its stream).

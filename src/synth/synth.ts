@@ -109,8 +109,9 @@ const SYNTH_KINDS: OptionKinds<SynthOptions> = { arch: "string", out: "string", 
 
 export async function synth(opts: SynthOptions): Promise<SynthResult> {
   checkOptionTypes("synth()", opts, SYNTH_KINDS, ["arch", "out"]);
-  const dtype = opts.dtype ?? "BF16";
-  if (!["BF16", "F16", "F32"].includes(dtype)) throw new MlaError("BAD_ARGUMENT", `--dtype ${dtype.toLowerCase()} is not supported by synth`, "use bf16, f16 or f32");
+  // Either case: the CLI's bf16 and the safetensors spelling BF16 (a script may pass either).
+  const dtype = (opts.dtype ?? "BF16").toUpperCase() as DType;
+  if (!["BF16", "F16", "F32"].includes(dtype)) throw new MlaError("BAD_ARGUMENT", `--dtype ${String(opts.dtype)} is not supported by synth`, "use bf16, f16 or f32");
   const raw = archConfig(opts.arch);
   if (opts.layers !== undefined) {
     if (!Number.isInteger(opts.layers) || opts.layers < 1) throw new MlaError("BAD_ARGUMENT", `--layers ${opts.layers} is not a positive integer`, "pass e.g. --layers 2");

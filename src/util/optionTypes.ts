@@ -48,6 +48,17 @@ function hasKind(v: unknown, kind: AnyKind): boolean {
   }
 }
 
+/**
+ * The object options every entry names alike, checked for what they are used as: any object passes
+ * "object", and a logger without warn() or a progress sink without write() failed deep inside, after
+ * the work had started (an OpenAI-style logitBias object failed as "not iterable").
+ */
+const SHAPES: Record<string, [(v: object) => boolean, string]> = {
+  logger: [(v) => typeof (v as { info?: unknown }).info === "function" && typeof (v as { warn?: unknown }).warn === "function", "a logger with info(message) and warn(message)"],
+  progress: [(v) => typeof (v as { write?: unknown }).write === "function", "a stream with write(text), e.g. process.stderr (or null for none)"],
+  logitBias: [(v) => v instanceof Map, "a Map from token id to the bias added to its logit"],
+};
+
 function describe(v: unknown): string {
   if (v === undefined || v === null) return String(v);
   if (typeof v === "string") return `${JSON.stringify(v)} (a string)`;
@@ -75,6 +86,8 @@ export function checkOptionTypes<T>(where: string, o: unknown, kinds: OptionKind
       throw new MlaError("BAD_ARGUMENT", `${where} has no option ${JSON.stringify(key)}`, near ? `did you mean ${near}?` : `its options are ${Object.keys(table).join(", ")}`);
     }
     if (v !== null && !hasKind(v, kind)) throw new MlaError("BAD_ARGUMENT", `${where}: option ${key} is ${describe(v)}, not ${EXPECTED[kind]}`, `pass ${key} as ${EXPECTED[kind]}`);
+    const shape = SHAPES[key];
+    if (v !== null && kind === "object" && shape && !shape[0](v)) throw new MlaError("BAD_ARGUMENT", `${where}: option ${key} is not ${shape[1]}`, `pass ${key} as ${shape[1]}`);
   }
   for (const key of required) {
     const v = (o as Record<string, unknown>)[key];

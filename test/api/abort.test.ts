@@ -80,7 +80,7 @@ test("finetune stops after the step of an abort with a checkpoint, and resume: t
   const out = path.join(tmpDir(), "ft");
   const c = new AbortController();
   const opts = { data: [TEXT], out, seq: 32, batch: 2, tokens: 4 * 64, progress: null };
-  const r = await finetune("stories260K", { ...opts, progress: abortingSink(c), signal: c.signal });
+  const r = await finetune("stories260K", { ...opts, progress: abortingAtStep(c), signal: c.signal });
   assert.equal(r.stoppedEarly, true);
   assert.equal(r.steps, 1);
   assert.equal(r.checkpointStep, 1);
