@@ -3,7 +3,7 @@ import type { CommandModule } from "yargs";
 import { convert } from "../convert/pipeline.js";
 import { ConversionArgs, conversionSettings, withConversionOptions } from "./conversionOptions.js";
 import { stderrLogger } from "../util/log.js";
-import { emitJson, summaryWriter } from "./output.js";
+import { checkJsonTarget, emitJson, summaryWriter } from "./output.js";
 import { convertDeepseek, deepseekSettings } from "../deepseek/export.js";
 import { flagsWithout } from "../errors.js";
 
@@ -45,6 +45,7 @@ export const convertCommand: CommandModule<object, Args> = {
       .option("json", { type: "string", describe: "write the result summary as JSON to FILE (no value: stdout)" }),
   handler: async (a) => {
     const say = summaryWriter(a.json);
+    checkJsonTarget(a.json);
     // The deepseek_v3 widths do nothing in our format: refused, not dropped unseen.
     const deepseekOnly = ([["--rope-dim", a["rope-dim"] !== undefined], ["--kv-lora-rank", a["kv-lora-rank"] !== undefined], ["--no-rope-interleave", !a["rope-interleave"]]] as const).filter(([, given]) => given).map(([flag]) => flag);
     if (a.format !== "deepseek" && deepseekOnly.length) throw flagsWithout(deepseekOnly, "--format deepseek", "widths of the deepseek_v3 folder's rope key and latent");

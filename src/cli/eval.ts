@@ -4,7 +4,7 @@ import type { CommandModule } from "yargs";
 import { evaluate } from "../eval/evaluate.js";
 import type { DeviceName } from "../backends/select.js";
 import { stderrLogger } from "../util/log.js";
-import { emitJson, summaryWriter } from "./output.js";
+import { checkJsonTarget, emitJson, summaryWriter } from "./output.js";
 import { parseTaskNames, TASKS } from "../eval/tasks/index.js";
 import { KV_CACHE_DTYPES, KvCacheDtype } from "../model/kvQuant.js";
 
@@ -44,6 +44,7 @@ export const evalCommand: CommandModule<object, Args> = {
       .option("kv-cache", { choices: KV_CACHE_DTYPES, describe: "score perplexity and the tasks as a decode cache of this type serves keys/values (MLA: rope keys and latents): bf16, or int8/int4 in groups of 32 with a bf16 scale each; the JSON gives its bytes per token" }),
   handler: async (a) => {
     const say = summaryWriter(a.json);
+    checkJsonTarget(a.json);
     const r = await evaluate(a.model, { text: a.text, ctx: a.ctx, tokens: a.tokens, tasks: a.tasks ? parseTaskNames(a.tasks) : undefined, dataDir: a["data-dir"], limit: a.limit, label: a.label, device: a.device, weights: a.weights, kvCache: a["kv-cache"], batch: a.batch, logger: stderrLogger, progress: process.stderr });
     if (r.nll !== undefined) say(`${r.model}: nll ${r.nll.toFixed(5)} nats/token, ppl ${r.ppl!.toFixed(4)} over ${r.tokens} tokens (ctx ${r.ctx}, ${r.windows} windows) on ${r.backend}\n`);
     for (const [t, s] of Object.entries(r.tasks ?? {}))

@@ -2,6 +2,7 @@ import { DEVICE_OPTION } from "./deviceOption.js";
 import type { CommandModule } from "yargs";
 import { loadModel } from "../model/llama.js";
 import { defaultKvCache, generateBatchAsync } from "../model/generate.js";
+import { stopTokenIds } from "../model/config.js";
 import { Progress } from "../util/progress.js";
 import { selectBackend, type DeviceName } from "../backends/select.js";
 import { stderrLogger } from "../util/log.js";
@@ -63,10 +64,13 @@ export const generateCommand: CommandModule<object, Args> = {
     // Decoded between event-loop turns, so Ctrl-C stops a long run; progress on stderr.
     const progress = new Progress("generate", Math.max(1, maxTokens) * prompts.length, "tokens", process.stderr);
     const r = await generateBatchAsync(lm.model, prompts, { maxTokens, temperature: a.temperature, topK: a["top-k"], topP: a["top-p"], minP: a["min-p"], ...penaltyArgs(a), seed: a.seed, kvCache: a["kv-cache"] === "auto" ? defaultKvCache(lm.model) : a["kv-cache"], onStep: (n) => progress.tick(n) });
+    const stops = stopTokenIds(lm.config);
     r.sequences.forEach((s, i) => {
       if (prompts.length > 1) process.stdout.write(`--- ${i + 1}\n`);
+      // The stop token that ended a sequence is not text (it printed as "</s>").
+      const ids = s.ids.length > 0 && stops.has(s.ids[s.ids.length - 1]!) ? s.ids.slice(0, -1) : s.ids;
       // A chat prints the reply alone (the prompt is the template's markup); else the prompt and its continuation.
-      process.stdout.write((template ? lm.tokenizer.decode(s.ids, { skipSpecialTokens: true }) : lm.tokenizer.decode([...prompts[i]!, ...s.ids].filter((t) => t !== lm.config.bosTokenId))) + "\n");
+      process.stdout.write((template ? lm.tokenizer.decode(ids, { skipSpecialTokens: true }) : lm.tokenizer.decode([...prompts[i]!, ...ids].filter((t) => t !== lm.config.bosTokenId))) + "\n");
     });
     if (r.decodeTokens > 0) stderrLogger.info(`decoded ${r.decodeTokens} tokens of ${prompts.length} prompt${prompts.length > 1 ? "s" : ""} in ${r.decodeSeconds.toFixed(2)} s (${(r.decodeTokens / r.decodeSeconds).toFixed(1)} tokens/s; steps ${r.steps})`);
   },

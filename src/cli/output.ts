@@ -4,12 +4,25 @@ import path from "node:path";
 import { MlaError } from "../errors.js";
 import { writeFileAtomic } from "../io/atomicDir.js";
 
+/** Refuses a `--json FILE` that cannot be written (a folder, or under a file), before the command's work. */
+export function checkJsonTarget(target: string | undefined): void {
+  if (target === undefined || target === "" || target === "-") return;
+  if (fs.existsSync(target) && fs.statSync(target).isDirectory()) throw new MlaError("BAD_ARGUMENT", `--json ${target} is a folder`, `give a file name, e.g. --json ${path.join(target, "result.json")}`);
+  for (let dir = path.dirname(path.resolve(target)); ; dir = path.dirname(dir)) {
+    if (fs.existsSync(dir)) {
+      if (!fs.statSync(dir).isDirectory()) throw new MlaError("BAD_ARGUMENT", `--json ${target}: ${dir} is a file, not a folder`, "give a path whose folders are folders");
+      return;
+    }
+    if (path.dirname(dir) === dir) return;
+  }
+}
+
 /** `--json` with no value prints to stdout; `--json FILE` writes FILE atomically. */
 export function emitJson(target: string | undefined, value: unknown): void {
   const text = JSON.stringify(value, null, 2) + "\n";
   if (target === undefined) return;
+  checkJsonTarget(target);
   if (target === "" || target === "-") process.stdout.write(text);
-  else if (fs.existsSync(target) && fs.statSync(target).isDirectory()) throw new MlaError("BAD_ARGUMENT", `--json ${target} is a folder`, `give a file name, e.g. --json ${path.join(target, "result.json")}`);
   else {
     fs.mkdirSync(path.dirname(path.resolve(target)), { recursive: true });
     writeFileAtomic(target, text);

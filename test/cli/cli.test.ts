@@ -83,6 +83,9 @@ test("a flag given twice, a number that is not one, and a bad --temperature are 
     [["generate", "stories260K", "--max-tokens=lots"], /--max-tokens lots is not a number/],
     [["generate", "stories260K", "--temperature", "-1", "--max-tokens", "2"], /--temperature -1 is not a sampling temperature/],
     [["generate", "stories260K", "--temperature", "1", "--seed", "4294967296", "--max-tokens", "2"], /--seed 4294967296 is not a whole number in \[0, 2\^32\)/],
+    // Checked before any scoring: a --json path under a file, a task file missing from --data-dir.
+    [["eval", "stories260K", "--text", path.join(FIXTURES, "text", "tinystories_25k.txt"), "--json", path.join(FIXTURES, "text", "tinystories.txt", "x.json")], /--json .*x\.json: .*tinystories\.txt is a file, not a folder/],
+    [["eval", "stories260K", "--tasks", "piqa", "--data-dir", path.join(FIXTURES, "text")], /task file .*piqa\.test\.json \(piqa\) does not exist/],
     [["eval", "stories260K", "--text", path.join(FIXTURES, "text", "tinystories_25k.txt"), "--tokens", "0"], /--tokens 0 is not a positive count/],
     [["inspect", "stories260K", "--json", tmpDir()], /--json .* is a folder[\s\S]*give a file name/],
     [["inspect", path.join(ROOT, "fixtures", "models", "stories260K", "config.json")], /is a file of a model folder, not the folder/],
@@ -181,4 +184,11 @@ test("a long generate shows its progress and stops on SIGINT (exit 130) instead 
   assert.match(watched.stderr(), /warning: .* pass the model's 512 positions/);
   child.kill("SIGINT");
   assert.equal(await watched.exited, 130, watched.stderr());
+});
+
+test("generate prints no stop token: mha26m-debian ends this sample at EOS (it printed 'Package: vim.</s>')", { skip: fs.existsSync(path.join(SHARED, "models", "mha26m-debian")) ? false : "../shared/models/mha26m-debian is not here" }, () => {
+  const r = cli(["generate", path.join(SHARED, "models", "mha26m-debian"), "--device", "cpu", "--temperature", "1", "--seed", "1", "--prompt", "Package: vim"]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /^Package: vim/);
+  assert.doesNotMatch(r.stdout, /<\/s>/);
 });
