@@ -200,16 +200,22 @@ export async function pipeline(spec: string, o: PipelineOptions): Promise<Pipeli
   const stateFile = path.join(out, "pipeline.json");
   // An --out holding only the state file is a run whose first phase failed (a calibration text too
   // short is found only when converting): nothing in it to lose, so a corrected command starts over.
+  if (fs.existsSync(out) && !fs.statSync(out).isDirectory()) throw new MlaError("BAD_ARGUMENT", `--out ${o.out} is a file, not a folder`, "give --out a folder for the pipeline's phases, e.g. --out ./run");
   const nothingDone = fs.existsSync(out) && fs.readdirSync(out).every((name) => name === "pipeline.json");
   if (fs.existsSync(out) && !o.force && !nothingDone) {
-    const prev = fs.existsSync(stateFile) ? (JSON.parse(fs.readFileSync(stateFile, "utf8")) as { fingerprint?: string }) : null;
+    let prev: { fingerprint?: string } | null = null;
+    try {
+      prev = fs.existsSync(stateFile) ? (JSON.parse(fs.readFileSync(stateFile, "utf8")) as { fingerprint?: string }) : null;
+    } catch (e) {
+      throw new MlaError("EXISTS", `output ${o.out} already exists and its pipeline.json is not valid JSON (${(e as Error).message})`, "pass --force to start over, or choose another --out");
+    }
     if (!prev || prev.fingerprint !== fingerprint)
       throw new MlaError("EXISTS", `output ${o.out} already exists${prev ? " from a pipeline with other settings" : ""}`, "re-run the same command to resume it, pass --force to start over, or choose another --out");
     log.info(`resuming the pipeline in ${o.out}`);
   } else {
     fs.rmSync(out, { recursive: true, force: true });
     fs.mkdirSync(out, { recursive: true });
-    fs.writeFileSync(stateFile, JSON.stringify({ fingerprint, model: spec, settings: recordedSettings(o), started: new Date().toISOString() }, null, 2) + "\n");
+    writeFileAtomic(stateFile, JSON.stringify({ fingerprint, model: spec, settings: recordedSettings(o), started: new Date().toISOString() }, null, 2) + "\n");
   }
   const phases: PipelineResult["phases"] = [];
   // A stop asked for between phases (Ctrl-C outside fine-tuning) ends the run before the next one;

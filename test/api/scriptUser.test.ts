@@ -47,3 +47,16 @@ test("Checkpoint.open names a missing folder and a file given for one; synth tak
   for (let i = 0; i < 3; i++) await (await serve(lm, { port: 0, signal: ac.signal })).close();
   assert.equal(getEventListeners(ac.signal, "abort").length, 0);
 });
+
+test("pipeline names an --out that is a file and a damaged pipeline.json (internal errors before)", async () => {
+  const dir = tmpDir();
+  const file = path.join(dir, "afile");
+  fs.writeFileSync(file, "hi");
+  const o = { convert: { rank: 4, ropeStrategy: "high" as const }, evalText: TEXT, evalTokens: 100, progress: null };
+  for (const force of [false, true]) await assert.rejects(pipeline(MODEL, { ...o, out: file, force }), refusal(/--out .*afile is a file, not a folder/));
+  const damaged = path.join(dir, "p");
+  fs.mkdirSync(damaged);
+  fs.writeFileSync(path.join(damaged, "pipeline.json"), "{bad");
+  fs.writeFileSync(path.join(damaged, "x"), "");
+  await assert.rejects(pipeline(MODEL, { ...o, out: damaged }), refusal(/pipeline\.json is not valid JSON[\s\S]*--force to start over/));
+});
