@@ -12,7 +12,7 @@ import { selectBackend, DeviceName } from "../backends/select.js";
 import { checkCtx, checkTextFile, perplexity, readText, tokenizeForEval } from "./perplexity.js";
 import { inspectModel } from "./inspect.js";
 import { packageRoot } from "../io/modelDir.js";
-import { checkTaskName, defaultDataDir, runTask, TaskName, TASKS } from "./tasks/index.js";
+import { checkTaskName, defaultDataDir, runTask, TaskName, taskFile } from "./tasks/index.js";
 import type { ProgressSink } from "../util/progress.js";
 import type { Logger } from "../util/log.js";
 import { silentLogger } from "../util/log.js";
@@ -149,10 +149,7 @@ export function checkEvalOptions(opts: EvalOptions): { dataDir: string | null } 
   const dataDir = opts.dataDir ?? defaultDataDir(packageRoot());
   if (!dataDir || !fs.existsSync(dataDir)) throw new MlaError("NOT_FOUND", `task data folder ${opts.dataDir ?? "(none found)"} does not exist`, "pass --data-dir with ARC-*.test.json, piqa.test.json, hellaswag_val_full.txt.bz2, lambada_test.jsonl (or set MHA2MLA_EVAL_DATA)");
   // Every task's file, before the first task is scored (a pipeline: before its conversion).
-  for (const t of opts.tasks) {
-    const file = path.join(dataDir, TASKS[t].file);
-    if (!fs.existsSync(file)) throw new MlaError("NOT_FOUND", `task file ${file} (${t}) does not exist`, "pass --data-dir with the task files (ARC-*.test.json, piqa.test.json, hellaswag_val_full.txt.bz2, lambada_test.jsonl)");
-  }
+  for (const t of opts.tasks) taskFile(dataDir, t);
   return { dataDir };
 }
 

@@ -192,6 +192,19 @@ function checkRun(r: { variant: MlaVariant; L: number }, c: ModelConfig, gateDim
 }
 
 export async function study(o: StudyOptions): Promise<StudyResult> {
+  const made = { fresh: false };
+  try {
+    return await runStudy(o, made);
+  } catch (e) {
+    // A study this call started: a failure before any of its runs kept work (a bad --seq for the
+    // data, a model without a tokenizer, a broken .xz) leaves no folder to block the corrected command.
+    if (made.fresh && !(e instanceof MlaError && e.code === "INTERRUPTED") && !keptWork(o.out)) fs.rmSync(o.out, { recursive: true, force: true });
+    throw e;
+  }
+}
+
+/** The study; sets `made.fresh` once it has made (or emptied, with --force) its folder. */
+async function runStudy(o: StudyOptions, made: { fresh: boolean }): Promise<StudyResult> {
   checkOptionTypes("study()", o, STUDY_KINDS, ["like", "variants", "data", "tokens", "out"]);
   throwIfAborted(o.signal);
   const log = o.logger ?? silentLogger;
@@ -213,10 +226,7 @@ export async function study(o: StudyOptions): Promise<StudyResult> {
   // run is trained on its own from the same initialization.
   const settings = { like: o.like, data: o.data, tokens: o.tokens, seq, batch, lr, seed, valFraction: o.valFraction ?? 0.01, tokenCache: path.join(o.out, "tokens"), evalEvery: o.evalEvery ?? null, gateDim: o.gateDim ?? DEFAULT_GATE_DIM };
   const stateFile = path.join(o.out, "study-state.json");
-  // A study this call starts: a failure before any of its runs kept work (a bad --seq for the data, a
-  // model without a tokenizer, a broken .xz) leaves no folder to block the corrected command.
-  const fresh = !(fs.existsSync(o.out) && !o.force);
-  if (!fresh) {
+  if (fs.existsSync(o.out) && !o.force) {
     const prev = fs.existsSync(stateFile) ? (JSON.parse(fs.readFileSync(stateFile, "utf8")) as { settings?: unknown; variants?: string[]; ranks?: string[] }) : null;
     if (JSON.stringify(prev?.settings) !== JSON.stringify(settings))
       throw new MlaError("EXISTS", `output ${o.out} already exists${prev ? " from a study with other settings" : ""}`, "re-run it with the same settings (other --variants or --ranks are fine: finished runs are kept), pass --force to start over, or choose another --out");
@@ -226,68 +236,64 @@ export async function study(o: StudyOptions): Promise<StudyResult> {
   } else {
     fs.rmSync(o.out, { recursive: true, force: true });
     fs.mkdirSync(o.out, { recursive: true });
+    made.fresh = true;
     fs.writeFileSync(stateFile, JSON.stringify({ settings, variants: o.variants, ranks, started: new Date().toISOString() }, null, 2) + "\n");
   }
-  try {
-    const data = trainingText(o.data, o.out);
-    const init = path.join(o.out, "init-mha");
-    if (!fs.existsSync(init)) {
-      // Built aside and renamed, so an interrupted initialization is never mistaken for a finished one.
-      fs.rmSync(init + ".part", { recursive: true, force: true });
-      initFromScratch(like, init + ".part", seed);
-      fs.renameSync(init + ".part", init);
-    }
-    const steps = Math.max(1, Math.floor(o.tokens / (seq * batch)));
-    const rows: StudyRow[] = [];
-    const resumes = `the finished runs are kept in ${o.out} (and an interrupted training run's last checkpoint); call study() again with the same options to resume`;
-    for (const [i, r] of runs.entries()) {
-      const name = r.L === null ? "mha" : `${r.variant}-L${r.L}`;
-      const rowFile = path.join(o.out, `${name}.row.json`);
-      if (fs.existsSync(rowFile)) {
-        log.info(`study ${i + 1}/${runs.length}: ${name} already done`);
-        rows.push(JSON.parse(fs.readFileSync(rowFile, "utf8")) as StudyRow);
-        continue;
-      }
-      log.info(`study ${i + 1}/${runs.length}: ${name}`);
-      const conversion = r.variant === "mha" ? null : runSettings(r, c, o.gateDim);
-      const modelDir = conversion ? path.join(o.out, name) : init;
-      const trained = path.join(o.out, `${name}-trained`);
-      const ft = await resumableStep(o.signal, resumes, async () => {
-        if (conversion && !fs.existsSync(path.join(modelDir, "config.json"))) await convert(init, { ...conversion, device, out: modelDir, force: true, progress: null, logger: log, signal: o.signal });
-        const resume = fs.existsSync(path.join(trained, "checkpoint", "state.json"));
-        return finetune(modelDir, { data: [data], out: trained, force: !resume, resume, tokens: o.tokens, seq, batch, lr, seed, valFraction: o.valFraction ?? 0.01, tokenCache: path.join(o.out, "tokens"), evalEvery: o.evalEvery ?? Math.max(1, Math.round(steps / 20)), device, progress: o.progress, logger: log, shouldStop: o.shouldStop, signal: o.signal });
-      });
-      if (ft.stoppedEarly) return { rows, report: null, html: null, stoppedEarly: true };
-      const curve = fs.readFileSync(path.join(ft.out, "train_log.jsonl"), "utf8").trim().split("\n").map((l) => JSON.parse(l) as { step: number; val_nll?: number }).filter((l) => l.val_nll !== undefined).map((l) => [l.step, l.val_nll!] as [number, number]);
-      const info = inspectModel(ft.out);
-      const kv = info.kv_elems_per_token;
-      const row: StudyRow = {
-        variant: r.variant,
-        label: r.L === null ? "MHA" : `${{ mla: "MLA", "mla-rope": "MLA + RoPE", "eg-mla": "EG-MLA" }[r.variant as Exclude<StudyVariant, "mha">]}, latent ${r.L}`,
-        latentDim: r.L,
-        ropePairs: conversion?.ropePairs ?? null,
-        params: info.params,
-        kvElemsPerToken: kv,
-        kvBytesPerTokenBf16: kv * 2,
-        valNll: ft.valNllAfter ?? NaN,
-        curve,
-        trainTokensPerS: ft.tokensPerSecond,
-        decodeTokensPerS: decodeSpeed(ft.out, device),
-      };
-      writeFileAtomic(rowFile, JSON.stringify(row, null, 2) + "\n");
-      rows.push(row);
-    }
-    const meta = { like: o.like, hidden: c.hiddenSize, data: o.data, tokens: o.tokens, seq, batch, lr, seed, device, date: new Date().toISOString() };
-    fs.writeFileSync(path.join(o.out, "study.json"), JSON.stringify({ ...meta, rows }, null, 2) + "\n");
-    const report = path.join(o.out, "report.md");
-    const html = path.join(o.out, "report.html");
-    fs.writeFileSync(report, studyMarkdown(meta, rows));
-    fs.writeFileSync(html, studyHtml(meta, rows));
-    return { rows, report, html, stoppedEarly: false };
-  } catch (e) {
-    if (fresh && !(e instanceof MlaError && e.code === "INTERRUPTED") && !keptWork(o.out)) fs.rmSync(o.out, { recursive: true, force: true });
-    throw e;
+  const data = trainingText(o.data, o.out);
+  const init = path.join(o.out, "init-mha");
+  if (!fs.existsSync(init)) {
+    // Built aside and renamed, so an interrupted initialization is never mistaken for a finished one.
+    fs.rmSync(init + ".part", { recursive: true, force: true });
+    initFromScratch(like, init + ".part", seed);
+    fs.renameSync(init + ".part", init);
   }
+  const steps = Math.max(1, Math.floor(o.tokens / (seq * batch)));
+  const rows: StudyRow[] = [];
+  const resumes = `the finished runs are kept in ${o.out} (and an interrupted training run's last checkpoint); call study() again with the same options to resume`;
+  for (const [i, r] of runs.entries()) {
+    const name = r.L === null ? "mha" : `${r.variant}-L${r.L}`;
+    const rowFile = path.join(o.out, `${name}.row.json`);
+    if (fs.existsSync(rowFile)) {
+      log.info(`study ${i + 1}/${runs.length}: ${name} already done`);
+      rows.push(JSON.parse(fs.readFileSync(rowFile, "utf8")) as StudyRow);
+      continue;
+    }
+    log.info(`study ${i + 1}/${runs.length}: ${name}`);
+    const conversion = r.variant === "mha" ? null : runSettings(r, c, o.gateDim);
+    const modelDir = conversion ? path.join(o.out, name) : init;
+    const trained = path.join(o.out, `${name}-trained`);
+    const ft = await resumableStep(o.signal, resumes, async () => {
+      if (conversion && !fs.existsSync(path.join(modelDir, "config.json"))) await convert(init, { ...conversion, device, out: modelDir, force: true, progress: null, logger: log, signal: o.signal });
+      const resume = fs.existsSync(path.join(trained, "checkpoint", "state.json"));
+      return finetune(modelDir, { data: [data], out: trained, force: !resume, resume, tokens: o.tokens, seq, batch, lr, seed, valFraction: o.valFraction ?? 0.01, tokenCache: path.join(o.out, "tokens"), evalEvery: o.evalEvery ?? Math.max(1, Math.round(steps / 20)), device, progress: o.progress, logger: log, shouldStop: o.shouldStop, signal: o.signal });
+    });
+    if (ft.stoppedEarly) return { rows, report: null, html: null, stoppedEarly: true };
+    const curve = fs.readFileSync(path.join(ft.out, "train_log.jsonl"), "utf8").trim().split("\n").map((l) => JSON.parse(l) as { step: number; val_nll?: number }).filter((l) => l.val_nll !== undefined).map((l) => [l.step, l.val_nll!] as [number, number]);
+    const info = inspectModel(ft.out);
+    const kv = info.kv_elems_per_token;
+    const row: StudyRow = {
+      variant: r.variant,
+      label: r.L === null ? "MHA" : `${{ mla: "MLA", "mla-rope": "MLA + RoPE", "eg-mla": "EG-MLA" }[r.variant as Exclude<StudyVariant, "mha">]}, latent ${r.L}`,
+      latentDim: r.L,
+      ropePairs: conversion?.ropePairs ?? null,
+      params: info.params,
+      kvElemsPerToken: kv,
+      kvBytesPerTokenBf16: kv * 2,
+      valNll: ft.valNllAfter ?? NaN,
+      curve,
+      trainTokensPerS: ft.tokensPerSecond,
+      decodeTokensPerS: decodeSpeed(ft.out, device),
+    };
+    writeFileAtomic(rowFile, JSON.stringify(row, null, 2) + "\n");
+    rows.push(row);
+  }
+  const meta = { like: o.like, hidden: c.hiddenSize, data: o.data, tokens: o.tokens, seq, batch, lr, seed, device, date: new Date().toISOString() };
+  fs.writeFileSync(path.join(o.out, "study.json"), JSON.stringify({ ...meta, rows }, null, 2) + "\n");
+  const report = path.join(o.out, "report.md");
+  const html = path.join(o.out, "report.html");
+  fs.writeFileSync(report, studyMarkdown(meta, rows));
+  fs.writeFileSync(html, studyHtml(meta, rows));
+  return { rows, report, html, stoppedEarly: false };
 }
 
 /** Whether a study folder holds work worth keeping: a finished run's row, or a training run's checkpoint. */

@@ -65,12 +65,18 @@ function argmax(xs: number[]): number {
   return best;
 }
 
+/** The path of `task`'s file in `dataDir`, refused when it is not there (evaluate checks every task's before scoring the first). */
+export function taskFile(dataDir: string, task: TaskName): string {
+  const file = path.join(dataDir, TASKS[task].file);
+  if (!fs.existsSync(file)) throw new MlaError("NOT_FOUND", `task file ${file} (${task}) does not exist`, "pass --data-dir with the task files (ARC-*.test.json, piqa.test.json, hellaswag_val_full.txt.bz2, lambada_test.jsonl)");
+  return file;
+}
+
 /** Scores `task`'s first `limit` items; `kvCache`: as a decode cache of that type serves keys/values (default f32, exact). */
 export async function runTask(model: LlamaModel, tok: TextTokenizer, task: TaskName, dataDir: string, limit?: number, progress?: ProgressSink | null, signal?: AbortSignal, kvCache?: KvCacheDtype): Promise<TaskResult> {
   requireCount("--limit", limit);
   const spec = TASKS[task];
-  const file = path.join(dataDir, spec.file);
-  if (!fs.existsSync(file)) throw new MlaError("NOT_FOUND", `task file ${file} does not exist`, "pass --data-dir with the task files (ARC-*.test.json, piqa.test.json, hellaswag_val_full.txt.bz2, lambada_test.jsonl)");
+  const file = taskFile(dataDir, task);
   if (spec.kind === "lambada") {
     const items = parseLambada(file, limit);
     const bar = new Progress(task, items.length, "items", progress);
