@@ -16,7 +16,7 @@ interface Args extends ConversionArgs {
   "dry-run": boolean;
   "eval-text"?: string;
   "eval-tokens"?: number;
-  "eval-ctx": number;
+  "eval-ctx"?: number;
   json?: string;
   device: DeviceName;
   format: "mha2mla" | "deepseek";
@@ -36,7 +36,7 @@ export const convertCommand: CommandModule<object, Args> = {
       .option("dry-run", { type: "boolean", default: false, describe: "validate and print the KV-cache accounting only" })
       .option("eval-text", { type: "string", describe: "evaluate perplexity before and after; writes report.md/report.json into --out" })
       .option("eval-tokens", { type: "number", describe: "tokens of --eval-text to score (default all)" })
-      .option("eval-ctx", { type: "number", default: 256 })
+      .option("eval-ctx", { type: "number", describe: "window length of the --eval-text perplexity, BOS included (default 256)" })
       .option("device", DEVICE_OPTION)
       .option("format", { choices: ["mha2mla", "deepseek"] as const, default: "mha2mla" as const, describe: "mha2mla: our MLA format (per-head partial RoPE); deepseek: a deepseek_v3 folder stock DeepseekV3ForCausalLM and the MLA serving stacks load (one shared rope key, RoRoPE)" })
       .option("rope-dim", { type: "number", describe: "deepseek: qk_rope_head_dim, the shared rope key's width (default min(2·R·KV heads, head_dim))" })

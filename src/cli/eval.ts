@@ -15,7 +15,7 @@ interface Args {
   "data-dir"?: string;
   limit?: number;
   label?: string;
-  ctx: number;
+  ctx?: number;
   tokens?: number;
   json?: string;
   device: DeviceName;
@@ -35,7 +35,7 @@ export const evalCommand: CommandModule<object, Args> = {
       .option("data-dir", { type: "string", describe: "folder with the task files (default $MHA2MLA_EVAL_DATA or ../shared/data/eval)" })
       .option("limit", { type: "number", describe: "first N items of each task" })
       .option("label", { type: "string", describe: "name of this run in reports" })
-      .option("ctx", { type: "number", default: 256, describe: "window length including BOS" })
+      .option("ctx", { type: "number", describe: "window length of the --text perplexity, BOS included (default 256)" })
       .option("tokens", { type: "number", describe: "score only the first N tokens of the text" })
       .option("json", { type: "string", describe: "write the result as JSON to FILE (no value: stdout)" })
       .option("device", DEVICE_OPTION)

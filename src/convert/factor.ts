@@ -160,3 +160,11 @@ export function maxRank(svd: "joint" | "split", kvHeads: number, headDim: number
   if (svd === "joint") return Math.floor(Math.min(nope + v, hidden) / kvHeads);
   return Math.floor(Math.min(nope, v, hidden) / kvHeads);
 }
+
+/** What maxRank's rank keeps, for the --rank hint: split's one rank caps the values at the key dims' count. */
+export function maxRankNote(svd: "joint" | "split", kvHeads: number, headDim: number, ropePairs: number, hidden: number): string {
+  const top = maxRank(svd, kvHeads, headDim, ropePairs, hidden);
+  const v = kvHeads * headDim, kept = top * kvHeads;
+  if (svd === "joint" || kept >= Math.min(v, hidden)) return `${top} keeps everything`;
+  return `${top} keeps every position-free key dim, but the values only ${kept} of ${Math.min(v, hidden)} directions per layer (--svd joint keeps more)`;
+}

@@ -14,16 +14,15 @@ import { readHfConfig } from "../io/hfConfig.js";
 import { resolveModel } from "../io/modelDir.js";
 import { numel, type TensorSpec } from "../io/safetensors.js";
 import { ByteBudget } from "../io/byteBudget.js";
-import { kvElemsPerToken, MlaAttention, MlaSplit, ModelConfig } from "../model/config.js";
+import { kvElemsPerToken, MlaAttention, MlaSplit, ModelConfig, pastPositionsWarning } from "../model/config.js";
 import { checkShapes, expectedTensors, layerPrefix } from "../model/weights.js";
 import { loadModel } from "../model/llama.js";
 import { DeviceName, selectBackend, selectLinalg } from "../backends/select.js";
 import { chosenLinalg, linalgScope, useLinalg } from "../backends/native/linalg.js";
-import { calibrate, calibrationWindows, CalibrationStats } from "../ropeSelect/calibrate.js";
+import { calibrate, calibrationWindows, CalibrationStats, readCalibrationText } from "../ropeSelect/calibrate.js";
 import { loadTokenizer } from "../io/tokenizer.js";
 import { describeRefit, refitOutputProjections, refitRecord, RefitResult } from "./refitOutput.js";
 import { requireRoom, weightFileBytes } from "../io/diskRoom.js";
-import { readText } from "../eval/perplexity.js";
 import { checkEmbeddedEval, embeddedEval, evaluate, EvalResult } from "../eval/evaluate.js";
 import { inspectModel } from "../eval/inspect.js";
 import { silentLogger, Logger } from "../util/log.js";
@@ -105,7 +104,7 @@ async function convertInScope(spec: string, opts: ConvertOptions): Promise<Conve
     const plan = planConversion(config, settings, DTYPE_BYTES[kvDtype]);
     if (opts.dryRun) return { out: null, plan, selection: null, splits: null, energy: [], timings, report: null };
     // The evaluation text is read after the conversion: check it now, not after minutes of work.
-    checkEmbeddedEval(opts);
+    checkEmbeddedEval(opts, { dir: srcDir, bos: config.bosTokenId });
     const out = path.resolve(opts.out ?? defaultOut(spec, settings.rank));
     checkOutDir(out, srcDir, opts.force ?? false, [{ name: "--calib", path: settings.calib }, { name: "--eval-text", path: opts.evalText }]);
     // The converted model is at most its source's size (smaller attention; EG-MLA's gate is small).
@@ -113,7 +112,9 @@ async function convertInScope(spec: string, opts: ConvertOptions): Promise<Conve
 
     let windows: Int32Array[] = [];
     if (settings.calib && readsCalibration(settings)) {
-      windows = calibrationWindows(loadTokenizer(srcDir), readText(settings.calib), settings.calibSamples, settings.calibLen, config.bosTokenId ?? 1, settings.calib);
+      const past = pastPositionsWarning("--calib-len", settings.calibLen, config.maxPositions, "the calibration statistics come from positions the model was not pretrained for");
+      if (past) log.warn(past);
+      windows = calibrationWindows(loadTokenizer(srcDir), readCalibrationText(settings.calib), settings.calibSamples, settings.calibLen, config.bosTokenId, settings.calib);
       if (windows.length < settings.calibSamples) log.info(`note: ${settings.calib} holds ${windows.length} calibration windows of ${settings.calibLen} tokens (asked for ${settings.calibSamples})`);
     } else if (settings.calib) log.warn(unreadCalibration(settings.calib));
     const linalg = selectLinalg(opts.device ?? "auto", log);
@@ -157,7 +158,7 @@ async function convertInScope(spec: string, opts: ConvertOptions): Promise<Conve
     timings["total_s"] = (performance.now() - t0) / 1000;
     fs.writeFileSync(
       path.join(tmp, "mla_conversion.json"),
-      JSON.stringify({ tool: "mha2mla", version: TOOL_VERSION, source: { model: spec, dir: srcDir }, settings, latent_dim: splitFields(attention).latent_dim, kv: { before: plan.before, after: plan.after, change_percent: plan.kvChangePercent }, ...kvSplitRecord(choice), selection, retained_energy: energy, ...refitRecord(refit), timings, created: new Date().toISOString() }, null, 2) + "\n",
+      JSON.stringify({ tool: "mha2mla", version: TOOL_VERSION, source: { model: spec, dir: srcDir }, settings, ...calibrationRecord(settings.calib, windows), latent_dim: splitFields(attention).latent_dim, kv: { before: plan.before, after: plan.after, change_percent: plan.kvChangePercent }, ...kvSplitRecord(choice), selection, retained_energy: energy, ...refitRecord(refit), timings, created: new Date().toISOString() }, null, 2) + "\n",
     );
     commitOutDir(tmp, out, opts.force ?? false);
     tmp = null;
@@ -168,6 +169,12 @@ async function convertInScope(spec: string, opts: ConvertOptions): Promise<Conve
   } finally {
     src.close();
   }
+}
+
+/** What calibration read, for mla_conversion.json: settings hold what was asked, a short file gives fewer windows. */
+function calibrationRecord(file: string | null, windows: Int32Array[]): { calibration?: { file: string; windows: number; tokens: number } } {
+  if (!file || windows.length === 0) return {};
+  return { calibration: { file: path.resolve(file), windows: windows.length, tokens: windows.reduce((n, w) => n + w.length, 0) } };
 }
 
 /**

@@ -7,7 +7,7 @@ import { kvElemsPerToken, latentWidth, ModelConfig } from "../model/config.js";
 import { checkDisjoint, defaultRopePairs, parseStrategy, RopeStrategy } from "../ropeSelect/strategies.js";
 import type { OptionKinds } from "../util/optionTypes.js";
 import type { Logger } from "../util/log.js";
-import { maxRank } from "./factor.js";
+import { maxRank, maxRankNote } from "./factor.js";
 import { budgetSplits, KV_SPLIT_MODES, KvSplitMode } from "./kvSplit.js";
 import { requireCalibration } from "./calibrationNeeds.js";
 import { checkWindowShape } from "../ropeSelect/calibrate.js";
@@ -109,7 +109,7 @@ export function resolveSettings(c: ModelConfig, o: SettingsInput, log: Logger): 
   const top = maxRank(svd, c.kvHeads, c.headDim, R, c.hiddenSize);
   if (top < 1) throw new MlaError("BAD_ARGUMENT", `--svd split needs position-free key dims, but --rope-pairs ${R} keeps all ${half} pairs`, `use --svd joint or --rope-pairs < ${half}`);
   if (!Number.isInteger(o.rank) || o.rank < 1 || o.rank > top)
-    throw new MlaError("BAD_ARGUMENT", `--rank ${o.rank} is out of range for this model with --rope-pairs ${R} and --svd ${svd}`, `use an integer in 1…${top} (latent dims per KV head; ${top} keeps everything)`);
+    throw new MlaError("BAD_ARGUMENT", `--rank ${o.rank} is out of range for this model with --rope-pairs ${R} and --svd ${svd}`, `use an integer in 1…${top} (latent dims per KV head; ${maxRankNote(svd, c.kvHeads, c.headDim, R, c.hiddenSize)})`);
   const calib = o.calib ?? null;
   checkCalibFile(calib);
   let strategy = o.ropeStrategy === undefined ? undefined : parseStrategy(o.ropeStrategy);
@@ -132,6 +132,9 @@ export function resolveSettings(c: ModelConfig, o: SettingsInput, log: Logger): 
   const calibSamples = o.calibSamples ?? 32, calibLen = o.calibLen ?? 256;
   checkWindowShape(calibSamples, calibLen);
   const kvSplitPairs = kvSplit === "per-layer" ? budgetSplits({ kvHeads: c.kvHeads, headDim: c.headDim, hidden: c.hiddenSize }, { ropePairs: R, rank: o.rank, svd, ropeDisjoint }, o.kvSplitPairs).map((x) => x.ropePairs) : null;
+  // One candidate: scoring every layer would only pick it, the uniform conversion, minutes later.
+  if (kvSplitPairs?.length === 1)
+    throw new MlaError("BAD_ARGUMENT", `--kv-split per-layer has nothing to choose: only --rope-pairs ${R} spends the bytes of --rank ${o.rank} within the SVD's limits`, "raise --rank or lower --rope-pairs so other splits fit the budget, list them with --kv-split-pairs, or leave --kv-split out");
   return { rank: o.rank, ropePairs: R, ropeStrategy: strategy, ropeDisjoint, svd, svdInit, balanceKv: o.balanceKv ?? true, refitOutput, calib, calibSamples, calibLen, gateDim, kvSplit, kvSplitPairs };
 }
 

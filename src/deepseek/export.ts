@@ -17,10 +17,9 @@ import { loadModel } from "../model/llama.js";
 import type { ModelConfig } from "../model/config.js";
 import { DeviceName, selectBackend, selectLinalg } from "../backends/select.js";
 import { linalgScope, useLinalg } from "../backends/native/linalg.js";
-import { calibrate, calibrationWindows, CalibrationStats, checkWindowShape } from "../ropeSelect/calibrate.js";
+import { calibrate, calibrationWindows, CalibrationStats, checkWindowShape, readCalibrationText } from "../ropeSelect/calibrate.js";
 import { defaultRopePairs } from "../ropeSelect/strategies.js";
 import { covarianceRoots } from "../svd/truncated.js";
-import { readText } from "../eval/perplexity.js";
 import { silentLogger, Logger } from "../util/log.js";
 import { checkOptionTypes, type OptionKinds } from "../util/optionTypes.js";
 import { Progress, ProgressSink } from "../util/progress.js";
@@ -189,7 +188,7 @@ async function convertDeepseekInScope(spec: string, o: DeepseekOptions): Promise
   for (const w of servingWarnings(rk, dr, H, convertRemedy(Dh, Math.min(2 * G * Dh, D)))) log.warn(w);
   if (o.dryRun) return { out: null, ropeDim: dr, kvLoraRank: rk, ropeTheta: c.rope.theta, spacing: 0, kvPerToken, energy: [], eval: null };
   // The evaluation comes last: its settings are checked now, not after the conversion.
-  checkEmbeddedEval(o);
+  checkEmbeddedEval(o, { dir: srcDir, bos: c.bosTokenId });
   const out = path.resolve(o.out ?? defaultOut(spec, o.rank, "deepseek"));
   checkOutDir(out, srcDir, o.force ?? false, [{ name: "--calib", path: o.calib }, { name: "--eval-text", path: o.evalText }]);
   requireRoom(out, weightFileBytes(srcDir), "the converted model");
@@ -202,7 +201,7 @@ async function convertDeepseekInScope(spec: string, o: DeepseekOptions): Promise
     let windows: Int32Array[] = [];
     if (o.calib) {
       const { model, tokenizer } = loadModel(srcDir, { backend: selectBackend(o.device ?? "auto", log) });
-      windows = calibrationWindows(tokenizer, readText(o.calib), o.calibSamples ?? 32, o.calibLen ?? 256, c.bosTokenId ?? 1, o.calib);
+      windows = calibrationWindows(tokenizer, readCalibrationText(o.calib), o.calibSamples ?? 32, o.calibLen ?? 256, c.bosTokenId, o.calib);
       stats = await calibrate(model, windows, { covariance: true, progress: o.progress });
     }
     const cov = (l: number) => stats?.covariance?.[l] ?? null;

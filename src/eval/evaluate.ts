@@ -9,7 +9,8 @@ import { flagsWithout, MlaError } from "../errors.js";
 import type { WeightStorage } from "../model/weights.js";
 import { loadModel } from "../model/llama.js";
 import { selectBackend, DeviceName } from "../backends/select.js";
-import { checkCtx, checkTextFile, perplexity, readText, tokenizeForEval } from "./perplexity.js";
+import { checkCtx, checkTextFile, perplexity, readText, requireBos, tokenizeForEval } from "./perplexity.js";
+import { loadTokenizer } from "../io/tokenizer.js";
 import { inspectModel } from "./inspect.js";
 import { packageRoot } from "../io/modelDir.js";
 import { checkTaskName, defaultDataDir, runTask, TaskName, taskFile } from "./tasks/index.js";
@@ -19,7 +20,7 @@ import { silentLogger } from "../util/log.js";
 import { checkKvCacheDtype, type KvCacheDtype } from "../model/kvQuant.js";
 import { checkOptionTypes, type OptionKinds } from "../util/optionTypes.js";
 import { throwIfAborted } from "../util/abort.js";
-import { kvBytesPerToken } from "../model/config.js";
+import { kvBytesPerToken, pastPositionsWarning } from "../model/config.js";
 import { requireCount } from "../util/counts.js";
 
 /** The options the perplexity text, its token count and its window length came from, named in messages. */
@@ -81,11 +82,16 @@ export function embeddedEval(o: { evalText?: string; evalTokens?: number; evalCt
 
 /**
  * convert's and export's optional evaluation, checked before their work: nothing to check without
- * --eval-text, unless --eval-tokens was given (it does nothing without it). --eval-ctx has a default,
- * so it is not told apart from one typed.
+ * --eval-text, unless --eval-tokens or --eval-ctx was given (they do nothing without it). `source`:
+ * the model whose conversion is scored: its tokenizer and BOS, which the result shares, must load.
  */
-export function checkEmbeddedEval(o: { evalText?: string; evalTokens?: number; evalCtx?: number }): void {
-  if (o.evalText !== undefined || o.evalTokens !== undefined) checkEvalOptions(embeddedEval(o));
+export function checkEmbeddedEval(o: { evalText?: string; evalTokens?: number; evalCtx?: number }, source?: { dir: string; bos: number | null }): void {
+  if (o.evalText === undefined && o.evalTokens === undefined && o.evalCtx === undefined) return;
+  checkEvalOptions(embeddedEval(o));
+  if (source) {
+    loadTokenizer(source.dir);
+    requireBos(source.bos);
+  }
 }
 
 export interface TaskScore {
@@ -135,7 +141,8 @@ export function checkEvalOptions(opts: EvalOptions): { dataDir: string | null } 
   if (opts.kvCache !== undefined) checkKvCacheDtype(opts.kvCache);
   requireCount(flags.tokens, opts.tokens);
   requireCount("--limit", opts.limit);
-  if (opts.tokens !== undefined && !opts.text) throw flagsWithout([flags.tokens], `${flags.text} FILE`, "it counts the perplexity text's tokens");
+  const textOnly = ([[flags.tokens, opts.tokens], [flags.ctx, opts.ctx]] as const).filter(([, v]) => v !== undefined).map(([f]) => f);
+  if (textOnly.length && !opts.text) throw flagsWithout(textOnly, `${flags.text} FILE`, "settings of the perplexity text");
   if (!opts.text && !opts.tasks?.length) throw new MlaError("BAD_ARGUMENT", "nothing to evaluate", `pass ${flags.text} FILE for perplexity and/or --tasks a,b for benchmarks`);
   if (opts.text) {
     checkTextFile(opts.text);
@@ -185,7 +192,8 @@ export async function evaluate(spec: string, opts: EvalOptions): Promise<EvalRes
     const ids = tokenizeForEval(lm.tokenizer, text, opts.tokens);
     if (opts.tokens !== undefined && ids.length < opts.tokens) log.warn(`${opts.text} holds only ${ids.length} tokens, fewer than ${flags.tokens} ${opts.tokens}: scoring all of them`);
     const ctx = opts.ctx ?? 256;
-    if (ctx > lm.config.maxPositions) log.warn(`${flags.ctx} ${ctx} passes the model's ${lm.config.maxPositions} positions (max_position_embeddings): windows past them score poorly`);
+    const past = pastPositionsWarning(flags.ctx, ctx, lm.config.maxPositions, "windows past them score poorly");
+    if (past) log.warn(past);
     const r = await perplexity(lm.model, ids, { ctx, progress: opts.progress, kvCache: opts.kvCache, batch: opts.batch, signal: opts.signal });
     Object.assign(result, { text: path.resolve(opts.text!), ctx: r.ctx, tokens: r.tokens, windows: r.windows, nll: r.nll, ppl: r.ppl, tokens_per_second: r.tokens / r.seconds });
     if (r.afterFirst) result.tokens_per_second_warm = r.afterFirst.tokens / r.afterFirst.seconds;

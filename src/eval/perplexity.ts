@@ -6,7 +6,8 @@
 import fs from "node:fs";
 import { MlaError, ioError } from "../errors.js";
 import type { LlamaModel } from "../model/llama.js";
-import type { KvCacheDtype } from "../model/kvQuant.js";
+import { checkKvCacheDtype, type KvCacheDtype } from "../model/kvQuant.js";
+import { checkOptionTypes, type OptionKinds } from "../util/optionTypes.js";
 import { encodePrefix, TextTokenizer } from "../io/tokenizer.js";
 import { readTextFile, sniffTextFile } from "../io/text.js";
 import { Progress, ProgressSink } from "../util/progress.js";
@@ -48,6 +49,12 @@ export function checkTextFile(file: string): void {
   } catch (e) {
     throw ioError("cannot read text", file, e);
   }
+}
+
+/** The BOS id that starts every perplexity and calibration window; a model without one is refused (any id taken instead would be some other token). */
+export function requireBos(bos: number | null): number {
+  if (bos === null) throw new MlaError("BAD_CONFIG", "the model's config has no bos_token_id", "perplexity and calibration windows start with BOS; set bos_token_id in config.json");
+  return bos;
 }
 
 export function readText(file: string): string {
@@ -113,10 +120,14 @@ export function checkCtx(ctx: number, flag = "--ctx"): void {
   if (ctx < 2) throw new MlaError("BAD_ARGUMENT", `${flag} ${ctx} is too small`, "use at least 2 (BOS + one token)");
 }
 
+const PERPLEXITY_KINDS: OptionKinds<PerplexityOptions> = { ctx: "number", progress: "object", label: "string", signal: "object", shouldStop: "function", batch: "number", bf16: "boolean", kvCache: "string" };
+
 export async function perplexity(model: LlamaModel, ids: Int32Array, opts: PerplexityOptions): Promise<PerplexityResult> {
+  // From a script: a misspelt name or an unknown cache type ("fp8") scored with every key zeroed.
+  checkOptionTypes("perplexity()", opts, PERPLEXITY_KINDS);
+  if (opts.kvCache !== undefined) checkKvCacheDtype(opts.kvCache);
   const { ctx } = opts;
-  const bos = model.config.bosTokenId;
-  if (bos === null) throw new MlaError("BAD_CONFIG", "the model's config has no bos_token_id", "the perplexity protocol starts every window with BOS; set bos_token_id in config.json");
+  const bos = requireBos(model.config.bosTokenId);
   checkCtx(ctx);
   if (ids.length === 0) throw new MlaError("BAD_TEXT", "the text has no tokens", "pass a non-empty text");
   const stride = ctx - 1;

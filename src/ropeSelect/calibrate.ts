@@ -12,6 +12,8 @@ import { encodePrefix, TextTokenizer } from "../io/tokenizer.js";
 import type { FloatArray, Tensor } from "../tensor/tensor.js";
 import { Progress, ProgressSink } from "../util/progress.js";
 import { nextTurn } from "../util/abort.js";
+import { readText, requireBos } from "../eval/perplexity.js";
+import { readDocuments } from "../finetune/data.js";
 
 export interface CalibrationStats {
   /** Per layer [H, Dh/2]: mean ‖(q_i, q_{i+Dh/2})‖. */
@@ -25,14 +27,23 @@ export interface CalibrationStats {
   seconds: number;
 }
 
+/**
+ * A --calib file's text: a .jsonl file's "text" fields one document after another (as finetune --data
+ * reads it; its JSON punctuation is not text the model should be calibrated on), any other file as it is.
+ */
+export function readCalibrationText(file: string): string {
+  return file.endsWith(".jsonl") ? readDocuments(file).join("\n\n") : readText(file);
+}
+
 /** Refuses a window count or length no text could fill; conversions call it before their work, not at calibration. */
 export function checkWindowShape(samples: number, len: number): void {
   if (!Number.isInteger(len) || len < 2) throw new MlaError("BAD_ARGUMENT", `--calib-len ${len} is too small`, "use at least 2 (BOS + one token)");
   if (!Number.isInteger(samples) || samples < 1) throw new MlaError("BAD_ARGUMENT", `--calib-samples ${samples} is not a positive integer`, "pass e.g. --calib-samples 32");
 }
 
-export function calibrationWindows(tokenizer: TextTokenizer, text: string, samples: number, len: number, bos: number, source = "calibration text"): Int32Array[] {
+export function calibrationWindows(tokenizer: TextTokenizer, text: string, samples: number, len: number, bos: number | null, source = "calibration text"): Int32Array[] {
   checkWindowShape(samples, len);
+  const first = requireBos(bos);
   const stride = len - 1;
   const ids = encodePrefix(tokenizer, text, samples * stride);
   const available = Math.floor(ids.length / stride);
@@ -40,7 +51,7 @@ export function calibrationWindows(tokenizer: TextTokenizer, text: string, sampl
   const n = Math.min(samples, available);
   return Array.from({ length: n }, (_, w) => {
     const win = new Int32Array(len);
-    win[0] = bos;
+    win[0] = first;
     win.set(ids.slice(w * stride, (w + 1) * stride), 1);
     return win;
   });

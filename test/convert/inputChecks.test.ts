@@ -1,0 +1,88 @@
+// What convert reads besides the model, checked before its work: the calibration text (.jsonl read
+// as finetune --data reads it), the BOS that starts its windows, the evaluation's tokenizer, and
+// settings that would do nothing (--eval-ctx without --eval-text, a per-layer split with one candidate).
+import assert from "node:assert/strict";
+import fs from "node:fs";
+import path from "node:path";
+import { test } from "node:test";
+import { MlaError } from "../../src/errors.js";
+import { convert, ConvertOptions } from "../../src/convert/pipeline.js";
+import { calibrationWindows, readCalibrationText } from "../../src/ropeSelect/calibrate.js";
+import { loadTokenizer } from "../../src/io/tokenizer.js";
+import { readText } from "../../src/eval/perplexity.js";
+import { maxRankNote } from "../../src/convert/factor.js";
+import { FIXTURES, MODELS, tmpDir } from "../helpers.js";
+
+const SRC = path.join(MODELS, "stories260K");
+const TEXT = path.join(FIXTURES, "text", "tinystories.txt");
+
+async function refusedEarly(opts: Partial<ConvertOptions> & { model?: string }, re: RegExp): Promise<void> {
+  const parent = tmpDir();
+  const { model, ...rest } = opts;
+  await assert.rejects(convert(model ?? SRC, { rank: 2, progress: null, device: "cpu", out: path.join(parent, "out"), ...rest }), (e: Error) => e instanceof MlaError && re.test(e.message) && /hint:/.test(e.message));
+  assert.deepEqual(fs.readdirSync(parent), [], "nothing written");
+}
+
+/** A copy of stories260K with `edit` applied to its folder. */
+function modelCopy(edit: (dir: string) => void): string {
+  const dir = path.join(tmpDir(), "model");
+  fs.cpSync(SRC, dir, { recursive: true });
+  edit(dir);
+  return dir;
+}
+const withoutBos = () =>
+  modelCopy((dir) => {
+    const f = path.join(dir, "config.json");
+    const c = JSON.parse(fs.readFileSync(f, "utf8"));
+    c.bos_token_id = null;
+    fs.writeFileSync(f, JSON.stringify(c));
+  });
+
+test("a .jsonl --calib file is calibrated on its text fields, not on its JSON", () => {
+  const docs = readText(TEXT).split("\n\n").filter((d) => d.trim()).slice(0, 40);
+  const jsonl = path.join(tmpDir(), "calib.jsonl");
+  fs.writeFileSync(jsonl, docs.map((text) => JSON.stringify({ text })).join("\n") + "\n");
+  assert.equal(readCalibrationText(jsonl), docs.join("\n\n"));
+  const tok = loadTokenizer(SRC);
+  assert.deepEqual(calibrationWindows(tok, readCalibrationText(jsonl), 4, 64, 1), calibrationWindows(tok, docs.join("\n\n"), 4, 64, 1));
+  assert.ok(!tok.decode(Array.from(calibrationWindows(tok, readCalibrationText(jsonl), 1, 64, 1)[0]!)).includes('{"text"'));
+});
+
+test("a model without bos_token_id is refused for calibration (any id would be another token) and for --eval-text, before any work", async () => {
+  assert.throws(() => calibrationWindows(loadTokenizer(SRC), readText(TEXT), 2, 32, null), /no bos_token_id[\s\S]*hint:/);
+  const model = withoutBos();
+  await refusedEarly({ model, calib: TEXT, ropeStrategy: "2-norm" }, /no bos_token_id/);
+  await refusedEarly({ model, evalText: TEXT }, /no bos_token_id/);
+});
+
+test("--eval-text with a model that has no tokenizer.json is refused before the conversion", async () => {
+  const model = modelCopy((dir) => fs.rmSync(path.join(dir, "tokenizer.json")));
+  const t0 = performance.now();
+  await refusedEarly({ model, evalText: TEXT }, /tokenizer\.json/);
+  assert.ok(performance.now() - t0 < 20_000);
+});
+
+test("--eval-ctx and --eval-tokens without --eval-text are refused, naming both", async () => {
+  await refusedEarly({ evalCtx: 64 }, /^--eval-ctx has no effect without --eval-text FILE/);
+  await refusedEarly({ evalCtx: 64, evalTokens: 100 }, /--eval-tokens, --eval-ctx have no effect without --eval-text FILE|--eval-tokens and --eval-ctx have no effect/);
+});
+
+test("--kv-split per-layer with only one split inside the budget is refused, not scored layer by layer", async () => {
+  await refusedEarly({ rank: 2, ropePairs: 1, kvSplit: "per-layer", calib: TEXT }, /--kv-split per-layer has nothing to choose/);
+});
+
+test("the --rank limit's hint says what the top rank keeps: everything for joint, not every value direction for split", () => {
+  assert.equal(maxRankNote("joint", 4, 8, 1, 64), "14 keeps everything");
+  // stories260K, --svd split --rope-pairs 1: 6 key dims per head; the values have 8.
+  assert.match(maxRankNote("split", 4, 8, 1, 64), /^6 keeps every position-free key dim, but the values only 24 of 32 directions/);
+  assert.equal(maxRankNote("split", 4, 8, 0, 64), "8 keeps everything");
+});
+
+test("mla_conversion.json records the calibration actually read: windows, tokens and the file's absolute path", async () => {
+  const out = path.join(tmpDir(), "out");
+  await convert(SRC, { rank: 4, ropePairs: 1, calib: path.relative(process.cwd(), TEXT), calibSamples: 32, calibLen: 64, progress: null, device: "cpu", out });
+  const rec = JSON.parse(fs.readFileSync(path.join(out, "mla_conversion.json"), "utf8"));
+  assert.equal(rec.calibration.file, TEXT);
+  assert.ok(rec.calibration.windows >= 1 && rec.calibration.windows <= 32);
+  assert.equal(rec.calibration.tokens, rec.calibration.windows * 64);
+});
