@@ -24,7 +24,7 @@ interface Args {
   lr?: number;
   warmup: number;
   schedule: string;
-  "decay-fraction": number;
+  "decay-fraction"?: number;
   "weight-decay": number;
   clip: number;
   seed: number;
@@ -51,7 +51,7 @@ export const finetuneCommand: CommandModule<object, Args> = {
       .option("out", { type: "string", demandOption: true, describe: "run folder: checkpoint/, train_log.jsonl, then the trained model" })
       .option("force", { type: "boolean", default: false, describe: "start over in an existing --out" })
       .option("resume", { type: "boolean", default: false, describe: "continue the interrupted run in --out exactly, with the same flags (a finished run is reported again, nothing rewritten)" })
-      .option("tokens", { type: "number", describe: "token budget (batch·seq per step; default one epoch)" })
+      .option("tokens", { type: "number", describe: "token budget (batch·accum·seq per step; default one epoch)" })
       .option("fraction", { type: "number", describe: "train on the first fraction of the training tokens" })
       .option("val-fraction", { type: "number", default: D.valFraction, describe: "held-out tail of the data for validation NLL" })
       .option("seq", { type: "number", default: D.seq, describe: "sequence length, BOS included" })
@@ -60,7 +60,7 @@ export const finetuneCommand: CommandModule<object, Args> = {
       .option("lr", { type: "number", describe: "peak learning rate (default by model size: 1e-3 under 10M parameters, 2e-4 under 100M, else 1e-4)" })
       .option("warmup", { type: "number", default: D.warmup, describe: "warmup as a fraction of the steps" })
       .option("schedule", { type: "string", default: D.schedule, choices: SCHEDULES as unknown as string[], describe: "wsd = warmup, constant, 1−sqrt decay (the paper's)" })
-      .option("decay-fraction", { type: "number", default: D.decayFraction, describe: "wsd: fraction of the steps spent decaying" })
+      .option("decay-fraction", { type: "number", describe: `wsd: fraction of the steps spent decaying, after warmup (default ${D.decayFraction})` })
       .option("weight-decay", { type: "number", default: D.weightDecay })
       .option("clip", { type: "number", default: D.clip, describe: "global gradient-norm clip (0 = off)" })
       .option("seed", { type: "number", default: D.seed })

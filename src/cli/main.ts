@@ -93,7 +93,15 @@ function checkFlagValues(argv: Record<string, unknown>, y: WithOptions): void {
     if (!arrays.has(key) && (given > 1 || Array.isArray(v))) throw new MlaError("BAD_ARGUMENT", `--${key} was given ${Math.max(given, Array.isArray(v) ? v.length : 0)} times${Array.isArray(v) ? ` (${v.join(", ")})` : ""}`, `give --${key} once`);
     if (typeof v === "number" && Number.isNaN(v)) {
       const text = typed(key);
-      throw new MlaError("BAD_ARGUMENT", text === null ? `--${key} needs a number` : `--${key} ${text} is not a number`, `give --${key} a number`);
+      // Token counts read as people write them: --tokens 20M, --eval-tokens 50k.
+      const count = key.endsWith("tokens") && text !== null ? /^(\d+(?:\.\d+)?)([kMG])$/.exec(text) : null;
+      if (count) {
+        const n = Math.round(Number(count[1]) * { k: 1e3, M: 1e6, G: 1e9 }[count[2] as "k" | "M" | "G"]);
+        argv[key] = n;
+        argv[key.replace(/-([a-z])/g, (_, c: string) => c.toUpperCase())] = n;
+        continue;
+      }
+      throw new MlaError("BAD_ARGUMENT", text === null ? `--${key} needs a number` : `--${key} ${text} is not a number`, key.endsWith("tokens") ? `give --${key} a number, e.g. 20000000 or 20M (k, M and G count thousands, millions, billions)` : `give --${key} a number`);
     }
   }
   checkFileOutputs(argv);

@@ -51,7 +51,7 @@ export function checkDataFile(file: string): void {
   } catch (e) {
     throw ioError("cannot read data", file, e);
   }
-  if (st.isDirectory()) throw new MlaError("BAD_ARGUMENT", `--data ${file} is a folder, not a text file`, "pass the files themselves (.txt, .jsonl of {\"text\": …} lines, or .xz), e.g. --data folder/*.txt");
+  if (st.isDirectory()) throw new MlaError("BAD_ARGUMENT", `--data ${file} is a folder, not a text file`, "pass the files themselves (.txt, or .jsonl of {\"text\": …} lines), e.g. --data folder/*.txt");
 }
 
 export function readDocuments(file: string): string[] {

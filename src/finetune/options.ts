@@ -117,7 +117,10 @@ export function checkFinetuneOptions(o: Omit<FinetuneOptions, "data" | "out">) {
   const distillWeight = o.distill ? (o.distillWeight ?? D.distillWeight) : 0;
   const temperature = positive("temperature", o.temperature ?? D.temperature);
   within("--distill-weight", distillWeight, "[0, 1]", "0 = cross-entropy only, 1 = distillation only");
-  if (o.schedule !== undefined) parseSchedule(o.schedule);
+  const schedule = parseSchedule(o.schedule ?? D.schedule);
+  // A setting of another schedule would be dropped unseen (and still refuse a --resume that changes it).
+  if (o.decayFraction !== undefined && schedule !== "wsd") throw flagsWithout(["--decay-fraction"], "--schedule wsd", "the fraction of the steps wsd spends decaying");
+  if (o.minLrFraction !== undefined && schedule !== "cosine") throw flagsWithout(["minLrFraction"], "schedule: \"cosine\"", "the floor of the cosine schedule");
   const trainWhat = o.train ?? D.train;
   if (trainWhat !== "attention" && trainWhat !== "all") throw new MlaError("BAD_ARGUMENT", `--train ${String(trainWhat)} is not known`, "use attention (the attention weights only) or all");
   return { seq, batch, accum, warmup, trainWhat, distillWeight, temperature };

@@ -41,7 +41,8 @@ export function lrAt(s: Schedule, step: number, total: number): number {
     const p = (step - s.warmupSteps) / Math.max(1, total - s.warmupSteps);
     return s.lr * (s.minLrFraction + (1 - s.minLrFraction) * 0.5 * (1 + Math.cos(Math.PI * p)));
   }
-  const decayStart = Math.round(total * (1 - s.decayFraction));
+  // Not before warmup ends: --warmup 0.5 --decay-fraction 0.8 held the peak one step, then dropped it 61%.
+  const decayStart = Math.max(s.warmupSteps, Math.round(total * (1 - s.decayFraction)));
   if (step < decayStart) return s.lr;
   return s.lr * (1 - Math.sqrt((step - decayStart) / Math.max(1, total - decayStart)));
 }

@@ -6,6 +6,7 @@
  * the gradient norm reach the host. Nothing here is freed by the garbage collector: activations of a
  * micro-batch live in a backend arena that closes after its backward.
  */
+import os from "node:os";
 import { MlaError } from "../errors.js";
 import type { LlamaModel } from "../model/llama.js";
 import type { ParamNodes } from "../model/params.js";
@@ -15,6 +16,7 @@ import type { Backend, TrainingKernels } from "../tensor/backend.js";
 import type { Tensor } from "../tensor/tensor.js";
 import type { AdamWHyper } from "../backends/native/kernels.js";
 import type { StateKind, StateSlots } from "./checkpoint.js";
+import { silentLogger, type Logger } from "../util/log.js";
 
 export type Precision = "bf16" | "f32";
 
@@ -23,6 +25,29 @@ export interface Slot {
   offset: number;
   shape: readonly number[];
   size: number;
+}
+
+/** Consecutive slots that all take weight decay or all do not. */
+interface DecayRun {
+  offset: number;
+  size: number;
+  decay: boolean;
+}
+
+/**
+ * Matrices (linear weights, embeddings) take AdamW's weight decay; 1-D weights (RMSNorm gains,
+ * biases) do not, as in HF's Trainer: decay would pull a norm's gains toward 0, not toward 1.
+ * Slots are contiguous in the flat buffers, so each run is one optimizer call over views.
+ */
+export function decayRuns(slots: readonly Slot[]): DecayRun[] {
+  const runs: DecayRun[] = [];
+  for (const s of slots) {
+    const decay = s.shape.length >= 2;
+    const last = runs[runs.length - 1];
+    if (last && last.decay === decay && last.offset + last.size === s.offset) last.size += s.size;
+    else runs.push({ offset: s.offset, size: s.size, decay });
+  }
+  return runs;
 }
 
 /** Bytes the state needs on the backend: master weights, gradients, two moments, bf16 copy. */
@@ -77,9 +102,21 @@ function memoryNeed(model: LlamaModel, choice: MemoryChoice, precision: Precisio
 }
 
 /** Whether `choice` fits the device's free memory (true on a backend that does not report memory). */
+/**
+ * Free and total bytes where a training state lives: the device's, or for a host backend the
+ * machine's, whose `free` (what the kernel could hand out now, page cache included) is only advisory:
+ * a host run is refused past `total` (a cgroup's limit where one is set), where it cannot succeed.
+ */
+function memoryFor(b: Backend): { free: number; total: number; host: boolean } {
+  const dev = b.memory?.();
+  if (dev) return { ...dev, host: false };
+  const limit = process.constrainedMemory?.() ?? 0;
+  const total = limit > 0 && limit < os.totalmem() ? limit : os.totalmem();
+  return { free: Math.min(os.freemem(), total), total, host: true };
+}
+
 export function fitsDevice(model: LlamaModel, choice: MemoryChoice, precision: Precision, tokens: number): boolean {
-  const mem = model.backend.memory?.();
-  if (!mem) return true;
+  const mem = memoryFor(model.backend);
   const n = trainableCount(model, choice.train === "all" ? () => true : (p) => p.includes(".attn."));
   return memoryNeed(model, choice, precision, tokens, n) <= mem.free;
 }
@@ -88,14 +125,18 @@ export function fitsDevice(model: LlamaModel, choice: MemoryChoice, precision: P
  * Refuses, before anything is allocated, a run whose state and activations cannot fit in the
  * device's free memory, saying what would.
  */
-export function checkFits(model: LlamaModel, choice: MemoryChoice, precision: Precision, tokens: number): void {
-  const mem = model.backend.memory?.();
-  if (!mem) return;
+export function checkFits(model: LlamaModel, choice: MemoryChoice, precision: Precision, tokens: number, log: Logger = silentLogger): void {
+  const mem = memoryFor(model.backend);
+  const gib = (x: number) => `${(x / 2 ** 30).toFixed(1)} GiB`;
   const counts = { all: trainableCount(model, () => true), attention: trainableCount(model, (p) => p.includes(".attn.")) };
   const needOf = (c: MemoryChoice) => memoryNeed(model, { ...c, fullLogits: choice.fullLogits }, precision, tokens, counts[c.train]);
   const need = needOf(choice);
   if (need <= mem.free) return;
-  const gib = (x: number) => `${(x / 2 ** 30).toFixed(1)} GiB`;
+  const limit = mem.host ? mem.total : mem.free;
+  if (need <= limit) {
+    log.warn(`training needs about ${gib(need)} of host memory beyond the weights already loaded, more than the ${gib(mem.free)} free now (of ${gib(mem.total)}): it may swap or be killed`);
+    return;
+  }
   const flags = (c: MemoryChoice) => [`--train ${c.train}`, ...(c.checkpoint ? ["--checkpoint-activations"] : [])].join(" ");
   const alternatives: MemoryChoice[] = [
     { train: choice.train, checkpoint: true },
@@ -103,13 +144,13 @@ export function checkFits(model: LlamaModel, choice: MemoryChoice, precision: Pr
     { train: "attention", checkpoint: true },
   ];
   // Each alternative only narrows what is trained or adds checkpointing; the first that differs and fits.
-  const fits = alternatives.find((c) => (c.train !== choice.train || c.checkpoint !== choice.checkpoint) && needOf(c) <= mem.free);
+  const fits = alternatives.find((c) => (c.train !== choice.train || c.checkpoint !== choice.checkpoint) && needOf(c) <= limit);
   const act = activationBytes(model, tokens, choice.checkpoint, choice.fullLogits, precision, choice.keepMid ?? true);
   const hint = fits
     ? `${flags(fits)} needs about ${gib(needOf(fits))} and fits`
     : `a smaller --batch or --seq (activations of ${tokens} tokens take ${gib(act)}; --accum keeps the tokens per step)${choice.checkpoint ? "" : " with --checkpoint-activations"}`;
   const n = counts[choice.train];
-  throw new MlaError("OUT_OF_MEMORY", `training ${n.toLocaleString("en-US")} parameters (${precision}, ${flags(choice)}) needs about ${gib(need)} of device memory beyond the float32 weights already loaded (state ${gib(stateBytes(n, precision))}, activations ${gib(act)}); ${gib(mem.free)} are free of ${gib(mem.total)}`, hint);
+  throw new MlaError("OUT_OF_MEMORY", `training ${n.toLocaleString("en-US")} parameters (${precision}, ${flags(choice)}) needs about ${gib(need)} of ${mem.host ? "host" : "device"} memory beyond the float32 weights already loaded (state ${gib(stateBytes(n, precision))}, activations ${gib(act)}); ${mem.host ? `the machine has ${gib(mem.total)}` : `${gib(mem.free)} are free of ${gib(mem.total)}`}`, hint);
 }
 
 export class TrainState {
@@ -124,6 +165,8 @@ export class TrainState {
   readonly slots: Slot[];
   /** One per slot: its gradient holds an earlier step's values (see beginStep). */
   private readonly flags: SlotFlag[];
+  /** The flat buffers' runs of slots with and without weight decay (decayRuns). */
+  private readonly decayRuns: DecayRun[];
   /** The graph's weight nodes: trainable leaves read the flat views (bf16 ones for linear weights in bf16). */
   readonly nodes: ParamNodes;
   step = 0;
@@ -164,6 +207,7 @@ export class TrainState {
     this.shadow = precision === "bf16" ? k.zeros(total, "the bf16 weight copy", "bf16") : null;
     if (this.shadow) k.cast(this.params, this.shadow);
     this.flags = this.slots.map(() => ({ stale: false }));
+    this.decayRuns = decayRuns(this.slots);
     this.nodes = this.buildNodes(trainable);
   }
 
@@ -252,7 +296,18 @@ export class TrainState {
     const norm = Math.sqrt(this.kernels.sumSquares(this.grads));
     const scale = clip > 0 && norm > clip ? clip / (norm + 1e-6) : 1;
     this.step++;
-    if (Number.isFinite(norm)) this.kernels.adamw(this.params, this.grads, this.m, this.v, lr, h, 1 - h.beta1 ** this.step, 1 - h.beta2 ** this.step, scale, this.shadow);
+    if (Number.isFinite(norm)) {
+      const [c1, c2] = [1 - h.beta1 ** this.step, 1 - h.beta2 ** this.step];
+      if (h.weightDecay === 0 || this.decayRuns.every((r) => r.decay)) this.kernels.adamw(this.params, this.grads, this.m, this.v, lr, h, c1, c2, scale, this.shadow);
+      else
+        for (const run of this.decayRuns) {
+          const k = this.kernels;
+          const [p, g, m, v] = [this.params, this.grads, this.m, this.v].map((t) => k.view(t, run.offset, [run.size])) as [Tensor, Tensor, Tensor, Tensor];
+          const shadow = this.shadow ? k.view(this.shadow, run.offset, [run.size]) : null;
+          k.adamw(p, g, m, v, lr, run.decay ? h : { ...h, weightDecay: 0 }, c1, c2, scale, shadow);
+          for (const t of [p, g, m, v, shadow]) t?.dispose();
+        }
+    }
     this.model.weightsChanged();
     return norm;
   }

@@ -14,7 +14,8 @@ import { resolveModel } from "../io/modelDir.js";
 import { loadModel, LlamaModel } from "../model/llama.js";
 import { DeviceName, selectBackend } from "../backends/select.js";
 import { namedTensors } from "../model/weights.js";
-import { perplexity } from "../eval/perplexity.js";
+import { pastPositionsWarning } from "../model/config.js";
+import { perplexity, requireBos } from "../eval/perplexity.js";
 import { silentLogger, Logger } from "../util/log.js";
 import { StepTimer } from "./stepTimer.js";
 import { fmtCount, fmtTime, ProgressSink } from "../util/progress.js";
@@ -38,7 +39,7 @@ export interface FinetuneOptions {
   out: string;
   force?: boolean;
   resume?: boolean;
-  /** Token budget (counted as batch·seq per step); default: one epoch. */
+  /** Token budget (counted as batch·accum·seq per step); default: one epoch. */
   tokens?: number;
   fraction?: number;
   valFraction?: number;
@@ -146,7 +147,21 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
   if (precision === "bf16" && !backend.uploadBf16) throw new MlaError("UNSUPPORTED", `--precision bf16 needs a backend with bf16 GEMMs; ${backend.name} has none`, "use --device cuda, or --precision f32");
   const lm = loadModel(spec, { backend, weights: "f32" }); // trainable leaves are float32
   const model = lm.model;
-  if (seq > lm.config.maxPositions) log.warn(`--seq ${seq} passes the model's ${lm.config.maxPositions} positions: it trains on positions it was not pretrained for (RoPE extrapolates)`);
+  const past = pastPositionsWarning("--seq", seq, lm.config.maxPositions, "it trains on positions it was not pretrained for (RoPE extrapolates)");
+  if (past) log.warn(past);
+  // Both refused before the data is tokenized (minutes on a corpus) and --out made: every training
+  // sequence starts with BOS (any id taken instead would be some other token), and the teacher's
+  // config is all checkTeacher reads.
+  const bos = requireBos(lm.config.bosTokenId);
+  if (o.distill) checkTeacher(o.distill, lm.config.vocabSize);
+  const teacher: LlamaModel | null = o.distill ? loadModel(o.distill, { backend }).model : null;
+  // The state and activations are checked against free memory (the teacher's weights already taken)
+  // before the data is tokenized too.
+  const checkpoint = o.checkpointActivations ?? false;
+  const memory: MemoryChoice = { train: trainWhat, checkpoint, fullLogits: teacher !== null, keepMid: checkpoint };
+  // The kept mid-layer sums make the recompute cheaper; they go first when memory is short.
+  if (checkpoint && !fitsDevice(model, memory, precision, batch * (seq - 1))) memory.keepMid = false;
+  checkFits(model, memory, precision, batch * (seq - 1), log);
 
   // Before the first step (tokenizing a corpus, the first validation: minutes) a stop is polled
   // between pieces and windows, and ends the run there: no step has run in this call, so there is
@@ -170,13 +185,11 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
     return { out, steps: prior?.step ?? 0, stoppedEarly: true, checkpointStep: prior?.step ?? null, tokensSeen, seconds: priorSeconds, tokensPerSecond: perSecond(tokensSeen, priorSeconds), sitting: { steps: 0, seconds: 0, tokensPerSecond: 0 }, valNllBefore: prior ? loggedValNllBefore(out) : null, valNllAfter: null, finalLoss: NaN, precision };
   };
 
-  const data = await unlessStopped(() => loadTrainingData(lm.tokenizer, o.data, { valFraction: o.valFraction ?? D.valFraction, fraction: o.fraction, seq, bos: lm.config.bosTokenId ?? 1, eos: lm.config.eosTokenId, cacheDir: o.tokenCache, logger: log, shouldStop: stopAsked }));
+  const data = await unlessStopped(() => loadTrainingData(lm.tokenizer, o.data, { valFraction: o.valFraction ?? D.valFraction, fraction: o.fraction, seq, bos, eos: lm.config.eosTokenId, cacheDir: o.tokenCache, logger: log, shouldStop: stopAsked }));
   if (data === STOPPED) return stoppedBeforeTraining("tokenizing the --data files");
   const perStep = batch * accum * seq;
   const totalSteps = Math.max(1, Math.ceil((o.tokens ?? data.sequences * seq) / perStep));
   const schedule: Schedule = { name: o.schedule ?? D.schedule, lr, warmupSteps: Math.round(warmup * totalSteps), decayFraction: o.decayFraction ?? D.decayFraction, minLrFraction: o.minLrFraction ?? D.minLrFraction };
-  if (o.distill) checkTeacher(o.distill, lm.config.vocabSize);
-  const teacher: LlamaModel | null = o.distill ? loadModel(o.distill, { backend }).model : null;
 
   const settings = { model: fs.readFileSync(path.join(src.dir, "config.json"), "utf8"), data: o.data.map((f) => path.resolve(f)), tokens: o.tokens ?? null, fraction: o.fraction ?? 1, valFraction: o.valFraction ?? D.valFraction, seq, batch, accum, schedule, beta1: o.beta1 ?? D.beta1, beta2: o.beta2 ?? D.beta2, eps: o.eps ?? D.eps, weightDecay: o.weightDecay ?? D.weightDecay, clip: o.clip ?? D.clip, seed: o.seed ?? D.seed, train: trainWhat, distill: o.distill ?? null, temperature, distillWeight, precision };
   const fingerprint = crypto.createHash("sha256").update(JSON.stringify(settings)).digest("hex").slice(0, 16);
@@ -200,11 +213,6 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
 
   const trainable = (p: string) => trainWhat === "all" || p.includes(".attn.");
   const b = model.backend;
-  const checkpoint = o.checkpointActivations ?? false;
-  const memory: MemoryChoice = { train: trainWhat, checkpoint, fullLogits: teacher !== null, keepMid: checkpoint };
-  // The kept mid-layer sums make the recompute cheaper; they go first when memory is short.
-  if (checkpoint && !fitsDevice(model, memory, precision, batch * (seq - 1))) memory.keepMid = false;
-  checkFits(model, memory, precision, batch * (seq - 1));
   b.resetPeak?.();
   // Checked before the state is allocated; a resumed run already has a checkpoint on the disk.
   const keeper = new CheckpointKeeper(out, trainableCount(model, trainable), weightFileBytes(src.dir), log, o.resume ?? false);

@@ -181,6 +181,24 @@ test("bad input is refused cleanly", async () => {
   assert.match(cli.stderr, /Invalid values[\s\S]*linear/);
 });
 
+test("a model without BOS, a missing teacher and a run too big for the machine are refused before the data is read", async () => {
+  const model = await convertedModel();
+  // Data the loader would refuse (line 2): reaching it means the check came after the tokenizing.
+  const bad = path.join(tmpDir(), "bad.jsonl");
+  fs.writeFileSync(bad, '{"text": "ok"}\n{"txt": 1}\n');
+  const base: FinetuneOptions = { data: [bad], out: path.join(tmpDir(), "x"), tokens: 256, seq: 64, batch: 4, progress: null };
+  const refused = async (m: string, o: Partial<FinetuneOptions>, re: RegExp) => assert.rejects(finetune(m, { ...base, ...o }), (e: Error) => e instanceof MlaError && re.test(e.message) && /hint:/.test(e.message));
+  const noBos = path.join(tmpDir(), "nobos");
+  fs.cpSync(model, noBos, { recursive: true });
+  const cfg = JSON.parse(fs.readFileSync(path.join(noBos, "config.json"), "utf8"));
+  delete cfg.bos_token_id;
+  fs.writeFileSync(path.join(noBos, "config.json"), JSON.stringify(cfg));
+  await refused(noBos, { valFraction: 0 }, /no bos_token_id/);
+  await refused(model, { distill: path.join(tmpDir(), "no-such-teacher") }, /no-such-teacher/);
+  await refused(model, { batch: 20_000_000 }, /needs about [\d.]+ GiB of host memory[\s\S]*the machine has/);
+  assert.ok(!fs.existsSync(base.out), "no run folder");
+});
+
 test("a NaN loss stops training with a clear error", async () => {
   const model = await convertedModel();
   const { SafetensorsFile, writeSafetensorsSync } = await import("../../src/io/safetensors.js");

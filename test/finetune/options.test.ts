@@ -6,6 +6,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 import { MlaError } from "../../src/errors.js";
 import { checkFinetuneOptions } from "../../src/finetune/options.js";
+import { lrAt } from "../../src/finetune/schedule.js";
 
 test("fractions, AdamW's coefficients and the clip bound are refused outside their ranges, naming the flag", () => {
   const cases: [Parameters<typeof checkFinetuneOptions>[0], RegExp][] = [
@@ -23,4 +24,20 @@ test("fractions, AdamW's coefficients and the clip bound are refused outside the
   for (const [o, re] of cases) assert.throws(() => checkFinetuneOptions(o), (e: unknown) => e instanceof MlaError && e.code === "BAD_ARGUMENT" && re.test(e.message), `${JSON.stringify(o)} → ${re}`);
   for (const o of [{}, { valFraction: 0, fraction: 1, decayFraction: 0, weightDecay: 0, clip: 0, beta1: 0, eps: 1e-12 }, { decayFraction: 1 }])
     assert.doesNotThrow(() => checkFinetuneOptions(o), JSON.stringify(o));
+});
+
+test("a schedule's setting is refused under another schedule (it did nothing, yet --resume refused changing it)", () => {
+  const refusedWith = (o: Parameters<typeof checkFinetuneOptions>[0], re: RegExp) => assert.throws(() => checkFinetuneOptions(o), (e: unknown) => e instanceof MlaError && e.code === "BAD_ARGUMENT" && re.test(e.message), JSON.stringify(o));
+  refusedWith({ schedule: "cosine", decayFraction: 0.9 }, /^--decay-fraction has no effect without --schedule wsd[\s\S]*hint:/);
+  refusedWith({ schedule: "constant", decayFraction: 0.2 }, /^--decay-fraction has no effect without --schedule wsd/);
+  refusedWith({ minLrFraction: 0.1 }, /^minLrFraction has no effect without schedule: "cosine"/);
+  for (const o of [{ schedule: "wsd", decayFraction: 0.9 }, { schedule: "cosine", minLrFraction: 0.1 }] as const) assert.doesNotThrow(() => checkFinetuneOptions(o), JSON.stringify(o));
+});
+
+test("wsd's decay starts after warmup at the earliest (warmup 0.5 with decay 0.8 held the peak one step, then cut it 61%)", () => {
+  const s = { name: "wsd" as const, lr: 1, warmupSteps: 5, decayFraction: 0.8, minLrFraction: 0 };
+  assert.equal(lrAt(s, 4, 10), 1);
+  assert.equal(lrAt(s, 5, 10), 1);
+  assert.ok(Math.abs(lrAt(s, 6, 10) - (1 - Math.sqrt(1 / 5))) < 1e-12);
+  for (let step = 5; step < 9; step++) assert.ok(lrAt(s, step + 1, 10) < lrAt(s, step, 10), `decreasing at ${step}`);
 });

@@ -219,7 +219,7 @@ def sequences(train, S, bos, seed):  # data.ts sequence + epochOrder, consumed a
 
 def lr_at(step, total, lr, warmup_steps, decay_fraction):  # src/finetune/schedule.ts lrAt, "wsd"
     if step < warmup_steps: return lr * (step + 1) / warmup_steps
-    start = jround(total * (1 - decay_fraction))
+    start = max(warmup_steps, jround(total * (1 - decay_fraction)))  # the decay starts after warmup at the earliest
     return lr if step < start else lr * (1 - math.sqrt((step - start) / max(1, total - start)))
 
 @torch.no_grad()
@@ -277,7 +277,10 @@ def main():
         if nseq < 1: sys.exit(f"{len(train)} training tokens: fewer than one sequence")
         total = max(1, math.ceil((o.tokens if o.tokens else nseq * S) / (o.batch * S)))
         warm = jround(o.warmup * total)
-        opt = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=o.weight_decay)
+        # As src/finetune/trainState.ts: no weight decay on 1-D weights (norm gains, biases), as HF's Trainer.
+        groups = [{"params": [p for p in model.parameters() if p.dim() >= 2], "weight_decay": o.weight_decay},
+                  {"params": [p for p in model.parameters() if p.dim() < 2], "weight_decay": 0.0}]
+        opt = torch.optim.AdamW(groups, lr=o.lr, betas=(0.9, 0.95), eps=1e-8)
         res.update(val_nll_before=nll(model, val, S, bos, dev, amp) if val else None, val_nll_after=None,
                    eval_nll_before=nll(model, ev, o.ctx, bos, dev, amp) if ev is not None else None, eval_nll_after=None)
         t0, losses, seqs = time.time(), [], sequences(train, S, bos, o.seed)
