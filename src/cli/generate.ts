@@ -59,7 +59,8 @@ export const generateCommand: CommandModule<object, Args> = {
     );
     const maxTokens = a["max-tokens"];
     const longest = Math.max(...prompts.map((p) => p.length));
-    if (Number.isInteger(maxTokens) && longest + maxTokens > lm.config.maxPositions)
+    // The last new token is sampled, never fed back: positions 0 … longest + maxTokens − 2 are used.
+    if (Number.isInteger(maxTokens) && maxTokens >= 1 && longest + maxTokens - 1 > lm.config.maxPositions)
       stderrLogger.warn(`${longest} prompt tokens + --max-tokens ${maxTokens} pass the model's ${lm.config.maxPositions} positions (max_position_embeddings); text past them is usually poor`);
     // Decoded between event-loop turns, so Ctrl-C stops a long run; progress on stderr.
     const progress = new Progress("generate", Math.max(1, maxTokens) * prompts.length, "tokens", process.stderr);

@@ -40,6 +40,7 @@ const toBf16 = (v: number): number => bf16ToF32(f32ToBf16(v));
 
 /** In place: each row of `rowSize` values of x as the cache of `dtype` gives it back. */
 export function roundTripRows(x: Float32Array, rowSize: number, dtype: KvCacheDtype): Float32Array {
+  checkKvCacheDtype(dtype); // an unknown type's qmax would zero every row
   if (dtype === "f32") return x;
   if (dtype === "bf16") {
     for (let i = 0; i < x.length; i++) x[i] = toBf16(x[i]!);
@@ -51,6 +52,9 @@ export function roundTripRows(x: Float32Array, rowSize: number, dtype: KvCacheDt
       const end = Math.min(g + KV_GROUP, r + rowSize);
       let amax = 0;
       for (let i = g; i < end; i++) amax = Math.max(amax, Math.abs(x[i]!));
+      // A NaN or ±Inf passes through as it is (a scale of NaN zeroed the group), so a diverged model
+      // is reported downstream as it is with an f32 cache, not hidden.
+      if (!Number.isFinite(amax)) continue;
       const s = toBf16(amax / qmax); // the stored scale is bf16
       for (let i = g; i < end; i++) x[i] = s > 0 ? Math.max(-qmax, Math.min(qmax, Math.round(x[i]! / s))) * s : 0;
     }

@@ -218,6 +218,7 @@ export class LlamaModel {
     const seqLen = ids.length / sequences;
     const positions = batch ? Int32Array.from(batch, (x) => x.length) : new Int32Array(ids.length);
     if (!batch) for (let i = 0; i < ids.length; i++) positions[i] = start + (i % seqLen);
+    if (opts.kvCache !== undefined) checkKvCacheDtype(opts.kvCache);
     if (opts.kvCache && opts.kvCache !== "f32" && ops.tape) throw new MlaError("BAD_ARGUMENT", "a quantized KV cache is for inference", "fine-tune without --kv-cache");
     const mode = { batch: sequences, bf16: opts.bf16 ?? false, kvCache: opts.kvCache };
     const at: LayerContext = { ids, positions, batch, single, mode, opts };

@@ -109,3 +109,19 @@ test("CLI: eval --kv-cache int8 reports the cache's bytes per token; inspect lis
   assert.notEqual(bad.status, 0);
   assert.match(bad.stderr, /int3/);
 });
+
+test("an unknown cache type or option name is refused from a script (it scored with every key zeroed); a non-finite group passes through", async () => {
+  const lm = loadModel("stories260K", { weights: "f32" });
+  const ids = Int32Array.from({ length: 40 }, (_, i) => 1 + ((i * 7) % 400));
+  for (const kv of ["fp8", "INT8", 8])
+    await assert.rejects(perplexity(lm.model, ids, { ctx: 32, kvCache: kv as never }), /--kv-cache .* is not a cache type[\s\S]*hint:|option kvCache is 8 \(a number\), not a string/);
+  await assert.rejects(perplexity(lm.model, ids, { ctx: 32, kvcache: "int8" } as never), /perplexity\(\)[\s\S]*kvcache/);
+  assert.throws(() => lm.model.forward(ids, undefined, { kvCache: "fp8" as never }), /--kv-cache fp8 is not a cache type/);
+  assert.throws(() => roundTripRows(new Float32Array(4), 4, "int3" as never), /int3 is not a cache type/);
+  for (const dtype of ["int8", "int4"] as const) {
+    const x = Float32Array.from({ length: 2 * KV_GROUP }, (_, i) => (i === 3 ? NaN : i === KV_GROUP + 1 ? Infinity : 0.5));
+    const r = roundTripRows(x.slice(), 2 * KV_GROUP, dtype);
+    assert.ok(Number.isNaN(r[3]!) && r[KV_GROUP + 1] === Infinity, `${dtype}: NaN and Inf are kept`);
+    assert.equal(r[0], 0.5, `${dtype}: their groups' other values are as they were`);
+  }
+});
