@@ -159,7 +159,7 @@ test("a per-layer model (--kv-split per-layer) is refused by the export and by p
   const out = path.join(tmpDir(), "never-per-layer");
   const perLayer = (e: unknown) => e instanceof MlaError && e.code === "UNSUPPORTED" && /DeepSeek-V3's config has one kv_lora_rank and one qk_rope_head_dim for every layer/.test(e.message) && /hint: export a uniform conversion/.test(e.message);
   await assert.rejects(exportDeepseek(await perLayerFixture(), { out, progress: null }), (e: unknown) => perLayer(e) && /per layer R \d+(, \d+){4}/.test((e as Error).message));
-  await assert.rejects(pipeline(path.join(MODELS, "stories260K"), { out, evalText: TEXT, export: "deepseek", convert: { rank: 2, ropePairs: 1, ropeDisjoint: true, calib: CALIB, kvSplit: "per-layer" }, progress: null }), perLayer);
+  await assert.rejects(pipeline(path.join(MODELS, "stories260K"), { out, evalText: TEXT, export: "deepseek", convert: { rank: 2, ropePairs: 1, ropeDisjoint: true, calib: CALIB, kvSplit: "per-layer", kvSplitPairs: [0, 1] }, progress: null }), perLayer);
   assert.equal(fs.existsSync(out), false);
 });
 
