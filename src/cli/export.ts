@@ -15,7 +15,7 @@ interface Args {
   "rope-dim"?: number;
   "eval-text"?: string;
   "eval-tokens"?: number;
-  "eval-ctx": number;
+  "eval-ctx"?: number;
   device: DeviceName;
   json?: string;
 }
@@ -34,7 +34,7 @@ export const exportCommand: CommandModule<object, Args> = {
       .option("rope-interleave", { type: "boolean", default: true, describe: "interleaved rope rows (rope_interleave; vLLM expects them)" })
       .option("eval-text", { type: "string", describe: "NLL of the source and of the export on this text (they should agree); writes report.json into --out" })
       .option("eval-tokens", { type: "number", describe: "tokens of --eval-text to score (default all)" })
-      .option("eval-ctx", { type: "number", default: 256 })
+      .option("eval-ctx", { type: "number", describe: "window length of the --eval-text perplexity, BOS included (default 256)" })
       .option("device", DEVICE_OPTION)
       .option("json", { type: "string", describe: "write the result summary as JSON to FILE (no value: stdout)" }),
   handler: async (a) => {

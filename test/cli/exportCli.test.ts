@@ -1,0 +1,23 @@
+// The CLI's plain forms, as README gives them: export without an evaluation, convert --dry-run. (An
+// --eval-ctx default on the CLI once made every export without --eval-text refuse itself.)
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import fs from "node:fs";
+import path from "node:path";
+import { test } from "node:test";
+import { convert } from "../../src/convert/pipeline.js";
+import { MODELS, ROOT, tmpDir } from "../helpers.js";
+
+const MAIN = path.join(ROOT, "dist", "src", "cli", "main.js");
+
+test("export MODEL --format deepseek --out DIR writes the folder without --eval-text", async () => {
+  const mla = path.join(tmpDir(), "mla");
+  await convert(path.join(MODELS, "stories260K"), { rank: 2, ropePairs: 1, ropeStrategy: "uniform", ropeDisjoint: true, out: mla, progress: null, device: "cpu" });
+  const out = path.join(tmpDir(), "ds");
+  const r = spawnSync(process.execPath, [MAIN, "export", mla, "--format", "deepseek", "--out", out, "--device", "cpu"], { encoding: "utf8" });
+  assert.equal(r.status, 0, r.stderr);
+  assert.equal(JSON.parse(fs.readFileSync(path.join(out, "config.json"), "utf8")).model_type, "deepseek_v3");
+  const noText = spawnSync(process.execPath, [MAIN, "export", mla, "--format", "deepseek", "--out", path.join(tmpDir(), "x"), "--eval-tokens", "100"], { encoding: "utf8" });
+  assert.equal(noText.status, 1);
+  assert.match(noText.stderr, /^error: --eval-tokens has no effect without --eval-text FILE/m);
+});
