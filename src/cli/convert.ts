@@ -38,7 +38,7 @@ export const convertCommand: CommandModule<object, Args> = {
       .option("eval-tokens", { type: "number", describe: "tokens of --eval-text to score (default all)" })
       .option("eval-ctx", { type: "number", describe: "window length of the --eval-text perplexity, BOS included (default 256)" })
       .option("device", DEVICE_OPTION)
-      .option("format", { choices: ["mha2mla", "deepseek"] as const, default: "mha2mla" as const, describe: "mha2mla: our MLA format (per-head partial RoPE); deepseek: a deepseek_v3 folder stock DeepseekV3ForCausalLM and the MLA serving stacks load (one shared rope key, RoRoPE)" })
+      .option("format", { choices: ["mha2mla", "deepseek"] as const, default: "mha2mla" as const, describe: "mha2mla: our MLA format (per-head partial RoPE); deepseek: a deepseek_v3 folder stock DeepseekV3ForCausalLM loads (vLLM and SGLang drop its attention biases) (one shared rope key, RoRoPE)" })
       .option("rope-dim", { type: "number", describe: "deepseek: qk_rope_head_dim, the shared rope key's width (default min(2·R·KV heads, head_dim))" })
       .option("kv-lora-rank", { type: "number", describe: "deepseek: kv_lora_rank (default: the KV bytes of the same --rank/--rope-pairs in our format)" })
       .option("rope-interleave", { type: "boolean", default: true, describe: "deepseek: interleaved rope rows (rope_interleave; vLLM expects them)" })

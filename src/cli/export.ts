@@ -26,7 +26,7 @@ export const exportCommand: CommandModule<object, Args> = {
   builder: (y) =>
     y
       .positional("model", { type: "string", demandOption: true, describe: "an MLA folder written by `mha2mla convert` (or fine-tuned from one)" })
-      .option("format", { choices: ["deepseek"] as const, demandOption: true, describe: "deepseek: a folder stock DeepseekV3ForCausalLM and the MLA serving stacks load" })
+      .option("format", { choices: ["deepseek"] as const, demandOption: true, describe: "deepseek: a folder stock DeepseekV3ForCausalLM loads (vLLM and SGLang drop its attention biases)" })
       .option("out", { type: "string", describe: "output folder (default ./NAME-deepseek)" })
       .option("force", { type: "boolean", default: false, describe: "replace an existing --out" })
       .option("kv-lora-rank", { type: "number", describe: "kv_lora_rank, padded with zero channels (default: the latent + 1 constant channel; 512 with --rope-dim 64 for the fused MLA kernels)" })

@@ -45,13 +45,26 @@ export function buildReport(source: string, output: string, plan: ConversionPlan
 
 const pct = (x: number) => `${x >= 0 ? "+" : "−"}${Math.abs(x).toFixed(2)}%`;
 
+/** Every setting that changes the converted model, so reports of different conversions read differently. */
+function settingsLine(s: ConversionReport["settings"]): string {
+  const parts = [
+    ...(s.gateDim > 0 ? [`EG-MLA gate of ${s.gateDim} dims per token`] : []),
+    `rank ${s.rank} per KV head`,
+    `${s.ropePairs} RoPE pairs (${s.ropeStrategy}${s.ropeDisjoint ? ", disjoint across KV heads" : ""})`,
+    `SVD ${s.svd} (${s.svdInit}${s.balanceKv ? "" : ", K/V not balanced"})`,
+    ...(s.refitOutput ? ["o_proj refit on the calibration text"] : []),
+    ...(s.calib ? [`calibration ${s.calib}`] : []),
+  ];
+  return parts.join(", ");
+}
+
 export function reportMarkdown(r: ConversionReport): string {
   const s = r.settings;
   return `# MHA → MLA conversion report
 
 Source: \`${r.source}\` → \`${r.output}\`
 
-Settings: rank ${s.rank} per KV head, ${s.ropePairs} RoPE pairs (${s.ropeStrategy}), SVD ${s.svd} (${s.svdInit})${s.calib ? `, calibration ${s.calib}` : ""}${r.kv_split ? `
+Settings: ${settingsLine(s)}${r.kv_split ? `
 
 Split of that budget chosen per layer (R, rank): ${r.kv_split.map((x) => `${x.rope_pairs}, ${x.rank}`).join(" | ")}` : ""}
 

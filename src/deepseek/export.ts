@@ -1,6 +1,6 @@
 /**
  * `convert --format deepseek`: an MHA/GQA Llama checkpoint → a `deepseek_v3` folder that stock
- * `DeepseekV3ForCausalLM` (and the MLA serving stacks) load without custom code. The layer math is in
+ * `DeepseekV3ForCausalLM` loads without custom code (vLLM and SGLang drop its attention biases: serving.ts). The layer math is in
  * ./layer.ts; this file reads the source, calibrates, picks the rope ladder, streams the tensors out
  * (the output folder appears only when complete) and writes the config.
  */

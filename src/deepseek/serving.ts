@@ -21,8 +21,18 @@ export function convertRemedy(headDim: number, maxLatent: number): string {
 }
 
 /**
+ * Why vLLM and SGLang do not serve our deepseek_v3 folders as written, whatever their sizes: both build
+ * kv_a_proj_with_mqa and o_proj without a bias (attention_bias is not read) and skip a checkpoint's
+ * biases on load, and the kv_a bias carries the constant latent channel that makes kv_a_layernorm an
+ * identity (docs/deepseek.md). Without it the norm rescales every latent: stories260K's export scores
+ * NLL 9.51 with the biases zeroed against 4.28.
+ */
+export const SERVING_BIAS_NOTE =
+  "vLLM and SGLang build kv_a_proj_with_mqa and o_proj without a bias and skip the folder's biases on load; the kv_a bias is the constant channel that keeps kv_a_layernorm an identity, so they would compute another model (stock transformers reads the biases: attention_bias true)";
+
+/**
  * Warnings for a deepseek_v3 folder with kv_lora_rank `rk`, qk_rope_head_dim `dr` and `heads` query
- * heads, ending with `remedy`; empty when stock stacks take it.
+ * heads: the sizes the MLA stacks refuse (ending with `remedy`), then SERVING_BIAS_NOTE.
  */
 export function servingWarnings(rk: number, dr: number, heads: number, remedy: string): string[] {
   const out: string[] = [];
@@ -37,5 +47,6 @@ export function servingWarnings(rk: number, dr: number, heads: number, remedy: s
     );
   }
   if (heads > 128) out.push(`${heads} query heads: vLLM's CUTLASS MLA backend takes at most 128`);
+  out.push(SERVING_BIAS_NOTE);
   return out;
 }

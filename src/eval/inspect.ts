@@ -10,7 +10,7 @@ import { kvBytesPerToken, kvElemsPerToken, MlaAttention, ModelConfig } from "../
 import { MlaError } from "../errors.js";
 import { checkExportSettings, exportLadder, exportSplit } from "../deepseek/exportable.js";
 import { splitFields } from "../io/mlaSection.js";
-import { servingWarnings } from "../deepseek/serving.js";
+import { SERVING_BIAS_NOTE, servingWarnings } from "../deepseek/serving.js";
 import { KV_CACHE_DTYPES, KvCacheDtype } from "../model/kvQuant.js";
 
 export interface InspectResult {
@@ -46,7 +46,8 @@ export interface InspectResult {
 /** What the MLA serving stacks make of a deepseek_v3 folder's sizes (docs/formats.md). */
 function servingOf(rk: number, dr: number, heads: number): string {
   const w = servingWarnings(rk, dr, heads, "");
-  return w.length ? w.map((x) => x.replace(/\.? Stock transformers loads any size\. ?$/, "")).join("; ") + "; stock transformers loads it" : "every MLA stack (FlashMLA, vLLM, SGLang) and stock transformers";
+  const sizes = w.filter((x) => x !== SERVING_BIAS_NOTE).map((x) => x.replace(/\.? Stock transformers loads any size\. ?$/, ""));
+  return `stock transformers loads it; ${sizes.length ? `${sizes.join("; ")}; ` : "the fused MLA kernels take its sizes, but "}vLLM and SGLang drop its kv_a_proj_with_mqa and o_proj biases, which it needs (docs/deepseek.md)`;
 }
 
 /** Whether `export --format deepseek` can write this MLA model exactly, and if not, why (the first line of the refusal). */

@@ -17,7 +17,7 @@ import { SafetensorsFile, writeSafetensorsSync } from "../../src/io/safetensors.
 import { Checkpoint } from "../../src/io/checkpoint.js";
 import { MlaError } from "../../src/errors.js";
 import { pipeline } from "../../src/pipeline.js";
-import { convertRemedy, servingWarnings } from "../../src/deepseek/serving.js";
+import { convertRemedy, SERVING_BIAS_NOTE, servingWarnings } from "../../src/deepseek/serving.js";
 import { finiteDifference, FIXTURES, GOLDEN, MODELS, tmpDir } from "../helpers.js";
 
 const TEXT = path.join(FIXTURES, "text", "tinystories_25k.txt");
@@ -156,7 +156,8 @@ test("pipeline --format deepseek: convert, fine-tune and report with the deepsee
 });
 
 test("serving-stack sizes: 512 + 64 (FlashMLA, CUTLASS MLA, FlashInfer) passes; 256 + 64 is vLLM Triton only; other sizes are refused by vLLM; > 128 heads by CUTLASS MLA", () => {
-  assert.deepEqual(servingWarnings(512, 64, 32, ""), []);
+  // Every size: vLLM and SGLang drop the biases the export needs.
+  assert.deepEqual(servingWarnings(512, 64, 32, ""), [SERVING_BIAS_NOTE]);
   assert.match(servingWarnings(256, 64, 32, "").join(), /vLLM \(recent versions only\) takes it on its Triton MLA backend/);
   assert.match(servingWarnings(96, 48, 6, "").join(), /Head dimension 144 is not supported by MLA/);
   assert.match(servingWarnings(512, 64, 256, "").join(), /at most 128/);

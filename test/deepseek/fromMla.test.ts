@@ -95,10 +95,10 @@ test("padded to a larger kv_lora_rank and rope dim (zero channels and slots) the
   assert.deepEqual([r.kvLoraRank, r.ropeDim], [16, 12]);
   const d = maxRelDiff(logits(out), logits(mla));
   assert.ok(d < 1e-6, `max relative logit difference ${d}`);
-  assert.match(inspectModel(out).deepseek!.serving, /^kv_lora_rank 16 with qk_rope_head_dim 12: FlashMLA, CUTLASS MLA and FlashInfer's MLA decode take only 512 with 64; vLLM refuses it .*; stock transformers loads it$/);
+  assert.match(inspectModel(out).deepseek!.serving, /^stock transformers loads it; kv_lora_rank 16 with qk_rope_head_dim 12: FlashMLA, CUTLASS MLA and FlashInfer's MLA decode take only 512 with 64; vLLM refuses it .*; vLLM and SGLang drop its kv_a_proj_with_mqa and o_proj biases/);
   const fused = path.join(tmpDir(), "ds-576");
   await exportDeepseek(mla, { out: fused, kvLoraRank: 512, ropeDim: 64, progress: null });
-  assert.equal(inspectModel(fused).deepseek!.serving, "every MLA stack (FlashMLA, vLLM, SGLang) and stock transformers");
+  assert.equal(inspectModel(fused).deepseek!.serving, "stock transformers loads it; the fused MLA kernels take its sizes, but vLLM and SGLang drop its kv_a_proj_with_mqa and o_proj biases, which it needs (docs/deepseek.md)");
   assert.ok(maxRelDiff(logits(fused), logits(mla)) < 1e-6, "padded to the fused kernels' 512 + 64, still exact");
   await assert.rejects(exportDeepseek(mla, { out: path.join(tmpDir(), "small"), kvLoraRank: 8, progress: null }), (e: unknown) => e instanceof MlaError && /--kv-lora-rank 8 cannot hold the model's 8 latent dims and the constant channel/.test(e.message));
   await assert.rejects(exportDeepseek(mla, { out: path.join(tmpDir(), "small"), ropeDim: 6, progress: null }), (e: unknown) => e instanceof MlaError && /--rope-dim 6 cannot hold the model's rope ladder of 4 slots/.test(e.message));

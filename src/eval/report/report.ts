@@ -99,7 +99,8 @@ function settings(r: EvalResult): string {
   if (c["format"] === "deepseek_v3") return `DeepSeek-V3 MLA: kv_lora_rank ${c["kv_lora_rank"]}, shared rope key ${c["qk_rope_head_dim"]} dims${cache}`;
   // A per-layer conversion (--kv-split per-layer) lists one value per layer.
   const perLayer = (v: unknown) => (Array.isArray(v) ? `[${v.join(", ")}] per layer` : String(v));
-  return `MLA: rank ${perLayer(c["rank"])}, ${perLayer(c["rope_pairs"])} RoPE pairs (${c["rope_strategy"]}), SVD ${c["svd"]} (${c["svd_init"]}), latent ${perLayer(c["latent_dim"])}${cache}`;
+  const kind = c["gate_dim"] ? `EG-MLA (gate ${c["gate_dim"]} dims per token)` : "MLA";
+  return `${kind}: rank ${perLayer(c["rank"])}, ${perLayer(c["rope_pairs"])} RoPE pairs (${c["rope_strategy"]}${c["rope_disjoint"] ? ", disjoint across KV heads" : ""}), SVD ${c["svd"]} (${c["svd_init"]}), latent ${perLayer(c["latent_dim"])}${cache}`;
 }
 
 /** What a run read (the Models list of both formats). */
