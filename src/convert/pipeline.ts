@@ -102,10 +102,14 @@ async function convertInScope(spec: string, opts: ConvertOptions): Promise<Conve
     const kName = layerPrefix(0) + "self_attn.k_proj.weight";
     const kvDtype: DType = src.has(kName) ? src.entry(kName).dtype : "F32";
     const plan = planConversion(config, settings, DTYPE_BYTES[kvDtype]);
-    if (opts.dryRun) return { out: null, plan, selection: null, splits: null, energy: [], timings, report: null };
-    // The evaluation text is read after the conversion: check it now, not after minutes of work.
+    // The evaluation text is read after the conversion: check it now, not after minutes of work (a
+    // dry run too: it validates what the real run would be refused for).
     checkEmbeddedEval(opts, { dir: srcDir, bos: config.bosTokenId });
     const out = path.resolve(opts.out ?? defaultOut(spec, settings.rank));
+    if (opts.dryRun) {
+      if (fs.existsSync(out) && !opts.force) log.warn(`${out} exists: the run would need --force (or another --out)`);
+      return { out: null, plan, selection: null, splits: null, energy: [], timings, report: null };
+    }
     checkOutDir(out, srcDir, opts.force ?? false, [{ name: "--calib", path: settings.calib }, { name: "--eval-text", path: opts.evalText }]);
     // The converted model is at most its source's size (smaller attention; EG-MLA's gate is small).
     requireRoom(out, weightFileBytes(srcDir), "the converted model");

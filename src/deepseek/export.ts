@@ -186,10 +186,13 @@ async function convertDeepseekInScope(spec: string, o: DeepseekOptions): Promise
   const half = Dh / 2;
   const kvPerToken = { before: 2 * G * Dh, after: rk + dr, changePercent: (100 * (rk + dr - 2 * G * Dh)) / (2 * G * Dh) };
   for (const w of servingWarnings(rk, dr, H, convertRemedy(Dh, Math.min(2 * G * Dh, D)))) log.warn(w);
-  if (o.dryRun) return { out: null, ropeDim: dr, kvLoraRank: rk, ropeTheta: c.rope.theta, spacing: 0, kvPerToken, energy: [], eval: null };
-  // The evaluation comes last: its settings are checked now, not after the conversion.
+  // The evaluation comes last: its settings are checked now, not after the conversion (a dry run too).
   checkEmbeddedEval(o, { dir: srcDir, bos: c.bosTokenId });
   const out = path.resolve(o.out ?? defaultOut(spec, o.rank, "deepseek"));
+  if (o.dryRun) {
+    if (fs.existsSync(out) && !o.force) log.warn(`${out} exists: the run would need --force (or another --out)`);
+    return { out: null, ropeDim: dr, kvLoraRank: rk, ropeTheta: c.rope.theta, spacing: 0, kvPerToken, energy: [], eval: null };
+  }
   checkOutDir(out, srcDir, o.force ?? false, [{ name: "--calib", path: o.calib }, { name: "--eval-text", path: o.evalText }]);
   requireRoom(out, weightFileBytes(srcDir), "the converted model");
 

@@ -21,3 +21,15 @@ test("export MODEL --format deepseek --out DIR writes the folder without --eval-
   assert.equal(noText.status, 1);
   assert.match(noText.stderr, /^error: --eval-tokens has no effect without --eval-text FILE/m);
 });
+
+test("convert --dry-run refuses what the real run would (a missing --eval-text) and warns of an existing --out", () => {
+  const model = path.join(MODELS, "stories260K");
+  const missing = spawnSync(process.execPath, [MAIN, "convert", model, "--rank", "4", "--dry-run", "--eval-text", path.join(tmpDir(), "none.txt")], { encoding: "utf8" });
+  assert.equal(missing.status, 1);
+  assert.match(missing.stderr, /none\.txt/);
+  const out = tmpDir();
+  const exists = spawnSync(process.execPath, [MAIN, "convert", model, "--rank", "4", "--dry-run", "--out", out], { encoding: "utf8" });
+  assert.equal(exists.status, 0, exists.stderr);
+  assert.match(exists.stderr, /exists: the run would need --force/);
+  assert.deepEqual(fs.readdirSync(out), [], "a dry run writes nothing");
+});
