@@ -20,6 +20,9 @@ import { pipelineCommand } from "./pipeline.js";
 import { installSignalHandlers } from "./signals.js";
 
 const debug = process.argv.includes("--debug");
+const COMMAND_MODULES = [inspectCommand, evalCommand, synthCommand, studyCommand, generateCommand, serveCommand, convertCommand, exportCommand, finetuneCommand, reportCommand, pipelineCommand];
+/** The command names, for the hint under a refused command line. */
+const COMMANDS = COMMAND_MODULES.map((c) => String(c.command).split(" ")[0]!);
 
 function fail(e: unknown): never {
   abandonAll();
@@ -76,6 +79,35 @@ function unknownFlags(o: DeclaredOptions): string[] {
 function refusal(msg: string, y: WithOptions): string {
   const unknown = unknownFlags(y.getOptions());
   return unknown.length ? `Unknown argument${unknown.length > 1 ? "s" : ""}: ${unknown.join(", ")}` : msg;
+}
+
+/** Levenshtein distance, for "did you mean" (flag names are short). */
+function editDistance(a: string, b: string): number {
+  let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const row = [i];
+    for (let j = 1; j <= b.length; j++) row[j] = Math.min(prev[j]! + 1, row[j - 1]! + 1, prev[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
+    prev = row;
+  }
+  return prev[b.length]!;
+}
+
+/** The hint under a refused command line: the declared flag an unknown one was probably meant to be, else where the usage is. */
+function refusalHint(msg: string, o: DeclaredOptions): string {
+  const command = ARGS.find((a) => !a.startsWith("-"));
+  const help = `see mha2mla ${command && COMMANDS.includes(command) ? `${command} ` : ""}--help`;
+  if (/^Did you mean /.test(msg)) return `${msg.replace(/^Did/, "did")} (${help})`;
+  const guesses = unknownFlags(o).flatMap((u) => {
+    const best = Object.keys(o.key)
+      .filter((k) => k.length > 1)
+      .map((k) => ({ k, d: editDistance(u, k) }))
+      .sort((x, y) => x.d - y.d)[0];
+    return best && best.d <= (u.length >= 4 ? 2 : 1) ? [`--${best.k} for --${u}`] : [];
+  });
+  if (guesses.length) return `did you mean ${guesses.join(", ")}? (${help})`;
+  const missing = /^Missing required arguments?: (.+)$/m.exec(msg);
+  if (missing) return `add ${missing[1]!.split(", ").map((f) => `--${f} …`).join(" ")} (${help})`;
+  return help;
 }
 
 /**
@@ -150,11 +182,15 @@ try {
     .middleware(checkFlagValues as unknown as (argv: unknown) => void)
     .demandCommand(1, "name a command; see --help")
     .strict()
-    .fail((msg, err, y) => {
+    .fail((msg, err) => {
       if (err) fail(err);
-      process.stderr.write(`${y.help()}\n\nerror: ${refusal(msg, cli as unknown as WithOptions)}\n`);
+      // The error and a hint, as every other refusal: the whole --help above it buried the one line that mattered.
+      const o = cli as unknown as WithOptions;
+      const said = /^Did you mean /.test(msg) ? `unknown command ${ARGS.find((a) => !a.startsWith("-"))}` : refusal(msg, o);
+      process.stderr.write(`error: ${said}\n  hint: ${refusalHint(msg, o.getOptions())}\n`);
       process.exit(1);
     })
+    .recommendCommands()
     .help()
     .wrap(Math.min(110, process.stdout.columns ?? 100))
     .parseAsync();

@@ -87,8 +87,13 @@ export function resolveModel(spec: string, env: NodeJS.ProcessEnv = process.env)
   }
   if (fs.existsSync(spec) && isModelFolder(path.dirname(spec)))
     throw new MlaError("BAD_ARGUMENT", `${spec} is a file of a model folder, not the folder`, `pass the folder: ${path.dirname(spec)}`);
+  if (fs.existsSync(spec)) throw new MlaError("BAD_ARGUMENT", `${spec} is a file, not a model folder`, "pass the folder holding config.json (a text file goes to --text, --data, --calib or --eval-text)");
+  // A path as written (./x, ../x, /x, ~/x) is not also looked up as a hub id or a name.
+  if (/^(\.{1,2}|~)?[\\/]/.test(spec)) throw new MlaError("NOT_FOUND", `no model folder at ${path.resolve(spec)}`, `check the path; a model folder holds config.json${nearbyModels(spec)}`);
   looked.push(`path ${path.resolve(spec)}`);
-  const bundled = bundledModels()[spec];
+  // Bundled names as people type them: stories260k finds stories260K.
+  const bundledName = Object.keys(bundledModels()).find((n) => n.toLowerCase() === spec.toLowerCase());
+  const bundled = bundledName ? bundledModels()[bundledName] : undefined;
   if (bundled && isModelFolder(bundled)) return { dir: bundled, source: "bundled" };
   const hubId = MODEL_ALIASES[spec.toLowerCase()] ?? (/^[\w.-]+\/[\w.-]+$/.test(spec) ? spec : null);
   if (hubId) {
@@ -101,6 +106,13 @@ export function resolveModel(spec: string, env: NodeJS.ProcessEnv = process.env)
   throw new MlaError(
     "NOT_FOUND",
     `model "${spec}" was not found${hubId && hubId !== spec ? ` (alias of ${hubId})` : ""}; looked in:\n    ${looked.join("\n    ")}`,
-    `nothing is downloaded: fetch it first (e.g. \`huggingface-cli download ${hubId ?? "ORG/NAME"}\`) or pass a local folder; aliases: ${Object.keys(MODEL_ALIASES).join(", ")}, bundled: ${Object.keys(bundledModels()).join(", ")}`,
+    `nothing is downloaded: fetch it first (e.g. \`huggingface-cli download ${hubId ?? "ORG/NAME"}\`) or pass a local folder; aliases: ${Object.keys(MODEL_ALIASES).join(", ")}, bundled: ${Object.keys(bundledModels()).join(", ")}${nearbyModels(spec)}`,
   );
+}
+
+/** "; did you mean …" for a model folder of that name beside the package (../shared/models, as the README's examples use), else "". */
+function nearbyModels(spec: string): string {
+  const name = path.basename(spec);
+  const dir = path.join(packageRoot(), "..", "shared", "models", name);
+  return name && isModelFolder(dir) ? `; did you mean ${path.relative(process.cwd(), dir) || dir}?` : "";
 }

@@ -16,11 +16,11 @@ function cli(args: string[]): { code: number; stderr: string } {
   return { code: r.status ?? -1, stderr: r.stderr };
 }
 
-/** The last line of stderr (after the usage yargs prints). */
+/** The error line of stderr (a hint line follows it). */
 const said = (args: string[]) => {
   const r = cli(args);
   assert.equal(r.code, 1, `${args.join(" ")}: ${r.stderr}`);
-  return r.stderr.trimEnd().split("\n").pop();
+  return r.stderr.split("\n").find((l) => l.startsWith("error: "));
 };
 
 test("an unknown flag before a positional, or beside a missing required option, is named as unknown in every command", () => {
@@ -37,4 +37,12 @@ test("declared flags in any spelling yargs takes are not unknown; without an unk
   // camelCase, --no- negation, --debug (global), and a flag after `--` (not parsed as one).
   assert.equal(said(["convert", "--evalText", "x", "--no-force", "--debug"]), "error: Not enough non-option arguments: got 0, need at least 1");
   assert.equal(said(["inspect", "--", "--bogus"]), "error: Not enough non-option arguments: got 0, need at least 1");
+});
+
+test("a refused command line is two lines, the error and a hint: the flag or command it was probably meant to be, or the flag to add", () => {
+  const lines = (args: string[]) => cli(args).stderr.trimEnd().split("\n");
+  assert.deepEqual(lines(["convert", "stories260K", "--rnak", "4"]), ["error: Unknown argument: rnak", "  hint: did you mean --rank for --rnak? (see mha2mla convert --help)"]);
+  assert.deepEqual(lines(["convrt", "stories260K"]), ["error: unknown command convrt", "  hint: did you mean convert? (see mha2mla --help)"]);
+  assert.deepEqual(lines(["synth", "--arch", "llama2-7b"]), ["error: Missing required argument: out", "  hint: add --out … (see mha2mla synth --help)"]);
+  assert.deepEqual(lines(["inspect", "--bogus", "stories260K"]), ["error: Unknown argument: bogus", "  hint: see mha2mla inspect --help"]);
 });

@@ -4,7 +4,7 @@ import path from "node:path";
 import { test } from "node:test";
 import { MlaError } from "../../src/errors.js";
 import { resolveModel } from "../../src/io/modelDir.js";
-import { MODELS, tmpDir } from "../helpers.js";
+import { FIXTURES, MODELS, tmpDir } from "../helpers.js";
 
 function fakeCache(root: string, hubId: string, rev: string, withRef: boolean): string {
   const repo = path.join(root, "models--" + hubId.replace("/", "--"));
@@ -44,4 +44,10 @@ test("a miss lists where it looked and says nothing is downloaded", () => {
 
 test("a folder without config.json is refused", () => {
   assert.throws(() => resolveModel(tmpDir()), (e: Error) => e instanceof MlaError && /has no config\.json/.test(e.message));
+});
+
+test("a file, a path that does not exist and a bundled name in other case: each says what it is", () => {
+  assert.throws(() => resolveModel(path.join(FIXTURES, "text", "tinystories.txt")), /tinystories\.txt is a file, not a model folder[\s\S]*hint: pass the folder holding config\.json/);
+  for (const spec of ["./no-such-folder", "../no-such-folder", "/no/such/folder"]) assert.throws(() => resolveModel(spec), (e: unknown) => e instanceof MlaError && e.code === "NOT_FOUND" && /^no model folder at /.test(e.message) && !/huggingface-cli/.test(e.message), spec);
+  assert.equal(resolveModel("STORIES260k").dir, resolveModel("stories260K").dir);
 });
