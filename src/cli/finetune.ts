@@ -61,7 +61,7 @@ export const finetuneCommand: CommandModule<object, Args> = {
       .option("warmup", { type: "number", default: D.warmup, describe: "warmup as a fraction of the steps" })
       .option("schedule", { type: "string", default: D.schedule, choices: SCHEDULES as unknown as string[], describe: "wsd = warmup, constant, 1−sqrt decay (the paper's)" })
       .option("decay-fraction", { type: "number", describe: `wsd: fraction of the steps spent decaying, after warmup (default ${D.decayFraction})` })
-      .option("weight-decay", { type: "number", default: D.weightDecay })
+      .option("weight-decay", { type: "number", default: D.weightDecay, describe: "AdamW weight decay, on matrices only (not norm gains or biases, as HF's Trainer)" })
       .option("clip", { type: "number", default: D.clip, describe: "global gradient-norm clip (0 = off)" })
       .option("seed", { type: "number", default: D.seed })
       .option("train", { choices: ["attention", "all"] as const, default: D.train, describe: "which weights to train" })
