@@ -76,6 +76,8 @@ const PROBE_TEXTS = [
   "Once upon a time, there was a dog.\nIt ran  fast!\n\n  Indented line\n\tTab line\n123 numbers 4.5e6 and 1,000\n(parens) [x] {y} \"quoted\" 'single'\n-dash\n...dots\n",
   " leading space\nÜnïcödé — café naïve\n日本語のテキスト\némoji 🙂🚀\n“smart quotes” ‘x’\n–en dash\n#!/bin/sh\nexport FOO=bar\n$HOME/.config\n",
   "trailing spaces   \nnext\n \nafter a space-only line\n\n\nthree blank\nx\ny\nz\n0\n_\n=\n>\n<\n|\n\\\n/usr/share/doc\n~\n",
+  // Special-token literals in the text, at a line's start and inside it (Llama-2's files split there before normalizing).
+  "a story ends.\n</s>The next one <s>starts. A </s> here\n<s> and a space\n<unk>x\n",
 ];
 
 const probed = new WeakMap<TextTokenizer, boolean>();

@@ -39,7 +39,8 @@ export function loadTokenizer(dir: string): TextTokenizer {
   const tc = readJson(path.join(dir, "tokenizer_config.json"), false) ?? {};
   const make = (json: Record<string, unknown>) => {
     try {
-      return new HfTokenizer(json, tc);
+      // transformers leaves spaces as decoded unless the config asks (its default is False; the library's true).
+      return new HfTokenizer(json, { clean_up_tokenization_spaces: false, ...tc });
     } catch (e) {
       throw new MlaError("BAD_TOKENIZER", `${tjFile}: cannot be loaded (${(e as Error).message})`, "is it a Hugging Face tokenizers file?");
     }
@@ -63,17 +64,52 @@ export function loadTokenizer(dir: string): TextTokenizer {
     return tokCont;
   };
   const vocab = (tj["model"] as { vocab?: Record<string, number> | unknown[] } | undefined)?.vocab;
-  const added = (tj["added_tokens"] as { id: number }[] | undefined) ?? [];
+  const added = (tj["added_tokens"] as { id: number; content?: string }[] | undefined) ?? [];
   const vocabSize = Math.max(vocab ? (Array.isArray(vocab) ? vocab.length : Object.keys(vocab).length) : 0, ...added.map((a) => a.id + 1));
+  const encode = (text: string, addSpecialTokens: boolean): number[] => withConfigSpecials(tok, tc, (tokNoPrepend && text.startsWith(" ") ? tokNoPrepend : tok).encode(text, { add_special_tokens: addSpecialTokens }).ids, addSpecialTokens);
+  // The text is split at added tokens before normalizing, so the stretch after one gets its own "▁":
+  // a continuation holding one is the continuation up to it, then an encode from it on.
+  const addedIds = new Set(added.map((a) => a.id));
+  const literals = added.map((a) => a.content).filter((c): c is string => !!c);
+  const firstLiteral = literals.length ? new RegExp(literals.sort((a, b) => b.length - a.length).map((c) => c.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")).join("|")) : null;
   return {
     vocabSize,
-    encode: (text, opts) => (tokNoPrepend && text.startsWith(" ") ? tokNoPrepend : tok).encode(text, { add_special_tokens: opts?.addSpecialTokens ?? false }).ids,
-    // The HF library throws on no ids (a /detokenize of [], a window of a stream with nothing in it).
-    decode: (ids, opts) => (ids.length === 0 ? "" : tok.decode([...ids], { skip_special_tokens: opts?.skipSpecialTokens ?? false })),
-    encodeContinuation: (text) => cont().encode(text, { add_special_tokens: false }).ids,
+    encode: (text, opts) => encode(text, opts?.addSpecialTokens ?? false),
+    // The HF library throws on no ids (a /detokenize of [], a window of a stream with nothing in it),
+    // and a SentencePiece model on an id it does not hold (a vocabulary padded past the tokenizer's):
+    // such ids are dropped, as HF's decode drops them.
+    decode: (ids, opts) => {
+      const known = [...ids].filter((id) => Number.isInteger(id) && id >= 0 && id < vocabSize && (addedIds.has(id) || tok.id_to_token(id) != null));
+      return known.length === 0 ? "" : tok.decode(known, { skip_special_tokens: opts?.skipSpecialTokens ?? false });
+    },
+    encodeContinuation: (text) => {
+      const at = firstLiteral ? text.search(firstLiteral) : -1;
+      if (at < 0) return cont().encode(text, { add_special_tokens: false }).ids;
+      return [...(at > 0 ? cont().encode(text.slice(0, at), { add_special_tokens: false }).ids : []), ...encode(text.slice(at), false)];
+    },
     idToToken: (id) => tok.id_to_token(id),
     dir: path.resolve(dir),
   };
+}
+
+/**
+ * tokenizer_config.json's add_bos_token / add_eos_token, which transformers' Llama tokenizers obey over
+ * tokenizer.json's post-processor (the HF library reads only the latter): with special tokens, the
+ * BOS it added is dropped where add_bos_token is false, an EOS appended where add_eos_token is true.
+ */
+function withConfigSpecials(tok: HfTokenizer, tc: Record<string, unknown>, ids: number[], addSpecialTokens: boolean): number[] {
+  if (!addSpecialTokens) return ids;
+  const idOf = (key: string): number | undefined => {
+    const v = tc[key];
+    const text = typeof v === "string" ? v : (v as { content?: unknown } | null)?.content;
+    return typeof text === "string" ? tok.token_to_id(text) : undefined;
+  };
+  let out = ids;
+  const bos = idOf("bos_token");
+  if (tc["add_bos_token"] === false && bos !== undefined && out[0] === bos) out = out.slice(1);
+  const eos = idOf("eos_token");
+  if (tc["add_eos_token"] === true && eos !== undefined && out[out.length - 1] !== eos) out = [...out, eos];
+  return out;
 }
 
 /** The tokenizer.json with every Metaspace pre-tokenizer set to never prepend "▁", or null if none prepends. */

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import fs from "node:fs";
+import os from "node:os";
 import path from "node:path";
 import { test } from "node:test";
 import { encodePrefix, loadTokenizer } from "../../src/io/tokenizer.js";
@@ -34,4 +35,41 @@ test("encodePrefix gives the first N ids of the whole text's encoding, tokenizin
   assert.deepEqual(encodePrefix(tok, text, all.length + 10), all, "a short text is encoded whole");
   const cutMidWord = "lorem ipsum ".repeat(3000);
   assert.deepEqual(encodePrefix(tok, cutMidWord, 2000), tok.encode(cutMidWord, { addSpecialTokens: false }).slice(0, 2000), "no line breaks: cut mid-text");
+});
+
+/** A copy of stories260K's tokenizer files with tokenizer_config.json changed by `edit` (a key set to undefined is removed). */
+function tokenizerWith(edit: Record<string, unknown>): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "mha2mla-tok-"));
+  fs.copyFileSync(path.join(MODELS, "stories260K", "tokenizer.json"), path.join(dir, "tokenizer.json"));
+  const tc = JSON.parse(fs.readFileSync(path.join(MODELS, "stories260K", "tokenizer_config.json"), "utf8"));
+  fs.writeFileSync(path.join(dir, "tokenizer_config.json"), JSON.stringify({ ...tc, ...edit }));
+  return dir;
+}
+
+test("tokenizer_config.json's add_bos_token / add_eos_token are obeyed as transformers obeys them", () => {
+  const plain = loadTokenizer(path.join(MODELS, "stories260K")).encode("Hello there", { addSpecialTokens: true });
+  assert.equal(plain[0], 1);
+  assert.deepEqual(loadTokenizer(tokenizerWith({ add_bos_token: false })).encode("Hello there", { addSpecialTokens: true }), plain.slice(1));
+  assert.deepEqual(loadTokenizer(tokenizerWith({ add_eos_token: true })).encode("Hello there", { addSpecialTokens: true }), [...plain, 2]);
+  assert.deepEqual(loadTokenizer(tokenizerWith({ add_eos_token: true })).encode("Hello there"), plain.slice(1), "not without special tokens");
+});
+
+test("decode drops ids the tokenizer does not hold (a vocabulary padded past it), as HF does; spaces are not cleaned unless the config asks", () => {
+  const tok = loadTokenizer(path.join(MODELS, "stories260K"));
+  const ids = tok.encode("The cat sat.");
+  assert.equal(tok.decode([...ids, 600, 99999, -1]), tok.decode(ids));
+  assert.equal(tok.decode([600]), "");
+  const text = `He said , "I do n't know" . Is it ?`;
+  assert.equal(loadTokenizer(tokenizerWith({ clean_up_tokenization_spaces: undefined })).decode(tok.encode(text)), text);
+});
+
+test("a long text with special-token literals encodes in pieces to the ids of one encode (the stretch after a literal gets its own ▁)", async () => {
+  const { encodeLong, splitIsExact } = await import("../../src/io/encodeLong.js");
+  for (const dir of [path.join(MODELS, "stories260K"), path.join(SHARED, "models", "mha26m-debian")]) {
+    if (!fs.existsSync(dir)) continue;
+    const tok = loadTokenizer(dir);
+    const text = "Once upon a time there was a cat.\n</s>The cat sat on the mat.\n<s>She smiled. A </s>mid-line one\n".repeat(60);
+    assert.ok(splitIsExact(tok), dir);
+    assert.deepEqual([...(await encodeLong(tok, text, { pieceChars: 64, workers: 0 }))], tok.encode(text), dir);
+  }
 });
