@@ -106,7 +106,15 @@ export class DecodeSession {
     const warm = warmHere || warmShapes.get(this.model)?.get(this.shape) === `${version}|${routes}`;
     if (warm && this.refusal === undefined && this.replayable()) this.logits = this.record(ids, positions, warmHere);
     if (!this.logits) {
-      this.logits = this.model.decodeBatch(ids, this.caches);
+      // A step that fails part-way (out of memory at layer k) has appended rows to the layers before k:
+      // undone, so a caller that steps again writes and reads the rows it should.
+      const lengths = this.caches.map((c) => c.length);
+      try {
+        this.logits = this.model.decodeBatch(ids, this.caches);
+      } catch (e) {
+        this.caches.forEach((c, i) => c.truncate(lengths[i]!));
+        throw e;
+      }
       let shapes = warmShapes.get(this.model);
       if (!shapes) warmShapes.set(this.model, (shapes = new Map()));
       shapes.set(this.shape, `${version}|${routes}`);

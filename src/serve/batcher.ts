@@ -277,7 +277,8 @@ export class Batcher {
           this.retire();
         } catch (e) {
           // A failure outside a prefill or a step (freeing a cache, a recording): every sequence ends
-          // with it rather than hang, and the batcher stays usable.
+          // with it rather than hang, and the batcher stays usable (the recording freed now, not by the collector).
+          this.session?.dispose();
           this.session = null;
           this.sessionOver = [];
           this.fail([...this.running, ...this.waiting.splice(0)], e);
