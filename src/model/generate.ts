@@ -8,6 +8,7 @@ import { checkOptionTypes, type OptionKinds } from "../util/optionTypes.js";
 import { pickToken, seededRandom, type SamplingOptions } from "./sampling.js";
 import { checkPenalties, Penalties, type PenaltyOptions } from "./penalties.js";
 import { stopTokenIds } from "./config.js";
+import type { FloatArray, Tensor } from "../tensor/tensor.js";
 
 export interface GenerateOptions extends PenaltyOptions {
   maxTokens: number;
@@ -129,7 +130,10 @@ function isTokenIds(p: unknown): boolean {
   return (Array.isArray(p) || p instanceof Int32Array || p instanceof Uint32Array) && Array.prototype.every.call(p, (t: unknown) => Number.isInteger(t));
 }
 
-/** The decode loop of generateBatch, yielding the number of new tokens after each step. */
+/** Prompt tokens per prefill call of generate (longer prompts take several, each on the cache the last filled). */
+const PREFILL_CHUNK = 2048;
+
+/** The decode loop of generateBatch, yielding the number of new tokens after each step (0 between a long prompt's prefill chunks). */
 function* decodeSteps(model: LlamaModel, prompts: readonly (readonly number[])[], opts: GenerateOptions): Generator<number, GenerateBatchResult> {
   if (!Array.isArray(prompts) || prompts.length === 0) throw new MlaError("BAD_ARGUMENT", "no prompts to continue", "pass at least one prompt (an array of token ids; --prompt on the command line)");
   prompts.forEach((p, i) => {
@@ -150,13 +154,21 @@ function* decodeSteps(model: LlamaModel, prompts: readonly (readonly number[])[]
   const rands = prompts.map((_, i) => seededRandom((opts.seed ?? 0) + i));
   const penalties = prompts.map((p) => Penalties.of(p, sampling));
   const outs: number[][] = prompts.map(() => []);
-  // Each prompt's last row gives its first new token.
-  let lasts = prompts.map((p, i) => {
-    const out = model.prefill(Int32Array.from(p), caches[i]!);
-    const logits = out.toArray();
-    out.dispose();
-    return logits;
-  });
+  // Each prompt's last row gives its first new token. A long prompt is prefilled in chunks with a
+  // yield between them: the GPU backend's intermediates of a cached forward are freed by the garbage
+  // collector, whose callbacks run only between event-loop turns (generateBatchAsync gives one), so
+  // a 16k-token prompt on a 32-layer 7B model held every layer's q, k, v and attention output at once.
+  let lasts: FloatArray[] = [];
+  for (const [i, p] of prompts.entries()) {
+    let out: Tensor | null = null;
+    for (let s = 0; s < p.length; s += PREFILL_CHUNK) {
+      out?.dispose();
+      out = model.prefill(Int32Array.from(p.slice(s, s + PREFILL_CHUNK)), caches[i]!);
+      if (s + PREFILL_CHUNK < p.length) yield 0;
+    }
+    lasts.push(out!.toArray());
+    out!.dispose();
+  }
   let live = opts.maxTokens > 0 ? prompts.map((_, i) => i) : [];
   let session: DecodeSession | null = null;
   let steps = "";

@@ -169,3 +169,20 @@ test("a recording session (a fake backend that records) replays from the third s
   assert.equal(refusedOnce.graphed, true, "the next step records");
   refusedOnce.dispose();
 });
+
+test("a prompt longer than one prefill chunk (2,048 tokens) continues as the whole prompt prefilled at once does, with a turn between chunks", async () => {
+  const { generateBatchAsync } = await import("../../src/model/generate.js");
+  const { model } = loadModel(path.join(MODELS, "stories260K"), { weights: "f32" });
+  const prompt = Array.from({ length: 2100 }, (_, i) => 1 + ((i * 37) % 500));
+  const cache = model.newCache();
+  const first = model.prefill(Int32Array.from(prompt), cache).toArray();
+  const whole = [first.indexOf(Math.max(...first))];
+  for (let k = 0; k < 3; k++) {
+    const l = model.decodeBatch(Int32Array.of(whole[k]!), [cache]).toArray();
+    whole.push(l.indexOf(Math.max(...l)));
+  }
+  let steps = 0;
+  const r = await generateBatchAsync(model, [prompt], { maxTokens: 4, yieldMs: 0, onStep: () => steps++ });
+  assert.deepEqual(r.sequences[0]!.ids, whole);
+  assert.ok(steps >= 4 + 1, "a yield between the prefill chunks");
+});
