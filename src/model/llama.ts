@@ -232,8 +232,11 @@ export class LlamaModel {
     }
     if (batch) for (const b of batch) b.advance(1);
     else single?.advance(ids.length);
-    // Only the LM head (a product) reads the final hidden states.
-    return ops.rmsnorm(h, P.finalNorm, c.rmsEps, PRODUCTS);
+    // Only the LM head (a product) reads the final hidden states; without a tape the last layer's
+    // output is freed now, as each layer's input is above.
+    const normed = ops.rmsnorm(h, P.finalNorm, c.rmsEps, PRODUCTS);
+    if (!ops.tape) h.value.dispose();
+    return normed;
   }
 
   /** Layer li's attention block on its normed input x [T, D], in whichever form the layer has. */

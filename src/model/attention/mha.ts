@@ -53,5 +53,7 @@ export function mhaDecodeBatch(ops: Ops, c: ModelConfig, w: AttentionNodes, invF
   const [kAll, vAll] = KvCache.appendBatch(caches, layer, k, v);
   const o = b.attentionDecodeBatch(q, kAll, vAll, { scale: 1 / Math.sqrt(c.headDim), positions, window: c.slidingWindow });
   for (const t of [q, k, v]) t.dispose();
-  return ops.constant(b.linear(o.reshape([B, c.heads * c.headDim]), w.o.value, w.oBias?.value));
+  const y = b.linear(o.reshape([B, c.heads * c.headDim]), w.o.value, w.oBias?.value);
+  o.dispose();
+  return ops.constant(y);
 }
