@@ -13,7 +13,8 @@ import path from "node:path";
 import { ioError } from "../errors.js";
 
 /** Bump when the stream a file gives changes for the same inputs (splitting, joining rules). */
-const FORMAT = "mha2mla-tokens-v1";
+// v2: a long text holding special-token literals is encoded in pieces as one encode gives it.
+const FORMAT = "mha2mla-tokens-v2";
 
 /**
  * The cache file for `dataFile` tokenized by the tokenizer in `tokenizerDir`, with documents joined
