@@ -66,11 +66,17 @@ function parseScaling(s: unknown, file: string): RopeScaling | null {
   const r = s as Raw;
   const type = (r["rope_type"] ?? r["type"]) as unknown;
   if (type === "default" || type === undefined) return null;
-  if (type === "linear") return { type: "linear", factor: num(r, "factor", file) };
+  // A factor below 1 compresses positions the other way (0: an infinite inverse frequency); HF requires ≥ 1.
+  const factor = (): number => {
+    const f = num(r, "factor", file);
+    if (!(f >= 1)) throw new MlaError("BAD_CONFIG", `${file}: rope_scaling factor ${f} is below 1`, "the factor stretches positions by that much: use 1 or more (or no rope_scaling)");
+    return f;
+  };
+  if (type === "linear") return { type: "linear", factor: factor() };
   if (type === "llama3")
     return {
       type: "llama3",
-      factor: num(r, "factor", file),
+      factor: factor(),
       lowFreqFactor: num(r, "low_freq_factor", file, 1),
       highFreqFactor: num(r, "high_freq_factor", file, 4),
       originalMaxPositions: posInt(r, "original_max_position_embeddings", file, 8192),
@@ -89,6 +95,8 @@ export function normalizeHfConfig(raw: Raw, file = "config.json"): ModelConfig {
   const deepseek = modelType === "deepseek_v3" ? parseDeepseek(raw, file, heads) : null;
   const kvHeads = posInt(raw, "num_key_value_heads", file, heads);
   if (heads % kvHeads !== 0) throw new MlaError("BAD_CONFIG", `${file}: num_attention_heads ${heads} is not a multiple of num_key_value_heads ${kvHeads}`, "grouped-query attention needs whole groups");
+  if (!deepseek && raw["head_dim"] === undefined && hiddenSize % heads !== 0)
+    throw new MlaError("BAD_CONFIG", `${file}: hidden_size ${hiddenSize} is not a multiple of num_attention_heads ${heads}, and there is no head_dim`, "set head_dim, or fix hidden_size / num_attention_heads");
   const headDim = deepseek ? deepseek.nopeDim : posInt(raw, "head_dim", file, hiddenSize / heads);
   if (headDim % 2 !== 0) throw new MlaError("BAD_CONFIG", `${file}: head_dim ${headDim} is odd`, "rotary embeddings need an even head dimension");
   const ropeParams = (raw["rope_parameters"] as Raw | undefined) ?? undefined;

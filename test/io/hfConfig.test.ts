@@ -83,3 +83,10 @@ test("stop ids: every eos_token_id of config.json and generation_config.json; on
   assert.equal(readHfConfig(dir).stopTokenIds, undefined);
   assert.equal(readHfConfig(path.join(MODELS, "stories260K")).stopTokenIds, undefined);
 });
+
+test("a rope_scaling factor below 1 and a hidden_size heads do not divide (no head_dim) are refused, naming the keys the file has", () => {
+  const base = { model_type: "llama", hidden_size: 64, num_attention_heads: 8, num_hidden_layers: 1, intermediate_size: 128, vocab_size: 32, max_position_embeddings: 64, rms_norm_eps: 1e-5 };
+  for (const type of ["linear", "llama3"]) assert.throws(() => normalizeHfConfig({ ...base, rope_scaling: { type, factor: 0 } }), /rope_scaling factor 0 is below 1[\s\S]*hint:/);
+  assert.throws(() => normalizeHfConfig({ ...base, hidden_size: 65 }), /hidden_size 65 is not a multiple of num_attention_heads 8, and there is no head_dim/);
+  assert.equal(normalizeHfConfig({ ...base, rope_scaling: { type: "linear", factor: 2 } }).rope.scaling?.type, "linear");
+});
