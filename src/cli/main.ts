@@ -41,6 +41,8 @@ process.stdout.on("error", (e: NodeJS.ErrnoException) => {
 
 /** The command line after `node main.js`. */
 const ARGS = process.argv.slice(2);
+/** The first word that is not a flag: the command as typed (maybe misspelt). */
+const TYPED_COMMAND = ARGS.find((a) => !a.startsWith("-"));
 
 /** The text the user typed for --key (yargs turns a non-number into NaN before the handlers see it); null when none. */
 function typed(key: string): string | null {
@@ -94,8 +96,7 @@ function editDistance(a: string, b: string): number {
 
 /** The hint under a refused command line: the declared flag an unknown one was probably meant to be, else where the usage is. */
 function refusalHint(msg: string, o: DeclaredOptions): string {
-  const command = ARGS.find((a) => !a.startsWith("-"));
-  const help = `see mha2mla ${command && COMMANDS.includes(command) ? `${command} ` : ""}--help`;
+  const help = `see mha2mla ${TYPED_COMMAND && COMMANDS.includes(TYPED_COMMAND) ? `${TYPED_COMMAND} ` : ""}--help`;
   if (/^Did you mean /.test(msg)) return `${msg.replace(/^Did/, "did")} (${help})`;
   const guesses = unknownFlags(o).flatMap((u) => {
     const best = Object.keys(o.key)
@@ -130,7 +131,7 @@ function checkFlagValues(argv: Record<string, unknown>, y: WithOptions): void {
       if (count) {
         const n = Math.round(Number(count[1]) * { k: 1e3, M: 1e6, G: 1e9 }[count[2] as "k" | "M" | "G"]);
         argv[key] = n;
-        argv[key.replace(/-([a-z])/g, (_, c: string) => c.toUpperCase())] = n;
+        argv[camel(key)] = n;
         continue;
       }
       throw new MlaError("BAD_ARGUMENT", text === null ? `--${key} needs a number` : `--${key} ${text} is not a number`, key.endsWith("tokens") ? `give --${key} a number, e.g. 20000000 or 20M (k, M and G count thousands, millions, billions)` : `give --${key} a number`);
@@ -186,7 +187,7 @@ try {
       if (err) fail(err);
       // The error and a hint, as every other refusal: the whole --help above it buried the one line that mattered.
       const o = cli as unknown as WithOptions;
-      const said = /^Did you mean /.test(msg) ? `unknown command ${ARGS.find((a) => !a.startsWith("-"))}` : refusal(msg, o);
+      const said = /^Did you mean /.test(msg) ? `unknown command ${TYPED_COMMAND}` : refusal(msg, o);
       process.stderr.write(`error: ${said}\n  hint: ${refusalHint(msg, o.getOptions())}\n`);
       process.exit(1);
     })

@@ -152,7 +152,6 @@ export function planConversion(c: ModelConfig, s: ConversionSettings, elemBytes:
   };
 }
 
-/** Default output folder: ./NAME-<kind>-r<rank> beside the working directory (kind mla, or deepseek). */
 /** Refuses a --calib that is missing or not text (both formats, dry run or not: before any work). */
 export function checkCalibFile(calib: string | null | undefined): void {
   if (calib === null || calib === undefined) return;
@@ -160,6 +159,7 @@ export function checkCalibFile(calib: string | null | undefined): void {
   checkTextFile(calib);
 }
 
+/** Default output folder: ./NAME-<kind>-r<rank> beside the working directory (kind mla, or deepseek). */
 export function defaultOut(spec: string, rank: number, kind = "mla"): string {
   return path.resolve(`${modelName(spec)}-${kind}-r${rank}`);
 }

@@ -101,7 +101,6 @@ function memoryNeed(model: LlamaModel, choice: MemoryChoice, precision: Precisio
   return stateBytes(trainable, precision) - 4 * trainable + activationBytes(model, tokens, choice.checkpoint, choice.fullLogits, precision, choice.keepMid ?? true);
 }
 
-/** Whether `choice` fits the device's free memory (true on a backend that does not report memory). */
 /**
  * Free and total bytes where a training state lives: the device's, or for a host backend the
  * machine's, whose `free` (what the kernel could hand out now, page cache included) is only advisory:
@@ -115,6 +114,7 @@ function memoryFor(b: Backend): { free: number; total: number; host: boolean } {
   return { free: Math.min(os.freemem(), total), total, host: true };
 }
 
+/** Whether `choice` fits the free memory where the state lives (memoryFor: the device's, or the machine's). */
 export function fitsDevice(model: LlamaModel, choice: MemoryChoice, precision: Precision, tokens: number): boolean {
   const mem = memoryFor(model.backend);
   const n = trainableCount(model, choice.train === "all" ? () => true : (p) => p.includes(".attn."));
@@ -299,14 +299,15 @@ export class TrainState {
     if (Number.isFinite(norm)) {
       const [c1, c2] = [1 - h.beta1 ** this.step, 1 - h.beta2 ** this.step];
       if (h.weightDecay === 0 || this.decayRuns.every((r) => r.decay)) this.kernels.adamw(this.params, this.grads, this.m, this.v, lr, h, c1, c2, scale, this.shadow);
-      else
+      else {
+        const k = this.kernels;
         for (const run of this.decayRuns) {
-          const k = this.kernels;
           const [p, g, m, v] = [this.params, this.grads, this.m, this.v].map((t) => k.view(t, run.offset, [run.size])) as [Tensor, Tensor, Tensor, Tensor];
           const shadow = this.shadow ? k.view(this.shadow, run.offset, [run.size]) : null;
           k.adamw(p, g, m, v, lr, run.decay ? h : { ...h, weightDecay: 0 }, c1, c2, scale, shadow);
           for (const t of [p, g, m, v, shadow]) t?.dispose();
         }
+      }
     }
     this.model.weightsChanged();
     return norm;

@@ -92,8 +92,7 @@ export function resolveModel(spec: string, env: NodeJS.ProcessEnv = process.env)
   if (/^(\.{1,2}|~)?[\\/]/.test(spec)) throw new MlaError("NOT_FOUND", `no model folder at ${path.resolve(spec)}`, `check the path; a model folder holds config.json${nearbyModels(spec)}`);
   looked.push(`path ${path.resolve(spec)}`);
   // Bundled names as people type them: stories260k finds stories260K.
-  const bundledName = Object.keys(bundledModels()).find((n) => n.toLowerCase() === spec.toLowerCase());
-  const bundled = bundledName ? bundledModels()[bundledName] : undefined;
+  const bundled = Object.entries(bundledModels()).find(([n]) => n.toLowerCase() === spec.toLowerCase())?.[1];
   if (bundled && isModelFolder(bundled)) return { dir: bundled, source: "bundled" };
   const hubId = MODEL_ALIASES[spec.toLowerCase()] ?? (/^[\w.-]+\/[\w.-]+$/.test(spec) ? spec : null);
   if (hubId) {
