@@ -39,6 +39,40 @@ export function readHfConfig(dir: string): ModelConfig {
   return stops.length > 1 || (stops.length === 1 && stops[0] !== config.eosTokenId) ? { ...config, stopTokenIds: stops } : config;
 }
 
+/**
+ * The one attention window every layer uses, or null for full attention, as transformers decides it:
+ * an explicit `layer_types` list first; else Mistral slides everywhere; Qwen2 with
+ * `use_sliding_window` slides only from layer `max_window_layers` (default 28) on, so Qwen2-7B's
+ * 28 layers under its default never slide. The runtime keeps one window for all layers, so a model
+ * whose layers mix the two is refused rather than run with the wrong mask on some of them.
+ */
+function slidingWindowOf(raw: Raw, modelType: string, layers: number, file: string): number | null {
+  const size = typeof raw["sliding_window"] === "number" ? (raw["sliding_window"] as number) : null;
+  let sliding: boolean[];
+  const types = raw["layer_types"];
+  if (Array.isArray(types)) {
+    if (types.length !== layers || types.some((t) => t !== "full_attention" && t !== "sliding_attention"))
+      throw new MlaError("BAD_CONFIG", `${file}: layer_types must list "full_attention" or "sliding_attention" for each of the ${layers} layers`, "fix layer_types, or remove it to use the model type's default");
+    sliding = types.map((t) => t === "sliding_attention");
+  } else if (modelType === "mistral") {
+    sliding = new Array<boolean>(layers).fill(true);
+  } else if (modelType === "qwen2" && raw["use_sliding_window"] === true) {
+    const from = typeof raw["max_window_layers"] === "number" ? (raw["max_window_layers"] as number) : 28;
+    sliding = Array.from({ length: layers }, (_, i) => i >= from);
+  } else {
+    return null;
+  }
+  const count = sliding.filter(Boolean).length;
+  if (count === 0 || size === null) return null;
+  if (count < layers)
+    throw new MlaError(
+      "UNSUPPORTED",
+      `${file}: ${count} of ${layers} layers use a sliding window of ${size} and the others full attention`,
+      "mha2mla runs one attention window for every layer; a model that mixes them is not supported",
+    );
+  return size;
+}
+
 /** The ids of an eos_token_id field: a number or a list of numbers. */
 function eosList(v: unknown): number[] {
   return (Array.isArray(v) ? v : [v]).filter((x): x is number => Number.isInteger(x) && (x as number) >= 0);
@@ -104,8 +138,7 @@ export function normalizeHfConfig(raw: Raw, file = "config.json"): ModelConfig {
   const scaling = parseScaling(raw["rope_scaling"] ?? ropeParams, file);
   const isQwen = modelType === "qwen2";
   const attnBias = raw["attention_bias"] === true;
-  const useWindow = modelType === "mistral" || (isQwen && raw["use_sliding_window"] === true);
-  const window = useWindow && typeof raw["sliding_window"] === "number" ? (raw["sliding_window"] as number) : null;
+  const window = slidingWindowOf(raw, modelType as string, posInt(raw, "num_hidden_layers", file), file);
   const eos = raw["eos_token_id"];
   const dtype = raw["torch_dtype"] ?? raw["dtype"];
   return {

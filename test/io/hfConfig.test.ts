@@ -33,6 +33,18 @@ test("defaults and variants: MHA when kv heads are absent, qwen2 q/k/v bias, mis
   assert.equal(l.qkvBias && l.oBias, true);
 });
 
+test("sliding windows as transformers places them: Qwen2 from max_window_layers on, layer_types first, a mix refused", () => {
+  const qwen = { ...base, model_type: "qwen2", num_hidden_layers: 4, sliding_window: 32, use_sliding_window: true };
+  assert.equal(normalizeHfConfig({ ...qwen }).slidingWindow, null, "default max_window_layers 28 ≥ 4 layers: none slide");
+  assert.equal(normalizeHfConfig({ ...qwen, max_window_layers: 0 }).slidingWindow, 32);
+  assert.equal(normalizeHfConfig({ ...qwen, use_sliding_window: false, max_window_layers: 0 }).slidingWindow, null);
+  assert.throws(() => normalizeHfConfig({ ...qwen, max_window_layers: 2 }), (e: unknown) => e instanceof MlaError && /2 of 4 layers use a sliding window of 32/.test(e.message));
+  const full = ["full_attention", "full_attention"];
+  assert.equal(normalizeHfConfig({ ...base, model_type: "mistral", sliding_window: 64, layer_types: full }).slidingWindow, null);
+  assert.equal(normalizeHfConfig({ ...base, model_type: "mistral", sliding_window: 64, layer_types: ["sliding_attention", "sliding_attention"] }).slidingWindow, 64);
+  assert.throws(() => normalizeHfConfig({ ...base, layer_types: ["full_attention"] }), (e: unknown) => e instanceof MlaError && /each of the 2 layers/.test(e.message));
+});
+
 test("rope_scaling llama3 and linear, in both the rope_scaling and the v5 rope_parameters spelling", () => {
   const s = { rope_type: "llama3", factor: 8, low_freq_factor: 1, high_freq_factor: 4, original_max_position_embeddings: 8192 };
   const a = normalizeHfConfig({ ...base, rope_scaling: s, rope_theta: 500000 });
