@@ -25,6 +25,7 @@ export interface InspectResult {
   intermediate_size: number;
   heads: number;
   kv_heads: number;
+  /** Query·key width of a head (a deepseek folder: qk_nope_head_dim + qk_rope_head_dim). */
   head_dim: number;
   vocab_size: number;
   tied_embeddings: boolean;
@@ -100,7 +101,8 @@ export function inspectModel(spec: string): InspectResult {
       intermediate_size: c.intermediateSize,
       heads: c.heads,
       kv_heads: c.kvHeads,
-      head_dim: c.headDim,
+      // A deepseek folder's config holds the no-rope part as headDim; a query·key head spans both parts.
+      head_dim: c.attention.kind === "deepseek" ? c.attention.nopeDim + c.attention.ropeDim : c.headDim,
       vocab_size: c.vocabSize,
       tied_embeddings: c.tieEmbeddings,
       dtype: kDtype.toLowerCase(),

@@ -95,6 +95,8 @@ test("padded to a larger kv_lora_rank and rope dim (zero channels and slots) the
   assert.deepEqual([r.kvLoraRank, r.ropeDim], [16, 12]);
   const d = maxRelDiff(logits(out), logits(mla));
   assert.ok(d < 1e-6, `max relative logit difference ${d}`);
+  const shown = inspectModel(out);
+  assert.equal(shown.head_dim, shown.deepseek!.qk_nope_head_dim + 12, "head_dim is the query·key width: no-rope plus rope dims");
   assert.match(inspectModel(out).deepseek!.serving, /^stock transformers loads it; kv_lora_rank 16 with qk_rope_head_dim 12: FlashMLA, CUTLASS MLA and FlashInfer's MLA decode take only 512 with 64; vLLM refuses it .*; vLLM and SGLang drop its kv_a_proj_with_mqa and o_proj biases/);
   const fused = path.join(tmpDir(), "ds-576");
   await exportDeepseek(mla, { out: fused, kvLoraRank: 512, ropeDim: 64, progress: null });
