@@ -97,14 +97,20 @@ export async function generateBatchAsync(model: LlamaModel, prompts: readonly (r
   throwIfAborted(opts?.signal);
   const run = decodeSteps(model, prompts, opts);
   let last = performance.now();
-  for (;;) {
-    const r = run.next();
-    if (r.done) return r.value;
-    opts.onStep?.(r.value);
-    if (performance.now() - last >= (opts.yieldMs ?? 50)) {
-      await nextTurn(opts.signal);
-      last = performance.now();
+  try {
+    for (;;) {
+      const r = run.next();
+      if (r.done) return r.value;
+      opts.onStep?.(r.value);
+      if (performance.now() - last >= (opts.yieldMs ?? 50)) {
+        await nextTurn(opts.signal);
+        last = performance.now();
+      }
     }
+  } finally {
+    // An abort (or a throwing onStep) leaves the loop between steps: finish the generator so that its
+    // caches and recorded step are freed now. A no-op once it has returned.
+    run.return(undefined as unknown as GenerateBatchResult);
   }
 }
 
@@ -154,27 +160,29 @@ function* decodeSteps(model: LlamaModel, prompts: readonly (readonly number[])[]
   const rands = prompts.map((_, i) => seededRandom((opts.seed ?? 0) + i));
   const penalties = prompts.map((p) => Penalties.of(p, sampling));
   const outs: number[][] = prompts.map(() => []);
-  // Each prompt's last row gives its first new token. A long prompt is prefilled in chunks with a
-  // yield between them: the GPU backend's intermediates of a cached forward are freed by the garbage
-  // collector, whose callbacks run only between event-loop turns (generateBatchAsync gives one), so
-  // a 16k-token prompt on a 32-layer 7B model held every layer's q, k, v and attention output at once.
-  let lasts: FloatArray[] = [];
-  for (const [i, p] of prompts.entries()) {
-    let out: Tensor | null = null;
-    for (let s = 0; s < p.length; s += PREFILL_CHUNK) {
-      out?.dispose();
-      out = model.prefill(Int32Array.from(p.slice(s, s + PREFILL_CHUNK)), caches[i]!);
-      if (s + PREFILL_CHUNK < p.length) yield 0;
-    }
-    lasts.push(out!.toArray());
-    out!.dispose();
-  }
   let live = opts.maxTokens > 0 ? prompts.map((_, i) => i) : [];
   let session: DecodeSession | null = null;
   let steps = "";
   let decodeTokens = 0;
-  const t0 = performance.now();
+  let t0 = 0;
+  // The caches are freed here, not left to the collector: on the GPU they are most of the memory.
   try {
+    // Each prompt's last row gives its first new token. A long prompt is prefilled in chunks with a
+    // yield between them: the GPU backend's intermediates of a cached forward are freed by the garbage
+    // collector, whose callbacks run only between event-loop turns (generateBatchAsync gives one), so
+    // a 16k-token prompt on a 32-layer 7B model held every layer's q, k, v and attention output at once.
+    let lasts: FloatArray[] = [];
+    for (const [i, p] of prompts.entries()) {
+      let out: Tensor | null = null;
+      for (let s = 0; s < p.length; s += PREFILL_CHUNK) {
+        out?.dispose();
+        out = model.prefill(Int32Array.from(p.slice(s, s + PREFILL_CHUNK)), caches[i]!);
+        if (s + PREFILL_CHUNK < p.length) yield 0;
+      }
+      lasts.push(out!.toArray());
+      out!.dispose();
+    }
+    t0 = performance.now();
     while (live.length) {
       const still: number[] = [], next: number[] = [];
       live.forEach((i, k) => {
@@ -198,13 +206,14 @@ function* decodeSteps(model: LlamaModel, prompts: readonly (readonly number[])[]
       steps = session.graphed ? "CUDA graph" : `op by op (${session.why ?? "not recorded yet"})`;
       lasts = live.map((_, k) => logits.subarray(k * V, (k + 1) * V));
     }
+    return {
+      sequences: prompts.map((_, i) => ({ ids: outs[i]!, cacheElements: caches[i]!.elements, cacheBytes: caches[i]!.bytes })),
+      decodeTokens,
+      decodeSeconds: (performance.now() - t0) / 1000,
+      steps,
+    };
   } finally {
     session?.dispose();
+    for (const c of caches) c.dispose();
   }
-  return {
-    sequences: prompts.map((_, i) => ({ ids: outs[i]!, cacheElements: caches[i]!.elements, cacheBytes: caches[i]!.bytes })),
-    decodeTokens,
-    decodeSeconds: (performance.now() - t0) / 1000,
-    steps,
-  };
 }

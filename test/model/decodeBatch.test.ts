@@ -202,3 +202,31 @@ test("a prompt's later chunk on a filled MLA cache takes the plain form where it
   assert.equal(absorbedCheaper(shape, 2048, 8, 64, 1024), true);
   assert.equal(absorbedCheaper(shape, 2048, 8, 512, 1024), false);
 });
+
+test("weightsChanged() frees the absorbed MLA matrices it drops, never the weights they view", async () => {
+  const spec = await convertFixture("stories260K", { rank: 4, ropePairs: 2, ropeStrategy: "uniform", device: "reference" });
+  const { model } = loadModel(spec);
+  const decodeOnce = () => {
+    const c = model.newCache();
+    model.forward(prompts[0]!, c);
+    return model.forward(Int32Array.of(17), c, { absorb: true }).toArray();
+  };
+  const before = decodeOnce();
+  const weights = new Set<unknown>();
+  for (const layer of model.weights.layers) for (const t of Object.values(layer.attn)) if (t && typeof t === "object" && "storage" in t) weights.add((t as Tensor).storage);
+  const freed: unknown[] = [];
+  const free = model.backend.free.bind(model.backend);
+  model.backend.free = (t: Tensor) => {
+    freed.push(t.storage);
+    free(t);
+  };
+  try {
+    model.weightsChanged();
+  } finally {
+    model.backend.free = free;
+  }
+  // Per layer of the run-time form: the rope query rows and the nope query rows, and kUpT.
+  assert.ok(freed.length >= 3 * model.config.layers, `${freed.length} tensors freed`);
+  assert.ok(!freed.some((s) => weights.has(s)), "a weight's storage was freed");
+  assert.ok(maxAbsDiff(decodeOnce(), before) === 0, "the rebuilt matrices decode as before");
+});

@@ -186,3 +186,34 @@ test("a prompt longer than one prefill chunk (2,048 tokens) continues as the who
   assert.deepEqual(r.sequences[0]!.ids, whole);
   assert.ok(steps >= 4 + 1, "a yield between the prefill chunks");
 });
+
+test("generation frees its caches when it returns, throws, or is aborted between steps", async () => {
+  const { generateBatchAsync } = await import("../../src/model/generate.js");
+  const { model } = loadModel(path.join(MODELS, "stories260K"));
+  const made: { disposed: boolean }[] = [];
+  const newCache = model.newCache.bind(model);
+  model.newCache = ((...args: Parameters<LlamaModel["newCache"]>) => {
+    const c = newCache(...args);
+    const mark = { disposed: false };
+    made.push(mark);
+    const dispose = c.dispose.bind(c);
+    c.dispose = () => {
+      mark.disposed = true;
+      dispose();
+    };
+    return c;
+  }) as LlamaModel["newCache"];
+  const r = generateBatch(model, prompts.map((p) => [...p]), { maxTokens: 3 });
+  assert.ok(r.sequences.every((s) => s.cacheBytes > 0), "sizes read before the caches are freed");
+  assert.deepEqual(made.map((m) => m.disposed), [true, true], "returned");
+  made.length = 0;
+  const stop = new AbortController();
+  await assert.rejects(
+    generateBatchAsync(model, [[...prompts[0]!]], { maxTokens: 50, yieldMs: 0, signal: stop.signal, onStep: () => stop.abort() }),
+    (e: unknown) => e instanceof MlaError && e.code === "INTERRUPTED",
+  );
+  assert.deepEqual(made.map((m) => m.disposed), [true], "aborted between steps");
+  made.length = 0;
+  assert.throws(() => generateBatch(model, [[1, 2], [1, 100000]], { maxTokens: 3 }));
+  assert.ok(made.length === 2 && made.every((m) => m.disposed), `threw in the prefill: ${JSON.stringify(made)}`);
+});

@@ -223,7 +223,13 @@ export class MlaBlock {
 
   /** Drops the absorbed projections (after the weights change, e.g. in fine-tuning). */
   invalidate(): void {
+    const a = this.absorbed;
     this.absorbed = null;
+    if (!a) return;
+    // Every absorbed tensor is built here except vUp, a reshape of the stored weight: freeing it
+    // would free the weight.
+    const own = a.form === "runtime" ? [a.qNope, a.qNopeBias, a.kUpT] : [a.qLatent, a.qLatentBias, a.oLatent];
+    for (const t of [a.qRope, a.qRopeBias, a.oBias, ...own]) t?.dispose();
   }
 
   /** Builds (once) the absorbed projections of the form `absorbForm` picks. */
