@@ -40,7 +40,7 @@ export function loadTokenizer(dir: string): TextTokenizer {
   const make = (json: Record<string, unknown>) => {
     try {
       // transformers leaves spaces as decoded unless the config asks (its default is False; the library's true).
-      return new HfTokenizer(json, { clean_up_tokenization_spaces: false, ...tc });
+      return withUnicodeDigits(new HfTokenizer(json, { clean_up_tokenization_spaces: false, ...tc }));
     } catch (e) {
       throw new MlaError("BAD_TOKENIZER", `${tjFile}: cannot be loaded (${(e as Error).message})`, "is it a Hugging Face tokenizers file?");
     }
@@ -90,6 +90,22 @@ export function loadTokenizer(dir: string): TextTokenizer {
     idToToken: (id) => tok.id_to_token(id),
     dir: path.resolve(dir),
   };
+}
+
+/**
+ * The Rust tokenizers' Digits pre-tokenizer splits at `char::is_numeric` (Unicode N: "٣", "²", "Ⅻ"),
+ * the JS library's at ASCII \d only, so a SmolLM-style file (individual_digits) encoded "٣٤" as one
+ * piece where transformers makes two. Its Digits steps get the Unicode pattern.
+ */
+function withUnicodeDigits(tok: HfTokenizer): HfTokenizer {
+  // The library exports neither class in its types: a step is known by its config, a Sequence by its list.
+  type Step = { config?: { type?: string; individual_digits?: boolean }; pattern?: RegExp; tokenizers?: Step[] };
+  const visit = (p: Step | null | undefined): void => {
+    if (p?.config?.type === "Digits" && p.pattern instanceof RegExp) p.pattern = new RegExp(`\\P{N}+|\\p{N}${p.config.individual_digits ? "" : "+"}`, "gu");
+    else if (Array.isArray(p?.tokenizers)) p.tokenizers.forEach(visit);
+  };
+  visit((tok as unknown as { pre_tokenizer: Step | null }).pre_tokenizer);
+  return tok;
 }
 
 /**

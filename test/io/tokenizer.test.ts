@@ -73,3 +73,17 @@ test("a long text with special-token literals encodes in pieces to the ids of on
     assert.deepEqual([...(await encodeLong(tok, text, { pieceChars: 64, workers: 0 }))], tok.encode(text), dir);
   }
 });
+
+test("Digits splits at every Unicode number, as the Rust tokenizers do (char::is_numeric), not at ASCII digits alone", () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "mha2mla-digits-"));
+  const tokens = ["a", "b", "1", "2", "12", "٣", "٤", "٣٤", "²"];
+  const vocab = Object.fromEntries(tokens.map((t, i) => [t, i]));
+  const file = (individual: boolean) => ({ version: "1.0", added_tokens: [], normalizer: null, post_processor: null, decoder: null, pre_tokenizer: { type: "Sequence", pretokenizers: [{ type: "Digits", individual_digits: individual }] }, model: { type: "BPE", vocab, merges: ["1 2", "٣ ٤"] } });
+  fs.writeFileSync(path.join(dir, "tokenizer.json"), JSON.stringify(file(true)));
+  const ids = (t: string) => loadTokenizer(dir).encode(t).map((i) => tokens[i]);
+  assert.deepEqual(ids("a٣٤b"), ["a", "٣", "٤", "b"], "Arabic-Indic digits one by one");
+  assert.deepEqual(ids("a12b"), ["a", "1", "2", "b"]);
+  assert.deepEqual(ids("a²b"), ["a", "²", "b"]);
+  fs.writeFileSync(path.join(dir, "tokenizer.json"), JSON.stringify(file(false)));
+  assert.deepEqual(ids("a٣٤b12"), ["a", "٣٤", "b", "12"], "runs of numbers kept whole");
+});
