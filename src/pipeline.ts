@@ -4,7 +4,6 @@
  * Each phase leaves its result there (eval-*.json, mla/, finetune/, deepseek/, report.*); re-running
  * the same command skips finished phases and resumes an interrupted fine-tune from its checkpoint.
  */
-import crypto from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
 import { flagsWithout, MlaError } from "./errors.js";
@@ -23,7 +22,8 @@ import { checkEvalOptions, embeddedEval, evaluate, EvalOptions, EvalResult } fro
 import { checkTextFile } from "./eval/perplexity.js";
 import type { TaskName } from "./eval/tasks/index.js";
 import { writeReport } from "./eval/report/report.js";
-import { FINETUNE_DEFAULTS, finetune, FinetuneOptions } from "./finetune/trainer.js";
+import { finetune, FinetuneOptions } from "./finetune/trainer.js";
+import { checkSameRun, runFingerprint } from "./pipelineState.js";
 import { checkFinetuneOptions, checkTeacher, FINETUNE_KINDS } from "./finetune/options.js";
 import { checkOptionTypes, type OptionKinds } from "./util/optionTypes.js";
 import { resumableStep, throwIfAborted } from "./util/abort.js";
@@ -164,16 +164,6 @@ function checkOptions(srcDir: string, o: PipelineOptions, log: Logger): void {
   }
 }
 
-/** The run's identity: a re-run with the same one resumes, another needs --force. */
-function runFingerprint(spec: string, o: PipelineOptions): string {
-  // seq and batch as the CLI passed them before they lost their defaults there (so that "given" can be
-  // told from "defaulted"): a run started then still resumes.
-  const finetune = o.finetune ? { ...o.finetune, seq: o.finetune.seq ?? FINETUNE_DEFAULTS.seq, batch: o.finetune.batch ?? FINETUNE_DEFAULTS.batch } : null;
-  const deepseek = o.format === "deepseek" ? (o.deepseek ?? null) : null;
-  const settings = { spec, convert: o.convert, format: o.format ?? "mha2mla", deepseek, finetune, export: o.export ?? null, evalText: o.evalText, evalTokens: o.evalTokens, evalCtx: o.evalCtx, tasks: o.tasks, limit: o.limit };
-  return crypto.createHash("sha256").update(JSON.stringify(settings)).digest("hex").slice(0, 16);
-}
-
 /** The options pipeline.json records: what the run does, not how this call reports (a stream's internals) or is stopped. */
 function recordedSettings({ logger: _l, progress: _p, shouldStop: _s, signal: _a, ...settings }: PipelineOptions): object {
   return settings;
@@ -203,15 +193,7 @@ export async function pipeline(spec: string, o: PipelineOptions): Promise<Pipeli
   if (fs.existsSync(out) && !fs.statSync(out).isDirectory()) throw new MlaError("BAD_ARGUMENT", `--out ${o.out} is a file, not a folder`, "give --out a folder for the pipeline's phases, e.g. --out ./run");
   const nothingDone = fs.existsSync(out) && fs.readdirSync(out).every((name) => name === "pipeline.json");
   if (fs.existsSync(out) && !o.force && !nothingDone) {
-    let prev: { fingerprint?: string } | null = null;
-    try {
-      prev = fs.existsSync(stateFile) ? (JSON.parse(fs.readFileSync(stateFile, "utf8")) as { fingerprint?: string }) : null;
-    } catch (e) {
-      throw new MlaError("EXISTS", `output ${o.out} already exists and its pipeline.json is not valid JSON (${(e as Error).message})`, "pass --force to start over, or choose another --out");
-    }
-    if (!prev || prev.fingerprint !== fingerprint)
-      throw new MlaError("EXISTS", `output ${o.out} already exists${prev ? " from a pipeline with other settings" : ""}`, "re-run the same command to resume it, pass --force to start over, or choose another --out");
-    log.info(`resuming the pipeline in ${o.out}`);
+    checkSameRun(o.out, stateFile, spec, o, log);
   } else {
     fs.rmSync(out, { recursive: true, force: true });
     fs.mkdirSync(out, { recursive: true });

@@ -41,7 +41,8 @@ const PIPELINE_STOP: StopMessages = {
 function finetuneOptions(a: Args): PipelineOptions["finetune"] {
   const given = { tokens: a.tokens, seq: a.seq, batch: a.batch, lr: a.lr, distill: a.distill };
   if (!a["finetune-data"] && Object.values(given).every((v) => v === undefined)) return undefined;
-  return { data: a["finetune-data"] ?? [], ...given, device: a.device };
+  // No device: the pipeline hands its own to the fine-tune, and a run resumes on any device.
+  return { data: a["finetune-data"] ?? [], ...given };
 }
 
 export const pipelineCommand: CommandModule<object, Args> = {

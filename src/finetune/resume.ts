@@ -64,7 +64,7 @@ function flatten(settings: Record<string, unknown>): Map<string, unknown> {
 }
 
 /** A value as it would be typed: learning rates as 2e-4 rather than 0.0002. */
-function shown(v: unknown): string {
+export function shown(v: unknown): string {
   if (Array.isArray(v)) return v.map(shown).join(", ");
   return typeof v === "number" && v !== 0 && Math.abs(v) < 1e-2 ? v.toExponential() : String(v);
 }

@@ -1,0 +1,154 @@
+/**
+ * Whether a pipeline's --out holds the same run as the options now given, so that a re-run resumes
+ * it. The run is identified by what it computes: the model, the phases' settings and the
+ * evaluations, not how it runs (--device, a token cache, how often the fine-tune saves or
+ * validates) nor how the options object happens to be ordered. A refusal names each option whose
+ * value differs, with both values, as the fine-tune's --resume does.
+ */
+import crypto from "node:crypto";
+import fs from "node:fs";
+import { MlaError } from "./errors.js";
+import { shown } from "./finetune/resume.js";
+import { FINETUNE_DEFAULTS } from "./finetune/trainer.js";
+import type { Logger } from "./util/log.js";
+import type { PipelineOptions } from "./pipeline.js";
+
+/** What pipeline.json holds (runs of older versions may lack `settings`). */
+interface RunState {
+  fingerprint?: string;
+  model?: string;
+  settings?: Partial<PipelineOptions>;
+}
+
+/**
+ * The fine-tune's options that change how it runs, not what it trains: finetune's own --resume
+ * accepts other values for them (its fingerprint leaves them out), so the pipeline does too.
+ */
+const FINETUNE_HOW = new Set(["device", "tokenCache", "evalEvery", "saveEvery", "checkpointActivations"]);
+
+/** What the run computes, as plain data: the model as given and every option that changes a phase's result. */
+export function runIdentity(spec: string, o: Partial<PipelineOptions>): Record<string, unknown> {
+  const finetune = o.finetune
+    ? Object.fromEntries(
+        // seq and batch at their defaults when not given: the CLI once passed them always, and a value
+        // equal to the default computes the same run.
+        Object.entries({ ...o.finetune, seq: o.finetune.seq ?? FINETUNE_DEFAULTS.seq, batch: o.finetune.batch ?? FINETUNE_DEFAULTS.batch }).filter(([k]) => !FINETUNE_HOW.has(k)),
+      )
+    : undefined;
+  return {
+    model: spec,
+    convert: o.convert,
+    format: o.format ?? "mha2mla",
+    deepseek: o.format === "deepseek" ? o.deepseek : undefined,
+    finetune,
+    export: o.export,
+    evalText: o.evalText,
+    evalTokens: o.evalTokens,
+    evalCtx: o.evalCtx,
+    tasks: o.tasks,
+    limit: o.limit,
+  };
+}
+
+/** JSON with every object's keys sorted (and, as JSON.stringify does, undefined fields left out): equal data, equal text. */
+export function canonicalJson(v: unknown): string {
+  if (Array.isArray(v)) return `[${v.map((x) => (x === undefined ? "null" : canonicalJson(x))).join(",")}]`;
+  if (v !== null && typeof v === "object") {
+    const fields = Object.keys(v)
+      .sort()
+      .filter((k) => (v as Record<string, unknown>)[k] !== undefined)
+      .map((k) => `${JSON.stringify(k)}:${canonicalJson((v as Record<string, unknown>)[k])}`);
+    return `{${fields.join(",")}}`;
+  }
+  return JSON.stringify(v) ?? "null";
+}
+
+/** The run's fingerprint, recorded in pipeline.json: a re-run with the same one resumes. */
+export function runFingerprint(spec: string, o: PipelineOptions): string {
+  return crypto.createHash("sha256").update(canonicalJson(runIdentity(spec, o))).digest("hex").slice(0, 16);
+}
+
+/**
+ * The fingerprint versions before this one recorded: the options' JSON in the order they were
+ * written, the fine-tune's device included. Still accepted, so that a run they started resumes.
+ */
+function legacyFingerprint(spec: string, o: PipelineOptions): string {
+  const finetune = o.finetune ? { ...o.finetune, seq: o.finetune.seq ?? FINETUNE_DEFAULTS.seq, batch: o.finetune.batch ?? FINETUNE_DEFAULTS.batch } : null;
+  const deepseek = o.format === "deepseek" ? (o.deepseek ?? null) : null;
+  const settings = { spec, convert: o.convert, format: o.format ?? "mha2mla", deepseek, finetune, export: o.export ?? null, evalText: o.evalText, evalTokens: o.evalTokens, evalCtx: o.evalCtx, tasks: o.tasks, limit: o.limit };
+  return crypto.createHash("sha256").update(JSON.stringify(settings)).digest("hex").slice(0, 16);
+}
+
+/** The pipeline's flags by identity key; options only the library takes keep their own (dotted) name. */
+const FLAGS: Record<string, string> = {
+  model: "MODEL",
+  format: "--format",
+  export: "--export",
+  evalText: "--eval-text",
+  evalTokens: "--eval-tokens",
+  evalCtx: "--eval-ctx",
+  tasks: "--tasks",
+  limit: "--limit",
+  "deepseek.ropeDim": "--rope-dim",
+  "deepseek.kvLoraRank": "--kv-lora-rank",
+  "finetune.data": "--finetune-data",
+  "finetune.tokens": "--tokens",
+  "finetune.seq": "--seq",
+  "finetune.batch": "--batch",
+  "finetune.lr": "--lr",
+  "finetune.distill": "--distill",
+};
+
+/** A key's flag: the table's, a conversion setting's own flag (all are the pipeline's), else the key. */
+function flagOf(key: string): string {
+  if (FLAGS[key]) return FLAGS[key];
+  if (key.startsWith("convert.")) return "--" + key.slice("convert.".length).replace(/[A-Z]/g, (c) => "-" + c.toLowerCase());
+  return key;
+}
+
+/** The identity's fields as `key` and `section.key` entries (the sections are one level deep), unset ones left out. */
+function flatten(identity: Record<string, unknown>): Map<string, unknown> {
+  const flat = new Map<string, unknown>();
+  for (const [k, v] of Object.entries(identity)) {
+    if (v !== null && typeof v === "object" && !Array.isArray(v)) {
+      for (const [k2, v2] of Object.entries(v)) if (v2 !== undefined && v2 !== null) flat.set(`${k}.${k2}`, v2);
+    } else if (v !== undefined && v !== null) flat.set(k, v);
+  }
+  return flat;
+}
+
+/** One "FLAG old → new" clause per option whose value differs between the runs `was` and `now` (identities). */
+export function identityDifferences(was: Record<string, unknown>, now: Record<string, unknown>): string[] {
+  const [a, b] = [flatten(was), flatten(now)];
+  const clauses: string[] = [];
+  for (const key of new Set([...a.keys(), ...b.keys()])) {
+    const [before, here] = [a.get(key), b.get(key)];
+    if (canonicalJson(before) === canonicalJson(here)) continue;
+    const show = (v: unknown) => (v === undefined ? "(not given)" : shown(v));
+    clauses.push(`${flagOf(key)} ${show(before)} → ${show(here)}`);
+  }
+  return clauses;
+}
+
+/**
+ * Accepts resuming the run recorded in `stateFile` (in --out `out`, as given) with `spec` and `o`,
+ * or refuses it: EXISTS, naming each option that differs where the run recorded its settings.
+ */
+export function checkSameRun(out: string, stateFile: string, spec: string, o: PipelineOptions, log: Logger): void {
+  let prev: RunState | null = null;
+  try {
+    prev = fs.existsSync(stateFile) ? (JSON.parse(fs.readFileSync(stateFile, "utf8")) as RunState) : null;
+  } catch (e) {
+    throw new MlaError("EXISTS", `output ${out} already exists and its pipeline.json is not valid JSON (${(e as Error).message})`, "pass --force to start over, or choose another --out");
+  }
+  const hint = "re-run the same command to resume it, pass --force to start over, or choose another --out";
+  if (!prev) throw new MlaError("EXISTS", `output ${out} already exists`, hint);
+  if (prev.fingerprint === runFingerprint(spec, o) || prev.fingerprint === legacyFingerprint(spec, o)) return log.info(`resuming the pipeline in ${out}`);
+  // Older runs' fingerprints also covered the order of the options and the fine-tune's device: their
+  // recorded settings tell whether the run is the same one.
+  const recorded = prev.settings && typeof prev.settings === "object" && typeof prev.model === "string";
+  const clauses = recorded ? identityDifferences(runIdentity(prev.model!, prev.settings!), runIdentity(spec, o)) : [];
+  if (recorded && clauses.length === 0) return log.info(`resuming the pipeline in ${out}`);
+  if (!clauses.length) throw new MlaError("EXISTS", `output ${out} already exists from a pipeline with other settings`, hint);
+  throw new MlaError("EXISTS", `output ${out} already exists from a pipeline with other settings: ${clauses.join("; ")} (the run's value → this call's)`, "re-run with the run's values to resume it, pass --force to start over, or choose another --out");
+}

@@ -1,0 +1,78 @@
+/**
+ * A pipeline's --out resumes under the same run, whatever order the options were written in and on
+ * whichever device; a run with other settings is refused, naming each option that differs with the
+ * run's value and this call's.
+ */
+import assert from "node:assert/strict";
+import crypto from "node:crypto";
+import fs from "node:fs";
+import path from "node:path";
+import { test } from "node:test";
+import { MlaError } from "../../src/errors.js";
+import { pipeline, type PipelineOptions } from "../../src/pipeline.js";
+import { canonicalJson, runFingerprint } from "../../src/pipelineState.js";
+import { FIXTURES, MODELS, tmpDir } from "../helpers.js";
+
+const MODEL = path.join(MODELS, "stories260K");
+const TEXT = path.join(FIXTURES, "text", "tinystories.txt");
+
+/** Runs that stop before their first phase: they only write (or check) pipeline.json. */
+const quiet = { progress: null, shouldStop: () => true } as const;
+
+/** An --out holding a run of `o` (its pipeline.json) and something a phase left, so a re-run must resume or be refused. */
+async function startedRun(o: Omit<PipelineOptions, "out">): Promise<string> {
+  const out = path.join(tmpDir(), "pl");
+  const r = await pipeline(MODEL, { ...o, out, ...quiet });
+  assert.equal(r.stoppedEarly, true);
+  fs.writeFileSync(path.join(out, "eval-original.json"), "{}");
+  return out;
+}
+
+test("canonical JSON: key order does not matter, array order does, undefined fields are left out", () => {
+  assert.equal(canonicalJson({ b: 1, a: { d: [2, 1], c: undefined } }), canonicalJson({ a: { d: [2, 1] }, b: 1 }));
+  assert.notEqual(canonicalJson({ a: [1, 2] }), canonicalJson({ a: [2, 1] }));
+});
+
+test("the fingerprint ignores the options' key order and the device, not a setting", () => {
+  const a: PipelineOptions = { out: "x", convert: { rank: 2, ropePairs: 1 }, evalText: TEXT, finetune: { data: [TEXT], tokens: 2048, lr: 1e-3, device: "cpu" }, device: "cpu" };
+  const b: PipelineOptions = { device: "reference", finetune: { device: "reference", lr: 1e-3, tokens: 2048, data: [TEXT], saveEvery: 5 }, evalText: TEXT, convert: { ropePairs: 1, rank: 2 }, out: "y" };
+  assert.equal(runFingerprint(MODEL, a), runFingerprint(MODEL, b));
+  assert.notEqual(runFingerprint(MODEL, a), runFingerprint(MODEL, { ...a, convert: { rank: 3, ropePairs: 1 } }));
+  assert.notEqual(runFingerprint(MODEL, a), runFingerprint(MODEL, { ...a, finetune: { ...a.finetune!, data: [TEXT, TEXT] } }));
+});
+
+test("a pipeline with --finetune-data resumes with its options in another order and on another device", async () => {
+  const out = await startedRun({ convert: { rank: 2, ropePairs: 1 }, evalText: TEXT, finetune: { data: [TEXT], tokens: 2048, seq: 32 }, device: "cpu" });
+  const logged: string[] = [];
+  const r = await pipeline(MODEL, { device: "reference", finetune: { seq: 32, tokens: 2048, data: [TEXT], device: "reference" }, evalText: TEXT, convert: { ropePairs: 1, rank: 2 }, out, ...quiet, logger: { info: (m) => logged.push(m), warn: () => {} } });
+  assert.equal(r.stoppedEarly, true, "resumed, not refused");
+  assert.ok(logged.some((m) => /^resuming the pipeline in /.test(m)), logged.join("\n"));
+});
+
+test("a pipeline with other settings is refused, naming each option that differs with both values", async () => {
+  const base = { convert: { rank: 2, ropePairs: 1 }, evalText: TEXT, evalTokens: 300, finetune: { data: [TEXT], tokens: 2048 }, device: "cpu" as const };
+  const out = await startedRun(base);
+  const other = { ...base, convert: { rank: 3, ropePairs: 1 }, evalTokens: undefined, finetune: { data: [TEXT], tokens: 2048, lr: 1e-3 } };
+  await assert.rejects(pipeline(MODEL, { ...other, out, ...quiet }), (e: unknown) => {
+    assert.ok(e instanceof MlaError && e.code === "EXISTS", String(e));
+    assert.match(e.message, /from a pipeline with other settings: /);
+    for (const clause of [/--rank 2 → 3/, /--eval-tokens 300 → \(not given\)/, /--lr \(not given\) → 1e-3/]) assert.match(e.message, clause);
+    assert.doesNotMatch(e.message, /--rope-pairs|--finetune-data|--tokens|--seq/, "options that agree are not named");
+    assert.match(e.message, /hint: re-run with the run's values to resume it, pass --force to start over/);
+    return true;
+  });
+  assert.ok(fs.existsSync(path.join(out, "eval-original.json")), "the run is kept");
+});
+
+test("a run an earlier version started (fingerprint of ordered JSON, the fine-tune's device in it) resumes on another device from its recorded settings", async () => {
+  const out = path.join(tmpDir(), "pl");
+  fs.mkdirSync(out);
+  const settings = { out, convert: { rank: 2 }, evalText: TEXT, finetune: { data: [TEXT], tokens: 2048, device: "cuda" }, device: "cuda" };
+  const then = { spec: MODEL, convert: settings.convert, format: "mha2mla", deepseek: null, finetune: { data: [TEXT], tokens: 2048, device: "cuda", seq: 256, batch: 16 }, export: null, evalText: TEXT };
+  const fingerprint = crypto.createHash("sha256").update(JSON.stringify(then)).digest("hex").slice(0, 16);
+  fs.writeFileSync(path.join(out, "pipeline.json"), JSON.stringify({ fingerprint, model: MODEL, settings }));
+  fs.writeFileSync(path.join(out, "eval-original.json"), "{}");
+  const r = await pipeline(MODEL, { out, convert: { rank: 2 }, evalText: TEXT, finetune: { data: [TEXT], tokens: 2048 }, device: "cpu", ...quiet });
+  assert.equal(r.stoppedEarly, true, "resumed, not refused");
+  await assert.rejects(pipeline(MODEL, { out, convert: { rank: 2 }, evalText: TEXT, finetune: { data: [TEXT], tokens: 4096 }, device: "cpu", ...quiet }), /--tokens 2048 → 4096/);
+});
