@@ -277,6 +277,9 @@ async function writeConverted(src: Checkpoint, config: ModelConfig, mla: ModelCo
       const bytes = encodeFromF32(t.dtype, values);
       io.wrote(bytes.length, writer.append(bytes), true);
     }
+  } catch (e) {
+    await writer.abandon(); // its open shard file, which the caller's cleanup removes
+    throw e;
   } finally {
     await Promise.allSettled(inFlight.values()); // never leave a GPU call writing into freed arrays
     await io.drain(); // nor a write into a folder that is about to be removed

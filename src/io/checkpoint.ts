@@ -198,6 +198,18 @@ export class CheckpointWriter {
     this.leftInTensor -= len;
   }
 
+  /**
+   * Lets go of a checkpoint that will not be finished (an error, an abort): the open shard's file is
+   * closed once queued appends settle, so a long-lived process does not keep a descriptor per
+   * stopped write. The caller removes the folder.
+   */
+  async abandon(): Promise<void> {
+    await this.chain.catch(() => {});
+    const w = this.writer;
+    this.writer = null;
+    await w?.abandon();
+  }
+
   async close(): Promise<void> {
     await this.chain;
     if (this.writer) await this.writer.close();

@@ -221,6 +221,8 @@ export class SafetensorsWriter {
   private pos: number;
   private expectedEnd: number;
   private queue: Promise<void> = Promise.resolve();
+  /** Set once the file is closed (by close or abandon), so the other does not close it again. */
+  private closed = false;
 
   constructor(readonly path: string, readonly specs: readonly TensorSpec[], metadata?: Record<string, string>) {
     const { bytes, dataBytes } = buildHeader(specs, metadata);
@@ -259,7 +261,16 @@ export class SafetensorsWriter {
     this.closeSync();
   }
 
+  /** Closes the file without the completeness check, once queued writes have settled: a write that failed or was stopped (its folder is then removed). */
+  async abandon(): Promise<void> {
+    await this.queue.catch(() => {});
+    if (this.closed) return;
+    this.closed = true;
+    fs.closeSync(this.fd);
+  }
+
   closeSync(): void {
+    this.closed = true;
     fs.closeSync(this.fd);
     if (this.pos !== this.expectedEnd) throw new MlaError("BAD_ARGUMENT", `${this.path}: ${this.expectedEnd - this.pos} bytes were never written`, "this is a bug in the caller");
   }

@@ -29,6 +29,11 @@ function abortingAtStep(c: AbortController): ProgressSink {
   return { write: (s) => void (/^step \d+\//.test(s) && c.abort(new Error("enough"))) };
 }
 
+/** The process's open file descriptors (Linux; elsewhere 0, and the check holds trivially). */
+function openFiles(): number {
+  return fs.existsSync("/proc/self/fd") ? fs.readdirSync("/proc/self/fd").length : 0;
+}
+
 function isInterrupted(e: unknown): boolean {
   assert.ok(e instanceof MlaError, String(e));
   assert.equal(e.code, "INTERRUPTED");
@@ -41,8 +46,10 @@ test("convert stops at the layer after an abort and leaves no output or temporar
   const parent = tmpDir();
   const c = new AbortController();
   const sink = abortingSink(c);
+  const fds = openFiles();
   await assert.rejects(convert("stories260K", { rank: 4, ropePairs: 1, out: path.join(parent, "mla"), progress: sink, signal: c.signal }), isInterrupted);
   assert.equal(sink.lines, 1, "one layer's progress, then the stop");
+  assert.equal(openFiles(), fds, "the unfinished shard's file is closed");
   assert.deepEqual(fs.readdirSync(parent), []);
   // An abort during calibration (2-norm reads the calibration text first) stops there.
   const c2 = new AbortController();
