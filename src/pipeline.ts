@@ -229,11 +229,11 @@ export async function pipeline(spec: string, o: PipelineOptions): Promise<Pipeli
   const ft = path.join(out, "finetune");
   const exported = path.join(out, "deepseek");
   const files = { original: path.join(out, "eval-original.json"), converted: path.join(out, "eval-converted.json"), finetuned: path.join(out, "eval-finetuned.json"), exported: path.join(out, "eval-exported.json") };
-  const common = { out: mla, force: true, device: o.device, progress: o.progress, logger: log };
+  const common = { out: mla, force: true, device: o.device, progress: o.progress, logger: log, signal: o.signal };
   await phase("convert", () => fs.existsSync(path.join(mla, "config.json")), (): Promise<unknown> =>
     o.format === "deepseek"
       ? convertDeepseek(spec, { ...deepseekSettings(o.convert), ...o.deepseek, ...common })
-      : convert(spec, { ...o.convert, ...common, signal: o.signal }),
+      : convert(spec, { ...o.convert, ...common }),
   );
   await evalTo("original", spec, files.original);
   await evalTo("converted", mla, files.converted);
@@ -247,7 +247,7 @@ export async function pipeline(spec: string, o: PipelineOptions): Promise<Pipeli
     await evalTo("fine-tuned", ft, files.finetuned);
   }
   if (o.export) {
-    await phase("export", () => fs.existsSync(path.join(exported, "config.json")), () => exportDeepseek(o.finetune ? ft : mla, { out: exported, force: true, progress: o.progress, logger: log }));
+    await phase("export", () => fs.existsSync(path.join(exported, "config.json")), () => exportDeepseek(o.finetune ? ft : mla, { out: exported, force: true, progress: o.progress, logger: log, signal: o.signal }));
     await evalTo("exported (deepseek_v3)", exported, files.exported);
   }
   if (stoppedEarly) return { out, phases, evals: [], report: null, stoppedEarly };

@@ -4,6 +4,14 @@ import { checkJsonTarget, emitJson, summaryWriter } from "./output.js";
 import { exportDeepseek } from "../deepseek/fromMla.js";
 import { stderrLogger } from "../util/log.js";
 import type { DeviceName } from "../backends/select.js";
+import { abortOnStop } from "./signals.js";
+
+/** Ctrl-C: the export stops at its next layer (or evaluation window) and removes its temporary folder. */
+const EXPORT_STOP = {
+  stopping: "stopping after the layer (or evaluation window) under way, removing the unfinished output",
+  kept: "no partial output was left behind",
+  stopped: "nothing was written (an existing --out is as it was)",
+};
 
 interface Args {
   model: string;
@@ -40,7 +48,8 @@ export const exportCommand: CommandModule<object, Args> = {
   handler: async (a) => {
     const say = summaryWriter(a.json);
     checkJsonTarget(a.json);
-    const r = await exportDeepseek(a.model, { out: a.out, force: a.force, interleave: a["rope-interleave"], kvLoraRank: a["kv-lora-rank"], ropeDim: a["rope-dim"], evalText: a["eval-text"], evalTokens: a["eval-tokens"], evalCtx: a["eval-ctx"], device: a.device, logger: stderrLogger, progress: process.stderr });
+    const r = await abortOnStop(EXPORT_STOP, (signal) => exportDeepseek(a.model, { out: a.out, force: a.force, interleave: a["rope-interleave"], kvLoraRank: a["kv-lora-rank"], ropeDim: a["rope-dim"], evalText: a["eval-text"], evalTokens: a["eval-tokens"], evalCtx: a["eval-ctx"], device: a.device, logger: stderrLogger, progress: process.stderr, signal }));
+    if (!r) return;
     say(`wrote ${r.out} (deepseek_v3): shared rope key ${r.ropeDim} dims, kv_lora_rank ${r.kvLoraRank}, qk_nope_head_dim ${r.nopeDim}; cached values per token and layer ${r.kvPerToken.before} (ours) → ${r.kvPerToken.after}\n`);
     if (r.eval) say(`NLL ${r.eval.before.toFixed(5)} (source) → ${r.eval.after.toFixed(5)} (export), ${r.eval.tokens} tokens\n`);
     if (a.json !== undefined) emitJson(a.json, r);

@@ -31,6 +31,7 @@ import { describeRefit, refitOutputProjections, refitRecord } from "../convert/r
 import { requireRoom, weightFileBytes } from "../io/diskRoom.js";
 import { deepseekSpecs, planTensors, writePlanned } from "./stream.js";
 import { requireCalibration } from "../convert/calibrationNeeds.js";
+import { throwIfAborted } from "../util/abort.js";
 
 export interface DeepseekOptions extends DeepseekEvalOptions {
   /** Latent dims per KV head of the equivalent mha2mla conversion: sets the KV budget with ropePairs. */
@@ -66,9 +67,14 @@ export interface DeepseekEvalOptions {
   device?: DeviceName;
   logger?: Logger;
   progress?: ProgressSink | null;
+  /**
+   * Aborting it stops the work at its next layer, calibration or evaluation window (MlaError
+   * INTERRUPTED); no output folder, whole or temporary, is left.
+   */
+  signal?: AbortSignal;
 }
 
-export const DEEPSEEK_EVAL_KINDS: OptionKinds<DeepseekEvalOptions> = { evalText: "string", evalTokens: "number", evalCtx: "number", device: "string", logger: "object", progress: "object" };
+export const DEEPSEEK_EVAL_KINDS: OptionKinds<DeepseekEvalOptions> = { evalText: "string", evalTokens: "number", evalCtx: "number", device: "string", logger: "object", progress: "object", signal: "object" };
 // The conversion settings this format shares with ours keep their one table.
 const SHARED_KINDS = (({ rank, ropePairs, svdInit, balanceKv, refitOutput, calib, calibSamples, calibLen }) => ({ rank, ropePairs, svdInit, balanceKv, refitOutput, calib, calibSamples, calibLen }))(SETTINGS_KINDS);
 const DEEPSEEK_KINDS: OptionKinds<DeepseekOptions> = {
@@ -96,7 +102,7 @@ export interface BeforeAfter {
  * writes report.json into `dir`; also returns both perplexities (for a Markdown report).
  */
 export async function evalBeforeAfter(spec: string, srcDir: string, dir: string, out: string, o: DeepseekEvalOptions & { evalText: string }, kvPerToken: object): Promise<{ report: BeforeAfter; ppl: [number, number] }> {
-  const e = { ...embeddedEval(o), device: o.device, progress: o.progress, logger: o.logger ?? silentLogger };
+  const e = { ...embeddedEval(o), device: o.device, progress: o.progress, signal: o.signal, logger: o.logger ?? silentLogger };
   const [b, a] = [await evaluate(srcDir, e), await evaluate(dir, e)];
   const report = { text: o.evalText, tokens: b.tokens!, ctx: b.ctx!, before: b.nll!, after: a.nll! };
   // A source that scores but an output that does not (a weight out of its dtype's range) is no model to hand over.
@@ -149,6 +155,7 @@ export function roundingFor(dtype: DType): (x: number) => number {
 
 export async function convertDeepseek(spec: string, o: DeepseekOptions): Promise<DeepseekResult> {
   checkOptionTypes("convertDeepseek()", o, DEEPSEEK_KINDS, ["rank"]);
+  throwIfAborted(o.signal);
   // The float64 route this conversion picks (from --device) is its own, not the process's.
   return linalgScope(() => convertDeepseekInScope(spec, o));
 }
@@ -205,7 +212,7 @@ async function convertDeepseekInScope(spec: string, o: DeepseekOptions): Promise
     if (o.calib) {
       const { model, tokenizer } = loadModel(srcDir, { backend: selectBackend(o.device ?? "auto", log) });
       windows = calibrationWindows(tokenizer, readCalibrationText(o.calib), o.calibSamples ?? 32, o.calibLen ?? 256, c.bosTokenId, o.calib);
-      stats = await calibrate(model, windows, { covariance: true, progress: o.progress });
+      stats = await calibrate(model, windows, { covariance: true, progress: o.progress, signal: o.signal });
     }
     const cov = (l: number) => stats?.covariance?.[l] ?? null;
     useLinalg(selectLinalg(o.device ?? "auto", log));
@@ -220,6 +227,7 @@ async function convertDeepseekInScope(spec: string, o: DeepseekOptions): Promise
       pcas.push(pca);
       const s = ladderScores(pca, src.readF32(layerPrefix(l) + ATTN[0]!), stats?.qNorm[l] ?? null, H, G, Dh, D);
       for (let i = 0; i < half; i++) total[i] += s[i]!;
+      throwIfAborted(o.signal);
     }
     let spacing = 1;
     let best = -1;
@@ -269,11 +277,11 @@ async function convertDeepseekInScope(spec: string, o: DeepseekOptions): Promise
       ]);
       if (plan.generated.has(p + "self_attn.o_proj.bias")) t.set("self_attn.o_proj.bias", new Float32Array(D));
       return t;
-    }, new Progress("deepseek", L, "layers", o.progress));
+    }, new Progress("deepseek", L, "layers", o.progress), o.signal);
 
     writeDeepseekConfig(srcDir, tmp, c, { dr, dn: Dh, rk, ropeTheta, interleave: o.interleave ?? true, note: "written by mha2mla convert --format deepseek; see mla_conversion.json" });
     copyModelSideFiles(srcDir, tmp);
-    const refit = o.refitOutput ? await refitOutputProjections(srcDir, tmp, windows, selectBackend(o.device ?? "auto", log), { progress: o.progress }) : null;
+    const refit = o.refitOutput ? await refitOutputProjections(srcDir, tmp, windows, selectBackend(o.device ?? "auto", log), { progress: o.progress, signal: o.signal }) : null;
     if (refit) log.info(describeRefit(refit));
     fs.writeFileSync(
       path.join(tmp, "mla_conversion.json"),

@@ -37,6 +37,7 @@ import { checkOptionTypes, type OptionKinds } from "../util/optionTypes.js";
 import { FUSED_MLA, servingWarnings } from "./serving.js";
 import { checkExportSettings, exportLadder, exportSplit } from "./exportable.js";
 import { deepseekSpecs, planTensors, writePlanned } from "./stream.js";
+import { throwIfAborted } from "../util/abort.js";
 
 export interface ExportOptions extends DeepseekEvalOptions {
   /** Output folder (default ./NAME-deepseek next to the working directory). */
@@ -165,6 +166,7 @@ const EXPORT_KINDS: OptionKinds<ExportOptions> = { ...DEEPSEEK_EVAL_KINDS, out: 
 
 export async function exportDeepseek(spec: string, o: ExportOptions = {}): Promise<ExportResult> {
   checkOptionTypes("exportDeepseek()", o, EXPORT_KINDS);
+  throwIfAborted(o.signal);
   const log = o.logger ?? silentLogger;
   const { dir: srcDir } = resolveModel(spec);
   const c = readHfConfig(srcDir);
@@ -243,6 +245,7 @@ export async function exportDeepseek(spec: string, o: ExportOptions = {}): Promi
         return t;
       },
       new Progress("export", nLayers, "layers", o.progress),
+      o.signal,
     );
     writeDeepseekConfig(srcDir, tmp, c, { dr, dn, rk, ropeTheta, interleave: o.interleave ?? true, note: "written by mha2mla export --format deepseek; see mla_conversion.json" });
     copyModelSideFiles(srcDir, tmp);

@@ -8,6 +8,7 @@ import { DType, encodeFromF32 } from "../io/dtype.js";
 import type { TensorSpec } from "../io/safetensors.js";
 import { layerPrefix } from "../model/weights.js";
 import type { Progress } from "../util/progress.js";
+import { throwIfAborted } from "../util/abort.js";
 
 export interface TensorPlan {
   specs: TensorSpec[];
@@ -48,26 +49,37 @@ export function planTensors(src: Checkpoint, anchor: string, dropped: ReadonlySe
   return { specs, generated };
 }
 
-/** Streams the planned tensors into `dir`; `layer(l)` returns layer l's generated tensors by name after the prefix. */
-export async function writePlanned(src: Checkpoint, dir: string, plan: TensorPlan, layer: (l: number) => Promise<Map<string, Float32Array>>, progress: Progress): Promise<void> {
+/**
+ * Streams the planned tensors into `dir`; `layer(l)` returns layer l's generated tensors by name after
+ * the prefix. An aborted `signal` stops it after the layer under way (MlaError INTERRUPTED), with the
+ * open file let go; the caller removes `dir`.
+ */
+export async function writePlanned(src: Checkpoint, dir: string, plan: TensorPlan, layer: (l: number) => Promise<Map<string, Float32Array>>, progress: Progress, signal?: AbortSignal): Promise<void> {
   const writer = new CheckpointWriter(dir, plan.specs, { metadata: { format: "pt" } });
   const made = new Map<number, Map<string, Float32Array>>();
-  for (const s of plan.specs) {
-    if (!plan.generated.has(s.name)) {
-      await writer.append(src.readBytes(s.name));
-      continue;
+  try {
+    for (const s of plan.specs) {
+      if (!plan.generated.has(s.name)) {
+        await writer.append(src.readBytes(s.name));
+        continue;
+      }
+      const [, layerIndex, field] = layerOf(s.name)!;
+      const l = Number(layerIndex);
+      let t = made.get(l);
+      if (!t) {
+        t = await layer(l);
+        made.set(l, t);
+        progress.tick();
+        // Between layers, as the main conversion checks (a layer's tensors are the unit of work).
+        throwIfAborted(signal);
+      }
+      await writer.append(encodeFromF32(s.dtype, t.get(field!)!));
+      t.delete(field!);
+      if (t.size === 0) made.delete(l);
     }
-    const [, layerIndex, field] = layerOf(s.name)!;
-    const l = Number(layerIndex);
-    let t = made.get(l);
-    if (!t) {
-      t = await layer(l);
-      made.set(l, t);
-      progress.tick();
-    }
-    await writer.append(encodeFromF32(s.dtype, t.get(field!)!));
-    t.delete(field!);
-    if (t.size === 0) made.delete(l);
+  } catch (e) {
+    await writer.abandon();
+    throw e;
   }
   await writer.close();
 }
