@@ -228,10 +228,29 @@ function generationFields(b: Record<string, unknown>, maxKey: string, defaultMax
   const stopTokenIds = (st as number[] | undefined | null) ?? [];
   if (stopTokenIds.length > MAX_STOPS) throw bad(`stop_token_ids holds ${stopTokenIds.length} ids`, `send at most ${MAX_STOPS}`);
   const minTokens = numberField(b, "min_tokens", 0, (v) => Number.isInteger(v) && v >= 0, "a whole number ≥ 0");
-  if (maxTokens !== null && minTokens > maxTokens) throw bad(`min_tokens ${minTokens} is more than ${maxKey} ${maxTokens}`, `send min_tokens ≤ ${maxKey}`);
+  // A limit the request did not send (completions' default of 16) is named as such, not as if sent.
+  if (maxTokens !== null && minTokens > maxTokens)
+    throw b[maxKey] === undefined || b[maxKey] === null
+      ? bad(`min_tokens ${minTokens} is more than the ${maxTokens} tokens a completion gets when ${maxKey} is not sent`, `send ${maxKey} ≥ ${minTokens} with it, or min_tokens ≤ ${maxTokens}`)
+      : bad(`min_tokens ${minTokens} is more than ${maxKey} ${maxTokens}`, `send min_tokens ≤ ${maxKey}`);
   const includeStop = booleanField(b, "include_stop_str_in_output", false, "send include_stop_str_in_output: true to keep the stop string that ends the text, or leave it out");
   const skipSpecialTokens = booleanField(b, "skip_special_tokens", true, "send skip_special_tokens: false to write special tokens into the text, or leave it out");
   return { includeStop, skipSpecialTokens, n, maxTokens, sampling: { temperature, topP, topK: topK < 0 ? 0 : topK, ...(minP > 0 ? { minP } : {}), ...penaltyFields(b, vocabSize) }, seed: (seedV as number | undefined | null) ?? null, stop, stream, includeUsage, ignoreEos, stopTokenIds, minTokens };
+}
+
+/**
+ * The most new tokens of one choice whose request sent no limit (chat): up to the server's
+ * `defaultMax` (--default-max-tokens) or the positions the prompt leaves. Refuses a prompt that
+ * leaves none, and a min_tokens past the limit, which the sequence could never reach (it would end
+ * at the limit, short of what was asked). Neither names a max_tokens, which the request did not send.
+ */
+export function defaultReplyLimit(minTokens: number, promptTokens: number, defaultMax: number, maxPositions: number): number {
+  const room = maxPositions - promptTokens;
+  if (room <= 0) throw bad(`the prompt's ${promptTokens} tokens fill the model's ${maxPositions} positions: there is no room for a reply`, "shorten the conversation");
+  const limit = Math.min(defaultMax, room);
+  if (minTokens <= limit) return limit;
+  if (limit === defaultMax) throw bad(`min_tokens ${minTokens} is more than the ${defaultMax} tokens a reply gets when max_tokens is not sent (the server's --default-max-tokens)`, `send max_tokens ≥ ${minTokens} with it, or min_tokens ≤ ${defaultMax}`);
+  throw bad(`min_tokens ${minTokens} is more than the ${room} tokens the model's ${maxPositions} positions leave after the prompt's ${promptTokens}`, `send min_tokens ≤ ${room}, or shorten the conversation`);
 }
 
 /** The penalty fields (vLLM's ranges) and logit_bias (`{"token id": bias}`, as OpenAI sends it), checked. */

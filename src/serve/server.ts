@@ -6,6 +6,7 @@
  * which admits more sequences into one batch under the same memory.
  */
 import http from "node:http";
+import { constants as bufferConstants } from "node:buffer";
 import path from "node:path";
 import crypto from "node:crypto";
 import { MlaError, isMlaError } from "../errors.js";
@@ -17,7 +18,7 @@ import { silentLogger, type Logger } from "../util/log.js";
 import { checkOptionTypes, type OptionKinds } from "../util/optionTypes.js";
 import { throwIfAborted } from "../util/abort.js";
 import { Batcher, type BatcherStats, type SequenceEnd, type SequenceHandle } from "./batcher.js";
-import { parseChatRequest, parseCompletionRequest, type GenerationFields } from "./completionRequest.js";
+import { defaultReplyLimit, parseChatRequest, parseCompletionRequest, type GenerationFields } from "./completionRequest.js";
 import { continueFinalMessage, loadChatTemplate, type ChatTemplate } from "./chatTemplate.js";
 import { CHAT_COMPLETION, TEXT_COMPLETION, type ResponseShape, type TokenEntry } from "./responseShapes.js";
 import type { TokenLogprobs } from "../model/sampling.js";
@@ -87,6 +88,8 @@ export interface Server {
 }
 
 const SERVE_KINDS: OptionKinds<ServeOptions> = { host: "string", port: "number", name: "string", maxBatch: "number", kvCache: "string", kvBudgetMb: "number", prefixCacheMb: "number", prefillChunk: "number", defaultMaxTokens: "number", apiKey: "string", device: "string", maxBodyBytes: "number", logger: "object", signal: "object" };
+
+const MAX_STRING_LENGTH = bufferConstants.MAX_STRING_LENGTH;
 
 /** A refusal with its own HTTP status (413: a body too large). */
 type WithStatus = MlaError & { httpStatus?: number };
@@ -177,6 +180,9 @@ export async function serve(model: string | LoadedModel, opts: ServeOptions = {}
   const defaultMax = opts.defaultMaxTokens ?? 1024;
   if (!(Number.isInteger(defaultMax) && defaultMax >= 1)) throw new MlaError("BAD_ARGUMENT", `--default-max-tokens ${defaultMax} is not a token count`, "pass a whole number ≥ 1");
   const maxBody = opts.maxBodyBytes ?? 4 * 2 ** 20;
+  // A body is parsed as one string: past the engine's longest, no request could be read.
+  if (!(Number.isInteger(maxBody) && maxBody >= 1 && maxBody <= MAX_STRING_LENGTH))
+    throw new MlaError("BAD_ARGUMENT", `serve()'s maxBodyBytes ${maxBody} is not a body size in bytes`, `pass a whole number from 1 to ${MAX_STRING_LENGTH} (the longest text JavaScript can parse), or leave it out (default ${4 * 2 ** 20}, 4 MiB)`);
   const log = opts.logger ?? silentLogger;
   const lm = typeof model === "string" ? loadModel(model, { backend: selectBackend(opts.device ?? "auto", log) }) : model;
   const name = opts.name ?? (typeof model === "string" ? model : path.basename(lm.dir));
@@ -345,14 +351,12 @@ export async function serve(model: string | LoadedModel, opts: ServeOptions = {}
       for (let k = 0; k < count; k++) {
         const prompt = promptOf(k).ids;
         try {
-          // Without a limit the request asked for no count: the refusal must not name one.
-          if (r.maxTokens === null && prompt.length >= lm.config.maxPositions)
-            throw new MlaError("BAD_ARGUMENT", `the prompt's ${prompt.length} tokens fill the model's ${lm.config.maxPositions} positions: there is no room for a reply`, "shorten the conversation");
+          // Without a limit (chat's default), up to --default-max-tokens or the model's positions.
+          const maxTokens = r.maxTokens ?? defaultReplyLimit(r.minTokens, prompt.length, defaultMax, lm.config.maxPositions);
           handles.push(
             batcher.submit({
               prompt,
-              // Without a limit (chat's default), up to --default-max-tokens or the model's positions.
-              maxTokens: r.maxTokens ?? Math.max(1, Math.min(defaultMax, lm.config.maxPositions - prompt.length)),
+              maxTokens,
               sampling: r.sampling,
               stopAtEos: !r.ignoreEos,
               stopTokenIds: r.stopTokenIds,

@@ -199,6 +199,35 @@ test("chat: the default reply limit, null fields OpenAI allows, usage null on ev
   }
 });
 
+test("chat: min_tokens past the default reply limit (--default-max-tokens, or the positions the prompt leaves) is refused with a 400 naming that limit, as past an explicit max_tokens", async () => {
+  const chat = (url: string, body: object) => fetch(`${url}/v1/chat/completions`, { method: "POST", body: JSON.stringify({ messages, temperature: 0, ignore_eos: true, ...body }) });
+  const refused = async (r: Response, re: RegExp) => {
+    assert.equal(r.status, 400);
+    assert.match(((await r.json()) as { error: { message: string } }).error.message, re);
+  };
+  const server = await serve(lm, { port: 0, defaultMaxTokens: 6 });
+  try {
+    await refused(await chat(server.url, { min_tokens: 7 }), /^min_tokens 7 is more than the 6 tokens a reply gets when max_tokens is not sent \(the server's --default-max-tokens\); hint: send max_tokens ≥ 7 with it, or min_tokens ≤ 6$/);
+    await refused(await chat(server.url, { min_tokens: 7, max_tokens: 5 }), /min_tokens 7 is more than max_tokens 5/);
+    await refused(await chat(server.url, { min_tokens: 7, max_completion_tokens: 5 }), /min_tokens 7 is more than max_completion_tokens 5/);
+    const atLimit = await chat(server.url, { min_tokens: 6 });
+    assert.equal(atLimit.status, 200);
+    assert.equal(((await atLimit.json()) as { usage: { completion_tokens: number } }).usage.completion_tokens, 6);
+    assert.equal((await chat(server.url, { min_tokens: 7, max_tokens: 8 })).status, 200, "an explicit max_tokens lifts the default");
+  } finally {
+    await server.close();
+  }
+  // With the default of 1024 past the model's 512 positions, the limit is what the prompt leaves.
+  const roomy = await serve(lm, { port: 0 });
+  try {
+    const prompt = lm.tokenizer.encode(loadChatTemplate(dir)!.render(messages), { addSpecialTokens: false }).length;
+    const room = lm.config.maxPositions - prompt;
+    await refused(await chat(roomy.url, { min_tokens: room + 1 }), new RegExp(`^min_tokens ${room + 1} is more than the ${room} tokens the model's 512 positions leave after the prompt's ${prompt}; hint: send min_tokens ≤ ${room}, or shorten the conversation$`));
+  } finally {
+    await roomy.close();
+  }
+});
+
 test("generate --chat formats each prompt with the chat template and prints the reply alone; --system without --chat is refused", async () => {
   const { spawnSync } = await import("node:child_process");
   const { ROOT } = await import("../helpers.js");

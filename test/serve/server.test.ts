@@ -11,6 +11,7 @@ import { test } from "node:test";
 import { loadModel } from "../../src/model/llama.js";
 import { generate } from "../../src/model/generate.js";
 import { serve } from "../../src/serve/server.js";
+import { MlaError } from "../../src/errors.js";
 import { FIXTURES, MODELS, ROOT, waitFor } from "../helpers.js";
 
 const lm = loadModel(path.join(MODELS, "stories260K"));
@@ -203,6 +204,9 @@ test("serve() refuses bad options; a port in use is named", async () => {
   await assert.rejects(serve(lm, { port: 0, kvBudgetMb: 0 }), /--kv-budget-mb 0/);
   await assert.rejects(serve(lm, { port: 0, maxBatch: 0 }), /--max-batch 0/);
   await assert.rejects(serve(lm, { port: 0, bogus: 1 } as never), /serve\(\) has no option "bogus"/);
+  // maxBodyBytes: a whole number of bytes a request body can have, and that JavaScript can parse.
+  for (const v of [0, -1, 1.5, NaN, Infinity, 2 ** 40])
+    await assert.rejects(serve(lm, { port: 0, maxBodyBytes: v }), (e: unknown) => e instanceof MlaError && e.code === "BAD_ARGUMENT" && new RegExp(`maxBodyBytes ${v} is not a body size in bytes\n  hint: pass a whole number from 1 to \\d+`).test(e.message), String(v));
   const first = await serve(lm, { port: 0 });
   try {
     await assert.rejects(serve(lm, { port: first.port }), new RegExp(`port ${first.port} on 127.0.0.1 is in use[^]*--port 0`));
@@ -521,6 +525,8 @@ test("vLLM's min_p, stop_token_ids and min_tokens: min_p 1 samples the greedy te
       [{ prompt, min_p: 2 }, /min_p 2 is not a fraction in \[0, 1\]/],
       [{ prompt, stop_token_ids: [600] }, /stop_token_ids \[600\] is not a list of token ids of this model/],
       [{ prompt, max_tokens: 3, min_tokens: 5 }, /min_tokens 5 is more than max_tokens 3/],
+      // Without max_tokens, the default limit (16) is named as such.
+      [{ prompt, min_tokens: 20 }, /min_tokens 20 is more than the 16 tokens a completion gets when max_tokens is not sent; hint: send max_tokens ≥ 20 with it, or min_tokens ≤ 16/],
     ]);
   } finally {
     await server.close();
