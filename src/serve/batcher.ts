@@ -83,6 +83,14 @@ export interface BatcherOptions {
   prefillChunk?: number;
 }
 
+/** The options that need no model, checked: `serve` asks before it loads one (minutes for a large model). */
+export function checkBatcherOptions(opts: Omit<BatcherOptions, "kvCache">): void {
+  if (!(Number.isInteger(opts.maxBatch) && opts.maxBatch >= 1)) throw new MlaError("BAD_ARGUMENT", `--max-batch ${opts.maxBatch} is not a number of sequences`, "pass a whole number ≥ 1, e.g. 32");
+  if (opts.kvBudgetBytes !== undefined && !(opts.kvBudgetBytes > 0)) throw new MlaError("BAD_ARGUMENT", `a KV-cache budget of ${opts.kvBudgetBytes} bytes admits no sequence`, "pass a positive budget, or none for no limit but the batch size");
+  if (opts.prefillChunk !== undefined && !(Number.isInteger(opts.prefillChunk) && opts.prefillChunk >= 0)) throw new MlaError("BAD_ARGUMENT", `--prefill-chunk ${opts.prefillChunk} is not a token count`, "pass a whole number of prompt tokens per step, or 0 to prefill each prompt whole");
+  if (opts.prefixCacheBytes !== undefined && !(opts.prefixCacheBytes >= 0)) throw new MlaError("BAD_ARGUMENT", `a prefix cache of ${opts.prefixCacheBytes} bytes`, "pass 0 for none, or a positive budget");
+}
+
 export interface BatcherStats {
   /** Sequences admitted (prefilling or decoding); of them, still prefilling their prompt. */
   running: number;
@@ -170,12 +178,9 @@ export class Batcher {
   private readonly latency = { timeToFirstToken: new Histogram(), timePerOutputToken: new Histogram(), endToEnd: new Histogram(), queue: new Histogram() };
 
   constructor(readonly model: LlamaModel, readonly opts: BatcherOptions) {
-    if (!(Number.isInteger(opts.maxBatch) && opts.maxBatch >= 1)) throw new MlaError("BAD_ARGUMENT", `--max-batch ${opts.maxBatch} is not a number of sequences`, "pass a whole number ≥ 1, e.g. 32");
-    if (opts.kvBudgetBytes !== undefined && !(opts.kvBudgetBytes > 0)) throw new MlaError("BAD_ARGUMENT", `a KV-cache budget of ${opts.kvBudgetBytes} bytes admits no sequence`, "pass a positive budget, or none for no limit but the batch size");
+    checkBatcherOptions(opts);
     this.perToken = kvBytesPerToken(model.config, opts.kvCache);
     this.stops = stopTokenIds(model.config);
-    if (opts.prefillChunk !== undefined && !(Number.isInteger(opts.prefillChunk) && opts.prefillChunk >= 0)) throw new MlaError("BAD_ARGUMENT", `--prefill-chunk ${opts.prefillChunk} is not a token count`, "pass a whole number of prompt tokens per step, or 0 to prefill each prompt whole");
-    if (opts.prefixCacheBytes !== undefined && !(opts.prefixCacheBytes >= 0)) throw new MlaError("BAD_ARGUMENT", `a prefix cache of ${opts.prefixCacheBytes} bytes`, "pass 0 for none, or a positive budget");
     this.prefix = opts.prefixCacheBytes ? new PrefixCache(opts.prefixCacheBytes, this.perToken) : null;
   }
 

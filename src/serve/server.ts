@@ -17,7 +17,7 @@ import { selectBackend, DEVICE_NAMES, type DeviceName } from "../backends/select
 import { silentLogger, type Logger } from "../util/log.js";
 import { checkOptionTypes, type OptionKinds } from "../util/optionTypes.js";
 import { throwIfAborted } from "../util/abort.js";
-import { Batcher, type BatcherStats, type SequenceEnd, type SequenceHandle } from "./batcher.js";
+import { Batcher, checkBatcherOptions, type BatcherStats, type SequenceEnd, type SequenceHandle } from "./batcher.js";
 import { defaultReplyLimit, parseChatRequest, parseCompletionRequest, type GenerationFields } from "./completionRequest.js";
 import { continueFinalMessage, loadChatTemplate, type ChatTemplate } from "./chatTemplate.js";
 import { CHAT_COMPLETION, TEXT_COMPLETION, type ResponseShape, type TokenEntry } from "./responseShapes.js";
@@ -184,10 +184,13 @@ export async function serve(model: string | LoadedModel, opts: ServeOptions = {}
   if (!(Number.isInteger(maxBody) && maxBody >= 1 && maxBody <= MAX_STRING_LENGTH))
     throw new MlaError("BAD_ARGUMENT", `serve()'s maxBodyBytes ${maxBody} is not a body size in bytes`, `pass a whole number from 1 to ${MAX_STRING_LENGTH} (the longest text JavaScript can parse), or leave it out (default ${4 * 2 ** 20}, 4 MiB)`);
   const log = opts.logger ?? silentLogger;
+  const batching = { maxBatch: opts.maxBatch ?? 32, prefixCacheBytes: (opts.prefixCacheMb ?? 1024) * 2 ** 20, prefillChunk: opts.prefillChunk ?? 512, ...(opts.kvBudgetMb !== undefined ? { kvBudgetBytes: opts.kvBudgetMb * 2 ** 20 } : {}) };
+  // Before the model loads (minutes for a large one), not after.
+  checkBatcherOptions(batching);
   const lm = typeof model === "string" ? loadModel(model, { backend: selectBackend(opts.device ?? "auto", log) }) : model;
   const name = opts.name ?? (typeof model === "string" ? model : path.basename(lm.dir));
   const kvCache = !opts.kvCache || opts.kvCache === "auto" ? defaultKvCache(lm.model) : opts.kvCache;
-  const batcher = new Batcher(lm.model, { maxBatch: opts.maxBatch ?? 32, kvCache, prefixCacheBytes: (opts.prefixCacheMb ?? 1024) * 2 ** 20, prefillChunk: opts.prefillChunk ?? 512, ...(opts.kvBudgetMb !== undefined ? { kvBudgetBytes: opts.kvBudgetMb * 2 ** 20 } : {}) });
+  const batcher = new Batcher(lm.model, { ...batching, kvCache });
   // A template that does not parse costs the chat endpoint, not the server.
   let chat: ChatTemplate | null = null, chatProblem = "";
   try {

@@ -203,6 +203,9 @@ test("serve() refuses bad options; a port in use is named", async () => {
   await assert.rejects(serve(lm, { port: 0, kvCache: "fp8" as never }), /--kv-cache fp8/);
   await assert.rejects(serve(lm, { port: 0, kvBudgetMb: 0 }), /--kv-budget-mb 0/);
   await assert.rejects(serve(lm, { port: 0, maxBatch: 0 }), /--max-batch 0/);
+  // Refused before the model is loaded: the model named here does not exist.
+  await assert.rejects(serve("no-such-model", { port: 0, maxBatch: 0 }), /--max-batch 0 is not a number of sequences/);
+  await assert.rejects(serve("no-such-model", { port: 0, prefillChunk: -1 }), /--prefill-chunk -1 is not a token count/);
   await assert.rejects(serve(lm, { port: 0, bogus: 1 } as never), /serve\(\) has no option "bogus"/);
   // maxBodyBytes: a whole number of bytes a request body can have, and that JavaScript can parse.
   for (const v of [0, -1, 1.5, NaN, Infinity, 2 ** 40])
