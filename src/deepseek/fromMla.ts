@@ -204,7 +204,9 @@ export async function exportDeepseek(spec: string, o: ExportOptions = {}): Promi
   for (const w of servingWarnings(rk, dr, H, remedy)) log.warn(w);
   log.info(`export: shared rope key of ${dr} dims (frequencies ${spacing}·k, k < ${ladder.slots}; ${G * R} used per layer), kv_lora_rank ${rk} (1 constant channel): ${kvPerToken.after} cached values per token and layer, ours ${kvPerToken.before}`);
   // The evaluation comes last: its settings are checked now, not after the export.
-  checkEmbeddedEval(o);
+  // With the source's tokenizer and BOS, which the evaluation needs: found missing after the export, the
+  // work was thrown away.
+  checkEmbeddedEval(o, { dir: srcDir, bos: c.bosTokenId });
   const out = path.resolve(o.out ?? `${modelName(spec)}-deepseek`);
   checkOutDir(out, srcDir, o.force ?? false, [{ name: "--eval-text", path: o.evalText }]);
   // The export adds one latent channel and a shared rope key per layer: a little over the source.

@@ -157,6 +157,18 @@ test("export refuses what DeepSeek-V3 cannot hold exactly, naming it, and writes
   assert.equal(fs.existsSync(out), false);
 });
 
+test("export --eval-text on a model without a tokenizer is refused before anything is written; without --eval-text it exports", async () => {
+  const mla = await disjointConversion("uniform");
+  for (const f of fs.readdirSync(mla)) if (/^tokenizer/.test(f)) fs.rmSync(path.join(mla, f));
+  const parent = tmpDir();
+  const lines: string[] = [];
+  await assert.rejects(exportDeepseek(mla, { out: path.join(parent, "ds"), evalText: CALIB, progress: { write: (l) => void lines.push(l) } }), (e: unknown) => e instanceof MlaError && /tokenizer/.test(e.message));
+  assert.deepEqual(lines, [], "refused before the first layer was written");
+  assert.deepEqual(fs.readdirSync(parent), []);
+  await exportDeepseek(mla, { out: path.join(parent, "ds"), device: "cpu" });
+  assert.ok(fs.existsSync(path.join(parent, "ds", "config.json")));
+});
+
 test("a per-layer model (--kv-split per-layer) is refused by the export and by pipeline --export deepseek, before anything is written", async () => {
   const out = path.join(tmpDir(), "never-per-layer");
   const perLayer = (e: unknown) => e instanceof MlaError && e.code === "UNSUPPORTED" && /DeepSeek-V3's config has one kv_lora_rank and one qk_rope_head_dim for every layer/.test(e.message) && /hint: export a uniform conversion/.test(e.message);
