@@ -8,8 +8,7 @@ import crypto from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
 import { MlaError } from "../errors.js";
-import { Checkpoint, CheckpointWriter, copyModelSideFiles } from "../io/checkpoint.js";
-import { DType, encodeFromF32 } from "../io/dtype.js";
+import { Checkpoint } from "../io/checkpoint.js";
 import { resolveModel } from "../io/modelDir.js";
 import { loadModel, LlamaModel } from "../model/llama.js";
 import { DeviceName, selectBackend } from "../backends/select.js";
@@ -22,13 +21,14 @@ import { fmtCount, fmtTime, ProgressSink } from "../util/progress.js";
 import { checkDataFile, loadTrainingData, microBatches } from "./data.js";
 import { activationBytes, checkFits, fitsDevice, MemoryChoice, MicroBatch, microStep, Precision, stateBytes, trainableCount, TrainState } from "./trainState.js";
 import { defaultLr, lrAt, Schedule, ScheduleName } from "./schedule.js";
-import { checkpointDir, loadCheckpoint, MODEL_TMP, readCheckpointState, TrainState as RunState } from "./checkpoint.js";
+import { checkpointDir, loadCheckpoint, readCheckpointState, TrainState as RunState } from "./checkpoint.js";
 import { checkRunFolders, startRunFolder } from "./runFolder.js";
 import { checkFinetuneOptions, checkTeacher, FINETUNE_DEFAULTS, FINETUNE_KINDS } from "./options.js";
 import { checkOptionTypes } from "../util/optionTypes.js";
 import { nextTurn, throwIfAborted } from "../util/abort.js";
 import { checkSameRun, finishedRun, LOG_FILE, loggedSeconds, loggedValNllBefore, SUMMARY_FILE, trimLogToCheckpoint } from "./resume.js";
-import { copyFileFresh, makeOwnedTemp, writeFileAtomic } from "../io/atomicDir.js";
+import { writeFileAtomic } from "../io/atomicDir.js";
+import { roundToWritten, writeModel } from "./writtenModel.js";
 import { CheckpointKeeper } from "./checkpointKeeper.js";
 import { weightFileBytes } from "../io/diskRoom.js";
 
@@ -309,31 +309,19 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
   const tokensPerSecond = perSecond(run.tokensSeen, seconds);
   const sitting = { steps: run.step - startStep, seconds: sittingTime, tokensPerSecond: perSecond((run.step - startStep) * perStep, sittingTime) };
   if (!stoppedEarly) {
+    // The reported NLL is the written model's: the masters rounded to the source's dtype (bf16: ~1e-3
+    // nats off the masters'). Rounded in place, so the final checkpoint below holds them rounded too;
+    // nothing trains on from it (a finished run is only reported), and rounding again is a no-op, so
+    // an end redone from it, or from the last step's --save-every checkpoint, gives the same model and NLL.
+    if (roundToWritten(src.dir, model) > 0) state.loaded();
     valNllAfter = await valNll(undefined, true);
     logLine({ step: run.step, val_nll: valNllAfter });
-    await writeModel(src.dir, out, lm.config, model);
+    await writeModel(src.dir, out, model);
     // Last of the run's files (then the final checkpoint), and whole: its presence means finished (finishedRun, the pipeline).
     writeFileAtomic(path.join(out, SUMMARY_FILE), JSON.stringify({ source: spec, settings: recorded, steps: run.step, tokens: run.tokensSeen, precision, checkpoint_activations: checkpoint, params: modelParams(model), trainable_params: state.size, peak_device_bytes: peakBytes(), val_nll_before: valNllBefore, val_nll_after: valNllAfter, final_loss: finalLoss, seconds, tokens_per_s: tokensPerSecond, sitting: { steps: sitting.steps, seconds: sitting.seconds, tokens_per_s: sitting.tokensPerSecond, peak_device_bytes: model.backend.memory?.().peak ?? null, host_time_per_step: timer.summary() } }, null, 2) + "\n");
     save("final", seconds);
   }
   return { out, steps: run.step, stoppedEarly, checkpointStep: keeper.step, tokensSeen: run.tokensSeen, seconds, tokensPerSecond, sitting, valNllBefore, valNllAfter, finalLoss, precision };
-}
-
-/** Writes the trained weights (in the source checkpoint's dtypes) and the model files into `out`, each file atomically. */
-async function writeModel(srcDir: string, out: string, config: LlamaModel["config"], model: LlamaModel): Promise<void> {
-  const src = Checkpoint.open(srcDir);
-  const tensors = namedTensors(config, model.weights).map(([name, t]) => ({ name, t, dtype: (src.has(name) ? src.entry(name).dtype : "F32") as DType }));
-  src.close();
-  const tmp = makeOwnedTemp(out, MODEL_TMP);
-  const w = new CheckpointWriter(tmp, tensors.map((x) => ({ name: x.name, dtype: x.dtype, shape: [...x.t.shape] })), { metadata: { format: "pt" } });
-  for (const x of tensors) await w.append(encodeFromF32(x.dtype, x.t.toArray()));
-  await w.close();
-  copyFileFresh(path.join(srcDir, "config.json"), path.join(tmp, "config.json"));
-  copyModelSideFiles(srcDir, tmp);
-  // The conversion's record (its settings, calibration, report), which the config of a deepseek_v3 export points to.
-  if (fs.existsSync(path.join(srcDir, "mla_conversion.json"))) copyFileFresh(path.join(srcDir, "mla_conversion.json"), path.join(tmp, "mla_conversion.json"));
-  for (const f of fs.readdirSync(tmp)) fs.renameSync(path.join(tmp, f), path.join(out, f));
-  fs.rmSync(tmp, { recursive: true, force: true });
 }
 
 /** One line: what the training state and a micro-batch's activations take, beside what the device has. */
