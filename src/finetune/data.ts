@@ -1,15 +1,17 @@
 /**
- * Training data: text files and JSONL files of {"text": …} tokenized with the model's tokenizer
+ * Training data: text files and JSONL files of {"text": …}, or .xz files of either, tokenized with the model's tokenizer
  * (no special tokens; documents joined by EOS when the model has one) into one token stream. The
  * last `valFraction` of the stream is held out for validation; `fraction` keeps only the first part
  * of the training tokens. Training sequences are non-overlapping [BOS] + (seq−1) consecutive
  * tokens, visited in a seeded random order that is reshuffled every epoch.
  *
  * A large file is tokenized in pieces on worker threads (io/encodeLong.ts: same ids as one encode)
- * into Int32Arrays, and with a cache folder its stream is stored once and reused (tokenCache.ts).
+ * into Int32Arrays, and with a cache folder its stream is stored once and reused (tokenCache.ts). An
+ * .xz file is decompressed in memory by the xz tool (io/text.ts readXzText), never onto the disk:
+ * with a cache, only the first run decompresses it (the key is the .xz file's own size and mtime).
  */
 import fs from "node:fs";
-import { readTextFile } from "../io/text.js";
+import { isXzFile, readTextFile, readXzText, sniffTextFile, sniffXzFile } from "../io/text.js";
 import { MlaError, ioError } from "../errors.js";
 import { encodeTexts, type EncodeLongOptions } from "../io/encodeLong.js";
 import type { TextTokenizer } from "../io/tokenizer.js";
@@ -43,7 +45,12 @@ export interface TrainingData {
   bos: number;
 }
 
-/** Refuses a --data path that is missing or a folder, before any work (loading the model, tokenizing the others). */
+/**
+ * Refuses a --data path before any work (loading the model, tokenizing the others): missing, a folder,
+ * empty (a wrong path or a failed download, which would otherwise add nothing, unnoticed beside other
+ * files), or not text by its first bytes (an .xz file: not xz data by them). Perplexity's --text check
+ * is the same, but for .xz and the --data wording.
+ */
 export function checkDataFile(file: string): void {
   let st: fs.Stats;
   try {
@@ -51,17 +58,19 @@ export function checkDataFile(file: string): void {
   } catch (e) {
     throw ioError("cannot read data", file, e);
   }
-  if (st.isDirectory()) throw new MlaError("BAD_ARGUMENT", `--data ${file} is a folder, not a text file`, "pass the files themselves (.txt, or .jsonl of {\"text\": …} lines), e.g. --data folder/*.txt");
-}
-
-export function readDocuments(file: string): string[] {
-  let text: string;
+  if (st.isDirectory()) throw new MlaError("BAD_ARGUMENT", `--data ${file} is a folder, not a text file`, "pass the files themselves (.txt, or .jsonl of {\"text\": …} lines, or .xz of either), e.g. --data folder/*.txt");
+  if (st.size === 0) throw new MlaError("BAD_TEXT", `--data ${file} is empty`, "pass a text file with some content (a wrong path or an interrupted download?)");
   try {
-    text = readTextFile(file);
+    if (isXzFile(file)) sniffXzFile(file);
+    else sniffTextFile(file);
   } catch (e) {
     throw ioError("cannot read data", file, e);
   }
-  if (!file.endsWith(".jsonl")) return [text];
+}
+
+/** The documents of a data file's text: the whole text, or for a .jsonl file (`name`, .xz stripped) each line's "text". */
+function documentsOf(text: string, file: string, name = file): string[] {
+  if (!name.endsWith(".jsonl")) return [text];
   const docs: string[] = [];
   text.split("\n").forEach((line, i) => {
     if (!line.trim()) return;
@@ -76,6 +85,32 @@ export function readDocuments(file: string): string[] {
     docs.push(t);
   });
   return docs;
+}
+
+/** The documents of a plain (not compressed) data file. */
+export function readDocuments(file: string): string[] {
+  let text: string;
+  try {
+    text = readTextFile(file);
+  } catch (e) {
+    throw ioError("cannot read data", file, e);
+  }
+  return documentsOf(text, file);
+}
+
+/**
+ * The documents of a data file, an .xz one decompressed in memory (corpus.jsonl.xz is JSONL): its
+ * text is held once, as a plain file's is, and with a token cache only until its tokens are stored.
+ */
+async function readDataDocuments(file: string, shouldStop?: () => boolean): Promise<string[]> {
+  if (!isXzFile(file)) return readDocuments(file);
+  let text: string;
+  try {
+    text = await readXzText(file, shouldStop);
+  } catch (e) {
+    throw ioError("cannot read data", file, e);
+  }
+  return documentsOf(text, file, file.slice(0, -".xz".length));
 }
 
 export async function loadTrainingData(tokenizer: TextTokenizer, files: string[], o: DataOptions): Promise<TrainingData> {
@@ -110,7 +145,7 @@ async function fileTokens(tokenizer: TextTokenizer, file: string, o: DataOptions
       return cached;
     }
   }
-  const docs = readDocuments(file).filter((d) => d.length > 0);
+  const docs = (await readDataDocuments(file, o.shouldStop)).filter((d) => d.length > 0);
   const ids = joinWith(await encodeTexts(tokenizer, docs, { ...o.encode, logger: log, label: file, shouldStop: o.shouldStop }), o.eos);
   if (cacheFile) writeTokenCache(cacheFile, ids);
   return ids;

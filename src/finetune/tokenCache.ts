@@ -2,7 +2,8 @@
  * On-disk cache of a data file's token stream, so the variants of a study (and resumed runs)
  * tokenize an 85 MB corpus once instead of once per run. One raw little-endian Int32 file per key,
  * named by the SHA-256 of everything the stream depends on: the tokenizer's files, the data file's
- * absolute path, size and mtime (an edited file gets a new key), and how documents are joined.
+ * absolute path, size and mtime (an edited file gets a new key; for an .xz file its own, which fix
+ * the text it decompresses to, so a cache hit needs no decompressing), and how documents are joined.
  * Written under a temporary name and renamed, so an interrupted run never leaves a partial file
  * under the real name.
  */

@@ -6,7 +6,10 @@
  * A file that is not UTF-8 text (a checkpoint, a compressed corpus passed as --text or --data) is
  * refused: decoded as text it tokenizes into replacement characters and gives a plausible-looking but
  * meaningless perplexity or training run. Its first few KB decide, so the check costs nothing.
+ * A reader that takes compressed text (finetune's and study's --data: a corpus is often shipped as
+ * .xz) decompresses a file named .xz with readXzText.
  */
+import { spawn } from "node:child_process";
 import fs from "node:fs";
 import { MlaError } from "../errors.js";
 
@@ -16,10 +19,12 @@ export const SNIFF_BYTES = 8192;
 /** Leading bytes of `magic` at the start. */
 const startsWith = (magic: number[]) => (head: Uint8Array) => magic.every((b, i) => head[i] === b);
 
+const XZ_MAGIC = [0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00];
+
 /** Formats a text option is often given by mistake, recognized by their first bytes, with what to do instead. */
 const KNOWN_BINARY: { name: string; is: (head: Uint8Array) => boolean; hint: (file: string) => string }[] = [
   { name: "gzip-compressed data", is: startsWith([0x1f, 0x8b]), hint: (f) => `decompress it first (gzip -dk ${f})` },
-  { name: "xz-compressed data", is: startsWith([0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00]), hint: (f) => `decompress it first (xz -dk ${f})` },
+  { name: "xz-compressed data", is: startsWith(XZ_MAGIC), hint: (f) => `decompress it first (xz -dk ${f})` },
   // "BZh", the block size digit, then the first block's magic (a text may well start with "BZh").
   { name: "bzip2-compressed data", is: (h) => startsWith([0x42, 0x5a, 0x68])(h) && startsWith([0x31, 0x41, 0x59, 0x26, 0x53, 0x59])(h.subarray(4)), hint: (f) => `decompress it first (bzip2 -dk ${f})` },
   { name: "zstd-compressed data", is: startsWith([0x28, 0xb5, 0x2f, 0xfd]), hint: (f) => `decompress it first (zstd -d ${f})` },
@@ -76,4 +81,74 @@ export function decodeText(buf: Buffer, file: string, expected?: string): string
 /** A UTF-8 text file with newlines normalized; a binary one is refused by name, file-system errors propagate for the caller to name. */
 export function readTextFile(file: string): string {
   return decodeText(fs.readFileSync(file), file);
+}
+
+/** Whether a reader that takes compressed text decompresses `file`: by its name, as `study --data` always has. */
+export function isXzFile(file: string): boolean {
+  return file.endsWith(".xz");
+}
+
+/** Refuses `file`, named .xz, when its first bytes are not xz's (a renamed text, a gzip file), reading only those. */
+export function sniffXzFile(file: string): void {
+  const head = Buffer.alloc(XZ_MAGIC.length);
+  const fd = fs.openSync(file, "r");
+  try {
+    fs.readSync(fd, head, 0, head.length, 0);
+  } finally {
+    fs.closeSync(fd);
+  }
+  if (!startsWith(XZ_MAGIC)(head)) throw new MlaError("BAD_TEXT", `${file} is named .xz but does not start as xz-compressed data`, `pass the file under its own name (a plain text file without .xz), or compress it with xz -k`);
+}
+
+/**
+ * The text of the xz-compressed `file`, newlines normalized, refused as readTextFile refuses binary
+ * data. Decompressed by the xz tool (no xz decoder is among the dependencies; the study has always
+ * used the tool) and streamed into memory, never onto the disk. The decompressed bytes are held once
+ * (their chunks, then joined: briefly twice, less than the string made from them next takes). A damaged
+ * or truncated archive, or no xz tool, is refused naming the file. `shouldStop` is polled as the
+ * chunks come: true stops the tool and throws MlaError INTERRUPTED.
+ */
+export function readXzText(file: string, shouldStop?: () => boolean): Promise<string> {
+  const plain = file.slice(0, -".xz".length) || "the decompressed file";
+  return new Promise((resolve, reject) => {
+    const xz = spawn("xz", ["-dc", "--", file], { stdio: ["ignore", "pipe", "pipe"] });
+    const chunks: Buffer[] = [];
+    let bytes = 0;
+    let stderr = "";
+    let failed: Error | null = null;
+    xz.stdout.on("data", (c: Buffer) => {
+      if (failed) return;
+      if (shouldStop?.()) {
+        failed = new MlaError("INTERRUPTED", `stopped while decompressing ${file}`, "nothing was kept; run it again to redo the work");
+        xz.kill();
+        return;
+      }
+      chunks.push(c);
+      bytes += c.length;
+    });
+    xz.stderr.on("data", (c: Buffer) => {
+      if (stderr.length < 2000) stderr += c.toString("utf8");
+    });
+    xz.on("error", (e: NodeJS.ErrnoException) => {
+      failed ??= e.code === "ENOENT"
+        ? new MlaError("UNSUPPORTED", `${file} is xz-compressed and the xz tool that decompresses it was not found`, `install it (apt-get install xz-utils, brew install xz), or decompress the file where xz is (xz -dk ${file}) and pass ${plain}`)
+        : new MlaError("IO", `cannot run the xz tool on ${file}: ${e.message}`, `decompress it yourself (xz -dk ${file}) and pass ${plain}`);
+    });
+    xz.on("close", (code, signal) => {
+      if (failed) return reject(failed);
+      if (code !== 0) {
+        // xz's lines read "xz: FILE: Compressed data is corrupt": the message names the file once.
+        const said = stderr.trim().split("\n").map((l) => l.replace(/^xz: /, "").replace(`${file}: `, "")).join("; ");
+        const why = said || (signal ? `killed by ${signal}` : `exit status ${code}`);
+        return reject(new MlaError("BAD_TEXT", `${file} could not be decompressed: ${why}`, `the archive is damaged or truncated (xz -t ${file} checks it); fetch or compress it again, or pass the plain text file`));
+      }
+      try {
+        const buf = Buffer.concat(chunks, bytes);
+        chunks.length = 0; // the pieces go before the string is made
+        resolve(decodeText(buf, file));
+      } catch (e) {
+        reject(e);
+      }
+    });
+  });
 }

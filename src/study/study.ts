@@ -12,10 +12,10 @@
  * variant and rank lists may change, finished runs are kept)
  * skips those, continues an interrupted training run from its checkpoint (bit-identical to an
  * uninterrupted one), and writes the report when all are done. A study longer than one sitting (or
- * one GPU lease) is run in several. The training text is tokenized once: its token stream is cached
- * in OUT/tokens/ and read back by every variant and every resumed run.
+ * one GPU lease) is run in several. The training text (an .xz file decompressed in memory) is
+ * tokenized once: its token stream is cached in OUT/tokens/ and read back by every variant and every
+ * resumed run.
  */
-import { spawnSync } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
 import { convert } from "../convert/pipeline.js";
@@ -29,7 +29,8 @@ import { defaultRopePairs } from "../ropeSelect/strategies.js";
 import { DEFAULT_GATE_DIM, resolveSettings, type SettingsInput } from "../convert/plan.js";
 import type { ModelConfig } from "../model/config.js";
 import { checkFinetuneOptions } from "../finetune/options.js";
-import { checkTextFile } from "../eval/perplexity.js";
+import { checkDataFile } from "../finetune/data.js";
+import { isXzFile } from "../io/text.js";
 import { selectBackend, type DeviceName } from "../backends/select.js";
 import { silentLogger, type Logger } from "../util/log.js";
 import type { ProgressSink } from "../util/progress.js";
@@ -51,7 +52,7 @@ export interface StudyOptions {
   variants: readonly StudyVariant[];
   /** Latent widths per token and layer of the MLA variants: "d/2", "d/4" (of the hidden size) or a number; default STUDY_RANKS. Only with an MLA variant. */
   ranks?: readonly string[];
-  /** Training text (.txt or .jsonl; .xz is decompressed into the output folder with the xz tool). */
+  /** Training text (.txt or .jsonl, or .xz of either: decompressed in memory by the xz tool, tokenized once into OUT/tokens). */
   data: string;
   tokens: number;
   out: string;
@@ -136,18 +137,18 @@ export function latentWidth(spec: string, hidden: number, kvHeads: number): numb
   return L;
 }
 
+/**
+ * The --data path the runs train on. An .xz file is passed as it is: finetune decompresses it in
+ * memory and the token cache (OUT/tokens) keeps its tokens, so only the first run decompresses it and
+ * no decompressed copy is written. A study begun before finetune took .xz decompressed it into OUT,
+ * and its runs' checkpoints name that copy (a resumed run must train on the same path): there, it is
+ * still used.
+ */
 function trainingText(data: string, out: string): string {
-  if (!fs.existsSync(data)) throw new MlaError("NOT_FOUND", `--data ${data} does not exist`, "pass a UTF-8 text file (.txt, .jsonl, or .xz of one)");
-  if (!data.endsWith(".xz")) return data;
-  const plain = path.join(out, path.basename(data, ".xz"));
-  if (fs.existsSync(plain)) return plain;
-  const r = spawnSync("xz", ["-dc", data], { maxBuffer: 2 ** 31, encoding: "buffer" });
-  if (r.error || r.status !== 0) throw new MlaError("UNSUPPORTED", `--data ${data} is xz-compressed and the xz tool could not decompress it (${r.error?.message ?? r.stderr.toString().trim()})`, `decompress it first (xz -dk ${data}) and pass the .txt`);
-  fs.writeFileSync(plain + ".part", r.stdout);
-  fs.renameSync(plain + ".part", plain);
-  return plain;
+  if (!isXzFile(data)) return data;
+  const copy = path.join(out, path.basename(data, ".xz"));
+  return fs.existsSync(copy) && fs.statSync(copy).isFile() ? copy : data;
 }
-
 
 type MlaVariant = Exclude<StudyVariant, "mha">;
 /** One training run: the MHA initialization as is, or an MLA variant at latent width L per token and layer. */
@@ -211,8 +212,8 @@ async function runStudy(o: StudyOptions, made: { fresh: boolean }): Promise<Stud
   const { dir: like } = resolveModel(o.like);
   refuseOutOverInputs("--out", o.out, [{ name: "--like's model folder", path: like }, { name: "--data", path: o.data }]);
   if (!fs.existsSync(o.data)) throw new MlaError("NOT_FOUND", `--data ${o.data} does not exist`, "check the path; nothing was changed");
-  // An .xz file is decompressed later by the xz tool; what it holds is read as text then.
-  if (!o.data.endsWith(".xz")) checkTextFile(o.data);
+  // Empty, a folder, not text (an .xz file: not xz data) by its first bytes: refused before any work.
+  checkDataFile(o.data);
   likeConfig(like);
   const c = readHfConfig(like);
   const { runs, ranks } = plannedRuns(o, c);

@@ -152,7 +152,10 @@ test("bad input is refused cleanly", async () => {
   const refused = async (o: Partial<FinetuneOptions>, re: RegExp) => assert.rejects(finetune(model, { ...base, ...o }), (e: Error) => e instanceof MlaError && re.test(e.message) && /hint:/.test(e.message));
   const empty = path.join(tmpDir(), "empty.txt");
   fs.writeFileSync(empty, "");
-  await refused({ data: [empty] }, /holds no tokens/);
+  await refused({ data: [empty] }, /--data .*empty\.txt is empty/);
+  const blank = path.join(tmpDir(), "blank.jsonl");
+  fs.writeFileSync(blank, "\n\n");
+  await refused({ data: [blank] }, /holds no tokens/);
   const short = path.join(tmpDir(), "short.txt");
   fs.writeFileSync(short, "Once upon a time there was a cat.");
   await refused({ data: [short] }, /fewer than one sequence/);

@@ -107,12 +107,15 @@ test("study refuses unknown variants and latent widths that do not split over th
   await assert.rejects(study({ ...base, variants: ["mha"], data: "/nonexistent.txt" }), /--data \/nonexistent.txt does not exist/);
 });
 
-test("study reads .xz training text through the xz tool", { skip: spawnSync("xz", ["--version"]).status !== 0 ? "no xz tool on this machine" : false }, async () => {
+test("study reads .xz training text through the xz tool, in memory: the runs train on its text, and no decompressed copy is written", { skip: spawnSync("xz", ["--version"]).status !== 0 ? "no xz tool on this machine" : false }, async () => {
   const dir = tmpDir();
   const xz = path.join(dir, "text.txt.xz");
   fs.writeFileSync(xz, spawnSync("xz", ["-c", DATA]).stdout);
-  const out = path.join(dir, "study");
-  const r = await study({ like: path.join(MODELS, "stories260K"), variants: ["mha"], ranks: [], data: xz, tokens: 2 * 4 * 32, seq: 32, batch: 4, valFraction: 0.05, device: "cpu", out, progress: null });
-  assert.equal(fs.readFileSync(path.join(out, "text.txt"), "utf8"), fs.readFileSync(DATA, "utf8"));
-  assert.equal(r.rows.length, 1);
+  const o = { like: path.join(MODELS, "stories260K"), variants: ["mha"] as const, ranks: [], tokens: 2 * 4 * 32, seq: 32, batch: 4, valFraction: 0.05, device: "cpu" as const, progress: null };
+  const r = await study({ ...o, data: xz, out: path.join(dir, "study") });
+  const plain = await study({ ...o, data: DATA, out: path.join(dir, "plain") });
+  assert.equal(r.rows[0]!.valNll, plain.rows[0]!.valNll);
+  assert.deepEqual(r.rows[0]!.curve, plain.rows[0]!.curve);
+  assert.ok(!fs.existsSync(path.join(dir, "study", "text.txt")), "no decompressed copy in OUT");
+  assert.equal(fs.readdirSync(path.join(dir, "study", "tokens")).length, 1, "its tokens cached once");
 });
