@@ -39,9 +39,9 @@ function tableRows(rows: readonly StudyRow[]): string[][] {
   ]);
 }
 
-const CLAIM_COLUMNS = ["claim (arXiv 2506.09342)", "measured here", "verdict", "rule"];
-const CLAIMS_NOTE = "The paper trains ~30M GPT models on TinyStories; its MLA + RoPE is its own form (ours: partial RoPE on R pairs per KV head and one joint latent), so a verdict says whether the effect shows on this data and shape, not whether the paper is right.";
-const claimCells = (c: ClaimCheck) => [c.claim, c.measured, c.verdict, c.rule];
+const CLAIM_COLUMNS = ["claim (arXiv 2506.09342)", "measured here", "verdict", "rule", "last quarter of training"];
+const CLAIMS_NOTE = "The paper trains ~30M GPT models on TinyStories; its MLA + RoPE is its own form (ours: partial RoPE on R pairs per KV head and one joint latent), so a verdict says whether the effect shows on this data and shape, not whether the paper is right. A verdict on validation NLL is given only when the rule gives it at every validation point of the last quarter of training (at least 3): where it changes there, the run saw too few tokens for the difference to be settled (\"too few tokens to judge\"). Not measured: the noise of the seed (one run per variant) and of the validation sample (the same held-out tokens for every point and variant).";
+const claimCells = (c: ClaimCheck) => [c.claim, c.measured, c.verdict, c.rule, c.lastQuarter ?? "—"];
 
 const COLUMNS = ["variant", "RoPE pairs per KV head", "parameters", "KV elements per token", "KV vs MHA", "validation NLL", "NLL vs MHA", "train tokens/s", "decode tokens/s"];
 

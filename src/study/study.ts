@@ -39,6 +39,7 @@ import { writeFileAtomic } from "../io/atomicDir.js";
 import { resumableStep, throwIfAborted } from "../util/abort.js";
 import { initFromScratch, likeConfig } from "./init.js";
 import { studyHtml, studyMarkdown } from "./report.js";
+import { checkClaims, type ClaimCheck } from "./claims.js";
 import { decodeSpeed } from "./decodeSpeed.js";
 
 export const STUDY_VARIANTS = ["mha", "mla", "mla-rope", "eg-mla"] as const;
@@ -126,6 +127,8 @@ export interface StudyResult {
   report: string | null;
   html: string | null;
   stoppedEarly: boolean;
+  /** The paper's claims checked against the rows, as study.json and the report give them; null when stopped early. */
+  claims: ClaimCheck[] | null;
 }
 
 /** "d" → hidden (full rank); "d/2" → hidden/2; "96" → 96; checked to split evenly over the KV heads. */
@@ -268,7 +271,7 @@ async function runStudy(o: StudyOptions, made: { fresh: boolean }): Promise<Stud
       const resume = fs.existsSync(path.join(trained, "checkpoint", "state.json"));
       return finetune(modelDir, { data: [data], out: trained, force: !resume, resume, tokens: o.tokens, seq, batch, lr, seed, valFraction: o.valFraction ?? 0.01, tokenCache: path.join(o.out, "tokens"), evalEvery: o.evalEvery ?? Math.max(1, Math.round(steps / 20)), device, progress: o.progress, logger: log, shouldStop: o.shouldStop, signal: o.signal });
     });
-    if (ft.stoppedEarly) return { rows, report: null, html: null, stoppedEarly: true };
+    if (ft.stoppedEarly) return { rows, report: null, html: null, stoppedEarly: true, claims: null };
     const curve = fs.readFileSync(path.join(ft.out, "train_log.jsonl"), "utf8").trim().split("\n").map((l) => JSON.parse(l) as { step: number; val_nll?: number }).filter((l) => l.val_nll !== undefined).map((l) => [l.step, l.val_nll!] as [number, number]);
     const info = inspectModel(ft.out);
     const kv = info.kv_elems_per_token;
@@ -289,12 +292,14 @@ async function runStudy(o: StudyOptions, made: { fresh: boolean }): Promise<Stud
     rows.push(row);
   }
   const meta = { like: o.like, hidden: c.hiddenSize, data: o.data, tokens: o.tokens, seq, batch, lr, seed, device, date: new Date().toISOString() };
-  fs.writeFileSync(path.join(o.out, "study.json"), JSON.stringify({ ...meta, rows }, null, 2) + "\n");
+  // The claims' verdicts beside the rows (added after them: readers of rows and meta are unchanged).
+  const claims = checkClaims(rows, c.hiddenSize);
+  fs.writeFileSync(path.join(o.out, "study.json"), JSON.stringify({ ...meta, rows, claims }, null, 2) + "\n");
   const report = path.join(o.out, "report.md");
   const html = path.join(o.out, "report.html");
   fs.writeFileSync(report, studyMarkdown(meta, rows));
   fs.writeFileSync(html, studyHtml(meta, rows));
-  return { rows, report, html, stoppedEarly: false };
+  return { rows, report, html, stoppedEarly: false, claims };
 }
 
 /** Whether a study folder holds work worth keeping: a finished run's row, or a training run's checkpoint. */

@@ -31,7 +31,12 @@ test("study: MHA, MLA, MLA + RoPE and EG-MLA from one initialization, with a rep
   const md = fs.readFileSync(r.report!, "utf8");
   assert.match(md, /\| MLA \+ RoPE, latent 32 \|/);
   assert.match(fs.readFileSync(r.html!, "utf8"), /<svg[^>]*aria-label="validation curves"/);
-  assert.equal(JSON.parse(fs.readFileSync(path.join(out, "study.json"), "utf8")).rows.length, 4);
+  const json = JSON.parse(fs.readFileSync(path.join(out, "study.json"), "utf8"));
+  assert.equal(json.rows.length, 4);
+  // The claims beside the rows: the KV cut (-37.5% here) is measured; a 4-step run settles no claim on validation NLL.
+  assert.deepEqual(json.claims, r.claims);
+  assert.deepEqual(r.claims!.map((c) => c.verdict), ["does not hold", "too few tokens to judge", "too few tokens to judge", "too few tokens to judge", "too few tokens to judge", "not measured"]);
+  assert.match(md, /\| too few tokens to judge \|/);
   assert.equal(fs.readdirSync(path.join(out, "tokens")).length, 1, "the variants share one cached token stream");
 });
 
