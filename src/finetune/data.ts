@@ -1,9 +1,9 @@
 /**
- * Training data: text files and JSONL files of {"text": …}, or .xz files of either, tokenized with the model's tokenizer
- * (no special tokens; documents joined by EOS when the model has one) into one token stream. The
- * last `valFraction` of the stream is held out for validation; `fraction` keeps only the first part
- * of the training tokens. Training sequences are non-overlapping [BOS] + (seq−1) consecutive
- * tokens, visited in a seeded random order that is reshuffled every epoch.
+ * Training data: text files and JSONL files of {"text": …}, or .xz files of either, tokenized with
+ * the model's tokenizer (no special tokens; documents joined by EOS when the model has one) into one
+ * token stream. The last `valFraction` of the stream is held out for validation; `fraction` keeps
+ * only the first part of the training tokens. Training sequences are non-overlapping [BOS] + (seq−1)
+ * consecutive tokens, visited in a seeded random order that is reshuffled every epoch.
  *
  * A large file is tokenized in pieces on worker threads (io/encodeLong.ts: same ids as one encode)
  * into Int32Arrays, and with a cache folder its stream is stored once and reused (tokenCache.ts). An
@@ -114,7 +114,7 @@ async function readDataDocuments(file: string, shouldStop?: () => boolean): Prom
 }
 
 export async function loadTrainingData(tokenizer: TextTokenizer, files: string[], o: DataOptions): Promise<TrainingData> {
-  if (files.length === 0) throw new MlaError("BAD_ARGUMENT", "no --data files given", "pass --data FILE (text or .jsonl with a text field)");
+  if (files.length === 0) throw new MlaError("BAD_ARGUMENT", "no --data files given", "pass --data FILE (text, .jsonl with a text field, or .xz of either)");
   const fraction = o.fraction ?? 1;
   const streams: Int32Array[] = [];
   for (const f of files) streams.push(await fileTokens(tokenizer, f, o));

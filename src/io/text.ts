@@ -104,7 +104,7 @@ export function sniffXzFile(file: string): void {
  * The text of the xz-compressed `file`, newlines normalized, refused as readTextFile refuses binary
  * data. Decompressed by the xz tool (no xz decoder is among the dependencies; the study has always
  * used the tool) and streamed into memory, never onto the disk. The decompressed bytes are held once
- * (their chunks, then joined: briefly twice, less than the string made from them next takes). A damaged
+ * (briefly twice while their chunks are joined, as they are next beside the string made of them). A damaged
  * or truncated archive, or no xz tool, is refused naming the file. `shouldStop` is polled as the
  * chunks come: true stops the tool and throws MlaError INTERRUPTED.
  */
@@ -133,6 +133,7 @@ export function readXzText(file: string, shouldStop?: () => boolean): Promise<st
       failed ??= e.code === "ENOENT"
         ? new MlaError("UNSUPPORTED", `${file} is xz-compressed and the xz tool that decompresses it was not found`, `install it (apt-get install xz-utils, brew install xz), or decompress the file where xz is (xz -dk ${file}) and pass ${plain}`)
         : new MlaError("IO", `cannot run the xz tool on ${file}: ${e.message}`, `decompress it yourself (xz -dk ${file}) and pass ${plain}`);
+      reject(failed); // a process that never started may not report "close"
     });
     xz.on("close", (code, signal) => {
       if (failed) return reject(failed);
