@@ -9,7 +9,8 @@
  * A reader that takes compressed text (finetune's and study's --data: a corpus is often shipped as
  * .xz) decompresses a file named .xz with readXzText.
  */
-import { spawn } from "node:child_process";
+import { constants } from "node:buffer";
+import { spawn, spawnSync } from "node:child_process";
 import fs from "node:fs";
 import { MlaError } from "../errors.js";
 
@@ -101,17 +102,34 @@ export function sniffXzFile(file: string): void {
 }
 
 /**
+ * The decompressed size of the .xz `file` that its index records (`xz --list` reads only the index),
+ * or null when not told (no tool, a damaged index): the text is then gathered in chunks.
+ */
+function xzSize(file: string): number | null {
+  const r = spawnSync("xz", ["--robot", "--list", "--", file], { encoding: "utf8" });
+  const totals = r.status === 0 ? r.stdout.split("\n").find((l) => l.startsWith("totals\t")) : undefined;
+  const n = Number(totals?.split("\t")[4]);
+  return Number.isSafeInteger(n) && n >= 0 ? n : null;
+}
+
+/**
  * The text of the xz-compressed `file`, newlines normalized, refused as readTextFile refuses binary
  * data. Decompressed by the xz tool (no xz decoder is among the dependencies; the study has always
- * used the tool) and streamed into memory, never onto the disk. The decompressed bytes are held once
- * (briefly twice while their chunks are joined, as they are next beside the string made of them). A damaged
- * or truncated archive, or no xz tool, is refused naming the file. `shouldStop` is polled as the
- * chunks come: true stops the tool and throws MlaError INTERRUPTED.
+ * used the tool) and streamed into memory, never onto the disk: into one buffer of the size the
+ * archive's index records, so the bytes are held once, as readTextFile holds a plain file's (chunks
+ * joined at the end where the index does not say). A damaged or truncated archive, or no xz tool, is
+ * refused naming the file. `shouldStop` is polled as the chunks come: true stops the tool and throws
+ * MlaError INTERRUPTED.
  */
 export function readXzText(file: string, shouldStop?: () => boolean): Promise<string> {
   const plain = file.slice(0, -".xz".length) || "the decompressed file";
+  const size = xzSize(file);
+  // UTF-8 takes at most 3 bytes per UTF-16 unit: past this the text cannot be one string, whatever it holds.
+  if (size !== null && size > 3 * constants.MAX_STRING_LENGTH)
+    throw new MlaError("BAD_TEXT", `${file} decompresses to ${size} bytes, more text than one string holds (${constants.MAX_STRING_LENGTH} characters)`, "split the corpus into several files and pass them all");
   return new Promise((resolve, reject) => {
     const xz = spawn("xz", ["-dc", "--", file], { stdio: ["ignore", "pipe", "pipe"] });
+    let whole: Buffer | null = size === null ? null : Buffer.allocUnsafe(size);
     const chunks: Buffer[] = [];
     let bytes = 0;
     let stderr = "";
@@ -123,7 +141,13 @@ export function readXzText(file: string, shouldStop?: () => boolean): Promise<st
         xz.kill();
         return;
       }
-      chunks.push(c);
+      if (whole && bytes + c.length <= whole.length) c.copy(whole, bytes);
+      else {
+        // More than the index said (it cannot be, for an archive xz accepts): gathered in chunks from here.
+        if (whole) chunks.push(whole.subarray(0, bytes));
+        whole = null;
+        chunks.push(c);
+      }
       bytes += c.length;
     });
     xz.stderr.on("data", (c: Buffer) => {
@@ -144,7 +168,7 @@ export function readXzText(file: string, shouldStop?: () => boolean): Promise<st
         return reject(new MlaError("BAD_TEXT", `${file} could not be decompressed: ${why}`, `the archive is damaged or truncated (xz -t ${file} checks it); fetch or compress it again, or pass the plain text file`));
       }
       try {
-        const buf = Buffer.concat(chunks, bytes);
+        const buf = whole ? whole.subarray(0, bytes) : Buffer.concat(chunks, bytes);
         chunks.length = 0; // the pieces go before the string is made
         resolve(decodeText(buf, file));
       } catch (e) {
