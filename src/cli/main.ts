@@ -18,6 +18,7 @@ import { finetuneCommand } from "./finetune.js";
 import { reportCommand } from "./report.js";
 import { pipelineCommand } from "./pipeline.js";
 import { installSignalHandlers } from "./signals.js";
+import { reportFiles } from "../eval/report/report.js";
 
 const debug = process.argv.includes("--debug");
 const COMMAND_MODULES = [inspectCommand, evalCommand, synthCommand, studyCommand, generateCommand, serveCommand, convertCommand, exportCommand, finetuneCommand, reportCommand, pipelineCommand];
@@ -158,7 +159,7 @@ function checkFileOutputs(argv: Record<string, unknown>): void {
   const json = files("json").filter((f) => f !== "-");
   for (const f of json) refuseOutOverInputs("--json", f, inputs);
   if (argv["_"] && (argv["_"] as unknown[])[0] === "report")
-    for (const f of files("out")) for (const out of [f, f.replace(/\.html?$/i, "") + ".md"]) refuseOutOverInputs("--out", out, inputs);
+    for (const f of files("out")) for (const out of Object.values(reportFiles(f))) refuseOutOverInputs("--out", out, inputs);
 }
 
 // Kept to read the options of the command being parsed: yargs fills this instance with them.

@@ -13,7 +13,7 @@ import { checkCtx, checkTextFile, perplexity, readText, requireBos, tokenizeForE
 import { loadTokenizer } from "../io/tokenizer.js";
 import { inspectModel } from "./inspect.js";
 import { packageRoot } from "../io/modelDir.js";
-import { checkTaskName, defaultDataDir, runTask, TaskName, taskFile } from "./tasks/index.js";
+import { checkTaskName, defaultDataDir, loadTaskItems, runTask, type TaskItems, TaskName } from "./tasks/index.js";
 import type { ProgressSink } from "../util/progress.js";
 import type { Logger } from "../util/log.js";
 import { silentLogger } from "../util/log.js";
@@ -135,13 +135,15 @@ export interface EvalResult {
  * (convert, export and pipeline evaluate last) refuses it before that work. Returns the task data
  * folder (null without tasks).
  */
-export function checkEvalOptions(opts: EvalOptions): { dataDir: string | null } {
+export function checkEvalOptions(opts: EvalOptions): { dataDir: string | null; items: Map<TaskName, TaskItems> } {
   const flags = opts.flags ?? EVAL_FLAGS;
   opts.tasks?.forEach(checkTaskName);
   if (opts.kvCache !== undefined) checkKvCacheDtype(opts.kvCache);
   requireCount(flags.tokens, opts.tokens);
   requireCount("--limit", opts.limit);
-  const textOnly = ([[flags.tokens, opts.tokens], [flags.ctx, opts.ctx]] as const).filter(([, v]) => v !== undefined).map(([f]) => f);
+  if (opts.batch !== undefined && !(Number.isInteger(opts.batch) && opts.batch >= 1))
+    throw new MlaError("BAD_ARGUMENT", `--batch ${opts.batch}: the windows scored per forward must be a positive integer`, "pass e.g. --batch 8, or leave it out for the default");
+  const textOnly = ([[flags.tokens, opts.tokens], [flags.ctx, opts.ctx], ["--batch", opts.batch]] as const).filter(([, v]) => v !== undefined).map(([f]) => f);
   if (textOnly.length && !opts.text) throw flagsWithout(textOnly, `${flags.text} FILE`, "settings of the perplexity text");
   if (!opts.text && !opts.tasks?.length) throw new MlaError("BAD_ARGUMENT", "nothing to evaluate", `pass ${flags.text} FILE for perplexity and/or --tasks a,b for benchmarks`);
   if (opts.text) {
@@ -151,20 +153,21 @@ export function checkEvalOptions(opts: EvalOptions): { dataDir: string | null } 
   if (!opts.tasks?.length) {
     const taskOnly = ([["--limit", opts.limit], ["--data-dir", opts.dataDir]] as const).filter(([, v]) => v !== undefined).map(([f]) => f);
     if (taskOnly.length) throw flagsWithout(taskOnly, "--tasks a,b", "settings of the benchmark tasks");
-    return { dataDir: null };
+    return { dataDir: null, items: new Map() };
   }
   const dataDir = opts.dataDir ?? defaultDataDir(packageRoot());
   if (!dataDir || !fs.existsSync(dataDir)) throw new MlaError("NOT_FOUND", `task data folder ${opts.dataDir ?? "(none found)"} does not exist`, "pass --data-dir with ARC-*.test.json, piqa.test.json, hellaswag_val_full.txt.bz2, lambada_test.jsonl (or set MHA2MLA_EVAL_DATA)");
-  // Every task's file, before the first task is scored (a pipeline: before its conversion).
-  for (const t of opts.tasks) taskFile(dataDir, t);
-  return { dataDir };
+  // Every task's items, parsed before the first task is scored (a pipeline: before its conversion).
+  const items = new Map<TaskName, TaskItems>();
+  for (const t of opts.tasks) if (!items.has(t)) items.set(t, loadTaskItems(t, dataDir, opts.limit));
+  return { dataDir, items };
 }
 
 export async function evaluate(spec: string, opts: EvalOptions): Promise<EvalResult> {
   checkOptionTypes("evaluate()", opts, EVAL_KINDS);
   throwIfAborted(opts.signal);
   const log = opts.logger ?? silentLogger;
-  const { dataDir } = checkEvalOptions(opts);
+  const { dataDir, items } = checkEvalOptions(opts);
   const flags = opts.flags ?? EVAL_FLAGS;
   const backend = selectBackend(opts.device ?? "auto", log);
   const t0 = performance.now();
@@ -200,8 +203,8 @@ export async function evaluate(spec: string, opts: EvalOptions): Promise<EvalRes
   }
   if (opts.tasks?.length) {
     result.tasks = {};
-    for (const task of opts.tasks) {
-      const r = await runTask(lm.model, lm.tokenizer, task, dataDir!, opts.limit, opts.progress, opts.signal, opts.kvCache);
+    for (const [task, loaded] of items) {
+      const r = await runTask(lm.model, lm.tokenizer, task, dataDir!, opts.limit, opts.progress, opts.signal, opts.kvCache, loaded);
       if (opts.limit !== undefined && r.n < opts.limit) log.warn(`${task}: its file holds ${r.n} items, fewer than --limit ${opts.limit}: scored all of them`);
       result.tasks[task] = { n: r.n, ...(r.metrics as Omit<TaskScore, "n">) };
     }

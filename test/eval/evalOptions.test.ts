@@ -4,11 +4,12 @@
  * both flags, before the model is loaded.
  */
 import assert from "node:assert/strict";
+import fs from "node:fs";
 import path from "node:path";
 import { test } from "node:test";
 import { MlaError } from "../../src/errors.js";
 import { evaluate } from "../../src/eval/evaluate.js";
-import { FIXTURES, MODELS } from "../helpers.js";
+import { FIXTURES, MODELS, SHARED, tmpDir } from "../helpers.js";
 
 const TEXT = path.join(FIXTURES, "text", "tinystories.txt");
 
@@ -17,7 +18,36 @@ test("eval refuses --limit and --data-dir without --tasks, and --tokens without 
     [{ text: TEXT, limit: 5 }, /--limit has no effect without --tasks a,b .*\n {2}hint: add --tasks a,b, or leave --limit out/],
     [{ text: TEXT, limit: 5, dataDir: FIXTURES }, /--limit and --data-dir have no effect without --tasks a,b/],
     [{ tasks: ["arc-easy"], tokens: 100 }, /--tokens has no effect without --text FILE .*\n {2}hint: add --text FILE, or leave --tokens out/],
+    [{ tasks: ["arc-easy"], batch: 4 }, /--batch has no effect without --text FILE/],
+    [{ text: TEXT, batch: 0 }, /--batch 0: the windows scored per forward must be a positive integer/],
   ];
   for (const [opts, re] of cases)
     await assert.rejects(evaluate(path.join(MODELS, "no-such-model"), { ...opts, progress: null }), (e: unknown) => e instanceof MlaError && e.code === "BAD_ARGUMENT" && re.test(e.message), `${JSON.stringify(opts)} → ${re}`);
+});
+
+test("every task's file is parsed before anything is scored: a truncated one is refused up front, not after the perplexity and the tasks before it", async () => {
+  const DATA = path.join(SHARED, "data", "eval");
+  if (!fs.existsSync(DATA)) return;
+  const dir = tmpDir();
+  fs.copyFileSync(path.join(DATA, "piqa.test.json"), path.join(dir, "piqa.test.json"));
+  fs.writeFileSync(path.join(dir, "hellaswag_val_full.txt.bz2"), fs.readFileSync(path.join(DATA, "hellaswag_val_full.txt.bz2")).subarray(0, 100_000));
+  // A model that does not exist: the refusal must come before it is even looked for.
+  await assert.rejects(evaluate(path.join(MODELS, "no-such-model"), { text: TEXT, tasks: ["piqa", "hellaswag"], limit: 3, dataDir: dir, progress: null }), (e: unknown) => e instanceof MlaError && /hellaswag_val_full\.txt\.bz2/.test(e.message));
+});
+
+test("tasks refuse a model without BOS (items would start with token id 1), and a task named twice is scored once", async () => {
+  const DATA = path.join(SHARED, "data", "eval");
+  if (!fs.existsSync(DATA)) return;
+  const dir = path.join(tmpDir(), "nobos");
+  fs.cpSync(path.join(MODELS, "stories260K"), dir, { recursive: true });
+  for (const f of ["config.json", "generation_config.json"]) {
+    const file = path.join(dir, f);
+    if (!fs.existsSync(file)) continue;
+    const j = JSON.parse(fs.readFileSync(file, "utf8"));
+    delete j.bos_token_id;
+    fs.writeFileSync(file, JSON.stringify(j));
+  }
+  await assert.rejects(evaluate(dir, { tasks: ["piqa"], limit: 2, dataDir: DATA, progress: null }), (e: unknown) => e instanceof MlaError && /no bos_token_id/.test(e.message));
+  const { parseTaskNames } = await import("../../src/eval/tasks/index.js");
+  assert.deepEqual(parseTaskNames("piqa, piqa,arc-easy"), ["piqa", "arc-easy"]);
 });

@@ -124,3 +124,40 @@ test("reports name an EG-MLA gate, disjoint rope pairs, unbalanced K/V and a ref
   const md = fs.readFileSync(writeReport([file], path.join(dir, "r.html")).md, "utf8");
   assert.match(md, /EG-MLA \(gate 4 dims per token\): rank 4, 1 RoPE pairs \(uniform, disjoint across KV heads\)/);
 });
+
+test("report: an inspect JSON is refused by what it lacks; runs on other data are marked not comparable (no change shown); items scored are listed; bad training logs are refused; --out a folder is refused", async () => {
+  const dir = tmpDir();
+  const base = { model: "m", label: "a", dir: "/m", config_hash: "x", attention: "mha", conversion: null, params: 1, kv_elems_per_token: 8, kv_bytes_per_token: 32, backend: "cpu", seconds: 1 };
+  const write = (name: string, o: unknown) => {
+    const f = path.join(dir, name);
+    fs.writeFileSync(f, typeof o === "string" ? o : JSON.stringify(o));
+    return f;
+  };
+  const inspectLike = write("i.json", { model: "m", attention: "mla", kv_elems_per_token: 8 });
+  assert.throws(() => writeReport([inspectLike], path.join(dir, "r.html")), (e: Error) => e instanceof MlaError && /i\.json: not an eval result \(no "backend", "seconds"\)/.test(e.message) && /inspect --json/.test(e.message));
+  const a = write("a.json", { ...base, ppl: 4, nll: 1.386, text: "/t/x.txt", tokens: 1000, ctx: 256, tasks: { piqa: { n: 10, acc: 0.7, acc_stderr: 0.15 } } });
+  const b = write("b.json", { ...base, label: undefined, ppl: 30, nll: 3.4, text: "/t/x.txt", tokens: 1000, ctx: 16, tasks: { piqa: { n: 100, acc: 0.46, acc_stderr: 0.05 } } });
+  const md = fs.readFileSync(writeReport([a, b], path.join(dir, "r.html")).md, "utf8");
+  assert.match(md, /\| perplexity \| 4\.000 \| 30\.000 \(x\.txt, 1000 tokens, ctx 16; not comparable\) \|/);
+  assert.match(md, /\| piqa acc \| 0\.7000 ± 0\.1500 \| 0\.4600 ± 0\.0500 \(100 items; not comparable\) \|/);
+  assert.match(md, /\| piqa items scored \| 10 \| 100 \|/);
+  assert.match(md, /\| metric \| a \| m \|/, "a result without a label is shown by its model");
+  for (const [name, text, re] of [
+    ["null.jsonl", '{"step": 1, "loss": 3}\nnull\n', /null\.jsonl:2: not a training-log row/],
+    ["empty.jsonl", "", /empty\.jsonl: holds no training-log rows/],
+  ] as const) {
+    const log = write(name, text);
+    assert.throws(() => writeReport([a], path.join(dir, "r2.html"), { trainLogs: [log] }), (e: Error) => e instanceof MlaError && re.test(e.message));
+  }
+  fs.mkdirSync(path.join(dir, "folder.html"));
+  assert.throws(() => writeReport([a], path.join(dir, "folder.html")), (e: Error) => e instanceof MlaError && /folder\.html is a folder/.test(e.message));
+});
+
+test("bar chart: whiskers stay inside the plot when a run lacks a task (values and errors keep their places)", async () => {
+  const { barChart } = await import("../../src/eval/report/charts.js");
+  const svg = barChart("t", ["piqa acc", "arc acc"], ["A", "B"], [[0.5, null], [0.97, 0.6]], { errors: [[0.05, null], [0.08, 0.05]] });
+  const grid = [...svg.matchAll(/<line x1="[^"]+" x2="[^"]+" y1="([\d.]+)" y2="[^"]+" stroke="#ddd"\/>/g)].map((m) => Number(m[1]));
+  const whiskers = [...svg.matchAll(/<line x1="([\d.]+)" x2="\1" y1="([-\d.]+)"/g)].map((m) => Number(m[2]));
+  assert.equal(whiskers.length, 3);
+  assert.ok(Math.min(...whiskers) >= Math.min(...grid) - 1e-9, `a whisker's top ${Math.min(...whiskers)} is above the plot's top ${Math.min(...grid)}`);
+});

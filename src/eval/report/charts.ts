@@ -69,7 +69,9 @@ export function barChart(title: string, categories: string[], series: string[], 
   const f = frame(title, opts.width ?? 720);
   const { parts, left, top, plotW, plotH, W, H } = f;
   const all = values.flat().filter((v): v is number => v !== null && Number.isFinite(v));
-  const ymax = niceMax(Math.max(0, ...all.map((v, i) => v + (opts.errors?.flat()[i] ?? 0))));
+  // Each value with its own whisker (values and errors share the [series][category] layout; missing values drop out of both).
+  const tops = values.flatMap((row, s) => row.map((v, c) => (v === null || !Number.isFinite(v) ? 0 : v + (opts.errors?.[s]?.[c] ?? 0))));
+  const ymax = niceMax(Math.max(0, ...all, ...tops));
   const groupW = plotW / Math.max(categories.length, 1);
   const barW = Math.min(40, (groupW * 0.8) / Math.max(series.length, 1));
   const y = (v: number) => top + plotH - (v / ymax) * plotH;

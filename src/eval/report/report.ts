@@ -22,6 +22,8 @@ interface Row {
   digits: number;
   /** Show the change from the first run, in absolute units or percent. */
   delta: "abs" | "pct" | null;
+  /** What the numbers were measured on, per run (text, tokens and ctx; a task's item count): no change is shown from a first run measured on other data. */
+  basis?: string[];
 }
 
 export function readEvalJson(file: string): EvalResult {
@@ -33,7 +35,13 @@ export function readEvalJson(file: string): EvalResult {
     throw new MlaError("BAD_ARGUMENT", `${file}: not valid JSON (${(e as Error).message})`, "pass JSON files written by `mha2mla eval --json FILE`");
   }
   const r = raw as EvalResult;
-  if (typeof r?.model !== "string" || typeof r.kv_elems_per_token !== "number") throw new MlaError("BAD_ARGUMENT", `${file}: not an eval result (no "model" / "kv_elems_per_token")`, "pass JSON files written by `mha2mla eval --json FILE`");
+  // inspect's JSON has a model and KV sizes too, but no run: it is refused by the run's fields.
+  const missing: string[] = [
+    ...(["model", "attention", "backend"] as const).filter((k) => typeof r?.[k] !== "string"),
+    ...(["kv_elems_per_token", "seconds"] as const).filter((k) => typeof r?.[k] !== "number"),
+  ];
+  if (missing.length) throw new MlaError("BAD_ARGUMENT", `${file}: not an eval result (no ${missing.map((k) => `"${k}"`).join(", ")})`, "pass JSON files written by `mha2mla eval --json FILE` (an `inspect --json` file describes a model, not a run)");
+  if (typeof r.label !== "string") r.label = r.model;
   return r;
 }
 
@@ -48,12 +56,17 @@ export function readTrainLog(file: string, label: string): TrainLog {
     .split("\n")
     .filter((l) => l.trim())
     .map((l, i) => {
+      let row: unknown;
       try {
-        return JSON.parse(l) as TrainLog["rows"][number];
+        row = JSON.parse(l);
       } catch {
         throw new MlaError("BAD_ARGUMENT", `${file}:${i + 1}: not valid JSON`, "pass the train_log.jsonl written by `mha2mla finetune`");
       }
+      if (typeof row !== "object" || row === null || Array.isArray(row) || typeof (row as { step?: unknown }).step !== "number")
+        throw new MlaError("BAD_ARGUMENT", `${file}:${i + 1}: not a training-log row (an object with a "step")`, "pass the train_log.jsonl written by `mha2mla finetune`");
+      return row as TrainLog["rows"][number];
     });
+  if (!rows.length) throw new MlaError("BAD_ARGUMENT", `${file}: holds no training-log rows`, "pass the train_log.jsonl of a fine-tune that ran at least one step");
   return { label, rows };
 }
 
@@ -61,14 +74,17 @@ function rows(runs: EvalResult[]): Row[] {
   const out: Row[] = [];
   const v = (f: (r: EvalResult) => number | undefined | null) => runs.map((r) => f(r) ?? null);
   if (runs.some((r) => r.ppl !== undefined)) {
-    out.push({ metric: "perplexity", values: v((r) => r.ppl), digits: 3, delta: "pct" });
-    out.push({ metric: "NLL (nats/token)", values: v((r) => r.nll), digits: 4, delta: "abs" });
+    const basis = runs.map((r) => `${r.text ? path.basename(r.text) : ""}, ${r.tokens} tokens, ctx ${r.ctx}`);
+    out.push({ metric: "perplexity", values: v((r) => r.ppl), digits: 3, delta: "pct", basis });
+    out.push({ metric: "NLL (nats/token)", values: v((r) => r.nll), digits: 4, delta: "abs", basis });
   }
   const tasks = [...new Set(runs.flatMap((r) => Object.keys(r.tasks ?? {})))];
   for (const t of tasks) {
-    out.push({ metric: `${t} acc`, values: v((r) => r.tasks?.[t]?.acc), errors: v((r) => r.tasks?.[t]?.acc_stderr), digits: 4, delta: "abs" });
-    if (runs.some((r) => r.tasks?.[t]?.acc_norm !== undefined)) out.push({ metric: `${t} acc_norm`, values: v((r) => r.tasks?.[t]?.acc_norm), errors: v((r) => r.tasks?.[t]?.acc_norm_stderr), digits: 4, delta: "abs" });
-    if (runs.some((r) => r.tasks?.[t]?.ppl !== undefined)) out.push({ metric: `${t} ppl`, values: v((r) => r.tasks?.[t]?.ppl), digits: 2, delta: "pct" });
+    const basis = runs.map((r) => `${r.tasks?.[t]?.n} items`);
+    out.push({ metric: `${t} acc`, values: v((r) => r.tasks?.[t]?.acc), errors: v((r) => r.tasks?.[t]?.acc_stderr), digits: 4, delta: "abs", basis });
+    if (runs.some((r) => r.tasks?.[t]?.acc_norm !== undefined)) out.push({ metric: `${t} acc_norm`, values: v((r) => r.tasks?.[t]?.acc_norm), errors: v((r) => r.tasks?.[t]?.acc_norm_stderr), digits: 4, delta: "abs", basis });
+    if (runs.some((r) => r.tasks?.[t]?.ppl !== undefined)) out.push({ metric: `${t} ppl`, values: v((r) => r.tasks?.[t]?.ppl), digits: 2, delta: "pct", basis });
+    out.push({ metric: `${t} items scored`, values: v((r) => r.tasks?.[t]?.n), digits: 0, delta: null });
   }
   out.push({ metric: "KV elements / token", values: v((r) => r.kv_elems_per_token), digits: 0, delta: "pct" });
   // In the cache the run used (eval --kv-cache), where it chose one.
@@ -85,6 +101,8 @@ function cell(row: Row, i: number): string {
   const e = row.errors?.[i];
   if (e) s += ` ± ${e.toFixed(row.digits)}`;
   const base = row.values[0];
+  // Runs measured on other data (another text or ctx, fewer items) are not a change of the model.
+  if (i > 0 && row.basis && base !== null && base !== undefined && row.basis[i] !== row.basis[0]) return `${s} (${row.basis[i]}; not comparable)`;
   if (i > 0 && row.delta && base !== null && base !== undefined) {
     if (row.delta === "abs") s += ` (${x - base >= 0 ? "+" : "−"}${Math.abs(x - base).toFixed(row.digits)})`;
     else if (base !== 0) s += ` (${x >= base ? "+" : "−"}${Math.abs((100 * (x - base)) / base).toFixed(2)}%)`;
@@ -151,6 +169,7 @@ export function reportHtml(runs: EvalResult[], logs: TrainLog[] = []): string {
   charts.push(barChart("KV cache per token (bytes)", ["KV bytes / token"], labels, labels.map((_, s) => [kv.values[s] ?? null]), { yLabel: "bytes", width: 480 }));
   for (const l of logs) {
     const { loss, val } = curves(l);
+    if (!loss.length && !val.length) continue; // nothing to draw (the Markdown says so)
     charts.push(lineChart(`Fine-tuning: ${l.label}`, [{ name: "training loss", points: loss }, { name: "validation NLL", points: val, dots: true }], { xLabel: "step", yLabel: "nats/token" }));
   }
   const table = `<table><thead><tr><th>metric</th>${labels.map((l) => `<th>${esc(l)}</th>`).join("")}</tr></thead><tbody>${rs.map((row) => `<tr><td>${esc(row.metric)}</td>${runs.map((_, i) => `<td>${esc(cell(row, i))}</td>`).join("")}</tr>`).join("")}</tbody></table>`;
@@ -172,6 +191,12 @@ ${table}
 `;
 }
 
+/** The two files a report to `out` writes: `out` (HTML, or the Markdown when it ends in .md) and its twin. */
+export function reportFiles(out: string): { html: string; md: string } {
+  const base = out.replace(/\.(html?|md)$/i, "");
+  return { html: /\.md$/i.test(out) ? base + ".html" : out, md: base + ".md" };
+}
+
 /** Writes OUT (HTML) and its Markdown twin (same name, .md; an OUT ending in .md is the Markdown, its twin .html), each atomically, once both are made. */
 export function writeReport(jsonFiles: string[], out: string, opts: { trainLogs?: string[]; labels?: string[] } = {}): { html: string; md: string } {
   if (jsonFiles.length === 0) throw new MlaError("BAD_ARGUMENT", "no eval JSON files given", "pass e.g. `mha2mla report before.json after.json --out report.html`");
@@ -181,9 +206,8 @@ export function writeReport(jsonFiles: string[], out: string, opts: { trainLogs?
     runs.forEach((r, i) => (r.label = opts.labels![i]!));
   }
   const logs = (opts.trainLogs ?? []).map((f) => readTrainLog(f, path.basename(path.dirname(path.resolve(f)))));
-  const base = out.replace(/\.(html?|md)$/i, "");
-  const html = /\.md$/i.test(out) ? base + ".html" : out;
-  const md = base + ".md";
+  const { html, md } = reportFiles(out);
+  for (const f of [html, md]) if (fs.existsSync(f) && fs.statSync(f).isDirectory()) throw new MlaError("BAD_ARGUMENT", `--out: ${f} is a folder`, "pass a file name, e.g. --out report.html (its Markdown twin is written beside it)");
   const texts = [reportHtml(runs, logs), reportMarkdown(runs, logs)] as const;
   fs.mkdirSync(path.dirname(path.resolve(out)), { recursive: true });
   writeFileAtomic(html, texts[0]);

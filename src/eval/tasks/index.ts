@@ -11,7 +11,8 @@ import type { TextTokenizer } from "../../io/tokenizer.js";
 import { Progress, ProgressSink } from "../../util/progress.js";
 import { nextTurn } from "../../util/abort.js";
 import { requireCount } from "../../util/counts.js";
-import { ChoiceItem, parseHellaswag, parseInstructionChoices, parseLambada } from "./items.js";
+import { ChoiceItem, LambadaItem, parseHellaswag, parseInstructionChoices, parseLambada } from "./items.js";
+import { requireBos } from "../perplexity.js";
 import { choiceLoglikelihoods, loglikelihood } from "./score.js";
 import type { KvCacheDtype } from "../../model/kvQuant.js";
 
@@ -33,7 +34,8 @@ export interface TaskResult {
 }
 
 export function parseTaskNames(list: string): TaskName[] {
-  const names = list.split(",").map((s) => s.trim()).filter(Boolean);
+  // A task named twice is scored once (and shown once).
+  const names = [...new Set(list.split(",").map((s) => s.trim()).filter(Boolean))];
   if (names.length === 0) throw new MlaError("BAD_ARGUMENT", "--tasks is empty", `name some of ${Object.keys(TASKS).join(", ")}`);
   names.forEach(checkTaskName);
   return names as TaskName[];
@@ -72,13 +74,26 @@ export function taskFile(dataDir: string, task: TaskName): string {
   return file;
 }
 
-/** Scores `task`'s first `limit` items; `kvCache`: as a decode cache of that type serves keys/values (default f32, exact). */
-export async function runTask(model: LlamaModel, tok: TextTokenizer, task: TaskName, dataDir: string, limit?: number, progress?: ProgressSink | null, signal?: AbortSignal, kvCache?: KvCacheDtype): Promise<TaskResult> {
-  requireCount("--limit", limit);
+/**
+ * `task`'s first `limit` items from its file in `dataDir`, parsed. evaluate() loads every task's before
+ * it scores anything (a truncated or corrupt file is refused then, not after hours of the tasks before it).
+ */
+export function loadTaskItems(task: TaskName, dataDir: string, limit?: number): TaskItems {
   const spec = TASKS[task];
   const file = taskFile(dataDir, task);
-  if (spec.kind === "lambada") {
-    const items = parseLambada(file, limit);
+  return spec.kind === "lambada" ? { kind: "lambada", items: parseLambada(file, limit) } : { kind: "choice", items: spec.load(file, limit) };
+}
+
+export type TaskItems = { kind: "lambada"; items: LambadaItem[] } | { kind: "choice"; items: ChoiceItem[] };
+
+/** Scores `task`'s first `limit` items; `kvCache`: as a decode cache of that type serves keys/values (default f32, exact). */
+export async function runTask(model: LlamaModel, tok: TextTokenizer, task: TaskName, dataDir: string, limit?: number, progress?: ProgressSink | null, signal?: AbortSignal, kvCache?: KvCacheDtype, loaded?: TaskItems): Promise<TaskResult> {
+  requireCount("--limit", limit);
+  // Every item starts with BOS: a model without one would silently score after token id 1.
+  requireBos(model.config.bosTokenId);
+  const data = loaded ?? loadTaskItems(task, dataDir, limit);
+  if (data.kind === "lambada") {
+    const items = data.items;
     const bar = new Progress(task, items.length, "items", progress);
     const predictions: TaskResult["predictions"] = [];
     for (const it of items) {
@@ -91,7 +106,7 @@ export async function runTask(model: LlamaModel, tok: TextTokenizer, task: TaskN
     const meanLp = predictions.reduce((a, p) => a + p.logprob!, 0) / Math.max(items.length, 1);
     return { task, n: items.length, metrics: { acc: hits.reduce((a: number, b) => a + b, 0) / Math.max(items.length, 1), acc_stderr: stderr(hits), ppl: Math.exp(-meanLp) }, predictions };
   }
-  const items: ChoiceItem[] = spec.load(file, limit);
+  const items = data.items;
   const bar = new Progress(task, items.length, "items", progress);
   const predictions: TaskResult["predictions"] = [];
   for (const it of items) {

@@ -7,6 +7,7 @@
 import type { LlamaModel } from "../../model/llama.js";
 import type { KvCacheDtype } from "../../model/kvQuant.js";
 import type { TextTokenizer } from "../../io/tokenizer.js";
+import { requireBos } from "../perplexity.js";
 
 export interface Loglikelihood {
   logprob: number;
@@ -55,7 +56,7 @@ interface Scored {
 function scoringInput(model: LlamaModel, tok: TextTokenizer, ctx: number[], context: string, continuation: string): Scored {
   const all = tok.encode(context + continuation);
   const input = new Int32Array(all.length);
-  input[0] = model.config.bosTokenId ?? 1;
+  input[0] = requireBos(model.config.bosTokenId);
   input.set(all.slice(0, all.length - 1), 1);
   return { all, input, c: Math.min(ctx.length, all.length) };
 }
