@@ -57,6 +57,7 @@ function typed(key: string): string | null {
 /** What yargs knows of the options the command being parsed declares (getOptions is missing from its types). */
 interface DeclaredOptions {
   array: string[];
+  string: string[];
   key: Record<string, unknown>;
   alias: Record<string, string[]>;
 }
@@ -95,9 +96,12 @@ function editDistance(a: string, b: string): number {
   return prev[b.length]!;
 }
 
+/** Where the usage of the command typed is: "see mha2mla convert --help". */
+const seeHelp = () => `see mha2mla ${TYPED_COMMAND && COMMANDS.includes(TYPED_COMMAND) ? `${TYPED_COMMAND} ` : ""}--help`;
+
 /** The hint under a refused command line: the declared flag an unknown one was probably meant to be, else where the usage is. */
 function refusalHint(msg: string, o: DeclaredOptions): string {
-  const help = `see mha2mla ${TYPED_COMMAND && COMMANDS.includes(TYPED_COMMAND) ? `${TYPED_COMMAND} ` : ""}--help`;
+  const help = seeHelp();
   if (/^Did you mean /.test(msg)) return `${msg.replace(/^Did/, "did")} (${help})`;
   const guesses = unknownFlags(o).flatMap((u) => {
     const best = Object.keys(o.key)
@@ -112,6 +116,31 @@ function refusalHint(msg: string, o: DeclaredOptions): string {
   return help;
 }
 
+/** Text options whose flag alone means something: `--json` with no file prints the JSON to stdout. */
+const BARE_OK = new Set(["json"]);
+
+/**
+ * A text option given with no value (`generate --prompt` at the end of the line, or before another
+ * flag) is refused: yargs reads it as "" (`--calib` then names no file, `--out` the working folder) or,
+ * for a repeatable one, keeps the default (`--prompt` continued "Once upon a time"), so the run went
+ * on with something the user never wrote. An empty value written out (`--prompt=`) is kept: it was asked for.
+ */
+function checkBareStrings(o: DeclaredOptions): void {
+  const end = ARGS.includes("--") ? ARGS.indexOf("--") : ARGS.length;
+  for (const key of new Set(o.string)) {
+    if (BARE_OK.has(key) || !(key in o.key)) continue;
+    const names = new Set([key, camel(key), ...(o.alias[key] ?? [])]);
+    for (let i = 0; i < end; i++) {
+      const name = ARGS[i]!.startsWith("--") ? ARGS[i]!.slice(2) : null;
+      if (name === null || !names.has(name)) continue;
+      // What yargs takes as the value: the next word unless it reads as a flag (a negative number does not).
+      const next = ARGS[i + 1];
+      if (next === undefined || i + 1 >= end || /^-(?!\d|\.\d)/.test(next))
+        throw new MlaError("BAD_ARGUMENT", `--${name} was given without a value (it takes the word after it)`, `write --${name} VALUE (quoted if it holds spaces), or drop --${name} (${seeHelp()})`);
+    }
+  }
+}
+
 /**
  * Flags a command declares as one value must come once and, when numeric, be numbers: yargs would
  * otherwise pass an array ("--rank 4 --rank 5" → "4,5") or NaN on to the command, whose message then
@@ -119,6 +148,7 @@ function refusalHint(msg: string, o: DeclaredOptions): string {
  */
 function checkFlagValues(argv: Record<string, unknown>, y: WithOptions): void {
   const o = y.getOptions();
+  checkBareStrings(o);
   const arrays = new Set(o.array);
   for (const key of Object.keys(o.key)) {
     const v = argv[key];

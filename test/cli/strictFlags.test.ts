@@ -46,3 +46,30 @@ test("a refused command line is two lines, the error and a hint: the flag or com
   assert.deepEqual(lines(["synth", "--arch", "llama2-7b"]), ["error: Missing required argument: out", "  hint: add --out … (see mha2mla synth --help)"]);
   assert.deepEqual(lines(["inspect", "--bogus", "stories260K"]), ["error: Unknown argument: bogus", "  hint: see mha2mla inspect --help"]);
 });
+
+test("a text flag given with no value is refused, naming it, not run with the default or an empty value", () => {
+  const lines = (args: string[]) => cli(args).stderr.trimEnd().split("\n");
+  // Was: the default prompt continued, as if --prompt had not been given.
+  assert.deepEqual(lines(["generate", "stories260K", "--prompt"]), ["error: --prompt was given without a value (it takes the word after it)", "  hint: write --prompt VALUE (quoted if it holds spaces), or drop --prompt (see mha2mla generate --help)"]);
+  // Before another flag, among repeated ones, or before `--`: the same.
+  assert.equal(said(["generate", "stories260K", "--prompt", "--max-tokens", "2"]), "error: --prompt was given without a value (it takes the word after it)");
+  assert.equal(said(["generate", "stories260K", "--prompt", "Hi", "--prompt"]), "error: --prompt was given without a value (it takes the word after it)");
+  assert.equal(said(["generate", "stories260K", "--prompt", "--", "Hi"]), "error: --prompt was given without a value (it takes the word after it)");
+  // Other commands' text flags: --out alone was the working folder, --text alone read "nothing to evaluate".
+  assert.equal(said(["convert", "stories260K", "--rank", "4", "--dry-run", "--out"]), "error: --out was given without a value (it takes the word after it)");
+  assert.equal(said(["eval", "stories260K", "--text", "--json"]), "error: --text was given without a value (it takes the word after it)");
+  assert.equal(said(["convert", "stories260K", "--rank", "4", "--evalText"]), "error: --evalText was given without a value (it takes the word after it)", "named as typed");
+});
+
+test("a text flag's value that looks like a number, or an empty value written out, is taken; --json alone still means stdout", () => {
+  const run = (args: string[]) => spawnSync(process.execPath, [MAIN, ...args], { encoding: "utf8" });
+  const neg = run(["generate", "stories260K", "--prompt", "-5", "--max-tokens", "1"]);
+  assert.equal(neg.status, 0, neg.stderr);
+  assert.match(neg.stdout, /^-5/);
+  // An empty prompt is asked for: BOS alone is continued.
+  const empty = run(["generate", "stories260K", "--prompt=", "--max-tokens", "1"]);
+  assert.equal(empty.status, 0, empty.stderr);
+  const dry = run(["convert", "stories260K", "--rank", "4", "--dry-run", "--json"]);
+  assert.equal(dry.status, 0, dry.stderr);
+  assert.equal(JSON.parse(dry.stdout).plan.settings.rank, 4);
+});
