@@ -9,6 +9,7 @@ import { stderrLogger } from "../util/log.js";
 import { KV_CACHE_DTYPES, KvCacheDtype } from "../model/kvQuant.js";
 import { loadChatTemplate } from "../serve/chatTemplate.js";
 import { MlaError, flagsWithout } from "../errors.js";
+import { generateOutput } from "./generateOutput.js";
 
 interface Args {
   model: string;
@@ -34,7 +35,7 @@ export const generateCommand: CommandModule<object, Args> = {
   builder: (y) =>
     y
       .positional("model", { type: "string", demandOption: true })
-      .option("prompt", { type: "string", array: true, nargs: 1, default: ["Once upon a time"], describe: "the text to continue; give it several times to continue several prompts together, decoded as one batch (each continuation printed after a --- line)" })
+      .option("prompt", { type: "string", array: true, nargs: 1, default: ["Once upon a time"], describe: "the text to continue; one prompt's text streams to stdout as it is generated (Ctrl-C keeps what was printed); give it several times to continue several prompts together, decoded as one batch and printed when all are done, each after a --- line" })
       .option("max-tokens", { type: "number", default: 64 })
       .option("temperature", { type: "number", default: 0, describe: "0: greedy; else sample from softmax(logits / temperature)" })
       .option("top-k", { type: "number", default: 0, describe: "sample among the k most likely tokens only (0: all)" })
@@ -62,17 +63,13 @@ export const generateCommand: CommandModule<object, Args> = {
     // The last new token is sampled, never fed back: positions 0 … longest + maxTokens − 2 are used.
     if (Number.isInteger(maxTokens) && maxTokens >= 1 && longest + maxTokens - 1 > lm.config.maxPositions)
       stderrLogger.warn(`${longest} prompt tokens + --max-tokens ${maxTokens} pass the model's ${lm.config.maxPositions} positions (max_position_embeddings); text past them is usually poor`);
-    // Decoded between event-loop turns, so Ctrl-C stops a long run; progress on stderr.
-    const progress = new Progress("generate", Math.max(1, maxTokens) * prompts.length, "tokens", process.stderr);
-    const r = await generateBatchAsync(lm.model, prompts, { maxTokens, temperature: a.temperature, topK: a["top-k"], topP: a["top-p"], minP: a["min-p"], ...penaltyArgs(a), seed: a.seed, kvCache: a["kv-cache"] === "auto" ? defaultKvCache(lm.model) : a["kv-cache"], onStep: (n) => progress.tick(n) });
-    const stops = stopTokenIds(lm.config);
-    r.sequences.forEach((s, i) => {
-      if (prompts.length > 1) process.stdout.write(`--- ${i + 1}\n`);
-      // The stop token that ended a sequence is not text (it printed as "</s>").
-      const ids = s.ids.length > 0 && stops.has(s.ids[s.ids.length - 1]!) ? s.ids.slice(0, -1) : s.ids;
-      // A chat prints the reply alone (the prompt is the template's markup); else the prompt and its continuation.
-      process.stdout.write((template ? lm.tokenizer.decode(ids, { skipSpecialTokens: true }) : lm.tokenizer.decode([...prompts[i]!, ...ids].filter((t) => t !== lm.config.bosTokenId))) + "\n");
-    });
+    const out = generateOutput({ tokenizer: lm.tokenizer, prompts, chat: template !== null, bos: lm.config.bosTokenId, stops: stopTokenIds(lm.config), write: (s) => process.stdout.write(s), log: stderrLogger });
+    // Decoded between event-loop turns, so Ctrl-C stops a long run. Progress on stderr, except while
+    // the text streams to a terminal: there the text shows it, and a redrawn bar would cut into it.
+    const progress = new Progress("generate", Math.max(1, maxTokens) * prompts.length, "tokens", out.streaming && process.stdout.isTTY ? null : process.stderr);
+    const onStep = (n: number) => (out.begin(), progress.tick(n));
+    const r = await generateBatchAsync(lm.model, prompts, { maxTokens, temperature: a.temperature, topK: a["top-k"], topP: a["top-p"], minP: a["min-p"], ...penaltyArgs(a), seed: a.seed, kvCache: a["kv-cache"] === "auto" ? defaultKvCache(lm.model) : a["kv-cache"], onStep, ...(out.onToken ? { onToken: out.onToken } : {}) });
+    out.end(r.sequences);
     if (r.decodeTokens > 0) stderrLogger.info(`decoded ${r.decodeTokens} tokens of ${prompts.length} prompt${prompts.length > 1 ? "s" : ""} in ${r.decodeSeconds.toFixed(2)} s (${(r.decodeTokens / r.decodeSeconds).toFixed(1)} tokens/s; steps ${r.steps})`);
   },
 };

@@ -25,6 +25,8 @@ export interface GenerateOptions extends PenaltyOptions {
   stopAtEos?: boolean;
   /** How the decode cache stores keys/values or latents (default f32). */
   kvCache?: KvCacheDtype;
+  /** Called with each new token as it is picked: the index of its prompt and its id (a stop token too). Text streamed as it is generated. */
+  onToken?: (sequence: number, id: number) => void;
 }
 
 export interface GenerateResult {
@@ -114,7 +116,7 @@ export async function generateBatchAsync(model: LlamaModel, prompts: readonly (r
   }
 }
 
-const SYNC_KINDS: OptionKinds<GenerateOptions> = { maxTokens: "number", temperature: "number", topK: "number", topP: "number", minP: "number", seed: "number", stopAtEos: "boolean", kvCache: "string", presencePenalty: "number", frequencyPenalty: "number", repetitionPenalty: "number", logitBias: "object" };
+const SYNC_KINDS: OptionKinds<GenerateOptions> = { maxTokens: "number", temperature: "number", topK: "number", topP: "number", minP: "number", seed: "number", stopAtEos: "boolean", kvCache: "string", onToken: "function", presencePenalty: "number", frequencyPenalty: "number", repetitionPenalty: "number", logitBias: "object" };
 const ASYNC_KINDS: OptionKinds<GenerateAsyncOptions> = { ...SYNC_KINDS, yieldMs: "number", onStep: "function", signal: "object" };
 
 /** The CLI flags the penalty options are named by in refusals. */
@@ -189,6 +191,7 @@ function* decodeSteps(model: LlamaModel, prompts: readonly (readonly number[])[]
         const t = pickToken(penalties[i]?.apply(lasts[k]!) ?? lasts[k]!, sampling, rands[i]!);
         penalties[i]?.add(t);
         outs[i]!.push(t);
+        opts.onToken?.(i, t);
         if (((opts.stopAtEos ?? true) && stops.has(t)) || outs[i]!.length >= opts.maxTokens) return;
         still.push(i);
         next.push(t);

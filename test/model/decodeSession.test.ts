@@ -59,6 +59,10 @@ test("generateBatch continues several prompts together as each would alone (gree
     assert.match(together.steps, /op by op/);
     prompts.forEach((p, i) => assert.deepEqual(together.sequences[i]!.ids, generateBatch(model, [p], { ...opts, seed: (opts.seed ?? 0) + i }).sequences[0]!.ids, `prompt ${i}`));
     assert.deepEqual(generate(model, prompts[0]!, opts).ids, together.sequences[0]!.ids);
+    // onToken hears each token as it is picked (what generate streams from), in each sequence's order.
+    const heard: number[][] = prompts.map(() => []);
+    generateBatch(model, prompts, { ...opts, onToken: (i, t) => heard[i]!.push(t) });
+    assert.deepEqual(heard, together.sequences.map((s) => s.ids));
   }
   // A sequence that meets EOS stops there; the others go on.
   const eos = config.eosTokenId ?? -1;

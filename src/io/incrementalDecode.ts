@@ -1,0 +1,107 @@
+/**
+ * The text of a growing list of token ids, handed out as the ids arrive (`generate` streaming to
+ * stdout), such that the pieces handed out add up to the decode of the whole list, byte for byte.
+ *
+ * Decoding all ids at every step costs O(n) per token; decoding each id alone is wrong (a
+ * SentencePiece "▁" is a space only after other text, one character may span several byte tokens).
+ * So the ids are decoded from an anchor, with a few ids before it as context, and only text that
+ * later ids cannot change is handed out:
+ * - not a trailing U+FFFD: the bytes of a character whose other bytes are still to come;
+ * - nothing from a space or an apostrophe among the last 4 characters on: a tokenizer that cleans
+ *   up spaces (clean_up_tokenization_spaces: " ." → ".", " n't" → "n't", " ' " → "'", …) may still
+ *   drop that space, or give back one it dropped before an apostrophe (" ' " then "!": " '!").
+ * serve's TextStream (src/serve/textStream.ts) hands text out as soon as it decodes; a later space
+ * clean-up there would add a wrong piece, which a stream printed and then compared to the whole
+ * decode (as `generate` promises) cannot take back.
+ */
+import type { TextTokenizer } from "./tokenizer.js";
+
+/** Ids before the anchor decoded with the window, so its first piece reads as it does in the whole text. */
+const CONTEXT_IDS = 5;
+/** Ids past the anchor before it moves on (the window decoded per id stays this short). */
+const WINDOW_IDS = 16;
+/** How far back from the end a space clean-up may still change the text (" n't" and one more). */
+const CLEANUP_REACH = 4;
+
+export class IncrementalDecoder {
+  private readonly ids: number[] = [];
+  /** Ids before it are settled: their text, as the whole decode has it, is `anchorText`. */
+  private anchor = 0;
+  private anchorText = "";
+  /** The text of the context ids before the anchor, decoded alone. */
+  private contextText = "";
+  /** Token boundaries past the anchor and the text up to each (where the anchor may move). */
+  private marks: { at: number; tail: string }[] = [];
+  /** The text handed out so far. */
+  private given = "";
+
+  constructor(
+    private readonly tokenizer: TextTokenizer,
+    private readonly opts: { skipSpecialTokens?: boolean } = {},
+  ) {}
+
+  private decode(ids: readonly number[]): string {
+    return this.tokenizer.decode(ids, { skipSpecialTokens: this.opts.skipSpecialTokens ?? false });
+  }
+
+  /** Takes the next ids (a prompt's at once, or one per step); returns the text that can be handed out now (maybe ""). */
+  push(ids: readonly number[]): string {
+    if (!ids.length) return "";
+    this.ids.push(...ids);
+    const window = this.decode(this.ids.slice(Math.max(0, this.anchor - CONTEXT_IDS)));
+    // New ids that change the context's text: wait for more, or for finish().
+    if (!window.startsWith(this.contextText)) return "";
+    const tail = window.slice(this.contextText.length);
+    const text = this.anchorText + tail;
+    const settled = text.length - unsettled(text);
+    let out = "";
+    if (settled > this.given.length && text.startsWith(this.given)) {
+      out = text.slice(this.given.length, settled);
+      this.given += out;
+    }
+    this.marks.push({ at: this.ids.length, tail });
+    if (this.ids.length - this.anchor > WINDOW_IDS) this.moveAnchor(tail, settled);
+    return out;
+  }
+
+  /**
+   * The anchor moves to the last boundary whose text is settled and still begins the window's text
+   * (a boundary inside a character decodes to U+FFFD there and does not).
+   */
+  private moveAnchor(tail: string, settled: number): void {
+    for (let k = this.marks.length - 1; k >= 0; k--) {
+      const m = this.marks[k]!;
+      if (this.anchorText.length + m.tail.length > settled || !tail.startsWith(m.tail) || m.tail.endsWith("\uFFFD")) continue;
+      this.anchorText += m.tail;
+      this.anchor = m.at;
+      this.contextText = this.decode(this.ids.slice(Math.max(0, this.anchor - CONTEXT_IDS), this.anchor));
+      this.marks = [];
+      return;
+    }
+  }
+
+  /**
+   * The rest of the text, once no more ids come: the whole list decoded at once, less what was handed
+   * out. `exact` is false where the pieces handed out do not begin that decode (a tokenizer whose
+   * decode changes earlier text in ways the rules above do not foresee); `rest` is then the whole text.
+   */
+  finish(): { rest: string; exact: boolean } {
+    const whole = this.decode(this.ids);
+    if (!whole.startsWith(this.given)) return { rest: whole, exact: false };
+    const rest = whole.slice(this.given.length);
+    this.given = whole;
+    return { rest, exact: true };
+  }
+}
+
+/** Characters at the end of `text` that later ids may still change (see the file's comment). */
+function unsettled(text: string): number {
+  let from = text.length;
+  while (from > 0 && text[from - 1] === "\uFFFD") from--;
+  for (let i = Math.max(0, text.length - CLEANUP_REACH); i < from; i++)
+    if (text[i] === " " || text[i] === "'") {
+      from = i;
+      break;
+    }
+  return text.length - from;
+}

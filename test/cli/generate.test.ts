@@ -1,0 +1,95 @@
+/**
+ * `generate`'s stdout: one prompt's text streams as it is generated (Ctrl-C keeps it) and ends byte
+ * for byte as the text printed whole at the end before streaming (decode of prompt + continuation, BOS
+ * and the stop token left out; a chat's reply alone); several prompts are printed whole at the end.
+ */
+import assert from "node:assert/strict";
+import { spawn, spawnSync } from "node:child_process";
+import fs from "node:fs";
+import path from "node:path";
+import { test } from "node:test";
+import { loadModel, type LoadedModel } from "../../src/model/llama.js";
+import { generateBatch } from "../../src/model/generate.js";
+import { stopTokenIds } from "../../src/model/config.js";
+import { loadChatTemplate } from "../../src/serve/chatTemplate.js";
+import { MODELS, ROOT, tmpDir, watchChild } from "../helpers.js";
+
+const MAIN = path.join(ROOT, "dist", "src", "cli", "main.js");
+
+function cli(args: string[]): { code: number; stdout: string; stderr: string } {
+  const r = spawnSync(process.execPath, [MAIN, "generate", "stories260K", ...args, "--device", "reference"], { encoding: "utf8" });
+  return { code: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
+}
+
+/** What generate printed before it streamed, computed from the library on the same backend. */
+function printedWhole(lm: LoadedModel, prompts: string[], o: { maxTokens: number; temperature?: number; seed?: number; chat?: { system?: string } }): string {
+  const template = o.chat ? loadChatTemplate(lm.dir)! : null;
+  const ids = prompts.map((p) => (template ? lm.tokenizer.encode(template.render([...(o.chat?.system !== undefined ? [{ role: "system", content: o.chat.system }] : []), { role: "user", content: p }]), { addSpecialTokens: false }) : lm.tokenizer.encode(p, { addSpecialTokens: true })));
+  const r = generateBatch(lm.model, ids, { maxTokens: o.maxTokens, temperature: o.temperature ?? 0, seed: o.seed ?? 0 });
+  const stops = stopTokenIds(lm.config);
+  return r.sequences
+    .map((s, i) => {
+      const out = s.ids.length > 0 && stops.has(s.ids[s.ids.length - 1]!) ? s.ids.slice(0, -1) : s.ids;
+      const text = template ? lm.tokenizer.decode(out, { skipSpecialTokens: true }) : lm.tokenizer.decode([...ids[i]!, ...out].filter((t) => t !== lm.config.bosTokenId));
+      return `${prompts.length > 1 ? `--- ${i + 1}\n` : ""}${text}\n`;
+    })
+    .join("");
+}
+
+const stories = loadModel(path.join(MODELS, "stories260K"));
+
+test("one prompt's streamed text ends byte for byte as the whole text printed at the end did", () => {
+  const cases: { args: string[]; prompt: string; maxTokens: number; temperature?: number; seed?: number }[] = [
+    { args: ["--max-tokens", "40"], prompt: "Once upon a time", maxTokens: 40 },
+    // Characters the 512-token vocabulary spells in byte tokens, in the prompt; sampled text may make its own.
+    { args: ["--prompt", "Lily said “café ☕” to 日本 😀", "--max-tokens", "30"], prompt: "Lily said “café ☕” to 日本 😀", maxTokens: 30 },
+    { args: ["--prompt", "The", "--max-tokens", "120", "--temperature", "1.5", "--seed", "3"], prompt: "The", maxTokens: 120, temperature: 1.5, seed: 3 },
+    { args: ["--prompt=", "--max-tokens", "10"], prompt: "", maxTokens: 10 },
+    { args: ["--prompt", "Tom", "--max-tokens", "0"], prompt: "Tom", maxTokens: 0 },
+  ];
+  for (const c of cases) {
+    const r = cli(c.args);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stdout, printedWhole(stories, [c.prompt], c), c.args.join(" "));
+    assert.doesNotMatch(r.stderr, /differs from the whole/);
+  }
+});
+
+test("several prompts are printed whole at the end, each after its --- line, as before", () => {
+  const r = cli(["--prompt", "Once", "--prompt", "Tom had a", "--max-tokens", "12"]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(r.stdout, printedWhole(stories, ["Once", "Tom had a"], { maxTokens: 12 }));
+});
+
+test("a chat's streamed reply ends as the reply printed whole did (special tokens and the stop token left out)", () => {
+  const dir = path.join(tmpDir(), "stories-chat");
+  fs.cpSync(path.join(MODELS, "stories260K"), dir, { recursive: true });
+  const cfgFile = path.join(dir, "tokenizer_config.json");
+  const template = "{% for m in messages %}{{ bos_token + '[' + m.role + '] ' + m.content }}{% endfor %}{% if add_generation_prompt %}{{ ' [reply]' }}{% endif %}";
+  fs.writeFileSync(cfgFile, JSON.stringify({ ...JSON.parse(fs.readFileSync(cfgFile, "utf8")), bos_token: "<s>", eos_token: "</s>", chat_template: template }));
+  const lm = loadModel(dir);
+  const cases = [
+    { prompt: "Tell me about a cat", args: ["--max-tokens", "40"], o: { maxTokens: 40, chat: {} } },
+    { prompt: "Hi", args: ["--system", "Be brief.", "--max-tokens", "60", "--temperature", "1", "--seed", "2"], o: { maxTokens: 60, temperature: 1, seed: 2, chat: { system: "Be brief." } } },
+  ];
+  for (const c of cases) {
+    const r = spawnSync(process.execPath, [MAIN, "generate", dir, "--chat", "--prompt", c.prompt, ...c.args, "--device", "reference"], { encoding: "utf8" });
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(r.stdout, printedWhole(lm, [c.prompt], c.o), c.args.join(" "));
+  }
+});
+
+test("Ctrl-C keeps the text generated so far: it was on stdout as it came", async () => {
+  const done = cli(["--max-tokens", "25"]).stdout.replace(/\n$/, "");
+  const child = spawn(process.execPath, [MAIN, "generate", "stories260K", "--max-tokens", "1000000", "--device", "reference"], { stdio: ["ignore", "pipe", "pipe"] });
+  let out = "";
+  child.stdout.on("data", (d: Buffer) => (out += d.toString()));
+  const watched = watchChild(child);
+  // Past the prompt by a few words: the continuation is streaming, the run far from its end.
+  await watched.until(() => out.length > "Once upon a time".length + 30, "streamed continuation text");
+  child.kill("SIGINT");
+  assert.equal(await watched.exited, 130, watched.stderr());
+  assert.ok(out.length > "Once upon a time".length + 30);
+  // Greedy: the cut-off text and a finished shorter run are both the start of one text.
+  assert.ok(out.startsWith(done) || done.startsWith(out), `${JSON.stringify(out)} vs ${JSON.stringify(done)}`);
+});

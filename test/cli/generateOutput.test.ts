@@ -1,0 +1,51 @@
+/** generate's stdout writer: when it streams, what it writes as tokens come, and a decode it cannot stream exactly. */
+import assert from "node:assert/strict";
+import path from "node:path";
+import { test } from "node:test";
+import { generateOutput } from "../../src/cli/generateOutput.js";
+import { loadTokenizer, type TextTokenizer } from "../../src/io/tokenizer.js";
+import { MODELS } from "../helpers.js";
+
+const tok = loadTokenizer(path.join(MODELS, "stories260K"));
+
+function writer(tokenizer: TextTokenizer, prompts: number[][], chat = false) {
+  const writes: string[] = [], warnings: string[] = [];
+  const out = generateOutput({ tokenizer, prompts, chat, bos: 1, stops: new Set([2]), write: (s) => void writes.push(s), log: { info: () => {}, warn: (m) => void warnings.push(m) } });
+  return { out, writes, warnings };
+}
+
+test("one prompt: the prompt goes out at begin(), the continuation token by token, the stop token and BOS never", () => {
+  const prompt = tok.encode("Once upon a time", { addSpecialTokens: true });
+  const more = tok.encode("Once upon a time there was a dog named Max.", { addSpecialTokens: true }).slice(prompt.length);
+  const { out, writes } = writer(tok, [prompt]);
+  assert.equal(out.streaming, true);
+  assert.deepEqual(writes, [], "nothing before generate has taken its options");
+  out.begin();
+  assert.equal(writes.join(""), "Once upon a time");
+  for (const t of [...more, 1, 2]) out.onToken!(0, t);
+  assert.ok(writes.length > 5, "written as the tokens came");
+  out.end([{ ids: [...more, 1, 2] }]);
+  assert.equal(writes.join(""), "Once upon a time there was a dog named Max.\n");
+});
+
+test("several prompts: nothing streams; each text after its --- line at the end", () => {
+  const prompts = [tok.encode("Once", { addSpecialTokens: true }), tok.encode("Tom", { addSpecialTokens: true })];
+  const { out, writes } = writer(tok, prompts);
+  assert.equal(out.streaming, false);
+  assert.equal(out.onToken, undefined);
+  out.begin();
+  out.end([{ ids: tok.encode(" upon", { addSpecialTokens: false }) }, { ids: [...tok.encode(" ran", { addSpecialTokens: false }), 2] }]);
+  assert.equal(writes.join(""), "--- 1\nOnce upon\n--- 2\nTom ran\n");
+});
+
+test("a decode that changes earlier text as later ids come: the whole text follows what streamed, with a warning", () => {
+  // Not a real tokenizer: each new id rewrites the start of the text.
+  const reversed: TextTokenizer = { vocabSize: 100, encode: () => [], decode: (ids) => [...ids].reverse().map((i) => `t${i}`).join(" ") };
+  const { out, writes, warnings } = writer(reversed, [[1, 10, 11]]);
+  out.begin();
+  for (const t of [12, 13, 14, 15, 16]) out.onToken!(0, t);
+  const streamed = writes.join("");
+  out.end([{ ids: [12, 13, 14, 15, 16] }]);
+  assert.equal(writes.join(""), `${streamed}\nt16 t15 t14 t13 t12 t11 t10\n`);
+  assert.match(warnings.join(""), /differs from the whole sequence's decode/);
+});
