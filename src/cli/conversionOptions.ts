@@ -3,7 +3,8 @@ import type { Argv } from "yargs";
 import { DEFAULT_GATE_DIM, type SettingsInput } from "../convert/plan.js";
 import { parseStrategy, ROPE_STRATEGIES } from "../ropeSelect/strategies.js";
 import { KV_SPLIT_MODES, KvSplitMode } from "../convert/kvSplit.js";
-import { MlaError } from "../errors.js";
+import { flagsWithout, MlaError } from "../errors.js";
+import { DEFAULT_CALIB_LEN, DEFAULT_CALIB_SAMPLES } from "../ropeSelect/calibrate.js";
 
 /** "2,4,6" → [2, 4, 6]; anything else is refused with the value that failed. */
 function parsePairList(list: string): number[] {
@@ -23,8 +24,8 @@ export interface ConversionArgs {
   "balance-kv": boolean;
   "refit-output": boolean;
   calib?: string;
-  "calib-samples": number;
-  "calib-len": number;
+  "calib-samples"?: number;
+  "calib-len"?: number;
   attention: "mla" | "eg-mla";
   "gate-dim"?: number;
   "kv-split": KvSplitMode;
@@ -42,8 +43,9 @@ export function withConversionOptions<T>(y: Argv<T>) {
     .option("balance-kv", { type: "boolean", default: true, describe: "scale keys against values (equal mean energy) before the joint SVD, undone in the up-projection (TransMLA's BKV); --no-balance-kv for the paper's plain SVD" })
     .option("refit-output", { type: "boolean", default: false, describe: "after factoring, solve each layer's o_proj again by least squares so the converted attention reproduces the original's output on the calibration text (needs --calib; the KV cache is unchanged). Best for a model used as converted: after a recovery fine-tune it ends slightly behind (docs/benchmarks.md)" })
     .option("calib", { type: "string", describe: "calibration text for 2-norm selection, activation-aware SVD and --refit-output" })
-    .option("calib-samples", { type: "number", default: 32, describe: "calibration windows" })
-    .option("calib-len", { type: "number", default: 256, describe: "tokens per calibration window, BOS included" })
+    // No yargs defaults: given without --calib they are refused, so given must differ from defaulted.
+    .option("calib-samples", { type: "number", describe: `calibration windows of --calib (default ${DEFAULT_CALIB_SAMPLES}, or as many as the text holds)` })
+    .option("calib-len", { type: "number", describe: `tokens per calibration window of --calib, BOS included (default ${DEFAULT_CALIB_LEN})` })
     .option("attention", { choices: ["mla", "eg-mla"] as const, default: "mla" as const, describe: "mla: MHA2MLA; eg-mla: MLA whose latent is gated by a per-layer token-embedding table (EG-MLA), initialized so the model starts equal to the mla conversion (same cache size)" })
     .option("gate-dim", { type: "number", describe: `eg-mla: width of each layer's gate embedding (default ${DEFAULT_GATE_DIM})` })
     .option("kv-split", { choices: KV_SPLIT_MODES, default: "uniform" as KvSplitMode, describe: "how each layer splits the cache budget of --rope-pairs/--rank (2R + rank values per KV head and token) between rope pairs and latent dims: uniform (the same everywhere), or per-layer: each layer takes the equal-bytes split (R', rank') whose converted attention best reproduces the original's on --calib (needs --calib; the total cache is the uniform one's; `export --format deepseek` cannot write the result)" })
@@ -51,6 +53,8 @@ export function withConversionOptions<T>(y: Argv<T>) {
 }
 
 export function conversionSettings(a: ConversionArgs): SettingsInput {
+  const windows = ([["--calib-samples", a["calib-samples"]], ["--calib-len", a["calib-len"]]] as const).filter(([, v]) => v !== undefined).map(([f]) => f);
+  if (windows.length && a.calib === undefined) throw flagsWithout(windows, "--calib FILE", "settings of the calibration windows");
   return {
     rank: a.rank,
     ropePairs: a["rope-pairs"],
@@ -61,8 +65,9 @@ export function conversionSettings(a: ConversionArgs): SettingsInput {
     balanceKv: a["balance-kv"],
     refitOutput: a["refit-output"],
     calib: a.calib,
-    calibSamples: a["calib-samples"],
-    calibLen: a["calib-len"],
+    // The defaults filled in, as yargs did: a pipeline started then keeps its fingerprint (and resumes).
+    calibSamples: a["calib-samples"] ?? DEFAULT_CALIB_SAMPLES,
+    calibLen: a["calib-len"] ?? DEFAULT_CALIB_LEN,
     attention: a.attention,
     gateDim: a["gate-dim"],
     // Left out when uniform, so a pipeline started before --kv-split existed keeps its fingerprint (and resumes).

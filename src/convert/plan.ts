@@ -10,7 +10,7 @@ import type { Logger } from "../util/log.js";
 import { maxRank, maxRankNote } from "./factor.js";
 import { budgetSplits, KV_SPLIT_MODES, KvSplitMode } from "./kvSplit.js";
 import { requireCalibration } from "./calibrationNeeds.js";
-import { checkWindowShape } from "../ropeSelect/calibrate.js";
+import { checkWindowShape, DEFAULT_CALIB_LEN, DEFAULT_CALIB_SAMPLES } from "../ropeSelect/calibrate.js";
 import { checkTextFile } from "../eval/perplexity.js";
 
 /** EG-MLA's gate embedding width per layer when --gate-dim is not given (convert, pipeline, study, their help). */
@@ -106,6 +106,8 @@ export function resolveSettings(c: ModelConfig, o: SettingsInput, log: Logger): 
   if (svd !== "joint" && svd !== "split") throw new MlaError("BAD_ARGUMENT", `--svd ${svd} is not known`, "use joint or split");
   const svdInit = o.svdInit ?? "weights";
   if (svdInit !== "weights" && svdInit !== "activations") throw new MlaError("BAD_ARGUMENT", `--svd-init ${svdInit} is not known`, "use weights or activations");
+  // BKV scales keys against values for their one SVD; split factors each alone, where a scale would cancel out.
+  if (o.balanceKv === false && svd === "split") throw new MlaError("BAD_ARGUMENT", "--no-balance-kv has no effect with --svd split (keys are balanced against values only for the joint SVD of [keys; values])", "drop --no-balance-kv, or use --svd joint");
   const top = maxRank(svd, c.kvHeads, c.headDim, R, c.hiddenSize);
   if (top < 1) throw new MlaError("BAD_ARGUMENT", `--svd split needs position-free key dims, but --rope-pairs ${R} keeps all ${half} pairs`, `use --svd joint or --rope-pairs < ${half}`);
   if (!Number.isInteger(o.rank) || o.rank < 1 || o.rank > top)
@@ -129,7 +131,7 @@ export function resolveSettings(c: ModelConfig, o: SettingsInput, log: Logger): 
   if (!KV_SPLIT_MODES.includes(kvSplit)) throw new MlaError("BAD_ARGUMENT", `--kv-split ${kvSplit} is not known`, `use ${KV_SPLIT_MODES.join(" or ")}`);
   if (kvSplit === "uniform" && o.kvSplitPairs) throw new MlaError("BAD_ARGUMENT", "--kv-split-pairs lists the rope pairs --kv-split per-layer tries", "add --kv-split per-layer, or leave --kv-split-pairs out");
   requireCalibration(calib, { ropeStrategy: strategy, svdInit, refitOutput, kvSplit });
-  const calibSamples = o.calibSamples ?? 32, calibLen = o.calibLen ?? 256;
+  const calibSamples = o.calibSamples ?? DEFAULT_CALIB_SAMPLES, calibLen = o.calibLen ?? DEFAULT_CALIB_LEN;
   checkWindowShape(calibSamples, calibLen);
   const kvSplitPairs = kvSplit === "per-layer" ? budgetSplits({ kvHeads: c.kvHeads, headDim: c.headDim, hidden: c.hiddenSize }, { ropePairs: R, rank: o.rank, svd, ropeDisjoint }, o.kvSplitPairs).map((x) => x.ropePairs) : null;
   // One candidate: scoring every layer would only pick it, the uniform conversion, minutes later.

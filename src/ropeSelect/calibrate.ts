@@ -36,6 +36,10 @@ export function readCalibrationText(file: string): string {
 }
 
 /** Refuses a window count or length no text could fill; conversions call it before their work, not at calibration. */
+/** The calibration windows when --calib-samples / --calib-len are not given (DESIGN.md's calibration protocol). */
+export const DEFAULT_CALIB_SAMPLES = 32;
+export const DEFAULT_CALIB_LEN = 256;
+
 export function checkWindowShape(samples: number, len: number): void {
   if (!Number.isInteger(len) || len < 2) throw new MlaError("BAD_ARGUMENT", `--calib-len ${len} is too small`, "use at least 2 (BOS + one token)");
   if (!Number.isInteger(samples) || samples < 1) throw new MlaError("BAD_ARGUMENT", `--calib-samples ${samples} is not a positive integer`, "pass e.g. --calib-samples 32");

@@ -25,6 +25,8 @@ test("rank and rope pairs out of range name the valid range", async () => {
   await refused({ rank: 15, ropePairs: 1 }, /--rank 15 is out of range[\s\S]*1…14/);
   await refused({ rank: 2, ropePairs: 5 }, /--rope-pairs 5 is out of range[\s\S]*0…4/);
   await refused({ rank: 2, ropePairs: 4, svd: "split" }, /--svd split needs position-free key dims/);
+  // Balancing is for the joint SVD only: split ignored balanceKv false without a word.
+  await refused({ rank: 2, svd: "split", balanceKv: false }, /--no-balance-kv has no effect with --svd split[\s\S]*hint: drop --no-balance-kv, or use --svd joint/);
   assert.throws(() => parseStrategy("random"), /--rope-strategy random is not known[\s\S]*high, low, uniform, 2-norm/);
 });
 

@@ -1,0 +1,50 @@
+/**
+ * The conversion flags `convert` and `pipeline` share: the calibration windows' flags are refused
+ * without --calib (they were dropped unseen), --no-balance-kv with --svd split (balancing is the
+ * joint SVD's), and the settings passed on are those yargs's defaults gave (a pipeline's fingerprint).
+ */
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import fs from "node:fs";
+import path from "node:path";
+import { test } from "node:test";
+import { conversionSettings, type ConversionArgs } from "../../src/cli/conversionOptions.js";
+import { FIXTURES, MODELS, ROOT, tmpDir } from "../helpers.js";
+
+const MAIN = path.join(ROOT, "dist", "src", "cli", "main.js");
+const CALIB = path.join(FIXTURES, "text", "tinystories.txt");
+
+/** The arguments yargs hands the handlers when only --rank is given. */
+const plain: ConversionArgs = { rank: 4, "rope-disjoint": false, svd: "joint", "svd-init": "weights", "balance-kv": true, "refit-output": false, attention: "mla", "kv-split": "uniform" };
+
+test("--calib-samples / --calib-len without --calib are refused, naming them; with it they pass on", () => {
+  assert.throws(() => conversionSettings({ ...plain, "calib-samples": 8 }), /^MlaError: --calib-samples has no effect without --calib FILE \(settings of the calibration windows\)\n {2}hint: add --calib FILE, or leave --calib-samples out$/);
+  assert.throws(() => conversionSettings({ ...plain, "calib-samples": 8, "calib-len": 64 }), /--calib-samples and --calib-len have no effect without --calib FILE/);
+  const s = conversionSettings({ ...plain, calib: CALIB, "calib-samples": 8, "calib-len": 64 });
+  assert.deepEqual([s.calibSamples, s.calibLen], [8, 64]);
+});
+
+test("without the window flags the settings are those the yargs defaults gave, so a pipeline started then resumes", () => {
+  // JSON as runFingerprint hashes it (undefined fields dropped, keys in this order).
+  assert.equal(JSON.stringify(conversionSettings(plain)), JSON.stringify({ rank: 4, ropeDisjoint: false, svd: "joint", svdInit: "weights", balanceKv: true, refitOutput: false, calibSamples: 32, calibLen: 256, attention: "mla" }));
+});
+
+test("convert and pipeline on the command line refuse the idle flags before any work", () => {
+  const parent = tmpDir();
+  const out = path.join(parent, "out");
+  const cases: [string[], RegExp][] = [
+    [["convert", "stories260K", "--rank", "2", "--calib-samples", "8", "--out", out], /^error: --calib-samples has no effect without --calib FILE/m],
+    [["convert", "stories260K", "--rank", "2", "--format", "deepseek", "--calib-len", "64", "--out", out], /^error: --calib-len has no effect without --calib FILE/m],
+    [["convert", "stories260K", "--rank", "2", "--svd", "split", "--no-balance-kv", "--out", out], /^error: --no-balance-kv has no effect with --svd split .*\n {2}hint: drop --no-balance-kv, or use --svd joint/m],
+    [["pipeline", MODELS + "/stories260K", "--rank", "2", "--eval-text", CALIB, "--calib-len", "64", "--out", out], /^error: --calib-len has no effect without --calib FILE/m],
+    [["pipeline", MODELS + "/stories260K", "--rank", "2", "--eval-text", CALIB, "--svd", "split", "--no-balance-kv", "--out", out], /^error: --no-balance-kv has no effect with --svd split/m],
+  ];
+  for (const [args, re] of cases) {
+    const r = spawnSync(process.execPath, [MAIN, ...args, "--device", "reference"], { encoding: "utf8" });
+    assert.equal(r.status, 1, `${args.join(" ")}: ${r.stderr}`);
+    assert.match(r.stderr, re, args.join(" "));
+  }
+  assert.deepEqual(fs.readdirSync(parent), [], "nothing written");
+  const dry = spawnSync(process.execPath, [MAIN, "convert", "stories260K", "--rank", "2", "--calib", CALIB, "--calib-samples", "4", "--calib-len", "64", "--dry-run"], { encoding: "utf8" });
+  assert.equal(dry.status, 0, dry.stderr);
+});
