@@ -40,7 +40,7 @@ export const evalCommand: CommandModule<object, Args> = {
       .option("json", { type: "string", describe: "write the result as JSON to FILE (no value: stdout)" })
       .option("device", DEVICE_OPTION)
       .option("weights", { choices: ["auto", "f32"] as const, default: "auto" as const, describe: "auto: a bf16 checkpoint's linear weights (and a tied embedding, the LM head's weight) stay bf16 on the GPU (bf16 GEMMs, f32 accumulation); f32: decode them to float32" })
-      .option("batch", { type: "number", describe: "perplexity windows scored per forward (default on the GPU: as many as keep the activations within an eighth of free memory, up to 16; 1 elsewhere)" })
+      .option("batch", { type: "number", describe: "perplexity windows of --text scored per forward (default on the GPU: as many as keep the activations within an eighth of free memory, up to 16; 1 elsewhere)" })
       .option("kv-cache", { choices: KV_CACHE_DTYPES, describe: "score perplexity and the tasks as a decode cache of this type serves keys/values (MLA: rope keys and latents): bf16, or int8/int4 in groups of 32 with a bf16 scale each; the JSON gives its bytes per token" }),
   handler: async (a) => {
     const say = summaryWriter(a.json);

@@ -16,13 +16,13 @@ interface Args {
   prompt: string[];
   "max-tokens": number;
   temperature: number;
-  "top-k": number;
-  "top-p": number;
-  "min-p": number;
+  "top-k"?: number;
+  "top-p"?: number;
+  "min-p"?: number;
   "repetition-penalty"?: number;
   "presence-penalty"?: number;
   "frequency-penalty"?: number;
-  seed: number;
+  seed?: number;
   device: DeviceName;
   "kv-cache": KvCacheDtype | "auto";
   chat: boolean;
@@ -38,19 +38,23 @@ export const generateCommand: CommandModule<object, Args> = {
       .option("prompt", { type: "string", array: true, nargs: 1, default: ["Once upon a time"], describe: "the text to continue; one prompt's text streams to stdout as it is generated (Ctrl-C keeps what was printed); give it several times to continue several prompts together, decoded as one batch and printed when all are done, each after a --- line" })
       .option("max-tokens", { type: "number", default: 64 })
       .option("temperature", { type: "number", default: 0, describe: "0: greedy; else sample from softmax(logits / temperature)" })
-      .option("top-k", { type: "number", default: 0, describe: "sample among the k most likely tokens only (0: all)" })
-      .option("top-p", { type: "number", default: 1, describe: "sample from the smallest set of most likely tokens holding this much probability (1: all)" })
-      .option("min-p", { type: "number", default: 0, describe: "drop tokens less likely than this fraction of the most likely one (0: none)" })
+      // No yargs defaults for the sampling flags: greedy decoding reads none, so one given is refused without --temperature.
+      .option("top-k", { type: "number", describe: "with --temperature: sample among the k most likely tokens only (default 0: all)" })
+      .option("top-p", { type: "number", describe: "with --temperature: sample from the smallest set of most likely tokens holding this much probability (default 1: all)" })
+      .option("min-p", { type: "number", describe: "with --temperature: drop tokens less likely than this fraction of the most likely one (default 0: none)" })
       .option("repetition-penalty", { type: "number", describe: "> 1 makes tokens of the prompt and of the text so far less likely (HF's repetition_penalty; e.g. 1.1)" })
       .option("presence-penalty", { type: "number", describe: "subtracted from the logit of every token generated so far, once (-2 … 2)" })
       .option("frequency-penalty", { type: "number", describe: "subtracted from the logit of every token generated so far, times its count (-2 … 2)" })
-      .option("seed", { type: "number", default: 0 })
+      .option("seed", { type: "number", describe: "with --temperature: prompt i samples from a generator seeded seed + i (default 0)" })
       .option("chat", { type: "boolean", default: false, describe: "each --prompt is a user message, formatted by the model's chat template (as serve's /v1/chat/completions does); prints the replies only" })
       .option("system", { type: "string", describe: "with --chat: a system message before each prompt" })
       .option("device", DEVICE_OPTION)
       .option("kv-cache", { choices: ["auto", ...KV_CACHE_DTYPES] as const, default: "auto" as const, describe: "how the decode cache stores keys/values (MLA: rope keys and latents): auto = bf16 for a bf16 checkpoint on the GPU (as HF transformers stores it), else f32; int8/int4 groups of 32 with a bf16 scale each" }),
   handler: async (a) => {
     if (a.system !== undefined && !a.chat) throw flagsWithout(["--system"], "--chat", "it is the chat's system message");
+    // Greedy decoding takes the most likely token: it draws nothing, so these were dropped unseen.
+    const sampling = ([["--top-k", a["top-k"]], ["--top-p", a["top-p"]], ["--min-p", a["min-p"]], ["--seed", a.seed]] as const).filter(([, v]) => v !== undefined).map(([f]) => f);
+    if (a.temperature === 0 && sampling.length) throw flagsWithout(sampling, "--temperature T > 0", "settings of sampling; --temperature 0, the default, is greedy", "add e.g. --temperature 0.8");
     const lm = loadModel(a.model, { backend: selectBackend(a.device, stderrLogger) });
     const template = a.chat ? loadChatTemplate(lm.dir) : null;
     if (a.chat && !template) throw new MlaError("NOT_FOUND", `${a.model} has no chat template (chat_template.jinja, chat_template.json or tokenizer_config.json's chat_template)`, "leave out --chat and write the prompt as the model expects it");

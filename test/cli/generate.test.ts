@@ -2,6 +2,7 @@
  * `generate`'s stdout: one prompt's text streams as it is generated (Ctrl-C keeps it) and ends byte
  * for byte as the text printed whole at the end before streaming (decode of prompt + continuation, BOS
  * and the stop token left out; a chat's reply alone); several prompts are printed whole at the end.
+ * The sampling flags are refused with greedy decoding, which reads none of them.
  */
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
@@ -92,4 +93,19 @@ test("Ctrl-C keeps the text generated so far: it was on stdout as it came", asyn
   assert.ok(out.length > "Once upon a time".length + 30);
   // Greedy: the cut-off text and a finished shorter run are both the start of one text.
   assert.ok(out.startsWith(done) || done.startsWith(out), `${JSON.stringify(out)} vs ${JSON.stringify(done)}`);
+});
+
+test("--top-k, --top-p, --min-p and --seed without --temperature are refused, naming them, before the model loads", () => {
+  for (const [args, named] of [
+    [["--top-k", "5"], "--top-k has"],
+    [["--seed", "3", "--top-p", "0.9"], "--top-p and --seed have"],
+    [["--temperature", "0", "--min-p", "0.1"], "--min-p has"],
+  ] as const) {
+    const r = cli([...args, "--max-tokens", "2"]);
+    assert.equal(r.code, 1, r.stderr);
+    assert.match(r.stderr, new RegExp(`^error: ${named} no effect without --temperature T > 0 \\(settings of sampling; --temperature 0, the default, is greedy\\)\n  hint: add e\\.g\\. --temperature 0\\.8, or leave`));
+    assert.equal(r.stdout, "");
+  }
+  const sampled = cli(["--temperature", "0.8", "--top-k", "5", "--top-p", "0.9", "--min-p", "0.05", "--seed", "2", "--max-tokens", "3"]);
+  assert.equal(sampled.code, 0, sampled.stderr);
 });

@@ -13,7 +13,7 @@ import { FIXTURES, MODELS, SHARED, tmpDir } from "../helpers.js";
 
 const TEXT = path.join(FIXTURES, "text", "tinystories.txt");
 
-test("eval refuses --limit and --data-dir without --tasks, and --tokens without --text", async () => {
+test("eval refuses --limit and --data-dir without --tasks, and --tokens and --batch without --text", async () => {
   const cases: [Parameters<typeof evaluate>[1], RegExp][] = [
     [{ text: TEXT, limit: 5 }, /--limit has no effect without --tasks a,b .*\n {2}hint: add --tasks a,b, or leave --limit out/],
     [{ text: TEXT, limit: 5, dataDir: FIXTURES }, /--limit and --data-dir have no effect without --tasks a,b/],
