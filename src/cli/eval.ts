@@ -7,6 +7,7 @@ import { stderrLogger } from "../util/log.js";
 import { checkJsonTarget, emitJson, summaryWriter } from "./output.js";
 import { parseTaskNames, TASKS } from "../eval/tasks/index.js";
 import { KV_CACHE_DTYPES, KvCacheDtype } from "../model/kvQuant.js";
+import { flagsWithout } from "../errors.js";
 
 interface Args {
   model: string;
@@ -34,7 +35,7 @@ export const evalCommand: CommandModule<object, Args> = {
       .option("tasks", { type: "string", describe: `benchmarks, comma-separated: ${Object.keys(TASKS).join(",")}` })
       .option("data-dir", { type: "string", describe: "folder with the task files (default $MHA2MLA_EVAL_DATA or ../shared/data/eval)" })
       .option("limit", { type: "number", describe: "first N items of each task" })
-      .option("label", { type: "string", describe: "name of this run in reports" })
+      .option("label", { type: "string", describe: "with --json: name of this run in the JSON, which report shows (default: MODEL as given)" })
       .option("ctx", { type: "number", describe: "window length of the --text perplexity, BOS included (default 256)" })
       .option("tokens", { type: "number", describe: "score only the first N tokens of the text" })
       .option("json", { type: "string", describe: "write the result as JSON to FILE (no value: stdout)" })
@@ -43,6 +44,8 @@ export const evalCommand: CommandModule<object, Args> = {
       .option("batch", { type: "number", describe: "perplexity windows of --text scored per forward (default on the GPU: as many as keep the activations within an eighth of free memory, up to 16; 1 elsewhere)" })
       .option("kv-cache", { choices: KV_CACHE_DTYPES, describe: "score perplexity and the tasks as a decode cache of this type serves keys/values (MLA: rope keys and latents): bf16, or int8/int4 in groups of 32 with a bf16 scale each; the JSON gives its bytes per token" }),
   handler: async (a) => {
+    // The label lives in the JSON only (the summary lines name the model): without it, it was dropped unseen.
+    if (a.label !== undefined && a.json === undefined) throw flagsWithout(["--label"], "--json FILE", "it names the run in the JSON result, which report reads");
     const say = summaryWriter(a.json);
     checkJsonTarget(a.json);
     const r = await evaluate(a.model, { text: a.text, ctx: a.ctx, tokens: a.tokens, tasks: a.tasks ? parseTaskNames(a.tasks) : undefined, dataDir: a["data-dir"], limit: a.limit, label: a.label, device: a.device, weights: a.weights, kvCache: a["kv-cache"], batch: a.batch, logger: stderrLogger, progress: process.stderr });
