@@ -19,7 +19,7 @@ import { resolveModel } from "./io/modelDir.js";
 import { resolveSettings, SETTINGS_KINDS, type SettingsInput } from "./convert/plan.js";
 import type { ModelConfig } from "./model/config.js";
 import { checkEvalOptions, embeddedEval, evaluate, EvalOptions, EvalResult } from "./eval/evaluate.js";
-import { checkTextFile } from "./eval/perplexity.js";
+import { checkDataFile } from "./finetune/data.js";
 import type { TaskName } from "./eval/tasks/index.js";
 import { writeReport } from "./eval/report/report.js";
 import { finetune, FinetuneOptions } from "./finetune/trainer.js";
@@ -157,7 +157,8 @@ function checkOptions(srcDir: string, o: PipelineOptions, log: Logger): void {
   if (o.export) checkExportable(c, o);
   selectBackend(o.device ?? "auto", log);
   if (o.finetune) {
-    for (const f of o.finetune.data) checkTextFile(f);
+    // finetune's own check: it takes .xz corpora, which a perplexity text may not be.
+    for (const f of o.finetune.data) checkDataFile(f, "--finetune-data");
     checkFinetuneOptions(o.finetune);
     // The converted model keeps the source's vocabulary.
     if (o.finetune.distill) checkTeacher(o.finetune.distill, c.vocabSize);

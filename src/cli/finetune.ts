@@ -46,7 +46,7 @@ export const finetuneCommand: CommandModule<object, Args> = {
   builder: (y) =>
     y
       .positional("model", { type: "string", demandOption: true, describe: "the (converted) model to train" })
-      .option("data", { type: "string", array: true, demandOption: true, describe: "text files or .jsonl with a text field" })
+      .option("data", { type: "string", array: true, demandOption: true, describe: "text files, .jsonl with a text field, or an .xz of either (decompressed in memory by the xz tool)" })
       .option("token-cache", { type: "string", describe: "folder of its own (apart from MODEL, --data, --out and the working folder) where the tokenized --data is kept and reused by later runs (tokenize a large corpus once)" })
       .option("out", { type: "string", demandOption: true, describe: "run folder: checkpoint/, train_log.jsonl, then the trained model" })
       .option("force", { type: "boolean", default: false, describe: "start over in an existing --out" })

@@ -51,15 +51,15 @@ export interface TrainingData {
  * files), or not text by its first bytes (an .xz file: not xz data by them). Perplexity's --text check
  * is the same, but for .xz and the --data wording.
  */
-export function checkDataFile(file: string): void {
+export function checkDataFile(file: string, flag = "--data"): void {
   let st: fs.Stats;
   try {
     st = fs.statSync(file);
   } catch (e) {
     throw ioError("cannot read data", file, e);
   }
-  if (st.isDirectory()) throw new MlaError("BAD_ARGUMENT", `--data ${file} is a folder, not a text file`, "pass the files themselves (.txt, or .jsonl of {\"text\": …} lines, or .xz of either), e.g. --data folder/*.txt");
-  if (st.size === 0) throw new MlaError("BAD_TEXT", `--data ${file} is empty`, "pass a text file with some content (a wrong path or an interrupted download?)");
+  if (st.isDirectory()) throw new MlaError("BAD_ARGUMENT", `${flag} ${file} is a folder, not a text file`, `pass the files themselves (.txt, or .jsonl of {"text": …} lines, or .xz of either), e.g. ${flag} folder/*.txt`);
+  if (st.size === 0) throw new MlaError("BAD_TEXT", `${flag} ${file} is empty`, "pass a text file with some content (a wrong path or an interrupted download?)");
   try {
     if (isXzFile(file)) sniffXzFile(file);
     else sniffTextFile(file);

@@ -15,7 +15,8 @@ import { ioError } from "../errors.js";
 
 /** Bump when the stream a file gives changes for the same inputs (splitting, joining rules). */
 // v2: a long text holding special-token literals is encoded in pieces as one encode gives it.
-const FORMAT = "mha2mla-tokens-v2";
+// v3: Digits pre-tokenizers split at every Unicode number, not at ASCII digits alone.
+const FORMAT = "mha2mla-tokens-v3";
 
 /**
  * The cache file for `dataFile` tokenized by the tokenizer in `tokenizerDir`, with documents joined

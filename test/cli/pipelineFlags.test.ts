@@ -32,6 +32,12 @@ function cli(args: string[]): { code: number; stdout: string; stderr: string } {
   return { code: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
 }
 
+function emptyFile(): string {
+  const f = path.join(tmpDir(), "empty.txt");
+  fs.writeFileSync(f, "");
+  return f;
+}
+
 test("pipeline refuses a bad option of any phase before the first phase runs, --force or not, naming the flag", async () => {
   const empty = path.join(tmpDir(), "empty.txt");
   fs.writeFileSync(empty, "");
@@ -60,6 +66,8 @@ test("pipeline refuses a bad option of any phase before the first phase runs, --
     [{ finetune: { data: [TEXT], batch: 0 } }, /--batch 0 must be a positive integer/],
     [{ finetune: { data: [TEXT], seed: 1.5 } }, /--seed 1\.5 is not a whole number in \[0, 2\^32\)/],
     [{ evalCtx: 1 }, /--eval-ctx 1 is too small/],
+    // finetune's own data check (it takes .xz corpora): an empty file is named by the pipeline's flag.
+    [{ finetune: { data: [emptyFile()] } }, /--finetune-data .*empty\.txt is empty/],
     [{ finetune: { data: [TEXT], distill: "no-such-model" } }, /model "no-such-model" was not found/],
     [{ finetune: { data: [TEXT], distill: otherVocabTeacher() } }, /--distill .* has a vocabulary of 1000, the student 512/],
     // export
