@@ -19,6 +19,7 @@ import { resolveModel } from "./io/modelDir.js";
 import { resolveSettings, SETTINGS_KINDS, type SettingsInput } from "./convert/plan.js";
 import type { ModelConfig } from "./model/config.js";
 import { checkEvalOptions, embeddedEval, evaluate, EvalOptions, EvalResult } from "./eval/evaluate.js";
+import { requireBos } from "./eval/perplexity.js";
 import { checkDataFile } from "./finetune/data.js";
 import type { TaskName } from "./eval/tasks/index.js";
 import { writeReport } from "./eval/report/report.js";
@@ -154,6 +155,8 @@ function checkOptions(srcDir: string, o: PipelineOptions, log: Logger): void {
   if (o.format === "deepseek") deepseekShape(c, { ...deepseekSettings(o.convert), ...o.deepseek });
   else resolveSettings(c, o.convert, silentLogger);
   checkEvalOptions(pipelineEval(o));
+  // Perplexity and task items start with BOS: a model without one is refused before the conversion.
+  if (o.evalText || o.tasks?.length) requireBos(c.bosTokenId);
   if (o.export) checkExportable(c, o);
   selectBackend(o.device ?? "auto", log);
   if (o.finetune) {

@@ -37,7 +37,7 @@ export function runIdentity(spec: string, o: Partial<PipelineOptions>): Record<s
     : undefined;
   return {
     model: spec,
-    convert: o.convert,
+    convert: o.convert ? effectiveConversion(o.convert) : o.convert,
     format: o.format ?? "mha2mla",
     deepseek: o.format === "deepseek" ? o.deepseek : undefined,
     finetune,
@@ -48,6 +48,16 @@ export function runIdentity(spec: string, o: Partial<PipelineOptions>): Record<s
     tasks: o.tasks,
     limit: o.limit,
   };
+}
+
+/**
+ * The conversion settings that change the conversion: --no-balance-kv under the split SVD and the
+ * calibration windows without --calib do nothing (now refused on the command line), so a run started
+ * with them resumes without them, and the other way round.
+ */
+function effectiveConversion(c: NonNullable<PipelineOptions["convert"]>): Record<string, unknown> {
+  const { balanceKv, calibSamples, calibLen, ...rest } = c;
+  return { ...rest, ...(c.svd === "split" ? {} : { balanceKv }), ...(c.calib ? { calibSamples, calibLen } : {}) };
 }
 
 /** JSON with every object's keys sorted (and, as JSON.stringify does, undefined fields left out): equal data, equal text. */

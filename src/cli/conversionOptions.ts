@@ -1,6 +1,6 @@
 /** The conversion flags shared by `convert` and `pipeline`, and their mapping to library settings. */
 import type { Argv } from "yargs";
-import { DEFAULT_GATE_DIM, type SettingsInput } from "../convert/plan.js";
+import { DEFAULT_GATE_DIM, NO_BALANCE_WITH_SPLIT, type SettingsInput } from "../convert/plan.js";
 import { parseStrategy, ROPE_STRATEGIES } from "../ropeSelect/strategies.js";
 import { KV_SPLIT_MODES, KvSplitMode } from "../convert/kvSplit.js";
 import { flagsWithout, MlaError } from "../errors.js";
@@ -55,6 +55,7 @@ export function withConversionOptions<T>(y: Argv<T>) {
 export function conversionSettings(a: ConversionArgs): SettingsInput {
   const windows = ([["--calib-samples", a["calib-samples"]], ["--calib-len", a["calib-len"]]] as const).filter(([, v]) => v !== undefined).map(([f]) => f);
   if (windows.length && a.calib === undefined) throw flagsWithout(windows, "--calib FILE", "settings of the calibration windows");
+  if (a["balance-kv"] === false && a.svd === "split") throw new MlaError("BAD_ARGUMENT", NO_BALANCE_WITH_SPLIT, "drop --no-balance-kv, or use --svd joint");
   return {
     rank: a.rank,
     ropePairs: a["rope-pairs"],

@@ -53,7 +53,8 @@ export const generateCommand: CommandModule<object, Args> = {
   handler: async (a) => {
     if (a.system !== undefined && !a.chat) throw flagsWithout(["--system"], "--chat", "it is the chat's system message");
     // Greedy decoding takes the most likely token: it draws nothing, so these were dropped unseen.
-    const sampling = ([["--top-k", a["top-k"]], ["--top-p", a["top-p"]], ["--min-p", a["min-p"]], ["--seed", a.seed]] as const).filter(([, v]) => v !== undefined).map(([f]) => f);
+    // --seed is left alone: scripts pass one always, and with greedy decoding it is simply not needed.
+    const sampling = ([["--top-k", a["top-k"]], ["--top-p", a["top-p"]], ["--min-p", a["min-p"]]] as const).filter(([, v]) => v !== undefined).map(([f]) => f);
     if (a.temperature === 0 && sampling.length) throw flagsWithout(sampling, "--temperature T > 0", "settings of sampling; --temperature 0, the default, is greedy", "add e.g. --temperature 0.8");
     const lm = loadModel(a.model, { backend: selectBackend(a.device, stderrLogger) });
     const template = a.chat ? loadChatTemplate(lm.dir) : null;

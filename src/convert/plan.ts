@@ -78,6 +78,9 @@ export interface SettingsInput {
   kvSplitPairs?: number[];
 }
 
+/** --no-balance-kv under --svd split: keys are balanced against values only for their joint SVD. */
+export const NO_BALANCE_WITH_SPLIT = "--no-balance-kv has no effect with --svd split (keys are balanced against values only for the joint SVD of [keys; values])";
+
 /** The JavaScript types of SettingsInput, for the entry checks of the functions that take them. */
 export const SETTINGS_KINDS: OptionKinds<SettingsInput> = {
   rank: "number",
@@ -107,7 +110,8 @@ export function resolveSettings(c: ModelConfig, o: SettingsInput, log: Logger): 
   const svdInit = o.svdInit ?? "weights";
   if (svdInit !== "weights" && svdInit !== "activations") throw new MlaError("BAD_ARGUMENT", `--svd-init ${svdInit} is not known`, "use weights or activations");
   // BKV scales keys against values for their one SVD; split factors each alone, where a scale would cancel out.
-  if (o.balanceKv === false && svd === "split") throw new MlaError("BAD_ARGUMENT", "--no-balance-kv has no effect with --svd split (keys are balanced against values only for the joint SVD of [keys; values])", "drop --no-balance-kv, or use --svd joint");
+  // A warning here (a script's balanceKv: false with the split SVD did nothing before, and still does); the command line refuses it.
+  if (o.balanceKv === false && svd === "split") log.warn(NO_BALANCE_WITH_SPLIT);
   const top = maxRank(svd, c.kvHeads, c.headDim, R, c.hiddenSize);
   if (top < 1) throw new MlaError("BAD_ARGUMENT", `--svd split needs position-free key dims, but --rope-pairs ${R} keeps all ${half} pairs`, `use --svd joint or --rope-pairs < ${half}`);
   if (!Number.isInteger(o.rank) || o.rank < 1 || o.rank > top)

@@ -173,6 +173,8 @@ export async function evaluate(spec: string, opts: EvalOptions): Promise<EvalRes
   const t0 = performance.now();
   const text = opts.text ? readText(opts.text) : null;
   const lm = loadModel(spec, { backend, weights: opts.weights });
+  // Task items start with BOS too: refused before the perplexity runs, not after it.
+  if (opts.tasks?.length) requireBos(lm.config.bosTokenId);
   const info = inspectModel(lm.dir);
   const rawConfig = fs.readFileSync(path.join(lm.dir, "config.json"), "utf8");
   const raw = JSON.parse(rawConfig) as Record<string, unknown> & { mha2mla?: Record<string, unknown> };

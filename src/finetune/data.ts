@@ -59,6 +59,8 @@ export function checkDataFile(file: string, flag = "--data"): void {
     throw ioError("cannot read data", file, e);
   }
   if (st.isDirectory()) throw new MlaError("BAD_ARGUMENT", `${flag} ${file} is a folder, not a text file`, `pass the files themselves (.txt, or .jsonl of {"text": …} lines, or .xz of either), e.g. ${flag} folder/*.txt`);
+  // A pipe (--data <(xz -dc corpus.xz)) reports size 0, and a sniff would take its first bytes from training.
+  if (!st.isFile()) return;
   if (st.size === 0) throw new MlaError("BAD_TEXT", `${flag} ${file} is empty`, "pass a text file with some content (a wrong path or an interrupted download?)");
   try {
     if (isXzFile(file)) sniffXzFile(file);

@@ -124,8 +124,8 @@ function xzSize(file: string): number | null {
 export function readXzText(file: string, shouldStop?: () => boolean): Promise<string> {
   const plain = file.slice(0, -".xz".length) || "the decompressed file";
   const size = xzSize(file);
-  // UTF-8 takes at most 3 bytes per UTF-16 unit: past this the text cannot be one string, whatever it holds.
-  if (size !== null && size > 3 * constants.MAX_STRING_LENGTH)
+  // Node refuses to make a string of a UTF-8 buffer longer than MAX_STRING_LENGTH bytes (ERR_STRING_TOO_LONG).
+  if (size !== null && size > constants.MAX_STRING_LENGTH)
     throw new MlaError("BAD_TEXT", `${file} decompresses to ${size} bytes, more text than one string holds (${constants.MAX_STRING_LENGTH} characters)`, "split the corpus into several files and pass them all");
   return new Promise((resolve, reject) => {
     const xz = spawn("xz", ["-dc", "--", file], { stdio: ["ignore", "pipe", "pipe"] });

@@ -3,6 +3,7 @@ import { MlaError } from "../errors.js";
 import type { LlamaModel } from "./llama.js";
 import { DecodeSession } from "./decodeSession.js";
 import type { KvCacheDtype } from "./kvQuant.js";
+import type { DecodeCache } from "./kvCache.js";
 import { nextTurn, throwIfAborted } from "../util/abort.js";
 import { checkOptionTypes, type OptionKinds } from "../util/optionTypes.js";
 import { pickToken, seededRandom, type SamplingOptions } from "./sampling.js";
@@ -158,7 +159,7 @@ function* decodeSteps(model: LlamaModel, prompts: readonly (readonly number[])[]
   const stops = stopTokenIds(c);
   // Room for each whole sequence up front (it never moves while generating), up to the model's context
   // length: a larger --max-tokens that EOS may cut short grows the cache as it is used instead.
-  const caches = prompts.map((p) => model.newCache(opts.kvCache, { capacity: Math.min(p.length + opts.maxTokens, Math.max(p.length, c.maxPositions)) }));
+  const caches: DecodeCache[] = [];
   const rands = prompts.map((_, i) => seededRandom((opts.seed ?? 0) + i));
   const penalties = prompts.map((p) => Penalties.of(p, sampling));
   const outs: number[][] = prompts.map(() => []);
@@ -167,8 +168,10 @@ function* decodeSteps(model: LlamaModel, prompts: readonly (readonly number[])[]
   let steps = "";
   let decodeTokens = 0;
   let t0 = 0;
-  // The caches are freed here, not left to the collector: on the GPU they are most of the memory.
+  // The caches are freed here, not left to the collector: on the GPU they are most of the memory
+  // (one made before another's allocation failed included).
   try {
+    for (const p of prompts) caches.push(model.newCache(opts.kvCache, { capacity: Math.min(p.length + opts.maxTokens, Math.max(p.length, c.maxPositions)) }));
     // Each prompt's last row gives its first new token. A long prompt is prefilled in chunks with a
     // yield between them: the GPU backend's intermediates of a cached forward are freed by the garbage
     // collector, whose callbacks run only between event-loop turns (generateBatchAsync gives one), so

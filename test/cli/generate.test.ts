@@ -95,10 +95,10 @@ test("Ctrl-C keeps the text generated so far: it was on stdout as it came", asyn
   assert.ok(out.startsWith(done) || done.startsWith(out), `${JSON.stringify(out)} vs ${JSON.stringify(done)}`);
 });
 
-test("--top-k, --top-p, --min-p and --seed without --temperature are refused, naming them, before the model loads", () => {
+test("--top-k, --top-p and --min-p without --temperature are refused, naming them, before the model loads (--seed is taken: scripts pass one always)", () => {
   for (const [args, named] of [
     [["--top-k", "5"], "--top-k has"],
-    [["--seed", "3", "--top-p", "0.9"], "--top-p and --seed have"],
+    [["--top-k", "3", "--top-p", "0.9"], "--top-k and --top-p have"],
     [["--temperature", "0", "--min-p", "0.1"], "--min-p has"],
   ] as const) {
     const r = cli([...args, "--max-tokens", "2"]);
@@ -108,4 +108,6 @@ test("--top-k, --top-p, --min-p and --seed without --temperature are refused, na
   }
   const sampled = cli(["--temperature", "0.8", "--top-k", "5", "--top-p", "0.9", "--min-p", "0.05", "--seed", "2", "--max-tokens", "3"]);
   assert.equal(sampled.code, 0, sampled.stderr);
+  const greedySeeded = cli(["--seed", "3", "--max-tokens", "2"]);
+  assert.equal(greedySeeded.code, 0, greedySeeded.stderr);
 });

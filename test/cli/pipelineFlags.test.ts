@@ -140,3 +140,14 @@ test("a pipeline whose first phase failed (calibration text too short) starts ov
   const r = await pipeline(MODEL, { ...base, convert: { rank: 2, calib: TEXT } });
   assert.ok(r.phases.some((p) => p.name.startsWith("convert") && !p.skipped), "the corrected run converted");
 });
+
+test("a model without BOS is refused before the conversion when the pipeline evaluates (its windows and task items start with BOS)", async () => {
+  const dir = path.join(tmpDir(), "nobos");
+  fs.cpSync(MODEL, dir, { recursive: true });
+  const config = JSON.parse(fs.readFileSync(path.join(dir, "config.json"), "utf8"));
+  delete config.bos_token_id;
+  fs.writeFileSync(path.join(dir, "config.json"), JSON.stringify(config));
+  const out = path.join(tmpDir(), "pl");
+  await assert.rejects(pipeline(dir, { out, convert: { rank: 2 }, evalText: TEXT, device: "reference", progress: null }), (e: unknown) => e instanceof MlaError && /no bos_token_id/.test(e.message));
+  assert.ok(!fs.existsSync(out), "nothing converted");
+});

@@ -76,3 +76,12 @@ test("a run an earlier version started (fingerprint of ordered JSON, the fine-tu
   assert.equal(r.stoppedEarly, true, "resumed, not refused");
   await assert.rejects(pipeline(MODEL, { out, convert: { rank: 2 }, evalText: TEXT, finetune: { data: [TEXT], tokens: 4096 }, device: "cpu", ...quiet }), /--tokens 2048 → 4096/);
 });
+
+test("settings that do nothing do not count: --no-balance-kv under the split SVD, calibration windows without --calib (a run started with them resumes without them)", () => {
+  const base: PipelineOptions = { out: "x", convert: { rank: 2, ropePairs: 1, svd: "split" }, evalText: TEXT };
+  assert.equal(runFingerprint(MODEL, base), runFingerprint(MODEL, { ...base, convert: { ...base.convert!, balanceKv: false } }));
+  assert.equal(runFingerprint(MODEL, base), runFingerprint(MODEL, { ...base, convert: { ...base.convert!, calibSamples: 8, calibLen: 64 } }));
+  const joint: PipelineOptions = { ...base, convert: { rank: 2, ropePairs: 1, calib: TEXT } };
+  assert.notEqual(runFingerprint(MODEL, joint), runFingerprint(MODEL, { ...joint, convert: { ...joint.convert!, balanceKv: false } }));
+  assert.notEqual(runFingerprint(MODEL, joint), runFingerprint(MODEL, { ...joint, convert: { ...joint.convert!, calibSamples: 8 } }));
+});

@@ -3,10 +3,11 @@
  * tokenized once (the second load needs no tokenizing at all) and again when the file changes.
  */
 import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
 import { test } from "node:test";
-import { loadTrainingData, type DataOptions } from "../../src/finetune/data.js";
+import { checkDataFile, loadTrainingData, type DataOptions } from "../../src/finetune/data.js";
 import { loadTokenizer, type TextTokenizer } from "../../src/io/tokenizer.js";
 import { FIXTURES, MODELS, tmpDir } from "../helpers.js";
 
@@ -68,4 +69,11 @@ test("a large file is tokenized in worker threads with the single-thread stream"
   const single = await loadTrainingData(tok, [file], opts);
   const parallel = await loadTrainingData(tok, [file], { ...opts, encode: { pieceChars: 512, parallelAbove: 0, workers: 2 } });
   assert.deepEqual(parallel, single);
+});
+
+test("a pipe as --data (--data <(xz -dc corpus.xz)) is taken: not refused as empty, none of its bytes read by the check", { skip: process.platform === "win32" ? "no mkfifo" : false }, () => {
+  const fifo = path.join(tmpDir(), "pipe");
+  execFileSync("mkfifo", [fifo]);
+  checkDataFile(fifo); // a read would block: no writer is attached
+  assert.throws(() => checkDataFile(path.join(FIXTURES, "text")), /--data .* is a folder/);
 });

@@ -220,4 +220,13 @@ test("generation frees its caches when it returns, throws, or is aborted between
   made.length = 0;
   assert.throws(() => generateBatch(model, [[1, 2], [1, 100000]], { maxTokens: 3 }));
   assert.ok(made.length === 2 && made.every((m) => m.disposed), `threw in the prefill: ${JSON.stringify(made)}`);
+  made.length = 0;
+  let calls = 0;
+  const counting = model.newCache;
+  model.newCache = ((...args: Parameters<LlamaModel["newCache"]>) => {
+    if (++calls === 2) throw new Error("out of device memory");
+    return counting(...args);
+  }) as LlamaModel["newCache"];
+  assert.throws(() => generateBatch(model, [[1, 2], [1, 3]], { maxTokens: 2 }), /out of device memory/);
+  assert.ok(made.length === 1 && made[0]!.disposed, "the cache made before the failing one is freed");
 });
