@@ -113,8 +113,17 @@ export class LlamaModel {
    * the sequence starts at position 0.
    */
   forward(ids: Int32Array, cache?: DecodeCache, opts: ForwardOptions = {}): Tensor {
+    return this.logits(ids, cache, opts);
+  }
+
+  /** The LM head over the final hidden states, which are freed at once (a GPU backend would hold them until the collector ran). */
+  private logits(ids: Int32Array, cache?: DecodeCache | readonly DecodeCache[], opts: ForwardOptions = {}): Tensor {
     const ops = new Ops(this.backend, null);
-    return this.graph(ops, this.constantNodes(ops), ids, cache, opts).value;
+    const P = this.constantNodes(ops);
+    const h = this.hidden(ops, P, ids, cache, opts).value;
+    const y = this.backend.linear(h, P.lmHead.value, null);
+    h.dispose();
+    return y;
   }
 
   /**
@@ -194,8 +203,7 @@ export class LlamaModel {
     if (ids.length !== caches.length || ids.length === 0)
       throw new MlaError("BAD_ARGUMENT", `decodeBatch: ${ids.length} tokens for ${caches.length} caches`, "pass one next token per sequence, in the order of the caches");
     if (new Set(caches).size !== caches.length) throw new MlaError("BAD_ARGUMENT", "decodeBatch: the same cache appears twice", "each sequence needs its own cache (clone() copies one)");
-    const ops = new Ops(this.backend, null);
-    return this.graph(ops, this.constantNodes(ops), ids, caches).value;
+    return this.logits(ids, caches);
   }
 
   /** The same forward as graph ops over weight nodes `P` (trainable leaves when `ops` has a tape). */
