@@ -53,13 +53,13 @@ __device__ __forceinline__ float dot8(uint4 w, const float* x, float acc) {
   return acc;
 }
 
-// Grid: x = column blocks of CB, y = problem; blockDim.x = 32·warps. R: rows per problem rounded up.
+// One block's CB output columns from n0 of problem p. R: rows per problem rounded up.
 template <int R, typename XT>
-__global__ void __launch_bounds__(MAX_WARPS * 32) k_gemv_bf16(const XT* x, const __nv_bfloat16* w, float* y, int rows, int hpg, int H, int K, int N) {
+__device__ __forceinline__ void gemv_block(const XT* x, const __nv_bfloat16* w, float* y, int rows, int hpg, int H, int K, int N, int p, int n0) {
   constexpr int UNROLL = R <= 2 ? 4 : 2;  // chunks per lane per trip: CB·UNROLL loads in flight
   __shared__ float part[MAX_WARPS][CB * R];
-  const int warps = blockDim.x >> 5, warp = threadIdx.x >> 5, lane = threadIdx.x & 31, p = blockIdx.y;
-  const int n0 = blockIdx.x * CB, C = K / 8, stride = warps * 32;
+  const int warps = blockDim.x >> 5, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int C = K / 8, stride = warps * 32;
   const __nv_bfloat16* wp = w + (int64_t)p * N * K;
   const __nv_bfloat16* wr[CB];
 #pragma unroll
@@ -114,6 +114,30 @@ __global__ void __launch_bounds__(MAX_WARPS * 32) k_gemv_bf16(const XT* x, const
   }
 }
 
+// Grid: x = column blocks of CB, y = problem; blockDim.x = 32·warps.
+template <int R, typename XT>
+__global__ void __launch_bounds__(MAX_WARPS * 32) k_gemv_bf16(const XT* x, const __nv_bfloat16* w, float* y, int rows, int hpg, int H, int K, int N) {
+  gemv_block<R, XT>(x, w, y, rows, hpg, H, K, N, blockIdx.y, blockIdx.x * CB);
+}
+
+// Several matrices against the same x (one problem each, the same K): a layer's projections of one
+// normed input in one launch, so the small ones (MLA's rope keys, 512 rows at llama2-7b) do not each
+// run a grid too small to fill the GPU. Grid x: the matrices' column blocks one after another.
+constexpr int MAX_MANY = 4;
+struct ManyMats {
+  const __nv_bfloat16* w[MAX_MANY];
+  float* y[MAX_MANY];
+  int N[MAX_MANY];
+  int firstBlock[MAX_MANY + 1];
+  int count;
+};
+template <int R, typename XT>
+__global__ void __launch_bounds__(MAX_WARPS * 32) k_gemv_bf16_many(const XT* x, ManyMats m, int rows, int K) {
+  int i = 0;
+  while (i + 1 < m.count && (int)blockIdx.x >= m.firstBlock[i + 1]) i++;
+  gemv_block<R, XT>(x, m.w[i], m.y[i], rows, 1, 1, K, m.N[i], 0, ((int)blockIdx.x - m.firstBlock[i]) * CB);
+}
+
 // Warps per block: as few as cover a row's chunks in one trip of UNROLL chunks per lane (so no load
 // slot idles; 4096-wide rows take 4 warps at one or two rows), at most MAX_WARPS (longer rows take
 // several trips). Fewer warps per block leave room for more blocks per SM.
@@ -126,6 +150,23 @@ mla_status launch_rows(const XT* x, const __nv_bfloat16* w, float* y, int64_t P,
   k_gemv_bf16<R, XT><<<grid, block, 0, ctx()->stream>>>(x, w, y, (int)rows, (int)hpg, (int)(P * hpg), (int)K, (int)N);
   KERNEL_CHECK();
   return MLA_OK;
+}
+
+template <int R, typename XT>
+mla_status launch_many_rows(const XT* x, const ManyMats& m, int64_t rows, int64_t K) {
+  constexpr int UNROLL = R <= 2 ? 4 : 2;
+  const int64_t chunks = K / 8;
+  const int warps = (int)std::max<int64_t>(1, std::min<int64_t>(MAX_WARPS, (chunks + 32 * UNROLL - 1) / (32 * UNROLL)));
+  k_gemv_bf16_many<R, XT><<<(unsigned)m.firstBlock[m.count], 32 * warps, 0, ctx()->stream>>>(x, m, (int)rows, (int)K);
+  KERNEL_CHECK();
+  return MLA_OK;
+}
+
+template <typename XT>
+mla_status launch_many(const XT* x, const ManyMats& m, int64_t rows, int64_t K) {
+  if (rows == 1) return launch_many_rows<1>(x, m, rows, K);
+  if (rows == 2) return launch_many_rows<2>(x, m, rows, K);
+  return launch_many_rows<4>(x, m, rows, K);
 }
 
 template <typename XT>
@@ -160,3 +201,24 @@ mla_status gemv_bf16(const void* x, bool x_bf16, const __nv_bfloat16* w, float* 
   return x_bf16 ? launch((const __nv_bfloat16*)x, w, y, P, rows, hpg, K, N) : launch((const float*)x, w, y, P, rows, hpg, K, N);
 }
 }  // namespace mla
+
+// y_i [M, N_i] = x [M, K] · w_i [N_i, K]ᵀ for i < count ≤ 4, bf16 weights, in one launch; M ≤ 4 rows.
+// Returns MLA_ERR_ARGUMENT (nothing launched) where gemv_takes would refuse one of them: the caller
+// then runs them one linear each.
+extern "C" mla_status mla_cuda_linear_many(const mla_cuda_buf* x, const mla_cuda_buf* const* ws, mla_cuda_buf* const* ys, int32_t count, int64_t M, int64_t K) {
+  NEED_CTX();
+  MLA_CHECK(x && ws && ys && count >= 1 && count <= MAX_MANY && (x->dtype == MLA_F32 || x->dtype == MLA_BF16) && x->n == M * K, "linear_many: x [M, K] f32 or bf16 and 1 to 4 weights");
+  ManyMats m{};
+  m.count = count;
+  m.firstBlock[0] = 0;
+  for (int i = 0; i < count; i++) {
+    const int64_t N = ws[i] ? ws[i]->n / std::max<int64_t>(K, 1) : 0;
+    MLA_CHECK(ws[i] && ys[i] && ws[i]->dtype == MLA_BF16 && K > 0 && ws[i]->n == N * K && ys[i]->dtype == MLA_F32 && ys[i]->n == M * N, "linear_many: each w bf16 [N, K] and y f32 [M, N]");
+    if (!mla::gemv_takes(x->ptr, x->dtype == MLA_BF16, ws[i]->ptr, M, K, N, 1)) return MLA_FAIL(MLA_ERR_ARGUMENT, "linear_many: a product the one-pass kernel does not take");
+    m.w[i] = (const __nv_bfloat16*)ws[i]->ptr;
+    m.y[i] = (float*)ys[i]->ptr;
+    m.N[i] = (int)N;
+    m.firstBlock[i + 1] = m.firstBlock[i] + (int)((N + CB - 1) / CB);
+  }
+  return x->dtype == MLA_BF16 ? launch_many((const __nv_bfloat16*)x->ptr, m, M, K) : launch_many((const float*)x->ptr, m, M, K);
+}

@@ -143,6 +143,9 @@ mla_status mla_cuda_cast(const mla_cuda_buf* x, mla_cuda_buf* y);
 /* As the CPU ops; w may be bf16 (activations are rounded to bf16, accumulation in f32); with bf16 w, x may be
    the caller's bf16 copy of its activations (no rounding pass then). */
 mla_status mla_cuda_linear(const mla_cuda_buf* x, const mla_cuda_buf* w, const mla_cuda_buf* b, mla_cuda_buf* y, int64_t M, int64_t K, int64_t N);
+/* ys[i] [M, N_i] = x [M, K] · ws[i] [N_i, K]ᵀ for i < count ≤ 4 (bf16 weights, M ≤ 4) in one launch; an error, with nothing
+   launched, where the one-pass kernel does not take one of them (the caller runs them one linear each). */
+mla_status mla_cuda_linear_many(const mla_cuda_buf* x, const mla_cuda_buf* const* ws, mla_cuda_buf* const* ys, int32_t count, int64_t M, int64_t K);
 /* w may be bf16: dy (and x for dw, unless x is already bf16) are rounded to bf16, products accumulate in
    f32; with bf16 w, dy may be bf16 too (then no db). accumulate_dx / accumulate_dw != 0 add the gradient into dx / dw (a gradient with other consumers,
    a flat gradient buffer) instead of overwriting it. */
@@ -188,6 +191,9 @@ mla_status mla_cuda_embedding(const mla_cuda_buf* table, const int32_t* ids, mla
 mla_status mla_cuda_embedding_backward(const int32_t* ids, const mla_cuda_buf* dy, mla_cuda_buf* dtable, int64_t T, int64_t V, int64_t D);
 /* loss[T] is a host array (skipped when NULL); grad a device buffer (skipped when NULL). */
 mla_status mla_cuda_cross_entropy(const mla_cuda_buf* logits, const int32_t* targets, double* loss, mla_cuda_buf* grad, float scale, int64_t T, int64_t V);
+/* Per row of logits [T, V]: log-softmax of targets[t] (−1: NaN) into logprob[T], and the top (≤ 20) most likely ids and
+   their log-probabilities into top_ids/top_lp [T, top]; host arrays, filled before it returns. */
+mla_status mla_cuda_row_logprobs(const mla_cuda_buf* logits, const int32_t* targets, int64_t T, int64_t V, int32_t top, float* logprob, int32_t* top_ids, float* top_lp);
 /* The training step's form: per-row losses into the f32 device buffer loss from loss_offset (no host wait),
    grad [T,V] f32 or bf16 on the device. */
 mla_status mla_cuda_cross_entropy_device(const mla_cuda_buf* logits, const int32_t* targets, mla_cuda_buf* loss, int64_t loss_offset, mla_cuda_buf* grad, float scale, int64_t T, int64_t V);

@@ -169,16 +169,31 @@ export class LlamaModel {
         const hc = rowRange(b, h, r0, rows);
         const lt = b.linear(hc, P.lmHead.value, null);
         if (hc !== h) hc.dispose();
-        const logits = lt.toArray();
-        // The log-softmax's normalizer from the backend's cross-entropy (native code where it has it, and
-        // on the device); rows without a target score token 0 there, unread.
-        const losses = b.crossEntropy(lt, Int32Array.from({ length: rows }, (_, j) => Math.max(0, next[r0 + j]!)));
-        lt.dispose();
-        for (let j = 0; j < rows; j++) {
-          const row = logits.subarray(j * V, (j + 1) * V);
-          const t = next[r0 + j]!;
-          scored.push(t >= 0 ? tokenLogprobsFromLoss(row, t, top, losses[j]!) : null);
-          if (r0 + j === T - 1) last = row.slice();
+        try {
+          if (b.rowLogprobs) {
+            // On the device: only each row's numbers come back, and the last row's logits.
+            const r = b.rowLogprobs(lt, next.subarray(r0, r0 + rows), top);
+            for (let j = 0; j < rows; j++)
+              scored.push(next[r0 + j]! < 0 ? null : { logprob: r.logprob[j]!, top: Array.from({ length: top }, (_, k) => ({ id: r.topIds[j * top + k]!, logprob: r.topLogprobs[j * top + k]! })) });
+            if (r0 + rows === T) {
+              const tail = rowRange(b, lt, rows - 1, 1);
+              last = tail.toArray().slice();
+              if (tail !== lt) tail.dispose();
+            }
+          } else {
+            const logits = lt.toArray();
+            // The log-softmax's normalizer from the backend's cross-entropy (native code where it has it, and
+            // on the device); rows without a target score token 0 there, unread.
+            const losses = b.crossEntropy(lt, Int32Array.from({ length: rows }, (_, j) => Math.max(0, next[r0 + j]!)));
+            for (let j = 0; j < rows; j++) {
+              const row = logits.subarray(j * V, (j + 1) * V);
+              const t = next[r0 + j]!;
+              scored.push(t >= 0 ? tokenLogprobsFromLoss(row, t, top, losses[j]!) : null);
+              if (r0 + j === T - 1) last = row.slice();
+            }
+          }
+        } finally {
+          lt.dispose();
         }
       }
     } finally {
@@ -316,7 +331,8 @@ export class LlamaModel {
     if (!eye) {
       const values = new Float32Array(n * n);
       for (let i = 0; i < n; i++) values[i * n + i] = 1;
-      eye = this.backend.upload(values, [n, n]);
+      const b = this.backend;
+      eye = b.persistent ? b.persistent(() => b.upload(values, [n, n])) : b.upload(values, [n, n]);
       this.identities.set(n, eye);
     }
     return eye;
@@ -360,14 +376,17 @@ export class LlamaModel {
   }
 
   /**
-   * attend, but without a tape or a cache, inside an arena of its own that keeps only the block's
-   * output: q, k, v, the latent and the heads' output (with their bf16 copies) are freed when the block
-   * ends rather than when the step does. Without this an evaluation forward, or a checkpointed
-   * layer's first pass, held every layer's attention intermediates until the step's end.
+   * attend, but without a tape, inside an arena of its own that keeps only the block's output: q, k,
+   * v, the latent and the heads' output (with their bf16 copies) are freed when the block ends rather
+   * than when the step does, or, in a cached forward (prefill, fill, prefillScored), when the
+   * collector gets to them. Without this an evaluation forward, or a checkpointed layer's first pass,
+   * held every layer's attention intermediates until the step's end. What a cached block keeps is
+   * made outside the arena: the cache's rows (DeviceRowStore), the absorbed matrices built on first
+   * use (Backend.persistent). A batched decode step is left alone: it may be recording a graph.
    */
   private attendFreeing(ops: Ops, w: AttentionNodes, li: number, x: Node, at: LayerContext): Node {
     const b = this.backend;
-    if (ops.tape || at.single || at.batch || at.opts.absorb || !b.arena) return this.attend(ops, w, li, x, at);
+    if (ops.tape || at.batch || !b.arena) return this.attend(ops, w, li, x, at);
     return b.arena(() => this.attend(ops, w, li, x, at), { keep: (a) => [a.value] });
   }
 

@@ -223,6 +223,12 @@ export interface Backend {
    */
   arena?<T>(fn: () => T, opts?: ArenaOptions<T>): T;
   /**
+   * Runs fn outside every open arena: what it allocates lives until disposed (or collected), however
+   * deep in arenas the call is. For tensors built lazily on first use and kept (a layer's absorbed
+   * matrices), which a forward running in an arena would otherwise free under their owner.
+   */
+  persistent?<T>(fn: () => T): T;
+  /**
    * Records `run` (one decode step of B sequences: token ids and positions [B]) once as a replayable
    * graph, and runs it; the tensors `run` returns are the graph's outputs, refreshed in place by
    * every launch (CUDA graphs; see DecodeSession). Throws an MlaError when some op of the step cannot
@@ -249,6 +255,12 @@ export interface Backend {
    * a bf16 product reads it next, which would round it so anyway). linearBackward takes such a dy.
    */
   crossEntropyDevice?(logits: Tensor, targets: Int32Array, scale: number, losses: Tensor, offset: number, gradDtype: "f32" | "bf16"): Tensor;
+  /**
+   * Per row of logits [T, V]: the log-softmax of targets[t] (NaN where it is −1) and the `top` (≤ 20)
+   * most likely ids with theirs, ties to the lower id: a scored prompt's numbers without bringing its
+   * rows to the host (where absent, the rows are downloaded and scored there).
+   */
+  rowLogprobs?(logits: Tensor, targets: Int32Array, top: number): { logprob: Float32Array; topIds: Int32Array; topLogprobs: Float32Array };
 
   /** y[M,N] = x[M,K] · w[N,K]ᵀ (+ bias[N]). */
   linear(x: Tensor, w: Tensor, bias?: Tensor | null): Tensor;

@@ -15,6 +15,7 @@ import { convert } from "../../src/convert/pipeline.js";
 import { exportDeepseek } from "../../src/deepseek/fromMla.js";
 import { evaluate } from "../../src/eval/evaluate.js";
 import { runTask } from "../../src/eval/tasks/index.js";
+import { tokenLogprobs } from "../../src/model/sampling.js";
 import { finetune } from "../../src/finetune/trainer.js";
 import { MlaError } from "../../src/errors.js";
 import { useLinalg } from "../../src/backends/native/linalg.js";
@@ -66,6 +67,24 @@ test("zero-sized dimensions (M, K, N, T, S, head dims = 0, rope with no rotary d
 // one warp to eight per block, several trips at each row count), column counts off the block width,
 // and head_linear's groups (MHA-shaped, GQA with 2 heads a group, several tokens); 5 and more rows
 // take cuBLAS, same bound.
+test("linearMany (a layer's projections of one x in one launch) equals one linear per weight, bit for bit: 1–4 rows, f32 and bf16 x, column counts off the kernel's 4-column blocks; biases and 5 rows take the per-weight route", { skip }, () => {
+  const B = backend();
+  const rand = seededRand(29, Float32Array);
+  const K = 256;
+  const ws = [512, 2048, 100, 7].map((N) => B.uploadBf16!(toBf16Bits(rand(N * K, 0.05)), [N, K]));
+  for (const M of [1, 2, 3, 4, 5]) {
+    const x = B.upload(rand(M * K), [M, K]);
+    const many = B.linearMany(x, ws, []);
+    ws.forEach((w, i) => {
+      const one = B.linear(x, w).toArray();
+      assert.deepEqual(Array.from(many[i]!.toArray()), Array.from(one), `${M} rows, weight ${i}: the same bits as its own linear`);
+    });
+    const bias = B.upload(rand(ws[0]!.shape[0]!), [ws[0]!.shape[0]!]);
+    const withBias = B.linearMany(x, ws.slice(0, 2), [bias, null]);
+    assert.ok(maxAbsDiff(withBias[0]!.toArray(), B.linear(x, ws[0]!, bias).toArray()) === 0, `${M} rows: a bias`);
+  }
+});
+
 test("decode products (≤ 4 rows, bf16 weights; the gemv kernel and cuBLAS) equal float64 sums of the bf16-rounded inputs: linear (f32 and bf16 x) and headLinear (groups)", { skip }, () => {
   const B = backend();
   const rand = seededRand(11, Float32Array);
@@ -268,6 +287,34 @@ test("SwiGLU's backward writes bf16 gate/up gradients for bf16 products (in a bf
 
 const TEXT = path.join(FIXTURES, "text", "tinystories_25k.txt");
 
+test("a cached forward on the GPU frees its intermediates when it returns: after prefills and absorbed steps only the cache (reserved up front) is held, without the collector", { skip }, async (t) => {
+  const dir = tmpDir();
+  await convert(path.join(MODELS, "stories260K"), { rank: 4, ropePairs: 2, ropeStrategy: "uniform", out: path.join(dir, "mla"), progress: null, device: "cpu" });
+  const prompt = Int32Array.of(1, 400, 300, 200, 100, 50, 25, 12);
+  for (const spec of [path.join(MODELS, "stories260K"), path.join(dir, "mla")])
+    for (const kv of ["f32", "bf16"] as const) {
+      const B = backend();
+      const { model } = loadModel(spec, { backend: B });
+      const run = (cache: ReturnType<typeof model.newCache>) => {
+        for (let i = 0; i < 3; i++) model.prefill(prompt, cache).dispose();
+        for (let i = 0; i < 2; i++) model.forward(Int32Array.of(7 + i), cache, { absorb: true }).dispose();
+      };
+      // The first run builds what is kept for good (the absorbed matrices, model constants).
+      const warm = model.newCache(kv, { capacity: 64 });
+      run(warm);
+      warm.dispose();
+      const base = B.memory().live;
+      const cache = model.newCache(kv, { capacity: 64 });
+      const reserved = B.memory().live - base;
+      run(cache);
+      const left = B.memory().live - base - reserved;
+      t.diagnostic(`${path.basename(spec)} ${kv} cache: ${reserved} bytes reserved, ${left} more held after 3 prefills and 2 absorbed steps`);
+      assert.equal(left, 0, "a cached forward left buffers to the collector");
+      cache.dispose();
+      assert.equal(B.memory().live - base, 0, "the cache's own buffers are freed by dispose()");
+    }
+});
+
 test("decode with the cache on the device equals the CPU step by step (MHA and absorbed MLA)", { skip }, async (t) => {
   const dir = tmpDir();
   await convert(path.join(MODELS, "stories260K"), { rank: 4, ropePairs: 2, ropeStrategy: "uniform", out: path.join(dir, "mla"), progress: null, device: "cpu" });
@@ -291,6 +338,22 @@ test("end to end: stories260K eval NLL on the GPU equals the CPU within 1e-3", {
   const cpu = await evaluate(path.join(MODELS, "stories260K"), { ...opts, device: "cpu" });
   t.diagnostic(`nll gpu ${gpu.nll!.toFixed(6)} cpu ${cpu.nll!.toFixed(6)}`);
   assert.ok(Math.abs(gpu.nll! - cpu.nll!) < 1e-3);
+});
+
+test("rowLogprobs on the device equals tokenLogprobs on the host: target log-probability and the top ids (ties to the lower id), V not a multiple of the block, top 0 and 20, rows without a target", { skip }, () => {
+  const b = backend();
+  for (const [T, V, top] of [[5, 1000, 20], [3, 32000, 1], [2, 517, 0], [1, 20, 20]] as const) {
+    const x = seededRand(T * V + top, Float32Array)(T * V).map((v) => Math.round(v * 40) / 8); // many ties
+    const targets = Int32Array.from({ length: T }, (_, t) => (t === 1 ? -1 : (t * 7919) % V));
+    const got = b.rowLogprobs(b.upload(x, [T, V]), targets, top);
+    for (let t = 0; t < T; t++) {
+      const want = tokenLogprobs(x.subarray(t * V, (t + 1) * V), Math.max(0, targets[t]!), top);
+      if (targets[t]! < 0) assert.ok(Number.isNaN(got.logprob[t]), `row ${t}: no target`);
+      else assert.ok(Math.abs(got.logprob[t]! - want.logprob) < 1e-4, `[${T}, ${V}] top ${top} row ${t}: ${got.logprob[t]} vs ${want.logprob}`);
+      assert.deepEqual(Array.from(got.topIds.subarray(t * top, (t + 1) * top)), want.top.map((w) => w.id), `[${T}, ${V}] top ${top} row ${t}: ids`);
+      want.top.forEach((w, k) => assert.ok(Math.abs(got.topLogprobs[t * top + k]! - w.logprob) < 1e-4));
+    }
+  }
 });
 
 test("multiple-choice tasks on the GPU (each item's context prefilled once, its choices' rows scored) and a scored prompt (prefillScored on a growing cache) equal the CPU", { skip }, async (t) => {

@@ -73,10 +73,12 @@ const SIGNATURES: Record<string, string> = {
   embeddingBackward: "int mla_cuda_embedding_backward(const int32_t* ids, const mla_cuda_buf* dy, mla_cuda_buf* dtable, int64_t T, int64_t V, int64_t D)",
   klDivergence: "int mla_cuda_kl_divergence(const mla_cuda_buf* student, const mla_cuda_buf* teacher, double* loss, mla_cuda_buf* grad, float temperature, float scale, int64_t T, int64_t V)",
   crossEntropy: "int mla_cuda_cross_entropy(const mla_cuda_buf* logits, const int32_t* targets, double* loss, mla_cuda_buf* grad, float scale, int64_t T, int64_t V)",
+  rowLogprobs: "int mla_cuda_row_logprobs(const mla_cuda_buf* logits, const int32_t* targets, int64_t T, int64_t V, int32_t top, float* logprob, int32_t* top_ids, float* top_lp)",
   crossEntropyDevice: "int mla_cuda_cross_entropy_device(const mla_cuda_buf* logits, const int32_t* targets, mla_cuda_buf* loss, int64_t loss_offset, mla_cuda_buf* grad, float scale, int64_t T, int64_t V)",
   copyCols: "int mla_cuda_copy_cols(const mla_cuda_buf* x, mla_cuda_buf* y, int64_t M, int64_t Nx, int64_t offx, int64_t Ny, int64_t offy, int64_t w)",
   gatherCols: "int mla_cuda_gather_cols(const mla_cuda_buf* x, const int32_t* idx, mla_cuda_buf* y, int64_t M, int64_t N, int64_t K)",
   scatterCols: "int mla_cuda_scatter_cols(const mla_cuda_buf* dy, const int32_t* idx, mla_cuda_buf* y, int64_t M, int64_t K, int64_t N)",
+  linearMany: "int mla_cuda_linear_many(const mla_cuda_buf* x, const mla_cuda_buf** ws, mla_cuda_buf** ys, int32_t count, int64_t M, int64_t K)",
   gramF64: "int mla_cuda_gram_f64(const double* A, double* G, int64_t M, int64_t N)",
   matmulF64: "int mla_cuda_matmul_f64(const double* X, const double* Y, double* Z, int64_t a, int64_t b, int64_t c)",
   pairNorms: "int mla_cuda_pair_norms(const mla_cuda_buf* y, double* acc, int64_t T, int64_t heads, int64_t Dh)",
@@ -197,7 +199,8 @@ export class DeviceRowStore {
     const need = this.rows + add;
     if (need <= this.room) return;
     const cap = exact ? need : need + Math.max(16, Math.min(need, 1024));
-    const grown = this.backend.empty([cap, ...this.rowShape], "a decode cache", this.dtype === "bf16" ? BF16 : F32);
+    // Not in any open arena: a cached forward runs in one, and the cache outlives it.
+    const grown = this.backend.empty([cap, ...this.rowShape], "a decode cache", this.dtype === "bf16" ? BF16 : F32, false);
     if (this.buf && this.rows) this.backend.copyElements(grown, 0, this.buf, 0, this.rows * this.rowSize);
     if (this.buf) this.backend.free(this.buf);
     this.buf = grown;
@@ -288,10 +291,12 @@ export class CudaBackend implements Backend {
   readonly name = "cuda";
   /**
    * latentAttention for T > 1 is a float32 loop kernel without tensor cores, against products and a
-   * fused attention on them: the plain form wins a prompt chunk on a filled cache far sooner. A chunk of
-   * 512 prompt tokens on a 1k-token cache at the llama2-7b shape ran ~0.1 s absorbed (~5 TFLOP/s).
+   * fused attention on them: the plain form wins every prompt chunk on a filled cache. Measured at the
+   * llama2-7b shape (H100, bench/prefill-chunk.ts, docs/benchmarks.md, twenty-sixth session): 2 to 8
+   * tokens on a 1k–16k cache took 16–453 ms absorbed against 1.9–9.7 ms plain, where the weight 8 of
+   * before still picked the absorbed form. One token (a decode step) takes the batched decode path.
    */
-  readonly latentAttentionCost = 8;
+  readonly latentAttentionCost = Infinity;
   readonly batchedAttention = true;
   readonly training: TrainingKernels;
   /** Calibration's pair norms on the device (the covariance: the callers' loop on downloaded activations). */
@@ -335,6 +340,18 @@ export class CudaBackend implements Backend {
         if (!kept.has(t.storage as DeviceBuffer)) this.free(t);
         else outer?.push(t);
       }
+    }
+  }
+
+  persistent<T>(fn: () => T): T {
+    const open = this.arenas.splice(0);
+    const bf16Inputs = this.bf16InputArenas;
+    this.bf16InputArenas = 0;
+    try {
+      return fn();
+    } finally {
+      this.arenas.push(...open);
+      this.bf16InputArenas = bf16Inputs;
     }
   }
 
@@ -594,6 +611,26 @@ export class CudaBackend implements Backend {
     return y;
   }
 
+  /**
+   * Decode's projections of one x in one launch (gemv.cu's many-matrix kernel): a few rows, bf16
+   * weights, no biases. Anything else, or a product that kernel does not take, runs one linear each.
+   */
+  linearMany(x: Tensor, ws: readonly Tensor[], biases: readonly (Tensor | null | undefined)[]): Tensor[] {
+    const K = last(x), M = rowsOf(x);
+    // MHA2MLA_LINEAR_MANY=0: one linear each (the A/B of the fused launch).
+    const fused = process.env["MHA2MLA_LINEAR_MANY"] !== "0" && ws.length >= 2 && ws.length <= 4 && M <= 4 && biases.every((b) => !b) && ws.every((w) => w.dtype === "bf16" && w.shape.length === 2 && w.shape[1] === K);
+    if (fused) {
+      const ys = ws.map((w) => this.empty([...x.shape.slice(0, -1), w.shape[0]!], "a linear output"));
+      const xb = this.bf16Of(x, true);
+      const status = this.lib.fns["linearMany"]!(this.h(xb ?? x), ws.map((w) => this.h(w)), ys.map((y) => this.h(y)), ws.length, M, K) as number;
+      if (status === 0) return ys;
+      for (const y of ys) y.dispose();
+      // Only a product the kernel does not take (MLA_ERR_ARGUMENT = 1) runs one linear each; a CUDA failure is one.
+      if (status !== 1) this.call("linearMany", status);
+    }
+    return ws.map((w, i) => this.linear(x, w, biases[i] ?? null));
+  }
+
   rmsnorm(x: Tensor, w: Tensor, eps: number, hint?: ProductInputHint): Tensor {
     const D = last(x);
     expectShape("rmsnorm", "w", w, [D]);
@@ -760,6 +797,16 @@ export class CudaBackend implements Backend {
     const loss = new Float64Array(T);
     if (this.blocking(() => this.lib.fns["crossEntropy"]!(this.h(logits), targets, loss, null, 0, T, V)) !== 0) this.fail("crossEntropy", "the tokenizer and the model do not match");
     return loss;
+  }
+
+  rowLogprobs(logits: Tensor, targets: Int32Array, top: number): { logprob: Float32Array; topIds: Int32Array; topLogprobs: Float32Array } {
+    const V = last(logits), T = rowsOf(logits);
+    if (targets.length !== T) throw new MlaError("BAD_ARGUMENT", `rowLogprobs: ${targets.length} targets for ${T} rows`, "one target (or −1) per row");
+    const bad = targets.findIndex((t) => t < -1 || t >= V);
+    if (bad >= 0) throw new MlaError("BAD_ARGUMENT", `rowLogprobs: target id ${targets[bad]} of row ${bad} is outside the model's vocabulary of ${V}`, "the tokenizer and the model do not match");
+    const logprob = new Float32Array(T), topIds = new Int32Array(T * top), topLogprobs = new Float32Array(T * top);
+    this.call("row_logprobs", this.blocking(() => this.lib.fns["rowLogprobs"]!(this.h(logits), targets, T, V, top, logprob, topIds, topLogprobs)));
+    return { logprob, topIds, topLogprobs };
   }
 
   gatherCols(x: Tensor, idx: Int32Array): Tensor {

@@ -146,7 +146,9 @@ export class DeepseekDecoder {
       for (let n = 0; n < dn; n++) for (let l = 0; l < rk; l++) kbT[(h * rk + l) * dn + n] = KB[row(n) + l]!;
       vb.set(KB.subarray(row(dn), row(dn + dv)), h * dv * rk);
     }
-    this.absorbed = { kbT: uploadLike(this.b, kbT, [H, rk, dn], this.w.kvB), vb: uploadLike(this.b, vb, [H, dv, rk], this.w.kvB) };
+    // Built on the first absorbed forward, which may run in an arena; kept until invalidate().
+    const upload = () => ({ kbT: uploadLike(this.b, kbT, [H, rk, dn], this.w.kvB), vb: uploadLike(this.b, vb, [H, dv, rk], this.w.kvB) });
+    this.absorbed = this.b.persistent ? this.b.persistent(upload) : upload();
     return this.absorbed;
   }
 }

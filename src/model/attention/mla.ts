@@ -234,7 +234,11 @@ export class MlaBlock {
 
   /** Builds (once) the absorbed projections of the form `absorbForm` picks. */
   private absorb(): Absorbed {
-    if (!this.absorbed) this.absorbed = absorbForm(this.c, this.layer) === "runtime" ? this.runtimeAbsorbed() : this.premultiplied();
+    if (!this.absorbed) {
+      // Built on the first absorbed forward, which may run in an arena; kept until invalidate().
+      const build = () => (absorbForm(this.c, this.layer) === "runtime" ? this.runtimeAbsorbed() : this.premultiplied());
+      this.absorbed = this.b.persistent ? this.b.persistent(build) : build();
+    }
     return this.absorbed;
   }
 
