@@ -11,9 +11,7 @@
  * output, over the calibration tokens: W_oᵀ = (OᵀO + λI)⁻¹ OᵀA, λ = ridge · trace(OᵀO)/Hd, kept only
  * where it lowers the calibration error (an exact conversion keeps its o_proj).
  */
-import { Checkpoint, INDEX_FILE, SINGLE_FILE } from "../io/checkpoint.js";
-import { encodeFromF32 } from "../io/dtype.js";
-import { writeSafetensorsSync } from "../io/safetensors.js";
+import { rewriteTensors } from "../io/rewriteTensors.js";
 import { activeLinalg } from "../backends/native/linalg.js";
 import type { Backend } from "../tensor/backend.js";
 import type { Tensor } from "../tensor/tensor.js";
@@ -22,8 +20,6 @@ import { layerPrefix } from "../model/weights.js";
 import { Progress, ProgressSink } from "../util/progress.js";
 import { nextTurn } from "../util/abort.js";
 import { RefitMoments } from "./refitMoments.js";
-import fs from "node:fs";
-import path from "node:path";
 
 export interface RefitResult {
   /** Per layer, ‖block output − original‖ / ‖original‖ on the calibration tokens, before and after. */
@@ -82,7 +78,7 @@ export async function refitOutputProjections(srcDir: string, convDir: string, wi
     });
   }
   for (const h of hs) h.dispose();
-  rewriteOutputProjections(convDir, refit);
+  rewriteTensors(convDir, new Map(refit.map((w, l) => [layerPrefix(l) + "self_attn.o_proj.weight", w])));
   return result;
 }
 
@@ -100,35 +96,4 @@ export function describeRefit(r: RefitResult): string {
 /** The refit's record in mla_conversion.json (an empty object without a refit). */
 export function refitRecord(r: RefitResult | null): { output_refit?: { relative_error_before: number[]; relative_error_after: number[] } } {
   return r ? { output_refit: { relative_error_before: r.before, relative_error_after: r.after } } : {};
-}
-
-/**
- * Rewrites the checkpoint in `dir` with each layer's o_proj replaced (in its stored dtype): the single
- * model.safetensors, or each shard that holds an o_proj (one shard in memory at a time; the index
- * stays valid, as names, shapes and dtypes do not change). Each file is written beside itself and
- * renamed over it.
- */
-function rewriteOutputProjections(dir: string, refit: Float32Array[]): void {
-  const replaced = new Map(refit.map((w, l) => [layerPrefix(l) + "self_attn.o_proj.weight", w]));
-  const indexPath = path.join(dir, INDEX_FILE);
-  const ck = Checkpoint.open(dir);
-  try {
-    const byFile = new Map<string, string[]>();
-    const map: Record<string, string> = fs.existsSync(indexPath) ? (JSON.parse(fs.readFileSync(indexPath, "utf8")) as { weight_map: Record<string, string> }).weight_map : Object.fromEntries(ck.names().map((n) => [n, SINGLE_FILE]));
-    for (const [name, file] of Object.entries(map)) byFile.set(file, [...(byFile.get(file) ?? []), name]);
-    for (const [file, names] of byFile) {
-      if (!names.some((n) => replaced.has(n))) continue;
-      const tensors = names.map((name) => {
-        const e = ck.entry(name);
-        const w = replaced.get(name);
-        return { name, dtype: e.dtype, shape: e.shape, data: w ? encodeFromF32(e.dtype, w) : ck.readBytes(name).slice() };
-      });
-      const target = path.join(dir, file);
-      const tmp = `${target}.refit-${process.pid}`;
-      writeSafetensorsSync(tmp, tensors, { format: "pt" });
-      fs.renameSync(tmp, target);
-    }
-  } finally {
-    ck.close();
-  }
 }

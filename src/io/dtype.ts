@@ -169,3 +169,8 @@ export function toBf16Bits(values: ArrayLike<number>): Uint16Array {
   const bytes = encodeFromF32("BF16", values);
   return new Uint16Array(bytes.buffer, bytes.byteOffset, values.length);
 }
+
+/** Rounds a value as `dtype` stores it (a constant written to a checkpoint, compensated for its rounding). */
+export function roundingFor(dtype: DType): (x: number) => number {
+  return (x) => decodeToF32(dtype, encodeFromF32(dtype, [x]))[0]!;
+}
