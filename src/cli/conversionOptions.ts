@@ -42,7 +42,7 @@ export function withConversionOptions<T>(y: Argv<T>) {
     .option("svd-init", { choices: ["weights", "activations"] as const, default: "weights" as const, describe: "factor the weights, or the weights whitened by the calibration activations" })
     .option("balance-kv", { type: "boolean", default: true, describe: "scale keys against values (equal mean energy) before the joint SVD, undone in the up-projection (TransMLA's BKV); --no-balance-kv for the paper's plain SVD" })
     .option("refit-output", { type: "boolean", default: false, describe: "after factoring, solve each layer's o_proj again by least squares so the converted attention reproduces the original's output on the calibration text (needs --calib; the KV cache is unchanged). Best for a model used as converted: after a recovery fine-tune it ends slightly behind (docs/benchmarks.md)" })
-    .option("calib", { type: "string", describe: "calibration text for 2-norm selection, activation-aware SVD and --refit-output" })
+    .option("calib", { type: "string", describe: "calibration text for 2-norm selection, activation-aware SVD, --refit-output and the kv_a_layernorm fit of --format deepseek --no-attention-bias" })
     // No yargs defaults: given without --calib they are refused, so given must differ from defaulted.
     .option("calib-samples", { type: "number", describe: `calibration windows of --calib (default ${DEFAULT_CALIB_SAMPLES}, or as many as the text holds)` })
     .option("calib-len", { type: "number", describe: `tokens per calibration window of --calib, BOS included (default ${DEFAULT_CALIB_LEN})` })

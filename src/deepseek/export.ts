@@ -1,6 +1,7 @@
 /**
  * `convert --format deepseek`: an MHA/GQA Llama checkpoint → a `deepseek_v3` folder that stock
- * `DeepseekV3ForCausalLM` loads without custom code (vLLM and SGLang drop its attention biases: serving.ts). The layer math is in
+ * `DeepseekV3ForCausalLM` loads without custom code (vLLM and SGLang drop its attention biases: serving.ts;
+ * `attentionBias: false` writes the bias-free form they serve, its norm fitted by ./latentNorm.ts). The layer math is in
  * ./layer.ts; this file reads the source, calibrates, picks the rope ladder, streams the tensors out
  * (the output folder appears only when complete) and writes the config.
  */
@@ -9,7 +10,9 @@ import path from "node:path";
 import { MlaError } from "../errors.js";
 import { abandonOutDir, beginOutDir, commitOutDir } from "../io/atomicDir.js";
 import { Checkpoint, copyModelSideFiles } from "../io/checkpoint.js";
-import { decodeToF32, DType, encodeFromF32 } from "../io/dtype.js";
+import { DType } from "../io/dtype.js";
+export { roundingFor } from "../io/dtype.js";
+import { roundingFor } from "../io/dtype.js";
 import { readHfConfig } from "../io/hfConfig.js";
 import { resolveModel } from "../io/modelDir.js";
 import { layerPrefix } from "../model/weights.js";
@@ -32,6 +35,7 @@ import { requireRoom, weightFileBytes } from "../io/diskRoom.js";
 import { deepseekSpecs, planTensors, writePlanned } from "./stream.js";
 import { requireCalibration } from "../convert/calibrationNeeds.js";
 import { throwIfAborted } from "../util/abort.js";
+import { describeLatentNormFit, fitLatentNorms, latentNormRecord, requireFitText } from "./latentNorm.js";
 
 export interface DeepseekOptions extends DeepseekEvalOptions {
   /** Latent dims per KV head of the equivalent mha2mla conversion: sets the KV budget with ropePairs. */
@@ -52,6 +56,12 @@ export interface DeepseekOptions extends DeepseekEvalOptions {
   calibLen?: number;
   /** Interleaved rope rows (rope_interleave, DeepSeek's own layout and what vLLM expects); default true. */
   interleave?: boolean;
+  /**
+   * true (default): exact kv_a_layernorm through a constant latent channel held by the kv_a bias
+   * (stock transformers; vLLM and SGLang drop it). false (`--no-attention-bias`): no biases, every
+   * latent channel learned, kv_a_layernorm's weight fitted on `calib` (required): ./latentNorm.ts.
+   */
+  attentionBias?: boolean;
   /** Output folder (default ./NAME-deepseek-r<rank>). */
   out?: string;
   force?: boolean;
@@ -83,6 +93,7 @@ const DEEPSEEK_KINDS: OptionKinds<DeepseekOptions> = {
   ropeDim: "number",
   kvLoraRank: "number",
   interleave: "boolean",
+  attentionBias: "boolean",
   out: "string",
   force: "boolean",
   dryRun: "boolean",
@@ -125,6 +136,8 @@ export interface DeepseekResult {
   energy: number[];
   /** With evalText: NLL of the source and of the result. */
   eval: BeforeAfter | null;
+  /** Bias-free only: per layer, the fitted kv_a_layernorm's relative error on the calibration latents (latentNorm.ts). */
+  latentNormError: number[] | null;
 }
 
 /**
@@ -149,10 +162,6 @@ function checkSource(c: ModelConfig): void {
   if (c.mlpBias) throw new MlaError("UNSUPPORTED", "--format deepseek: DeepseekV3's MLP has no biases", "convert it in our format (without --format deepseek)");
 }
 
-export function roundingFor(dtype: DType): (x: number) => number {
-  return (x) => decodeToF32(dtype, encodeFromF32(dtype, [x]))[0]!;
-}
-
 export async function convertDeepseek(spec: string, o: DeepseekOptions): Promise<DeepseekResult> {
   checkOptionTypes("convertDeepseek()", o, DEEPSEEK_KINDS, ["rank"]);
   throwIfAborted(o.signal);
@@ -175,10 +184,13 @@ export function deepseekShape(c: ModelConfig, o: DeepseekOptions): { ropePairs: 
   const dr = o.ropeDim ?? Math.min(2 * R * G, Dh);
   if (!Number.isInteger(dr) || dr < 2 || dr % 2 !== 0 || dr > Dh) throw new MlaError("BAD_ARGUMENT", `--rope-dim ${dr} must be even, in 2…${Dh} (head_dim)`, "one shared rope key holds at most head_dim/2 frequencies");
   const rk = o.kvLoraRank ?? budget - dr;
-  const maxRk = Math.min(2 * G * Dh, D) + 1;
+  const bias = o.attentionBias ?? true;
+  // The latent holds at most min(2·Hkv·Dh, D) learned dims, plus the constant channel when biased.
+  const maxRk = Math.min(2 * G * Dh, D) + (bias ? 1 : 0);
   if (!Number.isInteger(rk) || rk < 2 || rk > maxRk) throw new MlaError("BAD_ARGUMENT", `kv_lora_rank ${rk} is out of range 2…${maxRk} for this model`, o.kvLoraRank === undefined ? "lower --rope-dim or change --rank / --rope-pairs" : "choose another --kv-lora-rank");
   const svdInit = o.svdInit ?? "weights";
   requireCalibration(o.calib, { svdInit, refitOutput: o.refitOutput });
+  if (!bias) requireFitText(o.calib);
   checkCalibFile(o.calib);
   checkWindowShape(o.calibSamples ?? 32, o.calibLen ?? 256);
   return { ropePairs: R, ropeDim: dr, kvLoraRank: rk, svdInit };
@@ -191,14 +203,15 @@ async function convertDeepseekInScope(spec: string, o: DeepseekOptions): Promise
   const { ropePairs: R, ropeDim: dr, kvLoraRank: rk, svdInit } = deepseekShape(c, o);
   const { heads: H, kvHeads: G, headDim: Dh, hiddenSize: D, layers: L } = c;
   const half = Dh / 2;
+  const bias = o.attentionBias ?? true;
   const kvPerToken = { before: 2 * G * Dh, after: rk + dr, changePercent: (100 * (rk + dr - 2 * G * Dh)) / (2 * G * Dh) };
-  for (const w of servingWarnings(rk, dr, H, convertRemedy(Dh, Math.min(2 * G * Dh, D)))) log.warn(w);
+  for (const w of servingWarnings(rk, dr, H, convertRemedy(Dh, Math.min(2 * G * Dh, D), bias), bias)) log.warn(w);
   // The evaluation comes last: its settings are checked now, not after the conversion (a dry run too).
   checkEmbeddedEval(o, { dir: srcDir, bos: c.bosTokenId });
   const out = path.resolve(o.out ?? defaultOut(spec, o.rank, "deepseek"));
   if (o.dryRun) {
     if (fs.existsSync(out) && !o.force) log.warn(`${out} exists: the run would need --force (or another --out)`);
-    return { out: null, ropeDim: dr, kvLoraRank: rk, ropeTheta: c.rope.theta, spacing: 0, kvPerToken, energy: [], eval: null };
+    return { out: null, ropeDim: dr, kvLoraRank: rk, ropeTheta: c.rope.theta, spacing: 0, kvPerToken, energy: [], eval: null, latentNormError: null };
   }
   checkOutDir(out, srcDir, o.force ?? false, [{ name: "--calib", path: o.calib }, { name: "--eval-text", path: o.evalText }]);
   requireRoom(out, weightFileBytes(srcDir), "the converted model");
@@ -238,15 +251,17 @@ async function convertDeepseekInScope(spec: string, o: DeepseekOptions): Promise
     const freqs = ladder(m, spacing);
     // Ladder slot k turns at base'^(−2k/dr) = θ_{s·k} = base^(−2·s·k/Dh).
     const ropeTheta = Math.pow(c.rope.theta, (2 * spacing * m) / Dh);
-    log.info(`deepseek format: shared rope key of ${dr} dims on frequencies ${freqs.join(",")} of ${half} (spacing ${spacing}, rope_theta ${ropeTheta.toPrecision(8)}), kv_lora_rank ${rk} (1 constant channel)`);
+    log.info(`deepseek format: shared rope key of ${dr} dims on frequencies ${freqs.join(",")} of ${half} (spacing ${spacing}, rope_theta ${ropeTheta.toPrecision(8)}), kv_lora_rank ${rk} (${bias ? "1 constant channel" : "no attention bias: kv_a_layernorm fitted on --calib"})`);
 
     tmp = beginOutDir(out, o.force ?? false);
     const dtypeOf = (name: string): DType => src.entry(name).dtype;
-    const plan = planTensors(src, ATTN[0]!, new Set(ATTN.slice(1)), (_l, p) =>
-      deepseekSpecs(p, { H, D, dn: Dh, dr, dv: Dh, rk, dtype: dtypeOf(p + ATTN[0]!), normDtype: dtypeOf(p + "input_layernorm.weight"), addOBias: !src.has(p + "self_attn.o_proj.bias") }),
+    // A supported source declares no o_proj bias (checkSource), so a stray one in its file is no part
+    // of the model; the bias-free form must not carry it.
+    const plan = planTensors(src, ATTN[0]!, new Set([...ATTN.slice(1), ...(bias ? [] : ["self_attn.o_proj.bias"])]), (_l, p) =>
+      deepseekSpecs(p, { H, D, dn: Dh, dr, dv: Dh, rk, dtype: dtypeOf(p + ATTN[0]!), normDtype: dtypeOf(p + "input_layernorm.weight"), attentionBias: bias, addOBias: !src.has(p + "self_attn.o_proj.bias") }),
     );
     const energy: number[] = new Array(L).fill(0);
-    const betas: number[] = new Array(L).fill(0);
+    const betas: (number | null)[] = new Array(L).fill(null);
     await writePlanned(src, tmp, plan, async (l) => {
       const p = layerPrefix(l);
       const r = await deepseekLayer({
@@ -265,27 +280,31 @@ async function convertDeepseekInScope(spec: string, o: DeepseekOptions): Promise
         interleave: o.interleave ?? true,
         roundStored: roundingFor(dtypeOf(p + "input_layernorm.weight")),
         balance: o.balanceKv ?? true,
+        attentionBias: bias,
       });
       energy[l] = r.energy;
       betas[l] = r.beta;
       const t = new Map([
         ["self_attn.q_proj.weight", r.qProj],
         ["self_attn.kv_a_proj_with_mqa.weight", r.kvA],
-        ["self_attn.kv_a_proj_with_mqa.bias", r.kvABias],
         ["self_attn.kv_a_layernorm.weight", r.kvNorm],
         ["self_attn.kv_b_proj.weight", r.kvB],
       ]);
+      if (r.kvABias) t.set("self_attn.kv_a_proj_with_mqa.bias", r.kvABias);
       if (plan.generated.has(p + "self_attn.o_proj.bias")) t.set("self_attn.o_proj.bias", new Float32Array(D));
       return t;
     }, new Progress("deepseek", L, "layers", o.progress), o.signal);
 
-    writeDeepseekConfig(srcDir, tmp, c, { dr, dn: Dh, rk, ropeTheta, interleave: o.interleave ?? true, note: "written by mha2mla convert --format deepseek; see mla_conversion.json" });
+    writeDeepseekConfig(srcDir, tmp, c, { dr, dn: Dh, rk, ropeTheta, interleave: o.interleave ?? true, attentionBias: bias, note: "written by mha2mla convert --format deepseek; see mla_conversion.json" });
     copyModelSideFiles(srcDir, tmp);
+    // The norm is fitted before the refit: o_proj is then solved against the attention as it will run.
+    const fit = bias ? null : await fitLatentNorms(tmp, windows, selectBackend(o.device ?? "auto", log), { progress: o.progress, signal: o.signal });
+    if (fit) log.info(describeLatentNormFit(fit));
     const refit = o.refitOutput ? await refitOutputProjections(srcDir, tmp, windows, selectBackend(o.device ?? "auto", log), { progress: o.progress, signal: o.signal }) : null;
     if (refit) log.info(describeRefit(refit));
     fs.writeFileSync(
       path.join(tmp, "mla_conversion.json"),
-      JSON.stringify({ tool: "mha2mla", format: "deepseek_v3", source: { model: spec, dir: srcDir }, settings: { rank: o.rank, rope_pairs: R, rope_dim: dr, kv_lora_rank: rk, svd_init: svdInit, balance_kv: o.balanceKv ?? true, refit_output: o.refitOutput ?? false, calib: o.calib ?? null, interleave: o.interleave ?? true }, ...refitRecord(refit), ladder: { spacing, frequencies: freqs, rope_theta: ropeTheta }, kv_per_token_per_layer: kvPerToken, retained_energy: energy, constant_channel_beta: betas, created: new Date().toISOString() }, null, 2) + "\n",
+      JSON.stringify({ tool: "mha2mla", format: "deepseek_v3", source: { model: spec, dir: srcDir }, settings: { rank: o.rank, rope_pairs: R, rope_dim: dr, kv_lora_rank: rk, svd_init: svdInit, balance_kv: o.balanceKv ?? true, refit_output: o.refitOutput ?? false, calib: o.calib ?? null, interleave: o.interleave ?? true, attention_bias: bias }, ...refitRecord(refit), ...latentNormRecord(fit), ladder: { spacing, frequencies: freqs, rope_theta: ropeTheta }, kv_per_token_per_layer: kvPerToken, retained_energy: energy, ...(bias ? { constant_channel_beta: betas } : {}), created: new Date().toISOString() }, null, 2) + "\n",
     );
     let report: BeforeAfter | null = null;
     if (o.evalText) {
@@ -293,12 +312,12 @@ async function convertDeepseekInScope(spec: string, o: DeepseekOptions): Promise
       report = r.report;
       fs.writeFileSync(
         path.join(tmp, "report.md"),
-        `# MHA → DeepSeek-V3 MLA conversion report\n\nSource: \`${spec}\` → \`${out}\`\n\n| | NLL | perplexity | KV elements per token and layer |\n| --- | --- | --- | --- |\n| original | ${report.before.toFixed(4)} | ${r.ppl[0].toFixed(3)} | ${kvPerToken.before} |\n| converted | ${report.after.toFixed(4)} | ${r.ppl[1].toFixed(3)} | ${kvPerToken.after} |\n\nText: \`${o.evalText}\`, ${report.tokens} tokens, ctx ${report.ctx}. Shared rope key ${dr} dims on frequencies ${freqs.join(", ")}; kv_lora_rank ${rk} (one constant channel).\n`,
+        `# MHA → DeepSeek-V3 MLA conversion report\n\nSource: \`${spec}\` → \`${out}\`\n\n| | NLL | perplexity | KV elements per token and layer |\n| --- | --- | --- | --- |\n| original | ${report.before.toFixed(4)} | ${r.ppl[0].toFixed(3)} | ${kvPerToken.before} |\n| converted | ${report.after.toFixed(4)} | ${r.ppl[1].toFixed(3)} | ${kvPerToken.after} |\n\nText: \`${o.evalText}\`, ${report.tokens} tokens, ctx ${report.ctx}. Shared rope key ${dr} dims on frequencies ${freqs.join(", ")}; kv_lora_rank ${rk} (${bias ? "one constant channel" : "no attention bias; kv_a_layernorm fitted on the calibration text"}).\n`,
       );
     }
     commitOutDir(tmp, out, o.force ?? false);
     tmp = null;
-    return { out, ropeDim: dr, kvLoraRank: rk, ropeTheta, spacing, kvPerToken, energy, eval: report };
+    return { out, ropeDim: dr, kvLoraRank: rk, ropeTheta, spacing, kvPerToken, energy, eval: report, latentNormError: fit?.relativeError ?? null };
   } catch (e) {
     if (tmp) abandonOutDir(tmp);
     throw e;
@@ -308,7 +327,7 @@ async function convertDeepseekInScope(spec: string, o: DeepseekOptions): Promise
 }
 
 /** The source config.json rewritten as a dense DeepseekV3 config (keys stock loaders read); dn = qk_nope_head_dim. */
-export function writeDeepseekConfig(srcDir: string, dir: string, c: ModelConfig, s: { dr: number; dn: number; rk: number; ropeTheta: number; interleave: boolean; note: string }): void {
+export function writeDeepseekConfig(srcDir: string, dir: string, c: ModelConfig, s: { dr: number; dn: number; rk: number; ropeTheta: number; interleave: boolean; attentionBias: boolean; note: string }): void {
   const raw = JSON.parse(fs.readFileSync(path.join(srcDir, "config.json"), "utf8")) as Record<string, unknown>;
   for (const k of ["head_dim", "rope_scaling", "mlp_bias", "pretraining_tp", "sliding_window", "use_sliding_window", "max_window_layers", "auto_map", "mha2mla"]) delete raw[k];
   Object.assign(raw, {
@@ -323,7 +342,7 @@ export function writeDeepseekConfig(srcDir: string, dir: string, c: ModelConfig,
     rope_interleave: s.interleave,
     rope_theta: s.ropeTheta,
     rope_parameters: { rope_type: "default", rope_theta: s.ropeTheta },
-    attention_bias: true,
+    attention_bias: s.attentionBias,
     // Dense: a layer is MoE only from first_k_dense_replace on (HF, vLLM, SGLang), so none is. The MoE
     // keys keep their defaults: transformers' config is typed (n_routed_experts must be an int).
     first_k_dense_replace: c.layers,

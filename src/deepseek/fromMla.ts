@@ -14,6 +14,11 @@
  * query head its group's k_up and v_up rows. dn = Dh − 2R, dv = Dh. Asked for a larger kv_lora_rank
  * or rope dim (the 512 + 64 the fused MLA kernels take), it pads with zero channels and slots, which
  * changes nothing but the cache size.
+ *
+ * `attentionBias: false` (`--no-attention-bias`) drops the constant channel and every bias, for the
+ * stacks that drop them (vLLM, SGLang): kv_a = [kv_down; zero padding; k_rope rows], kv_b unscaled,
+ * and kv_a_layernorm's weight fitted on calibration text once the folder is written (./latentNorm.ts).
+ * That form is not exact: the norm divides each token's latent by its own RMS.
  */
 import fs from "node:fs";
 import path from "node:path";
@@ -38,6 +43,12 @@ import { FUSED_MLA, servingWarnings } from "./serving.js";
 import { checkExportSettings, exportLadder, exportSplit } from "./exportable.js";
 import { deepseekSpecs, planTensors, writePlanned } from "./stream.js";
 import { throwIfAborted } from "../util/abort.js";
+import { flagsWithout } from "../errors.js";
+import { checkCalibFile } from "../convert/plan.js";
+import { calibrationWindows, checkWindowShape, DEFAULT_CALIB_LEN, DEFAULT_CALIB_SAMPLES, readCalibrationText } from "../ropeSelect/calibrate.js";
+import { loadTokenizer } from "../io/tokenizer.js";
+import { selectBackend } from "../backends/select.js";
+import { describeLatentNormFit, fitLatentNorms, latentNormRecord, requireFitText } from "./latentNorm.js";
 
 export interface ExportOptions extends DeepseekEvalOptions {
   /** Output folder (default ./NAME-deepseek next to the working directory). */
@@ -49,6 +60,15 @@ export interface ExportOptions extends DeepseekEvalOptions {
   kvLoraRank?: number;
   /** qk_rope_head_dim ≥ 2 × the ladder's slots (default: exactly that); extra slots are zeros. */
   ropeDim?: number;
+  /**
+   * true (default): exact, through a constant latent channel held by the kv_a bias (vLLM and SGLang
+   * drop it). false (`--no-attention-bias`): no biases, kv_a_layernorm's weight fitted on `calib`
+   * (required, and read only then): ./latentNorm.ts.
+   */
+  attentionBias?: boolean;
+  calib?: string;
+  calibSamples?: number;
+  calibLen?: number;
 }
 
 export interface ExportResult {
@@ -61,6 +81,8 @@ export interface ExportResult {
   ropeTheta: number;
   kvPerToken: { before: number; after: number };
   eval: BeforeAfter | null;
+  /** Bias-free only: per layer, the fitted kv_a_layernorm's relative error on the calibration latents. */
+  latentNormError: number[] | null;
 }
 
 /** The model's MLA settings and its one split (DeepSeek-V3 has one latent and rope width), or why it cannot be exported. */
@@ -87,8 +109,10 @@ interface ExportLayerInput {
   selection: number[][];
   /** The attention input's RMSNorm weight [D]: sizes the constant channel against the real input scale. */
   inputNorm: Float32Array;
-  /** kv_lora_rank (≥ L + 1; the extra channels are zeros). */
+  /** kv_lora_rank (≥ L + 1 with the constant channel, else ≥ L; the extra channels are zeros). */
   kvLoraRank: number;
+  /** false: no constant channel, no bias; kv_a_layernorm left at 1 for latentNorm.ts to fit. */
+  attentionBias: boolean;
   heads: number;
   headDim: number;
   hidden: number;
@@ -112,9 +136,13 @@ export function exportLayer(p: ExportLayerInput): Map<string, Float32Array> {
   const half = Dh / 2;
   // The latent's scale as the model sees it: x = RMSNorm(h)·γ has E x_c² ≈ γ_c². Zero channels count
   // in the norm's mean, so the constant channel sits at index rk − 1 with every padded one before it.
-  const scaled = new Float32Array((rk - 1) * D);
-  for (let i = 0; i < L * D; i++) scaled[i] = p.kvDown[i]! * p.inputNorm[i % D]!;
-  const cc = constantChannel(scaled, rk - 1, D, null, p.roundStored);
+  const scaled = () => {
+    const x = new Float32Array((rk - 1) * D);
+    for (let i = 0; i < L * D; i++) x[i] = p.kvDown[i]! * p.inputNorm[i % D]!;
+    return x;
+  };
+  // Without the constant channel kv_b keeps the source's scale (undo 1) and γ is fitted later.
+  const cc = p.attentionBias ? constantChannel(scaled(), rk - 1, D, null, p.roundStored) : { beta: null, kvNorm: new Float32Array(rk).fill(1), undo: 1 };
 
   const kvA = new Float32Array((rk + dr) * D);
   kvA.set(p.kvDown);
@@ -126,8 +154,6 @@ export function exportLayer(p: ExportLayerInput): Map<string, Float32Array> {
       }
     }),
   );
-  const kvABias = new Float32Array(rk + dr);
-  kvABias[rk - 1] = cc.beta;
 
   const kvB = new Float32Array(H * (dn + Dh) * rk);
   const qk = dn + dr;
@@ -151,18 +177,33 @@ export function exportLayer(p: ExportLayerInput): Map<string, Float32Array> {
         for (let c = 0; c < D; c++) qProj[dst + c] = p.wq[(h * Dh + off) * D + c]! * scale;
       }
   }
-  return new Map([
+  const t = new Map([
     ["self_attn.q_proj.weight", qProj],
     ["self_attn.kv_a_proj_with_mqa.weight", kvA],
-    ["self_attn.kv_a_proj_with_mqa.bias", kvABias],
     ["self_attn.kv_a_layernorm.weight", cc.kvNorm],
     ["self_attn.kv_b_proj.weight", kvB],
   ]);
+  if (cc.beta !== null) {
+    const kvABias = new Float32Array(rk + dr);
+    kvABias[rk - 1] = cc.beta;
+    t.set("self_attn.kv_a_proj_with_mqa.bias", kvABias);
+  }
+  return t;
 }
 
 const SOURCE = ["q_proj", "k_rope_proj", "kv_down_proj", "k_up_proj", "v_up_proj"].map((n) => `self_attn.${n}.weight`);
 
-const EXPORT_KINDS: OptionKinds<ExportOptions> = { ...DEEPSEEK_EVAL_KINDS, out: "string", force: "boolean", interleave: "boolean", kvLoraRank: "number", ropeDim: "number" };
+const EXPORT_KINDS: OptionKinds<ExportOptions> = { ...DEEPSEEK_EVAL_KINDS, out: "string", force: "boolean", interleave: "boolean", kvLoraRank: "number", ropeDim: "number", attentionBias: "boolean", calib: "string", calibSamples: "number", calibLen: "number" };
+
+/** The calibration settings of an export: read only by the bias-free form's norm fit, so refused elsewhere (not dropped unseen). */
+function checkExportCalibration(o: ExportOptions, bias: boolean): void {
+  const given = ([["--calib", o.calib], ["--calib-samples", o.calibSamples], ["--calib-len", o.calibLen]] as const).filter(([, v]) => v !== undefined).map(([f]) => f);
+  if (bias && given.length) throw flagsWithout(given, "--no-attention-bias", "calibration settings of the kv_a_layernorm fit (the exact export reads no text)");
+  if (bias) return;
+  requireFitText(o.calib);
+  checkCalibFile(o.calib);
+  checkWindowShape(o.calibSamples ?? DEFAULT_CALIB_SAMPLES, o.calibLen ?? DEFAULT_CALIB_LEN);
+}
 
 export async function exportDeepseek(spec: string, o: ExportOptions = {}): Promise<ExportResult> {
   checkOptionTypes("exportDeepseek()", o, EXPORT_KINDS);
@@ -175,13 +216,17 @@ export async function exportDeepseek(spec: string, o: ExportOptions = {}): Promi
   const { heads: H, kvHeads: G, headDim: Dh, hiddenSize: D, layers: nLayers } = c;
   const ladder = exportLadder(a.selection);
   const { spacing } = ladder;
-  const rk = o.kvLoraRank ?? L + 1;
+  const bias = o.attentionBias ?? true;
+  checkExportCalibration(o, bias);
+  // The channels the latent needs: the model's L, plus the constant one when biased.
+  const need = L + (bias ? 1 : 0);
+  const rk = o.kvLoraRank ?? need;
   const dr = o.ropeDim ?? 2 * ladder.slots;
-  if (!Number.isInteger(rk) || rk < L + 1) throw new MlaError("BAD_ARGUMENT", `--kv-lora-rank ${rk} cannot hold the model's ${L} latent dims and the constant channel`, `use a whole number ≥ ${L + 1} (larger pads with zero channels)`);
+  if (!Number.isInteger(rk) || rk < need) throw new MlaError("BAD_ARGUMENT", `--kv-lora-rank ${rk} cannot hold the model's ${L} latent dims${bias ? " and the constant channel" : ""}`, `use a whole number ≥ ${need} (larger pads with zero channels)`);
   if (!Number.isInteger(dr) || dr % 2 !== 0 || dr < 2 * ladder.slots) throw new MlaError("BAD_ARGUMENT", `--rope-dim ${dr} cannot hold the model's rope ladder of ${ladder.slots} slots`, `use an even number ≥ ${2 * ladder.slots} (larger pads with zero slots)`);
   // Zero padding is exact but costs cache and weights: up to the hidden size, or the fused kernels' dims.
-  const maxRk = Math.max(L + 1, D, FUSED_MLA.kvLoraRank), maxDr = Math.max(2 * ladder.slots, Dh, FUSED_MLA.ropeDim);
-  if (rk > maxRk) throw new MlaError("BAD_ARGUMENT", `--kv-lora-rank ${rk} pads far past this model (at most ${maxRk}: its hidden size or the fused kernels' ${FUSED_MLA.kvLoraRank})`, `use ${L + 1}…${maxRk}`);
+  const maxRk = Math.max(need, D, FUSED_MLA.kvLoraRank), maxDr = Math.max(2 * ladder.slots, Dh, FUSED_MLA.ropeDim);
+  if (rk > maxRk) throw new MlaError("BAD_ARGUMENT", `--kv-lora-rank ${rk} pads far past this model (at most ${maxRk}: its hidden size or the fused kernels' ${FUSED_MLA.kvLoraRank})`, `use ${need}…${maxRk}`);
   if (dr > maxDr) throw new MlaError("BAD_ARGUMENT", `--rope-dim ${dr} pads far past this model (at most ${maxDr}: its head dim or the fused kernels' ${FUSED_MLA.ropeDim})`, `use an even number ${2 * ladder.slots}…${maxDr}`);
   const slots = dr / 2;
   const dn = Dh - 2 * R;
@@ -194,21 +239,23 @@ export async function exportDeepseek(spec: string, o: ExportOptions = {}): Promi
   if (!(ropeTheta < F32_MAX))
     throw new MlaError("BAD_ARGUMENT", `--rope-dim ${dr} pads the rope key so far that its rope_theta, ${ropeTheta.toExponential(3)}, is past float32's range, in which transformers and vLLM compute the frequencies (all but the first would be 0)`, `use an even --rope-dim from ${2 * ladder.slots} to ${finiteDr}`);
   const kvPerToken = { before: G * 2 * R + L, after: rk + dr };
-  const fits = L + 1 <= FUSED_MLA.kvLoraRank && 2 * ladder.slots <= FUSED_MLA.ropeDim && FUSED_MLA.ropeDim <= finiteDr;
+  const fits = need <= FUSED_MLA.kvLoraRank && 2 * ladder.slots <= FUSED_MLA.ropeDim && FUSED_MLA.ropeDim <= finiteDr;
   const remedy = fits
     ? // Named as a command: pipeline's export phase takes no widths, so there it is a separate `export`.
       `For the fused kernels export with \`mha2mla export MODEL --format deepseek --kv-lora-rank ${FUSED_MLA.kvLoraRank} --rope-dim ${FUSED_MLA.ropeDim}\` (zero padding: exact, ${FUSED_MLA.kvLoraRank + FUSED_MLA.ropeDim} cached values per token and layer)`
     : FUSED_MLA.ropeDim > finiteDr && 2 * ladder.slots <= FUSED_MLA.ropeDim
       ? `Padded to the fused kernels' ${FUSED_MLA.ropeDim} rope dims, this ladder's rope_theta would pass float32's range (at most --rope-dim ${finiteDr})`
-      : `The fused kernels' ${FUSED_MLA.kvLoraRank} + ${FUSED_MLA.ropeDim} cannot hold this model's ${L + 1} latent channels and ${2 * ladder.slots} rope dims`;
-  for (const w of servingWarnings(rk, dr, H, remedy)) log.warn(w);
-  log.info(`export: shared rope key of ${dr} dims (frequencies ${spacing}·k, k < ${ladder.slots}; ${G * R} used per layer), kv_lora_rank ${rk} (1 constant channel): ${kvPerToken.after} cached values per token and layer, ours ${kvPerToken.before}`);
+      : `The fused kernels' ${FUSED_MLA.kvLoraRank} + ${FUSED_MLA.ropeDim} cannot hold this model's ${need} latent channels and ${2 * ladder.slots} rope dims`;
+  for (const w of servingWarnings(rk, dr, H, remedy, bias)) log.warn(w);
+  log.info(`export: shared rope key of ${dr} dims (frequencies ${spacing}·k, k < ${ladder.slots}; ${G * R} used per layer), kv_lora_rank ${rk} (${bias ? "1 constant channel" : "no attention bias: kv_a_layernorm fitted on --calib"}): ${kvPerToken.after} cached values per token and layer, ours ${kvPerToken.before}`);
   // The evaluation comes last: its settings are checked now, not after the export.
   // With the source's tokenizer and BOS, which the evaluation needs: found missing after the export, the
   // work was thrown away.
   checkEmbeddedEval(o, { dir: srcDir, bos: c.bosTokenId });
   const out = path.resolve(o.out ?? `${modelName(spec)}-deepseek`);
-  checkOutDir(out, srcDir, o.force ?? false, [{ name: "--eval-text", path: o.evalText }]);
+  checkOutDir(out, srcDir, o.force ?? false, [{ name: "--eval-text", path: o.evalText }, { name: "--calib", path: o.calib }]);
+  // Tokenized before any work, so a text too short for one window is refused up front.
+  const windows = o.calib ? calibrationWindows(loadTokenizer(srcDir), readCalibrationText(o.calib), o.calibSamples ?? DEFAULT_CALIB_SAMPLES, o.calibLen ?? DEFAULT_CALIB_LEN, c.bosTokenId, o.calib) : [];
   // The export adds one latent channel and a shared rope key per layer: a little over the source.
   requireRoom(out, 1.05 * weightFileBytes(srcDir), "the exported model");
   const src = Checkpoint.open(srcDir);
@@ -217,8 +264,10 @@ export async function exportDeepseek(spec: string, o: ExportOptions = {}): Promi
     for (let l = 0; l < nLayers; l++) for (const n of SOURCE) if (!src.has(layerPrefix(l) + n)) throw new MlaError("BAD_CHECKPOINT", `${srcDir}: tensor ${layerPrefix(l) + n} is missing`, "the checkpoint does not match its config");
     tmp = beginOutDir(out, o.force ?? false);
     const dtypeOf = (name: string): DType => src.entry(name).dtype;
-    const plan = planTensors(src, SOURCE[0]!, new Set(SOURCE.slice(1)), (_l, p) =>
-      deepseekSpecs(p, { H, D, dn, dr, dv: Dh, rk, dtype: dtypeOf(p + SOURCE[0]!), normDtype: dtypeOf(p + "input_layernorm.weight"), addOBias: !src.has(p + "self_attn.o_proj.bias") }),
+    // An exportable model declares no o_proj bias (checkExportSettings refuses attention biases), so a
+    // stray one in its file is no part of the model; the bias-free form must not carry it.
+    const plan = planTensors(src, SOURCE[0]!, new Set([...SOURCE.slice(1), ...(bias ? [] : ["self_attn.o_proj.bias"])]), (_l, p) =>
+      deepseekSpecs(p, { H, D, dn, dr, dv: Dh, rk, dtype: dtypeOf(p + SOURCE[0]!), normDtype: dtypeOf(p + "input_layernorm.weight"), attentionBias: bias, addOBias: !src.has(p + "self_attn.o_proj.bias") }),
     );
     await writePlanned(
       src,
@@ -235,6 +284,7 @@ export async function exportDeepseek(spec: string, o: ExportOptions = {}): Promi
           selection: a.selection[l]!,
           inputNorm: src.readF32(p + "input_layernorm.weight"),
           kvLoraRank: rk,
+          attentionBias: bias,
           heads: H,
           headDim: Dh,
           hidden: D,
@@ -249,14 +299,17 @@ export async function exportDeepseek(spec: string, o: ExportOptions = {}): Promi
       new Progress("export", nLayers, "layers", o.progress),
       o.signal,
     );
-    writeDeepseekConfig(srcDir, tmp, c, { dr, dn, rk, ropeTheta, interleave: o.interleave ?? true, note: "written by mha2mla export --format deepseek; see mla_conversion.json" });
+    writeDeepseekConfig(srcDir, tmp, c, { dr, dn, rk, ropeTheta, interleave: o.interleave ?? true, attentionBias: bias, note: "written by mha2mla export --format deepseek; see mla_conversion.json" });
     copyModelSideFiles(srcDir, tmp);
-    const manifest = { tool: "mha2mla", format: "deepseek_v3", exported_from: { model: spec, dir: srcDir, format: "mha2mla MLA" }, ladder: { spacing, slots, rope_theta: ropeTheta }, kv_per_token_per_layer: kvPerToken, created: new Date().toISOString() };
+    const fit = bias ? null : await fitLatentNorms(tmp, windows, selectBackend(o.device ?? "auto", log), { progress: o.progress, signal: o.signal });
+    if (fit) log.info(describeLatentNormFit(fit));
+    const settings = { attention_bias: bias, ...(bias ? {} : { calib: o.calib, calib_samples: o.calibSamples ?? DEFAULT_CALIB_SAMPLES, calib_len: o.calibLen ?? DEFAULT_CALIB_LEN }) };
+    const manifest = { tool: "mha2mla", format: "deepseek_v3", exported_from: { model: spec, dir: srcDir, format: "mha2mla MLA" }, settings, ...latentNormRecord(fit), ladder: { spacing, slots, rope_theta: ropeTheta }, kv_per_token_per_layer: kvPerToken, created: new Date().toISOString() };
     fs.writeFileSync(path.join(tmp, "mla_conversion.json"), JSON.stringify(manifest, null, 2) + "\n");
     const report = o.evalText ? (await evalBeforeAfter(spec, srcDir, tmp, out, { ...o, evalText: o.evalText, logger: log }, kvPerToken)).report : null;
     commitOutDir(tmp, out, o.force ?? false);
     tmp = null;
-    return { out, ropeDim: dr, kvLoraRank: rk, nopeDim: dn, spacing, ropeTheta, kvPerToken, eval: report };
+    return { out, ropeDim: dr, kvLoraRank: rk, nopeDim: dn, spacing, ropeTheta, kvPerToken, eval: report, latentNormError: fit?.relativeError ?? null };
   } catch (e) {
     if (tmp) abandonOutDir(tmp);
     throw e;

@@ -15,7 +15,9 @@
  *   kv_a_layernorm. Stock loaders always RMS-normalize the latent. One extra latent channel carries a
  *   large constant β through the kv_a bias (its kv_b column is zero): the RMS is then ≈ β/√rk for every
  *   token, and the norm weight γ = β/√rk undoes it (the constant channel's own weight is 1/√rk, so it
- *   leaves the norm at ≈ 1 and trains like a bias). The relative error is ‖c‖²/(2β²).
+ *   leaves the norm at ≈ 1 and trains like a bias). The relative error is ‖c‖²/(2β²). vLLM and SGLang
+ *   drop that bias; the bias-free form (attentionBias false) has no constant channel and fits the norm's
+ *   weight instead (./latentNorm.ts), an approximation.
  *
  *   The softmax scale (dn + dr)^−½ is folded into q_proj; rope rows are interleaved when asked.
  */
@@ -114,8 +116,14 @@ export interface DeepseekLayerInput {
   pca: FrequencyPca;
   /** The rope ladder: original frequency index of each of the dr/2 shared rope slots. */
   ladder: number[];
-  /** kv_lora_rank: latent dims including the constant channel. */
+  /** kv_lora_rank: latent dims, the constant channel included when attentionBias. */
   kvLoraRank: number;
+  /**
+   * true: one latent channel is a constant β (the kv_a bias) that makes kv_a_layernorm an identity;
+   * false (`--no-attention-bias`): every channel is learned, no bias, and kv_a_layernorm's weight is
+   * left at 1 for ./latentNorm.ts to fit on calibration text once the folder is written.
+   */
+  attentionBias: boolean;
   /** Whitening for activation-aware SVD; null = weight SVD. */
   whiten: CovarianceRoots | null;
   /** Attention-input covariance [D, D] (sizes the constant channel); null = identity. */
@@ -133,16 +141,16 @@ export interface DeepseekLayer {
   qProj: Float32Array;
   /** [rk + dr, D] */
   kvA: Float32Array;
-  /** [rk + dr] */
-  kvABias: Float32Array;
+  /** [rk + dr]; null without attention bias. */
+  kvABias: Float32Array | null;
   /** [rk] */
   kvNorm: Float32Array;
   /** [H·2·Dh, rk] */
   kvB: Float32Array;
   /** Retained singular-value energy of the position-free keys and values. */
   energy: number;
-  /** The constant channel's β. */
-  beta: number;
+  /** The constant channel's β; null without attention bias. */
+  beta: number | null;
 }
 
 /** What makes kv_a_layernorm an identity on a latent of `latent` learned dims plus one constant channel. */
@@ -193,9 +201,9 @@ export async function deepseekLayer(p: DeepseekLayerInput): Promise<DeepseekLaye
   const m = F.length;
   const dr = 2 * m;
   const group = H / G;
-  const latent = rk - 1;
+  const latent = p.attentionBias ? rk - 1 : rk;
   const rows = 2 * G * Dh;
-  if (latent < 1 || latent > Math.min(rows, D)) throw new MlaError("BAD_ARGUMENT", `kv_lora_rank ${rk} leaves ${latent} latent dims; this layer allows 1…${Math.min(rows, D)} (+1 for the constant channel)`, "choose another --rank or --kv-lora-rank");
+  if (latent < 1 || latent > Math.min(rows, D)) throw new MlaError("BAD_ARGUMENT", `kv_lora_rank ${rk} leaves ${latent} latent dims; this layer allows 1…${Math.min(rows, D)}${p.attentionBias ? " (+1 for the constant channel)" : ""}`, "choose another --rank or --kv-lora-rank");
   // The shared rope key rows (rotate-half order: x of slot k at k, y at k + m) and each head's
   // position-free key, which keeps what the top component does not carry.
   const kRope = new Float64Array(dr * D);
@@ -222,14 +230,15 @@ export async function deepseekLayer(p: DeepseekLayerInput): Promise<DeepseekLaye
   if (alpha !== 1) for (let i = 0; i < G * Dh * D; i++) A[i] = A[i]! / alpha;
   const f = p.whiten ? whitenedFactor(A, rows, D, latent, p.whiten) : await truncatedFactorAsync(A, rows, D, latent);
 
-  const { beta, kvNorm, undo } = constantChannel(f.down, latent, D, p.cov, p.roundStored);
+  // Without the constant channel kv_b keeps the factored scale (undo 1) and γ is fitted later.
+  const { beta, kvNorm, undo } = p.attentionBias ? constantChannel(f.down, latent, D, p.cov, p.roundStored) : { beta: null, kvNorm: new Float32Array(rk).fill(1), undo: 1 };
 
   const kvA = new Float32Array((rk + dr) * D);
   kvA.set(Float32Array.from(f.down));
   for (let s = 0; s < m; s++)
     for (const y of [false, true]) kvA.set(Float32Array.from(kRope.subarray((s + (y ? m : 0)) * D, (s + (y ? m : 0) + 1) * D)), (rk + ropeRow(s, y, m, p.interleave)) * D);
-  const kvABias = new Float32Array(rk + dr);
-  kvABias[latent] = beta;
+  const kvABias = beta === null ? null : new Float32Array(rk + dr);
+  if (kvABias && beta !== null) kvABias[latent] = beta;
 
   // kv_b: per query head, its group's rows of the up-projection: Dh key rows, then Dh value rows.
   const kvB = new Float32Array(H * 2 * Dh * rk);

@@ -16,15 +16,19 @@ export interface TensorPlan {
   generated: Set<string>;
 }
 
-/** The attention tensors of one deepseek_v3 layer (prefix p): q_proj [H·(dn+dr), D], kv_a (+ bias), kv_a_layernorm, kv_b [H·(dn+dv), rk], and a zero o_proj bias where the source has none (attention_bias: true needs one). */
-export function deepseekSpecs(p: string, s: { H: number; D: number; dn: number; dr: number; dv: number; rk: number; dtype: DType; normDtype: DType; addOBias: boolean }): TensorSpec[] {
+/**
+ * The attention tensors of one deepseek_v3 layer (prefix p): q_proj [H·(dn+dr), D], kv_a (+ its bias
+ * with attention_bias), kv_a_layernorm, kv_b [H·(dn+dv), rk], and a zero o_proj bias where the source
+ * has none and attention_bias is on (stock loaders then expect one).
+ */
+export function deepseekSpecs(p: string, s: { H: number; D: number; dn: number; dr: number; dv: number; rk: number; dtype: DType; normDtype: DType; attentionBias: boolean; addOBias: boolean }): TensorSpec[] {
   return [
     { name: p + "self_attn.q_proj.weight", dtype: s.dtype, shape: [s.H * (s.dn + s.dr), s.D] },
     { name: p + "self_attn.kv_a_proj_with_mqa.weight", dtype: s.dtype, shape: [s.rk + s.dr, s.D] },
-    { name: p + "self_attn.kv_a_proj_with_mqa.bias", dtype: s.dtype, shape: [s.rk + s.dr] },
+    ...(s.attentionBias ? [{ name: p + "self_attn.kv_a_proj_with_mqa.bias", dtype: s.dtype, shape: [s.rk + s.dr] }] : []),
     { name: p + "self_attn.kv_a_layernorm.weight", dtype: s.normDtype, shape: [s.rk] },
     { name: p + "self_attn.kv_b_proj.weight", dtype: s.dtype, shape: [s.H * (s.dn + s.dv), s.rk] },
-    ...(s.addOBias ? [{ name: p + "self_attn.o_proj.bias", dtype: s.dtype, shape: [s.D] }] : []),
+    ...(s.attentionBias && s.addOBias ? [{ name: p + "self_attn.o_proj.bias", dtype: s.dtype, shape: [s.D] }] : []),
   ];
 }
 

@@ -44,10 +44,14 @@ export interface InspectResult {
   mla?: ReturnType<typeof splitFields> & { svd: string; gate_dim?: number; deepseek_export: string };
 }
 
-/** What the MLA serving stacks make of a deepseek_v3 folder's sizes (docs/formats.md). */
-function servingOf(rk: number, dr: number, heads: number): string {
-  const w = servingWarnings(rk, dr, heads, "");
+/**
+ * What the MLA serving stacks make of a deepseek_v3 folder's sizes (docs/formats.md), and of its
+ * attention biases: vLLM and SGLang drop them, which only matters where the folder has them.
+ */
+function servingOf(rk: number, dr: number, heads: number, attentionBias: boolean): string {
+  const w = servingWarnings(rk, dr, heads, "", attentionBias);
   const sizes = w.filter((x) => x !== SERVING_BIAS_NOTE).map((x) => x.replace(/\.? Stock transformers loads any size\. ?$/, ""));
+  if (!attentionBias) return `stock transformers loads it; ${sizes.length ? `${sizes.join("; ")}; ` : "the fused MLA kernels take its sizes; "}it has no attention biases, so vLLM and SGLang compute the model transformers does`;
   return `stock transformers loads it; ${sizes.length ? `${sizes.join("; ")}; ` : "the fused MLA kernels take its sizes, but "}vLLM and SGLang drop its kv_a_proj_with_mqa and o_proj biases, which it needs (docs/deepseek.md)`;
 }
 
@@ -94,7 +98,7 @@ export function inspectModel(spec: string): InspectResult {
       model_type: c.modelType,
       attention: c.attention.kind === "mla" ? "mla" : c.attention.kind === "deepseek" ? "deepseek-mla" : c.kvHeads === c.heads ? "mha" : c.kvHeads === 1 ? "mqa" : "gqa",
       ...(c.attention.kind === "mla" ? { mla: { ...splitFields(c.attention), svd: c.attention.svd, ...(c.attention.gateDim > 0 ? { gate_dim: c.attention.gateDim } : {}), deepseek_export: deepseekExport(c) } } : {}),
-      ...(c.attention.kind === "deepseek" ? { deepseek: { kv_lora_rank: c.attention.kvLoraRank, qk_rope_head_dim: c.attention.ropeDim, qk_nope_head_dim: c.attention.nopeDim, v_head_dim: c.attention.vDim, rope_interleave: c.attention.interleave, serving: servingOf(c.attention.kvLoraRank, c.attention.ropeDim, c.heads) } } : {}),
+      ...(c.attention.kind === "deepseek" ? { deepseek: { kv_lora_rank: c.attention.kvLoraRank, qk_rope_head_dim: c.attention.ropeDim, qk_nope_head_dim: c.attention.nopeDim, v_head_dim: c.attention.vDim, rope_interleave: c.attention.interleave, serving: servingOf(c.attention.kvLoraRank, c.attention.ropeDim, c.heads, c.attention.kvABias || c.oBias) } } : {}),
       params,
       layers: c.layers,
       hidden_size: c.hiddenSize,

@@ -19,7 +19,7 @@ import { AttentionMode, asCached } from "./mha.js";
 import { uploadLike } from "./mla.js";
 
 /** HF builds kv_a_layernorm without passing rms_norm_eps. */
-const LATENT_NORM_EPS = 1e-6;
+export const LATENT_NORM_EPS = 1e-6;
 
 /** Column indices, cached per shape: the rope columns in rotate-half order, per head blocks, repeats. */
 class Columns {
