@@ -315,6 +315,8 @@ async function convertDeepseekInScope(spec: string, o: DeepseekOptions): Promise
         `# MHA → DeepSeek-V3 MLA conversion report\n\nSource: \`${spec}\` → \`${out}\`\n\n| | NLL | perplexity | KV elements per token and layer |\n| --- | --- | --- | --- |\n| original | ${report.before.toFixed(4)} | ${r.ppl[0].toFixed(3)} | ${kvPerToken.before} |\n| converted | ${report.after.toFixed(4)} | ${r.ppl[1].toFixed(3)} | ${kvPerToken.after} |\n\nText: \`${o.evalText}\`, ${report.tokens} tokens, ctx ${report.ctx}. Shared rope key ${dr} dims on frequencies ${freqs.join(", ")}; kv_lora_rank ${rk} (${bias ? "one constant channel" : "no attention bias; kv_a_layernorm fitted on the calibration text"}).\n`,
       );
     }
+    // A stop asked during the last layer's writes or the evaluation leaves nothing, as one before them does.
+    throwIfAborted(o.signal);
     commitOutDir(tmp, out, o.force ?? false);
     tmp = null;
     return { out, ropeDim: dr, kvLoraRank: rk, ropeTheta, spacing, kvPerToken, energy, eval: report, latentNormError: fit?.relativeError ?? null };

@@ -307,6 +307,8 @@ export async function exportDeepseek(spec: string, o: ExportOptions = {}): Promi
     const manifest = { tool: "mha2mla", format: "deepseek_v3", exported_from: { model: spec, dir: srcDir, format: "mha2mla MLA" }, settings, ...latentNormRecord(fit), ladder: { spacing, slots, rope_theta: ropeTheta }, kv_per_token_per_layer: kvPerToken, created: new Date().toISOString() };
     fs.writeFileSync(path.join(tmp, "mla_conversion.json"), JSON.stringify(manifest, null, 2) + "\n");
     const report = o.evalText ? (await evalBeforeAfter(spec, srcDir, tmp, out, { ...o, evalText: o.evalText, logger: log }, kvPerToken)).report : null;
+    // A stop asked during the last layer's writes or the evaluation leaves nothing, as one before them does.
+    throwIfAborted(o.signal);
     commitOutDir(tmp, out, o.force ?? false);
     tmp = null;
     return { out, ropeDim: dr, kvLoraRank: rk, nopeDim: dn, spacing, ropeTheta, kvPerToken, eval: report, latentNormError: fit?.relativeError ?? null };

@@ -62,6 +62,10 @@ test("exportDeepseek: an aborted signal stops it before, between layers and in i
   const c2 = new AbortController();
   await assert.rejects(exportDeepseek(mla, { out, device: "cpu", evalText: TEXT, evalCtx: 16, progress: abortAt(c2, /^eval /), signal: c2.signal }), isInterrupted);
   assert.deepEqual(fs.readdirSync(parent), []);
+  // A stop asked during the last layer (its progress line at 100%) still leaves nothing.
+  const c4 = new AbortController();
+  await assert.rejects(exportDeepseek(mla, { out, device: "cpu", progress: abortAt(c4, /^export .*\(100\.0%\)/), signal: c4.signal }), isInterrupted);
+  assert.deepEqual(fs.readdirSync(parent), [], "no output after a stop in the last layer");
   // An existing --out replaced with --force stays as it was.
   fs.mkdirSync(out);
   fs.writeFileSync(path.join(out, "earlier"), "kept");
