@@ -44,6 +44,12 @@ export interface PipelineOptions {
   finetune?: Omit<FinetuneOptions, PipelineOwned>;
   /** "deepseek": write the final model (fine-tuned, else converted) as a deepseek_v3 folder (`export --format deepseek`, exact; needs convert.ropeDisjoint or one KV head). */
   export?: "deepseek";
+  /**
+   * false: the deepseek_v3 folder the pipeline writes (format "deepseek" or export "deepseek") has no
+   * attention biases, so vLLM and SGLang serve it as written (`--no-attention-bias`; kv_a_layernorm's
+   * weight fitted on convert.calib, which it needs). Default true: the exact form.
+   */
+  attentionBias?: boolean;
   evalText?: string;
   evalTokens?: number;
   evalCtx?: number;
@@ -75,6 +81,7 @@ const PIPELINE_KINDS: OptionKinds<PipelineOptions> = {
   deepseek: "object",
   finetune: "object",
   export: "string",
+  attentionBias: "boolean",
   evalText: "string",
   evalTokens: "number",
   evalCtx: "number",
@@ -127,6 +134,12 @@ function flagsSet(fields: object): string[] {
 function refuseIdleOptions(o: PipelineOptions): void {
   const deepseek = o.format === "deepseek" ? [] : flagsSet(o.deepseek ?? {});
   if (deepseek.length) throw flagsWithout(deepseek, "--format deepseek", "widths of the deepseek_v3 model the conversion writes; --export deepseek sizes its own from the model");
+  if (o.attentionBias === false) {
+    if (o.format !== "deepseek" && o.export !== "deepseek") throw flagsWithout(["--no-attention-bias"], "--format deepseek or --export deepseek", "the deepseek_v3 folder it writes without biases");
+    // The export runs after the fine-tune: refused now, not hours later.
+    if (!o.convert.calib)
+      throw new MlaError("BAD_ARGUMENT", "--no-attention-bias needs --calib FILE (kv_a_layernorm's weight is fitted on calibration text)", "add --calib FILE (the conversion's calibration text serves both), or drop --no-attention-bias for the exact form");
+  }
   // eval's --ctx has a default; the pipeline's --eval-ctx has none, so one given is told from one not.
   if (o.evalCtx !== undefined && !o.evalText) throw flagsWithout(["--eval-ctx"], "--eval-text FILE", "the perplexity windows' length");
   if (!o.finetune || o.finetune.data.length) return;
@@ -236,7 +249,7 @@ export async function pipeline(spec: string, o: PipelineOptions): Promise<Pipeli
   const common = { out: mla, force: true, device: o.device, progress: o.progress, logger: log, signal: o.signal };
   await phase("convert", () => fs.existsSync(path.join(mla, "config.json")), (): Promise<unknown> =>
     o.format === "deepseek"
-      ? convertDeepseek(spec, { ...deepseekSettings(o.convert), ...o.deepseek, ...common })
+      ? convertDeepseek(spec, { ...deepseekSettings(o.convert), ...o.deepseek, ...(o.attentionBias === false ? { attentionBias: false } : {}), ...common })
       : convert(spec, { ...o.convert, ...common }),
   );
   await evalTo("original", spec, files.original);
@@ -251,7 +264,18 @@ export async function pipeline(spec: string, o: PipelineOptions): Promise<Pipeli
     await evalTo("fine-tuned", ft, files.finetuned);
   }
   if (o.export) {
-    await phase("export", () => fs.existsSync(path.join(exported, "config.json")), () => exportDeepseek(o.finetune ? ft : mla, { out: exported, force: true, progress: o.progress, logger: log, signal: o.signal }));
+    await phase("export", () => fs.existsSync(path.join(exported, "config.json")), () =>
+      exportDeepseek(o.finetune ? ft : mla, {
+        out: exported,
+        force: true,
+        // The bias-free form fits kv_a_layernorm on the conversion's calibration text.
+        ...(o.attentionBias === false ? { attentionBias: false, calib: o.convert.calib, calibSamples: o.convert.calibSamples, calibLen: o.convert.calibLen } : {}),
+        device: o.device,
+        progress: o.progress,
+        logger: log,
+        signal: o.signal,
+      }),
+    );
     await evalTo("exported (deepseek_v3)", exported, files.exported);
   }
   if (stoppedEarly) return { out, phases, evals: [], report: null, stoppedEarly };

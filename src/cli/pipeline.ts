@@ -30,6 +30,7 @@ interface Args extends ConversionArgs {
   "rope-dim"?: number;
   "kv-lora-rank"?: number;
   export?: "deepseek";
+  "attention-bias": boolean;
 }
 
 const PIPELINE_STOP: StopMessages = {
@@ -70,7 +71,8 @@ export const pipelineCommand: CommandModule<object, Args> = {
       .option("format", { choices: ["mha2mla", "deepseek"] as const, default: "mha2mla" as const, describe: "the converted model's format (see convert --format)" })
       .option("rope-dim", { type: "number", describe: "deepseek: qk_rope_head_dim" })
       .option("kv-lora-rank", { type: "number", describe: "deepseek: kv_lora_rank" })
-      .option("export", { choices: ["deepseek"] as const, describe: "also write the final model as a deepseek_v3 folder (OUT/deepseek; exact; needs --rope-disjoint)" }),
+      .option("export", { choices: ["deepseek"] as const, describe: "also write the final model as a deepseek_v3 folder (OUT/deepseek; exact; needs --rope-disjoint)" })
+      .option("attention-bias", { type: "boolean", default: true, describe: "with --format deepseek or --export deepseek: --no-attention-bias writes that folder without attention biases, which vLLM and SGLang serve as written (kv_a_layernorm's weight fitted on --calib, which it needs; docs/deepseek.md)" }),
   handler: async (a) => {
     const stop = gracefulStop(PIPELINE_STOP);
     try {
@@ -81,6 +83,8 @@ export const pipelineCommand: CommandModule<object, Args> = {
         format: a.format,
         deepseek: { ropeDim: a["rope-dim"], kvLoraRank: a["kv-lora-rank"] },
         export: a.export,
+        // Only a given --no-attention-bias is passed: a run started before the flag keeps its fingerprint.
+        ...(a["attention-bias"] === false ? { attentionBias: false } : {}),
         finetune: finetuneOptions(a),
         device: a.device,
         evalText: a["eval-text"],

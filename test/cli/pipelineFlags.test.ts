@@ -151,3 +151,21 @@ test("a model without BOS is refused before the conversion when the pipeline eva
   await assert.rejects(pipeline(dir, { out, convert: { rank: 2 }, evalText: TEXT, device: "reference", progress: null }), (e: unknown) => e instanceof MlaError && /no bos_token_id/.test(e.message));
   assert.ok(!fs.existsSync(out), "nothing converted");
 });
+
+test("pipeline --no-attention-bias: refused without a deepseek_v3 folder to write or without --calib; with --export deepseek it writes that folder without biases", async () => {
+  const CALIB = path.join(FIXTURES, "text", "tinystories.txt");
+  const base: PipelineOptions = { out: "", convert: { rank: 2, ropePairs: 1, ropeDisjoint: true, calib: CALIB }, evalText: TEXT, evalTokens: 300, device: "cpu", progress: null, attentionBias: false };
+  for (const [opts, re] of [
+    [{}, /--no-attention-bias has no effect without --format deepseek or --export deepseek/],
+    [{ export: "deepseek", convert: { rank: 2, ropePairs: 1, ropeDisjoint: true } }, /--no-attention-bias needs --calib FILE/],
+  ] as [Partial<PipelineOptions>, RegExp][]) {
+    const out = path.join(tmpDir(), "pl");
+    await assert.rejects(pipeline(MODEL, { ...base, ...opts, out }), (e: unknown) => e instanceof MlaError && e.code === "BAD_ARGUMENT" && re.test(e.message), String(re));
+    assert.ok(!fs.existsSync(out), "refused before any phase");
+  }
+  const out = path.join(tmpDir(), "pl");
+  const r = await pipeline(MODEL, { ...base, export: "deepseek", out });
+  const cfg = JSON.parse(fs.readFileSync(path.join(out, "deepseek", "config.json"), "utf8"));
+  assert.equal(cfg.attention_bias, false);
+  assert.ok(r.evals.every((e) => Number.isFinite(e.nll!)), "every model evaluated");
+});
