@@ -141,7 +141,7 @@ export function resolveSettings(c: ModelConfig, o: SettingsInput, log: Logger): 
   // One candidate: scoring every layer would only pick it, the uniform conversion, minutes later.
   if (kvSplitPairs?.length === 1)
     throw new MlaError("BAD_ARGUMENT", `--kv-split per-layer has nothing to choose: only --rope-pairs ${R} spends the bytes of --rank ${o.rank} within the SVD's limits`, "raise --rank or lower --rope-pairs so other splits fit the budget, list them with --kv-split-pairs, or leave --kv-split out");
-  return { rank: o.rank, ropePairs: R, ropeStrategy: strategy, ropeDisjoint, svd, svdInit, balanceKv: o.balanceKv ?? true, refitOutput, calib, calibSamples, calibLen, gateDim, kvSplit, kvSplitPairs };
+  return { rank: o.rank, ropePairs: R, ropeStrategy: strategy, ropeDisjoint, svd, svdInit, balanceKv: svd === "split" ? false : (o.balanceKv ?? true), refitOutput, calib, calibSamples, calibLen, gateDim, kvSplit, kvSplitPairs };
 }
 
 export function planConversion(c: ModelConfig, s: ConversionSettings, elemBytes: number): ConversionPlan {

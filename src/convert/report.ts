@@ -51,7 +51,7 @@ function settingsLine(s: ConversionReport["settings"]): string {
     ...(s.gateDim > 0 ? [`EG-MLA gate of ${s.gateDim} dims per token`] : []),
     `rank ${s.rank} per KV head`,
     `${s.ropePairs} RoPE pairs (${s.ropeStrategy}${s.ropeDisjoint ? ", disjoint across KV heads" : ""})`,
-    `SVD ${s.svd} (${s.svdInit}${s.balanceKv ? "" : ", K/V not balanced"})`,
+    `SVD ${s.svd} (${s.svdInit}${s.svd === "joint" && !s.balanceKv ? ", K/V not balanced" : ""})`,
     ...(s.refitOutput ? ["o_proj refit on the calibration text"] : []),
     ...(s.calib ? [`calibration ${s.calib}`] : []),
   ];

@@ -28,8 +28,11 @@ test("rank and rope pairs out of range name the valid range", async () => {
   // Balancing is for the joint SVD only: split ignored balanceKv false without a word; now a script is
   // warned (the command line refuses it: test/cli/conversionOptions.test.ts).
   const warnings: string[] = [];
-  await convert(path.join(MODELS, "stories260K"), { rank: 2, ropePairs: 1, svd: "split", balanceKv: false, progress: null, out: path.join(tmpDir(), "split"), logger: { info: () => {}, warn: (m: string) => warnings.push(m) } });
+  const split = path.join(tmpDir(), "split");
+  await convert(path.join(MODELS, "stories260K"), { rank: 2, ropePairs: 1, svd: "split", balanceKv: false, progress: null, out: split, logger: { info: () => {}, warn: (m: string) => warnings.push(m) } });
   assert.ok(warnings.some((w) => /--no-balance-kv has no effect with --svd split/.test(w)), warnings.join("\n"));
+  // The record says what was done: the split SVD balances nothing.
+  assert.equal(JSON.parse(fs.readFileSync(path.join(split, "mla_conversion.json"), "utf8")).settings.balanceKv, false);
   assert.throws(() => parseStrategy("random"), /--rope-strategy random is not known[\s\S]*high, low, uniform, 2-norm/);
 });
 
