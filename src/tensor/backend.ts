@@ -288,8 +288,9 @@ export interface Backend {
   latentAttention(qr: Tensor, kr: Tensor, qc: Tensor, c: Tensor, opts: AttentionOptions): Tensor;
   /**
    * How many times a multiply-add of `latentAttention` for several queries (T > 1) costs one of the
-   * products and `attention` (default 1). MLA weighs it when a prompt chunk meets a filled cache: the
-   * absorbed form attends in the latent dims, the plain one up-projects the cache (absorbedCheaper).
+   * products and `attention` (default 1; Infinity: never, as on CUDA). MLA weighs it when a prompt
+   * chunk meets a filled cache: the absorbed form attends in the latent dims, the plain one
+   * up-projects the cache (absorbedCheaper).
    */
   readonly latentAttentionCost?: number;
   /** Causal GQA attention: q[T,H,Dh], k[S,Hkv,Dh], v[S,Hkv,Dv] → [T,H,Dv]. */

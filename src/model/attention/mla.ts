@@ -55,7 +55,7 @@ export type AbsorbForm = Absorbed["form"];
  * T·S·H·(2L + 2R), after turning the queries and outputs through the up-projections, T·H·L·(2·Dh − 2R).
  * For one query absorbed always wins (the point of MLA decode); for a long prompt chunk on a short
  * cache plain does. `latentCost` (Backend.latentAttentionCost) weighs the absorbed attention's
- * multiply-adds: on the GPU it is a loop kernel where the plain form runs on tensor cores.
+ * multiply-adds: on the GPU it is a loop kernel where the plain form runs on tensor cores (Infinity there).
  */
 export function absorbedCheaper(c: ModelConfig, L: number, R: number, T: number, S: number, latentCost = 1): boolean {
   if (T === 1) return true;
