@@ -71,11 +71,7 @@ export async function refitOutputProjections(srcDir: string, convDir: string, wi
     w.o = backend.upload(newW, [D, Hd]);
     converted.weightsChanged();
     old.dispose();
-    hs = hs.map((h, i) => {
-      const next = converted.layerForward(l, windows[i]!, h);
-      h.dispose();
-      return next;
-    });
+    hs = converted.advanceWindows(l, windows, hs);
   }
   for (const h of hs) h.dispose();
   rewriteTensors(convDir, new Map(refit.map((w, l) => [layerPrefix(l) + "self_attn.o_proj.weight", w])));

@@ -85,12 +85,7 @@ export async function chooseSplits(original: LlamaModel, windows: Int32Array[], 
     const u = candidates[o.uniform]!;
     o.logger.info(`kv split, layer ${l}: R ${candidates[best]!.ropePairs} rank ${candidates[best]!.rank} (error ${errors[best]!.toFixed(4)}; uniform R ${u.ropePairs} rank ${u.rank}: ${errors[o.uniform]!.toFixed(4)})`);
     for (const x of xs) x.dispose();
-    if (l + 1 < c.layers)
-      hs = hs.map((h, i) => {
-        const next = original.layerForward(l, windows[i]!, h);
-        h.dispose();
-        return next;
-      });
+    if (l + 1 < c.layers) hs = original.advanceWindows(l, windows, hs);
   }
   for (const h of hs) h.dispose();
   choice.seconds = (performance.now() - t0) / 1000;

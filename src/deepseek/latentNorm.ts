@@ -127,11 +127,7 @@ export async function fitLatentNorms(dir: string, windows: Int32Array[], backend
     w.kvNorm = backend.upload(gamma, [rk]);
     model.weightsChanged();
     old.dispose();
-    hs = hs.map((h, i) => {
-      const next = model.layerForward(l, windows[i]!, h);
-      h.dispose();
-      return next;
-    });
+    hs = model.advanceWindows(l, windows, hs);
   }
   for (const h of hs) h.dispose();
   rewriteTensors(dir, fitted);

@@ -320,6 +320,19 @@ export class LlamaModel {
     return this.layer(ops, this.constantNodes(ops), li, ops.constant(h), oneSequence(ids)).value;
   }
 
+  /**
+   * layerForward on each of several windows (ids `windows[i]`, hidden states `hs[i]` before layer li):
+   * their states after it, the ones before freed. What the layer-by-layer fits of a conversion (output
+   * refit, per-layer split choice, the bias-free norm fit) advance their calibration windows with.
+   */
+  advanceWindows(li: number, windows: readonly Int32Array[], hs: readonly Tensor[]): Tensor[] {
+    return hs.map((h, i) => {
+      const next = this.layerForward(li, windows[i]!, h);
+      h.dispose();
+      return next;
+    });
+  }
+
   /** The weights as constant graph nodes (inference), made once (weightsChanged drops them). */
   private constantNodes(ops: Ops): ParamNodes {
     return (this.constants ??= paramNodes(ops, this.weights, () => false));
