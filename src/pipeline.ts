@@ -31,6 +31,7 @@ import { resumableStep, throwIfAborted } from "./util/abort.js";
 import { silentLogger, Logger } from "./util/log.js";
 import { selectBackend, type DeviceName } from "./backends/select.js";
 import type { ProgressSink } from "./util/progress.js";
+import { requireFitText } from "./deepseek/latentNorm.js";
 
 export interface PipelineOptions {
   out: string;
@@ -136,9 +137,8 @@ function refuseIdleOptions(o: PipelineOptions): void {
   if (deepseek.length) throw flagsWithout(deepseek, "--format deepseek", "widths of the deepseek_v3 model the conversion writes; --export deepseek sizes its own from the model");
   if (o.attentionBias === false) {
     if (o.format !== "deepseek" && o.export !== "deepseek") throw flagsWithout(["--no-attention-bias"], "--format deepseek or --export deepseek", "the deepseek_v3 folder it writes without biases");
-    // The export runs after the fine-tune: refused now, not hours later.
-    if (!o.convert.calib)
-      throw new MlaError("BAD_ARGUMENT", "--no-attention-bias needs --calib FILE (kv_a_layernorm's weight is fitted on calibration text)", "add --calib FILE (the conversion's calibration text serves both), or drop --no-attention-bias for the exact form");
+    // The export's own check, made now: it runs after the fine-tune, hours later.
+    requireFitText(o.convert.calib);
   }
   // eval's --ctx has a default; the pipeline's --eval-ctx has none, so one given is told from one not.
   if (o.evalCtx !== undefined && !o.evalText) throw flagsWithout(["--eval-ctx"], "--eval-text FILE", "the perplexity windows' length");

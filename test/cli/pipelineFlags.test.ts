@@ -157,7 +157,7 @@ test("pipeline --no-attention-bias: refused without a deepseek_v3 folder to writ
   const base: PipelineOptions = { out: "", convert: { rank: 2, ropePairs: 1, ropeDisjoint: true, calib: CALIB }, evalText: TEXT, evalTokens: 300, device: "cpu", progress: null, attentionBias: false };
   for (const [opts, re] of [
     [{}, /--no-attention-bias has no effect without --format deepseek or --export deepseek/],
-    [{ export: "deepseek", convert: { rank: 2, ropePairs: 1, ropeDisjoint: true } }, /--no-attention-bias needs --calib FILE/],
+    [{ export: "deepseek", convert: { rank: 2, ropePairs: 1, ropeDisjoint: true } }, /--no-attention-bias needs calibration text: .*\n {2}hint: pass --calib FILE/],
   ] as [Partial<PipelineOptions>, RegExp][]) {
     const out = path.join(tmpDir(), "pl");
     await assert.rejects(pipeline(MODEL, { ...base, ...opts, out }), (e: unknown) => e instanceof MlaError && e.code === "BAD_ARGUMENT" && re.test(e.message), String(re));
