@@ -52,6 +52,14 @@ static_assert(TN == 16 && MAX_WARPS <= TN, "the spread copy mode's lanes per war
 // Floats between two warps' partial scores ([HB][TN] each): 16 more than the 256 they hold, so the
 // softmax's lane pair (2n, 2n + 1), which reads warps w and w + 1, meets two banks, not one.
 constexpr int PART_STRIDE = HB * TN + 16;
+// Timing experiments only, never a default: built with -DMLA_LATENT_DIAG=1 the kernel skips its math
+// (scores, softmax, weighted sum) and keeps the copies and barriers; with 2 it skips the copies. What
+// each leaves is the time of the other part (bench/build-cuda-ab.sh with NVCC_EXTRA=-DMLA_LATENT_DIAG=N;
+// docs/benchmarks.md, twenty-seventh session).
+#ifndef MLA_LATENT_DIAG
+#define MLA_LATENT_DIAG 0
+#endif
+constexpr bool DIAG_NO_MATH = MLA_LATENT_DIAG == 1, DIAG_NO_COPY = MLA_LATENT_DIAG == 2;
 
 // The bulk copies and transaction-counting barriers below are sm_90 features; the sm_80 code of a fat
 // build never runs this kernel (latent_decode_takes asks for compute capability 9.0 or newer).
@@ -262,7 +270,7 @@ k_latent_decode(const Seq* seqs, const int32_t* pos, int64_t window, const float
       unsigned bytes = 0;
       for (int r = warp; r < TN; r += warps) {
         if (r < valid) {
-          bytes += latentRow + ropeRow;
+          if (!DIAG_NO_COPY) bytes += latentRow + ropeRow;
           continue;
         }
         for (int e = lane; e < L / 8; e += 32) *reinterpret_cast<int4*>(sC + r * ldc + e * 8) = make_int4(0, 0, 0, 0);
@@ -273,7 +281,7 @@ k_latent_decode(const Seq* seqs, const int32_t* pos, int64_t window, const float
       if (lane == 0) bar_expect(bar, bytes);
       __syncwarp();
       const int r = warp + (lane >> 1) * warps;
-      if (r < valid) {
+      if (r < valid && !DIAG_NO_COPY) {
         if (!(lane & 1)) bulk_copy(sC + r * ldc, sq.c + (first + r) * L, latentRow, bar);
         else if (ropeRow) bulk_copy(sR + r * lay.ropeStride, sq.kr + ((first + r) * Hkv + span.first) * Dr, ropeRow, bar);
       }
@@ -345,6 +353,7 @@ k_latent_decode(const Seq* seqs, const int32_t* pos, int64_t window, const float
     // steps (L / 16 = KQ · warps); with NT = 1 only the first half of the warps has one. Both rely on
     // the launch's L / (8 · NT) warps, as the output columns n0 do.
     float s[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+    if (!DIAG_NO_MATH) {
     unsigned ka = stageAddr + scoreOff;
 #pragma unroll
     for (int j = 0; j < KQ; j++, ka += kStep) {
@@ -363,6 +372,7 @@ k_latent_decode(const Seq* seqs, const int32_t* pos, int64_t window, const float
       mma(s[0], qa, bf[0], bf[1]);
       mma(s[1], qa, bf[2], bf[3]);
     }
+    }
     if (warp < qwarps) {
 #pragma unroll
       for (int nt = 0; nt < 2; nt++) {
@@ -376,7 +386,7 @@ k_latent_decode(const Seq* seqs, const int32_t* pos, int64_t window, const float
 
     // Online softmax, one head row per warp pass: lane pair (2n, 2n + 1) sums the partials of key n
     // (even and odd warps), the row's max and sum reduce over the other four lane bits.
-    for (int i = threadIdx.x; i < 2 * HB * TN; i += blockDim.x) {
+    for (int i = threadIdx.x; i < (DIAG_NO_MATH ? 0 : 2 * HB * TN); i += blockDim.x) {
       const int e = i >> 1, half = i & 1, r = e / TN, n = e % TN;
       const float* pr = sPart + r * TN + n;
       float x0 = 0.f, x1 = 0.f;
@@ -423,7 +433,8 @@ k_latent_decode(const Seq* seqs, const int32_t* pos, int64_t window, const float
       }
     }
     const unsigned va = stageAddr + pvOff;
-    if (NT == 1) {
+    if (DIAG_NO_MATH) {
+    } else if (NT == 1) {
       uint32_t bf[2];
       ldsm2t(bf, va);
       mma(acc[0], pa, bf[0], bf[1]);
