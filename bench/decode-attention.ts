@@ -4,7 +4,7 @@
  * it), for MHA and MLA at the llama2-7b shape (H 32, Dh 128; MLA rank 64, rope pairs 8: latent 2048,
  * rope dims 16 per KV head). Every sequence reads its own cache (one buffer per sequence, all with the
  * same contents: the timing does not depend on them). Prints ms per layer call and the share of the
- * HBM bound (cache bytes / 4.8 TB/s).
+ * HBM bound (cache bytes over the card's peak bandwidth, bench/hbm.json).
  * MLA on bf16 caches runs twice: the fused latent kernel (latent_decode.cu, the default) and the two cuBLAS
  * GEMMs it replaced (MHA2MLA_LATENT_DECODE=gemm), with the largest difference of their outputs.
  * Run: node dist/bench/decode-attention.js [--contexts 4096,16384] [--batches 1,8,32] [--reps 20] [--kinds mha,mla] [--f32] [--rows]
@@ -12,6 +12,7 @@
  */
 import { openCuda } from "./cudaBench.js";
 import type { Tensor } from "../src/tensor/tensor.js";
+import { hbmBound } from "./hbm.js";
 
 const args = process.argv.slice(2);
 const opt = (name: string, dflt: string) => {
@@ -29,7 +30,8 @@ const { backend: B0, sync } = openCuda();
 const H = 32, Dh = 128, Hkv = 32, L = 2048, Dr = 16;
 const rand = (n: number) => Float32Array.from({ length: n }, (_, i) => Math.sin(i * 12.9898) * 0.5);
 
-console.log("| attention | context | batch | route | ms per layer call | % of HBM bound |");
+const hbm = hbmBound(B0.info);
+console.log(`| attention | context | batch | route | ms per layer call | % of HBM bound (${hbm.label}) |`);
 console.log("| --- | --- | --- | --- | --- | --- |");
 for (const S of contexts)
   for (const B of batches) {
@@ -80,7 +82,7 @@ for (const S of contexts)
         for (let r = 0; r < reps; r++) call();
         sync();
         const ms = (performance.now() - t0) / reps;
-        const bound = (B * S * row * (bf16 ? 2 : 4)) / 4.8e12;
+        const bound = (B * S * row * (bf16 ? 2 : 4)) / hbm.bytesPerS;
         console.log(`| ${kind} | ${S} | ${B} | ${route} | ${ms.toFixed(3)} | ${((100 * bound) / (ms / 1000)).toFixed(0)}% |`);
       }
       if (outputs.length === 2) {

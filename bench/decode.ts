@@ -10,7 +10,8 @@
  * MLA decodes in the absorbed form absorbForm picks (MHA2MLA_ABSORB=runtime|premultiplied forces one).
  * Each row also gives its share of the HBM bound: the bytes one step must read (every weight but the
  * embedding table, once for the batch, plus each sequence's whole cache as stored: float32 here)
- * over 4.8 TB/s (H200), against the measured step time.
+ * over the card's peak bandwidth (bench/hbm.json: 4.8 TB/s on an H200, 3.35 on an H100 SXM), against the
+ * measured step time.
  * Each row times --repeats windows of --steps steps and reports the median window (the range beside it).
  * Steps go through a DecodeSession, which replays a recorded step (CUDA graph) where it can: the row
  * says "CUDA graph", or why not; --graphs 0 runs every step op by op.
@@ -23,8 +24,8 @@ import { absorbForm } from "../src/model/attention/mla.js";
 import { DecodeSession } from "../src/model/decodeSession.js";
 import { stderrLogger } from "../src/util/log.js";
 import { Tensor } from "../src/tensor/tensor.js";
+import { hbmBound } from "./hbm.js";
 
-const HBM_BYTES_PER_S = 4.8e12;
 
 /** Bytes of every tensor reachable from `x` (weights as stored: bf16 2, float32 4). */
 function tensorBytes(x: unknown, seen = new Set<unknown>()): number {
@@ -57,7 +58,8 @@ function rand(n: number, vocab: number, seed: number): Int32Array {
   return Int32Array.from({ length: n }, () => ((s = (s * 1664525 + 1013904223) >>> 0) % (vocab - 3)) + 3);
 }
 
-console.log(`| model | attention | context | batch | KV elements/token (all layers) | KV cache, f32 storage | KV cache, bf16 | decode tokens/s | % of HBM bound |`);
+const hbm = hbmBound(backend instanceof CudaBackend ? backend.info : "a CPU");
+console.log(`| model | attention | context | batch | KV elements/token (all layers) | KV cache, f32 storage | KV cache, bf16 | decode tokens/s | % of HBM bound (${hbm.label}) |`);
 console.log(`| --- | --- | --- | --- | --- | --- | --- | --- | --- |`);
 for (const dir of dirs) {
   const { model, config } = loadModel(dir, { backend });
@@ -114,7 +116,7 @@ for (const dir of dirs) {
         if (graphs && session.why) console.error(`${dir.split("/").pop()} ctx ${ctx} batch ${B}: op by op because ${session.why}`);
         rates.sort((x, y) => x - y);
         const median = rates[Math.floor(rates.length / 2)]!;
-        const bound = (weightBytes + stored) / HBM_BYTES_PER_S;
+        const bound = (weightBytes + stored) / hbm.bytesPerS;
         const range = repeats > 1 ? ` (${rates[0]!.toFixed(0)}–${rates[rates.length - 1]!.toFixed(0)})` : "";
         console.log(`${row(how)} ${median.toFixed(1)}${range} | ${((100 * bound * median) / B).toFixed(0)}% |`);
       } catch (e) {

@@ -12,6 +12,7 @@ import torch
 import transformers
 from transformers import DynamicCache
 from torch_synth import load_synth_llama
+from hbm import hbm_bound
 
 d, contexts, batches, steps = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 if os.environ.get("SDPA_CUDNN") != "1":
@@ -54,7 +55,7 @@ for ctx in map(int, contexts.split(",")):
                 step()
             torch.cuda.synchronize()
             sec = time.perf_counter() - t0
-        bound = (weight_bytes + cache_bytes) / 4.8e12
+        bound = (weight_bytes + cache_bytes) / hbm_bound(torch.cuda.get_device_name())[0]
         print(f"{label} {steps * B / sec:.1f} | {100 * bound * steps / sec:.0f}% |", flush=True)
         del cache
         torch.cuda.empty_cache()

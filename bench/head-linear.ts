@@ -7,6 +7,7 @@
  * Run: node dist/bench/head-linear.js [--shapes T:H:G:K:N,…] [--reps 50]
  */
 import { openCuda } from "./cudaBench.js";
+import { hbmBound } from "./hbm.js";
 
 const args = process.argv.slice(2);
 const opt = (name: string, dflt: string) => {
@@ -19,7 +20,8 @@ const reps = Number(opt("reps", "50"));
 const { backend: B, sync } = openCuda();
 const rand = (n: number) => Float32Array.from({ length: n }, (_, i) => Math.sin(i * 12.9898) * 0.5);
 
-console.log("| T | H | G | K | N | ours µs per call | % of HBM bound (weights) |");
+const hbm = hbmBound(B.info);
+console.log(`| T | H | G | K | N | ours µs per call | % of HBM bound (weights; ${hbm.label}) |`);
 console.log("| --- | --- | --- | --- | --- | --- | --- |");
 for (const [T, H, G, K, N] of shapes) {
   const x = B.upload(rand(T * H * K), [T, H, K]);
@@ -33,7 +35,7 @@ for (const [T, H, G, K, N] of shapes) {
   for (let r = 0; r < reps; r++) call();
   sync();
   const us = ((performance.now() - t0) / reps) * 1000;
-  const bound = (G * N * K * 2) / 4.8e12;
+  const bound = (G * N * K * 2) / hbm.bytesPerS;
   console.log(`| ${T} | ${H} | ${G} | ${K} | ${N} | ${us.toFixed(1)} | ${((100 * bound * 1e6) / us).toFixed(0)}% |`);
   for (const t of [x, w32, w]) t.dispose();
 }

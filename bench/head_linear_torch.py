@@ -3,13 +3,15 @@ y[t, h] = W[g(h)] · x[t, h], bf16 inputs and weights, as one batched product ov
 Usage: python3 bench/head_linear_torch.py [--shapes T:H:G:K:N,...] [--reps 50]"""
 import argparse
 import torch
+from hbm import hbm_bound
 
 DEFAULT = "1:32:32:112:2048,8:32:32:112:2048,32:32:32:112:2048,1:32:32:2048:128,8:32:32:2048:128,32:32:32:2048:128"
 p = argparse.ArgumentParser()
 p.add_argument("--shapes", default=DEFAULT)
 p.add_argument("--reps", type=int, default=50)
 a = p.parse_args()
-print(f"| T | H | G | K | N | torch.bmm µs per call (torch {torch.__version__}) | % of HBM bound (weights) |")
+HBM, HBM_LABEL = hbm_bound(torch.cuda.get_device_name())
+print(f"| T | H | G | K | N | torch.bmm µs per call (torch {torch.__version__}) | % of HBM bound (weights; {HBM_LABEL}) |")
 print("| --- | --- | --- | --- | --- | --- | --- |")
 for s in a.shapes.split(","):
     T, H, G, K, N = map(int, s.split(":"))
@@ -31,5 +33,5 @@ for s in a.shapes.split(","):
     end.record()
     torch.cuda.synchronize()
     us = start.elapsed_time(end) / a.reps * 1000
-    bound = G * N * K * 2 / 4.8e12
+    bound = G * N * K * 2 / HBM
     print(f"| {T} | {H} | {G} | {K} | {N} | {us:.1f} | {100 * bound * 1e6 / us:.0f}% |")
