@@ -30,7 +30,7 @@ import { Progress, ProgressSink } from "../util/progress.js";
 import { factorTensors, LayerFactors } from "./factor.js";
 import { checkOutDir, ConversionPlan, ConversionSettings, defaultOut, planConversion, resolveSettings, SETTINGS_KINDS, SettingsInput } from "./plan.js";
 import { checkOptionTypes, type OptionKinds } from "../util/optionTypes.js";
-import { throwIfAborted } from "../util/abort.js";
+import { nextTurn, throwIfAborted } from "../util/abort.js";
 import { LayerSource } from "./layerSource.js";
 import { chooseKvSplits, kvSplitRecord, SplitChoice } from "./splitChoice.js";
 import { readsCalibration, unreadCalibration } from "./calibrationNeeds.js";
@@ -52,7 +52,7 @@ export interface ConvertOptions extends SettingsInput {
   evalCtx?: number;
   logger?: Logger;
   progress?: ProgressSink | null;
-  /** Aborting it stops the conversion at the next layer or calibration window (MlaError INTERRUPTED); no output folder is left. */
+  /** Aborting it stops the conversion after the layer being factored, or at the next calibration window (MlaError INTERRUPTED); no output folder is left. */
   signal?: AbortSignal;
 }
 
@@ -164,6 +164,9 @@ async function convertInScope(spec: string, opts: ConvertOptions): Promise<Conve
       path.join(tmp, "mla_conversion.json"),
       JSON.stringify({ tool: "mha2mla", version: TOOL_VERSION, source: { model: spec, dir: srcDir }, settings, ...calibrationRecord(settings.calib, windows), latent_dim: splitFields(attention).latent_dim, kv: { before: plan.before, after: plan.after, change_percent: plan.kvChangePercent }, ...kvSplitRecord(choice), selection, retained_energy: energy, ...refitRecord(refit), timings, created: new Date().toISOString() }, null, 2) + "\n",
     );
+    // A stop asked for after the last layer (while the config or side files were written) is honoured
+    // too, as convert --format deepseek does: an aborted call always throws and leaves no folder.
+    throwIfAborted(opts.signal);
     commitOutDir(tmp, out, opts.force ?? false);
     tmp = null;
     return { out, plan, selection, splits: attention.splits, energy, timings, report };
@@ -256,6 +259,8 @@ async function writeConverted(src: Checkpoint, config: ModelConfig, mla: ModelCo
       }
       const layer = Number(/^model\.layers\.(\d+)\./.exec(t.name)?.[1]);
       if (!current || current.layer !== layer) {
+        // A stop seen while the previous layer was written spares this layer's SVD.
+        throwIfAborted(run.signal);
         start(layer);
         // Look ahead only where factoring leaves the JavaScript thread; on the CPU it would just run first.
         if (chosenLinalg()?.factorColsAsync) start(layer + 1);
@@ -266,7 +271,10 @@ async function writeConverted(src: Checkpoint, config: ModelConfig, mla: ModelCo
         energy.push(done.energy);
         current = { layer, f: done };
         progress.tick();
-        throwIfAborted(run.signal);
+        // A turn of the event loop, not just a look at the signal: on the CPU a layer's SVD never
+        // leaves the JavaScript thread and its reads were issued ahead, so without it a Ctrl-C
+        // handler (which aborts the signal) would run only after the last layer.
+        await nextTurn(run.signal);
       }
       const f = current.f;
       const name = t.name.slice((layerPrefix(layer) + "self_attn.").length);

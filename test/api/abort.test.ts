@@ -21,6 +21,16 @@ function abortingSink(c: AbortController): ProgressSink & { lines: number } {
 }
 
 /**
+ * A progress sink that aborts `c` on a later turn of the event loop, as the CLI's SIGINT handler does,
+ * at its first line matching `when`; `lines` keeps those lines. Work that never yields between its
+ * units would not see such an abort until its end (convert's layer loop on the CPU once did).
+ */
+function abortingOnNextTurn(c: AbortController, when: RegExp): ProgressSink & { lines: string[] } {
+  const sink = { lines: [] as string[], write: (s: string) => void (when.test(s) && sink.lines.push(s.trim()) === 1 && setImmediate(() => c.abort(new Error("enough")))) };
+  return sink;
+}
+
+/**
  * A progress sink that aborts `c` at a fine-tune's first step line (`step 1/N …`): after the step, so
  * it ends with a checkpoint (an abort before the first step, e.g. at the memory plan, ends in the
  * validation before training, with nothing to resume).
@@ -55,6 +65,27 @@ test("convert stops at the layer after an abort and leaves no output or temporar
   const c2 = new AbortController();
   await assert.rejects(convert("stories260K", { rank: 4, ropePairs: 1, calib: TEXT, calibSamples: 4, calibLen: 64, out: path.join(parent, "mla"), progress: abortingSink(c2), signal: c2.signal }), isInterrupted);
   assert.deepEqual(fs.readdirSync(parent), []);
+});
+
+test("convert and evaluate see an abort made on a later turn of the event loop (a signal handler's) at the next layer, window or item", async () => {
+  const parent = tmpDir();
+  const c = new AbortController();
+  const sink = abortingOnNextTurn(c, /^convert /);
+  await assert.rejects(convert("stories260K", { rank: 4, ropePairs: 1, out: path.join(parent, "mla"), progress: sink, signal: c.signal }), isInterrupted);
+  assert.equal(sink.lines.length, 1, `stopped after the first of 5 layers: ${sink.lines.join(" | ")}`);
+  assert.deepEqual(fs.readdirSync(parent), []);
+  const c2 = new AbortController();
+  const windows = abortingOnNextTurn(c2, /^eval /);
+  await assert.rejects(evaluate("stories260K", { text: TEXT, ctx: 16, progress: windows, signal: c2.signal }), isInterrupted);
+  assert.equal(windows.lines.length, 1, `stopped after the first window: ${windows.lines.join(" | ")}`);
+  // Benchmark items: a piqa file of 20 copies of one item.
+  const data = tmpDir();
+  const item = { instruction: "Please choose the correct solution to the question: How do I dry a cup?\n\nSolution1: Wipe it with a towel.\n\nSolution2: Fill it with water.\n\nAnswer format: solution1/solution2", input: "", output: "the correct answer is solution1", answer: "solution1" };
+  fs.writeFileSync(path.join(data, "piqa.test.json"), JSON.stringify(Array.from({ length: 20 }, () => item)));
+  const c3 = new AbortController();
+  const items = abortingOnNextTurn(c3, /^piqa /);
+  await assert.rejects(evaluate("stories260K", { tasks: ["piqa"], dataDir: data, progress: items, signal: c3.signal }), isInterrupted);
+  assert.equal(items.lines.length, 1, `stopped after the first item: ${items.lines.join(" | ")}`);
 });
 
 test("a signal aborted before the call refuses at once", async () => {
@@ -114,4 +145,27 @@ test("pipeline stops inside the phase under way (convert at a layer, the fine-tu
   const r = await pipeline("stories260K", { ...opts, logger: { info: (m) => logged.push(m), warn: () => {} } });
   assert.deepEqual(r.phases.map((p) => `${p.name}${p.skipped ? " (skipped)" : ""}`), ["convert (skipped)", "eval original (skipped)", "eval converted (skipped)", "finetune", "eval fine-tuned", "report"]);
   assert.ok(logged.some((m) => /^resuming at step 1\//.test(m)), logged.join("\n"));
+});
+
+test("pipeline stopped mid-conversion (after a layer) and mid-evaluation (between windows) keeps only whole phases, and the resumed run equals an uninterrupted one", async () => {
+  const opts = { convert: { rank: 4, ropePairs: 1 }, evalText: TEXT, evalCtx: 8 };
+  const whole = await pipeline("stories260K", { ...opts, out: path.join(tmpDir(), "whole"), progress: null });
+  const out = path.join(tmpDir(), "pl");
+  const resumes = (e: unknown) => isInterrupted(e) && /hint: the finished phases are kept in .* call pipeline\(\) again with the same options to resume/.test((e as Error).message);
+  // Aborted as the CLI's Ctrl-C aborts: from a later turn of the event loop.
+  const c = new AbortController();
+  const layers = abortingOnNextTurn(c, /^convert /);
+  await assert.rejects(pipeline("stories260K", { ...opts, out, progress: layers, signal: c.signal }), resumes);
+  assert.equal(layers.lines.length, 1, `stopped after the first of 5 layers: ${layers.lines.join(" | ")}`);
+  assert.deepEqual(fs.readdirSync(out), ["pipeline.json"], "no model folder, whole or temporary");
+  const c2 = new AbortController();
+  const windows = abortingOnNextTurn(c2, /^eval /);
+  await assert.rejects(pipeline("stories260K", { ...opts, out, progress: windows, signal: c2.signal }), resumes);
+  assert.equal(windows.lines.length, 1, `stopped after the first window: ${windows.lines.join(" | ")}`);
+  assert.deepEqual(fs.readdirSync(out).sort(), ["mla", "pipeline.json"], "the conversion, and no eval-original.json, whole or temporary");
+  const r = await pipeline("stories260K", { ...opts, out, progress: null });
+  assert.deepEqual(r.phases.map((p) => `${p.name}${p.skipped ? " (skipped)" : ""}`), ["convert (skipped)", "eval original", "eval converted", "report"]);
+  const scores = (evals: typeof r.evals) => evals.map((e) => ({ label: e.label, tokens: e.tokens, windows: e.windows, nll: e.nll, ppl: e.ppl, params: e.params, kv: e.kv_bytes_per_token }));
+  assert.deepEqual(scores(r.evals), scores(whole.evals));
+  assert.ok(fs.readFileSync(path.join(out, "mla", "model.safetensors")).equals(fs.readFileSync(path.join(whole.out, "mla", "model.safetensors"))), "the same converted weights");
 });
