@@ -60,7 +60,10 @@ export interface PipelineOptions {
   device?: DeviceName;
   logger?: Logger;
   progress?: ProgressSink | null;
-  /** Polled between phases and by the fine-tune after every step: true ends the run with stoppedEarly (the CLI's Ctrl-C). */
+  /**
+   * Polled between phases and by the fine-tune after every step: true ends the run with stoppedEarly.
+   * A conversion or evaluation under way runs to its end first; `signal` stops those too (the CLI's Ctrl-C).
+   */
   shouldStop?: () => boolean;
   /**
    * Aborting it stops the current phase at its next safe point (a conversion at its next layer, an
@@ -217,7 +220,7 @@ export async function pipeline(spec: string, o: PipelineOptions): Promise<Pipeli
     writeFileAtomic(stateFile, JSON.stringify({ fingerprint, model: spec, settings: recordedSettings(o), started: new Date().toISOString() }, null, 2) + "\n");
   }
   const phases: PipelineResult["phases"] = [];
-  // A stop asked for between phases (Ctrl-C outside fine-tuning) ends the run before the next one;
+  // A stop asked for through shouldStop between phases (outside fine-tuning) ends the run before the next one;
   // finished phases are kept, and the same command resumes.
   let stoppedEarly = false;
   const resumes = `the finished phases are kept in ${o.out} (and an interrupted fine-tune's last checkpoint); call pipeline() again with the same options to resume`;

@@ -1,3 +1,4 @@
+import path from "node:path";
 import { DEVICE_OPTION } from "./deviceOption.js";
 import type { CommandModule } from "yargs";
 import { pipeline, type PipelineOptions } from "../pipeline.js";
@@ -5,6 +6,7 @@ import { FINETUNE_DEFAULTS as D } from "../finetune/trainer.js";
 import { ConversionArgs, conversionSettings, withConversionOptions } from "./conversionOptions.js";
 import { parseTaskNames } from "../eval/tasks/index.js";
 import { stderrLogger } from "../util/log.js";
+import { MlaError } from "../errors.js";
 import { gracefulStop, type StopMessages } from "./signals.js";
 
 import type { DeviceName } from "../backends/select.js";
@@ -34,7 +36,7 @@ interface Args extends ConversionArgs {
 }
 
 const PIPELINE_STOP: StopMessages = {
-  stopping: "finishing the current phase (a fine-tune: this step, then a checkpoint), then stopping",
+  stopping: "stopping the phase under way at its next safe point (a conversion after this layer or calibration window, an evaluation after this window or item, a fine-tune after this step, with a checkpoint)",
   kept: "the pipeline folder keeps its finished phases and the fine-tune's last checkpoint, if one was saved; re-running the same command resumes",
 };
 
@@ -74,7 +76,10 @@ export const pipelineCommand: CommandModule<object, Args> = {
       .option("export", { choices: ["deepseek"] as const, describe: "also write the final model as a deepseek_v3 folder (OUT/deepseek; exact; needs --rope-disjoint)" })
       .option("attention-bias", { type: "boolean", default: true, describe: "with --format deepseek or --export deepseek: --no-attention-bias writes that folder without attention biases, which vLLM and SGLang serve as written (kv_a_layernorm's weight fitted on --calib, which it needs; docs/deepseek.md)" }),
   handler: async (a) => {
-    const stop = gracefulStop(PIPELINE_STOP);
+    // The first signal aborts the phase under way (a signal, not shouldStop, which only the fine-tune
+    // polls: a long conversion or evaluation would otherwise run to its end before the stop).
+    const c = new AbortController();
+    const stop = gracefulStop(PIPELINE_STOP, (sig) => c.abort(new Error(sig)));
     try {
       const r = await pipeline(a.model, {
         out: a.out,
@@ -95,13 +100,17 @@ export const pipelineCommand: CommandModule<object, Args> = {
         limit: a.limit,
         logger: stderrLogger,
         progress: process.stderr,
-        shouldStop: stop.requested,
+        signal: c.signal,
       });
       for (const p of r.phases) process.stdout.write(`${p.name}: ${p.skipped ? "already done" : `${p.seconds.toFixed(1)} s`}\n`);
-      if (r.stoppedEarly) {
-        process.stdout.write(`stopped: the ${r.phases.length} finished phase(s) are kept in ${r.out}; re-running the same command resumes (an interrupted fine-tune from its last checkpoint); other settings need --force, which starts over\n`);
-        process.exitCode = 130;
-      } else process.stdout.write(`report: ${r.report!.html} (and .md)\n`);
+      process.stdout.write(`report: ${r.report!.html} (and .md)\n`);
+    } catch (e) {
+      if (!(c.signal.aborted && e instanceof MlaError && e.code === "INTERRUPTED")) throw e;
+      // Each phase's output appears only when whole (a folder or JSON renamed into place), so the stop
+      // leaves finished phases and nothing else, except a fine-tune's checkpoint, which it resumes from.
+      process.stdout.write(`stopped (${(c.signal.reason as Error).message}): the finished phases are kept in ${path.resolve(a.out)}, and the one cut short left nothing half-written; re-running the same command resumes${a["finetune-data"] ? " (an interrupted fine-tune from its last checkpoint)" : ""}; other settings need --force, which starts over\n`);
+      // As finetune's Ctrl-C: 128 + SIGINT's number, what a shell reports for a command it interrupted.
+      process.exitCode = 130;
     } finally {
       stop.release();
     }

@@ -1,10 +1,13 @@
 /**
  * Ctrl-C in the commands that stop cleanly: each says what it does and what a re-run does in its own
- * terms. pipeline and study take no --resume (re-running the same command resumes them); finetune
- * points at --resume once it has a checkpoint (a stop before its first step: test/finetune/stop.test.ts).
+ * terms. pipeline stops the phase under way at its next safe point (test/api/abort.test.ts: after a
+ * layer, and the resumed run equals an uninterrupted one). pipeline and study take no --resume
+ * (re-running the same command resumes them); finetune points at --resume once it has a checkpoint
+ * (a stop before its first step: test/finetune/stop.test.ts).
  */
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
+import fs from "node:fs";
 import path from "node:path";
 import { test } from "node:test";
 import { FIXTURES, MODELS, ROOT, tmpDir, waitFor } from "../helpers.js";
@@ -22,26 +25,62 @@ const STUDY = ["study", "--like", MODEL, "--variants", "mha", "--data", TEXT, "-
  * Runs the CLI, sends SIGINT once training has started (its first step is printed: a stop before it,
  * while tokenizing or validating, ends a fine-tune with nothing to resume), and returns its exit code and output.
  */
-async function interruptTraining(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+function interruptTraining(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return interruptAt(args, /^step \d+\/\d+ loss /m, "the first training step");
+}
+
+/** Runs the CLI, sends SIGINT once its stderr matches `when`, and returns its exit code and output. */
+async function interruptAt(args: string[], when: RegExp, what: string): Promise<{ code: number | null; stdout: string; stderr: string }> {
   const child = spawn(process.execPath, [MAIN, ...args], { stdio: ["ignore", "pipe", "pipe"] });
   let stdout = "", stderr = "";
   child.stdout.on("data", (d) => (stdout += d));
   child.stderr.on("data", (d) => (stderr += d));
   const exited = new Promise<number | null>((r) => child.on("exit", r));
-  await waitFor(() => /^step \d+\/\d+ loss /m.test(stderr) || child.exitCode !== null, "the first training step");
+  await waitFor(() => when.test(stderr) || child.exitCode !== null, what);
   child.kill("SIGINT");
   const code = await exited;
   return { code, stdout, stderr };
 }
 
-test("pipeline on Ctrl-C: finishes the phase, keeps the finished ones (the stopped fine-tune not among them), and says the same command resumes", async () => {
+/** The stdout line of a pipeline stopped by SIGINT, with the fine-tune's clause where it has one. */
+function pipelineStopped(out: string, finetune: boolean): RegExp {
+  const ft = finetune ? " \\(an interrupted fine-tune from its last checkpoint\\)" : "";
+  return new RegExp(`^stopped \\(SIGINT\\): the finished phases are kept in ${out}, and the one cut short left nothing half-written; re-running the same command resumes${ft}; other settings need --force, which starts over$`, "m");
+}
+
+test("pipeline on Ctrl-C in its fine-tune: stops after the step with a checkpoint, keeps the finished phases (the fine-tune not among them), and says the same command resumes", async () => {
   const out = path.join(tmpDir(), "pl");
   const r = await interruptTraining([...PIPELINE, out, ...ENDLESS]);
   assert.equal(r.code, 130, r.stderr);
-  assert.match(r.stderr, /SIGINT: finishing the current phase \(a fine-tune: this step, then a checkpoint\), then stopping/);
-  assert.doesNotMatch(r.stdout, /^finetune:/m, "a stopped fine-tune is not listed as done");
-  assert.match(r.stdout, new RegExp(`^stopped: the 3 finished phase\\(s\\) are kept in ${out}; re-running the same command resumes \\(an interrupted fine-tune from its last checkpoint\\); other settings need --force, which starts over$`, "m"));
+  assert.match(r.stderr, /SIGINT: stopping the phase under way at its next safe point \(a conversion after this layer or calibration window, an evaluation after this window or item, a fine-tune after this step, with a checkpoint\) \(send again to quit at once\)/);
+  assert.match(r.stdout, pipelineStopped(out, true));
   assert.doesNotMatch(r.stdout, /--resume/);
+  assert.deepEqual(fs.readdirSync(out).sort(), ["eval-converted.json", "eval-original.json", "finetune", "mla", "pipeline.json"]);
+  assert.ok(fs.existsSync(path.join(out, "finetune", "checkpoint", "state.json")), "the stopped fine-tune's checkpoint");
+  assert.ok(!fs.existsSync(path.join(out, "finetune", "finetune.json")), "the fine-tune is not done");
+});
+
+// The evaluation scores ~12k one-token windows (seconds): a stop that waited for its end would be seen.
+test("pipeline on Ctrl-C in an evaluation: stops between windows, writes no eval JSON, and says the same command resumes", async () => {
+  const out = path.join(tmpDir(), "pl");
+  const args = ["pipeline", MODEL, "--rank", "2", "--eval-text", path.join(FIXTURES, "text", "tinystories_25k.txt"), "--eval-ctx", "2", "--device", "cpu", "--out", out];
+  const r = await interruptAt(args, /^eval \S+\/\S+ tok /m, "the evaluation's first window");
+  assert.equal(r.code, 130, r.stderr);
+  assert.match(r.stderr, /^pipeline: eval original$/m);
+  assert.doesNotMatch(r.stderr, /^eval \S+ tok \(100\.0%\)/m, "stopped before the last window");
+  assert.match(r.stdout, pipelineStopped(out, false));
+  assert.deepEqual(fs.readdirSync(out).sort(), ["mla", "pipeline.json"], "the conversion, and no eval-original.json, whole or temporary");
+});
+
+// Calibration (2-norm over ~12k two-token windows: seconds) is the convert phase's first part.
+test("pipeline on Ctrl-C in the conversion: stops at the next calibration window and leaves no model folder", async () => {
+  const out = path.join(tmpDir(), "pl");
+  const calib = ["--rope-strategy", "2-norm", "--calib", path.join(FIXTURES, "text", "tinystories_25k.txt"), "--calib-samples", "100000", "--calib-len", "2"];
+  const r = await interruptAt(["pipeline", MODEL, "--rank", "2", ...calib, "--eval-text", TEXT, "--device", "cpu", "--out", out], /^calibrate \S+\/\S+ windows /m, "the calibration's first window");
+  assert.equal(r.code, 130, r.stderr);
+  assert.doesNotMatch(r.stderr, /^calibrate \S+ windows \(100\.0%\)|^convert /m, "stopped before the last window and the layers");
+  assert.match(r.stdout, pipelineStopped(out, false));
+  assert.deepEqual(fs.readdirSync(out), ["pipeline.json"], "no model folder, whole or temporary");
 });
 
 // The trainer's own log line still says "--resume continues from the step-N checkpoint"; it lives in
