@@ -3,7 +3,8 @@ import type { Argv } from "yargs";
 import { DEFAULT_GATE_DIM, NO_BALANCE_WITH_SPLIT, type SettingsInput } from "../convert/plan.js";
 import { parseStrategy, ROPE_STRATEGIES } from "../ropeSelect/strategies.js";
 import { KV_SPLIT_MODES, KvSplitMode } from "../convert/kvSplit.js";
-import { flagsWithout, MlaError } from "../errors.js";
+import { refuseWindowsWithoutText } from "../convert/calibrationNeeds.js";
+import { MlaError } from "../errors.js";
 import { DEFAULT_CALIB_LEN, DEFAULT_CALIB_SAMPLES } from "../ropeSelect/calibrate.js";
 
 /** "2,4,6" → [2, 4, 6]; anything else is refused with the value that failed. */
@@ -53,8 +54,7 @@ export function withConversionOptions<T>(y: Argv<T>) {
 }
 
 export function conversionSettings(a: ConversionArgs): SettingsInput {
-  const windows = ([["--calib-samples", a["calib-samples"]], ["--calib-len", a["calib-len"]]] as const).filter(([, v]) => v !== undefined).map(([f]) => f);
-  if (windows.length && a.calib === undefined) throw flagsWithout(windows, "--calib FILE", "settings of the calibration windows");
+  refuseWindowsWithoutText({ calib: a.calib, calibSamples: a["calib-samples"], calibLen: a["calib-len"] });
   if (a["balance-kv"] === false && a.svd === "split") throw new MlaError("BAD_ARGUMENT", NO_BALANCE_WITH_SPLIT, "drop --no-balance-kv, or use --svd joint");
   return {
     rank: a.rank,
@@ -66,9 +66,11 @@ export function conversionSettings(a: ConversionArgs): SettingsInput {
     balanceKv: a["balance-kv"],
     refitOutput: a["refit-output"],
     calib: a.calib,
-    // The defaults filled in, as yargs did: a pipeline started then keeps its fingerprint (and resumes).
-    calibSamples: a["calib-samples"] ?? DEFAULT_CALIB_SAMPLES,
-    calibLen: a["calib-len"] ?? DEFAULT_CALIB_LEN,
+    // With --calib the defaults filled in, as yargs did, so a pipeline started then keeps its fingerprint
+    // (and resumes). Without it none: the library refuses windows without text, and a pipeline's run
+    // identity leaves them out there (a run started with yargs's 32/256 resumes from its recorded settings).
+    calibSamples: a.calib === undefined ? undefined : (a["calib-samples"] ?? DEFAULT_CALIB_SAMPLES),
+    calibLen: a.calib === undefined ? undefined : (a["calib-len"] ?? DEFAULT_CALIB_LEN),
     attention: a.attention,
     gateDim: a["gate-dim"],
     // Left out when uniform, so a pipeline started before --kv-split existed keeps its fingerprint (and resumes).

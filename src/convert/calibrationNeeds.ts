@@ -3,7 +3,7 @@
  * (so the pipeline reads the windows only then), and the one refusal when it is missing; shared by
  * both output formats, so each option's reason is written once.
  */
-import { MlaError } from "../errors.js";
+import { flagsWithout, MlaError } from "../errors.js";
 
 export interface CalibrationUses {
   ropeStrategy?: string;
@@ -43,4 +43,15 @@ export function readsCalibration(o: CalibrationUses): boolean {
 export function requireCalibration(calib: string | null | undefined, o: CalibrationUses): void {
   const first = calib ? undefined : calibrationUses(o)[0];
   if (first) throw new MlaError("BAD_ARGUMENT", `${first[0]} needs calibration text: it ${first[1]}`, "pass --calib FILE (any text in the model's language)");
+}
+
+/**
+ * Refuses calibration windows (`calibSamples`, `calibLen`) given without the text they are cut from:
+ * they would do nothing, and a script that passed them would believe the conversion calibrated. One
+ * check for the command line and both library conversions (so `pipeline` too), so all say the same;
+ * null counts as not given, as in the option type checks.
+ */
+export function refuseWindowsWithoutText(o: { calib?: string | null; calibSamples?: number | null; calibLen?: number | null }): void {
+  const given = ([["--calib-samples", o.calibSamples], ["--calib-len", o.calibLen]] as const).filter(([, v]) => v !== undefined && v !== null).map(([flag]) => flag);
+  if (given.length && (o.calib === undefined || o.calib === null)) throw flagsWithout(given, "--calib FILE", "settings of the calibration windows");
 }

@@ -9,7 +9,7 @@ import type { OptionKinds } from "../util/optionTypes.js";
 import type { Logger } from "../util/log.js";
 import { maxRank, maxRankNote } from "./factor.js";
 import { budgetSplits, KV_SPLIT_MODES, KvSplitMode } from "./kvSplit.js";
-import { requireCalibration } from "./calibrationNeeds.js";
+import { refuseWindowsWithoutText, requireCalibration } from "./calibrationNeeds.js";
 import { checkWindowShape, DEFAULT_CALIB_LEN, DEFAULT_CALIB_SAMPLES } from "../ropeSelect/calibrate.js";
 import { checkTextFile } from "../eval/perplexity.js";
 
@@ -66,6 +66,7 @@ export interface SettingsInput {
   /** After factoring, refit each layer's o_proj on the calibration text (src/convert/refitOutput.ts); needs calib. */
   refitOutput?: boolean;
   calib?: string;
+  /** Windows of `calib` (default 32, or as many as it holds) and their length, BOS included (default 256); refused without calib. */
   calibSamples?: number;
   calibLen?: number;
   /** "eg-mla" adds EG-MLA's token-embedding gate on the latent (docs/method.md); default "mla". */
@@ -117,6 +118,7 @@ export function resolveSettings(c: ModelConfig, o: SettingsInput, log: Logger): 
   if (!Number.isInteger(o.rank) || o.rank < 1 || o.rank > top)
     throw new MlaError("BAD_ARGUMENT", `--rank ${o.rank} is out of range for this model with --rope-pairs ${R} and --svd ${svd}`, `use an integer in 1…${top} (latent dims per KV head; ${maxRankNote(svd, c.kvHeads, c.headDim, R, c.hiddenSize)})`);
   const calib = o.calib ?? null;
+  refuseWindowsWithoutText(o);
   checkCalibFile(calib);
   let strategy = o.ropeStrategy === undefined ? undefined : parseStrategy(o.ropeStrategy);
   if (!strategy) {

@@ -33,7 +33,7 @@ import { convertRemedy, servingWarnings } from "./serving.js";
 import { describeRefit, refitOutputProjections, refitRecord } from "../convert/refitOutput.js";
 import { requireRoom, weightFileBytes } from "../io/diskRoom.js";
 import { deepseekSpecs, planTensors, writePlanned } from "./stream.js";
-import { requireCalibration } from "../convert/calibrationNeeds.js";
+import { refuseWindowsWithoutText, requireCalibration } from "../convert/calibrationNeeds.js";
 import { throwIfAborted } from "../util/abort.js";
 import { describeLatentNormFit, fitLatentNorms, latentNormRecord, requireFitText } from "./latentNorm.js";
 
@@ -52,6 +52,7 @@ export interface DeepseekOptions extends DeepseekEvalOptions {
   /** Refit each layer's o_proj on the calibration text after factoring (src/convert/refitOutput.ts); needs calib. */
   refitOutput?: boolean;
   calib?: string;
+  /** Windows of `calib` and their length (defaults 32 and 256); refused without calib. */
   calibSamples?: number;
   calibLen?: number;
   /** Interleaved rope rows (rope_interleave, DeepSeek's own layout and what vLLM expects); default true. */
@@ -189,6 +190,7 @@ export function deepseekShape(c: ModelConfig, o: DeepseekOptions): { ropePairs: 
   const maxRk = Math.min(2 * G * Dh, D) + (bias ? 1 : 0);
   if (!Number.isInteger(rk) || rk < 2 || rk > maxRk) throw new MlaError("BAD_ARGUMENT", `kv_lora_rank ${rk} is out of range 2…${maxRk} for this model`, o.kvLoraRank === undefined ? "lower --rope-dim or change --rank / --rope-pairs" : "choose another --kv-lora-rank");
   const svdInit = o.svdInit ?? "weights";
+  refuseWindowsWithoutText(o);
   requireCalibration(o.calib, { svdInit, refitOutput: o.refitOutput });
   if (!bias) requireFitText(o.calib);
   checkCalibFile(o.calib);

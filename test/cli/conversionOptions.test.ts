@@ -1,14 +1,17 @@
 /**
  * The conversion flags `convert` and `pipeline` share: the calibration windows' flags are refused
  * without --calib (they were dropped unseen), --no-balance-kv with --svd split (balancing is the
- * joint SVD's), and the settings passed on are those yargs's defaults gave (a pipeline's fingerprint).
+ * joint SVD's), and with --calib the settings passed on are those yargs's defaults gave (a pipeline's
+ * fingerprint); without it the windows are left out, as the library refuses them there.
  */
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
+import crypto from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
 import { test } from "node:test";
 import { conversionSettings, type ConversionArgs } from "../../src/cli/conversionOptions.js";
+import { pipeline } from "../../src/pipeline.js";
 import { FIXTURES, MODELS, ROOT, tmpDir } from "../helpers.js";
 
 const MAIN = path.join(ROOT, "dist", "src", "cli", "main.js");
@@ -24,9 +27,23 @@ test("--calib-samples / --calib-len without --calib are refused, naming them; wi
   assert.deepEqual([s.calibSamples, s.calibLen], [8, 64]);
 });
 
-test("without the window flags the settings are those the yargs defaults gave, so a pipeline started then resumes", () => {
-  // JSON as runFingerprint hashes it (undefined fields dropped, keys in this order).
-  assert.equal(JSON.stringify(conversionSettings(plain)), JSON.stringify({ rank: 4, ropeDisjoint: false, svd: "joint", svdInit: "weights", balanceKv: true, refitOutput: false, calibSamples: 32, calibLen: 256, attention: "mla" }));
+test("with --calib the window settings are those the yargs defaults gave; without it none (the library refuses windows without text)", () => {
+  // JSON as the legacy fingerprint hashed it (undefined fields dropped, keys in this order).
+  assert.equal(JSON.stringify(conversionSettings({ ...plain, calib: CALIB })), JSON.stringify({ rank: 4, ropeDisjoint: false, svd: "joint", svdInit: "weights", balanceKv: true, refitOutput: false, calib: CALIB, calibSamples: 32, calibLen: 256, attention: "mla" }));
+  assert.equal(JSON.stringify(conversionSettings(plain)), JSON.stringify({ rank: 4, ropeDisjoint: false, svd: "joint", svdInit: "weights", balanceKv: true, refitOutput: false, attention: "mla" }));
+});
+
+test("a pipeline the CLI started without --calib when it passed the windows' defaults (32/256) still resumes", async () => {
+  const out = path.join(tmpDir(), "pl");
+  fs.mkdirSync(out);
+  const model = path.join(MODELS, "stories260K");
+  // As the CLI passed the conversion then, and the ordered-JSON fingerprint of that time.
+  const then = { rank: 2, ropeDisjoint: false, svd: "joint", svdInit: "weights", balanceKv: true, refitOutput: false, calibSamples: 32, calibLen: 256, attention: "mla" };
+  const fingerprint = crypto.createHash("sha256").update(JSON.stringify({ spec: model, convert: then, format: "mha2mla", deepseek: null, finetune: null, export: null, evalText: CALIB })).digest("hex").slice(0, 16);
+  fs.writeFileSync(path.join(out, "pipeline.json"), JSON.stringify({ fingerprint, model, settings: { out, convert: then, evalText: CALIB } }));
+  fs.writeFileSync(path.join(out, "eval-original.json"), "{}");
+  const r = await pipeline(model, { out, convert: conversionSettings({ ...plain, rank: 2 }), evalText: CALIB, device: "cpu", progress: null, shouldStop: () => true });
+  assert.equal(r.stoppedEarly, true, "resumed (and stopped before the next phase), not refused as another run");
 });
 
 test("convert and pipeline on the command line refuse the idle flags before any work", () => {

@@ -103,7 +103,7 @@ for (const model of ["stories260K", "stories260K-mha"]) {
     const cal = conversionGolden.calib;
     const evalFile = path.join(ROOT, conversionGolden.eval.file);
     for (const s of g.settings) {
-      const out = await convertFixture(model, { rank: s.rank, ropePairs: s.rope_pairs, ropeStrategy: s.strategy, svd: "joint", svdInit: "weights", calib: s.strategy === "2-norm" ? path.join(ROOT, cal.file) : undefined, calibSamples: cal.samples, calibLen: cal.len });
+      const out = await convertFixture(model, { rank: s.rank, ropePairs: s.rope_pairs, ropeStrategy: s.strategy, svd: "joint", svdInit: "weights", ...(s.strategy === "2-norm" ? { calib: path.join(ROOT, cal.file), calibSamples: cal.samples, calibLen: cal.len } : {}) });
       const lm = loadModel(out);
       assert.deepEqual((lm.config.attention as { selection: number[][][] }).selection, s.selection, `${s.strategy} selection`);
       const r = await perplexity(lm.model, tokenizeForEval(lm.tokenizer, readText(evalFile)), { ctx: conversionGolden.eval.ctx, progress: null });

@@ -6,12 +6,15 @@ import { test } from "node:test";
 import { MlaError } from "../../src/errors.js";
 import { defaultOut, modelName } from "../../src/convert/plan.js";
 import { convert, ConvertOptions } from "../../src/convert/pipeline.js";
+import { convertDeepseek } from "../../src/deepseek/export.js";
+import { pipeline } from "../../src/pipeline.js";
 import { parseStrategy } from "../../src/ropeSelect/strategies.js";
 import { beginOutDir } from "../../src/io/atomicDir.js";
 import { synth } from "../../src/synth/synth.js";
 import { FIXTURES, MODELS, ROOT, tmpDir, watchChild } from "../helpers.js";
 
 const MAIN = path.join(ROOT, "dist", "src", "cli", "main.js");
+const TEXT = path.join(FIXTURES, "text", "tinystories.txt");
 
 async function refused({ model, ...opts }: Partial<ConvertOptions> & { model?: string }, re: RegExp): Promise<void> {
   const parent = tmpDir();
@@ -62,6 +65,23 @@ test("a config.json whose sizes the weights do not have is refused before any wo
   const cfg = JSON.parse(fs.readFileSync(path.join(copy, "config.json"), "utf8"));
   fs.writeFileSync(path.join(copy, "config.json"), JSON.stringify({ ...cfg, hidden_size: 2 * cfg.hidden_size }));
   await refused({ model: copy, rank: 4, ropePairs: 1 }, /tensor "model\.embed_tokens\.weight" has shape \[512,64\], config\.json implies \[512,128\][\s\S]*belong to different models/);
+});
+
+test("calibration windows without calib are refused by convert(), convertDeepseek() and pipeline(), in the command line's words, before any work (they were dropped unseen)", async () => {
+  const idle = /^--calib-samples has no effect without --calib FILE \(settings of the calibration windows\)\n {2}hint: add --calib FILE, or leave --calib-samples out$/;
+  await refused({ calibSamples: 8 }, idle);
+  await refused({ calibLen: 64, dryRun: true }, /^--calib-len has no effect without --calib FILE/);
+  await refused({ calibSamples: 8, calibLen: 64, ropeStrategy: "high" }, /^--calib-samples and --calib-len have no effect without --calib FILE[\s\S]*hint: add --calib FILE, or leave --calib-samples and --calib-len out$/);
+  const parent = tmpDir();
+  const out = path.join(parent, "ds");
+  for (const o of [{ calibSamples: 8 }, { calibSamples: 8, dryRun: true }])
+    await assert.rejects(convertDeepseek(path.join(MODELS, "stories260K"), { rank: 2, ropePairs: 1, ...o, out, progress: null }), (e: unknown) => e instanceof MlaError && e.code === "BAD_ARGUMENT" && idle.test(e.message));
+  await assert.rejects(pipeline(path.join(MODELS, "stories260K"), { convert: { rank: 2, calibLen: 64 }, evalText: TEXT, out: path.join(parent, "pl"), progress: null }), (e: unknown) => e instanceof MlaError && /^--calib-len has no effect without --calib FILE/.test(e.message));
+  assert.deepEqual(fs.readdirSync(parent), [], "nothing written");
+  // With calib they are read: the record says how many windows.
+  const ok = path.join(tmpDir(), "ok");
+  await convert(path.join(MODELS, "stories260K"), { rank: 2, ropePairs: 1, calib: TEXT, calibSamples: 2, calibLen: 64, out: ok, progress: null });
+  assert.equal(JSON.parse(fs.readFileSync(path.join(ok, "mla_conversion.json"), "utf8")).calibration.windows, 2);
 });
 
 test("a model that is not Llama-family, a converted model, and too little calibration text are refused", async () => {
