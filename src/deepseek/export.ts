@@ -32,7 +32,7 @@ import { deepseekLayer, FrequencyPca, frequencyPca, ladder, ladderScores, validS
 import { convertRemedy, servingWarnings } from "./serving.js";
 import { describeRefit, refitOutputProjections, refitRecord } from "../convert/refitOutput.js";
 import { requireRoom, weightFileBytes } from "../io/diskRoom.js";
-import { deepseekSpecs, planTensors, writePlanned } from "./stream.js";
+import { deepseekSpecs, planTensors, STRAY_O_BIAS, strayOBiasWarning, writePlanned } from "./stream.js";
 import { refuseWindowsWithoutText, requireCalibration } from "../convert/calibrationNeeds.js";
 import { throwIfAborted } from "../util/abort.js";
 import { describeLatentNormFit, fitLatentNorms, latentNormRecord, requireFitText } from "./latentNorm.js";
@@ -257,10 +257,12 @@ async function convertDeepseekInScope(spec: string, o: DeepseekOptions): Promise
 
     tmp = beginOutDir(out, o.force ?? false);
     const dtypeOf = (name: string): DType => src.entry(name).dtype;
-    // A supported source declares no o_proj bias (checkSource), so a stray one in its file is no part
-    // of the model; the bias-free form must not carry it.
-    const plan = planTensors(src, ATTN[0]!, new Set([...ATTN.slice(1), ...(bias ? [] : ["self_attn.o_proj.bias"])]), (_l, p) =>
-      deepseekSpecs(p, { H, D, dn: Dh, dr, dv: Dh, rk, dtype: dtypeOf(p + ATTN[0]!), normDtype: dtypeOf(p + "input_layernorm.weight"), attentionBias: bias, addOBias: !src.has(p + "self_attn.o_proj.bias") }),
+    // A supported source declares no o_proj bias (checkSource), so one in its file is no part of the
+    // model: never carried, in either form (STRAY_O_BIAS says why).
+    const stray = strayOBiasWarning(src, bias);
+    if (stray) log.warn(stray);
+    const plan = planTensors(src, ATTN[0]!, new Set([...ATTN.slice(1), STRAY_O_BIAS]), (_l, p) =>
+      deepseekSpecs(p, { H, D, dn: Dh, dr, dv: Dh, rk, dtype: dtypeOf(p + ATTN[0]!), normDtype: dtypeOf(p + "input_layernorm.weight"), attentionBias: bias }),
     );
     const energy: number[] = new Array(L).fill(0);
     const betas: (number | null)[] = new Array(L).fill(null);

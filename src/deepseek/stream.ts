@@ -18,21 +18,47 @@ export interface TensorPlan {
 
 /**
  * The attention tensors of one deepseek_v3 layer (prefix p): q_proj [H·(dn+dr), D], kv_a (+ its bias
- * with attention_bias), kv_a_layernorm, kv_b [H·(dn+dv), rk], and a zero o_proj bias where the source
- * has none and attention_bias is on (stock loaders then expect one).
+ * with attention_bias), kv_a_layernorm, kv_b [H·(dn+dv), rk], and with attention_bias a zero o_proj
+ * bias (stock loaders then expect one; a source's own is never carried: STRAY_O_BIAS).
  */
-export function deepseekSpecs(p: string, s: { H: number; D: number; dn: number; dr: number; dv: number; rk: number; dtype: DType; normDtype: DType; attentionBias: boolean; addOBias: boolean }): TensorSpec[] {
+export function deepseekSpecs(p: string, s: { H: number; D: number; dn: number; dr: number; dv: number; rk: number; dtype: DType; normDtype: DType; attentionBias: boolean }): TensorSpec[] {
   return [
     { name: p + "self_attn.q_proj.weight", dtype: s.dtype, shape: [s.H * (s.dn + s.dr), s.D] },
     { name: p + "self_attn.kv_a_proj_with_mqa.weight", dtype: s.dtype, shape: [s.rk + s.dr, s.D] },
     ...(s.attentionBias ? [{ name: p + "self_attn.kv_a_proj_with_mqa.bias", dtype: s.dtype, shape: [s.rk + s.dr] }] : []),
     { name: p + "self_attn.kv_a_layernorm.weight", dtype: s.normDtype, shape: [s.rk] },
     { name: p + "self_attn.kv_b_proj.weight", dtype: s.dtype, shape: [s.H * (s.dn + s.dv), s.rk] },
-    ...(s.attentionBias && s.addOBias ? [{ name: p + "self_attn.o_proj.bias", dtype: s.dtype, shape: [s.D] }] : []),
+    ...(s.attentionBias ? [{ name: p + "self_attn.o_proj.bias", dtype: s.dtype, shape: [s.D] }] : []),
   ];
 }
 
 const layerOf = (name: string) => /^model\.layers\.(\d+)\.(.*)$/.exec(name);
+
+/**
+ * An o_proj bias in the source's file, which both writers drop (planTensors' `dropped`). Their sources
+ * declare no attention bias (a config with attention_bias has q/k/v biases, which both refuse), and then
+ * no loader of the source applies one: transformers' Llama builds o_proj with bias=attention_bias, its
+ * Mistral and Qwen2 with none, our runtime reads it only with attention_bias. It is no part of the model.
+ * Copied into the exact form's folder (attention_bias true) it would be: transformers' DeepseekV3Attention
+ * builds o_proj with bias=attention_bias and would add it to every layer's output, a model the source is
+ * not (vLLM and SGLang build o_proj without a bias and skip it on load, so they would compute yet another).
+ * Its part in the source's function is zero, so the exact form writes a zero o_proj bias in its place
+ * (transformers expects one with attention_bias) and the bias-free form none. Not refused: the folder
+ * then computes exactly the source as every loader of the source runs it, and the warning names it.
+ */
+export const STRAY_O_BIAS = "self_attn.o_proj.bias";
+
+/** The warning for the o_proj biases `src` holds (see STRAY_O_BIAS), or null where it holds none. */
+export function strayOBiasWarning(src: Checkpoint, attentionBias: boolean): string | null {
+  const found = src.names().filter((n) => layerOf(n)?.[2] === STRAY_O_BIAS);
+  if (!found.length) return null;
+  const which = found.length === 1 ? found[0]! : `${found[0]} and ${found.length - 1} more`;
+  return (
+    `${src.dir} holds ${which}, but its config.json declares no attention_bias, so neither transformers nor this tool applies an o_proj bias to the source model; ` +
+    `the deepseek_v3 folder does not carry it (${attentionBias ? "its own o_proj bias is zero" : "it has no o_proj bias"}) and computes the source model as loaded ` +
+    "(an o_proj with a bias and q/k/v without is no Llama, Mistral or Qwen2 attention as transformers defines them)"
+  );
+}
 
 /**
  * The output tensors: a layer's `anchor` tensor (its name after the layer prefix) is replaced by
