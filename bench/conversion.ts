@@ -34,7 +34,9 @@ console.log("| model | strategy | R | rank | KV vs original | ppl (ours) | ppl (
 console.log("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
 for (const [model, g] of Object.entries(golden.models) as [string, { settings: { strategy: "high"; rope_pairs: number; rank: number; ppl: number }[] }][]) {
   for (const s of g.settings) {
-    const r = await convertedPpl(model, { rank: s.rank, ropePairs: s.rope_pairs, ropeStrategy: s.strategy, calib: s.strategy === ("2-norm" as string) ? calibFile : undefined, calibSamples: golden.calib.samples, calibLen: golden.calib.len });
+    // The window settings go with the calibration text only: convert() refuses them without it.
+    const calib = s.strategy === ("2-norm" as string) ? { calib: calibFile, calibSamples: golden.calib.samples, calibLen: golden.calib.len } : {};
+    const r = await convertedPpl(model, { rank: s.rank, ropePairs: s.rope_pairs, ropeStrategy: s.strategy, ...calib });
     const kvHeads = model === "stories260K" ? 4 : 8;
     const kv = (kvHeads * (2 * s.rope_pairs + s.rank)) / (2 * kvHeads * 8);
     console.log(`| ${model} | ${s.strategy} | ${s.rope_pairs} | ${s.rank} | ${(100 * kv).toFixed(2)}% | ${r.ppl.toFixed(3)} | ${s.ppl.toFixed(3)} | ${((100 * (r.ppl - s.ppl)) / s.ppl).toFixed(3)}% | ${r.seconds.toFixed(2)} s |`);
