@@ -5,23 +5,22 @@
  * Decoding all ids at every step costs O(n) per token; decoding each id alone is wrong (a
  * SentencePiece "▁" is a space only after other text, one character may span several byte tokens).
  * So the ids are decoded from an anchor, with a few ids before it as context, and only text that
- * later ids cannot change is handed out:
- * - not a trailing U+FFFD: the bytes of a character whose other bytes are still to come;
- * - nothing from a space or an apostrophe among the last 4 characters on: a tokenizer that cleans
- *   up spaces (clean_up_tokenization_spaces: " ." → ".", " n't" → "n't", " ' " → "'", …) may still
- *   drop that space, or give back one it dropped before an apostrophe (" ' " then "!": " '!").
- * serve's TextStream (src/serve/textStream.ts) hands text out as soon as it decodes; a later space
- * clean-up there would add a wrong piece, which a stream printed and then compared to the whole
- * decode (as `generate` promises) cannot take back.
+ * later ids cannot change is handed out: not a trailing U+FFFD (the bytes of a character whose other
+ * bytes are still to come).
+ *
+ * That is the decoder's text before clean_up_tokenization_spaces (" ." → ".", " n't" → "n't"): a
+ * tokenizer that cleans up spaces has its text cleaned here by a SpaceCleaner, which holds back only
+ * an end a later piece could still clean (" ", " n", " '", …; see src/io/cleanUpSpaces.ts). Decoding
+ * windows cleaned would be wrong: a window's clean-up does not see the text on either side of it.
+ * serve's TextStream (src/serve/textStream.ts) cleans its text the same way.
  */
 import type { TextTokenizer } from "./tokenizer.js";
+import { SpaceCleaner } from "./cleanUpSpaces.js";
 
 /** Ids before the anchor decoded with the window, so its first piece reads as it does in the whole text. */
 const CONTEXT_IDS = 5;
 /** Ids past the anchor before it moves on (the window decoded per id stays this short). */
 const WINDOW_IDS = 16;
-/** How far back from the end a space clean-up may still change the text (" n't" and one more). */
-const CLEANUP_REACH = 4;
 
 export class IncrementalDecoder {
   private readonly ids: number[] = [];
@@ -32,16 +31,21 @@ export class IncrementalDecoder {
   private contextText = "";
   /** Token boundaries past the anchor and the text up to each (where the anchor may move). */
   private marks: { at: number; tail: string }[] = [];
-  /** The text handed out so far. */
+  /** The text handed out so far, before clean-up. */
   private given = "";
+  /** Cleans up spaces in the text handed out, where the tokenizer's decode does. */
+  private readonly cleaner: SpaceCleaner;
 
   constructor(
     private readonly tokenizer: TextTokenizer,
     private readonly opts: { skipSpecialTokens?: boolean } = {},
-  ) {}
+  ) {
+    this.cleaner = new SpaceCleaner(tokenizer.cleansUpSpaces === true);
+  }
 
+  /** The decoder's text of `ids`, spaces not cleaned up (the cleaner does that over the whole text). */
   private decode(ids: readonly number[]): string {
-    return this.tokenizer.decode(ids, { skipSpecialTokens: this.opts.skipSpecialTokens ?? false });
+    return this.tokenizer.decode(ids, { skipSpecialTokens: this.opts.skipSpecialTokens ?? false, cleanUpSpaces: false });
   }
 
   /** Takes the next ids (a prompt's at once, or one per step); returns the text that can be handed out now (maybe ""). */
@@ -61,7 +65,7 @@ export class IncrementalDecoder {
     }
     this.marks.push({ at: this.ids.length, tail });
     if (this.ids.length - this.anchor > WINDOW_IDS) this.moveAnchor(tail, settled);
-    return out;
+    return this.cleaner.push(out);
   }
 
   /**
@@ -87,21 +91,16 @@ export class IncrementalDecoder {
    */
   finish(): { rest: string; exact: boolean } {
     const whole = this.decode(this.ids);
-    if (!whole.startsWith(this.given)) return { rest: whole, exact: false };
+    if (!whole.startsWith(this.given)) return { rest: this.tokenizer.decode(this.ids, { skipSpecialTokens: this.opts.skipSpecialTokens ?? false }), exact: false };
     const rest = whole.slice(this.given.length);
     this.given = whole;
-    return { rest, exact: true };
+    return { rest: this.cleaner.push(rest) + this.cleaner.finish(), exact: true };
   }
 }
 
-/** Characters at the end of `text` that later ids may still change (see the file's comment). */
+/** Characters at the end of `text` that later ids may still change: the bytes of an unfinished character. */
 function unsettled(text: string): number {
   let from = text.length;
   while (from > 0 && text[from - 1] === "\uFFFD") from--;
-  for (let i = Math.max(0, text.length - CLEANUP_REACH); i < from; i++)
-    if (text[i] === " " || text[i] === "'") {
-      from = i;
-      break;
-    }
   return text.length - from;
 }

@@ -7,9 +7,18 @@ import { MlaError } from "../errors.js";
 export interface TextTokenizer {
   /** Token ids of `text`; special tokens (BOS) only when asked. */
   encode(text: string, opts?: { addSpecialTokens?: boolean }): number[];
-  /** Text of `ids`; special tokens (BOS, EOS, <|eot_id|>) written out unless skipSpecialTokens. */
-  decode(ids: readonly number[], opts?: { skipSpecialTokens?: boolean }): string;
+  /**
+   * Text of `ids`; special tokens (BOS, EOS, <|eot_id|>) written out unless skipSpecialTokens. Spaces
+   * are cleaned up where `cleansUpSpaces`, unless `cleanUpSpaces: false` asks for the decoder's text
+   * as it is (a stream cleans its text itself: src/io/cleanUpSpaces.ts).
+   */
+  decode(ids: readonly number[], opts?: { skipSpecialTokens?: boolean; cleanUpSpaces?: boolean }): string;
   readonly vocabSize: number;
+  /**
+   * Whether decode applies transformers' clean_up_tokenization (" ." → ".", " n't" → "n't"), as
+   * tokenizer_config.json's clean_up_tokenization_spaces: true asks. Absent: it does not.
+   */
+  readonly cleansUpSpaces?: boolean;
   /**
    * Token ids of `text` as the continuation of earlier text: no "▁" is prepended at its start (the
    * whole text's encoding only prepends at offset 0). Absent: texts cannot be encoded in pieces.
@@ -37,10 +46,12 @@ export function loadTokenizer(dir: string): TextTokenizer {
   const tjFile = path.join(dir, "tokenizer.json");
   const tj = readJson(tjFile, true)!;
   const tc = readJson(path.join(dir, "tokenizer_config.json"), false) ?? {};
+  // transformers leaves spaces as decoded unless the config asks (its default is False, and null reads
+  // as False; the library's default, and its reading of null, is true).
+  const cleans = tc["clean_up_tokenization_spaces"] === true;
   const make = (json: Record<string, unknown>) => {
     try {
-      // transformers leaves spaces as decoded unless the config asks (its default is False; the library's true).
-      return withUnicodeDigits(new HfTokenizer(json, { clean_up_tokenization_spaces: false, ...tc }));
+      return withUnicodeDigits(new HfTokenizer(json, { ...tc, clean_up_tokenization_spaces: cleans }));
     } catch (e) {
       throw new MlaError("BAD_TOKENIZER", `${tjFile}: cannot be loaded (${(e as Error).message})`, "is it a Hugging Face tokenizers file?");
     }
@@ -80,8 +91,9 @@ export function loadTokenizer(dir: string): TextTokenizer {
     // such ids are dropped, as HF's decode drops them.
     decode: (ids, opts) => {
       const known = [...ids].filter((id) => Number.isInteger(id) && id >= 0 && id < vocabSize && (addedIds.has(id) || tok.id_to_token(id) != null));
-      return known.length === 0 ? "" : tok.decode(known, { skip_special_tokens: opts?.skipSpecialTokens ?? false });
+      return known.length === 0 ? "" : tok.decode(known, { skip_special_tokens: opts?.skipSpecialTokens ?? false, clean_up_tokenization_spaces: cleans && opts?.cleanUpSpaces !== false });
     },
+    cleansUpSpaces: cleans,
     encodeContinuation: (text) => {
       const at = firstLiteral ? text.search(firstLiteral) : -1;
       if (at < 0) return cont().encode(text, { add_special_tokens: false }).ids;

@@ -6,8 +6,9 @@
 export type Finish = "stop" | "length";
 
 /**
- * A token's text, where that starts in the completion, its log-probability, and the most likely
- * tokens' at its step; both null for an echoed prompt's first token, which nothing comes before.
+ * A token's text, where that starts in the text returned (tokenOffsets.ts), its log-probability, and
+ * the most likely tokens' at its step; both null for an echoed prompt's first token, which nothing
+ * comes before.
  */
 export interface TokenEntry {
   token: string;

@@ -23,6 +23,7 @@ import { continueFinalMessage, loadChatTemplate, type ChatTemplate } from "./cha
 import { CHAT_COMPLETION, TEXT_COMPLETION, type ResponseShape, type TokenEntry } from "./responseShapes.js";
 import type { TokenLogprobs } from "../model/sampling.js";
 import { incompleteTail, TextStream } from "./textStream.js";
+import { offsetsOf, TokenOffsets } from "./tokenOffsets.js";
 import { prometheusText } from "./metrics.js";
 import { detokenize, tokenize, tokenizerInfo, type TokenizerServed } from "./tokenizerRoutes.js";
 import { encodedWholeBelow, encodePrefix } from "../io/tokenizer.js";
@@ -221,35 +222,42 @@ export async function serve(model: string | LoadedModel, opts: ServeOptions = {}
   };
 
   /**
-   * The entry of token `id` (and of the step's most likely tokens) after `prev`, its text starting
-   * `offset` characters into the completion. A token's text is as it reads after `prev` (so a
-   * SentencePiece piece keeps its leading space): the text of [prev, id] less that of [prev]; special
-   * tokens by name. A byte token short of a whole character reads as U+FFFD.
+   * The entry of token `id` (and of the step's most likely tokens) after `prev`; its offset is set by
+   * the caller (tokenOffsets.ts). A token's text is as it reads after `prev` (so a SentencePiece piece
+   * keeps its leading space): the text of [prev, id] less that of [prev]; special tokens by name. A
+   * byte token short of a whole character reads as U+FFFD. Spaces are not cleaned up: that is done to
+   * the whole text, not to a token (a pair's clean-up would be neither the token nor the text).
    */
-  const tokenEntry = (prev: number, id: number, lp: TokenLogprobs, offset: number): TokenEntry => {
-    const decode = (ids: number[]) => lm.tokenizer.decode(ids, { skipSpecialTokens: false });
+  const tokenEntry = (prev: number, id: number, lp: TokenLogprobs): TokenEntry => {
+    const decode = (ids: number[]) => lm.tokenizer.decode(ids, { skipSpecialTokens: false, cleanUpSpaces: false });
     const before = decode([prev]);
     const text = (t: number) => {
       const both = decode([prev, t]);
       return both.startsWith(before) ? both.slice(before.length) : decode([t]);
     };
-    return { token: text(id), offset, logprob: lp.logprob, top: lp.top.map((t) => ({ token: text(t.id), logprob: t.logprob })) };
+    return { token: text(id), offset: 0, logprob: lp.logprob, top: lp.top.map((t) => ({ token: text(t.id), logprob: t.logprob })) };
   };
 
-  /** The entries of an echoed prompt's tokens, from `scored` (the log-probabilities of tokens 1…; null: not asked). */
-  const promptEntries = (prompt: readonly number[], scored: readonly TokenLogprobs[]): TokenEntry[] => {
-    const out: TokenEntry[] = [{ token: lm.tokenizer.decode([prompt[0]!], { skipSpecialTokens: false }), offset: 0, logprob: null, top: null }];
-    for (let k = 1; k < prompt.length; k++) {
-      const prior = out[k - 1]!;
-      out.push(tokenEntry(prompt[k - 1]!, prompt[k]!, scored[k - 1]!, prior.offset + prior.token.length));
-    }
-    return out;
+  /**
+   * The entries of an echoed prompt's tokens, from `scored` (the log-probabilities of tokens 1…; null:
+   * not asked), and where the completion's offsets begin. Offsets are in the echo as it comes back:
+   * cleaned up where it is the ids' decode, not where it is the text as sent.
+   */
+  const promptEntries = (prompt: Prompt, scored: readonly TokenLogprobs[]): { entries: TokenEntry[]; end: number } => {
+    const ids = prompt.ids;
+    const entries: TokenEntry[] = [{ token: lm.tokenizer.decode([ids[0]!], { skipSpecialTokens: false, cleanUpSpaces: false }), offset: 0, logprob: null, top: null }];
+    for (let k = 1; k < ids.length; k++) entries.push(tokenEntry(ids[k - 1]!, ids[k]!, scored[k - 1]!));
+    const { offsets, end } = offsetsOf(entries.map((e) => e.token), prompt.echoCleaned);
+    entries.forEach((e, k) => (e.offset = offsets[k]!));
+    return { entries, end };
   };
 
   /** One prompt of a request: its ids, and its text when it comes back before the completion (echo). */
   interface Prompt {
     ids: number[];
     echo: string | null;
+    /** The echo is the ids' decode with its spaces cleaned up (not a text as sent). */
+    echoCleaned: boolean;
   }
   /** A completion's prompts and settings from its request body. */
   type Parse = (body: unknown) => { prompts: Prompt[]; fields: GenerationFields };
@@ -259,8 +267,9 @@ export async function serve(model: string | LoadedModel, opts: ServeOptions = {}
       const ids = typeof p === "string" ? encodePrompt(p, true) : p;
       // A text prompt comes back as sent; ids as their text (special tokens left out, as completions'
       // text), less the bytes of a character they end inside: those come out with the completion.
-      if (!r.echo) return { ids, echo: null };
-      return { ids, echo: typeof p === "string" ? p : lm.tokenizer.decode(ids.slice(0, ids.length - incompleteTail(lm.tokenizer, ids)), { skipSpecialTokens: true }) };
+      if (!r.echo) return { ids, echo: null, echoCleaned: false };
+      if (typeof p === "string") return { ids, echo: p, echoCleaned: false };
+      return { ids, echo: lm.tokenizer.decode(ids.slice(0, ids.length - incompleteTail(lm.tokenizer, ids)), { skipSpecialTokens: true }), echoCleaned: lm.tokenizer.cleansUpSpaces === true };
     });
     return { prompts, fields: r };
   };
@@ -268,7 +277,7 @@ export async function serve(model: string | LoadedModel, opts: ServeOptions = {}
   const parseChat: Parse = (body) => {
     const r = parseChatRequest(body, { name, vocabSize: lm.config.vocabSize });
     const text = r.continueFinalMessage ? continueFinalMessage(chat!, r.messages) : chat!.render(r.messages, r.addGenerationPrompt);
-    return { prompts: [{ ids: encodePrompt(text, false), echo: null }], fields: r };
+    return { prompts: [{ ids: encodePrompt(text, false), echo: null, echoCleaned: false }], fields: r };
   };
 
   const generation = async (req: http.IncomingMessage, res: http.ServerResponse, parse: Parse, shape: ResponseShape): Promise<void> => {
@@ -287,14 +296,26 @@ export async function serve(model: string | LoadedModel, opts: ServeOptions = {}
     const n = r.n, count = prompts.length * n;
     const promptOf = (k: number) => prompts[Math.floor(k / n)]!;
     const texts = Array.from({ length: count }, (_, k) => new TextStream(lm.tokenizer, promptOf(k).ids, r.stop, { includeStop: r.includeStop, skipSpecialTokens: r.skipSpecialTokens }));
-    // With logprobs: each choice's token entries, all of them and how many have been streamed; the last
-    // id, for the next token's text.
-    const entries = Array.from({ length: count }, (_, k) => ({ all: [] as TokenEntry[], sent: 0, last: promptOf(k).ids[promptOf(k).ids.length - 1]! }));
-    /** Choice k's entries not yet streamed (null without logprobs); they then count as sent. */
+    // With logprobs: each choice's token entries, all of them, how many have their offset set and how
+    // many have been streamed; the last id, for the next token's text; the completion's offsets (made
+    // at its first token, after the echoed prompt's entries) and where each entry's token is in them.
+    const entries = Array.from({ length: count }, (_, k) => ({ all: [] as TokenEntry[], known: 0, sent: 0, last: promptOf(k).ids[promptOf(k).ids.length - 1]!, promptEnd: 0, offsets: null as TokenOffsets | null, at: [] as number[] }));
+    /** Sets the offsets of choice k's entries that are known now (every one once `final`); returns how many are known. */
+    const settle = (k: number, final = false): number => {
+      const e = entries[k]!;
+      if (final) e.offsets?.finish();
+      for (; e.known < e.all.length; e.known++) {
+        const offset = e.offsets!.offset(e.at[e.known]!);
+        if (offset === null) break;
+        e.all[e.known]!.offset = offset;
+      }
+      return e.known;
+    };
+    /** Choice k's entries not yet streamed whose offsets are known (null without logprobs); they then count as sent. */
     const unsent = (k: number): TokenEntry[] | null => {
       if (r.logprobs === null) return null;
-      const e = entries[k]!, list = e.all.slice(e.sent);
-      e.sent = e.all.length;
+      const e = entries[k]!, known = settle(k), list = e.all.slice(e.sent, known);
+      e.sent = known;
       return list;
     };
     const ends: (SequenceEnd | null)[] = new Array<SequenceEnd | null>(count).fill(null);
@@ -314,8 +335,10 @@ export async function serve(model: string | LoadedModel, opts: ServeOptions = {}
     const record = (k: number, tok: number, lp: TokenLogprobs | undefined) => {
       const e = entries[k]!;
       if (lp) {
-        const prior = e.all[e.all.length - 1];
-        e.all.push(tokenEntry(e.last, tok, lp, prior ? prior.offset + prior.token.length : 0));
+        e.offsets ??= new TokenOffsets(lm.tokenizer.cleansUpSpaces === true, e.promptEnd);
+        const entry = tokenEntry(e.last, tok, lp);
+        e.at[e.all.length] = e.offsets.add(entry.token);
+        e.all.push(entry);
       }
       e.last = tok;
     };
@@ -336,6 +359,7 @@ export async function serve(model: string | LoadedModel, opts: ServeOptions = {}
       // A choice that ends before its prompt's scores went out (a prompt scored alone) sends them now.
       if (r.stream && !echoSent[k]) sendEcho(k);
       const rest = texts[k]!.finish();
+      if (r.logprobs !== null) settle(k, true);
       if (r.stream) event({ choices: [shape.delta(rest, finishOf(end), k, unsent(k))] });
       if (!ends.every((e) => e !== null)) return;
       done = true;
@@ -373,7 +397,10 @@ export async function serve(model: string | LoadedModel, opts: ServeOptions = {}
                     promptLogprobs: r.logprobs!,
                     onPrompt: (scored: TokenLogprobs[]) => {
                       if (done || res.writableEnded) return;
-                      entries[k]!.all.push(...promptEntries(prompt, scored));
+                      const e = entries[k]!, p = promptEntries(promptOf(k), scored);
+                      e.all.push(...p.entries);
+                      e.known = e.all.length;
+                      e.promptEnd = p.end;
                       if (r.stream) sendEcho(k);
                     },
                   }

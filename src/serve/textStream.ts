@@ -7,8 +7,15 @@
  * decoding all ids at every step costs O(n) per token. So, as vLLM does, the ids are decoded from a
  * few ids back: the text of ids[prefix:] minus the text of ids[prefix:read] is what the new ids add,
  * and it is given out only once it does not end in an incomplete character (U+FFFD).
+ *
+ * Those windows are decoded before clean_up_tokenization_spaces (" ." → ".", " n't" → "n't"): a
+ * window's clean-up would not see the text around it, so the difference of two cleaned windows is not
+ * the whole text's. A tokenizer that cleans up spaces has the completion's text cleaned here as one
+ * text, holding back only an end the next token could still clean (src/io/cleanUpSpaces.ts). Stop
+ * strings are looked for in that cleaned text, which is the text returned, streamed or not.
  */
 import type { TextTokenizer } from "../io/tokenizer.js";
+import { SpaceCleaner } from "../io/cleanUpSpaces.js";
 
 /** Ids of the prompt decoded before the first new one, so its leading space comes out as the text has it. */
 const CONTEXT_IDS = 5;
@@ -29,8 +36,10 @@ export class TextStream {
   private readonly ids: number[];
   private prefix: number;
   private read: number;
-  /** The completion's text so far (stop strings not yet cut). */
+  /** The completion's text so far, spaces cleaned up (stop strings not yet cut). */
   private text = "";
+  /** Cleans up the decoded pieces' spaces as one text, where the tokenizer's decode does. */
+  private readonly cleaner: SpaceCleaner;
   /** How much of `text` has been given out. */
   private given = 0;
   private stopped = false;
@@ -44,11 +53,12 @@ export class TextStream {
     this.ids = prompt.slice(-CONTEXT_IDS);
     this.prefix = 0;
     this.read = this.ids.length - incompleteTail(tokenizer, prompt, opts.skipSpecialTokens ?? true);
+    this.cleaner = new SpaceCleaner(tokenizer.cleansUpSpaces === true);
   }
 
-  /** Text of ids, special tokens (BOS, EOS) left out unless asked, as vLLM and OpenAI give completions. */
+  /** Text of ids, special tokens (BOS, EOS) left out unless asked, as vLLM and OpenAI give completions; spaces not cleaned up. */
   private decode(ids: readonly number[]): string {
-    return this.tokenizer.decode(ids, { skipSpecialTokens: this.opts.skipSpecialTokens ?? true });
+    return this.tokenizer.decode(ids, { skipSpecialTokens: this.opts.skipSpecialTokens ?? true, cleanUpSpaces: false });
   }
 
   /** Whether a stop string has ended the text (push then adds nothing). */
@@ -66,7 +76,7 @@ export class TextStream {
     // that are bytes that never make a character, given out as U+FFFD rather than held for ever.
     const stuck = this.ids.length - this.read > 4;
     if (after.length > before.length && (!after.endsWith("\uFFFD") || stuck)) {
-      this.text += after.slice(before.length);
+      this.text += this.cleaner.push(after.slice(before.length));
       this.prefix = this.read;
       this.read = this.ids.length;
     } else if (after === before) {
@@ -79,11 +89,14 @@ export class TextStream {
 
   /** The rest of the text at the end of the completion. */
   finish(): string {
-    if (!this.stopped && this.read < this.ids.length) {
-      // Ids still held back (an incomplete character at the very end): their text as it decodes.
-      const before = this.decode(this.ids.slice(this.prefix, this.read));
-      this.text += this.decode(this.ids.slice(this.prefix)).slice(before.length);
-      this.read = this.ids.length;
+    if (!this.stopped) {
+      if (this.read < this.ids.length) {
+        // Ids still held back (an incomplete character at the very end): their text as it decodes.
+        const before = this.decode(this.ids.slice(this.prefix, this.read));
+        this.text += this.cleaner.push(this.decode(this.ids.slice(this.prefix)).slice(before.length));
+        this.read = this.ids.length;
+      }
+      this.text += this.cleaner.finish();
     }
     return this.release(true);
   }

@@ -1,10 +1,11 @@
 /** generate's stdout writer: when it streams, what it writes as tokens come, and a decode it cannot stream exactly. */
 import assert from "node:assert/strict";
+import fs from "node:fs";
 import path from "node:path";
 import { test } from "node:test";
 import { generateOutput } from "../../src/cli/generateOutput.js";
 import { loadTokenizer, type TextTokenizer } from "../../src/io/tokenizer.js";
-import { MODELS } from "../helpers.js";
+import { MODELS, tmpDir } from "../helpers.js";
 
 const tok = loadTokenizer(path.join(MODELS, "stories260K"));
 
@@ -48,4 +49,27 @@ test("a decode that changes earlier text as later ids come: the whole text follo
   out.end([{ ids: [12, 13, 14, 15, 16] }]);
   assert.equal(writes.join(""), `${streamed}\nt16 t15 t14 t13 t12 t11 t10\n`);
   assert.match(warnings.join(""), /differs from the whole sequence's decode/);
+});
+
+test("a tokenizer that cleans up spaces: the streamed text is the text printed when nothing streams, cleaned up across tokens", () => {
+  const dir = tmpDir();
+  for (const f of ["tokenizer.json", "tokenizer_config.json"]) fs.copyFileSync(path.join(MODELS, "stories260K", f), path.join(dir, f));
+  const cfg = path.join(dir, "tokenizer_config.json");
+  fs.writeFileSync(cfg, JSON.stringify({ ...JSON.parse(fs.readFileSync(cfg, "utf8")), clean_up_tokenization_spaces: true }));
+  const cleaning = loadTokenizer(dir);
+  const prompt = cleaning.encode("He said", { addSpecialTokens: true });
+  const more = cleaning.encode("He said I do n't know . Is n't it ?", { addSpecialTokens: true }).slice(prompt.length);
+  for (const chat of [false, true]) {
+    const one = writer(cleaning, [prompt], chat);
+    one.out.begin();
+    for (const t of [...more, 2]) one.out.onToken!(0, t);
+    one.out.end([{ ids: [...more, 2] }]);
+    assert.ok(one.writes.length > 5, "written as the tokens came");
+    // Two prompts print each text whole at the end: the first's text is what one prompt streamed.
+    const two = writer(cleaning, [prompt, prompt], chat);
+    two.out.end([{ ids: [...more, 2] }, { ids: [2] }]);
+    assert.equal(one.writes.join(""), two.writes.join("").split("\n")[1] + "\n");
+    assert.equal(one.writes.join(""), chat ? "I don't know. Isn't it?\n" : "He said I don't know. Isn't it?\n");
+    assert.deepEqual(one.warnings, []);
+  }
 });

@@ -10,7 +10,7 @@ import path from "node:path";
 import { test } from "node:test";
 import { loadTokenizer, type TextTokenizer } from "../../src/io/tokenizer.js";
 import { IncrementalDecoder } from "../../src/io/incrementalDecode.js";
-import { FIXTURES, MODELS, seededRand, tmpDir } from "../helpers.js";
+import { FIXTURES, MODELS, SHARED, seededRand, tmpDir } from "../helpers.js";
 
 const stories = loadTokenizer(path.join(MODELS, "stories260K"));
 
@@ -68,8 +68,8 @@ test("a long text keeps the decoded window short and still adds up (the anchor m
   assertAddsUp(run(stories, ids, { first: 300 }), "prompt then continuation");
 });
 
-/** A byte-level BPE tokenizer (GPT-2, Llama 3) with no merges: one id per byte. */
-function byteLevelTokenizer(): TextTokenizer {
+/** A byte-level BPE tokenizer (GPT-2, Llama 3) with no merges: one id per byte; `cleans`: its config asks for the space clean-up. */
+function byteLevelTokenizer(cleans = false): TextTokenizer {
   const printable = [...range(33, 127), ...range(161, 173), ...range(174, 256)];
   const vocab: Record<string, number> = {};
   let extra = 0;
@@ -77,6 +77,7 @@ function byteLevelTokenizer(): TextTokenizer {
   const dir = tmpDir();
   const level = { type: "ByteLevel", add_prefix_space: false, trim_offsets: true, use_regex: true };
   fs.writeFileSync(path.join(dir, "tokenizer.json"), JSON.stringify({ version: "1.0", truncation: null, padding: null, added_tokens: [], normalizer: null, pre_tokenizer: level, post_processor: null, decoder: level, model: { type: "BPE", dropout: null, unk_token: null, continuing_subword_prefix: null, end_of_word_suffix: null, fuse_unk: false, byte_fallback: false, vocab, merges: [] } }));
+  if (cleans) fs.writeFileSync(path.join(dir, "tokenizer_config.json"), JSON.stringify({ clean_up_tokenization_spaces: true }));
   return loadTokenizer(dir);
 }
 
@@ -100,17 +101,53 @@ test("a byte-level tokenizer: random bytes and UTF-8 text add up exactly", () =>
   }
 });
 
-test("a tokenizer that cleans up spaces (\" .\" → \".\", \" n't\" → \"n't\") still adds up: a space is held until what follows it is known", () => {
-  const dir = tmpDir();
-  fs.cpSync(path.join(MODELS, "stories260K"), dir, { recursive: true });
+/** A copy of the tokenizer files in `dir` whose tokenizer_config.json sets clean_up_tokenization_spaces: true. */
+function cleaningCopy(dir: string): TextTokenizer {
+  const copy = tmpDir();
+  fs.copyFileSync(path.join(dir, "tokenizer.json"), path.join(copy, "tokenizer.json"));
   const cfgFile = path.join(dir, "tokenizer_config.json");
-  fs.writeFileSync(cfgFile, JSON.stringify({ ...JSON.parse(fs.readFileSync(cfgFile, "utf8")), clean_up_tokenization_spaces: true }));
-  const tok = loadTokenizer(dir);
+  const cfg = fs.existsSync(cfgFile) ? JSON.parse(fs.readFileSync(cfgFile, "utf8")) : {};
+  fs.writeFileSync(path.join(copy, "tokenizer_config.json"), JSON.stringify({ ...cfg, clean_up_tokenization_spaces: true }));
+  const tok = loadTokenizer(copy);
+  assert.equal(tok.cleansUpSpaces, true);
+  return tok;
+}
+
+const llama2 = path.join(SHARED, "models", "mha26m-debian");
+
+test("a tokenizer that cleans up spaces (\" .\" → \".\", \" n't\" → \"n't\") still adds up: only an end it may still clean waits", () => {
+  const tok = cleaningCopy(path.join(MODELS, "stories260K"));
   const text = "I do n't know . He 's here , is n't he ? Yes ! We 've seen ' it ' a .";
   const ids = stories.encode(text, { addSpecialTokens: false });
   assert.equal(tok.decode(ids), "I don't know. He's here, isn't he? Yes! We've seen'it'a.", "the clean-up is on");
   assertAddsUp(run(tok, ids), "cleaned-up text");
-  const rand = seededRand(5, Float64Array);
-  const pieces = tok.encode(" . , ? ! ' n't 's 've 're 'm a b", { addSpecialTokens: false });
-  for (let k = 0; k < 30; k++) assertAddsUp(run(tok, Array.from(rand(60), (x) => pieces[Math.floor(((x + 1) / 2) * pieces.length)]!)), `sequence ${k}`);
+  // " n" then "'" then "t": held until "t" shows it is " n't", then "n't" at once; a word is not held.
+  const dont = stories.encode("I do n't play", { addSpecialTokens: false });
+  assert.deepEqual(dont.map((id) => tok.idToToken!(id)), ["▁I", "▁do", "▁n", "'", "t", "▁play"]);
+  assert.deepEqual(run(tok, dont).pieces, ["", "I", " do", "", "", "n't", " play"]);
+  // Without the clean-up nothing waits for it: " n" goes out as it comes.
+  assert.deepEqual(run(stories, dont).pieces, ["", "I", " do", " n", "'", "t", " play"]);
+});
+
+test("property: random ids of each bundled tokenizer, clean-up on and off, pieces add up to the whole decode", () => {
+  const tokenizers: [string, TextTokenizer][] = [
+    ["stories260K", stories],
+    ["stories260K cleaning", cleaningCopy(path.join(MODELS, "stories260K"))],
+    ["stories260K-mha cleaning", cleaningCopy(path.join(MODELS, "stories260K-mha"))],
+  ];
+  if (fs.existsSync(llama2)) tokenizers.push(["Llama 2", loadTokenizer(llama2)], ["Llama 2 cleaning", cleaningCopy(llama2)]);
+  const rand = seededRand(23, Float64Array);
+  const pick = <T>(xs: readonly T[]): T => xs[Math.floor(((rand(1)[0]! + 1) / 2) * xs.length)]!;
+  for (const [name, tok] of tokenizers) {
+    // Half the ids from the pieces the clean-up reads (so its matches cross token boundaries), half anywhere.
+    const pieces = tok.encode("x . , ? ! ' n't 's 've 're 'm n' 'v 'r do is We ' re", { addSpecialTokens: false });
+    for (let k = 0; k < 40; k++) {
+      const ids = Array.from({ length: 1 + Math.floor(((rand(1)[0]! + 1) / 2) * 60) }, () => (rand(1)[0]! > 0 ? pick(pieces) : Math.floor(((rand(1)[0]! + 1) / 2) * tok.vocabSize)));
+      for (const skipSpecialTokens of [false, true]) assertAddsUp(run(tok, ids, { skipSpecialTokens, first: k % 4 === 0 ? Math.floor(ids.length / 2) : 0 }), `${name} sequence ${k} ${ids.join(",")}`);
+    }
+  }
+  // A byte-level tokenizer (Llama 3's kind, whose config asks for the clean-up) one id per byte.
+  const bytes = byteLevelTokenizer(true);
+  const alphabet = [...Buffer.from(" .,?!'ntmsvre\u00e9", "utf8")];
+  for (let k = 0; k < 30; k++) assertAddsUp(run(bytes, Array.from({ length: 60 }, () => pick(alphabet))), `byte-level sequence ${k}`);
 });

@@ -61,6 +61,12 @@ test("decode drops ids the tokenizer does not hold (a vocabulary padded past it)
   assert.equal(tok.decode([600]), "");
   const text = `He said , "I do n't know" . Is it ?`;
   assert.equal(loadTokenizer(tokenizerWith({ clean_up_tokenization_spaces: undefined })).decode(tok.encode(text)), text);
+  // null reads as False in transformers (the JS library alone would read it as true).
+  const unset = loadTokenizer(tokenizerWith({ clean_up_tokenization_spaces: null }));
+  assert.deepEqual([unset.decode(tok.encode(text)), unset.cleansUpSpaces], [text, false]);
+  const cleaning = loadTokenizer(tokenizerWith({ clean_up_tokenization_spaces: true }));
+  assert.deepEqual([cleaning.decode(tok.encode(text)), cleaning.cleansUpSpaces], [`He said, "I don't know". Is it?`, true]);
+  assert.equal(cleaning.decode(tok.encode(text), { cleanUpSpaces: false }), text, "the decoder's text, for a stream to clean as one text");
 });
 
 test("a long text with special-token literals encodes in pieces to the ids of one encode (the stretch after a literal gets its own ▁)", async () => {

@@ -12,7 +12,8 @@ import { loadModel } from "../../src/model/llama.js";
 import { generate } from "../../src/model/generate.js";
 import { serve } from "../../src/serve/server.js";
 import { MlaError } from "../../src/errors.js";
-import { FIXTURES, MODELS, ROOT, waitFor } from "../helpers.js";
+import { FIXTURES, MODELS, ROOT, tmpDir, waitFor } from "../helpers.js";
+import { cleanUpSpaces } from "../../src/io/cleanUpSpaces.js";
 
 const lm = loadModel(path.join(MODELS, "stories260K"));
 const bos = lm.config.bosTokenId;
@@ -736,6 +737,55 @@ test("a choice that fails mid-stream fails the request with an error event and [
     assert.match(text, /"error":\{"message":"internal error: boom/);
     assert.ok(text.endsWith("data: [DONE]\n\n"), "the stream ends with [DONE]");
     assert.equal((await fetch(`${server.url}/health`)).status, 200, "the server goes on");
+  } finally {
+    await server.close();
+  }
+});
+
+test("a tokenizer that cleans up spaces: streamed and plain answers of the same greedy request have the same text, cleaned as the whole text is, and offsets into it", async () => {
+  // stories260K whose tokenizer_config.json asks for the clean-up (as Llama 3's does), with a chat template.
+  const dir = path.join(tmpDir(), "stories-cleaning");
+  fs.cpSync(path.join(MODELS, "stories260K"), dir, { recursive: true });
+  const cfgFile = path.join(dir, "tokenizer_config.json");
+  fs.writeFileSync(cfgFile, JSON.stringify({ ...JSON.parse(fs.readFileSync(cfgFile, "utf8")), clean_up_tokenization_spaces: true, chat_template: "{% for m in messages %}{{ m.content }}{% endfor %}" }));
+  const cleaning = loadModel(dir);
+  const server = await serve(cleaning, { port: 0, name: "tiny" });
+  try {
+    // The greedy text drawn to the pieces the clean-up reads, and cycled through them (a frequency penalty),
+    // so its matches cross token boundaries: " " then ".", " n" then "'" then "t".
+    const pieces = [...new Set(cleaning.tokenizer.encode("x . , ! ' n't 's", { addSpecialTokens: false }))];
+    const ask = { prompt: "Once upon a time", max_tokens: 40, temperature: 0, logit_bias: Object.fromEntries(pieces.map((t) => [String(t), 30])), frequency_penalty: 2 };
+    for (const extra of [{ logprobs: 2 }, { stop: ["'s", "!"] }]) {
+      const plain = (await post(server.url, { ...ask, ...extra })).json["choices"][0];
+      const evs = await events(server.url, { ...ask, ...extra });
+      assert.equal(evs.map((e) => e["choices"][0]?.text ?? "").join(""), plain.text, JSON.stringify(extra));
+      if (!("logprobs" in extra)) continue;
+      const lp = plain.logprobs;
+      const raw = lp.tokens.join("");
+      assert.notEqual(plain.text, raw, "the clean-up changed the text");
+      assert.equal(plain.text, cleanUpSpaces(raw), "the completion's text is cleaned up as one text");
+      // Each token's offset is where its text begins in the text returned: the text from one offset to the
+      // next is the token's text less the spaces the clean-up dropped.
+      lp.tokens.forEach((token: string, k: number) => {
+        const piece = plain.text.slice(lp.text_offset[k], lp.text_offset[k + 1] ?? plain.text.length);
+        // The token's characters in order, each either the piece's next one or a dropped space.
+        let i = 0;
+        for (const ch of token) {
+          if (piece[i] === ch) i++;
+          else assert.equal(ch, " ", `token ${k} ${JSON.stringify(token)}: ${JSON.stringify(piece)}`);
+        }
+        assert.equal(i, piece.length, `token ${k} ${JSON.stringify(token)}: ${JSON.stringify(piece)}`);
+      });
+      assert.deepEqual(evs.flatMap((e) => e["choices"][0]?.logprobs?.text_offset ?? []), lp.text_offset, "streamed offsets are the plain answer's");
+      assert.deepEqual(evs.flatMap((e) => e["choices"][0]?.logprobs?.tokens ?? []), lp.tokens);
+    }
+    // Chat, plain and streamed.
+    const chatAsk = { messages: [{ role: "user", content: "Once upon a time" }], max_tokens: 40, temperature: 0, logit_bias: ask.logit_bias, frequency_penalty: 2 };
+    const chat = async (stream: boolean) => (await fetch(`${server.url}/v1/chat/completions`, { method: "POST", body: JSON.stringify({ ...chatAsk, stream }) })).text();
+    const whole = (JSON.parse(await chat(false)) as Record<string, any>)["choices"][0].message.content as string;
+    const chunks = (await chat(true)).split("\n\n").filter((x) => x.startsWith("data: {")).map((x) => JSON.parse(x.slice(6)) as Record<string, any>);
+    assert.equal(chunks.map((c) => c["choices"][0]?.delta?.content ?? "").join(""), whole);
+    assert.ok(whole.length > 10 && whole === cleanUpSpaces(whole));
   } finally {
     await server.close();
   }

@@ -1,21 +1,37 @@
 /** TextStream: streamed pieces add up to the decoded text, characters split over byte tokens come whole, stop strings cut. */
 import assert from "node:assert/strict";
+import fs from "node:fs";
 import path from "node:path";
 import { test } from "node:test";
-import { loadTokenizer } from "../../src/io/tokenizer.js";
+import { cleanUpSpaces } from "../../src/io/cleanUpSpaces.js";
+import { loadTokenizer, type TextTokenizer } from "../../src/io/tokenizer.js";
 import { TextStream } from "../../src/serve/textStream.js";
-import { MODELS } from "../helpers.js";
+import { MODELS, SHARED, seededRand, tmpDir } from "../helpers.js";
 
 const tok = loadTokenizer(path.join(MODELS, "stories260K"));
 
 /** The pieces a stream gives out for `text` continuing `prompt`, token by token. */
-function stream(prompt: string, text: string, stops: string[] = []): { pieces: string[]; all: string; stopped: boolean } {
-  const p = tok.encode(prompt, { addSpecialTokens: true });
-  const ids = tok.encode(prompt + text, { addSpecialTokens: true }).slice(p.length);
-  const s = new TextStream(tok, p, stops);
+function stream(prompt: string, text: string, stops: string[] = [], tokenizer: TextTokenizer = tok): { pieces: string[]; all: string; stopped: boolean } {
+  const p = tokenizer.encode(prompt, { addSpecialTokens: true });
+  const ids = tokenizer.encode(prompt + text, { addSpecialTokens: true }).slice(p.length);
+  return streamIds(tokenizer, p, ids, stops);
+}
+
+function streamIds(tokenizer: TextTokenizer, prompt: number[], ids: readonly number[], stops: string[] = []): { pieces: string[]; all: string; stopped: boolean } {
+  const s = new TextStream(tokenizer, prompt, stops);
   const pieces = ids.map((id) => s.push(id));
   pieces.push(s.finish());
+  assert.equal(pieces.join(""), s.output, "the text given out is the text a plain answer returns");
   return { pieces, all: pieces.join(""), stopped: s.hitStop };
+}
+
+/** A copy of the tokenizer files in `dir` whose tokenizer_config.json sets clean_up_tokenization_spaces: true. */
+function cleaningCopy(dir: string): TextTokenizer {
+  const copy = tmpDir();
+  for (const f of ["tokenizer.json", "tokenizer_config.json"]) fs.copyFileSync(path.join(dir, f), path.join(copy, f));
+  const cfg = path.join(copy, "tokenizer_config.json");
+  fs.writeFileSync(cfg, JSON.stringify({ ...JSON.parse(fs.readFileSync(cfg, "utf8")), clean_up_tokenization_spaces: true }));
+  return loadTokenizer(copy);
 }
 
 test("the pieces add up to the text the ids decode to, leading spaces included", () => {
@@ -76,4 +92,52 @@ test("special tokens add no text, and the stream goes on after them", () => {
   const more = tok.encode("Once upon", { addSpecialTokens: true }).slice(p.length);
   const out = [s.push(2), s.push(1), ...more.map((id) => s.push(id)), s.finish()].join("");
   assert.equal(out, " upon");
+});
+
+test("a tokenizer that cleans up spaces: the completion is cleaned as one text, a match across tokens included, and only what may still change waits", () => {
+  const cleaning = cleaningCopy(path.join(MODELS, "stories260K"));
+  const r = stream("Once", " I do n't know . He 's here , is n't he ?", [], cleaning);
+  assert.equal(r.all, " I don't know. He's here, isn't he?");
+  // " n", "'", "t": nothing until "t" makes it " n't"; then "n't" at once.
+  const dont = stream("Once", " I do n't play", [], cleaning);
+  assert.deepEqual(dont.pieces, [" I", " do", "", "", "n't", " play", ""]);
+  assert.deepEqual(stream("Once", " I do n't play").pieces, [" I", " do", " n", "'", "t", " play", ""], "without the clean-up nothing waits for it");
+});
+
+test("stop strings are found in the cleaned-up text: one only the clean-up makes ends it, one it removes does not", () => {
+  const cleaning = cleaningCopy(path.join(MODELS, "stories260K"));
+  const text = " I do n't know . He is here";
+  assert.equal(stream("Once", text, ["don't"], cleaning).all, " I ");
+  assert.equal(stream("Once", text, ["."], cleaning).all, " I don't know", "no space before the stop: the clean-up took it");
+  const none = stream("Once", text, [" ."], cleaning);
+  assert.deepEqual([none.all, none.stopped], [" I don't know. He is here", false]);
+  assert.equal(stream("Once", text, [" ."]).all, " I do n't know", "without the clean-up the text holds it");
+});
+
+test("property: random ids, clean-up on and off, with and without stop strings: the pieces are the completion's text cleaned up as one text, cut at the first stop", () => {
+  const llama2 = path.join(SHARED, "models", "mha26m-debian");
+  const dirs = [path.join(MODELS, "stories260K"), ...(fs.existsSync(llama2) ? [llama2] : [])];
+  const rand = seededRand(31, Float64Array);
+  const pick = <T>(xs: readonly T[]): T => xs[Math.floor(((rand(1)[0]! + 1) / 2) * xs.length)]!;
+  const stopSets = [[], ["."], ["n't", "!"], ["'s"], [" ,", "?"]];
+  for (const dir of dirs) {
+    const cleaning = cleaningCopy(dir);
+    // The same tokenizer, its stream left as decoded: the text the clean-up is applied to.
+    const raw: TextTokenizer = { ...cleaning, cleansUpSpaces: false };
+    const prompt = cleaning.encode("Once upon a time", { addSpecialTokens: true });
+    const pieces = cleaning.encode("x . , ? ! ' n't 's 've 're 'm n' 'v 'r do is We ' re", { addSpecialTokens: false });
+    for (let k = 0; k < 60; k++) {
+      // Ids from the pieces the clean-up reads; every third sequence, half of them anywhere (byte tokens too) past the special ones.
+      const plain = k % 3 !== 0;
+      const ids = Array.from({ length: 1 + Math.floor(((rand(1)[0]! + 1) / 2) * 50) }, () => (plain || rand(1)[0]! > 0 ? pick(pieces) : 3 + Math.floor(((rand(1)[0]! + 1) / 2) * (cleaning.vocabSize - 3))));
+      const stops = stopSets[k % stopSets.length]!;
+      const whole = cleanUpSpaces(streamIds(raw, prompt, ids).all);
+      const at = Math.min(...stops.map((s) => whole.indexOf(s)).filter((i) => i >= 0), whole.length);
+      const got = streamIds(cleaning, prompt, ids, stops);
+      assert.equal(got.all, whole.slice(0, at), `${dir} sequence ${k} ${ids.join(",")} stops ${JSON.stringify(stops)}`);
+      assert.equal(got.stopped, at < whole.length);
+      // The prompt ends where no clean-up reaches across: prompt and completion read as the whole decode (transformers').
+      if (plain) assert.equal("Once upon a time" + whole, cleaning.decode([...prompt, ...ids], { skipSpecialTokens: true }));
+    }
+  }
 });
