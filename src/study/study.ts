@@ -74,9 +74,10 @@ export interface StudyOptions {
   /** Polled between training steps: true saves a checkpoint and stops (stoppedEarly); re-run to resume. */
   shouldStop?: () => boolean;
   /**
-   * Aborting it stops the run under way at its next safe point (a conversion at its next layer, training
-   * after its step, with a checkpoint; a measurement finishes first) and throws MlaError INTERRUPTED.
-   * Finished runs are kept and nothing half-written is: the same call resumes the interrupted run exactly.
+   * Aborting it stops the run under way at its next safe point (a conversion after its layer, training
+   * after its step, with a checkpoint, the decode measurement after its forward pass) and throws MlaError
+   * INTERRUPTED. Finished runs are kept and nothing half-written is: the same call resumes the interrupted
+   * run exactly (a run stopped in its measurement is measured again, not trained).
    */
   signal?: AbortSignal;
 }
@@ -236,12 +237,12 @@ async function runStudy(o: StudyOptions, made: { fresh: boolean }): Promise<Stud
       throw new MlaError("EXISTS", `output ${o.out} already exists${prev ? " from a study with other settings" : ""}`, "re-run it with the same settings (other --variants or --ranks are fine: finished runs are kept), pass --force to start over, or choose another --out");
     const same = JSON.stringify([prev?.variants, prev?.ranks]) === JSON.stringify([o.variants, ranks]);
     log.info(same ? `resuming the study in ${o.out}` : `continuing the study in ${o.out} with --variants ${o.variants.join(",")} --ranks ${ranks.join(",")}: finished runs are kept, the others trained`);
-    if (!same) fs.writeFileSync(stateFile, JSON.stringify({ ...prev, variants: o.variants, ranks }, null, 2) + "\n");
+    if (!same) writeFileAtomic(stateFile, JSON.stringify({ ...prev, variants: o.variants, ranks }, null, 2) + "\n");
   } else {
     fs.rmSync(o.out, { recursive: true, force: true });
     fs.mkdirSync(o.out, { recursive: true });
     made.fresh = true;
-    fs.writeFileSync(stateFile, JSON.stringify({ settings, variants: o.variants, ranks, started: new Date().toISOString() }, null, 2) + "\n");
+    writeFileAtomic(stateFile, JSON.stringify({ settings, variants: o.variants, ranks, started: new Date().toISOString() }, null, 2) + "\n");
   }
   const data = trainingText(o.data, o.out);
   const init = path.join(o.out, "init-mha");
@@ -272,6 +273,9 @@ async function runStudy(o: StudyOptions, made: { fresh: boolean }): Promise<Stud
       return finetune(modelDir, { data: [data], out: trained, force: !resume, resume, tokens: o.tokens, seq, batch, lr, seed, valFraction: o.valFraction ?? 0.01, tokenCache: path.join(o.out, "tokens"), evalEvery: o.evalEvery ?? Math.max(1, Math.round(steps / 20)), device, progress: o.progress, logger: log, shouldStop: o.shouldStop, signal: o.signal });
     });
     if (ft.stoppedEarly) return { rows, report: null, html: null, stoppedEarly: true, claims: null };
+    // The measurement stops on the signal too; the trained run is whole by then (finetune.json), so the
+    // same call resumes by measuring it again: its fine-tune finds the run finished and trains nothing.
+    const decodeTokensPerS = await resumableStep(o.signal, resumes, () => decodeSpeed(ft.out, device, { progress: o.progress, signal: o.signal }));
     const curve = fs.readFileSync(path.join(ft.out, "train_log.jsonl"), "utf8").trim().split("\n").map((l) => JSON.parse(l) as { step: number; val_nll?: number }).filter((l) => l.val_nll !== undefined).map((l) => [l.step, l.val_nll!] as [number, number]);
     const info = inspectModel(ft.out);
     const kv = info.kv_elems_per_token;
@@ -286,7 +290,7 @@ async function runStudy(o: StudyOptions, made: { fresh: boolean }): Promise<Stud
       valNll: ft.valNllAfter ?? NaN,
       curve,
       trainTokensPerS: ft.tokensPerSecond,
-      decodeTokensPerS: decodeSpeed(ft.out, device),
+      decodeTokensPerS,
     };
     writeFileAtomic(rowFile, JSON.stringify(row, null, 2) + "\n");
     rows.push(row);
@@ -294,11 +298,12 @@ async function runStudy(o: StudyOptions, made: { fresh: boolean }): Promise<Stud
   const meta = { like: o.like, hidden: c.hiddenSize, data: o.data, tokens: o.tokens, seq, batch, lr, seed, device, date: new Date().toISOString() };
   // The claims' verdicts beside the rows (added after them: readers of rows and meta are unchanged).
   const claims = checkClaims(rows, c.hiddenSize);
-  fs.writeFileSync(path.join(o.out, "study.json"), JSON.stringify({ ...meta, rows, claims }, null, 2) + "\n");
+  // Each whole or absent (temp file + rename), as the rows are: never a truncated file from a killed study.
+  writeFileAtomic(path.join(o.out, "study.json"), JSON.stringify({ ...meta, rows, claims }, null, 2) + "\n");
   const report = path.join(o.out, "report.md");
   const html = path.join(o.out, "report.html");
-  fs.writeFileSync(report, studyMarkdown(meta, rows));
-  fs.writeFileSync(html, studyHtml(meta, rows));
+  writeFileAtomic(report, studyMarkdown(meta, rows));
+  writeFileAtomic(html, studyHtml(meta, rows));
   return { rows, report, html, stoppedEarly: false, claims };
 }
 

@@ -2,7 +2,8 @@
  * `signal` stops long calls: convert, evaluate and generateBatchAsync throw MlaError INTERRUPTED
  * (the signal's reason as `cause`) within one unit of work and leave no output; finetune stops as
  * shouldStop does, keeping a checkpoint it can resume from; pipeline stops inside the phase under way
- * and throws, and the same call resumes by phase. Each abort comes from the work's own progress
+ * and throws, and the same call resumes by phase; study likewise inside the run under way (its
+ * conversion, training or decode measurement), resuming by run. Each abort comes from the work's own progress
  * callback or log line, so it lands mid-run deterministically, whatever the machine's speed.
  */
 import test from "node:test";
@@ -168,4 +169,33 @@ test("pipeline stopped mid-conversion (after a layer) and mid-evaluation (betwee
   const scores = (evals: typeof r.evals) => evals.map((e) => ({ label: e.label, tokens: e.tokens, windows: e.windows, nll: e.nll, ppl: e.ppl, params: e.params, kv: e.kv_bytes_per_token }));
   assert.deepEqual(scores(r.evals), scores(whole.evals));
   assert.ok(fs.readFileSync(path.join(out, "mla", "model.safetensors")).equals(fs.readFileSync(path.join(whole.out, "mla", "model.safetensors"))), "the same converted weights");
+});
+
+test("study stopped mid-run, as the CLI's Ctrl-C stops it (an abort from a later turn), in its conversion and in its decode measurement, leaves nothing that looks finished, and the same call resumes without training again", async () => {
+  const out = path.join(tmpDir(), "study");
+  const opts = { like: "stories260K", variants: ["mla"] as const, ranks: ["d/2"], data: TEXT, tokens: 2 * 2 * 32, seq: 32, batch: 2, device: "cpu" as const, out };
+  const resumes = (e: unknown) => isInterrupted(e) && /hint: the finished runs are kept in .* call study\(\) again with the same options to resume/.test((e as Error).message);
+  // convert logs its float64 route just before its layers (the study shows no conversion progress);
+  // its layer loop sees the abort after the first layer (test above).
+  const c = new AbortController();
+  const logger = { info: (m: string) => void (/^factoring with/.test(m) && setImmediate(() => c.abort(new Error("enough")))), warn: () => {} };
+  await assert.rejects(study({ ...opts, logger, signal: c.signal }), resumes);
+  assert.deepEqual(fs.readdirSync(out).filter((f) => f.startsWith("mla-")), [], "no model folder, whole or temporary");
+  // The measurement's 48 forward passes (16 prefills, 32 decode steps) report once at the first, then
+  // every 5 s and at the last: no 100% line means it stopped before its end.
+  const c2 = new AbortController();
+  const passes = abortingOnNextTurn(c2, /^decode speed /);
+  const all: string[] = [];
+  await assert.rejects(study({ ...opts, progress: { write: (s) => (all.push(s), passes.write(s)) }, signal: c2.signal }), resumes);
+  assert.equal(passes.lines.length, 1, passes.lines.join(" | "));
+  assert.doesNotMatch(all.join(""), /^decode speed .*\(100\.0%\)/m, "stopped before the last forward pass");
+  const trained = path.join(out, "mla-L32-trained");
+  assert.ok(fs.existsSync(path.join(trained, "finetune.json")), "the training run is whole and kept");
+  assert.deepEqual(fs.readdirSync(out).filter((f) => /\.row\.json|study\.json|^report\.|\.tmp-/.test(f)), [], "no row, study.json or report, whole or temporary");
+  const trainedAt = fs.statSync(path.join(trained, "train_log.jsonl")).mtimeMs;
+  const logged: string[] = [];
+  const r = await study({ ...opts, logger: { info: (m) => logged.push(m), warn: () => {} } });
+  assert.ok(r.rows.length === 1 && r.rows[0]!.decodeTokensPerS > 0 && fs.existsSync(r.report!), JSON.stringify(r.rows));
+  assert.ok(logged.some((m) => /has finished \(step 2\); nothing to resume/.test(m)), logged.join("\n"));
+  assert.equal(fs.statSync(path.join(trained, "train_log.jsonl")).mtimeMs, trainedAt, "not trained again");
 });

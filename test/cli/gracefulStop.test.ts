@@ -1,7 +1,8 @@
 /**
  * Ctrl-C in the commands that stop cleanly: each says what it does and what a re-run does in its own
  * terms. pipeline stops the phase under way at its next safe point (test/api/abort.test.ts: after a
- * layer, and the resumed run equals an uninterrupted one). pipeline and study take no --resume
+ * layer, and the resumed run equals an uninterrupted one); study stops the run under way likewise (its
+ * conversion, training or decode measurement). pipeline and study take no --resume
  * (re-running the same command resumes them); finetune points at --resume once it has a checkpoint
  * (a stop before its first step: test/finetune/stop.test.ts).
  */
@@ -25,12 +26,12 @@ const STUDY = ["study", "--like", MODEL, "--variants", "mha", "--data", TEXT, "-
  * Runs the CLI, sends SIGINT once training has started (its first step is printed: a stop before it,
  * while tokenizing or validating, ends a fine-tune with nothing to resume), and returns its exit code and output.
  */
-function interruptTraining(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+function interruptTraining(args: string[]): ReturnType<typeof interruptAt> {
   return interruptAt(args, /^step \d+\/\d+ loss /m, "the first training step");
 }
 
-/** Runs the CLI, sends SIGINT once its stderr matches `when`, and returns its exit code and output. */
-async function interruptAt(args: string[], when: RegExp, what: string): Promise<{ code: number | null; stdout: string; stderr: string }> {
+/** Runs the CLI, sends SIGINT once its stderr matches `when`, and returns its exit code, output, and the milliseconds from the signal to the exit. */
+async function interruptAt(args: string[], when: RegExp, what: string): Promise<{ code: number | null; stdout: string; stderr: string; ms: number }> {
   const child = spawn(process.execPath, [MAIN, ...args], { stdio: ["ignore", "pipe", "pipe"] });
   let stdout = "", stderr = "";
   child.stdout.on("data", (d) => (stdout += d));
@@ -38,8 +39,9 @@ async function interruptAt(args: string[], when: RegExp, what: string): Promise<
   const exited = new Promise<number | null>((r) => child.on("exit", r));
   await waitFor(() => when.test(stderr) || child.exitCode !== null, what);
   child.kill("SIGINT");
+  const sent = performance.now();
   const code = await exited;
-  return { code, stdout, stderr };
+  return { code, stdout, stderr, ms: performance.now() - sent };
 }
 
 /** The stdout line of a pipeline stopped by SIGINT, with the fine-tune's clause where it has one. */
@@ -92,13 +94,34 @@ test("pipeline and study never point at a --resume they do not take", async () =
   }
 });
 
-test("study on Ctrl-C: stops at a training step with a checkpoint and says the same command resumes", async () => {
+/** The stdout line of a study stopped by SIGINT. */
+function studyStopped(out: string): RegExp {
+  return new RegExp(`^stopped \\(SIGINT\\): the finished runs are kept in ${out}, and the one cut short left nothing half-written; re-running the same command resumes \\(an interrupted training run from its last checkpoint\\); other settings need --force, which starts over \\(other --variants or --ranks do not\\)$`, "m");
+}
+
+test("study on Ctrl-C in its training: stops after the step with a checkpoint and says the same command resumes", async () => {
   const out = path.join(tmpDir(), "study");
   const r = await interruptTraining([...STUDY, out, ...ENDLESS]);
   assert.equal(r.code, 130, r.stderr);
-  assert.match(r.stderr, /SIGINT: stopping at the next training step, with a checkpoint/);
-  assert.match(r.stdout, new RegExp(`^stopped during training: the 0 finished run\\(s\\) are kept in ${out}; re-running the same command resumes \\(the interrupted run from its last checkpoint\\)`, "m"));
+  assert.match(r.stderr, /SIGINT: stopping the run under way at its next safe point \(a conversion after this layer, training after this step, with a checkpoint, the decode measurement after this forward pass\) \(send again to quit at once\)/);
+  assert.match(r.stdout, studyStopped(out));
   assert.doesNotMatch(r.stdout, /--resume/);
+  assert.ok(fs.existsSync(path.join(out, "mha-trained", "checkpoint", "state.json")), "the stopped run's checkpoint");
+  assert.ok(!fs.existsSync(path.join(out, "mha-trained", "finetune.json")), "the run is not done");
+});
+
+// The decode measurement (16 prefills and 32 steps: over a second on this model) comes after training;
+// a stop that waited for its end would print its 100% line.
+test("study on Ctrl-C in its decode measurement: stops after the forward pass, writes no row or report, and says the same command resumes", async () => {
+  const out = path.join(tmpDir(), "study");
+  const r = await interruptAt([...STUDY, out, "--tokens", "64", "--seq", "32", "--batch", "2", "--device", "cpu"], /^decode speed \S+\/\S+ forwards /m, "the decode measurement's first forward pass");
+  assert.equal(r.code, 130, r.stderr);
+  assert.doesNotMatch(r.stderr, /^decode speed .*\(100\.0%\)/m, "stopped before the last forward pass");
+  assert.match(r.stdout, studyStopped(out));
+  assert.deepEqual(fs.readdirSync(out).sort(), ["init-mha", "mha-trained", "study-state.json", "tokens"], "the trained run, and no row, study.json or report, whole or temporary");
+  assert.ok(fs.existsSync(path.join(out, "mha-trained", "finetune.json")), "the training run is whole");
+  // About one forward pass (~60 ms here), not the rest of the measurement; the margin is for a loaded machine.
+  assert.ok(r.ms < 1500, `exited ${r.ms.toFixed(0)} ms after the SIGINT`);
 });
 
 test("finetune on Ctrl-C keeps its own messages: a checkpoint, and --resume to continue", async () => {
