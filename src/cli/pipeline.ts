@@ -6,8 +6,7 @@ import { FINETUNE_DEFAULTS as D } from "../finetune/trainer.js";
 import { ConversionArgs, conversionSettings, withConversionOptions } from "./conversionOptions.js";
 import { parseTaskNames } from "../eval/tasks/index.js";
 import { stderrLogger } from "../util/log.js";
-import { MlaError } from "../errors.js";
-import { gracefulStop, type StopMessages } from "./signals.js";
+import { abortOnStop, type StopMessages } from "./signals.js";
 
 import type { DeviceName } from "../backends/select.js";
 
@@ -77,11 +76,16 @@ export const pipelineCommand: CommandModule<object, Args> = {
       .option("attention-bias", { type: "boolean", default: true, describe: "with --format deepseek or --export deepseek: --no-attention-bias writes that folder without attention biases, which vLLM and SGLang serve as written (kv_a_layernorm's weight fitted on --calib, which it needs; docs/deepseek.md)" }),
   handler: async (a) => {
     // The first signal aborts the phase under way (a signal, not shouldStop, which only the fine-tune
-    // polls: a long conversion or evaluation would otherwise run to its end before the stop).
-    const c = new AbortController();
-    const stop = gracefulStop(PIPELINE_STOP, (sig) => c.abort(new Error(sig)));
-    try {
-      const r = await pipeline(a.model, {
+    // polls: a long conversion or evaluation would otherwise run to its end before the stop). Each
+    // phase's output appears only when whole (a folder or JSON renamed into place), so the stop leaves
+    // finished phases and nothing else, except a fine-tune's checkpoint, which it resumes from.
+    const say = {
+      ...PIPELINE_STOP,
+      stopped: `the finished phases are kept in ${path.resolve(a.out)}, and the one cut short left nothing half-written; re-running the same command resumes${a["finetune-data"] ? " (an interrupted fine-tune from its last checkpoint)" : ""}; other settings need --force, which starts over`,
+      stoppedTo: "stdout" as const,
+    };
+    const r = await abortOnStop(say, (signal) =>
+      pipeline(a.model, {
         out: a.out,
         force: a.force,
         convert: conversionSettings(a),
@@ -100,19 +104,11 @@ export const pipelineCommand: CommandModule<object, Args> = {
         limit: a.limit,
         logger: stderrLogger,
         progress: process.stderr,
-        signal: c.signal,
-      });
-      for (const p of r.phases) process.stdout.write(`${p.name}: ${p.skipped ? "already done" : `${p.seconds.toFixed(1)} s`}\n`);
-      process.stdout.write(`report: ${r.report!.html} (and .md)\n`);
-    } catch (e) {
-      if (!(c.signal.aborted && e instanceof MlaError && e.code === "INTERRUPTED")) throw e;
-      // Each phase's output appears only when whole (a folder or JSON renamed into place), so the stop
-      // leaves finished phases and nothing else, except a fine-tune's checkpoint, which it resumes from.
-      process.stdout.write(`stopped (${(c.signal.reason as Error).message}): the finished phases are kept in ${path.resolve(a.out)}, and the one cut short left nothing half-written; re-running the same command resumes${a["finetune-data"] ? " (an interrupted fine-tune from its last checkpoint)" : ""}; other settings need --force, which starts over\n`);
-      // As finetune's Ctrl-C: 128 + SIGINT's number, what a shell reports for a command it interrupted.
-      process.exitCode = 130;
-    } finally {
-      stop.release();
-    }
+        signal,
+      }),
+    );
+    if (!r) return;
+    for (const p of r.phases) process.stdout.write(`${p.name}: ${p.skipped ? "already done" : `${p.seconds.toFixed(1)} s`}\n`);
+    process.stdout.write(`report: ${r.report!.html} (and .md)\n`);
   },
 };

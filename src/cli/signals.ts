@@ -1,8 +1,8 @@
 /**
  * SIGINT/SIGTERM: by default the CLI removes its temporary output folders and exits at once. A
- * command that can stop cleanly (finetune, pipeline, study) asks for a graceful stop instead: the
- * first signal sets a flag the work polls; a second one exits at once. A command whose library call
- * takes an AbortSignal (export) asks for one that the first signal aborts (abortOnStop).
+ * command that can stop cleanly asks for a graceful stop instead: the first signal sets a flag the
+ * work polls (finetune, serve); a second one exits at once. A command whose library call takes an
+ * AbortSignal (export, pipeline, study) asks for one that the first signal aborts (abortOnStop).
  */
 import { abandonAll } from "../io/atomicDir.js";
 import { MlaError } from "../errors.js";
@@ -44,19 +44,32 @@ export function gracefulStop(say: StopMessages = FINETUNE_STOP, onStop?: (sig: s
   return { requested: () => g.flag, release: () => void (graceful = null) };
 }
 
+/** What a command that stops on an AbortSignal says: the messages of each signal, and what a stop kept. */
+export interface AbortStopMessages extends StopMessages {
+  /** Said after "stopped (SIGNAL): " once the work stopped for the first signal. */
+  stopped: string;
+  /**
+   * Where that line goes: stderr (the default, beside the progress: export, whose result alone is
+   * stdout's), or stdout (pipeline, study: what a stopped resumable run kept is its result).
+   */
+  stoppedTo?: "stdout" | "stderr";
+}
+
 /**
  * Runs `work` with a signal the first SIGINT/SIGTERM aborts (the library stops at its next safe point,
- * removing its temporary folder); a second one exits at once as usual. Returns the work's result, or
- * null when it stopped for the signal (exit code 130 set, `stopped` said on stderr).
+ * removing its temporary folder, or keeping a resumable run's whole steps); a second one exits at once
+ * as usual. Returns the work's result, or null when it stopped for the signal (MlaError INTERRUPTED):
+ * then `stopped` is said, and the exit code is 130 (128 + SIGINT's number, what a shell reports for a
+ * command it interrupted, as finetune's Ctrl-C). Any other error, or one not caused by the signal, is thrown.
  */
-export async function abortOnStop<T>(say: StopMessages & { stopped: string }, work: (signal: AbortSignal) => Promise<T>): Promise<T | null> {
+export async function abortOnStop<T>(say: AbortStopMessages, work: (signal: AbortSignal) => Promise<T>): Promise<T | null> {
   const c = new AbortController();
   const stop = gracefulStop(say, (sig) => c.abort(new Error(sig)));
   try {
     return await work(c.signal);
   } catch (e) {
     if (!(c.signal.aborted && e instanceof MlaError && e.code === "INTERRUPTED")) throw e;
-    process.stderr.write(`stopped (${(c.signal.reason as Error).message}): ${say.stopped}\n`);
+    (say.stoppedTo === "stdout" ? process.stdout : process.stderr).write(`stopped (${(c.signal.reason as Error).message}): ${say.stopped}\n`);
     process.exitCode = 130;
     return null;
   } finally {

@@ -5,8 +5,7 @@ import { STUDY_RANKS, STUDY_VARIANTS, study, type StudyVariant } from "../study/
 import { stderrLogger } from "../util/log.js";
 import { DEVICE_OPTION } from "./deviceOption.js";
 import { DEFAULT_GATE_DIM } from "../convert/plan.js";
-import { MlaError } from "../errors.js";
-import { gracefulStop, type StopMessages } from "./signals.js";
+import { abortOnStop, type StopMessages } from "./signals.js";
 
 interface Args {
   like: string;
@@ -52,22 +51,17 @@ export const studyCommand: CommandModule<object, Args> = {
       .option("force", { type: "boolean", default: false, describe: "start over in an existing --out (without it, re-running the same command resumes)" }),
   handler: async (a) => {
     // The first signal aborts the run under way (a signal, not shouldStop, which only training polls:
-    // a run's conversion or decode measurement would otherwise run to its end before the stop).
-    const c = new AbortController();
-    const stop = gracefulStop(STUDY_STOP, (sig) => c.abort(new Error(sig)));
-    try {
-      const r = await study({ like: a.like, variants: a.variants.split(",").map((v) => v.trim()) as StudyVariant[], ranks: a.ranks?.split(","), data: a.data, tokens: a.tokens, out: a.out, seq: a.seq, batch: a.batch, lr: a.lr, seed: a.seed, gateDim: a["gate-dim"], evalEvery: a["eval-every"], device: a.device, force: a.force, logger: stderrLogger, progress: process.stderr, signal: c.signal });
-      for (const row of r.rows) process.stdout.write(`${row.label}: validation NLL ${row.valNll.toFixed(4)}, ${row.kvElemsPerToken} KV elements per token, ${row.decodeTokensPerS.toFixed(1)} decode tokens/s\n`);
-      process.stdout.write(`wrote ${r.report} and ${r.html}\n`);
-    } catch (e) {
-      if (!(c.signal.aborted && e instanceof MlaError && e.code === "INTERRUPTED")) throw e;
-      // Each run's outputs appear only when whole (a converted folder or row file renamed into place), so
-      // the stop leaves finished runs and nothing else, except a training run's checkpoint, which it resumes from.
-      process.stdout.write(`stopped (${(c.signal.reason as Error).message}): the finished runs are kept in ${path.resolve(a.out)}, and the one cut short left nothing half-written; re-running the same command resumes (an interrupted training run from its last checkpoint); other settings need --force, which starts over (other --variants or --ranks do not)\n`);
-      // As finetune's Ctrl-C: 128 + SIGINT's number, what a shell reports for a command it interrupted.
-      process.exitCode = 130;
-    } finally {
-      stop.release();
-    }
+    // a run's conversion or decode measurement would otherwise run to its end before the stop). Each
+    // run's outputs appear only when whole (a converted folder or row file renamed into place), so the
+    // stop leaves finished runs and nothing else, except a training run's checkpoint, which it resumes from.
+    const say = {
+      ...STUDY_STOP,
+      stopped: `the finished runs are kept in ${path.resolve(a.out)}, and the one cut short left nothing half-written; re-running the same command resumes (an interrupted training run from its last checkpoint); other settings need --force, which starts over (other --variants or --ranks do not)`,
+      stoppedTo: "stdout" as const,
+    };
+    const r = await abortOnStop(say, (signal) => study({ like: a.like, variants: a.variants.split(",").map((v) => v.trim()) as StudyVariant[], ranks: a.ranks?.split(","), data: a.data, tokens: a.tokens, out: a.out, seq: a.seq, batch: a.batch, lr: a.lr, seed: a.seed, gateDim: a["gate-dim"], evalEvery: a["eval-every"], device: a.device, force: a.force, logger: stderrLogger, progress: process.stderr, signal }));
+    if (!r) return;
+    for (const row of r.rows) process.stdout.write(`${row.label}: validation NLL ${row.valNll.toFixed(4)}, ${row.kvElemsPerToken} KV elements per token, ${row.decodeTokensPerS.toFixed(1)} decode tokens/s\n`);
+    process.stdout.write(`wrote ${r.report} and ${r.html}\n`);
   },
 };
