@@ -268,7 +268,8 @@ async function runStudy(o: StudyOptions, made: { fresh: boolean }): Promise<Stud
     const modelDir = conversion ? path.join(o.out, name) : init;
     const trained = path.join(o.out, `${name}-trained`);
     const ft = await resumableStep(o.signal, resumes, async () => {
-      if (conversion && !fs.existsSync(path.join(modelDir, "config.json"))) await convert(init, { ...conversion, device, out: modelDir, force: true, progress: null, logger: log, signal: o.signal });
+      // The conversion's per-layer lines go to the study's progress sink, as its training's and measurement's do.
+      if (conversion && !fs.existsSync(path.join(modelDir, "config.json"))) await convert(init, { ...conversion, device, out: modelDir, force: true, progress: o.progress, logger: log, signal: o.signal });
       const resume = fs.existsSync(path.join(trained, "checkpoint", "state.json"));
       return finetune(modelDir, { data: [data], out: trained, force: !resume, resume, tokens: o.tokens, seq, batch, lr, seed, valFraction: o.valFraction ?? 0.01, tokenCache: path.join(o.out, "tokens"), evalEvery: o.evalEvery ?? Math.max(1, Math.round(steps / 20)), device, progress: o.progress, logger: log, shouldStop: o.shouldStop, signal: o.signal });
     });

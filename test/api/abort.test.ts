@@ -175,8 +175,8 @@ test("study stopped mid-run, as the CLI's Ctrl-C stops it (an abort from a later
   const out = path.join(tmpDir(), "study");
   const opts = { like: "stories260K", variants: ["mla"] as const, ranks: ["d/2"], data: TEXT, tokens: 2 * 2 * 32, seq: 32, batch: 2, device: "cpu" as const, out };
   const resumes = (e: unknown) => isInterrupted(e) && /hint: the finished runs are kept in .* call study\(\) again with the same options to resume/.test((e as Error).message);
-  // convert logs its float64 route just before its layers (the study shows no conversion progress);
-  // its layer loop sees the abort after the first layer (test above).
+  // convert logs its float64 route just before its layers; its layer loop sees the abort after the
+  // first layer (test above).
   const c = new AbortController();
   const logger = { info: (m: string) => void (/^factoring with/.test(m) && setImmediate(() => c.abort(new Error("enough")))), warn: () => {} };
   await assert.rejects(study({ ...opts, logger, signal: c.signal }), resumes);
@@ -189,6 +189,7 @@ test("study stopped mid-run, as the CLI's Ctrl-C stops it (an abort from a later
   await assert.rejects(study({ ...opts, progress: { write: (s) => (all.push(s), passes.write(s)) }, signal: c2.signal }), resumes);
   assert.equal(passes.lines.length, 1, passes.lines.join(" | "));
   assert.doesNotMatch(all.join(""), /^decode speed .*\(100\.0%\)/m, "stopped before the last forward pass");
+  assert.match(all.join(""), /^convert .*\(100\.0%\)/m, "the conversion's per-layer lines reach the study's progress sink");
   const trained = path.join(out, "mla-L32-trained");
   assert.ok(fs.existsSync(path.join(trained, "finetune.json")), "the training run is whole and kept");
   assert.deepEqual(fs.readdirSync(out).filter((f) => /\.row\.json|study\.json|^report\.|\.tmp-/.test(f)), [], "no row, study.json or report, whole or temporary");
