@@ -34,7 +34,7 @@ import { describeRefit, refitOutputProjections, refitRecord } from "../convert/r
 import { requireRoom, weightFileBytes } from "../io/diskRoom.js";
 import { deepseekSpecs, planTensors, STRAY_O_BIAS, strayOBiasWarning, writePlanned } from "./stream.js";
 import { refuseWindowsWithoutText, requireCalibration } from "../convert/calibrationNeeds.js";
-import { throwIfAborted } from "../util/abort.js";
+import { nextTurn, throwIfAborted } from "../util/abort.js";
 import { describeLatentNormFit, fitLatentNorms, latentNormRecord, requireFitText } from "./latentNorm.js";
 
 export interface DeepseekOptions extends DeepseekEvalOptions {
@@ -242,7 +242,9 @@ async function convertDeepseekInScope(spec: string, o: DeepseekOptions): Promise
       pcas.push(pca);
       const s = ladderScores(pca, src.readF32(layerPrefix(l) + ATTN[0]!), stats?.qNorm[l] ?? null, H, G, Dh, D);
       for (let i = 0; i < half; i++) total[i] += s[i]!;
-      throwIfAborted(o.signal);
+      // On the CPU a layer's PCA never leaves the JavaScript thread: a turn of the event loop per layer
+      // lets a signal handler's abort (Ctrl-C) run, then the check sees it (as convert's layer loop).
+      await nextTurn(o.signal);
     }
     let spacing = 1;
     let best = -1;

@@ -10,7 +10,7 @@ import test from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
-import { convert, evaluate, finetune, generateBatchAsync, loadModel, MlaError, pipeline, study, type ProgressSink } from "../../src/index.js";
+import { convert, convertDeepseek, evaluate, finetune, generateBatchAsync, loadModel, MlaError, pipeline, study, type ProgressSink } from "../../src/index.js";
 import { FIXTURES, tmpDir } from "../helpers.js";
 
 const TEXT = path.join(FIXTURES, "text", "tinystories.txt");
@@ -87,6 +87,28 @@ test("convert and evaluate see an abort made on a later turn of the event loop (
   const items = abortingOnNextTurn(c3, /^piqa /);
   await assert.rejects(evaluate("stories260K", { tasks: ["piqa"], dataDir: data, progress: items, signal: c3.signal }), isInterrupted);
   assert.equal(items.lines.length, 1, `stopped after the first item: ${items.lines.join(" | ")}`);
+});
+
+test("convertDeepseek sees an abort made on a later turn of the event loop (a signal handler's) in its per-layer frequency pass and between the layers it writes, and leaves no output folder", async () => {
+  const parent = tmpDir();
+  const base = { rank: 2, ropePairs: 1, out: path.join(parent, "ds"), device: "cpu" as const };
+  // The frequency pass (every layer's PCA, before any layer is written) never leaves the JavaScript
+  // thread on the CPU: aborted on the turn after its first log line (a warning before any work), it
+  // stops there, before writing its first layer, let alone its last.
+  const c = new AbortController();
+  const written = abortingOnNextTurn(c, /^deepseek /);
+  const warned: string[] = [];
+  const logger = { info: () => {}, warn: (m: string) => void (warned.push(m) === 1 && setImmediate(() => c.abort(new Error("enough")))) };
+  await assert.rejects(convertDeepseek("stories260K", { ...base, logger, progress: written, signal: c.signal }), isInterrupted);
+  assert.ok(warned.length > 0, "a warning came before the work");
+  assert.deepEqual(written.lines, [], "stopped before writing any layer");
+  assert.deepEqual(fs.readdirSync(parent), [], "no output folder, whole or temporary");
+  // Writing: stopped after the first of 5 layers.
+  const c2 = new AbortController();
+  const sink = abortingOnNextTurn(c2, /^deepseek /);
+  await assert.rejects(convertDeepseek("stories260K", { ...base, progress: sink, signal: c2.signal }), isInterrupted);
+  assert.equal(sink.lines.length, 1, `stopped after the first of 5 layers: ${sink.lines.join(" | ")}`);
+  assert.deepEqual(fs.readdirSync(parent), [], "no output folder, whole or temporary");
 });
 
 test("a signal aborted before the call refuses at once", async () => {
