@@ -24,6 +24,7 @@ kv_per_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * (cfg.hidden
 weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters()) - model.model.embed_tokens.weight.numel() * 2
 if cfg.tie_word_embeddings:
     weight_bytes += model.model.embed_tokens.weight.numel() * 2
+hbm_bytes_per_s = hbm_bound(torch.cuda.get_device_name())[0]  # the card's own peak (bench/hbm.json)
 size = lambda b: f"{b / 2**30:.2f} GiB" if b >= 2**30 else f"{b / 2**20:.1f} MiB"
 g = torch.Generator(device="cuda").manual_seed(0)
 for ctx in map(int, contexts.split(",")):
@@ -55,7 +56,7 @@ for ctx in map(int, contexts.split(",")):
                 step()
             torch.cuda.synchronize()
             sec = time.perf_counter() - t0
-        bound = (weight_bytes + cache_bytes) / hbm_bound(torch.cuda.get_device_name())[0]
+        bound = (weight_bytes + cache_bytes) / hbm_bytes_per_s
         print(f"{label} {steps * B / sec:.1f} | {100 * bound * steps / sec:.0f}% |", flush=True)
         del cache
         torch.cuda.empty_cache()
