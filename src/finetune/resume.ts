@@ -117,6 +117,17 @@ export function loggedValNllBefore(out: string): number | null {
   }
 }
 
+/**
+ * Whether the run's log has a validation line at `step`: a stop during the periodic validation after
+ * a step saves that step's checkpoint without one, and the resumed run does that validation first.
+ */
+export function loggedValNllAt(out: string, step: number): boolean {
+  return (logLines(out) ?? []).some((line) => {
+    const row = parseRow(line);
+    return row !== null && row.step === step && row.val_nll !== undefined; // null: the run has no validation tokens
+  });
+}
+
 /** The lines of the run's log (without the newline that ends the last), or null when it has none. */
 function logLines(out: string): string[] | null {
   const file = path.join(out, LOG_FILE);

@@ -26,7 +26,7 @@ import { checkRunFolders, startRunFolder } from "./runFolder.js";
 import { checkFinetuneOptions, checkTeacher, FINETUNE_DEFAULTS, FINETUNE_KINDS } from "./options.js";
 import { checkOptionTypes } from "../util/optionTypes.js";
 import { nextTurn, throwIfAborted } from "../util/abort.js";
-import { checkSameRun, finishedRun, LOG_FILE, loggedSeconds, loggedValNllBefore, SUMMARY_FILE, trimLogToCheckpoint } from "./resume.js";
+import { checkSameRun, finishedRun, LOG_FILE, loggedSeconds, loggedValNllAt, loggedValNllBefore, SUMMARY_FILE, trimLogToCheckpoint } from "./resume.js";
 import { writeFileAtomic } from "../io/atomicDir.js";
 import { roundToWritten, writeModel } from "./writtenModel.js";
 import { CheckpointKeeper } from "./checkpointKeeper.js";
@@ -79,7 +79,10 @@ export interface FinetuneOptions {
   /**
    * Polled after every step: true = save a checkpoint and stop (SIGINT/SIGTERM in the CLI). Also
    * polled between pieces of tokenizing the data and windows of the validation before training: a
-   * stop there ends the run before its first step (of this call), with nothing saved or written.
+   * stop there ends the run before its first step (of this call), with nothing saved or written. And
+   * between windows of the periodic (--eval-every) and final validations: a stop there ends the
+   * validation, unlogged, and the run as a stop after that step does (a checkpoint of it, resumable;
+   * the resumed run does that validation again, then goes on).
    */
   shouldStop?: () => boolean;
   /**
@@ -232,12 +235,13 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
   const logLine = (row: Record<string, unknown>) => fs.appendFileSync(logFile, JSON.stringify(row) + "\n");
   // The validations before and after training show their progress (a large --val-fraction takes
   // minutes); the periodic ones (--eval-every) would interleave with the step lines.
-  const valNll = async (shouldStop?: () => boolean, shown = false) => (data.val.length > 0 ? (await perplexity(model, data.val, { ctx: seq, progress: shown ? o.progress : null, label: "validation", shouldStop })).nll : null);
+  // Every validation stops at its next window when a stop is asked (or before its first): STOPPED, and nothing is logged.
+  const valNll = async (shown: boolean) => (stopAsked() ? STOPPED : await unlessStopped(async () => (data.val.length > 0 ? (await perplexity(model, data.val, { ctx: seq, progress: shown ? o.progress : null, label: "validation", shouldStop: stopAsked })).nll : null)));
   let valNllBefore: number | null;
   if (prior) valNllBefore = loggedValNllBefore(out);
   else {
     await nextTurn(); // a stop asked for while the model and the state were set up (no turn ran)
-    const v = stopAsked() ? STOPPED : await unlessStopped(() => valNll(stopAsked, true));
+    const v = await valNll(true);
     if (v === STOPPED) return stoppedBeforeTraining(data.val.length > 0 ? "measuring the validation NLL before training" : "setting up the training");
     valNllBefore = v;
     if (v !== null) logLine({ step: 0, val_nll: v });
@@ -266,7 +270,24 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
   let finalLoss = NaN;
   let stoppedEarly = false;
   const timer = new StepTimer(model.backend);
-  while (run.step < totalSteps) {
+  // A stop after step run.step, or during a validation after it (periodic or final): the checkpoint of
+  // that step, whole (never one of a step half done), from which --resume goes on.
+  const stopAt = (during: string, seconds?: number) => {
+    stoppedEarly = true;
+    save(`step-${run.step}`, seconds);
+    log.info(`stopped at step ${run.step}/${totalSteps}${during}; ${keeper.step === null ? "no checkpoint (no disk room): this run cannot be resumed" : `the step-${keeper.step} checkpoint is kept in ${checkpointDir(out)}`}`);
+  };
+  const evalDue = (step: number) => !!o.evalEvery && step % o.evalEvery === 0 && step < totalSteps;
+  // The periodic validation after step run.step (--eval-every), logged; false when a stop cut it short (nothing logged).
+  const periodicVal = async (): Promise<boolean> => {
+    const v = await valNll(false);
+    if (v === STOPPED) return false;
+    logLine({ step: run.step, val_nll: v });
+    return true;
+  };
+  // A run stopped during the periodic validation after its checkpoint's step does that validation first.
+  if (prior && evalDue(run.step) && !loggedValNllAt(out, run.step) && !(await periodicVal())) stopAt(", during its validation");
+  while (!stoppedEarly && run.step < totalSteps) {
     timer.start();
     const rate = lrAt(schedule, run.step, totalSteps);
     state.beginStep();
@@ -283,7 +304,8 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
     const inSitting = sittingSeconds();
     const elapsed = priorSeconds + inSitting;
     logLine({ step: run.step, loss: stepLoss, lr: rate, grad_norm: norm, tokens: run.tokensSeen, tokens_per_s: perSecond(run.tokensSeen, elapsed), elapsed_s: elapsed, step_ms: stepMs, host_ms: hostMs });
-    if (o.evalEvery && run.step % o.evalEvery === 0 && run.step < totalSteps) logLine({ step: run.step, val_nll: await valNll() });
+    // A stop during it is seen below (stopAsked stays true): the step's checkpoint, without its validation.
+    if (evalDue(run.step)) await periodicVal();
     if (o.saveEvery && run.step % o.saveEvery === 0) save(`step-${run.step}`);
     const sink = o.progress;
     if (sink && (performance.now() - lastPrint > 5000 || run.step === totalSteps)) {
@@ -294,10 +316,8 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
     }
     // Let signal handlers run: the steps themselves never yield to the event loop.
     await new Promise((r) => setImmediate(r));
-    if ((o.shouldStop?.() || o.signal?.aborted) && run.step < totalSteps) {
-      stoppedEarly = true;
-      save(`step-${run.step}`);
-      log.info(`stopped at step ${run.step}/${totalSteps}; ${keeper.step === null ? "no checkpoint (no disk room): this run cannot be resumed" : `the step-${keeper.step} checkpoint is kept in ${checkpointDir(out)}`}`);
+    if (stopAsked() && run.step < totalSteps) {
+      stopAt("");
       break;
     }
   }
@@ -314,7 +334,13 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
     // nothing trains on from it (a finished run is only reported), and rounding again is a no-op, so
     // an end redone from it, or from the last step's --save-every checkpoint, gives the same model and NLL.
     if (roundToWritten(src.dir, model) > 0) state.loaded();
-    valNllAfter = await valNll(undefined, true);
+    // A stop during the validation saves the last step's checkpoint (its masters rounded, the same end
+    // as the final one's): --resume redoes the end from it.
+    const v = await valNll(true);
+    if (v === STOPPED) stopAt(", during the final validation", seconds);
+    else valNllAfter = v;
+  }
+  if (!stoppedEarly) {
     logLine({ step: run.step, val_nll: valNllAfter });
     await writeModel(src.dir, out, model);
     // Last of the run's files (then the final checkpoint), and whole: its presence means finished (finishedRun, the pipeline).

@@ -2,7 +2,9 @@
  * A stop before the first training step (Ctrl-C while the data is tokenized or during the validation
  * before training) takes effect at the next piece or window, not after the whole phase: no step has
  * run, so nothing is saved, --out is left as it was, and the run says there is nothing to resume. A
- * resumed run stopped there keeps its checkpoint and says so.
+ * resumed run stopped there keeps its checkpoint and says so. A stop during a later validation
+ * (periodic or final) ends it at the next window too, and the run as a stop after that step does: its
+ * checkpoint, from which --resume ends as the uninterrupted run.
  */
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
@@ -17,6 +19,28 @@ const MAIN = path.join(ROOT, "dist", "src", "cli", "main.js");
 const MODEL = path.join(MODELS, "stories260K");
 const DATA = path.join(FIXTURES, "text", "tinystories_25k.txt");
 const common: FinetuneOptions = { data: [DATA], out: "", tokens: 4 * 4 * 32, seq: 32, batch: 4, valFraction: 0.05, progress: null };
+
+/** The run's log lines, without the timings (which differ between runs). */
+function logRows(out: string): Record<string, unknown>[] {
+  const rows = fs.readFileSync(path.join(out, "train_log.jsonl"), "utf8").trimEnd().split("\n").map((l) => JSON.parse(l) as Record<string, unknown>);
+  return rows.map(({ step, loss, val_nll }) => ({ step, loss, val_nll }));
+}
+
+/** Whether the last line of the run's log is the loss line of `step`: the validation after it (if any) is under way. */
+const justAfterStep = (out: string, step: number) => {
+  const file = path.join(out, "train_log.jsonl");
+  if (!fs.existsSync(file)) return false;
+  const last = JSON.parse(fs.readFileSync(file, "utf8").trimEnd().split("\n").pop()!) as { step: number; loss?: number };
+  return last.step === step && last.loss !== undefined;
+};
+
+/** The uninterrupted run the stopped-during-validation runs are compared with (4 steps, validation every 2). */
+let straightRun: Promise<{ out: string; r: Awaited<ReturnType<typeof finetune>> }> | null = null;
+const straight = () =>
+  (straightRun ??= (async () => {
+    const out = path.join(tmpDir(), "straight");
+    return { out, r: await finetune(MODEL, { ...common, out, evalEvery: 2 }) };
+  })());
 
 /** A corpus that takes seconds to tokenize: the 25k fixture `times` times over (1 MB at 40). */
 function bigCorpus(times: number): string {
@@ -86,4 +110,59 @@ test("the CLI on Ctrl-C while tokenizing: says so at once, exits 130 and points 
   assert.match(stderr, /stopped while tokenizing the --data files, before the first training step/);
   assert.equal(stdout, "stopped before the first training step: nothing was trained, so there is nothing to resume; running the same command again starts over\n");
   assert.equal(fs.existsSync(out), false);
+});
+
+test("a stop during a periodic validation ends it at the next window, saves that step's checkpoint, and the resumed run validates there again and ends as the uninterrupted one", async () => {
+  const out = path.join(tmpDir(), "ft");
+  let polls = 0; // while the validation after step 2 is under way
+  const log = listening();
+  const r = await finetune(MODEL, { ...common, out, evalEvery: 2, logger: log, shouldStop: () => justAfterStep(out, 2) && ++polls >= 3 });
+  assert.deepEqual([r.stoppedEarly, r.steps, r.checkpointStep, r.valNllAfter], [true, 2, 2, null]);
+  assert.equal(polls, 3, "polled before the first window and after each, stopped after the second of about ten");
+  assert.ok(log.lines.some((m) => m === `stopped at step 2/4; the step-2 checkpoint is kept in ${path.join(out, "checkpoint")}`), log.lines.join("\n"));
+  assert.equal(JSON.parse(fs.readFileSync(path.join(out, "checkpoint", "state.json"), "utf8")).step, 2);
+  assert.ok(justAfterStep(out, 2), "no validation line for the pass cut short");
+  assert.ok(!fs.existsSync(path.join(out, "finetune.json")));
+
+  const resumed = await finetune(MODEL, { ...common, out, evalEvery: 2, resume: true });
+  const s = await straight();
+  assert.deepEqual([resumed.stoppedEarly, resumed.steps, resumed.valNllAfter], [false, 4, s.r.valNllAfter]);
+  assert.deepEqual(logRows(out), logRows(s.out), "the step-2 validation is done on resuming: the same log as the uninterrupted run's");
+});
+
+test("a stop during the final validation ends it at the next window and keeps the last step's checkpoint; --resume writes the model as the uninterrupted run", async () => {
+  const out = path.join(tmpDir(), "ft");
+  let polls = 0; // after the last step: its stop check, then the validation's
+  const log = listening();
+  const r = await finetune(MODEL, { ...common, out, evalEvery: 2, logger: log, shouldStop: () => justAfterStep(out, 4) && ++polls >= 4 });
+  assert.deepEqual([r.stoppedEarly, r.steps, r.checkpointStep, r.valNllAfter], [true, 4, 4, null]);
+  assert.equal(polls, 4, "polled after the last step, before the first window and after each, stopped after the second of about ten");
+  assert.ok(log.lines.some((m) => m === `stopped at step 4/4, during the final validation; the step-4 checkpoint is kept in ${path.join(out, "checkpoint")}`), log.lines.join("\n"));
+  assert.equal(JSON.parse(fs.readFileSync(path.join(out, "checkpoint", "state.json"), "utf8")).step, 4);
+  assert.deepEqual(fs.readdirSync(out).sort(), ["checkpoint", "train_log.jsonl"], "no model or summary, whole or temporary");
+  assert.ok(justAfterStep(out, 4), "no validation line for the pass cut short");
+
+  const resumed = await finetune(MODEL, { ...common, out, evalEvery: 2, resume: true });
+  const s = await straight();
+  assert.deepEqual([resumed.stoppedEarly, resumed.steps, resumed.valNllAfter], [false, 4, s.r.valNllAfter]);
+  assert.deepEqual(logRows(out), logRows(s.out));
+  assert.equal(fs.readFileSync(path.join(out, "model.safetensors")).toString("base64"), fs.readFileSync(path.join(s.out, "model.safetensors")).toString("base64"), "the same model");
+});
+
+// The validation scores ~6k one-token windows (about a second): a stop that waited for its end would be seen.
+test("the CLI on Ctrl-C during the final validation: stops at the next window, exits 130 and points at --resume from the last step's checkpoint", async () => {
+  const out = path.join(tmpDir(), "ft");
+  const child = spawn(process.execPath, [MAIN, "finetune", MODEL, "--data", DATA, "--out", out, "--tokens", "32", "--seq", "2", "--batch", "4", "--val-fraction", "0.5", "--device", "cpu"], { stdio: ["ignore", "pipe", "pipe"] });
+  let stdout = "", stderr = "";
+  child.stdout.on("data", (d) => (stdout += d));
+  child.stderr.on("data", (d) => (stderr += d));
+  const exited = new Promise<number | null>((r) => child.on("exit", r));
+  const finalValidation = /^step 4\/4 loss [^]*^validation \S+ tok /m;
+  await waitFor(() => finalValidation.test(stderr) || child.exitCode !== null, "the final validation's first window");
+  child.kill("SIGINT");
+  assert.equal(await exited, 130, stderr);
+  assert.doesNotMatch(stderr, /^step 4\/4 loss [^]*^validation \S+ tok \(100\.0%\)/m, "stopped before the last window");
+  assert.match(stderr, /stopped at step 4\/4, during the final validation; the step-4 checkpoint is kept in /);
+  assert.equal(stdout, `stopped at step 4; checkpoint of step 4 in ${out}/checkpoint (continue with --resume)\n`);
+  assert.deepEqual(fs.readdirSync(out).sort(), ["checkpoint", "train_log.jsonl"], "no model or summary, whole or temporary");
 });
