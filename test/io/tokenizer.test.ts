@@ -3,7 +3,7 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { test } from "node:test";
-import { encodePrefix, loadTokenizer } from "../../src/io/tokenizer.js";
+import { encodePrefix, loadTokenizer, tokenizersBuilt } from "../../src/io/tokenizer.js";
 import { FIXTURES, GOLDEN, MODELS, SHARED } from "../helpers.js";
 
 const goldenIds = JSON.parse(fs.readFileSync(path.join(GOLDEN, "tokenizer_ids.json"), "utf8")) as { texts: Record<string, { ids: number[]; ids_with_bos: number[] }> };
@@ -92,4 +92,29 @@ test("Digits splits at every Unicode number, as the Rust tokenizers do (char::is
   assert.deepEqual(ids("a²b"), ["a", "²", "b"]);
   fs.writeFileSync(path.join(dir, "tokenizer.json"), JSON.stringify(file(false)));
   assert.deepEqual(ids("a٣٤b12"), ["a", "٣٤", "b", "12"], "runs of numbers kept whole");
+});
+
+test("loads of one folder share a build until its tokenizer files change, even at the same size within the same instant; each caller gets its own object", () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "mha2mla-tok-"));
+  fs.copyFileSync(path.join(MODELS, "stories260K", "tokenizer.json"), path.join(dir, "tokenizer.json"));
+  const tc = JSON.parse(fs.readFileSync(path.join(MODELS, "stories260K", "tokenizer_config.json"), "utf8"));
+  const config = (eos: boolean) => JSON.stringify({ ...tc, add_eos_token: eos }).replace('"add_eos_token":true', '"add_eos_token":true ');
+  assert.equal(config(true).length, config(false).length);
+  fs.writeFileSync(path.join(dir, "tokenizer_config.json"), config(false));
+  const before = tokenizersBuilt();
+  const a = loadTokenizer(dir);
+  const b = loadTokenizer(path.relative(process.cwd(), dir)); // the same folder, spelt otherwise
+  assert.equal(tokenizersBuilt() - before, 1, "built once");
+  const ids = b.encode("Hello there", { addSpecialTokens: true });
+  assert.notEqual(ids.at(-1), 2, "no EOS");
+  a.encode = () => [];
+  assert.deepEqual(b.encode("Hello there", { addSpecialTokens: true }), ids, "b keeps its own encode");
+
+  fs.writeFileSync(path.join(dir, "tokenizer_config.json"), config(true)); // same size, likely the same mtime
+  const c = loadTokenizer(dir);
+  assert.equal(tokenizersBuilt() - before, 2, "built again");
+  assert.equal(c.encode("Hello there", { addSpecialTokens: true }).at(-1), 2, "the edited config is obeyed");
+  fs.rmSync(path.join(dir, "tokenizer_config.json"));
+  assert.notEqual(loadTokenizer(dir).encode("Hello there", { addSpecialTokens: true }).at(-1), 2, "a removed config is seen");
+  assert.equal(tokenizersBuilt() - before, 3);
 });
