@@ -32,7 +32,8 @@ import { deepseekLayer, FrequencyPca, frequencyPca, ladder, ladderScores, validS
 import { convertRemedy, servingWarnings } from "./serving.js";
 import { describeRefit, refitOutputProjections, refitRecord } from "../convert/refitOutput.js";
 import { requireRoom, weightFileBytes } from "../io/diskRoom.js";
-import { deepseekSpecs, planTensors, STRAY_O_BIAS, strayOBiasWarning, writePlanned } from "./stream.js";
+import { deepseekSpecs, planTensors, strayTensors, strayWarning, writePlanned } from "./stream.js";
+import { qkvBiasRefusal } from "./exportable.js";
 import { refuseWindowsWithoutText, requireCalibration } from "../convert/calibrationNeeds.js";
 import { nextTurn, throwIfAborted } from "../util/abort.js";
 import { describeLatentNormFit, fitLatentNorms, latentNormRecord, requireFitText } from "./latentNorm.js";
@@ -157,7 +158,7 @@ const ATTN = ["q_proj", "k_proj", "v_proj"].map((n) => `self_attn.${n}.weight`);
 /** The checks that decide whether a model can be written in the stock DeepSeek-V3 format. */
 function checkSource(c: ModelConfig): void {
   if (c.attention.kind !== "mha") throw new MlaError("BAD_ARGUMENT", "the model is already an MLA checkpoint (config.json has an mha2mla section)", "convert the original MHA/GQA model with --format deepseek");
-  if (c.qkvBias) throw new MlaError("UNSUPPORTED", "--format deepseek: the model has q/k/v biases, and DeepseekV3's q_proj has none", "convert it in our format (without --format deepseek)");
+  if (c.qkvBias) throw qkvBiasRefusal("--format deepseek", c, "convert it in our format (without --format deepseek), which keeps the biases");
   if (c.rope.scaling) throw new MlaError("UNSUPPORTED", `--format deepseek: rope scaling "${c.rope.scaling.type}" changes the frequency ladder, which one shared DeepSeek rope key cannot follow exactly`, "convert it in our format (without --format deepseek)");
   if (c.slidingWindow !== null) throw new MlaError("UNSUPPORTED", "--format deepseek: DeepseekV3 has no sliding-window attention", "convert it in our format (without --format deepseek)");
   if (c.mlpBias) throw new MlaError("UNSUPPORTED", "--format deepseek: DeepseekV3's MLP has no biases", "convert it in our format (without --format deepseek)");
@@ -259,11 +260,12 @@ async function convertDeepseekInScope(spec: string, o: DeepseekOptions): Promise
 
     tmp = beginOutDir(out, o.force ?? false);
     const dtypeOf = (name: string): DType => src.entry(name).dtype;
-    // A supported source declares no o_proj bias (checkSource), so one in its file is no part of the
-    // model: never carried, in either form (STRAY_O_BIAS says why).
-    const stray = strayOBiasWarning(src, bias);
-    if (stray) log.warn(stray);
-    const plan = planTensors(src, ATTN[0]!, new Set([...ATTN.slice(1), STRAY_O_BIAS]), (_l, p) =>
+    // Layer tensors its config does not declare (a q/k/v/o bias beside a config without attention_bias)
+    // are no part of the source model: never carried, in either form (strayTensors says why).
+    const stray = strayTensors(src, c);
+    const strayNote = strayWarning(src, stray, bias);
+    if (strayNote) log.warn(strayNote);
+    const plan = planTensors(src, ATTN[0]!, new Set(ATTN.slice(1)), new Set(stray), (_l, p) =>
       deepseekSpecs(p, { H, D, dn: Dh, dr, dv: Dh, rk, dtype: dtypeOf(p + ATTN[0]!), normDtype: dtypeOf(p + "input_layernorm.weight"), attentionBias: bias }),
     );
     const energy: number[] = new Array(L).fill(0);

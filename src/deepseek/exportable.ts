@@ -5,6 +5,7 @@
  */
 import { MlaError } from "../errors.js";
 import { MlaAttention, MlaSplit, ModelConfig, uniformSplit } from "../model/config.js";
+import { layerPrefix } from "../model/weights.js";
 
 /** The ladder every layer shares: spacing s = gcd of the kept pairs, m = max/s + 1 slots. Throws on a frequency two KV heads of a layer keep. */
 export function exportLadder(selection: number[][][]): { spacing: number; slots: number } {
@@ -58,8 +59,33 @@ export function checkExportSettings(c: ModelConfig, ropePairs: number, gated: bo
   if (gated) throw no("the model is EG-MLA, and DeepSeek-V3's attention has no gate", "export a plain MLA conversion (convert without --attention eg-mla)");
   if (ropePairs < 1) throw no("the model keeps no RoPE pair, and DeepSeek-V3 needs a rope key", "convert with --rope-pairs ≥ 1");
   if (2 * ropePairs >= c.headDim) throw no(`every RoPE pair is kept (R ${ropePairs} = head_dim/2), which leaves DeepSeek-V3 no position-free key dims (qk_nope_head_dim 0)`, `convert with --rope-pairs < ${c.headDim / 2}`);
-  if (c.qkvBias) throw no("the model has q/k/v biases, and DeepseekV3's q_proj has none");
+  if (c.qkvBias) throw qkvBiasRefusal("export --format deepseek", c, "serve it in our runtime");
   if (c.rope.scaling) throw no(`rope scaling "${c.rope.scaling.type}" changes the frequency ladder`);
   if (c.slidingWindow !== null) throw no("DeepseekV3 has no sliding-window attention");
   if (c.mlpBias) throw no("DeepseekV3's MLP has no biases");
+}
+
+/**
+ * Why q/k/v biases the config declares (Qwen2's; Llama's and our MLA format's under attention_bias)
+ * cannot be written: DeepseekV3Attention's biases are kv_a_proj_with_mqa's and o_proj's, under
+ * attention_bias, and none on q_proj or kv_b_proj. Case by case:
+ * - v: the softmax weights of a query sum to 1, so b_v adds the constant W_o·b_v to the layer's output:
+ *   exactly an o_proj bias (exact form only).
+ * - k: on the position-free dims q·b_k is one constant per query, which softmax cancels exactly; on the
+ *   rope dims it turns with the key's position and does not cancel, but it could sit in the rope rows
+ *   of kv_a_proj_with_mqa's bias (exact form only).
+ * - q: b_q·k_s changes with every key s, so softmax does not cancel it, and q_proj has no bias to hold
+ *   it (q_lora_rank's q_a_proj bias sits before an RMSNorm). It cannot be written.
+ * Every config that declares k/v biases declares the q bias with them (Qwen2: q/k/v; attention_bias:
+ * q/k/v/o), and fine-tuning trains it away from zero, so the q bias decides: such a model is refused
+ * from its config, before any work (pipeline asks these checks before its first phase), naming the
+ * tensor. Undeclared (stray) biases in a file are another matter: ./stream.ts, strayTensors.
+ */
+export function qkvBiasRefusal(command: string, c: ModelConfig, hint: string): MlaError {
+  const why = c.modelType === "qwen2" ? "model_type qwen2" : "attention_bias: true";
+  return new MlaError(
+    "UNSUPPORTED",
+    `${command}: the model has q/k/v biases (${why} in config.json: ${layerPrefix(0)}self_attn.q_proj.bias and the others), and DeepseekV3 has no q_proj bias (its attention biases are kv_a_proj_with_mqa's and o_proj's); a q bias adds b_q·k to every score, which softmax does not cancel`,
+    hint,
+  );
 }

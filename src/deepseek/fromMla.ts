@@ -41,7 +41,7 @@ import { BeforeAfter, DEEPSEEK_EVAL_KINDS, DeepseekEvalOptions, evalBeforeAfter,
 import { checkOptionTypes, type OptionKinds } from "../util/optionTypes.js";
 import { FUSED_MLA, servingWarnings } from "./serving.js";
 import { checkExportSettings, exportLadder, exportSplit } from "./exportable.js";
-import { deepseekSpecs, planTensors, STRAY_O_BIAS, strayOBiasWarning, writePlanned } from "./stream.js";
+import { deepseekSpecs, planTensors, strayTensors, strayWarning, writePlanned } from "./stream.js";
 import { throwIfAborted } from "../util/abort.js";
 import { flagsWithout } from "../errors.js";
 import { checkCalibFile } from "../convert/plan.js";
@@ -264,11 +264,12 @@ export async function exportDeepseek(spec: string, o: ExportOptions = {}): Promi
     for (let l = 0; l < nLayers; l++) for (const n of SOURCE) if (!src.has(layerPrefix(l) + n)) throw new MlaError("BAD_CHECKPOINT", `${srcDir}: tensor ${layerPrefix(l) + n} is missing`, "the checkpoint does not match its config");
     tmp = beginOutDir(out, o.force ?? false);
     const dtypeOf = (name: string): DType => src.entry(name).dtype;
-    // An exportable model declares no o_proj bias (checkExportSettings refuses attention biases), so one
-    // in its file is no part of the model: never carried, in either form (STRAY_O_BIAS says why).
-    const stray = strayOBiasWarning(src, bias);
-    if (stray) log.warn(stray);
-    const plan = planTensors(src, SOURCE[0]!, new Set([...SOURCE.slice(1), STRAY_O_BIAS]), (_l, p) =>
+    // An exportable model declares no attention bias (checkExportSettings), so a q/k_rope/k_up/v_up/o bias
+    // in its file is no part of the model: never carried, in either form (strayTensors says why).
+    const stray = strayTensors(src, c);
+    const strayNote = strayWarning(src, stray, bias);
+    if (strayNote) log.warn(strayNote);
+    const plan = planTensors(src, SOURCE[0]!, new Set(SOURCE.slice(1)), new Set(stray), (_l, p) =>
       deepseekSpecs(p, { H, D, dn, dr, dv: Dh, rk, dtype: dtypeOf(p + SOURCE[0]!), normDtype: dtypeOf(p + "input_layernorm.weight"), attentionBias: bias }),
     );
     await writePlanned(

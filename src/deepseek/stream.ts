@@ -6,7 +6,8 @@
 import { Checkpoint, CheckpointWriter } from "../io/checkpoint.js";
 import { DType, encodeFromF32 } from "../io/dtype.js";
 import type { TensorSpec } from "../io/safetensors.js";
-import { layerPrefix } from "../model/weights.js";
+import { expectedTensors, layerPrefix } from "../model/weights.js";
+import type { ModelConfig } from "../model/config.js";
 import type { Progress } from "../util/progress.js";
 import { throwIfAborted } from "../util/abort.js";
 
@@ -19,7 +20,7 @@ export interface TensorPlan {
 /**
  * The attention tensors of one deepseek_v3 layer (prefix p): q_proj [H·(dn+dr), D], kv_a (+ its bias
  * with attention_bias), kv_a_layernorm, kv_b [H·(dn+dv), rk], and with attention_bias a zero o_proj
- * bias (stock loaders then expect one; a source's own is never carried: STRAY_O_BIAS).
+ * bias (stock loaders then expect one; a source's own is never carried: strayTensors).
  */
 export function deepseekSpecs(p: string, s: { H: number; D: number; dn: number; dr: number; dv: number; rk: number; dtype: DType; normDtype: DType; attentionBias: boolean }): TensorSpec[] {
   return [
@@ -35,36 +36,54 @@ export function deepseekSpecs(p: string, s: { H: number; D: number; dn: number; 
 const layerOf = (name: string) => /^model\.layers\.(\d+)\.(.*)$/.exec(name);
 
 /**
- * An o_proj bias in the source's file, which both writers drop (planTensors' `dropped`). Their sources
- * declare no attention bias (a config with attention_bias has q/k/v biases, which both refuse), and then
- * no loader of the source applies one: transformers' Llama builds o_proj with bias=attention_bias, its
- * Mistral and Qwen2 with none, our runtime reads it only with attention_bias. It is no part of the model.
- * Copied into the exact form's folder (attention_bias true) it would be: transformers' DeepseekV3Attention
- * builds o_proj with bias=attention_bias and would add it to every layer's output, a model the source is
- * not (vLLM and SGLang build o_proj without a bias and skip it on load, so they would compute yet another).
- * Its part in the source's function is zero, so the exact form writes a zero o_proj bias in its place
- * (transformers expects one with attention_bias) and the bias-free form none. Not refused: the folder
- * then computes exactly the source as every loader of the source runs it, and the warning names it.
+ * The layer tensors of the source's file that its config does not declare (expectedTensors): a q, k, v
+ * or o_proj bias beside a config without attention_bias (our MLA format's k_rope/k_up/v_up biases
+ * likewise), an MLP bias without mlp_bias, an old rotary_emb.inv_freq buffer. Both writers drop them:
+ * - Copied, they are tensors stock DeepseekV3ForCausalLM never loads (its q_proj and kv_b_proj have no
+ *   bias, and it has no k_proj/v_proj): at best an "unused weights" warning, and a folder that holds
+ *   what it does not compute.
+ * - No loader of the source applies them: transformers builds each layer from config.json (q/k/v/o_proj
+ *   with a bias only under attention_bias, Qwen2's q/k/v always, the MLP's only under mlp_bias; Mistral
+ *   none) and so does our runtime. Their part in the source's function is zero, so dropping them is the
+ *   exact fold, whatever they hold: the folder computes exactly the source as every loader of it runs
+ *   it. Not refused, for that reason; the warning names them, in case the config is what is wrong.
+ * - An o_proj bias among them is the one place the exact form needs care: it has attention_bias true,
+ *   with which transformers' DeepseekV3Attention builds o_proj with a bias and would add a copied one to
+ *   every layer's output (vLLM and SGLang skip it: yet another model). The exact form writes its own
+ *   zero o_proj bias in its place (deepseekSpecs), the bias-free form none.
+ * Biases the source's config does declare never get here: both writers refuse them before any work
+ * (checkSource in ./export.ts, checkExportSettings in ./exportable.ts say why, case by case).
  */
-export const STRAY_O_BIAS = "self_attn.o_proj.bias";
+export function strayTensors(src: Checkpoint, c: ModelConfig): string[] {
+  const expected = new Set(expectedTensors(c).map((t) => t.name));
+  return src.names().filter((n) => layerOf(n) && !expected.has(n));
+}
 
-/** The warning for the o_proj biases `src` holds (see STRAY_O_BIAS), or null where it holds none. */
-export function strayOBiasWarning(src: Checkpoint, attentionBias: boolean): string | null {
-  const found = src.names().filter((n) => layerOf(n)?.[2] === STRAY_O_BIAS);
-  if (!found.length) return null;
-  const which = found.length === 1 ? found[0]! : `${found[0]} and ${found.length - 1} more`;
+/** The warning for the stray tensors `stray` of `src` (see strayTensors), or null where there are none. */
+export function strayWarning(src: Checkpoint, stray: readonly string[], attentionBias: boolean): string | null {
+  if (!stray.length) return null;
+  const fields = [...new Set(stray.map((n) => layerOf(n)![2]!))].sort();
+  const layers = new Set(stray.map((n) => layerOf(n)![1]!)).size;
+  const it = stray.length === 1 ? "it" : "them";
+  const what = stray.length === 1 ? stray[0]! : `${stray.length} tensors (${fields.join(", ")}${layers > 1 ? ` in ${layers} layers` : ""}; the first ${stray[0]})`;
   return (
-    `${src.dir} holds ${which}, but its config.json declares no attention_bias, so neither transformers nor this tool applies an o_proj bias to the source model; ` +
-    `the deepseek_v3 folder does not carry it (${attentionBias ? "its own o_proj bias is zero" : "it has no o_proj bias"}) and computes the source model as loaded ` +
-    "(an o_proj with a bias and q/k/v without is no Llama, Mistral or Qwen2 attention as transformers defines them)"
+    `${src.dir} holds ${what} that its config.json does not declare, so neither transformers nor this tool applies ${it} to the source model ` +
+    "(they build q/k/v/o_proj with a bias only under attention_bias, or Qwen2's q/k/v, and the MLP's only under mlp_bias); " +
+    `the deepseek_v3 folder does not carry ${it} (stock DeepseekV3ForCausalLM would not load ${it}) and computes the source model as loaded` +
+    (fields.includes(STRAY_O_BIAS) ? `; ${attentionBias ? "its own o_proj bias is zero" : "it has no o_proj bias"}` : "") +
+    `; if the source was meant to use ${it}, its config.json is wrong`
   );
 }
 
+/** The o_proj bias field: the one stray tensor whose place the exact form fills with its own (zero) bias. */
+export const STRAY_O_BIAS = "self_attn.o_proj.bias";
+
 /**
  * The output tensors: a layer's `anchor` tensor (its name after the layer prefix) is replaced by
- * `made(l, prefix)`, the `dropped` ones disappear, the rest are kept as they are.
+ * `made(l, prefix)`; the `consumed` ones (names after the prefix: the source attention the writer
+ * reads) and the `stray` ones (full names, strayTensors) disappear; the rest are kept as they are.
  */
-export function planTensors(src: Checkpoint, anchor: string, dropped: ReadonlySet<string>, made: (l: number, prefix: string) => TensorSpec[]): TensorPlan {
+export function planTensors(src: Checkpoint, anchor: string, consumed: ReadonlySet<string>, stray: ReadonlySet<string>, made: (l: number, prefix: string) => TensorSpec[]): TensorPlan {
   const specs: TensorSpec[] = [];
   const generated = new Set<string>();
   for (const name of src.names()) {
@@ -74,7 +93,7 @@ export function planTensors(src: Checkpoint, anchor: string, dropped: ReadonlySe
         specs.push(s);
         generated.add(s.name);
       }
-    } else if (!m || !dropped.has(m[2]!)) specs.push({ name, dtype: src.entry(name).dtype, shape: [...src.entry(name).shape] });
+    } else if (!stray.has(name) && !(m && consumed.has(m[2]!))) specs.push({ name, dtype: src.entry(name).dtype, shape: [...src.entry(name).shape] });
   }
   return { specs, generated };
 }
