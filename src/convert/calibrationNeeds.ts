@@ -3,6 +3,7 @@
  * (so the pipeline reads the windows only then), and the one refusal when it is missing; shared by
  * both output formats, so each option's reason is written once.
  */
+import path from "node:path";
 import { flagsWithout, MlaError } from "../errors.js";
 
 export interface CalibrationUses {
@@ -54,4 +55,13 @@ export function requireCalibration(calib: string | null | undefined, o: Calibrat
 export function refuseWindowsWithoutText(o: { calib?: string | null; calibSamples?: number | null; calibLen?: number | null }): void {
   const given = ([["--calib-samples", o.calibSamples], ["--calib-len", o.calibLen]] as const).filter(([, v]) => v !== undefined && v !== null).map(([flag]) => flag);
   if (given.length && (o.calib === undefined || o.calib === null)) throw flagsWithout(given, "--calib FILE", "settings of the calibration windows");
+}
+
+/**
+ * What calibration read, for mla_conversion.json (both formats): the text's absolute path, the windows
+ * it gave (a short text gives fewer than asked) and their tokens; nothing where no calibration ran.
+ */
+export function calibrationRecord(file: string | null | undefined, windows: Int32Array[]): { calibration?: { file: string; windows: number; tokens: number } } {
+  if (!file || windows.length === 0) return {};
+  return { calibration: { file: path.resolve(file), windows: windows.length, tokens: windows.reduce((n, w) => n + w.length, 0) } };
 }

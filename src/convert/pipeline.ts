@@ -28,12 +28,12 @@ import { inspectModel } from "../eval/inspect.js";
 import { silentLogger, Logger } from "../util/log.js";
 import { Progress, ProgressSink } from "../util/progress.js";
 import { factorTensors, LayerFactors } from "./factor.js";
-import { checkOutDir, ConversionPlan, ConversionSettings, defaultOut, planConversion, resolveSettings, SETTINGS_KINDS, SettingsInput } from "./plan.js";
+import { checkOutDir, ConversionPlan, ConversionSettings, defaultOut, planConversion, recordedSettings, resolveSettings, SETTINGS_KINDS, SettingsInput } from "./plan.js";
 import { checkOptionTypes, type OptionKinds } from "../util/optionTypes.js";
 import { nextTurn, throwIfAborted } from "../util/abort.js";
 import { LayerSource } from "./layerSource.js";
 import { chooseKvSplits, kvSplitRecord, SplitChoice } from "./splitChoice.js";
-import { readsCalibration, unreadCalibration } from "./calibrationNeeds.js";
+import { calibrationRecord, readsCalibration, unreadCalibration } from "./calibrationNeeds.js";
 import { mlaSection, splitFields } from "../io/mlaSection.js";
 import { buildReport, ConversionReport, reportMarkdown } from "./report.js";
 import { initialGate } from "./gate.js";
@@ -146,6 +146,8 @@ async function convertInScope(spec: string, opts: ConvertOptions): Promise<Conve
       log.info(describeRefit(refit));
     }
     timings["convert_s"] = (performance.now() - t0) / 1000;
+    // What the records say was used: the calibration settings only where windows were read.
+    const recorded = recordedSettings(settings, windows.length > 0);
 
     let report: ConversionReport | null = null;
     if (opts.evalText) {
@@ -155,14 +157,14 @@ async function convertInScope(spec: string, opts: ConvertOptions): Promise<Conve
       before.model = spec;
       after.model = out;
       timings["eval_s"] = before.seconds + after.seconds;
-      report = buildReport(spec, out, plan, energy, before, after, timings, kvDtype, { before: inspectModel(srcDir).params, after: inspectModel(tmp).params }, attention.splits);
+      report = buildReport(spec, out, { ...plan, settings: recorded }, energy, before, after, timings, kvDtype, { before: inspectModel(srcDir).params, after: inspectModel(tmp).params }, attention.splits);
       fs.writeFileSync(path.join(tmp, "report.json"), JSON.stringify(report, null, 2) + "\n");
       fs.writeFileSync(path.join(tmp, "report.md"), reportMarkdown(report));
     }
     timings["total_s"] = (performance.now() - t0) / 1000;
     fs.writeFileSync(
       path.join(tmp, "mla_conversion.json"),
-      JSON.stringify({ tool: "mha2mla", version: TOOL_VERSION, source: { model: spec, dir: srcDir }, settings, ...calibrationRecord(settings.calib, windows), latent_dim: splitFields(attention).latent_dim, kv: { before: plan.before, after: plan.after, change_percent: plan.kvChangePercent }, ...kvSplitRecord(choice), selection, retained_energy: energy, ...refitRecord(refit), timings, created: new Date().toISOString() }, null, 2) + "\n",
+      JSON.stringify({ tool: "mha2mla", version: TOOL_VERSION, source: { model: spec, dir: srcDir }, settings: recorded, ...calibrationRecord(settings.calib, windows), latent_dim: splitFields(attention).latent_dim, kv: { before: plan.before, after: plan.after, change_percent: plan.kvChangePercent }, ...kvSplitRecord(choice), selection, retained_energy: energy, ...refitRecord(refit), timings, created: new Date().toISOString() }, null, 2) + "\n",
     );
     // A stop asked for after the last layer (while the config or side files were written) is honoured
     // too, as convert --format deepseek does: an aborted call always throws and leaves no folder.
@@ -176,12 +178,6 @@ async function convertInScope(spec: string, opts: ConvertOptions): Promise<Conve
   } finally {
     src.close();
   }
-}
-
-/** What calibration read, for mla_conversion.json: settings hold what was asked, a short file gives fewer windows. */
-function calibrationRecord(file: string | null, windows: Int32Array[]): { calibration?: { file: string; windows: number; tokens: number } } {
-  if (!file || windows.length === 0) return {};
-  return { calibration: { file: path.resolve(file), windows: windows.length, tokens: windows.reduce((n, w) => n + w.length, 0) } };
 }
 
 /**

@@ -39,6 +39,19 @@ export interface ConversionSettings {
   kvSplitPairs: number[] | null;
 }
 
+/**
+ * The settings as mla_conversion.json and report.json record them: the calibration text and its
+ * windows only where calibration ran, null where none did (no --calib, or a --calib no setting reads).
+ * resolveSettings fills in the default 32 × 256 windows either way, and a record of those would say
+ * the conversion calibrated.
+ */
+export type RecordedSettings = Omit<ConversionSettings, "calib" | "calibSamples" | "calibLen"> & { calib: string | null; calibSamples: number | null; calibLen: number | null };
+
+/** `s` as recorded (RecordedSettings): `calibrated` says whether calibration windows were read. */
+export function recordedSettings(s: ConversionSettings, calibrated: boolean): RecordedSettings {
+  return calibrated ? s : { ...s, calib: null, calibSamples: null, calibLen: null };
+}
+
 export interface KvAccounting {
   elems_per_token: number;
   bytes_per_token: number;

@@ -1,13 +1,14 @@
 /** The before/after conversion report (report.json + report.md in the output folder). */
 import type { DType } from "../io/dtype.js";
 import type { EvalResult } from "../eval/evaluate.js";
-import type { ConversionPlan } from "./plan.js";
+import type { ConversionPlan, RecordedSettings } from "./plan.js";
 import type { MlaSplit } from "../model/config.js";
 
 export interface ConversionReport {
   source: string;
   output: string;
-  settings: ConversionPlan["settings"];
+  /** What the conversion used: no calibration text or windows where none was read (RecordedSettings). */
+  settings: RecordedSettings;
   text: string;
   ctx: number;
   tokens: number;
@@ -23,7 +24,7 @@ export interface ConversionReport {
   timings: Record<string, number>;
 }
 
-export function buildReport(source: string, output: string, plan: ConversionPlan, energy: number[], before: EvalResult, after: EvalResult, timings: Record<string, number>, kvDtype: DType, params: { before: number; after: number }, splits: MlaSplit[]): ConversionReport {
+export function buildReport(source: string, output: string, plan: Omit<ConversionPlan, "settings"> & { settings: RecordedSettings }, energy: number[], before: EvalResult, after: EvalResult, timings: Record<string, number>, kvDtype: DType, params: { before: number; after: number }, splits: MlaSplit[]): ConversionReport {
   return {
     source,
     output,

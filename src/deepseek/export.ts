@@ -20,7 +20,7 @@ import { loadModel } from "../model/llama.js";
 import type { ModelConfig } from "../model/config.js";
 import { DeviceName, selectBackend, selectLinalg } from "../backends/select.js";
 import { linalgScope, useLinalg } from "../backends/native/linalg.js";
-import { calibrate, calibrationWindows, CalibrationStats, checkWindowShape, readCalibrationText } from "../ropeSelect/calibrate.js";
+import { calibrate, calibrationWindows, CalibrationStats, checkWindowShape, DEFAULT_CALIB_LEN, DEFAULT_CALIB_SAMPLES, readCalibrationText } from "../ropeSelect/calibrate.js";
 import { defaultRopePairs } from "../ropeSelect/strategies.js";
 import { covarianceRoots } from "../svd/truncated.js";
 import { silentLogger, Logger } from "../util/log.js";
@@ -34,7 +34,7 @@ import { describeRefit, refitOutputProjections, refitRecord } from "../convert/r
 import { requireRoom, weightFileBytes } from "../io/diskRoom.js";
 import { deepseekSpecs, planTensors, strayTensors, strayWarning, writePlanned } from "./stream.js";
 import { qkvBiasRefusal } from "./exportable.js";
-import { refuseWindowsWithoutText, requireCalibration } from "../convert/calibrationNeeds.js";
+import { calibrationRecord, refuseWindowsWithoutText, requireCalibration } from "../convert/calibrationNeeds.js";
 import { nextTurn, throwIfAborted } from "../util/abort.js";
 import { describeLatentNormFit, fitLatentNorms, latentNormRecord, requireFitText } from "./latentNorm.js";
 
@@ -195,7 +195,7 @@ export function deepseekShape(c: ModelConfig, o: DeepseekOptions): { ropePairs: 
   requireCalibration(o.calib, { svdInit, refitOutput: o.refitOutput });
   if (!bias) requireFitText(o.calib);
   checkCalibFile(o.calib);
-  checkWindowShape(o.calibSamples ?? 32, o.calibLen ?? 256);
+  checkWindowShape(o.calibSamples ?? DEFAULT_CALIB_SAMPLES, o.calibLen ?? DEFAULT_CALIB_LEN);
   return { ropePairs: R, ropeDim: dr, kvLoraRank: rk, svdInit };
 }
 
@@ -227,7 +227,7 @@ async function convertDeepseekInScope(spec: string, o: DeepseekOptions): Promise
     let windows: Int32Array[] = [];
     if (o.calib) {
       const { model, tokenizer } = loadModel(srcDir, { backend: selectBackend(o.device ?? "auto", log) });
-      windows = calibrationWindows(tokenizer, readCalibrationText(o.calib), o.calibSamples ?? 32, o.calibLen ?? 256, c.bosTokenId, o.calib);
+      windows = calibrationWindows(tokenizer, readCalibrationText(o.calib), o.calibSamples ?? DEFAULT_CALIB_SAMPLES, o.calibLen ?? DEFAULT_CALIB_LEN, c.bosTokenId, o.calib);
       stats = await calibrate(model, windows, { covariance: true, progress: o.progress, signal: o.signal });
     }
     const cov = (l: number) => stats?.covariance?.[l] ?? null;
@@ -310,9 +310,11 @@ async function convertDeepseekInScope(spec: string, o: DeepseekOptions): Promise
     if (fit) log.info(describeLatentNormFit(fit));
     const refit = o.refitOutput ? await refitOutputProjections(srcDir, tmp, windows, selectBackend(o.device ?? "auto", log), { progress: o.progress, signal: o.signal }) : null;
     if (refit) log.info(describeRefit(refit));
+    // The calibration windows as used: null without --calib (this format reads any it is given).
+    const calibration = o.calib ? { calib: o.calib, calib_samples: o.calibSamples ?? DEFAULT_CALIB_SAMPLES, calib_len: o.calibLen ?? DEFAULT_CALIB_LEN } : { calib: null, calib_samples: null, calib_len: null };
     fs.writeFileSync(
       path.join(tmp, "mla_conversion.json"),
-      JSON.stringify({ tool: "mha2mla", format: "deepseek_v3", source: { model: spec, dir: srcDir }, settings: { rank: o.rank, rope_pairs: R, rope_dim: dr, kv_lora_rank: rk, svd_init: svdInit, balance_kv: o.balanceKv ?? true, refit_output: o.refitOutput ?? false, calib: o.calib ?? null, interleave: o.interleave ?? true, attention_bias: bias }, ...refitRecord(refit), ...latentNormRecord(fit), ladder: { spacing, frequencies: freqs, rope_theta: ropeTheta }, kv_per_token_per_layer: kvPerToken, retained_energy: energy, ...(bias ? { constant_channel_beta: betas } : {}), created: new Date().toISOString() }, null, 2) + "\n",
+      JSON.stringify({ tool: "mha2mla", format: "deepseek_v3", source: { model: spec, dir: srcDir }, settings: { rank: o.rank, rope_pairs: R, rope_dim: dr, kv_lora_rank: rk, svd_init: svdInit, balance_kv: o.balanceKv ?? true, refit_output: o.refitOutput ?? false, ...calibration, interleave: o.interleave ?? true, attention_bias: bias }, ...calibrationRecord(o.calib, windows), ...refitRecord(refit), ...latentNormRecord(fit), ladder: { spacing, frequencies: freqs, rope_theta: ropeTheta }, kv_per_token_per_layer: kvPerToken, retained_energy: energy, ...(bias ? { constant_channel_beta: betas } : {}), created: new Date().toISOString() }, null, 2) + "\n",
     );
     let report: BeforeAfter | null = null;
     if (o.evalText) {

@@ -45,6 +45,7 @@ import { deepseekSpecs, planTensors, strayTensors, strayWarning, writePlanned } 
 import { throwIfAborted } from "../util/abort.js";
 import { flagsWithout } from "../errors.js";
 import { checkCalibFile } from "../convert/plan.js";
+import { calibrationRecord } from "../convert/calibrationNeeds.js";
 import { calibrationWindows, checkWindowShape, DEFAULT_CALIB_LEN, DEFAULT_CALIB_SAMPLES, readCalibrationText } from "../ropeSelect/calibrate.js";
 import { loadTokenizer } from "../io/tokenizer.js";
 import { selectBackend } from "../backends/select.js";
@@ -307,7 +308,7 @@ export async function exportDeepseek(spec: string, o: ExportOptions = {}): Promi
     const fit = bias ? null : await fitLatentNorms(tmp, windows, selectBackend(o.device ?? "auto", log), { progress: o.progress, signal: o.signal });
     if (fit) log.info(describeLatentNormFit(fit));
     const settings = { attention_bias: bias, ...(bias ? {} : { calib: o.calib, calib_samples: o.calibSamples ?? DEFAULT_CALIB_SAMPLES, calib_len: o.calibLen ?? DEFAULT_CALIB_LEN }) };
-    const manifest = { tool: "mha2mla", format: "deepseek_v3", exported_from: { model: spec, dir: srcDir, format: "mha2mla MLA" }, settings, ...latentNormRecord(fit), ladder: { spacing, slots, rope_theta: ropeTheta }, kv_per_token_per_layer: kvPerToken, created: new Date().toISOString() };
+    const manifest = { tool: "mha2mla", format: "deepseek_v3", exported_from: { model: spec, dir: srcDir, format: "mha2mla MLA" }, settings, ...calibrationRecord(o.calib, windows), ...latentNormRecord(fit), ladder: { spacing, slots, rope_theta: ropeTheta }, kv_per_token_per_layer: kvPerToken, created: new Date().toISOString() };
     fs.writeFileSync(path.join(tmp, "mla_conversion.json"), JSON.stringify(manifest, null, 2) + "\n");
     const report = o.evalText ? (await evalBeforeAfter(spec, srcDir, tmp, out, { ...o, evalText: o.evalText, logger: log }, kvPerToken)).report : null;
     // A stop asked during the last layer's writes or the evaluation leaves nothing, as one before them does.

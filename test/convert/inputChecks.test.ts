@@ -85,4 +85,22 @@ test("mla_conversion.json records the calibration actually read: windows, tokens
   assert.equal(rec.calibration.file, TEXT);
   assert.ok(rec.calibration.windows >= 1 && rec.calibration.windows <= 32);
   assert.equal(rec.calibration.tokens, rec.calibration.windows * 64);
+  assert.deepEqual([rec.settings.calib, rec.settings.calibSamples, rec.settings.calibLen], [path.relative(process.cwd(), TEXT), 32, 64], "the windows asked for, as used");
+});
+
+test("without calibration (no --calib, or a --calib no setting reads) mla_conversion.json and report.json record no calibration text or windows, not the defaults", async () => {
+  const none = path.join(tmpDir(), "none");
+  const r = await convert(SRC, { rank: 4, ropePairs: 1, progress: null, device: "cpu", out: none, evalText: TEXT, evalTokens: 256, evalCtx: 64 });
+  const unread = path.join(tmpDir(), "unread");
+  await convert(SRC, { rank: 4, ropePairs: 1, ropeStrategy: "uniform", calib: TEXT, progress: null, device: "cpu", out: unread, logger: { info: () => {}, warn: () => {} } });
+  for (const dir of [none, unread]) {
+    const rec = JSON.parse(fs.readFileSync(path.join(dir, "mla_conversion.json"), "utf8"));
+    assert.deepEqual([rec.settings.calib, rec.settings.calibSamples, rec.settings.calibLen], [null, null, null], dir);
+    assert.equal(rec.calibration, undefined, dir);
+    assert.equal(rec.settings.ropeStrategy, "uniform");
+  }
+  const report = JSON.parse(fs.readFileSync(path.join(none, "report.json"), "utf8"));
+  assert.deepEqual([report.settings.calib, report.settings.calibSamples, report.settings.calibLen], [null, null, null]);
+  assert.deepEqual(r.report!.settings, JSON.parse(fs.readFileSync(path.join(none, "mla_conversion.json"), "utf8")).settings);
+  assert.doesNotMatch(fs.readFileSync(path.join(none, "report.md"), "utf8"), /calibration/);
 });

@@ -270,6 +270,12 @@ test("export --no-attention-bias: no biases, kv_lora_rank = the latent (padding 
   ck.close();
   // Not exact, but far from zeroing the exact export's biases (docs/deepseek.md: 4.28 → 9.51 here).
   assert.ok(b.eval!.after > a.eval!.after && b.eval!.after < a.eval!.after + 0.5, `exact ${a.eval!.after}, bias-free ${b.eval!.after}`);
+  // The records: the exact export read no text; the bias-free one says which windows its fit read.
+  const manifest = (dir: string) => JSON.parse(fs.readFileSync(path.join(dir, "mla_conversion.json"), "utf8"));
+  assert.deepEqual(manifest(exact).settings, { attention_bias: true });
+  assert.equal(manifest(exact).calibration, undefined);
+  assert.deepEqual(manifest(free).settings, { attention_bias: false, calib: CALIB, calib_samples: 32, calib_len: 256 });
+  assert.equal(manifest(free).calibration.file, CALIB);
   const padded = path.join(tmpDir(), "ex-free-pad");
   await exportDeepseek(mla, { out: padded, attentionBias: false, calib: CALIB, kvLoraRank: 12, ropeDim: 10, progress: null, device: "cpu" });
   const pk = Checkpoint.open(padded);

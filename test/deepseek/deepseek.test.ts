@@ -186,3 +186,17 @@ test("--format deepseek checks --calib before any work, in a dry run too", async
   for (const dryRun of [true, false])
     await assert.rejects(convertDeepseek(path.join(MODELS, "stories260K"), { rank: 2, calib: missing, dryRun, out: path.join(tmpDir(), "o"), progress: null }), (e: unknown) => e instanceof MlaError && /--calib .*missing\.txt does not exist/.test(e.message));
 });
+
+test("mla_conversion.json records the calibration used: the text, its windows and what they held with --calib; null (not the defaults) without", async () => {
+  const withCalib = await stories260kDeepseek();
+  const rec = JSON.parse(fs.readFileSync(path.join(withCalib, "mla_conversion.json"), "utf8"));
+  assert.deepEqual([rec.settings.calib, rec.settings.calib_samples, rec.settings.calib_len], [CALIB, 32, 256]);
+  assert.equal(rec.calibration.file, CALIB);
+  assert.ok(rec.calibration.windows >= 1 && rec.calibration.windows <= 32);
+  assert.equal(rec.calibration.tokens, rec.calibration.windows * 256);
+  const out = path.join(tmpDir(), "ds-uncalibrated");
+  await convertDeepseek(path.join(MODELS, "stories260K"), { rank: 2, ropePairs: 1, out, progress: null, device: "cpu" });
+  const none = JSON.parse(fs.readFileSync(path.join(out, "mla_conversion.json"), "utf8"));
+  assert.deepEqual([none.settings.calib, none.settings.calib_samples, none.settings.calib_len], [null, null, null]);
+  assert.equal(none.calibration, undefined);
+});
