@@ -1,7 +1,8 @@
 /**
  * cleanUpSpaces is transformers' clean_up_tokenization, and SpaceCleaner applies it to a text arriving
  * in pieces: the pieces add up to the whole text's clean-up however the text is cut (a rule's match
- * across a cut, one rule's match made by another's), holding back only an end a later piece may clean.
+ * across a cut, one rule's match made by another's), holding back only the characters a later piece
+ * may still clean, and giving out the rest at once (of a run of spaces, all but the last two).
  */
 import assert from "node:assert/strict";
 import fs from "node:fs";
@@ -86,11 +87,80 @@ test("only an end a later piece may still clean is held back; off, text passes a
     ["We 'v", "We"],
     ["They 'r", "They"],
     ["x  ' ", "x"],
+    ["x n ' ", "x"],
+    ["x  ' v", "x"],
   ];
   for (const [t, out] of held) assert.equal(given(t), out, t);
+  // An earlier " ' " took the space of a last " '": nothing across the end can match, so all of it.
+  assert.equal(given("a ' '"), "a''");
   const off = new SpaceCleaner(false);
   assert.deepEqual(["I do n", "'t ", "."].map((p) => off.push(p)), ["I do n", "'t ", "."]);
   assert.equal(off.finish(), "");
+});
+
+/** Texts made of what the rules read: words, contractions whole and cut, quotes, punctuation, runs of 0 to 5 spaces. */
+function spacedTexts(seed: number, count: number, parts: number): string[] {
+  const rand = seededRand(seed, Float64Array);
+  const pick = <T>(xs: readonly T[]) => xs[Math.floor(((rand(1)[0]! + 1) / 2) * xs.length)]!;
+  const words = ["I", "do", "n't", "n", "'t", "'", "'m", "'s", "'ve", "'re", "'v", "'r", "e", "t", ".", "?", "!", ",", "x", "then"];
+  return Array.from({ length: count }, () => Array.from({ length: parts }, () => " ".repeat(pick([0, 1, 1, 2, 3, 4, 5])) + pick(words)).join(""));
+}
+
+test("property: every split of texts with runs of spaces and contractions streams the whole text's clean-up", () => {
+  const rand = seededRand(21, Float64Array);
+  for (const t of spacedTexts(17, 300, 12)) {
+    const whole = cleanUpSpaces(t);
+    for (let k = 0; k < 20; k++) {
+      // Cut at a random set of points (about one in three), pieces of one character included.
+      const cuts = [0, ...Array.from(rand(t.length), (x, i) => (x > 0.33 ? i : -1)).filter((i) => i > 0), t.length];
+      const c = new SpaceCleaner(true);
+      let out = "";
+      for (let j = 1; j < cuts.length; j++) {
+        out += c.push(t.slice(cuts[j - 1], cuts[j]));
+        assert.ok(whole.startsWith(out), `${JSON.stringify(t)} cut at ${cuts}: ${JSON.stringify(out)} given out`);
+      }
+      assert.equal(out + c.finish(), whole, `${JSON.stringify(t)} cut at ${cuts}`);
+    }
+  }
+});
+
+test("what is given out is all that no continuation can change, and the rest cleans on its own", () => {
+  // Every text of up to 4 characters the rules read, against every continuation of up to 3: given out
+  // is the longest start all continuations agree on, and given + clean(held + continuation) is clean(all).
+  const chars = " .'ntmx";
+  const upTo = (n: number): string[] => (n === 0 ? [""] : [...upTo(n - 1), ...upTo(n - 1).filter((s) => s.length === n - 1).flatMap((s) => [...chars].map((ch) => s + ch))]);
+  const continuations = upTo(3);
+  for (const t of upTo(4)) {
+    const c = new SpaceCleaner(true);
+    const given = c.push(t);
+    const held = t.slice(c.settled);
+    const alls = continuations.map((b) => cleanUpSpaces(t + b));
+    let agreed = alls[0]!.length;
+    for (const a of alls) while (!a.startsWith(alls[0]!.slice(0, agreed))) agreed--;
+    assert.equal(given, alls[0]!.slice(0, agreed), `${JSON.stringify(t)}: the start every continuation agrees on`);
+    continuations.forEach((b, i) => assert.equal(given + cleanUpSpaces(held + b), alls[i], `${JSON.stringify(t)} + ${JSON.stringify(b)}`));
+  }
+});
+
+test("after a run of 3 or more spaces, text comes out as soon as it can: all but the run's last two spaces at once", () => {
+  const stream = (pieces: string[]) => {
+    const c = new SpaceCleaner(true);
+    return [...pieces.map((p) => c.push(p)), c.finish()];
+  };
+  // The run's first spaces come out with it; the last two wait (" ' " then " 'm" can drop both).
+  assert.deepEqual(stream(["code:\n", "        ", "return", " x"]), ["code:\n", "      ", "  return", " x", ""]);
+  assert.deepEqual(stream(["x   ", "' m"]), ["x ", "'m", ""]);
+  assert.deepEqual(stream(["x   ", "."]), ["x ", " .", ""]);
+  // A start of a contraction after the run: the run up to its last space comes out, " n" waits.
+  assert.deepEqual(stream(["a    n", "'t"]), ["a   ", "n't", ""]);
+  assert.deepEqual(stream(["a    n", "o"]), ["a   ", " no", ""]);
+  // After " ' " matched in the text itself: the quote comes out, not only what is before it.
+  assert.deepEqual(stream(["x '   ", "y"]), ["x'", "  y", ""]);
+  // Offsets of the text given out are known as soon as it is.
+  const c = new SpaceCleaner(true);
+  c.push("x . y     ");
+  assert.equal(c.settled, 8);
+  assert.equal(c.offsetOf(8), 7);
 });
 
 test("offsetOf: a position in the text pushed, in the cleaned text (less the spaces dropped before it)", () => {
