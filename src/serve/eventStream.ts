@@ -1,0 +1,36 @@
+/**
+ * A streamed response as server-sent events, the way OpenAI frames them: each chunk a `data:` line of
+ * JSON carrying the response's id, object, creation time and model, and `data: [DONE]` at the end.
+ */
+import type http from "node:http";
+
+export class EventStream {
+  constructor(
+    private readonly res: http.ServerResponse,
+    /** What every chunk carries before its own fields. */
+    private readonly head: { id: string; object: string; created: number; model: string },
+    /** With include_usage every chunk has a usage field, null until the last, as OpenAI sends them. */
+    private readonly includeUsage: boolean,
+  ) {}
+
+  /** Sends the headers at once, so a client queued behind a full batch sees its stream open. */
+  open(): void {
+    this.res.writeHead(200, { "Content-Type": "text/event-stream", "Cache-Control": "no-cache" });
+    this.res.flushHeaders();
+  }
+
+  /** One chunk: `body`'s fields after the head's. */
+  chunk(body: Record<string, unknown>): void {
+    this.res.write(`data: ${JSON.stringify({ ...this.head, ...(this.includeUsage ? { usage: null } : {}), ...body })}\n\n`);
+  }
+
+  /** An error event (OpenAI's error body), which the end follows. */
+  error(body: string): void {
+    this.res.write(`data: ${body}\n\n`);
+  }
+
+  /** The end of the stream, and of the response. */
+  end(): void {
+    this.res.end("data: [DONE]\n\n");
+  }
+}
