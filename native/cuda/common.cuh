@@ -124,6 +124,10 @@ mla_status cudnn_attention_backward(const void* q, const void* k, const void* v,
 // and qr [B, H, Dr] float32 → o [B, H, L] float32.
 bool latent_decode_takes(int64_t L, int64_t H, int64_t Hkv, int64_t Dr);
 mla_status latent_decode(const __nv_bfloat16* const* cs, const __nv_bfloat16* const* krs, const int64_t* lo, const int64_t* n, const int32_t* pos, int64_t window, const float* qc, const float* qr, float* o, int64_t B, int64_t H, int64_t Hkv, int64_t Dr, int64_t L, float scale);
+// Its kernel with the warps split by role (latent_decode_roles.cu), which latent_decode calls where it
+// takes the shape unless MHA2MLA_LATENT_KERNEL=tiles (read per call) asks for the tile-loop kernel.
+bool latent_decode_roles_takes(int64_t L, int64_t H, int64_t Hkv, int64_t Dr);
+mla_status latent_decode_roles(const __nv_bfloat16* const* cs, const __nv_bfloat16* const* krs, const int64_t* lo, const int64_t* n, const int32_t* pos, int64_t window, const float* qc, const float* qr, float* o, int64_t B, int64_t H, int64_t Hkv, int64_t Dr, int64_t L, float scale);
 // The MHA/GQA decode kernel (mha_decode.cu) for bf16 caches: whether it takes H query heads over Hkv
 // KV heads of Dh dims (the default for GQA at head dim 64, see mha_decode.cu), and the call: per sequence b its key rows
 // ks[b] and value rows vs[b] [.., Hkv, Dh] from row lo[b] on, n[b] visible rows (pos, window as for

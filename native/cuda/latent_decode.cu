@@ -28,13 +28,11 @@
 #include "common.cuh"
 #include "mma.cuh"
 #include "decode_split.cuh"
+#include "latent_common.cuh"
 
 using mla::ctx;
 
 namespace {
-using namespace mla_mma;
-constexpr int HB = 16;   // query heads per block (one m16 tile)
-constexpr int PAD = 8;   // bf16 of padding per shared latent row: ldmatrix rows fall in distinct banks
 constexpr int MAX_WARPS = 16;
 constexpr int MAX_DR = 64;
 // How the stages are filled (MHA2MLA_LATENT_COPY), measured per call at llama2-7b's latent
@@ -61,65 +59,6 @@ constexpr int PART_STRIDE = HB * TN + 16;
 #endif
 constexpr bool DIAG_NO_MATH = MLA_LATENT_DIAG == 1, DIAG_NO_COPY = MLA_LATENT_DIAG == 2;
 
-// The bulk copies and transaction-counting barriers below are sm_90 features; the sm_80 code of a fat
-// build never runs this kernel (latent_decode_takes asks for compute capability 9.0 or newer).
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
-#define MLA_SM90_ONLY(body) __trap();
-#else
-#define MLA_SM90_ONLY(body) body
-#endif
-// A stage's arrival barrier (mbarrier): one expected arrival plus the bytes its bulk copies bring.
-__device__ __forceinline__ void bar_init(uint64_t* bar, unsigned arrivals) {
-  MLA_SM90_ONLY({
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"((unsigned)__cvta_generic_to_shared(bar)), "r"(arrivals));
-  })
-}
-// This thread's arrival on `bar` once its cp.async copies issued so far have landed (counted in the
-// barrier's arrivals: .noinc).
-__device__ __forceinline__ void bar_arrive_copies(uint64_t* bar) {
-  MLA_SM90_ONLY({
-  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"((unsigned)__cvta_generic_to_shared(bar)) : "memory");
-  })
-}
-__device__ __forceinline__ void bar_expect(uint64_t* bar, unsigned bytes) {
-  MLA_SM90_ONLY({
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"((unsigned)__cvta_generic_to_shared(bar)), "r"(bytes) : "memory");
-  })
-}
-__device__ __forceinline__ void bar_arrive(uint64_t* bar) {
-  MLA_SM90_ONLY({
-  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"((unsigned)__cvta_generic_to_shared(bar)) : "memory");
-  })
-}
-__device__ __forceinline__ void bar_wait(uint64_t* bar, unsigned parity) {
-  MLA_SM90_ONLY({
-  const unsigned a = (unsigned)__cvta_generic_to_shared(bar);
-  asm volatile(
-      "{\n.reg .pred p;\nWAIT_%=:\n"
-      "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
-      "@!p bra WAIT_%=;\n}\n" ::"r"(a), "r"(parity) : "memory");
-  })
-}
-// `bytes` (a multiple of 16, both addresses 16-byte aligned) global → shared by the copy engine, counted on `bar`.
-__device__ __forceinline__ void bulk_copy(void* dst, const void* src, unsigned bytes, uint64_t* bar) {
-  MLA_SM90_ONLY({
-  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n"
-               ::"r"((unsigned)__cvta_generic_to_shared(dst)), "l"(src), "r"(bytes), "r"((unsigned)__cvta_generic_to_shared(bar)) : "memory");
-  })
-}
-// Four (x4) or two (x2) 8×8 bf16 matrices at a shared-memory byte address (lane i: a row of matrix i / 8),
-// optionally transposed: the loops below keep these addresses in registers and step them by adds.
-template <bool trans>
-__device__ __forceinline__ void ldsm4(uint32_t* r, unsigned a) {
-  if (trans)
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n" : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
-  else
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n" : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
-}
-__device__ __forceinline__ void ldsm2t(uint32_t* r, unsigned a) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(a));
-}
-
 struct Layout {
   int L, ldc, ropeStride, Dr, stages;
   int ropeK;  // columns of the block-diagonal rope query: the widest rope span a head block loads, rounded up to 16
@@ -135,19 +74,6 @@ struct Layout {
   // Per stage two barriers: full (the copies landed) and empty (every warp is past its weighted sum).
   __host__ __device__ size_t bytes() const { return barOffset() + (size_t)stages * 16; }
 };
-
-// The rope groups head block hb copies from each rope row: [first, first + count). Only its own
-// heads' groups when they start and end on 16-byte boundaries (llama2-7b: half of each row per head
-// block), else the whole row.
-struct RopeSpan {
-  int first, count;
-};
-__host__ __device__ inline RopeSpan rope_span(int hb, int H, int Hkv, int Dr) {
-  const int group = H / Hkv, h0 = hb * HB, h1 = (h0 + HB < H ? h0 + HB : H) - 1;
-  const int gA = h0 / group, gB = h1 / group;
-  if ((gA * Dr) % 8 == 0 && ((gB - gA + 1) * Dr) % 8 == 0) return {gA, gB - gA + 1};
-  return {0, Hkv};
-}
 
 // Grid: x = head block + head blocks · split, y = sequence. NT n8 output tiles per warp: L = 8·NT·warps.
 // Per tile two block barriers: after the scores (partials visible; every warp is also past the weighted
@@ -501,19 +427,6 @@ int latent_copy_mode() {
   return a;
 }
 
-bool sm90() {
-  static int major = -1;
-  if (major < 0 && cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, ctx()->device) != cudaSuccess) major = 0;
-  return major >= 9;
-}
-
-// Shared memory one block may use (227 KB on sm_90 data-center parts, ~99 KB on 12.x consumer parts).
-int smem_optin() {
-  static int n = -1;
-  if (n < 0 && cudaDeviceGetAttribute(&n, cudaDevAttrMaxSharedMemoryPerBlockOptin, ctx()->device) != cudaSuccess) n = 48 * 1024;
-  return n;
-}
-
 // The shared-memory plan: as many stages (2–4) as fit in 200 KB; stages 0 when even two do not fit.
 Layout plan(int64_t L, int64_t H, int64_t Hkv, int64_t Dr) {
   // Rope rows padded by 16 bytes (ldmatrix rows in distinct banks); they hold the widest span a head
@@ -538,10 +451,20 @@ namespace mla {
 bool latent_decode_takes(int64_t L, int64_t H, int64_t Hkv, int64_t Dr) {
   const char* route = getenv("MHA2MLA_LATENT_DECODE");
   if (route && std::string(route) == "gemm") return false;
-  return shape_fits(L, H, Hkv, Dr);
+  return shape_fits(L, H, Hkv, Dr) || latent_decode_roles_takes(L, H, Hkv, Dr);
+}
+
+// Which kernel a call takes: the one with the warps split by role where it fits (measured faster at
+// llama2-7b's latent: docs/benchmarks.md, twenty-eighth session), unless MHA2MLA_LATENT_KERNEL=tiles.
+// Read per call, so a test can run both; a recorded decode graph keeps the kernel it was recorded with.
+static bool roles_kernel(int64_t L, int64_t H, int64_t Hkv, int64_t Dr) {
+  const char* v = getenv("MHA2MLA_LATENT_KERNEL");
+  if (v && std::string(v) == "tiles" && shape_fits(L, H, Hkv, Dr)) return false;
+  return latent_decode_roles_takes(L, H, Hkv, Dr);
 }
 
 mla_status latent_decode(const __nv_bfloat16* const* cs, const __nv_bfloat16* const* krs, const int64_t* lo, const int64_t* n, const int32_t* pos, int64_t window, const float* qc, const float* qr, float* o, int64_t B, int64_t H, int64_t Hkv, int64_t Dr, int64_t L, float scale) {
+  if (roles_kernel(L, H, Hkv, Dr)) return latent_decode_roles(cs, krs, lo, n, pos, window, qc, qr, o, B, H, Hkv, Dr, L, scale);
   const int nt = tiles_per_warp(L);
   const Layout lay = plan(L, H, Hkv, Dr);
   int copyMode = latent_copy_mode();

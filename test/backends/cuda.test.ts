@@ -506,7 +506,7 @@ function bf16Cache(B: CudaBackend, a: Float32Array, shape: number[]) {
   return h;
 }
 
-test("the fused latent decode kernel (bf16 caches) equals the reference on bf16-rounded inputs and the cuBLAS route: llama2-7b's latent (H 32, L 2048, Dr 16), smollm's (H 9/3, L 96), three head blocks (H 40/8, L 512), L 48, one head block of 8 (L 2048), whole rope rows (H 32/4, Dr 6), ragged lengths, context splits, windows, no rope", { skip }, (t) => {
+test("the fused latent decode kernels (bf16 caches; warps by role where they take the shape, the tile loop with MHA2MLA_LATENT_KERNEL=tiles) equal the reference on bf16-rounded inputs and the cuBLAS route: llama2-7b's latent (H 32, L 2048, Dr 16), smollm's (H 9/3, L 96), three head blocks (H 40/8, L 512), L 48, one head block of 8 (L 2048), whole rope rows (H 32/4, Dr 6), ragged lengths, context splits, windows, no rope", { skip }, (t) => {
   const B = backend();
   const rand = seededRand(31, Float32Array);
   const round = (a: Float32Array) => decodeToF32("BF16", encodeFromF32("BF16", a));
@@ -519,6 +519,8 @@ test("the fused latent decode kernel (bf16 caches) equals the reference on bf16-
     [8, 8, 16, 2048, [40, 500], 100],
     [32, 4, 6, 256, [300, 45], null],  // neither head block's rope span starts and ends on 16-byte boundaries: both copy whole rows
     [24, 4, 12, 512, [260], null],  // head block 0's span (36 columns) ends off a 16-byte boundary: it copies whole rows (48); block 1 copies its own 24
+    // 24 sequences: ≤ 5 splits each, so a block runs 12–19 tiles and its three stages turn over several times
+    [16, 16, 8, 512, [1500, 1400, 1300, 1200, 1100, 1000, 1500, 1400, 1300, 1200, 1100, 1000, 1500, 1400, 1300, 1200, 1100, 1000, 1500, 1400, 1300, 1200, 1100, 1000], null],
   ] as const) {
     const Bn = rows.length;
     const positions = Int32Array.from(rows, (n, b) => n - 1 - (b % 2));  // some caches hold a spare row
@@ -528,17 +530,24 @@ test("the fused latent decode kernel (bf16 caches) equals the reference on bf16-
     const krs = kr.map((a, b) => bf16Cache(B, a, [rows[b]!, Hkv, Dr])), cs = c.map((a, b) => bf16Cache(B, a, [rows[b]!, L]));
     const run = () => B.latentAttentionDecodeBatch(B.upload(qr, [Bn, H, Dr]), krs, B.upload(qc, [Bn, H, L]), cs, opts).toArray();
     const fused = run();
+    // The tile-loop kernel (latent_decode.cu), which the default replaces where the kernel with warps
+    // by role (latent_decode_roles.cu: L 256, 512, 1024 or 2048) takes the shape.
+    process.env["MHA2MLA_LATENT_KERNEL"] = "tiles";
+    const tiles = run();
+    delete process.env["MHA2MLA_LATENT_KERNEL"];
     process.env["MHA2MLA_LATENT_DECODE"] = "gemm";
     const gemm = run();
     delete process.env["MHA2MLA_LATENT_DECODE"];
     const want = R.latentAttentionDecodeBatch(R.upload(round(qr), [Bn, H, Dr]), kr.map((a, b) => R.upload(round(a), [rows[b]!, Hkv, Dr])), R.upload(round(qc), [Bn, H, L]), c.map((a, b) => R.upload(round(a), [rows[b]!, L])), opts).toArray();
     let scale = 0;
     for (const x of want) scale = Math.max(scale, Math.abs(x));
-    const e = maxAbsDiff(fused, want) / scale, eg = maxAbsDiff(gemm, want) / scale;
-    t.diagnostic(`H${H}/${Hkv} Dr${Dr} L${L} rows ${rows} win ${win}: fused rel ${e.toExponential(2)}, cuBLAS route rel ${eg.toExponential(2)}`);
+    const e = maxAbsDiff(fused, want) / scale, et = maxAbsDiff(tiles, want) / scale, eg = maxAbsDiff(gemm, want) / scale;
+    t.diagnostic(`H${H}/${Hkv} Dr${Dr} L${L} rows ${rows} win ${win}: fused rel ${e.toExponential(2)}, tile-loop kernel rel ${et.toExponential(2)}, cuBLAS route rel ${eg.toExponential(2)}`);
     // Beyond the rounded inputs both routes round the probabilities to bf16 (~2⁻⁹ each, averaging out).
-    assert.ok(e < 1e-2 && Number.isFinite(e), `fused rel ${e}`);
-    assert.ok(e < 3 * eg + 1e-3, `fused ${e} vs cuBLAS ${eg}`);
+    for (const [name, err] of [["fused", e], ["tile-loop", et]] as const) {
+      assert.ok(err < 1e-2 && Number.isFinite(err), `${name} rel ${err}`);
+      assert.ok(err < 3 * eg + 1e-3, `${name} ${err} vs cuBLAS ${eg}`);
+    }
   }
 });
 

@@ -1,0 +1,107 @@
+// What the two latent decode kernels share (latent_decode.cu: the tile loop every warp runs;
+// latent_decode_ws.cu: score and weighted-sum warps apart): the mbarrier and bulk-copy primitives of
+// sm_90, ldmatrix at fixed shared addresses, the rope columns a head block copies, and the device
+// queries their plans need.
+#pragma once
+#include <cstdint>
+#include <cstdlib>
+#include "common.cuh"
+#include "mma.cuh"
+
+namespace {
+using namespace mla_mma;
+constexpr int HB = 16;   // query heads per block (one m16 tile)
+constexpr int PAD = 8;   // bf16 of padding per shared latent row: ldmatrix rows fall in distinct banks
+
+// The bulk copies and transaction-counting barriers below are sm_90 features; the sm_80 code of a fat
+// build never runs this kernel (latent_decode_takes asks for compute capability 9.0 or newer).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+#define MLA_SM90_ONLY(body) __trap();
+#else
+#define MLA_SM90_ONLY(body) body
+#endif
+// A stage's arrival barrier (mbarrier): one expected arrival plus the bytes its bulk copies bring.
+__device__ __forceinline__ void bar_init(uint64_t* bar, unsigned arrivals) {
+  MLA_SM90_ONLY({
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"((unsigned)__cvta_generic_to_shared(bar)), "r"(arrivals));
+  })
+}
+// This thread's arrival on `bar` once its cp.async copies issued so far have landed (counted in the
+// barrier's arrivals: .noinc).
+__device__ __forceinline__ void bar_arrive_copies(uint64_t* bar) {
+  MLA_SM90_ONLY({
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"((unsigned)__cvta_generic_to_shared(bar)) : "memory");
+  })
+}
+__device__ __forceinline__ void bar_expect(uint64_t* bar, unsigned bytes) {
+  MLA_SM90_ONLY({
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"((unsigned)__cvta_generic_to_shared(bar)), "r"(bytes) : "memory");
+  })
+}
+__device__ __forceinline__ void bar_arrive(uint64_t* bar) {
+  MLA_SM90_ONLY({
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"((unsigned)__cvta_generic_to_shared(bar)) : "memory");
+  })
+}
+__device__ __forceinline__ void bar_wait(uint64_t* bar, unsigned parity) {
+  MLA_SM90_ONLY({
+  const unsigned a = (unsigned)__cvta_generic_to_shared(bar);
+  asm volatile(
+      "{\n.reg .pred p;\nWAIT_%=:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
+      "@!p bra WAIT_%=;\n}\n" ::"r"(a), "r"(parity) : "memory");
+  })
+}
+// `bytes` (a multiple of 16, both addresses 16-byte aligned) global → shared by the copy engine, counted on `bar`.
+__device__ __forceinline__ void bulk_copy(void* dst, const void* src, unsigned bytes, uint64_t* bar) {
+  MLA_SM90_ONLY({
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n"
+               ::"r"((unsigned)__cvta_generic_to_shared(dst)), "l"(src), "r"(bytes), "r"((unsigned)__cvta_generic_to_shared(bar)) : "memory");
+  })
+}
+// `bytes` (a multiple of 16, 16-byte aligned) of global memory into L2, without waiting.
+__device__ __forceinline__ void l2_prefetch(const void* src, unsigned bytes) {
+  MLA_SM90_ONLY({
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(src), "r"(bytes) : "memory");
+  })
+}
+// Four (x4) or two (x2) 8×8 bf16 matrices at a shared-memory byte address (lane i: a row of matrix i / 8),
+// optionally transposed: the loops below keep these addresses in registers and step them by adds.
+template <bool trans>
+__device__ __forceinline__ void ldsm4(uint32_t* r, unsigned a) {
+  if (trans)
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n" : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+  else
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n" : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+}
+__device__ __forceinline__ void ldsm2t(uint32_t* r, unsigned a) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(a));
+}
+
+// The rope groups head block hb copies from each rope row: [first, first + count). Only its own
+// heads' groups when they start and end on 16-byte boundaries (llama2-7b: half of each row per head
+// block), else the whole row.
+struct RopeSpan {
+  int first, count;
+};
+__host__ __device__ inline RopeSpan rope_span(int hb, int H, int Hkv, int Dr) {
+  const int group = H / Hkv, h0 = hb * HB, h1 = (h0 + HB < H ? h0 + HB : H) - 1;
+  const int gA = h0 / group, gB = h1 / group;
+  if ((gA * Dr) % 8 == 0 && ((gB - gA + 1) * Dr) % 8 == 0) return {gA, gB - gA + 1};
+  return {0, Hkv};
+}
+
+bool sm90() {
+  static int major = -1;
+  if (major < 0 && cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, mla::ctx()->device) != cudaSuccess) major = 0;
+  return major >= 9;
+}
+
+// Shared memory one block may use (227 KB on sm_90 data-center parts, ~99 KB on 12.x consumer parts).
+int smem_optin() {
+  static int n = -1;
+  if (n < 0 && cudaDeviceGetAttribute(&n, cudaDevAttrMaxSharedMemoryPerBlockOptin, mla::ctx()->device) != cudaSuccess) n = 48 * 1024;
+  return n;
+}
+
+}  // namespace

@@ -1,0 +1,372 @@
+// MLA decode over bf16 latent caches with the block's warps split by role, so the tensor cores keep
+// working while a softmax runs. The tile-loop kernel (latent_decode.cu) has every warp take every
+// phase of a tile in turn (scores, a block barrier, the softmax, a block barrier, the weighted sum):
+// ncu found it held by that chain, not by its copies (at llama2-7b's 16k × 8 its copies alone stream
+// the cache in 64% of its time; docs/benchmarks.md, twenty-seventh session). Here:
+//   4 score warps: S[16 heads × 16 keys] of tile t, each warp a quarter of the latent dims with its
+//     query fragments in registers; the partials summed through shared memory (a barrier of these 128
+//     threads only), the rope scores added in float32, the online softmax; P and α into one of two
+//     buffers, released to the weighted-sum warps by an mbarrier;
+//   8 weighted-sum warps: O[16 × L] = α·O + P·C of tile t (each warp L / 8 columns in registers), then
+//     the bulk copies of their own two rows of tile t + 3 into the stage once all eight are done.
+// So the scores of tile t + 1 run beside the weighted sum of tile t, and no barrier spans the block
+// inside the loop. Three stages: t − 1 or t being summed, t or t + 1 being scored, the next in flight.
+// The numbers match the tile-loop kernel's (bf16 query and probabilities, float32 everywhere else;
+// the rope scores now in float32 from a float32 query, where that kernel rounded the query to bf16).
+//
+// Shapes: as latent_decode.cu's, with L = 64·NT for NT in {4, 8, 16, 32} (256, 512, 1024, 2048) and
+// a three-stage plan that fits the block's shared memory; other shapes take the tile-loop kernel.
+#include <algorithm>
+#include <cmath>
+#include "common.cuh"
+#include "mma.cuh"
+#include "decode_split.cuh"
+#include "latent_common.cuh"
+
+namespace {
+constexpr int SCORE_WARPS = 4, SUM_WARPS = 8, ROLE_THREADS = 32 * (SCORE_WARPS + SUM_WARPS);
+constexpr int ROLE_STAGES = 3;
+constexpr int ROLE_MAX_DR = 64;
+constexpr int ROLE_PREFETCH = 0;
+// Timing experiments only, never a default: built with -DMLA_ROLES_DIAG=1 the kernel skips its MMAs
+// (scores and weighted sum; the softmax, copies and barriers stay); with 2 it skips the copies
+// (bench/build-cuda-ab.sh with NVCC_EXTRA=-DMLA_ROLES_DIAG=N).
+#ifndef MLA_ROLES_DIAG
+#define MLA_ROLES_DIAG 0
+#endif
+constexpr bool ROLES_NO_MMA = MLA_ROLES_DIAG == 1, ROLES_NO_COPY = MLA_ROLES_DIAG == 2;
+static_assert(TN == 16 && 2 * SUM_WARPS == TN, "each weighted-sum warp brings two rows of a tile");
+static_assert(SCORE_WARPS * 4 == HB, "each score warp's softmax takes four heads, eight lanes each");
+// Floats between two score warps' partials ([HB][TN] each): 16 more, so warp w + 2 meets other banks.
+constexpr int ROLE_PART_STRIDE = HB * TN + 16;
+
+struct RoleLayout {
+  int L, ldc, ropeStride, Dr;
+  __host__ __device__ size_t latentBytes() const { return (size_t)TN * ldc * 2; }
+  __host__ __device__ size_t ropeBytes() const { return ((size_t)TN * ropeStride * 2 + 15) & ~size_t(15); }
+  __host__ __device__ size_t stageBytes() const { return latentBytes() + ropeBytes(); }
+  __host__ __device__ size_t partOffset() const { return stageBytes() * ROLE_STAGES; }
+  __host__ __device__ size_t qrOffset() const { return partOffset() + (size_t)SCORE_WARPS * ROLE_PART_STRIDE * 4; }
+  __host__ __device__ size_t probsOffset() const { return qrOffset() + (((size_t)HB * Dr * 4 + 15) & ~size_t(15)); }
+  __host__ __device__ size_t alphaOffset() const { return probsOffset() + (size_t)2 * HB * (TN + PAD) * 2; }
+  __host__ __device__ size_t statsOffset() const { return alphaOffset() + (size_t)2 * HB * 4; }
+  __host__ __device__ size_t barOffset() const { return (statsOffset() + 2 * HB * 4 + 7) & ~size_t(7); }
+  // Per stage full and empty; per probability buffer ready and free.
+  __host__ __device__ size_t bytes() const { return barOffset() + (size_t)(2 * ROLE_STAGES + 4) * 8; }
+};
+
+// A barrier of the score warps alone (named barrier 1; __syncthreads is 0).
+__device__ __forceinline__ void score_warps_sync() { asm volatile("bar.sync 1, %0;\n" ::"n"(32 * SCORE_WARPS) : "memory"); }
+
+// Grid as the tile-loop kernel's: x = head block + head blocks · split, y = sequence. L = 64·NT.
+template <int NT>
+__global__ void __launch_bounds__(ROLE_THREADS, 1)
+k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const float* qc, const float* qr, int H, int Hkv, float scale2, RoleLayout lay, int gridSplits, int minTiles, int prefetch, float* o, float* opart, float* lsepart) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  const int L = lay.L, Dr = lay.Dr, ldc = lay.ldc;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
+  const int hbn = (H + HB - 1) / HB, hb = blockIdx.x % hbn, split = blockIdx.x / hbn, b = blockIdx.y;
+  const int h0 = hb * HB, nh = min(HB, H - h0), group = H / Hkv;
+  const Seq sq = seq_of(seqs, pos, window, b);
+  const int nsplit = splits_of(sq.n, gridSplits, minTiles);
+  if (split >= nsplit) return;  // a shorter sequence than the grid was sized for
+  const int64_t tiles = (sq.n + TN - 1) / TN, per = (tiles + nsplit - 1) / nsplit;
+  const int64_t t_begin = tiles < split * per ? tiles : split * per, t_end = tiles < t_begin + per ? tiles : t_begin + per;
+  const int ntiles = (int)(t_end - t_begin);
+  const RopeSpan span = rope_span(hb, H, Hkv, Dr);
+  const int ropeCols = span.count * Dr;
+
+  float* sPart = (float*)(smem + lay.partOffset());  // [SCORE_WARPS][HB][TN], ROLE_PART_STRIDE apart
+  float* sQr = (float*)(smem + lay.qrOffset());      // [HB][Dr] the heads' rope queries
+  bf16* sP = (bf16*)(smem + lay.probsOffset());      // [2][HB][TN + PAD]
+  float* sAlpha = (float*)(smem + lay.alphaOffset());  // [2][HB]
+  float* sM = (float*)(smem + lay.statsOffset());
+  float* sL = sM + HB;
+  uint64_t* full = (uint64_t*)(smem + lay.barOffset());  // a stage's copies landed: one arrival per weighted-sum warp with its bytes
+  uint64_t* empty = full + ROLE_STAGES;                  // every weighted-sum warp is past the stage (the score warps were before them)
+  uint64_t* ready = empty + ROLE_STAGES;                 // a probability buffer written: one arrival per score thread
+  uint64_t* freed = ready + 2;                           // a probability buffer read: one arrival per weighted-sum warp
+  if (threadIdx.x < ROLE_STAGES) {
+    bar_init(full + threadIdx.x, SUM_WARPS);
+    bar_init(empty + threadIdx.x, SUM_WARPS);
+  }
+  if (threadIdx.x < 2) {
+    bar_init(ready + threadIdx.x, 32 * SCORE_WARPS);
+    bar_init(freed + threadIdx.x, SUM_WARPS);
+  }
+  for (int i = threadIdx.x; i < HB * Dr; i += blockDim.x) sQr[i] = i / Dr < nh ? qr[((int64_t)b * H + h0) * Dr + i] : 0.f;
+  MLA_SM90_ONLY(asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");)
+  MLA_SM90_ONLY(asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");)
+  __syncthreads();
+
+  const unsigned smemAddr = (unsigned)__cvta_generic_to_shared(smem);
+  const unsigned stageBytes = (unsigned)lay.stageBytes(), latentBytes = (unsigned)lay.latentBytes();
+  int stage = 0;       // it mod ROLE_STAGES
+  unsigned phase = 0;  // (it / ROLE_STAGES) mod 2
+
+  if (warp < SCORE_WARPS) {
+    // Two accumulator sets for the scores (even and odd k16 steps): MMA chains of NT / 2.
+    constexpr int CH = 2;
+    // This warp's query fragments: latent k16 steps warp·NT … warp·NT + NT − 1 (A layout of m16n8k16).
+    uint32_t qf[NT][4];
+    // Four steps' loads in flight at a time: their float2 results all at once would not fit the
+    // registers (ptxas spilled ~190 bytes when it issued the 128 loads together). Each batch's address
+    // takes a zero the compiler cannot see through from the batch before.
+    int after = 0;
+#pragma unroll
+    for (int j = 0; j < NT; j++) {
+      const int k0 = (warp * NT + j) * 16 + 2 * t4 + after;
+      auto at = [&](int r, int k) -> float2 {
+        return r < nh ? *reinterpret_cast<const float2*>(qc + ((int64_t)b * H + h0 + r) * L + k) : make_float2(0.f, 0.f);
+      };
+      const float2 a0 = at(g, k0), a1 = at(g + 8, k0), a2 = at(g, k0 + 8), a3 = at(g + 8, k0 + 8);
+      qf[j][0] = pack(a0.x, a0.y);
+      qf[j][1] = pack(a1.x, a1.y);
+      qf[j][2] = pack(a2.x, a2.y);
+      qf[j][3] = pack(a3.x, a3.y);
+      if (j % 4 == 3) asm volatile("and.b32 %0, %1, 0;\n" : "=r"(after) : "r"(qf[j][3]));
+    }
+    // The latent B fragment (keys as rows) of this warp's first k16 step; the next is 32 bytes on.
+    const int nkRow = (lane & 7) + (lane >> 4) * 8, nkCol = ((lane >> 3) & 1) * 8;
+    const unsigned scoreOff = (unsigned)((nkRow * ldc + nkCol + warp * NT * 16) * 2);
+    float* const partMine = sPart + warp * ROLE_PART_STRIDE + g * TN + 2 * t4;
+    // The softmax's view: head r (four per warp), keys 2·kp and 2·kp + 1 (eight lanes per head).
+    const int r = warp * 4 + (lane >> 3), kp = lane & 7;
+    const int rcol = r < nh ? ((h0 + r) / group - span.first) * Dr : 0;  // head r's rope columns in the copied span
+    const float* qrow = sQr + r * Dr;
+    // Keys of this split visible to the query, counted from its first tile (int: fewer registers in the loop).
+    const int visible = (int)(sq.n - t_begin * TN < (int64_t)ntiles * TN ? sq.n - t_begin * TN : (int64_t)ntiles * TN);
+    float m = -INFINITY, l = 0.f;
+    for (int it = 0; it < ntiles; it++) {
+      bar_wait(full + stage, phase);
+      const unsigned ka = smemAddr + (unsigned)stage * stageBytes + scoreOff;
+      float s[CH][2][4] = {};
+#pragma unroll
+      for (int j = 0; j < (ROLES_NO_MMA ? 0 : NT); j++) {
+        uint32_t bf[4];
+        ldsm4<false>(bf, ka + j * 32);
+        mma(s[j % CH][0], qf[j], bf[0], bf[1]);
+        mma(s[j % CH][1], qf[j], bf[2], bf[3]);
+      }
+#pragma unroll
+      for (int c = 1; c < CH; c++)
+#pragma unroll
+        for (int i = 0; i < 8; i++) s[0][i / 4][i % 4] += s[c][i / 4][i % 4];
+      score_warps_sync();  // every score warp has read the partials of the tile before
+#pragma unroll
+      for (int nt = 0; nt < 2; nt++) {
+        *reinterpret_cast<float2*>(partMine + nt * 8) = make_float2(s[0][nt][0], s[0][nt][1]);
+        *reinterpret_cast<float2*>(partMine + 8 * TN + nt * 8) = make_float2(s[0][nt][2], s[0][nt][3]);
+      }
+      score_warps_sync();
+      // Scores of head r at keys 2kp, 2kp + 1: the four partials, then the rope part in float32.
+      const float* pr = sPart + r * TN + 2 * kp;
+      float x0 = 0.f, x1 = 0.f;
+#pragma unroll
+      for (int w = 0; w < SCORE_WARPS; w++) {
+        const float2 v = *reinterpret_cast<const float2*>(pr + w * ROLE_PART_STRIDE);
+        x0 += v.x;
+        x1 += v.y;
+      }
+      const bf16* k0 = (const bf16*)(smem + (size_t)stage * stageBytes + latentBytes) + 2 * kp * lay.ropeStride + rcol;
+      const bf16* k1 = k0 + lay.ropeStride;
+#pragma unroll 1
+      for (int d = 0; d < Dr; d += 2) {
+        const float2 q = *reinterpret_cast<const float2*>(qrow + d);
+        const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(k0 + d));
+        const float2 c = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(k1 + d));
+        x0 += q.x * a.x + q.y * a.y;
+        x1 += q.x * c.x + q.y * c.y;
+      }
+      const int key = it * TN + 2 * kp;
+      x0 = key < visible ? x0 * scale2 : -INFINITY;
+      x1 = key + 1 < visible ? x1 * scale2 : -INFINITY;
+      float mt = fmaxf(x0, x1);
+#pragma unroll
+      for (int off = 1; off < 8; off <<= 1) mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, off));
+      const float mNew = fmaxf(m, mt);  // finite: a tile's first key is visible
+      const __nv_bfloat162 p = __floats2bfloat162_rn(ex2(x0 - mNew), ex2(x1 - mNew));
+      const float2 pf = __bfloat1622float2(p);  // l sums the probabilities the weighted sum reads
+      float ps = pf.x + pf.y;
+#pragma unroll
+      for (int off = 1; off < 8; off <<= 1) ps += __shfl_xor_sync(0xffffffffu, ps, off);
+      const float alpha = ex2(m - mNew);
+      l = l * alpha + ps;
+      m = mNew;
+      // Buffer it & 1 was last read by the weighted sum of tile it − 2.
+      const int pb = it & 1, use = it >> 1;
+      if (use > 0) bar_wait(freed + pb, (unsigned)(use - 1) & 1);
+      *reinterpret_cast<__nv_bfloat162*>(sP + (pb * HB + r) * (TN + PAD) + 2 * kp) = p;
+      if (kp == 0) sAlpha[pb * HB + r] = alpha;
+      bar_arrive(ready + pb);
+      if (++stage == ROLE_STAGES) {
+        stage = 0;
+        phase ^= 1;
+      }
+    }
+    if (kp == 0) {
+      sM[r] = m;
+      sL[r] = l;
+    }
+    __syncthreads();
+    if (threadIdx.x < nh && nsplit > 1) {
+      const float lt = sL[threadIdx.x];
+      lsepart[((int64_t)split * gridDim.y + b) * H + h0 + threadIdx.x] = lt > 0.f ? sM[threadIdx.x] + log2f(lt) : -INFINITY;
+    }
+    return;
+  }
+
+  // Weighted-sum warp sw: output columns n0 … n0 + 8·NT − 1; it brings rows 2·sw and 2·sw + 1 of each tile.
+  const int sw = warp - SCORE_WARPS, n0 = sw * NT * 8, row0 = 2 * sw;
+  const unsigned latentRow = (unsigned)L * 2, ropeRow = (unsigned)ropeCols * 2;
+  // Tile `it` into stage `st`: lanes 0–1 the latent rows, 2–3 their rope spans; rows past the
+  // sequence's end are zeroed (they meet probability 0, and stale shared memory could hold NaN).
+  auto load = [&](int it, int st) {
+    unsigned char* base = smem + (size_t)st * lay.stageBytes();
+    bf16* sC = (bf16*)base;
+    bf16* sR = (bf16*)(base + lay.latentBytes());
+    const int64_t first = sq.lo + (t_begin + it) * TN, end = sq.lo + sq.n;
+    const int valid = (int)(end - first < TN ? end - first : TN);
+    unsigned bytes = 0;
+    for (int rr = row0; rr < row0 + 2; rr++) {
+      if (rr < valid) {
+        if (!ROLES_NO_COPY) bytes += latentRow + ropeRow;
+        continue;
+      }
+      for (int e = lane; e < L / 8; e += 32) *reinterpret_cast<int4*>(sC + rr * ldc + e * 8) = make_int4(0, 0, 0, 0);
+      for (int e = lane; e < ropeCols; e += 32) sR[rr * lay.ropeStride + e] = __float2bfloat16(0.f);
+    }
+    if (row0 + 1 >= valid) {
+      // The zeros are generic-proxy writes to rows a later bulk copy (async proxy) may write again.
+      MLA_SM90_ONLY(asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");)
+      __threadfence_block();
+    }
+    __syncwarp();
+    if (lane == 0) bar_expect(full + st, bytes);
+    __syncwarp();
+    const int rr = row0 + (lane & 1);
+    if (lane < 4 && rr < valid && !ROLES_NO_COPY) {
+      if (lane < 2) bulk_copy(sC + rr * ldc, sq.c + (first + rr) * L, latentRow, full + st);
+      else if (ropeRow) bulk_copy(sR + rr * lay.ropeStride, sq.kr + ((first + rr) * Hkv + span.first) * Dr, ropeRow, full + st);
+    }
+    // The same rows `prefetch` tiles on into L2: more of the cache on its way from HBM than the one
+    // free stage holds (lanes 4–7, as lanes 0–3 above).
+    const int64_t ahead = first + (int64_t)prefetch * TN + rr;
+    if (prefetch && lane >= 4 && lane < 8 && it + prefetch < ntiles && ahead < end) {
+      if (lane < 6) l2_prefetch(sq.c + ahead * L, latentRow);
+      else if (ropeRow) l2_prefetch(sq.kr + (ahead * Hkv + span.first) * Dr, ropeRow);
+    }
+  };
+  for (int s = 0; s < ROLE_STAGES && s < ntiles; s++) load(s, s);
+
+  float acc[NT][4];
+#pragma unroll
+  for (int i = 0; i < NT; i++) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
+  // ldmatrix addresses: the weighted sum's B fragment (rows over the keys) at this warp's columns, and
+  // the probabilities' A fragment in buffer 0 (buffer 1 is probsBytes on).
+  const unsigned pvOff = (unsigned)((((lane & 7) + ((lane >> 3) & 1) * 8) * ldc + n0 + (lane >> 4) * 8) * 2);
+  const unsigned pAddr = (unsigned)__cvta_generic_to_shared(sP) + (unsigned)(((lane & 15) * (TN + PAD) + (lane >> 4) * 8) * 2);
+  const unsigned probsBytes = (unsigned)(HB * (TN + PAD) * 2);
+  for (int it = 0; it < ntiles; it++) {
+    const int pb = it & 1;
+    bar_wait(full + stage, phase);  // the copies' bytes are visible to the threads that wait on their barrier
+    bar_wait(ready + pb, (unsigned)(it >> 1) & 1);
+    uint32_t pa[4];
+    ldsm4<false>(pa, pAddr + pb * probsBytes);
+    const float a_lo = sAlpha[pb * HB + g], a_hi = sAlpha[pb * HB + g + 8];
+    if (!__all_sync(0xffffffffu, a_lo == 1.f && a_hi == 1.f)) {
+#pragma unroll
+      for (int nt = 0; nt < NT; nt++) {
+        acc[nt][0] *= a_lo;
+        acc[nt][1] *= a_lo;
+        acc[nt][2] *= a_hi;
+        acc[nt][3] *= a_hi;
+      }
+    }
+    const unsigned va = smemAddr + (unsigned)stage * stageBytes + pvOff;
+#pragma unroll
+    for (int nt = 0; nt < (ROLES_NO_MMA ? 0 : NT); nt += 2) {
+      uint32_t bf[4];
+      ldsm4<true>(bf, va + nt * 16);
+      mma(acc[nt], pa, bf[0], bf[1]);
+      mma(acc[nt + 1], pa, bf[2], bf[3]);
+    }
+    // Every lane's reads of the stage and the buffer are behind it (their values fed the MMAs above).
+    __syncwarp();
+    if (lane == 0) {
+      bar_arrive(empty + stage);
+      bar_arrive(freed + pb);
+    }
+    if (it + ROLE_STAGES < ntiles) {
+      bar_wait(empty + stage, phase);
+      load(it + ROLE_STAGES, stage);
+    }
+    if (++stage == ROLE_STAGES) {
+      stage = 0;
+      phase ^= 1;
+    }
+  }
+  __syncthreads();  // the score warps' final m and l
+
+  // Rows g and g + 8 of this warp's columns, divided by their l (an empty split writes zeros).
+  const float l_lo = sL[g], l_hi = sL[g + 8];
+  const float i_lo = l_lo > 0.f ? 1.f / l_lo : 0.f, i_hi = l_hi > 0.f ? 1.f / l_hi : 0.f;
+  float* out = nsplit == 1 ? o + (int64_t)b * H * L : opart + ((int64_t)split * gridDim.y + b) * H * L;
+#pragma unroll
+  for (int nt = 0; nt < NT; nt++) {
+    const int col = n0 + nt * 8 + 2 * t4;
+    if (g < nh) *reinterpret_cast<float2*>(out + (int64_t)(h0 + g) * L + col) = make_float2(acc[nt][0] * i_lo, acc[nt][1] * i_lo);
+    if (g + 8 < nh) *reinterpret_cast<float2*>(out + (int64_t)(h0 + g + 8) * L + col) = make_float2(acc[nt][2] * i_hi, acc[nt][3] * i_hi);
+  }
+}
+
+// The plan: three stages of latent rows (padded by 16 bytes) and rope spans (the widest a head block
+// copies, padded the same), or stages 0 when it does not fit.
+RoleLayout role_plan(int64_t L, int64_t H, int64_t Hkv, int64_t Dr) {
+  int ropeCols = 0;
+  for (int hb = 0; hb * HB < H; hb++) ropeCols = std::max(ropeCols, rope_span(hb, (int)H, (int)Hkv, (int)Dr).count * (int)Dr);
+  return RoleLayout{(int)L, (int)L + PAD, ropeCols + 8, (int)Dr};
+}
+
+// Tiles ahead whose rows the copying warps also bring into L2 (MHA2MLA_LATENT_PREFETCH, 0–8; 0: none),
+// read per call.
+int role_prefetch() {
+  const char* v = getenv("MHA2MLA_LATENT_PREFETCH");
+  if (!v || !*v) return ROLE_PREFETCH;
+  const int n = atoi(v);
+  return n < 0 ? 0 : n > 8 ? 8 : n;
+}
+
+int role_tiles(int64_t L) { return L == 256 ? 4 : L == 512 ? 8 : L == 1024 ? 16 : L == 2048 ? 32 : 0; }
+}  // namespace
+
+namespace mla {
+bool latent_decode_roles_takes(int64_t L, int64_t H, int64_t Hkv, int64_t Dr) {
+  return sm90() && role_tiles(L) > 0 && Hkv > 0 && H > 0 && H % Hkv == 0 && Dr >= 0 && Dr <= ROLE_MAX_DR && Dr % 2 == 0 && (Hkv * Dr) % 8 == 0 && role_plan(L, H, Hkv, Dr).bytes() <= (size_t)smem_optin();
+}
+
+mla_status latent_decode_roles(const __nv_bfloat16* const* cs, const __nv_bfloat16* const* krs, const int64_t* lo, const int64_t* n, const int32_t* pos, int64_t window, const float* qc, const float* qr, float* o, int64_t B, int64_t H, int64_t Hkv, int64_t Dr, int64_t L, float scale) {
+  MLA_CHECK(latent_decode_roles_takes(L, H, Hkv, Dr) && B > 0 && B <= 65535, "latent_decode_roles: L one of 256, 512, 1024, 2048, Hkv dividing H, Dr even ≤ 64, Hkv·Dr a multiple of 8, a three-stage plan that fits, 1 ≤ B ≤ 65,535");
+  const int nt = role_tiles(L);
+  const RoleLayout lay = role_plan(L, H, Hkv, Dr);
+  const void* fn = nt == 4 ? (const void*)k_latent_decode_roles<4> : nt == 8 ? (const void*)k_latent_decode_roles<8> : nt == 16 ? (const void*)k_latent_decode_roles<16> : (const void*)k_latent_decode_roles<32>;
+  static bool configured[33] = {};
+  if (!configured[nt]) {
+    CUDA_TRY(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_optin()));
+    configured[nt] = true;
+  }
+  // One block per SM (the plan takes most of its shared memory): splits along the context up to one
+  // wave, as the tile-loop kernel's.
+  const int64_t hbn = (H + HB - 1) / HB;
+  const int cap = (int)std::min<int64_t>(std::max<int64_t>(1, (int64_t)sm_count() / (B * hbn)), 1 << 16);
+  SplitCall sc;
+  if (mla_status e = split_call(sc, cs, krs, lo, n, pos, B, H, L, cap, B == 1 ? MIN_TILES_PER_SPLIT_LATENT_B1 : MIN_TILES_PER_SPLIT)) return e;
+  int h32 = (int)H, hkv32 = (int)Hkv;
+  float scale2 = scale * LOG2E;
+  RoleLayout layArg = lay;
+  int prefetch = role_prefetch();
+  void* args[] = {(void*)&sc.seqs, (void*)&sc.pos, &window, (void*)&qc, (void*)&qr, &h32, &hkv32, &scale2, &layArg, &sc.splits, &sc.minTiles, &prefetch, (void*)&o, &sc.opart, &sc.lsepart};
+  CUDA_TRY(cudaLaunchKernel(fn, dim3((unsigned)(hbn * sc.splits), (unsigned)B), dim3(ROLE_THREADS), args, lay.bytes(), ctx()->stream));
+  return split_merge(sc, window, o, B, H, L);
+}
+}  // namespace mla
