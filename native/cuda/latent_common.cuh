@@ -59,12 +59,6 @@ __device__ __forceinline__ void bulk_copy(void* dst, const void* src, unsigned b
                ::"r"((unsigned)__cvta_generic_to_shared(dst)), "l"(src), "r"(bytes), "r"((unsigned)__cvta_generic_to_shared(bar)) : "memory");
   })
 }
-// `bytes` (a multiple of 16, 16-byte aligned) of global memory into L2, without waiting.
-__device__ __forceinline__ void l2_prefetch(const void* src, unsigned bytes) {
-  MLA_SM90_ONLY({
-  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(src), "r"(bytes) : "memory");
-  })
-}
 // Four (x4) or two (x2) 8×8 bf16 matrices at a shared-memory byte address (lane i: a row of matrix i / 8),
 // optionally transposed: the loops below keep these addresses in registers and step them by adds.
 template <bool trans>

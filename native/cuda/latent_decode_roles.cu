@@ -27,7 +27,6 @@ namespace {
 constexpr int SCORE_WARPS = 4, SUM_WARPS = 8, ROLE_THREADS = 32 * (SCORE_WARPS + SUM_WARPS);
 constexpr int ROLE_STAGES = 3;
 constexpr int ROLE_MAX_DR = 64;
-constexpr int ROLE_PREFETCH = 0;
 // Timing experiments only, never a default: built with -DMLA_ROLES_DIAG=1 the kernel skips its MMAs
 // (scores and weighted sum; the softmax, copies and barriers stay); with 2 it skips the copies
 // (bench/build-cuda-ab.sh with NVCC_EXTRA=-DMLA_ROLES_DIAG=N).
@@ -61,7 +60,7 @@ __device__ __forceinline__ void score_warps_sync() { asm volatile("bar.sync 1, %
 // Grid as the tile-loop kernel's: x = head block + head blocks · split, y = sequence. L = 64·NT.
 template <int NT>
 __global__ void __launch_bounds__(ROLE_THREADS, 1)
-k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const float* qc, const float* qr, int H, int Hkv, float scale2, RoleLayout lay, int gridSplits, int minTiles, int prefetch, float* o, float* opart, float* lsepart) {
+k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const float* qc, const float* qr, int H, int Hkv, float scale2, RoleLayout lay, int gridSplits, int minTiles, float* o, float* opart, float* lsepart) {
   extern __shared__ __align__(16) unsigned char smem[];
   const int L = lay.L, Dr = lay.Dr, ldc = lay.ldc;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
@@ -249,13 +248,6 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
       if (lane < 2) bulk_copy(sC + rr * ldc, sq.c + (first + rr) * L, latentRow, full + st);
       else if (ropeRow) bulk_copy(sR + rr * lay.ropeStride, sq.kr + ((first + rr) * Hkv + span.first) * Dr, ropeRow, full + st);
     }
-    // The same rows `prefetch` tiles on into L2: more of the cache on its way from HBM than the one
-    // free stage holds (lanes 4–7, as lanes 0–3 above).
-    const int64_t ahead = first + (int64_t)prefetch * TN + rr;
-    if (prefetch && lane >= 4 && lane < 8 && it + prefetch < ntiles && ahead < end) {
-      if (lane < 6) l2_prefetch(sq.c + ahead * L, latentRow);
-      else if (ropeRow) l2_prefetch(sq.kr + (ahead * Hkv + span.first) * Dr, ropeRow);
-    }
   };
   for (int s = 0; s < ROLE_STAGES && s < ntiles; s++) load(s, s);
 
@@ -328,15 +320,6 @@ RoleLayout role_plan(int64_t L, int64_t H, int64_t Hkv, int64_t Dr) {
   return RoleLayout{(int)L, (int)L + PAD, ropeCols + 8, (int)Dr};
 }
 
-// Tiles ahead whose rows the copying warps also bring into L2 (MHA2MLA_LATENT_PREFETCH, 0–8; 0: none),
-// read per call.
-int role_prefetch() {
-  const char* v = getenv("MHA2MLA_LATENT_PREFETCH");
-  if (!v || !*v) return ROLE_PREFETCH;
-  const int n = atoi(v);
-  return n < 0 ? 0 : n > 8 ? 8 : n;
-}
-
 int role_tiles(int64_t L) { return L == 256 ? 4 : L == 512 ? 8 : L == 1024 ? 16 : L == 2048 ? 32 : 0; }
 }  // namespace
 
@@ -364,8 +347,7 @@ mla_status latent_decode_roles(const __nv_bfloat16* const* cs, const __nv_bfloat
   int h32 = (int)H, hkv32 = (int)Hkv;
   float scale2 = scale * LOG2E;
   RoleLayout layArg = lay;
-  int prefetch = role_prefetch();
-  void* args[] = {(void*)&sc.seqs, (void*)&sc.pos, &window, (void*)&qc, (void*)&qr, &h32, &hkv32, &scale2, &layArg, &sc.splits, &sc.minTiles, &prefetch, (void*)&o, &sc.opart, &sc.lsepart};
+  void* args[] = {(void*)&sc.seqs, (void*)&sc.pos, &window, (void*)&qc, (void*)&qr, &h32, &hkv32, &scale2, &layArg, &sc.splits, &sc.minTiles, (void*)&o, &sc.opart, &sc.lsepart};
   CUDA_TRY(cudaLaunchKernel(fn, dim3((unsigned)(hbn * sc.splits), (unsigned)B), dim3(ROLE_THREADS), args, lay.bytes(), ctx()->stream));
   return split_merge(sc, window, o, B, H, L);
 }
