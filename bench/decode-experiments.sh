@@ -4,7 +4,7 @@
 # shape, the recorded decode steps of bench/decode.sh (DECODE=1), and ncu's stall reasons for the
 # kernel (NCU=1), and where a recorded 4k × 1 step goes kernel by kernel for MLA and MHA
 # (STEP=1, after DECODE=1 made the models), and the latent kernel's SASS with ncu's per-instruction
-# counters (SASS=1).
+# counters (SASS=1; SASS_KERNEL names the instantiation, the roles kernel at L 2048 by default).
 # Usage: [DECODE=1] [NCU=1] [STEP=1] [SASS=1] [AB_LIB=FILE] [COPY_MODES=1] bash bench/decode-experiments.sh OUT_DIR   (needs `npm run build` done, a GPU)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -60,10 +60,12 @@ if [ -n "${STEP:-}" ] && command -v ncu >/dev/null; then
   done
 fi
 if [ -n "${SASS:-}" ] && command -v ncu >/dev/null; then
-  # Executed instructions and stall samples per SASS instruction of the widest instantiation: at 16k × 8
-  # (the tile loop) and at 4k × 1 (where start-up and finish are half the call); summed by
-  # bench/ncu_sass_summary.py.
-  cuobjdump -sass -arch sm_90 build/native/libmla_cuda.so | awk '/Function : .*k_latent_decodeILi16/ { f = 1 } f && /Function : / && !/k_latent_decodeILi16/ { f = 0 } f' > "$OUT/latent16.sass" 2>&1
+  # Executed instructions and stall samples per SASS instruction of the kernel llama2-7b's latent takes
+  # (SASS_KERNEL: the kernel with warps by role, k_latent_decode_rolesILi32, by default; the tile loop is
+  # k_latent_decodeILi16, with MHA2MLA_LATENT_KERNEL=tiles): at 16k × 8 and at 4k × 1 (where start-up and
+  # finish are half the call); summed by bench/ncu_sass_summary.py.
+  K=${SASS_KERNEL:-k_latent_decode_rolesILi32}
+  cuobjdump -sass -arch sm_90 build/native/libmla_cuda.so | awk -v k="$K" '$0 ~ "Function : .*" k { f = 1; print; next } f && /Function : / { f = 0 } f' > "$OUT/$K.sass" 2>&1
   for shape in "16384 8" "4096 1"; do
     set -- $shape
     step "ncu-sass-$1x$2" 150 ncu --kernel-name regex:k_latent_decode --launch-skip 3 --launch-count 1 --section SourceCounters \
