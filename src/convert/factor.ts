@@ -9,6 +9,7 @@
  */
 import { chosenLinalg } from "../backends/native/linalg.js";
 import { headDimOrder } from "../model/config.js";
+import { nextTurn } from "../util/abort.js";
 import { CovarianceRoots, Factors, energyOf, matmul, truncatedFactorAsync, whitenedFactor } from "../svd/truncated.js";
 
 export interface LayerFactorInput {
@@ -29,6 +30,12 @@ export interface LayerFactorInput {
   whiten: CovarianceRoots | null;
   /** Joint SVD only: divide the key rows by α = √(mean key-row energy / mean value-row energy) first and multiply k_up by α after (energy under the covariance when `whiten` is given). */
   balance?: boolean;
+  /**
+   * Aborting it stops the split SVD between its key and value factorizations (MlaError INTERRUPTED),
+   * after a turn of the event loop (on the CPU the first one never leaves the JavaScript thread, so a
+   * signal handler's abort could not run before it ends); never inside an SVD call.
+   */
+  signal?: AbortSignal;
 }
 
 export interface LayerFactors {
@@ -103,6 +110,8 @@ export async function factorLayer(p: LayerFactorInput): Promise<LayerFactors> {
     energy = f.energy;
   } else {
     const fk = await factor(rowsOf(p.wk, nopeRows, D), Mk, D, k, p.whiten);
+    // Two independent factorizations: a stop asked for during the first one spares the second.
+    await nextTurn(p.signal);
     const fv = await factor(rowsOf(p.wv, allV, D), Mv, D, k, p.whiten);
     L = 2 * k;
     kvDown = new Float32Array(L * D);

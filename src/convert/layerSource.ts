@@ -2,7 +2,10 @@
  * What converting one layer reads, shared by the writer (pipeline.ts) and the per-layer split choice
  * (splitChoice.ts), so both factor a layer the same way: the layer's rope pairs for R (the settings'
  * strategy on the calibration scores) and the inputs of factorLayer (the source's key/value
- * projections, the whitening roots, BKV).
+ * projections, the whitening roots, BKV). A layer's independent factorizations (the whitening roots'
+ * eigendecomposition, then one SVD jointly or one each for keys and values) are where a stop asked
+ * for through the source's signal lands: after a turn of the event loop at each boundary between
+ * them, never inside one.
  */
 import type { Checkpoint } from "../io/checkpoint.js";
 import type { ModelConfig } from "../model/config.js";
@@ -10,6 +13,7 @@ import { layerPrefix } from "../model/weights.js";
 import type { CalibrationStats } from "../ropeSelect/calibrate.js";
 import { disjointPairs, fixedPairs, pairPreferences, topPairs, twoNormScores } from "../ropeSelect/strategies.js";
 import { covarianceRoots, CovarianceRoots } from "../svd/truncated.js";
+import { nextTurn } from "../util/abort.js";
 import { factorLayer, LayerFactors } from "./factor.js";
 import type { ConversionSettings } from "./plan.js";
 
@@ -22,6 +26,8 @@ export class LayerSource {
     private readonly c: ModelConfig,
     private readonly s: Pick<ConversionSettings, "ropeStrategy" | "ropeDisjoint" | "svd" | "balanceKv">,
     private readonly stats: CalibrationStats | null,
+    /** The conversion's: aborting it stops a layer's factoring at its next boundary (MlaError INTERRUPTED). */
+    private readonly signal?: AbortSignal,
   ) {}
 
   /** [Hkv] → the R pairs `layer` keeps, ascending. */
@@ -35,9 +41,14 @@ export class LayerSource {
   }
 
   /** `layer` factored at `rank` latent dims per KV head, keeping RoPE on `selection` ([Hkv] → pairs). */
-  factor(layer: number, rank: number, selection: number[][]): Promise<LayerFactors> {
-    const { src, c, s } = this;
+  async factor(layer: number, rank: number, selection: number[][]): Promise<LayerFactors> {
+    const { src, c, s, signal } = this;
     const p = layerPrefix(layer) + "self_attn.";
+    const fresh = this.stats?.covariance && this.roots?.layer !== layer;
+    const whiten = this.whitening(layer);
+    // The roots (a D×D eigendecomposition, as long as a factorization) are done: a stop asked for
+    // meanwhile spares the layer's SVDs.
+    if (fresh) await nextTurn(signal);
     return factorLayer({
       wk: src.readF32(p + "k_proj.weight"),
       wv: src.readF32(p + "v_proj.weight"),
@@ -49,8 +60,9 @@ export class LayerSource {
       selection,
       rank,
       svd: s.svd,
-      whiten: this.whitening(layer),
+      whiten,
       balance: s.balanceKv,
+      signal,
     });
   }
 

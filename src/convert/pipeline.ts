@@ -52,7 +52,12 @@ export interface ConvertOptions extends SettingsInput {
   evalCtx?: number;
   logger?: Logger;
   progress?: ProgressSink | null;
-  /** Aborting it stops the conversion after the layer being factored, or at the next calibration window (MlaError INTERRUPTED); no output folder is left. */
+  /**
+   * Aborting it stops the conversion at the next calibration window, or inside the layer being
+   * factored at its next boundary: after its whitening roots, between the split SVD's key and value
+   * factorizations, between the per-layer split choice's candidates and their scoring, after the
+   * layer (MlaError INTERRUPTED; never inside an SVD call). No output folder is left.
+   */
   signal?: AbortSignal;
 }
 
@@ -194,7 +199,7 @@ async function analyzeSource(srcDir: string, src: Checkpoint, config: ModelConfi
     stats = await calibrate(original, windows, { covariance: settings.svdInit === "activations", progress: opts.progress, signal: opts.signal });
     timings["calibration_s"] = stats.seconds;
   }
-  const source = new LayerSource(src, config, settings, stats);
+  const source = new LayerSource(src, config, settings, stats, opts.signal);
   const { svd, gateDim } = settings;
   if (!perLayer) {
     const split = { ropePairs: settings.ropePairs, rank: settings.rank, latentDim: plan.latentDim };

@@ -6,7 +6,9 @@
  * scored by ‖Δ‖/‖A‖ of the attention block's output over all windows (the measure of
  * bench/per-layer-split.ts). Layers go in order with every window's hidden state advanced one layer
  * at a time: one forward of the original model in all, plus one factorization and one attention pass
- * per (layer, candidate); memory holds one layer's activations for all windows.
+ * per (layer, candidate); memory holds one layer's activations for all windows. A stop (the
+ * signal) lands between candidates, between a candidate's factorization and its scoring, and inside
+ * the factorization at its boundaries (LayerSource), never at the end of the layer only.
  */
 import { MlaSplit, ModelConfig } from "../model/config.js";
 import type { LlamaModel } from "../model/llama.js";
@@ -71,7 +73,11 @@ export async function chooseSplits(original: LlamaModel, windows: Int32Array[], 
     const selections: number[][][] = [];
     for (const split of candidates) {
       const selection = make.pairs(l, split.ropePairs);
-      const block = candidateBlock(original, l, split, selection, await make.factor(l, split.rank, selection), o.svd);
+      const factors = await make.factor(l, split.rank, selection);
+      // The factorization and the scoring pass over every window are each long on a large layer: a
+      // stop asked for during the first spares the second (LayerSource stops inside the first too).
+      await nextTurn(o.signal);
+      const block = candidateBlock(original, l, split, selection, factors, o.svd);
       errors.push(relativeError(targets, (i) => block.run(xs[i]!, windows[i]!)));
       block.dispose();
       selections.push(selection);
