@@ -32,7 +32,7 @@ import { deepseekLayer, FrequencyPca, frequencyPca, ladder, ladderScores, validS
 import { convertRemedy, servingWarnings } from "./serving.js";
 import { describeRefit, refitOutputProjections, refitRecord } from "../convert/refitOutput.js";
 import { requireRoom, weightFileBytes } from "../io/diskRoom.js";
-import { deepseekSpecs, planTensors, strayTensors, strayWarning, writePlanned } from "./stream.js";
+import { deepseekSpecs, planTensors, requireDeclaredTensors, strayNotes, strayTensors, writePlanned } from "./stream.js";
 import { qkvBiasRefusal } from "./exportable.js";
 import { calibrationRecord, refuseWindowsWithoutText, requireCalibration } from "../convert/calibrationNeeds.js";
 import { nextTurn, throwIfAborted } from "../util/abort.js";
@@ -222,7 +222,7 @@ async function convertDeepseekInScope(spec: string, o: DeepseekOptions): Promise
   const src = Checkpoint.open(srcDir);
   let tmp: string | null = null;
   try {
-    for (let l = 0; l < L; l++) for (const n of ATTN) if (!src.has(layerPrefix(l) + n)) throw new MlaError("BAD_CHECKPOINT", `${srcDir}: tensor ${layerPrefix(l) + n} is missing`, "the checkpoint does not match its config");
+    requireDeclaredTensors(src, c);
     let stats: CalibrationStats | null = null;
     let windows: Int32Array[] = [];
     if (o.calib) {
@@ -260,11 +260,13 @@ async function convertDeepseekInScope(spec: string, o: DeepseekOptions): Promise
 
     tmp = beginOutDir(out, o.force ?? false);
     const dtypeOf = (name: string): DType => src.entry(name).dtype;
-    // Layer tensors its config does not declare (a q/k/v/o bias beside a config without attention_bias)
-    // are no part of the source model: never carried, in either form (strayTensors says why).
+    // Tensors its config does not declare (a q/k/v/o bias beside a config without attention_bias, an
+    // lm_head beside tied embeddings) are no part of the source model: never carried, in either form
+    // (strayTensors says why).
     const stray = strayTensors(src, c);
-    const strayNote = strayWarning(src, stray, bias);
-    if (strayNote) log.warn(strayNote);
+    const { warnings, notes } = strayNotes(src, c, stray, bias);
+    for (const w of warnings) log.warn(w);
+    for (const n of notes) log.info(n);
     const plan = planTensors(src, ATTN[0]!, new Set(ATTN.slice(1)), new Set(stray), (_l, p) =>
       deepseekSpecs(p, { H, D, dn: Dh, dr, dv: Dh, rk, dtype: dtypeOf(p + ATTN[0]!), normDtype: dtypeOf(p + "input_layernorm.weight"), attentionBias: bias }),
     );

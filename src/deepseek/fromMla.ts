@@ -41,7 +41,7 @@ import { BeforeAfter, DEEPSEEK_EVAL_KINDS, DeepseekEvalOptions, evalBeforeAfter,
 import { checkOptionTypes, type OptionKinds } from "../util/optionTypes.js";
 import { FUSED_MLA, servingWarnings } from "./serving.js";
 import { checkExportSettings, exportLadder, exportSplit } from "./exportable.js";
-import { deepseekSpecs, planTensors, strayTensors, strayWarning, writePlanned } from "./stream.js";
+import { deepseekSpecs, planTensors, requireDeclaredTensors, strayNotes, strayTensors, writePlanned } from "./stream.js";
 import { throwIfAborted } from "../util/abort.js";
 import { flagsWithout } from "../errors.js";
 import { checkCalibFile } from "../convert/plan.js";
@@ -262,14 +262,16 @@ export async function exportDeepseek(spec: string, o: ExportOptions = {}): Promi
   const src = Checkpoint.open(srcDir);
   let tmp: string | null = null;
   try {
-    for (let l = 0; l < nLayers; l++) for (const n of SOURCE) if (!src.has(layerPrefix(l) + n)) throw new MlaError("BAD_CHECKPOINT", `${srcDir}: tensor ${layerPrefix(l) + n} is missing`, "the checkpoint does not match its config");
+    requireDeclaredTensors(src, c);
     tmp = beginOutDir(out, o.force ?? false);
     const dtypeOf = (name: string): DType => src.entry(name).dtype;
     // An exportable model declares no attention bias (checkExportSettings), so a q/k_rope/k_up/v_up/o bias
-    // in its file is no part of the model: never carried, in either form (strayTensors says why).
+    // in its file is no part of the model, nor is an lm_head beside tied embeddings: never carried, in
+    // either form (strayTensors says why).
     const stray = strayTensors(src, c);
-    const strayNote = strayWarning(src, stray, bias);
-    if (strayNote) log.warn(strayNote);
+    const { warnings, notes } = strayNotes(src, c, stray, bias);
+    for (const w of warnings) log.warn(w);
+    for (const n of notes) log.info(n);
     const plan = planTensors(src, SOURCE[0]!, new Set(SOURCE.slice(1)), new Set(stray), (_l, p) =>
       deepseekSpecs(p, { H, D, dn, dr, dv: Dh, rk, dtype: dtypeOf(p + SOURCE[0]!), normDtype: dtypeOf(p + "input_layernorm.weight"), attentionBias: bias }),
     );

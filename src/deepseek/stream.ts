@@ -1,7 +1,7 @@
 /**
  * Writing a deepseek_v3 checkpoint from a source checkpoint: the attention tensors of each layer are
- * computed one layer at a time (and let go once written), everything else is copied byte for byte,
- * in the source's tensor order. Shared by `convert --format deepseek` and `export --format deepseek`.
+ * computed one layer at a time (and let go once written), every other tensor the source's config
+ * declares is copied byte for byte, in the source's tensor order, and nothing else (strayTensors). Shared by `convert --format deepseek` and `export --format deepseek`.
  */
 import { Checkpoint, CheckpointWriter } from "../io/checkpoint.js";
 import { DType, encodeFromF32 } from "../io/dtype.js";
@@ -10,6 +10,7 @@ import { expectedTensors, layerPrefix } from "../model/weights.js";
 import type { ModelConfig } from "../model/config.js";
 import type { Progress } from "../util/progress.js";
 import { throwIfAborted } from "../util/abort.js";
+import { MlaError } from "../errors.js";
 
 export interface TensorPlan {
   specs: TensorSpec[];
@@ -35,18 +36,28 @@ export function deepseekSpecs(p: string, s: { H: number; D: number; dn: number; 
 
 const layerOf = (name: string) => /^model\.layers\.(\d+)\.(.*)$/.exec(name);
 
+const HEAD = "lm_head.weight";
+const EMBED = "model.embed_tokens.weight";
+
 /**
- * The layer tensors of the source's file that its config does not declare (expectedTensors): a q, k, v
- * or o_proj bias beside a config without attention_bias (our MLA format's k_rope/k_up/v_up biases
- * likewise), an MLP bias without mlp_bias, an old rotary_emb.inv_freq buffer. Both writers drop them:
+ * The tensors of the source's file that its config does not declare (expectedTensors), in the layers
+ * and outside them. In a layer: a q, k, v or o_proj bias beside a config without attention_bias (our MLA
+ * format's k_rope/k_up/v_up biases likewise), an MLP bias without mlp_bias, an old
+ * rotary_emb.inv_freq buffer. Outside: an lm_head.weight beside tied embeddings (tie_word_embeddings
+ * true), an old model.rotary_emb.inv_freq, any other name the model has no place for. Both writers drop
+ * them, so the folder holds exactly what stock DeepseekV3ForCausalLM builds from the config it is
+ * written with (that config keeps the source's tie_word_embeddings: writeDeepseekConfig):
  * - Copied, they are tensors stock DeepseekV3ForCausalLM never loads (its q_proj and kv_b_proj have no
- *   bias, and it has no k_proj/v_proj): at best an "unused weights" warning, and a folder that holds
- *   what it does not compute.
- * - No loader of the source applies them: transformers builds each layer from config.json (q/k/v/o_proj
+ *   bias, it has no k_proj/v_proj, and with tied embeddings its lm_head is the embedding): at best an
+ *   "unused weights" warning, and a folder that holds what it does not compute.
+ * - No loader of the source applies them: transformers builds the model from config.json (q/k/v/o_proj
  *   with a bias only under attention_bias, Qwen2's q/k/v always, the MLP's only under mlp_bias; Mistral
- *   none) and so does our runtime. Their part in the source's function is zero, so dropping them is the
- *   exact fold, whatever they hold: the folder computes exactly the source as every loader of it runs
- *   it. Not refused, for that reason; the warning names them, in case the config is what is wrong.
+ *   none; the output head tied to the embedding under tie_word_embeddings) and so does our runtime.
+ *   Their part in the source's function is zero, so dropping them is the exact fold, whatever they hold:
+ *   the folder computes exactly the source as every loader of it runs it. Not refused, for that reason;
+ *   the warning names them, in case the config is what is wrong (strayNotes). A tied lm_head.weight
+ *   that differs from the embedding is the one conflict among them: the source's loaders use the
+ *   embedding, so the folder does too, and the warning says the two differ.
  * - An o_proj bias among them is the one place the exact form needs care: it has attention_bias true,
  *   with which transformers' DeepseekV3Attention builds o_proj with a bias and would add a copied one to
  *   every layer's output (vLLM and SGLang skip it: yet another model). The exact form writes its own
@@ -56,11 +67,73 @@ const layerOf = (name: string) => /^model\.layers\.(\d+)\.(.*)$/.exec(name);
  */
 export function strayTensors(src: Checkpoint, c: ModelConfig): string[] {
   const expected = new Set(expectedTensors(c).map((t) => t.name));
-  return src.names().filter((n) => layerOf(n) && !expected.has(n));
+  return src.names().filter((n) => !expected.has(n));
 }
 
-/** The warning for the stray tensors `stray` of `src` (see strayTensors), or null where there are none. */
-export function strayWarning(src: Checkpoint, stray: readonly string[], attentionBias: boolean): string | null {
+/** Refuses a source without a tensor its config declares (a folder without it would load that tensor at random). */
+export function requireDeclaredTensors(src: Checkpoint, c: ModelConfig): void {
+  for (const { name } of expectedTensors(c))
+    if (!src.has(name))
+      throw new MlaError(
+        "BAD_CHECKPOINT",
+        `${src.dir}: tensor ${name} is missing${name === HEAD ? " and tie_word_embeddings is not true" : ""}`,
+        name === HEAD ? "set tie_word_embeddings: true in config.json if the model shares its embedding" : "the checkpoint does not match its config",
+      );
+}
+
+/**
+ * What the run says about the stray tensors `stray` of `src` (strayTensors): `warnings` for those the
+ * config does not declare (the layer ones in one message, the others in another, a tied lm_head.weight
+ * that differs from the embedding in its own), `notes` for a tied lm_head.weight that equals it (the
+ * usual copy some savers write: nothing is lost).
+ */
+export function strayNotes(src: Checkpoint, c: ModelConfig, stray: readonly string[], attentionBias: boolean): { warnings: string[]; notes: string[] } {
+  const warnings: string[] = [];
+  const notes: string[] = [];
+  const layer = strayWarning(src, stray.filter((n) => layerOf(n)), attentionBias);
+  if (layer) warnings.push(layer);
+  const head = c.tieEmbeddings && stray.includes(HEAD);
+  if (head) {
+    const diff = tensorDifference(src, HEAD, EMBED);
+    if (diff === null) notes.push(`${src.dir} holds ${HEAD} beside tied embeddings (tie_word_embeddings true), equal to ${EMBED}: the deepseek_v3 folder keeps tie_word_embeddings true and does not carry it`);
+    else
+      warnings.push(
+        `${src.dir} holds ${HEAD}, which differs from ${EMBED} (${diff}), but its config.json has tie_word_embeddings true, so the source's loaders (transformers ties the output head to the embedding; so does this tool) use the embedding as the output head and never read ${HEAD}; ` +
+          `the deepseek_v3 folder keeps tie_word_embeddings true and does not carry ${HEAD}, so it computes the source model as loaded; if the model was meant to use ${HEAD}, set tie_word_embeddings to false in the source's config.json and convert again`,
+      );
+  }
+  const outer = stray.filter((n) => !layerOf(n) && !(head && n === HEAD));
+  if (outer.length) {
+    const it = outer.length === 1 ? "it" : "them";
+    warnings.push(
+      `${src.dir} holds ${outer.length === 1 ? outer[0]! : `${outer.length} tensors outside the layers (${outer.join(", ")})`} that its config.json does not declare, so neither transformers nor this tool reads ${it} for the source model; ` +
+        `the deepseek_v3 folder does not carry ${it} (stock DeepseekV3ForCausalLM would not load ${it}) and computes the source model as loaded`,
+    );
+  }
+  return { warnings, notes };
+}
+
+/** null where tensors a and b of `src` hold the same values, else how they differ. */
+function tensorDifference(src: Checkpoint, a: string, b: string): string | null {
+  const [x, y] = [src.entry(a), src.entry(b)];
+  if (x.shape.length !== y.shape.length || x.shape.some((d, i) => d !== y.shape[i])) return `shape [${x.shape}] against [${y.shape}]`;
+  if (x.dtype === y.dtype) {
+    const [u, v] = [src.readBytes(a), src.readBytes(b)];
+    if (u.every((byte, i) => byte === v[i])) return null;
+  }
+  const [u, v] = [src.readF32(a), src.readF32(b)];
+  let max = 0;
+  let n = 0;
+  for (let i = 0; i < u.length; i++)
+    if (!(u[i] === v[i])) {
+      n++;
+      max = Math.max(max, Math.abs(u[i]! - v[i]!));
+    }
+  return n === 0 ? null : `${n} of ${u.length} values differ, by up to ${max.toPrecision(3)}`;
+}
+
+/** The warning for the stray layer tensors `stray` of `src` (see strayTensors), or null where there are none. */
+function strayWarning(src: Checkpoint, stray: readonly string[], attentionBias: boolean): string | null {
   if (!stray.length) return null;
   const fields = [...new Set(stray.map((n) => layerOf(n)![2]!))].sort();
   const layers = new Set(stray.map((n) => layerOf(n)![1]!)).size;

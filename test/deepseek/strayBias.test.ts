@@ -5,7 +5,11 @@
 // transformers' DeepseekV3 reads as "o_proj has a bias") writes its own zero o_proj bias, the bias-free
 // form none, and both warn naming them. Copied, the q/k/v biases were tensors DeepseekV3 never loads,
 // and an o_proj bias was added to every layer's output: another model. Biases the config does declare
-// (Qwen2; attention_bias) are refused before any work, naming the tensor.
+// (Qwen2; attention_bias) are refused before any work, naming the tensor. Outside the layers likewise:
+// an lm_head.weight beside tied embeddings (the folder keeps tie_word_embeddings; one that differs from
+// the embedding is warned about by name) and unknown top-level tensors are not carried, so the folder
+// holds exactly the tensors its config gives DeepseekV3ForCausalLM; an untied head is carried, a
+// missing one refused.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
@@ -35,15 +39,27 @@ const stray = (...fields: string[]) =>
  * `self_attn.<proj>.weight` for every proj of `projs` (its config unchanged unless `config` edits it).
  */
 function withBiases(dir: string, projs: string[], config: Record<string, unknown> = {}): string {
-  const copy = path.join(tmpDir(), "biased");
+  return withTensors(dir, (name, e) => {
+    if (!projs.some((p) => name.endsWith(`self_attn.${p}.weight`))) return [];
+    return [{ name: name.replace(/weight$/, "bias"), shape: [e.shape[0]!], data: Float32Array.from({ length: e.shape[0]! }, (_, i) => 0.5 + 0.01 * i) }];
+  }, config);
+}
+
+type Extra = { name: string; shape: number[]; data: Float32Array };
+
+/**
+ * A copy of the model folder `dir` whose file also holds, after each tensor, the F32 tensors `extra`
+ * gives for it (the last tensor's also get `after`), its config edited by `config`.
+ */
+function withTensors(dir: string, extra: (name: string, e: { shape: readonly number[] }, ck: Checkpoint) => Extra[], config: Record<string, unknown> = {}, after: Extra[] = []): string {
+  const copy = path.join(tmpDir(), "edited");
   fs.cpSync(dir, copy, { recursive: true });
   const ck = Checkpoint.open(copy);
-  const tensors = ck.names().flatMap((name) => {
+  const names = ck.names();
+  const tensors = names.flatMap((name, i) => {
     const e = ck.entry(name);
-    const t = [{ name, dtype: e.dtype, shape: [...e.shape], data: ck.readBytes(name) }];
-    if (!projs.some((p) => name.endsWith(`self_attn.${p}.weight`))) return t;
-    const bias = Float32Array.from({ length: e.shape[0]! }, (_, i) => 0.5 + 0.01 * i);
-    return [...t, { name: name.replace(/weight$/, "bias"), dtype: "F32" as const, shape: [e.shape[0]!], data: new Uint8Array(bias.buffer) }];
+    const added = [...extra(name, e, ck), ...(i === names.length - 1 ? after : [])].map((x) => ({ name: x.name, dtype: "F32" as const, shape: x.shape, data: new Uint8Array(x.data.buffer, x.data.byteOffset, x.data.byteLength) }));
+    return [{ name, dtype: e.dtype, shape: [...e.shape], data: ck.readBytes(name) }, ...added];
   });
   ck.close();
   // One file: a sharded source's index would not list the new tensors.
@@ -61,9 +77,10 @@ function logits(dir: string): Float64Array {
   return Float64Array.from(model.forward(IDS).toArray());
 }
 
-function capture(): { logger: Logger; warnings: string[] } {
+function capture(): { logger: Logger; warnings: string[]; infos: string[] } {
   const warnings: string[] = [];
-  return { warnings, logger: { info: () => {}, warn: (m: string) => warnings.push(m) } };
+  const infos: string[] = [];
+  return { warnings, infos, logger: { info: (m: string) => infos.push(m), warn: (m: string) => warnings.push(m) } };
 }
 
 /** Every layer's o_proj.bias in `dir`: null where the folder has none. */
@@ -172,6 +189,110 @@ test("convert --format deepseek of a Llama folder with a stray q, k, v or o_proj
       b.close();
     }
   }
+});
+
+const EMBED = "model.embed_tokens.weight";
+/** A head beside the embedding `e` of `ck`: the embedding itself, or moved by noise (a head that is not the embedding). */
+function head(ck: Checkpoint, e: { shape: readonly number[] }, moved: boolean): Extra {
+  const x = ck.readF32(EMBED);
+  return { name: "lm_head.weight", shape: [...e.shape], data: moved ? Float32Array.from(x, (v, i) => v + 0.05 * Math.sin(i)) : x };
+}
+/** Top-level tensors no Llama or DeepseekV3 model has a place for: an old rotary buffer and an unknown name. */
+const OUTER: Extra[] = [
+  { name: "model.rotary_emb.inv_freq", shape: [4], data: Float32Array.from([1, 0.1, 0.01, 0.001]) },
+  { name: "value_head.weight", shape: [1, 64], data: new Float32Array(64).fill(0.25) },
+];
+const outerStray = /holds 2 tensors outside the layers \(model\.rotary_emb\.inv_freq, value_head\.weight\) that its config\.json does not declare, so neither transformers nor this tool reads them for the source model; the deepseek_v3 folder does not carry them/;
+const headDiffers = /holds lm_head\.weight, which differs from model\.embed_tokens\.weight \(\d+ of 32768 values differ, by up to [\d.e-]+\), but its config\.json has tie_word_embeddings true, so the source's loaders .* use the embedding as the output head and never read lm_head\.weight; the deepseek_v3 folder keeps tie_word_embeddings true and does not carry lm_head\.weight/;
+
+/** Both folders hold the same tensors, byte for byte. */
+function assertSameTensors(got: string, want: string, what: string): void {
+  const [a, b] = [Checkpoint.open(want), Checkpoint.open(got)];
+  try {
+    assert.deepEqual([...b.names()].sort(), [...a.names()].sort(), what);
+    for (const n of a.names()) assert.deepEqual(b.readBytes(n), a.readBytes(n), `${what}: ${n}`);
+  } finally {
+    a.close();
+    b.close();
+  }
+}
+
+const tieOf = (dir: string) => JSON.parse(fs.readFileSync(path.join(dir, "config.json"), "utf8")).tie_word_embeddings;
+
+test("convert --format deepseek of a tied source with an lm_head.weight: the folder keeps tie_word_embeddings and carries no lm_head (the source's loaders use the embedding); one that differs from the embedding is warned about by name", async () => {
+  const o = { rank: 2, ropePairs: 1, progress: null, device: "cpu" as const };
+  const plain = path.join(tmpDir(), "ds-plain");
+  await convertDeepseek(STORIES, { ...o, out: plain });
+  const want = logits(plain);
+  for (const moved of [false, true]) {
+    const src = withTensors(STORIES, (name, e, ck) => (name === EMBED ? [head(ck, e, moved)] : []));
+    assert.equal(maxRelDiff(logits(src), logits(STORIES)), 0, "tied: the source as loaded never reads lm_head.weight");
+    const w = capture();
+    const out = path.join(tmpDir(), `ds-head-${moved}`);
+    await convertDeepseek(src, { ...o, out, logger: w.logger });
+    assert.equal(tieOf(out), true);
+    assertLoadable(out);
+    assertSameTensors(out, plain, `lm_head ${moved ? "moved" : "equal to the embedding"}`);
+    assert.equal(maxRelDiff(logits(out), want), 0);
+    if (moved) assert.ok(w.warnings.some((m) => headDiffers.test(m)), w.warnings.join("\n"));
+    else {
+      assert.ok(!w.warnings.some((m) => /lm_head/.test(m)), w.warnings.join("\n"));
+      assert.ok(w.infos.some((m) => /holds lm_head\.weight beside tied embeddings \(tie_word_embeddings true\), equal to model\.embed_tokens\.weight: the deepseek_v3 folder keeps tie_word_embeddings true and does not carry it/.test(m)), w.infos.join("\n"));
+    }
+  }
+});
+
+test("convert --format deepseek of an untied source carries its lm_head and no other top-level tensor its config does not declare, warning naming them; a missing lm_head is refused", async () => {
+  const o = { rank: 2, ropePairs: 1, progress: null, device: "cpu" as const };
+  const untied = withTensors(STORIES, (name, e, ck) => (name === EMBED ? [head(ck, e, true)] : []), { tie_word_embeddings: false });
+  const clean = path.join(tmpDir(), "ds-untied");
+  await convertDeepseek(untied, { ...o, out: clean });
+  assert.equal(tieOf(clean), false);
+  assertLoadable(clean);
+  const ck = [Checkpoint.open(untied), Checkpoint.open(clean)];
+  assert.deepEqual(ck[1]!.readBytes("lm_head.weight"), ck[0]!.readBytes("lm_head.weight"), "the source's own head");
+  ck.forEach((c) => c.close());
+  const withOuter = withTensors(untied, () => [], {}, OUTER);
+  assert.equal(maxRelDiff(logits(withOuter), logits(untied)), 0, "the source as loaded never reads them");
+  const w = capture();
+  const out = path.join(tmpDir(), "ds-outer");
+  await convertDeepseek(withOuter, { ...o, out, logger: w.logger });
+  assertLoadable(out);
+  assertSameTensors(out, clean, "the stray top-level tensors");
+  assert.ok(w.warnings.some((m) => outerStray.test(m)), w.warnings.join("\n"));
+
+  const headless = path.join(tmpDir(), "headless");
+  fs.cpSync(STORIES, headless, { recursive: true });
+  fs.writeFileSync(path.join(headless, "config.json"), JSON.stringify({ ...JSON.parse(fs.readFileSync(path.join(STORIES, "config.json"), "utf8")), tie_word_embeddings: false }));
+  const refusedOut = path.join(tmpDir(), "refused-headless");
+  await assert.rejects(convertDeepseek(headless, { ...o, out: refusedOut }), (e: unknown) => e instanceof MlaError && e.code === "BAD_CHECKPOINT" && /tensor lm_head\.weight is missing and tie_word_embeddings is not true/.test(e.message));
+  assert.equal(fs.existsSync(refusedOut), false);
+});
+
+test("export --format deepseek with a tied lm_head that differs from the embedding and stray top-level tensors: neither is carried and the export computes the source; an untied head is carried", async () => {
+  const src = await mla();
+  const tied = withTensors(src, (name, e, ck) => (name === EMBED ? [head(ck, e, true)] : []), {}, OUTER);
+  const want = logits(src);
+  assert.equal(maxRelDiff(logits(tied), want), 0, "the source as loaded reads neither");
+  const w = capture();
+  const out = path.join(tmpDir(), "ex-tied");
+  await exportDeepseek(tied, { out, progress: null, logger: w.logger });
+  assert.equal(tieOf(out), true);
+  assertLoadable(out);
+  const d = maxRelDiff(logits(out), want);
+  assert.ok(d < 1e-6, `the export computes the source model: max relative logit difference ${d}`);
+  assert.ok(w.warnings.some((m) => headDiffers.test(m)), w.warnings.join("\n"));
+  assert.ok(w.warnings.some((m) => outerStray.test(m)), w.warnings.join("\n"));
+
+  const untied = withTensors(src, (name, e, ck) => (name === EMBED ? [head(ck, e, true)] : []), { tie_word_embeddings: false });
+  const wantUntied = logits(untied);
+  assert.ok(maxRelDiff(wantUntied, want) > 1e-3, "the untied head is the model's");
+  const outUntied = path.join(tmpDir(), "ex-untied");
+  await exportDeepseek(untied, { out: outUntied, progress: null });
+  assert.equal(tieOf(outUntied), false);
+  assertLoadable(outUntied);
+  const du = maxRelDiff(logits(outUntied), wantUntied);
+  assert.ok(du < 1e-6, `the export computes the untied source: max relative logit difference ${du}`);
 });
 
 test("q/k/v biases a config declares are refused before any work, naming the tensor (convert: attention_bias and Qwen2; export: an MLA model of a Qwen2)", async () => {
