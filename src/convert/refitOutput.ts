@@ -8,8 +8,9 @@
  * best match the original's, which a weight-only factorization never looks at.
  *
  * Per layer, with O [N, Hd] the converted heads' output before o_proj and A [N, D] the original block's
- * output, over the calibration tokens: W_oᵀ = (OᵀO + λI)⁻¹ OᵀA, λ = ridge · trace(OᵀO)/Hd, kept only
- * where it lowers the calibration error (an exact conversion keeps its o_proj).
+ * output less the converted o_proj's bias (which stays), over the calibration tokens:
+ * W_oᵀ = (OᵀO + λI)⁻¹ OᵀA, λ = ridge · trace(OᵀO)/Hd, kept only where it lowers the calibration error
+ * (an exact conversion keeps its o_proj).
  */
 import { rewriteTensors } from "../io/rewriteTensors.js";
 import { activeLinalg } from "../backends/native/linalg.js";
@@ -48,10 +49,14 @@ export async function refitOutputProjections(srcDir: string, convDir: string, wi
     const w = converted.weights.layers[l]!.attn;
     const [D, Hd] = w.o.shape as [number, number];
     const moments = new RefitMoments(Hd, D);
+    // The converted block adds its own o_proj bias after the product (the source's o_proj bias, with a
+    // value bias folded in where the deepseek writer moved one there), and the refit leaves it as it is:
+    // so the weight is solved for the original output less that bias, or the bias would count twice.
+    const oBias = w.oBias ? w.oBias.toArray() : null;
     for (let i = 0; i < windows.length; i++) {
       const ids = windows[i]!;
       const x = attentionInput(converted, l, hs[i]!);
-      const a = original.attentionOf(l, ids, x);
+      const a = withoutBias(backend, original.attentionOf(l, ids, x), oBias);
       const o = converted.attentionOf(l, ids, x, true);
       moments.add(backend, o, a);
       for (const t of [x, a, o]) t.dispose();
@@ -76,6 +81,17 @@ export async function refitOutputProjections(srcDir: string, convDir: string, wi
   for (const h of hs) h.dispose();
   rewriteTensors(convDir, new Map(refit.map((w, l) => [layerPrefix(l) + "self_attn.o_proj.weight", w])));
   return result;
+}
+
+/** a [T, D] less `bias` [D] on every row (a itself without one; otherwise a is let go). */
+function withoutBias(b: Backend, a: Tensor, bias: ArrayLike<number> | null): Tensor {
+  if (!bias) return a;
+  const v = a.toArray().slice();
+  const D = bias.length;
+  for (let i = 0; i < v.length; i++) v[i] -= bias[i % D]!;
+  const out = b.upload(v, a.shape);
+  a.dispose();
+  return out;
 }
 
 /** Layer l's normed attention input [T, D] for one window whose hidden states before layer l are h. */
