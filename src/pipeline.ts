@@ -12,7 +12,7 @@ import { refuseOutOverInputs } from "./io/outGuard.js";
 import { convert } from "./convert/pipeline.js";
 import { convertDeepseek, deepseekSettings, deepseekShape } from "./deepseek/export.js";
 import { exportDeepseek } from "./deepseek/fromMla.js";
-import { checkExportSettings, perLayerRefusal } from "./deepseek/exportable.js";
+import { checkDeclaredBiases, checkExportSettings, perLayerRefusal } from "./deepseek/exportable.js";
 import { defaultRopePairs } from "./ropeSelect/strategies.js";
 import { readHfConfig } from "./io/hfConfig.js";
 import { resolveModel } from "./io/modelDir.js";
@@ -168,7 +168,11 @@ function checkOptions(srcDir: string, o: PipelineOptions, log: Logger): void {
   refuseIdleOptions(o);
   const c = readHfConfig(srcDir);
   // Silent: the convert phase says what it chose (the default strategy) when it runs.
-  if (o.format === "deepseek") deepseekShape(c, { ...deepseekSettings(o.convert), ...o.deepseek });
+  if (o.format === "deepseek") {
+    deepseekShape(c, { ...deepseekSettings(o.convert), ...o.deepseek });
+    // Declared attention biases are judged on the weights (a zero q bias converts): read them now.
+    checkDeclaredBiases(srcDir, c, o.attentionBias ?? true);
+  }
   else resolveSettings(c, o.convert, silentLogger);
   checkEvalOptions(pipelineEval(o));
   // Perplexity and task items start with BOS: a model without one is refused before the conversion.

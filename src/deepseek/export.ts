@@ -28,12 +28,12 @@ import { checkOptionTypes, type OptionKinds } from "../util/optionTypes.js";
 import { Progress, ProgressSink } from "../util/progress.js";
 import { checkCalibFile, checkOutDir, defaultOut, SETTINGS_KINDS, SettingsInput } from "../convert/plan.js";
 import { checkEmbeddedEval, embeddedEval, evaluate } from "../eval/evaluate.js";
-import { deepseekLayer, FrequencyPca, frequencyPca, ladder, ladderScores, validSpacings } from "./layer.js";
+import { deepseekLayer, foldValueBias, FrequencyPca, frequencyPca, ladder, ladderScores, validSpacings } from "./layer.js";
 import { convertRemedy, servingWarnings } from "./serving.js";
 import { describeRefit, refitOutputProjections, refitRecord } from "../convert/refitOutput.js";
 import { requireRoom, weightFileBytes } from "../io/diskRoom.js";
 import { deepseekSpecs, planTensors, requireDeclaredTensors, strayNotes, strayTensors, writePlanned } from "./stream.js";
-import { qkvBiasRefusal } from "./exportable.js";
+import { checkDeclaredBiases } from "./exportable.js";
 import { calibrationRecord, refuseWindowsWithoutText, requireCalibration } from "../convert/calibrationNeeds.js";
 import { nextTurn, throwIfAborted } from "../util/abort.js";
 import { describeLatentNormFit, fitLatentNorms, latentNormRecord, requireFitText } from "./latentNorm.js";
@@ -154,11 +154,12 @@ export function deepseekSettings(s: SettingsInput): Pick<DeepseekOptions, "rank"
 }
 
 const ATTN = ["q_proj", "k_proj", "v_proj"].map((n) => `self_attn.${n}.weight`);
+const BIASES = ["q_proj", "k_proj", "v_proj", "o_proj"];
 
 /** The checks that decide whether a model can be written in the stock DeepSeek-V3 format. */
 function checkSource(c: ModelConfig): void {
   if (c.attention.kind !== "mha") throw new MlaError("BAD_ARGUMENT", "the model is already an MLA checkpoint (config.json has an mha2mla section)", "convert the original MHA/GQA model with --format deepseek");
-  if (c.qkvBias) throw qkvBiasRefusal("--format deepseek", c, "convert it in our format (without --format deepseek), which keeps the biases");
+  // Declared q/k/v/o biases are read from the weights (checkDeclaredBiases): a zero q bias converts.
   if (c.rope.scaling) throw new MlaError("UNSUPPORTED", `--format deepseek: rope scaling "${c.rope.scaling.type}" changes the frequency ladder, which one shared DeepSeek rope key cannot follow exactly`, "convert it in our format (without --format deepseek)");
   if (c.slidingWindow !== null) throw new MlaError("UNSUPPORTED", "--format deepseek: DeepseekV3 has no sliding-window attention", "convert it in our format (without --format deepseek)");
   if (c.mlpBias) throw new MlaError("UNSUPPORTED", "--format deepseek: DeepseekV3's MLP has no biases", "convert it in our format (without --format deepseek)");
@@ -207,6 +208,7 @@ async function convertDeepseekInScope(spec: string, o: DeepseekOptions): Promise
   const { heads: H, kvHeads: G, headDim: Dh, hiddenSize: D, layers: L } = c;
   const half = Dh / 2;
   const bias = o.attentionBias ?? true;
+  checkDeclaredBiases(srcDir, c, bias);
   const kvPerToken = { before: 2 * G * Dh, after: rk + dr, changePercent: (100 * (rk + dr - 2 * G * Dh)) / (2 * G * Dh) };
   for (const w of servingWarnings(rk, dr, H, convertRemedy(Dh, Math.min(2 * G * Dh, D), bias), bias)) log.warn(w);
   // The evaluation comes last: its settings are checked now, not after the conversion (a dry run too).
@@ -258,6 +260,12 @@ async function convertDeepseekInScope(spec: string, o: DeepseekOptions): Promise
     const ropeTheta = Math.pow(c.rope.theta, (2 * spacing * m) / Dh);
     log.info(`deepseek format: shared rope key of ${dr} dims on frequencies ${freqs.join(",")} of ${half} (spacing ${spacing}, rope_theta ${ropeTheta.toPrecision(8)}), kv_lora_rank ${rk} (${bias ? "1 constant channel" : "no attention bias: kv_a_layernorm fitted on --calib"})`);
 
+    if (c.qkvBias || c.oBias)
+      log.info(
+        bias
+          ? "attention biases: the q bias is zero in every layer (no tensor); the k bias's rope part goes in kv_a_proj_with_mqa's bias, its position-free part cancels in softmax; the v and o biases go in o_proj's bias"
+          : "attention biases: all zero in every layer, so the bias-free form writes none",
+      );
     tmp = beginOutDir(out, o.force ?? false);
     const dtypeOf = (name: string): DType => src.entry(name).dtype;
     // Tensors its config does not declare (a q/k/v/o bias beside a config without attention_bias, an
@@ -267,7 +275,9 @@ async function convertDeepseekInScope(spec: string, o: DeepseekOptions): Promise
     const { warnings, notes } = strayNotes(src, c, stray, bias);
     for (const w of warnings) log.warn(w);
     for (const n of notes) log.info(n);
-    const plan = planTensors(src, ATTN[0]!, new Set(ATTN.slice(1)), new Set(stray), (_l, p) =>
+    // The source's declared biases are read and folded by the layer (or, zero, just dropped): never copied.
+    const consumed = new Set([...ATTN.slice(1), ...BIASES.map((n) => `self_attn.${n}.bias`)]);
+    const plan = planTensors(src, ATTN[0]!, consumed, new Set(stray), (_l, p) =>
       deepseekSpecs(p, { H, D, dn: Dh, dr, dv: Dh, rk, dtype: dtypeOf(p + ATTN[0]!), normDtype: dtypeOf(p + "input_layernorm.weight"), attentionBias: bias }),
     );
     const energy: number[] = new Array(L).fill(0);
@@ -291,6 +301,8 @@ async function convertDeepseekInScope(spec: string, o: DeepseekOptions): Promise
         roundStored: roundingFor(dtypeOf(p + "input_layernorm.weight")),
         balance: o.balanceKv ?? true,
         attentionBias: bias,
+        // Declared k/v biases (their q bias is zero: checkDeclaredBiases), where ./layer.ts says.
+        kBias: bias && c.qkvBias ? src.readF32(p + "self_attn.k_proj.bias") : null,
       });
       energy[l] = r.energy;
       betas[l] = r.beta;
@@ -301,7 +313,11 @@ async function convertDeepseekInScope(spec: string, o: DeepseekOptions): Promise
         ["self_attn.kv_b_proj.weight", r.kvB],
       ]);
       if (r.kvABias) t.set("self_attn.kv_a_proj_with_mqa.bias", r.kvABias);
-      if (plan.generated.has(p + "self_attn.o_proj.bias")) t.set("self_attn.o_proj.bias", new Float32Array(D));
+      if (plan.generated.has(p + "self_attn.o_proj.bias")) {
+        const read = (n: string, on: boolean) => (on ? src.readF32(p + `self_attn.${n}`) : null);
+        const [bo, bv] = [read("o_proj.bias", c.oBias), read("v_proj.bias", c.qkvBias)];
+        t.set("self_attn.o_proj.bias", bo || bv ? foldValueBias(src.readF32(p + "self_attn.o_proj.weight"), bo, bv, H, G, Dh, D) : new Float32Array(D));
+      }
       return t;
     }, new Progress("deepseek", L, "layers", o.progress), o.signal);
 

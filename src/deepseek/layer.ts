@@ -20,6 +20,23 @@
  *   weight instead (./latentNorm.ts), an approximation.
  *
  *   The softmax scale (dn + dr)^−½ is folded into q_proj; rope rows are interleaved when asked.
+ *
+ *   Declared attention biases (a source whose q bias is zero in every layer: checkDeclaredBiases in
+ *   ./exportable.ts), each where DeepseekV3Attention (q_lora_rank null) can hold it, exactly:
+ *   - q: zero, so it needs no tensor (q_proj has no bias in transformers when q_lora_rank is null).
+ *   - k, rope part: the shared rope key is k'_{0,i} = Σ_h U_i[h,0]·(W_{h,i}x + b_{h,i}), so its bias
+ *     Σ_h U_i[h,0]·b_{h,i} goes in kv_a_proj_with_mqa's bias, on the rope rows of its slot. Llama adds
+ *     b_k before RoPE, and transformers adds the kv_a bias before RoPE too, so it turns as the source's.
+ *   - k, position-free part (b_h − U_i[h,0]·b'_i on ladder frequencies, b_h elsewhere): it is dropped.
+ *     The position-free key is not rotated, so its bias adds q_nope·b to every score of a query alike,
+ *     which softmax cancels exactly. (In the source that part turned with position; here it stops
+ *     turning along with the weights' part: the approximation RoRoPE already makes, which vanishes
+ *     where every KV head's key, bias included, is the same and every frequency is on the ladder.)
+ *   - v: a query's softmax weights sum to 1, so each head's output gains its KV group's b_v, and the
+ *     layer's output the constant W_o·b_v: it goes in o_proj's bias with the source's own o bias
+ *     (foldValueBias).
+ *   kv_b_proj has no bias, and none is needed. The frequency PCA and the SVD see the weights only: the
+ *   rotation a bias would prefer is not sought (calibrated Σ is uncentred, without the bias's 1).
  */
 import { MlaError } from "../errors.js";
 import { balanceFactor, squaredNorm } from "../convert/factor.js";
@@ -134,6 +151,8 @@ export interface DeepseekLayerInput {
   roundStored: (x: number) => number;
   /** Divide the position-free keys by α (equal mean energy with the values) before the SVD; kv_b's key rows take α back. */
   balance?: boolean;
+  /** The source's declared k_proj bias [Hkv·Dh] (its rope part goes in kv_a's bias: top of the file); needs attentionBias. */
+  kBias?: Float32Array | null;
 }
 
 export interface DeepseekLayer {
@@ -239,6 +258,18 @@ export async function deepseekLayer(p: DeepseekLayerInput): Promise<DeepseekLaye
     for (const y of [false, true]) kvA.set(Float32Array.from(kRope.subarray((s + (y ? m : 0)) * D, (s + (y ? m : 0) + 1) * D)), (rk + ropeRow(s, y, m, p.interleave)) * D);
   const kvABias = beta === null ? null : new Float32Array(rk + dr);
   if (kvABias && beta !== null) kvABias[latent] = beta;
+  if (p.kBias) {
+    if (!kvABias) throw new Error("deepseekLayer: a k bias needs the kv_a bias of attentionBias");
+    // The rope key's bias, on the rows its weights take: Σ_h U_i[h,0]·b_{h,i} (x half, then y half).
+    F.forEach((i, k) => {
+      const U = p.pca.rotations[i]!;
+      for (const [off, y] of [[i, false], [i + half, true]] as const) {
+        let b = 0;
+        for (let h = 0; h < G; h++) b += U[h * G]! * p.kBias![h * Dh + off]!;
+        kvABias[rk + ropeRow(k, y, m, p.interleave)] = b;
+      }
+    });
+  }
 
   // kv_b: per query head, its group's rows of the up-projection: Dh key rows, then Dh value rows.
   const kvB = new Float32Array(H * 2 * Dh * rk);
@@ -270,4 +301,25 @@ export async function deepseekLayer(p: DeepseekLayerInput): Promise<DeepseekLaye
     });
   }
   return { qProj, kvA, kvABias, kvNorm, kvB, energy: energyOf(f.sigma, latent), beta };
+}
+
+/**
+ * o_proj's bias with a value bias folded in: b_o + W_o·[b_v of each query head's KV group] (a query's
+ * softmax weights sum to 1, so its head's output carries b_v whole). wo [D, H·Dh]; bo [D] or null;
+ * bv [Hkv·Dh] or null. Zeros when neither is given.
+ */
+export function foldValueBias(wo: Float32Array, bo: Float32Array | null, bv: Float32Array | null, heads: number, kvHeads: number, headDim: number, hidden: number): Float32Array {
+  const HD = heads * headDim;
+  const group = heads / kvHeads;
+  const out = new Float32Array(hidden);
+  for (let r = 0; r < hidden; r++) {
+    let s = bo ? bo[r]! : 0;
+    if (bv)
+      for (let h = 0; h < heads; h++) {
+        const g = Math.floor(h / group);
+        for (let d = 0; d < headDim; d++) s += wo[r * HD + h * headDim + d]! * bv[g * headDim + d]!;
+      }
+    out[r] = s;
+  }
+  return out;
 }

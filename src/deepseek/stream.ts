@@ -20,8 +20,9 @@ export interface TensorPlan {
 
 /**
  * The attention tensors of one deepseek_v3 layer (prefix p): q_proj [H·(dn+dr), D], kv_a (+ its bias
- * with attention_bias), kv_a_layernorm, kv_b [H·(dn+dv), rk], and with attention_bias a zero o_proj
- * bias (stock loaders then expect one; a source's own is never carried: strayTensors).
+ * with attention_bias), kv_a_layernorm, kv_b [H·(dn+dv), rk], and with attention_bias an o_proj bias
+ * (stock loaders then expect one): zero, or the source's declared o and v biases folded (./layer.ts);
+ * a stray one is never carried (strayTensors).
  */
 export function deepseekSpecs(p: string, s: { H: number; D: number; dn: number; dr: number; dv: number; rk: number; dtype: DType; normDtype: DType; attentionBias: boolean }): TensorSpec[] {
   return [
@@ -61,9 +62,11 @@ const EMBED = "model.embed_tokens.weight";
  * - An o_proj bias among them is the one place the exact form needs care: it has attention_bias true,
  *   with which transformers' DeepseekV3Attention builds o_proj with a bias and would add a copied one to
  *   every layer's output (vLLM and SGLang skip it: yet another model). The exact form writes its own
- *   zero o_proj bias in its place (deepseekSpecs), the bias-free form none.
- * Biases the source's config does declare never get here: both writers refuse them before any work
- * (checkSource in ./export.ts, checkExportSettings in ./exportable.ts say why, case by case).
+ *   o_proj bias in its place (deepseekSpecs: zero, or a declared value bias folded), the bias-free
+ *   form none.
+ * Biases the source's config does declare are no strays: `convert` folds them where DeepSeek-V3 can
+ * hold them and refuses the rest before any work, `export` refuses them (qkvBiasRefusal and
+ * checkDeclaredBiases in ./exportable.ts say why, case by case).
  */
 export function strayTensors(src: Checkpoint, c: ModelConfig): string[] {
   const expected = new Set(expectedTensors(c).map((t) => t.name));
@@ -90,7 +93,7 @@ export function requireDeclaredTensors(src: Checkpoint, c: ModelConfig): void {
 export function strayNotes(src: Checkpoint, c: ModelConfig, stray: readonly string[], attentionBias: boolean): { warnings: string[]; notes: string[] } {
   const warnings: string[] = [];
   const notes: string[] = [];
-  const layer = strayWarning(src, stray.filter((n) => layerOf(n)), attentionBias);
+  const layer = strayWarning(src, stray.filter((n) => layerOf(n)), attentionBias, c.qkvBias);
   if (layer) warnings.push(layer);
   const head = c.tieEmbeddings && stray.includes(HEAD);
   if (head) {
@@ -133,7 +136,7 @@ function tensorDifference(src: Checkpoint, a: string, b: string): string | null 
 }
 
 /** The warning for the stray layer tensors `stray` of `src` (see strayTensors), or null where there are none. */
-function strayWarning(src: Checkpoint, stray: readonly string[], attentionBias: boolean): string | null {
+function strayWarning(src: Checkpoint, stray: readonly string[], attentionBias: boolean, valueBias: boolean): string | null {
   if (!stray.length) return null;
   const fields = [...new Set(stray.map((n) => layerOf(n)![2]!))].sort();
   const layers = new Set(stray.map((n) => layerOf(n)![1]!)).size;
@@ -143,7 +146,7 @@ function strayWarning(src: Checkpoint, stray: readonly string[], attentionBias: 
     `${src.dir} holds ${what} that its config.json does not declare, so neither transformers nor this tool applies ${it} to the source model ` +
     "(they build q/k/v/o_proj with a bias only under attention_bias, or Qwen2's q/k/v, and the MLP's only under mlp_bias); " +
     `the deepseek_v3 folder does not carry ${it} (stock DeepseekV3ForCausalLM would not load ${it}) and computes the source model as loaded` +
-    (fields.includes(STRAY_O_BIAS) ? `; ${attentionBias ? "its own o_proj bias is zero" : "it has no o_proj bias"}` : "") +
+    (fields.includes(STRAY_O_BIAS) ? `; ${!attentionBias ? "it has no o_proj bias" : valueBias ? "its own o_proj bias holds only the declared v_proj bias, folded" : "its own o_proj bias is zero"}` : "") +
     `; if the source was meant to use ${it}, its config.json is wrong`
   );
 }

@@ -5,7 +5,8 @@
 // transformers' DeepseekV3 reads as "o_proj has a bias") writes its own zero o_proj bias, the bias-free
 // form none, and both warn naming them. Copied, the q/k/v biases were tensors DeepseekV3 never loads,
 // and an o_proj bias was added to every layer's output: another model. Biases the config does declare
-// (Qwen2; attention_bias) are refused before any work, naming the tensor. Outside the layers likewise:
+// (Qwen2; attention_bias) with a non-zero q bias are refused before any work, naming the tensor (a zero
+// q bias converts: attentionBias.test.ts). Outside the layers likewise:
 // an lm_head.weight beside tied embeddings (the folder keeps tie_word_embeddings; one that differs from
 // the embedding is warned about by name) and unknown top-level tensors are not carried, so the folder
 // holds exactly the tensors its config gives DeepseekV3ForCausalLM; an untied head is carried, a
@@ -295,11 +296,12 @@ test("export --format deepseek with a tied lm_head that differs from the embeddi
   assert.ok(du < 1e-6, `the export computes the untied source: max relative logit difference ${du}`);
 });
 
-test("q/k/v biases a config declares are refused before any work, naming the tensor (convert: attention_bias and Qwen2; export: an MLA model of a Qwen2)", async () => {
-  const refused = (why: string) => (e: unknown) =>
+test("q/k/v biases a config declares with a non-zero q bias are refused before any work, naming the tensor (convert: attention_bias and Qwen2, from the weights; export: an MLA model of a Qwen2, from its config)", async () => {
+  // convert names the first non-zero q bias (a zero one converts: attentionBias.test.ts); export, the config's.
+  const refused = (why: string, which = "model\\.layers\\.0\\.self_attn\\.q_proj\\.bias is not zero \\(element 0: [-\\d.e]+\\)") => (e: unknown) =>
     e instanceof MlaError &&
     e.code === "UNSUPPORTED" &&
-    new RegExp(`the model has q/k/v biases \\(${why} in config\\.json: model\\.layers\\.0\\.self_attn\\.q_proj\\.bias and the others\\), and DeepseekV3 has no q_proj bias .*softmax does not cancel`).test(e.message);
+    new RegExp(`the model has q/k/v biases \\(${why} in config\\.json: ${which}\\), and DeepseekV3 has no q_proj bias .*softmax does not cancel`).test(e.message);
   const declared = withBiases(STORIES, ["q_proj", "k_proj", "v_proj", "o_proj"], { attention_bias: true });
   const out = path.join(tmpDir(), "refused");
   await assert.rejects(convertDeepseek(declared, { rank: 2, ropePairs: 1, out, progress: null, device: "cpu" }), (e: unknown) => refused("attention_bias: true")(e) && /hint: convert it in our format \(without --format deepseek\), which keeps the biases/.test(String(e)));
@@ -307,6 +309,6 @@ test("q/k/v biases a config declares are refused before any work, naming the ten
   assert.equal(fs.existsSync(out), false);
   const qwenMla = path.join(tmpDir(), "qwen-mla");
   await convert(path.join(GOLDEN, "tiny-qwen2"), { rank: 2, ropePairs: 1, ropeStrategy: "uniform", out: qwenMla, progress: null, device: "cpu" });
-  await assert.rejects(exportDeepseek(qwenMla, { out, progress: null }), refused("model_type qwen2"));
+  await assert.rejects(exportDeepseek(qwenMla, { out, progress: null }), refused("model_type qwen2", "model\\.layers\\.0\\.self_attn\\.q_proj\\.bias and the others"));
   assert.equal(fs.existsSync(out), false);
 });
