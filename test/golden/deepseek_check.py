@@ -5,9 +5,9 @@ and prints one JSON line:
   nll          the perplexity protocol of `mha2mla eval` (windows of --ctx tokens, BOS first, stride
                ctx−1) over the first --tokens tokens of --text, read in Python text mode
   nll_exact    the same with kv_a_layernorm replaced by the exact linear map it approximates
-               (c ↦ c·γ·√rk/β): the cost of the stock norm before any fine-tuning; null for a
-               bias-free folder (--no-attention-bias, attention_bias false), which has no constant
-               channel β: its fitted norm is the model, with no exact map to compare
+               (c ↦ c·γ·√rk/β): the cost of the stock norm before any fine-tuning; for a bias-free
+               folder (--no-attention-bias, attention_bias false), which has no constant channel β,
+               the identity c ↦ c (its γ is fitted so the normalised latent reproduces c)
   logits       float32 logits [T, V] of the first --logits-tokens tokens (BOS first), for our
                runtime's parity test (written to --fixture as safetensors with the ids)
 Usage (repository root; CPU is enough):
@@ -42,18 +42,20 @@ def main():
     res = {"model": o.model, "class": type(model).__name__, "kv_lora_rank": model.config.kv_lora_rank, "qk_rope_head_dim": model.config.qk_rope_head_dim, "tokens": len(ids), "ctx": o.ctx}
     res["nll"] = nll(model, ids, o.ctx, bos)
     # The exact map the norm stands in for: RMSNorm(c_ext)·γ ≈ c·γ·√rk/β with β the constant channel,
-    # which the kv_a bias holds. The bias-free form has neither (kv_a_proj_with_mqa.bias is None there).
-    res["nll_exact"] = None
-    if model.config.attention_bias:
-        for layer in model.model.layers:
-            at = layer.self_attn
+    # which the kv_a bias holds. The bias-free form has neither (kv_a_proj_with_mqa.bias is None there):
+    # its γ is fitted so the normalised latent reproduces the latent c, so the map is the identity.
+    for layer in model.model.layers:
+        at = layer.self_attn
+        if model.config.attention_bias:
             rk = at.kv_lora_rank
             beta = at.kv_a_proj_with_mqa.bias[rk - 1].item()
             gamma = at.kv_a_layernorm.weight.detach().clone()
             at.kv_a_layernorm.forward = (lambda g, s: (lambda x: x * g * s))(gamma, math.sqrt(rk) / beta)
-        res["nll_exact"] = nll(model, ids, o.ctx, bos)
-        # Reloaded: the fixture's logits are stock transformers' own, with the stock norm.
-        model = DeepseekV3ForCausalLM.from_pretrained(o.model, dtype=torch.float32, attn_implementation="eager").eval()
+        else:
+            at.kv_a_layernorm.forward = lambda x: x
+    res["nll_exact"] = nll(model, ids, o.ctx, bos)
+    # Reloaded: the fixture's logits are stock transformers' own, with the stock norm.
+    model = DeepseekV3ForCausalLM.from_pretrained(o.model, dtype=torch.float32, attn_implementation="eager").eval()
     if o.fixture:
         from safetensors.torch import save_file
         seq = [bos] + ids[: o.logits_tokens - 1]
