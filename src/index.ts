@@ -42,7 +42,7 @@ export type { SynthOptions, SynthResult } from "./synth/synth.js";
 export { ARCHS } from "./synth/archs.js";
 export { convert, TOOL_VERSION } from "./convert/pipeline.js";
 export type { ConvertOptions, ConvertResult } from "./convert/pipeline.js";
-export type { ConversionPlan, ConversionSettings, SettingsInput, KvAccounting } from "./convert/plan.js";
+export type { ConversionPlan, ConversionSettings, RecordedSettings, SettingsInput, KvAccounting } from "./convert/plan.js";
 export type { KvSplitMode } from "./convert/kvSplit.js";
 export type { ConversionReport } from "./convert/report.js";
 export { factorLayer } from "./convert/factor.js";

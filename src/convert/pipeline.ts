@@ -28,12 +28,12 @@ import { inspectModel } from "../eval/inspect.js";
 import { silentLogger, Logger } from "../util/log.js";
 import { Progress, ProgressSink } from "../util/progress.js";
 import { factorTensors, LayerFactors } from "./factor.js";
-import { checkOutDir, ConversionPlan, ConversionSettings, defaultOut, planConversion, recordedSettings, resolveSettings, SETTINGS_KINDS, SettingsInput } from "./plan.js";
+import { checkOutDir, ConversionPlan, ConversionSettings, defaultOut, planConversion, resolveSettings, SETTINGS_KINDS, SettingsInput } from "./plan.js";
 import { checkOptionTypes, type OptionKinds } from "../util/optionTypes.js";
 import { nextTurn, throwIfAborted } from "../util/abort.js";
 import { LayerSource } from "./layerSource.js";
 import { chooseKvSplits, kvSplitRecord, SplitChoice } from "./splitChoice.js";
-import { calibrationRecord, readsCalibration, unreadCalibration } from "./calibrationNeeds.js";
+import { calibrationRecord, unreadCalibration } from "./calibrationNeeds.js";
 import { mlaSection, splitFields } from "../io/mlaSection.js";
 import { buildReport, ConversionReport, reportMarkdown } from "./report.js";
 import { initialGate } from "./gate.js";
@@ -77,6 +77,7 @@ const CONVERT_KINDS: OptionKinds<ConvertOptions> = {
 
 export interface ConvertResult {
   out: string | null;
+  /** The plan; its settings are those mla_conversion.json records (no calibration text or windows where none is read, a dry run included). */
   plan: ConversionPlan;
   selection: number[][][] | null;
   /** [layer] → its rope pairs and latent width (all equal unless --kv-split per-layer). */
@@ -119,12 +120,14 @@ async function convertInScope(spec: string, opts: ConvertOptions): Promise<Conve
     // The converted model is at most its source's size (smaller attention; EG-MLA's gate is small).
     requireRoom(out, weightFileBytes(srcDir), "the converted model");
 
+    // The plan decides whether calibration runs (its settings keep --calib only where a setting reads it), so the records and the result agree.
     let windows: Int32Array[] = [];
-    if (settings.calib && readsCalibration(settings)) {
+    const calib = plan.settings.calib;
+    if (calib !== null) {
       const past = pastPositionsWarning("--calib-len", settings.calibLen, config.maxPositions, "the calibration statistics come from positions the model was not pretrained for");
       if (past) log.warn(past);
-      windows = calibrationWindows(loadTokenizer(srcDir), readCalibrationText(settings.calib), settings.calibSamples, settings.calibLen, config.bosTokenId, settings.calib);
-      if (windows.length < settings.calibSamples) log.info(`note: ${settings.calib} holds ${windows.length} calibration windows of ${settings.calibLen} tokens (asked for ${settings.calibSamples})`);
+      windows = calibrationWindows(loadTokenizer(srcDir), readCalibrationText(calib), settings.calibSamples, settings.calibLen, config.bosTokenId, calib);
+      if (windows.length < settings.calibSamples) log.info(`note: ${calib} holds ${windows.length} calibration windows of ${settings.calibLen} tokens (asked for ${settings.calibSamples})`);
     } else if (settings.calib) log.warn(unreadCalibration(settings.calib));
     const linalg = selectLinalg(opts.device ?? "auto", log);
     useLinalg(linalg);
@@ -151,8 +154,6 @@ async function convertInScope(spec: string, opts: ConvertOptions): Promise<Conve
       log.info(describeRefit(refit));
     }
     timings["convert_s"] = (performance.now() - t0) / 1000;
-    // What the records say was used: the calibration settings only where windows were read.
-    const recorded = recordedSettings(settings, windows.length > 0);
 
     let report: ConversionReport | null = null;
     if (opts.evalText) {
@@ -162,14 +163,14 @@ async function convertInScope(spec: string, opts: ConvertOptions): Promise<Conve
       before.model = spec;
       after.model = out;
       timings["eval_s"] = before.seconds + after.seconds;
-      report = buildReport(spec, out, { ...plan, settings: recorded }, energy, before, after, timings, kvDtype, { before: inspectModel(srcDir).params, after: inspectModel(tmp).params }, attention.splits);
+      report = buildReport(spec, out, plan, energy, before, after, timings, kvDtype, { before: inspectModel(srcDir).params, after: inspectModel(tmp).params }, attention.splits);
       fs.writeFileSync(path.join(tmp, "report.json"), JSON.stringify(report, null, 2) + "\n");
       fs.writeFileSync(path.join(tmp, "report.md"), reportMarkdown(report));
     }
     timings["total_s"] = (performance.now() - t0) / 1000;
     fs.writeFileSync(
       path.join(tmp, "mla_conversion.json"),
-      JSON.stringify({ tool: "mha2mla", version: TOOL_VERSION, source: { model: spec, dir: srcDir }, settings: recorded, ...calibrationRecord(settings.calib, windows), latent_dim: splitFields(attention).latent_dim, kv: { before: plan.before, after: plan.after, change_percent: plan.kvChangePercent }, ...kvSplitRecord(choice), selection, retained_energy: energy, ...refitRecord(refit), timings, created: new Date().toISOString() }, null, 2) + "\n",
+      JSON.stringify({ tool: "mha2mla", version: TOOL_VERSION, source: { model: spec, dir: srcDir }, settings: plan.settings, ...calibrationRecord(settings.calib, windows), latent_dim: splitFields(attention).latent_dim, kv: { before: plan.before, after: plan.after, change_percent: plan.kvChangePercent }, ...kvSplitRecord(choice), selection, retained_energy: energy, ...refitRecord(refit), timings, created: new Date().toISOString() }, null, 2) + "\n",
     );
     // A stop asked for after the last layer (while the config or side files were written) is honoured
     // too, as convert --format deepseek does: an aborted call always throws and leaves no folder.

@@ -9,7 +9,7 @@ import type { OptionKinds } from "../util/optionTypes.js";
 import type { Logger } from "../util/log.js";
 import { maxRank, maxRankNote } from "./factor.js";
 import { budgetSplits, KV_SPLIT_MODES, KvSplitMode } from "./kvSplit.js";
-import { refuseWindowsWithoutText, requireCalibration } from "./calibrationNeeds.js";
+import { readsCalibration, refuseWindowsWithoutText, requireCalibration } from "./calibrationNeeds.js";
 import { checkWindowShape, DEFAULT_CALIB_LEN, DEFAULT_CALIB_SAMPLES } from "../ropeSelect/calibrate.js";
 import { checkTextFile } from "../eval/perplexity.js";
 
@@ -40,16 +40,17 @@ export interface ConversionSettings {
 }
 
 /**
- * The settings as mla_conversion.json and report.json record them: the calibration text and its
- * windows only where calibration ran, null where none did (no --calib, or a --calib no setting reads).
- * resolveSettings fills in the default 32 × 256 windows either way, and a record of those would say
- * the conversion calibrated.
+ * The settings as convert() returns them (ConvertResult.plan, so `convert --json`) and
+ * mla_conversion.json and report.json record them: the calibration text and its windows only where
+ * calibration runs, null where none does (no --calib, or a --calib no setting reads). resolveSettings
+ * fills in the default 32 × 256 windows either way, and a record of those would say the conversion
+ * calibrated.
  */
 export type RecordedSettings = Omit<ConversionSettings, "calib" | "calibSamples" | "calibLen"> & { calib: string | null; calibSamples: number | null; calibLen: number | null };
 
-/** `s` as recorded (RecordedSettings): `calibrated` says whether calibration windows were read. */
-export function recordedSettings(s: ConversionSettings, calibrated: boolean): RecordedSettings {
-  return calibrated ? s : { ...s, calib: null, calibSamples: null, calibLen: null };
+/** `s` as recorded (RecordedSettings): the calibration settings only where a setting of `s` reads the text. */
+export function recordedSettings(s: ConversionSettings): RecordedSettings {
+  return s.calib !== null && readsCalibration(s) ? s : { ...s, calib: null, calibSamples: null, calibLen: null };
 }
 
 export interface KvAccounting {
@@ -58,7 +59,8 @@ export interface KvAccounting {
 }
 
 export interface ConversionPlan {
-  settings: ConversionSettings;
+  /** What the conversion uses (RecordedSettings): calib, calibSamples and calibLen are null where no calibration runs. */
+  settings: RecordedSettings;
   /** The latent width of (ropePairs, rank); with --kv-split per-layer the layers' widths differ but their cache adds up to the same `after`. */
   latentDim: number;
   before: KvAccounting;
@@ -165,7 +167,7 @@ export function planConversion(c: ModelConfig, s: ConversionSettings, elemBytes:
   const split = { ropePairs: s.ropePairs, rank: s.rank, latentDim };
   const after = kvElemsPerToken({ ...c, attention: { kind: "mla", splits: Array.from({ length: c.layers }, () => split), selection: [], svd: s.svd, gateDim: s.gateDim } });
   return {
-    settings: s,
+    settings: recordedSettings(s),
     latentDim,
     before: { elems_per_token: before, bytes_per_token: before * elemBytes },
     after: { elems_per_token: after, bytes_per_token: after * elemBytes },

@@ -24,7 +24,7 @@ export interface ConversionReport {
   timings: Record<string, number>;
 }
 
-export function buildReport(source: string, output: string, plan: Omit<ConversionPlan, "settings"> & { settings: RecordedSettings }, energy: number[], before: EvalResult, after: EvalResult, timings: Record<string, number>, kvDtype: DType, params: { before: number; after: number }, splits: MlaSplit[]): ConversionReport {
+export function buildReport(source: string, output: string, plan: ConversionPlan, energy: number[], before: EvalResult, after: EvalResult, timings: Record<string, number>, kvDtype: DType, params: { before: number; after: number }, splits: MlaSplit[]): ConversionReport {
   return {
     source,
     output,

@@ -2,6 +2,7 @@
 // as finetune --data reads it), the BOS that starts its windows, the evaluation's tokenizer, and
 // settings that would do nothing (--eval-ctx without --eval-text, a per-layer split with one candidate).
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
 import { test } from "node:test";
@@ -11,10 +12,11 @@ import { calibrationWindows, readCalibrationText } from "../../src/ropeSelect/ca
 import { loadTokenizer } from "../../src/io/tokenizer.js";
 import { readText } from "../../src/eval/perplexity.js";
 import { maxRankNote } from "../../src/convert/factor.js";
-import { FIXTURES, MODELS, tmpDir } from "../helpers.js";
+import { FIXTURES, MODELS, ROOT, tmpDir } from "../helpers.js";
 
 const SRC = path.join(MODELS, "stories260K");
 const TEXT = path.join(FIXTURES, "text", "tinystories.txt");
+const MAIN = path.join(ROOT, "dist", "src", "cli", "main.js");
 
 async function refusedEarly(opts: Partial<ConvertOptions> & { model?: string }, re: RegExp): Promise<void> {
   const parent = tmpDir();
@@ -80,8 +82,9 @@ test("the --rank limit's hint says what the top rank keeps: everything for joint
 
 test("mla_conversion.json records the calibration actually read: windows, tokens and the file's absolute path", async () => {
   const out = path.join(tmpDir(), "out");
-  await convert(SRC, { rank: 4, ropePairs: 1, calib: path.relative(process.cwd(), TEXT), calibSamples: 32, calibLen: 64, progress: null, device: "cpu", out });
+  const r = await convert(SRC, { rank: 4, ropePairs: 1, calib: path.relative(process.cwd(), TEXT), calibSamples: 32, calibLen: 64, progress: null, device: "cpu", out });
   const rec = JSON.parse(fs.readFileSync(path.join(out, "mla_conversion.json"), "utf8"));
+  assert.deepEqual(r.plan.settings, rec.settings, "the result's settings are the record's");
   assert.equal(rec.calibration.file, TEXT);
   assert.ok(rec.calibration.windows >= 1 && rec.calibration.windows <= 32);
   assert.equal(rec.calibration.tokens, rec.calibration.windows * 64);
@@ -92,10 +95,11 @@ test("without calibration (no --calib, or a --calib no setting reads) mla_conver
   const none = path.join(tmpDir(), "none");
   const r = await convert(SRC, { rank: 4, ropePairs: 1, progress: null, device: "cpu", out: none, evalText: TEXT, evalTokens: 256, evalCtx: 64 });
   const unread = path.join(tmpDir(), "unread");
-  await convert(SRC, { rank: 4, ropePairs: 1, ropeStrategy: "uniform", calib: TEXT, progress: null, device: "cpu", out: unread, logger: { info: () => {}, warn: () => {} } });
-  for (const dir of [none, unread]) {
+  const u = await convert(SRC, { rank: 4, ropePairs: 1, ropeStrategy: "uniform", calib: TEXT, progress: null, device: "cpu", out: unread, logger: { info: () => {}, warn: () => {} } });
+  for (const [dir, result] of [[none, r], [unread, u]] as const) {
     const rec = JSON.parse(fs.readFileSync(path.join(dir, "mla_conversion.json"), "utf8"));
     assert.deepEqual([rec.settings.calib, rec.settings.calibSamples, rec.settings.calibLen], [null, null, null], dir);
+    assert.deepEqual(result.plan.settings, rec.settings, `${dir}: the result (convert --json) says what the record says`);
     assert.equal(rec.calibration, undefined, dir);
     assert.equal(rec.settings.ropeStrategy, "uniform");
   }
@@ -103,4 +107,20 @@ test("without calibration (no --calib, or a --calib no setting reads) mla_conver
   assert.deepEqual([report.settings.calib, report.settings.calibSamples, report.settings.calibLen], [null, null, null]);
   assert.deepEqual(r.report!.settings, JSON.parse(fs.readFileSync(path.join(none, "mla_conversion.json"), "utf8")).settings);
   assert.doesNotMatch(fs.readFileSync(path.join(none, "report.md"), "utf8"), /calibration/);
+});
+
+test("convert --json reports the settings mla_conversion.json records: no calibration windows without calibration, a dry run included", () => {
+  const out = path.join(tmpDir(), "out");
+  const run = (args: string[]) => {
+    const r = spawnSync(process.execPath, [MAIN, "convert", SRC, "--rank", "4", "--rope-pairs", "1", "--device", "reference", "--json", ...args], { encoding: "utf8" });
+    assert.equal(r.status, 0, r.stderr);
+    return JSON.parse(r.stdout).plan.settings;
+  };
+  const calibration = (s: Record<string, unknown>) => [s["calib"], s["calibSamples"], s["calibLen"]];
+  const written = run(["--out", out]);
+  assert.deepEqual(calibration(written), [null, null, null]);
+  assert.deepEqual(written, JSON.parse(fs.readFileSync(path.join(out, "mla_conversion.json"), "utf8")).settings);
+  assert.deepEqual(calibration(run(["--dry-run"])), [null, null, null]);
+  // A dry run with --calib reports the windows the run would read (the defaults where none are given).
+  assert.deepEqual(calibration(run(["--dry-run", "--calib", TEXT])), [TEXT, 32, 256]);
 });
