@@ -56,3 +56,24 @@ export function flagsWithout(flags: readonly string[], needed: string, why: stri
   const names = listFlags(flags);
   return new MlaError("BAD_ARGUMENT", `${names} ${flags.length > 1 ? "have" : "has"} no effect without ${needed} (${why})`, `${add}, or leave ${names} out`);
 }
+
+/**
+ * The one policy for a setting that cannot take effect beside the others (an "inert" setting): the
+ * setting the caller gave is refused, never warned about and dropped. Given means written on the
+ * command line, or in a library call any value but undefined or null, the default's own value
+ * included: an explicit setting that does nothing is most likely a slip in the command, and a run that
+ * drops it leaves a script believing it applied. A default that does not apply (the default windows
+ * without --calib, balancing under --svd split) is no one's mistake and passes silently; so a flag
+ * that can be inert has no yargs default (the command line could not tell it given). convert, convert
+ * --format deepseek and pipeline check through here; `settings` are [flag as written, value], the
+ * rest is flagsWithout's.
+ */
+export function refuseInert(settings: readonly (readonly [flag: string, value: unknown])[], needed: string, why: string, add?: string): void {
+  const given = settings.filter(([, v]) => v !== undefined && v !== null).map(([flag]) => flag);
+  if (given.length) throw flagsWithout(given, needed, why, add);
+}
+
+/** A boolean flag as the user wrote it: `--NAME` for true, `--no-NAME` for false. */
+export function booleanFlag(name: string, value: boolean | undefined): string {
+  return value === false ? `--no-${name}` : `--${name}`;
+}

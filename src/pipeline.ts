@@ -6,7 +6,7 @@
  */
 import fs from "node:fs";
 import path from "node:path";
-import { flagsWithout, MlaError } from "./errors.js";
+import { booleanFlag, MlaError, refuseInert } from "./errors.js";
 import { writeFileAtomic } from "./io/atomicDir.js";
 import { refuseOutOverInputs } from "./io/outGuard.js";
 import { convert } from "./convert/pipeline.js";
@@ -24,7 +24,8 @@ import { checkDataFile } from "./finetune/data.js";
 import type { TaskName } from "./eval/tasks/index.js";
 import { writeReport } from "./eval/report/report.js";
 import { finetune, FinetuneOptions } from "./finetune/trainer.js";
-import { checkSameRun, runFingerprint } from "./pipelineState.js";
+import { checkSameRun, exportReadsCalibration, runFingerprint } from "./pipelineState.js";
+import { conversionReadsCalibration } from "./convert/calibrationNeeds.js";
 import { checkFinetuneOptions, checkTeacher, FINETUNE_KINDS } from "./finetune/options.js";
 import { checkOptionTypes, type OptionKinds } from "./util/optionTypes.js";
 import { resumableStep, throwIfAborted } from "./util/abort.js";
@@ -127,30 +128,35 @@ function checkExportable(c: ModelConfig, o: PipelineOptions): void {
   checkExportSettings(c, o.convert.ropePairs ?? defaultRopePairs(c.headDim), o.convert.attention === "eg-mla");
 }
 
-/** The flags (named as on the command line) of the options in `fields` that are set. */
-function flagsSet(fields: object): string[] {
-  return Object.entries(fields)
-    .filter(([, v]) => v !== undefined)
-    .map(([k]) => "--" + k.replace(/[A-Z]/g, (ch) => "-" + ch.toLowerCase()));
+/** The options in `fields` as [flag as on the command line, value], for refuseInert. */
+function asFlags(fields: object): [string, unknown][] {
+  return Object.entries(fields).map(([k, v]) => ["--" + k.replace(/[A-Z]/g, (ch) => "-" + ch.toLowerCase()), v]);
 }
 
-/** Refuses options of a phase that is off (--rope-dim without --format deepseek, --lr without --finetune-data), which would otherwise be dropped unseen. */
+/** Refuses options of a phase that is off (--rope-dim without --format deepseek, --lr without --finetune-data), which would otherwise be dropped unseen (refuseInert's policy). */
 function refuseIdleOptions(o: PipelineOptions): void {
-  const deepseek = o.format === "deepseek" ? [] : flagsSet(o.deepseek ?? {});
-  if (deepseek.length) throw flagsWithout(deepseek, "--format deepseek", "widths of the deepseek_v3 model the conversion writes; --export deepseek sizes its own from the model");
-  if (o.attentionBias === false) {
-    if (o.format !== "deepseek" && o.export !== "deepseek") throw flagsWithout(["--no-attention-bias"], "--format deepseek or --export deepseek", "the deepseek_v3 folder it writes without biases");
-    // The export's own check, made now: it runs after the fine-tune, hours later.
-    requireFitText(o.convert.calib);
-  }
+  if (o.format !== "deepseek") refuseInert(asFlags(o.deepseek ?? {}), "--format deepseek", "widths of the deepseek_v3 model the conversion writes; --export deepseek sizes its own from the model");
+  if (o.format !== "deepseek" && o.export !== "deepseek") refuseInert([[booleanFlag("attention-bias", o.attentionBias), o.attentionBias]], "--format deepseek or --export deepseek", "the biases of the deepseek_v3 folder it writes");
+  // The export's own check, made now: it runs after the fine-tune, hours later.
+  if (o.attentionBias === false) requireFitText(o.convert.calib);
   // eval's --ctx has a default; the pipeline's --eval-ctx has none, so one given is told from one not.
-  if (o.evalCtx !== undefined && !o.evalText) throw flagsWithout(["--eval-ctx"], "--eval-text FILE", "the perplexity windows' length");
+  if (!o.evalText) refuseInert([["--eval-ctx", o.evalCtx]], "--eval-text FILE", "the perplexity windows' length");
   if (!o.finetune || o.finetune.data.length) return;
   // device is the pipeline's own, handed on to the fine-tune.
   const { data: _data, device: _device, ...tuning } = o.finetune;
-  const given = flagsSet(tuning);
-  if (!given.length) throw new MlaError("BAD_ARGUMENT", "--finetune-data names no files", "pass --finetune-data FILE..., or leave it out to skip fine-tuning");
-  throw flagsWithout(given, "--finetune-data FILE", "the pipeline fine-tunes only when given data");
+  refuseInert(asFlags(tuning), "--finetune-data FILE", "the pipeline fine-tunes only when given data");
+  throw new MlaError("BAD_ARGUMENT", "--finetune-data names no files", "pass --finetune-data FILE..., or leave it out to skip fine-tuning");
+}
+
+/**
+ * The conversion phase's settings: the pipeline's, less a calibration text (and its windows) that only
+ * the bias-free export reads, which a conversion that reads none would refuse. A text no phase reads
+ * stays, so the conversion's checks refuse it.
+ */
+function conversionPhase(o: PipelineOptions): SettingsInput {
+  if (o.format === "deepseek" || !exportReadsCalibration(o) || conversionReadsCalibration(o.convert)) return o.convert;
+  const { calib: _calib, calibSamples: _samples, calibLen: _len, ...rest } = o.convert;
+  return rest;
 }
 
 /** Every evaluation of the pipeline: its --eval-text with the tasks (errors name the pipeline's flags). */
@@ -173,7 +179,7 @@ function checkOptions(srcDir: string, o: PipelineOptions, log: Logger): void {
     // Declared attention biases are judged on the weights (a zero q bias converts): read them now.
     checkDeclaredBiases(srcDir, c, o.attentionBias ?? true);
   }
-  else resolveSettings(c, o.convert, silentLogger);
+  else resolveSettings(c, conversionPhase(o), silentLogger);
   checkEvalOptions(pipelineEval(o));
   // Perplexity and task items start with BOS: a model without one is refused before the conversion.
   if (o.evalText || o.tasks?.length) requireBos(c.bosTokenId);
@@ -257,7 +263,7 @@ export async function pipeline(spec: string, o: PipelineOptions): Promise<Pipeli
   await phase("convert", () => fs.existsSync(path.join(mla, "config.json")), (): Promise<unknown> =>
     o.format === "deepseek"
       ? convertDeepseek(spec, { ...deepseekSettings(o.convert), ...o.deepseek, ...(o.attentionBias === false ? { attentionBias: false } : {}), ...common })
-      : convert(spec, { ...o.convert, ...common }),
+      : convert(spec, { ...conversionPhase(o), ...common }),
   );
   await evalTo("original", spec, files.original);
   await evalTo("converted", mla, files.converted);

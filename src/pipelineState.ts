@@ -12,6 +12,7 @@ import { shown } from "./finetune/resume.js";
 import { FINETUNE_DEFAULTS } from "./finetune/trainer.js";
 import type { Logger } from "./util/log.js";
 import type { PipelineOptions } from "./pipeline.js";
+import { conversionReadsCalibration } from "./convert/calibrationNeeds.js";
 
 /** What pipeline.json holds (runs of older versions may lack `settings`). */
 interface RunState {
@@ -37,7 +38,7 @@ export function runIdentity(spec: string, o: Partial<PipelineOptions>): Record<s
     : undefined;
   return {
     model: spec,
-    convert: o.convert ? effectiveConversion(o.convert) : o.convert,
+    convert: o.convert ? effectiveConversion(o.convert, o) : o.convert,
     format: o.format ?? "mha2mla",
     deepseek: o.format === "deepseek" ? o.deepseek : undefined,
     finetune,
@@ -51,14 +52,22 @@ export function runIdentity(spec: string, o: Partial<PipelineOptions>): Record<s
   };
 }
 
+/** Whether the pipeline's export reads the conversion's calibration text: the bias-free form fits kv_a_layernorm on it. */
+export function exportReadsCalibration(o: Pick<PipelineOptions, "export" | "attentionBias">): boolean {
+  return o.export === "deepseek" && o.attentionBias === false;
+}
+
 /**
- * The conversion settings that change the conversion: --no-balance-kv under the split SVD and the
- * calibration windows without --calib do nothing (now refused on the command line), so a run started
- * with them resumes without them, and the other way round.
+ * The conversion settings that change the run. Settings that do nothing are refused now (refuseInert),
+ * but runs started before were taken with them, so each counts as not given and such a run resumes
+ * without it (and the other way round): --balance-kv either way under the split SVD, absent counting
+ * as the default under the joint one (the CLI passed true then, passes only a given one now), and a
+ * --calib no phase reads, its windows with it (the windows without --calib too).
  */
-function effectiveConversion(c: NonNullable<PipelineOptions["convert"]>): Record<string, unknown> {
-  const { balanceKv, calibSamples, calibLen, ...rest } = c;
-  return { ...rest, ...(c.svd === "split" ? {} : { balanceKv }), ...(c.calib ? { calibSamples, calibLen } : {}) };
+function effectiveConversion(c: NonNullable<PipelineOptions["convert"]>, o: Partial<PipelineOptions>): Record<string, unknown> {
+  const { balanceKv, calib, calibSamples, calibLen, ...rest } = c;
+  const read = calib && (o.format === "deepseek" || exportReadsCalibration(o) || conversionReadsCalibration(c));
+  return { ...rest, ...(c.svd === "split" ? {} : { balanceKv: balanceKv ?? true }), ...(read ? { calib, calibSamples, calibLen } : {}) };
 }
 
 /** JSON with every object's keys sorted (and, as JSON.stringify does, undefined fields left out): equal data, equal text. */

@@ -1,9 +1,8 @@
 /** The conversion flags shared by `convert` and `pipeline`, and their mapping to library settings. */
 import type { Argv } from "yargs";
-import { DEFAULT_GATE_DIM, NO_BALANCE_WITH_SPLIT, type SettingsInput } from "../convert/plan.js";
+import { DEFAULT_GATE_DIM, refuseInertSettings, type SettingsInput } from "../convert/plan.js";
 import { parseStrategy, ROPE_STRATEGIES } from "../ropeSelect/strategies.js";
 import { KV_SPLIT_MODES, KvSplitMode } from "../convert/kvSplit.js";
-import { refuseWindowsWithoutText } from "../convert/calibrationNeeds.js";
 import { MlaError } from "../errors.js";
 import { DEFAULT_CALIB_LEN, DEFAULT_CALIB_SAMPLES } from "../ropeSelect/calibrate.js";
 
@@ -22,7 +21,7 @@ export interface ConversionArgs {
   "rope-disjoint": boolean;
   svd: "joint" | "split";
   "svd-init": "weights" | "activations";
-  "balance-kv": boolean;
+  "balance-kv"?: boolean;
   "refit-output": boolean;
   calib?: string;
   "calib-samples"?: number;
@@ -41,7 +40,8 @@ export function withConversionOptions<T>(y: Argv<T>) {
     .option("rope-disjoint", { type: "boolean", default: false, describe: "no RoPE frequency kept by two KV heads of a layer (needs KV heads × rope pairs ≤ head_dim/2): the result can then be exported exactly with `export --format deepseek`" })
     .option("svd", { choices: ["joint", "split"] as const, default: "joint" as const, describe: "one SVD of [keys; values] or one each" })
     .option("svd-init", { choices: ["weights", "activations"] as const, default: "weights" as const, describe: "factor the weights, or the weights whitened by the calibration activations" })
-    .option("balance-kv", { type: "boolean", default: true, describe: "scale keys against values (equal mean energy) before the joint SVD, undone in the up-projection (TransMLA's BKV); --no-balance-kv for the paper's plain SVD" })
+    // No yargs default: given with --svd split it is refused (either way), so given must differ from defaulted.
+    .option("balance-kv", { type: "boolean", describe: "scale keys against values (equal mean energy) before the joint SVD, undone in the up-projection (TransMLA's BKV; on by default with --svd joint); --no-balance-kv for the paper's plain SVD" })
     .option("refit-output", { type: "boolean", default: false, describe: "after factoring, solve each layer's o_proj again by least squares so the converted attention reproduces the original's output on the calibration text (needs --calib; the KV cache is unchanged). Best for a model used as converted: after a recovery fine-tune it ends slightly behind (docs/benchmarks.md)" })
     .option("calib", { type: "string", describe: "calibration text for 2-norm selection, activation-aware SVD, --refit-output and the kv_a_layernorm fit of --format deepseek --no-attention-bias" })
     // No yargs defaults: given without --calib they are refused, so given must differ from defaulted.
@@ -54,8 +54,8 @@ export function withConversionOptions<T>(y: Argv<T>) {
 }
 
 export function conversionSettings(a: ConversionArgs): SettingsInput {
-  refuseWindowsWithoutText({ calib: a.calib, calibSamples: a["calib-samples"], calibLen: a["calib-len"] });
-  if (a["balance-kv"] === false && a.svd === "split") throw new MlaError("BAD_ARGUMENT", NO_BALANCE_WITH_SPLIT, "drop --no-balance-kv, or use --svd joint");
+  // Before the model is resolved: the library's own check of the flags that would do nothing beside the others.
+  refuseInertSettings({ rank: a.rank, svd: a.svd, balanceKv: a["balance-kv"], calib: a.calib, calibSamples: a["calib-samples"], calibLen: a["calib-len"] });
   return {
     rank: a.rank,
     ropePairs: a["rope-pairs"],
@@ -63,6 +63,7 @@ export function conversionSettings(a: ConversionArgs): SettingsInput {
     ropeDisjoint: a["rope-disjoint"],
     svd: a.svd,
     svdInit: a["svd-init"],
+    // Only as given: a pipeline's run identity counts an absent one as the default (true) under the joint SVD, so runs the CLI started passing true resume.
     balanceKv: a["balance-kv"],
     refitOutput: a["refit-output"],
     calib: a.calib,

@@ -5,7 +5,7 @@ import { ConversionArgs, conversionSettings, withConversionOptions } from "./con
 import { stderrLogger } from "../util/log.js";
 import { checkJsonTarget, emitJson, summaryWriter } from "./output.js";
 import { convertDeepseek, deepseekSettings } from "../deepseek/export.js";
-import { flagsWithout } from "../errors.js";
+import { booleanFlag, refuseInert } from "../errors.js";
 
 import type { DeviceName } from "../backends/select.js";
 
@@ -22,8 +22,8 @@ interface Args extends ConversionArgs {
   format: "mha2mla" | "deepseek";
   "rope-dim"?: number;
   "kv-lora-rank"?: number;
-  "rope-interleave": boolean;
-  "attention-bias": boolean;
+  "rope-interleave"?: boolean;
+  "attention-bias"?: boolean;
 }
 
 export const convertCommand: CommandModule<object, Args> = {
@@ -42,15 +42,20 @@ export const convertCommand: CommandModule<object, Args> = {
       .option("format", { choices: ["mha2mla", "deepseek"] as const, default: "mha2mla" as const, describe: "mha2mla: our MLA format (per-head partial RoPE); deepseek: a deepseek_v3 folder stock DeepseekV3ForCausalLM loads (one shared rope key, RoRoPE; vLLM and SGLang drop its attention biases unless --no-attention-bias)" })
       .option("rope-dim", { type: "number", describe: "deepseek: qk_rope_head_dim, the shared rope key's width (default min(2·R·KV heads, head_dim))" })
       .option("kv-lora-rank", { type: "number", describe: "deepseek: kv_lora_rank (default: the KV bytes of the same --rank/--rope-pairs in our format)" })
-      .option("rope-interleave", { type: "boolean", default: true, describe: "deepseek: interleaved rope rows (rope_interleave; vLLM expects them)" })
-      .option("attention-bias", { type: "boolean", default: true, describe: "deepseek: --no-attention-bias writes a folder without attention biases (attention_bias false) that vLLM and SGLang serve as written: no constant latent channel, kv_a_layernorm's weight fitted on --calib (required). An approximation where the default is exact (docs/deepseek.md)" })
+      // No yargs defaults: given without --format deepseek they are refused (either way), so given must differ from defaulted.
+      .option("rope-interleave", { type: "boolean", describe: "deepseek: interleaved rope rows (rope_interleave; vLLM expects them; default on)" })
+      .option("attention-bias", { type: "boolean", describe: "deepseek: --no-attention-bias writes a folder without attention biases (attention_bias false) that vLLM and SGLang serve as written: no constant latent channel, kv_a_layernorm's weight fitted on --calib (required). An approximation where the default is exact (docs/deepseek.md)" })
       .option("json", { type: "string", describe: "write the result summary as JSON to FILE (no value: stdout)" }),
   handler: async (a) => {
     const say = summaryWriter(a.json);
     checkJsonTarget(a.json);
-    // The deepseek_v3 widths do nothing in our format: refused, not dropped unseen.
-    const deepseekOnly = ([["--rope-dim", a["rope-dim"] !== undefined], ["--kv-lora-rank", a["kv-lora-rank"] !== undefined], ["--no-rope-interleave", !a["rope-interleave"]], ["--no-attention-bias", !a["attention-bias"]]] as const).filter(([, given]) => given).map(([flag]) => flag);
-    if (a.format !== "deepseek" && deepseekOnly.length) throw flagsWithout(deepseekOnly, "--format deepseek", "settings of the deepseek_v3 folder's rope key, latent and biases");
+    // The deepseek_v3 widths and layout do nothing in our format: refused, not dropped unseen.
+    if (a.format !== "deepseek")
+      refuseInert(
+        [["--rope-dim", a["rope-dim"]], ["--kv-lora-rank", a["kv-lora-rank"]], [booleanFlag("rope-interleave", a["rope-interleave"]), a["rope-interleave"]], [booleanFlag("attention-bias", a["attention-bias"]), a["attention-bias"]]],
+        "--format deepseek",
+        "settings of the deepseek_v3 folder's rope key, latent and biases",
+      );
     if (a.format === "deepseek") {
       const d = await convertDeepseek(a.model, { ...deepseekSettings(conversionSettings(a)), ropeDim: a["rope-dim"], kvLoraRank: a["kv-lora-rank"], interleave: a["rope-interleave"], attentionBias: a["attention-bias"], dryRun: a["dry-run"], evalText: a["eval-text"], evalTokens: a["eval-tokens"], evalCtx: a["eval-ctx"], out: a.out, force: a.force, device: a.device, logger: stderrLogger, progress: process.stderr });
       const kv = `KV cache per token and layer ${d.kvPerToken.before} → ${d.kvPerToken.after} elements (${d.kvPerToken.changePercent.toFixed(2)}%), shared rope key ${d.ropeDim} dims, kv_lora_rank ${d.kvLoraRank}`;

@@ -31,7 +31,7 @@ interface Args extends ConversionArgs {
   "rope-dim"?: number;
   "kv-lora-rank"?: number;
   export?: "deepseek";
-  "attention-bias": boolean;
+  "attention-bias"?: boolean;
 }
 
 const PIPELINE_STOP: StopMessages = {
@@ -73,7 +73,8 @@ export const pipelineCommand: CommandModule<object, Args> = {
       .option("rope-dim", { type: "number", describe: "deepseek: qk_rope_head_dim" })
       .option("kv-lora-rank", { type: "number", describe: "deepseek: kv_lora_rank" })
       .option("export", { choices: ["deepseek"] as const, describe: "also write the final model as a deepseek_v3 folder (OUT/deepseek; exact; needs --rope-disjoint)" })
-      .option("attention-bias", { type: "boolean", default: true, describe: "with --format deepseek or --export deepseek: --no-attention-bias writes that folder without attention biases, which vLLM and SGLang serve as written (kv_a_layernorm's weight fitted on --calib, which it needs; docs/deepseek.md)" }),
+      // No yargs default: given without --format deepseek or --export deepseek it is refused (either way), so given must differ from defaulted.
+      .option("attention-bias", { type: "boolean", describe: "with --format deepseek or --export deepseek: --no-attention-bias writes that folder without attention biases, which vLLM and SGLang serve as written (kv_a_layernorm's weight fitted on --calib, which it needs; docs/deepseek.md)" }),
   handler: async (a) => {
     // The first signal aborts the phase under way (a signal, not shouldStop, which only the fine-tune
     // polls: a long conversion or evaluation would otherwise run to its end before the stop). Each
@@ -92,8 +93,8 @@ export const pipelineCommand: CommandModule<object, Args> = {
         format: a.format,
         deepseek: { ropeDim: a["rope-dim"], kvLoraRank: a["kv-lora-rank"] },
         export: a.export,
-        // Only a given --no-attention-bias is passed: a run started before the flag keeps its fingerprint.
-        ...(a["attention-bias"] === false ? { attentionBias: false } : {}),
+        // Only as given: a run's identity counts only false, so a run started before the flag keeps its fingerprint.
+        attentionBias: a["attention-bias"],
         finetune: finetuneOptions(a),
         device: a.device,
         evalText: a["eval-text"],

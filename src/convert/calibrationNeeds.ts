@@ -1,10 +1,10 @@
 /**
  * The conversion options that read calibration text (`--calib`): which of them a conversion uses
- * (so the pipeline reads the windows only then), and the one refusal when it is missing; shared by
- * both output formats, so each option's reason is written once.
+ * (so the pipeline reads the windows only then), the refusal when it is missing, and those of a text
+ * or windows nothing reads; shared by both output formats, so each option's reason is written once.
  */
 import path from "node:path";
-import { flagsWithout, MlaError } from "../errors.js";
+import { MlaError, refuseInert } from "../errors.js";
 
 export interface CalibrationUses {
   ropeStrategy?: string;
@@ -27,12 +27,23 @@ function calibrationUses(o: CalibrationUses): [string, string][] {
 }
 
 /**
- * The warning for a `calib` given where no option reads it (our format; the deepseek format always
- * reads it). A warning, not a refusal: a script may pass the same --calib to every setting it sweeps.
+ * Refuses (refuseInert's policy) a `calib` our format's settings `o` do not read (the deepseek format
+ * reads any it is given): the conversion would come out the same without it. Its rope strategy is the
+ * one resolved, so an unread text is one beside an explicit --rope-strategy other than 2-norm.
  */
-export function unreadCalibration(calib: string): string {
+export function refuseUnreadCalibration(calib: string | null | undefined, o: CalibrationUses): void {
+  if (readsCalibration(o)) return;
   const flags = READERS.map(([, flag]) => flag);
-  return `--calib ${calib} is not read with these settings: only ${flags.slice(0, -1).join(", ")} or ${flags[flags.length - 1]} read calibration text`;
+  const strategy = o.ropeStrategy === undefined ? "" : `; --rope-strategy ${o.ropeStrategy} does not`;
+  refuseInert([["--calib", calib]], `${flags.slice(0, -1).join(", ")} or ${flags[flags.length - 1]}`, `the settings that read calibration text${strategy}`, "add the one you meant");
+}
+
+/**
+ * Whether our format's conversion with settings `o` reads a calibration text it is given: the rope
+ * strategy, when not given, is 2-norm wherever there is a text.
+ */
+export function conversionReadsCalibration(o: CalibrationUses): boolean {
+  return readsCalibration({ ...o, ropeStrategy: o.ropeStrategy ?? "2-norm" });
 }
 
 /** Whether any option of `o` reads calibration text. */
@@ -48,13 +59,12 @@ export function requireCalibration(calib: string | null | undefined, o: Calibrat
 
 /**
  * Refuses calibration windows (`calibSamples`, `calibLen`) given without the text they are cut from:
- * they would do nothing, and a script that passed them would believe the conversion calibrated. One
- * check for the command line and both library conversions (so `pipeline` too), so all say the same;
- * null counts as not given, as in the option type checks.
+ * they would do nothing, and a script that passed them would believe the conversion calibrated
+ * (refuseInert's policy). One check for the command line and both library conversions (so `pipeline`
+ * too), so all say the same; null counts as not given, as in the option type checks.
  */
 export function refuseWindowsWithoutText(o: { calib?: string | null; calibSamples?: number | null; calibLen?: number | null }): void {
-  const given = ([["--calib-samples", o.calibSamples], ["--calib-len", o.calibLen]] as const).filter(([, v]) => v !== undefined && v !== null).map(([flag]) => flag);
-  if (given.length && (o.calib === undefined || o.calib === null)) throw flagsWithout(given, "--calib FILE", "settings of the calibration windows");
+  if (o.calib === undefined || o.calib === null) refuseInert([["--calib-samples", o.calibSamples], ["--calib-len", o.calibLen]], "--calib FILE", "settings of the calibration windows");
 }
 
 /**

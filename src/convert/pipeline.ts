@@ -33,7 +33,7 @@ import { checkOptionTypes, type OptionKinds } from "../util/optionTypes.js";
 import { nextTurn, throwIfAborted } from "../util/abort.js";
 import { LayerSource } from "./layerSource.js";
 import { chooseKvSplits, kvSplitRecord, SplitChoice } from "./splitChoice.js";
-import { calibrationRecord, unreadCalibration } from "./calibrationNeeds.js";
+import { calibrationRecord } from "./calibrationNeeds.js";
 import { mlaSection, splitFields } from "../io/mlaSection.js";
 import { buildReport, ConversionReport, reportMarkdown } from "./report.js";
 import { initialGate } from "./gate.js";
@@ -120,7 +120,7 @@ async function convertInScope(spec: string, opts: ConvertOptions): Promise<Conve
     // The converted model is at most its source's size (smaller attention; EG-MLA's gate is small).
     requireRoom(out, weightFileBytes(srcDir), "the converted model");
 
-    // The plan decides whether calibration runs (its settings keep --calib only where a setting reads it), so the records and the result agree.
+    // The plan decides whether calibration runs (its settings keep --calib only where a setting reads it, and resolveSettings refuses one none reads), so the records and the result agree.
     let windows: Int32Array[] = [];
     const calib = plan.settings.calib;
     if (calib !== null) {
@@ -128,7 +128,7 @@ async function convertInScope(spec: string, opts: ConvertOptions): Promise<Conve
       if (past) log.warn(past);
       windows = calibrationWindows(loadTokenizer(srcDir), readCalibrationText(calib), settings.calibSamples, settings.calibLen, config.bosTokenId, calib);
       if (windows.length < settings.calibSamples) log.info(`note: ${calib} holds ${windows.length} calibration windows of ${settings.calibLen} tokens (asked for ${settings.calibSamples})`);
-    } else if (settings.calib) log.warn(unreadCalibration(settings.calib));
+    }
     const linalg = selectLinalg(opts.device ?? "auto", log);
     useLinalg(linalg);
     log.info(`factoring with the ${linalg?.name ?? "TypeScript"} float64 routines`);

@@ -1,7 +1,7 @@
 /** Validates conversion options against the model and derives what the conversion will produce. */
 import fs from "node:fs";
 import path from "node:path";
-import { MlaError } from "../errors.js";
+import { booleanFlag, MlaError, refuseInert } from "../errors.js";
 import { refuseOutOverInputs, type InputPath } from "../io/outGuard.js";
 import { kvElemsPerToken, latentWidth, ModelConfig } from "../model/config.js";
 import { checkDisjoint, defaultRopePairs, parseStrategy, RopeStrategy } from "../ropeSelect/strategies.js";
@@ -9,7 +9,7 @@ import type { OptionKinds } from "../util/optionTypes.js";
 import type { Logger } from "../util/log.js";
 import { maxRank, maxRankNote } from "./factor.js";
 import { budgetSplits, KV_SPLIT_MODES, KvSplitMode } from "./kvSplit.js";
-import { readsCalibration, refuseWindowsWithoutText, requireCalibration } from "./calibrationNeeds.js";
+import { readsCalibration, refuseUnreadCalibration, refuseWindowsWithoutText, requireCalibration } from "./calibrationNeeds.js";
 import { checkWindowShape, DEFAULT_CALIB_LEN, DEFAULT_CALIB_SAMPLES } from "../ropeSelect/calibrate.js";
 import { checkTextFile } from "../eval/perplexity.js";
 
@@ -42,7 +42,7 @@ export interface ConversionSettings {
 /**
  * The settings as convert() returns them (ConvertResult.plan, so `convert --json`) and
  * mla_conversion.json and report.json record them: the calibration text and its windows only where
- * calibration runs, null where none does (no --calib, or a --calib no setting reads). resolveSettings
+ * calibration runs, null where none does (no --calib: one no setting reads is refused). resolveSettings
  * fills in the default 32 × 256 windows either way, and a record of those would say the conversion
  * calibrated.
  */
@@ -77,9 +77,11 @@ export interface SettingsInput {
   ropeDisjoint?: boolean;
   svd?: "joint" | "split";
   svdInit?: "weights" | "activations";
+  /** Default true; refused (either way) with svd "split", which balances nothing. */
   balanceKv?: boolean;
   /** After factoring, refit each layer's o_proj on the calibration text (src/convert/refitOutput.ts); needs calib. */
   refitOutput?: boolean;
+  /** Calibration text; refused where no setting reads it (an explicit --rope-strategy other than 2-norm, and nothing else that reads it). */
   calib?: string;
   /** Windows of `calib` (default 32, or as many as it holds) and their length, BOS included (default 256); refused without calib. */
   calibSamples?: number;
@@ -94,8 +96,16 @@ export interface SettingsInput {
   kvSplitPairs?: number[];
 }
 
-/** --no-balance-kv under --svd split: keys are balanced against values only for their joint SVD. */
-export const NO_BALANCE_WITH_SPLIT = "--no-balance-kv has no effect with --svd split (keys are balanced against values only for the joint SVD of [keys; values])";
+/**
+ * Refuses the settings of `o` that cannot take effect beside its others and need no model to tell
+ * (refuseInert's policy): the calibration windows without their text, and balancing (either way)
+ * under the split SVD, which factors keys and values each alone, where a scale would cancel out. The
+ * command line asks it before resolving the model; resolveSettings asks it too (so every library caller).
+ */
+export function refuseInertSettings(o: SettingsInput): void {
+  refuseWindowsWithoutText(o);
+  if (o.svd === "split") refuseInert([[booleanFlag("balance-kv", o.balanceKv), o.balanceKv]], "--svd joint", "keys are balanced against values only for the joint SVD of [keys; values]", "use --svd joint");
+}
 
 /** The JavaScript types of SettingsInput, for the entry checks of the functions that take them. */
 export const SETTINGS_KINDS: OptionKinds<SettingsInput> = {
@@ -125,15 +135,12 @@ export function resolveSettings(c: ModelConfig, o: SettingsInput, log: Logger): 
   if (svd !== "joint" && svd !== "split") throw new MlaError("BAD_ARGUMENT", `--svd ${svd} is not known`, "use joint or split");
   const svdInit = o.svdInit ?? "weights";
   if (svdInit !== "weights" && svdInit !== "activations") throw new MlaError("BAD_ARGUMENT", `--svd-init ${svdInit} is not known`, "use weights or activations");
-  // BKV scales keys against values for their one SVD; split factors each alone, where a scale would cancel out.
-  // A warning here (a script's balanceKv: false with the split SVD did nothing before, and still does); the command line refuses it.
-  if (o.balanceKv === false && svd === "split") log.warn(NO_BALANCE_WITH_SPLIT);
+  refuseInertSettings(o);
   const top = maxRank(svd, c.kvHeads, c.headDim, R, c.hiddenSize);
   if (top < 1) throw new MlaError("BAD_ARGUMENT", `--svd split needs position-free key dims, but --rope-pairs ${R} keeps all ${half} pairs`, `use --svd joint or --rope-pairs < ${half}`);
   if (!Number.isInteger(o.rank) || o.rank < 1 || o.rank > top)
     throw new MlaError("BAD_ARGUMENT", `--rank ${o.rank} is out of range for this model with --rope-pairs ${R} and --svd ${svd}`, `use an integer in 1…${top} (latent dims per KV head; ${maxRankNote(svd, c.kvHeads, c.headDim, R, c.hiddenSize)})`);
   const calib = o.calib ?? null;
-  refuseWindowsWithoutText(o);
   checkCalibFile(calib);
   let strategy = o.ropeStrategy === undefined ? undefined : parseStrategy(o.ropeStrategy);
   if (!strategy) {
@@ -143,15 +150,16 @@ export function resolveSettings(c: ModelConfig, o: SettingsInput, log: Logger): 
   const refitOutput = o.refitOutput ?? false;
   const attention = o.attention ?? "mla";
   if (attention !== "mla" && attention !== "eg-mla") throw new MlaError("BAD_ARGUMENT", `--attention ${attention} is not known`, "use mla or eg-mla");
-  if (o.gateDim !== undefined && attention !== "eg-mla") throw new MlaError("BAD_ARGUMENT", "--gate-dim is EG-MLA's gate width", "add --attention eg-mla, or leave --gate-dim out");
+  if (attention !== "eg-mla") refuseInert([["--gate-dim", o.gateDim]], "--attention eg-mla", "EG-MLA's gate width");
   const gateDim = attention === "eg-mla" ? (o.gateDim ?? DEFAULT_GATE_DIM) : 0;
   if (attention === "eg-mla" && (!Number.isInteger(gateDim) || gateDim < 1)) throw new MlaError("BAD_ARGUMENT", `--gate-dim ${o.gateDim} is not a positive integer`, `use for example ${DEFAULT_GATE_DIM} (the gate table holds vocab × gate-dim values per layer)`);
   const ropeDisjoint = o.ropeDisjoint ?? false;
   if (ropeDisjoint) checkDisjoint(c.kvHeads, R, half);
   const kvSplit = o.kvSplit ?? "uniform";
   if (!KV_SPLIT_MODES.includes(kvSplit)) throw new MlaError("BAD_ARGUMENT", `--kv-split ${kvSplit} is not known`, `use ${KV_SPLIT_MODES.join(" or ")}`);
-  if (kvSplit === "uniform" && o.kvSplitPairs) throw new MlaError("BAD_ARGUMENT", "--kv-split-pairs lists the rope pairs --kv-split per-layer tries", "add --kv-split per-layer, or leave --kv-split-pairs out");
+  if (kvSplit === "uniform") refuseInert([["--kv-split-pairs", o.kvSplitPairs]], "--kv-split per-layer", "the rope pairs it tries per layer");
   requireCalibration(calib, { ropeStrategy: strategy, svdInit, refitOutput, kvSplit });
+  if (calib) refuseUnreadCalibration(calib, { ropeStrategy: strategy, svdInit, refitOutput, kvSplit });
   const calibSamples = o.calibSamples ?? DEFAULT_CALIB_SAMPLES, calibLen = o.calibLen ?? DEFAULT_CALIB_LEN;
   checkWindowShape(calibSamples, calibLen);
   const kvSplitPairs = kvSplit === "per-layer" ? budgetSplits({ kvHeads: c.kvHeads, headDim: c.headDim, hidden: c.hiddenSize }, { ropePairs: R, rank: o.rank, svd, ropeDisjoint }, o.kvSplitPairs).map((x) => x.ropePairs) : null;

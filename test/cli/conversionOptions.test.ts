@@ -1,8 +1,9 @@
 /**
  * The conversion flags `convert` and `pipeline` share: the calibration windows' flags are refused
- * without --calib (they were dropped unseen), --no-balance-kv with --svd split (balancing is the
- * joint SVD's), and with --calib the settings passed on are those yargs's defaults gave (a pipeline's
- * fingerprint); without it the windows are left out, as the library refuses them there.
+ * without --calib (they were dropped unseen), --balance-kv either way with --svd split (balancing is
+ * the joint SVD's), and with --calib the settings passed on are those yargs's defaults gave (a
+ * pipeline's fingerprint); without it the windows are left out, as the library refuses them there,
+ * and --balance-kv is passed only as given (a run the CLI started passing true still resumes).
  */
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
@@ -18,7 +19,7 @@ const MAIN = path.join(ROOT, "dist", "src", "cli", "main.js");
 const CALIB = path.join(FIXTURES, "text", "tinystories.txt");
 
 /** The arguments yargs hands the handlers when only --rank is given. */
-const plain: ConversionArgs = { rank: 4, "rope-disjoint": false, svd: "joint", "svd-init": "weights", "balance-kv": true, "refit-output": false, attention: "mla", "kv-split": "uniform" };
+const plain: ConversionArgs = { rank: 4, "rope-disjoint": false, svd: "joint", "svd-init": "weights", "refit-output": false, attention: "mla", "kv-split": "uniform" };
 
 test("--calib-samples / --calib-len without --calib are refused, naming them; with it they pass on", () => {
   assert.throws(() => conversionSettings({ ...plain, "calib-samples": 8 }), /^MlaError: --calib-samples has no effect without --calib FILE \(settings of the calibration windows\)\n {2}hint: add --calib FILE, or leave --calib-samples out$/);
@@ -27,13 +28,16 @@ test("--calib-samples / --calib-len without --calib are refused, naming them; wi
   assert.deepEqual([s.calibSamples, s.calibLen], [8, 64]);
 });
 
-test("with --calib the window settings are those the yargs defaults gave; without it none (the library refuses windows without text)", () => {
-  // JSON as the legacy fingerprint hashed it (undefined fields dropped, keys in this order).
-  assert.equal(JSON.stringify(conversionSettings({ ...plain, calib: CALIB })), JSON.stringify({ rank: 4, ropeDisjoint: false, svd: "joint", svdInit: "weights", balanceKv: true, refitOutput: false, calib: CALIB, calibSamples: 32, calibLen: 256, attention: "mla" }));
-  assert.equal(JSON.stringify(conversionSettings(plain)), JSON.stringify({ rank: 4, ropeDisjoint: false, svd: "joint", svdInit: "weights", balanceKv: true, refitOutput: false, attention: "mla" }));
+test("with --calib the window settings are those the yargs defaults gave; without it none (the library refuses windows without text); --balance-kv only as given", () => {
+  // JSON as the legacy fingerprint hashed it (undefined fields dropped, keys in this order), less the
+  // balanceKv: true yargs's default gave (the run identity counts an absent one as true: next test).
+  assert.equal(JSON.stringify(conversionSettings({ ...plain, calib: CALIB })), JSON.stringify({ rank: 4, ropeDisjoint: false, svd: "joint", svdInit: "weights", refitOutput: false, calib: CALIB, calibSamples: 32, calibLen: 256, attention: "mla" }));
+  assert.equal(JSON.stringify(conversionSettings(plain)), JSON.stringify({ rank: 4, ropeDisjoint: false, svd: "joint", svdInit: "weights", refitOutput: false, attention: "mla" }));
+  assert.equal(conversionSettings({ ...plain, "balance-kv": false }).balanceKv, false);
+  assert.equal(conversionSettings({ ...plain, "balance-kv": true }).balanceKv, true);
 });
 
-test("a pipeline the CLI started without --calib when it passed the windows' defaults (32/256) still resumes", async () => {
+test("a pipeline the CLI started without --calib when it passed the windows' defaults (32/256) and --balance-kv's (true) still resumes", async () => {
   const out = path.join(tmpDir(), "pl");
   fs.mkdirSync(out);
   const model = path.join(MODELS, "stories260K");
@@ -52,9 +56,13 @@ test("convert and pipeline on the command line refuse the idle flags before any 
   const cases: [string[], RegExp][] = [
     [["convert", "stories260K", "--rank", "2", "--calib-samples", "8", "--out", out], /^error: --calib-samples has no effect without --calib FILE/m],
     [["convert", "stories260K", "--rank", "2", "--format", "deepseek", "--calib-len", "64", "--out", out], /^error: --calib-len has no effect without --calib FILE/m],
-    [["convert", "stories260K", "--rank", "2", "--svd", "split", "--no-balance-kv", "--out", out], /^error: --no-balance-kv has no effect with --svd split .*\n {2}hint: drop --no-balance-kv, or use --svd joint/m],
+    [["convert", "stories260K", "--rank", "2", "--svd", "split", "--no-balance-kv", "--out", out], /^error: --no-balance-kv has no effect without --svd joint .*\n {2}hint: use --svd joint, or leave --no-balance-kv out/m],
+    [["convert", "stories260K", "--rank", "2", "--svd", "split", "--balance-kv", "--out", out], /^error: --balance-kv has no effect without --svd joint .*\n {2}hint: use --svd joint, or leave --balance-kv out/m],
+    [["convert", "stories260K", "--rank", "2", "--rope-strategy", "uniform", "--calib", CALIB, "--out", out], /^error: --calib has no effect without --rope-strategy 2-norm, /m],
     [["pipeline", MODELS + "/stories260K", "--rank", "2", "--eval-text", CALIB, "--calib-len", "64", "--out", out], /^error: --calib-len has no effect without --calib FILE/m],
-    [["pipeline", MODELS + "/stories260K", "--rank", "2", "--eval-text", CALIB, "--svd", "split", "--no-balance-kv", "--out", out], /^error: --no-balance-kv has no effect with --svd split/m],
+    [["pipeline", MODELS + "/stories260K", "--rank", "2", "--eval-text", CALIB, "--svd", "split", "--no-balance-kv", "--out", out], /^error: --no-balance-kv has no effect without --svd joint/m],
+    [["pipeline", MODELS + "/stories260K", "--rank", "2", "--eval-text", CALIB, "--rope-strategy", "high", "--calib", CALIB, "--out", out], /^error: --calib has no effect without --rope-strategy 2-norm, /m],
+    [["pipeline", MODELS + "/stories260K", "--rank", "2", "--eval-text", CALIB, "--attention-bias", "--out", out], /^error: --attention-bias has no effect without --format deepseek or --export deepseek/m],
   ];
   for (const [args, re] of cases) {
     const r = spawnSync(process.execPath, [MAIN, ...args, "--device", "reference"], { encoding: "utf8" });
@@ -64,4 +72,8 @@ test("convert and pipeline on the command line refuse the idle flags before any 
   assert.deepEqual(fs.readdirSync(parent), [], "nothing written");
   const dry = spawnSync(process.execPath, [MAIN, "convert", "stories260K", "--rank", "2", "--calib", CALIB, "--calib-samples", "4", "--calib-len", "64", "--dry-run"], { encoding: "utf8" });
   assert.equal(dry.status, 0, dry.stderr);
+  // The defaults that do not apply are no one's mistake: split balances nothing, and says so in its plan.
+  const split = spawnSync(process.execPath, [MAIN, "convert", "stories260K", "--rank", "2", "--svd", "split", "--dry-run", "--json"], { encoding: "utf8" });
+  assert.equal(split.status, 0, split.stderr);
+  assert.equal(JSON.parse(split.stdout).plan.settings.balanceKv, false);
 });

@@ -169,3 +169,24 @@ test("pipeline --no-attention-bias: refused without a deepseek_v3 folder to writ
   assert.equal(cfg.attention_bias, false);
   assert.ok(r.evals.every((e) => Number.isFinite(e.nll!)), "every model evaluated");
 });
+
+test("pipeline: a --calib only the bias-free export reads is taken (the conversion gets none); one no phase reads, and --attention-bias either way without a deepseek_v3 folder, are refused", async () => {
+  const CALIB = path.join(FIXTURES, "text", "tinystories.txt");
+  const convert = { rank: 2, ropePairs: 1, ropeDisjoint: true, ropeStrategy: "uniform" as const, calib: CALIB, calibSamples: 2, calibLen: 64 };
+  const base: PipelineOptions = { out: "", convert, evalText: TEXT, evalTokens: 300, device: "cpu", progress: null };
+  for (const [opts, re] of [
+    [{}, /^--calib has no effect without --rope-strategy 2-norm, .*\(the settings that read calibration text; --rope-strategy uniform does not\)/],
+    [{ export: "deepseek" }, /^--calib has no effect without/],
+    [{ attentionBias: true, convert: { rank: 2 } }, /^--attention-bias has no effect without --format deepseek or --export deepseek/],
+  ] as [Partial<PipelineOptions>, RegExp][]) {
+    const out = path.join(tmpDir(), "pl");
+    await assert.rejects(pipeline(MODEL, { ...base, ...opts, out }), (e: unknown) => e instanceof MlaError && e.code === "BAD_ARGUMENT" && re.test(e.message), String(re));
+    assert.ok(!fs.existsSync(out), "refused before any phase");
+  }
+  // Stopped after the conversion: the export would fit its norm on the text, the conversion read none.
+  const out = path.join(tmpDir(), "pl");
+  let asked = 0;
+  await pipeline(MODEL, { ...base, export: "deepseek", attentionBias: false, out, shouldStop: () => asked++ > 0 });
+  const rec = JSON.parse(fs.readFileSync(path.join(out, "mla", "mla_conversion.json"), "utf8"));
+  assert.deepEqual([rec.settings.calib, rec.settings.calibSamples, rec.settings.calibLen], [null, null, null]);
+});

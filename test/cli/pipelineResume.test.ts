@@ -77,11 +77,33 @@ test("a run an earlier version started (fingerprint of ordered JSON, the fine-tu
   await assert.rejects(pipeline(MODEL, { out, convert: { rank: 2 }, evalText: TEXT, finetune: { data: [TEXT], tokens: 4096 }, device: "cpu", ...quiet }), /--tokens 2048 → 4096/);
 });
 
-test("settings that do nothing do not count: --no-balance-kv under the split SVD, calibration windows without --calib (a run started with them resumes without them)", () => {
+test("settings that do nothing do not count: --balance-kv under the split SVD, calibration windows without --calib, a --calib no phase reads (a run started with them resumes without them)", () => {
   const base: PipelineOptions = { out: "x", convert: { rank: 2, ropePairs: 1, svd: "split" }, evalText: TEXT };
   assert.equal(runFingerprint(MODEL, base), runFingerprint(MODEL, { ...base, convert: { ...base.convert!, balanceKv: false } }));
+  assert.equal(runFingerprint(MODEL, base), runFingerprint(MODEL, { ...base, convert: { ...base.convert!, balanceKv: true } }));
   assert.equal(runFingerprint(MODEL, base), runFingerprint(MODEL, { ...base, convert: { ...base.convert!, calibSamples: 8, calibLen: 64 } }));
+  const uniform: PipelineOptions = { ...base, convert: { rank: 2, ropePairs: 1, ropeStrategy: "uniform" } };
+  assert.equal(runFingerprint(MODEL, uniform), runFingerprint(MODEL, { ...uniform, convert: { ...uniform.convert!, calib: TEXT, calibSamples: 8 } }));
   const joint: PipelineOptions = { ...base, convert: { rank: 2, ropePairs: 1, calib: TEXT } };
   assert.notEqual(runFingerprint(MODEL, joint), runFingerprint(MODEL, { ...joint, convert: { ...joint.convert!, balanceKv: false } }));
   assert.notEqual(runFingerprint(MODEL, joint), runFingerprint(MODEL, { ...joint, convert: { ...joint.convert!, calibSamples: 8 } }));
+  // Under the joint SVD an absent --balance-kv is the default: the CLI passed true until it passed only a given one.
+  assert.equal(runFingerprint(MODEL, joint), runFingerprint(MODEL, { ...joint, convert: { ...joint.convert!, balanceKv: true } }));
+  // A text the bias-free export reads counts, even where the conversion reads none.
+  const exported: PipelineOptions = { ...uniform, convert: { ...uniform.convert!, ropeDisjoint: true }, export: "deepseek", attentionBias: false };
+  assert.notEqual(runFingerprint(MODEL, exported), runFingerprint(MODEL, { ...exported, convert: { ...exported.convert!, calib: TEXT } }));
+});
+
+test("a run started before they were refused, with settings that do nothing, resumes without them; with them it is refused, naming them", async () => {
+  for (const idle of [{ svd: "split", balanceKv: false }, { svd: "split", balanceKv: true }, { ropeStrategy: "uniform", calib: TEXT, calibSamples: 8 }] as const) {
+    const out = path.join(tmpDir(), "pl");
+    fs.mkdirSync(out);
+    const rest = "svd" in idle ? { svd: idle.svd } : { ropeStrategy: idle.ropeStrategy };
+    // pipeline.json as the run's version wrote it (its fingerprint is another version's: the recorded settings decide).
+    fs.writeFileSync(path.join(out, "pipeline.json"), JSON.stringify({ fingerprint: "0123456789abcdef", model: MODEL, settings: { out, convert: { rank: 2, ropePairs: 1, ...idle }, evalText: TEXT } }));
+    fs.writeFileSync(path.join(out, "eval-original.json"), "{}");
+    await assert.rejects(pipeline(MODEL, { out, convert: { rank: 2, ropePairs: 1, ...idle }, evalText: TEXT, device: "cpu", ...quiet }), (e: unknown) => e instanceof MlaError && e.code === "BAD_ARGUMENT" && /has no effect without[\s\S]*hint: .*, or leave /.test(e.message));
+    const r = await pipeline(MODEL, { out, convert: { rank: 2, ropePairs: 1, ...rest }, evalText: TEXT, device: "cpu", ...quiet });
+    assert.equal(r.stoppedEarly, true, `${JSON.stringify(idle)}: resumed, not refused`);
+  }
 });

@@ -87,7 +87,7 @@ test("fine-tuning with --train attention trains the gate", async () => {
 test("eg-mla flags: --gate-dim needs --attention eg-mla, and --format deepseek has no gate", async () => {
   const out = path.join(tmpDir(), "never");
   const refused = (o: object, re: RegExp) => assert.rejects(convert(path.join(MODELS, "stories260K"), { ...settings, progress: null, out, ...o }), (e: Error) => e instanceof MlaError && re.test(e.message));
-  await refused({ gateDim: 8 }, /--gate-dim is EG-MLA's gate width/);
+  await refused({ gateDim: 8 }, /^--gate-dim has no effect without --attention eg-mla \(EG-MLA's gate width\)\n {2}hint: add --attention eg-mla, or leave --gate-dim out$/);
   await refused({ attention: "eg-mla", gateDim: 0 }, /--gate-dim 0 is not a positive integer/);
   const { deepseekSettings } = await import("../../src/deepseek/export.js");
   assert.throws(() => deepseekSettings({ rank: 4, attention: "eg-mla" }), /no EG-MLA gate/);

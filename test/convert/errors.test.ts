@@ -28,12 +28,12 @@ test("rank and rope pairs out of range name the valid range", async () => {
   await refused({ rank: 15, ropePairs: 1 }, /--rank 15 is out of range[\s\S]*1…14/);
   await refused({ rank: 2, ropePairs: 5 }, /--rope-pairs 5 is out of range[\s\S]*0…4/);
   await refused({ rank: 2, ropePairs: 4, svd: "split" }, /--svd split needs position-free key dims/);
-  // Balancing is for the joint SVD only: split ignored balanceKv false without a word; now a script is
-  // warned (the command line refuses it: test/cli/conversionOptions.test.ts).
-  const warnings: string[] = [];
+  // Balancing is for the joint SVD only: split ignored balanceKv without a word, then warned of false;
+  // now either is refused, as on the command line (test/cli/conversionOptions.test.ts).
+  await refused({ rank: 2, ropePairs: 1, svd: "split", balanceKv: false }, /^--no-balance-kv has no effect without --svd joint \(keys are balanced against values only for the joint SVD of \[keys; values\]\)\n {2}hint: use --svd joint, or leave --no-balance-kv out$/);
+  await refused({ rank: 2, ropePairs: 1, svd: "split", balanceKv: true, dryRun: true }, /^--balance-kv has no effect without --svd joint/);
   const split = path.join(tmpDir(), "split");
-  await convert(path.join(MODELS, "stories260K"), { rank: 2, ropePairs: 1, svd: "split", balanceKv: false, progress: null, out: split, logger: { info: () => {}, warn: (m: string) => warnings.push(m) } });
-  assert.ok(warnings.some((w) => /--no-balance-kv has no effect with --svd split/.test(w)), warnings.join("\n"));
+  await convert(path.join(MODELS, "stories260K"), { rank: 2, ropePairs: 1, svd: "split", progress: null, out: split });
   // The record says what was done: the split SVD balances nothing.
   assert.equal(JSON.parse(fs.readFileSync(path.join(split, "mla_conversion.json"), "utf8")).settings.balanceKv, false);
   assert.throws(() => parseStrategy("random"), /--rope-strategy random is not known[\s\S]*high, low, uniform, 2-norm/);
@@ -136,22 +136,26 @@ test("a conversion killed mid-way leaves no output; SIGTERM removes its temporar
   fs.rmSync(model, { recursive: true });
 });
 
-test("convert refuses the deepseek_v3 widths without --format deepseek, and warns of a --calib no setting reads", () => {
+test("convert refuses the deepseek_v3 widths without --format deepseek (either way for the booleans), and a --calib no setting reads", () => {
   const parent = tmpDir();
   const out = path.join(parent, "out");
-  for (const flags of [["--rope-dim", "8"], ["--kv-lora-rank", "16"], ["--no-rope-interleave"]]) {
+  for (const flags of [["--rope-dim", "8"], ["--kv-lora-rank", "16"], ["--no-rope-interleave"], ["--rope-interleave"], ["--attention-bias"], ["--no-attention-bias"]]) {
     const r = spawnSync(process.execPath, [MAIN, "convert", "stories260K", "--rank", "2", ...flags, "--out", out], { encoding: "utf8" });
     assert.equal(r.status, 1, flags.join(" "));
     assert.match(r.stderr, new RegExp(`^error: ${flags[0]} has no effect without --format deepseek .*\\n  hint: add --format deepseek, or leave ${flags[0]} out`, "m"));
   }
-  assert.deepEqual(fs.readdirSync(parent), [], "nothing written");
   const calib = path.join(FIXTURES, "text", "tinystories.txt");
-  const w = spawnSync(process.execPath, [MAIN, "convert", "stories260K", "--rank", "2", "--rope-strategy", "high", "--calib", calib, "--out", out, "--device", "cpu"], { encoding: "utf8" });
-  assert.equal(w.status, 0, w.stderr);
-  assert.match(w.stderr, /warning: --calib .* is not read with these settings: only --rope-strategy 2-norm, .* or --kv-split per-layer read calibration text/);
-  const quiet = spawnSync(process.execPath, [MAIN, "convert", "stories260K", "--rank", "2", "--calib", calib, "--out", out, "--force", "--device", "cpu"], { encoding: "utf8" });
+  for (const dry of [[], ["--dry-run"]]) {
+    const w = spawnSync(process.execPath, [MAIN, "convert", "stories260K", "--rank", "2", "--rope-strategy", "high", "--calib", calib, ...dry, "--out", out, "--device", "cpu"], { encoding: "utf8" });
+    assert.equal(w.status, 1, w.stderr);
+    assert.equal(w.stderr, "error: --calib has no effect without --rope-strategy 2-norm, --svd-init activations, --refit-output or --kv-split per-layer (the settings that read calibration text; --rope-strategy high does not)\n  hint: add the one you meant, or leave --calib out\n");
+  }
+  assert.deepEqual(fs.readdirSync(parent), [], "nothing written");
+  const quiet = spawnSync(process.execPath, [MAIN, "convert", "stories260K", "--rank", "2", "--calib", calib, "--out", out, "--device", "cpu"], { encoding: "utf8" });
   assert.equal(quiet.status, 0, quiet.stderr);
-  assert.doesNotMatch(quiet.stderr, /is not read/, "the default 2-norm strategy reads it");
+  assert.doesNotMatch(quiet.stderr, /--calib/, "the default 2-norm strategy reads it");
+  const read = spawnSync(process.execPath, [MAIN, "convert", "stories260K", "--rank", "2", "--rope-strategy", "high", "--svd-init", "activations", "--calib", calib, "--dry-run"], { encoding: "utf8" });
+  assert.equal(read.status, 0, read.stderr);
 });
 
 test("a model whose files are links (a Hugging Face hub snapshot into ../../blobs): --out over the folder they point into, or one holding it, is refused, --force or not", async () => {

@@ -45,7 +45,7 @@ test("candidates: equal bytes per KV head (joint 2R + rank, split 2R + 2·rank),
 test("--kv-split options: per-layer needs --calib, --kv-split-pairs needs per-layer, --format deepseek refuses both", async () => {
   const out = path.join(tmpDir(), "x");
   await assert.rejects(convert(STORIES, { rank: 4, kvSplit: "per-layer", out, progress: null }), bad(/--kv-split per-layer needs calibration text/));
-  await assert.rejects(convert(STORIES, { rank: 4, kvSplitPairs: [1, 2], out, progress: null }), bad(/--kv-split-pairs lists the rope pairs --kv-split per-layer tries/));
+  await assert.rejects(convert(STORIES, { rank: 4, kvSplitPairs: [1, 2], out, progress: null }), bad(/^--kv-split-pairs has no effect without --kv-split per-layer \(the rope pairs it tries per layer\)\n {2}hint: add --kv-split per-layer, or leave --kv-split-pairs out$/));
   await assert.rejects(convert(STORIES, { rank: 4, kvSplit: "sideways" as never, out, progress: null }), bad(/--kv-split sideways is not known/));
   const { deepseekSettings } = await import("../../src/deepseek/export.js");
   assert.throws(() => deepseekSettings({ rank: 4, kvSplit: "per-layer" }), bad(/--format deepseek writes one kv_lora_rank and one rope dim for every layer/));

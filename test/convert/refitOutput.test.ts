@@ -49,7 +49,8 @@ for (const format of ["mla", "deepseek"] as const) {
     const dir = tmpDir();
     const run = async (refitOutput: boolean, out: string) =>
       format === "mla"
-        ? convert(SRC, { rank: 2, ropePairs: 1, ropeStrategy: "uniform", ...calib, refitOutput, out, progress: null, device: "auto" })
+        ? // With the uniform strategy only the refit reads the text: a --calib nothing reads is refused.
+          convert(SRC, { rank: 2, ropePairs: 1, ropeStrategy: "uniform", ...(refitOutput ? calib : {}), refitOutput, out, progress: null, device: "auto" })
         : convertDeepseek(SRC, { rank: 2, ropePairs: 1, ...calib, refitOutput, out, progress: null, device: "auto" });
     const [plain, refit] = [path.join(dir, "plain"), path.join(dir, "refit")];
     await run(false, plain);
