@@ -15,8 +15,9 @@ export interface StopMessages {
   kept: string;
 }
 
+// A stop during a validation pass (periodic or final) ends it after its current window; the checkpoint is the last step's.
 const FINETUNE_STOP: StopMessages = {
-  stopping: "finishing this step, saving a checkpoint, then stopping; before the first step (tokenizing, the first validation), at the next piece or window, with nothing to save",
+  stopping: "finishing this step (or validation window), saving the last step's checkpoint, then stopping; before the first step (tokenizing, the first validation), at the next piece or window, with nothing to save",
   kept: "the run folder keeps its last checkpoint, if one was saved: the same command with --resume continues from it",
 };
 

@@ -127,6 +127,6 @@ test("study on Ctrl-C in its decode measurement: stops after the forward pass, w
 test("finetune on Ctrl-C keeps its own messages: a checkpoint, and --resume to continue", async () => {
   const r = await interruptTraining(["finetune", MODEL, "--data", TEXT, "--out", path.join(tmpDir(), "ft"), ...ENDLESS]);
   assert.equal(r.code, 130, r.stderr);
-  assert.match(r.stderr, /SIGINT: finishing this step, saving a checkpoint, then stopping; before the first step \(tokenizing, the first validation\), at the next piece or window, with nothing to save \(send again to quit at once\)/);
+  assert.match(r.stderr, /SIGINT: finishing this step \(or validation window\), saving the last step's checkpoint, then stopping; before the first step \(tokenizing, the first validation\), at the next piece or window, with nothing to save \(send again to quit at once\)/);
   assert.match(r.stdout, /^stopped at step \d+; checkpoint of step \d+ in .* \(continue with --resume\)$/m);
 });

@@ -105,7 +105,7 @@ test("the CLI on Ctrl-C while tokenizing: says so at once, exits 130 and points 
   await waitFor(() => /^tokenizing .*corpus\.txt: /m.test(stderr) || child.exitCode !== null, "the start of tokenizing");
   child.kill("SIGINT");
   assert.equal(await exited, 130, stderr);
-  assert.match(stderr, /SIGINT: finishing this step, saving a checkpoint, then stopping; before the first step \(tokenizing, the first validation\), at the next piece or window, with nothing to save \(send again to quit at once\)/);
+  assert.match(stderr, /SIGINT: finishing this step \(or validation window\), saving the last step's checkpoint, then stopping; before the first step \(tokenizing, the first validation\), at the next piece or window, with nothing to save \(send again to quit at once\)/);
   assert.doesNotMatch(stderr, /^tokenized /m, "stopped part-way");
   assert.match(stderr, /stopped while tokenizing the --data files, before the first training step/);
   assert.equal(stdout, "stopped before the first training step: nothing was trained, so there is nothing to resume; running the same command again starts over\n");
