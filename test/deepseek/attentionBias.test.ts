@@ -17,9 +17,9 @@ import { readHfConfig } from "../../src/io/hfConfig.js";
 import { Checkpoint } from "../../src/io/checkpoint.js";
 import { writeSafetensorsSync } from "../../src/io/safetensors.js";
 import { MlaError } from "../../src/errors.js";
-import type { Logger } from "../../src/util/log.js";
 import { FIXTURES, MODELS, maxRelDiff, seededRand, tmpDir } from "../helpers.js";
 import { stockAttention } from "./stockAttention.js";
+import { capture, f64Logits } from "./folderProbes.js";
 
 const STORIES = path.join(MODELS, "stories260K");
 const CALIB = path.join(FIXTURES, "text", "tinystories.txt");
@@ -68,16 +68,7 @@ function biasedLlama(b: Biases = {}): string {
   return dir;
 }
 
-function logits(dir: string): Float64Array {
-  const { model } = loadModel(dir, { backend: new ReferenceBackend("f64") });
-  return Float64Array.from(model.forward(IDS).toArray());
-}
-
-function capture(): { logger: Logger; warnings: string[]; infos: string[] } {
-  const warnings: string[] = [];
-  const infos: string[] = [];
-  return { warnings, infos, logger: { info: (m: string) => infos.push(m), warn: (m: string) => warnings.push(m) } };
-}
+const logits = (dir: string) => f64Logits(dir, IDS);
 
 /** Our runtime's attention on folder `dir` equals the float64 transcription of DeepseekV3Attention, layer by layer, on the layer's real input. */
 function assertStockAttention(dir: string): void {

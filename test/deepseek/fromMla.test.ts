@@ -20,6 +20,7 @@ import { synth } from "../../src/synth/synth.js";
 import { inspectModel } from "../../src/eval/inspect.js";
 import { FIXTURES, GOLDEN, maxRelDiff, MODELS, tmpDir } from "../helpers.js";
 import { perLayerFixture } from "../convert/helpers.js";
+import { f64Logits } from "./folderProbes.js";
 
 const CALIB = path.join(FIXTURES, "text", "tinystories.txt");
 const TEXT = path.join(FIXTURES, "text", "tinystories_25k.txt");
@@ -31,10 +32,7 @@ async function disjointConversion(strategy: "2-norm" | "uniform" = "2-norm"): Pr
   return out;
 }
 
-function logits(dir: string): Float64Array {
-  const { model } = loadModel(dir, { backend: new ReferenceBackend("f64") });
-  return Float64Array.from(model.forward(IDS).toArray());
-}
+const logits = (dir: string) => f64Logits(dir, IDS);
 
 /** Moves every attention weight of an MLA folder by noise, as a fine-tune would (float32 out). */
 function perturb(dir: string): void {

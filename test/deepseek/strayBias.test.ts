@@ -18,15 +18,13 @@ import path from "node:path";
 import { convert } from "../../src/convert/pipeline.js";
 import { convertDeepseek } from "../../src/deepseek/export.js";
 import { exportDeepseek } from "../../src/deepseek/fromMla.js";
-import { ReferenceBackend } from "../../src/backends/reference/index.js";
-import { loadModel } from "../../src/model/llama.js";
 import { expectedTensors } from "../../src/model/weights.js";
 import { readHfConfig } from "../../src/io/hfConfig.js";
 import { Checkpoint } from "../../src/io/checkpoint.js";
 import { writeSafetensorsSync } from "../../src/io/safetensors.js";
 import { MlaError } from "../../src/errors.js";
-import type { Logger } from "../../src/util/log.js";
 import { FIXTURES, GOLDEN, maxRelDiff, MODELS, tmpDir } from "../helpers.js";
+import { capture, f64Logits } from "./folderProbes.js";
 
 const CALIB = path.join(FIXTURES, "text", "tinystories.txt");
 const IDS = Int32Array.from([1, 403, 57, 22, 301, 9, 77, 120, 5, 260, 13, 99]);
@@ -73,16 +71,7 @@ function withTensors(dir: string, extra: (name: string, e: { shape: readonly num
   return copy;
 }
 
-function logits(dir: string): Float64Array {
-  const { model } = loadModel(dir, { backend: new ReferenceBackend("f64") });
-  return Float64Array.from(model.forward(IDS).toArray());
-}
-
-function capture(): { logger: Logger; warnings: string[]; infos: string[] } {
-  const warnings: string[] = [];
-  const infos: string[] = [];
-  return { warnings, infos, logger: { info: (m: string) => infos.push(m), warn: (m: string) => warnings.push(m) } };
-}
+const logits = (dir: string) => f64Logits(dir, IDS);
 
 /** Every layer's o_proj.bias in `dir`: null where the folder has none. */
 function oBiases(dir: string): Float32Array[] | null {
