@@ -34,6 +34,15 @@ constexpr int ROLE_MAX_DR = 64;
 #define MLA_ROLES_DIAG 0
 #endif
 constexpr bool ROLES_NO_MMA = MLA_ROLES_DIAG == 1, ROLES_NO_COPY = MLA_ROLES_DIAG == 2;
+// Tuning builds for the score warps' MMA loop (docs/latent-decode-design.md, twenty-eighth session:
+// each k16 step likely waits on its own ldmatrix): ROLES_CH accumulator sets (1 frees 8 registers for
+// loads in flight, 2 the default), ROLES_PIPE=1 loads step j + 1's fragment before step j's MMAs.
+#ifndef ROLES_CH
+#define ROLES_CH 2
+#endif
+#ifndef ROLES_PIPE
+#define ROLES_PIPE 0
+#endif
 static_assert(TN == 16 && 2 * SUM_WARPS == TN, "each weighted-sum warp brings two rows of a tile");
 static_assert(SCORE_WARPS * 4 == HB, "each score warp's softmax takes four heads, eight lanes each");
 // Floats between two score warps' partials ([HB][TN] each): 16 more, so warp w + 2 meets other banks.
@@ -104,8 +113,8 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
   unsigned phase = 0;  // (it / ROLE_STAGES) mod 2
 
   if (warp < SCORE_WARPS) {
-    // Two accumulator sets for the scores (even and odd k16 steps): MMA chains of NT / 2.
-    constexpr int CH = 2;
+    // ROLES_CH accumulator sets for the scores (k16 steps in turn; 2: MMA chains of NT / 2).
+    constexpr int CH = ROLES_CH;
     // This warp's query fragments: latent k16 steps warp·NT … warp·NT + NT − 1 (A layout of m16n8k16).
     uint32_t qf[NT][4];
     // Four steps' loads in flight at a time: their float2 results all at once would not fit the
@@ -140,12 +149,24 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
       bar_wait(full + stage, phase);
       const unsigned ka = smemAddr + (unsigned)stage * stageBytes + scoreOff;
       float s[CH][2][4] = {};
+      if (ROLES_PIPE) {
+        // Step j + 1's fragment loaded before step j's MMAs (in program order: a warp issues in order).
+        uint32_t bf[2][4];
+        if (!ROLES_NO_MMA) ldsm4<false>(bf[0], ka);
 #pragma unroll
-      for (int j = 0; j < (ROLES_NO_MMA ? 0 : NT); j++) {
-        uint32_t bf[4];
-        ldsm4<false>(bf, ka + j * 32);
-        mma(s[j % CH][0], qf[j], bf[0], bf[1]);
-        mma(s[j % CH][1], qf[j], bf[2], bf[3]);
+        for (int j = 0; j < (ROLES_NO_MMA ? 0 : NT); j++) {
+          if (j + 1 < NT) ldsm4<false>(bf[(j + 1) & 1], ka + (j + 1) * 32);
+          mma(s[j % CH][0], qf[j], bf[j & 1][0], bf[j & 1][1]);
+          mma(s[j % CH][1], qf[j], bf[j & 1][2], bf[j & 1][3]);
+        }
+      } else {
+#pragma unroll
+        for (int j = 0; j < (ROLES_NO_MMA ? 0 : NT); j++) {
+          uint32_t bf[4];
+          ldsm4<false>(bf, ka + j * 32);
+          mma(s[j % CH][0], qf[j], bf[0], bf[1]);
+          mma(s[j % CH][1], qf[j], bf[2], bf[3]);
+        }
       }
 #pragma unroll
       for (int c = 1; c < CH; c++)
