@@ -67,7 +67,9 @@ export function exportReadsCalibration(o: Pick<PipelineOptions, "export" | "atte
 function effectiveConversion(c: NonNullable<PipelineOptions["convert"]>, o: Partial<PipelineOptions>): Record<string, unknown> {
   const { balanceKv, calib, calibSamples, calibLen, ...rest } = c;
   const read = calib && (o.format === "deepseek" || exportReadsCalibration(o) || conversionReadsCalibration(c));
-  return { ...rest, ...(c.svd === "split" ? {} : { balanceKv: balanceKv ?? true }), ...(read ? { calib, calibSamples, calibLen } : {}) };
+  // --format deepseek refuses these given (it decides them itself), but the CLI passed their defaults before: counted at those, its runs keep their fingerprint.
+  const decided = o.format === "deepseek" ? { ropeDisjoint: c.ropeDisjoint ?? false, svd: c.svd ?? "joint", attention: c.attention ?? "mla" } : {};
+  return { ...rest, ...decided, ...(c.svd === "split" ? {} : { balanceKv: balanceKv ?? true }), ...(read ? { calib, calibSamples, calibLen } : {}) };
 }
 
 /** JSON with every object's keys sorted (and, as JSON.stringify does, undefined fields left out): equal data, equal text. */

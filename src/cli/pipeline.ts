@@ -89,7 +89,7 @@ export const pipelineCommand: CommandModule<object, Args> = {
       pipeline(a.model, {
         out: a.out,
         force: a.force,
-        convert: conversionSettings(a),
+        convert: conversionSettings(a, a.format),
         format: a.format,
         deepseek: { ropeDim: a["rope-dim"], kvLoraRank: a["kv-lora-rank"] },
         export: a.export,

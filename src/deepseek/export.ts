@@ -7,7 +7,7 @@
  */
 import fs from "node:fs";
 import path from "node:path";
-import { MlaError } from "../errors.js";
+import { booleanFlag, MlaError, refuseInert } from "../errors.js";
 import { abandonOutDir, beginOutDir, commitOutDir } from "../io/atomicDir.js";
 import { Checkpoint, copyModelSideFiles } from "../io/checkpoint.js";
 import { DType } from "../io/dtype.js";
@@ -143,13 +143,16 @@ export interface DeepseekResult {
 }
 
 /**
- * The conversion settings of our format (CLI flags, pipeline options) as DeepSeek export options;
- * refuses what the format decides itself: the rope key comes from RoRoPE and the SVD is joint.
+ * The conversion settings of our format (CLI flags, pipeline options) as DeepSeek export options.
+ * What the format decides itself (the rope key by RoRoPE, the joint SVD, plain MLA attention, one
+ * split for every layer) is refused when given, its default's value included (refuseInert's policy).
  */
 export function deepseekSettings(s: SettingsInput): Pick<DeepseekOptions, "rank" | "ropePairs" | "svdInit" | "balanceKv" | "refitOutput" | "calib" | "calibSamples" | "calibLen"> {
-  if (s.ropeStrategy || s.ropeDisjoint || s.svd === "split") throw new MlaError("BAD_ARGUMENT", "--format deepseek chooses its rope key by RoRoPE and factors jointly", "drop --rope-strategy, --rope-disjoint and --svd split (the other conversion flags apply)");
-  if ((s.attention ?? "mla") !== "mla" || s.gateDim !== undefined) throw new MlaError("BAD_ARGUMENT", "--format deepseek writes DeepSeek-V3's attention, which has no EG-MLA gate", "drop --attention eg-mla / --gate-dim, or convert in our format");
-  if ((s.kvSplit ?? "uniform") !== "uniform" || s.kvSplitPairs) throw new MlaError("BAD_ARGUMENT", "--format deepseek writes one kv_lora_rank and one rope dim for every layer, so --kv-split per-layer has nothing to choose", "drop --kv-split/--kv-split-pairs, or convert in our format");
+  const add = "drop --format deepseek to convert in our format";
+  refuseInert([["--rope-strategy", s.ropeStrategy], [booleanFlag("rope-disjoint", s.ropeDisjoint), s.ropeDisjoint]], "--format mha2mla", "--format deepseek chooses its one shared rope key by RoRoPE", add);
+  refuseInert([[`--svd ${s.svd}`, s.svd]], "--format mha2mla", "--format deepseek always factors keys and values jointly", add);
+  refuseInert([[`--attention ${s.attention}`, s.attention], ["--gate-dim", s.gateDim]], "--format mha2mla", "DeepSeek-V3's attention has no EG-MLA gate", add);
+  refuseInert([[`--kv-split ${s.kvSplit}`, s.kvSplit], ["--kv-split-pairs", s.kvSplitPairs]], "--format mha2mla", "deepseek_v3 has one kv_lora_rank and one rope dim for every layer", add);
   return { rank: s.rank, ropePairs: s.ropePairs, svdInit: s.svdInit, balanceKv: s.balanceKv, refitOutput: s.refitOutput, calib: s.calib, calibSamples: s.calibSamples, calibLen: s.calibLen };
 }
 

@@ -22,7 +22,7 @@
  */
 import fs from "node:fs";
 import path from "node:path";
-import { MlaError } from "../errors.js";
+import { MlaError, refuseInert } from "../errors.js";
 import { requireRoom, weightFileBytes } from "../io/diskRoom.js";
 import { abandonOutDir, beginOutDir, commitOutDir } from "../io/atomicDir.js";
 import { Checkpoint, copyModelSideFiles } from "../io/checkpoint.js";
@@ -43,7 +43,6 @@ import { FUSED_MLA, servingWarnings } from "./serving.js";
 import { checkExportSettings, exportLadder, exportSplit } from "./exportable.js";
 import { deepseekSpecs, planTensors, requireDeclaredTensors, strayNotes, strayTensors, writePlanned } from "./stream.js";
 import { throwIfAborted } from "../util/abort.js";
-import { flagsWithout } from "../errors.js";
 import { checkCalibFile } from "../convert/plan.js";
 import { calibrationRecord } from "../convert/calibrationNeeds.js";
 import { calibrationWindows, checkWindowShape, DEFAULT_CALIB_LEN, DEFAULT_CALIB_SAMPLES, readCalibrationText } from "../ropeSelect/calibrate.js";
@@ -196,11 +195,9 @@ const SOURCE = ["q_proj", "k_rope_proj", "kv_down_proj", "k_up_proj", "v_up_proj
 
 const EXPORT_KINDS: OptionKinds<ExportOptions> = { ...DEEPSEEK_EVAL_KINDS, out: "string", force: "boolean", interleave: "boolean", kvLoraRank: "number", ropeDim: "number", attentionBias: "boolean", calib: "string", calibSamples: "number", calibLen: "number" };
 
-/** The calibration settings of an export: read only by the bias-free form's norm fit, so refused elsewhere (not dropped unseen). */
+/** The calibration settings of an export: read only by the bias-free form's norm fit, so refused elsewhere (refuseInert's policy). */
 function checkExportCalibration(o: ExportOptions, bias: boolean): void {
-  const given = ([["--calib", o.calib], ["--calib-samples", o.calibSamples], ["--calib-len", o.calibLen]] as const).filter(([, v]) => v !== undefined).map(([f]) => f);
-  if (bias && given.length) throw flagsWithout(given, "--no-attention-bias", "calibration settings of the kv_a_layernorm fit (the exact export reads no text)");
-  if (bias) return;
+  if (bias) return refuseInert([["--calib", o.calib], ["--calib-samples", o.calibSamples], ["--calib-len", o.calibLen]], "--no-attention-bias", "calibration settings of the kv_a_layernorm fit; the exact export reads no text");
   requireFitText(o.calib);
   checkCalibFile(o.calib);
   checkWindowShape(o.calibSamples ?? DEFAULT_CALIB_SAMPLES, o.calibLen ?? DEFAULT_CALIB_LEN);

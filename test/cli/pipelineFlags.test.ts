@@ -51,7 +51,8 @@ test("pipeline refuses a bad option of any phase before the first phase runs, --
     [{ convert: { rank: 2, calib: TEXT, calibLen: 1 } }, /--calib-len 1 is too small/],
     [{ convert: { rank: 2, svdInit: "activations" } }, /--svd-init activations needs calibration text/],
     [{ convert: { rank: 2, attention: "eg-mla", gateDim: 0 } }, /--gate-dim 0 is not a positive integer/],
-    [{ format: "deepseek", convert: { rank: 2, ropeStrategy: "high" } }, /--format deepseek chooses its rope key by RoRoPE/],
+    [{ format: "deepseek", convert: { rank: 2, ropeStrategy: "high" } }, /^--rope-strategy has no effect without --format mha2mla \(--format deepseek chooses its one shared rope key by RoRoPE\)/],
+    [{ format: "deepseek", convert: { rank: 2, svd: "joint" } }, /^--svd joint has no effect without --format mha2mla/],
     [{ format: "deepseek", deepseek: { ropeDim: 3 } }, /--rope-dim 3 must be even/],
     [{ format: "deepseek", deepseek: { kvLoraRank: 1 } }, /kv_lora_rank 1 is out of range/],
     // evaluations

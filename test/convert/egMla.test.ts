@@ -90,7 +90,8 @@ test("eg-mla flags: --gate-dim needs --attention eg-mla, and --format deepseek h
   await refused({ gateDim: 8 }, /^--gate-dim has no effect without --attention eg-mla \(EG-MLA's gate width\)\n {2}hint: add --attention eg-mla, or leave --gate-dim out$/);
   await refused({ attention: "eg-mla", gateDim: 0 }, /--gate-dim 0 is not a positive integer/);
   const { deepseekSettings } = await import("../../src/deepseek/export.js");
-  assert.throws(() => deepseekSettings({ rank: 4, attention: "eg-mla" }), /no EG-MLA gate/);
+  assert.throws(() => deepseekSettings({ rank: 4, attention: "eg-mla" }), /^MlaError: --attention eg-mla has no effect without --format mha2mla \(DeepSeek-V3's attention has no EG-MLA gate\)\n {2}hint: drop --format deepseek to convert in our format, or leave --attention eg-mla out$/);
+  assert.throws(() => deepseekSettings({ rank: 4, attention: "mla", gateDim: 8 }), /^MlaError: --attention mla and --gate-dim have no effect without --format mha2mla/);
 });
 
 test("EG-MLA's default gate width is one constant: the conversion's default and the help of convert, pipeline and study", () => {

@@ -48,7 +48,7 @@ test("--kv-split options: per-layer needs --calib, --kv-split-pairs needs per-la
   await assert.rejects(convert(STORIES, { rank: 4, kvSplitPairs: [1, 2], out, progress: null }), bad(/^--kv-split-pairs has no effect without --kv-split per-layer \(the rope pairs it tries per layer\)\n {2}hint: add --kv-split per-layer, or leave --kv-split-pairs out$/));
   await assert.rejects(convert(STORIES, { rank: 4, kvSplit: "sideways" as never, out, progress: null }), bad(/--kv-split sideways is not known/));
   const { deepseekSettings } = await import("../../src/deepseek/export.js");
-  assert.throws(() => deepseekSettings({ rank: 4, kvSplit: "per-layer" }), bad(/--format deepseek writes one kv_lora_rank and one rope dim for every layer/));
+  assert.throws(() => deepseekSettings({ rank: 4, kvSplit: "per-layer" }), bad(/^--kv-split per-layer has no effect without --format mha2mla \(deepseek_v3 has one kv_lora_rank and one rope dim for every layer\)/));
   const dry = await convert(STORIES, { ...PER_LAYER_BUDGET, calib: PER_LAYER_CALIB, kvSplit: "per-layer", dryRun: true, progress: null });
   assert.deepEqual(dry.plan.settings.kvSplitPairs, [1, 2, 3, 4]);
 });
