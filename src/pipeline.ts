@@ -67,8 +67,9 @@ export interface PipelineOptions {
    */
   shouldStop?: () => boolean;
   /**
-   * Aborting it stops the current phase at its next safe point (a conversion at its next layer, an
-   * evaluation at its next window, a fine-tune after its step, with a checkpoint) and throws MlaError
+   * Aborting it stops the current phase at its next safe point (a conversion after the factorization
+   * or calibration window under way, an evaluation after its window, a fine-tune after its step or
+   * validation window, with the last step's checkpoint) and throws MlaError
    * INTERRUPTED. Finished phases are kept and nothing half-written is: the same call resumes.
    */
   signal?: AbortSignal;

@@ -35,7 +35,7 @@ interface Args extends ConversionArgs {
 }
 
 const PIPELINE_STOP: StopMessages = {
-  stopping: "stopping the phase under way at its next safe point (a conversion after this layer or calibration window, an evaluation after this window or item, a fine-tune after this step, with a checkpoint)",
+  stopping: "stopping the phase under way at its next safe point (a conversion after the factorization or calibration window under way, an evaluation after this window or item, a fine-tune after this step or validation window, with the last step's checkpoint)",
   kept: "the pipeline folder keeps its finished phases and the fine-tune's last checkpoint, if one was saved; re-running the same command resumes",
 };
 

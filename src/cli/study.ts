@@ -25,7 +25,7 @@ interface Args {
 }
 
 const STUDY_STOP: StopMessages = {
-  stopping: "stopping the run under way at its next safe point (a conversion after this layer, training after this step, with a checkpoint, the decode measurement after this forward pass)",
+  stopping: "stopping the run under way at its next safe point (a conversion after the factorization under way, training after this step or validation window, with the last step's checkpoint, the decode measurement after this forward pass)",
   kept: "the study folder keeps its finished runs and the last training checkpoint, if one was saved; re-running the same command resumes",
 };
 

@@ -54,7 +54,7 @@ test("pipeline on Ctrl-C in its fine-tune: stops after the step with a checkpoin
   const out = path.join(tmpDir(), "pl");
   const r = await interruptTraining([...PIPELINE, out, ...ENDLESS]);
   assert.equal(r.code, 130, r.stderr);
-  assert.match(r.stderr, /SIGINT: stopping the phase under way at its next safe point \(a conversion after this layer or calibration window, an evaluation after this window or item, a fine-tune after this step, with a checkpoint\) \(send again to quit at once\)/);
+  assert.match(r.stderr, /SIGINT: stopping the phase under way at its next safe point \(a conversion after the factorization or calibration window under way, an evaluation after this window or item, a fine-tune after this step or validation window, with the last step's checkpoint\) \(send again to quit at once\)/);
   assert.match(r.stdout, pipelineStopped(out, true));
   assert.doesNotMatch(r.stdout, /--resume/);
   assert.deepEqual(fs.readdirSync(out).sort(), ["eval-converted.json", "eval-original.json", "finetune", "mla", "pipeline.json"]);
@@ -103,7 +103,7 @@ test("study on Ctrl-C in its training: stops after the step with a checkpoint an
   const out = path.join(tmpDir(), "study");
   const r = await interruptTraining([...STUDY, out, ...ENDLESS]);
   assert.equal(r.code, 130, r.stderr);
-  assert.match(r.stderr, /SIGINT: stopping the run under way at its next safe point \(a conversion after this layer, training after this step, with a checkpoint, the decode measurement after this forward pass\) \(send again to quit at once\)/);
+  assert.match(r.stderr, /SIGINT: stopping the run under way at its next safe point \(a conversion after the factorization under way, training after this step or validation window, with the last step's checkpoint, the decode measurement after this forward pass\) \(send again to quit at once\)/);
   assert.match(r.stdout, studyStopped(out));
   assert.doesNotMatch(r.stdout, /--resume/);
   assert.ok(fs.existsSync(path.join(out, "mha-trained", "checkpoint", "state.json")), "the stopped run's checkpoint");
