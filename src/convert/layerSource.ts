@@ -5,7 +5,8 @@
  * projections, the whitening roots, BKV). A layer's independent factorizations (the whitening roots'
  * eigendecomposition, then one SVD jointly or one each for keys and values) are where a stop asked
  * for through the source's signal lands: after a turn of the event loop at each boundary between
- * them, never inside one.
+ * them, never inside one. The split choice's winning factors of a layer can be kept (`keep`) for the
+ * writer to take (`take`) instead of factoring that layer again, within a byte budget.
  */
 import type { Checkpoint } from "../io/checkpoint.js";
 import type { ModelConfig } from "../model/config.js";
@@ -20,6 +21,9 @@ import type { ConversionSettings } from "./plan.js";
 export class LayerSource {
   /** The last layer's whitening roots (a D×D eigendecomposition): the split choice factors one layer several times in a row. */
   private roots: { layer: number; value: CovarianceRoots | null } | null = null;
+  /** [layer] → factors made ahead (the split choice's winner), until the writer takes them. */
+  private readonly kept = new Map<number, { rank: number; selection: number[][]; f: LayerFactors }>();
+  private keptBytes = 0;
 
   constructor(
     private readonly src: Checkpoint,
@@ -28,6 +32,8 @@ export class LayerSource {
     private readonly stats: CalibrationStats | null,
     /** The conversion's: aborting it stops a layer's factoring at its next boundary (MlaError INTERRUPTED). */
     private readonly signal?: AbortSignal,
+    /** The most bytes of factors `keep` holds at once (all layers together); past it a layer is left to be factored again. */
+    private readonly keepBytes = 0,
   ) {}
 
   /** [Hkv] → the R pairs `layer` keeps, ascending. */
@@ -66,10 +72,42 @@ export class LayerSource {
     });
   }
 
+  /**
+   * Keeps `layer`'s factors at `rank` and `selection` for `take`, if they fit the byte budget beside
+   * those kept already (else they are dropped, and `take` factors the layer again: the same result).
+   */
+  keep(layer: number, rank: number, selection: number[][], f: LayerFactors): void {
+    this.drop(layer);
+    const bytes = factorBytes(f);
+    if (this.keptBytes + bytes > this.keepBytes) return;
+    this.kept.set(layer, { rank, selection, f });
+    this.keptBytes += bytes;
+  }
+
+  /** `layer` factored as `factor` does: the kept factors if they are of this rank and selection (no longer kept after), else made now. */
+  take(layer: number, rank: number, selection: number[][]): Promise<LayerFactors> {
+    const k = this.kept.get(layer);
+    this.drop(layer);
+    if (k && k.rank === rank && JSON.stringify(k.selection) === JSON.stringify(selection)) return Promise.resolve(k.f);
+    return this.factor(layer, rank, selection);
+  }
+
+  private drop(layer: number): void {
+    const k = this.kept.get(layer);
+    if (!k) return;
+    this.kept.delete(layer);
+    this.keptBytes -= factorBytes(k.f);
+  }
+
   private whitening(layer: number): CovarianceRoots | null {
     const cov = this.stats?.covariance;
     if (!cov) return null;
     if (this.roots?.layer !== layer) this.roots = { layer, value: covarianceRoots(cov[layer]!, this.c.hiddenSize) };
     return this.roots.value;
   }
+}
+
+/** The bytes of a layer's factor arrays. */
+function factorBytes(f: LayerFactors): number {
+  return [f.kRope, f.kRopeBias, f.kvDown, f.kUp, f.kUpBias, f.vUp, f.vUpBias].reduce((n, a) => n + (a?.byteLength ?? 0), 0);
 }

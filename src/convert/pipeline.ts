@@ -200,7 +200,8 @@ async function analyzeSource(srcDir: string, src: Checkpoint, config: ModelConfi
     stats = await calibrate(original, windows, { covariance: settings.svdInit === "activations", progress: opts.progress, signal: opts.signal });
     timings["calibration_s"] = stats.seconds;
   }
-  const source = new LayerSource(src, config, settings, stats, opts.signal);
+  // The split choice keeps each layer's winning factors for the writer, within a budget (keptFactorBytes).
+  const source = new LayerSource(src, config, settings, stats, opts.signal, perLayer ? keptFactorBytes() : 0);
   const { svd, gateDim } = settings;
   if (!perLayer) {
     const split = { ropePairs: settings.ropePairs, rank: settings.rank, latentDim: plan.latentDim };
@@ -238,7 +239,8 @@ async function writeConverted(src: Checkpoint, config: ModelConfig, mla: ModelCo
   const start = (layer: number) => {
     if (layer >= config.layers || inFlight.has(layer)) return;
     const t1 = performance.now();
-    const job = source.factor(layer, a!.splits[layer]!.rank, a!.selection[layer]!).then((f) => {
+    // The factors the split choice made of this layer's chosen split where it kept them, else made now.
+    const job = source.take(layer, a!.splits[layer]!.rank, a!.selection[layer]!).then((f) => {
       tFactor.s += (performance.now() - t1) / 1000;
       return f;
     });
@@ -307,6 +309,18 @@ function readAheadBytes(): number {
   if (v === undefined || v === "") return 1024 * 2 ** 20;
   const mb = Number(v);
   if (!(Number.isFinite(mb) && mb > 0)) throw new MlaError("BAD_ARGUMENT", `MHA2MLA_READ_AHEAD_MB=${v} is not a size in MB`, "use a positive number (default 1024), or unset it");
+  return mb * 2 ** 20;
+}
+
+/**
+ * Bytes of the chosen splits' factors that `--kv-split per-layer` keeps from its search for the writer
+ * (MHA2MLA_KEPT_FACTORS_MB, default 1024): the layers past it are factored again (the same result).
+ */
+function keptFactorBytes(): number {
+  const v = process.env["MHA2MLA_KEPT_FACTORS_MB"];
+  if (v === undefined || v === "") return 1024 * 2 ** 20;
+  const mb = Number(v);
+  if (!(Number.isFinite(mb) && mb >= 0)) throw new MlaError("BAD_ARGUMENT", `MHA2MLA_KEPT_FACTORS_MB=${v} is not a size in MB`, "use a number ≥ 0 (default 1024; 0 factors every layer again in the writer), or unset it");
   return mb * 2 ** 20;
 }
 

@@ -6,7 +6,8 @@
  * scored by ‖Δ‖/‖A‖ of the attention block's output over all windows (the measure of
  * bench/per-layer-split.ts). Layers go in order with every window's hidden state advanced one layer
  * at a time: one forward of the original model in all, plus one factorization and one attention pass
- * per (layer, candidate); memory holds one layer's activations for all windows. A stop (the
+ * per (layer, candidate); memory holds one layer's activations for all windows, and of its candidates'
+ * factors only the best so far (kept for the writer once the layer is chosen: LayerSource.keep). A stop (the
  * signal) lands between candidates, between a candidate's factorization and its scoring, and inside
  * the factorization at its boundaries (LayerSource), never at the end of the layer only.
  */
@@ -28,6 +29,8 @@ import type { ConversionSettings } from "./plan.js";
 export interface LayerMaker {
   pairs(layer: number, R: number): number[][];
   factor(layer: number, rank: number, selection: number[][]): Promise<LayerFactors>;
+  /** Keeps the chosen candidate's factors of `layer`, which the writer then need not make again (LayerSource.take). */
+  keep?(layer: number, rank: number, selection: number[][], factors: LayerFactors): void;
 }
 
 export interface SplitChoice {
@@ -60,51 +63,79 @@ export async function chooseSplits(original: LlamaModel, windows: Int32Array[], 
   const b = original.backend;
   const progress = new Progress("choose kv split", c.layers * candidates.length, "layer splits", o.progress);
   const choice: SplitChoice = { candidates, uniform: o.uniform, chosen: [], errors: [], selection: [], seconds: 0 };
-  let hs = windows.map((ids) => original.embedTokens(ids)); // [T, D] per window, before the current layer
-  for (let l = 0; l < c.layers; l++) {
-    const xs = hs.map((h) => b.rmsnorm(h, original.weights.layers[l]!.inputNorm, c.rmsEps)); // the attention input [T, D]
-    const targets = xs.map((x, i) => {
-      const a = original.attentionOf(l, windows[i]!, x);
-      const values = a.toArray();
-      a.dispose();
-      return values;
-    });
-    const errors: number[] = [];
-    const selections: number[][][] = [];
-    for (const split of candidates) {
-      const selection = make.pairs(l, split.ropePairs);
-      const factors = await make.factor(l, split.rank, selection);
-      // The factorization and the scoring pass over every window are each long on a large layer: a
-      // stop asked for during the first spares the second (LayerSource stops inside the first too).
-      await nextTurn(o.signal);
-      const block = candidateBlock(original, l, split, selection, factors, o.svd);
-      errors.push(relativeError(targets, (i) => block.run(xs[i]!, windows[i]!)));
-      block.dispose();
-      selections.push(selection);
-      progress.tick();
-      await nextTurn(o.signal);
+  // Every backend tensor made here is in one of these until disposed, whichever way the loop ends (a stop throws).
+  const hs: Tensor[] = []; // [T, D] per window, before the current layer
+  let xs: Tensor[] = [];
+  let block: CandidateBlock | null = null;
+  try {
+    for (const ids of windows) hs.push(original.embedTokens(ids));
+    for (let l = 0; l < c.layers; l++) {
+      for (const h of hs) xs.push(b.rmsnorm(h, original.weights.layers[l]!.inputNorm, c.rmsEps)); // the attention input [T, D]
+      const targets = xs.map((x, i) => hostValues(original.attentionOf(l, windows[i]!, x)));
+      const errors: number[] = [];
+      const selections: number[][][] = [];
+      // The best candidate so far and its factors, kept for the writer (make.keep); a loser's are dropped at once.
+      let held: { index: number; factors: LayerFactors } | null = null;
+      for (const [k, split] of candidates.entries()) {
+        const selection = make.pairs(l, split.ropePairs);
+        const factors = await make.factor(l, split.rank, selection);
+        // The factorization and the scoring pass over every window are each long on a large layer: a
+        // stop asked for during the first spares the second (LayerSource stops inside the first too).
+        await nextTurn(o.signal);
+        const cand = (block = candidateBlock(original, l, split, selection, factors, o.svd));
+        errors.push(relativeError(targets, (i) => cand.run(xs[i]!, windows[i]!)));
+        block.dispose();
+        block = null;
+        selections.push(selection);
+        if (!held || beats(errors, k, held.index, o.uniform)) held = { index: k, factors };
+        progress.tick();
+        await nextTurn(o.signal);
+      }
+      const best = errors.reduce((k, e, i) => (e < errors[k]! ? i : k), o.uniform);
+      // `beats` picks as this does but for errors that are not numbers; then the writer factors the layer again.
+      if (held?.index === best) make.keep?.(l, candidates[best]!.rank, selections[best]!, held.factors);
+      held = null;
+      choice.chosen.push(best);
+      choice.errors.push(errors);
+      choice.selection.push(selections[best]!);
+      const u = candidates[o.uniform]!;
+      o.logger.info(`kv split, layer ${l}: R ${candidates[best]!.ropePairs} rank ${candidates[best]!.rank} (error ${errors[best]!.toFixed(4)}; uniform R ${u.ropePairs} rank ${u.rank}: ${errors[o.uniform]!.toFixed(4)})`);
+      for (const x of xs.splice(0)) x.dispose();
+      if (l + 1 < c.layers)
+        for (let i = 0; i < hs.length; i++) {
+          const next = original.layerForward(l, windows[i]!, hs[i]!);
+          hs[i]!.dispose();
+          hs[i] = next;
+        }
     }
-    const best = errors.reduce((k, e, i) => (e < errors[k]! ? i : k), o.uniform);
-    choice.chosen.push(best);
-    choice.errors.push(errors);
-    choice.selection.push(selections[best]!);
-    const u = candidates[o.uniform]!;
-    o.logger.info(`kv split, layer ${l}: R ${candidates[best]!.ropePairs} rank ${candidates[best]!.rank} (error ${errors[best]!.toFixed(4)}; uniform R ${u.ropePairs} rank ${u.rank}: ${errors[o.uniform]!.toFixed(4)})`);
+  } finally {
+    block?.dispose();
     for (const x of xs) x.dispose();
-    if (l + 1 < c.layers) hs = original.advanceWindows(l, windows, hs);
+    for (const h of hs) h.dispose();
   }
-  for (const h of hs) h.dispose();
   choice.seconds = (performance.now() - t0) / 1000;
   return choice;
+}
+
+/** Whether candidate k's error beats the held candidate h's: lower, or equal and k is the uniform split (ties go to it). */
+function beats(errors: number[], k: number, h: number, uniform: number): boolean {
+  return errors[k]! < errors[h]! || (k === uniform && !(errors[h]! < errors[k]!));
+}
+
+/** A tensor's values on the host; the tensor is disposed. */
+function hostValues(t: Tensor): FloatArray {
+  try {
+    return t.toArray();
+  } finally {
+    t.dispose();
+  }
 }
 
 /** √(Σ‖a − y‖² / Σ‖a‖²) over windows: targets a [T·D] (host), output(i) y [T, D] made and disposed one window at a time. */
 function relativeError(targets: FloatArray[], output: (window: number) => Tensor): number {
   let num = 0, den = 0;
   targets.forEach((a, i) => {
-    const y = output(i);
-    const v = y.toArray();
-    y.dispose();
+    const v = hostValues(output(i));
     for (let j = 0; j < a.length; j++) {
       const d = a[j]! - v[j]!;
       num += d * d;
@@ -114,8 +145,14 @@ function relativeError(targets: FloatArray[], output: (window: number) => Tensor
   return Math.sqrt(num / Math.max(den, 1e-300));
 }
 
+interface CandidateBlock {
+  /** The converted block's output [T, D] on one window's normed input x [T, D] (ids [T] at positions 0…T−1). */
+  run(x: Tensor, ids: Int32Array): Tensor;
+  dispose(): void;
+}
+
 /** Layer l of `original` converted to `split`: q_proj and o_proj the original's, the rest the factors `f`. */
-function candidateBlock(original: LlamaModel, l: number, split: MlaSplit, selection: number[][], f: LayerFactors, svd: "joint" | "split") {
+function candidateBlock(original: LlamaModel, l: number, split: MlaSplit, selection: number[][], f: LayerFactors, svd: "joint" | "split"): CandidateBlock {
   const b = original.backend;
   const base = original.config;
   // A config in which every layer has this split: MlaBlock reads only layer l's entries.
@@ -124,17 +161,22 @@ function candidateBlock(original: LlamaModel, l: number, split: MlaSplit, select
   const factors = factorTensors(f);
   const uploaded: Tensor[] = [];
   const fields: Record<string, unknown> = { kind: "mla" };
-  // The shapes are the checkpoint format's (weights.ts), so the candidate is laid out as the written layer will be.
-  for (const t of attentionTensors(c, l)) {
-    const values = factors[t.name.slice("self_attn.".length)];
-    if (!t.on) fields[t.field] = null;
-    else if (values) uploaded.push((fields[t.field] = b.upload(values, t.shape)) as Tensor);
-    else fields[t.field] = mha[t.field] ?? null;
+  let block: MlaBlock;
+  try {
+    // The shapes are the checkpoint format's (weights.ts), so the candidate is laid out as the written layer will be.
+    for (const t of attentionTensors(c, l)) {
+      const values = factors[t.name.slice("self_attn.".length)];
+      if (!t.on) fields[t.field] = null;
+      else if (values) uploaded.push((fields[t.field] = b.upload(values, t.shape)) as Tensor);
+      else fields[t.field] = mha[t.field] ?? null;
+    }
+    block = new MlaBlock(b, c, fields as unknown as MlaWeights, original.invFreq, l);
+  } catch (e) {
+    for (const t of uploaded) t.dispose();
+    throw e;
   }
   const w = fields as unknown as MlaWeights;
-  const block = new MlaBlock(b, c, w, original.invFreq, l);
   return {
-    /** The converted block's output [T, D] on one window's normed input x [T, D] (ids [T] at positions 0…T−1). */
     run(x: Tensor, ids: Int32Array): Tensor {
       const ops = new Ops(b, null);
       const positions = Int32Array.from(ids, (_, i) => i);
