@@ -65,8 +65,8 @@ export function flagsWithout(flags: readonly string[], needed: string, why: stri
  * drops it leaves a script believing it applied. A default that does not apply (the default windows
  * without --calib, balancing under --svd split) is no one's mistake and passes silently; so a flag
  * that can be inert has no yargs default (the command line could not tell it given). convert, convert
- * --format deepseek and pipeline check through here; `settings` are [flag as written, value], the
- * rest is flagsWithout's.
+ * --format deepseek, pipeline, fine-tuning's options, eval and generate check through here;
+ * `settings` are [flag as written, value], the rest is flagsWithout's.
  */
 export function refuseInert(settings: readonly (readonly [flag: string, value: unknown])[], needed: string, why: string, add?: string): void {
   const given = settings.filter(([, v]) => v !== undefined && v !== null).map(([flag]) => flag);

@@ -7,7 +7,7 @@ import { stderrLogger } from "../util/log.js";
 import { checkJsonTarget, emitJson, summaryWriter } from "./output.js";
 import { parseTaskNames, TASKS } from "../eval/tasks/index.js";
 import { KV_CACHE_DTYPES, KvCacheDtype } from "../model/kvQuant.js";
-import { flagsWithout } from "../errors.js";
+import { refuseInert } from "../errors.js";
 
 interface Args {
   model: string;
@@ -45,7 +45,7 @@ export const evalCommand: CommandModule<object, Args> = {
       .option("kv-cache", { choices: KV_CACHE_DTYPES, describe: "score perplexity and the tasks as a decode cache of this type serves keys/values (MLA: rope keys and latents): bf16, or int8/int4 in groups of 32 with a bf16 scale each; the JSON gives its bytes per token" }),
   handler: async (a) => {
     // The label lives in the JSON only (the summary lines name the model): without it, it was dropped unseen.
-    if (a.label !== undefined && a.json === undefined) throw flagsWithout(["--label"], "--json FILE", "it names the run in the JSON result, which report reads");
+    if (a.json === undefined) refuseInert([["--label", a.label]], "--json FILE", "it names the run in the JSON result, which report reads");
     const say = summaryWriter(a.json);
     checkJsonTarget(a.json);
     const r = await evaluate(a.model, { text: a.text, ctx: a.ctx, tokens: a.tokens, tasks: a.tasks ? parseTaskNames(a.tasks) : undefined, dataDir: a["data-dir"], limit: a.limit, label: a.label, device: a.device, weights: a.weights, kvCache: a["kv-cache"], batch: a.batch, logger: stderrLogger, progress: process.stderr });

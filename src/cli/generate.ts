@@ -8,7 +8,7 @@ import { selectBackend, type DeviceName } from "../backends/select.js";
 import { stderrLogger } from "../util/log.js";
 import { KV_CACHE_DTYPES, KvCacheDtype } from "../model/kvQuant.js";
 import { loadChatTemplate } from "../serve/chatTemplate.js";
-import { MlaError, flagsWithout } from "../errors.js";
+import { MlaError, refuseInert } from "../errors.js";
 import { generateOutput } from "./generateOutput.js";
 
 interface Args {
@@ -51,11 +51,10 @@ export const generateCommand: CommandModule<object, Args> = {
       .option("device", DEVICE_OPTION)
       .option("kv-cache", { choices: ["auto", ...KV_CACHE_DTYPES] as const, default: "auto" as const, describe: "how the decode cache stores keys/values (MLA: rope keys and latents): auto = bf16 for a bf16 checkpoint on the GPU (as HF transformers stores it), else f32; int8/int4 groups of 32 with a bf16 scale each" }),
   handler: async (a) => {
-    if (a.system !== undefined && !a.chat) throw flagsWithout(["--system"], "--chat", "it is the chat's system message");
+    if (!a.chat) refuseInert([["--system", a.system]], "--chat", "it is the chat's system message");
     // Greedy decoding takes the most likely token: it draws nothing, so these were dropped unseen.
     // --seed is left alone: scripts pass one always, and with greedy decoding it is simply not needed.
-    const sampling = ([["--top-k", a["top-k"]], ["--top-p", a["top-p"]], ["--min-p", a["min-p"]]] as const).filter(([, v]) => v !== undefined).map(([f]) => f);
-    if (a.temperature === 0 && sampling.length) throw flagsWithout(sampling, "--temperature T > 0", "settings of sampling; --temperature 0, the default, is greedy", "add e.g. --temperature 0.8");
+    if (a.temperature === 0) refuseInert([["--top-k", a["top-k"]], ["--top-p", a["top-p"]], ["--min-p", a["min-p"]]], "--temperature T > 0", "settings of sampling; --temperature 0, the default, is greedy", "add e.g. --temperature 0.8");
     const lm = loadModel(a.model, { backend: selectBackend(a.device, stderrLogger) });
     const template = a.chat ? loadChatTemplate(lm.dir) : null;
     if (a.chat && !template) throw new MlaError("NOT_FOUND", `${a.model} has no chat template (chat_template.jinja, chat_template.json or tokenizer_config.json's chat_template)`, "leave out --chat and write the prompt as the model expects it");

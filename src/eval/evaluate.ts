@@ -5,7 +5,7 @@
 import crypto from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
-import { flagsWithout, MlaError } from "../errors.js";
+import { MlaError, refuseInert } from "../errors.js";
 import type { WeightStorage } from "../model/weights.js";
 import { loadModel } from "../model/llama.js";
 import { selectBackend, DeviceName } from "../backends/select.js";
@@ -143,16 +143,14 @@ export function checkEvalOptions(opts: EvalOptions): { dataDir: string | null; i
   requireCount("--limit", opts.limit);
   if (opts.batch !== undefined && !(Number.isInteger(opts.batch) && opts.batch >= 1))
     throw new MlaError("BAD_ARGUMENT", `--batch ${opts.batch}: the windows scored per forward must be a positive integer`, "pass e.g. --batch 8, or leave it out for the default");
-  const textOnly = ([[flags.tokens, opts.tokens], [flags.ctx, opts.ctx], ["--batch", opts.batch]] as const).filter(([, v]) => v !== undefined).map(([f]) => f);
-  if (textOnly.length && !opts.text) throw flagsWithout(textOnly, `${flags.text} FILE`, "settings of the perplexity text");
+  if (!opts.text) refuseInert([[flags.tokens, opts.tokens], [flags.ctx, opts.ctx], ["--batch", opts.batch]], `${flags.text} FILE`, "settings of the perplexity text");
   if (!opts.text && !opts.tasks?.length) throw new MlaError("BAD_ARGUMENT", "nothing to evaluate", `pass ${flags.text} FILE for perplexity and/or --tasks a,b for benchmarks`);
   if (opts.text) {
     checkTextFile(opts.text);
     if (opts.ctx !== undefined) checkCtx(opts.ctx, flags.ctx);
   }
   if (!opts.tasks?.length) {
-    const taskOnly = ([["--limit", opts.limit], ["--data-dir", opts.dataDir]] as const).filter(([, v]) => v !== undefined).map(([f]) => f);
-    if (taskOnly.length) throw flagsWithout(taskOnly, "--tasks a,b", "settings of the benchmark tasks");
+    refuseInert([["--limit", opts.limit], ["--data-dir", opts.dataDir]], "--tasks a,b", "settings of the benchmark tasks");
     return { dataDir: null, items: new Map() };
   }
   const dataDir = opts.dataDir ?? defaultDataDir(packageRoot());

@@ -4,7 +4,7 @@
  * converts and evaluates first; `study` initializes and converts), so a bad --lr does not cost them
  * that work and a flag's error reads the same from every command.
  */
-import { flagsWithout, MlaError } from "../errors.js";
+import { MlaError, refuseInert } from "../errors.js";
 import { readHfConfig } from "../io/hfConfig.js";
 import { resolveModel } from "../io/modelDir.js";
 import type { FinetuneOptions } from "./trainer.js";
@@ -111,16 +111,16 @@ export function checkFinetuneOptions(o: Omit<FinetuneOptions, "data" | "out">) {
   within("beta1", o.beta1 ?? D.beta1, "[0, 1)", "AdamW's first-moment decay, e.g. 0.9");
   within("beta2", o.beta2 ?? D.beta2, "[0, 1)", "AdamW's second-moment decay, e.g. 0.95");
   within("eps", o.eps ?? D.eps, "(0, ∞)", "AdamW's denominator floor, e.g. 1e-8");
-  // Settings of distillation without a teacher would be dropped unseen.
-  const idle = ([["--distill-weight", o.distillWeight], ["--temperature", o.temperature]] as const).filter(([, v]) => v !== undefined).map(([f]) => f);
-  if (!o.distill && idle.length) throw flagsWithout(idle, "--distill TEACHER", "settings of the distillation from a teacher model");
+  // Settings of distillation without a teacher would be dropped unseen (refuseInert's policy).
+  if (!o.distill) refuseInert([["--distill-weight", o.distillWeight], ["--temperature", o.temperature]], "--distill TEACHER", "settings of the distillation from a teacher model");
   const distillWeight = o.distill ? (o.distillWeight ?? D.distillWeight) : 0;
   const temperature = positive("temperature", o.temperature ?? D.temperature);
   within("--distill-weight", distillWeight, "[0, 1]", "0 = cross-entropy only, 1 = distillation only");
   const schedule = parseSchedule(o.schedule ?? D.schedule);
   // A setting of another schedule would be dropped unseen (and still refuse a --resume that changes it).
-  if (o.decayFraction !== undefined && schedule !== "wsd") throw flagsWithout(["--decay-fraction"], "--schedule wsd", "the fraction of the steps wsd spends decaying");
-  if (o.minLrFraction !== undefined && schedule !== "cosine") throw flagsWithout(["minLrFraction"], "schedule: \"cosine\"", "the floor of the cosine schedule");
+  if (schedule !== "wsd") refuseInert([["--decay-fraction", o.decayFraction]], "--schedule wsd", "the fraction of the steps wsd spends decaying");
+  // minLrFraction has no command-line flag: named as the library option, as its range check names it.
+  if (schedule !== "cosine") refuseInert([["minLrFraction", o.minLrFraction]], "schedule: \"cosine\"", "the floor of the cosine schedule");
   const trainWhat = o.train ?? D.train;
   if (trainWhat !== "attention" && trainWhat !== "all") throw new MlaError("BAD_ARGUMENT", `--train ${String(trainWhat)} is not known`, "use attention (the attention weights only) or all");
   return { seq, batch, accum, warmup, trainWhat, distillWeight, temperature };

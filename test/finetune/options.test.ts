@@ -32,6 +32,9 @@ test("a schedule's setting is refused under another schedule (it did nothing, ye
   refusedWith({ schedule: "constant", decayFraction: 0.2 }, /^--decay-fraction has no effect without --schedule wsd/);
   refusedWith({ minLrFraction: 0.1 }, /^minLrFraction has no effect without schedule: "cosine"/);
   for (const o of [{ schedule: "wsd", decayFraction: 0.9 }, { schedule: "cosine", minLrFraction: 0.1 }] as const) assert.doesNotThrow(() => checkFinetuneOptions(o), JSON.stringify(o));
+  // null means "not given", as refuseInert reads it everywhere (it let decayFraction through before).
+  const nulls = [{ schedule: "cosine", decayFraction: null }, { schedule: "wsd", minLrFraction: null }, { distillWeight: null, temperature: null }];
+  for (const o of nulls) assert.doesNotThrow(() => checkFinetuneOptions(o as unknown as Parameters<typeof checkFinetuneOptions>[0]), JSON.stringify(o));
 });
 
 test("wsd's decay starts after warmup at the earliest (warmup 0.5 with decay 0.8 held the peak one step, then cut it 61%)", () => {
