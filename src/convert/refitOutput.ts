@@ -43,55 +43,70 @@ export async function refitOutputProjections(srcDir: string, convDir: string, wi
   const result: RefitResult = { before: [], after: [] };
   const refit: Float32Array[] = [];
   const linalg = activeLinalg(); // the converter's float64 library, or the native CPU one
-  // Each window's hidden states in the converted model, advanced one layer at a time.
-  let hs = windows.map((ids) => converted.embedTokens(ids));
-  for (let l = 0; l < L; l++) {
-    const w = converted.weights.layers[l]!.attn;
-    const [D, Hd] = w.o.shape as [number, number];
-    const moments = new RefitMoments(Hd, D);
-    // The converted block adds its own o_proj bias after the product (the source's o_proj bias, with a
-    // value bias folded in where the deepseek writer moved one there), and the refit leaves it as it is:
-    // so the weight is solved for the original output less that bias, or the bias would count twice.
-    const oBias = w.oBias ? w.oBias.toArray() : null;
-    for (let i = 0; i < windows.length; i++) {
-      const ids = windows[i]!;
-      const x = attentionInput(converted, l, hs[i]!);
-      const a = withoutBias(backend, original.attentionOf(l, ids, x), oBias);
-      const o = converted.attentionOf(l, ids, x, true);
-      moments.add(backend, o, a);
-      for (const t of [x, a, o]) t.dispose();
-      progress.tick();
-      await nextTurn(opts.signal);
+  // Each window's hidden states in the converted model, advanced one layer at a time; freed however
+  // the refit ends (a stop between windows, an error in a pass).
+  let hs: Tensor[] = [];
+  try {
+    for (const ids of windows) hs.push(converted.embedTokens(ids));
+    for (let l = 0; l < L; l++) {
+      const w = converted.weights.layers[l]!.attn;
+      const [D, Hd] = w.o.shape as [number, number];
+      const moments = new RefitMoments(Hd, D);
+      // The converted block adds its own o_proj bias after the product (the source's o_proj bias, with a
+      // value bias folded in where the deepseek writer moved one there), and the refit leaves it as it is:
+      // so the weight is solved for the original output less that bias, or the bias would count twice.
+      const oBias = w.oBias ? w.oBias.toArray() : null;
+      for (let i = 0; i < windows.length; i++) {
+        const ids = windows[i]!;
+        const x = attentionInput(converted, l, hs[i]!);
+        let a: Tensor | null = null;
+        let o: Tensor | null = null;
+        try {
+          a = withoutBias(backend, original.attentionOf(l, ids, x), oBias);
+          o = converted.attentionOf(l, ids, x, true);
+          moments.add(backend, o, a);
+        } finally {
+          for (const t of [x, a, o]) t?.dispose();
+        }
+        progress.tick();
+        await nextTurn(opts.signal);
+      }
+      const oldW = Float32Array.from(w.o.toArray());
+      const solved = moments.solve(opts.ridge ?? REFIT_RIDGE, linalg);
+      const [before, after] = [moments.relativeError(oldW, linalg), moments.relativeError(solved, linalg)];
+      // A conversion that is already (nearly) exact gains nothing, and the ridge would only shrink it.
+      const newW = after < before ? solved : oldW;
+      result.before.push(before);
+      result.after.push(Math.min(before, after));
+      refit.push(newW);
+      // The next layer is measured on the stream this refit produces.
+      const old = w.o;
+      w.o = backend.upload(newW, [D, Hd]);
+      converted.weightsChanged();
+      old.dispose();
+      // advanceWindows consumes the states it is given, even when it throws.
+      const given = hs;
+      hs = [];
+      hs = converted.advanceWindows(l, windows, given);
     }
-    const oldW = Float32Array.from(w.o.toArray());
-    const solved = moments.solve(opts.ridge ?? REFIT_RIDGE, linalg);
-    const [before, after] = [moments.relativeError(oldW, linalg), moments.relativeError(solved, linalg)];
-    // A conversion that is already (nearly) exact gains nothing, and the ridge would only shrink it.
-    const newW = after < before ? solved : oldW;
-    result.before.push(before);
-    result.after.push(Math.min(before, after));
-    refit.push(newW);
-    // The next layer is measured on the stream this refit produces.
-    const old = w.o;
-    w.o = backend.upload(newW, [D, Hd]);
-    converted.weightsChanged();
-    old.dispose();
-    hs = converted.advanceWindows(l, windows, hs);
+  } finally {
+    for (const h of hs) h.dispose();
   }
-  for (const h of hs) h.dispose();
   rewriteTensors(convDir, new Map(refit.map((w, l) => [layerPrefix(l) + "self_attn.o_proj.weight", w])));
   return result;
 }
 
-/** a [T, D] less `bias` [D] on every row (a itself without one; otherwise a is let go). */
+/** a [T, D] less `bias` [D] on every row (a itself without one; otherwise a is let go, also on an error). */
 function withoutBias(b: Backend, a: Tensor, bias: ArrayLike<number> | null): Tensor {
   if (!bias) return a;
-  const v = a.toArray().slice();
-  const D = bias.length;
-  for (let i = 0; i < v.length; i++) v[i] -= bias[i % D]!;
-  const out = b.upload(v, a.shape);
-  a.dispose();
-  return out;
+  try {
+    const v = a.toArray().slice();
+    const D = bias.length;
+    for (let i = 0; i < v.length; i++) v[i] -= bias[i % D]!;
+    return b.upload(v, a.shape);
+  } finally {
+    a.dispose();
+  }
 }
 
 /** Layer l's normed attention input [T, D] for one window whose hidden states before layer l are h. */

@@ -20,7 +20,7 @@ import { loadModel } from "../model/llama.js";
 import { layerPrefix, type DeepseekWeights } from "../model/weights.js";
 import { LATENT_NORM_EPS } from "../model/attention/deepseek.js";
 import type { Backend } from "../tensor/backend.js";
-import type { FloatArray } from "../tensor/tensor.js";
+import type { FloatArray, Tensor } from "../tensor/tensor.js";
 import { Progress, ProgressSink } from "../util/progress.js";
 import { nextTurn } from "../util/abort.js";
 import { MlaError } from "../errors.js";
@@ -105,31 +105,46 @@ export async function fitLatentNorms(dir: string, windows: Int32Array[], backend
   const progress = new Progress("fit kv_a_layernorm", c.layers * windows.length, "windows", opts.progress);
   const fitted = new Map<string, Float32Array>();
   const relativeError: number[] = [];
-  // Each window's hidden states in the bias-free model, advanced one layer at a time.
-  let hs = windows.map((ids) => model.embedTokens(ids));
-  for (let l = 0; l < c.layers; l++) {
-    const lw = model.weights.layers[l]!;
-    const w = lw.attn as DeepseekWeights;
-    const moments = new LatentNormMoments(rk);
-    for (const h of hs) {
-      const x = backend.rmsnorm(h, lw.inputNorm, c.rmsEps);
-      const kv = backend.linear(x, w.kvA, w.kvABias);
-      const lat = backend.gatherCols(kv, latentCols);
-      moments.add(lat.toArray(), h.shape[0]!);
-      for (const t of [x, kv, lat]) t.dispose();
-      progress.tick();
-      await nextTurn(opts.signal);
+  // Each window's hidden states in the bias-free model, advanced one layer at a time; freed however
+  // the fit ends (a stop between windows, an error in a pass).
+  let hs: Tensor[] = [];
+  try {
+    for (const ids of windows) hs.push(model.embedTokens(ids));
+    for (let l = 0; l < c.layers; l++) {
+      const lw = model.weights.layers[l]!;
+      const w = lw.attn as DeepseekWeights;
+      const moments = new LatentNormMoments(rk);
+      for (const h of hs) {
+        const made: Tensor[] = [];
+        try {
+          const x = backend.rmsnorm(h, lw.inputNorm, c.rmsEps);
+          made.push(x);
+          const kv = backend.linear(x, w.kvA, w.kvABias);
+          made.push(kv);
+          const lat = backend.gatherCols(kv, latentCols);
+          made.push(lat);
+          moments.add(lat.toArray(), h.shape[0]!);
+        } finally {
+          for (const t of made) t.dispose();
+        }
+        progress.tick();
+        await nextTurn(opts.signal);
+      }
+      const gamma = Float32Array.from(moments.gamma(), rounding[l]!);
+      relativeError.push(moments.relativeError(gamma));
+      fitted.set(name(l), gamma);
+      const old = w.kvNorm;
+      w.kvNorm = backend.upload(gamma, [rk]);
+      model.weightsChanged();
+      old.dispose();
+      // advanceWindows consumes the states it is given, even when it throws.
+      const given = hs;
+      hs = [];
+      hs = model.advanceWindows(l, windows, given);
     }
-    const gamma = Float32Array.from(moments.gamma(), rounding[l]!);
-    relativeError.push(moments.relativeError(gamma));
-    fitted.set(name(l), gamma);
-    const old = w.kvNorm;
-    w.kvNorm = backend.upload(gamma, [rk]);
-    model.weightsChanged();
-    old.dispose();
-    hs = model.advanceWindows(l, windows, hs);
+  } finally {
+    for (const h of hs) h.dispose();
   }
-  for (const h of hs) h.dispose();
   rewriteTensors(dir, fitted);
   return { relativeError };
 }

@@ -324,13 +324,21 @@ export class LlamaModel {
    * layerForward on each of several windows (ids `windows[i]`, hidden states `hs[i]` before layer li):
    * their states after it, the ones before freed. What the layer-by-layer fits of a conversion (output
    * refit, per-layer split choice, the bias-free norm fit) advance their calibration windows with.
+   * `hs` is consumed however it ends: when a pass throws, the states made so far and the ones not yet
+   * advanced are freed too, so a caller lets go of `hs` before the call (see refitOutputProjections).
    */
   advanceWindows(li: number, windows: readonly Int32Array[], hs: readonly Tensor[]): Tensor[] {
-    return hs.map((h, i) => {
-      const next = this.layerForward(li, windows[i]!, h);
-      h.dispose();
+    const next: Tensor[] = [];
+    try {
+      for (const [i, h] of hs.entries()) {
+        next.push(this.layerForward(li, windows[i]!, h));
+        h.dispose();
+      }
       return next;
-    });
+    } catch (e) {
+      for (const t of [...next, ...hs.slice(next.length)]) t.dispose();
+      throw e;
+    }
   }
 
   /** The weights as constant graph nodes (inference), made once (weightsChanged drops them). */
