@@ -84,10 +84,8 @@ export async function refitOutputProjections(srcDir: string, convDir: string, wi
       w.o = backend.upload(newW, [D, Hd]);
       converted.weightsChanged();
       old.dispose();
-      // advanceWindows consumes the states it is given, even when it throws.
-      const given = hs;
-      hs = [];
-      hs = converted.advanceWindows(l, windows, given);
+      // advanceWindows consumes the states it is given, even when it throws: hs is emptied first.
+      hs = converted.advanceWindows(l, windows, hs.splice(0));
     }
   } finally {
     for (const h of hs) h.dispose();

@@ -137,10 +137,8 @@ export async function fitLatentNorms(dir: string, windows: Int32Array[], backend
       w.kvNorm = backend.upload(gamma, [rk]);
       model.weightsChanged();
       old.dispose();
-      // advanceWindows consumes the states it is given, even when it throws.
-      const given = hs;
-      hs = [];
-      hs = model.advanceWindows(l, windows, given);
+      // advanceWindows consumes the states it is given, even when it throws: hs is emptied first.
+      hs = model.advanceWindows(l, windows, hs.splice(0));
     }
   } finally {
     for (const h of hs) h.dispose();

@@ -26,6 +26,7 @@ import { MlaError } from "../../src/errors.js";
 import { silentLogger } from "../../src/util/log.js";
 import { MODELS, tmpDir } from "../helpers.js";
 import { PER_LAYER_BUDGET, PER_LAYER_CALIB } from "./helpers.js";
+import { trackLive } from "./liveTensors.js";
 
 const STORIES = path.join(MODELS, "stories260K");
 const LAYERS = readHfConfig(STORIES).layers;
@@ -124,27 +125,18 @@ test("per-layer split: the written attention tensors are byte for byte one fresh
  * once, at its `at`-th call.
  */
 function countingBackend(base: Backend): { backend: Backend; live: Set<unknown>; failDownload: { at: number; seen: number }; watch: (model: object, methods: string[]) => void } {
-  const live = new Set<unknown>();
   const failDownload = { at: -1, seen: 0 };
   let inside = 0;
-  const add = (t: unknown) => {
-    if (t && typeof t === "object" && "storage" in t) live.add((t as { storage: unknown }).storage);
-    return t;
-  };
-  const backend = new Proxy(base, {
-    get(target, key, receiver) {
-      const v = Reflect.get(target, key, receiver) as unknown;
-      if (typeof v !== "function") return v;
-      const f = v as (...a: unknown[]) => unknown;
-      if (key === "free") return (t: { storage: unknown }) => (live.delete(t.storage), f.call(receiver, t));
-      if (key === "download")
-        return (t: unknown) => {
-          if (++failDownload.seen === failDownload.at) throw new Error("download failed");
-          return f.call(receiver, t);
-        };
-      if (key === "rmsnorm" || key === "upload") return (...args: unknown[]) => (inside ? f.apply(receiver, args) : add(f.apply(receiver, args)));
-      return f.bind(receiver);
-    },
+  const { backend, live, add } = trackLive(base, {
+    counted: (key) => key === "rmsnorm" || key === "upload",
+    inside: () => inside > 0,
+    wrap: (key, f, receiver) =>
+      key === "download"
+        ? (t: unknown) => {
+            if (++failDownload.seen === failDownload.at) throw new Error("download failed");
+            return f.call(receiver, t);
+          }
+        : undefined,
   });
   const watch = (model: object, methods: string[]) => {
     const m = model as Record<string, (...a: unknown[]) => unknown>;

@@ -17,6 +17,7 @@ import { loadTokenizer } from "../../src/io/tokenizer.js";
 import { LlamaModel, loadModel } from "../../src/model/llama.js";
 import { MlaError } from "../../src/errors.js";
 import { FIXTURES, MODELS, tmpDir } from "../helpers.js";
+import { trackLive } from "./liveTensors.js";
 
 const SRC = path.join(MODELS, "stories260K");
 const CALIB = path.join(FIXTURES, "text", "tinystories.txt");
@@ -30,23 +31,10 @@ const WATCHED = ["embedTokens", "layerForward", "attentionOf"] as const;
  * `hook` runs before each watched call (name, its count so far), and may throw or stop.
  */
 function counting(base: Backend) {
-  const live = new Set<unknown>();
   const models = new Set<object>();
   const calls = new Map<string, number>();
   const state = { inside: 0, hook: (_name: string, _n: number): void => {} };
-  const add = (t: unknown) => {
-    if (t && typeof t === "object" && "storage" in t) live.add((t as { storage: unknown }).storage);
-    return t;
-  };
-  const backend = new Proxy(base, {
-    get(target, key, receiver) {
-      const v = Reflect.get(target, key, receiver) as unknown;
-      if (typeof v !== "function") return v;
-      const f = v as (...a: unknown[]) => unknown;
-      if (key === "free") return (t: { storage: unknown }) => (live.delete(t.storage), f.call(receiver, t));
-      return (...args: unknown[]) => (state.inside ? f.apply(receiver, args) : add(f.apply(receiver, args)));
-    },
-  });
+  const { backend, live, add } = trackLive(base, { counted: () => true, inside: () => state.inside > 0 });
   const proto = LlamaModel.prototype as unknown as Record<string, (...a: unknown[]) => unknown>;
   const saved = WATCHED.map((name) => [name, proto[name]!] as const);
   for (const [name, f] of saved)
