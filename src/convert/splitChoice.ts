@@ -101,12 +101,8 @@ export async function chooseSplits(original: LlamaModel, windows: Int32Array[], 
       const u = candidates[o.uniform]!;
       o.logger.info(`kv split, layer ${l}: R ${candidates[best]!.ropePairs} rank ${candidates[best]!.rank} (error ${errors[best]!.toFixed(4)}; uniform R ${u.ropePairs} rank ${u.rank}: ${errors[o.uniform]!.toFixed(4)})`);
       for (const x of xs.splice(0)) x.dispose();
-      if (l + 1 < c.layers)
-        for (let i = 0; i < hs.length; i++) {
-          const next = original.layerForward(l, windows[i]!, hs[i]!);
-          hs[i]!.dispose();
-          hs[i] = next;
-        }
+      // advanceWindows consumes the states it is given, even when it throws: hs is emptied first.
+      if (l + 1 < c.layers) hs.push(...original.advanceWindows(l, windows, hs.splice(0)));
     }
   } finally {
     block?.dispose();
