@@ -43,6 +43,17 @@ constexpr bool ROLES_NO_MMA = MLA_ROLES_DIAG == 1, ROLES_NO_COPY = MLA_ROLES_DIA
 #ifndef ROLES_PIPE
 #define ROLES_PIPE 0
 #endif
+// Tuning build ROLES_KEYS8=1 for the softmax's rope dot (docs/latent-decode-design.md, item 1): a lane
+// takes keys kp and kp + 8 instead of 2kp and 2kp + 1, so the eight lanes of a head read eight
+// consecutive rope rows (528 bytes apart at llama2-7b's spans: eight different 16-byte bank groups)
+// with 16-byte loads where Dr is a multiple of 8, not eight dependent 4-byte loads per key whose rows
+// 2kp (1,056 bytes apart) meet in four bank groups. The partial scores are stored in the matching key
+// order (key k at 2k for k < 8, at 2(k − 8) + 1 after), one 16-byte store per row, so the softmax's
+// reads of them do not change.
+#ifndef ROLES_KEYS8
+#define ROLES_KEYS8 0
+#endif
+constexpr bool KEYS8 = ROLES_KEYS8 != 0;
 static_assert(TN == 16 && 2 * SUM_WARPS == TN, "each weighted-sum warp brings two rows of a tile");
 static_assert(SCORE_WARPS * 4 == HB, "each score warp's softmax takes four heads, eight lanes each");
 // Floats between two score warps' partials ([HB][TN] each): 16 more, so warp w + 2 meets other banks.
@@ -65,6 +76,13 @@ struct RoleLayout {
 
 // A barrier of the score warps alone (named barrier 1; __syncthreads is 0).
 __device__ __forceinline__ void score_warps_sync() { asm volatile("bar.sync 1, %0;\n" ::"n"(32 * SCORE_WARPS) : "memory"); }
+
+// q[0…7] · k[0…7] with k eight bf16 in 16 bytes.
+__device__ __forceinline__ float dot8(float4 qa, float4 qb, uint4 k) {
+  const float2 k01 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&k.x)), k23 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&k.y));
+  const float2 k45 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&k.z)), k67 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&k.w));
+  return qa.x * k01.x + qa.y * k01.y + qa.z * k23.x + qa.w * k23.y + qb.x * k45.x + qb.y * k45.y + qb.z * k67.x + qb.w * k67.y;
+}
 
 // Grid as the tile-loop kernel's: x = head block + head blocks · split, y = sequence. L = 64·NT.
 template <int NT>
@@ -173,13 +191,19 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
 #pragma unroll
         for (int i = 0; i < 8; i++) s[0][i / 4][i % 4] += s[c][i / 4][i % 4];
       score_warps_sync();  // every score warp has read the partials of the tile before
+      if (KEYS8) {
+        // Keys 2t4, 2t4 + 1, 8 + 2t4, 9 + 2t4 at 4t4, 4t4 + 2, 4t4 + 1, 4t4 + 3.
+        *reinterpret_cast<float4*>(partMine + 2 * t4) = make_float4(s[0][0][0], s[0][1][0], s[0][0][1], s[0][1][1]);
+        *reinterpret_cast<float4*>(partMine + 8 * TN + 2 * t4) = make_float4(s[0][0][2], s[0][1][2], s[0][0][3], s[0][1][3]);
+      } else {
 #pragma unroll
-      for (int nt = 0; nt < 2; nt++) {
-        *reinterpret_cast<float2*>(partMine + nt * 8) = make_float2(s[0][nt][0], s[0][nt][1]);
-        *reinterpret_cast<float2*>(partMine + 8 * TN + nt * 8) = make_float2(s[0][nt][2], s[0][nt][3]);
+        for (int nt = 0; nt < 2; nt++) {
+          *reinterpret_cast<float2*>(partMine + nt * 8) = make_float2(s[0][nt][0], s[0][nt][1]);
+          *reinterpret_cast<float2*>(partMine + 8 * TN + nt * 8) = make_float2(s[0][nt][2], s[0][nt][3]);
+        }
       }
       score_warps_sync();
-      // Scores of head r at keys 2kp, 2kp + 1: the four partials, then the rope part in float32.
+      // Scores of head r at keys 2kp, 2kp + 1 (KEYS8: kp, kp + 8): the four partials, then the rope part in float32.
       const float* pr = sPart + r * TN + 2 * kp;
       float x0 = 0.f, x1 = 0.f;
 #pragma unroll
@@ -188,19 +212,29 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
         x0 += v.x;
         x1 += v.y;
       }
-      const bf16* k0 = (const bf16*)(smem + (size_t)stage * stageBytes + latentBytes) + 2 * kp * lay.ropeStride + rcol;
-      const bf16* k1 = k0 + lay.ropeStride;
+      const bf16* k0 = (const bf16*)(smem + (size_t)stage * stageBytes + latentBytes) + (KEYS8 ? kp : 2 * kp) * lay.ropeStride + rcol;
+      const bf16* k1 = k0 + (KEYS8 ? 8 : 1) * lay.ropeStride;
+      if (KEYS8 && Dr % 8 == 0) {
+        // 16-byte aligned: the rope area, rcol and the row stride are multiples of eight bf16 here.
 #pragma unroll 1
-      for (int d = 0; d < Dr; d += 2) {
-        const float2 q = *reinterpret_cast<const float2*>(qrow + d);
-        const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(k0 + d));
-        const float2 c = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(k1 + d));
-        x0 += q.x * a.x + q.y * a.y;
-        x1 += q.x * c.x + q.y * c.y;
+        for (int d = 0; d < Dr; d += 8) {
+          const float4 qa = *reinterpret_cast<const float4*>(qrow + d), qb = *reinterpret_cast<const float4*>(qrow + d + 4);
+          x0 += dot8(qa, qb, *reinterpret_cast<const uint4*>(k0 + d));
+          x1 += dot8(qa, qb, *reinterpret_cast<const uint4*>(k1 + d));
+        }
+      } else {
+#pragma unroll 1
+        for (int d = 0; d < Dr; d += 2) {
+          const float2 q = *reinterpret_cast<const float2*>(qrow + d);
+          const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(k0 + d));
+          const float2 c = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(k1 + d));
+          x0 += q.x * a.x + q.y * a.y;
+          x1 += q.x * c.x + q.y * c.y;
+        }
       }
-      const int key = it * TN + 2 * kp;
+      const int key = it * TN + (KEYS8 ? kp : 2 * kp);
       x0 = key < visible ? x0 * scale2 : -INFINITY;
-      x1 = key + 1 < visible ? x1 * scale2 : -INFINITY;
+      x1 = key + (KEYS8 ? 8 : 1) < visible ? x1 * scale2 : -INFINITY;
       float mt = fmaxf(x0, x1);
 #pragma unroll
       for (int off = 1; off < 8; off <<= 1) mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, off));
@@ -216,7 +250,12 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
       // Buffer it & 1 was last read by the weighted sum of tile it − 2.
       const int pb = it & 1, use = it >> 1;
       if (use > 0) bar_wait(freed + pb, (unsigned)(use - 1) & 1);
-      *reinterpret_cast<__nv_bfloat162*>(sP + (pb * HB + r) * (TN + PAD) + 2 * kp) = p;
+      if (KEYS8) {
+        sP[(pb * HB + r) * (TN + PAD) + kp] = p.x;
+        sP[(pb * HB + r) * (TN + PAD) + kp + 8] = p.y;
+      } else {
+        *reinterpret_cast<__nv_bfloat162*>(sP + (pb * HB + r) * (TN + PAD) + 2 * kp) = p;
+      }
       if (kp == 0) sAlpha[pb * HB + r] = alpha;
       bar_arrive(ready + pb);
       if (++stage == ROLE_STAGES) {
