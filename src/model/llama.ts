@@ -12,7 +12,7 @@ import { referenceBackend } from "../backends/reference/index.js";
 import type { Backend } from "../tensor/backend.js";
 import type { FloatArray, Tensor } from "../tensor/tensor.js";
 import { attentionInvFreq, ModelConfig } from "./config.js";
-import { LlamaWeights, loadLlamaWeights, WEIGHT_STORAGES, WeightStorage } from "./weights.js";
+import { LlamaWeights, loadLlamaWeights, WEIGHT_STORAGES, WeightStorage, namedTensors } from "./weights.js";
 import { checkOptionTypes, type OptionKinds } from "../util/optionTypes.js";
 import { CacheOptions, DecodeCache, KvCache, LatentCache } from "./kvCache.js";
 import { AttentionMode, mhaAttention, mhaDecodeBatch } from "./attention/mha.js";
@@ -228,6 +228,7 @@ export class LlamaModel {
 
   /** The final-norm hidden states [T, D] that the LM head turns into logits (training computes the loss from them in row chunks). */
   hidden(ops: Ops, P: ParamNodes, ids: Int32Array, cache?: DecodeCache | readonly DecodeCache[], opts: ForwardOptions = {}): Node {
+    this.checkLive();
     const c = this.config;
     // One new token on a filled cache, inference, absorbed: the batched decode path with B = 1 (its
     // backends append and attend in one call each, reading the cache buffers without views).
@@ -343,6 +344,7 @@ export class LlamaModel {
 
   /** The weights as constant graph nodes (inference), made once (weightsChanged drops them). */
   private constantNodes(ops: Ops): ParamNodes {
+    this.checkLive();
     return (this.constants ??= paramNodes(ops, this.weights, () => false));
   }
 
@@ -459,6 +461,31 @@ export class LlamaModel {
     if (inputGradients.has(seed)) seed.dispose();
     inputGradients.add(dh);
     if (h.requiresGrad) h.accumulate(b, dh);
+  }
+
+  private disposed = false;
+
+  /**
+   * Frees every tensor the model holds on its backend (weights, absorbed MLA projections, identities)
+   * now, rather than when the garbage collector finds their handles: a script that loads one model
+   * after another on a GPU gets the memory back at once. Decode sessions and caches made from the
+   * model are the caller's to dispose first. Idempotent; any later use of the model is refused.
+   */
+  dispose(): void {
+    if (this.disposed) return;
+    this.disposed = true;
+    this.mla?.forEach((m) => m.invalidate());
+    this.deepseek?.forEach((m) => m.invalidate());
+    for (const eye of this.identities.values()) eye.dispose();
+    this.identities.clear();
+    this.constants = null;
+    // namedTensors lists a tied LM head once, as the embedding it is.
+    for (const [, t] of namedTensors(this.config, this.weights)) t.dispose();
+  }
+
+  /** Refuses work on a disposed model (its tensors' device memory may already hold something else). */
+  private checkLive(): void {
+    if (this.disposed) throw new MlaError("BAD_ARGUMENT", "this model was disposed (LlamaModel.dispose())", "load the model again with loadModel()");
   }
 
   /** Counts weightsChanged() calls: a recorded decode step (DecodeSession) holds the weights it read. */
