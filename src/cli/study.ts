@@ -37,7 +37,7 @@ export const studyCommand: CommandModule<object, Args> = {
       .option("like", { type: "string", demandOption: true, describe: "model folder whose shape and tokenizer the variants take (its weights are not used)" })
       .option("variants", { type: "string", default: STUDY_VARIANTS.join(","), describe: `comma-separated: ${STUDY_VARIANTS.join(", ")}` })
       // No yargs defaults for --ranks and --gate-dim: the study refuses them where no variant uses them, so given must differ from defaulted.
-      .option("ranks", { type: "string", describe: `latent widths per token and layer of the MLA variants: d/N of the hidden size, or numbers (default ${STUDY_RANKS.join(",")})` })
+      .option("ranks", { type: "string", describe: `latent widths per token and layer of the MLA variants: d, d/N of the hidden size, or whole numbers, each a multiple of the KV heads (default ${STUDY_RANKS.join(",")}); refused without an MLA variant` })
       .option("data", { type: "string", demandOption: true, describe: "training text (.txt, .jsonl, or .xz of one); the last 1% is held out" })
       .option("tokens", { type: "number", demandOption: true, describe: "training tokens per variant" })
       .option("out", { type: "string", demandOption: true, describe: "study folder: each variant's model and run, study.json, report.md, report.html" })
@@ -45,8 +45,8 @@ export const studyCommand: CommandModule<object, Args> = {
       .option("batch", { type: "number", default: 16 })
       .option("lr", { type: "number", default: 1e-3, describe: "peak learning rate (warmup 5%, WSD decay)" })
       .option("seed", { type: "number", default: 0 })
-      .option("gate-dim", { type: "number", describe: `EG-MLA's gate width (default ${DEFAULT_GATE_DIM})` })
-      .option("eval-every", { type: "number", describe: "validation NLL every N steps (default: 20 points per run)" })
+      .option("gate-dim", { type: "number", describe: `EG-MLA's gate width (default ${DEFAULT_GATE_DIM}); refused without eg-mla in --variants` })
+      .option("eval-every", { type: "number", describe: "validation NLL every N steps, N ≥ 1 (default: 20 points per run)" })
       .option("device", DEVICE_OPTION)
       .option("force", { type: "boolean", default: false, describe: "start over in an existing --out (without it, re-running the same command resumes)" }),
   handler: async (a) => {

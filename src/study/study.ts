@@ -19,7 +19,7 @@
 import fs from "node:fs";
 import path from "node:path";
 import { convert } from "../convert/pipeline.js";
-import { flagsWithout, MlaError } from "../errors.js";
+import { MlaError, refuseInert } from "../errors.js";
 import { refuseOutOverInputs } from "../io/outGuard.js";
 import { finetune } from "../finetune/trainer.js";
 import { inspectModel } from "../eval/inspect.js";
@@ -41,6 +41,7 @@ import { initFromScratch, likeConfig } from "./init.js";
 import { studyHtml, studyMarkdown } from "./report.js";
 import { checkClaims, type ClaimCheck } from "./claims.js";
 import { decodeSpeed } from "./decodeSpeed.js";
+import { readStudyJson, readStudyRow } from "./studyFiles.js";
 
 export const STUDY_VARIANTS = ["mha", "mla", "mla-rope", "eg-mla"] as const;
 export type StudyVariant = (typeof STUDY_VARIANTS)[number];
@@ -134,8 +135,11 @@ export interface StudyResult {
 
 /** "d" → hidden (full rank); "d/2" → hidden/2; "96" → 96; checked to split evenly over the KV heads. */
 export function latentWidth(spec: string, hidden: number, kvHeads: number): number {
-  const m = /^d(?:\/(\d+))?$/.exec(spec.trim());
-  const L = m ? hidden / Number(m[1] ?? 1) : Number(spec);
+  const s = spec.trim();
+  const m = /^d(?:\/(\d+))?$/.exec(s);
+  // Digits only: Number() also reads "", "0x20" and "1e2", which no one means as a width.
+  if (!m && !/^\d+$/.test(s)) throw new MlaError("BAD_ARGUMENT", `--ranks ${JSON.stringify(spec)} is not d, d/N or a whole number`, `use d, d/2, d/4 (of hidden size ${hidden}) or a multiple of ${kvHeads}, comma-separated, e.g. --ranks d/2,d/4`);
+  const L = m ? hidden / Number(m[1] ?? 1) : Number(s);
   if (!Number.isInteger(L) || L < kvHeads || L % kvHeads !== 0)
     throw new MlaError("BAD_ARGUMENT", `--ranks ${spec} gives a latent of ${L} dims, not a positive multiple of the ${kvHeads} KV heads`, `use d, d/2, d/4 (of hidden size ${hidden}) or a multiple of ${kvHeads}`);
   return L;
@@ -172,17 +176,18 @@ function runSettings({ variant, L }: { variant: MlaVariant; L: number }, c: Mode
  */
 export function plannedRuns(o: StudyOptions, c: ModelConfig): { runs: StudyRun[]; ranks: readonly string[] } {
   if (!o.variants.length) throw new MlaError("BAD_ARGUMENT", "--variants is empty", `name some of ${STUDY_VARIANTS.join(", ")}`);
-  for (const v of o.variants) if (!STUDY_VARIANTS.includes(v)) throw new MlaError("BAD_ARGUMENT", `--variants: ${v} is not known`, `use ${STUDY_VARIANTS.join(", ")}`);
+  for (const v of o.variants) if (!STUDY_VARIANTS.includes(v)) throw new MlaError("BAD_ARGUMENT", v.trim() ? `--variants: ${v} is not known` : `--variants ${o.variants.join(",")} has an empty entry`, `use ${STUDY_VARIANTS.join(", ")}, comma-separated`);
   const mla = o.variants.filter((v): v is MlaVariant => v !== "mha");
   const others = STUDY_VARIANTS.filter((v) => v !== "mha").join(", ");
-  if (!mla.length && o.ranks?.length) throw flagsWithout(["--ranks"], "an MLA variant in --variants", "it sets the MLA variants' latent widths", `add one of ${others} to --variants`);
-  if (o.gateDim !== undefined && !mla.includes("eg-mla")) throw flagsWithout(["--gate-dim"], "eg-mla in --variants", "it is EG-MLA's gate width", "add eg-mla to --variants");
+  // refuseInert's policy: given (an empty list too) where no run reads it, refused naming what it needs.
+  if (!mla.length) refuseInert([["--ranks", o.ranks]], "an MLA variant in --variants", "it sets the MLA variants' latent widths", `add one of ${others} to --variants`);
+  if (!mla.includes("eg-mla")) refuseInert([["--gate-dim", o.gateDim]], "eg-mla in --variants", "it is EG-MLA's gate width", "add eg-mla to --variants");
   const ranks = mla.length ? (o.ranks ?? STUDY_RANKS) : [];
   if (mla.length && !ranks.length) throw new MlaError("BAD_ARGUMENT", "--ranks is empty", `name the MLA variants' latent widths, e.g. ${STUDY_RANKS.join(",")}`);
   const widths = ranks.map((r) => latentWidth(r, c.hiddenSize, c.kvHeads));
   // A variant or width named twice (mla,mla; d/2,32 at d = 64) is one run, not two identical rows.
   const runs = [...new Set(o.variants)].flatMap((v): StudyRun[] => (v === "mha" ? [{ variant: v, L: null }] : [...new Set(widths)].map((L) => ({ variant: v, L }))));
-  for (const r of runs) if (r.variant !== "mha") checkRun(r, c, o.gateDim);
+  for (const r of runs) if (r.variant !== "mha") checkRun(r, c, o.gateDim ?? undefined);
   return { runs, ranks };
 }
 
@@ -215,24 +220,29 @@ async function runStudy(o: StudyOptions, made: { fresh: boolean }): Promise<Stud
   const log = o.logger ?? silentLogger;
   const { dir: like } = resolveModel(o.like);
   refuseOutOverInputs("--out", o.out, [{ name: "--like's model folder", path: like }, { name: "--data", path: o.data }]);
+  // A file there would be taken for another study's folder, and --force would delete it.
+  if (fs.existsSync(o.out) && !fs.statSync(o.out).isDirectory()) throw new MlaError("BAD_ARGUMENT", `--out ${o.out} is a file, not a folder`, "give --out a folder for the study (its runs, study.json and reports), e.g. --out ./study");
   if (!fs.existsSync(o.data)) throw new MlaError("NOT_FOUND", `--data ${o.data} does not exist`, "check the path; nothing was changed");
   // Empty, a folder, not text (an .xz file: not xz data) by its first bytes: refused before any work.
   checkDataFile(o.data);
-  likeConfig(like);
+  // readHfConfig first: it names a config.json that is not JSON, which likeConfig would read raw.
   const c = readHfConfig(like);
+  likeConfig(like);
   const { runs, ranks } = plannedRuns(o, c);
   const seq = o.seq ?? 256, batch = o.batch ?? 16, lr = o.lr ?? 1e-3;
   const seed = o.seed ?? 0;
+  const valFraction = o.valFraction ?? 0.01;
   const device = o.device ?? "auto";
   // The runs' fine-tunes check these too, but only as each starts: after the runs before it.
-  checkFinetuneOptions({ tokens: o.tokens, seq, batch, lr, evalEvery: o.evalEvery });
+  checkFinetuneOptions({ tokens: o.tokens, seq, batch, lr, seed, valFraction, evalEvery: o.evalEvery ?? undefined });
+  checkValidation(o.evalEvery ?? undefined, valFraction);
   selectBackend(device, log);
   // What every run shares; the list of runs (variants × ranks) may grow between sittings, since each
   // run is trained on its own from the same initialization.
-  const settings = { like: o.like, data: o.data, tokens: o.tokens, seq, batch, lr, seed, valFraction: o.valFraction ?? 0.01, tokenCache: path.join(o.out, "tokens"), evalEvery: o.evalEvery ?? null, gateDim: o.gateDim ?? DEFAULT_GATE_DIM };
+  const settings = { like: o.like, data: o.data, tokens: o.tokens, seq, batch, lr, seed, valFraction, tokenCache: path.join(o.out, "tokens"), evalEvery: o.evalEvery ?? null, gateDim: o.gateDim ?? DEFAULT_GATE_DIM };
   const stateFile = path.join(o.out, "study-state.json");
   if (fs.existsSync(o.out) && !o.force) {
-    const prev = fs.existsSync(stateFile) ? (JSON.parse(fs.readFileSync(stateFile, "utf8")) as { settings?: unknown; variants?: string[]; ranks?: string[] }) : null;
+    const prev = fs.existsSync(stateFile) ? readStudyJson<{ settings?: unknown; variants?: string[]; ranks?: string[] }>(stateFile, "the study's settings", "pass --force to start the study over, or choose another --out") : null;
     if (JSON.stringify(prev?.settings) !== JSON.stringify(settings))
       throw new MlaError("EXISTS", `output ${o.out} already exists${prev ? " from a study with other settings" : ""}`, "re-run it with the same settings (other --variants or --ranks are fine: finished runs are kept), pass --force to start over, or choose another --out");
     const same = JSON.stringify([prev?.variants, prev?.ranks]) === JSON.stringify([o.variants, ranks]);
@@ -260,18 +270,18 @@ async function runStudy(o: StudyOptions, made: { fresh: boolean }): Promise<Stud
     const rowFile = path.join(o.out, `${name}.row.json`);
     if (fs.existsSync(rowFile)) {
       log.info(`study ${i + 1}/${runs.length}: ${name} already done`);
-      rows.push(JSON.parse(fs.readFileSync(rowFile, "utf8")) as StudyRow);
+      rows.push(readStudyRow(rowFile, name));
       continue;
     }
     log.info(`study ${i + 1}/${runs.length}: ${name}`);
-    const conversion = r.variant === "mha" ? null : runSettings(r, c, o.gateDim);
+    const conversion = r.variant === "mha" ? null : runSettings(r, c, o.gateDim ?? undefined);
     const modelDir = conversion ? path.join(o.out, name) : init;
     const trained = path.join(o.out, `${name}-trained`);
     const ft = await resumableStep(o.signal, resumes, async () => {
       // The conversion's per-layer lines go to the study's progress sink, as its training's and measurement's do.
       if (conversion && !fs.existsSync(path.join(modelDir, "config.json"))) await convert(init, { ...conversion, device, out: modelDir, force: true, progress: o.progress, logger: log, signal: o.signal });
       const resume = fs.existsSync(path.join(trained, "checkpoint", "state.json"));
-      return finetune(modelDir, { data: [data], out: trained, force: !resume, resume, tokens: o.tokens, seq, batch, lr, seed, valFraction: o.valFraction ?? 0.01, tokenCache: path.join(o.out, "tokens"), evalEvery: o.evalEvery ?? Math.max(1, Math.round(steps / 20)), device, progress: o.progress, logger: log, shouldStop: o.shouldStop, signal: o.signal });
+      return finetune(modelDir, { data: [data], out: trained, force: !resume, resume, tokens: o.tokens, seq, batch, lr, seed, valFraction, tokenCache: path.join(o.out, "tokens"), evalEvery: o.evalEvery ?? Math.max(1, Math.round(steps / 20)), device, progress: o.progress, logger: log, shouldStop: o.shouldStop, signal: o.signal });
     });
     if (ft.stoppedEarly) return { rows, report: null, html: null, stoppedEarly: true, claims: null };
     // The measurement stops on the signal too; the trained run is whole by then (finetune.json), so the
@@ -306,6 +316,16 @@ async function runStudy(o: StudyOptions, made: { fresh: boolean }): Promise<Stud
   writeFileAtomic(report, studyMarkdown(meta, rows));
   writeFileAtomic(html, studyHtml(meta, rows));
   return { rows, report, html, stoppedEarly: false, claims };
+}
+
+/**
+ * What the study reads from each run's validation: its NLL (the table, the claims) and its curve. A
+ * fine-tune takes evalEvery 0 (no periodic validation) and valFraction 0 (no held-out text); a study
+ * run that way would have no curve or no NLL to report (a null NLL failed its report as a TypeError).
+ */
+function checkValidation(evalEvery: number | undefined, valFraction: number): void {
+  if (evalEvery === 0) throw new MlaError("BAD_ARGUMENT", "--eval-every 0 turns validation off, and the study's curves and claims are made of validation NLL", "leave --eval-every out (20 points per run) or give a positive number of steps");
+  if (valFraction === 0) throw new MlaError("BAD_ARGUMENT", "valFraction 0 holds no text out, and the study compares the runs by validation NLL", "leave valFraction out (the last 1% of the data) or give a fraction in (0, 1)");
 }
 
 /** Whether a study folder holds work worth keeping: a finished run's row, or a training run's checkpoint. */

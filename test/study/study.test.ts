@@ -116,7 +116,7 @@ test("study reads .xz training text through the xz tool, in memory: the runs tra
   const dir = tmpDir();
   const xz = path.join(dir, "text.txt.xz");
   fs.writeFileSync(xz, spawnSync("xz", ["-c", DATA]).stdout);
-  const o = { like: path.join(MODELS, "stories260K"), variants: ["mha"] as const, ranks: [], tokens: 2 * 4 * 32, seq: 32, batch: 4, valFraction: 0.05, device: "cpu" as const, progress: null };
+  const o = { like: path.join(MODELS, "stories260K"), variants: ["mha"] as const, tokens: 2 * 4 * 32, seq: 32, batch: 4, valFraction: 0.05, device: "cpu" as const, progress: null };
   const r = await study({ ...o, data: xz, out: path.join(dir, "study") });
   const plain = await study({ ...o, data: DATA, out: path.join(dir, "plain") });
   assert.equal(r.rows[0]!.valNll, plain.rows[0]!.valNll);

@@ -44,17 +44,65 @@ test("study refuses a bad option of any run before the first run, --force or not
   }
 });
 
-test("study refuses --gate-dim without the eg-mla variant and --ranks without an MLA variant, naming both flags", async () => {
+test("study refuses --gate-dim without the eg-mla variant and --ranks without an MLA variant, naming both flags (refuseInert's policy: given is any value but undefined or null)", async () => {
   const base: StudyOptions = { like: LIKE, variants: ["mha"], data: DATA, tokens: 256, out: "", force: true, device: "reference", progress: null };
   const cases: [Partial<StudyOptions>, RegExp][] = [
     [{ variants: ["mha", "mla"], gateDim: 8 }, /--gate-dim has no effect without eg-mla in --variants .*\n {2}hint: add eg-mla to --variants, or leave --gate-dim out/],
+    // The default's own value is refused too: a script that sets it believes it applied.
+    [{ variants: ["mla"], gateDim: 16 }, /--gate-dim has no effect without eg-mla in --variants/],
     [{ ranks: ["d/2"] }, /--ranks has no effect without an MLA variant in --variants .*\n {2}hint: add one of mla, mla-rope, eg-mla to --variants, or leave --ranks out/],
+    // An empty list is given (it trained a whole MHA study before).
+    [{ ranks: [] }, /--ranks has no effect without an MLA variant in --variants/],
   ];
   for (const [opts, re] of cases) {
     const out = earlierOut();
     await assert.rejects(study({ ...base, ...opts, out }), (e: unknown) => e instanceof MlaError && e.code === "BAD_ARGUMENT" && re.test(e.message), `${JSON.stringify(opts)} → ${re}`);
     assertKept(out);
   }
+  // null counts as not given (a script's "unset"), as for every other refuseInert setting: planned as if left out.
+  const c = readHfConfig(LIKE);
+  assert.deepEqual(plannedRuns({ ...base, ranks: null as never, gateDim: null as never }, c).runs, [{ variant: "mha", L: null }]);
+  assert.deepEqual(plannedRuns({ ...base, variants: ["mla"], gateDim: null as never }, c).runs, [{ variant: "mla", L: 32 }, { variant: "mla", L: 16 }]);
+});
+
+test("study refuses what would leave it nothing to report or would destroy a file: --eval-every 0, valFraction 0, an --out that is a file (--force or not), widths that are not d, d/N or digits, an empty variant", async () => {
+  const file = path.join(tmpDir(), "notes.txt");
+  fs.writeFileSync(file, "mine");
+  const base: StudyOptions = { like: LIKE, variants: ["mha"], data: DATA, tokens: 256, seq: 32, batch: 4, out: "", device: "reference", progress: null };
+  const cases: [Partial<StudyOptions>, RegExp][] = [
+    // A fine-tune takes 0 as "off"; a study made of validation curves would report none (valFraction 0 failed its report with a TypeError).
+    [{ evalEvery: 0 }, /--eval-every 0 turns validation off[\s\S]*hint: leave --eval-every out/],
+    [{ valFraction: 0 }, /valFraction 0 holds no text out[\s\S]*hint: leave valFraction out/],
+    [{ seed: 2 ** 32 }, /--seed 4294967296 is not a whole number in \[0, 2\^32\)/],
+    [{ variants: ["mla"], ranks: ["0x20"] }, /--ranks "0x20" is not d, d\/N or a whole number/],
+    [{ variants: ["mla"], ranks: [""] }, /--ranks "" is not d, d\/N or a whole number/],
+    [{ variants: ["mha", "" as never] }, /--variants mha, has an empty entry/],
+  ];
+  for (const [opts, re] of cases) {
+    const out = earlierOut();
+    await assert.rejects(study({ ...base, ...opts, out }), (e: unknown) => e instanceof MlaError && e.code === "BAD_ARGUMENT" && re.test(e.message), `${JSON.stringify(opts)} → ${re}`);
+    assertKept(out, JSON.stringify(opts));
+  }
+  for (const force of [false, true]) await assert.rejects(study({ ...base, out: file, force }), (e: unknown) => e instanceof MlaError && /--out .*notes\.txt is a file, not a folder/.test(e.message));
+  assert.equal(fs.readFileSync(file, "utf8"), "mine", "the file is untouched");
+});
+
+test("a damaged study-state.json or row file is named with what to do, not a JSON SyntaxError; a deleted row is measured again", async () => {
+  const out = path.join(tmpDir(), "st");
+  const o: StudyOptions = { like: LIKE, variants: ["mha"], data: DATA, tokens: 2 * 4 * 32, seq: 32, batch: 4, valFraction: 0.05, out, device: "cpu", progress: null };
+  const first = await study(o);
+  const state = path.join(out, "study-state.json"), row = path.join(out, "mha.row.json");
+  const kept = fs.readFileSync(state, "utf8");
+  fs.writeFileSync(state, "{bad");
+  await assert.rejects(study(o), (e: unknown) => e instanceof MlaError && /study-state\.json \(the study's settings\) is not valid JSON[\s\S]*hint: pass --force to start the study over/.test(e.message));
+  fs.writeFileSync(state, kept);
+  for (const text of ["{\"rows\":", "{\"label\":\"MHA\"}"]) {
+    fs.writeFileSync(row, text);
+    await assert.rejects(study(o), (e: unknown) => e instanceof MlaError && /mha\.row\.json \(the mha run's result\) (is not valid JSON|lacks params, kvElemsPerToken, kvBytesPerTokenBf16, valNll, trainTokensPerS, decodeTokensPerS, curve)[\s\S]*hint: delete it to measure the trained run \(mha-trained\) again/.test(e.message), text);
+  }
+  fs.rmSync(row);
+  const again = await study(o);
+  assert.equal(again.rows[0]!.valNll, first.rows[0]!.valNll, "measured again from the trained run, not retrained differently");
 });
 
 test("study on the command line: --gate-dim and --ranks get no yargs default (a study of MHA alone would refuse it), and a given one is refused", () => {
@@ -65,6 +113,9 @@ test("study on the command line: --gate-dim and --ranks get no yargs default (a 
   const gate = spawnSync(process.execPath, [MAIN, ...common, "--gate-dim", "8"], { encoding: "utf8" });
   assert.equal(gate.status, 1);
   assert.match(gate.stderr, /^error: --gate-dim has no effect without eg-mla in --variants/m);
+  const ranks = spawnSync(process.execPath, [MAIN, ...common, "--ranks", "d/2"], { encoding: "utf8" });
+  assert.equal(ranks.status, 1);
+  assert.match(ranks.stderr, /^error: --ranks has no effect without an MLA variant in --variants .*\n {2}hint: add one of mla, mla-rope, eg-mla to --variants, or leave --ranks out/m);
 });
 
 test("a --like without a tokenizer is refused by name; a fresh study that fails before any run kept work leaves no folder to block the corrected command", async () => {

@@ -1,0 +1,36 @@
+/**
+ * Reading back what a study wrote into its folder (study-state.json, NAME.row.json). They are written
+ * whole (temp file + rename), but a folder can still hold a damaged one (a copy cut short, a hand
+ * edit): named with what to do, not a JSON SyntaxError from deep inside.
+ */
+import fs from "node:fs";
+import { ioError, MlaError } from "../errors.js";
+import type { StudyRow } from "./study.js";
+
+/** The JSON object in `file` (`what` it holds, for the message); `hint` says how to go on without it. */
+export function readStudyJson<T>(file: string, what: string, hint: string): T {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, "utf8");
+  } catch (e) {
+    throw ioError("cannot read", file, e);
+  }
+  let v: unknown;
+  try {
+    v = JSON.parse(text);
+  } catch (e) {
+    throw new MlaError("BAD_ARGUMENT", `${file} (${what}) is not valid JSON (${(e as Error).message})`, hint);
+  }
+  if (typeof v !== "object" || v === null || Array.isArray(v)) throw new MlaError("BAD_ARGUMENT", `${file} (${what}) is not a JSON object`, hint);
+  return v as T;
+}
+
+/** A finished run's row (NAME.row.json), checked for the fields the table, claims and curves read. */
+export function readStudyRow(file: string, name: string): StudyRow {
+  const hint = `delete it to measure the trained run (${name}-trained) again, or pass --force to start the study over`;
+  const row = readStudyJson<Partial<StudyRow>>(file, `the ${name} run's result`, hint);
+  const numbers = ["params", "kvElemsPerToken", "kvBytesPerTokenBf16", "valNll", "trainTokensPerS", "decodeTokensPerS"] as const;
+  const bad = [...(typeof row.label === "string" ? [] : ["label"]), ...numbers.filter((k) => typeof row[k] !== "number"), ...(Array.isArray(row.curve) ? [] : ["curve"])];
+  if (bad.length) throw new MlaError("BAD_ARGUMENT", `${file} (the ${name} run's result) lacks ${bad.join(", ")}`, hint);
+  return row as StudyRow;
+}
