@@ -42,7 +42,9 @@ export const ARCHS: Record<string, HfConfigJson> = {
 };
 
 export function archConfig(name: string): HfConfigJson {
-  const a = ARCHS[name.toLowerCase()];
+  // Own keys only: "constructor" or "__proto__" would find Object's members (a clone error, an empty config).
+  const key = name.toLowerCase();
+  const a = Object.hasOwn(ARCHS, key) ? ARCHS[key] : undefined;
   if (!a) throw new MlaError("BAD_ARGUMENT", `--arch ${name} is not a known architecture`, `known: ${Object.keys(ARCHS).join(", ")}`);
   return structuredClone(a);
 }

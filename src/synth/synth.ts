@@ -19,20 +19,27 @@ import { expectedTensors } from "../model/weights.js";
 import { Progress, ProgressSink } from "../util/progress.js";
 import { archConfig } from "./archs.js";
 import { checkOptionTypes, type OptionKinds } from "../util/optionTypes.js";
+import { throwIfAborted } from "../util/abort.js";
 
 export interface SynthOptions {
+  /** A name of ARCHS (either case). */
   arch: string;
   out: string;
-  dtype?: DType;
+  /** The weights' dtype (default BF16); the CLI's lowercase spelling is taken too. */
+  dtype?: DType | "bf16" | "f16" | "f32";
   /** Override num_hidden_layers (tests and quick benchmarks). */
   layers?: number;
   seed?: number;
   maxShardBytes?: number;
   force?: boolean;
+  /** Receives a progress line every few seconds (bytes written); nothing is written without it. */
   progress?: ProgressSink | null;
+  /** Aborting it stops the writing at its next chunk (MlaError INTERRUPTED); no output folder is left. */
+  signal?: AbortSignal;
 }
 
 export interface SynthResult {
+  /** The output folder, resolved. */
   out: string;
   arch: string;
   layers: number;
@@ -105,7 +112,7 @@ function fillFromPool(out: Uint8Array, elemBytes: number, pool: Uint8Array, stat
   state.s = s;
 }
 
-const SYNTH_KINDS: OptionKinds<SynthOptions> = { arch: "string", out: "string", dtype: "string", layers: "number", seed: "number", maxShardBytes: "number", force: "boolean", progress: "object" };
+const SYNTH_KINDS: OptionKinds<SynthOptions> = { arch: "string", out: "string", dtype: "string", layers: "number", seed: "number", maxShardBytes: "number", force: "boolean", progress: "object", signal: "object" };
 
 export async function synth(opts: SynthOptions): Promise<SynthResult> {
   checkOptionTypes("synth()", opts, SYNTH_KINDS, ["arch", "out"]);
@@ -122,8 +129,10 @@ export async function synth(opts: SynthOptions): Promise<SynthResult> {
   const specs: TensorSpec[] = expectedTensors(config).map((e) => ({ ...e, dtype }));
   const totalBytes = specs.reduce((n, s) => n + numel(s.shape) * DTYPE_BYTES[dtype], 0);
   const seed = opts.seed ?? 0;
-  if (!Number.isInteger(seed) || seed < 0) throw new MlaError("BAD_ARGUMENT", `--seed ${seed} is not a whole number ≥ 0`, "pass e.g. --seed 0");
-  if (opts.maxShardBytes !== undefined && !(opts.maxShardBytes > 0)) throw new MlaError("BAD_ARGUMENT", `--shard-size ${opts.maxShardBytes / 2 ** 30} GiB is not a size`, "pass a positive number of GiB, e.g. --shard-size 5");
+  // The generators take 32 bits: a larger seed would write the same weights as another.
+  if (!(Number.isInteger(seed) && seed >= 0 && seed < 2 ** 32)) throw new MlaError("BAD_ARGUMENT", `--seed ${seed} is not a whole number in [0, 2^32)`, "pass e.g. --seed 0");
+  // The CLI's --shard-size (GiB) arrives as maxShardBytes; named both ways, since a script sets the latter.
+  if (opts.maxShardBytes !== undefined && !(opts.maxShardBytes > 0)) throw new MlaError("BAD_ARGUMENT", `--shard-size ${opts.maxShardBytes / 2 ** 30} GiB (maxShardBytes ${opts.maxShardBytes}) is not a size`, "pass a positive number of GiB, e.g. --shard-size 5");
   const elemBytes = DTYPE_BYTES[dtype];
   const CHUNK_ELEMS = CHUNK_BYTES / elemBytes;
   const pool = normalPool(dtype, 0.02, seed ^ 0x9e3779b9);
@@ -131,12 +140,17 @@ export async function synth(opts: SynthOptions): Promise<SynthResult> {
   const zeros = new Uint8Array(CHUNK_ELEMS * elemBytes);
 
   refuseOutOverInputs("--out", opts.out, []);
+  // --force replaces a folder; a file there is no earlier checkpoint but a slip, which it would delete.
+  if (fs.existsSync(opts.out) && !fs.statSync(opts.out).isDirectory()) throw new MlaError("BAD_ARGUMENT", `--out ${opts.out} is a file, not a folder`, "give --out a folder for the checkpoint, e.g. --out ./synth-llama2-7b");
   requireRoom(opts.out, totalBytes, `the synth checkpoint (${opts.arch})`);
+  throwIfAborted(opts.signal);
   const tmp = beginOutDir(opts.out, opts.force ?? false);
   const t0 = performance.now();
+  let writer: CheckpointWriter | null = null;
   try {
-    const writer = new CheckpointWriter(tmp, specs, { maxShardBytes: opts.maxShardBytes, metadata: { format: "pt" } });
-    const progress = new Progress("synth", totalBytes / 2 ** 30, "GiB", opts.progress);
+    writer = new CheckpointWriter(tmp, specs, { maxShardBytes: opts.maxShardBytes, metadata: { format: "pt" } });
+    // Bytes, not GiB: fmtCount scales them (1.20G/13.48G), where a small checkpoint read "0.0/0.0 GiB".
+    const progress = new Progress("synth", totalBytes, "bytes", opts.progress);
     // Two buffers: one is being written by the thread pool while the other is filled.
     const buffers = [new Uint8Array(CHUNK_ELEMS * elemBytes), new Uint8Array(CHUNK_ELEMS * elemBytes)];
     const written: Promise<void>[] = [Promise.resolve(), Promise.resolve()];
@@ -152,13 +166,15 @@ export async function synth(opts: SynthOptions): Promise<SynthResult> {
         else {
           // Reuse a buffer only once its previous write is on disk; the other one may still be in flight.
           await written[which];
+          // The awaits above give the event loop its turns: an abort from a timer or a signal handler is seen here.
+          throwIfAborted(opts.signal);
           const chunk = buffers[which]!.subarray(0, n * elemBytes);
           fillFromPool(chunk, elemBytes, pool, state);
           last = written[which] = writer.append(chunk);
           which ^= 1;
         }
         left -= n;
-        progress.tick((n * elemBytes) / 2 ** 30);
+        progress.tick(n * elemBytes);
       }
     }
     await last;
@@ -167,8 +183,10 @@ export async function synth(opts: SynthOptions): Promise<SynthResult> {
     verifyWritten(tmp, specs);
     commitOutDir(tmp, opts.out, opts.force ?? false);
     const seconds = (performance.now() - t0) / 1000;
-    return { out: opts.out, arch: opts.arch, layers: config.layers, tensors: specs.length, bytes: totalBytes, shards: writer.shardFiles.length, seconds, gbPerSecond: totalBytes / 1e9 / seconds };
+    return { out: path.resolve(opts.out), arch: opts.arch, layers: config.layers, tensors: specs.length, bytes: totalBytes, shards: writer.shardFiles.length, seconds, gbPerSecond: totalBytes / 1e9 / seconds };
   } catch (e) {
+    // The writes still queued settle and the open shard is closed before its folder goes.
+    await writer?.abandon();
     abandonOutDir(tmp);
     throw e;
   }
