@@ -14,7 +14,7 @@ export type { TextTokenizer } from "./io/tokenizer.js";
 export { IncrementalDecoder } from "./io/incrementalDecode.js";
 export type { DType } from "./io/dtype.js";
 export type { ModelConfig, RopeConfig, MlaSplit } from "./model/config.js";
-export { ropeInvFreq, kvElemsPerToken, uniformSplit } from "./model/config.js";
+export { ropeInvFreq, kvElemsPerToken, uniformSplit, stopTokenIds } from "./model/config.js";
 export { LlamaModel, loadModel } from "./model/llama.js";
 export type { LoadedModel, LoadModelOptions, ForwardOptions } from "./model/llama.js";
 export { WEIGHT_STORAGES, type WeightStorage } from "./model/weights.js";
@@ -26,6 +26,8 @@ export { DecodeSession, type DecodeSessionOptions } from "./model/decodeSession.
 export { pickToken, seededRandom, tokenLogprobs, type SamplingOptions, type TokenLogprobs } from "./model/sampling.js";
 export { Penalties, checkPenalties, type PenaltyOptions } from "./model/penalties.js";
 export { serve, type ServeOptions, type Server, type ServerStats } from "./serve/server.js";
+// What `generate --chat` formats prompts with: a model folder's chat template, as transformers renders it.
+export { loadChatTemplate, type ChatTemplate, type ChatMessage } from "./serve/chatTemplate.js";
 export { Batcher, type BatcherOptions, type BatcherStats, type SequenceSpec, type SequenceEnd, type SequenceHandle } from "./serve/batcher.js";
 export { Tensor } from "./tensor/tensor.js";
 export type { Backend } from "./tensor/backend.js";

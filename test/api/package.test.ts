@@ -13,8 +13,8 @@ import { installPackage, runNode, tsc } from "./installed.js";
 
 const app = installPackage();
 
-/** What a script reaches for beyond the four functions the design names. */
-const SCRIPT_NEEDS = ["convert", "evaluate", "finetune", "loadModel", "study", "pipeline", "generateBatchAsync", "DecodeSession", "serve", "FINETUNE_DEFAULTS", "selectBackend", "DEVICE_NAMES", "KV_CACHE_DTYPES", "MlaError", "isMlaError"];
+/** What a script reaches for beyond the four functions the design names: one function per command (generate --chat's template too), and what their options take. */
+const SCRIPT_NEEDS = ["convert", "convertDeepseek", "exportDeepseek", "evaluate", "finetune", "loadModel", "inspectModel", "generate", "study", "synth", "pipeline", "writeReport", "generateBatchAsync", "DecodeSession", "serve", "loadChatTemplate", "stopTokenIds", "IncrementalDecoder", "FINETUNE_DEFAULTS", "selectBackend", "DEVICE_NAMES", "KV_CACHE_DTYPES", "MlaError", "isMlaError"];
 
 test("the installed package imports by name and exports what the repository's index does", () => {
   fs.writeFileSync(
@@ -45,8 +45,8 @@ test("require() of the installed package works where Node loads ES modules with 
 test("the declarations type-check a strict consumer under node16, nodenext and bundler resolution", async () => {
   fs.writeFileSync(
     path.join(app, "consumer.ts"),
-    `import { convert, evaluate, finetune, loadModel, study, generateBatchAsync, selectBackend, DecodeSession, MlaError, FINETUNE_DEFAULTS, DEVICE_NAMES, KV_CACHE_DTYPES } from "mha2mla";
-import type { ConvertOptions, ConvertResult, EvalOptions, EvalResult, FinetuneOptions, FinetuneResult, StudyOptions, StudyResult, GenerateAsyncOptions, GenerateBatchResult, DeviceName, KvCacheDtype, ProgressSink, Logger, LoadModelOptions, DecodeSessionOptions } from "mha2mla";
+    `import { convert, evaluate, finetune, loadModel, study, synth, generate, exportDeepseek, loadChatTemplate, stopTokenIds, generateBatchAsync, selectBackend, DecodeSession, MlaError, FINETUNE_DEFAULTS, DEVICE_NAMES, KV_CACHE_DTYPES } from "mha2mla";
+import type { ConvertOptions, ConvertResult, EvalOptions, EvalResult, FinetuneOptions, FinetuneResult, StudyOptions, StudyResult, SynthOptions, SynthResult, ExportResult, ChatTemplate, GenerateAsyncOptions, GenerateBatchResult, DeviceName, KvCacheDtype, ProgressSink, Logger, LoadModelOptions, DecodeSessionOptions } from "mha2mla";
 const device: DeviceName = DEVICE_NAMES[0];
 const kv: KvCacheDtype = KV_CACHE_DTYPES[1];
 const sink: ProgressSink = process.stderr;
@@ -59,11 +59,18 @@ const s: StudyOptions = { like: "m", variants: ["mha", "mla"], data: "d", tokens
 const load: LoadModelOptions = { backend: selectBackend("reference") };
 const g: GenerateAsyncOptions = { maxTokens: 4, signal, onStep: (n: number) => void n };
 const session: DecodeSessionOptions = { graphs: false };
-export async function run(): Promise<[ConvertResult, EvalResult, FinetuneResult, StudyResult, GenerateBatchResult]> {
-  const { model } = loadModel("m", load);
+// The CLI's lowercase dtype, as synth takes it.
+const y: SynthOptions = { arch: "llama2-7b", out: "o", dtype: "bf16", layers: 1, signal };
+export async function run(): Promise<[ConvertResult, EvalResult, FinetuneResult, StudyResult, GenerateBatchResult, SynthResult, ExportResult]> {
+  const { model, tokenizer, dir, config } = loadModel("m", load);
   void new DecodeSession(model, [model.newCache(kv)], session);
+  // generate --chat, from a script: the template renders the messages; the ids end at a stop token.
+  const template: ChatTemplate | null = loadChatTemplate(dir);
+  const prompt = tokenizer.encode(template ? template.render([{ role: "user", content: "hi" }]) : "hi", { addSpecialTokens: !template });
+  const text: string = tokenizer.decode(generate(model, prompt, { maxTokens: 4 }).ids.filter((id) => !stopTokenIds(config).has(id)));
+  void text;
   try {
-    return [await convert("m", c), await evaluate("m", e), await finetune("m", f), await study(s), await generateBatchAsync(model, [[1, 2]], g)];
+    return [await convert("m", c), await evaluate("m", e), await finetune("m", f), await study(s), await generateBatchAsync(model, [[1, 2]], g), await synth(y), await exportDeepseek("m", { out: "d", signal })];
   } catch (err) {
     if (err instanceof MlaError) throw new Error(err.code);
     throw err;

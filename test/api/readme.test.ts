@@ -30,7 +30,7 @@ function adapt(code: string, out: string): string {
     code = code.replace(re, to);
   }
   // What the example computes, for the checks below.
-  return code + `console.log(JSON.stringify({ ppl, logits: logits.shape, next: next.shape, served: choices[0]!.text }));\n`;
+  return code + `console.log(JSON.stringify({ ppl, logits: logits.shape, next: next.shape, text, served: choices[0]!.text }));\n`;
 }
 
 test("the README's Library example type-checks and runs against the installed package", async () => {
@@ -45,11 +45,14 @@ test("the README's Library example type-checks and runs against the installed pa
   assert.equal(r.stderr, "", "the library wrote to stderr without a logger or progress sink");
   const [kv, result] = r.stdout.trim().split("\n");
   assert.equal(kv, "120", "the example's comment says 120 cached values per token");
-  const { ppl, logits, next, served } = JSON.parse(result!) as { ppl: number; logits: number[]; next: number[]; served: string };
+  const { ppl, logits, next, text, served } = JSON.parse(result!) as { ppl: number; logits: number[]; next: number[]; text: string; served: string };
   assert.ok(Number.isFinite(ppl) && ppl > 1, `ppl ${ppl}`);
   assert.ok(typeof served === "string" && served.length > 0, "the served model continued the prompt");
+  assert.ok(typeof text === "string" && text.length > 0, "generate continued the prompt");
   assert.deepEqual(next, [2, logits[1]]);
   assert.ok(fs.existsSync(path.join(out, "mla-ft", "model.safetensors")));
   const ds = JSON.parse(fs.readFileSync(path.join(out, "ds", "config.json"), "utf8")) as { model_type: string };
   assert.equal(ds.model_type, "deepseek_v3");
+  const exported = JSON.parse(fs.readFileSync(path.join(out, "mla-ft-ds", "config.json"), "utf8")) as { model_type: string };
+  assert.equal(exported.model_type, "deepseek_v3", "the fine-tuned model was exported");
 });
