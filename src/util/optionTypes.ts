@@ -57,6 +57,8 @@ const SHAPES: Record<string, [(v: object) => boolean, string]> = {
   logger: [(v) => typeof (v as { info?: unknown }).info === "function" && typeof (v as { warn?: unknown }).warn === "function", "a logger with info(message) and warn(message)"],
   progress: [(v) => typeof (v as { write?: unknown }).write === "function", "a stream with write(text), e.g. process.stderr (or null for none)"],
   logitBias: [(v) => v instanceof Map, "a Map from token id to the bias added to its logit"],
+  // Any object passed "object": a plain {} never aborts, so Ctrl-C from a script silently did nothing.
+  signal: [(v) => v instanceof AbortSignal, "an AbortSignal, e.g. new AbortController().signal"],
 };
 
 function describe(v: unknown): string {

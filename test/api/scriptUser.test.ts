@@ -23,11 +23,14 @@ test("pipeline's device covers its fine-tune (it trained on the default backend)
   assert.deepEqual(lines.filter((l) => /^device: /.test(l)), []);
 });
 
-test("option objects are checked for what they are used as: a logger without warn(), a progress sink without write(), an OpenAI-style logitBias object", async () => {
+test("option objects are checked for what they are used as: a logger without warn(), a progress sink without write(), an OpenAI-style logitBias object, a signal that is no AbortSignal", async () => {
   await assert.rejects(evaluate(MODEL, { text: TEXT, tokens: 100, logger: { info() {} } as never }), refusal(/option logger is not a logger with info\(message\) and warn\(message\)/));
   await assert.rejects(evaluate(MODEL, { text: TEXT, tokens: 100, progress: {} as never }), refusal(/option progress is not a stream with write\(text\)/));
   const lm = loadModel(MODEL);
   await assert.rejects(generateBatchAsync(lm.model, [[1, 403]], { maxTokens: 2, logitBias: { 5: -100 } as never }), refusal(/option logitBias is not a Map/));
+  // A plain object never aborts: Ctrl-C wired to it would do nothing.
+  await assert.rejects(evaluate(MODEL, { text: TEXT, tokens: 100, signal: { aborted: false } as never }), refusal(/option signal is not an AbortSignal/));
+  await assert.rejects(generateBatchAsync(lm.model, [[1, 403]], { maxTokens: 2, signal: {} as never }), refusal(/option signal is not an AbortSignal/));
 });
 
 test("finetune refuses a schedule floor outside [0, 1] and distillation settings without a teacher", async () => {
