@@ -134,7 +134,9 @@ export function normalizeHfConfig(raw: Raw, file = "config.json"): ModelConfig {
   const headDim = deepseek ? deepseek.nopeDim : posInt(raw, "head_dim", file, hiddenSize / heads);
   if (headDim % 2 !== 0) throw new MlaError("BAD_CONFIG", `${file}: head_dim ${headDim} is odd`, "rotary embeddings need an even head dimension");
   const ropeParams = (raw["rope_parameters"] as Raw | undefined) ?? undefined;
-  const theta = ropeParams && typeof ropeParams["rope_theta"] === "number" ? (ropeParams["rope_theta"] as number) : num(raw, "rope_theta", file, 10000);
+  const theta = ropeParams && ropeParams["rope_theta"] !== undefined && ropeParams["rope_theta"] !== null ? num(ropeParams, "rope_theta", file) : num(raw, "rope_theta", file, 10000);
+  // 0 turns every inverse frequency into 1/0: the model would score NaN with no word of why.
+  if (!(theta > 0)) throw new MlaError("BAD_CONFIG", `${file}: rope_theta is ${theta}, not a positive number`, "RoPE's base is positive (10000 for Llama 2, 500000 for Llama 3); fix config.json");
   const scaling = parseScaling(raw["rope_scaling"] ?? ropeParams, file);
   const isQwen = modelType === "qwen2";
   const attnBias = raw["attention_bias"] === true;

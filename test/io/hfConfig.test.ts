@@ -102,3 +102,10 @@ test("a rope_scaling factor below 1 and a hidden_size heads do not divide (no he
   assert.throws(() => normalizeHfConfig({ ...base, hidden_size: 65 }), /hidden_size 65 is not a multiple of num_attention_heads 8, and there is no head_dim/);
   assert.equal(normalizeHfConfig({ ...base, rope_scaling: { type: "linear", factor: 2 } }).rope.scaling?.type, "linear");
 });
+
+test("rope_theta 0, negative or not a number is refused naming it (0 made every inverse frequency 1/0: NaN scores, no error)", () => {
+  for (const bad of [{ rope_theta: 0 }, { rope_theta: -10000 }, { rope_parameters: { rope_type: "default", rope_theta: 0 } }, { rope_parameters: { rope_type: "default", rope_theta: "10000" } }])
+    assert.throws(() => normalizeHfConfig({ ...base, ...bad }), (e: unknown) => e instanceof MlaError && e.code === "BAD_CONFIG" && /rope_theta"? is .*(not a positive number|not a non-negative number)[\s\S]*hint:/.test(e.message), JSON.stringify(bad));
+  assert.equal(normalizeHfConfig({ ...base, rope_parameters: { rope_type: "default", rope_theta: 500000 } }).rope.theta, 500000);
+  assert.equal(normalizeHfConfig(base).rope.theta, 10000);
+});
