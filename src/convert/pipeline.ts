@@ -15,7 +15,8 @@ import { resolveModel } from "../io/modelDir.js";
 import { numel, type TensorSpec } from "../io/safetensors.js";
 import { ByteBudget } from "../io/byteBudget.js";
 import { kvElemsPerToken, MlaAttention, MlaSplit, ModelConfig, pastPositionsWarning } from "../model/config.js";
-import { checkShapes, expectedTensors, layerPrefix } from "../model/weights.js";
+import { expectedTensors, layerPrefix } from "../model/weights.js";
+import { requireSourceTensors, undeclaredWarning } from "./sourceTensors.js";
 import { loadModel } from "../model/llama.js";
 import { DeviceName, selectBackend, selectLinalg } from "../backends/select.js";
 import { chosenLinalg, linalgScope, useLinalg } from "../backends/native/linalg.js";
@@ -104,7 +105,8 @@ async function convertInScope(spec: string, opts: ConvertOptions): Promise<Conve
   const src = Checkpoint.open(srcDir);
   let tmp: string | null = null;
   try {
-    checkShapes(src, config);
+    // Every declared tensor there, of its shape and a float dtype: a dry run is refused what the run would be.
+    requireSourceTensors(src, config);
     const kName = layerPrefix(0) + "self_attn.k_proj.weight";
     const kvDtype: DType = src.has(kName) ? src.entry(kName).dtype : "F32";
     const plan = planConversion(config, settings, DTYPE_BYTES[kvDtype]);
@@ -138,6 +140,8 @@ async function convertInScope(spec: string, opts: ConvertOptions): Promise<Conve
     if (kvElemsPerToken(mlaConfig) !== plan.after.elems_per_token) throw new Error(`internal: the chosen splits cache ${kvElemsPerToken(mlaConfig)} values per token, the plan ${plan.after.elems_per_token}`);
     const selection = attention.selection;
 
+    const undeclared = undeclaredWarning(src, config);
+    if (undeclared) log.warn(undeclared);
     tmp = beginOutDir(out, opts.force ?? false);
     const tFactor: PhaseTimes = { s: 0, wait: 0, readWait: 0, writeWait: 0 };
     const energy = await writeConverted(src, config, mlaConfig, kvDtype, tmp, source, tFactor, opts);
@@ -247,7 +251,9 @@ async function writeConverted(src: Checkpoint, config: ModelConfig, mla: ModelCo
     job.catch(() => {}); // awaited below; a failure of a look-ahead layer surfaces there
     inFlight.set(layer, job);
   };
-  const isKv = (name: string) => /\.self_attn\.(k|v)_proj\./.test(name);
+  // The declared key/value projections are factored; every other tensor of the source, undeclared ones
+  // included (a k_proj bias without attention_bias, a layer past num_hidden_layers), is copied as it is.
+  const isKv = (name: string) => sourceNames.has(name) && /\.self_attn\.(k|v)_proj\./.test(name);
   const copied = (name: string) => src.has(name) && !isKv(name);
   const io = new ByteBudget(
     targets.map((t) => ({ bytes: numel(t.shape) * DTYPE_BYTES[t.dtype], read: copied(t.name) ? () => src.readBytesAsync(t.name) : null })),

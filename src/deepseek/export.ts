@@ -32,7 +32,8 @@ import { deepseekLayer, foldValueBias, FrequencyPca, frequencyPca, ladder, ladde
 import { convertRemedy, servingWarnings } from "./serving.js";
 import { describeRefit, refitOutputProjections, refitRecord } from "../convert/refitOutput.js";
 import { requireRoom, weightFileBytes } from "../io/diskRoom.js";
-import { deepseekSpecs, planTensors, requireDeclaredTensors, strayNotes, strayTensors, writePlanned } from "./stream.js";
+import { deepseekSpecs, planTensors, strayNotes, strayTensors, writePlanned } from "./stream.js";
+import { requireSourceFolder } from "../convert/sourceTensors.js";
 import { checkDeclaredBiases } from "./exportable.js";
 import { calibrationRecord, refuseWindowsWithoutText, requireCalibration } from "../convert/calibrationNeeds.js";
 import { nextTurn, throwIfAborted } from "../util/abort.js";
@@ -211,6 +212,9 @@ async function convertDeepseekInScope(spec: string, o: DeepseekOptions): Promise
   const { heads: H, kvHeads: G, headDim: Dh, hiddenSize: D, layers: L } = c;
   const half = Dh / 2;
   const bias = o.attentionBias ?? true;
+  // From the headers, before the biases are read and before a dry run answers: every declared tensor
+  // there, of its shape (the layer math trusts the config's sizes) and a float dtype.
+  requireSourceFolder(srcDir, c);
   checkDeclaredBiases(srcDir, c, bias);
   const kvPerToken = { before: 2 * G * Dh, after: rk + dr, changePercent: (100 * (rk + dr - 2 * G * Dh)) / (2 * G * Dh) };
   for (const w of servingWarnings(rk, dr, H, convertRemedy(Dh, Math.min(2 * G * Dh, D), bias), bias)) log.warn(w);
@@ -227,7 +231,6 @@ async function convertDeepseekInScope(spec: string, o: DeepseekOptions): Promise
   const src = Checkpoint.open(srcDir);
   let tmp: string | null = null;
   try {
-    requireDeclaredTensors(src, c);
     let stats: CalibrationStats | null = null;
     let windows: Int32Array[] = [];
     if (o.calib) {

@@ -41,7 +41,8 @@ import { BeforeAfter, DEEPSEEK_EVAL_KINDS, DeepseekEvalOptions, evalBeforeAfter,
 import { checkOptionTypes, type OptionKinds } from "../util/optionTypes.js";
 import { FUSED_MLA, servingWarnings } from "./serving.js";
 import { checkExportSettings, exportLadder, exportSplit } from "./exportable.js";
-import { deepseekSpecs, planTensors, requireDeclaredTensors, strayNotes, strayTensors, writePlanned } from "./stream.js";
+import { deepseekSpecs, planTensors, strayNotes, strayTensors, writePlanned } from "./stream.js";
+import { requireSourceTensors } from "../convert/sourceTensors.js";
 import { throwIfAborted } from "../util/abort.js";
 import { checkCalibFile } from "../convert/plan.js";
 import { calibrationRecord } from "../convert/calibrationNeeds.js";
@@ -259,7 +260,8 @@ export async function exportDeepseek(spec: string, o: ExportOptions = {}): Promi
   const src = Checkpoint.open(srcDir);
   let tmp: string | null = null;
   try {
-    requireDeclaredTensors(src, c);
+    // Every declared tensor there, of its shape (exportLayer trusts the config's sizes) and a float dtype.
+    requireSourceTensors(src, c);
     tmp = beginOutDir(out, o.force ?? false);
     const dtypeOf = (name: string): DType => src.entry(name).dtype;
     // An exportable model declares no attention bias (checkExportSettings), so a q/k_rope/k_up/v_up/o bias

@@ -10,7 +10,6 @@ import { expectedTensors, layerPrefix } from "../model/weights.js";
 import type { ModelConfig } from "../model/config.js";
 import type { Progress } from "../util/progress.js";
 import { throwIfAborted } from "../util/abort.js";
-import { MlaError } from "../errors.js";
 
 export interface TensorPlan {
   specs: TensorSpec[];
@@ -73,17 +72,6 @@ export function strayTensors(src: Checkpoint, c: ModelConfig): string[] {
   return src.names().filter((n) => !expected.has(n));
 }
 
-/** Refuses a source without a tensor its config declares (a folder without it would load that tensor at random). */
-export function requireDeclaredTensors(src: Checkpoint, c: ModelConfig): void {
-  for (const { name } of expectedTensors(c))
-    if (!src.has(name))
-      throw new MlaError(
-        "BAD_CHECKPOINT",
-        `${src.dir}: tensor ${name} is missing${name === HEAD ? " and tie_word_embeddings is not true" : ""}`,
-        name === HEAD ? "set tie_word_embeddings: true in config.json if the model shares its embedding" : "the checkpoint does not match its config",
-      );
-}
-
 /**
  * What the run says about the stray tensors `stray` of `src` (strayTensors): `warnings` for those the
  * config does not declare (the layer ones in one message, the others in another, a tied lm_head.weight
@@ -93,7 +81,7 @@ export function requireDeclaredTensors(src: Checkpoint, c: ModelConfig): void {
 export function strayNotes(src: Checkpoint, c: ModelConfig, stray: readonly string[], attentionBias: boolean): { warnings: string[]; notes: string[] } {
   const warnings: string[] = [];
   const notes: string[] = [];
-  const layer = strayWarning(src, stray.filter((n) => layerOf(n)), attentionBias, c.qkvBias);
+  const layer = strayWarning(src, stray.filter((n) => layerOf(n)), attentionBias, c.qkvBias, c.layers);
   if (layer) warnings.push(layer);
   const head = c.tieEmbeddings && stray.includes(HEAD);
   if (head) {
@@ -136,15 +124,20 @@ function tensorDifference(src: Checkpoint, a: string, b: string): string | null 
 }
 
 /** The warning for the stray layer tensors `stray` of `src` (see strayTensors), or null where there are none. */
-function strayWarning(src: Checkpoint, stray: readonly string[], attentionBias: boolean, valueBias: boolean): string | null {
+function strayWarning(src: Checkpoint, stray: readonly string[], attentionBias: boolean, valueBias: boolean, layerCount: number): string | null {
   if (!stray.length) return null;
+  const past = stray.filter((n) => Number(layerOf(n)![1]) >= layerCount).length;
+  // A layer past num_hidden_layers (a config cut short, or a deeper model's weights) is not built at all.
+  const why = past
+    ? `${past === stray.length ? "" : `${past} of them `}in layers past num_hidden_layers ${layerCount}, which they do not build`
+    : "they build q/k/v/o_proj with a bias only under attention_bias, or Qwen2's q/k/v, and the MLP's only under mlp_bias";
   const fields = [...new Set(stray.map((n) => layerOf(n)![2]!))].sort();
   const layers = new Set(stray.map((n) => layerOf(n)![1]!)).size;
   const it = stray.length === 1 ? "it" : "them";
   const what = stray.length === 1 ? stray[0]! : `${stray.length} tensors (${fields.join(", ")}${layers > 1 ? ` in ${layers} layers` : ""}; the first ${stray[0]})`;
   return (
     `${src.dir} holds ${what} that its config.json does not declare, so neither transformers nor this tool applies ${it} to the source model ` +
-    "(they build q/k/v/o_proj with a bias only under attention_bias, or Qwen2's q/k/v, and the MLP's only under mlp_bias); " +
+    `(${why}); ` +
     `the deepseek_v3 folder does not carry ${it} (stock DeepseekV3ForCausalLM would not load ${it}) and computes the source model as loaded` +
     (fields.includes(STRAY_O_BIAS) ? `; ${!attentionBias ? "it has no o_proj bias" : valueBias ? "its own o_proj bias holds only the declared v_proj bias, folded" : "its own o_proj bias is zero"}` : "") +
     `; if the source was meant to use ${it}, its config.json is wrong`
@@ -163,13 +156,15 @@ export function planTensors(src: Checkpoint, anchor: string, consumed: ReadonlyS
   const specs: TensorSpec[] = [];
   const generated = new Set<string>();
   for (const name of src.names()) {
+    // Strays first: an anchor-named tensor of a layer past num_hidden_layers is one, not a layer to make.
+    if (stray.has(name)) continue;
     const m = layerOf(name);
     if (m && m[2] === anchor) {
       for (const s of made(Number(m[1]), layerPrefix(Number(m[1])))) {
         specs.push(s);
         generated.add(s.name);
       }
-    } else if (!stray.has(name) && !(m && consumed.has(m[2]!))) specs.push({ name, dtype: src.entry(name).dtype, shape: [...src.entry(name).shape] });
+    } else if (!(m && consumed.has(m[2]!))) specs.push({ name, dtype: src.entry(name).dtype, shape: [...src.entry(name).shape] });
   }
   return { specs, generated };
 }

@@ -1,4 +1,4 @@
-/** `inspect`: architecture, parameter count and KV-cache size per token, from headers only (no weights are read). */
+/** `inspect`: architecture, parameter count and KV-cache size per token, from headers only (no weights are read), checked against config.json. */
 import path from "node:path";
 import { Checkpoint } from "../io/checkpoint.js";
 import { readHfConfig } from "../io/hfConfig.js";
@@ -12,6 +12,8 @@ import { checkExportSettings, exportLadder, exportSplit } from "../deepseek/expo
 import { splitFields } from "../io/mlaSection.js";
 import { SERVING_BIAS_NOTE, servingWarnings } from "../deepseek/serving.js";
 import { KV_CACHE_DTYPES, KvCacheDtype } from "../model/kvQuant.js";
+import { expectedTensors } from "../model/weights.js";
+import { requireSourceTensors } from "../convert/sourceTensors.js";
 
 export interface InspectResult {
   model: string;
@@ -82,11 +84,14 @@ export function inspectModel(spec: string): InspectResult {
   const c = readHfConfig(dir);
   const ck = Checkpoint.open(dir);
   try {
-    let params = 0;
+    // The numbers below come from config.json: refused where the weights do not match it (a missing
+    // num_key_value_heads reads as MHA), as loading the model would be.
+    requireSourceTensors(ck, c);
+    // The model's parameters (what its config declares; a tied head once), the file's bytes (all of them).
+    const params = expectedTensors(c).reduce((n, t) => n + numel(t.shape), 0);
     let bytes = 0;
     for (const name of ck.names()) {
       const e = ck.entry(name);
-      params += numel(e.shape);
       bytes += e.end - e.begin;
     }
     const kvTensor = ["model.layers.0.self_attn.k_proj.weight", "model.layers.0.self_attn.kv_down_proj.weight", "model.layers.0.self_attn.kv_a_proj_with_mqa.weight"].find((n) => ck.has(n));

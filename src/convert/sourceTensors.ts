@@ -1,0 +1,61 @@
+/**
+ * The source checkpoint against its config.json, from the headers only, before any work (a dry run
+ * too): every tensor the config declares is there, with the shape the config implies and a floating
+ * dtype. The writers (`convert` in both formats, `export --format deepseek`) read tensors by name in
+ * pieces and trust their sizes, so a mismatch found later costs the work done, and one never found
+ * (a deepseek layer computed from a k_proj with half the rows the config says, an I32 tensor decoded as
+ * numbers) writes a model of garbage.
+ */
+import { MlaError } from "../errors.js";
+import { Checkpoint } from "../io/checkpoint.js";
+import type { DType } from "../io/dtype.js";
+import type { ModelConfig } from "../model/config.js";
+import { checkShape, expectedTensors } from "../model/weights.js";
+
+/** The dtypes the model loader reads weights from (loadTensor), so the only ones a conversion may read. */
+const FLOAT_DTYPES: readonly DType[] = ["F32", "F16", "BF16", "F64"];
+
+const HEAD = "lm_head.weight";
+
+/** Refuses `src` where a tensor `c` declares is missing, of another shape, or not floating point. */
+export function requireSourceTensors(src: Checkpoint, c: ModelConfig): void {
+  for (const { name, shape } of expectedTensors(c)) {
+    if (!src.has(name))
+      throw new MlaError(
+        "BAD_CHECKPOINT",
+        `${src.dir}: tensor "${name}" is missing${name === HEAD ? " and tie_word_embeddings is not true" : ""}`,
+        name === HEAD ? "set tie_word_embeddings: true in config.json if the model shares its embedding" : "the checkpoint does not match its config.json (wrong architecture or incomplete download)",
+      );
+    checkShape(src, name, shape);
+    const { dtype } = src.entry(name);
+    if (!FLOAT_DTYPES.includes(dtype)) throw new MlaError("BAD_CHECKPOINT", `${src.dir}: tensor "${name}" is ${dtype}`, "weights must be floating point (F32, F16, BF16 or F64; quantized checkpoints are not read)");
+  }
+}
+
+/** requireSourceTensors on the checkpoint in `dir`, opened for its headers only (a dry run reads no weights). */
+export function requireSourceFolder(dir: string, c: ModelConfig): void {
+  const src = Checkpoint.open(dir);
+  try {
+    requireSourceTensors(src, c);
+  } finally {
+    src.close();
+  }
+}
+
+/**
+ * The warning for the tensors of `src` its config does not declare, or null where there are none. Our
+ * format carries them unchanged (as it copies every tensor it does not factor): no loader of the source
+ * applies them, so they change nothing; named, in case the config is what is wrong (a layer past
+ * num_hidden_layers, a bias without attention_bias). `convert --format deepseek` drops them instead
+ * (../deepseek/stream.ts, strayTensors).
+ */
+export function undeclaredWarning(src: Checkpoint, c: ModelConfig): string | null {
+  const declared = new Set(expectedTensors(c).map((t) => t.name));
+  // Old transformers saved RoPE's inverse frequencies, a buffer every loader recomputes from the config: no sign of a wrong config.
+  const stray = src.names().filter((n) => !declared.has(n) && !n.endsWith("rotary_emb.inv_freq"));
+  if (!stray.length) return null;
+  const past = stray.filter((n) => Number(/^model\.layers\.(\d+)\./.exec(n)?.[1] ?? -1) >= c.layers).length;
+  const [what, it] = stray.length === 1 ? [`tensor ${stray[0]}`, "it"] : [`${stray.length} tensors (the first ${stray[0]})`, "them"];
+  const deeper = past ? `, ${past === stray.length ? (stray.length === 1 ? "in a layer" : "all in layers") : `${past} in layers`} past num_hidden_layers ${c.layers}` : "";
+  return `${src.dir} holds ${what} that its config.json does not declare${deeper}: neither transformers nor this tool applies ${it} to the model, and the converted folder carries ${it} unchanged; if the source was meant to use ${it}, its config.json is wrong`;
+}
