@@ -29,7 +29,7 @@ import { inspectModel } from "../eval/inspect.js";
 import { silentLogger, Logger } from "../util/log.js";
 import { Progress, ProgressSink } from "../util/progress.js";
 import { factorTensors, LayerFactors } from "./factor.js";
-import { checkOutDir, ConversionPlan, ConversionSettings, defaultOut, planConversion, resolveSettings, SETTINGS_KINDS, SettingsInput } from "./plan.js";
+import { checkDeviceName, checkOutDir, ConversionPlan, ConversionSettings, defaultOut, planConversion, resolveSettings, SETTINGS_KINDS, SettingsInput } from "./plan.js";
 import { checkOptionTypes, type OptionKinds } from "../util/optionTypes.js";
 import { nextTurn, throwIfAborted } from "../util/abort.js";
 import { LayerSource } from "./layerSource.js";
@@ -90,6 +90,7 @@ export interface ConvertResult {
 
 export async function convert(spec: string, opts: ConvertOptions): Promise<ConvertResult> {
   checkOptionTypes("convert()", opts, CONVERT_KINDS, ["rank"]);
+  checkDeviceName(opts.device);
   throwIfAborted(opts.signal);
   // The float64 route this conversion picks (from --device) is its own, not the process's.
   return linalgScope(() => convertInScope(spec, opts));

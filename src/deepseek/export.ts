@@ -26,7 +26,7 @@ import { covarianceRoots } from "../svd/truncated.js";
 import { silentLogger, Logger } from "../util/log.js";
 import { checkOptionTypes, type OptionKinds } from "../util/optionTypes.js";
 import { Progress, ProgressSink } from "../util/progress.js";
-import { checkCalibFile, checkOutDir, defaultOut, SETTINGS_KINDS, SettingsInput } from "../convert/plan.js";
+import { checkCalibFile, checkDeviceName, checkOutDir, defaultOut, SETTINGS_KINDS, SettingsInput } from "../convert/plan.js";
 import { checkEmbeddedEval, embeddedEval, evaluate } from "../eval/evaluate.js";
 import { deepseekLayer, foldValueBias, FrequencyPca, frequencyPca, ladder, ladderScores, validSpacings } from "./layer.js";
 import { convertRemedy, servingWarnings } from "./serving.js";
@@ -171,6 +171,7 @@ function checkSource(c: ModelConfig): void {
 
 export async function convertDeepseek(spec: string, o: DeepseekOptions): Promise<DeepseekResult> {
   checkOptionTypes("convertDeepseek()", o, DEEPSEEK_KINDS, ["rank"]);
+  checkDeviceName(o.device);
   throwIfAborted(o.signal);
   // The float64 route this conversion picks (from --device) is its own, not the process's.
   return linalgScope(() => convertDeepseekInScope(spec, o));

@@ -32,7 +32,7 @@ import { resolveModel } from "../io/modelDir.js";
 import { headDimOrder, MlaAttention, MlaSplit, ModelConfig } from "../model/config.js";
 export { checkExportSettings, exportLadder } from "./exportable.js";
 import { layerPrefix } from "../model/weights.js";
-import { checkOutDir, modelName } from "../convert/plan.js";
+import { checkDeviceName, checkOutDir, modelName } from "../convert/plan.js";
 import { checkEmbeddedEval } from "../eval/evaluate.js";
 import { silentLogger } from "../util/log.js";
 import { Progress } from "../util/progress.js";
@@ -206,6 +206,7 @@ function checkExportCalibration(o: ExportOptions, bias: boolean): void {
 
 export async function exportDeepseek(spec: string, o: ExportOptions = {}): Promise<ExportResult> {
   checkOptionTypes("exportDeepseek()", o, EXPORT_KINDS);
+  checkDeviceName(o.device);
   throwIfAborted(o.signal);
   const log = o.logger ?? silentLogger;
   const { dir: srcDir } = resolveModel(spec);

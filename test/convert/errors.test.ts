@@ -7,6 +7,7 @@ import { MlaError } from "../../src/errors.js";
 import { defaultOut, modelName } from "../../src/convert/plan.js";
 import { convert, ConvertOptions } from "../../src/convert/pipeline.js";
 import { convertDeepseek } from "../../src/deepseek/export.js";
+import { exportDeepseek } from "../../src/deepseek/fromMla.js";
 import { pipeline } from "../../src/pipeline.js";
 import { parseStrategy } from "../../src/ropeSelect/strategies.js";
 import { beginOutDir } from "../../src/io/atomicDir.js";
@@ -178,4 +179,17 @@ test("default output names start with the model as named (a hub id's last part),
   assert.equal(modelName("."), path.basename(process.cwd()));
   assert.equal(modelName("my model!"), "my_model_");
   assert.equal(defaultOut("org/tiny", 64), path.resolve("tiny-mla-r64"));
+});
+
+test("an unknown device is refused by a dry run, and by a conversion or export that never selects a backend (it was taken without a word)", async () => {
+  const src = path.join(MODELS, "stories260K");
+  const device = "gpu" as unknown as ConvertOptions["device"];
+  const unknown = (e: unknown) => e instanceof MlaError && e.code === "BAD_ARGUMENT" && /--device gpu is not known[\s\S]*hint: use one of auto, reference, cpu, cuda/.test(e.message);
+  await assert.rejects(convert(src, { rank: 2, dryRun: true, device, progress: null }), unknown);
+  await assert.rejects(convertDeepseek(src, { rank: 2, dryRun: true, device, progress: null }), unknown);
+  const mla = path.join(tmpDir(), "mla");
+  await convert(src, { rank: 2, ropeDisjoint: true, out: mla, progress: null });
+  const out = path.join(tmpDir(), "ds");
+  await assert.rejects(exportDeepseek(mla, { out, device, progress: null }), unknown);
+  assert.equal(fs.existsSync(out), false);
 });
