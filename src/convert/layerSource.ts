@@ -16,6 +16,7 @@ import { disjointPairs, fixedPairs, pairPreferences, topPairs, twoNormScores } f
 import { covarianceRoots, CovarianceRoots } from "../svd/truncated.js";
 import { nextTurn } from "../util/abort.js";
 import { factorLayer, LayerFactors } from "./factor.js";
+import { finiteForFactoring } from "./sourceTensors.js";
 import type { ConversionSettings } from "./plan.js";
 
 export class LayerSource {
@@ -55,11 +56,12 @@ export class LayerSource {
     // The roots (a D×D eigendecomposition, as long as a factorization) are done: a stop asked for
     // meanwhile spares the layer's SVDs.
     if (fresh) await nextTurn(signal);
+    const read = (name: string) => finiteForFactoring(src.dir, p + name, src.readF32(p + name));
     return factorLayer({
-      wk: src.readF32(p + "k_proj.weight"),
-      wv: src.readF32(p + "v_proj.weight"),
-      bk: c.qkvBias ? src.readF32(p + "k_proj.bias") : null,
-      bv: c.qkvBias ? src.readF32(p + "v_proj.bias") : null,
+      wk: read("k_proj.weight"),
+      wv: read("v_proj.weight"),
+      bk: c.qkvBias ? read("k_proj.bias") : null,
+      bv: c.qkvBias ? read("v_proj.bias") : null,
       kvHeads: c.kvHeads,
       headDim: c.headDim,
       hidden: c.hiddenSize,

@@ -59,3 +59,15 @@ export function undeclaredWarning(src: Checkpoint, c: ModelConfig): string | nul
   const deeper = past ? `, ${past === stray.length ? (stray.length === 1 ? "in a layer" : "all in layers") : `${past} in layers`} past num_hidden_layers ${c.layers}` : "";
   return `${src.dir} holds ${what} that its config.json does not declare${deeper}: neither transformers nor this tool applies ${it} to the model, and the converted folder carries ${it} unchanged; if the source was meant to use ${it}, its config.json is wrong`;
 }
+
+/**
+ * `values`, read from tensor `name` of the checkpoint in `dir` for a factorization, refused where one
+ * is NaN or infinite: the SVD of such a matrix is garbage throughout (every latent dim mixes every
+ * row), and the conversion wrote it without a word.
+ */
+export function finiteForFactoring(dir: string, name: string, values: Float32Array): Float32Array {
+  for (let i = 0; i < values.length; i++)
+    if (!Number.isFinite(values[i]!))
+      throw new MlaError("BAD_CHECKPOINT", `${dir}: tensor "${name}" holds ${values[i]} (element ${i}), which no factorization can take`, "the source model itself computes NaN with it: check the checkpoint (a diverged training run, an overflow when it was cast to f16, a damaged copy)");
+  return values;
+}

@@ -33,7 +33,7 @@ import { convertRemedy, servingWarnings } from "./serving.js";
 import { describeRefit, refitOutputProjections, refitRecord } from "../convert/refitOutput.js";
 import { requireRoom, weightFileBytes } from "../io/diskRoom.js";
 import { deepseekSpecs, planTensors, strayNotes, strayTensors, writePlanned } from "./stream.js";
-import { requireSourceFolder } from "../convert/sourceTensors.js";
+import { finiteForFactoring, requireSourceFolder } from "../convert/sourceTensors.js";
 import { checkDeclaredBiases } from "./exportable.js";
 import { calibrationRecord, refuseWindowsWithoutText, requireCalibration } from "../convert/calibrationNeeds.js";
 import { nextTurn, throwIfAborted } from "../util/abort.js";
@@ -248,9 +248,12 @@ async function convertDeepseekInScope(spec: string, o: DeepseekOptions): Promise
     const pcas: FrequencyPca[] = [];
     const total = new Float64Array(half);
     for (let l = 0; l < L; l++) {
-      const pca = frequencyPca(src.readF32(layerPrefix(l) + ATTN[1]!), G, Dh, D, cov(l));
+      // Pass 1 reads every layer's q, k and v first: a NaN or Inf there is refused before any is written.
+      const [wq, wk] = [0, 1].map((i) => finiteForFactoring(srcDir, layerPrefix(l) + ATTN[i]!, src.readF32(layerPrefix(l) + ATTN[i]!)));
+      finiteForFactoring(srcDir, layerPrefix(l) + ATTN[2]!, src.readF32(layerPrefix(l) + ATTN[2]!));
+      const pca = frequencyPca(wk!, G, Dh, D, cov(l));
       pcas.push(pca);
-      const s = ladderScores(pca, src.readF32(layerPrefix(l) + ATTN[0]!), stats?.qNorm[l] ?? null, H, G, Dh, D);
+      const s = ladderScores(pca, wq!, stats?.qNorm[l] ?? null, H, G, Dh, D);
       for (let i = 0; i < half; i++) total[i] += s[i]!;
       // On the CPU a layer's PCA never leaves the JavaScript thread: a turn of the event loop per layer
       // lets a signal handler's abort (Ctrl-C) run, then the check sees it (as convert's layer loop).

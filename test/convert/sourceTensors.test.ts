@@ -108,3 +108,22 @@ test("inspect counts the parameters the config declares: an lm_head.weight saved
   assert.equal(a.params, b.params);
   assert.ok(a.weight_bytes > b.weight_bytes, "the file's bytes are all of them");
 });
+
+test("a NaN or Inf in a key/value projection is refused by both converters, naming the tensor, with nothing written (its factors were garbage, written without a word)", async () => {
+  for (const [bad, value] of [["model.layers.1.self_attn.k_proj.weight", NaN], ["model.layers.3.self_attn.v_proj.weight", -Infinity]] as const) {
+    const model = edited(STORIES, (t) =>
+      t.map((x) => {
+        if (x.name !== bad) return x;
+        const data = x.data.slice();
+        new DataView(data.buffer).setFloat32(4 * 5, value, true);
+        return { ...x, data };
+      }),
+    );
+    const re = new RegExp(`tensor "${bad.replace(/\./g, "\\.")}" holds ${value} \\(element 5\\)`);
+    for (const run of [(out: string) => convert(model, { rank: 2, out, progress: null }), (out: string) => convertDeepseek(model, { rank: 2, out, progress: null })]) {
+      const parent = tmpDir();
+      await assert.rejects(run(path.join(parent, "out")), refused(re));
+      assert.deepEqual(fs.readdirSync(parent), [], "nothing written");
+    }
+  }
+});
