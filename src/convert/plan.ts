@@ -127,8 +127,14 @@ export const SETTINGS_KINDS: OptionKinds<SettingsInput> = {
   kvSplitPairs: "number[]",
 };
 
+/** The refusal of a source that is already MLA, saying which kind (a deepseek_v3 folder has no mha2mla section). */
+export function alreadyMla(c: ModelConfig, hint: string): MlaError {
+  const what = c.attention.kind === "deepseek" ? "a deepseek_v3 checkpoint (config.json has model_type deepseek_v3)" : "an MLA checkpoint (config.json has an mha2mla section)";
+  return new MlaError("BAD_ARGUMENT", `the model is already ${what}`, hint);
+}
+
 export function resolveSettings(c: ModelConfig, o: SettingsInput, log: Logger): ConversionSettings {
-  if (c.attention.kind !== "mha") throw new MlaError("BAD_ARGUMENT", "the model is already an MLA checkpoint (config.json has an mha2mla section)", "convert the original MHA/GQA model");
+  if (c.attention.kind !== "mha") throw alreadyMla(c, "convert the original MHA/GQA model");
   const half = c.headDim / 2;
   const R = o.ropePairs ?? defaultRopePairs(c.headDim);
   if (!Number.isInteger(R) || R < 0 || R > half) throw new MlaError("BAD_ARGUMENT", `--rope-pairs ${R} is out of range for head_dim ${c.headDim}`, `use an integer in 0…${half} (default ${defaultRopePairs(c.headDim)} = head_dim/16)`);

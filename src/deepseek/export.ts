@@ -26,7 +26,7 @@ import { covarianceRoots } from "../svd/truncated.js";
 import { silentLogger, Logger } from "../util/log.js";
 import { checkOptionTypes, type OptionKinds } from "../util/optionTypes.js";
 import { Progress, ProgressSink } from "../util/progress.js";
-import { checkCalibFile, checkDeviceName, checkOutDir, defaultOut, SETTINGS_KINDS, SettingsInput } from "../convert/plan.js";
+import { alreadyMla, checkCalibFile, checkDeviceName, checkOutDir, defaultOut, SETTINGS_KINDS, SettingsInput } from "../convert/plan.js";
 import { checkEmbeddedEval, embeddedEval, evaluate } from "../eval/evaluate.js";
 import { deepseekLayer, foldValueBias, FrequencyPca, frequencyPca, ladder, ladderScores, validSpacings } from "./layer.js";
 import { convertRemedy, servingWarnings } from "./serving.js";
@@ -162,7 +162,7 @@ const BIASES = ["q_proj", "k_proj", "v_proj", "o_proj"];
 
 /** The checks that decide whether a model can be written in the stock DeepSeek-V3 format. */
 function checkSource(c: ModelConfig): void {
-  if (c.attention.kind !== "mha") throw new MlaError("BAD_ARGUMENT", "the model is already an MLA checkpoint (config.json has an mha2mla section)", "convert the original MHA/GQA model with --format deepseek");
+  if (c.attention.kind !== "mha") throw alreadyMla(c, c.attention.kind === "mla" ? "convert the original MHA/GQA model with --format deepseek, or write this one with `mha2mla export MODEL --format deepseek` (it needs --rope-disjoint)" : "convert the original MHA/GQA model with --format deepseek");
   // Declared q/k/v/o biases are read from the weights (checkDeclaredBiases): a zero q bias converts.
   if (c.rope.scaling) throw new MlaError("UNSUPPORTED", `--format deepseek: rope scaling "${c.rope.scaling.type}" changes the frequency ladder, which one shared DeepSeek rope key cannot follow exactly`, "convert it in our format (without --format deepseek)");
   if (c.slidingWindow !== null) throw new MlaError("UNSUPPORTED", "--format deepseek: DeepseekV3 has no sliding-window attention", "convert it in our format (without --format deepseek)");

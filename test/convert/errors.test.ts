@@ -97,7 +97,13 @@ test("a model that is not Llama-family, a converted model, and too little calibr
   await refused({ svdInit: "activations" }, /activations needs calibration text/);
   const conv = path.join(tmpDir(), "conv");
   await convert(path.join(MODELS, "stories260K"), { rank: 2, ropePairs: 1, ropeStrategy: "high", out: conv, progress: null });
-  await refused({ model: conv }, /already an MLA checkpoint/);
+  await refused({ model: conv }, /already an MLA checkpoint \(config\.json has an mha2mla section\)/);
+  // A deepseek_v3 folder has no mha2mla section: the refusal says what it is, in both formats.
+  const ds = path.join(tmpDir(), "ds");
+  await convertDeepseek(path.join(MODELS, "stories260K"), { rank: 2, out: ds, progress: null });
+  await refused({ model: ds }, /already a deepseek_v3 checkpoint \(config\.json has model_type deepseek_v3\)/);
+  await assert.rejects(convertDeepseek(ds, { rank: 2, dryRun: true }), /already a deepseek_v3 checkpoint[\s\S]*hint: convert the original MHA\/GQA model with --format deepseek/);
+  await assert.rejects(convertDeepseek(conv, { rank: 2, dryRun: true }), /already an MLA checkpoint[\s\S]*hint: .*mha2mla export MODEL --format deepseek/);
 });
 
 test("the CLI refuses an unknown strategy and a bad rank with one error line, exit 1", () => {
