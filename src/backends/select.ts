@@ -41,8 +41,12 @@ function tryCuda(device: DeviceName, log: Logger): CudaBackend | null {
   return cuda;
 }
 
-/** Refuses a device name outside DEVICE_NAMES (a script's typo would otherwise run on whatever auto finds). */
-function checkDevice(device: unknown): asserts device is DeviceName {
+/**
+ * Refuses a device name outside DEVICE_NAMES (a script's typo would otherwise run on whatever auto
+ * finds). Entries whose backend is selected only where one runs (a conversion's calibration or
+ * evaluation) call it before any work, or a dry run would take the typo without a word.
+ */
+export function checkDevice(device: unknown): asserts device is DeviceName {
   if (!(DEVICE_NAMES as readonly unknown[]).includes(device)) throw new MlaError("BAD_ARGUMENT", `--device ${String(device)} is not known`, `use one of ${DEVICE_NAMES.join(", ")}`);
 }
 

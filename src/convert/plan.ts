@@ -12,7 +12,7 @@ import { budgetSplits, KV_SPLIT_MODES, KvSplitMode } from "./kvSplit.js";
 import { readsCalibration, refuseUnreadCalibration, refuseWindowsWithoutText, requireCalibration } from "./calibrationNeeds.js";
 import { checkWindowShape, DEFAULT_CALIB_LEN, DEFAULT_CALIB_SAMPLES } from "../ropeSelect/calibrate.js";
 import { checkTextFile } from "../eval/perplexity.js";
-import { DEVICE_NAMES } from "../backends/select.js";
+import { checkDevice } from "../backends/select.js";
 
 /** EG-MLA's gate embedding width per layer when --gate-dim is not given (convert, pipeline, study, their help). */
 export const DEFAULT_GATE_DIM = 16;
@@ -190,13 +190,9 @@ export function planConversion(c: ModelConfig, s: ConversionSettings, elemBytes:
   };
 }
 
-/**
- * Refuses a device name outside DEVICE_NAMES before any work. The backend is selected only where one
- * runs (calibration, evaluation), so a script's typo was taken without a word by a dry run, or by a
- * conversion or export that evaluates nothing.
- */
+/** Refuses an unknown device before any work (undefined: the entry's default). */
 export function checkDeviceName(device: unknown): void {
-  if (device !== undefined && !(DEVICE_NAMES as readonly unknown[]).includes(device)) throw new MlaError("BAD_ARGUMENT", `--device ${String(device)} is not known`, `use one of ${DEVICE_NAMES.join(", ")}`);
+  if (device !== undefined) checkDevice(device);
 }
 
 /** Refuses a --calib that is missing or not text (both formats, dry run or not: before any work). */
