@@ -78,6 +78,9 @@ export function settingDifferences(out: string, was: Record<string, unknown>, no
   // data, so the fraction is compared where both runs have it (older checkpoints have only the steps).
   const unused = a.has("warmup") && b.has("warmup") ? "schedule.warmupSteps" : "warmup";
   for (const m of [a, b]) m.delete(unused);
+  // Without a teacher the KL weight is 0 by construction: a run with and one without --distill differ
+  // in --distill, not in a --distill-weight nobody gave.
+  if ((a.get("distill") == null) !== (b.get("distill") == null)) for (const m of [a, b]) m.delete("distillWeight");
   const clauses: string[] = [];
   for (const key of new Set([...a.keys(), ...b.keys()])) {
     const [before, here] = [a.get(key), b.get(key)];
@@ -90,9 +93,13 @@ export function settingDifferences(out: string, was: Record<string, unknown>, no
 
 /**
  * Refuses to resume the run in `out` (checkpoint state `prior`) with other settings: the fingerprint
- * covers MODEL's config.json and every setting `settings` records.
+ * covers MODEL's config.json and every setting `settings` records. A flag that differs is named
+ * first: --fraction and --val-fraction also change the tokens the split holds, which were blamed on
+ * the --data files ("they have changed") when only the flag had.
  */
 export function checkSameRun(out: string, prior: RunState, fingerprint: string, settings: Record<string, unknown>): void {
+  const clauses = prior.fingerprint === fingerprint ? [] : settingDifferences(out, prior.settings, settings);
+  if (clauses.length) throw new MlaError("BAD_CHECKPOINT", `--resume: ${clauses.join("; ")}`, "pass the same MODEL and flags to resume, or --force to start over");
   // The tokens the --data files hold, recorded but not fingerprinted (older checkpoints have none):
   // text added to or cut from a file changes the epoch, the cursor's meaning and the validation split.
   const [was, now] = [prior.settings["dataTokens"], settings["dataTokens"]];
@@ -101,10 +108,8 @@ export function checkSameRun(out: string, prior: RunState, fingerprint: string, 
     throw new MlaError("BAD_CHECKPOINT", `--resume: the --data files hold ${t(now)} here, but ${t(was)} when the run in ${out} was started: they have changed`, "resume with the data the run started with, or --force to start over on this data");
   }
   if (prior.fingerprint === fingerprint) return;
-  const clauses = settingDifferences(out, prior.settings, settings);
   // What the fingerprint holds beyond the recorded flags: the text of config.json, and the step count the data gives.
-  if (clauses.length === 0) clauses.push(`MODEL ${String(settings["model"])} (its config.json) or the --data files (their length) are not those the run in ${out} was started with`);
-  throw new MlaError("BAD_CHECKPOINT", `--resume: ${clauses.join("; ")}`, "pass the same MODEL and flags to resume, or --force to start over");
+  throw new MlaError("BAD_CHECKPOINT", `--resume: MODEL ${String(settings["model"])} (its config.json) or the --data files (their length) are not those the run in ${out} was started with`, "pass the same MODEL and flags to resume, or --force to start over");
 }
 
 /** The validation NLL before training, from the first line of the run's log (step 0; absent when the run had no validation tokens). */

@@ -206,3 +206,20 @@ test("trimLogToCheckpoint cuts at the first line written after the checkpoint; l
   assert.equal(loggedSeconds(out, 2), 2);
   assert.equal(loggedSeconds(path.join(out, "none"), 4), 0);
 });
+
+test("--resume names a changed --fraction or --val-fraction (not the --data files, which have not changed), and --distill without a --distill-weight nobody gave", async () => {
+  const out = path.join(tmpDir(), "run");
+  await finetune(MODEL, { ...common, out, shouldStop: () => losses(out) >= 1 });
+  const interrupted = snapshot(out);
+  const refused = (o: Partial<FinetuneOptions>, re: RegExp) =>
+    assert.rejects(finetune(MODEL, { ...common, out, resume: true, ...o }), (e: Error) => {
+      assert.ok(e instanceof MlaError && e.code === "BAD_CHECKPOINT", String(e));
+      assert.match(e.message, re);
+      assert.doesNotMatch(e.message, /have changed|--distill-weight/);
+      return true;
+    });
+  await refused({ fraction: 0.5 }, /^--resume: --fraction is 0\.5 here but the run in .* was started with 1\n/);
+  await refused({ valFraction: 0.2 }, /^--resume: --val-fraction is 0\.2 here but the run in .* was started with 0\.05\n/);
+  await refused({ distill: MODEL }, /^--resume: --distill is .*stories260K here but the run in .* was started without it\n/);
+  assert.deepEqual(snapshot(out), interrupted, "a refused resume writes nothing");
+});
