@@ -165,7 +165,8 @@ export function checkSameRun(out: string, stateFile: string, spec: string, o: Pi
     throw new MlaError("EXISTS", `output ${out} already exists and its pipeline.json is not valid JSON (${(e as Error).message})`, "pass --force to start over, or choose another --out");
   }
   const hint = "re-run the same command to resume it, pass --force to start over, or choose another --out";
-  if (!prev) throw new MlaError("EXISTS", `output ${out} already exists`, hint);
+  // No pipeline.json: not a pipeline's folder (a fine-tune's run, a model, other files), so nothing to resume.
+  if (!prev) throw new MlaError("EXISTS", `output ${out} already exists and holds no pipeline run (no pipeline.json)`, "choose another --out, or pass --force to replace what it holds");
   if (prev.fingerprint === runFingerprint(spec, o) || prev.fingerprint === legacyFingerprint(spec, o)) return log.info(`resuming the pipeline in ${out}`);
   // Older runs' fingerprints also covered the order of the options and the fine-tune's device: their
   // recorded settings tell whether the run is the same one.

@@ -107,3 +107,16 @@ test("a run started before they were refused, with settings that do nothing, res
     assert.equal(r.stoppedEarly, true, `${JSON.stringify(idle)}: resumed, not refused`);
   }
 });
+
+test("an --out that holds no pipeline run (a fine-tune's folder) is refused without the hint to re-run the same command, which would not resume anything", async () => {
+  const out = path.join(tmpDir(), "ft");
+  fs.mkdirSync(out);
+  fs.writeFileSync(path.join(out, "train_log.jsonl"), "{}\n");
+  await assert.rejects(pipeline(MODEL, { out, convert: { rank: 2, ropePairs: 1 }, evalText: TEXT, device: "cpu", ...quiet }), (e: unknown) => {
+    assert.ok(e instanceof MlaError && e.code === "EXISTS", String(e));
+    assert.match(e.message, /already exists and holds no pipeline run \(no pipeline\.json\)\n\s*hint: choose another --out, or pass --force/);
+    assert.doesNotMatch(e.message, /re-run|resume/);
+    return true;
+  });
+  assert.deepEqual(fs.readdirSync(out), ["train_log.jsonl"], "nothing changed");
+});
