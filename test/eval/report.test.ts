@@ -161,3 +161,39 @@ test("bar chart: whiskers stay inside the plot when a run lacks a task (values a
   assert.equal(whiskers.length, 3);
   assert.ok(Math.min(...whiskers) >= Math.min(...grid) - 1e-9, `a whisker's top ${Math.min(...whiskers)} is above the plot's top ${Math.min(...grid)}`);
 });
+
+test("report: a field of the wrong type is refused naming it (it crashed the report); missing optional fields show as –, never 'undefined'; a script's results are checked too", async () => {
+  const { reportMarkdown } = await import("../../src/eval/report/report.js");
+  const dir = tmpDir();
+  const base = { model: "m", label: "a", dir: "/m", config_hash: "x", attention: "mla", conversion: { rank: 4, rope_pairs: 1, rope_strategy: "uniform", svd: "joint", svd_init: "weights", latent_dim: 16 }, params: 1, kv_elems_per_token: 8, kv_bytes_per_token: 32, backend: "cpu", seconds: 1, text: "/t/x.txt", tokens: 100, ctx: 64, nll: 2, ppl: 7.389, tasks: { lambada: { n: 10, acc: 0, acc_stderr: 0, ppl: 12 } } };
+  const write = (name: string, o: unknown) => {
+    const f = path.join(dir, name);
+    fs.writeFileSync(f, JSON.stringify(o));
+    return f;
+  };
+  const good = write("good.json", base);
+  for (const [name, o, re] of [
+    ["strppl.json", { ...base, ppl: "7.4" }, /strppl\.json: "ppl" is a string \("7\.4"\), not a number/],
+    ["strtask.json", { ...base, tasks: { lambada: { ...base.tasks.lambada, acc: "0.5" } } }, /"tasks\.lambada\.acc" is a string \("0\.5"\), not a number/],
+    ["nulltask.json", { ...base, tasks: { lambada: null } }, /"tasks\.lambada" is null, not an object of scores/],
+    ["conv.json", { ...base, conversion: "mla" }, /"conversion" is a string \("mla"\), not an object/],
+    ["tasks.json", { ...base, tasks: [1] }, /"tasks" is an array, not an object/],
+  ] as const) {
+    const f = write(name, o);
+    const out = path.join(dir, `${name}.html`);
+    assert.throws(() => writeReport([good, f], out), (e: Error) => e instanceof MlaError && e.code === "BAD_ARGUMENT" && re.test(e.message), name);
+    assert.ok(!fs.existsSync(out), "nothing written");
+  }
+  // An older or hand-made result: no dir, config hash, text/tokens/ctx, and a conversion record with only its rank.
+  const { dir: _d, config_hash: _c, text: _t, tokens: _n, ctx: _x, ...sparse } = base;
+  const md = fs.readFileSync(writeReport([good, write("sparse.json", { ...sparse, label: "b", conversion: { rank: 2 } })], path.join(dir, "r.html")).md, "utf8");
+  assert.doesNotMatch(md, /undefined/);
+  assert.match(md, /\| perplexity \| 7\.389 \| 7\.389 \(text, tokens and ctx not recorded; not comparable\) \|/);
+  assert.match(md, /^- \*\*b\*\*: – — MLA: rank 2; cpu, 1\.0 s$/m);
+  assert.match(md, /\| lambada acc \| 0\.0000 ± 0\.0000 \|/, "a stderr of 0 is shown");
+  // From a script: the same check, by position; an overflowed (Infinity) perplexity is a number; no label: the model.
+  assert.throws(() => reportMarkdown([{ ...base, seconds: "1" } as never]), (e: Error) => e instanceof MlaError && /^runs\[0\]: "seconds" is a string/.test(e.message));
+  assert.match(reportMarkdown([{ ...base, label: undefined, tasks: { lambada: { ...base.tasks.lambada, ppl: Infinity } } } as never]), /\| metric \| m \|[\s\S]*\| lambada ppl \| Infinity \|/);
+  fs.mkdirSync(path.join(dir, "run"));
+  assert.throws(() => writeReport([good], path.join(dir, "r3.html"), { trainLogs: [path.join(dir, "run")] }), (e: Error) => e instanceof MlaError && /--train-log .*run is a folder, not a training log[\s\S]*hint: pass the log file itself, e\.g\. --train-log .*run\/train_log\.jsonl/.test(e.message));
+});

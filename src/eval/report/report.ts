@@ -9,6 +9,9 @@ import { MlaError, ioError } from "../../errors.js";
 import { writeFileAtomic } from "../../io/atomicDir.js";
 import type { EvalResult } from "../evaluate.js";
 import { barChart, esc, lineChart } from "./charts.js";
+import { checkEvalResult, readEvalJson } from "./evalJson.js";
+
+export { readEvalJson };
 
 export interface TrainLog {
   label: string;
@@ -26,30 +29,12 @@ interface Row {
   basis?: string[];
 }
 
-export function readEvalJson(file: string): EvalResult {
-  let raw: unknown;
-  try {
-    raw = JSON.parse(fs.readFileSync(file, "utf8"));
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code) throw ioError("cannot read", file, e);
-    throw new MlaError("BAD_ARGUMENT", `${file}: not valid JSON (${(e as Error).message})`, "pass JSON files written by `mha2mla eval --json FILE`");
-  }
-  const r = raw as EvalResult;
-  // inspect's JSON has a model and KV sizes too, but no run: it is refused by the run's fields.
-  const missing: string[] = [
-    ...(["model", "attention", "backend"] as const).filter((k) => typeof r?.[k] !== "string"),
-    ...(["kv_elems_per_token", "seconds"] as const).filter((k) => typeof r?.[k] !== "number"),
-  ];
-  if (missing.length) throw new MlaError("BAD_ARGUMENT", `${file}: not an eval result (no ${missing.map((k) => `"${k}"`).join(", ")})`, "pass JSON files written by `mha2mla eval --json FILE` (an `inspect --json` file describes a model, not a run)");
-  if (typeof r.label !== "string") r.label = r.model;
-  return r;
-}
-
 export function readTrainLog(file: string, label: string): TrainLog {
   let text: string;
   try {
     text = fs.readFileSync(file, "utf8");
   } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === "EISDIR") throw new MlaError("BAD_ARGUMENT", `--train-log ${file} is a folder, not a training log`, `pass the log file itself, e.g. --train-log ${path.join(file, "train_log.jsonl")}`);
     throw ioError("cannot read", file, e);
   }
   const rows = text
@@ -74,13 +59,13 @@ function rows(runs: EvalResult[]): Row[] {
   const out: Row[] = [];
   const v = (f: (r: EvalResult) => number | undefined | null) => runs.map((r) => f(r) ?? null);
   if (runs.some((r) => r.ppl !== undefined)) {
-    const basis = runs.map((r) => `${r.text ? path.basename(r.text) : ""}, ${r.tokens} tokens, ctx ${r.ctx}`);
+    const basis = runs.map((r) => (r.text === undefined && r.tokens === undefined && r.ctx === undefined ? "text, tokens and ctx not recorded" : `${r.text ? path.basename(r.text) : "?"}, ${r.tokens ?? "?"} tokens, ctx ${r.ctx ?? "?"}`));
     out.push({ metric: "perplexity", values: v((r) => r.ppl), digits: 3, delta: "pct", basis });
     out.push({ metric: "NLL (nats/token)", values: v((r) => r.nll), digits: 4, delta: "abs", basis });
   }
   const tasks = [...new Set(runs.flatMap((r) => Object.keys(r.tasks ?? {})))];
   for (const t of tasks) {
-    const basis = runs.map((r) => `${r.tasks?.[t]?.n} items`);
+    const basis = runs.map((r) => `${r.tasks?.[t]?.n ?? "?"} items`);
     out.push({ metric: `${t} acc`, values: v((r) => r.tasks?.[t]?.acc), errors: v((r) => r.tasks?.[t]?.acc_stderr), digits: 4, delta: "abs", basis });
     if (runs.some((r) => r.tasks?.[t]?.acc_norm !== undefined)) out.push({ metric: `${t} acc_norm`, values: v((r) => r.tasks?.[t]?.acc_norm), errors: v((r) => r.tasks?.[t]?.acc_norm_stderr), digits: 4, delta: "abs", basis });
     if (runs.some((r) => r.tasks?.[t]?.ppl !== undefined)) out.push({ metric: `${t} ppl`, values: v((r) => r.tasks?.[t]?.ppl), digits: 2, delta: "pct", basis });
@@ -99,7 +84,8 @@ function cell(row: Row, i: number): string {
   if (x === null || x === undefined) return "–";
   let s = x.toFixed(row.digits);
   const e = row.errors?.[i];
-  if (e) s += ` ± ${e.toFixed(row.digits)}`;
+  // A stderr of 0 (every item right, or every one wrong) is shown as one, not left out.
+  if (e !== null && e !== undefined) s += ` ± ${e.toFixed(row.digits)}`;
   const base = row.values[0];
   // Runs measured on other data (another text or ctx, fewer items) are not a change of the model.
   if (i > 0 && row.basis && base !== null && base !== undefined && row.basis[i] !== row.basis[0]) return `${s} (${row.basis[i]}; not comparable)`;
@@ -111,15 +97,28 @@ function cell(row: Row, i: number): string {
 }
 
 function settings(r: EvalResult): string {
-  const cache = r.kv_cache ? `; KV cache ${r.kv_cache.dtype}` : "";
-  const c = r.conversion as Record<string, unknown> | null;
+  const cache = r.kv_cache?.dtype ? `; KV cache ${r.kv_cache.dtype}` : "";
+  const c = r.conversion as Record<string, unknown> | null | undefined;
   if (!c) return `${r.attention.toUpperCase()} (original)${cache}`;
-  if (c["format"] === "deepseek_v3") return `DeepSeek-V3 MLA: kv_lora_rank ${c["kv_lora_rank"]}, shared rope key ${c["qk_rope_head_dim"]} dims${cache}`;
+  // Each part only where the record has it (an older version's, or a hand-written one, lacks some).
+  const has = (k: string) => c[k] !== undefined && c[k] !== null;
+  const parts = (list: [string, string][]) => list.filter(([k]) => has(k)).map(([, text]) => text).join(", ");
+  if (c["format"] === "deepseek_v3") return `DeepSeek-V3 MLA: ${parts([["kv_lora_rank", `kv_lora_rank ${c["kv_lora_rank"]}`], ["qk_rope_head_dim", `shared rope key ${c["qk_rope_head_dim"]} dims`]]) || "no settings recorded"}${cache}`;
   // A per-layer conversion (--kv-split per-layer) lists one value per layer.
   const perLayer = (v: unknown) => (Array.isArray(v) ? `[${v.join(", ")}] per layer` : String(v));
   const kind = c["gate_dim"] ? `EG-MLA (gate ${c["gate_dim"]} dims per token)` : "MLA";
-  return `${kind}: rank ${perLayer(c["rank"])}, ${perLayer(c["rope_pairs"])} RoPE pairs (${c["rope_strategy"]}${c["rope_disjoint"] ? ", disjoint across KV heads" : ""}), SVD ${c["svd"]} (${c["svd_init"]}), latent ${perLayer(c["latent_dim"])}${cache}`;
+  const strategy = [has("rope_strategy") ? String(c["rope_strategy"]) : "", c["rope_disjoint"] ? "disjoint across KV heads" : ""].filter(Boolean).join(", ");
+  const recorded = parts([
+    ["rank", `rank ${perLayer(c["rank"])}`],
+    ["rope_pairs", `${perLayer(c["rope_pairs"])} RoPE pairs${strategy ? ` (${strategy})` : ""}`],
+    ["svd", `SVD ${c["svd"]}${has("svd_init") ? ` (${c["svd_init"]})` : ""}`],
+    ["latent_dim", `latent ${perLayer(c["latent_dim"])}`],
+  ]);
+  return `${kind}: ${recorded || "no settings recorded"}${cache}`;
 }
+
+/** The model's config hash, where the run recorded it. */
+const configOf = (r: EvalResult) => (r.config_hash ? `; config ${r.config_hash}` : "");
 
 /** What a run read (the Models list of both formats). */
 function measuredOn(r: EvalResult): string {
@@ -135,7 +134,14 @@ function curves(l: TrainLog): { loss: [number, number][]; val: [number, number][
   return { loss: at("loss"), val: at("val_nll") };
 }
 
-export function reportMarkdown(runs: EvalResult[], logs: TrainLog[] = []): string {
+/** The runs as given, each checked (a script's objects too; checkEvalResult), `label` defaulted to `model`. */
+const checkedRuns = (runs: readonly unknown[]): EvalResult[] => {
+  if (!Array.isArray(runs) || runs.length === 0) throw new MlaError("BAD_ARGUMENT", "no eval results given", "pass the results of evaluate() (or eval JSON files to writeReport)");
+  return runs.map((r, i) => checkEvalResult(r, `runs[${i}]`));
+};
+
+export function reportMarkdown(given: EvalResult[], logs: TrainLog[] = []): string {
+  const runs = checkedRuns(given);
   const rs = rows(runs);
   const lines = [
     "# mha2mla evaluation report",
@@ -148,7 +154,7 @@ export function reportMarkdown(runs: EvalResult[], logs: TrainLog[] = []): strin
     "",
     "## Models",
     "",
-    ...runs.map((r) => `- **${r.label}**: \`${r.dir}\` — ${settings(r)}; config ${r.config_hash}${measuredOn(r)}`),
+    ...runs.map((r) => `- **${r.label}**: ${r.dir ? `\`${r.dir}\`` : "–"} — ${settings(r)}${configOf(r)}${measuredOn(r)}`),
   ];
   for (const l of logs) {
     const { loss, val } = curves(l);
@@ -157,7 +163,8 @@ export function reportMarkdown(runs: EvalResult[], logs: TrainLog[] = []): strin
   return lines.join("\n") + "\n";
 }
 
-export function reportHtml(runs: EvalResult[], logs: TrainLog[] = []): string {
+export function reportHtml(given: EvalResult[], logs: TrainLog[] = []): string {
+  const runs = checkedRuns(given);
   const rs = rows(runs);
   const labels = runs.map((r) => r.label);
   const charts: string[] = [];
@@ -173,7 +180,7 @@ export function reportHtml(runs: EvalResult[], logs: TrainLog[] = []): string {
     charts.push(lineChart(`Fine-tuning: ${l.label}`, [{ name: "training loss", points: loss }, { name: "validation NLL", points: val, dots: true }], { xLabel: "step", yLabel: "nats/token" }));
   }
   const table = `<table><thead><tr><th>metric</th>${labels.map((l) => `<th>${esc(l)}</th>`).join("")}</tr></thead><tbody>${rs.map((row) => `<tr><td>${esc(row.metric)}</td>${runs.map((_, i) => `<td>${esc(cell(row, i))}</td>`).join("")}</tr>`).join("")}</tbody></table>`;
-  const models = `<ul>${runs.map((r) => `<li><b>${esc(r.label)}</b>: <code>${esc(r.dir)}</code> — ${esc(settings(r))}; config ${esc(r.config_hash)}${esc(measuredOn(r))}</li>`).join("")}</ul>`;
+  const models = `<ul>${runs.map((r) => `<li><b>${esc(r.label)}</b>: ${r.dir ? `<code>${esc(r.dir)}</code>` : "–"} — ${esc(settings(r))}${esc(configOf(r))}${esc(measuredOn(r))}</li>`).join("")}</ul>`;
   return `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>mha2mla evaluation report</title>
 <style>
