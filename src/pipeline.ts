@@ -190,8 +190,8 @@ function checkOptions(srcDir: string, o: PipelineOptions, log: Logger): void {
     // finetune's own check: it takes .xz corpora, which a perplexity text may not be.
     for (const f of o.finetune.data) checkDataFile(f, "--finetune-data");
     checkFinetuneOptions(o.finetune);
-    // The converted model keeps the source's vocabulary.
-    if (o.finetune.distill) checkTeacher(o.finetune.distill, c.vocabSize);
+    // The converted model keeps the source's vocabulary and tokenizer.
+    if (o.finetune.distill) checkTeacher(o.finetune.distill, c.vocabSize, srcDir);
   }
 }
 

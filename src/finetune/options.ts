@@ -4,6 +4,8 @@
  * converts and evaluates first; `study` initializes and converts), so a bad --lr does not cost them
  * that work and a flag's error reads the same from every command.
  */
+import fs from "node:fs";
+import path from "node:path";
 import { MlaError, refuseInert } from "../errors.js";
 import { readHfConfig } from "../io/hfConfig.js";
 import { resolveModel } from "../io/modelDir.js";
@@ -126,8 +128,42 @@ export function checkFinetuneOptions(o: Omit<FinetuneOptions, "data" | "out">) {
   return { seq, batch, accum, warmup, trainWhat, distillWeight, temperature };
 }
 
-/** Refuses a --distill teacher that cannot be found or whose vocabulary is not the student's (`vocabSize`), from its config alone. */
-export function checkTeacher(distill: string, vocabSize: number): void {
-  const teacher = readHfConfig(resolveModel(distill).dir);
-  if (teacher.vocabSize !== vocabSize) throw new MlaError("BAD_ARGUMENT", `--distill ${distill} has a vocabulary of ${teacher.vocabSize}, the student ${vocabSize}`, "distill from a model with the same tokenizer (usually the original of the converted model)");
+/**
+ * The token of each id in `dir`'s tokenizer.json (its model's vocabulary, then the added tokens), or
+ * null where the folder has none or it cannot be read (loading the model reports that).
+ */
+function tokensById(dir: string): Map<number, string> | null {
+  let tj: { model?: { vocab?: unknown }; added_tokens?: unknown };
+  try {
+    tj = JSON.parse(fs.readFileSync(path.join(dir, "tokenizer.json"), "utf8")) as typeof tj;
+  } catch {
+    return null;
+  }
+  const byId = new Map<number, string>();
+  const vocab = tj?.model?.vocab;
+  // BPE and WordPiece: {token: id}; Unigram: [[token, score], …] by id.
+  if (Array.isArray(vocab)) vocab.forEach((entry, id) => byId.set(id, String(Array.isArray(entry) ? entry[0] : entry)));
+  else if (vocab && typeof vocab === "object") for (const [token, id] of Object.entries(vocab)) if (typeof id === "number") byId.set(id, token);
+  if (Array.isArray(tj.added_tokens)) for (const t of tj.added_tokens as { id?: unknown; content?: unknown }[]) if (typeof t?.id === "number") byId.set(t.id, String(t.content));
+  return byId.size ? byId : null;
+}
+
+/**
+ * Refuses a --distill teacher that cannot be found or whose vocabulary is not the student's (that of
+ * the model in `studentDir`, `vocabSize` ids): by its config's size, then, where both folders have a
+ * tokenizer.json, token by token. Llama-2 and Mistral-7B both have 32000 ids, for other tokens: the
+ * KL term would then pull each id toward another token's probability, unseen.
+ */
+export function checkTeacher(distill: string, vocabSize: number, studentDir?: string): void {
+  const teacherDir = resolveModel(distill).dir;
+  const teacher = readHfConfig(teacherDir);
+  const hint = "distill from a model with the same tokenizer (usually the original of the converted model)";
+  if (teacher.vocabSize !== vocabSize) throw new MlaError("BAD_ARGUMENT", `--distill ${distill} has a vocabulary of ${teacher.vocabSize}, the student ${vocabSize}`, hint);
+  if (studentDir === undefined) return;
+  const [theirs, ours] = [tokensById(teacherDir), tokensById(studentDir)];
+  if (!theirs || !ours) return;
+  for (let id = 0; id < vocabSize; id++) {
+    const [a, b] = [theirs.get(id), ours.get(id)];
+    if (a !== b) throw new MlaError("BAD_ARGUMENT", `--distill ${distill} has another vocabulary than the student, of the same size (${vocabSize}): id ${id} is ${a === undefined ? "no token" : JSON.stringify(a)} in the teacher's tokenizer.json, ${b === undefined ? "no token" : JSON.stringify(b)} in the student's`, hint);
+  }
 }

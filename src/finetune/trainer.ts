@@ -154,9 +154,9 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
   if (past) log.warn(past);
   // Both refused before the data is tokenized (minutes on a corpus) and --out made: every training
   // sequence starts with BOS (any id taken instead would be some other token), and the teacher's
-  // config is all checkTeacher reads.
+  // config and tokenizer.json are all checkTeacher reads.
   const bos = requireBos(lm.config.bosTokenId);
-  if (o.distill) checkTeacher(o.distill, lm.config.vocabSize);
+  if (o.distill) checkTeacher(o.distill, lm.config.vocabSize, src.dir);
   const teacher: LlamaModel | null = o.distill ? loadModel(o.distill, { backend }).model : null;
   // The state and activations are checked against free memory (the teacher's weights already taken)
   // before the data is tokenized too.

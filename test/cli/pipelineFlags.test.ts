@@ -27,6 +27,17 @@ function otherVocabTeacher(): string {
   return dir;
 }
 
+/** A teacher of the student's vocabulary size whose tokenizer.json gives two ids each other's token. */
+function otherTokensTeacher(): string {
+  const dir = tmpDir();
+  fs.cpSync(MODEL, dir, { recursive: true });
+  const tj = JSON.parse(fs.readFileSync(path.join(dir, "tokenizer.json"), "utf8")) as { model: { vocab: Record<string, number> } };
+  const [x, y] = Object.keys(tj.model.vocab).filter((t) => tj.model.vocab[t]! >= 300);
+  [tj.model.vocab[x!], tj.model.vocab[y!]] = [tj.model.vocab[y!]!, tj.model.vocab[x!]!];
+  fs.writeFileSync(path.join(dir, "tokenizer.json"), JSON.stringify(tj));
+  return dir;
+}
+
 function cli(args: string[]): { code: number; stdout: string; stderr: string } {
   const r = spawnSync(process.execPath, [MAIN, ...args], { encoding: "utf8" });
   return { code: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
@@ -71,6 +82,7 @@ test("pipeline refuses a bad option of any phase before the first phase runs, --
     [{ finetune: { data: [emptyFile()] } }, /--finetune-data .*empty\.txt is empty/],
     [{ finetune: { data: [TEXT], distill: "no-such-model" } }, /model "no-such-model" was not found/],
     [{ finetune: { data: [TEXT], distill: otherVocabTeacher() } }, /--distill .* has a vocabulary of 1000, the student 512/],
+    [{ finetune: { data: [TEXT], distill: otherTokensTeacher() } }, /--distill .* has another vocabulary than the student, of the same size \(512\): id \d+ is /],
     // export
     [{ export: "deepseek", convert: { rank: 2, ropeDisjoint: true, attention: "eg-mla" } }, /EG-MLA/],
     ...(HAVE_CUDA ? [] : ([[{ device: "cuda" }, /--device cuda: /]] as [Partial<PipelineOptions>, RegExp][])),

@@ -199,6 +199,14 @@ test("a model without BOS, a missing teacher and a run too big for the machine a
   await refused(noBos, { valFraction: 0 }, /no bos_token_id/);
   await refused(model, { distill: path.join(tmpDir(), "no-such-teacher") }, /no-such-teacher/);
   await refused(model, { batch: 20_000_000 }, /needs about [\d.]+ GiB of host memory[\s\S]*the machine has/);
+  // A teacher with as many ids for other tokens (Llama-2 and Mistral-7B: 32000 each): two tokens swapped.
+  const otherTokens = path.join(tmpDir(), "other-tokens");
+  fs.cpSync(path.join(MODELS, "stories260K"), otherTokens, { recursive: true });
+  const tj = JSON.parse(fs.readFileSync(path.join(otherTokens, "tokenizer.json"), "utf8")) as { model: { vocab: Record<string, number> } };
+  const [x, y] = Object.keys(tj.model.vocab).filter((t) => tj.model.vocab[t]! >= 300);
+  [tj.model.vocab[x!], tj.model.vocab[y!]] = [tj.model.vocab[y!]!, tj.model.vocab[x!]!];
+  fs.writeFileSync(path.join(otherTokens, "tokenizer.json"), JSON.stringify(tj));
+  await refused(model, { distill: otherTokens }, /--distill .*other-tokens has another vocabulary than the student, of the same size \(512\): id \d+ is "[^"]+" in the teacher's tokenizer\.json, "[^"]+" in the student's/);
   assert.ok(!fs.existsSync(base.out), "no run folder");
 });
 
