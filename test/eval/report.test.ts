@@ -197,3 +197,14 @@ test("report: a field of the wrong type is refused naming it (it crashed the rep
   fs.mkdirSync(path.join(dir, "run"));
   assert.throws(() => writeReport([good], path.join(dir, "r3.html"), { trainLogs: [path.join(dir, "run")] }), (e: Error) => e instanceof MlaError && /--train-log .*run is a folder, not a training log[\s\S]*hint: pass the log file itself, e\.g\. --train-log .*run\/train_log\.jsonl/.test(e.message));
 });
+
+test("writeReport from JavaScript: a lone file name, no out, an unknown or mistyped option are refused as such, not as a TypeError", () => {
+  const call = writeReport as unknown as (...a: unknown[]) => unknown;
+  for (const [args, re] of [
+    [["a.json", "r.html"], /^writeReport\(\): the eval JSON files are "a\.json", not an array of file names/],
+    [[["a.json"]], /^writeReport\(\): out is undefined, not a file name/],
+    [[["a.json"], "r.html", { trainlogs: [] }], /^writeReport\(\) has no option "trainlogs"/],
+    [[["a.json"], "r.html", { labels: "a,b" }], /^writeReport\(\): option labels is "a,b" \(a string\), not an array of strings/],
+  ] as const)
+    assert.throws(() => call(...args), (e: Error) => e instanceof MlaError && e.code === "BAD_ARGUMENT" && re.test(e.message), String(re));
+});

@@ -10,6 +10,7 @@ import { writeFileAtomic } from "../../io/atomicDir.js";
 import type { EvalResult } from "../evaluate.js";
 import { barChart, esc, lineChart } from "./charts.js";
 import { checkEvalResult, readEvalJson } from "./evalJson.js";
+import { checkOptionTypes } from "../../util/optionTypes.js";
 
 export { readEvalJson };
 
@@ -205,7 +206,18 @@ export function reportFiles(out: string): { html: string; md: string } {
 }
 
 /** Writes OUT (HTML) and its Markdown twin (same name, .md; an OUT ending in .md is the Markdown, its twin .html), each atomically, once both are made. */
-export function writeReport(jsonFiles: string[], out: string, opts: { trainLogs?: string[]; labels?: string[] } = {}): { html: string; md: string } {
+/** writeReport's options: training logs to plot (each titled by its run folder's name), and a label per JSON file. */
+export interface ReportOptions {
+  trainLogs?: string[];
+  labels?: string[];
+}
+
+export function writeReport(jsonFiles: string[], out: string, opts: ReportOptions = {}): { html: string; md: string } {
+  // From JavaScript: a lone file name (not in an array) or a missing --out failed as a TypeError deep inside.
+  const strings = (v: unknown) => Array.isArray(v) && v.every((x) => typeof x === "string");
+  if (!strings(jsonFiles)) throw new MlaError("BAD_ARGUMENT", `writeReport(): the eval JSON files are ${JSON.stringify(jsonFiles)}, not an array of file names`, 'pass e.g. writeReport(["before.json", "after.json"], "report.html")');
+  if (typeof out !== "string" || out === "") throw new MlaError("BAD_ARGUMENT", `writeReport(): out is ${JSON.stringify(out)}, not a file name`, 'pass e.g. writeReport(["before.json", "after.json"], "report.html")');
+  checkOptionTypes<ReportOptions>("writeReport()", opts, { trainLogs: "string[]", labels: "string[]" });
   if (jsonFiles.length === 0) throw new MlaError("BAD_ARGUMENT", "no eval JSON files given", "pass e.g. `mha2mla report before.json after.json --out report.html`");
   const runs = jsonFiles.map(readEvalJson);
   if (opts.labels) {
