@@ -51,7 +51,7 @@ export const finetuneCommand: CommandModule<object, Args> = {
       .option("out", { type: "string", demandOption: true, describe: "run folder: checkpoint/, train_log.jsonl, then the trained model" })
       .option("force", { type: "boolean", default: false, describe: "start over in an existing --out" })
       .option("resume", { type: "boolean", default: false, describe: "continue the interrupted run in --out exactly, with the same flags (a finished run is reported again, nothing rewritten)" })
-      .option("tokens", { type: "number", describe: "token budget (batch·accum·seq per step; default one epoch)" })
+      .option("tokens", { type: "number", describe: "token budget (batch·accum·seq per step, rounded up to whole steps; default one epoch)" })
       .option("fraction", { type: "number", describe: "train on the first fraction of the training tokens" })
       .option("val-fraction", { type: "number", default: D.valFraction, describe: "held-out tail of the data for validation NLL" })
       .option("seq", { type: "number", default: D.seq, describe: "sequence length, BOS included" })
@@ -123,7 +123,7 @@ export const finetuneCommand: CommandModule<object, Args> = {
               ? `stopped before the first training step: nothing was trained, so there is nothing to resume; running the same command again starts over\n`
               : `stopped at step ${r.steps} without a checkpoint (no disk room for it): this run cannot be resumed\n`
             : `stopped at step ${r.steps}; checkpoint of step ${r.checkpointStep} in ${r.out}/checkpoint (continue with --resume)\n`
-          : `trained ${r.steps} steps (${r.tokensSeen} tokens) in ${r.seconds.toFixed(1)} s, ${Math.round(r.tokensPerSecond)} tok/s${sitting}; validation NLL ${nll(r.valNllBefore)} → ${nll(r.valNllAfter)}; model in ${r.out}\n`,
+          : `trained ${r.steps} step${r.steps === 1 ? "" : "s"} (${r.tokensSeen} tokens) in ${r.seconds.toFixed(1)} s, ${Math.round(r.tokensPerSecond)} tok/s${sitting}; validation NLL ${nll(r.valNllBefore)} → ${nll(r.valNllAfter)}; model in ${r.out}\n`,
       );
       if (a.json !== undefined) emitJson(a.json, r);
       if (r.stoppedEarly) process.exitCode = 130;

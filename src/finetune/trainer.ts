@@ -39,7 +39,7 @@ export interface FinetuneOptions {
   out: string;
   force?: boolean;
   resume?: boolean;
-  /** Token budget (counted as batch·accum·seq per step); default: one epoch. */
+  /** Token budget (counted as batch·accum·seq per step, rounded up to whole steps); default: one epoch. */
   tokens?: number;
   fraction?: number;
   valFraction?: number;
@@ -192,6 +192,9 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
   if (data === STOPPED) return stoppedBeforeTraining("tokenizing the --data files");
   const perStep = batch * accum * seq;
   const totalSteps = Math.max(1, Math.ceil((o.tokens ?? data.sequences * seq) / perStep));
+  // A step takes batch·accum·seq tokens: a budget between two step counts is rounded up (10 tokens train one whole step of 4096).
+  if (o.tokens !== undefined && o.tokens !== totalSteps * perStep && !prior)
+    log.info(`--tokens ${o.tokens} is ${o.tokens < perStep ? "less than one step" : `${(o.tokens / perStep).toFixed(2)} steps`} of ${perStep} tokens (--batch ${batch}${accum === 1 ? "" : ` × --accum ${accum}`} × --seq ${seq}): training ${totalSteps} step${totalSteps === 1 ? "" : "s"}, ${totalSteps * perStep} tokens`);
   const schedule: Schedule = { name: o.schedule ?? D.schedule, lr, warmupSteps: Math.round(warmup * totalSteps), decayFraction: o.decayFraction ?? D.decayFraction, minLrFraction: o.minLrFraction ?? D.minLrFraction };
 
   const settings = { model: fs.readFileSync(path.join(src.dir, "config.json"), "utf8"), data: o.data.map((f) => path.resolve(f)), tokens: o.tokens ?? null, fraction: o.fraction ?? 1, valFraction: o.valFraction ?? D.valFraction, seq, batch, accum, schedule, beta1: o.beta1 ?? D.beta1, beta2: o.beta2 ?? D.beta2, eps: o.eps ?? D.eps, weightDecay: o.weightDecay ?? D.weightDecay, clip: o.clip ?? D.clip, seed: o.seed ?? D.seed, train: trainWhat, distill: o.distill ?? null, temperature, distillWeight, precision };

@@ -248,3 +248,14 @@ test("checkpoint room: --save-every needs room for two checkpoints (the new one 
     delete process.env["MHA2MLA_TEST_FREE_BYTES"];
   }
 });
+
+test("--tokens is rounded up to whole steps, and the run says so (10 tokens train one step of batch × seq)", async () => {
+  const said: string[] = [];
+  const logger = { info: (m: string) => said.push(m), warn: (m: string) => said.push(m) };
+  const r = await finetune(path.join(MODELS, "stories260K"), { data: [DATA], out: path.join(tmpDir(), "run"), tokens: 10, seq: 32, batch: 2, valFraction: 0, progress: null, logger });
+  assert.deepEqual([r.steps, r.tokensSeen], [1, 64]);
+  assert.ok(said.includes("--tokens 10 is less than one step of 64 tokens (--batch 2 × --seq 32): training 1 step, 64 tokens"), said.join("\n"));
+  said.length = 0;
+  await finetune(path.join(MODELS, "stories260K"), { data: [DATA], out: path.join(tmpDir(), "run"), tokens: 128, seq: 32, batch: 2, valFraction: 0, progress: null, logger });
+  assert.ok(!said.some((m) => m.startsWith("--tokens")), "a whole number of steps is not remarked on");
+});
