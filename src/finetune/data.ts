@@ -127,7 +127,11 @@ export async function loadTrainingData(tokenizer: TextTokenizer, files: string[]
   const train = stream.subarray(0, Math.floor(cut * fraction));
   const val = stream.subarray(cut);
   const sequences = Math.floor(train.length / (o.seq - 1));
-  if (sequences < 1) throw new MlaError("BAD_TEXT", `the training part of the data has ${train.length} tokens, fewer than one sequence of ${o.seq - 1} (+BOS)`, "pass more data or a smaller --seq");
+  if (sequences < 1) {
+    // Where --fraction or --val-fraction took the tokens, say so: "more data" would not be the fix.
+    const cuts = [...(fraction < 1 ? [`--fraction ${fraction} keeps ${train.length} of its ${cut}`] : []), ...(o.valFraction > 0 ? [`--val-fraction ${o.valFraction} holds out ${val.length}`] : [])];
+    throw new MlaError("BAD_TEXT", `the training part of the data has ${train.length} tokens, fewer than one sequence of ${o.seq - 1} (+BOS)${cuts.length ? ` (the files hold ${stream.length} tokens; ${cuts.join(", ")})` : ""}`, `pass more data or a smaller --seq${fraction < 1 ? ", or a larger --fraction" : ""}`);
+  }
   return { train, val, sequences, seq: o.seq, bos: o.bos };
 }
 

@@ -77,3 +77,12 @@ test("a pipe as --data (--data <(xz -dc corpus.xz)) is taken: not refused as emp
   checkDataFile(fifo); // a read would block: no writer is attached
   assert.throws(() => checkDataFile(path.join(FIXTURES, "text")), /--data .* is a folder/);
 });
+
+test("too few training tokens for one sequence: where --fraction or --val-fraction took them, the message says how many each took", async () => {
+  const txt = path.join(FIXTURES, "text", "tinystories.txt");
+  await assert.rejects(loadTrainingData(tok, [txt], { ...opts, seq: 256, fraction: 0.01 }), (e: Error) =>
+    /^the training part of the data has \d+ tokens, fewer than one sequence of 255 \(\+BOS\) \(the files hold \d+ tokens; --fraction 0\.01 keeps \d+ of its \d+, --val-fraction 0\.1 holds out \d+\)\n\s*hint: pass more data or a smaller --seq, or a larger --fraction$/.test(e.message));
+  const short = path.join(tmpDir(), "short.txt");
+  fs.writeFileSync(short, "Once upon a time there was a cat.");
+  await assert.rejects(loadTrainingData(tok, [short], { ...opts, valFraction: 0 }), (e: Error) => /fewer than one sequence of 31 \(\+BOS\)\n\s*hint: pass more data or a smaller --seq$/.test(e.message));
+});
