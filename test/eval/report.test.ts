@@ -208,3 +208,20 @@ test("writeReport from JavaScript: a lone file name, no out, an unknown or misty
   ] as const)
     assert.throws(() => call(...args), (e: Error) => e instanceof MlaError && e.code === "BAD_ARGUMENT" && re.test(e.message), String(re));
 });
+
+test("report: training logs of two pipelines (both finetune/train_log.jsonl) are titled apart by the folders above them", async () => {
+  const { logLabels } = await import("../../src/eval/report/report.js");
+  assert.deepEqual(logLabels(["/r/pl1/finetune/train_log.jsonl", "/r/pl2/finetune/train_log.jsonl", "/r/ft/train_log.jsonl"]), ["pl1/finetune", "pl2/finetune", "ft"]);
+  assert.deepEqual(logLabels(["/x/a/run/t.jsonl", "/y/a/run/t.jsonl"]), ["x/a/run", "y/a/run"]);
+  const dir = tmpDir();
+  const json = path.join(dir, "a.json");
+  fs.writeFileSync(json, JSON.stringify({ model: "m", attention: "mha", kv_elems_per_token: 8, backend: "cpu", seconds: 1 }));
+  const logs = ["pl1", "pl2"].map((p) => {
+    const f = path.join(dir, p, "finetune", "train_log.jsonl");
+    fs.mkdirSync(path.dirname(f), { recursive: true });
+    fs.writeFileSync(f, '{"step": 1, "loss": 3}\n');
+    return f;
+  });
+  const md = fs.readFileSync(writeReport([json], path.join(dir, "r.html"), { trainLogs: logs }).md, "utf8");
+  assert.match(md, /## Fine-tuning: pl1\/finetune\n[\s\S]*## Fine-tuning: pl2\/finetune\n/);
+});

@@ -199,6 +199,21 @@ ${table}
 `;
 }
 
+/**
+ * The title of each training log: its run folder's name, with as many folders above it as tell two
+ * logs apart (two pipelines' logs are both finetune/train_log.jsonl: "a/finetune", "b/finetune").
+ */
+export function logLabels(files: readonly string[]): string[] {
+  const dirs = files.map((f) => path.dirname(path.resolve(f)).split(path.sep).filter(Boolean));
+  const label = (d: string[], depth: number) => d.slice(-depth).join("/") || "/";
+  const labels = dirs.map((d) => label(d, 1));
+  for (let depth = 2; new Set(labels).size < labels.length && depth <= Math.max(...dirs.map((d) => d.length)); depth++) {
+    const shared = labels.map((l) => labels.filter((x) => x === l).length > 1);
+    labels.forEach((_, i) => shared[i] && (labels[i] = label(dirs[i]!, depth)));
+  }
+  return labels;
+}
+
 /** The two files a report to `out` writes: `out` (HTML, or the Markdown when it ends in .md) and its twin. */
 export function reportFiles(out: string): { html: string; md: string } {
   const base = out.replace(/\.(html?|md)$/i, "");
@@ -224,7 +239,8 @@ export function writeReport(jsonFiles: string[], out: string, opts: ReportOption
     if (opts.labels.length !== runs.length) throw new MlaError("BAD_ARGUMENT", `--labels has ${opts.labels.length} names for ${runs.length} results`, "give one label per JSON file");
     runs.forEach((r, i) => (r.label = opts.labels![i]!));
   }
-  const logs = (opts.trainLogs ?? []).map((f) => readTrainLog(f, path.basename(path.dirname(path.resolve(f)))));
+  const trainLogs = opts.trainLogs ?? [];
+  const logs = trainLogs.map((f, i) => readTrainLog(f, logLabels(trainLogs)[i]!));
   const { html, md } = reportFiles(out);
   for (const f of [html, md]) if (fs.existsSync(f) && fs.statSync(f).isDirectory()) throw new MlaError("BAD_ARGUMENT", `--out: ${f} is a folder`, "pass a file name, e.g. --out report.html (its Markdown twin is written beside it)");
   const texts = [reportHtml(runs, logs), reportMarkdown(runs, logs)] as const;
