@@ -109,14 +109,21 @@ export function readCheckpointState(out: string): TrainState {
   try {
     return JSON.parse(fs.readFileSync(stateFile, "utf8")) as TrainState;
   } catch (e) {
-    throw new MlaError("BAD_CHECKPOINT", `${stateFile}: not valid JSON (${(e as Error).message})`, "the checkpoint is corrupt; start again without --resume");
+    throw new MlaError("BAD_CHECKPOINT", `${stateFile}: not valid JSON (${(e as Error).message})`, "the checkpoint is corrupt; start the run over: --force instead of --resume");
   }
 }
 
 /** Loads the weights and moments of the checkpoint in `out` into `t` (in place). */
 export function loadCheckpoint(out: string, t: StateSlots): void {
   const dir = checkpointDir(out);
-  const f = SafetensorsFile.open(path.join(dir, "state.safetensors"));
+  let f: SafetensorsFile;
+  try {
+    f = SafetensorsFile.open(path.join(dir, "state.safetensors"));
+  } catch (e) {
+    // The reader's own hint ("truncated or corrupt") leaves out what to do about a run's checkpoint.
+    if (!(e instanceof MlaError) || e.code === "IO") throw e;
+    throw new MlaError("BAD_CHECKPOINT", e.message.split("\n  hint: ")[0]!, "the checkpoint is damaged (a full disk, or a copy cut short?): start the run over with --force instead of --resume", { cause: e });
+  }
   try {
     t.paths.forEach((p, i) => {
       for (const k of STATE_KINDS) {

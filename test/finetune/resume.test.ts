@@ -223,3 +223,14 @@ test("--resume names a changed --fraction or --val-fraction (not the --data file
   await refused({ distill: MODEL }, /^--resume: --distill is .*stories260K here but the run in .* was started without it\n/);
   assert.deepEqual(snapshot(out), interrupted, "a refused resume writes nothing");
 });
+
+test("--resume of a damaged checkpoint (state.safetensors cut short, state.json not JSON) says to start over with --force, the flag that does", async () => {
+  const out = path.join(tmpDir(), "run");
+  await finetune(MODEL, { ...common, out, shouldStop: () => losses(out) >= 1 });
+  const file = path.join(out, "checkpoint", "state.safetensors");
+  fs.truncateSync(file, fs.statSync(file).size >> 1);
+  const damaged = (re: RegExp) => (e: Error) => e instanceof MlaError && e.code === "BAD_CHECKPOINT" && re.test(e.message) && /hint: .*--force instead of --resume/.test(e.message);
+  await assert.rejects(finetune(MODEL, { ...common, out, resume: true }), damaged(/state\.safetensors: /));
+  fs.writeFileSync(path.join(out, "checkpoint", "state.json"), "{bad");
+  await assert.rejects(finetune(MODEL, { ...common, out, resume: true }), damaged(/state\.json: not valid JSON/));
+});
