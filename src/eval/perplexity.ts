@@ -122,13 +122,31 @@ export function checkCtx(ctx: number, flag = "--ctx"): void {
 
 const PERPLEXITY_KINDS: OptionKinds<PerplexityOptions> = { ctx: "number", progress: "object", label: "string", signal: "object", shouldStop: "function", batch: "number", bf16: "boolean", kvCache: "string" };
 
-export async function perplexity(model: LlamaModel, ids: Int32Array, opts: PerplexityOptions): Promise<PerplexityResult> {
+/**
+ * `ids` as the Int32Array the forward reads, every one a token of the vocabulary. From a script, a
+ * plain array crashed on `subarray`, a Float32Array's bytes reached the native cross-entropy as
+ * int32 targets (a segmentation fault), and an id past the vocabulary scored NaN on the reference backend.
+ */
+function checkTokenIds(ids: unknown, vocabSize: number): Int32Array {
+  const arrayLike = Array.isArray(ids) || ids instanceof Int32Array || ids instanceof Uint32Array || ids instanceof Uint16Array;
+  if (!arrayLike) throw new MlaError("BAD_ARGUMENT", `perplexity(): ids is ${ids === null ? "null" : (ids as object)?.constructor?.name ?? typeof ids}, not token ids`, "pass an Int32Array (or an array) of token ids, e.g. tokenizeForEval(tokenizer, text)");
+  const list = ids as ArrayLike<unknown>;
+  for (let i = 0; i < list.length; i++) {
+    const t = list[i];
+    if (!(Number.isInteger(t) && (t as number) >= 0 && (t as number) < vocabSize))
+      throw new MlaError("BAD_ARGUMENT", `perplexity(): ids[${i}] is ${String(t)}, not a token id of this model's vocabulary of ${vocabSize}`, "tokenize the text with the model's own tokenizer (tokenizeForEval)");
+  }
+  return ids instanceof Int32Array ? ids : Int32Array.from(list as ArrayLike<number>);
+}
+
+export async function perplexity(model: LlamaModel, tokenIds: Int32Array, opts: PerplexityOptions): Promise<PerplexityResult> {
   // From a script: a misspelt name or an unknown cache type ("fp8") scored with every key zeroed.
   checkOptionTypes("perplexity()", opts, PERPLEXITY_KINDS);
   if (opts.kvCache !== undefined) checkKvCacheDtype(opts.kvCache);
   const { ctx } = opts;
   const bos = requireBos(model.config.bosTokenId);
   checkCtx(ctx);
+  const ids = checkTokenIds(tokenIds, model.config.vocabSize);
   if (ids.length === 0) throw new MlaError("BAD_TEXT", "the text has no tokens", "pass a non-empty text");
   const stride = ctx - 1;
   const windows = Math.ceil(ids.length / stride);

@@ -67,3 +67,20 @@ test("tokenLosses: the LM head in row chunks gives forward's per-token cross-ent
   }
   assert.throws(() => lm.model.tokenLosses(input, targets.subarray(1)), (e: unknown) => e instanceof MlaError && /119 targets for 120 tokens/.test(e.message));
 });
+
+// From a script: a plain array threw "ids.subarray is not a function", a Float32Array's bytes reached the
+// native cross-entropy as int32 targets (a segmentation fault), an id past the vocabulary scored NaN on
+// the reference backend and a negative one a number.
+test("perplexity: ids that are not token ids of the model are refused by name; a plain array of ids is taken", async () => {
+  const lm = loadModel(path.join(MODELS, "stories260K"));
+  const V = lm.config.vocabSize;
+  const refused = (re: RegExp) => (e: unknown) => e instanceof MlaError && e.code === "BAD_ARGUMENT" && re.test(e.message);
+  await assert.rejects(perplexity(lm.model, Float32Array.of(403.5, 2, 408) as unknown as Int32Array, { ctx: 3, progress: null }), refused(/ids is Float32Array, not token ids/));
+  await assert.rejects(perplexity(lm.model, Int32Array.of(403, V, 408), { ctx: 3, progress: null }), refused(new RegExp(`ids\\[1\\] is ${V}, not a token id of this model's vocabulary of ${V}`)));
+  await assert.rejects(perplexity(lm.model, Int32Array.of(403, 407, -1), { ctx: 3, progress: null }), refused(/ids\[2\] is -1/));
+  await assert.rejects(perplexity(lm.model, [403, 1.5] as unknown as Int32Array, { ctx: 3, progress: null }), refused(/ids\[1\] is 1\.5/));
+  const typed = await perplexity(lm.model, Int32Array.of(403, 407, 408, 409), { ctx: 3, progress: null });
+  const plain = await perplexity(lm.model, [403, 407, 408, 409] as unknown as Int32Array, { ctx: 3, progress: null });
+  assert.equal(plain.nll, typed.nll);
+  assert.ok(Number.isFinite(typed.nll));
+});
