@@ -5,7 +5,7 @@ import { test } from "node:test";
 import { MlaError } from "../../src/errors.js";
 import { loadModel } from "../../src/model/llama.js";
 import { evaluate } from "../../src/eval/evaluate.js";
-import { parseTaskNames, runTask, TASKS, TaskName } from "../../src/eval/tasks/index.js";
+import { accNormPick, parseTaskNames, runTask, TASKS, TaskName } from "../../src/eval/tasks/index.js";
 import { parseHellaswag, parseInstructionChoices, parseLambada } from "../../src/eval/tasks/items.js";
 import { GOLDEN, MODELS, SHARED, tmpDir } from "../helpers.js";
 
@@ -99,4 +99,16 @@ test("--limit: 0 or a fraction is refused by runTask as by eval; past the file's
   const r = await evaluate(path.join(MODELS, "stories260K"), { tasks: ["arc-easy"], dataDir: dir, limit: 5, device: "reference", progress: null, logger: { info: () => {}, warn: (m: string) => warnings.push(m) } });
   assert.equal(r.tasks!["arc-easy"]!.n, 2);
   assert.deepEqual(warnings, ["arc-easy: its file holds 2 items, fewer than --limit 5: scored all of them"]);
+});
+
+// lm-eval divides by Python's len(), which counts code points: an emoji is one character, where a JS
+// string's .length counts two UTF-16 units (the pick below went to choice 0 that way).
+test("acc_norm divides by the length in characters (code points), not UTF-16 units", () => {
+  const choices = [" 😀😀", " abcd"];
+  assert.equal([...choices[0]!].length, 3);
+  // −3.3/3 = −1.1 < −5/5 = −1; by UTF-16 units, −3.3/5 = −0.66 would have won.
+  assert.equal(accNormPick([-3.3, -5], choices), 1);
+  assert.equal(accNormPick([-2.7, -5], choices), 0);
+  // Ties go to the lower index.
+  assert.equal(accNormPick([-3, -5], choices), 0);
 });

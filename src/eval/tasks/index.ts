@@ -61,7 +61,16 @@ function stderr(xs: number[]): number {
   return Math.sqrt(xs.reduce((a, x) => a + (x - m) ** 2, 0) / (n - 1) / n);
 }
 
-function argmax(xs: number[]): number {
+/**
+ * The acc_norm pick: the argmax of each choice's log-likelihood divided by its length in characters,
+ * its leading space included (DESIGN.md). Characters as Python's len() counts them (code points): a
+ * character outside the BMP (an emoji) is one, not the two UTF-16 units of a string's .length.
+ */
+export function accNormPick(scores: readonly number[], choices: readonly string[]): number {
+  return argmax(scores.map((s, i) => s / [...choices[i]!].length));
+}
+
+function argmax(xs: readonly number[]): number {
   let best = 0;
   for (let i = 1; i < xs.length; i++) if (xs[i]! > xs[best]!) best = i;
   return best;
@@ -111,7 +120,7 @@ export async function runTask(model: LlamaModel, tok: TextTokenizer, task: TaskN
   const predictions: TaskResult["predictions"] = [];
   for (const it of items) {
     const scores = choiceLoglikelihoods(model, tok, it.context, it.choices, kvCache).map((r) => r.logprob);
-    predictions.push({ acc: argmax(scores), acc_norm: argmax(scores.map((s, i) => s / it.choices[i]!.length)), scores });
+    predictions.push({ acc: argmax(scores), acc_norm: accNormPick(scores, it.choices), scores });
     bar.tick();
     await nextTurn(signal);
   }
