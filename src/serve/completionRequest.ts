@@ -99,10 +99,19 @@ export function bad(message: string, hint: string): MlaError {
   return new MlaError("BAD_ARGUMENT", message, hint);
 }
 
+/**
+ * A field's value as a refusal shows it: JSON, but a number as itself. JSON.parse reads an overflowing
+ * literal (1e400) as Infinity, which JSON.stringify writes as null: "max_tokens null is not …" named
+ * another value than the one sent.
+ */
+export function shown(v: unknown): string {
+  return typeof v === "number" ? String(v) : JSON.stringify(v);
+}
+
 /** `key` of `b` as true or false (`fallback` when absent or null), refused with `hint` otherwise. */
 export function booleanField(b: Record<string, unknown>, key: string, fallback: boolean, hint: string): boolean {
   const v = b[key] ?? fallback;
-  if (typeof v !== "boolean") throw bad(`${key} ${JSON.stringify(v)} is not true or false`, hint);
+  if (typeof v !== "boolean") throw bad(`${key} ${shown(v)} is not true or false`, hint);
   return v;
 }
 
@@ -110,7 +119,7 @@ export function booleanField(b: Record<string, unknown>, key: string, fallback: 
 function numberField(body: Record<string, unknown>, key: string, fallback: number, ok: (v: number) => boolean, expected: string, shownDefault = String(fallback)): number {
   const v = body[key];
   if (v === undefined || v === null) return fallback;
-  if (typeof v !== "number" || !ok(v)) throw bad(`${key} ${JSON.stringify(v)} is not ${expected}`, `send ${key} as ${expected}, or leave it out (default ${shownDefault})`);
+  if (typeof v !== "number" || !ok(v)) throw bad(`${key} ${shown(v)} is not ${expected}`, `send ${key} as ${expected}, or leave it out (default ${shownDefault})`);
   return v;
 }
 
@@ -121,7 +130,7 @@ export function checkedBody(body: unknown, served: { name: string }, known: Read
   const unknown = Object.keys(b).filter((k) => !known.has(k));
   if (unknown.length) throw bad(`unknown field${unknown.length > 1 ? "s" : ""} ${unknown.map((k) => JSON.stringify(k)).join(", ")}`, `the fields read are ${[...known].filter((k) => !(k in unsupported)).join(", ")}`);
   for (const [k, off] of Object.entries(unsupported))
-    if (b[k] !== undefined && b[k] !== null && !off(b[k])) throw bad(`${k} ${JSON.stringify(b[k])} is not supported by this server`, `leave ${k} out (no tools, best_of or suffix)`);
+    if (b[k] !== undefined && b[k] !== null && !off(b[k])) throw bad(`${k} ${shown(b[k])} is not supported by this server`, `leave ${k} out (no tools, best_of or suffix)`);
   if (b["model"] !== undefined && b["model"] !== served.name) throw new MlaError("NOT_FOUND", `model ${JSON.stringify(b["model"])} is not served here`, `this server serves ${JSON.stringify(served.name)} (GET /v1/models); send that name or leave model out`);
   return b;
 }
@@ -202,7 +211,7 @@ function generationFields(b: Record<string, unknown>, maxKey: string, defaultMax
   // top_k as vLLM takes it: -1 (or 0) means all tokens.
   const topK = numberField(b, "top_k", -1, (v) => Number.isInteger(v) && v >= -1, "a whole number (-1: all tokens)");
   const seedV = b["seed"];
-  if (seedV !== undefined && seedV !== null && !(Number.isInteger(seedV) && typeof seedV === "number")) throw bad(`seed ${JSON.stringify(seedV)} is not a whole number`, "send an integer seed, or leave it out for a random one");
+  if (seedV !== undefined && seedV !== null && !(Number.isInteger(seedV) && typeof seedV === "number")) throw bad(`seed ${shown(seedV)} is not a whole number`, "send an integer seed, or leave it out for a random one");
 
   let stop: string[] = [];
   const s = b["stop"];
@@ -259,7 +268,7 @@ function penaltyFields(b: Record<string, unknown>, vocabSize: number): Pick<Samp
   const num = (key: string) => {
     const v = b[key];
     if (v === undefined || v === null) return undefined;
-    if (typeof v !== "number") throw bad(`${key} ${JSON.stringify(v)} is not a number`, `send ${key} as a number, or leave it out`);
+    if (typeof v !== "number") throw bad(`${key} ${shown(v)} is not a number`, `send ${key} as a number, or leave it out`);
     return v;
   };
   const presence = num("presence_penalty"), frequency = num("frequency_penalty"), repetition = num("repetition_penalty");

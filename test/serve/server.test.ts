@@ -158,6 +158,10 @@ test("bad requests get OpenAI error bodies that name the culprit; unknown routes
       [{ prompt: "x", ignore_eos: "yes" }, 400, /ignore_eos "yes" is not true or false/],
       [{ prompt: "x", stop: Array.from({ length: 17 }, (_, i) => `s${i}`) }, 400, /stop holds 17 strings.*at most 16/],
       [{ prompt: "x", stream_options: { include_usage: true } }, 400, /without stream: true/],
+      // JSON.parse reads an overflowing number as Infinity: the refusal names it, not "null".
+      ['{"prompt": "x", "max_tokens": 1e400}', 400, /max_tokens Infinity is not a whole number/],
+      ['{"prompt": "x", "temperature": -1e400}', 400, /temperature -Infinity is not a number ≥ 0/],
+      ['{"prompt": "x", "seed": 1e400}', 400, /seed Infinity is not a whole number/],
     ];
     for (const [body, status, message] of cases) {
       const r = await post(server.url, body);
