@@ -10,6 +10,18 @@ import { KV_CACHE_DTYPES, KvCacheDtype } from "../model/kvQuant.js";
 import { loadChatTemplate } from "../serve/chatTemplate.js";
 import { MlaError, refuseInert } from "../errors.js";
 import { generateOutput } from "./generateOutput.js";
+import { abortOnStop, type AbortStopMessages } from "./signals.js";
+
+/**
+ * Ctrl-C stops after the decode step under way and prints what was generated so far (a streamed text's
+ * held-back end and its newline; several prompts' partial texts), instead of exiting mid-line with
+ * "no partial output was left behind" while the text stayed on the screen. A second one quits at once.
+ */
+const GENERATE_STOP: AbortStopMessages = {
+  stopping: "stopping after this decode step; what was generated so far is printed",
+  kept: "the text printed above is what was generated",
+  stopped: "the text printed is what was generated before the stop",
+};
 
 interface Args {
   model: string;
@@ -72,7 +84,16 @@ export const generateCommand: CommandModule<object, Args> = {
     // the text streams to a terminal: there the text shows it, and a redrawn bar would cut into it.
     const progress = new Progress("generate", Math.max(1, maxTokens) * prompts.length, "tokens", out.streaming && process.stdout.isTTY ? null : process.stderr);
     const onStep = (n: number) => (out.begin(), progress.tick(n));
-    const r = await generateBatchAsync(lm.model, prompts, { maxTokens, temperature: a.temperature, topK: a["top-k"], topP: a["top-p"], minP: a["min-p"], ...penaltyArgs(a), seed: a.seed, kvCache: a["kv-cache"] === "auto" ? defaultKvCache(lm.model) : a["kv-cache"], onStep, ...(out.onToken ? { onToken: out.onToken } : {}) });
+    const r = await abortOnStop(GENERATE_STOP, async (signal) => {
+      try {
+        return await generateBatchAsync(lm.model, prompts, { maxTokens, temperature: a.temperature, topK: a["top-k"], topP: a["top-p"], minP: a["min-p"], ...penaltyArgs(a), seed: a.seed, kvCache: a["kv-cache"] === "auto" ? defaultKvCache(lm.model) : a["kv-cache"], onStep, onToken: out.onToken, signal });
+      } catch (e) {
+        // Stopped: the text so far goes out before the line that says so.
+        if (signal.aborted && e instanceof MlaError && e.code === "INTERRUPTED") out.stopped();
+        throw e;
+      }
+    });
+    if (r === null) return;
     out.end(r.sequences);
     if (r.decodeTokens > 0) stderrLogger.info(`decoded ${r.decodeTokens} tokens of ${prompts.length} prompt${prompts.length > 1 ? "s" : ""} in ${r.decodeSeconds.toFixed(2)} s (${(r.decodeTokens / r.decodeSeconds).toFixed(1)} tokens/s; steps ${r.steps})`);
   },

@@ -5,7 +5,8 @@
  * token by token, would not read, so each is printed whole at the end after its `--- N` line.
  * A chat prints the reply alone (the prompt is the template's markup, its special tokens skipped);
  * else the prompt and its continuation, BOS left out. The stop token that ended a sequence is not
- * text (it printed as "</s>").
+ * text (it printed as "</s>"). A run stopped early (Ctrl-C) prints what was generated so far the same
+ * way: the streamed text's end, or each prompt's partial text after its `--- N` line.
  */
 import type { TextTokenizer } from "../io/tokenizer.js";
 import { IncrementalDecoder } from "../io/incrementalDecode.js";
@@ -14,12 +15,14 @@ import type { Logger } from "../util/log.js";
 export interface GenerateOutput {
   /** Whether the text streams (then a terminal shows the text as progress). */
   readonly streaming: boolean;
-  /** For generate's onToken while streaming. */
-  onToken?: (sequence: number, id: number) => void;
+  /** For generate's onToken: streams one prompt's text, and keeps several prompts' ids for stopped(). */
+  onToken: (sequence: number, id: number) => void;
   /** Generation has begun, its options taken: a streamed prompt goes out (a refused option printed nothing). */
   begin(): void;
   /** The rest: the stream's end, or every sequence's text. */
   end(sequences: readonly { ids: readonly number[] }[]): void;
+  /** Generation stopped early (Ctrl-C): the rest of what was generated so far, as end() prints it. */
+  stopped(): void;
 }
 
 interface Setup {
@@ -35,17 +38,23 @@ interface Setup {
 export function generateOutput(o: Setup): GenerateOutput {
   const { tokenizer, prompts, chat, bos, stops, log } = o;
   const write = (s: string) => void (s && o.write(s));
-  if (prompts.length > 1 || prompts.length === 0)
+  if (prompts.length > 1 || prompts.length === 0) {
+    // Each sequence's ids as they come: a stopped run prints them as a finished one prints its own.
+    const partial: number[][] = prompts.map(() => []);
+    const end = (sequences: readonly { ids: readonly number[] }[]) =>
+      sequences.forEach((s, i) => {
+        if (prompts.length > 1) write(`--- ${i + 1}\n`);
+        const ids = s.ids.length > 0 && stops.has(s.ids[s.ids.length - 1]!) ? s.ids.slice(0, -1) : s.ids;
+        write((chat ? tokenizer.decode(ids, { skipSpecialTokens: true }) : tokenizer.decode([...prompts[i]!, ...ids].filter((t) => t !== bos))) + "\n");
+      });
     return {
       streaming: false,
       begin: () => {},
-      end: (sequences) =>
-        sequences.forEach((s, i) => {
-          if (prompts.length > 1) write(`--- ${i + 1}\n`);
-          const ids = s.ids.length > 0 && stops.has(s.ids[s.ids.length - 1]!) ? s.ids.slice(0, -1) : s.ids;
-          write((chat ? tokenizer.decode(ids, { skipSpecialTokens: true }) : tokenizer.decode([...prompts[i]!, ...ids].filter((t) => t !== bos))) + "\n");
-        }),
+      onToken: (i, t) => void partial[i]?.push(t),
+      end,
+      stopped: () => end(partial.map((ids) => ({ ids }))),
     };
+  }
   const stream = new IncrementalDecoder(tokenizer, { skipSpecialTokens: chat });
   let begun = false;
   const begin = () => {
@@ -60,14 +69,17 @@ export function generateOutput(o: Setup): GenerateOutput {
       // A stop token ends its sequence, so it is the last: the text printed whole left it out.
       if (!stops.has(t) && (chat || t !== bos)) write(stream.push([t]));
     },
-    end: () => {
-      begin();
-      const { rest, exact } = stream.finish();
-      if (!exact) {
-        write("\n");
-        log.warn("the text streamed above differs from the whole sequence's decode (this tokenizer's decode changes earlier text as later tokens come); the whole text follows");
-      }
-      write(rest + "\n");
-    },
+    end: finish,
+    stopped: finish,
   };
+
+  function finish(): void {
+    begin();
+    const { rest, exact } = stream.finish();
+    if (!exact) {
+      write("\n");
+      log.warn("the text streamed above differs from the whole sequence's decode (this tokenizer's decode changes earlier text as later tokens come); the whole text follows");
+    }
+    write(rest + "\n");
+  }
 }

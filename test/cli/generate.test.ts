@@ -91,8 +91,26 @@ test("Ctrl-C keeps the text generated so far: it was on stdout as it came", asyn
   child.kill("SIGINT");
   assert.equal(await watched.exited, 130, watched.stderr());
   assert.ok(out.length > "Once upon a time".length + 30);
+  // Stopped after its step: the text ends its line, and stderr says what it is (not "no partial output").
+  assert.ok(out.endsWith("\n"), JSON.stringify(out.slice(-20)));
+  assert.match(watched.stderr(), /stopped \(SIGINT\): the text printed is what was generated before the stop/);
+  out = out.replace(/\n$/, "");
   // Greedy: the cut-off text and a finished shorter run are both the start of one text.
   assert.ok(out.startsWith(done) || done.startsWith(out), `${JSON.stringify(out)} vs ${JSON.stringify(done)}`);
+});
+
+test("Ctrl-C with several prompts prints each one's text so far after its --- line, then exits 130", async () => {
+  const child = spawn(process.execPath, [MAIN, "generate", "stories260K", "--prompt", "Once", "--prompt", "Tom", "--max-tokens", "1000000", "--device", "reference"], { stdio: ["ignore", "pipe", "pipe"] });
+  let out = "";
+  child.stdout.on("data", (d: Buffer) => (out += d.toString()));
+  const watched = watchChild(child);
+  // Decoding: the progress line has counted some tokens.
+  await watched.until(() => /generate [1-9]\d* ?\/|generate \d+\.\d+k\//.test(watched.stderr()), "decode progress");
+  child.kill("SIGINT");
+  assert.equal(await watched.exited, 130, watched.stderr());
+  const m = /^--- 1\n(Once[^]*)\n--- 2\n(Tom[^]*)\n$/.exec(out);
+  assert.ok(m, JSON.stringify(out));
+  assert.ok(m[1]!.length > "Once".length && m[2]!.length > "Tom".length, "both continued");
 });
 
 test("--top-k, --top-p and --min-p without --temperature are refused, naming them, before the model loads (--seed is taken: scripts pass one always)", () => {
