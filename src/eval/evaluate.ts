@@ -113,6 +113,11 @@ export interface EvalResult {
   conversion: Record<string, unknown> | null;
   params: number;
   kv_elems_per_token: number;
+  /**
+   * KV-cache bytes per token in the checkpoint's dtype (as `inspect` gives it: 12288 for bf16
+   * mha26m-debian), whatever cache the scoring used; kv_cache says which one that was, where --kv-cache
+   * names one (without it, keys and values are attended to as the forward computes them, never stored).
+   */
   kv_bytes_per_token: number;
   /** The cache type perplexity was scored with (--kv-cache) and its bytes per token, all layers, scales included. */
   kv_cache?: { dtype: KvCacheDtype; bytes_per_token: number };
