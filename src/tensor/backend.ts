@@ -146,6 +146,18 @@ export function latentAttentionDecodeBatchDims(qr: Tensor, kr: readonly Tensor[]
   return { B, H, Hkv, Dr, L };
 }
 
+/**
+ * AttentionOptions.window checked, in the native kernels' encoding (0: no window). A window must be a
+ * whole number of keys ≥ 1: 0 masked every key on the reference backend while the native kernels
+ * read it as "none", and a fraction indexed keys between rows.
+ */
+export function attentionWindow(op: string, window: number | null): number {
+  if (window === null) return 0;
+  if (!(Number.isInteger(window) && window >= 1))
+    throw new MlaError("BAD_ARGUMENT", `${op}: a sliding window of ${window} keys`, "a window is a whole number of keys ≥ 1 (null: full attention); check the config's sliding_window");
+  return window;
+}
+
 /** The keys query row t may attend to, as an inclusive range [lo, hi] of S cached rows (causal, sliding window). */
 export function visibleKeys(t: number, S: number, opts: AttentionOptions): [number, number] {
   const qpos = t + opts.queryOffset;

@@ -7,9 +7,9 @@ import fs from "node:fs";
 import koffi from "koffi";
 import { MlaError } from "../../errors.js";
 import { libraryFile, missingLibrary, unloadableLibrary } from "./libraryFile.js";
-import { headLinearDims, latentAttentionDims, type AttentionOptions, type CalibrationKernels } from "../../tensor/backend.js";
+import { attentionWindow, headLinearDims, latentAttentionDims, type AttentionOptions, type CalibrationKernels } from "../../tensor/backend.js";
 import { Tensor, expectShape } from "../../tensor/tensor.js";
-import { ReferenceBackend, data, rows } from "../reference/index.js";
+import { ReferenceBackend, checkIds, checkTargets, data, rows } from "../reference/index.js";
 import type { HostOptimizerLoops } from "../reference/training.js";
 import { calibrationKernels, optimizerKernels } from "./kernels.js";
 import type { Linalg } from "./linalg.js";
@@ -182,7 +182,7 @@ export class NativeCpuBackend extends ReferenceBackend {
   override latentAttention(qr: Tensor, kr: Tensor, qc: Tensor, c: Tensor, opts: AttentionOptions): Tensor {
     const { T, H, Dr, S, Hkv, L } = latentAttentionDims(qr, kr, qc, c);
     const o = new Float32Array(T * H * L);
-    this.call("latent attention", this.lib.latentAttention(f32(qr), f32(kr), f32(qc), f32(c), o, T, S, H, Hkv, Dr, L, opts.scale, opts.queryOffset, opts.window ?? 0));
+    this.call("latent attention", this.lib.latentAttention(f32(qr), f32(kr), f32(qc), f32(c), o, T, S, H, Hkv, Dr, L, opts.scale, opts.queryOffset, attentionWindow("latentAttention", opts.window)));
     return this.make([T, H, L], o);
   }
 
@@ -193,7 +193,7 @@ export class NativeCpuBackend extends ReferenceBackend {
     expectShape("attention", "k", k, [S, Hkv, Dh]);
     expectShape("attention", "v", v, [S, Hkv, Dv]);
     const o = new Float32Array(T * H * Dv);
-    this.call("attention", this.lib.attention(data(q), data(k), data(v), o, T, S, H, Hkv, Dh, Dv, opts.scale, opts.queryOffset, opts.window ?? 0));
+    this.call("attention", this.lib.attention(data(q), data(k), data(v), o, T, S, H, Hkv, Dh, Dv, opts.scale, opts.queryOffset, attentionWindow("attention", opts.window)));
     return this.make([T, H, Dv], o);
   }
 
@@ -205,7 +205,7 @@ export class NativeCpuBackend extends ReferenceBackend {
     const dq = new Float32Array(T * H * Dh);
     const dk = new Float32Array(S * Hkv * Dh);
     const dv = new Float32Array(S * Hkv * Dv);
-    this.call("attention_backward", this.lib.attentionBackward(data(q), data(k), data(v), data(dOut), dq, dk, dv, T, S, H, Hkv, Dh, Dv, opts.scale, opts.queryOffset, opts.window ?? 0));
+    this.call("attention_backward", this.lib.attentionBackward(data(q), data(k), data(v), data(dOut), dq, dk, dv, T, S, H, Hkv, Dh, Dv, opts.scale, opts.queryOffset, attentionWindow("attentionBackward", opts.window)));
     return { dq: this.make(q.shape, dq), dk: this.make(k.shape, dk), dv: this.make(v.shape, dv) };
   }
 
@@ -255,6 +255,7 @@ export class NativeCpuBackend extends ReferenceBackend {
   override embeddingBackward(ids: Int32Array, dy: Tensor, vocab: number): Tensor {
     const D = last(dy);
     expectShape("embeddingBackward", "dy", dy, [ids.length, D]);
+    checkIds("embeddingBackward", ids, vocab);
     const out = new Float32Array(vocab * D);
     this.call("embedding_backward", this.lib.embeddingBackward(ids, data(dy), out, ids.length, vocab, D));
     return this.make([vocab, D], out);
@@ -274,15 +275,10 @@ export class NativeCpuBackend extends ReferenceBackend {
     return { dgate: this.make(gate.shape, dg), dup: this.make(up.shape, du) };
   }
 
-  private checkTargets(targets: Int32Array, T: number, V: number): void {
-    if (targets.length !== T) throw new MlaError("BAD_ARGUMENT", `crossEntropy: ${targets.length} targets for ${T} rows`, "one target per row");
-    for (const t of targets) if (!(t >= 0 && t < V)) throw new MlaError("BAD_ARGUMENT", `crossEntropy: target ${t} is outside the vocabulary of ${V}`, "the tokenizer and the model do not match");
-  }
-
   override crossEntropy(logits: Tensor, targets: Int32Array): Float64Array {
     const V = last(logits);
     const T = rows(logits);
-    this.checkTargets(targets, T, V);
+    checkTargets("crossEntropy", targets, T, V);
     const loss = new Float64Array(T);
     this.call("cross_entropy", this.lib.crossEntropy(data(logits), targets, loss, null, 0, T, V));
     return loss;
@@ -291,7 +287,7 @@ export class NativeCpuBackend extends ReferenceBackend {
   override crossEntropyBackward(logits: Tensor, targets: Int32Array, scale: number): Tensor {
     const V = last(logits);
     const T = rows(logits);
-    this.checkTargets(targets, T, V);
+    checkTargets("crossEntropyBackward", targets, T, V);
     const d = new Float32Array(logits.size);
     this.call("cross_entropy", this.lib.crossEntropy(data(logits), targets, null, d, scale, T, V));
     return this.make(logits.shape, d);

@@ -2,12 +2,11 @@
  * Backward ops of the reference backend, in the same style as the forward ops (float64
  * accumulation). Each has a finite-difference test in test/backends/backward.test.ts.
  */
-import { MlaError } from "../../errors.js";
-import { visibleKeys } from "../../tensor/backend.js";
+import { attentionWindow, visibleKeys } from "../../tensor/backend.js";
 import type { AttentionOptions } from "../../tensor/backend.js";
 import { Tensor, expectShape } from "../../tensor/tensor.js";
 import type { ReferenceBackend } from "./index.js";
-import { data, rows } from "./index.js";
+import { checkColumns, checkIds, checkTargets, data, rows } from "./index.js";
 
 function last(t: Tensor): number {
   return t.shape[t.shape.length - 1]!;
@@ -91,6 +90,7 @@ export function attentionBackward(B: ReferenceBackend, q: Tensor, k: Tensor, v: 
   const [S, Hkv] = k.shape as [number, number];
   const Dv = last(v);
   expectShape("attentionBackward", "dOut", dOut, [T, H, Dv]);
+  attentionWindow("attentionBackward", opts.window);
   const group = H / Hkv;
   const Q = data(q);
   const K = data(k);
@@ -159,6 +159,8 @@ export function swigluBackward(B: ReferenceBackend, gate: Tensor, up: Tensor, dy
 
 export function embeddingBackward(B: ReferenceBackend, ids: Int32Array, dy: Tensor, vocab: number) {
   const D = last(dy);
+  expectShape("embeddingBackward", "dy", dy, [ids.length, D]);
+  checkIds("embeddingBackward", ids, vocab);
   const G = data(dy);
   const out = new Float64Array(vocab * D);
   for (let t = 0; t < ids.length; t++) for (let d = 0; d < D; d++) out[ids[t]! * D + d] += G[t * D + d]!;
@@ -178,7 +180,7 @@ export function crossEntropyBackward(B: ReferenceBackend, logits: Tensor, target
   const V = last(logits);
   const L = data(logits);
   const T = rows(logits);
-  if (targets.length !== T) throw new MlaError("BAD_ARGUMENT", `crossEntropyBackward: ${targets.length} targets for ${T} rows`, "one target per row");
+  checkTargets("crossEntropyBackward", targets, T, V);
   const out = B.alloc(L.length);
   const p = new Float64Array(V);
   for (let t = 0; t < T; t++) {
@@ -216,6 +218,7 @@ export function klDivergence(B: ReferenceBackend, student: Tensor, teacher: Tens
 export function scatterCols(B: ReferenceBackend, dy: Tensor, idx: Int32Array, n: number) {
   const K = last(dy);
   const M = rows(dy);
+  checkColumns("scatterCols", idx, n);
   const G = data(dy);
   const out = B.alloc(M * n);
   for (let m = 0; m < M; m++) for (let k = 0; k < K; k++) out[m * n + idx[k]!] += G[m * K + k]!;

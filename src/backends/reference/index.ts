@@ -5,7 +5,7 @@
  * serves as the default backend for small models. Backward ops live in ./backward.ts.
  */
 import { MlaError } from "../../errors.js";
-import { headLinearDims, latentAttentionDims, visibleKeys } from "../../tensor/backend.js";
+import { attentionWindow, headLinearDims, latentAttentionDims, visibleKeys } from "../../tensor/backend.js";
 import type { AttentionOptions, Backend, DecodeBatchOptions, TrainingKernels } from "../../tensor/backend.js";
 import { attentionDecodeByRows, latentAttentionDecodeByRows } from "../../tensor/rows.js";
 import { hostTraining, HostOptimizerLoops } from "./training.js";
@@ -27,6 +27,24 @@ export function rows(t: Tensor): number {
   let n = 1;
   for (let i = 0; i < t.shape.length - 1; i++) n *= t.shape[i]!;
   return n;
+}
+
+/** Refuses a target outside [0, V) (read unchecked, −1 read the previous row's last logit). */
+export function checkTargets(op: string, targets: Int32Array, T: number, V: number): void {
+  if (targets.length !== T) throw new MlaError("BAD_ARGUMENT", `${op}: ${targets.length} targets for ${T} rows`, "one target per row");
+  for (const t of targets) if (!(t >= 0 && t < V)) throw new MlaError("BAD_ARGUMENT", `${op}: target ${t} is outside the vocabulary of ${V}`, "the tokenizer and the model do not match");
+}
+
+/** Refuses token ids outside [0, V) (an embedding's backward dropped such a row's gradient silently). */
+export function checkIds(op: string, ids: Int32Array, V: number): void {
+  ids.forEach((id, t) => {
+    if (!(id >= 0 && id < V)) throw new MlaError("BAD_ARGUMENT", `${op}: token id ${id} at position ${t} is outside the vocabulary of ${V}`, "the tokenizer and the model do not match");
+  });
+}
+
+/** Refuses column indices outside [0, N) (gatherCols read undefined, scatterCols dropped the column). */
+export function checkColumns(op: string, idx: Int32Array, N: number): void {
+  for (const j of idx) if (!(j >= 0 && j < N)) throw new MlaError("BAD_ARGUMENT", `${op}: column ${j} is outside a row of ${N}`, "this is a bug in the caller (a RoPE index set that does not fit the head dim)");
 }
 
 export class ReferenceBackend implements Backend {
@@ -178,6 +196,7 @@ export class ReferenceBackend implements Backend {
 
   latentAttention(qr: Tensor, kr: Tensor, qc: Tensor, c: Tensor, opts: AttentionOptions): Tensor {
     const { T, H, Dr, S, Hkv, L } = latentAttentionDims(qr, kr, qc, c);
+    attentionWindow("latentAttention", opts.window);
     const group = H / Hkv;
     const QR = data(qr);
     const KR = data(kr);
@@ -223,6 +242,7 @@ export class ReferenceBackend implements Backend {
     expectShape("attention", "k", k, [S, Hkv, Dh]);
     expectShape("attention", "v", v, [S, Hkv, Dv]);
     if (H % Hkv !== 0) throw new MlaError("BAD_ARGUMENT", `attention: ${H} query heads do not divide into ${Hkv} KV heads`, "H must be a multiple of Hkv");
+    attentionWindow("attention", opts.window);
     const group = H / Hkv;
     const Q = data(q);
     const K = data(k);
@@ -294,7 +314,7 @@ export class ReferenceBackend implements Backend {
   crossEntropy(logits: Tensor, targets: Int32Array): Float64Array {
     const V = last(logits);
     const T = rows(logits);
-    if (targets.length !== T) throw new MlaError("BAD_ARGUMENT", `crossEntropy: ${targets.length} targets for ${T} rows`, "one target per row");
+    checkTargets("crossEntropy", targets, T, V);
     const L = data(logits);
     const out = new Float64Array(T);
     for (let t = 0; t < T; t++) {
@@ -329,6 +349,7 @@ export class ReferenceBackend implements Backend {
   gatherCols(x: Tensor, idx: Int32Array): Tensor {
     const N = last(x);
     const M = rows(x);
+    checkColumns("gatherCols", idx, N);
     const X = data(x);
     const Y = this.alloc(M * idx.length);
     for (let m = 0; m < M; m++) for (let k = 0; k < idx.length; k++) Y[m * idx.length + k] = X[m * N + idx[k]!]!;

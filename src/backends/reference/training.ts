@@ -15,6 +15,9 @@ export interface HostOptimizerLoops {
   scaleInPlace(x: Float32Array, s: number): void;
 }
 
+/** Elements per chunk of a scaled gradient copy (4 MB: above the native loops' threading bound of 65536). */
+const SCALE_CHUNK = 1 << 20;
+
 export function hostTraining(b: ReferenceBackend, loops: () => HostOptimizerLoops | null): TrainingKernels {
   const arr = (t: Tensor) => t.storage as FloatArray;
   return {
@@ -49,8 +52,18 @@ export function hostTraining(b: ReferenceBackend, loops: () => HostOptimizerLoop
       const p = arr(pt), g = arr(gt), m = arr(mt), v = arr(vt);
       const native = loops();
       if (native && p instanceof Float32Array && g instanceof Float32Array && m instanceof Float32Array && v instanceof Float32Array) {
-        if (gradScale !== 1) native.scaleInPlace(g, gradScale);
-        return native.adamw(p, g, m, v, lr, h, c1, c2);
+        if (gradScale === 1) return native.adamw(p, g, m, v, lr, h, c1, c2);
+        // The native step takes no gradient scale, and g is an input (the TypeScript loop and the CUDA
+        // kernel leave it as it was): scale chunks of a copy, not g itself.
+        const scratch = new Float32Array(Math.min(g.length, SCALE_CHUNK));
+        for (let a = 0; a < g.length; a += SCALE_CHUNK) {
+          const e = Math.min(g.length, a + SCALE_CHUNK);
+          const gs = scratch.subarray(0, e - a);
+          gs.set(g.subarray(a, e));
+          native.scaleInPlace(gs, gradScale);
+          native.adamw(p.subarray(a, e), gs, m.subarray(a, e), v.subarray(a, e), lr, h, c1, c2);
+        }
+        return;
       }
       const { beta1, beta2, eps, weightDecay } = h;
       for (let j = 0; j < p.length; j++) {
