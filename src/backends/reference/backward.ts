@@ -1,6 +1,7 @@
 /**
  * Backward ops of the reference backend, in the same style as the forward ops (float64
- * accumulation). Each has a finite-difference test in test/backends/backward.test.ts.
+ * accumulation). Each has a finite-difference test in test/backends/backward.test.ts (float64) and
+ * test/backends/cpuBackward.test.ts (every CPU backend).
  */
 import { attentionWindow, visibleKeys } from "../../tensor/backend.js";
 import type { AttentionOptions } from "../../tensor/backend.js";
