@@ -194,28 +194,33 @@ async function convertInScope(spec: string, opts: ConvertOptions): Promise<Conve
 /**
  * What runs the original model: calibration (2-norm scores, covariances) and the per-layer split
  * choice. Returns how each layer will be factored and the converted model's attention; the model is
- * dropped on return, before the writer streams the checkpoint layer by layer.
+ * disposed on return, before the writer streams the checkpoint layer by layer.
  */
 async function analyzeSource(srcDir: string, src: Checkpoint, config: ModelConfig, settings: ConversionSettings, plan: ConversionPlan, windows: Int32Array[], opts: ConvertOptions, log: Logger, timings: Record<string, number>): Promise<{ source: LayerSource; attention: MlaAttention; choice: SplitChoice | null }> {
   const perLayer = settings.kvSplit === "per-layer";
   const calibrated = settings.ropeStrategy === "2-norm" || settings.svdInit === "activations";
   const original = calibrated || perLayer ? loadModel(srcDir, { backend: selectBackend(opts.device ?? "auto", log) }).model : null;
-  let stats: CalibrationStats | null = null;
-  if (original && calibrated) {
-    stats = await calibrate(original, windows, { covariance: settings.svdInit === "activations", progress: opts.progress, signal: opts.signal });
-    timings["calibration_s"] = stats.seconds;
+  // Its weights go back to the backend on return, however it returns, not when the collector runs.
+  try {
+    let stats: CalibrationStats | null = null;
+    if (original && calibrated) {
+      stats = await calibrate(original, windows, { covariance: settings.svdInit === "activations", progress: opts.progress, signal: opts.signal });
+      timings["calibration_s"] = stats.seconds;
+    }
+    // The split choice keeps each layer's winning factors for the writer, within a budget (keptFactorBytes).
+    const source = new LayerSource(src, config, settings, stats, opts.signal, perLayer ? keptFactorBytes() : 0);
+    const { svd, gateDim } = settings;
+    if (!perLayer) {
+      const split = { ropePairs: settings.ropePairs, rank: settings.rank, latentDim: plan.latentDim };
+      const selection = Array.from({ length: config.layers }, (_, l) => source.pairs(l, settings.ropePairs));
+      return { source, attention: { kind: "mla", splits: Array.from({ length: config.layers }, () => split), selection, svd, gateDim }, choice: null };
+    }
+    const choice = await chooseKvSplits(original!, windows, source, settings, log, { progress: opts.progress, signal: opts.signal });
+    timings["kv_split_s"] = choice.seconds;
+    return { source, attention: { kind: "mla", splits: choice.chosen.map((i) => choice.candidates[i]!), selection: choice.selection, svd, gateDim }, choice };
+  } finally {
+    original?.dispose();
   }
-  // The split choice keeps each layer's winning factors for the writer, within a budget (keptFactorBytes).
-  const source = new LayerSource(src, config, settings, stats, opts.signal, perLayer ? keptFactorBytes() : 0);
-  const { svd, gateDim } = settings;
-  if (!perLayer) {
-    const split = { ropePairs: settings.ropePairs, rank: settings.rank, latentDim: plan.latentDim };
-    const selection = Array.from({ length: config.layers }, (_, l) => source.pairs(l, settings.ropePairs));
-    return { source, attention: { kind: "mla", splits: Array.from({ length: config.layers }, () => split), selection, svd, gateDim }, choice: null };
-  }
-  const choice = await chooseKvSplits(original!, windows, source, settings, log, { progress: opts.progress, signal: opts.signal });
-  timings["kv_split_s"] = choice.seconds;
-  return { source, attention: { kind: "mla", splits: choice.chosen.map((i) => choice.candidates[i]!), selection: choice.selection, svd, gateDim }, choice };
 }
 
 /** Where the conversion's time went: factoring (summed per layer, overlapped) and what the writer loop waited for. */

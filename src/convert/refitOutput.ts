@@ -36,8 +36,20 @@ export const REFIT_RIDGE = 1e-3;
  * checkpoint files holding an o_proj are rewritten) against the original in `srcDir`, on calibration `windows`.
  */
 export async function refitOutputProjections(srcDir: string, convDir: string, windows: Int32Array[], backend: Backend, opts: { ridge?: number; progress?: ProgressSink | null; signal?: AbortSignal } = {}): Promise<RefitResult> {
+  // Both models' weights go back to the backend when the refit ends, however it ends (on a GPU, two
+  // copies of a 7B model would otherwise wait for the garbage collector).
   const original = loadModel(srcDir, { backend }).model;
-  const converted = loadModel(convDir, { backend }).model;
+  let converted: LlamaModel | null = null;
+  try {
+    converted = loadModel(convDir, { backend }).model;
+    return await refitLoaded(original, converted, convDir, windows, backend, opts);
+  } finally {
+    converted?.dispose();
+    original.dispose();
+  }
+}
+
+async function refitLoaded(original: LlamaModel, converted: LlamaModel, convDir: string, windows: Int32Array[], backend: Backend, opts: { ridge?: number; progress?: ProgressSink | null; signal?: AbortSignal }): Promise<RefitResult> {
   const L = converted.config.layers;
   const progress = new Progress("refit o_proj", L * windows.length, "windows", opts.progress);
   const result: RefitResult = { before: [], after: [] };

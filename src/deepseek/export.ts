@@ -236,8 +236,13 @@ async function convertDeepseekInScope(spec: string, o: DeepseekOptions): Promise
     let windows: Int32Array[] = [];
     if (o.calib) {
       const { model, tokenizer } = loadModel(srcDir, { backend: selectBackend(o.device ?? "auto", log) });
-      windows = calibrationWindows(tokenizer, readCalibrationText(o.calib), o.calibSamples ?? DEFAULT_CALIB_SAMPLES, o.calibLen ?? DEFAULT_CALIB_LEN, c.bosTokenId, o.calib);
-      stats = await calibrate(model, windows, { covariance: true, progress: o.progress, signal: o.signal });
+      // The model only calibrates: its weights go back to the backend before the factoring starts.
+      try {
+        windows = calibrationWindows(tokenizer, readCalibrationText(o.calib), o.calibSamples ?? DEFAULT_CALIB_SAMPLES, o.calibLen ?? DEFAULT_CALIB_LEN, c.bosTokenId, o.calib);
+        stats = await calibrate(model, windows, { covariance: true, progress: o.progress, signal: o.signal });
+      } finally {
+        model.dispose();
+      }
     }
     const cov = (l: number) => stats?.covariance?.[l] ?? null;
     useLinalg(selectLinalg(o.device ?? "auto", log));

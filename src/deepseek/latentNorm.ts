@@ -16,7 +16,8 @@
 import { Checkpoint } from "../io/checkpoint.js";
 import { roundingFor } from "../io/dtype.js";
 import { rewriteTensors } from "../io/rewriteTensors.js";
-import { loadModel } from "../model/llama.js";
+import { loadModel, type LlamaModel } from "../model/llama.js";
+import type { ModelConfig } from "../model/config.js";
 import { layerPrefix, type DeepseekWeights } from "../model/weights.js";
 import { LATENT_NORM_EPS } from "../model/attention/deepseek.js";
 import type { Backend } from "../tensor/backend.js";
@@ -95,6 +96,15 @@ export interface LatentNormFit {
  */
 export async function fitLatentNorms(dir: string, windows: Int32Array[], backend: Backend, opts: { progress?: ProgressSink | null; signal?: AbortSignal } = {}): Promise<LatentNormFit> {
   const { model, config: c } = loadModel(dir, { backend });
+  // The model's weights go back to the backend when the fit ends, however it ends.
+  try {
+    return await fitLoaded(model, c, dir, windows, backend, opts);
+  } finally {
+    model.dispose();
+  }
+}
+
+async function fitLoaded(model: LlamaModel, c: ModelConfig, dir: string, windows: Int32Array[], backend: Backend, opts: { progress?: ProgressSink | null; signal?: AbortSignal }): Promise<LatentNormFit> {
   if (c.attention.kind !== "deepseek") throw new Error(`fitLatentNorms on a ${c.attention.kind} model`);
   const rk = c.attention.kvLoraRank;
   const latentCols = Int32Array.from({ length: rk }, (_, i) => i);
