@@ -10,7 +10,24 @@ import { MlaError, ioError } from "../errors.js";
 
 const live = new Set<string>();
 
+/**
+ * An output folder whose path holds something else than a folder (a file, a link to one) is refused
+ * whatever --force says: --force replaces an earlier output folder, and a file there is something
+ * else the user keeps (`--out notes.txt --force` replaced notes.txt with the converted model).
+ */
+export function refuseFileAsOutDir(out: string): void {
+  let st: fs.Stats;
+  try {
+    st = fs.statSync(out);
+  } catch {
+    return; // nothing there (or a dangling link, which the rename replaces)
+  }
+  if (!st.isDirectory()) throw new MlaError("BAD_ARGUMENT", `--out ${out} is a file, not a folder`, "--out names the output folder, and --force replaces only an earlier output folder: choose another --out, or move the file away");
+}
+
+/** Refuses an output folder that exists, unless `force` (then only a folder: refuseFileAsOutDir). */
 export function refuseExisting(out: string, force: boolean): void {
+  refuseFileAsOutDir(out);
   if (fs.existsSync(out) && !force) throw new MlaError("EXISTS", `output ${out} already exists`, "pass --force to replace it, or choose another --out");
 }
 

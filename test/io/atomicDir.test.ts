@@ -3,7 +3,8 @@ import { spawn } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
 import { test } from "node:test";
-import { abandonOutDir, beginOutDir, copyFileFresh } from "../../src/io/atomicDir.js";
+import { abandonOutDir, beginOutDir, commitOutDir, copyFileFresh, refuseFileAsOutDir } from "../../src/io/atomicDir.js";
+import { MlaError } from "../../src/errors.js";
 import { tmpDir } from "../helpers.js";
 
 /** A pid that is certainly dead: a child that has exited and been reaped. */
@@ -57,4 +58,37 @@ test("an output folder gets the mode mkdir gives (mkdtemp's 0700 kept other user
   fs.chmodSync(src, 0o444);
   copyFileFresh(src, path.join(parent, "copy.json"));
   assert.equal(fs.statSync(path.join(parent, "copy.json")).mode & 0o777, 0o666 & ~mask);
+});
+
+test("--force replaces an earlier output folder, never a file (or a link to one) at --out: refused naming it, the file kept", () => {
+  const parent = tmpDir();
+  const file = path.join(parent, "f.txt");
+  fs.writeFileSync(file, "hi\n");
+  const link = path.join(parent, "link");
+  fs.symlinkSync(file, link);
+  const isFile = (name: string) => (e: unknown) => e instanceof MlaError && e.code === "BAD_ARGUMENT" && new RegExp(`^--out \\S*${name} is a file, not a folder\n  hint: --out names the output folder, and --force replaces only an earlier output folder`).test(e.message);
+  for (const out of [file, link]) {
+    for (const force of [false, true]) assert.throws(() => beginOutDir(out, force), isFile(path.basename(out)));
+    assert.throws(() => refuseFileAsOutDir(out), isFile(path.basename(out)));
+  }
+  // A file put there while the work ran is refused at the rename too.
+  const out = path.join(parent, "late");
+  const tmp = beginOutDir(out, true);
+  fs.writeFileSync(out, "late\n");
+  assert.throws(() => commitOutDir(tmp, out, true), isFile("late"));
+  abandonOutDir(tmp);
+  assert.equal(fs.readFileSync(file, "utf8"), "hi\n");
+  assert.equal(fs.readFileSync(out, "utf8"), "late\n");
+  assert.deepEqual(fs.readdirSync(parent).sort(), ["f.txt", "late", "link"]);
+  // A folder is replaced with --force, as before; a dangling link or nothing is no obstacle.
+  const dir = path.join(parent, "d");
+  fs.mkdirSync(dir);
+  fs.writeFileSync(path.join(dir, "old"), "");
+  const t2 = beginOutDir(dir, true);
+  fs.writeFileSync(path.join(t2, "new"), "");
+  commitOutDir(t2, dir, true);
+  assert.deepEqual(fs.readdirSync(dir), ["new"]);
+  fs.symlinkSync(path.join(parent, "gone"), path.join(parent, "dangling"));
+  refuseFileAsOutDir(path.join(parent, "dangling"));
+  refuseFileAsOutDir(path.join(parent, "absent"));
 });
