@@ -42,12 +42,14 @@ export function readHfConfig(dir: string): ModelConfig {
 /**
  * The one attention window every layer uses, or null for full attention, as transformers decides it:
  * an explicit `layer_types` list first; else Mistral slides everywhere; Qwen2 with
- * `use_sliding_window` slides only from layer `max_window_layers` (default 28) on, so Qwen2-7B's
+ * `use_sliding_window` slides only from layer `max_window_layers` (default 28) on (without it, never), so Qwen2-7B's
  * 28 layers under its default never slide. The runtime keeps one window for all layers, so a model
  * whose layers mix the two is refused rather than run with the wrong mask on some of them.
  */
 function slidingWindowOf(raw: Raw, modelType: string, layers: number, file: string): number | null {
-  const size = typeof raw["sliding_window"] === "number" ? (raw["sliding_window"] as number) : null;
+  // Qwen2Config sets sliding_window to None unless use_sliding_window (default false), before it reads
+  // layer_types: its layers then attend fully whatever those say, and the key's value is never read.
+  if (modelType === "qwen2" && raw["use_sliding_window"] !== true) return null;
   let sliding: boolean[];
   const types = raw["layer_types"];
   if (Array.isArray(types)) {
@@ -56,14 +58,17 @@ function slidingWindowOf(raw: Raw, modelType: string, layers: number, file: stri
     sliding = types.map((t) => t === "sliding_attention");
   } else if (modelType === "mistral") {
     sliding = new Array<boolean>(layers).fill(true);
-  } else if (modelType === "qwen2" && raw["use_sliding_window"] === true) {
+  } else if (modelType === "qwen2") {
     const from = typeof raw["max_window_layers"] === "number" ? (raw["max_window_layers"] as number) : 28;
     sliding = Array.from({ length: layers }, (_, i) => i >= from);
   } else {
     return null;
   }
   const count = sliding.filter(Boolean).length;
-  if (count === 0 || size === null) return null;
+  // Read only where a layer slides: transformers ignores the key elsewhere (Qwen2 configs carry
+  // sliding_window 131072 or 4096 beside use_sliding_window false and mean full attention).
+  const size = count === 0 ? null : windowSize(raw["sliding_window"], file);
+  if (size === null) return null;
   if (count < layers)
     throw new MlaError(
       "UNSUPPORTED",
@@ -71,6 +76,19 @@ function slidingWindowOf(raw: Raw, modelType: string, layers: number, file: stri
       "mha2mla runs one attention window for every layer; a model that mixes them is not supported",
     );
   return size;
+}
+
+/**
+ * `sliding_window`: null or absent is no window (full attention, as transformers reads it); else how
+ * many of the latest positions a query sees, its own included, a whole number ≥ 1. A window of 0
+ * masked every key on the reference backend (NaN) and none on the native ones, so the backends
+ * disagreed about the same model; a fraction or a negative one means nothing.
+ */
+function windowSize(v: unknown, file: string): number | null {
+  if (v === undefined || v === null) return null;
+  if (typeof v !== "number" || !Number.isInteger(v) || v < 1)
+    throw new MlaError("BAD_CONFIG", `${file}: "sliding_window" is ${typeof v === "number" ? String(v) : JSON.stringify(v)}, not a whole number ≥ 1`, "it is how many of the latest positions each token attends to; set it to null (or remove it) for full attention");
+  return v;
 }
 
 /** The ids of an eos_token_id field: a number or a list of numbers. */

@@ -43,6 +43,27 @@ test("sliding windows as transformers places them: Qwen2 from max_window_layers 
   assert.equal(normalizeHfConfig({ ...base, model_type: "mistral", sliding_window: 64, layer_types: full }).slidingWindow, null);
   assert.equal(normalizeHfConfig({ ...base, model_type: "mistral", sliding_window: 64, layer_types: ["sliding_attention", "sliding_attention"] }).slidingWindow, 64);
   assert.throws(() => normalizeHfConfig({ ...base, layer_types: ["full_attention"] }), (e: unknown) => e instanceof MlaError && /each of the 2 layers/.test(e.message));
+  // Qwen2 without use_sliding_window: no window whatever layer_types says (Qwen2Config sets sliding_window to None first).
+  assert.equal(normalizeHfConfig({ ...qwen, num_hidden_layers: 2, use_sliding_window: false, layer_types: ["sliding_attention", "sliding_attention"] }).slidingWindow, null);
+});
+
+test("sliding_window: null or absent is full attention; where a layer slides, a whole number ≥ 1, else refused naming config.json and the key", () => {
+  const mistral = { ...base, model_type: "mistral" };
+  assert.equal(normalizeHfConfig({ ...mistral, sliding_window: null }).slidingWindow, null);
+  assert.equal(normalizeHfConfig({ ...mistral }).slidingWindow, null);
+  assert.equal(normalizeHfConfig({ ...mistral, sliding_window: 1 }).slidingWindow, 1);
+  for (const bad of [0, -4, 2.5, "4096", true, 1e400])
+    assert.throws(
+      () => normalizeHfConfig({ ...mistral, sliding_window: bad }, "/m/config.json"),
+      (e: unknown) => e instanceof MlaError && e.code === "BAD_CONFIG" && /^\/m\/config\.json: "sliding_window" is \S+, not a whole number ≥ 1\n  hint: .*null \(or remove it\) for full attention/.test(e.message),
+      JSON.stringify(bad),
+    );
+  const qwen = { ...base, model_type: "qwen2", sliding_window: 0, max_window_layers: 0 };
+  assert.throws(() => normalizeHfConfig({ ...qwen, use_sliding_window: true }), /"sliding_window" is 0/);
+  // Not read where no layer slides, as transformers ignores it there: Qwen2 without use_sliding_window, a Llama, layers all full.
+  assert.equal(normalizeHfConfig({ ...qwen, use_sliding_window: false }).slidingWindow, null);
+  assert.equal(normalizeHfConfig({ ...base, sliding_window: 0 }).slidingWindow, null);
+  assert.equal(normalizeHfConfig({ ...mistral, sliding_window: 0, layer_types: ["full_attention", "full_attention"] }).slidingWindow, null);
 });
 
 test("rope_scaling llama3 and linear, in both the rope_scaling and the v5 rope_parameters spelling", () => {
