@@ -7,7 +7,7 @@ import { writeFileAtomic } from "../io/atomicDir.js";
 /** Refuses a `--json FILE` that cannot be written (a folder, or under a file), before the command's work. */
 export function checkJsonTarget(target: string | undefined): void {
   if (target === undefined || target === "" || target === "-") return;
-  if (fs.existsSync(target) && fs.statSync(target).isDirectory()) throw new MlaError("BAD_ARGUMENT", `--json ${target} is a folder`, `give a file name, e.g. --json ${path.join(target, "result.json")}`);
+  if (fs.existsSync(target) && fs.statSync(target).isDirectory()) throw new MlaError("BAD_ARGUMENT", `--json ${target} is a folder, not a file`, `--json takes the path of the file to write, e.g. --json ${path.join(target, "result.json")} (or - for stdout)`);
   for (let dir = path.dirname(path.resolve(target)); ; dir = path.dirname(dir)) {
     if (fs.existsSync(dir)) {
       if (!fs.statSync(dir).isDirectory()) throw new MlaError("BAD_ARGUMENT", `--json ${target}: ${dir} is a file, not a folder`, "give a path whose folders are folders");
@@ -17,7 +17,7 @@ export function checkJsonTarget(target: string | undefined): void {
   }
 }
 
-/** `--json` with no value prints to stdout; `--json FILE` writes FILE atomically. */
+/** `--json` with no value or `--json -` prints to stdout; `--json FILE` writes FILE atomically. */
 export function emitJson(target: string | undefined, value: unknown): void {
   const text = JSON.stringify(value, null, 2) + "\n";
   if (target === undefined) return;
@@ -30,7 +30,7 @@ export function emitJson(target: string | undefined, value: unknown): void {
 }
 
 /**
- * Where a command's human summary lines go: stdout, unless `--json` (no value) prints the JSON there,
+ * Where a command's human summary lines go: stdout, unless `--json` (no value, or -) prints the JSON there,
  * which must then be the only thing on stdout (`… --json | jq` parses it).
  */
 export function summaryWriter(json: string | undefined): (line: string) => void {

@@ -87,14 +87,14 @@ test("a flag given twice, a number that is not one, and a bad --temperature are 
     [["eval", "stories260K", "--text", path.join(FIXTURES, "text", "tinystories_25k.txt"), "--json", path.join(FIXTURES, "text", "tinystories.txt", "x.json")], /--json .*x\.json: .*tinystories\.txt is a file, not a folder/],
     [["eval", "stories260K", "--tasks", "piqa", "--data-dir", path.join(FIXTURES, "text")], /task file .*piqa\.test\.json \(piqa\) does not exist/],
     [["eval", "stories260K", "--text", path.join(FIXTURES, "text", "tinystories_25k.txt"), "--tokens", "0"], /--tokens 0 is not a positive count/],
-    [["inspect", "stories260K", "--json", tmpDir()], /--json .* is a folder[\s\S]*give a file name/],
+    [["inspect", "stories260K", "--json", tmpDir()], /--json .* is a folder, not a file[\s\S]*--json takes the path of the file to write/],
     [["inspect", path.join(ROOT, "fixtures", "models", "stories260K", "config.json")], /is a file of a model folder, not the folder/],
     [["convert", "stories260K", "--rank", "4", "--rope-strategy", "2-norm", "--calib", path.join(FIXTURES, "text"), "--out", path.join(tmpDir(), "o")], /is a folder, not a text file/],
     // Files written over inputs: a model's own config, and report's output over its input.
     [["eval", "stories260K", "--text", path.join(FIXTURES, "text", "tinystories_25k.txt"), "--json", path.join(ROOT, "fixtures", "models", "stories260K", "config.json")], /--json .* is the input model folder or inside it/],
     [["report", path.join(FIXTURES, "text", "tinystories_25k.txt"), "--out", path.join(FIXTURES, "text", "tinystories_25k.txt")], /--out .* is an input/],
     [["eval", "stories260K", "--text", path.join(FIXTURES, "text", "tinystories_25k.txt"), "--ctx", "64", "--ctx", "1"], /--ctx was given 2 times/],
-    [["synth", "--arch", "llama2-7b", "--layers", "1", "--shard-size", "0", "--out", path.join(tmpDir(), "s")], /--shard-size 0 GiB is not a size/],
+    [["synth", "--arch", "llama2-7b", "--layers", "1", "--shard-size", "0", "--out", path.join(tmpDir(), "s")], /--shard-size 0 GiB.* is not a size/],
   ] as const) {
     const r = cli([...args]);
     assert.equal(r.code, 1, args.join(" "));

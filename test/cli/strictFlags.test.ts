@@ -50,7 +50,7 @@ test("a refused command line is two lines, the error and a hint: the flag or com
 test("a text flag given with no value is refused, naming it, not run with the default or an empty value", () => {
   const lines = (args: string[]) => cli(args).stderr.trimEnd().split("\n");
   // Was: the default prompt continued, as if --prompt had not been given.
-  assert.deepEqual(lines(["generate", "stories260K", "--prompt"]), ["error: --prompt was given without a value (it takes the word after it)", "  hint: write --prompt VALUE (quoted if it holds spaces), or drop --prompt (see mha2mla generate --help)"]);
+  assert.deepEqual(lines(["generate", "stories260K", "--prompt"]), ["error: --prompt was given without a value (it takes the word after it)", "  hint: write --prompt VALUE (quoted if it holds spaces), or drop --prompt for its default (Once upon a time) (see mha2mla generate --help)"]);
   // Before another flag, among repeated ones, or before `--`: the same.
   assert.equal(said(["generate", "stories260K", "--prompt", "--max-tokens", "2"]), "error: --prompt was given without a value (it takes the word after it)");
   assert.equal(said(["generate", "stories260K", "--prompt", "Hi", "--prompt"]), "error: --prompt was given without a value (it takes the word after it)");
@@ -61,7 +61,7 @@ test("a text flag given with no value is refused, naming it, not run with the de
   assert.equal(said(["convert", "stories260K", "--rank", "4", "--evalText"]), "error: --evalText was given without a value (it takes the word after it)", "named as typed");
 });
 
-test("a text flag's value that looks like a number, or an empty value written out, is taken; --json alone still means stdout", () => {
+test("a text flag's value that looks like a number, or an empty prompt written out, is taken; --json alone still means stdout", () => {
   const run = (args: string[]) => spawnSync(process.execPath, [MAIN, ...args], { encoding: "utf8" });
   const neg = run(["generate", "stories260K", "--prompt", "-5", "--max-tokens", "1"]);
   assert.equal(neg.status, 0, neg.stderr);

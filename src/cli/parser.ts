@@ -1,0 +1,159 @@
+/**
+ * The `mha2mla` command line: the yargs parser with every command, the checks it does not make
+ * (flagChecks.ts), the outputs checked before any work, and the two-line refusal (error, hint).
+ * Built from the words and the command modules it is given, so tests parse without running a command.
+ */
+import fs from "node:fs";
+import yargs, { type Argv, type CommandModule } from "yargs";
+import { MlaError } from "../errors.js";
+import { refuseOutOverInputs, type InputPath } from "../io/outGuard.js";
+import { refuseFileAsOutDir } from "../io/atomicDir.js";
+import { resolveModel } from "../io/modelDir.js";
+import { reportFiles } from "../eval/report/report.js";
+import { checkJsonTarget } from "./output.js";
+import { inspectCommand } from "./inspect.js";
+import { evalCommand } from "./eval.js";
+import { synthCommand } from "./synth.js";
+import { studyCommand } from "./study.js";
+import { generateCommand } from "./generate.js";
+import { serveCommand } from "./serve.js";
+import { convertCommand } from "./convert.js";
+import { exportCommand } from "./export.js";
+import { finetuneCommand } from "./finetune.js";
+import { reportCommand } from "./report.js";
+import { pipelineCommand } from "./pipeline.js";
+import { checkFlagValues, checkGivenValues, joinStdoutDash, unknownFlags, type DeclaredOptions, type WithOptions } from "./flagChecks.js";
+
+/** A command of any arguments: yargs's CommandModule is invariant in them, so one list of commands needs `any` here. */
+type AnyCommand = CommandModule<any, any>;
+
+/** Every command, in the order --help lists them. */
+export const COMMAND_MODULES: readonly AnyCommand[] = [inspectCommand, convertCommand, exportCommand, evalCommand, finetuneCommand, reportCommand, pipelineCommand, generateCommand, serveCommand, synthCommand, studyCommand];
+
+/** The commands whose --out is a file (report.html), not a folder. */
+const FILE_OUT_COMMANDS = new Set(["report"]);
+
+/** What the CLI does with a command line it refuses (yargs's own refusals; an MlaError from the checks is thrown). */
+export type OnRefusal = (error: string, hint: string) => never;
+
+/** Levenshtein distance, for "did you mean" (flag names are short). */
+function editDistance(a: string, b: string): number {
+  let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const row = [i];
+    for (let j = 1; j <= b.length; j++) row[j] = Math.min(prev[j]! + 1, row[j - 1]! + 1, prev[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
+    prev = row;
+  }
+  return prev[b.length]!;
+}
+
+/**
+ * The yargs parser of `words` (the command line after `node main.js`), with `commands` (tests pass
+ * them with handlers that do nothing). `onRefusal` gets yargs's refusals as an error line and a hint.
+ */
+export function buildParser(words: readonly string[], onRefusal: OnRefusal, commands: readonly AnyCommand[] = COMMAND_MODULES): Argv {
+  const args = joinStdoutDash(words);
+  const names = commands.map((c) => String(c.command).split(" ")[0]!);
+  /** The first word that is not a flag: the command as typed (maybe misspelt). */
+  const typedCommand = args.find((a) => !a.startsWith("-"));
+  /** Where the usage of the command typed is: "see mha2mla convert --help". */
+  const seeHelp = `see mha2mla ${typedCommand && names.includes(typedCommand) ? `${typedCommand} ` : ""}--help`;
+
+  /**
+   * yargs's message for a command line it refuses. It checks positionals and required options before
+   * unknown flags, and an unknown flag takes the next word as its value, so `inspect --bogus MODEL`
+   * would read "Not enough non-option arguments": an unknown flag is named first, as it is the mistake.
+   */
+  function refusal(msg: string, o: DeclaredOptions): string {
+    if (/^Did you mean /.test(msg)) return `unknown command ${typedCommand}`;
+    const unknown = unknownFlags(args, o);
+    return unknown.length ? `Unknown argument${unknown.length > 1 ? "s" : ""}: ${unknown.join(", ")}` : msg;
+  }
+
+  /** The hint under a refused command line: the declared flag an unknown one was probably meant to be, else where the usage is. */
+  function refusalHint(msg: string, o: DeclaredOptions): string {
+    if (/^Did you mean /.test(msg)) return `${msg.replace(/^Did/, "did")} (${seeHelp})`;
+    const guesses = unknownFlags(args, o).flatMap((u) => {
+      const best = Object.keys(o.key)
+        .filter((k) => k.length > 1)
+        .map((k) => ({ k, d: editDistance(u, k) }))
+        .sort((x, y) => x.d - y.d)[0];
+      return best && best.d <= (u.length >= 4 ? 2 : 1) ? [`--${best.k} for --${u}`] : [];
+    });
+    if (guesses.length) return `did you mean ${guesses.join(", ")}? (${seeHelp})`;
+    const missing = /^Missing required arguments?: (.+)$/m.exec(msg);
+    if (missing) return `add ${missing[1]!.split(", ").map((f) => `--${f} …`).join(" ")} (${seeHelp})`;
+    return seeHelp;
+  }
+
+  /**
+   * Before yargs's validation, which would otherwise speak first of a bare required flag
+   * ("Missing required argument: rank" for `--rank` with no value). An unknown flag is left to the
+   * validation, which names it: it may have swallowed the word after it.
+   */
+  function checkTyped(_argv: unknown, y: WithOptions): void {
+    const o = y.getOptions();
+    if (unknownFlags(args, o).length === 0) checkGivenValues(args, o, seeHelp);
+  }
+
+  function checkParsed(argv: Record<string, unknown>, y: WithOptions): void {
+    checkFlagValues(args, argv, y.getOptions());
+    checkOutputs(argv);
+  }
+
+  const cli = yargs([...args]);
+  cli
+    .scriptName("mha2mla")
+    .usage("$0 <command> [options]\n\nConvert Llama-style MHA/GQA checkpoints into multi-head latent attention (MLA).");
+  for (const c of commands) cli.command(c);
+  return (
+    cli
+      .option("debug", { type: "boolean", describe: "print stack traces on errors", global: true })
+      // yargs calls a middleware with the parsed arguments and its instance (its types name only the first).
+      .middleware(checkTyped as unknown as (argv: unknown) => void, true)
+      .middleware(checkParsed as unknown as (argv: unknown) => void)
+      .demandCommand(1, "name a command; see --help")
+      .strict()
+      .fail((msg, err) => {
+        // A YError is yargs's own refusal (a parse error); anything else was thrown by a check or a handler.
+        if (err && err.name !== "YError") throw err;
+        // The error and a hint, as every other refusal: the whole --help above it buried the one line that mattered.
+        const o = (cli as unknown as WithOptions).getOptions();
+        onRefusal(refusal(msg, o), refusalHint(msg, o));
+      })
+      .recommendCommands()
+      .help()
+      .wrap(Math.min(110, process.stdout.columns ?? 100))
+  );
+}
+
+/**
+ * Outputs checked before any work. A file a command writes (--json; report's --out and its .md twin)
+ * must be a file path, and not an input or inside one (`eval MODEL --json MODEL/config.json` replaced
+ * the model's config). A folder a command writes (every other --out) must not be a file: --force
+ * replaces an earlier output folder, never a file that happens to have the name.
+ */
+function checkOutputs(argv: Record<string, unknown>): void {
+  const files = (k: string) => (argv[k] === undefined ? [] : ([] as unknown[]).concat(argv[k]).filter((x): x is string => typeof x === "string" && x !== ""));
+  const inputs: InputPath[] = [];
+  for (const spec of files("model")) {
+    try {
+      inputs.push({ name: "the input model folder", path: resolveModel(spec).dir });
+    } catch {
+      // the command reports a model it cannot find
+    }
+  }
+  for (const k of ["text", "calib", "eval-text", "data", "like", "distill", "data-dir", "results", "train-log", "finetune-data"]) for (const f of files(k)) inputs.push({ name: k === "results" ? "an input" : `--${k}`, path: f });
+  for (const f of files("json").filter((f) => f !== "-")) {
+    checkJsonTarget(f);
+    refuseOutOverInputs("--json", f, inputs);
+  }
+  const command = (argv["_"] as unknown[] | undefined)?.[0];
+  if (typeof command === "string" && FILE_OUT_COMMANDS.has(command)) {
+    for (const f of files("out"))
+      for (const out of Object.values(reportFiles(f))) {
+        if (fs.existsSync(out) && fs.statSync(out).isDirectory()) throw new MlaError("BAD_ARGUMENT", `--out ${out} is a folder, not a file`, "give --out a file path, e.g. --out report.html (its Markdown twin is written beside it)");
+        refuseOutOverInputs("--out", out, inputs);
+      }
+  } else for (const f of files("out")) refuseFileAsOutDir(f);
+}

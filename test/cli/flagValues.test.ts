@@ -1,0 +1,235 @@
+/**
+ * Every flag that takes a value, of every command, given with none or with an empty one, is refused
+ * naming it and what it takes (yargs read a bare number as its default or as absent: `finetune
+ * --batch` trained with batch 16; `--rank ""` as 0). Parsed in this process with handlers that do
+ * nothing: the flags come from the commands' own declarations, so a flag added later is covered.
+ */
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import fs from "node:fs";
+import path from "node:path";
+import { test } from "node:test";
+import type { Argv } from "yargs";
+import { MlaError } from "../../src/errors.js";
+import { buildParser, COMMAND_MODULES } from "../../src/cli/parser.js";
+import type { DeclaredOptions } from "../../src/cli/flagChecks.js";
+import { ROOT, tmpDir } from "../helpers.js";
+
+type AnyCommand = (typeof COMMAND_MODULES)[number];
+
+class Refused extends Error {}
+/** Thrown by the handlers here with what they were given: it ends the parse before yargs lays out the help it caches after a handler (most of a parse's time). */
+class Parsed {
+  constructor(readonly argv: Record<string, unknown>) {}
+}
+const QUIET = COMMAND_MODULES.map((c) => ({
+  ...c,
+  handler: (a: Record<string, unknown>) => {
+    throw new Parsed(a);
+  },
+}));
+
+/** What the parser made of `words`, the command not run; a refusal (ours or yargs's) is thrown. */
+function parse(words: string[]): Record<string, unknown> {
+  try {
+    buildParser(
+      words,
+      (error, hint) => {
+        throw new Refused(`${error}\n  hint: ${hint}`);
+      },
+      QUIET,
+    ).parse();
+  } catch (e) {
+    if (e instanceof Parsed) return e.argv;
+    throw e;
+  }
+  throw new Error(`${words.join(" ")}: no command ran`);
+}
+
+/** The refusal of `words` (its error line and hint), or null when the parser takes them. */
+function refusal(words: string[]): string | null {
+  try {
+    parse(words);
+    return null;
+  } catch (e) {
+    if (e instanceof MlaError || e instanceof Refused) return e.message;
+    throw e;
+  }
+}
+
+const nameOf = (c: AnyCommand) => String(c.command).split(" ")[0]!;
+/** The command's positionals (`<model>`, `<results..>`), a value each. */
+const positionalsOf = (c: AnyCommand) => [...String(c.command).matchAll(/<(\w+)(\.\.)?>/g)].map((m) => m[1]!);
+
+const declaredCache = new Map<AnyCommand, ReturnType<typeof readDeclared>>();
+/** The options `c` declares, read from yargs inside its builder. */
+function declared(c: AnyCommand): ReturnType<typeof readDeclared> {
+  if (!declaredCache.has(c)) declaredCache.set(c, readDeclared(c));
+  return declaredCache.get(c)!;
+}
+
+function readDeclared(c: AnyCommand): DeclaredOptions & { demandedOptions: Record<string, unknown> } {
+  let o: (DeclaredOptions & { demandedOptions: Record<string, unknown> }) | undefined;
+  const spy = {
+    ...c,
+    handler: () => {},
+    builder: (y: Argv) => {
+      const r = (c.builder as (y: Argv) => Argv)(y);
+      o = (r as unknown as { getOptions(): typeof o }).getOptions();
+      return r;
+    },
+  };
+  try {
+    buildParser([nameOf(c)], () => {
+      throw new Refused("no positionals");
+    }, [spy]).parse();
+  } catch {
+    // refused without its positionals, or its required flags: the builder ran
+  }
+  assert.ok(o, `${nameOf(c)}: its builder ran`);
+  return o!;
+}
+
+/** A value the parser takes for `key` (checked for every flag below). */
+function valueFor(key: string, o: DeclaredOptions): string {
+  const choices = o.choices[key];
+  if (choices?.length) return String(choices[0]);
+  return o.number.includes(key) ? "4" : `v-${key}`;
+}
+
+interface Case {
+  command: string;
+  key: string;
+  /** The command line up to the flag: command, positionals, the required flags but this one. */
+  before: string[];
+  takes: RegExp;
+  bareOk: boolean;
+  emptyOk: boolean;
+}
+
+function cases(): Case[] {
+  const all: Case[] = [];
+  for (const c of COMMAND_MODULES) {
+    const o = declared(c);
+    const positionals = positionalsOf(c);
+    const required = Object.keys(o.demandedOptions).filter((k) => !positionals.includes(k));
+    for (const key of Object.keys(o.key)) {
+      if (o.boolean.includes(key) || o.count.includes(key) || positionals.includes(key)) continue;
+      const before = [nameOf(c), ...positionals.map((p) => (p === "model" ? "stories260K" : `${p}.json`)), ...required.filter((r) => r !== key).flatMap((r) => [`--${r}`, valueFor(r, o)])];
+      const choices = o.choices[key];
+      const takes = choices?.length ? new RegExp(`one of: ${choices.join(", ")}`) : o.number.includes(key) ? /a number/ : /the word after it|one or more words after it|a file path/;
+      all.push({ command: nameOf(c), key, before, takes, bareOk: key === "json", emptyOk: key === "prompt" || key === "system" });
+    }
+  }
+  return all;
+}
+
+const CASES = cases();
+
+test("the table covers every command and the flags this audit found dropped", () => {
+  const covered = new Set(CASES.map((x) => `${x.command} --${x.key}`));
+  for (const c of COMMAND_MODULES) assert.ok(CASES.some((x) => x.command === nameOf(c)), `${nameOf(c)} has flags that take values`);
+  for (const f of ["finetune --batch", "convert --rank", "convert --device", "eval --json", "serve --port", "generate --prompt", "study --tokens", "synth --dtype", "report --out", "pipeline --calib-samples"]) assert.ok(covered.has(f), f);
+  assert.ok(CASES.length > 100, `${CASES.length} flags`);
+});
+
+test("every flag that takes a value is taken with one (so the refusals below are the flag's)", () => {
+  for (const x of CASES) {
+    const words = [...x.before, `--${x.key}`, valueFor(x.key, declared(COMMAND_MODULES.find((c) => nameOf(c) === x.command)!))];
+    assert.equal(refusal(words), null, words.join(" "));
+  }
+});
+
+test("every flag that takes a value, given bare (last, or before another flag), is refused naming it and what it takes", () => {
+  for (const x of CASES) {
+    for (const words of [
+      [...x.before, `--${x.key}`],
+      [...x.before, `--${x.key}`, "--debug"],
+    ]) {
+      const said = refusal(words);
+      if (x.bareOk) {
+        assert.equal(said, null, words.join(" "));
+        continue;
+      }
+      assert.ok(said, `${words.join(" ")}: taken`);
+      assert.match(said, new RegExp(`^--${x.key} was given without a value \\(it takes `), words.join(" "));
+      assert.match(said.split("\n")[0]!, x.takes, words.join(" "));
+      assert.match(said, /\n  hint: write --/, words.join(" "));
+    }
+  }
+});
+
+test('every flag that takes a value, given "" or blank (--flag "", --flag=), is refused naming it', () => {
+  for (const x of CASES) {
+    for (const words of [
+      [...x.before, `--${x.key}`, ""],
+      [...x.before, `--${x.key}=`],
+      [...x.before, `--${x.key}`, " "],
+    ]) {
+      const said = refusal(words);
+      if (x.emptyOk) {
+        assert.equal(said, null, words.join(" "));
+        continue;
+      }
+      assert.ok(said, `${JSON.stringify(words)}: taken`);
+      assert.match(said, new RegExp(`^--${x.key} was given an empty value \\(it takes `), JSON.stringify(words));
+      if (!x.takes.test("the word after it")) assert.match(said.split("\n")[0]!, x.takes, JSON.stringify(words));
+    }
+  }
+});
+
+test('a number flag is no longer read as its default or as 0: finetune --batch, --rank ""', () => {
+  const finetune = ["finetune", "stories260K", "--data", "a.txt", "--out", "o", "--seq", "64"];
+  assert.equal(parse([...finetune, "--batch", "2"])["batch"], 2);
+  assert.match(refusal([...finetune, "--batch"])!, /^--batch was given without a value \(it takes a number\)\n  hint: write --batch N, or drop --batch for its default \(16\)/);
+  assert.match(refusal(["convert", "stories260K", "--rank", "", "--dry-run"])!, /^--rank was given an empty value \(it takes a number\)/);
+  assert.match(refusal(["convert", "stories260K", "--dry-run", "--rank"])!, /^--rank was given without a value/, "not 'Missing required argument: rank'");
+  // An array flag: an empty word among its values.
+  assert.match(refusal(["finetune", "stories260K", "--out", "o", "--data", "a.txt", ""])!, /^--data was given an empty value/);
+  // A negative number is a value, not a flag.
+  assert.equal(parse(["generate", "stories260K", "--presence-penalty", "-1"])["presence-penalty"], -1);
+  // An unknown flag is still named first.
+  assert.match(refusal(["convert", "stories260K", "--bogus", "--rank"])!, /^Unknown argument: bogus/);
+});
+
+test("--json - means stdout in every command with --json, as --json alone; another flag given - is refused", () => {
+  const withJson = CASES.filter((x) => x.key === "json");
+  assert.deepEqual(withJson.map((x) => x.command).sort(), ["convert", "eval", "export", "finetune", "inspect", "synth"]);
+  for (const x of withJson) {
+    assert.equal(parse([...x.before, "--json", "-"])["json"], "-", x.command);
+    assert.equal(parse([...x.before, "--json", "-", "--debug"])["json"], "-", x.command);
+    assert.equal(parse([...x.before, "--json"])["json"], "", x.command);
+  }
+  assert.match(refusal(["convert", "stories260K", "--rank", "4", "--out", "-"])!, /^--out was given "-", which stands for standard output[\s\S]*only --json writes to standard output/);
+  const r = spawnSync(process.execPath, [path.join(ROOT, "dist", "src", "cli", "main.js"), "inspect", "stories260K", "--json", "-"], { encoding: "utf8" });
+  assert.equal(r.status, 0, r.stderr);
+  assert.equal(JSON.parse(r.stdout).params, 260032);
+});
+
+test("--json naming a folder says it is a folder and a file path is expected, even the working folder's parent", () => {
+  const dir = tmpDir();
+  for (const words of [
+    ["eval", "stories260K", "--text", "t.txt", "--json", dir],
+    ["eval", "stories260K", "--text", "t.txt", "--json", path.dirname(process.cwd())],
+    ["inspect", "stories260K", "--json", "."],
+  ]) {
+    const said = refusal(words)!;
+    assert.match(said, /^--json \S+ is a folder, not a file\n  hint: --json takes the path of the file to write, e\.g\. --json \S*result\.json \(or - for stdout\)$/, words.join(" "));
+  }
+  assert.match(refusal(["report", "a.json", "--out", path.dirname(process.cwd())])!, /^--out \S+ is a folder, not a file\n  hint: give --out a file path/);
+});
+
+test("an --out that is a file is refused by every command that writes a folder there, with or without --force", () => {
+  const file = path.join(tmpDir(), "notes.txt");
+  fs.writeFileSync(file, "hi\n");
+  const outs = CASES.filter((x) => x.key === "out" && x.command !== "report");
+  assert.deepEqual(outs.map((x) => x.command).sort(), ["convert", "export", "finetune", "pipeline", "study", "synth"]);
+  for (const x of outs) {
+    const o = declared(COMMAND_MODULES.find((c) => nameOf(c) === x.command)!);
+    for (const force of o.key["force"] !== undefined ? [[], ["--force"]] : [[]]) {
+      const words = [...x.before, "--out", file, ...force];
+      assert.match(refusal(words) ?? "taken", /^--out \S+notes\.txt is a file, not a folder\n  hint: --out names the output folder, and --force replaces only an earlier output folder/, words.join(" "));
+    }
+  }
+  assert.equal(fs.readFileSync(file, "utf8"), "hi\n");
+});
