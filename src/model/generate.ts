@@ -5,7 +5,8 @@ import { DecodeSession } from "./decodeSession.js";
 import type { KvCacheDtype } from "./kvQuant.js";
 import type { DecodeCache } from "./kvCache.js";
 import { nextTurn, throwIfAborted } from "../util/abort.js";
-import { checkOptionTypes, type OptionKinds } from "../util/optionTypes.js";
+import { checkOptionTypes, describe, type OptionKinds } from "../util/optionTypes.js";
+import { checkModelArg } from "../util/argTypes.js";
 import { pickToken, seededRandom, type SamplingOptions } from "./sampling.js";
 import { checkPenalties, Penalties, type PenaltyOptions } from "./penalties.js";
 import { stopTokenIds } from "./config.js";
@@ -43,6 +44,7 @@ export interface GenerateResult {
  * on CUDA the fused latent-attention kernel for MLA), float32 elsewhere (exact, as evaluation computes).
  */
 export function defaultKvCache(model: LlamaModel): KvCacheDtype {
+  checkModelArg("defaultKvCache()", model);
   return model.bf16Weights ? "bf16" : "f32";
 }
 
@@ -59,6 +61,7 @@ export interface GenerateBatchResult {
 
 /** Continues `prompt` (token ids, BOS included if wanted) by up to maxTokens tokens. */
 export function generate(model: LlamaModel, prompt: readonly number[], opts: GenerateOptions): GenerateResult {
+  checkModelArg("generate()", model);
   return generateBatch(model, [prompt], opts).sequences[0]!;
 }
 
@@ -70,6 +73,7 @@ export function generate(model: LlamaModel, prompt: readonly number[], opts: Gen
  * others in its batch.
  */
 export function generateBatch(model: LlamaModel, prompts: readonly (readonly number[])[], opts: GenerateOptions): GenerateBatchResult {
+  checkModelArg("generateBatch()", model);
   // yieldMs, onStep and signal need turns of the event loop, which a synchronous call never gives.
   const asyncOnly = ["yieldMs", "onStep", "signal"].filter((k) => (opts as unknown as Record<string, unknown> | null)?.[k] !== undefined);
   if (asyncOnly.length) throw new MlaError("BAD_ARGUMENT", `generate() and generateBatch() take no ${asyncOnly.join(", ")}: they never give the event loop a turn`, "call generateBatchAsync(model, prompts, opts), which takes them");
@@ -96,6 +100,7 @@ export interface GenerateAsyncOptions extends GenerateOptions {
  * tokens to `onStep`. Same results as generateBatch.
  */
 export async function generateBatchAsync(model: LlamaModel, prompts: readonly (readonly number[])[], opts: GenerateAsyncOptions): Promise<GenerateBatchResult> {
+  checkModelArg("generateBatchAsync()", model);
   checkOptionTypes("generateBatchAsync()", opts, ASYNC_KINDS, ["maxTokens"]);
   throwIfAborted(opts?.signal);
   const run = decodeSteps(model, prompts, opts);
@@ -144,10 +149,14 @@ const PREFILL_CHUNK = 2048;
 
 /** The decode loop of generateBatch, yielding the number of new tokens after each step (0 between a long prompt's prefill chunks). */
 function* decodeSteps(model: LlamaModel, prompts: readonly (readonly number[])[], opts: GenerateOptions): Generator<number, GenerateBatchResult> {
-  if (!Array.isArray(prompts) || prompts.length === 0) throw new MlaError("BAD_ARGUMENT", "no prompts to continue", "pass at least one prompt (an array of token ids; --prompt on the command line)");
+  // A string or one prompt's ids unwrapped read as "no prompts" before, which sent the reader looking for an empty list.
+  if (!Array.isArray(prompts)) throw new MlaError("BAD_ARGUMENT", `the prompts are ${typeof prompts === "object" && prompts !== null ? "an object" : describe(prompts)}, not an array of prompts`, "pass an array with one array of token ids per prompt: [tokenizer.encode(text, { addSpecialTokens: true })]");
+  if (prompts.length === 0) throw new MlaError("BAD_ARGUMENT", "no prompts to continue", "pass at least one prompt (an array of token ids; --prompt on the command line)");
+  // One prompt's ids given where the list of prompts goes: each id reads as a prompt.
+  const unwrapped = prompts.every((p) => Number.isInteger(p));
   prompts.forEach((p, i) => {
     if (!isTokenIds(p))
-      throw new MlaError("BAD_ARGUMENT", `${prompts.length > 1 ? `prompt ${i + 1}` : "the prompt"} is not an array of token ids`, "encode the text first: tokenizer.encode(text, { addSpecialTokens: true })");
+      throw new MlaError("BAD_ARGUMENT", `${prompts.length > 1 ? `prompt ${i + 1}` : "the prompt"} is ${typeof p === "number" ? describe(p) : "not an array of token ids"}${typeof p === "number" ? ", not an array of token ids" : ""}`, unwrapped ? "the prompts are an array of prompts, each an array of token ids: pass [ids] for one prompt" : "encode the text first: tokenizer.encode(text, { addSpecialTokens: true })");
     if (p.length === 0) throw new MlaError("BAD_ARGUMENT", prompts.length > 1 ? `prompt ${i + 1} has no tokens` : "the prompt has no tokens", "pass a non-empty --prompt");
   });
   if (!Number.isInteger(opts.maxTokens) || opts.maxTokens < 0) throw new MlaError("BAD_ARGUMENT", `--max-tokens ${opts.maxTokens} is not a token count`, "pass a whole number ≥ 0");

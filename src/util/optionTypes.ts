@@ -61,7 +61,8 @@ const SHAPES: Record<string, [(v: object) => boolean, string]> = {
   signal: [(v) => v instanceof AbortSignal, "an AbortSignal, e.g. new AbortController().signal"],
 };
 
-function describe(v: unknown): string {
+/** A value as a refusal names it: its text and its type ("\"4\" (a string)", "42 (a number)", "an object"). */
+export function describe(v: unknown): string {
   if (v === undefined || v === null) return String(v);
   if (typeof v === "string") return `${JSON.stringify(v)} (a string)`;
   if (Array.isArray(v)) return `[${v.map((x) => (typeof x === "string" ? JSON.stringify(x) : String(x))).join(", ")}] (an array)`;

@@ -1,0 +1,60 @@
+/**
+ * The shape checks of an entry's leading arguments (the model, its tokenizer, token ids, a folder),
+ * beside checkOptionTypes' of its options object. TypeScript callers cannot get these wrong; a
+ * JavaScript caller can pass the { model, tokenizer } pair loadModel returns where its model goes, or a
+ * folder's name where a loaded model goes, which failed as "Cannot read properties of undefined
+ * (reading 'vocabSize')" somewhere inside. Only the shape is checked: the checks stay cheap enough for
+ * every call, and the values are checked where they are used.
+ */
+import { MlaError } from "../errors.js";
+import { describe } from "./optionTypes.js";
+
+type Loose = Record<string, unknown>;
+
+const isObject = (v: unknown): v is Loose => typeof v === "object" && v !== null;
+
+/** What loadModel returns: a script that destructures nothing passes it whole. */
+const isLoadedModel = (v: unknown): boolean => isObject(v) && isObject(v["model"]) && isObject(v["tokenizer"]);
+
+/** `where` is the entry as called ("generate()"); its name without the parentheses goes into hints. */
+const bare = (where: string) => where.replace(/\(\)$/, "");
+
+/**
+ * Refuses `v` unless it is a loaded model (LlamaModel: loadModel(dir).model). Checked by its parts
+ * (a config and a backend), not instanceof: a second copy of the package, or a test's stand-in, passes.
+ */
+export function checkModelArg(where: string, v: unknown, name = "model"): void {
+  if (isObject(v) && isObject(v["config"]) && isObject(v["backend"])) return;
+  if (isLoadedModel(v)) throw new MlaError("BAD_ARGUMENT", `${where}: the ${name} is the { model, tokenizer, … } that loadModel returns, not the model itself`, `pass its model: ${bare(where)}(loadModel(dir).model, …)`);
+  if (typeof v === "string") throw new MlaError("BAD_ARGUMENT", `${where}: the ${name} is ${describe(v)}, not a loaded model`, `load it first: const { model } = loadModel(${JSON.stringify(v)})`);
+  throw new MlaError("BAD_ARGUMENT", `${where}: the ${name} is ${describe(v)}, not a loaded model`, "pass the model loadModel(dir) returns: loadModel(dir).model");
+}
+
+/** Refuses `v` unless it is a tokenizer (TextTokenizer: loadTokenizer(dir), or loadModel(dir).tokenizer). */
+export function checkTokenizerArg(where: string, v: unknown): void {
+  if (isObject(v) && typeof v["encode"] === "function" && typeof v["decode"] === "function") return;
+  if (isLoadedModel(v)) throw new MlaError("BAD_ARGUMENT", `${where}: the tokenizer is the { model, tokenizer, … } that loadModel returns, not the tokenizer itself`, "pass its tokenizer: loadModel(dir).tokenizer");
+  throw new MlaError("BAD_ARGUMENT", `${where}: the tokenizer is ${describe(v)}, not a tokenizer`, typeof v === "string" ? `load it first: loadTokenizer(${JSON.stringify(v)})` : "pass loadTokenizer(dir), or the tokenizer loadModel(dir) returns");
+}
+
+/** Refuses `v` unless it is a string; `what` names it ("the text", "the model folder"), `hint` says what goes there. */
+export function checkStringArg(where: string, what: string, v: unknown, hint: string): void {
+  if (typeof v === "string" && v !== "") return;
+  throw new MlaError("BAD_ARGUMENT", `${where}: ${what} is ${v === "" ? "empty" : describe(v)}, not ${v === "" ? "a name" : "a string"}`, hint);
+}
+
+/** Refuses `v` unless it is an array of Int32Array token-id windows (what calibrationWindows returns). */
+export function checkWindowsArg(where: string, v: unknown): void {
+  if (Array.isArray(v) && v.every((w) => w instanceof Int32Array)) return;
+  throw new MlaError("BAD_ARGUMENT", `${where}: the windows are ${describe(v)}, not an array of Int32Array token-id windows`, "make them with calibrationWindows(tokenizer, text, samples, len, bos)");
+}
+
+/**
+ * Refuses `v` unless it is a model config (ModelConfig: loadModel(dir).config, readHfConfig(dir)).
+ * loadModel's result and a loaded model both hold one, and read as a config without stop tokens.
+ */
+export function checkConfigArg(where: string, v: unknown): void {
+  if (isObject(v) && typeof v["vocabSize"] === "number" && isObject(v["attention"])) return;
+  if (isObject(v) && isObject(v["config"])) throw new MlaError("BAD_ARGUMENT", `${where}: the config is ${isLoadedModel(v) ? "the { model, tokenizer, config, … } that loadModel returns" : "a loaded model"}, not its config`, `pass its config: ${bare(where)}(${isLoadedModel(v) ? "loadModel(dir)" : "model"}.config)`);
+  throw new MlaError("BAD_ARGUMENT", `${where}: the config is ${describe(v)}, not a model config`, "pass loadModel(dir).config, or readHfConfig(dir)");
+}
