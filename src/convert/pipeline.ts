@@ -76,18 +76,46 @@ const CONVERT_KINDS: OptionKinds<ConvertOptions> = {
   signal: "object",
 };
 
-export interface ConvertResult {
-  out: string | null;
+/** What a conversion returns: a dry run's result (out null, nothing written) or a written one's; `out` tells them apart. */
+export type ConvertResult = WrittenConversion | DryRunConversion;
+
+/** A conversion's result, both kinds. */
+interface ConversionResultBase {
   /** The plan; its settings are those mla_conversion.json records (no calibration text or windows where none is read, a dry run included). */
   plan: ConversionPlan;
-  selection: number[][][] | null;
-  /** [layer] → its rope pairs and latent width (all equal unless --kv-split per-layer). */
-  splits: MlaSplit[] | null;
+  /** [layer]: the singular-value energy the factorization kept ([] for a dry run). */
   energy: number[];
   timings: Record<string, number>;
+}
+
+/** convert() without dryRun: the folder written. */
+export interface WrittenConversion extends ConversionResultBase {
+  /** The output folder (absolute). */
+  out: string;
+  /** [layer][kvHead] → the rope pairs kept. */
+  selection: number[][][];
+  /** [layer] → its rope pairs and latent width (all equal unless --kv-split per-layer). */
+  splits: MlaSplit[];
+  /** With evalText: the before/after evaluation (also report.json in the folder). */
   report: ConversionReport | null;
 }
 
+/** convert() with dryRun: true: the plan and its KV accounting, nothing written. */
+export interface DryRunConversion extends ConversionResultBase {
+  out: null;
+  selection: null;
+  splits: null;
+  report: null;
+}
+
+/**
+ * Converts `spec` (see the file's header). Typed by `dryRun` where the call's options say it
+ * literally: without it `out` is a string, with `dryRun: true` null; a `dryRun` only known at run
+ * time gives the union (check `out !== null`).
+ */
+export function convert(spec: string, opts: ConvertOptions & { dryRun: true }): Promise<DryRunConversion>;
+export function convert(spec: string, opts: ConvertOptions & { dryRun?: false }): Promise<WrittenConversion>;
+export function convert(spec: string, opts: ConvertOptions): Promise<ConvertResult>;
 export async function convert(spec: string, opts: ConvertOptions): Promise<ConvertResult> {
   checkOptionTypes("convert()", opts, CONVERT_KINDS, ["rank"]);
   checkDeviceName(opts.device);

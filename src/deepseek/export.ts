@@ -126,14 +126,18 @@ export async function evalBeforeAfter(spec: string, srcDir: string, dir: string,
   return { report, ppl: [b.ppl!, a.ppl!] };
 }
 
-export interface DeepseekResult {
-  /** null for a dry run. */
-  out: string | null;
+/** What convertDeepseek returns: a dry run's result (out null, nothing written) or a written one's; `out` tells them apart. */
+export type DeepseekResult = WrittenDeepseek | DryRunDeepseek;
+
+/** convertDeepseek() without dryRun: the deepseek_v3 folder written. */
+export interface WrittenDeepseek {
+  /** The output folder (absolute). */
+  out: string;
   ropeDim: number;
   kvLoraRank: number;
-  /** rope_theta of the ladder (the source's for a dry run, which chooses no ladder). */
+  /** rope_theta of the ladder. */
   ropeTheta: number;
-  /** The ladder's spacing s: rope slot k sits on the original frequency s·k (0 for a dry run). */
+  /** The ladder's spacing s: rope slot k sits on the original frequency s·k. */
   spacing: number;
   kvPerToken: { before: number; after: number; changePercent: number };
   energy: number[];
@@ -141,6 +145,13 @@ export interface DeepseekResult {
   eval: BeforeAfter | null;
   /** Bias-free only: per layer, the fitted kv_a_layernorm's relative error on the calibration latents (latentNorm.ts). */
   latentNormError: number[] | null;
+}
+
+/** convertDeepseek() with dryRun: true: the shapes and KV accounting, nothing written (ropeTheta is the source's; no ladder is chosen, so spacing is 0). */
+export interface DryRunDeepseek extends Omit<WrittenDeepseek, "out" | "eval" | "latentNormError"> {
+  out: null;
+  eval: null;
+  latentNormError: null;
 }
 
 /**
@@ -169,6 +180,10 @@ function checkSource(c: ModelConfig): void {
   if (c.mlpBias) throw new MlaError("UNSUPPORTED", "--format deepseek: DeepseekV3's MLP has no biases", "convert it in our format (without --format deepseek)");
 }
 
+/** Typed by `dryRun` as convert() is: without it `out` is a string, with `dryRun: true` null. */
+export function convertDeepseek(spec: string, o: DeepseekOptions & { dryRun: true }): Promise<DryRunDeepseek>;
+export function convertDeepseek(spec: string, o: DeepseekOptions & { dryRun?: false }): Promise<WrittenDeepseek>;
+export function convertDeepseek(spec: string, o: DeepseekOptions): Promise<DeepseekResult>;
 export async function convertDeepseek(spec: string, o: DeepseekOptions): Promise<DeepseekResult> {
   checkOptionTypes("convertDeepseek()", o, DEEPSEEK_KINDS, ["rank"]);
   checkDeviceName(o.device);
