@@ -70,6 +70,8 @@ export const FINETUNE_KINDS: OptionKinds<FinetuneOptions> = {
   logger: "object",
   progress: "object",
   shouldStop: "function",
+  onStep: "function",
+  onValidation: "function",
   signal: "object",
 };
 

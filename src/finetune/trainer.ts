@@ -31,8 +31,9 @@ import { writeFileAtomic } from "../io/atomicDir.js";
 import { roundToWritten, writeModel } from "./writtenModel.js";
 import { CheckpointKeeper } from "./checkpointKeeper.js";
 import { weightFileBytes } from "../io/diskRoom.js";
+import { notify, type FinetuneCallbacks } from "./events.js";
 
-export interface FinetuneOptions {
+export interface FinetuneOptions extends FinetuneCallbacks {
   data: string[];
   /** Folder where each data file's token stream is kept and reused by later runs (tokenized once; see tokenCache.ts). */
   tokenCache?: string;
@@ -247,6 +248,8 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
     const v = await valNll(true);
     if (v === STOPPED) return stoppedBeforeTraining(data.val.length > 0 ? "measuring the validation NLL before training" : "setting up the training");
     valNllBefore = v;
+    // Before its line is written: a throw leaves --out as a stop here does (stoppedBeforeTraining).
+    if (v !== null) await notify(o.onValidation, { when: "before", step: 0, steps: totalSteps, valNll: v }, () => stoppedBeforeTraining("reporting the validation NLL before training (onValidation threw)"));
     if (v !== null) logLine({ step: 0, val_nll: v });
   }
 
@@ -286,6 +289,7 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
     const v = await valNll(false);
     if (v === STOPPED) return false;
     logLine({ step: run.step, val_nll: v });
+    if (v !== null) await notify(o.onValidation, { when: "periodic", step: run.step, steps: totalSteps, valNll: v }, () => stopAt(", its onValidation callback threw"));
     return true;
   };
   // A run stopped during the periodic validation after its checkpoint's step does that validation first.
@@ -307,6 +311,7 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
     const inSitting = sittingSeconds();
     const elapsed = priorSeconds + inSitting;
     logLine({ step: run.step, loss: stepLoss, lr: rate, grad_norm: norm, tokens: run.tokensSeen, tokens_per_s: perSecond(run.tokensSeen, elapsed), elapsed_s: elapsed, step_ms: stepMs, host_ms: hostMs });
+    await notify(o.onStep, { step: run.step, steps: totalSteps, tokens: run.tokensSeen, loss: stepLoss, lr: rate, gradNorm: norm, tokensPerSecond: perSecond(run.tokensSeen, elapsed), elapsedSeconds: elapsed }, () => stopAt(", its onStep callback threw"));
     // A stop during it is seen below (stopAsked stays true): the step's checkpoint, without its validation.
     if (evalDue(run.step)) await periodicVal();
     if (o.saveEvery && run.step % o.saveEvery === 0) save(`step-${run.step}`);
@@ -342,6 +347,8 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
     const v = await valNll(true);
     if (v === STOPPED) stopAt(", during the final validation", seconds);
     else valNllAfter = v;
+    // Before the model is written: a throw leaves the last step's checkpoint, from which --resume ends the run.
+    if (v !== STOPPED && v !== null) await notify(o.onValidation, { when: "final", step: run.step, steps: totalSteps, valNll: v }, () => stopAt(", its onValidation callback threw", seconds));
   }
   if (!stoppedEarly) {
     logLine({ step: run.step, val_nll: valNllAfter });

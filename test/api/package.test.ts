@@ -46,6 +46,8 @@ test("the declarations type-check a strict consumer under node16, nodenext and b
   fs.writeFileSync(
     path.join(app, "consumer.ts"),
     `import { convert, evaluate, finetune, loadModel, study, synth, generate, exportDeepseek, loadChatTemplate, stopTokenIds, generateBatchAsync, selectBackend, DecodeSession, MlaError, FINETUNE_DEFAULTS, DEVICE_NAMES, KV_CACHE_DTYPES } from "mha2mla";
+import { convertDeepseek, writeReport } from "mha2mla";
+import type { WrittenConversion, DryRunConversion, DeepseekResult, ReportOptions, FinetuneStep, FinetuneValidation } from "mha2mla";
 import type { ConvertOptions, ConvertResult, EvalOptions, EvalResult, FinetuneOptions, FinetuneResult, StudyOptions, StudyResult, SynthOptions, SynthResult, ExportResult, ChatTemplate, GenerateAsyncOptions, GenerateBatchResult, DeviceName, KvCacheDtype, ProgressSink, Logger, LoadModelOptions, DecodeSessionOptions } from "mha2mla";
 const device: DeviceName = DEVICE_NAMES[0];
 const kv: KvCacheDtype = KV_CACHE_DTYPES[1];
@@ -61,6 +63,31 @@ const g: GenerateAsyncOptions = { maxTokens: 4, signal, onStep: (n: number) => v
 const session: DecodeSessionOptions = { graphs: false };
 // The CLI's lowercase dtype, as synth takes it.
 const y: SynthOptions = { arch: "llama2-7b", out: "o", dtype: "bf16", layers: 1, signal };
+// A conversion without dryRun has its folder (out: string, no "!"); a dry run none; a dryRun known only at run time, either.
+export async function conversions(dryRun: boolean): Promise<string> {
+  const written: string = (await convert("m", { rank: 4, out: "x" })).out;
+  const w: WrittenConversion = await convert("m", { rank: 4, dryRun: false });
+  const none: null = (await convert("m", { rank: 4, dryRun: true })).out;
+  const d: DryRunConversion = await convert("m", { rank: 4, dryRun: true });
+  const either = await convert("m", { rank: 4, dryRun });
+  // @ts-expect-error: a dryRun known at run time may have written nothing
+  const unchecked: string = either.out;
+  const checked: string = either.out !== null ? either.out : "dry run";
+  const ds: string = (await convertDeepseek("m", { rank: 4 })).out;
+  const dsDry: null = (await convertDeepseek("m", { rank: 4, dryRun: true })).out;
+  const dsEither: DeepseekResult = await convertDeepseek("m", { rank: 4, dryRun });
+  const report: ReportOptions = {};
+  writeReport(["a.json"], "r.html", report);
+  void [w, none, d, unchecked, dsDry, dsEither];
+  return written + checked + ds;
+}
+// Progress as objects: onStep after each step, onValidation after each validation.
+export const progressOptions: FinetuneOptions = {
+  data: ["d"],
+  out: "o",
+  onStep: (s: FinetuneStep) => console.log(s.step, s.steps, s.tokens, s.loss, s.lr, s.gradNorm, s.tokensPerSecond, s.elapsedSeconds),
+  onValidation: async (v: FinetuneValidation) => console.log(v.when, v.step, v.valNll),
+};
 export async function run(): Promise<[ConvertResult, EvalResult, FinetuneResult, StudyResult, GenerateBatchResult, SynthResult, ExportResult]> {
   const { model, tokenizer, dir, config } = loadModel("m", load);
   void new DecodeSession(model, [model.newCache(kv)], session);
