@@ -190,12 +190,19 @@ export class Batcher {
   }
 
   /**
-   * Queues a sequence; it starts once a place (and cache budget) is free. Throws, before queueing, for a
-   * sequence that can never start: longer than the model's positions, or needing more cache than the budget.
+   * Refuses a sequence submit() would refuse (it can never start, or its ids are not the model's),
+   * queueing nothing: a request of several sequences checks them all before it submits the first.
+   * Returns the cache bytes it would reserve.
    */
-  submit(spec: SequenceSpec): SequenceHandle {
+  check(spec: SequenceSpec): number {
     const c = this.model.config;
     if (spec.prompt.length === 0) throw new MlaError("BAD_ARGUMENT", "the prompt has no tokens", "send a non-empty prompt");
+    // Typed arrays downstream would truncate 1.5 to 1 (and wrap 2^32 + 1): a wrong token, silently.
+    const badId = (ids: readonly number[]) => ids.findIndex((t) => !(Number.isInteger(t) && t >= 0 && t < c.vocabSize));
+    const at = badId(spec.prompt);
+    if (at >= 0) throw new MlaError("BAD_ARGUMENT", `the prompt's token ${at} is ${spec.prompt[at]}, not a token id`, `token ids are whole numbers from 0 to ${c.vocabSize - 1} (the model's vocabulary)`);
+    const stopAt = spec.stopTokenIds ? badId(spec.stopTokenIds) : -1;
+    if (stopAt >= 0) throw new MlaError("BAD_ARGUMENT", `stop token id ${stopAt} is ${spec.stopTokenIds![stopAt]}, not a token id`, `token ids are whole numbers from 0 to ${c.vocabSize - 1} (the model's vocabulary)`);
     if (!(Number.isInteger(spec.maxTokens) && spec.maxTokens >= 0)) throw new MlaError("BAD_ARGUMENT", `max_tokens ${spec.maxTokens} is not a token count`, "pass a whole number ≥ 0");
     const total = spec.prompt.length + spec.maxTokens;
     if (total > c.maxPositions)
@@ -203,6 +210,15 @@ export class Batcher {
     const reserved = this.cacheBytes(total);
     if (this.opts.kvBudgetBytes !== undefined && reserved > this.opts.kvBudgetBytes)
       throw new MlaError("BAD_ARGUMENT", `${total} tokens of cache take ${mb(reserved)} MB, more than the server's whole KV budget of ${mb(this.opts.kvBudgetBytes)} MB`, "lower max_tokens or shorten the prompt (or start the server with a larger --kv-budget-mb)");
+    return reserved;
+  }
+
+  /**
+   * Queues a sequence; it starts once a place (and cache budget) is free. Throws, before queueing, for a
+   * sequence that can never start: longer than the model's positions, or needing more cache than the budget.
+   */
+  submit(spec: SequenceSpec): SequenceHandle {
+    const reserved = this.check(spec);
     const s: Sequence = { spec, cache: null, rand: seededRandom(spec.seed), next: -1, promptScored: [], penalties: Penalties.of(spec.prompt, spec.sampling), endings: new Set([...((spec.stopAtEos ?? true) ? this.stops : []), ...(spec.stopTokenIds ?? [])]), prefilled: 0, decoding: false, newTokens: 0, generated: [], reserved, cancelled: false, ended: false, queuedAt: performance.now(), admittedAt: 0, prefillMs: 0 };
     this.waiting.push(s);
     this.kick();

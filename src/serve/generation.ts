@@ -100,12 +100,29 @@ export async function generation(server: GenerationServer, req: http.IncomingMes
   // A prompt's choice j draws with seed + j: reproducible per choice, different from its siblings, and
   // the same whether its prompt came alone or in a batch.
   const seed = r.seed ?? crypto.randomInt(2 ** 32);
+  /** Choice k's refusal; a batch's names the prompt it is about. */
+  const refusal = (k: number, e: unknown): MlaError => {
+    const err = asMlaError(e);
+    return prompts.length > 1 ? new MlaError(err.code, `prompt[${Math.floor(k / n)}]: ${err.message}`) : err;
+  };
+  // Without a limit (chat's default), up to --default-max-tokens or the model's positions.
+  const maxTokensOf = (k: number) => r.maxTokens ?? defaultReplyLimit(r.minTokens, promptOf(k).ids.length, server.defaultMax, lm.config.maxPositions);
+  // Every choice is checked before the first is submitted: a refusal of prompt[1] then cancels none of
+  // prompt[0]'s (which /stats would count as cancelled sequences of a request that never ran).
+  for (let k = 0; k < count; k++) {
+    try {
+      batcher.check({ prompt: promptOf(k).ids, maxTokens: maxTokensOf(k), sampling: r.sampling, seed: 0, stopTokenIds: r.stopTokenIds, onToken: () => false, onEnd: () => {} });
+    } catch (e) {
+      // The first refusal is the request's.
+      const err = refusal(k, e);
+      return sendJson(res, statusOf(err), errorBody(err));
+    }
+  }
   try {
     for (let k = 0; k < count; k++) {
       const prompt = promptOf(k).ids;
       try {
-        // Without a limit (chat's default), up to --default-max-tokens or the model's positions.
-        const maxTokens = r.maxTokens ?? defaultReplyLimit(r.minTokens, prompt.length, server.defaultMax, lm.config.maxPositions);
+        const maxTokens = maxTokensOf(k);
         handles.push(
           batcher.submit({
             prompt,
@@ -144,9 +161,7 @@ export async function generation(server: GenerationServer, req: http.IncomingMes
           }),
         );
       } catch (e) {
-        // A batch's refusal names the prompt it is about.
-        const err = asMlaError(e);
-        throw prompts.length > 1 ? new MlaError(err.code, `prompt[${Math.floor(k / n)}]: ${err.message}`) : err;
+        throw refusal(k, e);
       }
     }
   } catch (e) {

@@ -92,6 +92,12 @@ test("a sequence that can never start is refused before it queues", () => {
   assert.throws(() => b.submit({ ...spec, prompt: prompts[0]!, maxTokens: model.config.maxPositions }), /pass the model's 512 positions[^]*lower max_tokens to at most 507/);
   assert.throws(() => b.submit({ ...spec, prompt: [], maxTokens: 4 }), /no tokens/);
   assert.throws(() => b.submit({ ...spec, prompt: prompts[0]!, maxTokens: 1.5 }), /max_tokens 1.5 is not a token count/);
+  // From a script: ids a typed array would truncate or wrap (1.5 → 1), or that the vocabulary lacks.
+  for (const [bad, shown] of [[1.5, "1.5"], [-1, "-1"], [512, "512"], [Number.NaN, "NaN"]] as const)
+    assert.throws(() => b.submit({ ...spec, prompt: [1, bad], maxTokens: 4 }), (e: unknown) => e instanceof MlaError && e.code === "BAD_ARGUMENT" && e.message === `the prompt's token 1 is ${shown}, not a token id\n  hint: token ids are whole numbers from 0 to 511 (the model's vocabulary)`, shown);
+  assert.throws(() => b.submit({ ...spec, prompt: [1], maxTokens: 4, stopTokenIds: [2, 2.5] }), /stop token id 1 is 2\.5, not a token id/);
+  assert.throws(() => b.check({ ...spec, prompt: [1, 0.5], maxTokens: 4 }), /token 1 is 0\.5/, "check() refuses what submit() would");
+  assert.equal(b.check({ ...spec, prompt: [1, 2], maxTokens: 4 }), b.cacheBytes(6), "check() queues nothing and gives the bytes reserved");
   assert.throws(() => new Batcher(model, { maxBatch: 0, kvCache: "f32" }), /--max-batch 0/);
   assert.equal(b.stats().waiting, 0);
 });

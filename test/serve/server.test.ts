@@ -730,6 +730,21 @@ test("a batch of prompts in one request: each prompt's choices answer as the pro
   }
 });
 
+test("a batch whose prompt[1] is refused runs none of its choices and counts none as cancelled in /stats", async () => {
+  const server = await serve(lm, { port: 0 });
+  try {
+    const long = Array.from({ length: 500 }, () => 3);
+    const r = await post(server.url, { prompt: [[1, 3, 4], [1, ...long]], n: 2, max_tokens: 100 });
+    assert.equal(r.status, 400);
+    assert.match(r.json["error"].message, /^prompt\[1\]: the prompt's 501 tokens \+ max_tokens 100 = 601 pass the model's 512 positions/);
+    const stats = (await (await fetch(`${server.url}/stats`)).json()) as Record<string, any>;
+    assert.deepEqual(stats["ended"], { stop: 0, length: 0, cancelled: 0, error: 0 });
+    assert.equal(stats["requests"], 0);
+  } finally {
+    await server.close();
+  }
+});
+
 test("a choice that fails mid-stream fails the request with an error event and [DONE]; its sibling writes nothing after, and the server goes on", async () => {
   let calls = 0;
   // A tokenizer that fails once, part-way through the stream (as decoding an id past a padded vocabulary does).
