@@ -21,16 +21,24 @@ export class EventStream {
 
   /** One chunk: `body`'s fields after the head's. */
   chunk(body: Record<string, unknown>): void {
-    this.res.write(`data: ${JSON.stringify({ ...this.head, ...(this.includeUsage ? { usage: null } : {}), ...body })}\n\n`);
+    this.write(`data: ${JSON.stringify({ ...this.head, ...(this.includeUsage ? { usage: null } : {}), ...body })}\n\n`);
   }
 
   /** An error event (OpenAI's error body), which the end follows. */
   error(body: string): void {
-    this.res.write(`data: ${body}\n\n`);
+    this.write(`data: ${body}\n\n`);
   }
 
   /** The end of the stream, and of the response. */
   end(): void {
-    this.res.end("data: [DONE]\n\n");
+    this.res.end(Buffer.from("data: [DONE]\n\n"));
+  }
+
+  /**
+   * Written as bytes, not as a string: a socket counts a queued string in characters, its bytes
+   * written in bytes, and close() tells a client that stopped reading by the two (stalledConnections.ts).
+   */
+  private write(text: string): void {
+    this.res.write(Buffer.from(text));
   }
 }

@@ -25,8 +25,10 @@ export function errorBody(e: MlaError): string {
 
 export function sendJson(res: http.ServerResponse, status: number, body: string, headers: http.OutgoingHttpHeaders = {}): void {
   if (res.headersSent || res.destroyed) return void res.end();
-  res.writeHead(status, { "Content-Type": "application/json", "Content-Length": Buffer.byteLength(body), ...headers });
-  res.end(body);
+  // As bytes: a socket counts a queued string in characters (stalledConnections.ts).
+  const bytes = Buffer.from(body);
+  res.writeHead(status, { "Content-Type": "application/json", "Content-Length": bytes.length, ...headers });
+  res.end(bytes);
 }
 
 export function tooLarge(limit: number): WithStatus {

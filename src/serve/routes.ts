@@ -63,8 +63,8 @@ export function requestHandler(s: RoutedServer): Handler {
     "/stats": { GET: (_q, res) => sendJson(res, 200, JSON.stringify(s.stats())) },
     "/metrics": {
       GET: (_q, res) => {
-        const text = prometheusText(s.stats());
-        res.writeHead(200, { "Content-Type": "text/plain; version=0.0.4", "Content-Length": Buffer.byteLength(text) });
+        const text = Buffer.from(prometheusText(s.stats()));
+        res.writeHead(200, { "Content-Type": "text/plain; version=0.0.4", "Content-Length": text.length });
         res.end(text);
       },
     },

@@ -10,6 +10,7 @@ import type { Logger } from "../util/log.js";
 import { checkOptionTypes, type OptionKinds } from "../util/optionTypes.js";
 import { throwIfAborted } from "../util/abort.js";
 import { checkBatcherOptions, type BatcherOptions } from "./batcher.js";
+import type { LoadedModel } from "../model/llama.js";
 
 export interface ServeOptions {
   /** Address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 for every interface). */
@@ -47,6 +48,12 @@ export interface ServeOptions {
   logger?: Logger;
   /** Aborting it closes the server at once: requests in flight end, their connections close. */
   signal?: AbortSignal;
+  /**
+   * While close() waits for the requests in flight, a connection that waits on its client (a body
+   * that stopped arriving, a streamed answer its client stopped reading) and has moved no bytes for
+   * this many milliseconds is cut (default 5000; stalledConnections.ts).
+   */
+  closeStallMs?: number;
 }
 
 /** The options' values serve() runs with, defaults filled in. */
@@ -58,11 +65,37 @@ export interface ServeSettings {
   maxBody: number;
   /** The batcher's options but its cache type (known once the model is loaded). */
   batching: Omit<BatcherOptions, "kvCache">;
+  /** On close, a connection waiting on its client is cut after this many ms without a byte moved. */
+  closeStallMs: number;
 }
 
-const SERVE_KINDS: OptionKinds<ServeOptions> = { host: "string", port: "number", name: "string", maxBatch: "number", kvCache: "string", kvBudgetMb: "number", prefixCacheMb: "number", prefillChunk: "number", defaultMaxTokens: "number", apiKey: "string", device: "string", maxBodyBytes: "number", logger: "object", signal: "object" };
+const SERVE_KINDS: OptionKinds<ServeOptions> = { host: "string", port: "number", name: "string", maxBatch: "number", kvCache: "string", kvBudgetMb: "number", prefixCacheMb: "number", prefillChunk: "number", defaultMaxTokens: "number", apiKey: "string", device: "string", maxBodyBytes: "number", logger: "object", signal: "object", closeStallMs: "number" };
 
 const MAX_STRING_LENGTH = bufferConstants.MAX_STRING_LENGTH;
+
+/** What `v` is, for a message: `undefined`, `a number (3)`, `an object without "dir", "model"`. */
+function describedModel(v: unknown): string {
+  if (v === null || v === undefined) return String(v);
+  if (typeof v === "object" && !Array.isArray(v)) {
+    const missing = LOADED_FIELDS.filter((k) => !(k in v) || (v as Record<string, unknown>)[k] === undefined || (v as Record<string, unknown>)[k] === null);
+    return `an object without ${missing.map((k) => `"${k}"`).join(", ")}`;
+  }
+  if (typeof v === "string") return "an empty string";
+  return `${Array.isArray(v) ? "an array" : `a ${typeof v}`}${typeof v === "number" || typeof v === "boolean" ? ` (${String(v)})` : ""}`;
+}
+
+/** The fields of loadModel()'s answer that serve() reads. */
+const LOADED_FIELDS = ["dir", "config", "model", "tokenizer"] as const;
+
+/**
+ * Refuses serve()'s first argument unless it is a model spec (a non-empty string: folder, hub id,
+ * alias) or a model loaded by loadModel(): anything else failed deep inside ("reading 'dir'").
+ */
+export function checkServedModel(model: unknown): asserts model is string | LoadedModel {
+  if (typeof model === "string" && model !== "") return;
+  if (model !== null && typeof model === "object" && !Array.isArray(model) && LOADED_FIELDS.every((k) => (model as Record<string, unknown>)[k] !== undefined && (model as Record<string, unknown>)[k] !== null)) return;
+  throw new MlaError("BAD_ARGUMENT", `serve(): the model is ${describedModel(model)}, not a model folder, hub id or alias, nor a model from loadModel()`, 'pass e.g. serve("stories260K", { port: 8000 }) or serve(loadModel(dir), { port: 8000 })');
+}
 
 /** Checks serve()'s options (and that it is not aborted already); returns the values it runs with. */
 export function checkServeOptions(opts: ServeOptions): ServeSettings {
@@ -84,5 +117,7 @@ export function checkServeOptions(opts: ServeOptions): ServeSettings {
     throw new MlaError("BAD_ARGUMENT", `serve()'s maxBodyBytes ${maxBody} is not a body size in bytes`, `pass a whole number from 1 to ${MAX_STRING_LENGTH} (the longest text JavaScript can parse), or leave it out (default ${4 * 2 ** 20}, 4 MiB)`);
   const batching = { maxBatch: opts.maxBatch ?? 32, prefixCacheBytes: (opts.prefixCacheMb ?? 1024) * 2 ** 20, prefillChunk: opts.prefillChunk ?? 512, ...(opts.kvBudgetMb !== undefined ? { kvBudgetBytes: opts.kvBudgetMb * 2 ** 20 } : {}) };
   checkBatcherOptions(batching);
-  return { port, defaultMax, maxBody, batching };
+  const closeStallMs = opts.closeStallMs ?? 5000;
+  if (!(Number.isFinite(closeStallMs) && closeStallMs > 0)) throw new MlaError("BAD_ARGUMENT", `serve()'s closeStallMs ${closeStallMs} is not a duration in milliseconds`, "pass a positive number of milliseconds, or leave it out (default 5000)");
+  return { port, defaultMax, maxBody, batching, closeStallMs };
 }

@@ -20,7 +20,8 @@ import { Batcher, type BatcherStats } from "./batcher.js";
 import { loadChatTemplate, type ChatTemplate } from "./chatTemplate.js";
 import { asMlaError, sendRefusal, tooLarge } from "./httpJson.js";
 import { requestHandler } from "./routes.js";
-import { checkServeOptions, type ServeOptions } from "./serveOptions.js";
+import { ConnectionWatch } from "./stalledConnections.js";
+import { checkServedModel, checkServeOptions, type ServeOptions } from "./serveOptions.js";
 
 export type { ServeOptions } from "./serveOptions.js";
 
@@ -42,14 +43,15 @@ export interface Server {
   /** The loaded model (its tokenizer, config and backend). */
   readonly loaded: LoadedModel;
   stats(): ServerStats;
-  /** Stops accepting requests, lets those in flight finish, then resolves. */
+  /** Stops accepting requests, lets those in flight finish (cutting a connection whose client has stalled: ServeOptions.closeStallMs), then resolves. */
   close(): Promise<void>;
 }
 
 /** Starts serving `model` (a folder, alias or bundled name, loaded on opts.device; or a model already loaded). */
 export async function serve(model: string | LoadedModel, opts: ServeOptions = {}): Promise<Server> {
+  checkServedModel(model);
   // Before the model loads (minutes for a large one), not after.
-  const { port, defaultMax, maxBody, batching } = checkServeOptions(opts);
+  const { port, defaultMax, maxBody, batching, closeStallMs } = checkServeOptions(opts);
   const log = opts.logger ?? silentLogger;
   const lm = typeof model === "string" ? loadModel(model, { backend: selectBackend(opts.device ?? "auto", log) }) : model;
   const name = opts.name ?? (typeof model === "string" ? model : path.basename(lm.dir));
@@ -73,6 +75,8 @@ export async function serve(model: string | LoadedModel, opts: ServeOptions = {}
   const server = http.createServer(
     requestHandler({ lm, name, batcher, log, maxBody, defaultMax, countRequest: () => void requests++, chat, chatProblem, apiKey: opts.apiKey, closing: () => closing, inFlight, stats }),
   );
+
+  const connections = new ConnectionWatch(server);
 
   // A client that waits for "100 Continue" before sending a body too large (curl does above 1 MB) gets
   // the 413 instead, and sends nothing; any other gets the 100 and is served as usual.
@@ -108,7 +112,10 @@ export async function serve(model: string | LoadedModel, opts: ServeOptions = {}
       closing = true;
       const stopped = new Promise<void>((r) => server.close(() => r()));
       server.closeIdleConnections();
+      // Requests in flight finish; one whose client has stalled (closeStallMs) is cut instead.
+      const stopCutting = connections.cutStalled(closeStallMs, (socket, why) => log.warn(`closing: cut the connection from ${socket.remoteAddress ?? "?"}:${socket.remotePort ?? "?"}: ${why} (no bytes for ${closeStallMs / 1000} s)`));
       while (inFlight.size) await Promise.all(inFlight);
+      stopCutting();
       await batcher.whenIdle();
       batcher.clearPrefixCache();
       server.closeAllConnections();
