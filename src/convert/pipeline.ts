@@ -190,7 +190,7 @@ async function convertInScope(spec: string, opts: ConvertOptions): Promise<Conve
 
     let report: ConversionReport | null = null;
     if (opts.evalText) {
-      const e = { ...embeddedEval(opts), device: opts.device, progress: opts.progress, signal: opts.signal, logger: log };
+      const e = { ...embeddedEval(opts), device: opts.device, progress: opts.progress, signal: opts.signal, logger: log, pastPositionsWarned: true };
       const before: EvalResult = await evaluate(srcDir, e);
       const after: EvalResult = await evaluate(tmp, e);
       before.model = spec;

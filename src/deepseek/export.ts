@@ -116,7 +116,7 @@ export interface BeforeAfter {
  * writes report.json into `dir`; also returns both perplexities (for a Markdown report).
  */
 export async function evalBeforeAfter(spec: string, srcDir: string, dir: string, out: string, o: DeepseekEvalOptions & { evalText: string }, kvPerToken: object): Promise<{ report: BeforeAfter; ppl: [number, number] }> {
-  const e = { ...embeddedEval(o), device: o.device, progress: o.progress, signal: o.signal, logger: o.logger ?? silentLogger };
+  const e = { ...embeddedEval(o), device: o.device, progress: o.progress, signal: o.signal, logger: o.logger ?? silentLogger, pastPositionsWarned: true };
   const [b, a] = [await evaluate(srcDir, e), await evaluate(dir, e)];
   const report = { text: o.evalText, tokens: b.tokens!, ctx: b.ctx!, before: b.nll!, after: a.nll! };
   // A source that scores but an output that does not (a weight out of its dtype's range) is no model to hand over.

@@ -22,6 +22,10 @@ import { checkOptionTypes, type OptionKinds } from "../util/optionTypes.js";
 import { throwIfAborted } from "../util/abort.js";
 import { kvBytesPerToken, pastPositionsWarning } from "../model/config.js";
 import { requireCount } from "../util/counts.js";
+import { readHfConfig } from "../io/hfConfig.js";
+
+/** The perplexity windows' length when none is given. */
+const DEFAULT_CTX = 256;
 
 /** The options the perplexity text, its token count and its window length came from, named in messages. */
 export interface EvalFlagNames {
@@ -55,6 +59,8 @@ export interface EvalOptions {
   flags?: EvalFlagNames;
   /** Aborting it stops the evaluation at the next window or task item (MlaError INTERRUPTED). */
   signal?: AbortSignal;
+  /** The caller has warned already where the ctx passes the model's positions (checkEmbeddedEval did: convert and export evaluate twice). */
+  pastPositionsWarned?: boolean;
 }
 
 const EVAL_KINDS: OptionKinds<EvalOptions> = {
@@ -73,10 +79,25 @@ const EVAL_KINDS: OptionKinds<EvalOptions> = {
   batch: "number",
   flags: "object",
   signal: "object",
+  pastPositionsWarned: "boolean",
 };
 
+/** Warns where windows of `ctx` pass the model's `maxPositions`. */
+function warnPastPositions(flags: EvalFlagNames, ctx: number, maxPositions: number, log: Logger): void {
+  const past = pastPositionsWarning(flags.ctx, ctx, maxPositions, "windows past them score poorly");
+  if (past) log.warn(past);
+}
+
+/** Another command's --eval-text, --eval-tokens and --eval-ctx, and its logger. */
+interface EmbeddedEvalSettings {
+  evalText?: string;
+  evalTokens?: number;
+  evalCtx?: number;
+  logger?: Logger;
+}
+
 /** Another command's --eval-text, --eval-tokens and --eval-ctx as evaluate() options. */
-export function embeddedEval(o: { evalText?: string; evalTokens?: number; evalCtx?: number }): EvalOptions {
+export function embeddedEval(o: EmbeddedEvalSettings): EvalOptions {
   return { text: o.evalText, tokens: o.evalTokens, ctx: o.evalCtx, flags: EMBEDDED_EVAL_FLAGS };
 }
 
@@ -84,13 +105,16 @@ export function embeddedEval(o: { evalText?: string; evalTokens?: number; evalCt
  * convert's and export's optional evaluation, checked before their work: nothing to check without
  * --eval-text, unless --eval-tokens or --eval-ctx was given (they do nothing without it). `source`:
  * the model whose conversion is scored: its tokenizer and BOS, which the result shares, must load.
+ * An --eval-ctx past the source's positions is warned about here, once (a dry run too), through
+ * `o.logger`: the caller's evaluations then pass pastPositionsWarned, not to repeat it.
  */
-export function checkEmbeddedEval(o: { evalText?: string; evalTokens?: number; evalCtx?: number }, source?: { dir: string; bos: number | null }): void {
+export function checkEmbeddedEval(o: EmbeddedEvalSettings, source?: { dir: string; bos: number | null }): void {
   if (o.evalText === undefined && o.evalTokens === undefined && o.evalCtx === undefined) return;
   checkEvalOptions(embeddedEval(o));
   if (source) {
     loadTokenizer(source.dir);
     requireBos(source.bos);
+    if (o.evalText !== undefined) warnPastPositions(EMBEDDED_EVAL_FLAGS, o.evalCtx ?? DEFAULT_CTX, readHfConfig(source.dir).maxPositions, o.logger ?? silentLogger);
   }
 }
 
@@ -199,9 +223,9 @@ export async function evaluate(spec: string, opts: EvalOptions): Promise<EvalRes
   if (text !== null) {
     const ids = tokenizeForEval(lm.tokenizer, text, opts.tokens);
     if (opts.tokens !== undefined && ids.length < opts.tokens) log.warn(`${opts.text} holds only ${ids.length} tokens, fewer than ${flags.tokens} ${opts.tokens}: scoring all of them`);
-    const ctx = opts.ctx ?? 256;
-    const past = pastPositionsWarning(flags.ctx, ctx, lm.config.maxPositions, "windows past them score poorly");
-    if (past) log.warn(past);
+    const ctx = opts.ctx ?? DEFAULT_CTX;
+    // A command that checked its evaluation up front (checkEmbeddedEval) has warned already.
+    if (!opts.pastPositionsWarned) warnPastPositions(flags, ctx, lm.config.maxPositions, log);
     const r = await perplexity(lm.model, ids, { ctx, progress: opts.progress, kvCache: opts.kvCache, batch: opts.batch, signal: opts.signal });
     Object.assign(result, { text: path.resolve(opts.text!), ctx: r.ctx, tokens: r.tokens, windows: r.windows, nll: r.nll, ppl: r.ppl, tokens_per_second: r.tokens / r.seconds });
     if (r.afterFirst) result.tokens_per_second_warm = r.afterFirst.tokens / r.afterFirst.seconds;

@@ -53,3 +53,25 @@ test("eval itself still names --tokens and --ctx", async () => {
   await assert.rejects(evaluate(MODEL, { text: TEXT, ctx: 1, device: "reference" }), named(/^--ctx 1 is too small/));
   await assert.rejects(evaluate(MODEL, { text: TEXT, ctx: 2.5, device: "reference" }), named(/^--ctx 2.5 is not a whole number of tokens/));
 });
+
+test("an --eval-ctx past the model's positions is warned about once: in a dry run, and in a conversion that evaluates twice", async () => {
+  const warned = () => {
+    const warnings: string[] = [];
+    return { warnings, logger: { info: () => {}, warn: (m: string) => void warnings.push(m) } };
+  };
+  const past = (ws: string[]) => ws.filter((w) => /--eval-ctx 600 passes the model's 512 positions \(max_position_embeddings\)/.test(w)).length;
+  const dry = warned();
+  await convert(MODEL, { rank: 2, evalText: TEXT, evalTokens: 700, evalCtx: 600, dryRun: true, progress: null, device: "cpu", logger: dry.logger });
+  assert.equal(past(dry.warnings), 1, "the dry run warns");
+  const run = warned();
+  const r = await convert(MODEL, { rank: 2, evalText: TEXT, evalTokens: 700, evalCtx: 600, out: path.join(tmpDir(), "c"), progress: null, device: "cpu", logger: run.logger });
+  assert.ok(r.report, "it evaluated before and after");
+  assert.equal(past(run.warnings), 1, "before the conversion, not again at each evaluation");
+  const ds = warned();
+  await convertDeepseek(MODEL, { rank: 2, evalText: TEXT, evalTokens: 700, evalCtx: 600, out: path.join(tmpDir(), "d"), progress: null, device: "cpu", logger: ds.logger });
+  assert.equal(past(ds.warnings), 1, "--format deepseek too");
+  // eval itself warns (with its own flag's name).
+  const ev = warned();
+  await evaluate(MODEL, { text: TEXT, tokens: 700, ctx: 600, device: "cpu", progress: null, logger: ev.logger });
+  assert.deepEqual(ev.warnings.filter((w) => /passes the model's/.test(w)), ["--ctx 600 passes the model's 512 positions (max_position_embeddings): windows past them score poorly"]);
+});
