@@ -23,6 +23,7 @@ import { throwIfAborted } from "../util/abort.js";
 import { kvBytesPerToken, pastPositionsWarning } from "../model/config.js";
 import { requireCount } from "../util/counts.js";
 import { readHfConfig } from "../io/hfConfig.js";
+import { scoredBytes, textHash, tokenizerIdentity, type TokenizerIdentity } from "./identity.js";
 
 /** The perplexity windows' length when none is given. */
 const DEFAULT_CTX = 256;
@@ -147,12 +148,21 @@ export interface EvalResult {
   kv_cache?: { dtype: KvCacheDtype; bytes_per_token: number };
   backend: string;
   seconds: number;
+  /** The tokenizer the text was scored with (identity.ts): NLL and ppl over another one's tokens are not comparable. */
+  tokenizer?: TokenizerIdentity;
+  /** The perplexity text (absolute path). */
   text?: string;
+  /** sha256 of the text as scored (UTF-8, newlines normalized), first 16 hex digits: the same file name may hold another text. */
+  text_hash?: string;
+  /** UTF-8 bytes of the text the scored tokens cover (absent where the decoded tokens do not spell the text's start). */
+  text_bytes?: number;
   ctx?: number;
   tokens?: number;
   windows?: number;
   nll?: number;
   ppl?: number;
+  /** nll × tokens / (ln 2 × text_bytes): comparable across tokenizers on the same bytes (absent with text_bytes). */
+  bits_per_byte?: number;
   tokens_per_second?: number;
   /** Tokens per second after the first forward (see PerplexityResult.afterFirst); absent with one forward. */
   tokens_per_second_warm?: number;
@@ -222,12 +232,26 @@ export async function evaluate(spec: string, opts: EvalOptions): Promise<EvalRes
   };
   if (text !== null) {
     const ids = tokenizeForEval(lm.tokenizer, text, opts.tokens);
+    const whole = opts.tokens === undefined || ids.length < opts.tokens;
     if (opts.tokens !== undefined && ids.length < opts.tokens) log.warn(`${opts.text} holds only ${ids.length} tokens, fewer than ${flags.tokens} ${opts.tokens}: scoring all of them`);
     const ctx = opts.ctx ?? DEFAULT_CTX;
     // A command that checked its evaluation up front (checkEmbeddedEval) has warned already.
     if (!opts.pastPositionsWarned) warnPastPositions(flags, ctx, lm.config.maxPositions, log);
     const r = await perplexity(lm.model, ids, { ctx, progress: opts.progress, kvCache: opts.kvCache, batch: opts.batch, signal: opts.signal });
-    Object.assign(result, { text: path.resolve(opts.text!), ctx: r.ctx, tokens: r.tokens, windows: r.windows, nll: r.nll, ppl: r.ppl, tokens_per_second: r.tokens / r.seconds });
+    const bytes = scoredBytes(text, ids, lm.tokenizer, whole);
+    Object.assign(result, {
+      tokenizer: tokenizerIdentity(lm.dir, lm.tokenizer),
+      text: path.resolve(opts.text!),
+      text_hash: textHash(text),
+      ...(bytes !== null ? { text_bytes: bytes } : {}),
+      ctx: r.ctx,
+      tokens: r.tokens,
+      windows: r.windows,
+      nll: r.nll,
+      ppl: r.ppl,
+      ...(bytes ? { bits_per_byte: (r.nll * r.tokens) / (Math.LN2 * bytes) } : {}),
+      tokens_per_second: r.tokens / r.seconds,
+    });
     if (r.afterFirst) result.tokens_per_second_warm = r.afterFirst.tokens / r.afterFirst.seconds;
   }
   if (opts.tasks?.length) {

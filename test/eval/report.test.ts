@@ -225,3 +225,60 @@ test("report: training logs of two pipelines (both finetune/train_log.jsonl) are
   const md = fs.readFileSync(writeReport([json], path.join(dir, "r.html"), { trainLogs: logs }).md, "utf8");
   assert.match(md, /## Fine-tuning: pl1\/finetune\n[\s\S]*## Fine-tuning: pl2\/finetune\n/);
 });
+
+test("eval's JSON names its tokenizer and text; report marks NLL and perplexity over another tokenizer or text not comparable, compares bits per byte across tokenizers, and reads older JSONs (tokenizer not recorded)", async () => {
+  const dir = tmpDir();
+  const model = path.join(MODELS, "stories260K");
+  const mla = path.join(dir, "mla");
+  await convert(model, { rank: 4, ropePairs: 2, ropeStrategy: "uniform", out: mla, progress: null, device: "cpu" });
+  const whole = await evaluate(model, { text: TEXT, progress: null, device: "cpu" });
+  const cut = await evaluate(model, { text: TEXT, tokens: 600, progress: null, device: "cpu" });
+  const converted = await evaluate(mla, { text: TEXT, tokens: 600, progress: null, device: "cpu" });
+  const bytes = fs.readFileSync(TEXT).length;
+  assert.equal(whole.text_bytes, bytes, "every token scored: the whole text's bytes");
+  assert.ok(cut.text_bytes! > 0 && cut.text_bytes! < bytes);
+  assert.equal(converted.text_bytes, cut.text_bytes);
+  assert.ok(Math.abs(whole.bits_per_byte! - (whole.nll! * whole.tokens!) / (Math.LN2 * bytes)) < 1e-12);
+  assert.deepEqual(converted.tokenizer, cut.tokenizer, "a conversion keeps its source's tokenizer");
+  assert.deepEqual(cut.tokenizer, { hash: cut.tokenizer!.hash, vocab_size: 512 });
+  assert.match(cut.text_hash!, /^[0-9a-f]{16}$/);
+  assert.equal(cut.text_hash, whole.text_hash);
+
+  // Hand-made runs: another tokenizer, another text under the same name, the same text under another name, an older JSON.
+  const base = { ...cut, label: "a", tokens: 1000, ctx: 256, text: "/t/x.txt", text_hash: "1111111111111111", text_bytes: 4000, nll: 2, ppl: 7.389, bits_per_byte: 0.7 };
+  const runs = {
+    a: base,
+    tok: { ...base, label: "tok", tokenizer: { hash: "2222222222222222", vocab_size: 32000 }, tokens: 500, nll: 4, ppl: 54.6, bits_per_byte: 0.72 },
+    other: { ...base, label: "other", text_hash: "3333333333333333", nll: 2.5, ppl: 12.18 },
+    copy: { ...base, label: "copy", text: "/u/y.txt", nll: 2.25, ppl: 9.49 },
+    old: { ...base, label: "old", tokenizer: undefined, text_hash: undefined, text_bytes: undefined, bits_per_byte: undefined, nll: 2.5, ppl: 12.18 },
+  };
+  const files = Object.entries(runs).map(([k, r]) => {
+    const f = path.join(dir, `${k}.json`);
+    fs.writeFileSync(f, JSON.stringify(r));
+    return f;
+  });
+  const md = fs.readFileSync(writeReport(files, path.join(dir, "r.html")).md, "utf8");
+  const row = (metric: string) => md.split("\n").find((l) => l.startsWith(`| ${metric} |`))!.split(" | ").slice(1);
+  assert.deepEqual(row("NLL (nats/token)"), [
+    "2.0000",
+    "4.0000 (x.txt, 500 tokens, ctx 256; another tokenizer 22222222 (32000 tokens); not comparable)",
+    "2.5000 (x.txt (other content), 1000 tokens, ctx 256; not comparable)",
+    "2.2500 (+0.2500)",
+    "2.5000 (+0.5000; tokenizer not recorded) |",
+  ]);
+  assert.match(row("perplexity")[1]!, /another tokenizer 22222222 \(32000 tokens\); not comparable/);
+  assert.deepEqual(row("bits / byte"), ["0.7000", "0.7200 (+0.0200)", "0.7000 (x.txt (other content), 4000 bytes, ctx 256; not comparable)", "0.7000 (+0.0000)", "– |"], "bits per byte: the same bytes, whatever the tokenizer");
+  assert.match(md, /^- \*\*tok\*\*: .*; text x\.txt \(500 tokens, ctx 256, 4000 bytes\); tokenizer 22222222 \(32000 tokens\)$/m);
+  assert.match(md, /^- \*\*old\*\*: .*; text x\.txt \(1000 tokens, ctx 256\); tokenizer not recorded$/m);
+  // A tokenizer record the report cannot compare is refused by name.
+  for (const [tokenizer, re] of [
+    [{ hash: 5, vocab_size: 512 }, /"tokenizer\.hash" is a number, not a string/],
+    [{ hash: "ab" }, /"tokenizer" has no "vocab_size"/],
+    ["gpt2", /"tokenizer" is a string \("gpt2"\), not an object/],
+  ] as const) {
+    const f = path.join(dir, "bad.json");
+    fs.writeFileSync(f, JSON.stringify({ ...base, tokenizer }));
+    assert.throws(() => writeReport([files[0]!, f], path.join(dir, "bad.html")), (e: Error) => e instanceof MlaError && re.test(e.message), String(re));
+  }
+});

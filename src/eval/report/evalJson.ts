@@ -19,6 +19,10 @@ const OPTIONAL: Record<string, FieldKind> = {
   dir: "string",
   config_hash: "string",
   text: "string",
+  text_hash: "string",
+  text_bytes: "number",
+  bits_per_byte: "number",
+  tokenizer: "object",
   conversion: "object",
   kv_cache: "object",
   tasks: "object",
@@ -66,6 +70,14 @@ export function checkEvalResult(r: unknown, where: string): EvalResult {
   if (isObject(r["kv_cache"])) {
     checkField(where, "kv_cache.dtype", r["kv_cache"]["dtype"], "string");
     checkField(where, "kv_cache.bytes_per_token", r["kv_cache"]["bytes_per_token"], "number");
+  }
+  if (isObject(r["tokenizer"])) {
+    // Both or neither: a report compares tokenizers by the two.
+    for (const [f, kind] of [["hash", "string"], ["vocab_size", "number"]] as const) {
+      const v = r["tokenizer"][f];
+      if (v === undefined || v === null) throw new MlaError("BAD_ARGUMENT", `${where}: "tokenizer" has no "${f}"`, "pass eval results as `mha2mla eval --json FILE` writes them (was this one edited, or written by another tool?)");
+      checkField(where, `tokenizer.${f}`, v, kind);
+    }
   }
   if (isObject(r["tasks"]))
     for (const [task, score] of Object.entries(r["tasks"])) {

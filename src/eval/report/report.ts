@@ -10,6 +10,7 @@ import { writeFileAtomic } from "../../io/atomicDir.js";
 import type { EvalResult } from "../evaluate.js";
 import { barChart, esc, lineChart } from "./charts.js";
 import { checkEvalResult, readEvalJson } from "./evalJson.js";
+import { bitsPerByteVsFirst, itemsVsFirst, measuredOnText, perplexityVsFirst, type VsFirst } from "./comparable.js";
 import { checkOptionTypes } from "../../util/optionTypes.js";
 
 export { readEvalJson };
@@ -26,8 +27,8 @@ interface Row {
   digits: number;
   /** Show the change from the first run, in absolute units or percent. */
   delta: "abs" | "pct" | null;
-  /** What the numbers were measured on, per run (text, tokens and ctx; a task's item count): no change is shown from a first run measured on other data. */
-  basis?: string[];
+  /** Per run, how its number compares with the first run's (comparable.ts): no change is shown from a first run measured on other data or tokens. */
+  vsFirst?: VsFirst[];
 }
 
 export function readTrainLog(file: string, label: string): TrainLog {
@@ -60,16 +61,18 @@ function rows(runs: EvalResult[]): Row[] {
   const out: Row[] = [];
   const v = (f: (r: EvalResult) => number | undefined | null) => runs.map((r) => f(r) ?? null);
   if (runs.some((r) => r.ppl !== undefined)) {
-    const basis = runs.map((r) => (r.text === undefined && r.tokens === undefined && r.ctx === undefined ? "text, tokens and ctx not recorded" : `${r.text ? path.basename(r.text) : "?"}, ${r.tokens ?? "?"} tokens, ctx ${r.ctx ?? "?"}`));
-    out.push({ metric: "perplexity", values: v((r) => r.ppl), digits: 3, delta: "pct", basis });
-    out.push({ metric: "NLL (nats/token)", values: v((r) => r.nll), digits: 4, delta: "abs", basis });
+    const vsFirst = perplexityVsFirst(runs);
+    out.push({ metric: "perplexity", values: v((r) => r.ppl), digits: 3, delta: "pct", vsFirst });
+    out.push({ metric: "NLL (nats/token)", values: v((r) => r.nll), digits: 4, delta: "abs", vsFirst });
   }
+  // Older JSONs have no bits per byte: the row is shown where a run has it.
+  if (runs.some((r) => r.bits_per_byte !== undefined)) out.push({ metric: "bits / byte", values: v((r) => r.bits_per_byte), digits: 4, delta: "abs", vsFirst: bitsPerByteVsFirst(runs) });
   const tasks = [...new Set(runs.flatMap((r) => Object.keys(r.tasks ?? {})))];
   for (const t of tasks) {
-    const basis = runs.map((r) => `${r.tasks?.[t]?.n ?? "?"} items`);
-    out.push({ metric: `${t} acc`, values: v((r) => r.tasks?.[t]?.acc), errors: v((r) => r.tasks?.[t]?.acc_stderr), digits: 4, delta: "abs", basis });
-    if (runs.some((r) => r.tasks?.[t]?.acc_norm !== undefined)) out.push({ metric: `${t} acc_norm`, values: v((r) => r.tasks?.[t]?.acc_norm), errors: v((r) => r.tasks?.[t]?.acc_norm_stderr), digits: 4, delta: "abs", basis });
-    if (runs.some((r) => r.tasks?.[t]?.ppl !== undefined)) out.push({ metric: `${t} ppl`, values: v((r) => r.tasks?.[t]?.ppl), digits: 2, delta: "pct", basis });
+    const vsFirst = itemsVsFirst(runs, t);
+    out.push({ metric: `${t} acc`, values: v((r) => r.tasks?.[t]?.acc), errors: v((r) => r.tasks?.[t]?.acc_stderr), digits: 4, delta: "abs", vsFirst });
+    if (runs.some((r) => r.tasks?.[t]?.acc_norm !== undefined)) out.push({ metric: `${t} acc_norm`, values: v((r) => r.tasks?.[t]?.acc_norm), errors: v((r) => r.tasks?.[t]?.acc_norm_stderr), digits: 4, delta: "abs", vsFirst });
+    if (runs.some((r) => r.tasks?.[t]?.ppl !== undefined)) out.push({ metric: `${t} ppl`, values: v((r) => r.tasks?.[t]?.ppl), digits: 2, delta: "pct", vsFirst });
     out.push({ metric: `${t} items scored`, values: v((r) => r.tasks?.[t]?.n), digits: 0, delta: null });
   }
   out.push({ metric: "KV elements / token", values: v((r) => r.kv_elems_per_token), digits: 0, delta: "pct" });
@@ -88,12 +91,13 @@ function cell(row: Row, i: number): string {
   // A stderr of 0 (every item right, or every one wrong) is shown as one, not left out.
   if (e !== null && e !== undefined) s += ` ± ${e.toFixed(row.digits)}`;
   const base = row.values[0];
-  // Runs measured on other data (another text or ctx, fewer items) are not a change of the model.
-  if (i > 0 && row.basis && base !== null && base !== undefined && row.basis[i] !== row.basis[0]) return `${s} (${row.basis[i]}; not comparable)`;
-  if (i > 0 && row.delta && base !== null && base !== undefined) {
-    if (row.delta === "abs") s += ` (${x - base >= 0 ? "+" : "−"}${Math.abs(x - base).toFixed(row.digits)})`;
-    else if (base !== 0) s += ` (${x >= base ? "+" : "−"}${Math.abs((100 * (x - base)) / base).toFixed(2)}%)`;
-  }
+  if (i === 0 || base === null || base === undefined) return s;
+  // Runs measured on other data (another text or ctx, fewer items) or tokens are not a change of the model.
+  const vs = row.vsFirst?.[i];
+  if (vs?.notComparable) return `${s} (${vs.notComparable}; not comparable)`;
+  const caveat = vs?.unknown ? `; ${vs.unknown}` : "";
+  if (row.delta === "abs") s += ` (${x - base >= 0 ? "+" : "−"}${Math.abs(x - base).toFixed(row.digits)}${caveat})`;
+  else if (row.delta === "pct" && base !== 0) s += ` (${x >= base ? "+" : "−"}${Math.abs((100 * (x - base)) / base).toFixed(2)}%${caveat})`;
   return s;
 }
 
@@ -123,8 +127,11 @@ const configOf = (r: EvalResult) => (r.config_hash ? `; config ${r.config_hash}`
 
 /** What a run read (the Models list of both formats). */
 function measuredOn(r: EvalResult): string {
-  return `; ${r.backend}, ${r.seconds.toFixed(1)} s${r.text ? `; text ${path.basename(r.text)} (${r.tokens} tokens, ctx ${r.ctx})` : ""}`;
+  return `; ${r.backend}, ${r.seconds.toFixed(1)} s${measuredOnText(r)}`;
 }
+
+/** What the report compares, under the table. */
+const COMPARED = "Perplexity and NLL are compared only between runs on the same text, token count, ctx and tokenizer (NLL per token of another vocabulary is another quantity); bits per byte between runs on the same bytes of the same text and ctx, whatever their tokenizers.";
 
 /** A Markdown table cell: a "|" would end it. */
 const mdCell = (s: string) => s.replace(/\|/g, "\\|");
@@ -151,7 +158,7 @@ export function reportMarkdown(given: EvalResult[], logs: TrainLog[] = []): stri
     `| --- | ${runs.map(() => "---").join(" | ")} |`,
     ...rs.map((row) => `| ${row.metric} | ${runs.map((_, i) => cell(row, i)).join(" | ")} |`),
     "",
-    "Changes in parentheses are relative to the first column.",
+    `Changes in parentheses are relative to the first column. ${COMPARED}`,
     "",
     "## Models",
     "",
@@ -191,7 +198,7 @@ td:first-child,th:first-child{text-align:left}th{background:#f3f3f3}.charts svg{
 code{font-size:12px}
 </style></head><body>
 <h1>mha2mla evaluation report</h1>
-<p>Changes in parentheses are relative to the first column (${esc(labels[0] ?? "")}).</p>
+<p>Changes in parentheses are relative to the first column (${esc(labels[0] ?? "")}). ${esc(COMPARED)}</p>
 ${table}
 <div class="charts">${charts.join("\n")}</div>
 <h2>Models</h2>${models}

@@ -1,0 +1,58 @@
+/**
+ * What a perplexity depends on besides the weights, recorded in eval's JSON so that `report` compares
+ * like with like. Per-token NLL over another tokenizer's tokens is another quantity (a vocabulary of
+ * 512 pieces predicts shorter, easier tokens than one of 32000), and another text is another test.
+ * Bits per byte is comparable across tokenizers: the same bytes, whatever pieces cut them.
+ */
+import crypto from "node:crypto";
+import fs from "node:fs";
+import path from "node:path";
+import type { TextTokenizer } from "../io/tokenizer.js";
+
+/** The tokenizer a run scored with: what turns a text into ids, hashed, and its vocabulary size. */
+export interface TokenizerIdentity {
+  /**
+   * sha256 (first 16 hex digits) of tokenizer.json's normalizer, pre-tokenizer, model (vocabulary,
+   * merges) and added tokens, keys sorted: the parts that decide the ids of a text. The decoder and
+   * post-processor (special tokens added around it, which the perplexity protocol leaves out) are not
+   * in it, nor the file's layout, so a converted model's copy hashes as its source's.
+   */
+  hash: string;
+  vocab_size: number;
+}
+
+/** JSON with every object's keys sorted: the same content, however the file ordered it. */
+function stableJson(v: unknown): string {
+  if (Array.isArray(v)) return `[${v.map(stableJson).join(",")}]`;
+  if (v !== null && typeof v === "object")
+    return `{${Object.keys(v)
+      .sort()
+      .map((k) => `${JSON.stringify(k)}:${stableJson((v as Record<string, unknown>)[k])}`)
+      .join(",")}}`;
+  return JSON.stringify(v) ?? "null";
+}
+
+const sha16 = (text: string) => crypto.createHash("sha256").update(text).digest("hex").slice(0, 16);
+
+/** The identity of the tokenizer in model folder `dir` (its tokenizer.json, which loading it has read already). */
+export function tokenizerIdentity(dir: string, tokenizer: TextTokenizer): TokenizerIdentity {
+  const tj = JSON.parse(fs.readFileSync(path.join(dir, "tokenizer.json"), "utf8")) as Record<string, unknown>;
+  const encoding = { normalizer: tj["normalizer"] ?? null, pre_tokenizer: tj["pre_tokenizer"] ?? null, model: tj["model"] ?? null, added_tokens: tj["added_tokens"] ?? [] };
+  return { hash: sha16(stableJson(encoding)), vocab_size: tokenizer.vocabSize };
+}
+
+/** sha256 (first 16 hex digits) of a text as scored: UTF-8, newlines normalized (a CRLF copy hashes as the original: it tokenizes the same). */
+export function textHash(text: string): string {
+  return sha16(text);
+}
+
+/**
+ * The UTF-8 bytes of `text` that its first `ids.length` tokens cover: all of it when `whole` (every
+ * token was scored), else the bytes of the ids decoded, where that is where the text starts (null
+ * where it is not: a normalizer that changed the text, a leading space a decoder strips).
+ */
+export function scoredBytes(text: string, ids: ArrayLike<number>, tokenizer: TextTokenizer, whole: boolean): number | null {
+  if (whole) return Buffer.byteLength(text, "utf8");
+  const span = tokenizer.decode(Array.from(ids), { cleanUpSpaces: false });
+  return text.startsWith(span) ? Buffer.byteLength(span, "utf8") : null;
+}
