@@ -36,6 +36,7 @@ export { selectBackend, DEVICE_NAMES, type DeviceName } from "./backends/select.
 export type { PerplexityOptions, PerplexityResult } from "./eval/perplexity.js";
 export { evaluate } from "./eval/evaluate.js";
 export type { EvalResult, EvalOptions, TaskScore, EvalFlagNames } from "./eval/evaluate.js";
+export type { TokenizerIdentity } from "./eval/identity.js";
 export { inspectModel } from "./eval/inspect.js";
 export type { InspectResult } from "./eval/inspect.js";
 export { synth } from "./synth/synth.js";

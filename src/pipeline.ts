@@ -18,7 +18,7 @@ import { readHfConfig } from "./io/hfConfig.js";
 import { resolveModel } from "./io/modelDir.js";
 import { resolveSettings, SETTINGS_KINDS, type SettingsInput } from "./convert/plan.js";
 import type { ModelConfig } from "./model/config.js";
-import { checkEvalOptions, embeddedEval, evaluate, EvalOptions, EvalResult } from "./eval/evaluate.js";
+import { checkEmbeddedEval, checkEvalOptions, embeddedEval, evaluate, EvalOptions, EvalResult } from "./eval/evaluate.js";
 import { requireBos } from "./eval/perplexity.js";
 import { checkDataFile } from "./finetune/data.js";
 import type { TaskName } from "./eval/tasks/index.js";
@@ -181,6 +181,8 @@ function checkOptions(srcDir: string, o: PipelineOptions, log: Logger): void {
     checkDeclaredBiases(srcDir, c, o.attentionBias ?? true);
   }
   else resolveSettings(c, conversionPhase(o), silentLogger);
+  // Its --eval-ctx past the model's positions is warned about here, once, not by each evaluation.
+  checkEmbeddedEval({ ...o, logger: log }, { dir: srcDir, bos: c.bosTokenId });
   checkEvalOptions(pipelineEval(o));
   // Perplexity and task items start with BOS: a model without one is refused before the conversion.
   if (o.evalText || o.tasks?.length) requireBos(c.bosTokenId);
@@ -253,7 +255,7 @@ export async function pipeline(spec: string, o: PipelineOptions): Promise<Pipeli
   };
   const evalTo = (label: string, model: string, file: string) =>
     phase(`eval ${label}`, () => fs.existsSync(file), async () => {
-      const r = await evaluate(model, { ...pipelineEval(o), label, device: o.device, progress: o.progress, signal: o.signal, logger: log });
+      const r = await evaluate(model, { ...pipelineEval(o), label, device: o.device, progress: o.progress, signal: o.signal, logger: log, pastPositionsWarned: true });
       writeFileAtomic(file, JSON.stringify(r, null, 2) + "\n");
     });
   const mla = path.join(out, "mla");

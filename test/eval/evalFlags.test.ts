@@ -12,6 +12,7 @@ import { convert } from "../../src/convert/pipeline.js";
 import { convertDeepseek } from "../../src/deepseek/export.js";
 import { exportDeepseek } from "../../src/deepseek/fromMla.js";
 import { evaluate } from "../../src/eval/evaluate.js";
+import { pipeline } from "../../src/pipeline.js";
 import { MlaError } from "../../src/errors.js";
 import { FIXTURES, MODELS, ROOT, tmpDir } from "../helpers.js";
 
@@ -70,6 +71,10 @@ test("an --eval-ctx past the model's positions is warned about once: in a dry ru
   const ds = warned();
   await convertDeepseek(MODEL, { rank: 2, evalText: TEXT, evalTokens: 700, evalCtx: 600, out: path.join(tmpDir(), "d"), progress: null, device: "cpu", logger: ds.logger });
   assert.equal(past(ds.warnings), 1, "--format deepseek too");
+  // pipeline evaluates before and after too: one warning, up front.
+  const pl = warned();
+  await pipeline(MODEL, { convert: { rank: 2 }, evalText: TEXT, evalTokens: 700, evalCtx: 600, out: path.join(tmpDir(), "p"), progress: null, device: "cpu", logger: pl.logger });
+  assert.equal(past(pl.warnings), 1, "pipeline too");
   // eval itself warns (with its own flag's name).
   const ev = warned();
   await evaluate(MODEL, { text: TEXT, tokens: 700, ctx: 600, device: "cpu", progress: null, logger: ev.logger });
