@@ -8,6 +8,7 @@ import path from "node:path";
 import { MlaError } from "../errors.js";
 import { makeOwnedTemp, sweepStaleTemps } from "../io/atomicDir.js";
 import { SafetensorsFile, SafetensorsWriter } from "../io/safetensors.js";
+import { readJsonObject } from "../io/jsonFile.js";
 
 export interface TrainState {
   format: 1;
@@ -106,11 +107,7 @@ export function readCheckpointState(out: string): TrainState {
   const dir = checkpointDir(out);
   const stateFile = path.join(dir, "state.json");
   if (!fs.existsSync(stateFile)) throw new MlaError("NOT_FOUND", `--resume: no checkpoint in ${dir}`, "train without --resume first, or point --out at the folder of the interrupted run");
-  try {
-    return JSON.parse(fs.readFileSync(stateFile, "utf8")) as TrainState;
-  } catch (e) {
-    throw new MlaError("BAD_CHECKPOINT", `${stateFile}: not valid JSON (${(e as Error).message})`, "the checkpoint is corrupt; start the run over: --force instead of --resume");
-  }
+  return readJsonObject(stateFile, { code: "BAD_CHECKPOINT", hint: "the checkpoint is corrupt; start the run over: --force instead of --resume" }) as unknown as TrainState;
 }
 
 /** Loads the weights and moments of the checkpoint in `out` into `t` (in place). */

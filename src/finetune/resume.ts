@@ -9,6 +9,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { ioError, MlaError } from "../errors.js";
 import { writeFileAtomic } from "../io/atomicDir.js";
+import { readJsonObject } from "../io/jsonFile.js";
 import type { TrainState as RunState } from "./checkpoint.js";
 import type { FinetuneResult } from "./trainer.js";
 import type { Precision } from "./trainState.js";
@@ -212,12 +213,7 @@ interface Summary {
 export function finishedRun(out: string, checkpointStep: number): FinetuneResult | null {
   const file = path.join(out, SUMMARY_FILE);
   if (!fs.existsSync(file)) return null;
-  let s: Summary;
-  try {
-    s = JSON.parse(fs.readFileSync(file, "utf8")) as Summary;
-  } catch (e) {
-    throw new MlaError("BAD_CHECKPOINT", `${file}: not valid JSON (${(e as Error).message})`, `delete ${file} and --resume again to redo the end of the run (evaluation and the model files), or --force to start over`);
-  }
+  const s = readJsonObject(file, { code: "BAD_CHECKPOINT", hint: `delete ${file} and --resume again to redo the end of the run (evaluation and the model files), or --force to start over` }) as unknown as Summary;
   return {
     out,
     steps: s.steps,

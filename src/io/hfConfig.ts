@@ -4,9 +4,10 @@
  */
 import fs from "node:fs";
 import path from "node:path";
-import { MlaError, ioError } from "../errors.js";
+import { MlaError } from "../errors.js";
 import { DeepseekAttention, ModelConfig, RopeScaling } from "../model/config.js";
 import { parseMlaSection } from "./mlaSection.js";
+import { readJsonObject } from "./jsonFile.js";
 
 const SUPPORTED_TYPES = ["llama", "mistral", "qwen2", "deepseek_v3"] as const;
 
@@ -14,20 +15,8 @@ type Raw = Record<string, unknown>;
 
 export function readHfConfig(dir: string): ModelConfig {
   const file = path.join(dir, "config.json");
-  let text: string;
-  try {
-    text = fs.readFileSync(file, "utf8");
-  } catch (e) {
-    throw ioError("cannot read", file, e);
-  }
-  let raw: unknown;
-  try {
-    raw = JSON.parse(text);
-  } catch (e) {
-    throw new MlaError("BAD_CONFIG", `${file}: not valid JSON (${(e as Error).message})`, "the config file is corrupt; copy it again");
-  }
-  if (typeof raw !== "object" || raw === null || Array.isArray(raw)) throw new MlaError("BAD_CONFIG", `${file}: not a JSON object`, "the config file is corrupt; copy it again");
-  const config = normalizeHfConfig(raw as Raw, file);
+  const raw = readJsonObject(file, { code: "BAD_CONFIG", hint: "the config file is corrupt; copy it again" });
+  const config = normalizeHfConfig(raw, file);
   const stops = eosList((raw as Raw)["eos_token_id"]);
   // generation_config.json is optional and only adds stop ids: one that does not parse adds none.
   try {

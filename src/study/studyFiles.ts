@@ -3,26 +3,13 @@
  * whole (temp file + rename), but a folder can still hold a damaged one (a copy cut short, a hand
  * edit): named with what to do, not a JSON SyntaxError from deep inside.
  */
-import fs from "node:fs";
-import { ioError, MlaError } from "../errors.js";
+import { MlaError } from "../errors.js";
 import type { StudyRow } from "./study.js";
+import { readJsonObject } from "../io/jsonFile.js";
 
 /** The JSON object in `file` (`what` it holds, for the message); `hint` says how to go on without it. */
 export function readStudyJson<T>(file: string, what: string, hint: string): T {
-  let text: string;
-  try {
-    text = fs.readFileSync(file, "utf8");
-  } catch (e) {
-    throw ioError("cannot read", file, e);
-  }
-  let v: unknown;
-  try {
-    v = JSON.parse(text);
-  } catch (e) {
-    throw new MlaError("BAD_ARGUMENT", `${file} (${what}) is not valid JSON (${(e as Error).message})`, hint);
-  }
-  if (typeof v !== "object" || v === null || Array.isArray(v)) throw new MlaError("BAD_ARGUMENT", `${file} (${what}) is not a JSON object`, hint);
-  return v as T;
+  return readJsonObject(file, { code: "BAD_ARGUMENT", what, hint }) as T;
 }
 
 /** A finished run's row (NAME.row.json), checked for the fields the table, claims and curves read. */

@@ -94,11 +94,11 @@ test("a damaged study-state.json or row file is named with what to do, not a JSO
   const state = path.join(out, "study-state.json"), row = path.join(out, "mha.row.json");
   const kept = fs.readFileSync(state, "utf8");
   fs.writeFileSync(state, "{bad");
-  await assert.rejects(study(o), (e: unknown) => e instanceof MlaError && /study-state\.json \(the study's settings\) is not valid JSON[\s\S]*hint: pass --force to start the study over/.test(e.message));
+  await assert.rejects(study(o), (e: unknown) => e instanceof MlaError && /study-state\.json \(the study's settings\): not valid JSON[\s\S]*hint: pass --force to start the study over/.test(e.message));
   fs.writeFileSync(state, kept);
   for (const text of ["{\"rows\":", "{\"label\":\"MHA\"}"]) {
     fs.writeFileSync(row, text);
-    await assert.rejects(study(o), (e: unknown) => e instanceof MlaError && /mha\.row\.json \(the mha run's result\) (is not valid JSON|lacks params, kvElemsPerToken, kvBytesPerTokenBf16, valNll, trainTokensPerS, decodeTokensPerS, curve)[\s\S]*hint: delete it to measure the trained run \(mha-trained\) again/.test(e.message), text);
+    await assert.rejects(study(o), (e: unknown) => e instanceof MlaError && /mha\.row\.json \(the mha run's result\)(: not valid JSON| lacks params, kvElemsPerToken, kvBytesPerTokenBf16, valNll, trainTokensPerS, decodeTokensPerS, curve)[\s\S]*hint: delete it to measure the trained run \(mha-trained\) again/.test(e.message), text);
   }
   fs.rmSync(row);
   const again = await study(o);
