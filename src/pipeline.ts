@@ -7,7 +7,7 @@
 import fs from "node:fs";
 import path from "node:path";
 import { booleanFlag, MlaError, refuseInert } from "./errors.js";
-import { writeFileAtomic } from "./io/atomicDir.js";
+import { refuseFileAsOutDir, writeFileAtomic } from "./io/atomicDir.js";
 import { refuseOutOverInputs } from "./io/outGuard.js";
 import { convert } from "./convert/pipeline.js";
 import { convertDeepseek, deepseekSettings, deepseekShape } from "./deepseek/export.js";
@@ -223,7 +223,7 @@ export async function pipeline(spec: string, o: PipelineOptions): Promise<Pipeli
   const stateFile = path.join(out, "pipeline.json");
   // An --out holding only the state file is a run whose first phase failed (a calibration text too
   // short is found only when converting): nothing in it to lose, so a corrected command starts over.
-  if (fs.existsSync(out) && !fs.statSync(out).isDirectory()) throw new MlaError("BAD_ARGUMENT", `--out ${o.out} is a file, not a folder`, "give --out a folder for the pipeline's phases, e.g. --out ./run");
+  refuseFileAsOutDir(o.out);
   const nothingDone = fs.existsSync(out) && fs.readdirSync(out).every((name) => name === "pipeline.json");
   if (fs.existsSync(out) && !o.force && !nothingDone) {
     checkSameRun(o.out, stateFile, spec, o, log);

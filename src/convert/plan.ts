@@ -3,6 +3,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { booleanFlag, MlaError, refuseInert } from "../errors.js";
 import { refuseOutOverInputs, type InputPath } from "../io/outGuard.js";
+import { refuseExisting } from "../io/atomicDir.js";
 import { kvElemsPerToken, latentWidth, ModelConfig } from "../model/config.js";
 import { checkDisjoint, defaultRopePairs, parseStrategy, RopeStrategy } from "../ropeSelect/strategies.js";
 import type { OptionKinds } from "../util/optionTypes.js";
@@ -218,5 +219,6 @@ export function modelName(spec: string): string {
 /** Refuses an --out that is, lies inside or holds the model folder or another input (`inputs`), or exists without --force. */
 export function checkOutDir(out: string, srcDir: string, force: boolean, inputs: readonly InputPath[] = []): void {
   refuseOutOverInputs("--out", out, [{ name: "the input model folder", path: srcDir }, ...inputs]);
-  if (fs.existsSync(path.resolve(out)) && !force) throw new MlaError("EXISTS", `output ${out} already exists`, "pass --force to replace it, or choose another --out");
+  // A file there is refused now, --force or not, not only when the output folder is begun: after calibration and factoring.
+  refuseExisting(out, force);
 }

@@ -12,6 +12,7 @@
 import fs from "node:fs";
 import path from "node:path";
 import { MlaError } from "../errors.js";
+import { refuseFileAsOutDir } from "../io/atomicDir.js";
 import { refuseOutOverInputs, type InputPath } from "../io/outGuard.js";
 
 export interface RunFolders {
@@ -32,7 +33,7 @@ export function checkRunFolders(o: RunFolders, modelDir: string): string {
   refuseOutOverInputs("--out", o.out, inputs);
   if (o.tokenCache !== undefined) checkTokenCache(o.tokenCache, [...inputs, { name: "the --out run folder", path: o.out, output: true }]);
   const out = path.resolve(o.out);
-  if (fs.existsSync(out) && !fs.statSync(out).isDirectory()) throw new MlaError("BAD_ARGUMENT", `--out ${o.out} is a file, not a folder`, "give --out a folder for the run (its checkpoint, log and model), e.g. --out ./run");
+  refuseFileAsOutDir(o.out);
   if (!o.resume && !o.force && fs.existsSync(out) && fs.readdirSync(out).length > 0)
     throw new MlaError("EXISTS", `output ${o.out} already exists`, "pass --resume to continue an interrupted run, --force to start over, or choose another --out");
   return out;
@@ -40,7 +41,7 @@ export function checkRunFolders(o: RunFolders, modelDir: string): string {
 
 function checkTokenCache(dir: string, avoid: readonly InputPath[]): void {
   refuseOutOverInputs("--token-cache", dir, avoid, TOKEN_CACHE_HINT);
-  if (fs.existsSync(dir) && !fs.statSync(dir).isDirectory()) throw new MlaError("BAD_ARGUMENT", `--token-cache ${dir} is a file, not a folder`, TOKEN_CACHE_HINT);
+  refuseFileAsOutDir(dir, { flag: "--token-cache", hint: TOKEN_CACHE_HINT });
 }
 
 /** A fresh run starts in an empty --out (an old one was allowed by checkRunFolders: empty, or --force). */

@@ -10,19 +10,24 @@ import { MlaError, ioError } from "../errors.js";
 
 const live = new Set<string>();
 
+/** Why --force cannot replace a file at an output folder's path: said wherever one is refused, unless a command says more. */
+const FILE_AS_OUT_HINT = "--out names the output folder, and --force replaces only an earlier output folder: choose another --out, or move the file away";
+
 /**
  * An output folder whose path holds something else than a folder (a file, a link to one) is refused
  * whatever --force says: --force replaces an earlier output folder, and a file there is something
  * else the user keeps (`--out notes.txt --force` replaced notes.txt with the converted model).
+ * Every command's output folder is checked here (the CLI up front, each library entry before its
+ * work); `flag` names another folder flag (--token-cache), `hint` says what the command's folder holds.
  */
-export function refuseFileAsOutDir(out: string): void {
+export function refuseFileAsOutDir(out: string, how: { flag?: string; hint?: string } = {}): void {
   let st: fs.Stats;
   try {
     st = fs.statSync(out);
   } catch {
     return; // nothing there (or a dangling link, which the rename replaces)
   }
-  if (!st.isDirectory()) throw new MlaError("BAD_ARGUMENT", `--out ${out} is a file, not a folder`, "--out names the output folder, and --force replaces only an earlier output folder: choose another --out, or move the file away");
+  if (!st.isDirectory()) throw new MlaError("BAD_ARGUMENT", `${how.flag ?? "--out"} ${out} is a file, not a folder`, how.hint ?? FILE_AS_OUT_HINT);
 }
 
 /** Refuses an output folder that exists, unless `force` (then only a folder: refuseFileAsOutDir). */

@@ -35,7 +35,7 @@ import { selectBackend, type DeviceName } from "../backends/select.js";
 import { silentLogger, type Logger } from "../util/log.js";
 import type { ProgressSink } from "../util/progress.js";
 import { checkOptionTypes, type OptionKinds } from "../util/optionTypes.js";
-import { writeFileAtomic } from "../io/atomicDir.js";
+import { refuseFileAsOutDir, writeFileAtomic } from "../io/atomicDir.js";
 import { resumableStep, throwIfAborted } from "../util/abort.js";
 import { initFromScratch, likeConfig } from "./init.js";
 import { studyHtml, studyMarkdown } from "./report.js";
@@ -221,7 +221,7 @@ async function runStudy(o: StudyOptions, made: { fresh: boolean }): Promise<Stud
   const { dir: like } = resolveModel(o.like);
   refuseOutOverInputs("--out", o.out, [{ name: "--like's model folder", path: like }, { name: "--data", path: o.data }]);
   // A file there would be taken for another study's folder, and --force would delete it.
-  if (fs.existsSync(o.out) && !fs.statSync(o.out).isDirectory()) throw new MlaError("BAD_ARGUMENT", `--out ${o.out} is a file, not a folder`, "give --out a folder for the study (its runs, study.json and reports), e.g. --out ./study");
+  refuseFileAsOutDir(o.out);
   if (!fs.existsSync(o.data)) throw new MlaError("NOT_FOUND", `--data ${o.data} does not exist`, "check the path; nothing was changed");
   // Empty, a folder, not text (an .xz file: not xz data) by its first bytes: refused before any work.
   checkDataFile(o.data);

@@ -8,7 +8,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { MlaError } from "../errors.js";
 import { requireRoom } from "../io/diskRoom.js";
-import { beginOutDir, commitOutDir, abandonOutDir } from "../io/atomicDir.js";
+import { beginOutDir, commitOutDir, abandonOutDir, refuseFileAsOutDir } from "../io/atomicDir.js";
 import { refuseOutOverInputs } from "../io/outGuard.js";
 import { CheckpointWriter } from "../io/checkpoint.js";
 import { Checkpoint } from "../io/checkpoint.js";
@@ -141,7 +141,7 @@ export async function synth(opts: SynthOptions): Promise<SynthResult> {
 
   refuseOutOverInputs("--out", opts.out, []);
   // --force replaces a folder; a file there is no earlier checkpoint but a slip, which it would delete.
-  if (fs.existsSync(opts.out) && !fs.statSync(opts.out).isDirectory()) throw new MlaError("BAD_ARGUMENT", `--out ${opts.out} is a file, not a folder`, "give --out a folder for the checkpoint, e.g. --out ./synth-llama2-7b");
+  refuseFileAsOutDir(opts.out);
   requireRoom(opts.out, totalBytes, `the synth checkpoint (${opts.arch})`);
   throwIfAborted(opts.signal);
   const tmp = beginOutDir(opts.out, opts.force ?? false);

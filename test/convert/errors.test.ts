@@ -4,7 +4,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { test } from "node:test";
 import { MlaError } from "../../src/errors.js";
-import { defaultOut, modelName } from "../../src/convert/plan.js";
+import { checkOutDir, defaultOut, modelName } from "../../src/convert/plan.js";
 import { convert, ConvertOptions } from "../../src/convert/pipeline.js";
 import { convertDeepseek } from "../../src/deepseek/export.js";
 import { exportDeepseek } from "../../src/deepseek/fromMla.js";
@@ -58,6 +58,24 @@ test("an existing --out without --force, and --out equal to the input, are refus
   await refused({ model: copy, out: calibDir, calib, force: true }, /holds --calib/);
   assert.deepEqual(fs.readFileSync(path.join(copy, "model.safetensors")), before, "input unchanged");
   assert.ok(fs.existsSync(calib), "calibration text kept");
+});
+
+test("a file as out is refused by checkOutDir, --force or not: convert(), convertDeepseek() and exportDeepseek() refuse it before calibrating or factoring (only beginOutDir refused it, after the work)", async () => {
+  const dir = tmpDir(), file = path.join(dir, "notes.txt");
+  fs.writeFileSync(file, "keep me");
+  const isFile = (e: unknown) => e instanceof MlaError && e.code === "BAD_ARGUMENT" && e.message.startsWith(`--out ${file} is a file, not a folder\n  hint: `);
+  for (const force of [false, true]) assert.throws(() => checkOutDir(file, path.join(MODELS, "stories260K"), force), isFile);
+  const mla = path.join(dir, "mla");
+  await convert(path.join(MODELS, "stories260K"), { rank: 2, ropeDisjoint: true, out: mla, progress: null });
+  const lines: string[] = [];
+  const logger = { info: (m: string) => lines.push(m), warn: (m: string) => lines.push(m) };
+  const o = { out: file, force: true, calib: TEXT, progress: null, logger };
+  await assert.rejects(convert(path.join(MODELS, "stories260K"), { rank: 2, ropeStrategy: "2-norm", ...o }), isFile);
+  await assert.rejects(convertDeepseek(path.join(MODELS, "stories260K"), { rank: 2, ...o }), isFile);
+  await assert.rejects(exportDeepseek(mla, { out: file, force: true, progress: null, logger }), isFile);
+  // Planning warnings (serving sizes) may come; the work's lines may not.
+  assert.deepEqual(lines.filter((l) => /calibration windows|factoring|device:/.test(l)), [], "nothing calibrated, factored or loaded");
+  assert.equal(fs.readFileSync(file, "utf8"), "keep me");
 });
 
 test("a config.json whose sizes the weights do not have is refused before any work, naming the tensor (not a chunk error)", async () => {
