@@ -136,10 +136,42 @@ export function checkGivenValues(args: readonly string[], o: DeclaredOptions, se
   }
 }
 
+/** A number as people write one: digits, an optional sign, an optional fraction (`64`, `-1`, `0.95`, `.5`). */
+const DECIMAL = /^[+-]?(\d+(\.\d*)?|\.\d+)$/;
+/** The same with a power of ten (`1e-3`, `2E-4`), the way learning rates and weight decays are written (the docs' `--lr 2e-4`). */
+const SCIENTIFIC = /^[+-]?(\d+(\.\d*)?|\.\d+)(e[+-]?\d+)?$/i;
+/** The flags that take SCIENTIFIC: small real factors. Counts, sizes and ids take DECIMAL (and token counts a suffix). */
+const SCIENTIFIC_FLAGS = new Set(["lr", "weight-decay"]);
+/** A token count with a suffix (--tokens 20M, --eval-tokens 50k): the number and how many it counts. */
+const COUNT = /^(\d+(?:\.\d+)?)([kMG])$/;
+const takesCount = (key: string) => key.endsWith("tokens");
+
 /**
- * Flags a command declares as one value must come once and, when numeric, be numbers: yargs would
- * otherwise pass an array ("--rank 4 --rank 5" → "4,5") or NaN on to the command, whose message then
- * blames the wrong thing. Token counts may be written 20M, 50k: those are read here into `argv`.
+ * A numeric flag's value spelt otherwise than DECIMAL (SCIENTIFIC, COUNT where the flag takes them)
+ * is refused naming the flag and the value: yargs reads `--rank 0x4` as 4, `--rank 1e2` as 100,
+ * `--seed 0b11` as 3, `--rank Infinity` as Infinity (refused later by a range check that printed
+ * "Infinity", not what was typed), so a slip ran with a number the user never wrote.
+ */
+function checkNumberSpelling(args: readonly string[], key: string, o: DeclaredOptions): void {
+  for (const use of usesOf(args, key, o)) {
+    for (const text of use.values) {
+      if (text.trim() === "" || DECIMAL.test(text) || (SCIENTIFIC_FLAGS.has(key) && SCIENTIFIC.test(text)) || (takesCount(key) && COUNT.test(text))) continue;
+      const n = Number(text);
+      // Not a number at all (`--rank four`): checkFlagValues says so in its words.
+      if (Number.isNaN(n)) continue;
+      const shown = /\s/.test(text) ? JSON.stringify(text) : text;
+      const spelt = Number.isFinite(n) ? ` (it would be read as ${n})` : "";
+      const forms = `${takesCount(key) ? ", or with k, M or G for thousands, millions, billions (20M)" : ""}${SCIENTIFIC_FLAGS.has(key) ? ", or with a power of ten (1e-3)" : ""}`;
+      throw new MlaError("BAD_ARGUMENT", `--${use.name} ${shown} is not a decimal number${spelt}`, `write --${use.name} in decimal digits${Number.isFinite(n) && DECIMAL.test(String(n)) ? `, e.g. --${use.name} ${n}` : ""}${forms}`);
+    }
+  }
+}
+
+/**
+ * Flags a command declares as one value must come once and, when numeric, be numbers written in
+ * decimal (checkNumberSpelling): yargs would otherwise pass an array ("--rank 4 --rank 5" → "4,5"),
+ * NaN or a number read from hex or an exponent on to the command, whose message then blames the
+ * wrong thing. Token counts may be written 20M, 50k: those are read here into `argv`.
  */
 export function checkFlagValues(args: readonly string[], argv: Record<string, unknown>, o: DeclaredOptions): void {
   const arrays = new Set(o.array);
@@ -148,17 +180,18 @@ export function checkFlagValues(args: readonly string[], argv: Record<string, un
     // Counted on the command line: yargs may fold a repeated number into one value (--ctx 64 --ctx 1 → 65).
     const given = args.filter((a) => a === `--${key}` || a.startsWith(`--${key}=`)).length;
     if (!arrays.has(key) && (given > 1 || Array.isArray(v))) throw new MlaError("BAD_ARGUMENT", `--${key} was given ${Math.max(given, Array.isArray(v) ? v.length : 0)} times${Array.isArray(v) ? ` (${v.join(", ")})` : ""}`, `give --${key} once`);
+    if (o.number.includes(key)) checkNumberSpelling(args, key, o);
     if (typeof v === "number" && Number.isNaN(v)) {
       const text = typed(args, key);
       // Token counts read as people write them: --tokens 20M, --eval-tokens 50k.
-      const count = key.endsWith("tokens") && text !== null ? /^(\d+(?:\.\d+)?)([kMG])$/.exec(text) : null;
+      const count = takesCount(key) && text !== null ? COUNT.exec(text) : null;
       if (count) {
         const n = Math.round(Number(count[1]) * { k: 1e3, M: 1e6, G: 1e9 }[count[2] as "k" | "M" | "G"]);
         argv[key] = n;
         argv[camel(key)] = n;
         continue;
       }
-      throw new MlaError("BAD_ARGUMENT", text === null ? `--${key} needs a number` : `--${key} ${text} is not a number`, key.endsWith("tokens") ? `give --${key} a number, e.g. 20000000 or 20M (k, M and G count thousands, millions, billions)` : `give --${key} a number`);
+      throw new MlaError("BAD_ARGUMENT", text === null ? `--${key} needs a number` : `--${key} ${text} is not a number`, takesCount(key) ? `give --${key} a number, e.g. 20000000 or 20M (k, M and G count thousands, millions, billions)` : `give --${key} a number`);
     }
   }
 }

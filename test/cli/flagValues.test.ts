@@ -233,3 +233,40 @@ test("an --out that is a file is refused by every command that writes a folder t
   }
   assert.equal(fs.readFileSync(file, "utf8"), "hi\n");
 });
+
+test("every number flag refuses a value not written in decimal (hex, binary, octal, an exponent, Infinity), naming the flag and the value; --lr and --weight-decay take an exponent, token counts k/M/G", () => {
+  const numeric = CASES.filter((x) => declared(COMMAND_MODULES.find((c) => nameOf(c) === x.command)!).number.includes(x.key));
+  assert.ok(numeric.length > 50, `${numeric.length} number flags`);
+  const exponentOk = new Set(["lr", "weight-decay"]);
+  for (const x of numeric) {
+    // yargs read these as 4, 100, 3, 7 and Infinity: a number the user never wrote.
+    for (const [text, read] of [["0x4", 4], ["1e2", 100], ["0b11", 3], ["0o7", 7], ["Infinity", null], ["-Infinity", null], ["1E2", 100]] as const) {
+      if (exponentOk.has(x.key) && /^1e2$/i.test(text)) continue;
+      // --flag=VALUE is read by the same code as --flag VALUE: tried once per flag.
+      for (const words of text === "0x4" || text === "-Infinity" ? [[...x.before, `--${x.key}`, text], [...x.before, `--${x.key}=${text}`]] : [[...x.before, `--${x.key}`, text]]) {
+        const said = refusal(words);
+        // "-Infinity" reads as a flag (a word starting with "-"), refused as one before its spelling is looked at.
+        if (text === "-Infinity" && words.length === x.before.length + 2) {
+          assert.ok(said, `${words.join(" ")}: taken`);
+          continue;
+        }
+        assert.ok(said, `${words.join(" ")}: taken`);
+        const line = `--${x.key} ${text} is not a decimal number${read === null ? "" : ` (it would be read as ${read})`}`;
+        assert.equal(said.split("\n")[0], line, words.join(" "));
+        assert.match(said, new RegExp(`\\n  hint: write --${x.key} in decimal digits${read === null ? "" : `, e\\.g\\. --${x.key} ${read}`}`), words.join(" "));
+      }
+    }
+    // Plain decimals are taken, signed or with a fraction.
+    for (const text of ["+4", "4.0", "04"]) assert.equal(refusal([...x.before, `--${x.key}`, text]), null, `${x.command} --${x.key} ${text}`);
+  }
+  const finetune = ["finetune", "stories260K", "--data", "a.txt", "--out", "o"];
+  assert.equal(parse([...finetune, "--lr", "2e-4"])["lr"], 2e-4);
+  assert.equal(parse([...finetune, "--weight-decay", "1E-2"])["weight-decay"], 0.01);
+  assert.equal(parse([...finetune, "--tokens", "20M"])["tokens"], 20_000_000);
+  assert.equal(parse([...finetune, "--tokens", "500k"])["tokens"], 500_000);
+  assert.match(refusal([...finetune, "--tokens", "2e7"])!, /^--tokens 2e7 is not a decimal number \(it would be read as 20000000\)\n  hint: write --tokens in decimal digits, e\.g\. --tokens 20000000, or with k, M or G for thousands, millions, billions \(20M\)$/);
+  assert.match(refusal([...finetune, "--lr", "0x1"])!, /^--lr 0x1 is not a decimal number[\s\S]*or with a power of ten \(1e-3\)$/);
+  assert.match(refusal(["convert", "stories260K", "--rank", " 4"])!, /^--rank " 4" is not a decimal number/);
+  // Not a number at all keeps its own words.
+  assert.match(refusal(["convert", "stories260K", "--rank", "four"])!, /^--rank four is not a number/);
+});
