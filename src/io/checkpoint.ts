@@ -5,6 +5,7 @@
 import fs from "node:fs";
 import path from "node:path";
 import { ioError, MlaError } from "../errors.js";
+import { checkStringArg } from "../util/argTypes.js";
 import { copyFileFresh } from "./atomicDir.js";
 import { DTYPE_BYTES } from "./dtype.js";
 import { SafetensorsFile, SafetensorsWriter, TensorEntry, TensorSpec, numel } from "./safetensors.js";
@@ -24,6 +25,8 @@ export class Checkpoint {
   private constructor(readonly dir: string, private readonly where: Map<string, SafetensorsFile>, private readonly files: SafetensorsFile[]) {}
 
   static open(dir: string): Checkpoint {
+    // A JavaScript caller's number or undefined failed as a TypeError from path.join.
+    checkStringArg("Checkpoint.open()", "the model folder", dir, "pass the checkpoint folder's path, e.g. loadModel(spec).dir or resolveModel(spec).dir");
     const indexPath = path.join(dir, INDEX_FILE);
     const files: SafetensorsFile[] = [];
     const where = new Map<string, SafetensorsFile>();
@@ -163,6 +166,9 @@ export class CheckpointWriter {
   private chain: Promise<void> = Promise.resolve();
 
   constructor(readonly dir: string, specs: readonly TensorSpec[], private readonly opts: { maxShardBytes?: number; metadata?: Record<string, string> } = {}) {
+    // Taken silently, a folder that is no string failed only at the first shard, after the work.
+    checkStringArg("new CheckpointWriter()", "the folder", dir, "pass the path of the folder to write the checkpoint into");
+    if (!Array.isArray(specs)) throw new MlaError("BAD_ARGUMENT", "new CheckpointWriter(): the tensor specs are not an array", "pass [{ name, dtype, shape }, …], one per tensor, in the order they will be written");
     this.plan = planShards(specs, opts.maxShardBytes ?? 5 * 2 ** 30);
   }
 

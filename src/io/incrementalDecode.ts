@@ -16,6 +16,7 @@
  */
 import type { TextTokenizer } from "./tokenizer.js";
 import { SpaceCleaner } from "./cleanUpSpaces.js";
+import { checkTokenizerArg } from "../util/argTypes.js";
 
 /** Ids before the anchor decoded with the window, so its first piece reads as it does in the whole text. */
 const CONTEXT_IDS = 5;
@@ -40,6 +41,8 @@ export class IncrementalDecoder {
     private readonly tokenizer: TextTokenizer,
     private readonly opts: { skipSpecialTokens?: boolean } = {},
   ) {
+    // undefined failed here as a TypeError, a number only at the first push.
+    checkTokenizerArg("new IncrementalDecoder()", tokenizer);
     this.cleaner = new SpaceCleaner(tokenizer.cleansUpSpaces === true);
   }
 

@@ -6,6 +6,7 @@
 import fs from "node:fs";
 import { MlaError, ioError } from "../errors.js";
 import { DTYPE_BYTES, DType, decodeToF32, isDType } from "./dtype.js";
+import { checkStringArg } from "../util/argTypes.js";
 
 export interface TensorSpec {
   name: string;
@@ -116,6 +117,7 @@ export class SafetensorsFile {
   }
 
   static open(path: string): SafetensorsFile {
+    checkStringArg("SafetensorsFile.open()", "the file", path, "pass the path of a .safetensors file");
     let fd: number;
     try {
       fd = fs.openSync(path, "r");
@@ -225,6 +227,7 @@ export class SafetensorsWriter {
   private closed = false;
 
   constructor(readonly path: string, readonly specs: readonly TensorSpec[], metadata?: Record<string, string>) {
+    checkStringArg("new SafetensorsWriter()", "the file", path, "pass the path of the .safetensors file to write");
     const { bytes, dataBytes } = buildHeader(specs, metadata);
     try {
       this.fd = fs.openSync(path, "w");

@@ -21,13 +21,14 @@ const lm = api.loadModel("stories260K");
 const { model, tokenizer, config } = lm;
 
 /** What each slot is named by in the refusal. */
-type Slot = "model" | "spec" | "tokenizer" | "text" | "folder" | "file" | "prompt" | "prompts" | "windows" | "config" | "json" | "options";
+type Slot = "model" | "spec" | "tokenizer" | "text" | "folder" | "dir" | "file" | "prompt" | "prompts" | "windows" | "config" | "json" | "options";
 const NAMED: Record<Slot, RegExp> = {
   model: /the model is/,
   spec: /the model .* is not a name/,
   tokenizer: /the tokenizer is/,
   text: /the text is/,
   folder: /the model folder is/,
+  dir: /the folder is/,
   file: /the file is/,
   prompt: /the prompt is/,
   prompts: /the prompts are|prompt 1 is/,
@@ -79,6 +80,13 @@ const TABLE: [string, Slot, (x: unknown) => unknown][] = [
   ["kvElemsPerToken", "config", (x) => api.kvElemsPerToken(x as Loose)],
   ["stopTokenIds", "config", (x) => api.stopTokenIds(x as Loose)],
   ["normalizeHfConfig", "json", (x) => api.normalizeHfConfig(x as Loose)],
+  // Classes: their static open or constructor (Checkpoint.open(42) failed as a TypeError from path.join;
+  // new IncrementalDecoder(42) was taken, failing at its first push).
+  ["Checkpoint", "folder", (x) => api.Checkpoint.open(x as Loose)],
+  ["SafetensorsFile", "file", (x) => api.SafetensorsFile.open(x as Loose)],
+  ["IncrementalDecoder", "tokenizer", (x) => new api.IncrementalDecoder(x as Loose)],
+  ["CheckpointWriter", "dir", (x) => new api.CheckpointWriter(x as Loose, [])],
+  ["SafetensorsWriter", "file", (x) => new api.SafetensorsWriter(x as Loose, [])],
 ];
 
 /** Exports that take none of those slots (or whose checks are tested elsewhere), with why. */
@@ -114,7 +122,7 @@ const NOT_IN_TABLE: Record<string, string> = {
  */
 function wrongValues(slot: Slot): [string, unknown][] {
   const all: [string, unknown][] = [["undefined", undefined], ["null", null], ["{}", {}], ["a number", 42], ["a string", "stories260K"], ["an array", [1, 2]]];
-  const takesString = slot === "spec" || slot === "text" || slot === "folder" || slot === "file";
+  const takesString = slot === "spec" || slot === "text" || slot === "folder" || slot === "dir" || slot === "file";
   return all.filter(([what]) => !(takesString && what === "a string") && !(slot === "json" && what === "{}") && !(slot === "prompt" && what === "an array"));
 }
 
