@@ -68,6 +68,9 @@ function templateText(v: unknown): string | null {
 
 /** The chat template of the model folder `dir`, or null when it has none. */
 export function loadChatTemplate(dir: string): ChatTemplate | null {
+  // A folder that is not there read as a model without a chat template (null): a mistyped path looked like a model's answer.
+  if (!fs.existsSync(dir)) throw new MlaError("NOT_FOUND", `model folder ${dir} does not exist`, "pass the model folder's path, e.g. loadModel(spec).dir or resolveModel(spec).dir");
+  if (!fs.statSync(dir).isDirectory()) throw new MlaError("BAD_ARGUMENT", `${dir} is a file, not a model folder`, "pass the folder holding tokenizer_config.json, e.g. loadModel(spec).dir or resolveModel(spec).dir");
   const config = readJson(path.join(dir, "tokenizer_config.json")) ?? {};
   const jinja = path.join(dir, "chat_template.jinja");
   const json = path.join(dir, "chat_template.json");

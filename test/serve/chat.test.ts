@@ -12,6 +12,7 @@ import { generate } from "../../src/model/generate.js";
 import { serve } from "../../src/serve/server.js";
 import { continueFinalMessage, loadChatTemplate } from "../../src/serve/chatTemplate.js";
 import { inspectModel } from "../../src/eval/inspect.js";
+import { MlaError } from "../../src/errors.js";
 import { MODELS, tmpDir } from "../helpers.js";
 
 /** meta-llama/Llama-2-7b-chat-hf's chat_template. */
@@ -41,6 +42,11 @@ test("the chat template renders as transformers renders it, and refuses what it 
   assert.equal(t.render([{ role: "user", content: "a" }, { role: "assistant", content: "b" }, { role: "user", content: "c" }]), "<s>[INST] a [/INST] b </s><s>[INST] c [/INST]");
   assert.throws(() => t.render([{ role: "assistant", content: "a" }]), /chat template refuses these messages: .*Conversation roles must alternate/);
   assert.equal(loadChatTemplate(path.join(MODELS, "stories260K")), null);
+  // A folder that is not there (or a file) is no model without a template: it is refused, naming it.
+  const missing = path.join(tmpDir(), "no-such-dir");
+  assert.throws(() => loadChatTemplate(missing), (e: unknown) => e instanceof MlaError && e.code === "NOT_FOUND" && e.message.startsWith(`model folder ${missing} does not exist\n  hint: `));
+  const file = path.join(MODELS, "stories260K", "config.json");
+  assert.throws(() => loadChatTemplate(file), (e: unknown) => e instanceof MlaError && e.code === "BAD_ARGUMENT" && e.message.startsWith(`${file} is a file, not a model folder`));
   assert.equal(inspectModel(dir).chat_template, "tokenizer_config.json", "inspect says where the template comes from");
   assert.equal(inspectModel(path.join(MODELS, "stories260K")).chat_template, null);
   // chat_template.jinja (newer transformers) wins over tokenizer_config.json's.
