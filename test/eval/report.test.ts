@@ -282,3 +282,51 @@ test("eval's JSON names its tokenizer and text; report marks NLL and perplexity 
     assert.throws(() => writeReport([files[0]!, f], path.join(dir, "bad.html")), (e: Error) => e instanceof MlaError && re.test(e.message), String(re));
   }
 });
+
+test("report's perplexity chart: runs the table marks not comparable (another tokenizer, text or ctx) get their own chart and scale, with a note; comparable runs share one chart", async () => {
+  const { reportHtml, reportMarkdown } = await import("../../src/eval/report/report.js");
+  const base = { model: "m", dir: "/m", config_hash: "x", attention: "mha", conversion: null, params: 1, kv_elems_per_token: 8, kv_bytes_per_token: 32, backend: "cpu", seconds: 1, text: "/t/x.txt", text_hash: "aaaa", tokens: 1000, ctx: 256 };
+  const tokA = { hash: "1111111111111111", vocab_size: 512 };
+  const tokB = { hash: "2222222222222222", vocab_size: 32000 };
+  const runs = [
+    { ...base, label: "small", ppl: 4, nll: 1.386, tokenizer: tokA },
+    { ...base, label: "small-mla", ppl: 5, nll: 1.609, tokenizer: tokA },
+    { ...base, label: "big", ppl: 60, nll: 4.094, tokenizer: tokB },
+  ];
+  const svgs = (html: string) => [...html.matchAll(/<svg[\s\S]*?<\/svg>/g)].map((m) => m[0]);
+  const pplCharts = (html: string) => svgs(html).filter((s) => /aria-label="Perplexity/.test(s));
+  const bars = (svg: string) => [...svg.matchAll(/<rect x="[\d.]+" y="([\d.]+)" width="[\d.]+" height="([\d.]+)" fill="(#[0-9a-f]+)"><title>([^<]*)<\/title>/g)].map((m) => ({ top: Number(m[1]), height: Number(m[2]), fill: m[3], title: m[4] }));
+
+  const html = reportHtml(runs as never);
+  const charts = pplCharts(html);
+  assert.equal(charts.length, 2, "one chart per group of comparable runs");
+  assert.match(charts[0]!, /aria-label="Perplexity \(lower is better\): x\.txt, 1000 tokens, ctx 256, tokenizer 11111111"/);
+  assert.match(charts[1]!, /aria-label="Perplexity \(lower is better\): x\.txt, 1000 tokens, ctx 256, tokenizer 22222222"/);
+  assert.deepEqual(bars(charts[0]!).map((b) => b.title), ["small · perplexity: 4.000", "small-mla · perplexity: 5.000"]);
+  assert.deepEqual(bars(charts[1]!).map((b) => b.title), ["big · perplexity: 60.0"]);
+  // Each on its own scale: big's 60 does not flatten the small model's bars.
+  assert.ok(bars(charts[0]!)[1]!.height > 100, `small-mla's bar is ${bars(charts[0]!)[1]!.height} px tall`);
+  // A run keeps its color across charts (the KV chart's, which holds every run).
+  const kvChart = svgs(html).find((s) => /aria-label="KV cache/.test(s))!;
+  assert.equal(bars(charts[1]!)[0]!.fill, bars(kvChart)[2]!.fill);
+  assert.match(html, /<\/svg>\n<p class="note">Perplexity is charted in 2 groups, each on its own scale: runs in different charts were measured on another text, token count, ctx or tokenizer, so their perplexities are not comparable \(the table marks them\)/);
+  // The table (both formats) still says so.
+  assert.match(reportMarkdown(runs as never), /\| perplexity \| 4\.000 \| 5\.000 \(\+25\.00%\) \| 60\.000 \(another tokenizer 22222222 \(32000 tokens\); not comparable\) \|/);
+
+  // Comparable runs: one chart, every run, no note.
+  const same = reportHtml(runs.slice(0, 2) as never);
+  assert.equal(pplCharts(same).length, 1);
+  assert.match(pplCharts(same)[0]!, /aria-label="Perplexity \(lower is better\)"/);
+  assert.equal(bars(pplCharts(same)[0]!).length, 2);
+  assert.doesNotMatch(same, /class="note"/);
+
+  // Two texts of one name (other content) and another ctx: three groups, the two of one basis told apart.
+  const texts = reportHtml([runs[0], { ...runs[1], text_hash: "bbbb" }, { ...runs[1], label: "ctx64", ctx: 64 }] as never);
+  const titles = pplCharts(texts).map((s) => /aria-label="([^"]*)"/.exec(s)![1]);
+  assert.deepEqual(titles, [
+    "Perplexity (lower is better): x.txt, 1000 tokens, ctx 256, tokenizer 11111111 (group 1)",
+    "Perplexity (lower is better): x.txt, 1000 tokens, ctx 256, tokenizer 11111111 (group 2)",
+    "Perplexity (lower is better): x.txt, 1000 tokens, ctx 64, tokenizer 11111111",
+  ]);
+  assert.match(texts, /Perplexity is charted in 3 groups/);
+});

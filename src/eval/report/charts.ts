@@ -65,7 +65,9 @@ function yGrid(f: Frame, lo: number, hi: number, y: (v: number) => number, label
  * Grouped bar chart: one group per category, one bar per series (runs). `values[s][c]` may be null
  * (missing). `errors` (same layout) draws ± whiskers.
  */
-export function barChart(title: string, categories: string[], series: string[], values: (number | null)[][], opts: { errors?: (number | null)[][]; yLabel?: string; width?: number } = {}): string {
+export function barChart(title: string, categories: string[], series: string[], values: (number | null)[][], opts: { errors?: (number | null)[][]; yLabel?: string; width?: number; colorOf?: (s: number) => string } = {}): string {
+  // A chart of some of the runs colors each as the report's other charts do (colorOf), not by its place here.
+  const colorAt = opts.colorOf ?? color;
   const f = frame(title, opts.width ?? 720);
   const { parts, left, top, plotW, plotH, W, H } = f;
   const all = values.flat().filter((v): v is number => v !== null && Number.isFinite(v));
@@ -82,7 +84,7 @@ export function barChart(title: string, categories: string[], series: string[], 
       const v = values[s]?.[c];
       if (v === null || v === undefined || !Number.isFinite(v)) return;
       const x = gx + s * barW;
-      parts.push(`<rect x="${x.toFixed(1)}" y="${y(v).toFixed(1)}" width="${(barW - 2).toFixed(1)}" height="${(top + plotH - y(v)).toFixed(1)}" fill="${color(s)}"><title>${esc(series[s]!)} · ${esc(cat)}: ${fmt(v)}</title></rect>`);
+      parts.push(`<rect x="${x.toFixed(1)}" y="${y(v).toFixed(1)}" width="${(barW - 2).toFixed(1)}" height="${(top + plotH - y(v)).toFixed(1)}" fill="${colorAt(s)}"><title>${esc(series[s]!)} · ${esc(cat)}: ${fmt(v)}</title></rect>`);
       const e = opts.errors?.[s]?.[c];
       if (e) parts.push(`<line x1="${x + barW / 2 - 1}" x2="${x + barW / 2 - 1}" y1="${y(v + e)}" y2="${y(Math.max(0, v - e))}" stroke="#333"/>`);
       parts.push(`<text x="${(x + barW / 2 - 1).toFixed(1)}" y="${(y(v) - 4).toFixed(1)}" text-anchor="middle" font-size="10">${fmt(v)}</text>`);
@@ -90,7 +92,7 @@ export function barChart(title: string, categories: string[], series: string[], 
     parts.push(`<text x="${left + c * groupW + groupW / 2}" y="${top + plotH + 18}" text-anchor="middle" font-size="10">${esc(cat)}</text>`);
   });
   parts.push(`<line x1="${left}" x2="${W - 16}" y1="${top + plotH}" y2="${top + plotH}" stroke="#333"/>`);
-  series.forEach((s, i) => parts.push(`<rect x="${left + i * 170}" y="${H - 22}" width="12" height="12" fill="${color(i)}"/><text x="${left + i * 170 + 18}" y="${H - 12}" font-size="12">${esc(s)}</text>`));
+  series.forEach((s, i) => parts.push(`<rect x="${left + i * 170}" y="${H - 22}" width="12" height="12" fill="${colorAt(i)}"/><text x="${left + i * 170 + 18}" y="${H - 12}" font-size="12">${esc(s)}</text>`));
   parts.push("</svg>");
   return parts.join("");
 }

@@ -40,6 +40,29 @@ export function perplexityVsFirst(runs: readonly EvalResult[]): VsFirst[] {
   });
 }
 
+/**
+ * The runs in groups whose perplexities may be set side by side (indices into `runs`, in order): the
+ * first run and those comparable with it, then the first run left and those comparable with it, …
+ * One group when every run is comparable with the first.
+ */
+export function perplexityGroups(runs: readonly EvalResult[]): number[][] {
+  const groups: number[][] = [];
+  let left = runs.map((_, i) => i);
+  while (left.length) {
+    const vs = perplexityVsFirst(left.map((i) => runs[i]!));
+    const group = left.filter((_, k) => vs[k]!.notComparable === null);
+    groups.push(group);
+    left = left.filter((i) => !group.includes(i));
+  }
+  return groups;
+}
+
+/** What a group's perplexities were measured on (a chart's title): text, tokens, ctx and tokenizer. */
+export function perplexityBasis(r: EvalResult): string {
+  if (!recordedData(r)) return "text, tokens and ctx not recorded";
+  return `${name(r)}, ${r.tokens ?? "?"} tokens, ctx ${r.ctx ?? "?"}, ${r.tokenizer ? `tokenizer ${r.tokenizer.hash.slice(0, 8)}` : "tokenizer not recorded"}`;
+}
+
 /** Per run, against the first: bits per byte (the same bytes of the same text, and ctx). */
 export function bitsPerByteVsFirst(runs: readonly EvalResult[]): VsFirst[] {
   const first = runs[0]!;

@@ -8,9 +8,9 @@ import path from "node:path";
 import { MlaError, ioError } from "../../errors.js";
 import { writeFileAtomic } from "../../io/atomicDir.js";
 import type { EvalResult } from "../evaluate.js";
-import { barChart, esc, lineChart } from "./charts.js";
+import { barChart, color, esc, lineChart } from "./charts.js";
 import { checkEvalResult, readEvalJson } from "./evalJson.js";
-import { bitsPerByteVsFirst, itemsVsFirst, measuredOnText, perplexityVsFirst, type VsFirst } from "./comparable.js";
+import { bitsPerByteVsFirst, itemsVsFirst, measuredOnText, perplexityBasis, perplexityGroups, perplexityVsFirst, type VsFirst } from "./comparable.js";
 import { checkOptionTypes } from "../../util/optionTypes.js";
 
 export { readEvalJson };
@@ -171,6 +171,26 @@ export function reportMarkdown(given: EvalResult[], logs: TrainLog[] = []): stri
   return lines.join("\n") + "\n";
 }
 
+/**
+ * The perplexity bars: one chart when every run is comparable with the first, else one chart per
+ * group of comparable runs, each on its own scale and titled by what it was measured on, with a note
+ * under them. Bars of another tokenizer or text side by side on one scale read as a change of the
+ * model, which the table says they are not.
+ */
+function perplexityCharts(runs: EvalResult[], ppl: Row): string[] {
+  const has = (i: number) => ppl.values[i] !== null && ppl.values[i] !== undefined;
+  const groups = perplexityGroups(runs)
+    .map((g) => g.filter(has))
+    .filter((g) => g.length);
+  if (groups.length <= 1) return [barChart("Perplexity (lower is better)", ["perplexity"], runs.map((r) => r.label), runs.map((_, s) => [ppl.values[s] ?? null]), { yLabel: "ppl", width: 480 })];
+  const titles = groups.map((g) => perplexityBasis(runs[g[0]!]!));
+  // Two texts of one name (other content) have one basis: told apart by their group's number.
+  const shown = titles.map((t, k) => (titles.indexOf(t) !== k || titles.lastIndexOf(t) !== k ? `${t} (group ${k + 1})` : t));
+  const charts = groups.map((g, k) => barChart(`Perplexity (lower is better): ${shown[k]}`, ["perplexity"], g.map((i) => runs[i]!.label), g.map((i) => [ppl.values[i]!]), { yLabel: "ppl", width: 720, colorOf: (s) => color(g[s]!) }));
+  const note = `<p class="note">Perplexity is charted in ${groups.length} groups, each on its own scale: runs in different charts were measured on another text, token count, ctx or tokenizer, so their perplexities are not comparable (the table marks them). Bits / byte compares runs on the same bytes of a text whatever their tokenizers.</p>`;
+  return [...charts, note];
+}
+
 export function reportHtml(given: EvalResult[], logs: TrainLog[] = []): string {
   const runs = checkedRuns(given);
   const rs = rows(runs);
@@ -179,7 +199,7 @@ export function reportHtml(given: EvalResult[], logs: TrainLog[] = []): string {
   const taskRows = rs.filter((r) => / acc(_norm)?$/.test(r.metric));
   if (taskRows.length) charts.push(barChart("Benchmark accuracy", taskRows.map((r) => r.metric), labels, labels.map((_, s) => taskRows.map((r) => r.values[s] ?? null)), { errors: labels.map((_, s) => taskRows.map((r) => r.errors?.[s] ?? null)), yLabel: "accuracy", width: Math.min(1060, Math.max(720, 36 * taskRows.length * labels.length)) }));
   const ppl = rs.find((r) => r.metric === "perplexity");
-  if (ppl) charts.push(barChart("Perplexity (lower is better)", ["perplexity"], labels, labels.map((_, s) => [ppl.values[s] ?? null]), { yLabel: "ppl", width: 480 }));
+  if (ppl) charts.push(...perplexityCharts(runs, ppl));
   const kv = rs.find((r) => r.metric === "KV bytes / token")!;
   charts.push(barChart("KV cache per token (bytes)", ["KV bytes / token"], labels, labels.map((_, s) => [kv.values[s] ?? null]), { yLabel: "bytes", width: 480 }));
   for (const l of logs) {
@@ -194,7 +214,7 @@ export function reportHtml(given: EvalResult[], logs: TrainLog[] = []): string {
 <style>
 body{font-family:-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;margin:24px;color:#222;max-width:1100px}
 table{border-collapse:collapse;margin:12px 0}td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}
-td:first-child,th:first-child{text-align:left}th{background:#f3f3f3}.charts svg{display:block;margin:18px 0;border:1px solid #eee}
+td:first-child,th:first-child{text-align:left}th{background:#f3f3f3}.charts svg{display:block;margin:18px 0;border:1px solid #eee}.charts .note{max-width:720px;font-size:13px;color:#555}
 code{font-size:12px}
 </style></head><body>
 <h1>mha2mla evaluation report</h1>
