@@ -7,7 +7,7 @@
 import fs from "node:fs";
 import path from "node:path";
 import { MlaError } from "../errors.js";
-import { beginOutDir, commitOutDir, abandonOutDir } from "../io/atomicDir.js";
+import { beginOutDir, commitOutDir, abandonOutDir, refuseFileAsOutDir } from "../io/atomicDir.js";
 import { Checkpoint, CheckpointWriter, copyModelSideFiles } from "../io/checkpoint.js";
 import { DTYPE_BYTES, DType, encodeFromF32 } from "../io/dtype.js";
 import { readHfConfig } from "../io/hfConfig.js";
@@ -144,7 +144,9 @@ async function convertInScope(spec: string, opts: ConvertOptions): Promise<Conve
     checkEmbeddedEval(opts, { dir: srcDir, bos: config.bosTokenId });
     const out = path.resolve(opts.out ?? defaultOut(spec, settings.rank));
     if (opts.dryRun) {
-      if (fs.existsSync(out) && !opts.force) log.warn(`${out} exists: the run would need --force (or another --out)`);
+      // A file there would refuse the run whatever --force says: so does its dry run.
+    refuseFileAsOutDir(out);
+    if (fs.existsSync(out) && !opts.force) log.warn(`${out} exists: the run would need --force (or another --out)`);
       return { out: null, plan, selection: null, splits: null, energy: [], timings, report: null };
     }
     checkOutDir(out, srcDir, opts.force ?? false, [{ name: "--calib", path: settings.calib }, { name: "--eval-text", path: opts.evalText }]);

@@ -8,7 +8,7 @@
 import fs from "node:fs";
 import path from "node:path";
 import { booleanFlag, MlaError, refuseInert } from "../errors.js";
-import { abandonOutDir, beginOutDir, commitOutDir } from "../io/atomicDir.js";
+import { abandonOutDir, beginOutDir, commitOutDir, refuseFileAsOutDir } from "../io/atomicDir.js";
 import { Checkpoint, copyModelSideFiles } from "../io/checkpoint.js";
 import { DType } from "../io/dtype.js";
 export { roundingFor } from "../io/dtype.js";
@@ -238,6 +238,8 @@ async function convertDeepseekInScope(spec: string, o: DeepseekOptions): Promise
   checkEmbeddedEval(o, { dir: srcDir, bos: c.bosTokenId });
   const out = path.resolve(o.out ?? defaultOut(spec, o.rank, "deepseek"));
   if (o.dryRun) {
+    // A file there would refuse the run whatever --force says: so does its dry run.
+    refuseFileAsOutDir(out);
     if (fs.existsSync(out) && !o.force) log.warn(`${out} exists: the run would need --force (or another --out)`);
     return { out: null, ropeDim: dr, kvLoraRank: rk, ropeTheta: c.rope.theta, spacing: 0, kvPerToken, energy: [], eval: null, latentNormError: null };
   }

@@ -73,6 +73,9 @@ test("a file as out is refused by checkOutDir, --force or not: convert(), conver
   await assert.rejects(convert(path.join(MODELS, "stories260K"), { rank: 2, ropeStrategy: "2-norm", ...o }), isFile);
   await assert.rejects(convertDeepseek(path.join(MODELS, "stories260K"), { rank: 2, ...o }), isFile);
   await assert.rejects(exportDeepseek(mla, { out: file, force: true, progress: null, logger }), isFile);
+  // Their dry runs say what the run would be refused for.
+  await assert.rejects(convert(path.join(MODELS, "stories260K"), { rank: 2, ...o, calib: undefined, dryRun: true }), isFile);
+  await assert.rejects(convertDeepseek(path.join(MODELS, "stories260K"), { rank: 2, ...o, calib: undefined, dryRun: true }), isFile);
   // Planning warnings (serving sizes) may come; the work's lines may not.
   assert.deepEqual(lines.filter((l) => /calibration windows|factoring|device:/.test(l)), [], "nothing calibrated, factored or loaded");
   assert.equal(fs.readFileSync(file, "utf8"), "keep me");
