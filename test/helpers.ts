@@ -107,11 +107,12 @@ export function watchChild(child: ChildProcess): { stderr: () => string; exited:
  * restored) against its analytic gradient `g`: returns the relative error ‖g − n‖/‖n‖ and ‖n‖.
  * The step is h·max(1, |w_j|), so large weights (DeepSeek's norm constants) are probed at their scale.
  */
-export function finiteDifference(w: Float64Array | Float32Array, g: ArrayLike<number>, loss: () => number, h = 1e-6, samples = 6): { rel: number; norm: number } {
+export function finiteDifference(w: Float64Array | Float32Array, g: ArrayLike<number>, loss: () => number, h = 1e-6, samples: number | readonly number[] = 6): { rel: number; norm: number } {
   let num2 = 0;
   let diff2 = 0;
-  for (let k = 0; k < Math.min(samples, w.length); k++) {
-    const j = Math.floor((k * 2654435761) % w.length);
+  // `samples`: how many elements to probe (spread by a hash), or which.
+  const picks = typeof samples === "number" ? Array.from({ length: Math.min(samples, w.length) }, (_, k) => Math.floor((k * 2654435761) % w.length)) : samples;
+  for (const j of picks) {
     const orig = w[j]!;
     const step = h * Math.max(1, Math.abs(orig));
     w[j] = orig + step;

@@ -11,21 +11,15 @@
  */
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { loadNativeCpu, NativeCpuBackend } from "../../src/backends/native/cpu.js";
 import { ReferenceBackend } from "../../src/backends/reference/index.js";
+import { cpuBackends } from "./cpuBackends.js";
 import { Node, Ops, Tape, type SlotFlag } from "../../src/tensor/autograd.js";
 import type { AttentionOptions, Backend } from "../../src/tensor/backend.js";
 import type { Tensor } from "../../src/tensor/tensor.js";
-import { seededRand } from "../helpers.js";
+import { finiteDifference, seededRand } from "../helpers.js";
 
-const lib = loadNativeCpu();
 /** Each CPU backend and the relative gradient error its arithmetic allows (float32: rounding of the analytic gradient). */
-const backends: [string, () => Backend, number][] = [
-  ["reference f32", () => new ReferenceBackend("f32"), 1e-5],
-  ["reference f64", () => new ReferenceBackend("f64"), 1e-7],
-  ["native CPU", () => new NativeCpuBackend(lib as Exclude<typeof lib, string>), 1e-5],
-];
-const skipFor = (name: string) => (name === "native CPU" && typeof lib === "string" ? `native CPU library not loaded: ${lib}` : false);
+const backends = cpuBackends({ f32: 1e-5, f64: 1e-7, native: 1e-5 });
 const R64 = new ReferenceBackend("f64");
 
 interface Case {
@@ -87,20 +81,7 @@ function gradErrors(B: Backend, c: Case, seed: number): number[] {
   xs.forEach((x, i) => {
     if (!trainable(i)) return assert.equal(analytic[i], null, `input ${i} is a constant: no gradient`);
     const picks = x.length <= 48 ? [...x.keys()] : Array.from({ length: 48 }, (_, j) => Math.floor((j * 7919) % x.length));
-    let num2 = 0, diff2 = 0;
-    for (const j of picks) {
-      const orig = x[j]!;
-      const h = 1e-6 * Math.max(1, Math.abs(orig));
-      x[j] = orig + h;
-      const up = lossAt();
-      x[j] = orig - h;
-      const down = lossAt();
-      x[j] = orig;
-      const n = (up - down) / (2 * h);
-      num2 += n * n;
-      diff2 += ((analytic[i]?.[j] ?? 0) - n) ** 2;
-    }
-    errs.push(Math.sqrt(diff2) / Math.max(Math.sqrt(num2), 1e-12));
+    errs.push(finiteDifference(x, analytic[i] ?? new Float32Array(x.length), lossAt, 1e-6, picks).rel);
   });
   return errs;
 }
@@ -161,8 +142,8 @@ const cases: Record<string, Case> = {
   },
 };
 
-for (const [name, make, tol] of backends)
-  test(`${name}: every backward op and autograd op matches finite differences of the float64 forward`, { skip: skipFor(name) }, () => {
+for (const { name, make, tol, skip } of backends)
+  test(`${name}: every backward op and autograd op matches finite differences of the float64 forward`, { skip }, () => {
     const B = make();
     const bad: string[] = [];
     let seed = 100;

@@ -9,29 +9,22 @@
  */
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { loadNativeCpu, NativeCpuBackend } from "../../src/backends/native/cpu.js";
-import { ReferenceBackend } from "../../src/backends/reference/index.js";
+import { cpuBackends } from "./cpuBackends.js";
 import { addCovariance, addPairNorms } from "../../src/ropeSelect/calibrate.js";
-import { linearMany, type AttentionOptions, type Backend } from "../../src/tensor/backend.js";
+import { linearMany, type AttentionOptions } from "../../src/tensor/backend.js";
 import { attentionOf } from "../../src/tensor/sequences.js";
 import type { Tensor } from "../../src/tensor/tensor.js";
 import { maxRelDiff, seededRand } from "../helpers.js";
 import * as F from "./float64Ops.js";
 
-const lib = loadNativeCpu();
 /** Each CPU backend and the relative error (to the largest reference magnitude) its storage allows. */
-const backends: [string, () => Backend, number][] = [
-  ["reference f32", () => new ReferenceBackend("f32"), 2e-6],
-  ["reference f64", () => new ReferenceBackend("f64"), 1e-12],
-  ["native CPU", () => new NativeCpuBackend(lib as Exclude<typeof lib, string>), 5e-6],
-];
-const skipFor = (name: string) => (name === "native CPU" && typeof lib === "string" ? `native CPU library not loaded: ${lib}` : false);
+const backends = cpuBackends({ f32: 2e-6, f64: 1e-12, native: 5e-6 });
 
 /** Float32 values (every backend sees the same inputs, and float64 formulas see them exactly). */
 const rand = seededRand(23, Float32Array);
 
-for (const [name, make, tol] of backends) {
-  const opts = { skip: skipFor(name) };
+for (const { name, make, tol, skip } of backends) {
+  const opts = { skip };
   const close = (label: string, got: Tensor | ArrayLike<number>, want: ArrayLike<number>, t = tol) => {
     const g = "toArray" in got ? got.toArray() : got;
     assert.equal(g.length, want.length, `${label}: ${g.length} values, expected ${want.length}`);
@@ -266,7 +259,8 @@ for (const [name, make, tol] of backends) {
 }
 
 test("calibration reductions: the TypeScript loops and the native kernels equal float64 sums (pair norms, covariance upper triangle)", () => {
-  const N = typeof lib === "string" ? null : new NativeCpuBackend(lib);
+  const native = backends.find((b) => b.name === "native CPU")!;
+  const N = native.skip ? null : native.make();
   for (const [T, heads, Dh] of [[1, 1, 2], [13, 3, 10], [5, 2, 34]] as const) {
     const y = rand(T * heads * Dh), D = heads * Dh, half = Dh / 2;
     const pairs = new Float64Array(heads * half).fill(0.5);
@@ -279,7 +273,7 @@ test("calibration reductions: the TypeScript loops and the native kernels equal 
     const cov = new Float64Array(D * D);
     for (let i = 0; i < D; i++) for (let j = i; j < D; j++) for (let t = 0; t < T; t++) cov[i * D + j] += y[t * D + i]! * y[t * D + j]!;
     const routes: [string, (acc: Float64Array) => void, (acc: Float64Array) => void][] = [["TypeScript", (a) => addPairNorms(y, T, heads, Dh, a), (a) => addCovariance(y, T, D, a)]];
-    if (N) routes.push(["native", (a) => N.calibration.pairNorms(N.upload(y, [T, heads, Dh]), T, heads, Dh, a), (a) => N.calibration.covariance!(y, T, D, a)]);
+    if (N) routes.push(["native", (a) => N.calibration!.pairNorms(N.upload(y, [T, heads, Dh]), T, heads, Dh, a), (a) => N.calibration!.covariance!(y, T, D, a)]);
     for (const [route, pn, cv] of routes) {
       const a = new Float64Array(heads * half).fill(0.5), c = new Float64Array(D * D);
       pn(a);
