@@ -330,3 +330,15 @@ test("report's perplexity chart: runs the table marks not comparable (another to
   ]);
   assert.match(texts, /Perplexity is charted in 3 groups/);
 });
+
+test("report's accuracy chart: a run that scored another number of a task's items gets a note under the chart", async () => {
+  const { reportHtml } = await import("../../src/eval/report/report.js");
+  const base = { model: "m", dir: "/m", config_hash: "x", attention: "mha", conversion: null, params: 1, kv_elems_per_token: 8, kv_bytes_per_token: 32, backend: "cpu", seconds: 1 };
+  const runs = [
+    { ...base, label: "full", tasks: { piqa: { n: 100, acc: 0.6, acc_stderr: 0.05 }, "arc-easy": { n: 50, acc: 0.5, acc_stderr: 0.07 } } },
+    { ...base, label: "same", tasks: { piqa: { n: 100, acc: 0.55, acc_stderr: 0.05 }, "arc-easy": { n: 50, acc: 0.45, acc_stderr: 0.07 } } },
+    { ...base, label: "limited", tasks: { piqa: { n: 10, acc: 0.9, acc_stderr: 0.1 }, "arc-easy": { n: 50, acc: 0.4, acc_stderr: 0.07 } } },
+  ];
+  assert.match(reportHtml(runs as never), /<p class="note">Not comparable with the first run's bars, scored on other items: piqa: limited \(10 items\) against 100 for full\.<\/p>/);
+  assert.doesNotMatch(reportHtml(runs.slice(0, 2) as never), /scored on other items/);
+});

@@ -191,6 +191,22 @@ function perplexityCharts(runs: EvalResult[], ppl: Row): string[] {
   return [...charts, note];
 }
 
+/**
+ * The note under the accuracy chart where some run scored another number of a task's items than the
+ * first run (--limit, another data folder): its bars stand beside the others but are not a change of
+ * the model (the table marks those cells); null when every task's runs scored the same items.
+ */
+function accuracyNote(runs: EvalResult[]): string | null {
+  const tasks = [...new Set(runs.flatMap((r) => Object.keys(r.tasks ?? {})))];
+  const differing = tasks.flatMap((task) => {
+    const vs = itemsVsFirst(runs, task);
+    const others = runs.filter((_, i) => vs[i]!.notComparable !== null).map((r) => `${r.label} (${r.tasks?.[task]?.n ?? "no"} items)`);
+    return others.length ? [`${task}: ${others.join(", ")} against ${runs[0]!.tasks?.[task]?.n ?? "no"} for ${runs[0]!.label}`] : [];
+  });
+  if (!differing.length) return null;
+  return `<p class="note">Not comparable with the first run's bars, scored on other items: ${esc(differing.join("; "))}.</p>`;
+}
+
 export function reportHtml(given: EvalResult[], logs: TrainLog[] = []): string {
   const runs = checkedRuns(given);
   const rs = rows(runs);
@@ -198,6 +214,8 @@ export function reportHtml(given: EvalResult[], logs: TrainLog[] = []): string {
   const charts: string[] = [];
   const taskRows = rs.filter((r) => / acc(_norm)?$/.test(r.metric));
   if (taskRows.length) charts.push(barChart("Benchmark accuracy", taskRows.map((r) => r.metric), labels, labels.map((_, s) => taskRows.map((r) => r.values[s] ?? null)), { errors: labels.map((_, s) => taskRows.map((r) => r.errors?.[s] ?? null)), yLabel: "accuracy", width: Math.min(1060, Math.max(720, 36 * taskRows.length * labels.length)) }));
+  const accNote = taskRows.length ? accuracyNote(runs) : null;
+  if (accNote) charts.push(accNote);
   const ppl = rs.find((r) => r.metric === "perplexity");
   if (ppl) charts.push(...perplexityCharts(runs, ppl));
   const kv = rs.find((r) => r.metric === "KV bytes / token")!;
