@@ -342,3 +342,14 @@ test("report's accuracy chart: a run that scored another number of a task's item
   assert.match(reportHtml(runs as never), /<p class="note">Not comparable with the first run's bars, scored on other items: piqa: limited \(10 items\) against 100 for full\.<\/p>/);
   assert.doesNotMatch(reportHtml(runs.slice(0, 2) as never), /scored on other items/);
 });
+
+test("a chart's legend wraps into rows that fit its width (a 480-px chart cut a third run's name off)", async () => {
+  const { barChart } = await import("../../src/eval/report/charts.js");
+  const legendAt = (svg: string) => [...svg.matchAll(/<rect x="(\d+)" y="(\d+)" width="12" height="12"/g)].map((m) => [Number(m[1]), Number(m[2])]);
+  const three = barChart("KV", ["kv"], ["a", "b", "c"], [[1], [2], [3]], { width: 480 });
+  assert.deepEqual(legendAt(three), [[64, 278], [234, 278], [64, 296]]);
+  assert.match(three, /^<svg [^>]*height="318"/);
+  const wide = barChart("KV", ["kv"], ["a", "b", "c"], [[1], [2], [3]], { width: 720 });
+  assert.deepEqual(legendAt(wide), [[64, 278], [234, 278], [404, 278]]);
+  assert.match(wide, /^<svg [^>]*height="300"/);
+});

@@ -36,9 +36,14 @@ interface Frame {
   H: number;
 }
 
-/** The SVG header, title and plot area shared by both chart kinds. */
-function frame(title: string, W: number): Frame {
-  const H = 300;
+const LEGEND_SLOT = 170, LEGEND_ROW = 18;
+/** Legend entries per row in a chart `W` wide (a 480-px chart holds two: a third was cut off). */
+const legendPerRow = (W: number) => Math.max(1, Math.floor((W - 64 - 16) / LEGEND_SLOT));
+
+/** The SVG header, title and plot area shared by both chart kinds; `entries` legend entries below the plot, in rows that fit. */
+function frame(title: string, W: number, entries: number): Frame {
+  const rows = Math.max(1, Math.ceil(entries / legendPerRow(W)));
+  const H = 300 + LEGEND_ROW * (rows - 1);
   const left = 64;
   const top = 36;
   return {
@@ -46,10 +51,19 @@ function frame(title: string, W: number): Frame {
     left,
     top,
     plotW: W - left - 16,
-    plotH: H - top - 56,
+    plotH: 300 - top - 56,
     W,
     H,
   };
+}
+
+/** The legend: a color swatch and name per entry, rows of as many as fit below the plot. */
+function legend(f: Frame, names: readonly string[], colorAt: (i: number) => string): void {
+  const perRow = legendPerRow(f.W);
+  names.forEach((name, i) => {
+    const x = f.left + (i % perRow) * LEGEND_SLOT, y = f.top + f.plotH + 34 + Math.floor(i / perRow) * LEGEND_ROW;
+    f.parts.push(`<rect x="${x}" y="${y}" width="12" height="12" fill="${colorAt(i)}"/><text x="${x + 18}" y="${y + 10}" font-size="12">${esc(name)}</text>`);
+  });
 }
 
 /** Horizontal grid lines with y labels at 5 levels from lo to hi, and the y-axis label. */
@@ -68,8 +82,8 @@ function yGrid(f: Frame, lo: number, hi: number, y: (v: number) => number, label
 export function barChart(title: string, categories: string[], series: string[], values: (number | null)[][], opts: { errors?: (number | null)[][]; yLabel?: string; width?: number; colorOf?: (s: number) => string } = {}): string {
   // A chart of some of the runs colors each as the report's other charts do (colorOf), not by its place here.
   const colorAt = opts.colorOf ?? color;
-  const f = frame(title, opts.width ?? 720);
-  const { parts, left, top, plotW, plotH, W, H } = f;
+  const f = frame(title, opts.width ?? 720, series.length);
+  const { parts, left, top, plotW, plotH, W } = f;
   const all = values.flat().filter((v): v is number => v !== null && Number.isFinite(v));
   // Each value with its own whisker (values and errors share the [series][category] layout; missing values drop out of both).
   const tops = values.flatMap((row, s) => row.map((v, c) => (v === null || !Number.isFinite(v) ? 0 : v + (opts.errors?.[s]?.[c] ?? 0))));
@@ -92,15 +106,15 @@ export function barChart(title: string, categories: string[], series: string[], 
     parts.push(`<text x="${left + c * groupW + groupW / 2}" y="${top + plotH + 18}" text-anchor="middle" font-size="10">${esc(cat)}</text>`);
   });
   parts.push(`<line x1="${left}" x2="${W - 16}" y1="${top + plotH}" y2="${top + plotH}" stroke="#333"/>`);
-  series.forEach((s, i) => parts.push(`<rect x="${left + i * 170}" y="${H - 22}" width="12" height="12" fill="${colorAt(i)}"/><text x="${left + i * 170 + 18}" y="${H - 12}" font-size="12">${esc(s)}</text>`));
+  legend(f, series, colorAt);
   parts.push("</svg>");
   return parts.join("");
 }
 
 /** Line chart of one or more series of (x, y) points. */
 export function lineChart(title: string, series: { name: string; points: [number, number][]; dots?: boolean }[], opts: { xLabel?: string; yLabel?: string; width?: number } = {}): string {
-  const f = frame(title, opts.width ?? 720);
-  const { parts, left, top, plotW, plotH, W, H } = f;
+  const f = frame(title, opts.width ?? 720, series.length);
+  const { parts, left, top, plotW, plotH, W } = f;
   const pts = series.flatMap((s) => s.points);
   const xmax = Math.max(1, ...pts.map((p) => p[0]));
   const ymin = Math.min(...pts.map((p) => p[1]));
@@ -115,8 +129,8 @@ export function lineChart(title: string, series: { name: string; points: [number
   series.forEach((s, i) => {
     if (s.points.length > 1 && !s.dots) parts.push(`<polyline fill="none" stroke="${color(i)}" stroke-width="2" points="${s.points.map((p) => `${x(p[0]).toFixed(1)},${y(p[1]).toFixed(1)}`).join(" ")}"/>`);
     if (s.dots || s.points.length === 1) for (const p of s.points) parts.push(`<circle cx="${x(p[0]).toFixed(1)}" cy="${y(p[1]).toFixed(1)}" r="4" fill="${color(i)}"><title>${esc(s.name)} @ ${p[0]}: ${fmt(p[1])}</title></circle>`);
-    parts.push(`<rect x="${left + i * 170}" y="${H - 22}" width="12" height="12" fill="${color(i)}"/><text x="${left + i * 170 + 18}" y="${H - 12}" font-size="12">${esc(s.name)}</text>`);
   });
+  legend(f, series.map((s) => s.name), color);
   parts.push(`<line x1="${left}" x2="${W - 16}" y1="${top + plotH}" y2="${top + plotH}" stroke="#333"/></svg>`);
   return parts.join("");
 }
