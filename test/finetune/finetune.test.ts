@@ -210,6 +210,20 @@ test("a model without BOS, a missing teacher and a run too big for the machine a
   assert.ok(!fs.existsSync(base.out), "no run folder");
 });
 
+test("a --distill teacher with fewer positions than --seq is warned about (its targets past them are extrapolated)", async () => {
+  const model = await convertedModel();
+  const teacher = path.join(tmpDir(), "short-teacher");
+  fs.cpSync(path.join(MODELS, "stories260K"), teacher, { recursive: true });
+  const cfg = JSON.parse(fs.readFileSync(path.join(teacher, "config.json"), "utf8"));
+  fs.writeFileSync(path.join(teacher, "config.json"), JSON.stringify({ ...cfg, max_position_embeddings: 32 }));
+  const warnings: string[] = [];
+  const logger = { info: () => {}, warn: (m: string) => void warnings.push(m) };
+  // Stopped while the data is tokenized: the warning comes before.
+  const r = await finetune(model, { data: [path.join(FIXTURES, "text", "tinystories.txt")], out: path.join(tmpDir(), "x"), tokens: 256, seq: 64, batch: 4, distill: teacher, progress: null, logger, shouldStop: () => true });
+  assert.equal(r.steps, 0);
+  assert.deepEqual(warnings.filter((w) => /teacher's/.test(w)), ["--seq 64 passes the --distill teacher's 32 positions (max_position_embeddings): its targets past them are extrapolated (RoPE), and the KL term pulls the student toward them"]);
+});
+
 test("a NaN loss stops training with a clear error", async () => {
   const model = await convertedModel();
   const { SafetensorsFile, writeSafetensorsSync } = await import("../../src/io/safetensors.js");
