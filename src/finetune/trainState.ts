@@ -215,6 +215,11 @@ export class TrainState {
     return this.params.size;
   }
 
+  /** Frees the flat buffers (masters, gradients, moments, the bf16 copy); the model's trainable weights are views of the masters, so the model goes with it. */
+  dispose(): void {
+    for (const t of [this.params, this.grads, this.m, this.v, this.shadow]) t?.dispose();
+  }
+
   /**
    * Weight nodes over the model's (now flat) weights. Trainable leaves add their gradient into their
    * slot of `grads`; in bf16, linear weights are read from the bf16 copy, and a tied LM head gets a

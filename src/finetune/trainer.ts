@@ -151,215 +151,224 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
   if (precision === "bf16" && !backend.uploadBf16) throw new MlaError("UNSUPPORTED", `--precision bf16 needs a backend with bf16 GEMMs; ${backend.name} has none`, "use --device cuda, or --precision f32");
   const lm = loadModel(spec, { backend, weights: "f32" }); // trainable leaves are float32
   const model = lm.model;
-  const past = pastPositionsWarning("--seq", seq, lm.config.maxPositions, "it trains on positions it was not pretrained for (RoPE extrapolates)");
-  if (past) log.warn(past);
-  // Both refused before the data is tokenized (minutes on a corpus) and --out made: every training
-  // sequence starts with BOS (any id taken instead would be some other token), and the teacher's
-  // config and tokenizer.json are all checkTeacher reads.
-  const bos = requireBos(lm.config.bosTokenId);
-  if (o.distill) checkTeacher(o.distill, lm.config.vocabSize, src.dir);
-  const teacher: LlamaModel | null = o.distill ? loadModel(o.distill, { backend }).model : null;
-  // The teacher's targets past its own positions are extrapolated too, and the KL term pulls toward them.
-  if (teacher && seq > teacher.config.maxPositions) log.warn(`--seq ${seq} passes the --distill teacher's ${teacher.config.maxPositions} positions (max_position_embeddings): its targets past them are extrapolated (RoPE), and the KL term pulls the student toward them`);
-  // The state and activations are checked against free memory (the teacher's weights already taken)
-  // before the data is tokenized too.
-  const checkpoint = o.checkpointActivations ?? false;
-  const memory: MemoryChoice = { train: trainWhat, checkpoint, fullLogits: teacher !== null, keepMid: checkpoint };
-  // The kept mid-layer sums make the recompute cheaper; they go first when memory is short.
-  if (checkpoint && !fitsDevice(model, memory, precision, batch * (seq - 1))) memory.keepMid = false;
-  checkFits(model, memory, precision, batch * (seq - 1), log);
+  // The models and the training state go back to the backend when the call ends, however it ends (a
+  // pipeline evaluates next in the same process; on a GPU they would otherwise wait for the collector).
+  const owned: { dispose(): void }[] = [model];
+  try {
+    const past = pastPositionsWarning("--seq", seq, lm.config.maxPositions, "it trains on positions it was not pretrained for (RoPE extrapolates)");
+    if (past) log.warn(past);
+    // Both refused before the data is tokenized (minutes on a corpus) and --out made: every training
+    // sequence starts with BOS (any id taken instead would be some other token), and the teacher's
+    // config and tokenizer.json are all checkTeacher reads.
+    const bos = requireBos(lm.config.bosTokenId);
+    if (o.distill) checkTeacher(o.distill, lm.config.vocabSize, src.dir);
+    const teacher: LlamaModel | null = o.distill ? loadModel(o.distill, { backend }).model : null;
+    if (teacher) owned.push(teacher);
+    // The teacher's targets past its own positions are extrapolated too, and the KL term pulls toward them.
+    if (teacher && seq > teacher.config.maxPositions) log.warn(`--seq ${seq} passes the --distill teacher's ${teacher.config.maxPositions} positions (max_position_embeddings): its targets past them are extrapolated (RoPE), and the KL term pulls the student toward them`);
+    // The state and activations are checked against free memory (the teacher's weights already taken)
+    // before the data is tokenized too.
+    const checkpoint = o.checkpointActivations ?? false;
+    const memory: MemoryChoice = { train: trainWhat, checkpoint, fullLogits: teacher !== null, keepMid: checkpoint };
+    // The kept mid-layer sums make the recompute cheaper; they go first when memory is short.
+    if (checkpoint && !fitsDevice(model, memory, precision, batch * (seq - 1))) memory.keepMid = false;
+    checkFits(model, memory, precision, batch * (seq - 1), log);
 
-  // Before the first step (tokenizing a corpus, the first validation: minutes) a stop is polled
-  // between pieces and windows, and ends the run there: no step has run in this call, so there is
-  // nothing to save, and a fresh run leaves its --out as it found it (emptied by --force at most).
-  let stopped = false; // once asked, stays asked (shouldStop is not polled again for the same stop)
-  const stopAsked = () => (stopped ||= o.shouldStop?.() === true || o.signal?.aborted === true);
-  const STOPPED = Symbol("stopped");
-  const unlessStopped = async <T>(work: () => Promise<T>): Promise<T | typeof STOPPED> => {
-    try {
-      return await work();
-    } catch (e) {
-      if (e instanceof MlaError && e.code === "INTERRUPTED" && stopAsked()) return STOPPED;
-      throw e;
+    // Before the first step (tokenizing a corpus, the first validation: minutes) a stop is polled
+    // between pieces and windows, and ends the run there: no step has run in this call, so there is
+    // nothing to save, and a fresh run leaves its --out as it found it (emptied by --force at most).
+    let stopped = false; // once asked, stays asked (shouldStop is not polled again for the same stop)
+    const stopAsked = () => (stopped ||= o.shouldStop?.() === true || o.signal?.aborted === true);
+    const STOPPED = Symbol("stopped");
+    const unlessStopped = async <T>(work: () => Promise<T>): Promise<T | typeof STOPPED> => {
+      try {
+        return await work();
+      } catch (e) {
+        if (e instanceof MlaError && e.code === "INTERRUPTED" && stopAsked()) return STOPPED;
+        throw e;
+      }
+    };
+    let madeOut = false; // this call created --out (a fresh run)
+    const stoppedBeforeTraining = (during: string): FinetuneResult => {
+      if (madeOut) fs.rmdirSync(out); // empty: nothing is written before the first validation ends
+      log.info(prior ? `stopped while ${during}, before training resumed; the step-${prior.step} checkpoint is kept in ${checkpointDir(out)}` : `stopped while ${during}, before the first training step: nothing was trained, so there is nothing to resume (running it again starts over)`);
+      const tokensSeen = prior?.tokensSeen ?? 0;
+      return { out, steps: prior?.step ?? 0, stoppedEarly: true, checkpointStep: prior?.step ?? null, tokensSeen, seconds: priorSeconds, tokensPerSecond: perSecond(tokensSeen, priorSeconds), sitting: { steps: 0, seconds: 0, tokensPerSecond: 0 }, valNllBefore: prior ? loggedValNllBefore(out) : null, valNllAfter: null, finalLoss: NaN, precision };
+    };
+
+    const data = await unlessStopped(() => loadTrainingData(lm.tokenizer, o.data, { valFraction: o.valFraction ?? D.valFraction, fraction: o.fraction, seq, bos, eos: lm.config.eosTokenId, cacheDir: o.tokenCache, logger: log, shouldStop: stopAsked }));
+    if (data === STOPPED) return stoppedBeforeTraining("tokenizing the --data files");
+    const perStep = batch * accum * seq;
+    const totalSteps = Math.max(1, Math.ceil((o.tokens ?? data.sequences * seq) / perStep));
+    // A step takes batch·accum·seq tokens: a budget between two step counts is rounded up (10 tokens train one whole step of 4096).
+    if (o.tokens !== undefined && o.tokens !== totalSteps * perStep && !prior)
+      log.info(`--tokens ${o.tokens} is ${o.tokens < perStep ? "less than one step" : `${(o.tokens / perStep).toFixed(2)} steps`} of ${perStep} tokens (--batch ${batch}${accum === 1 ? "" : ` × --accum ${accum}`} × --seq ${seq}): training ${totalSteps} step${totalSteps === 1 ? "" : "s"}, ${totalSteps * perStep} tokens`);
+    const schedule: Schedule = { name: o.schedule ?? D.schedule, lr, warmupSteps: Math.round(warmup * totalSteps), decayFraction: o.decayFraction ?? D.decayFraction, minLrFraction: o.minLrFraction ?? D.minLrFraction };
+
+    const settings = { model: fs.readFileSync(path.join(src.dir, "config.json"), "utf8"), data: o.data.map((f) => path.resolve(f)), tokens: o.tokens ?? null, fraction: o.fraction ?? 1, valFraction: o.valFraction ?? D.valFraction, seq, batch, accum, schedule, beta1: o.beta1 ?? D.beta1, beta2: o.beta2 ?? D.beta2, eps: o.eps ?? D.eps, weightDecay: o.weightDecay ?? D.weightDecay, clip: o.clip ?? D.clip, seed: o.seed ?? D.seed, train: trainWhat, distill: o.distill ?? null, temperature, distillWeight, precision };
+    const fingerprint = crypto.createHash("sha256").update(JSON.stringify(settings)).digest("hex").slice(0, 16);
+    // What the run records (not fingerprinted, so older checkpoints still resume): the model's folder
+    // for its config's text, the --warmup fraction beside the steps it gives, for checkSameRun's message,
+    // and the tokens the --data files hold, which checkSameRun compares.
+    const recorded = { ...settings, model: path.resolve(src.dir), warmup, dataTokens: [data.train.length, data.val.length] };
+    if (prior) {
+      checkSameRun(out, prior, fingerprint, recorded);
+      const finished = finishedRun(out, prior.step);
+      if (finished) {
+        log.info(`the run in ${out} has finished (step ${finished.steps}); nothing to resume`);
+        return finished;
+      }
+      const dropped = trimLogToCheckpoint(out, prior.step, totalSteps);
+      if (dropped > 0) log.info(`${LOG_FILE}: dropped ${dropped} line(s) written after the step-${prior.step} checkpoint (the run was cut off after saving it); they are written again`);
+    } else {
+      madeOut = !fs.existsSync(out);
+      startRunFolder(out);
     }
-  };
-  let madeOut = false; // this call created --out (a fresh run)
-  const stoppedBeforeTraining = (during: string): FinetuneResult => {
-    if (madeOut) fs.rmdirSync(out); // empty: nothing is written before the first validation ends
-    log.info(prior ? `stopped while ${during}, before training resumed; the step-${prior.step} checkpoint is kept in ${checkpointDir(out)}` : `stopped while ${during}, before the first training step: nothing was trained, so there is nothing to resume (running it again starts over)`);
-    const tokensSeen = prior?.tokensSeen ?? 0;
-    return { out, steps: prior?.step ?? 0, stoppedEarly: true, checkpointStep: prior?.step ?? null, tokensSeen, seconds: priorSeconds, tokensPerSecond: perSecond(tokensSeen, priorSeconds), sitting: { steps: 0, seconds: 0, tokensPerSecond: 0 }, valNllBefore: prior ? loggedValNllBefore(out) : null, valNllAfter: null, finalLoss: NaN, precision };
-  };
 
-  const data = await unlessStopped(() => loadTrainingData(lm.tokenizer, o.data, { valFraction: o.valFraction ?? D.valFraction, fraction: o.fraction, seq, bos, eos: lm.config.eosTokenId, cacheDir: o.tokenCache, logger: log, shouldStop: stopAsked }));
-  if (data === STOPPED) return stoppedBeforeTraining("tokenizing the --data files");
-  const perStep = batch * accum * seq;
-  const totalSteps = Math.max(1, Math.ceil((o.tokens ?? data.sequences * seq) / perStep));
-  // A step takes batch·accum·seq tokens: a budget between two step counts is rounded up (10 tokens train one whole step of 4096).
-  if (o.tokens !== undefined && o.tokens !== totalSteps * perStep && !prior)
-    log.info(`--tokens ${o.tokens} is ${o.tokens < perStep ? "less than one step" : `${(o.tokens / perStep).toFixed(2)} steps`} of ${perStep} tokens (--batch ${batch}${accum === 1 ? "" : ` × --accum ${accum}`} × --seq ${seq}): training ${totalSteps} step${totalSteps === 1 ? "" : "s"}, ${totalSteps * perStep} tokens`);
-  const schedule: Schedule = { name: o.schedule ?? D.schedule, lr, warmupSteps: Math.round(warmup * totalSteps), decayFraction: o.decayFraction ?? D.decayFraction, minLrFraction: o.minLrFraction ?? D.minLrFraction };
-
-  const settings = { model: fs.readFileSync(path.join(src.dir, "config.json"), "utf8"), data: o.data.map((f) => path.resolve(f)), tokens: o.tokens ?? null, fraction: o.fraction ?? 1, valFraction: o.valFraction ?? D.valFraction, seq, batch, accum, schedule, beta1: o.beta1 ?? D.beta1, beta2: o.beta2 ?? D.beta2, eps: o.eps ?? D.eps, weightDecay: o.weightDecay ?? D.weightDecay, clip: o.clip ?? D.clip, seed: o.seed ?? D.seed, train: trainWhat, distill: o.distill ?? null, temperature, distillWeight, precision };
-  const fingerprint = crypto.createHash("sha256").update(JSON.stringify(settings)).digest("hex").slice(0, 16);
-  // What the run records (not fingerprinted, so older checkpoints still resume): the model's folder
-  // for its config's text, the --warmup fraction beside the steps it gives, for checkSameRun's message,
-  // and the tokens the --data files hold, which checkSameRun compares.
-  const recorded = { ...settings, model: path.resolve(src.dir), warmup, dataTokens: [data.train.length, data.val.length] };
-  if (prior) {
-    checkSameRun(out, prior, fingerprint, recorded);
-    const finished = finishedRun(out, prior.step);
-    if (finished) {
-      log.info(`the run in ${out} has finished (step ${finished.steps}); nothing to resume`);
-      return finished;
+    const trainable = (p: string) => trainWhat === "all" || p.includes(".attn.");
+    const b = model.backend;
+    b.resetPeak?.();
+    // Checked before the state is allocated; a resumed run already has a checkpoint on the disk.
+    const keeper = new CheckpointKeeper(out, trainableCount(model, trainable), weightFileBytes(src.dir), log, o.resume ?? false);
+    keeper.checkAtStart(o.saveEvery);
+    const state = new TrainState(model, trainable, precision);
+    owned.push(state);
+    log.info(memoryPlan(state, batch * (seq - 1), memory));
+    const hyper = { beta1: settings.beta1, beta2: settings.beta2, eps: settings.eps, weightDecay: settings.weightDecay };
+    const run: RunState = prior ?? { format: 1, step: 0, epoch: 0, cursor: 0, tokensSeen: 0, fingerprint, settings: recorded };
+    if (prior) {
+      loadCheckpoint(out, state.slotIo());
+      state.loaded();
+      state.step = run.step;
+      keeper.step = run.step;
+      log.info(`resuming at step ${run.step}/${totalSteps}`);
     }
-    const dropped = trimLogToCheckpoint(out, prior.step, totalSteps);
-    if (dropped > 0) log.info(`${LOG_FILE}: dropped ${dropped} line(s) written after the step-${prior.step} checkpoint (the run was cut off after saving it); they are written again`);
-  } else {
-    madeOut = !fs.existsSync(out);
-    startRunFolder(out);
-  }
-
-  const trainable = (p: string) => trainWhat === "all" || p.includes(".attn.");
-  const b = model.backend;
-  b.resetPeak?.();
-  // Checked before the state is allocated; a resumed run already has a checkpoint on the disk.
-  const keeper = new CheckpointKeeper(out, trainableCount(model, trainable), weightFileBytes(src.dir), log, o.resume ?? false);
-  keeper.checkAtStart(o.saveEvery);
-  const state = new TrainState(model, trainable, precision);
-  log.info(memoryPlan(state, batch * (seq - 1), memory));
-  const hyper = { beta1: settings.beta1, beta2: settings.beta2, eps: settings.eps, weightDecay: settings.weightDecay };
-  const run: RunState = prior ?? { format: 1, step: 0, epoch: 0, cursor: 0, tokensSeen: 0, fingerprint, settings: recorded };
-  if (prior) {
-    loadCheckpoint(out, state.slotIo());
-    state.loaded();
-    state.step = run.step;
-    keeper.step = run.step;
-    log.info(`resuming at step ${run.step}/${totalSteps}`);
-  }
-  const logFile = path.join(out, LOG_FILE);
-  const logLine = (row: Record<string, unknown>) => fs.appendFileSync(logFile, JSON.stringify(row) + "\n");
-  // The validations before and after training show their progress (a large --val-fraction takes
-  // minutes); the periodic ones (--eval-every) would interleave with the step lines.
-  // Every validation stops at its next window when a stop is asked (or before its first): STOPPED, and nothing is logged.
-  const valNll = async (shown: boolean) => (stopAsked() ? STOPPED : await unlessStopped(async () => (data.val.length > 0 ? (await perplexity(model, data.val, { ctx: seq, progress: shown ? o.progress : null, label: "validation", shouldStop: stopAsked })).nll : null)));
-  let valNllBefore: number | null;
-  if (prior) valNllBefore = loggedValNllBefore(out);
-  else {
-    await nextTurn(); // a stop asked for while the model and the state were set up (no turn ran)
-    const v = await valNll(true);
-    if (v === STOPPED) return stoppedBeforeTraining(data.val.length > 0 ? "measuring the validation NLL before training" : "setting up the training");
-    valNllBefore = v;
-    // Before its line is written: a throw leaves --out as a stop here does (stoppedBeforeTraining).
-    if (v !== null) await notify(o.onValidation, { when: "before", step: 0, steps: totalSteps, valNll: v }, () => stoppedBeforeTraining("reporting the validation NLL before training (onValidation threw)"));
-    if (v !== null) logLine({ step: 0, val_nll: v });
-  }
-
-  const nextMicroBatch: () => MicroBatch = microBatches(data, batch, settings.seed, run);
-  const t0 = performance.now();
-  const startStep = run.step;
-  // The run's time spans its sittings: a resumed run goes on from its checkpoint's.
-  const sittingSeconds = () => (performance.now() - t0) / 1000;
-  // Device memory peaks per sitting (a resumed process starts counting afresh): the run's is the most of its sittings'.
-  const peakBytes = () => {
-    const now = model.backend.memory?.().peak;
-    return now === undefined ? (prior?.peakDeviceBytes ?? null) : Math.max(now, prior?.peakDeviceBytes ?? 0);
-  };
-  const save = (what: string, seconds = priorSeconds + sittingSeconds()) => {
-    // The checkpoint of this step is in place already (--save-every met the last step, or a stop):
-    // a 7B run's would be ~84 GB written again.
-    if (keeper.step === run.step) return;
-    const peak = peakBytes();
-    return keeper.save(Object.assign(run, { seconds }, peak === null ? {} : { peakDeviceBytes: peak }), state.slotIo(), what);
-  };
-  const targetsPerStep = batch * accum * (seq - 1);
-  const loss = { scale: 1 / targetsPerStep, ceWeight: 1 - distillWeight, klWeight: distillWeight, temperature, teacher, checkpoint, keepMid: memory.keepMid };
-  let lastPrint = -Infinity; // the first step prints (performance.now() counts from the process start)
-  let finalLoss = NaN;
-  let stoppedEarly = false;
-  const timer = new StepTimer(model.backend);
-  // A stop after step run.step, or during a validation after it (periodic or final): the checkpoint of
-  // that step, whole (never one of a step half done), from which --resume goes on.
-  const stopAt = (during: string, seconds?: number) => {
-    stoppedEarly = true;
-    save(`step-${run.step}`, seconds);
-    log.info(`stopped at step ${run.step}/${totalSteps}${during}; ${keeper.step === null ? "no checkpoint (no disk room): this run cannot be resumed" : `the step-${keeper.step} checkpoint is kept in ${checkpointDir(out)}`}`);
-  };
-  const evalDue = (step: number) => !!o.evalEvery && step % o.evalEvery === 0 && step < totalSteps;
-  // The periodic validation after step run.step (--eval-every), logged; false when a stop cut it short (nothing logged).
-  const periodicVal = async (): Promise<boolean> => {
-    const v = await valNll(false);
-    if (v === STOPPED) return false;
-    logLine({ step: run.step, val_nll: v });
-    if (v !== null) await notify(o.onValidation, { when: "periodic", step: run.step, steps: totalSteps, valNll: v }, () => stopAt(", its onValidation callback threw"));
-    return true;
-  };
-  // A run stopped during the periodic validation after its checkpoint's step does that validation first.
-  if (prior && evalDue(run.step) && !loggedValNllAt(out, run.step) && !(await periodicVal())) stopAt(", during its validation");
-  while (!stoppedEarly && run.step < totalSteps) {
-    timer.start();
-    const rate = lrAt(schedule, run.step, totalSteps);
-    state.beginStep();
-    let lossSum = 0;
-    for (let i = 0; i < accum; i++) lossSum += microStep(state, nextMicroBatch(), loss);
-    const stepLoss = lossSum / targetsPerStep;
-    const norm = state.update(rate, hyper, settings.clip);
-    if (!Number.isFinite(stepLoss) || !Number.isFinite(norm))
-      throw new MlaError("INTERRUPTED", `training diverged at step ${run.step + 1}: loss ${stepLoss}, gradient norm ${norm}`, `the last good checkpoint (if any) is in ${checkpointDir(out)}; lower --lr or check the data`);
-    run.step++;
-    run.tokensSeen += perStep;
-    finalLoss = stepLoss;
-    const { stepMs, hostMs } = timer.stop();
-    const inSitting = sittingSeconds();
-    const elapsed = priorSeconds + inSitting;
-    logLine({ step: run.step, loss: stepLoss, lr: rate, grad_norm: norm, tokens: run.tokensSeen, tokens_per_s: perSecond(run.tokensSeen, elapsed), elapsed_s: elapsed, step_ms: stepMs, host_ms: hostMs });
-    await notify(o.onStep, { step: run.step, steps: totalSteps, tokens: run.tokensSeen, loss: stepLoss, lr: rate, gradNorm: norm, tokensPerSecond: perSecond(run.tokensSeen, elapsed), elapsedSeconds: elapsed }, () => stopAt(", its onStep callback threw"));
-    // A stop during it is seen below (stopAsked stays true): the step's checkpoint, without its validation.
-    if (evalDue(run.step)) await periodicVal();
-    if (o.saveEvery && run.step % o.saveEvery === 0) save(`step-${run.step}`);
-    const sink = o.progress;
-    if (sink && (performance.now() - lastPrint > 5000 || run.step === totalSteps)) {
-      lastPrint = performance.now();
-      // This sitting's rate: the speed now, for the time left.
-      const tps = perSecond((run.step - startStep) * perStep, inSitting);
-      sink.write(`step ${run.step}/${totalSteps} loss ${stepLoss.toFixed(4)} lr ${rate.toExponential(2)} |g| ${norm.toFixed(3)} ${fmtCount(tps)} tok/s, ETA ${fmtTime(((totalSteps - run.step) * perStep) / tps)}\n`);
+    const logFile = path.join(out, LOG_FILE);
+    const logLine = (row: Record<string, unknown>) => fs.appendFileSync(logFile, JSON.stringify(row) + "\n");
+    // The validations before and after training show their progress (a large --val-fraction takes
+    // minutes); the periodic ones (--eval-every) would interleave with the step lines.
+    // Every validation stops at its next window when a stop is asked (or before its first): STOPPED, and nothing is logged.
+    const valNll = async (shown: boolean) => (stopAsked() ? STOPPED : await unlessStopped(async () => (data.val.length > 0 ? (await perplexity(model, data.val, { ctx: seq, progress: shown ? o.progress : null, label: "validation", shouldStop: stopAsked })).nll : null)));
+    let valNllBefore: number | null;
+    if (prior) valNllBefore = loggedValNllBefore(out);
+    else {
+      await nextTurn(); // a stop asked for while the model and the state were set up (no turn ran)
+      const v = await valNll(true);
+      if (v === STOPPED) return stoppedBeforeTraining(data.val.length > 0 ? "measuring the validation NLL before training" : "setting up the training");
+      valNllBefore = v;
+      // Before its line is written: a throw leaves --out as a stop here does (stoppedBeforeTraining).
+      if (v !== null) await notify(o.onValidation, { when: "before", step: 0, steps: totalSteps, valNll: v }, () => stoppedBeforeTraining("reporting the validation NLL before training (onValidation threw)"));
+      if (v !== null) logLine({ step: 0, val_nll: v });
     }
-    // Let signal handlers run: the steps themselves never yield to the event loop.
-    await new Promise((r) => setImmediate(r));
-    if (stopAsked() && run.step < totalSteps) {
-      stopAt("");
-      break;
+
+    const nextMicroBatch: () => MicroBatch = microBatches(data, batch, settings.seed, run);
+    const t0 = performance.now();
+    const startStep = run.step;
+    // The run's time spans its sittings: a resumed run goes on from its checkpoint's.
+    const sittingSeconds = () => (performance.now() - t0) / 1000;
+    // Device memory peaks per sitting (a resumed process starts counting afresh): the run's is the most of its sittings'.
+    const peakBytes = () => {
+      const now = model.backend.memory?.().peak;
+      return now === undefined ? (prior?.peakDeviceBytes ?? null) : Math.max(now, prior?.peakDeviceBytes ?? 0);
+    };
+    const save = (what: string, seconds = priorSeconds + sittingSeconds()) => {
+      // The checkpoint of this step is in place already (--save-every met the last step, or a stop):
+      // a 7B run's would be ~84 GB written again.
+      if (keeper.step === run.step) return;
+      const peak = peakBytes();
+      return keeper.save(Object.assign(run, { seconds }, peak === null ? {} : { peakDeviceBytes: peak }), state.slotIo(), what);
+    };
+    const targetsPerStep = batch * accum * (seq - 1);
+    const loss = { scale: 1 / targetsPerStep, ceWeight: 1 - distillWeight, klWeight: distillWeight, temperature, teacher, checkpoint, keepMid: memory.keepMid };
+    let lastPrint = -Infinity; // the first step prints (performance.now() counts from the process start)
+    let finalLoss = NaN;
+    let stoppedEarly = false;
+    const timer = new StepTimer(model.backend);
+    // A stop after step run.step, or during a validation after it (periodic or final): the checkpoint of
+    // that step, whole (never one of a step half done), from which --resume goes on.
+    const stopAt = (during: string, seconds?: number) => {
+      stoppedEarly = true;
+      save(`step-${run.step}`, seconds);
+      log.info(`stopped at step ${run.step}/${totalSteps}${during}; ${keeper.step === null ? "no checkpoint (no disk room): this run cannot be resumed" : `the step-${keeper.step} checkpoint is kept in ${checkpointDir(out)}`}`);
+    };
+    const evalDue = (step: number) => !!o.evalEvery && step % o.evalEvery === 0 && step < totalSteps;
+    // The periodic validation after step run.step (--eval-every), logged; false when a stop cut it short (nothing logged).
+    const periodicVal = async (): Promise<boolean> => {
+      const v = await valNll(false);
+      if (v === STOPPED) return false;
+      logLine({ step: run.step, val_nll: v });
+      if (v !== null) await notify(o.onValidation, { when: "periodic", step: run.step, steps: totalSteps, valNll: v }, () => stopAt(", its onValidation callback threw"));
+      return true;
+    };
+    // A run stopped during the periodic validation after its checkpoint's step does that validation first.
+    if (prior && evalDue(run.step) && !loggedValNllAt(out, run.step) && !(await periodicVal())) stopAt(", during its validation");
+    while (!stoppedEarly && run.step < totalSteps) {
+      timer.start();
+      const rate = lrAt(schedule, run.step, totalSteps);
+      state.beginStep();
+      let lossSum = 0;
+      for (let i = 0; i < accum; i++) lossSum += microStep(state, nextMicroBatch(), loss);
+      const stepLoss = lossSum / targetsPerStep;
+      const norm = state.update(rate, hyper, settings.clip);
+      if (!Number.isFinite(stepLoss) || !Number.isFinite(norm))
+        throw new MlaError("INTERRUPTED", `training diverged at step ${run.step + 1}: loss ${stepLoss}, gradient norm ${norm}`, `the last good checkpoint (if any) is in ${checkpointDir(out)}; lower --lr or check the data`);
+      run.step++;
+      run.tokensSeen += perStep;
+      finalLoss = stepLoss;
+      const { stepMs, hostMs } = timer.stop();
+      const inSitting = sittingSeconds();
+      const elapsed = priorSeconds + inSitting;
+      logLine({ step: run.step, loss: stepLoss, lr: rate, grad_norm: norm, tokens: run.tokensSeen, tokens_per_s: perSecond(run.tokensSeen, elapsed), elapsed_s: elapsed, step_ms: stepMs, host_ms: hostMs });
+      await notify(o.onStep, { step: run.step, steps: totalSteps, tokens: run.tokensSeen, loss: stepLoss, lr: rate, gradNorm: norm, tokensPerSecond: perSecond(run.tokensSeen, elapsed), elapsedSeconds: elapsed }, () => stopAt(", its onStep callback threw"));
+      // A stop during it is seen below (stopAsked stays true): the step's checkpoint, without its validation.
+      if (evalDue(run.step)) await periodicVal();
+      if (o.saveEvery && run.step % o.saveEvery === 0) save(`step-${run.step}`);
+      const sink = o.progress;
+      if (sink && (performance.now() - lastPrint > 5000 || run.step === totalSteps)) {
+        lastPrint = performance.now();
+        // This sitting's rate: the speed now, for the time left.
+        const tps = perSecond((run.step - startStep) * perStep, inSitting);
+        sink.write(`step ${run.step}/${totalSteps} loss ${stepLoss.toFixed(4)} lr ${rate.toExponential(2)} |g| ${norm.toFixed(3)} ${fmtCount(tps)} tok/s, ETA ${fmtTime(((totalSteps - run.step) * perStep) / tps)}\n`);
+      }
+      // Let signal handlers run: the steps themselves never yield to the event loop.
+      await new Promise((r) => setImmediate(r));
+      if (stopAsked() && run.step < totalSteps) {
+        stopAt("");
+        break;
+      }
     }
+    const sittingTime = sittingSeconds();
+    const seconds = priorSeconds + sittingTime;
+    const hostLine = timer.describe();
+    if (hostLine) log.info(hostLine);
+    let valNllAfter: number | null = null;
+    const tokensPerSecond = perSecond(run.tokensSeen, seconds);
+    const sitting = { steps: run.step - startStep, seconds: sittingTime, tokensPerSecond: perSecond((run.step - startStep) * perStep, sittingTime) };
+    if (!stoppedEarly) {
+      // The reported NLL is the written model's: the masters rounded to the source's dtype (bf16: ~1e-3
+      // nats off the masters'). Rounded in place, so the final checkpoint below holds them rounded too;
+      // nothing trains on from it (a finished run is only reported), and rounding again is a no-op, so
+      // an end redone from it, or from the last step's --save-every checkpoint, gives the same model and NLL.
+      if (roundToWritten(src.dir, model) > 0) state.loaded();
+      // A stop during the validation saves the last step's checkpoint (its masters rounded, the same end
+      // as the final one's): --resume redoes the end from it.
+      const v = await valNll(true);
+      if (v === STOPPED) stopAt(", during the final validation", seconds);
+      else valNllAfter = v;
+      // Before the model is written: a throw leaves the last step's checkpoint, from which --resume ends the run.
+      if (v !== STOPPED && v !== null) await notify(o.onValidation, { when: "final", step: run.step, steps: totalSteps, valNll: v }, () => stopAt(", its onValidation callback threw", seconds));
+    }
+    if (!stoppedEarly) {
+      logLine({ step: run.step, val_nll: valNllAfter });
+      await writeModel(src.dir, out, model);
+      // Last of the run's files (then the final checkpoint), and whole: its presence means finished (finishedRun, the pipeline).
+      writeFileAtomic(path.join(out, SUMMARY_FILE), JSON.stringify({ source: spec, settings: recorded, steps: run.step, tokens: run.tokensSeen, precision, checkpoint_activations: checkpoint, params: modelParams(model), trainable_params: state.size, peak_device_bytes: peakBytes(), val_nll_before: valNllBefore, val_nll_after: valNllAfter, final_loss: finalLoss, seconds, tokens_per_s: tokensPerSecond, sitting: { steps: sitting.steps, seconds: sitting.seconds, tokens_per_s: sitting.tokensPerSecond, peak_device_bytes: model.backend.memory?.().peak ?? null, host_time_per_step: timer.summary() } }, null, 2) + "\n");
+      save("final", seconds);
+    }
+    return { out, steps: run.step, stoppedEarly, checkpointStep: keeper.step, tokensSeen: run.tokensSeen, seconds, tokensPerSecond, sitting, valNllBefore, valNllAfter, finalLoss, precision };
+  } finally {
+    for (const x of owned.reverse()) x.dispose();
   }
-  const sittingTime = sittingSeconds();
-  const seconds = priorSeconds + sittingTime;
-  const hostLine = timer.describe();
-  if (hostLine) log.info(hostLine);
-  let valNllAfter: number | null = null;
-  const tokensPerSecond = perSecond(run.tokensSeen, seconds);
-  const sitting = { steps: run.step - startStep, seconds: sittingTime, tokensPerSecond: perSecond((run.step - startStep) * perStep, sittingTime) };
-  if (!stoppedEarly) {
-    // The reported NLL is the written model's: the masters rounded to the source's dtype (bf16: ~1e-3
-    // nats off the masters'). Rounded in place, so the final checkpoint below holds them rounded too;
-    // nothing trains on from it (a finished run is only reported), and rounding again is a no-op, so
-    // an end redone from it, or from the last step's --save-every checkpoint, gives the same model and NLL.
-    if (roundToWritten(src.dir, model) > 0) state.loaded();
-    // A stop during the validation saves the last step's checkpoint (its masters rounded, the same end
-    // as the final one's): --resume redoes the end from it.
-    const v = await valNll(true);
-    if (v === STOPPED) stopAt(", during the final validation", seconds);
-    else valNllAfter = v;
-    // Before the model is written: a throw leaves the last step's checkpoint, from which --resume ends the run.
-    if (v !== STOPPED && v !== null) await notify(o.onValidation, { when: "final", step: run.step, steps: totalSteps, valNll: v }, () => stopAt(", its onValidation callback threw", seconds));
-  }
-  if (!stoppedEarly) {
-    logLine({ step: run.step, val_nll: valNllAfter });
-    await writeModel(src.dir, out, model);
-    // Last of the run's files (then the final checkpoint), and whole: its presence means finished (finishedRun, the pipeline).
-    writeFileAtomic(path.join(out, SUMMARY_FILE), JSON.stringify({ source: spec, settings: recorded, steps: run.step, tokens: run.tokensSeen, precision, checkpoint_activations: checkpoint, params: modelParams(model), trainable_params: state.size, peak_device_bytes: peakBytes(), val_nll_before: valNllBefore, val_nll_after: valNllAfter, final_loss: finalLoss, seconds, tokens_per_s: tokensPerSecond, sitting: { steps: sitting.steps, seconds: sitting.seconds, tokens_per_s: sitting.tokensPerSecond, peak_device_bytes: model.backend.memory?.().peak ?? null, host_time_per_step: timer.summary() } }, null, 2) + "\n");
-    save("final", seconds);
-  }
-  return { out, steps: run.step, stoppedEarly, checkpointStep: keeper.step, tokensSeen: run.tokensSeen, seconds, tokensPerSecond, sitting, valNllBefore, valNllAfter, finalLoss, precision };
 }
 
 /** One line: what the training state and a micro-batch's activations take, beside what the device has. */

@@ -44,3 +44,30 @@ for (const kind of ["gqa", "mla"] as const) {
       assert.throws(use, (e: unknown) => e instanceof MlaError && /disposed/.test(e.message) && /hint: .*loadModel/.test(e.message));
   });
 }
+
+test("finetune disposes its student, teacher and training state when it ends, also when a callback throws", async () => {
+  const { finetune } = await import("../../src/finetune/trainer.js");
+  const { TrainState } = await import("../../src/finetune/trainState.js");
+  const { LlamaModel } = await import("../../src/model/llama.js");
+  const { FIXTURES, tmpDir } = await import("../helpers.js");
+  const calls = { model: 0, state: 0 };
+  const [md, sd] = [LlamaModel.prototype.dispose, TrainState.prototype.dispose];
+  LlamaModel.prototype.dispose = function (this: InstanceType<typeof LlamaModel>) {
+    calls.model++;
+    md.call(this);
+  };
+  TrainState.prototype.dispose = function (this: InstanceType<typeof TrainState>) {
+    calls.state++;
+    sd.call(this);
+  };
+  try {
+    const model = path.join(MODELS, "stories260K");
+    const o = { data: [path.join(FIXTURES, "text", "tinystories.txt")], tokens: 2 * 4 * 32, seq: 32, batch: 4, distill: model, progress: null, valFraction: 0, device: "cpu" as const };
+    await finetune(model, { ...o, out: path.join(tmpDir(), "a") });
+    assert.deepEqual(calls, { model: 2, state: 1 });
+    await assert.rejects(finetune(model, { ...o, out: path.join(tmpDir(), "b"), onStep: () => { throw new Error("stop here"); } }), /stop here/);
+    assert.deepEqual(calls, { model: 4, state: 2 });
+  } finally {
+    [LlamaModel.prototype.dispose, TrainState.prototype.dispose] = [md, sd];
+  }
+});
