@@ -210,58 +210,64 @@ export async function evaluate(spec: string, opts: EvalOptions): Promise<EvalRes
   const t0 = performance.now();
   const text = opts.text ? readText(opts.text) : null;
   const lm = loadModel(spec, { backend, weights: opts.weights });
-  // Task items start with BOS too: refused before the perplexity runs, not after it.
-  if (opts.tasks?.length) requireBos(lm.config.bosTokenId);
-  const info = inspectModel(lm.dir);
-  const rawConfig = fs.readFileSync(path.join(lm.dir, "config.json"), "utf8");
-  const raw = JSON.parse(rawConfig) as Record<string, unknown> & { mha2mla?: Record<string, unknown> };
-  const conversion = raw.mha2mla ?? (raw["model_type"] === "deepseek_v3" ? { format: "deepseek_v3", kv_lora_rank: raw["kv_lora_rank"], qk_rope_head_dim: raw["qk_rope_head_dim"] } : null);
-  const result: EvalResult = {
-    model: spec,
-    label: opts.label ?? spec,
-    dir: lm.dir,
-    config_hash: crypto.createHash("sha256").update(rawConfig).digest("hex").slice(0, 16),
-    attention: info.attention,
-    conversion: conversion ? { ...conversion, selection: undefined } : null,
-    params: info.params,
-    kv_elems_per_token: info.kv_elems_per_token,
-    kv_bytes_per_token: info.kv_bytes_per_token,
-    ...(opts.kvCache ? { kv_cache: { dtype: opts.kvCache, bytes_per_token: kvBytesPerToken(lm.config, opts.kvCache) } } : {}),
-    backend: backend.name,
-    seconds: 0,
-  };
-  if (text !== null) {
-    const ids = tokenizeForEval(lm.tokenizer, text, opts.tokens);
-    const whole = opts.tokens === undefined || ids.length < opts.tokens;
-    if (opts.tokens !== undefined && ids.length < opts.tokens) log.warn(`${opts.text} holds only ${ids.length} tokens, fewer than ${flags.tokens} ${opts.tokens}: scoring all of them`);
-    const ctx = opts.ctx ?? DEFAULT_CTX;
-    // A command that checked its evaluation up front (checkEmbeddedEval) has warned already.
-    if (!opts.pastPositionsWarned) warnPastPositions(flags, ctx, lm.config.maxPositions, log);
-    const r = await perplexity(lm.model, ids, { ctx, progress: opts.progress, kvCache: opts.kvCache, batch: opts.batch, signal: opts.signal });
-    const bytes = scoredBytes(text, ids, lm.tokenizer, whole);
-    Object.assign(result, {
-      tokenizer: tokenizerIdentity(lm.dir, lm.tokenizer),
-      text: path.resolve(opts.text!),
-      text_hash: textHash(text),
-      ...(bytes !== null ? { text_bytes: bytes } : {}),
-      ctx: r.ctx,
-      tokens: r.tokens,
-      windows: r.windows,
-      nll: r.nll,
-      ppl: r.ppl,
-      ...(bytes ? { bits_per_byte: (r.nll * r.tokens) / (Math.LN2 * bytes) } : {}),
-      tokens_per_second: r.tokens / r.seconds,
-    });
-    if (r.afterFirst) result.tokens_per_second_warm = r.afterFirst.tokens / r.afterFirst.seconds;
-  }
-  if (opts.tasks?.length) {
-    result.tasks = {};
-    for (const [task, loaded] of items) {
-      const r = await runTask(lm.model, lm.tokenizer, task, dataDir!, opts.limit, opts.progress, opts.signal, opts.kvCache, loaded);
-      if (opts.limit !== undefined && r.n < opts.limit) log.warn(`${task}: its file holds ${r.n} items, fewer than --limit ${opts.limit}: scored all of them`);
-      result.tasks[task] = { n: r.n, ...(r.metrics as Omit<TaskScore, "n">) };
+  // The model goes back to the backend when the evaluation ends, however it ends (convert and pipeline
+  // evaluate before and after in one process; on a GPU it would otherwise wait for the collector).
+  try {
+    // Task items start with BOS too: refused before the perplexity runs, not after it.
+    if (opts.tasks?.length) requireBos(lm.config.bosTokenId);
+    const info = inspectModel(lm.dir);
+    const rawConfig = fs.readFileSync(path.join(lm.dir, "config.json"), "utf8");
+    const raw = JSON.parse(rawConfig) as Record<string, unknown> & { mha2mla?: Record<string, unknown> };
+    const conversion = raw.mha2mla ?? (raw["model_type"] === "deepseek_v3" ? { format: "deepseek_v3", kv_lora_rank: raw["kv_lora_rank"], qk_rope_head_dim: raw["qk_rope_head_dim"] } : null);
+    const result: EvalResult = {
+      model: spec,
+      label: opts.label ?? spec,
+      dir: lm.dir,
+      config_hash: crypto.createHash("sha256").update(rawConfig).digest("hex").slice(0, 16),
+      attention: info.attention,
+      conversion: conversion ? { ...conversion, selection: undefined } : null,
+      params: info.params,
+      kv_elems_per_token: info.kv_elems_per_token,
+      kv_bytes_per_token: info.kv_bytes_per_token,
+      ...(opts.kvCache ? { kv_cache: { dtype: opts.kvCache, bytes_per_token: kvBytesPerToken(lm.config, opts.kvCache) } } : {}),
+      backend: backend.name,
+      seconds: 0,
+    };
+    if (text !== null) {
+      const ids = tokenizeForEval(lm.tokenizer, text, opts.tokens);
+      const whole = opts.tokens === undefined || ids.length < opts.tokens;
+      if (opts.tokens !== undefined && ids.length < opts.tokens) log.warn(`${opts.text} holds only ${ids.length} tokens, fewer than ${flags.tokens} ${opts.tokens}: scoring all of them`);
+      const ctx = opts.ctx ?? DEFAULT_CTX;
+      // A command that checked its evaluation up front (checkEmbeddedEval) has warned already.
+      if (!opts.pastPositionsWarned) warnPastPositions(flags, ctx, lm.config.maxPositions, log);
+      const r = await perplexity(lm.model, ids, { ctx, progress: opts.progress, kvCache: opts.kvCache, batch: opts.batch, signal: opts.signal });
+      const bytes = scoredBytes(text, ids, lm.tokenizer, whole);
+      Object.assign(result, {
+        tokenizer: tokenizerIdentity(lm.dir, lm.tokenizer),
+        text: path.resolve(opts.text!),
+        text_hash: textHash(text),
+        ...(bytes !== null ? { text_bytes: bytes } : {}),
+        ctx: r.ctx,
+        tokens: r.tokens,
+        windows: r.windows,
+        nll: r.nll,
+        ppl: r.ppl,
+        ...(bytes ? { bits_per_byte: (r.nll * r.tokens) / (Math.LN2 * bytes) } : {}),
+        tokens_per_second: r.tokens / r.seconds,
+      });
+      if (r.afterFirst) result.tokens_per_second_warm = r.afterFirst.tokens / r.afterFirst.seconds;
     }
+    if (opts.tasks?.length) {
+      result.tasks = {};
+      for (const [task, loaded] of items) {
+        const r = await runTask(lm.model, lm.tokenizer, task, dataDir!, opts.limit, opts.progress, opts.signal, opts.kvCache, loaded);
+        if (opts.limit !== undefined && r.n < opts.limit) log.warn(`${task}: its file holds ${r.n} items, fewer than --limit ${opts.limit}: scored all of them`);
+        result.tasks[task] = { n: r.n, ...(r.metrics as Omit<TaskScore, "n">) };
+      }
+    }
+    result.seconds = (performance.now() - t0) / 1000;
+    return result;
+  } finally {
+    lm.model.dispose();
   }
-  result.seconds = (performance.now() - t0) / 1000;
-  return result;
 }
