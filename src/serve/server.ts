@@ -40,7 +40,7 @@ export interface Server {
   readonly port: number;
   /** The name clients send as `model`. */
   readonly model: string;
-  /** The loaded model (its tokenizer, config and backend). */
+  /** The loaded model (its tokenizer, config and backend); one the server loaded itself (from a name) is disposed by close(). */
   readonly loaded: LoadedModel;
   stats(): ServerStats;
   /** Stops accepting requests, lets those in flight finish (cutting a connection whose client has stalled: ServeOptions.closeStallMs), then resolves. */
@@ -120,6 +120,9 @@ export async function serve(model: string | LoadedModel, opts: ServeOptions = {}
       batcher.clearPrefixCache();
       server.closeAllConnections();
       await stopped;
+      // A model loaded here from a name goes back to the backend (a script may serve one model after
+      // another); one passed in loaded is the caller's.
+      if (typeof model === "string") lm.model.dispose();
       // A signal that outlives the server (one per process, many servers) must not keep it alive.
       opts.signal?.removeEventListener("abort", abort);
     })());
