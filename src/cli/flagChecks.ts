@@ -33,19 +33,29 @@ const flagsEnd = (args: readonly string[]) => (args.includes("--") ? args.indexO
 /**
  * `--json -` (stdout) as `--json=-`: yargs takes no word that starts with "-" as a value, so it read
  * the "-" as a stray positional and strict mode refused it ("Unknown argument: -"). Only --json writes
- * to stdout; no other flag takes "-" (checkGivenValues says so).
+ * to stdout; no other flag takes "-" (checkGivenValues says so). A free text starting with a dash is
+ * joined to its flag the same way (FREE_TEXT).
  */
 export function joinStdoutDash(args: readonly string[]): string[] {
   const out: string[] = [];
   const end = flagsEnd(args);
   for (let i = 0; i < args.length; i++) {
-    if (i < end && args[i] === "--json" && args[i + 1] === "-" && i + 1 < end) {
-      out.push("--json=-");
+    const [flag, next] = [args[i]!, args[i + 1]];
+    if (i + 1 < end && next !== undefined && ((flag === "--json" && next === "-") || (FREE_TEXT.has(flag) && dashText(next)))) {
+      out.push(`${flag}=${next}`);
       i++;
-    } else out.push(args[i]!);
+    } else out.push(flag);
   }
   return out;
 }
+
+/**
+ * Flags whose value is free text, which may start with "-": `--prompt "- item one"` read as the short
+ * flags d, a, s, h… ("Unknown arguments"). Taken as the value when it cannot be a flag: one dash, then
+ * more than one character or a space (this project's short flags are one letter).
+ */
+const FREE_TEXT = new Set(["--prompt", "--system"]);
+const dashText = (word: string) => /^-[^-]/.test(word) && (word.length > 2 || /\s/.test(word));
 
 /** The text the user typed for --key (yargs turns a non-number into NaN before the handlers see it); null when none. */
 export function typed(args: readonly string[], key: string): string | null {

@@ -270,3 +270,10 @@ test("every number flag refuses a value not written in decimal (hex, binary, oct
   // Not a number at all keeps its own words.
   assert.match(refusal(["convert", "stories260K", "--rank", "four"])!, /^--rank four is not a number/);
 });
+
+test("a free text starting with a dash is --prompt's or --system's value, not short flags", () => {
+  assert.deepEqual(parse(["generate", "m", "--prompt", "- item one", "--prompt", "-dash", "--prompt", "-5"])["prompt"], ["- item one", "-dash", "-5"]);
+  assert.equal(parse(["generate", "m", "--chat", "--system", "-be brief"])["system"], "-be brief");
+  // A flag after a bare --prompt is still a flag: the prompt was left out.
+  assert.match(refusal(["generate", "m", "--prompt", "--max-tokens", "2"]) ?? "", /--prompt was given without a value/);
+});
