@@ -165,7 +165,8 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
     const teacher: LlamaModel | null = o.distill ? loadModel(o.distill, { backend }).model : null;
     if (teacher) owned.push(teacher);
     // The teacher's targets past its own positions are extrapolated too, and the KL term pulls toward them.
-    if (teacher && seq > teacher.config.maxPositions) log.warn(`--seq ${seq} passes the --distill teacher's ${teacher.config.maxPositions} positions (max_position_embeddings): its targets past them are extrapolated (RoPE), and the KL term pulls the student toward them`);
+    const teacherPast = teacher && pastPositionsWarning("--seq", seq, teacher.config.maxPositions, "its targets past them are extrapolated (RoPE), and the KL term pulls the student toward them", "the --distill teacher's");
+    if (teacherPast) log.warn(teacherPast);
     // The state and activations are checked against free memory (the teacher's weights already taken)
     // before the data is tokenized too.
     const checkpoint = o.checkpointActivations ?? false;

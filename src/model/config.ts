@@ -180,7 +180,7 @@ export function attentionInvFreq(c: ModelConfig): Float64Array {
   return c.attention.kind === "deepseek" ? ropeInvFreq(c.attention.ropeDim, c.rope) : ropeInvFreq(c.headDim, c.rope);
 }
 
-/** The warning for a window of n positions (flag n) on a model pretrained for max; null where it fits. `effect`: what goes wrong past them. */
-export function pastPositionsWarning(flag: string, n: number, max: number, effect: string): string | null {
-  return n > max ? `${flag} ${n} passes the model's ${max} positions (max_position_embeddings): ${effect}` : null;
+/** The warning for a window of n positions (flag n) on a model pretrained for max; null where it fits. `effect`: what goes wrong past them; `whose`: the model named. */
+export function pastPositionsWarning(flag: string, n: number, max: number, effect: string, whose = "the model's"): string | null {
+  return n > max ? `${flag} ${n} passes ${whose} ${max} positions (max_position_embeddings): ${effect}` : null;
 }
