@@ -691,10 +691,10 @@ export class CudaBackend implements Backend {
     const { T, H, Dr, S, Hkv, L } = latentAttentionDims(qr, kr, qc, c);
     const o = this.empty([T, H, L], "a latent attention output");
     if (T === 1 && S > 0) {
-      this.call("latent_attention_decode", this.lib.fns["latentAttentionDecode"]!(this.h(qr), this.h(kr), this.h(qc), this.h(c), this.h(o), S, H, Hkv, Dr, L, opts.scale, opts.queryOffset, attentionWindow("latent_attention_decode", opts.window ?? null)));
+      this.call("latent_attention_decode", this.lib.fns["latentAttentionDecode"]!(this.h(qr), this.h(kr), this.h(qc), this.h(c), this.h(o), S, H, Hkv, Dr, L, opts.scale, opts.queryOffset, attentionWindow("latent_attention_decode", opts.window)));
       return o;
     }
-    this.call("latent_attention", this.lib.fns["latentAttention"]!(this.h(qr), this.h(kr), this.h(qc), this.h(c), this.h(o), T, S, H, Hkv, Dr, L, opts.scale, opts.queryOffset, attentionWindow("latent_attention", opts.window ?? null)));
+    this.call("latent_attention", this.lib.fns["latentAttention"]!(this.h(qr), this.h(kr), this.h(qc), this.h(c), this.h(o), T, S, H, Hkv, Dr, L, opts.scale, opts.queryOffset, attentionWindow("latent_attention", opts.window)));
     return o;
   }
 
@@ -707,7 +707,7 @@ export class CudaBackend implements Backend {
     const { B, H, Hkv, Dh, Dv } = attentionDecodeBatchDims(q, k, v, opts);
     if (process.env["MHA2MLA_DECODE_BATCH"] === "rows") return attentionDecodeByRows(this, q, k, v, opts);
     const o = this.empty([B, H, Dv], "a batched decode attention output");
-    this.call("decode_attention_batch", this.lib.fns["decodeAttentionBatch"]!(this.h(q), k.map((t) => this.h(t)), Hkv, Dh, null, null, 0, 0, v.map((t) => this.h(t)), Hkv, Dv, opts.positions, this.h(o), B, H, opts.scale, attentionWindow("decode_attention_batch", opts.window ?? null)));
+    this.call("decode_attention_batch", this.lib.fns["decodeAttentionBatch"]!(this.h(q), k.map((t) => this.h(t)), Hkv, Dh, null, null, 0, 0, v.map((t) => this.h(t)), Hkv, Dv, opts.positions, this.h(o), B, H, opts.scale, attentionWindow("decode_attention_batch", opts.window)));
     return o;
   }
 
@@ -717,7 +717,7 @@ export class CudaBackend implements Backend {
     if (process.env["MHA2MLA_DECODE_BATCH"] === "rows") return latentAttentionDecodeByRows(this, qr, kr, qc, c, opts);
     const o = this.empty([B, H, L], "a batched latent attention output");
     const latents = c.map((t) => this.h(t));
-    this.call("decode_attention_batch", this.lib.fns["decodeAttentionBatch"]!(this.h(qc), latents, 1, L, this.h(qr), kr.map((t) => this.h(t)), Hkv, Dr, latents, 1, L, opts.positions, this.h(o), B, H, opts.scale, attentionWindow("decode_attention_batch", opts.window ?? null)));
+    this.call("decode_attention_batch", this.lib.fns["decodeAttentionBatch"]!(this.h(qc), latents, 1, L, this.h(qr), kr.map((t) => this.h(t)), Hkv, Dr, latents, 1, L, opts.positions, this.h(o), B, H, opts.scale, attentionWindow("decode_attention_batch", opts.window)));
     return o;
   }
 
@@ -742,7 +742,7 @@ export class CudaBackend implements Backend {
     const o = this.empty([T, H, Dv], "an attention output");
     const B = batchOf("attention", opts, T, S);
     if (T === 1 && S > 0) {
-      this.call("attention_decode", this.lib.fns["attentionDecode"]!(this.h(q), this.h(k), this.h(v), this.h(o), S, H, Hkv, Dh, Dv, opts.scale, opts.queryOffset, attentionWindow("attention_decode", opts.window ?? null)));
+      this.call("attention_decode", this.lib.fns["attentionDecode"]!(this.h(q), this.h(k), this.h(v), this.h(o), S, H, Hkv, Dh, Dv, opts.scale, opts.queryOffset, attentionWindow("attention_decode", opts.window)));
       return { o, saved: null };
     }
     const lse = keep && opts.bf16 ? this.empty([H * T], "attention statistics") : null;
@@ -751,7 +751,7 @@ export class CudaBackend implements Backend {
     // them again), and o comes back with its own bf16 copy (what cuDNN writes; o_proj and the backward read it).
     const [q16, k16, v16] = opts.bf16 ? [q, k, v].map((t) => this.bf16Of(t, true)) : [null, null, null];
     const o16 = opts.bf16 && this.bf16InputArenas > 0 ? this.empty([o.size], "a bf16 copy of an attention output", BF16, false) : null;
-    this.call("attention", this.lib.fns["attention"]!(this.h(q), this.h(k), this.h(v), this.h(o), B, T / B, S / B, H, Hkv, Dh, Dv, opts.scale, opts.queryOffset, attentionWindow("attention", opts.window ?? null), opts.bf16 ? 1 : 0, this.h(lse), kept, this.h(q16), this.h(k16), this.h(v16), this.h(o16)));
+    this.call("attention", this.lib.fns["attention"]!(this.h(q), this.h(k), this.h(v), this.h(o), B, T / B, S / B, H, Hkv, Dh, Dv, opts.scale, opts.queryOffset, attentionWindow("attention", opts.window), opts.bf16 ? 1 : 0, this.h(lse), kept, this.h(q16), this.h(k16), this.h(v16), this.h(o16)));
     if (o16) (o.storage as DeviceBuffer).bf16 = o16;
     if (lse && !kept[0]) this.free(lse);
     return { o, saved: lse && kept[0] ? { o, lse, kind: kept[0] } : null };
@@ -901,7 +901,7 @@ export class CudaBackend implements Backend {
     const dq = this.empty(q.shape, "a query gradient"), dk = this.empty(k.shape, "a key gradient"), dv = this.empty(v.shape, "a value gradient");
     const B = batchOf("attentionBackward", opts, T, S);
     const [q16, k16, v16, o16] = opts.bf16 ? [q, k, v, saved?.o].map((t) => (t ? this.bf16Of(t, false) : null)) : [null, null, null, null];
-    this.call("attention_backward", this.lib.fns["attentionBackward"]!(this.h(q), this.h(k), this.h(v), this.h(dOut), this.h(dq), this.h(dk), this.h(dv), B, T / B, S / B, H, Hkv, Dh, Dv, opts.scale, opts.queryOffset, attentionWindow("attention_backward", opts.window ?? null), opts.bf16 ? 1 : 0, this.h(saved?.o), this.h(saved?.lse), saved?.kind ?? 0, this.h(q16), this.h(k16), this.h(v16), this.h(o16)));
+    this.call("attention_backward", this.lib.fns["attentionBackward"]!(this.h(q), this.h(k), this.h(v), this.h(dOut), this.h(dq), this.h(dk), this.h(dv), B, T / B, S / B, H, Hkv, Dh, Dv, opts.scale, opts.queryOffset, attentionWindow("attention_backward", opts.window), opts.bf16 ? 1 : 0, this.h(saved?.o), this.h(saved?.lse), saved?.kind ?? 0, this.h(q16), this.h(k16), this.h(v16), this.h(o16)));
     return { dq, dk, dv };
   }
 
