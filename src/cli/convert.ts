@@ -3,7 +3,7 @@ import type { CommandModule } from "yargs";
 import { convert } from "../convert/pipeline.js";
 import { ConversionArgs, conversionSettings, withConversionOptions } from "./conversionOptions.js";
 import { stderrLogger } from "../util/log.js";
-import { checkJsonTarget, emitJson, summaryWriter } from "./output.js";
+import { emitJson, summaryWriter } from "./output.js";
 import { convertDeepseek, deepseekSettings } from "../deepseek/export.js";
 import { booleanFlag, refuseInert } from "../errors.js";
 
@@ -48,7 +48,6 @@ export const convertCommand: CommandModule<object, Args> = {
       .option("json", { type: "string", describe: "write the result summary as JSON to FILE (no value: stdout)" }),
   handler: async (a) => {
     const say = summaryWriter(a.json);
-    checkJsonTarget(a.json);
     // The deepseek_v3 widths and layout do nothing in our format: refused, not dropped unseen.
     if (a.format !== "deepseek")
       refuseInert(

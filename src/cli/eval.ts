@@ -4,7 +4,7 @@ import type { CommandModule } from "yargs";
 import { evaluate } from "../eval/evaluate.js";
 import type { DeviceName } from "../backends/select.js";
 import { stderrLogger } from "../util/log.js";
-import { checkJsonTarget, emitJson, summaryWriter } from "./output.js";
+import { emitJson, summaryWriter } from "./output.js";
 import { parseTaskNames, TASKS } from "../eval/tasks/index.js";
 import { KV_CACHE_DTYPES, KvCacheDtype } from "../model/kvQuant.js";
 import { refuseInert } from "../errors.js";
@@ -47,7 +47,6 @@ export const evalCommand: CommandModule<object, Args> = {
     // The label lives in the JSON only (the summary lines name the model): without it, it was dropped unseen.
     if (a.json === undefined) refuseInert([["--label", a.label]], "--json FILE", "it names the run in the JSON result, which report reads");
     const say = summaryWriter(a.json);
-    checkJsonTarget(a.json);
     const r = await evaluate(a.model, { text: a.text, ctx: a.ctx, tokens: a.tokens, tasks: a.tasks ? parseTaskNames(a.tasks) : undefined, dataDir: a["data-dir"], limit: a.limit, label: a.label, device: a.device, weights: a.weights, kvCache: a["kv-cache"], batch: a.batch, logger: stderrLogger, progress: process.stderr });
     if (r.nll !== undefined) say(`${r.model}: nll ${r.nll.toFixed(5)} nats/token, ppl ${r.ppl!.toFixed(4)}${r.bits_per_byte !== undefined ? `, ${r.bits_per_byte.toFixed(4)} bits/byte` : ""} over ${r.tokens} tokens (ctx ${r.ctx}, ${r.windows} windows) on ${r.backend}\n`);
     for (const [t, s] of Object.entries(r.tasks ?? {}))

@@ -1,6 +1,6 @@
 import type { CommandModule } from "yargs";
 import { DEVICE_OPTION } from "./deviceOption.js";
-import { checkJsonTarget, emitJson, summaryWriter } from "./output.js";
+import { emitJson, summaryWriter } from "./output.js";
 import { exportDeepseek } from "../deepseek/fromMla.js";
 import { stderrLogger } from "../util/log.js";
 import type { DeviceName } from "../backends/select.js";
@@ -57,7 +57,6 @@ export const exportCommand: CommandModule<object, Args> = {
       .option("json", { type: "string", describe: "write the result summary as JSON to FILE (no value: stdout)" }),
   handler: async (a) => {
     const say = summaryWriter(a.json);
-    checkJsonTarget(a.json);
     const r = await abortOnStop(EXPORT_STOP, (signal) => exportDeepseek(a.model, { out: a.out, force: a.force, interleave: a["rope-interleave"], kvLoraRank: a["kv-lora-rank"], ropeDim: a["rope-dim"], attentionBias: a["attention-bias"], calib: a.calib, calibSamples: a["calib-samples"], calibLen: a["calib-len"], evalText: a["eval-text"], evalTokens: a["eval-tokens"], evalCtx: a["eval-ctx"], device: a.device, logger: stderrLogger, progress: process.stderr, signal }));
     if (!r) return;
     say(`wrote ${r.out} (deepseek_v3): shared rope key ${r.ropeDim} dims, kv_lora_rank ${r.kvLoraRank}, qk_nope_head_dim ${r.nopeDim}; cached values per token and layer ${r.kvPerToken.before} (ours) → ${r.kvPerToken.after}\n`);

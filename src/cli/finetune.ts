@@ -3,7 +3,7 @@ import type { CommandModule } from "yargs";
 import { FINETUNE_DEFAULTS as D, finetune } from "../finetune/trainer.js";
 import { parseSchedule, SCHEDULES } from "../finetune/schedule.js";
 import { stderrLogger } from "../util/log.js";
-import { checkJsonTarget, emitJson, summaryWriter } from "./output.js";
+import { emitJson, summaryWriter } from "./output.js";
 import { gracefulStop } from "./signals.js";
 
 import type { DeviceName } from "../backends/select.js";
@@ -77,7 +77,6 @@ export const finetuneCommand: CommandModule<object, Args> = {
       .option("json", { type: "string", describe: "write the result summary as JSON to FILE (no value: stdout)" }),
   handler: async (a) => {
     const say = summaryWriter(a.json);
-    checkJsonTarget(a.json);
     const stop = gracefulStop();
     try {
       const r = await finetune(a.model, {

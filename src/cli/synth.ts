@@ -2,7 +2,7 @@ import type { CommandModule } from "yargs";
 import { synth } from "../synth/synth.js";
 import { ARCHS } from "../synth/archs.js";
 import { parseDType } from "../io/dtype.js";
-import { checkJsonTarget, emitJson, summaryWriter } from "./output.js";
+import { emitJson, summaryWriter } from "./output.js";
 
 interface Args {
   arch: string;
@@ -30,7 +30,6 @@ export const synthCommand: CommandModule<object, Args> = {
       .option("json", { type: "string", describe: "write a summary as JSON to FILE (no value: stdout)" }),
   handler: async (a) => {
     const say = summaryWriter(a.json);
-    checkJsonTarget(a.json);
     const r = await synth({ arch: a.arch, out: a.out, dtype: parseDType(a.dtype), layers: a.layers, seed: a.seed, maxShardBytes: a["shard-size"] * 2 ** 30, force: a.force, progress: process.stderr });
     say(`wrote ${r.out}: ${r.arch}, ${r.layers} layers, ${r.tensors} tensors, ${(r.bytes / 1e9).toFixed(2)} GB in ${r.shards} shard(s), ${r.seconds.toFixed(1)} s (${r.gbPerSecond.toFixed(2)} GB/s)\n`);
     if (a.json !== undefined) emitJson(a.json, { ...r, peak_rss_bytes: process.resourceUsage().maxRSS * 1024 });
