@@ -77,7 +77,7 @@ export const normalizeHfConfig: typeof normalizeHfConfigOf = (raw, file) => {
 
 /** Writes `tensors` to the safetensors file `path` (io/safetensors.ts). */
 export const writeSafetensorsSync: typeof writeSafetensorsSyncOf = (file, tensors, metadata) => {
-  checkStringArg("writeSafetensorsSync()", "the file", file, "pass the path of the .safetensors file to write");
+  // The file name is SafetensorsWriter's own check.
   if (!Array.isArray(tensors)) throw new MlaError("BAD_ARGUMENT", "writeSafetensorsSync(): the tensors are not an array", "pass [{ name, dtype, shape, data }, …]");
   return writeSafetensorsSyncOf(file, tensors, metadata);
 };

@@ -80,11 +80,6 @@ export function checkShape(ckpt: Checkpoint, name: string, shape: readonly numbe
     throw new MlaError("BAD_CHECKPOINT", `${ckpt.dir}: tensor "${name}" has shape [${e.shape}], config.json implies [${shape}]`, "the weights and config.json belong to different models");
 }
 
-/** Checks every tensor this config implies, before work that reads them in pieces (conversion). */
-export function checkShapes(ckpt: Checkpoint, c: ModelConfig): void {
-  for (const t of expectedTensors(c)) if (ckpt.has(t.name)) checkShape(ckpt, t.name, t.shape);
-}
-
 /**
  * A checkpoint tensor on `backend`, checked against `shape`. With `keepBf16` a bf16 tensor stays bf16
  * when the backend can store it (GPU inference: half the memory, and decode is bandwidth-bound).
