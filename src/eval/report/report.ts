@@ -285,7 +285,8 @@ export function writeReport(jsonFiles: string[], out: string, opts: ReportOption
     runs.forEach((r, i) => (r.label = opts.labels![i]!));
   }
   const trainLogs = opts.trainLogs ?? [];
-  const logs = trainLogs.map((f, i) => readTrainLog(f, logLabels(trainLogs)[i]!));
+  const logTitles = logLabels(trainLogs);
+  const logs = trainLogs.map((f, i) => readTrainLog(f, logTitles[i]!));
   const { html, md } = reportFiles(out);
   for (const f of [html, md]) if (fs.existsSync(f) && fs.statSync(f).isDirectory()) throw new MlaError("BAD_ARGUMENT", `--out: ${f} is a folder`, "pass a file name, e.g. --out report.html (its Markdown twin is written beside it)");
   const texts = [reportHtml(runs, logs), reportMarkdown(runs, logs)] as const;
