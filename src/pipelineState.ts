@@ -13,6 +13,7 @@ import { FINETUNE_DEFAULTS } from "./finetune/trainer.js";
 import type { Logger } from "./util/log.js";
 import type { PipelineOptions } from "./pipeline.js";
 import { conversionReadsCalibration } from "./convert/calibrationNeeds.js";
+import { canonicalJson } from "./util/canonicalJson.js";
 
 /** What pipeline.json holds (runs of older versions may lack `settings`). */
 interface RunState {
@@ -70,19 +71,6 @@ function effectiveConversion(c: NonNullable<PipelineOptions["convert"]>, o: Part
   // --format deepseek refuses these given (it decides them itself), but the CLI passed their defaults before: counted at those, its runs keep their fingerprint.
   const decided = o.format === "deepseek" ? { ropeDisjoint: c.ropeDisjoint ?? false, svd: c.svd ?? "joint", attention: c.attention ?? "mla" } : {};
   return { ...rest, ...decided, ...(c.svd === "split" ? {} : { balanceKv: balanceKv ?? true }), ...(read ? { calib, calibSamples, calibLen } : {}) };
-}
-
-/** JSON with every object's keys sorted (and, as JSON.stringify does, undefined fields left out): equal data, equal text. */
-export function canonicalJson(v: unknown): string {
-  if (Array.isArray(v)) return `[${v.map((x) => (x === undefined ? "null" : canonicalJson(x))).join(",")}]`;
-  if (v !== null && typeof v === "object") {
-    const fields = Object.keys(v)
-      .sort()
-      .filter((k) => (v as Record<string, unknown>)[k] !== undefined)
-      .map((k) => `${JSON.stringify(k)}:${canonicalJson((v as Record<string, unknown>)[k])}`);
-    return `{${fields.join(",")}}`;
-  }
-  return JSON.stringify(v) ?? "null";
 }
 
 /** The run's fingerprint, recorded in pipeline.json: a re-run with the same one resumes. */

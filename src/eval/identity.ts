@@ -8,6 +8,7 @@ import crypto from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
 import type { TextTokenizer } from "../io/tokenizer.js";
+import { canonicalJson } from "../util/canonicalJson.js";
 
 /** The tokenizer a run scored with: what turns a text into ids, hashed, and its vocabulary size. */
 export interface TokenizerIdentity {
@@ -21,24 +22,13 @@ export interface TokenizerIdentity {
   vocab_size: number;
 }
 
-/** JSON with every object's keys sorted: the same content, however the file ordered it. */
-function stableJson(v: unknown): string {
-  if (Array.isArray(v)) return `[${v.map(stableJson).join(",")}]`;
-  if (v !== null && typeof v === "object")
-    return `{${Object.keys(v)
-      .sort()
-      .map((k) => `${JSON.stringify(k)}:${stableJson((v as Record<string, unknown>)[k])}`)
-      .join(",")}}`;
-  return JSON.stringify(v) ?? "null";
-}
-
 const sha16 = (text: string) => crypto.createHash("sha256").update(text).digest("hex").slice(0, 16);
 
 /** The identity of the tokenizer in model folder `dir` (its tokenizer.json, which loading it has read already). */
 export function tokenizerIdentity(dir: string, tokenizer: TextTokenizer): TokenizerIdentity {
   const tj = JSON.parse(fs.readFileSync(path.join(dir, "tokenizer.json"), "utf8")) as Record<string, unknown>;
   const encoding = { normalizer: tj["normalizer"] ?? null, pre_tokenizer: tj["pre_tokenizer"] ?? null, model: tj["model"] ?? null, added_tokens: tj["added_tokens"] ?? [] };
-  return { hash: sha16(stableJson(encoding)), vocab_size: tokenizer.vocabSize };
+  return { hash: sha16(canonicalJson(encoding)), vocab_size: tokenizer.vocabSize };
 }
 
 /** sha256 (first 16 hex digits) of a text as scored: UTF-8, newlines normalized (a CRLF copy hashes as the original: it tokenizes the same). */

@@ -10,7 +10,8 @@ import path from "node:path";
 import { test } from "node:test";
 import { MlaError } from "../../src/errors.js";
 import { pipeline, type PipelineOptions } from "../../src/pipeline.js";
-import { canonicalJson, runFingerprint } from "../../src/pipelineState.js";
+import { runFingerprint } from "../../src/pipelineState.js";
+import { canonicalJson } from "../../src/util/canonicalJson.js";
 import { FIXTURES, MODELS, tmpDir } from "../helpers.js";
 
 const MODEL = path.join(MODELS, "stories260K");
