@@ -345,26 +345,27 @@ async function writeConverted(src: Checkpoint, config: ModelConfig, mla: ModelCo
   return energy;
 }
 
-/** Bytes read ahead of the writer (MHA2MLA_READ_AHEAD_MB, default 1024): enough to keep the disk busy, small against the RSS goal. */
-function readAheadBytes(): number {
-  const v = process.env["MHA2MLA_READ_AHEAD_MB"];
+/**
+ * Megabytes from the environment variable `name` (default 1024), in bytes; `zeroHint`: 0 is allowed and
+ * means what it says, else a size must be positive.
+ */
+function envMegabytes(name: string, zeroHint?: string): number {
+  const v = process.env[name];
   if (v === undefined || v === "") return 1024 * 2 ** 20;
   const mb = Number(v);
-  if (!(Number.isFinite(mb) && mb > 0)) throw new MlaError("BAD_ARGUMENT", `MHA2MLA_READ_AHEAD_MB=${v} is not a size in MB`, "use a positive number (default 1024), or unset it");
+  if (!(Number.isFinite(mb) && (zeroHint ? mb >= 0 : mb > 0)))
+    throw new MlaError("BAD_ARGUMENT", `${name}=${v} is not a size in MB`, zeroHint ? `use a number ≥ 0 (default 1024; ${zeroHint}), or unset it` : "use a positive number (default 1024), or unset it");
   return mb * 2 ** 20;
 }
+
+/** Bytes read ahead of the writer (MHA2MLA_READ_AHEAD_MB, default 1024): enough to keep the disk busy, small against the RSS goal. */
+const readAheadBytes = () => envMegabytes("MHA2MLA_READ_AHEAD_MB");
 
 /**
  * Bytes of the chosen splits' factors that `--kv-split per-layer` keeps from its search for the writer
  * (MHA2MLA_KEPT_FACTORS_MB, default 1024): the layers past it are factored again (the same result).
  */
-function keptFactorBytes(): number {
-  const v = process.env["MHA2MLA_KEPT_FACTORS_MB"];
-  if (v === undefined || v === "") return 1024 * 2 ** 20;
-  const mb = Number(v);
-  if (!(Number.isFinite(mb) && mb >= 0)) throw new MlaError("BAD_ARGUMENT", `MHA2MLA_KEPT_FACTORS_MB=${v} is not a size in MB`, "use a number ≥ 0 (default 1024; 0 factors every layer again in the writer), or unset it");
-  return mb * 2 ** 20;
-}
+const keptFactorBytes = () => envMegabytes("MHA2MLA_KEPT_FACTORS_MB", "0 factors every layer again in the writer");
 
 function writeConfigAndFiles(srcDir: string, dir: string, s: ConversionSettings, attention: MlaAttention): void {
   const raw = JSON.parse(fs.readFileSync(path.join(srcDir, "config.json"), "utf8")) as Record<string, unknown>;
