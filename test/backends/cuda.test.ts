@@ -464,6 +464,52 @@ test("batched decode on the GPU equals per-sequence decode on the CPU (MHA, abso
   }
 });
 
+test("a batched decode step with bf16 weights runs its products on bf16 inputs made once (norms and SwiGLU write bf16): the same logits bit for bit as each product rounding its own input (MHA2MLA_DECODE_BF16_INPUTS=0), at 3 rows (the gemv kernel) and 6 (cuBLAS), MHA and absorbed MLA; the step leaves only its logits on the device", { skip }, async (t) => {
+  const dir = tmpDir();
+  const mha = bf16Copy(path.join(MODELS, "stories260K"), path.join(dir, "bf16"));
+  const mla = (await convert(mha, { rank: 4, ropePairs: 2, ropeStrategy: "uniform", out: path.join(dir, "mla"), progress: null, device: "cpu" })).out!;
+  const prompts = [Int32Array.of(1, 400, 300, 200), Int32Array.of(1, 55), Int32Array.of(1, 9, 8, 7, 6, 5, 4, 3, 2, 10, 11), Int32Array.of(1, 3), Int32Array.of(1, 77, 78), Int32Array.of(1, 5, 6, 7, 8)];
+  const saved = process.env["MHA2MLA_DECODE_BF16_INPUTS"];
+  try {
+    for (const spec of [mha, mla])
+      for (const B of [3, 6])
+        for (const kv of ["f32", "bf16"] as const) {
+          const run = (mode: string | undefined) => {
+            if (mode === undefined) delete process.env["MHA2MLA_DECODE_BF16_INPUTS"];
+            else process.env["MHA2MLA_DECODE_BF16_INPUTS"] = mode;
+            const gpu = backend();
+            const g = loadModel(spec, { backend: gpu }).model;
+            assert.ok(g.bf16Weights);
+            const caches = prompts.slice(0, B).map((p) => { const x = g.newCache(kv, { capacity: 64 }); g.prefill(p, x).dispose(); return x; });
+            let next = Int32Array.from({ length: B }, (_, i) => 17 + 5 * i);
+            const out: Float32Array[] = [];
+            let held = 0;
+            for (let step = 0; step < 4; step++) {
+              const before = gpu.memory().live;
+              const y = g.decodeBatch(next, caches);
+              // The first step also builds what the model keeps (absorbed matrices, constants).
+              if (step > 0) held = Math.max(held, gpu.memory().live - before - y.size * 4);
+              const rows = y.toArray() as Float32Array;
+              y.dispose();
+              out.push(rows);
+              const V = g.config.vocabSize;
+              next = Int32Array.from({ length: B }, (_, i) => { const r = rows.subarray(i * V, (i + 1) * V); return r.indexOf(Math.max(...r)); });
+            }
+            for (const c of caches) c.dispose();
+            return { out, held };
+          };
+          const plain = run("0"), made = run(undefined);
+          const worst = Math.max(...plain.out.map((o, i) => maxAbsDiff(o, made.out[i]!)));
+          t.diagnostic(`${path.basename(spec)} B ${B} ${kv} cache: max |Δ logits| ${worst}; bytes held beyond the logits after a step: ${made.held} (each product rounding its own: ${plain.held})`);
+          assert.equal(worst, 0, "bf16 inputs made once give other logits");
+          assert.equal(made.held, 0, "the step left buffers besides its logits");
+        }
+  } finally {
+    if (saved === undefined) delete process.env["MHA2MLA_DECODE_BF16_INPUTS"];
+    else process.env["MHA2MLA_DECODE_BF16_INPUTS"] = saved;
+  }
+});
+
 test("a bf16 cache on the GPU (stored bf16, read by bf16 tensor-core GEMMs) decodes like the CPU's bf16-rounded cache, batched and alone (MHA and absorbed MLA)", { skip }, async (t) => {
   const dir = tmpDir();
   const mla = (await convert(path.join(MODELS, "stories260K"), { rank: 4, ropePairs: 2, ropeStrategy: "uniform", out: path.join(dir, "mla"), progress: null, device: "cpu" })).out!;
