@@ -143,9 +143,10 @@ mla_status mla_cuda_cast(const mla_cuda_buf* x, mla_cuda_buf* y);
 /* As the CPU ops; w may be bf16 (activations are rounded to bf16, accumulation in f32); with bf16 w, x may be
    the caller's bf16 copy of its activations (no rounding pass then). */
 mla_status mla_cuda_linear(const mla_cuda_buf* x, const mla_cuda_buf* w, const mla_cuda_buf* b, mla_cuda_buf* y, int64_t M, int64_t K, int64_t N);
-/* ys[i] [M, N_i] = x [M, K] · ws[i] [N_i, K]ᵀ for i < count ≤ 4 (bf16 weights, M ≤ 4) in one launch; an error, with nothing
-   launched, where the one-pass kernel does not take one of them (the caller runs them one linear each). */
-mla_status mla_cuda_linear_many(const mla_cuda_buf* x, const mla_cuda_buf* const* ws, mla_cuda_buf* const* ys, int32_t count, int64_t M, int64_t K);
+/* ys[i] [M, N_i] = x [M, K] · ws[i] [N_i, K]ᵀ for i < count ≤ 4, bf16 weights. stacked 0: in one launch (M ≤ 4); an error,
+   with nothing launched, where the one-pass kernel does not take one of them (the caller runs them otherwise).
+   stacked 1: weights the caller stacked back to back, as one product split into the outputs (up to 256 rows; above, one each). */
+mla_status mla_cuda_linear_many(const mla_cuda_buf* x, const mla_cuda_buf* const* ws, mla_cuda_buf* const* ys, int32_t count, int64_t M, int64_t K, int32_t stacked);
 /* w may be bf16: dy (and x for dw, unless x is already bf16) are rounded to bf16, products accumulate in
    f32; with bf16 w, dy may be bf16 too (then no db). accumulate_dx / accumulate_dw != 0 add the gradient into dx / dw (a gradient with other consumers,
    a flat gradient buffer) instead of overwriting it. */
