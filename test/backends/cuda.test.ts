@@ -41,6 +41,11 @@ import { referenceBatchedAttention, relativeError } from "./attentionReference.j
 const lib = loadCuda();
 const skip = typeof lib === "string" ? `CUDA backend unavailable here, skipped: ${lib}` : false;
 const backend = () => new CudaBackend(lib as Exclude<typeof lib, string>);
+/** a rounded to bf16 and back (the values a bf16 product reads). */
+const roundBf16 = (a: Float32Array) => {
+  const bits = toBf16Bits(a);
+  return decodeToF32("BF16", new Uint8Array(bits.buffer, bits.byteOffset, bits.byteLength));
+};
 
 test("CUDA library loads and reports its device", { skip }, (t) => {
   t.diagnostic(backend().info);
@@ -88,13 +93,9 @@ test("linearMany (a layer's projections of one x in one launch) equals one linea
 test("stacked weights (stackBf16): linearMany runs each run of stacked weights as one product split into its outputs, equal to float64 sums of the bf16-rounded inputs at 1–300 rows (above 256 one product each), f32 and bf16 x, a lone weight beside a stack; the stack is freed with its last view", { skip }, () => {
   const B = backend();
   const rand = seededRand(31, Float32Array);
-  const round = (a: Float32Array) => {
-    const bits = toBf16Bits(a);
-    return decodeToF32("BF16", new Uint8Array(bits.buffer, bits.byteOffset, bits.byteLength));
-  };
   const K = 264;
   const Ns = [512, 100, 7, 2048];
-  const host = Ns.map((N) => round(rand(N * K, 0.05)));
+  const host = Ns.map((N) => roundBf16(rand(N * K, 0.05)));
   const base = B.memory().live;
   const loose = host.map((w, i) => B.uploadBf16!(toBf16Bits(w), [Ns[i]!, K]));
   // [stack of 0, 1, 2] then a lone weight 3; and a stack of all four.
@@ -102,7 +103,7 @@ test("stacked weights (stackBf16): linearMany runs each run of stacked weights a
   const four = B.stackBf16(loose);
   for (const M of [1, 3, 5, 8, 40, 300]) {
     const x = rand(M * K);
-    const xr = round(x);
+    const xr = roundBf16(x);
     for (const [label, ws] of [["a stack of three and a lone weight", [...three, loose[3]!]], ["a stack of four", four]] as const)
       for (const xt of [B.upload(x, [M, K]), B.uploadBf16!(toBf16Bits(x), [M, K])]) {
         const ys = B.linearMany(xt, ws, []);
@@ -136,10 +137,6 @@ test("stacked weights (stackBf16): linearMany runs each run of stacked weights a
 test("decode products (≤ 4 rows, bf16 weights; the gemv kernel and cuBLAS) equal float64 sums of the bf16-rounded inputs: linear (f32 and bf16 x) and headLinear (groups)", { skip }, () => {
   const B = backend();
   const rand = seededRand(11, Float32Array);
-  const round = (a: Float32Array) => {
-    const bits = toBf16Bits(a);
-    return decodeToF32("BF16", new Uint8Array(bits.buffer, bits.byteOffset, bits.byteLength));
-  };
   // y[t, h, n] = Σ_k x[t, h, k]·w[h / (H/G), n, k] in float64, and Σ|terms| (the sum's error scale).
   const reference = (x: Float32Array, w: Float32Array, T: number, H: number, G: number, K: number, N: number) => {
     const y = new Float64Array(T * H * N), mag = new Float64Array(T * H * N);
@@ -171,15 +168,15 @@ test("decode products (≤ 4 rows, bf16 weights; the gemv kernel and cuBLAS) equ
     if (rows) process.env["MHA2MLA_GEMV_ROWS"] = rows;
     else delete process.env["MHA2MLA_GEMV_ROWS"];
     for (const [M, K, N] of [[1, 4096, 520], [1, 11008, 36], [2, 576, 1536], [2, 11008, 6], [2, 1536, 97], [3, 64, 33], [4, 11008, 100], [1, 112, 2048], [1, 8, 3], [5, 1536, 96], [8, 8, 17]] as const) {
-      const x = rand(M * K), w = round(rand(N * K));
-      const want = reference(round(x), w, M, 1, 1, K, N);
+      const x = rand(M * K), w = roundBf16(rand(N * K));
+      const want = reference(roundBf16(x), w, M, 1, 1, K, N);
       const wb = B.uploadBf16(toBf16Bits(w), [N, K]);
       check(B.linear(B.upload(x, [M, K]), wb).toArray(), want, `linear f32 x [${M},${K}]·[${N},${K}]ᵀ${rows ? " (cuBLAS)" : ""}`);
       check(B.linear(B.uploadBf16(toBf16Bits(x), [M, K]), wb).toArray(), want, `linear bf16 x [${M},${K}]·[${N},${K}]ᵀ${rows ? " (cuBLAS)" : ""}`);
     }
     for (const [T, H, G, K, N] of [[1, 32, 32, 112, 2048], [1, 32, 32, 2048, 128], [1, 8, 4, 64, 30], [2, 8, 4, 64, 30], [2, 9, 3, 64, 96], [1, 32, 4, 128, 40], [3, 4, 4, 24, 8]] as const) {
-      const x = rand(T * H * K), w = round(rand(G * N * K));
-      check(B.headLinear(B.upload(x, [T, H, K]), B.uploadBf16(toBf16Bits(w), [G, N, K])).toArray(), reference(round(x), w, T, H, G, K, N), `headLinear [${T},${H},${K}] by [${G},${N},${K}]${rows ? " (cuBLAS)" : ""}`);
+      const x = rand(T * H * K), w = roundBf16(rand(G * N * K));
+      check(B.headLinear(B.upload(x, [T, H, K]), B.uploadBf16(toBf16Bits(w), [G, N, K])).toArray(), reference(roundBf16(x), w, T, H, G, K, N), `headLinear [${T},${H},${K}] by [${G},${N},${K}]${rows ? " (cuBLAS)" : ""}`);
     }
   }
   delete process.env["MHA2MLA_GEMV_ROWS"];
