@@ -3,14 +3,14 @@
 #include <cmath>
 #include "common.h"
 
-extern "C" mla_status mla_cpu_adamw(float* p, const float* g, float* m, float* v, int64_t n, float lr, float beta1, float beta2, float eps, float weight_decay, double bias_c1, double bias_c2) {
+extern "C" mla_status mla_cpu_adamw(float* p, const float* g, float* m, float* v, int64_t n, float lr, float beta1, float beta2, float eps, float weight_decay, double bias_c1, double bias_c2, float grad_scale) {
   MLA_CHECK(n >= 0, "adamw: negative size");
   MLA_CHECK_BUF(p && g && m && v, n, "adamw: null pointer");
   MLA_CHECK(bias_c1 > 0 && bias_c2 > 0, "adamw: bias corrections must be positive (step ≥ 1)");
   const float ic1 = (float)(1.0 / bias_c1), ic2 = (float)(1.0 / bias_c2);
 #pragma omp parallel for schedule(static) if (n > 65536)
   for (int64_t i = 0; i < n; i++) {
-    const float gi = g[i];
+    const float gi = g[i] * grad_scale;  // the gradient stays as it was (an input)
     const float mi = beta1 * m[i] + (1 - beta1) * gi;
     const float vi = beta2 * v[i] + (1 - beta2) * gi * gi;
     m[i] = mi;

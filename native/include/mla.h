@@ -83,7 +83,7 @@ mla_status mla_cpu_embedding_backward(const int32_t* ids, const float* dy, float
 
 /* One AdamW step in place on p[n] with gradient g[n] and moments m[n], v[n]: decoupled weight decay,
    bias corrections bias_c1 = 1 − β1^step, bias_c2 = 1 − β2^step. */
-mla_status mla_cpu_adamw(float* p, const float* g, float* m, float* v, int64_t n, float lr, float beta1, float beta2, float eps, float weight_decay, double bias_c1, double bias_c2);
+mla_status mla_cpu_adamw(float* p, const float* g, float* m, float* v, int64_t n, float lr, float beta1, float beta2, float eps, float weight_decay, double bias_c1, double bias_c2, float grad_scale);
 /* *out = Σ x² (double accumulation), and x *= s in place: global-norm gradient clipping. */
 mla_status mla_cpu_sum_squares(const float* x, int64_t n, double* out);
 mla_status mla_cpu_scale_inplace(float* x, int64_t n, float s);

@@ -35,7 +35,7 @@ export class AdamW {
       if (!g) return;
       const m = this.m[i]!;
       const v = this.v[i]!;
-      if (this.kernels && p instanceof Float32Array && g instanceof Float32Array) return this.kernels.adamw(p, g, m, v, lr, this.cfg, c1, c2);
+      if (this.kernels && p instanceof Float32Array && g instanceof Float32Array) return this.kernels.adamw(p, g, m, v, lr, this.cfg, c1, c2, 1);
       for (let j = 0; j < p.length; j++) {
         const gj = g[j]!;
         m[j] = beta1 * m[j]! + (1 - beta1) * gj;

@@ -99,7 +99,7 @@ export function loadNativeCpu(): NativeLib | string {
       rope: f("int mla_cpu_rope(const float* x, float* y, const int32_t* positions, const double* inv_freq, int64_t n_freq, int64_t T, int64_t H, int64_t Dh, int64_t rotary_dims, int32_t sign)"),
       embedding: f("int mla_cpu_embedding(const float* table, const int32_t* ids, float* y, int64_t T, int64_t V, int64_t D)"),
       embeddingBackward: f("int mla_cpu_embedding_backward(const int32_t* ids, const float* dy, float* dtable, int64_t T, int64_t V, int64_t D)"),
-      adamw: f("int mla_cpu_adamw(float* p, const float* g, float* m, float* v, int64_t n, float lr, float beta1, float beta2, float eps, float weight_decay, double bias_c1, double bias_c2)"),
+      adamw: f("int mla_cpu_adamw(float* p, const float* g, float* m, float* v, int64_t n, float lr, float beta1, float beta2, float eps, float weight_decay, double bias_c1, double bias_c2, float grad_scale)"),
       sumSquares: f("int mla_cpu_sum_squares(const float* x, int64_t n, double* out)"),
       scaleInplace: f("int mla_cpu_scale_inplace(float* x, int64_t n, float s)"),
       pairNorms: f("int mla_cpu_pair_norms(const float* y, double* acc, int64_t T, int64_t heads, int64_t Dh)"),

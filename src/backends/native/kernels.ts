@@ -15,8 +15,8 @@ export interface AdamWHyper {
 }
 
 export interface OptimizerKernels {
-  /** One AdamW step in place on p with gradient g and moments m, v; c1, c2 are the bias corrections. */
-  adamw(p: Float32Array, g: Float32Array, m: Float32Array, v: Float32Array, lr: number, h: AdamWHyper, c1: number, c2: number): void;
+  /** One AdamW step in place on p with gradient g · gradScale (g unchanged) and moments m, v; c1, c2 are the bias corrections. */
+  adamw(p: Float32Array, g: Float32Array, m: Float32Array, v: Float32Array, lr: number, h: AdamWHyper, c1: number, c2: number, gradScale: number): void;
   sumSquares(x: Float32Array): number;
   scaleInPlace(x: Float32Array, s: number): void;
 }
@@ -32,7 +32,7 @@ export function optimizerKernels(backend: NativeCpuBackend): OptimizerKernels {
   const ok = checker(backend);
   const out = new Float64Array(1);
   return {
-    adamw: (p, g, m, v, lr, h, c1, c2) => ok("adamw", lib.adamw(p, g, m, v, p.length, lr, h.beta1, h.beta2, h.eps, h.weightDecay, c1, c2)),
+    adamw: (p, g, m, v, lr, h, c1, c2, gradScale) => ok("adamw", lib.adamw(p, g, m, v, p.length, lr, h.beta1, h.beta2, h.eps, h.weightDecay, c1, c2, gradScale)),
     sumSquares: (x) => {
       ok("sum_squares", lib.sumSquares(x, x.length, out));
       return out[0]!;

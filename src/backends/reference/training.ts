@@ -10,13 +10,10 @@ import { Tensor } from "../../tensor/tensor.js";
 import type { FloatArray, ReferenceBackend } from "./index.js";
 
 export interface HostOptimizerLoops {
-  adamw(p: Float32Array, g: Float32Array, m: Float32Array, v: Float32Array, lr: number, h: { beta1: number; beta2: number; eps: number; weightDecay: number }, c1: number, c2: number): void;
+  adamw(p: Float32Array, g: Float32Array, m: Float32Array, v: Float32Array, lr: number, h: { beta1: number; beta2: number; eps: number; weightDecay: number }, c1: number, c2: number, gradScale: number): void;
   sumSquares(x: Float32Array): number;
   scaleInPlace(x: Float32Array, s: number): void;
 }
-
-/** Elements per chunk of a scaled gradient copy (4 MB: above the native loops' threading bound of 65536). */
-const SCALE_CHUNK = 1 << 20;
 
 export function hostTraining(b: ReferenceBackend, loops: () => HostOptimizerLoops | null): TrainingKernels {
   const arr = (t: Tensor) => t.storage as FloatArray;
@@ -51,20 +48,8 @@ export function hostTraining(b: ReferenceBackend, loops: () => HostOptimizerLoop
       if (shadow) throw new MlaError("UNSUPPORTED", `the ${b.name} backend keeps no bf16 tensors`, "use --precision f32, or --device cuda for bf16");
       const p = arr(pt), g = arr(gt), m = arr(mt), v = arr(vt);
       const native = loops();
-      if (native && p instanceof Float32Array && g instanceof Float32Array && m instanceof Float32Array && v instanceof Float32Array) {
-        if (gradScale === 1) return native.adamw(p, g, m, v, lr, h, c1, c2);
-        // The native step takes no gradient scale, and g is an input (the TypeScript loop and the CUDA
-        // kernel leave it as it was): scale chunks of a copy, not g itself.
-        const scratch = new Float32Array(Math.min(g.length, SCALE_CHUNK));
-        for (let a = 0; a < g.length; a += SCALE_CHUNK) {
-          const e = Math.min(g.length, a + SCALE_CHUNK);
-          const gs = scratch.subarray(0, e - a);
-          gs.set(g.subarray(a, e));
-          native.scaleInPlace(gs, gradScale);
-          native.adamw(p.subarray(a, e), gs, m.subarray(a, e), v.subarray(a, e), lr, h, c1, c2);
-        }
-        return;
-      }
+      if (native && p instanceof Float32Array && g instanceof Float32Array && m instanceof Float32Array && v instanceof Float32Array)
+        return native.adamw(p, g, m, v, lr, h, c1, c2, gradScale);
       const { beta1, beta2, eps, weightDecay } = h;
       for (let j = 0; j < p.length; j++) {
         const gj = g[j]! * gradScale;
