@@ -7,13 +7,9 @@
  * numbers) writes a model of garbage.
  */
 import { MlaError } from "../errors.js";
-import { Checkpoint } from "../io/checkpoint.js";
-import type { DType } from "../io/dtype.js";
+import { Checkpoint, FLOAT_DTYPES } from "../io/checkpoint.js";
 import type { ModelConfig } from "../model/config.js";
 import { checkShape, expectedTensors } from "../model/weights.js";
-
-/** The dtypes the model loader reads weights from (loadTensor), so the only ones a conversion may read. */
-const FLOAT_DTYPES: readonly DType[] = ["F32", "F16", "BF16", "F64"];
 
 const HEAD = "lm_head.weight";
 

@@ -7,7 +7,7 @@ import path from "node:path";
 import { ioError, MlaError } from "../errors.js";
 import { checkStringArg } from "../util/argTypes.js";
 import { copyFileFresh } from "./atomicDir.js";
-import { DTYPE_BYTES } from "./dtype.js";
+import { DTYPE_BYTES, type DType } from "./dtype.js";
 import { SafetensorsFile, SafetensorsWriter, TensorEntry, TensorSpec, numel } from "./safetensors.js";
 
 export const INDEX_FILE = "model.safetensors.index.json";
@@ -20,6 +20,9 @@ export function copyModelSideFiles(srcDir: string, dstDir: string): void {
   for (const f of MODEL_SIDE_FILES) if (fs.existsSync(path.join(srcDir, f))) copyFileFresh(path.join(srcDir, f), path.join(dstDir, f));
 }
 export const SINGLE_FILE = "model.safetensors";
+
+/** The dtypes a checkpoint's weights are read from (loadTensor, and the conversions' check of their source); quantized ones are not. */
+export const FLOAT_DTYPES: readonly DType[] = ["F32", "F16", "BF16", "F64"];
 
 export class Checkpoint {
   private constructor(readonly dir: string, private readonly where: Map<string, SafetensorsFile>, private readonly files: SafetensorsFile[]) {}

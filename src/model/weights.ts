@@ -1,6 +1,6 @@
 /** Loads a Llama-family checkpoint's tensors onto a backend, checking every shape against the config. */
 import { MlaError } from "../errors.js";
-import type { Checkpoint } from "../io/checkpoint.js";
+import { FLOAT_DTYPES, type Checkpoint } from "../io/checkpoint.js";
 import type { Backend } from "../tensor/backend.js";
 import type { Tensor } from "../tensor/tensor.js";
 import type { ModelConfig } from "./config.js";
@@ -88,7 +88,7 @@ export function checkShape(ckpt: Checkpoint, name: string, shape: readonly numbe
 export function loadTensor(ckpt: Checkpoint, backend: Backend, name: string, shape: readonly number[], keepBf16 = false): Tensor {
   checkShape(ckpt, name, shape);
   const e = ckpt.entry(name);
-  if (!["F32", "F16", "BF16", "F64"].includes(e.dtype)) throw new MlaError("BAD_CHECKPOINT", `${ckpt.dir}: tensor "${name}" is ${e.dtype}`, "weights must be floating point (quantized checkpoints are not read)");
+  if (!FLOAT_DTYPES.includes(e.dtype)) throw new MlaError("BAD_CHECKPOINT", `${ckpt.dir}: tensor "${name}" is ${e.dtype}`, "weights must be floating point (quantized checkpoints are not read)");
   if (keepBf16 && e.dtype === "BF16" && backend.uploadBf16) {
     const bytes = ckpt.readBytes(name); // a fresh array: offset 0, so the uint16 view is aligned
     return backend.uploadBf16(new Uint16Array(bytes.buffer, bytes.byteOffset, bytes.length / 2), shape);
