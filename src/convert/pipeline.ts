@@ -16,7 +16,7 @@ import { numel, type TensorSpec } from "../io/safetensors.js";
 import { ByteBudget } from "../io/byteBudget.js";
 import { kvElemsPerToken, MlaAttention, MlaSplit, ModelConfig, pastPositionsWarning } from "../model/config.js";
 import { expectedTensors, layerPrefix } from "../model/weights.js";
-import { requireSourceTensors, undeclaredWarning } from "./sourceTensors.js";
+import { requireSourceTensors, undeclaredTensors, undeclaredWarning } from "./sourceTensors.js";
 import { loadModel } from "../model/llama.js";
 import { DeviceName, selectBackend, selectLinalg } from "../backends/select.js";
 import { chosenLinalg, linalgScope, useLinalg } from "../backends/native/linalg.js";
@@ -171,11 +171,12 @@ async function convertInScope(spec: string, opts: ConvertOptions): Promise<Conve
     if (kvElemsPerToken(mlaConfig) !== plan.after.elems_per_token) throw new Error(`internal: the chosen splits cache ${kvElemsPerToken(mlaConfig)} values per token, the plan ${plan.after.elems_per_token}`);
     const selection = attention.selection;
 
-    const undeclared = undeclaredWarning(src, config);
-    if (undeclared) log.warn(undeclared);
+    const undeclared = undeclaredTensors(src, config);
+    const warning = undeclaredWarning(src, config, undeclared);
+    if (warning) log.warn(warning);
     tmp = beginOutDir(out, opts.force ?? false);
     const tFactor: PhaseTimes = { s: 0, wait: 0, readWait: 0, writeWait: 0 };
-    const energy = await writeConverted(src, config, mlaConfig, kvDtype, tmp, source, tFactor, opts);
+    const energy = await writeConverted(src, config, mlaConfig, kvDtype, undeclared, tmp, source, tFactor, opts);
     timings["factor_s"] = tFactor.s;
     timings["factor_wait_s"] = tFactor.wait;
     timings["read_wait_s"] = tFactor.readWait;
@@ -261,14 +262,13 @@ interface PhaseTimes {
   writeWait: number;
 }
 
-/** Writes all tensors in order; returns the retained energy per layer. */
-async function writeConverted(src: Checkpoint, config: ModelConfig, mla: ModelConfig, kvDtype: DType, dir: string, source: LayerSource, tFactor: PhaseTimes, run: Pick<ConvertOptions, "progress" | "signal">): Promise<number[]> {
+/** Writes all tensors in order, the `undeclared` ones of `src` (undeclaredTensors) last; returns the retained energy per layer. */
+async function writeConverted(src: Checkpoint, config: ModelConfig, mla: ModelConfig, kvDtype: DType, undeclared: readonly string[], dir: string, source: LayerSource, tFactor: PhaseTimes, run: Pick<ConvertOptions, "progress" | "signal">): Promise<number[]> {
   const sourceNames = new Set(expectedTensors(config).map((t) => t.name));
-  const extras = src.names().filter((n) => !sourceNames.has(n));
   const targets: TensorSpec[] = [
     // EG-MLA's gate stays float32 whatever the model's dtype: a bf16 bias would move the gate off 1.
     ...expectedTensors(mla).map((t) => ({ ...t, dtype: src.has(t.name) ? src.entry(t.name).dtype : /kv_gate_/.test(t.name) ? ("F32" as DType) : kvDtype })),
-    ...extras.map((n) => ({ name: n, dtype: src.entry(n).dtype, shape: src.entry(n).shape })),
+    ...undeclared.map((n) => ({ name: n, dtype: src.entry(n).dtype, shape: src.entry(n).shape })),
   ];
   const writer = new CheckpointWriter(dir, targets, { metadata: { format: "pt" } });
   const energy: number[] = [];

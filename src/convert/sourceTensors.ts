@@ -39,16 +39,24 @@ export function requireSourceFolder(dir: string, c: ModelConfig): void {
 }
 
 /**
- * The warning for the tensors of `src` its config does not declare, or null where there are none. Our
- * format carries them unchanged (as it copies every tensor it does not factor): no loader of the source
- * applies them, so they change nothing; named, in case the config is what is wrong (a layer past
- * num_hidden_layers, a bias without attention_bias). `convert --format deepseek` drops them instead
- * (../deepseek/stream.ts, strayTensors).
+ * The names of the tensors `src` holds that its config `c` does not declare (expectedTensors), in the
+ * checkpoint's order: our format copies them unchanged (undeclaredWarning), `convert --format deepseek`
+ * and `export --format deepseek` drop them (../deepseek/stream.ts, strayNotes says why).
  */
-export function undeclaredWarning(src: Checkpoint, c: ModelConfig): string | null {
+export function undeclaredTensors(src: Checkpoint, c: ModelConfig): string[] {
   const declared = new Set(expectedTensors(c).map((t) => t.name));
+  return src.names().filter((n) => !declared.has(n));
+}
+
+/**
+ * The warning for the tensors `undeclared` of `src` (undeclaredTensors), or null where there are none.
+ * Our format carries them unchanged (as it copies every tensor it does not factor): no loader of the
+ * source applies them, so they change nothing; named, in case the config is what is wrong (a layer past
+ * num_hidden_layers, a bias without attention_bias).
+ */
+export function undeclaredWarning(src: Checkpoint, c: ModelConfig, undeclared: readonly string[]): string | null {
   // Old transformers saved RoPE's inverse frequencies, a buffer every loader recomputes from the config: no sign of a wrong config.
-  const stray = src.names().filter((n) => !declared.has(n) && !n.endsWith("rotary_emb.inv_freq"));
+  const stray = undeclared.filter((n) => !n.endsWith("rotary_emb.inv_freq"));
   if (!stray.length) return null;
   const past = stray.filter((n) => Number(/^model\.layers\.(\d+)\./.exec(n)?.[1] ?? -1) >= c.layers).length;
   const [what, it] = stray.length === 1 ? [`tensor ${stray[0]}`, "it"] : [`${stray.length} tensors (the first ${stray[0]})`, "them"];

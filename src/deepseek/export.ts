@@ -32,8 +32,8 @@ import { deepseekLayer, foldValueBias, FrequencyPca, frequencyPca, ladder, ladde
 import { convertRemedy, servingWarnings } from "./serving.js";
 import { describeRefit, refitOutputProjections, refitRecord } from "../convert/refitOutput.js";
 import { requireRoom, weightFileBytes } from "../io/diskRoom.js";
-import { deepseekSpecs, planTensors, strayNotes, strayTensors, writePlanned } from "./stream.js";
-import { finiteForFactoring, requireSourceFolder } from "../convert/sourceTensors.js";
+import { deepseekSpecs, planTensors, strayNotes, writePlanned } from "./stream.js";
+import { finiteForFactoring, requireSourceFolder, undeclaredTensors } from "../convert/sourceTensors.js";
 import { checkDeclaredBiases } from "./exportable.js";
 import { calibrationRecord, refuseWindowsWithoutText, requireCalibration } from "../convert/calibrationNeeds.js";
 import { nextTurn, throwIfAborted } from "../util/abort.js";
@@ -302,8 +302,8 @@ async function convertDeepseekInScope(spec: string, o: DeepseekOptions): Promise
     const dtypeOf = (name: string): DType => src.entry(name).dtype;
     // Tensors its config does not declare (a q/k/v/o bias beside a config without attention_bias, an
     // lm_head beside tied embeddings) are no part of the source model: never carried, in either form
-    // (strayTensors says why).
-    const stray = strayTensors(src, c);
+    // (strayNotes says why).
+    const stray = undeclaredTensors(src, c);
     const { warnings, notes } = strayNotes(src, c, stray, bias);
     for (const w of warnings) log.warn(w);
     for (const n of notes) log.info(n);

@@ -85,7 +85,7 @@ export function checkExportSettings(c: ModelConfig, ropePairs: number, gated: bo
  * config alone (checkExportSettings): every config that declares k/v biases declares the q bias with
  * them, and fine-tuning our format trains it away from zero, so such a model is refused before any work
  * (pipeline asks these checks before its first phase). Undeclared (stray) biases in a file are another
- * matter: ./stream.ts, strayTensors.
+ * matter: ./stream.ts, strayNotes.
  */
 export function qkvBiasRefusal(command: string, c: ModelConfig, hint: string, nonZero?: { name: string; index: number; value: number }): MlaError {
   const why = c.modelType === "qwen2" ? "model_type qwen2" : "attention_bias: true";

@@ -41,8 +41,8 @@ import { BeforeAfter, DEEPSEEK_EVAL_KINDS, DeepseekEvalOptions, evalBeforeAfter,
 import { checkOptionTypes, type OptionKinds } from "../util/optionTypes.js";
 import { FUSED_MLA, servingWarnings } from "./serving.js";
 import { checkExportSettings, exportLadder, exportSplit } from "./exportable.js";
-import { deepseekSpecs, planTensors, strayNotes, strayTensors, writePlanned } from "./stream.js";
-import { requireSourceTensors } from "../convert/sourceTensors.js";
+import { deepseekSpecs, planTensors, strayNotes, writePlanned } from "./stream.js";
+import { requireSourceTensors, undeclaredTensors } from "../convert/sourceTensors.js";
 import { throwIfAborted } from "../util/abort.js";
 import { checkCalibFile } from "../convert/plan.js";
 import { calibrationRecord } from "../convert/calibrationNeeds.js";
@@ -267,8 +267,8 @@ export async function exportDeepseek(spec: string, o: ExportOptions = {}): Promi
     const dtypeOf = (name: string): DType => src.entry(name).dtype;
     // An exportable model declares no attention bias (checkExportSettings), so a q/k_rope/k_up/v_up/o bias
     // in its file is no part of the model, nor is an lm_head beside tied embeddings: never carried, in
-    // either form (strayTensors says why).
-    const stray = strayTensors(src, c);
+    // either form (strayNotes says why).
+    const stray = undeclaredTensors(src, c);
     const { warnings, notes } = strayNotes(src, c, stray, bias);
     for (const w of warnings) log.warn(w);
     for (const n of notes) log.info(n);

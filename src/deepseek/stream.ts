@@ -1,12 +1,12 @@
 /**
  * Writing a deepseek_v3 checkpoint from a source checkpoint: the attention tensors of each layer are
  * computed one layer at a time (and let go once written), every other tensor the source's config
- * declares is copied byte for byte, in the source's tensor order, and nothing else (strayTensors). Shared by `convert --format deepseek` and `export --format deepseek`.
+ * declares is copied byte for byte, in the source's tensor order, and nothing else (strayNotes). Shared by `convert --format deepseek` and `export --format deepseek`.
  */
 import { Checkpoint, CheckpointWriter } from "../io/checkpoint.js";
 import { DType, encodeFromF32 } from "../io/dtype.js";
 import type { TensorSpec } from "../io/safetensors.js";
-import { expectedTensors, layerPrefix } from "../model/weights.js";
+import { layerPrefix } from "../model/weights.js";
 import type { ModelConfig } from "../model/config.js";
 import type { Progress } from "../util/progress.js";
 import { throwIfAborted } from "../util/abort.js";
@@ -21,7 +21,7 @@ export interface TensorPlan {
  * The attention tensors of one deepseek_v3 layer (prefix p): q_proj [H·(dn+dr), D], kv_a (+ its bias
  * with attention_bias), kv_a_layernorm, kv_b [H·(dn+dv), rk], and with attention_bias an o_proj bias
  * (stock loaders then expect one): zero, or the source's declared o and v biases folded (./layer.ts);
- * a stray one is never carried (strayTensors).
+ * a stray one is never carried (strayNotes).
  */
 export function deepseekSpecs(p: string, s: { H: number; D: number; dn: number; dr: number; dv: number; rk: number; dtype: DType; normDtype: DType; attentionBias: boolean }): TensorSpec[] {
   return [
@@ -40,10 +40,10 @@ const HEAD = "lm_head.weight";
 const EMBED = "model.embed_tokens.weight";
 
 /**
- * The tensors of the source's file that its config does not declare (expectedTensors), in the layers
- * and outside them. In a layer: a q, k, v or o_proj bias beside a config without attention_bias (our MLA
- * format's k_rope/k_up/v_up biases likewise), an MLP bias without mlp_bias, an old
- * rotary_emb.inv_freq buffer. Outside: an lm_head.weight beside tied embeddings (tie_word_embeddings
+ * What the run says about the stray tensors `stray` of `src`: those its file holds that its config does
+ * not declare (undeclaredTensors in ../convert/sourceTensors.ts), in the layers and outside them. In a
+ * layer: a q, k, v or o_proj bias beside a config without attention_bias (our MLA format's
+ * k_rope/k_up/v_up biases likewise), an MLP bias without mlp_bias, an old rotary_emb.inv_freq buffer. Outside: an lm_head.weight beside tied embeddings (tie_word_embeddings
  * true), an old model.rotary_emb.inv_freq, any other name the model has no place for. Both writers drop
  * them, so the folder holds exactly what stock DeepseekV3ForCausalLM builds from the config it is
  * written with (that config keeps the source's tie_word_embeddings: writeDeepseekConfig):
@@ -55,7 +55,7 @@ const EMBED = "model.embed_tokens.weight";
  *   none; the output head tied to the embedding under tie_word_embeddings) and so does our runtime.
  *   Their part in the source's function is zero, so dropping them is the exact fold, whatever they hold:
  *   the folder computes exactly the source as every loader of it runs it. Not refused, for that reason;
- *   the warning names them, in case the config is what is wrong (strayNotes). A tied lm_head.weight
+ *   the warning names them, in case the config is what is wrong. A tied lm_head.weight
  *   that differs from the embedding is the one conflict among them: the source's loaders use the
  *   embedding, so the folder does too, and the warning says the two differ.
  * - An o_proj bias among them is the one place the exact form needs care: it has attention_bias true,
@@ -66,17 +66,9 @@ const EMBED = "model.embed_tokens.weight";
  * Biases the source's config does declare are no strays: `convert` folds them where DeepSeek-V3 can
  * hold them and refuses the rest before any work, `export` refuses them (qkvBiasRefusal and
  * checkDeclaredBiases in ./exportable.ts say why, case by case).
- */
-export function strayTensors(src: Checkpoint, c: ModelConfig): string[] {
-  const expected = new Set(expectedTensors(c).map((t) => t.name));
-  return src.names().filter((n) => !expected.has(n));
-}
-
-/**
- * What the run says about the stray tensors `stray` of `src` (strayTensors): `warnings` for those the
- * config does not declare (the layer ones in one message, the others in another, a tied lm_head.weight
- * that differs from the embedding in its own), `notes` for a tied lm_head.weight that equals it (the
- * usual copy some savers write: nothing is lost).
+ * Returns `warnings` for the strays (the layer ones in one message, the others in another, a tied
+ * lm_head.weight that differs from the embedding in its own), `notes` for a tied lm_head.weight that
+ * equals it (the usual copy some savers write: nothing is lost).
  */
 export function strayNotes(src: Checkpoint, c: ModelConfig, stray: readonly string[], attentionBias: boolean): { warnings: string[]; notes: string[] } {
   const warnings: string[] = [];
@@ -123,7 +115,7 @@ function tensorDifference(src: Checkpoint, a: string, b: string): string | null 
   return n === 0 ? null : `${n} of ${u.length} values differ, by up to ${max.toPrecision(3)}`;
 }
 
-/** The warning for the stray layer tensors `stray` of `src` (see strayTensors), or null where there are none. */
+/** The warning for the stray layer tensors `stray` of `src` (see strayNotes), or null where there are none. */
 function strayWarning(src: Checkpoint, stray: readonly string[], attentionBias: boolean, valueBias: boolean, layerCount: number): string | null {
   if (!stray.length) return null;
   const past = stray.filter((n) => Number(layerOf(n)![1]) >= layerCount).length;
@@ -150,7 +142,7 @@ export const STRAY_O_BIAS = "self_attn.o_proj.bias";
 /**
  * The output tensors: a layer's `anchor` tensor (its name after the layer prefix) is replaced by
  * `made(l, prefix)`; the `consumed` ones (names after the prefix: the source attention the writer
- * reads) and the `stray` ones (full names, strayTensors) disappear; the rest are kept as they are.
+ * reads) and the `stray` ones (full names, undeclaredTensors) disappear; the rest are kept as they are.
  */
 export function planTensors(src: Checkpoint, anchor: string, consumed: ReadonlySet<string>, stray: ReadonlySet<string>, made: (l: number, prefix: string) => TensorSpec[]): TensorPlan {
   const specs: TensorSpec[] = [];

@@ -14,6 +14,8 @@ import { convert } from "../../src/convert/pipeline.js";
 import { convertDeepseek } from "../../src/deepseek/export.js";
 import { exportDeepseek } from "../../src/deepseek/fromMla.js";
 import { inspectModel } from "../../src/eval/inspect.js";
+import { undeclaredTensors, undeclaredWarning } from "../../src/convert/sourceTensors.js";
+import { readHfConfig } from "../../src/io/hfConfig.js";
 import { Checkpoint } from "../../src/io/checkpoint.js";
 import type { DType } from "../../src/io/dtype.js";
 import { writeSafetensorsSync } from "../../src/io/safetensors.js";
@@ -126,4 +128,24 @@ test("a NaN or Inf in a key/value projection is refused by both converters, nami
       assert.deepEqual(fs.readdirSync(parent), [], "nothing written");
     }
   }
+});
+
+test("undeclaredTensors lists what the file holds beyond the config, in the file's order, for both formats' writers and the warning", () => {
+  const bias = "model.layers.0.self_attn.k_proj.bias";
+  const model = edited(STORIES, (t) => [...t, { name: bias, dtype: "F32" as DType, shape: [32], data: new Uint8Array(128) }], { num_hidden_layers: 4 });
+  const config = readHfConfig(model);
+  const ck = Checkpoint.open(model);
+  try {
+    const undeclared = undeclaredTensors(ck, config);
+    assert.deepEqual(undeclared, ck.names().filter((n) => n.startsWith("model.layers.4.") || n === bias));
+    assert.equal(undeclared.length, 10);
+    assert.match(undeclaredWarning(ck, config, undeclared)!, /holds 10 tensors \(the first .*\) that its config\.json does not declare, 9 in layers past num_hidden_layers 4/);
+    // An old RoPE buffer alone is no sign of a wrong config: listed (a deepseek writer drops it), not warned about.
+    assert.equal(undeclaredWarning(ck, config, ["model.layers.0.self_attn.rotary_emb.inv_freq"]), null);
+  } finally {
+    ck.close();
+  }
+  const plain = Checkpoint.open(STORIES);
+  assert.deepEqual(undeclaredTensors(plain, readHfConfig(STORIES)), []);
+  plain.close();
 });
