@@ -7,7 +7,7 @@
  * numbers) writes a model of garbage.
  */
 import { MlaError } from "../errors.js";
-import { Checkpoint, FLOAT_DTYPES } from "../io/checkpoint.js";
+import { type Checkpoint, FLOAT_DTYPES } from "../io/checkpoint.js";
 import type { ModelConfig } from "../model/config.js";
 import { checkShape, expectedTensors } from "../model/weights.js";
 
@@ -25,16 +25,6 @@ export function requireSourceTensors(src: Checkpoint, c: ModelConfig): void {
     checkShape(src, name, shape);
     const { dtype } = src.entry(name);
     if (!FLOAT_DTYPES.includes(dtype)) throw new MlaError("BAD_CHECKPOINT", `${src.dir}: tensor "${name}" is ${dtype}`, "weights must be floating point (F32, F16, BF16 or F64; quantized checkpoints are not read)");
-  }
-}
-
-/** requireSourceTensors on the checkpoint in `dir`, opened for its headers only (a dry run reads no weights). */
-export function requireSourceFolder(dir: string, c: ModelConfig): void {
-  const src = Checkpoint.open(dir);
-  try {
-    requireSourceTensors(src, c);
-  } finally {
-    src.close();
   }
 }
 

@@ -33,8 +33,8 @@ import { convertRemedy, servingWarnings } from "./serving.js";
 import { describeRefit, refitOutputProjections, refitRecord } from "../convert/refitOutput.js";
 import { requireRoom, weightFileBytes } from "../io/diskRoom.js";
 import { deepseekSpecs, planTensors, strayNotes, writePlanned } from "./stream.js";
-import { finiteForFactoring, requireSourceFolder, undeclaredTensors } from "../convert/sourceTensors.js";
-import { checkDeclaredBiases } from "./exportable.js";
+import { finiteForFactoring, requireSourceTensors, undeclaredTensors } from "../convert/sourceTensors.js";
+import { checkDeclaredBiasesOf } from "./exportable.js";
 import { calibrationRecord, refuseWindowsWithoutText, requireCalibration } from "../convert/calibrationNeeds.js";
 import { nextTurn, throwIfAborted } from "../util/abort.js";
 import { describeLatentNormFit, fitLatentNorms, latentNormRecord, requireFitText } from "./latentNorm.js";
@@ -228,27 +228,28 @@ async function convertDeepseekInScope(spec: string, o: DeepseekOptions): Promise
   const { heads: H, kvHeads: G, headDim: Dh, hiddenSize: D, layers: L } = c;
   const half = Dh / 2;
   const bias = o.attentionBias ?? true;
-  // From the headers, before the biases are read and before a dry run answers: every declared tensor
-  // there, of its shape (the layer math trusts the config's sizes) and a float dtype.
-  requireSourceFolder(srcDir, c);
-  checkDeclaredBiases(srcDir, c, bias);
-  const kvPerToken = { before: 2 * G * Dh, after: rk + dr, changePercent: (100 * (rk + dr - 2 * G * Dh)) / (2 * G * Dh) };
-  for (const w of servingWarnings(rk, dr, H, convertRemedy(Dh, Math.min(2 * G * Dh, D), bias), bias)) log.warn(w);
-  // The evaluation comes last: its settings are checked now, not after the conversion (a dry run too).
-  checkEmbeddedEval(o, { dir: srcDir, bos: c.bosTokenId });
-  const out = path.resolve(o.out ?? defaultOut(spec, o.rank, "deepseek"));
-  if (o.dryRun) {
-    // A file there would refuse the run whatever --force says: so does its dry run.
-    refuseFileAsOutDir(out);
-    if (fs.existsSync(out) && !o.force) log.warn(`${out} exists: the run would need --force (or another --out)`);
-    return { out: null, ropeDim: dr, kvLoraRank: rk, ropeTheta: c.rope.theta, spacing: 0, kvPerToken, energy: [], eval: null, latentNormError: null };
-  }
-  checkOutDir(out, srcDir, o.force ?? false, [{ name: "--calib", path: o.calib }, { name: "--eval-text", path: o.evalText }]);
-  requireRoom(out, weightFileBytes(srcDir), "the converted model");
-
+  // One handle for the checks, both passes and the writer, closed on every path (the finally below).
   const src = Checkpoint.open(srcDir);
   let tmp: string | null = null;
   try {
+    // From the headers, before the biases are read and before a dry run answers: every declared tensor
+    // there, of its shape (the layer math trusts the config's sizes) and a float dtype.
+    requireSourceTensors(src, c);
+    checkDeclaredBiasesOf(src, c, bias);
+    const kvPerToken = { before: 2 * G * Dh, after: rk + dr, changePercent: (100 * (rk + dr - 2 * G * Dh)) / (2 * G * Dh) };
+    for (const w of servingWarnings(rk, dr, H, convertRemedy(Dh, Math.min(2 * G * Dh, D), bias), bias)) log.warn(w);
+    // The evaluation comes last: its settings are checked now, not after the conversion (a dry run too).
+    checkEmbeddedEval(o, { dir: srcDir, bos: c.bosTokenId });
+    const out = path.resolve(o.out ?? defaultOut(spec, o.rank, "deepseek"));
+    if (o.dryRun) {
+      // A file there would refuse the run whatever --force says: so does its dry run.
+      refuseFileAsOutDir(out);
+      if (fs.existsSync(out) && !o.force) log.warn(`${out} exists: the run would need --force (or another --out)`);
+      return { out: null, ropeDim: dr, kvLoraRank: rk, ropeTheta: c.rope.theta, spacing: 0, kvPerToken, energy: [], eval: null, latentNormError: null };
+    }
+    checkOutDir(out, srcDir, o.force ?? false, [{ name: "--calib", path: o.calib }, { name: "--eval-text", path: o.evalText }]);
+    requireRoom(out, weightFileBytes(srcDir), "the converted model");
+
     let stats: CalibrationStats | null = null;
     let windows: Int32Array[] = [];
     if (o.calib) {

@@ -110,29 +110,35 @@ export function checkDeclaredBiases(srcDir: string, c: ModelConfig, attentionBia
   if (!c.qkvBias && !c.oBias) return;
   const src = Checkpoint.open(srcDir);
   try {
-    const firstNonZero = (field: string) => {
-      for (let l = 0; l < c.layers; l++) {
-        const name = `${layerPrefix(l)}self_attn.${field}.bias`;
-        if (!src.has(name)) throw new MlaError("BAD_CHECKPOINT", `${srcDir}: tensor ${name} is missing`, "the checkpoint does not match its config");
-        const b = src.readF32(name);
-        const index = b.findIndex((v) => v !== 0);
-        if (index >= 0) return { name, index, value: b[index]! };
-      }
-      return null;
-    };
-    const q = c.qkvBias ? firstNonZero("q_proj") : null;
-    if (q) throw qkvBiasRefusal("--format deepseek", c, "convert it in our format (without --format deepseek), which keeps the biases", q);
-    if (attentionBias) return;
-    for (const field of [...(c.qkvBias ? ["k_proj", "v_proj"] : []), ...(c.oBias ? ["o_proj"] : [])]) {
-      const nz = firstNonZero(field);
-      if (nz)
-        throw new MlaError(
-          "UNSUPPORTED",
-          `--format deepseek --no-attention-bias: ${nz.name} is not zero (element ${nz.index}: ${nz.value}), and the bias-free form has no kv_a_proj_with_mqa or o_proj bias to hold it`,
-          "drop --no-attention-bias: the exact form folds k, v and o biases into kv_a_proj_with_mqa's and o_proj's biases",
-        );
-    }
+    checkDeclaredBiasesOf(src, c, attentionBias);
   } finally {
     src.close();
+  }
+}
+
+/** checkDeclaredBiases on `src`, open already (`convert --format deepseek` reads the layers from it next). */
+export function checkDeclaredBiasesOf(src: Checkpoint, c: ModelConfig, attentionBias: boolean): void {
+  if (!c.qkvBias && !c.oBias) return;
+  const firstNonZero = (field: string) => {
+    for (let l = 0; l < c.layers; l++) {
+      const name = `${layerPrefix(l)}self_attn.${field}.bias`;
+      if (!src.has(name)) throw new MlaError("BAD_CHECKPOINT", `${src.dir}: tensor ${name} is missing`, "the checkpoint does not match its config");
+      const b = src.readF32(name);
+      const index = b.findIndex((v) => v !== 0);
+      if (index >= 0) return { name, index, value: b[index]! };
+    }
+    return null;
+  };
+  const q = c.qkvBias ? firstNonZero("q_proj") : null;
+  if (q) throw qkvBiasRefusal("--format deepseek", c, "convert it in our format (without --format deepseek), which keeps the biases", q);
+  if (attentionBias) return;
+  for (const field of [...(c.qkvBias ? ["k_proj", "v_proj"] : []), ...(c.oBias ? ["o_proj"] : [])]) {
+    const nz = firstNonZero(field);
+    if (nz)
+      throw new MlaError(
+        "UNSUPPORTED",
+        `--format deepseek --no-attention-bias: ${nz.name} is not zero (element ${nz.index}: ${nz.value}), and the bias-free form has no kv_a_proj_with_mqa or o_proj bias to hold it`,
+        "drop --no-attention-bias: the exact form folds k, v and o biases into kv_a_proj_with_mqa's and o_proj's biases",
+      );
   }
 }
