@@ -25,6 +25,8 @@ export class LayerSource {
   /** [layer] → factors made ahead (the split choice's winner), until the writer takes them. */
   private readonly kept = new Map<number, { rank: number; selection: number[][]; f: LayerFactors }>();
   private keptBytes = 0;
+  /** The tensors finiteForFactoring passed already: the split choice factors a layer once per candidate, and the writer may again. */
+  private readonly finite = new Set<string>();
 
   constructor(
     private readonly src: Checkpoint,
@@ -56,7 +58,15 @@ export class LayerSource {
     // The roots (a D×D eigendecomposition, as long as a factorization) are done: a stop asked for
     // meanwhile spares the layer's SVDs.
     if (fresh) await nextTurn(signal);
-    const read = (name: string) => finiteForFactoring(src.dir, p + name, src.readF32(p + name));
+    const read = (field: string) => {
+      const name = p + field;
+      const values = src.readF32(name);
+      if (!this.finite.has(name)) {
+        finiteForFactoring(src.dir, name, values);
+        this.finite.add(name);
+      }
+      return values;
+    };
     return factorLayer({
       wk: read("k_proj.weight"),
       wv: read("v_proj.weight"),

@@ -14,6 +14,7 @@ import { convert } from "../../src/convert/pipeline.js";
 import { convertDeepseek } from "../../src/deepseek/export.js";
 import { exportDeepseek } from "../../src/deepseek/fromMla.js";
 import { inspectModel } from "../../src/eval/inspect.js";
+import { LayerSource } from "../../src/convert/layerSource.js";
 import { undeclaredTensors, undeclaredWarning } from "../../src/convert/sourceTensors.js";
 import { readHfConfig } from "../../src/io/hfConfig.js";
 import { Checkpoint } from "../../src/io/checkpoint.js";
@@ -148,4 +149,20 @@ test("undeclaredTensors lists what the file holds beyond the config, in the file
   const plain = Checkpoint.open(STORIES);
   assert.deepEqual(undeclaredTensors(plain, readHfConfig(STORIES)), []);
   plain.close();
+});
+
+test("LayerSource checks a layer's key/value projections once, and refuses a NaN each time it is asked (the split choice factors a layer once per candidate)", async () => {
+  const bad = "model.layers.1.self_attn.v_proj.weight";
+  const model = edited(STORIES, (t) => t.map((x) => (x.name === bad ? { ...x, data: new Uint8Array(new Float32Array(x.data.length / 4).fill(NaN).buffer) } : x)));
+  const ck = Checkpoint.open(model);
+  try {
+    const source = new LayerSource(ck, readHfConfig(model), { ropeStrategy: "high", ropeDisjoint: false, svd: "joint", balanceKv: true }, null);
+    const selection = source.pairs(0, 2);
+    for (let i = 0; i < 2; i++) {
+      assert.ok((await source.factor(0, 2, selection)).energy > 0, "a finite layer, again");
+      await assert.rejects(source.factor(1, 2, selection), refused(new RegExp(`tensor "${bad.replace(/\./g, "\\.")}" holds NaN \\(element 0\\)`)), `the NaN layer, ask ${i + 1}`);
+    }
+  } finally {
+    ck.close();
+  }
 });
