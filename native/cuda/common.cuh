@@ -61,8 +61,6 @@ double ring_waited_ms();
 // (rows per problem, K a multiple of 8, aligned rows), and y [T, P·hpg, N] = x [T, P·hpg, K] · w[p]ᵀ.
 bool gemv_takes(const void* x, bool x_bf16, const void* w, int64_t rows, int64_t K, int64_t N, int64_t P);
 mla_status gemv_bf16(const void* x, bool x_bf16, const __nv_bfloat16* w, float* y, int64_t P, int64_t rows, int64_t hpg, int64_t K, int64_t N);
-// One product over bf16 weights stacked back to back, split into each output (linalg.cu).
-mla_status linear_stacked(const mla_cuda_buf* x, const mla_cuda_buf* const* ws, mla_cuda_buf* const* ys, int count, int64_t M, int64_t K);
 // y = float(x) and y = bf16(x) (round to nearest even) over n elements, in stream order.
 mla_status widen_bf16(const __nv_bfloat16* x, float* y, int64_t n);
 mla_status narrow_f32(const float* x, __nv_bfloat16* y, int64_t n);

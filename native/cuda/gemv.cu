@@ -202,36 +202,23 @@ mla_status gemv_bf16(const void* x, bool x_bf16, const __nv_bfloat16* w, float* 
 }
 }  // namespace mla
 
-// y_i [M, N_i] = x [M, K] · w_i [N_i, K]ᵀ for i < count ≤ 4, bf16 weights.
-// stacked 0: in one launch where gemv_takes takes every one (M ≤ 4 rows), else MLA_ERR_ARGUMENT with
-// nothing launched (the caller runs them otherwise).
-// stacked 1: the caller stacked the weights back to back (stackBf16: a layer's projections of one input):
-// one cuBLAS product over the stack split into the outputs (mla::linear_stacked) for up to 256 rows; a
-// prefill's thousands of rows fill the GPU product by product, and the stacked product's output would
-// pass through scratch (22 MB at 256 rows of gate and up at the llama2-7b shape).
-extern "C" mla_status mla_cuda_linear_many(const mla_cuda_buf* x, const mla_cuda_buf* const* ws, mla_cuda_buf* const* ys, int32_t count, int64_t M, int64_t K, int32_t stacked) {
+// y_i [M, N_i] = x [M, K] · w_i [N_i, K]ᵀ for i < count ≤ 4, bf16 weights, in one launch; M ≤ 4 rows.
+// Returns MLA_ERR_ARGUMENT (nothing launched) where gemv_takes would refuse one of them: the caller
+// then runs them one linear each.
+extern "C" mla_status mla_cuda_linear_many(const mla_cuda_buf* x, const mla_cuda_buf* const* ws, mla_cuda_buf* const* ys, int32_t count, int64_t M, int64_t K) {
   NEED_CTX();
   MLA_CHECK(x && ws && ys && count >= 1 && count <= MAX_MANY && (x->dtype == MLA_F32 || x->dtype == MLA_BF16) && x->n == M * K, "linear_many: x [M, K] f32 or bf16 and 1 to 4 weights");
   ManyMats m{};
   m.count = count;
   m.firstBlock[0] = 0;
-  bool one_pass = true;
   for (int i = 0; i < count; i++) {
     const int64_t N = ws[i] ? ws[i]->n / std::max<int64_t>(K, 1) : 0;
     MLA_CHECK(ws[i] && ys[i] && ws[i]->dtype == MLA_BF16 && K > 0 && ws[i]->n == N * K && ys[i]->dtype == MLA_F32 && ys[i]->n == M * N, "linear_many: each w bf16 [N, K] and y f32 [M, N]");
-    MLA_CHECK(!stacked || i == 0 || ws[i]->ptr == (const char*)ws[i - 1]->ptr + ws[i - 1]->n * sizeof(__nv_bfloat16), "linear_many: stacked weights must lie back to back");
-    one_pass = one_pass && mla::gemv_takes(x->ptr, x->dtype == MLA_BF16, ws[i]->ptr, M, K, N, 1);
+    if (!mla::gemv_takes(x->ptr, x->dtype == MLA_BF16, ws[i]->ptr, M, K, N, 1)) return MLA_FAIL(MLA_ERR_ARGUMENT, "linear_many: a product the one-pass kernel does not take");
     m.w[i] = (const __nv_bfloat16*)ws[i]->ptr;
     m.y[i] = (float*)ys[i]->ptr;
     m.N[i] = (int)N;
     m.firstBlock[i + 1] = m.firstBlock[i] + (int)((N + CB - 1) / CB);
   }
-  if (!stacked) {
-    if (!one_pass) return MLA_FAIL(MLA_ERR_ARGUMENT, "linear_many: a product the one-pass kernel does not take");
-    return x->dtype == MLA_BF16 ? launch_many((const __nv_bfloat16*)x->ptr, m, M, K) : launch_many((const float*)x->ptr, m, M, K);
-  }
-  if (count >= 2 && M <= 256) return mla::linear_stacked(x, ws, ys, count, M, K);
-  for (int i = 0; i < count; i++)
-    if (mla_status st = mla_cuda_linear(x, ws[i], nullptr, ys[i], M, K, ws[i]->n / K)) return st;
-  return MLA_OK;
+  return x->dtype == MLA_BF16 ? launch_many((const __nv_bfloat16*)x->ptr, m, M, K) : launch_many((const float*)x->ptr, m, M, K);
 }

@@ -30,58 +30,7 @@ __global__ void column_sums(const float* dy, float* db, int64_t M, int64_t N) {
   db[n] = (float)s;
 }
 
-// The column blocks of y_all [M, Σ N_i] into y_i [M, N_i], i < count (linear_stacked).
-struct ColumnBlocks {
-  float* y[4];
-  int64_t first[5];  // first[i]: block i's first column in y_all; first[count] = Σ N_i
-  int count;
-};
-__global__ void split_columns(const float* all, ColumnBlocks b, int64_t M) {
-  const int64_t total = b.first[b.count], e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
-  if (e >= M * total) return;
-  const int64_t m = e / total, c = e % total;
-  int i = 0;
-  while (i + 1 < b.count && c >= b.first[i + 1]) i++;
-  const int64_t n = b.first[i + 1] - b.first[i];
-  b.y[i][m * n + c - b.first[i]] = all[e];
-}
-
 namespace mla {
-// y_i [M, N_i] = x [M, K] · w_i [N_i, K]ᵀ, 2 ≤ count ≤ 4, where the bf16 weights lie back to back in one
-// allocation (w_{i+1} starts where w_i ends: stackBf16; mla_cuda_linear_many checked it): one cuBLAS product over
-// the stack and one launch splitting its columns. Separately, at a few rows and a few thousand columns,
-// each product left most SMs idle or split K and summed the parts in more launches.
-mla_status linear_stacked(const mla_cuda_buf* x, const mla_cuda_buf* const* ws, mla_cuda_buf* const* ys, int count, int64_t M, int64_t K) {
-  ColumnBlocks b{};
-  b.count = count;
-  for (int i = 0; i < count; i++) {
-    b.y[i] = (float*)ys[i]->ptr;
-    b.first[i + 1] = b.first[i] + ws[i]->n / K;
-  }
-  const int64_t total = b.first[count];
-  MLA_CHECK(count >= 2 && count <= 4 && total <= INT32_MAX && M <= INT32_MAX && K <= INT32_MAX, "linear_stacked: 2 to 4 weights within 32-bit sizes");
-  if (M == 0 || total == 0) return MLA_OK;
-  cudaStream_t s = ctx()->stream;
-  const bool round_x = x->dtype == MLA_F32;
-  // One scratch for both: the product's float32 output, then x rounded to bf16 (16-byte aligned).
-  const size_t y_bytes = (sizeof(float) * M * total + 15) / 16 * 16;
-  mla_status st;
-  auto* all = (float*)scratch(y_bytes + (round_x ? sizeof(__nv_bfloat16) * M * K : 0), &st);
-  if (!all) return st;
-  const void* xb = x->ptr;
-  if (round_x) {
-    auto* r = (__nv_bfloat16*)((char*)all + y_bytes);
-    f32_to_bf16<<<blocks_for(M * K, 256), 256, 0, s>>>((const float*)x->ptr, r, M * K);
-    KERNEL_CHECK();
-    xb = r;
-  }
-  const float one = 1, zero = 0;
-  CUBLAS_TRY(cublasGemmEx(ctx()->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)total, (int)M, (int)K, &one, ws[0]->ptr, CUDA_R_16BF, (int)K, xb, CUDA_R_16BF, (int)K, &zero, all, CUDA_R_32F, (int)total, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-  split_columns<<<blocks_for(M * total, 256), 256, 0, s>>>(all, b, M);
-  KERNEL_CHECK();
-  return MLA_OK;
-}
-
 mla_status widen_bf16(const __nv_bfloat16* x, float* y, int64_t n) {
   if (n > 0) bf16_to_f32<<<blocks_for(n, 256), 256, 0, ctx()->stream>>>(x, y, n);
   KERNEL_CHECK();

@@ -81,8 +81,8 @@ mla_status mla_cpu_rope(const float* x, float* y, const int32_t* positions, cons
 mla_status mla_cpu_embedding(const float* table, const int32_t* ids, float* y, int64_t T, int64_t V, int64_t D);
 mla_status mla_cpu_embedding_backward(const int32_t* ids, const float* dy, float* dtable, int64_t T, int64_t V, int64_t D);
 
-/* One AdamW step in place on p[n] with gradient g[n] and moments m[n], v[n]: decoupled weight decay,
-   bias corrections bias_c1 = 1 − β1^step, bias_c2 = 1 − β2^step. */
+/* One AdamW step in place on p[n] with gradient g[n] · grad_scale (g unchanged) and moments m[n], v[n]:
+   decoupled weight decay, bias corrections bias_c1 = 1 − β1^step, bias_c2 = 1 − β2^step. */
 mla_status mla_cpu_adamw(float* p, const float* g, float* m, float* v, int64_t n, float lr, float beta1, float beta2, float eps, float weight_decay, double bias_c1, double bias_c2, float grad_scale);
 /* *out = Σ x² (double accumulation), and x *= s in place: global-norm gradient clipping. */
 mla_status mla_cpu_sum_squares(const float* x, int64_t n, double* out);
@@ -143,10 +143,9 @@ mla_status mla_cuda_cast(const mla_cuda_buf* x, mla_cuda_buf* y);
 /* As the CPU ops; w may be bf16 (activations are rounded to bf16, accumulation in f32); with bf16 w, x may be
    the caller's bf16 copy of its activations (no rounding pass then). */
 mla_status mla_cuda_linear(const mla_cuda_buf* x, const mla_cuda_buf* w, const mla_cuda_buf* b, mla_cuda_buf* y, int64_t M, int64_t K, int64_t N);
-/* ys[i] [M, N_i] = x [M, K] · ws[i] [N_i, K]ᵀ for i < count ≤ 4, bf16 weights. stacked 0: in one launch (M ≤ 4); an error,
-   with nothing launched, where the one-pass kernel does not take one of them (the caller runs them otherwise).
-   stacked 1: weights the caller stacked back to back, as one product split into the outputs (up to 256 rows; above, one each). */
-mla_status mla_cuda_linear_many(const mla_cuda_buf* x, const mla_cuda_buf* const* ws, mla_cuda_buf* const* ys, int32_t count, int64_t M, int64_t K, int32_t stacked);
+/* ys[i] [M, N_i] = x [M, K] · ws[i] [N_i, K]ᵀ for i < count ≤ 4 (bf16 weights, M ≤ 4) in one launch; an error, with nothing
+   launched, where the one-pass kernel does not take one of them (the caller runs them one linear each). */
+mla_status mla_cuda_linear_many(const mla_cuda_buf* x, const mla_cuda_buf* const* ws, mla_cuda_buf* const* ys, int32_t count, int64_t M, int64_t K);
 /* w may be bf16: dy (and x for dw, unless x is already bf16) are rounded to bf16, products accumulate in
    f32; with bf16 w, dy may be bf16 too (then no db). accumulate_dx / accumulate_dw != 0 add the gradient into dx / dw (a gradient with other consumers,
    a flat gradient buffer) instead of overwriting it. */

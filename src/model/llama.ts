@@ -9,7 +9,7 @@ import { readHfConfig } from "../io/hfConfig.js";
 import { resolveModel } from "../io/modelDir.js";
 import { loadTokenizer, TextTokenizer } from "../io/tokenizer.js";
 import { referenceBackend } from "../backends/reference/index.js";
-import { linearMany, type Backend } from "../tensor/backend.js";
+import type { Backend } from "../tensor/backend.js";
 import type { FloatArray, Tensor } from "../tensor/tensor.js";
 import { attentionInvFreq, ModelConfig } from "./config.js";
 import { LlamaWeights, loadLlamaWeights, WEIGHT_STORAGES, WeightStorage, namedTensors } from "./weights.js";
@@ -395,11 +395,8 @@ export class LlamaModel {
     const h1 = ops.add(h, a);
     if (!ops.tape) for (const n of [x, a]) n.value.dispose();
     const y = ops.rmsnorm(h1, lw.postNorm, c.rmsEps, PRODUCTS);
-    // Inference: gate and up in one launch where the backend can (stacked weights, or decode's few rows).
-    // Not in a checkpointed layer's untaped first pass: its recompute must see the same products.
-    const [g, u] = ops.tape || at.opts.checkpoint
-      ? [ops.linear(y, lw.gate, lw.gateBias), ops.linear(y, lw.up, lw.upBias)]
-      : linearMany(ops.b, y.value, [lw.gate.value, lw.up.value], [lw.gateBias?.value, lw.upBias?.value]).map((t) => ops.constant(t));
+    const g = ops.linear(y, lw.gate, lw.gateBias);
+    const u = ops.linear(y, lw.up, lw.upBias);
     // Without biases the gate and up gradients feed only their projections' bf16 backward products.
     const s = ops.swiglu(g, u, PRODUCTS, lw.gateBias || lw.upBias ? undefined : PRODUCTS);
     const m = ops.linear(s, lw.down, lw.downBias);

@@ -4,7 +4,6 @@ import { FLOAT_DTYPES, type Checkpoint } from "../io/checkpoint.js";
 import type { Backend } from "../tensor/backend.js";
 import type { Tensor } from "../tensor/tensor.js";
 import type { ModelConfig } from "./config.js";
-import { stackProjections } from "./stackWeights.js";
 
 /** Standard attention projections (MHA/GQA). */
 export interface MhaWeights {
@@ -211,10 +210,7 @@ export function loadLlamaWeights(ckpt: Checkpoint, c: ModelConfig, backend: Back
     const attn = { kind: c.attention.kind, ...fields(attentionTable(c, i), i) } as LayerWeights["attn"];
     layers.push({ ...fields([...before, ...after], i), attn } as LayerWeights);
   }
-  const w = { embed, finalNorm: t("model.norm.weight", [D]), lmHead, layers };
-  // bf16 weights kept for inference: each layer's products of one input stacked for linearMany.
-  if (weights === "auto") stackProjections(w, backend);
-  return w;
+  return { embed, finalNorm: t("model.norm.weight", [D]), lmHead, layers };
 }
 
 /** Every stored tensor of the model with its checkpoint name, in checkpoint order (a tied head is not listed). */

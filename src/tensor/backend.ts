@@ -209,13 +209,6 @@ export interface Backend {
    */
   uploadBf16?(bits: Uint16Array, shape: readonly number[]): Tensor;
   /**
-   * The bf16 weights `parts` (each [N_i, K], one K) copied back to back into one allocation, returned
-   * as views of it in the same order and shapes; the parts are left as they were (the caller frees
-   * them). The allocation lives until the last view is freed. linearMany then runs the products of one
-   * input over stacked weights as one product. Only backends where that pays offer it.
-   */
-  stackBf16?(parts: readonly Tensor[]): Tensor[];
-  /**
    * Calibration's reductions (2-norm pair scores, activation covariance) in the backend's own code,
    * where it has them; absent: the callers' TypeScript loops over downloaded activations.
    */

@@ -90,50 +90,6 @@ test("linearMany (a layer's projections of one x in one launch) equals one linea
   }
 });
 
-test("stacked weights (stackBf16): linearMany runs each run of stacked weights as one product split into its outputs, equal to float64 sums of the bf16-rounded inputs at 1–300 rows (above 256 one product each), f32 and bf16 x, a lone weight beside a stack; the stack is freed with its last view", { skip }, () => {
-  const B = backend();
-  const rand = seededRand(31, Float32Array);
-  const K = 264;
-  const Ns = [512, 100, 7, 2048];
-  const host = Ns.map((N) => roundBf16(rand(N * K, 0.05)));
-  const base = B.memory().live;
-  const loose = host.map((w, i) => B.uploadBf16!(toBf16Bits(w), [Ns[i]!, K]));
-  // [stack of 0, 1, 2] then a lone weight 3; and a stack of all four.
-  const three = B.stackBf16([loose[0]!, loose[1]!, loose[2]!]);
-  const four = B.stackBf16(loose);
-  for (const M of [1, 3, 5, 8, 40, 300]) {
-    const x = rand(M * K);
-    const xr = roundBf16(x);
-    for (const [label, ws] of [["a stack of three and a lone weight", [...three, loose[3]!]], ["a stack of four", four]] as const)
-      for (const xt of [B.upload(x, [M, K]), B.uploadBf16!(toBf16Bits(x), [M, K])]) {
-        const ys = B.linearMany(xt, ws, []);
-        ys.forEach((y, i) => {
-          const got = y.toArray();
-          const w = host[i]!, N = Ns[i]!;
-          for (let m = 0; m < M; m++)
-            for (let n = 0; n < N; n++) {
-              let sum = 0, mag = 0;
-              for (let k = 0; k < K; k++) {
-                const p = xr[m * K + k]! * w[n * K + k]!;
-                sum += p;
-                mag += Math.abs(p);
-              }
-              const err = Math.abs(got[m * N + n]! - sum);
-              if (err > 1e-5 * mag + 1e-30) assert.fail(`${label}, ${M} rows, ${xt.dtype} x, weight ${i} [${N}, ${K}]: element (${m}, ${n}) is ${got[m * N + n]}, float64 sum ${sum}`);
-            }
-          y.dispose();
-        });
-        xt.dispose();
-      }
-  }
-  for (const t of loose) t.dispose();
-  for (const t of three) t.dispose();
-  const held = B.memory().live - base;
-  assert.ok(held > 0, "a stack lives while one of its views does");
-  for (const t of four) t.dispose();
-  assert.equal(B.memory().live - base, 0, "the stacks are freed with their last views");
-});
-
 test("decode products (≤ 4 rows, bf16 weights; the gemv kernel and cuBLAS) equal float64 sums of the bf16-rounded inputs: linear (f32 and bf16 x) and headLinear (groups)", { skip }, () => {
   const B = backend();
   const rand = seededRand(11, Float32Array);

@@ -78,7 +78,7 @@ const SIGNATURES: Record<string, string> = {
   copyCols: "int mla_cuda_copy_cols(const mla_cuda_buf* x, mla_cuda_buf* y, int64_t M, int64_t Nx, int64_t offx, int64_t Ny, int64_t offy, int64_t w)",
   gatherCols: "int mla_cuda_gather_cols(const mla_cuda_buf* x, const int32_t* idx, mla_cuda_buf* y, int64_t M, int64_t N, int64_t K)",
   scatterCols: "int mla_cuda_scatter_cols(const mla_cuda_buf* dy, const int32_t* idx, mla_cuda_buf* y, int64_t M, int64_t K, int64_t N)",
-  linearMany: "int mla_cuda_linear_many(const mla_cuda_buf* x, const mla_cuda_buf** ws, mla_cuda_buf** ys, int32_t count, int64_t M, int64_t K, int32_t stacked)",
+  linearMany: "int mla_cuda_linear_many(const mla_cuda_buf* x, const mla_cuda_buf** ws, mla_cuda_buf** ys, int32_t count, int64_t M, int64_t K)",
   gramF64: "int mla_cuda_gram_f64(const double* A, double* G, int64_t M, int64_t N)",
   matmulF64: "int mla_cuda_matmul_f64(const double* X, const double* Y, double* Z, int64_t a, int64_t b, int64_t c)",
   pairNorms: "int mla_cuda_pair_norms(const mla_cuda_buf* y, double* acc, int64_t T, int64_t heads, int64_t Dh)",
@@ -151,25 +151,7 @@ class DeviceBuffer {
    * leaves it alone, and the reference keeps the graph alive while its outputs are.
    */
   graph: StepGraph | null = null;
-  /** On a stack of weights (stackBf16): its views not yet freed; the last one's free frees the stack. */
-  liveViews = 0;
-  /** `offset`: a view's first element in `parent`. */
-  constructor(readonly handle: unknown, readonly n: number, readonly dtype: number, readonly parent: DeviceBuffer | null = null, readonly offset = 0) {}
-}
-
-/** ws split into runs of consecutive weights stacked back to back by stackBf16 (a weight on no stack is a run of its own), as index ranges [start, end). */
-function stackedRuns(ws: readonly Tensor[]): [number, number][] {
-  const runs: [number, number][] = [];
-  for (let i = 0; i < ws.length; ) {
-    let j = i + 1;
-    for (; j < ws.length; j++) {
-      const a = ws[j - 1]!.storage as DeviceBuffer, b = ws[j]!.storage as DeviceBuffer;
-      if (!a.parent || a.parent !== b.parent || a.parent.liveViews === 0 || a.offset + a.n !== b.offset) break;
-    }
-    runs.push([i, j]);
-    i = j;
-  }
-  return runs;
+  constructor(readonly handle: unknown, readonly n: number, readonly dtype: number, readonly parent: DeviceBuffer | null = null) {}
 }
 
 /** The buffers of `tensors` and every buffer they are views of. */
@@ -530,7 +512,7 @@ export class CudaBackend implements Backend {
     const parent = t.storage as DeviceBuffer;
     const h = this.lib.view(parent.handle, offset, n);
     if (!h) this.fail("view");
-    const buf = new DeviceBuffer(h, n, parent.dtype, parent, offset);
+    const buf = new DeviceBuffer(h, n, parent.dtype, parent);
     this.registry.register(buf, h, buf);
     const view = new Tensor(this, shape, buf, t.dtype);
     this.arenas[this.arenas.length - 1]?.push(view);
@@ -586,37 +568,13 @@ export class CudaBackend implements Backend {
   }
 
   free(t: Tensor): void {
-    this.freeBuffer(t.storage as DeviceBuffer);
-  }
-
-  private freeBuffer(buf: DeviceBuffer): void {
+    const buf = t.storage as DeviceBuffer;
     if (buf.graph) return;
     this.recording?.delete(buf);
     if (!this.registry.unregister(buf)) return; // already freed
     this.lib.free(buf.handle);
     if (buf.bf16) this.free(buf.bf16);
     buf.bf16 = null;
-    const stack = buf.parent;
-    if (stack && stack.liveViews > 0 && --stack.liveViews === 0) this.freeBuffer(stack);
-  }
-
-  stackBf16(parts: readonly Tensor[]): Tensor[] {
-    const K = parts[0]?.shape[1];
-    if (parts.length < 2 || parts.some((p) => p.dtype !== "bf16" || p.shape.length !== 2 || p.shape[1] !== K))
-      throw new MlaError("BAD_ARGUMENT", `stackBf16: ${parts.length} weights [${parts.map((p) => `${p.dtype} [${p.shape}]`).join(", ")}]`, "pass two or more bf16 [N, K] weights of one K; this is a bug in the caller");
-    // Made outside any open arena (a lazily built weight may come from a forward running in one).
-    return this.persistent(() => {
-      const all = this.empty([parts.reduce((n, p) => n + p.size, 0)], "stacked weights", BF16, false);
-      let at = 0;
-      const views = parts.map((p) => {
-        this.copyElements(all, at, p, 0, p.size);
-        const v = this.viewOf(all, at, p.size, p.shape);
-        at += p.size;
-        return v;
-      });
-      (all.storage as DeviceBuffer).liveViews = views.length;
-      return views;
-    });
   }
 
   /** Collects unreachable tensors and lets their finalizers free the device memory. */
@@ -654,28 +612,21 @@ export class CudaBackend implements Backend {
   }
 
   /**
-   * The products of one x over bf16 weights without biases in as few launches as the library can:
-   * one (gemv.cu's many-matrix kernel) for a few rows, else one cuBLAS product per run of weights
-   * stacked back to back (stackBf16). Anything else runs one linear each.
+   * Decode's projections of one x in one launch (gemv.cu's many-matrix kernel): a few rows, bf16
+   * weights, no biases. Anything else, or a product that kernel does not take, runs one linear each.
    */
   linearMany(x: Tensor, ws: readonly Tensor[], biases: readonly (Tensor | null | undefined)[]): Tensor[] {
     const K = last(x), M = rowsOf(x);
     // MHA2MLA_LINEAR_MANY=0: one linear each (the A/B of the fused launch).
-    const fused = process.env["MHA2MLA_LINEAR_MANY"] !== "0" && ws.length >= 2 && ws.length <= 4 && biases.every((b) => !b) && ws.every((w) => w.dtype === "bf16" && w.shape.length === 2 && w.shape[1] === K);
+    const fused = process.env["MHA2MLA_LINEAR_MANY"] !== "0" && ws.length >= 2 && ws.length <= 4 && M <= 4 && biases.every((b) => !b) && ws.every((w) => w.dtype === "bf16" && w.shape.length === 2 && w.shape[1] === K);
     if (fused) {
       const ys = ws.map((w) => this.empty([...x.shape.slice(0, -1), w.shape[0]!], "a linear output"));
-      const xh = this.h(this.bf16Of(x, true) ?? x);
-      const many = (from: number, to: number, stacked: number) => this.lib.fns["linearMany"]!(xh, ws.slice(from, to).map((w) => this.h(w)), ys.slice(from, to).map((y) => this.h(y)), to - from, M, K, stacked) as number;
-      const status = many(0, ws.length, 0);
+      const xb = this.bf16Of(x, true);
+      const status = this.lib.fns["linearMany"]!(this.h(xb ?? x), ws.map((w) => this.h(w)), ys.map((y) => this.h(y)), ws.length, M, K) as number;
       if (status === 0) return ys;
-      // A product the one-pass kernel does not take (MLA_ERR_ARGUMENT = 1) runs otherwise; a CUDA failure is one.
-      if (status !== 1) this.call("linearMany", status);
-      const runs = stackedRuns(ws);
-      if (runs.some(([a, b]) => b - a > 1)) {
-        for (const [a, b] of runs) this.call("linearMany", b - a > 1 ? many(a, b, 1) : this.lib.fns["linear"]!(xh, this.h(ws[a]!), null, this.h(ys[a]!), M, K, ws[a]!.shape[0]!));
-        return ys;
-      }
       for (const y of ys) y.dispose();
+      // Only a product the kernel does not take (MLA_ERR_ARGUMENT = 1) runs one linear each; a CUDA failure is one.
+      if (status !== 1) this.call("linearMany", status);
     }
     return ws.map((w, i) => this.linear(x, w, biases[i] ?? null));
   }

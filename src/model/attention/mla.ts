@@ -236,21 +236,10 @@ export class MlaBlock {
   private absorb(): Absorbed {
     if (!this.absorbed) {
       // Built on the first absorbed forward, which may run in an arena; kept until invalidate().
-      const build = () => this.stackQueries(absorbForm(this.c, this.layer) === "runtime" ? this.runtimeAbsorbed() : this.premultiplied());
+      const build = () => (absorbForm(this.c, this.layer) === "runtime" ? this.runtimeAbsorbed() : this.premultiplied());
       this.absorbed = this.b.persistent ? this.b.persistent(build) : build();
     }
     return this.absorbed;
-  }
-
-  /** The two query products' weights (queryWeights) stacked where the backend can, so that linearMany runs them as one product. */
-  private stackQueries<A extends Absorbed>(ab: A): A {
-    const b = this.b;
-    const [q1, q2] = this.queryWeights(ab);
-    if (!b.stackBf16 || q1.w.dtype !== "bf16" || q2.w.dtype !== "bf16") return ab;
-    const [qRope, second] = b.stackBf16([q1.w, q2.w]) as [Tensor, Tensor];
-    q1.w.dispose();
-    q2.w.dispose();
-    return ab.form === "runtime" ? { ...ab, qRope, qNope: second } : { ...ab, qRope, qLatent: second };
   }
 
   /** Stored like the weight `like` they come from; q_proj by default. */
