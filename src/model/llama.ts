@@ -99,6 +99,13 @@ export class LlamaModel {
     return this.weights.layers[0]?.gate.dtype === "bf16";
   }
 
+  /** Whether every weight a product reads is bf16 (every 2-D tensor but an untied embedding, a lookup table). */
+  private get productsBf16(): boolean {
+    this.allProductsBf16 ??= namedTensors(this.config, this.weights).every(([name, t]) => t.shape.length !== 2 || t.dtype === "bf16" || (name === "model.embed_tokens.weight" && !this.config.tieEmbeddings));
+    return this.allProductsBf16;
+  }
+  private allProductsBf16: boolean | undefined;
+
   /** An empty decode cache of the right kind for this model (opts.capacity: tokens to allocate room for now). */
   newCache(dtype: KvCacheDtype = "f32", opts: CacheOptions = {}): DecodeCache {
     checkKvCacheDtype(dtype);
@@ -224,8 +231,9 @@ export class LlamaModel {
     // and SwiGLU write that rounding directly and each other input is rounded once for all the products
     // that read it: a batch-8 step of the llama2-7b shape drops from ten rounding launches per layer to
     // three (the values are the same). Nothing in the step writes a tensor after making it: the caches'
-    // rows are made outside arenas. MHA2MLA_DECODE_BF16_INPUTS=0 turns it off (the A/B).
-    if (!b.arena || !this.bf16Weights || process.env["MHA2MLA_DECODE_BF16_INPUTS"] === "0") return step();
+    // rows are made outside arenas. Only where every product weight is bf16: an f32 one (an f32 LM head
+    // beside bf16 layers) would read its input rounded. MHA2MLA_DECODE_BF16_INPUTS=0 turns it off (the A/B).
+    if (!b.arena || !this.productsBf16 || process.env["MHA2MLA_DECODE_BF16_INPUTS"] === "0") return step();
     return b.arena(step, { bf16Inputs: true, keep: (y) => [y] });
   }
 

@@ -479,6 +479,14 @@ test("a batched decode step with bf16 weights runs its products on bf16 inputs m
             if (mode === undefined) delete process.env["MHA2MLA_DECODE_BF16_INPUTS"];
             else process.env["MHA2MLA_DECODE_BF16_INPUTS"] = mode;
             const gpu = backend();
+            // Counts the norms that wrote bf16: proof that the step ran in the bf16-inputs arena.
+            let bf16Norms = 0;
+            const norm = gpu.rmsnorm.bind(gpu);
+            gpu.rmsnorm = (...a: Parameters<typeof norm>) => {
+              const y = norm(...a);
+              if (y.dtype === "bf16") bf16Norms++;
+              return y;
+            };
             const g = loadModel(spec, { backend: gpu }).model;
             assert.ok(g.bf16Weights);
             const caches = prompts.slice(0, B).map((p) => { const x = g.newCache(kv, { capacity: 64 }); g.prefill(p, x).dispose(); return x; });
@@ -497,13 +505,15 @@ test("a batched decode step with bf16 weights runs its products on bf16 inputs m
               next = Int32Array.from({ length: B }, (_, i) => { const r = rows.subarray(i * V, (i + 1) * V); return r.indexOf(Math.max(...r)); });
             }
             for (const c of caches) c.dispose();
-            return { out, held };
+            g.dispose();
+            return { out, held, bf16Norms };
           };
           const plain = run("0"), made = run(undefined);
           const worst = Math.max(...plain.out.map((o, i) => maxAbsDiff(o, made.out[i]!)));
           t.diagnostic(`${path.basename(spec)} B ${B} ${kv} cache: max |Δ logits| ${worst}; bytes held beyond the logits after a step: ${made.held} (each product rounding its own: ${plain.held})`);
           assert.equal(worst, 0, "bf16 inputs made once give other logits");
           assert.equal(made.held, 0, "the step left buffers besides its logits");
+          assert.ok(made.bf16Norms > 0 && plain.bf16Norms === 0, `norms writing bf16: ${made.bf16Norms} with the arena, ${plain.bf16Norms} without`);
         }
   } finally {
     if (saved === undefined) delete process.env["MHA2MLA_DECODE_BF16_INPUTS"];
