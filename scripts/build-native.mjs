@@ -6,6 +6,7 @@
 // Each library is compiled beside its final name and renamed, so a process starting meanwhile never
 // loads a half-written file.
 import { spawn, spawnSync } from "node:child_process";
+import crypto from "node:crypto";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -33,7 +34,10 @@ function errorLines(stderr) {
 /** The built library `tmp` in place as `out`, with a record of how attempt `a` (its `flags`) built it. */
 function install(tmp, out, compiler, a, flags) {
   fs.renameSync(tmp, out);
-  const record = { compiler, variant: a.name, flags: flags.filter((f) => f.startsWith("-") && !f.startsWith("-I")), ...(a.record ?? {}), built: new Date().toISOString() };
+  // abi: the C interface the library was built against (src/backends/native/libraryFile.ts, interfaceHash),
+  // so that a library left from an older checkout is refused instead of called with other arguments.
+  const abi = crypto.createHash("sha256").update(fs.readFileSync(path.join(root, "native", "include", "mla.h"))).digest("hex").slice(0, 16);
+  const record = { compiler, variant: a.name, flags: flags.filter((f) => f.startsWith("-") && !f.startsWith("-I")), ...(a.record ?? {}), abi, built: new Date().toISOString() };
   fs.writeFileSync(`${out}.json`, JSON.stringify(record, null, 2) + "\n");
 }
 

@@ -7,9 +7,10 @@ import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import path from "node:path";
 import { test } from "node:test";
-import { libraryFile, missingLibrary, unloadableLibrary } from "../../src/backends/native/libraryFile.js";
+import { interfaceHash, libraryFile, missingLibrary, staleLibrary, unloadableLibrary } from "../../src/backends/native/libraryFile.js";
 import { MlaError } from "../../src/errors.js";
-import { ROOT } from "../helpers.js";
+import { ROOT, tmpDir } from "../helpers.js";
+import fs from "node:fs";
 
 const BUILT = path.join(ROOT, "build", "native", "libmla_cpu.so");
 
@@ -42,4 +43,20 @@ test("the CLI stops on a named library that does not load instead of running on 
     assert.match(r.stderr, /hint: .*or unset it to use the built one/);
     assert.doesNotMatch(r.stderr, /^device: /m, "no backend was picked");
   }
+});
+
+test("a built library whose record names another C interface (an older checkout's) is refused with the rebuild command; a matching, absent or named one is not", () => {
+  const dir = tmpDir();
+  const lib = { path: path.join(dir, "libmla_cpu.so"), named: null, built: path.join(dir, "libmla_cpu.so") };
+  assert.equal(staleLibrary(lib, "abc"), null, "no record: nothing to check");
+  for (const [record, stale] of [[{ abi: "abc" }, false], [{ abi: "def" }, true], [{ compiler: "g++" }, true]] as const) {
+    fs.writeFileSync(`${lib.path}.json`, JSON.stringify(record));
+    const why = staleLibrary(lib, "abc");
+    if (stale) assert.match(why ?? "", /was built against another native\/include\/mla\.h than this code calls \(an older checkout\): run `npm run build:native`$/);
+    else assert.equal(why, null);
+  }
+  assert.equal(staleLibrary({ ...lib, named: { variable: "MHA2MLA_NATIVE_LIB", value: lib.path } }, "abc"), null, "a named library is the user's to vouch for");
+  assert.match(interfaceHash(), /^[0-9a-f]{16}$/);
+  // Where this machine built the library (no C++ compiler: nothing to check).
+  if (fs.existsSync(`${BUILT}.json`)) assert.equal((JSON.parse(fs.readFileSync(`${BUILT}.json`, "utf8")) as { abi?: string }).abi, interfaceHash(), "npm run build:native records the interface it built against");
 });

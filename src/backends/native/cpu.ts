@@ -6,7 +6,7 @@
 import fs from "node:fs";
 import koffi from "koffi";
 import { MlaError } from "../../errors.js";
-import { libraryFile, missingLibrary, unloadableLibrary } from "./libraryFile.js";
+import { libraryFile, missingLibrary, staleLibrary, unloadableLibrary } from "./libraryFile.js";
 import { attentionWindow, headLinearDims, latentAttentionDims, type AttentionOptions, type CalibrationKernels } from "../../tensor/backend.js";
 import { Tensor, expectShape } from "../../tensor/tensor.js";
 import { ReferenceBackend, checkIds, checkTargets, data, rows } from "../reference/index.js";
@@ -70,6 +70,8 @@ export function loadNativeCpu(): NativeLib | string {
   const libFile = libraryFile("MHA2MLA_NATIVE_LIB", "libmla_cpu.so");
   const file = libFile.path;
   if (!fs.existsSync(file)) return (cached = missingLibrary(libFile, "npm install builds it when a C++ compiler is present; `npm run build:native` retries"));
+  const stale = staleLibrary(libFile);
+  if (stale) return (cached = stale);
   checkCpuEnv();
   try {
     // libgomp reads its wait policy once, as the library loads it. Passive: a thread done with a

@@ -11,7 +11,7 @@ import vm from "node:vm";
 import koffi from "koffi";
 import { MlaError } from "../../errors.js";
 import { checkCudaEnv, cudaRoutes } from "./cudaEnv.js";
-import { libraryFile, missingLibrary, unloadableLibrary } from "./libraryFile.js";
+import { libraryFile, missingLibrary, staleLibrary, unloadableLibrary } from "./libraryFile.js";
 import { attentionDecodeByRows, latentAttentionDecodeByRows } from "../../tensor/rows.js";
 import { attentionDecodeBatchDims, attentionWindow, headLinearDims, latentAttentionDecodeBatchDims, latentAttentionDims, type AttentionOptions, type DecodeBatchOptions, type AttentionSaved, type ArenaOptions, type CalibrationKernels, type LinearBackwardNeed, type StepGraph, type ProductInputHint, type Backend, type TrainingKernels } from "../../tensor/backend.js";
 import { FloatArray, Tensor, expectShape } from "../../tensor/tensor.js";
@@ -99,6 +99,8 @@ export function loadCuda(): CudaLib | string {
   const libFile = libraryFile("MHA2MLA_CUDA_LIB", "libmla_cuda.so");
   const file = libFile.path;
   if (!fs.existsSync(file)) return (cached = missingLibrary(libFile, "npm install builds it when nvcc is found; `npm run build:native` retries and prints why it failed"));
+  const stale = staleLibrary(libFile);
+  if (stale) return (cached = stale);
   let lib: ReturnType<typeof koffi.load> | undefined;
   let lastError: () => string;
   let init: (d: number) => number;

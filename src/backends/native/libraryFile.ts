@@ -4,6 +4,8 @@
  * stack), and the caller then falls back to another backend. A file the user named is one they mean
  * to run with: failing to load it is an error, not a fallback they would notice only by the device line.
  */
+import crypto from "node:crypto";
+import fs from "node:fs";
 import path from "node:path";
 import { MlaError, type MlaErrorCode } from "../../errors.js";
 import { packageRoot } from "../../io/modelDir.js";
@@ -35,6 +37,29 @@ function refuseNamed(lib: LibraryFile, code: MlaErrorCode, reason: string): void
 export function missingLibrary(lib: LibraryFile, buildNote: string): string {
   refuseNamed(lib, "NOT_FOUND", "no such file");
   return `${lib.path} does not exist (${buildNote})`;
+}
+
+/** sha256 (first 16 hex digits) of native/include/mla.h: the C interface this code calls. */
+export function interfaceHash(): string {
+  return crypto.createHash("sha256").update(fs.readFileSync(path.join(packageRoot(), "native", "include", "mla.h"))).digest("hex").slice(0, 16);
+}
+
+/**
+ * Why the built library cannot be used although it exists: `npm run build:native` records the C
+ * interface it built against (`abi` in LIBRARY.json), and a library left from an older checkout would
+ * be called with the arguments of another one (an argument added at the end is silently ignored: an
+ * optimizer step without its gradient scale). Null where it matches, or where there is no record to
+ * check (a library the user named is theirs to vouch for).
+ */
+export function staleLibrary(lib: LibraryFile, current: string = interfaceHash()): string | null {
+  if (lib.named) return null;
+  let abi: unknown;
+  try {
+    abi = (JSON.parse(fs.readFileSync(`${lib.path}.json`, "utf8")) as { abi?: unknown }).abi;
+  } catch {
+    return null;
+  }
+  return abi === current ? null : `${lib.path} was built against another native/include/mla.h than this code calls (an older checkout): run \`npm run build:native\``;
 }
 
 /** Why a library that would not load cannot be used (`reason`: the loader's); an error when the user named it. */
