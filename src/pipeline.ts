@@ -20,7 +20,7 @@ import { resolveSettings, SETTINGS_KINDS, type SettingsInput } from "./convert/p
 import type { ModelConfig } from "./model/config.js";
 import { checkEmbeddedEval, checkEvalOptions, embeddedEval, evaluate, EvalOptions, EvalResult } from "./eval/evaluate.js";
 import { requireBos } from "./eval/perplexity.js";
-import { checkDataFile } from "./finetune/data.js";
+import { checkDataFile, readDocuments } from "./finetune/data.js";
 import type { TaskName } from "./eval/tasks/index.js";
 import { writeReport } from "./eval/report/report.js";
 import { finetune, FinetuneOptions } from "./finetune/trainer.js";
@@ -190,7 +190,12 @@ function checkOptions(srcDir: string, o: PipelineOptions, log: Logger): void {
   selectBackend(o.device ?? "auto", log);
   if (o.finetune) {
     // finetune's own check: it takes .xz corpora, which a perplexity text may not be.
-    for (const f of o.finetune.data) checkDataFile(f, "--finetune-data");
+    for (const f of o.finetune.data) {
+      checkDataFile(f, "--finetune-data");
+      // A .jsonl file's lines are read now, so that a bad one (file:line) stops the run before the
+      // conversion and evaluations, not after them. An .xz corpus would have to be decompressed for it.
+      if (f.endsWith(".jsonl") && fs.statSync(f).isFile()) readDocuments(f);
+    }
     checkFinetuneOptions(o.finetune);
     // The converted model keeps the source's vocabulary and tokenizer.
     if (o.finetune.distill) checkTeacher(o.finetune.distill, c.vocabSize, srcDir);

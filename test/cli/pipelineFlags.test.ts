@@ -43,6 +43,12 @@ function cli(args: string[]): { code: number; stdout: string; stderr: string } {
   return { code: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
 }
 
+function badJsonl(): string {
+  const f = path.join(tmpDir(), "bad.jsonl");
+  fs.writeFileSync(f, '{"text": "Once upon a time"}\n{"txt": "no text field"}\n');
+  return f;
+}
+
 function emptyFile(): string {
   const f = path.join(tmpDir(), "empty.txt");
   fs.writeFileSync(f, "");
@@ -80,6 +86,8 @@ test("pipeline refuses a bad option of any phase before the first phase runs, --
     [{ evalCtx: 1 }, /--eval-ctx 1 is too small/],
     // finetune's own data check (it takes .xz corpora): an empty file is named by the pipeline's flag.
     [{ finetune: { data: [emptyFile()] } }, /--finetune-data .*empty\.txt is empty/],
+    // A .jsonl file's bad line is found before the conversion, not when fine-tuning starts.
+    [{ finetune: { data: [badJsonl()] } }, /bad\.jsonl:2: no string "text" field/],
     [{ finetune: { data: [TEXT], distill: "no-such-model" } }, /model "no-such-model" was not found/],
     [{ finetune: { data: [TEXT], distill: otherVocabTeacher() } }, /--distill .* has a vocabulary of 1000, the student 512/],
     [{ finetune: { data: [TEXT], distill: otherTokensTeacher() } }, /--distill .* has another vocabulary than the student, of the same size \(512\): id \d+ is /],
