@@ -340,7 +340,10 @@ export class CudaBackend implements Backend {
       const outer = this.arenas[this.arenas.length - 1];
       for (const t of mine) {
         if (!kept.has(t.storage as DeviceBuffer)) this.free(t);
-        else outer?.push(t);
+        else if (outer) outer.push(t);
+        // Kept past every arena (a decode step's logits): left to the collector like any tensor made
+        // outside one, so it counts toward the forced collections.
+        else this.sinceGc += (t.storage as DeviceBuffer).n * ((t.storage as DeviceBuffer).dtype === BF16 ? 2 : 4);
       }
     }
   }
