@@ -56,7 +56,8 @@ test("a built library whose record names another C interface (an older checkout'
     else assert.equal(why, null);
   }
   assert.equal(staleLibrary({ ...lib, named: { variable: "MHA2MLA_NATIVE_LIB", value: lib.path } }, "abc"), null, "a named library is the user's to vouch for");
-  assert.match(interfaceHash(), /^[0-9a-f]{16}$/);
+  assert.equal(staleLibrary(lib, null), null, "no header to hash: nothing to check against");
+  assert.match(interfaceHash() ?? "", /^[0-9a-f]{16}$/);
   // Where this machine built the library (no C++ compiler: nothing to check).
   if (fs.existsSync(`${BUILT}.json`)) assert.equal((JSON.parse(fs.readFileSync(`${BUILT}.json`, "utf8")) as { abi?: string }).abi, interfaceHash(), "npm run build:native records the interface it built against");
 });

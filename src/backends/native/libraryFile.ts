@@ -39,20 +39,24 @@ export function missingLibrary(lib: LibraryFile, buildNote: string): string {
   return `${lib.path} does not exist (${buildNote})`;
 }
 
-/** sha256 (first 16 hex digits) of native/include/mla.h: the C interface this code calls. */
-export function interfaceHash(): string {
-  return crypto.createHash("sha256").update(fs.readFileSync(path.join(packageRoot(), "native", "include", "mla.h"))).digest("hex").slice(0, 16);
+/** sha256 (first 16 hex digits) of native/include/mla.h, the C interface this code calls; null where the header is not there to read. */
+export function interfaceHash(): string | null {
+  try {
+    return crypto.createHash("sha256").update(fs.readFileSync(path.join(packageRoot(), "native", "include", "mla.h"))).digest("hex").slice(0, 16);
+  } catch {
+    return null;
+  }
 }
 
 /**
  * Why the built library cannot be used although it exists: `npm run build:native` records the C
  * interface it built against (`abi` in LIBRARY.json), and a library left from an older checkout would
  * be called with the arguments of another one (an argument added at the end is silently ignored: an
- * optimizer step without its gradient scale). Null where it matches, or where there is no record to
- * check (a library the user named is theirs to vouch for).
+ * optimizer step without its gradient scale). Null where it matches, or where there is nothing to
+ * check against (no record, no header; a library the user named is theirs to vouch for).
  */
-export function staleLibrary(lib: LibraryFile, current: string = interfaceHash()): string | null {
-  if (lib.named) return null;
+export function staleLibrary(lib: LibraryFile, current: string | null = interfaceHash()): string | null {
+  if (lib.named || current === null) return null;
   let abi: unknown;
   try {
     abi = (JSON.parse(fs.readFileSync(`${lib.path}.json`, "utf8")) as { abi?: unknown }).abi;
