@@ -264,7 +264,6 @@ interface PhaseTimes {
 
 /** Writes all tensors in order, the `undeclared` ones of `src` (undeclaredTensors) last; returns the retained energy per layer. */
 async function writeConverted(src: Checkpoint, config: ModelConfig, mla: ModelConfig, kvDtype: DType, undeclared: readonly string[], dir: string, source: LayerSource, tFactor: PhaseTimes, run: Pick<ConvertOptions, "progress" | "signal">): Promise<number[]> {
-  const sourceNames = new Set(expectedTensors(config).map((t) => t.name));
   const targets: TensorSpec[] = [
     // EG-MLA's gate stays float32 whatever the model's dtype: a bf16 bias would move the gate off 1.
     ...expectedTensors(mla).map((t) => ({ ...t, dtype: src.has(t.name) ? src.entry(t.name).dtype : /kv_gate_/.test(t.name) ? ("F32" as DType) : kvDtype })),
@@ -287,10 +286,11 @@ async function writeConverted(src: Checkpoint, config: ModelConfig, mla: ModelCo
     job.catch(() => {}); // awaited below; a failure of a look-ahead layer surfaces there
     inFlight.set(layer, job);
   };
-  // The declared key/value projections are factored; every other tensor of the source, undeclared ones
-  // included (a k_proj bias without attention_bias, a layer past num_hidden_layers), is copied as it is.
-  const isKv = (name: string) => sourceNames.has(name) && /\.self_attn\.(k|v)_proj\./.test(name);
-  const copied = (name: string) => src.has(name) && !isKv(name);
+  // The targets are the MLA model's tensors and the source's undeclared ones; the source's key/value
+  // projections are none of them (they are factored into the new ones). So every target the source holds,
+  // undeclared ones included (a k_proj bias without attention_bias, a layer past num_hidden_layers), is
+  // copied as it is, and the others are made from the layer's factors.
+  const copied = (name: string) => src.has(name);
   const io = new ByteBudget(
     targets.map((t) => ({ bytes: numel(t.shape) * DTYPE_BYTES[t.dtype], read: copied(t.name) ? () => src.readBytesAsync(t.name) : null })),
     readAheadBytes(),
