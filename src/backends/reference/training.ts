@@ -8,12 +8,10 @@ import { MlaError } from "../../errors.js";
 import type { TrainingKernels } from "../../tensor/backend.js";
 import { Tensor } from "../../tensor/tensor.js";
 import type { FloatArray, ReferenceBackend } from "./index.js";
+import type { OptimizerKernels } from "../native/kernels.js";
 
-export interface HostOptimizerLoops {
-  adamw(p: Float32Array, g: Float32Array, m: Float32Array, v: Float32Array, lr: number, h: { beta1: number; beta2: number; eps: number; weightDecay: number }, c1: number, c2: number, gradScale: number): void;
-  sumSquares(x: Float32Array): number;
-  scaleInPlace(x: Float32Array, s: number): void;
-}
+/** The optimizer's native loops where the backend has them (the native CPU library's; one signature, in kernels.ts). */
+export type HostOptimizerLoops = OptimizerKernels;
 
 export function hostTraining(b: ReferenceBackend, loops: () => HostOptimizerLoops | null): TrainingKernels {
   const arr = (t: Tensor) => t.storage as FloatArray;
