@@ -156,6 +156,9 @@ class DeviceBuffer {
   constructor(readonly handle: unknown, readonly n: number, readonly dtype: number, readonly parent: DeviceBuffer | null = null) {}
 }
 
+/** Bytes per element of a device buffer of `dtype` (BF16 or F32). */
+const elementBytes = (dtype: number) => (dtype === BF16 ? 2 : 4);
+
 /** The buffers of `tensors` and every buffer they are views of. */
 function buffersBehind(tensors: readonly Tensor[]): Set<DeviceBuffer> {
   const out = new Set<DeviceBuffer>();
@@ -343,7 +346,7 @@ export class CudaBackend implements Backend {
         else if (outer) outer.push(t);
         // Kept past every arena (a decode step's logits): left to the collector like any tensor made
         // outside one, so it counts toward the forced collections.
-        else this.sinceGc += (t.storage as DeviceBuffer).n * ((t.storage as DeviceBuffer).dtype === BF16 ? 2 : 4);
+        else this.sinceGc += (t.storage as DeviceBuffer).n * elementBytes((t.storage as DeviceBuffer).dtype);
       }
     }
   }
@@ -489,7 +492,7 @@ export class CudaBackend implements Backend {
   empty(shape: readonly number[], what: string, dtype = F32, inArena = true): Tensor {
     let n = 1;
     for (const d of shape) n *= d;
-    const bytes = n * (dtype === BF16 ? 2 : 4);
+    const bytes = n * elementBytes(dtype);
     // Inside an arena every buffer is freed explicitly; outside, the garbage collector is the backstop.
     const arena = this.arenas[this.arenas.length - 1];
     if (!arena) this.sinceGc += bytes;
