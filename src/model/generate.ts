@@ -62,7 +62,7 @@ export interface GenerateBatchResult {
 /** Continues `prompt` (token ids, BOS included if wanted) by up to maxTokens tokens. */
 export function generate(model: LlamaModel, prompt: readonly number[], opts: GenerateOptions): GenerateResult {
   checkModelArg("generate()", model);
-  return generateBatch(model, [prompt], opts).sequences[0]!;
+  return runBatch(model, [prompt], opts).sequences[0]!;
 }
 
 /**
@@ -74,6 +74,11 @@ export function generate(model: LlamaModel, prompt: readonly number[], opts: Gen
  */
 export function generateBatch(model: LlamaModel, prompts: readonly (readonly number[])[], opts: GenerateOptions): GenerateBatchResult {
   checkModelArg("generateBatch()", model);
+  return runBatch(model, prompts, opts);
+}
+
+/** generateBatch past its model check, which generate() makes under its own name. */
+function runBatch(model: LlamaModel, prompts: readonly (readonly number[])[], opts: GenerateOptions): GenerateBatchResult {
   // yieldMs, onStep and signal need turns of the event loop, which a synchronous call never gives.
   const asyncOnly = ["yieldMs", "onStep", "signal"].filter((k) => (opts as unknown as Record<string, unknown> | null)?.[k] !== undefined);
   if (asyncOnly.length) throw new MlaError("BAD_ARGUMENT", `generate() and generateBatch() take no ${asyncOnly.join(", ")}: they never give the event loop a turn`, "call generateBatchAsync(model, prompts, opts), which takes them");
