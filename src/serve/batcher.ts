@@ -191,8 +191,7 @@ export class Batcher {
 
   /**
    * Refuses a sequence submit() would refuse (it can never start, or its ids are not the model's),
-   * queueing nothing: a request of several sequences checks them all before it submits the first.
-   * Returns the cache bytes it would reserve.
+   * queueing nothing. Returns the cache bytes it would reserve.
    */
   check(spec: SequenceSpec): number {
     const c = this.model.config;
@@ -218,7 +217,28 @@ export class Batcher {
    * sequence that can never start: longer than the model's positions, or needing more cache than the budget.
    */
   submit(spec: SequenceSpec): SequenceHandle {
-    const reserved = this.check(spec);
+    return this.enqueue(spec, this.check(spec));
+  }
+
+  /**
+   * Queues all of `specs` (a request's sequences) or none: each is checked, as submit() checks it, before
+   * the first is queued, so a refusal of a later one cancels none of the earlier (which stats() would
+   * count as cancelled sequences of a request that never ran). They are taken and checked in order; the
+   * first refusal is thrown as `refusal` makes it from its index and error (where `specs` is a generator,
+   * an error making a spec is that spec's refusal).
+   */
+  submitAll(specs: Iterable<SequenceSpec>, refusal: (index: number, e: unknown) => unknown = (_, e) => e): SequenceHandle[] {
+    const checked: [SequenceSpec, number][] = [];
+    try {
+      for (const spec of specs) checked.push([spec, this.check(spec)]);
+    } catch (e) {
+      throw refusal(checked.length, e);
+    }
+    return checked.map(([spec, reserved]) => this.enqueue(spec, reserved));
+  }
+
+  /** Queues `spec`, which check() has passed, reserving `reserved` bytes. */
+  private enqueue(spec: SequenceSpec, reserved: number): SequenceHandle {
     const s: Sequence = { spec, cache: null, rand: seededRandom(spec.seed), next: -1, promptScored: [], penalties: Penalties.of(spec.prompt, spec.sampling), endings: new Set([...((spec.stopAtEos ?? true) ? this.stops : []), ...(spec.stopTokenIds ?? [])]), prefilled: 0, decoding: false, newTokens: 0, generated: [], reserved, cancelled: false, ended: false, queuedAt: performance.now(), admittedAt: 0, prefillMs: 0 };
     this.waiting.push(s);
     this.kick();

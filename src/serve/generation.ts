@@ -10,7 +10,7 @@ import { MlaError } from "../errors.js";
 import type { LoadedModel } from "../model/llama.js";
 import type { TokenLogprobs } from "../model/sampling.js";
 import type { Logger } from "../util/log.js";
-import type { Batcher, SequenceEnd, SequenceHandle } from "./batcher.js";
+import type { Batcher, SequenceEnd, SequenceHandle, SequenceSpec } from "./batcher.js";
 import { defaultReplyLimit, type GenerationFields } from "./completionRequest.js";
 import type { ResponseShape, TokenEntry } from "./responseShapes.js";
 import { TextStream } from "./textStream.js";
@@ -107,67 +107,51 @@ export async function generation(server: GenerationServer, req: http.IncomingMes
   };
   // Without a limit (chat's default), up to --default-max-tokens or the model's positions.
   const maxTokensOf = (k: number) => r.maxTokens ?? defaultReplyLimit(r.minTokens, promptOf(k).ids.length, server.defaultMax, lm.config.maxPositions);
-  // Every choice is checked before the first is submitted: a refusal of prompt[1] then cancels none of
-  // prompt[0]'s (which /stats would count as cancelled sequences of a request that never ran).
-  for (let k = 0; k < count; k++) {
-    try {
-      batcher.check({ prompt: promptOf(k).ids, maxTokens: maxTokensOf(k), sampling: r.sampling, seed: 0, stopTokenIds: r.stopTokenIds, onToken: () => false, onEnd: () => {} });
-    } catch (e) {
-      // The first refusal is the request's.
-      const err = refusal(k, e);
-      return sendJson(res, statusOf(err), errorBody(err));
-    }
+  const specOf = (k: number): SequenceSpec => ({
+    prompt: promptOf(k).ids,
+    maxTokens: maxTokensOf(k),
+    sampling: r.sampling,
+    stopAtEos: !r.ignoreEos,
+    stopTokenIds: r.stopTokenIds,
+    minTokens: r.minTokens,
+    seed: ((seed >>> 0) + (k % n)) >>> 0,
+    logprobs: r.logprobs ?? undefined,
+    // Each choice scores its prompt itself (so its entries come before its first token's); n > 1 with
+    // echo and logprobs prefills the prompt once per choice.
+    ...(scorePrompt
+      ? {
+          promptLogprobs: r.logprobs!,
+          onPrompt: (scored: TokenLogprobs[]) => {
+            if (done || res.writableEnded) return;
+            entries[k]!.addPrompt(promptOf(k), scored);
+            if (r.stream) sendEcho(k);
+          },
+        }
+      : {}),
+    onToken: (tok, lp) => {
+      // Answered already (another choice failed in this same step): nothing more goes out.
+      if (done || res.writableEnded) return false;
+      const piece = texts[k]!.push(tok);
+      // Every generated token is reported, the one that completes a stop string (whose text is
+      // cut) too: an entry per token of completion_tokens, as vLLM gives them.
+      entries[k]!.record(tok, lp);
+      if (r.stream && piece) stream.chunk({ choices: [shape.delta(piece, null, k, unsent(k))] });
+      return !texts[k]!.hitStop;
+    },
+    // EOS or a stop token id: its entry, as the text it adds nowhere (it goes out with the end).
+    onEndToken: (tok, lp) => entries[k]!.record(tok, lp),
+    onEnd: onEnd(k),
+  });
+  // Made one at a time as submitAll checks them: a default limit that refuses choice k (no room left)
+  // comes after the checks of the choices before it, so the first refusal in order is the request's.
+  function* choices(): Generator<SequenceSpec> {
+    for (let k = 0; k < count; k++) yield specOf(k);
   }
+  // All choices or none: a refusal of prompt[1] then cancels none of prompt[0]'s (which /stats would
+  // count as cancelled sequences of a request that never ran).
   try {
-    for (let k = 0; k < count; k++) {
-      const prompt = promptOf(k).ids;
-      try {
-        const maxTokens = maxTokensOf(k);
-        handles.push(
-          batcher.submit({
-            prompt,
-            maxTokens,
-            sampling: r.sampling,
-            stopAtEos: !r.ignoreEos,
-            stopTokenIds: r.stopTokenIds,
-            minTokens: r.minTokens,
-            seed: ((seed >>> 0) + (k % n)) >>> 0,
-            logprobs: r.logprobs ?? undefined,
-            // Each choice scores its prompt itself (so its entries come before its first token's); n > 1 with
-            // echo and logprobs prefills the prompt once per choice.
-            ...(scorePrompt
-              ? {
-                  promptLogprobs: r.logprobs!,
-                  onPrompt: (scored: TokenLogprobs[]) => {
-                    if (done || res.writableEnded) return;
-                    entries[k]!.addPrompt(promptOf(k), scored);
-                    if (r.stream) sendEcho(k);
-                  },
-                }
-              : {}),
-            onToken: (tok, lp) => {
-              // Answered already (another choice failed in this same step): nothing more goes out.
-              if (done || res.writableEnded) return false;
-              const piece = texts[k]!.push(tok);
-              // Every generated token is reported, the one that completes a stop string (whose text is
-              // cut) too: an entry per token of completion_tokens, as vLLM gives them.
-              entries[k]!.record(tok, lp);
-              if (r.stream && piece) stream.chunk({ choices: [shape.delta(piece, null, k, unsent(k))] });
-              return !texts[k]!.hitStop;
-            },
-            // EOS or a stop token id: its entry, as the text it adds nowhere (it goes out with the end).
-            onEndToken: (tok, lp) => entries[k]!.record(tok, lp),
-            onEnd: onEnd(k),
-          }),
-        );
-      } catch (e) {
-        throw refusal(k, e);
-      }
-    }
+    handles.push(...batcher.submitAll(choices(), refusal));
   } catch (e) {
-    // The first refusal is the request's: none of its choices runs.
-    done = true;
-    for (const h of handles) h.cancel();
     return sendJson(res, statusOf(asMlaError(e)), errorBody(asMlaError(e)));
   }
   server.countRequest();

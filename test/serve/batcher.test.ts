@@ -98,8 +98,11 @@ test("a sequence that can never start is refused before it queues", () => {
   assert.throws(() => b.submit({ ...spec, prompt: [1], maxTokens: 4, stopTokenIds: [2, 2.5] }), /stop token id 1 is 2\.5, not a token id/);
   assert.throws(() => b.check({ ...spec, prompt: [1, 0.5], maxTokens: 4 }), /token 1 is 0\.5/, "check() refuses what submit() would");
   assert.equal(b.check({ ...spec, prompt: [1, 2], maxTokens: 4 }), b.cacheBytes(6), "check() queues nothing and gives the bytes reserved");
+  // All or none: the second's refusal (by its index, as the caller words it) queues neither.
+  assert.throws(() => b.submitAll([{ ...spec, prompt: [1], maxTokens: 4 }, { ...spec, prompt: [], maxTokens: 4 }], (i, e) => new Error(`${i}: ${(e as Error).message}`)), /^Error: 1: the prompt has no tokens/);
   assert.throws(() => new Batcher(model, { maxBatch: 0, kvCache: "f32" }), /--max-batch 0/);
   assert.equal(b.stats().waiting, 0);
+  assert.equal(b.stats().ended.cancelled, 0);
 });
 
 test("prefill gives the last row of forward's logits, and fills the cache as forward does", () => {
