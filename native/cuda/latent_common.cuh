@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include "common.cuh"
 #include "mma.cuh"
+#include "decode_split.cuh"
 
 namespace {
 using namespace mla_mma;
@@ -83,6 +84,46 @@ __host__ __device__ inline RopeSpan rope_span(int hb, int H, int Hkv, int Dr) {
   const int gA = h0 / group, gB = h1 / group;
   if ((gA * Dr) % 8 == 0 && ((gB - gA + 1) * Dr) % 8 == 0) return {gA, gB - gA + 1};
   return {0, Hkv};
+}
+
+// A block's share of a decode call: its sequence, its block of HB query heads (h0, nh of them), its
+// split of the sequence's visible keys (tiles t_begin … t_begin + ntiles − 1) and the rope span it copies.
+// Grid: x = head block + head blocks · split, y = sequence. False for a block past its sequence's
+// splits (a shorter sequence than the grid was sized for), which has nothing to do.
+struct BlockShare {
+  Seq sq;
+  int h0, nh, split, nsplit, ntiles;
+  int64_t t_begin;
+  RopeSpan span;
+};
+__device__ __forceinline__ bool block_share(BlockShare& w, const Seq* seqs, const int32_t* pos, int64_t window, int H, int Hkv, int Dr, int gridSplits, int minTiles) {
+  const int hbn = (H + HB - 1) / HB, hb = blockIdx.x % hbn;
+  w.split = blockIdx.x / hbn;
+  w.h0 = hb * HB;
+  w.nh = min(HB, H - w.h0);
+  w.sq = seq_of(seqs, pos, window, blockIdx.y);
+  w.nsplit = splits_of(w.sq.n, gridSplits, minTiles);
+  if (w.split >= w.nsplit) return false;
+  const int64_t tiles = (w.sq.n + TN - 1) / TN, per = (tiles + w.nsplit - 1) / w.nsplit;
+  w.t_begin = tiles < w.split * per ? tiles : w.split * per;
+  const int64_t t_end = tiles < w.t_begin + per ? tiles : w.t_begin + per;
+  w.ntiles = (int)(t_end - w.t_begin);
+  w.span = rope_span(hb, H, Hkv, Dr);
+  return true;
+}
+
+// A warp's share of the output: rows g and g + 8 of its NT n8 tiles from column n0, divided by their
+// l (l 0, an empty split: zeros), into o [B, H, L] or, with several splits, this split's partial.
+template <int NT>
+__device__ __forceinline__ void write_output(const float (&acc)[NT][4], float l_lo, float l_hi, const BlockShare& w, float* o, float* opart, int H, int L, int n0, int g, int t4) {
+  const float i_lo = l_lo > 0.f ? 1.f / l_lo : 0.f, i_hi = l_hi > 0.f ? 1.f / l_hi : 0.f;
+  float* out = w.nsplit == 1 ? o + (int64_t)blockIdx.y * H * L : opart + ((int64_t)w.split * gridDim.y + blockIdx.y) * H * L;
+#pragma unroll
+  for (int nt = 0; nt < NT; nt++) {
+    const int col = n0 + nt * 8 + 2 * t4;
+    if (g < w.nh) *reinterpret_cast<float2*>(out + (int64_t)(w.h0 + g) * L + col) = make_float2(acc[nt][0] * i_lo, acc[nt][1] * i_lo);
+    if (g + 8 < w.nh) *reinterpret_cast<float2*>(out + (int64_t)(w.h0 + g + 8) * L + col) = make_float2(acc[nt][2] * i_hi, acc[nt][3] * i_hi);
+  }
 }
 
 bool sm90() {

@@ -88,15 +88,13 @@ k_latent_decode(const Seq* seqs, const int32_t* pos, int64_t window, const float
   extern __shared__ __align__(16) unsigned char smem[];
   const int L = lay.L, Dr = lay.Dr, ldc = lay.ldc, ldq = lay.ldq();
   const int warps = blockDim.x >> 5, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int hbn = (H + HB - 1) / HB, hb = blockIdx.x % hbn, split = blockIdx.x / hbn, b = blockIdx.y;
-  const int h0 = hb * HB, nh = min(HB, H - h0), group = H / Hkv;
-  const Seq sq = seq_of(seqs, pos, window, b);
-  const int nsplit = splits_of(sq.n, gridSplits, minTiles);
-  if (split >= nsplit) return;  // a shorter sequence than the grid was sized for
-  const int64_t tiles = (sq.n + TN - 1) / TN, per = (tiles + nsplit - 1) / nsplit;
-  const int64_t t_begin = tiles < split * per ? tiles : split * per, t_end = tiles < t_begin + per ? tiles : t_begin + per;
-  const int ntiles = (int)(t_end - t_begin);
-  const RopeSpan span = rope_span(hb, H, Hkv, Dr);
+  const int group = H / Hkv;
+  BlockShare w;
+  if (!block_share(w, seqs, pos, window, H, Hkv, Dr, gridSplits, minTiles)) return;
+  const Seq sq = w.sq;
+  const int b = blockIdx.y, split = w.split, nsplit = w.nsplit, h0 = w.h0, nh = w.nh, ntiles = w.ntiles;
+  const int64_t t_begin = w.t_begin;
+  const RopeSpan span = w.span;
   const int ropeCols = span.count * Dr;             // rope columns this block copies per cached row
   const int ksteps = L / 16, rsteps = (ropeCols + 15) / 16;  // latent and rope k16 steps of the scores
 
@@ -392,16 +390,7 @@ k_latent_decode(const Seq* seqs, const int32_t* pos, int64_t window, const float
   }
   __syncthreads();
 
-  // Rows g and g + 8 of this warp's columns, divided by their l (an empty split writes zeros and lse −∞).
-  const float l_lo = sL[g], l_hi = sL[g + 8];
-  const float i_lo = l_lo > 0.f ? 1.f / l_lo : 0.f, i_hi = l_hi > 0.f ? 1.f / l_hi : 0.f;
-  float* out = nsplit == 1 ? o + (int64_t)b * H * L : opart + ((int64_t)split * gridDim.y + b) * H * L;
-#pragma unroll
-  for (int nt = 0; nt < NT; nt++) {
-    const int col = n0 + nt * 8 + 2 * t4;
-    if (g < nh) *reinterpret_cast<float2*>(out + (int64_t)(h0 + g) * L + col) = make_float2(acc[nt][0] * i_lo, acc[nt][1] * i_lo);
-    if (g + 8 < nh) *reinterpret_cast<float2*>(out + (int64_t)(h0 + g + 8) * L + col) = make_float2(acc[nt][2] * i_hi, acc[nt][3] * i_hi);
-  }
+  write_output(acc, sL[g], sL[g + 8], w, o, opart, H, L, n0, g, t4);
   if (nsplit > 1 && threadIdx.x < nh) {
     const float l = sL[threadIdx.x];
     lsepart[((int64_t)split * gridDim.y + b) * H + h0 + threadIdx.x] = l > 0.f ? sM[threadIdx.x] + log2f(l) : -INFINITY;

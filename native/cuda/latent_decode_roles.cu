@@ -91,15 +91,13 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
   extern __shared__ __align__(16) unsigned char smem[];
   const int L = lay.L, Dr = lay.Dr, ldc = lay.ldc;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
-  const int hbn = (H + HB - 1) / HB, hb = blockIdx.x % hbn, split = blockIdx.x / hbn, b = blockIdx.y;
-  const int h0 = hb * HB, nh = min(HB, H - h0), group = H / Hkv;
-  const Seq sq = seq_of(seqs, pos, window, b);
-  const int nsplit = splits_of(sq.n, gridSplits, minTiles);
-  if (split >= nsplit) return;  // a shorter sequence than the grid was sized for
-  const int64_t tiles = (sq.n + TN - 1) / TN, per = (tiles + nsplit - 1) / nsplit;
-  const int64_t t_begin = tiles < split * per ? tiles : split * per, t_end = tiles < t_begin + per ? tiles : t_begin + per;
-  const int ntiles = (int)(t_end - t_begin);
-  const RopeSpan span = rope_span(hb, H, Hkv, Dr);
+  const int group = H / Hkv;
+  BlockShare w;
+  if (!block_share(w, seqs, pos, window, H, Hkv, Dr, gridSplits, minTiles)) return;
+  const Seq sq = w.sq;
+  const int b = blockIdx.y, split = w.split, nsplit = w.nsplit, h0 = w.h0, nh = w.nh, ntiles = w.ntiles;
+  const int64_t t_begin = w.t_begin;
+  const RopeSpan span = w.span;
   const int ropeCols = span.count * Dr;
 
   float* sPart = (float*)(smem + lay.partOffset());  // [SCORE_WARPS][HB][TN], ROLE_PART_STRIDE apart
@@ -360,16 +358,7 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
   }
   __syncthreads();  // the score warps' final m and l
 
-  // Rows g and g + 8 of this warp's columns, divided by their l (an empty split writes zeros).
-  const float l_lo = sL[g], l_hi = sL[g + 8];
-  const float i_lo = l_lo > 0.f ? 1.f / l_lo : 0.f, i_hi = l_hi > 0.f ? 1.f / l_hi : 0.f;
-  float* out = nsplit == 1 ? o + (int64_t)b * H * L : opart + ((int64_t)split * gridDim.y + b) * H * L;
-#pragma unroll
-  for (int nt = 0; nt < NT; nt++) {
-    const int col = n0 + nt * 8 + 2 * t4;
-    if (g < nh) *reinterpret_cast<float2*>(out + (int64_t)(h0 + g) * L + col) = make_float2(acc[nt][0] * i_lo, acc[nt][1] * i_lo);
-    if (g + 8 < nh) *reinterpret_cast<float2*>(out + (int64_t)(h0 + g + 8) * L + col) = make_float2(acc[nt][2] * i_hi, acc[nt][3] * i_hi);
-  }
+  write_output(acc, sL[g], sL[g + 8], w, o, opart, H, L, n0, g, t4);
 }
 
 // The plan: three stages of latent rows (padded by 16 bytes) and rope spans (the widest a head block
