@@ -89,13 +89,10 @@ k_latent_decode(const Seq* seqs, const int32_t* pos, int64_t window, const float
   const int L = lay.L, Dr = lay.Dr, ldc = lay.ldc, ldq = lay.ldq();
   const int warps = blockDim.x >> 5, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int group = H / Hkv;
-  BlockShare w;
-  if (!block_share(w, seqs, pos, window, H, Hkv, Dr, gridSplits, minTiles)) return;
-  const Seq sq = w.sq;
-  const int b = blockIdx.y, split = w.split, nsplit = w.nsplit, h0 = w.h0, nh = w.nh, ntiles = w.ntiles;
-  const int64_t t_begin = w.t_begin;
-  const RopeSpan span = w.span;
-  const int ropeCols = span.count * Dr;             // rope columns this block copies per cached row
+  BlockShare share;
+  if (!block_share(share, seqs, pos, window, H, Hkv, Dr, gridSplits, minTiles)) return;
+  const int b = blockIdx.y;
+  const int ropeCols = share.span.count * Dr;             // rope columns this block copies per cached row
   const int ksteps = L / 16, rsteps = (ropeCols + 15) / 16;  // latent and rope k16 steps of the scores
 
   float* sPart = (float*)(smem + lay.partOffset());  // [warps][HB][TN] partial scores, PART_STRIDE apart
@@ -116,8 +113,8 @@ k_latent_decode(const Seq* seqs, const int32_t* pos, int64_t window, const float
   // The rope scores as one more product: row r holds head h0 + r's rope query at its group's columns
   // of the copied span and zeros elsewhere, so Qr·Krᵀ runs on the tensor cores beside Qc·Cᵀ.
   for (int i = threadIdx.x; i < HB * lay.ropeK; i += blockDim.x) {
-    const int r = i / lay.ropeK, k = i % lay.ropeK, d = k - ((h0 + r) / group - span.first) * Dr;
-    sQr[r * ldq + k] = __float2bfloat16(r < nh && d >= 0 && d < Dr ? qr[((int64_t)b * H + h0 + r) * Dr + d] : 0.f);
+    const int r = i / lay.ropeK, k = i % lay.ropeK, d = k - ((share.h0 + r) / group - share.span.first) * Dr;
+    sQr[r * ldq + k] = __float2bfloat16(r < share.nh && d >= 0 && d < Dr ? qr[((int64_t)b * H + share.h0 + r) * Dr + d] : 0.f);
   }
   // Rope columns past the copied span up to the last k16 step are read by the product: zero them
   // once in every stage (no copy writes them).
@@ -138,7 +135,7 @@ k_latent_decode(const Seq* seqs, const int32_t* pos, int64_t window, const float
     const int ks = warp + j * warps;
     const int k0 = ks * 16 + 2 * t4;
     auto at = [&](int r, int k) -> float2 {
-      return ks < ksteps && r < nh ? *reinterpret_cast<const float2*>(qc + ((int64_t)b * H + h0 + r) * L + k) : make_float2(0.f, 0.f);
+      return ks < ksteps && r < share.nh ? *reinterpret_cast<const float2*>(qc + ((int64_t)b * H + share.h0 + r) * L + k) : make_float2(0.f, 0.f);
     };
     const float2 a0 = at(g, k0), a1 = at(g + 8, k0), a2 = at(g, k0 + 8), a3 = at(g + 8, k0 + 8);
     qf[j][0] = pack(a0.x, a0.y);
@@ -173,17 +170,17 @@ k_latent_decode(const Seq* seqs, const int32_t* pos, int64_t window, const float
   };
   // Tile `it` into stage `stage` (it mod stages, which the caller tracks without a division).
   auto load = [&](int it, int stage) {
-    if (it >= ntiles) return;
+    if (it >= share.ntiles) return;
     unsigned char* st = smem + (size_t)stage * lay.stageBytes();
     bf16* sC = (bf16*)st;
     bf16* sR = (bf16*)(st + lay.latentBytes());
-    const int64_t first = sq.lo + (t_begin + it) * TN, end = sq.lo + sq.n;
+    const int64_t first = share.sq.lo + (share.t_begin + it) * TN, end = share.sq.lo + share.sq.n;
     const int valid = (int)(end - first < TN ? end - first : TN);
     if (asyncCopy) {
       // Every thread copies 16-byte chunks (rows past the end read as zeros); no bulk copies, whose
       // issue from one warp, 32 per tile, may be what a tile waits on (docs/latent-decode-design.md).
-      copy_rows(sC, ldc, sq.c + first * L, L, L / 8, valid);
-      if (ropeCols) copy_rows(sR, lay.ropeStride, sq.kr + (first * Hkv + span.first) * Dr, Hkv * Dr, ropeCols / 8, valid);
+      copy_rows(sC, ldc, share.sq.c + first * L, L, L / 8, valid);
+      if (ropeCols) copy_rows(sR, lay.ropeStride, share.sq.kr + (first * Hkv + share.span.first) * Dr, Hkv * Dr, ropeCols / 8, valid);
       bar_arrive_copies(bars + stage);
       return;
     }
@@ -206,8 +203,8 @@ k_latent_decode(const Seq* seqs, const int32_t* pos, int64_t window, const float
       __syncwarp();
       const int r = warp + (lane >> 1) * warps;
       if (r < valid && !DIAG_NO_COPY) {
-        if (!(lane & 1)) bulk_copy(sC + r * ldc, sq.c + (first + r) * L, latentRow, bar);
-        else if (ropeRow) bulk_copy(sR + r * lay.ropeStride, sq.kr + ((first + r) * Hkv + span.first) * Dr, ropeRow, bar);
+        if (!(lane & 1)) bulk_copy(sC + r * ldc, share.sq.c + (first + r) * L, latentRow, bar);
+        else if (ropeRow) bulk_copy(sR + r * lay.ropeStride, share.sq.kr + ((first + r) * Hkv + share.span.first) * Dr, ropeRow, bar);
       }
       return;
     }
@@ -226,8 +223,8 @@ k_latent_decode(const Seq* seqs, const int32_t* pos, int64_t window, const float
       __syncwarp();
       const int i = lane & 15;
       if (i < valid) {
-        if (lane < 16) bulk_copy(sC + i * ldc, sq.c + (first + i) * L, latentRow, bar);
-        else if (ropeRow) bulk_copy(sR + i * lay.ropeStride, sq.kr + ((first + i) * Hkv + span.first) * Dr, ropeRow, bar);
+        if (lane < 16) bulk_copy(sC + i * ldc, share.sq.c + (first + i) * L, latentRow, bar);
+        else if (ropeRow) bulk_copy(sR + i * lay.ropeStride, share.sq.kr + ((first + i) * Hkv + share.span.first) * Dr, ropeRow, bar);
       }
     }
     if (!early && valid < TN) {
@@ -269,7 +266,7 @@ k_latent_decode(const Seq* seqs, const int32_t* pos, int64_t window, const float
   int stage = 0;        // it mod stages
   unsigned phase = 0;   // (it / stages) mod 2: the parity of the stage's barriers at this tile
 
-  for (int it = 0; it < ntiles; it++) {
+  for (int it = 0; it < share.ntiles; it++) {
     bar_wait(bars + stage, phase);
     const unsigned stageAddr = smemAddr + (unsigned)stage * stageBytes;
 
@@ -322,7 +319,7 @@ k_latent_decode(const Seq* seqs, const int32_t* pos, int64_t window, const float
       if (w < qwarps) x0 += pr[w * PART_STRIDE];
       float x = x0 + x1;
       x += __shfl_xor_sync(0xffffffffu, x, 1);
-      const bool visible = (t_begin + it) * TN + n < sq.n;
+      const bool visible = (share.t_begin + it) * TN + n < share.sq.n;
       x = visible ? x * scale2 : -INFINITY;
       float mt = x;
 #pragma unroll
@@ -378,7 +375,7 @@ k_latent_decode(const Seq* seqs, const int32_t* pos, int64_t window, const float
       __syncwarp();
       uint64_t* empty = empties + stage;
       if (lane == 0) bar_arrive(empty);
-      if ((warp == 0 || spread) && it + lay.stages < ntiles) {
+      if ((warp == 0 || spread) && it + lay.stages < share.ntiles) {
         bar_wait(empty, phase);
         load(it + lay.stages, stage);
       }
@@ -390,10 +387,10 @@ k_latent_decode(const Seq* seqs, const int32_t* pos, int64_t window, const float
   }
   __syncthreads();
 
-  write_output(acc, sL[g], sL[g + 8], w, o, opart, H, L, n0, g, t4);
-  if (nsplit > 1 && threadIdx.x < nh) {
+  write_output(acc, sL[g], sL[g + 8], share, o, opart, H, L, n0, g, t4);
+  if (share.nsplit > 1 && threadIdx.x < share.nh) {
     const float l = sL[threadIdx.x];
-    lsepart[((int64_t)split * gridDim.y + b) * H + h0 + threadIdx.x] = l > 0.f ? sM[threadIdx.x] + log2f(l) : -INFINITY;
+    lsepart[((int64_t)share.split * gridDim.y + b) * H + share.h0 + threadIdx.x] = l > 0.f ? sM[threadIdx.x] + log2f(l) : -INFINITY;
   }
 }
 

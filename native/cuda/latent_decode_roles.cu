@@ -92,13 +92,10 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
   const int L = lay.L, Dr = lay.Dr, ldc = lay.ldc;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
   const int group = H / Hkv;
-  BlockShare w;
-  if (!block_share(w, seqs, pos, window, H, Hkv, Dr, gridSplits, minTiles)) return;
-  const Seq sq = w.sq;
-  const int b = blockIdx.y, split = w.split, nsplit = w.nsplit, h0 = w.h0, nh = w.nh, ntiles = w.ntiles;
-  const int64_t t_begin = w.t_begin;
-  const RopeSpan span = w.span;
-  const int ropeCols = span.count * Dr;
+  BlockShare share;
+  if (!block_share(share, seqs, pos, window, H, Hkv, Dr, gridSplits, minTiles)) return;
+  const int b = blockIdx.y;
+  const int ropeCols = share.span.count * Dr;
 
   float* sPart = (float*)(smem + lay.partOffset());  // [SCORE_WARPS][HB][TN], ROLE_PART_STRIDE apart
   float* sQr = (float*)(smem + lay.qrOffset());      // [HB][Dr] the heads' rope queries
@@ -118,7 +115,7 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
     bar_init(ready + threadIdx.x, 32 * SCORE_WARPS);
     bar_init(freed + threadIdx.x, SUM_WARPS);
   }
-  for (int i = threadIdx.x; i < HB * Dr; i += blockDim.x) sQr[i] = i / Dr < nh ? qr[((int64_t)b * H + h0) * Dr + i] : 0.f;
+  for (int i = threadIdx.x; i < HB * Dr; i += blockDim.x) sQr[i] = i / Dr < share.nh ? qr[((int64_t)b * H + share.h0) * Dr + i] : 0.f;
   MLA_SM90_ONLY(asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");)
   MLA_SM90_ONLY(asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");)
   __syncthreads();
@@ -141,7 +138,7 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
     for (int j = 0; j < NT; j++) {
       const int k0 = (warp * NT + j) * 16 + 2 * t4 + after;
       auto at = [&](int r, int k) -> float2 {
-        return r < nh ? *reinterpret_cast<const float2*>(qc + ((int64_t)b * H + h0 + r) * L + k) : make_float2(0.f, 0.f);
+        return r < share.nh ? *reinterpret_cast<const float2*>(qc + ((int64_t)b * H + share.h0 + r) * L + k) : make_float2(0.f, 0.f);
       };
       const float2 a0 = at(g, k0), a1 = at(g + 8, k0), a2 = at(g, k0 + 8), a3 = at(g + 8, k0 + 8);
       qf[j][0] = pack(a0.x, a0.y);
@@ -156,12 +153,12 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
     float* const partMine = sPart + warp * ROLE_PART_STRIDE + g * TN + 2 * t4;
     // The softmax's view: head r (four per warp), keys 2·kp and 2·kp + 1 (eight lanes per head).
     const int r = warp * 4 + (lane >> 3), kp = lane & 7;
-    const int rcol = r < nh ? ((h0 + r) / group - span.first) * Dr : 0;  // head r's rope columns in the copied span
+    const int rcol = r < share.nh ? ((share.h0 + r) / group - share.span.first) * Dr : 0;  // head r's rope columns in the copied span
     const float* qrow = sQr + r * Dr;
     // Keys of this split visible to the query, counted from its first tile (int: fewer registers in the loop).
-    const int visible = (int)(sq.n - t_begin * TN < (int64_t)ntiles * TN ? sq.n - t_begin * TN : (int64_t)ntiles * TN);
+    const int visible = (int)(share.sq.n - share.t_begin * TN < (int64_t)share.ntiles * TN ? share.sq.n - share.t_begin * TN : (int64_t)share.ntiles * TN);
     float m = -INFINITY, l = 0.f;
-    for (int it = 0; it < ntiles; it++) {
+    for (int it = 0; it < share.ntiles; it++) {
       bar_wait(full + stage, phase);
       const unsigned ka = smemAddr + (unsigned)stage * stageBytes + scoreOff;
       float s[CH][2][4] = {};
@@ -266,9 +263,9 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
       sL[r] = l;
     }
     __syncthreads();
-    if (threadIdx.x < nh && nsplit > 1) {
+    if (threadIdx.x < share.nh && share.nsplit > 1) {
       const float lt = sL[threadIdx.x];
-      lsepart[((int64_t)split * gridDim.y + b) * H + h0 + threadIdx.x] = lt > 0.f ? sM[threadIdx.x] + log2f(lt) : -INFINITY;
+      lsepart[((int64_t)share.split * gridDim.y + b) * H + share.h0 + threadIdx.x] = lt > 0.f ? sM[threadIdx.x] + log2f(lt) : -INFINITY;
     }
     return;
   }
@@ -282,7 +279,7 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
     unsigned char* base = smem + (size_t)st * lay.stageBytes();
     bf16* sC = (bf16*)base;
     bf16* sR = (bf16*)(base + lay.latentBytes());
-    const int64_t first = sq.lo + (t_begin + it) * TN, end = sq.lo + sq.n;
+    const int64_t first = share.sq.lo + (share.t_begin + it) * TN, end = share.sq.lo + share.sq.n;
     const int valid = (int)(end - first < TN ? end - first : TN);
     unsigned bytes = 0;
     for (int rr = row0; rr < row0 + 2; rr++) {
@@ -303,11 +300,11 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
     __syncwarp();
     const int rr = row0 + (lane & 1);
     if (lane < 4 && rr < valid && !ROLES_NO_COPY) {
-      if (lane < 2) bulk_copy(sC + rr * ldc, sq.c + (first + rr) * L, latentRow, full + st);
-      else if (ropeRow) bulk_copy(sR + rr * lay.ropeStride, sq.kr + ((first + rr) * Hkv + span.first) * Dr, ropeRow, full + st);
+      if (lane < 2) bulk_copy(sC + rr * ldc, share.sq.c + (first + rr) * L, latentRow, full + st);
+      else if (ropeRow) bulk_copy(sR + rr * lay.ropeStride, share.sq.kr + ((first + rr) * Hkv + share.span.first) * Dr, ropeRow, full + st);
     }
   };
-  for (int s = 0; s < ROLE_STAGES && s < ntiles; s++) load(s, s);
+  for (int s = 0; s < ROLE_STAGES && s < share.ntiles; s++) load(s, s);
 
   float acc[NT][4];
 #pragma unroll
@@ -317,7 +314,7 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
   const unsigned pvOff = (unsigned)((((lane & 7) + ((lane >> 3) & 1) * 8) * ldc + n0 + (lane >> 4) * 8) * 2);
   const unsigned pAddr = (unsigned)__cvta_generic_to_shared(sP) + (unsigned)(((lane & 15) * (TN + PAD) + (lane >> 4) * 8) * 2);
   const unsigned probsBytes = (unsigned)(HB * (TN + PAD) * 2);
-  for (int it = 0; it < ntiles; it++) {
+  for (int it = 0; it < share.ntiles; it++) {
     const int pb = it & 1;
     bar_wait(full + stage, phase);  // the copies' bytes are visible to the threads that wait on their barrier
     bar_wait(ready + pb, (unsigned)(it >> 1) & 1);
@@ -347,7 +344,7 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
       bar_arrive(empty + stage);
       bar_arrive(freed + pb);
     }
-    if (it + ROLE_STAGES < ntiles) {
+    if (it + ROLE_STAGES < share.ntiles) {
       bar_wait(empty + stage, phase);
       load(it + ROLE_STAGES, stage);
     }
@@ -358,7 +355,7 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
   }
   __syncthreads();  // the score warps' final m and l
 
-  write_output(acc, sL[g], sL[g + 8], w, o, opart, H, L, n0, g, t4);
+  write_output(acc, sL[g], sL[g + 8], share, o, opart, H, L, n0, g, t4);
 }
 
 // The plan: three stages of latent rows (padded by 16 bytes) and rope spans (the widest a head block
