@@ -5,7 +5,9 @@
  *   MLA ≥ 1.0× MHA at batch 1 from 4k context; MLA ≥ 2× MHA at batch ≥ 8 with ≥ 16k context;
  *   our MHA ≥ HF; batch-1 rows (ours) at ≥ 50% of the HBM bound.
  * "Best" is the fastest of a model's rows at that shape (e.g. bf16 against f32 cache, recorded or not),
- * what a user would pick. A model that does not fit loses to one that does.
+ * what a user would pick. A model that does not fit loses to one that does. The same row run in several
+ * rounds (decode.sh's ROUNDS: separate processes, whose rates spread by a few percent on one GPU) counts
+ * as its median over them, so one fast or slow process does not decide a goal.
  * Run: node dist/bench/decode-goals.js ROWS.txt     (decode.sh writes ROWS.txt beside its models)
  */
 import fs from "node:fs";
@@ -22,6 +24,8 @@ export interface DecodeRow {
   tokensPerS: number | null;
   /** Share of the HBM bound in percent, null where not given. */
   hbmPercent: number | null;
+  /** How many rounds' rows this one is the median of (mergeRounds); 1 for a row as printed. */
+  rounds?: number;
 }
 
 /** The table rows of decode.sh's output (header, separator and other lines skipped). */
@@ -40,6 +44,35 @@ export function parseDecodeRows(text: string): DecodeRow[] {
     rows.push({ model, kind, attention, ctx, batch, tokensPerS: rate ? Number(rate[1]) : null, hbmPercent: hbm ? Number(hbm[1]) : null });
   }
   return rows;
+}
+
+const median = (xs: number[]): number => {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+};
+
+/**
+ * Rows with the same model, attention, context and batch (one per round) as one row: the median rate and
+ * the median share of the bound. A row that does not fit in any round does not fit.
+ */
+export function mergeRounds(rows: DecodeRow[]): DecodeRow[] {
+  const groups = new Map<string, DecodeRow[]>();
+  for (const r of rows) {
+    const key = [r.model, r.attention, r.ctx, r.batch].join("|");
+    groups.set(key, [...(groups.get(key) ?? []), r]);
+  }
+  return [...groups.values()].map((g) => {
+    if (g.length === 1) return g[0]!;
+    const rates = g.map((r) => r.tokensPerS);
+    const shares = g.map((r) => r.hbmPercent).filter((x): x is number => x !== null);
+    return {
+      ...g[0]!,
+      tokensPerS: rates.some((x) => x === null) ? null : median(rates as number[]),
+      hbmPercent: shares.length === g.length ? median(shares) : null,
+      rounds: g.length,
+    };
+  });
 }
 
 export interface ShapeVerdict {
@@ -71,8 +104,9 @@ function ratio(a: DecodeRow | null, b: DecodeRow | null): number | null {
   return a.tokensPerS / b.tokensPerS;
 }
 
-/** Per context × batch (ascending): the best row of each kind and the two ratios. */
-export function verdicts(rows: DecodeRow[]): ShapeVerdict[] {
+/** Per context × batch (ascending): the best row of each kind (rounds merged) and the two ratios. */
+export function verdicts(printed: DecodeRow[]): ShapeVerdict[] {
+  const rows = mergeRounds(printed);
   const shapes = [...new Set(rows.map((r) => `${r.ctx}:${r.batch}`))].map((k) => k.split(":").map(Number) as [number, number]);
   shapes.sort((x, y) => x[0] - y[0] || x[1] - y[1]);
   return shapes.map(([ctx, batch]) => {
@@ -104,7 +138,8 @@ export function goals(v: ShapeVerdict[]): Goal[] {
 }
 
 const fmt = (x: number | null, digits = 2) => (x === null ? "—" : x === Infinity ? "∞" : x.toFixed(digits));
-const rate = (r: DecodeRow | null) => (r === null ? "—" : r.tokensPerS === null ? "does not fit" : `${r.tokensPerS.toFixed(1)}${r.hbmPercent !== null ? ` (${r.hbmPercent}%)` : ""}`);
+const rate = (r: DecodeRow | null) =>
+  r === null ? "—" : r.tokensPerS === null ? "does not fit" : `${r.tokensPerS.toFixed(1)}${r.hbmPercent !== null ? ` (${+r.hbmPercent.toFixed(1)}%)` : ""}`;
 
 /** The verdicts as a Markdown table, then one line per goal. */
 export function report(text: string): string {
@@ -112,6 +147,8 @@ export function report(text: string): string {
   if (v.length === 0) return "no decode rows found (expected the table rows bench/decode.sh prints)";
   const lines = ["| context × batch | best MHA (ours) | best MLA | HF | MLA / MHA | our MHA / HF |", "| --- | --- | --- | --- | --- | --- |"];
   for (const s of v) lines.push(`| ${s.ctx} × ${s.batch} | ${rate(s.mha)} | ${rate(s.mla)} | ${rate(s.hf)} | ${fmt(s.mlaOverMha)} | ${fmt(s.mhaOverHf)} |`);
+  const rounds = Math.max(...v.flatMap((s) => [s.mha, s.mla].map((r) => r?.rounds ?? 1)));
+  if (rounds > 1) lines.push("", `Our rows are each the median of ${rounds} rounds (separate processes).`);
   lines.push("");
   for (const g of goals(v)) {
     const misses = g.rows.filter((r) => !r.met).map((r) => `${r.ctx} × ${r.batch}: ${fmt(r.value)}`);

@@ -8,7 +8,7 @@
 # absorbed forms (run time, as DeepSeek's inference does, and pre-multiplied).
 # Ends with issue 13's goals judged over the rows (bench/decode-goals.ts), which it also keeps in
 # WORKDIR/decode-rows-ARCH-LLAYERS.txt.
-# Usage: bash bench/decode.sh [WORKDIR] [LAYERS]     (env ARCH, CONVERT, CONTEXTS, BATCHES, STEPS, KV_CACHES, MHA_ROUTES, PREMULTIPLIED; PEER=0 skips PyTorch; GRAPHS=0 runs every step op by op)
+# Usage: bash bench/decode.sh [WORKDIR] [LAYERS]     (env ARCH, CONVERT, CONTEXTS, BATCHES, STEPS, KV_CACHES, MHA_ROUTES, PREMULTIPLIED, ROUNDS; PEER=0 skips PyTorch; GRAPHS=0 runs every step op by op)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 W=${1:-/tmp/mha2mla-decode}
@@ -31,21 +31,25 @@ run() { node dist/bench/decode.js "$@" --device cuda $SHAPES --graphs "${GRAPHS:
 # MHA_ROUTES: on bf16 caches MHA runs once per decode-attention route (MHA2MLA_MHA_DECODE; default
 # both: "kernel", recorded as a graph, and "cublas", op by op), so its best row is the fair comparison
 # whichever route its shape defaults to; MHA_ROUTES=default runs only what it defaults to.
+# ROUNDS=N (default 1): our rows N times over, each round separate processes (one GPU's processes differ
+# by a few percent in rate); the goals take each row's median over the rounds (bench/decode-goals.ts).
 {
   head=1
-  for kv in ${KV_CACHES:-f32 bf16}; do
-    if [ "$kv" = bf16 ] && [ "${MHA_ROUTES:-kernel cublas}" != default ]; then
-      for route in ${MHA_ROUTES:-kernel cublas}; do
-        MHA2MLA_MHA_DECODE=$route run "$M" --kv-cache bf16 | tail -n +$head | sed "s/| mha, bf16 cache/| mha ($route route), bf16 cache/"
-        head=3
-      done
-      run "$M-mla" --kv-cache bf16 | tail -n +$head
-    else
-      run "$M" "$M-mla" --kv-cache "$kv" | tail -n +$head
-    fi
-    head=3
+  for round in $(seq "${ROUNDS:-1}"); do
+    for kv in ${KV_CACHES:-f32 bf16}; do
+      if [ "$kv" = bf16 ] && [ "${MHA_ROUTES:-kernel cublas}" != default ]; then
+        for route in ${MHA_ROUTES:-kernel cublas}; do
+          MHA2MLA_MHA_DECODE=$route run "$M" --kv-cache bf16 | tail -n +$head | sed "s/| mha, bf16 cache/| mha ($route route), bf16 cache/"
+          head=3
+        done
+        run "$M-mla" --kv-cache bf16 | tail -n +$head
+      else
+        run "$M" "$M-mla" --kv-cache "$kv" | tail -n +$head
+      fi
+      head=3
+    done
+    if [ "${PREMULTIPLIED:-1}" != 0 ]; then MHA2MLA_ABSORB=premultiplied run "$M-mla" | tail -n +3 || true; fi
   done
-  if [ "${PREMULTIPLIED:-1}" != 0 ]; then MHA2MLA_ABSORB=premultiplied run "$M-mla" | tail -n +3 || true; fi
   if [ "${PEER:-1}" != 0 ]; then
     python3 bench/decode_torch.py "$M" "${CONTEXTS:-4096,16384}" "${BATCHES:-1,8,32,128}" "${STEPS:-16}"
   fi

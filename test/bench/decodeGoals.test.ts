@@ -43,3 +43,21 @@ test("decode goals: each goal over the shapes it applies to, a miss named with i
   assert.match(text, /≥ 50% of the HBM bound: not met \(4096 × 1: 40\.00\)/);
   assert.equal(report("nothing here"), "no decode rows found (expected the table rows bench/decode.sh prints)");
 });
+
+test("decode goals: a row run in several rounds counts as its median (rate and share of the bound); one not fitting in a round does not fit", () => {
+  const row = (attention: string, rate: string, share: string) => `| llama2-7b-L4${attention.startsWith("mla") ? "-mla" : ""} | ${attention} | 4096 | 1 | 1 | 1 | 1 | ${rate} | ${share} |`;
+  const mha = "mha, bf16 cache, CUDA graph", mla = "mla, runtime absorption, bf16 cache, CUDA graph";
+  const text = [row(mha, "1000.0 (990–1010)", "50%"), row(mla, "1200.0", "40%"), row(mha, "1100.0", "55%"), row(mla, "990.0", "33%"), row(mha, "1050.0", "52%"), row(mla, "1020.0", "34%")].join("\n");
+  const v = verdicts(parseDecodeRows(text));
+  assert.equal(v.length, 1);
+  assert.equal(v[0]!.mha!.tokensPerS, 1050, "the median of 1000, 1100 and 1050, not the fastest");
+  assert.equal(v[0]!.mha!.rounds, 3);
+  assert.equal(v[0]!.mla!.hbmPercent, 34);
+  assert.ok(Math.abs(v[0]!.mlaOverMha! - 1020 / 1050) < 1e-12, "one fast MLA process does not meet the goal");
+  assert.match(report(text), /median of 3 rounds/);
+  const two = verdicts(parseDecodeRows([row(mha, "1000.0", "50%"), row(mha, "does not fit", "")].join("\n")));
+  assert.equal(two[0]!.mha!.tokensPerS, null);
+  const even = verdicts(parseDecodeRows([row(mla, "1000.0", "40%"), row(mla, "1100.0", "45%")].join("\n")));
+  assert.equal(even[0]!.mla!.tokensPerS, 1050);
+  assert.equal(even[0]!.mla!.hbmPercent, 42.5);
+});
