@@ -7,6 +7,7 @@ import type { ChildProcess } from "node:child_process";
 import { packageRoot } from "../src/io/modelDir.js";
 import type { LlamaModel } from "../src/model/llama.js";
 import type { DecodeCache } from "../src/model/kvCache.js";
+import { loadNativeCpu, NativeCpuBackend } from "../src/backends/native/cpu.js";
 
 export const ROOT = packageRoot();
 export const FIXTURES = path.join(ROOT, "fixtures");
@@ -14,6 +15,16 @@ export const GOLDEN = path.join(FIXTURES, "golden");
 export const MODELS = path.join(FIXTURES, "models");
 /** ../shared beside the checkout, where the full data lives (present in CI and on dev machines). */
 export const SHARED = path.resolve(ROOT, "..", "shared");
+
+/**
+ * loadModel options for a test whose subject is not a backend: the native CPU backend where its library
+ * loads (several times the reference backend's speed on these models; the two agree to ~1e-7), else none
+ * (the reference backend).
+ */
+export function fastCpu(): { backend?: NativeCpuBackend } {
+  const lib = loadNativeCpu();
+  return typeof lib === "string" ? {} : { backend: new NativeCpuBackend(lib) };
+}
 
 const created: string[] = [];
 process.on("exit", () => {

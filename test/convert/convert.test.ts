@@ -15,9 +15,8 @@ import { inspectModel } from "../../src/eval/inspect.js";
 import { convert } from "../../src/convert/pipeline.js";
 import { maxRank } from "../../src/convert/factor.js";
 import { synth } from "../../src/synth/synth.js";
-import { assertDecodeMatchesForward, FIXTURES, GOLDEN, MODELS, ROOT, maxAbsDiff, tmpDir } from "../helpers.js";
+import { assertDecodeMatchesForward, fastCpu, FIXTURES, GOLDEN, MODELS, ROOT, maxAbsDiff, tmpDir } from "../helpers.js";
 import { conversionGolden, convertFixture } from "./helpers.js";
-import { loadNativeCpu, NativeCpuBackend } from "../../src/backends/native/cpu.js";
 
 function goldenPrompt(model: string): Int32Array {
   const f = SafetensorsFile.open(path.join(GOLDEN, `${model}_logits.safetensors`));
@@ -55,16 +54,6 @@ function partialRopeLogits(m: LlamaModel, ids: Int32Array, selection: number[][]
   });
   return b.linear(b.rmsnorm(h, m.weights.finalNorm, c.rmsEps), m.weights.lmHead).toArray();
 }
-
-/**
- * Where the perplexity tests score their conversions: the native CPU backend where it loads (12k tokens of
- * stories260K in ~1 s against ~9 s on the reference backend; the perplexities agree to ~1e-7 relative, and
- * these are tests of the conversion, not of a backend), else the reference backend.
- */
-const scoring = (): { backend?: NativeCpuBackend } => {
-  const lib = loadNativeCpu();
-  return typeof lib === "string" ? {} : { backend: new NativeCpuBackend(lib) };
-};
 
 for (const model of ["stories260K", "stories260K-mha"]) {
   test(`${model}: all RoPE pairs and full rank reproduce the original logits within 1e-4`, async () => {
@@ -109,13 +98,14 @@ for (const model of ["stories260K", "stories260K-mha"]) {
     }
   });
 
+  // Scored on fastCpu(): 12k tokens of stories260K in ~1 s against ~9 s on the reference backend.
   test(`${model}: converted perplexity matches the PyTorch conversion within 0.5% (6 settings)`, async () => {
     const g = conversionGolden.models[model]!;
     const cal = conversionGolden.calib;
     const evalFile = path.join(ROOT, conversionGolden.eval.file);
     for (const s of g.settings) {
       const out = await convertFixture(model, { rank: s.rank, ropePairs: s.rope_pairs, ropeStrategy: s.strategy, svd: "joint", svdInit: "weights", ...(s.strategy === "2-norm" ? { calib: path.join(ROOT, cal.file), calibSamples: cal.samples, calibLen: cal.len } : {}) });
-      const lm = loadModel(out, scoring());
+      const lm = loadModel(out, fastCpu());
       assert.deepEqual((lm.config.attention as { selection: number[][][] }).selection, s.selection, `${s.strategy} selection`);
       const r = await perplexity(lm.model, tokenizeForEval(lm.tokenizer, readText(evalFile)), { ctx: conversionGolden.eval.ctx, progress: null });
       const diff = Math.abs(r.ppl - s.ppl) / s.ppl;
@@ -177,7 +167,7 @@ test("activation-aware SVD gives a lower converted perplexity than weight SVD at
   for (const model of ["stories260K", "stories260K-mha"]) {
     const nll = async (svdInit: "weights" | "activations") => {
       // The weight SVD with the high strategy reads no text (a --calib nothing reads is refused).
-      const lm = loadModel(await convertFixture(model, { rank: 2, ropePairs: 1, ropeStrategy: "high", svdInit, ...(svdInit === "activations" ? { calib } : {}) }), scoring());
+      const lm = loadModel(await convertFixture(model, { rank: 2, ropePairs: 1, ropeStrategy: "high", svdInit, ...(svdInit === "activations" ? { calib } : {}) }), fastCpu());
       return (await perplexity(lm.model, tokenizeForEval(lm.tokenizer, text), { ctx: 256, progress: null })).nll;
     };
     const [w, act] = [await nll("weights"), await nll("activations")];

@@ -4,11 +4,10 @@ import path from "node:path";
 import { test } from "node:test";
 import { MlaError } from "../../src/errors.js";
 import { loadModel } from "../../src/model/llama.js";
-import { loadNativeCpu, NativeCpuBackend } from "../../src/backends/native/cpu.js";
 import { evaluate } from "../../src/eval/evaluate.js";
 import { accNormPick, parseTaskNames, runTask, TASKS, TaskName } from "../../src/eval/tasks/index.js";
 import { parseHellaswag, parseInstructionChoices, parseLambada } from "../../src/eval/tasks/items.js";
-import { GOLDEN, MODELS, SHARED, tmpDir } from "../helpers.js";
+import { fastCpu, GOLDEN, MODELS, SHARED, tmpDir } from "../helpers.js";
 
 const DATA = path.join(SHARED, "data", "eval");
 const haveData = fs.existsSync(DATA);
@@ -17,14 +16,13 @@ const golden = JSON.parse(fs.readFileSync(path.join(GOLDEN, "tasks_stories260K.j
   tasks: Record<string, { predictions: { acc?: number; acc_norm?: number; gold?: number; scores?: number[]; greedy?: boolean; logprob?: number }[]; acc: number; ppl?: number }>;
 };
 
-// On the native CPU backend where it loads (~7× the reference backend here; both store float32 and agree
-// to ~1e-7, far inside the 2e-3 these tests allow against PyTorch), else the reference backend.
-const nativeLib = loadNativeCpu();
-const lm = loadModel(path.join(MODELS, "stories260K"), typeof nativeLib === "string" ? {} : { backend: new NativeCpuBackend(nativeLib) });
+// fastCpu(): ~7× the reference backend here, and ~1e-7 from it, far inside the 2e-3 allowed against PyTorch.
+const cpu = fastCpu();
+const lm = loadModel(path.join(MODELS, "stories260K"), cpu);
 // Every item of each golden (200) on the native backend (~19 s for the five tasks on 2 cores); on the
 // reference backend the first 100, enough to cover every task's scoring paths within the suite's time
 // budget. The metrics are recomputed over the items run.
-const LIMIT = typeof nativeLib === "string" ? Math.min(golden.limit, 100) : golden.limit;
+const LIMIT = cpu.backend ? golden.limit : Math.min(golden.limit, 100);
 for (const task of Object.keys(TASKS) as TaskName[]) {
   test(`${task}: stories260K predictions equal PyTorch/transformers item by item (--limit ${LIMIT})`, { skip: haveData ? false : `needs ${DATA}` }, async () => {
     const r = await runTask(lm.model, lm.tokenizer, task, DATA, LIMIT, null);

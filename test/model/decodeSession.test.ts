@@ -9,11 +9,10 @@ import assert from "node:assert/strict";
 import path from "node:path";
 import { test } from "node:test";
 import { loadModel, type LlamaModel } from "../../src/model/llama.js";
-import { loadNativeCpu, NativeCpuBackend } from "../../src/backends/native/cpu.js";
 import type { DecodeCache } from "../../src/model/kvCache.js";
 import { DecodeSession } from "../../src/model/decodeSession.js";
 import { generate, generateBatch } from "../../src/model/generate.js";
-import { MODELS, maxAbsDiff } from "../helpers.js";
+import { fastCpu, MODELS, maxAbsDiff } from "../helpers.js";
 import { MlaError } from "../../src/errors.js";
 
 const prompts = [Int32Array.of(1, 400, 300, 200), Int32Array.of(1, 55)];
@@ -177,9 +176,8 @@ test("a recording session (a fake backend that records) replays from the third s
 
 test("a prompt longer than one prefill chunk (2,048 tokens) continues as the whole prompt prefilled at once does, with a turn between chunks", async () => {
   const { generateBatchAsync } = await import("../../src/model/generate.js");
-  // On the native CPU backend where it loads (two prefills of 2,100 tokens: ~20 s on the reference one).
-  const lib = loadNativeCpu();
-  const { model } = loadModel(path.join(MODELS, "stories260K"), { weights: "f32", ...(typeof lib === "string" ? {} : { backend: new NativeCpuBackend(lib) }) });
+  // fastCpu(): two prefills of 2,100 tokens take ~20 s on the reference backend.
+  const { model } = loadModel(path.join(MODELS, "stories260K"), { weights: "f32", ...fastCpu() });
   const prompt = Array.from({ length: 2100 }, (_, i) => 1 + ((i * 37) % 500));
   const cache = model.newCache();
   const first = model.prefill(Int32Array.from(prompt), cache).toArray();
