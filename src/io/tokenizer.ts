@@ -4,6 +4,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { Tokenizer as HfTokenizer } from "@huggingface/tokenizers";
 import { MlaError } from "../errors.js";
+import { useFastBpe } from "./fastBpe.js";
 
 export interface TextTokenizer {
   /** Token ids of `text`; special tokens (BOS) only when asked. */
@@ -97,7 +98,9 @@ function buildTokenizer(dir: string, tjFile: string, tj: Record<string, unknown>
   const cleans = tc["clean_up_tokenization_spaces"] === true;
   const make = (json: Record<string, unknown>) => {
     try {
-      return withUnicodeDigits(new HfTokenizer(json, { ...tc, clean_up_tokenization_spaces: cleans }));
+      const tok = withUnicodeDigits(new HfTokenizer(json, { ...tc, clean_up_tokenization_spaces: cleans }));
+      useFastBpe((tok as unknown as { model: unknown }).model);
+      return tok;
     } catch (e) {
       throw new MlaError("BAD_TOKENIZER", `${tjFile}: cannot be loaded (${(e as Error).message})`, "is it a Hugging Face tokenizers file?");
     }
