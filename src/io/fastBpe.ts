@@ -4,8 +4,8 @@
  * The library's `bpe(word)` looks up every candidate pair's rank with `JSON.stringify([a, b])` and clones
  * a node object per merge; a SentencePiece-style tokenizer (Llama 2's: no pre-tokenizer) hands it the whole
  * normalized text as one word, so encoding ran at ~25k tokens/s (~0.1 MB/s) on one core, hours for the
- * billions of tokens a recovery fine-tune reads. This one keeps the symbols in typed arrays and the
- * candidate pairs in a binary heap of (rank, position): the lowest rank merges first and, among equal ranks,
+ * billions of tokens a recovery fine-tune reads. This one merges token ids (a pair's rank and result looked
+ * up by one number) in typed arrays, with the candidate pairs in a binary heap of (rank, position): the lowest rank merges first and, among equal ranks,
  * the leftmost, as the library's score (rank + position / length) orders them and as the Rust tokenizers do;
  * a pair whose symbols have changed since it was pushed is skipped when it comes up (a version per symbol).
  * Everything around the loop (the cache, end-of-word and continuing-subword suffixes, byte fallback, the
@@ -15,6 +15,7 @@
 /** The library's BPE model as far as this file reads it (it exports no types for it). */
 interface LibraryBpe {
   merges: [string, string][];
+  tokens_to_ids: Map<string, number>;
   cache: { get(key: string): string[] | undefined; put(key: string, value: string[]): void };
   end_of_word_suffix?: string | null;
   continuing_subword_suffix?: string | null;
@@ -22,31 +23,67 @@ interface LibraryBpe {
   bpe(word: string): string[];
 }
 
-/** Joins a pair's two strings into its rank key: U+0000 appears in no vocabulary string (checked). */
-const SEP = "\u0000";
+/**
+ * Symbols as numbers: the vocabulary's ids, then ids of our own for strings it lacks (a character outside
+ * it, which byte fallback spells out later, or a merge's result it does not list). Merging works on these,
+ * so no string is built or hashed per merge; the vocabulary's own strings come back at the end (flat and
+ * already hashed, which the library's lookup of each output token then finds at once).
+ */
+class Symbols {
+  private ids: Map<string, number>;
+  private extra = new Map<string, number>();
+  private strings: string[] = [];
+  constructor(vocab: Map<string, number>) {
+    this.ids = vocab;
+    for (const [s, id] of vocab) this.strings[id] = s;
+  }
+
+  id(s: string): number {
+    const known = this.ids.get(s) ?? this.extra.get(s);
+    if (known !== undefined) return known;
+    const id = Math.max(this.strings.length, 1 << 24) + this.extra.size;
+    this.extra.set(s, id);
+    this.strings[id] = s;
+    return id;
+  }
+
+  string(id: number): string {
+    return this.strings[id]!;
+  }
+}
+
+/** A pair (left id, right id) as one number: ids stay below 2^26 (a vocabulary of millions, then ours). */
+const pairKey = (a: number, b: number) => a * 67_108_864 + b;
 
 /**
- * Replaces `model.bpe` with the merge loop above when `model` is the library's BPE model and no merge
- * string holds U+0000; returns whether it did (otherwise the library's own loop stays).
+ * Replaces `model.bpe` with the merge loop above when `model` is the library's BPE model; returns whether it
+ * did (otherwise the library's own loop stays).
  */
 export function useFastBpe(model: unknown): boolean {
   const m = model as Partial<LibraryBpe> | null;
-  if (!m || typeof m.bpe !== "function" || !Array.isArray(m.merges) || !m.cache || typeof m.max_length_to_cache !== "number") return false;
-  const ranks = new Map<string, number>();
-  for (let i = 0; i < m.merges.length; i++) {
-    const pair = m.merges[i]!;
-    if (!Array.isArray(pair) || pair.length !== 2 || pair[0].includes(SEP) || pair[1].includes(SEP)) return false;
-    // A merge listed twice takes its last rank, as the library's Map, built in order, keeps it.
-    ranks.set(pair[0] + SEP + pair[1], i);
+  if (!m || typeof m.bpe !== "function" || !Array.isArray(m.merges) || !(m.tokens_to_ids instanceof Map) || !m.cache || typeof m.max_length_to_cache !== "number") return false;
+  const symbols = new Symbols(m.tokens_to_ids);
+  // rank of a pair, and what it merges into; a merge listed twice takes its last rank, as the library's
+  // Map, built in order, keeps it.
+  const ranks = new Map<number, number>();
+  const merged: number[] = [];
+  if (m.merges.length >= 2 ** 21) return false;
+  for (let r = 0; r < m.merges.length; r++) {
+    const pair = m.merges[r]!;
+    if (!Array.isArray(pair) || pair.length !== 2 || typeof pair[0] !== "string" || typeof pair[1] !== "string") return false;
+    ranks.set(pairKey(symbols.id(pair[0]), symbols.id(pair[1])), r);
+    merged[r] = symbols.id(pair[0] + pair[1]);
   }
   const lib = m as LibraryBpe;
   lib.bpe = (word: string): string[] => {
     if (word.length === 0) return [];
     const cached = lib.cache.get(word);
     if (cached !== undefined) return cached;
-    const symbols = Array.from(word);
-    if (lib.end_of_word_suffix) symbols[symbols.length - 1] += lib.end_of_word_suffix;
-    const out = symbols.length > 1 ? merge(symbols, ranks) : symbols;
+    const chars = Array.from(word);
+    if (lib.end_of_word_suffix) chars[chars.length - 1] += lib.end_of_word_suffix;
+    if (chars.length >= POSITIONS) throw new Error(`bpe: a word of ${chars.length} characters (at most ${POSITIONS - 1})`);
+    const ids = Int32Array.from(chars, (c) => symbols.id(c));
+    const out = ids.length > 1 ? merge(ids, ranks, merged).map((id) => symbols.string(id)) : chars;
     if (lib.continuing_subword_suffix) for (let i = 0; i < out.length - 1; i++) out[i] += lib.continuing_subword_suffix;
     if (word.length < lib.max_length_to_cache) lib.cache.put(word, out);
     return out;
@@ -54,8 +91,8 @@ export function useFastBpe(model: unknown): boolean {
   return true;
 }
 
-/** The merged symbols of `sym` (one string per character to start; merged in place). */
-function merge(sym: string[], ranks: Map<string, number>): string[] {
+/** The merged symbols of `sym` (one id per character to start; merged in place). */
+function merge(sym: Int32Array, ranks: Map<number, number>, merged: number[]): number[] {
   const n = sym.length;
   const next = new Int32Array(n), prev = new Int32Array(n), version = new Int32Array(n);
   for (let i = 0; i < n; i++) {
@@ -66,16 +103,16 @@ function merge(sym: string[], ranks: Map<string, number>): string[] {
   const push = (i: number) => {
     const j = next[i]!;
     if (j < 0) return;
-    const rank = ranks.get(sym[i]! + SEP + sym[j]!);
+    const rank = ranks.get(pairKey(sym[i]!, sym[j]!));
     if (rank !== undefined) heap.push(rank, i, version[i]!, version[j]!);
   };
   for (let i = 0; i + 1 < n; i++) push(i);
   while (heap.size > 0) {
-    const { left: i, leftVersion, rightVersion } = heap.pop();
-    const j = next[i]!;
+    heap.pop();
+    const i = heap.left, j = next[i]!;
     // Stale: the left symbol was merged away or changed, or its right neighbour is another symbol now.
-    if (version[i] !== leftVersion || j < 0 || version[j] !== rightVersion) continue;
-    sym[i] = sym[i]! + sym[j]!;
+    if (version[i] !== heap.leftVersion || j < 0 || version[j] !== heap.rightVersion) continue;
+    sym[i] = merged[heap.rank]!;
     version[i]!++;
     // j leaves the list; its version changes so pairs pushed with it as either side are stale.
     version[j]!++;
@@ -85,85 +122,84 @@ function merge(sym: string[], ranks: Map<string, number>): string[] {
     if (prev[i]! >= 0) push(prev[i]!);
     push(i);
   }
-  const out: string[] = [];
+  const out: number[] = [];
   for (let i = 0; i >= 0; i = next[i]!) out.push(sym[i]!);
   return out;
 }
 
-/** A binary min-heap of pairs ordered by (rank, left position), each with its two symbols' versions. */
+/** Positions within a word stay below 2^31 and ranks below 2^21, so (rank, position) is one exact float64. */
+const POSITIONS = 2 ** 31;
+
+/**
+ * A binary min-heap of pairs ordered by (rank, left position), each with its two symbols' versions. pop()
+ * leaves the pair in the public fields (no object per pop: a long text pops one per character).
+ */
 class PairHeap {
-  private rank: Int32Array;
-  private left: Int32Array;
+  private key: Float64Array;
   private lv: Int32Array;
   private rv: Int32Array;
   size = 0;
+  rank = 0;
+  left = 0;
+  leftVersion = 0;
+  rightVersion = 0;
   constructor(capacity: number) {
     const c = Math.max(16, capacity);
-    this.rank = new Int32Array(c);
-    this.left = new Int32Array(c);
+    this.key = new Float64Array(c);
     this.lv = new Int32Array(c);
     this.rv = new Int32Array(c);
   }
 
-  private less(a: number, b: number): boolean {
-    return this.rank[a]! < this.rank[b]! || (this.rank[a] === this.rank[b] && this.left[a]! < this.left[b]!);
-  }
-
-  private swap(a: number, b: number): void {
-    for (const arr of [this.rank, this.left, this.lv, this.rv]) {
-      const t = arr[a]!;
-      arr[a] = arr[b]!;
-      arr[b] = t;
-    }
-  }
-
   push(rank: number, left: number, leftVersion: number, rightVersion: number): void {
-    if (this.size === this.rank.length) this.grow();
+    if (this.size === this.key.length) this.grow();
+    const { key, lv, rv } = this;
+    const k = rank * POSITIONS + left;
     let i = this.size++;
-    this.rank[i] = rank;
-    this.left[i] = left;
-    this.lv[i] = leftVersion;
-    this.rv[i] = rightVersion;
     while (i > 0) {
       const p = (i - 1) >> 1;
-      if (!this.less(i, p)) break;
-      this.swap(i, p);
+      if (key[p]! <= k) break;
+      key[i] = key[p]!;
+      lv[i] = lv[p]!;
+      rv[i] = rv[p]!;
       i = p;
     }
+    key[i] = k;
+    lv[i] = leftVersion;
+    rv[i] = rightVersion;
   }
 
-  pop(): { left: number; leftVersion: number; rightVersion: number } {
-    const top = { left: this.left[0]!, leftVersion: this.lv[0]!, rightVersion: this.rv[0]! };
+  pop(): void {
+    const { key, lv, rv } = this;
+    const top = key[0]!;
+    this.rank = Math.floor(top / POSITIONS);
+    this.left = top - this.rank * POSITIONS;
+    this.leftVersion = lv[0]!;
+    this.rightVersion = rv[0]!;
     const last = --this.size;
-    if (last > 0) {
-      this.rank[0] = this.rank[last]!;
-      this.left[0] = this.left[last]!;
-      this.lv[0] = this.lv[last]!;
-      this.rv[0] = this.rv[last]!;
-      let i = 0;
-      for (;;) {
-        const l = 2 * i + 1, r = l + 1;
-        let m = i;
-        if (l < last && this.less(l, m)) m = l;
-        if (r < last && this.less(r, m)) m = r;
-        if (m === i) break;
-        this.swap(i, m);
-        i = m;
-      }
+    if (last === 0) return;
+    const k = key[last]!, a = lv[last]!, b = rv[last]!;
+    let i = 0;
+    for (;;) {
+      let c = 2 * i + 1;
+      if (c >= last) break;
+      if (c + 1 < last && key[c + 1]! < key[c]!) c++;
+      if (key[c]! >= k) break;
+      key[i] = key[c]!;
+      lv[i] = lv[c]!;
+      rv[i] = rv[c]!;
+      i = c;
     }
-    return top;
+    key[i] = k;
+    lv[i] = a;
+    rv[i] = b;
   }
 
   private grow(): void {
-    const c = this.rank.length * 2;
-    const more = (a: Int32Array) => {
-      const b = new Int32Array(c);
-      b.set(a);
-      return b;
-    };
-    this.rank = more(this.rank);
-    this.left = more(this.left);
-    this.lv = more(this.lv);
-    this.rv = more(this.rv);
+    const c = this.key.length * 2;
+    const key = new Float64Array(c), lv = new Int32Array(c), rv = new Int32Array(c);
+    key.set(this.key);
+    lv.set(this.lv);
+    rv.set(this.rv);
+    [this.key, this.lv, this.rv] = [key, lv, rv];
   }
 }

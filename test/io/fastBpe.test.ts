@@ -77,7 +77,8 @@ test("the fast BPE merge loop gives the library's ids: a byte-level tokenizer wi
 test("useFastBpe leaves models it does not know alone", () => {
   assert.equal(useFastBpe(null), false);
   assert.equal(useFastBpe({ bpe: () => [] }), false, "no merges");
-  assert.equal(useFastBpe({ bpe: () => [], merges: [["a\u0000", "b"]], cache: new Map(), max_length_to_cache: 256 }), false, "a merge string with U+0000");
+  assert.equal(useFastBpe({ bpe: () => [], merges: [["a", "b"]], cache: new Map(), max_length_to_cache: 256 }), false, "no vocabulary map");
+  assert.equal(useFastBpe({ bpe: () => [], merges: ["a b"], tokens_to_ids: new Map(), cache: new Map(), max_length_to_cache: 256 }), false, "merges not split into pairs");
 });
 
 function range(a: number, b: number): number[] {
