@@ -33,41 +33,45 @@ class Symbols {
   private ids: Map<string, number>;
   private extra = new Map<string, number>();
   private strings: string[] = [];
+  private extraStrings: string[] = [];
+  /** Our ids start here, past any vocabulary id (kept apart so `strings` stays a dense array). */
+  private static readonly EXTRA = 1 << 24;
   constructor(vocab: Map<string, number>) {
     this.ids = vocab;
+    this.strings = new Array<string>(vocab.size).fill("");
     for (const [s, id] of vocab) this.strings[id] = s;
   }
 
   id(s: string): number {
     const known = this.ids.get(s) ?? this.extra.get(s);
     if (known !== undefined) return known;
-    const id = Math.max(this.strings.length, 1 << 24) + this.extra.size;
+    const id = Symbols.EXTRA + this.extraStrings.length;
     this.extra.set(s, id);
-    this.strings[id] = s;
+    this.extraStrings.push(s);
     return id;
   }
 
   string(id: number): string {
-    return this.strings[id]!;
+    return id >= Symbols.EXTRA ? this.extraStrings[id - Symbols.EXTRA]! : this.strings[id]!;
   }
 }
 
-/** A pair (left id, right id) as one number: ids stay below 2^26 (a vocabulary of millions, then ours). */
+/** A pair (left id, right id) as one number: ids stay below 2^26 (vocabulary ids below 2^24, then ours). */
 const pairKey = (a: number, b: number) => a * 67_108_864 + b;
 
 /**
- * Replaces `model.bpe` with the merge loop above when `model` is the library's BPE model; returns whether it
- * did (otherwise the library's own loop stays).
+ * Replaces `model.bpe` with the merge loop above when `model` is the library's BPE model (vocabulary ids
+ * below 2^24, fewer than 2^21 merges); returns whether it did (otherwise the library's own loop stays).
  */
 export function useFastBpe(model: unknown): boolean {
   const m = model as Partial<LibraryBpe> | null;
   if (!m || typeof m.bpe !== "function" || !Array.isArray(m.merges) || !(m.tokens_to_ids instanceof Map) || !m.cache || typeof m.max_length_to_cache !== "number") return false;
+  if (m.merges.length >= 2 ** 21 || [...m.tokens_to_ids.values()].some((id) => !Number.isInteger(id) || id < 0 || id >= 1 << 24)) return false;
   const symbols = new Symbols(m.tokens_to_ids);
   // rank of a pair, and what it merges into; a merge listed twice takes its last rank, as the library's
   // Map, built in order, keeps it.
   const ranks = new Map<number, number>();
   const merged: number[] = [];
-  if (m.merges.length >= 2 ** 21) return false;
   for (let r = 0; r < m.merges.length; r++) {
     const pair = m.merges[r]!;
     if (!Array.isArray(pair) || pair.length !== 2 || typeof pair[0] !== "string" || typeof pair[1] !== "string") return false;
