@@ -156,20 +156,16 @@ class PairHeap {
 
   push(rank: number, left: number, leftVersion: number, rightVersion: number): void {
     if (this.size === this.key.length) this.grow();
-    const { key, lv, rv } = this;
+    const key = this.key;
     const k = rank * POSITIONS + left;
     let i = this.size++;
     while (i > 0) {
       const p = (i - 1) >> 1;
       if (key[p]! <= k) break;
-      key[i] = key[p]!;
-      lv[i] = lv[p]!;
-      rv[i] = rv[p]!;
+      this.move(i, p);
       i = p;
     }
-    key[i] = k;
-    lv[i] = leftVersion;
-    rv[i] = rightVersion;
+    this.place(i, k, leftVersion, rightVersion);
   }
 
   pop(): void {
@@ -188,14 +184,23 @@ class PairHeap {
       if (c >= last) break;
       if (c + 1 < last && key[c + 1]! < key[c]!) c++;
       if (key[c]! >= k) break;
-      key[i] = key[c]!;
-      lv[i] = lv[c]!;
-      rv[i] = rv[c]!;
+      this.move(i, c);
       i = c;
     }
-    key[i] = k;
-    lv[i] = a;
-    rv[i] = b;
+    this.place(i, k, a, b);
+  }
+
+  /** Entry `from` copied to slot `to` (a sift's step). */
+  private move(to: number, from: number): void {
+    this.key[to] = this.key[from]!;
+    this.lv[to] = this.lv[from]!;
+    this.rv[to] = this.rv[from]!;
+  }
+
+  private place(i: number, key: number, leftVersion: number, rightVersion: number): void {
+    this.key[i] = key;
+    this.lv[i] = leftVersion;
+    this.rv[i] = rightVersion;
   }
 
   private grow(): void {
