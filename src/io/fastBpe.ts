@@ -4,10 +4,11 @@
  * The library's `bpe(word)` looks up every candidate pair's rank with `JSON.stringify([a, b])` and clones
  * a node object per merge; a SentencePiece-style tokenizer (Llama 2's: no pre-tokenizer) hands it the whole
  * normalized text as one word, so encoding ran at ~25k tokens/s (~0.1 MB/s) on one core, hours for the
- * billions of tokens a recovery fine-tune reads. This one merges token ids (a pair's rank from a hash table
- * of id pairs, its result from the rank) in typed arrays, with the candidate pairs in a binary heap of (rank, position): the lowest rank merges first and, among equal ranks,
- * the leftmost, as the library's score (rank + position / length) orders them and as the Rust tokenizers do;
- * a pair whose symbols have changed since it was pushed is skipped when it comes up (a version per symbol).
+ * billions of tokens a recovery fine-tune reads. This one merges token ids (a pair's rank from a hash
+ * table of id pairs, its result from the rank) in typed arrays, with the candidate pairs in a binary heap
+ * of (rank, position): the lowest rank merges first and, among equal ranks, the leftmost, as the library's
+ * score (rank + position / length) orders them and as the Rust tokenizers do; a pair whose symbols have
+ * changed since it was pushed is skipped when it comes up (a version per symbol).
  * Everything around the loop (the cache, end-of-word and continuing-subword suffixes, byte fallback, the
  * vocabulary lookup) stays the library's.
  */
@@ -57,8 +58,8 @@ class Symbols {
 }
 
 /**
- * Each merge's rank by its pair of ids: an open-addressing table over int arrays (a Map keyed by a pair packed
- * into one number hashed that number as a heap double, half of the loop's time).
+ * Each merge's rank by its pair of ids: an open-addressing table over int arrays (a Map keyed by the pair
+ * packed into one number hashes it as a heap double, which took half of the merge loop's time).
  */
 class PairRanks {
   private a: Int32Array;
@@ -120,7 +121,6 @@ export function useFastBpe(model: unknown): boolean {
     if (cached !== undefined) return cached;
     const chars = Array.from(word);
     if (lib.end_of_word_suffix) chars[chars.length - 1] += lib.end_of_word_suffix;
-    if (chars.length >= POSITIONS) throw new Error(`bpe: a word of ${chars.length} characters (at most ${POSITIONS - 1})`);
     const ids = Int32Array.from(chars, (c) => symbols.id(c));
     const out = ids.length > 1 ? merge(ids, ranks, merged).map((id) => symbols.string(id)) : chars;
     if (lib.continuing_subword_suffix) for (let i = 0; i < out.length - 1; i++) out[i] += lib.continuing_subword_suffix;
@@ -166,7 +166,10 @@ function merge(sym: Int32Array, ranks: PairRanks, merged: number[]): number[] {
   return out;
 }
 
-/** Positions within a word stay below 2^31 and ranks below 2^21, so (rank, position) is one exact float64. */
+/**
+ * A word's positions stay below 2^31 (a JavaScript string holds at most ~2^29 characters) and ranks below
+ * 2^21 (useFastBpe declines more merges), so (rank, position) packs into one exact float64.
+ */
 const POSITIONS = 2 ** 31;
 
 /**
