@@ -28,6 +28,12 @@ export interface EncodeLongOptions {
   parallelAbove?: number;
   /** Worker threads (default: os.availableParallelism(), at most one per batch of pieces). */
   workers?: number;
+  /**
+   * A piece longer than this (characters: a text without a safe line break, or one encoded whole) sends
+   * all pieces to worker threads, however short the text in all, so that this thread's event loop
+   * keeps turning while it is encoded (serve). Default: never.
+   */
+  offThreadPieceChars?: number;
   /** Receives a line when tokenizing starts and ends, and every 10 s in between (with MB/s and ETA). */
   logger?: Logger;
   /** What is being tokenized (the data file), named in progress lines and errors. */
@@ -135,7 +141,8 @@ export async function encodeTexts(tok: TextTokenizer, texts: readonly string[], 
   }
   const total = texts.reduce((n, t) => n + t.length, 0);
   if (total === 0) return texts.map(() => new Int32Array(0));
-  const workers = tok.dir && total > (o.parallelAbove ?? 1_000_000) ? Math.min(o.workers ?? os.availableParallelism(), batches.length) : 1;
+  const offThread = !!tok.dir && o.offThreadPieceChars !== undefined && pieces.some((p) => p.text.length > o.offThreadPieceChars!);
+  const workers = tok.dir && (offThread || total > (o.parallelAbove ?? 1_000_000)) ? Math.min(o.workers ?? os.availableParallelism(), batches.length) : 1;
 
   const log = o.logger ?? silentLogger;
   const label = o.label ?? "text";
@@ -143,7 +150,7 @@ export async function encodeTexts(tok: TextTokenizer, texts: readonly string[], 
   const t0 = performance.now();
   let done = 0;
   let lastLog = t0;
-  log.info(`tokenizing ${label}: ${mb(total)} MB in ${pieces.length} piece(s)${long && !exact ? " (encoded whole: this tokenizer fails the split probe)" : ""}, ${workers > 1 ? `${workers} worker threads` : "1 thread"}`);
+  log.info(`tokenizing ${label}: ${mb(total)} MB in ${pieces.length} piece(s)${long && !exact ? " (encoded whole: this tokenizer fails the split probe)" : ""}, ${workers > 1 || offThread ? `${workers} worker thread${workers > 1 ? "s" : ""}` : "1 thread"}`);
   const ids: Int32Array[] = new Array(pieces.length);
   const finished = (b: number, out: Int32Array[]) => {
     throwIfStopped(o.shouldStop);
@@ -159,7 +166,7 @@ export async function encodeTexts(tok: TextTokenizer, texts: readonly string[], 
       log.info(`tokenizing ${label}: ${mb(done)}/${mb(total)} MB (${((100 * done) / total).toFixed(0)}%), ${mb(rate)} MB/s, ETA ${fmtTime((total - done) / rate)}`);
     }
   };
-  if (workers > 1) {
+  if (workers > 1 || offThread) {
     try {
       await inWorkers(tok.dir!, batches.map(([a, b]) => pieces.slice(a, b)), workers, finished);
     } catch (e) {

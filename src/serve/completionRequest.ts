@@ -99,13 +99,25 @@ export function bad(message: string, hint: string): MlaError {
   return new MlaError("BAD_ARGUMENT", message, hint);
 }
 
+/** Characters of a refused value a message shows (a 4 MB string sent as max_tokens is not echoed whole). */
+const SHOWN_CHARS = 60;
+
 /**
- * A field's value as a refusal shows it: JSON, but a number as itself. JSON.parse reads an overflowing
- * literal (1e400) as Infinity, which JSON.stringify writes as null: "max_tokens null is not …" named
- * another value than the one sent.
+ * A field's value as a refusal shows it: JSON cut to SHOWN_CHARS, but a number as itself. JSON.parse
+ * reads an overflowing literal (1e400) as Infinity, which JSON.stringify writes as null: "max_tokens
+ * null is not …" named another value than the one sent. A value nested deeper than JSON.stringify's
+ * stack (JSON.parse takes [[[…]]] 5,000 deep) is named by its kind: the refusal stays a 400.
  */
 export function shown(v: unknown): string {
-  return typeof v === "number" ? String(v) : JSON.stringify(v);
+  if (typeof v === "number") return String(v);
+  let s: string | undefined;
+  try {
+    s = JSON.stringify(v);
+  } catch {
+    return `${Array.isArray(v) ? "a list" : "an object"} nested too deeply to show`;
+  }
+  if (s === undefined) return String(v);
+  return s.length > SHOWN_CHARS ? `${s.slice(0, SHOWN_CHARS)}…` : s;
 }
 
 /** `key` of `b` as true or false (`fallback` when absent or null), refused with `hint` otherwise. */
@@ -128,10 +140,10 @@ export function checkedBody(body: unknown, served: { name: string }, known: Read
   if (typeof body !== "object" || body === null || Array.isArray(body)) throw bad("the request body is not a JSON object", `send e.g. ${example}`);
   const b = body as Record<string, unknown>;
   const unknown = Object.keys(b).filter((k) => !known.has(k));
-  if (unknown.length) throw bad(`unknown field${unknown.length > 1 ? "s" : ""} ${unknown.map((k) => JSON.stringify(k)).join(", ")}`, `the fields read are ${[...known].filter((k) => !(k in unsupported)).join(", ")}`);
+  if (unknown.length) throw bad(`unknown field${unknown.length > 1 ? "s" : ""} ${unknown.map((k) => shown(k)).join(", ")}`, `the fields read are ${[...known].filter((k) => !(k in unsupported)).join(", ")}`);
   for (const [k, off] of Object.entries(unsupported))
     if (b[k] !== undefined && b[k] !== null && !off(b[k])) throw bad(`${k} ${shown(b[k])} is not supported by this server`, `leave ${k} out (no tools, best_of or suffix)`);
-  if (b["model"] !== undefined && b["model"] !== served.name) throw new MlaError("NOT_FOUND", `model ${JSON.stringify(b["model"])} is not served here`, `this server serves ${JSON.stringify(served.name)} (GET /v1/models); send that name or leave model out`);
+  if (b["model"] !== undefined && b["model"] !== served.name) throw new MlaError("NOT_FOUND", `model ${shown(b["model"])} is not served here`, `this server serves ${JSON.stringify(served.name)} (GET /v1/models); send that name or leave model out`);
   return b;
 }
 
@@ -164,7 +176,7 @@ function onePrompt(p: unknown, what: string, vocabSize: number): string | number
   }
   // An empty text is a prompt of BOS alone (unconditional generation); an empty list of ids is nothing.
   if (Array.isArray(p) && p.length === 0) throw bad(`${what} is an empty list of token ids`, "send at least one id, or the prompt as text");
-  throw bad(`${what} ${JSON.stringify(p).slice(0, 60)} is neither text nor a list of token ids`, 'send "prompt": "…" (text) or a list of token ids');
+  throw bad(`${what} ${shown(p)} is neither text nor a list of token ids`, 'send "prompt": "…" (text) or a list of token ids');
 }
 
 /** The request `body` of POST /v1/chat/completions, checked against the served model's name and vocabulary. */
@@ -217,7 +229,7 @@ function generationFields(b: Record<string, unknown>, maxKey: string, defaultMax
   const s = b["stop"];
   if (typeof s === "string") stop = [s];
   else if (Array.isArray(s) && s.every((x) => typeof x === "string")) stop = s as string[];
-  else if (s !== undefined && s !== null) throw bad(`stop ${JSON.stringify(s).slice(0, 60)} is neither a string nor a list of strings`, 'send e.g. "stop": ["\\n\\n"]');
+  else if (s !== undefined && s !== null) throw bad(`stop ${shown(s)} is neither a string nor a list of strings`, 'send e.g. "stop": ["\\n\\n"]');
   // More than OpenAI's 4, as vLLM takes any number: lm-eval's generation tasks send their stop strings and the EOS text.
   if (stop.length > MAX_STOPS) throw bad(`stop holds ${stop.length} strings`, `send at most ${MAX_STOPS} stop strings`);
   if (stop.some((x) => x.length === 0)) throw bad("stop holds an empty string", "every stop string needs at least one character");
@@ -225,15 +237,18 @@ function generationFields(b: Record<string, unknown>, maxKey: string, defaultMax
   const stream = booleanField(b, "stream", false, "send stream: true for server-sent events");
   const so = b["stream_options"];
   if (so !== undefined && so !== null && (typeof so !== "object" || Array.isArray(so))) throw bad("stream_options is not an object", 'send e.g. "stream_options": {"include_usage": true}');
-  const includeUsage = (so as Record<string, unknown> | null | undefined)?.["include_usage"] === true;
   if (so && !stream) throw bad("stream_options is set without stream: true", "send stream: true, or leave stream_options out");
+  const soFields = (so ?? {}) as Record<string, unknown>;
+  const soUnknown = Object.keys(soFields).filter((k) => k !== "include_usage");
+  if (soUnknown.length) throw bad(`unknown stream_options field${soUnknown.length > 1 ? "s" : ""} ${soUnknown.map((k) => shown(k)).join(", ")}`, 'the one read is include_usage, e.g. "stream_options": {"include_usage": true}');
+  const includeUsage = booleanField(soFields, "include_usage", false, "send include_usage: true for a last chunk with the usage, or leave it out");
 
   const ignoreEos = booleanField(b, "ignore_eos", false, "send ignore_eos: true to generate past end-of-sequence tokens, or leave it out");
   const n = numberField(b, "n", 1, (v) => Number.isInteger(v) && v >= 1 && v <= MAX_CHOICES, `a whole number from 1 to ${MAX_CHOICES}`);
   // vLLM's extensions: min_p (after temperature, before top-k and top-p), stop_token_ids, min_tokens.
   const minP = numberField(b, "min_p", 0, (v) => v >= 0 && v <= 1, "a fraction in [0, 1]");
   const st = b["stop_token_ids"];
-  if (st !== undefined && st !== null && !(Array.isArray(st) && st.every((t) => Number.isInteger(t) && t >= 0 && t < vocabSize))) throw bad(`stop_token_ids ${JSON.stringify(st).slice(0, 60)} is not a list of token ids of this model`, `send ids from 0 to ${vocabSize - 1}, e.g. [2]`);
+  if (st !== undefined && st !== null && !(Array.isArray(st) && st.every((t) => Number.isInteger(t) && t >= 0 && t < vocabSize))) throw bad(`stop_token_ids ${shown(st)} is not a list of token ids of this model`, `send ids from 0 to ${vocabSize - 1}, e.g. [2]`);
   const stopTokenIds = (st as number[] | undefined | null) ?? [];
   if (stopTokenIds.length > MAX_STOPS) throw bad(`stop_token_ids holds ${stopTokenIds.length} ids`, `send at most ${MAX_STOPS}`);
   const minTokens = numberField(b, "min_tokens", 0, (v) => Number.isInteger(v) && v >= 0, "a whole number ≥ 0");
@@ -282,8 +297,8 @@ function penaltyFields(b: Record<string, unknown>, vocabSize: number): Pick<Samp
     if (entries.length > MAX_LOGIT_BIAS) throw bad(`logit_bias holds ${entries.length} tokens`, `send at most ${MAX_LOGIT_BIAS}`);
     const bias = new Map<number, number>();
     for (const [k, v] of entries) {
-      if (!/^\d+$/.test(k)) throw bad(`logit_bias key ${JSON.stringify(k)} is not a token id`, 'key it by token ids, e.g. {"50256": -100}');
-      if (typeof v !== "number") throw bad(`logit_bias gives token ${k} ${JSON.stringify(v)}, not a number`, "give each token a bias from -100 to 100");
+      if (!/^\d+$/.test(k)) throw bad(`logit_bias key ${shown(k)} is not a token id`, 'key it by token ids, e.g. {"50256": -100}');
+      if (typeof v !== "number") throw bad(`logit_bias gives token ${k} ${shown(v)}, not a number`, "give each token a bias from -100 to 100");
       bias.set(Number(k), v);
     }
     if (bias.size) out.logitBias = bias;

@@ -10,7 +10,7 @@ import { MlaError } from "../errors.js";
 import { encodeLong } from "../io/encodeLong.js";
 import type { TextTokenizer } from "../io/tokenizer.js";
 import type { ChatTemplate } from "./chatTemplate.js";
-import { bad, booleanField, checkedBody, parseMessages } from "./completionRequest.js";
+import { bad, booleanField, checkedBody, parseMessages, shown } from "./completionRequest.js";
 
 /** What the endpoints read: the served name, its tokenizer, positions and chat template (null: none). */
 export interface TokenizerServed {
@@ -32,16 +32,23 @@ function flag(b: Record<string, unknown>, key: string, fallback: boolean, what: 
 
 /** Texts longer than this (characters) are tokenized in pieces, the event loop getting turns between them. */
 const LONG_TEXT = 16_384;
+/**
+ * A piece longer than this (a text with no line break to cut at) is tokenized in a worker thread: on
+ * this one a 3.6 MB line held every stream for ~3 s with stories260K's tokenizer. Starting the worker
+ * and loading the tokenizer there costs ~0.2–0.4 s, paid only by such a request.
+ */
+const OFF_THREAD_PIECE = 65_536;
 
 /**
  * `text`'s ids as tok.encode gives them. A long one (lm-eval's remote tokenizer sends whole
  * documents) is encoded in pieces that give the same ids (encodeLong), so the streams of other
- * requests go on meanwhile; one encode of a 1 MB text held every stream for ~18 s. The special tokens
+ * requests go on meanwhile; one encode of a 1 MB text held every stream for ~18 s. A piece that stays
+ * long (no line break to cut at) goes to a worker thread. The special tokens
  * encode would add around the text are those it adds around a short one.
  */
 async function encodeYielding(tok: TextTokenizer, text: string, addSpecialTokens: boolean): Promise<number[]> {
   if (text.length <= LONG_TEXT) return tok.encode(text, { addSpecialTokens });
-  const ids = [...(await encodeLong(tok, text))];
+  const ids = [...(await encodeLong(tok, text, { offThreadPieceChars: OFF_THREAD_PIECE }))];
   if (!addSpecialTokens) return ids;
   const bare = tok.encode("x"), full = tok.encode("x", { addSpecialTokens: true });
   const at = full.findIndex((_, i) => bare.every((id, k) => full[i + k] === id));
@@ -66,7 +73,7 @@ export async function tokenize(body: unknown, s: TokenizerServed): Promise<Recor
     text = s.chat.render(parseMessages(b["messages"], TOKENIZE_EXAMPLE), flag(b, "add_generation_prompt", true, "end the text where the assistant's reply begins"));
   } else {
     if (b["add_generation_prompt"] !== undefined) throw bad("add_generation_prompt is set without messages", "send it with messages, or leave it out");
-    if (typeof b["prompt"] !== "string") throw bad(`prompt ${JSON.stringify(b["prompt"]).slice(0, 60)} is not text`, `send e.g. ${TOKENIZE_EXAMPLE}`);
+    if (typeof b["prompt"] !== "string") throw bad(`prompt ${shown(b["prompt"])} is not text`, `send e.g. ${TOKENIZE_EXAMPLE}`);
     text = b["prompt"];
   }
   const tokens = await encodeYielding(s.tokenizer, text, flag(b, "add_special_tokens", !chatForm, "add the model's special tokens (BOS)"));

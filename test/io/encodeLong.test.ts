@@ -53,6 +53,26 @@ test("worker threads give the single-thread ids, in order, text by text", async 
   assert.match(lines.at(-1)!, /^tokenized tiny\.txt: .* tokens in .* MB\/s\)$/);
 });
 
+test("a piece longer than offThreadPieceChars (a text with no line break to cut at) is encoded in a worker thread: the same ids, and this thread's event loop turns meanwhile", async () => {
+  const line = "hello world, once upon a time ".repeat(4000); // 120,000 characters, one line
+  let ticks = 0;
+  const timer = setInterval(() => ticks++, 1);
+  const lines: string[] = [];
+  try {
+    const ids = await encodeLong(stories, line, { offThreadPieceChars: 65_536, logger: { info: (m) => lines.push(m), warn: () => {} } });
+    assert.deepEqual([...ids], stories.encode(line));
+  } finally {
+    clearInterval(timer);
+  }
+  assert.match(lines[0]!, /in 1 piece\(s\), 1 worker thread$/);
+  // On this thread one encode of the one piece would hold the loop from start to end: no tick at all.
+  assert.ok(ticks > 0, "the event loop turned while the worker encoded");
+  // Below the limit, or with pieces to cut at, the text stays on this thread.
+  const here: string[] = [];
+  await encodeLong(stories, line.slice(0, 20_000), { offThreadPieceChars: 65_536, logger: { info: (m) => here.push(m), warn: () => {} } });
+  assert.match(here[0]!, /1 thread$/);
+});
+
 test("a tokenizer whose split encoding differs from the whole one fails the probe and gets each text encoded whole", async () => {
   const calls: string[] = [];
   // Ids that depend on the whole string: any cut changes them.

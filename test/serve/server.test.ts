@@ -128,6 +128,9 @@ test("ignore_eos generates past the model's stop tokens, to exactly max_tokens",
   }
 });
 
+/** A JSON list nested 5,000 deep: JSON.parse reads it, JSON.stringify of it overflows the stack. */
+const DEEP = "[".repeat(5000) + "1" + "]".repeat(5000);
+
 test("bad requests get OpenAI error bodies that name the culprit; unknown routes and chat are 404", async () => {
   const server = await serve(lm, { port: 0, name: "tiny" });
   try {
@@ -158,6 +161,14 @@ test("bad requests get OpenAI error bodies that name the culprit; unknown routes
       [{ prompt: "x", ignore_eos: "yes" }, 400, /ignore_eos "yes" is not true or false/],
       [{ prompt: "x", stop: Array.from({ length: 17 }, (_, i) => `s${i}`) }, 400, /stop holds 17 strings.*at most 16/],
       [{ prompt: "x", stream_options: { include_usage: true } }, 400, /without stream: true/],
+      [{ prompt: "x", stream: true, stream_options: { include_usage: "yes" } }, 400, /include_usage "yes" is not true or false/],
+      [{ prompt: "x", stream: true, stream_options: { bogus: 1 } }, 400, /unknown stream_options field "bogus"/],
+      // Values nested deeper than JSON.stringify's stack (JSON.parse takes them) are refused as 400s, not 500s.
+      [`{"prompt": ${DEEP}}`, 400, /prompt\[0\] a list nested too deeply to show is neither text/],
+      [`{"prompt": "x", "max_tokens": ${DEEP}}`, 400, /max_tokens a list nested too deeply to show is not/],
+      [`{"prompt": "x", "model": ${DEEP}}`, 404, /model a list nested too deeply to show is not served here/],
+      [`{"prompt": "x", "stop": ${DEEP}}`, 400, /stop a list nested too deeply to show is neither/],
+      [{ prompt: "x", max_tokens: "9".repeat(5000) }, 400, /max_tokens "9{59}… is not a whole number/],
       // JSON.parse reads an overflowing number as Infinity: the refusal names it, not "null".
       ['{"prompt": "x", "max_tokens": 1e400}', 400, /max_tokens Infinity is not a whole number/],
       ['{"prompt": "x", "temperature": -1e400}', 400, /temperature -Infinity is not a number ≥ 0/],
@@ -433,7 +444,7 @@ test("echo: the prompt comes back scored, as lm-eval's log-likelihood requests r
 test("vLLM's tokenizer endpoints: /tokenize, /detokenize and /tokenizer_info answer as lm-eval's remote tokenizer reads them", async () => {
   const server = await serve(lm, { port: 0, name: "tiny", apiKey: "k" });
   const call = async (route: string, body?: unknown) => {
-    const r = await fetch(`${server.url}${route}`, { method: body === undefined ? "GET" : "POST", headers: { Authorization: "Bearer k" }, ...(body === undefined ? {} : { body: JSON.stringify(body) }) });
+    const r = await fetch(`${server.url}${route}`, { method: body === undefined ? "GET" : "POST", headers: { Authorization: "Bearer k" }, ...(body === undefined ? {} : { body: typeof body === "string" ? body : JSON.stringify(body) }) });
     return { status: r.status, json: (await r.json()) as Record<string, any> };
   };
   try {
@@ -460,11 +471,15 @@ test("vLLM's tokenizer endpoints: /tokenize, /detokenize and /tokenizer_info ans
       const long = await call("/tokenize", { prompt: doc, add_special_tokens: special });
       assert.deepEqual(long.json["tokens"], lm.tokenizer.encode(doc, { addSpecialTokens: special }), `add_special_tokens ${special}`);
     }
+    // One long line (no break to cut at) is tokenized in a worker thread (test/io/encodeLong.test.ts): the same ids.
+    const line = "hello world, once upon a time ".repeat(3000);
+    assert.deepEqual((await call("/tokenize", { prompt: line })).json["tokens"], lm.tokenizer.encode(line, { addSpecialTokens: true }));
     for (const [route, body, status, message] of [
       ["/tokenize", { messages: [{ role: "user", content: "hi" }] }, 404, /no chat template/],
       ["/tokenize", {}, 400, /neither prompt nor messages/],
       ["/tokenize", { prompt: "a", messages: [] }, 400, /both prompt and messages/],
       ["/tokenize", { prompt: [1, 2] }, 400, /prompt \[1,2\] is not text/],
+      ["/tokenize", `{"prompt": ${DEEP}}`, 400, /prompt a list nested too deeply to show is not text/],
       ["/tokenize", { prompt: "a", add_special_tokens: "no" }, 400, /add_special_tokens "no" is not true or false/],
       ["/tokenize", { prompt: "a", add_generation_prompt: true }, 400, /add_generation_prompt is set without messages/],
       ["/tokenize", { prompt: "a", model: "other" }, 404, /model "other" is not served here/],
