@@ -7,6 +7,7 @@
  */
 import crypto from "node:crypto";
 import fs from "node:fs";
+import path from "node:path";
 import { MlaError } from "./errors.js";
 import { shown } from "./finetune/resume.js";
 import { FINETUNE_DEFAULTS } from "./finetune/trainer.js";
@@ -128,15 +129,34 @@ function flatten(identity: Record<string, unknown>): Map<string, unknown> {
   return flat;
 }
 
+/**
+ * An identity as two runs are compared: file paths resolved (./data.txt and data.txt are one file), and
+ * the fine-tune's settings at their defaults where not given (a default given is the run not given it).
+ * Only for comparing: the fingerprint keeps the values as given, so runs recorded before still match it.
+ */
+function comparable(identity: Record<string, unknown>): Record<string, unknown> {
+  const file = (p: unknown) => (typeof p === "string" ? path.resolve(p) : p);
+  const convert = identity["convert"] as Record<string, unknown> | undefined;
+  const finetune = identity["finetune"] as Record<string, unknown> | undefined;
+  const given = (o: Record<string, unknown>) => Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined));
+  return {
+    ...identity,
+    model: file(identity["model"]),
+    evalText: file(identity["evalText"]),
+    convert: convert ? { ...convert, calib: file(convert["calib"]) } : convert,
+    finetune: finetune ? { ...FINETUNE_DEFAULTS, ...given(finetune), data: Array.isArray(finetune["data"]) ? finetune["data"].map(file) : finetune["data"], distill: file(finetune["distill"]) } : finetune,
+  };
+}
+
 /** One "FLAG old → new" clause per option whose value differs between the runs `was` and `now` (identities). */
 export function identityDifferences(was: Record<string, unknown>, now: Record<string, unknown>): string[] {
   const [a, b] = [flatten(was), flatten(now)];
+  const [ca, cb] = [flatten(comparable(was)), flatten(comparable(now))];
   const clauses: string[] = [];
-  for (const key of new Set([...a.keys(), ...b.keys()])) {
-    const [before, here] = [a.get(key), b.get(key)];
-    if (canonicalJson(before) === canonicalJson(here)) continue;
+  for (const key of new Set([...ca.keys(), ...cb.keys()])) {
+    if (canonicalJson(ca.get(key)) === canonicalJson(cb.get(key))) continue;
     const show = (v: unknown) => (v === undefined ? "(not given)" : shown(v));
-    clauses.push(`${flagOf(key)} ${show(before)} → ${show(here)}`);
+    clauses.push(`${flagOf(key)} ${show(a.get(key))} → ${show(b.get(key))}`);
   }
   return clauses;
 }

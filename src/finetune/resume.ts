@@ -124,6 +124,19 @@ export function loggedValNllBefore(out: string): number | null {
 }
 
 /**
+ * The training loss the run's log gives for `step` (its step line), or null without one: a run resumed
+ * from the checkpoint of its last step trains no step, and reports this as its final loss, as the
+ * uninterrupted run did (the log's JSON holds each loss exactly).
+ */
+export function loggedLossAt(out: string, step: number): number | null {
+  for (const line of logLines(out) ?? []) {
+    const row = parseRow(line);
+    if (row !== null && row.step === step && typeof row.loss === "number") return row.loss;
+  }
+  return null;
+}
+
+/**
  * Whether the run's log has a validation line at `step`: a stop during the periodic validation after
  * a step saves that step's checkpoint without one, and the resumed run does that validation first.
  */

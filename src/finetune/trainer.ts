@@ -26,7 +26,7 @@ import { checkRunFolders, startRunFolder } from "./runFolder.js";
 import { checkFinetuneOptions, checkTeacher, FINETUNE_DEFAULTS, FINETUNE_KINDS } from "./options.js";
 import { checkOptionTypes } from "../util/optionTypes.js";
 import { nextTurn, throwIfAborted } from "../util/abort.js";
-import { checkSameRun, finishedRun, LOG_FILE, loggedSeconds, loggedValNllAt, loggedValNllBefore, SUMMARY_FILE, trimLogToCheckpoint } from "./resume.js";
+import { checkSameRun, finishedRun, LOG_FILE, loggedLossAt, loggedSeconds, loggedValNllAt, loggedValNllBefore, SUMMARY_FILE, trimLogToCheckpoint } from "./resume.js";
 import { writeFileAtomic } from "../io/atomicDir.js";
 import { roundToWritten, writeModel } from "./writtenModel.js";
 import { CheckpointKeeper } from "./checkpointKeeper.js";
@@ -282,7 +282,8 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
     const targetsPerStep = batch * accum * (seq - 1);
     const loss = { scale: 1 / targetsPerStep, ceWeight: 1 - distillWeight, klWeight: distillWeight, temperature, teacher, checkpoint, keepMid: memory.keepMid };
     let lastPrint = -Infinity; // the first step prints (performance.now() counts from the process start)
-    let finalLoss = NaN;
+    // The loss of the last step trained; a run resumed at its last step trains none and takes its logged one.
+    let finalLoss = prior ? (loggedLossAt(out, run.step) ?? NaN) : NaN;
     let stoppedEarly = false;
     const timer = new StepTimer(model.backend);
     // A stop after step run.step, or during a validation after it (periodic or final): the checkpoint of

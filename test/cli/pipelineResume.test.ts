@@ -65,6 +65,24 @@ test("a pipeline with other settings is refused, naming each option that differs
   assert.ok(fs.existsSync(path.join(out, "eval-original.json")), "the run is kept");
 });
 
+test("a re-run naming the same files by other paths (./x for x, absolute for relative) and giving a fine-tune default resumes", async () => {
+  const rel = (p: string) => path.relative(process.cwd(), p);
+  const out = await startedRun({ convert: { rank: 2, ropePairs: 1, calib: TEXT }, evalText: TEXT, finetune: { data: [TEXT], tokens: 2048 }, device: "cpu" });
+  const logged: string[] = [];
+  const dotted = (p: string) => `.${path.sep}${rel(p)}`;
+  const r = await pipeline(MODEL, { convert: { rank: 2, ropePairs: 1, calib: dotted(TEXT) }, evalText: rel(TEXT), finetune: { data: [dotted(TEXT)], tokens: 2048, seq: 256, warmup: 0.05 }, device: "cpu", out, ...quiet, logger: { info: (m) => logged.push(m), warn: () => {} } });
+  assert.equal(r.stoppedEarly, true, "resumed, not refused");
+  assert.ok(logged.some((m) => /^resuming the pipeline in /.test(m)), logged.join("\n"));
+  // Another file is still another run, named as given.
+  const other = path.join(FIXTURES, "text", "tinystories_25k.txt");
+  await assert.rejects(pipeline(MODEL, { convert: { rank: 2, ropePairs: 1, calib: TEXT }, evalText: TEXT, finetune: { data: [rel(other)], tokens: 2048 }, device: "cpu", out, ...quiet }), (e: unknown) => {
+    assert.ok(e instanceof MlaError && e.code === "EXISTS", String(e));
+    assert.ok(e.message.includes(`--finetune-data ${TEXT} → ${rel(other)}`), e.message);
+    assert.doesNotMatch(e.message, /--eval-text|--calib/);
+    return true;
+  });
+});
+
 test("a run an earlier version started (fingerprint of ordered JSON, the fine-tune's device in it) resumes on another device from its recorded settings", async () => {
   const out = path.join(tmpDir(), "pl");
   fs.mkdirSync(out);

@@ -147,6 +147,11 @@ test("a stop during the final validation ends it at the next window and keeps th
   assert.deepEqual([resumed.stoppedEarly, resumed.steps, resumed.valNllAfter], [false, 4, s.r.valNllAfter]);
   assert.deepEqual(logRows(out), logRows(s.out));
   assert.equal(fs.readFileSync(path.join(out, "model.safetensors")).toString("base64"), fs.readFileSync(path.join(s.out, "model.safetensors")).toString("base64"), "the same model");
+  // It trained no step, yet reports the last step's loss as the uninterrupted run does (was NaN: null in finetune.json).
+  assert.equal(resumed.finalLoss, s.r.finalLoss);
+  assert.ok(Number.isFinite(resumed.finalLoss));
+  const summary = (dir: string) => JSON.parse(fs.readFileSync(path.join(dir, "finetune.json"), "utf8")) as { final_loss: number | null };
+  assert.equal(summary(out).final_loss, summary(s.out).final_loss);
 });
 
 // The validation scores ~6k one-token windows (about a second): a stop that waited for its end would be seen.
