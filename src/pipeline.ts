@@ -33,6 +33,7 @@ import { silentLogger, Logger } from "./util/log.js";
 import { selectBackend, type DeviceName } from "./backends/select.js";
 import type { ProgressSink } from "./util/progress.js";
 import { requireFitText } from "./deepseek/latentNorm.js";
+import { makeDirs } from "./io/makeDirs.js";
 
 export interface PipelineOptions {
   out: string;
@@ -234,7 +235,7 @@ export async function pipeline(spec: string, o: PipelineOptions): Promise<Pipeli
     checkSameRun(o.out, stateFile, spec, o, log);
   } else {
     fs.rmSync(out, { recursive: true, force: true });
-    fs.mkdirSync(out, { recursive: true });
+    makeDirs(out, "the pipeline's --out folder");
     writeFileAtomic(stateFile, JSON.stringify({ fingerprint, model: spec, settings: recordedSettings(o), started: new Date().toISOString() }, null, 2) + "\n");
   }
   const phases: PipelineResult["phases"] = [];

@@ -3,6 +3,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { MlaError } from "../errors.js";
 import { writeFileAtomic } from "../io/atomicDir.js";
+import { makeDirs } from "../io/makeDirs.js";
 
 /** Refuses a `--json FILE` that cannot be written (a folder, or under a file), before the command's work. */
 export function checkJsonTarget(target: string | undefined): void {
@@ -24,7 +25,7 @@ export function emitJson(target: string | undefined, value: unknown): void {
   checkJsonTarget(target);
   if (target === "" || target === "-") process.stdout.write(text);
   else {
-    fs.mkdirSync(path.dirname(path.resolve(target)), { recursive: true });
+    makeDirs(path.dirname(path.resolve(target)), "the --json file's folder");
     writeFileAtomic(target, text);
   }
 }

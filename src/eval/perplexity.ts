@@ -176,6 +176,8 @@ export async function perplexity(model: LlamaModel, tokenIds: Int32Array, opts: 
     const score = () => model.tokenLosses(input, targets, { sequences: n, bf16, kvCache: opts.kvCache });
     const b = model.backend;
     for (const x of b.arena ? b.arena(score, { bf16Inputs: bf16 }) : score()) sum += x;
+    // A NaN or Inf weight makes every later window's loss NaN too: a perplexity of NaN is no result.
+    if (!Number.isFinite(sum)) throw new MlaError("BAD_CHECKPOINT", `the model's loss is ${sum} on the window at token ${w * stride}: its weights give non-finite logits`, "check the checkpoint for NaN or Inf values (a diverged fine-tune, a damaged file); convert or fine-tune it again");
     progress.tick(targets.length);
     // The losses above were read back, so the device has finished this forward.
     first ??= { t: performance.now(), tokens: targets.length };

@@ -14,6 +14,7 @@ import path from "node:path";
 import { MlaError } from "../errors.js";
 import { refuseFileAsOutDir } from "../io/atomicDir.js";
 import { refuseOutOverInputs, type InputPath } from "../io/outGuard.js";
+import { makeDirs } from "../io/makeDirs.js";
 
 export interface RunFolders {
   out: string;
@@ -47,5 +48,5 @@ function checkTokenCache(dir: string, avoid: readonly InputPath[]): void {
 /** A fresh run starts in an empty --out (an old one was allowed by checkRunFolders: empty, or --force). */
 export function startRunFolder(out: string): void {
   fs.rmSync(out, { recursive: true, force: true });
-  fs.mkdirSync(out, { recursive: true });
+  makeDirs(out, "the run folder");
 }

@@ -12,6 +12,7 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { ioError } from "../errors.js";
+import { makeDirs } from "../io/makeDirs.js";
 
 /** Bump when the stream a file gives changes for the same inputs (splitting, joining rules). */
 // v2: a long text holding special-token literals is encoded in pieces as one encode gives it.
@@ -53,7 +54,7 @@ export function readTokenCache(file: string): Int32Array | null {
 export function writeTokenCache(file: string, ids: Int32Array): void {
   const tmp = `${file}.tmp-${process.pid}-${crypto.randomBytes(4).toString("hex")}`;
   try {
-    fs.mkdirSync(path.dirname(file), { recursive: true });
+    makeDirs(path.dirname(file), "the token cache's folder");
     let bytes = Buffer.from(ids.buffer, ids.byteOffset, ids.byteLength);
     if (os.endianness() !== "LE") bytes = Buffer.from(bytes).swap32(); // a copy: the caller's ids stay as they are
     fs.writeFileSync(tmp, bytes);

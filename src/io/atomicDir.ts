@@ -7,6 +7,7 @@
 import fs from "node:fs";
 import path from "node:path";
 import { MlaError, ioError } from "../errors.js";
+import { makeDirs } from "./makeDirs.js";
 
 const live = new Set<string>();
 
@@ -120,7 +121,7 @@ export function beginOutDir(out: string, force: boolean): string {
   refuseExisting(out, force);
   const parent = path.dirname(path.resolve(out));
   try {
-    fs.mkdirSync(parent, { recursive: true });
+    makeDirs(parent, "the output's folder");
     sweepStale(out);
     const tmp = makeOwnedTemp(parent, tmpPrefix(out));
     live.add(tmp);
@@ -157,8 +158,25 @@ export function abandonAll(): void {
   for (const t of [...live]) abandonOutDir(t);
 }
 
-/** Writes a small file atomically (temp file + rename). */
+/**
+ * Writes a small file atomically (temp file + rename). A device or a pipe there (`--json /dev/null`,
+ * /dev/stdout, a FIFO) is written in place: a rename would replace it with a plain file.
+ */
 export function writeFileAtomic(file: string, data: string | Uint8Array): void {
+  let st: fs.Stats | undefined;
+  try {
+    st = fs.statSync(file, { throwIfNoEntry: false });
+  } catch {
+    st = undefined; // a link loop: the write below names it
+  }
+  if (st && !st.isFile() && !st.isDirectory()) {
+    try {
+      fs.writeFileSync(file, data);
+      return;
+    } catch (e) {
+      throw ioError("cannot write", file, e);
+    }
+  }
   const tmp = `${file}.tmp-${process.pid}`;
   try {
     fs.writeFileSync(tmp, data);

@@ -15,9 +15,24 @@ export const INDEX_FILE = "model.safetensors.index.json";
 /** Files of a model folder besides config.json and the weights, carried over by convert and finetune. */
 export const MODEL_SIDE_FILES = ["tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json", "generation_config.json", "chat_template.jinja", "chat_template.json"];
 
-/** Copies the side files `srcDir` has (tokenizer, generation config) into `dstDir`. */
+/**
+ * Copies the side files `srcDir` has (tokenizer, generation config) into `dstDir`. One that is there
+ * but not a file (a folder, a link to nothing or to itself) is refused by name: existsSync calls a
+ * link loop absent, and a folder failed the copy as an internal EISDIR.
+ */
 export function copyModelSideFiles(srcDir: string, dstDir: string): void {
-  for (const f of MODEL_SIDE_FILES) if (fs.existsSync(path.join(srcDir, f))) copyFileFresh(path.join(srcDir, f), path.join(dstDir, f));
+  for (const f of MODEL_SIDE_FILES) {
+    const file = path.join(srcDir, f);
+    if (!fs.lstatSync(file, { throwIfNoEntry: false })) continue;
+    let st: fs.Stats | undefined;
+    try {
+      st = fs.statSync(file);
+    } catch (e) {
+      throw ioError("cannot read the model's side file", file, e);
+    }
+    if (!st.isFile()) throw new MlaError("BAD_CHECKPOINT", `${file} is not a file`, `remove it or put the model's ${f} there`);
+    copyFileFresh(file, path.join(dstDir, f));
+  }
 }
 export const SINGLE_FILE = "model.safetensors";
 

@@ -149,6 +149,14 @@ export function normalizeHfConfig(raw: Raw, file = "config.json"): ModelConfig {
   const attnBias = raw["attention_bias"] === true;
   const window = slidingWindowOf(raw, modelType as string, posInt(raw, "num_hidden_layers", file), file);
   const eos = raw["eos_token_id"];
+  const vocabSize = posInt(raw, "vocab_size", file);
+  // A bad BOS surfaced later as "token id … outside the vocabulary", blaming the tokenizer (1.5 read as 1).
+  // An EOS past the embedding is only never sampled (configs list ids of the whole tokenizer): a whole number is enough.
+  const tokenId = (key: string, v: unknown, inVocab: boolean): number | null => {
+    if (typeof v !== "number") return null;
+    if (!Number.isInteger(v) || v < 0 || (inVocab && v >= vocabSize)) throw new MlaError("BAD_CONFIG", `${file}: "${key}" is ${v}, not a token id${inVocab ? ` of the ${vocabSize}-token vocabulary` : ""}`, inVocab ? `set it to the tokenizer's id (0 to ${vocabSize - 1}), or null` : "set it to the tokenizer's id, or null");
+    return v;
+  };
   const dtype = raw["torch_dtype"] ?? raw["dtype"];
   return {
     modelType: modelType as ModelConfig["modelType"],
@@ -158,7 +166,7 @@ export function normalizeHfConfig(raw: Raw, file = "config.json"): ModelConfig {
     heads,
     kvHeads,
     headDim,
-    vocabSize: posInt(raw, "vocab_size", file),
+    vocabSize,
     maxPositions: posInt(raw, "max_position_embeddings", file, 2048),
     rmsEps: num(raw, "rms_norm_eps", file, 1e-6),
     rope: { theta, scaling },
@@ -167,8 +175,8 @@ export function normalizeHfConfig(raw: Raw, file = "config.json"): ModelConfig {
     oBias: attnBias,
     mlpBias: raw["mlp_bias"] === true,
     slidingWindow: window,
-    bosTokenId: typeof raw["bos_token_id"] === "number" ? (raw["bos_token_id"] as number) : null,
-    eosTokenId: typeof eos === "number" ? eos : Array.isArray(eos) && typeof eos[0] === "number" ? (eos[0] as number) : null,
+    bosTokenId: tokenId("bos_token_id", raw["bos_token_id"], true),
+    eosTokenId: tokenId("eos_token_id", typeof eos === "number" ? eos : Array.isArray(eos) ? eos[0] : null, false),
     declaredDtype: typeof dtype === "string" ? dtype : null,
     attention: deepseek ?? parseMlaSection(raw["mha2mla"], file, { layers: posInt(raw, "num_hidden_layers", file), kvHeads, headDim }) ?? { kind: "mha" },
   };

@@ -45,12 +45,18 @@ function readBytes(file: string, required: boolean): Buffer | null {
 }
 
 function parseJson(file: string, bytes: Buffer): Record<string, unknown> {
+  let v: unknown;
   try {
-    return JSON.parse(bytes.toString("utf8")) as Record<string, unknown>;
+    v = JSON.parse(bytes.toString("utf8"));
   } catch (e) {
     throw new MlaError("BAD_TOKENIZER", `${file}: not valid JSON (${(e as Error).message})`, "the tokenizer file is corrupt; copy it again");
   }
+  if (v === null || typeof v !== "object" || Array.isArray(v)) throw new MlaError("BAD_TOKENIZER", `${file}: holds ${v === null ? "null" : Array.isArray(v) ? "a list" : `a ${typeof v}`}, not a JSON object`, "the tokenizer file is corrupt; copy it again");
+  return v as Record<string, unknown>;
 }
+
+/** The model types the tokenizers library reads; it guesses BPE for any other, which would tokenize wrongly without a word. */
+const MODEL_TYPES = ["BPE", "WordPiece", "Unigram"];
 
 /**
  * The tokenizers built lately, by resolved folder, with a hash of the files each was built from: a
@@ -93,6 +99,8 @@ export function loadTokenizer(dir: string): TextTokenizer {
 }
 
 function buildTokenizer(dir: string, tjFile: string, tj: Record<string, unknown>, tc: Record<string, unknown>): TextTokenizer {
+  const type = (tj["model"] as { type?: unknown } | null | undefined)?.type;
+  if (type !== undefined && !MODEL_TYPES.includes(type as string)) throw new MlaError("BAD_TOKENIZER", `${tjFile}: model type ${JSON.stringify(type)} is not one this tool reads (${MODEL_TYPES.join(", ")})`, "is it a Hugging Face tokenizers file of a Llama-style model?");
   // transformers leaves spaces as decoded unless the config asks (its default is False, and null reads
   // as False; the library's default, and its reading of null, is true).
   const cleans = tc["clean_up_tokenization_spaces"] === true;

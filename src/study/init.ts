@@ -12,6 +12,7 @@ import { readHfConfig } from "../io/hfConfig.js";
 import { writeSafetensorsSync } from "../io/safetensors.js";
 import { expectedTensors } from "../model/weights.js";
 import { Rng } from "../finetune/rng.js";
+import { makeDirs } from "../io/makeDirs.js";
 
 /** Standard normal samples (Box–Muller) from a seeded generator. */
 function normals(n: number, std: number, rng: Rng): Float32Array {
@@ -39,7 +40,7 @@ export function likeConfig(likeDir: string): Record<string, unknown> {
 /** Writes the initialized model to `out` (which must not exist). */
 export function initFromScratch(likeDir: string, out: string, seed: number): void {
   const raw = likeConfig(likeDir);
-  fs.mkdirSync(out, { recursive: true });
+  makeDirs(out, "the output folder");
   fs.writeFileSync(path.join(out, "config.json"), JSON.stringify(raw, null, 2) + "\n");
   copyModelSideFiles(likeDir, out);
   const c = readHfConfig(out);

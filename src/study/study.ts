@@ -42,6 +42,7 @@ import { studyHtml, studyMarkdown } from "./report.js";
 import { checkClaims, type ClaimCheck } from "./claims.js";
 import { decodeSpeed } from "./decodeSpeed.js";
 import { readStudyJson, readStudyRow } from "./studyFiles.js";
+import { makeDirs } from "../io/makeDirs.js";
 
 export const STUDY_VARIANTS = ["mha", "mla", "mla-rope", "eg-mla"] as const;
 export type StudyVariant = (typeof STUDY_VARIANTS)[number];
@@ -250,7 +251,7 @@ async function runStudy(o: StudyOptions, made: { fresh: boolean }): Promise<Stud
     if (!same) writeFileAtomic(stateFile, JSON.stringify({ ...prev, variants: o.variants, ranks }, null, 2) + "\n");
   } else {
     fs.rmSync(o.out, { recursive: true, force: true });
-    fs.mkdirSync(o.out, { recursive: true });
+    makeDirs(o.out, "the study's --out folder");
     made.fresh = true;
     writeFileAtomic(stateFile, JSON.stringify({ settings, variants: o.variants, ranks, started: new Date().toISOString() }, null, 2) + "\n");
   }

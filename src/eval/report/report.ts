@@ -12,6 +12,7 @@ import { barChart, color, esc, lineChart } from "./charts.js";
 import { checkEvalResult, readEvalJson } from "./evalJson.js";
 import { bitsPerByteVsFirst, itemsVsFirst, measuredOnText, perplexityBasis, perplexityGroups, perplexityVsFirst, type VsFirst } from "./comparable.js";
 import { checkOptionTypes } from "../../util/optionTypes.js";
+import { makeDirs } from "../../io/makeDirs.js";
 
 export { readEvalJson };
 
@@ -290,7 +291,7 @@ export function writeReport(jsonFiles: string[], out: string, opts: ReportOption
   const { html, md } = reportFiles(out);
   for (const f of [html, md]) if (fs.existsSync(f) && fs.statSync(f).isDirectory()) throw new MlaError("BAD_ARGUMENT", `--out: ${f} is a folder`, "pass a file name, e.g. --out report.html (its Markdown twin is written beside it)");
   const texts = [reportHtml(runs, logs), reportMarkdown(runs, logs)] as const;
-  fs.mkdirSync(path.dirname(path.resolve(out)), { recursive: true });
+  makeDirs(path.dirname(path.resolve(out)), "the report's folder");
   writeFileAtomic(html, texts[0]);
   writeFileAtomic(md, texts[1]);
   return { html, md };
