@@ -82,7 +82,11 @@ export function resolveModel(spec: string, env: NodeJS.ProcessEnv = process.env)
   if (typeof spec !== "string" || spec === "") throw new MlaError("BAD_ARGUMENT", `the model ${JSON.stringify(spec) ?? String(spec)} is not a name`, "pass a model folder, a Hugging Face hub id, an alias or a bundled name (a string)");
   const looked: string[] = [];
   if (fs.existsSync(spec) && fs.statSync(spec).isDirectory()) {
-    if (!isModelFolder(spec)) throw new MlaError("NOT_FOUND", `model folder ${spec} has no config.json`, "point at a Hugging Face model folder (config.json, *.safetensors, tokenizer.json)");
+    if (!isModelFolder(spec)) {
+      // existsSync calls a link that leads nowhere (or back to itself) absent: name it as what it is.
+      if (fs.lstatSync(path.join(spec, "config.json"), { throwIfNoEntry: false })) throw new MlaError("BAD_CHECKPOINT", `${path.join(spec, "config.json")} is a link that leads to no file`, "point the link at the model's config.json, or copy the file there");
+      throw new MlaError("NOT_FOUND", `model folder ${spec} has no config.json`, "point at a Hugging Face model folder (config.json, *.safetensors, tokenizer.json)");
+    }
     return { dir: spec, source: "path" };
   }
   if (fs.existsSync(spec) && isModelFolder(path.dirname(spec)))

@@ -33,7 +33,8 @@ export interface TextTokenizer {
 }
 
 function readBytes(file: string, required: boolean): Buffer | null {
-  if (!fs.existsSync(file)) {
+  // existsSync calls a link that leads nowhere (or back to itself) absent: such a file is read below, and refused by its error.
+  if (!fs.lstatSync(file, { throwIfNoEntry: false })) {
     if (!required) return null;
     throw new MlaError("BAD_TOKENIZER", `${file} does not exist`, "the model folder needs a tokenizer.json (SentencePiece-only tokenizer.model files are not read)");
   }

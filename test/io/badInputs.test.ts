@@ -94,3 +94,14 @@ test("a side file that is a folder is refused by name when a model folder is wri
   fs.mkdirSync(path.join(dir, "tokenizer_config.json"));
   assert.throws(() => copyModelSideFiles(dir, tmpDir()), refused("BAD_CHECKPOINT", /tokenizer_config\.json is not a file/));
 });
+
+test("a tokenizer.json or config.json that is a link to itself is named as unreadable, not as absent", () => {
+  const dir = copyOfStories();
+  fs.rmSync(path.join(dir, "tokenizer.json"));
+  fs.symlinkSync("tokenizer.json", path.join(dir, "tokenizer.json"));
+  assert.throws(() => loadTokenizer(dir), refused("BAD_TOKENIZER", /tokenizer\.json: cannot be read \(ELOOP/));
+  const m = copyOfStories();
+  fs.rmSync(path.join(m, "config.json"));
+  fs.symlinkSync("config.json", path.join(m, "config.json"));
+  assert.throws(() => loadModel(m), refused("BAD_CHECKPOINT", /config\.json is a link that leads to no file/));
+});
