@@ -57,6 +57,8 @@ export class Checkpoint {
           if (!f) {
             const p = path.join(dir, shard);
             if (!fs.existsSync(p)) throw new MlaError("BAD_CHECKPOINT", `${indexPath}: tensor "${name}" points at shard ${shard}, which does not exist`, "a shard is missing from the folder; copy the complete checkpoint");
+            // A folder there (or an entry of "" or "."): named with the index entry, not as the checkpoint folder's EISDIR.
+            if (!fs.statSync(p).isFile()) throw new MlaError("BAD_CHECKPOINT", `${indexPath}: tensor "${name}" points at ${JSON.stringify(shard)}, which is not a file`, "the index names each shard's file; copy the checkpoint again");
             f = SafetensorsFile.open(p);
             files.push(f);
             byShard.set(shard, f);

@@ -105,3 +105,17 @@ test("a tokenizer.json or config.json that is a link to itself is named as unrea
   fs.symlinkSync("config.json", path.join(m, "config.json"));
   assert.throws(() => loadModel(m), refused("BAD_CHECKPOINT", /config\.json is a link that leads to no file/));
 });
+
+test("an index entry naming a folder (or \"\") as a tensor's shard is refused naming the entry", () => {
+  const dir = copyOfStories();
+  const ck = Checkpoint.open(dir);
+  const names = ck.names();
+  ck.close();
+  fs.renameSync(path.join(dir, "model.safetensors"), path.join(dir, "model-00001-of-00001.safetensors"));
+  fs.mkdirSync(path.join(dir, "sub"));
+  for (const bad of ["sub", ""]) {
+    const map = Object.fromEntries(names.map((n, i) => [n, i === 0 ? bad : "model-00001-of-00001.safetensors"]));
+    fs.writeFileSync(path.join(dir, "model.safetensors.index.json"), JSON.stringify({ weight_map: map }));
+    assert.throws(() => Checkpoint.open(dir), refused("BAD_CHECKPOINT", new RegExp(`tensor "${names[0]!.replace(/\./g, "\\.")}" points at ${JSON.stringify(bad)}, which is not a file`)));
+  }
+});
