@@ -129,11 +129,8 @@ export function loggedValNllBefore(out: string): number | null {
  * uninterrupted run did (the log's JSON holds each loss exactly).
  */
 export function loggedLossAt(out: string, step: number): number | null {
-  for (const line of logLines(out) ?? []) {
-    const row = parseRow(line);
-    if (row !== null && row.step === step && typeof row.loss === "number") return row.loss;
-  }
-  return null;
+  const loss = loggedRows(out).find((row) => row.step === step && typeof row.loss === "number")?.loss;
+  return typeof loss === "number" ? loss : null;
 }
 
 /**
@@ -141,10 +138,12 @@ export function loggedLossAt(out: string, step: number): number | null {
  * a step saves that step's checkpoint without one, and the resumed run does that validation first.
  */
 export function loggedValNllAt(out: string, step: number): boolean {
-  return (logLines(out) ?? []).some((line) => {
-    const row = parseRow(line);
-    return row !== null && row.step === step && row.val_nll !== undefined; // null: the run has no validation tokens
-  });
+  return loggedRows(out).some((row) => row.step === step && row.val_nll !== undefined); // null: the run has no validation tokens
+}
+
+/** The rows of the run's log, a torn or non-object line left out (none without a log). */
+function loggedRows(out: string): LogRow[] {
+  return (logLines(out) ?? []).map(parseRow).filter((row): row is LogRow => row !== null);
 }
 
 /** The lines of the run's log (without the newline that ends the last), or null when it has none. */
@@ -200,9 +199,8 @@ export function trimLogToCheckpoint(out: string, step: number, totalSteps: numbe
  */
 export function loggedSeconds(out: string, step: number): number {
   let [total, last] = [0, 0];
-  for (const line of logLines(out) ?? []) {
-    const row = parseRow(line);
-    if (!row || typeof row.step !== "number" || row.step > step || row.loss === undefined || typeof row.elapsed_s !== "number") continue;
+  for (const row of loggedRows(out)) {
+    if (typeof row.step !== "number" || row.step > step || row.loss === undefined || typeof row.elapsed_s !== "number") continue;
     if (row.elapsed_s < last) total += last;
     last = row.elapsed_s;
   }

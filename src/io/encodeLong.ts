@@ -143,6 +143,7 @@ export async function encodeTexts(tok: TextTokenizer, texts: readonly string[], 
   if (total === 0) return texts.map(() => new Int32Array(0));
   const offThread = !!tok.dir && o.offThreadPieceChars !== undefined && pieces.some((p) => p.text.length > o.offThreadPieceChars!);
   const workers = tok.dir && (offThread || total > (o.parallelAbove ?? 1_000_000)) ? Math.min(o.workers ?? os.availableParallelism(), batches.length) : 1;
+  const threaded = workers > 1 || offThread;
 
   const log = o.logger ?? silentLogger;
   const label = o.label ?? "text";
@@ -150,7 +151,7 @@ export async function encodeTexts(tok: TextTokenizer, texts: readonly string[], 
   const t0 = performance.now();
   let done = 0;
   let lastLog = t0;
-  log.info(`tokenizing ${label}: ${mb(total)} MB in ${pieces.length} piece(s)${long && !exact ? " (encoded whole: this tokenizer fails the split probe)" : ""}, ${workers > 1 || offThread ? `${workers} worker thread${workers > 1 ? "s" : ""}` : "1 thread"}`);
+  log.info(`tokenizing ${label}: ${mb(total)} MB in ${pieces.length} piece(s)${long && !exact ? " (encoded whole: this tokenizer fails the split probe)" : ""}, ${threaded ? `${workers} worker thread${workers > 1 ? "s" : ""}` : "1 thread"}`);
   const ids: Int32Array[] = new Array(pieces.length);
   const finished = (b: number, out: Int32Array[]) => {
     throwIfStopped(o.shouldStop);
@@ -166,7 +167,7 @@ export async function encodeTexts(tok: TextTokenizer, texts: readonly string[], 
       log.info(`tokenizing ${label}: ${mb(done)}/${mb(total)} MB (${((100 * done) / total).toFixed(0)}%), ${mb(rate)} MB/s, ETA ${fmtTime((total - done) / rate)}`);
     }
   };
-  if (workers > 1 || offThread) {
+  if (threaded) {
     try {
       await inWorkers(tok.dir!, batches.map(([a, b]) => pieces.slice(a, b)), workers, finished);
     } catch (e) {
