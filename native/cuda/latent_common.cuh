@@ -60,6 +60,32 @@ __device__ __forceinline__ void bulk_copy(void* dst, const void* src, unsigned b
                ::"r"((unsigned)__cvta_generic_to_shared(dst)), "l"(src), "r"(bytes), "r"((unsigned)__cvta_generic_to_shared(bar)) : "memory");
   })
 }
+// The same bytes into the same shared-memory offset of every block of the cluster in `mask` (bit r:
+// rank r), each copy counted on the barrier at `bar`'s offset in that block.
+__device__ __forceinline__ void bulk_copy_multicast(void* dst, const void* src, unsigned bytes, uint64_t* bar, uint16_t mask) {
+  MLA_SM90_ONLY({
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster [%0], [%1], %2, [%3], %4;\n"
+               ::"r"((unsigned)__cvta_generic_to_shared(dst)), "l"(src), "r"(bytes), "r"((unsigned)__cvta_generic_to_shared(bar)), "h"(mask) : "memory");
+  })
+}
+// An arrival on the barrier at `bar`'s offset in block `rank` of the cluster. Release at CTA scope (the
+// instruction's default), as CUTLASS's multicast pipelines release a stage to its producers: a cluster-scope
+// release compiles to two GPU-scope MEMBARs (docs/wip/README.md, the pair kernel's first versions).
+__device__ __forceinline__ void bar_arrive_remote(uint64_t* bar, unsigned rank) {
+  MLA_SM90_ONLY({
+  asm volatile("{\n.reg .b32 ra;\nmapa.shared::cluster.u32 ra, %0, %1;\nmbarrier.arrive.shared::cluster.b64 _, [ra];\n}\n"
+               ::"r"((unsigned)__cvta_generic_to_shared(bar)), "r"(rank) : "memory");
+  })
+}
+__device__ __forceinline__ unsigned cluster_rank() {
+  unsigned r = 0;
+  MLA_SM90_ONLY(asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));)
+  return r;
+}
+// Every thread of every block of the cluster (also a block barrier).
+__device__ __forceinline__ void cluster_sync_all() {
+  MLA_SM90_ONLY(asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");)
+}
 // Four (x4) or two (x2) 8×8 bf16 matrices at a shared-memory byte address (lane i: a row of matrix i / 8),
 // optionally transposed: the loops below keep these addresses in registers and step them by adds.
 template <bool trans>

@@ -85,7 +85,11 @@ __device__ __forceinline__ float dot8(float4 qa, float4 qb, uint4 k) {
 }
 
 // Grid as the tile-loop kernel's: x = head block + head blocks · split, y = sequence. L = 64·NT.
-template <int NT>
+// MC: launched in clusters of two along x (head blocks 2k and 2k + 1 of one split, an even number of
+// head blocks), each block copies half of every tile's latent rows into both blocks' shared memory
+// (multicast), so L2 sends each row to the SMs once instead of once per head block; a stage is copied
+// again once the weighted-sum warps of both blocks are past it.
+template <int NT, bool MC>
 __global__ void __launch_bounds__(ROLE_THREADS, 1)
 k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const float* qc, const float* qr, int H, int Hkv, float scale2, RoleLayout lay, int gridSplits, int minTiles, float* o, float* opart, float* lsepart) {
   extern __shared__ __align__(16) unsigned char smem[];
@@ -109,7 +113,7 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
   uint64_t* freed = ready + 2;                           // a probability buffer read: one arrival per weighted-sum warp
   if (threadIdx.x < ROLE_STAGES) {
     bar_init(full + threadIdx.x, SUM_WARPS);
-    bar_init(empty + threadIdx.x, SUM_WARPS);
+    bar_init(empty + threadIdx.x, SUM_WARPS * (MC ? 2 : 1));  // MC: the peer's warps too
   }
   if (threadIdx.x < 2) {
     bar_init(ready + threadIdx.x, 32 * SCORE_WARPS);
@@ -118,7 +122,11 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
   for (int i = threadIdx.x; i < HB * Dr; i += blockDim.x) sQr[i] = i / Dr < share.nh ? qr[((int64_t)b * H + share.h0) * Dr + i] : 0.f;
   MLA_SM90_ONLY(asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");)
   MLA_SM90_ONLY(asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");)
-  __syncthreads();
+  // MC: the peer's copies count on this block's barriers (and its warps arrive on them) from its first
+  // tile on, so both blocks' barriers are initialized before either copies.
+  if (MC) cluster_sync_all();
+  else __syncthreads();
+  const unsigned rank = MC ? cluster_rank() : 0;
 
   const unsigned smemAddr = (unsigned)__cvta_generic_to_shared(smem);
   const unsigned stageBytes = (unsigned)lay.stageBytes(), latentBytes = (unsigned)lay.latentBytes();
@@ -274,7 +282,11 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
   const int sw = warp - SCORE_WARPS, n0 = sw * NT * 8, row0 = 2 * sw;
   const unsigned latentRow = (unsigned)L * 2, ropeRow = (unsigned)ropeCols * 2;
   // Tile `it` into stage `st`: lanes 0–1 the latent rows, 2–3 their rope spans; rows past the
-  // sequence's end are zeroed (they meet probability 0, and stale shared memory could hold NaN).
+  // sequence's end are zeroed (they meet probability 0, and stale shared memory could hold NaN). MC: lane
+  // `rank` copies its latent row into both blocks and the peer's same warp the other, so each warp still
+  // expects both rows' bytes on its own barrier (the peer's may land before the expectation: the
+  // transaction count may go below zero until it is set). Both blocks zero the same rows: a tile's
+  // valid rows depend only on the split and the sequence.
   auto load = [&](int it, int st) {
     unsigned char* base = smem + (size_t)st * lay.stageBytes();
     bf16* sC = (bf16*)base;
@@ -300,7 +312,10 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
     __syncwarp();
     const int rr = row0 + (lane & 1);
     if (lane < 4 && rr < valid && !ROLES_NO_COPY) {
-      if (lane < 2) bulk_copy(sC + rr * ldc, share.sq.c + (first + rr) * L, latentRow, full + st);
+      if (lane < 2) {
+        if (!MC) bulk_copy(sC + rr * ldc, share.sq.c + (first + rr) * L, latentRow, full + st);
+        else if ((unsigned)lane == rank) bulk_copy_multicast(sC + rr * ldc, share.sq.c + (first + rr) * L, latentRow, full + st, 0x3);
+      }
       else if (ropeRow) bulk_copy(sR + rr * lay.ropeStride, share.sq.kr + ((first + rr) * Hkv + share.span.first) * Dr, ropeRow, full + st);
     }
   };
@@ -342,6 +357,8 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
     __syncwarp();
     if (lane == 0) {
       bar_arrive(empty + stage);
+      // Only where a copy follows: past the last such tile the peer may have finished.
+      if (MC && it + ROLE_STAGES < share.ntiles) bar_arrive_remote(empty + stage, rank ^ 1);
       bar_arrive(freed + pb);
     }
     if (it + ROLE_STAGES < share.ntiles) {
@@ -367,6 +384,15 @@ RoleLayout role_plan(int64_t L, int64_t H, int64_t Hkv, int64_t Dr) {
 }
 
 int role_tiles(int64_t L) { return L == 256 ? 4 : L == 512 ? 8 : L == 1024 ? 16 : L == 2048 ? 32 : 0; }
+
+// Whether a call's head blocks run in clusters of two that copy each latent row once (the kernel's MC):
+// an even number of head blocks (a cluster holds two of one split) on sm_90, unless
+// MHA2MLA_LATENT_MULTICAST=0. Read per call, so a test can run both.
+bool multicast_pairs(int64_t hbn) {
+  if (hbn % 2 != 0) return false;
+  const char* v = getenv("MHA2MLA_LATENT_MULTICAST");
+  return !(v && std::string(v) == "0");
+}
 }  // namespace
 
 namespace mla {
@@ -378,23 +404,54 @@ mla_status latent_decode_roles(const __nv_bfloat16* const* cs, const __nv_bfloat
   MLA_CHECK(latent_decode_roles_takes(L, H, Hkv, Dr) && B > 0 && B <= 65535, "latent_decode_roles: L one of 256, 512, 1024, 2048, Hkv dividing H, Dr even ≤ 64, Hkv·Dr a multiple of 8, a three-stage plan that fits, 1 ≤ B ≤ 65,535");
   const int nt = role_tiles(L);
   const RoleLayout lay = role_plan(L, H, Hkv, Dr);
-  const void* fn = nt == 4 ? (const void*)k_latent_decode_roles<4> : nt == 8 ? (const void*)k_latent_decode_roles<8> : nt == 16 ? (const void*)k_latent_decode_roles<16> : (const void*)k_latent_decode_roles<32>;
-  static bool configured[33] = {};
-  if (!configured[nt]) {
-    CUDA_TRY(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_optin()));
-    configured[nt] = true;
-  }
-  // One block per SM (the plan takes most of its shared memory): splits along the context up to one
-  // wave, as the tile-loop kernel's.
   const int64_t hbn = (H + HB - 1) / HB;
-  const int cap = (int)std::min<int64_t>(std::max<int64_t>(1, (int64_t)sm_count() / (B * hbn)), 1 << 16);
+  const bool mc = multicast_pairs(hbn);
+  const int ti = (nt == 4 ? 0 : nt == 8 ? 1 : nt == 16 ? 2 : 3) + (mc ? 4 : 0);
+  static const void* const kernels[8] = {(const void*)k_latent_decode_roles<4, false>, (const void*)k_latent_decode_roles<8, false>, (const void*)k_latent_decode_roles<16, false>, (const void*)k_latent_decode_roles<32, false>,
+                                         (const void*)k_latent_decode_roles<4, true>,  (const void*)k_latent_decode_roles<8, true>,  (const void*)k_latent_decode_roles<16, true>,  (const void*)k_latent_decode_roles<32, true>};
+  const void* fn = kernels[ti];
+  static bool configured[8] = {};
+  if (!configured[ti]) {
+    CUDA_TRY(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_optin()));
+    configured[ti] = true;
+  }
+  cudaLaunchConfig_t cfg = {};
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = 2;
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  cfg.blockDim = dim3(ROLE_THREADS);
+  cfg.dynamicSmemBytes = lay.bytes();
+  cfg.stream = ctx()->stream;
+  cfg.attrs = mc ? attr : nullptr;
+  cfg.numAttrs = mc ? 1 : 0;
+  // One block per SM (the plan takes most of its shared memory): splits along the context up to one
+  // wave, as the tile-loop kernel's. In pairs, a wave is as many pairs as fit at once (two SMs of one
+  // GPC each): asked once per instantiation and plan size.
+  int64_t wave = sm_count();
+  if (mc) {
+    static size_t wavedBytes[8] = {};
+    static int pairsPerWave[8] = {};
+    if (wavedBytes[ti] != lay.bytes()) {
+      cfg.gridDim = dim3(2, 1);
+      if (cudaOccupancyMaxActiveClusters(&pairsPerWave[ti], fn, &cfg) != cudaSuccess || pairsPerWave[ti] < 1) {
+        cudaGetLastError();
+        pairsPerWave[ti] = std::max(1, sm_count() / 2);
+      }
+      wavedBytes[ti] = lay.bytes();
+    }
+    wave = 2 * (int64_t)pairsPerWave[ti];
+  }
+  const int cap = (int)std::min<int64_t>(std::max<int64_t>(1, wave / (B * hbn)), 1 << 16);
   SplitCall sc;
   if (mla_status e = split_call(sc, cs, krs, lo, n, pos, B, H, L, cap, B == 1 ? MIN_TILES_PER_SPLIT_LATENT_B1 : MIN_TILES_PER_SPLIT)) return e;
   int h32 = (int)H, hkv32 = (int)Hkv;
   float scale2 = scale * LOG2E;
   RoleLayout layArg = lay;
   void* args[] = {(void*)&sc.seqs, (void*)&sc.pos, &window, (void*)&qc, (void*)&qr, &h32, &hkv32, &scale2, &layArg, &sc.splits, &sc.minTiles, (void*)&o, &sc.opart, &sc.lsepart};
-  CUDA_TRY(cudaLaunchKernel(fn, dim3((unsigned)(hbn * sc.splits), (unsigned)B), dim3(ROLE_THREADS), args, lay.bytes(), ctx()->stream));
+  cfg.gridDim = dim3((unsigned)(hbn * sc.splits), (unsigned)B);
+  CUDA_TRY(cudaLaunchKernelExC(&cfg, fn, args));
   return split_merge(sc, window, o, B, H, L);
 }
 }  // namespace mla
