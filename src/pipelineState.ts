@@ -10,7 +10,8 @@ import fs from "node:fs";
 import path from "node:path";
 import { MlaError } from "./errors.js";
 import { shown } from "./finetune/resume.js";
-import { FINETUNE_DEFAULTS } from "./finetune/trainer.js";
+import { defaultLr } from "./finetune/schedule.js";
+import { FINETUNE_DEFAULTS, parameterCount } from "./finetune/trainer.js";
 import type { Logger } from "./util/log.js";
 import type { PipelineOptions } from "./pipeline.js";
 import { conversionReadsCalibration } from "./convert/calibrationNeeds.js";
@@ -130,11 +131,31 @@ function flatten(identity: Record<string, unknown>): Map<string, unknown> {
 }
 
 /**
+ * The fine-tune's defaults that depend on the model it trains, where they can be known: the learning
+ * rate by the size of the run's converted model (`mla` in its --out), once the conversion has written it.
+ */
+export interface SizedDefaults {
+  lr?: number;
+}
+
+/** The run in the --out folder `outDir`: its converted model's default learning rate, if that model is there. */
+export function sizedDefaults(outDir: string): SizedDefaults {
+  const mla = path.join(outDir, "mla");
+  if (!fs.existsSync(path.join(mla, "config.json"))) return {};
+  try {
+    return { lr: defaultLr(parameterCount(mla)) };
+  } catch {
+    return {}; // a converted model that cannot be read sizes nothing: the options are compared as given
+  }
+}
+
+/**
  * An identity as two runs are compared: file paths resolved (./data.txt and data.txt are one file), and
- * the fine-tune's settings at their defaults where not given (a default given is the run not given it).
+ * the fine-tune's settings at their defaults where not given (a default given is the run not given it),
+ * the learning rate too where `sized` knows it.
  * Only for comparing: the fingerprint keeps the values as given, so runs recorded before still match it.
  */
-function comparable(identity: Record<string, unknown>): Record<string, unknown> {
+function comparable(identity: Record<string, unknown>, sized: SizedDefaults): Record<string, unknown> {
   const file = (p: unknown) => (typeof p === "string" ? path.resolve(p) : p);
   const convert = identity["convert"] as Record<string, unknown> | undefined;
   const finetune = identity["finetune"] as Record<string, unknown> | undefined;
@@ -144,14 +165,17 @@ function comparable(identity: Record<string, unknown>): Record<string, unknown> 
     model: file(identity["model"]),
     evalText: file(identity["evalText"]),
     convert: convert ? { ...convert, calib: file(convert["calib"]) } : convert,
-    finetune: finetune ? { ...FINETUNE_DEFAULTS, ...given(finetune), data: Array.isArray(finetune["data"]) ? finetune["data"].map(file) : finetune["data"], distill: file(finetune["distill"]) } : finetune,
+    finetune: finetune ? { ...FINETUNE_DEFAULTS, ...given(sized as Record<string, unknown>), ...given(finetune), data: Array.isArray(finetune["data"]) ? finetune["data"].map(file) : finetune["data"], distill: file(finetune["distill"]) } : finetune,
   };
 }
 
-/** One "FLAG old → new" clause per option whose value differs between the runs `was` and `now` (identities). */
-export function identityDifferences(was: Record<string, unknown>, now: Record<string, unknown>): string[] {
+/**
+ * One "FLAG old → new" clause per option whose value differs between the runs `was` and `now`
+ * (identities), an option not given counting as its default (`sized`: those the model's size sets).
+ */
+export function identityDifferences(was: Record<string, unknown>, now: Record<string, unknown>, sized: SizedDefaults = {}): string[] {
   const [a, b] = [flatten(was), flatten(now)];
-  const [ca, cb] = [flatten(comparable(was)), flatten(comparable(now))];
+  const [ca, cb] = [flatten(comparable(was, sized)), flatten(comparable(now, sized))];
   const clauses: string[] = [];
   for (const key of new Set([...ca.keys(), ...cb.keys()])) {
     if (canonicalJson(ca.get(key)) === canonicalJson(cb.get(key))) continue;
@@ -179,7 +203,7 @@ export function checkSameRun(out: string, stateFile: string, spec: string, o: Pi
   // Older runs' fingerprints also covered the order of the options and the fine-tune's device: their
   // recorded settings tell whether the run is the same one.
   const recorded = prev.settings && typeof prev.settings === "object" && typeof prev.model === "string";
-  const clauses = recorded ? identityDifferences(runIdentity(prev.model!, prev.settings!), runIdentity(spec, o)) : [];
+  const clauses = recorded ? identityDifferences(runIdentity(prev.model!, prev.settings!), runIdentity(spec, o), sizedDefaults(path.dirname(stateFile))) : [];
   if (recorded && clauses.length === 0) return log.info(`resuming the pipeline in ${out}`);
   if (!clauses.length) throw new MlaError("EXISTS", `output ${out} already exists from a pipeline with other settings`, hint);
   throw new MlaError("EXISTS", `output ${out} already exists from a pipeline with other settings: ${clauses.join("; ")} (the run's value → this call's)`, "re-run with the run's values to resume it, pass --force to start over, or choose another --out");

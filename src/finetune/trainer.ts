@@ -121,7 +121,7 @@ export interface FinetuneResult {
 const perSecond = (tokens: number, seconds: number) => (seconds > 0 ? tokens / seconds : 0);
 
 /** Elements of every tensor of the checkpoint in `dir` (from the safetensors headers; nothing is read). */
-function parameterCount(dir: string): number {
+export function parameterCount(dir: string): number {
   const ck = Checkpoint.open(dir);
   try {
     return ck.names().reduce((n, name) => n + ck.entry(name).shape.reduce((a, b) => a * b, 1), 0);

@@ -53,11 +53,11 @@ test("a pipeline with --finetune-data resumes with its options in another order 
 test("a pipeline with other settings is refused, naming each option that differs with both values", async () => {
   const base = { convert: { rank: 2, ropePairs: 1 }, evalText: TEXT, evalTokens: 300, finetune: { data: [TEXT], tokens: 2048 }, device: "cpu" as const };
   const out = await startedRun(base);
-  const other = { ...base, convert: { rank: 3, ropePairs: 1 }, evalTokens: undefined, finetune: { data: [TEXT], tokens: 2048, lr: 1e-3 } };
+  const other = { ...base, convert: { rank: 3, ropePairs: 1 }, evalTokens: undefined, finetune: { data: [TEXT], tokens: 2048, lr: 5e-4 } };
   await assert.rejects(pipeline(MODEL, { ...other, out, ...quiet }), (e: unknown) => {
     assert.ok(e instanceof MlaError && e.code === "EXISTS", String(e));
     assert.match(e.message, /from a pipeline with other settings: /);
-    for (const clause of [/--rank 2 → 3/, /--eval-tokens 300 → \(not given\)/, /--lr \(not given\) → 1e-3/]) assert.match(e.message, clause);
+    for (const clause of [/--rank 2 → 3/, /--eval-tokens 300 → \(not given\)/, /--lr \(not given\) → 5e-4/]) assert.match(e.message, clause);
     assert.doesNotMatch(e.message, /--rope-pairs|--finetune-data|--tokens|--seq/, "options that agree are not named");
     assert.match(e.message, /hint: re-run with the run's values to resume it, pass --force to start over/);
     return true;
@@ -81,6 +81,31 @@ test("a re-run naming the same files by other paths (./x for x, absolute for rel
     assert.doesNotMatch(e.message, /--eval-text|--calib/);
     return true;
   });
+});
+
+test("once the conversion is written, a re-run giving --lr at the default for the converted model's size resumes (and one started with it resumes without it); another --lr is refused", async () => {
+  const out = path.join(tmpDir(), "pl");
+  const base = { convert: { rank: 2, ropePairs: 1 }, evalText: TEXT, evalTokens: 300, finetune: { data: [TEXT], tokens: 2048 }, device: "cpu" as const, progress: null };
+  const converted = () => fs.existsSync(path.join(out, "mla", "config.json"));
+  const r = await pipeline(MODEL, { ...base, out, shouldStop: converted });
+  assert.equal(r.stoppedEarly, true);
+  assert.ok(converted(), "the conversion was written");
+  const logged: string[] = [];
+  const logger = { info: (m: string) => logged.push(m), warn: () => {} };
+  // The converted stories260K has under 10M parameters: its default learning rate is 1e-3 (defaultLr).
+  const same = await pipeline(MODEL, { ...base, finetune: { ...base.finetune, lr: 1e-3 }, out, shouldStop: () => true, logger });
+  assert.equal(same.stoppedEarly, true);
+  assert.ok(logged.some((m) => /^resuming the pipeline in /.test(m)), logged.join("\n"));
+  await assert.rejects(pipeline(MODEL, { ...base, finetune: { ...base.finetune, lr: 5e-4 }, out, shouldStop: () => true }), (e: unknown) => {
+    assert.ok(e instanceof MlaError && e.code === "EXISTS", String(e));
+    assert.match(e.message, /--lr \(not given\) → 5e-4/);
+    return true;
+  });
+  // Started with the default given, re-run without it.
+  const out2 = path.join(tmpDir(), "pl2");
+  await pipeline(MODEL, { ...base, finetune: { ...base.finetune, lr: 1e-3 }, out: out2, shouldStop: () => fs.existsSync(path.join(out2, "mla", "config.json")) });
+  const again = await pipeline(MODEL, { ...base, out: out2, shouldStop: () => true });
+  assert.equal(again.stoppedEarly, true, "resumed, not refused");
 });
 
 test("a run an earlier version started (fingerprint of ordered JSON, the fine-tune's device in it) resumes on another device from its recorded settings", async () => {
