@@ -8,6 +8,7 @@ import { MlaError } from "../errors.js";
 import { DeepseekAttention, ModelConfig, RopeScaling } from "../model/config.js";
 import { parseMlaSection } from "./mlaSection.js";
 import { readJsonObject } from "./jsonFile.js";
+import { shownJson } from "../util/shownJson.js";
 
 const SUPPORTED_TYPES = ["llama", "mistral", "qwen2", "deepseek_v3"] as const;
 
@@ -103,9 +104,13 @@ function posInt(raw: Raw, key: string, file: string, fallback?: number): number 
 
 function parseScaling(s: unknown, file: string): RopeScaling | null {
   if (s === undefined || s === null) return null;
-  if (typeof s !== "object") throw new MlaError("BAD_CONFIG", `${file}: rope_scaling is ${JSON.stringify(s)}`, "rope_scaling is an object or null");
+  if (typeof s !== "object" || Array.isArray(s)) throw new MlaError("BAD_CONFIG", `${file}: rope_scaling is ${shownJson(s)}`, "rope_scaling is an object or null");
   const r = s as Raw;
   const type = (r["rope_type"] ?? r["type"]) as unknown;
+  // A factor without a type would stretch positions in a way nothing says: reading it as no scaling would
+  // run the model at positions it was not trained for (transformers refuses such a config too).
+  if (type === undefined && r["factor"] !== undefined && r["factor"] !== 1)
+    throw new MlaError("BAD_CONFIG", `${file}: rope_scaling gives a factor (${shownJson(r["factor"])}) but no "rope_type"`, 'name the scaling: "rope_type": "linear" or "llama3" (or remove the factor)');
   if (type === "default" || type === undefined) return null;
   // A factor below 1 compresses positions the other way (0: an infinite inverse frequency); HF requires ≥ 1.
   const factor = (): number => {

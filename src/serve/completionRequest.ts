@@ -7,6 +7,7 @@ import { MlaError } from "../errors.js";
 import type { SamplingOptions } from "../model/sampling.js";
 import { checkPenalties } from "../model/penalties.js";
 import type { ChatMessage } from "./chatTemplate.js";
+import { shownJson as shown } from "../util/shownJson.js";
 
 /** What a completion needs besides its prompt, read the same way from both endpoints. */
 export interface GenerationFields {
@@ -97,27 +98,6 @@ const CHAT_KNOWN = new Set(["messages", "max_completion_tokens", "logprobs", "to
 
 export function bad(message: string, hint: string): MlaError {
   return new MlaError("BAD_ARGUMENT", message, hint);
-}
-
-/** Characters of a refused value a message shows (a 4 MB string sent as max_tokens is not echoed whole). */
-const SHOWN_CHARS = 60;
-
-/**
- * A field's value as a refusal shows it: JSON cut to SHOWN_CHARS, but a number as itself. JSON.parse
- * reads an overflowing literal (1e400) as Infinity, which JSON.stringify writes as null: "max_tokens
- * null is not …" named another value than the one sent. A value nested deeper than JSON.stringify's
- * stack (JSON.parse takes [[[…]]] 5,000 deep) is named by its kind: the refusal stays a 400.
- */
-export function shown(v: unknown): string {
-  if (typeof v === "number") return String(v);
-  let s: string | undefined;
-  try {
-    s = JSON.stringify(v);
-  } catch {
-    return `${Array.isArray(v) ? "a list" : "an object"} nested too deeply to show`;
-  }
-  if (s === undefined) return String(v);
-  return s.length > SHOWN_CHARS ? `${s.slice(0, SHOWN_CHARS)}…` : s;
 }
 
 /** `key` of `b` as true or false (`fallback` when absent or null), refused with `hint` otherwise. */

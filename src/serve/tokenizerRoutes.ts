@@ -10,7 +10,8 @@ import { MlaError } from "../errors.js";
 import { encodeLong } from "../io/encodeLong.js";
 import type { TextTokenizer } from "../io/tokenizer.js";
 import type { ChatTemplate } from "./chatTemplate.js";
-import { bad, booleanField, checkedBody, parseMessages, shown } from "./completionRequest.js";
+import { bad, booleanField, checkedBody, parseMessages } from "./completionRequest.js";
+import { shownJson as shown } from "../util/shownJson.js";
 
 /** What the endpoints read: the served name, its tokenizer, positions and chat template (null: none). */
 export interface TokenizerServed {

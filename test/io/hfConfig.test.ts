@@ -79,12 +79,18 @@ test("rope_scaling llama3 and linear, in both the rope_scaling and the v5 rope_p
   const lin = normalizeHfConfig({ ...base, rope_scaling: { type: "linear", factor: 4 } });
   assert.deepEqual(lin.rope.scaling, { type: "linear", factor: 4 });
   assert.equal(normalizeHfConfig({ ...base, rope_scaling: { rope_type: "default" } }).rope.scaling, null);
+  // No type and nothing to scale by (an empty object, or transformers 5's rope_parameters with only the theta): none.
+  assert.equal(normalizeHfConfig({ ...base, rope_scaling: {} }).rope.scaling, null);
+  assert.equal(normalizeHfConfig({ ...base, rope_scaling: { factor: 1 } }).rope.scaling, null);
+  assert.equal(normalizeHfConfig({ ...base, rope_parameters: { rope_theta: 10000 } }).rope.scaling, null);
 });
 
 const badConfigs: [string, Record<string, unknown>, RegExp][] = [
   ["unsupported model_type", { ...base, model_type: "gpt2" }, /model_type "gpt2" is not supported/],
   ["unsupported rope_scaling", { ...base, rope_scaling: { type: "yarn", factor: 4 } }, /rope_scaling type "yarn" is not supported/],
   ["dynamic rope_scaling", { ...base, rope_scaling: { rope_type: "dynamic", factor: 2 } }, /"dynamic" is not supported/],
+  ["rope_scaling a list", { ...base, rope_scaling: [1] }, /rope_scaling is \[1\]/],
+  ["rope_scaling a factor without a type", { ...base, rope_scaling: { factor: 4 } }, /rope_scaling gives a factor \(4\) but no "rope_type"/],
   ["missing hidden_size", { ...base, hidden_size: undefined }, /"hidden_size" is missing/],
   ["heads not a multiple of kv heads", { ...base, num_key_value_heads: 3 }, /not a multiple of num_key_value_heads 3/],
   ["non-SwiGLU activation", { ...base, hidden_act: "gelu" }, /hidden_act "gelu"/],
