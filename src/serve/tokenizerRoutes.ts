@@ -11,6 +11,7 @@ import { encodeLong } from "../io/encodeLong.js";
 import type { TextTokenizer } from "../io/tokenizer.js";
 import type { ChatTemplate } from "./chatTemplate.js";
 import { bad, booleanField, checkedBody, parseMessages } from "./completionRequest.js";
+import { decodeOffThread } from "../io/decodeOffThread.js";
 import { shownJson as shown } from "../util/shownJson.js";
 
 /** What the endpoints read: the served name, its tokenizer, positions and chat template (null: none). */
@@ -84,14 +85,17 @@ export async function tokenize(body: unknown, s: TokenizerServed): Promise<Recor
   return { count: tokens.length, max_model_len: s.maxPositions, tokens, token_strs: strs };
 }
 
+/** More ids than this are decoded in a worker thread (decodeOffThread): ~20 ms of this thread's time. */
+const OFF_THREAD_IDS = 65_536;
+
 /** The answer to POST /detokenize: `{prompt}` for `{tokens}`, special tokens written out (as vLLM's). */
-export function detokenize(body: unknown, s: TokenizerServed): Record<string, unknown> {
+export async function detokenize(body: unknown, s: TokenizerServed): Promise<Record<string, unknown>> {
   const b = checkedBody(body, s, new Set(["model", "tokens"]), {}, '{"tokens": [1, 403]}');
   const t = b["tokens"];
   if (!Array.isArray(t) || !t.every((x) => Number.isInteger(x))) throw bad("tokens is not a list of token ids", 'send e.g. {"tokens": [1, 403]}');
   const out = (t as number[]).find((x) => x < 0 || x >= s.vocabSize);
   if (out !== undefined) throw bad(`token id ${out} is outside the vocabulary of ${s.vocabSize}`, "send ids from the served model's tokenizer");
-  return { prompt: s.tokenizer.decode(t as number[], { skipSpecialTokens: false }) };
+  return { prompt: await decodeOffThread(s.tokenizer, t as number[], { skipSpecialTokens: false, offThreadAbove: OFF_THREAD_IDS }) };
 }
 
 /** The answer to GET /tokenizer_info: the special tokens' texts, the chat template and the context length. */

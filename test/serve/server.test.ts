@@ -474,6 +474,10 @@ test("vLLM's tokenizer endpoints: /tokenize, /detokenize and /tokenizer_info ans
     // One long line (no break to cut at) is tokenized in a worker thread (test/io/encodeLong.test.ts): the same ids.
     const line = "hello world, once upon a time ".repeat(3000);
     assert.deepEqual((await call("/tokenize", { prompt: line })).json["tokens"], lm.tokenizer.encode(line, { addSpecialTokens: true }));
+    // More than 65,536 ids are decoded in a worker thread (test/io/decodeOffThread.test.ts): the same text.
+    const many = lm.tokenizer.encode(doc.repeat(2), { addSpecialTokens: true });
+    assert.ok(many.length > 65_536, `${many.length} ids`);
+    assert.equal((await call("/detokenize", { tokens: many })).json["prompt"], lm.tokenizer.decode(many, { skipSpecialTokens: false }));
     for (const [route, body, status, message] of [
       ["/tokenize", { messages: [{ role: "user", content: "hi" }] }, 404, /no chat template/],
       ["/tokenize", {}, 400, /neither prompt nor messages/],
