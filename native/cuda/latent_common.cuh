@@ -70,7 +70,10 @@ __device__ __forceinline__ void bulk_copy_multicast(void* dst, const void* src, 
 }
 // An arrival on the barrier at `bar`'s offset in block `rank` of the cluster. Release at CTA scope (the
 // instruction's default), as CUTLASS's multicast pipelines release a stage to its producers: a cluster-scope
-// release compiles to two GPU-scope MEMBARs (docs/wip/README.md, the pair kernel's first versions).
+// release compiles to two GPU-scope MEMBARs (docs/wip/README.md, the pair kernel's first versions). What
+// it orders is only a write after read (the peer's next copy into the stage after this block's reads of
+// it), and every such read has returned before the arrival issues: its value fed an MMA (or, for the
+// probabilities, the ready arrival) earlier in the same warp's program order.
 __device__ __forceinline__ void bar_arrive_remote(uint64_t* bar, unsigned rank) {
   MLA_SM90_ONLY({
   asm volatile("{\n.reg .b32 ra;\nmapa.shared::cluster.u32 ra, %0, %1;\nmbarrier.arrive.shared::cluster.b64 _, [ra];\n}\n"

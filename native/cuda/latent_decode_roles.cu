@@ -385,11 +385,16 @@ RoleLayout role_plan(int64_t L, int64_t H, int64_t Hkv, int64_t Dr) {
 
 int role_tiles(int64_t L) { return L == 256 ? 4 : L == 512 ? 8 : L == 1024 ? 16 : L == 2048 ? 32 : 0; }
 
-// Whether a call's head blocks run in clusters of two that copy each latent row once (the kernel's MC):
-// an even number of head blocks (a cluster holds two of one split) on sm_90, unless
-// MHA2MLA_LATENT_MULTICAST=0. Read per call, so a test can run both.
+// Whether a call's head blocks may run in clusters of two that copy each latent row once (the kernel's
+// MC): an even number of head blocks (a cluster holds two of one split) on compute capability 9.x (the
+// only one measured; ptxas warns that multicast may be slow elsewhere), not in the no-copy timing build
+// (its phases would rest on remote arrivals landing in order), unless MHA2MLA_LATENT_MULTICAST=0. Read
+// per call, so a test can run both. The launcher also needs the pairs to cover the SMs (pairs_tile_sms).
 bool multicast_pairs(int64_t hbn) {
-  if (hbn % 2 != 0) return false;
+  if (hbn % 2 != 0 || ROLES_NO_COPY) return false;
+  static int major = -1;
+  if (major < 0 && cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, mla::ctx()->device) != cudaSuccess) major = 0;
+  if (major != 9) return false;
   const char* v = getenv("MHA2MLA_LATENT_MULTICAST");
   return !(v && std::string(v) == "0");
 }
@@ -405,16 +410,17 @@ mla_status latent_decode_roles(const __nv_bfloat16* const* cs, const __nv_bfloat
   const int nt = role_tiles(L);
   const RoleLayout lay = role_plan(L, H, Hkv, Dr);
   const int64_t hbn = (H + HB - 1) / HB;
-  const bool mc = multicast_pairs(hbn);
-  const int ti = (nt == 4 ? 0 : nt == 8 ? 1 : nt == 16 ? 2 : 3) + (mc ? 4 : 0);
-  static const void* const kernels[8] = {(const void*)k_latent_decode_roles<4, false>, (const void*)k_latent_decode_roles<8, false>, (const void*)k_latent_decode_roles<16, false>, (const void*)k_latent_decode_roles<32, false>,
-                                         (const void*)k_latent_decode_roles<4, true>,  (const void*)k_latent_decode_roles<8, true>,  (const void*)k_latent_decode_roles<16, true>,  (const void*)k_latent_decode_roles<32, true>};
-  const void* fn = kernels[ti];
-  static bool configured[8] = {};
-  if (!configured[ti]) {
-    CUDA_TRY(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_optin()));
-    configured[ti] = true;
-  }
+  const int k = nt == 4 ? 0 : nt == 8 ? 1 : nt == 16 ? 2 : 3;
+  static const void* const kernels[2][4] = {{(const void*)k_latent_decode_roles<4, false>, (const void*)k_latent_decode_roles<8, false>, (const void*)k_latent_decode_roles<16, false>, (const void*)k_latent_decode_roles<32, false>},
+                                            {(const void*)k_latent_decode_roles<4, true>, (const void*)k_latent_decode_roles<8, true>, (const void*)k_latent_decode_roles<16, true>, (const void*)k_latent_decode_roles<32, true>}};
+  static bool configured[2][4] = {};
+  auto configure = [&](int m) -> mla_status {
+    if (!configured[m][k]) {
+      CUDA_TRY(cudaFuncSetAttribute(kernels[m][k], cudaFuncAttributeMaxDynamicSharedMemorySize, smem_optin()));
+      configured[m][k] = true;
+    }
+    return MLA_OK;
+  };
   cudaLaunchConfig_t cfg = {};
   cudaLaunchAttribute attr[1];
   attr[0].id = cudaLaunchAttributeClusterDimension;
@@ -424,25 +430,36 @@ mla_status latent_decode_roles(const __nv_bfloat16* const* cs, const __nv_bfloat
   cfg.blockDim = dim3(ROLE_THREADS);
   cfg.dynamicSmemBytes = lay.bytes();
   cfg.stream = ctx()->stream;
+  bool mc = multicast_pairs(hbn);
+  if (mc) {
+    if (mla_status e = configure(1)) return e;
+    // Pairs only where as many fit at once as there are SM pairs (two SMs of one GPC each; 66 on an
+    // H100): then the splits below are the unpaired kernel's (one wave of blocks) and so are the output's
+    // bits. Elsewhere, or where the query fails, each block copies its own rows. Asked once per plan size.
+    static size_t askedBytes[4] = {};
+    static bool tiles[4] = {};
+    if (askedBytes[k] != lay.bytes()) {
+      cfg.gridDim = dim3(2, 1);
+      cfg.attrs = attr;
+      cfg.numAttrs = 1;
+      int pairs = 0;
+      if (cudaOccupancyMaxActiveClusters(&pairs, kernels[1][k], &cfg) != cudaSuccess) {
+        cudaGetLastError();
+        pairs = 0;
+      }
+      tiles[k] = 2 * pairs >= sm_count();
+      askedBytes[k] = lay.bytes();
+    }
+    mc = tiles[k];
+  }
+  if (!mc)
+    if (mla_status e = configure(0)) return e;
+  const void* fn = kernels[mc ? 1 : 0][k];
   cfg.attrs = mc ? attr : nullptr;
   cfg.numAttrs = mc ? 1 : 0;
   // One block per SM (the plan takes most of its shared memory): splits along the context up to one
-  // wave, as the tile-loop kernel's. In pairs, a wave is as many pairs as fit at once (two SMs of one
-  // GPC each): asked once per instantiation and plan size.
-  int64_t wave = sm_count();
-  if (mc) {
-    static size_t wavedBytes[8] = {};
-    static int pairsPerWave[8] = {};
-    if (wavedBytes[ti] != lay.bytes()) {
-      cfg.gridDim = dim3(2, 1);
-      if (cudaOccupancyMaxActiveClusters(&pairsPerWave[ti], fn, &cfg) != cudaSuccess || pairsPerWave[ti] < 1) {
-        cudaGetLastError();
-        pairsPerWave[ti] = std::max(1, sm_count() / 2);
-      }
-      wavedBytes[ti] = lay.bytes();
-    }
-    wave = 2 * (int64_t)pairsPerWave[ti];
-  }
+  // wave, as the tile-loop kernel's.
+  const int64_t wave = sm_count();
   const int cap = (int)std::min<int64_t>(std::max<int64_t>(1, wave / (B * hbn)), 1 << 16);
   SplitCall sc;
   if (mla_status e = split_call(sc, cs, krs, lo, n, pos, B, H, L, cap, B == 1 ? MIN_TILES_PER_SPLIT_LATENT_B1 : MIN_TILES_PER_SPLIT)) return e;

@@ -578,6 +578,11 @@ test("the fused latent decode kernels (bf16 caches; warps by role where they tak
     [24, 4, 12, 512, [260], null],  // head block 0's span (36 columns) ends off a 16-byte boundary: it copies whole rows (48); block 1 copies its own 24
     // 24 sequences: ≤ 5 splits each, so a block runs 12–19 tiles and its three stages turn over several times
     [16, 16, 8, 512, [1500, 1400, 1300, 1200, 1100, 1000, 1500, 1400, 1300, 1200, 1100, 1000, 1500, 1400, 1300, 1200, 1100, 1000, 1500, 1400, 1300, 1200, 1100, 1000], null],
+    // Two head blocks (the default pairs them: multicast copies) with the stages turning over, with a
+    // window, and at one sequence whose last context split is empty (25 tiles over 6 splits of 5).
+    [32, 16, 8, 512, [1500, 1400, 1300, 1200, 1100, 1000, 1500, 1400, 1300, 1200, 1100, 1000, 1500, 1400, 1300, 1200, 1100, 1000, 1500, 1400, 1300, 1200, 1100, 1000], null],
+    [32, 32, 16, 2048, [40, 500, 3000], 700],
+    [32, 8, 16, 1024, [400], null],
   ] as const) {
     const Bn = rows.length;
     const positions = Int32Array.from(rows, (n, b) => n - 1 - (b % 2));  // some caches hold a spare row
@@ -1036,6 +1041,15 @@ test("--checkpoint-activations gives the same weights as the plain run at head d
  * A 2-layer bf16 synth of smollm-135m's shape (GQA 9/3, head dim 64; stories260K's tokenizer) and its
  * MLA conversion at rank 32 × 3 KV heads: a latent of 96, which the fused latent kernel takes.
  */
+/** A one-layer tinyllama-1.1b shape (32/4 heads, head dim 64) converted at rank 64: a latent of 256 over two head blocks, which the latent kernel pairs (multicast copies). */
+async function tinyllamaMla(): Promise<string> {
+  const dir = tmpDir();
+  const src = path.join(dir, "tinyllama-L1");
+  await synth({ arch: "tinyllama-1.1b", layers: 1, dtype: "BF16", out: src, progress: null });
+  for (const f of ["tokenizer.json", "tokenizer_config.json"]) fs.copyFileSync(path.join(MODELS, "stories260K", f), path.join(src, f));
+  return (await convert(src, { rank: 64, ropePairs: 4, ropeStrategy: "uniform", out: path.join(dir, "mla"), progress: null, device: "cpu" })).out!;
+}
+
 async function smollmWithMla(): Promise<{ src: string; mla: string }> {
   const dir = tmpDir();
   const src = path.join(dir, "smollm-L2");
@@ -1045,14 +1059,15 @@ async function smollmWithMla(): Promise<{ src: string; mla: string }> {
   return { src, mla };
 }
 
-test("a recorded decode step (CUDA graph) replays like op-by-op steps: absorbed MLA on bf16 caches at B = 1 and 3 (ragged, context splits, a cache that moves mid-run and weights that change: recorded again); GQA at head dim 64 through the MHA decode kernel (the default) too; GQA on the cuBLAS route (MHA2MLA_MHA_DECODE=cublas) and an f32 cache say why they run op by op", { skip }, async (t) => {
+test("a recorded decode step (CUDA graph) replays like op-by-op steps: absorbed MLA on bf16 caches at B = 1 and 3 (ragged, context splits, a cache that moves mid-run and weights that change: recorded again), also with 32 heads (the latent kernel's paired head blocks); GQA at head dim 64 through the MHA decode kernel (the default) too; GQA on the cuBLAS route (MHA2MLA_MHA_DECODE=cublas) and an f32 cache say why they run op by op", { skip }, async (t) => {
   const { src, mla } = await smollmWithMla();
+  const paired = await tinyllamaMla();
   const B = backend();
   let s = 7;
   const tokens = (n: number) => Int32Array.from({ length: n }, () => ((s = (s * 1664525 + 1013904223) >>> 0) % 1000) + 3);
   // smollm's GQA (9/3, head dim 64) on bf16 caches twice: through the MHA decode kernel (its default at
   // these shapes: recorded) and through the cuBLAS route (op by op).
-  for (const [spec, lengths, dtype, route] of [[mla, [700], "bf16", null], [mla, [300, 40, 700], "bf16", null], [src, [50, 9, 400], "bf16", null], [src, [50, 9, 400], "bf16", "cublas"], [src, [50, 9], "f32", null]] as const) {
+  for (const [spec, lengths, dtype, route] of [[mla, [700], "bf16", null], [mla, [300, 40, 700], "bf16", null], [paired, [300, 40, 700], "bf16", null], [src, [50, 9, 400], "bf16", null], [src, [50, 9, 400], "bf16", "cublas"], [src, [50, 9], "f32", null]] as const) {
     if (route) process.env["MHA2MLA_MHA_DECODE"] = route;
     const opByOp = spec === src && (route === "cublas" || dtype === "f32");
     const model = loadModel(spec, { backend: B }).model;
