@@ -179,8 +179,17 @@ export function identityDifferences(was: Record<string, unknown>, now: Record<st
   const clauses: string[] = [];
   for (const key of new Set([...ca.keys(), ...cb.keys()])) {
     if (canonicalJson(ca.get(key)) === canonicalJson(cb.get(key))) continue;
-    const show = (v: unknown) => (v === undefined ? "(not given)" : shown(v));
-    clauses.push(`${flagOf(key)} ${show(a.get(key))} → ${show(b.get(key))}`);
+    // Given in neither: a default filled on one side only (a fine-tune in one run, none in the other), which
+    // the clause about the fine-tune's own options names; nor a fine-tune option at its default where the
+    // other run has no fine-tune (the identity fills --seq and --batch).
+    if (a.get(key) === undefined && b.get(key) === undefined) continue;
+    if (key.startsWith("finetune.") && (!was["finetune"] || !now["finetune"])) {
+      const dflt = (FINETUNE_DEFAULTS as Record<string, unknown>)[key.slice("finetune.".length)];
+      if (dflt !== undefined && canonicalJson(a.get(key) ?? b.get(key)) === canonicalJson(dflt)) continue;
+    }
+    // Not given, but compared as its default: the value the run computes with.
+    const show = (v: unknown, c: unknown) => (v !== undefined ? shown(v) : c !== undefined ? `(not given: ${shown(c)})` : "(not given)");
+    clauses.push(`${flagOf(key)} ${show(a.get(key), ca.get(key))} → ${show(b.get(key), cb.get(key))}`);
   }
   return clauses;
 }

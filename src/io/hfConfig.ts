@@ -102,15 +102,17 @@ function posInt(raw: Raw, key: string, file: string, fallback?: number): number 
   return v;
 }
 
-function parseScaling(s: unknown, file: string): RopeScaling | null {
+/** `key`: where the scaling was read (rope_scaling, or transformers 5's rope_parameters), for the messages. */
+function parseScaling(s: unknown, file: string, key = "rope_scaling"): RopeScaling | null {
   if (s === undefined || s === null) return null;
-  if (typeof s !== "object" || Array.isArray(s)) throw new MlaError("BAD_CONFIG", `${file}: rope_scaling is ${shownJson(s)}`, "rope_scaling is an object or null");
+  if (typeof s !== "object" || Array.isArray(s)) throw new MlaError("BAD_CONFIG", `${file}: ${key} is ${shownJson(s)}`, `${key} is an object or null`);
   const r = s as Raw;
   const type = (r["rope_type"] ?? r["type"]) as unknown;
-  // A factor without a type would stretch positions in a way nothing says: reading it as no scaling would
-  // run the model at positions it was not trained for (transformers refuses such a config too).
+  // A factor without a type would stretch positions in a way nothing says: transformers 4.x refuses such a
+  // config (no init function for a type of None), 5.x reads it as the default and drops the factor.
+  // Either reading here would run the model at positions other than those it was trained or tuned for.
   if (type === undefined && r["factor"] !== undefined && r["factor"] !== 1)
-    throw new MlaError("BAD_CONFIG", `${file}: rope_scaling gives a factor (${shownJson(r["factor"])}) but no "rope_type"`, 'name the scaling: "rope_type": "linear" or "llama3" (or remove the factor)');
+    throw new MlaError("BAD_CONFIG", `${file}: ${key} gives a factor (${shownJson(r["factor"])}) but no "rope_type"`, 'name the scaling: "rope_type": "linear" or "llama3" (or remove the factor)');
   if (type === "default" || type === undefined) return null;
   // A factor below 1 compresses positions the other way (0: an infinite inverse frequency); HF requires ≥ 1.
   const factor = (): number => {
@@ -149,7 +151,8 @@ export function normalizeHfConfig(raw: Raw, file = "config.json"): ModelConfig {
   const theta = ropeParams && ropeParams["rope_theta"] !== undefined && ropeParams["rope_theta"] !== null ? num(ropeParams, "rope_theta", file) : num(raw, "rope_theta", file, 10000);
   // 0 turns every inverse frequency into 1/0: the model would score NaN with no word of why.
   if (!(theta > 0)) throw new MlaError("BAD_CONFIG", `${file}: rope_theta is ${theta}, not a positive number`, "RoPE's base is positive (10000 for Llama 2, 500000 for Llama 3); fix config.json");
-  const scaling = parseScaling(raw["rope_scaling"] ?? ropeParams, file);
+  const scalingKey = raw["rope_scaling"] !== undefined && raw["rope_scaling"] !== null ? "rope_scaling" : "rope_parameters";
+  const scaling = parseScaling(raw["rope_scaling"] ?? ropeParams, file, scalingKey);
   const isQwen = modelType === "qwen2";
   const attnBias = raw["attention_bias"] === true;
   const window = slidingWindowOf(raw, modelType as string, posInt(raw, "num_hidden_layers", file), file);

@@ -83,6 +83,18 @@ test("a re-run naming the same files by other paths (./x for x, absolute for rel
   });
 });
 
+test("a re-run adding a fine-tune to a run without one names --finetune-data and --tokens, not every fine-tune default", async () => {
+  const base = { convert: { rank: 2, ropePairs: 1 }, evalText: TEXT, device: "cpu" as const };
+  const out = await startedRun(base);
+  await assert.rejects(pipeline(MODEL, { ...base, finetune: { data: [TEXT], tokens: 2048 }, out, ...quiet }), (e: unknown) => {
+    assert.ok(e instanceof MlaError && e.code === "EXISTS", String(e));
+    assert.ok(e.message.includes(`--finetune-data (not given) → ${TEXT}`), e.message);
+    assert.match(e.message, /--tokens \(not given\) → 2048/);
+    assert.doesNotMatch(e.message, /→ \(not given\)|accum|warmup|--seq|--batch/, "options at their defaults are not named");
+    return true;
+  });
+});
+
 test("once the conversion is written, a re-run giving --lr at the default for the converted model's size resumes (and one started with it resumes without it); another --lr is refused", async () => {
   const out = path.join(tmpDir(), "pl");
   const base = { convert: { rank: 2, ropePairs: 1 }, evalText: TEXT, evalTokens: 300, finetune: { data: [TEXT], tokens: 2048 }, device: "cpu" as const, progress: null };
@@ -98,7 +110,7 @@ test("once the conversion is written, a re-run giving --lr at the default for th
   assert.ok(logged.some((m) => /^resuming the pipeline in /.test(m)), logged.join("\n"));
   await assert.rejects(pipeline(MODEL, { ...base, finetune: { ...base.finetune, lr: 5e-4 }, out, shouldStop: () => true }), (e: unknown) => {
     assert.ok(e instanceof MlaError && e.code === "EXISTS", String(e));
-    assert.match(e.message, /--lr \(not given\) → 5e-4/);
+    assert.match(e.message, /--lr \(not given: 1e-3\) → 5e-4/, "the value the run computes with");
     return true;
   });
   // Started with the default given, re-run without it.
