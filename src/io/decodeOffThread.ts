@@ -1,28 +1,37 @@
 /**
  * A long id list decoded in a worker thread, so that a server's other streams go on meanwhile: one
  * decode of 900k ids held every stream for ~0.3 s. Starting the worker and loading the tokenizer there
- * costs ~0.2–0.4 s, paid only by such a request; the text is tok.decode's, bit for bit (the worker
- * loads the same folder's files).
+ * costs ~0.2–0.4 s (seconds for a 128k vocabulary), paid only by such a request, and one such decode
+ * runs at a time (each worker holds a whole tokenizer: a burst of requests must not load one each).
+ * The text is tok.decode's: the worker decodes only when it loaded the same files (their hash) and tok's
+ * decode is the loaded one; otherwise, or when the worker fails, this thread decodes.
  */
 import { Worker } from "node:worker_threads";
-import { MlaError } from "../errors.js";
-import type { TextTokenizer } from "./tokenizer.js";
+import { decodesAsLoaded, type TextTokenizer } from "./tokenizer.js";
 
-/** `ids` as tok.decode gives them; in a worker thread where there are more than `offThreadAbove` and tok knows its folder. */
+/** The off-thread decodes in order: each starts when the one before has settled. */
+let queue: Promise<unknown> = Promise.resolve();
+
+/** `ids` as tok.decode gives them; in a worker thread where there are more than `offThreadAbove` and the worker can decode as tok does. */
 export async function decodeOffThread(tok: TextTokenizer, ids: readonly number[], o: { skipSpecialTokens: boolean; offThreadAbove: number }): Promise<string> {
-  if (ids.length <= o.offThreadAbove || !tok.dir) return tok.decode(ids, { skipSpecialTokens: o.skipSpecialTokens });
+  const here = () => tok.decode(ids, { skipSpecialTokens: o.skipSpecialTokens });
+  if (ids.length <= o.offThreadAbove || !decodesAsLoaded(tok)) return here();
+  const turn = queue.then(() => inWorker(tok, ids, o.skipSpecialTokens));
+  queue = turn.catch(() => undefined);
+  return (await turn) ?? here();
+}
+
+/** The worker's text, or null where it could not decode as tok does (other files, a failure). */
+function inWorker(tok: TextTokenizer, ids: readonly number[], skipSpecialTokens: boolean): Promise<string | null> {
   const packed = Int32Array.from(ids);
-  return new Promise((resolve, reject) => {
-    const w = new Worker(new URL("./decodeWorker.js", import.meta.url), { workerData: { dir: tok.dir, ids: packed, skipSpecialTokens: o.skipSpecialTokens }, transferList: [packed.buffer as ArrayBuffer] });
-    let answered = false;
-    w.once("message", (text: string) => {
-      answered = true;
+  return new Promise((resolve) => {
+    const w = new Worker(new URL("./decodeWorker.js", import.meta.url), { workerData: { dir: tok.dir, filesHash: tok.filesHash, ids: packed, skipSpecialTokens }, transferList: [packed.buffer as ArrayBuffer] });
+    w.once("message", (text: string | null) => {
       resolve(text);
       void w.terminate();
     });
-    w.once("error", (e) => reject(new MlaError("BAD_TOKENIZER", `decoding ${ids.length} ids in a worker thread failed: ${e.message}`, `the tokenizer in ${tok.dir} could not decode them`)));
-    w.once("exit", (code) => {
-      if (!answered) reject(new MlaError("BAD_TOKENIZER", `a worker thread decoding ${ids.length} ids exited (code ${code}) before it was done`, "try again; if it repeats, the tokenizer folder may have changed"));
-    });
+    // A worker that fails (the folder gone, unreadable) or exits without an answer leaves the decode to this thread.
+    w.once("error", () => resolve(null));
+    w.once("exit", () => resolve(null));
   });
 }

@@ -30,6 +30,16 @@ export interface TextTokenizer {
   idToToken?(id: number): string | undefined;
   /** The folder the tokenizer was loaded from (worker threads load their own copy from it; the token cache hashes its files). */
   readonly dir?: string;
+  /** sha256 of the files it was built from (loadTokenizer): a worker loading `dir` again checks it has the same. */
+  readonly filesHash?: string;
+}
+
+/** The decode functions loadTokenizer built: a tokenizer whose decode is not one of them was changed by its caller. */
+const builtDecoders = new WeakSet<TextTokenizer["decode"]>();
+
+/** Whether `tok` decodes as the files in its folder do (its decode is the one loadTokenizer built), so a worker thread loading them decodes alike. */
+export function decodesAsLoaded(tok: TextTokenizer): boolean {
+  return !!tok.dir && !!tok.filesHash && builtDecoders.has(tok.decode);
 }
 
 function readBytes(file: string, required: boolean): Buffer | null {
@@ -96,7 +106,7 @@ export function loadTokenizer(dir: string): TextTokenizer {
   built.delete(abs); // re-inserted last: the Map's order is the order of use
   built.set(abs, entry);
   if (built.size > KEPT_FOLDERS) built.delete(built.keys().next().value!);
-  return { ...entry.tokenizer };
+  return { ...entry.tokenizer, filesHash: entry.hash };
 }
 
 function buildTokenizer(dir: string, tjFile: string, tj: Record<string, unknown>, tc: Record<string, unknown>): TextTokenizer {
@@ -141,16 +151,18 @@ function buildTokenizer(dir: string, tjFile: string, tj: Record<string, unknown>
   const addedIds = new Set(added.map((a) => a.id));
   const literals = added.map((a) => a.content).filter((c): c is string => !!c);
   const firstLiteral = literals.length ? new RegExp(literals.sort((a, b) => b.length - a.length).map((c) => c.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")).join("|")) : null;
+  // The HF library throws on no ids (a /detokenize of [], a window of a stream with nothing in it),
+  // and a SentencePiece model on an id it does not hold (a vocabulary padded past the tokenizer's):
+  // such ids are dropped, as HF's decode drops them.
+  const decode: TextTokenizer["decode"] = (ids, opts) => {
+    const known = [...ids].filter((id) => Number.isInteger(id) && id >= 0 && id < vocabSize && (addedIds.has(id) || tok.id_to_token(id) != null));
+    return known.length === 0 ? "" : tok.decode(known, { skip_special_tokens: opts?.skipSpecialTokens ?? false, clean_up_tokenization_spaces: cleans && opts?.cleanUpSpaces !== false });
+  };
+  builtDecoders.add(decode);
   return {
     vocabSize,
     encode: (text, opts) => encode(text, opts?.addSpecialTokens ?? false),
-    // The HF library throws on no ids (a /detokenize of [], a window of a stream with nothing in it),
-    // and a SentencePiece model on an id it does not hold (a vocabulary padded past the tokenizer's):
-    // such ids are dropped, as HF's decode drops them.
-    decode: (ids, opts) => {
-      const known = [...ids].filter((id) => Number.isInteger(id) && id >= 0 && id < vocabSize && (addedIds.has(id) || tok.id_to_token(id) != null));
-      return known.length === 0 ? "" : tok.decode(known, { skip_special_tokens: opts?.skipSpecialTokens ?? false, clean_up_tokenization_spaces: cleans && opts?.cleanUpSpaces !== false });
-    },
+    decode,
     cleansUpSpaces: cleans,
     encodeContinuation: (text) => {
       const at = firstLiteral ? text.search(firstLiteral) : -1;

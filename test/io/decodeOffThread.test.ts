@@ -1,12 +1,12 @@
 /**
  * decodeOffThread: a long id list decoded in a worker thread gives tok.decode's text exactly, while
- * this thread's event loop turns; a short one stays here; a worker that cannot load the tokenizer is
- * an MlaError naming the ids and the folder.
+ * this thread's event loop turns; a short one stays here, and so does one the worker could not decode
+ * as this tokenizer does (its folder gone or changed, a decode the caller replaced).
  */
 import assert from "node:assert/strict";
+import fs from "node:fs";
 import path from "node:path";
 import { test } from "node:test";
-import { MlaError } from "../../src/errors.js";
 import { decodeOffThread } from "../../src/io/decodeOffThread.js";
 import { loadTokenizer } from "../../src/io/tokenizer.js";
 import { MODELS, tmpDir } from "../helpers.js";
@@ -36,7 +36,27 @@ test("up to offThreadAbove ids, or a tokenizer that does not know its folder, de
   assert.equal(await decodeOffThread({ ...stories, dir: undefined }, ids, { skipSpecialTokens: false, offThreadAbove: 0 }), stories.decode(ids));
 });
 
-test("a worker that cannot load the tokenizer is an MlaError naming the ids and the folder", async () => {
+test("where the worker cannot decode as this tokenizer does, this thread decodes: the folder gone, its files changed since the load, or a decode the caller replaced", async () => {
+  const ids = stories.encode("Once upon a time there was a fox. ".repeat(50));
+  const opts = { skipSpecialTokens: false, offThreadAbove: 0 };
+  assert.equal(await decodeOffThread({ ...stories, dir: tmpDir() }, ids, opts), stories.decode(ids), "no tokenizer.json in the folder: the worker fails");
   const dir = tmpDir();
-  await assert.rejects(decodeOffThread({ ...stories, dir }, [5, 6, 7], { skipSpecialTokens: false, offThreadAbove: 0 }), (e: unknown) => e instanceof MlaError && e.code === "BAD_TOKENIZER" && /decoding 3 ids in a worker thread failed: .*tokenizer\.json does not exist/.test(e.message) && e.message.includes(dir));
+  for (const f of ["tokenizer.json", "tokenizer_config.json"]) fs.copyFileSync(path.join(MODELS, "stories260K", f), path.join(dir, f));
+  const loaded = loadTokenizer(dir);
+  const tj = JSON.parse(fs.readFileSync(path.join(dir, "tokenizer.json"), "utf8")) as { model: { vocab: Record<string, number> } };
+  const [piece, id] = Object.entries(tj.model.vocab).find(([p]) => p.length > 3)!;
+  delete tj.model.vocab[piece];
+  tj.model.vocab[piece + "X"] = id;
+  fs.writeFileSync(path.join(dir, "tokenizer.json"), JSON.stringify(tj));
+  const some = [id, ...ids];
+  assert.equal(await decodeOffThread(loaded, some, opts), loaded.decode(some), "the served tokenizer's text, not the changed file's");
+  assert.equal(await decodeOffThread({ ...stories, decode: () => "custom" }, ids, opts), "custom");
+});
+
+test("concurrent long decodes run one worker at a time and each gets its own text", async () => {
+  const a = stories.encode("The cat sat on the mat. ".repeat(400)), b = stories.encode("A dog ran in the park. ".repeat(400));
+  const opts = { skipSpecialTokens: false, offThreadAbove: 100 };
+  const [ta, tb] = await Promise.all([decodeOffThread(stories, a, opts), decodeOffThread(stories, b, opts)]);
+  assert.equal(ta, stories.decode(a));
+  assert.equal(tb, stories.decode(b));
 });
