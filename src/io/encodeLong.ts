@@ -169,7 +169,7 @@ export async function encodeTexts(tok: TextTokenizer, texts: readonly string[], 
   };
   if (threaded) {
     try {
-      await inWorkers(tok.dir!, batches.map(([a, b]) => pieces.slice(a, b)), workers, finished);
+      await inWorkers(tok.dir!, tok.filesHash, batches.map(([a, b]) => pieces.slice(a, b)), workers, finished);
     } catch (e) {
       if (e instanceof MlaError && e.code === "INTERRUPTED") throw e; // a stop, seen as a batch came back: not a failure
       throw new MlaError("BAD_TOKENIZER", `tokenizing ${label} in worker threads failed: ${(e as Error).message}`, `the tokenizer in ${tok.dir} could not encode this text; check that the file is UTF-8 text`);
@@ -211,7 +211,7 @@ export async function encodeTexts(tok: TextTokenizer, texts: readonly string[], 
  * `dir`; `finished(b, ids)` receives batch b's ids (one Int32Array per piece). Batches are handed
  * out as workers come free; every worker is terminated when all are done or on the first error.
  */
-function inWorkers(dir: string, batches: Piece[][], n: number, finished: (b: number, ids: Int32Array[]) => void): Promise<void> {
+function inWorkers(dir: string, filesHash: string | undefined, batches: Piece[][], n: number, finished: (b: number, ids: Int32Array[]) => void): Promise<void> {
   return new Promise((resolve, reject) => {
     const pool: Worker[] = [];
     let next = 0;
@@ -226,7 +226,7 @@ function inWorkers(dir: string, batches: Piece[][], n: number, finished: (b: num
       if (next < batches.length) w.postMessage({ b: next, pieces: batches[next++] });
     };
     for (let k = 0; k < n; k++) {
-      const w = new Worker(new URL("./encodeWorker.js", import.meta.url), { workerData: { dir } });
+      const w = new Worker(new URL("./encodeWorker.js", import.meta.url), { workerData: { dir, filesHash } });
       pool.push(w);
       w.on("message", (m: { b: number; ids: Int32Array[] }) => {
         if (over) return;

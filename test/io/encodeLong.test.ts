@@ -90,6 +90,14 @@ test("a failing worker thread is an MlaError naming the text, and every worker i
   await assert.rejects(encodeLong(broken, "one line\n".repeat(5000), { pieceChars: 64, parallelAbove: 0, workers: 2, label: "corpus.txt" }), (e: unknown) => e instanceof MlaError && e.code === "BAD_TOKENIZER" && /tokenizing corpus\.txt in worker threads failed: .*tokenizer\.json does not exist/.test(e.message) && /hint:/.test(e.message));
 });
 
+test("worker threads refuse tokenizer files changed after this process loaded them (their ids would differ from this tokenizer's)", async () => {
+  const dir = tmpDir();
+  for (const f of ["tokenizer.json", "tokenizer_config.json"]) fs.copyFileSync(path.join(MODELS, "stories260K", f), path.join(dir, f));
+  const tok = loadTokenizer(dir);
+  fs.appendFileSync(path.join(dir, "tokenizer.json"), "\n");
+  await assert.rejects(encodeLong(tok, "one line\n".repeat(5000), { pieceChars: 64, parallelAbove: 0, workers: 2, label: "corpus.txt" }), (e: unknown) => e instanceof MlaError && e.code === "BAD_TOKENIZER" && /tokenizing corpus\.txt in worker threads failed: the tokenizer files in .* changed after this process loaded them/.test(e.message));
+});
+
 test("shouldStop ends the tokenizing part-way with INTERRUPTED, on this thread and in worker threads", async () => {
   const text = fs.readFileSync(path.join(FIXTURES, "text", "tinystories_25k.txt"), "utf8").repeat(4);
   for (const o of [{ pieceChars: 64 }, { pieceChars: 64, parallelAbove: 0, workers: 2 }]) {
