@@ -7,18 +7,14 @@
  * decode is the loaded one; otherwise, or when the worker fails, this thread decodes.
  */
 import { Worker } from "node:worker_threads";
+import { tokenizerWorkers } from "../util/lane.js";
 import { decodesAsLoaded, type TextTokenizer } from "./tokenizer.js";
-
-/** The off-thread decodes in order: each starts when the one before has settled. */
-let queue: Promise<unknown> = Promise.resolve();
 
 /** `ids` as tok.decode gives them; in a worker thread where there are more than `offThreadAbove` and the worker can decode as tok does. */
 export async function decodeOffThread(tok: TextTokenizer, ids: readonly number[], o: { skipSpecialTokens: boolean; offThreadAbove: number }): Promise<string> {
   const here = () => tok.decode(ids, { skipSpecialTokens: o.skipSpecialTokens });
   if (ids.length <= o.offThreadAbove || !decodesAsLoaded(tok)) return here();
-  const turn = queue.then(() => inWorker(tok, ids, o.skipSpecialTokens));
-  queue = turn.catch(() => undefined);
-  return (await turn) ?? here();
+  return (await tokenizerWorkers.run(() => inWorker(tok, ids, o.skipSpecialTokens))) ?? here();
 }
 
 /** The worker's text, or null where it could not decode as tok does (other files, a failure). */

@@ -12,6 +12,7 @@ import type { TextTokenizer } from "../io/tokenizer.js";
 import type { ChatTemplate } from "./chatTemplate.js";
 import { bad, booleanField, checkedBody, parseMessages } from "./completionRequest.js";
 import { decodeOffThread } from "../io/decodeOffThread.js";
+import { tokenizerWorkers } from "../util/lane.js";
 import { shownJson as shown } from "../util/shownJson.js";
 
 /** What the endpoints read: the served name, its tokenizer, positions and chat template (null: none). */
@@ -50,7 +51,8 @@ const OFF_THREAD_PIECE = 65_536;
  */
 async function encodeYielding(tok: TextTokenizer, text: string, addSpecialTokens: boolean): Promise<number[]> {
   if (text.length <= LONG_TEXT) return tok.encode(text, { addSpecialTokens });
-  const ids = [...(await encodeLong(tok, text, { offThreadPieceChars: OFF_THREAD_PIECE }))];
+  // One worker at most, and one such text at a time (tokenizerWorkers): each worker loads a whole tokenizer.
+  const ids = [...(await tokenizerWorkers.run(() => encodeLong(tok, text, { offThreadPieceChars: OFF_THREAD_PIECE, workers: 1 })))];
   if (!addSpecialTokens) return ids;
   const bare = tok.encode("x"), full = tok.encode("x", { addSpecialTokens: true });
   const at = full.findIndex((_, i) => bare.every((id, k) => full[i + k] === id));
