@@ -71,9 +71,13 @@ export const generateCommand: CommandModule<object, Args> = {
     const template = a.chat ? loadChatTemplate(lm.dir) : null;
     if (a.chat && !template) throw new MlaError("NOT_FOUND", `${a.model} has no chat template (chat_template.jinja, chat_template.json or tokenizer_config.json's chat_template)`, "leave out --chat and write the prompt as the model expects it");
     // The template writes the special tokens it wants, as apply_chat_template's ids have them.
-    const prompts = a.prompt.map((p) =>
-      template ? lm.tokenizer.encode(template.render([...(a.system !== undefined ? [{ role: "system", content: a.system }] : []), { role: "user", content: String(p) }]), { addSpecialTokens: false }) : lm.tokenizer.encode(String(p), { addSpecialTokens: true }),
-    );
+    const prompts = a.prompt.map((p) => {
+      if (!template) return lm.tokenizer.encode(String(p), { addSpecialTokens: true });
+      const ids = lm.tokenizer.encode(template.render([...(a.system !== undefined ? [{ role: "system", content: a.system }] : []), { role: "user", content: String(p) }]), { addSpecialTokens: false });
+      // An empty render is the template's doing (a loop over a misspelt variable), not the prompt's.
+      if (ids.length === 0) throw new MlaError("BAD_ARGUMENT", `the chat template (${template.source}) rendered --prompt ${JSON.stringify(String(p).slice(0, 40))} as nothing`, "check the template: it should write each message's content (e.g. {% for m in messages %}{{ m.content }}{% endfor %}); or leave out --chat");
+      return ids;
+    });
     const maxTokens = a["max-tokens"];
     const longest = Math.max(...prompts.map((p) => p.length));
     // The last new token is sampled, never fed back: positions 0 … longest + maxTokens − 2 are used.

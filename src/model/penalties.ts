@@ -29,7 +29,7 @@ export function checkPenalties(o: PenaltyOptions, vocabSize: number, names: Reco
   range("presencePenalty");
   range("frequencyPenalty");
   const r = o.repetitionPenalty;
-  if (r !== undefined && !(Number.isFinite(r) && r > 0 && r <= 100)) throw new MlaError("BAD_ARGUMENT", `${names.repetitionPenalty} ${r} is not a positive number`, "pass e.g. 1.1 to make tokens already seen less likely, or 1 (none)");
+  if (r !== undefined && !(Number.isFinite(r) && r > 0 && r <= 100)) throw new MlaError("BAD_ARGUMENT", `${names.repetitionPenalty} ${r} is not a number above 0 and at most 100`, "pass e.g. 1.1 to make tokens already seen less likely, or 1 (none)");
   for (const [id, bias] of o.logitBias ?? []) {
     if (!(Number.isInteger(id) && id >= 0 && id < vocabSize)) throw new MlaError("BAD_ARGUMENT", `${names.logitBias} names token id ${id}, outside the vocabulary of ${vocabSize}`, "use ids from the model's tokenizer (/tokenize gives them)");
     if (!(Number.isFinite(bias) && bias >= -100 && bias <= 100)) throw new MlaError("BAD_ARGUMENT", `${names.logitBias} gives token ${id} the bias ${bias}, outside -100 … 100`, "-100 bans a token, 100 forces it, values between shift its odds");

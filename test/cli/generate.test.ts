@@ -80,6 +80,16 @@ test("a chat's streamed reply ends as the reply printed whole did (special token
   }
 });
 
+test("a chat template that renders a prompt as nothing is named as the cause, not the prompt", () => {
+  const dir = path.join(tmpDir(), "stories-empty-chat");
+  fs.cpSync(path.join(MODELS, "stories260K"), dir, { recursive: true });
+  const cfgFile = path.join(dir, "tokenizer_config.json");
+  fs.writeFileSync(cfgFile, JSON.stringify({ ...JSON.parse(fs.readFileSync(cfgFile, "utf8")), chat_template: "{% for m in messages %}{% endfor %}" }));
+  const r = spawnSync(process.execPath, [MAIN, "generate", dir, "--chat", "--prompt", "hello there", "--device", "reference"], { encoding: "utf8" });
+  assert.equal(r.status, 1, r.stderr);
+  assert.match(r.stderr, /the chat template \(.*tokenizer_config\.json.*\) rendered --prompt "hello there" as nothing\n  hint: check the template/);
+});
+
 test("Ctrl-C keeps the text generated so far: it was on stdout as it came", async () => {
   const done = cli(["--max-tokens", "25"]).stdout.replace(/\n$/, "");
   const child = spawn(process.execPath, [MAIN, "generate", "stories260K", "--max-tokens", "1000000", "--device", "reference"], { stdio: ["ignore", "pipe", "pipe"] });

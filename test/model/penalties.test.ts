@@ -36,7 +36,7 @@ test("penalties adjust the logits as their definitions read: bias, then repetiti
 test("penalty settings outside their ranges are refused, naming the setting and the value", () => {
   assert.throws(() => checkPenalties({ presencePenalty: 3 }, 10, names), /presence 3 is not a number from -2 to 2/);
   assert.throws(() => checkPenalties({ frequencyPenalty: NaN }, 10, names), /frequency NaN/);
-  assert.throws(() => checkPenalties({ repetitionPenalty: 0 }, 10, names), /repetition 0 is not a positive number/);
+  assert.throws(() => checkPenalties({ repetitionPenalty: 0 }, 10, names), /repetition 0 is not a number above 0 and at most 100/);
   assert.throws(() => checkPenalties({ logitBias: new Map([[10, 1]]) }, 10, names), /bias names token id 10, outside the vocabulary of 10/);
   assert.throws(() => checkPenalties({ logitBias: new Map([[3, 101]]) }, 10, names), /bias gives token 3 the bias 101, outside -100 … 100/);
 });
@@ -62,5 +62,5 @@ test("generate() with penalties and a bias equals a greedy loop over whole forwa
   }
   assert.deepEqual(got, out);
   assert.notDeepEqual(got, generate(model, prompt, { maxTokens: 12, stopAtEos: false }).ids, "they change the greedy text here");
-  assert.throws(() => generate(model, prompt, { maxTokens: 2, repetitionPenalty: -1 }), /--repetition-penalty -1 is not a positive number/);
+  assert.throws(() => generate(model, prompt, { maxTokens: 2, repetitionPenalty: -1 }), /--repetition-penalty -1 is not a number above 0 and at most 100/);
 });
