@@ -10,7 +10,8 @@ import type { WeightStorage } from "../model/weights.js";
 import { loadModel } from "../model/llama.js";
 import { selectBackend, DeviceName } from "../backends/select.js";
 import { checkCtx, checkTextFile, perplexity, readText, requireBos, tokenizeForEval } from "./perplexity.js";
-import { loadTokenizer } from "../io/tokenizer.js";
+import { loadTokenizer, type TextTokenizer } from "../io/tokenizer.js";
+import { encodeLong } from "../io/encodeLong.js";
 import { inspectModel } from "./inspect.js";
 import { packageRoot } from "../io/modelDir.js";
 import { checkTaskName, defaultDataDir, loadTaskItems, runTask, type TaskItems, TaskName } from "./tasks/index.js";
@@ -200,6 +201,18 @@ export function checkEvalOptions(opts: EvalOptions): { dataDir: string | null; i
   return { dataDir, items };
 }
 
+/** Characters above which the whole text is tokenized by encodeLong (progress lines, Ctrl-C, worker threads, pieces). */
+const LONG_EVAL_TEXT = 1_000_000;
+
+/**
+ * The ids evaluate scores: tokenizeForEval's. A long text scored whole goes through encodeLong (the same
+ * ids): one encode of a 100 MB text printed nothing for minutes, ignored Ctrl-C and ran the heap out.
+ */
+export async function evalTokens(tokenizer: TextTokenizer, text: string, opts: EvalOptions, log: Logger): Promise<Int32Array> {
+  if (opts.tokens !== undefined || text.length <= LONG_EVAL_TEXT) return tokenizeForEval(tokenizer, text, opts.tokens);
+  return encodeLong(tokenizer, text, { logger: log, label: path.basename(opts.text ?? "the text"), shouldStop: () => opts.signal?.aborted ?? false });
+}
+
 export async function evaluate(spec: string, opts: EvalOptions): Promise<EvalResult> {
   checkOptionTypes("evaluate()", opts, EVAL_KINDS);
   throwIfAborted(opts.signal);
@@ -234,7 +247,7 @@ export async function evaluate(spec: string, opts: EvalOptions): Promise<EvalRes
       seconds: 0,
     };
     if (text !== null) {
-      const ids = tokenizeForEval(lm.tokenizer, text, opts.tokens);
+      const ids = await evalTokens(lm.tokenizer, text, opts, log);
       const whole = opts.tokens === undefined || ids.length < opts.tokens;
       if (opts.tokens !== undefined && ids.length < opts.tokens) log.warn(`${opts.text} holds only ${ids.length} tokens, fewer than ${flags.tokens} ${opts.tokens}: scoring all of them`);
       const ctx = opts.ctx ?? DEFAULT_CTX;
