@@ -6,6 +6,7 @@ interface Args {
   out: string;
   "train-log"?: string[];
   labels?: string;
+  force: boolean;
 }
 
 export const reportCommand: CommandModule<object, Args> = {
@@ -16,9 +17,10 @@ export const reportCommand: CommandModule<object, Args> = {
       .positional("results", { type: "string", array: true, demandOption: true, describe: "JSON files from `eval --json`" })
       .option("out", { type: "string", default: "report.html", describe: "HTML file (the .md twin is written beside it)" })
       .option("train-log", { type: "string", array: true, describe: "train_log.jsonl files to plot" })
-      .option("labels", { type: "string", describe: "comma-separated column names (default: the eval labels)" }),
+      .option("labels", { type: "string", describe: "comma-separated column names (default: the eval labels)" })
+      .option("force", { type: "boolean", default: false, describe: "replace files at --out (and its .md twin) that are not earlier reports (an earlier report is always replaced)" }),
   handler: (a) => {
-    const r = writeReport(a.results, a.out, { trainLogs: a["train-log"], labels: a.labels?.split(",") });
+    const r = writeReport(a.results, a.out, { trainLogs: a["train-log"], labels: a.labels?.split(","), force: a.force });
     process.stdout.write(`wrote ${r.html} and ${r.md}\n`);
   },
 };

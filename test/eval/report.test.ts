@@ -125,6 +125,21 @@ test("reports name an EG-MLA gate, disjoint rope pairs, unbalanced K/V and a ref
   assert.match(md, /EG-MLA \(gate 4 dims per token\): rank 4, 1 RoPE pairs \(uniform, disjoint across KV heads\)/);
 });
 
+test("report: an earlier report at --out (or its .md twin) is replaced; another file there is refused unless force, and kept", () => {
+  const dir = tmpDir();
+  const base = { model: "m", label: "a", dir: "/m", config_hash: "x", attention: "mha", conversion: null, params: 1, kv_elems_per_token: 8, kv_bytes_per_token: 32, backend: "cpu", seconds: 1 };
+  const json = path.join(dir, "a.json");
+  fs.writeFileSync(json, JSON.stringify(base));
+  const out = path.join(dir, "results.html");
+  writeReport([json], out);
+  writeReport([json], out); // re-run: its own earlier files are replaced
+  fs.writeFileSync(path.join(dir, "results.md"), "# my notes\n");
+  assert.throws(() => writeReport([json], out), (e: unknown) => e instanceof MlaError && e.code === "EXISTS" && /results\.md exists and is not an earlier mha2mla report \(the Markdown twin of --out \S*results\.html\)\n  hint: choose another --out, or pass --force/.test(e.message));
+  assert.equal(fs.readFileSync(path.join(dir, "results.md"), "utf8"), "# my notes\n");
+  writeReport([json], out, { force: true });
+  assert.match(fs.readFileSync(path.join(dir, "results.md"), "utf8"), /^# mha2mla evaluation report/);
+});
+
 test("report: an inspect JSON is refused by what it lacks; runs on other data are marked not comparable (no change shown); items scored are listed; bad training logs are refused; --out a folder is refused", async () => {
   const dir = tmpDir();
   const base = { model: "m", label: "a", dir: "/m", config_hash: "x", attention: "mha", conversion: null, params: 1, kv_elems_per_token: 8, kv_bytes_per_token: 32, backend: "cpu", seconds: 1 };

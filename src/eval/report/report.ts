@@ -271,6 +271,25 @@ export function reportFiles(out: string): { html: string; md: string } {
 export interface ReportOptions {
   trainLogs?: string[];
   labels?: string[];
+  /** Replace files at the targets that are not earlier reports (an earlier report is replaced always). */
+  force?: boolean;
+}
+
+/** Whether `file` (an existing file) is a report this function wrote: its title line, in either form. */
+function isEarlierReport(file: string): boolean {
+  try {
+    const fd = fs.openSync(file, "r");
+    try {
+      const head = Buffer.alloc(512);
+      const n = fs.readSync(fd, head, 0, head.length, 0);
+      const text = head.subarray(0, n).toString("utf8");
+      return text.startsWith("# mha2mla evaluation report") || text.includes("<title>mha2mla evaluation report</title>");
+    } finally {
+      fs.closeSync(fd);
+    }
+  } catch {
+    return false;
+  }
 }
 
 export function writeReport(jsonFiles: string[], out: string, opts: ReportOptions = {}): { html: string; md: string } {
@@ -278,7 +297,7 @@ export function writeReport(jsonFiles: string[], out: string, opts: ReportOption
   const strings = (v: unknown) => Array.isArray(v) && v.every((x) => typeof x === "string");
   if (!strings(jsonFiles)) throw new MlaError("BAD_ARGUMENT", `writeReport(): the eval JSON files are ${JSON.stringify(jsonFiles)}, not an array of file names`, 'pass e.g. writeReport(["before.json", "after.json"], "report.html")');
   if (typeof out !== "string" || out === "") throw new MlaError("BAD_ARGUMENT", `writeReport(): out is ${JSON.stringify(out)}, not a file name`, 'pass e.g. writeReport(["before.json", "after.json"], "report.html")');
-  checkOptionTypes<ReportOptions>("writeReport()", opts, { trainLogs: "string[]", labels: "string[]" });
+  checkOptionTypes<ReportOptions>("writeReport()", opts, { trainLogs: "string[]", labels: "string[]", force: "boolean" });
   if (jsonFiles.length === 0) throw new MlaError("BAD_ARGUMENT", "no eval JSON files given", "pass e.g. `mha2mla report before.json after.json --out report.html`");
   const runs = jsonFiles.map(readEvalJson);
   if (opts.labels) {
@@ -290,6 +309,11 @@ export function writeReport(jsonFiles: string[], out: string, opts: ReportOption
   const logs = trainLogs.map((f, i) => readTrainLog(f, logTitles[i]!));
   const { html, md } = reportFiles(out);
   for (const f of [html, md]) if (fs.existsSync(f) && fs.statSync(f).isDirectory()) throw new MlaError("BAD_ARGUMENT", `--out: ${f} is a folder`, "pass a file name, e.g. --out report.html (its Markdown twin is written beside it)");
+  // An earlier report is replaced (re-running the command refreshes it); any other file only with force:
+  // the Markdown twin's name is derived, so a user's notes.md beside --out notes.html were lost unseen.
+  for (const f of [html, md])
+    if (!opts.force && fs.existsSync(f) && !isEarlierReport(f))
+      throw new MlaError("EXISTS", `${f} exists and is not an earlier mha2mla report${f === md ? ` (the Markdown twin of --out ${out})` : ""}`, "choose another --out, or pass --force to replace it");
   const texts = [reportHtml(runs, logs), reportMarkdown(runs, logs)] as const;
   makeDirs(path.dirname(path.resolve(out)), "the report's folder");
   writeFileAtomic(html, texts[0]);
