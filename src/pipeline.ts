@@ -7,7 +7,7 @@
 import fs from "node:fs";
 import path from "node:path";
 import { booleanFlag, MlaError, refuseInert } from "./errors.js";
-import { refuseFileAsOutDir, writeFileAtomic } from "./io/atomicDir.js";
+import { refuseFileAsOutDir, refuseForeignFolder, writeFileAtomic } from "./io/atomicDir.js";
 import { refuseOutOverInputs } from "./io/outGuard.js";
 import { convert } from "./convert/pipeline.js";
 import { convertDeepseek, deepseekSettings, deepseekShape } from "./deepseek/export.js";
@@ -234,6 +234,7 @@ export async function pipeline(spec: string, o: PipelineOptions): Promise<Pipeli
   if (fs.existsSync(out) && !o.force && !nothingDone) {
     checkSameRun(o.out, stateFile, spec, o, log);
   } else {
+    refuseForeignFolder(o.out, !!o.force && !nothingDone, ["pipeline.json"], "pipeline run (no pipeline.json)");
     fs.rmSync(out, { recursive: true, force: true });
     makeDirs(out, "the pipeline's --out folder");
     writeFileAtomic(stateFile, JSON.stringify({ fingerprint, model: spec, settings: recordedSettings(o), started: new Date().toISOString() }, null, 2) + "\n");

@@ -12,7 +12,8 @@
 import fs from "node:fs";
 import path from "node:path";
 import { MlaError } from "../errors.js";
-import { refuseFileAsOutDir } from "../io/atomicDir.js";
+import { refuseFileAsOutDir, refuseForeignFolder } from "../io/atomicDir.js";
+import { LOG_FILE, SUMMARY_FILE } from "./resume.js";
 import { refuseOutOverInputs, type InputPath } from "../io/outGuard.js";
 import { makeDirs } from "../io/makeDirs.js";
 
@@ -37,6 +38,7 @@ export function checkRunFolders(o: RunFolders, modelDir: string): string {
   refuseFileAsOutDir(o.out);
   if (!o.resume && !o.force && fs.existsSync(out) && fs.readdirSync(out).length > 0)
     throw new MlaError("EXISTS", `output ${o.out} already exists`, "pass --resume to continue an interrupted run, --force to start over, or choose another --out");
+  refuseForeignFolder(o.out, !!o.force, [LOG_FILE, SUMMARY_FILE, "checkpoint", "config.json"], "fine-tuning run (no train_log.jsonl, finetune.json, checkpoint or model)");
   return out;
 }
 

@@ -35,6 +35,26 @@ export function refuseFileAsOutDir(out: string, how: { flag?: string; hint?: str
 export function refuseExisting(out: string, force: boolean): void {
   refuseFileAsOutDir(out);
   if (fs.existsSync(out) && !force) throw new MlaError("EXISTS", `output ${out} already exists`, "pass --force to replace it, or choose another --out");
+  refuseForeignFolder(out, force, ["config.json"], "model (no config.json)");
+}
+
+/**
+ * Refuses --force over a folder that holds files but none of `marks` (what an earlier output of this
+ * kind has at its top level): --force replaces an earlier output, never a folder of other files, such
+ * as the ~/models a user took for the parent of --out. An empty folder may be replaced.
+ */
+export function refuseForeignFolder(out: string, force: boolean, marks: readonly string[], what: string, flag = "--out"): void {
+  if (!force) return;
+  let entries: string[];
+  try {
+    if (!fs.statSync(out).isDirectory()) return;
+    entries = fs.readdirSync(out);
+  } catch {
+    return; // absent (or unreadable: the write that follows names it)
+  }
+  if (entries.length === 0 || marks.some((m) => entries.includes(m))) return;
+  const held = entries.slice(0, 3).join(", ") + (entries.length > 3 ? `, … (${entries.length} entries)` : "");
+  throw new MlaError("EXISTS", `${flag} ${out} is a folder that holds no ${what}: it holds ${held}, and --force replaces only an earlier output`, `choose a new folder's name for ${flag} (e.g. ${path.join(out, "NAME")}), or empty that folder first`);
 }
 
 /** Written by versions before the owner's pid went into the folder's name; still read when sweeping. */

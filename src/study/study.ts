@@ -35,7 +35,7 @@ import { selectBackend, type DeviceName } from "../backends/select.js";
 import { silentLogger, type Logger } from "../util/log.js";
 import type { ProgressSink } from "../util/progress.js";
 import { checkOptionTypes, type OptionKinds } from "../util/optionTypes.js";
-import { refuseFileAsOutDir, writeFileAtomic } from "../io/atomicDir.js";
+import { refuseFileAsOutDir, refuseForeignFolder, writeFileAtomic } from "../io/atomicDir.js";
 import { resumableStep, throwIfAborted } from "../util/abort.js";
 import { initFromScratch, likeConfig } from "./init.js";
 import { studyHtml, studyMarkdown } from "./report.js";
@@ -250,6 +250,7 @@ async function runStudy(o: StudyOptions, made: { fresh: boolean }): Promise<Stud
     log.info(same ? `resuming the study in ${o.out}` : `continuing the study in ${o.out} with --variants ${o.variants.join(",")} --ranks ${ranks.join(",")}: finished runs are kept, the others trained`);
     if (!same) writeFileAtomic(stateFile, JSON.stringify({ ...prev, variants: o.variants, ranks }, null, 2) + "\n");
   } else {
+    refuseForeignFolder(o.out, !!o.force, ["study-state.json", "study.json"], "study (no study-state.json)");
     fs.rmSync(o.out, { recursive: true, force: true });
     makeDirs(o.out, "the study's --out folder");
     made.fresh = true;

@@ -95,6 +95,16 @@ test("a re-run adding a fine-tune to a run without one names --finetune-data and
   });
 });
 
+test("--force never empties a folder that holds no pipeline run, nor a fine-tune's one that holds no run: refused, its files kept", async () => {
+  const out = path.join(tmpDir(), "models");
+  fs.mkdirSync(out);
+  fs.writeFileSync(path.join(out, "notes.txt"), "important\n");
+  await assert.rejects(pipeline(MODEL, { convert: { rank: 2, ropePairs: 1 }, evalText: TEXT, device: "cpu", out, force: true, ...quiet }), (e: unknown) => e instanceof MlaError && e.code === "EXISTS" && /holds no pipeline run \(no pipeline\.json\): it holds notes\.txt, and --force replaces only an earlier output/.test(e.message));
+  const { finetune } = await import("../../src/finetune/trainer.js");
+  await assert.rejects(finetune(MODEL, { data: [TEXT], out, force: true, tokens: 64, device: "cpu", progress: null }), (e: unknown) => e instanceof MlaError && e.code === "EXISTS" && /holds no fine-tuning run/.test(e.message));
+  assert.deepEqual(fs.readdirSync(out), ["notes.txt"]);
+});
+
 test("once the conversion is written, a re-run giving --lr at the default for the converted model's size resumes (and one started with it resumes without it); another --lr is refused", async () => {
   const out = path.join(tmpDir(), "pl");
   const base = { convert: { rank: 2, ropePairs: 1 }, evalText: TEXT, evalTokens: 300, finetune: { data: [TEXT], tokens: 2048 }, device: "cpu" as const, progress: null };

@@ -3,7 +3,7 @@ import { spawn } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
 import { test } from "node:test";
-import { abandonOutDir, beginOutDir, commitOutDir, copyFileFresh, refuseFileAsOutDir } from "../../src/io/atomicDir.js";
+import { abandonOutDir, beginOutDir, commitOutDir, copyFileFresh, refuseExisting, refuseFileAsOutDir, refuseForeignFolder } from "../../src/io/atomicDir.js";
 import { MlaError } from "../../src/errors.js";
 import { tmpDir } from "../helpers.js";
 
@@ -60,6 +60,28 @@ test("an output folder gets the mode mkdir gives (mkdtemp's 0700 kept other user
   assert.equal(fs.statSync(path.join(parent, "copy.json")).mode & 0o777, 0o666 & ~mask);
 });
 
+test("--force never replaces a folder of other files (no config.json): refused naming what it holds, the files kept; an empty folder or an earlier model output is replaced", () => {
+  const parent = tmpDir();
+  const mine = path.join(parent, "models");
+  fs.mkdirSync(path.join(mine, "llama"), { recursive: true });
+  fs.writeFileSync(path.join(mine, "notes.txt"), "important\n");
+  for (const f of [() => beginOutDir(mine, true), () => refuseExisting(mine, true)])
+    assert.throws(f, (e: unknown) => e instanceof MlaError && e.code === "EXISTS" && /^--out \S*models is a folder that holds no model \(no config\.json\): it holds (llama, notes\.txt|notes\.txt, llama), and --force replaces only an earlier output\n  hint: choose a new folder's name for --out \(e\.g\. \S*models\/NAME\), or empty that folder first/.test(e.message));
+  assert.equal(fs.readFileSync(path.join(mine, "notes.txt"), "utf8"), "important\n");
+  assert.deepEqual(fs.readdirSync(parent), ["models"], "nothing written beside it");
+  // Other kinds of output name their own marks (a fine-tuning run, a pipeline, a study).
+  assert.throws(() => refuseForeignFolder(mine, true, ["pipeline.json"], "pipeline run (no pipeline.json)"), /holds no pipeline run \(no pipeline\.json\)/);
+  assert.doesNotThrow(() => refuseForeignFolder(mine, false, ["pipeline.json"], "pipeline run"), "without --force the usual refusal of an existing --out applies");
+  const empty = path.join(parent, "empty");
+  fs.mkdirSync(empty);
+  const t = beginOutDir(empty, true);
+  fs.writeFileSync(path.join(t, "config.json"), "{}");
+  commitOutDir(t, empty, true);
+  const t2 = beginOutDir(empty, true); // now an earlier output
+  commitOutDir(t2, empty, true);
+  assert.deepEqual(fs.readdirSync(empty), []);
+});
+
 test("--force replaces an earlier output folder, never a file (or a link to one) at --out: refused naming it, the file kept", () => {
   const parent = tmpDir();
   const file = path.join(parent, "f.txt");
@@ -83,7 +105,7 @@ test("--force replaces an earlier output folder, never a file (or a link to one)
   // A folder is replaced with --force, as before; a dangling link or nothing is no obstacle.
   const dir = path.join(parent, "d");
   fs.mkdirSync(dir);
-  fs.writeFileSync(path.join(dir, "old"), "");
+  fs.writeFileSync(path.join(dir, "config.json"), "{}"); // an earlier output: a model folder
   const t2 = beginOutDir(dir, true);
   fs.writeFileSync(path.join(t2, "new"), "");
   commitOutDir(t2, dir, true);
