@@ -20,7 +20,7 @@ import { requireSourceTensors, undeclaredTensors, undeclaredWarning } from "./so
 import { loadModel } from "../model/llama.js";
 import { DeviceName, selectBackend, selectLinalg } from "../backends/select.js";
 import { chosenLinalg, linalgScope, useLinalg } from "../backends/native/linalg.js";
-import { calibrate, calibrationWindows, CalibrationStats, readCalibrationText } from "../ropeSelect/calibrate.js";
+import { calibrate, calibrationWindows, CalibrationStats, readTextOrJsonl } from "../ropeSelect/calibrate.js";
 import { loadTokenizer } from "../io/tokenizer.js";
 import { describeRefit, refitOutputProjections, refitRecord, RefitResult } from "./refitOutput.js";
 import { requireRoom, weightFileBytes } from "../io/diskRoom.js";
@@ -159,7 +159,7 @@ async function convertInScope(spec: string, opts: ConvertOptions): Promise<Conve
     if (calib !== null) {
       const past = pastPositionsWarning("--calib-len", settings.calibLen, config.maxPositions, "the calibration statistics come from positions the model was not pretrained for");
       if (past) log.warn(past);
-      windows = calibrationWindows(loadTokenizer(srcDir), readCalibrationText(calib), settings.calibSamples, settings.calibLen, config.bosTokenId, calib);
+      windows = calibrationWindows(loadTokenizer(srcDir), readTextOrJsonl(calib), settings.calibSamples, settings.calibLen, config.bosTokenId, calib);
       if (windows.length < settings.calibSamples) log.info(`note: ${calib} holds ${windows.length} calibration windows of ${settings.calibLen} tokens (asked for ${settings.calibSamples})`);
     }
     const linalg = selectLinalg(opts.device ?? "auto", log);

@@ -20,7 +20,7 @@ import { loadModel } from "../model/llama.js";
 import type { ModelConfig } from "../model/config.js";
 import { DeviceName, selectBackend, selectLinalg } from "../backends/select.js";
 import { linalgScope, useLinalg } from "../backends/native/linalg.js";
-import { calibrate, calibrationWindows, CalibrationStats, checkWindowShape, DEFAULT_CALIB_LEN, DEFAULT_CALIB_SAMPLES, readCalibrationText } from "../ropeSelect/calibrate.js";
+import { calibrate, calibrationWindows, CalibrationStats, checkWindowShape, DEFAULT_CALIB_LEN, DEFAULT_CALIB_SAMPLES, readTextOrJsonl } from "../ropeSelect/calibrate.js";
 import { defaultRopePairs } from "../ropeSelect/strategies.js";
 import { covarianceRoots } from "../svd/truncated.js";
 import { silentLogger, Logger } from "../util/log.js";
@@ -256,7 +256,7 @@ async function convertDeepseekInScope(spec: string, o: DeepseekOptions): Promise
       const { model, tokenizer } = loadModel(srcDir, { backend: selectBackend(o.device ?? "auto", log) });
       // The model only calibrates: its weights go back to the backend before the factoring starts.
       try {
-        windows = calibrationWindows(tokenizer, readCalibrationText(o.calib), o.calibSamples ?? DEFAULT_CALIB_SAMPLES, o.calibLen ?? DEFAULT_CALIB_LEN, c.bosTokenId, o.calib);
+        windows = calibrationWindows(tokenizer, readTextOrJsonl(o.calib), o.calibSamples ?? DEFAULT_CALIB_SAMPLES, o.calibLen ?? DEFAULT_CALIB_LEN, c.bosTokenId, o.calib);
         stats = await calibrate(model, windows, { covariance: true, progress: o.progress, signal: o.signal });
       } finally {
         model.dispose();

@@ -46,7 +46,7 @@ import { requireSourceTensors, undeclaredTensors } from "../convert/sourceTensor
 import { throwIfAborted } from "../util/abort.js";
 import { checkCalibFile } from "../convert/plan.js";
 import { calibrationRecord } from "../convert/calibrationNeeds.js";
-import { calibrationWindows, checkWindowShape, DEFAULT_CALIB_LEN, DEFAULT_CALIB_SAMPLES, readCalibrationText } from "../ropeSelect/calibrate.js";
+import { calibrationWindows, checkWindowShape, DEFAULT_CALIB_LEN, DEFAULT_CALIB_SAMPLES, readTextOrJsonl } from "../ropeSelect/calibrate.js";
 import { loadTokenizer } from "../io/tokenizer.js";
 import { selectBackend } from "../backends/select.js";
 import { describeLatentNormFit, fitLatentNorms, latentNormRecord, requireFitText } from "./latentNorm.js";
@@ -255,7 +255,7 @@ export async function exportDeepseek(spec: string, o: ExportOptions = {}): Promi
   const out = path.resolve(o.out ?? `${modelName(spec)}-deepseek`);
   checkOutDir(out, srcDir, o.force ?? false, [{ name: "--eval-text", path: o.evalText }, { name: "--calib", path: o.calib }]);
   // Tokenized before any work, so a text too short for one window is refused up front.
-  const windows = o.calib ? calibrationWindows(loadTokenizer(srcDir), readCalibrationText(o.calib), o.calibSamples ?? DEFAULT_CALIB_SAMPLES, o.calibLen ?? DEFAULT_CALIB_LEN, c.bosTokenId, o.calib) : [];
+  const windows = o.calib ? calibrationWindows(loadTokenizer(srcDir), readTextOrJsonl(o.calib), o.calibSamples ?? DEFAULT_CALIB_SAMPLES, o.calibLen ?? DEFAULT_CALIB_LEN, c.bosTokenId, o.calib) : [];
   // The export adds one latent channel and a shared rope key per layer: a little over the source.
   requireRoom(out, 1.05 * weightFileBytes(srcDir), "the exported model");
   const src = Checkpoint.open(srcDir);

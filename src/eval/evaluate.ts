@@ -9,7 +9,8 @@ import { MlaError, refuseInert } from "../errors.js";
 import type { WeightStorage } from "../model/weights.js";
 import { loadModel } from "../model/llama.js";
 import { selectBackend, DeviceName } from "../backends/select.js";
-import { checkCtx, checkTextFile, perplexity, readText, requireBos, tokenizeForEval } from "./perplexity.js";
+import { checkCtx, checkTextFile, perplexity, requireBos, tokenizeForEval } from "./perplexity.js";
+import { readTextOrJsonl } from "../ropeSelect/calibrate.js";
 import { loadTokenizer, type TextTokenizer } from "../io/tokenizer.js";
 import { encodeLong } from "../io/encodeLong.js";
 import { inspectModel } from "./inspect.js";
@@ -221,7 +222,7 @@ export async function evaluate(spec: string, opts: EvalOptions): Promise<EvalRes
   const flags = opts.flags ?? EVAL_FLAGS;
   const backend = selectBackend(opts.device ?? "auto", log);
   const t0 = performance.now();
-  const text = opts.text ? readText(opts.text) : null;
+  const text = opts.text ? readTextOrJsonl(opts.text) : null;
   const lm = loadModel(spec, { backend, weights: opts.weights });
   // The model goes back to the backend when the evaluation ends, however it ends (convert and pipeline
   // evaluate before and after in one process; on a GPU it would otherwise wait for the collector).

@@ -28,10 +28,11 @@ export interface CalibrationStats {
 }
 
 /**
- * A --calib file's text: a .jsonl file's "text" fields one document after another (as finetune --data
- * reads it; its JSON punctuation is not text the model should be calibrated on), any other file as it is.
+ * A --calib or --text file's text: a .jsonl file's "text" fields one document after another, a blank
+ * line between them (as finetune --data reads it; its JSON punctuation is not text the model should be
+ * calibrated on or scored by), any other file as it is.
  */
-export function readCalibrationText(file: string): string {
+export function readTextOrJsonl(file: string): string {
   return file.endsWith(".jsonl") ? readDocuments(file).join("\n\n") : readText(file);
 }
 
