@@ -8,7 +8,7 @@ import path from "node:path";
 import { test } from "node:test";
 import { MlaError } from "../../src/errors.js";
 import { convert, ConvertOptions } from "../../src/convert/pipeline.js";
-import { calibrationWindows, readCalibrationText } from "../../src/ropeSelect/calibrate.js";
+import { calibrationWindows, readTextOrJsonl } from "../../src/ropeSelect/calibrate.js";
 import { loadTokenizer } from "../../src/io/tokenizer.js";
 import { readText } from "../../src/eval/perplexity.js";
 import { maxRankNote } from "../../src/convert/factor.js";
@@ -44,10 +44,10 @@ test("a .jsonl --calib file is calibrated on its text fields, not on its JSON", 
   const docs = readText(TEXT).split("\n\n").filter((d) => d.trim()).slice(0, 40);
   const jsonl = path.join(tmpDir(), "calib.jsonl");
   fs.writeFileSync(jsonl, docs.map((text) => JSON.stringify({ text })).join("\n") + "\n");
-  assert.equal(readCalibrationText(jsonl), docs.join("\n\n"));
+  assert.equal(readTextOrJsonl(jsonl), docs.join("\n\n"));
   const tok = loadTokenizer(SRC);
-  assert.deepEqual(calibrationWindows(tok, readCalibrationText(jsonl), 4, 64, 1), calibrationWindows(tok, docs.join("\n\n"), 4, 64, 1));
-  assert.ok(!tok.decode(Array.from(calibrationWindows(tok, readCalibrationText(jsonl), 1, 64, 1)[0]!)).includes('{"text"'));
+  assert.deepEqual(calibrationWindows(tok, readTextOrJsonl(jsonl), 4, 64, 1), calibrationWindows(tok, docs.join("\n\n"), 4, 64, 1));
+  assert.ok(!tok.decode(Array.from(calibrationWindows(tok, readTextOrJsonl(jsonl), 1, 64, 1)[0]!)).includes('{"text"'));
 });
 
 test("a model without bos_token_id is refused for calibration (any id would be another token) and for --eval-text, before any work", async () => {

@@ -161,8 +161,8 @@ test("the written γ is the fit on the calibration latents of the bias-free mode
   const dir = await biasFree();
   const B = new ReferenceBackend("f64");
   const { model, tokenizer } = loadModel(dir, { backend: B });
-  const { calibrationWindows, readCalibrationText } = await import("../../src/ropeSelect/calibrate.js");
-  const windows = calibrationWindows(tokenizer, readCalibrationText(CALIB), 32, 256, model.config.bosTokenId, CALIB);
+  const { calibrationWindows, readTextOrJsonl } = await import("../../src/ropeSelect/calibrate.js");
+  const windows = calibrationWindows(tokenizer, readTextOrJsonl(CALIB), 32, 256, model.config.bosTokenId, CALIB);
   const rk = 8;
   let hs = windows.map((w) => model.embedTokens(w));
   for (let l = 0; l < model.config.layers; l++) {
