@@ -47,6 +47,9 @@ function editDistance(a: string, b: string): number {
   return prev[b.length]!;
 }
 
+/** Flags whose value may be left out (--json alone writes to stdout): the word after them is taken as the value. */
+const OPTIONAL_VALUE_FLAGS = ["--json"];
+
 /**
  * The yargs parser of `words` (the command line after `node main.js`), with `commands` (tests pass
  * them with handlers that do nothing). `onRefusal` gets yargs's refusals as an error line and a hint.
@@ -67,7 +70,21 @@ export function buildParser(words: readonly string[], onRefusal: OnRefusal, comm
   function refusal(msg: string, o: DeclaredOptions): string {
     if (/^Did you mean /.test(msg)) return `unknown command ${typedCommand}`;
     const unknown = unknownFlags(args, o);
-    return unknown.length ? `Unknown argument${unknown.length > 1 ? "s" : ""}: ${unknown.join(", ")}` : msg;
+    if (unknown.length) return `Unknown argument${unknown.length > 1 ? "s" : ""}: ${unknown.join(", ")}`;
+    const took = swallowed(o);
+    return took.length && /^Not enough non-option arguments/.test(msg) ? `${msg} (${took.map(([flag, word]) => `${flag} took ${word} as its value`).join(", ")})` : msg;
+  }
+
+  /**
+   * Flags whose value may be left out that took the word after them ([flag, word]): `inspect --json
+   * MODEL` gives MODEL to --json (as its file; alone it means stdout), so the positional seems missing,
+   * and the refusal should say where it went.
+   */
+  function swallowed(o: DeclaredOptions): [string, string][] {
+    return args.flatMap((a, i): [string, string][] => {
+      const next = args[i + 1];
+      return OPTIONAL_VALUE_FLAGS.includes(a) && o.string.includes(a.slice(2)) && next !== undefined && !next.startsWith("-") ? [[a, next]] : [];
+    });
   }
 
   /** The hint under a refused command line: the declared flag an unknown one was probably meant to be, else where the usage is. */
@@ -81,6 +98,8 @@ export function buildParser(words: readonly string[], onRefusal: OnRefusal, comm
       return best && best.d <= (u.length >= 4 ? 2 : 1) ? [`--${best.k} for --${u}`] : [];
     });
     if (guesses.length) return `did you mean ${guesses.join(", ")}? (${seeHelp})`;
+    const took = swallowed(o);
+    if (took.length && /^Not enough non-option arguments/.test(msg)) return `put ${typedCommand}'s arguments before ${took.map(([f]) => f).join(" and ")}, or give it a file (--json out.json) (${seeHelp})`;
     const missing = /^Missing required arguments?: (.+)$/m.exec(msg);
     if (missing) return `add ${missing[1]!.split(", ").map((f) => `--${f} …`).join(" ")} (${seeHelp})`;
     return seeHelp;

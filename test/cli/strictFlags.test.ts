@@ -39,6 +39,12 @@ test("declared flags in any spelling yargs takes are not unknown; without an unk
   assert.equal(said(["inspect", "--", "--bogus"]), "error: Not enough non-option arguments: got 0, need at least 1");
 });
 
+test("--json before the model took it as its file: the refusal says so and where the model goes", () => {
+  const lines = (args: string[]) => cli(args).stderr.trimEnd().split("\n");
+  assert.deepEqual(lines(["inspect", "--json", "stories260K"]), ["error: Not enough non-option arguments: got 0, need at least 1 (--json took stories260K as its value)", "  hint: put inspect's arguments before --json, or give it a file (--json out.json) (see mha2mla inspect --help)"]);
+  assert.match(lines(["eval", "--json", "stories260K", "--text", "x.txt"])[0]!, /\(--json took stories260K as its value\)$/, "--text's value is its own");
+});
+
 test("a refused command line is two lines, the error and a hint: the flag or command it was probably meant to be, or the flag to add", () => {
   const lines = (args: string[]) => cli(args).stderr.trimEnd().split("\n");
   assert.deepEqual(lines(["convert", "stories260K", "--rnak", "4"]), ["error: Unknown argument: rnak", "  hint: did you mean --rank for --rnak? (see mha2mla convert --help)"]);
