@@ -140,6 +140,19 @@ test("report: an earlier report at --out (or its .md twin) is replaced; another 
   assert.match(fs.readFileSync(path.join(dir, "results.md"), "utf8"), /^# mha2mla evaluation report/);
 });
 
+test("report: runs sharing a label get their cache type, else their position, in the header; --labels naming a column twice is refused", () => {
+  const dir = tmpDir();
+  const base = { model: "m", label: "m", dir: "/m", config_hash: "x", attention: "mha", conversion: null, params: 1, kv_elems_per_token: 8, kv_bytes_per_token: 32, backend: "cpu", seconds: 1 };
+  const files = [base, { ...base, kv_cache: { dtype: "f32", bytes_per_token: 32 } }, { ...base, kv_cache: { dtype: "int4", bytes_per_token: 5 } }, base].map((o, i) => {
+    const f = path.join(dir, `${i}.json`);
+    fs.writeFileSync(f, JSON.stringify(o));
+    return f;
+  });
+  const md = fs.readFileSync(writeReport(files, path.join(dir, "r.html")).md, "utf8");
+  assert.match(md, /^\| metric \| m \| m \(f32 cache\) \| m \(int4 cache\) \| m #2 \|$/m);
+  assert.throws(() => writeReport(files.slice(0, 2), path.join(dir, "r2.html"), { labels: ["a", "a"] }), (e: unknown) => e instanceof MlaError && /--labels names two columns "a"/.test(e.message));
+});
+
 test("report: an inspect JSON is refused by what it lacks; runs on other data are marked not comparable (no change shown); items scored are listed; bad training logs are refused; --out a folder is refused", async () => {
   const dir = tmpDir();
   const base = { model: "m", label: "a", dir: "/m", config_hash: "x", attention: "mha", conversion: null, params: 1, kv_elems_per_token: 8, kv_bytes_per_token: 32, backend: "cpu", seconds: 1 };

@@ -292,6 +292,22 @@ function isEarlierReport(file: string): boolean {
   }
 }
 
+/**
+ * Default labels (each run's --label, else its model) made distinct: runs of one model under other
+ * settings (eval --kv-cache f32 and int4) had one header for both columns. A shared label gains the
+ * run's cache type where that tells them apart, else its position (#2, #3).
+ */
+function distinctLabels(runs: EvalResult[]): void {
+  const count = (l: string) => runs.filter((r) => r.label === l).length;
+  for (const r of runs) if (count(r.label) > 1 && r.kv_cache) r.label = `${r.label} (${r.kv_cache.dtype} cache)`;
+  const seen = new Map<string, number>();
+  for (const r of runs) {
+    const k = (seen.get(r.label) ?? 0) + 1;
+    seen.set(r.label, k);
+    if (k > 1) r.label = `${r.label} #${k}`;
+  }
+}
+
 export function writeReport(jsonFiles: string[], out: string, opts: ReportOptions = {}): { html: string; md: string } {
   // From JavaScript: a lone file name (not in an array) or a missing --out failed as a TypeError deep inside.
   const strings = (v: unknown) => Array.isArray(v) && v.every((x) => typeof x === "string");
@@ -302,8 +318,10 @@ export function writeReport(jsonFiles: string[], out: string, opts: ReportOption
   const runs = jsonFiles.map(readEvalJson);
   if (opts.labels) {
     if (opts.labels.length !== runs.length) throw new MlaError("BAD_ARGUMENT", `--labels has ${opts.labels.length} names for ${runs.length} results`, "give one label per JSON file");
+    const twice = opts.labels.find((l, i) => opts.labels!.indexOf(l) !== i);
+    if (twice !== undefined) throw new MlaError("BAD_ARGUMENT", `--labels names two columns ${JSON.stringify(twice)}`, "give each column a name of its own");
     runs.forEach((r, i) => (r.label = opts.labels![i]!));
-  }
+  } else distinctLabels(runs);
   const trainLogs = opts.trainLogs ?? [];
   const logTitles = logLabels(trainLogs);
   const logs = trainLogs.map((f, i) => readTrainLog(f, logTitles[i]!));
