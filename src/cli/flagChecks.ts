@@ -66,6 +66,11 @@ export function typed(args: readonly string[], key: string): string | null {
   return null;
 }
 
+/** Every value `--key` was given on the command line, as typed (`--key=v` or `--key v`). */
+function typedAll(args: readonly string[], key: string): string[] {
+  return args.flatMap((a, i) => (a.startsWith(`--${key}=`) ? [a.slice(key.length + 3)] : a === `--${key}` && i + 1 < args.length && !args[i + 1]!.startsWith("--") ? [args[i + 1]!] : []));
+}
+
 /** The flags on the command line (before `--`) that `o` does not declare, as yargs's strict mode names them. */
 export function unknownFlags(args: readonly string[], o: DeclaredOptions): string[] {
   const known = new Set<string>();
@@ -189,7 +194,11 @@ export function checkFlagValues(args: readonly string[], argv: Record<string, un
     const v = argv[key];
     // Counted on the command line: yargs may fold a repeated number into one value (--ctx 64 --ctx 1 → 65).
     const given = args.filter((a) => a === `--${key}` || a.startsWith(`--${key}=`)).length;
-    if (!arrays.has(key) && (given > 1 || Array.isArray(v))) throw new MlaError("BAD_ARGUMENT", `--${key} was given ${Math.max(given, Array.isArray(v) ? v.length : 0)} times${Array.isArray(v) ? ` (${v.join(", ")})` : ""}`, `give --${key} once`);
+    if (!arrays.has(key) && (given > 1 || Array.isArray(v))) {
+      // The values as typed: yargs's parse of them shows 2k as NaN, or folds repeated numbers into one.
+      const values = typedAll(args, key);
+      throw new MlaError("BAD_ARGUMENT", `--${key} was given ${Math.max(given, Array.isArray(v) ? v.length : 0)} times${values.length ? ` (${values.join(", ")})` : ""}`, `give --${key} once`);
+    }
     if (o.number.includes(key)) checkNumberSpelling(args, key, o);
     if (typeof v === "number" && Number.isNaN(v)) {
       const text = typed(args, key);

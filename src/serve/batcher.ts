@@ -189,6 +189,11 @@ export class Batcher {
     return tokens * this.perToken;
   }
 
+  /** The most tokens (prompt + new) one sequence may reserve within the KV budget (Infinity without one). */
+  private fitsTokens(): number {
+    return this.opts.kvBudgetBytes === undefined ? Infinity : Math.floor(this.opts.kvBudgetBytes / this.perToken);
+  }
+
   /**
    * Refuses a sequence submit() would refuse (it can never start, or its ids are not the model's),
    * queueing nothing. Returns the cache bytes it would reserve.
@@ -208,7 +213,7 @@ export class Batcher {
       throw new MlaError("BAD_ARGUMENT", `the prompt's ${spec.prompt.length} tokens + max_tokens ${spec.maxTokens} = ${total} pass the model's ${c.maxPositions} positions`, `lower max_tokens to at most ${Math.max(0, c.maxPositions - spec.prompt.length)} or shorten the prompt`);
     const reserved = this.cacheBytes(total);
     if (this.opts.kvBudgetBytes !== undefined && reserved > this.opts.kvBudgetBytes)
-      throw new MlaError("BAD_ARGUMENT", `${total} tokens of cache take ${mb(reserved)} MB, more than the server's whole KV budget of ${mb(this.opts.kvBudgetBytes)} MB`, "lower max_tokens or shorten the prompt (or start the server with a larger --kv-budget-mb)");
+      throw new MlaError("BAD_ARGUMENT", `${total} tokens of cache take ${mb(reserved)} MB, more than the server's whole KV budget of ${mb(this.opts.kvBudgetBytes)} MB`, `lower max_tokens${this.fitsTokens() > spec.prompt.length ? ` to at most ${this.fitsTokens() - spec.prompt.length}` : ""} or shorten the prompt (or start the server with a larger --kv-budget-mb)`);
     return reserved;
   }
 
@@ -532,6 +537,8 @@ export class Batcher {
   }
 }
 
+/** MB with enough digits to tell a reservation from a budget (0.0 MB against 0.0 MB said nothing). */
 function mb(bytes: number): string {
-  return (bytes / 2 ** 20).toFixed(1);
+  const v = bytes / 2 ** 20;
+  return v >= 1 ? v.toFixed(1) : v.toPrecision(2);
 }

@@ -79,6 +79,9 @@ test("a flag given twice, a number that is not one, and a bad --temperature are 
   for (const [args, re] of [
     [["convert", "stories260K", "--rank", "4", "--rank", "5"], /--rank was given 2 times \(4, 5\)[\s\S]*give --rank once/],
     [["inspect", "stories260K", "--json", "a.json", "--json", "b.json"], /--json was given 2 times/],
+    // As typed: yargs reads 2k as NaN, and folds repeated numbers (--ctx 64 --ctx 1 → 65).
+    [["finetune", "stories260K", "--data", "x.txt", "--out", "o", "--tokens", "2k", "--tokens", "3k"], /--tokens was given 2 times \(2k, 3k\)/],
+    [["eval", "stories260K", "--ctx", "64", "--ctx=1"], /--ctx was given 2 times \(64, 1\)/],
     [["convert", "stories260K", "--rank", "abc"], /--rank abc is not a number/],
     [["generate", "stories260K", "--max-tokens=lots"], /--max-tokens lots is not a number/],
     [["generate", "stories260K", "--temperature", "-1", "--max-tokens", "2"], /--temperature -1 is not a sampling temperature/],
