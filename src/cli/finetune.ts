@@ -70,7 +70,7 @@ export const finetuneCommand: CommandModule<object, Args> = {
       .option("temperature", { type: "number", describe: `with --distill: the softmax temperature of teacher and student (default ${D.temperature})` })
       .option("distill-weight", { type: "number", describe: `with --distill: weight of the KL term, the rest is cross-entropy (default ${D.distillWeight})` })
       .option("eval-every", { type: "number", describe: "validation NLL every N steps (0 or unset: before and after training only)" })
-      .option("save-every", { type: "number", describe: "checkpoint every N steps (0 or unset: only when the run is stopped)" })
+      .option("save-every", { type: "number", describe: "checkpoint every N steps (0 or unset: only when the run is stopped, and at its end)" })
       .option("device", DEVICE_OPTION)
       .option("precision", { choices: ["bf16", "f32"] as const, describe: "bf16: bf16 GEMMs with f32 master weights and optimizer (default on CUDA); f32: float32 throughout (default elsewhere)" })
       .option("checkpoint-activations", { type: "boolean", default: false, describe: "recompute each layer in the backward instead of keeping its activations (less memory, ~1/3 more compute)" })
