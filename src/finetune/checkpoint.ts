@@ -106,6 +106,7 @@ export function readCheckpointState(out: string): TrainState {
   recoverInterruptedSave(out);
   const dir = checkpointDir(out);
   const stateFile = path.join(dir, "state.json");
+  if (!fs.existsSync(out)) throw new MlaError("NOT_FOUND", `--resume: ${out} does not exist: there is no run there to resume (a run stopped before its first step keeps nothing)`, "train without --resume to start it, or point --out at the folder of the interrupted run");
   if (!fs.existsSync(stateFile)) throw new MlaError("NOT_FOUND", `--resume: no checkpoint in ${dir}`, "train without --resume first, or point --out at the folder of the interrupted run");
   return readJsonObject(stateFile, { code: "BAD_CHECKPOINT", hint: "the checkpoint is corrupt; start the run over: --force instead of --resume" }) as unknown as TrainState;
 }

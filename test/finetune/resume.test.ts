@@ -234,3 +234,9 @@ test("--resume of a damaged checkpoint (state.safetensors cut short, state.json 
   fs.writeFileSync(path.join(out, "checkpoint", "state.json"), "{bad");
   await assert.rejects(finetune(MODEL, { ...common, out, resume: true }), damaged(/state\.json: not valid JSON/));
 });
+
+test("--resume into a folder that does not exist says there is no run there (a run stopped before its first step keeps nothing), not that a checkpoint is missing", async () => {
+  const out = path.join(tmpDir(), "never");
+  await assert.rejects(finetune(MODEL, { ...common, out, resume: true }), (e: unknown) => e instanceof MlaError && e.code === "NOT_FOUND" && /--resume: \S*never does not exist: there is no run there to resume/.test(e.message) && /hint: train without --resume to start it/.test(e.message));
+  assert.equal(fs.existsSync(out), false, "nothing made");
+});
