@@ -172,7 +172,10 @@ test("bad input is refused cleanly", async () => {
   await finetune(model, { ...base, out: run, tokens: 2 * 4 * 64 });
   await refused({ out: run, resume: true, lr: 5e-4 }, /--lr is 5e-4 here but the run in .* was started with 1e-3/);
   await assert.rejects(finetune(path.join(MODELS, "stories260K"), { ...base, out: run, resume: true, tokens: 2 * 4 * 64 }), /MODEL is .*stories260K here but the run in .* was started with .*mla/);
-  await refused({ out: path.join(tmpDir(), "none"), resume: true }, /no checkpoint/);
+  await refused({ out: path.join(tmpDir(), "none"), resume: true }, /none does not exist: there is no run there to resume/);
+  const emptyRun = path.join(tmpDir(), "empty");
+  fs.mkdirSync(emptyRun);
+  await refused({ out: emptyRun, resume: true }, /no checkpoint/);
   await refused({ out: run }, /already exists[\s\S]*--resume/);
   // An --out inside the model folder, or one that holds it (starting over there deleted the model).
   await refused({ out: path.join(model, "ft") }, /is the input model folder or inside it/);
