@@ -57,18 +57,14 @@ export function joinStdoutDash(args: readonly string[]): string[] {
 const FREE_TEXT = new Set(["--prompt", "--system"]);
 const dashText = (word: string) => /^-[^-]/.test(word) && (word.length > 2 || /\s/.test(word));
 
-/** The text the user typed for --key (yargs turns a non-number into NaN before the handlers see it); null when none. */
-export function typed(args: readonly string[], key: string): string | null {
-  for (let i = 0; i < args.length; i++) {
-    if (args[i]!.startsWith(`--${key}=`)) return args[i]!.slice(key.length + 3);
-    if (args[i] === `--${key}` && i + 1 < args.length && !args[i + 1]!.startsWith("--")) return args[i + 1]!;
-  }
-  return null;
-}
-
 /** Every value `--key` was given on the command line, as typed (`--key=v` or `--key v`). */
 function typedAll(args: readonly string[], key: string): string[] {
   return args.flatMap((a, i) => (a.startsWith(`--${key}=`) ? [a.slice(key.length + 3)] : a === `--${key}` && i + 1 < args.length && !args[i + 1]!.startsWith("--") ? [args[i + 1]!] : []));
+}
+
+/** The text the user typed for --key (yargs turns a non-number into NaN before the handlers see it); null when none. */
+export function typed(args: readonly string[], key: string): string | null {
+  return typedAll(args, key)[0] ?? null;
 }
 
 /** The flags on the command line (before `--`) that `o` does not declare, as yargs's strict mode names them. */
