@@ -16,6 +16,9 @@ import { makeDirs } from "../../io/makeDirs.js";
 
 export { readEvalJson };
 
+/** The reports' title: the Markdown's first line and the HTML's <title>, by which an earlier report is known (isEarlierReport). */
+const REPORT_TITLE = "mha2mla evaluation report";
+
 export interface TrainLog {
   label: string;
   rows: { step: number; loss?: number; val_nll?: number | null }[];
@@ -153,7 +156,7 @@ export function reportMarkdown(given: EvalResult[], logs: TrainLog[] = []): stri
   const runs = checkedRuns(given);
   const rs = rows(runs);
   const lines = [
-    "# mha2mla evaluation report",
+    `# ${REPORT_TITLE}`,
     "",
     `| metric | ${runs.map((r) => mdCell(r.label)).join(" | ")} |`,
     `| --- | ${runs.map(() => "---").join(" | ")} |`,
@@ -229,14 +232,14 @@ export function reportHtml(given: EvalResult[], logs: TrainLog[] = []): string {
   const table = `<table><thead><tr><th>metric</th>${labels.map((l) => `<th>${esc(l)}</th>`).join("")}</tr></thead><tbody>${rs.map((row) => `<tr><td>${esc(row.metric)}</td>${runs.map((_, i) => `<td>${esc(cell(row, i))}</td>`).join("")}</tr>`).join("")}</tbody></table>`;
   const models = `<ul>${runs.map((r) => `<li><b>${esc(r.label)}</b>: ${r.dir ? `<code>${esc(r.dir)}</code>` : "–"} — ${esc(settings(r))}${esc(configOf(r))}${esc(measuredOn(r))}</li>`).join("")}</ul>`;
   return `<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>mha2mla evaluation report</title>
+<html lang="en"><head><meta charset="utf-8"><title>${REPORT_TITLE}</title>
 <style>
 body{font-family:-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;margin:24px;color:#222;max-width:1100px}
 table{border-collapse:collapse;margin:12px 0}td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}
 td:first-child,th:first-child{text-align:left}th{background:#f3f3f3}.charts svg{display:block;margin:18px 0;border:1px solid #eee}.charts .note{max-width:720px;font-size:13px;color:#555}
 code{font-size:12px}
 </style></head><body>
-<h1>mha2mla evaluation report</h1>
+<h1>${REPORT_TITLE}</h1>
 <p>Changes in parentheses are relative to the first column (${esc(labels[0] ?? "")}). ${esc(COMPARED)}</p>
 ${table}
 <div class="charts">${charts.join("\n")}</div>
@@ -283,7 +286,7 @@ function isEarlierReport(file: string): boolean {
       const head = Buffer.alloc(512);
       const n = fs.readSync(fd, head, 0, head.length, 0);
       const text = head.subarray(0, n).toString("utf8");
-      return text.startsWith("# mha2mla evaluation report") || text.includes("<title>mha2mla evaluation report</title>");
+      return text.startsWith(`# ${REPORT_TITLE}`) || text.includes(`<title>${REPORT_TITLE}</title>`);
     } finally {
       fs.closeSync(fd);
     }
