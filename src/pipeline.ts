@@ -234,7 +234,7 @@ export async function pipeline(spec: string, o: PipelineOptions): Promise<Pipeli
   if (fs.existsSync(out) && !o.force && !nothingDone) {
     checkSameRun(o.out, stateFile, spec, o, log);
   } else {
-    refuseForeignFolder(o.out, !!o.force && !nothingDone, ["pipeline.json"], "pipeline run (no pipeline.json)");
+    refuseForeignFolder(o.out, !!o.force, ["pipeline.json"], "pipeline run (no pipeline.json)");
     fs.rmSync(out, { recursive: true, force: true });
     makeDirs(out, "the pipeline's --out folder");
     writeFileAtomic(stateFile, JSON.stringify({ fingerprint, model: spec, settings: recordedSettings(o), started: new Date().toISOString() }, null, 2) + "\n");

@@ -389,7 +389,7 @@ int role_tiles(int64_t L) { return L == 256 ? 4 : L == 512 ? 8 : L == 1024 ? 16 
 // MC): an even number of head blocks (a cluster holds two of one split) on compute capability 9.x (the
 // only one measured; ptxas warns that multicast may be slow elsewhere), not in the no-copy timing build
 // (its phases would rest on remote arrivals landing in order), unless MHA2MLA_LATENT_MULTICAST=0. Read
-// per call, so a test can run both. The launcher also needs the pairs to cover the SMs (pairs_tile_sms).
+// per call, so a test can run both. The launcher also needs as many pairs to fit at once as there are SM pairs.
 bool multicast_pairs(int64_t hbn) {
   if (hbn % 2 != 0 || ROLES_NO_COPY) return false;
   static int major = -1;
