@@ -66,18 +66,21 @@ test("zero-sized dimensions (M, K, N, T, S, head dims = 0, rope with no rotary d
   assert.deepEqual(zeroWidthFailures(backend()), []);
 });
 
-// Decode's products (≤ 4 rows per weight matrix) take a kernel of their own (gemv.cu, on by default): x rounded to
-// bf16 as it is read, float32 sums. Checked against float64 sums of the same rounded values, for f32
-// and bf16 x, row counts of each instantiation (1, 2, 3 → 4, 4), short and long rows (K 8 to 11,008:
-// one warp to eight per block, several trips at each row count), column counts off the block width,
-// and head_linear's groups (MHA-shaped, GQA with 2 heads a group, several tokens); 5 and more rows
-// take cuBLAS, same bound.
-test("linearMany (a layer's projections of one x in one launch) equals one linear per weight, bit for bit: 1–4 rows, f32 and bf16 x, column counts off the kernel's 4-column blocks; biases and 5 rows take the per-weight route", { skip }, () => {
+// Decode's products (≤ 4 rows per weight matrix by default, ≤ 32 on request) take kernels of their own (gemv.cu):
+// x rounded to bf16 as it is read, float32 sums; FMAs up to 4 rows, tensor-core MMAs from 5. Checked against float64
+// sums of the same rounded values, for f32 and bf16 x, row counts of each instantiation (FMA 1, 2,
+// 3 → 4, 4; MMA 5 → 8, 8, 9 → 16, 16, 24 → 32 under MHA2MLA_GEMV_ROWS=32), short and long rows (K 8 to
+// 11,008: one warp to eight per block, several trips at each row count, K off the MMA's 32-wide step),
+// column counts off the block widths, and head_linear's groups (MHA-shaped, GQA with 2 heads a group,
+// several tokens); the same shapes through cuBLAS (MHA2MLA_GEMV_ROWS=0) and through the MMA kernel
+// at every row count (MHA2MLA_GEMV_MMA_ROWS=1), same bound.
+test("linearMany (a layer's projections of one x in one launch) equals one linear per weight, bit for bit: 1–4 rows (FMA kernel), 5–32 (tensor-core kernel), f32 and bf16 x, column counts off the kernels' 4- and 16-column blocks; biases and 33 rows take the per-weight route", { skip }, () => {
   const B = backend();
   const rand = seededRand(29, Float32Array);
   const K = 256;
   const ws = [512, 2048, 100, 7].map((N) => B.uploadBf16!(toBf16Bits(rand(N * K, 0.05)), [N, K]));
-  for (const M of [1, 2, 3, 4, 5]) {
+  process.env["MHA2MLA_GEMV_ROWS"] = "32"; // the kernels' most (the default stops at 4)
+  for (const M of [1, 2, 3, 4, 5, 8, 9, 16, 17, 32, 33]) {
     const x = B.upload(rand(M * K), [M, K]);
     const many = B.linearMany(x, ws, []);
     ws.forEach((w, i) => {
@@ -88,9 +91,10 @@ test("linearMany (a layer's projections of one x in one launch) equals one linea
     const withBias = B.linearMany(x, ws.slice(0, 2), [bias, null]);
     assert.ok(maxAbsDiff(withBias[0]!.toArray(), B.linear(x, ws[0]!, bias).toArray()) === 0, `${M} rows: a bias`);
   }
+  delete process.env["MHA2MLA_GEMV_ROWS"];
 });
 
-test("decode products (≤ 4 rows, bf16 weights; the gemv kernel and cuBLAS) equal float64 sums of the bf16-rounded inputs: linear (f32 and bf16 x) and headLinear (groups)", { skip }, () => {
+test("decode products (≤ 32 rows, bf16 weights; the FMA and tensor-core gemv kernels and cuBLAS) equal float64 sums of the bf16-rounded inputs: linear (f32 and bf16 x) and headLinear (groups)", { skip }, () => {
   const B = backend();
   const rand = seededRand(11, Float32Array);
   // y[t, h, n] = Σ_k x[t, h, k]·w[h / (H/G), n, k] in float64, and Σ|terms| (the sum's error scale).
@@ -118,24 +122,28 @@ test("decode products (≤ 4 rows, bf16 weights; the gemv kernel and cuBLAS) equ
       assert.ok(err <= 1e-5 * want.mag[i]! + 1e-30, `${what}: element ${i} is ${got[i]}, float64 sum ${want.y[i]} (|terms| ${want.mag[i]})`);
     }
   };
-  // The kernel takes ≤ 4 rows by default (MHA2MLA_GEMV_ROWS, read at each call): by default, then off
-  // (cuBLAS, the same bound).
-  for (const rows of [undefined, "0"]) {
-    if (rows) process.env["MHA2MLA_GEMV_ROWS"] = rows;
-    else delete process.env["MHA2MLA_GEMV_ROWS"];
-    for (const [M, K, N] of [[1, 4096, 520], [1, 11008, 36], [2, 576, 1536], [2, 11008, 6], [2, 1536, 97], [3, 64, 33], [4, 11008, 100], [1, 112, 2048], [1, 8, 3], [5, 1536, 96], [8, 8, 17]] as const) {
+  // The kernels take ≤ 32 rows here (MHA2MLA_GEMV_ROWS, read at each call), then none (cuBLAS, the same
+  // bound), then the MMA kernel at every row count.
+  const routes = [{ rows: "32" }, { rows: "0" }, { rows: "32", mmaFrom: "1" }];
+  for (const { rows, mmaFrom } of routes) {
+    process.env["MHA2MLA_GEMV_ROWS"] = rows;
+    if (mmaFrom) process.env["MHA2MLA_GEMV_MMA_ROWS"] = mmaFrom;
+    else delete process.env["MHA2MLA_GEMV_MMA_ROWS"];
+    const route = rows === "0" ? " (cuBLAS)" : mmaFrom ? " (MMA kernel)" : "";
+    for (const [M, K, N] of [[1, 4096, 520], [1, 11008, 36], [2, 576, 1536], [2, 11008, 6], [2, 1536, 97], [3, 64, 33], [4, 11008, 100], [1, 112, 2048], [1, 8, 3], [5, 1536, 96], [8, 8, 17], [8, 4096, 520], [7, 11008, 40], [9, 112, 2048], [16, 2056, 33], [24, 64, 100], [32, 1000, 17]] as const) {
       const x = rand(M * K), w = roundBf16(rand(N * K));
       const want = reference(roundBf16(x), w, M, 1, 1, K, N);
       const wb = B.uploadBf16(toBf16Bits(w), [N, K]);
-      check(B.linear(B.upload(x, [M, K]), wb).toArray(), want, `linear f32 x [${M},${K}]·[${N},${K}]ᵀ${rows ? " (cuBLAS)" : ""}`);
-      check(B.linear(B.uploadBf16(toBf16Bits(x), [M, K]), wb).toArray(), want, `linear bf16 x [${M},${K}]·[${N},${K}]ᵀ${rows ? " (cuBLAS)" : ""}`);
+      check(B.linear(B.upload(x, [M, K]), wb).toArray(), want, `linear f32 x [${M},${K}]·[${N},${K}]ᵀ${route}`);
+      check(B.linear(B.uploadBf16(toBf16Bits(x), [M, K]), wb).toArray(), want, `linear bf16 x [${M},${K}]·[${N},${K}]ᵀ${route}`);
     }
-    for (const [T, H, G, K, N] of [[1, 32, 32, 112, 2048], [1, 32, 32, 2048, 128], [1, 8, 4, 64, 30], [2, 8, 4, 64, 30], [2, 9, 3, 64, 96], [1, 32, 4, 128, 40], [3, 4, 4, 24, 8]] as const) {
+    for (const [T, H, G, K, N] of [[1, 32, 32, 112, 2048], [1, 32, 32, 2048, 128], [1, 8, 4, 64, 30], [2, 8, 4, 64, 30], [2, 9, 3, 64, 96], [1, 32, 4, 128, 40], [3, 4, 4, 24, 8], [8, 32, 32, 112, 200], [8, 32, 32, 2048, 24], [6, 8, 4, 64, 30], [5, 9, 3, 40, 96], [16, 4, 4, 24, 8]] as const) {
       const x = rand(T * H * K), w = roundBf16(rand(G * N * K));
-      check(B.headLinear(B.upload(x, [T, H, K]), B.uploadBf16(toBf16Bits(w), [G, N, K])).toArray(), reference(roundBf16(x), w, T, H, G, K, N), `headLinear [${T},${H},${K}] by [${G},${N},${K}]${rows ? " (cuBLAS)" : ""}`);
+      check(B.headLinear(B.upload(x, [T, H, K]), B.uploadBf16(toBf16Bits(w), [G, N, K])).toArray(), reference(roundBf16(x), w, T, H, G, K, N), `headLinear [${T},${H},${K}] by [${G},${N},${K}]${route}`);
     }
   }
   delete process.env["MHA2MLA_GEMV_ROWS"];
+  delete process.env["MHA2MLA_GEMV_MMA_ROWS"];
 });
 
 test("parity: every backend op (forward and backward) of the CUDA backend vs the reference backend", { skip }, (t) => {
@@ -465,7 +473,7 @@ test("batched decode on the GPU equals per-sequence decode on the CPU (MHA, abso
   }
 });
 
-test("a batched decode step with bf16 weights runs its products on bf16 inputs made once (norms and SwiGLU write bf16): the same logits bit for bit as each product rounding its own input (MHA2MLA_DECODE_BF16_INPUTS=0), at 3 rows (the gemv kernel) and 6 (cuBLAS), MHA and absorbed MLA; the step leaves only its logits on the device", { skip }, async (t) => {
+test("a batched decode step with bf16 weights runs its products on bf16 inputs made once (norms and SwiGLU write bf16): the same logits bit for bit as each product rounding its own input (MHA2MLA_DECODE_BF16_INPUTS=0), at 3 rows (the FMA gemv kernel) and 6 (cuBLAS, and the tensor-core kernel under MHA2MLA_GEMV_ROWS=16), MHA and absorbed MLA; the step leaves only its logits on the device", { skip }, async (t) => {
   const dir = tmpDir();
   const mha = bf16Copy(path.join(MODELS, "stories260K"), path.join(dir, "bf16"));
   const mla = (await convert(mha, { rank: 4, ropePairs: 2, ropeStrategy: "uniform", out: path.join(dir, "mla"), progress: null, device: "cpu" })).out!;
@@ -473,8 +481,10 @@ test("a batched decode step with bf16 weights runs its products on bf16 inputs m
   const saved = process.env["MHA2MLA_DECODE_BF16_INPUTS"];
   try {
     for (const spec of [mha, mla])
-      for (const B of [3, 6])
+      for (const [B, gemvRows] of [[3, undefined], [6, undefined], [6, "16"]] as const)
         for (const kv of ["f32", "bf16"] as const) {
+          if (gemvRows) process.env["MHA2MLA_GEMV_ROWS"] = gemvRows;
+          else delete process.env["MHA2MLA_GEMV_ROWS"];
           const run = (mode: string | undefined) => {
             if (mode === undefined) delete process.env["MHA2MLA_DECODE_BF16_INPUTS"];
             else process.env["MHA2MLA_DECODE_BF16_INPUTS"] = mode;
@@ -510,12 +520,13 @@ test("a batched decode step with bf16 weights runs its products on bf16 inputs m
           };
           const plain = run("0"), made = run(undefined);
           const worst = Math.max(...plain.out.map((o, i) => maxAbsDiff(o, made.out[i]!)));
-          t.diagnostic(`${path.basename(spec)} B ${B} ${kv} cache: max |Δ logits| ${worst}; bytes held beyond the logits after a step: ${made.held} (each product rounding its own: ${plain.held})`);
+          t.diagnostic(`${path.basename(spec)} B ${B}${gemvRows ? " (MMA kernel)" : ""} ${kv} cache: max |Δ logits| ${worst}; bytes held beyond the logits after a step: ${made.held} (each product rounding its own: ${plain.held})`);
           assert.equal(worst, 0, "bf16 inputs made once give other logits");
           assert.equal(made.held, 0, "the step left buffers besides its logits");
           assert.ok(made.bf16Norms > 0 && plain.bf16Norms === 0, `norms writing bf16: ${made.bf16Norms} with the arena, ${plain.bf16Norms} without`);
         }
   } finally {
+    delete process.env["MHA2MLA_GEMV_ROWS"];
     if (saved === undefined) delete process.env["MHA2MLA_DECODE_BF16_INPUTS"];
     else process.env["MHA2MLA_DECODE_BF16_INPUTS"] = saved;
   }

@@ -20,7 +20,8 @@ test("the CUDA switches: documented values and in-range numbers pass; a misspelt
   assert.doesNotThrow(() => checkCudaEnv({ MHA2MLA_MHA_DECODE: "cublas", MHA2MLA_LATENT_DECODE: "gemm", MHA2MLA_GEMV_ROWS: "0", MHA2MLA_DECODE_MIN_TILES: "64", MHA2MLA_DECODE_GRAPHS: "0", MHA2MLA_CUDA_PROFILE: "1", PATH: "/bin" }));
   refused({ MHA2MLA_MHA_DECODE: "kernels" }, /MHA2MLA_MHA_DECODE=kernels is not an MHA decode route/, /use one of kernel, cublas, or unset it/);
   refused({ MHA2MLA_LATENT_DECODE: "cublas" }, /MHA2MLA_LATENT_DECODE=cublas is not a latent decode route/, /use gemm, or unset it/);
-  refused({ MHA2MLA_GEMV_ROWS: "8" }, /MHA2MLA_GEMV_ROWS=8 is not a row limit/, /use a whole number from 0 to 4, or unset it/);
+  refused({ MHA2MLA_GEMV_ROWS: "33" }, /MHA2MLA_GEMV_ROWS=33 is not a row limit/, /use a whole number from 0 to 32, or unset it/);
+  refused({ MHA2MLA_GEMV_MMA_ROWS: "0" }, /MHA2MLA_GEMV_MMA_ROWS=0/, /1 to 33/);
   refused({ MHA2MLA_DECODE_MIN_TILES: "0" }, /MHA2MLA_DECODE_MIN_TILES=0/, /from 1 to 64/);
   refused({ MHA2MLA_DECODE_MIN_TILES: "2.5" }, /MHA2MLA_DECODE_MIN_TILES=2\.5/, /whole number/);
   // Any non-empty value would turn profiling on, "0" included.
@@ -40,6 +41,6 @@ test("cudaRoutes: one string that changes with any per-call route switch (a reco
   assert.equal(cudaRoutes({ MHA2MLA_GEMV_ROWS: "0", PATH: "/bin", MHA2MLA_DECODE_MIN_TILES: "4" }), b, "variables that are not per-call switches do not count");
   assert.equal(cudaRoutes({ MHA2MLA_LATENT_DECODE: "gemm" }) === a, false);
   assert.equal(cudaRoutes({ MHA2MLA_DECODE_BATCH: "rows" }) === a, false);
-  refused({ MHA2MLA_GEMV_ROWS: "9" }, /MHA2MLA_GEMV_ROWS=9/, /0 to 4/);
-  assert.throws(() => cudaRoutes({ MHA2MLA_GEMV_ROWS: "9" }), /MHA2MLA_GEMV_ROWS=9/);
+  refused({ MHA2MLA_GEMV_ROWS: "40" }, /MHA2MLA_GEMV_ROWS=40/, /0 to 32/);
+  assert.throws(() => cudaRoutes({ MHA2MLA_GEMV_ROWS: "40" }), /MHA2MLA_GEMV_ROWS=40/);
 });

@@ -620,13 +620,14 @@ export class CudaBackend implements Backend {
   }
 
   /**
-   * Decode's projections of one x in one launch (gemv.cu's many-matrix kernel): a few rows, bf16
+   * Decode's projections of one x in one launch (gemv.cu's many-matrix kernels): a few rows, bf16
    * weights, no biases. Anything else, or a product that kernel does not take, runs one linear each.
    */
   linearMany(x: Tensor, ws: readonly Tensor[], biases: readonly (Tensor | null | undefined)[]): Tensor[] {
     const K = last(x), M = rowsOf(x);
     // MHA2MLA_LINEAR_MANY=0: one linear each (the A/B of the fused launch).
-    const fused = process.env["MHA2MLA_LINEAR_MANY"] !== "0" && ws.length >= 2 && ws.length <= 4 && M <= 4 && biases.every((b) => !b) && ws.every((w) => w.dtype === "bf16" && w.shape.length === 2 && w.shape[1] === K);
+    // Up to the kernels' most rows (gemv.cu's MMA_MAX_ROWS); fewer by MHA2MLA_GEMV_ROWS, which the library reads.
+    const fused = process.env["MHA2MLA_LINEAR_MANY"] !== "0" && ws.length >= 2 && ws.length <= 4 && M <= 32 && biases.every((b) => !b) && ws.every((w) => w.dtype === "bf16" && w.shape.length === 2 && w.shape[1] === K);
     if (fused) {
       const ys = ws.map((w) => this.empty([...x.shape.slice(0, -1), w.shape[0]!], "a linear output"));
       const xb = this.bf16Of(x, true);
