@@ -267,6 +267,16 @@ function last(t: Tensor): number {
 }
 
 /** Rows of t: the product of every dim but the last (not size / last, which is NaN for a zero-width last dim). */
+/**
+ * The most rows per matrix that gemv.cu's kernels take (MHA2MLA_GEMV_ROWS, validated at start-up by
+ * cudaEnv.ts; its default is gemv.cu's DEFAULT_ROWS), so linearMany does not stage a launch the
+ * library would refuse.
+ */
+function gemvRows(): number {
+  const v = process.env["MHA2MLA_GEMV_ROWS"];
+  return v ? Number(v) : 4;
+}
+
 function rowsOf(t: Tensor): number {
   return t.shape.slice(0, -1).reduce((a, b) => a * b, 1);
 }
@@ -626,8 +636,7 @@ export class CudaBackend implements Backend {
   linearMany(x: Tensor, ws: readonly Tensor[], biases: readonly (Tensor | null | undefined)[]): Tensor[] {
     const K = last(x), M = rowsOf(x);
     // MHA2MLA_LINEAR_MANY=0: one linear each (the A/B of the fused launch).
-    // Up to the kernels' most rows (gemv.cu's MMA_MAX_ROWS); fewer by MHA2MLA_GEMV_ROWS, which the library reads.
-    const fused = process.env["MHA2MLA_LINEAR_MANY"] !== "0" && ws.length >= 2 && ws.length <= 4 && M <= 32 && biases.every((b) => !b) && ws.every((w) => w.dtype === "bf16" && w.shape.length === 2 && w.shape[1] === K);
+    const fused = process.env["MHA2MLA_LINEAR_MANY"] !== "0" && ws.length >= 2 && ws.length <= 4 && M <= gemvRows() && biases.every((b) => !b) && ws.every((w) => w.dtype === "bf16" && w.shape.length === 2 && w.shape[1] === K);
     if (fused) {
       const ys = ws.map((w) => this.empty([...x.shape.slice(0, -1), w.shape[0]!], "a linear output"));
       const xb = this.bf16Of(x, true);
