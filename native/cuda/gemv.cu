@@ -353,7 +353,7 @@ mla_status launch_mma_many_rows(const XT* x, const ManyMats& m, int64_t rows, in
 }
 
 // Rows per problem from which the tensor-core kernel runs instead of the FMA one: MHA2MLA_GEMV_MMA_ROWS
-// (1–33, 33 = never), read at each call; default 5.
+// (1–5; cudaEnv.ts refuses more, which would act as 5), read at each call; default 5.
 int64_t mma_from() {
   const char* v = getenv("MHA2MLA_GEMV_MMA_ROWS");
   return v && *v ? std::max<int64_t>(1, std::min<int64_t>(MMA_MAX_ROWS + 1, atoll(v))) : MAX_ROWS + 1;
