@@ -5,6 +5,21 @@ import type { DeviceName } from "../backends/select.js";
 import { stderrLogger } from "../util/log.js";
 import { KV_CACHE_DTYPES, type KvCacheDtype } from "../model/kvQuant.js";
 import { gracefulStop } from "./signals.js";
+import { MlaError } from "../errors.js";
+import { API_KEY } from "../serve/serveOptions.js";
+
+/**
+ * --api-key, else the environment's MHA2MLA_API_KEY (a key there stays out of the process list; set
+ * but empty counts as unset, as shells write it). A bad key from the environment is named as its own,
+ * not as the flag the user did not pass.
+ */
+function apiKeyOption(flag: string | undefined): { apiKey?: string } {
+  if (flag !== undefined) return { apiKey: flag };
+  const env = process.env["MHA2MLA_API_KEY"];
+  if (!env) return {};
+  if (!API_KEY.test(env)) throw new MlaError("BAD_ARGUMENT", "the environment's MHA2MLA_API_KEY holds characters other than visible ASCII", "set it to a key of visible ASCII characters (HTTP headers carry no others reliably), or unset it");
+  return { apiKey: env };
+}
 
 interface Args {
   model: string;
@@ -50,8 +65,7 @@ export const serveCommand: CommandModule<object, Args> = {
       device: a.device,
       logger: stderrLogger,
       ...(a["served-model-name"] !== undefined ? { name: a["served-model-name"] } : {}),
-      // A key in the environment stays out of the process list.
-      ...((a["api-key"] ?? (process.env["MHA2MLA_API_KEY"] || undefined)) !== undefined ? { apiKey: a["api-key"] ?? process.env["MHA2MLA_API_KEY"] } : {}),
+      ...apiKeyOption(a["api-key"]),
       ...(a["kv-budget-mb"] !== undefined ? { kvBudgetMb: a["kv-budget-mb"] } : {}),
     });
     // Ctrl-C: stop taking requests and finish those in flight; a second one quits at once.

@@ -11,6 +11,7 @@
  * batch never runs out of cache. This is where MLA pays: the same budget admits as many more
  * sequences as its cache is smaller.
  */
+import type { TokenLimitName } from "./completionRequest.js";
 import { MlaError, isMlaError } from "../errors.js";
 import type { LlamaModel } from "../model/llama.js";
 import type { DecodeCache } from "../model/kvCache.js";
@@ -28,6 +29,8 @@ export interface SequenceSpec {
   prompt: readonly number[];
   /** The most new tokens (≥ 0; 0: the prompt is only prefilled, e.g. to score it with promptLogprobs). */
   maxTokens: number;
+  /** How refusals name maxTokens: the request's field and whether it sent it. Absent: max_tokens, sent. */
+  limit?: TokenLimitName;
   sampling: SamplingOptions;
   /** The generator's seed for sampled tokens. */
   seed: number;
@@ -150,6 +153,20 @@ interface Sequence {
   prefillMs: number;
 }
 
+/** "the prompt's N tokens + max_tokens M", naming the request's limit field, or the default it got. */
+function tokenSum(spec: SequenceSpec): string {
+  const limit = spec.limit ?? { key: "max_tokens", sent: true };
+  return `the prompt's ${spec.prompt.length} tokens + ${limit.key} ${spec.maxTokens}${limit.sent ? "" : " (the default: it was not sent)"}`;
+}
+
+/** What would fit `most` tokens: a lower limit where the prompt leaves room, else a shorter prompt. */
+function roomHint(spec: SequenceSpec, most: number, tail: string): string {
+  const key = (spec.limit ?? { key: "max_tokens" }).key, room = most - spec.prompt.length;
+  const least = spec.maxTokens === 0 ? 0 : 1; // a prompt only scored (echo) needs no reply room
+  if (room >= least && room < spec.maxTokens) return `send ${key} ≤ ${room}, or shorten the prompt${tail}`;
+  return `shorten the prompt to at most ${most - least} tokens (it has ${spec.prompt.length})${tail}`;
+}
+
 /** What submit() returns: a way to end the sequence early. */
 export interface SequenceHandle {
   /** Ends it at the next turn (reason "cancelled"), freeing its place and cache. */
@@ -190,7 +207,8 @@ export class Batcher {
   }
 
   /** The most tokens (prompt + new) one sequence may reserve within the KV budget (Infinity without one). */
-  private fitsTokens(): number {
+  /** The most tokens (prompt and reply) one sequence's cache may hold within the KV budget; Infinity without one. */
+  fitsTokens(): number {
     return this.opts.kvBudgetBytes === undefined ? Infinity : Math.floor(this.opts.kvBudgetBytes / this.perToken);
   }
 
@@ -209,11 +227,12 @@ export class Batcher {
     if (stopAt >= 0) throw new MlaError("BAD_ARGUMENT", `stop token id ${stopAt} is ${spec.stopTokenIds![stopAt]}, not a token id`, `token ids are whole numbers from 0 to ${c.vocabSize - 1} (the model's vocabulary)`);
     if (!(Number.isInteger(spec.maxTokens) && spec.maxTokens >= 0)) throw new MlaError("BAD_ARGUMENT", `max_tokens ${spec.maxTokens} is not a token count`, "pass a whole number ≥ 0");
     const total = spec.prompt.length + spec.maxTokens;
-    if (total > c.maxPositions)
-      throw new MlaError("BAD_ARGUMENT", `the prompt's ${spec.prompt.length} tokens + max_tokens ${spec.maxTokens} = ${total} pass the model's ${c.maxPositions} positions`, `lower max_tokens to at most ${Math.max(0, c.maxPositions - spec.prompt.length)} or shorten the prompt`);
+    // The hint's limit fits the KV budget too, so following it is not refused next for that.
+    const budgetBinds = this.fitsTokens() < c.maxPositions;
+    if (total > c.maxPositions) throw new MlaError("BAD_ARGUMENT", `${tokenSum(spec)} = ${total} pass the model's ${c.maxPositions} positions`, roomHint(spec, Math.min(c.maxPositions, this.fitsTokens()), budgetBinds ? ` (the server's KV budget holds ${this.fitsTokens()} tokens)` : ""));
     const reserved = this.cacheBytes(total);
     if (this.opts.kvBudgetBytes !== undefined && reserved > this.opts.kvBudgetBytes)
-      throw new MlaError("BAD_ARGUMENT", `${total} tokens of cache take ${mb(reserved)} MB, more than the server's whole KV budget of ${mb(this.opts.kvBudgetBytes)} MB`, `lower max_tokens${this.fitsTokens() > spec.prompt.length ? ` to at most ${this.fitsTokens() - spec.prompt.length}` : ""} or shorten the prompt (or start the server with a larger --kv-budget-mb)`);
+      throw new MlaError("BAD_ARGUMENT", `${tokenSum(spec)} = ${total} tokens of cache take ${mb(reserved)} MB, more than the server's whole KV budget of ${mb(this.opts.kvBudgetBytes)} MB`, roomHint(spec, this.fitsTokens(), " (or start the server with a larger --kv-budget-mb)"));
     return reserved;
   }
 

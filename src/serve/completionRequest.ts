@@ -10,9 +10,17 @@ import type { ChatMessage } from "./chatTemplate.js";
 import { shownJson as shown } from "../util/shownJson.js";
 
 /** What a completion needs besides its prompt, read the same way from both endpoints. */
+/** How a refusal names a sequence's token limit: the request's field, and whether the request sent it. */
+export interface TokenLimitName {
+  key: string;
+  sent: boolean;
+}
+
 export interface GenerationFields {
   /** null: up to the model's positions (chat's default, as vLLM's). */
   maxTokens: number | null;
+  /** The request's field for that limit (max_tokens, max_completion_tokens), and whether it was sent (not a default). */
+  limit: TokenLimitName;
   sampling: SamplingOptions;
   seed: number | null;
   stop: string[];
@@ -204,6 +212,9 @@ function generationFields(b: Record<string, unknown>, maxKey: string, defaultMax
   const topK = numberField(b, "top_k", -1, (v) => Number.isInteger(v) && v >= -1, "a whole number (-1: all tokens)");
   const seedV = b["seed"];
   if (seedV !== undefined && seedV !== null && !(Number.isInteger(seedV) && typeof seedV === "number")) throw bad(`seed ${shown(seedV)} is not a whole number`, "send an integer seed, or leave it out for a random one");
+  // Past 2^53 a JSON number no longer names one integer (2^60 and 2^60 + 1 parse alike): refused, not
+  // rounded into another request's seed.
+  if (typeof seedV === "number" && !Number.isSafeInteger(seedV)) throw bad(`seed ${shown(seedV)} is beyond ±2^53, where numbers stop being exact integers`, "send a seed between -9007199254740991 and 9007199254740991");
 
   let stop: string[] = [];
   const s = b["stop"];
@@ -239,7 +250,8 @@ function generationFields(b: Record<string, unknown>, maxKey: string, defaultMax
       : bad(`min_tokens ${minTokens} is more than ${maxKey} ${maxTokens}`, `send min_tokens ≤ ${maxKey}`);
   const includeStop = booleanField(b, "include_stop_str_in_output", false, "send include_stop_str_in_output: true to keep the stop string that ends the text, or leave it out");
   const skipSpecialTokens = booleanField(b, "skip_special_tokens", true, "send skip_special_tokens: false to write special tokens into the text, or leave it out");
-  return { includeStop, skipSpecialTokens, n, maxTokens, sampling: { temperature, topP, topK: topK < 0 ? 0 : topK, ...(minP > 0 ? { minP } : {}), ...penaltyFields(b, vocabSize) }, seed: (seedV as number | undefined | null) ?? null, stop, stream, includeUsage, ignoreEos, stopTokenIds, minTokens };
+  const limit = { key: maxKey, sent: b[maxKey] !== undefined && b[maxKey] !== null };
+  return { includeStop, skipSpecialTokens, n, maxTokens, limit, sampling: { temperature, topP, topK: topK < 0 ? 0 : topK, ...(minP > 0 ? { minP } : {}), ...penaltyFields(b, vocabSize) }, seed: (seedV as number | undefined | null) ?? null, stop, stream, includeUsage, ignoreEos, stopTokenIds, minTokens };
 }
 
 /**
@@ -255,6 +267,15 @@ export function defaultReplyLimit(minTokens: number, promptTokens: number, defau
   if (minTokens <= limit) return limit;
   if (limit === defaultMax) throw bad(`min_tokens ${minTokens} is more than the ${defaultMax} tokens a reply gets when max_tokens is not sent (the server's --default-max-tokens)`, `send max_tokens ≥ ${minTokens} with it, or min_tokens ≤ ${defaultMax}`);
   throw bad(`min_tokens ${minTokens} is more than the ${room} tokens the model's ${maxPositions} positions leave after the prompt's ${promptTokens}`, `send min_tokens ≤ ${room}, or shorten the conversation`);
+}
+
+/**
+ * The sampler's 32-bit seed of a request's seed (a safe integer): seeds in [0, 2^32) are themselves,
+ * others fold their high bits in, so 0 and 2^32 (or -1) draw differently.
+ */
+export function seed32(seed: number): number {
+  const lo = seed >>> 0, hi = Math.floor(seed / 2 ** 32) | 0;
+  return (lo ^ Math.imul(hi, 0x9e3779b1)) >>> 0;
 }
 
 /** The penalty fields (vLLM's ranges) and logit_bias (`{"token id": bias}`, as OpenAI sends it), checked. */

@@ -11,7 +11,7 @@ import type { LoadedModel } from "../model/llama.js";
 import type { TokenLogprobs } from "../model/sampling.js";
 import type { Logger } from "../util/log.js";
 import type { Batcher, SequenceEnd, SequenceHandle, SequenceSpec } from "./batcher.js";
-import { defaultReplyLimit, type GenerationFields } from "./completionRequest.js";
+import { defaultReplyLimit, seed32, type GenerationFields } from "./completionRequest.js";
 import type { ResponseShape, TokenEntry } from "./responseShapes.js";
 import { TextStream } from "./textStream.js";
 import { ChoiceEntries } from "./choiceEntries.js";
@@ -51,7 +51,7 @@ export async function generation(server: GenerationServer, req: http.IncomingMes
   // Choice k answers prompt ⌊k / n⌋, as OpenAI and vLLM index a batch of prompts' choices.
   const n = r.n, count = prompts.length * n;
   const promptOf = (k: number) => prompts[Math.floor(k / n)]!;
-  const texts = Array.from({ length: count }, (_, k) => new TextStream(lm.tokenizer, promptOf(k).ids, r.stop, { includeStop: r.includeStop, skipSpecialTokens: r.skipSpecialTokens }));
+  const texts = Array.from({ length: count }, (_, k) => new TextStream(lm.tokenizer, promptOf(k).ids, r.stop, { includeStop: r.includeStop, skipSpecialTokens: r.skipSpecialTokens, promptWhole: promptOf(k).whole }));
   // With logprobs: each choice's token entries (the echoed prompt's, then its tokens').
   const entries = Array.from({ length: count }, (_, k) => new ChoiceEntries(lm.tokenizer, promptOf(k).ids));
   /** Choice k's entries not yet streamed whose offsets are known (null without logprobs); they then count as sent. */
@@ -99,22 +99,30 @@ export async function generation(server: GenerationServer, req: http.IncomingMes
   };
   // A prompt's choice j draws with seed + j: reproducible per choice, different from its siblings, and
   // the same whether its prompt came alone or in a batch.
-  const seed = r.seed ?? crypto.randomInt(2 ** 32);
+  const seed = r.seed === null ? crypto.randomInt(2 ** 32) : seed32(r.seed);
   /** Choice k's refusal; a batch's names the prompt it is about. */
   const refusal = (k: number, e: unknown): MlaError => {
     const err = asMlaError(e);
     return prompts.length > 1 ? new MlaError(err.code, `prompt[${Math.floor(k / n)}]: ${err.message}`) : err;
   };
-  // Without a limit (chat's default), up to --default-max-tokens or the model's positions.
-  const maxTokensOf = (k: number) => r.maxTokens ?? defaultReplyLimit(r.minTokens, promptOf(k).ids.length, server.defaultMax, lm.config.maxPositions);
+  // Without a limit (chat's default), up to --default-max-tokens, the model's positions, and what the
+  // KV budget holds after the prompt (a request that did not send max_tokens is not refused for one);
+  // a prompt the budget leaves no reply room is refused by the batcher, naming the budget.
+  const maxTokensOf = (k: number) => {
+    if (r.maxTokens !== null) return r.maxTokens;
+    const prompt = promptOf(k).ids.length, limit = defaultReplyLimit(r.minTokens, prompt, server.defaultMax, lm.config.maxPositions);
+    const budgetRoom = batcher.fitsTokens() - prompt;
+    return budgetRoom >= Math.max(1, r.minTokens) ? Math.min(limit, budgetRoom) : limit;
+  };
   const specOf = (k: number): SequenceSpec => ({
     prompt: promptOf(k).ids,
     maxTokens: maxTokensOf(k),
+    limit: r.limit,
     sampling: r.sampling,
     stopAtEos: !r.ignoreEos,
     stopTokenIds: r.stopTokenIds,
     minTokens: r.minTokens,
-    seed: ((seed >>> 0) + (k % n)) >>> 0,
+    seed: (seed + (k % n)) >>> 0,
     logprobs: r.logprobs ?? undefined,
     // Each choice scores its prompt itself (so its entries come before its first token's); n > 1 with
     // echo and logprobs prefills the prompt once per choice.

@@ -13,6 +13,11 @@ import { incompleteTail } from "./textStream.js";
 /** One prompt of a request: its ids, and its text when it comes back before the completion (echo). */
 export interface Prompt {
   ids: number[];
+  /**
+   * The ids encode a text (a text prompt, a rendered chat): they end in whole characters, so a U+FFFD
+   * their decode ends in is one the text holds, not the bytes of a character the completion finishes.
+   */
+  whole: boolean;
   echo: string | null;
   /** The echo is the ids' decode with its spaces cleaned up (not a text as sent). */
   echoCleaned: boolean;
@@ -36,17 +41,28 @@ function encodePrompt(lm: LoadedModel, text: string, addSpecialTokens: boolean):
   return ids;
 }
 
+/** f(), its refusal naming prompt[i] where the request sent a batch (as the batcher's refusals do). */
+function namedInBatch<T>(count: number, i: number, f: () => T): T {
+  try {
+    return f();
+  } catch (e) {
+    if (count > 1 && e instanceof MlaError) throw new MlaError(e.code, `prompt[${i}]: ${e.message}`);
+    throw e;
+  }
+}
+
 /** POST /v1/completions: a prompt or a batch of them, texts or ids, each maybe echoed. */
 export function completionPrompts(lm: LoadedModel, name: string): Parse {
   return (body) => {
     const r = parseCompletionRequest(body, { name, vocabSize: lm.config.vocabSize });
-    const prompts = r.prompts.map((p): Prompt => {
-      const ids = typeof p === "string" ? encodePrompt(lm, p, true) : p;
+    const prompts = r.prompts.map((p, i): Prompt => {
+      const ids = typeof p === "string" ? namedInBatch(r.prompts.length, i, () => encodePrompt(lm, p, true)) : p;
       // A text prompt comes back as sent; ids as their text (special tokens left out, as completions'
       // text), less the bytes of a character they end inside: those come out with the completion.
-      if (!r.echo) return { ids, echo: null, echoCleaned: false };
-      if (typeof p === "string") return { ids, echo: p, echoCleaned: false };
-      return { ids, echo: lm.tokenizer.decode(ids.slice(0, ids.length - incompleteTail(lm.tokenizer, ids)), { skipSpecialTokens: true }), echoCleaned: lm.tokenizer.cleansUpSpaces === true };
+      const whole = typeof p === "string";
+      if (!r.echo) return { ids, whole, echo: null, echoCleaned: false };
+      if (whole) return { ids, whole, echo: p, echoCleaned: false };
+      return { ids, whole, echo: lm.tokenizer.decode(ids.slice(0, ids.length - incompleteTail(lm.tokenizer, ids)), { skipSpecialTokens: true }), echoCleaned: lm.tokenizer.cleansUpSpaces === true };
     });
     return { prompts, fields: r };
   };
@@ -60,6 +76,10 @@ export function chatPrompts(lm: LoadedModel, name: string, chat: ChatTemplate): 
   return (body) => {
     const r = parseChatRequest(body, { name, vocabSize: lm.config.vocabSize });
     const text = r.continueFinalMessage ? continueFinalMessage(chat, r.messages) : chat.render(r.messages, r.addGenerationPrompt);
-    return { prompts: [{ ids: encodePrompt(lm, text, false), echo: null, echoCleaned: false }], fields: r };
+    const ids = encodePrompt(lm, text, false);
+    // An empty render is the template's doing (a loop over a misspelt variable), not the client's: a
+    // server error naming the template, as generate --chat names it.
+    if (ids.length === 0) throw new MlaError("BAD_CHECKPOINT", `the model's chat template (${chat.source}) rendered the conversation as nothing`, "the template should write each message's content (e.g. {% for m in messages %}{{ m.content }}{% endfor %}); fix it in the model folder, or send the formatted text to POST /v1/completions");
+    return { prompts: [{ ids, whole: true, echo: null, echoCleaned: false }], fields: r };
   };
 }

@@ -97,6 +97,9 @@ export function checkServedModel(model: unknown): asserts model is string | Load
   throw new MlaError("BAD_ARGUMENT", `serve(): the model is ${describedModel(model)}, not a model folder, hub id or alias, nor a model from loadModel()`, 'pass e.g. serve("stories260K", { port: 8000 }) or serve(loadModel(dir), { port: 8000 })');
 }
 
+/** What an API key may hold: visible ASCII (HTTP headers carry no other characters reliably). */
+export const API_KEY = /^[\x21-\x7e]+$/;
+
 /** Checks serve()'s options (and that it is not aborted already); returns the values it runs with. */
 export function checkServeOptions(opts: ServeOptions): ServeSettings {
   checkOptionTypes("serve()", opts, SERVE_KINDS);
@@ -107,7 +110,7 @@ export function checkServeOptions(opts: ServeOptions): ServeSettings {
   if (opts.device !== undefined && !DEVICE_NAMES.includes(opts.device)) throw new MlaError("BAD_ARGUMENT", `--device ${opts.device} is not known`, `use ${DEVICE_NAMES.join(", ")}`);
   if (opts.kvBudgetMb !== undefined && !(Number.isFinite(opts.kvBudgetMb) && opts.kvBudgetMb > 0)) throw new MlaError("BAD_ARGUMENT", `--kv-budget-mb ${opts.kvBudgetMb} is not a size in MB`, "pass a positive number, or leave it out for no limit but --max-batch");
   if (opts.prefixCacheMb !== undefined && !(Number.isFinite(opts.prefixCacheMb) && opts.prefixCacheMb >= 0)) throw new MlaError("BAD_ARGUMENT", `--prefix-cache-mb ${opts.prefixCacheMb} is not a size in MB`, "pass 0 to keep no prompts, or a positive number");
-  if (opts.apiKey !== undefined && !/^[\x21-\x7e]+$/.test(opts.apiKey))
+  if (opts.apiKey !== undefined && !API_KEY.test(opts.apiKey))
     throw new MlaError("BAD_ARGUMENT", opts.apiKey.length ? "--api-key holds characters other than visible ASCII" : "--api-key is empty", "pass a key of visible ASCII characters (HTTP headers carry no others reliably), or leave --api-key out");
   const defaultMax = opts.defaultMaxTokens ?? 1024;
   if (!(Number.isInteger(defaultMax) && defaultMax >= 1)) throw new MlaError("BAD_ARGUMENT", `--default-max-tokens ${defaultMax} is not a token count`, "pass a whole number ≥ 1");

@@ -47,12 +47,15 @@ export class TextStream {
   /**
    * `prompt`: the prompt's ids (only its last few are decoded); `stops`: strings that end the text, not
    * part of it unless `opts.includeStop` (vLLM's include_stop_str_in_output); `opts.skipSpecialTokens`
-   * (default true, as vLLM and OpenAI give completions): special tokens add no text.
+   * (default true, as vLLM and OpenAI give completions): special tokens add no text;
+   * `opts.promptWhole`: the prompt's ids encode a text, so they end in whole characters (a U+FFFD
+   * they decode to at the end is the text's own: without this it would be taken for the start of a
+   * character and come out again with the completion).
    */
-  constructor(private readonly tokenizer: TextTokenizer, prompt: readonly number[], private readonly stops: readonly string[] = [], private readonly opts: { includeStop?: boolean; skipSpecialTokens?: boolean } = {}) {
+  constructor(private readonly tokenizer: TextTokenizer, prompt: readonly number[], private readonly stops: readonly string[] = [], private readonly opts: { includeStop?: boolean; skipSpecialTokens?: boolean; promptWhole?: boolean } = {}) {
     this.ids = prompt.slice(-CONTEXT_IDS);
     this.prefix = 0;
-    this.read = this.ids.length - incompleteTail(tokenizer, prompt, opts.skipSpecialTokens ?? true);
+    this.read = this.ids.length - (opts.promptWhole ? 0 : incompleteTail(tokenizer, prompt, opts.skipSpecialTokens ?? true));
     this.cleaner = new SpaceCleaner(tokenizer.cleansUpSpaces === true);
   }
 

@@ -110,6 +110,8 @@ test("a flag given twice, a number that is not one, and a bad --temperature are 
     [{ MHA2MLA_READ_AHEAD_MB: "abc" }, ["convert", "stories260K", "--rank", "4", "--out", path.join(tmpDir(), "o")], /MHA2MLA_READ_AHEAD_MB=abc is not a size in MB/],
     [{ MHA2MLA_EVAL_DATA: "/nonexistent-eval-data" }, ["eval", "stories260K", "--tasks", "arc-easy", "--limit", "2"], /MHA2MLA_EVAL_DATA=\/nonexistent-eval-data does not exist/],
     [{ MHA2MLA_BLAS: "foo" }, ["eval", "stories260K", "--text", text, "--tokens", "50", "--device", "cpu"], /MHA2MLA_BLAS=foo is not known/],
+    // Named as the environment's, not as the --api-key flag nobody passed.
+    [{ MHA2MLA_API_KEY: "sk 1" }, ["serve", "stories260K", "--device", "cpu", "--port", "0"], /^error: the environment's MHA2MLA_API_KEY holds characters other than visible ASCII/],
   ] as const) {
     // MHA2MLA_BLAS is checked as the native CPU library loads: only where it is built.
     if ("MHA2MLA_BLAS" in env && !fs.existsSync(path.join(ROOT, "build", "native", "libmla_cpu.so"))) continue;

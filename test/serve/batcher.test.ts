@@ -83,7 +83,7 @@ test("the KV budget bounds the sequences admitted together, each reserving promp
   await Promise.all(runs.map((r) => r.end));
   assert.equal(most, 2, "room for two in the budget");
   for (const r of runs) assert.deepEqual(r.ids, runs[0]!.ids);
-  assert.throws(() => b.submit({ prompt: prompts[0]!, maxTokens: 40, sampling: { temperature: 0 }, seed: 0, onToken: () => true, onEnd: () => {} }), (e: unknown) => e instanceof MlaError && /more than the server's whole KV budget/.test(e.message) && new RegExp(`lower max_tokens to at most ${Math.floor(2.5 * need / b.cacheBytes(1)) - prompts[0]!.length} or shorten`).test(e.message));
+  assert.throws(() => b.submit({ prompt: prompts[0]!, maxTokens: 40, sampling: { temperature: 0 }, seed: 0, onToken: () => true, onEnd: () => {} }), (e: unknown) => e instanceof MlaError && /more than the server's whole KV budget/.test(e.message) && new RegExp(`send max_tokens ≤ ${Math.floor(2.5 * need / b.cacheBytes(1)) - prompts[0]!.length}, or shorten`).test(e.message));
   // A budget under a megabyte is shown with the digits that tell it from the reservation.
   const tiny = new Batcher(model, { maxBatch: 1, kvCache: "f32", kvBudgetBytes: 10_000 });
   assert.throws(() => tiny.submit({ prompt: prompts[0]!, maxTokens: 40, sampling: { temperature: 0 }, seed: 0, onToken: () => true, onEnd: () => {} }), (e: unknown) => e instanceof MlaError && /take 0\.\d\d+ MB, more than the server's whole KV budget of 0\.0095 MB/.test(e.message));
@@ -92,7 +92,7 @@ test("the KV budget bounds the sequences admitted together, each reserving promp
 test("a sequence that can never start is refused before it queues", () => {
   const b = new Batcher(model, { maxBatch: 2, kvCache: "f32" });
   const spec = { sampling: { temperature: 0 }, seed: 0, onToken: () => true, onEnd: () => {} };
-  assert.throws(() => b.submit({ ...spec, prompt: prompts[0]!, maxTokens: model.config.maxPositions }), /pass the model's 512 positions[^]*lower max_tokens to at most 507/);
+  assert.throws(() => b.submit({ ...spec, prompt: prompts[0]!, maxTokens: model.config.maxPositions }), /pass the model's 512 positions[^]*send max_tokens ≤ 507, or shorten the prompt/);
   assert.throws(() => b.submit({ ...spec, prompt: [], maxTokens: 4 }), /no tokens/);
   assert.throws(() => b.submit({ ...spec, prompt: prompts[0]!, maxTokens: 1.5 }), /max_tokens 1.5 is not a token count/);
   // From a script: ids a typed array would truncate or wrap (1.5 → 1), or that the vocabulary lacks.

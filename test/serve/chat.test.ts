@@ -12,6 +12,7 @@ import { generate } from "../../src/model/generate.js";
 import { serve } from "../../src/serve/server.js";
 import { continueFinalMessage, loadChatTemplate } from "../../src/serve/chatTemplate.js";
 import { inspectModel } from "../../src/eval/inspect.js";
+import { kvBytesPerToken } from "../../src/model/config.js";
 import { MlaError } from "../../src/errors.js";
 import { MODELS, tmpDir } from "../helpers.js";
 
@@ -248,4 +249,53 @@ test("generate --chat formats each prompt with the chat template and prints the 
   assert.match(bad.stderr, /--system has no effect without --chat/);
   const none = cli(path.join(MODELS, "stories260K"), "--chat");
   assert.match(none.stderr, /has no chat template/);
+});
+
+test("without max_tokens a chat's reply is capped to what --kv-budget-mb holds after the prompt (not refused); a refusal names the field sent, or the default", async () => {
+  const perToken = kvBytesPerToken(lm.config, "f32");
+  // Room for the rendered conversation (62 tokens) and ~40 more, far below the model's 512 positions.
+  const server = await serve(lm, { port: 0, kvCache: "f32", kvBudgetMb: (100 * perToken) / 2 ** 20 });
+  try {
+    const post = async (body: unknown) => {
+      const r = await fetch(`${server.url}/v1/chat/completions`, { method: "POST", body: JSON.stringify(body) });
+      return { status: r.status, json: (await r.json()) as { error?: { message: string }; usage?: { prompt_tokens: number; completion_tokens: number } } };
+    };
+    const r = await post({ messages, temperature: 0, ignore_eos: true });
+    assert.equal(r.status, 200, r.json.error?.message);
+    assert.ok(r.json.usage!.prompt_tokens + r.json.usage!.completion_tokens <= 100, JSON.stringify(r.json.usage));
+    const sent = await post({ messages, max_completion_tokens: 300 });
+    assert.equal(sent.status, 400);
+    const over = await post({ messages, max_completion_tokens: 500 });
+    assert.match(over.json.error!.message, /pass the model's 512 positions; hint: send max_completion_tokens ≤ 38, or shorten the prompt \(the server's KV budget holds 100 tokens\)/, "a limit the budget also holds");
+    assert.match(sent.json.error!.message, /\+ max_completion_tokens 300 = \d+ tokens of cache take .* hint: send max_completion_tokens ≤ \d+, or shorten the prompt \(or start the server with a larger --kv-budget-mb\)/);
+  } finally {
+    await server.close();
+  }
+  const plain = await serve(lm, { port: 0 });
+  try {
+    const ids = Array.from({ length: 510 }, () => 300);
+    const r = await fetch(`${plain.url}/v1/completions`, { method: "POST", body: JSON.stringify({ prompt: ids }) });
+    assert.match(((await r.json()) as { error: { message: string } }).error.message, /the prompt's 510 tokens \+ max_tokens 16 \(the default: it was not sent\) = 526 pass the model's 512 positions; hint: shorten the prompt to at most 511 tokens \(it has 510\)|send max_tokens ≤ 2, or shorten/);
+    const batch = await fetch(`${plain.url}/v1/completions`, { method: "POST", body: JSON.stringify({ prompt: ["a", "a ".repeat(600)], max_tokens: 1 }) });
+    assert.match(((await batch.json()) as { error: { message: string } }).error.message, /^prompt\[1\]: the prompt holds more than the model's 512 positions/);
+  } finally {
+    await plain.close();
+  }
+});
+
+test("a chat template that renders a conversation as nothing is the server's error, naming the template, not the client's", async () => {
+  const bad = path.join(tmpDir(), "empty-template");
+  fs.cpSync(dir, bad, { recursive: true });
+  const cfgFile = path.join(bad, "tokenizer_config.json");
+  fs.writeFileSync(cfgFile, JSON.stringify({ ...JSON.parse(fs.readFileSync(cfgFile, "utf8")), chat_template: "{% for m in messages %}{{ m.contnt }}{% endfor %}" }));
+  const server = await serve(loadModel(bad), { port: 0 });
+  try {
+    const r = await fetch(`${server.url}/v1/chat/completions`, { method: "POST", body: JSON.stringify({ messages }) });
+    const err = ((await r.json()) as { error: { message: string; type: string } }).error;
+    assert.equal(r.status, 500);
+    assert.equal(err.type, "server_error");
+    assert.match(err.message, /the model's chat template \(.*\) rendered the conversation as nothing; hint: the template should write each message's content/);
+  } finally {
+    await server.close();
+  }
 });

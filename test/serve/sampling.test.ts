@@ -1,6 +1,7 @@
 /** pickToken against the distributions it should draw from: greedy, temperature, top-k and the nucleus; tokenLogprobs against a float64 log-softmax. */
 import assert from "node:assert/strict";
 import { test } from "node:test";
+import { seed32 } from "../../src/serve/completionRequest.js";
 import { pickToken, seededRandom, tokenLogprobs } from "../../src/model/sampling.js";
 import { checkSampling } from "../../src/model/generate.js";
 
@@ -110,4 +111,11 @@ test("tokenLogprobs: the chosen token's log-softmax and the top ones, most likel
   r.top.forEach((t) => assert.ok(Math.abs(t.logprob - (logits[t.id]! - norm)) < 1e-12));
   assert.deepEqual(tokenLogprobs(logits, 0, 0).top, []);
   assert.equal(tokenLogprobs(logits, 0, 10).top.length, 6, "at most the vocabulary");
+});
+
+test("a request's seed: [0, 2^32) is the sampler's seed itself; larger and negative seeds fold their high bits in, so 0, 2^32 and -2^32 draw differently", () => {
+  for (const v of [0, 1, 2 ** 32 - 1]) assert.equal(seed32(v), v);
+  const folded = [2 ** 32, -(2 ** 32), -1, 2 ** 53 - 1].map(seed32);
+  assert.equal(new Set([0, ...folded]).size, 5, `distinct: ${folded}`);
+  for (const f of folded) assert.ok(Number.isInteger(f) && f >= 0 && f < 2 ** 32);
 });

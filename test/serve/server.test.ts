@@ -154,7 +154,7 @@ test("bad requests get OpenAI error bodies that name the culprit; unknown routes
       [{ prompt: [1, 99999] }, 400, /token id 99999 is outside the vocabulary of 512/],
       [{ prompt: "x", max_tokens: 0 }, 400, /max_tokens 0 asks for no tokens.*echo: true/],
       [{ prompt: "x", max_tokens: -1 }, 400, /max_tokens -1 is not a whole number ≥ 1; hint: .*leave it out \(default 16\)/],
-      [{ prompt: "x", max_tokens: 600 }, 400, /pass the model's 512 positions.*hint: lower max_tokens/],
+      [{ prompt: "x", max_tokens: 600 }, 400, /pass the model.s 512 positions.*hint: send max_tokens ≤ 509, or shorten the prompt/],
       [{ prompt: "x", temperature: -1 }, 400, /temperature -1/],
       [{ prompt: "x", top_p: 0 }, 400, /top_p 0/],
       [{ prompt: "x", stop: [""] }, 400, /empty string/],
@@ -173,6 +173,8 @@ test("bad requests get OpenAI error bodies that name the culprit; unknown routes
       ['{"prompt": "x", "max_tokens": 1e400}', 400, /max_tokens Infinity is not a whole number/],
       ['{"prompt": "x", "temperature": -1e400}', 400, /temperature -Infinity is not a number ≥ 0/],
       ['{"prompt": "x", "seed": 1e400}', 400, /seed Infinity is not a whole number/],
+      // Beyond 2^53 two seeds parse to one number: refused, not wrapped into another request's seed.
+      ['{"prompt": "x", "seed": 1e300}', 400, /seed 1e\+300 is beyond ±2\^53/],
     ];
     for (const [body, status, message] of cases) {
       const r = await post(server.url, body);

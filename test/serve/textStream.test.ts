@@ -141,3 +141,15 @@ test("property: random ids, clean-up on and off, with and without stop strings: 
     }
   }
 });
+
+test("a text prompt ending in U+FFFD (the character itself, as a text holds it): the completion does not repeat it; ids ending so are still read as a character's first bytes", () => {
+  const prompt = tok.encode("Once \uFFFD", { addSpecialTokens: true });
+  assert.ok(tok.decode(prompt).endsWith("\uFFFD"), "the prompt's decode ends in U+FFFD");
+  const next = tok.encode("Once \uFFFD. A", { addSpecialTokens: true }).slice(prompt.length);
+  const whole = new TextStream(tok, prompt, [], { promptWhole: true });
+  const text = next.map((id) => whole.push(id)).join("") + whole.finish();
+  assert.equal(text, ". A", "only what the new ids add");
+  // The same ids sent as ids: they may end inside a character, so their last U+FFFD-decoding ids count as the completion's.
+  const asIds = new TextStream(tok, prompt);
+  assert.ok((next.map((id) => asIds.push(id)).join("") + asIds.finish()).startsWith("\uFFFD"));
+});
