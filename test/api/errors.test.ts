@@ -35,6 +35,12 @@ test("a model that is not there is NOT_FOUND from every entry, naming where it l
   await refused("loadModel", () => loadModel("no-such-model"), "NOT_FOUND", /model "no-such-model" was not found/);
   await refused("inspectModel", () => inspectModel("no-such-model"), "NOT_FOUND", /model "no-such-model" was not found/);
   await refused("a model that is no string", () => loadModel(42 as Loose), "BAD_ARGUMENT", /the model 42 is not a name/);
+  // A loaded model where its name goes: a short message (its JSON is its weights: 9 MB here, past a string's length at 26M parameters).
+  const lm = loadModel("stories260K");
+  for (const [what, f] of [["inspectModel", () => inspectModel(lm as Loose)], ["evaluate", () => evaluate(lm as Loose, { text: TEXT })], ["convert", () => convert(lm as Loose, { rank: 4, out })]] as const) {
+    await refused(`${what} of a loaded model`, f, "BAD_ARGUMENT", /^the model is an object \(a loaded model of .*stories260K\?\), not a name\n {2}hint: .*e\.g\. its folder/);
+    await (async () => f())().catch((e: Error) => assert.ok(e.message.length < 400, `${what}: ${e.message.length} characters`));
+  }
   assert.ok(!fs.existsSync(out));
 });
 
