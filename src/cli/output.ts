@@ -5,16 +5,45 @@ import { MlaError } from "../errors.js";
 import { writeFileAtomic } from "../io/atomicDir.js";
 import { makeDirs } from "../io/makeDirs.js";
 
-/** Refuses a `--json FILE` that cannot be written (a folder, or under a file), before the command's work. */
-export function checkJsonTarget(target: string | undefined): void {
+/** The largest existing file `--json` replaces: an earlier result is small; a larger file is something else. */
+const EARLIER_RESULT_BYTES = 64 << 20;
+/** A model folder's own JSON files (the weights are not JSON, so refused anyway): a result written beside them is fine. */
+const MODEL_FILES = /^(config|generation_config|tokenizer|tokenizer_config|special_tokens_map|added_tokens|chat_template|mla_conversion|preprocessor_config)\.json$|\.index\.json$/;
+
+/**
+ * Refuses a `--json FILE` that cannot be written (a folder, or under a file), or that would replace a
+ * file that is not an earlier JSON result (`eval … --json model/model.safetensors` replaced another
+ * model's weights; `--json notes.txt` a text), before the command's work.
+ */
+export function checkJsonTarget(target: string | undefined, beforeFileCheck?: () => void): void {
   if (target === undefined || target === "" || target === "-") return;
   if (fs.existsSync(target) && fs.statSync(target).isDirectory()) throw new MlaError("BAD_ARGUMENT", `--json ${target} is a folder, not a file`, `--json takes the path of the file to write, e.g. --json ${path.join(target, "result.json")} (or - for stdout)`);
+  beforeFileCheck?.();
+  refuseOverForeignFile(target);
   for (let dir = path.dirname(path.resolve(target)); ; dir = path.dirname(dir)) {
     if (fs.existsSync(dir)) {
       if (!fs.statSync(dir).isDirectory()) throw new MlaError("BAD_ARGUMENT", `--json ${target}: ${dir} is a file, not a folder`, "give a path whose folders are folders");
       return;
     }
     if (path.dirname(dir) === dir) return;
+  }
+}
+
+function refuseOverForeignFile(target: string): void {
+  let st: fs.Stats | undefined;
+  try {
+    st = fs.statSync(target, { throwIfNoEntry: false });
+  } catch {
+    return; // under a file (ENOTDIR), unreadable: checkJsonTarget's folder walk, or the write, names it
+  }
+  if (!st?.isFile()) return;
+  const refuse = (what: string) => new MlaError("EXISTS", `--json ${target} exists and ${what}: --json replaces only an earlier result`, "choose a new file name for --json, or move that file away first");
+  if (MODEL_FILES.test(path.basename(target)) && fs.existsSync(path.join(path.dirname(path.resolve(target)), "config.json"))) throw refuse("is one of a model folder's own files");
+  if (st.size > EARLIER_RESULT_BYTES) throw refuse(`holds ${st.size} bytes, not a result's JSON`);
+  try {
+    JSON.parse(fs.readFileSync(target, "utf8"));
+  } catch {
+    throw refuse("is not JSON");
   }
 }
 

@@ -164,8 +164,8 @@ function checkOutputs(argv: Record<string, unknown>): void {
   }
   for (const k of ["text", "calib", "eval-text", "data", "like", "distill", "data-dir", "results", "train-log", "finetune-data"]) for (const f of files(k)) inputs.push({ name: k === "results" ? "an input" : `--${k}`, path: f });
   for (const f of files("json").filter((f) => f !== "-")) {
-    checkJsonTarget(f);
-    refuseOutOverInputs("--json", f, inputs);
+    // The inputs between: "the input model" says more than "a model's own file".
+    checkJsonTarget(f, () => refuseOutOverInputs("--json", f, inputs));
   }
   const command = (argv["_"] as unknown[] | undefined)?.[0];
   if (typeof command === "string" && FILE_OUT_COMMANDS.has(command)) {

@@ -219,6 +219,23 @@ test("--json naming a folder says it is a folder and a file path is expected, ev
   assert.match(refusal(["report", "a.json", "--out", path.dirname(process.cwd())])!, /^--out \S+ is a folder, not a file\n  hint: give --out a file path/);
 });
 
+test("--json replaces only an earlier result: not a text, not another model's weights or config (refused before any work); a JSON result or a new file beside a model's files is fine", () => {
+  const dir = tmpDir();
+  const other = path.join(dir, "other");
+  fs.cpSync(path.join(ROOT, "fixtures", "models", "stories260K"), other, { recursive: true });
+  const notes = path.join(dir, "notes.txt");
+  fs.writeFileSync(notes, "my notes\n");
+  for (const [target, why] of [[notes, /is not JSON/], [path.join(other, "model.safetensors"), /is not JSON/], [path.join(other, "config.json"), /is one of a model folder's own files/]] as const) {
+    const before = fs.readFileSync(target);
+    assert.match(refusal(["eval", "stories260K", "--text", "t.txt", "--json", target])!, new RegExp(`^--json \\S+ exists and ${why.source}: --json replaces only an earlier result\\n  hint: choose a new file name`), target);
+    assert.deepEqual(fs.readFileSync(target), before, "left as it was");
+  }
+  const earlier = path.join(dir, "result.json");
+  fs.writeFileSync(earlier, '{"nll": 1}\n');
+  assert.equal(refusal(["eval", "stories260K", "--text", "t.txt", "--json", earlier]), null);
+  assert.equal(refusal(["eval", "stories260K", "--text", "t.txt", "--json", path.join(other, "eval.json")]), null);
+});
+
 test("an --out that is a file is refused by every command that writes a folder there, with or without --force", () => {
   const file = path.join(tmpDir(), "notes.txt");
   fs.writeFileSync(file, "hi\n");
