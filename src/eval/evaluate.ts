@@ -249,6 +249,8 @@ export async function evaluate(spec: string, opts: EvalOptions): Promise<EvalRes
     };
     if (text !== null) {
       const ids = await evalTokens(lm.tokenizer, text, opts, log);
+      // Named here: perplexity() knows only ids ("the text has no tokens" did not say which file).
+      if (ids.length === 0) throw new MlaError("BAD_TEXT", `${opts.text}: the text to score has no tokens`, "pass a file with text in it");
       const whole = opts.tokens === undefined || ids.length < opts.tokens;
       if (opts.tokens !== undefined && ids.length < opts.tokens) log.warn(`${opts.text} holds only ${ids.length} tokens, fewer than ${flags.tokens} ${opts.tokens}: scoring all of them`);
       const ctx = opts.ctx ?? DEFAULT_CTX;

@@ -33,7 +33,11 @@ export interface CalibrationStats {
  * calibrated on or scored by), any other file as it is.
  */
 export function readTextOrJsonl(file: string): string {
-  return file.endsWith(".jsonl") ? readDocuments(file).join("\n\n") : readText(file);
+  if (!file.endsWith(".jsonl")) return readText(file);
+  // Empty documents are none: joined, they would be the blank lines between them, scored as text.
+  const docs = readDocuments(file).filter((d) => d.length > 0);
+  if (docs.length === 0) throw new MlaError("BAD_TEXT", `${file}: every document's text is empty`, "pass a .jsonl whose documents hold text");
+  return docs.join("\n\n");
 }
 
 /** Refuses a window count or length no text could fill; conversions call it before their work, not at calibration. */

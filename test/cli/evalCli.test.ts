@@ -3,7 +3,8 @@ import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import path from "node:path";
 import { test } from "node:test";
-import { FIXTURES, ROOT } from "../helpers.js";
+import fs from "node:fs";
+import { FIXTURES, ROOT, tmpDir } from "../helpers.js";
 
 const MAIN = path.join(ROOT, "dist", "src", "cli", "main.js");
 const TEXT = path.join(FIXTURES, "text", "tinystories_25k.txt");
@@ -16,4 +17,12 @@ test("--label without --json is refused before any scoring; with --json it names
   const json = run("--label", "mine", "--json");
   assert.equal(json.status, 0, json.stderr);
   assert.equal(JSON.parse(json.stdout).label, "mine");
+});
+
+test("a .jsonl whose documents' texts are all empty is refused naming the file (joined, their blank lines were scored as text), as --calib and --data name theirs", () => {
+  const file = path.join(tmpDir(), "empty.jsonl");
+  fs.writeFileSync(file, '{"text": ""}\n{"text": ""}\n');
+  const r = spawnSync(process.execPath, [MAIN, "eval", "stories260K", "--text", file, "--device", "reference"], { encoding: "utf8" });
+  assert.equal(r.status, 1);
+  assert.match(r.stderr, /^error: \S*empty\.jsonl: every document's text is empty\n {2}hint: /m);
 });
