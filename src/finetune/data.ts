@@ -115,8 +115,28 @@ async function readDataDocuments(file: string, shouldStop?: () => boolean): Prom
   return documentsOf(text, file, file.slice(0, -".xz".length));
 }
 
+/**
+ * Refuses one file given twice (by any path to it): its text would be trained on twice, and the
+ * validation tail (the stream's last part) would hold text the run also trains on.
+ */
+function refuseRepeatedFiles(files: readonly string[]): void {
+  const seen = new Map<string, string>();
+  for (const f of files) {
+    let real: string;
+    try {
+      real = fs.realpathSync(f);
+    } catch {
+      continue; // reading it names what is wrong
+    }
+    const first = seen.get(real);
+    if (first !== undefined) throw new MlaError("BAD_ARGUMENT", `--data ${f} is the same file as --data ${first}`, "give each file once (twice, it is trained on twice and its copy in the held-out validation tail is text the run trained on)");
+    seen.set(real, f);
+  }
+}
+
 export async function loadTrainingData(tokenizer: TextTokenizer, files: string[], o: DataOptions): Promise<TrainingData> {
   if (files.length === 0) throw new MlaError("BAD_ARGUMENT", "no --data files given", "pass --data FILE (text, .jsonl with a text field, or .xz of either)");
+  refuseRepeatedFiles(files);
   const fraction = o.fraction ?? 1;
   const streams: Int32Array[] = [];
   for (const f of files) streams.push(await fileTokens(tokenizer, f, o));

@@ -86,3 +86,12 @@ test("too few training tokens for one sequence: where --fraction or --val-fracti
   fs.writeFileSync(short, "Once upon a time there was a cat.");
   await assert.rejects(loadTrainingData(tok, [short], { ...opts, valFraction: 0 }), (e: Error) => /fewer than one sequence of 31 \(\+BOS\)\n\s*hint: pass more data or a smaller --seq$/.test(e.message));
 });
+
+test("one file given twice as --data, by any path to it, is refused naming both (its text would train twice and sit in the validation tail)", async () => {
+  const dir = tmpDir();
+  const file = path.join(dir, "a.txt");
+  fs.writeFileSync(file, "Once upon a time there was a cat. ".repeat(20));
+  fs.symlinkSync(file, path.join(dir, "link.txt"));
+  for (const again of [`${dir}/./a.txt`, path.join(dir, "link.txt")])
+    await assert.rejects(loadTrainingData(tok, [file, again], opts), (e: Error) => e.message.startsWith(`--data ${again} is the same file as --data ${file}\n  hint: give each file once`));
+});
