@@ -12,7 +12,7 @@
 import fs from "node:fs";
 import path from "node:path";
 import { MlaError } from "../errors.js";
-import { refuseFileAsOutDir, refuseForeignFolder } from "../io/atomicDir.js";
+import { isEarlierModelOutput, refuseFileAsOutDir, refuseForeignFolder } from "../io/atomicDir.js";
 import { LOG_FILE, SUMMARY_FILE } from "./resume.js";
 import { refuseOutOverInputs, type InputPath } from "../io/outGuard.js";
 import { makeDirs } from "../io/makeDirs.js";
@@ -38,7 +38,9 @@ export function checkRunFolders(o: RunFolders, modelDir: string): string {
   refuseFileAsOutDir(o.out);
   if (!o.resume && !o.force && fs.existsSync(out) && fs.readdirSync(out).length > 0)
     throw new MlaError("EXISTS", `output ${o.out} already exists`, "pass --resume to continue an interrupted run, --force to start over, or choose another --out");
-  refuseForeignFolder(o.out, !!o.force, [LOG_FILE, SUMMARY_FILE, "checkpoint", "config.json"], "fine-tuning run (no train_log.jsonl, finetune.json, checkpoint or model)");
+  // A model folder this tool wrote (a conversion) may be replaced too; a pretrained model's may not.
+  const earlierRun = (dir: string, entries: readonly string[]) => [LOG_FILE, SUMMARY_FILE, "checkpoint"].some((m) => entries.includes(m)) || isEarlierModelOutput(dir, entries);
+  refuseForeignFolder(o.out, !!o.force, earlierRun, "fine-tuning run (no train_log.jsonl, finetune.json, checkpoint or model this tool wrote)");
   return out;
 }
 

@@ -35,15 +35,31 @@ export function refuseFileAsOutDir(out: string, how: { flag?: string; hint?: str
 export function refuseExisting(out: string, force: boolean): void {
   refuseFileAsOutDir(out);
   if (fs.existsSync(out) && !force) throw new MlaError("EXISTS", `output ${out} already exists`, "pass --force to replace it, or choose another --out");
-  refuseForeignFolder(out, force, ["config.json"], "model (no config.json)");
+  refuseForeignFolder(out, force, isEarlierModelOutput, "model this tool wrote (no mla_conversion.json; a config.json without synth's or a conversion's mark)");
+}
+
+/**
+ * Whether the model folder `dir` (holding `entries`) is one this tool wrote: a conversion or export
+ * (mla_conversion.json), or synth's checkpoint (its config.json's "_synth"). A pretrained model's
+ * folder is none, so --force never replaces the original a conversion was made from.
+ */
+export function isEarlierModelOutput(dir: string, entries: readonly string[]): boolean {
+  if (entries.includes("mla_conversion.json")) return true;
+  if (!entries.includes("config.json")) return false;
+  try {
+    const config = JSON.parse(fs.readFileSync(path.join(dir, "config.json"), "utf8")) as Record<string, unknown> | null;
+    return !!config && typeof config === "object" && ("_synth" in config || "mha2mla" in config);
+  } catch {
+    return false;
+  }
 }
 
 /**
  * Refuses --force over a folder that holds files but none of `marks` (what an earlier output of this
- * kind has at its top level): --force replaces an earlier output, never a folder of other files, such
+ * kind has at its top level; or a test of the folder): --force replaces an earlier output, never a folder of other files, such
  * as the ~/models a user took for the parent of --out. An empty folder may be replaced.
  */
-export function refuseForeignFolder(out: string, force: boolean, marks: readonly string[], what: string, flag = "--out"): void {
+export function refuseForeignFolder(out: string, force: boolean, marks: readonly string[] | ((dir: string, entries: readonly string[]) => boolean), what: string, flag = "--out"): void {
   if (!force) return;
   let entries: string[];
   try {
@@ -52,9 +68,11 @@ export function refuseForeignFolder(out: string, force: boolean, marks: readonly
   } catch {
     return; // absent (or unreadable: the write that follows names it)
   }
-  if (entries.length === 0 || marks.some((m) => entries.includes(m))) return;
+  if (entries.length === 0 || (typeof marks === "function" ? marks(out, entries) : marks.some((m) => entries.includes(m)))) return;
   const held = entries.slice(0, 3).join(", ") + (entries.length > 3 ? `, … (${entries.length} entries)` : "");
-  throw new MlaError("EXISTS", `${flag} ${out} is a folder that holds no ${what}: it holds ${held}, and --force replaces only an earlier output`, `choose a new folder's name for ${flag} (e.g. ${path.join(out, "NAME")}), or empty that folder first`);
+  // Never "empty it" for a model folder: it is likely the original a conversion reads.
+  const empty = entries.includes("config.json") ? "" : ", or empty that folder first";
+  throw new MlaError("EXISTS", `${flag} ${out} is a folder that holds no ${what}: it holds ${held}, and --force replaces only an earlier output`, `choose a new folder's name for ${flag} (e.g. ${path.join(out, "NAME")})${empty}`);
 }
 
 /** Written by versions before the owner's pid went into the folder's name; still read when sweeping. */

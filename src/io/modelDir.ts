@@ -82,7 +82,7 @@ export function resolveModel(spec: string, env: NodeJS.ProcessEnv = process.env)
   // An object is not stringified: a loaded model's JSON is its weights (megabytes to more than a string holds).
   if (typeof spec === "object" && spec !== null) {
     const dir = (spec as { dir?: unknown }).dir;
-    throw new MlaError("BAD_ARGUMENT", `the model is ${Array.isArray(spec) ? "a list" : "an object"}${typeof dir === "string" ? ` (a loaded model of ${dir}?)` : ""}, not a name`, `pass a model folder, a Hugging Face hub id, an alias or a bundled name (a string)${typeof dir === "string" ? `: e.g. its folder, ${JSON.stringify(dir)}` : ""}`);
+    throw new MlaError("BAD_ARGUMENT", `the model (${Array.isArray(spec) ? "a list" : "an object"}${typeof dir === "string" ? `: a loaded model of ${dir}?` : ""}) is not a name`, `pass a model folder, a Hugging Face hub id, an alias or a bundled name (a string)${typeof dir === "string" ? `: e.g. its folder, ${JSON.stringify(dir)}` : ""}`);
   }
   if (typeof spec !== "string" || spec === "") throw new MlaError("BAD_ARGUMENT", `the model ${JSON.stringify(spec) ?? String(spec)} is not a name`, "pass a model folder, a Hugging Face hub id, an alias or a bundled name (a string)");
   const looked: string[] = [];

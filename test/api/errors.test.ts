@@ -38,7 +38,7 @@ test("a model that is not there is NOT_FOUND from every entry, naming where it l
   // A loaded model where its name goes: a short message (its JSON is its weights: 9 MB here, past a string's length at 26M parameters).
   const lm = loadModel("stories260K");
   for (const [what, f] of [["inspectModel", () => inspectModel(lm as Loose)], ["evaluate", () => evaluate(lm as Loose, { text: TEXT })], ["convert", () => convert(lm as Loose, { rank: 4, out })]] as const) {
-    await refused(`${what} of a loaded model`, f, "BAD_ARGUMENT", /^the model is an object \(a loaded model of .*stories260K\?\), not a name\n {2}hint: .*e\.g\. its folder/);
+    await refused(`${what} of a loaded model`, f, "BAD_ARGUMENT", /^the model \(an object: a loaded model of .*stories260K\?\) is not a name\n {2}hint: .*e\.g\. its folder/);
     await (async () => f())().catch((e: Error) => assert.ok(e.message.length < 400, `${what}: ${e.message.length} characters`));
   }
   assert.ok(!fs.existsSync(out));

@@ -66,13 +66,13 @@ test("exportDeepseek: an aborted signal stops it before, between layers and in i
   const c4 = new AbortController();
   await assert.rejects(exportDeepseek(mla, { out, device: "cpu", progress: abortAt(c4, /^export .*\(100\.0%\)/), signal: c4.signal }), isInterrupted);
   assert.deepEqual(fs.readdirSync(parent), [], "no output after a stop in the last layer");
-  // An existing --out (an earlier output: a model folder) replaced with --force stays as it was.
+  // An existing --out (an earlier output: a conversion's folder) replaced with --force stays as it was.
   fs.mkdirSync(out);
-  fs.writeFileSync(path.join(out, "config.json"), "kept");
+  fs.writeFileSync(path.join(out, "mla_conversion.json"), "kept");
   const c3 = new AbortController();
   await assert.rejects(exportDeepseek(mla, { out, force: true, device: "cpu", progress: abortAt(c3, /^export /), signal: c3.signal }), isInterrupted);
   assert.deepEqual(fs.readdirSync(parent), ["ds"]);
-  assert.deepEqual(fs.readdirSync(out), ["config.json"]);
+  assert.deepEqual(fs.readdirSync(out), ["mla_conversion.json"]);
 });
 
 test("convertDeepseek: an aborted signal stops it before, in calibration and between layers; nothing is left", async () => {

@@ -91,3 +91,11 @@ test("--resume with --force, and a --data folder, are refused by name before any
   await assert.rejects(finetune(w.model, { ...o, data: [path.dirname(w.data)] }), (e: Error) => e instanceof MlaError && /--data .*texts is a folder, not a text file\n  hint: pass the files themselves/.test(e.message));
   assert.equal(fs.existsSync(w.out), false);
 });
+
+test("--force never replaces a pretrained model's folder at --out (it is no earlier run nor a model this tool wrote): refused before any work, its files kept", async () => {
+  const out = path.join(tmpDir(), "original");
+  fs.cpSync(path.join(MODELS, "stories260K"), out, { recursive: true });
+  const before = fs.readdirSync(out).sort();
+  await assert.rejects(finetune(path.join(MODELS, "stories260K"), { data: [path.join(FIXTURES, "text", "tinystories.txt")], out, force: true, tokens: 64, device: "cpu", progress: null }), (e: unknown) => e instanceof MlaError && e.code === "EXISTS" && /holds no fine-tuning run \(no train_log\.jsonl, finetune\.json, checkpoint or model this tool wrote\)/.test(e.message));
+  assert.deepEqual(fs.readdirSync(out).sort(), before);
+});

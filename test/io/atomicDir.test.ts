@@ -66,7 +66,7 @@ test("--force never replaces a folder of other files (no config.json): refused n
   fs.mkdirSync(path.join(mine, "llama"), { recursive: true });
   fs.writeFileSync(path.join(mine, "notes.txt"), "important\n");
   for (const f of [() => beginOutDir(mine, true), () => refuseExisting(mine, true)])
-    assert.throws(f, (e: unknown) => e instanceof MlaError && e.code === "EXISTS" && /^--out \S*models is a folder that holds no model \(no config\.json\): it holds (llama, notes\.txt|notes\.txt, llama), and --force replaces only an earlier output\n  hint: choose a new folder's name for --out \(e\.g\. \S*models\/NAME\), or empty that folder first/.test(e.message));
+    assert.throws(f, (e: unknown) => e instanceof MlaError && e.code === "EXISTS" && /^--out \S*models is a folder that holds no model this tool wrote \(no mla_conversion\.json; a config\.json without synth's or a conversion's mark\): it holds (llama, notes\.txt|notes\.txt, llama), and --force replaces only an earlier output\n  hint: choose a new folder's name for --out \(e\.g\. \S*models\/NAME\), or empty that folder first/.test(e.message));
   assert.equal(fs.readFileSync(path.join(mine, "notes.txt"), "utf8"), "important\n");
   assert.deepEqual(fs.readdirSync(parent), ["models"], "nothing written beside it");
   // Other kinds of output name their own marks (a fine-tuning run, a pipeline, a study).
@@ -76,10 +76,27 @@ test("--force never replaces a folder of other files (no config.json): refused n
   fs.mkdirSync(empty);
   const t = beginOutDir(empty, true);
   fs.writeFileSync(path.join(t, "config.json"), "{}");
+  fs.writeFileSync(path.join(t, "mla_conversion.json"), "{}");
   commitOutDir(t, empty, true);
   const t2 = beginOutDir(empty, true); // now an earlier output
   commitOutDir(t2, empty, true);
   assert.deepEqual(fs.readdirSync(empty), []);
+});
+
+test("--force never replaces a pretrained model's folder (a config.json without this tool's marks), nor suggests emptying it; synth's checkpoints and conversions are earlier outputs", () => {
+  const parent = tmpDir();
+  const original = path.join(parent, "original");
+  fs.mkdirSync(original);
+  fs.writeFileSync(path.join(original, "config.json"), '{"model_type": "llama"}');
+  fs.writeFileSync(path.join(original, "model.safetensors"), "weights");
+  assert.throws(() => refuseExisting(original, true), (e: unknown) => e instanceof MlaError && /holds no model this tool wrote[^]*hint: choose a new folder's name for --out \(e\.g\. \S*\)$/.test(e.message));
+  assert.equal(fs.readFileSync(path.join(original, "model.safetensors"), "utf8"), "weights");
+  for (const [file, text] of [["config.json", '{"_synth": {"arch": "llama2-7b"}}'], ["config.json", '{"mha2mla": {}}'], ["mla_conversion.json", "{}"]]) {
+    const dir = fs.mkdtempSync(path.join(parent, "ours-"));
+    fs.writeFileSync(path.join(dir, "model.safetensors"), "w");
+    fs.writeFileSync(path.join(dir, file), text);
+    assert.doesNotThrow(() => refuseExisting(dir, true), `${file} ${text}`);
+  }
 });
 
 test("--force replaces an earlier output folder, never a file (or a link to one) at --out: refused naming it, the file kept", () => {
@@ -105,7 +122,7 @@ test("--force replaces an earlier output folder, never a file (or a link to one)
   // A folder is replaced with --force, as before; a dangling link or nothing is no obstacle.
   const dir = path.join(parent, "d");
   fs.mkdirSync(dir);
-  fs.writeFileSync(path.join(dir, "config.json"), "{}"); // an earlier output: a model folder
+  fs.writeFileSync(path.join(dir, "mla_conversion.json"), "{}"); // an earlier output: a conversion
   const t2 = beginOutDir(dir, true);
   fs.writeFileSync(path.join(t2, "new"), "");
   commitOutDir(t2, dir, true);

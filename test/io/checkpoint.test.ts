@@ -67,7 +67,7 @@ test("output folders appear whole: existing refused without force, replaced with
   const parent = tmpDir();
   const out = path.join(parent, "out");
   const t1 = beginOutDir(out, false);
-  fs.writeFileSync(path.join(t1, "config.json"), "1");
+  fs.writeFileSync(path.join(t1, "mla_conversion.json"), "1"); // a conversion's mark: an earlier output
   assert.equal(fs.existsSync(out), false, "nothing at OUT before commit");
   commitOutDir(t1, out, false);
   assert.throws(() => beginOutDir(out, false), (e: Error) => e instanceof MlaError && e.code === "EXISTS");
