@@ -237,7 +237,7 @@ export async function pipeline(spec: string, o: PipelineOptions): Promise<Pipeli
     refuseForeignFolder(o.out, !!o.force, ["pipeline.json"], "pipeline run (no pipeline.json)");
     fs.rmSync(out, { recursive: true, force: true });
     makeDirs(out, "the pipeline's --out folder");
-    writeFileAtomic(stateFile, JSON.stringify({ fingerprint, model: spec, settings: recordedSettings(o), started: new Date().toISOString() }, null, 2) + "\n");
+    writeFileAtomic(stateFile, JSON.stringify({ fingerprint, model: spec, settings: recordedSettings(o), cwd: process.cwd(), started: new Date().toISOString() }, null, 2) + "\n");
   }
   const phases: PipelineResult["phases"] = [];
   // A stop asked for through shouldStop between phases (outside fine-tuning) ends the run before the next one;

@@ -22,6 +22,8 @@ interface RunState {
   fingerprint?: string;
   model?: string;
   settings?: Partial<PipelineOptions>;
+  /** The working folder the run was started from: its relative paths are relative to it. */
+  cwd?: string;
 }
 
 /**
@@ -155,8 +157,9 @@ export function sizedDefaults(outDir: string): SizedDefaults {
  * the learning rate too where `sized` knows it.
  * Only for comparing: the fingerprint keeps the values as given, so runs recorded before still match it.
  */
-function comparable(identity: Record<string, unknown>, sized: SizedDefaults): Record<string, unknown> {
-  const file = (p: unknown) => (typeof p === "string" ? path.resolve(p) : p);
+function comparable(identity: Record<string, unknown>, sized: SizedDefaults, base: string): Record<string, unknown> {
+  // A path resolved from the folder the run was started in; a name (stories260K, an alias) as typed.
+  const file = (p: unknown) => (typeof p !== "string" ? p : fs.existsSync(path.resolve(base, p)) || /^\.|[\\/]/.test(p) ? path.resolve(base, p) : p);
   const convert = identity["convert"] as Record<string, unknown> | undefined;
   const finetune = identity["finetune"] as Record<string, unknown> | undefined;
   const given = (o: Record<string, unknown>) => Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined));
@@ -173,9 +176,9 @@ function comparable(identity: Record<string, unknown>, sized: SizedDefaults): Re
  * One "FLAG old → new" clause per option whose value differs between the runs `was` and `now`
  * (identities), an option not given counting as its default (`sized`: those the model's size sets).
  */
-export function identityDifferences(was: Record<string, unknown>, now: Record<string, unknown>, sized: SizedDefaults = {}): string[] {
+export function identityDifferences(was: Record<string, unknown>, now: Record<string, unknown>, sized: SizedDefaults = {}, wasCwd = process.cwd()): string[] {
   const [a, b] = [flatten(was), flatten(now)];
-  const [ca, cb] = [flatten(comparable(was, sized)), flatten(comparable(now, sized))];
+  const [ca, cb] = [flatten(comparable(was, sized, wasCwd)), flatten(comparable(now, sized, process.cwd()))];
   const clauses: string[] = [];
   for (const key of new Set([...ca.keys(), ...cb.keys()])) {
     if (canonicalJson(ca.get(key)) === canonicalJson(cb.get(key))) continue;
@@ -212,8 +215,10 @@ export function checkSameRun(out: string, stateFile: string, spec: string, o: Pi
   // Older runs' fingerprints also covered the order of the options and the fine-tune's device: their
   // recorded settings tell whether the run is the same one.
   const recorded = prev.settings && typeof prev.settings === "object" && typeof prev.model === "string";
-  const clauses = recorded ? identityDifferences(runIdentity(prev.model!, prev.settings!), runIdentity(spec, o), sizedDefaults(path.dirname(stateFile))) : [];
+  // Its paths as typed where it was started (runs recorded before the working folder was: this one).
+  const clauses = recorded ? identityDifferences(runIdentity(prev.model!, prev.settings!), runIdentity(spec, o), sizedDefaults(path.dirname(stateFile)), typeof prev.cwd === "string" ? prev.cwd : process.cwd()) : [];
   if (recorded && clauses.length === 0) return log.info(`resuming the pipeline in ${out}`);
   if (!clauses.length) throw new MlaError("EXISTS", `output ${out} already exists from a pipeline with other settings`, hint);
-  throw new MlaError("EXISTS", `output ${out} already exists from a pipeline with other settings: ${clauses.join("; ")} (the run's value → this call's)`, "re-run with the run's values to resume it, pass --force to start over, or choose another --out");
+  const elsewhere = typeof prev.cwd === "string" && prev.cwd !== process.cwd() ? `, the run's paths relative to ${prev.cwd}` : "";
+  throw new MlaError("EXISTS", `output ${out} already exists from a pipeline with other settings: ${clauses.join("; ")} (the run's value → this call's${elsewhere})`, "re-run with the run's values to resume it, pass --force to start over, or choose another --out");
 }

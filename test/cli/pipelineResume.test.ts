@@ -83,6 +83,29 @@ test("a re-run naming the same files by other paths (./x for x, absolute for rel
   });
 });
 
+test("a run started with relative paths resumes from another working folder naming the same files (pipeline.json records where it was started)", async () => {
+  const home = process.cwd();
+  const a = tmpDir(), b = tmpDir();
+  fs.mkdirSync(path.join(a, "rel"));
+  fs.copyFileSync(TEXT, path.join(a, "rel", "t.txt"));
+  fs.cpSync(MODEL, path.join(a, "inp"), { recursive: true });
+  const out = path.join(a, "pl");
+  try {
+    process.chdir(a);
+    const first = await pipeline("inp", { convert: { rank: 2, ropePairs: 1 }, evalText: "rel/t.txt", finetune: { data: ["rel/t.txt"], tokens: 2048 }, device: "cpu", out: "pl", ...quiet });
+    assert.equal(first.stoppedEarly, true);
+    fs.writeFileSync(path.join(out, "eval-original.json"), "{}");
+    process.chdir(b);
+    const from = path.relative(b, a);
+    const logged: string[] = [];
+    const r = await pipeline(path.join(from, "inp"), { convert: { rank: 2, ropePairs: 1 }, evalText: path.join(from, "rel", "t.txt"), finetune: { data: [path.join(a, "rel", "t.txt")], tokens: 2048 }, device: "cpu", out, ...quiet, logger: { info: (m) => logged.push(m), warn: () => {} } });
+    assert.equal(r.stoppedEarly, true, "resumed, not refused");
+    assert.ok(logged.some((m) => /^resuming the pipeline in /.test(m)), logged.join("\n"));
+  } finally {
+    process.chdir(home);
+  }
+});
+
 test("a re-run adding a fine-tune to a run without one names --finetune-data and --tokens, not every fine-tune default", async () => {
   const base = { convert: { rank: 2, ropePairs: 1 }, evalText: TEXT, device: "cpu" as const };
   const out = await startedRun(base);
