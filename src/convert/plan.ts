@@ -166,8 +166,13 @@ export function resolveSettings(c: ModelConfig, o: SettingsInput, log: Logger): 
   const kvSplit = o.kvSplit ?? "uniform";
   if (!KV_SPLIT_MODES.includes(kvSplit)) throw new MlaError("BAD_ARGUMENT", `--kv-split ${kvSplit} is not known`, `use ${KV_SPLIT_MODES.join(" or ")}`);
   if (kvSplit === "uniform") refuseInert([["--kv-split-pairs", o.kvSplitPairs]], "--kv-split per-layer", "the rope pairs it tries per layer");
-  requireCalibration(calib, { ropeStrategy: strategy, svdInit, refitOutput, kvSplit });
-  if (calib) refuseUnreadCalibration(calib, { ropeStrategy: strategy, svdInit, refitOutput, kvSplit });
+  // Keeping no pair or every pair (one count for all layers) leaves 2-norm nothing to rank: it reads no text then.
+  const choiceless = kvSplit === "uniform" && (R === 0 || R === half);
+  const reads = { ropeStrategy: choiceless ? undefined : strategy, svdInit, refitOutput, kvSplit };
+  requireCalibration(calib, reads);
+  if (calib && choiceless && !readsCalibration(reads))
+    throw new MlaError("BAD_ARGUMENT", `--calib has no effect here: --rope-pairs ${R} keeps ${R === 0 ? "no" : "every"} frequency pair, so 2-norm has no pairs to rank, and no other setting reads calibration text`, "leave out --calib (--svd-init activations, --refit-output and --kv-split per-layer read it, if you meant one)");
+  if (calib) refuseUnreadCalibration(calib, reads);
   const calibSamples = o.calibSamples ?? DEFAULT_CALIB_SAMPLES, calibLen = o.calibLen ?? DEFAULT_CALIB_LEN;
   checkWindowShape(calibSamples, calibLen);
   const kvSplitPairs = kvSplit === "per-layer" ? budgetSplits({ kvHeads: c.kvHeads, headDim: c.headDim, hidden: c.hiddenSize }, { ropePairs: R, rank: o.rank, svd, ropeDisjoint }, o.kvSplitPairs).map((x) => x.ropePairs) : null;

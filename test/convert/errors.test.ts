@@ -220,3 +220,12 @@ test("an unknown device is refused by a dry run, and by a conversion or export t
   await assert.rejects(exportDeepseek(mla, { out, device, progress: null }), unknown);
   assert.equal(fs.existsSync(out), false);
 });
+
+test("--calib beside --rope-pairs 0 or every pair (one count for all layers) is refused: 2-norm has no pairs to rank; without --calib, 2-norm asked there needs none; another reader of the text keeps it", async () => {
+  for (const ropePairs of [0, 4])
+    await refused({ rank: 2, ropePairs, calib: TEXT }, new RegExp(`^--calib has no effect here: --rope-pairs ${ropePairs} keeps ${ropePairs ? "every" : "no"} frequency pair, so 2-norm has no pairs to rank, and no other setting reads calibration text\\n  hint: leave out --calib`));
+  const out = path.join(tmpDir(), "o");
+  await convert(path.join(MODELS, "stories260K"), { rank: 2, ropePairs: 0, ropeStrategy: "2-norm", out, progress: null });
+  assert.ok(fs.existsSync(path.join(out, "config.json")), "2-norm with no pairs to rank converts without a text");
+  await convert(path.join(MODELS, "stories260K"), { rank: 2, ropePairs: 0, calib: TEXT, svdInit: "activations", out, force: true, progress: null });
+});
