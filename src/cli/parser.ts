@@ -9,7 +9,7 @@ import { MlaError } from "../errors.js";
 import { refuseOutOverInputs, type InputPath } from "../io/outGuard.js";
 import { refuseFileAsOutDir } from "../io/atomicDir.js";
 import { resolveModel } from "../io/modelDir.js";
-import { reportFiles } from "../eval/report/report.js";
+import { reportFiles, checkReportOut } from "../eval/report/report.js";
 import { checkJsonTarget } from "./output.js";
 import { inspectCommand } from "./inspect.js";
 import { evalCommand } from "./eval.js";
@@ -169,10 +169,12 @@ function checkOutputs(argv: Record<string, unknown>): void {
   }
   const command = (argv["_"] as unknown[] | undefined)?.[0];
   if (typeof command === "string" && FILE_OUT_COMMANDS.has(command)) {
-    for (const f of files("out"))
+    for (const f of files("out")) {
       for (const out of Object.values(reportFiles(f))) {
         if (fs.existsSync(out) && fs.statSync(out).isDirectory()) throw new MlaError("BAD_ARGUMENT", `--out ${out} is a folder, not a file`, "give --out a file path, e.g. --out report.html (its Markdown twin is written beside it)");
         refuseOutOverInputs("--out", out, inputs);
       }
+      checkReportOut(f);
+    }
   } else for (const f of files("out")) refuseFileAsOutDir(f);
 }

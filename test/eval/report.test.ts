@@ -381,3 +381,17 @@ test("a chart's legend wraps into rows that fit its width (a 480-px chart cut a 
   assert.deepEqual(legendAt(wide), [[64, 278], [234, 278], [404, 278]]);
   assert.match(wide, /^<svg [^>]*height="300"/);
 });
+
+test("a report --out whose extension names another format (.json, .txt) is refused before anything is written; .html, .htm, .md and no extension are taken", () => {
+  const dir = tmpDir();
+  const json = path.join(dir, "run.json");
+  fs.writeFileSync(json, "{}");
+  for (const ext of ["json", "txt"]) {
+    const out = path.join(dir, `y.${ext}`);
+    assert.throws(() => writeReport([json], out), (e: unknown) => e instanceof MlaError && e.code === "BAD_ARGUMENT" && new RegExp(`^--out \\S+y\\.${ext}: a report is HTML with a Markdown twin, not \\.${ext}\\n  hint: name it \\.html`).test(e.message));
+    assert.ok(!fs.existsSync(out) && !fs.existsSync(`${out}.md`));
+  }
+  const cli = spawnSync(process.execPath, [path.join(ROOT, "dist", "src", "cli", "main.js"), "report", json, "--out", path.join(dir, "y.json")], { encoding: "utf8" });
+  assert.equal(cli.status, 1);
+  assert.match(cli.stderr, /^error: --out \S+y\.json: a report is HTML with a Markdown twin, not \.json/);
+});

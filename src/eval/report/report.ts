@@ -264,6 +264,12 @@ export function logLabels(files: readonly string[]): string[] {
 }
 
 /** The two files a report to `out` writes: `out` (HTML, or the Markdown when it ends in .md) and its twin. */
+/** Refuses a report --out whose extension says another format (y.json got HTML, its twin y.json.md). */
+export function checkReportOut(out: string): void {
+  const ext = /\.([A-Za-z0-9]+)$/.exec(path.basename(out))?.[1];
+  if (ext !== undefined && !/^(html?|md)$/i.test(ext)) throw new MlaError("BAD_ARGUMENT", `--out ${out}: a report is HTML with a Markdown twin, not .${ext}`, `name it .html (the Markdown beside it as .md) or .md (the HTML beside it), e.g. --out ${out.slice(0, -ext.length - 1)}.html`);
+}
+
 export function reportFiles(out: string): { html: string; md: string } {
   const base = out.replace(/\.(html?|md)$/i, "");
   return { html: /\.md$/i.test(out) ? base + ".html" : out, md: base + ".md" };
@@ -318,6 +324,7 @@ export function writeReport(jsonFiles: string[], out: string, opts: ReportOption
   if (typeof out !== "string" || out === "") throw new MlaError("BAD_ARGUMENT", `writeReport(): out is ${JSON.stringify(out)}, not a file name`, 'pass e.g. writeReport(["before.json", "after.json"], "report.html")');
   checkOptionTypes<ReportOptions>("writeReport()", opts, { trainLogs: "string[]", labels: "string[]", force: "boolean" });
   if (jsonFiles.length === 0) throw new MlaError("BAD_ARGUMENT", "no eval JSON files given", "pass e.g. `mha2mla report before.json after.json --out report.html`");
+  checkReportOut(out);
   const runs = jsonFiles.map(readEvalJson);
   if (opts.labels) {
     if (opts.labels.length !== runs.length) throw new MlaError("BAD_ARGUMENT", `--labels has ${opts.labels.length} names for ${runs.length} results`, "give one label per JSON file");
