@@ -201,6 +201,9 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
     if (data === STOPPED) return stoppedBeforeTraining("tokenizing the --data files");
     const perStep = batch * accum * seq;
     const totalSteps = Math.max(1, Math.ceil((o.tokens ?? data.sequences * seq) / perStep));
+    // A step then holds one sequence several times: the tokens counted are not that many distinct ones.
+    if (data.sequences < batch * accum && !prior)
+      log.warn(`the training part holds ${data.sequences} sequence${data.sequences === 1 ? "" : "s"} of ${seq} tokens, fewer than a step's ${batch * accum} (--batch ${batch}${accum === 1 ? "" : ` × --accum ${accum}`}): each step repeats them, and the tokens reported count the repeats; pass more --data, or a smaller --batch or --seq`);
     // A step takes batch·accum·seq tokens: a budget between two step counts is rounded up (10 tokens train one whole step of 4096).
     if (o.tokens !== undefined && o.tokens !== totalSteps * perStep && !prior)
       log.info(`--tokens ${o.tokens} is ${o.tokens < perStep ? "less than one step" : `${(o.tokens / perStep).toFixed(2)} steps`} of ${perStep} tokens (--batch ${batch}${accum === 1 ? "" : ` × --accum ${accum}`} × --seq ${seq}): training ${totalSteps} step${totalSteps === 1 ? "" : "s"}, ${totalSteps * perStep} tokens`);
