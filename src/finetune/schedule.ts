@@ -1,6 +1,6 @@
 /**
  * Learning-rate schedules over `total` optimizer steps (0-based step index):
- * - `wsd` (the MHA2MLA paper's): linear warmup, constant, then 1−sqrt decay over the last
+ * - `wsd` (the MHA2MLA paper's): linear warmup, constant, then 1−sqrt decay over the last (at least two)
  *   `decayFraction` of the steps: lr·(1 − sqrt((s − s0)/(total − s0))), reaching 0 after the end;
  * - `cosine`: linear warmup, then cosine from lr to `minLrFraction`·lr;
  * - `constant`: linear warmup, then lr.
@@ -42,7 +42,10 @@ export function lrAt(s: Schedule, step: number, total: number): number {
     return s.lr * (s.minLrFraction + (1 - s.minLrFraction) * 0.5 * (1 + Math.cos(Math.PI * p)));
   }
   // Not before warmup ends: --warmup 0.5 --decay-fraction 0.8 held the peak one step, then dropped it 61%.
-  const decayStart = Math.max(s.warmupSteps, Math.round(total * (1 - s.decayFraction)));
+  // At least two decay steps where it decays at all: the first is at the peak, so one alone (a run
+  // under ~8 steps at the default 0.2) never decayed.
+  const decaySteps = s.decayFraction > 0 ? Math.max(Math.round(total * s.decayFraction), Math.min(2, total)) : 0;
+  const decayStart = Math.max(s.warmupSteps, total - decaySteps);
   if (step < decayStart) return s.lr;
   return s.lr * (1 - Math.sqrt((step - decayStart) / Math.max(1, total - decayStart)));
 }

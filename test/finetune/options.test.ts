@@ -44,3 +44,14 @@ test("wsd's decay starts after warmup at the earliest (warmup 0.5 with decay 0.8
   assert.ok(Math.abs(lrAt(s, 6, 10) - (1 - Math.sqrt(1 / 5))) < 1e-12);
   for (let step = 5; step < 9; step++) assert.ok(lrAt(s, step + 1, 10) < lrAt(s, step, 10), `decreasing at ${step}`);
 });
+
+test("wsd decays a short run too: at least two decay steps, so its last step is below the peak (4 steps at the default 0.2 never decayed)", () => {
+  const s = { name: "wsd" as const, lr: 1, warmupSteps: 0, decayFraction: 0.2, minLrFraction: 0 };
+  for (const total of [2, 3, 4, 5, 7]) {
+    assert.equal(lrAt(s, total - 2, total), 1, `${total} steps: the decay starts at the peak`);
+    assert.ok(Math.abs(lrAt(s, total - 1, total) - (1 - Math.sqrt(1 / 2))) < 1e-12, `${total} steps: the last step decays`);
+  }
+  assert.equal(lrAt({ ...s, decayFraction: 0 }, 3, 4), 1, "no decay asked: none");
+  assert.equal(lrAt(s, 79, 100), 1, "long runs as before");
+  assert.equal(lrAt(s, 80, 100), 1);
+});
