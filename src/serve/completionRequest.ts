@@ -131,7 +131,8 @@ export function checkedBody(body: unknown, served: { name: string }, known: Read
   if (unknown.length) throw bad(`unknown field${unknown.length > 1 ? "s" : ""} ${unknown.map((k) => shown(k)).join(", ")}`, `the fields read are ${[...known].filter((k) => !(k in unsupported)).join(", ")}`);
   for (const [k, off] of Object.entries(unsupported))
     if (b[k] !== undefined && b[k] !== null && !off(b[k])) throw bad(`${k} ${shown(b[k])} is not supported by this server`, `leave ${k} out (no tools, best_of or suffix)`);
-  if (b["model"] !== undefined && b["model"] !== served.name) throw new MlaError("NOT_FOUND", `model ${shown(b["model"])} is not served here`, `this server serves ${JSON.stringify(served.name)} (GET /v1/models); send that name or leave model out`);
+  // null is "not sent", as for every other field.
+  if (b["model"] !== undefined && b["model"] !== null && b["model"] !== served.name) throw new MlaError("NOT_FOUND", `model ${shown(b["model"])} is not served here`, `this server serves ${JSON.stringify(served.name)} (GET /v1/models); send that name or leave model out`);
   return b;
 }
 
@@ -296,11 +297,15 @@ function penaltyFields(b: Record<string, unknown>, vocabSize: number): Pick<Samp
     if (typeof lb !== "object" || Array.isArray(lb)) throw bad("logit_bias is not an object", 'send e.g. "logit_bias": {"50256": -100} (token id → bias from -100 to 100)');
     const entries = Object.entries(lb as Record<string, unknown>);
     if (entries.length > MAX_LOGIT_BIAS) throw bad(`logit_bias holds ${entries.length} tokens`, `send at most ${MAX_LOGIT_BIAS}`);
-    const bias = new Map<number, number>();
+    const bias = new Map<number, number>(), keyOf = new Map<number, string>();
     for (const [k, v] of entries) {
       if (!/^\d+$/.test(k)) throw bad(`logit_bias key ${shown(k)} is not a token id`, 'key it by token ids, e.g. {"50256": -100}');
       if (typeof v !== "number") throw bad(`logit_bias gives token ${k} ${shown(v)}, not a number`, "give each token a bias from -100 to 100");
-      bias.set(Number(k), v);
+      // "5" and "05" name one token: one of the two biases would be dropped unseen.
+      const id = Number(k), earlier = keyOf.get(id);
+      if (earlier !== undefined) throw bad(`logit_bias names token ${id} twice (${shown(earlier)} and ${shown(k)})`, "give each token one bias, keyed by its id without leading zeros");
+      keyOf.set(id, k);
+      bias.set(id, v);
     }
     if (bias.size) out.logitBias = bias;
   }

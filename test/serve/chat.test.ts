@@ -295,6 +295,21 @@ test("a chat template that renders a conversation as nothing is the server's err
     assert.equal(r.status, 500);
     assert.equal(err.type, "server_error");
     assert.match(err.message, /the model's chat template \(.*\) rendered the conversation as nothing; hint: the template should write each message's content/);
+    const t = await fetch(`${server.url}/tokenize`, { method: "POST", body: JSON.stringify({ messages }) });
+    assert.equal(t.status, 500, "/tokenize says the same, not count 0");
+    assert.match(((await t.json()) as { error: { message: string } }).error.message, /rendered the messages as nothing/);
+  } finally {
+    await server.close();
+  }
+});
+
+test("null means not sent: \"model\": null is the served model, /tokenize's add_generation_prompt: null in prompt form is left out", async () => {
+  const server = await serve(lm, { port: 0 });
+  try {
+    const r = await fetch(`${server.url}/v1/completions`, { method: "POST", body: JSON.stringify({ model: null, prompt: "Once", max_tokens: 1, temperature: 0 }) });
+    assert.equal(r.status, 200);
+    const t = await fetch(`${server.url}/tokenize`, { method: "POST", body: JSON.stringify({ prompt: "Once", add_generation_prompt: null }) });
+    assert.equal(t.status, 200);
   } finally {
     await server.close();
   }

@@ -175,6 +175,8 @@ test("bad requests get OpenAI error bodies that name the culprit; unknown routes
       ['{"prompt": "x", "seed": 1e400}', 400, /seed Infinity is not a whole number/],
       // Beyond 2^53 two seeds parse to one number: refused, not wrapped into another request's seed.
       ['{"prompt": "x", "seed": 1e300}', 400, /seed 1e\+300 is beyond ±2\^53/],
+      // "5" and "05" are one token: both biases cannot apply.
+      [{ prompt: "x", logit_bias: { "5": 100, "05": -100 } }, 400, /logit_bias names token 5 twice \("5" and "05"\)/],
     ];
     for (const [body, status, message] of cases) {
       const r = await post(server.url, body);
