@@ -150,6 +150,14 @@ test("report: runs sharing a label get their cache type, else their position, in
   });
   const md = fs.readFileSync(writeReport(files, path.join(dir, "r.html")).md, "utf8");
   assert.match(md, /^\| metric \| m \| m \(f32 cache\) \| m \(int4 cache\) \| m #2 \|$/m);
+  // Every run of a shared label gets its cache type, the last too (it was counted after the others' renaming).
+  const cached = (dtype: string, i: number) => {
+    const f = path.join(dir, `c${i}.json`);
+    fs.writeFileSync(f, JSON.stringify({ ...base, kv_cache: { dtype, bytes_per_token: 8 } }));
+    return f;
+  };
+  const mixed = fs.readFileSync(writeReport(["f32", "bf16", "f32"].map(cached), path.join(dir, "r3.html")).md, "utf8");
+  assert.match(mixed, /^\| metric \| m \(f32 cache\) \| m \(bf16 cache\) \| m \(f32 cache\) #2 \|$/m);
   assert.throws(() => writeReport(files.slice(0, 2), path.join(dir, "r2.html"), { labels: ["a", "a"] }), (e: unknown) => e instanceof MlaError && /--labels names two columns "a"/.test(e.message));
 });
 
@@ -169,6 +177,13 @@ test("report: an inspect JSON is refused by what it lacks; runs on other data ar
   assert.match(md, /\| perplexity \| 4\.000 \| 30\.000 \(x\.txt, 1000 tokens, ctx 16; not comparable\) \|/);
   assert.match(md, /\| piqa acc \| 0\.7000 ± 0\.1500 \| 0\.4600 ± 0\.0500 \(100 items; not comparable\) \|/);
   assert.match(md, /\| piqa items scored \| 10 \| 100 \|/);
+  // A "|" in a cell (here a text's file name) is escaped in the Markdown table, as in its labels.
+  const piped = write("p.json", { ...base, ppl: 5, nll: 1.6, text: "/t/my|notes.txt", tokens: 1000, ctx: 256 });
+  const pmd = fs.readFileSync(writeReport([a, piped], path.join(dir, "rp.html")).md, "utf8");
+  const columns = (line: string) => line.split(/(?<!\\)\|/).length;
+  const table = pmd.split("\n").filter((l) => l.startsWith("| "));
+  assert.ok(table.every((l) => columns(l) === columns(table[0]!)), table.join("\n"));
+  assert.match(pmd, /my\\\|notes\.txt/);
   assert.match(md, /\| metric \| a \| m \|/, "a result without a label is shown by its model");
   for (const [name, text, re] of [
     ["null.jsonl", '{"step": 1, "loss": 3}\nnull\n', /null\.jsonl:2: not a training-log row/],

@@ -160,7 +160,7 @@ export function reportMarkdown(given: EvalResult[], logs: TrainLog[] = []): stri
     "",
     `| metric | ${runs.map((r) => mdCell(r.label)).join(" | ")} |`,
     `| --- | ${runs.map(() => "---").join(" | ")} |`,
-    ...rs.map((row) => `| ${row.metric} | ${runs.map((_, i) => cell(row, i)).join(" | ")} |`),
+    ...rs.map((row) => `| ${mdCell(row.metric)} | ${runs.map((_, i) => mdCell(cell(row, i))).join(" | ")} |`),
     "",
     `Changes in parentheses are relative to the first column. ${COMPARED}`,
     "",
@@ -307,8 +307,9 @@ function isEarlierReport(file: string): boolean {
  * run's cache type where that tells them apart, else its position (#2, #3).
  */
 function distinctLabels(runs: EvalResult[]): void {
-  const count = (l: string) => runs.filter((r) => r.label === l).length;
-  for (const r of runs) if (count(r.label) > 1 && r.kv_cache) r.label = `${r.label} (${r.kv_cache.dtype} cache)`;
+  // Counted before any is renamed: renaming the first of two left the last one looking unique.
+  const shared = new Set(runs.map((r) => r.label).filter((l, i, all) => all.indexOf(l) !== i));
+  for (const r of runs) if (shared.has(r.label) && r.kv_cache) r.label = `${r.label} (${r.kv_cache.dtype} cache)`;
   const seen = new Map<string, number>();
   for (const r of runs) {
     const k = (seen.get(r.label) ?? 0) + 1;
