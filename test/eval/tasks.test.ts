@@ -53,14 +53,22 @@ test("unknown task names and corrupt or truncated task files are refused, naming
   assert.throws(() => parseTaskNames("arc-easy,mmlu"), (e: Error) => e instanceof MlaError && /task "mmlu" is not known[\s\S]*hint: known tasks: arc-easy/.test(e.message));
   const dir = tmpDir();
   const arc = path.join(dir, "arc.json");
-  fs.writeFileSync(arc, JSON.stringify([{ instruction: "Please choose the correct answer to the question: Q?\n\nAnswer1: a Answer2: b\n\nAnswer format: answer1/answer2", answer: "answer2" }, { instruction: "Please choose the correct answer to the question: Q?\n\nAnswer1: a\n\nAnswer format: answer1", answer: "answer3" }]));
+  fs.writeFileSync(arc, JSON.stringify([{ instruction: "Please choose the correct answer to the question: Q?\n\nAnswer1: a Answer2: b\n\nAnswer format: answer1/answer2", answer: "answer2" }, { instruction: "Please choose the correct answer to the question: Q?\n\nAnswer1: a Answer2: b\n\nAnswer format: answer1/answer2", answer: "answer3" }]));
   assert.deepEqual(parseInstructionChoices(arc, "answer", 1)[0]!.choices, [" a", " b"]);
-  assert.throws(() => parseInstructionChoices(arc, "answer"), (e: Error) => e instanceof MlaError && /arc\.json item 1: answer "answer3" does not name one of 1 options/.test(e.message));
+  assert.throws(() => parseInstructionChoices(arc, "answer"), (e: Error) => e instanceof MlaError && /arc\.json item 1: answer "answer3" does not name one of 2 options/.test(e.message));
+  // An empty option (scored as a lone space, likelier than any answer) and a lone option (always right) are corrupt items.
+  const q = (block: string, format: string) => ({ instruction: `Please choose the correct answer to the question: Q?\n\n${block}\n\nAnswer format: ${format}`, answer: "answer1" });
+  for (const [item, re] of [[q("Answer1:  Answer2: b", "answer1/answer2"), /arc\.json item 0: option 1 is empty/], [q("Answer1: yes", "answer1"), /arc\.json item 0: has one option: nothing to choose between/]] as const) {
+    fs.writeFileSync(arc, JSON.stringify([item]));
+    assert.throws(() => parseInstructionChoices(arc, "answer"), (e: Error) => e instanceof MlaError && re.test(e.message), re.source);
+  }
   fs.writeFileSync(arc, '[{"instruction": "Please choose');
   assert.throws(() => parseInstructionChoices(arc, "answer"), (e: Error) => e instanceof MlaError && /not valid JSON/.test(e.message));
   const hs = path.join(dir, "hs.txt");
   fs.writeFileSync(hs, "ctx\n1\na\nb\nc\nd\nctx2\nx\na\nb\nc\nd\n");
   assert.throws(() => parseHellaswag(hs), (e: Error) => e instanceof MlaError && /hs\.txt item 1: gold line is "x"/.test(e.message));
+  fs.writeFileSync(hs, "ctx\n1\na\n\nc\nd\n");
+  assert.throws(() => parseHellaswag(hs), (e: Error) => e instanceof MlaError && /hs\.txt item 0: ending 1 is empty/.test(e.message));
   fs.writeFileSync(hs, "ctx\n1\na\nb\n");
   assert.throws(() => parseHellaswag(hs), (e: Error) => e instanceof MlaError && /not a multiple of 6/.test(e.message));
   if (haveData) {
@@ -72,6 +80,8 @@ test("unknown task names and corrupt or truncated task files are refused, naming
   const lam = path.join(dir, "l.jsonl");
   fs.writeFileSync(lam, '{"text": "a b c"}\n{"text": "a b c"\n');
   assert.throws(() => parseLambada(lam), (e: Error) => e instanceof MlaError && /l\.jsonl item 1: line 2 is not valid JSON/.test(e.message));
+  fs.writeFileSync(lam, '{"text": "a b c "}\n');
+  assert.throws(() => parseLambada(lam), (e: Error) => e instanceof MlaError && /l\.jsonl item 0: the text ends in a space: its last word, the target, is empty/.test(e.message));
 });
 
 test("a task file holding no items is refused, naming the file, the format expected and a hint (it would score n = 0)", () => {

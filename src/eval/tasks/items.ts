@@ -103,6 +103,10 @@ export function parseInstructionChoices(file: string, kind: "answer" | "solution
       choices.push(" " + rest.slice(0, next));
       rest = rest.slice(next + sep.length);
     }
+    // An empty option scores as a lone space (far likelier than any answer), and one option is always right.
+    const empty = choices.findIndex((c) => !c.trim());
+    if (empty >= 0) throw bad(file, i, `option ${empty + 1} is empty`);
+    if (choices.length < 2) throw bad(file, i, "has one option: nothing to choose between");
     const m = new RegExp(`^${kind}(\\d+)$`).exec(it.answer);
     const gold = m ? Number(m[1]) - 1 : -1;
     if (gold < 0 || gold >= choices.length) throw bad(file, i, `answer "${it.answer}" does not name one of ${choices.length} options`);
@@ -121,6 +125,8 @@ export function parseHellaswag(file: string, limit?: number): ChoiceItem[] {
     const [context, goldLine, ...endings] = lines.slice(i * 6, i * 6 + 6) as [string, string, ...string[]];
     const gold = Number(goldLine);
     if (!/^[0-3]$/.test(goldLine)) throw bad(file, i, `gold line is "${goldLine}", expected 0–3`);
+    const empty = endings.findIndex((e) => !e.trim());
+    if (empty >= 0) throw bad(file, i, `ending ${empty} is empty`);
     out.push({ index: i, context, choices: endings.map((e) => " " + e), gold });
   }
   return out;
@@ -148,6 +154,7 @@ export function parseLambada(file: string, limit?: number): LambadaItem[] {
     if (typeof text !== "string") throw bad(file, i, 'no string "text" field');
     const cut = text.lastIndexOf(" ");
     if (cut <= 0) throw bad(file, i, "the text has no space before its last word");
+    if (!text.slice(cut).trim()) throw bad(file, i, "the text ends in a space: its last word, the target, is empty");
     out.push({ index: out.length, context: text.slice(0, cut), target: text.slice(cut) });
   }
   return out;
