@@ -173,7 +173,7 @@ function checkNumberSpelling(args: readonly string[], key: string, o: DeclaredOp
       const shown = /\s/.test(text) ? JSON.stringify(text) : text;
       const spelt = Number.isFinite(n) ? ` (it would be read as ${n})` : "";
       const forms = `${takesCount(key) ? ", or with k, M or G for thousands, millions, billions (20M)" : ""}${SCIENTIFIC_FLAGS.has(key) ? ", or with a power of ten (1e-3)" : ""}`;
-      throw new MlaError("BAD_ARGUMENT", `--${use.name} ${shown} is not a decimal number${spelt}`, `write --${use.name} in decimal digits${Number.isFinite(n) && DECIMAL.test(String(n)) ? `, e.g. --${use.name} ${n}` : ""}${forms}`);
+      throw new MlaError("BAD_ARGUMENT", `--${use.name} ${shown} is not a decimal number${spelt}`, `write --${use.name} in decimal digits${Number.isFinite(n) && Math.abs(n) <= Number.MAX_SAFE_INTEGER && DECIMAL.test(String(n)) ? `, e.g. --${use.name} ${n}` : ""}${forms}`);
     }
   }
 }
@@ -208,5 +208,9 @@ export function checkFlagValues(args: readonly string[], argv: Record<string, un
       }
       throw new MlaError("BAD_ARGUMENT", text === null ? `--${key} needs a number` : `--${key} ${text} is not a number`, takesCount(key) ? `give --${key} a number, e.g. 20000000 or 20M (k, M and G count thousands, millions, billions)` : `give --${key} a number`);
     }
+    // Past 2^53 a number no longer counts exactly (1e20 tokens ran with an ETA of 138888888888888h): no
+    // flag of ours takes one, whole or not.
+    if (typeof v === "number" && Math.abs(v) > Number.MAX_SAFE_INTEGER)
+      throw new MlaError("BAD_ARGUMENT", `--${key} ${typed(args, key) ?? v} is beyond 2^53, past what a number counts exactly`, `give --${key} a number of at most 9007199254740991 (a realistic one is far smaller)`);
   }
 }

@@ -294,3 +294,11 @@ test("a free text starting with a dash is --prompt's or --system's value, not sh
   // A flag after a bare --prompt is still a flag: the prompt was left out.
   assert.match(refusal(["generate", "m", "--prompt", "--max-tokens", "2"]) ?? "", /--prompt was given without a value/);
 });
+
+test("a number flag past 2^53 is refused (it no longer counts exactly), and a spelling hint never suggests one", () => {
+  assert.match(refusal(["generate", "stories260K", "--prompt", "hi", "--max-tokens", "100000000000000000000"])!, /^--max-tokens 100000000000000000000 is beyond 2\^53, past what a number counts exactly\n  hint: give --max-tokens a number of at most 9007199254740991/);
+  const spelt = refusal(["generate", "stories260K", "--prompt", "hi", "--max-tokens", "1e20"])!;
+  assert.match(spelt, /^--max-tokens 1e20 is not a decimal number/);
+  assert.doesNotMatch(spelt, /e\.g\. --max-tokens 1000/);
+  assert.equal(refusal(["generate", "stories260K", "--prompt", "hi", "--max-tokens", "9007199254740991"]), null);
+});
