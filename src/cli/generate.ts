@@ -83,7 +83,10 @@ export const generateCommand: CommandModule<object, Args> = {
     // The last new token is sampled, never fed back: positions 0 … longest + maxTokens − 2 are used.
     if (Number.isInteger(maxTokens) && maxTokens >= 1 && longest + maxTokens - 1 > lm.config.maxPositions)
       stderrLogger.warn(`${longest} prompt tokens + --max-tokens ${maxTokens} pass the model's ${lm.config.maxPositions} positions (max_position_embeddings); text past them is usually poor`);
-    const out = generateOutput({ tokenizer: lm.tokenizer, prompts, chat: template !== null, bos: lm.config.bosTokenId, stops: stopTokenIds(lm.config), write: (s) => process.stdout.write(s), log: stderrLogger });
+    // The BOS the prompts begin with is left out of the text: the config's, else the one the tokenizer adds
+    // (a config without bos_token_id printed "<s>" before every prompt).
+    const bos = lm.config.bosTokenId ?? lm.tokenizer.encode("", { addSpecialTokens: true })[0] ?? null;
+    const out = generateOutput({ tokenizer: lm.tokenizer, prompts, chat: template !== null, bos, stops: stopTokenIds(lm.config), write: (s) => process.stdout.write(s), log: stderrLogger });
     // Decoded between event-loop turns, so Ctrl-C stops a long run. Progress on stderr, except while
     // the text streams to a terminal: there the text shows it, and a redrawn bar would cut into it.
     const progress = new Progress("generate", Math.max(1, maxTokens) * prompts.length, "tokens", out.streaming && process.stdout.isTTY ? null : process.stderr);

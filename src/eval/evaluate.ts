@@ -228,7 +228,7 @@ export async function evaluate(spec: string, opts: EvalOptions): Promise<EvalRes
   // evaluate before and after in one process; on a GPU it would otherwise wait for the collector).
   try {
     // Task items start with BOS too: refused before the perplexity runs, not after it.
-    if (opts.tasks?.length) requireBos(lm.config.bosTokenId);
+    if (opts.tasks?.length || text !== null) requireBos(lm.config.bosTokenId, lm.dir);
     const info = inspectModel(lm.dir);
     const rawConfig = fs.readFileSync(path.join(lm.dir, "config.json"), "utf8");
     const raw = JSON.parse(rawConfig) as Record<string, unknown> & { mha2mla?: Record<string, unknown> };

@@ -4,6 +4,7 @@
  * predicted exactly once; mean NLL in nats/token and ppl = exp(NLL).
  */
 import fs from "node:fs";
+import path from "node:path";
 import { MlaError, ioError } from "../errors.js";
 import type { LlamaModel } from "../model/llama.js";
 import { checkKvCacheDtype, type KvCacheDtype } from "../model/kvQuant.js";
@@ -52,8 +53,9 @@ export function checkTextFile(file: string): void {
 }
 
 /** The BOS id that starts every perplexity and calibration window; a model without one is refused (any id taken instead would be some other token). */
-export function requireBos(bos: number | null): number {
-  if (bos === null) throw new MlaError("BAD_CONFIG", "the model's config has no bos_token_id", "perplexity and calibration windows start with BOS; set bos_token_id in config.json");
+/** `bos`, or a refusal naming the model folder `dir` where the caller knows it. */
+export function requireBos(bos: number | null, dir?: string): number {
+  if (bos === null) throw new MlaError("BAD_CONFIG", `${dir ? path.join(dir, "config.json") : "the model's config.json"} has no bos_token_id`, "scoring (perplexity windows, task items), calibration and training sequences start with BOS: set bos_token_id in config.json to the tokenizer's BOS id (1 for Llama 2's)");
   return bos;
 }
 

@@ -160,7 +160,7 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
     // Both refused before the data is tokenized (minutes on a corpus) and --out made: every training
     // sequence starts with BOS (any id taken instead would be some other token), and the teacher's
     // config and tokenizer.json are all checkTeacher reads.
-    const bos = requireBos(lm.config.bosTokenId);
+    const bos = requireBos(lm.config.bosTokenId, lm.dir);
     if (o.distill) checkTeacher(o.distill, lm.config.vocabSize, src.dir);
     const teacher: LlamaModel | null = o.distill ? loadModel(o.distill, { backend }).model : null;
     if (teacher) owned.push(teacher);

@@ -139,3 +139,16 @@ test("--top-k, --top-p and --min-p without --temperature are refused, naming the
   const greedySeeded = cli(["--seed", "3", "--max-tokens", "2"]);
   assert.equal(greedySeeded.code, 0, greedySeeded.stderr);
 });
+
+test("a model whose config has no bos_token_id: the BOS its tokenizer adds is left out of the printed text, streamed or not", () => {
+  const dir = path.join(tmpDir(), "bosnull");
+  fs.cpSync(path.join(MODELS, "stories260K"), dir, { recursive: true });
+  const cfg = path.join(dir, "config.json");
+  fs.writeFileSync(cfg, JSON.stringify({ ...JSON.parse(fs.readFileSync(cfg, "utf8")), bos_token_id: null }));
+  for (const prompts of [["Once upon"], ["Once upon", "A cat"]]) {
+    const r = spawnSync(process.execPath, [MAIN, "generate", dir, ...prompts.flatMap((p) => ["--prompt", p]), "--max-tokens", "3", "--device", "reference"], { encoding: "utf8" });
+    assert.equal(r.status, 0, r.stderr);
+    assert.doesNotMatch(r.stdout, /<s>/, r.stdout);
+    assert.match(r.stdout, prompts.length > 1 ? /^--- 1\nOnce upon/ : /^Once upon/);
+  }
+});

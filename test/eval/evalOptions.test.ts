@@ -47,7 +47,10 @@ test("tasks refuse a model without BOS (items would start with token id 1), and 
     delete j.bos_token_id;
     fs.writeFileSync(file, JSON.stringify(j));
   }
-  await assert.rejects(evaluate(dir, { tasks: ["piqa"], limit: 2, dataDir: DATA, progress: null }), (e: unknown) => e instanceof MlaError && /no bos_token_id/.test(e.message));
+  // Named by its folder's config.json, for tasks and a text alike.
+  const named = (e: unknown) => e instanceof MlaError && e.message.startsWith(`${path.join(dir, "config.json")} has no bos_token_id\n  hint: scoring (perplexity windows, task items)`);
+  await assert.rejects(evaluate(dir, { tasks: ["piqa"], limit: 2, dataDir: DATA, progress: null }), named);
+  await assert.rejects(evaluate(dir, { text: path.join(FIXTURES, "text", "tinystories.txt"), progress: null }), named);
   const { parseTaskNames } = await import("../../src/eval/tasks/index.js");
   assert.deepEqual(parseTaskNames("piqa, piqa,arc-easy"), ["piqa", "arc-easy"]);
 });
