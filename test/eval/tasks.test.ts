@@ -114,6 +114,18 @@ test("--limit: 0 or a fraction is refused by runTask as by eval; past the file's
   assert.deepEqual(warnings, ["arc-easy: its file holds 2 items, fewer than --limit 5: scored all of them"]);
 });
 
+test("task items that run past the model's positions are scored as they are, with a warning naming how many and the longest", async () => {
+  const dir = tmpDir();
+  const short = { instruction: "Please choose the correct answer to the question: Q?\n\nAnswer1: yes Answer2: no\n\nAnswer format: answer1/answer2", answer: "answer1" };
+  const long = { ...short, instruction: short.instruction.replace("Q?", "a cat sat. ".repeat(200)) };
+  fs.writeFileSync(path.join(dir, TASKS["arc-easy"].file), JSON.stringify([short, long]));
+  const warnings: string[] = [];
+  const r = await evaluate(path.join(MODELS, "stories260K"), { tasks: ["arc-easy"], dataDir: dir, device: "reference", progress: null, logger: { info: () => {}, warn: (m: string) => warnings.push(m) } });
+  assert.equal(r.tasks!["arc-easy"]!.n, 2);
+  assert.equal(warnings.length, 1, warnings.join("\n"));
+  assert.match(warnings[0]!, /^arc-easy: 1 of its 2 items ran past the model's 512 positions \(the longest \d+ tokens\), scored as they are; lm-eval cuts such items from the left/);
+});
+
 // lm-eval divides by Python's len(), which counts code points: an emoji is one character, where a JS
 // string's .length counts two UTF-16 units (the pick below went to choice 0 that way).
 test("acc_norm divides by the length in characters (code points), not UTF-16 units", () => {

@@ -13,13 +13,15 @@ export interface Loglikelihood {
   logprob: number;
   greedy: boolean;
   tokens: number;
+  /** Positions the scoring used: BOS + the context's and continuation's tokens, less the last. */
+  positions: number;
 }
 
 /** `kvCache`: the keys/values as a decode cache of that type serves them (default f32: exact). */
 export function loglikelihood(model: LlamaModel, tok: TextTokenizer, context: string, continuation: string, kvCache?: KvCacheDtype): Loglikelihood {
   const { all, input, c } = scoringInput(model, tok, tok.encode(context), context, continuation);
   const n = all.length;
-  if (c === n) return { logprob: 0, greedy: true, tokens: 0 };
+  if (c === n) return { logprob: 0, greedy: true, tokens: 0, positions: n };
   // Rows c … n−1 predict the continuation tokens all[c … n−1]; earlier rows are computed for context only.
   // In the backend's step arena where it has one (CUDA): the forward's device tensors are freed here.
   const b = model.backend;
@@ -42,7 +44,7 @@ export function loglikelihood(model: LlamaModel, tok: TextTokenizer, context: st
     logprob += logits[o + all[r]!]! - max - Math.log(z);
     if (arg !== all[r]) greedy = false;
   }
-  return { logprob, greedy, tokens: n - c };
+  return { logprob, greedy, tokens: n - c, positions: n };
 }
 
 /** One continuation's scoring inputs: [BOS] + tokens(context + continuation) less the last, and where its own tokens start. */
@@ -84,7 +86,7 @@ export function choiceLoglikelihoods(model: LlamaModel, tok: TextTokenizer, cont
     if (shared && p > 0) model.fill(live[0]!.input.subarray(0, p), shared);
     return items.map((it) => {
       const n = it.all.length;
-      if (it.c === n) return { logprob: 0, greedy: true, tokens: 0 };
+      if (it.c === n) return { logprob: 0, greedy: true, tokens: 0, positions: n };
       const cache = p > 0 ? shared!.clone({ capacity: n }) : model.newCache(kvCache, { capacity: n });
       try {
         const next = Int32Array.from({ length: n - p }, (_, i) => (p + i >= it.c ? it.all[p + i]! : -1));
@@ -96,7 +98,7 @@ export function choiceLoglikelihoods(model: LlamaModel, tok: TextTokenizer, cont
           // The most likely token, ties to the lower id, as the argmax above takes the first maximum.
           if (s.top[0]!.id !== it.all[r]) greedy = false;
         }
-        return { logprob, greedy, tokens: n - it.c };
+        return { logprob, greedy, tokens: n - it.c, positions: n };
       } finally {
         cache.dispose();
       }
