@@ -111,6 +111,9 @@ function checkTypes(o: unknown): asserts o is PipelineOptions {
   checkOptionTypes<SettingsInput>("pipeline()'s convert", o.convert, SETTINGS_KINDS, ["rank"]);
   if (o.deepseek) checkOptionTypes<PipelineDeepseek>("pipeline()'s deepseek", o.deepseek, PIPELINE_DEEPSEEK_KINDS);
   if (o.finetune) checkOptionTypes<PipelineFinetune>("pipeline()'s finetune", o.finetune, PIPELINE_FINETUNE_KINDS, ["data"]);
+  // Strings of the right type but not a known value: "hf" ran a deepseek export, "DeepSeek" our format.
+  if (o.format !== undefined && o.format !== "mha2mla" && o.format !== "deepseek") throw new MlaError("BAD_ARGUMENT", `pipeline(): format ${JSON.stringify(o.format)} is not known`, 'use "mha2mla" (the default) or "deepseek"');
+  if (o.export !== undefined && o.export !== "deepseek") throw new MlaError("BAD_ARGUMENT", `pipeline(): export ${JSON.stringify(o.export)} is not known`, 'use "deepseek", or leave export out');
 }
 
 export interface PipelineResult {

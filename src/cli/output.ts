@@ -9,6 +9,8 @@ import { makeDirs } from "../io/makeDirs.js";
 const EARLIER_RESULT_BYTES = 64 << 20;
 /** A model folder's own JSON files (the weights are not JSON, so refused anyway): a result written beside them is fine. */
 const MODEL_FILES = /^(config|generation_config|tokenizer|tokenizer_config|special_tokens_map|added_tokens|chat_template|mla_conversion|preprocessor_config)\.json$|\.index\.json$/;
+/** The records a run resumes from, wherever they are (a result over one broke the run's --resume or re-run). */
+const RUN_RECORDS = /^(finetune|pipeline|study-state|study)\.json$/;
 
 /**
  * Refuses a `--json FILE` that cannot be written (a folder, or under a file), or that would replace a
@@ -39,6 +41,8 @@ function refuseOverForeignFile(target: string): void {
   if (!st?.isFile()) return;
   const refuse = (what: string) => new MlaError("EXISTS", `--json ${target} exists and ${what}: --json replaces only an earlier result`, "choose a new file name for --json, or move that file away first");
   if (MODEL_FILES.test(path.basename(target)) && fs.existsSync(path.join(path.dirname(path.resolve(target)), "config.json"))) throw refuse("is one of a model folder's own files");
+  if (RUN_RECORDS.test(path.basename(target))) throw refuse("is the record a fine-tuning run, pipeline or study resumes from");
+  if (path.basename(target) === "state.json" && path.basename(path.dirname(path.resolve(target))) === "checkpoint") throw refuse("is a training checkpoint's state");
   if (st.size > EARLIER_RESULT_BYTES) throw refuse(`holds ${st.size} bytes, not a result's JSON`);
   try {
     JSON.parse(fs.readFileSync(target, "utf8"));

@@ -224,7 +224,11 @@ interface Summary {
 export function finishedRun(out: string, checkpointStep: number): FinetuneResult | null {
   const file = path.join(out, SUMMARY_FILE);
   if (!fs.existsSync(file)) return null;
-  const s = readJsonObject(file, { code: "BAD_CHECKPOINT", hint: `delete ${file} and --resume again to redo the end of the run (evaluation and the model files), or --force to start over` }) as unknown as Summary;
+  const hint = `delete ${file} and --resume again to redo the end of the run (evaluation and the model files), or --force to start over`;
+  const s = readJsonObject(file, { code: "BAD_CHECKPOINT", hint }) as unknown as Summary;
+  // A file of another shape (an eval result written over it) is named, not read into a TypeError.
+  const missing = (["steps", "tokens", "seconds"] as const).filter((k) => typeof s[k] !== "number");
+  if (missing.length) throw new MlaError("BAD_CHECKPOINT", `${file} is not a finished run's summary (no numeric ${missing.map((k) => `"${k}"`).join(", ")})`, hint);
   return {
     out,
     steps: s.steps,

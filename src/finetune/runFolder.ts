@@ -36,8 +36,12 @@ export function checkRunFolders(o: RunFolders, modelDir: string): string {
   if (o.tokenCache !== undefined) checkTokenCache(o.tokenCache, [...inputs, { name: "the --out run folder", path: o.out, output: true }]);
   const out = path.resolve(o.out);
   refuseFileAsOutDir(o.out);
-  if (!o.resume && !o.force && fs.existsSync(out) && fs.readdirSync(out).length > 0)
-    throw new MlaError("EXISTS", `output ${o.out} already exists`, "pass --resume to continue an interrupted run, --force to start over, or choose another --out");
+  if (!o.resume && !o.force && fs.existsSync(out) && fs.readdirSync(out).length > 0) {
+    // A run stopped before its first checkpoint cannot be resumed: --resume would say so, and point back here.
+    const has = (f: string) => fs.existsSync(path.join(out, f));
+    const unresumable = has(LOG_FILE) && !has("checkpoint") && !has(SUMMARY_FILE);
+    throw new MlaError("EXISTS", `output ${o.out} already exists${unresumable ? " and holds a run stopped before its first checkpoint: nothing to resume" : ""}`, unresumable ? "pass --force to start over, or choose another --out" : "pass --resume to continue an interrupted run, --force to start over, or choose another --out");
+  }
   // A model folder this tool wrote (a conversion) may be replaced too; a pretrained model's may not.
   const earlierRun = (dir: string, entries: readonly string[]) => [LOG_FILE, SUMMARY_FILE, "checkpoint"].some((m) => entries.includes(m)) || isEarlierModelOutput(dir, entries);
   refuseForeignFolder(o.out, !!o.force, earlierRun, "fine-tuning run (no train_log.jsonl, finetune.json, checkpoint or model this tool wrote)");

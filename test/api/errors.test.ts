@@ -74,6 +74,9 @@ test("options of the wrong type, unknown options and unknown values are refused 
     ["finetune shouldStop not a function", () => finetune("stories260K", { data: [TEXT], out, shouldStop: true as Loose }), /option shouldStop is true \(a boolean\), not a function/],
     ["loadModel unknown weights", () => loadModel("stories260K", { weights: "bf16" as Loose }), /weights "bf16" is not known[\s\S]*auto or f32/],
     ["pipeline rank as text", () => pipeline("stories260K", { out, convert: { rank: "4" as Loose } }), /pipeline\(\)'s convert: option rank is "4"/],
+    // Strings, but not a known value: "hf" ran a deepseek export, "DeepSeek" our format.
+    ["pipeline unknown export", () => pipeline("stories260K", { out, convert: { rank: 4 }, export: "hf" as Loose }), /pipeline\(\): export "hf" is not known[\s\S]*hint: use "deepseek"/],
+    ["pipeline unknown format", () => pipeline("stories260K", { out, convert: { rank: 4 }, format: "DeepSeek" as Loose }), /pipeline\(\): format "DeepSeek" is not known[\s\S]*"mha2mla" \(the default\) or "deepseek"/],
     ["study variants as one string", () => study({ like: "stories260K", variants: "mha,mla" as Loose, data: TEXT, tokens: 100, out }), /study\(\): option variants is "mha,mla" \(a string\), not an array of strings/],
   ];
   for (const [what, call, re] of cases) await refused(what, call, "BAD_ARGUMENT", re);

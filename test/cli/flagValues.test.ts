@@ -230,6 +230,13 @@ test("--json replaces only an earlier result: not a text, not another model's we
     assert.match(refusal(["eval", "stories260K", "--text", "t.txt", "--json", target])!, new RegExp(`^--json \\S+ exists and ${why.source}: --json replaces only an earlier result\\n  hint: choose a new file name`), target);
     assert.deepEqual(fs.readFileSync(target), before, "left as it was");
   }
+  // The records a run resumes from are JSON too, but never a result's place (finetune --json RUN/finetune.json broke its --resume).
+  for (const record of ["finetune.json", "pipeline.json", "study-state.json", "study.json", path.join("checkpoint", "state.json")]) {
+    const f = path.join(dir, "run", record);
+    fs.mkdirSync(path.dirname(f), { recursive: true });
+    fs.writeFileSync(f, "{}");
+    assert.match(refusal(["eval", "stories260K", "--text", "t.txt", "--json", f])!, /exists and is (the record a fine-tuning run, pipeline or study resumes from|a training checkpoint's state): --json replaces only an earlier result/, record);
+  }
   const earlier = path.join(dir, "result.json");
   fs.writeFileSync(earlier, '{"nll": 1}\n');
   assert.equal(refusal(["eval", "stories260K", "--text", "t.txt", "--json", earlier]), null);

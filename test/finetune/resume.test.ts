@@ -240,3 +240,17 @@ test("--resume into a folder that does not exist says there is no run there (a r
   await assert.rejects(finetune(MODEL, { ...common, out, resume: true }), (e: unknown) => e instanceof MlaError && e.code === "NOT_FOUND" && /--resume: \S*never does not exist: there is no run there to resume/.test(e.message) && /hint: train without --resume to start it/.test(e.message));
   assert.equal(fs.existsSync(out), false, "nothing made");
 });
+
+test("a run's finetune.json of another shape (an eval result written over it) is named on --resume, not read into a TypeError; a run stopped before its first checkpoint points to --force both ways", async () => {
+  const out = path.join(tmpDir(), "run");
+  const base: FinetuneOptions = { data: [DATA], out, tokens: 2048, seq: 64, batch: 4, device: "cpu", progress: null };
+  await finetune(MODEL, base);
+  fs.writeFileSync(path.join(out, "finetune.json"), JSON.stringify({ model: "m", nll: 1 }));
+  await assert.rejects(finetune(MODEL, { ...base, resume: true }), (e: unknown) => e instanceof MlaError && e.code === "BAD_CHECKPOINT" && /finetune\.json is not a finished run's summary \(no numeric "steps", "tokens", "seconds"\)\n  hint: delete /.test(e.message));
+  // A folder holding only a run's log: nothing to resume.
+  const early = path.join(tmpDir(), "early");
+  fs.mkdirSync(early);
+  fs.writeFileSync(path.join(early, "train_log.jsonl"), '{"step": 1, "loss": 3}\n');
+  await assert.rejects(finetune(MODEL, { ...base, out: early }), (e: unknown) => e instanceof MlaError && /holds a run stopped before its first checkpoint: nothing to resume\n  hint: pass --force to start over/.test(e.message));
+  await assert.rejects(finetune(MODEL, { ...base, out: early, resume: true }), (e: unknown) => e instanceof MlaError && /no checkpoint in [\s\S]*hint: the run there stopped before its first checkpoint: start it over with --force/.test(e.message));
+});
