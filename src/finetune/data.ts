@@ -170,6 +170,7 @@ async function fileTokens(tokenizer: TextTokenizer, file: string, o: DataOptions
       log.info(`${file}: ${cached.length.toLocaleString("en-US")} tokens from the token cache ${cacheFile}`);
       return cached;
     }
+    if (fs.existsSync(cacheFile)) log.warn(`${cacheFile}: the token cache fails its check (cut short or changed): tokenizing ${file} again and writing it anew`);
   }
   const docs = (await readDataDocuments(file, o.shouldStop)).filter((d) => d.length > 0);
   const ids = joinWith(await encodeTexts(tokenizer, docs, { ...o.encode, logger: log, label: file, shouldStop: o.shouldStop }), o.eos);

@@ -17,7 +17,20 @@ import { makeDirs } from "../io/makeDirs.js";
 /** Bump when the stream a file gives changes for the same inputs (splitting, joining rules). */
 // v2: a long text holding special-token literals is encoded in pieces as one encode gives it.
 // v3: Digits pre-tokenizers split at every Unicode number, not at ASCII digits alone.
-const FORMAT = "mha2mla-tokens-v3";
+// v4: a trailer (TRAILER below) checks the ids: a truncated or damaged file was read as a shorter stream.
+const FORMAT = "mha2mla-tokens-v4";
+
+/** After the ids: "MLAT", their count (uint32 LE), the first 8 bytes of their SHA-256. */
+const TRAILER = 16;
+const MAGIC = "MLAT";
+
+function trailerOf(bytes: Buffer): Buffer {
+  const t = Buffer.alloc(TRAILER);
+  t.write(MAGIC, 0, "latin1");
+  t.writeUInt32LE(bytes.length / 4, 4);
+  crypto.createHash("sha256").update(bytes).digest().copy(t, 8, 0, 8);
+  return t;
+}
 
 /**
  * The cache file for `dataFile` tokenized by the tokenizer in `tokenizerDir`, with documents joined
@@ -35,17 +48,22 @@ export function tokenCacheFile(cacheDir: string, tokenizerDir: string, dataFile:
   return path.join(cacheDir, `${h.digest("hex").slice(0, 32)}.i32`);
 }
 
-/** The cached ids in `file`, or null when it is absent or not a whole number of Int32s. */
+/**
+ * The cached ids in `file`, or null when it is absent or fails its trailer's check (cut short, damaged):
+ * the caller tokenizes the data again and writes the cache anew.
+ */
 export function readTokenCache(file: string): Int32Array | null {
-  let buf: Buffer;
+  let whole: Buffer;
   try {
-    buf = fs.readFileSync(file);
+    whole = fs.readFileSync(file);
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === "ENOENT") return null;
     throw ioError("cannot read the token cache", file, e);
   }
-  if (buf.length % 4 !== 0) return null;
-  if (os.endianness() !== "LE") buf.swap32();
+  if (whole.length < TRAILER || (whole.length - TRAILER) % 4 !== 0) return null;
+  let buf = whole.subarray(0, whole.length - TRAILER);
+  if (!whole.subarray(buf.length).equals(trailerOf(buf))) return null;
+  if (os.endianness() !== "LE") buf = Buffer.from(buf).swap32(); // a copy: subarray views share the file's bytes
   // A view when the buffer is aligned (it is for a fresh file read), else a copy.
   return buf.byteOffset % 4 === 0 ? new Int32Array(buf.buffer, buf.byteOffset, buf.length / 4) : new Int32Array(buf.buffer.slice(buf.byteOffset, buf.byteOffset + buf.length));
 }
@@ -57,7 +75,7 @@ export function writeTokenCache(file: string, ids: Int32Array): void {
     makeDirs(path.dirname(file), "the token cache's folder");
     let bytes = Buffer.from(ids.buffer, ids.byteOffset, ids.byteLength);
     if (os.endianness() !== "LE") bytes = Buffer.from(bytes).swap32(); // a copy: the caller's ids stay as they are
-    fs.writeFileSync(tmp, bytes);
+    fs.writeFileSync(tmp, Buffer.concat([bytes, trailerOf(bytes)]));
     fs.renameSync(tmp, file);
   } catch (e) {
     fs.rmSync(tmp, { force: true });

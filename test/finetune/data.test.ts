@@ -39,7 +39,7 @@ test("a token cache: written once (no partial files), read back without tokenizi
   assert.equal(files.length, 1, `one cache file, nothing else: ${files.join(", ")}`);
   assert.match(files[0]!, /^[0-9a-f]{32}\.i32$/);
   const all = first.train.length + first.val.length;
-  assert.equal(fs.statSync(path.join(cache, files[0]!)).size, 4 * all);
+  assert.equal(fs.statSync(path.join(cache, files[0]!)).size, 4 * all + 16, "the ids and a 16-byte trailer that checks them");
 
   const refusing: TextTokenizer = {
     ...tok,
@@ -50,6 +50,18 @@ test("a token cache: written once (no partial files), read back without tokenizi
   const again = await loadTrainingData(refusing, [file], { ...opts, cacheDir: cache, logger: { info: (m) => lines.push(m), warn: () => {} } });
   assert.deepEqual(stream(again, all), stream(first, all));
   assert.match(lines.join("\n"), /corpus\.txt: [\d,]+ tokens from the token cache/);
+
+  // Cut short or changed, the cache fails its check: the data is tokenized again (not read as a shorter stream).
+  const cacheFile = path.join(cache, files[0]!);
+  const good = fs.readFileSync(cacheFile);
+  for (const damaged of [good.subarray(0, 100), Buffer.concat([Buffer.from([1, 0, 0, 0]), good.subarray(4)])]) {
+    fs.writeFileSync(cacheFile, damaged);
+    const warned: string[] = [];
+    const redone = await loadTrainingData(tok, [file], { ...opts, cacheDir: cache, logger: { info: () => {}, warn: (m) => warned.push(m) } });
+    assert.deepEqual(stream(redone, all), stream(first, all));
+    assert.match(warned.join("\n"), /the token cache fails its check \(cut short or changed\): tokenizing \S*corpus\.txt again/);
+    assert.deepEqual(fs.readFileSync(cacheFile), good, "written anew");
+  }
 
   // Same size, new content and mtime: a new key, so the old stream is not used.
   const text = fs.readFileSync(file, "utf8");
