@@ -192,6 +192,9 @@ export function plannedRuns(o: StudyOptions, c: ModelConfig): { runs: StudyRun[]
   return { runs, ranks };
 }
 
+/** The flag of each setting a study's runs share, for a refusal naming what changed. */
+const STUDY_FLAGS = { like: "--like", data: "--data", tokens: "--tokens", seq: "--seq", batch: "--batch", lr: "--lr", seed: "--seed", valFraction: "--val-fraction", tokenCache: "the token cache", evalEvery: "--eval-every", gateDim: "--gate-dim" } as const;
+
 /** Convert's checks of one run's conversion, whose message names convert's flags: prefixed with the run they come from. */
 function checkRun(r: { variant: MlaVariant; L: number }, c: ModelConfig, gateDim: number | undefined): void {
   try {
@@ -244,8 +247,12 @@ async function runStudy(o: StudyOptions, made: { fresh: boolean }): Promise<Stud
   const stateFile = path.join(o.out, "study-state.json");
   if (fs.existsSync(o.out) && !o.force) {
     const prev = fs.existsSync(stateFile) ? readStudyJson<{ settings?: unknown; variants?: string[]; ranks?: string[] }>(stateFile, "the study's settings", "pass --force to start the study over, or choose another --out") : null;
-    if (JSON.stringify(prev?.settings) !== JSON.stringify(settings))
-      throw new MlaError("EXISTS", `output ${o.out} already exists${prev ? " from a study with other settings" : ""}`, "re-run it with the same settings (other --variants or --ranks are fine: finished runs are kept), pass --force to start over, or choose another --out");
+    if (JSON.stringify(prev?.settings) !== JSON.stringify(settings)) {
+      // Which: "--lr 0.001 → 0.002", as the pipeline names a changed option.
+      const was = (prev?.settings ?? {}) as Record<string, unknown>;
+      const changed = prev ? (Object.keys(settings) as (keyof typeof settings)[]).filter((k) => JSON.stringify(was[k]) !== JSON.stringify(settings[k])).map((k) => `${STUDY_FLAGS[k]} ${JSON.stringify(was[k] ?? null)} → ${JSON.stringify(settings[k])}`) : [];
+      throw new MlaError("EXISTS", `output ${o.out} already exists${prev ? ` from a study with other settings${changed.length ? `: ${changed.join("; ")} (the study's value → this call's)` : ""}` : ""}`, "re-run it with the same settings (other --variants or --ranks are fine: finished runs are kept), pass --force to start over, or choose another --out");
+    }
     const same = JSON.stringify([prev?.variants, prev?.ranks]) === JSON.stringify([o.variants, ranks]);
     log.info(same ? `resuming the study in ${o.out}` : `continuing the study in ${o.out} with --variants ${o.variants.join(",")} --ranks ${ranks.join(",")}: finished runs are kept, the others trained`);
     if (!same) writeFileAtomic(stateFile, JSON.stringify({ ...prev, variants: o.variants, ranks }, null, 2) + "\n");
