@@ -7,7 +7,7 @@ import { Progress } from "../util/progress.js";
 import { selectBackend, type DeviceName } from "../backends/select.js";
 import { stderrLogger } from "../util/log.js";
 import { KV_CACHE_DTYPES, KvCacheDtype } from "../model/kvQuant.js";
-import { loadChatTemplate } from "../serve/chatTemplate.js";
+import { loadChatTemplate, TEMPLATE_EXAMPLE } from "../serve/chatTemplate.js";
 import { MlaError, refuseInert } from "../errors.js";
 import { generateOutput } from "./generateOutput.js";
 import { abortOnStop, type AbortStopMessages } from "./signals.js";
@@ -75,7 +75,7 @@ export const generateCommand: CommandModule<object, Args> = {
       if (!template) return lm.tokenizer.encode(String(p), { addSpecialTokens: true });
       const ids = lm.tokenizer.encode(template.render([...(a.system !== undefined ? [{ role: "system", content: a.system }] : []), { role: "user", content: String(p) }]), { addSpecialTokens: false });
       // An empty render is the template's doing (a loop over a misspelt variable), not the prompt's.
-      if (ids.length === 0) throw new MlaError("BAD_ARGUMENT", `the chat template (${template.source}) rendered --prompt ${JSON.stringify(String(p).slice(0, 40))} as nothing`, "check the template: it should write each message's content (e.g. {% for m in messages %}{{ m.content }}{% endfor %}); or leave out --chat");
+      if (ids.length === 0) throw new MlaError("BAD_ARGUMENT", `the chat template (${template.source}) rendered --prompt ${JSON.stringify(String(p).slice(0, 40))} as nothing`, `check the template: it should write each message's content (e.g. ${TEMPLATE_EXAMPLE}); or leave out --chat`);
       return ids;
     });
     const maxTokens = a["max-tokens"];

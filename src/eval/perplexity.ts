@@ -52,8 +52,10 @@ export function checkTextFile(file: string): void {
   }
 }
 
-/** The BOS id that starts every perplexity and calibration window; a model without one is refused (any id taken instead would be some other token). */
-/** `bos`, or a refusal naming the model folder `dir` where the caller knows it. */
+/**
+ * The BOS id that starts every perplexity and calibration window; a model without one is refused (any
+ * id taken instead would be some other token), naming the model folder `dir` where the caller knows it.
+ */
 export function requireBos(bos: number | null, dir?: string): number {
   if (bos === null) throw new MlaError("BAD_CONFIG", `${dir ? path.join(dir, "config.json") : "the model's config.json"} has no bos_token_id`, "scoring (perplexity windows, task items), calibration and training sequences start with BOS: set bos_token_id in config.json to the tokenizer's BOS id (1 for Llama 2's)");
   return bos;

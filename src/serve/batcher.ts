@@ -153,15 +153,18 @@ interface Sequence {
   prefillMs: number;
 }
 
+/** A spec's limit field as refusals name it (absent: max_tokens, sent). */
+const limitOf = (spec: SequenceSpec): TokenLimitName => spec.limit ?? { key: "max_tokens", sent: true };
+
 /** "the prompt's N tokens + max_tokens M", naming the request's limit field, or the default it got. */
 function tokenSum(spec: SequenceSpec): string {
-  const limit = spec.limit ?? { key: "max_tokens", sent: true };
+  const limit = limitOf(spec);
   return `the prompt's ${spec.prompt.length} tokens + ${limit.key} ${spec.maxTokens}${limit.sent ? "" : " (the default: it was not sent)"}`;
 }
 
 /** What would fit `most` tokens: a lower limit where the prompt leaves room, else a shorter prompt. */
 function roomHint(spec: SequenceSpec, most: number, tail: string): string {
-  const key = (spec.limit ?? { key: "max_tokens" }).key, room = most - spec.prompt.length;
+  const key = limitOf(spec).key, room = most - spec.prompt.length;
   const least = spec.maxTokens === 0 ? 0 : 1; // a prompt only scored (echo) needs no reply room
   if (room >= least && room < spec.maxTokens) return `send ${key} ≤ ${room}, or shorten the prompt${tail}`;
   return `shorten the prompt to at most ${most - least} tokens (it has ${spec.prompt.length})${tail}`;
@@ -206,7 +209,6 @@ export class Batcher {
     return tokens * this.perToken;
   }
 
-  /** The most tokens (prompt + new) one sequence may reserve within the KV budget (Infinity without one). */
   /** The most tokens (prompt and reply) one sequence's cache may hold within the KV budget; Infinity without one. */
   fitsTokens(): number {
     return this.opts.kvBudgetBytes === undefined ? Infinity : Math.floor(this.opts.kvBudgetBytes / this.perToken);

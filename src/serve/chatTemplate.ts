@@ -15,6 +15,18 @@ export interface ChatMessage {
   content: string;
 }
 
+/** What a template that renders nothing should write, for the refusals that name it. */
+export const TEMPLATE_EXAMPLE = "{% for m in messages %}{{ m.content }}{% endfor %}";
+
+/**
+ * The server's error for a render of nothing: the template's doing (a loop over a misspelt variable),
+ * not the client's, so a server error naming the template. `what`: what was rendered; `otherwise`: the
+ * way around it.
+ */
+export function renderedNothing(chat: ChatTemplate, what: string, otherwise: string): MlaError {
+  return new MlaError("BAD_CHECKPOINT", `the model's chat template (${chat.source}) rendered ${what} as nothing`, `the template should write each message's content (e.g. ${TEMPLATE_EXAMPLE}); ${otherwise}`);
+}
+
 export interface ChatTemplate {
   /** The file it came from (for messages). */
   readonly source: string;

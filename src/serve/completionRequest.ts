@@ -9,13 +9,13 @@ import { checkPenalties } from "../model/penalties.js";
 import type { ChatMessage } from "./chatTemplate.js";
 import { shownJson as shown } from "../util/shownJson.js";
 
-/** What a completion needs besides its prompt, read the same way from both endpoints. */
 /** How a refusal names a sequence's token limit: the request's field, and whether the request sent it. */
 export interface TokenLimitName {
   key: string;
   sent: boolean;
 }
 
+/** What a completion needs besides its prompt, read the same way from both endpoints. */
 export interface GenerationFields {
   /** null: up to the model's positions (chat's default, as vLLM's). */
   maxTokens: number | null;

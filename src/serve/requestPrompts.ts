@@ -7,7 +7,7 @@ import type { LoadedModel } from "../model/llama.js";
 import { MlaError } from "../errors.js";
 import { encodedWholeBelow, encodePrefix } from "../io/tokenizer.js";
 import { parseChatRequest, parseCompletionRequest, type GenerationFields } from "./completionRequest.js";
-import { continueFinalMessage, type ChatTemplate } from "./chatTemplate.js";
+import { continueFinalMessage, renderedNothing, type ChatTemplate } from "./chatTemplate.js";
 import { incompleteTail } from "./textStream.js";
 
 /** One prompt of a request: its ids, and its text when it comes back before the completion (echo). */
@@ -77,9 +77,7 @@ export function chatPrompts(lm: LoadedModel, name: string, chat: ChatTemplate): 
     const r = parseChatRequest(body, { name, vocabSize: lm.config.vocabSize });
     const text = r.continueFinalMessage ? continueFinalMessage(chat, r.messages) : chat.render(r.messages, r.addGenerationPrompt);
     const ids = encodePrompt(lm, text, false);
-    // An empty render is the template's doing (a loop over a misspelt variable), not the client's: a
-    // server error naming the template, as generate --chat names it.
-    if (ids.length === 0) throw new MlaError("BAD_CHECKPOINT", `the model's chat template (${chat.source}) rendered the conversation as nothing`, "the template should write each message's content (e.g. {% for m in messages %}{{ m.content }}{% endfor %}); fix it in the model folder, or send the formatted text to POST /v1/completions");
+    if (ids.length === 0) throw renderedNothing(chat, "the conversation", "fix it in the model folder, or send the formatted text to POST /v1/completions");
     return { prompts: [{ ids, whole: true, echo: null, echoCleaned: false }], fields: r };
   };
 }

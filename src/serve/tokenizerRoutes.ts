@@ -9,7 +9,7 @@
 import { MlaError } from "../errors.js";
 import { encodeLong } from "../io/encodeLong.js";
 import type { TextTokenizer } from "../io/tokenizer.js";
-import type { ChatTemplate } from "./chatTemplate.js";
+import { renderedNothing, type ChatTemplate } from "./chatTemplate.js";
 import { bad, booleanField, checkedBody, parseMessages } from "./completionRequest.js";
 import { decodeOffThread } from "../io/decodeOffThread.js";
 import { tokenizerWorkers } from "../util/lane.js";
@@ -75,8 +75,7 @@ export async function tokenize(body: unknown, s: TokenizerServed): Promise<Recor
   if (chatForm) {
     if (!s.chat) throw new MlaError("NOT_FOUND", "this model has no chat template to render messages with", "send the conversation as one prompt text instead");
     text = s.chat.render(parseMessages(b["messages"], TOKENIZE_EXAMPLE), flag(b, "add_generation_prompt", true, "end the text where the assistant's reply begins"));
-    // As chat completions: a render of nothing is the template's doing, not an empty conversation's.
-    if (text === "") throw new MlaError("BAD_CHECKPOINT", `the model's chat template (${s.chat.source}) rendered the messages as nothing`, "the template should write each message's content (e.g. {% for m in messages %}{{ m.content }}{% endfor %}); fix it in the model folder");
+    if (text === "") throw renderedNothing(s.chat, "the messages", "fix it in the model folder");
   } else {
     if (b["add_generation_prompt"] !== undefined && b["add_generation_prompt"] !== null) throw bad("add_generation_prompt is set without messages", "send it with messages, or leave it out");
     if (typeof b["prompt"] !== "string") throw bad(`prompt ${shown(b["prompt"])} is not text`, `send e.g. ${TOKENIZE_EXAMPLE}`);

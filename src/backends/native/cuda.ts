@@ -266,7 +266,6 @@ function last(t: Tensor): number {
   return t.shape[t.shape.length - 1]!;
 }
 
-/** Rows of t: the product of every dim but the last (not size / last, which is NaN for a zero-width last dim). */
 /**
  * The most rows per matrix that gemv.cu's kernels take (MHA2MLA_GEMV_ROWS, validated at start-up by
  * cudaEnv.ts; its default is gemv.cu's DEFAULT_ROWS), so linearMany does not stage a launch the
@@ -277,6 +276,7 @@ function gemvRows(): number {
   return v ? Number(v) : 4;
 }
 
+/** Rows of t: the product of every dim but the last (not size / last, which is NaN for a zero-width last dim). */
 function rowsOf(t: Tensor): number {
   return t.shape.slice(0, -1).reduce((a, b) => a * b, 1);
 }

@@ -263,13 +263,13 @@ export function logLabels(files: readonly string[]): string[] {
   return labels;
 }
 
-/** The two files a report to `out` writes: `out` (HTML, or the Markdown when it ends in .md) and its twin. */
 /** Refuses a report --out whose extension says another format (y.json got HTML, its twin y.json.md). */
 export function checkReportOut(out: string): void {
   const ext = /\.([A-Za-z0-9]+)$/.exec(path.basename(out))?.[1];
   if (ext !== undefined && !/^(html?|md)$/i.test(ext)) throw new MlaError("BAD_ARGUMENT", `--out ${out}: a report is HTML with a Markdown twin, not .${ext}`, `name it .html (the Markdown beside it as .md) or .md (the HTML beside it), e.g. --out ${out.slice(0, -ext.length - 1)}.html`);
 }
 
+/** The two files a report to `out` writes: `out` (HTML, or the Markdown when it ends in .md) and its twin. */
 export function reportFiles(out: string): { html: string; md: string } {
   const base = out.replace(/\.(html?|md)$/i, "");
   return { html: /\.md$/i.test(out) ? base + ".html" : out, md: base + ".md" };

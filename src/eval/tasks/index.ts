@@ -35,16 +35,9 @@ export interface TaskResult {
   pastPositions: { items: number; longest: number };
 }
 
-/** Counts items whose scoring used more than `max` positions, and the most any used. */
-function pastPositionCount(max: number): { note(positions: number): void; readonly result: { items: number; longest: number } } {
-  const result = { items: 0, longest: 0 };
-  return {
-    note(positions) {
-      if (positions > max) result.items++;
-      result.longest = Math.max(result.longest, positions);
-    },
-    result,
-  };
+/** Of the positions each item's scoring used: how many passed `max`, and the most any used. */
+function pastPositions(used: readonly number[], max: number): TaskResult["pastPositions"] {
+  return { items: used.filter((n) => n > max).length, longest: used.reduce((a, n) => Math.max(a, n), 0) };
 }
 
 export function parseTaskNames(list: string): TaskName[] {
@@ -115,28 +108,28 @@ export async function runTask(model: LlamaModel, tok: TextTokenizer, task: TaskN
   // Every item starts with BOS: a model without one would silently score after token id 1.
   requireBos(model.config.bosTokenId);
   const data = loaded ?? loadTaskItems(task, dataDir, limit);
-  const past = pastPositionCount(model.config.maxPositions);
+  const used: number[] = []; // positions each item's scoring used
   if (data.kind === "lambada") {
     const items = data.items;
     const bar = new Progress(task, items.length, "items", progress);
     const predictions: TaskResult["predictions"] = [];
     for (const it of items) {
       const r = loglikelihood(model, tok, it.context, it.target, kvCache);
-      past.note(r.positions);
+      used.push(r.positions);
       predictions.push({ greedy: r.greedy, logprob: r.logprob });
       bar.tick();
       await nextTurn(signal);
     }
     const hits = predictions.map((p) => (p.greedy ? 1 : 0));
     const meanLp = predictions.reduce((a, p) => a + p.logprob!, 0) / Math.max(items.length, 1);
-    return { task, n: items.length, metrics: { acc: hits.reduce((a: number, b) => a + b, 0) / Math.max(items.length, 1), acc_stderr: stderr(hits), ppl: Math.exp(-meanLp) }, predictions, pastPositions: past.result };
+    return { task, n: items.length, metrics: { acc: hits.reduce((a: number, b) => a + b, 0) / Math.max(items.length, 1), acc_stderr: stderr(hits), ppl: Math.exp(-meanLp) }, predictions, pastPositions: pastPositions(used, model.config.maxPositions) };
   }
   const items = data.items;
   const bar = new Progress(task, items.length, "items", progress);
   const predictions: TaskResult["predictions"] = [];
   for (const it of items) {
     const scored = choiceLoglikelihoods(model, tok, it.context, it.choices, kvCache);
-    past.note(Math.max(...scored.map((r) => r.positions)));
+    used.push(Math.max(...scored.map((r) => r.positions)));
     const scores = scored.map((r) => r.logprob);
     predictions.push({ acc: argmax(scores), acc_norm: accNormPick(scores, it.choices), scores });
     bar.tick();
@@ -145,5 +138,5 @@ export async function runTask(model: LlamaModel, tok: TextTokenizer, task: TaskN
   const acc = predictions.map((p, i) => (p.acc === items[i]!.gold ? 1 : 0));
   const accNorm = predictions.map((p, i) => (p.acc_norm === items[i]!.gold ? 1 : 0));
   const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / Math.max(xs.length, 1);
-  return { task, n: items.length, metrics: { acc: mean(acc), acc_stderr: stderr(acc), acc_norm: mean(accNorm), acc_norm_stderr: stderr(accNorm) }, predictions, pastPositions: past.result };
+  return { task, n: items.length, metrics: { acc: mean(acc), acc_stderr: stderr(acc), acc_norm: mean(accNorm), acc_norm_stderr: stderr(accNorm) }, predictions, pastPositions: pastPositions(used, model.config.maxPositions) };
 }
