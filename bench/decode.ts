@@ -15,7 +15,7 @@
  * Each row times --repeats windows of --steps steps and reports the median window (the range beside it).
  * Steps go through a DecodeSession, which replays a recorded step (CUDA graph) where it can: the row
  * says "CUDA graph", or why not; --graphs 0 runs every step op by op.
- * Run: node dist/bench/decode.js MHA_DIR MLA_DIR [--device cuda] [--kv-cache f32|bf16] [--graphs 0|1] [--contexts 1024,4096,16384] [--batches 1,32] [--steps 32] [--repeats 3]
+ * Run: node dist/bench/decode.js MHA_DIR MLA_DIR [--device cuda] [--kv-cache f32|bf16] [--graphs 0|1] [--readback ids|logits|ids,logits] [--contexts 1024,4096,16384] [--batches 1,32] [--steps 32] [--repeats 3]
  */
 import { selectBackend, type DeviceName } from "../src/backends/select.js";
 import { CudaBackend } from "../src/backends/native/cuda.js";
@@ -51,6 +51,12 @@ if (!Number.isInteger(repeats) || repeats < 1 || !Number.isInteger(steps) || ste
 const kvCache = opt("kv-cache", "f32") as "f32" | "bf16";
 // --graphs 0: every step op by op (the comparison for a recorded step, DecodeSession).
 const graphs = opt("graphs", "1") !== "0";
+// --readback ids (default): each step's next tokens are the rows' arg-max taken on the device where the
+// backend can (B ids come back, as generate and serve do for greedy decoding, and as HF's peer does);
+// logits: the whole [B, V] logits come back and the host picks (what every step did before).
+// A list (ids,logits) times each in turn on the same caches, a row each.
+const readbacks = opt("readback", "ids").split(",");
+if (!readbacks.every((r) => r === "ids" || r === "logits")) throw new Error(`--readback ${readbacks}: ids, logits or both`);
 const backend = selectBackend(device, stderrLogger);
 
 function rand(n: number, vocab: number, seed: number): Int32Array {
@@ -90,15 +96,21 @@ for (const dir of dirs) {
       let session: DecodeSession | null = null;
       try {
         // Room for the prefill and every step (the clones keep it): no cache moves while timed.
-        const first = model.newCache(kvCache, { capacity: ctx + repeats * steps + 2 });
+        const first = model.newCache(kvCache, { capacity: ctx + readbacks.length * repeats * steps + 2 });
         model.forward(rand(ctx, V, 11), first).toArray();
         const caches = [first];
         for (let b = 1; b < B; b++) caches.push(first.clone());
         if (backend instanceof CudaBackend) await backend.reclaim();
-        let tok = new Int32Array(B).fill(5);
+        let tok: Int32Array = new Int32Array(B).fill(5);
         session = new DecodeSession(model, caches, { graphs });
+        let readback = readbacks[0]!;
         const step = () => {
-          const logits = session!.step(tok).toArray();
+          const out = session!.step(tok);
+          if (readback === "ids" && backend.rowArgmax) {
+            tok = backend.rowArgmax(out);
+            return;
+          }
+          const logits = out.toArray();
           // Next tokens from the logits (so each step depends on the previous one, as in real decoding).
           tok = Int32Array.from({ length: B }, (_, b) => 3 + (logits.subarray(b * V, b * V + 64).indexOf(Math.max(...logits.subarray(b * V, b * V + 64))) % 60));
         };
@@ -106,19 +118,21 @@ for (const dir of dirs) {
         step(); // the second records the step where it can
         // `repeats` windows of `steps` steps: the median window's rate, and the range (a machine that
         // is busy elsewhere for a moment shows as a wide range rather than a wrong number).
-        const rates: number[] = [];
-        for (let r = 0; r < repeats; r++) {
-          const t0 = performance.now();
-          for (let s = 0; s < steps; s++) step();
-          rates.push((steps * B) / ((performance.now() - t0) / 1000));
+        for (readback of readbacks) {
+          const rates: number[] = [];
+          for (let r = 0; r < repeats; r++) {
+            const t0 = performance.now();
+            for (let s = 0; s < steps; s++) step();
+            rates.push((steps * B) / ((performance.now() - t0) / 1000));
+          }
+          const how = (session.graphed ? ", CUDA graph" : ", op by op") + (readbacks.length > 1 || readback !== "ids" ? `, ${readback} back` : "");
+          if (graphs && session.why) console.error(`${dir.split("/").pop()} ctx ${ctx} batch ${B}: op by op because ${session.why}`);
+          rates.sort((x, y) => x - y);
+          const median = rates[Math.floor(rates.length / 2)]!;
+          const bound = (weightBytes + stored) / hbm.bytesPerS;
+          const range = repeats > 1 ? ` (${rates[0]!.toFixed(0)}–${rates[rates.length - 1]!.toFixed(0)})` : "";
+          console.log(`${row(how)} ${median.toFixed(1)}${range} | ${((100 * bound * median) / B).toFixed(0)}% |`);
         }
-        const how = session.graphed ? ", CUDA graph" : ", op by op";
-        if (graphs && session.why) console.error(`${dir.split("/").pop()} ctx ${ctx} batch ${B}: op by op because ${session.why}`);
-        rates.sort((x, y) => x - y);
-        const median = rates[Math.floor(rates.length / 2)]!;
-        const bound = (weightBytes + stored) / hbm.bytesPerS;
-        const range = repeats > 1 ? ` (${rates[0]!.toFixed(0)}–${rates[rates.length - 1]!.toFixed(0)})` : "";
-        console.log(`${row(how)} ${median.toFixed(1)}${range} | ${((100 * bound * median) / B).toFixed(0)}% |`);
       } catch (e) {
         // The fit estimate above is rough (the absorbed projections and activations come on top): say so and go on.
         if ((e as { code?: string }).code !== "OUT_OF_MEMORY") throw e;

@@ -200,14 +200,17 @@ mla_status launch(const XT* x, const __nv_bfloat16* w, float* y, int64_t P, int6
 // fill it; a tile's kw partial sums are added in warp order through shared memory, so a column's sum
 // depends on K and the row count alone (linear_many gives linear's bits).
 constexpr int MMA_MAX_ROWS = 32;
-constexpr int UNROLL_MMA = 2, STAGES = 4, MMA_WARPS = 4;  // a warp has STAGES − 1 rounds (3 KB of weights) in flight while it computes one
+constexpr int UNROLL_MMA = 2, STAGES = 4, MMA_WARPS = 4;  // a warp has STAGES − 1 rounds (6 KB of weights) in flight while it computes one
 
 __device__ __forceinline__ void cp16_weights(uint4* s, const __nv_bfloat16* g, bool ok) {  // L2 only, as load_w
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"((unsigned)__cvta_generic_to_shared(s)), "l"(g), "r"(ok ? 16 : 0));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"((unsigned)__cvta_generic_to_shared(s)), "l"(g), "r"(ok ? 16 : 0) : "memory");
 }
 __device__ __forceinline__ void cp16_x(uint4* s, const char* g, bool ok) {  // kept in L1
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 16, %2;\n" ::"r"((unsigned)__cvta_generic_to_shared(s)), "l"(g), "r"(ok ? 16 : 0));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 16, %2;\n" ::"r"((unsigned)__cvta_generic_to_shared(s)), "l"(g), "r"(ok ? 16 : 0) : "memory");
 }
+// cp.async.wait_group with a memory clobber: the ring's plain shared-memory reads must not move above it.
+template <int N>
+__device__ __forceinline__ void ring_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
 
 // Chunks (16 bytes) per lane per step: the two weight columns and each row block's x (f32 x: two).
 template <int NB, typename XT>
@@ -246,11 +249,11 @@ __device__ __forceinline__ void gemv_mma_block(const XT* x, const __nv_bfloat16*
         const int k = (warp + (r * UNROLL_MMA + u) * kw) * 32;
         const bool ok = k + 8 * t < K;  // zeros past K (K is a multiple of 8: a lane's chunk is all in or all out)
 #pragma unroll
-        for (int i = 0; i < 2; i++) cp16_weights(st + (u * C + i) * 32 + lane, ok ? wr[i] + k : wr[i], ok);
+        for (int i = 0; i < 2; i++) cp16_weights(st + (u * C + i) * 32 + lane, ok ? wr[i] + k : w, ok);  // nothing read when !ok: any mapped address
 #pragma unroll
         for (int b = 0; b < NB; b++)
 #pragma unroll
-          for (int h = 0; h < XW; h++) cp16_x(st + (u * C + 2 + b * XW + h) * 32 + lane, reinterpret_cast<const char*>(ok ? xr[b] + k : xr[b]) + 16 * h, ok);
+          for (int h = 0; h < XW; h++) cp16_x(st + (u * C + 2 + b * XW + h) * 32 + lane, ok ? reinterpret_cast<const char*>(xr[b] + k) + 16 * h : reinterpret_cast<const char*>(x), ok);
       }
     }
     mla_mma::cp_commit();  // empty groups past the last round keep the wait count below uniform
@@ -259,7 +262,7 @@ __device__ __forceinline__ void gemv_mma_block(const XT* x, const __nv_bfloat16*
   for (int r = 0; r < STAGES - 1; r++) issue(r);
   for (int r = 0; r < rounds; r++) {
     issue(r + STAGES - 1);
-    mla_mma::cp_wait<STAGES - 1>();
+    ring_wait<STAGES - 1>();
     const uint4* st = ring + (r % STAGES) * UNROLL_MMA * C * 32;
 #pragma unroll
     for (int u = 0; u < UNROLL_MMA; u++) {
@@ -280,7 +283,7 @@ __device__ __forceinline__ void gemv_mma_block(const XT* x, const __nv_bfloat16*
       }
     }
   }
-  mla_mma::cp_wait<0>();
+  ring_wait<0>();
 #pragma unroll
   for (int b = 0; b < NB; b++)
 #pragma unroll
@@ -322,21 +325,42 @@ int mma_tiles(int64_t K, int64_t N) {
   return N ? (int)std::max<int64_t>(1, std::min<int64_t>(fill, (N + 15) / 16)) : fill;
 }
 
-// The rings' shared memory, raised above the 48 KB default (f32 x at 32 rows: 160 KB).
-template <typename KERNEL>
-mla_status ring_bytes(KERNEL kernel, int chunks, int warps, size_t* bytes) {
-  *bytes = (size_t)warps * STAGES * UNROLL_MMA * chunks * 32 * sizeof(uint4);
-  CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)*bytes));
+// The rings' shared memory for `warps` warps (f32 x at 32 rows, 4 warps: 160 KB).
+size_t ring_bytes(int chunks, int warps) { return (size_t)warps * STAGES * UNROLL_MMA * chunks * 32 * sizeof(uint4); }
+// Raises the kernel's dynamic shared memory limit, once per instantiation, to what its largest block
+// (MMA_WARPS warps) needs: a limit set per call would shrink under a small call, below what a recorded
+// graph node of an earlier, larger call was captured with.
+template <int NB, typename XT, bool MANY>
+mla_status allow_rings() {
+  static bool done = false;
+  if (!done) {
+    const int bytes = (int)ring_bytes(chunks_per_step<NB, XT>(), MMA_WARPS);
+    if constexpr (MANY) CUDA_TRY(cudaFuncSetAttribute(k_gemv_mma_many<NB, XT>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+    else CUDA_TRY(cudaFuncSetAttribute(k_gemv_mma<NB, XT>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+    done = true;
+  }
   return MLA_OK;
+}
+// Whether the rows' largest block fits the GPU's shared memory per block (ring and `part`): every
+// instantiation does on sm_90 (227 KB), not f32 x at 17–32 rows on sm_80 (163 KB) nor 9–32 rows on
+// GPUs with 99 KB; those products go to cuBLAS.
+bool rings_fit(int64_t rows, bool x_bf16) {
+  static int optin = -1;
+  if (optin < 0 && cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, ctx()->device) != cudaSuccess) {
+    (void)cudaGetLastError();
+    optin = 0;  // unknown: the MMA kernel takes nothing
+  }
+  const int NB = rows <= 8 ? 1 : rows <= 16 ? 2 : 4;
+  const size_t part = (size_t)MMA_WARPS * NB * 4 * 32 * sizeof(float);
+  return ring_bytes(2 + NB * (x_bf16 ? 1 : 2), MMA_WARPS) + part <= (size_t)optin;
 }
 
 template <int NB, typename XT>
 mla_status launch_mma_rows(const XT* x, const __nv_bfloat16* w, float* y, int64_t P, int64_t rows, int64_t hpg, int64_t K, int64_t N) {
   const int kw = mma_k_warps(K), tiles = mma_tiles(K, N);
   const dim3 grid((unsigned)((N + 16 * tiles - 1) / (16 * tiles)), (unsigned)P), block(32 * kw * tiles);
-  size_t bytes;
-  if (mla_status e = ring_bytes(k_gemv_mma<NB, XT>, chunks_per_step<NB, XT>(), kw * tiles, &bytes)) return e;
-  k_gemv_mma<NB, XT><<<grid, block, bytes, ctx()->stream>>>(x, w, y, (int)rows, (int)hpg, (int)(P * hpg), (int)K, (int)N, kw);
+  if (mla_status e = allow_rings<NB, XT, false>()) return e;
+  k_gemv_mma<NB, XT><<<grid, block, ring_bytes(chunks_per_step<NB, XT>(), kw * tiles), ctx()->stream>>>(x, w, y, (int)rows, (int)hpg, (int)(P * hpg), (int)K, (int)N, kw);
   KERNEL_CHECK();
   return MLA_OK;
 }
@@ -345,20 +369,19 @@ mla_status launch_mma_rows(const XT* x, const __nv_bfloat16* w, float* y, int64_
 template <int NB, typename XT>
 mla_status launch_mma_many_rows(const XT* x, const ManyMats& m, int64_t rows, int64_t K) {
   const int kw = mma_k_warps(K), warps = kw * mma_tiles(K, 0);
-  size_t bytes;
-  if (mla_status e = ring_bytes(k_gemv_mma_many<NB, XT>, chunks_per_step<NB, XT>(), warps, &bytes)) return e;
-  k_gemv_mma_many<NB, XT><<<(unsigned)m.firstBlock[m.count], 32 * warps, bytes, ctx()->stream>>>(x, m, (int)rows, (int)K, kw);
+  if (mla_status e = allow_rings<NB, XT, true>()) return e;
+  k_gemv_mma_many<NB, XT><<<(unsigned)m.firstBlock[m.count], 32 * warps, ring_bytes(chunks_per_step<NB, XT>(), warps), ctx()->stream>>>(x, m, (int)rows, (int)K, kw);
   KERNEL_CHECK();
   return MLA_OK;
 }
 
-// Rows per problem from which the tensor-core kernel runs instead of the FMA one: MHA2MLA_GEMV_MMA_ROWS
-// (1–5; cudaEnv.ts refuses more, which would act as 5), read at each call; default 5.
+// Rows per problem from which the tensor-core kernel runs: MHA2MLA_GEMV_MMA_ROWS (1–33, 33 = never),
+// read at each call; default 5. Rows in 5 … that count − 1 go to cuBLAS (gemv_takes).
 int64_t mma_from() {
   const char* v = getenv("MHA2MLA_GEMV_MMA_ROWS");
   return v && *v ? std::max<int64_t>(1, std::min<int64_t>(MMA_MAX_ROWS + 1, atoll(v))) : MAX_ROWS + 1;
 }
-bool mma_takes(int64_t rows) { return rows >= mma_from() || rows > MAX_ROWS; }
+bool mma_takes(int64_t rows) { return rows >= mma_from(); }
 
 template <typename XT>
 mla_status launch_any(const XT* x, const __nv_bfloat16* w, float* y, int64_t P, int64_t rows, int64_t hpg, int64_t K, int64_t N) {
@@ -400,7 +423,7 @@ namespace mla {
 // Whether gemv_bf16 takes a problem: rows ≤ the limit, K a multiple of 8 (16-byte steps), 16-byte
 // aligned rows, sizes within 32-bit indices.
 bool gemv_takes(const void* x, bool x_bf16, const void* w, int64_t rows, int64_t K, int64_t N, int64_t P) {
-  return rows >= 1 && rows <= max_rows() && K > 0 && K % 8 == 0 && N > 0 && P > 0 && P <= 65535 && N * K < INT32_MAX && aligned16(x) && aligned16(w) && (x_bf16 || K % 4 == 0);
+  return rows >= 1 && rows <= max_rows() && (mma_takes(rows) ? rings_fit(rows, x_bf16) : rows <= MAX_ROWS) && K > 0 && K % 8 == 0 && N > 0 && P > 0 && P <= 65535 && N * K < INT32_MAX && aligned16(x) && aligned16(w) && (x_bf16 || K % 4 == 0);
 }
 
 // y [T, P·hpg, N] = x [T, P·hpg, K] · w[p]ᵀ per problem p (rows = T·hpg; see gemv_takes). x f32 or bf16.

@@ -93,6 +93,35 @@ __global__ void __launch_bounds__(ROW_THREADS) k_row_logprobs(const float* logit
   }
 }
 
+// The arg-max of each row of logits [T, V] (greedy decoding's next tokens), as the host's pickToken
+// takes it: the first id holding the largest value, NaN and −∞ never taken; −1 where a row holds no
+// such value (the host then reports the broken row). One block per row.
+__global__ void __launch_bounds__(ROW_THREADS) k_row_argmax(const float* logits, int64_t V, int32_t* ids) {
+  __shared__ float wv[ROW_THREADS / 32];
+  __shared__ int wi[ROW_THREADS / 32];
+  const float* row = logits + (int64_t)blockIdx.x * V;
+  float v = -INFINITY;
+  int id = INT_MAX;  // none
+  // Strided ids rise, so a strict > keeps a thread's first id of its largest value.
+  for (int64_t i = threadIdx.x; i < V; i += ROW_THREADS) {
+    const float x = row[i];
+    if (x > v) v = x, id = (int)i;
+  }
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  for (int o = 16; o > 0; o >>= 1) {
+    const float v2 = __shfl_xor_sync(0xffffffffu, v, o);
+    const int i2 = __shfl_xor_sync(0xffffffffu, id, o);
+    if (better(v2, i2, v, id)) v = v2, id = i2;
+  }
+  if (lane == 0) wv[warp] = v, wi[warp] = id;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int w = 1; w < ROW_THREADS / 32; w++)
+      if (better(wv[w], wi[w], v, id)) v = wv[w], id = wi[w];
+    ids[blockIdx.x] = id == INT_MAX ? -1 : id;
+  }
+}
+
 }  // namespace
 
 // logits [T, V] f32 on the device; targets [T] on the host (−1: no target for that row); logprob [T],
@@ -121,6 +150,24 @@ extern "C" mla_status mla_cuda_row_logprobs(const mla_cuda_buf* logits, const in
     CUDA_TRY(cudaMemcpyAsync(top_ids, di, sizeof(int32_t) * T * top, cudaMemcpyDeviceToHost, s));
     CUDA_TRY(cudaMemcpyAsync(top_lp, dv, sizeof(float) * T * top, cudaMemcpyDeviceToHost, s));
   }
+  CUDA_TRY(cudaStreamSynchronize(s));
+  return MLA_OK;
+}
+
+// logits [T, V] f32 on the device; ids [T] a host array filled before it returns: each row's arg-max
+// (k_row_argmax), so greedy decoding brings T ids to the host instead of T·V logits.
+extern "C" mla_status mla_cuda_row_argmax(const mla_cuda_buf* logits, int64_t T, int64_t V, int32_t* ids) {
+  NEED_CTX();
+  MLA_CHECK(logits && logits->dtype == MLA_F32 && logits->n == T * V && V > 0, "row_argmax: logits must be f32 [T, V]");
+  MLA_CHECK(V < INT32_MAX, "row_argmax: the vocabulary must fit 32-bit ids");
+  if (T == 0) return MLA_OK;
+  cudaStream_t s = ctx()->stream;
+  mla_status st;
+  int32_t* di = (int32_t*)mla::scratch(sizeof(int32_t) * T, &st);
+  if (!di) return st;
+  k_row_argmax<<<(unsigned)T, ROW_THREADS, 0, s>>>((const float*)logits->ptr, V, di);
+  KERNEL_CHECK();
+  CUDA_TRY(cudaMemcpyAsync(ids, di, sizeof(int32_t) * T, cudaMemcpyDeviceToHost, s));
   CUDA_TRY(cudaStreamSynchronize(s));
   return MLA_OK;
 }

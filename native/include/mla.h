@@ -194,6 +194,8 @@ mla_status mla_cuda_cross_entropy(const mla_cuda_buf* logits, const int32_t* tar
 /* Per row of logits [T, V]: log-softmax of targets[t] (−1: NaN) into logprob[T], and the top (≤ 20) most likely ids and
    their log-probabilities into top_ids/top_lp [T, top]; host arrays, filled before it returns. */
 mla_status mla_cuda_row_logprobs(const mla_cuda_buf* logits, const int32_t* targets, int64_t T, int64_t V, int32_t top, float* logprob, int32_t* top_ids, float* top_lp);
+/* Each row's arg-max of logits [T, V] f32 into the host array ids [T] (the first id of the largest value; NaN and −inf never taken; −1 where a row holds no other). */
+mla_status mla_cuda_row_argmax(const mla_cuda_buf* logits, int64_t T, int64_t V, int32_t* ids);
 /* The training step's form: per-row losses into the f32 device buffer loss from loss_offset (no host wait),
    grad [T,V] f32 or bf16 on the device. */
 mla_status mla_cuda_cross_entropy_device(const mla_cuda_buf* logits, const int32_t* targets, mla_cuda_buf* loss, int64_t loss_offset, mla_cuda_buf* grad, float scale, int64_t T, int64_t V);

@@ -191,6 +191,10 @@ function* decodeSteps(model: LlamaModel, prompts: readonly (readonly number[])[]
     // collector, whose callbacks run only between event-loop turns (generateBatchAsync gives one), so
     // a 16k-token prompt on a 32-layer 7B model held every layer's q, k, v and attention output at once.
     let lasts: FloatArray[] = [];
+    // Greedy decoding without penalties takes each step's tokens on the device where the backend can
+    // (T ids to the host instead of T·V logits); null: the rows come to the host and pickToken picks.
+    let picked: Int32Array | null = null;
+    const onDevice = sampling.temperature <= 0 && penalties.every((p) => !p) && !!model.backend.rowArgmax;
     for (const [i, p] of prompts.entries()) {
       let out: Tensor | null = null;
       for (let s = 0; s < p.length; s += PREFILL_CHUNK) {
@@ -205,7 +209,7 @@ function* decodeSteps(model: LlamaModel, prompts: readonly (readonly number[])[]
     while (live.length) {
       const still: number[] = [], next: number[] = [];
       live.forEach((i, k) => {
-        const t = pickToken(penalties[i]?.apply(lasts[k]!) ?? lasts[k]!, sampling, rands[i]!);
+        const t = picked ? picked[k]! : pickToken(penalties[i]?.apply(lasts[k]!) ?? lasts[k]!, sampling, rands[i]!);
         penalties[i]?.add(t);
         outs[i]!.push(t);
         opts.onToken?.(i, t);
@@ -221,10 +225,16 @@ function* decodeSteps(model: LlamaModel, prompts: readonly (readonly number[])[]
         session = new DecodeSession(model, still.map((i) => caches[i]!));
       }
       live = still;
-      const logits = session.step(Int32Array.from(next)).toArray();
+      const out = session.step(Int32Array.from(next));
       decodeTokens += live.length;
       steps = session.graphed ? "CUDA graph" : `op by op (${session.why ?? "not recorded yet"})`;
-      lasts = live.map((_, k) => logits.subarray(k * V, (k + 1) * V));
+      picked = onDevice ? model.backend.rowArgmax!(out) : null;
+      // A row with no number in it: its logits come to the host, whose pick reports it.
+      if (picked?.includes(-1)) picked = null;
+      if (!picked) {
+        const logits = out.toArray();
+        lasts = live.map((_, k) => logits.subarray(k * V, (k + 1) * V));
+      }
     }
     return {
       sequences: prompts.map((_, i) => ({ ids: outs[i]!, cacheElements: caches[i]!.elements, cacheBytes: caches[i]!.bytes })),

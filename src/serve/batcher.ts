@@ -156,6 +156,9 @@ interface Sequence {
 /** A spec's limit field as refusals name it (absent: max_tokens, sent). */
 const limitOf = (spec: SequenceSpec): TokenLimitName => spec.limit ?? { key: "max_tokens", sent: true };
 
+/** `s` takes the most likely token of its logits as they are: greedy, no penalties or biases, no end token held back by min_tokens, no log-probabilities asked. */
+const pickedAsIs = (s: Sequence): boolean => s.spec.sampling.temperature <= 0 && !s.penalties && s.spec.logprobs === undefined && (s.newTokens >= (s.spec.minTokens ?? 0) || !s.endings.size);
+
 /** "the prompt's N tokens + max_tokens M", naming the request's limit field, or the default it got. */
 function tokenSum(spec: SequenceSpec): string {
   const limit = limitOf(spec);
@@ -457,13 +460,18 @@ export class Batcher {
         this.sessionOver = live;
       }
       const t0 = performance.now();
-      const logits = this.session.step(Int32Array.from(live, (s) => s.next)).toArray();
+      const out = this.session.step(Int32Array.from(live, (s) => s.next));
+      // Where every sequence takes the most likely token as it is, the device picks them (B ids to the
+      // host instead of B·V logits); a row with no number in it comes to the host, whose pick reports it.
+      let picked = this.model.backend.rowArgmax && live.every(pickedAsIs) ? this.model.backend.rowArgmax(out) : null;
+      if (picked?.includes(-1)) picked = null;
+      const logits = picked ? null : out.toArray();
       this.decodeMs += performance.now() - t0;
       this.decodeTokens += live.length;
       this.decodeSteps++;
       if (this.session.graphed) this.replayedSteps++;
       // A sequence ended or cancelled earlier in this pass (a sibling choice failed) takes no token.
-      live.forEach((s, k) => !s.ended && !s.cancelled && this.take(s, logits.subarray(k * V, (k + 1) * V)));
+      live.forEach((s, k) => !s.ended && !s.cancelled && (picked ? this.accept(s, picked[k]!, undefined) : this.take(s, logits!.subarray(k * V, (k + 1) * V))));
     } catch (e) {
       this.session?.dispose();
       this.session = null;
@@ -482,7 +490,11 @@ export class Batcher {
     const id = pickToken(row, s.spec.sampling, s.rand);
     s.penalties?.add(id);
     // The model's own distribution, before penalties and biases (as vLLM reports them by default).
-    const lp = s.spec.logprobs === undefined ? undefined : tokenLogprobs(logits, id, s.spec.logprobs);
+    this.accept(s, id, s.spec.logprobs === undefined ? undefined : tokenLogprobs(logits, id, s.spec.logprobs));
+  }
+
+  /** `s` takes token `id` (with its log-probabilities `lp` where asked): it ends there or goes on from it. */
+  private accept(s: Sequence, id: number, lp: ReturnType<typeof tokenLogprobs> | undefined): void {
     s.newTokens++;
     s.generated.push(id);
     this.newTokens++;

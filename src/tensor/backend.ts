@@ -273,6 +273,13 @@ export interface Backend {
    * rows to the host (where absent, the rows are downloaded and scored there).
    */
   rowLogprobs?(logits: Tensor, targets: Int32Array, top: number): { logprob: Float32Array; topIds: Int32Array; topLogprobs: Float32Array };
+  /**
+   * Each row's arg-max of logits [T, V] (greedy decoding's next tokens) as pickToken takes it: the
+   * first id of the largest value, NaN and −∞ never taken, −1 where a row holds nothing else. T ids
+   * come to the host instead of T·V logits (8 × 32k float32 is 1 MB a decode step); where absent, the
+   * rows are downloaded.
+   */
+  rowArgmax?(logits: Tensor): Int32Array;
 
   /** y[M,N] = x[M,K] · w[N,K]ᵀ (+ bias[N]). */
   linear(x: Tensor, w: Tensor, bias?: Tensor | null): Tensor;

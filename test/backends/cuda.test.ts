@@ -15,7 +15,7 @@ import { convert } from "../../src/convert/pipeline.js";
 import { exportDeepseek } from "../../src/deepseek/fromMla.js";
 import { evaluate } from "../../src/eval/evaluate.js";
 import { runTask } from "../../src/eval/tasks/index.js";
-import { tokenLogprobs } from "../../src/model/sampling.js";
+import { pickToken, tokenLogprobs } from "../../src/model/sampling.js";
 import { finetune } from "../../src/finetune/trainer.js";
 import { MlaError } from "../../src/errors.js";
 import { useLinalg } from "../../src/backends/native/linalg.js";
@@ -77,19 +77,21 @@ test("zero-sized dimensions (M, K, N, T, S, head dims = 0, rope with no rotary d
 test("linearMany (a layer's projections of one x in one launch) equals one linear per weight, bit for bit: 1–4 rows (FMA kernel), 5–32 (tensor-core kernel), f32 and bf16 x, column counts off the kernels' 4- and 16-column blocks; biases and 33 rows take the per-weight route", { skip }, () => {
   const B = backend();
   const rand = seededRand(29, Float32Array);
-  const K = 256;
-  const ws = [512, 2048, 100, 7].map((N) => B.uploadBf16!(toBf16Bits(rand(N * K, 0.05)), [N, K]));
   process.env["MHA2MLA_GEMV_ROWS"] = "32"; // the kernels' most (the default stops at 4)
+  // K 256: four warps along K, one 16-column tile a block; K 64: one warp along K, four tiles a block.
+  for (const K of [256, 64]) {
+  const ws = [512, 2048, 100, 7].map((N) => B.uploadBf16!(toBf16Bits(rand(N * K, 0.05)), [N, K]));
   for (const M of [1, 2, 3, 4, 5, 8, 9, 16, 17, 32, 33]) {
     const x = B.upload(rand(M * K), [M, K]);
     const many = B.linearMany(x, ws, []);
     ws.forEach((w, i) => {
       const one = B.linear(x, w).toArray();
-      assert.deepEqual(Array.from(many[i]!.toArray()), Array.from(one), `${M} rows, weight ${i}: the same bits as its own linear`);
+      assert.deepEqual(Array.from(many[i]!.toArray()), Array.from(one), `K ${K}, ${M} rows, weight ${i}: the same bits as its own linear`);
     });
     const bias = B.upload(rand(ws[0]!.shape[0]!), [ws[0]!.shape[0]!]);
     const withBias = B.linearMany(x, ws.slice(0, 2), [bias, null]);
     assert.ok(maxAbsDiff(withBias[0]!.toArray(), B.linear(x, ws[0]!, bias).toArray()) === 0, `${M} rows: a bias`);
+  }
   }
   delete process.env["MHA2MLA_GEMV_ROWS"];
 });
@@ -124,13 +126,13 @@ test("decode products (≤ 32 rows, bf16 weights; the FMA and tensor-core gemv k
   };
   // The kernels take ≤ 32 rows here (MHA2MLA_GEMV_ROWS, read at each call), then none (cuBLAS, the same
   // bound), then the MMA kernel at every row count.
-  const routes = [{ rows: "32" }, { rows: "0" }, { rows: "32", mmaFrom: "1" }];
+  const routes = [{ rows: "32" }, { rows: "0" }, { rows: "32", mmaFrom: "1" }, { rows: "32", mmaFrom: "9" }];
   for (const { rows, mmaFrom } of routes) {
     process.env["MHA2MLA_GEMV_ROWS"] = rows;
     if (mmaFrom) process.env["MHA2MLA_GEMV_MMA_ROWS"] = mmaFrom;
     else delete process.env["MHA2MLA_GEMV_MMA_ROWS"];
-    const route = rows === "0" ? " (cuBLAS)" : mmaFrom ? " (MMA kernel)" : "";
-    for (const [M, K, N] of [[1, 4096, 520], [1, 11008, 36], [2, 576, 1536], [2, 11008, 6], [2, 1536, 97], [3, 64, 33], [4, 11008, 100], [1, 112, 2048], [1, 8, 3], [5, 1536, 96], [8, 8, 17], [8, 4096, 520], [7, 11008, 40], [9, 112, 2048], [16, 2056, 33], [24, 64, 100], [32, 1000, 17]] as const) {
+    const route = rows === "0" ? " (cuBLAS)" : mmaFrom ? ` (MMA kernel from ${mmaFrom} rows, cuBLAS from 5 below it)` : "";
+    for (const [M, K, N] of [[1, 4096, 520], [1, 11008, 36], [2, 576, 1536], [2, 11008, 6], [2, 1536, 97], [3, 64, 33], [4, 11008, 100], [1, 112, 2048], [1, 8, 3], [5, 1536, 96], [8, 8, 17], [8, 4096, 520], [7, 11008, 40], [9, 112, 2048], [16, 2056, 33], [24, 64, 100], [32, 1000, 17], [6, 136, 50], [12, 192, 40]] as const) {
       const x = rand(M * K), w = roundBf16(rand(N * K));
       const want = reference(roundBf16(x), w, M, 1, 1, K, N);
       const wb = B.uploadBf16(toBf16Bits(w), [N, K]);
@@ -361,6 +363,28 @@ test("rowLogprobs on the device equals tokenLogprobs on the host: target log-pro
       else assert.ok(Math.abs(got.logprob[t]! - want.logprob) < 1e-4, `[${T}, ${V}] top ${top} row ${t}: ${got.logprob[t]} vs ${want.logprob}`);
       assert.deepEqual(Array.from(got.topIds.subarray(t * top, (t + 1) * top)), want.top.map((w) => w.id), `[${T}, ${V}] top ${top} row ${t}: ids`);
       want.top.forEach((w, k) => assert.ok(Math.abs(got.topLogprobs[t * top + k]! - w.logprob) < 1e-4));
+    }
+  }
+});
+
+test("rowArgmax on the device picks as greedy pickToken on the host: ties to the lower id, NaN and −∞ never taken, +∞ taken, −1 for a row of nothing else, V not a multiple of the block", { skip }, () => {
+  const b = backend();
+  const greedy = { temperature: 0, topK: 0, topP: 1 };
+  for (const [T, V] of [[8, 32000], [3, 517], [2, 1], [1, 257]] as const) {
+    const x = seededRand(T * V, Float32Array)(T * V).map((v) => Math.round(v * 40) / 8); // many ties
+    if (V > 300) {
+      x[V + 7] = NaN; // row 1: NaN first among a thread's share, then a tie at the top
+      x[V + 300] = 1e9;
+      x[V + 45] = 1e9;
+      x[2 * V + 3] = Infinity; // row 2: +∞
+    }
+    if (T === 2) x.fill(NaN, V, 2 * V); // the last row holds nothing but NaN
+    if (T === 1) x.fill(-Infinity);
+    const got = b.rowArgmax!(b.upload(x, [T, V]));
+    for (let t = 0; t < T; t++) {
+      const row = x.subarray(t * V, (t + 1) * V);
+      const empty = row.every((v) => !(v > -Infinity));
+      assert.equal(got[t], empty ? -1 : pickToken(row, greedy, Math.random), `[${T}, ${V}] row ${t}`);
     }
   }
 });

@@ -21,8 +21,8 @@ test("the CUDA switches: documented values and in-range numbers pass; a misspelt
   refused({ MHA2MLA_MHA_DECODE: "kernels" }, /MHA2MLA_MHA_DECODE=kernels is not an MHA decode route/, /use one of kernel, cublas, or unset it/);
   refused({ MHA2MLA_LATENT_DECODE: "cublas" }, /MHA2MLA_LATENT_DECODE=cublas is not a latent decode route/, /use gemm, or unset it/);
   refused({ MHA2MLA_GEMV_ROWS: "33" }, /MHA2MLA_GEMV_ROWS=33 is not a row limit/, /use a whole number from 0 to 32, or unset it/);
-  refused({ MHA2MLA_GEMV_MMA_ROWS: "0" }, /MHA2MLA_GEMV_MMA_ROWS=0/, /1 to 5/);
-  refused({ MHA2MLA_GEMV_MMA_ROWS: "9" }, /MHA2MLA_GEMV_MMA_ROWS=9/, /1 to 5/);
+  refused({ MHA2MLA_GEMV_MMA_ROWS: "0" }, /MHA2MLA_GEMV_MMA_ROWS=0/, /1 to 33/);
+  refused({ MHA2MLA_GEMV_MMA_ROWS: "34" }, /MHA2MLA_GEMV_MMA_ROWS=34/, /1 to 33/);
   refused({ MHA2MLA_DECODE_MIN_TILES: "0" }, /MHA2MLA_DECODE_MIN_TILES=0/, /from 1 to 64/);
   refused({ MHA2MLA_DECODE_MIN_TILES: "2.5" }, /MHA2MLA_DECODE_MIN_TILES=2\.5/, /whole number/);
   // Any non-empty value would turn profiling on, "0" included.

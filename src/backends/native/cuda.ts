@@ -74,6 +74,7 @@ const SIGNATURES: Record<string, string> = {
   klDivergence: "int mla_cuda_kl_divergence(const mla_cuda_buf* student, const mla_cuda_buf* teacher, double* loss, mla_cuda_buf* grad, float temperature, float scale, int64_t T, int64_t V)",
   crossEntropy: "int mla_cuda_cross_entropy(const mla_cuda_buf* logits, const int32_t* targets, double* loss, mla_cuda_buf* grad, float scale, int64_t T, int64_t V)",
   rowLogprobs: "int mla_cuda_row_logprobs(const mla_cuda_buf* logits, const int32_t* targets, int64_t T, int64_t V, int32_t top, float* logprob, int32_t* top_ids, float* top_lp)",
+  rowArgmax: "int mla_cuda_row_argmax(const mla_cuda_buf* logits, int64_t T, int64_t V, int32_t* ids)",
   crossEntropyDevice: "int mla_cuda_cross_entropy_device(const mla_cuda_buf* logits, const int32_t* targets, mla_cuda_buf* loss, int64_t loss_offset, mla_cuda_buf* grad, float scale, int64_t T, int64_t V)",
   copyCols: "int mla_cuda_copy_cols(const mla_cuda_buf* x, mla_cuda_buf* y, int64_t M, int64_t Nx, int64_t offx, int64_t Ny, int64_t offy, int64_t w)",
   gatherCols: "int mla_cuda_gather_cols(const mla_cuda_buf* x, const int32_t* idx, mla_cuda_buf* y, int64_t M, int64_t N, int64_t K)",
@@ -825,6 +826,13 @@ export class CudaBackend implements Backend {
     const logprob = new Float32Array(T), topIds = new Int32Array(T * top), topLogprobs = new Float32Array(T * top);
     this.call("row_logprobs", this.blocking(() => this.lib.fns["rowLogprobs"]!(this.h(logits), targets, T, V, top, logprob, topIds, topLogprobs)));
     return { logprob, topIds, topLogprobs };
+  }
+
+  rowArgmax(logits: Tensor): Int32Array {
+    const V = last(logits), T = rowsOf(logits);
+    const ids = new Int32Array(T);
+    this.call("row_argmax", this.blocking(() => this.lib.fns["rowArgmax"]!(this.h(logits), T, V, ids)));
+    return ids;
   }
 
   gatherCols(x: Tensor, idx: Int32Array): Tensor {

@@ -38,7 +38,7 @@ export const CUDA_SWITCHES: readonly Switch[] = [
   { name: "MHA2MLA_CUDA_PROFILE", what: "a profiling switch", accepts: ["1"] },
   { name: "MHA2MLA_CUDA_PROFILE_SKIP", what: "a count of training steps", accepts: { min: 0, max: 1_000_000 } },
   { name: "MHA2MLA_GEMV_ROWS", what: "a row limit for the decode products' kernels", accepts: { min: 0, max: 32 }, perCall: true },
-  { name: "MHA2MLA_GEMV_MMA_ROWS", what: "a row count from which the decode products take the tensor-core kernel rather than the FMA one", accepts: { min: 1, max: 5 }, perCall: true },
+  { name: "MHA2MLA_GEMV_MMA_ROWS", what: "a row count from which the decode products take the tensor-core kernel (33: never)", accepts: { min: 1, max: 33 }, perCall: true },
   { name: "MHA2MLA_DECODE_BF16_INPUTS", what: "a switch for decode steps' bf16 product inputs (0: each product rounds its own)", accepts: ["0", "1"], perCall: true },
   { name: "MHA2MLA_LINEAR_MANY", what: "a switch for one launch of a decode layer's projections (0: one linear each)", accepts: ["0", "1"], perCall: true },
   { name: "MHA2MLA_DECODE_MIN_TILES", what: "a minimum of tiles per context split", accepts: { min: 1, max: 64 } },
