@@ -2,10 +2,12 @@
  * The trainer's matrix products on the GPU, one shape at a time: linear (y = x·wᵀ, float32 x [M, K],
  * bf16 w [N, K], float32 y) and its backward (dx and dw), as the trainer calls them, beside
  * bench/linear_torch.py (the same shapes under bf16 autocast). Milliseconds per call and TFLOP/s.
- * With --decode: the forward only, at decode's few rows, over enough copies of w (≥ 256 MiB, used in
- * turn) that the 50 MB L2 cannot serve them, and its weight-read rate in TB/s (the peer: F.linear on
- * bf16 x and w, as HF decodes, with as many copies).
- * Run: node dist/bench/linear-gpu.js [--shapes M:K:N,…] [--decode]
+ * With --decode: the forward only, at decode's few rows and on bf16 x (as a decode step feeds them),
+ * over enough copies of w (≥ 256 MiB, used in turn) that the 50 MB L2 cannot serve them, and its
+ * weight-read rate in TB/s (the peer: F.linear on bf16 x and w, as HF decodes, with as many copies).
+ * --heads T:H:K:N,…: decode's per-head products too (headLinear: float32 x [T, H, K], bf16 w [H, N, K];
+ * MLA's run-time absorption, e.g. 8:32:112:2048 and 8:32:2048:128 at llama2-7b's batch 8), timed as --decode.
+ * Run: node dist/bench/linear-gpu.js [--shapes M:K:N,…] [--decode] [--heads T:H:K:N,…]
  */
 import { openCuda } from "./cudaBench.js";
 import { toBf16Bits } from "../src/io/dtype.js";
@@ -18,15 +20,18 @@ const shapes = (at >= 0 ? args[at + 1]! : "16384:576:576,16384:576:1536,16384:15
 const { backend, sync } = openCuda();
 const rand = (n: number) => Float32Array.from({ length: n }, (_, i) => Math.sin(i * 12.9898) * 0.5);
 for (const [M, K, N] of shapes) {
-  const x = backend.upload(rand(M * K), [M, K]);
+  // Decode's products read bf16 inputs (the norms and SwiGLU write them; MHA2MLA_DECODE_BF16_INPUTS).
+  const x = decode ? backend.uploadBf16(toBf16Bits(rand(M * K)), [M, K]) : backend.upload(rand(M * K), [M, K]);
   const copies = decode ? Math.min(64, Math.max(1, Math.ceil((256 << 20) / (N * K * 2)))) : 1;
-  const ws = Array.from({ length: copies }, () => backend.uploadBf16(toBf16Bits(rand(N * K)), [N, K]));
+  // One host array uploaded into every copy (making one per copy took minutes at 7B shapes).
+  const bits = toBf16Bits(rand(N * K));
+  const ws = Array.from({ length: copies }, () => backend.uploadBf16(bits, [N, K]));
   const w = ws[0]!;
   const dy = decode ? null : backend.upload(rand(M * N), [M, N]);
   const time = (pass: string, flops: number, step: (w: typeof x) => (null | { dispose(): void })[]) => {
     for (const t of step(w)) t?.dispose();
     sync();
-    const reps = decode ? Math.max(50, 2 * copies) : 50;
+    const reps = decode ? Math.max(200, 2 * copies) : 50;
     const t0 = performance.now();
     for (let r = 0; r < reps; r++) for (const t of step(ws[r % copies]!)) t?.dispose();
     sync();
@@ -41,4 +46,20 @@ for (const [M, K, N] of shapes) {
       return [g.dx, g.dw];
     });
   for (const t of [x, ...ws, dy]) t?.dispose();
+}
+const hat = args.indexOf("--heads");
+for (const [T, H, K, N] of (hat >= 0 ? args[hat + 1]!.split(",") : []).map((s) => s.split(":").map(Number) as [number, number, number, number])) {
+  const x = backend.upload(rand(T * H * K), [T, H, K]);
+  const copies = Math.min(64, Math.max(1, Math.ceil((256 << 20) / (H * N * K * 2))));
+  const bits = toBf16Bits(rand(H * N * K));
+  const ws = Array.from({ length: copies }, () => backend.uploadBf16(bits, [H, N, K]));
+  backend.headLinear(x, ws[0]!).dispose();
+  sync();
+  const reps = Math.max(200, 2 * copies);
+  const t0 = performance.now();
+  for (let r = 0; r < reps; r++) backend.headLinear(x, ws[r % copies]!).dispose();
+  sync();
+  const ms = (performance.now() - t0) / reps;
+  console.log(JSON.stringify({ tool: "mha2mla", pass: "headLinear", T, H, K, N, ms: +ms.toFixed(4), weight_tb_per_s: +((H * N * K * 2) / ms / 1e9).toFixed(2), copies }));
+  for (const t of [x, ...ws]) t.dispose();
 }

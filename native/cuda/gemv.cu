@@ -200,45 +200,71 @@ mla_status launch(const XT* x, const __nv_bfloat16* w, float* y, int64_t P, int6
 // fill it; a tile's kw partial sums are added in warp order through shared memory, so a column's sum
 // depends on K and the row count alone (linear_many gives linear's bits).
 constexpr int MMA_MAX_ROWS = 32;
-constexpr int UNROLL_MMA = 2, STAGES = 4, MMA_WARPS = 4;  // a warp has STAGES − 1 rounds (6 KB of weights) in flight while it computes one
+// Tuning builds (bench/gemv-variants.sh builds and times them; never a default until measured):
+// GEMV_MMA_STAGES, GEMV_MMA_UNROLL, GEMV_MMA_WARPS as below; GEMV_MMA_NT 16-column tiles per warp
+// (each x fragment feeds NT of them: x bytes per weight byte ÷ NT); GEMV_MMA_CARVEOUT the preferred
+// shared-memory carveout in percent (−1: the driver's choice), which sets how much L1 the x reads
+// keep; GEMV_MMA_XCG=1 reads x past L1.
+#ifndef GEMV_MMA_STAGES
+#define GEMV_MMA_STAGES 4
+#endif
+#ifndef GEMV_MMA_UNROLL
+#define GEMV_MMA_UNROLL 2
+#endif
+#ifndef GEMV_MMA_WARPS
+#define GEMV_MMA_WARPS 4
+#endif
+#ifndef GEMV_MMA_NT
+#define GEMV_MMA_NT 1
+#endif
+#ifndef GEMV_MMA_CARVEOUT
+#define GEMV_MMA_CARVEOUT -1
+#endif
+#ifndef GEMV_MMA_XCG
+#define GEMV_MMA_XCG 0
+#endif
+constexpr int UNROLL_MMA = GEMV_MMA_UNROLL, STAGES = GEMV_MMA_STAGES, MMA_WARPS = GEMV_MMA_WARPS;  // a warp has STAGES − 1 rounds (6 KB of weights at the defaults) in flight while it computes one
+constexpr int NT = GEMV_MMA_NT;  // 16-column tiles per warp
 
 __device__ __forceinline__ void cp16_weights(uint4* s, const __nv_bfloat16* g, bool ok) {  // L2 only, as load_w
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"((unsigned)__cvta_generic_to_shared(s)), "l"(g), "r"(ok ? 16 : 0) : "memory");
 }
 __device__ __forceinline__ void cp16_x(uint4* s, const char* g, bool ok) {  // kept in L1
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 16, %2;\n" ::"r"((unsigned)__cvta_generic_to_shared(s)), "l"(g), "r"(ok ? 16 : 0) : "memory");
+  if (GEMV_MMA_XCG) asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"((unsigned)__cvta_generic_to_shared(s)), "l"(g), "r"(ok ? 16 : 0) : "memory");
+  else asm volatile("cp.async.ca.shared.global [%0], [%1], 16, %2;\n" ::"r"((unsigned)__cvta_generic_to_shared(s)), "l"(g), "r"(ok ? 16 : 0) : "memory");
 }
 // cp.async.wait_group with a memory clobber: the ring's plain shared-memory reads must not move above it.
 template <int N>
 __device__ __forceinline__ void ring_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
 
-// Chunks (16 bytes) per lane per step: the two weight columns and each row block's x (f32 x: two).
+// Chunks (16 bytes) per lane per step: two weight columns per tile and each row block's x (f32 x: two).
 template <int NB, typename XT>
-__host__ __device__ constexpr int chunks_per_step() { return 2 + NB * (int)(sizeof(XT) / 2); }
+__host__ __device__ constexpr int chunks_per_step() { return 2 * NT + NB * (int)(sizeof(XT) / 2); }
 
 // One block's columns from n0 of problem p for rows < 8·NB: its warps form kw × (blockDim / 32 / kw).
 template <int NB, typename XT>
 __device__ __forceinline__ void gemv_mma_block(const XT* x, const __nv_bfloat16* w, float* y, int rows, int hpg, int H, int K, int N, int p, int n0, int kw) {
-  constexpr int XW = sizeof(XT) / 2, C = chunks_per_step<NB, XT>();
-  __shared__ float part[MMA_WARPS][NB * 4][32];
+  constexpr int XW = sizeof(XT) / 2, C = chunks_per_step<NB, XT>(), WC = 2 * NT;
   extern __shared__ uint4 ring_all[];
   const int wid = threadIdx.x >> 5, warp = wid % kw, tile = wid / kw, lane = threadIdx.x & 31;
   const int g = lane >> 2, t = lane & 3;
-  const int steps = (K + 31) / 32, nt = n0 + 16 * tile;
-  const __nv_bfloat16* wr[2];
+  const int steps = (K + 31) / 32, nt = n0 + 16 * NT * tile;
+  const __nv_bfloat16* wr[WC];
 #pragma unroll
-  for (int i = 0; i < 2; i++) wr[i] = w + ((int64_t)p * N + min(nt + 8 * i + g, N - 1)) * K + 8 * t;  // columns past N re-read N − 1; not written
+  for (int i = 0; i < WC; i++) wr[i] = w + ((int64_t)p * N + min(nt + 8 * i + g, N - 1)) * K + 8 * t;  // columns past N re-read N − 1; not written
   const XT* xr[NB];
 #pragma unroll
   for (int b = 0; b < NB; b++) {
     const int r = 8 * b + g < rows ? 8 * b + g : 0;  // rows past the last repeat row 0; not written
     xr[b] = x + ((int64_t)(r / hpg) * H + p * hpg + r % hpg) * K + 8 * t;
   }
-  float acc[NB][4];
+  float acc[NT][NB][4];
 #pragma unroll
-  for (int b = 0; b < NB; b++)
+  for (int q = 0; q < NT; q++)
 #pragma unroll
-    for (int c = 0; c < 4; c++) acc[b][c] = 0.f;
+    for (int b = 0; b < NB; b++)
+#pragma unroll
+      for (int c = 0; c < 4; c++) acc[q][b][c] = 0.f;
   uint4* ring = ring_all + (size_t)wid * STAGES * UNROLL_MMA * C * 32;
   const int rounds = warp < steps ? (steps - warp + UNROLL_MMA * kw - 1) / (UNROLL_MMA * kw) : 0;
   auto issue = [&](int r) {
@@ -249,11 +275,11 @@ __device__ __forceinline__ void gemv_mma_block(const XT* x, const __nv_bfloat16*
         const int k = (warp + (r * UNROLL_MMA + u) * kw) * 32;
         const bool ok = k + 8 * t < K;  // zeros past K (K is a multiple of 8: a lane's chunk is all in or all out)
 #pragma unroll
-        for (int i = 0; i < 2; i++) cp16_weights(st + (u * C + i) * 32 + lane, ok ? wr[i] + k : w, ok);  // nothing read when !ok: any mapped address
+        for (int i = 0; i < WC; i++) cp16_weights(st + (u * C + i) * 32 + lane, ok ? wr[i] + k : w, ok);  // nothing read when !ok: any mapped address
 #pragma unroll
         for (int b = 0; b < NB; b++)
 #pragma unroll
-          for (int h = 0; h < XW; h++) cp16_x(st + (u * C + 2 + b * XW + h) * 32 + lane, ok ? reinterpret_cast<const char*>(xr[b] + k) + 16 * h : reinterpret_cast<const char*>(x), ok);
+          for (int h = 0; h < XW; h++) cp16_x(st + (u * C + WC + b * XW + h) * 32 + lane, ok ? reinterpret_cast<const char*>(xr[b] + k) + 16 * h : reinterpret_cast<const char*>(x), ok);
       }
     }
     mla_mma::cp_commit();  // empty groups past the last round keep the wait count below uniform
@@ -266,38 +292,54 @@ __device__ __forceinline__ void gemv_mma_block(const XT* x, const __nv_bfloat16*
     const uint4* st = ring + (r % STAGES) * UNROLL_MMA * C * 32;
 #pragma unroll
     for (int u = 0; u < UNROLL_MMA; u++) {
-      const uint4 lo = st[(u * C) * 32 + lane], hi = st[(u * C + 1) * 32 + lane];  // columns g and g + 8
-      const uint32_t a0[4] = {lo.x, hi.x, lo.y, hi.y}, a1[4] = {lo.z, hi.z, lo.w, hi.w};
+      uint4 xv[NB];
 #pragma unroll
       for (int b = 0; b < NB; b++) {
-        uint4 xv;
         if constexpr (XW == 1) {
-          xv = st[(u * C + 2 + b) * 32 + lane];
+          xv[b] = st[(u * C + WC + b) * 32 + lane];
         } else {
-          const uint4 e = st[(u * C + 2 + 2 * b) * 32 + lane], f = st[(u * C + 3 + 2 * b) * 32 + lane];
-          xv = make_uint4(mla_mma::pack(__uint_as_float(e.x), __uint_as_float(e.y)), mla_mma::pack(__uint_as_float(e.z), __uint_as_float(e.w)),
-                          mla_mma::pack(__uint_as_float(f.x), __uint_as_float(f.y)), mla_mma::pack(__uint_as_float(f.z), __uint_as_float(f.w)));
+          const uint4 e = st[(u * C + WC + 2 * b) * 32 + lane], f = st[(u * C + WC + 1 + 2 * b) * 32 + lane];
+          xv[b] = make_uint4(mla_mma::pack(__uint_as_float(e.x), __uint_as_float(e.y)), mla_mma::pack(__uint_as_float(e.z), __uint_as_float(e.w)),
+                             mla_mma::pack(__uint_as_float(f.x), __uint_as_float(f.y)), mla_mma::pack(__uint_as_float(f.z), __uint_as_float(f.w)));
         }
-        mla_mma::mma(acc[b], a0, xv.x, xv.y);
-        mla_mma::mma(acc[b], a1, xv.z, xv.w);
+      }
+#pragma unroll
+      for (int q = 0; q < NT; q++) {
+        const uint4 lo = st[(u * C + 2 * q) * 32 + lane], hi = st[(u * C + 2 * q + 1) * 32 + lane];  // columns g and g + 8 of tile q
+        const uint32_t a0[4] = {lo.x, hi.x, lo.y, hi.y}, a1[4] = {lo.z, hi.z, lo.w, hi.w};
+#pragma unroll
+        for (int b = 0; b < NB; b++) {
+          mla_mma::mma(acc[q][b], a0, xv[b].x, xv[b].y);
+          mla_mma::mma(acc[q][b], a1, xv[b].z, xv[b].w);
+        }
       }
     }
   }
   ring_wait<0>();
+  // The warp's partial sums go where its ring was (its copies have landed and, past the barrier, every
+  // lane's reads of it are done): [NT·NB·4][32] floats, within the ring's STAGES·UNROLL·C·32 chunks.
+  static_assert(NT * NB * 4 * 32 * 4 <= STAGES * UNROLL_MMA * C * 32 * 16, "partial sums fit the ring");
+  __syncwarp();
+  float* part = reinterpret_cast<float*>(ring);
 #pragma unroll
-  for (int b = 0; b < NB; b++)
+  for (int q = 0; q < NT; q++)
 #pragma unroll
-    for (int c = 0; c < 4; c++) part[wid][b * 4 + c][lane] = acc[b][c];
+    for (int b = 0; b < NB; b++)
+#pragma unroll
+      for (int c = 0; c < 4; c++) part[((q * NB + b) * 4 + c) * 32 + lane] = acc[q][b][c];
   __syncthreads();
-  // Value (j, l) of tile ct: row block b = j / 4, accumulator c = j % 4 of lane l = (g, t): column
-  // g + 8·(c / 2), row 8b + 2t + c % 2; summed over the tile's kw warps in order.
-  constexpr int V = NB * 4 * 32;
+  // Value (j, l) of warp group ct: tile q = j / (4·NB), row block b = j / 4 % NB, accumulator c = j % 4
+  // of lane l = (g, t): column 16q + g + 8·(c / 2), row 8b + 2t + c % 2; summed over the group's kw
+  // warps in order.
+  constexpr int V = NT * NB * 4 * 32;
+  const size_t ringFloats = (size_t)STAGES * UNROLL_MMA * C * 32 * 4;
+  const float* parts = reinterpret_cast<const float*>(ring_all);
   for (int v = threadIdx.x; v < (int)(blockDim.x >> 5) / kw * V; v += blockDim.x) {
-    const int ct = v / V, j = v % V / 32, l = v % 32, c = j % 4, b = j / 4;
-    const int n = n0 + 16 * ct + (l >> 2) + 8 * (c >> 1), r = 8 * b + 2 * (l & 3) + (c & 1);
+    const int ct = v / V, j = v % V / 32, l = v % 32, c = j % 4, b = j / 4 % NB, q = j / (4 * NB);
+    const int n = n0 + 16 * (NT * ct + q) + (l >> 2) + 8 * (c >> 1), r = 8 * b + 2 * (l & 3) + (c & 1);
     if (r < rows && n < N) {
       float sum = 0.f;
-      for (int q = 0; q < kw; q++) sum += part[ct * kw + q][j][l];
+      for (int w2 = 0; w2 < kw; w2++) sum += parts[(ct * kw + w2) * ringFloats + j * 32 + l];
       y[((int64_t)(r / hpg) * H + p * hpg + r % hpg) * N + n] = sum;
     }
   }
@@ -306,14 +348,14 @@ __device__ __forceinline__ void gemv_mma_block(const XT* x, const __nv_bfloat16*
 // Grid: x = column blocks, y = problem; blockDim.x = 32·kw·tiles.
 template <int NB, typename XT>
 __global__ void __launch_bounds__(MMA_WARPS * 32) k_gemv_mma(const XT* x, const __nv_bfloat16* w, float* y, int rows, int hpg, int H, int K, int N, int kw) {
-  gemv_mma_block<NB, XT>(x, w, y, rows, hpg, H, K, N, blockIdx.y, blockIdx.x * 16 * ((int)(blockDim.x >> 5) / kw), kw);
+  gemv_mma_block<NB, XT>(x, w, y, rows, hpg, H, K, N, blockIdx.y, blockIdx.x * 16 * NT * ((int)(blockDim.x >> 5) / kw), kw);
 }
 
 template <int NB, typename XT>
 __global__ void __launch_bounds__(MMA_WARPS * 32) k_gemv_mma_many(const XT* x, ManyMats m, int rows, int K, int kw) {
   int i = 0;
   while (i + 1 < m.count && (int)blockIdx.x >= m.firstBlock[i + 1]) i++;
-  gemv_mma_block<NB, XT>(x, m.w[i], m.y[i], rows, 1, 1, K, m.N[i], 0, ((int)blockIdx.x - m.firstBlock[i]) * 16 * ((int)(blockDim.x >> 5) / kw), kw);
+  gemv_mma_block<NB, XT>(x, m.w[i], m.y[i], rows, 1, 1, K, m.N[i], 0, ((int)blockIdx.x - m.firstBlock[i]) * 16 * NT * ((int)(blockDim.x >> 5) / kw), kw);
 }
 
 // Warps along K: as few as give each warp at least one round, at most MMA_WARPS; a function of K alone.
@@ -322,7 +364,7 @@ int mma_k_warps(int64_t K) { return (int)std::max<int64_t>(1, std::min<int64_t>(
 // layout, the same for every matrix of a launch).
 int mma_tiles(int64_t K, int64_t N) {
   const int fill = MMA_WARPS / mma_k_warps(K);
-  return N ? (int)std::max<int64_t>(1, std::min<int64_t>(fill, (N + 15) / 16)) : fill;
+  return N ? (int)std::max<int64_t>(1, std::min<int64_t>(fill, (N + 16 * NT - 1) / (16 * NT))) : fill;
 }
 
 // The rings' shared memory for `warps` warps (f32 x at 32 rows, 4 warps: 160 KB).
@@ -335,8 +377,9 @@ mla_status allow_rings() {
   static bool done = false;
   if (!done) {
     const int bytes = (int)ring_bytes(chunks_per_step<NB, XT>(), MMA_WARPS);
-    if constexpr (MANY) CUDA_TRY(cudaFuncSetAttribute(k_gemv_mma_many<NB, XT>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-    else CUDA_TRY(cudaFuncSetAttribute(k_gemv_mma<NB, XT>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+    const void* k = MANY ? (const void*)k_gemv_mma_many<NB, XT> : (const void*)k_gemv_mma<NB, XT>;
+    CUDA_TRY(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+    if (GEMV_MMA_CARVEOUT >= 0) CUDA_TRY(cudaFuncSetAttribute(k, cudaFuncAttributePreferredSharedMemoryCarveout, GEMV_MMA_CARVEOUT));
     done = true;
   }
   return MLA_OK;
@@ -351,8 +394,7 @@ bool rings_fit(int64_t rows, bool x_bf16) {
     optin = 0;  // unknown: the MMA kernel takes nothing
   }
   const int NB = rows <= 8 ? 1 : rows <= 16 ? 2 : 4;
-  const size_t part = (size_t)MMA_WARPS * NB * 4 * 32 * sizeof(float);
-  return ring_bytes(2 + NB * (x_bf16 ? 1 : 2), MMA_WARPS) + part <= (size_t)optin;
+  return ring_bytes(2 * NT + NB * (x_bf16 ? 1 : 2), MMA_WARPS) <= (size_t)optin;
 }
 
 template <int NB, typename XT>
@@ -400,7 +442,7 @@ mla_status launch_many_any(const XT* x, const ManyMats& m, int64_t rows, int64_t
 }
 
 // Output columns per block of the kernel that takes `rows`: how linear_many lays out its grid.
-int columns_per_block(int64_t rows, int64_t K) { return mma_takes(rows) ? 16 * mma_tiles(K, 0) : CB; }
+int columns_per_block(int64_t rows, int64_t K) { return mma_takes(rows) ? 16 * NT * mma_tiles(K, 0) : CB; }
 
 bool aligned16(const void* p) { return ((uintptr_t)p & 15) == 0; }
 
