@@ -6,7 +6,7 @@
 # and PyTorch's F.linear (bench/linear_torch.py --decode) on the same shapes beside them. Each variant first
 # passes the GPU suite's two gemv tests (float64 sums, linearMany's bits) or says it failed.
 # Usage: bash bench/gemv-variants.sh OUTDIR "NAME=FLAGS" …   e.g. "nt2=-DGEMV_MMA_NT=2" "base="
-# (env SHAPES, HEADS: linear-gpu.js's --shapes and --heads; default the llama2-7b batch-8 step's)
+# (env TESTS=0: no tests; SHAPES, HEADS: linear-gpu.js's --shapes and --heads; default the llama2-7b batch-8 step's)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:?OUTDIR}; shift
@@ -24,9 +24,11 @@ wait
 for v in "$@"; do
   name=${v%%=*}
   [ -f "$OUT/lib-$name.so" ] || { echo "$name: did not build"; continue; }
-  # Its products against float64 sums and linearMany's bits first (the GPU suite's two gemv tests).
-  MHA2MLA_CUDA_LIB="$OUT/lib-$name.so" node --test --test-name-pattern="^(linearMany|decode products)" dist/test/backends/cuda.test.js > "$OUT/test-$name.txt" 2>&1 \
-    && echo "$name: gemv tests pass" || { echo "$name: gemv tests FAIL ($OUT/test-$name.txt)"; grep -m3 -A8 "^not ok" "$OUT/test-$name.txt"; }
+  # Its products against float64 sums and linearMany's bits first (the GPU suite's two gemv tests; TESTS=0 skips them).
+  if [ "${TESTS:-1}" != 0 ]; then
+    MHA2MLA_CUDA_LIB="$OUT/lib-$name.so" node --test --test-name-pattern="^(linearMany|decode products)" dist/test/backends/cuda.test.js > "$OUT/test-$name.txt" 2>&1 \
+      && echo "$name: gemv tests pass" || { echo "$name: gemv tests FAIL ($OUT/test-$name.txt)"; grep -m3 -A8 "^not ok" "$OUT/test-$name.txt"; }
+  fi
   MHA2MLA_CUDA_LIB="$OUT/lib-$name.so" MHA2MLA_GEMV_ROWS=16 node dist/bench/linear-gpu.js --decode --shapes "$SHAPES" --heads "$HEADS" | sed "s/^/$name /"
 done
 MHA2MLA_GEMV_ROWS=0 MHA2MLA_CUDA_LIB="$OUT/lib-${1%%=*}.so" node dist/bench/linear-gpu.js --decode --shapes "$SHAPES" --heads "$HEADS" | sed "s/^/cublas /"
