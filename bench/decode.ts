@@ -58,6 +58,8 @@ const graphs = opt("graphs", "1") !== "0";
 const readbacks = opt("readback", "ids").split(",");
 if (!readbacks.every((r) => r === "ids" || r === "logits")) throw new Error(`--readback ${readbacks}: ids, logits or both`);
 const backend = selectBackend(device, stderrLogger);
+// Without a device arg-max (the CPU backends) "ids" would time the logits path under another name.
+if (readbacks.includes("ids") && !backend.rowArgmax && readbacks.length > 1) throw new Error(`--readback ${readbacks}: the ${backend.name} backend picks on the host either way; pass one`);
 
 function rand(n: number, vocab: number, seed: number): Int32Array {
   let s = seed >>> 0;
@@ -125,7 +127,7 @@ for (const dir of dirs) {
             for (let s = 0; s < steps; s++) step();
             rates.push((steps * B) / ((performance.now() - t0) / 1000));
           }
-          const how = (session.graphed ? ", CUDA graph" : ", op by op") + (readbacks.length > 1 || readback !== "ids" ? `, ${readback} back` : "");
+          const how = (session.graphed ? ", CUDA graph" : ", op by op") + (readbacks.length > 1 || readback !== "ids" ? `, ${readback === "ids" && backend.rowArgmax ? "ids" : "logits"} back` : "");
           if (graphs && session.why) console.error(`${dir.split("/").pop()} ctx ${ctx} batch ${B}: op by op because ${session.why}`);
           rates.sort((x, y) => x - y);
           const median = rates[Math.floor(rates.length / 2)]!;

@@ -17,6 +17,7 @@ FLAGS=(-O3 -std=c++17 -Xcompiler -fPIC -arch=native -Inative/include)
 ls native/cuda/*.cu | grep -v '/gemv.cu$' | xargs -P "$(nproc)" -I{} sh -c 'nvcc "$@" -c {} -o "'"$OUT"'/obj/$(basename {} .cu).o"' _ "${FLAGS[@]}"
 for v in "$@"; do
   name=${v%%=*}; extra=${v#*=}
+  rm -f "$OUT/gemv-$name.o" "$OUT/lib-$name.so"  # a build that fails leaves no older library to be timed under its name
   # shellcheck disable=SC2086
   (nvcc "${FLAGS[@]}" $extra -c native/cuda/gemv.cu -o "$OUT/gemv-$name.o" && nvcc -shared -Xlinker -z,nodelete -arch=native "$OUT"/obj/*.o "$OUT/gemv-$name.o" -lcublas -lcusolver -o "$OUT/lib-$name.so") &
 done

@@ -384,7 +384,7 @@ mla_status allow_rings() {
   }
   return MLA_OK;
 }
-// Whether the rows' largest block fits the GPU's shared memory per block (ring and `part`): every
+// Whether the rows' largest block fits the GPU's shared memory per block (its ring, which also takes the partial sums): every
 // instantiation does on sm_90 (227 KB), not f32 x at 17–32 rows on sm_80 (163 KB) nor 9–32 rows on
 // GPUs with 99 KB; those products go to cuBLAS.
 bool rings_fit(int64_t rows, bool x_bf16) {
@@ -400,7 +400,7 @@ bool rings_fit(int64_t rows, bool x_bf16) {
 template <int NB, typename XT>
 mla_status launch_mma_rows(const XT* x, const __nv_bfloat16* w, float* y, int64_t P, int64_t rows, int64_t hpg, int64_t K, int64_t N) {
   const int kw = mma_k_warps(K), tiles = mma_tiles(K, N);
-  const dim3 grid((unsigned)((N + 16 * tiles - 1) / (16 * tiles)), (unsigned)P), block(32 * kw * tiles);
+  const dim3 grid((unsigned)((N + 16 * NT * tiles - 1) / (16 * NT * tiles)), (unsigned)P), block(32 * kw * tiles);
   if (mla_status e = allow_rings<NB, XT, false>()) return e;
   k_gemv_mma<NB, XT><<<grid, block, ring_bytes(chunks_per_step<NB, XT>(), kw * tiles), ctx()->stream>>>(x, w, y, (int)rows, (int)hpg, (int)(P * hpg), (int)K, (int)N, kw);
   KERNEL_CHECK();
