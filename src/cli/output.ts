@@ -44,11 +44,26 @@ function refuseOverForeignFile(target: string): void {
   if (RUN_RECORDS.test(path.basename(target))) throw refuse("is the record a fine-tuning run, pipeline or study resumes from");
   if (path.basename(target) === "state.json" && path.basename(path.dirname(path.resolve(target))) === "checkpoint") throw refuse("is a training checkpoint's state");
   if (st.size > EARLIER_RESULT_BYTES) throw refuse(`holds ${st.size} bytes, not a result's JSON`);
+  let value: unknown;
   try {
-    JSON.parse(fs.readFileSync(target, "utf8"));
+    value = JSON.parse(fs.readFileSync(target, "utf8"));
   } catch {
     throw refuse("is not JSON");
   }
+  // Any JSON is not enough: package.json, tsconfig.json, a task's data or a vocabulary parse too.
+  if (!isEarlierResult(value)) throw refuse("is JSON, but not a result this tool wrote (eval, inspect, convert, export, finetune or synth)");
+}
+
+/**
+ * The keys that tell each command's `--json` result (test/cli/flagValues.test.ts writes every one and
+ * checks it is recognized): eval and inspect, finetune, convert, the deepseek_v3 export or conversion, synth.
+ */
+const RESULT_SIGNATURES: readonly (readonly string[])[] = [["kv_bytes_per_token"], ["stoppedEarly", "steps"], ["plan", "selection"], ["kvPerToken", "kvLoraRank"], ["tensors", "shards", "arch"]];
+
+/** Whether a parsed JSON value is a result a command of this tool wrote. */
+export function isEarlierResult(value: unknown): boolean {
+  if (typeof value !== "object" || value === null || Array.isArray(value)) return false;
+  return RESULT_SIGNATURES.some((keys) => keys.every((k) => k in value));
 }
 
 /** `--json` with no value or `--json -` prints to stdout; `--json FILE` writes FILE atomically. */

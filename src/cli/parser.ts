@@ -4,6 +4,7 @@
  * Built from the words and the command modules it is given, so tests parse without running a command.
  */
 import fs from "node:fs";
+import path from "node:path";
 import yargs, { type Argv, type CommandModule } from "yargs";
 import { MlaError } from "../errors.js";
 import { refuseOutOverInputs, type InputPath } from "../io/outGuard.js";
@@ -176,5 +177,12 @@ function checkOutputs(argv: Record<string, unknown>): void {
       }
       checkReportOut(f);
     }
-  } else for (const f of files("out")) refuseFileAsOutDir(f);
+  } else
+    for (const f of files("out")) {
+      refuseFileAsOutDir(f);
+      // The folder is written (or replaced) whole: a result inside it is lost, or takes a model file's place.
+      const o = path.resolve(f);
+      for (const j of files("json").filter((j) => j !== "-"))
+        if (path.resolve(j) === o || path.resolve(j).startsWith(o + path.sep)) throw new MlaError("BAD_ARGUMENT", `--json ${j} is ${path.resolve(j) === o ? "" : "inside "}--out ${f}, the folder this command writes`, `write the result beside it, e.g. --json ${path.join(path.dirname(f), `${path.basename(o)}.json`)}`);
+    }
 }

@@ -39,6 +39,8 @@ function checkTextStat(file: string): void {
     throw ioError("cannot read text", file, e);
   }
   if (st.isDirectory()) throw new MlaError("BAD_ARGUMENT", `${file} is a folder, not a text file`, "pass a UTF-8 text file");
+  // A pipe (`cat t.txt | … --text /dev/stdin`) has no size, and the text is read more than once (checked first, then scored).
+  if (!st.isFile()) throw new MlaError("BAD_ARGUMENT", `${file} is ${st.isFIFO() || st.isSocket() ? "a pipe" : "not a regular file"}, not a text file`, `save the text to a file first (e.g. \`… > text.txt\`) and pass that file`);
   if (st.size === 0) throw new MlaError("BAD_TEXT", `text file ${file} is empty`, "pass a UTF-8 text file with some content");
 }
 

@@ -73,10 +73,15 @@ export function sniffTextFile(file: string): void {
   }
 }
 
-/** The bytes of `file` as text with newlines normalized; refused (naming `file`) when they do not start as UTF-8 text. */
+/**
+ * The bytes of `file` as text with newlines normalized and a leading byte-order mark dropped (Windows
+ * editors write one: it was scored as a token, and failed a .jsonl's first line as invisible "bad JSON");
+ * refused (naming `file`) when they do not start as UTF-8 text.
+ */
 export function decodeText(buf: Buffer, file: string, expected?: string): string {
   requireText(buf, file, expected);
-  return normalizeNewlines(buf.toString("utf8"));
+  const text = buf.toString("utf8");
+  return normalizeNewlines(text.charCodeAt(0) === 0xfeff ? text.slice(1) : text);
 }
 
 /** A UTF-8 text file with newlines normalized; a binary one is refused by name, file-system errors propagate for the caller to name. */

@@ -26,3 +26,30 @@ test("a .jsonl whose documents' texts are all empty is refused naming the file (
   assert.equal(r.status, 1);
   assert.match(r.stderr, /^error: \S*empty\.jsonl: every document's text is empty\n {2}hint: /m);
 });
+
+test("--text /dev/stdin: a pipe is refused, naming it, with a way round (it had been called empty); text redirected from a file is read", () => {
+  const args = [MAIN, "eval", "stories260K", "--text", "/dev/stdin", "--tokens", "100", "--ctx", "64", "--device", "reference"];
+  const piped = spawnSync(process.execPath, args, { encoding: "utf8", input: fs.readFileSync(TEXT, "utf8") });
+  assert.equal(piped.status, 1, piped.stderr);
+  assert.equal(piped.stderr, "error: /dev/stdin is a pipe, not a text file\n  hint: save the text to a file first (e.g. `… > text.txt`) and pass that file\n");
+  const fd = fs.openSync(TEXT, "r");
+  try {
+    const redirected = spawnSync(process.execPath, args, { encoding: "utf8", stdio: [fd, "pipe", "pipe"] });
+    assert.equal(redirected.status, 0, redirected.stderr);
+  } finally {
+    fs.closeSync(fd);
+  }
+});
+
+test("a tokenizer that gives ids past the model's vocabulary is named as the folder's mismatch (it blamed the caller's ids)", () => {
+  const dir = path.join(tmpDir(), "tk");
+  fs.cpSync(path.join(FIXTURES, "models", "stories260K"), dir, { recursive: true });
+  const tok = JSON.parse(fs.readFileSync(path.join(dir, "tokenizer.json"), "utf8")) as { added_tokens: object[] };
+  tok.added_tokens.push({ id: 600, content: "<zz>", single_word: false, lstrip: false, rstrip: false, normalized: false, special: false });
+  fs.writeFileSync(path.join(dir, "tokenizer.json"), JSON.stringify(tok));
+  const text = path.join(dir, "..", "t.txt");
+  fs.writeFileSync(text, "Once upon a time <zz> there was a cat.\n");
+  const r = spawnSync(process.execPath, [MAIN, "eval", dir, "--text", text, "--device", "reference"], { encoding: "utf8" });
+  assert.equal(r.status, 1, r.stderr);
+  assert.equal(r.stderr, `error: the model's tokenizer gives id 600 for ${text}, past its vocabulary of 512 (vocab_size in ${path.join(dir, "config.json")})\n  hint: the tokenizer and the model do not match: put the model's own tokenizer.json beside its weights\n`);
+});

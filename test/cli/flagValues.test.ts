@@ -238,7 +238,7 @@ test("--json replaces only an earlier result: not a text, not another model's we
     assert.match(refusal(["eval", "stories260K", "--text", "t.txt", "--json", f])!, /exists and is (the record a fine-tuning run, pipeline or study resumes from|a training checkpoint's state): --json replaces only an earlier result/, record);
   }
   const earlier = path.join(dir, "result.json");
-  fs.writeFileSync(earlier, '{"nll": 1}\n');
+  fs.writeFileSync(earlier, '{"model": "m", "kv_bytes_per_token": 4, "nll": 1}\n');
   assert.equal(refusal(["eval", "stories260K", "--text", "t.txt", "--json", earlier]), null);
   assert.equal(refusal(["eval", "stories260K", "--text", "t.txt", "--json", path.join(other, "eval.json")]), null);
 });

@@ -53,4 +53,6 @@ test("tasks refuse a model without BOS (items would start with token id 1), and 
   await assert.rejects(evaluate(dir, { text: path.join(FIXTURES, "text", "tinystories.txt"), progress: null }), named);
   const { parseTaskNames } = await import("../../src/eval/tasks/index.js");
   assert.deepEqual(parseTaskNames("piqa, piqa,arc-easy"), ["piqa", "arc-easy"]);
+  // A script's array of names is a clear error, not a TypeError from inside.
+  assert.throws(() => parseTaskNames(["arc-easy"] as unknown as string), (e: unknown) => e instanceof MlaError && e.code === "BAD_ARGUMENT" && /the task list is an array, not a string\n  hint: pass the names comma-separated/.test(e.message));
 });

@@ -5,6 +5,7 @@
  */
 import assert from "node:assert/strict";
 import fs from "node:fs";
+import os from "node:os";
 import path from "node:path";
 import { test } from "node:test";
 import zlib from "node:zlib";
@@ -93,6 +94,18 @@ test("what UTF-8 text may hold is not taken for binary: a character cut by the s
     const file = path.join(dir, name);
     fs.writeFileSync(file, data);
     assert.doesNotThrow(() => checkTextFile(file), name);
-    assert.equal(readTextFile(file), data.toString("utf8"), name);
+    assert.equal(readTextFile(file), data.toString("utf8").replace(/^\ufeff/, ""), name); // the BOM itself is dropped
   }
+});
+
+test("a leading UTF-8 byte-order mark is dropped: a text scores as without it, a .jsonl's and a task file's first line parse", () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "mha2mla-bom-"));
+  const bom = "\ufeff";
+  fs.writeFileSync(path.join(dir, "t.txt"), `${bom}Once upon a time.\r\nThe end.`);
+  assert.equal(readText(path.join(dir, "t.txt")), "Once upon a time.\nThe end.");
+  fs.writeFileSync(path.join(dir, "d.jsonl"), `${bom}{"text": "one"}\n{"text": "two"}\n`);
+  assert.deepEqual(readDocuments(path.join(dir, "d.jsonl")), ["one", "two"]);
+  fs.writeFileSync(path.join(dir, "l.jsonl"), `${bom}{"text": "the cat sat on the mat"}\n`);
+  assert.equal(parseLambada(path.join(dir, "l.jsonl")).length, 1);
+  fs.rmSync(dir, { recursive: true, force: true });
 });

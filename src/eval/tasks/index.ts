@@ -41,6 +41,7 @@ function pastPositions(used: readonly number[], max: number): TaskResult["pastPo
 }
 
 export function parseTaskNames(list: string): TaskName[] {
+  if (typeof list !== "string") throw new MlaError("BAD_ARGUMENT", `parseTaskNames: the task list is ${Array.isArray(list) ? "an array" : list === null ? "null" : typeof list}, not a string`, `pass the names comma-separated, as --tasks takes them, e.g. "arc-easy,piqa"`);
   // A task named twice is scored once (and shown once).
   const names = [...new Set(list.split(",").map((s) => s.trim()).filter(Boolean))];
   if (names.length === 0) throw new MlaError("BAD_ARGUMENT", "--tasks is empty", `name some of ${Object.keys(TASKS).join(", ")}`);
