@@ -128,6 +128,8 @@ export interface TaskScore {
   acc_norm?: number;
   acc_norm_stderr?: number;
   ppl?: number;
+  /** SHA-256 (16 hex digits) of the items scored, as parsed: a report compares runs on the same items only. */
+  items_hash?: string;
 }
 
 export interface EvalResult {
@@ -282,7 +284,7 @@ export async function evaluate(spec: string, opts: EvalOptions): Promise<EvalRes
         const r = await runTask(lm.model, lm.tokenizer, task, dataDir!, opts.limit, opts.progress, opts.signal, opts.kvCache, loaded);
         if (opts.limit !== undefined && r.n < opts.limit) log.warn(`${task}: its file holds ${r.n} items, fewer than --limit ${opts.limit}: scored all of them`);
         if (r.pastPositions.items > 0) log.warn(`${task}: ${r.pastPositions.items} of its ${r.n} items ran past the model's ${lm.config.maxPositions} positions (the longest ${r.pastPositions.longest} tokens), scored as they are; lm-eval cuts such items from the left, so their scores may differ`);
-        result.tasks[task] = { n: r.n, ...(r.metrics as Omit<TaskScore, "n">) };
+        result.tasks[task] = { n: r.n, ...(r.metrics as Omit<TaskScore, "n" | "items_hash">), items_hash: crypto.createHash("sha256").update(JSON.stringify(loaded.items)).digest("hex").slice(0, 16) };
       }
     }
     result.seconds = (performance.now() - t0) / 1000;

@@ -177,6 +177,12 @@ test("report: an inspect JSON is refused by what it lacks; runs on other data ar
   assert.match(md, /\| perplexity \| 4\.000 \| 30\.000 \(x\.txt, 1000 tokens, ctx 16; not comparable\) \|/);
   assert.match(md, /\| piqa acc \| 0\.7000 ± 0\.1500 \| 0\.4600 ± 0\.0500 \(100 items; not comparable\) \|/);
   assert.match(md, /\| piqa items scored \| 10 \| 100 \|/);
+  // As many items, but other ones (another --data-dir): eval records the items' hash, and the report compares by it.
+  const h1 = write("h1.json", { ...base, tasks: { piqa: { n: 10, acc: 0.7, acc_stderr: 0.15, items_hash: "aaaaaaaaaaaaaaaa" } } });
+  const h2 = write("h2.json", { ...base, label: "b", tasks: { piqa: { n: 10, acc: 0.5, acc_stderr: 0.15, items_hash: "bbbbbbbbbbbbbbbb" } } });
+  const h3 = write("h3.json", { ...base, label: "c", tasks: { piqa: { n: 10, acc: 0.6, acc_stderr: 0.15, items_hash: "aaaaaaaaaaaaaaaa" } } });
+  const hmd = fs.readFileSync(writeReport([h1, h2, h3], path.join(dir, "rh.html")).md, "utf8");
+  assert.match(hmd, /\| piqa acc \| 0\.7000 ± 0\.1500 \| 0\.5000 ± 0\.1500 \(other items \(10, data bbbbbbbb\); not comparable\) \| 0\.6000 ± 0\.1500 \(−0\.1000\) \|/);
   // A "|" in a cell (here a text's file name) is escaped in the Markdown table, as in its labels.
   const piped = write("p.json", { ...base, ppl: 5, nll: 1.6, text: "/t/my|notes.txt", tokens: 1000, ctx: 256 });
   const pmd = fs.readFileSync(writeReport([a, piped], path.join(dir, "rp.html")).md, "utf8");
@@ -188,9 +194,22 @@ test("report: an inspect JSON is refused by what it lacks; runs on other data ar
   for (const [name, text, re] of [
     ["null.jsonl", '{"step": 1, "loss": 3}\nnull\n', /null\.jsonl:2: not a training-log row/],
     ["empty.jsonl", "", /empty\.jsonl: holds no training-log rows/],
+    // The run's finetune.json is JSON, but one document, not rows (it read as "finetune.json:1: not valid JSON").
+    ["finetune.json", '{\n  "out": "r",\n  "steps": 3\n}\n', /finetune\.json is one JSON document, not a training log \(one JSON row per line\)/],
+    // Line numbers are the file's, blank lines counted.
+    ["blank.jsonl", '\n{"step": 1}\n\nnope\n', /blank\.jsonl:4: not valid JSON/],
   ] as const) {
     const log = write(name, text);
     assert.throws(() => writeReport([a], path.join(dir, "r2.html"), { trainLogs: [log] }), (e: Error) => e instanceof MlaError && re.test(e.message));
+  }
+  // Other results of this tool: the hint says what the file is (a conversion's report.json is the natural first try).
+  for (const [name, value, re] of [
+    ["report.json", { source: "s", output: "o", before: { nll: 1 }, after: { nll: 1 } }, /this is a conversion's or export's report/],
+    ["finetune.json", { out: "r", steps: 3, stoppedEarly: false }, /this is a fine-tuning run's result/],
+    ["inspect.json", { model: "m", dir: "d", kv_bytes_per_token: 4 }, /an `inspect --json` file describes a model, not a run/],
+  ] as const) {
+    const f = write(name, value);
+    assert.throws(() => writeReport([f], path.join(dir, "r3.html")), (e: Error) => e instanceof MlaError && /not an eval result/.test(e.message) && re.test(e.message), name);
   }
   fs.mkdirSync(path.join(dir, "folder.html"));
   assert.throws(() => writeReport([a], path.join(dir, "folder.html")), (e: Error) => e instanceof MlaError && /folder\.html is a folder/.test(e.message));

@@ -72,10 +72,15 @@ export function bitsPerByteVsFirst(runs: readonly EvalResult[]): VsFirst[] {
   }));
 }
 
-/** Per run, against the first: a task's scores (the same number of items). */
+/** Per run, against the first: a task's scores (the same number of items, and the same items where both runs recorded them). */
 export function itemsVsFirst(runs: readonly EvalResult[], task: string): VsFirst[] {
   const n = (r: EvalResult) => r.tasks?.[task]?.n;
-  return runs.map((r) => ({ notComparable: n(r) !== n(runs[0]!) ? `${n(r) ?? "?"} items` : null, unknown: null }));
+  const hash = (r: EvalResult) => r.tasks?.[task]?.items_hash;
+  const first = runs[0]!;
+  return runs.map((r) => ({
+    notComparable: n(r) !== n(first) ? `${n(r) ?? "?"} items` : hash(r) !== undefined && hash(first) !== undefined && hash(r) !== hash(first) ? `other items (${n(r)}, data ${hash(r)!.slice(0, 8)})` : null,
+    unknown: null,
+  }));
 }
 
 /** What a run's perplexity was measured on, for the list of models. */

@@ -10,7 +10,17 @@ import fs from "node:fs";
 import { MlaError, ioError } from "../../errors.js";
 import type { EvalResult } from "../evaluate.js";
 
-const HINT = "pass JSON files written by `mha2mla eval --json FILE` (an `inspect --json` file describes a model, not a run)";
+const HINT = "pass JSON files written by `mha2mla eval --json FILE`";
+
+/** What a JSON file that is not an eval result is, where its keys tell (the hint then names it). */
+function whatItIs(r: unknown): string {
+  if (!isObject(r)) return "";
+  if ("stoppedEarly" in r) return " (this is a fine-tuning run's result: evaluate its model with `mha2mla eval RUN --json FILE`)";
+  if ("plan" in r && "selection" in r) return " (this is a conversion's result: evaluate the converted model with `mha2mla eval OUT --json FILE`)";
+  if ("kvLoraRank" in r || ("before" in r && "after" in r)) return " (this is a conversion's or export's report, which compares the two models itself: see report.md beside it)";
+  if ("kv_bytes_per_token" in r || "kv_elems_per_token" in r) return " (an `inspect --json` file describes a model, not a run)";
+  return "";
+}
 
 type FieldKind = "string" | "number" | "object";
 const REQUIRED: Record<string, FieldKind> = { model: "string", attention: "string", backend: "string", kv_elems_per_token: "number", seconds: "number" };
@@ -64,7 +74,7 @@ function checkField(where: string, field: string, v: unknown, kind: FieldKind): 
 export function checkEvalResult(r: unknown, where: string): EvalResult {
   // No run's fields (another JSON, inspect's): one message naming each one missing.
   const absent = Object.keys(REQUIRED).filter((k) => !isObject(r) || r[k] === undefined || r[k] === null);
-  if (!isObject(r) || absent.length) throw new MlaError("BAD_ARGUMENT", `${where}: not an eval result (no ${absent.map((k) => `"${k}"`).join(", ")})`, HINT);
+  if (!isObject(r) || absent.length) throw new MlaError("BAD_ARGUMENT", `${where}: not an eval result (no ${absent.map((k) => `"${k}"`).join(", ")})`, HINT + whatItIs(r));
   for (const [k, kind] of Object.entries(REQUIRED)) checkField(where, k, r[k], kind);
   for (const [k, kind] of Object.entries(OPTIONAL)) checkField(where, k, r[k], kind);
   if (isObject(r["kv_cache"])) {
@@ -83,6 +93,7 @@ export function checkEvalResult(r: unknown, where: string): EvalResult {
     for (const [task, score] of Object.entries(r["tasks"])) {
       if (!isObject(score)) throw fieldError(where, `tasks.${task}`, score, "an object of scores");
       for (const f of TASK_FIELDS) checkField(where, `tasks.${task}.${f}`, score[f], "number");
+      checkField(where, `tasks.${task}.items_hash`, score["items_hash"], "string");
     }
   const run = r as unknown as EvalResult;
   return typeof run.label === "string" ? run : { ...run, label: run.model };

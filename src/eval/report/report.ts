@@ -35,6 +35,15 @@ interface Row {
   vsFirst?: VsFirst[];
 }
 
+function isJsonDocument(text: string): boolean {
+  try {
+    JSON.parse(text);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 export function readTrainLog(file: string, label: string): TrainLog {
   let text: string;
   try {
@@ -43,18 +52,23 @@ export function readTrainLog(file: string, label: string): TrainLog {
     if ((e as NodeJS.ErrnoException).code === "EISDIR") throw new MlaError("BAD_ARGUMENT", `--train-log ${file} is a folder, not a training log`, `pass the log file itself, e.g. --train-log ${path.join(file, "train_log.jsonl")}`);
     throw ioError("cannot read", file, e);
   }
-  const rows = text
-    .split("\n")
-    .filter((l) => l.trim())
-    .map((l, i) => {
+  const lines = text.split("\n");
+  const logBeside = path.join(path.dirname(file), "train_log.jsonl");
+  const hint = `pass the train_log.jsonl written by \`mha2mla finetune\`${fs.existsSync(logBeside) && path.resolve(logBeside) !== path.resolve(file) ? `: ${logBeside}` : ""}`;
+  // A whole JSON document over several lines (the run's finetune.json, an eval result) is not a log of rows.
+  if (lines.filter((l) => l.trim()).length > 1 && isJsonDocument(text)) throw new MlaError("BAD_ARGUMENT", `${file} is one JSON document, not a training log (one JSON row per line)`, hint);
+  const rows = lines
+    .map((l, i) => [l, i] as const)
+    .filter(([l]) => l.trim())
+    .map(([l, i]) => {
       let row: unknown;
       try {
         row = JSON.parse(l);
       } catch {
-        throw new MlaError("BAD_ARGUMENT", `${file}:${i + 1}: not valid JSON`, "pass the train_log.jsonl written by `mha2mla finetune`");
+        throw new MlaError("BAD_ARGUMENT", `${file}:${i + 1}: not valid JSON`, hint);
       }
       if (typeof row !== "object" || row === null || Array.isArray(row) || typeof (row as { step?: unknown }).step !== "number")
-        throw new MlaError("BAD_ARGUMENT", `${file}:${i + 1}: not a training-log row (an object with a "step")`, "pass the train_log.jsonl written by `mha2mla finetune`");
+        throw new MlaError("BAD_ARGUMENT", `${file}:${i + 1}: not a training-log row (an object with a "step")`, hint);
       return row as TrainLog["rows"][number];
     });
   if (!rows.length) throw new MlaError("BAD_ARGUMENT", `${file}: holds no training-log rows`, "pass the train_log.jsonl of a fine-tune that ran at least one step");
