@@ -196,6 +196,12 @@ export function checkFlagValues(args: readonly string[], argv: Record<string, un
       throw new MlaError("BAD_ARGUMENT", `--${key} was given ${Math.max(given, Array.isArray(v) ? v.length : 0)} times${values.length ? ` (${values.join(", ")})` : ""}`, `give --${key} once`);
     }
     if (o.number.includes(key)) checkNumberSpelling(args, key, o);
+    // yargs reads any `--force=maybe` as false: a switch takes no value but true or false.
+    if (o.boolean.includes(key))
+      for (const a of args.filter((a) => a.startsWith(`--${key}=`) || a.startsWith(`--no-${key}=`))) {
+        const value = a.slice(a.indexOf("=") + 1);
+        if (value !== "true" && value !== "false") throw new MlaError("BAD_ARGUMENT", `${a.slice(0, a.indexOf("="))}=${value}: a switch is on or off, not ${JSON.stringify(value)}`, `write ${a.slice(0, a.indexOf("="))} alone to turn it on${a.startsWith("--no-") ? "" : `, or --no-${key} to turn it off`}`);
+      }
     if (typeof v === "number" && Number.isNaN(v)) {
       const text = typed(args, key);
       // Token counts read as people write them: --tokens 20M, --eval-tokens 50k.

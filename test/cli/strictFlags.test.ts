@@ -79,3 +79,9 @@ test("a text flag's value that looks like a number, or an empty prompt written o
   assert.equal(dry.status, 0, dry.stderr);
   assert.equal(JSON.parse(dry.stdout).plan.settings.rank, 4);
 });
+
+test("a switch written with a value other than true or false is refused (yargs read --force=maybe as false)", () => {
+  assert.equal(said(["inspect", "stories260K", "--debug=maybe"]), 'error: --debug=maybe: a switch is on or off, not "maybe"');
+  assert.equal(said(["convert", "stories260K", "--rank", "4", "--out", "/nonexistent-dir/x", "--force=no"]), 'error: --force=no: a switch is on or off, not "no"');
+  assert.equal(cli(["inspect", "stories260K", "--debug=false"]).code, 0);
+});
