@@ -46,7 +46,7 @@ function refuseOverForeignFile(target: string): void {
   if (st.size > EARLIER_RESULT_BYTES) throw refuse(`holds ${st.size} bytes, not a result's JSON`);
   let value: unknown;
   try {
-    value = JSON.parse(fs.readFileSync(target, "utf8"));
+    value = JSON.parse(fs.readFileSync(target, "utf8").replace(/^\ufeff/, "")); // a result an editor saved with a BOM
   } catch {
     throw refuse("is not JSON");
   }
@@ -55,7 +55,7 @@ function refuseOverForeignFile(target: string): void {
 }
 
 /**
- * The keys that tell each command's `--json` result (test/cli/flagValues.test.ts writes every one and
+ * The keys that tell each command's `--json` result (test/cli/jsonResults.test.ts writes every one and
  * checks it is recognized): eval and inspect, finetune, convert, the deepseek_v3 export or conversion, synth.
  */
 const RESULT_SIGNATURES: readonly (readonly string[])[] = [["kv_bytes_per_token"], ["stoppedEarly", "steps"], ["plan", "selection"], ["kvPerToken", "kvLoraRank"], ["tensors", "shards", "arch"]];

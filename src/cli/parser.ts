@@ -10,6 +10,7 @@ import { MlaError } from "../errors.js";
 import { refuseOutOverInputs, type InputPath } from "../io/outGuard.js";
 import { refuseFileAsOutDir } from "../io/atomicDir.js";
 import { resolveModel } from "../io/modelDir.js";
+import { defaultOut, modelName } from "../convert/plan.js";
 import { reportFiles, checkReportOut } from "../eval/report/report.js";
 import { checkJsonTarget } from "./output.js";
 import { inspectCommand } from "./inspect.js";
@@ -177,12 +178,39 @@ function checkOutputs(argv: Record<string, unknown>): void {
       }
       checkReportOut(f);
     }
-  } else
-    for (const f of files("out")) {
-      refuseFileAsOutDir(f);
-      // The folder is written (or replaced) whole: a result inside it is lost, or takes a model file's place.
-      const o = path.resolve(f);
-      for (const j of files("json").filter((j) => j !== "-"))
-        if (path.resolve(j) === o || path.resolve(j).startsWith(o + path.sep)) throw new MlaError("BAD_ARGUMENT", `--json ${j} is ${path.resolve(j) === o ? "" : "inside "}--out ${f}, the folder this command writes`, `write the result beside it, e.g. --json ${path.join(path.dirname(f), `${path.basename(o)}.json`)}`);
-    }
+  } else {
+    for (const f of files("out")) refuseFileAsOutDir(f);
+    refuseJsonOverOut(command, argv, files("json").filter((j) => j !== "-"));
+  }
 }
+
+/** Where convert and export write without --out (their defaults), for the check below. */
+function outOf(command: unknown, argv: Record<string, unknown>): string | null {
+  if (typeof argv["out"] === "string" && argv["out"]) return argv["out"];
+  const model = typeof argv["model"] === "string" ? argv["model"] : null;
+  if (!model) return null;
+  if (command === "convert" && typeof argv["rank"] === "number") return defaultOut(model, argv["rank"], argv["format"] === "deepseek" ? "deepseek" : "mla");
+  if (command === "export") return path.resolve(`${modelName(model)}-deepseek`);
+  return null;
+}
+
+/**
+ * A result at the output folder itself, or at one of the files the command writes there (a model's
+ * config, a run's records, a conversion's report): refused before the work, which it would otherwise
+ * end by refusing (the file then exists) or by replacing. Any other name inside the folder is fine:
+ * the result is written after the folder, and a fine-tuning run keeps it through --resume.
+ */
+function refuseJsonOverOut(command: unknown, argv: Record<string, unknown>, jsons: readonly string[]): void {
+  const out = outOf(command, argv);
+  if (!out) return;
+  const o = path.resolve(out);
+  for (const j of jsons) {
+    const r = path.resolve(j);
+    const own = (path.dirname(r) === o && OUT_FILES.test(path.basename(r))) || r.startsWith(path.join(o, "checkpoint") + path.sep);
+    if (r === o || own)
+      throw new MlaError("BAD_ARGUMENT", `--json ${j} is ${r === o ? `--out ${out}` : `one of the files this command writes in --out ${out}`}`, `write the result beside it or under another name, e.g. --json ${r === o ? `${o}.json` : path.join(o, "result.json")}`);
+  }
+}
+
+/** The files convert, export, synth and finetune write at the top of their output folder (weights aside, which are not JSON). */
+const OUT_FILES = /^(config|generation_config|tokenizer|tokenizer_config|special_tokens_map|chat_template|mla_conversion|report|finetune)\.json$|^(report\.md|train_log\.jsonl)$|\.index\.json$/;

@@ -18,7 +18,8 @@ import { makeDirs } from "../io/makeDirs.js";
 // v2: a long text holding special-token literals is encoded in pieces as one encode gives it.
 // v3: Digits pre-tokenizers split at every Unicode number, not at ASCII digits alone.
 // v4: a trailer (TRAILER below) checks the ids: a truncated or damaged file was read as a shorter stream.
-const FORMAT = "mha2mla-tokens-v4";
+// v5: a leading byte-order mark is dropped before tokenizing (it was a token).
+const FORMAT = "mha2mla-tokens-v5";
 
 /** After the ids: "MLAT", their count (uint32 LE), the first 8 bytes of their SHA-256. */
 const TRAILER = 16;

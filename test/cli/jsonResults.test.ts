@@ -62,13 +62,23 @@ test("--json refuses JSON files that are not an earlier result, before any work,
   }
 });
 
-test("--json at or inside the --out folder is refused before any work (the folder is written whole: the result was lost after the work, and the command failed)", () => {
+test("--json at the --out folder, or at a file the command writes there (given or default --out), is refused before any work; another name inside it is written after the folder", () => {
   const dir = tmpDir();
   const out = path.join(dir, "m");
-  for (const json of [out, path.join(out, "config.json"), path.join(out, "result.json")]) {
-    const r = cli(["convert", "stories260K", "--rank", "4", "--rope-pairs", "1", "--calib", TEXT, "--out", out, "--json", json]);
-    assert.equal(r.code, 1, json);
-    assert.match(r.stderr, /^error: --json \S+ is (inside )?--out \S+, the folder this command writes\n  hint: write the result beside it, e\.g\. --json \S+m\.json/, json);
+  const convert = (...extra: string[]) => spawnSync(process.execPath, [MAIN, "convert", "stories260K", "--rank", "4", "--rope-pairs", "1", "--calib", TEXT, ...extra], { encoding: "utf8", cwd: dir });
+  for (const json of [out, path.join(out, "config.json"), path.join(out, "mla_conversion.json")]) {
+    const r = convert("--out", out, "--json", json);
+    assert.equal(r.status, 1, json);
+    assert.match(r.stderr, /^error: --json \S+ is (--out \S+|one of the files this command writes in --out \S+)\n  hint: write the result beside it or under another name, e\.g\. --json \S+(m\.json|result\.json)/, json);
     assert.equal(fs.existsSync(out), false, "nothing written");
   }
+  // Without --out: the default folder, ./stories260K-mla-r4.
+  const byDefault = convert("--json", path.join("stories260K-mla-r4", "config.json"));
+  assert.equal(byDefault.status, 1, byDefault.stderr);
+  assert.match(byDefault.stderr, /one of the files this command writes in --out \S+stories260K-mla-r4/);
+  assert.equal(fs.existsSync(path.join(dir, "stories260K-mla-r4")), false);
+  // Another name inside the folder: the result lands there, after the folder.
+  const beside = convert("--out", out, "--json", path.join(out, "result.json"));
+  assert.equal(beside.status, 0, beside.stderr);
+  assert.ok(isEarlierResult(JSON.parse(fs.readFileSync(path.join(out, "result.json"), "utf8"))));
 });

@@ -204,7 +204,7 @@ test("report: an inspect JSON is refused by what it lacks; runs on other data ar
   }
   // Other results of this tool: the hint says what the file is (a conversion's report.json is the natural first try).
   for (const [name, value, re] of [
-    ["report.json", { source: "s", output: "o", before: { nll: 1 }, after: { nll: 1 } }, /this is a conversion's or export's report/],
+    ["report.json", { source: "s", output: "o", before: { nll: 1 }, after: { nll: 1 } }, /this is a conversion's or export's result or report/],
     ["finetune.json", { out: "r", steps: 3, stoppedEarly: false }, /this is a fine-tuning run's result/],
     ["inspect.json", { model: "m", dir: "d", kv_bytes_per_token: 4 }, /an `inspect --json` file describes a model, not a run/],
   ] as const) {

@@ -15,9 +15,9 @@ const HINT = "pass JSON files written by `mha2mla eval --json FILE`";
 /** What a JSON file that is not an eval result is, where its keys tell (the hint then names it). */
 function whatItIs(r: unknown): string {
   if (!isObject(r)) return "";
-  if ("stoppedEarly" in r) return " (this is a fine-tuning run's result: evaluate its model with `mha2mla eval RUN --json FILE`)";
-  if ("plan" in r && "selection" in r) return " (this is a conversion's result: evaluate the converted model with `mha2mla eval OUT --json FILE`)";
-  if ("kvLoraRank" in r || ("before" in r && "after" in r)) return " (this is a conversion's or export's report, which compares the two models itself: see report.md beside it)";
+  if ("stoppedEarly" in r) return " (this is a fine-tuning run's result, not an evaluation: evaluate its model with `mha2mla eval RUN --json FILE`)";
+  if ("plan" in r && "selection" in r) return " (this is a conversion's result, not an evaluation: evaluate each model with `mha2mla eval MODEL --json FILE`)";
+  if ("kvLoraRank" in r || ("before" in r && "after" in r)) return " (this is a conversion's or export's result or report, which compares the two models itself)";
   if ("kv_bytes_per_token" in r || "kv_elems_per_token" in r) return " (an `inspect --json` file describes a model, not a run)";
   return "";
 }
@@ -103,7 +103,7 @@ export function checkEvalResult(r: unknown, where: string): EvalResult {
 export function readEvalJson(file: string): EvalResult {
   let raw: unknown;
   try {
-    raw = JSON.parse(fs.readFileSync(file, "utf8"));
+    raw = JSON.parse(fs.readFileSync(file, "utf8").replace(/^\ufeff/, "")); // a BOM from an editor
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code) throw ioError("cannot read", file, e);
     throw new MlaError("BAD_ARGUMENT", `${file}: not valid JSON (${(e as Error).message})`, "pass JSON files written by `mha2mla eval --json FILE`");
