@@ -217,6 +217,6 @@ export function checkFlagValues(args: readonly string[], argv: Record<string, un
     // Past 2^53 a number no longer counts exactly (1e20 tokens ran with an ETA of 138888888888888h): no
     // flag of ours takes one, whole or not.
     if (typeof v === "number" && Math.abs(v) > Number.MAX_SAFE_INTEGER)
-      throw new MlaError("BAD_ARGUMENT", `--${key} ${typed(args, key) ?? v} is beyond 2^53, past what a number counts exactly`, `give --${key} a number of at most 9007199254740991 (a realistic one is far smaller)`);
+      throw new MlaError("BAD_ARGUMENT", `--${key} ${typed(args, key) ?? v} is beyond 2^53, past what a number counts exactly`, key === "seed" ? "give --seed a whole number below 2^32 (4294967296), e.g. --seed 0" : `give --${key} a number of at most 9007199254740991 (a realistic one is far smaller)`);
   }
 }

@@ -1,7 +1,7 @@
 import { DEVICE_OPTION } from "./deviceOption.js";
 import type { CommandModule } from "yargs";
 import { loadModel } from "../model/llama.js";
-import { defaultKvCache, generateBatchAsync } from "../model/generate.js";
+import { checkSeed, defaultKvCache, generateBatchAsync } from "../model/generate.js";
 import { stopTokenIds } from "../model/config.js";
 import { Progress } from "../util/progress.js";
 import { selectBackend, type DeviceName } from "../backends/select.js";
@@ -67,6 +67,7 @@ export const generateCommand: CommandModule<object, Args> = {
     // Greedy decoding takes the most likely token: it draws nothing, so these were dropped unseen.
     // --seed is left alone: scripts pass one always, and with greedy decoding it is simply not needed.
     if (a.temperature === 0) refuseInert([["--top-k", a["top-k"]], ["--top-p", a["top-p"]], ["--min-p", a["min-p"]]], "--temperature T > 0", "settings of sampling; --temperature 0, the default, is greedy", "add e.g. --temperature 0.8");
+    checkSeed(a.seed, a.prompt.length);
     const lm = loadModel(a.model, { backend: selectBackend(a.device, stderrLogger) });
     const template = a.chat ? loadChatTemplate(lm.dir) : null;
     if (a.chat && !template) throw new MlaError("NOT_FOUND", `${a.model} has no chat template (chat_template.jinja, chat_template.json or tokenizer_config.json's chat_template)`, "leave out --chat and write the prompt as the model expects it");

@@ -197,7 +197,8 @@ export function checkEvalOptions(opts: EvalOptions): { dataDir: string | null; i
     return { dataDir: null, items: new Map() };
   }
   const dataDir = opts.dataDir ?? defaultDataDir(packageRoot());
-  if (!dataDir || !fs.existsSync(dataDir)) throw new MlaError("NOT_FOUND", `task data folder ${opts.dataDir ?? "(none found)"} does not exist`, "pass --data-dir with ARC-*.test.json, piqa.test.json, hellaswag_val_full.txt.bz2, lambada_test.jsonl (or set MHA2MLA_EVAL_DATA)");
+  if (!dataDir || !fs.existsSync(dataDir))
+    throw new MlaError("NOT_FOUND", opts.dataDir !== undefined ? `task data folder ${opts.dataDir} does not exist` : `no task data folder: without --data-dir the tasks are looked for in ${path.resolve(packageRoot(), "..", "shared", "data", "eval")}, which does not exist`, "pass --data-dir with ARC-*.test.json, piqa.test.json, hellaswag_val_full.txt.bz2, lambada_test.jsonl (or set MHA2MLA_EVAL_DATA)");
   // Every task's items, parsed before the first task is scored (a pipeline: before its conversion).
   const items = new Map<TaskName, TaskItems>();
   for (const t of opts.tasks) if (!items.has(t)) items.set(t, loadTaskItems(t, dataDir, opts.limit));

@@ -152,6 +152,17 @@ function isTokenIds(p: unknown): boolean {
 /** Prompt tokens per prefill call of generate (longer prompts take several, each on the cache the last filled). */
 const PREFILL_CHUNK = 2048;
 
+/**
+ * Refuses a seed the generators cannot take: they take 32 bits, and prompt i draws from seed + i, so a
+ * fraction, a negative, or a seed whose last prompt's passes 2^32 would alias another seed's draws.
+ * The CLI asks before it loads the model.
+ */
+export function checkSeed(seed: number | undefined, prompts: number): void {
+  if (seed === undefined) return;
+  const most = 2 ** 32 - Math.max(prompts, 1);
+  if (!(Number.isInteger(seed) && seed >= 0 && seed <= most)) throw new MlaError("BAD_ARGUMENT", `--seed ${seed} is not a whole number in ${prompts > 1 ? `[0, 2^32 − ${prompts}] (prompt i draws from seed + i, and there are ${prompts} prompts)` : "[0, 2^32)"}`, "pass e.g. --seed 0");
+}
+
 /** The decode loop of generateBatch, yielding the number of new tokens after each step (0 between a long prompt's prefill chunks). */
 function* decodeSteps(model: LlamaModel, prompts: readonly (readonly number[])[], opts: GenerateOptions): Generator<number, GenerateBatchResult> {
   // A string or one prompt's ids unwrapped read as "no prompts" before, which sent the reader looking for an empty list.
@@ -165,8 +176,7 @@ function* decodeSteps(model: LlamaModel, prompts: readonly (readonly number[])[]
     if (p.length === 0) throw new MlaError("BAD_ARGUMENT", prompts.length > 1 ? `prompt ${i + 1} has no tokens` : "the prompt has no tokens", "pass a non-empty --prompt");
   });
   if (!Number.isInteger(opts.maxTokens) || opts.maxTokens < 0) throw new MlaError("BAD_ARGUMENT", `--max-tokens ${opts.maxTokens} is not a token count`, "pass a whole number ≥ 0");
-  // The generator takes 32 bits: a fraction, a negative or a larger seed would alias another seed's draws.
-  if (opts.seed !== undefined && !(Number.isInteger(opts.seed) && opts.seed >= 0 && opts.seed < 2 ** 32)) throw new MlaError("BAD_ARGUMENT", `--seed ${opts.seed} is not a whole number in [0, 2^32)`, "pass e.g. --seed 0");
+  checkSeed(opts.seed, prompts.length);
   const sampling = checkSampling(opts, model.config.vocabSize);
   const c = model.config;
   const V = c.vocabSize;

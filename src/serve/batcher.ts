@@ -170,7 +170,7 @@ function roomHint(spec: SequenceSpec, most: number, tail: string): string {
   const key = limitOf(spec).key, room = most - spec.prompt.length;
   const least = spec.maxTokens === 0 ? 0 : 1; // a prompt only scored (echo) needs no reply room
   if (room >= least && room < spec.maxTokens) return `send ${key} ≤ ${room}, or shorten the prompt${tail}`;
-  return `shorten the prompt to at most ${most - least} tokens (it has ${spec.prompt.length})${tail}`;
+  return most - least >= 1 ? `shorten the prompt to at most ${most - least} tokens (it has ${spec.prompt.length})${tail}` : `no prompt fits the server's KV budget${tail}`;
 }
 
 /** What submit() returns: a way to end the sequence early. */
@@ -203,6 +203,9 @@ export class Batcher {
   constructor(readonly model: LlamaModel, readonly opts: BatcherOptions) {
     checkBatcherOptions(opts);
     this.perToken = kvBytesPerToken(model.config, opts.kvCache);
+    // Below two tokens (BOS and one more) every request would be refused, with a hint of no length at all.
+    if (opts.kvBudgetBytes !== undefined && opts.kvBudgetBytes < 2 * this.perToken)
+      throw new MlaError("BAD_ARGUMENT", `a KV-cache budget of ${mb(opts.kvBudgetBytes)} MB holds ${Math.floor(opts.kvBudgetBytes / this.perToken)} tokens of this model's ${opts.kvCache} cache (${this.perToken} bytes each): no request fits`, `start the server with a budget for the prompts and replies it should serve, e.g. --kv-budget-mb ${Math.max(1, Math.ceil((4096 * this.perToken) / 2 ** 20))} (4,096 tokens)`);
     this.stops = stopTokenIds(model.config);
     this.prefix = opts.prefixCacheBytes ? new PrefixCache(opts.prefixCacheBytes, this.perToken) : null;
   }

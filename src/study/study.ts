@@ -192,6 +192,42 @@ export function plannedRuns(o: StudyOptions, c: ModelConfig): { runs: StudyRun[]
   return { runs, ranks };
 }
 
+/** What every run of a study shares, as study-state.json records it. */
+interface StudySettings {
+  like: string;
+  data: string;
+  tokens: number;
+  seq: number;
+  batch: number;
+  lr: number;
+  seed: number;
+  valFraction: number;
+  tokenCache: string;
+  evalEvery: number | null;
+  gateDim: number | null;
+}
+
+/**
+ * A recorded study's settings with its paths absolute, as this version records them: earlier ones kept
+ * paths as typed (a re-run naming the same files another way was refused), relative to the folder the
+ * study ran from, taken to be this call's. Its gate width is null where no eg-mla run read it (earlier
+ * versions recorded the default there).
+ */
+function normalizedSettings(recorded: unknown): Record<string, unknown> {
+  const r = { ...((recorded ?? {}) as Record<string, unknown>) };
+  const abs = (k: string, f: (v: string) => string) => typeof r[k] === "string" && (r[k] = f(r[k] as string));
+  abs("like", (v) => {
+    try {
+      return resolveModel(v).dir;
+    } catch {
+      return path.resolve(v);
+    }
+  });
+  abs("data", (v) => path.resolve(v));
+  abs("tokenCache", (v) => path.resolve(v));
+  return r;
+}
+
 /** The flag of each setting a study's runs share, for a refusal naming what changed. */
 const STUDY_FLAGS = { like: "--like", data: "--data", tokens: "--tokens", seq: "--seq", batch: "--batch", lr: "--lr", seed: "--seed", valFraction: "--val-fraction", tokenCache: "the token cache", evalEvery: "--eval-every", gateDim: "--gate-dim" } as const;
 
@@ -243,19 +279,27 @@ async function runStudy(o: StudyOptions, made: { fresh: boolean }): Promise<Stud
   selectBackend(device, log);
   // What every run shares; the list of runs (variants × ranks) may grow between sittings, since each
   // run is trained on its own from the same initialization.
-  const settings = { like: o.like, data: o.data, tokens: o.tokens, seq, batch, lr, seed, valFraction, tokenCache: path.join(o.out, "tokens"), evalEvery: o.evalEvery ?? null, gateDim: o.gateDim ?? DEFAULT_GATE_DIM };
+  // Paths as absolute ones (the same files named from another folder, or ./data against data, are the
+  // same study); the gate width only where an eg-mla run reads it (null: none of this call's does).
+  let settings: StudySettings = { like, data: path.resolve(o.data), tokens: o.tokens, seq, batch, lr, seed, valFraction, tokenCache: path.resolve(o.out, "tokens"), evalEvery: o.evalEvery ?? null, gateDim: o.variants.includes("eg-mla") ? (o.gateDim ?? DEFAULT_GATE_DIM) : null };
   const stateFile = path.join(o.out, "study-state.json");
   if (fs.existsSync(o.out) && !o.force) {
     const prev = fs.existsSync(stateFile) ? readStudyJson<{ settings?: unknown; variants?: string[]; ranks?: string[] }>(stateFile, "the study's settings", "pass --force to start the study over, or choose another --out") : null;
-    if (JSON.stringify(prev?.settings) !== JSON.stringify(settings)) {
+    if (!prev) throw new MlaError("EXISTS", `output ${o.out} already exists and holds no study (no study-state.json)`, "choose another --out (--force replaces only an earlier study's folder)");
+    const was = normalizedSettings(prev.settings);
+    // A study whose runs so far had no gate keeps the gate of the first eg-mla run it gets, and the reverse.
+    settings = { ...settings, gateDim: settings.gateDim ?? (was["gateDim"] as number | null | undefined) ?? null };
+    if (was["gateDim"] === null) was["gateDim"] = settings.gateDim;
+    // The token cache is the folder's own (OUT/tokens): --out named another way is still this folder.
+    const changed = (Object.keys(settings) as (keyof StudySettings)[]).filter((k) => k !== "tokenCache" && JSON.stringify(was[k] ?? null) !== JSON.stringify(settings[k]));
+    if (changed.length) {
       // Which: "--lr 0.001 → 0.002", as the pipeline names a changed option.
-      const was = (prev?.settings ?? {}) as Record<string, unknown>;
-      const changed = prev ? (Object.keys(settings) as (keyof typeof settings)[]).filter((k) => JSON.stringify(was[k]) !== JSON.stringify(settings[k])).map((k) => `${STUDY_FLAGS[k]} ${JSON.stringify(was[k] ?? null)} → ${JSON.stringify(settings[k])}`) : [];
-      throw new MlaError("EXISTS", `output ${o.out} already exists${prev ? ` from a study with other settings${changed.length ? `: ${changed.join("; ")} (the study's value → this call's)` : ""}` : ""}`, "re-run it with the same settings (other --variants or --ranks are fine: finished runs are kept), pass --force to start over, or choose another --out");
+      const named = changed.map((k) => `${STUDY_FLAGS[k]} ${JSON.stringify(was[k] ?? null)} → ${JSON.stringify(settings[k])}`);
+      throw new MlaError("EXISTS", `output ${o.out} already exists from a study with other settings: ${named.join("; ")} (the study's value → this call's)`, "re-run it with the same settings (other --variants or --ranks are fine: finished runs are kept), pass --force to start over, or choose another --out");
     }
-    const same = JSON.stringify([prev?.variants, prev?.ranks]) === JSON.stringify([o.variants, ranks]);
+    const same = JSON.stringify([prev.variants, prev.ranks]) === JSON.stringify([o.variants, ranks]);
     log.info(same ? `resuming the study in ${o.out}` : `continuing the study in ${o.out} with --variants ${o.variants.join(",")} --ranks ${ranks.join(",")}: finished runs are kept, the others trained`);
-    if (!same) writeFileAtomic(stateFile, JSON.stringify({ ...prev, variants: o.variants, ranks }, null, 2) + "\n");
+    if (!same || JSON.stringify(prev.settings) !== JSON.stringify(settings)) writeFileAtomic(stateFile, JSON.stringify({ ...prev, settings, variants: o.variants, ranks }, null, 2) + "\n");
   } else {
     refuseForeignFolder(o.out, !!o.force, ["study-state.json", "study.json"], "study (no study-state.json)");
     fs.rmSync(o.out, { recursive: true, force: true });

@@ -86,6 +86,9 @@ test("a flag given twice, a number that is not one, and a bad --temperature are 
     [["generate", "stories260K", "--max-tokens=lots"], /--max-tokens lots is not a number/],
     [["generate", "stories260K", "--temperature", "-1", "--max-tokens", "2"], /--temperature -1 is not a sampling temperature/],
     [["generate", "stories260K", "--temperature", "1", "--seed", "4294967296", "--max-tokens", "2"], /--seed 4294967296 is not a whole number in \[0, 2\^32\)/],
+    // Prompt i draws from seed + i: the last prompt's seed must fit too; past 2^53 the hint is --seed's own range.
+    [["generate", "stories260K", "--prompt", "a", "--prompt", "b", "--temperature", "1", "--seed", "4294967295"], /--seed 4294967295 is not a whole number in \[0, 2\^32 − 2\] \(prompt i draws from seed \+ i, and there are 2 prompts\)/],
+    [["generate", "stories260K", "--seed", "99999999999999999999"], /--seed 99999999999999999999 is beyond 2\^53[^\n]*\n  hint: give --seed a whole number below 2\^32 \(4294967296\), e\.g\. --seed 0/],
     // Checked before any scoring: a --json path under a file, a task file missing from --data-dir.
     [["eval", "stories260K", "--text", path.join(FIXTURES, "text", "tinystories_25k.txt"), "--json", path.join(FIXTURES, "text", "tinystories.txt", "x.json")], /--json .*x\.json: .*tinystories\.txt is a file, not a folder/],
     [["eval", "stories260K", "--tasks", "piqa", "--data-dir", path.join(FIXTURES, "text")], /task file .*piqa\.test\.json \(piqa\) does not exist/],

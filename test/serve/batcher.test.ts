@@ -87,6 +87,8 @@ test("the KV budget bounds the sequences admitted together, each reserving promp
   // A budget under a megabyte is shown with the digits that tell it from the reservation.
   const tiny = new Batcher(model, { maxBatch: 1, kvCache: "f32", kvBudgetBytes: 10_000 });
   assert.throws(() => tiny.submit({ prompt: prompts[0]!, maxTokens: 40, sampling: { temperature: 0 }, seed: 0, onToken: () => true, onEnd: () => {} }), (e: unknown) => e instanceof MlaError && /take 0\.\d\d+ MB, more than the server's whole KV budget of 0\.0095 MB/.test(e.message));
+  // A budget under two tokens admits nothing: refused when the server starts, not request by request with "at most -1 tokens".
+  assert.throws(() => new Batcher(model, { maxBatch: 1, kvCache: "f32", kvBudgetBytes: b.cacheBytes(1) + 1 }), (e: unknown) => e instanceof MlaError && /holds 1 tokens of this model's f32 cache \(\d+ bytes each\): no request fits\n  hint: start the server with a budget .*--kv-budget-mb \d+ \(4,096 tokens\)/.test(e.message));
 });
 
 test("a sequence that can never start is refused before it queues", () => {

@@ -56,6 +56,8 @@ test("study resumes: stopped inside the second variant, the same command finishe
   assert.equal(fs.statSync(path.join(out, "mha.row.json")).mtimeMs, mhaRow, "the finished variant is not trained again");
   assert.deepEqual(done.rows.map((r) => r.valNll), straight.rows.map((r) => r.valNll));
   await assert.rejects(study({ ...base, tokens: 4 * 4 * 32, out }), (e: unknown) => e instanceof MlaError && new RegExp(`from a study with other settings: --tokens ${base.tokens} → ${4 * 4 * 32} \\(the study's value → this call's\\)`).test(e.message));
+  // The same data named another way (relative), and an eg-mla gate in a study that had none, are no change: only --tokens is named.
+  await assert.rejects(study({ ...base, data: path.relative(process.cwd(), DATA), variants: ["mha", "mla-rope", "eg-mla"], gateDim: 8, tokens: 4 * 4 * 32, out }), (e: unknown) => e instanceof MlaError && new RegExp(`other settings: --tokens ${base.tokens} → ${4 * 4 * 32} \\(the study's value`).test(e.message));
   // Another width added later: the finished runs are kept, only the new one trains.
   const logged: string[] = [];
   const wider = await study({ ...base, ranks: ["d/2", "d/4"], out, logger: { info: (m) => logged.push(m), warn: () => {} } });

@@ -135,3 +135,10 @@ test("a variant or latent width named twice is one run", () => {
   const { runs } = plannedRuns({ like: LIKE, variants: ["mha", "mla", "mla", "mha"], ranks: ["d/2", "32"], data: DATA, tokens: 256, out: "x" }, c);
   assert.deepEqual(runs, [{ variant: "mha", L: null }, { variant: "mla", L: 32 }]);
 });
+
+test("study over an existing folder that holds no study is refused with a way out that works (it said to re-run with the same settings or pass --force, which is refused there too)", async () => {
+  const out = tmpDir();
+  fs.writeFileSync(path.join(out, "notes.txt"), "mine\n");
+  await assert.rejects(study({ like: LIKE, variants: ["mha"], data: DATA, tokens: 256, seq: 32, batch: 4, out, device: "reference", progress: null }), (e: unknown) => e instanceof MlaError && e.message === `output ${out} already exists and holds no study (no study-state.json)\n  hint: choose another --out (--force replaces only an earlier study's folder)`);
+  assert.equal(fs.readFileSync(path.join(out, "notes.txt"), "utf8"), "mine\n");
+});
