@@ -237,8 +237,26 @@ function checkRun(r: { variant: MlaVariant; L: number }, c: ModelConfig, gateDim
     resolveSettings(c, runSettings(r, c, gateDim), silentLogger);
   } catch (e) {
     if (!(e instanceof MlaError)) throw e;
+    // A width past what the variant can factor beside its rope keys (`d` with mla-rope or eg-mla on a
+    // GQA model): said in --ranks terms, with the widest it takes, not as convert's --rank.
+    const widest = /--rank \d+ is out of range/.test(e.message) ? widestRank(r, c, gateDim) : null;
+    if (widest !== null)
+      throw new MlaError("BAD_ARGUMENT", `--ranks: the ${r.variant} variant cannot have a latent of ${r.L} per token and layer (${r.L / c.kvHeads} per KV head) on this model: beside its rope keys it factors at most ${widest * c.kvHeads} (${widest} per KV head)`, `give ${r.variant} widths up to ${widest * c.kvHeads} (e.g. d/2), and \`d\` to the mla variant alone, whose latent can be full`);
     throw new MlaError(e.code, `the ${r.variant} variant at latent ${r.L} (${r.L / c.kvHeads} per KV head): ${e.message}`);
   }
+}
+
+/** The largest latent per KV head below r's that the variant's conversion takes (null: none). */
+function widestRank(r: { variant: MlaVariant; L: number }, c: ModelConfig, gateDim: number | undefined): number | null {
+  for (let k = r.L / c.kvHeads - 1; k >= 1; k--) {
+    try {
+      resolveSettings(c, runSettings({ variant: r.variant, L: k * c.kvHeads }, c, gateDim), silentLogger);
+      return k;
+    } catch {
+      // narrower still
+    }
+  }
+  return null;
 }
 
 export async function study(o: StudyOptions): Promise<StudyResult> {

@@ -31,7 +31,8 @@ test("study refuses a bad option of any run before the first run, --force or not
     [{ evalEvery: -1 }, /--eval-every -1 must be a positive integer/],
     // The third run's conversion would refuse these, after two runs' training.
     [{ gateDim: 0 }, /the eg-mla variant at latent 32 \(8 per KV head\): --gate-dim 0 is not a positive integer/],
-    [{ ranks: ["d"] }, /the mla-rope variant at latent 64 \(16 per KV head\): --rank 16 is out of range/],
+    // In --ranks terms, with the widest the variant takes beside its rope keys (convert's --rank was named before).
+    [{ ranks: ["d"] }, /--ranks: the mla-rope variant cannot have a latent of 64 per token and layer \(16 per KV head\) on this model: beside its rope keys it factors at most \d+ \(\d+ per KV head\)\n  hint: give mla-rope widths up to \d+ \(e\.g\. d\/2\), and `d` to the mla variant alone/],
     [{ ranks: [] }, /--ranks is empty/],
     [{ data: FIXTURES }, /fixtures is a folder, not a text file/],
     [{ like: mla }, /is an MLA checkpoint\n {2}hint: pass the original MHA\/GQA model to --like/],
