@@ -38,7 +38,7 @@ import { checkOptionTypes, type OptionKinds } from "../util/optionTypes.js";
 import { refuseFileAsOutDir, refuseForeignFolder, writeFileAtomic } from "../io/atomicDir.js";
 import { resumableStep, throwIfAborted } from "../util/abort.js";
 import { initFromScratch, likeConfig } from "./init.js";
-import { studyHtml, studyMarkdown } from "./report.js";
+import { studyHtml, studyMarkdown, type StudyMeta } from "./report.js";
 import { checkClaims, type ClaimCheck } from "./claims.js";
 import { decodeSpeed } from "./decodeSpeed.js";
 import { readStudyJson, readStudyRow } from "./studyFiles.js";
@@ -193,19 +193,7 @@ export function plannedRuns(o: StudyOptions, c: ModelConfig): { runs: StudyRun[]
 }
 
 /** What every run of a study shares, as study-state.json records it. */
-interface StudySettings {
-  like: string;
-  data: string;
-  tokens: number;
-  seq: number;
-  batch: number;
-  lr: number;
-  seed: number;
-  valFraction: number;
-  tokenCache: string;
-  evalEvery: number | null;
-  gateDim: number | null;
-}
+type StudySettings = Pick<StudyMeta, "like" | "data" | "tokens" | "seq" | "batch" | "lr" | "seed"> & { valFraction: number; tokenCache: string; evalEvery: number | null; gateDim: number | null };
 
 /**
  * A recorded study's settings with its paths absolute, as this version records them: earlier ones kept
