@@ -222,7 +222,8 @@ export async function exportDeepseek(spec: string, o: ExportOptions = {}): Promi
   const need = L + (bias ? 1 : 0);
   const rk = o.kvLoraRank ?? need;
   const dr = o.ropeDim ?? 2 * ladder.slots;
-  if (!Number.isInteger(rk) || rk < need) throw new MlaError("BAD_ARGUMENT", `--kv-lora-rank ${rk} cannot hold the model's ${L} latent dims${bias ? " and the constant channel" : ""}`, `use a whole number ≥ ${need} (larger pads with zero channels)`);
+  if (!Number.isInteger(rk)) throw new MlaError("BAD_ARGUMENT", `--kv-lora-rank ${rk} is not a whole number of latent channels`, `use a whole number ≥ ${need} (the model's ${L} latent dims${bias ? " and the constant channel" : ""}; larger pads with zero channels)`);
+  if (rk < need) throw new MlaError("BAD_ARGUMENT", `--kv-lora-rank ${rk} cannot hold the model's ${L} latent dims${bias ? " and the constant channel" : ""}`, `use a whole number ≥ ${need} (larger pads with zero channels)`);
   if (!Number.isInteger(dr) || dr % 2 !== 0 || dr < 2 * ladder.slots) throw new MlaError("BAD_ARGUMENT", `--rope-dim ${dr} cannot hold the model's rope ladder of ${ladder.slots} slots`, `use an even number ≥ ${2 * ladder.slots} (larger pads with zero slots)`);
   // Zero padding is exact but costs cache and weights: up to the hidden size, or the fused kernels' dims.
   const maxRk = Math.max(need, D, FUSED_MLA.kvLoraRank), maxDr = Math.max(2 * ladder.slots, Dh, FUSED_MLA.ropeDim);

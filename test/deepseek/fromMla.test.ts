@@ -101,6 +101,7 @@ test("padded to a larger kv_lora_rank and rope dim (zero channels and slots) the
   assert.equal(inspectModel(fused).deepseek!.serving, "stock transformers loads it; the fused MLA kernels take its sizes, but vLLM and SGLang drop its kv_a_proj_with_mqa and o_proj biases, which it needs (docs/deepseek.md)");
   assert.ok(maxRelDiff(logits(fused), logits(mla)) < 1e-6, "padded to the fused kernels' 512 + 64, still exact");
   await assert.rejects(exportDeepseek(mla, { out: path.join(tmpDir(), "small"), kvLoraRank: 8, progress: null }), (e: unknown) => e instanceof MlaError && /--kv-lora-rank 8 cannot hold the model's 8 latent dims and the constant channel/.test(e.message));
+  await assert.rejects(exportDeepseek(mla, { out: path.join(tmpDir(), "frac"), kvLoraRank: 17.5, progress: null }), (e: unknown) => e instanceof MlaError && /--kv-lora-rank 17\.5 is not a whole number of latent channels\n  hint: use a whole number ≥ 9/.test(e.message));
   await assert.rejects(exportDeepseek(mla, { out: path.join(tmpDir(), "small"), ropeDim: 6, progress: null }), (e: unknown) => e instanceof MlaError && /--rope-dim 6 cannot hold the model's rope ladder of 4 slots/.test(e.message));
   // Padding far past the model was an internal error (a typed array too long), now a range.
   await assert.rejects(exportDeepseek(mla, { out: path.join(tmpDir(), "huge"), kvLoraRank: 1e8, progress: null }), (e: unknown) => e instanceof MlaError && /--kv-lora-rank 100000000 pads far past this model/.test(e.message));
