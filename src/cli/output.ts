@@ -4,13 +4,14 @@ import path from "node:path";
 import { MlaError } from "../errors.js";
 import { writeFileAtomic } from "../io/atomicDir.js";
 import { makeDirs } from "../io/makeDirs.js";
+import { stripBom } from "../io/text.js";
 
 /** The largest existing file `--json` replaces: an earlier result is small; a larger file is something else. */
 const EARLIER_RESULT_BYTES = 64 << 20;
 /** A model folder's own JSON files (the weights are not JSON, so refused anyway): a result written beside them is fine. */
-const MODEL_FILES = /^(config|generation_config|tokenizer|tokenizer_config|special_tokens_map|added_tokens|chat_template|mla_conversion|preprocessor_config)\.json$|\.index\.json$/;
+export const MODEL_FILES = /^(config|generation_config|tokenizer|tokenizer_config|special_tokens_map|added_tokens|chat_template|mla_conversion|preprocessor_config)\.json$|\.index\.json$/;
 /** The records a run resumes from, wherever they are (a result over one broke the run's --resume or re-run). */
-const RUN_RECORDS = /^(finetune|pipeline|study-state|study)\.json$/;
+export const RUN_RECORDS = /^(finetune|pipeline|study-state|study)\.json$/;
 
 /**
  * Refuses a `--json FILE` that cannot be written (a folder, or under a file), or that would replace a
@@ -46,7 +47,7 @@ function refuseOverForeignFile(target: string): void {
   if (st.size > EARLIER_RESULT_BYTES) throw refuse(`holds ${st.size} bytes, not a result's JSON`);
   let value: unknown;
   try {
-    value = JSON.parse(fs.readFileSync(target, "utf8").replace(/^\ufeff/, "")); // a result an editor saved with a BOM
+    value = JSON.parse(stripBom(fs.readFileSync(target, "utf8"))); // a result an editor saved with a BOM
   } catch {
     throw refuse("is not JSON");
   }

@@ -10,9 +10,9 @@ import { MlaError } from "../errors.js";
 import { refuseOutOverInputs, type InputPath } from "../io/outGuard.js";
 import { refuseFileAsOutDir } from "../io/atomicDir.js";
 import { resolveModel } from "../io/modelDir.js";
-import { defaultOut, modelName } from "../convert/plan.js";
+import { defaultExportOut, defaultOut } from "../convert/plan.js";
 import { reportFiles, checkReportOut } from "../eval/report/report.js";
-import { checkJsonTarget } from "./output.js";
+import { checkJsonTarget, MODEL_FILES, RUN_RECORDS } from "./output.js";
 import { inspectCommand } from "./inspect.js";
 import { evalCommand } from "./eval.js";
 import { synthCommand } from "./synth.js";
@@ -190,7 +190,7 @@ function outOf(command: unknown, argv: Record<string, unknown>): string | null {
   const model = typeof argv["model"] === "string" ? argv["model"] : null;
   if (!model) return null;
   if (command === "convert" && typeof argv["rank"] === "number") return defaultOut(model, argv["rank"], argv["format"] === "deepseek" ? "deepseek" : "mla");
-  if (command === "export") return path.resolve(`${modelName(model)}-deepseek`);
+  if (command === "export") return defaultExportOut(model);
   return null;
 }
 
@@ -206,11 +206,11 @@ function refuseJsonOverOut(command: unknown, argv: Record<string, unknown>, json
   const o = path.resolve(out);
   for (const j of jsons) {
     const r = path.resolve(j);
-    const own = (path.dirname(r) === o && OUT_FILES.test(path.basename(r))) || r.startsWith(path.join(o, "checkpoint") + path.sep);
+    const own = (path.dirname(r) === o && [MODEL_FILES, RUN_RECORDS, REPORTS].some((re) => re.test(path.basename(r)))) || r.startsWith(path.join(o, "checkpoint") + path.sep);
     if (r === o || own)
       throw new MlaError("BAD_ARGUMENT", `--json ${j} is ${r === o ? `--out ${out}` : `one of the files this command writes in --out ${out}`}`, `write the result beside it or under another name, e.g. --json ${r === o ? `${o}.json` : path.join(o, "result.json")}`);
   }
 }
 
-/** The files convert, export, synth and finetune write at the top of their output folder (weights aside, which are not JSON). */
-const OUT_FILES = /^(config|generation_config|tokenizer|tokenizer_config|special_tokens_map|chat_template|mla_conversion|report|finetune)\.json$|^(report\.md|train_log\.jsonl)$|\.index\.json$/;
+/** Beside a model's own files and a run's records: a conversion's or export's report, a fine-tune's log. */
+const REPORTS = /^(report\.(json|md)|train_log\.jsonl)$/;

@@ -213,6 +213,11 @@ export function defaultOut(spec: string, rank: number, kind = "mla"): string {
   return path.resolve(`${modelName(spec)}-${kind}-r${rank}`);
 }
 
+/** `export --format deepseek`'s default output folder: ./NAME-deepseek. */
+export function defaultExportOut(spec: string): string {
+  return path.resolve(`${modelName(spec)}-deepseek`);
+}
+
 /**
  * The name default outputs start with: the model as the user named it (a hub id's last part, a
  * folder's name; "." the working folder's), not its resolved folder (a hub snapshot's is a hash).

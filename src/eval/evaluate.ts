@@ -2,7 +2,6 @@
  * `eval`: perplexity on a text (DESIGN.md protocol) and/or benchmark tasks, as one JSON record with
  * the model's identity (path, config hash, conversion settings), size and KV-cache accounting.
  */
-import crypto from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
 import { MlaError, refuseInert } from "../errors.js";
@@ -240,7 +239,7 @@ export async function evaluate(spec: string, opts: EvalOptions): Promise<EvalRes
       model: spec,
       label: opts.label ?? spec,
       dir: lm.dir,
-      config_hash: crypto.createHash("sha256").update(rawConfig).digest("hex").slice(0, 16),
+      config_hash: textHash(rawConfig),
       attention: info.attention,
       conversion: conversion ? { ...conversion, selection: undefined } : null,
       params: info.params,
@@ -285,7 +284,7 @@ export async function evaluate(spec: string, opts: EvalOptions): Promise<EvalRes
         const r = await runTask(lm.model, lm.tokenizer, task, dataDir!, opts.limit, opts.progress, opts.signal, opts.kvCache, loaded);
         if (opts.limit !== undefined && r.n < opts.limit) log.warn(`${task}: its file holds ${r.n} items, fewer than --limit ${opts.limit}: scored all of them`);
         if (r.pastPositions.items > 0) log.warn(`${task}: ${r.pastPositions.items} of its ${r.n} items ran past the model's ${lm.config.maxPositions} positions (the longest ${r.pastPositions.longest} tokens), scored as they are; lm-eval cuts such items from the left, so their scores may differ`);
-        result.tasks[task] = { n: r.n, ...(r.metrics as Omit<TaskScore, "n" | "items_hash">), items_hash: crypto.createHash("sha256").update(JSON.stringify(loaded.items)).digest("hex").slice(0, 16) };
+        result.tasks[task] = { n: r.n, ...(r.metrics as Omit<TaskScore, "n" | "items_hash">), items_hash: textHash(JSON.stringify(loaded.items)) };
       }
     }
     result.seconds = (performance.now() - t0) / 1000;

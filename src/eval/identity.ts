@@ -46,7 +46,10 @@ export function tokenizerIdentity(dir: string, tokenizer: TextTokenizer): Tokeni
   return { hash, vocab_size: tokenizer.vocabSize };
 }
 
-/** sha256 (first 16 hex digits) of a text as scored: UTF-8, newlines normalized (a CRLF copy hashes as the original: it tokenizes the same). */
+/**
+ * sha256 (first 16 hex digits) of a text as scored: UTF-8, newlines normalized (a CRLF copy hashes as
+ * the original: it tokenizes the same); also of a config's text and of a task's items as JSON.
+ */
 export function textHash(text: string): string {
   return sha16(text);
 }

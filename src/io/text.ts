@@ -80,8 +80,12 @@ export function sniffTextFile(file: string): void {
  */
 export function decodeText(buf: Buffer, file: string, expected?: string): string {
   requireText(buf, file, expected);
-  const text = buf.toString("utf8");
-  return normalizeNewlines(text.charCodeAt(0) === 0xfeff ? text.slice(1) : text);
+  return normalizeNewlines(stripBom(buf.toString("utf8")));
+}
+
+/** `text` without a leading byte-order mark (which editors on Windows write, and JSON.parse refuses). */
+export function stripBom(text: string): string {
+  return text.charCodeAt(0) === 0xfeff ? text.slice(1) : text;
 }
 
 /** A UTF-8 text file with newlines normalized; a binary one is refused by name, file-system errors propagate for the caller to name. */

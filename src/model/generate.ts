@@ -7,7 +7,7 @@ import type { DecodeCache } from "./kvCache.js";
 import { nextTurn, throwIfAborted } from "../util/abort.js";
 import { checkOptionTypes, describe, type OptionKinds } from "../util/optionTypes.js";
 import { checkModelArg } from "../util/argTypes.js";
-import { pickToken, seededRandom, type SamplingOptions } from "./sampling.js";
+import { greedyIds, pickToken, seededRandom, type SamplingOptions } from "./sampling.js";
 import { checkPenalties, Penalties, type PenaltyOptions } from "./penalties.js";
 import { stopTokenIds } from "./config.js";
 import type { FloatArray, Tensor } from "../tensor/tensor.js";
@@ -204,7 +204,7 @@ function* decodeSteps(model: LlamaModel, prompts: readonly (readonly number[])[]
     // Greedy decoding without penalties takes each step's tokens on the device where the backend can
     // (T ids to the host instead of T·V logits); null: the rows come to the host and pickToken picks.
     let picked: Int32Array | null = null;
-    const onDevice = sampling.temperature <= 0 && penalties.every((p) => !p) && !!model.backend.rowArgmax;
+    const asIs = sampling.temperature <= 0 && penalties.every((p) => !p);
     for (const [i, p] of prompts.entries()) {
       let out: Tensor | null = null;
       for (let s = 0; s < p.length; s += PREFILL_CHUNK) {
@@ -238,9 +238,7 @@ function* decodeSteps(model: LlamaModel, prompts: readonly (readonly number[])[]
       const out = session.step(Int32Array.from(next));
       decodeTokens += live.length;
       steps = session.graphed ? "CUDA graph" : `op by op (${session.why ?? "not recorded yet"})`;
-      picked = onDevice ? model.backend.rowArgmax!(out) : null;
-      // A row with no number in it: its logits come to the host, whose pick reports it.
-      if (picked?.includes(-1)) picked = null;
+      picked = asIs ? greedyIds(model.backend, out) : null;
       if (!picked) {
         const logits = out.toArray();
         lasts = live.map((_, k) => logits.subarray(k * V, (k + 1) * V));

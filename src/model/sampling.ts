@@ -3,7 +3,8 @@
  * tokens and the nucleus (top-p), each sequence with its own seeded generator so that what it draws
  * does not depend on the other sequences decoded beside it.
  */
-import type { FloatArray } from "../tensor/tensor.js";
+import type { FloatArray, Tensor } from "../tensor/tensor.js";
+import type { Backend } from "../tensor/backend.js";
 import { MlaError } from "../errors.js";
 import type { PenaltyOptions } from "./penalties.js";
 
@@ -32,6 +33,16 @@ export function seededRandom(seed: number): () => number {
 }
 
 /** The first largest logit's id; NaN counts as −∞. Refuses logits with no finite or +∞ value (a diverged model). */
+/**
+ * Greedy decoding's next tokens, one per row of logits [B, V], picked on the device where `backend`
+ * can (B ids to the host instead of B·V logits), as argmax below picks them; null where it cannot, or
+ * where a row holds no number (the caller then brings the rows home, and pickToken reports the row).
+ */
+export function greedyIds(backend: Backend, logits: Tensor): Int32Array | null {
+  const ids = backend.rowArgmax?.(logits) ?? null;
+  return ids && !ids.includes(-1) ? ids : null;
+}
+
 function argmax(logits: FloatArray): number {
   let best = -1, max = -Infinity;
   for (let i = 0; i < logits.length; i++) if (logits[i]! > max) (max = logits[i]!), (best = i);

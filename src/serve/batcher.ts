@@ -18,7 +18,7 @@ import type { DecodeCache } from "../model/kvCache.js";
 import { DecodeSession } from "../model/decodeSession.js";
 import { kvBytesPerToken, stopTokenIds } from "../model/config.js";
 import type { KvCacheDtype } from "../model/kvQuant.js";
-import { pickToken, seededRandom, tokenLogprobs, type SamplingOptions, type TokenLogprobs } from "../model/sampling.js";
+import { greedyIds, pickToken, seededRandom, tokenLogprobs, type SamplingOptions, type TokenLogprobs } from "../model/sampling.js";
 import type { FloatArray } from "../tensor/tensor.js";
 import { PrefixCache, type PrefixCacheStats } from "./prefixCache.js";
 import { Penalties } from "../model/penalties.js";
@@ -464,10 +464,8 @@ export class Batcher {
       }
       const t0 = performance.now();
       const out = this.session.step(Int32Array.from(live, (s) => s.next));
-      // Where every sequence takes the most likely token as it is, the device picks them (B ids to the
-      // host instead of B·V logits); a row with no number in it comes to the host, whose pick reports it.
-      let picked = this.model.backend.rowArgmax && live.every(pickedAsIs) ? this.model.backend.rowArgmax(out) : null;
-      if (picked?.includes(-1)) picked = null;
+      // Where every sequence takes the most likely token as it is, the device picks them where it can.
+      const picked = live.every(pickedAsIs) ? greedyIds(this.model.backend, out) : null;
       const logits = picked ? null : out.toArray();
       this.decodeMs += performance.now() - t0;
       this.decodeTokens += live.length;

@@ -9,6 +9,7 @@
 import fs from "node:fs";
 import { MlaError, ioError } from "../../errors.js";
 import type { EvalResult } from "../evaluate.js";
+import { stripBom } from "../../io/text.js";
 
 const HINT = "pass JSON files written by `mha2mla eval --json FILE`";
 
@@ -103,10 +104,10 @@ export function checkEvalResult(r: unknown, where: string): EvalResult {
 export function readEvalJson(file: string): EvalResult {
   let raw: unknown;
   try {
-    raw = JSON.parse(fs.readFileSync(file, "utf8").replace(/^\ufeff/, "")); // a BOM from an editor
+    raw = JSON.parse(stripBom(fs.readFileSync(file, "utf8"))); // a BOM from an editor
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code) throw ioError("cannot read", file, e);
-    throw new MlaError("BAD_ARGUMENT", `${file}: not valid JSON (${(e as Error).message})`, "pass JSON files written by `mha2mla eval --json FILE`");
+    throw new MlaError("BAD_ARGUMENT", `${file}: not valid JSON (${(e as Error).message})`, HINT);
   }
   return checkEvalResult(raw, file);
 }
