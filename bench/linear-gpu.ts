@@ -6,7 +6,8 @@
  * over enough copies of w (≥ 256 MiB, used in turn) that the 50 MB L2 cannot serve them, and its
  * weight-read rate in TB/s (the peer: F.linear on bf16 x and w, as HF decodes, with as many copies).
  * --heads T:H:K:N,…: decode's per-head products too (headLinear: float32 x [T, H, K], bf16 w [H, N, K];
- * MLA's run-time absorption, e.g. 8:32:112:2048 and 8:32:2048:128 at llama2-7b's batch 8), timed as --decode.
+ * MLA's run-time absorption, e.g. 8:32:112:2048 and 8:32:2048:128 at llama2-7b's batch 8), timed as --decode,
+ * each beside headLinearKN on the same bytes stored k-major ([H, K, N], as MLA's k_up_proj is).
  * Run: node dist/bench/linear-gpu.js [--shapes M:K:N,…] [--decode] [--heads T:H:K:N,…]
  */
 import { openCuda } from "./cudaBench.js";
@@ -52,14 +53,19 @@ for (const [T, H, K, N] of (hat >= 0 ? args[hat + 1]!.split(",") : []).map((s) =
   const x = backend.upload(rand(T * H * K), [T, H, K]);
   const copies = Math.min(64, Math.max(1, Math.ceil((256 << 20) / (H * N * K * 2))));
   const bits = toBf16Bits(rand(H * N * K));
-  const ws = Array.from({ length: copies }, () => backend.uploadBf16(bits, [H, N, K]));
-  backend.headLinear(x, ws[0]!).dispose();
-  sync();
-  const reps = Math.max(200, 2 * copies);
-  const t0 = performance.now();
-  for (let r = 0; r < reps; r++) backend.headLinear(x, ws[r % copies]!).dispose();
-  sync();
-  const ms = (performance.now() - t0) / reps;
-  console.log(JSON.stringify({ tool: "mha2mla", pass: "headLinear", T, H, K, N, ms: +ms.toFixed(4), weight_tb_per_s: +((H * N * K * 2) / ms / 1e9).toFixed(2), copies }));
-  for (const t of [x, ...ws]) t.dispose();
+  // headLinear reads w [H, N, K]; headLinearKN the same bytes stored k-major, [H, K, N] (MLA's k_up_proj as stored).
+  for (const pass of ["headLinear", "headLinearKN"] as const) {
+    const ws = Array.from({ length: copies }, () => backend.uploadBf16(bits, pass === "headLinear" ? [H, N, K] : [H, K, N]));
+    const call = (w: (typeof ws)[number]) => (pass === "headLinear" ? backend.headLinear(x, w) : backend.headLinearKN(x, w)).dispose();
+    call(ws[0]!);
+    sync();
+    const reps = Math.max(200, 2 * copies);
+    const t0 = performance.now();
+    for (let r = 0; r < reps; r++) call(ws[r % copies]!);
+    sync();
+    const ms = (performance.now() - t0) / reps;
+    console.log(JSON.stringify({ tool: "mha2mla", pass, T, H, K, N, ms: +ms.toFixed(4), weight_tb_per_s: +((H * N * K * 2) / ms / 1e9).toFixed(2), copies }));
+    for (const t of ws) t.dispose();
+  }
+  x.dispose();
 }

@@ -483,6 +483,7 @@ extern "C" mla_status mla_cuda_linear_many(const mla_cuda_buf* x, const mla_cuda
   ManyMats m{};
   m.count = count;
   m.firstBlock[0] = 0;
+  const int cpb = columns_per_block(M, K);  // every matrix's, and the kernel launch_many_any picks lays them out so
   for (int i = 0; i < count; i++) {
     const int64_t N = ws[i] ? ws[i]->n / std::max<int64_t>(K, 1) : 0;
     MLA_CHECK(ws[i] && ys[i] && ws[i]->dtype == MLA_BF16 && K > 0 && ws[i]->n == N * K && ys[i]->dtype == MLA_F32 && ys[i]->n == M * N, "linear_many: each w bf16 [N, K] and y f32 [M, N]");
@@ -490,7 +491,7 @@ extern "C" mla_status mla_cuda_linear_many(const mla_cuda_buf* x, const mla_cuda
     m.w[i] = (const __nv_bfloat16*)ws[i]->ptr;
     m.y[i] = (float*)ys[i]->ptr;
     m.N[i] = (int)N;
-    m.firstBlock[i + 1] = m.firstBlock[i] + (int)((N + columns_per_block(M, K) - 1) / columns_per_block(M, K));
+    m.firstBlock[i + 1] = m.firstBlock[i] + (int)((N + cpb - 1) / cpb);
   }
   return x->dtype == MLA_BF16 ? launch_many_any((const __nv_bfloat16*)x->ptr, m, M, K) : launch_many_any((const float*)x->ptr, m, M, K);
 }

@@ -18,6 +18,22 @@ constexpr int MAX_TOP = 20;  // the most alternatives a request may ask (serve's
 // (value, id) ordering: larger value first, the lower id on ties.
 __device__ __forceinline__ bool better(float v, int i, float w, int j) { return v > w || (v == w && i < j); }
 
+// The block's best (value, id) of its threads' (v, id), by `better`: left in thread 0's v and id.
+// wv, wi: shared scratch of a value per warp, free again once thread 0 has read it.
+__device__ __forceinline__ void block_best(float& v, int& id, float* wv, int* wi) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  for (int o = 16; o > 0; o >>= 1) {
+    const float v2 = __shfl_xor_sync(0xffffffffu, v, o);
+    const int i2 = __shfl_xor_sync(0xffffffffu, id, o);
+    if (better(v2, i2, v, id)) v = v2, id = i2;
+  }
+  if (lane == 0) wv[warp] = v, wi[warp] = id;
+  __syncthreads();
+  if (threadIdx.x == 0)
+    for (int w = 1; w < ROW_THREADS / 32; w++)
+      if (better(wv[w], wi[w], v, id)) v = wv[w], id = wi[w];
+}
+
 __device__ __forceinline__ void merge_max_sum(float& m, float& s, float m2, float s2) {
   const float M = fmaxf(m, m2);
   s = (m == -INFINITY ? 0.f : s * expf(m - M)) + (m2 == -INFINITY ? 0.f : s2 * expf(m2 - M));
@@ -72,16 +88,8 @@ __global__ void __launch_bounds__(ROW_THREADS) k_row_logprobs(const float* logit
   for (int r = 0; r < top; r++) {
     float v = head < count ? lv[head] : -INFINITY;
     int id = head < count ? li[head] : INT_MAX;
-    for (int o = 16; o > 0; o >>= 1) {
-      const float v2 = __shfl_xor_sync(0xffffffffu, v, o);
-      const int i2 = __shfl_xor_sync(0xffffffffu, id, o);
-      if (better(v2, i2, v, id)) v = v2, id = i2;
-    }
-    if (lane == 0) wv[warp] = v, wi[warp] = id;
-    __syncthreads();
+    block_best(v, id, wv, wi);
     if (threadIdx.x == 0) {
-      for (int w = 1; w < ROW_THREADS / 32; w++)
-        if (better(wv[w], wi[w], v, id)) v = wv[w], id = wi[w];
       winner = id;
       topIds[(int64_t)blockIdx.x * top + r] = id;
       topLp[(int64_t)blockIdx.x * top + r] = v - lse;
@@ -107,19 +115,8 @@ __global__ void __launch_bounds__(ROW_THREADS) k_row_argmax(const float* logits,
     const float x = row[i];
     if (x > v) v = x, id = (int)i;
   }
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  for (int o = 16; o > 0; o >>= 1) {
-    const float v2 = __shfl_xor_sync(0xffffffffu, v, o);
-    const int i2 = __shfl_xor_sync(0xffffffffu, id, o);
-    if (better(v2, i2, v, id)) v = v2, id = i2;
-  }
-  if (lane == 0) wv[warp] = v, wi[warp] = id;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    for (int w = 1; w < ROW_THREADS / 32; w++)
-      if (better(wv[w], wi[w], v, id)) v = wv[w], id = wi[w];
-    ids[blockIdx.x] = id == INT_MAX ? -1 : id;
-  }
+  block_best(v, id, wv, wi);
+  if (threadIdx.x == 0) ids[blockIdx.x] = id == INT_MAX ? -1 : id;
 }
 
 }  // namespace

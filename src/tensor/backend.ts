@@ -69,12 +69,17 @@ export interface ProductInputHint {
   forProducts?: boolean;
 }
 
-/** The dims of Backend.headLinear's x [T,H,K] and w [G,N,K], checked (H a multiple of G): every backend's entry check. */
-export function headLinearDims(x: Tensor, w: Tensor): { T: number; H: number; K: number; G: number; N: number } {
+/**
+ * The dims of Backend.headLinear's x [T,H,K] and w [G,N,K] (headLinearKN's w [G,K,N] where kMajor), checked
+ * (H a multiple of G): every backend's entry check.
+ */
+export function headLinearDims(x: Tensor, w: Tensor, kMajor = false): { T: number; H: number; K: number; G: number; N: number } {
+  const op = kMajor ? "headLinearKN" : "headLinear";
   const [T, H, K] = x.shape as [number, number, number];
-  const [G, N] = w.shape as [number, number];
-  if (x.shape.length !== 3 || !(G >= 1) || H % G !== 0) throw new MlaError("BAD_ARGUMENT", `headLinear: x [${x.shape}] needs [T, H, K] with H a multiple of w's ${G} groups`, "this is a bug in the caller");
-  expectShape("headLinear", "w", w, [G, N, K]);
+  const G = w.shape[0]!;
+  const N = w.shape[kMajor ? 2 : 1]!;
+  if (x.shape.length !== 3 || !(G >= 1) || H % G !== 0) throw new MlaError("BAD_ARGUMENT", `${op}: x [${x.shape}] needs [T, H, K] with H a multiple of w's ${G} groups`, "this is a bug in the caller");
+  expectShape(op, "w", w, kMajor ? [G, K, N] : [G, N, K]);
   return { T, H, K, G, N };
 }
 
@@ -333,6 +338,13 @@ export interface Backend {
    * through its KV group's key up-projection, the latent output through its value up-projection.
    */
   headLinear(x: Tensor, w: Tensor): Tensor;
+  /**
+   * headLinear with w stored k-major, [G,K,N]: y[t,h] = x[t,h]·w[h / (H/G)]. MLA's key up-projection is
+   * stored that way ([G·Dn, L]); a decode step's few rows read it in place instead of through a
+   * transposed copy (K = Dn is short, so the row-per-column products idle). Absent: callers keep the
+   * transpose for headLinear.
+   */
+  headLinearKN?(x: Tensor, w: Tensor): Tensor;
   /** silu(gate) ⊙ up, both [M,F]. */
   swiglu(gate: Tensor, up: Tensor, hint?: ProductInputHint): Tensor;
   /** a + b, same shape. */

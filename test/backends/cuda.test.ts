@@ -148,6 +148,49 @@ test("decode products (≤ 32 rows, bf16 weights; the FMA and tensor-core gemv k
   delete process.env["MHA2MLA_GEMV_MMA_ROWS"];
 });
 
+test("headLinearKN (k-major weights [G, K, N], MLA's key up-projection as stored) equals float64 sums of the bf16-rounded inputs: its kernel at 1–8 rows a group, cuBLAS past 8 rows, K > 512, N not a multiple of 8, and f32 weights", { skip }, () => {
+  const B = backend();
+  const rand = seededRand(12, Float32Array);
+  // y[t, h, n] = Σ_k x[t, h, k]·w[h / (H/G), k, n] in float64, and Σ|terms|.
+  const reference = (x: Float32Array, w: Float32Array, T: number, H: number, G: number, K: number, N: number) => {
+    const y = new Float64Array(T * H * N), mag = new Float64Array(T * H * N);
+    for (let t = 0; t < T; t++)
+      for (let h = 0; h < H; h++) {
+        const g = Math.floor(h / (H / G));
+        for (let n = 0; n < N; n++) {
+          let s = 0, m = 0;
+          for (let k = 0; k < K; k++) {
+            const p = x[(t * H + h) * K + k]! * w[(g * K + k) * N + n]!;
+            s += p;
+            m += Math.abs(p);
+          }
+          y[(t * H + h) * N + n] = s;
+          mag[(t * H + h) * N + n] = m;
+        }
+      }
+    return { y, mag };
+  };
+  const check = (got: ArrayLike<number>, want: { y: Float64Array; mag: Float64Array }, what: string) => {
+    assert.equal(got.length, want.y.length, what);
+    for (let i = 0; i < got.length; i++) assert.ok(Math.abs(got[i]! - want.y[i]!) <= 1e-5 * want.mag[i]! + 1e-30, `${what}: element ${i} is ${got[i]}, float64 sum ${want.y[i]} (|terms| ${want.mag[i]})`);
+  };
+  // [T, H, G, K, N]: the llama2-7b decode shapes at batch 1 and 8, GQA groups (2 or 4 heads a group, so
+  // 2–8 rows), odd K, then past the kernel: 12 and 40 rows, K 600, N 12.
+  const shapes = [[1, 32, 32, 112, 2048], [8, 32, 32, 112, 2048], [3, 8, 4, 112, 64], [4, 8, 4, 64, 40], [1, 8, 2, 37, 264], [2, 6, 3, 17, 8], [3, 8, 2, 64, 40], [10, 16, 4, 24, 16], [1, 4, 4, 600, 16], [2, 4, 4, 24, 12], [5, 3, 3, 1, 8]] as const;
+  for (const [T, H, G, K, N] of shapes) {
+    const x = rand(T * H * K), w = roundBf16(rand(G * K * N));
+    const what = `headLinearKN [${T},${H},${K}] by [${G},${K},${N}]`;
+    check(B.headLinearKN(B.upload(x, [T, H, K]), B.uploadBf16(toBf16Bits(w), [G, K, N])).toArray(), reference(roundBf16(x), w, T, H, G, K, N), what);
+    // f32 weights take cuBLAS at full precision (TF32 off), so the float64 sum of the unrounded x.
+    const wf = rand(G * K * N);
+    const want = reference(x, wf, T, H, G, K, N);
+    const got = B.headLinearKN(B.upload(x, [T, H, K]), B.upload(wf, [G, K, N])).toArray();
+    for (let i = 0; i < got.length; i++) assert.ok(Math.abs(got[i]! - want.y[i]!) <= 1e-4 * want.mag[i]! + 1e-30, `${what} f32 w: element ${i}`);
+  }
+  assert.deepEqual(Array.from(B.headLinearKN(B.upload(new Float32Array(0), [2, 4, 0]), B.uploadBf16(new Uint16Array(0), [2, 0, 8])).toArray()), new Array(2 * 4 * 8).fill(0));
+  assert.throws(() => B.headLinearKN(B.upload(rand(2 * 4 * 8), [2, 4, 8]), B.upload(rand(2 * 16 * 8), [2, 16, 8])), /headLinearKN.*w/);
+});
+
 test("parity: every backend op (forward and backward) of the CUDA backend vs the reference backend", { skip }, (t) => {
   const B = backend();
   const lines = runParity(B, 1e-4);

@@ -225,8 +225,53 @@ test("weightsChanged() frees the absorbed MLA matrices it drops, never the weigh
   } finally {
     model.backend.free = free;
   }
-  // Per layer of the run-time form: the rope query rows and the nope query rows, and kUpT.
+  // Per layer of the run-time form: the rope query rows and the nope query rows, and the transposed kUp (the reference backend has no headLinearKN).
   assert.ok(freed.length >= 3 * model.config.layers, `${freed.length} tensors freed`);
   assert.ok(!freed.some((s) => weights.has(s)), "a weight's storage was freed");
   assert.ok(maxAbsDiff(decodeOnce(), before) === 0, "the rebuilt matrices decode as before");
+});
+
+/** The reference backend with a headLinearKN (w [G, K, N]) that counts its calls: the transpose through headLinear, so the same bits. */
+class KMajorBackend extends ReferenceBackend {
+  calls = 0;
+  headLinearKN(x: Tensor, w: Tensor): Tensor {
+    this.calls++;
+    const [G, K, N] = w.shape as [number, number, number];
+    const a = w.toArray(), t = new Float32Array(a.length);
+    for (let g = 0; g < G; g++) for (let k = 0; k < K; k++) for (let n = 0; n < N; n++) t[(g * N + n) * K + k] = a[(g * K + k) * N + n]!;
+    const wt = this.upload(t, [G, N, K]);
+    const y = this.headLinear(x, wt);
+    wt.dispose();
+    return y;
+  }
+}
+
+test("on a backend with headLinearKN the run-time absorption reads k_up_proj as stored (no transposed copy, none freed with the weights) and decodes as through the transpose", async () => {
+  const spec = await convertFixture("stories260K", { rank: 4, ropePairs: 2, ropeStrategy: "uniform", device: "reference" });
+  const plain = loadModel(spec).model;
+  const backend = new KMajorBackend();
+  const { model } = loadModel(spec, { backend });
+  const decode = (m: typeof model) => {
+    const caches = prompts.map((p) => {
+      const c = m.newCache();
+      m.forward(p, c);
+      return c;
+    });
+    return [m.decodeBatch(Int32Array.of(17, 23, 42), caches).toArray(), m.forward(Int32Array.of(5), caches[0]!, { absorb: true }).toArray()];
+  };
+  const want = decode(plain);
+  const got = decode(model);
+  assert.ok(backend.calls >= 2 * model.config.layers, `${backend.calls} headLinearKN calls`);
+  got.forEach((g, i) => assert.equal(maxAbsDiff(g, want[i]!), 0, `output ${i}`));
+  const weights = new Set<unknown>();
+  for (const layer of model.weights.layers) for (const t of Object.values(layer.attn)) if (t && typeof t === "object" && "storage" in t) weights.add((t as Tensor).storage);
+  const free = model.backend.free.bind(model.backend);
+  const freed: unknown[] = [];
+  model.backend.free = (t: Tensor) => {
+    freed.push(t.storage);
+    free(t);
+  };
+  model.weightsChanged();
+  model.backend.free = free;
+  assert.ok(!freed.some((s) => weights.has(s)), "a weight's storage was freed");
 });

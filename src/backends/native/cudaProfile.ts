@@ -5,7 +5,7 @@
  * The first MHA2MLA_CUDA_PROFILE_SKIP training steps (default 2; a step ends with its optimizer
  * update) are left out: they build cuDNN graphs, choose cuBLAS algorithms and grow the memory pool.
  */
-const OPS = ["linear", "linearBackward", "rmsnorm", "rmsnormBackward", "rope", "ropeBackward", "attention", "attentionForTraining", "attentionBackward", "swiglu", "swigluBackward", "add", "scale", "embedding", "embeddingBackward", "crossEntropy", "crossEntropyBackward", "crossEntropyFused", "klDivergence", "gatherCols", "scatterCols", "concatLast", "splitLast", "headLinear", "attentionDecodeBatch", "latentAttentionDecodeBatch", "scatterRows"];
+const OPS = ["linear", "linearBackward", "rmsnorm", "rmsnormBackward", "rope", "ropeBackward", "attention", "attentionForTraining", "attentionBackward", "swiglu", "swigluBackward", "add", "scale", "embedding", "embeddingBackward", "crossEntropy", "crossEntropyBackward", "crossEntropyFused", "klDivergence", "gatherCols", "scatterCols", "concatLast", "splitLast", "headLinear", "headLinearKN", "attentionDecodeBatch", "latentAttentionDecodeBatch", "scatterRows"];
 const TRAINING = ["addInto", "fillZero", "sumSquares", "adamw", "cast", "copyInto"];
 
 export function profileCuda(backend: object, training: object, synchronize: () => void): void {

@@ -34,7 +34,9 @@ interface RuntimeAbsorbed extends AbsorbedCommon {
   form: "runtime";
   qNope: Tensor; // [H·Dn, D]: q_proj's nope rows
   qNopeBias: Tensor | null; // [H·Dn]
-  kUpT: Tensor; // [Hkv, L, Dn]: each group's key up-projection, transposed
+  /** Each group's key up-projection: as stored, [Hkv, Dn, L], where the backend has headLinearKN; else transposed, [Hkv, L, Dn], a copy. */
+  kUp: Tensor;
+  kUpKMajor: boolean;
   vUp: Tensor; // [Hkv, Dh, L]
 }
 
@@ -216,7 +218,8 @@ export class MlaBlock {
     const qr = b.rope(ropeRows.reshape([T, c.heads, Dr]), positions, this.qFreq, Dr);
     ropeRows.dispose();
     if (ab.form === "premultiplied") return [qr, second.reshape([T, c.heads, this.L])];
-    const qc = b.headLinear(second.reshape([T, c.heads, c.headDim - Dr]), ab.kUpT);
+    const nope = second.reshape([T, c.heads, c.headDim - Dr]);
+    const qc = ab.kUpKMajor ? b.headLinearKN!(nope, ab.kUp) : b.headLinear(nope, ab.kUp);
     second.dispose();
     return [qr, qc];
   }
@@ -226,9 +229,9 @@ export class MlaBlock {
     const a = this.absorbed;
     this.absorbed = null;
     if (!a) return;
-    // Every absorbed tensor is built here except vUp, a reshape of the stored weight: freeing it
-    // would free the weight.
-    const own = a.form === "runtime" ? [a.qNope, a.qNopeBias, a.kUpT] : [a.qLatent, a.qLatentBias, a.oLatent];
+    // Every absorbed tensor is built here except vUp and a k-major kUp, reshapes of the stored
+    // weights: freeing them would free the weights.
+    const own = a.form === "runtime" ? [a.qNope, a.qNopeBias, a.kUpKMajor ? null : a.kUp] : [a.qLatent, a.qLatentBias, a.oLatent];
     for (const t of [a.qRope, a.qRopeBias, a.oBias, ...own]) t?.dispose();
   }
 
@@ -276,7 +279,7 @@ export class MlaBlock {
     return { qRope: this.matrix(qRope, [c.heads * 2 * R, D]), qRopeBias: qRopeBias ? b.upload(Float32Array.from(qRopeBias), [c.heads * 2 * R]) : null, oBias };
   }
 
-  /** The run-time form: q_proj's rows regrouped, the key up-projection transposed per group, the rest as stored. */
+  /** The run-time form: q_proj's rows regrouped, the key up-projection as keyUp gives it, the rest as stored. */
   private runtimeAbsorbed(): RuntimeAbsorbed {
     const { b, c, w, R, L } = this;
     const D = c.hiddenSize, Dh = c.headDim, Dn = Dh - 2 * R, G = c.kvHeads;
@@ -288,17 +291,26 @@ export class MlaBlock {
       qNope.set(Q.subarray((h * Dh + 2 * R) * D, (h + 1) * Dh * D), h * Dn * D);
       if (QB && qNopeBias) qNopeBias.set(QB.subarray(h * Dh + 2 * R, (h + 1) * Dh), h * Dn);
     }
-    const KU = w.kUp.toArray(); // [G·Dn, L]
-    const kUpT = new Float32Array(G * L * Dn);
-    for (let g = 0; g < G; g++) for (let n = 0; n < Dn; n++) for (let l = 0; l < L; l++) kUpT[(g * L + l) * Dn + n] = KU[(g * Dn + n) * L + l]!;
     return {
       form: "runtime",
       ...this.absorbedCommon(Q, QB),
       qNope: this.matrix(qNope, [c.heads * Dn, D]),
       qNopeBias: qNopeBias ? b.upload(Float32Array.from(qNopeBias), [c.heads * Dn]) : null,
-      kUpT: this.matrix(kUpT, [G, L, Dn], w.kUp),
+      ...this.keyUp(),
       vUp: w.vUp.reshape([G, Dh, L]),
     };
+  }
+
+  /** The key up-projection as the run-time form's query product reads it (RuntimeAbsorbed.kUp). */
+  private keyUp(): { kUp: Tensor; kUpKMajor: boolean } {
+    const { b, c, w, R, L } = this;
+    const Dn = c.headDim - 2 * R, G = c.kvHeads;
+    // MHA2MLA_HEAD_KN=0: the transposed copy through headLinear even where headLinearKN exists (an A/B switch).
+    if (b.headLinearKN && process.env["MHA2MLA_HEAD_KN"] !== "0") return { kUp: w.kUp.reshape([G, Dn, L]), kUpKMajor: true };
+    const KU = w.kUp.toArray(); // [G·Dn, L]
+    const kUpT = new Float32Array(G * L * Dn);
+    for (let g = 0; g < G; g++) for (let n = 0; n < Dn; n++) for (let l = 0; l < L; l++) kUpT[(g * L + l) * Dn + n] = KU[(g * Dn + n) * L + l]!;
+    return { kUp: this.matrix(kUpT, [G, L, Dn], w.kUp), kUpKMajor: false };
   }
 
   /** The pre-multiplied form, its products as backend GEMMs (on the GPU under CUDA). */
