@@ -161,6 +161,9 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
     // sequence starts with BOS (any id taken instead would be some other token), and the teacher's
     // config and tokenizer.json are all checkTeacher reads.
     const bos = requireBos(lm.config.bosTokenId, lm.dir);
+    // EOS goes between the documents: one past the vocabulary would reach the embedding as a token.
+    const V = lm.config.vocabSize, eos = lm.config.eosTokenId;
+    if (eos !== null && eos >= V) throw new MlaError("BAD_CONFIG", `${path.join(lm.dir, "config.json")}: "eos_token_id" is ${eos}, past the ${V}-token vocabulary; fine-tuning puts it between documents`, `set it to the tokenizer's end-of-text id (0 to ${V - 1}), or to null to join documents without one`);
     if (o.distill) checkTeacher(o.distill, lm.config.vocabSize, src.dir);
     const teacher: LlamaModel | null = o.distill ? loadModel(o.distill, { backend }).model : null;
     if (teacher) owned.push(teacher);
@@ -197,7 +200,7 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
       return { out, steps: prior?.step ?? 0, stoppedEarly: true, checkpointStep: prior?.step ?? null, tokensSeen, seconds: priorSeconds, tokensPerSecond: perSecond(tokensSeen, priorSeconds), sitting: { steps: 0, seconds: 0, tokensPerSecond: 0 }, valNllBefore: prior ? loggedValNllBefore(out) : null, valNllAfter: null, finalLoss: NaN, precision };
     };
 
-    const data = await unlessStopped(() => loadTrainingData(lm.tokenizer, o.data, { valFraction: o.valFraction ?? D.valFraction, fraction: o.fraction, seq, bos, eos: lm.config.eosTokenId, cacheDir: o.tokenCache, logger: log, shouldStop: stopAsked }));
+    const data = await unlessStopped(() => loadTrainingData(lm.tokenizer, o.data, { valFraction: o.valFraction ?? D.valFraction, fraction: o.fraction, seq, bos, eos, cacheDir: o.tokenCache, logger: log, shouldStop: stopAsked }));
     if (data === STOPPED) return stoppedBeforeTraining("tokenizing the --data files");
     const perStep = batch * accum * seq;
     const totalSteps = Math.max(1, Math.ceil((o.tokens ?? data.sequences * seq) / perStep));

@@ -187,7 +187,7 @@ test("bad input is refused cleanly", async () => {
   assert.match(cli.stderr, /Invalid values[\s\S]*linear/);
 });
 
-test("a model without BOS, a missing teacher and a run too big for the machine are refused before the data is read", async () => {
+test("a model without BOS or with EOS past its vocabulary, a missing teacher and a run too big for the machine are refused before the data is read", async () => {
   const model = await convertedModel();
   // Data the loader would refuse (line 2): reaching it means the check came after the tokenizing.
   const bad = path.join(tmpDir(), "bad.jsonl");
@@ -200,6 +200,11 @@ test("a model without BOS, a missing teacher and a run too big for the machine a
   delete cfg.bos_token_id;
   fs.writeFileSync(path.join(noBos, "config.json"), JSON.stringify(cfg));
   await refused(noBos, { valFraction: 0 }, /no bos_token_id/);
+  // EOS past the vocabulary: it would be put between documents (it reached perplexity() as a token id).
+  const farEos = path.join(tmpDir(), "far-eos");
+  fs.cpSync(model, farEos, { recursive: true });
+  fs.writeFileSync(path.join(farEos, "config.json"), JSON.stringify({ ...cfg, bos_token_id: 1, eos_token_id: 600 }));
+  await refused(farEos, { valFraction: 0 }, /"eos_token_id" is 600, past the 512-token vocabulary; fine-tuning puts it between documents/);
   await refused(model, { distill: path.join(tmpDir(), "no-such-teacher") }, /no-such-teacher/);
   await refused(model, { batch: 20_000_000 }, /needs about [\d.]+ GiB of host memory[\s\S]*the machine has/);
   // A teacher with as many ids for other tokens (Llama-2 and Mistral-7B: 32000 each): two tokens swapped.
