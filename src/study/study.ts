@@ -293,6 +293,9 @@ async function runStudy(o: StudyOptions, made: { fresh: boolean }): Promise<Stud
     const prev = fs.existsSync(stateFile) ? readStudyJson<{ settings?: unknown; variants?: string[]; ranks?: string[] }>(stateFile, "the study's settings", "pass --force to start the study over, or choose another --out") : null;
     if (!prev) throw new MlaError("EXISTS", `output ${o.out} already exists and holds no study (no study-state.json)`, "choose another --out (--force replaces only an earlier study's folder)");
     const was = normalizedSettings(prev.settings);
+    // A gate recorded without an eg-mla run in the folder binds nothing (studies before the thirty-fifth
+    // session recorded the default gate whatever their variants).
+    if (was["gateDim"] != null && !fs.readdirSync(o.out).some((f) => f.startsWith("eg-mla-L"))) was["gateDim"] = null;
     // A study whose runs so far had no gate keeps the gate of the first eg-mla run it gets, and the reverse.
     settings = { ...settings, gateDim: settings.gateDim ?? (was["gateDim"] as number | null | undefined) ?? null };
     if (was["gateDim"] === null) was["gateDim"] = settings.gateDim;

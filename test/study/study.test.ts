@@ -66,6 +66,11 @@ test("study resumes: stopped inside the second variant, the same command finishe
   assert.equal(fs.statSync(path.join(out, "mha.row.json")).mtimeMs, mhaRow);
   assert.ok(logged.some((m) => /continuing the study .* --ranks d\/2,d\/4: finished runs are kept/.test(m)), logged.join("\n"));
   assert.equal(logged.filter((m) => /already done/.test(m)).length, 2);
+  // An older study recorded the default gate (16) with no eg-mla run: a gate of 8 now is no change either.
+  const state = path.join(out, "study-state.json");
+  const recorded = JSON.parse(fs.readFileSync(state, "utf8"));
+  fs.writeFileSync(state, JSON.stringify({ ...recorded, settings: { ...recorded.settings, gateDim: 16 } }));
+  await assert.rejects(study({ ...base, variants: ["mha", "mla-rope", "eg-mla"], gateDim: 8, tokens: 4 * 4 * 32, out }), (e: unknown) => e instanceof MlaError && new RegExp(`other settings: --tokens ${base.tokens} → ${4 * 4 * 32} \\(the study's value`).test(e.message));
 });
 
 test("study stops on its signal inside the run under way (its conversion at a layer, its training after a step, with a checkpoint) and the same call finishes that run as an uninterrupted study does", async () => {
