@@ -156,6 +156,8 @@ mla_status mla_cuda_rmsnorm_backward(const mla_cuda_buf* x, const mla_cuda_buf* 
 mla_status mla_cuda_rope(const mla_cuda_buf* x, mla_cuda_buf* y, const int32_t* positions, const double* inv_freq, int64_t n_freq, int64_t T, int64_t H, int64_t Dh, int64_t rotary_dims, int32_t sign);
 /* Per-head products with group-shared weights: y[t,h,:] = w[h/(H/G)]·x[t,h,:], x[T,H,K] f32, w[G,N,K] f32 or bf16, y[T,H,N] f32. */
 mla_status mla_cuda_head_linear(const mla_cuda_buf* x, const mla_cuda_buf* w, mla_cuda_buf* y, int64_t T, int64_t H, int64_t G, int64_t K, int64_t N);
+/* head_linear with w stored k-major, [G, K, N] (MLA's k_up_proj as stored): y[t,h,:] = x[t,h,:]·w[h/(H/G)]. */
+mla_status mla_cuda_head_linear_kn(const mla_cuda_buf* x, const mla_cuda_buf* w, mla_cuda_buf* y, int64_t T, int64_t H, int64_t G, int64_t K, int64_t N);
 /* Attention of B independent sequences of equal length: q[B·T,H,Dh], k[B·S,Hkv,Dh], v[B·S,Hkv,Dv] →
    o[B·T,H,Dv]. bf16 != 0: the GEMM route rounds its GEMM inputs to bf16 (tensor cores), scores,
    softmax and accumulation stay f32. lse (optional, f32 [B·H·T]): where the fused tensor-core kernels
