@@ -96,34 +96,38 @@ test("linearMany (a layer's projections of one x in one launch) equals one linea
   delete process.env["MHA2MLA_GEMV_ROWS"];
 });
 
+/**
+ * y[t, h, n] = Σ_k x[t, h, k]·w[g, n, k] (kMajor: w[g, k, n]) with g = h / (H/G), in float64, and Σ|terms|
+ * (the sum's error scale): the decode products' reference.
+ */
+function float64HeadSums(x: Float32Array, w: Float32Array, T: number, H: number, G: number, K: number, N: number, kMajor = false): { y: Float64Array; mag: Float64Array } {
+  const y = new Float64Array(T * H * N), mag = new Float64Array(T * H * N);
+  for (let t = 0; t < T; t++)
+    for (let h = 0; h < H; h++) {
+      const g = Math.floor(h / (H / G));
+      for (let n = 0; n < N; n++) {
+        let s = 0, m = 0;
+        for (let k = 0; k < K; k++) {
+          const p = x[(t * H + h) * K + k]! * w[kMajor ? (g * K + k) * N + n : (g * N + n) * K + k]!;
+          s += p;
+          m += Math.abs(p);
+        }
+        y[(t * H + h) * N + n] = s;
+        mag[(t * H + h) * N + n] = m;
+      }
+    }
+  return { y, mag };
+}
+
+/** got within rel·Σ|terms| of each float64 sum. */
+function checkSums(got: ArrayLike<number>, want: { y: Float64Array; mag: Float64Array }, what: string, rel = 1e-5): void {
+  assert.equal(got.length, want.y.length, what);
+  for (let i = 0; i < got.length; i++) assert.ok(Math.abs(got[i]! - want.y[i]!) <= rel * want.mag[i]! + 1e-30, `${what}: element ${i} is ${got[i]}, float64 sum ${want.y[i]} (|terms| ${want.mag[i]})`);
+}
+
 test("decode products (≤ 32 rows, bf16 weights; the FMA and tensor-core gemv kernels and cuBLAS) equal float64 sums of the bf16-rounded inputs: linear (f32 and bf16 x) and headLinear (groups)", { skip }, () => {
   const B = backend();
   const rand = seededRand(11, Float32Array);
-  // y[t, h, n] = Σ_k x[t, h, k]·w[h / (H/G), n, k] in float64, and Σ|terms| (the sum's error scale).
-  const reference = (x: Float32Array, w: Float32Array, T: number, H: number, G: number, K: number, N: number) => {
-    const y = new Float64Array(T * H * N), mag = new Float64Array(T * H * N);
-    for (let t = 0; t < T; t++)
-      for (let h = 0; h < H; h++)
-        for (let n = 0; n < N; n++) {
-          let s = 0, m = 0;
-          const xo = (t * H + h) * K, wo = (Math.floor(h / (H / G)) * N + n) * K;
-          for (let k = 0; k < K; k++) {
-            const p = x[xo + k]! * w[wo + k]!;
-            s += p;
-            m += Math.abs(p);
-          }
-          y[(t * H + h) * N + n] = s;
-          mag[(t * H + h) * N + n] = m;
-        }
-    return { y, mag };
-  };
-  const check = (got: ArrayLike<number>, want: { y: Float64Array; mag: Float64Array }, what: string) => {
-    assert.equal(got.length, want.y.length, what);
-    for (let i = 0; i < got.length; i++) {
-      const err = Math.abs(got[i]! - want.y[i]!);
-      assert.ok(err <= 1e-5 * want.mag[i]! + 1e-30, `${what}: element ${i} is ${got[i]}, float64 sum ${want.y[i]} (|terms| ${want.mag[i]})`);
-    }
-  };
   // The kernels take ≤ 32 rows here (MHA2MLA_GEMV_ROWS, read at each call), then none (cuBLAS, the same
   // bound), then the MMA kernel at every row count.
   const routes = [{ rows: "32" }, { rows: "0" }, { rows: "32", mmaFrom: "1" }, { rows: "32", mmaFrom: "9" }];
@@ -134,14 +138,14 @@ test("decode products (≤ 32 rows, bf16 weights; the FMA and tensor-core gemv k
     const route = rows === "0" ? " (cuBLAS)" : mmaFrom ? ` (MMA kernel from ${mmaFrom} rows, cuBLAS from 5 below it)` : "";
     for (const [M, K, N] of [[1, 4096, 520], [1, 11008, 36], [2, 576, 1536], [2, 11008, 6], [2, 1536, 97], [3, 64, 33], [4, 11008, 100], [1, 112, 2048], [1, 8, 3], [5, 1536, 96], [8, 8, 17], [8, 4096, 520], [7, 11008, 40], [9, 112, 2048], [16, 2056, 33], [24, 64, 100], [32, 1000, 17], [6, 136, 50], [12, 192, 40]] as const) {
       const x = rand(M * K), w = roundBf16(rand(N * K));
-      const want = reference(roundBf16(x), w, M, 1, 1, K, N);
+      const want = float64HeadSums(roundBf16(x), w, M, 1, 1, K, N);
       const wb = B.uploadBf16(toBf16Bits(w), [N, K]);
-      check(B.linear(B.upload(x, [M, K]), wb).toArray(), want, `linear f32 x [${M},${K}]·[${N},${K}]ᵀ${route}`);
-      check(B.linear(B.uploadBf16(toBf16Bits(x), [M, K]), wb).toArray(), want, `linear bf16 x [${M},${K}]·[${N},${K}]ᵀ${route}`);
+      checkSums(B.linear(B.upload(x, [M, K]), wb).toArray(), want, `linear f32 x [${M},${K}]·[${N},${K}]ᵀ${route}`);
+      checkSums(B.linear(B.uploadBf16(toBf16Bits(x), [M, K]), wb).toArray(), want, `linear bf16 x [${M},${K}]·[${N},${K}]ᵀ${route}`);
     }
     for (const [T, H, G, K, N] of [[1, 32, 32, 112, 2048], [1, 32, 32, 2048, 128], [1, 8, 4, 64, 30], [2, 8, 4, 64, 30], [2, 9, 3, 64, 96], [1, 32, 4, 128, 40], [3, 4, 4, 24, 8], [8, 32, 32, 112, 200], [8, 32, 32, 2048, 24], [6, 8, 4, 64, 30], [5, 9, 3, 40, 96], [16, 4, 4, 24, 8]] as const) {
       const x = rand(T * H * K), w = roundBf16(rand(G * N * K));
-      check(B.headLinear(B.upload(x, [T, H, K]), B.uploadBf16(toBf16Bits(w), [G, N, K])).toArray(), reference(roundBf16(x), w, T, H, G, K, N), `headLinear [${T},${H},${K}] by [${G},${N},${K}]${route}`);
+      checkSums(B.headLinear(B.upload(x, [T, H, K]), B.uploadBf16(toBf16Bits(w), [G, N, K])).toArray(), float64HeadSums(roundBf16(x), w, T, H, G, K, N), `headLinear [${T},${H},${K}] by [${G},${N},${K}]${route}`);
     }
   }
   delete process.env["MHA2MLA_GEMV_ROWS"];
@@ -151,41 +155,16 @@ test("decode products (≤ 32 rows, bf16 weights; the FMA and tensor-core gemv k
 test("headLinearKN (k-major weights [G, K, N], MLA's key up-projection as stored) equals float64 sums of the bf16-rounded inputs: its kernel at 1–8 rows a group, cuBLAS past 8 rows, K > 512, N not a multiple of 8, and f32 weights", { skip }, () => {
   const B = backend();
   const rand = seededRand(12, Float32Array);
-  // y[t, h, n] = Σ_k x[t, h, k]·w[h / (H/G), k, n] in float64, and Σ|terms|.
-  const reference = (x: Float32Array, w: Float32Array, T: number, H: number, G: number, K: number, N: number) => {
-    const y = new Float64Array(T * H * N), mag = new Float64Array(T * H * N);
-    for (let t = 0; t < T; t++)
-      for (let h = 0; h < H; h++) {
-        const g = Math.floor(h / (H / G));
-        for (let n = 0; n < N; n++) {
-          let s = 0, m = 0;
-          for (let k = 0; k < K; k++) {
-            const p = x[(t * H + h) * K + k]! * w[(g * K + k) * N + n]!;
-            s += p;
-            m += Math.abs(p);
-          }
-          y[(t * H + h) * N + n] = s;
-          mag[(t * H + h) * N + n] = m;
-        }
-      }
-    return { y, mag };
-  };
-  const check = (got: ArrayLike<number>, want: { y: Float64Array; mag: Float64Array }, what: string) => {
-    assert.equal(got.length, want.y.length, what);
-    for (let i = 0; i < got.length; i++) assert.ok(Math.abs(got[i]! - want.y[i]!) <= 1e-5 * want.mag[i]! + 1e-30, `${what}: element ${i} is ${got[i]}, float64 sum ${want.y[i]} (|terms| ${want.mag[i]})`);
-  };
   // [T, H, G, K, N]: the llama2-7b decode shapes at batch 1 and 8, GQA groups (2 or 4 heads a group, so
   // 2–8 rows), odd K, then past the kernel: 12 and 40 rows, K 600, N 12.
   const shapes = [[1, 32, 32, 112, 2048], [8, 32, 32, 112, 2048], [3, 8, 4, 112, 64], [4, 8, 4, 64, 40], [1, 8, 2, 37, 264], [2, 6, 3, 17, 8], [3, 8, 2, 64, 40], [10, 16, 4, 24, 16], [1, 4, 4, 600, 16], [2, 4, 4, 24, 12], [5, 3, 3, 1, 8]] as const;
   for (const [T, H, G, K, N] of shapes) {
     const x = rand(T * H * K), w = roundBf16(rand(G * K * N));
     const what = `headLinearKN [${T},${H},${K}] by [${G},${K},${N}]`;
-    check(B.headLinearKN(B.upload(x, [T, H, K]), B.uploadBf16(toBf16Bits(w), [G, K, N])).toArray(), reference(roundBf16(x), w, T, H, G, K, N), what);
+    checkSums(B.headLinearKN(B.upload(x, [T, H, K]), B.uploadBf16(toBf16Bits(w), [G, K, N])).toArray(), float64HeadSums(roundBf16(x), w, T, H, G, K, N, true), what);
     // f32 weights take cuBLAS at full precision (TF32 off), so the float64 sum of the unrounded x.
     const wf = rand(G * K * N);
-    const want = reference(x, wf, T, H, G, K, N);
-    const got = B.headLinearKN(B.upload(x, [T, H, K]), B.upload(wf, [G, K, N])).toArray();
-    for (let i = 0; i < got.length; i++) assert.ok(Math.abs(got[i]! - want.y[i]!) <= 1e-4 * want.mag[i]! + 1e-30, `${what} f32 w: element ${i}`);
+    checkSums(B.headLinearKN(B.upload(x, [T, H, K]), B.upload(wf, [G, K, N])).toArray(), float64HeadSums(x, wf, T, H, G, K, N, true), `${what} f32 w`, 1e-4);
   }
   assert.deepEqual(Array.from(B.headLinearKN(B.upload(new Float32Array(0), [2, 4, 0]), B.uploadBf16(new Uint16Array(0), [2, 0, 8])).toArray()), new Array(2 * 4 * 8).fill(0));
   assert.throws(() => B.headLinearKN(B.upload(rand(2 * 4 * 8), [2, 4, 8]), B.upload(rand(2 * 16 * 8), [2, 16, 8])), /headLinearKN.*w/);
