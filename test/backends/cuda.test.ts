@@ -155,9 +155,10 @@ test("decode products (≤ 32 rows, bf16 weights; the FMA and tensor-core gemv k
 test("headLinearKN (k-major weights [G, K, N], MLA's key up-projection as stored) equals float64 sums of the bf16-rounded inputs: its kernel at 1–8 rows a group, cuBLAS past 8 rows, K > 512, N not a multiple of 8, and f32 weights", { skip }, () => {
   const B = backend();
   const rand = seededRand(12, Float32Array);
-  // [T, H, G, K, N]: the llama2-7b decode shapes at batch 1 and 8, GQA groups (2 or 4 heads a group, so
-  // 2–8 rows), odd K, then past the kernel: 12 and 40 rows, K 600, N 12.
-  const shapes = [[1, 32, 32, 112, 2048], [8, 32, 32, 112, 2048], [3, 8, 4, 112, 64], [4, 8, 4, 64, 40], [1, 8, 2, 37, 264], [2, 6, 3, 17, 8], [3, 8, 2, 64, 40], [10, 16, 4, 24, 16], [1, 4, 4, 600, 16], [2, 4, 4, 24, 12], [5, 3, 3, 1, 8]] as const;
+  // [T, H, G, K, N]: the llama2-7b decode shapes at batch 1 and 8, each of the kernel's row templates
+  // (1; 2; 3 and 4 rows under R = 4; 5–8 under R = 8; GQA groups of 2 or 4 heads), odd K, N past a
+  // block's 256 columns, then past the kernel: 12 and 40 rows, K 600, N 12.
+  const shapes = [[1, 32, 32, 112, 2048], [8, 32, 32, 112, 2048], [2, 2, 2, 40, 48], [3, 3, 3, 24, 16], [7, 4, 4, 16, 8], [3, 8, 4, 112, 64], [4, 8, 4, 64, 40], [1, 8, 2, 37, 264], [2, 6, 3, 17, 8], [3, 8, 2, 64, 40], [10, 16, 4, 24, 16], [1, 4, 4, 600, 16], [2, 4, 4, 24, 12], [5, 3, 3, 1, 8]] as const;
   for (const [T, H, G, K, N] of shapes) {
     const x = rand(T * H * K), w = roundBf16(rand(G * K * N));
     const what = `headLinearKN [${T},${H},${K}] by [${G},${K},${N}]`;

@@ -263,6 +263,13 @@ test("on a backend with headLinearKN the run-time absorption reads k_up_proj as 
   const got = decode(model);
   assert.ok(backend.calls >= 2 * model.config.layers, `${backend.calls} headLinearKN calls`);
   got.forEach((g, i) => assert.equal(maxAbsDiff(g, want[i]!), 0, `output ${i}`));
+  // What headLinearKN read is k_up_proj's own storage: no transposed copy was made.
+  const readKUp = new Set<unknown>();
+  const kn = backend.headLinearKN.bind(backend);
+  backend.headLinearKN = (x: Tensor, w: Tensor) => (readKUp.add(w.storage), kn(x, w));
+  decode(model);
+  backend.headLinearKN = kn;
+  assert.deepEqual([...readKUp], model.weights.layers.map((l) => (l.attn as { kUp: Tensor }).kUp.storage));
   const weights = new Set<unknown>();
   for (const layer of model.weights.layers) for (const t of Object.values(layer.attn)) if (t && typeof t === "object" && "storage" in t) weights.add((t as Tensor).storage);
   const free = model.backend.free.bind(model.backend);
@@ -273,5 +280,6 @@ test("on a backend with headLinearKN the run-time absorption reads k_up_proj as 
   };
   model.weightsChanged();
   model.backend.free = free;
+  assert.ok(freed.length > 0, "the absorbed matrices were freed");
   assert.ok(!freed.some((s) => weights.has(s)), "a weight's storage was freed");
 });
