@@ -253,6 +253,16 @@ test("report: a field of the wrong type is refused naming it (it crashed the rep
   assert.match(md, /\| perplexity \| 7\.389 \| 7\.389 \(text, tokens and ctx not recorded; not comparable\) \|/);
   assert.match(md, /^- \*\*b\*\*: – — MLA: rank 2; cpu, 1\.0 s$/m);
   assert.match(md, /\| lambada acc \| 0\.0000 ± 0\.0000 \|/, "a stderr of 0 is shown");
+  // The text recorded but its token count and context not (or null): "?" in the Models list too.
+  const { tokens: _m, ctx: _y, ...noCounts } = base;
+  const md2 = fs.readFileSync(writeReport([good, write("nocounts.json", { ...noCounts, label: "c", text_bytes: null })], path.join(dir, "r2.html")).md, "utf8");
+  assert.doesNotMatch(md2, /undefined|null/);
+  assert.match(md2, /text x\.txt \(\? tokens, ctx \?\)/);
+  // A training log of 200,000 steps (spreading its points into Math.max overflowed the stack); non-finite losses left out of the chart.
+  const longLog = path.join(dir, "train_log.jsonl");
+  fs.writeFileSync(longLog, Array.from({ length: 200_000 }, (_, i) => JSON.stringify({ step: i + 1, loss: i === 5 ? 1e400 : 3 - i / 1e5 })).join("\n") + "\n");
+  const html = fs.readFileSync(writeReport([good], path.join(dir, "long.html"), { trainLogs: [longLog] }).html, "utf8");
+  assert.doesNotMatch(html, /NaN/);
   // From a script: the same check, by position; an overflowed (Infinity) perplexity is a number; no label: the model.
   assert.throws(() => reportMarkdown([{ ...base, seconds: "1" } as never]), (e: Error) => e instanceof MlaError && /^runs\[0\]: "seconds" is a string/.test(e.message));
   assert.match(reportMarkdown([{ ...base, label: undefined, tasks: { lambada: { ...base.tasks.lambada, ppl: Infinity } } } as never]), /\| metric \| m \|[\s\S]*\| lambada ppl \| Infinity \|/);

@@ -87,7 +87,7 @@ export function barChart(title: string, categories: string[], series: string[], 
   const all = values.flat().filter((v): v is number => v !== null && Number.isFinite(v));
   // Each value with its own whisker (values and errors share the [series][category] layout; missing values drop out of both).
   const tops = values.flatMap((row, s) => row.map((v, c) => (v === null || !Number.isFinite(v) ? 0 : v + (opts.errors?.[s]?.[c] ?? 0))));
-  const ymax = niceMax(Math.max(0, ...all, ...tops));
+  const ymax = niceMax(maxOf([...all, ...tops], 0));
   const groupW = plotW / Math.max(categories.length, 1);
   const barW = Math.min(40, (groupW * 0.8) / Math.max(series.length, 1));
   const y = (v: number) => top + plotH - (v / ymax) * plotH;
@@ -111,14 +111,36 @@ export function barChart(title: string, categories: string[], series: string[], 
   return parts.join("");
 }
 
-/** Line chart of one or more series of (x, y) points. */
-export function lineChart(title: string, series: { name: string; points: [number, number][]; dots?: boolean }[], opts: { xLabel?: string; yLabel?: string; width?: number } = {}): string {
+/** The largest (smallest) of xs and `start`, by a loop: spreading a long training log's points into Math.max overflows the stack. */
+function maxOf(xs: Iterable<number>, start: number): number {
+  let m = start;
+  for (const x of xs) if (x > m) m = x;
+  return m;
+}
+function minOf(xs: Iterable<number>, start: number): number {
+  let m = start;
+  for (const x of xs) if (x < m) m = x;
+  return m;
+}
+
+/** At most `max` of a series' points, evenly spaced, the last kept: a polyline of 200k points draws no better than of 2k. */
+function thinned(points: [number, number][], max = 2000): [number, number][] {
+  if (points.length <= max) return points;
+  const stride = Math.ceil(points.length / max);
+  const kept = points.filter((_, i) => i % stride === 0);
+  if (kept[kept.length - 1] !== points[points.length - 1]) kept.push(points[points.length - 1]!);
+  return kept;
+}
+
+/** Line chart of one or more series of (x, y) points; points whose x or y is not finite are left out. */
+export function lineChart(title: string, seriesIn: { name: string; points: [number, number][]; dots?: boolean }[], opts: { xLabel?: string; yLabel?: string; width?: number } = {}): string {
+  const series = seriesIn.map((s) => ({ ...s, points: thinned(s.points.filter((p) => Number.isFinite(p[0]) && Number.isFinite(p[1]))) }));
   const f = frame(title, opts.width ?? 720, series.length);
   const { parts, left, top, plotW, plotH, W } = f;
   const pts = series.flatMap((s) => s.points);
-  const xmax = Math.max(1, ...pts.map((p) => p[0]));
-  const ymin = Math.min(...pts.map((p) => p[1]));
-  const ymaxRaw = Math.max(...pts.map((p) => p[1]));
+  const xmax = maxOf(pts.map((p) => p[0]), 1);
+  const ymin = pts.length ? minOf(pts.map((p) => p[1]), Infinity) : 0;
+  const ymaxRaw = pts.length ? maxOf(pts.map((p) => p[1]), -Infinity) : 1;
   const ylo = Math.floor(Math.min(ymin, ymaxRaw) * 10) / 10;
   const yhi = Math.max(ylo + 0.1, Math.ceil(ymaxRaw * 10) / 10);
   const x = (v: number) => left + (v / xmax) * plotW;

@@ -86,6 +86,7 @@ export function itemsVsFirst(runs: readonly EvalResult[], task: string): VsFirst
 /** What a run's perplexity was measured on, for the list of models. */
 export function measuredOnText(r: EvalResult): string {
   if (!r.text) return "";
-  const bytes = r.text_bytes !== undefined ? `, ${r.text_bytes} bytes` : "";
-  return `; text ${name(r)} (${r.tokens} tokens, ctx ${r.ctx}${bytes}); ${r.tokenizer ? tokenizerShown(r) : "tokenizer not recorded"}`;
+  // A hand-edited or older result may lack (or null) any of them: "?", as the tables show it.
+  const bytes = r.text_bytes != null ? `, ${r.text_bytes} bytes` : "";
+  return `; text ${name(r)} (${r.tokens ?? "?"} tokens, ctx ${r.ctx ?? "?"}${bytes}); ${r.tokenizer ? tokenizerShown(r) : "tokenizer not recorded"}`;
 }
