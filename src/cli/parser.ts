@@ -206,7 +206,7 @@ function refuseJsonOverOut(command: unknown, argv: Record<string, unknown>, json
   const o = path.resolve(out);
   for (const j of jsons) {
     const r = path.resolve(j);
-    const own = (path.dirname(r) === o && [MODEL_FILES, RUN_RECORDS, REPORTS].some((re) => re.test(path.basename(r)))) || r.startsWith(path.join(o, "checkpoint") + path.sep);
+    const own = (path.dirname(r) === o && [MODEL_FILES, RUN_RECORDS, REPORTS, WEIGHT_FILES].some((re) => re.test(path.basename(r)))) || r.startsWith(path.join(o, "checkpoint") + path.sep);
     if (r === o || own)
       throw new MlaError("BAD_ARGUMENT", `--json ${j} is ${r === o ? `--out ${out}` : `one of the files this command writes in --out ${out}`}`, `write the result beside it or under another name, e.g. --json ${r === o ? `${o}.json` : path.join(o, "result.json")}`);
   }
@@ -214,3 +214,5 @@ function refuseJsonOverOut(command: unknown, argv: Record<string, unknown>, json
 
 /** Beside a model's own files and a run's records: a conversion's or export's report, a fine-tune's log. */
 const REPORTS = /^(report\.(json|md)|train_log\.jsonl)$/;
+/** A model folder's files that are not JSON: its weights (any shard) and a copied SentencePiece tokenizer. */
+const WEIGHT_FILES = /\.safetensors$|^tokenizer\.model$/;

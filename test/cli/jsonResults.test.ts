@@ -66,7 +66,7 @@ test("--json at the --out folder, or at a file the command writes there (given o
   const dir = tmpDir();
   const out = path.join(dir, "m");
   const convert = (...extra: string[]) => spawnSync(process.execPath, [MAIN, "convert", "stories260K", "--rank", "4", "--rope-pairs", "1", "--calib", TEXT, ...extra], { encoding: "utf8", cwd: dir });
-  for (const json of [out, path.join(out, "config.json"), path.join(out, "mla_conversion.json")]) {
+  for (const json of [out, path.join(out, "config.json"), path.join(out, "mla_conversion.json"), path.join(out, "model.safetensors"), path.join(out, "model-00001-of-00002.safetensors")]) {
     const r = convert("--out", out, "--json", json);
     assert.equal(r.status, 1, json);
     assert.match(r.stderr, /^error: --json \S+ is (--out \S+|one of the files this command writes in --out \S+)\n  hint: write the result beside it or under another name, e\.g\. --json \S+(m\.json|result\.json)/, json);
