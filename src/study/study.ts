@@ -307,7 +307,7 @@ async function runStudy(o: StudyOptions, made: { fresh: boolean }): Promise<Stud
       throw new MlaError("EXISTS", `output ${o.out} already exists from a study with other settings: ${named.join("; ")} (the study's value → this call's)`, "re-run it with the same settings (other --variants or --ranks are fine: finished runs are kept), pass --force to start over, or choose another --out");
     }
     const same = JSON.stringify([prev.variants, prev.ranks]) === JSON.stringify([o.variants, ranks]);
-    log.info(same ? `resuming the study in ${o.out}` : `continuing the study in ${o.out} with --variants ${o.variants.join(",")} --ranks ${ranks.join(",")}: finished runs are kept, the others trained`);
+    log.info(same ? `resuming the study in ${o.out}` : `continuing the study in ${o.out} with --variants ${o.variants.join(",")}${ranks.length ? ` --ranks ${ranks.join(",")}` : ""}: finished runs are kept, the others trained`);
     if (!same || JSON.stringify(prev.settings) !== JSON.stringify(settings)) writeFileAtomic(stateFile, JSON.stringify({ ...prev, settings, variants: o.variants, ranks }, null, 2) + "\n");
   } else {
     refuseForeignFolder(o.out, !!o.force, ["study-state.json", "study.json"], "study (no study-state.json)");
@@ -368,15 +368,28 @@ async function runStudy(o: StudyOptions, made: { fresh: boolean }): Promise<Stud
     writeFileAtomic(rowFile, JSON.stringify(row, null, 2) + "\n");
     rows.push(row);
   }
+  // Runs finished by earlier calls with other --variants or --ranks stay in the study's report (a call
+  // naming fewer had rewritten it with its own rows alone), after this call's, in the study's order.
+  const earlier = fs
+    .readdirSync(o.out)
+    .filter((f) => f.endsWith(".row.json"))
+    .map((f) => f.slice(0, -".row.json".length))
+    .filter((name) => !runs.some((r) => (r.L === null ? "mha" : `${r.variant}-L${r.L}`) === name))
+    .map((name) => readStudyRow(path.join(o.out, `${name}.row.json`), name))
+    .sort((a, b) => STUDY_VARIANTS.indexOf(a.variant) - STUDY_VARIANTS.indexOf(b.variant) || (b.latentDim ?? Infinity) - (a.latentDim ?? Infinity));
+  if (earlier.length) log.info(`the report also holds ${earlier.length} run${earlier.length === 1 ? "" : "s"} finished by earlier calls: ${earlier.map((r) => r.label).join("; ")}`);
+  rows.push(...earlier);
   const meta = { like: o.like, hidden: c.hiddenSize, data: o.data, tokens: o.tokens, seq, batch, lr, seed, device, date: new Date().toISOString() };
   // The claims' verdicts beside the rows (added after them: readers of rows and meta are unchanged).
   const claims = checkClaims(rows, c.hiddenSize);
   // Each whole or absent (temp file + rename), as the rows are: never a truncated file from a killed study.
-  writeFileAtomic(path.join(o.out, "study.json"), JSON.stringify({ ...meta, rows, claims }, null, 2) + "\n");
+  // Rendered before any is written, so a failure leaves the three as the last call wrote them.
   const report = path.join(o.out, "report.md");
   const html = path.join(o.out, "report.html");
-  writeFileAtomic(report, studyMarkdown(meta, rows));
-  writeFileAtomic(html, studyHtml(meta, rows));
+  const [md, page] = [studyMarkdown(meta, rows), studyHtml(meta, rows)];
+  writeFileAtomic(path.join(o.out, "study.json"), JSON.stringify({ ...meta, rows, claims }, null, 2) + "\n");
+  writeFileAtomic(report, md);
+  writeFileAtomic(html, page);
   return { rows, report, html, stoppedEarly: false, claims };
 }
 

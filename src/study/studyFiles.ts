@@ -17,7 +17,9 @@ export function readStudyRow(file: string, name: string): StudyRow {
   const hint = `delete it to measure the trained run (${name}-trained) again, or pass --force to start the study over`;
   const row = readStudyJson<Partial<StudyRow>>(file, `the ${name} run's result`, hint);
   const numbers = ["params", "kvElemsPerToken", "kvBytesPerTokenBf16", "valNll", "trainTokensPerS", "decodeTokensPerS"] as const;
-  const bad = [...(typeof row.label === "string" ? [] : ["label"]), ...numbers.filter((k) => typeof row[k] !== "number"), ...(Array.isArray(row.curve) ? [] : ["curve"])];
+  // The curve: [step, validation NLL] pairs of numbers (an entry like [0, null] crashed the report).
+  const curveOk = Array.isArray(row.curve) && row.curve.every((p: unknown) => Array.isArray(p) && p.length === 2 && p.every((v) => typeof v === "number" && Number.isFinite(v)));
+  const bad = [...(typeof row.label === "string" ? [] : ["label"]), ...numbers.filter((k) => typeof row[k] !== "number"), ...(curveOk ? [] : ["curve (a list of [step, validation NLL] number pairs)"])];
   if (bad.length) throw new MlaError("BAD_ARGUMENT", `${file} (the ${name} run's result) lacks ${bad.join(", ")}`, hint);
   return row as StudyRow;
 }

@@ -97,10 +97,14 @@ test("a damaged study-state.json or row file is named with what to do, not a JSO
   fs.writeFileSync(state, "{bad");
   await assert.rejects(study(o), (e: unknown) => e instanceof MlaError && /study-state\.json \(the study's settings\): not valid JSON[\s\S]*hint: pass --force to start the study over/.test(e.message));
   fs.writeFileSync(state, kept);
-  for (const text of ["{\"rows\":", "{\"label\":\"MHA\"}"]) {
+  const good = fs.readFileSync(row, "utf8");
+  const nullPoint = JSON.stringify({ ...JSON.parse(good), curve: [[0, null]] });
+  const reportBefore = fs.readFileSync(path.join(out, "report.md"), "utf8");
+  for (const text of ["{\"rows\":", "{\"label\":\"MHA\"}", nullPoint]) {
     fs.writeFileSync(row, text);
-    await assert.rejects(study(o), (e: unknown) => e instanceof MlaError && /mha\.row\.json \(the mha run's result\)(: not valid JSON| lacks params, kvElemsPerToken, kvBytesPerTokenBf16, valNll, trainTokensPerS, decodeTokensPerS, curve)[\s\S]*hint: delete it to measure the trained run \(mha-trained\) again/.test(e.message), text);
+    await assert.rejects(study(o), (e: unknown) => e instanceof MlaError && /mha\.row\.json \(the mha run's result\)(: not valid JSON| lacks (params, kvElemsPerToken, kvBytesPerTokenBf16, valNll, trainTokensPerS, decodeTokensPerS, )?curve)[\s\S]*hint: delete it to measure the trained run \(mha-trained\) again/.test(e.message), text);
   }
+  assert.equal(fs.readFileSync(path.join(out, "report.md"), "utf8"), reportBefore, "the report is left as it was");
   fs.rmSync(row);
   const again = await study(o);
   assert.equal(again.rows[0]!.valNll, first.rows[0]!.valNll, "measured again from the trained run, not retrained differently");
