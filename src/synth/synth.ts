@@ -126,8 +126,10 @@ export async function synth(opts: SynthOptions): Promise<SynthResult> {
   }
   raw["torch_dtype"] = { BF16: "bfloat16", F16: "float16", F32: "float32" }[dtype as "BF16"];
   const config = normalizeHfConfig(raw, `--arch ${opts.arch}`);
-  const specs: TensorSpec[] = expectedTensors(config).map((e) => ({ ...e, dtype }));
-  const totalBytes = specs.reduce((n, s) => n + numel(s.shape) * DTYPE_BYTES[dtype], 0);
+  // The size from one and two layers' tensors, checked against the disk before every layer's list is made
+  // (--layers 10000000 filled the heap listing them before the disk check could refuse it).
+  const bytesOf = (layers: number) => expectedTensors({ ...config, layers }).reduce((n, s) => n + numel(s.shape) * DTYPE_BYTES[dtype], 0);
+  const totalBytes = bytesOf(1) + (config.layers - 1) * (bytesOf(2) - bytesOf(1));
   const seed = opts.seed ?? 0;
   // The generators take 32 bits: a larger seed would write the same weights as another.
   if (!(Number.isInteger(seed) && seed >= 0 && seed < 2 ** 32)) throw new MlaError("BAD_ARGUMENT", `--seed ${seed} is not a whole number in [0, 2^32)`, "pass e.g. --seed 0");
@@ -143,6 +145,7 @@ export async function synth(opts: SynthOptions): Promise<SynthResult> {
   // --force replaces a folder; a file there is no earlier checkpoint but a slip, which it would delete.
   refuseFileAsOutDir(opts.out);
   requireRoom(opts.out, totalBytes, `the synth checkpoint (${opts.arch})`);
+  const specs: TensorSpec[] = expectedTensors(config).map((e) => ({ ...e, dtype }));
   throwIfAborted(opts.signal);
   const tmp = beginOutDir(opts.out, opts.force ?? false);
   const t0 = performance.now();

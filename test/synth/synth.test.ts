@@ -54,3 +54,11 @@ test("synth returns its output resolved and reports progress in bytes", async ()
   }
   assert.match(lines.at(-1)!, /^synth 1\.0\dM\/1\.0\dM bytes \(100\.0%\)/, lines.join(""));
 });
+
+test("synth with a billion layers is refused for disk room at once, before listing every layer's tensors (that filled the heap)", async () => {
+  const out = path.join(tmpDir(), "huge");
+  const t0 = performance.now();
+  await assert.rejects(synth({ arch: "stories260k", out, layers: 1e9 }), (e: unknown) => e instanceof MlaError && /the synth checkpoint \(stories260k\) takes about [\d.]+ [GTP]B and the disk of .* has [\d.]+ [GTP]B free/.test(e.message));
+  assert.ok(performance.now() - t0 < 5000, "refused at once");
+  assert.equal(fs.existsSync(out), false);
+});
