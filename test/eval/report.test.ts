@@ -206,11 +206,16 @@ test("report: an inspect JSON is refused by what it lacks; runs on other data ar
   for (const [name, value, re] of [
     ["report.json", { source: "s", output: "o", before: { nll: 1 }, after: { nll: 1 } }, /this is a conversion's or export's result or report/],
     ["finetune.json", { out: "r", steps: 3, stoppedEarly: false }, /this is a fine-tuning run's result/],
+    // The run folder's own record, not the --json result.
+    ["run-finetune.json", { source: "m", settings: {}, steps: 3, val_nll_before: 2, val_nll_after: 1.5 }, /this is a fine-tuning run's result[\s\S]*--train-log RUN\/train_log\.jsonl/],
     ["inspect.json", { model: "m", dir: "d", kv_bytes_per_token: 4 }, /an `inspect --json` file describes a model, not a run/],
   ] as const) {
     const f = write(name, value);
     assert.throws(() => writeReport([f], path.join(dir, "r3.html")), (e: Error) => e instanceof MlaError && /not an eval result/.test(e.message) && re.test(e.message), name);
   }
+  // A training log given as a result: pointed to --train-log.
+  const asResult = write("train_log.jsonl", '{"step": 1, "loss": 3}\n{"step": 2, "loss": 2.9}\n');
+  assert.throws(() => writeReport([asResult], path.join(dir, "r3.html")), (e: Error) => e instanceof MlaError && /train_log\.jsonl: not valid JSON[\s\S]*hint: this is a fine-tuning run's training log \(JSON Lines\): pass it with --train-log/.test(e.message));
   fs.mkdirSync(path.join(dir, "folder.html"));
   assert.throws(() => writeReport([a], path.join(dir, "folder.html")), (e: Error) => e instanceof MlaError && /folder\.html is a folder/.test(e.message));
 });

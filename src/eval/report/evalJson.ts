@@ -16,7 +16,8 @@ const HINT = "pass JSON files written by `mha2mla eval --json FILE`";
 /** What a JSON file that is not an eval result is, where its keys tell (the hint then names it). */
 function whatItIs(r: unknown): string {
   if (!isObject(r)) return "";
-  if ("stoppedEarly" in r) return " (this is a fine-tuning run's result, not an evaluation: evaluate its model with `mha2mla eval RUN --json FILE`)";
+  // finetune --json's result, or the run folder's own record (finetune.json).
+  if ("stoppedEarly" in r || ("val_nll_after" in r && "settings" in r)) return " (this is a fine-tuning run's result, not an evaluation: evaluate its model with `mha2mla eval RUN --json FILE`, or chart its training with --train-log RUN/train_log.jsonl)";
   if ("plan" in r && "selection" in r) return " (this is a conversion's result, not an evaluation: evaluate each model with `mha2mla eval MODEL --json FILE`)";
   if ("kvLoraRank" in r || ("before" in r && "after" in r)) return " (this is a conversion's or export's result or report, which compares the two models itself)";
   if ("kv_bytes_per_token" in r || "kv_elems_per_token" in r) return " (an `inspect --json` file describes a model, not a run)";
@@ -100,14 +101,26 @@ export function checkEvalResult(r: unknown, where: string): EvalResult {
   return typeof run.label === "string" ? run : { ...run, label: run.model };
 }
 
+/** Whether text's first line is a JSON object with a step: a training log's first record. */
+function looksLikeTrainLog(text: string): boolean {
+  try {
+    const first = JSON.parse(text.slice(0, text.indexOf("\n") >>> 0)) as unknown;
+    return isObject(first) && "step" in first;
+  } catch {
+    return false;
+  }
+}
+
 /** An eval JSON file, checked (checkEvalResult). */
 export function readEvalJson(file: string): EvalResult {
   let raw: unknown;
+  let text = "";
   try {
-    raw = JSON.parse(stripBom(fs.readFileSync(file, "utf8"))); // a BOM from an editor
+    text = stripBom(fs.readFileSync(file, "utf8")); // a BOM from an editor
+    raw = JSON.parse(text);
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code) throw ioError("cannot read", file, e);
-    throw new MlaError("BAD_ARGUMENT", `${file}: not valid JSON (${(e as Error).message})`, HINT);
+    throw new MlaError("BAD_ARGUMENT", `${file}: not valid JSON (${(e as Error).message})`, looksLikeTrainLog(text) ? "this is a fine-tuning run's training log (JSON Lines): pass it with --train-log" : HINT);
   }
   return checkEvalResult(raw, file);
 }
