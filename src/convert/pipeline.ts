@@ -7,7 +7,7 @@
 import fs from "node:fs";
 import path from "node:path";
 import { MlaError } from "../errors.js";
-import { beginOutDir, commitOutDir, abandonOutDir, refuseFileAsOutDir } from "../io/atomicDir.js";
+import { beginOutDir, commitOutDir, abandonOutDir } from "../io/atomicDir.js";
 import { Checkpoint, CheckpointWriter, copyModelSideFiles } from "../io/checkpoint.js";
 import { DTYPE_BYTES, DType, encodeFromF32 } from "../io/dtype.js";
 import { readHfConfig } from "../io/hfConfig.js";
@@ -29,7 +29,7 @@ import { inspectModel } from "../eval/inspect.js";
 import { silentLogger, Logger } from "../util/log.js";
 import { Progress, ProgressSink } from "../util/progress.js";
 import { factorTensors, LayerFactors } from "./factor.js";
-import { checkDeviceName, checkOutDir, ConversionPlan, ConversionSettings, defaultOut, planConversion, resolveSettings, SETTINGS_KINDS, SettingsInput } from "./plan.js";
+import { checkDeviceName, checkDryRunOutDir, checkOutDir, ConversionPlan, ConversionSettings, defaultOut, planConversion, resolveSettings, SETTINGS_KINDS, SettingsInput } from "./plan.js";
 import { checkOptionTypes, type OptionKinds } from "../util/optionTypes.js";
 import { nextTurn, throwIfAborted } from "../util/abort.js";
 import { LayerSource } from "./layerSource.js";
@@ -143,13 +143,12 @@ async function convertInScope(spec: string, opts: ConvertOptions): Promise<Conve
     // dry run too: it validates what the real run would be refused for).
     checkEmbeddedEval(opts, { dir: srcDir, bos: config.bosTokenId });
     const out = path.resolve(opts.out ?? defaultOut(spec, settings.rank));
+    const inputs = [{ name: "--calib", path: settings.calib }, { name: "--eval-text", path: opts.evalText }];
     if (opts.dryRun) {
-      // A file there would refuse the run whatever --force says: so does its dry run.
-    refuseFileAsOutDir(out);
-    if (fs.existsSync(out) && !opts.force) log.warn(`${out} exists: the run would need --force (or another --out)`);
+      checkDryRunOutDir(out, srcDir, opts.force ?? false, inputs, log);
       return { out: null, plan, selection: null, splits: null, energy: [], timings, report: null };
     }
-    checkOutDir(out, srcDir, opts.force ?? false, [{ name: "--calib", path: settings.calib }, { name: "--eval-text", path: opts.evalText }]);
+    checkOutDir(out, srcDir, opts.force ?? false, inputs);
     // The converted model is at most its source's size (smaller attention; EG-MLA's gate is small).
     requireRoom(out, weightFileBytes(srcDir), "the converted model");
 

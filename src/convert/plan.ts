@@ -232,3 +232,15 @@ export function checkOutDir(out: string, srcDir: string, force: boolean, inputs:
   // A file there is refused now, --force or not, not only when the output folder is begun: after calibration and factoring.
   refuseExisting(out, force);
 }
+
+/**
+ * checkOutDir for a dry run: the refusals the run would meet (--out over the input or the inputs, a file,
+ * with --force a folder this tool did not write), except that an existing --out without --force is a
+ * warning that the run would need it (the dry run had approved --out paths the run then refused).
+ */
+export function checkDryRunOutDir(out: string, srcDir: string, force: boolean, inputs: readonly InputPath[], log: Logger): void {
+  if (!fs.existsSync(out) || force) return checkOutDir(out, srcDir, force, inputs);
+  refuseOutOverInputs("--out", out, [{ name: "the input model folder", path: srcDir }, ...inputs]);
+  refuseExisting(out, true);
+  log.warn(`${out} exists: the run would need --force (or another --out)`);
+}

@@ -8,7 +8,7 @@
 import fs from "node:fs";
 import path from "node:path";
 import { booleanFlag, MlaError, refuseInert } from "../errors.js";
-import { abandonOutDir, beginOutDir, commitOutDir, refuseFileAsOutDir } from "../io/atomicDir.js";
+import { abandonOutDir, beginOutDir, commitOutDir } from "../io/atomicDir.js";
 import { Checkpoint, copyModelSideFiles } from "../io/checkpoint.js";
 import { DType } from "../io/dtype.js";
 export { roundingFor } from "../io/dtype.js";
@@ -26,7 +26,7 @@ import { covarianceRoots } from "../svd/truncated.js";
 import { silentLogger, Logger } from "../util/log.js";
 import { checkOptionTypes, type OptionKinds } from "../util/optionTypes.js";
 import { Progress, ProgressSink } from "../util/progress.js";
-import { alreadyMla, checkCalibFile, checkDeviceName, checkOutDir, defaultOut, SETTINGS_KINDS, SettingsInput } from "../convert/plan.js";
+import { alreadyMla, checkCalibFile, checkDeviceName, checkDryRunOutDir, checkOutDir, defaultOut, SETTINGS_KINDS, SettingsInput } from "../convert/plan.js";
 import { checkEmbeddedEval, embeddedEval, evaluate } from "../eval/evaluate.js";
 import { deepseekLayer, foldValueBias, FrequencyPca, frequencyPca, ladder, ladderScores, validSpacings } from "./layer.js";
 import { convertRemedy, servingWarnings } from "./serving.js";
@@ -241,13 +241,12 @@ async function convertDeepseekInScope(spec: string, o: DeepseekOptions): Promise
     // The evaluation comes last: its settings are checked now, not after the conversion (a dry run too).
     checkEmbeddedEval(o, { dir: srcDir, bos: c.bosTokenId });
     const out = path.resolve(o.out ?? defaultOut(spec, o.rank, "deepseek"));
+    const inputs = [{ name: "--calib", path: o.calib }, { name: "--eval-text", path: o.evalText }];
     if (o.dryRun) {
-      // A file there would refuse the run whatever --force says: so does its dry run.
-      refuseFileAsOutDir(out);
-      if (fs.existsSync(out) && !o.force) log.warn(`${out} exists: the run would need --force (or another --out)`);
+      checkDryRunOutDir(out, srcDir, o.force ?? false, inputs, log);
       return { out: null, ropeDim: dr, kvLoraRank: rk, ropeTheta: c.rope.theta, spacing: 0, kvPerToken, energy: [], eval: null, latentNormError: null };
     }
-    checkOutDir(out, srcDir, o.force ?? false, [{ name: "--calib", path: o.calib }, { name: "--eval-text", path: o.evalText }]);
+    checkOutDir(out, srcDir, o.force ?? false, inputs);
     requireRoom(out, weightFileBytes(srcDir), "the converted model");
 
     let stats: CalibrationStats | null = null;

@@ -26,7 +26,21 @@ export function refuseFileAsOutDir(out: string, how: { flag?: string; hint?: str
   try {
     st = fs.statSync(out);
   } catch {
-    return; // nothing there (or a dangling link, which the rename replaces)
+    // Nothing there (or a dangling link, which the rename replaces): the nearest thing above it must be a
+    // folder (a file there refused the run only when its folder was made, after the work).
+    for (let dir = path.dirname(path.resolve(out)); ; dir = path.dirname(dir)) {
+      let above: fs.Stats | null = null;
+      try {
+        above = fs.statSync(dir);
+      } catch {
+        // not there either: look further up
+      }
+      if (above) {
+        if (!above.isDirectory()) throw new MlaError("BAD_ARGUMENT", `${how.flag ?? "--out"} ${out}: ${dir} is a file, not a folder`, "choose a path whose parents are folders");
+        return;
+      }
+      if (path.dirname(dir) === dir) return;
+    }
   }
   if (!st.isDirectory()) throw new MlaError("BAD_ARGUMENT", `${how.flag ?? "--out"} ${out} is a file, not a folder`, how.hint ?? FILE_AS_OUT_HINT);
 }

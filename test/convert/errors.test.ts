@@ -76,9 +76,21 @@ test("a file as out is refused by checkOutDir, --force or not: convert(), conver
   // Their dry runs say what the run would be refused for.
   await assert.rejects(convert(path.join(MODELS, "stories260K"), { rank: 2, ...o, calib: undefined, dryRun: true }), isFile);
   await assert.rejects(convertDeepseek(path.join(MODELS, "stories260K"), { rank: 2, ...o, calib: undefined, dryRun: true }), isFile);
+  // … and the refusals of --out the run meets (its dry run had approved them): the input folder, a
+  // folder this tool did not write, a path under a file (refused only when the run made its folder).
+  const src = path.join(MODELS, "stories260K");
+  const foreign = path.join(dir, "foreign");
+  fs.mkdirSync(foreign);
+  fs.writeFileSync(path.join(foreign, "mine.txt"), "mine");
+  for (const [out, re] of [[src, /is the input model folder/], [foreign, /holds no model this tool wrote/], [path.join(file, "x"), /: .* is a file, not a folder/]] as const) {
+    await assert.rejects(convert(src, { rank: 2, out, force: true, dryRun: true, progress: null, logger }), (e: unknown) => e instanceof MlaError && re.test(e.message), out);
+    await assert.rejects(convertDeepseek(src, { rank: 2, out, force: true, dryRun: true, progress: null, logger }), (e: unknown) => e instanceof MlaError && re.test(e.message), out);
+  }
+  await assert.rejects(convert(src, { rank: 2, out: path.join(file, "x"), progress: null, logger }), /: .* is a file, not a folder/);
   // Planning warnings (serving sizes) may come; the work's lines may not.
   assert.deepEqual(lines.filter((l) => /calibration windows|factoring|device:/.test(l)), [], "nothing calibrated, factored or loaded");
   assert.equal(fs.readFileSync(file, "utf8"), "keep me");
+  assert.equal(fs.readFileSync(path.join(foreign, "mine.txt"), "utf8"), "mine");
 });
 
 test("a config.json whose sizes the weights do not have is refused before any work, naming the tensor (not a chunk error)", async () => {
