@@ -79,6 +79,10 @@ function templateText(v: unknown): string | null {
 }
 
 /** The chat template of the model folder `dir`, or null when it has none. */
+/** A template's raise_exception: it refuses the messages (anything else thrown while rendering is the template's own failure). */
+class TemplateRefusal extends Error {}
+const REFUSE = "mha2mla_raise_exception";
+
 export function loadChatTemplate(dir: string): ChatTemplate | null {
   // A folder that is not there read as a model without a chat template (null): a mistyped path looked like a model's answer.
   if (!fs.existsSync(dir)) throw new MlaError("NOT_FOUND", `model folder ${dir} does not exist`, "pass the model folder's path, e.g. loadModel(spec).dir or resolveModel(spec).dir");
@@ -93,7 +97,9 @@ export function loadChatTemplate(dir: string): ChatTemplate | null {
   if (text === null) return null;
   let template: Template;
   try {
-    template = new Template(text);
+    // Its raise_exception calls go to a function of ours (the renderer's own raise_exception cannot be
+    // replaced), so a refusal of the messages is told apart from a failure of the template.
+    template = new Template(text.replace(/\braise_exception(\s*\()/g, `${REFUSE}$1`));
   } catch (e) {
     throw new MlaError("BAD_TOKENIZER", `${source}: the chat template does not parse (${(e as Error).message})`, "fix or remove the chat template; completions work without it");
   }
@@ -116,10 +122,16 @@ export function loadChatTemplate(dir: string): ChatTemplate | null {
           tools: null,
           documents: null,
           ...specials,
+          // Templates call raise_exception to refuse a conversation they cannot format (roles out of
+          // order): told apart from the template's own failures (an undefined variable, a filter this
+          // renderer lacks), which are not the messages' fault.
+          [REFUSE]: (message: unknown) => {
+            throw new TemplateRefusal(String(message));
+          },
         });
       } catch (e) {
-        // Templates call raise_exception to refuse a conversation they cannot format (roles out of order).
-        throw new MlaError("BAD_ARGUMENT", `the model's chat template refuses these messages: ${(e as Error).message}`, `change the messages as that says (e.g. alternate user and assistant); the template is ${path.basename(source)}`);
+        if (e instanceof TemplateRefusal) throw new MlaError("BAD_ARGUMENT", `the model's chat template refuses these messages: ${e.message}`, `change the messages as that says (e.g. alternate user and assistant); the template is ${path.basename(source)}`);
+        throw new MlaError("BAD_TOKENIZER", `${source}: the chat template fails while formatting the messages (${(e as Error).message})`, "the template itself is at fault (a name or filter it uses is not defined here): fix or remove it; completions work without it");
       }
     },
   };

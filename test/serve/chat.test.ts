@@ -42,6 +42,11 @@ test("the chat template renders as transformers renders it, and refuses what it 
   assert.equal(t.render(messages), "<s>[INST] <<SYS>>\nYou tell short stories.\n<</SYS>>\n\n Tell me about a cat. [/INST]", "strip() trims the whole content, as in Python");
   assert.equal(t.render([{ role: "user", content: "a" }, { role: "assistant", content: "b" }, { role: "user", content: "c" }]), "<s>[INST] a [/INST] b </s><s>[INST] c [/INST]");
   assert.throws(() => t.render([{ role: "assistant", content: "a" }]), /chat template refuses these messages: .*Conversation roles must alternate/);
+  // A template that fails on its own (an undefined name) is its fault, not the messages' (it was told to change them).
+  const broken = path.join(tmpDir(), "broken");
+  fs.cpSync(path.join(MODELS, "stories260K"), broken, { recursive: true });
+  fs.writeFileSync(path.join(broken, "chat_template.jinja"), "{% for x in msgs %}{{ x }}{% endfor %}");
+  assert.throws(() => loadChatTemplate(broken)!.render(messages), (e: unknown) => e instanceof MlaError && e.code === "BAD_TOKENIZER" && /chat_template\.jinja: the chat template fails while formatting the messages \(Expected iterable[\s\S]*hint: the template itself is at fault/.test(e.message));
   assert.equal(loadChatTemplate(path.join(MODELS, "stories260K")), null);
   // A folder that is not there (or a file) is no model without a template: it is refused, naming it.
   const missing = path.join(tmpDir(), "no-such-dir");
