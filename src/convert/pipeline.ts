@@ -159,7 +159,7 @@ async function convertInScope(spec: string, opts: ConvertOptions): Promise<Conve
       const past = pastPositionsWarning("--calib-len", settings.calibLen, config.maxPositions, "the calibration statistics come from positions the model was not pretrained for");
       if (past) log.warn(past);
       windows = calibrationWindows(loadTokenizer(srcDir), readTextOrJsonl(calib), settings.calibSamples, settings.calibLen, config.bosTokenId, calib);
-      if (windows.length < settings.calibSamples) log.info(`note: ${calib} holds ${windows.length} calibration windows of ${settings.calibLen} tokens (asked for ${settings.calibSamples})`);
+      if (windows.length < settings.calibSamples) log.info(`note: ${calib} holds ${windows.length} calibration windows of ${settings.calibLen} tokens (${opts.calibSamples === undefined ? `the default is ${settings.calibSamples}` : `asked for ${settings.calibSamples}`})`);
     }
     const linalg = selectLinalg(opts.device ?? "auto", log);
     useLinalg(linalg);

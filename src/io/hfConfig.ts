@@ -135,7 +135,7 @@ function parseScaling(s: unknown, file: string, key = "rope_scaling"): RopeScali
 export function normalizeHfConfig(raw: Raw, file = "config.json"): ModelConfig {
   const modelType = raw["model_type"];
   if (!(SUPPORTED_TYPES as readonly unknown[]).includes(modelType))
-    throw new MlaError("UNSUPPORTED", `${file}: model_type ${JSON.stringify(modelType)} is not supported`, `supported: ${SUPPORTED_TYPES.join(", ")} (Llama-family decoders with RoPE)`);
+    throw new MlaError("UNSUPPORTED", modelType === undefined ? `${file} has no "model_type"` : `${file}: model_type ${JSON.stringify(modelType)} is not supported`, `supported: ${SUPPORTED_TYPES.join(", ")} (Llama-family decoders with RoPE)${modelType === undefined ? "; a Llama checkpoint's config.json says \"model_type\": \"llama\"" : ""}`);
   const act = raw["hidden_act"] ?? "silu";
   if (act !== "silu" && act !== "swish") throw new MlaError("UNSUPPORTED", `${file}: hidden_act ${JSON.stringify(act)} is not supported`, "only SwiGLU MLPs (hidden_act silu) are supported");
   const hiddenSize = posInt(raw, "hidden_size", file);

@@ -87,6 +87,7 @@ test("rope_scaling llama3 and linear, in both the rope_scaling and the v5 rope_p
 
 const badConfigs: [string, Record<string, unknown>, RegExp][] = [
   ["unsupported model_type", { ...base, model_type: "gpt2" }, /model_type "gpt2" is not supported/],
+  ["no model_type", { ...base, model_type: undefined }, /has no "model_type"[\s\S]*"model_type": "llama"/],
   ["unsupported rope_scaling", { ...base, rope_scaling: { type: "yarn", factor: 4 } }, /rope_scaling type "yarn" is not supported/],
   ["dynamic rope_scaling", { ...base, rope_scaling: { rope_type: "dynamic", factor: 2 } }, /"dynamic" is not supported/],
   ["rope_scaling a list", { ...base, rope_scaling: [1] }, /rope_scaling is \[1\]/],
