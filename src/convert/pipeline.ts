@@ -26,7 +26,7 @@ import { describeRefit, refitOutputProjections, refitRecord, RefitResult } from 
 import { requireRoom, weightFileBytes } from "../io/diskRoom.js";
 import { checkEmbeddedEval, embeddedEval, evaluate, EvalResult } from "../eval/evaluate.js";
 import { inspectModel } from "../eval/inspect.js";
-import { silentLogger, Logger } from "../util/log.js";
+import { silentLogger, Logger, warningsOnce } from "../util/log.js";
 import { Progress, ProgressSink } from "../util/progress.js";
 import { factorTensors, LayerFactors } from "./factor.js";
 import { checkDeviceName, checkDryRunOutDir, checkOutDir, ConversionPlan, ConversionSettings, defaultOut, planConversion, resolveSettings, SETTINGS_KINDS, SettingsInput } from "./plan.js";
@@ -192,7 +192,8 @@ async function convertInScope(spec: string, opts: ConvertOptions): Promise<Conve
 
     let report: ConversionReport | null = null;
     if (opts.evalText) {
-      const e = { ...embeddedEval(opts), device: opts.device, progress: opts.progress, signal: opts.signal, logger: log, pastPositionsWarned: true };
+      // Both evaluations read the same text: a warning about it (fewer tokens than --eval-tokens) is said once.
+      const e = { ...embeddedEval(opts), device: opts.device, progress: opts.progress, signal: opts.signal, logger: warningsOnce(log), pastPositionsWarned: true };
       const before: EvalResult = await evaluate(srcDir, e);
       const after: EvalResult = await evaluate(tmp, e);
       before.model = spec;

@@ -23,7 +23,7 @@ import { linalgScope, useLinalg } from "../backends/native/linalg.js";
 import { calibrate, calibrationWindows, CalibrationStats, checkWindowShape, DEFAULT_CALIB_LEN, DEFAULT_CALIB_SAMPLES, readTextOrJsonl } from "../ropeSelect/calibrate.js";
 import { defaultRopePairs } from "../ropeSelect/strategies.js";
 import { covarianceRoots } from "../svd/truncated.js";
-import { silentLogger, Logger } from "../util/log.js";
+import { silentLogger, Logger, warningsOnce } from "../util/log.js";
 import { checkOptionTypes, type OptionKinds } from "../util/optionTypes.js";
 import { Progress, ProgressSink } from "../util/progress.js";
 import { alreadyMla, checkCalibFile, checkDeviceName, checkDryRunOutDir, checkOutDir, defaultOut, SETTINGS_KINDS, SettingsInput } from "../convert/plan.js";
@@ -116,7 +116,8 @@ export interface BeforeAfter {
  * writes report.json into `dir`; also returns both perplexities (for a Markdown report).
  */
 export async function evalBeforeAfter(spec: string, srcDir: string, dir: string, out: string, o: DeepseekEvalOptions & { evalText: string }, kvPerToken: object): Promise<{ report: BeforeAfter; ppl: [number, number] }> {
-  const e = { ...embeddedEval(o), device: o.device, progress: o.progress, signal: o.signal, logger: o.logger ?? silentLogger, pastPositionsWarned: true };
+  // Both evaluations read the same text: a warning about it is said once.
+  const e = { ...embeddedEval(o), device: o.device, progress: o.progress, signal: o.signal, logger: warningsOnce(o.logger ?? silentLogger), pastPositionsWarned: true };
   const [b, a] = [await evaluate(srcDir, e), await evaluate(dir, e)];
   const report = { text: o.evalText, tokens: b.tokens!, ctx: b.ctx!, before: b.nll!, after: a.nll! };
   // A source that scores but an output that does not (a weight out of its dtype's range) is no model to hand over.

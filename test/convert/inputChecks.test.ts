@@ -122,3 +122,9 @@ test("convert --json reports the settings mla_conversion.json records: no calibr
   // A dry run with --calib reports the windows the run would read (the defaults where none are given).
   assert.deepEqual(calibration(run(["--dry-run", "--calib", TEXT])), [TEXT, 32, 256]);
 });
+
+test("convert's before and after evaluations read the same text: a warning about it (fewer tokens than --eval-tokens) is said once", async () => {
+  const warned: string[] = [];
+  await convert(SRC, { rank: 4, ropePairs: 1, progress: null, device: "cpu", out: path.join(tmpDir(), "once"), evalText: TEXT, evalTokens: 10_000_000, evalCtx: 64, logger: { info: () => {}, warn: (m) => warned.push(m) } });
+  assert.equal(warned.filter((m) => /fewer than --eval-tokens 10000000/.test(m)).length, 1, warned.join("\n"));
+});
