@@ -205,7 +205,7 @@ export function checkDeviceName(device: unknown): void {
 export function checkCalibFile(calib: string | null | undefined): void {
   if (calib === null || calib === undefined) return;
   if (!fs.existsSync(calib)) throw new MlaError("NOT_FOUND", `--calib ${calib} does not exist`, "pass a UTF-8 text file");
-  checkTextFile(calib);
+  checkTextFile(calib, "--calib");
 }
 
 /** Default output folder: ./NAME-<kind>-r<rank> beside the working directory (kind mla, or deepseek). */

@@ -188,7 +188,7 @@ export function checkEvalOptions(opts: EvalOptions): { dataDir: string | null; i
   if (!opts.text) refuseInert([[flags.tokens, opts.tokens], [flags.ctx, opts.ctx], ["--batch", opts.batch]], `${flags.text} FILE`, "settings of the perplexity text");
   if (!opts.text && !opts.tasks?.length) throw new MlaError("BAD_ARGUMENT", "nothing to evaluate", `pass ${flags.text} FILE for perplexity and/or --tasks a,b for benchmarks`);
   if (opts.text) {
-    checkTextFile(opts.text);
+    checkTextFile(opts.text, flags.text);
     if (opts.ctx !== undefined) checkCtx(opts.ctx, flags.ctx);
   }
   if (!opts.tasks?.length) {

@@ -31,26 +31,29 @@ export interface PerplexityResult {
 }
 
 /** Refuses a missing path, a folder or an empty file, from a stat. */
-function checkTextStat(file: string): void {
+function checkTextStat(file: string, flag?: string): void {
   let st: fs.Stats;
   try {
     st = fs.statSync(file);
   } catch (e) {
-    throw ioError("cannot read text", file, e);
+    throw ioError(`cannot read ${flag ?? "text"}`, file, e);
   }
-  if (st.isDirectory()) throw new MlaError("BAD_ARGUMENT", `${file} is a folder, not a text file`, "pass a UTF-8 text file");
+  if (st.isDirectory()) throw new MlaError("BAD_ARGUMENT", `${flag ? `${flag} ` : ""}${file} is a folder, not a text file`, "pass a UTF-8 text file");
   // A pipe (`cat t.txt | … --text /dev/stdin`) has no size, and the text is read more than once (checked first, then scored).
   if (!st.isFile()) throw new MlaError("BAD_ARGUMENT", `${file} is ${st.isFIFO() || st.isSocket() ? "a pipe" : "not a regular file"}, not a text file`, `save the text to a file first (e.g. \`… > text.txt\`) and pass that file`);
   if (st.size === 0) throw new MlaError("BAD_TEXT", `text file ${file} is empty`, "pass a UTF-8 text file with some content");
 }
 
-/** Refuses what readText would, reading only the file's first few KB: a missing path, a folder, an empty file, binary data. */
-export function checkTextFile(file: string): void {
-  checkTextStat(file);
+/**
+ * Refuses what readText would, reading only the file's first few KB: a missing path, a folder, an empty
+ * file, binary data; `flag` (e.g. --eval-text) names the option that gave it.
+ */
+export function checkTextFile(file: string, flag?: string): void {
+  checkTextStat(file, flag);
   try {
     sniffTextFile(file);
   } catch (e) {
-    throw ioError("cannot read text", file, e);
+    throw ioError(`cannot read ${flag ?? "text"}`, file, e);
   }
 }
 

@@ -128,3 +128,8 @@ test("convert's before and after evaluations read the same text: a warning about
   await convert(SRC, { rank: 4, ropePairs: 1, progress: null, device: "cpu", out: path.join(tmpDir(), "once"), evalText: TEXT, evalTokens: 10_000_000, evalCtx: 64, logger: { info: () => {}, warn: (m) => warned.push(m) } });
   assert.equal(warned.filter((m) => /fewer than --eval-tokens 10000000/.test(m)).length, 1, warned.join("\n"));
 });
+
+test("a missing --eval-text or --calib is named by its flag", async () => {
+  await refusedEarly({ evalText: "no-such-eval.txt" }, /^cannot read --eval-text no-such-eval\.txt: no such file/);
+  await refusedEarly({ calib: path.join(path.dirname(TEXT)), ropeStrategy: "2-norm" }, /^--calib .* is a folder, not a text file/);
+});
