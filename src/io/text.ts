@@ -80,7 +80,52 @@ export function sniffTextFile(file: string): void {
  */
 export function decodeText(buf: Buffer, file: string, expected?: string): string {
   requireText(buf, file, expected);
-  return normalizeNewlines(stripBom(buf.toString("utf8")));
+  const text = buf.toString("utf8");
+  // Bytes that are not UTF-8 past the start became U+FFFD unseen (and were scored); Python's strict
+  // decoding refuses them too. A U+FFFD in the text is either such a byte or one written as text.
+  if (text.includes("\uFFFD")) {
+    const at = firstInvalidUtf8(buf);
+    if (at !== null) throw new MlaError("BAD_TEXT", `${file} is not valid UTF-8 past its start: a byte that is not UTF-8 at offset ${at} of ${buf.length}`, `convert it (iconv -f ENCODING -t utf-8), or drop the bad bytes (iconv -f utf-8 -t utf-8 -c ${file} > clean.txt)`);
+  }
+  return normalizeNewlines(stripBom(text));
+}
+
+/** The offset of the first byte of buf that is not UTF-8 (a cut character at its end included), or null when all are. */
+function firstInvalidUtf8(buf: Uint8Array): number | null {
+  // Whether buf[from, end) holds bytes that are not UTF-8 (a character cut at `end` is not held against it).
+  const bad = (from: number, end: number) => {
+    try {
+      new TextDecoder("utf-8", { fatal: true }).decode(buf.subarray(from, end), { stream: true });
+      return false;
+    } catch {
+      return true;
+    }
+  };
+  const PIECE = 1 << 16;
+  for (let i = 0; i < buf.length; i += PIECE) {
+    // From a character's first byte (a piece may start inside one), to the piece's end.
+    let from = i;
+    while (from > 0 && from > i - 3 && (buf[from]! & 0xc0) === 0x80) from--;
+    const end = Math.min(buf.length, i + PIECE);
+    if (!bad(from, end)) continue;
+    // The shortest bad prefix ends just past the first bad byte.
+    let lo = from, hi = end;
+    while (hi - lo > 1) {
+      const mid = (lo + hi) >> 1;
+      if (bad(from, mid)) hi = mid;
+      else lo = mid;
+    }
+    return hi - 1;
+  }
+  // Every piece decodes on its own: a character cut by the end of the file, if any.
+  try {
+    new TextDecoder("utf-8", { fatal: true }).decode(buf);
+    return null;
+  } catch {
+    let at = buf.length - 1;
+    while (at > 0 && at > buf.length - 4 && (buf[at]! & 0xc0) === 0x80) at--;
+    return at;
+  }
 }
 
 /** `text` without a leading byte-order mark (which editors on Windows write, and JSON.parse refuses). */

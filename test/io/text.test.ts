@@ -109,3 +109,22 @@ test("a leading UTF-8 byte-order mark is dropped: a text scores as without it, a
   assert.equal(parseLambada(path.join(dir, "l.jsonl")).length, 1);
   fs.rmSync(dir, { recursive: true, force: true });
 });
+
+test("bytes that are not UTF-8 past a text's start are refused with their offset (they became U+FFFD unseen and were scored); a U+FFFD written as text, and a character across a 64 KB piece, are text", () => {
+  const dir = tmpDir();
+  const write = (name: string, b: Uint8Array) => {
+    const f = path.join(dir, name);
+    fs.writeFileSync(f, b);
+    return f;
+  };
+  const text = Buffer.alloc(150_000, 0x61);
+  text.set([0xe2, 0x82, 0xac], 65_535); // € across the first piece's end
+  text.set([0xef, 0xbf, 0xbd], 120_000); // U+FFFD as text
+  assert.equal(readTextFile(write("ok.txt", text)).length, 150_000 - 4);
+  const bad = Buffer.from(text);
+  bad[100_000] = 0xff;
+  const f = write("bad.txt", bad);
+  assert.throws(() => readTextFile(f), (e: unknown) => e instanceof MlaError && e.code === "BAD_TEXT" && e.message.startsWith(`${f} is not valid UTF-8 past its start: a byte that is not UTF-8 at offset 100000 of 150000\n  hint: convert it`));
+  const cut = write("cut.txt", Buffer.concat([text.subarray(0, 1000), Buffer.from([0xe2, 0x82])]));
+  assert.throws(() => readTextFile(cut), /at offset 1000 of 1002/);
+});
