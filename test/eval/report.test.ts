@@ -268,6 +268,9 @@ test("report: a field of the wrong type is refused naming it (it crashed the rep
   fs.writeFileSync(longLog, Array.from({ length: 200_000 }, (_, i) => JSON.stringify({ step: i + 1, loss: i === 5 ? 1e400 : 3 - i / 1e5 })).join("\n") + "\n");
   const html = fs.readFileSync(writeReport([good], path.join(dir, "long.html"), { trainLogs: [longLog] }).html, "utf8");
   assert.doesNotMatch(html, /NaN/);
+  // A label with a line break or a pipe stays in its cell (the break had ended the table's row).
+  const table = reportMarkdown([{ ...base, label: "two\nlines | x" } as never]);
+  assert.match(table, /^\| metric \| two lines \\\| x \|$/m);
   // From a script: the same check, by position; an overflowed (Infinity) perplexity is a number; no label: the model.
   assert.throws(() => reportMarkdown([{ ...base, seconds: "1" } as never]), (e: Error) => e instanceof MlaError && /^runs\[0\]: "seconds" is a string/.test(e.message));
   assert.match(reportMarkdown([{ ...base, label: undefined, tasks: { lambada: { ...base.tasks.lambada, ppl: Infinity } } } as never]), /\| metric \| m \|[\s\S]*\| lambada ppl \| Infinity \|/);

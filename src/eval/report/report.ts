@@ -152,7 +152,8 @@ function measuredOn(r: EvalResult): string {
 const COMPARED = "Perplexity and NLL are compared only between runs on the same text, token count, ctx and tokenizer (NLL per token of another vocabulary is another quantity); bits per byte between runs on the same bytes of the same text and ctx, whatever their tokenizers.";
 
 /** A Markdown table cell: a "|" would end it. */
-const mdCell = (s: string) => s.replace(/\|/g, "\\|");
+// A pipe would end the cell and a line break the row (a --label may hold either).
+const mdCell = (s: string) => s.replace(/\|/g, "\\|").replace(/\r?\n/g, " ");
 
 /** The steps of a training log that logged a loss, and those that logged a validation NLL (null where the run kept no validation text). */
 function curves(l: TrainLog): { loss: [number, number][]; val: [number, number][] } {
