@@ -29,7 +29,7 @@ import { inspectModel } from "../eval/inspect.js";
 import { silentLogger, Logger, warningsOnce } from "../util/log.js";
 import { Progress, ProgressSink } from "../util/progress.js";
 import { factorTensors, LayerFactors } from "./factor.js";
-import { checkDeviceName, checkDryRunOutDir, checkOutDir, ConversionPlan, ConversionSettings, defaultOut, planConversion, resolveSettings, SETTINGS_KINDS, SettingsInput } from "./plan.js";
+import { checkDeviceName, checkDryRunOutDir, checkOutDir, ConversionPlan, refuseDefaultOutInModel, ConversionSettings, defaultOut, planConversion, resolveSettings, SETTINGS_KINDS, SettingsInput } from "./plan.js";
 import { checkOptionTypes, type OptionKinds } from "../util/optionTypes.js";
 import { nextTurn, throwIfAborted } from "../util/abort.js";
 import { LayerSource } from "./layerSource.js";
@@ -144,6 +144,7 @@ async function convertInScope(spec: string, opts: ConvertOptions): Promise<Conve
     checkEmbeddedEval(opts, { dir: srcDir, bos: config.bosTokenId });
     const out = path.resolve(opts.out ?? defaultOut(spec, settings.rank));
     const inputs = [{ name: "--calib", path: settings.calib }, { name: "--eval-text", path: opts.evalText }];
+    refuseDefaultOutInModel(out, srcDir, opts.out);
     if (opts.dryRun) {
       checkDryRunOutDir(out, srcDir, opts.force ?? false, inputs, log);
       return { out: null, plan, selection: null, splits: null, energy: [], timings, report: null };

@@ -213,6 +213,17 @@ export function defaultOut(spec: string, rank: number, kind = "mla"): string {
   return path.resolve(`${modelName(spec)}-${kind}-r${rank}`);
 }
 
+/**
+ * Refuses a default --out (./NAME-…, in the working folder: `given` undefined) that lands inside the input
+ * model folder, as it does when run from inside it, naming the default and a path beside the model (the
+ * general refusal named an --out the user never gave).
+ */
+export function refuseDefaultOutInModel(out: string, srcDir: string, given: string | undefined): void {
+  if (given !== undefined) return;
+  const src = path.resolve(srcDir);
+  if (out === src || out.startsWith(src + path.sep)) throw new MlaError("BAD_ARGUMENT", `the default --out ${out} (./${path.basename(out)} in the working folder) is inside the input model folder ${src}`, `pass --out ${path.join(path.dirname(src), path.basename(out))} (beside the model), or run from outside the model folder`);
+}
+
 /** `export --format deepseek`'s default output folder: ./NAME-deepseek. */
 export function defaultExportOut(spec: string): string {
   return path.resolve(`${modelName(spec)}-deepseek`);

@@ -32,7 +32,7 @@ import { resolveModel } from "../io/modelDir.js";
 import { headDimOrder, MlaAttention, MlaSplit, ModelConfig } from "../model/config.js";
 export { checkExportSettings, exportLadder } from "./exportable.js";
 import { layerPrefix } from "../model/weights.js";
-import { checkDeviceName, checkOutDir, defaultExportOut } from "../convert/plan.js";
+import { checkDeviceName, checkOutDir, defaultExportOut, refuseDefaultOutInModel } from "../convert/plan.js";
 import { checkEmbeddedEval } from "../eval/evaluate.js";
 import { silentLogger } from "../util/log.js";
 import { Progress } from "../util/progress.js";
@@ -254,6 +254,7 @@ export async function exportDeepseek(spec: string, o: ExportOptions = {}): Promi
   // work was thrown away.
   checkEmbeddedEval(o, { dir: srcDir, bos: c.bosTokenId });
   const out = path.resolve(o.out ?? defaultExportOut(spec));
+  refuseDefaultOutInModel(out, srcDir, o.out);
   checkOutDir(out, srcDir, o.force ?? false, [{ name: "--eval-text", path: o.evalText }, { name: "--calib", path: o.calib }]);
   // Tokenized before any work, so a text too short for one window is refused up front.
   const windows = o.calib ? calibrationWindows(loadTokenizer(srcDir), readTextOrJsonl(o.calib), o.calibSamples ?? DEFAULT_CALIB_SAMPLES, o.calibLen ?? DEFAULT_CALIB_LEN, c.bosTokenId, o.calib) : [];

@@ -133,3 +133,12 @@ test("a missing --eval-text or --calib is named by its flag", async () => {
   await refusedEarly({ evalText: "no-such-eval.txt" }, /^cannot read --eval-text no-such-eval\.txt: no such file/);
   await refusedEarly({ calib: path.join(path.dirname(TEXT)), ropeStrategy: "2-norm" }, /^--calib .* is a folder, not a text file/);
 });
+
+test("run from inside the model folder, the default --out (./NAME-mla-rN there) is refused as the default, with a path beside the model", () => {
+  const model = path.join(tmpDir(), "inside");
+  fs.cpSync(SRC, model, { recursive: true });
+  const r = spawnSync(process.execPath, [MAIN, "convert", ".", "--rank", "4", "--rope-pairs", "1"], { encoding: "utf8", cwd: model });
+  assert.equal(r.status, 1, r.stderr);
+  assert.match(r.stderr, /^error: the default --out \S+inside-mla-r4 \(\.\/inside-mla-r4 in the working folder\) is inside the input model folder \S+inside\n  hint: pass --out \S+-mla-r4 \(beside the model\)/m);
+  assert.deepEqual(fs.readdirSync(model).filter((f) => f.includes("mla")), []);
+});
