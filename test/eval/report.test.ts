@@ -159,6 +159,7 @@ test("report: runs sharing a label get their cache type, else their position, in
   const mixed = fs.readFileSync(writeReport(["f32", "bf16", "f32"].map(cached), path.join(dir, "r3.html")).md, "utf8");
   assert.match(mixed, /^\| metric \| m \(f32 cache\) \| m \(bf16 cache\) \| m \(f32 cache\) #2 \|$/m);
   assert.throws(() => writeReport(files.slice(0, 2), path.join(dir, "r2.html"), { labels: ["a", "a"] }), (e: unknown) => e instanceof MlaError && /--labels names two columns "a"/.test(e.message));
+  assert.throws(() => writeReport(files.slice(0, 2), path.join(dir, "r2.html"), { labels: ["x", ""] }), (e: unknown) => e instanceof MlaError && /--labels x, leaves column 2 without a name/.test(e.message));
 });
 
 test("report: an inspect JSON is refused by what it lacks; runs on other data are marked not comparable (no change shown); items scored are listed; bad training logs are refused; --out a folder is refused", async () => {

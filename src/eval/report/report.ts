@@ -344,6 +344,8 @@ export function writeReport(jsonFiles: string[], out: string, opts: ReportOption
   const runs = jsonFiles.map(readEvalJson);
   if (opts.labels) {
     if (opts.labels.length !== runs.length) throw new MlaError("BAD_ARGUMENT", `--labels has ${opts.labels.length} names for ${runs.length} results`, "give one label per JSON file");
+    const blank = opts.labels.findIndex((l) => !l.trim());
+    if (blank >= 0) throw new MlaError("BAD_ARGUMENT", `--labels ${opts.labels.join(",")} leaves column ${blank + 1} without a name`, "give every column a name, comma-separated, e.g. --labels orig,mla");
     const twice = opts.labels.find((l, i) => opts.labels!.indexOf(l) !== i);
     if (twice !== undefined) throw new MlaError("BAD_ARGUMENT", `--labels names two columns ${JSON.stringify(twice)}`, "give each column a name of its own");
     runs.forEach((r, i) => (r.label = opts.labels![i]!));
