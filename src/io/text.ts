@@ -90,7 +90,10 @@ export function decodeText(buf: Buffer, file: string, expected?: string): string
   return normalizeNewlines(stripBom(text));
 }
 
-/** The offset of the first byte of buf that is not UTF-8 (a cut character at its end included), or null when all are. */
+/**
+ * Where buf stops being UTF-8, as Python's strict decoding reports it (the first byte of the bad or cut-short
+ * character), or null when all of it is.
+ */
 function firstInvalidUtf8(buf: Uint8Array): number | null {
   // Whether buf[from, end) holds bytes that are not UTF-8 (a character cut at `end` is not held against it).
   const bad = (from: number, end: number) => {
@@ -101,30 +104,41 @@ function firstInvalidUtf8(buf: Uint8Array): number | null {
       return true;
     }
   };
+  // The lead byte of a character at or before `at` that is cut short there (its length by its lead byte), else `at`.
+  const leadOf = (at: number, from: number) => {
+    let j = at - ((buf[at]! & 0xc0) === 0x80 ? 0 : 1);
+    while (j > from && j > at - 4 && (buf[j]! & 0xc0) === 0x80) j--;
+    const b = buf[j]!;
+    const len = b >= 0xf0 ? 4 : b >= 0xe0 ? 3 : b >= 0xc0 ? 2 : 1;
+    return j < at && len > 1 && j + len > at ? j : at;
+  };
+  // Pieces through one streaming decoder find the piece (a character may cross into the next one).
   const PIECE = 1 << 16;
+  const decoder = new TextDecoder("utf-8", { fatal: true });
   for (let i = 0; i < buf.length; i += PIECE) {
-    // From a character's first byte (a piece may start inside one), to the piece's end.
-    let from = i;
-    while (from > 0 && from > i - 3 && (buf[from]! & 0xc0) === 0x80) from--;
-    const end = Math.min(buf.length, i + PIECE);
-    if (!bad(from, end)) continue;
-    // The shortest bad prefix ends just past the first bad byte.
-    let lo = from, hi = end;
+    try {
+      decoder.decode(buf.subarray(i, i + PIECE), { stream: true });
+      continue;
+    } catch {
+      // From the character boundary at or before the piece's start (a cut character there included):
+    }
+    let from = Math.max(0, i - 3);
+    while (from < i && (buf[from]! & 0xc0) === 0x80) from++;
+    // the shortest bad prefix ends just past the byte where decoding fails.
+    let lo = from, hi = Math.min(buf.length, i + PIECE);
     while (hi - lo > 1) {
       const mid = (lo + hi) >> 1;
       if (bad(from, mid)) hi = mid;
       else lo = mid;
     }
-    return hi - 1;
+    return leadOf(hi - 1, from);
   }
-  // Every piece decodes on its own: a character cut by the end of the file, if any.
   try {
-    new TextDecoder("utf-8", { fatal: true }).decode(buf);
+    decoder.decode();
     return null;
   } catch {
-    let at = buf.length - 1;
-    while (at > 0 && at > buf.length - 4 && (buf[at]! & 0xc0) === 0x80) at--;
-    return at;
+    // A character cut by the end of the file.
+    return leadOf(buf.length - 1, Math.max(0, buf.length - 4));
   }
 }
 

@@ -78,11 +78,19 @@ function templateText(v: unknown): string | null {
   return null;
 }
 
-/** The chat template of the model folder `dir`, or null when it has none. */
 /** A template's raise_exception: it refuses the messages (anything else thrown while rendering is the template's own failure). */
 class TemplateRefusal extends Error {}
 const REFUSE = "mha2mla_raise_exception";
 
+/**
+ * text with its raise_exception calls renamed to REFUSE: only inside {{ … }} and {% … %} and outside their
+ * quoted strings, so the text a template prints is unchanged.
+ */
+function routeRefusals(text: string): string {
+  return text.replace(/\{[{%][\s\S]*?[%}]\}/g, (block) => block.replace(/("(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')|\braise_exception(\s*\()/g, (m, quoted: string | undefined, paren: string | undefined) => (quoted !== undefined ? m : `${REFUSE}${paren}`)));
+}
+
+/** The chat template of the model folder `dir`, or null when it has none. */
 export function loadChatTemplate(dir: string): ChatTemplate | null {
   // A folder that is not there read as a model without a chat template (null): a mistyped path looked like a model's answer.
   if (!fs.existsSync(dir)) throw new MlaError("NOT_FOUND", `model folder ${dir} does not exist`, "pass the model folder's path, e.g. loadModel(spec).dir or resolveModel(spec).dir");
@@ -99,7 +107,7 @@ export function loadChatTemplate(dir: string): ChatTemplate | null {
   try {
     // Its raise_exception calls go to a function of ours (the renderer's own raise_exception cannot be
     // replaced), so a refusal of the messages is told apart from a failure of the template.
-    template = new Template(text.replace(/\braise_exception(\s*\()/g, `${REFUSE}$1`));
+    template = new Template(routeRefusals(text));
   } catch (e) {
     throw new MlaError("BAD_TOKENIZER", `${source}: the chat template does not parse (${(e as Error).message})`, "fix or remove the chat template; completions work without it");
   }

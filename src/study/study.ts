@@ -369,16 +369,21 @@ async function runStudy(o: StudyOptions, made: { fresh: boolean }): Promise<Stud
     rows.push(row);
   }
   // Runs finished by earlier calls with other --variants or --ranks stay in the study's report (a call
-  // naming fewer had rewritten it with its own rows alone), after this call's, in the study's order.
+  // naming fewer had rewritten it with its own rows alone).
+  // Only the study's own row files (mha, VARIANT-L<width>): a copy or a note named *.row.json is not a run.
+  const runFile = /^(mha|(mla|mla-rope|eg-mla)-L\d+)\.row\.json$/;
   const earlier = fs
     .readdirSync(o.out)
-    .filter((f) => f.endsWith(".row.json"))
+    .filter((f) => runFile.test(f))
     .map((f) => f.slice(0, -".row.json".length))
     .filter((name) => !runs.some((r) => (r.L === null ? "mha" : `${r.variant}-L${r.L}`) === name))
-    .map((name) => readStudyRow(path.join(o.out, `${name}.row.json`), name))
-    .sort((a, b) => STUDY_VARIANTS.indexOf(a.variant) - STUDY_VARIANTS.indexOf(b.variant) || (b.latentDim ?? Infinity) - (a.latentDim ?? Infinity));
-  if (earlier.length) log.info(`the report also holds ${earlier.length} run${earlier.length === 1 ? "" : "s"} finished by earlier calls: ${earlier.map((r) => r.label).join("; ")}`);
-  rows.push(...earlier);
+    .map((name) => readStudyRow(path.join(o.out, `${name}.row.json`), name));
+  if (earlier.length) {
+    log.info(`the report also holds ${earlier.length} run${earlier.length === 1 ? "" : "s"} finished by earlier calls: ${earlier.map((r) => r.label).join("; ")}`);
+    rows.push(...earlier);
+    // All of them in the study's order: MHA, then each variant from its widest latent down.
+    rows.sort((a, b) => STUDY_VARIANTS.indexOf(a.variant) - STUDY_VARIANTS.indexOf(b.variant) || (b.latentDim ?? Infinity) - (a.latentDim ?? Infinity));
+  }
   const meta = { like: o.like, hidden: c.hiddenSize, data: o.data, tokens: o.tokens, seq, batch, lr, seed, device, date: new Date().toISOString() };
   // The claims' verdicts beside the rows (added after them: readers of rows and meta are unchanged).
   const claims = checkClaims(rows, c.hiddenSize);

@@ -266,8 +266,10 @@ test("report: a field of the wrong type is refused naming it (it crashed the rep
   assert.match(md2, /text x\.txt \(\? tokens, ctx \?\)/);
   // A training log of 200,000 steps (spreading its points into Math.max overflowed the stack); non-finite losses left out of the chart.
   const longLog = path.join(dir, "train_log.jsonl");
-  fs.writeFileSync(longLog, Array.from({ length: 200_000 }, (_, i) => JSON.stringify({ step: i + 1, loss: i === 5 ? 1e400 : 3 - i / 1e5 })).join("\n") + "\n");
+  // (1e999 written as such parses to Infinity; JSON.stringify would have written null.)
+  fs.writeFileSync(longLog, Array.from({ length: 200_000 }, (_, i) => (i === 5 ? `{"step": 6, "loss": 1e999}` : JSON.stringify({ step: i + 1, loss: 3 - i / 1e5 }))).join("\n") + "\n");
   const html = fs.readFileSync(writeReport([good], path.join(dir, "long.html"), { trainLogs: [longLog] }).html, "utf8");
+  assert.match(html, /<polyline /, "the loss curve is drawn");
   assert.doesNotMatch(html, /NaN/);
   // A label with a line break or a pipe stays in its cell (the break had ended the table's row).
   const table = reportMarkdown([{ ...base, label: "two\nlines | x" } as never]);

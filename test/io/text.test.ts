@@ -127,4 +127,11 @@ test("bytes that are not UTF-8 past a text's start are refused with their offset
   assert.throws(() => readTextFile(f), (e: unknown) => e instanceof MlaError && e.code === "BAD_TEXT" && e.message.startsWith(`${f} is not valid UTF-8 past its start: a byte that is not UTF-8 at offset 100000 of 150000\n  hint: convert it`));
   const cut = write("cut.txt", Buffer.concat([text.subarray(0, 1000), Buffer.from([0xe2, 0x82])]));
   assert.throws(() => readTextFile(cut), /at offset 1000 of 1002/);
+  // A character cut short, then ASCII: the offset of its first byte, as Python reports it, also where it
+  // ends a 64 KB piece.
+  for (const at of [50_000, 65_534]) {
+    const b = Buffer.alloc(150_000, 0x61);
+    b.set([0xe2, 0x82], at);
+    assert.throws(() => readTextFile(write(`cut-${at}.txt`, b)), new RegExp(`at offset ${at} of 150000`));
+  }
 });

@@ -47,6 +47,11 @@ test("the chat template renders as transformers renders it, and refuses what it 
   fs.cpSync(path.join(MODELS, "stories260K"), broken, { recursive: true });
   fs.writeFileSync(path.join(broken, "chat_template.jinja"), "{% for x in msgs %}{{ x }}{% endfor %}");
   assert.throws(() => loadChatTemplate(broken)!.render(messages), (e: unknown) => e instanceof MlaError && e.code === "BAD_TOKENIZER" && /chat_template\.jinja: the chat template fails while formatting the messages \(Expected iterable[\s\S]*hint: the template itself is at fault/.test(e.message));
+  // Only the template's calls are routed: text it prints that names raise_exception is printed as written.
+  fs.writeFileSync(path.join(broken, "chat_template.jinja"), "{{ 'a raise_exception(x) b' }} raise_exception( {% if messages[0]['role'] != 'system' %}{{ raise_exception('System first') }}{% endif %}ok");
+  const routed = loadChatTemplate(broken)!;
+  assert.equal(routed.render(messages), "a raise_exception(x) b raise_exception( ok");
+  assert.throws(() => routed.render(messages.slice(1)), /chat template refuses these messages: System first/);
   assert.equal(loadChatTemplate(path.join(MODELS, "stories260K")), null);
   // A folder that is not there (or a file) is no model without a template: it is refused, naming it.
   const missing = path.join(tmpDir(), "no-such-dir");

@@ -66,13 +66,15 @@ test("study resumes: stopped inside the second variant, the same command finishe
   assert.equal(fs.statSync(path.join(out, "mha.row.json")).mtimeMs, mhaRow);
   assert.ok(logged.some((m) => /continuing the study .* --ranks d\/2,d\/4: finished runs are kept/.test(m)), logged.join("\n"));
   assert.equal(logged.filter((m) => /already done/.test(m)).length, 2);
-  // A call naming fewer variants: its report still holds every finished run (it had dropped the others).
+  // A call naming fewer runs: its report still holds every finished run (it had dropped the others), in
+  // the study's order, and a copy of a row file under another name is not a run.
+  fs.copyFileSync(path.join(out, "mha.row.json"), path.join(out, "mha-backup.row.json"));
   const fewer: string[] = [];
-  const mhaOnly = await study({ ...base, variants: ["mha"], ranks: undefined, out, logger: { info: (m) => fewer.push(m), warn: () => {} } });
-  assert.deepEqual(mhaOnly.rows.map((r) => r.label), ["MHA", "MLA + RoPE, latent 32", "MLA + RoPE, latent 16"]);
-  assert.match(fs.readFileSync(path.join(out, "report.md"), "utf8"), /MLA \+ RoPE, latent 16/);
-  assert.ok(fewer.some((m) => /^continuing the study .* with --variants mha: finished runs are kept/.test(m)), fewer.join("\n"));
-  assert.ok(fewer.some((m) => /the report also holds 2 runs finished by earlier calls: MLA \+ RoPE, latent 32; MLA \+ RoPE, latent 16/.test(m)), fewer.join("\n"));
+  const narrower = await study({ ...base, ranks: ["d/4"], variants: ["mla-rope"], out, logger: { info: (m) => fewer.push(m), warn: () => {} } });
+  assert.deepEqual(narrower.rows.map((r) => r.label), ["MHA", "MLA + RoPE, latent 32", "MLA + RoPE, latent 16"]);
+  assert.equal((fs.readFileSync(path.join(out, "report.md"), "utf8").match(/^\| MHA \|/gm) ?? []).length, 1, "one MHA row");
+  assert.ok(fewer.some((m) => /^continuing the study .* with --variants mla-rope --ranks d\/4: finished runs are kept/.test(m)), fewer.join("\n"));
+  assert.ok(fewer.some((m) => /the report also holds 2 runs finished by earlier calls: MHA; MLA \+ RoPE, latent 32/.test(m)), fewer.join("\n"));
   // An older study recorded the default gate (16) with no eg-mla run: a gate of 8 now is no change either.
   const state = path.join(out, "study-state.json");
   const recorded = JSON.parse(fs.readFileSync(state, "utf8"));
