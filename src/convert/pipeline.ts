@@ -147,6 +147,7 @@ async function convertInScope(spec: string, opts: ConvertOptions): Promise<Conve
     refuseDefaultOutInModel(out, srcDir, opts.out);
     if (opts.dryRun) {
       checkDryRunOutDir(out, srcDir, opts.force ?? false, inputs, log);
+      requireRoom(out, weightFileBytes(srcDir), "the converted model");
       return { out: null, plan, selection: null, splits: null, energy: [], timings, report: null };
     }
     checkOutDir(out, srcDir, opts.force ?? false, inputs);

@@ -246,6 +246,7 @@ async function convertDeepseekInScope(spec: string, o: DeepseekOptions): Promise
     refuseDefaultOutInModel(out, srcDir, o.out);
     if (o.dryRun) {
       checkDryRunOutDir(out, srcDir, o.force ?? false, inputs, log);
+      requireRoom(out, weightFileBytes(srcDir), "the converted model");
       return { out: null, ropeDim: dr, kvLoraRank: rk, ropeTheta: c.rope.theta, spacing: 0, kvPerToken, energy: [], eval: null, latentNormError: null };
     }
     checkOutDir(out, srcDir, o.force ?? false, inputs);
