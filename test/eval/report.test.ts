@@ -274,6 +274,7 @@ test("report: a field of the wrong type is refused naming it (it crashed the rep
   // A label with a line break or a pipe stays in its cell (the break had ended the table's row).
   const table = reportMarkdown([{ ...base, label: "two\nlines | x" } as never]);
   assert.match(table, /^\| metric \| two lines \\\| x \|$/m);
+  assert.match(table, /^- \*\*two lines \| x\*\*: /m, "and its Models list item");
   // From a script: the same check, by position; an overflowed (Infinity) perplexity is a number; no label: the model.
   assert.throws(() => reportMarkdown([{ ...base, seconds: "1" } as never]), (e: Error) => e instanceof MlaError && /^runs\[0\]: "seconds" is a string/.test(e.message));
   assert.match(reportMarkdown([{ ...base, label: undefined, tasks: { lambada: { ...base.tasks.lambada, ppl: Infinity } } } as never]), /\| metric \| m \|[\s\S]*\| lambada ppl \| Infinity \|/);

@@ -152,8 +152,9 @@ function measuredOn(r: EvalResult): string {
 const COMPARED = "Perplexity and NLL are compared only between runs on the same text, token count, ctx and tokenizer (NLL per token of another vocabulary is another quantity); bits per byte between runs on the same bytes of the same text and ctx, whatever their tokenizers.";
 
 /** A Markdown table cell: a "|" would end it. */
-// A pipe would end the cell and a line break the row (a --label may hold either).
-const mdCell = (s: string) => s.replace(/\|/g, "\\|").replace(/\r?\n/g, " ");
+// A line break would end a list item or heading, and in a table a pipe would end the cell (a --label may hold either).
+const mdLine = (s: string) => s.replace(/\r\n?|\n/g, " ");
+const mdCell = (s: string) => mdLine(s).replace(/\|/g, "\\|");
 
 /** The steps of a training log that logged a loss, and those that logged a validation NLL (null where the run kept no validation text). */
 function curves(l: TrainLog): { loss: [number, number][]; val: [number, number][] } {
@@ -181,11 +182,11 @@ export function reportMarkdown(given: EvalResult[], logs: TrainLog[] = []): stri
     "",
     "## Models",
     "",
-    ...runs.map((r) => `- **${r.label}**: ${r.dir ? `\`${r.dir}\`` : "–"} — ${settings(r)}${configOf(r)}${measuredOn(r)}`),
+    ...runs.map((r) => `- **${mdLine(r.label)}**: ${r.dir ? `\`${r.dir}\`` : "–"} — ${settings(r)}${configOf(r)}${measuredOn(r)}`),
   ];
   for (const l of logs) {
     const { loss, val } = curves(l);
-    lines.push("", `## Fine-tuning: ${l.label}`, "", `${loss.length} steps; loss ${loss[0]?.[1].toFixed(4) ?? "–"} → ${loss[loss.length - 1]?.[1].toFixed(4) ?? "–"}; validation NLL ${val.map(([step, nll]) => `${nll.toFixed(4)} (step ${step})`).join(", ") || "–"}`);
+    lines.push("", `## Fine-tuning: ${mdLine(l.label)}`, "", `${loss.length} steps; loss ${loss[0]?.[1].toFixed(4) ?? "–"} → ${loss[loss.length - 1]?.[1].toFixed(4) ?? "–"}; validation NLL ${val.map(([step, nll]) => `${nll.toFixed(4)} (step ${step})`).join(", ") || "–"}`);
   }
   return lines.join("\n") + "\n";
 }
