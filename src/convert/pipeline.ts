@@ -29,7 +29,7 @@ import { inspectModel } from "../eval/inspect.js";
 import { silentLogger, Logger, warningsOnce } from "../util/log.js";
 import { Progress, ProgressSink } from "../util/progress.js";
 import { factorTensors, LayerFactors } from "./factor.js";
-import { checkDeviceName, checkDryRunOutDir, checkOutDir, ConversionPlan, refuseDefaultOutInModel, ConversionSettings, defaultOut, planConversion, resolveSettings, SETTINGS_KINDS, SettingsInput } from "./plan.js";
+import { checkDeviceName, checkOutDir, ConversionPlan, refuseDefaultOutInModel, ConversionSettings, defaultOut, planConversion, resolveSettings, SETTINGS_KINDS, SettingsInput } from "./plan.js";
 import { checkOptionTypes, type OptionKinds } from "../util/optionTypes.js";
 import { nextTurn, throwIfAborted } from "../util/abort.js";
 import { LayerSource } from "./layerSource.js";
@@ -145,14 +145,10 @@ async function convertInScope(spec: string, opts: ConvertOptions): Promise<Conve
     const out = path.resolve(opts.out ?? defaultOut(spec, settings.rank));
     const inputs = [{ name: "--calib", path: settings.calib }, { name: "--eval-text", path: opts.evalText }];
     refuseDefaultOutInModel(out, srcDir, opts.out);
-    if (opts.dryRun) {
-      checkDryRunOutDir(out, srcDir, opts.force ?? false, inputs, log);
-      requireRoom(out, weightFileBytes(srcDir), "the converted model");
-      return { out: null, plan, selection: null, splits: null, energy: [], timings, report: null };
-    }
-    checkOutDir(out, srcDir, opts.force ?? false, inputs);
+    checkOutDir(out, srcDir, opts.force ?? false, inputs, opts.dryRun ? log : undefined);
     // The converted model is at most its source's size (smaller attention; EG-MLA's gate is small).
     requireRoom(out, weightFileBytes(srcDir), "the converted model");
+    if (opts.dryRun) return { out: null, plan, selection: null, splits: null, energy: [], timings, report: null };
 
     // The plan decides whether calibration runs (its settings keep --calib only where a setting reads it, and resolveSettings refuses one none reads), so the records and the result agree.
     let windows: Int32Array[] = [];

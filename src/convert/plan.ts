@@ -2,7 +2,7 @@
 import fs from "node:fs";
 import path from "node:path";
 import { booleanFlag, MlaError, refuseInert } from "../errors.js";
-import { refuseOutOverInputs, type InputPath } from "../io/outGuard.js";
+import { refuseOutOverInputs, within, type InputPath } from "../io/outGuard.js";
 import { refuseExisting } from "../io/atomicDir.js";
 import { kvElemsPerToken, latentWidth, ModelConfig } from "../model/config.js";
 import { checkDisjoint, defaultRopePairs, parseStrategy, RopeStrategy } from "../ropeSelect/strategies.js";
@@ -221,7 +221,7 @@ export function defaultOut(spec: string, rank: number, kind = "mla"): string {
 export function refuseDefaultOutInModel(out: string, srcDir: string, given: string | undefined): void {
   if (given !== undefined) return;
   const src = path.resolve(srcDir);
-  if (out === src || out.startsWith(src + path.sep)) throw new MlaError("BAD_ARGUMENT", `the default --out ${out} (./${path.basename(out)} in the working folder) is inside the input model folder ${src}`, `pass --out ${path.join(path.dirname(src), path.basename(out))} (beside the model), or run from outside the model folder`);
+  if (within(out, src)) throw new MlaError("BAD_ARGUMENT", `the default --out ${out} (./${path.basename(out)} in the working folder) is inside the input model folder ${src}`, `pass --out ${path.join(path.dirname(src), path.basename(out))} (beside the model), or run from outside the model folder`);
 }
 
 /** `export --format deepseek`'s default output folder: ./NAME-deepseek. */
@@ -237,21 +237,16 @@ export function modelName(spec: string): string {
   return path.basename(path.resolve(spec)).replace(/[^\w.-]+/g, "_");
 }
 
-/** Refuses an --out that is, lies inside or holds the model folder or another input (`inputs`), or exists without --force. */
-export function checkOutDir(out: string, srcDir: string, force: boolean, inputs: readonly InputPath[] = []): void {
-  refuseOutOverInputs("--out", out, [{ name: "the input model folder", path: srcDir }, ...inputs]);
-  // A file there is refused now, --force or not, not only when the output folder is begun: after calibration and factoring.
-  refuseExisting(out, force);
-}
-
 /**
- * checkOutDir for a dry run: the refusals the run would meet (--out over the input or the inputs, a file,
- * with --force a folder this tool did not write), except that an existing --out without --force is a
- * warning that the run would need it (the dry run had approved --out paths the run then refused).
+ * Refuses an --out that is, lies inside or holds the model folder or another input (`inputs`), or exists
+ * without --force. A dry run (`dryRun`, its logger) meets the same refusals, except that an existing --out
+ * without --force is a warning that the run would need it (the dry run had approved --out paths the run
+ * then refused).
  */
-export function checkDryRunOutDir(out: string, srcDir: string, force: boolean, inputs: readonly InputPath[], log: Logger): void {
-  if (!fs.existsSync(out) || force) return checkOutDir(out, srcDir, force, inputs);
+export function checkOutDir(out: string, srcDir: string, force: boolean, inputs: readonly InputPath[] = [], dryRun?: Logger): void {
   refuseOutOverInputs("--out", out, [{ name: "the input model folder", path: srcDir }, ...inputs]);
-  refuseExisting(out, true);
-  log.warn(`${out} exists: the run would need --force (or another --out)`);
+  const warnOnly = dryRun !== undefined && !force && fs.existsSync(out);
+  // A file there is refused now, --force or not, not only when the output folder is begun: after calibration and factoring.
+  refuseExisting(out, force || warnOnly);
+  if (warnOnly) dryRun.warn(`${out} exists: the run would need --force (or another --out)`);
 }

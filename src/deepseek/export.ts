@@ -26,7 +26,7 @@ import { covarianceRoots } from "../svd/truncated.js";
 import { silentLogger, Logger, warningsOnce } from "../util/log.js";
 import { checkOptionTypes, type OptionKinds } from "../util/optionTypes.js";
 import { Progress, ProgressSink } from "../util/progress.js";
-import { alreadyMla, checkCalibFile, checkDeviceName, checkDryRunOutDir, checkOutDir, defaultOut, refuseDefaultOutInModel, SETTINGS_KINDS, SettingsInput } from "../convert/plan.js";
+import { alreadyMla, checkCalibFile, checkDeviceName, checkOutDir, defaultOut, refuseDefaultOutInModel, SETTINGS_KINDS, SettingsInput } from "../convert/plan.js";
 import { checkEmbeddedEval, embeddedEval, evaluate } from "../eval/evaluate.js";
 import { deepseekLayer, foldValueBias, FrequencyPca, frequencyPca, ladder, ladderScores, validSpacings } from "./layer.js";
 import { convertRemedy, servingWarnings } from "./serving.js";
@@ -244,13 +244,9 @@ async function convertDeepseekInScope(spec: string, o: DeepseekOptions): Promise
     const out = path.resolve(o.out ?? defaultOut(spec, o.rank, "deepseek"));
     const inputs = [{ name: "--calib", path: o.calib }, { name: "--eval-text", path: o.evalText }];
     refuseDefaultOutInModel(out, srcDir, o.out);
-    if (o.dryRun) {
-      checkDryRunOutDir(out, srcDir, o.force ?? false, inputs, log);
-      requireRoom(out, weightFileBytes(srcDir), "the converted model");
-      return { out: null, ropeDim: dr, kvLoraRank: rk, ropeTheta: c.rope.theta, spacing: 0, kvPerToken, energy: [], eval: null, latentNormError: null };
-    }
-    checkOutDir(out, srcDir, o.force ?? false, inputs);
+    checkOutDir(out, srcDir, o.force ?? false, inputs, o.dryRun ? log : undefined);
     requireRoom(out, weightFileBytes(srcDir), "the converted model");
+    if (o.dryRun) return { out: null, ropeDim: dr, kvLoraRank: rk, ropeTheta: c.rope.theta, spacing: 0, kvPerToken, energy: [], eval: null, latentNormError: null };
 
     let stats: CalibrationStats | null = null;
     let windows: Int32Array[] = [];

@@ -29,7 +29,8 @@ export function realPath(p: string): string {
   return path.join(fs.realpathSync(head), ...tail);
 }
 
-const within = (inner: string, outer: string) => inner === outer || inner.startsWith(outer.endsWith(path.sep) ? outer : outer + path.sep);
+/** Whether the path `inner` is `outer` or lies inside it (both resolved the same way by the caller). */
+export const within = (inner: string, outer: string) => inner === outer || inner.startsWith(outer.endsWith(path.sep) ? outer : outer + path.sep);
 
 /**
  * Refuses `out` (given by `flag`, e.g. "--out") when it is one of `inputs`, lies inside one, or holds

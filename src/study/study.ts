@@ -192,17 +192,21 @@ export function plannedRuns(o: StudyOptions, c: ModelConfig): { runs: StudyRun[]
   return { runs, ranks };
 }
 
+/** A run's name in the study's folder: its row file NAME.row.json, its model NAME, its training NAME-trained. */
+const runName = (r: StudyRun) => (r.L === null ? "mha" : `${r.variant}-L${r.L}`);
+
 /** What every run of a study shares, as study-state.json records it. */
 type StudySettings = Pick<StudyMeta, "like" | "data" | "tokens" | "seq" | "batch" | "lr" | "seed"> & { valFraction: number; tokenCache: string; evalEvery: number | null; gateDim: number | null };
 
 /**
  * A recorded study's settings with its paths absolute, as this version records them: earlier ones kept
  * paths as typed (a re-run naming the same files another way was refused), relative to the folder the
- * study ran from, taken to be this call's. Its gate width is null where no eg-mla run read it (earlier
- * versions recorded the default there).
+ * study ran from, taken to be this call's. Its gate width is null where no eg-mla run in the folder `out`
+ * read it (earlier versions recorded the default there).
  */
-function normalizedSettings(recorded: unknown): Record<string, unknown> {
+function normalizedSettings(recorded: unknown, out: string): Record<string, unknown> {
   const r = { ...((recorded ?? {}) as Record<string, unknown>) };
+  if (r["gateDim"] != null && !fs.readdirSync(out).some((f) => f.startsWith("eg-mla-L"))) r["gateDim"] = null;
   const abs = (k: string, f: (v: string) => string) => typeof r[k] === "string" && (r[k] = f(r[k] as string));
   abs("like", (v) => {
     try {
@@ -292,10 +296,7 @@ async function runStudy(o: StudyOptions, made: { fresh: boolean }): Promise<Stud
   if (fs.existsSync(o.out) && !o.force) {
     const prev = fs.existsSync(stateFile) ? readStudyJson<{ settings?: unknown; variants?: string[]; ranks?: string[] }>(stateFile, "the study's settings", "pass --force to start the study over, or choose another --out") : null;
     if (!prev) throw new MlaError("EXISTS", `output ${o.out} already exists and holds no study (no study-state.json)`, "choose another --out (--force replaces only an earlier study's folder)");
-    const was = normalizedSettings(prev.settings);
-    // A gate recorded without an eg-mla run in the folder binds nothing (studies before the thirty-fifth
-    // session recorded the default gate whatever their variants).
-    if (was["gateDim"] != null && !fs.readdirSync(o.out).some((f) => f.startsWith("eg-mla-L"))) was["gateDim"] = null;
+    const was = normalizedSettings(prev.settings, o.out);
     // A study whose runs so far had no gate keeps the gate of the first eg-mla run it gets, and the reverse.
     settings = { ...settings, gateDim: settings.gateDim ?? (was["gateDim"] as number | null | undefined) ?? null };
     if (was["gateDim"] === null) was["gateDim"] = settings.gateDim;
@@ -328,7 +329,7 @@ async function runStudy(o: StudyOptions, made: { fresh: boolean }): Promise<Stud
   const rows: StudyRow[] = [];
   const resumes = `the finished runs are kept in ${o.out} (and an interrupted training run's last checkpoint); call study() again with the same options to resume`;
   for (const [i, r] of runs.entries()) {
-    const name = r.L === null ? "mha" : `${r.variant}-L${r.L}`;
+    const name = runName(r);
     const rowFile = path.join(o.out, `${name}.row.json`);
     if (fs.existsSync(rowFile)) {
       log.info(`study ${i + 1}/${runs.length}: ${name} already done`);
@@ -376,7 +377,7 @@ async function runStudy(o: StudyOptions, made: { fresh: boolean }): Promise<Stud
     .readdirSync(o.out)
     .filter((f) => runFile.test(f))
     .map((f) => f.slice(0, -".row.json".length))
-    .filter((name) => !runs.some((r) => (r.L === null ? "mha" : `${r.variant}-L${r.L}`) === name))
+    .filter((name) => !runs.some((r) => runName(r) === name))
     .map((name) => readStudyRow(path.join(o.out, `${name}.row.json`), name));
   if (earlier.length) {
     log.info(`the report also holds ${earlier.length} run${earlier.length === 1 ? "" : "s"} finished by earlier calls: ${earlier.map((r) => r.label).join("; ")}`);

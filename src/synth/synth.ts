@@ -129,7 +129,8 @@ export async function synth(opts: SynthOptions): Promise<SynthResult> {
   // The size from one and two layers' tensors, checked against the disk before every layer's list is made
   // (--layers 10000000 filled the heap listing them before the disk check could refuse it).
   const bytesOf = (layers: number) => expectedTensors({ ...config, layers }).reduce((n, s) => n + numel(s.shape) * DTYPE_BYTES[dtype], 0);
-  const totalBytes = bytesOf(1) + (config.layers - 1) * (bytesOf(2) - bytesOf(1));
+  const oneLayer = bytesOf(1);
+  const totalBytes = oneLayer + (config.layers - 1) * (bytesOf(2) - oneLayer);
   const seed = opts.seed ?? 0;
   // The generators take 32 bits: a larger seed would write the same weights as another.
   if (!(Number.isInteger(seed) && seed >= 0 && seed < 2 ** 32)) throw new MlaError("BAD_ARGUMENT", `--seed ${seed} is not a whole number in [0, 2^32)`, "pass e.g. --seed 0");

@@ -104,7 +104,7 @@ export function checkEvalResult(r: unknown, where: string): EvalResult {
 /** Whether text's first line is a JSON object with a step: a training log's first record. */
 function looksLikeTrainLog(text: string): boolean {
   try {
-    const first = JSON.parse(text.slice(0, text.indexOf("\n") >>> 0)) as unknown;
+    const first = JSON.parse(text.split("\n", 1)[0]!) as unknown;
     return isObject(first) && "step" in first;
   } catch {
     return false;

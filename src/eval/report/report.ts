@@ -151,9 +151,9 @@ function measuredOn(r: EvalResult): string {
 /** What the report compares, under the table. */
 const COMPARED = "Perplexity and NLL are compared only between runs on the same text, token count, ctx and tokenizer (NLL per token of another vocabulary is another quantity); bits per byte between runs on the same bytes of the same text and ctx, whatever their tokenizers.";
 
-/** A Markdown table cell: a "|" would end it. */
-// A line break would end a list item or heading, and in a table a pipe would end the cell (a --label may hold either).
+/** Text on one Markdown line: a line break (a --label may hold one) would end a list item, heading or table row. */
 const mdLine = (s: string) => s.replace(/\r\n?|\n/g, " ");
+/** A Markdown table cell: also a "|" would end it. */
 const mdCell = (s: string) => mdLine(s).replace(/\|/g, "\\|");
 
 /** The steps of a training log that logged a loss, and those that logged a validation NLL (null where the run kept no validation text). */
