@@ -25,8 +25,7 @@
 
 namespace {
 constexpr int SCORE_WARPS = 4, SUM_WARPS = 8, ROLE_THREADS = 32 * (SCORE_WARPS + SUM_WARPS);
-// Stages of a plan by keys per tile (below): three of 16 keys, six of 8.
-__host__ __device__ constexpr int role_stages(int kt) { return kt == 16 ? 3 : 6; }
+constexpr int ROLE_STAGES = 3;
 constexpr int ROLE_MAX_DR = 64;
 // Timing experiments only, never a default: built with -DMLA_ROLES_DIAG=1 the kernel skips its MMAs
 // (scores and weighted sum; the softmax, copies and barriers stay); with 2 it skips the copies
@@ -55,29 +54,24 @@ constexpr bool ROLES_NO_MMA = MLA_ROLES_DIAG == 1, ROLES_NO_COPY = MLA_ROLES_DIA
 #define ROLES_KEYS8 0
 #endif
 constexpr bool KEYS8 = ROLES_KEYS8 != 0;
-// Keys per tile KT: 16 (two rows a weighted-sum warp, three stages) or 8 (one row a warp: the weighted
-// sum's MMAs are m16n8k8, a stage is half the bytes and six fit, so a block holds only the two tiles it
-// works on and has four in flight where the 16-key plan has one or two; a split's 16-key tiles are read as
-// two 8-key tiles each). MHA2MLA_LATENT_KT picks per call.
-static_assert(TN == 16 && 2 * SUM_WARPS == TN, "each weighted-sum warp brings two rows of a 16-key tile, one of an 8-key tile");
+static_assert(TN == 16 && 2 * SUM_WARPS == TN, "each weighted-sum warp brings two rows of a tile");
 static_assert(SCORE_WARPS * 4 == HB, "each score warp's softmax takes four heads, eight lanes each");
-// Floats between two score warps' partials ([HB][KT] each): 16 more, so warp w + 2 meets other banks.
-__host__ __device__ constexpr int role_part_stride(int kt) { return HB * kt + 16; }
+// Floats between two score warps' partials ([HB][TN] each): 16 more, so warp w + 2 meets other banks.
+constexpr int ROLE_PART_STRIDE = HB * TN + 16;
 
 struct RoleLayout {
-  int L, ldc, ropeStride, Dr, kt;
-  __host__ __device__ int stages() const { return role_stages(kt); }
-  __host__ __device__ size_t latentBytes() const { return (size_t)kt * ldc * 2; }
-  __host__ __device__ size_t ropeBytes() const { return ((size_t)kt * ropeStride * 2 + 15) & ~size_t(15); }
+  int L, ldc, ropeStride, Dr;
+  __host__ __device__ size_t latentBytes() const { return (size_t)TN * ldc * 2; }
+  __host__ __device__ size_t ropeBytes() const { return ((size_t)TN * ropeStride * 2 + 15) & ~size_t(15); }
   __host__ __device__ size_t stageBytes() const { return latentBytes() + ropeBytes(); }
-  __host__ __device__ size_t partOffset() const { return stageBytes() * stages(); }
-  __host__ __device__ size_t qrOffset() const { return partOffset() + (size_t)SCORE_WARPS * role_part_stride(kt) * 4; }
+  __host__ __device__ size_t partOffset() const { return stageBytes() * ROLE_STAGES; }
+  __host__ __device__ size_t qrOffset() const { return partOffset() + (size_t)SCORE_WARPS * ROLE_PART_STRIDE * 4; }
   __host__ __device__ size_t probsOffset() const { return qrOffset() + (((size_t)HB * Dr * 4 + 15) & ~size_t(15)); }
-  __host__ __device__ size_t alphaOffset() const { return probsOffset() + (size_t)2 * HB * (kt + PAD) * 2; }
+  __host__ __device__ size_t alphaOffset() const { return probsOffset() + (size_t)2 * HB * (TN + PAD) * 2; }
   __host__ __device__ size_t statsOffset() const { return alphaOffset() + (size_t)2 * HB * 4; }
   __host__ __device__ size_t barOffset() const { return (statsOffset() + 2 * HB * 4 + 7) & ~size_t(7); }
   // Per stage full and empty; per probability buffer ready and free.
-  __host__ __device__ size_t bytes() const { return barOffset() + (size_t)(2 * stages() + 4) * 8; }
+  __host__ __device__ size_t bytes() const { return barOffset() + (size_t)(2 * ROLE_STAGES + 4) * 8; }
 };
 
 // A barrier of the score warps alone (named barrier 1; __syncthreads is 0).
@@ -94,16 +88,11 @@ __device__ __forceinline__ float dot8(float4 qa, float4 qb, uint4 k) {
 // MC: launched in clusters of two along x (head blocks 2k and 2k + 1 of one split, an even number of
 // head blocks), each block copies half of every tile's latent rows into both blocks' shared memory
 // (multicast), so L2 sends each row to the SMs once instead of once per head block; a stage is copied
-// again once the weighted-sum warps of both blocks are past it. KT: keys per tile (16 or 8, above).
-template <int NT, bool MC, int KT>
+// again once the weighted-sum warps of both blocks are past it.
+template <int NT, bool MC>
 __global__ void __launch_bounds__(ROLE_THREADS, 1)
 k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const float* qc, const float* qr, int H, int Hkv, float scale2, RoleLayout lay, int gridSplits, int minTiles, float* o, float* opart, float* lsepart) {
-  static_assert(KT == 16 || KT == 8, "16- or 8-key tiles");
-  constexpr int PART_STRIDE = role_part_stride(KT);
-  constexpr int ROWS = KT / SUM_WARPS;  // rows of a tile each weighted-sum warp brings
-  constexpr bool K8 = KT == 8 ? true : false;
   extern __shared__ __align__(16) unsigned char smem[];
-  constexpr int stages = role_stages(KT);
   const int L = lay.L, Dr = lay.Dr, ldc = lay.ldc;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
   const int group = H / Hkv;
@@ -111,22 +100,18 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
   if (!block_share(share, seqs, pos, window, H, Hkv, Dr, gridSplits, minTiles)) return;
   const int b = blockIdx.y;
   const int ropeCols = share.span.count * Dr;
-  // Keys of this split visible to the query, counted from its first 16-key tile (int: fewer registers in
-  // the loop), and the KT-key tiles that hold them (an 8-key tile past the last visible key is not read).
-  auto visibleKeys = [&]() { return (int)(share.sq.n - share.t_begin * TN < (int64_t)share.ntiles * TN ? share.sq.n - share.t_begin * TN : (int64_t)share.ntiles * TN); };
-  auto tilesOf = [&](int visible) { return K8 ? (visible + KT - 1) / KT : share.ntiles; };
 
-  float* sPart = (float*)(smem + lay.partOffset());  // [SCORE_WARPS][HB][KT], PART_STRIDE apart
+  float* sPart = (float*)(smem + lay.partOffset());  // [SCORE_WARPS][HB][TN], ROLE_PART_STRIDE apart
   float* sQr = (float*)(smem + lay.qrOffset());      // [HB][Dr] the heads' rope queries
-  bf16* sP = (bf16*)(smem + lay.probsOffset());      // [2][HB][KT + PAD]
+  bf16* sP = (bf16*)(smem + lay.probsOffset());      // [2][HB][TN + PAD]
   float* sAlpha = (float*)(smem + lay.alphaOffset());  // [2][HB]
   float* sM = (float*)(smem + lay.statsOffset());
   float* sL = sM + HB;
   uint64_t* full = (uint64_t*)(smem + lay.barOffset());  // a stage's copies landed: one arrival per weighted-sum warp with its bytes
-  uint64_t* empty = full + stages;                       // every weighted-sum warp is past the stage (the score warps were before them)
-  uint64_t* ready = empty + stages;                      // a probability buffer written: one arrival per score thread
+  uint64_t* empty = full + ROLE_STAGES;                  // every weighted-sum warp is past the stage (the score warps were before them)
+  uint64_t* ready = empty + ROLE_STAGES;                 // a probability buffer written: one arrival per score thread
   uint64_t* freed = ready + 2;                           // a probability buffer read: one arrival per weighted-sum warp
-  if (threadIdx.x < stages) {
+  if (threadIdx.x < ROLE_STAGES) {
     bar_init(full + threadIdx.x, SUM_WARPS);
     bar_init(empty + threadIdx.x, SUM_WARPS * (MC ? 2 : 1));  // MC: the peer's warps too
   }
@@ -145,8 +130,8 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
 
   const unsigned smemAddr = (unsigned)__cvta_generic_to_shared(smem);
   const unsigned stageBytes = (unsigned)lay.stageBytes(), latentBytes = (unsigned)lay.latentBytes();
-  int stage = 0;       // it mod stages
-  unsigned phase = 0;  // (it / stages) mod 2
+  int stage = 0;       // it mod ROLE_STAGES
+  unsigned phase = 0;  // (it / ROLE_STAGES) mod 2
 
   if (warp < SCORE_WARPS) {
     // ROLES_CH accumulator sets for the scores (k16 steps in turn; 2: MMA chains of NT / 2).
@@ -170,38 +155,22 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
       qf[j][3] = pack(a3.x, a3.y);
       if (j % 4 == 3) asm volatile("and.b32 %0, %1, 0;\n" : "=r"(after) : "r"(qf[j][3]));
     }
-    // The latent B fragment (keys as rows) of this warp's first k16 step. KT 16: matrices (keys 0–7,
-    // dims 0–7), (0–7, 8–15), (8–15, 0–7), (8–15, 8–15), the next step 32 bytes on; KT 8: (keys 0–7)
-    // at dims 0–7, 8–15, 16–23, 24–31, two steps a load, the next pair 64 bytes on.
-    const int nkRow = K8 ? (lane & 7) : (lane & 7) + (lane >> 4) * 8, nkCol = K8 ? (lane >> 3) * 8 : ((lane >> 3) & 1) * 8;
+    // The latent B fragment (keys as rows) of this warp's first k16 step; the next is 32 bytes on.
+    const int nkRow = (lane & 7) + (lane >> 4) * 8, nkCol = ((lane >> 3) & 1) * 8;
     const unsigned scoreOff = (unsigned)((nkRow * ldc + nkCol + warp * NT * 16) * 2);
-    float* const partMine = sPart + warp * PART_STRIDE + g * KT + 2 * t4;
-    // The softmax's view: head r (four per warp), eight lanes each: keys 2·kp and 2·kp + 1 (KT 16) or kp.
+    float* const partMine = sPart + warp * ROLE_PART_STRIDE + g * TN + 2 * t4;
+    // The softmax's view: head r (four per warp), keys 2·kp and 2·kp + 1 (eight lanes per head).
     const int r = warp * 4 + (lane >> 3), kp = lane & 7;
     const int rcol = r < share.nh ? ((share.h0 + r) / group - share.span.first) * Dr : 0;  // head r's rope columns in the copied span
     const float* qrow = sQr + r * Dr;
-    const int visible = visibleKeys(), ntiles = tilesOf(visible);
+    // Keys of this split visible to the query, counted from its first tile (int: fewer registers in the loop).
+    const int visible = (int)(share.sq.n - share.t_begin * TN < (int64_t)share.ntiles * TN ? share.sq.n - share.t_begin * TN : (int64_t)share.ntiles * TN);
     float m = -INFINITY, l = 0.f;
-    for (int it = 0; it < ntiles; it++) {
+    for (int it = 0; it < share.ntiles; it++) {
       bar_wait(full + stage, phase);
       const unsigned ka = smemAddr + (unsigned)stage * stageBytes + scoreOff;
       float s[CH][2][4] = {};
-      if (K8) {
-        // One n8 tile of keys: the two accumulator halves s[c][0] and s[c][1] are two more chains.
-#pragma unroll
-        for (int j = 0; j < (ROLES_NO_MMA ? 0 : NT); j += 2) {
-          uint32_t bf[4];
-          ldsm4<false>(bf, ka + j * 32);
-          mma(s[(j / 2) % CH][0], qf[j], bf[0], bf[1]);
-          mma(s[(j / 2) % CH][1], qf[j + 1], bf[2], bf[3]);
-        }
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-          s[0][0][i] += s[0][1][i];
-#pragma unroll
-          for (int c = 1; c < CH; c++) s[0][0][i] += s[c][0][i] + s[c][1][i];
-        }
-      } else if (ROLES_PIPE) {
+      if (ROLES_PIPE) {
         // Step j + 1's fragment loaded before step j's MMAs (in program order: a warp issues in order).
         uint32_t bf[2][4];
         if (!ROLES_NO_MMA) ldsm4<false>(bf[0], ka);
@@ -220,69 +189,55 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
           mma(s[j % CH][1], qf[j], bf[2], bf[3]);
         }
       }
-      if (!K8) {
 #pragma unroll
-        for (int c = 1; c < CH; c++)
+      for (int c = 1; c < CH; c++)
 #pragma unroll
-          for (int i = 0; i < 8; i++) s[0][i / 4][i % 4] += s[c][i / 4][i % 4];
-      }
+        for (int i = 0; i < 8; i++) s[0][i / 4][i % 4] += s[c][i / 4][i % 4];
       score_warps_sync();  // every score warp has read the partials of the tile before
-      if (K8) {
-        *reinterpret_cast<float2*>(partMine) = make_float2(s[0][0][0], s[0][0][1]);
-        *reinterpret_cast<float2*>(partMine + 8 * KT) = make_float2(s[0][0][2], s[0][0][3]);
-      } else if (KEYS8) {
+      if (KEYS8) {
         // Keys 2t4, 2t4 + 1, 8 + 2t4, 9 + 2t4 at 4t4, 4t4 + 2, 4t4 + 1, 4t4 + 3.
         *reinterpret_cast<float4*>(partMine + 2 * t4) = make_float4(s[0][0][0], s[0][1][0], s[0][0][1], s[0][1][1]);
-        *reinterpret_cast<float4*>(partMine + 8 * KT + 2 * t4) = make_float4(s[0][0][2], s[0][1][2], s[0][0][3], s[0][1][3]);
+        *reinterpret_cast<float4*>(partMine + 8 * TN + 2 * t4) = make_float4(s[0][0][2], s[0][1][2], s[0][0][3], s[0][1][3]);
       } else {
 #pragma unroll
         for (int nt = 0; nt < 2; nt++) {
           *reinterpret_cast<float2*>(partMine + nt * 8) = make_float2(s[0][nt][0], s[0][nt][1]);
-          *reinterpret_cast<float2*>(partMine + 8 * KT + nt * 8) = make_float2(s[0][nt][2], s[0][nt][3]);
+          *reinterpret_cast<float2*>(partMine + 8 * TN + nt * 8) = make_float2(s[0][nt][2], s[0][nt][3]);
         }
       }
       score_warps_sync();
-      // Scores of head r at keys 2kp, 2kp + 1 (KEYS8: kp, kp + 8; K8: kp alone): the four partials, then
-      // the rope part in float32.
-      constexpr bool ONE = K8;  // one key a lane
-      constexpr int KSTEP = K8 ? 1 : KEYS8 ? 8 : 1;  // rows between a lane's two keys
-      const float* pr = sPart + r * KT + (ONE ? kp : 2 * kp);
+      // Scores of head r at keys 2kp, 2kp + 1 (KEYS8: kp, kp + 8): the four partials, then the rope part in float32.
+      const float* pr = sPart + r * TN + 2 * kp;
       float x0 = 0.f, x1 = 0.f;
 #pragma unroll
       for (int w = 0; w < SCORE_WARPS; w++) {
-        if (ONE) {
-          x0 += pr[w * PART_STRIDE];
-        } else {
-          const float2 v = *reinterpret_cast<const float2*>(pr + w * PART_STRIDE);
-          x0 += v.x;
-          x1 += v.y;
-        }
+        const float2 v = *reinterpret_cast<const float2*>(pr + w * ROLE_PART_STRIDE);
+        x0 += v.x;
+        x1 += v.y;
       }
-      const bf16* k0 = (const bf16*)(smem + (size_t)stage * stageBytes + latentBytes) + ((ONE || KEYS8) ? kp : 2 * kp) * lay.ropeStride + rcol;
-      const bf16* k1 = k0 + KSTEP * lay.ropeStride;
-      if ((ONE || KEYS8) && Dr % 8 == 0) {
+      const bf16* k0 = (const bf16*)(smem + (size_t)stage * stageBytes + latentBytes) + (KEYS8 ? kp : 2 * kp) * lay.ropeStride + rcol;
+      const bf16* k1 = k0 + (KEYS8 ? 8 : 1) * lay.ropeStride;
+      if (KEYS8 && Dr % 8 == 0) {
         // 16-byte aligned: the rope area, rcol and the row stride are multiples of eight bf16 here.
 #pragma unroll 1
         for (int d = 0; d < Dr; d += 8) {
           const float4 qa = *reinterpret_cast<const float4*>(qrow + d), qb = *reinterpret_cast<const float4*>(qrow + d + 4);
           x0 += dot8(qa, qb, *reinterpret_cast<const uint4*>(k0 + d));
-          if (!ONE) x1 += dot8(qa, qb, *reinterpret_cast<const uint4*>(k1 + d));
+          x1 += dot8(qa, qb, *reinterpret_cast<const uint4*>(k1 + d));
         }
       } else {
 #pragma unroll 1
         for (int d = 0; d < Dr; d += 2) {
           const float2 q = *reinterpret_cast<const float2*>(qrow + d);
           const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(k0 + d));
+          const float2 c = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(k1 + d));
           x0 += q.x * a.x + q.y * a.y;
-          if (!ONE) {
-            const float2 c = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(k1 + d));
-            x1 += q.x * c.x + q.y * c.y;
-          }
+          x1 += q.x * c.x + q.y * c.y;
         }
       }
-      const int key = it * KT + ((ONE || KEYS8) ? kp : 2 * kp);
+      const int key = it * TN + (KEYS8 ? kp : 2 * kp);
       x0 = key < visible ? x0 * scale2 : -INFINITY;
-      x1 = !ONE && key + KSTEP < visible ? x1 * scale2 : -INFINITY;
+      x1 = key + (KEYS8 ? 8 : 1) < visible ? x1 * scale2 : -INFINITY;
       float mt = fmaxf(x0, x1);
 #pragma unroll
       for (int off = 1; off < 8; off <<= 1) mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, off));
@@ -298,18 +253,15 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
       // Buffer it & 1 was last read by the weighted sum of tile it − 2.
       const int pb = it & 1, use = it >> 1;
       if (use > 0) bar_wait(freed + pb, (unsigned)(use - 1) & 1);
-      bf16* prow = sP + (pb * HB + r) * (KT + PAD);
-      if (ONE) {
-        prow[kp] = p.x;
-      } else if (KEYS8) {
-        prow[kp] = p.x;
-        prow[kp + 8] = p.y;
+      if (KEYS8) {
+        sP[(pb * HB + r) * (TN + PAD) + kp] = p.x;
+        sP[(pb * HB + r) * (TN + PAD) + kp + 8] = p.y;
       } else {
-        *reinterpret_cast<__nv_bfloat162*>(prow + 2 * kp) = p;
+        *reinterpret_cast<__nv_bfloat162*>(sP + (pb * HB + r) * (TN + PAD) + 2 * kp) = p;
       }
       if (kp == 0) sAlpha[pb * HB + r] = alpha;
       bar_arrive(ready + pb);
-      if (++stage == stages) {
+      if (++stage == ROLE_STAGES) {
         stage = 0;
         phase ^= 1;
       }
@@ -326,24 +278,23 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
     return;
   }
 
-  // Weighted-sum warp sw: output columns n0 … n0 + 8·NT − 1; it brings rows ROWS·sw … ROWS·sw + ROWS − 1 of each tile.
-  const int sw = warp - SCORE_WARPS, n0 = sw * NT * 8, row0 = ROWS * sw;
-  const int ntiles = tilesOf(K8 ? visibleKeys() : 0);
+  // Weighted-sum warp sw: output columns n0 … n0 + 8·NT − 1; it brings rows 2·sw and 2·sw + 1 of each tile.
+  const int sw = warp - SCORE_WARPS, n0 = sw * NT * 8, row0 = 2 * sw;
   const unsigned latentRow = (unsigned)L * 2, ropeRow = (unsigned)ropeCols * 2;
-  // Tile `it` into stage `st`: lanes 0 … ROWS − 1 the latent rows, ROWS … 2·ROWS − 1 their rope spans;
-  // rows past the sequence's end are zeroed (they meet probability 0, and stale shared memory could hold
-  // NaN). MC: block `rank` copies the latent rows whose index is `rank` mod 2 into both blocks and the
-  // peer the others, so each warp still expects all its rows' bytes on its own barrier (the peer's may
-  // land before the expectation: the transaction count may go below zero until it is set). Both blocks
-  // zero the same rows: a tile's valid rows depend only on the split and the sequence.
+  // Tile `it` into stage `st`: lanes 0–1 the latent rows, 2–3 their rope spans; rows past the
+  // sequence's end are zeroed (they meet probability 0, and stale shared memory could hold NaN). MC: lane
+  // `rank` copies its latent row into both blocks and the peer's same warp the other, so each warp still
+  // expects both rows' bytes on its own barrier (the peer's may land before the expectation: the
+  // transaction count may go below zero until it is set). Both blocks zero the same rows: a tile's
+  // valid rows depend only on the split and the sequence.
   auto load = [&](int it, int st) {
     unsigned char* base = smem + (size_t)st * lay.stageBytes();
     bf16* sC = (bf16*)base;
     bf16* sR = (bf16*)(base + lay.latentBytes());
-    const int64_t first = share.sq.lo + share.t_begin * TN + (int64_t)it * KT, end = share.sq.lo + share.sq.n;
-    const int valid = (int)(end - first < KT ? end - first : KT);
+    const int64_t first = share.sq.lo + (share.t_begin + it) * TN, end = share.sq.lo + share.sq.n;
+    const int valid = (int)(end - first < TN ? end - first : TN);
     unsigned bytes = 0;
-    for (int rr = row0; rr < row0 + ROWS; rr++) {
+    for (int rr = row0; rr < row0 + 2; rr++) {
       if (rr < valid) {
         if (!ROLES_NO_COPY) bytes += latentRow + ropeRow;
         continue;
@@ -351,7 +302,7 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
       for (int e = lane; e < L / 8; e += 32) *reinterpret_cast<int4*>(sC + rr * ldc + e * 8) = make_int4(0, 0, 0, 0);
       for (int e = lane; e < ropeCols; e += 32) sR[rr * lay.ropeStride + e] = __float2bfloat16(0.f);
     }
-    if (row0 + ROWS - 1 >= valid) {
+    if (row0 + 1 >= valid) {
       // The zeros are generic-proxy writes to rows a later bulk copy (async proxy) may write again.
       MLA_SM90_ONLY(asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");)
       __threadfence_block();
@@ -359,34 +310,31 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
     __syncwarp();
     if (lane == 0) bar_expect(full + st, bytes);
     __syncwarp();
-    const int rr = row0 + lane % ROWS;
-    if (lane < 2 * ROWS && rr < valid && !ROLES_NO_COPY) {
-      if (lane < ROWS) {
+    const int rr = row0 + (lane & 1);
+    if (lane < 4 && rr < valid && !ROLES_NO_COPY) {
+      if (lane < 2) {
         if (!MC) bulk_copy(sC + rr * ldc, share.sq.c + (first + rr) * L, latentRow, full + st);
-        else if ((unsigned)(rr & 1) == rank) bulk_copy_multicast(sC + rr * ldc, share.sq.c + (first + rr) * L, latentRow, full + st, 0x3);
+        else if ((unsigned)lane == rank) bulk_copy_multicast(sC + rr * ldc, share.sq.c + (first + rr) * L, latentRow, full + st, 0x3);
       }
       else if (ropeRow) bulk_copy(sR + rr * lay.ropeStride, share.sq.kr + ((first + rr) * Hkv + share.span.first) * Dr, ropeRow, full + st);
     }
   };
-  for (int s = 0; s < stages && s < ntiles; s++) load(s, s);
+  for (int s = 0; s < ROLE_STAGES && s < share.ntiles; s++) load(s, s);
 
   float acc[NT][4];
 #pragma unroll
   for (int i = 0; i < NT; i++) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
   // ldmatrix addresses: the weighted sum's B fragment (rows over the keys) at this warp's columns, and
-  // the probabilities' A fragment in buffer 0 (buffer 1 is probsBytes on). KT 16: matrices (keys 0–7,
-  // columns 0–7), (8–15, 0–7), (0–7, 8–15), (8–15, 8–15); KT 8: keys 0–7 at columns 0–7 … 24–31 (four n8
-  // tiles a load) and the probabilities as two 8×8 matrices (heads 0–7, 8–15).
-  const unsigned pvOff = K8 ? (unsigned)(((lane & 7) * ldc + n0 + (lane >> 3) * 8) * 2) : (unsigned)((((lane & 7) + ((lane >> 3) & 1) * 8) * ldc + n0 + (lane >> 4) * 8) * 2);
-  const unsigned pAddr = (unsigned)__cvta_generic_to_shared(sP) + (unsigned)(((lane & 15) * (KT + PAD) + (K8 ? 0 : (lane >> 4) * 8)) * 2);
-  const unsigned probsBytes = (unsigned)(HB * (KT + PAD) * 2);
-  for (int it = 0; it < ntiles; it++) {
+  // the probabilities' A fragment in buffer 0 (buffer 1 is probsBytes on).
+  const unsigned pvOff = (unsigned)((((lane & 7) + ((lane >> 3) & 1) * 8) * ldc + n0 + (lane >> 4) * 8) * 2);
+  const unsigned pAddr = (unsigned)__cvta_generic_to_shared(sP) + (unsigned)(((lane & 15) * (TN + PAD) + (lane >> 4) * 8) * 2);
+  const unsigned probsBytes = (unsigned)(HB * (TN + PAD) * 2);
+  for (int it = 0; it < share.ntiles; it++) {
     const int pb = it & 1;
     bar_wait(full + stage, phase);  // the copies' bytes are visible to the threads that wait on their barrier
     bar_wait(ready + pb, (unsigned)(it >> 1) & 1);
     uint32_t pa[4];
-    if (K8) ldsm2(pa, pAddr + pb * probsBytes);
-    else ldsm4<false>(pa, pAddr + pb * probsBytes);
+    ldsm4<false>(pa, pAddr + pb * probsBytes);
     const float a_lo = sAlpha[pb * HB + g], a_hi = sAlpha[pb * HB + g + 8];
     if (!__all_sync(0xffffffffu, a_lo == 1.f && a_hi == 1.f)) {
 #pragma unroll
@@ -398,36 +346,26 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
       }
     }
     const unsigned va = smemAddr + (unsigned)stage * stageBytes + pvOff;
-    if (K8) {
 #pragma unroll
-      for (int nt = 0; nt < (ROLES_NO_MMA ? 0 : NT); nt += 4) {
-        uint32_t bf[4];
-        ldsm4<true>(bf, va + nt * 16);
-#pragma unroll
-        for (int i = 0; i < 4; i++) mma_k8(acc[nt + i], pa, bf[i]);
-      }
-    } else {
-#pragma unroll
-      for (int nt = 0; nt < (ROLES_NO_MMA ? 0 : NT); nt += 2) {
-        uint32_t bf[4];
-        ldsm4<true>(bf, va + nt * 16);
-        mma(acc[nt], pa, bf[0], bf[1]);
-        mma(acc[nt + 1], pa, bf[2], bf[3]);
-      }
+    for (int nt = 0; nt < (ROLES_NO_MMA ? 0 : NT); nt += 2) {
+      uint32_t bf[4];
+      ldsm4<true>(bf, va + nt * 16);
+      mma(acc[nt], pa, bf[0], bf[1]);
+      mma(acc[nt + 1], pa, bf[2], bf[3]);
     }
     // Every lane's reads of the stage and the buffer are behind it (their values fed the MMAs above).
     __syncwarp();
     if (lane == 0) {
       bar_arrive(empty + stage);
       // Only where a copy follows: past the last such tile the peer may have finished.
-      if (MC && it + stages < ntiles) bar_arrive_remote(empty + stage, rank ^ 1);
+      if (MC && it + ROLE_STAGES < share.ntiles) bar_arrive_remote(empty + stage, rank ^ 1);
       bar_arrive(freed + pb);
     }
-    if (it + stages < ntiles) {
+    if (it + ROLE_STAGES < share.ntiles) {
       bar_wait(empty + stage, phase);
-      load(it + stages, stage);
+      load(it + ROLE_STAGES, stage);
     }
-    if (++stage == stages) {
+    if (++stage == ROLE_STAGES) {
       stage = 0;
       phase ^= 1;
     }
@@ -437,19 +375,12 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
   write_output(acc, sL[g], sL[g + 8], share, o, opart, H, L, n0, g, t4);
 }
 
-// The plan: stages of latent rows (padded by 16 bytes) and rope spans (the widest a head block copies,
-// padded the same), role_stages(kt) of them; the caller checks that it fits.
-RoleLayout role_plan(int64_t L, int64_t H, int64_t Hkv, int64_t Dr, int kt = TN) {
+// The plan: three stages of latent rows (padded by 16 bytes) and rope spans (the widest a head block
+// copies, padded the same), or stages 0 when it does not fit.
+RoleLayout role_plan(int64_t L, int64_t H, int64_t Hkv, int64_t Dr) {
   int ropeCols = 0;
   for (int hb = 0; hb * HB < H; hb++) ropeCols = std::max(ropeCols, rope_span(hb, (int)H, (int)Hkv, (int)Dr).count * (int)Dr);
-  return RoleLayout{(int)L, (int)L + PAD, ropeCols + 8, (int)Dr, kt};
-}
-
-// The call's keys per tile: 8 where MHA2MLA_LATENT_KT says 8 and that plan fits, else 16. Read per call,
-// so a test or an A/B runs both.
-int role_kt(int64_t L, int64_t H, int64_t Hkv, int64_t Dr) {
-  const char* v = getenv("MHA2MLA_LATENT_KT");
-  return v && std::string(v) == "8" && role_plan(L, H, Hkv, Dr, 8).bytes() <= (size_t)smem_optin() ? 8 : TN;
+  return RoleLayout{(int)L, (int)L + PAD, ropeCols + 8, (int)Dr};
 }
 
 int role_tiles(int64_t L) { return L == 256 ? 4 : L == 512 ? 8 : L == 1024 ? 16 : L == 2048 ? 32 : 0; }
@@ -476,21 +407,17 @@ bool latent_decode_roles_takes(int64_t L, int64_t H, int64_t Hkv, int64_t Dr) {
 
 mla_status latent_decode_roles(const __nv_bfloat16* const* cs, const __nv_bfloat16* const* krs, const int64_t* lo, const int64_t* n, const int32_t* pos, int64_t window, const float* qc, const float* qr, float* o, int64_t B, int64_t H, int64_t Hkv, int64_t Dr, int64_t L, float scale) {
   MLA_CHECK(latent_decode_roles_takes(L, H, Hkv, Dr) && B > 0 && B <= 65535, "latent_decode_roles: L one of 256, 512, 1024, 2048, Hkv dividing H, Dr even ≤ 64, Hkv·Dr a multiple of 8, a three-stage plan that fits, 1 ≤ B ≤ 65,535");
-  const int nt = role_tiles(L), kt = role_kt(L, H, Hkv, Dr), q = kt == TN ? 0 : 1;
-  const RoleLayout lay = role_plan(L, H, Hkv, Dr, kt);
+  const int nt = role_tiles(L);
+  const RoleLayout lay = role_plan(L, H, Hkv, Dr);
   const int64_t hbn = (H + HB - 1) / HB;
   const int k = nt == 4 ? 0 : nt == 8 ? 1 : nt == 16 ? 2 : 3;
-  // [keys per tile 16, 8][multicast][NT]
-  static const void* const kernels[2][2][4] = {
-      {{(const void*)k_latent_decode_roles<4, false, 16>, (const void*)k_latent_decode_roles<8, false, 16>, (const void*)k_latent_decode_roles<16, false, 16>, (const void*)k_latent_decode_roles<32, false, 16>},
-       {(const void*)k_latent_decode_roles<4, true, 16>, (const void*)k_latent_decode_roles<8, true, 16>, (const void*)k_latent_decode_roles<16, true, 16>, (const void*)k_latent_decode_roles<32, true, 16>}},
-      {{(const void*)k_latent_decode_roles<4, false, 8>, (const void*)k_latent_decode_roles<8, false, 8>, (const void*)k_latent_decode_roles<16, false, 8>, (const void*)k_latent_decode_roles<32, false, 8>},
-       {(const void*)k_latent_decode_roles<4, true, 8>, (const void*)k_latent_decode_roles<8, true, 8>, (const void*)k_latent_decode_roles<16, true, 8>, (const void*)k_latent_decode_roles<32, true, 8>}}};
-  static bool configured[2][2][4] = {};
+  static const void* const kernels[2][4] = {{(const void*)k_latent_decode_roles<4, false>, (const void*)k_latent_decode_roles<8, false>, (const void*)k_latent_decode_roles<16, false>, (const void*)k_latent_decode_roles<32, false>},
+                                            {(const void*)k_latent_decode_roles<4, true>, (const void*)k_latent_decode_roles<8, true>, (const void*)k_latent_decode_roles<16, true>, (const void*)k_latent_decode_roles<32, true>}};
+  static bool configured[2][4] = {};
   auto configure = [&](int m) -> mla_status {
-    if (!configured[q][m][k]) {
-      CUDA_TRY(cudaFuncSetAttribute(kernels[q][m][k], cudaFuncAttributeMaxDynamicSharedMemorySize, smem_optin()));
-      configured[q][m][k] = true;
+    if (!configured[m][k]) {
+      CUDA_TRY(cudaFuncSetAttribute(kernels[m][k], cudaFuncAttributeMaxDynamicSharedMemorySize, smem_optin()));
+      configured[m][k] = true;
     }
     return MLA_OK;
   };
@@ -509,25 +436,25 @@ mla_status latent_decode_roles(const __nv_bfloat16* const* cs, const __nv_bfloat
     // Pairs only where as many fit at once as there are SM pairs (two SMs of one GPC each; 66 on an
     // H100): then the splits below are the unpaired kernel's (one wave of blocks) and so are the output's
     // bits. Elsewhere, or where the query fails, each block copies its own rows. Asked once per plan size.
-    static size_t askedBytes[2][4] = {};
-    static bool tiles[2][4] = {};
-    if (askedBytes[q][k] != lay.bytes()) {
+    static size_t askedBytes[4] = {};
+    static bool tiles[4] = {};
+    if (askedBytes[k] != lay.bytes()) {
       cfg.gridDim = dim3(2, 1);
       cfg.attrs = attr;
       cfg.numAttrs = 1;
       int pairs = 0;
-      if (cudaOccupancyMaxActiveClusters(&pairs, kernels[q][1][k], &cfg) != cudaSuccess) {
+      if (cudaOccupancyMaxActiveClusters(&pairs, kernels[1][k], &cfg) != cudaSuccess) {
         cudaGetLastError();
         pairs = 0;
       }
-      tiles[q][k] = 2 * pairs >= sm_count();
-      askedBytes[q][k] = lay.bytes();
+      tiles[k] = 2 * pairs >= sm_count();
+      askedBytes[k] = lay.bytes();
     }
-    mc = tiles[q][k];
+    mc = tiles[k];
   }
   if (!mc)
     if (mla_status e = configure(0)) return e;
-  const void* fn = kernels[q][mc ? 1 : 0][k];
+  const void* fn = kernels[mc ? 1 : 0][k];
   cfg.attrs = mc ? attr : nullptr;
   cfg.numAttrs = mc ? 1 : 0;
   // One block per SM (the plan takes most of its shared memory): splits along the context up to one

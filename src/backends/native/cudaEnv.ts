@@ -27,7 +27,6 @@ export const CUDA_SWITCHES: readonly Switch[] = [
   { name: "MHA2MLA_MHA_DECODE", what: "an MHA decode route", accepts: ["kernel", "cublas"], perCall: true },
   { name: "MHA2MLA_LATENT_DECODE", what: "a latent decode route (the fused kernel is the default)", accepts: ["gemm"], perCall: true },
   { name: "MHA2MLA_LATENT_KERNEL", what: "a latent decode kernel (warps by role is the default where it takes the shape)", accepts: ["roles", "tiles"], perCall: true },
-  { name: "MHA2MLA_LATENT_KT", what: "the latent kernel's keys per tile (8: six stages of 8 keys; 16, the default: three of 16)", accepts: ["8", "16"], perCall: true },
   { name: "MHA2MLA_LATENT_MULTICAST", what: "a switch for the latent kernel's multicast copies (0: each head block copies every row)", accepts: ["0", "1"], perCall: true },
   { name: "MHA2MLA_LATENT_COPY", what: "a copy mode for the tile-loop latent kernel's stages", accepts: ["bulk", "early", "barrier", "async"] },
   { name: "MHA2MLA_DECODE_BATCH", what: "a batched decode mode (one call per layer is the default)", accepts: ["rows"], perCall: true },
