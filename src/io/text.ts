@@ -73,19 +73,28 @@ export function sniffTextFile(file: string): void {
   }
 }
 
+/** The tool that made `buf` out of a compressed `file` (decodeText): its bad bytes are in the decompressed text. */
+export type Decompressor = "xz" | "bzip2";
+
 /**
  * The bytes of `file` as text with newlines normalized and a leading byte-order mark dropped (Windows
  * editors write one: it was scored as a token, and failed a .jsonl's first line as invisible "bad JSON");
- * refused (naming `file`) when they do not start as UTF-8 text.
+ * refused (naming `file`) when they do not start as UTF-8 text. `from`: `buf` is `file` decompressed by
+ * that tool, so a refusal points into the decompressed text and says to decompress before converting.
  */
-export function decodeText(buf: Buffer, file: string, expected?: string): string {
+export function decodeText(buf: Buffer, file: string, expected?: string, from?: Decompressor): string {
   requireText(buf, file, expected);
   const text = buf.toString("utf8");
   // Bytes that are not UTF-8 past the start became U+FFFD unseen (and were scored); Python's strict
   // decoding refuses them too. A U+FFFD in the text is either such a byte or one written as text.
   if (text.includes("\uFFFD")) {
     const at = firstInvalidUtf8(buf);
-    if (at !== null) throw new MlaError("BAD_TEXT", `${file} is not valid UTF-8 past its start: a byte that is not UTF-8 at offset ${at} of ${buf.length}`, `convert it (iconv -f ENCODING -t utf-8), or drop the bad bytes (iconv -f utf-8 -t utf-8 -c ${file} > clean.txt)`);
+    if (at === null) return normalizeNewlines(stripBom(text));
+    if (from) {
+      const plain = file.replace(/\.(xz|bz2)$/, "");
+      throw new MlaError("BAD_TEXT", `${file} holds text that is not valid UTF-8: a byte that is not UTF-8 at offset ${at} of its ${buf.length} decompressed bytes`, `decompress it (${from} -dk ${file}), convert the text (iconv -f ENCODING -t utf-8 ${plain} > clean.txt, or drop the bad bytes with iconv -f utf-8 -t utf-8 -c), and pass that file`);
+    }
+    throw new MlaError("BAD_TEXT", `${file} is not valid UTF-8 past its start: a byte that is not UTF-8 at offset ${at} of ${buf.length}`, `convert it (iconv -f ENCODING -t utf-8), or drop the bad bytes (iconv -f utf-8 -t utf-8 -c ${file} > clean.txt)`);
   }
   return normalizeNewlines(stripBom(text));
 }
@@ -238,7 +247,7 @@ export function readXzText(file: string, shouldStop?: () => boolean): Promise<st
       try {
         const buf = whole ? whole.subarray(0, bytes) : Buffer.concat(chunks, bytes);
         chunks.length = 0; // the pieces go before the string is made
-        resolve(decodeText(buf, file));
+        resolve(decodeText(buf, file, undefined, "xz"));
       } catch (e) {
         reject(e);
       }

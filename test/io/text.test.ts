@@ -13,7 +13,7 @@ import { MlaError } from "../../src/errors.js";
 import { checkTextFile, readText, tokenizeForEval } from "../../src/eval/perplexity.js";
 import { parseHellaswag, parseInstructionChoices, parseLambada } from "../../src/eval/tasks/items.js";
 import { readDocuments } from "../../src/finetune/data.js";
-import { normalizeNewlines, readTextFile, SNIFF_BYTES } from "../../src/io/text.js";
+import { decodeText, normalizeNewlines, readTextFile, SNIFF_BYTES } from "../../src/io/text.js";
 import { loadTokenizer } from "../../src/io/tokenizer.js";
 import { calibrationWindows } from "../../src/ropeSelect/calibrate.js";
 import { FIXTURES, MODELS, tmpDir } from "../helpers.js";
@@ -125,6 +125,10 @@ test("bytes that are not UTF-8 past a text's start are refused with their offset
   bad[100_000] = 0xff;
   const f = write("bad.txt", bad);
   assert.throws(() => readTextFile(f), (e: unknown) => e instanceof MlaError && e.code === "BAD_TEXT" && e.message.startsWith(`${f} is not valid UTF-8 past its start: a byte that is not UTF-8 at offset 100000 of 150000\n  hint: convert it`));
+  // Decompressed text (an .xz corpus, a .bz2 task file): the offset is in the decompressed bytes, and the
+  // hint decompresses before converting (iconv on the archive itself would mangle it).
+  assert.throws(() => decodeText(bad, "corpus.txt.xz", undefined, "xz"), (e: unknown) => e instanceof MlaError && e.code === "BAD_TEXT" && e.message.startsWith("corpus.txt.xz holds text that is not valid UTF-8: a byte that is not UTF-8 at offset 100000 of its 150000 decompressed bytes\n  hint: decompress it (xz -dk corpus.txt.xz), convert the text (iconv -f ENCODING -t utf-8 corpus.txt > clean.txt"));
+  assert.throws(() => decodeText(bad, "hs.txt.bz2", undefined, "bzip2"), /hint: decompress it \(bzip2 -dk hs\.txt\.bz2\), convert the text \(iconv -f ENCODING -t utf-8 hs\.txt >/);
   const cut = write("cut.txt", Buffer.concat([text.subarray(0, 1000), Buffer.from([0xe2, 0x82])]));
   assert.throws(() => readTextFile(cut), /at offset 1000 of 1002/);
   // A character cut short, then ASCII: the offset of its first byte, as Python reports it, also where it

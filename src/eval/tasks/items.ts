@@ -36,7 +36,7 @@ function readText(file: string): string {
   } catch (e) {
     throw bad(file, null, `is not a complete bzip2 file (${(e as Error).message ?? e})`);
   }
-  return decodeText(plain, file, CORRUPT);
+  return decodeText(plain, file, CORRUPT, "bzip2");
 }
 
 function bad(file: string, item: number | null, what: string, hint = CORRUPT): MlaError {
