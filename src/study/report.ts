@@ -11,17 +11,25 @@ export interface StudyMeta {
   /** Hidden size d of the shape (finds the r = d/2 and r = d rows for the claims). */
   hidden: number;
   data: string;
+  /** --tokens, the budget asked for each run. */
   tokens: number;
+  /** What each run trained: whole steps of batch × seq within the budget (absent in older study.json files). */
+  trainedTokens?: number;
   seq: number;
   batch: number;
   lr: number;
   seed: number;
+  /** --device as given; for auto, the backend it picked after it, e.g. "auto (cuda)". */
   device: string;
   date: string;
 }
 
+/** A change in percent with its sign (+0.25%, -1.50%), as a reader compares it with zero. */
+const signedPercent = (x: number, digits: number) => `${x > 0 ? "+" : ""}${x.toFixed(digits)}%`;
+
 function header(m: StudyMeta): string {
-  return `Shape and tokenizer of \`${m.like}\`, trained from one seeded initialization (seed ${m.seed}) on \`${m.data}\`: ${m.tokens} tokens, seq ${m.seq}, batch ${m.batch}, peak lr ${m.lr}, device ${m.device}; ${m.date.slice(0, 10)}. Decode tokens/s: ${DECODE_BATCH} sequences decoded together, each at a context of up to ${DECODE_CONTEXT} tokens (${DECODE_STEPS} steps), so the KV cache is what a step reads.`;
+  const tokens = m.trainedTokens === undefined || m.trainedTokens === m.tokens ? `${m.tokens} tokens` : `${m.trainedTokens} tokens a run (whole steps of --tokens ${m.tokens})`;
+  return `Shape and tokenizer of \`${m.like}\`, trained from one seeded initialization (seed ${m.seed}) on \`${m.data}\`: ${tokens}, seq ${m.seq}, batch ${m.batch}, peak lr ${m.lr}, device ${m.device}; ${m.date.slice(0, 10)}. Decode tokens/s: ${DECODE_BATCH} sequences decoded together, each at a context of up to ${DECODE_CONTEXT} tokens (${DECODE_STEPS} steps), so the KV cache is what a step reads.`;
 }
 
 function tableRows(rows: readonly StudyRow[]): string[][] {
@@ -31,9 +39,9 @@ function tableRows(rows: readonly StudyRow[]): string[][] {
     r.ropePairs === null ? "all" : String(r.ropePairs),
     (r.params / 1e6).toFixed(2) + "M",
     String(r.kvElemsPerToken),
-    mha ? `${((100 * (r.kvElemsPerToken - mha.kvElemsPerToken)) / mha.kvElemsPerToken).toFixed(1)}%` : "",
+    mha ? signedPercent((100 * (r.kvElemsPerToken - mha.kvElemsPerToken)) / mha.kvElemsPerToken, 1) : "",
     r.valNll.toFixed(4),
-    mha ? `${((100 * (r.valNll - mha.valNll)) / mha.valNll).toFixed(2)}%` : "",
+    mha ? signedPercent((100 * (r.valNll - mha.valNll)) / mha.valNll, 2) : "",
     r.trainTokensPerS.toFixed(0),
     r.decodeTokensPerS.toFixed(1),
   ]);

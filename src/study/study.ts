@@ -385,7 +385,9 @@ async function runStudy(o: StudyOptions, made: { fresh: boolean }): Promise<Stud
     // All of them in the study's order: MHA, then each variant from its widest latent down.
     rows.sort((a, b) => STUDY_VARIANTS.indexOf(a.variant) - STUDY_VARIANTS.indexOf(b.variant) || (b.latentDim ?? Infinity) - (a.latentDim ?? Infinity));
   }
-  const meta = { like: o.like, hidden: c.hiddenSize, data: o.data, tokens: o.tokens, seq, batch, lr, seed, device, date: new Date().toISOString() };
+  // The device as given, and for auto the backend it picked (the runs' own lines said so; the report should too).
+  const deviceLabel = device === "auto" ? `auto (${selectBackend(device).name})` : device;
+  const meta = { like: o.like, hidden: c.hiddenSize, data: o.data, tokens: o.tokens, trainedTokens: steps * seq * batch, seq, batch, lr, seed, device: deviceLabel, date: new Date().toISOString() };
   // The claims' verdicts beside the rows (added after them: readers of rows and meta are unchanged).
   const claims = checkClaims(rows, c.hiddenSize);
   // Each whole or absent (temp file + rename), as the rows are: never a truncated file from a killed study.

@@ -52,6 +52,12 @@ test("claims: the Markdown report carries the claims table", () => {
   assert.match(md, /## The claims of Mehta et al\. \(2025\), point by point/);
   assert.match(md, /\| MLA \+ RoPE at r = d\/2 costs \+0\.3% validation loss against MHA \(essentially matching it\) \| \+0\.20% \| holds \| .* \| holds at all 6 points \(steps 150–200\) \|/);
   assert.match(md, /too few tokens to judge/, "the note says when a verdict is withheld");
+  // The rows' changes against MHA carry their sign; the header says what each run trained.
+  assert.match(md, /\| mla-rope, latent 32 \| 4 \| 1\.00M \| 40 \| -68\.8% \| 3\.0060 \| \+0\.20% \|/);
+  assert.match(md, /\| MHA \| all \| 1\.00M \| 128 \| 0\.0% \| 3\.0000 \| 0\.00% \|/);
+  assert.match(md, /: 100 tokens, seq 8, batch 2, peak lr 0\.001, device cpu;/);
+  const auto = studyMarkdown({ ...meta, tokens: 100, trainedTokens: 96, device: "auto (cuda)" }, [row("mha", null, 3.0, 128)]);
+  assert.match(auto, /: 96 tokens a run \(whole steps of --tokens 100\), seq 8, batch 2, peak lr 0\.001, device auto \(cuda\);/);
 });
 
 test("claims: a verdict the last quarter of training does not settle, or a run too short to tell, is 'too few tokens to judge'", () => {
