@@ -67,9 +67,11 @@ const rel = (a: number, b: number) => (100 * (a - b)) / b;
 
 /**
  * rows: the finished variants (MHA and MLA variants at latent widths); hidden: the model's hidden size
- * d, so the rows at r = d/2 and r = d (full rank) can be found.
+ * d, so the rows at r = d/2 and r = d (full rank) can be found; mlaRopeWidest: the widest latent the
+ * mla-rope variant can have on the model (default d), below d on a GQA model, where the claim against
+ * r = d is not measurable.
  */
-export function checkClaims(rows: readonly StudyRow[], hidden: number): ClaimCheck[] {
+export function checkClaims(rows: readonly StudyRow[], hidden: number, mlaRopeWidest = hidden): ClaimCheck[] {
   const mha = rows.find((r) => r.variant === "mha");
   const at = (variant: StudyRow["variant"], L: number) => rows.find((r) => r.variant === variant && r.latentDim === L);
   const half = hidden / 2;
@@ -121,6 +123,8 @@ export function checkClaims(rows: readonly StudyRow[], hidden: number): ClaimChe
   if (ropeHalf && ropeFull) {
     const x = ropeHalf.decodeTokensPerS / ropeFull.decodeTokensPerS;
     out.push({ claim, measured: `${x.toFixed(2)}× (${ropeHalf.decodeTokensPerS.toFixed(0)} vs ${ropeFull.decodeTokensPerS.toFixed(0)} tokens/s)`, verdict: x >= 1.2 ? "holds" : "does not hold", rule });
+  } else if (mlaRopeWidest < hidden) {
+    out.push({ claim, measured: `not measurable on this model: MLA + RoPE cannot have r = d (${hidden}) here, at most ${mlaRopeWidest} beside its rope keys (a GQA model's keys and values do not fit one full-rank latent)`, verdict: "not measured", rule });
   } else out.push(none(claim, rule, "the mla-rope variant with d and d/2 in --ranks"));
   return out;
 }

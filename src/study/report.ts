@@ -10,6 +10,8 @@ export interface StudyMeta {
   like: string;
   /** Hidden size d of the shape (finds the r = d/2 and r = d rows for the claims). */
   hidden: number;
+  /** The widest latent the mla-rope variant can have on the model (below `hidden` on a GQA model; absent in older study.json files). */
+  mlaRopeWidest?: number;
   data: string;
   /** --tokens, the budget asked for each run. */
   tokens: number;
@@ -57,7 +59,7 @@ export function studyMarkdown(m: StudyMeta, rows: readonly StudyRow[]): string {
   const lines = [`# Attention variants trained from scratch`, "", header(m), "", `| ${COLUMNS.join(" | ")} |`, `| ${COLUMNS.map(() => "---").join(" | ")} |`];
   for (const r of tableRows(rows)) lines.push(`| ${r.join(" | ")} |`);
   lines.push("", "## The claims of Mehta et al. (2025), point by point", "", CLAIMS_NOTE, "", `| ${CLAIM_COLUMNS.join(" | ")} |`, `| ${CLAIM_COLUMNS.map(() => "---").join(" | ")} |`);
-  for (const c of checkClaims(rows, m.hidden)) lines.push(`| ${claimCells(c).join(" | ")} |`);
+  for (const c of checkClaims(rows, m.hidden, m.mlaRopeWidest)) lines.push(`| ${claimCells(c).join(" | ")} |`);
   lines.push("", "Validation NLL through training (step: NLL):", "");
   for (const r of rows) lines.push(`- ${r.label}: ${r.curve.map(([s, v]) => `${s}: ${v.toFixed(3)}`).join(", ")}`);
   return lines.join("\n") + "\n";
@@ -85,6 +87,6 @@ function curvesSvg(rows: readonly StudyRow[]): string {
 export function studyHtml(m: StudyMeta, rows: readonly StudyRow[]): string {
   const htmlTable = (cols: string[], cells: string[][]) => `<table><thead><tr>${cols.map((c) => `<th>${escape(c)}</th>`).join("")}</tr></thead><tbody>${cells.map((r) => `<tr>${r.map((c) => `<td>${escape(c)}</td>`).join("")}</tr>`).join("")}</tbody></table>`;
   const table = htmlTable(COLUMNS, tableRows(rows));
-  const claimsTable = htmlTable(CLAIM_COLUMNS, checkClaims(rows, m.hidden).map(claimCells));
+  const claimsTable = htmlTable(CLAIM_COLUMNS, checkClaims(rows, m.hidden, m.mlaRopeWidest).map(claimCells));
   return `<!doctype html><html><head><meta charset="utf-8"><title>mha2mla study</title><style>body{font-family:system-ui,sans-serif;margin:2em;max-width:60em}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:first-child,th:first-child{text-align:left}</style></head><body><h1>Attention variants trained from scratch</h1><p>${escape(header(m))}</p>${table}<h2>The claims of Mehta et al. (2025), point by point</h2><p>${escape(CLAIMS_NOTE)}</p>${claimsTable}<h2>Validation NLL</h2>${curvesSvg(rows)}</body></html>\n`;
 }

@@ -251,6 +251,21 @@ function widestRank(r: { variant: MlaVariant; L: number }, c: ModelConfig, gateD
   return null;
 }
 
+/**
+ * The widest latent per token and layer the mla-rope variant can have on this model: d where its
+ * conversion takes a full-rank latent beside the rope keys (an MHA model), narrower on a GQA model,
+ * whose d/2-against-d decode claim then cannot be measured (the report says so instead of asking for d).
+ */
+function mlaRopeWidest(c: ModelConfig): number {
+  const full = { variant: "mla-rope" as const, L: c.hiddenSize };
+  try {
+    resolveSettings(c, runSettings(full, c, undefined), silentLogger);
+    return c.hiddenSize;
+  } catch {
+    return (widestRank(full, c, undefined) ?? 0) * c.kvHeads;
+  }
+}
+
 export async function study(o: StudyOptions): Promise<StudyResult> {
   const made = { fresh: false };
   try {
@@ -387,9 +402,9 @@ async function runStudy(o: StudyOptions, made: { fresh: boolean }): Promise<Stud
   }
   // The device as given, and for auto the backend it picked (the runs' own lines said so; the report should too).
   const deviceLabel = device === "auto" ? `auto (${selectBackend(device).name})` : device;
-  const meta = { like: o.like, hidden: c.hiddenSize, data: o.data, tokens: o.tokens, trainedTokens: steps * seq * batch, seq, batch, lr, seed, device: deviceLabel, date: new Date().toISOString() };
+  const meta = { like: o.like, hidden: c.hiddenSize, mlaRopeWidest: mlaRopeWidest(c), data: o.data, tokens: o.tokens, trainedTokens: steps * seq * batch, seq, batch, lr, seed, device: deviceLabel, date: new Date().toISOString() };
   // The claims' verdicts beside the rows (added after them: readers of rows and meta are unchanged).
-  const claims = checkClaims(rows, c.hiddenSize);
+  const claims = checkClaims(rows, c.hiddenSize, meta.mlaRopeWidest);
   // Each whole or absent (temp file + rename), as the rows are: never a truncated file from a killed study.
   // Rendered before any is written, so a failure leaves the three as the last call wrote them.
   const report = path.join(o.out, "report.md");

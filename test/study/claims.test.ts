@@ -44,6 +44,10 @@ test("claims: each verdict follows its rule; missing rows are 'not measured'", (
   assert.match(worse[5]!.measured, /needs the mla-rope variant with d and d\/2/);
 
   assert.ok(checkClaims([row("mha", null, 3, 128)], 64).every((x) => x.verdict === "not measured"));
+  // A GQA model: MLA + RoPE cannot be full rank, so the claim against r = d is not asked for but named unmeasurable.
+  const gqa = checkClaims([row("mha", null, 3.0, 64), row("mla-rope", 32, 3.006, 40)], 64, 48);
+  assert.equal(gqa[5]!.verdict, "not measured");
+  assert.match(gqa[5]!.measured, /^not measurable on this model: MLA \+ RoPE cannot have r = d \(64\) here, at most 48 beside its rope keys/);
 });
 
 test("claims: the Markdown report carries the claims table", () => {

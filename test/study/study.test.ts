@@ -37,6 +37,9 @@ test("study: MHA, MLA, MLA + RoPE and EG-MLA from one initialization, with a rep
   assert.deepEqual(json.claims, r.claims);
   assert.deepEqual(r.claims!.map((c) => c.verdict), ["does not hold", "too few tokens to judge", "too few tokens to judge", "too few tokens to judge", "too few tokens to judge", "not measured"]);
   assert.match(md, /\| too few tokens to judge \|/);
+  // stories260K is GQA (8/4 heads): MLA + RoPE cannot be full rank, so the d/2-against-d claim is named unmeasurable.
+  assert.ok(json.mlaRopeWidest > 0 && json.mlaRopeWidest < 64, `widest ${json.mlaRopeWidest}`);
+  assert.match(r.claims![5]!.measured, /^not measurable on this model/);
   assert.equal(fs.readdirSync(path.join(out, "tokens")).length, 1, "the variants share one cached token stream");
 });
 
