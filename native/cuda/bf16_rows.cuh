@@ -15,6 +15,16 @@ __device__ __forceinline__ void unpack8(uint4 u, float* x) {
   }
 }
 
+// 16 bytes of weights, read-only, not kept in L1 (a decode product's activations are what L1 should hold).
+__device__ __forceinline__ uint4 load_weights16(const __nv_bfloat16* p) {
+  uint4 v;
+  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+  return v;
+}
+
+// Whether p is 16-byte aligned (what load_weights16 and the 16-byte row loads need).
+inline bool aligned16(const void* p) { return ((uintptr_t)p & 15) == 0; }
+
 // E consecutive bf16 at p as float (E = 2, 4 or 8; p aligned to 2·E bytes).
 template <int E>
 __device__ __forceinline__ void load_row(const __nv_bfloat16* p, float* x) {

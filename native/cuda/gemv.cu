@@ -33,12 +33,8 @@ constexpr int CB = 4;         // output columns per block
 constexpr int MAX_WARPS = 8;  // warps per block (fewer for short rows: each lane gets ≥ 2 chunks)
 constexpr int MAX_ROWS = 4;   // rows per problem this kernel takes
 
-// 16 bytes of weights, read-only, not kept in L1 (the rows' x values are what L1 should hold).
-__device__ __forceinline__ uint4 load_w(const __nv_bfloat16* p) {
-  uint4 v;
-  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
-  return v;
-}
+using mla_bf16::aligned16;
+using mla_bf16::load_weights16;
 
 __device__ __forceinline__ void load8(const float* p, float* v) {
   const float4 a = *reinterpret_cast<const float4*>(p), b = *reinterpret_cast<const float4*>(p + 4);
@@ -85,7 +81,7 @@ __device__ __forceinline__ void gemv_block(const XT* x, const __nv_bfloat16* w, 
     for (int u = 0; u < UNROLL; u++) {
       const int c = c0 + u * stride;
 #pragma unroll
-      for (int j = 0; j < CB; j++) wv[u][j] = c < C ? load_w(wr[j] + c * 8) : make_uint4(0, 0, 0, 0);
+      for (int j = 0; j < CB; j++) wv[u][j] = c < C ? load_weights16(wr[j] + c * 8) : make_uint4(0, 0, 0, 0);
     }
 #pragma unroll
     for (int u = 0; u < UNROLL; u++) {
@@ -226,7 +222,7 @@ constexpr int MMA_MAX_ROWS = 32;
 constexpr int UNROLL_MMA = GEMV_MMA_UNROLL, STAGES = GEMV_MMA_STAGES, MMA_WARPS = GEMV_MMA_WARPS;  // a warp has STAGES − 1 rounds (6 KB of weights at the defaults) in flight while it computes one
 constexpr int NT = GEMV_MMA_NT;  // 16-column tiles per warp
 
-__device__ __forceinline__ void cp16_weights(uint4* s, const __nv_bfloat16* g, bool ok) {  // L2 only, as load_w
+__device__ __forceinline__ void cp16_weights(uint4* s, const __nv_bfloat16* g, bool ok) {  // L2 only, as load_weights16
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"((unsigned)__cvta_generic_to_shared(s)), "l"(g), "r"(ok ? 16 : 0) : "memory");
 }
 __device__ __forceinline__ void cp16_x(uint4* s, const char* g, bool ok) {  // kept in L1
@@ -444,7 +440,6 @@ mla_status launch_many_any(const XT* x, const ManyMats& m, int64_t rows, int64_t
 // Output columns per block of the kernel that takes `rows`: how linear_many lays out its grid.
 int columns_per_block(int64_t rows, int64_t K) { return mma_takes(rows) ? 16 * NT * mma_tiles(K, 0) : CB; }
 
-bool aligned16(const void* p) { return ((uintptr_t)p & 15) == 0; }
 
 // Rows per problem up to which these kernels run instead of cuBLAS: MHA2MLA_GEMV_ROWS (0–32; 0 =
 // never), read at each call; default 4, the FMA kernel only. Measured (docs/benchmarks.md, seventeenth

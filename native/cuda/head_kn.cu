@@ -20,7 +20,7 @@
 using mla::ctx;
 
 namespace {
-constexpr int KN_MAX_ROWS = 8;  // rows per problem the kernel takes (T·hpg); more go to cuBLAS
+constexpr int KN_MAX_ROWS = 8;  // rows per problem (T·hpg) the kernel can take; kn_rows_limit() below says how many it does
 constexpr int KN_MAX_K = 512;   // K the shared x tile holds (16 KB at 8 rows)
 constexpr int KN_WARPS = 8;     // warps along K (fewer for short K: each takes ≥ KN_MIN_STEPS k)
 constexpr int KN_MIN_STEPS = 8;
@@ -29,41 +29,41 @@ constexpr int KN_MIN_STEPS = 8;
 template <int R>
 __host__ __device__ constexpr int kn_steps() { return R >= 4 ? 8 : 16; }
 
-__device__ __forceinline__ uint4 load_w_kn(const __nv_bfloat16* p) {
-  uint4 v;
-  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
-  return v;
-}
-
 // Grid: x = blocks of 256 columns, y = group; blockDim.x = 32·KW. R: rows per problem rounded up to
 // 1, 2, 4 or 8.
 template <int R>
 __global__ void __launch_bounds__(KN_WARPS * 32, 2) k_head_kn(const float* __restrict__ x, const __nv_bfloat16* __restrict__ w, float* __restrict__ y, int rows, int hpg, int H, int K, int N) {
   __shared__ float xs[R][KN_MAX_K];
-  __shared__ float part[KN_WARPS][256];
+  __shared__ __align__(16) float part[KN_WARPS][256];
   const int p = blockIdx.y, KW = blockDim.x >> 5, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int n0 = blockIdx.x * 256, n = n0 + lane * 8;
+  const bool live = n < N;  // lanes past N load nothing and add zeros (every warp meets the barriers)
+  const __nv_bfloat16* wp = w + (int64_t)p * K * N + n;
+  constexpr int STEPS = kn_steps<R>();
+  uint4 wv[STEPS];
+  // A trip: this warp's next STEPS k (k0, k0 + KW, …), loads only; the first is issued before the x
+  // fill below, which it does not need, so the two round trips overlap.
+  const auto load_trip = [&](int k0) {
+#pragma unroll
+    for (int u = 0; u < STEPS; u++) {
+      const int k = k0 + u * KW;
+      wv[u] = live && k < K ? mla_bf16::load_weights16(wp + (int64_t)k * N) : make_uint4(0, 0, 0, 0);
+    }
+  };
+  load_trip(warp);
   for (int i = threadIdx.x; i < R * K; i += blockDim.x) {
     const int r = i / K, k = i % K;
     const int rr = r < rows ? r : 0;  // rows past `rows` repeat row 0 (computed, not written)
     xs[r][k] = __bfloat162float(__float2bfloat16(x[((int64_t)(rr / hpg) * H + p * hpg + rr % hpg) * K + k]));
   }
   __syncthreads();
-  const int n0 = blockIdx.x * 256, n = n0 + lane * 8;
-  const bool live = n < N;  // lanes past N load nothing and add zeros (every warp meets the barriers)
-  const __nv_bfloat16* wp = w + (int64_t)p * K * N + n;
   float acc[R][8];
 #pragma unroll
   for (int r = 0; r < R; r++)
 #pragma unroll
     for (int e = 0; e < 8; e++) acc[r][e] = 0.f;
-  constexpr int STEPS = kn_steps<R>();
   for (int k0 = warp; k0 < K; k0 += KW * STEPS) {
-    uint4 wv[STEPS];
-#pragma unroll
-    for (int u = 0; u < STEPS; u++) {
-      const int k = k0 + u * KW;
-      wv[u] = live && k < K ? load_w_kn(wp + (int64_t)k * N) : make_uint4(0, 0, 0, 0);
-    }
+    if (k0 != warp) load_trip(k0);
 #pragma unroll
     for (int u = 0; u < STEPS; u++) {
       const int k = k0 + u * KW;
@@ -83,7 +83,8 @@ __global__ void __launch_bounds__(KN_WARPS * 32, 2) k_head_kn(const float* __res
   for (int r = 0; r < R; r++) {
     if (r >= rows) break;
 #pragma unroll
-    for (int e = 0; e < 8; e++) part[warp][lane * 8 + e] = acc[r][e];
+    // Two 16-byte stores a lane (8 single floats a lane 32 bytes apart met 8-way bank conflicts).
+    for (int e = 0; e < 8; e += 4) *reinterpret_cast<float4*>(&part[warp][lane * 8 + e]) = make_float4(acc[r][e], acc[r][e + 1], acc[r][e + 2], acc[r][e + 3]);
     __syncthreads();
     float* yr = y + ((int64_t)(r / hpg) * H + p * hpg + r % hpg) * N;
     for (int c = threadIdx.x; c < 256; c += blockDim.x) {
@@ -105,11 +106,20 @@ mla_status launch_kn(const float* x, const __nv_bfloat16* w, float* y, int64_t G
   return MLA_OK;
 }
 
-bool aligned16_kn(const void* p) { return ((uintptr_t)p & 15) == 0; }
 }  // namespace
 
 namespace mla {
-bool head_kn_takes(const void* w, const void* y, int64_t rows, int64_t K, int64_t N) { return rows >= 1 && rows <= KN_MAX_ROWS && K >= 1 && K <= KN_MAX_K && N % 8 == 0 && aligned16_kn(w) && aligned16_kn(y); }
+// Rows per problem up to which the kernel runs instead of cuBLAS: MHA2MLA_HEAD_KN_ROWS (0–8; 0 = never),
+// read at each call. Default 4: at 8 rows (batch 8 of llama2-7b's 32 groups) the kernel reads its weight at
+// ~1.0 TB/s, and recorded MLA steps ran 2–7% faster with cuBLAS taking those rows (H100, four A/B pairs at
+// 4k and 16k × 8, thirty-seventh session); at 1 row it takes ~9.4 µs where the transposed route took ~19.
+constexpr int64_t KN_DEFAULT_ROWS = 4;
+int64_t kn_rows_limit() {
+  const char* v = getenv("MHA2MLA_HEAD_KN_ROWS");
+  return v && *v ? std::max<int64_t>(0, std::min<int64_t>(KN_MAX_ROWS, atoll(v))) : KN_DEFAULT_ROWS;
+}
+
+bool head_kn_takes(const void* w, int64_t G, int64_t rows, int64_t K, int64_t N) { return G >= 1 && G <= 65535 && rows >= 1 && rows <= kn_rows_limit() && K >= 1 && K <= KN_MAX_K && N % 8 == 0 && mla_bf16::aligned16(w); }
 
 mla_status head_kn_bf16(const float* x, const __nv_bfloat16* w, float* y, int64_t G, int64_t rows, int64_t hpg, int64_t K, int64_t N) {
   if (rows == 1) return launch_kn<1>(x, w, y, G, rows, hpg, K, N);

@@ -28,12 +28,15 @@ constexpr int SCORE_WARPS = 4, SUM_WARPS = 8, ROLE_THREADS = 32 * (SCORE_WARPS +
 constexpr int ROLE_STAGES = 3;
 constexpr int ROLE_MAX_DR = 64;
 // Timing experiments only, never a default: built with -DMLA_ROLES_DIAG=1 the kernel skips its MMAs
-// (scores and weighted sum; the softmax, copies and barriers stay); with 2 it skips the copies
+// (scores and weighted sum; the softmax, copies and barriers stay); with 2 it skips the copies; 3 is 1
+// without the rope rows' copies (the latent rows alone); 4 is 1 with the score warps passing each tile
+// on without a softmax (the copies and the stage and buffer hand-offs alone)
 // (bench/build-cuda-ab.sh with NVCC_EXTRA=-DMLA_ROLES_DIAG=N).
 #ifndef MLA_ROLES_DIAG
 #define MLA_ROLES_DIAG 0
 #endif
-constexpr bool ROLES_NO_MMA = MLA_ROLES_DIAG == 1, ROLES_NO_COPY = MLA_ROLES_DIAG == 2;
+constexpr bool ROLES_NO_MMA = MLA_ROLES_DIAG == 1 || MLA_ROLES_DIAG == 3 || MLA_ROLES_DIAG == 4, ROLES_NO_COPY = MLA_ROLES_DIAG == 2;
+constexpr bool ROLES_NO_ROPE_COPY = MLA_ROLES_DIAG == 3, ROLES_NO_SOFTMAX = MLA_ROLES_DIAG == 4;
 // Tuning builds for the score warps' MMA loop (docs/latent-decode-design.md, twenty-eighth session:
 // each k16 step likely waits on its own ldmatrix): ROLES_CH accumulator sets (1 frees 8 registers for
 // loads in flight, 2 the default), ROLES_PIPE=1 loads step j + 1's fragment before step j's MMAs.
@@ -168,6 +171,17 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
     float m = -INFINITY, l = 0.f;
     for (int it = 0; it < share.ntiles; it++) {
       bar_wait(full + stage, phase);
+      if (ROLES_NO_SOFTMAX) {
+        const int pb = it & 1, use = it >> 1;
+        if (use > 0) bar_wait(freed + pb, (unsigned)(use - 1) & 1);
+        if (kp == 0) sAlpha[pb * HB + r] = 1.f;
+        bar_arrive(ready + pb);
+        if (++stage == ROLE_STAGES) {
+          stage = 0;
+          phase ^= 1;
+        }
+        continue;
+      }
       const unsigned ka = smemAddr + (unsigned)stage * stageBytes + scoreOff;
       float s[CH][2][4] = {};
       if (ROLES_PIPE) {
@@ -296,7 +310,7 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
     unsigned bytes = 0;
     for (int rr = row0; rr < row0 + 2; rr++) {
       if (rr < valid) {
-        if (!ROLES_NO_COPY) bytes += latentRow + ropeRow;
+        if (!ROLES_NO_COPY) bytes += latentRow + (ROLES_NO_ROPE_COPY ? 0u : ropeRow);
         continue;
       }
       for (int e = lane; e < L / 8; e += 32) *reinterpret_cast<int4*>(sC + rr * ldc + e * 8) = make_int4(0, 0, 0, 0);
@@ -316,7 +330,7 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
         if (!MC) bulk_copy(sC + rr * ldc, share.sq.c + (first + rr) * L, latentRow, full + st);
         else if ((unsigned)lane == rank) bulk_copy_multicast(sC + rr * ldc, share.sq.c + (first + rr) * L, latentRow, full + st, 0x3);
       }
-      else if (ropeRow) bulk_copy(sR + rr * lay.ropeStride, share.sq.kr + ((first + rr) * Hkv + share.span.first) * Dr, ropeRow, full + st);
+      else if (ropeRow && !ROLES_NO_ROPE_COPY) bulk_copy(sR + rr * lay.ropeStride, share.sq.kr + ((first + rr) * Hkv + share.span.first) * Dr, ropeRow, full + st);
     }
   };
   for (int s = 0; s < ROLE_STAGES && s < share.ntiles; s++) load(s, s);

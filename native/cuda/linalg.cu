@@ -144,12 +144,11 @@ extern "C" mla_status mla_cuda_linear_backward(const mla_cuda_buf* x, const mla_
   return MLA_OK;
 }
 
-// y[t, h, :] = w[h / (H/G)]·x[t, h, :] for x [T, H, K] f32, w [G, N, K] (f32 or bf16), y [T, H, N] f32: for
-// each position j of a head in its group, one strided-batched GEMM over the G groups (head g·group + j:
-// its rows of x and y have stride H·K and H·N, the batches stride group·K and group·N).
 namespace {
-// Per-head products through cuBLAS, one strided batch per head of a group: w [G, N, K] (kMajor false) or
-// [G, K, N] (true). bf16 weights take the activations rounded to bf16 once, as linear does.
+// y[t, h, :] = w[h / (H/G)]·x[t, h, :] through cuBLAS, w [G, N, K] (kMajor false) or [G, K, N] (true): for
+// each position j of a head in its group, one strided-batched GEMM over the G groups (head g·group + j:
+// its rows of x and y have stride H·K and H·N, the batches stride group·K and group·N). bf16 weights take
+// the activations rounded to bf16 once, as linear does.
 mla_status head_products_cublas(const mla_cuda_buf* x, const mla_cuda_buf* w, mla_cuda_buf* y, int64_t T, int64_t H, int64_t G, int64_t K, int64_t N, bool kMajor) {
   const int64_t group = H / G;
   const float one = 1, zero = 0;
@@ -171,40 +170,31 @@ mla_status head_products_cublas(const mla_cuda_buf* x, const mla_cuda_buf* w, ml
   return MLA_OK;
 }
 
-// The empty cases head_linear and head_linear_kn share: *done when y needs nothing more.
-mla_status head_products_trivial(mla_cuda_buf* y, int64_t T, int64_t H, int64_t K, int64_t N, bool* done) {
-  *done = T == 0 || N == 0 || K == 0;
-  if (T != 0 && N != 0 && K == 0) CUDA_TRY(cudaMemsetAsync(y->ptr, 0, sizeof(float) * T * H * N, ctx()->stream));
-  return MLA_OK;
-}
 }  // namespace
 
-extern "C" mla_status mla_cuda_head_linear(const mla_cuda_buf* x, const mla_cuda_buf* w, mla_cuda_buf* y, int64_t T, int64_t H, int64_t G, int64_t K, int64_t N) {
+// y [T, H, N] = x [T, H, K] through each head's group of w: [G, N, K] (head_linear) or k-major [G, K, N]
+// (head_linear_kn: MLA's k_up_proj as stored, no transpose kept beside it). A decode step's few rows take
+// the gemv kernels (gemv.cu, head_kn.cu), other calls cuBLAS.
+static mla_status head_products(const mla_cuda_buf* x, const mla_cuda_buf* w, mla_cuda_buf* y, int64_t T, int64_t H, int64_t G, int64_t K, int64_t N, bool kMajor) {
   NEED_CTX();
-  MLA_CHECK(x && w && y && x->dtype == MLA_F32 && y->dtype == MLA_F32 && (w->dtype == MLA_F32 || w->dtype == MLA_BF16), "head_linear: x and y f32, w f32 or bf16");
-  MLA_CHECK(G > 0 && H % G == 0 && x->n == T * H * K && w->n == G * N * K && y->n == T * H * N, "head_linear: buffers x[T,H,K], w[G,N,K], y[T,H,N] with H a multiple of G");
-  bool done;
-  const mla_status st = head_products_trivial(y, T, H, K, N, &done);
-  if (st != MLA_OK || done) return st;
-  const int64_t group = H / G;
-  if (w->dtype == MLA_BF16 && mla::gemv_takes(x->ptr, false, w->ptr, T * group, K, N, G))  // decode: T·group rows per group
-    return mla::gemv_bf16(x->ptr, false, (const __nv_bfloat16*)w->ptr, (float*)y->ptr, G, T * group, group, K, N);
-  return head_products_cublas(x, w, y, T, H, G, K, N, false);
+  const char* op = kMajor ? "head_linear_kn" : "head_linear";
+  MLA_CHECK(x && w && y && x->dtype == MLA_F32 && y->dtype == MLA_F32 && (w->dtype == MLA_F32 || w->dtype == MLA_BF16), std::string(op) + ": x and y f32, w f32 or bf16");
+  MLA_CHECK(G > 0 && H % G == 0 && x->n == T * H * K && w->n == G * N * K && y->n == T * H * N, std::string(op) + (kMajor ? ": buffers x[T,H,K], w[G,K,N], y[T,H,N]" : ": buffers x[T,H,K], w[G,N,K], y[T,H,N]") + " with H a multiple of G");
+  if (T == 0 || N == 0) return MLA_OK;
+  if (K == 0) {
+    CUDA_TRY(cudaMemsetAsync(y->ptr, 0, sizeof(float) * T * H * N, ctx()->stream));
+    return MLA_OK;
+  }
+  const int64_t group = H / G, rows = T * group;  // decode: T·group rows per group
+  const bool bf16 = w->dtype == MLA_BF16;
+  if (bf16 && !kMajor && mla::gemv_takes(x->ptr, false, w->ptr, rows, K, N, G)) return mla::gemv_bf16(x->ptr, false, (const __nv_bfloat16*)w->ptr, (float*)y->ptr, G, rows, group, K, N);
+  if (bf16 && kMajor && mla::head_kn_takes(w->ptr, G, rows, K, N)) return mla::head_kn_bf16((const float*)x->ptr, (const __nv_bfloat16*)w->ptr, (float*)y->ptr, G, rows, group, K, N);
+  return head_products_cublas(x, w, y, T, H, G, K, N, kMajor);
 }
 
-// head_linear with w stored k-major, [G, K, N] (MLA's k_up_proj as stored: no transpose kept beside it).
-extern "C" mla_status mla_cuda_head_linear_kn(const mla_cuda_buf* x, const mla_cuda_buf* w, mla_cuda_buf* y, int64_t T, int64_t H, int64_t G, int64_t K, int64_t N) {
-  NEED_CTX();
-  MLA_CHECK(x && w && y && x->dtype == MLA_F32 && y->dtype == MLA_F32 && (w->dtype == MLA_F32 || w->dtype == MLA_BF16), "head_linear_kn: x and y f32, w f32 or bf16");
-  MLA_CHECK(G > 0 && H % G == 0 && x->n == T * H * K && w->n == G * K * N && y->n == T * H * N, "head_linear_kn: buffers x[T,H,K], w[G,K,N], y[T,H,N] with H a multiple of G");
-  bool done;
-  const mla_status st = head_products_trivial(y, T, H, K, N, &done);
-  if (st != MLA_OK || done) return st;
-  const int64_t group = H / G;
-  if (w->dtype == MLA_BF16 && mla::head_kn_takes(w->ptr, y->ptr, T * group, K, N))  // decode: T·group rows per group
-    return mla::head_kn_bf16((const float*)x->ptr, (const __nv_bfloat16*)w->ptr, (float*)y->ptr, G, T * group, group, K, N);
-  return head_products_cublas(x, w, y, T, H, G, K, N, true);
-}
+extern "C" mla_status mla_cuda_head_linear(const mla_cuda_buf* x, const mla_cuda_buf* w, mla_cuda_buf* y, int64_t T, int64_t H, int64_t G, int64_t K, int64_t N) { return head_products(x, w, y, T, H, G, K, N, false); }
+
+extern "C" mla_status mla_cuda_head_linear_kn(const mla_cuda_buf* x, const mla_cuda_buf* w, mla_cuda_buf* y, int64_t T, int64_t H, int64_t G, int64_t K, int64_t N) { return head_products(x, w, y, T, H, G, K, N, true); }
 
 // ---- float64 routines on host arrays (the conversion's SVD); each uploads, computes, downloads ----
 

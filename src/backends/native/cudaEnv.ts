@@ -37,6 +37,7 @@ export const CUDA_SWITCHES: readonly Switch[] = [
   // Any non-empty value turns profiling on (cuda.ts), "0" included: refuse it rather than profile.
   { name: "MHA2MLA_CUDA_PROFILE", what: "a profiling switch", accepts: ["1"] },
   { name: "MHA2MLA_CUDA_PROFILE_SKIP", what: "a count of training steps", accepts: { min: 0, max: 1_000_000 } },
+  { name: "MHA2MLA_HEAD_KN_ROWS", what: "a row limit for the per-head key up-projection kernel (above it, cuBLAS)", accepts: { min: 0, max: 8 }, perCall: true },
   { name: "MHA2MLA_GEMV_ROWS", what: "a row limit for the decode products' kernels", accepts: { min: 0, max: 32 }, perCall: true },
   { name: "MHA2MLA_GEMV_MMA_ROWS", what: "a row count from which the decode products take the tensor-core kernel (33: never)", accepts: { min: 1, max: 33 }, perCall: true },
   { name: "MHA2MLA_DECODE_BF16_INPUTS", what: "a switch for decode steps' bf16 product inputs (0: each product rounds its own)", accepts: ["0", "1"], perCall: true },
