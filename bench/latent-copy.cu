@@ -14,7 +14,7 @@
 //   rows-mc   rows in 2-block clusters: each latent row multicast into both head blocks by one of them
 //             (the kernel's default);
 //   tile      one bulk copy of the tile's 16 contiguous latent rows (64 KB; unpadded in shared memory),
-//             the rope spans as in rows;
+//             the rope spans one bulk copy a row (warp 0's lanes 0–15);
 //   tile-mc   tile, the latent tile multicast by the pair's blocks in turn;
 //   cpasync   cp.async of 16 bytes a thread (256 copy threads, 18 chunks each a tile), counted on the
 //             stage's barrier (cp.async.mbarrier.arrive.noinc);
@@ -80,6 +80,7 @@ __global__ void __launch_bounds__(THREADS, 1) k_copy(const __nv_bfloat16* c, con
     bar_init(empty + threadIdx.x, (COPY_WARPS + WAIT_WARPS) * (MC ? 2 : 1));
   }
   asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
   if (MC) cluster_sync();
   else __syncthreads();
   const unsigned rank = MC ? cluster_rank() : 0;
@@ -185,7 +186,15 @@ void launch(const __nv_bfloat16* c, const __nv_bfloat16* r, int B, int S, int st
   const bool mc = M == ROWS_MC || M == TILE_MC;
   cfg.attrs = mc ? attr : nullptr;
   cfg.numAttrs = mc ? 1 : 0;
-  CK(cudaFuncSetAttribute(k_copy<M>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)cfg.dynamicSmemBytes));
+  static bool configured = false;
+  if (!configured) {
+    CK(cudaFuncSetAttribute(k_copy<M>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)cfg.dynamicSmemBytes));
+    // One wave, as the kernel's grid is sized: a GPU that holds fewer blocks or pairs at once reads slower here.
+    int pairs = 0;
+    if (mc && cudaOccupancyMaxActiveClusters(&pairs, k_copy<M>, &cfg) == cudaSuccess && 2 * pairs < HBN * SPLITS * B)
+      printf("(%s: %d pairs at once for %d blocks: more than one wave)\n", NAMES[M], pairs, HBN * SPLITS * B);
+    configured = true;
+  }
   CK(cudaLaunchKernelEx(&cfg, k_copy<M>, c, r, S, stages, sink));
 }
 }  // namespace
@@ -207,6 +216,7 @@ int main(int argc, char** argv) {
   CK(cudaMemset(c, 1, cN * 2));
   CK(cudaMemset(r, 1, rN * 2));
   const double bytes = (double)(cN + rN) * 2;
+  if (prop.multiProcessorCount < HBN * SPLITS * B) printf("(%d blocks on %d SMs: more than one wave)\n", HBN * SPLITS * B, prop.multiProcessorCount);
   printf("%s, %d SMs; %d sequences × %d rows: %.1f MB of latent and rope rows, %d stages of %u bytes\n", prop.name, prop.multiProcessorCount, B, S, bytes / 1e6, stages, stageBytes());
   cudaEvent_t e0, e1;
   CK(cudaEventCreate(&e0));
