@@ -25,7 +25,23 @@ export function refuseFileAsOutDir(out: string, how: { flag?: string; hint?: str
   let st: fs.Stats;
   try {
     st = fs.statSync(out);
-  } catch {
+  } catch (e) {
+    // A file used as a folder on the way, as the system walks the path (`notes.txt/../model`: path.resolve
+    // would drop the `..` and with it the file, and the folder's creation would fail after the work).
+    if ((e as NodeJS.ErrnoException).code === "ENOTDIR") {
+      const parts = out.split(path.sep);
+      for (let i = 1; i < parts.length; i++) {
+        const prefix = parts.slice(0, i).join(path.sep);
+        if (!prefix) continue;
+        let isDir = true;
+        try {
+          isDir = fs.statSync(prefix).isDirectory();
+        } catch {
+          break; // the first missing part: what lies past it cannot be a file
+        }
+        if (!isDir) throw new MlaError("BAD_ARGUMENT", `${how.flag ?? "--out"} ${out}: ${prefix} is a file, not a folder`, "choose a path whose parents are folders");
+      }
+    }
     // Nothing there (or a dangling link, which the rename replaces): the nearest thing above it must be a
     // folder (a file there refused the run only when its folder was made, after the work).
     for (let dir = path.dirname(path.resolve(out)); ; dir = path.dirname(dir)) {

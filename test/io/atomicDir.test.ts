@@ -130,4 +130,7 @@ test("--force replaces an earlier output folder, never a file (or a link to one)
   fs.symlinkSync(path.join(parent, "gone"), path.join(parent, "dangling"));
   refuseFileAsOutDir(path.join(parent, "dangling"));
   refuseFileAsOutDir(path.join(parent, "absent"));
+  // A file used as a folder before a `..` (which path.resolve would drop with it), or through a link to it.
+  for (const through of [file, link])
+    assert.throws(() => refuseFileAsOutDir(`${through}${path.sep}..${path.sep}model`), (e: unknown) => e instanceof MlaError && e.code === "BAD_ARGUMENT" && e.message.startsWith(`--out ${through}${path.sep}..${path.sep}model: ${through} is a file, not a folder`));
 });
