@@ -4,6 +4,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { test } from "node:test";
 import { MlaError } from "../../src/errors.js";
+import { thinned } from "../../src/eval/report/charts.js";
 import { evaluate } from "../../src/eval/evaluate.js";
 import { writeReport } from "../../src/eval/report/report.js";
 import { pipeline } from "../../src/pipeline.js";
@@ -271,6 +272,14 @@ test("report: a field of the wrong type is refused naming it (it crashed the rep
   const html = fs.readFileSync(writeReport([good], path.join(dir, "long.html"), { trainLogs: [longLog] }).html, "utf8");
   assert.match(html, /<polyline /, "the loss curve is drawn");
   assert.doesNotMatch(html, /NaN/);
+  // Thinning keeps each run's lowest and highest points: a one-step spike and dip survive, in step order.
+  const curve = Array.from({ length: 200_000 }, (_, i): [number, number] => [i + 1, i === 123_456 ? 9 : i === 7 ? -1 : 3 - i / 1e5]);
+  const kept = thinned(curve);
+  assert.ok(kept.length <= 2000, `${kept.length} points`);
+  assert.deepEqual([kept[0], kept[kept.length - 1]], [curve[0], curve[curve.length - 1]]);
+  assert.ok(kept.some((p) => p[1] === 9) && kept.some((p) => p[1] === -1), "the spike and the dip are kept");
+  assert.ok(kept.every((p, i) => i === 0 || p[0] > kept[i - 1]![0]), "in step order");
+  assert.equal(thinned(curve.slice(0, 2000)).length, 2000, "a short series is drawn whole");
   // A label with a line break or a pipe stays in its cell (the break had ended the table's row).
   const table = reportMarkdown([{ ...base, label: "two\nlines | x" } as never]);
   assert.match(table, /^\| metric \| two lines \\\| x \|$/m);
