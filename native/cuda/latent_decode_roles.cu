@@ -57,6 +57,15 @@ constexpr bool ROLES_NO_ROPE_COPY = MLA_ROLES_DIAG == 3, ROLES_NO_SOFTMAX = MLA_
 #define ROLES_KEYS8 0
 #endif
 constexpr bool KEYS8 = ROLES_KEYS8 != 0;
+// Tuning build ROLES_CPASYNC=1 (thirty-seventh session: the bulk copies draw the cache at ~2.5 TB/s whatever
+// else the kernel does; bench/latent-copy.cu compares the ways of copying): the weighted-sum warps fill a
+// stage with cp.async, 16 bytes a thread over every row of the tile (rows past the sequence's end
+// zero-filled by the copy itself), each thread's copies counted on the stage's barrier by its
+// cp.async.mbarrier.arrive.noinc. No multicast (each head block copies its rows itself).
+#ifndef ROLES_CPASYNC
+#define ROLES_CPASYNC 0
+#endif
+constexpr bool CPASYNC = ROLES_CPASYNC != 0;
 static_assert(TN == 16 && 2 * SUM_WARPS == TN, "each weighted-sum warp brings two rows of a tile");
 static_assert(SCORE_WARPS * 4 == HB, "each score warp's softmax takes four heads, eight lanes each");
 // Floats between two score warps' partials ([HB][TN] each): 16 more, so warp w + 2 meets other banks.
@@ -115,7 +124,7 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
   uint64_t* ready = empty + ROLE_STAGES;                 // a probability buffer written: one arrival per score thread
   uint64_t* freed = ready + 2;                           // a probability buffer read: one arrival per weighted-sum warp
   if (threadIdx.x < ROLE_STAGES) {
-    bar_init(full + threadIdx.x, SUM_WARPS);
+    bar_init(full + threadIdx.x, CPASYNC ? 32 * SUM_WARPS : SUM_WARPS);
     bar_init(empty + threadIdx.x, SUM_WARPS * (MC ? 2 : 1));  // MC: the peer's warps too
   }
   if (threadIdx.x < 2) {
@@ -307,6 +316,18 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
     bf16* sR = (bf16*)(base + lay.latentBytes());
     const int64_t first = share.sq.lo + (share.t_begin + it) * TN, end = share.sq.lo + share.sq.n;
     const int valid = (int)(end - first < TN ? end - first : TN);
+    if (CPASYNC) {
+      const int latentChunks = L / 8, rowChunks = latentChunks + (ROLES_NO_ROPE_COPY ? 0 : ropeCols / 8);
+      for (int i = lane + 32 * sw; i < (ROLES_NO_COPY ? 0 : TN * rowChunks); i += 32 * SUM_WARPS) {
+        const int rr = i / rowChunks, k = i % rowChunks;
+        const bool ok = rr < valid;
+        const int64_t src = first + (ok ? rr : 0);  // an address inside the cache even where the copy zero-fills
+        if (k < latentChunks) cp16(sC + rr * ldc + k * 8, share.sq.c + src * L + k * 8, ok);
+        else cp16(sR + rr * lay.ropeStride + (k - latentChunks) * 8, share.sq.kr + (src * Hkv + share.span.first) * Dr + (k - latentChunks) * 8, ok);
+      }
+      bar_arrive_copies(full + st);
+      return;
+    }
     unsigned bytes = 0;
     for (int rr = row0; rr < row0 + 2; rr++) {
       if (rr < valid) {
@@ -405,7 +426,7 @@ int role_tiles(int64_t L) { return L == 256 ? 4 : L == 512 ? 8 : L == 1024 ? 16 
 // (its phases would rest on remote arrivals landing in order), unless MHA2MLA_LATENT_MULTICAST=0. Read
 // per call, so a test can run both. The launcher also needs as many pairs to fit at once as there are SM pairs.
 bool multicast_pairs(int64_t hbn) {
-  if (hbn % 2 != 0 || ROLES_NO_COPY) return false;
+  if (hbn % 2 != 0 || ROLES_NO_COPY || CPASYNC) return false;
   static int major = -1;
   if (major < 0 && cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, mla::ctx()->device) != cudaSuccess) major = 0;
   if (major != 9) return false;
