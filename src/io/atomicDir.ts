@@ -39,7 +39,10 @@ export function refuseFileAsOutDir(out: string, how: { flag?: string; hint?: str
         } catch {
           break; // the first missing part: what lies past it cannot be a file
         }
-        if (!isDir) throw new MlaError("BAD_ARGUMENT", `${how.flag ?? "--out"} ${out}: ${prefix} is a file, not a folder`, "choose a path whose parents are folders");
+        if (isDir) continue;
+        // `notes.txt/`: the path itself names the file.
+        if (parts.slice(i).every((p) => p === "")) throw new MlaError("BAD_ARGUMENT", `${how.flag ?? "--out"} ${out} is a file, not a folder`, how.hint ?? FILE_AS_OUT_HINT);
+        throw new MlaError("BAD_ARGUMENT", `${how.flag ?? "--out"} ${out}: ${prefix} is a file, not a folder`, "choose a path whose parents are folders");
       }
     }
     // Nothing there (or a dangling link, which the rename replaces): the nearest thing above it must be a

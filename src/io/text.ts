@@ -12,6 +12,7 @@
 import { constants } from "node:buffer";
 import { spawn, spawnSync } from "node:child_process";
 import fs from "node:fs";
+import path from "node:path";
 import { MlaError } from "../errors.js";
 
 /** Bytes looked at: a binary file shows itself within them; a text that turns binary further in is not worth reading a corpus twice for. */
@@ -83,20 +84,31 @@ export type Decompressor = "xz" | "bzip2";
  * that tool, so a refusal points into the decompressed text and says to decompress before converting.
  */
 export function decodeText(buf: Buffer, file: string, expected?: string, from?: Decompressor): string {
-  requireText(buf, file, expected);
+  // Decompressed: converting means decompressing first (iconv on the archive would mangle it), unless the
+  // caller says what to do instead (a benchmark's task file: copy it again).
+  const fix = from ? (expected ?? decompressFirst(file, from)) : undefined;
+  if (from) {
+    const bad = notText(buf.subarray(0, SNIFF_BYTES), file, PLAIN_TEXT);
+    if (bad) throw new MlaError("BAD_TEXT", `${file} does not hold text once decompressed: its start ${bad.why}`, fix!);
+  } else requireText(buf, file, expected);
   const text = buf.toString("utf8");
   // Bytes that are not UTF-8 past the start became U+FFFD unseen (and were scored); Python's strict
   // decoding refuses them too. A U+FFFD in the text is either such a byte or one written as text.
   if (text.includes("\uFFFD")) {
     const at = firstInvalidUtf8(buf);
     if (at === null) return normalizeNewlines(stripBom(text));
-    if (from) {
-      const plain = file.replace(/\.(xz|bz2)$/, "");
-      throw new MlaError("BAD_TEXT", `${file} holds text that is not valid UTF-8: a byte that is not UTF-8 at offset ${at} of its ${buf.length} decompressed bytes`, `decompress it (${from} -dk ${file}), convert the text (iconv -f ENCODING -t utf-8 ${plain} > clean.txt, or drop the bad bytes with iconv -f utf-8 -t utf-8 -c), and pass that file`);
-    }
+    if (from) throw new MlaError("BAD_TEXT", `${file} holds text that is not valid UTF-8: a byte that is not UTF-8 at offset ${at} of its ${buf.length} decompressed bytes`, fix!);
     throw new MlaError("BAD_TEXT", `${file} is not valid UTF-8 past its start: a byte that is not UTF-8 at offset ${at} of ${buf.length}`, `convert it (iconv -f ENCODING -t utf-8), or drop the bad bytes (iconv -f utf-8 -t utf-8 -c ${file} > clean.txt)`);
   }
   return normalizeNewlines(stripBom(text));
+}
+
+/** How to clean the text inside a compressed `file`: decompress, convert keeping its kind (.jsonl stays .jsonl), pass the result. */
+function decompressFirst(file: string, from: Decompressor): string {
+  const plain = file.replace(/\.(xz|bz2)$/, "");
+  const ext = path.extname(plain);
+  const clean = `${plain.slice(0, plain.length - ext.length)}.clean${ext}`;
+  return `decompress it (${from} -dk ${file}), convert the text (iconv -f ENCODING -t utf-8 ${plain} > ${clean}, or drop the bad bytes with iconv -f utf-8 -t utf-8 -c), and pass ${clean}`;
 }
 
 /**

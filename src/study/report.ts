@@ -15,7 +15,7 @@ export interface StudyMeta {
   data: string;
   /** --tokens, the budget asked for each run. */
   tokens: number;
-  /** What each run trained: whole steps of batch × seq within the budget (absent in older study.json files). */
+  /** What each run trained: --tokens rounded up to whole steps of batch × seq, as the trainer does (absent in older study.json files). */
   trainedTokens?: number;
   seq: number;
   batch: number;
@@ -27,10 +27,14 @@ export interface StudyMeta {
 }
 
 /** A change in percent with its sign (+0.25%, -1.50%), as a reader compares it with zero. */
-const signedPercent = (x: number, digits: number) => `${x > 0 ? "+" : ""}${x.toFixed(digits)}%`;
+const signedPercent = (x: number, digits: number) => {
+  const s = x.toFixed(digits);
+  // A change that rounds to zero has no sign (not "+0.00%" or "-0.00%").
+  return Number(s) === 0 ? `${(0).toFixed(digits)}%` : `${x > 0 ? "+" : ""}${s}%`;
+};
 
 function header(m: StudyMeta): string {
-  const tokens = m.trainedTokens === undefined || m.trainedTokens === m.tokens ? `${m.tokens} tokens` : `${m.trainedTokens} tokens a run (whole steps of --tokens ${m.tokens})`;
+  const tokens = m.trainedTokens === undefined || m.trainedTokens === m.tokens ? `${m.tokens} tokens` : `${m.trainedTokens} tokens a run (--tokens ${m.tokens} rounded up to whole steps)`;
   return `Shape and tokenizer of \`${m.like}\`, trained from one seeded initialization (seed ${m.seed}) on \`${m.data}\`: ${tokens}, seq ${m.seq}, batch ${m.batch}, peak lr ${m.lr}, device ${m.device}; ${m.date.slice(0, 10)}. Decode tokens/s: ${DECODE_BATCH} sequences decoded together, each at a context of up to ${DECODE_CONTEXT} tokens (${DECODE_STEPS} steps), so the KV cache is what a step reads.`;
 }
 

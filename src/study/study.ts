@@ -256,13 +256,16 @@ function widestRank(r: { variant: MlaVariant; L: number }, c: ModelConfig, gateD
  * conversion takes a full-rank latent beside the rope keys (an MHA model), narrower on a GQA model,
  * whose d/2-against-d decode claim then cannot be measured (the report says so instead of asking for d).
  */
-function mlaRopeWidest(c: ModelConfig): number {
+function mlaRopeWidest(c: ModelConfig): number | undefined {
   const full = { variant: "mla-rope" as const, L: c.hiddenSize };
   try {
     resolveSettings(c, runSettings(full, c, undefined), silentLogger);
     return c.hiddenSize;
-  } catch {
-    return (widestRank(full, c, undefined) ?? 0) * c.kvHeads;
+  } catch (e) {
+    if (!(e instanceof MlaError)) throw e;
+    // No width fits at all: the claim then asks for d as before (the study refuses such runs by name).
+    const widest = widestRank(full, c, undefined);
+    return widest === null ? undefined : widest * c.kvHeads;
   }
 }
 
@@ -402,7 +405,9 @@ async function runStudy(o: StudyOptions, made: { fresh: boolean }): Promise<Stud
   }
   // The device as given, and for auto the backend it picked (the runs' own lines said so; the report should too).
   const deviceLabel = device === "auto" ? `auto (${selectBackend(device).name})` : device;
-  const meta = { like: o.like, hidden: c.hiddenSize, mlaRopeWidest: mlaRopeWidest(c), data: o.data, tokens: o.tokens, trainedTokens: steps * seq * batch, seq, batch, lr, seed, device: deviceLabel, date: new Date().toISOString() };
+  // What each run trained: the trainer rounds the budget up to whole steps of batch × seq.
+  const trainedTokens = Math.max(1, Math.ceil(o.tokens / (seq * batch))) * seq * batch;
+  const meta = { like: o.like, hidden: c.hiddenSize, mlaRopeWidest: mlaRopeWidest(c), data: o.data, tokens: o.tokens, trainedTokens, seq, batch, lr, seed, device: deviceLabel, date: new Date().toISOString() };
   // The claims' verdicts beside the rows (added after them: readers of rows and meta are unchanged).
   const claims = checkClaims(rows, c.hiddenSize, meta.mlaRopeWidest);
   // Each whole or absent (temp file + rename), as the rows are: never a truncated file from a killed study.

@@ -166,8 +166,11 @@ test("headLinearKN (k-major weights [G, K, N], MLA's key up-projection as stored
     // steps) and the kernel's whole range.
     for (const limit of [undefined, "8"]) {
       if (limit) process.env["MHA2MLA_HEAD_KN_ROWS"] = limit;
-      checkSums(B.headLinearKN(B.upload(x, [T, H, K]), B.uploadBf16(toBf16Bits(w), [G, K, N])).toArray(), float64HeadSums(roundBf16(x), w, T, H, G, K, N, true), `${what} (row limit ${limit ?? "default"})`);
-      delete process.env["MHA2MLA_HEAD_KN_ROWS"];
+      try {
+        checkSums(B.headLinearKN(B.upload(x, [T, H, K]), B.uploadBf16(toBf16Bits(w), [G, K, N])).toArray(), float64HeadSums(roundBf16(x), w, T, H, G, K, N, true), `${what} (row limit ${limit ?? "default"})`);
+      } finally {
+        delete process.env["MHA2MLA_HEAD_KN_ROWS"];
+      }
     }
     // f32 weights take cuBLAS at full precision (TF32 off), so the float64 sum of the unrounded x.
     const wf = rand(G * K * N);

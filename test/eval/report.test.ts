@@ -280,6 +280,9 @@ test("report: a field of the wrong type is refused naming it (it crashed the rep
   assert.ok(kept.some((p) => p[1] === 9) && kept.some((p) => p[1] === -1), "the spike and the dip are kept");
   assert.ok(kept.every((p, i) => i === 0 || p[0] > kept[i - 1]![0]), "in step order");
   assert.equal(thinned(curve.slice(0, 2000)).length, 2000, "a short series is drawn whole");
+  // A length where a float step (2001 / 999) stopped the last run one point short: the second-to-last point is seen.
+  const edge = Array.from({ length: 2003 }, (_, i): [number, number] => [i, i === 2001 ? 9 : 3]);
+  assert.ok(thinned(edge).some((p) => p[1] === 9), "the point before the last is in a run");
   // A label with a line break or a pipe stays in its cell (the break had ended the table's row).
   const table = reportMarkdown([{ ...base, label: "two\nlines | x" } as never]);
   assert.match(table, /^\| metric \| two lines \\\| x \|$/m);

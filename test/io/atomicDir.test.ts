@@ -133,4 +133,6 @@ test("--force replaces an earlier output folder, never a file (or a link to one)
   // A file used as a folder before a `..` (which path.resolve would drop with it), or through a link to it.
   for (const through of [file, link])
     assert.throws(() => refuseFileAsOutDir(`${through}${path.sep}..${path.sep}model`), (e: unknown) => e instanceof MlaError && e.code === "BAD_ARGUMENT" && e.message.startsWith(`--out ${through}${path.sep}..${path.sep}model: ${through} is a file, not a folder`));
+  // The file itself with a trailing separator: named as the output, with the caller's hint.
+  assert.throws(() => refuseFileAsOutDir(`${file}${path.sep}`, { flag: "--token-cache", hint: "a folder, please" }), (e: unknown) => e instanceof MlaError && e.message === `--token-cache ${file}${path.sep} is a file, not a folder\n  hint: a folder, please`);
 });

@@ -127,8 +127,14 @@ test("bytes that are not UTF-8 past a text's start are refused with their offset
   assert.throws(() => readTextFile(f), (e: unknown) => e instanceof MlaError && e.code === "BAD_TEXT" && e.message.startsWith(`${f} is not valid UTF-8 past its start: a byte that is not UTF-8 at offset 100000 of 150000\n  hint: convert it`));
   // Decompressed text (an .xz corpus, a .bz2 task file): the offset is in the decompressed bytes, and the
   // hint decompresses before converting (iconv on the archive itself would mangle it).
-  assert.throws(() => decodeText(bad, "corpus.txt.xz", undefined, "xz"), (e: unknown) => e instanceof MlaError && e.code === "BAD_TEXT" && e.message.startsWith("corpus.txt.xz holds text that is not valid UTF-8: a byte that is not UTF-8 at offset 100000 of its 150000 decompressed bytes\n  hint: decompress it (xz -dk corpus.txt.xz), convert the text (iconv -f ENCODING -t utf-8 corpus.txt > clean.txt"));
-  assert.throws(() => decodeText(bad, "hs.txt.bz2", undefined, "bzip2"), /hint: decompress it \(bzip2 -dk hs\.txt\.bz2\), convert the text \(iconv -f ENCODING -t utf-8 hs\.txt >/);
+  assert.throws(() => decodeText(bad, "corpus.txt.xz", undefined, "xz"), (e: unknown) => e instanceof MlaError && e.code === "BAD_TEXT" && e.message.startsWith("corpus.txt.xz holds text that is not valid UTF-8: a byte that is not UTF-8 at offset 100000 of its 150000 decompressed bytes\n  hint: decompress it (xz -dk corpus.txt.xz), convert the text (iconv -f ENCODING -t utf-8 corpus.txt > corpus.clean.txt"));
+  // A .jsonl corpus stays .jsonl (read as plain text otherwise); a caller's own advice wins (a task file: copy it again).
+  assert.throws(() => decodeText(bad, "d/c.jsonl.xz", undefined, "xz"), /> d\/c\.clean\.jsonl, .*and pass d\/c\.clean\.jsonl$/);
+  assert.throws(() => decodeText(bad, "hs.txt.bz2", "copy it again", "bzip2"), /decompressed bytes\n {2}hint: copy it again$/);
+  // Bad bytes at the very start of the decompressed text: the same decompress-first advice, not iconv on the archive.
+  const badStart = Buffer.from(text);
+  badStart[10] = 0xff;
+  assert.throws(() => decodeText(badStart, "corpus.txt.xz", undefined, "xz"), /corpus\.txt\.xz does not hold text once decompressed: its start is not valid UTF-8\n {2}hint: decompress it \(xz -dk corpus\.txt\.xz\)/);
   const cut = write("cut.txt", Buffer.concat([text.subarray(0, 1000), Buffer.from([0xe2, 0x82])]));
   assert.throws(() => readTextFile(cut), /at offset 1000 of 1002/);
   // A character cut short, then ASCII: the offset of its first byte, as Python reports it, also where it

@@ -60,8 +60,9 @@ test("claims: the Markdown report carries the claims table", () => {
   assert.match(md, /\| mla-rope, latent 32 \| 4 \| 1\.00M \| 40 \| -68\.8% \| 3\.0060 \| \+0\.20% \|/);
   assert.match(md, /\| MHA \| all \| 1\.00M \| 128 \| 0\.0% \| 3\.0000 \| 0\.00% \|/);
   assert.match(md, /: 100 tokens, seq 8, batch 2, peak lr 0\.001, device cpu;/);
-  const auto = studyMarkdown({ ...meta, tokens: 100, trainedTokens: 96, device: "auto (cuda)" }, [row("mha", null, 3.0, 128)]);
-  assert.match(auto, /: 96 tokens a run \(whole steps of --tokens 100\), seq 8, batch 2, peak lr 0\.001, device auto \(cuda\);/);
+  const auto = studyMarkdown({ ...meta, tokens: 100, trainedTokens: 112, device: "auto (cuda)" }, [row("mha", null, 3.0, 128), row("mla-rope", 32, 3.00001, 40)]);
+  assert.match(auto, /: 112 tokens a run \(--tokens 100 rounded up to whole steps\), seq 8, batch 2, peak lr 0\.001, device auto \(cuda\);/);
+  assert.match(auto, /\| 3\.0000 \| 0\.00% \|/, "a change that rounds to zero has no sign");
 });
 
 test("claims: a verdict the last quarter of training does not settle, or a run too short to tell, is 'too few tokens to judge'", () => {

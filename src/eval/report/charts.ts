@@ -130,10 +130,11 @@ function minOf(xs: Iterable<number>, start: number): number {
  */
 export function thinned(points: [number, number][], max = 2000): [number, number][] {
   if (points.length <= max || max < 4) return points;
-  const runs = Math.floor((max - 2) / 2), per = (points.length - 2) / runs;
+  const runs = Math.floor((max - 2) / 2), inner = points.length - 2;
   const kept: [number, number][] = [points[0]!];
   for (let r = 0; r < runs; r++) {
-    const lo = 1 + Math.floor(r * per), hi = 1 + Math.floor((r + 1) * per);
+    // Integer bounds: the last run ends exactly before the last point (a float step could stop one short).
+    const lo = 1 + Math.floor((r * inner) / runs), hi = 1 + Math.floor(((r + 1) * inner) / runs);
     if (lo >= hi) continue;
     let low = lo, high = lo;
     for (let i = lo + 1; i < hi; i++) {
