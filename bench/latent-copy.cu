@@ -20,8 +20,12 @@
 //             stage's barrier (cp.async.mbarrier.arrive.noinc);
 //   ldg       no shared memory: every thread loads its chunks of each tile into registers (16-byte
 //             ld.global.nc), the plain read rate of the same work split.
+// STAGGER=1 walks each split's tiles from a different starting tile (wrapping around), the pair of a split
+// alike: in the kernel's order every split starts 8 MB after the one before, so all 64 streams read addresses
+// with the same low bits at once, which may meet the same HBM channels (an online softmax takes its tiles in
+// any order, so the kernel could walk them rotated).
 // Prints ms per pass and the unique bytes' rate. Build and run (GPU machine, sm_90):
-//   nvcc -O3 -std=c++17 -arch=sm_90 -o /tmp/lc bench/latent-copy.cu && /tmp/lc [SEQS=8] [CTX=16384] [STAGES=3]
+//   nvcc -O3 -std=c++17 -arch=sm_90 -o /tmp/lc bench/latent-copy.cu && /tmp/lc [SEQS=8] [CTX=16384] [STAGES=3] [STAGGER=0]
 #include <cuda_bf16.h>
 #include <cstdint>
 #include <cstdio>
@@ -65,7 +69,7 @@ __device__ __forceinline__ void cluster_sync() { asm volatile("barrier.cluster.a
 
 // c [B, S, L] and r [B, S, ROPE] bf16; block (hb + HBN·split, b) walks rows [split·S/SPLITS, …) of b.
 template <Mode M>
-__global__ void __launch_bounds__(THREADS, 1) k_copy(const __nv_bfloat16* c, const __nv_bfloat16* r, int S, int stages, unsigned* sink) {
+__global__ void __launch_bounds__(THREADS, 1) k_copy(const __nv_bfloat16* c, const __nv_bfloat16* r, int S, int stages, int stagger, unsigned* sink) {
   constexpr bool MC = M == ROWS_MC || M == TILE_MC;
   constexpr bool WHOLE = M == TILE || M == TILE_MC;
   extern __shared__ __align__(128) unsigned char smem[];
@@ -74,6 +78,7 @@ __global__ void __launch_bounds__(THREADS, 1) k_copy(const __nv_bfloat16* c, con
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, hb = blockIdx.x % HBN, split = blockIdx.x / HBN, b = blockIdx.y;
   const int per = S / SPLITS, ntiles = per / TN;
   const int64_t row0 = (int64_t)b * S + (int64_t)split * per;
+  const int rot = stagger ? (int)(((int64_t)(split * 37 + b * 11) * 13) % ntiles) : 0;  // the same for both blocks of a pair
   if (threadIdx.x < stages) {
     bar_init(full + threadIdx.x, M == CPASYNC ? 32 * COPY_WARPS : WHOLE ? 1 : COPY_WARPS);
     // Every warp releases a stage (the waiting ones stand for the score warps, which the kernel's refill waits for too).
@@ -90,7 +95,7 @@ __global__ void __launch_bounds__(THREADS, 1) k_copy(const __nv_bfloat16* c, con
     unsigned char* base = smem + (size_t)st * stageBytes();
     __nv_bfloat16* sc = (__nv_bfloat16*)base;
     __nv_bfloat16* sr = (__nv_bfloat16*)(base + latentBytes(true));
-    const int64_t first = row0 + (int64_t)t * TN;
+    const int64_t first = row0 + (int64_t)((t + rot) % ntiles) * TN;
     if (M == CPASYNC) {
       // 16 rows × (256 latent + 32 rope chunks of 16 bytes) over the 256 copy threads.
       for (int i = threadIdx.x; i < TN * (L / 8 + SPAN / 8); i += 32 * COPY_WARPS) {
@@ -150,14 +155,15 @@ __global__ void __launch_bounds__(THREADS, 1) k_copy(const __nv_bfloat16* c, con
 }
 
 // The same tiles read straight into registers: 16-byte loads, all of a tile's in flight per thread.
-__global__ void __launch_bounds__(THREADS, 1) k_ldg(const __nv_bfloat16* c, const __nv_bfloat16* r, int S, unsigned* sink) {
+__global__ void __launch_bounds__(THREADS, 1) k_ldg(const __nv_bfloat16* c, const __nv_bfloat16* r, int S, int stagger, unsigned* sink) {
   const int hb = blockIdx.x % HBN, split = blockIdx.x / HBN, b = blockIdx.y;
   const int per = S / SPLITS, ntiles = per / TN;
   const int64_t row0 = (int64_t)b * S + (int64_t)split * per;
+  const int rot = stagger ? (int)(((int64_t)(split * 37 + b * 11) * 13) % ntiles) : 0;
   constexpr int CHUNKS = TN * (L / 8 + SPAN / 8), EACH = (CHUNKS + THREADS - 1) / THREADS;
   uint4 acc = make_uint4(0, 0, 0, 0);
   for (int t = 0; t < ntiles; t++) {
-    const int64_t first = row0 + (int64_t)t * TN;
+    const int64_t first = row0 + (int64_t)((t + rot) % ntiles) * TN;
     uint4 v[EACH];
 #pragma unroll
     for (int j = 0; j < EACH; j++) {
@@ -173,7 +179,7 @@ __global__ void __launch_bounds__(THREADS, 1) k_ldg(const __nv_bfloat16* c, cons
 }
 
 template <Mode M>
-void launch(const __nv_bfloat16* c, const __nv_bfloat16* r, int B, int S, int stages, unsigned* sink) {
+void launch(const __nv_bfloat16* c, const __nv_bfloat16* r, int B, int S, int stages, int stagger, unsigned* sink) {
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = dim3(HBN * SPLITS, B);
   cfg.blockDim = dim3(THREADS);
@@ -195,12 +201,12 @@ void launch(const __nv_bfloat16* c, const __nv_bfloat16* r, int B, int S, int st
       printf("(%s: %d pairs at once for %d blocks: more than one wave)\n", NAMES[M], pairs, HBN * SPLITS * B);
     configured = true;
   }
-  CK(cudaLaunchKernelEx(&cfg, k_copy<M>, c, r, S, stages, sink));
+  CK(cudaLaunchKernelEx(&cfg, k_copy<M>, c, r, S, stages, stagger, sink));
 }
 }  // namespace
 
 int main(int argc, char** argv) {
-  const int B = argc > 1 ? atoi(argv[1]) : 8, S = argc > 2 ? atoi(argv[2]) : 16384, stages = argc > 3 ? atoi(argv[3]) : 3;
+  const int B = argc > 1 ? atoi(argv[1]) : 8, S = argc > 2 ? atoi(argv[2]) : 16384, stages = argc > 3 ? atoi(argv[3]) : 3, stagger = argc > 4 ? atoi(argv[4]) : 0;
   if (S % (SPLITS * TN) != 0 || stages < 1 || (size_t)stages * stageBytes() + 2 * stages * 8 > 227 * 1024) {
     fprintf(stderr, "CTX must be a multiple of %d and STAGES × %u bytes must fit 227 KB\n", SPLITS * TN, stageBytes());
     return 2;
@@ -217,7 +223,7 @@ int main(int argc, char** argv) {
   CK(cudaMemset(r, 1, rN * 2));
   const double bytes = (double)(cN + rN) * 2;
   if (prop.multiProcessorCount < HBN * SPLITS * B) printf("(%d blocks on %d SMs: more than one wave)\n", HBN * SPLITS * B, prop.multiProcessorCount);
-  printf("%s, %d SMs; %d sequences × %d rows: %.1f MB of latent and rope rows, %d stages of %u bytes\n", prop.name, prop.multiProcessorCount, B, S, bytes / 1e6, stages, stageBytes());
+  printf("%s, %d SMs; %d sequences × %d rows: %.1f MB of latent and rope rows, %d stages of %u bytes, %s\n", prop.name, prop.multiProcessorCount, B, S, bytes / 1e6, stages, stageBytes(), stagger ? "each split from its own starting tile" : "each split from its first tile");
   cudaEvent_t e0, e1;
   CK(cudaEventCreate(&e0));
   CK(cudaEventCreate(&e1));
@@ -225,12 +231,12 @@ int main(int argc, char** argv) {
   for (int m = 0; m <= LDG; m++) {
     auto run = [&]() {
       switch ((Mode)m) {
-        case ROWS: launch<ROWS>(c, r, B, S, stages, sink); break;
-        case ROWS_MC: launch<ROWS_MC>(c, r, B, S, stages, sink); break;
-        case TILE: launch<TILE>(c, r, B, S, stages, sink); break;
-        case TILE_MC: launch<TILE_MC>(c, r, B, S, stages, sink); break;
-        case CPASYNC: launch<CPASYNC>(c, r, B, S, stages, sink); break;
-        case LDG: k_ldg<<<dim3(HBN * SPLITS, B), THREADS>>>(c, r, S, sink); CK(cudaGetLastError()); break;
+        case ROWS: launch<ROWS>(c, r, B, S, stages, stagger, sink); break;
+        case ROWS_MC: launch<ROWS_MC>(c, r, B, S, stages, stagger, sink); break;
+        case TILE: launch<TILE>(c, r, B, S, stages, stagger, sink); break;
+        case TILE_MC: launch<TILE_MC>(c, r, B, S, stages, stagger, sink); break;
+        case CPASYNC: launch<CPASYNC>(c, r, B, S, stages, stagger, sink); break;
+        case LDG: k_ldg<<<dim3(HBN * SPLITS, B), THREADS>>>(c, r, S, stagger, sink); CK(cudaGetLastError()); break;
       }
     };
     run();

@@ -66,6 +66,22 @@ constexpr bool KEYS8 = ROLES_KEYS8 != 0;
 #define ROLES_CPASYNC 0
 #endif
 constexpr bool CPASYNC = ROLES_CPASYNC != 0;
+// Tuning build ROLES_STAGGER=1: each split walks its tiles from its own starting tile, wrapping around
+// (the online softmax takes them in any order; both blocks of a pair alike). In the default order every
+// split starts a whole split's bytes after the one before, so all blocks read addresses with the same low
+// bits at once (bench/latent-copy.cu STAGGER measures whether that meets the same HBM channels).
+#ifndef ROLES_STAGGER
+#define ROLES_STAGGER 0
+#endif
+constexpr bool STAGGER = ROLES_STAGGER != 0;
+// A block's first tile under STAGGER (the same for both blocks of a pair: split and sequence alone), and the
+// tile it takes at step `it` of its `ntiles`.
+__device__ __forceinline__ int tile_rotation(int ntiles, int split, int b) { return STAGGER && ntiles > 0 ? (int)(((int64_t)(split * 37 + b * 11) * 13) % ntiles) : 0; }
+__device__ __forceinline__ int tile_at(int it, int rot, int ntiles) {
+  if (!STAGGER) return it;
+  const int t = it + rot;
+  return t >= ntiles ? t - ntiles : t;
+}
 static_assert(TN == 16 && 2 * SUM_WARPS == TN, "each weighted-sum warp brings two rows of a tile");
 static_assert(SCORE_WARPS * 4 == HB, "each score warp's softmax takes four heads, eight lanes each");
 // Floats between two score warps' partials ([HB][TN] each): 16 more, so warp w + 2 meets other banks.
@@ -112,6 +128,7 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
   if (!block_share(share, seqs, pos, window, H, Hkv, Dr, gridSplits, minTiles)) return;
   const int b = blockIdx.y;
   const int ropeCols = share.span.count * Dr;
+  const int rot = tile_rotation(share.ntiles, share.split, b);
 
   float* sPart = (float*)(smem + lay.partOffset());  // [SCORE_WARPS][HB][TN], ROLE_PART_STRIDE apart
   float* sQr = (float*)(smem + lay.qrOffset());      // [HB][Dr] the heads' rope queries
@@ -258,7 +275,7 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
           x1 += q.x * c.x + q.y * c.y;
         }
       }
-      const int key = it * TN + (KEYS8 ? kp : 2 * kp);
+      const int key = tile_at(it, rot, share.ntiles) * TN + (KEYS8 ? kp : 2 * kp);
       x0 = key < visible ? x0 * scale2 : -INFINITY;
       x1 = key + (KEYS8 ? 8 : 1) < visible ? x1 * scale2 : -INFINITY;
       float mt = fmaxf(x0, x1);
@@ -314,7 +331,7 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
     unsigned char* base = smem + (size_t)st * lay.stageBytes();
     bf16* sC = (bf16*)base;
     bf16* sR = (bf16*)(base + lay.latentBytes());
-    const int64_t first = share.sq.lo + (share.t_begin + it) * TN, end = share.sq.lo + share.sq.n;
+    const int64_t first = share.sq.lo + (share.t_begin + tile_at(it, rot, share.ntiles)) * TN, end = share.sq.lo + share.sq.n;
     const int valid = (int)(end - first < TN ? end - first : TN);
     if (CPASYNC) {
       const int latentChunks = L / 8, rowChunks = latentChunks + (ROLES_NO_ROPE_COPY ? 0 : ropeCols / 8);
