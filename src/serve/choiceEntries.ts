@@ -7,6 +7,7 @@ import type { TextTokenizer } from "../io/tokenizer.js";
 import type { TokenLogprobs } from "../model/sampling.js";
 import type { TokenEntry } from "./responseShapes.js";
 import type { Prompt } from "./requestPrompts.js";
+import { tokenBytes } from "./tokenBytes.js";
 import { offsetsOf, TokenOffsets } from "./tokenOffsets.js";
 
 /**
@@ -23,7 +24,11 @@ function tokenEntry(tokenizer: TextTokenizer, prev: number, id: number, lp: Toke
     const both = decode([prev, t]);
     return both.startsWith(before) ? both.slice(before.length) : decode([t]);
   };
-  return { token: text(id), offset: 0, logprob: lp.logprob, top: lp.top.map((t) => ({ token: text(t.id), logprob: t.logprob })) };
+  const entry = (t: number) => {
+    const token = text(t);
+    return { token, bytes: tokenBytes(tokenizer, t, token) };
+  };
+  return { ...entry(id), offset: 0, logprob: lp.logprob, top: lp.top.map((t) => ({ ...entry(t.id), logprob: t.logprob })) };
 }
 
 /**

@@ -12,15 +12,21 @@ export type Finish = "stop" | "length";
  */
 export interface TokenEntry {
   token: string;
+  /** The UTF-8 bytes the token adds (tokenBytes.ts: a byte token's own byte, not U+FFFD's); absent: its text's. */
+  bytes?: number[];
   offset: number;
   logprob: number | null;
-  top: { token: string; logprob: number }[] | null;
+  top: { token: string; bytes?: number[]; logprob: number }[] | null;
 }
 
-/** The completions API's (legacy) log-probabilities of `entries`. */
+/**
+ * The completions API's (legacy) log-probabilities of `entries`. Each step's top_logprobs holds the
+ * sampled token too (up to logprobs + 1 entries, as OpenAI and vLLM give them), also at logprobs 0.
+ */
 function completionLogprobs(entries: readonly TokenEntry[] | null): Record<string, unknown> | null {
   if (!entries) return null;
-  return { tokens: entries.map((e) => e.token), token_logprobs: entries.map((e) => e.logprob), top_logprobs: entries.map((e) => (e.top ? Object.fromEntries(e.top.map((t) => [t.token, t.logprob])) : null)), text_offset: entries.map((e) => e.offset) };
+  const top = (e: TokenEntry) => (e.top ? Object.fromEntries([...e.top.map((t) => [t.token, t.logprob] as const), ...(e.logprob !== null && !e.top.some((t) => t.token === e.token) ? [[e.token, e.logprob] as const] : [])]) : null);
+  return { tokens: entries.map((e) => e.token), token_logprobs: entries.map((e) => e.logprob), top_logprobs: entries.map(top), text_offset: entries.map((e) => e.offset) };
 }
 
 const utf8 = (text: string) => [...Buffer.from(text, "utf8")];
@@ -28,7 +34,7 @@ const utf8 = (text: string) => [...Buffer.from(text, "utf8")];
 /** The chat API's log-probabilities of `entries` (`content`, each token with its UTF-8 bytes). */
 function chatLogprobs(entries: readonly TokenEntry[] | null): Record<string, unknown> | null {
   if (!entries) return null;
-  return { content: entries.map((e) => ({ token: e.token, logprob: e.logprob, bytes: utf8(e.token), top_logprobs: (e.top ?? []).map((t) => ({ token: t.token, logprob: t.logprob, bytes: utf8(t.token) })) })) };
+  return { content: entries.map((e) => ({ token: e.token, logprob: e.logprob, bytes: e.bytes ?? utf8(e.token), top_logprobs: (e.top ?? []).map((t) => ({ token: t.token, logprob: t.logprob, bytes: t.bytes ?? utf8(t.token) })) })) };
 }
 
 export interface ResponseShape {
