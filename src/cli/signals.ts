@@ -24,7 +24,9 @@ const FINETUNE_STOP: StopMessages = {
 let graceful: { flag: boolean; say: StopMessages; onStop?: (sig: string) => void } | null = null;
 
 export function installSignalHandlers(): void {
-  for (const sig of ["SIGINT", "SIGTERM"] as const)
+  // SIGHUP: a closed terminal or a dropped SSH session stops the run as Ctrl-C does (it left a hidden,
+  // half-written output folder behind, gigabytes for a 7B model, until a later run at the same --out).
+  for (const sig of ["SIGINT", "SIGTERM", "SIGHUP"] as const)
     process.on(sig, () => {
       if (graceful && !graceful.flag) {
         graceful.flag = true;

@@ -150,7 +150,7 @@ test("the CLI refuses an unknown strategy and a bad rank with one error line, ex
   assert.equal(fs.existsSync(out), false);
 });
 
-test("a conversion killed mid-way leaves no output; SIGTERM removes its temporary folder, SIGKILL's is swept by the next run", async () => {
+test("a conversion killed mid-way leaves no output; SIGTERM and SIGHUP (a closed terminal) remove its temporary folder, SIGKILL's is swept by the next run", async () => {
   const model = path.join(tmpDir(), "l7");
   await synth({ arch: "llama2-7b", layers: 1, out: model, progress: null });
   const parent = tmpDir();
@@ -167,6 +167,8 @@ test("a conversion killed mid-way leaves no output; SIGTERM removes its temporar
   };
   await run("SIGTERM");
   assert.deepEqual(fs.readdirSync(parent), [], "SIGTERM: nothing left");
+  await run("SIGHUP");
+  assert.deepEqual(fs.readdirSync(parent), [], "SIGHUP: nothing left");
   await run("SIGKILL");
   assert.equal(fs.existsSync(out), false, "SIGKILL: no output folder");
   assert.equal(fs.readdirSync(parent).filter((n) => n.startsWith(".mla.tmp-")).length, 1, "the killed run's hidden temporary folder");
