@@ -28,15 +28,23 @@ export function installSignalHandlers(): void {
   // half-written output folder behind, gigabytes for a 7B model, until a later run at the same --out).
   for (const sig of ["SIGINT", "SIGTERM", "SIGHUP"] as const)
     process.on(sig, () => {
+      // After SIGHUP the terminal may be gone: a failed write must not stop the stop.
+      const say = (line: string) => {
+        try {
+          process.stderr.write(line);
+        } catch {
+          // nowhere to say it
+        }
+      };
       if (graceful && !graceful.flag) {
         graceful.flag = true;
-        process.stderr.write(`\n${sig}: ${graceful.say.stopping} (send again to quit at once)\n`);
+        say(`\n${sig}: ${graceful.say.stopping} (send again to quit at once)\n`);
         graceful.onStop?.(sig);
         return;
       }
       abandonAll();
       // A resumable command (graceful) works in its run folder, which stays for the next run.
-      process.stderr.write(graceful ? `\ninterrupted (${sig}) at once: ${graceful.say.kept}\n` : `\ninterrupted (${sig}): no partial output was left behind\n`);
+      say(graceful ? `\ninterrupted (${sig}) at once: ${graceful.say.kept}\n` : `\ninterrupted (${sig}): no partial output was left behind\n`);
       process.exit(130);
     });
 }
