@@ -130,6 +130,9 @@ export function parameterCount(dir: string): number {
   }
 }
 
+/** Steps a token budget trains: whole steps of `perStep` tokens, the budget rounded up (at least one). */
+export const stepsFor = (tokens: number, perStep: number) => Math.max(1, Math.ceil(tokens / perStep));
+
 export async function finetune(spec: string, o: FinetuneOptions): Promise<FinetuneResult> {
   checkOptionTypes("finetune()", o, FINETUNE_KINDS, ["data", "out"]);
   throwIfAborted(o.signal);
@@ -203,7 +206,7 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
     const data = await unlessStopped(() => loadTrainingData(lm.tokenizer, o.data, { valFraction: o.valFraction ?? D.valFraction, fraction: o.fraction, seq, bos, eos, cacheDir: o.tokenCache, logger: log, shouldStop: stopAsked }));
     if (data === STOPPED) return stoppedBeforeTraining("tokenizing the --data files");
     const perStep = batch * accum * seq;
-    const totalSteps = Math.max(1, Math.ceil((o.tokens ?? data.sequences * seq) / perStep));
+    const totalSteps = stepsFor(o.tokens ?? data.sequences * seq, perStep);
     // A step then holds one sequence several times: the tokens counted are not that many distinct ones.
     if (data.sequences < batch * accum && !prior)
       log.warn(`the training part holds ${data.sequences} sequence${data.sequences === 1 ? "" : "s"} of ${seq} tokens, fewer than a step's ${batch * accum} (--batch ${batch}${accum === 1 ? "" : ` × --accum ${accum}`}): each step repeats them, and the tokens reported count the repeats; pass more --data, or a smaller --batch or --seq`);

@@ -22,6 +22,9 @@ const FILE_AS_OUT_HINT = "--out names the output folder, and --force replaces on
  * work); `flag` names another folder flag (--token-cache), `hint` says what the command's folder holds.
  */
 export function refuseFileAsOutDir(out: string, how: { flag?: string; hint?: string } = {}): void {
+  const flag = how.flag ?? "--out";
+  const asOutput = () => new MlaError("BAD_ARGUMENT", `${flag} ${out} is a file, not a folder`, how.hint ?? FILE_AS_OUT_HINT);
+  const onTheWay = (file: string) => new MlaError("BAD_ARGUMENT", `${flag} ${out}: ${file} is a file, not a folder`, "choose a path whose parents are folders");
   let st: fs.Stats;
   try {
     st = fs.statSync(out);
@@ -41,8 +44,7 @@ export function refuseFileAsOutDir(out: string, how: { flag?: string; hint?: str
         }
         if (isDir) continue;
         // `notes.txt/`: the path itself names the file.
-        if (parts.slice(i).every((p) => p === "")) throw new MlaError("BAD_ARGUMENT", `${how.flag ?? "--out"} ${out} is a file, not a folder`, how.hint ?? FILE_AS_OUT_HINT);
-        throw new MlaError("BAD_ARGUMENT", `${how.flag ?? "--out"} ${out}: ${prefix} is a file, not a folder`, "choose a path whose parents are folders");
+        throw parts.slice(i).every((p) => p === "") ? asOutput() : onTheWay(prefix);
       }
     }
     // Nothing there (or a dangling link, which the rename replaces): the nearest thing above it must be a
@@ -55,13 +57,13 @@ export function refuseFileAsOutDir(out: string, how: { flag?: string; hint?: str
         // not there either: look further up
       }
       if (above) {
-        if (!above.isDirectory()) throw new MlaError("BAD_ARGUMENT", `${how.flag ?? "--out"} ${out}: ${dir} is a file, not a folder`, "choose a path whose parents are folders");
+        if (!above.isDirectory()) throw onTheWay(dir);
         return;
       }
       if (path.dirname(dir) === dir) return;
     }
   }
-  if (!st.isDirectory()) throw new MlaError("BAD_ARGUMENT", `${how.flag ?? "--out"} ${out} is a file, not a folder`, how.hint ?? FILE_AS_OUT_HINT);
+  if (!st.isDirectory()) throw asOutput();
 }
 
 /** Refuses an output folder that exists, unless `force` (then only a folder: refuseFileAsOutDir). */

@@ -86,20 +86,17 @@ export type Decompressor = "xz" | "bzip2";
 export function decodeText(buf: Buffer, file: string, expected?: string, from?: Decompressor): string {
   // Decompressed: converting means decompressing first (iconv on the archive would mangle it), unless the
   // caller says what to do instead (a benchmark's task file: copy it again).
-  const fix = from ? (expected ?? decompressFirst(file, from)) : undefined;
+  const fix = (tool: Decompressor) => expected ?? decompressFirst(file, tool);
   if (from) {
     const bad = notText(buf.subarray(0, SNIFF_BYTES), file, PLAIN_TEXT);
-    if (bad) throw new MlaError("BAD_TEXT", `${file} does not hold text once decompressed: its start ${bad.why}`, fix!);
+    if (bad) throw new MlaError("BAD_TEXT", `${file} does not hold text once decompressed: its start ${bad.why}`, fix(from));
   } else requireText(buf, file, expected);
   const text = buf.toString("utf8");
   // Bytes that are not UTF-8 past the start became U+FFFD unseen (and were scored); Python's strict
   // decoding refuses them too. A U+FFFD in the text is either such a byte or one written as text.
-  if (text.includes("\uFFFD")) {
-    const at = firstInvalidUtf8(buf);
-    if (at === null) return normalizeNewlines(stripBom(text));
-    if (from) throw new MlaError("BAD_TEXT", `${file} holds text that is not valid UTF-8: a byte that is not UTF-8 at offset ${at} of its ${buf.length} decompressed bytes`, fix!);
-    throw new MlaError("BAD_TEXT", `${file} is not valid UTF-8 past its start: a byte that is not UTF-8 at offset ${at} of ${buf.length}`, `convert it (iconv -f ENCODING -t utf-8), or drop the bad bytes (iconv -f utf-8 -t utf-8 -c ${file} > clean.txt)`);
-  }
+  const at = text.includes("\uFFFD") ? firstInvalidUtf8(buf) : null;
+  if (at !== null && from) throw new MlaError("BAD_TEXT", `${file} holds text that is not valid UTF-8: a byte that is not UTF-8 at offset ${at} of its ${buf.length} decompressed bytes`, fix(from));
+  if (at !== null) throw new MlaError("BAD_TEXT", `${file} is not valid UTF-8 past its start: a byte that is not UTF-8 at offset ${at} of ${buf.length}`, `convert it (iconv -f ENCODING -t utf-8), or drop the bad bytes (iconv -f utf-8 -t utf-8 -c ${file} > clean.txt)`);
   return normalizeNewlines(stripBom(text));
 }
 

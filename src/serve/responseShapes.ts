@@ -25,7 +25,12 @@ export interface TokenEntry {
  */
 function completionLogprobs(entries: readonly TokenEntry[] | null): Record<string, unknown> | null {
   if (!entries) return null;
-  const top = (e: TokenEntry) => (e.top ? Object.fromEntries([...e.top.map((t) => [t.token, t.logprob] as const), ...(e.logprob !== null && !e.top.some((t) => t.token === e.token) ? [[e.token, e.logprob] as const] : [])]) : null);
+  const top = (e: TokenEntry) => {
+    if (!e.top) return null;
+    const pairs = e.top.map((t): [string, number] => [t.token, t.logprob]);
+    if (e.logprob !== null && !e.top.some((t) => t.token === e.token)) pairs.push([e.token, e.logprob]);
+    return Object.fromEntries(pairs); // own keys, whatever the text ("__proto__", "constructor")
+  };
   return { tokens: entries.map((e) => e.token), token_logprobs: entries.map((e) => e.logprob), top_logprobs: entries.map(top), text_offset: entries.map((e) => e.offset) };
 }
 

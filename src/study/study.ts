@@ -21,7 +21,7 @@ import path from "node:path";
 import { convert } from "../convert/pipeline.js";
 import { MlaError, refuseInert } from "../errors.js";
 import { refuseOutOverInputs } from "../io/outGuard.js";
-import { finetune } from "../finetune/trainer.js";
+import { finetune, stepsFor } from "../finetune/trainer.js";
 import { inspectModel } from "../eval/inspect.js";
 import { resolveModel } from "../io/modelDir.js";
 import { readHfConfig } from "../io/hfConfig.js";
@@ -406,7 +406,7 @@ async function runStudy(o: StudyOptions, made: { fresh: boolean }): Promise<Stud
   // The device as given, and for auto the backend it picked (the runs' own lines said so; the report should too).
   const deviceLabel = device === "auto" ? `auto (${selectBackend(device).name})` : device;
   // What each run trained: the trainer rounds the budget up to whole steps of batch × seq.
-  const trainedTokens = Math.max(1, Math.ceil(o.tokens / (seq * batch))) * seq * batch;
+  const trainedTokens = stepsFor(o.tokens, seq * batch) * seq * batch;
   const meta = { like: o.like, hidden: c.hiddenSize, mlaRopeWidest: mlaRopeWidest(c), data: o.data, tokens: o.tokens, trainedTokens, seq, batch, lr, seed, device: deviceLabel, date: new Date().toISOString() };
   // The claims' verdicts beside the rows (added after them: readers of rows and meta are unchanged).
   const claims = checkClaims(rows, c.hiddenSize, meta.mlaRopeWidest);
