@@ -20,12 +20,15 @@
 //             stage's barrier (cp.async.mbarrier.arrive.noinc);
 //   ldg       no shared memory: every thread loads its chunks of each tile into registers (16-byte
 //             ld.global.nc), the plain read rate of the same work split.
+// HOLD=N: every warp keeps each stage N clock cycles after it lands before releasing it, as the kernel's warps hold
+// a stage through its scores, softmax and weighted sum (its tile period is ~4,000 cycles at 16k × 8): how the
+// read rate falls as fewer stages are left in flight.
 // STAGGER=1 walks each split's tiles from a different starting tile (wrapping around), the pair of a split
 // alike: in the kernel's order every split starts 8 MB after the one before, so all 64 streams read addresses
 // with the same low bits at once, which may meet the same HBM channels (an online softmax takes its tiles in
 // any order, so the kernel could walk them rotated).
 // Prints ms per pass and the unique bytes' rate. Build and run (GPU machine, sm_90):
-//   nvcc -O3 -std=c++17 -arch=sm_90 -o /tmp/lc bench/latent-copy.cu && /tmp/lc [SEQS=8] [CTX=16384] [STAGES=3] [STAGGER=0]
+//   nvcc -O3 -std=c++17 -arch=sm_90 -o /tmp/lc bench/latent-copy.cu && /tmp/lc [SEQS=8] [CTX=16384] [STAGES=3] [STAGGER=0] [HOLD=0] [MODES=all|rows-mc,…]
 #include <cuda_bf16.h>
 #include <cstdint>
 #include <cstdio>
@@ -69,7 +72,7 @@ __device__ __forceinline__ void cluster_sync() { asm volatile("barrier.cluster.a
 
 // c [B, S, L] and r [B, S, ROPE] bf16; block (hb + HBN·split, b) walks rows [split·S/SPLITS, …) of b.
 template <Mode M>
-__global__ void __launch_bounds__(THREADS, 1) k_copy(const __nv_bfloat16* c, const __nv_bfloat16* r, int S, int stages, int stagger, unsigned* sink) {
+__global__ void __launch_bounds__(THREADS, 1) k_copy(const __nv_bfloat16* c, const __nv_bfloat16* r, int S, int stages, int stagger, int hold, unsigned* sink) {
   constexpr bool MC = M == ROWS_MC || M == TILE_MC;
   constexpr bool WHOLE = M == TILE || M == TILE_MC;
   extern __shared__ __align__(128) unsigned char smem[];
@@ -136,6 +139,8 @@ __global__ void __launch_bounds__(THREADS, 1) k_copy(const __nv_bfloat16* c, con
   for (int t = 0; t < ntiles; t++) {
     bar_wait(full + stage, phase);
     seen += ((const unsigned*)(smem + (size_t)stage * stageBytes()))[lane];  // a read of the stage, as a consumer's
+    if (hold > 0)
+      for (const long long t0 = clock64(); clock64() - t0 < hold;) {}
     __syncwarp();
     if (lane == 0) {
       bar_arrive(empty + stage);
@@ -179,7 +184,7 @@ __global__ void __launch_bounds__(THREADS, 1) k_ldg(const __nv_bfloat16* c, cons
 }
 
 template <Mode M>
-void launch(const __nv_bfloat16* c, const __nv_bfloat16* r, int B, int S, int stages, int stagger, unsigned* sink) {
+void launch(const __nv_bfloat16* c, const __nv_bfloat16* r, int B, int S, int stages, int stagger, int hold, unsigned* sink) {
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = dim3(HBN * SPLITS, B);
   cfg.blockDim = dim3(THREADS);
@@ -201,12 +206,13 @@ void launch(const __nv_bfloat16* c, const __nv_bfloat16* r, int B, int S, int st
       printf("(%s: %d pairs at once for %d blocks: more than one wave)\n", NAMES[M], pairs, HBN * SPLITS * B);
     configured = true;
   }
-  CK(cudaLaunchKernelEx(&cfg, k_copy<M>, c, r, S, stages, stagger, sink));
+  CK(cudaLaunchKernelEx(&cfg, k_copy<M>, c, r, S, stages, stagger, hold, sink));
 }
 }  // namespace
 
 int main(int argc, char** argv) {
-  const int B = argc > 1 ? atoi(argv[1]) : 8, S = argc > 2 ? atoi(argv[2]) : 16384, stages = argc > 3 ? atoi(argv[3]) : 3, stagger = argc > 4 ? atoi(argv[4]) : 0;
+  const int B = argc > 1 ? atoi(argv[1]) : 8, S = argc > 2 ? atoi(argv[2]) : 16384, stages = argc > 3 ? atoi(argv[3]) : 3, stagger = argc > 4 ? atoi(argv[4]) : 0, hold = argc > 5 ? atoi(argv[5]) : 0;
+  const char* modes = argc > 6 ? argv[6] : "all";
   if (S % (SPLITS * TN) != 0 || stages < 1 || (size_t)stages * stageBytes() + 2 * stages * 8 > 227 * 1024) {
     fprintf(stderr, "CTX must be a multiple of %d and STAGES × %u bytes must fit 227 KB\n", SPLITS * TN, stageBytes());
     return 2;
@@ -223,19 +229,27 @@ int main(int argc, char** argv) {
   CK(cudaMemset(r, 1, rN * 2));
   const double bytes = (double)(cN + rN) * 2;
   if (prop.multiProcessorCount < HBN * SPLITS * B) printf("(%d blocks on %d SMs: more than one wave)\n", HBN * SPLITS * B, prop.multiProcessorCount);
-  printf("%s, %d SMs; %d sequences × %d rows: %.1f MB of latent and rope rows, %d stages of %u bytes, %s\n", prop.name, prop.multiProcessorCount, B, S, bytes / 1e6, stages, stageBytes(), stagger ? "each split from its own starting tile" : "each split from its first tile");
+  printf("%s, %d SMs; %d sequences × %d rows: %.1f MB of latent and rope rows, %d stages of %u bytes, %s, each stage held %d cycles\n", prop.name, prop.multiProcessorCount, B, S, bytes / 1e6, stages, stageBytes(), stagger ? "each split from its own starting tile" : "each split from its first tile", hold);
   cudaEvent_t e0, e1;
   CK(cudaEventCreate(&e0));
   CK(cudaEventCreate(&e1));
   const int REPS = 20;
   for (int m = 0; m <= LDG; m++) {
+    if (strcmp(modes, "all") != 0) {
+      // A comma-separated list of mode names: skip the others.
+      const size_t n = strlen(NAMES[m]);
+      bool listed = false;
+      for (const char* p = modes; (p = strstr(p, NAMES[m])) != nullptr; p += n)
+        if ((p == modes || p[-1] == ',') && (p[n] == ',' || p[n] == 0)) listed = true;
+      if (!listed) continue;
+    }
     auto run = [&]() {
       switch ((Mode)m) {
-        case ROWS: launch<ROWS>(c, r, B, S, stages, stagger, sink); break;
-        case ROWS_MC: launch<ROWS_MC>(c, r, B, S, stages, stagger, sink); break;
-        case TILE: launch<TILE>(c, r, B, S, stages, stagger, sink); break;
-        case TILE_MC: launch<TILE_MC>(c, r, B, S, stages, stagger, sink); break;
-        case CPASYNC: launch<CPASYNC>(c, r, B, S, stages, stagger, sink); break;
+        case ROWS: launch<ROWS>(c, r, B, S, stages, stagger, hold, sink); break;
+        case ROWS_MC: launch<ROWS_MC>(c, r, B, S, stages, stagger, hold, sink); break;
+        case TILE: launch<TILE>(c, r, B, S, stages, stagger, hold, sink); break;
+        case TILE_MC: launch<TILE_MC>(c, r, B, S, stages, stagger, hold, sink); break;
+        case CPASYNC: launch<CPASYNC>(c, r, B, S, stages, stagger, hold, sink); break;
         case LDG: k_ldg<<<dim3(HBN * SPLITS, B), THREADS>>>(c, r, S, stagger, sink); CK(cudaGetLastError()); break;
       }
     };
