@@ -31,12 +31,14 @@ constexpr int ROLE_MAX_DR = 64;
 // (scores and weighted sum; the softmax, copies and barriers stay); with 2 it skips the copies; 3 is 1
 // without the rope rows' copies (the latent rows alone); 4 is 1 with the score warps passing each tile
 // on without a softmax (the copies and the stage and buffer hand-offs alone)
-// (bench/build-cuda-ab.sh with NVCC_EXTRA=-DMLA_ROLES_DIAG=N).
+// (bench/build-cuda-ab.sh with NVCC_EXTRA=-DMLA_ROLES_DIAG=N). 5 keeps everything but has the weighted-sum
+// warps release and refill a stage as soon as the score warps are past it, before their own MMAs read it
+// (wrong outputs): what the weighted sum's hold of a stage costs the copies.
 #ifndef MLA_ROLES_DIAG
 #define MLA_ROLES_DIAG 0
 #endif
 constexpr bool ROLES_NO_MMA = MLA_ROLES_DIAG == 1 || MLA_ROLES_DIAG == 3 || MLA_ROLES_DIAG == 4, ROLES_NO_COPY = MLA_ROLES_DIAG == 2;
-constexpr bool ROLES_NO_ROPE_COPY = MLA_ROLES_DIAG == 3, ROLES_NO_SOFTMAX = MLA_ROLES_DIAG == 4;
+constexpr bool ROLES_NO_ROPE_COPY = MLA_ROLES_DIAG == 3, ROLES_NO_SOFTMAX = MLA_ROLES_DIAG == 4, ROLES_EARLY_RELEASE = MLA_ROLES_DIAG == 5;
 // Tuning builds for the score warps' MMA loop (docs/latent-decode-design.md, twenty-eighth session:
 // each k16 step likely waits on its own ldmatrix): ROLES_CH accumulator sets (1 frees 8 registers for
 // loads in flight, 2 the default), ROLES_PIPE=1 loads step j + 1's fragment before step j's MMAs.
@@ -398,6 +400,20 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
       }
     }
     const unsigned va = smemAddr + (unsigned)stage * stageBytes + pvOff;
+    auto release = [&]() {
+      __syncwarp();
+      if (lane == 0) {
+        bar_arrive(empty + stage);
+        // Only where a copy follows: past the last such tile the peer may have finished.
+        if (MC && it + ROLE_STAGES < share.ntiles) bar_arrive_remote(empty + stage, rank ^ 1);
+        bar_arrive(freed + pb);
+      }
+      if (it + ROLE_STAGES < share.ntiles) {
+        bar_wait(empty + stage, phase);
+        load(it + ROLE_STAGES, stage);
+      }
+    };
+    if (ROLES_EARLY_RELEASE) release();
 #pragma unroll
     for (int nt = 0; nt < (ROLES_NO_MMA ? 0 : NT); nt += 2) {
       uint32_t bf[4];
@@ -406,17 +422,7 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
       mma(acc[nt + 1], pa, bf[2], bf[3]);
     }
     // Every lane's reads of the stage and the buffer are behind it (their values fed the MMAs above).
-    __syncwarp();
-    if (lane == 0) {
-      bar_arrive(empty + stage);
-      // Only where a copy follows: past the last such tile the peer may have finished.
-      if (MC && it + ROLE_STAGES < share.ntiles) bar_arrive_remote(empty + stage, rank ^ 1);
-      bar_arrive(freed + pb);
-    }
-    if (it + ROLE_STAGES < share.ntiles) {
-      bar_wait(empty + stage, phase);
-      load(it + ROLE_STAGES, stage);
-    }
+    if (!ROLES_EARLY_RELEASE) release();
     if (++stage == ROLE_STAGES) {
       stage = 0;
       phase ^= 1;
