@@ -442,14 +442,15 @@ int columns_per_block(int64_t rows, int64_t K) { return mma_takes(rows) ? 16 * N
 
 
 // Rows per problem up to which these kernels run instead of cuBLAS: MHA2MLA_GEMV_ROWS (0–32; 0 =
-// never), read at each call; default 4, the FMA kernel only. Measured (docs/benchmarks.md, seventeenth
-// session): one row of 4096 → 4096 at 1.75 TB/s against cuBLAS's 1.19, 4096 → 11008 at 3.36 against
-// 3.08; a recorded MLA decode step of the llama2-7b shape +7% at batch 1 (4k and 16k context). The first
-// version (one warp per column walking K) lost. The tensor-core kernel is not on by default: on an H100
-// (thirty-fourth session) it read a llama2-7b step's products at batch 8 in 8% less time than cuBLAS
-// under ncu (no split-K reductions: the small ones 1.6× faster, the large ones even), yet recorded MLA
-// steps at 4k × 8 ran ~5% slower with it, MHA steps within noise.
-constexpr int DEFAULT_ROWS = MAX_ROWS;
+// never), read at each call; default 16: the FMA kernel to 4 rows, the tensor-core kernel from 5 (batch 5–16
+// decode). Measured (docs/benchmarks.md, seventeenth session): one row of 4096 → 4096 at 1.75 TB/s against
+// cuBLAS's 1.19, 4096 → 11008 at 3.36 against 3.08; a recorded MLA decode step of the llama2-7b shape +7% at
+// batch 1 (4k and 16k context). The first version (one warp per column walking K) lost. The tensor-core
+// kernel reads a llama2-7b step's products at batch 8 in 8% less time than cuBLAS under ncu (no split-K
+// reductions); recorded batch-8 MLA steps gained 0.3–7.5% with it in every A/B pair of the thirty-seventh
+// (H100) and thirty-eighth (H200) sessions, MHA steps −3% to +0.5%, so it became the default there (the
+// thirty-fourth session's runs, before its review fixes, had MLA at −5% to +3%).
+constexpr int DEFAULT_ROWS = 16;
 int64_t max_rows() {
   const char* v = getenv("MHA2MLA_GEMV_ROWS");
   return v && *v ? std::max<int64_t>(0, std::min<int64_t>(MMA_MAX_ROWS, atoll(v))) : DEFAULT_ROWS;

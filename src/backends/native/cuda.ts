@@ -275,7 +275,7 @@ function last(t: Tensor): number {
  */
 function gemvRows(): number {
   const v = process.env["MHA2MLA_GEMV_ROWS"];
-  return v ? Number(v) : 4;
+  return v ? Number(v) : 16;
 }
 
 /** Rows of t: the product of every dim but the last (not size / last, which is NaN for a zero-width last dim). */
