@@ -34,7 +34,7 @@ export const convertCommand: CommandModule<object, Args> = {
       .positional("model", { type: "string", demandOption: true, describe: "model folder, HF hub id in the local cache, or alias" })
       .option("out", { type: "string", describe: "output folder (default ./NAME-mla-r<rank>)" })
       .option("force", { type: "boolean", default: false, describe: "replace an existing --out" })
-      .option("dry-run", { type: "boolean", default: false, describe: "check the settings and print the KV-cache accounting; converts nothing (the calibration text is not tokenized)" })
+      .option("dry-run", { type: "boolean", default: false, describe: "check the settings as the run would (the --calib windows are cut, the --device library loaded) and print the KV-cache accounting; converts nothing" })
       .option("eval-text", { type: "string", describe: "evaluate perplexity before and after; writes report.md/report.json into --out" })
       .option("eval-tokens", { type: "number", describe: "tokens of --eval-text to score (default all)" })
       .option("eval-ctx", { type: "number", describe: "window length of the --eval-text perplexity, BOS included (default 256)" })

@@ -148,8 +148,9 @@ async function convertInScope(spec: string, opts: ConvertOptions): Promise<Conve
     checkOutDir(out, srcDir, opts.force ?? false, inputs, opts.dryRun ? log : undefined);
     // The converted model is at most its source's size (smaller attention; EG-MLA's gate is small).
     requireRoom(out, weightFileBytes(srcDir), "the converted model");
-    if (opts.dryRun) return { out: null, plan, selection: null, splits: null, energy: [], timings, report: null };
 
+    // What only the files can refuse (no tokenizer, a --calib shorter than one window, a --device whose
+    // library does not load) is read before a dry run answers: it refuses what the run would, in its words.
     // The plan decides whether calibration runs (its settings keep --calib only where a setting reads it, and resolveSettings refuses one none reads), so the records and the result agree.
     let windows: Int32Array[] = [];
     const calib = plan.settings.calib;
@@ -160,6 +161,8 @@ async function convertInScope(spec: string, opts: ConvertOptions): Promise<Conve
       if (windows.length < settings.calibSamples) log.info(`note: ${calib} holds ${windows.length} calibration windows of ${settings.calibLen} tokens (${opts.calibSamples === undefined ? `the default is ${settings.calibSamples}` : `asked for ${settings.calibSamples}`})`);
     }
     const linalg = selectLinalg(opts.device ?? "auto", log);
+    if (opts.dryRun) return { out: null, plan, selection: null, splits: null, energy: [], timings, report: null };
+
     useLinalg(linalg);
     log.info(`factoring with the ${linalg?.name ?? "TypeScript"} float64 routines`);
     const { source, attention, choice } = await analyzeSource(srcDir, src, config, settings, plan, windows, opts, log, timings);

@@ -21,6 +21,7 @@ import type { ModelConfig } from "../model/config.js";
 import { DeviceName, selectBackend, selectLinalg } from "../backends/select.js";
 import { linalgScope, useLinalg } from "../backends/native/linalg.js";
 import { calibrate, calibrationWindows, CalibrationStats, checkWindowShape, DEFAULT_CALIB_LEN, DEFAULT_CALIB_SAMPLES, readTextOrJsonl } from "../ropeSelect/calibrate.js";
+import { loadTokenizer } from "../io/tokenizer.js";
 import { defaultRopePairs } from "../ropeSelect/strategies.js";
 import { covarianceRoots } from "../svd/truncated.js";
 import { silentLogger, Logger, warningsOnce } from "../util/log.js";
@@ -246,22 +247,23 @@ async function convertDeepseekInScope(spec: string, o: DeepseekOptions): Promise
     refuseDefaultOutInModel(out, srcDir, o.out);
     checkOutDir(out, srcDir, o.force ?? false, inputs, o.dryRun ? log : undefined);
     requireRoom(out, weightFileBytes(srcDir), "the converted model");
+    // Read before a dry run answers, as convert() does: the dry run refuses what the run would.
+    const windows = o.calib ? calibrationWindows(loadTokenizer(srcDir), readTextOrJsonl(o.calib), o.calibSamples ?? DEFAULT_CALIB_SAMPLES, o.calibLen ?? DEFAULT_CALIB_LEN, c.bosTokenId, o.calib) : [];
+    const linalg = selectLinalg(o.device ?? "auto", log);
     if (o.dryRun) return { out: null, ropeDim: dr, kvLoraRank: rk, ropeTheta: c.rope.theta, spacing: 0, kvPerToken, energy: [], eval: null, latentNormError: null };
 
     let stats: CalibrationStats | null = null;
-    let windows: Int32Array[] = [];
     if (o.calib) {
-      const { model, tokenizer } = loadModel(srcDir, { backend: selectBackend(o.device ?? "auto", log) });
+      const { model } = loadModel(srcDir, { backend: selectBackend(o.device ?? "auto", log) });
       // The model only calibrates: its weights go back to the backend before the factoring starts.
       try {
-        windows = calibrationWindows(tokenizer, readTextOrJsonl(o.calib), o.calibSamples ?? DEFAULT_CALIB_SAMPLES, o.calibLen ?? DEFAULT_CALIB_LEN, c.bosTokenId, o.calib);
         stats = await calibrate(model, windows, { covariance: true, progress: o.progress, signal: o.signal });
       } finally {
         model.dispose();
       }
     }
     const cov = (l: number) => stats?.covariance?.[l] ?? null;
-    useLinalg(selectLinalg(o.device ?? "auto", log));
+    useLinalg(linalg);
 
     // Pass 1: the rotations per layer and frequency, and the one ladder spacing every layer shares
     // (the config has one rope_theta).

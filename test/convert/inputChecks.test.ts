@@ -1,6 +1,7 @@
 // What convert reads besides the model, checked before its work: the calibration text (.jsonl read
 // as finetune --data reads it), the BOS that starts its windows, the evaluation's tokenizer, and
-// settings that would do nothing (--eval-ctx without --eval-text, a per-layer split with one candidate).
+// settings that would do nothing (--eval-ctx without --eval-text, a per-layer split with one candidate);
+// a dry run refuses all of it as the run does.
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import fs from "node:fs";
@@ -8,6 +9,8 @@ import path from "node:path";
 import { test } from "node:test";
 import { MlaError } from "../../src/errors.js";
 import { convert, ConvertOptions } from "../../src/convert/pipeline.js";
+import { convertDeepseek } from "../../src/deepseek/export.js";
+import { loadCuda } from "../../src/backends/native/cuda.js";
 import { calibrationWindows, readTextOrJsonl } from "../../src/ropeSelect/calibrate.js";
 import { loadTokenizer } from "../../src/io/tokenizer.js";
 import { readText } from "../../src/eval/perplexity.js";
@@ -141,4 +144,28 @@ test("run from inside the model folder, the default --out (./NAME-mla-rN there) 
   assert.equal(r.status, 1, r.stderr);
   assert.match(r.stderr, /^error: the default --out \S+inside-mla-r4 \(\.\/inside-mla-r4 in the working folder\) is inside the input model folder \S+inside\n  hint: pass --out \S+-mla-r4 \(beside the model\)/m);
   assert.deepEqual(fs.readdirSync(model).filter((f) => f.includes("mla")), []);
+});
+
+test("a dry run refuses what the run would, in the same words (both formats): --calib beside a model without tokenizer.json, a --calib-len the text cannot fill, an unavailable --device", async () => {
+  const noTokenizer = modelCopy((dir) => fs.rmSync(path.join(dir, "tokenizer.json")));
+  const short = path.join(tmpDir(), "short.txt");
+  fs.writeFileSync(short, "Once upon a time there was a little girl named Lily.\n");
+  const cases: [Partial<ConvertOptions> & { model?: string }, RegExp][] = [
+    [{ model: noTokenizer, calib: TEXT }, /tokenizer\.json does not exist/],
+    [{ calib: short, calibLen: 64 }, /^\S+short\.txt holds \d+ tokens, fewer than one calibration window of 63 \(\+BOS\)/],
+  ];
+  // Where CUDA runs there is nothing to refuse.
+  if (typeof loadCuda() === "string") cases.push([{ device: "cuda" }, /^--device cuda: /]);
+  for (const [{ model, ...o }, re] of cases)
+    for (const format of ["mha2mla", "deepseek"] as const) {
+      const said: string[] = [];
+      for (const dryRun of [true, false]) {
+        const parent = tmpDir();
+        const opts = { rank: 2, ropePairs: 1, progress: null, device: "cpu" as const, ...o, out: path.join(parent, "out"), dryRun };
+        const run = format === "deepseek" ? convertDeepseek(model ?? SRC, opts) : convert(model ?? SRC, opts);
+        await assert.rejects(run, (e: Error) => e instanceof MlaError && re.test(e.message) && (said.push(e.message), true), `${format}${dryRun ? " --dry-run" : ""} ${re}`);
+        assert.deepEqual(fs.readdirSync(parent), [], "nothing written");
+      }
+      assert.equal(said[0], said[1], `${format}: the dry run's refusal is the run's`);
+    }
 });
