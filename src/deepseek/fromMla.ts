@@ -258,6 +258,8 @@ export async function exportDeepseek(spec: string, o: ExportOptions = {}): Promi
   checkOutDir(out, srcDir, o.force ?? false, [{ name: "--eval-text", path: o.evalText }, { name: "--calib", path: o.calib }]);
   // Tokenized before any work, so a text too short for one window is refused up front.
   const windows = o.calib ? calibrationWindows(loadTokenizer(srcDir), readTextOrJsonl(o.calib), o.calibSamples ?? DEFAULT_CALIB_SAMPLES, o.calibLen ?? DEFAULT_CALIB_LEN, c.bosTokenId, o.calib) : [];
+  // The norm fit and the evaluation run on --device once the layers are written: one that cannot run is refused first.
+  const backend = !bias || o.evalText ? selectBackend(o.device ?? "auto", log) : null;
   // The export adds one latent channel and a shared rope key per layer: a little over the source.
   requireRoom(out, 1.05 * weightFileBytes(srcDir), "the exported model");
   const src = Checkpoint.open(srcDir);
@@ -309,7 +311,7 @@ export async function exportDeepseek(spec: string, o: ExportOptions = {}): Promi
     );
     writeDeepseekConfig(srcDir, tmp, c, { dr, dn, rk, ropeTheta, interleave: o.interleave ?? true, attentionBias: bias, note: "written by mha2mla export --format deepseek; see mla_conversion.json" });
     copyModelSideFiles(srcDir, tmp);
-    const fit = bias ? null : await fitLatentNorms(tmp, windows, selectBackend(o.device ?? "auto", log), { progress: o.progress, signal: o.signal });
+    const fit = bias ? null : await fitLatentNorms(tmp, windows, backend!, { progress: o.progress, signal: o.signal });
     if (fit) log.info(describeLatentNormFit(fit));
     const settings = { attention_bias: bias, ...(bias ? {} : { calib: o.calib, calib_samples: o.calibSamples ?? DEFAULT_CALIB_SAMPLES, calib_len: o.calibLen ?? DEFAULT_CALIB_LEN }) };
     const manifest = { tool: "mha2mla", format: "deepseek_v3", exported_from: { model: spec, dir: srcDir, format: "mha2mla MLA" }, settings, ...calibrationRecord(o.calib, windows), ...latentNormRecord(fit), ladder: { spacing, slots, rope_theta: ropeTheta }, kv_per_token_per_layer: kvPerToken, created: new Date().toISOString() };

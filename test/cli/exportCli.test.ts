@@ -1,12 +1,13 @@
 // The CLI's plain forms, as README gives them: export without an evaluation, convert --dry-run. (An
-// --eval-ctx default on the CLI once made every export without --eval-text refuse itself.)
+// --eval-ctx default on the CLI once made every export without --eval-text refuse itself.) A --device
+// that cannot run is refused before the export writes a layer.
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
 import { test } from "node:test";
 import { convert } from "../../src/convert/pipeline.js";
-import { MODELS, ROOT, tmpDir } from "../helpers.js";
+import { FIXTURES, MODELS, ROOT, tmpDir } from "../helpers.js";
 
 const MAIN = path.join(ROOT, "dist", "src", "cli", "main.js");
 
@@ -32,4 +33,20 @@ test("convert --dry-run refuses what the real run would (a missing --eval-text) 
   assert.equal(exists.status, 0, exists.stderr);
   assert.match(exists.stderr, /exists: the run would need --force/);
   assert.deepEqual(fs.readdirSync(out), [], "a dry run writes nothing");
+});
+
+test("export --device cuda where CUDA cannot load is refused before a layer is written (--eval-text, --no-attention-bias)", async () => {
+  const mla = path.join(tmpDir(), "mla");
+  await convert(path.join(MODELS, "stories260K"), { rank: 2, ropePairs: 1, ropeStrategy: "uniform", ropeDisjoint: true, out: mla, progress: null, device: "cpu" });
+  const text = path.join(FIXTURES, "text", "tinystories.txt");
+  // A CUDA library that is not there, on any machine.
+  const env = { ...process.env, MHA2MLA_CUDA_LIB: path.join(tmpDir(), "libmla_cuda.so") };
+  for (const uses of [["--eval-text", text], ["--no-attention-bias", "--calib", text]]) {
+    const parent = tmpDir();
+    const r = spawnSync(process.execPath, [MAIN, "export", mla, "--format", "deepseek", "--out", path.join(parent, "ds"), "--device", "cuda", ...uses], { encoding: "utf8", env });
+    assert.equal(r.status, 1, r.stderr);
+    assert.match(r.stderr, /^error: MHA2MLA_CUDA_LIB=\S+libmla_cuda\.so: no such file/m);
+    assert.doesNotMatch(r.stderr, /^export \d+\/\d+ layers/m, `${uses[0]}: no layer was written`);
+    assert.deepEqual(fs.readdirSync(parent), [], "no output folder, whole or temporary");
+  }
 });
