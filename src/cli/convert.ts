@@ -41,7 +41,7 @@ export const convertCommand: CommandModule<object, Args> = {
       .option("device", DEVICE_OPTION)
       .option("format", { choices: ["mha2mla", "deepseek"] as const, default: "mha2mla" as const, describe: "mha2mla: our MLA format (per-head partial RoPE); deepseek: a deepseek_v3 folder stock DeepseekV3ForCausalLM loads (one shared rope key, RoRoPE; vLLM and SGLang drop its attention biases unless --no-attention-bias)" })
       .option("rope-dim", { type: "number", describe: "deepseek: qk_rope_head_dim, the shared rope key's width (default min(2·R·KV heads, head_dim))" })
-      .option("kv-lora-rank", { type: "number", describe: "deepseek: kv_lora_rank (default: the KV bytes of the same --rank/--rope-pairs in our format)" })
+      .option("kv-lora-rank", { type: "number", describe: "deepseek: kv_lora_rank (default: the KV bytes of the same --rank/--rope-pairs in our format, less the rope dim). Given, --rank sets nothing; with --rope-dim too, a --rope-pairs is taken only where --rank/--rope-pairs budget exactly this cache (docs/deepseek.md)" })
       // No yargs defaults: given without --format deepseek they are refused (either way), so given must differ from defaulted.
       .option("rope-interleave", { type: "boolean", describe: "deepseek: interleaved rope rows (rope_interleave; vLLM expects them; default on)" })
       .option("attention-bias", { type: "boolean", describe: "deepseek: --no-attention-bias writes a folder without attention biases (attention_bias false) that vLLM and SGLang serve as written: no constant latent channel, kv_a_layernorm's weight fitted on --calib (required). An approximation where the default is exact (docs/deepseek.md)" })

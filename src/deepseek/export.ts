@@ -197,8 +197,10 @@ export async function convertDeepseek(spec: string, o: DeepseekOptions): Promise
 /**
  * The deepseek_v3 widths `o` asks of a source of config `c`, with every option checked against it:
  * all a conversion can refuse without reading weights, so `pipeline` asks it before its first phase.
+ * `rank` and `ropePairs` are null where they set nothing (the widths were given) and disagree with the
+ * cache; `note` then says so of --rank, which cannot be left out.
  */
-export function deepseekShape(c: ModelConfig, o: DeepseekOptions): { ropePairs: number; ropeDim: number; kvLoraRank: number; svdInit: "weights" | "activations" } {
+export function deepseekShape(c: ModelConfig, o: DeepseekOptions): { rank: number | null; ropePairs: number | null; ropeDim: number; kvLoraRank: number; svdInit: "weights" | "activations"; note: string | null } {
   checkSource(c);
   const { kvHeads: G, headDim: Dh, hiddenSize: D } = c;
   const half = Dh / 2;
@@ -213,20 +215,31 @@ export function deepseekShape(c: ModelConfig, o: DeepseekOptions): { ropePairs: 
   // The latent holds at most min(2·Hkv·Dh, D) learned dims, plus the constant channel when biased.
   const maxRk = Math.min(2 * G * Dh, D) + (bias ? 1 : 0);
   if (!Number.isInteger(rk) || rk < 2 || rk > maxRk) throw new MlaError("BAD_ARGUMENT", `kv_lora_rank ${rk} is out of range 2…${maxRk} for this model`, o.kvLoraRank === undefined ? "lower --rope-dim or change --rank / --rope-pairs" : "choose another --kv-lora-rank");
+  // --rank and --rope-pairs size the cache only through the widths they default to (the KV bytes of the
+  // same conversion in our format). A width given in their place leaves them deciding nothing: they
+  // then stand for this conversion, and are recorded, only where their budget is its cache.
+  const agrees = rk + dr === budget;
+  const budgeted = `--rank ${o.rank} and ${o.ropePairs === undefined ? "the default " : ""}--rope-pairs ${R} budget ${budget} (${G} KV heads × (${o.rank} + 2·${R}))`;
+  const pairsSet = o.ropeDim === undefined || o.kvLoraRank === undefined || agrees;
+  if (!pairsSet && o.ropePairs !== undefined)
+    throw new MlaError("BAD_ARGUMENT", `--rope-pairs ${R} conflicts with --rope-dim ${dr} and --kv-lora-rank ${rk}: those two set the cache, ${rk + dr} values per token and layer, where ${budgeted}`, "leave --rope-pairs out (--rope-dim and --kv-lora-rank set the cache), or give one of --rope-dim and --kv-lora-rank and let --rank and --rope-pairs set the other");
+  const rankSet = o.kvLoraRank === undefined || agrees;
+  const note = rankSet ? null : `note: --rank ${o.rank} sets nothing here: --kv-lora-rank ${rk} with rope dim ${dr} caches ${rk + dr} values per token and layer, where ${budgeted}; mla_conversion.json records rank null`;
   const svdInit = o.svdInit ?? "weights";
   refuseWindowsWithoutText(o);
   requireCalibration(o.calib, { svdInit, refitOutput: o.refitOutput });
   if (!bias) requireFitText(o.calib);
   checkCalibFile(o.calib);
   checkWindowShape(o.calibSamples ?? DEFAULT_CALIB_SAMPLES, o.calibLen ?? DEFAULT_CALIB_LEN);
-  return { ropePairs: R, ropeDim: dr, kvLoraRank: rk, svdInit };
+  return { rank: rankSet ? o.rank : null, ropePairs: pairsSet ? R : null, ropeDim: dr, kvLoraRank: rk, svdInit, note };
 }
 
 async function convertDeepseekInScope(spec: string, o: DeepseekOptions): Promise<DeepseekResult> {
   const log = o.logger ?? silentLogger;
   const { dir: srcDir } = resolveModel(spec);
   const c = readHfConfig(srcDir);
-  const { ropePairs: R, ropeDim: dr, kvLoraRank: rk, svdInit } = deepseekShape(c, o);
+  const { rank, ropePairs: R, ropeDim: dr, kvLoraRank: rk, svdInit, note } = deepseekShape(c, o);
+  if (note) log.info(note);
   const { heads: H, kvHeads: G, headDim: Dh, hiddenSize: D, layers: L } = c;
   const half = Dh / 2;
   const bias = o.attentionBias ?? true;
@@ -365,7 +378,7 @@ async function convertDeepseekInScope(spec: string, o: DeepseekOptions): Promise
     const calibration = o.calib ? { calib: o.calib, calib_samples: o.calibSamples ?? DEFAULT_CALIB_SAMPLES, calib_len: o.calibLen ?? DEFAULT_CALIB_LEN } : { calib: null, calib_samples: null, calib_len: null };
     fs.writeFileSync(
       path.join(tmp, "mla_conversion.json"),
-      JSON.stringify({ tool: "mha2mla", format: "deepseek_v3", source: { model: spec, dir: srcDir }, settings: { rank: o.rank, rope_pairs: R, rope_dim: dr, kv_lora_rank: rk, svd_init: svdInit, balance_kv: o.balanceKv ?? true, refit_output: o.refitOutput ?? false, ...calibration, interleave: o.interleave ?? true, attention_bias: bias }, ...calibrationRecord(o.calib, windows), ...refitRecord(refit), ...latentNormRecord(fit), ladder: { spacing, frequencies: freqs, rope_theta: ropeTheta }, kv_per_token_per_layer: kvPerToken, retained_energy: energy, ...(bias ? { constant_channel_beta: betas } : {}), created: new Date().toISOString() }, null, 2) + "\n",
+      JSON.stringify({ tool: "mha2mla", format: "deepseek_v3", source: { model: spec, dir: srcDir }, settings: { rank, rope_pairs: R, rope_dim: dr, kv_lora_rank: rk, svd_init: svdInit, balance_kv: o.balanceKv ?? true, refit_output: o.refitOutput ?? false, ...calibration, interleave: o.interleave ?? true, attention_bias: bias }, ...calibrationRecord(o.calib, windows), ...refitRecord(refit), ...latentNormRecord(fit), ladder: { spacing, frequencies: freqs, rope_theta: ropeTheta }, kv_per_token_per_layer: kvPerToken, retained_energy: energy, ...(bias ? { constant_channel_beta: betas } : {}), created: new Date().toISOString() }, null, 2) + "\n",
     );
     let report: BeforeAfter | null = null;
     if (o.evalText) {

@@ -27,7 +27,7 @@ const TEXT = path.join(FIXTURES, "text", "tinystories_25k.txt");
 const IDS = Int32Array.from([1, 403, 57, 22, 301, 9, 77, 120, 5, 260, 13, 99]);
 // stories260K: D 64, 8 heads, 4 KV heads, head_dim 8, 5 layers. ropeDim 8 puts every frequency on the
 // ladder and kv_lora_rank 9 holds the 8 value dims and the constant channel: exact with equal KV heads.
-const EXACT = { rank: 2, ropePairs: 1, ropeDim: 8, kvLoraRank: 9, progress: null, device: "cpu" as const };
+const EXACT = { rank: 2, ropeDim: 8, kvLoraRank: 9, progress: null, device: "cpu" as const };
 
 interface Biases {
   /** q_proj.bias: zero, unless [layer, element, value] sets one element. */

@@ -50,7 +50,7 @@ test("an export whose KV heads are all equal is exact: its NLL equals the origin
   const orig = await evaluate(dir, e);
   for (const balanceKv of [false, true]) {
     const out = path.join(tmpDir(), `tied-ds-${balanceKv}`);
-    await convertDeepseek(dir, { rank: 2, ropePairs: 1, ropeDim: 8, kvLoraRank: 9, balanceKv, out, progress: null, device: "cpu" });
+    await convertDeepseek(dir, { rank: 2, ropeDim: 8, kvLoraRank: 9, balanceKv, out, progress: null, device: "cpu" });
     const ds = await evaluate(out, e);
     assert.ok(Math.abs(orig.nll! - ds.nll!) < 2e-5, `original ${orig.nll} vs deepseek export ${ds.nll} (balance ${balanceKv})`);
   }
@@ -118,6 +118,27 @@ test("what DeepSeek-V3 cannot express is refused with the reason", async () => {
   const cfg = JSON.parse(fs.readFileSync(path.join(dir, "config.json"), "utf8"));
   fs.writeFileSync(path.join(dir, "config.json"), JSON.stringify({ ...cfg, first_k_dense_replace: 1 }));
   assert.throws(() => loadModel(dir), (e: unknown) => e instanceof MlaError && /mixture-of-experts/.test(e.message));
+});
+
+test("--rank and --rope-pairs beside --rope-dim / --kv-lora-rank: a --rope-pairs that sets nothing and disagrees with the cache is refused naming both, an agreeing one taken; mla_conversion.json records them only where they set or agree with the cache", async () => {
+  // stories260K: 4 KV heads, head_dim 8; --rank 2 with --rope-pairs 1 budget 4 × (2 + 2·1) = 16 values per token and layer.
+  const src = path.join(MODELS, "stories260K");
+  await assert.rejects(
+    convertDeepseek(src, { rank: 2, ropePairs: 1, ropeDim: 8, kvLoraRank: 9, dryRun: true, progress: null }),
+    (e: unknown) => e instanceof MlaError && /^--rope-pairs 1 conflicts with --rope-dim 8 and --kv-lora-rank 9: those two set the cache, 17 values per token and layer, where --rank 2 and --rope-pairs 1 budget 16 \(4 KV heads × \(2 \+ 2·1\)\)\n {2}hint: leave --rope-pairs out/.test(e.message),
+  );
+  const recorded = async (o: { ropePairs?: number; ropeDim?: number; kvLoraRank?: number }) => {
+    const out = path.join(tmpDir(), "ds");
+    const said: string[] = [];
+    const r = await convertDeepseek(src, { rank: 2, ...o, out, progress: null, device: "cpu", logger: { info: (m) => said.push(m), warn: () => {} } });
+    const s = JSON.parse(fs.readFileSync(path.join(out, "mla_conversion.json"), "utf8")).settings;
+    assert.deepEqual([s.rope_dim, s.kv_lora_rank], [r.ropeDim, r.kvLoraRank]);
+    return { recorded: [s.rank, s.rope_pairs, s.rope_dim, s.kv_lora_rank], noted: said.some((m) => /^note: --rank 2 sets nothing here/.test(m)) };
+  };
+  assert.deepEqual(await recorded({ ropePairs: 1, ropeDim: 4, kvLoraRank: 12 }), { recorded: [2, 1, 4, 12], noted: false }, "12 + 4 is the budget: both agree");
+  assert.deepEqual(await recorded({ ropePairs: 1, ropeDim: 4 }), { recorded: [2, 1, 4, 12], noted: false }, "the budget sets kv_lora_rank");
+  assert.deepEqual(await recorded({ ropePairs: 1, kvLoraRank: 12 }), { recorded: [null, 1, 8, 12], noted: true }, "--rope-pairs sets the rope dim; --rank sets nothing");
+  assert.deepEqual(await recorded({ ropeDim: 8, kvLoraRank: 9 }), { recorded: [null, null, 8, 9], noted: true }, "the widths set everything");
 });
 
 test("the CLI: --dry-run writes nothing; --eval-text writes report.json and report.md beside the model", () => {
