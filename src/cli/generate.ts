@@ -1,7 +1,7 @@
 import { DEVICE_OPTION } from "./deviceOption.js";
 import type { CommandModule } from "yargs";
 import { loadModel } from "../model/llama.js";
-import { checkSeed, defaultKvCache, generateBatchAsync } from "../model/generate.js";
+import { checkSampling, checkSeed, defaultKvCache, generateBatchAsync } from "../model/generate.js";
 import { stopTokenIds } from "../model/config.js";
 import { Progress } from "../util/progress.js";
 import { selectBackend, type DeviceName } from "../backends/select.js";
@@ -64,9 +64,9 @@ export const generateCommand: CommandModule<object, Args> = {
       .option("kv-cache", { choices: ["auto", ...KV_CACHE_DTYPES] as const, default: "auto" as const, describe: "how the decode cache stores keys/values (MLA: rope keys and latents): auto = bf16 for a bf16 checkpoint on the GPU (as HF transformers stores it), else f32; int8/int4 groups of 32 with a bf16 scale each" }),
   handler: async (a) => {
     if (!a.chat) refuseInert([["--system", a.system]], "--chat", "it is the chat's system message");
-    // Greedy decoding takes the most likely token: it draws nothing, so these were dropped unseen.
+    // Before the model loads (generate() asks again): sampling flags without --temperature are refused there.
     // --seed is left alone: scripts pass one always, and with greedy decoding it is simply not needed.
-    if (a.temperature === 0) refuseInert([["--top-k", a["top-k"]], ["--top-p", a["top-p"]], ["--min-p", a["min-p"]]], "--temperature T > 0", "settings of sampling; --temperature 0, the default, is greedy", "add e.g. --temperature 0.8");
+    checkSampling({ temperature: a.temperature, topK: a["top-k"], topP: a["top-p"], minP: a["min-p"] });
     checkSeed(a.seed, a.prompt.length);
     const lm = loadModel(a.model, { backend: selectBackend(a.device, stderrLogger) });
     const template = a.chat ? loadChatTemplate(lm.dir) : null;

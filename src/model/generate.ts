@@ -1,5 +1,5 @@
 /** Text generation with the KV cache: prefill the prompt once, then one token per step. */
-import { MlaError } from "../errors.js";
+import { MlaError, refuseInert } from "../errors.js";
 import type { LlamaModel } from "./llama.js";
 import { DecodeSession } from "./decodeSession.js";
 import type { KvCacheDtype } from "./kvQuant.js";
@@ -14,13 +14,13 @@ import type { FloatArray, Tensor } from "../tensor/tensor.js";
 
 export interface GenerateOptions extends PenaltyOptions {
   maxTokens: number;
-  /** 0 = greedy. */
+  /** 0 = greedy (the default), which refuses topK, topP and minP: it reads none of them. */
   temperature?: number;
-  /** Sample among the k most likely tokens only (default 0: all). */
+  /** With temperature > 0: sample among the k most likely tokens only (default 0: all). */
   topK?: number;
-  /** Sample from the smallest set of most likely tokens holding this much probability (default 1: all). */
+  /** With temperature > 0: sample from the smallest set of most likely tokens holding this much probability (default 1: all). */
   topP?: number;
-  /** Drop tokens less likely than this fraction of the most likely one (default 0: none). */
+  /** With temperature > 0: drop tokens less likely than this fraction of the most likely one (default 0: none). */
   minP?: number;
   seed?: number;
   /** Stop at the model's EOS token (default true). */
@@ -137,6 +137,9 @@ const PENALTY_FLAGS = { presencePenalty: "--presence-penalty", frequencyPenalty:
 export function checkSampling(opts: { temperature?: number; topK?: number; topP?: number; minP?: number } & PenaltyOptions, vocabSize = Infinity): SamplingOptions {
   const temperature = opts.temperature ?? 0, topK = opts.topK ?? 0, topP = opts.topP ?? 1, minP = opts.minP ?? 0;
   if (!(Number.isFinite(temperature) && temperature >= 0)) throw new MlaError("BAD_ARGUMENT", `--temperature ${temperature} is not a sampling temperature`, "pass 0 for greedy decoding or a positive number (1 samples the model's own distribution)");
+  // Greedy decoding takes the most likely token and draws nothing: these would be dropped unseen
+  // (refuseInert's policy, as the CLI has it; serve takes them at temperature 0 and ignores them, as vLLM does).
+  if (temperature === 0) refuseInert([["--top-k", opts.topK], ["--top-p", opts.topP], ["--min-p", opts.minP]], "--temperature T > 0", "settings of sampling; --temperature 0, the default, is greedy", "add e.g. --temperature 0.8");
   if (!(Number.isInteger(topK) && topK >= 0)) throw new MlaError("BAD_ARGUMENT", `--top-k ${topK} is not a token count`, "pass a whole number ≥ 1 to sample among that many most likely tokens, or 0 for all");
   if (!(topP > 0 && topP <= 1)) throw new MlaError("BAD_ARGUMENT", `--top-p ${topP} is not a probability in (0, 1]`, "pass e.g. 0.9 to sample from the tokens holding 90% of the probability, or 1 for all");
   if (!(minP >= 0 && minP <= 1)) throw new MlaError("BAD_ARGUMENT", `--min-p ${minP} is not a fraction in [0, 1]`, "pass e.g. 0.05 to drop tokens under 5% as likely as the most likely one, or 0 for none");

@@ -6,6 +6,7 @@
 import type { FloatArray, Tensor } from "../tensor/tensor.js";
 import type { Backend } from "../tensor/backend.js";
 import { MlaError } from "../errors.js";
+import { describe } from "../util/optionTypes.js";
 import type { PenaltyOptions } from "./penalties.js";
 
 /** How the next token is chosen; the penalties (penalties.ts) adjust the logits before, where a caller applies them. */
@@ -20,9 +21,14 @@ export interface SamplingOptions extends PenaltyOptions {
   minP?: number;
 }
 
-/** Mulberry32: a small seeded generator of uniform numbers in [0, 1), so sampled output is reproducible. */
+/**
+ * Mulberry32: a small seeded generator of uniform numbers in [0, 1), so sampled output is reproducible.
+ * It takes 32 bits: any other seed (a negative, a fraction, NaN, 2^32 and above) would be wrapped into
+ * one of them and draw as another seed does (-1 as 2^32 − 1, NaN and 2^32 as 0), so it is refused.
+ */
 export function seededRandom(seed: number): () => number {
-  let a = seed >>> 0;
+  if (!(Number.isInteger(seed) && seed >= 0 && seed < 2 ** 32)) throw new MlaError("BAD_ARGUMENT", `seededRandom(): the seed ${typeof seed === "number" ? seed : describe(seed)} is not a whole number in [0, 2^32)`, "pass e.g. seededRandom(0); the generator takes 32 bits");
+  let a = seed;
   return () => {
     a = (a + 0x6d2b79f5) >>> 0;
     let t = a;

@@ -8,7 +8,7 @@ import test from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
-import { convert, evaluate, finetune, generate, inspectModel, loadModel, MlaError, pipeline, study, synth, type MlaErrorCode } from "../../src/index.js";
+import { convert, evaluate, finetune, generate, generateBatch, inspectModel, loadModel, MlaError, pipeline, seededRandom, study, synth, type MlaErrorCode } from "../../src/index.js";
 import { FIXTURES, tmpDir } from "../helpers.js";
 
 const TEXT = path.join(FIXTURES, "text", "tinystories.txt");
@@ -88,6 +88,15 @@ test("generate refuses text where token ids go, and an unknown cache type", asyn
   await refused("a string prompt", () => generate(model, "Once upon a time" as Loose, { maxTokens: 2 }), "BAD_ARGUMENT", /the prompt is not an array of token ids[\s\S]*tokenizer\.encode/);
   await refused("maxTokens as text", () => generate(model, [1, 2], { maxTokens: "2" as Loose }), "BAD_ARGUMENT", /generate\(\): option maxTokens is "2"/);
   await refused("newCache fp8", () => model.newCache("fp8" as Loose), "BAD_ARGUMENT", /--kv-cache fp8 is not a cache type/);
+});
+
+test("generate refuses top-k at temperature 0 (greedy reads none) and seeds its generators cannot take, as the CLI does", async () => {
+  const { model } = loadModel("stories260K");
+  await refused("topK at temperature 0", () => generate(model, [1, 2], { maxTokens: 2, temperature: 0, topK: 5 }), "BAD_ARGUMENT", /^--top-k has no effect without --temperature T > 0/);
+  await refused("topK without temperature", () => generateBatch(model, [[1, 2]], { maxTokens: 2, topK: 5 }), "BAD_ARGUMENT", /^--top-k has no effect without --temperature T > 0/);
+  for (const seed of [-1, 1.5, NaN]) await refused(`seed ${seed}`, () => generate(model, [1, 2], { maxTokens: 2, temperature: 1, seed }), "BAD_ARGUMENT", new RegExp(`^--seed ${seed} is not a whole number in \\[0, 2\\^32\\)`));
+  await refused("seededRandom(-1)", () => seededRandom(-1), "BAD_ARGUMENT", /^seededRandom\(\): the seed -1 is not a whole number in \[0, 2\^32\)/);
+  assert.equal(generate(model, [1, 2], { maxTokens: 2, temperature: 0, seed: 3, stopAtEos: false }).ids.length, 2, "a seed at temperature 0 is taken, as the CLI takes it");
 });
 
 test("synth: an options object of the wrong shape is BAD_ARGUMENT, naming the option", async () => {

@@ -66,10 +66,24 @@ test("top-p over a large vocabulary finds the nucleus among the likely ids", () 
 
 test("the sampling settings are checked, naming the flag", () => {
   assert.throws(() => checkSampling({ temperature: -1 }), /--temperature -1/);
-  assert.throws(() => checkSampling({ topK: 1.5 }), /--top-k 1.5/);
-  assert.throws(() => checkSampling({ topP: 0 }), /--top-p 0 /);
-  assert.throws(() => checkSampling({ topP: 1.2 }), /--top-p 1.2/);
+  assert.throws(() => checkSampling({ temperature: 1, topK: 1.5 }), /--top-k 1.5/);
+  assert.throws(() => checkSampling({ temperature: 1, topP: 0 }), /--top-p 0 /);
+  assert.throws(() => checkSampling({ temperature: 1, topP: 1.2 }), /--top-p 1.2/);
   assert.deepEqual(checkSampling({}), { temperature: 0, topK: 0, topP: 1 });
+});
+
+test("greedy decoding refuses top-k, top-p and min-p as the CLI does, their defaults' values too (it reads none of them)", () => {
+  for (const [opts, named] of [[{ topK: 5 }, "--top-k has"], [{ temperature: 0, topK: 0 }, "--top-k has"], [{ temperature: 0, topP: 0.9, minP: 0.1 }, "--top-p and --min-p have"]] as const)
+    assert.throws(() => checkSampling(opts), (e: Error) => new RegExp(`^${named} no effect without --temperature T > 0 \\(settings of sampling; --temperature 0, the default, is greedy\\)\n  hint: add e\\.g\\. --temperature 0\\.8`).test(e.message));
+  assert.deepEqual(checkSampling({ temperature: 0, topK: undefined, topP: null as unknown as undefined }), { temperature: 0, topK: 0, topP: 1 }, "undefined and null are not given");
+  assert.deepEqual(checkSampling({ temperature: 0.5, topK: 5 }), { temperature: 0.5, topK: 5, topP: 1 });
+});
+
+test("seededRandom refuses a seed it would wrap into another's 32 bits (a negative, a fraction, NaN, 2^32)", () => {
+  for (const seed of [-1, 1.5, NaN, 2 ** 32, Infinity])
+    assert.throws(() => seededRandom(seed), (e: Error) => e.message === `seededRandom(): the seed ${seed} is not a whole number in [0, 2^32)\n  hint: pass e.g. seededRandom(0); the generator takes 32 bits`);
+  assert.throws(() => seededRandom("7" as unknown as number), /the seed "7" \(a string\) is not a whole number/);
+  assert.notEqual(seededRandom(2 ** 32 - 1)(), seededRandom(0)(), "the largest seed is its own");
 });
 
 test("min-p keeps the ids at least that fraction as likely as the most likely one, renormalized, before top-k", () => {
@@ -80,7 +94,7 @@ test("min-p keeps the ids at least that fraction as likely as the most likely on
   // After the temperature: at T = 2 the ratios are square roots, so a third id clears 0.3.
   assert.deepEqual(draws(logits, { temperature: 2, minP: 0.3, topK: 2 }).map((g) => g > 0), [true, true, false, false, false, false], "then top-k of what min-p kept");
   assert.ok(draws(logits, { temperature: 2, minP: 0.3 })[2]! > 0);
-  assert.throws(() => checkSampling({ minP: 1.5 }), /--min-p 1.5 is not a fraction in \[0, 1\]/);
+  assert.throws(() => checkSampling({ temperature: 1, minP: 1.5 }), /--min-p 1.5 is not a fraction in \[0, 1\]/);
 });
 
 test("top-p applies to what top-k kept, as vLLM and HF apply them; ids tied with the k-th stay", () => {
