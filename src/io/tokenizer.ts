@@ -5,6 +5,7 @@ import path from "node:path";
 import { Tokenizer as HfTokenizer } from "@huggingface/tokenizers";
 import { MlaError } from "../errors.js";
 import { useFastBpe } from "./fastBpe.js";
+import { bytesPerToken } from "./bytesPerToken.js";
 
 export interface TextTokenizer {
   /** Token ids of `text`; special tokens (BOS) only when asked. */
@@ -28,6 +29,11 @@ export interface TextTokenizer {
   encodeContinuation?(text: string): number[];
   /** The vocabulary's string for `id` as the tokenizer file spells it ("▁The", "<0x0A>", "<s>"): transformers' convert_ids_to_tokens. */
   idToToken?(id: number): string | undefined;
+  /**
+   * The most UTF-8 bytes of text one token stands for (bytesPerToken.ts), null where nothing bounds it:
+   * a text of more than n times that many bytes encodes to more than n tokens. Absent: not known.
+   */
+  bytesPerToken?(): number | null;
   /** The folder the tokenizer was loaded from (worker threads load their own copy from it; the token cache hashes its files). */
   readonly dir?: string;
   /** sha256 of the files it was built from (loadTokenizer): a worker loading `dir` again checks it has the same. */
@@ -159,6 +165,8 @@ function buildTokenizer(dir: string, tjFile: string, tj: Record<string, unknown>
     return known.length === 0 ? "" : tok.decode(known, { skip_special_tokens: opts?.skipSpecialTokens ?? false, clean_up_tokenization_spaces: cleans && opts?.cleanUpSpaces !== false });
   };
   builtDecoders.add(decode);
+  // Read on first use (a pass over the vocabulary and merges): only serve asks.
+  let perToken: number | null | undefined;
   return {
     vocabSize,
     encode: (text, opts) => encode(text, opts?.addSpecialTokens ?? false),
@@ -170,6 +178,7 @@ function buildTokenizer(dir: string, tjFile: string, tj: Record<string, unknown>
       return [...(at > 0 ? cont().encode(text.slice(0, at), { add_special_tokens: false }).ids : []), ...encode(text.slice(at), false)];
     },
     idToToken: (id) => tok.id_to_token(id),
+    bytesPerToken: () => (perToken === undefined ? (perToken = bytesPerToken(tj)) : perToken),
     dir,
   };
 }

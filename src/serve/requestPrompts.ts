@@ -29,11 +29,15 @@ export type Parse = (body: unknown) => { prompts: Prompt[]; fields: GenerationFi
 /**
  * A text prompt's ids (BOS first where the tokenizer adds one). One that cannot fit the model is
  * refused after tokenizing only its first maxPositions ids or so: a 4 MB text would otherwise hold
- * the event loop, and every stream, for tens of seconds.
+ * the event loop, and every stream, for tens of seconds. One longer in bytes than maxPositions tokens
+ * can stand for is refused untokenized: the probe of a text of long tokens grows with them (8 MB of
+ * spaces held the loop 10 s at 131072 positions).
  */
 function encodePrompt(lm: LoadedModel, text: string, addSpecialTokens: boolean): number[] {
   const max = lm.config.maxPositions;
   const tooLong = () => new MlaError("BAD_ARGUMENT", `the prompt holds more than the model's ${max} positions of tokens`, "shorten the prompt");
+  const perToken = lm.tokenizer.bytesPerToken?.() ?? null;
+  if (perToken !== null && Buffer.byteLength(text, "utf8") > max * perToken) throw tooLong();
   // A text the bounded probe would tokenize whole anyway (most prompts) is tokenized once.
   if (text.length >= encodedWholeBelow(max + 1) && encodePrefix(lm.tokenizer, text, max + 1).length > max) throw tooLong();
   const ids = lm.tokenizer.encode(text, { addSpecialTokens });

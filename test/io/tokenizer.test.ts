@@ -4,6 +4,7 @@ import os from "node:os";
 import path from "node:path";
 import { test } from "node:test";
 import { encodePrefix, loadTokenizer, tokenizersBuilt } from "../../src/io/tokenizer.js";
+import { bytesPerToken } from "../../src/io/bytesPerToken.js";
 import { FIXTURES, GOLDEN, MODELS, SHARED } from "../helpers.js";
 
 const goldenIds = JSON.parse(fs.readFileSync(path.join(GOLDEN, "tokenizer_ids.json"), "utf8")) as { texts: Record<string, { ids: number[]; ids_with_bos: number[] }> };
@@ -35,6 +36,44 @@ test("encodePrefix gives the first N ids of the whole text's encoding, tokenizin
   assert.deepEqual(encodePrefix(tok, text, all.length + 10), all, "a short text is encoded whole");
   const cutMidWord = "lorem ipsum ".repeat(3000);
   assert.deepEqual(encodePrefix(tok, cutMidWord, 2000), tok.encode(cutMidWord, { addSpecialTokens: false }).slice(0, 2000), "no line breaks: cut mid-text");
+});
+
+test("bytesPerToken bounds the bytes a token stands for: no text of more than n times it encodes to n tokens or fewer", () => {
+  const debian = path.join(SHARED, "models", "mha26m-debian");
+  // The longest strings: stories260K's "▁friend" (9 bytes); Llama 2's 16 "▁" (48 bytes, for 16 spaces).
+  for (const [dir, most] of [[path.join(MODELS, "stories260K"), 9], [debian, 48]] as const) {
+    const tok = loadTokenizer(dir);
+    assert.equal(tok.bytesPerToken?.(), most, dir);
+    const texts = [" friend".repeat(500), " ".repeat(5000), "\n".repeat(3000), "x", "猫😀".repeat(700), "naïve café 日本語 😀👍🏽 ﬁ ① ٣٤ ²", fs.readFileSync(path.join(FIXTURES, "text", "tinystories.txt"), "utf8").slice(0, 20_000)];
+    for (const text of texts) {
+      const n = tok.encode(text).length;
+      assert.ok(Buffer.byteLength(text) <= n * most, `${path.basename(dir)}: ${n} tokens for ${Buffer.byteLength(text)} bytes of ${JSON.stringify(text.slice(0, 20))}…`);
+    }
+  }
+  const tj = JSON.parse(fs.readFileSync(path.join(MODELS, "stories260K", "tokenizer.json"), "utf8"));
+  const model = tj.model as Record<string, unknown>;
+  const vocab = model["vocab"] as Record<string, number>;
+  const noBytes = Object.fromEntries(Object.entries(vocab).filter(([t]) => !/^<0x[0-9A-F]{2}>$/.test(t)));
+  // Whatever can shrink or drop text, or fold a run of it into one token, leaves nothing to bound with.
+  const unbounded: [string, Record<string, unknown>][] = [
+    ["NFC (composes characters)", { ...tj, normalizer: { type: "NFC" } }],
+    ["lowercasing", { ...tj, normalizer: { type: "Sequence", normalizers: [...tj.normalizer.normalizers, { type: "Lowercase" }] } }],
+    ["a Replace that shortens", { ...tj, normalizer: { type: "Replace", pattern: { String: "  " }, content: " " } }],
+    ["whitespace splitting (drops spaces)", { ...tj, pre_tokenizer: { type: "WhitespaceSplit" } }],
+    ["an added token that strips the spaces before it", { ...tj, added_tokens: [...tj.added_tokens, { id: 0, content: "<unk>", lstrip: true }] }],
+    ["unknown pieces fused (no byte tokens)", { ...tj, model: { ...model, vocab: noBytes, unk_token: "<unk>", fuse_unk: true } }],
+    ["unknown pieces dropped (no unknown token)", { ...tj, model: { ...model, vocab: noBytes, unk_token: null } }],
+    ["WordPiece", { ...tj, model: { type: "WordPiece", vocab, unk_token: "<unk>" } }],
+  ];
+  for (const [what, json] of unbounded) assert.equal(bytesPerToken(json), null, what);
+  // An unknown token of its own per piece: a piece is at most a character or a merge's result.
+  assert.equal(bytesPerToken({ ...tj, model: { ...model, vocab: noBytes, unk_token: "<unk>", fuse_unk: false } }), 9);
+  // Byte-level (Llama 3): every byte has its character, every merge its token.
+  let extra = 0;
+  const alphabet = Array.from({ length: 256 }, (_, b) => String.fromCodePoint((b >= 33 && b <= 126) || (b >= 161 && b <= 172) || b >= 174 ? b : 256 + extra++));
+  const byteLevel = { added_tokens: [{ id: 258, content: "<|begin_of_text|>" }], normalizer: null, pre_tokenizer: { type: "Sequence", pretokenizers: [{ type: "Split", pattern: { Regex: "\\s+" }, behavior: "Isolated" }, { type: "ByteLevel" }] }, model: { type: "BPE", unk_token: null, byte_fallback: false, fuse_unk: false, vocab: Object.fromEntries([...alphabet, "Ġt", "Ġth"].map((c, i) => [c, i])), merges: [["Ġ", "t"], ["Ġt", "h"]] } };
+  assert.equal(bytesPerToken(byteLevel), "<|begin_of_text|>".length);
+  assert.equal(bytesPerToken({ ...byteLevel, model: { ...byteLevel.model, merges: [["Ġ", "t"], ["h", "e"]] } }), null, "a merge whose result is not a token would be dropped");
 });
 
 /** A copy of stories260K's tokenizer files with tokenizer_config.json changed by `edit` (a key set to undefined is removed). */

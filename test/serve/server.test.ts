@@ -197,6 +197,33 @@ test("bad requests get OpenAI error bodies that name the culprit; unknown routes
   }
 });
 
+test("a prompt of more bytes than the model's positions of the longest token (9 bytes here) is refused untokenized, with the same error", async () => {
+  const server = await serve(lm, { port: 0 });
+  const encode = lm.tokenizer.encode;
+  const seen: number[] = [];
+  lm.tokenizer.encode = function (text, o) {
+    seen.push(text.length);
+    return encode.call(this, text, o);
+  };
+  try {
+    // 512 positions × 9 bytes: one byte more cannot fit, whatever it holds; 1537 characters of 3 bytes count as bytes.
+    for (const prompt of [" ".repeat(512 * 9 + 1), "猫".repeat(1537), "Once upon a time there was a dog. ".repeat(60_000)]) {
+      const r = await post(server.url, { prompt });
+      assert.equal(r.status, 400);
+      assert.equal(r.json["error"].message, "the prompt holds more than the model's 512 positions of tokens; hint: shorten the prompt");
+    }
+    assert.deepEqual(seen, [], "nothing was tokenized");
+    // Within the bound the prompt is tokenized (a run of spaces takes a token per "▁▁▁" at most here).
+    const fits = await post(server.url, { prompt: " ".repeat(512 * 9), max_tokens: 1 });
+    assert.equal(fits.status, 400);
+    assert.match(fits.json["error"].message, /more than the model's 512 positions/);
+    assert.ok(seen.length > 0);
+  } finally {
+    lm.tokenizer.encode = encode;
+    await server.close();
+  }
+});
+
 test("a client that leaves mid-stream cancels its sequence; close() finishes what is in flight and takes no more", async () => {
   const server = await serve(lm, { port: 0, maxBatch: 1 });
   const abort = new AbortController();
