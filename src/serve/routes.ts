@@ -89,8 +89,10 @@ export function requestHandler(s: RoutedServer): Handler {
   };
 
   return (req, res) => {
-    // The path as sent (no URL parsing: a malformed request line must not take the server down).
-    const where = (req.url ?? "/").split("?")[0]!;
+    // The path as sent (no URL parsing: a malformed request line must not take the server down). A
+    // target in absolute form (`GET http://host:port/v1/models`, which proxies send and RFC 9112
+    // requires servers to take) is routed on its path.
+    const where = (req.url ?? "/").replace(/^https?:\/\/[^/?]*/i, "").split("?")[0] || "/";
     const route = routes[where] as Routes[string] | undefined;
     const method = req.method === "HEAD" ? "GET" : (req.method ?? "");
     const handler = route?.[method] as Handler | undefined;

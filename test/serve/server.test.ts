@@ -340,6 +340,33 @@ test("HTTP hygiene: a malformed request line, a body over the limit (413), a wro
   }
 });
 
+test("a request target in absolute form (http://host:port/path, as proxies send it) is routed on its path", async () => {
+  const net = await import("node:net");
+  const server = await serve(lm, { port: 0, name: "tiny" });
+  const raw = (head: string, body = "") =>
+    new Promise<string>((resolve) => {
+      const sock = net.connect(server.port, "127.0.0.1", () => sock.write(`${head}\r\nHost: 127.0.0.1:${server.port}\r\nConnection: close\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`));
+      let got = "";
+      sock.on("data", (b) => (got += b.toString()));
+      sock.on("close", () => resolve(got));
+    });
+  const json = (r: string) => JSON.parse(r.slice(r.indexOf("\r\n\r\n") + 4)) as Record<string, any>;
+  try {
+    const models = await raw(`GET http://127.0.0.1:${server.port}/v1/models HTTP/1.1`);
+    assert.match(models, /^HTTP\/1.1 200 /);
+    assert.equal(json(models)["data"][0].id, "tiny");
+    assert.match(await raw(`GET HTTP://localhost/health?probe=1 HTTP/1.1`), /^HTTP\/1.1 200 /, "any host, the scheme in any case, a query");
+    const done = await raw(`POST http://127.0.0.1:${server.port}/v1/completions HTTP/1.1`, JSON.stringify({ prompt: "Once upon a time", max_tokens: 8, temperature: 0 }));
+    assert.equal(json(done)["choices"][0].text, expected("Once upon a time", 8));
+    const root = await raw(`GET http://127.0.0.1:${server.port} HTTP/1.1`);
+    assert.match(root, /^HTTP\/1.1 404 /);
+    assert.match(json(root)["error"].message, /^no route GET \/;/, "no path is the root's");
+    assert.match(await raw(`GET http://127.0.0.1:${server.port}/v1/completions HTTP/1.1`), /^HTTP\/1.1 405 /);
+  } finally {
+    await server.close();
+  }
+});
+
 test("logprobs: each generated token's log-probability under the model and its most likely alternatives, plain and streamed", async () => {
   const server = await serve(lm, { port: 0, name: "tiny" });
   try {
