@@ -33,12 +33,15 @@ constexpr int ROLE_MAX_DR = 64;
 // on without a softmax (the copies and the stage and buffer hand-offs alone)
 // (bench/build-cuda-ab.sh with NVCC_EXTRA=-DMLA_ROLES_DIAG=N). 5 keeps everything but has the weighted-sum
 // warps release and refill a stage as soon as the score warps are past it, before their own MMAs read it
-// (wrong outputs): what the weighted sum's hold of a stage costs the copies.
+// (wrong outputs): what the weighted sum's hold of a stage costs the copies. 6 is the hand-offs alone (no
+// copies, no MMAs, no softmax: the stage and probability-buffer barriers alone), 7 adds
+// the softmax back: with 2 (the math path) they split a tile's ~2 µs among hand-offs, softmax and MMAs.
 #ifndef MLA_ROLES_DIAG
 #define MLA_ROLES_DIAG 0
 #endif
-constexpr bool ROLES_NO_MMA = MLA_ROLES_DIAG == 1 || MLA_ROLES_DIAG == 3 || MLA_ROLES_DIAG == 4, ROLES_NO_COPY = MLA_ROLES_DIAG == 2;
-constexpr bool ROLES_NO_ROPE_COPY = MLA_ROLES_DIAG == 3, ROLES_NO_SOFTMAX = MLA_ROLES_DIAG == 4, ROLES_EARLY_RELEASE = MLA_ROLES_DIAG == 5;
+constexpr bool ROLES_NO_MMA = MLA_ROLES_DIAG == 1 || MLA_ROLES_DIAG == 3 || MLA_ROLES_DIAG == 4 || MLA_ROLES_DIAG == 6 || MLA_ROLES_DIAG == 7;
+constexpr bool ROLES_NO_COPY = MLA_ROLES_DIAG == 2 || MLA_ROLES_DIAG == 6 || MLA_ROLES_DIAG == 7;
+constexpr bool ROLES_NO_ROPE_COPY = MLA_ROLES_DIAG == 3, ROLES_NO_SOFTMAX = MLA_ROLES_DIAG == 4 || MLA_ROLES_DIAG == 6, ROLES_EARLY_RELEASE = MLA_ROLES_DIAG == 5;
 // Tuning builds for the score warps' MMA loop (docs/latent-decode-design.md, twenty-eighth session:
 // each k16 step likely waits on its own ldmatrix): ROLES_CH accumulator sets (1 frees 8 registers for
 // loads in flight, 2 the default), ROLES_PIPE=1 loads step j + 1's fragment before step j's MMAs.
