@@ -55,8 +55,11 @@ export const convertCommand: CommandModule<object, Args> = {
         "--format deepseek",
         "settings of the deepseek_v3 folder's rope key, latent and biases",
       );
+    // conversionSettings fills in the default windows for a pipeline's run identity; convert keeps none,
+    // so it passes them as given and its note on a short --calib tells the default from an ask.
+    const windows = { calibSamples: a["calib-samples"], calibLen: a["calib-len"] };
     if (a.format === "deepseek") {
-      const d = await convertDeepseek(a.model, { ...deepseekSettings(conversionSettings(a, "deepseek")), ropeDim: a["rope-dim"], kvLoraRank: a["kv-lora-rank"], interleave: a["rope-interleave"], attentionBias: a["attention-bias"], dryRun: a["dry-run"], evalText: a["eval-text"], evalTokens: a["eval-tokens"], evalCtx: a["eval-ctx"], out: a.out, force: a.force, device: a.device, logger: stderrLogger, progress: process.stderr });
+      const d = await convertDeepseek(a.model, { ...deepseekSettings({ ...conversionSettings(a, "deepseek"), ...windows }), ropeDim: a["rope-dim"], kvLoraRank: a["kv-lora-rank"], interleave: a["rope-interleave"], attentionBias: a["attention-bias"], dryRun: a["dry-run"], evalText: a["eval-text"], evalTokens: a["eval-tokens"], evalCtx: a["eval-ctx"], out: a.out, force: a.force, device: a.device, logger: stderrLogger, progress: process.stderr });
       const kv = `KV cache per token and layer ${d.kvPerToken.before} → ${d.kvPerToken.after} elements (${d.kvPerToken.changePercent.toFixed(2)}%), shared rope key ${d.ropeDim} dims, kv_lora_rank ${d.kvLoraRank}`;
       say(d.out ? `wrote ${d.out} (deepseek_v3): ${kv}\n` : `dry run (deepseek_v3): ${kv}\n`);
       if (d.eval) say(`perplexity ${Math.exp(d.eval.before).toFixed(3)} → ${Math.exp(d.eval.after).toFixed(3)} (NLL ${d.eval.after >= d.eval.before ? "+" : ""}${(d.eval.after - d.eval.before).toFixed(4)}); report: ${d.out}/report.md\n`);
@@ -65,6 +68,7 @@ export const convertCommand: CommandModule<object, Args> = {
     }
     const r = await convert(a.model, {
       ...conversionSettings(a, "mha2mla"),
+      ...windows,
       device: a.device,
       out: a.out,
       force: a.force,

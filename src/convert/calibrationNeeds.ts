@@ -5,6 +5,7 @@
  */
 import path from "node:path";
 import { MlaError, refuseInert } from "../errors.js";
+import { DEFAULT_CALIB_SAMPLES } from "../ropeSelect/calibrate.js";
 
 export interface CalibrationUses {
   ropeStrategy?: string;
@@ -74,4 +75,15 @@ export function refuseWindowsWithoutText(o: { calib?: string | null; calibSample
 export function calibrationRecord(file: string | null | undefined, windows: Int32Array[]): { calibration?: { file: string; windows: number; tokens: number } } {
   if (!file || windows.length === 0) return {};
   return { calibration: { file: path.resolve(file), windows: windows.length, tokens: windows.reduce((n, w) => n + w.length, 0) } };
+}
+
+/**
+ * The note every calibrating command prints when `file` held fewer `windows` of `len` tokens than asked
+ * (`asked`: --calib-samples as given, undefined for the default): the run goes on with those (DESIGN.md's
+ * protocol), but its statistics rest on fewer tokens than the user counted on. null when it held enough.
+ */
+export function fewerWindowsNote(file: string | null | undefined, windows: Int32Array[], asked: number | undefined, len: number): string | null {
+  const want = asked ?? DEFAULT_CALIB_SAMPLES;
+  if (!file || windows.length >= want) return null;
+  return `note: ${file} holds ${windows.length} calibration windows of ${len} tokens (${asked === undefined ? `the default is ${want}` : `asked for ${want}`})`;
 }

@@ -34,7 +34,7 @@ import { checkOptionTypes, type OptionKinds } from "../util/optionTypes.js";
 import { nextTurn, throwIfAborted } from "../util/abort.js";
 import { LayerSource } from "./layerSource.js";
 import { chooseKvSplits, kvSplitRecord, SplitChoice } from "./splitChoice.js";
-import { calibrationRecord } from "./calibrationNeeds.js";
+import { calibrationRecord, fewerWindowsNote } from "./calibrationNeeds.js";
 import { mlaSection, splitFields } from "../io/mlaSection.js";
 import { buildReport, ConversionReport, reportMarkdown } from "./report.js";
 import { initialGate } from "./gate.js";
@@ -158,7 +158,8 @@ async function convertInScope(spec: string, opts: ConvertOptions): Promise<Conve
       const past = pastPositionsWarning("--calib-len", settings.calibLen, config.maxPositions, "the calibration statistics come from positions the model was not pretrained for");
       if (past) log.warn(past);
       windows = calibrationWindows(loadTokenizer(srcDir), readTextOrJsonl(calib), settings.calibSamples, settings.calibLen, config.bosTokenId, calib);
-      if (windows.length < settings.calibSamples) log.info(`note: ${calib} holds ${windows.length} calibration windows of ${settings.calibLen} tokens (${opts.calibSamples === undefined ? `the default is ${settings.calibSamples}` : `asked for ${settings.calibSamples}`})`);
+      const short = fewerWindowsNote(calib, windows, opts.calibSamples, settings.calibLen);
+      if (short) log.info(short);
     }
     const linalg = selectLinalg(opts.device ?? "auto", log);
     if (opts.dryRun) return { out: null, plan, selection: null, splits: null, energy: [], timings, report: null };

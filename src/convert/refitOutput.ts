@@ -51,7 +51,8 @@ export async function refitOutputProjections(srcDir: string, convDir: string, wi
 
 async function refitLoaded(original: LlamaModel, converted: LlamaModel, convDir: string, windows: Int32Array[], backend: Backend, opts: { ridge?: number; progress?: ProgressSink | null; signal?: AbortSignal }): Promise<RefitResult> {
   const L = converted.config.layers;
-  const progress = new Progress("refit o_proj", L * windows.length, "windows", opts.progress);
+  // In layers, as the conversion and export lines count: a count of windows × layers told a user nothing.
+  const progress = new Progress("refit o_proj", L, "layers", opts.progress);
   const result: RefitResult = { before: [], after: [] };
   const refit: Float32Array[] = [];
   const linalg = activeLinalg(); // the converter's float64 library, or the native CPU one
@@ -80,7 +81,6 @@ async function refitLoaded(original: LlamaModel, converted: LlamaModel, convDir:
         } finally {
           for (const t of [x, a, o]) t?.dispose();
         }
-        progress.tick();
         await nextTurn(opts.signal);
       }
       const oldW = Float32Array.from(w.o.toArray());
@@ -98,6 +98,7 @@ async function refitLoaded(original: LlamaModel, converted: LlamaModel, convDir:
       old.dispose();
       // advanceWindows consumes the states it is given, even when it throws: hs is emptied first.
       hs = converted.advanceWindows(l, windows, hs.splice(0));
+      progress.tick();
     }
   } finally {
     for (const h of hs) h.dispose();

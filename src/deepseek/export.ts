@@ -36,7 +36,7 @@ import { requireRoom, weightFileBytes } from "../io/diskRoom.js";
 import { deepseekSpecs, planTensors, strayNotes, writePlanned } from "./stream.js";
 import { finiteForFactoring, requireSourceTensors, undeclaredTensors } from "../convert/sourceTensors.js";
 import { checkDeclaredBiasesOf } from "./exportable.js";
-import { calibrationRecord, refuseWindowsWithoutText, requireCalibration } from "../convert/calibrationNeeds.js";
+import { calibrationRecord, fewerWindowsNote, refuseWindowsWithoutText, requireCalibration } from "../convert/calibrationNeeds.js";
 import { nextTurn, throwIfAborted } from "../util/abort.js";
 import { describeLatentNormFit, fitLatentNorms, latentNormRecord, requireFitText } from "./latentNorm.js";
 
@@ -262,6 +262,8 @@ async function convertDeepseekInScope(spec: string, o: DeepseekOptions): Promise
     requireRoom(out, weightFileBytes(srcDir), "the converted model");
     // Read before a dry run answers, as convert() does: the dry run refuses what the run would.
     const windows = o.calib ? calibrationWindows(loadTokenizer(srcDir), readTextOrJsonl(o.calib), o.calibSamples ?? DEFAULT_CALIB_SAMPLES, o.calibLen ?? DEFAULT_CALIB_LEN, c.bosTokenId, o.calib) : [];
+    const short = fewerWindowsNote(o.calib, windows, o.calibSamples, o.calibLen ?? DEFAULT_CALIB_LEN);
+    if (short) log.info(short);
     const linalg = selectLinalg(o.device ?? "auto", log);
     if (o.dryRun) return { out: null, ropeDim: dr, kvLoraRank: rk, ropeTheta: c.rope.theta, spacing: 0, kvPerToken, energy: [], eval: null, latentNormError: null };
 

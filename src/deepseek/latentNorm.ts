@@ -112,7 +112,8 @@ async function fitLoaded(model: LlamaModel, c: ModelConfig, dir: string, windows
   const ck = Checkpoint.open(dir);
   const rounding = Array.from({ length: c.layers }, (_, l) => roundingFor(ck.entry(name(l)).dtype));
   ck.close();
-  const progress = new Progress("fit kv_a_layernorm", c.layers * windows.length, "windows", opts.progress);
+  // In layers, as the conversion and export lines count: a count of windows × layers told a user nothing.
+  const progress = new Progress("fit kv_a_layernorm", c.layers, "layers", opts.progress);
   const fitted = new Map<string, Float32Array>();
   const relativeError: number[] = [];
   // Each window's hidden states in the bias-free model, advanced one layer at a time; freed however
@@ -137,7 +138,6 @@ async function fitLoaded(model: LlamaModel, c: ModelConfig, dir: string, windows
         } finally {
           for (const t of made) t.dispose();
         }
-        progress.tick();
         await nextTurn(opts.signal);
       }
       const gamma = Float32Array.from(moments.gamma(), rounding[l]!);
@@ -149,6 +149,7 @@ async function fitLoaded(model: LlamaModel, c: ModelConfig, dir: string, windows
       old.dispose();
       // advanceWindows consumes the states it is given, even when it throws: hs is emptied first.
       hs = model.advanceWindows(l, windows, hs.splice(0));
+      progress.tick();
     }
   } finally {
     for (const h of hs) h.dispose();

@@ -22,6 +22,9 @@ import { Checkpoint } from "../../src/io/checkpoint.js";
 import { inspectModel } from "../../src/eval/inspect.js";
 import { evaluate } from "../../src/eval/evaluate.js";
 import { MlaError } from "../../src/errors.js";
+import type { Logger } from "../../src/util/log.js";
+import { fewerWindowsNote } from "../../src/convert/calibrationNeeds.js";
+import type { ProgressSink } from "../../src/util/progress.js";
 import { FIXTURES, GOLDEN, MODELS, tmpDir } from "../helpers.js";
 import { stockAttention } from "./stockAttention.js";
 
@@ -256,4 +259,34 @@ test("refused with the reason: no calibration text, --calib where nothing reads 
   const r = spawnSync(process.execPath, [MAIN, "convert", "stories260K", "--rank", "2", "--no-attention-bias", "--dry-run"], { encoding: "utf8" });
   assert.notEqual(r.status, 0);
   assert.match(r.stderr, /--no-attention-bias has no effect without --format deepseek/);
+});
+
+test("a --calib holding fewer windows than asked is noted by export and convert --format deepseek as convert notes it; the kv_a_layernorm fit and the o_proj refit count their progress in layers", async () => {
+  const mla = path.join(tmpDir(), "mla-short");
+  await convert(STORIES, { rank: 2, ropePairs: 1, ropeStrategy: "uniform", ropeDisjoint: true, out: mla, progress: null, device: "cpu" });
+  const heard = async (work: (o: { logger: Logger; progress: ProgressSink }) => Promise<unknown>) => {
+    const logged: string[] = [];
+    const printed: string[] = [];
+    await work({ logger: { info: (m) => void logged.push(m), warn: () => {} }, progress: { write: (s) => void printed.push(s) } });
+    return { logged, printed };
+  };
+  // tinystories.txt: 5 windows of 256 tokens.
+  const note = (why: string) => `note: ${CALIB} holds 5 calibration windows of 256 tokens (${why})`;
+  const counts = (printed: string[], label: string) => printed.filter((l) => l.startsWith(label + " ")).map((l) => l.slice(label.length + 1).split(" (")[0]);
+  const ex = await heard((o) => exportDeepseek(mla, { out: path.join(tmpDir(), "ex"), attentionBias: false, calib: CALIB, device: "cpu", ...o }));
+  assert.ok(ex.logged.includes(note("the default is 32")), ex.logged.join("\n"));
+  assert.deepEqual(counts(ex.printed, "fit kv_a_layernorm"), ["1/5 layers", "5/5 layers"]);
+  const ds = await heard((o) => convertDeepseek(STORIES, { rank: 2, ropePairs: 1, calib: CALIB, calibSamples: 8, attentionBias: false, refitOutput: true, out: path.join(tmpDir(), "ds"), device: "cpu", ...o }));
+  assert.ok(ds.logged.includes(note("asked for 8")), ds.logged.join("\n"));
+  assert.deepEqual(counts(ds.printed, "fit kv_a_layernorm"), ["1/5 layers", "5/5 layers"]);
+  assert.deepEqual(counts(ds.printed, "refit o_proj"), ["1/5 layers", "5/5 layers"]);
+  const ours = await heard((o) => convert(STORIES, { rank: 2, ropePairs: 1, calib: CALIB, calibSamples: 8, dryRun: true, ...o }));
+  assert.ok(ours.logged.includes(note("asked for 8")), ours.logged.join("\n"));
+  const five = Array.from({ length: 5 }, () => new Int32Array(256));
+  assert.equal(fewerWindowsNote(CALIB, five, 5, 256), null, "as many as asked: no note");
+  assert.equal(fewerWindowsNote(undefined, [], undefined, 256), null, "no text: no note");
+  // The command line passes --calib-samples as given: a default is not called an ask.
+  const cli = spawnSync(process.execPath, [MAIN, "convert", "stories260K", "--rank", "2", "--rope-pairs", "1", "--calib", CALIB, "--dry-run"], { encoding: "utf8" });
+  assert.equal(cli.status, 0, cli.stderr);
+  assert.match(cli.stderr, /\(the default is 32\)$/m);
 });
