@@ -77,7 +77,7 @@ export { study, STUDY_VARIANTS, STUDY_RANKS } from "./study/study.js";
 export type { StudyOptions, StudyResult, StudyRow, StudyVariant } from "./study/study.js";
 export type { ClaimCheck } from "./study/claims.js";
 export { convertDeepseek } from "./deepseek/export.js";
-export type { DeepseekOptions, DeepseekResult, WrittenDeepseek, DryRunDeepseek, BeforeAfter } from "./deepseek/export.js";
+export type { DeepseekOptions, DeepseekResult, WrittenDeepseek, DryRunDeepseek, BeforeAfter, KvPerToken } from "./deepseek/export.js";
 export { exportDeepseek } from "./deepseek/fromMla.js";
 export type { ExportOptions, ExportResult } from "./deepseek/fromMla.js";
 export type { DeepseekAttention } from "./model/config.js";

@@ -110,21 +110,35 @@ export interface BeforeAfter {
   ctx: number;
   before: number;
   after: number;
+  /** after − before, and the perplexity's change: named as our format's report names them. */
+  nll_delta: number;
+  ppl_change_percent: number;
+}
+
+/** Cached values per token and layer, of the source and of the deepseek_v3 folder (both writers' results and records). */
+export interface KvPerToken {
+  before: number;
+  after: number;
+  changePercent: number;
+}
+
+export function kvPerToken(before: number, after: number): KvPerToken {
+  return { before, after, changePercent: (100 * (after - before)) / before };
 }
 
 /**
  * Evaluates the source `srcDir` and the written folder `dir` (not yet committed) on o.evalText and
  * writes report.json into `dir`; also returns both perplexities (for a Markdown report).
  */
-export async function evalBeforeAfter(spec: string, srcDir: string, dir: string, out: string, o: DeepseekEvalOptions & { evalText: string }, kvPerToken: object): Promise<{ report: BeforeAfter; ppl: [number, number] }> {
+export async function evalBeforeAfter(spec: string, srcDir: string, dir: string, out: string, o: DeepseekEvalOptions & { evalText: string }, kv: KvPerToken): Promise<{ report: BeforeAfter; ppl: [number, number] }> {
   // Both evaluations read the same text: a warning about it is said once.
   const e = { ...embeddedEval(o), device: o.device, progress: o.progress, signal: o.signal, logger: warningsOnce(o.logger ?? silentLogger), pastPositionsWarned: true };
   const [b, a] = [await evaluate(srcDir, e), await evaluate(dir, e)];
-  const report = { text: o.evalText, tokens: b.tokens!, ctx: b.ctx!, before: b.nll!, after: a.nll! };
+  const report = { text: o.evalText, tokens: b.tokens!, ctx: b.ctx!, before: b.nll!, after: a.nll!, nll_delta: a.nll! - b.nll!, ppl_change_percent: (100 * (a.ppl! - b.ppl!)) / b.ppl! };
   // A source that scores but an output that does not (a weight out of its dtype's range) is no model to hand over.
   if (Number.isFinite(report.before) && !Number.isFinite(report.after))
     throw new MlaError("UNSUPPORTED", `the deepseek_v3 folder scores NLL ${report.after} on ${o.evalText} where the source scores ${report.before.toFixed(5)}: a weight is out of its dtype's range`, "nothing was written; this is a bug, report it with the command (a bf16 or f32 copy of the source may convert meanwhile)");
-  fs.writeFileSync(path.join(dir, "report.json"), JSON.stringify({ source: spec, output: out, format: "deepseek_v3", ...report, nll_delta: a.nll! - b.nll!, kv_per_token_per_layer: kvPerToken }, null, 2) + "\n");
+  fs.writeFileSync(path.join(dir, "report.json"), JSON.stringify({ source: spec, output: out, format: "deepseek_v3", ...report, kv_per_token_per_layer: kv }, null, 2) + "\n");
   return { report, ppl: [b.ppl!, a.ppl!] };
 }
 
@@ -137,11 +151,13 @@ export interface WrittenDeepseek {
   out: string;
   ropeDim: number;
   kvLoraRank: number;
+  /** qk_nope_head_dim: the source's head dim (its query keeps every dim beside the shared rope key). */
+  nopeDim: number;
   /** rope_theta of the ladder. */
   ropeTheta: number;
   /** The ladder's spacing s: rope slot k sits on the original frequency s·k. */
   spacing: number;
-  kvPerToken: { before: number; after: number; changePercent: number };
+  kvPerToken: KvPerToken;
   energy: number[];
   /** With evalText: NLL of the source and of the result. */
   eval: BeforeAfter | null;
@@ -251,7 +267,7 @@ async function convertDeepseekInScope(spec: string, o: DeepseekOptions): Promise
     // there, of its shape (the layer math trusts the config's sizes) and a float dtype.
     requireSourceTensors(src, c);
     checkDeclaredBiasesOf(src, c, bias);
-    const kvPerToken = { before: 2 * G * Dh, after: rk + dr, changePercent: (100 * (rk + dr - 2 * G * Dh)) / (2 * G * Dh) };
+    const kv = kvPerToken(2 * G * Dh, rk + dr);
     for (const w of servingWarnings(rk, dr, H, convertRemedy(Dh, Math.min(2 * G * Dh, D), bias), bias)) log.warn(w);
     // The evaluation comes last: its settings are checked now, not after the conversion (a dry run too).
     checkEmbeddedEval(o, { dir: srcDir, bos: c.bosTokenId });
@@ -265,7 +281,7 @@ async function convertDeepseekInScope(spec: string, o: DeepseekOptions): Promise
     const short = fewerWindowsNote(o.calib, windows, o.calibSamples, o.calibLen ?? DEFAULT_CALIB_LEN);
     if (short) log.info(short);
     const linalg = selectLinalg(o.device ?? "auto", log);
-    if (o.dryRun) return { out: null, ropeDim: dr, kvLoraRank: rk, ropeTheta: c.rope.theta, spacing: 0, kvPerToken, energy: [], eval: null, latentNormError: null };
+    if (o.dryRun) return { out: null, ropeDim: dr, kvLoraRank: rk, nopeDim: Dh, ropeTheta: c.rope.theta, spacing: 0, kvPerToken: kv, energy: [], eval: null, latentNormError: null };
 
     let stats: CalibrationStats | null = null;
     if (o.calib) {
@@ -380,22 +396,22 @@ async function convertDeepseekInScope(spec: string, o: DeepseekOptions): Promise
     const calibration = o.calib ? { calib: o.calib, calib_samples: o.calibSamples ?? DEFAULT_CALIB_SAMPLES, calib_len: o.calibLen ?? DEFAULT_CALIB_LEN } : { calib: null, calib_samples: null, calib_len: null };
     fs.writeFileSync(
       path.join(tmp, "mla_conversion.json"),
-      JSON.stringify({ tool: "mha2mla", format: "deepseek_v3", source: { model: spec, dir: srcDir }, settings: { rank, rope_pairs: R, rope_dim: dr, kv_lora_rank: rk, svd_init: svdInit, balance_kv: o.balanceKv ?? true, refit_output: o.refitOutput ?? false, ...calibration, interleave: o.interleave ?? true, attention_bias: bias }, ...calibrationRecord(o.calib, windows), ...refitRecord(refit), ...latentNormRecord(fit), ladder: { spacing, frequencies: freqs, rope_theta: ropeTheta }, kv_per_token_per_layer: kvPerToken, retained_energy: energy, ...(bias ? { constant_channel_beta: betas } : {}), created: new Date().toISOString() }, null, 2) + "\n",
+      JSON.stringify({ tool: "mha2mla", format: "deepseek_v3", source: { model: spec, dir: srcDir }, settings: { rank, rope_pairs: R, rope_dim: dr, kv_lora_rank: rk, svd_init: svdInit, balance_kv: o.balanceKv ?? true, refit_output: o.refitOutput ?? false, ...calibration, interleave: o.interleave ?? true, attention_bias: bias }, ...calibrationRecord(o.calib, windows), ...refitRecord(refit), ...latentNormRecord(fit), ladder: { spacing, frequencies: freqs, rope_theta: ropeTheta }, kv_per_token_per_layer: kv, retained_energy: energy, ...(bias ? { constant_channel_beta: betas } : {}), created: new Date().toISOString() }, null, 2) + "\n",
     );
     let report: BeforeAfter | null = null;
     if (o.evalText) {
-      const r = await evalBeforeAfter(spec, srcDir, tmp, out, { ...o, evalText: o.evalText, logger: log }, kvPerToken);
+      const r = await evalBeforeAfter(spec, srcDir, tmp, out, { ...o, evalText: o.evalText, logger: log }, kv);
       report = r.report;
       fs.writeFileSync(
         path.join(tmp, "report.md"),
-        `# MHA → DeepSeek-V3 MLA conversion report\n\nSource: \`${spec}\` → \`${out}\`\n\n| | NLL | perplexity | KV elements per token and layer |\n| --- | --- | --- | --- |\n| original | ${report.before.toFixed(4)} | ${r.ppl[0].toFixed(3)} | ${kvPerToken.before} |\n| converted | ${report.after.toFixed(4)} | ${r.ppl[1].toFixed(3)} | ${kvPerToken.after} |\n\nText: \`${o.evalText}\`, ${report.tokens} tokens, ctx ${report.ctx}. Shared rope key ${dr} dims on frequencies ${freqs.join(", ")}; kv_lora_rank ${rk} (${bias ? "one constant channel" : "no attention bias; kv_a_layernorm fitted on the calibration text"}).\n`,
+        `# MHA → DeepSeek-V3 MLA conversion report\n\nSource: \`${spec}\` → \`${out}\`\n\n| | NLL | perplexity | KV elements per token and layer |\n| --- | --- | --- | --- |\n| original | ${report.before.toFixed(4)} | ${r.ppl[0].toFixed(3)} | ${kv.before} |\n| converted | ${report.after.toFixed(4)} | ${r.ppl[1].toFixed(3)} | ${kv.after} |\n\nText: \`${o.evalText}\`, ${report.tokens} tokens, ctx ${report.ctx}. Shared rope key ${dr} dims on frequencies ${freqs.join(", ")}; kv_lora_rank ${rk} (${bias ? "one constant channel" : "no attention bias; kv_a_layernorm fitted on the calibration text"}).\n`,
       );
     }
     // A stop asked during the last layer's writes or the evaluation leaves nothing, as one before them does.
     throwIfAborted(o.signal);
     commitOutDir(tmp, out, o.force ?? false);
     tmp = null;
-    return { out, ropeDim: dr, kvLoraRank: rk, ropeTheta, spacing, kvPerToken, energy, eval: report, latentNormError: fit?.relativeError ?? null };
+    return { out, ropeDim: dr, kvLoraRank: rk, nopeDim: Dh, ropeTheta, spacing, kvPerToken: kv, energy, eval: report, latentNormError: fit?.relativeError ?? null };
   } catch (e) {
     if (tmp) abandonOutDir(tmp);
     throw e;

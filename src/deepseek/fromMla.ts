@@ -37,7 +37,7 @@ import { checkEmbeddedEval } from "../eval/evaluate.js";
 import { silentLogger } from "../util/log.js";
 import { Progress } from "../util/progress.js";
 import { constantChannel, ropeRow } from "./layer.js";
-import { BeforeAfter, DEEPSEEK_EVAL_KINDS, DeepseekEvalOptions, evalBeforeAfter, roundingFor, writeDeepseekConfig } from "./export.js";
+import { BeforeAfter, DEEPSEEK_EVAL_KINDS, DeepseekEvalOptions, evalBeforeAfter, KvPerToken, kvPerToken, roundingFor, writeDeepseekConfig } from "./export.js";
 import { checkOptionTypes, type OptionKinds } from "../util/optionTypes.js";
 import { FUSED_MLA, servingWarnings } from "./serving.js";
 import { checkExportSettings, exportLadder, exportSplit } from "./exportable.js";
@@ -77,10 +77,11 @@ export interface ExportResult {
   ropeDim: number;
   kvLoraRank: number;
   nopeDim: number;
+  ropeTheta: number;
   /** Rope slot k turns at the source's frequency spacing·k. */
   spacing: number;
-  ropeTheta: number;
-  kvPerToken: { before: number; after: number };
+  /** Before: ours (Hkv·2R + L), after: kv_lora_rank + rope dim. */
+  kvPerToken: KvPerToken;
   eval: BeforeAfter | null;
   /** Bias-free only: per layer, the fitted kv_a_layernorm's relative error on the calibration latents. */
   latentNormError: number[] | null;
@@ -239,7 +240,7 @@ export async function exportDeepseek(spec: string, o: ExportOptions = {}): Promi
   const finiteDr = 2 * Math.floor((Math.log(F32_MAX) * Dh) / (2 * spacing * Math.log(c.rope.theta)));
   if (!(ropeTheta < F32_MAX))
     throw new MlaError("BAD_ARGUMENT", `--rope-dim ${dr} pads the rope key so far that its rope_theta, ${ropeTheta.toExponential(3)}, is past float32's range, in which transformers and vLLM compute the frequencies (all but the first would be 0)`, `use an even --rope-dim from ${2 * ladder.slots} to ${finiteDr}`);
-  const kvPerToken = { before: G * 2 * R + L, after: rk + dr };
+  const kv = kvPerToken(G * 2 * R + L, rk + dr);
   const fits = need <= FUSED_MLA.kvLoraRank && 2 * ladder.slots <= FUSED_MLA.ropeDim && FUSED_MLA.ropeDim <= finiteDr;
   const remedy = fits
     ? // Named as a command: pipeline's export phase takes no widths, so there it is a separate `export`.
@@ -248,7 +249,7 @@ export async function exportDeepseek(spec: string, o: ExportOptions = {}): Promi
       ? `Padded to the fused kernels' ${FUSED_MLA.ropeDim} rope dims, this ladder's rope_theta would pass float32's range (at most --rope-dim ${finiteDr})`
       : `The fused kernels' ${FUSED_MLA.kvLoraRank} + ${FUSED_MLA.ropeDim} cannot hold this model's ${need} latent channels and ${2 * ladder.slots} rope dims`;
   for (const w of servingWarnings(rk, dr, H, remedy, bias)) log.warn(w);
-  log.info(`export: shared rope key of ${dr} dims (frequencies ${spacing}·k, k < ${ladder.slots}; ${G * R} used per layer), kv_lora_rank ${rk} (${bias ? "1 constant channel" : "no attention bias: kv_a_layernorm fitted on --calib"}): ${kvPerToken.after} cached values per token and layer, ours ${kvPerToken.before}`);
+  log.info(`export: shared rope key of ${dr} dims (frequencies ${spacing}·k, k < ${ladder.slots}; ${G * R} used per layer), kv_lora_rank ${rk} (${bias ? "1 constant channel" : "no attention bias: kv_a_layernorm fitted on --calib"}): ${kv.after} cached values per token and layer, ours ${kv.before}`);
   // The evaluation comes last: its settings are checked now, not after the export.
   // With the source's tokenizer and BOS, which the evaluation needs: found missing after the export, the
   // work was thrown away.
@@ -316,14 +317,14 @@ export async function exportDeepseek(spec: string, o: ExportOptions = {}): Promi
     const fit = bias ? null : await fitLatentNorms(tmp, windows, backend!, { progress: o.progress, signal: o.signal });
     if (fit) log.info(describeLatentNormFit(fit));
     const settings = { attention_bias: bias, ...(bias ? {} : { calib: o.calib, calib_samples: o.calibSamples ?? DEFAULT_CALIB_SAMPLES, calib_len: o.calibLen ?? DEFAULT_CALIB_LEN }) };
-    const manifest = { tool: "mha2mla", format: "deepseek_v3", exported_from: { model: spec, dir: srcDir, format: "mha2mla MLA" }, settings, ...calibrationRecord(o.calib, windows), ...latentNormRecord(fit), ladder: { spacing, slots, rope_theta: ropeTheta }, kv_per_token_per_layer: kvPerToken, created: new Date().toISOString() };
+    const manifest = { tool: "mha2mla", format: "deepseek_v3", exported_from: { model: spec, dir: srcDir, format: "mha2mla MLA" }, settings, ...calibrationRecord(o.calib, windows), ...latentNormRecord(fit), ladder: { spacing, slots, rope_theta: ropeTheta }, kv_per_token_per_layer: kv, created: new Date().toISOString() };
     fs.writeFileSync(path.join(tmp, "mla_conversion.json"), JSON.stringify(manifest, null, 2) + "\n");
-    const report = o.evalText ? (await evalBeforeAfter(spec, srcDir, tmp, out, { ...o, evalText: o.evalText, logger: log }, kvPerToken)).report : null;
+    const report = o.evalText ? (await evalBeforeAfter(spec, srcDir, tmp, out, { ...o, evalText: o.evalText, logger: log }, kv)).report : null;
     // A stop asked during the last layer's writes or the evaluation leaves nothing, as one before them does.
     throwIfAborted(o.signal);
     commitOutDir(tmp, out, o.force ?? false);
     tmp = null;
-    return { out, ropeDim: dr, kvLoraRank: rk, nopeDim: dn, spacing, ropeTheta, kvPerToken, eval: report, latentNormError: fit?.relativeError ?? null };
+    return { out, ropeDim: dr, kvLoraRank: rk, nopeDim: dn, ropeTheta, spacing, kvPerToken: kv, eval: report, latentNormError: fit?.relativeError ?? null };
   } catch (e) {
     if (tmp) abandonOutDir(tmp);
     throw e;

@@ -9,7 +9,10 @@ import fs from "node:fs";
 import path from "node:path";
 import { test } from "node:test";
 import { isEarlierResult } from "../../src/cli/output.js";
-import { FIXTURES, ROOT, tmpDir } from "../helpers.js";
+import { convert } from "../../src/convert/pipeline.js";
+import { convertDeepseek } from "../../src/deepseek/export.js";
+import { exportDeepseek } from "../../src/deepseek/fromMla.js";
+import { FIXTURES, MODELS, ROOT, tmpDir } from "../helpers.js";
 
 const MAIN = path.join(ROOT, "dist", "src", "cli", "main.js");
 const TEXT = path.join(FIXTURES, "text", "tinystories.txt");
@@ -81,4 +84,29 @@ test("--json at the --out folder, or at a file the command writes there (given o
   const beside = convert("--out", out, "--json", path.join(out, "result.json"));
   assert.equal(beside.status, 0, beside.stderr);
   assert.ok(isEarlierResult(JSON.parse(fs.readFileSync(path.join(out, "result.json"), "utf8"))));
+});
+
+test("convert (both formats) and export --json name what they share alike: the evaluation's nll_delta and ppl_change_percent, the deepseek_v3 widths and kvPerToken.changePercent (docs/formats.md)", async () => {
+  const dir = tmpDir();
+  const src = path.join(MODELS, "stories260K");
+  const common = { evalText: TEXT, evalTokens: 200, evalCtx: 64, progress: null, device: "cpu" as const };
+  // What --json prints: the result as JSON.
+  const json = (r: unknown) => JSON.parse(JSON.stringify(r)) as Record<string, any>;
+  const ours = json(await convert(src, { rank: 2, ropePairs: 1, ropeStrategy: "uniform", ropeDisjoint: true, out: path.join(dir, "mla"), ...common }));
+  const ds = json(await convertDeepseek(src, { rank: 2, ropePairs: 1, out: path.join(dir, "ds"), ...common }));
+  const ex = json(await exportDeepseek(path.join(dir, "mla"), { out: path.join(dir, "ex"), ...common }));
+  const widths = ["out", "ropeDim", "kvLoraRank", "nopeDim", "ropeTheta", "spacing", "kvPerToken", "eval", "latentNormError"];
+  assert.deepEqual(Object.keys(ds), [...widths.slice(0, -2), "energy", ...widths.slice(-2)], "convert --format deepseek: energy of its factorization besides");
+  assert.deepEqual(Object.keys(ex), widths);
+  for (const [name, r] of [["convert --format deepseek", ds], ["export", ex]] as const) {
+    const { before, after, changePercent } = r.kvPerToken;
+    assert.ok(Math.abs(changePercent - (100 * (after - before)) / before) < 1e-9, name);
+    assert.deepEqual(Object.keys(r.eval), ["text", "tokens", "ctx", "before", "after", "nll_delta", "ppl_change_percent"], name);
+    assert.ok(Math.abs(r.eval.nll_delta - (r.eval.after - r.eval.before)) < 1e-12, name);
+    assert.ok(Math.abs(r.eval.ppl_change_percent - 100 * (Math.exp(r.eval.nll_delta) - 1)) < 1e-6, name);
+    // The keys the deepseek evaluation shares with our format's report mean the same there.
+    for (const k of ["text", "tokens", "ctx"]) assert.equal(r.eval[k], ours.report[k], `${name}: ${k}`);
+  }
+  assert.ok(Math.abs(ours.report.ppl_change_percent - 100 * (Math.exp(ours.report.nll_delta) - 1)) < 1e-6);
+  assert.equal(ex.eval.before, ours.report.after.nll, "export's source is our conversion");
 });
