@@ -32,7 +32,7 @@ export const convertCommand: CommandModule<object, Args> = {
   builder: (y) =>
     withConversionOptions(y)
       .positional("model", { type: "string", demandOption: true, describe: "model folder, HF hub id in the local cache, or alias" })
-      .option("out", { type: "string", describe: "output folder (default ./NAME-mla-r<rank>)" })
+      .option("out", { type: "string", describe: "output folder (default ./NAME-mla-r<rank>; deepseek: ./NAME-deepseek-r<rank>, or ./NAME-deepseek-kv<K> where --kv-lora-rank K sets the cache and --rank nothing)" })
       .option("force", { type: "boolean", default: false, describe: "replace an existing --out" })
       .option("dry-run", { type: "boolean", default: false, describe: "check the settings as the run would (the --calib windows are cut, the --device library loaded) and print the KV-cache accounting; converts nothing" })
       .option("eval-text", { type: "string", describe: "evaluate perplexity before and after; writes report.md/report.json into --out" })

@@ -10,7 +10,9 @@ import { MlaError } from "../errors.js";
 import { refuseOutOverInputs, type InputPath } from "../io/outGuard.js";
 import { refuseFileAsOutDir } from "../io/atomicDir.js";
 import { resolveModel } from "../io/modelDir.js";
-import { defaultExportOut, defaultOut } from "../convert/plan.js";
+import { defaultDeepseekOut, defaultExportOut, defaultOut } from "../convert/plan.js";
+import { deepseekShape } from "../deepseek/export.js";
+import { readHfConfig } from "../io/hfConfig.js";
 import { reportFiles, checkReportOut } from "../eval/report/report.js";
 import { checkJsonTarget, MODEL_FILES, RUN_RECORDS } from "./output.js";
 import { inspectCommand } from "./inspect.js";
@@ -189,9 +191,25 @@ function outOf(command: unknown, argv: Record<string, unknown>): string | null {
   if (typeof argv["out"] === "string" && argv["out"]) return argv["out"];
   const model = typeof argv["model"] === "string" ? argv["model"] : null;
   if (!model) return null;
-  if (command === "convert" && typeof argv["rank"] === "number") return defaultOut(model, argv["rank"], argv["format"] === "deepseek" ? "deepseek" : "mla");
+  if (command === "convert" && typeof argv["rank"] === "number") return argv["format"] === "deepseek" ? deepseekOutOf(model, argv["rank"], argv) : defaultOut(model, argv["rank"]);
   if (command === "export") return defaultExportOut(model);
   return null;
+}
+
+/**
+ * convert --format deepseek's default: named after --kv-lora-rank where it sets the cache in --rank's
+ * place, which takes the model's shape to tell (null where the run will refuse the model or its widths).
+ */
+function deepseekOutOf(model: string, rank: number, argv: Record<string, unknown>): string | null {
+  const given = (k: string) => (typeof argv[k] === "number" ? argv[k] : undefined);
+  if (given("kv-lora-rank") === undefined) return defaultOut(model, rank, "deepseek");
+  try {
+    const shape = deepseekShape(readHfConfig(resolveModel(model).dir), { rank, ropePairs: given("rope-pairs"), ropeDim: given("rope-dim"), kvLoraRank: given("kv-lora-rank") });
+    return defaultDeepseekOut(model, shape.rank, shape.kvLoraRank);
+  } catch (e) {
+    if (e instanceof MlaError) return null;
+    throw e;
+  }
 }
 
 /**

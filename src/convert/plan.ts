@@ -224,6 +224,14 @@ export function refuseDefaultOutInModel(out: string, srcDir: string, given: stri
   if (within(out, src)) throw new MlaError("BAD_ARGUMENT", `the default --out ${out} (./${path.basename(out)} in the working folder) is inside the input model folder ${src}`, `pass --out ${path.join(path.dirname(src), path.basename(out))} (beside the model), or run from outside the model folder`);
 }
 
+/**
+ * `convert --format deepseek`'s default output folder, named after what set the cache: ./NAME-deepseek-r<rank>,
+ * or ./NAME-deepseek-kv<K> where --kv-lora-rank set it and --rank set nothing (deepseekShape's rank null).
+ */
+export function defaultDeepseekOut(spec: string, rank: number | null, kvLoraRank: number): string {
+  return rank === null ? path.resolve(`${modelName(spec)}-deepseek-kv${kvLoraRank}`) : defaultOut(spec, rank, "deepseek");
+}
+
 /** `export --format deepseek`'s default output folder: ./NAME-deepseek. */
 export function defaultExportOut(spec: string): string {
   return path.resolve(`${modelName(spec)}-deepseek`);

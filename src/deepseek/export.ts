@@ -27,7 +27,7 @@ import { covarianceRoots } from "../svd/truncated.js";
 import { silentLogger, Logger, warningsOnce } from "../util/log.js";
 import { checkOptionTypes, type OptionKinds } from "../util/optionTypes.js";
 import { Progress, ProgressSink } from "../util/progress.js";
-import { alreadyMla, checkCalibFile, checkDeviceName, checkOutDir, defaultOut, refuseDefaultOutInModel, SETTINGS_KINDS, SettingsInput } from "../convert/plan.js";
+import { alreadyMla, checkCalibFile, checkDeviceName, checkOutDir, defaultDeepseekOut, refuseDefaultOutInModel, SETTINGS_KINDS, SettingsInput } from "../convert/plan.js";
 import { checkEmbeddedEval, embeddedEval, evaluate } from "../eval/evaluate.js";
 import { deepseekLayer, foldValueBias, FrequencyPca, frequencyPca, ladder, ladderScores, validSpacings } from "./layer.js";
 import { convertRemedy, servingWarnings } from "./serving.js";
@@ -66,7 +66,7 @@ export interface DeepseekOptions extends DeepseekEvalOptions {
    * latent channel learned, kv_a_layernorm's weight fitted on `calib` (required): ./latentNorm.ts.
    */
   attentionBias?: boolean;
-  /** Output folder (default ./NAME-deepseek-r<rank>). */
+  /** Output folder (default ./NAME-deepseek-r<rank>, or ./NAME-deepseek-kv<kvLoraRank> where rank sets nothing: defaultDeepseekOut). */
   out?: string;
   force?: boolean;
   /** Only validate and return the KV accounting; write nothing. */
@@ -271,7 +271,7 @@ async function convertDeepseekInScope(spec: string, o: DeepseekOptions): Promise
     for (const w of servingWarnings(rk, dr, H, convertRemedy(Dh, Math.min(2 * G * Dh, D), bias), bias)) log.warn(w);
     // The evaluation comes last: its settings are checked now, not after the conversion (a dry run too).
     checkEmbeddedEval(o, { dir: srcDir, bos: c.bosTokenId });
-    const out = path.resolve(o.out ?? defaultOut(spec, o.rank, "deepseek"));
+    const out = path.resolve(o.out ?? defaultDeepseekOut(spec, rank, rk));
     const inputs = [{ name: "--calib", path: o.calib }, { name: "--eval-text", path: o.evalText }];
     refuseDefaultOutInModel(out, srcDir, o.out);
     checkOutDir(out, srcDir, o.force ?? false, inputs, o.dryRun ? log : undefined);

@@ -16,6 +16,7 @@ import { evaluate } from "../../src/eval/evaluate.js";
 import { SafetensorsFile, writeSafetensorsSync } from "../../src/io/safetensors.js";
 import { Checkpoint } from "../../src/io/checkpoint.js";
 import { MlaError } from "../../src/errors.js";
+import { defaultDeepseekOut } from "../../src/convert/plan.js";
 import { pipeline } from "../../src/pipeline.js";
 import { convertRemedy, SERVING_BIAS_NOTE, servingWarnings } from "../../src/deepseek/serving.js";
 import { finiteDifference, FIXTURES, GOLDEN, MODELS, tmpDir } from "../helpers.js";
@@ -139,6 +140,26 @@ test("--rank and --rope-pairs beside --rope-dim / --kv-lora-rank: a --rope-pairs
   assert.deepEqual(await recorded({ ropePairs: 1, ropeDim: 4 }), { recorded: [2, 1, 4, 12], noted: false }, "the budget sets kv_lora_rank");
   assert.deepEqual(await recorded({ ropePairs: 1, kvLoraRank: 12 }), { recorded: [null, 1, 8, 12], noted: true }, "--rope-pairs sets the rope dim; --rank sets nothing");
   assert.deepEqual(await recorded({ ropeDim: 8, kvLoraRank: 9 }), { recorded: [null, null, 8, 9], noted: true }, "the widths set everything");
+});
+
+test("without --out the folder is named after what set the cache: NAME-deepseek-kv<K> where --kv-lora-rank did and --rank set nothing, NAME-deepseek-r<rank> where --rank did (the --json check before the work predicts the same)", () => {
+  const MAIN = path.join(FIXTURES, "..", "dist", "src", "cli", "main.js");
+  const cwd = tmpDir();
+  const run = (...flags: string[]) => spawnSync(process.execPath, [MAIN, "convert", "stories260K", "--format", "deepseek", ...flags], { encoding: "utf8", cwd });
+  // stories260K: --rank 2 and --rope-pairs 1 budget 16 values per token and layer; 20 + 4 is not it.
+  const kv = run("--rank", "2", "--kv-lora-rank", "20", "--rope-dim", "4");
+  assert.equal(kv.status, 0, kv.stderr);
+  assert.deepEqual(fs.readdirSync(cwd), ["stories260K-deepseek-kv20"]);
+  assert.equal(JSON.parse(fs.readFileSync(path.join(cwd, "stories260K-deepseek-kv20", "mla_conversion.json"), "utf8")).settings.rank, null);
+  const refused = (name: string, ...flags: string[]) => {
+    const r = run(...flags, "--json", path.join(name, "config.json"));
+    assert.equal(r.status, 1, r.stderr);
+    assert.match(r.stderr, new RegExp(`^error: --json \\S+ is one of the files this command writes in --out \\S+/${name}$`, "m"));
+  };
+  refused("stories260K-deepseek-kv24", "--rank", "2", "--kv-lora-rank", "24");
+  refused("stories260K-deepseek-r2", "--rank", "2", "--rope-pairs", "1", "--kv-lora-rank", "8", "--rope-dim", "8");
+  assert.equal(defaultDeepseekOut("org/tiny", 2, 8), path.resolve("tiny-deepseek-r2"));
+  assert.equal(defaultDeepseekOut("org/tiny", null, 8), path.resolve("tiny-deepseek-kv8"));
 });
 
 test("the CLI: --dry-run writes nothing; --eval-text writes report.json and report.md beside the model", () => {
