@@ -8,7 +8,8 @@ import type { TokenLogprobs } from "../model/sampling.js";
 import type { TokenEntry } from "./responseShapes.js";
 import type { Prompt } from "./requestPrompts.js";
 import { tokenBytes } from "./tokenBytes.js";
-import { offsetsOf, TokenOffsets } from "./tokenOffsets.js";
+import { alignOffsets, offsetsOf, TokenOffsets, type Mark } from "./tokenOffsets.js";
+import { TextStream } from "./textStream.js";
 
 /**
  * The entry of token `id` (and of the step's most likely tokens) after `prev`; its offset is set by
@@ -21,8 +22,9 @@ function tokenEntry(tokenizer: TextTokenizer, prev: number, id: number, lp: Toke
   const decode = (ids: number[]) => tokenizer.decode(ids, { skipSpecialTokens: false, cleanUpSpaces: false });
   const before = decode([prev]);
   const text = (t: number) => {
-    const both = decode([prev, t]);
-    return both.startsWith(before) ? both.slice(before.length) : decode([t]);
+    const both = decode([prev, t]), alone = decode([t]);
+    // A byte after an incomplete character's bytes can add nothing to their U+FFFD: it reads as its own.
+    return both.startsWith(before) && (both.length > before.length || !alone.includes("\uFFFD")) ? both.slice(before.length) : alone;
   };
   const entry = (t: number) => {
     const token = text(t);
@@ -33,15 +35,24 @@ function tokenEntry(tokenizer: TextTokenizer, prev: number, id: number, lp: Toke
 
 /**
  * The entries of an echoed prompt's tokens, from `scored` (the log-probabilities of tokens 1…), and
- * where the completion's offsets begin. Offsets are in the echo as it comes back: cleaned up where it
- * is the ids' decode, not where it is the text as sent.
+ * where the completion's offsets begin. Offsets are in the echo as it comes back: the ids' decode
+ * (cleaned up where the tokenizer does), or the text as sent, which they are moved into where its
+ * tokens decode otherwise (alignOffsets).
  */
 function promptEntries(tokenizer: TextTokenizer, prompt: Prompt, scored: readonly TokenLogprobs[]): { entries: TokenEntry[]; end: number } {
   const ids = prompt.ids;
   const entries: TokenEntry[] = [{ token: tokenizer.decode([ids[0]!], { skipSpecialTokens: false, cleanUpSpaces: false }), offset: 0, logprob: null, top: null }];
   for (let k = 1; k < ids.length; k++) entries.push(tokenEntry(tokenizer, ids[k - 1]!, ids[k]!, scored[k - 1]!));
-  const { offsets, end } = offsetsOf(entries.map((e) => e.token), prompt.echoCleaned);
-  entries.forEach((e, k) => (e.offset = offsets[k]!));
+  // What each token adds to the echo, decoded as a completion's text is (an incomplete character at
+  // the end adds nothing: the echo leaves it to the completion).
+  const stream = new TextStream(tokenizer, [], [], { promptWhole: true });
+  const adds = ids.map((id) => (stream.push(id), stream.decoded));
+  const { offsets, text } = offsetsOf(adds, prompt.echoCleaned);
+  const echo = prompt.echo ?? text;
+  alignOffsets(offsets, text, echo).forEach((o, k) => (entries[k]!.offset = o));
+  // In code points, as the offsets are.
+  let end = echo.length;
+  for (let i = 0; i < echo.length; i++) if ((echo.charCodeAt(i) & 0xfc00) === 0xd800) end--;
   return { entries, end };
 }
 
@@ -58,7 +69,7 @@ export class ChoiceEntries {
   private promptEnd = 0;
   /** The completion's offsets (made at its first token), and where each entry's token is in them. */
   private offsets: TokenOffsets | null = null;
-  private readonly at: number[] = [];
+  private readonly at: Mark[] = [];
 
   constructor(
     private readonly tokenizer: TextTokenizer,
@@ -75,12 +86,15 @@ export class ChoiceEntries {
     this.promptEnd = p.end;
   }
 
-  /** The choice's new token `tok`: its entry where it has log-probabilities `lp`. */
-  record(tok: number, lp: TokenLogprobs | undefined): void {
+  /**
+   * The choice's new token `tok`: its entry where it has log-probabilities `lp`; `adds`: the text it
+   * adds to the completion's (its TextStream's `decoded`; "" for one that ends the sequence).
+   */
+  record(tok: number, lp: TokenLogprobs | undefined, adds: string): void {
     if (lp) {
       this.offsets ??= new TokenOffsets(this.tokenizer.cleansUpSpaces === true, this.promptEnd);
       const entry = tokenEntry(this.tokenizer, this.last, tok, lp);
-      this.at[this.all.length] = this.offsets.add(entry.token);
+      this.at[this.all.length] = this.offsets.add(adds);
       this.all.push(entry);
     }
     this.last = tok;

@@ -142,12 +142,12 @@ export async function generation(server: GenerationServer, req: http.IncomingMes
       const piece = texts[k]!.push(tok);
       // Every generated token is reported, the one that completes a stop string (whose text is
       // cut) too: an entry per token of completion_tokens, as vLLM gives them.
-      entries[k]!.record(tok, lp);
+      entries[k]!.record(tok, lp, texts[k]!.decoded);
       if (r.stream && piece) stream.chunk({ choices: [shape.delta(piece, null, k, unsent(k))] });
       return !texts[k]!.hitStop;
     },
     // EOS or a stop token id: its entry, as the text it adds nowhere (it goes out with the end).
-    onEndToken: (tok, lp) => entries[k]!.record(tok, lp),
+    onEndToken: (tok, lp) => entries[k]!.record(tok, lp, ""),
     onEnd: onEnd(k),
   });
   // Made one at a time as submitAll checks them: a default limit that refuses choice k (no room left)

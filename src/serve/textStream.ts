@@ -43,6 +43,8 @@ export class TextStream {
   /** How much of `text` has been given out. */
   private given = 0;
   private stopped = false;
+  /** The text the last push decoded, spaces not cleaned up: "" while it holds its id back (bytes of a character not yet whole, a special token left out), all of a character from the id that completes it. */
+  decoded = "";
 
   /**
    * `prompt`: the prompt's ids (only its last few are decoded); `stops`: strings that end the text, not
@@ -71,6 +73,7 @@ export class TextStream {
 
   /** Takes the next id; returns the text that can be given out now (possibly ""). */
   push(id: number): string {
+    this.decoded = "";
     if (this.stopped) return "";
     this.ids.push(id);
     const before = this.decode(this.ids.slice(this.prefix, this.read));
@@ -79,7 +82,8 @@ export class TextStream {
     // that are bytes that never make a character, given out as U+FFFD rather than held for ever.
     const stuck = this.ids.length - this.read > 4;
     if (after.length > before.length && (!after.endsWith("\uFFFD") || stuck)) {
-      this.text += this.cleaner.push(after.slice(before.length));
+      this.decoded = after.slice(before.length);
+      this.text += this.cleaner.push(this.decoded);
       this.prefix = this.read;
       this.read = this.ids.length;
     } else if (after === before) {

@@ -44,6 +44,12 @@ async function assertRefused(url: string, cases: readonly (readonly [unknown, Re
   }
 }
 
+/** The text each token adds to `text` by its `offsets` (in code points), the last running to the end. */
+function spansOf(text: string, offsets: readonly number[]): string[] {
+  const chars = [...text];
+  return offsets.map((o, k) => chars.slice(o, offsets[k + 1] ?? chars.length).join(""));
+}
+
 /** The events of a streamed completion, parsed, up to [DONE]. */
 async function events(url: string, body: unknown): Promise<Record<string, any>[]> {
   const r = await fetch(`${url}/v1/completions`, { method: "POST", body: JSON.stringify({ ...(body as object), stream: true }) });
@@ -435,6 +441,34 @@ test("logprobs end with the token that ended the sequence (EOS, a stop token id)
   }
 });
 
+test("text_offset: in code points, each byte of a character split over tokens begins where it does; plain and streamed alike, for every prompt and choice", async () => {
+  const server = await serve(lm, { port: 0, name: "tiny" });
+  try {
+    // "Once" and 😀's first three bytes (ids that end inside a character), then its last byte, forced.
+    const emoji = [243, 162, 155], last = 131;
+    assert.equal(lm.tokenizer.decode([403, ...emoji, last]), "Once😀");
+    const ask = { prompt: [[bos!, 403, ...emoji], [bos!, ...emoji]], n: 2, max_tokens: 1, temperature: 0, logit_bias: { [String(last)]: 100 }, logprobs: 0 };
+    for (const echo of [false, true]) {
+      const r = await post(server.url, { ...ask, echo });
+      assert.equal(r.status, 200, JSON.stringify(r.json));
+      const evs = await events(server.url, { ...ask, echo });
+      r.json["choices"].forEach((c: Record<string, any>, k: number) => {
+        const head = k < 2 ? "Once" : "";
+        assert.equal(c.text, (echo ? head : "") + "😀");
+        // The prompt's incomplete bytes add nothing to the echo (the completion gives the character whole).
+        const want = echo ? ["", ...(head ? [head] : []), "", "", "", "😀"] : ["😀"];
+        assert.deepEqual(spansOf(c.text, c.logprobs.text_offset), want, `choice ${k}, echo ${echo}`);
+        assert.deepEqual(c.logprobs.tokens.slice(-(echo ? 4 : 1)), Array(echo ? 4 : 1).fill("\uFFFD"), "each byte short of a whole character reads as U+FFFD");
+        assert.equal(c.logprobs.text_offset.at(-1), echo ? head.length : 0, "counted in code points: 😀 is one");
+        const mine = evs.flatMap((e) => e["choices"]).filter((x: Record<string, any>) => x.index === k);
+        assert.deepEqual(mine.flatMap((x: Record<string, any>) => x.logprobs?.text_offset ?? []), c.logprobs.text_offset, `choice ${k} streamed`);
+      });
+    }
+  } finally {
+    await server.close();
+  }
+});
+
 test("echo: the prompt comes back scored, as lm-eval's log-likelihood requests read it, plain, streamed, and alone (max_tokens 0)", async () => {
   // Chunks of 3 prompt tokens: the scores cross chunk boundaries; the prefix cache is on (the default).
   const server = await serve(lm, { port: 0, name: "tiny", prefillChunk: 3 });
@@ -463,7 +497,10 @@ test("echo: the prompt comes back scored, as lm-eval's log-likelihood requests r
     const V = lm.config.vocabSize;
     const argmaxAt = (row: number) => Array.from(logits.subarray(row * V, (row + 1) * V)).reduce((b, x, i, a) => (x > a[b]! ? i : b), 0);
     assert.equal(greedy, continuation.every((t, k) => argmaxAt(context.length - 1 + k) === t));
-    assert.deepEqual(lp.text_offset, lp.tokens.map((_: string, k: number) => lp.tokens.slice(0, k).join("").length), "offsets run on from the prompt's into the completion's");
+    // Offsets run on from the prompt's into the completion's, each where its token's text begins in the
+    // text: BOS adds none of it, and the first word's leading space is not there.
+    const spans = spansOf(c.text, lp.text_offset);
+    assert.deepEqual(spans, ["", lp.tokens[1].trimStart(), ...lp.tokens.slice(2)]);
     const promptText = lm.tokenizer.decode(p, { skipSpecialTokens: true });
     assert.ok(c.text.startsWith(promptText) && c.text.length > promptText.length, "the text is the prompt's, then the completion's");
     // Again: the prompt and its scores are kept in the prefix cache now, and it is scored the same from them.
