@@ -5,6 +5,7 @@ import { MlaError } from "../errors.js";
 import { writeFileAtomic } from "../io/atomicDir.js";
 import { makeDirs } from "../io/makeDirs.js";
 import { stripBom } from "../io/text.js";
+import { isEarlierResult } from "../io/resultKinds.js";
 
 /** The largest existing file `--json` replaces: an earlier result is small; a larger file is something else. */
 const EARLIER_RESULT_BYTES = 64 << 20;
@@ -55,17 +56,7 @@ function refuseOverForeignFile(target: string): void {
   if (!isEarlierResult(value)) throw refuse("is JSON, but not a result this tool wrote (eval, inspect, convert, export, finetune or synth)");
 }
 
-/**
- * The keys that tell each command's `--json` result (test/cli/jsonResults.test.ts writes every one and
- * checks it is recognized): eval and inspect, finetune, convert, the deepseek_v3 export or conversion, synth.
- */
-const RESULT_SIGNATURES: readonly (readonly string[])[] = [["kv_bytes_per_token"], ["stoppedEarly", "steps"], ["plan", "selection"], ["kvPerToken", "kvLoraRank"], ["tensors", "shards", "arch"]];
-
-/** Whether a parsed JSON value is a result a command of this tool wrote. */
-export function isEarlierResult(value: unknown): boolean {
-  if (typeof value !== "object" || value === null || Array.isArray(value)) return false;
-  return RESULT_SIGNATURES.some((keys) => keys.every((k) => k in value));
-}
+export { isEarlierResult };
 
 /** `--json` with no value or `--json -` prints to stdout; `--json FILE` writes FILE atomically. */
 export function emitJson(target: string | undefined, value: unknown): void {

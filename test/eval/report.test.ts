@@ -212,6 +212,9 @@ test("report: an inspect JSON is refused by what it lacks; runs on other data ar
     // The run folder's own record, not the --json result.
     ["run-finetune.json", { source: "m", settings: {}, steps: 3, val_nll_before: 2, val_nll_after: 1.5 }, /this is a fine-tuning run's result[\s\S]*--train-log RUN\/train_log\.jsonl/],
     ["inspect.json", { model: "m", dir: "d", kv_bytes_per_token: 4 }, /an `inspect --json` file describes a model, not a run/],
+    ["inspect-elems.json", { model: "m", kv_elems_per_token: 4 }, /an `inspect --json` file describes a model, not a run/],
+    ["convert.json", { plan: {}, selection: [] }, /this is a conversion's result, not an evaluation/],
+    ["export.json", { kvLoraRank: 8 }, /this is a conversion's or export's result or report/],
   ] as const) {
     const f = write(name, value);
     assert.throws(() => writeReport([f], path.join(dir, "r3.html")), (e: Error) => e instanceof MlaError && /not an eval result/.test(e.message) && re.test(e.message), name);

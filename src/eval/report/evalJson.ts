@@ -10,18 +10,14 @@ import fs from "node:fs";
 import { MlaError, ioError } from "../../errors.js";
 import type { EvalResult } from "../evaluate.js";
 import { stripBom } from "../../io/text.js";
+import { resultKindOf } from "../../io/resultKinds.js";
 
 const HINT = "pass JSON files written by `mha2mla eval --json FILE`";
 
 /** What a JSON file that is not an eval result is, where its keys tell (the hint then names it). */
 function whatItIs(r: unknown): string {
-  if (!isObject(r)) return "";
-  // finetune --json's result, or the run folder's own record (finetune.json).
-  if ("stoppedEarly" in r || ("val_nll_after" in r && "settings" in r)) return " (this is a fine-tuning run's result, not an evaluation: evaluate its model with `mha2mla eval RUN --json FILE`, or chart its training with --train-log RUN/train_log.jsonl)";
-  if ("plan" in r && "selection" in r) return " (this is a conversion's result, not an evaluation: evaluate each model with `mha2mla eval MODEL --json FILE`)";
-  if ("kvLoraRank" in r || ("before" in r && "after" in r)) return " (this is a conversion's or export's result or report, which compares the two models itself)";
-  if ("kv_bytes_per_token" in r || "kv_elems_per_token" in r) return " (an `inspect --json` file describes a model, not a run)";
-  return "";
+  const hint = resultKindOf(r)?.hint;
+  return hint ? ` (${hint})` : "";
 }
 
 type FieldKind = "string" | "number" | "object";
