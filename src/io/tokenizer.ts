@@ -40,12 +40,18 @@ export interface TextTokenizer {
   readonly filesHash?: string;
 }
 
-/** The decode functions loadTokenizer built: a tokenizer whose decode is not one of them was changed by its caller. */
+/** The decode and encode functions loadTokenizer built: a tokenizer whose decode or encode is not one of them was changed by its caller. */
 const builtDecoders = new WeakSet<TextTokenizer["decode"]>();
+const builtEncoders = new WeakSet<TextTokenizer["encode"]>();
 
 /** Whether `tok` decodes as the files in its folder do (its decode is the one loadTokenizer built), so a worker thread loading them decodes alike. */
 export function decodesAsLoaded(tok: TextTokenizer): boolean {
   return !!tok.dir && !!tok.filesHash && builtDecoders.has(tok.decode);
+}
+
+/** Whether `tok` encodes as the files in its folder do (decodesAsLoaded's twin). */
+export function encodesAsLoaded(tok: TextTokenizer): boolean {
+  return !!tok.dir && !!tok.filesHash && builtEncoders.has(tok.encode);
 }
 
 function readBytes(file: string, required: boolean): Buffer | null {
@@ -165,11 +171,13 @@ function buildTokenizer(dir: string, tjFile: string, tj: Record<string, unknown>
     return known.length === 0 ? "" : tok.decode(known, { skip_special_tokens: opts?.skipSpecialTokens ?? false, clean_up_tokenization_spaces: cleans && opts?.cleanUpSpaces !== false });
   };
   builtDecoders.add(decode);
+  const encodeText: TextTokenizer["encode"] = (text, opts) => encode(text, opts?.addSpecialTokens ?? false);
+  builtEncoders.add(encodeText);
   // Read on first use (a pass over the vocabulary and merges): only serve asks.
   let perToken: number | null | undefined;
   return {
     vocabSize,
-    encode: (text, opts) => encode(text, opts?.addSpecialTokens ?? false),
+    encode: encodeText,
     decode,
     cleansUpSpaces: cleans,
     encodeContinuation: (text) => {

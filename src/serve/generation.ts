@@ -42,7 +42,7 @@ export async function generation(server: GenerationServer, req: http.IncomingMes
   let left = false;
   res.once("close", () => (left = true));
   try {
-    ({ prompts, fields: r } = parse(await readJson(req, server.maxBody)));
+    ({ prompts, fields: r } = await parse(await readJson(req, server.maxBody)));
   } catch (e) {
     return sendRefusal(res, e);
   }

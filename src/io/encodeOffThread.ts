@@ -1,0 +1,46 @@
+/**
+ * A text's ids up to a limit, tokenized in a worker thread where the text is long, so that a server's
+ * other streams go on meanwhile: a prompt of ~6 MB of spaces (just under serve's byte bound at 131072
+ * positions) held every stream for ~11 s on Llama-2's tokenizer. The text is not cut into pieces: a
+ * SentencePiece-style BPE (Llama 2's) has no pre-tokenizer, so no cut is safe by the tokenizer's
+ * structure (encodeLong's line-break cuts are probed, not proven, and a run of spaces has none). The
+ * worker runs encodeUpTo itself, on the same files (their hash), so the ids and the verdict are this
+ * thread's; where it cannot (a folder gone or changed, an encode the caller replaced, a failure), this
+ * thread tokenizes. Starting the worker and loading the tokenizer there costs ~0.2–0.4 s (seconds for a
+ * 128k vocabulary), paid only by a long text, and one such text is tokenized at a time
+ * (tokenizerWorkers): each worker holds a whole tokenizer.
+ */
+import { Worker } from "node:worker_threads";
+import { tokenizerWorkers } from "../util/lane.js";
+import { encodedWholeBelow, encodePrefix, encodesAsLoaded, type TextTokenizer } from "./tokenizer.js";
+
+/**
+ * `text`'s ids, or null where they are more than `max`; a text far longer is found so by tokenizing
+ * only its start (encodePrefix), not all of it.
+ */
+export function encodeUpTo(tok: TextTokenizer, text: string, max: number, addSpecialTokens: boolean): number[] | null {
+  if (text.length >= encodedWholeBelow(max + 1) && encodePrefix(tok, text, max + 1).length > max) return null;
+  const ids = tok.encode(text, { addSpecialTokens });
+  return ids.length > max ? null : ids;
+}
+
+/** encodeUpTo, in a worker thread for a text of more than `offThreadAbove` characters that the worker can tokenize as `tok` does. */
+export async function encodeUpToOffThread(tok: TextTokenizer, text: string, o: { max: number; addSpecialTokens: boolean; offThreadAbove: number }): Promise<number[] | null> {
+  const here = () => encodeUpTo(tok, text, o.max, o.addSpecialTokens);
+  if (text.length <= o.offThreadAbove || !encodesAsLoaded(tok)) return here();
+  const answer = await tokenizerWorkers.run(() => inWorker(tok, text, o.max, o.addSpecialTokens));
+  return answer === undefined ? here() : answer;
+}
+
+/** The worker's answer (ids, or null: more than max), or undefined where it could not tokenize as tok does. */
+function inWorker(tok: TextTokenizer, text: string, max: number, addSpecialTokens: boolean): Promise<number[] | null | undefined> {
+  return new Promise((resolve) => {
+    const w = new Worker(new URL("./encodeUpToWorker.js", import.meta.url), { workerData: { dir: tok.dir, filesHash: tok.filesHash, text, max, addSpecialTokens } });
+    w.once("message", (m: { ids: Int32Array | null } | null) => {
+      resolve(m === null ? undefined : m.ids && Array.from(m.ids));
+      void w.terminate();
+    });
+    w.once("error", () => resolve(undefined));
+    w.once("exit", () => resolve(undefined));
+  });
+}
