@@ -49,7 +49,7 @@ function promptEntries(tokenizer: TextTokenizer, prompt: Prompt, scored: readonl
   const adds = ids.map((id) => (stream.push(id), stream.decoded));
   const { offsets, text } = offsetsOf(adds, prompt.echoCleaned);
   const echo = prompt.echo ?? text;
-  alignOffsets(offsets, text, echo).forEach((o, k) => (entries[k]!.offset = o));
+  alignOffsets(offsets, text, echo, entries.map((e) => e.token)).forEach((o, k) => (entries[k]!.offset = o));
   // In code points, as the offsets are.
   let end = echo.length;
   for (let i = 0; i < echo.length; i++) if ((echo.charCodeAt(i) & 0xfc00) === 0xd800) end--;

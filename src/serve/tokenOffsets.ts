@@ -81,14 +81,23 @@ export function offsetsOf(texts: readonly string[], cleans: boolean): { offsets:
  * `offsets` into `decoded` moved into `text`, the text the client gets, where the two differ (a prompt
  * as sent whose tokens decode otherwise: a leading space the encoding folds, a normalized character).
  * Offsets where they agree from the start stay; where they agree at the end, they keep their distance
- * from it; in between, each is where they start to differ.
+ * from it; in between, each is where they start to differ. Text the decode only leaves out (a prompt's
+ * first space, which the decoder strips, before more spaces) is placed as early as it can be, and
+ * belongs to the first token there whose own text (`tokens`) begins with it: that one stays, those
+ * after it move past it.
  */
-export function alignOffsets(offsets: readonly number[], decoded: string, text: string): number[] {
+export function alignOffsets(offsets: readonly number[], decoded: string, text: string, tokens: readonly string[] = []): number[] {
   if (decoded === text) return [...offsets];
   const a = Array.from(decoded), b = Array.from(text);
-  let head = 0;
-  while (head < a.length && head < b.length && a[head] === b[head]) head++;
+  // The end first: in a run of like characters ("   x" decoded "  x") the part left out is at the run's
+  // start, where the stripped space was; taking the start first put it at the run's end, and the token
+  // after the run ("x") at a space.
   let tail = 0;
-  while (tail < a.length - head && tail < b.length - head && a[a.length - 1 - tail] === b[b.length - 1 - tail]) tail++;
-  return offsets.map((o) => (o <= head ? o : o >= a.length - tail ? o + b.length - a.length : head));
+  while (tail < a.length && tail < b.length && a[a.length - 1 - tail] === b[b.length - 1 - tail]) tail++;
+  let head = 0;
+  while (head < a.length - tail && head < b.length - tail && a[head] === b[head]) head++;
+  const shift = b.length - a.length;
+  const left = shift > 0 && head === a.length - tail ? b.slice(head, head + shift).join("") : null;
+  const owner = left === null ? -1 : offsets.findIndex((o, k) => o === head && tokens[k]?.startsWith(left));
+  return offsets.map((o, k) => (o < head || (o === head && (owner < 0 || k <= owner)) ? o : o >= a.length - tail ? o + shift : head));
 }

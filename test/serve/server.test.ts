@@ -469,6 +469,22 @@ test("text_offset: in code points, each byte of a character split over tokens be
   }
 });
 
+test("text_offset of an echoed text prompt that begins with several spaces: each token where its text is in the echo", async () => {
+  const server = await serve(lm, { port: 0, name: "tiny" });
+  try {
+    for (const prompt of ["   x y", "  lead"]) {
+      const r = await post(server.url, { prompt, max_tokens: 2, temperature: 0, logprobs: 0, echo: true });
+      assert.equal(r.status, 200, JSON.stringify(r.json));
+      const c = r.json["choices"][0];
+      assert.ok(c.text.startsWith(prompt), "a text prompt comes back as sent");
+      // BOS adds nothing; every other token adds its own text (spaces included).
+      assert.deepEqual(spansOf(c.text, c.logprobs.text_offset), ["", ...c.logprobs.tokens.slice(1)], prompt);
+    }
+  } finally {
+    await server.close();
+  }
+});
+
 test("echo: the prompt comes back scored, as lm-eval's log-likelihood requests read it, plain, streamed, and alone (max_tokens 0)", async () => {
   // Chunks of 3 prompt tokens: the scores cross chunk boundaries; the prefix cache is on (the default).
   const server = await serve(lm, { port: 0, name: "tiny", prefillChunk: 3 });

@@ -46,3 +46,13 @@ test("offsets into a decode are moved into the text as sent where the two differ
   // A character normalized in the middle: offsets before it stay, after it keep their distance from the end, inside it go to its start.
   assert.deepEqual(alignOffsets([0, 2, 3, 4, 6], "ab😀😀cd", "abXcd"), [0, 2, 2, 3, 5]);
 });
+
+test("a space the decode leaves out before more spaces is placed at the run's start, and belongs to the token whose own text begins with it", () => {
+  // "   x y" encodes as BOS, ▁, ▁, ▁, x, ▁y; the decoder strips the first ▁'s space, so the decode is "  x y".
+  const tokens = ["<s>", " ", " ", " ", "x", " y"];
+  assert.deepEqual(alignOffsets([0, 0, 0, 1, 2, 3], "  x y", "   x y", tokens), [0, 0, 1, 2, 3, 4]);
+  // "  lead": BOS, ▁, ▁l, e, ad; " l" begins at the second space, not the first ("x" began at a space before).
+  assert.deepEqual(alignOffsets([0, 0, 0, 2, 3], " lead", "  lead", ["<s>", " ", " l", "e", "ad"]), [0, 0, 1, 3, 4]);
+  // One folded space: the first word's token keeps it.
+  assert.deepEqual(alignOffsets([0, 0, 5], "hello there", " hello there", ["<s>", " hello", " there"]), [0, 0, 6]);
+});
