@@ -64,9 +64,9 @@ export const generateCommand: CommandModule<object, Args> = {
       .option("kv-cache", { choices: ["auto", ...KV_CACHE_DTYPES] as const, default: "auto" as const, describe: "how the decode cache stores keys/values (MLA: rope keys and latents): auto = bf16 for a bf16 checkpoint on the GPU (as HF transformers stores it), else f32; int8/int4 groups of 32 with a bf16 scale each" }),
   handler: async (a) => {
     if (!a.chat) refuseInert([["--system", a.system]], "--chat", "it is the chat's system message");
-    // Before the model loads (generate() asks again): sampling flags without --temperature are refused there.
+    // Before the model loads (generate() asks again): sampling flags without --temperature, and penalties out of range, are refused there.
     // --seed is left alone: scripts pass one always, and with greedy decoding it is simply not needed.
-    checkSampling({ temperature: a.temperature, topK: a["top-k"], topP: a["top-p"], minP: a["min-p"] });
+    checkSampling({ temperature: a.temperature, topK: a["top-k"], topP: a["top-p"], minP: a["min-p"], ...penaltyArgs(a) });
     checkSeed(a.seed, a.prompt.length);
     const lm = loadModel(a.model, { backend: selectBackend(a.device, stderrLogger) });
     const template = a.chat ? loadChatTemplate(lm.dir) : null;

@@ -140,6 +140,19 @@ test("--top-k, --top-p and --min-p without --temperature are refused, naming the
   assert.equal(greedySeeded.code, 0, greedySeeded.stderr);
 });
 
+test("a penalty out of range is refused before the model loads, as the sampling flags are", () => {
+  for (const [args, named] of [
+    [["--repetition-penalty", "0"], "--repetition-penalty 0 is not a number above 0"],
+    [["--presence-penalty", "3"], "--presence-penalty 3 is not a number from -2 to 2"],
+    [["--frequency-penalty", "-2.5"], "--frequency-penalty -2.5 is not a number from -2 to 2"],
+  ] as const) {
+    const r = cli([...args, "--max-tokens", "2"]);
+    assert.equal(r.code, 1, r.stderr);
+    assert.ok(r.stderr.startsWith(`error: ${named}`), r.stderr);
+    assert.equal(r.stdout, "");
+  }
+});
+
 test("a model whose config has no bos_token_id: the BOS its tokenizer adds is left out of the printed text, streamed or not", () => {
   const dir = path.join(tmpDir(), "bosnull");
   fs.cpSync(path.join(MODELS, "stories260K"), dir, { recursive: true });
