@@ -103,7 +103,7 @@ export const generateCommand: CommandModule<object, Args> = {
     });
     if (r === null) return;
     out.end(r.sequences);
-    if (r.decodeTokens > 0) stderrLogger.info(`decoded ${r.decodeTokens} tokens of ${prompts.length} prompt${prompts.length > 1 ? "s" : ""} in ${r.decodeSeconds.toFixed(2)} s (${(r.decodeTokens / r.decodeSeconds).toFixed(1)} tokens/s; steps ${r.steps})`);
+    if (r.decodeTokens > 0) stderrLogger.info(`decoded ${r.decodeTokens} tokens past each prompt's first (which the prefill gives) for ${prompts.length} prompt${prompts.length > 1 ? "s" : ""} in ${r.decodeSeconds.toFixed(2)} s (${(r.decodeTokens / r.decodeSeconds).toFixed(1)} tokens/s; steps ${r.steps})`);
   },
 };
 
