@@ -193,9 +193,13 @@ export function parseMessages(m: unknown, example: string): ChatMessage[] {
     if (typeof o !== "object" || o === null || typeof o["role"] !== "string") throw bad(`messages[${i}] has no role`, 'each message is {"role": "user" | "assistant" | "system", "content": "…"}');
     const c = o["content"];
     // OpenAI's content parts: text parts are joined by line breaks, as vLLM joins them; other kinds
-    // (images, audio) this model cannot take. An assistant turn with tool calls may have no content.
+    // (images, audio) this model cannot take. Only an assistant turn may have no content (one with tool
+    // calls), as OpenAI takes it; another role without it is a malformed request, not an empty turn.
     if (typeof c === "string") return { role: o["role"], content: c };
-    if (c === null || c === undefined) return { role: o["role"], content: "" };
+    if (c === null || c === undefined) {
+      if (o["role"] === "assistant") return { role: o["role"], content: "" };
+      throw bad(`messages[${i}] (${o["role"]}) has no content`, 'give it "content": "…" (only an assistant turn may leave it out)');
+    }
     if (Array.isArray(c) && c.every((p) => typeof p === "object" && p !== null && (p as { type?: unknown }).type === "text" && typeof (p as { text?: unknown }).text === "string"))
       return { role: o["role"], content: (c as { text: string }[]).map((p) => p.text).join("\n") };
     throw bad(`messages[${i}].content is neither text nor a list of text parts`, "send the content as a string (this model takes text only)");

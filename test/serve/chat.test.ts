@@ -151,6 +151,8 @@ test("chat requests the server cannot honour are refused by name; without max_to
     };
     assert.match((await ask({ messages: [] })).message, /no messages/);
     assert.match((await ask({ messages: [{ content: "x" }] })).message, /messages\[0\] has no role/);
+    assert.match((await ask({ messages: [{ role: "user" }] })).message, /messages\[0\] \(user\) has no content/);
+    assert.match((await ask({ messages: [{ role: "system", content: null }, { role: "user", content: "x" }] })).message, /messages\[0\] \(system\) has no content/);
     assert.match((await ask({ messages: [{ role: "user", content: [{ type: "image_url", image_url: {} }] }] })).message, /messages\[0\]\.content is neither text/);
     assert.match((await ask({ messages, tools: [{ type: "function" }] })).message, /tools .* is not supported/);
     assert.match((await ask({ messages, max_tokens: 3, max_completion_tokens: 3 })).message, /both max_tokens and max_completion_tokens/);
