@@ -5,7 +5,10 @@
  */
 import path from "node:path";
 import { MlaError, refuseInert } from "../errors.js";
-import { DEFAULT_CALIB_SAMPLES } from "../ropeSelect/calibrate.js";
+import { calibrationWindows, DEFAULT_CALIB_SAMPLES, readTextOrJsonl } from "../ropeSelect/calibrate.js";
+import { loadTokenizer } from "../io/tokenizer.js";
+import { pastPositionsWarning, type ModelConfig } from "../model/config.js";
+import type { Logger } from "../util/log.js";
 
 export interface CalibrationUses {
   ropeStrategy?: string;
@@ -86,4 +89,20 @@ export function fewerWindowsNote(file: string | null | undefined, windows: Int32
   const want = asked ?? DEFAULT_CALIB_SAMPLES;
   if (!file || windows.length >= want) return null;
   return `note: ${file} holds ${windows.length} calibration windows of ${len} tokens (${asked === undefined ? `the default is ${want}` : `asked for ${want}`})`;
+}
+
+/**
+ * The windows of `calib` (none without one) that convert, convert --format deepseek and export calibrate
+ * on, `samples` of `len` tokens (`asked`: the --calib-samples given, for the note), cut with the model's
+ * tokenizer in `dir`, and what the user is told on the way, alike in all three: a --calib-len past the
+ * model's positions (a warning) and a text holding fewer windows than asked (a note).
+ */
+export function readCalibrationWindows(dir: string, calib: string | null | undefined, samples: number, len: number, asked: number | undefined, config: Pick<ModelConfig, "maxPositions" | "bosTokenId">, log: Logger): Int32Array[] {
+  if (!calib) return [];
+  const past = pastPositionsWarning("--calib-len", len, config.maxPositions, "the calibration statistics come from positions the model was not pretrained for");
+  if (past) log.warn(past);
+  const windows = calibrationWindows(loadTokenizer(dir), readTextOrJsonl(calib), samples, len, config.bosTokenId, calib);
+  const short = fewerWindowsNote(calib, windows, asked, len);
+  if (short) log.info(short);
+  return windows;
 }

@@ -14,14 +14,13 @@ import { readHfConfig } from "../io/hfConfig.js";
 import { resolveModel } from "../io/modelDir.js";
 import { numel, type TensorSpec } from "../io/safetensors.js";
 import { ByteBudget } from "../io/byteBudget.js";
-import { kvElemsPerToken, MlaAttention, MlaSplit, ModelConfig, pastPositionsWarning } from "../model/config.js";
+import { kvElemsPerToken, MlaAttention, MlaSplit, ModelConfig } from "../model/config.js";
 import { expectedTensors, layerPrefix } from "../model/weights.js";
 import { requireSourceTensors, undeclaredTensors, undeclaredWarning } from "./sourceTensors.js";
 import { loadModel } from "../model/llama.js";
 import { DeviceName, selectBackend, selectLinalg } from "../backends/select.js";
 import { chosenLinalg, linalgScope, useLinalg } from "../backends/native/linalg.js";
-import { calibrate, calibrationWindows, CalibrationStats, readTextOrJsonl } from "../ropeSelect/calibrate.js";
-import { loadTokenizer } from "../io/tokenizer.js";
+import { calibrate, CalibrationStats } from "../ropeSelect/calibrate.js";
 import { describeRefit, refitOutputProjections, refitRecord, RefitResult } from "./refitOutput.js";
 import { requireRoom, weightFileBytes } from "../io/diskRoom.js";
 import { checkEmbeddedEval, embeddedEval, evaluate, EvalResult } from "../eval/evaluate.js";
@@ -34,7 +33,7 @@ import { checkOptionTypes, type OptionKinds } from "../util/optionTypes.js";
 import { nextTurn, throwIfAborted } from "../util/abort.js";
 import { LayerSource } from "./layerSource.js";
 import { chooseKvSplits, kvSplitRecord, SplitChoice } from "./splitChoice.js";
-import { calibrationRecord, fewerWindowsNote } from "./calibrationNeeds.js";
+import { calibrationRecord, readCalibrationWindows } from "./calibrationNeeds.js";
 import { mlaSection, splitFields } from "../io/mlaSection.js";
 import { buildReport, ConversionReport, reportMarkdown } from "./report.js";
 import { initialGate } from "./gate.js";
@@ -152,15 +151,7 @@ async function convertInScope(spec: string, opts: ConvertOptions): Promise<Conve
     // What only the files can refuse (no tokenizer, a --calib shorter than one window, a --device whose
     // library does not load) is read before a dry run answers: it refuses what the run would, in its words.
     // The plan decides whether calibration runs (its settings keep --calib only where a setting reads it, and resolveSettings refuses one none reads), so the records and the result agree.
-    let windows: Int32Array[] = [];
-    const calib = plan.settings.calib;
-    if (calib !== null) {
-      const past = pastPositionsWarning("--calib-len", settings.calibLen, config.maxPositions, "the calibration statistics come from positions the model was not pretrained for");
-      if (past) log.warn(past);
-      windows = calibrationWindows(loadTokenizer(srcDir), readTextOrJsonl(calib), settings.calibSamples, settings.calibLen, config.bosTokenId, calib);
-      const short = fewerWindowsNote(calib, windows, opts.calibSamples, settings.calibLen);
-      if (short) log.info(short);
-    }
+    const windows = readCalibrationWindows(srcDir, plan.settings.calib, settings.calibSamples, settings.calibLen, opts.calibSamples, config, log);
     const linalg = selectLinalg(opts.device ?? "auto", log);
     if (opts.dryRun) return { out: null, plan, selection: null, splits: null, energy: [], timings, report: null };
 

@@ -20,8 +20,7 @@ import { loadModel } from "../model/llama.js";
 import type { ModelConfig } from "../model/config.js";
 import { DeviceName, selectBackend, selectLinalg } from "../backends/select.js";
 import { linalgScope, useLinalg } from "../backends/native/linalg.js";
-import { calibrate, calibrationWindows, CalibrationStats, checkWindowShape, DEFAULT_CALIB_LEN, DEFAULT_CALIB_SAMPLES, readTextOrJsonl } from "../ropeSelect/calibrate.js";
-import { loadTokenizer } from "../io/tokenizer.js";
+import { calibrate, CalibrationStats, checkWindowShape, DEFAULT_CALIB_LEN, DEFAULT_CALIB_SAMPLES } from "../ropeSelect/calibrate.js";
 import { defaultRopePairs } from "../ropeSelect/strategies.js";
 import { covarianceRoots } from "../svd/truncated.js";
 import { silentLogger, Logger, warningsOnce } from "../util/log.js";
@@ -36,7 +35,7 @@ import { requireRoom, weightFileBytes } from "../io/diskRoom.js";
 import { deepseekSpecs, planTensors, strayNotes, writePlanned } from "./stream.js";
 import { finiteForFactoring, requireSourceTensors, undeclaredTensors } from "../convert/sourceTensors.js";
 import { checkDeclaredBiasesOf } from "./exportable.js";
-import { calibrationRecord, fewerWindowsNote, refuseWindowsWithoutText, requireCalibration } from "../convert/calibrationNeeds.js";
+import { calibrationRecord, readCalibrationWindows, refuseWindowsWithoutText, requireCalibration } from "../convert/calibrationNeeds.js";
 import { nextTurn, throwIfAborted } from "../util/abort.js";
 import { describeLatentNormFit, fitLatentNorms, latentNormRecord, requireFitText } from "./latentNorm.js";
 
@@ -277,9 +276,7 @@ async function convertDeepseekInScope(spec: string, o: DeepseekOptions): Promise
     checkOutDir(out, srcDir, o.force ?? false, inputs, o.dryRun ? log : undefined);
     requireRoom(out, weightFileBytes(srcDir), "the converted model");
     // Read before a dry run answers, as convert() does: the dry run refuses what the run would.
-    const windows = o.calib ? calibrationWindows(loadTokenizer(srcDir), readTextOrJsonl(o.calib), o.calibSamples ?? DEFAULT_CALIB_SAMPLES, o.calibLen ?? DEFAULT_CALIB_LEN, c.bosTokenId, o.calib) : [];
-    const short = fewerWindowsNote(o.calib, windows, o.calibSamples, o.calibLen ?? DEFAULT_CALIB_LEN);
-    if (short) log.info(short);
+    const windows = readCalibrationWindows(srcDir, o.calib, o.calibSamples ?? DEFAULT_CALIB_SAMPLES, o.calibLen ?? DEFAULT_CALIB_LEN, o.calibSamples, c, log);
     const linalg = selectLinalg(o.device ?? "auto", log);
     if (o.dryRun) return { out: null, ropeDim: dr, kvLoraRank: rk, nopeDim: Dh, ropeTheta: c.rope.theta, spacing: 0, kvPerToken: kv, energy: [], eval: null, latentNormError: null };
 

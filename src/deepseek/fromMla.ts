@@ -45,9 +45,8 @@ import { deepseekSpecs, planTensors, strayNotes, writePlanned } from "./stream.j
 import { requireSourceTensors, undeclaredTensors } from "../convert/sourceTensors.js";
 import { throwIfAborted } from "../util/abort.js";
 import { checkCalibFile } from "../convert/plan.js";
-import { calibrationRecord, fewerWindowsNote } from "../convert/calibrationNeeds.js";
-import { calibrationWindows, checkWindowShape, DEFAULT_CALIB_LEN, DEFAULT_CALIB_SAMPLES, readTextOrJsonl } from "../ropeSelect/calibrate.js";
-import { loadTokenizer } from "../io/tokenizer.js";
+import { calibrationRecord, readCalibrationWindows } from "../convert/calibrationNeeds.js";
+import { checkWindowShape, DEFAULT_CALIB_LEN, DEFAULT_CALIB_SAMPLES } from "../ropeSelect/calibrate.js";
 import { selectBackend } from "../backends/select.js";
 import { describeLatentNormFit, fitLatentNorms, latentNormRecord, requireFitText } from "./latentNorm.js";
 
@@ -258,9 +257,7 @@ export async function exportDeepseek(spec: string, o: ExportOptions = {}): Promi
   refuseDefaultOutInModel(out, srcDir, o.out);
   checkOutDir(out, srcDir, o.force ?? false, [{ name: "--eval-text", path: o.evalText }, { name: "--calib", path: o.calib }]);
   // Tokenized before any work, so a text too short for one window is refused up front.
-  const windows = o.calib ? calibrationWindows(loadTokenizer(srcDir), readTextOrJsonl(o.calib), o.calibSamples ?? DEFAULT_CALIB_SAMPLES, o.calibLen ?? DEFAULT_CALIB_LEN, c.bosTokenId, o.calib) : [];
-  const short = fewerWindowsNote(o.calib, windows, o.calibSamples, o.calibLen ?? DEFAULT_CALIB_LEN);
-  if (short) log.info(short);
+  const windows = readCalibrationWindows(srcDir, o.calib, o.calibSamples ?? DEFAULT_CALIB_SAMPLES, o.calibLen ?? DEFAULT_CALIB_LEN, o.calibSamples, c, log);
   // The norm fit and the evaluation run on --device once the layers are written: one that cannot run is refused first.
   const backend = !bias || o.evalText ? selectBackend(o.device ?? "auto", log) : null;
   // The export adds one latent channel and a shared rope key per layer: a little over the source.

@@ -290,3 +290,18 @@ test("a --calib holding fewer windows than asked is noted by export and convert 
   assert.equal(cli.status, 0, cli.stderr);
   assert.match(cli.stderr, /\(the default is 32\)$/m);
 });
+
+test("a --calib-len past the model's positions is warned of by convert, convert --format deepseek and export alike (one readCalibrationWindows)", async () => {
+  const mla = path.join(tmpDir(), "mla-long");
+  await convert(STORIES, { rank: 2, ropePairs: 1, ropeStrategy: "uniform", ropeDisjoint: true, out: mla, progress: null, device: "cpu" });
+  const warned = async (work: (o: { logger: Logger; progress: null }) => Promise<unknown>) => {
+    const warnings: string[] = [];
+    await work({ logger: { info: () => {}, warn: (m) => void warnings.push(m) }, progress: null });
+    return warnings.filter((w) => w.startsWith("--calib-len 600 passes the model's 512 positions"));
+  };
+  // tinystories.txt holds two windows of 600 tokens; stories260K was pretrained on 512 positions.
+  const long = { calib: CALIB, calibLen: 600, calibSamples: 2 };
+  assert.equal((await warned((o) => convert(STORIES, { rank: 2, ropePairs: 1, ...long, dryRun: true, ...o }))).length, 1);
+  assert.equal((await warned((o) => convertDeepseek(STORIES, { rank: 2, ropePairs: 1, ...long, attentionBias: false, dryRun: true, ...o }))).length, 1);
+  assert.equal((await warned((o) => exportDeepseek(mla, { out: path.join(tmpDir(), "ex-long"), attentionBias: false, ...long, device: "cpu", ...o }))).length, 1);
+});
