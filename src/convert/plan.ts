@@ -14,6 +14,7 @@ import { readsCalibration, refuseUnreadCalibration, refuseWindowsWithoutText, re
 import { checkWindowShape, DEFAULT_CALIB_LEN, DEFAULT_CALIB_SAMPLES } from "../ropeSelect/calibrate.js";
 import { checkTextFile } from "../eval/perplexity.js";
 import { checkDevice } from "../backends/select.js";
+import { percentChange } from "../util/percent.js";
 
 /** EG-MLA's gate embedding width per layer when --gate-dim is not given (convert, pipeline, study, their help). */
 export const DEFAULT_GATE_DIM = 16;
@@ -192,7 +193,7 @@ export function planConversion(c: ModelConfig, s: ConversionSettings, elemBytes:
     latentDim,
     before: { elems_per_token: before, bytes_per_token: before * elemBytes },
     after: { elems_per_token: after, bytes_per_token: after * elemBytes },
-    kvChangePercent: (100 * (after - before)) / before,
+    kvChangePercent: percentChange(before, after),
   };
 }
 

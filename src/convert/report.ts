@@ -3,6 +3,7 @@ import type { DType } from "../io/dtype.js";
 import type { EvalResult } from "../eval/evaluate.js";
 import type { ConversionPlan, RecordedSettings } from "./plan.js";
 import type { MlaSplit } from "../model/config.js";
+import { percentChange } from "../util/percent.js";
 
 export interface ConversionReport {
   source: string;
@@ -35,7 +36,7 @@ export function buildReport(source: string, output: string, plan: ConversionPlan
     before: { nll: before.nll!, ppl: before.ppl!, kv_elems_per_token: plan.before.elems_per_token, kv_bytes_per_token: plan.before.bytes_per_token, params: params.before },
     after: { nll: after.nll!, ppl: after.ppl!, kv_elems_per_token: plan.after.elems_per_token, kv_bytes_per_token: plan.after.bytes_per_token, params: params.after },
     nll_delta: after.nll! - before.nll!,
-    ppl_change_percent: (100 * (after.ppl! - before.ppl!)) / before.ppl!,
+    ppl_change_percent: percentChange(before.ppl!, after.ppl!),
     kv_change_percent: plan.kvChangePercent,
     kv_dtype: kvDtype.toLowerCase(),
     retained_energy_mean: energy.reduce((a, x) => a + x, 0) / Math.max(energy.length, 1),
@@ -77,7 +78,7 @@ Perplexity on \`${r.text}\` (first ${r.tokens} tokens, ctx ${r.ctx}, no fine-tun
 | perplexity | ${r.before.ppl.toFixed(3)} | ${r.after.ppl.toFixed(3)} | ${pct(r.ppl_change_percent)} |
 | KV elements / token | ${r.before.kv_elems_per_token} | ${r.after.kv_elems_per_token} | ${pct(r.kv_change_percent)} |
 | KV bytes / token (${r.kv_dtype}) | ${r.before.kv_bytes_per_token} | ${r.after.kv_bytes_per_token} | ${pct(r.kv_change_percent)} |
-| parameters | ${r.before.params} | ${r.after.params} | ${pct((100 * (r.after.params - r.before.params)) / r.before.params)} |
+| parameters | ${r.before.params} | ${r.after.params} | ${pct(percentChange(r.before.params, r.after.params))} |
 
 Retained singular-value energy (mean over layers): ${(100 * r.retained_energy_mean).toFixed(2)}%
 

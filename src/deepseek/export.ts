@@ -38,6 +38,7 @@ import { checkDeclaredBiasesOf } from "./exportable.js";
 import { calibrationRecord, readCalibrationWindows, refuseWindowsWithoutText, requireCalibration } from "../convert/calibrationNeeds.js";
 import { nextTurn, throwIfAborted } from "../util/abort.js";
 import { describeLatentNormFit, fitLatentNorms, latentNormRecord, requireFitText } from "./latentNorm.js";
+import { percentChange } from "../util/percent.js";
 
 export interface DeepseekOptions extends DeepseekEvalOptions {
   /** Latent dims per KV head of the equivalent mha2mla conversion: sets the KV budget with ropePairs. */
@@ -122,7 +123,7 @@ export interface KvPerToken {
 }
 
 export function kvPerToken(before: number, after: number): KvPerToken {
-  return { before, after, changePercent: (100 * (after - before)) / before };
+  return { before, after, changePercent: percentChange(before, after) };
 }
 
 /**
@@ -133,7 +134,7 @@ export async function evalBeforeAfter(spec: string, srcDir: string, dir: string,
   // Both evaluations read the same text: a warning about it is said once.
   const e = { ...embeddedEval(o), device: o.device, progress: o.progress, signal: o.signal, logger: warningsOnce(o.logger ?? silentLogger), pastPositionsWarned: true };
   const [b, a] = [await evaluate(srcDir, e), await evaluate(dir, e)];
-  const report = { text: o.evalText, tokens: b.tokens!, ctx: b.ctx!, before: b.nll!, after: a.nll!, nll_delta: a.nll! - b.nll!, ppl_change_percent: (100 * (a.ppl! - b.ppl!)) / b.ppl! };
+  const report = { text: o.evalText, tokens: b.tokens!, ctx: b.ctx!, before: b.nll!, after: a.nll!, nll_delta: a.nll! - b.nll!, ppl_change_percent: percentChange(b.ppl!, a.ppl!) };
   // A source that scores but an output that does not (a weight out of its dtype's range) is no model to hand over.
   if (Number.isFinite(report.before) && !Number.isFinite(report.after))
     throw new MlaError("UNSUPPORTED", `the deepseek_v3 folder scores NLL ${report.after} on ${o.evalText} where the source scores ${report.before.toFixed(5)}: a weight is out of its dtype's range`, "nothing was written; this is a bug, report it with the command (a bf16 or f32 copy of the source may convert meanwhile)");

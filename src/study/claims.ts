@@ -6,6 +6,7 @@
  * every line shows the measured number beside the claimed one.
  */
 import type { StudyRow } from "./study.js";
+import { percentChange } from "../util/percent.js";
 
 export type Verdict = "holds" | "does not hold" | "too few tokens to judge" | "not measured";
 
@@ -63,7 +64,7 @@ function judged(rows: readonly StudyRow[], rule: NllRule): { verdict: Verdict; l
 }
 
 const pct = (x: number) => `${x >= 0 ? "+" : ""}${x.toFixed(2)}%`;
-const rel = (a: number, b: number) => (100 * (a - b)) / b;
+const rel = (a: number, b: number) => percentChange(b, a);
 
 /**
  * rows: the finished variants (MHA and MLA variants at latent widths); hidden: the model's hidden size

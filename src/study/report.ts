@@ -5,6 +5,7 @@
 import { checkClaims, type ClaimCheck } from "./claims.js";
 import { DECODE_BATCH, DECODE_CONTEXT, DECODE_STEPS } from "./decodeSpeed.js";
 import type { StudyRow } from "./study.js";
+import { percentChange } from "../util/percent.js";
 
 export interface StudyMeta {
   like: string;
@@ -45,9 +46,9 @@ function tableRows(rows: readonly StudyRow[]): string[][] {
     r.ropePairs === null ? "all" : String(r.ropePairs),
     (r.params / 1e6).toFixed(2) + "M",
     String(r.kvElemsPerToken),
-    mha ? signedPercent((100 * (r.kvElemsPerToken - mha.kvElemsPerToken)) / mha.kvElemsPerToken, 1) : "",
+    mha ? signedPercent(percentChange(mha.kvElemsPerToken, r.kvElemsPerToken), 1) : "",
     r.valNll.toFixed(4),
-    mha ? signedPercent((100 * (r.valNll - mha.valNll)) / mha.valNll, 2) : "",
+    mha ? signedPercent(percentChange(mha.valNll, r.valNll), 2) : "",
     r.trainTokensPerS.toFixed(0),
     r.decodeTokensPerS.toFixed(1),
   ]);

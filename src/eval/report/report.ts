@@ -13,6 +13,7 @@ import { checkEvalResult, readEvalJson } from "./evalJson.js";
 import { bitsPerByteVsFirst, itemsVsFirst, measuredOnText, perplexityBasis, perplexityGroups, perplexityVsFirst, type VsFirst } from "./comparable.js";
 import { checkOptionTypes } from "../../util/optionTypes.js";
 import { makeDirs } from "../../io/makeDirs.js";
+import { percentChange } from "../../util/percent.js";
 
 export { readEvalJson };
 
@@ -115,7 +116,7 @@ function cell(row: Row, i: number): string {
   if (vs?.notComparable) return `${s} (${vs.notComparable}; not comparable)`;
   const caveat = vs?.unknown ? `; ${vs.unknown}` : "";
   if (row.delta === "abs") s += ` (${x - base >= 0 ? "+" : "−"}${Math.abs(x - base).toFixed(row.digits)}${caveat})`;
-  else if (row.delta === "pct" && base !== 0) s += ` (${x >= base ? "+" : "−"}${Math.abs((100 * (x - base)) / base).toFixed(2)}%${caveat})`;
+  else if (row.delta === "pct" && base !== 0) s += ` (${x >= base ? "+" : "−"}${Math.abs(percentChange(base, x)).toFixed(2)}%${caveat})`;
   return s;
 }
 
