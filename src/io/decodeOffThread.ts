@@ -6,8 +6,8 @@
  * The text is tok.decode's: the worker decodes only when it loaded the same files (their hash) and tok's
  * decode is the loaded one; otherwise, or when the worker fails, this thread decodes.
  */
-import { Worker } from "node:worker_threads";
 import { tokenizerWorkers } from "../util/lane.js";
+import { oneShotWorker } from "../util/oneShotWorker.js";
 import { decodesAsLoaded, type TextTokenizer } from "./tokenizer.js";
 
 /** `ids` as tok.decode gives them; in a worker thread where there are more than `offThreadAbove` and the worker can decode as tok does. */
@@ -17,17 +17,8 @@ export async function decodeOffThread(tok: TextTokenizer, ids: readonly number[]
   return (await tokenizerWorkers.run(() => inWorker(tok, ids, o.skipSpecialTokens))) ?? here();
 }
 
-/** The worker's text, or null where it could not decode as tok does (other files, a failure). */
-function inWorker(tok: TextTokenizer, ids: readonly number[], skipSpecialTokens: boolean): Promise<string | null> {
+/** The worker's text; null or undefined where it could not decode as tok does (other files, a failure). */
+function inWorker(tok: TextTokenizer, ids: readonly number[], skipSpecialTokens: boolean): Promise<string | null | undefined> {
   const packed = Int32Array.from(ids);
-  return new Promise((resolve) => {
-    const w = new Worker(new URL("./decodeWorker.js", import.meta.url), { workerData: { dir: tok.dir, filesHash: tok.filesHash, ids: packed, skipSpecialTokens }, transferList: [packed.buffer as ArrayBuffer] });
-    w.once("message", (text: string | null) => {
-      resolve(text);
-      void w.terminate();
-    });
-    // A worker that fails (the folder gone, unreadable) or exits without an answer leaves the decode to this thread.
-    w.once("error", () => resolve(null));
-    w.once("exit", () => resolve(null));
-  });
+  return oneShotWorker<string | null>(new URL("./decodeWorker.js", import.meta.url), { dir: tok.dir, filesHash: tok.filesHash, ids: packed, skipSpecialTokens }, [packed.buffer as ArrayBuffer]);
 }

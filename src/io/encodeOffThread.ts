@@ -10,8 +10,8 @@
  * 128k vocabulary), paid only by a long text, and one such text is tokenized at a time
  * (tokenizerWorkers): each worker holds a whole tokenizer.
  */
-import { Worker } from "node:worker_threads";
 import { tokenizerWorkers } from "../util/lane.js";
+import { oneShotWorker } from "../util/oneShotWorker.js";
 import { encodedWholeBelow, encodePrefix, encodesAsLoaded, type TextTokenizer } from "./tokenizer.js";
 
 /**
@@ -33,14 +33,7 @@ export async function encodeUpToOffThread(tok: TextTokenizer, text: string, o: {
 }
 
 /** The worker's answer (ids, or null: more than max), or undefined where it could not tokenize as tok does. */
-function inWorker(tok: TextTokenizer, text: string, max: number, addSpecialTokens: boolean): Promise<number[] | null | undefined> {
-  return new Promise((resolve) => {
-    const w = new Worker(new URL("./encodeUpToWorker.js", import.meta.url), { workerData: { dir: tok.dir, filesHash: tok.filesHash, text, max, addSpecialTokens } });
-    w.once("message", (m: { ids: Int32Array | null } | null) => {
-      resolve(m === null ? undefined : m.ids && Array.from(m.ids));
-      void w.terminate();
-    });
-    w.once("error", () => resolve(undefined));
-    w.once("exit", () => resolve(undefined));
-  });
+async function inWorker(tok: TextTokenizer, text: string, max: number, addSpecialTokens: boolean): Promise<number[] | null | undefined> {
+  const m = await oneShotWorker<{ ids: Int32Array | null } | null>(new URL("./encodeUpToWorker.js", import.meta.url), { dir: tok.dir, filesHash: tok.filesHash, text, max, addSpecialTokens });
+  return m ? m.ids && Array.from(m.ids) : undefined;
 }
