@@ -8,7 +8,7 @@ import type { TokenLogprobs } from "../model/sampling.js";
 import type { TokenEntry } from "./responseShapes.js";
 import type { Prompt } from "./requestPrompts.js";
 import { tokenBytes } from "./tokenBytes.js";
-import { alignOffsets, offsetsOf, TokenOffsets, type Mark } from "./tokenOffsets.js";
+import { alignOffsets, astralIn, offsetsOf, TokenOffsets, type Mark } from "./tokenOffsets.js";
 import { TextStream } from "./textStream.js";
 
 /**
@@ -51,9 +51,7 @@ function promptEntries(tokenizer: TextTokenizer, prompt: Prompt, scored: readonl
   const echo = prompt.echo ?? text;
   alignOffsets(offsets, text, echo, entries.map((e) => e.token)).forEach((o, k) => (entries[k]!.offset = o));
   // In code points, as the offsets are.
-  let end = echo.length;
-  for (let i = 0; i < echo.length; i++) if ((echo.charCodeAt(i) & 0xfc00) === 0xd800) end--;
-  return { entries, end };
+  return { entries, end: echo.length - astralIn(echo) };
 }
 
 export class ChoiceEntries {

@@ -22,8 +22,8 @@ export interface Mark {
   astral: number;
 }
 
-/** Characters of `text` outside the BMP (surrogate pairs). */
-function astralIn(text: string): number {
+/** Characters of `text` outside the BMP (surrogate pairs): its length in code points is text.length less these. */
+export function astralIn(text: string): number {
   let n = 0;
   for (let i = 0; i < text.length; i++) if ((text.charCodeAt(i) & 0xfc00) === 0xd800) n++;
   return n;
