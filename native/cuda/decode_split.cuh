@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <vector>
 #include "common.cuh"
+#include "bf16_rows.cuh"
 
 namespace {
 constexpr int TN = 16;  // cached rows per tile
@@ -170,7 +171,7 @@ inline mla_status split_merge(const SplitCall& c, int64_t window, float* o, int6
   if (c.splits == 1) return MLA_OK;
   // 16-byte loads and stores where the rows allow them (the partials start 16-byte aligned; o may be a
   // view); a block of at most 256 threads, fewer where a row has fewer vectors (MHA's 128 columns: 32).
-  const bool vec = width % 4 == 0 && ((uintptr_t)o & 15) == 0;
+  const bool vec = width % 4 == 0 && mla_bf16::aligned16(o);
   const int64_t vectors = vec ? width / 4 : width, threads = std::min<int64_t>(256, (vectors + 31) / 32 * 32);
   const dim3 grid((unsigned)(B * H), (unsigned)((vectors + threads - 1) / threads));
   const size_t shared = (c.splits + 1) * sizeof(float);

@@ -62,8 +62,8 @@ constexpr bool ROLES_NO_ROPE_COPY = MLA_ROLES_DIAG == 3, ROLES_NO_SOFTMAX = MLA_
 #define ROLES_KEYS8 0
 #endif
 constexpr bool KEYS8 = ROLES_KEYS8 != 0;
-// Tuning build ROLES_CPASYNC=1 (thirty-seventh session: the bulk copies draw the cache at ~2.5 TB/s whatever
-// else the kernel does; bench/latent-copy.cu compares the ways of copying): the weighted-sum warps fill a
+// Tuning build ROLES_CPASYNC=1 (thirty-seventh session, when the bulk copies seemed to cap the kernel; the
+// thirty-eighth measured them at 3.07 TB/s alone and this build 1.6× slower: docs/benchmarks.md): the weighted-sum warps fill a
 // stage with cp.async, 16 bytes a thread over every row of the tile (rows past the sequence's end
 // zero-filled by the copy itself), each thread's copies counted on the stage's barrier by its
 // cp.async.mbarrier.arrive.noinc. No multicast (each head block copies its rows itself).
@@ -74,7 +74,8 @@ constexpr bool CPASYNC = ROLES_CPASYNC != 0;
 // Tuning build ROLES_STAGGER=1: each split walks its tiles from its own starting tile, wrapping around
 // (the online softmax takes them in any order; both blocks of a pair alike). In the default order every
 // split starts a whole split's bytes after the one before, so all blocks read addresses with the same low
-// bits at once (bench/latent-copy.cu STAGGER measures whether that meets the same HBM channels).
+// bits at once (bench/latent-copy.cu STAGGER measures whether that meets the same HBM channels; it did not
+// matter, thirty-eighth session).
 #ifndef ROLES_STAGGER
 #define ROLES_STAGGER 0
 #endif
