@@ -213,8 +213,9 @@ export async function convertDeepseek(spec: string, o: DeepseekOptions): Promise
 /**
  * The deepseek_v3 widths `o` asks of a source of config `c`, with every option checked against it:
  * all a conversion can refuse without reading weights, so `pipeline` asks it before its first phase.
- * `rank` and `ropePairs` are null where they set nothing (the widths were given) and disagree with the
- * cache; `note` then says so of --rank, which cannot be left out.
+ * `rank` and `ropePairs` are null where they set nothing (the widths were given, or ropePairs is past
+ * the head_dim cap beside a given kv_lora_rank) and disagree with the cache; `note` then says so of
+ * --rank, which cannot be left out.
  */
 export function deepseekShape(c: ModelConfig, o: DeepseekOptions): { rank: number | null; ropePairs: number | null; ropeDim: number; kvLoraRank: number; svdInit: "weights" | "activations"; note: string | null } {
   checkSource(c);
@@ -236,7 +237,13 @@ export function deepseekShape(c: ModelConfig, o: DeepseekOptions): { rank: numbe
   // then stand for this conversion, and are recorded, only where their budget is its cache.
   const agrees = rk + dr === budget;
   const budgeted = `--rank ${o.rank} and ${o.ropePairs === undefined ? "the default " : ""}--rope-pairs ${R} budget ${budget} (${G} KV heads × (${o.rank} + 2·${R}))`;
-  const pairsSet = o.ropeDim === undefined || o.kvLoraRank === undefined || agrees;
+  // Without --rope-dim, R sets the rope dim only up to the head_dim cap: past the fewest pairs that
+  // fill head_dim (⌈Dh/(2·Hkv)⌉), a larger R gives the same rope dim and, beside --kv-lora-rank, sets nothing.
+  const fill = Math.ceil(Dh / (2 * G));
+  const setsRopeDim = o.ropeDim === undefined && R <= fill;
+  const pairsSet = setsRopeDim || o.kvLoraRank === undefined || agrees;
+  if (!pairsSet && o.ropePairs !== undefined && o.ropeDim === undefined)
+    throw new MlaError("BAD_ARGUMENT", `--rope-pairs ${R} conflicts with --kv-lora-rank ${rk}: past --rope-pairs ${fill} the rope dim stays at head_dim ${Dh}, so --rope-pairs ${R} sets nothing, and --kv-lora-rank ${rk} with it caches ${rk + dr} values per token and layer, where ${budgeted}`, `give --rope-pairs ${fill} (the fewest that fill head_dim) or leave it out, or drop --kv-lora-rank and let --rank and --rope-pairs set it (kv_lora_rank ${budget - dr})`);
   if (!pairsSet && o.ropePairs !== undefined)
     throw new MlaError("BAD_ARGUMENT", `--rope-pairs ${R} conflicts with --rope-dim ${dr} and --kv-lora-rank ${rk}: those two set the cache, ${rk + dr} values per token and layer, where ${budgeted}`, "leave --rope-pairs out (--rope-dim and --kv-lora-rank set the cache), or give one of --rope-dim and --kv-lora-rank and let --rank and --rope-pairs set the other");
   const rankSet = o.kvLoraRank === undefined || agrees;

@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import fs from "node:fs";
 import { spawnSync } from "node:child_process";
 import path from "node:path";
-import { convertDeepseek, roundingFor } from "../../src/deepseek/export.js";
+import { convertDeepseek, deepseekShape, roundingFor } from "../../src/deepseek/export.js";
 import { constantChannel, validSpacings } from "../../src/deepseek/layer.js";
 import { ReferenceBackend } from "../../src/backends/reference/index.js";
 import { loadModel } from "../../src/model/llama.js";
@@ -15,6 +15,7 @@ import { Ops, Tape } from "../../src/tensor/autograd.js";
 import { evaluate } from "../../src/eval/evaluate.js";
 import { SafetensorsFile, writeSafetensorsSync } from "../../src/io/safetensors.js";
 import { Checkpoint } from "../../src/io/checkpoint.js";
+import { readHfConfig } from "../../src/io/hfConfig.js";
 import { MlaError } from "../../src/errors.js";
 import { defaultDeepseekOut } from "../../src/convert/plan.js";
 import { pipeline } from "../../src/pipeline.js";
@@ -140,6 +141,27 @@ test("--rank and --rope-pairs beside --rope-dim / --kv-lora-rank: a --rope-pairs
   assert.deepEqual(await recorded({ ropePairs: 1, ropeDim: 4 }), { recorded: [2, 1, 4, 12], noted: false }, "the budget sets kv_lora_rank");
   assert.deepEqual(await recorded({ ropePairs: 1, kvLoraRank: 12 }), { recorded: [null, 1, 8, 12], noted: true }, "--rope-pairs sets the rope dim; --rank sets nothing");
   assert.deepEqual(await recorded({ ropeDim: 8, kvLoraRank: 9 }), { recorded: [null, null, 8, 9], noted: true }, "the widths set everything");
+});
+
+test("--rope-pairs past the head_dim cap beside --kv-lora-rank (no --rope-dim) sets nothing: refused where its budget disagrees with the cache, taken where it agrees, an unused default recorded as null", async () => {
+  // stories260K: 4 KV heads, head_dim 8: --rope-pairs 1 fills head_dim, so --rope-pairs 2 gives the same rope dim 8.
+  const src = path.join(MODELS, "stories260K");
+  await assert.rejects(
+    convertDeepseek(src, { rank: 2, ropePairs: 2, kvLoraRank: 12, dryRun: true, progress: null }),
+    (e: unknown) => e instanceof MlaError && /^--rope-pairs 2 conflicts with --kv-lora-rank 12: past --rope-pairs 1 the rope dim stays at head_dim 8, so --rope-pairs 2 sets nothing, and --kv-lora-rank 12 with it caches 20 values per token and layer, where --rank 2 and --rope-pairs 2 budget 24 \(4 KV heads × \(2 \+ 2·2\)\)\n {2}hint: give --rope-pairs 1 .*\(kv_lora_rank 16\)$/.test(e.message),
+  );
+  const out = path.join(tmpDir(), "ds");
+  await convertDeepseek(src, { rank: 2, ropePairs: 2, kvLoraRank: 16, out, progress: null, device: "cpu" });
+  const s = JSON.parse(fs.readFileSync(path.join(out, "mla_conversion.json"), "utf8")).settings;
+  assert.deepEqual([s.rank, s.rope_pairs, s.rope_dim, s.kv_lora_rank], [2, 2, 8, 16], "16 + 8 is the budget 4 × (2 + 2·2): both agree");
+  // llama2-7b's shape (32 KV heads of head_dim 128): --rope-pairs 2 fills head_dim and sets it, 3 and the default 8 do not.
+  const c = readHfConfig(src);
+  const l7b = { ...c, heads: 32, kvHeads: 32, headDim: 128, hiddenSize: 4096 };
+  const shape = (ropePairs?: number) => deepseekShape(l7b, { rank: 16, ropePairs, kvLoraRank: 448 });
+  assert.deepEqual([shape(2).ropePairs, shape(2).ropeDim], [2, 128]);
+  assert.throws(() => shape(3), (e: unknown) => e instanceof MlaError && /^--rope-pairs 3 conflicts with --kv-lora-rank 448: past --rope-pairs 2 /.test(e.message));
+  assert.deepEqual([shape().ropePairs, shape().ropeDim, shape().rank], [null, 128, null], "the default 8 sets nothing beside --kv-lora-rank 448 and is not recorded");
+  assert.deepEqual(deepseekShape(l7b, { rank: 16, ropePairs: 8 }).ropePairs, 8, "without --kv-lora-rank the budget of --rope-pairs 8 sets kv_lora_rank");
 });
 
 test("without --out the folder is named after what set the cache: NAME-deepseek-kv<K> where --kv-lora-rank did and --rank set nothing, NAME-deepseek-r<rank> where --rank did (the --json check before the work predicts the same)", () => {
