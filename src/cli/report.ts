@@ -14,7 +14,8 @@ export const reportCommand: CommandModule<object, Args> = {
   describe: "compare eval JSONs (before/after …) in one self-contained HTML file with charts, plus a Markdown twin",
   builder: (y) =>
     y
-      .positional("results", { type: "string", array: true, demandOption: true, describe: "JSON files from `eval --json`" })
+      // yargs gives a variadic positional a default of [] that its help then shows beside [required]: <results..> needs one file at least, so no default.
+      .positional("results", { type: "string", array: true, demandOption: true, default: undefined, describe: "JSON files from `eval --json`" })
       .option("out", { type: "string", default: "report.html", describe: "HTML file (the .md twin is written beside it)" })
       .option("train-log", { type: "string", array: true, describe: "train_log.jsonl files to plot" })
       .option("labels", { type: "string", describe: "comma-separated column names (default: the eval labels)" })

@@ -19,6 +19,17 @@ test("--help lists the commands", () => {
   for (const c of ["inspect", "eval", "generate", "synth"]) assert.match(r.stdout, new RegExp(`mha2mla ${c}`));
 });
 
+test("no command's help shows an argument both [required] and with a default (report <results..> showed [default: []])", () => {
+  const commands = [...cli(["--help"]).stdout.matchAll(/^ {2}mha2mla (\S+)/gm)].map((m) => m[1]!);
+  assert.ok(commands.includes("report"), commands.join(" "));
+  for (const c of commands) {
+    const help = cli([c, "--help"]).stdout;
+    // A described item's tags may wrap onto the next line: join lines before matching.
+    assert.doesNotMatch(help.replace(/\s+/g, " "), /\[required\] \[default:/, `mha2mla ${c} --help`);
+  }
+  assert.match(cli(["report", "--help"]).stdout, /results +JSON files from `eval --json` +\[array\] \[required\]\n/);
+});
+
 test("inspect --json holds the documented fields (KV = 2·Hkv·Dh·layers)", () => {
   const r = cli(["inspect", "stories260K", "--json"]);
   assert.equal(r.code, 0, r.stderr);
