@@ -9,14 +9,14 @@ import path from "node:path";
 import { booleanFlag, MlaError, refuseInert } from "./errors.js";
 import { refuseFileAsOutDir, refuseForeignFolder, writeFileAtomic } from "./io/atomicDir.js";
 import { refuseOutOverInputs } from "./io/outGuard.js";
-import { convert } from "./convert/pipeline.js";
-import { convertDeepseek, deepseekSettings, deepseekShape } from "./deepseek/export.js";
-import { exportDeepseek } from "./deepseek/fromMla.js";
+import { convertWithWindows } from "./convert/pipeline.js";
+import { convertDeepseekWithWindows, deepseekSettings, deepseekShape } from "./deepseek/export.js";
+import { exportDeepseekWithWindows } from "./deepseek/fromMla.js";
 import { checkDeclaredBiases, checkExportSettings, perLayerRefusal } from "./deepseek/exportable.js";
 import { defaultRopePairs } from "./ropeSelect/strategies.js";
 import { readHfConfig } from "./io/hfConfig.js";
 import { resolveModel } from "./io/modelDir.js";
-import { resolveSettings, SETTINGS_KINDS, type SettingsInput } from "./convert/plan.js";
+import { checkCalibFile, resolveSettings, SETTINGS_KINDS, type SettingsInput } from "./convert/plan.js";
 import type { ModelConfig } from "./model/config.js";
 import { checkEmbeddedEval, checkEvalOptions, embeddedEval, evaluate, EvalOptions, EvalResult } from "./eval/evaluate.js";
 import { requireBos } from "./eval/perplexity.js";
@@ -25,7 +25,7 @@ import type { TaskName } from "./eval/tasks/index.js";
 import { writeReport } from "./eval/report/report.js";
 import { finetune, FinetuneOptions } from "./finetune/trainer.js";
 import { checkSameRun, exportReadsCalibration, runFingerprint } from "./pipelineState.js";
-import { conversionReadsCalibration } from "./convert/calibrationNeeds.js";
+import { conversionReadsCalibration, cutCalibration, type CutCalibration } from "./convert/calibrationNeeds.js";
 import { checkFinetuneOptions, checkTeacher, FINETUNE_KINDS } from "./finetune/options.js";
 import { checkOptionTypes, type OptionKinds } from "./util/optionTypes.js";
 import { resumableStep, throwIfAborted } from "./util/abort.js";
@@ -173,9 +173,11 @@ function pipelineEval(o: PipelineOptions): EvalOptions {
  * Every option whose validity needs no phase's result, checked before the first phase and before
  * --force clears an earlier run: found later, a bad --lr would cost the conversion and evaluations
  * before it, and the corrected command, no longer the one that started the run, would need --force.
- * Each phase's checks are called, not written again here.
+ * Each phase's checks are called, not written again here. Returns the --calib windows, cut now (a
+ * text too short for one window is refused, a --calib-len past the model's positions warned of, as
+ * convert does) for the phase that calibrates to take.
  */
-function checkOptions(srcDir: string, o: PipelineOptions, log: Logger): void {
+function checkOptions(srcDir: string, o: PipelineOptions, log: Logger): CutCalibration | null {
   refuseIdleOptions(o);
   const c = readHfConfig(srcDir);
   // Silent: the convert phase says what it chose (the default strategy) when it runs.
@@ -191,6 +193,12 @@ function checkOptions(srcDir: string, o: PipelineOptions, log: Logger): void {
   // Perplexity and task items start with BOS: a model without one is refused before the conversion.
   if (o.evalText || o.tasks?.length) requireBos(c.bosTokenId);
   if (o.export) checkExportable(c, o);
+  // The windows every phase that calibrates reads (the conversion, or the bias-free export hours later):
+  // cut from the source model, whose tokenizer and positions the converted and fine-tuned models keep.
+  // A --calib no phase reads was refused above, so one given is read. Its file is checked as convert
+  // checks it (resolveSettings did not where only the bias-free export reads it: conversionPhase drops it).
+  checkCalibFile(o.convert.calib);
+  const cut = cutCalibration(srcDir, o.convert.calib, o.convert.calibSamples, o.convert.calibLen, c, log);
   selectBackend(o.device ?? "auto", log);
   if (o.finetune) {
     // finetune's own check: it takes .xz corpora, which a perplexity text may not be.
@@ -204,6 +212,7 @@ function checkOptions(srcDir: string, o: PipelineOptions, log: Logger): void {
     // The converted model keeps the source's vocabulary and tokenizer.
     if (o.finetune.distill) checkTeacher(o.finetune.distill, c.vocabSize, srcDir);
   }
+  return cut;
 }
 
 /** The options pipeline.json records: what the run does, not how this call reports (a stream's internals) or is stopped. */
@@ -227,11 +236,12 @@ export async function pipeline(spec: string, o: PipelineOptions): Promise<Pipeli
   refuseOutOverInputs("--out", o.out, [...inputs, { name: "--distill", path: o.finetune?.distill }]);
   // Before --force clears --out (which may hold an earlier run's results): every input file exists.
   for (const i of inputs.slice(1)) if (i.path && !fs.existsSync(i.path)) throw new MlaError("NOT_FOUND", `${i.name} ${i.path} does not exist`, "check the path; nothing was changed");
-  checkOptions(srcDir, o, log);
+  const cut = checkOptions(srcDir, o, log);
   const fingerprint = runFingerprint(spec, o);
   const stateFile = path.join(out, "pipeline.json");
-  // An --out holding only the state file is a run whose first phase failed (a calibration text too
-  // short is found only when converting): nothing in it to lose, so a corrected command starts over.
+  // An --out holding only the state file is a run whose first phase failed (on what only the work
+  // finds, or, before the checks above cut the --calib windows, a calibration text too short): nothing
+  // in it to lose, so a corrected command starts over.
   refuseFileAsOutDir(o.out);
   const nothingDone = fs.existsSync(out) && fs.readdirSync(out).every((name) => name === "pipeline.json");
   if (fs.existsSync(out) && !o.force && !nothingDone) {
@@ -275,8 +285,8 @@ export async function pipeline(spec: string, o: PipelineOptions): Promise<Pipeli
   const common = { out: mla, force: true, device: o.device, progress: o.progress, logger: log, signal: o.signal };
   await phase("convert", () => fs.existsSync(path.join(mla, "config.json")), (): Promise<unknown> =>
     o.format === "deepseek"
-      ? convertDeepseek(spec, { ...deepseekSettings(o.convert), ...o.deepseek, ...(o.attentionBias === false ? { attentionBias: false } : {}), ...common })
-      : convert(spec, { ...conversionPhase(o), ...common }),
+      ? convertDeepseekWithWindows(spec, { ...deepseekSettings(o.convert), ...o.deepseek, ...(o.attentionBias === false ? { attentionBias: false } : {}), ...common }, cut)
+      : convertWithWindows(spec, { ...conversionPhase(o), ...common }, cut),
   );
   await evalTo("original", spec, files.original);
   await evalTo("converted", mla, files.converted);
@@ -291,7 +301,7 @@ export async function pipeline(spec: string, o: PipelineOptions): Promise<Pipeli
   }
   if (o.export) {
     await phase("export", () => fs.existsSync(path.join(exported, "config.json")), () =>
-      exportDeepseek(o.finetune ? ft : mla, {
+      exportDeepseekWithWindows(o.finetune ? ft : mla, {
         out: exported,
         force: true,
         // The bias-free form fits kv_a_layernorm on the conversion's calibration text.
@@ -300,7 +310,7 @@ export async function pipeline(spec: string, o: PipelineOptions): Promise<Pipeli
         progress: o.progress,
         logger: log,
         signal: o.signal,
-      }),
+      }, cut),
     );
     await evalTo("exported (deepseek_v3)", exported, files.exported);
   }

@@ -5,7 +5,7 @@
  */
 import path from "node:path";
 import { MlaError, refuseInert } from "../errors.js";
-import { calibrationWindows, DEFAULT_CALIB_SAMPLES, readTextOrJsonl } from "../ropeSelect/calibrate.js";
+import { calibrationWindows, DEFAULT_CALIB_LEN, DEFAULT_CALIB_SAMPLES, readTextOrJsonl } from "../ropeSelect/calibrate.js";
 import { loadTokenizer } from "../io/tokenizer.js";
 import { pastPositionsWarning, type ModelConfig } from "../model/config.js";
 import type { Logger } from "../util/log.js";
@@ -92,17 +92,44 @@ export function fewerWindowsNote(file: string | null | undefined, windows: Int32
 }
 
 /**
+ * Windows a caller has cut already through readCalibrationWindows (its warning and note said then):
+ * `windows`, `samples` of `len` tokens from `file`. The pipeline cuts them in its up-front checks, before
+ * any phase, and hands them to the phase that calibrates, which takes them instead of reading the text again.
+ */
+export interface CutCalibration {
+  file: string;
+  samples: number;
+  len: number;
+  windows: Int32Array[];
+}
+
+/**
  * The windows of `calib` (none without one) that convert, convert --format deepseek and export calibrate
  * on, `samples` of `len` tokens (`asked`: the --calib-samples given, for the note), cut with the model's
  * tokenizer in `dir`, and what the user is told on the way, alike in all three: a --calib-len past the
- * model's positions (a warning) and a text holding fewer windows than asked (a note).
+ * model's positions (a warning) and a text holding fewer windows than asked (a note). `cut`: windows cut
+ * before (the pipeline's, from the source model, whose tokenizer every phase's model keeps), taken as
+ * they are, with nothing said again, where they are of the same text and settings.
  */
-export function readCalibrationWindows(dir: string, calib: string | null | undefined, samples: number, len: number, asked: number | undefined, config: Pick<ModelConfig, "maxPositions" | "bosTokenId">, log: Logger): Int32Array[] {
+export function readCalibrationWindows(dir: string, calib: string | null | undefined, samples: number, len: number, asked: number | undefined, config: Pick<ModelConfig, "maxPositions" | "bosTokenId">, log: Logger, cut: CutCalibration | null = null): Int32Array[] {
   if (!calib) return [];
+  if (cut && cut.file === calib && cut.samples === samples && cut.len === len) return cut.windows;
   const past = pastPositionsWarning("--calib-len", len, config.maxPositions, "the calibration statistics come from positions the model was not pretrained for");
   if (past) log.warn(past);
   const windows = calibrationWindows(loadTokenizer(dir), readTextOrJsonl(calib), samples, len, config.bosTokenId, calib);
   const short = fewerWindowsNote(calib, windows, asked, len);
   if (short) log.info(short);
   return windows;
+}
+
+/**
+ * The pipeline's windows of `calib` (null without one), cut once before any phase runs so that a
+ * --calib-len the text cannot fill is refused, and one past the model's positions warned of, in
+ * convert's words before the first phase rather than when the phase that calibrates starts (the
+ * bias-free export's, after the fine-tune). `samples` and `len` as given (the defaults filled in here).
+ */
+export function cutCalibration(dir: string, calib: string | null | undefined, samples: number | undefined, len: number | undefined, config: Pick<ModelConfig, "maxPositions" | "bosTokenId">, log: Logger): CutCalibration | null {
+  if (!calib) return null;
+  const s = samples ?? DEFAULT_CALIB_SAMPLES, l = len ?? DEFAULT_CALIB_LEN;
+  return { file: calib, samples: s, len: l, windows: readCalibrationWindows(dir, calib, s, l, samples, config, log) };
 }

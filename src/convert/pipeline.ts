@@ -33,7 +33,7 @@ import { checkOptionTypes, type OptionKinds } from "../util/optionTypes.js";
 import { nextTurn, throwIfAborted } from "../util/abort.js";
 import { LayerSource } from "./layerSource.js";
 import { chooseKvSplits, kvSplitRecord, SplitChoice } from "./splitChoice.js";
-import { calibrationRecord, readCalibrationWindows } from "./calibrationNeeds.js";
+import { calibrationRecord, readCalibrationWindows, type CutCalibration } from "./calibrationNeeds.js";
 import { mlaSection, splitFields } from "../io/mlaSection.js";
 import { buildReport, ConversionReport, reportMarkdown } from "./report.js";
 import { initialGate } from "./gate.js";
@@ -116,14 +116,22 @@ export function convert(spec: string, opts: ConvertOptions & { dryRun: true }): 
 export function convert(spec: string, opts: ConvertOptions & { dryRun?: false }): Promise<WrittenConversion>;
 export function convert(spec: string, opts: ConvertOptions): Promise<ConvertResult>;
 export async function convert(spec: string, opts: ConvertOptions): Promise<ConvertResult> {
+  return convertWithWindows(spec, opts, null);
+}
+
+/**
+ * convert() taking the --calib windows its caller cut already (`cut`, the pipeline's up-front checks),
+ * so the text is not read, nor its warning and note said, again. Not part of the public API.
+ */
+export async function convertWithWindows(spec: string, opts: ConvertOptions, cut: CutCalibration | null): Promise<ConvertResult> {
   checkOptionTypes("convert()", opts, CONVERT_KINDS, ["rank"]);
   checkDeviceName(opts.device);
   throwIfAborted(opts.signal);
   // The float64 route this conversion picks (from --device) is its own, not the process's.
-  return linalgScope(() => convertInScope(spec, opts));
+  return linalgScope(() => convertInScope(spec, opts, cut));
 }
 
-async function convertInScope(spec: string, opts: ConvertOptions): Promise<ConvertResult> {
+async function convertInScope(spec: string, opts: ConvertOptions, cut: CutCalibration | null): Promise<ConvertResult> {
   const log = opts.logger ?? silentLogger;
   const t0 = performance.now();
   const timings: Record<string, number> = {};
@@ -151,7 +159,7 @@ async function convertInScope(spec: string, opts: ConvertOptions): Promise<Conve
     // What only the files can refuse (no tokenizer, a --calib shorter than one window, a --device whose
     // library does not load) is read before a dry run answers: it refuses what the run would, in its words.
     // The plan decides whether calibration runs (its settings keep --calib only where a setting reads it, and resolveSettings refuses one none reads), so the records and the result agree.
-    const windows = readCalibrationWindows(srcDir, plan.settings.calib, settings.calibSamples, settings.calibLen, opts.calibSamples, config, log);
+    const windows = readCalibrationWindows(srcDir, plan.settings.calib, settings.calibSamples, settings.calibLen, opts.calibSamples, config, log, cut);
     const linalg = selectLinalg(opts.device ?? "auto", log);
     if (opts.dryRun) return { out: null, plan, selection: null, splits: null, energy: [], timings, report: null };
 

@@ -35,7 +35,7 @@ import { requireRoom, weightFileBytes } from "../io/diskRoom.js";
 import { deepseekSpecs, planTensors, strayNotes, writePlanned } from "./stream.js";
 import { finiteForFactoring, requireSourceTensors, undeclaredTensors } from "../convert/sourceTensors.js";
 import { checkDeclaredBiasesOf } from "./exportable.js";
-import { calibrationRecord, readCalibrationWindows, refuseWindowsWithoutText, requireCalibration } from "../convert/calibrationNeeds.js";
+import { calibrationRecord, readCalibrationWindows, refuseWindowsWithoutText, requireCalibration, type CutCalibration } from "../convert/calibrationNeeds.js";
 import { nextTurn, throwIfAborted } from "../util/abort.js";
 import { describeLatentNormFit, fitLatentNorms, latentNormRecord, requireFitText } from "./latentNorm.js";
 import { percentChange } from "../util/percent.js";
@@ -203,11 +203,16 @@ export function convertDeepseek(spec: string, o: DeepseekOptions & { dryRun: tru
 export function convertDeepseek(spec: string, o: DeepseekOptions & { dryRun?: false }): Promise<WrittenDeepseek>;
 export function convertDeepseek(spec: string, o: DeepseekOptions): Promise<DeepseekResult>;
 export async function convertDeepseek(spec: string, o: DeepseekOptions): Promise<DeepseekResult> {
+  return convertDeepseekWithWindows(spec, o, null);
+}
+
+/** convertDeepseek() taking the --calib windows the pipeline's up-front checks cut (convertWithWindows's reason). Not part of the public API. */
+export async function convertDeepseekWithWindows(spec: string, o: DeepseekOptions, cut: CutCalibration | null): Promise<DeepseekResult> {
   checkOptionTypes("convertDeepseek()", o, DEEPSEEK_KINDS, ["rank"]);
   checkDeviceName(o.device);
   throwIfAborted(o.signal);
   // The float64 route this conversion picks (from --device) is its own, not the process's.
-  return linalgScope(() => convertDeepseekInScope(spec, o));
+  return linalgScope(() => convertDeepseekInScope(spec, o, cut));
 }
 
 /**
@@ -257,7 +262,7 @@ export function deepseekShape(c: ModelConfig, o: DeepseekOptions): { rank: numbe
   return { rank: rankSet ? o.rank : null, ropePairs: pairsSet ? R : null, ropeDim: dr, kvLoraRank: rk, svdInit, note };
 }
 
-async function convertDeepseekInScope(spec: string, o: DeepseekOptions): Promise<DeepseekResult> {
+async function convertDeepseekInScope(spec: string, o: DeepseekOptions, cut: CutCalibration | null): Promise<DeepseekResult> {
   const log = o.logger ?? silentLogger;
   const { dir: srcDir } = resolveModel(spec);
   const c = readHfConfig(srcDir);
@@ -284,7 +289,7 @@ async function convertDeepseekInScope(spec: string, o: DeepseekOptions): Promise
     checkOutDir(out, srcDir, o.force ?? false, inputs, o.dryRun ? log : undefined);
     requireRoom(out, weightFileBytes(srcDir), "the converted model");
     // Read before a dry run answers, as convert() does: the dry run refuses what the run would.
-    const windows = readCalibrationWindows(srcDir, o.calib, o.calibSamples ?? DEFAULT_CALIB_SAMPLES, o.calibLen ?? DEFAULT_CALIB_LEN, o.calibSamples, c, log);
+    const windows = readCalibrationWindows(srcDir, o.calib, o.calibSamples ?? DEFAULT_CALIB_SAMPLES, o.calibLen ?? DEFAULT_CALIB_LEN, o.calibSamples, c, log, cut);
     const linalg = selectLinalg(o.device ?? "auto", log);
     if (o.dryRun) return { out: null, ropeDim: dr, kvLoraRank: rk, nopeDim: Dh, ropeTheta: c.rope.theta, spacing: 0, kvPerToken: kv, energy: [], eval: null, latentNormError: null };
 

@@ -45,7 +45,7 @@ import { deepseekSpecs, planTensors, strayNotes, writePlanned } from "./stream.j
 import { requireSourceTensors, undeclaredTensors } from "../convert/sourceTensors.js";
 import { throwIfAborted } from "../util/abort.js";
 import { checkCalibFile } from "../convert/plan.js";
-import { calibrationRecord, readCalibrationWindows } from "../convert/calibrationNeeds.js";
+import { calibrationRecord, readCalibrationWindows, type CutCalibration } from "../convert/calibrationNeeds.js";
 import { checkWindowShape, DEFAULT_CALIB_LEN, DEFAULT_CALIB_SAMPLES } from "../ropeSelect/calibrate.js";
 import { selectBackend } from "../backends/select.js";
 import { describeLatentNormFit, fitLatentNorms, latentNormRecord, requireFitText } from "./latentNorm.js";
@@ -205,6 +205,14 @@ function checkExportCalibration(o: ExportOptions, bias: boolean): void {
 }
 
 export async function exportDeepseek(spec: string, o: ExportOptions = {}): Promise<ExportResult> {
+  return exportDeepseekWithWindows(spec, o, null);
+}
+
+/**
+ * exportDeepseek() taking the --calib windows the pipeline's up-front checks cut from its source model
+ * (whose tokenizer the converted and fine-tuned models keep): convertWithWindows's reason. Not part of the public API.
+ */
+export async function exportDeepseekWithWindows(spec: string, o: ExportOptions, cut: CutCalibration | null): Promise<ExportResult> {
   checkOptionTypes("exportDeepseek()", o, EXPORT_KINDS);
   checkDeviceName(o.device);
   throwIfAborted(o.signal);
@@ -257,7 +265,7 @@ export async function exportDeepseek(spec: string, o: ExportOptions = {}): Promi
   refuseDefaultOutInModel(out, srcDir, o.out);
   checkOutDir(out, srcDir, o.force ?? false, [{ name: "--eval-text", path: o.evalText }, { name: "--calib", path: o.calib }]);
   // Tokenized before any work, so a text too short for one window is refused up front.
-  const windows = readCalibrationWindows(srcDir, o.calib, o.calibSamples ?? DEFAULT_CALIB_SAMPLES, o.calibLen ?? DEFAULT_CALIB_LEN, o.calibSamples, c, log);
+  const windows = readCalibrationWindows(srcDir, o.calib, o.calibSamples ?? DEFAULT_CALIB_SAMPLES, o.calibLen ?? DEFAULT_CALIB_LEN, o.calibSamples, c, log, cut);
   // The norm fit and the evaluation run on --device once the layers are written: one that cannot run is refused first.
   const backend = !bias || o.evalText ? selectBackend(o.device ?? "auto", log) : null;
   // The export adds one latent channel and a shared rope key per layer: a little over the source.

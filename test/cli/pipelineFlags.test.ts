@@ -151,13 +151,17 @@ test("a pipeline the CLI started before --seq/--batch lost their defaults still 
   assert.equal(r.stoppedEarly, true, "resumed (and stopped before the first phase), not refused as another run");
 });
 
-test("a pipeline whose first phase failed (calibration text too short) starts over with the corrected command, no --force needed", async () => {
+test("a --calib too short for one window is refused before the pipeline writes anything; a pipeline whose first phase failed starts over with the corrected command, no --force needed", async () => {
   const out = path.join(tmpDir(), "pl");
   const short = path.join(tmpDir(), "short.txt");
   fs.writeFileSync(short, "Once upon a time there was a cat.\n");
   const base: PipelineOptions = { out, convert: { rank: 2 }, evalText: TEXT, evalTokens: 300, device: "cpu", progress: null };
-  await assert.rejects(pipeline(MODEL, { ...base, convert: { rank: 2, calib: short } }), (e: unknown) => e instanceof MlaError && /short\.txt/.test(e.message));
-  assert.deepEqual(fs.readdirSync(out), ["pipeline.json"], "only the state file: no phase finished");
+  // The up-front checks cut the windows (test/cli/pipelineCalibration.test.ts): not even pipeline.json is written.
+  await assert.rejects(pipeline(MODEL, { ...base, convert: { rank: 2, calib: short } }), (e: unknown) => e instanceof MlaError && /short\.txt holds \d+ tokens, fewer than one calibration window/.test(e.message));
+  assert.equal(fs.existsSync(out), false, "nothing written");
+  // A run whose first phase failed on what only the work finds leaves only its state file, of other settings.
+  fs.mkdirSync(out);
+  fs.writeFileSync(path.join(out, "pipeline.json"), JSON.stringify({ fingerprint: "0000000000000000", model: MODEL, settings: { ...base, convert: { rank: 3 } } }));
   const r = await pipeline(MODEL, { ...base, convert: { rank: 2, calib: TEXT } });
   assert.ok(r.phases.some((p) => p.name.startsWith("convert") && !p.skipped), "the corrected run converted");
 });
