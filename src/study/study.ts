@@ -343,6 +343,11 @@ async function runStudy(o: StudyOptions, made: { fresh: boolean }): Promise<Stud
     initFromScratch(like, init + ".part", seed);
     fs.renameSync(init + ".part", init);
   }
+  // Only the default --eval-every reads it. Floored where the trainer rounds up (stepsFor): kept so that a
+  // study resumed across versions validates its new runs at its finished runs' steps (the claims compare
+  // rows at shared steps). Harmless: where the two differ (tokens not whole steps) the interval is at most
+  // one step shorter, never 0 nor past the run (the trainer validates below its last step, then at it), and
+  // a run of 8 steps or more still gets 3 points in its last quarter (claims.ts).
   const steps = Math.max(1, Math.floor(o.tokens / (seq * batch)));
   const rows: StudyRow[] = [];
   const resumes = `the finished runs are kept in ${o.out} (and an interrupted training run's last checkpoint); call study() again with the same options to resume`;
