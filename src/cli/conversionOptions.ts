@@ -35,7 +35,7 @@ export interface ConversionArgs {
 export function withConversionOptions<T>(y: Argv<T>) {
   return y
     .option("rank", { type: "number", demandOption: true, describe: "latent dims per KV head (the paper's d_kv); the cache holds rank × KV heads latent dims (twice that with --svd split: a key latent and a value latent of rank each)" })
-    .option("rope-pairs", { type: "number", describe: "RoPE frequency pairs kept per KV head (default head_dim/16)" })
+    .option("rope-pairs", { type: "number", describe: "RoPE frequency pairs kept per KV head (default head_dim/16 rounded down, at least 1)" })
     .option("rope-strategy", { type: "string", choices: ROPE_STRATEGIES as unknown as string[], describe: "which pairs keep RoPE (default 2-norm with --calib, else uniform)" })
     // No yargs defaults for --rope-disjoint, --svd, --attention and --kv-split: --format deepseek refuses them given (either way), so given must differ from defaulted.
     .option("rope-disjoint", { type: "boolean", describe: "no RoPE frequency kept by two KV heads of a layer (needs KV heads × rope pairs ≤ head_dim/2): the result can then be exported exactly with `export --format deepseek`" })

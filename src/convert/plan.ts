@@ -139,7 +139,8 @@ export function resolveSettings(c: ModelConfig, o: SettingsInput, log: Logger): 
   if (c.attention.kind !== "mha") throw alreadyMla(c, "convert the original MHA/GQA model");
   const half = c.headDim / 2;
   const R = o.ropePairs ?? defaultRopePairs(c.headDim);
-  if (!Number.isInteger(R) || R < 0 || R > half) throw new MlaError("BAD_ARGUMENT", `--rope-pairs ${R} is out of range for head_dim ${c.headDim}`, `use an integer in 0…${half} (default ${defaultRopePairs(c.headDim)} = head_dim/16)`);
+  if (!Number.isInteger(R) || R < 0 || R > half)
+    throw new MlaError("BAD_ARGUMENT", Number.isInteger(R) ? `--rope-pairs ${R} is out of range for head_dim ${c.headDim}` : `--rope-pairs ${R} is not a whole number`, `use an integer in 0…${half} (default ${defaultRopePairs(c.headDim)}: head_dim/16 rounded down, at least 1)`);
   const svd = o.svd ?? "joint";
   if (svd !== "joint" && svd !== "split") throw new MlaError("BAD_ARGUMENT", `--svd ${svd} is not known`, "use joint or split");
   const svdInit = o.svdInit ?? "weights";

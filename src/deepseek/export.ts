@@ -227,7 +227,7 @@ export function deepseekShape(c: ModelConfig, o: DeepseekOptions): { rank: numbe
   const { kvHeads: G, headDim: Dh, hiddenSize: D } = c;
   const half = Dh / 2;
   const R = o.ropePairs ?? defaultRopePairs(Dh);
-  if (!Number.isInteger(R) || R < 1 || R > half) throw new MlaError("BAD_ARGUMENT", `--rope-pairs ${R} is out of range for head_dim ${Dh}`, `use an integer in 1…${half}`);
+  if (!Number.isInteger(R) || R < 1 || R > half) throw new MlaError("BAD_ARGUMENT", Number.isInteger(R) ? `--rope-pairs ${R} is out of range for head_dim ${Dh}` : `--rope-pairs ${R} is not a whole number`, `use an integer in 1…${half}`);
   if (!Number.isInteger(o.rank) || o.rank < 1) throw new MlaError("BAD_ARGUMENT", `--rank ${o.rank} must be a positive integer`, "pass the latent dims per KV head, e.g. --rank 16");
   const budget = G * (o.rank + 2 * R);
   const dr = o.ropeDim ?? Math.min(2 * R * G, Dh);

@@ -28,6 +28,11 @@ test("rank and rope pairs out of range name the valid range", async () => {
   await refused({ rank: 0 }, /--rank 0 is out of range[\s\S]*1…14/);
   await refused({ rank: 15, ropePairs: 1 }, /--rank 15 is out of range[\s\S]*1…14/);
   await refused({ rank: 2, ropePairs: 5 }, /--rope-pairs 5 is out of range[\s\S]*0…4/);
+  // The default is head_dim/16 rounded down but at least 1: stories260K's head_dim 8 gives 1, not 0.5.
+  await refused({ rank: 2, ropePairs: 9 }, /hint: use an integer in 0…4 \(default 1: head_dim\/16 rounded down, at least 1\)$/);
+  // A fraction is named as such, not as out of range (1.5 lies within 0…4).
+  await refused({ rank: 2, ropePairs: 1.5 }, /^--rope-pairs 1\.5 is not a whole number\n/);
+  await assert.rejects(convertDeepseek(path.join(MODELS, "stories260K"), { rank: 2, ropePairs: 1.5, out: path.join(tmpDir(), "ds"), progress: null }), (e: Error) => e instanceof MlaError && /^--rope-pairs 1\.5 is not a whole number\n {2}hint: use an integer in 1…4$/.test(e.message));
   await refused({ rank: 2, ropePairs: 4, svd: "split" }, /--svd split needs position-free key dims/);
   // Balancing is for the joint SVD only: split ignored balanceKv without a word, then warned of false;
   // now either is refused, as on the command line (test/cli/conversionOptions.test.ts).
