@@ -52,6 +52,29 @@ function isModelFolder(dir: string): boolean {
   return fs.existsSync(path.join(dir, "config.json"));
 }
 
+/**
+ * The hint for a folder without config.json: where this tool's folders that hold models keep them
+ * (a pipeline's mla/ and finetune/, a study's runs), or that a fine-tuning run has not written its
+ * model yet; else what a model folder holds.
+ */
+function noConfigHint(dir: string): string {
+  let entries: fs.Dirent[] = [];
+  try {
+    entries = fs.readdirSync(dir, { withFileTypes: true });
+  } catch {
+    // unreadable: the generic hint
+  }
+  const has = (name: string) => entries.some((e) => e.name === name);
+  const models = entries.filter((e) => e.isDirectory() && isModelFolder(path.join(dir, e.name))).map((e) => path.join(dir, e.name)).sort();
+  if (models.length > 0) {
+    const kind = has("pipeline.json") ? "it is a pipeline folder; its models" : has("study.json") ? "it is a study folder; its models" : "model folders inside it";
+    return `${kind}: ${models.slice(0, 6).join(", ")}${models.length > 6 ? `, … (${models.length})` : ""}; pass one of them`;
+  }
+  if (has("train_log.jsonl") || has("checkpoint"))
+    return `it is a fine-tuning run that has not written its model yet: finish it with \`mha2mla finetune MODEL --data … --out ${dir} --resume\` (the run's own flags), then pass ${dir}`;
+  return "point at a Hugging Face model folder (config.json, *.safetensors, tokenizer.json)";
+}
+
 /** The snapshot folder of `hubId` in one cache root, or null. */
 function findInCache(cache: string, hubId: string): string | null {
   const repo = path.join(cache, "models--" + hubId.split("/").join("--"));
@@ -90,7 +113,7 @@ export function resolveModel(spec: string, env: NodeJS.ProcessEnv = process.env)
     if (!isModelFolder(spec)) {
       // existsSync calls a link that leads nowhere (or back to itself) absent: name it as what it is.
       if (fs.lstatSync(path.join(spec, "config.json"), { throwIfNoEntry: false })) throw new MlaError("BAD_CHECKPOINT", `${path.join(spec, "config.json")} is a link that leads to no file`, "point the link at the model's config.json, or copy the file there");
-      throw new MlaError("NOT_FOUND", `model folder ${spec} has no config.json`, "point at a Hugging Face model folder (config.json, *.safetensors, tokenizer.json)");
+      throw new MlaError("NOT_FOUND", `model folder ${spec} has no config.json`, noConfigHint(spec));
     }
     return { dir: spec, source: "path" };
   }

@@ -46,6 +46,31 @@ test("a folder without config.json is refused", () => {
   assert.throws(() => resolveModel(tmpDir()), (e: Error) => e instanceof MlaError && /has no config\.json/.test(e.message));
 });
 
+test("a folder of this tool's that holds models, or a fine-tune with no model yet, is named in the hint", () => {
+  const refusedWith = (dir: string, hint: RegExp) =>
+    assert.throws(() => resolveModel(dir), (e: Error) => e instanceof MlaError && e.code === "NOT_FOUND" && e.message.startsWith(`model folder ${dir} has no config.json\n  hint: `) && hint.test(e.message));
+  // A pipeline folder: the models are in mla/, finetune/ (and deepseek/ with --export).
+  const pipe = tmpDir();
+  fs.writeFileSync(path.join(pipe, "pipeline.json"), "{}");
+  for (const sub of ["mla", "finetune"]) {
+    fs.mkdirSync(path.join(pipe, sub));
+    fs.copyFileSync(path.join(MODELS, "stories260K", "config.json"), path.join(pipe, sub, "config.json"));
+  }
+  refusedWith(pipe, new RegExp(`hint: it is a pipeline folder; its models: ${path.join(pipe, "finetune")}, ${path.join(pipe, "mla")}; pass one of them$`));
+  // A study folder says so too; any other folder lists its model folders.
+  fs.renameSync(path.join(pipe, "pipeline.json"), path.join(pipe, "study.json"));
+  refusedWith(pipe, /hint: it is a study folder; its models: /);
+  fs.rmSync(path.join(pipe, "study.json"));
+  refusedWith(pipe, /hint: model folders inside it: /);
+  // A fine-tuning run stopped before it wrote its model: checkpoint/ and train_log.jsonl only.
+  const run = tmpDir();
+  fs.mkdirSync(path.join(run, "checkpoint"));
+  fs.writeFileSync(path.join(run, "train_log.jsonl"), "");
+  refusedWith(run, /hint: it is a fine-tuning run that has not written its model yet: finish it with `mha2mla finetune MODEL --data … --out .* --resume`/);
+  // An empty folder keeps the general hint.
+  refusedWith(tmpDir(), /hint: point at a Hugging Face model folder \(config\.json, \*\.safetensors, tokenizer\.json\)$/);
+});
+
 test("a file, a path that does not exist and a bundled name in other case: each says what it is", () => {
   assert.throws(() => resolveModel(path.join(FIXTURES, "text", "tinystories.txt")), /tinystories\.txt is a file, not a model folder[\s\S]*hint: pass the folder holding config\.json/);
   for (const spec of ["./no-such-folder", "../no-such-folder", "/no/such/folder"]) assert.throws(() => resolveModel(spec), (e: unknown) => e instanceof MlaError && e.code === "NOT_FOUND" && /^no model folder at /.test(e.message) && !/huggingface-cli/.test(e.message), spec);
