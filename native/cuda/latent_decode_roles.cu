@@ -80,6 +80,15 @@ constexpr bool CPASYNC = ROLES_CPASYNC != 0;
 #define ROLES_STAGGER 0
 #endif
 constexpr bool STAGGER = ROLES_STAGGER != 0;
+// Tuning build ROLES_PREFETCH=N (thirty-ninth session): with three stages, each held through a tile's scores and
+// its weighted sum, about one tile's copies are in flight per block (~40 KB an SM, near what HBM's latency
+// needs at an SM's share of the bandwidth), and the copy microbenchmark lost a quarter of its rate on the H200
+// when stages were held 4,000 cycles. Here each stage's copy also asks L2 for the rows of the tile N on
+// (cp.async.bulk.prefetch.L2), so the bulk copy N tiles later finds them there.
+#ifndef ROLES_PREFETCH
+#define ROLES_PREFETCH 0
+#endif
+constexpr int PREFETCH = ROLES_PREFETCH;
 // A block's first tile under STAGGER (the same for both blocks of a pair: split and sequence alone), and the
 // tile it takes at step `it` of its `ntiles`.
 __device__ __forceinline__ int tile_rotation(int ntiles, int split, int b) { return STAGGER && ntiles > 0 ? (int)(((int64_t)(split * 37 + b * 11) * 13) % ntiles) : 0; }
@@ -375,6 +384,14 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
         else if ((unsigned)lane == rank) bulk_copy_multicast(sC + rr * ldc, share.sq.c + (first + rr) * L, latentRow, full + st, 0x3);
       }
       else if (ropeRow && !ROLES_NO_ROPE_COPY) bulk_copy(sR + rr * lay.ropeStride, share.sq.kr + ((first + rr) * Hkv + share.span.first) * Dr, ropeRow, full + st);
+    }
+    if (PREFETCH > 0 && !ROLES_NO_COPY && lane < 4 && it + PREFETCH < share.ntiles) {
+      const int64_t ahead = share.sq.lo + (share.t_begin + tile_at(it + PREFETCH, rot, share.ntiles)) * TN + rr;
+      if (ahead < end) {
+        if (lane < 2) {
+          if (!MC || (unsigned)lane == rank) bulk_prefetch_l2(share.sq.c + ahead * L, latentRow);
+        } else if (ropeRow) bulk_prefetch_l2(share.sq.kr + (ahead * Hkv + share.span.first) * Dr, ropeRow);
+      }
     }
   };
   for (int s = 0; s < ROLE_STAGES && s < share.ntiles; s++) load(s, s);
