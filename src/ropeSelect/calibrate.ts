@@ -12,7 +12,7 @@ import { encodePrefix, TextTokenizer } from "../io/tokenizer.js";
 import type { FloatArray, Tensor } from "../tensor/tensor.js";
 import { Progress, ProgressSink } from "../util/progress.js";
 import { nextTurn } from "../util/abort.js";
-import { readText, requireBos } from "../eval/perplexity.js";
+import { checkCtx, readText, requireBos } from "../eval/perplexity.js";
 import { readDocuments } from "../finetune/data.js";
 
 export interface CalibrationStats {
@@ -46,7 +46,8 @@ export const DEFAULT_CALIB_SAMPLES = 32;
 export const DEFAULT_CALIB_LEN = 256;
 
 export function checkWindowShape(samples: number, len: number): void {
-  if (!Number.isInteger(len) || len < 2) throw new MlaError("BAD_ARGUMENT", `--calib-len ${len} is too small`, "use at least 2 (BOS + one token)");
+  // Refused as --ctx is: "--calib-len 1.5 is too small" named neither a fraction nor Infinity's fault.
+  checkCtx(len, "--calib-len");
   if (!Number.isInteger(samples) || samples < 1) throw new MlaError("BAD_ARGUMENT", `--calib-samples ${samples} is not a positive integer`, "pass e.g. --calib-samples 32");
 }
 

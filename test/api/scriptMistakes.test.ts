@@ -1,0 +1,33 @@
+/**
+ * Mistakes a JavaScript script makes past the entries' option tables: numbers that are not numbers of
+ * the kind asked for, options of the lower-level objects (decode caches and sessions), a factory's class
+ * made with `new`, a folder where a file goes. Each is an MlaError naming the culprit, with a hint, not a
+ * TypeError, a default silently used, or a call that runs to its end ignoring what it was given.
+ */
+import test from "node:test";
+import assert from "node:assert/strict";
+import fs from "node:fs";
+import path from "node:path";
+import { calibrationWindows, convert, loadModel, MlaError } from "../../src/index.js";
+import { FIXTURES, tmpDir } from "../helpers.js";
+
+const TEXT = path.join(FIXTURES, "text", "tinystories.txt");
+
+function refused(re: RegExp): (e: unknown) => boolean {
+  return (e: unknown) => {
+    assert.ok(e instanceof MlaError, `threw ${String(e)}`);
+    assert.equal(e.code, "BAD_ARGUMENT", e.message);
+    assert.match(e.message, re);
+    assert.match(e.message, /\n {2}hint: /, "no hint");
+    return true;
+  };
+}
+
+test("a calibration length that is not a whole number says so (it said 'too small' for 1.5, NaN and Infinity)", async () => {
+  const { tokenizer } = loadModel("stories260K");
+  for (const len of [1.5, NaN, Infinity]) assert.throws(() => calibrationWindows(tokenizer, "Once upon a time there was a cat.", 2, len, 1), refused(new RegExp(`^--calib-len ${len} is not a whole number of tokens\\n {2}hint: use a whole number ≥ 2`)));
+  assert.throws(() => calibrationWindows(tokenizer, "Once upon a time", 2, 1, 1), refused(/^--calib-len 1 is too small/));
+  const parent = tmpDir();
+  await assert.rejects(convert("stories260K", { rank: 4, calib: TEXT, calibLen: 1.5, out: path.join(parent, "out") }), refused(/^--calib-len 1\.5 is not a whole number of tokens/));
+  assert.deepEqual(fs.readdirSync(parent), []);
+});
