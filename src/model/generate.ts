@@ -107,7 +107,10 @@ export interface GenerateAsyncOptions extends GenerateOptions {
 export async function generateBatchAsync(model: LlamaModel, prompts: readonly (readonly number[])[], opts: GenerateAsyncOptions): Promise<GenerateBatchResult> {
   checkModelArg("generateBatchAsync()", model);
   checkOptionTypes("generateBatchAsync()", opts, ASYNC_KINDS, ["maxTokens"]);
-  throwIfAborted(opts?.signal);
+  // NaN (and Infinity) never gave the event loop a turn: an abort or a signal handler went unheard to the last token.
+  const yieldMs = opts.yieldMs ?? 50;
+  if (!(Number.isFinite(yieldMs) && yieldMs >= 0)) throw new MlaError("BAD_ARGUMENT", `generateBatchAsync(): yieldMs ${yieldMs} is not a number of milliseconds ≥ 0`, "pass e.g. yieldMs: 50 (0 gives the event loop a turn after every step), or leave it out (50)");
+  throwIfAborted(opts.signal);
   const run = decodeSteps(model, prompts, opts);
   let last = performance.now();
   try {
@@ -115,7 +118,7 @@ export async function generateBatchAsync(model: LlamaModel, prompts: readonly (r
       const r = run.next();
       if (r.done) return r.value;
       opts.onStep?.(r.value);
-      if (performance.now() - last >= (opts.yieldMs ?? 50)) {
+      if (performance.now() - last >= yieldMs) {
         await nextTurn(opts.signal);
         last = performance.now();
       }

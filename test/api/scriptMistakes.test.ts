@@ -8,7 +8,7 @@ import test from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
-import { calibrationWindows, convert, loadModel, MlaError } from "../../src/index.js";
+import { calibrationWindows, convert, generateBatchAsync, loadModel, MlaError } from "../../src/index.js";
 import { FIXTURES, tmpDir } from "../helpers.js";
 
 const TEXT = path.join(FIXTURES, "text", "tinystories.txt");
@@ -30,4 +30,13 @@ test("a calibration length that is not a whole number says so (it said 'too smal
   const parent = tmpDir();
   await assert.rejects(convert("stories260K", { rank: 4, calib: TEXT, calibLen: 1.5, out: path.join(parent, "out") }), refused(/^--calib-len 1\.5 is not a whole number of tokens/));
   assert.deepEqual(fs.readdirSync(parent), []);
+});
+
+test("generateBatchAsync refuses a yieldMs that never yields (NaN went unheard: an abort stopped nothing)", async () => {
+  const { model } = loadModel("stories260K");
+  for (const yieldMs of [NaN, Infinity, -1]) await assert.rejects(generateBatchAsync(model, [[1, 2]], { maxTokens: 2, yieldMs }), refused(new RegExp(`^generateBatchAsync\\(\\): yieldMs ${yieldMs} is not a number of milliseconds ≥ 0`)));
+  // 0 gives a turn after every step: an abort from a timer is heard.
+  const ac = new AbortController();
+  setTimeout(() => ac.abort(), 1);
+  await assert.rejects(generateBatchAsync(model, [[1, 2]], { maxTokens: 5000, stopAtEos: false, yieldMs: 0, signal: ac.signal }), (e: unknown) => e instanceof MlaError && e.code === "INTERRUPTED");
 });
