@@ -18,6 +18,8 @@ import { calibrate as calibrateOf, calibrationWindows as calibrationWindowsOf } 
 import { kvElemsPerToken as kvElemsPerTokenOf, stopTokenIds as stopTokenIdsOf } from "./model/config.js";
 import { checkConfigArg, checkModelArg, checkStringArg, checkTokenizerArg, checkWindowsArg } from "./util/argTypes.js";
 import { MlaError } from "./errors.js";
+import { describe } from "./util/optionTypes.js";
+import { requireCount } from "./util/counts.js";
 
 const FOLDER_HINT = "pass the model folder's path, e.g. loadModel(spec).dir or resolveModel(spec).dir";
 const TEXT_HINT = "pass the text itself as a string (readFileSync(file, \"utf8\") for a file's)";
@@ -32,7 +34,10 @@ export const perplexity: typeof perplexityOf = async (model, tokenIds, opts) => 
 export const tokenizeForEval: typeof tokenizeForEvalOf = (tokenizer, text, maxTokens) => {
   checkTokenizerArg("tokenizeForEval()", tokenizer);
   checkStringArg("tokenizeForEval()", "the text", text, TEXT_HINT);
-  return tokenizeForEvalOf(tokenizer, text, maxTokens);
+  // -3 kept the first 3 tokens (slice(0, -3) of a short encoding), NaN none, "5" five.
+  if (maxTokens !== undefined && maxTokens !== null && typeof maxTokens !== "number") throw new MlaError("BAD_ARGUMENT", `tokenizeForEval(): maxTokens is ${describe(maxTokens)}, not a number`, "pass a whole number ≥ 1, or leave it out for all of the text");
+  requireCount("tokenizeForEval()'s maxTokens", maxTokens ?? undefined);
+  return tokenizeForEvalOf(tokenizer, text, maxTokens ?? undefined);
 };
 
 function checkScoring(where: string, model: unknown, tok: unknown, context: unknown): void {

@@ -8,10 +8,11 @@ import test from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
-import { calibrationWindows, convert, generateBatchAsync, loadModel, MlaError } from "../../src/index.js";
+import { calibrationWindows, convert, generateBatchAsync, loadModel, MlaError, tokenizeForEval } from "../../src/index.js";
 import { FIXTURES, tmpDir } from "../helpers.js";
 
 const TEXT = path.join(FIXTURES, "text", "tinystories.txt");
+type Loose = any;
 
 function refused(re: RegExp): (e: unknown) => boolean {
   return (e: unknown) => {
@@ -39,4 +40,12 @@ test("generateBatchAsync refuses a yieldMs that never yields (NaN went unheard: 
   const ac = new AbortController();
   setTimeout(() => ac.abort(), 1);
   await assert.rejects(generateBatchAsync(model, [[1, 2]], { maxTokens: 5000, stopAtEos: false, yieldMs: 0, signal: ac.signal }), (e: unknown) => e instanceof MlaError && e.code === "INTERRUPTED");
+});
+
+test("tokenizeForEval refuses a maxTokens that is not a count (-3 kept 3 tokens, NaN none, \"5\" five)", () => {
+  const { tokenizer } = loadModel("stories260K");
+  for (const n of [-3, NaN, 0, 1.5]) assert.throws(() => tokenizeForEval(tokenizer, "Once upon a time", n), refused(new RegExp(`^tokenizeForEval\\(\\)'s maxTokens ${n} is not a positive count`)));
+  assert.throws(() => tokenizeForEval(tokenizer, "Once upon a time", "5" as Loose), refused(/^tokenizeForEval\(\): maxTokens is "5" \(a string\), not a number/));
+  assert.equal(tokenizeForEval(tokenizer, "Once upon a time", 2).length, 2);
+  assert.equal(tokenizeForEval(tokenizer, "Once upon a time").length, tokenizeForEval(tokenizer, "Once upon a time", 1000).length);
 });
