@@ -150,7 +150,8 @@ function checkTokenIds(ids: unknown, vocabSize: number): Int32Array {
 
 export async function perplexity(model: LlamaModel, tokenIds: Int32Array, opts: PerplexityOptions): Promise<PerplexityResult> {
   // From a script: a misspelt name or an unknown cache type ("fp8") scored with every key zeroed.
-  checkOptionTypes("perplexity()", opts, PERPLEXITY_KINDS);
+  // ctx has no default: left out, it was refused as "--ctx undefined is not a whole number of tokens".
+  checkOptionTypes("perplexity()", opts, PERPLEXITY_KINDS, ["ctx"]);
   if (opts.kvCache !== undefined) checkKvCacheDtype(opts.kvCache);
   const { ctx } = opts;
   const bos = requireBos(model.config.bosTokenId);

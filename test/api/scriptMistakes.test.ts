@@ -8,7 +8,7 @@ import test from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
-import { calibrationWindows, convert, generateBatchAsync, loadModel, MlaError, tokenizeForEval } from "../../src/index.js";
+import { calibrationWindows, convert, generateBatchAsync, loadModel, MlaError, perplexity, tokenizeForEval } from "../../src/index.js";
 import { FIXTURES, tmpDir } from "../helpers.js";
 
 const TEXT = path.join(FIXTURES, "text", "tinystories.txt");
@@ -48,4 +48,9 @@ test("tokenizeForEval refuses a maxTokens that is not a count (-3 kept 3 tokens,
   assert.throws(() => tokenizeForEval(tokenizer, "Once upon a time", "5" as Loose), refused(/^tokenizeForEval\(\): maxTokens is "5" \(a string\), not a number/));
   assert.equal(tokenizeForEval(tokenizer, "Once upon a time", 2).length, 2);
   assert.equal(tokenizeForEval(tokenizer, "Once upon a time").length, tokenizeForEval(tokenizer, "Once upon a time", 1000).length);
+});
+
+test("perplexity needs ctx, and says so by name", async () => {
+  const { model } = loadModel("stories260K");
+  await assert.rejects(perplexity(model, Int32Array.of(1, 2, 3), {} as Loose), refused(/^perplexity\(\) needs the option ctx\n {2}hint: pass ctx as a number/));
 });
