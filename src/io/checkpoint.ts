@@ -5,7 +5,7 @@
 import fs from "node:fs";
 import path from "node:path";
 import { ioError, MlaError } from "../errors.js";
-import { checkStringArg } from "../util/argTypes.js";
+import { checkFactoryMade, checkStringArg } from "../util/argTypes.js";
 import { copyFileFresh } from "./atomicDir.js";
 import { DTYPE_BYTES, type DType } from "./dtype.js";
 import { SafetensorsFile, SafetensorsWriter, TensorEntry, TensorSpec, numel } from "./safetensors.js";
@@ -40,7 +40,9 @@ export const SINGLE_FILE = "model.safetensors";
 export const FLOAT_DTYPES: readonly DType[] = ["F32", "F16", "BF16", "F64"];
 
 export class Checkpoint {
-  private constructor(readonly dir: string, private readonly where: Map<string, SafetensorsFile>, private readonly files: SafetensorsFile[]) {}
+  private constructor(readonly dir: string, private readonly where: Map<string, SafetensorsFile>, private readonly files: SafetensorsFile[]) {
+    checkFactoryMade(where instanceof Map && Array.isArray(files), "Checkpoint", "Checkpoint.open(dir)");
+  }
 
   static open(dir: string): Checkpoint {
     // A JavaScript caller's number or undefined failed as a TypeError from path.join.

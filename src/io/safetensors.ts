@@ -6,7 +6,7 @@
 import fs from "node:fs";
 import { MlaError, ioError } from "../errors.js";
 import { DTYPE_BYTES, DType, decodeToF32, isDType } from "./dtype.js";
-import { checkStringArg } from "../util/argTypes.js";
+import { checkFactoryMade, checkStringArg } from "../util/argTypes.js";
 
 export interface TensorSpec {
   name: string;
@@ -110,6 +110,7 @@ export class SafetensorsFile {
   private fd: number;
 
   private constructor(readonly path: string, fd: number, size: number, tensors: TensorEntry[], metadata: Record<string, string>) {
+    checkFactoryMade(typeof fd === "number" && Array.isArray(tensors), "SafetensorsFile", "SafetensorsFile.open(path)");
     this.fd = fd;
     this.size = size;
     this.tensors = new Map(tensors.map((t) => [t.name, t]));

@@ -58,3 +58,13 @@ export function checkConfigArg(where: string, v: unknown): void {
   if (isObject(v) && isObject(v["config"])) throw new MlaError("BAD_ARGUMENT", `${where}: the config is ${isLoadedModel(v) ? "the { model, tokenizer, config, … } that loadModel returns" : "a loaded model"}, not its config`, `pass its config: ${bare(where)}(${isLoadedModel(v) ? "loadModel(dir)" : "model"}.config)`);
   throw new MlaError("BAD_ARGUMENT", `${where}: the config is ${describe(v)}, not a model config`, "pass loadModel(dir).config, or readHfConfig(dir)");
 }
+
+/**
+ * Refuses `new C(…)` from JavaScript for an exported class whose instances its factory makes (the
+ * constructor is private to TypeScript only): `new SafetensorsFile(path)` failed as "Cannot read
+ * properties of undefined (reading 'map')", and `new Checkpoint(dir)` made an object whose every read
+ * failed later. `made`: the constructor got what its factory passes.
+ */
+export function checkFactoryMade(made: boolean, cls: string, factory: string): void {
+  if (!made) throw new MlaError("BAD_ARGUMENT", `new ${cls}(…) is not how a ${cls} is made`, `call ${factory}`);
+}

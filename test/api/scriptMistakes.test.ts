@@ -8,8 +8,8 @@ import test from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
-import { calibrationWindows, convert, generateBatchAsync, loadModel, MlaError, perplexity, tokenizeForEval } from "../../src/index.js";
-import { FIXTURES, tmpDir } from "../helpers.js";
+import { calibrationWindows, Checkpoint, convert, generateBatchAsync, loadModel, MlaError, perplexity, SafetensorsFile, tokenizeForEval } from "../../src/index.js";
+import { FIXTURES, MODELS, tmpDir } from "../helpers.js";
 
 const TEXT = path.join(FIXTURES, "text", "tinystories.txt");
 type Loose = any;
@@ -53,4 +53,10 @@ test("tokenizeForEval refuses a maxTokens that is not a count (-3 kept 3 tokens,
 test("perplexity needs ctx, and says so by name", async () => {
   const { model } = loadModel("stories260K");
   await assert.rejects(perplexity(model, Int32Array.of(1, 2, 3), {} as Loose), refused(/^perplexity\(\) needs the option ctx\n {2}hint: pass ctx as a number/));
+});
+
+test("a class made by its factory refuses `new` from JavaScript, pointing at the factory", () => {
+  assert.throws(() => new (SafetensorsFile as Loose)(TEXT), refused(/^new SafetensorsFile\(…\) is not how a SafetensorsFile is made\n {2}hint: call SafetensorsFile\.open\(path\)/));
+  assert.throws(() => new (Checkpoint as Loose)(path.join(MODELS, "stories260K")), refused(/^new Checkpoint\(…\) is not how a Checkpoint is made\n {2}hint: call Checkpoint\.open\(dir\)/));
+  assert.ok(Checkpoint.open(path.join(MODELS, "stories260K")).names().length > 0);
 });
