@@ -7,6 +7,7 @@ import fs from "node:fs";
 import path from "node:path";
 import yargs, { type Argv, type CommandModule } from "yargs";
 import { MlaError } from "../errors.js";
+import { nearestName } from "../util/nearest.js";
 import { refuseOutOverInputs, type InputPath } from "../io/outGuard.js";
 import { refuseFileAsOutDir } from "../io/atomicDir.js";
 import { resolveModel } from "../io/modelDir.js";
@@ -39,17 +40,6 @@ const FILE_OUT_COMMANDS = new Set(["report"]);
 
 /** What the CLI does with a command line it refuses (yargs's own refusals; an MlaError from the checks is thrown). */
 export type OnRefusal = (error: string, hint: string) => never;
-
-/** Levenshtein distance, for "did you mean" (flag names are short). */
-function editDistance(a: string, b: string): number {
-  let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
-  for (let i = 1; i <= a.length; i++) {
-    const row = [i];
-    for (let j = 1; j <= b.length; j++) row[j] = Math.min(prev[j]! + 1, row[j - 1]! + 1, prev[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
-    prev = row;
-  }
-  return prev[b.length]!;
-}
 
 /** Flags whose value may be left out (--json alone writes to stdout): the word after them is taken as the value. */
 const OPTIONAL_VALUE_FLAGS = ["--json"];
@@ -95,11 +85,8 @@ export function buildParser(words: readonly string[], onRefusal: OnRefusal, comm
   function refusalHint(msg: string, o: DeclaredOptions): string {
     if (/^Did you mean /.test(msg)) return `${msg.replace(/^Did/, "did")} (${seeHelp})`;
     const guesses = unknownFlags(args, o).flatMap((u) => {
-      const best = Object.keys(o.key)
-        .filter((k) => k.length > 1)
-        .map((k) => ({ k, d: editDistance(u, k) }))
-        .sort((x, y) => x.d - y.d)[0];
-      return best && best.d <= (u.length >= 4 ? 2 : 1) ? [`--${best.k} for --${u}`] : [];
+      const best = nearestName(u, Object.keys(o.key).filter((k) => k.length > 1));
+      return best ? [`--${best} for --${u}`] : [];
     });
     if (guesses.length) return `did you mean ${guesses.join(", ")}? (${seeHelp})`;
     const took = swallowed(o);

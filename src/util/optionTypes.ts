@@ -6,6 +6,7 @@
  * option added to an interface without its kind, or with the wrong one, does not compile.
  */
 import { MlaError } from "../errors.js";
+import { nearestName } from "./nearest.js";
 
 type Kind<T> = T extends readonly string[]
   ? "string[]"
@@ -85,7 +86,9 @@ export function checkOptionTypes<T>(where: string, o: unknown, kinds: OptionKind
     if (v === undefined) continue;
     const kind = table[key];
     if (kind === undefined) {
-      const near = Object.keys(table).find((k) => k.toLowerCase().replace(/[-_]/g, "") === key.toLowerCase().replace(/[-_]/g, ""));
+      // Its case or dashes ("rope_pairs"), else a typo of it ("capacty", "rank" for ranks).
+      const flat = (k: string) => k.toLowerCase().replace(/[-_]/g, "");
+      const near = Object.keys(table).find((k) => flat(k) === flat(key)) ?? nearestName(key, Object.keys(table));
       throw new MlaError("BAD_ARGUMENT", `${where} has no option ${JSON.stringify(key)}`, near ? `did you mean ${near}?` : `its options are ${Object.keys(table).join(", ")}`);
     }
     if (v !== null && !hasKind(v, kind)) throw new MlaError("BAD_ARGUMENT", `${where}: option ${key} is ${describe(v)}, not ${EXPECTED[kind]}`, `pass ${key} as ${EXPECTED[kind]}`);

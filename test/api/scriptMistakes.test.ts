@@ -8,7 +8,7 @@ import test from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
-import { calibrationWindows, Checkpoint, convert, generateBatchAsync, loadModel, MlaError, perplexity, SafetensorsFile, tokenizeForEval } from "../../src/index.js";
+import { calibrationWindows, Checkpoint, convert, generateBatchAsync, loadModel, MlaError, perplexity, SafetensorsFile, study, tokenizeForEval } from "../../src/index.js";
 import { FIXTURES, MODELS, tmpDir } from "../helpers.js";
 
 const TEXT = path.join(FIXTURES, "text", "tinystories.txt");
@@ -59,4 +59,10 @@ test("a class made by its factory refuses `new` from JavaScript, pointing at the
   assert.throws(() => new (SafetensorsFile as Loose)(TEXT), refused(/^new SafetensorsFile\(…\) is not how a SafetensorsFile is made\n {2}hint: call SafetensorsFile\.open\(path\)/));
   assert.throws(() => new (Checkpoint as Loose)(path.join(MODELS, "stories260K")), refused(/^new Checkpoint\(…\) is not how a Checkpoint is made\n {2}hint: call Checkpoint\.open\(dir\)/));
   assert.ok(Checkpoint.open(path.join(MODELS, "stories260K")).names().length > 0);
+});
+
+test("an unknown option close to a known one is suggested (\"rank\" for ranks)", async () => {
+  const out = path.join(tmpDir(), "study");
+  await assert.rejects(study({ like: "stories260K", variants: ["mla"], rank: ["4"], data: TEXT, tokens: 512, out } as Loose), refused(/^study\(\) has no option "rank"\n {2}hint: did you mean ranks\?/));
+  assert.ok(!fs.existsSync(out));
 });
