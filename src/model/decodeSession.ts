@@ -6,6 +6,7 @@
  * routes whose shapes follow the sequence lengths) the session runs steps op by op and says why.
  */
 import { checkModelArg } from "../util/argTypes.js";
+import { checkOptionTypes, describe } from "../util/optionTypes.js";
 import { MlaError } from "../errors.js";
 import type { StepGraph } from "../tensor/backend.js";
 import type { Tensor } from "../tensor/tensor.js";
@@ -57,6 +58,10 @@ export class DecodeSession {
     checkModelArg("new DecodeSession()", model);
     if (!Array.isArray(caches)) throw new MlaError("BAD_ARGUMENT", "new DecodeSession(): the caches are not an array", "pass one prefilled cache per sequence: [model.newCache(dtype), …]");
     if (caches.length === 0) throw new MlaError("BAD_ARGUMENT", "a decode session needs at least one cache", "prefill a cache per sequence first (model.forward(prompt, cache))");
+    // From JavaScript: { graph: false } was ignored (graphs stayed on), anything but a cache failed at the first step.
+    checkOptionTypes<DecodeSessionOptions>("new DecodeSession()", opts, { graphs: "boolean" });
+    const notCache = caches.findIndex((c) => !(typeof c === "object" && c !== null && typeof (c as Partial<DecodeCache>).commitStep === "function" && typeof (c as Partial<DecodeCache>).replayBuffers === "function"));
+    if (notCache >= 0) throw new MlaError("BAD_ARGUMENT", `new DecodeSession(): cache ${notCache} is ${describe(caches[notCache])}, not a decode cache`, "make one per sequence with model.newCache(dtype) and prefill it: model.forward(prompt, cache)");
     if (new Set(caches).size !== caches.length) throw new MlaError("BAD_ARGUMENT", "a decode session got the same cache twice", "each sequence needs its own cache (clone() copies one)");
     this.shape = `${caches.length}×${caches.map((c) => c.dtype).join(",")}`;
     const backend = model.backend;
@@ -82,10 +87,11 @@ export class DecodeSession {
    */
   step(ids: Int32Array): Tensor {
     const B = this.caches.length, V = this.model.config.vocabSize;
+    if (!(ids instanceof Int32Array || Array.isArray(ids))) throw new MlaError("BAD_ARGUMENT", `a decode step got ${describe(ids)}, not the next token ids`, `pass an Int32Array of one next token per sequence, e.g. step(Int32Array.of(id))`);
     if (ids.length !== B) throw new MlaError("BAD_ARGUMENT", `a decode step got ${ids.length} tokens for ${B} sequences`, "pass one next token per sequence, in the order of the caches");
     // A replay reads ids on the device without the host check an op-by-op embedding makes.
     for (let b = 0; b < B; b++)
-      if (!(ids[b]! >= 0 && ids[b]! < V)) throw new MlaError("BAD_ARGUMENT", `token id ${ids[b]} of sequence ${b} is outside the vocabulary of ${V}`, "the tokenizer and the model do not match");
+      if (!(Number.isInteger(ids[b]) && ids[b]! >= 0 && ids[b]! < V)) throw new MlaError("BAD_ARGUMENT", `token id ${ids[b]} of sequence ${b} is ${Number.isInteger(ids[b]) ? `outside the vocabulary of ${V}` : "not a whole number"}`, Number.isInteger(ids[b]) ? "the tokenizer and the model do not match" : "pass the ids the tokenizer or the last step picked");
     const positions = Int32Array.from(this.caches, (c) => c.length);
     // A graph is recorded under warmRoutes (a recording step is warm), and replays leave them as they are.
     const routes = this.model.backend.routes?.();

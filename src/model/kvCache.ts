@@ -5,6 +5,7 @@
  * sequence it will hold) never moves while it stays within it.
  */
 import { MlaError } from "../errors.js";
+import { checkOptionTypes } from "../util/optionTypes.js";
 import type { Backend } from "../tensor/backend.js";
 import type { FloatArray, Tensor } from "../tensor/tensor.js";
 import { KvCacheDtype, kvRowBytes, roundTrip } from "./kvQuant.js";
@@ -278,6 +279,8 @@ abstract class TwoPartCache implements DecodeCache {
   }
 
   clone(opts: CloneOptions = {}): this {
+    // From JavaScript: clone(5) or { token: 5 } copied the whole cache.
+    checkOptionTypes<CloneOptions>("clone()", opts, { tokens: "number", capacity: "number" });
     const tokens = opts.tokens ?? this.len;
     if (!Number.isInteger(tokens) || tokens < 0 || tokens > this.len) throw new MlaError("BAD_ARGUMENT", `clone: ${tokens} tokens of a cache holding ${this.len}`, `pass a whole number from 0 to ${this.len}`);
     // A cache of zero-wide parts only (MLA without rope pairs or latent) has unbounded room.

@@ -109,6 +109,8 @@ export class LlamaModel {
   /** An empty decode cache of the right kind for this model (opts.capacity: tokens to allocate room for now). */
   newCache(dtype: KvCacheDtype = "f32", opts: CacheOptions = {}): DecodeCache {
     checkKvCacheDtype(dtype);
+    // From JavaScript: { capacty: 2048 } was ignored (a cache that grows), "2048" refused as "got 2048".
+    checkOptionTypes<CacheOptions>("newCache()", opts, { capacity: "number" });
     const c = this.config;
     const a = c.attention;
     if (a.kind === "deepseek") return new LatentCache(this.backend, 1, Array.from({ length: c.layers }, () => ({ ropeDims: a.ropeDim, latentDim: a.kvLoraRank })), dtype, opts);

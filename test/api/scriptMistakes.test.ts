@@ -8,7 +8,7 @@ import test from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
-import { calibrationWindows, Checkpoint, convert, generateBatchAsync, loadModel, MlaError, perplexity, SafetensorsFile, study, tokenizeForEval } from "../../src/index.js";
+import { calibrationWindows, Checkpoint, convert, DecodeSession, generateBatchAsync, loadModel, MlaError, perplexity, SafetensorsFile, study, tokenizeForEval } from "../../src/index.js";
 import { FIXTURES, MODELS, tmpDir } from "../helpers.js";
 
 const TEXT = path.join(FIXTURES, "text", "tinystories.txt");
@@ -65,4 +65,27 @@ test("an unknown option close to a known one is suggested (\"rank\" for ranks)",
   const out = path.join(tmpDir(), "study");
   await assert.rejects(study({ like: "stories260K", variants: ["mla"], rank: ["4"], data: TEXT, tokens: 512, out } as Loose), refused(/^study\(\) has no option "rank"\n {2}hint: did you mean ranks\?/));
   assert.ok(!fs.existsSync(out));
+});
+
+test("decode caches and sessions check their options and arguments", () => {
+  const { model } = loadModel("stories260K");
+  assert.throws(() => model.newCache("f32", { capacty: 16 } as Loose), refused(/^newCache\(\) has no option "capacty"\n {2}hint: did you mean capacity\?/));
+  assert.throws(() => model.newCache("f32", { capacity: "16" } as Loose), refused(/^newCache\(\): option capacity is "16" \(a string\), not a number/));
+  const cache = model.newCache("f32", Object.freeze({ capacity: 16 }));
+  model.forward(Int32Array.of(1, 2, 3), cache);
+  assert.throws(() => cache.clone(2 as Loose), refused(/^clone\(\) takes an options object, got 2 \(a number\)/));
+  assert.throws(() => cache.clone({ token: 2 } as Loose), refused(/^clone\(\) has no option "token"\n {2}hint: did you mean tokens\?/));
+  assert.equal(cache.clone(Object.freeze({ tokens: 2 })).length, 2);
+  assert.throws(() => new DecodeSession(model, [cache], { graph: false } as Loose), refused(/^new DecodeSession\(\) has no option "graph"\n {2}hint: did you mean graphs\?/));
+  assert.throws(() => new DecodeSession(model, [cache], { graphs: "no" } as Loose), refused(/option graphs is "no" \(a string\), not true or false/));
+  assert.throws(() => new DecodeSession(model, [cache, 1 as Loose]), refused(/^new DecodeSession\(\): cache 1 is 1 \(a number\), not a decode cache\n {2}hint: make one per sequence with model\.newCache/));
+  const session = new DecodeSession(model, [cache]);
+  try {
+    assert.throws(() => session.step(5 as Loose), refused(/^a decode step got 5 \(a number\), not the next token ids/));
+    assert.throws(() => session.step([5.5] as Loose), refused(/^token id 5\.5 of sequence 0 is not a whole number/));
+    assert.equal(cache.length, 3, "a refused step left the cache as it was");
+    assert.deepEqual(session.step(Int32Array.of(5)).shape, [1, model.config.vocabSize]);
+  } finally {
+    session.dispose();
+  }
 });
