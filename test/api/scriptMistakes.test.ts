@@ -8,7 +8,7 @@ import test from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
-import { calibrationWindows, Checkpoint, convert, DecodeSession, generateBatchAsync, loadModel, MlaError, perplexity, SafetensorsFile, study, tokenizeForEval } from "../../src/index.js";
+import { calibrationWindows, Checkpoint, convert, DecodeSession, generateBatchAsync, loadModel, MlaError, perplexity, SafetensorsFile, study, tokenizeForEval, writeReport } from "../../src/index.js";
 import { FIXTURES, MODELS, tmpDir } from "../helpers.js";
 
 const TEXT = path.join(FIXTURES, "text", "tinystories.txt");
@@ -88,4 +88,11 @@ test("decode caches and sessions check their options and arguments", () => {
   } finally {
     session.dispose();
   }
+});
+
+test("writeReport names a folder given where an eval JSON goes (it was EISDIR)", () => {
+  const dir = tmpDir();
+  const out = path.join(dir, "r.html");
+  assert.throws(() => writeReport([path.join(MODELS, "stories260K")], out), refused(/ is a folder, not an eval JSON file\n {2}hint: pass JSON files written by `mha2mla eval --json FILE`/));
+  assert.deepEqual(fs.readdirSync(dir), []);
 });

@@ -115,6 +115,8 @@ export function readEvalJson(file: string): EvalResult {
     text = stripBom(fs.readFileSync(file, "utf8")); // a BOM from an editor
     raw = JSON.parse(text);
   } catch (e) {
+    // A folder (a run's output, say) read as "EISDIR: illegal operation on a directory".
+    if ((e as NodeJS.ErrnoException).code === "EISDIR") throw new MlaError("BAD_ARGUMENT", `${file} is a folder, not an eval JSON file`, HINT);
     if ((e as NodeJS.ErrnoException).code) throw ioError("cannot read", file, e);
     throw new MlaError("BAD_ARGUMENT", `${file}: not valid JSON (${(e as Error).message})`, looksLikeTrainLog(text) ? "this is a fine-tuning run's training log (JSON Lines): pass it with --train-log" : HINT);
   }
