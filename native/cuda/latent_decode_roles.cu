@@ -89,6 +89,16 @@ constexpr bool STAGGER = ROLES_STAGGER != 0;
 #define ROLES_PREFETCH 0
 #endif
 constexpr int PREFETCH = ROLES_PREFETCH;
+// Tuning build ROLES_ONE_LOADER=1 (thirty-ninth session, not yet timed): one weighted-sum warp a tile, in turn,
+// waits for the stage to empty and copies all its rows; the other seven arrive and go on. In the default every
+// weighted-sum warp waits each tile until all sixteen of the pair's are past the stage, so the slowest warp of two
+// SMs paces every warp every tile.
+#ifndef ROLES_ONE_LOADER
+#define ROLES_ONE_LOADER 0
+#endif
+constexpr bool ONE_LOADER = ROLES_ONE_LOADER != 0;
+static_assert(!(ONE_LOADER && CPASYNC), "ROLES_ONE_LOADER copies by bulk copies");
+static_assert(2 * TN == 32, "ROLES_ONE_LOADER: a lane per latent row and a lane per rope row");
 // A block's first tile under STAGGER (the same for both blocks of a pair: split and sequence alone), and the
 // tile it takes at step `it` of its `ntiles`.
 __device__ __forceinline__ int tile_rotation(int ntiles, int split, int b) { return STAGGER && ntiles > 0 ? (int)(((int64_t)(split * 37 + b * 11) * 13) % ntiles) : 0; }
@@ -156,7 +166,7 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
   uint64_t* ready = empty + ROLE_STAGES;                 // a probability buffer written: one arrival per score thread
   uint64_t* freed = ready + 2;                           // a probability buffer read: one arrival per weighted-sum warp
   if (threadIdx.x < ROLE_STAGES) {
-    bar_init(full + threadIdx.x, CPASYNC ? 32 * SUM_WARPS : SUM_WARPS);
+    bar_init(full + threadIdx.x, CPASYNC ? 32 * SUM_WARPS : ONE_LOADER ? 1 : SUM_WARPS);
     bar_init(empty + threadIdx.x, SUM_WARPS * (MC ? 2 : 1));  // MC: the peer's warps too
   }
   if (threadIdx.x < 2) {
@@ -394,7 +404,37 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
       }
     }
   };
-  for (int s = 0; s < ROLE_STAGES && s < share.ntiles; s++) load(s, s);
+  // ONE_LOADER: tile `it` into stage `st` by this warp alone, every row (lane r < 16 latent row r, multicast
+  // where MC for the rows of this block's rank; lane 16 + r rope row r); the same warp index loads it in both blocks.
+  auto load_all = [&](int it, int st) {
+    unsigned char* base = smem + (size_t)st * lay.stageBytes();
+    bf16* sC = (bf16*)base;
+    bf16* sR = (bf16*)(base + lay.latentBytes());
+    const int64_t first = share.sq.lo + (share.t_begin + tile_at(it, rot, share.ntiles)) * TN, end = share.sq.lo + share.sq.n;
+    const int valid = (int)(end - first < TN ? end - first : TN);
+    for (int rr = valid; rr < TN; rr++) {
+      for (int e = lane; e < L / 8; e += 32) *reinterpret_cast<int4*>(sC + rr * ldc + e * 8) = make_int4(0, 0, 0, 0);
+      for (int e = lane; e < ropeCols; e += 32) sR[rr * lay.ropeStride + e] = __float2bfloat16(0.f);
+    }
+    if (valid < TN) {
+      MLA_SM90_ONLY(asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");)
+      __threadfence_block();
+    }
+    __syncwarp();
+    if (lane == 0) bar_expect(full + st, ROLES_NO_COPY ? 0u : (unsigned)valid * (latentRow + (ROLES_NO_ROPE_COPY ? 0u : ropeRow)));
+    __syncwarp();
+    const int rr = lane & (TN - 1);
+    if (rr < valid && !ROLES_NO_COPY) {
+      if (lane < TN) {
+        if (!MC) bulk_copy(sC + rr * ldc, share.sq.c + (first + rr) * L, latentRow, full + st);
+        else if ((unsigned)(rr & 1) == rank) bulk_copy_multicast(sC + rr * ldc, share.sq.c + (first + rr) * L, latentRow, full + st, 0x3);
+      } else if (ropeRow && !ROLES_NO_ROPE_COPY) bulk_copy(sR + rr * lay.ropeStride, share.sq.kr + ((first + rr) * Hkv + share.span.first) * Dr, ropeRow, full + st);
+    }
+  };
+  for (int s = 0; s < ROLE_STAGES && s < share.ntiles; s++) {
+    if (!ONE_LOADER) load(s, s);
+    else if (sw == s % SUM_WARPS) load_all(s, s);
+  }
 
   float acc[NT][4];
 #pragma unroll
@@ -429,9 +469,10 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
         if (MC && it + ROLE_STAGES < share.ntiles) bar_arrive_remote(empty + stage, rank ^ 1);
         bar_arrive(freed + pb);
       }
-      if (it + ROLE_STAGES < share.ntiles) {
+      if (it + ROLE_STAGES < share.ntiles && (!ONE_LOADER || sw == (it + ROLE_STAGES) % SUM_WARPS)) {
         bar_wait(empty + stage, phase);
-        load(it + ROLE_STAGES, stage);
+        if (ONE_LOADER) load_all(it + ROLE_STAGES, stage);
+        else load(it + ROLE_STAGES, stage);
       }
     };
     if (ROLES_EARLY_RELEASE) release();
