@@ -352,6 +352,12 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
   // expects both rows' bytes on its own barrier (the peer's may land before the expectation: the
   // transaction count may go below zero until it is set). Both blocks zero the same rows: a tile's
   // valid rows depend only on the split and the sequence.
+  // Row rr of a stage zeroed by this warp (rows past the sequence's end meet probability 0, and stale shared
+  // memory could hold NaN).
+  auto zero_row = [&](bf16* sC, bf16* sR, int rr) {
+    for (int e = lane; e < L / 8; e += 32) *reinterpret_cast<int4*>(sC + rr * ldc + e * 8) = make_int4(0, 0, 0, 0);
+    for (int e = lane; e < ropeCols; e += 32) sR[rr * lay.ropeStride + e] = __float2bfloat16(0.f);
+  };
   auto load = [&](int it, int st) {
     unsigned char* base = smem + (size_t)st * lay.stageBytes();
     bf16* sC = (bf16*)base;
@@ -376,8 +382,7 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
         if (!ROLES_NO_COPY) bytes += latentRow + (ROLES_NO_ROPE_COPY ? 0u : ropeRow);
         continue;
       }
-      for (int e = lane; e < L / 8; e += 32) *reinterpret_cast<int4*>(sC + rr * ldc + e * 8) = make_int4(0, 0, 0, 0);
-      for (int e = lane; e < ropeCols; e += 32) sR[rr * lay.ropeStride + e] = __float2bfloat16(0.f);
+      zero_row(sC, sR, rr);
     }
     if (row0 + 1 >= valid) {
       // The zeros are generic-proxy writes to rows a later bulk copy (async proxy) may write again.
@@ -412,11 +417,8 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
     bf16* sR = (bf16*)(base + lay.latentBytes());
     const int64_t first = share.sq.lo + (share.t_begin + tile_at(it, rot, share.ntiles)) * TN, end = share.sq.lo + share.sq.n;
     const int valid = (int)(end - first < TN ? end - first : TN);
-    for (int rr = valid; rr < TN; rr++) {
-      for (int e = lane; e < L / 8; e += 32) *reinterpret_cast<int4*>(sC + rr * ldc + e * 8) = make_int4(0, 0, 0, 0);
-      for (int e = lane; e < ropeCols; e += 32) sR[rr * lay.ropeStride + e] = __float2bfloat16(0.f);
-    }
-    if (valid < TN) {
+    for (int rr = valid; rr < TN; rr++) zero_row(sC, sR, rr);
+    if (valid < TN) {  // fenced as load's zeros are
       MLA_SM90_ONLY(asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");)
       __threadfence_block();
     }
