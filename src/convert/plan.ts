@@ -5,7 +5,7 @@ import { booleanFlag, MlaError, refuseInert } from "../errors.js";
 import { refuseOutOverInputs, within, type InputPath } from "../io/outGuard.js";
 import { refuseExisting } from "../io/atomicDir.js";
 import { kvElemsPerToken, latentWidth, ModelConfig } from "../model/config.js";
-import { checkDisjoint, defaultRopePairs, parseStrategy, RopeStrategy } from "../ropeSelect/strategies.js";
+import { checkDisjoint, checkRopePairs, defaultRopePairs, parseStrategy, RopeStrategy } from "../ropeSelect/strategies.js";
 import type { OptionKinds } from "../util/optionTypes.js";
 import type { Logger } from "../util/log.js";
 import { maxRank, maxRankNote } from "./factor.js";
@@ -139,8 +139,7 @@ export function resolveSettings(c: ModelConfig, o: SettingsInput, log: Logger): 
   if (c.attention.kind !== "mha") throw alreadyMla(c, "convert the original MHA/GQA model");
   const half = c.headDim / 2;
   const R = o.ropePairs ?? defaultRopePairs(c.headDim);
-  if (!Number.isInteger(R) || R < 0 || R > half)
-    throw new MlaError("BAD_ARGUMENT", Number.isInteger(R) ? `--rope-pairs ${R} is out of range for head_dim ${c.headDim}` : `--rope-pairs ${R} is not a whole number`, `use an integer in 0…${half} (default ${defaultRopePairs(c.headDim)}: head_dim/16 rounded down, at least 1)`);
+  checkRopePairs(R, 0, c.headDim, `use an integer in 0…${half} (default ${defaultRopePairs(c.headDim)}: head_dim/16 rounded down, at least 1)`);
   const svd = o.svd ?? "joint";
   if (svd !== "joint" && svd !== "split") throw new MlaError("BAD_ARGUMENT", `--svd ${svd} is not known`, "use joint or split");
   const svdInit = o.svdInit ?? "weights";

@@ -21,7 +21,7 @@ import type { ModelConfig } from "../model/config.js";
 import { DeviceName, selectBackend, selectLinalg } from "../backends/select.js";
 import { linalgScope, useLinalg } from "../backends/native/linalg.js";
 import { calibrate, CalibrationStats, checkWindowShape, DEFAULT_CALIB_LEN, DEFAULT_CALIB_SAMPLES } from "../ropeSelect/calibrate.js";
-import { defaultRopePairs } from "../ropeSelect/strategies.js";
+import { checkRopePairs, defaultRopePairs } from "../ropeSelect/strategies.js";
 import { covarianceRoots } from "../svd/truncated.js";
 import { silentLogger, Logger, warningsOnce } from "../util/log.js";
 import { checkOptionTypes, type OptionKinds } from "../util/optionTypes.js";
@@ -227,7 +227,7 @@ export function deepseekShape(c: ModelConfig, o: DeepseekOptions): { rank: numbe
   const { kvHeads: G, headDim: Dh, hiddenSize: D } = c;
   const half = Dh / 2;
   const R = o.ropePairs ?? defaultRopePairs(Dh);
-  if (!Number.isInteger(R) || R < 1 || R > half) throw new MlaError("BAD_ARGUMENT", Number.isInteger(R) ? `--rope-pairs ${R} is out of range for head_dim ${Dh}` : `--rope-pairs ${R} is not a whole number`, `use an integer in 1…${half}`);
+  checkRopePairs(R, 1, Dh, `use an integer in 1…${half}`);
   if (!Number.isInteger(o.rank) || o.rank < 1) throw new MlaError("BAD_ARGUMENT", `--rank ${o.rank} must be a positive integer`, "pass the latent dims per KV head, e.g. --rank 16");
   const budget = G * (o.rank + 2 * R);
   const dr = o.ropeDim ?? Math.min(2 * R * G, Dh);

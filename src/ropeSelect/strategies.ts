@@ -18,6 +18,15 @@ export function defaultRopePairs(headDim: number): number {
   return Math.max(1, Math.floor(headDim / 16));
 }
 
+/**
+ * Refuses a --rope-pairs that is not a whole number from `lo` to head_dim/2, naming which it is (convert
+ * keeps 0 pairs, --format deepseek at least 1); `hint`: what to pass instead.
+ */
+export function checkRopePairs(R: number, lo: number, headDim: number, hint: string): void {
+  if (Number.isInteger(R) && R >= lo && R <= headDim / 2) return;
+  throw new MlaError("BAD_ARGUMENT", Number.isInteger(R) ? `--rope-pairs ${R} is out of range for head_dim ${headDim}` : `--rope-pairs ${R} is not a whole number`, hint);
+}
+
 /** Pairs kept by a position-independent strategy, ascending. */
 export function fixedPairs(strategy: "high" | "low" | "uniform", R: number, headDim: number): number[] {
   const half = headDim / 2;
