@@ -90,8 +90,10 @@ export class DecodeSession {
     if (!(ids instanceof Int32Array || Array.isArray(ids))) throw new MlaError("BAD_ARGUMENT", `a decode step got ${describe(ids)}, not the next token ids`, `pass an Int32Array of one next token per sequence, e.g. step(Int32Array.of(id))`);
     if (ids.length !== B) throw new MlaError("BAD_ARGUMENT", `a decode step got ${ids.length} tokens for ${B} sequences`, "pass one next token per sequence, in the order of the caches");
     // A replay reads ids on the device without the host check an op-by-op embedding makes.
-    for (let b = 0; b < B; b++)
-      if (!(Number.isInteger(ids[b]) && ids[b]! >= 0 && ids[b]! < V)) throw new MlaError("BAD_ARGUMENT", `token id ${ids[b]} of sequence ${b} is ${Number.isInteger(ids[b]) ? `outside the vocabulary of ${V}` : "not a whole number"}`, Number.isInteger(ids[b]) ? "the tokenizer and the model do not match" : "pass the ids the tokenizer or the last step picked");
+    for (let b = 0; b < B; b++) {
+      if (!Number.isInteger(ids[b])) throw new MlaError("BAD_ARGUMENT", `token id ${ids[b]} of sequence ${b} is not a whole number`, "pass the ids the tokenizer or the last step picked");
+      if (!(ids[b]! >= 0 && ids[b]! < V)) throw new MlaError("BAD_ARGUMENT", `token id ${ids[b]} of sequence ${b} is outside the vocabulary of ${V}`, "the tokenizer and the model do not match");
+    }
     const positions = Int32Array.from(this.caches, (c) => c.length);
     // A graph is recorded under warmRoutes (a recording step is warm), and replays leave them as they are.
     const routes = this.model.backend.routes?.();
