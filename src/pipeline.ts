@@ -175,9 +175,10 @@ function pipelineEval(o: PipelineOptions): EvalOptions {
  * before it, and the corrected command, no longer the one that started the run, would need --force.
  * Each phase's checks are called, not written again here. Returns the --calib windows, cut now (a
  * text too short for one window is refused, a --calib-len past the model's positions warned of, as
- * convert does) for the phase that calibrates to take.
+ * convert does) for the phase that calibrates to take; none where `calibrates` is false (a resumed run
+ * whose calibrating phases are done).
  */
-function checkOptions(srcDir: string, o: PipelineOptions, log: Logger): CutCalibration | null {
+function checkOptions(srcDir: string, o: PipelineOptions, log: Logger, calibrates: boolean): CutCalibration | null {
   refuseIdleOptions(o);
   const c = readHfConfig(srcDir);
   // Silent: the convert phase says what it chose (the default strategy) when it runs.
@@ -198,7 +199,8 @@ function checkOptions(srcDir: string, o: PipelineOptions, log: Logger): CutCalib
   // A --calib no phase reads was refused above, so one given is read. Its file is checked as convert
   // checks it (resolveSettings did not where only the bias-free export reads it: conversionPhase drops it).
   checkCalibFile(o.convert.calib);
-  const cut = cutCalibration(srcDir, o.convert.calib, o.convert.calibSamples, o.convert.calibLen, c, log);
+  // A resumed run whose calibrating phases are done reads no windows: the first run cut them (and said so).
+  const cut = calibrates ? cutCalibration(srcDir, o.convert.calib, o.convert.calibSamples, o.convert.calibLen, c, log) : null;
   selectBackend(o.device ?? "auto", log);
   if (o.finetune) {
     // finetune's own check: it takes .xz corpora, which a perplexity text may not be.
@@ -213,6 +215,17 @@ function checkOptions(srcDir: string, o: PipelineOptions, log: Logger): CutCalib
     if (o.finetune.distill) checkTeacher(o.finetune.distill, c.vocabSize, srcDir);
   }
   return cut;
+}
+
+/**
+ * Whether a resumed run (same options, no --force) has finished every phase that reads --calib: the
+ * conversion and, in the bias-free form, the export. A guess made before checkSameRun confirms the run;
+ * a phase that runs after all reads its windows itself.
+ */
+function calibratingPhasesDone(out: string, o: PipelineOptions): boolean {
+  if (o.force) return false;
+  const exportCalibrates = !!o.export && o.attentionBias === false;
+  return fs.existsSync(path.join(out, "mla", "config.json")) && (!exportCalibrates || fs.existsSync(path.join(out, "deepseek", "config.json")));
 }
 
 /** The options pipeline.json records: what the run does, not how this call reports (a stream's internals) or is stopped. */
@@ -236,7 +249,7 @@ export async function pipeline(spec: string, o: PipelineOptions): Promise<Pipeli
   refuseOutOverInputs("--out", o.out, [...inputs, { name: "--distill", path: o.finetune?.distill }]);
   // Before --force clears --out (which may hold an earlier run's results): every input file exists.
   for (const i of inputs.slice(1)) if (i.path && !fs.existsSync(i.path)) throw new MlaError("NOT_FOUND", `${i.name} ${i.path} does not exist`, "check the path; nothing was changed");
-  const cut = checkOptions(srcDir, o, log);
+  const cut = checkOptions(srcDir, o, log, !calibratingPhasesDone(out, o));
   const fingerprint = runFingerprint(spec, o);
   const stateFile = path.join(out, "pipeline.json");
   // An --out holding only the state file is a run whose first phase failed (on what only the work

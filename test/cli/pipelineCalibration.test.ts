@@ -3,7 +3,8 @@
  * readCalibrationWindows: a --calib-len the text cannot fill is refused before any phase runs (and
  * before --force clears an earlier run), not when the phase that calibrates starts (the bias-free
  * export's comes after the conversion, the evaluations and any fine-tune); one past the model's
- * positions is warned of there, once, in convert's words, and the phases take those windows.
+ * positions is warned of there, once, in convert's words, and the phases take those windows. A resumed
+ * run whose calibrating phases are done reads the text no more.
  */
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
@@ -75,6 +76,11 @@ test("a --calib-len past the model's positions is warned of before any phase and
       assert.ok(r.lines.indexOf(line) < first, `${name}: said before the first phase\n${r.lines.join("\n")}`);
     }
     assert.ok(r.lines.includes(opts.export ? "pipeline: export" : "pipeline: convert"), `${name}: the phase that calibrates ran`);
+    // Resumed with every phase done: the text is not read again, so neither is said again.
+    const again = await heard((logger) => pipeline(MODEL, { ...base, ...opts, force: false, convert: { ...conv, calib: TEXT, calibLen: PAST, calibSamples: 3 }, out, logger }));
+    assert.equal(again.error, null, `${name} resumed: ${String(again.error)}`);
+    assert.ok(!again.lines.some((l) => said.includes(l)), `${name} resumed: nothing said of the text\n${again.lines.join("\n")}`);
+    assert.ok(again.lines.includes(opts.export ? "pipeline: export already done" : "pipeline: convert already done"), `${name} resumed\n${again.lines.join("\n")}`);
   }
 });
 
