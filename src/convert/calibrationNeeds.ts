@@ -88,7 +88,8 @@ export function calibrationRecord(file: string | null | undefined, windows: Int3
 export function fewerWindowsNote(file: string | null | undefined, windows: Int32Array[], asked: number | undefined, len: number): string | null {
   const want = asked ?? DEFAULT_CALIB_SAMPLES;
   if (!file || windows.length >= want) return null;
-  return `note: ${file} holds ${windows.length} calibration windows of ${len} tokens (${asked === undefined ? `the default is ${want}` : `asked for ${want}`})`;
+  // The pipeline's command line fills the default in (its run identity), so a count equal to it reads as the default.
+  return `note: ${file} holds ${windows.length} calibration windows of ${len} tokens (${asked === undefined || asked === DEFAULT_CALIB_SAMPLES ? `the default is ${want}` : `asked for ${want}`})`;
 }
 
 /**

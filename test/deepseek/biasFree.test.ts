@@ -285,6 +285,8 @@ test("a --calib holding fewer windows than asked is noted by export and convert 
   const five = Array.from({ length: 5 }, () => new Int32Array(256));
   assert.equal(fewerWindowsNote(CALIB, five, 5, 256), null, "as many as asked: no note");
   assert.equal(fewerWindowsNote(undefined, [], undefined, 256), null, "no text: no note");
+  // The pipeline's command line fills the default in: a count equal to it reads as the default.
+  assert.equal(fewerWindowsNote(CALIB, five, 32, 256), note("the default is 32"));
   // The command line passes --calib-samples as given: a default is not called an ask.
   const cli = spawnSync(process.execPath, [MAIN, "convert", "stories260K", "--rank", "2", "--rope-pairs", "1", "--calib", CALIB, "--dry-run"], { encoding: "utf8" });
   assert.equal(cli.status, 0, cli.stderr);
