@@ -60,12 +60,6 @@ __device__ __forceinline__ void bulk_copy(void* dst, const void* src, unsigned b
                ::"r"((unsigned)__cvta_generic_to_shared(dst)), "l"(src), "r"(bytes), "r"((unsigned)__cvta_generic_to_shared(bar)) : "memory");
   })
 }
-// `bytes` (a multiple of 16, 16-byte aligned) of global memory fetched into L2 ahead of a later bulk copy, nothing waited for.
-__device__ __forceinline__ void bulk_prefetch_l2(const void* src, unsigned bytes) {
-  MLA_SM90_ONLY({
-  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(src), "r"(bytes) : "memory");
-  })
-}
 // The same bytes into the same shared-memory offset of every block of the cluster in `mask` (bit r:
 // rank r), each copy counted on the barrier at `bar`'s offset in that block.
 __device__ __forceinline__ void bulk_copy_multicast(void* dst, const void* src, unsigned bytes, uint64_t* bar, uint16_t mask) {

@@ -80,25 +80,8 @@ constexpr bool CPASYNC = ROLES_CPASYNC != 0;
 #define ROLES_STAGGER 0
 #endif
 constexpr bool STAGGER = ROLES_STAGGER != 0;
-// Tuning build ROLES_PREFETCH=N (thirty-ninth session): with three stages, each held through a tile's scores and
-// its weighted sum, about one tile's copies are in flight per block (~40 KB an SM, near what HBM's latency
-// needs at an SM's share of the bandwidth), and the copy microbenchmark lost a quarter of its rate on the H200
-// when stages were held 4,000 cycles. Here each stage's copy also asks L2 for the rows of the tile N on
-// (cp.async.bulk.prefetch.L2), so the bulk copy N tiles later finds them there.
-#ifndef ROLES_PREFETCH
-#define ROLES_PREFETCH 0
-#endif
-constexpr int PREFETCH = ROLES_PREFETCH;
-// Tuning build ROLES_ONE_LOADER=1 (thirty-ninth session, not yet timed): one weighted-sum warp a tile, in turn,
-// waits for the stage to empty and copies all its rows; the other seven arrive and go on. In the default every
-// weighted-sum warp waits each tile until all sixteen of the pair's are past the stage, so the slowest warp of two
-// SMs paces every warp every tile.
-#ifndef ROLES_ONE_LOADER
-#define ROLES_ONE_LOADER 0
-#endif
-constexpr bool ONE_LOADER = ROLES_ONE_LOADER != 0;
-static_assert(!(ONE_LOADER && CPASYNC), "ROLES_ONE_LOADER copies by bulk copies");
-static_assert(2 * TN == 32, "ROLES_ONE_LOADER: a lane per latent row and a lane per rope row");
+// Tried and dropped (fortieth session, H100, docs/benchmarks.md): L2 prefetch of the rows 1–4 tiles on
+// (within noise to 30% slower) and one weighted-sum warp a tile loading the whole stage (1% slower).
 // A block's first tile under STAGGER (the same for both blocks of a pair: split and sequence alone), and the
 // tile it takes at step `it` of its `ntiles`.
 __device__ __forceinline__ int tile_rotation(int ntiles, int split, int b) { return STAGGER && ntiles > 0 ? (int)(((int64_t)(split * 37 + b * 11) * 13) % ntiles) : 0; }
@@ -166,7 +149,7 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
   uint64_t* ready = empty + ROLE_STAGES;                 // a probability buffer written: one arrival per score thread
   uint64_t* freed = ready + 2;                           // a probability buffer read: one arrival per weighted-sum warp
   if (threadIdx.x < ROLE_STAGES) {
-    bar_init(full + threadIdx.x, CPASYNC ? 32 * SUM_WARPS : ONE_LOADER ? 1 : SUM_WARPS);
+    bar_init(full + threadIdx.x, CPASYNC ? 32 * SUM_WARPS : SUM_WARPS);
     bar_init(empty + threadIdx.x, SUM_WARPS * (MC ? 2 : 1));  // MC: the peer's warps too
   }
   if (threadIdx.x < 2) {
@@ -400,43 +383,8 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
       }
       else if (ropeRow && !ROLES_NO_ROPE_COPY) bulk_copy(sR + rr * lay.ropeStride, share.sq.kr + ((first + rr) * Hkv + share.span.first) * Dr, ropeRow, full + st);
     }
-    if (PREFETCH > 0 && !ROLES_NO_COPY && lane < 4 && it + PREFETCH < share.ntiles) {
-      const int64_t ahead = share.sq.lo + (share.t_begin + tile_at(it + PREFETCH, rot, share.ntiles)) * TN + rr;
-      if (ahead < end) {
-        if (lane < 2) {
-          if (!MC || (unsigned)lane == rank) bulk_prefetch_l2(share.sq.c + ahead * L, latentRow);
-        } else if (ropeRow) bulk_prefetch_l2(share.sq.kr + (ahead * Hkv + share.span.first) * Dr, ropeRow);
-      }
-    }
   };
-  // ONE_LOADER: tile `it` into stage `st` by this warp alone, every row (lane r < 16 latent row r, multicast
-  // where MC for the rows of this block's rank; lane 16 + r rope row r); the same warp index loads it in both blocks.
-  auto load_all = [&](int it, int st) {
-    unsigned char* base = smem + (size_t)st * lay.stageBytes();
-    bf16* sC = (bf16*)base;
-    bf16* sR = (bf16*)(base + lay.latentBytes());
-    const int64_t first = share.sq.lo + (share.t_begin + tile_at(it, rot, share.ntiles)) * TN, end = share.sq.lo + share.sq.n;
-    const int valid = (int)(end - first < TN ? end - first : TN);
-    for (int rr = valid; rr < TN; rr++) zero_row(sC, sR, rr);
-    if (valid < TN) {  // fenced as load's zeros are
-      MLA_SM90_ONLY(asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");)
-      __threadfence_block();
-    }
-    __syncwarp();
-    if (lane == 0) bar_expect(full + st, ROLES_NO_COPY ? 0u : (unsigned)valid * (latentRow + (ROLES_NO_ROPE_COPY ? 0u : ropeRow)));
-    __syncwarp();
-    const int rr = lane & (TN - 1);
-    if (rr < valid && !ROLES_NO_COPY) {
-      if (lane < TN) {
-        if (!MC) bulk_copy(sC + rr * ldc, share.sq.c + (first + rr) * L, latentRow, full + st);
-        else if ((unsigned)(rr & 1) == rank) bulk_copy_multicast(sC + rr * ldc, share.sq.c + (first + rr) * L, latentRow, full + st, 0x3);
-      } else if (ropeRow && !ROLES_NO_ROPE_COPY) bulk_copy(sR + rr * lay.ropeStride, share.sq.kr + ((first + rr) * Hkv + share.span.first) * Dr, ropeRow, full + st);
-    }
-  };
-  for (int s = 0; s < ROLE_STAGES && s < share.ntiles; s++) {
-    if (!ONE_LOADER) load(s, s);
-    else if (sw == s % SUM_WARPS) load_all(s, s);
-  }
+  for (int s = 0; s < ROLE_STAGES && s < share.ntiles; s++) load(s, s);
 
   float acc[NT][4];
 #pragma unroll
@@ -471,10 +419,9 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
         if (MC && it + ROLE_STAGES < share.ntiles) bar_arrive_remote(empty + stage, rank ^ 1);
         bar_arrive(freed + pb);
       }
-      if (it + ROLE_STAGES < share.ntiles && (!ONE_LOADER || sw == (it + ROLE_STAGES) % SUM_WARPS)) {
+      if (it + ROLE_STAGES < share.ntiles) {
         bar_wait(empty + stage, phase);
-        if (ONE_LOADER) load_all(it + ROLE_STAGES, stage);
-        else load(it + ROLE_STAGES, stage);
+        load(it + ROLE_STAGES, stage);
       }
     };
     if (ROLES_EARLY_RELEASE) release();
