@@ -38,6 +38,13 @@ export function tmpDir(prefix = "mha2mla-test-"): string {
   return d;
 }
 
+/** A fresh folder holding a copy of stories260K's tokenizer files: one a test may change, or give a worker thread of its own. */
+export function storiesTokenizerCopy(): string {
+  const dir = tmpDir();
+  for (const f of ["tokenizer.json", "tokenizer_config.json"]) fs.copyFileSync(path.join(MODELS, "stories260K", f), path.join(dir, f));
+  return dir;
+}
+
 /** An --out that holds an earlier run's result, which a refused command must leave as it was (assertKept). */
 export function earlierOut(): string {
   const out = path.join(tmpDir(), "earlier");

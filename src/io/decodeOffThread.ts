@@ -1,13 +1,13 @@
 /**
  * A long id list decoded in a worker thread, so that a server's other streams go on meanwhile: one
- * decode of 900k ids held every stream for ~0.3 s. Starting the worker and loading the tokenizer there
- * costs ~0.2–0.4 s (seconds for a 128k vocabulary), paid only by such a request, and one such decode
- * runs at a time (each worker holds a whole tokenizer: a burst of requests must not load one each).
+ * decode of 900k ids held every stream for ~0.3 s. The worker is the tokenizer's held one
+ * (heldTokenizerThreads.ts: its start, ~0.2–0.4 s, is paid once, not per request), and one such
+ * decode runs at a time (tokenizerWorkers).
  * The text is tok.decode's: the worker decodes only when it loaded the same files (their hash) and tok's
  * decode is the loaded one; otherwise, or when the worker fails, this thread decodes.
  */
 import { tokenizerWorkers } from "../util/lane.js";
-import { oneShotWorker } from "../util/oneShotWorker.js";
+import { askHeldThread } from "./heldTokenizerThreads.js";
 import { decodesAsLoaded, type TextTokenizer } from "./tokenizer.js";
 
 /** `ids` as tok.decode gives them; in a worker thread where there are more than `offThreadAbove` and the worker can decode as tok does. */
@@ -17,8 +17,9 @@ export async function decodeOffThread(tok: TextTokenizer, ids: readonly number[]
   return (await tokenizerWorkers.run(() => inWorker(tok, ids, o.skipSpecialTokens))) ?? here();
 }
 
-/** The worker's text; null or undefined where it could not decode as tok does (other files, a failure). */
-function inWorker(tok: TextTokenizer, ids: readonly number[], skipSpecialTokens: boolean): Promise<string | null | undefined> {
+/** The worker's text; undefined where it could not decode as tok does (other files, a failure). */
+async function inWorker(tok: TextTokenizer, ids: readonly number[], skipSpecialTokens: boolean): Promise<string | undefined> {
   const packed = Int32Array.from(ids);
-  return oneShotWorker<string | null>(new URL("./decodeWorker.js", import.meta.url), { dir: tok.dir, filesHash: tok.filesHash, ids: packed, skipSpecialTokens }, [packed.buffer as ArrayBuffer]);
+  const r = await askHeldThread<string>({ dir: tok.dir!, filesHash: tok.filesHash! }, { kind: "decode", ids: packed, skipSpecialTokens }, [packed.buffer as ArrayBuffer]);
+  return r.ok ? r.value : undefined;
 }

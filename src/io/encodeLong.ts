@@ -14,12 +14,13 @@
  * and for a very large text limited by the heap).
  */
 import os from "node:os";
-import { Worker } from "node:worker_threads";
 import { MlaError } from "../errors.js";
 import { silentLogger, type Logger } from "../util/log.js";
 import { fmtCount, fmtTime } from "../util/progress.js";
 import { nextTurn, throwIfStopped } from "../util/abort.js";
 import type { TextTokenizer } from "./tokenizer.js";
+import { TokenizerThread } from "./tokenizerThread.js";
+import { askHeldThread } from "./heldTokenizerThreads.js";
 
 export interface EncodeLongOptions {
   /** Piece length to aim for, in characters (a piece runs on to the next safe line break). Default 4096. */
@@ -169,7 +170,8 @@ export async function encodeTexts(tok: TextTokenizer, texts: readonly string[], 
   };
   if (threaded) {
     try {
-      await inWorkers(tok.dir!, tok.filesHash, batches.map(([a, b]) => pieces.slice(a, b)), workers, finished);
+      const batched = batches.map(([a, b]) => pieces.slice(a, b));
+      await (workers === 1 ? inHeldWorker({ dir: tok.dir!, filesHash: tok.filesHash }, batched, finished) : inWorkers(tok.dir!, tok.filesHash, batched, workers, finished));
     } catch (e) {
       if (e instanceof MlaError && e.code === "INTERRUPTED") throw e; // a stop, seen as a batch came back: not a failure
       throw new MlaError("BAD_TOKENIZER", `tokenizing ${label} in worker threads failed: ${(e as Error).message}`, `the tokenizer in ${tok.dir} could not encode this text; check that the file is UTF-8 text`);
@@ -209,38 +211,43 @@ export async function encodeTexts(tok: TextTokenizer, texts: readonly string[], 
 /**
  * Encodes each batch (a list of pieces) in one of `n` worker threads, which load the tokenizer from
  * `dir`; `finished(b, ids)` receives batch b's ids (one Int32Array per piece). Batches are handed
- * out as workers come free; every worker is terminated when all are done or on the first error.
+ * out as workers come free; every worker is ended when all are done or on the first error.
  */
-function inWorkers(dir: string, filesHash: string | undefined, batches: Piece[][], n: number, finished: (b: number, ids: Int32Array[]) => void): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const pool: Worker[] = [];
-    let next = 0;
-    let left = batches.length;
-    let over = false;
-    const stop = (err: Error | null) => {
-      if (over) return;
-      over = true;
-      void Promise.all(pool.map((w) => w.terminate())).then(() => (err ? reject(err) : resolve()), reject);
-    };
-    const feed = (w: Worker) => {
-      if (next < batches.length) w.postMessage({ b: next, pieces: batches[next++] });
-    };
-    for (let k = 0; k < n; k++) {
-      const w = new Worker(new URL("./encodeWorker.js", import.meta.url), { workerData: { dir, filesHash } });
-      pool.push(w);
-      w.on("message", (m: { b: number; ids: Int32Array[] }) => {
-        if (over) return;
-        try {
-          finished(m.b, m.ids);
-        } catch (e) {
-          return stop(e as Error);
-        }
-        if (--left === 0) stop(null);
-        else feed(w);
-      });
-      w.on("error", (e) => stop(e));
-      w.on("exit", (code) => stop(new Error(`a worker thread exited (code ${code}) before the text was done`)));
-      feed(w);
+async function inWorkers(dir: string, filesHash: string | undefined, batches: Piece[][], n: number, finished: (b: number, ids: Int32Array[]) => void): Promise<void> {
+  const threads = Array.from({ length: n }, () => new TokenizerThread(dir, filesHash));
+  let next = 0;
+  let failed = false;
+  const work = async (t: TokenizerThread) => {
+    try {
+      while (next < batches.length && !failed) {
+        const b = next++;
+        const r = await t.ask<Int32Array[]>({ kind: "pieces", pieces: batches[b]! });
+        if (failed) return; // another worker failed, or a stop was seen: this batch is not wanted
+        if (!r.ok) throw new Error(r.why);
+        finished(b, r.value);
+      }
+    } catch (e) {
+      failed = true;
+      throw e;
     }
-  });
+  };
+  try {
+    await Promise.all(threads.map(work));
+  } finally {
+    await Promise.all(threads.map((t) => t.end()));
+  }
+}
+
+/**
+ * Encodes the batches one after another in the tokenizer's held worker (heldTokenizerThreads.ts): a
+ * server's long /tokenize texts come one at a time, and a worker started for each paid the
+ * tokenizer's load (~0.2–0.4 s) every time. A stop (finished throws) sends no more batches and leaves
+ * the worker, idle, for the next text.
+ */
+async function inHeldWorker(tok: { dir: string; filesHash?: string }, batches: Piece[][], finished: (b: number, ids: Int32Array[]) => void): Promise<void> {
+  for (const [b, pieces] of batches.entries()) {
+    const r = await askHeldThread<Int32Array[]>(tok, { kind: "pieces", pieces });
+    if (!r.ok) throw new Error(r.why);
+    finished(b, r.value);
+  }
 }

@@ -6,12 +6,11 @@
  * structure (encodeLong's line-break cuts are probed, not proven, and a run of spaces has none). The
  * worker runs encodeUpTo itself, on the same files (their hash), so the ids and the verdict are this
  * thread's; where it cannot (a folder gone or changed, an encode the caller replaced, a failure), this
- * thread tokenizes. Starting the worker and loading the tokenizer there costs ~0.2–0.4 s (seconds for a
- * 128k vocabulary), paid only by a long text, and one such text is tokenized at a time
- * (tokenizerWorkers): each worker holds a whole tokenizer.
+ * thread tokenizes. The worker is the tokenizer's held one (heldTokenizerThreads.ts: its start, ~0.2–0.4 s,
+ * is paid once, not per text), and one such text is tokenized at a time (tokenizerWorkers).
  */
 import { tokenizerWorkers } from "../util/lane.js";
-import { oneShotWorker } from "../util/oneShotWorker.js";
+import { askHeldThread } from "./heldTokenizerThreads.js";
 import { encodedWholeBelow, encodePrefix, encodesAsLoaded, type TextTokenizer } from "./tokenizer.js";
 
 /**
@@ -34,6 +33,6 @@ export async function encodeUpToOffThread(tok: TextTokenizer, text: string, o: {
 
 /** The worker's answer (ids, or null: more than max), or undefined where it could not tokenize as tok does. */
 async function inWorker(tok: TextTokenizer, text: string, max: number, addSpecialTokens: boolean): Promise<number[] | null | undefined> {
-  const m = await oneShotWorker<{ ids: Int32Array | null } | null>(new URL("./encodeUpToWorker.js", import.meta.url), { dir: tok.dir, filesHash: tok.filesHash, text, max, addSpecialTokens });
-  return m ? m.ids && Array.from(m.ids) : undefined;
+  const r = await askHeldThread<Int32Array | null>({ dir: tok.dir!, filesHash: tok.filesHash! }, { kind: "encodeUpTo", text, max, addSpecialTokens });
+  return r.ok ? r.value && Array.from(r.value) : undefined;
 }

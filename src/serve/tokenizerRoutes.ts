@@ -37,8 +37,9 @@ function flag(b: Record<string, unknown>, key: string, fallback: boolean, what: 
 const LONG_TEXT = 16_384;
 /**
  * A piece longer than this (a text with no line break to cut at) is tokenized in a worker thread: on
- * this one a 3.6 MB line held every stream for ~3 s with stories260K's tokenizer. Starting the worker
- * and loading the tokenizer there costs ~0.2–0.4 s, paid only by such a request.
+ * this one a 3.6 MB line held every stream for ~3 s with stories260K's tokenizer. The worker is the
+ * tokenizer's held one (io/heldTokenizerThreads.ts): its start, ~0.2–0.4 s, is paid by the first such
+ * request, not by each.
  */
 const OFF_THREAD_PIECE = 65_536;
 
@@ -51,7 +52,7 @@ const OFF_THREAD_PIECE = 65_536;
  */
 async function encodeYielding(tok: TextTokenizer, text: string, addSpecialTokens: boolean): Promise<number[]> {
   if (text.length <= LONG_TEXT) return tok.encode(text, { addSpecialTokens });
-  // One worker at most, and one such text at a time (tokenizerWorkers): each worker loads a whole tokenizer.
+  // One worker (the tokenizer's held one), and one such text at a time (tokenizerWorkers).
   const ids = [...(await tokenizerWorkers.run(() => encodeLong(tok, text, { offThreadPieceChars: OFF_THREAD_PIECE, workers: 1 })))];
   if (!addSpecialTokens) return ids;
   const bare = tok.encode("x"), full = tok.encode("x", { addSpecialTokens: true });

@@ -1,15 +1,20 @@
 /**
  * decodeOffThread: a long id list decoded in a worker thread gives tok.decode's text exactly, while
  * this thread's event loop turns; a short one stays here, and so does one the worker could not decode
- * as this tokenizer does (its folder gone or changed, a decode the caller replaced).
+ * as this tokenizer does (its folder gone or changed, a decode the caller replaced). The worker is the
+ * tokenizer's held one: started once, kept, replaced for other files or after a failure, and never
+ * holding a process open.
  */
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
 import { test } from "node:test";
 import { decodeOffThread } from "../../src/io/decodeOffThread.js";
+import { askHeldThread, heldThreadsStarted } from "../../src/io/heldTokenizerThreads.js";
 import { loadTokenizer } from "../../src/io/tokenizer.js";
-import { MODELS, tmpDir } from "../helpers.js";
+import type { TokenizerRequest } from "../../src/io/tokenizerWorker.js";
+import { MODELS, storiesTokenizerCopy, tmpDir } from "../helpers.js";
 
 const stories = loadTokenizer(path.join(MODELS, "stories260K"));
 
@@ -40,8 +45,7 @@ test("where the worker cannot decode as this tokenizer does, this thread decodes
   const ids = stories.encode("Once upon a time there was a fox. ".repeat(50));
   const opts = { skipSpecialTokens: false, offThreadAbove: 0 };
   assert.equal(await decodeOffThread({ ...stories, dir: tmpDir() }, ids, opts), stories.decode(ids), "no tokenizer.json in the folder: the worker fails");
-  const dir = tmpDir();
-  for (const f of ["tokenizer.json", "tokenizer_config.json"]) fs.copyFileSync(path.join(MODELS, "stories260K", f), path.join(dir, f));
+  const dir = storiesTokenizerCopy();
   const loaded = loadTokenizer(dir);
   const tj = JSON.parse(fs.readFileSync(path.join(dir, "tokenizer.json"), "utf8")) as { model: { vocab: Record<string, number> } };
   const [piece, id] = Object.entries(tj.model.vocab).find(([p]) => p.length > 3)!;
@@ -59,4 +63,63 @@ test("concurrent long decodes run one worker at a time and each gets its own tex
   const [ta, tb] = await Promise.all([decodeOffThread(stories, a, opts), decodeOffThread(stories, b, opts)]);
   assert.equal(ta, stories.decode(a));
   assert.equal(tb, stories.decode(b));
+});
+
+const long = stories.encode("Once upon a time, a little fox found a shiny red ball. ".repeat(200));
+const opts = { skipSpecialTokens: false, offThreadAbove: 1000 };
+
+test("the worker is started by the first long decode and kept for the next ones", async () => {
+  const tok = loadTokenizer(storiesTokenizerCopy());
+  const before = heldThreadsStarted();
+  for (const skipSpecialTokens of [false, true, false]) assert.equal(await decodeOffThread(tok, [1, ...long], { ...opts, skipSpecialTokens }), tok.decode([1, ...long], { skipSpecialTokens }));
+  assert.equal(heldThreadsStarted(), before + 1);
+});
+
+test("a tokenizer of the same folder built from other files gets a new worker; the old files' tokenizer falls back to this thread", async () => {
+  const dir = storiesTokenizerCopy();
+  const old = loadTokenizer(dir);
+  await decodeOffThread(old, long, opts);
+  fs.appendFileSync(path.join(dir, "tokenizer.json"), "\n");
+  const now = loadTokenizer(dir);
+  const before = heldThreadsStarted();
+  assert.equal(await decodeOffThread(now, long, opts), now.decode(long));
+  assert.equal(await decodeOffThread(now, long, opts), now.decode(long));
+  assert.equal(heldThreadsStarted(), before + 1, "one new worker, for the new files");
+  assert.equal(await decodeOffThread(old, long, opts), old.decode(long), "its worker refuses the folder's files: decoded here");
+  assert.equal(heldThreadsStarted(), before + 2);
+});
+
+test("a worker that fails mid-request leaves its ids to this thread, and the next long decode gets a new worker", async () => {
+  const tok = loadTokenizer(storiesTokenizerCopy());
+  await decodeOffThread(tok, long, opts);
+  const before = heldThreadsStarted();
+  // A request the worker does not know ends it; the decode asked right behind it was sent to the same worker.
+  const crash = askHeldThread({ dir: tok.dir!, filesHash: tok.filesHash! }, { kind: "nonsense" } as unknown as TokenizerRequest);
+  const behind = decodeOffThread(tok, long, opts);
+  assert.equal((await crash).ok, false);
+  assert.equal(await behind, tok.decode(long), "decoded on this thread");
+  assert.equal(heldThreadsStarted(), before, "no worker started for it");
+  assert.equal(await decodeOffThread(tok, long, opts), tok.decode(long));
+  assert.equal(heldThreadsStarted(), before + 1, "a new worker for the next decode");
+});
+
+test("an idle worker keeps no process alive: a script that decoded in one exits by itself", () => {
+  const at = (f: string) => JSON.stringify(new URL(`../../src/io/${f}`, import.meta.url).href);
+  const script = `
+    import { decodeOffThread } from ${at("decodeOffThread.js")};
+    import { heldThreads, heldThreadsStarted } from ${at("heldTokenizerThreads.js")};
+    import { loadTokenizer } from ${at("tokenizer.js")};
+    heldThreads.idleMs = 1e9; // never ended for being idle: only its unref lets the process go
+    const tok = loadTokenizer(${JSON.stringify(path.join(MODELS, "stories260K"))});
+    const ids = tok.encode("Once upon a time, a fox. ".repeat(400));
+    const text = await decodeOffThread(tok, ids, { skipSpecialTokens: false, offThreadAbove: 1000 });
+    console.log(JSON.stringify({ same: text === tok.decode(ids), started: heldThreadsStarted() }));
+  `;
+  // A file, not -e: node -e ends the process when the script is done, whatever handles are open.
+  const file = path.join(tmpDir(), "decode.mjs");
+  fs.writeFileSync(file, script);
+  const r = spawnSync(process.execPath, [file], { encoding: "utf8", timeout: 60_000 });
+  assert.equal(r.signal, null, `the script was killed after 60 s: the idle worker held it open\n${r.stderr}`);
+  assert.equal(r.status, 0, r.stderr);
+  assert.deepEqual(JSON.parse(r.stdout), { same: true, started: 1 });
 });

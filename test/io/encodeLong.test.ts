@@ -9,9 +9,10 @@ import path from "node:path";
 import { test } from "node:test";
 import { MlaError } from "../../src/errors.js";
 import { encodeLong, encodeTexts, splitAtLines, splitIsExact } from "../../src/io/encodeLong.js";
+import { heldThreadsStarted } from "../../src/io/heldTokenizerThreads.js";
 import { readTextFile } from "../../src/io/text.js";
 import { loadTokenizer, type TextTokenizer } from "../../src/io/tokenizer.js";
-import { FIXTURES, MODELS, SHARED, tmpDir } from "../helpers.js";
+import { FIXTURES, MODELS, SHARED, storiesTokenizerCopy, tmpDir } from "../helpers.js";
 
 const TEXT = path.join(SHARED, "data", "text");
 const DEBIAN = path.join(SHARED, "models", "mha26m-debian");
@@ -71,6 +72,17 @@ test("a piece longer than offThreadPieceChars (a text with no line break to cut 
   const here: string[] = [];
   await encodeLong(stories, line.slice(0, 20_000), { offThreadPieceChars: 65_536, logger: { info: (m) => here.push(m), warn: () => {} } });
   assert.match(here[0]!, /1 thread$/);
+});
+
+test("a single worker thread (offThreadPieceChars) is the tokenizer's held one: later texts start none, and a stop leaves it for the next", async () => {
+  const tok = loadTokenizer(storiesTokenizerCopy());
+  const line = "hello world, once upon a time ".repeat(3000);
+  const before = heldThreadsStarted();
+  assert.deepEqual([...(await encodeLong(tok, line, { offThreadPieceChars: 65_536 }))], tok.encode(line));
+  await assert.rejects(encodeLong(tok, line, { offThreadPieceChars: 65_536, shouldStop: () => true }), (e: unknown) => e instanceof MlaError && e.code === "INTERRUPTED");
+  const two = `${line}\n${line}`; // two pieces, each long: two requests to the worker
+  assert.deepEqual([...(await encodeLong(tok, two, { offThreadPieceChars: 65_536, pieceChars: 1024 }))], tok.encode(two));
+  assert.equal(heldThreadsStarted(), before + 1);
 });
 
 test("a tokenizer whose split encoding differs from the whole one fails the probe and gets each text encoded whole", async () => {

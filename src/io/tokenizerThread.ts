@@ -1,0 +1,75 @@
+/**
+ * One worker thread of tokenizerWorker.ts, seen from the thread that asks: each request's answer, or
+ * why there is none (the worker could not load the caller's files, a request threw, it exited). It
+ * keeps the process alive only while a request is out: an idle one kept for later requests must not
+ * hold a finished command or a test run open.
+ */
+import { Worker } from "node:worker_threads";
+import type { TokenizerRequest } from "./tokenizerWorker.js";
+
+/** A request's answer, or why the worker gave none. */
+export type Outcome<T> = { ok: true; value: T } | { ok: false; why: string };
+
+export class TokenizerThread {
+  private readonly worker: Worker;
+  private readonly pending = new Map<number, (o: Outcome<unknown>) => void>();
+  private nextId = 0;
+  private endWhenIdle = false;
+  /** Why it answers no more, once it does not: every later request gets this. */
+  gone: string | null = null;
+
+  /** A worker loading the tokenizer in `dir`, refusing files whose hash is not `filesHash` (where given). */
+  constructor(dir: string, filesHash: string | undefined) {
+    this.worker = new Worker(new URL("./tokenizerWorker.js", import.meta.url), { workerData: { dir, filesHash } });
+    this.worker.unref();
+    this.worker.on("message", (m: { id: number; answer: unknown }) => {
+      const resolve = this.pending.get(m.id);
+      this.pending.delete(m.id);
+      if (this.pending.size === 0) this.idle();
+      resolve?.({ ok: true, value: m.answer });
+    });
+    this.worker.on("error", (e) => this.fail(e.message));
+    this.worker.on("exit", (code) => this.fail(`a tokenizer worker thread exited (code ${code}) before answering`));
+  }
+
+  /** Whether a request is out. */
+  get busy(): boolean {
+    return this.pending.size > 0;
+  }
+
+  /** The answer to `request` (buffers in `transfer` move to the worker); requests are answered in the order asked. */
+  ask<T>(request: TokenizerRequest, transfer: ArrayBuffer[] = []): Promise<Outcome<T>> {
+    if (this.gone !== null) return Promise.resolve({ ok: false, why: this.gone });
+    if (this.pending.size === 0) this.worker.ref();
+    const id = this.nextId++;
+    return new Promise((resolve) => {
+      this.pending.set(id, resolve as (o: Outcome<unknown>) => void);
+      this.worker.postMessage({ ...request, id }, transfer);
+    });
+  }
+
+  /** Ends the worker now; requests still out get no answer (why: `why`). */
+  end(why = "the tokenizer worker thread was ended"): Promise<void> {
+    this.fail(why);
+    return this.worker.terminate().then(() => undefined);
+  }
+
+  /** Ends the worker once the requests out are answered (now, where none is). */
+  retire(): void {
+    if (this.pending.size === 0) void this.end();
+    else this.endWhenIdle = true;
+  }
+
+  private idle(): void {
+    if (this.endWhenIdle) void this.end();
+    else this.worker.unref();
+  }
+
+  private fail(why: string): void {
+    if (this.gone !== null) return;
+    this.gone = why;
+    const waiting = [...this.pending.values()];
+    this.pending.clear();
+    for (const resolve of waiting) resolve({ ok: false, why });
+  }
+}
