@@ -34,7 +34,9 @@ export function parseSchedule(name: string): ScheduleName {
   throw new MlaError("BAD_ARGUMENT", `--schedule ${name} is not known`, `use one of ${SCHEDULES.join(", ")}`);
 }
 
+/** The learning rate of 0-based optimizer step `step` of `total` under `s`. */
 export function lrAt(s: Schedule, step: number, total: number): number {
+  checkScheduleArgs(s, step, total);
   if (step < s.warmupSteps) return (s.lr * (step + 1)) / s.warmupSteps;
   if (s.name === "constant") return s.lr;
   if (s.name === "cosine") {
@@ -48,4 +50,21 @@ export function lrAt(s: Schedule, step: number, total: number): number {
   const decayStart = Math.max(s.warmupSteps, total - decaySteps);
   if (step < decayStart) return s.lr;
   return s.lr * (1 - Math.sqrt((step - decayStart) / Math.max(1, total - decayStart)));
+}
+
+/**
+ * lrAt's arguments, for a script that calls it directly (finetune builds the schedule from checked
+ * options): a NaN or a fraction would come back as a NaN learning rate, which AdamW then spreads into
+ * every weight.
+ */
+function checkScheduleArgs(s: Schedule, step: number, total: number): void {
+  if (typeof s !== "object" || s === null) throw new MlaError("BAD_ARGUMENT", `lrAt's schedule is ${s === null ? "null" : typeof s}`, "pass { name: \"wsd\", lr: 1e-4, warmupSteps: 10, decayFraction: 0.2, minLrFraction: 0.1 }");
+  const bad = !(SCHEDULES as readonly string[]).includes(s.name) ? `name ${JSON.stringify(s.name)} (one of ${SCHEDULES.join(", ")})`
+    : !(Number.isFinite(s.lr) && s.lr >= 0) ? `lr ${s.lr} (a finite number ≥ 0)`
+    : !(Number.isInteger(s.warmupSteps) && s.warmupSteps >= 0) ? `warmupSteps ${s.warmupSteps} (a whole number ≥ 0)`
+    : !(s.decayFraction >= 0 && s.decayFraction <= 1) ? `decayFraction ${s.decayFraction} (in [0, 1])`
+    : !(s.minLrFraction >= 0 && s.minLrFraction <= 1) ? `minLrFraction ${s.minLrFraction} (in [0, 1])`
+    : !(Number.isInteger(total) && total >= 1) ? `total ${total} (a whole number of steps ≥ 1)`
+    : !(Number.isInteger(step) && step >= 0) ? `step ${step} (a whole number ≥ 0, counted from 0)` : null;
+  if (bad) throw new MlaError("BAD_ARGUMENT", `lrAt's ${bad} is out of range`, "its fields are finetune()'s options lr, warmup (in steps here), decayFraction and minLrFraction");
 }

@@ -108,11 +108,29 @@ function nucleus(p: Float64Array, among: Int32Array, topK: number, want: number)
 }
 
 /**
+ * pickToken's arguments, for a script that calls it directly (generate and serve check the settings
+ * first, in their flags' words): a NaN temperature or a top-p of 0 would otherwise weigh every id
+ * zero and draw one silently.
+ */
+function checkPickArgs(logits: FloatArray, opts: SamplingOptions, rand: () => number): void {
+  if (!(logits instanceof Float32Array || logits instanceof Float64Array) || logits.length === 0) throw new MlaError("BAD_ARGUMENT", `pickToken's logits are ${logits instanceof Float32Array || logits instanceof Float64Array ? "empty" : describe(logits)}`, "pass one row of logits, a Float32Array of the vocabulary's size");
+  if (typeof opts !== "object" || opts === null) throw new MlaError("BAD_ARGUMENT", `pickToken's options are ${describe(opts)}`, "pass { temperature: 0 } for greedy decoding, or e.g. { temperature: 0.8, topP: 0.9 }");
+  const { temperature, topK = 0, topP = 1, minP = 0 } = opts;
+  const bad = !(typeof temperature === "number" && temperature >= 0 && temperature <= Infinity) ? `temperature ${describe(temperature)} (a number ≥ 0; 0 is greedy)`
+    : !(Number.isInteger(topK) && topK >= 0) ? `topK ${describe(topK)} (a whole number ≥ 0; 0 keeps all)`
+    : !(typeof topP === "number" && topP > 0 && topP <= 1) ? `topP ${describe(topP)} (in (0, 1]; 1 keeps all)`
+    : !(typeof minP === "number" && minP >= 0 && minP <= 1) ? `minP ${describe(minP)} (in [0, 1]; 0 keeps all)` : null;
+  if (bad) throw new MlaError("BAD_ARGUMENT", `pickToken's ${bad}`, "pass e.g. { temperature: 0.8, topP: 0.9 } (generate() and serve take the same settings and check them in their own words)");
+  if (typeof rand !== "function") throw new MlaError("BAD_ARGUMENT", `pickToken's rand is ${describe(rand)}, not a function`, "pass seededRandom(seed), or Math.random");
+}
+
+/**
  * The next token from `logits` [V]: the most likely at temperature 0, else a draw from
  * softmax(logits / temperature) restricted to the ids at least min-p as likely as the most likely,
  * then to the top-k ids and the nucleus, renormalized.
  */
 export function pickToken(logits: FloatArray, opts: SamplingOptions, rand: () => number): number {
+  checkPickArgs(logits, opts, rand);
   const best = argmax(logits);
   const max = logits[best]!;
   if (opts.temperature <= 0 || max === Infinity) return best;

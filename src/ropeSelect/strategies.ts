@@ -15,6 +15,8 @@ export function parseStrategy(s: string): RopeStrategy {
 
 /** The paper's default: R = Dh/16, at least 1. */
 export function defaultRopePairs(headDim: number): number {
+  // A script's NaN or odd head_dim would come back as a pair count no head has (the CLI reads it from config.json, checked).
+  if (!(Number.isInteger(headDim) && headDim >= 2 && headDim % 2 === 0)) throw new MlaError("BAD_ARGUMENT", `defaultRopePairs' head_dim ${headDim} is not an even whole number ≥ 2`, "pass the model's head_dim (hidden_size / num_attention_heads), whose halves are the rotary pairs");
   return Math.max(1, Math.floor(headDim / 16));
 }
 
