@@ -3,18 +3,17 @@
  * this thread's event loop turns; a short one stays here, and so does one the worker could not decode
  * as this tokenizer does (its folder gone or changed, a decode the caller replaced). The worker is the
  * tokenizer's held one: started once, kept, replaced for other files or after a failure, and never
- * holding a process open.
+ * holding a process open (those last three checked as for encodeUpToOffThread, in heldWorkerChecks.ts).
  */
 import assert from "node:assert/strict";
-import { spawnSync } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
 import { test } from "node:test";
 import { decodeOffThread } from "../../src/io/decodeOffThread.js";
-import { askHeldThread, heldThreadsStarted } from "../../src/io/heldTokenizerThreads.js";
+import { heldThreadsStarted } from "../../src/io/heldTokenizerThreads.js";
 import { loadTokenizer } from "../../src/io/tokenizer.js";
-import type { TokenizerRequest } from "../../src/io/tokenizerWorker.js";
 import { MODELS, storiesTokenizerCopy, tmpDir } from "../helpers.js";
+import { checkCrashNewWorker, checkIdleWorkerExits, checkNewFilesNewWorker, type OffThreadOp } from "./heldWorkerChecks.js";
 
 const stories = loadTokenizer(path.join(MODELS, "stories260K"));
 
@@ -75,51 +74,18 @@ test("the worker is started by the first long decode and kept for the next ones"
   assert.equal(heldThreadsStarted(), before + 1);
 });
 
-test("a tokenizer of the same folder built from other files gets a new worker; the old files' tokenizer falls back to this thread", async () => {
-  const dir = storiesTokenizerCopy();
-  const old = loadTokenizer(dir);
-  await decodeOffThread(old, long, opts);
-  fs.appendFileSync(path.join(dir, "tokenizer.json"), "\n");
-  const now = loadTokenizer(dir);
-  const before = heldThreadsStarted();
-  assert.equal(await decodeOffThread(now, long, opts), now.decode(long));
-  assert.equal(await decodeOffThread(now, long, opts), now.decode(long));
-  assert.equal(heldThreadsStarted(), before + 1, "one new worker, for the new files");
-  assert.equal(await decodeOffThread(old, long, opts), old.decode(long), "its worker refuses the folder's files: decoded here");
-  assert.equal(heldThreadsStarted(), before + 2);
-});
+/** The long ids, decoded with their special tokens. */
+const decodes: OffThreadOp = { done: "decoded", offThread: (tok) => decodeOffThread(tok, long, opts), here: (tok) => tok.decode(long) };
 
-test("a worker that fails mid-request leaves its ids to this thread, and the next long decode gets a new worker", async () => {
-  const tok = loadTokenizer(storiesTokenizerCopy());
-  await decodeOffThread(tok, long, opts);
-  const before = heldThreadsStarted();
-  // A request the worker does not know ends it; the decode asked right behind it was sent to the same worker.
-  const crash = askHeldThread({ dir: tok.dir!, filesHash: tok.filesHash! }, { kind: "nonsense" } as unknown as TokenizerRequest);
-  const behind = decodeOffThread(tok, long, opts);
-  assert.equal((await crash).ok, false);
-  assert.equal(await behind, tok.decode(long), "decoded on this thread");
-  assert.equal(heldThreadsStarted(), before, "no worker started for it");
-  assert.equal(await decodeOffThread(tok, long, opts), tok.decode(long));
-  assert.equal(heldThreadsStarted(), before + 1, "a new worker for the next decode");
-});
+test("a tokenizer of the same folder built from other files gets a new worker; the old files' tokenizer falls back to this thread", () => checkNewFilesNewWorker(decodes));
 
-test("an idle worker keeps no process alive: a script that decoded in one exits by itself", () => {
-  const at = (f: string) => JSON.stringify(new URL(`../../src/io/${f}`, import.meta.url).href);
-  const script = `
-    import { decodeOffThread } from ${at("decodeOffThread.js")};
-    import { heldThreads, heldThreadsStarted } from ${at("heldTokenizerThreads.js")};
-    import { loadTokenizer } from ${at("tokenizer.js")};
-    heldThreads.idleMs = 1e9; // never ended for being idle: only its unref lets the process go
-    const tok = loadTokenizer(${JSON.stringify(path.join(MODELS, "stories260K"))});
-    const ids = tok.encode("Once upon a time, a fox. ".repeat(400));
-    const text = await decodeOffThread(tok, ids, { skipSpecialTokens: false, offThreadAbove: 1000 });
-    console.log(JSON.stringify({ same: text === tok.decode(ids), started: heldThreadsStarted() }));
-  `;
-  // A file, not -e: node -e ends the process when the script is done, whatever handles are open.
-  const file = path.join(tmpDir(), "decode.mjs");
-  fs.writeFileSync(file, script);
-  const r = spawnSync(process.execPath, [file], { encoding: "utf8", timeout: 60_000 });
-  assert.equal(r.signal, null, `the script was killed after 60 s: the idle worker held it open\n${r.stderr}`);
-  assert.equal(r.status, 0, r.stderr);
-  assert.deepEqual(JSON.parse(r.stdout), { same: true, started: 1 });
-});
+test("a worker that fails mid-request leaves its ids to this thread, and the next long decode gets a new worker", () => checkCrashNewWorker(decodes));
+
+test("an idle worker keeps no process alive: a script that decoded in one exits by itself", () =>
+  checkIdleWorkerExits({
+    module: "decodeOffThread.js",
+    fn: "decodeOffThread",
+    input: `tok.encode("Once upon a time, a fox. ".repeat(400))`,
+    options: "{ skipSpecialTokens: false, offThreadAbove: 1000 }",
+    here: "tok.decode(input)",
+  }));

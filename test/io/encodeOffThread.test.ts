@@ -3,19 +3,17 @@
  * ids tok.encode gives, or null past the limit) while this thread's event loop turns; a short one stays
  * here, and so does one the worker could not tokenize as this tokenizer does. The worker is the
  * tokenizer's held one: started once, kept, replaced for other files or after a failure, and never
- * holding a process open.
+ * holding a process open (those last three checked as for decodeOffThread, in heldWorkerChecks.ts).
  */
 import assert from "node:assert/strict";
-import { spawnSync } from "node:child_process";
-import fs from "node:fs";
 import path from "node:path";
 import { test } from "node:test";
 import { decodeOffThread } from "../../src/io/decodeOffThread.js";
 import { encodeUpTo, encodeUpToOffThread } from "../../src/io/encodeOffThread.js";
-import { askHeldThread, heldThreads, heldThreadsStarted } from "../../src/io/heldTokenizerThreads.js";
+import { heldThreads, heldThreadsStarted } from "../../src/io/heldTokenizerThreads.js";
 import { loadTokenizer } from "../../src/io/tokenizer.js";
-import type { TokenizerRequest } from "../../src/io/tokenizerWorker.js";
 import { MODELS, storiesTokenizerCopy, tmpDir } from "../helpers.js";
+import { checkCrashNewWorker, checkIdleWorkerExits, checkNewFilesNewWorker, type OffThreadOp } from "./heldWorkerChecks.js";
 
 const stories = loadTokenizer(path.join(MODELS, "stories260K"));
 // One line (no break to cut at), and runs of spaces, which BPE merges across any cut.
@@ -60,36 +58,16 @@ test("the worker is started by the first long text and kept: later texts, and lo
   assert.equal(heldThreadsStarted(), before + 1, "one worker for all four");
 });
 
-test("a tokenizer of the same folder built from other files gets a worker of its own; the old files' tokenizer then falls back to this thread", async () => {
-  const dir = storiesTokenizerCopy();
-  const old = loadTokenizer(dir);
-  await encodeUpToOffThread(old, text, o);
-  fs.appendFileSync(path.join(dir, "tokenizer.json"), "\n"); // the same tokenizer, other bytes: another hash
-  const now = loadTokenizer(dir);
-  assert.notEqual(now.filesHash, old.filesHash);
-  const before = heldThreadsStarted();
-  assert.deepEqual(await encodeUpToOffThread(now, text, o), now.encode(text, { addSpecialTokens: true }));
-  assert.deepEqual(await encodeUpToOffThread(now, text, o), now.encode(text, { addSpecialTokens: true }));
-  assert.equal(heldThreadsStarted(), before + 1, "one new worker, for the new files");
-  // Its worker refuses the folder's files (not those it was built from): this thread tokenizes.
-  assert.deepEqual(await encodeUpToOffThread(old, text, o), old.encode(text, { addSpecialTokens: true }));
-  assert.equal(heldThreadsStarted(), before + 2);
+/** A long text, tokenized with or without the special tokens. */
+const encodes = (addSpecialTokens: boolean): OffThreadOp => ({
+  done: "tokenized",
+  offThread: (tok) => encodeUpToOffThread(tok, text, { ...o, addSpecialTokens }),
+  here: (tok) => tok.encode(text, { addSpecialTokens }),
 });
 
-test("a worker that fails mid-request leaves its text to this thread, and the next long text gets a new worker", async () => {
-  const tok = loadTokenizer(storiesTokenizerCopy());
-  await encodeUpToOffThread(tok, text, o);
-  const before = heldThreadsStarted();
-  // A request the worker does not know ends it; the text asked right behind it was sent to the same worker.
-  const crash = askHeldThread({ dir: tok.dir!, filesHash: tok.filesHash! }, { kind: "nonsense" } as unknown as TokenizerRequest);
-  const behind = encodeUpToOffThread(tok, text, o);
-  const r = await crash;
-  assert.ok(!r.ok && /does not know: "nonsense"/.test(r.why), JSON.stringify(r));
-  assert.deepEqual(await behind, tok.encode(text, { addSpecialTokens: true }), "tokenized on this thread");
-  assert.equal(heldThreadsStarted(), before, "no worker started for it");
-  assert.deepEqual(await encodeUpToOffThread(tok, text, { ...o, addSpecialTokens: false }), tok.encode(text));
-  assert.equal(heldThreadsStarted(), before + 1, "a new worker for the next text");
-});
+test("a tokenizer of the same folder built from other files gets a worker of its own; the old files' tokenizer then falls back to this thread", () => checkNewFilesNewWorker(encodes(true)));
+
+test("a worker that fails mid-request leaves its text to this thread, and the next long text gets a new worker", () => checkCrashNewWorker(encodes(true), encodes(false)));
 
 test("a worker idle for heldThreads.idleMs ends, and the next long text starts another", async () => {
   const tok = loadTokenizer(storiesTokenizerCopy());
@@ -106,22 +84,11 @@ test("a worker idle for heldThreads.idleMs ends, and the next long text starts a
   }
 });
 
-test("an idle worker keeps no process alive: a script that tokenized a long text in one exits by itself", () => {
-  const script = `
-    import { encodeUpToOffThread } from ${JSON.stringify(new URL("../../src/io/encodeOffThread.js", import.meta.url).href)};
-    import { heldThreads, heldThreadsStarted } from ${JSON.stringify(new URL("../../src/io/heldTokenizerThreads.js", import.meta.url).href)};
-    import { loadTokenizer } from ${JSON.stringify(new URL("../../src/io/tokenizer.js", import.meta.url).href)};
-    heldThreads.idleMs = 1e9; // never ended for being idle: only its unref lets the process go
-    const tok = loadTokenizer(${JSON.stringify(path.join(MODELS, "stories260K"))});
-    const text = "Once upon a time,    a fox. ".repeat(400);
-    const ids = await encodeUpToOffThread(tok, text, { max: 1e6, addSpecialTokens: true, offThreadAbove: 1000 });
-    console.log(JSON.stringify({ same: JSON.stringify(ids) === JSON.stringify(tok.encode(text, { addSpecialTokens: true })), started: heldThreadsStarted() }));
-  `;
-  // A file, not -e: node -e ends the process when the script is done, whatever handles are open.
-  const file = path.join(tmpDir(), "tokenize.mjs");
-  fs.writeFileSync(file, script);
-  const r = spawnSync(process.execPath, [file], { encoding: "utf8", timeout: 60_000 });
-  assert.equal(r.signal, null, `the script was killed after 60 s: the idle worker held it open\n${r.stderr}`);
-  assert.equal(r.status, 0, r.stderr);
-  assert.deepEqual(JSON.parse(r.stdout), { same: true, started: 1 });
-});
+test("an idle worker keeps no process alive: a script that tokenized a long text in one exits by itself", () =>
+  checkIdleWorkerExits({
+    module: "encodeOffThread.js",
+    fn: "encodeUpToOffThread",
+    input: `"Once upon a time,    a fox. ".repeat(400)`,
+    options: "{ max: 1e6, addSpecialTokens: true, offThreadAbove: 1000 }",
+    here: "tok.encode(input, { addSpecialTokens: true })",
+  }));
