@@ -51,6 +51,9 @@ export class TokenizerThread {
   /** Ends the worker now; requests still out get no answer (why: `why`). */
   end(why = "the tokenizer worker thread was ended"): Promise<void> {
     this.fail(why);
+    // terminate()'s promise settles on the worker's exit, which an idle (unref'd) worker does not keep the
+    // event loop alive for: a caller awaiting it saw the loop end first (a stopped encodeLong, both workers idle).
+    this.worker.ref();
     return this.worker.terminate().then(() => undefined);
   }
 
