@@ -24,11 +24,17 @@ export class TokenizerThread {
     this.worker.unref();
     this.worker.on("message", (m: { id: number; answer: unknown }) => {
       const resolve = this.pending.get(m.id);
+      // An answer already failed by end() (posted before the worker was told to stop): the worker is exiting,
+      // and idle()'s unref here would undo the ref that keeps the loop alive until its exit (a caller awaiting
+      // end() then saw the event loop end first: encodeLong stopped with two workers, one answer in flight).
+      if (!resolve) return;
       this.pending.delete(m.id);
       if (this.pending.size === 0) this.idle();
-      resolve?.({ ok: true, value: m.answer });
+      resolve({ ok: true, value: m.answer });
     });
     this.worker.on("error", (e) => this.fail(e.message));
+    // A message that cannot be deserialized would never be answered, and the lane behind it would wait forever.
+    this.worker.on("messageerror", (e) => void this.end(`a tokenizer worker thread's answer could not be read: ${e.message}`));
     this.worker.on("exit", (code) => this.fail(`a tokenizer worker thread exited (code ${code}) before answering`));
   }
 
@@ -44,16 +50,21 @@ export class TokenizerThread {
     const id = this.nextId++;
     return new Promise((resolve) => {
       this.pending.set(id, resolve as (o: Outcome<unknown>) => void);
-      this.worker.postMessage({ ...request, id }, transfer);
+      try {
+        this.worker.postMessage({ ...request, id }, transfer);
+      } catch (e) {
+        // Not sent (a value that cannot be cloned): no answer will come, so the worker must not stay busy and held.
+        this.pending.delete(id);
+        if (this.pending.size === 0) this.idle();
+        resolve({ ok: false, why: `a request could not be sent to the tokenizer worker thread: ${(e as Error).message}` });
+      }
     });
   }
 
   /** Ends the worker now; requests still out get no answer (why: `why`). */
   end(why = "the tokenizer worker thread was ended"): Promise<void> {
     this.fail(why);
-    // terminate()'s promise settles on the worker's exit, which an idle (unref'd) worker does not keep the
-    // event loop alive for: a caller awaiting it saw the loop end first (a stopped encodeLong, both workers idle).
-    this.worker.ref();
+    // terminate() refs the worker until its exit; the message handler leaves it so (see there).
     return this.worker.terminate().then(() => undefined);
   }
 
@@ -64,6 +75,7 @@ export class TokenizerThread {
   }
 
   private idle(): void {
+    if (this.gone !== null) return;  // ending or ended: its ref until exit stays
     if (this.endWhenIdle) void this.end();
     else this.worker.unref();
   }

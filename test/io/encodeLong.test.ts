@@ -81,7 +81,8 @@ test("a single worker thread (offThreadPieceChars) is the tokenizer's held one: 
   assert.deepEqual([...(await encodeLong(tok, line, { offThreadPieceChars: 65_536 }))], tok.encode(line));
   await assert.rejects(encodeLong(tok, line, { offThreadPieceChars: 65_536, shouldStop: () => true }), (e: unknown) => e instanceof MlaError && e.code === "INTERRUPTED");
   const two = `${line}\n${line}`; // two pieces, each long: two requests to the worker
-  assert.deepEqual([...(await encodeLong(tok, two, { offThreadPieceChars: 65_536, pieceChars: 1024 }))], tok.encode(two));
+  // workers: 1, as serve passes: two batches would otherwise go to two fresh workers, not the held one.
+  assert.deepEqual([...(await encodeLong(tok, two, { offThreadPieceChars: 65_536, pieceChars: 1024, workers: 1 }))], tok.encode(two));
   assert.equal(heldThreadsStarted(), before + 1);
 });
 
