@@ -217,6 +217,10 @@ function checkOptions(srcDir: string, o: PipelineOptions, log: Logger, calibrate
   return cut;
 }
 
+/** The folders of a run's converted and exported models under --out, each done once its config.json is written. */
+const phaseDirs = (out: string) => ({ mla: path.join(out, "mla"), exported: path.join(out, "deepseek") });
+const modelWritten = (dir: string) => fs.existsSync(path.join(dir, "config.json"));
+
 /**
  * Whether a resumed run (same options, no --force) has finished every phase that reads --calib: the
  * conversion and, in the bias-free form, the export. A guess made before checkSameRun confirms the run;
@@ -224,8 +228,9 @@ function checkOptions(srcDir: string, o: PipelineOptions, log: Logger, calibrate
  */
 function calibratingPhasesDone(out: string, o: PipelineOptions): boolean {
   if (o.force) return false;
+  const { mla, exported } = phaseDirs(out);
   const exportCalibrates = !!o.export && o.attentionBias === false;
-  return fs.existsSync(path.join(out, "mla", "config.json")) && (!exportCalibrates || fs.existsSync(path.join(out, "deepseek", "config.json")));
+  return modelWritten(mla) && (!exportCalibrates || modelWritten(exported));
 }
 
 /** The options pipeline.json records: what the run does, not how this call reports (a stream's internals) or is stopped. */
@@ -291,12 +296,11 @@ export async function pipeline(spec: string, o: PipelineOptions): Promise<Pipeli
       const r = await evaluate(model, { ...pipelineEval(o), label, device: o.device, progress: o.progress, signal: o.signal, logger: log, pastPositionsWarned: true });
       writeFileAtomic(file, JSON.stringify(r, null, 2) + "\n");
     });
-  const mla = path.join(out, "mla");
+  const { mla, exported } = phaseDirs(out);
   const ft = path.join(out, "finetune");
-  const exported = path.join(out, "deepseek");
   const files = { original: path.join(out, "eval-original.json"), converted: path.join(out, "eval-converted.json"), finetuned: path.join(out, "eval-finetuned.json"), exported: path.join(out, "eval-exported.json") };
   const common = { out: mla, force: true, device: o.device, progress: o.progress, logger: log, signal: o.signal };
-  await phase("convert", () => fs.existsSync(path.join(mla, "config.json")), (): Promise<unknown> =>
+  await phase("convert", () => modelWritten(mla), (): Promise<unknown> =>
     o.format === "deepseek"
       ? convertDeepseekWithWindows(spec, { ...deepseekSettings(o.convert), ...o.deepseek, ...(o.attentionBias === false ? { attentionBias: false } : {}), ...common }, cut)
       : convertWithWindows(spec, { ...conversionPhase(o), ...common }, cut),
@@ -313,7 +317,7 @@ export async function pipeline(spec: string, o: PipelineOptions): Promise<Pipeli
     await evalTo("fine-tuned", ft, files.finetuned);
   }
   if (o.export) {
-    await phase("export", () => fs.existsSync(path.join(exported, "config.json")), () =>
+    await phase("export", () => modelWritten(exported), () =>
       exportDeepseekWithWindows(o.finetune ? ft : mla, {
         out: exported,
         force: true,
