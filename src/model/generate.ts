@@ -7,7 +7,7 @@ import type { DecodeCache } from "./kvCache.js";
 import { nextTurn, throwIfAborted } from "../util/abort.js";
 import { checkOptionTypes, describe, type OptionKinds } from "../util/optionTypes.js";
 import { checkModelArg } from "../util/argTypes.js";
-import { greedyIds, pickToken, seededRandom, type SamplingOptions } from "./sampling.js";
+import { greedyIds, pickToken, SAMPLING_RANGES, seededRandom, type SamplingOptions } from "./sampling.js";
 import { checkPenalties, Penalties, type PenaltyOptions } from "./penalties.js";
 import { stopTokenIds } from "./config.js";
 import type { FloatArray, Tensor } from "../tensor/tensor.js";
@@ -143,9 +143,9 @@ export function checkSampling(opts: { temperature?: number; topK?: number; topP?
   // Greedy decoding takes the most likely token and draws nothing: these would be dropped unseen
   // (refuseInert's policy, as the CLI has it; serve takes them at temperature 0 and ignores them, as vLLM does).
   if (temperature === 0) refuseInert([["--top-k", opts.topK], ["--top-p", opts.topP], ["--min-p", opts.minP]], "--temperature T > 0", "settings of sampling; --temperature 0, the default, is greedy", "add e.g. --temperature 0.8");
-  if (!(Number.isInteger(topK) && topK >= 0)) throw new MlaError("BAD_ARGUMENT", `--top-k ${topK} is not a token count`, "pass a whole number ≥ 1 to sample among that many most likely tokens, or 0 for all");
-  if (!(topP > 0 && topP <= 1)) throw new MlaError("BAD_ARGUMENT", `--top-p ${topP} is not a probability in (0, 1]`, "pass e.g. 0.9 to sample from the tokens holding 90% of the probability, or 1 for all");
-  if (!(minP >= 0 && minP <= 1)) throw new MlaError("BAD_ARGUMENT", `--min-p ${minP} is not a fraction in [0, 1]`, "pass e.g. 0.05 to drop tokens under 5% as likely as the most likely one, or 0 for none");
+  if (!SAMPLING_RANGES.topK(topK)) throw new MlaError("BAD_ARGUMENT", `--top-k ${topK} is not a token count`, "pass a whole number ≥ 1 to sample among that many most likely tokens, or 0 for all");
+  if (!SAMPLING_RANGES.topP(topP)) throw new MlaError("BAD_ARGUMENT", `--top-p ${topP} is not a probability in (0, 1]`, "pass e.g. 0.9 to sample from the tokens holding 90% of the probability, or 1 for all");
+  if (!SAMPLING_RANGES.minP(minP)) throw new MlaError("BAD_ARGUMENT", `--min-p ${minP} is not a fraction in [0, 1]`, "pass e.g. 0.05 to drop tokens under 5% as likely as the most likely one, or 0 for none");
   const { presencePenalty, frequencyPenalty, repetitionPenalty, logitBias } = checkPenalties(opts, vocabSize, PENALTY_FLAGS);
   return { temperature, topK, topP, ...(minP > 0 ? { minP } : {}), ...(presencePenalty !== undefined ? { presencePenalty } : {}), ...(frequencyPenalty !== undefined ? { frequencyPenalty } : {}), ...(repetitionPenalty !== undefined ? { repetitionPenalty } : {}), ...(logitBias ? { logitBias } : {}) };
 }

@@ -112,14 +112,21 @@ function nucleus(p: Float64Array, among: Int32Array, topK: number, want: number)
  * first, in their flags' words): a NaN temperature or a top-p of 0 would otherwise weigh every id
  * zero and draw one silently.
  */
+/** The ranges of the sampling settings past temperature, shared by pickToken's check and generate's checkSampling (each in its own words). */
+export const SAMPLING_RANGES = {
+  topK: (v: unknown) => Number.isInteger(v) && (v as number) >= 0,
+  topP: (v: unknown) => typeof v === "number" && v > 0 && v <= 1,
+  minP: (v: unknown) => typeof v === "number" && v >= 0 && v <= 1,
+};
+
 function checkPickArgs(logits: FloatArray, opts: SamplingOptions, rand: () => number): void {
   if (!(logits instanceof Float32Array || logits instanceof Float64Array) || logits.length === 0) throw new MlaError("BAD_ARGUMENT", `pickToken's logits are ${logits instanceof Float32Array || logits instanceof Float64Array ? "empty" : describe(logits)}`, "pass one row of logits, a Float32Array of the vocabulary's size");
   if (typeof opts !== "object" || opts === null) throw new MlaError("BAD_ARGUMENT", `pickToken's options are ${describe(opts)}`, "pass { temperature: 0 } for greedy decoding, or e.g. { temperature: 0.8, topP: 0.9 }");
   const { temperature, topK = 0, topP = 1, minP = 0 } = opts;
   const bad = !(typeof temperature === "number" && temperature >= 0 && temperature <= Infinity) ? `temperature ${describe(temperature)} (a number ≥ 0; 0 is greedy)`
-    : !(Number.isInteger(topK) && topK >= 0) ? `topK ${describe(topK)} (a whole number ≥ 0; 0 keeps all)`
-    : !(typeof topP === "number" && topP > 0 && topP <= 1) ? `topP ${describe(topP)} (in (0, 1]; 1 keeps all)`
-    : !(typeof minP === "number" && minP >= 0 && minP <= 1) ? `minP ${describe(minP)} (in [0, 1]; 0 keeps all)` : null;
+    : !SAMPLING_RANGES.topK(topK) ? `topK ${describe(topK)} (a whole number ≥ 0; 0 keeps all)`
+    : !SAMPLING_RANGES.topP(topP) ? `topP ${describe(topP)} (in (0, 1]; 1 keeps all)`
+    : !SAMPLING_RANGES.minP(minP) ? `minP ${describe(minP)} (in [0, 1]; 0 keeps all)` : null;
   if (bad) throw new MlaError("BAD_ARGUMENT", `pickToken's ${bad}`, "pass e.g. { temperature: 0.8, topP: 0.9 } (generate() and serve take the same settings and check them in their own words)");
   if (typeof rand !== "function") throw new MlaError("BAD_ARGUMENT", `pickToken's rand is ${describe(rand)}, not a function`, "pass seededRandom(seed), or Math.random");
 }
