@@ -18,6 +18,8 @@ import type { TokenizerRequest } from "./tokenizerWorker.js";
 export const heldThreads = { idleMs: 60_000 };
 
 interface Held {
+  /** Its folder, resolved: its key in `held`. */
+  key: string;
   thread: TokenizerThread;
   filesHash: string | undefined;
   idle?: NodeJS.Timeout;
@@ -42,7 +44,7 @@ function threadFor(dir: string, filesHash: string | undefined): Held {
     h = undefined;
   }
   if (!h) {
-    h = { thread: new TokenizerThread(dir, filesHash), filesHash };
+    h = { key, thread: new TokenizerThread(dir, filesHash), filesHash };
     started++;
     held.set(key, h);
   }
@@ -57,9 +59,8 @@ export async function askHeldThread<T>(tok: { dir: string; filesHash?: string },
   if (!h.thread.busy && h.thread.gone === null) {
     clearTimeout(h.idle);
     h.idle = setTimeout(() => {
-      const key = path.resolve(tok.dir);
-      if (h.thread.busy || held.get(key) !== h) return;
-      held.delete(key);
+      if (h.thread.busy || held.get(h.key) !== h) return;
+      held.delete(h.key);
       void h.thread.end("the tokenizer worker thread was idle");
     }, heldThreads.idleMs).unref();
   }
