@@ -154,8 +154,10 @@ export async function encodeTexts(tok: TextTokenizer, texts: readonly string[], 
   let lastLog = t0;
   log.info(`tokenizing ${label}: ${mb(total)} MB in ${pieces.length} piece(s)${long && !exact ? " (encoded whole: this tokenizer fails the split probe)" : ""}, ${threaded ? `${workers} worker thread${workers > 1 ? "s" : ""}` : "1 thread"}`);
   const ids: Int32Array[] = new Array(pieces.length);
+  const encoded = new Set<number>(); // batches whose ids are in
   const finished = (b: number, out: Int32Array[]) => {
     throwIfStopped(o.shouldStop);
+    encoded.add(b);
     const [first, end] = batches[b]!;
     for (let p = first; p < end; p++) {
       ids[p] = out[p - first]!;
@@ -168,19 +170,25 @@ export async function encodeTexts(tok: TextTokenizer, texts: readonly string[], 
       log.info(`tokenizing ${label}: ${mb(done)}/${mb(total)} MB (${((100 * done) / total).toFixed(0)}%), ${mb(rate)} MB/s, ETA ${fmtTime((total - done) / rate)}`);
     }
   };
+  let onThisThread = !threaded;
   if (threaded) {
     try {
       const batched = batches.map(([a, b]) => pieces.slice(a, b));
       await (workers === 1 ? inHeldWorker({ dir: tok.dir!, filesHash: tok.filesHash }, batched, finished) : inWorkers(tok.dir!, tok.filesHash, batched, workers, finished));
     } catch (e) {
       if (e instanceof MlaError && e.code === "INTERRUPTED") throw e; // a stop, seen as a batch came back: not a failure
-      throw new MlaError("BAD_TOKENIZER", `tokenizing ${label} in worker threads failed: ${(e as Error).message}`, `the tokenizer in ${tok.dir} could not encode this text; check that the file is UTF-8 text`);
+      if (!(e instanceof WorkerUnavailable)) throw new MlaError("BAD_TOKENIZER", `tokenizing ${label} in worker threads failed: ${(e as Error).message}`, `the tokenizer in ${tok.dir} could not encode this text; check that the file is UTF-8 text`);
+      // Slower, same ids: a runtime that cannot start a thread should not stop a conversion over it.
+      log.warn(`${e.message}; tokenizing the rest of ${label} on this thread`);
+      onThisThread = true;
     }
-  } else {
+  }
+  if (onThisThread) {
     // Encoding never yields by itself: the event loop gets a turn every 50 ms (not every piece: a
     // .jsonl of short documents has millions), so that a SIGINT handler can run and a stop be seen.
     let turn = performance.now();
     for (const [i, [a, b]] of batches.entries()) {
+      if (encoded.has(i)) continue; // done in a worker before the others could not start
       const out: Int32Array[] = [];
       for (let p = a; p < b; p++) {
         if (performance.now() - turn >= 50) {
@@ -208,6 +216,9 @@ export async function encodeTexts(tok: TextTokenizer, texts: readonly string[], 
   return out;
 }
 
+/** A worker thread could not be created: the batches not yet encoded are encoded on this thread instead. */
+class WorkerUnavailable extends Error {}
+
 /**
  * Encodes each batch (a list of pieces) in one of `n` worker threads, which load the tokenizer from
  * `dir`; `finished(b, ids)` receives batch b's ids (one Int32Array per piece). Batches are handed
@@ -223,7 +234,7 @@ async function inWorkers(dir: string, filesHash: string | undefined, batches: Pi
         const b = next++;
         const r = await t.ask<Int32Array[]>({ kind: "pieces", pieces: batches[b]! });
         if (failed) return; // another worker failed, or a stop was seen: this batch is not wanted
-        if (!r.ok) throw new Error(r.why);
+        if (!r.ok) throw r.unstarted ? new WorkerUnavailable(r.why) : new Error(r.why);
         finished(b, r.value);
       }
     } catch (e) {
@@ -247,7 +258,7 @@ async function inWorkers(dir: string, filesHash: string | undefined, batches: Pi
 async function inHeldWorker(tok: { dir: string; filesHash?: string }, batches: Piece[][], finished: (b: number, ids: Int32Array[]) => void): Promise<void> {
   for (const [b, pieces] of batches.entries()) {
     const r = await askHeldThread<Int32Array[]>(tok, { kind: "pieces", pieces });
-    if (!r.ok) throw new Error(r.why);
+    if (!r.ok) throw r.unstarted ? new WorkerUnavailable(r.why) : new Error(r.why);
     finished(b, r.value);
   }
 }

@@ -4,14 +4,22 @@
  * keeps the process alive only while a request is out: an idle one kept for later requests must not
  * hold a finished command or a test run open.
  */
-import { Worker } from "node:worker_threads";
+import { Worker, type WorkerOptions } from "node:worker_threads";
 import type { TokenizerRequest } from "./tokenizerWorker.js";
 
-/** A request's answer, or why the worker gave none. */
-export type Outcome<T> = { ok: true; value: T } | { ok: false; why: string };
+/**
+ * A request's answer, or why the worker gave none; `unstarted` where the worker thread could not even be
+ * created (a thread limit, a runtime without workers), so that a caller can do the work itself instead.
+ */
+export type Outcome<T> = { ok: true; value: T } | { ok: false; why: string; unstarted?: true };
+
+/** How workers are created: a seam for tests, which make it throw as `new Worker` can. */
+export const workerStart = { create: (url: URL, options: WorkerOptions) => new Worker(url, options) };
 
 export class TokenizerThread {
-  private readonly worker: Worker;
+  /** Null where it could not be created (`unstarted`). */
+  private readonly worker: Worker | null;
+  private unstarted = false;
   private readonly pending = new Map<number, (o: Outcome<unknown>) => void>();
   private nextId = 0;
   private endWhenIdle = false;
@@ -20,9 +28,19 @@ export class TokenizerThread {
 
   /** A worker loading the tokenizer in `dir`, refusing files whose hash is not `filesHash` (where given). */
   constructor(dir: string, filesHash: string | undefined) {
-    this.worker = new Worker(new URL("./tokenizerWorker.js", import.meta.url), { workerData: { dir, filesHash } });
-    this.worker.unref();
-    this.worker.on("message", (m: { id: number; answer: unknown }) => {
+    let worker: Worker;
+    try {
+      worker = workerStart.create(new URL("./tokenizerWorker.js", import.meta.url), { workerData: { dir, filesHash } });
+    } catch (e) {
+      // Thrown by the constructor, not emitted: without this a caller that falls back on a failed answer threw instead.
+      this.worker = null;
+      this.unstarted = true;
+      this.gone = `a tokenizer worker thread could not start: ${(e as Error).message}`;
+      return;
+    }
+    this.worker = worker;
+    worker.unref();
+    worker.on("message", (m: { id: number; answer: unknown }) => {
       const resolve = this.pending.get(m.id);
       // An answer already failed by end() (posted before the worker was told to stop): the worker is exiting,
       // and idle()'s unref here would undo the ref that keeps the loop alive until its exit (a caller awaiting
@@ -32,10 +50,10 @@ export class TokenizerThread {
       if (this.pending.size === 0) this.idle();
       resolve({ ok: true, value: m.answer });
     });
-    this.worker.on("error", (e) => this.fail(e.message));
+    worker.on("error", (e) => this.fail(e.message));
     // A message that cannot be deserialized would never be answered, and the lane behind it would wait forever.
-    this.worker.on("messageerror", (e) => void this.end(`a tokenizer worker thread's answer could not be read: ${e.message}`));
-    this.worker.on("exit", (code) => this.fail(`a tokenizer worker thread exited (code ${code}) before answering`));
+    worker.on("messageerror", (e) => void this.end(`a tokenizer worker thread's answer could not be read: ${e.message}`));
+    worker.on("exit", (code) => this.fail(`a tokenizer worker thread exited (code ${code}) before answering`));
   }
 
   /** Whether a request is out. */
@@ -45,13 +63,14 @@ export class TokenizerThread {
 
   /** The answer to `request` (buffers in `transfer` move to the worker); requests are answered in the order asked. */
   ask<T>(request: TokenizerRequest, transfer: ArrayBuffer[] = []): Promise<Outcome<T>> {
-    if (this.gone !== null) return Promise.resolve({ ok: false, why: this.gone });
-    if (this.pending.size === 0) this.worker.ref();
+    if (this.gone !== null) return Promise.resolve(this.unstarted ? { ok: false, why: this.gone, unstarted: true } : { ok: false, why: this.gone });
+    const worker = this.worker!; // not gone, so started
+    if (this.pending.size === 0) worker.ref();
     const id = this.nextId++;
     return new Promise((resolve) => {
       this.pending.set(id, resolve as (o: Outcome<unknown>) => void);
       try {
-        this.worker.postMessage({ ...request, id }, transfer);
+        worker.postMessage({ ...request, id }, transfer);
       } catch (e) {
         // Not sent (a value that cannot be cloned): no answer will come, so the worker must not stay busy and held.
         this.pending.delete(id);
@@ -65,7 +84,7 @@ export class TokenizerThread {
   end(why = "the tokenizer worker thread was ended"): Promise<void> {
     this.fail(why);
     // terminate() refs the worker until its exit; the message handler leaves it so (see there).
-    return this.worker.terminate().then(() => undefined);
+    return this.worker ? this.worker.terminate().then(() => undefined) : Promise.resolve();
   }
 
   /** Ends the worker once the requests out are answered (now, where none is). */
@@ -77,7 +96,7 @@ export class TokenizerThread {
   private idle(): void {
     if (this.gone !== null) return;  // ending or ended: its ref until exit stays
     if (this.endWhenIdle) void this.end();
-    else this.worker.unref();
+    else this.worker?.unref();
   }
 
   private fail(why: string): void {
