@@ -3,7 +3,8 @@
 // check the graphs built from them: the MLA block (partial RoPE, gatherCols, concatLast, biases), the
 // EG-MLA gate (embedding → linear → SwiGLU on the latent), the deepseek_v3 block (latent RMSNorm,
 // column splits), stacked sequences, and activation checkpointing's recompute (ResidualRecomputeOps),
-// which test/model/checkpointing.test.ts compares only to the plain tape.
+// which test/model/checkpointing.test.ts compares only to the plain tape; then the float32 backends (the
+// native CPU library, what CPU fine-tuning runs on) against those float64 gradients.
 // Tolerance 1e-5 on ‖analytic − numerical‖/‖numerical‖ over the probed elements: with h = 1e-6 (relative)
 // in float64 the central difference's truncation error is O(h²·f''') ≈ 1e-12 and its rounding error
 // about ε·|loss|/h ≈ 1e-16·10/1e-6 = 1e-9 per element, far below 1e-5; a wrong term (a missing factor,
@@ -11,7 +12,9 @@
 import assert from "node:assert/strict";
 import path from "node:path";
 import { test } from "node:test";
+import { loadNativeCpu, NativeCpuBackend } from "../../src/backends/native/cpu.js";
 import { ReferenceBackend } from "../../src/backends/reference/index.js";
+import type { Backend } from "../../src/tensor/backend.js";
 import { convert } from "../../src/convert/pipeline.js";
 import { convertDeepseek } from "../../src/deepseek/export.js";
 import { loadModel, type LlamaModel } from "../../src/model/llama.js";
@@ -84,14 +87,18 @@ test("MLA with 2 stacked sequences, and with activation checkpointing (kept mid-
   assert.deepEqual(bad, []);
 });
 
-test("EG-MLA gate (embedding → linear → SwiGLU on the latent): every weight's gradient, the gate's included, matches finite differences", async () => {
-  const model = await tinyMla("eg-mla");
-  // Off the converted point (projection 0, SiLU at its unit point), where the table's gradient is 0.
+/** An EG-MLA model moved off its converted point (gate projection 0, SiLU at its unit point), where the gate table's gradient is 0. */
+function offConvertedPoint(model: LlamaModel): void {
   model.weights.layers.forEach((l, i) => {
     const w = (l.attn as MlaWeights).gateProj!.toArray();
     for (let j = 0; j < w.length; j++) w[j] = 0.3 * Math.sin(17 * j + i);
   });
   model.weightsChanged();
+}
+
+test("EG-MLA gate (embedding → linear → SwiGLU on the latent): every weight's gradient, the gate's included, matches finite differences", async () => {
+  const model = await tinyMla("eg-mla");
+  offConvertedPoint(model);
   const leaves = trainableLeaves(paramNodes(new Ops(model.backend, new Tape(model.backend)), model.weights, () => true)).map((l) => l.path);
   for (const g of ["gateEmbed", "gateProj", "gateProjBias"]) assert.ok(leaves.includes(`layers.0.attn.${g}`), `${g} is trained`);
   assert.deepEqual(checkModel("EG-MLA", model, ids9, { zeroOk: kUpBias }), []);
@@ -103,3 +110,49 @@ test("deepseek_v3 form (latent RMSNorm, column splits of q and kv_a): gradients 
   const model = loadModel(out, { backend: new ReferenceBackend("f64") }).model;
   assert.deepEqual(checkModel("deepseek_v3", model, Int32Array.from([1, 400, 13, 77, 260, 5, 301]), { samples: 3 }), []);
 });
+
+/** Every trainable leaf's gradient of the summed cross-entropy of `ids` (one sequence) on `model`'s backend, by path. */
+function leafGradients(model: LlamaModel, ids: Int32Array, checkpoint: boolean): Map<string, Float64Array> {
+  const B = model.backend;
+  const inputs = ids.subarray(0, ids.length - 1);
+  const targets = ids.subarray(1);
+  const tape = new Tape(B);
+  const P = paramNodes(new Ops(B, tape), model.weights, () => true);
+  const logits = model.graph(new Ops(B, tape), P, inputs, undefined, { sequences: 1, checkpoint });
+  tape.backward(logits, B.crossEntropyBackward(logits.value, targets, 1));
+  return new Map(trainableLeaves(P).map(({ path: p, node }) => [p, Float64Array.from(node.grad!.toArray())]));
+}
+
+// The float32 backends train on the CPU (the native library where it loads): their whole-model gradients are
+// checked against the float64 ones above, which finite differences vouch for. Float32 forward and backward
+// leave at most ~5e-6 relative error a leaf here (kRope's bias), 1e-4 allowed; a wrong term gives O(1).
+const nativeCpu = loadNativeCpu();
+const float32Backends: { name: string; make: () => Backend; skip: string | false }[] = [
+  { name: "reference f32", make: () => new ReferenceBackend("f32"), skip: false },
+  { name: "native CPU", make: () => new NativeCpuBackend(nativeCpu as Exclude<typeof nativeCpu, string>), skip: typeof nativeCpu === "string" ? `native CPU library not loaded: ${nativeCpu}` : false },
+];
+for (const f32 of float32Backends) {
+  test(`${f32.name}: the whole MLA and EG-MLA models' gradients, plain and checkpointed, match float64's`, { skip: f32.skip }, async () => {
+    const bad: string[] = [];
+    for (const attention of [undefined, "eg-mla"] as const) {
+      const dir = path.join(tmpDir(), attention ?? "mla");
+      await convert(path.join(GOLDEN, "tiny-llama3"), { rank: 2, ropePairs: 2, ropeStrategy: "uniform", out: dir, progress: null, ...(attention ? { attention, gateDim: 4 } : {}) });
+      const exact = loadModel(dir, { backend: new ReferenceBackend("f64") }).model;
+      const model = loadModel(dir, { backend: f32.make() }).model;
+      if (attention) for (const m of [exact, model]) offConvertedPoint(m);
+      for (const checkpoint of [false, true]) {
+        const want = leafGradients(exact, ids9, checkpoint);
+        const got = leafGradients(model, ids9, checkpoint);
+        assert.deepEqual([...got.keys()], [...want.keys()]);
+        for (const [name, g] of got) {
+          const w = want.get(name)!;
+          const err = Math.hypot(...g.map((x, i) => x - w[i]!));
+          const norm = Math.hypot(...w);
+          // kUpBias's true gradient is 0 (see kUpBias): there both are rounding noise.
+          if (!(err <= 1e-4 * norm || (kUpBias(name) && err <= 1e-5))) bad.push(`${attention ?? "mla"}${checkpoint ? " checkpointed" : ""}: ${name} ‖Δ‖ ${err.toExponential(2)} against ‖g‖ ${norm.toExponential(2)}`);
+        }
+      }
+    }
+    assert.deepEqual(bad, []);
+  });
+}
