@@ -98,6 +98,17 @@ test("a tokenizer whose split encoding differs from the whole one fails the prob
   assert.equal(splitIsExact({ ...stories, encodeContinuation: undefined }), false, "no continuation encoder: no split");
 });
 
+test("a vocabulary with a token spanning a safe cut (a line break, then a non-whitespace character) fails the probe, even where the probe texts never meet it", () => {
+  // Ids that any cut keeps: one per character.
+  const chars = (t: string) => [...t].map((c) => c.codePointAt(0)!);
+  const vocab = (extra: string) => ["<unk>", "▁the", "\n", "\n\n", "\n ▁", extra];
+  const fake = (extra: string): TextTokenizer => ({ vocabSize: 6, decode: () => "", encode: chars, encodeContinuation: chars, idToToken: (id) => vocab(extra)[id] });
+  assert.equal(splitIsExact(fake("import")), true, "line breaks only before whitespace, or alone");
+  assert.equal(splitIsExact(fake("\nimport")), false);
+  assert.equal(splitIsExact(fake("x\n}")), false);
+  assert.equal(splitIsExact(stories), true, "stories260K's vocabulary holds no line break");
+});
+
 test("a failing worker thread is an MlaError naming the text, and every worker is stopped", async () => {
   const broken = { ...stories, dir: tmpDir() }; // workers load the tokenizer from a folder without one
   await assert.rejects(encodeLong(broken, "one line\n".repeat(5000), { pieceChars: 64, parallelAbove: 0, workers: 2, label: "corpus.txt" }), (e: unknown) => e instanceof MlaError && e.code === "BAD_TOKENIZER" && /tokenizing corpus\.txt in worker threads failed: .*tokenizer\.json does not exist/.test(e.message) && /hint:/.test(e.message));
