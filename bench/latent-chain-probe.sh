@@ -3,6 +3,8 @@
 # session). Timing builds 1 (no MMAs), 2 (no copies: the math path), 6 (hand-offs alone), 7 (hand-offs + softmax), per
 # layer call beside the tree, two rounds; ncu's per-SASS-instruction stall samples of the tree's kernel. GPU machine, run from
 # any folder after npm run build (nvcc, ncu, cuobjdump on PATH). Usage: bash bench/latent-chain-probe.sh OUT_DIR
+# (env DIAGS: the timing builds, default "1 2 6 7"; 8 and 9 read the stages' latent rows from shared memory once a
+# warp a tile, both roles or the score warps alone. NCU=0 skips the profile.)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:?OUT_DIR}
@@ -16,17 +18,19 @@ MHA2MLA_NVCC_FLAGS="-lineinfo" node scripts/build-native.mjs > $OUT/build.txt 2>
 echo "build $(el) s"
 FL="-O3 -std=c++17 -Xcompiler -fPIC -gencode=arch=compute_90,code=sm_90 -Inative/include"
 LINK="-shared -Xlinker -z,nodelete -gencode=arch=compute_90,code=sm_90 -L/usr/local/cuda/lib64 -lcublas -lcusolver"
-DIAGS="1 2 6 7"
+DIAGS=${DIAGS:-1 2 6 7}
 mkdir -p $W/obj $W/libs
 ( ls native/cuda/*.cu | grep -v latent_decode_roles | xargs -P 8 -I{} sh -c "nvcc $FL -c {} -o $W/obj/\$(basename {} .cu).o" &
   for d in $DIAGS; do nvcc $FL -DMLA_ROLES_DIAG=$d -c native/cuda/latent_decode_roles.cu -o $W/roles-d$d.o & done; wait
   for d in $DIAGS; do nvcc $LINK $W/obj/*.o $W/roles-d$d.o -o $W/libs/lib-diag$d.so; done; echo done ) > $OUT/diag-build.txt 2>&1 &
 K=k_latent_decode_rolesILi32
+[ "${NCU:-1}" = 0 ] || {
 cuobjdump -sass -arch sm_90 build/native/libmla_cuda.so | awk -v k="$K" '$0 ~ "Function : .*" k { f = 1; print; next } f && /Function : / { f = 0 } f' > $OUT/$K.sass 2>&1
 timeout 150 ncu --kernel-name regex:k_latent_decode --launch-skip 3 --launch-count 1 --section SourceCounters --section WarpStateStats \
   --page source --print-source sass --csv node dist/bench/decode-attention.js --contexts 16384 --batches 8 --reps 4 --kinds mla > $OUT/ncu-sass-16384x8.txt 2>&1
 python3 bench/ncu_sass_summary.py $OUT/ncu-sass-16384x8.txt > $OUT/ncu-sass-16384x8-summary.txt 2>&1; tail -30 $OUT/ncu-sass-16384x8-summary.txt
 echo "ncu $(el) s"
+}
 wait; tail -1 $OUT/diag-build.txt
 attn() { MHA2MLA_CUDA_LIB=$2 timeout 40 node dist/bench/decode-attention.js --contexts 16384 --batches 8 --kinds mla > $OUT/attn-$1.txt 2>&1; echo "== $1 rc $? $(grep -E 'fused \|' $OUT/attn-$1.txt | cut -d'|' -f6)"; }
 for r in 1 2; do attn tree-$r ""; for d in $DIAGS; do [ -f $W/libs/lib-diag$d.so ] && attn diag$d-$r $W/libs/lib-diag$d.so; done; done

@@ -36,12 +36,18 @@ constexpr int ROLE_MAX_DR = 64;
 // (wrong outputs): what the weighted sum's hold of a stage costs the copies. 6 is the hand-offs alone (no
 // copies, no MMAs, no softmax: the stage and probability-buffer barriers alone), 7 adds
 // the softmax back: with 2 (the math path) they split a tile's ~2 µs among hand-offs, softmax and MMAs.
+// 8 keeps everything but reads each stage's latent rows from shared memory once a warp a tile (every
+// k16 step of the scores and every column pair of the weighted sum reuses the first fragment: wrong
+// outputs), 9 the same for the score warps alone: what the ~130 KB a tile of ldmatrix reads cost
+// (docs/latent-decode-design.md: with the copies' writes ~200 KB a tile through an SM's shared memory,
+// ~0.8 µs at 128 bytes a cycle).
 #ifndef MLA_ROLES_DIAG
 #define MLA_ROLES_DIAG 0
 #endif
 constexpr bool ROLES_NO_MMA = MLA_ROLES_DIAG == 1 || MLA_ROLES_DIAG == 3 || MLA_ROLES_DIAG == 4 || MLA_ROLES_DIAG == 6 || MLA_ROLES_DIAG == 7;
 constexpr bool ROLES_NO_COPY = MLA_ROLES_DIAG == 2 || MLA_ROLES_DIAG == 6 || MLA_ROLES_DIAG == 7;
 constexpr bool ROLES_NO_ROPE_COPY = MLA_ROLES_DIAG == 3, ROLES_NO_SOFTMAX = MLA_ROLES_DIAG == 4 || MLA_ROLES_DIAG == 6, ROLES_EARLY_RELEASE = MLA_ROLES_DIAG == 5;
+constexpr bool ROLES_SCORE_ONE_READ = MLA_ROLES_DIAG == 8 || MLA_ROLES_DIAG == 9, ROLES_SUM_ONE_READ = MLA_ROLES_DIAG == 8;
 // Tuning builds for the score warps' MMA loop (docs/latent-decode-design.md, twenty-eighth session:
 // each k16 step likely waits on its own ldmatrix): ROLES_CH accumulator sets (1 frees 8 registers for
 // loads in flight, 2 the default), ROLES_PIPE=1 loads step j + 1's fragment before step j's MMAs.
@@ -227,6 +233,14 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
           if (j + 1 < NT) ldsm4<false>(bf[(j + 1) & 1], ka + (j + 1) * 32);
           mma(s[j % CH][0], qf[j], bf[j & 1][0], bf[j & 1][1]);
           mma(s[j % CH][1], qf[j], bf[j & 1][2], bf[j & 1][3]);
+        }
+      } else if (ROLES_SCORE_ONE_READ) {
+        uint32_t bf[4];
+        ldsm4<false>(bf, ka);
+#pragma unroll
+        for (int j = 0; j < NT; j++) {
+          mma(s[j % CH][0], qf[j], bf[0], bf[1]);
+          mma(s[j % CH][1], qf[j], bf[2], bf[3]);
         }
       } else {
 #pragma unroll
@@ -425,12 +439,22 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
       }
     };
     if (ROLES_EARLY_RELEASE) release();
-#pragma unroll
-    for (int nt = 0; nt < (ROLES_NO_MMA ? 0 : NT); nt += 2) {
+    if (ROLES_SUM_ONE_READ) {
       uint32_t bf[4];
-      ldsm4<true>(bf, va + nt * 16);
-      mma(acc[nt], pa, bf[0], bf[1]);
-      mma(acc[nt + 1], pa, bf[2], bf[3]);
+      ldsm4<true>(bf, va);
+#pragma unroll
+      for (int nt = 0; nt < NT; nt += 2) {
+        mma(acc[nt], pa, bf[0], bf[1]);
+        mma(acc[nt + 1], pa, bf[2], bf[3]);
+      }
+    } else {
+#pragma unroll
+      for (int nt = 0; nt < (ROLES_NO_MMA ? 0 : NT); nt += 2) {
+        uint32_t bf[4];
+        ldsm4<true>(bf, va + nt * 16);
+        mma(acc[nt], pa, bf[0], bf[1]);
+        mma(acc[nt + 1], pa, bf[2], bf[3]);
+      }
     }
     // Every lane's reads of the stage and the buffer are behind it (their values fed the MMAs above).
     if (!ROLES_EARLY_RELEASE) release();
