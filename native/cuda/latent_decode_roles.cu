@@ -86,6 +86,17 @@ constexpr bool CPASYNC = ROLES_CPASYNC != 0;
 #define ROLES_STAGGER 0
 #endif
 constexpr bool STAGGER = ROLES_STAGGER != 0;
+// Tuning build ROLES_PBUF=N (default 2): N probability buffers. With two, the scores of tile t + 2 wait for the
+// weighted sum of tile t to free its buffer, a tighter coupling of the two roles than the stage ring's (tile t + 3
+// waits for tile t's stage); with three the stages alone couple them. Each buffer is HB × (TN + PAD) bf16 and HB floats.
+#ifndef ROLES_PBUF
+#define ROLES_PBUF 2
+#endif
+constexpr int ROLE_PBUF = ROLES_PBUF;
+static_assert(ROLE_PBUF >= 2 && ROLE_PBUF <= 4, "2 to 4 probability buffers");
+// Tile it's probability buffer, and how many times that buffer was used before it (its barriers' phase parity).
+__device__ __forceinline__ int pbuf_of(int it) { return ROLE_PBUF == 2 ? (it & 1) : it % ROLE_PBUF; }
+__device__ __forceinline__ int pbuf_use(int it) { return ROLE_PBUF == 2 ? (it >> 1) : it / ROLE_PBUF; }
 // Tried and dropped (fortieth session, H100, docs/benchmarks.md): L2 prefetch of the rows 1–4 tiles on
 // (within noise to 30% slower) and one weighted-sum warp a tile loading the whole stage (1% slower).
 // A block's first tile under STAGGER (the same for both blocks of a pair: split and sequence alone), and the
@@ -109,11 +120,11 @@ struct RoleLayout {
   __host__ __device__ size_t partOffset() const { return stageBytes() * ROLE_STAGES; }
   __host__ __device__ size_t qrOffset() const { return partOffset() + (size_t)SCORE_WARPS * ROLE_PART_STRIDE * 4; }
   __host__ __device__ size_t probsOffset() const { return qrOffset() + (((size_t)HB * Dr * 4 + 15) & ~size_t(15)); }
-  __host__ __device__ size_t alphaOffset() const { return probsOffset() + (size_t)2 * HB * (TN + PAD) * 2; }
-  __host__ __device__ size_t statsOffset() const { return alphaOffset() + (size_t)2 * HB * 4; }
+  __host__ __device__ size_t alphaOffset() const { return probsOffset() + (size_t)ROLE_PBUF * HB * (TN + PAD) * 2; }
+  __host__ __device__ size_t statsOffset() const { return alphaOffset() + (size_t)ROLE_PBUF * HB * 4; }
   __host__ __device__ size_t barOffset() const { return (statsOffset() + 2 * HB * 4 + 7) & ~size_t(7); }
   // Per stage full and empty; per probability buffer ready and free.
-  __host__ __device__ size_t bytes() const { return barOffset() + (size_t)(2 * ROLE_STAGES + 4) * 8; }
+  __host__ __device__ size_t bytes() const { return barOffset() + (size_t)(2 * ROLE_STAGES + 2 * ROLE_PBUF) * 8; }
 };
 
 // A barrier of the score warps alone (named barrier 1; __syncthreads is 0).
@@ -146,19 +157,19 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
 
   float* sPart = (float*)(smem + lay.partOffset());  // [SCORE_WARPS][HB][TN], ROLE_PART_STRIDE apart
   float* sQr = (float*)(smem + lay.qrOffset());      // [HB][Dr] the heads' rope queries
-  bf16* sP = (bf16*)(smem + lay.probsOffset());      // [2][HB][TN + PAD]
-  float* sAlpha = (float*)(smem + lay.alphaOffset());  // [2][HB]
+  bf16* sP = (bf16*)(smem + lay.probsOffset());      // [ROLE_PBUF][HB][TN + PAD]
+  float* sAlpha = (float*)(smem + lay.alphaOffset());  // [ROLE_PBUF][HB]
   float* sM = (float*)(smem + lay.statsOffset());
   float* sL = sM + HB;
   uint64_t* full = (uint64_t*)(smem + lay.barOffset());  // a stage's copies landed: one arrival per weighted-sum warp with its bytes
   uint64_t* empty = full + ROLE_STAGES;                  // every weighted-sum warp is past the stage (the score warps were before them)
   uint64_t* ready = empty + ROLE_STAGES;                 // a probability buffer written: one arrival per score thread
-  uint64_t* freed = ready + 2;                           // a probability buffer read: one arrival per weighted-sum warp
+  uint64_t* freed = ready + ROLE_PBUF;                           // a probability buffer read: one arrival per weighted-sum warp
   if (threadIdx.x < ROLE_STAGES) {
     bar_init(full + threadIdx.x, CPASYNC ? 32 * SUM_WARPS : SUM_WARPS);
     bar_init(empty + threadIdx.x, SUM_WARPS * (MC ? 2 : 1));  // MC: the peer's warps too
   }
-  if (threadIdx.x < 2) {
+  if (threadIdx.x < ROLE_PBUF) {
     bar_init(ready + threadIdx.x, 32 * SCORE_WARPS);
     bar_init(freed + threadIdx.x, SUM_WARPS);
   }
@@ -212,7 +223,7 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
     for (int it = 0; it < share.ntiles; it++) {
       bar_wait(full + stage, phase);
       if (ROLES_NO_SOFTMAX) {
-        const int pb = it & 1, use = it >> 1;
+        const int pb = pbuf_of(it), use = pbuf_use(it);
         if (use > 0) bar_wait(freed + pb, (unsigned)(use - 1) & 1);
         if (kp == 0) sAlpha[pb * HB + r] = 1.f;
         bar_arrive(ready + pb);
@@ -312,8 +323,8 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
       const float alpha = ex2(m - mNew);
       l = l * alpha + ps;
       m = mNew;
-      // Buffer it & 1 was last read by the weighted sum of tile it − 2.
-      const int pb = it & 1, use = it >> 1;
+      // Buffer pb was last read by the weighted sum of tile it − ROLE_PBUF.
+      const int pb = pbuf_of(it), use = pbuf_use(it);
       if (use > 0) bar_wait(freed + pb, (unsigned)(use - 1) & 1);
       if (KEYS8) {
         sP[(pb * HB + r) * (TN + PAD) + kp] = p.x;
@@ -409,9 +420,9 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
   const unsigned pAddr = (unsigned)__cvta_generic_to_shared(sP) + (unsigned)(((lane & 15) * (TN + PAD) + (lane >> 4) * 8) * 2);
   const unsigned probsBytes = (unsigned)(HB * (TN + PAD) * 2);
   for (int it = 0; it < share.ntiles; it++) {
-    const int pb = it & 1;
+    const int pb = pbuf_of(it);
     bar_wait(full + stage, phase);  // the copies' bytes are visible to the threads that wait on their barrier
-    bar_wait(ready + pb, (unsigned)(it >> 1) & 1);
+    bar_wait(ready + pb, (unsigned)pbuf_use(it) & 1);
     uint32_t pa[4];
     ldsm4<false>(pa, pAddr + pb * probsBytes);
     const float a_lo = sAlpha[pb * HB + g], a_hi = sAlpha[pb * HB + g + 8];
