@@ -5,7 +5,8 @@
 # any folder after npm run build (nvcc, ncu, cuobjdump on PATH). Usage: bash bench/latent-chain-probe.sh OUT_DIR
 # (env DIAGS: the timing builds, default "1 2 6 7"; 8 and 9 read the stages' latent rows from shared memory once a
 # warp a tile, both roles or the score warps alone. NCU=0 skips the profile; PIPES=1 adds ncu's tensor-pipe share.
-# BUILDS: tuning builds as NAME:FLAGS words, e.g. "pbuf3:-DROLES_PBUF=3", timed beside the DIAGS and, being meant to
+# BUILDS: tuning builds as NAME:FLAGS words (FLAGS comma-separated), e.g. "pbuf3:-DROLES_PBUF=3
+# both:-DROLES_PBUF=3,-DROLES_EARLY_FREED=1", timed beside the DIAGS and, being meant to
 # give the tree's outputs, each checked first by the GPU suite's latent test run on its library.)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +23,7 @@ DIAGS=${DIAGS-1 2 6 7}
 mkdir -p $W/obj $W/libs
 ( ls native/cuda/*.cu | grep -v latent_decode_roles | xargs -P 8 -I{} sh -c "nvcc $FL -c {} -o $W/obj/\$(basename {} .cu).o" &
   for d in $DIAGS; do nvcc $FL -DMLA_ROLES_DIAG=$d -c native/cuda/latent_decode_roles.cu -o $W/roles-d$d.o & done
-  for b in ${BUILDS:-}; do nvcc $FL ${b#*:} -c native/cuda/latent_decode_roles.cu -o $W/roles-${b%%:*}.o & done; wait
+  for b in ${BUILDS:-}; do nvcc $FL $(echo "${b#*:}" | tr , ' ') -c native/cuda/latent_decode_roles.cu -o $W/roles-${b%%:*}.o & done; wait
   for d in $DIAGS; do nvcc $LINK $W/obj/*.o $W/roles-d$d.o -o $W/libs/lib-diag$d.so; done
   for b in ${BUILDS:-}; do nvcc $LINK $W/obj/*.o $W/roles-${b%%:*}.o -o $W/libs/lib-${b%%:*}.so; done; echo done ) > $OUT/diag-build.txt 2>&1 &
 # The tree's own library meanwhile (the variants' builds above run beside it).

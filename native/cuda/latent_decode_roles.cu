@@ -93,6 +93,12 @@ constexpr bool STAGGER = ROLES_STAGGER != 0;
 #define ROLES_PBUF 2
 #endif
 constexpr int ROLE_PBUF = ROLES_PBUF;
+// Tuning build ROLES_EARLY_FREED=1: a weighted-sum warp frees its probability buffer as soon as it holds the tile's
+// probabilities and α in registers, before its MMAs, not after them: the same loosening as more buffers, for free.
+#ifndef ROLES_EARLY_FREED
+#define ROLES_EARLY_FREED 0
+#endif
+constexpr bool EARLY_FREED = ROLES_EARLY_FREED != 0;
 static_assert(ROLE_PBUF >= 2 && ROLE_PBUF <= 4, "2 to 4 probability buffers");
 // Tile it's probability buffer, and how many times that buffer was used before it (its barriers' phase parity).
 __device__ __forceinline__ int pbuf_of(int it) { return ROLE_PBUF == 2 ? (it & 1) : it % ROLE_PBUF; }
@@ -435,6 +441,11 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
         acc[nt][3] *= a_hi;
       }
     }
+    if (EARLY_FREED) {
+      // Every lane's loads of the buffer are before the warp barrier, and lane 0's arrival releases past it.
+      __syncwarp();
+      if (lane == 0) bar_arrive(freed + pb);
+    }
     const unsigned va = smemAddr + (unsigned)stage * stageBytes + pvOff;
     auto release = [&]() {
       __syncwarp();
@@ -442,7 +453,7 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
         bar_arrive(empty + stage);
         // Only where a copy follows: past the last such tile the peer may have finished.
         if (MC && it + ROLE_STAGES < share.ntiles) bar_arrive_remote(empty + stage, rank ^ 1);
-        bar_arrive(freed + pb);
+        if (!EARLY_FREED) bar_arrive(freed + pb);
       }
       if (it + ROLE_STAGES < share.ntiles) {
         bar_wait(empty + stage, phase);
