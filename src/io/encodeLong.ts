@@ -232,6 +232,11 @@ export async function encodeTexts(tok: TextTokenizer, texts: readonly string[], 
 /** A worker thread could not be created: the batches not yet encoded are encoded on this thread instead. */
 class WorkerUnavailable extends Error {}
 
+/** The error for a worker's failed answer: WorkerUnavailable where the worker never started, else its reason. */
+function failure(r: { why: string; unstarted?: true }): Error {
+  return r.unstarted ? new WorkerUnavailable(r.why) : new Error(r.why);
+}
+
 /**
  * Encodes each batch (a list of pieces) in one of `n` worker threads, which load the tokenizer from
  * `dir`; `finished(b, ids)` receives batch b's ids (one Int32Array per piece). Batches are handed
@@ -247,7 +252,7 @@ async function inWorkers(dir: string, filesHash: string | undefined, batches: Pi
         const b = next++;
         const r = await t.ask<Int32Array[]>({ kind: "pieces", pieces: batches[b]! });
         if (failed) return; // another worker failed, or a stop was seen: this batch is not wanted
-        if (!r.ok) throw r.unstarted ? new WorkerUnavailable(r.why) : new Error(r.why);
+        if (!r.ok) throw failure(r);
         finished(b, r.value);
       }
     } catch (e) {
@@ -271,7 +276,7 @@ async function inWorkers(dir: string, filesHash: string | undefined, batches: Pi
 async function inHeldWorker(tok: { dir: string; filesHash?: string }, batches: Piece[][], finished: (b: number, ids: Int32Array[]) => void): Promise<void> {
   for (const [b, pieces] of batches.entries()) {
     const r = await askHeldThread<Int32Array[]>(tok, { kind: "pieces", pieces });
-    if (!r.ok) throw r.unstarted ? new WorkerUnavailable(r.why) : new Error(r.why);
+    if (!r.ok) throw failure(r);
     finished(b, r.value);
   }
 }

@@ -17,9 +17,8 @@ export type Outcome<T> = { ok: true; value: T } | { ok: false; why: string; unst
 export const workerStart = { create: (url: URL, options: WorkerOptions) => new Worker(url, options) };
 
 export class TokenizerThread {
-  /** Null where it could not be created (`unstarted`). */
+  /** Null where it could not be created (its answers say `unstarted`). */
   private readonly worker: Worker | null;
-  private unstarted = false;
   private readonly pending = new Map<number, (o: Outcome<unknown>) => void>();
   private nextId = 0;
   private endWhenIdle = false;
@@ -34,7 +33,6 @@ export class TokenizerThread {
     } catch (e) {
       // Thrown by the constructor, not emitted: without this a caller that falls back on a failed answer threw instead.
       this.worker = null;
-      this.unstarted = true;
       this.gone = `a tokenizer worker thread could not start: ${(e as Error).message}`;
       return;
     }
@@ -63,7 +61,7 @@ export class TokenizerThread {
 
   /** The answer to `request` (buffers in `transfer` move to the worker); requests are answered in the order asked. */
   ask<T>(request: TokenizerRequest, transfer: ArrayBuffer[] = []): Promise<Outcome<T>> {
-    if (this.gone !== null) return Promise.resolve(this.unstarted ? { ok: false, why: this.gone, unstarted: true } : { ok: false, why: this.gone });
+    if (this.gone !== null) return Promise.resolve(this.worker ? { ok: false, why: this.gone } : { ok: false, why: this.gone, unstarted: true });
     const worker = this.worker!; // not gone, so started
     if (this.pending.size === 0) worker.ref();
     const id = this.nextId++;
