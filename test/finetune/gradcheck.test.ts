@@ -28,21 +28,8 @@ import { finiteDifference, GOLDEN, MODELS, tmpDir } from "../helpers.js";
  * (`sequences` back to back, each predicting its next token), the analytic gradients from the tape
  * (with `checkpoint`: the recomputing layers). `zeroOk`: leaves whose true gradient is 0.
  */
-function checkModel(label: string, model: LlamaModel, ids: Int32Array, o: { sequences?: number; checkpoint?: boolean; keepMid?: boolean; samples?: number; zeroOk?: (path: string) => boolean } = {}): string[] {
-  const B = model.backend;
-  const sequences = o.sequences ?? 1;
-  const T = ids.length / sequences;
-  // Each sequence's first T − 1 ids predict the next.
-  const inputs = Int32Array.from({ length: sequences * (T - 1) }, (_, i) => ids[Math.floor(i / (T - 1)) * T + (i % (T - 1))]!);
-  const targets = Int32Array.from({ length: sequences * (T - 1) }, (_, i) => ids[Math.floor(i / (T - 1)) * T + (i % (T - 1)) + 1]!);
-  const fwd = { sequences, checkpoint: o.checkpoint, checkpointKeepsMid: o.keepMid };
-  const loss = () => B.crossEntropy(model.forward(inputs, undefined, { sequences }), targets).reduce((a, x) => a + x, 0);
-  const tape = new Tape(B);
-  const ops = new Ops(B, tape);
-  const P = paramNodes(ops, model.weights, () => true);
-  const logits = model.graph(ops, P, inputs, undefined, fwd);
-  tape.backward(logits, B.crossEntropyBackward(logits.value, targets, 1));
-  const leaves = trainableLeaves(P);
+function checkModel(label: string, model: LlamaModel, ids: Int32Array, o: TapeOptions & { samples?: number; zeroOk?: (path: string) => boolean } = {}): string[] {
+  const { leaves, loss } = tapeGradients(model, ids, o);
   const bad: string[] = [];
   for (const { path: name, node } of leaves) {
     const g = node.grad!.toArray();
@@ -55,6 +42,34 @@ function checkModel(label: string, model: LlamaModel, ids: Int32Array, o: { sequ
     if (!(rel <= 1e-5 || rel * norm <= 1e-7 || zero)) bad.push(`${label}: ${name} relative error ${rel.toExponential(2)} (‖numerical‖ ${norm.toExponential(2)})`);
   }
   return bad;
+}
+
+interface TapeOptions {
+  sequences?: number;
+  checkpoint?: boolean;
+  keepMid?: boolean;
+}
+
+/**
+ * The trainable leaves of `model` with their gradients from the tape (with `checkpoint`: the recomputing layers) of
+ * the summed cross-entropy of `ids` (`sequences` back to back, each predicting its next token), and that loss as a
+ * function of the leaves' current values (the plain forward).
+ */
+function tapeGradients(model: LlamaModel, ids: Int32Array, o: TapeOptions = {}): { leaves: ReturnType<typeof trainableLeaves>; loss: () => number } {
+  const B = model.backend;
+  const sequences = o.sequences ?? 1;
+  const T = ids.length / sequences;
+  // Each sequence's first T − 1 ids predict the next.
+  const inputs = Int32Array.from({ length: sequences * (T - 1) }, (_, i) => ids[Math.floor(i / (T - 1)) * T + (i % (T - 1))]!);
+  const targets = Int32Array.from({ length: sequences * (T - 1) }, (_, i) => ids[Math.floor(i / (T - 1)) * T + (i % (T - 1)) + 1]!);
+  const fwd = { sequences, checkpoint: o.checkpoint, checkpointKeepsMid: o.keepMid };
+  const tape = new Tape(B);
+  const ops = new Ops(B, tape);
+  const P = paramNodes(ops, model.weights, () => true);
+  const logits = model.graph(ops, P, inputs, undefined, fwd);
+  tape.backward(logits, B.crossEntropyBackward(logits.value, targets, 1));
+  const loss = () => B.crossEntropy(model.forward(inputs, undefined, { sequences }), targets).reduce((a, x) => a + x, 0);
+  return { leaves: trainableLeaves(P), loss };
 }
 
 // The key bias of k_up adds q·b to every score of a query, which the softmax cancels: its true gradient is 0.
@@ -111,16 +126,9 @@ test("deepseek_v3 form (latent RMSNorm, column splits of q and kv_a): gradients 
   assert.deepEqual(checkModel("deepseek_v3", model, Int32Array.from([1, 400, 13, 77, 260, 5, 301]), { samples: 3 }), []);
 });
 
-/** Every trainable leaf's gradient of the summed cross-entropy of `ids` (one sequence) on `model`'s backend, by path. */
+/** Every trainable leaf's tape gradient (tapeGradients) by path. */
 function leafGradients(model: LlamaModel, ids: Int32Array, checkpoint: boolean): Map<string, Float64Array> {
-  const B = model.backend;
-  const inputs = ids.subarray(0, ids.length - 1);
-  const targets = ids.subarray(1);
-  const tape = new Tape(B);
-  const P = paramNodes(new Ops(B, tape), model.weights, () => true);
-  const logits = model.graph(new Ops(B, tape), P, inputs, undefined, { sequences: 1, checkpoint });
-  tape.backward(logits, B.crossEntropyBackward(logits.value, targets, 1));
-  return new Map(trainableLeaves(P).map(({ path: p, node }) => [p, Float64Array.from(node.grad!.toArray())]));
+  return new Map(tapeGradients(model, ids, { checkpoint }).leaves.map(({ path: p, node }) => [p, Float64Array.from(node.grad!.toArray())]));
 }
 
 // The float32 backends train on the CPU (the native library where it loads): their whole-model gradients are
