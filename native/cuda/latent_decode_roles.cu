@@ -93,13 +93,13 @@ constexpr bool STAGGER = ROLES_STAGGER != 0;
 #define ROLES_PBUF 2
 #endif
 constexpr int ROLE_PBUF = ROLES_PBUF;
+static_assert(ROLE_PBUF >= 2 && ROLE_PBUF <= 4, "2 to 4 probability buffers");
 // Tuning build ROLES_EARLY_FREED=1: a weighted-sum warp frees its probability buffer as soon as it holds the tile's
 // probabilities and α in registers, before its MMAs, not after them: the same loosening as more buffers, for free.
 #ifndef ROLES_EARLY_FREED
 #define ROLES_EARLY_FREED 0
 #endif
 constexpr bool EARLY_FREED = ROLES_EARLY_FREED != 0;
-static_assert(ROLE_PBUF >= 2 && ROLE_PBUF <= 4, "2 to 4 probability buffers");
 // Tile it's probability buffer, and how many times that buffer was used before it (its barriers' phase parity).
 __device__ __forceinline__ int pbuf_of(int it) { return ROLE_PBUF == 2 ? (it & 1) : it % ROLE_PBUF; }
 __device__ __forceinline__ int pbuf_use(int it) { return ROLE_PBUF == 2 ? (it >> 1) : it / ROLE_PBUF; }
@@ -170,7 +170,7 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
   uint64_t* full = (uint64_t*)(smem + lay.barOffset());  // a stage's copies landed: one arrival per weighted-sum warp with its bytes
   uint64_t* empty = full + ROLE_STAGES;                  // every weighted-sum warp is past the stage (the score warps were before them)
   uint64_t* ready = empty + ROLE_STAGES;                 // a probability buffer written: one arrival per score thread
-  uint64_t* freed = ready + ROLE_PBUF;                           // a probability buffer read: one arrival per weighted-sum warp
+  uint64_t* freed = ready + ROLE_PBUF;                   // a probability buffer read: one arrival per weighted-sum warp
   if (threadIdx.x < ROLE_STAGES) {
     bar_init(full + threadIdx.x, CPASYNC ? 32 * SUM_WARPS : SUM_WARPS);
     bar_init(empty + threadIdx.x, SUM_WARPS * (MC ? 2 : 1));  // MC: the peer's warps too
@@ -251,19 +251,11 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
           mma(s[j % CH][0], qf[j], bf[j & 1][0], bf[j & 1][1]);
           mma(s[j % CH][1], qf[j], bf[j & 1][2], bf[j & 1][3]);
         }
-      } else if (ROLES_SCORE_ONE_READ) {
-        uint32_t bf[4];
-        ldsm4<false>(bf, ka);
-#pragma unroll
-        for (int j = 0; j < NT; j++) {
-          mma(s[j % CH][0], qf[j], bf[0], bf[1]);
-          mma(s[j % CH][1], qf[j], bf[2], bf[3]);
-        }
       } else {
+        uint32_t bf[4];
 #pragma unroll
         for (int j = 0; j < (ROLES_NO_MMA ? 0 : NT); j++) {
-          uint32_t bf[4];
-          ldsm4<false>(bf, ka + j * 32);
+          if (j == 0 || !ROLES_SCORE_ONE_READ) ldsm4<false>(bf, ka + j * 32);
           mma(s[j % CH][0], qf[j], bf[0], bf[1]);
           mma(s[j % CH][1], qf[j], bf[2], bf[3]);
         }
@@ -461,22 +453,12 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
       }
     };
     if (ROLES_EARLY_RELEASE) release();
-    if (ROLES_SUM_ONE_READ) {
-      uint32_t bf[4];
-      ldsm4<true>(bf, va);
+    uint32_t bf[4];
 #pragma unroll
-      for (int nt = 0; nt < NT; nt += 2) {
-        mma(acc[nt], pa, bf[0], bf[1]);
-        mma(acc[nt + 1], pa, bf[2], bf[3]);
-      }
-    } else {
-#pragma unroll
-      for (int nt = 0; nt < (ROLES_NO_MMA ? 0 : NT); nt += 2) {
-        uint32_t bf[4];
-        ldsm4<true>(bf, va + nt * 16);
-        mma(acc[nt], pa, bf[0], bf[1]);
-        mma(acc[nt + 1], pa, bf[2], bf[3]);
-      }
+    for (int nt = 0; nt < (ROLES_NO_MMA ? 0 : NT); nt += 2) {
+      if (nt == 0 || !ROLES_SUM_ONE_READ) ldsm4<true>(bf, va + nt * 16);
+      mma(acc[nt], pa, bf[0], bf[1]);
+      mma(acc[nt + 1], pa, bf[2], bf[3]);
     }
     // Every lane's reads of the stage and the buffer are behind it (their values fed the MMAs above).
     if (!ROLES_EARLY_RELEASE) release();
