@@ -107,11 +107,6 @@ function nucleus(p: Float64Array, among: Int32Array, topK: number, want: number)
   return Int32Array.from(kept);
 }
 
-/**
- * pickToken's arguments, for a script that calls it directly (generate and serve check the settings
- * first, in their flags' words): a NaN temperature or a top-p of 0 would otherwise weigh every id
- * zero and draw one silently.
- */
 /** The ranges of the sampling settings past temperature, shared by pickToken's check and generate's checkSampling (each in its own words). */
 export const SAMPLING_RANGES = {
   topK: (v: unknown) => Number.isInteger(v) && (v as number) >= 0,
@@ -119,6 +114,11 @@ export const SAMPLING_RANGES = {
   minP: (v: unknown) => typeof v === "number" && v >= 0 && v <= 1,
 };
 
+/**
+ * pickToken's arguments, for a script that calls it directly (generate and serve check the settings
+ * first, in their flags' words): a NaN temperature or a top-p of 0 would otherwise weigh every id
+ * zero and draw one silently.
+ */
 function checkPickArgs(logits: FloatArray, opts: SamplingOptions, rand: () => number): void {
   if (!(logits instanceof Float32Array || logits instanceof Float64Array) || logits.length === 0) throw new MlaError("BAD_ARGUMENT", `pickToken's logits are ${logits instanceof Float32Array || logits instanceof Float64Array ? "empty" : describe(logits)}`, "pass one row of logits, a Float32Array of the vocabulary's size");
   if (typeof opts !== "object" || opts === null) throw new MlaError("BAD_ARGUMENT", `pickToken's options are ${describe(opts)}`, "pass { temperature: 0 } for greedy decoding, or e.g. { temperature: 0.8, topP: 0.9 }");
