@@ -5,8 +5,8 @@
 # any folder after npm run build (nvcc, ncu, cuobjdump on PATH). Usage: bash bench/latent-chain-probe.sh OUT_DIR
 # (env DIAGS: the timing builds, default "1 2 6 7"; 8 and 9 read the stages' latent rows from shared memory once a
 # warp a tile, both roles or the score warps alone. NCU=0 skips the profile; PIPES=1 adds ncu's tensor-pipe share.
-# BUILDS: tuning builds as NAME:FLAGS words (FLAGS comma-separated), e.g. "pbuf3:-DROLES_PBUF=3
-# both:-DROLES_PBUF=3,-DROLES_EARLY_FREED=1", timed beside the DIAGS and, being meant to
+# BUILDS: tuning builds as NAME:FLAGS words (FLAGS comma-separated), e.g. "ch1:-DROLES_CH=1
+# pipe:-DROLES_PIPE=1,-DROLES_CH=1", timed beside the DIAGS and, being meant to
 # give the tree's outputs, each checked first by the GPU suite's latent test run on its library.)
 set -uo pipefail
 cd "$(dirname "$0")/.."

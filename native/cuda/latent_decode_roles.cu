@@ -86,25 +86,15 @@ constexpr bool CPASYNC = ROLES_CPASYNC != 0;
 #define ROLES_STAGGER 0
 #endif
 constexpr bool STAGGER = ROLES_STAGGER != 0;
-// Tuning build ROLES_PBUF=N (default 2): N probability buffers. With two, the scores of tile t + 2 wait for the
-// weighted sum of tile t to free its buffer, a tighter coupling of the two roles than the stage ring's (tile t + 3
-// waits for tile t's stage); with three the stages alone couple them. Each buffer is HB × (TN + PAD) bf16 and HB floats.
-#ifndef ROLES_PBUF
-#define ROLES_PBUF 2
-#endif
-constexpr int ROLE_PBUF = ROLES_PBUF;
-static_assert(ROLE_PBUF >= 2 && ROLE_PBUF <= 4, "2 to 4 probability buffers");
-// Tuning build ROLES_EARLY_FREED=1: a weighted-sum warp frees its probability buffer as soon as it holds the tile's
-// probabilities and α in registers, before its MMAs, not after them: the same loosening as more buffers, for free.
-#ifndef ROLES_EARLY_FREED
-#define ROLES_EARLY_FREED 0
-#endif
-constexpr bool EARLY_FREED = ROLES_EARLY_FREED != 0;
+// Two probability buffers: the scores of tile t + 2 wait for the weighted sum of tile t to free its buffer.
+constexpr int ROLE_PBUF = 2;
 // Tile it's probability buffer, and how many times that buffer was used before it (its barriers' phase parity).
-__device__ __forceinline__ int pbuf_of(int it) { return ROLE_PBUF == 2 ? (it & 1) : it % ROLE_PBUF; }
-__device__ __forceinline__ int pbuf_use(int it) { return ROLE_PBUF == 2 ? (it >> 1) : it / ROLE_PBUF; }
+__device__ __forceinline__ int pbuf_of(int it) { return it & 1; }
+__device__ __forceinline__ int pbuf_use(int it) { return it >> 1; }
 // Tried and dropped (fortieth session, H100, docs/benchmarks.md): L2 prefetch of the rows 1–4 tiles on
-// (within noise to 30% slower) and one weighted-sum warp a tile loading the whole stage (1% slower).
+// (within noise to 30% slower) and one weighted-sum warp a tile loading the whole stage (1% slower); forty-second
+// session: three or four probability buffers, or a buffer freed before the weighted sum's MMAs (within 1%, per
+// layer call and per recorded step).
 // A block's first tile under STAGGER (the same for both blocks of a pair: split and sequence alone), and the
 // tile it takes at step `it` of its `ntiles`.
 __device__ __forceinline__ int tile_rotation(int ntiles, int split, int b) { return STAGGER && ntiles > 0 ? (int)(((int64_t)(split * 37 + b * 11) * 13) % ntiles) : 0; }
@@ -433,11 +423,6 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
         acc[nt][3] *= a_hi;
       }
     }
-    if (EARLY_FREED) {
-      // Every lane's loads of the buffer are before the warp barrier, and lane 0's arrival releases past it.
-      __syncwarp();
-      if (lane == 0) bar_arrive(freed + pb);
-    }
     const unsigned va = smemAddr + (unsigned)stage * stageBytes + pvOff;
     auto release = [&]() {
       __syncwarp();
@@ -445,7 +430,7 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
         bar_arrive(empty + stage);
         // Only where a copy follows: past the last such tile the peer may have finished.
         if (MC && it + ROLE_STAGES < share.ntiles) bar_arrive_remote(empty + stage, rank ^ 1);
-        if (!EARLY_FREED) bar_arrive(freed + pb);
+        bar_arrive(freed + pb);
       }
       if (it + ROLE_STAGES < share.ntiles) {
         bar_wait(empty + stage, phase);
