@@ -236,6 +236,18 @@ mla_status mla_cuda_factor_cols(const double* A, int64_t M, int64_t N, int64_t k
    N = D; down[k,D] and up[Mk+Mv, k] come back as float32 (the checkpoint's precision at most). */
 mla_status mla_cuda_factor_kv(const float* wk, const float* wv, int64_t rows_k, int64_t Mv, int64_t D, const int32_t* nope_rows, int64_t Mk, int64_t k, float* down, float* up, double* values);
 
+/* NCCL for data-parallel training (nccl.cu): opened at run time from `path` (a file or a soname);
+   version e.g. 22703 for 2.27.3. unique_id: 128 bytes that rank 0 hands to every rank; init: joins the
+   communicator of `world` ranks as `rank` (blocks until all have joined; one per process);
+   all_reduce_sum: x = the sum of every rank's x, in place, on the backend's stream (f32, bf16, f64);
+   all_reduce_host: the same for n ≤ 1024 host doubles, back when it returns; destroy: leaves it. */
+mla_status mla_cuda_nccl_load(const char* path, int32_t* version);
+mla_status mla_cuda_nccl_unique_id(uint8_t* out);
+mla_status mla_cuda_nccl_init(const uint8_t* id, int32_t world, int32_t rank);
+mla_status mla_cuda_nccl_all_reduce_sum(mla_cuda_buf* x);
+mla_status mla_cuda_nccl_all_reduce_host(double* values, int64_t n);
+mla_status mla_cuda_nccl_destroy(void);
+
 /* Decode graphs (graph.cu): one decode step of B sequences recorded once and replayed.
    begin: opens a capture of the stream for a step with token ids and positions [B]; the ops that
    follow are recorded, not run (an op that cannot be recorded fails with MLA_ERR_UNSUPPORTED).

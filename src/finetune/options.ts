@@ -73,6 +73,7 @@ export const FINETUNE_KINDS: OptionKinds<FinetuneOptions> = {
   onStep: "function",
   onValidation: "function",
   signal: "object",
+  collective: "object",
 };
 
 function positive(name: string, v: number, integer = false): number {

@@ -289,9 +289,8 @@ export class TrainState {
     for (const f of this.flags) f.stale = true;
   }
 
-  /** Global gradient norm; then one AdamW step with the gradients clipped to `clip` (0: no clipping). */
-  update(lr: number, h: AdamWHyper, clip: number): number {
-    // A slot no gradient reached this step (a weight the loss does not depend on) holds zeros.
+  /** Ends a step's gradients: a slot no gradient reached this step (a weight the loss does not depend on) holds zeros. */
+  settleGrads(): void {
     this.slots.forEach((s, i) => {
       if (!this.flags[i]!.stale) return;
       const view = this.kernels.view(this.grads, s.offset, [s.size]);
@@ -299,6 +298,11 @@ export class TrainState {
       view.dispose();
       this.flags[i]!.stale = false;
     });
+  }
+
+  /** Global gradient norm; then one AdamW step with the gradients clipped to `clip` (0: no clipping). */
+  update(lr: number, h: AdamWHyper, clip: number): number {
+    this.settleGrads();
     const norm = Math.sqrt(this.kernels.sumSquares(this.grads));
     const scale = clip > 0 && norm > clip ? clip / (norm + 1e-6) : 1;
     this.step++;

@@ -32,6 +32,7 @@ import { roundToWritten, writeModel } from "./writtenModel.js";
 import { CheckpointKeeper } from "./checkpointKeeper.js";
 import { weightFileBytes } from "../io/diskRoom.js";
 import { notify, type FinetuneCallbacks } from "./events.js";
+import { barrier, rankRows, type Collective } from "./collective.js";
 
 export interface FinetuneOptions extends FinetuneCallbacks {
   data: string[];
@@ -93,6 +94,14 @@ export interface FinetuneOptions extends FinetuneCallbacks {
    * INTERRUPTED, as convert and evaluate do.
    */
   signal?: AbortSignal;
+  /**
+   * Data parallelism: this process is rank `collective.rank` of `collective.world` (`finetune --gpus N`
+   * starts one per GPU). `batch` stays the micro-batch over all ranks: each trains batch / world of its
+   * sequences and the ranks sum their gradients and losses before every update, so a run takes the same
+   * steps on any number of GPUs, and resumes on another number. Rank 0 alone writes the run folder; a
+   * stop is agreed at the end of a step (the other ranks stop only then, never inside a validation).
+   */
+  collective?: Collective;
 }
 
 export { FINETUNE_DEFAULTS };
@@ -139,6 +148,12 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
   const log = o.logger ?? silentLogger;
   const D = FINETUNE_DEFAULTS;
   const { seq, batch, accum, warmup, trainWhat, distillWeight, temperature } = checkFinetuneOptions(o);
+  const dp = o.collective ?? null;
+  const world = dp?.world ?? 1;
+  const lead = !dp || dp.rank === 0;
+  if (batch % world !== 0) throw new MlaError("BAD_ARGUMENT", `--batch ${batch} does not split over ${world} GPUs`, `--batch is the sequences of a micro-batch over all GPUs: use a multiple of ${world} (--accum adds micro-batches to a step)`);
+  // The sequences of a micro-batch this rank trains on (its activations are what memory must hold).
+  const rankBatch = batch / world;
 
   const src = resolveModel(spec);
   const out = checkRunFolders(o, src.dir);
@@ -178,14 +193,17 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
     const checkpoint = o.checkpointActivations ?? false;
     const memory: MemoryChoice = { train: trainWhat, checkpoint, fullLogits: teacher !== null, keepMid: checkpoint };
     // The kept mid-layer sums make the recompute cheaper; they go first when memory is short.
-    if (checkpoint && !fitsDevice(model, memory, precision, batch * (seq - 1))) memory.keepMid = false;
-    checkFits(model, memory, precision, batch * (seq - 1), log);
+    if (checkpoint && !fitsDevice(model, memory, precision, rankBatch * (seq - 1))) memory.keepMid = false;
+    checkFits(model, memory, precision, rankBatch * (seq - 1), log);
 
     // Before the first step (tokenizing a corpus, the first validation: minutes) a stop is polled
     // between pieces and windows, and ends the run there: no step has run in this call, so there is
     // nothing to save, and a fresh run leaves its --out as it found it (emptied by --force at most).
     let stopped = false; // once asked, stays asked (shouldStop is not polled again for the same stop)
-    const stopAsked = () => (stopped ||= o.shouldStop?.() === true || o.signal?.aborted === true);
+    const askedHere = () => (stopped ||= o.shouldStop?.() === true || o.signal?.aborted === true);
+    // Data parallel: rank 0 stops where it is asked to (and the launcher then ends the others); the other
+    // ranks stop only with the step-end agreement below, so they never end a run rank 0 goes on with.
+    const stopAsked = lead ? askedHere : () => false;
     const STOPPED = Symbol("stopped");
     const unlessStopped = async <T>(work: () => Promise<T>): Promise<T | typeof STOPPED> => {
       try {
@@ -228,9 +246,13 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
         log.info(`the run in ${out} has finished (step ${finished.steps}); nothing to resume`);
         return finished;
       }
+    }
+    // Every rank has read the run folder before rank 0 changes it.
+    if (dp) await barrier(dp);
+    if (prior && lead) {
       const dropped = trimLogToCheckpoint(out, prior.step, totalSteps);
       if (dropped > 0) log.info(`${LOG_FILE}: dropped ${dropped} line(s) written after the step-${prior.step} checkpoint (the run was cut off after saving it); they are written again`);
-    } else {
+    } else if (!prior && lead) {
       madeOut = !fs.existsSync(out);
       startRunFolder(out);
     }
@@ -240,10 +262,10 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
     b.resetPeak?.();
     // Checked before the state is allocated; a resumed run already has a checkpoint on the disk.
     const keeper = new CheckpointKeeper(out, trainableCount(model, trainable), weightFileBytes(src.dir), log, o.resume ?? false);
-    keeper.checkAtStart(o.saveEvery);
+    if (lead) keeper.checkAtStart(o.saveEvery);
     const state = new TrainState(model, trainable, precision);
     owned.push(state);
-    log.info(memoryPlan(state, batch * (seq - 1), memory));
+    log.info(memoryPlan(state, rankBatch * (seq - 1), memory) + (world > 1 ? ` on each of ${world} GPUs (${rankBatch} of the ${batch} sequences of a micro-batch each)` : ""));
     const hyper = { beta1: settings.beta1, beta2: settings.beta2, eps: settings.eps, weightDecay: settings.weightDecay };
     const run: RunState = prior ?? { format: 1, step: 0, epoch: 0, cursor: 0, tokensSeen: 0, fingerprint, settings: recorded };
     if (prior) {
@@ -254,7 +276,7 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
       log.info(`resuming at step ${run.step}/${totalSteps}`);
     }
     const logFile = path.join(out, LOG_FILE);
-    const logLine = (row: Record<string, unknown>) => fs.appendFileSync(logFile, JSON.stringify(row) + "\n");
+    const logLine = (row: Record<string, unknown>) => lead && fs.appendFileSync(logFile, JSON.stringify(row) + "\n");
     // The validations before and after training show their progress (a large --val-fraction takes
     // minutes); the periodic ones (--eval-every) would interleave with the step lines.
     // Every validation stops at its next window when a stop is asked (or before its first): STOPPED, and nothing is logged.
@@ -271,7 +293,9 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
       if (v !== null) logLine({ step: 0, val_nll: v });
     }
 
-    const nextMicroBatch: () => MicroBatch = microBatches(data, batch, settings.seed, run);
+    // Every rank draws the whole micro-batch (the data order does not depend on the GPU count) and trains its rows.
+    const drawMicroBatch: () => MicroBatch = microBatches(data, batch, settings.seed, run);
+    const nextMicroBatch = () => rankRows(drawMicroBatch(), dp?.rank ?? 0, world);
     const t0 = performance.now();
     const startStep = run.step;
     // The run's time spans its sittings: a resumed run goes on from its checkpoint's.
@@ -283,8 +307,8 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
     };
     const save = (what: string, seconds = priorSeconds + sittingSeconds()) => {
       // The checkpoint of this step is in place already (--save-every met the last step, or a stop):
-      // a 7B run's would be ~84 GB written again.
-      if (keeper.step === run.step) return;
+      // a 7B run's would be ~84 GB written again. Data parallel: the ranks hold the same state; rank 0 writes it.
+      if (keeper.step === run.step || !lead) return;
       const peak = peakBytes();
       return keeper.save(Object.assign(run, { seconds }, peak === null ? {} : { peakDeviceBytes: peak }), state.slotIo(), what);
     };
@@ -319,6 +343,15 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
       state.beginStep();
       let lossSum = 0;
       for (let i = 0; i < accum; i++) lossSum += microStep(state, nextMicroBatch(), loss);
+      let stopAgreed = false;
+      if (dp) {
+        // The update below then sees the gradient of the whole step on every rank (slots no gradient reached hold zeros).
+        state.settleGrads();
+        await dp.allReduceSum(state.grads);
+        const [total, stops] = await dp.allReduceHost(Float64Array.of(lossSum, askedHere() ? 1 : 0));
+        lossSum = total!;
+        stopAgreed = stops! > 0;
+      }
       const stepLoss = lossSum / targetsPerStep;
       const norm = state.update(rate, hyper, settings.clip);
       if (!Number.isFinite(stepLoss) || !Number.isFinite(norm))
@@ -343,7 +376,7 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
       }
       // Let signal handlers run: the steps themselves never yield to the event loop.
       await new Promise((r) => setImmediate(r));
-      if (stopAsked() && run.step < totalSteps) {
+      if ((dp ? stopAgreed : stopAsked()) && run.step < totalSteps) {
         stopAt("");
         break;
       }
@@ -369,7 +402,7 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
       // Before the model is written: a throw leaves the last step's checkpoint, from which --resume ends the run.
       if (v !== STOPPED && v !== null) await notify(o.onValidation, { when: "final", step: run.step, steps: totalSteps, valNll: v }, () => stopAt(", its onValidation callback threw", seconds));
     }
-    if (!stoppedEarly) {
+    if (!stoppedEarly && lead) {
       logLine({ step: run.step, val_nll: valNllAfter });
       await writeModel(src.dir, out, model);
       // Last of the run's files (then the final checkpoint), and whole: its presence means finished (finishedRun, the pipeline).

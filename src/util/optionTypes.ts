@@ -60,6 +60,7 @@ const SHAPES: Record<string, [(v: object) => boolean, string]> = {
   logitBias: [(v) => v instanceof Map, "a Map from token id to the bias added to its logit"],
   // Any object passed "object": a plain {} never aborts, so Ctrl-C from a script silently did nothing.
   signal: [(v) => v instanceof AbortSignal, "an AbortSignal, e.g. new AbortController().signal"],
+  collective: [(v) => Number.isInteger((v as { rank?: unknown }).rank) && Number.isInteger((v as { world?: unknown }).world) && typeof (v as { allReduceSum?: unknown }).allReduceSum === "function", "a Collective (rank, world, allReduceSum, allReduceHost), e.g. from ncclCollective"],
 };
 
 /** A value as a refusal names it: its text and its type ("\"4\" (a string)", "42 (a number)", "an object"). */
