@@ -177,6 +177,19 @@ function findCudnn(cudaHome) {
   return all.reduce((best, c) => (best === null || c.version > best.version ? c : best), null);
 }
 
+/**
+ * NCCL's library for `finetune --gpus` (opened at run time, never linked: native/cuda/nccl.cu): the
+ * nvidia-nccl Python wheel's (the one PyTorch loads), else the system's; recorded in the CUDA library's
+ * build record, where src/backends/native/nccl.ts looks after MHA2MLA_NCCL_LIB. Null: none here (the
+ * loader's own search for libnccl.so.2 is still tried at run time).
+ */
+function findNccl() {
+  const wheels = spawnSync("python3", ["-c", "import sys; print('\\n'.join(sys.path))"], { encoding: "utf8" });
+  const sitePaths = wheels.status === 0 ? wheels.stdout.split("\n").filter((p) => p.endsWith("-packages")).map((p) => path.join(p, "nvidia", "nccl", "lib")) : [];
+  const dirs = [...sitePaths, "/usr/lib/x86_64-linux-gnu", "/usr/lib64", "/usr/local/lib"];
+  return dirs.map((d) => path.join(d, "libnccl.so.2")).find((f) => fs.existsSync(f)) ?? null;
+}
+
 /** cuDNN's version as major·10000 + minor·100 + patch, from cudnn_version.h beside cudnn.h (0 if unreadable). */
 function cudnnVersion(includeDir) {
   try {
@@ -213,7 +226,7 @@ async function buildCuda() {
   // MHA2MLA_NVCC_FLAGS: extra nvcc flags, e.g. -lineinfo for ncu's per-line source counters.
   const extra = (process.env.MHA2MLA_NVCC_FLAGS ?? "").split(/\s+/).filter(Boolean);
   const compile = ["-O3", "-std=c++17", "-Xcompiler", "-fPIC", include, ...extra];
-  const link = ["-shared", "-Xlinker", "-z,nodelete", "-lcublas", "-lcusolver"];
+  const link = ["-shared", "-Xlinker", "-z,nodelete", "-lcublas", "-lcusolver", "-ldl"];
   // The GPU of this machine when one is visible; otherwise Ampere and Hopper code plus PTX for newer GPUs.
   const hasGpu = spawnSync("nvidia-smi", ["-L"], { encoding: "utf8" }).status === 0;
   const fat = ["-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90", "-gencode=arch=compute_90,code=compute_90"];
@@ -223,10 +236,11 @@ async function buildCuda() {
   const cudnnCompile = cudnn ? ["-DMLA_WITH_CUDNN", "-DCUDNN_FRONTEND_SKIP_JSON_LIB", `-I${cudnn.include}`, `-I${path.join(root, "native", "third_party", "cudnn_frontend", "include")}`] : null;
   const cudnnLink = cudnn ? [`-L${cudnnLinkDir(cudnn)}`, "-lcudnn", "-Xlinker", `-rpath,${cudnn.dir}`] : null;
   const archs = [...(hasGpu ? [{ name: "-arch=native", flags: ["-arch=native"] }] : []), { name: "sm_80+sm_90+PTX", flags: fat }];
-  const cudnnRecord = cudnn ? { cudnn: { lib: cudnn.lib, version: cudnn.version } } : {};
+  const nccl = findNccl();
+  const cudnnRecord = { ...(cudnn ? { cudnn: { lib: cudnn.lib, version: cudnn.version } } : {}), ...(nccl ? { nccl } : {}) };
   const attempts = archs.flatMap((a) => [
     ...(cudnn ? [{ name: `${a.name}, cuDNN`, compile: [...a.flags, ...compile, ...cudnnCompile], link: [...a.flags, ...link, ...cudnnLink], record: cudnnRecord }] : []),
-    { name: a.name, compile: [...a.flags, ...compile], link: [...a.flags, ...link] },
+    { name: a.name, compile: [...a.flags, ...compile], link: [...a.flags, ...link], record: nccl ? { nccl } : {} },
   ]);
   const r = await buildParallel(nvcc, out, sourcesOf("cuda", ".cu"), attempts);
   const cudnnError = r.ok && cudnn && !r.variant.endsWith("cuDNN") ? Object.entries(r.errors).find(([name]) => name.endsWith("cuDNN"))?.[1] : undefined;

@@ -1,8 +1,11 @@
 import { DEVICE_OPTION } from "./deviceOption.js";
 import type { CommandModule } from "yargs";
-import { FINETUNE_DEFAULTS as D, finetune } from "../finetune/trainer.js";
+import { checkFinetuneRun, FINETUNE_DEFAULTS as D, finetune, type FinetuneOptions } from "../finetune/trainer.js";
+import { checkLaunch, launchRanks } from "../finetune/launch.js";
+import { joinRun, rankFromEnv } from "../finetune/joinRun.js";
+import { MlaError } from "../errors.js";
 import { parseSchedule, SCHEDULES } from "../finetune/schedule.js";
-import { stderrLogger } from "../util/log.js";
+import { stderrLogger, type Logger } from "../util/log.js";
 import { emitJson, summaryWriter } from "./output.js";
 import { gracefulStop } from "./signals.js";
 
@@ -38,6 +41,10 @@ interface Args {
   device: DeviceName;
   precision?: "bf16" | "f32";
   "checkpoint-activations": boolean;
+  gpus?: number;
+  nnodes?: number;
+  "node-rank"?: number;
+  master?: string;
 }
 
 export const finetuneCommand: CommandModule<object, Args> = {
@@ -74,43 +81,22 @@ export const finetuneCommand: CommandModule<object, Args> = {
       .option("device", DEVICE_OPTION)
       .option("precision", { choices: ["bf16", "f32"] as const, describe: "bf16: bf16 GEMMs with f32 master weights and optimizer (default on CUDA); f32: float32 throughout (default elsewhere)" })
       .option("checkpoint-activations", { type: "boolean", default: false, describe: "recompute each layer in the backward instead of keeping its activations (less memory, ~1/3 more compute)" })
+      .option("gpus", { type: "number", describe: "train data-parallel on this many GPUs of this machine, one process each (NCCL); --batch is split among them, so the steps are the same on any number" })
+      .option("nnodes", { type: "number", describe: "with --gpus: machines of the run (the same command on each, with its --node-rank)" })
+      .option("node-rank", { type: "number", describe: "with --nnodes: this machine's place, 0 … nnodes − 1" })
+      .option("master", { type: "string", describe: "with --nnodes: HOST:PORT of node 0, where the ranks meet" })
       .option("json", { type: "string", describe: "write the result summary as JSON to FILE (no value: stdout)" }),
   handler: async (a) => {
-    const say = summaryWriter(a.json);
+    const place = rankFromEnv();
+    if (!place && (a.gpus !== undefined || a.nnodes !== undefined || a["node-rank"] !== undefined || a.master !== undefined)) return launch(a);
+    const lead = !place || place.rank === 0;
+    // The other ranks' info lines would repeat rank 0's; their warnings and errors come through, prefixed.
+    const logger: Logger = lead ? stderrLogger : { info: () => {}, warn: (m) => stderrLogger.warn(m) };
+    const say = lead ? summaryWriter(a.json) : () => {};
     const stop = gracefulStop();
+    const collective = place ? await joinRun(place, logger) : undefined;
     try {
-      const r = await finetune(a.model, {
-        data: a.data,
-        tokenCache: a["token-cache"],
-        out: a.out,
-        force: a.force,
-        resume: a.resume,
-        tokens: a.tokens,
-        fraction: a.fraction,
-        valFraction: a["val-fraction"],
-        seq: a.seq,
-        batch: a.batch,
-        accum: a.accum,
-        lr: a.lr,
-        warmup: a.warmup,
-        schedule: parseSchedule(a.schedule),
-        decayFraction: a["decay-fraction"],
-        weightDecay: a["weight-decay"],
-        clip: a.clip,
-        seed: a.seed,
-        train: a.train,
-        distill: a.distill,
-        temperature: a.temperature,
-        distillWeight: a["distill-weight"],
-        evalEvery: a["eval-every"],
-        saveEvery: a["save-every"],
-        device: a.device,
-        precision: a.precision,
-        checkpointActivations: a["checkpoint-activations"],
-        logger: stderrLogger,
-        progress: process.stderr,
-        shouldStop: stop.requested,
-      });
+      const r = await finetune(a.model, { ...optionsOf(a), device: place ? "cuda" : a.device, logger, progress: lead ? process.stderr : null, shouldStop: stop.requested, collective });
       const nll = (x: number | null) => (x === null ? "–" : x.toFixed(4));
       const s = r.sitting;
       // A resumed run's figures are the run's, over its sittings; this sitting's follow.
@@ -124,10 +110,59 @@ export const finetuneCommand: CommandModule<object, Args> = {
             : `stopped at step ${r.steps}; checkpoint of step ${r.checkpointStep} in ${r.out}/checkpoint (continue with --resume)\n`
           : `trained ${r.steps} step${r.steps === 1 ? "" : "s"} (${r.tokensSeen} tokens) in ${r.seconds.toFixed(1)} s, ${Math.round(r.tokensPerSecond)} tok/s${sitting}; validation NLL ${nll(r.valNllBefore)} → ${nll(r.valNllAfter)}; model in ${r.out}\n`,
       );
-      if (a.json !== undefined) emitJson(a.json, r);
+      if (a.json !== undefined && lead) emitJson(a.json, r);
       if (r.stoppedEarly) process.exitCode = 130;
     } finally {
+      collective?.close();
       stop.release();
     }
   },
 };
+
+/** The run's options from the command line (the logger, progress and stop are the caller's). */
+function optionsOf(a: Args): FinetuneOptions {
+  return {
+    data: a.data,
+    tokenCache: a["token-cache"],
+    out: a.out,
+    force: a.force,
+    resume: a.resume,
+    tokens: a.tokens,
+    fraction: a.fraction,
+    valFraction: a["val-fraction"],
+    seq: a.seq,
+    batch: a.batch,
+    accum: a.accum,
+    lr: a.lr,
+    warmup: a.warmup,
+    schedule: parseSchedule(a.schedule),
+    decayFraction: a["decay-fraction"],
+    weightDecay: a["weight-decay"],
+    clip: a.clip,
+    seed: a.seed,
+    train: a.train,
+    distill: a.distill,
+    temperature: a.temperature,
+    distillWeight: a["distill-weight"],
+    evalEvery: a["eval-every"],
+    saveEvery: a["save-every"],
+    device: a.device,
+    precision: a.precision,
+    checkpointActivations: a["checkpoint-activations"],
+  };
+}
+
+/** `--gpus N`: checks the run once, then starts a rank per GPU (each this command again) and waits for them. */
+async function launch(a: Args): Promise<void> {
+  if (a.gpus === undefined) throw new MlaError("BAD_ARGUMENT", `${a.nnodes !== undefined ? "--nnodes" : a["node-rank"] !== undefined ? "--node-rank" : "--master"} without --gpus`, "pass --gpus N, the GPUs of this machine to train on");
+  if (a.device !== "auto" && a.device !== "cuda") throw new MlaError("BAD_ARGUMENT", `--gpus runs one process per GPU; --device ${a.device} has none`, "drop --device, or pass --device cuda");
+  checkLaunch({ gpus: a.gpus, nnodes: a.nnodes, nodeRank: a["node-rank"], master: a.master }, a.batch);
+  checkFinetuneRun(a.model, optionsOf(a));
+  const run = await launchRanks({ gpus: a.gpus, nnodes: a.nnodes, nodeRank: a["node-rank"], master: a.master, log: stderrLogger });
+  const stop = gracefulStop(undefined, () => run.stop());
+  try {
+    process.exitCode = await run.done;
+  } finally {
+    stop.release();
+  }
+}

@@ -72,6 +72,7 @@ export function serveId(master: Master, id: Uint8Array, clients: number, timeout
               }, timeoutMs);
             }),
         );
+  served.catch(() => {}); // a caller whose `listening` failed never waits for it
   return { listening, served };
 }
 

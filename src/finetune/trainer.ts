@@ -142,6 +142,17 @@ export function parameterCount(dir: string): number {
 /** Steps a token budget trains: whole steps of `perStep` tokens, the budget rounded up (at least one). */
 export const stepsFor = (tokens: number, perStep: number) => Math.max(1, Math.ceil(tokens / perStep));
 
+/**
+ * The checks finetune() makes before any work (options, the model folder, --out and the --data files),
+ * for a launcher to make once before it starts a process per GPU that would each make them.
+ */
+export function checkFinetuneRun(spec: string, o: FinetuneOptions): void {
+  checkOptionTypes("finetune()", o, FINETUNE_KINDS, ["data", "out"]);
+  checkFinetuneOptions(o);
+  checkRunFolders(o, resolveModel(spec).dir);
+  for (const f of o.data) checkDataFile(f);
+}
+
 export async function finetune(spec: string, o: FinetuneOptions): Promise<FinetuneResult> {
   checkOptionTypes("finetune()", o, FINETUNE_KINDS, ["data", "out"]);
   throwIfAborted(o.signal);
