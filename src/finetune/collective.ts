@@ -32,3 +32,14 @@ export function rankRows<M extends { inputs: Int32Array; targets: Int32Array; se
   const [a, b] = [rank * per * T, (rank + 1) * per * T];
   return { ...mb, inputs: mb.inputs.subarray(a, b), targets: mb.targets.subarray(a, b), sequences: per };
 }
+
+/**
+ * Rank `rank`'s share of a text scored in windows of `stride` tokens (perplexity's: each window scores
+ * the next `stride` tokens): a run of whole windows, the ranks' runs in order covering the text, so their
+ * token NLL sums add up to the whole text's. Empty for a rank left without a window.
+ */
+export function rankWindows(ids: Int32Array, stride: number, rank: number, world: number): Int32Array {
+  const windows = Math.ceil(ids.length / stride);
+  const [a, b] = [Math.floor((rank * windows) / world), Math.floor(((rank + 1) * windows) / world)];
+  return ids.subarray(Math.min(ids.length, a * stride), Math.min(ids.length, b * stride));
+}

@@ -32,7 +32,7 @@ import { roundToWritten, writeModel } from "./writtenModel.js";
 import { CheckpointKeeper } from "./checkpointKeeper.js";
 import { weightFileBytes } from "../io/diskRoom.js";
 import { notify, type FinetuneCallbacks } from "./events.js";
-import { barrier, rankRows, type Collective } from "./collective.js";
+import { barrier, rankRows, rankWindows, type Collective } from "./collective.js";
 
 export interface FinetuneOptions extends FinetuneCallbacks {
   data: string[];
@@ -291,7 +291,18 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
     // The validations before and after training show their progress (a large --val-fraction takes
     // minutes); the periodic ones (--eval-every) would interleave with the step lines.
     // Every validation stops at its next window when a stop is asked (or before its first): STOPPED, and nothing is logged.
-    const valNll = async (shown: boolean) => (stopAsked() ? STOPPED : await unlessStopped(async () => (data.val.length > 0 ? (await perplexity(model, data.val, { ctx: seq, progress: shown ? o.progress : null, label: "validation", shouldStop: stopAsked })).nll : null)));
+    // Data parallel: each rank scores its share of the windows, and the ranks sum their tokens' NLL.
+    const valNll = async (shown: boolean) =>
+      stopAsked()
+        ? STOPPED
+        : await unlessStopped(async () => {
+            if (data.val.length === 0) return null;
+            const part = dp ? rankWindows(data.val, seq - 1, dp.rank, world) : data.val;
+            const r = part.length > 0 ? await perplexity(model, part, { ctx: seq, progress: shown ? o.progress : null, label: "validation", shouldStop: stopAsked }) : null;
+            if (!dp) return r!.nll;
+            const [nllSum, tokens] = await dp.allReduceHost(Float64Array.of(r ? r.nll * r.tokens : 0, r?.tokens ?? 0));
+            return nllSum! / tokens!;
+          });
     let valNllBefore: number | null;
     if (prior) valNllBefore = loggedValNllBefore(out);
     else {

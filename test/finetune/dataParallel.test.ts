@@ -10,7 +10,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { test } from "node:test";
 import { finetune, type FinetuneOptions } from "../../src/finetune/trainer.js";
-import { rankRows } from "../../src/finetune/collective.js";
+import { rankRows, rankWindows } from "../../src/finetune/collective.js";
 import { LOG_FILE } from "../../src/finetune/resume.js";
 import { Checkpoint } from "../../src/io/checkpoint.js";
 import { MlaError } from "../../src/errors.js";
@@ -54,6 +54,13 @@ test("rankRows gives each rank its rows of a micro-batch", () => {
   assert.deepEqual([...parts[1]!.targets], [106, 107, 108, 109, 110, 111]);
   assert.equal(parts[1]!.sequences, 2);
   assert.equal(rankRows(mb, 0, 1), mb);
+});
+
+test("rankWindows splits a text's scoring windows among the ranks, in order and whole", () => {
+  const ids = Int32Array.from({ length: 10 }, (_, i) => i);
+  const parts = [0, 1, 2].map((r) => [...rankWindows(ids, 3, r, 3)]);
+  assert.deepEqual(parts, [[0, 1, 2], [3, 4, 5], [6, 7, 8, 9]]);
+  assert.deepEqual([0, 1, 2, 3, 4].map((r) => rankWindows(ids, 8, r, 5).length), [0, 0, 8, 0, 2]);
 });
 
 test("two ranks with half a micro-batch each train as one process with all of it; rank 0 alone writes", async () => {
