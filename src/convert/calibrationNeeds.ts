@@ -6,7 +6,7 @@
 import path from "node:path";
 import { MlaError, refuseInert } from "../errors.js";
 import { calibrationWindows, DEFAULT_CALIB_LEN, DEFAULT_CALIB_SAMPLES, readTextOrJsonl } from "../ropeSelect/calibrate.js";
-import { loadTokenizer } from "../io/tokenizer.js";
+import { checkIdsInVocab, loadTokenizer } from "../io/tokenizer.js";
 import { pastPositionsWarning, type ModelConfig } from "../model/config.js";
 import type { Logger } from "../util/log.js";
 
@@ -112,12 +112,14 @@ export interface CutCalibration {
  * before (the pipeline's, from the source model, whose tokenizer every phase's model keeps), taken as
  * they are, with nothing said again, where they are of the same text and settings.
  */
-export function readCalibrationWindows(dir: string, calib: string | null | undefined, samples: number, len: number, asked: number | undefined, config: Pick<ModelConfig, "maxPositions" | "bosTokenId">, log: Logger, cut: CutCalibration | null = null): Int32Array[] {
+export function readCalibrationWindows(dir: string, calib: string | null | undefined, samples: number, len: number, asked: number | undefined, config: Pick<ModelConfig, "maxPositions" | "bosTokenId" | "vocabSize">, log: Logger, cut: CutCalibration | null = null): Int32Array[] {
   if (!calib) return [];
   if (cut && cut.file === calib && cut.samples === samples && cut.len === len) return cut.windows;
   const past = pastPositionsWarning("--calib-len", len, config.maxPositions, "the calibration statistics come from positions the model was not pretrained for");
   if (past) log.warn(past);
   const windows = calibrationWindows(loadTokenizer(dir), readTextOrJsonl(calib), samples, len, config.bosTokenId, calib);
+  // Checked here, before any work: the embedding refused such an id only at calibration (a dry run passed), naming neither file.
+  for (const w of windows) checkIdsInVocab(w, config.vocabSize, `--calib ${calib}`, dir);
   const short = fewerWindowsNote(calib, windows, asked, len);
   if (short) log.info(short);
   return windows;
@@ -129,7 +131,7 @@ export function readCalibrationWindows(dir: string, calib: string | null | undef
  * convert's words before the first phase rather than when the phase that calibrates starts (the
  * bias-free export's, after the fine-tune). `samples` and `len` as given (the defaults filled in here).
  */
-export function cutCalibration(dir: string, calib: string | null | undefined, samples: number | undefined, len: number | undefined, config: Pick<ModelConfig, "maxPositions" | "bosTokenId">, log: Logger): CutCalibration | null {
+export function cutCalibration(dir: string, calib: string | null | undefined, samples: number | undefined, len: number | undefined, config: Pick<ModelConfig, "maxPositions" | "bosTokenId" | "vocabSize">, log: Logger): CutCalibration | null {
   if (!calib) return null;
   const s = samples ?? DEFAULT_CALIB_SAMPLES, l = len ?? DEFAULT_CALIB_LEN;
   return { file: calib, samples: s, len: l, windows: readCalibrationWindows(dir, calib, s, l, samples, config, log) };

@@ -10,7 +10,7 @@ import { loadModel } from "../model/llama.js";
 import { selectBackend, DeviceName } from "../backends/select.js";
 import { checkCtx, checkTextFile, perplexity, requireBos, tokenizeForEval } from "./perplexity.js";
 import { readTextOrJsonl } from "../ropeSelect/calibrate.js";
-import { loadTokenizer, type TextTokenizer } from "../io/tokenizer.js";
+import { checkIdsInVocab, loadTokenizer, type TextTokenizer } from "../io/tokenizer.js";
 import { encodeLong } from "../io/encodeLong.js";
 import { inspectModel } from "./inspect.js";
 import { packageRoot } from "../io/modelDir.js";
@@ -254,8 +254,7 @@ export async function evaluate(spec: string, opts: EvalOptions): Promise<EvalRes
       // Named here: perplexity() knows only ids ("the text has no tokens" did not say which file).
       if (ids.length === 0) throw new MlaError("BAD_TEXT", `${opts.text}: the text to score has no tokens`, "pass a file with text in it");
       // The model's own tokenizer gave them: an id past the vocabulary is the folder's mismatch, not the caller's ids.
-      const past = ids.findIndex((t) => t >= lm.config.vocabSize);
-      if (past >= 0) throw new MlaError("BAD_CONFIG", `the model's tokenizer gives id ${ids[past]} for ${opts.text}, past its vocabulary of ${lm.config.vocabSize} (vocab_size in ${path.join(lm.dir, "config.json")})`, "the tokenizer and the model do not match: put the model's own tokenizer.json beside its weights");
+      checkIdsInVocab(ids, lm.config.vocabSize, opts.text!, lm.dir);
       const whole = opts.tokens === undefined || ids.length < opts.tokens;
       if (opts.tokens !== undefined && ids.length < opts.tokens) log.warn(`${opts.text} holds only ${ids.length} tokens, fewer than ${flags.tokens} ${opts.tokens}: scoring all of them`);
       const ctx = opts.ctx ?? DEFAULT_CTX;

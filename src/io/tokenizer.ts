@@ -251,6 +251,16 @@ function withoutPrepend(tj: Record<string, unknown>): Record<string, unknown> | 
   return { ...tj, normalizer: { ...n, normalizers: n.normalizers.slice(1) } };
 }
 
+/**
+ * Refuses ids that the model's own tokenizer (in `dir`) gave for `source` past its vocabulary of
+ * `vocabSize` (vocab_size in config.json): the folder's tokenizer and weights do not match, and the
+ * embedding's own refusal would name neither file.
+ */
+export function checkIdsInVocab(ids: ArrayLike<number>, vocabSize: number, source: string, dir: string): void {
+  for (let i = 0; i < ids.length; i++)
+    if (ids[i]! >= vocabSize) throw new MlaError("BAD_CONFIG", `the model's tokenizer gives id ${ids[i]} for ${source}, past its vocabulary of ${vocabSize} (vocab_size in ${path.join(dir, "config.json")})`, "the tokenizer and the model do not match: put the model's own tokenizer.json beside its weights");
+}
+
 /** Texts shorter than this many characters encodePrefix tokenizes whole (for `need` ids). */
 export function encodedWholeBelow(need: number): number {
   return Math.max(16_384, need * 8);

@@ -146,13 +146,22 @@ test("run from inside the model folder, the default --out (./NAME-mla-rN there) 
   assert.deepEqual(fs.readdirSync(model).filter((f) => f.includes("mla")), []);
 });
 
-test("a dry run refuses what the run would, in the same words (both formats): --calib beside a model without tokenizer.json, a --calib-len the text cannot fill, an unavailable --device", async () => {
+test("a dry run refuses what the run would, in the same words (both formats): --calib beside a model without tokenizer.json, a --calib-len the text cannot fill, a tokenizer giving ids past the vocabulary, an unavailable --device", async () => {
   const noTokenizer = modelCopy((dir) => fs.rmSync(path.join(dir, "tokenizer.json")));
   const short = path.join(tmpDir(), "short.txt");
   fs.writeFileSync(short, "Once upon a time there was a little girl named Lily.\n");
+  // A tokenizer of another model: the embedding refused its id only at calibration, naming neither file, and a dry run passed.
+  const pastVocab = modelCopy((dir) => {
+    const tok = JSON.parse(fs.readFileSync(path.join(dir, "tokenizer.json"), "utf8")) as { added_tokens: object[] };
+    tok.added_tokens.push({ id: 600, content: "<zz>", single_word: false, lstrip: false, rstrip: false, normalized: false, special: false });
+    fs.writeFileSync(path.join(dir, "tokenizer.json"), JSON.stringify(tok));
+  });
+  const zz = path.join(tmpDir(), "zz.txt");
+  fs.writeFileSync(zz, "Once upon a time <zz> there was a little girl named Lily. She liked to play.\n".repeat(4));
   const cases: [Partial<ConvertOptions> & { model?: string }, RegExp][] = [
     [{ model: noTokenizer, calib: TEXT }, /tokenizer\.json does not exist/],
     [{ calib: short, calibLen: 64 }, /^\S+short\.txt holds \d+ tokens, fewer than one calibration window of 63 \(\+BOS\)/],
+    [{ model: pastVocab, calib: zz, calibLen: 16 }, /^the model's tokenizer gives id 600 for --calib \S+zz\.txt, past its vocabulary of 512 \(vocab_size in \S+config\.json\)/],
   ];
   // Where CUDA runs there is nothing to refuse.
   if (typeof loadCuda() === "string") cases.push([{ device: "cuda" }, /^--device cuda: /]);
