@@ -1,7 +1,7 @@
 /** How commands hand results to the user: JSON to a file or stdout, tables to stdout. */
 import fs from "node:fs";
 import path from "node:path";
-import { MlaError } from "../errors.js";
+import { ioError, MlaError } from "../errors.js";
 import { writeFileAtomic } from "../io/atomicDir.js";
 import { makeDirs } from "../io/makeDirs.js";
 import { stripBom } from "../io/text.js";
@@ -27,6 +27,12 @@ export function checkJsonTarget(target: string | undefined, beforeFileCheck?: ()
   for (let dir = path.dirname(path.resolve(target)); ; dir = path.dirname(dir)) {
     if (fs.existsSync(dir)) {
       if (!fs.statSync(dir).isDirectory()) throw new MlaError("BAD_ARGUMENT", `--json ${target}: ${dir} is a file, not a folder`, "give a path whose folders are folders");
+      // A folder the file cannot be written in failed only after the work: an evaluation lost, a conversion's model written and exit 1.
+      try {
+        fs.accessSync(dir, fs.constants.W_OK | fs.constants.X_OK);
+      } catch (e) {
+        throw ioError(`--json ${target}: cannot write in`, dir, e);
+      }
       return;
     }
     if (path.dirname(dir) === dir) return;
