@@ -3,7 +3,7 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import assert from "node:assert/strict";
-import type { ChildProcess } from "node:child_process";
+import { spawnSync, type ChildProcess } from "node:child_process";
 import { packageRoot } from "../src/io/modelDir.js";
 import type { LlamaModel } from "../src/model/llama.js";
 import type { DecodeCache } from "../src/model/kvCache.js";
@@ -25,6 +25,13 @@ export function fastCpu(): { backend?: NativeCpuBackend } {
   const lib = loadNativeCpu();
   return typeof lib === "string" ? {} : { backend: new NativeCpuBackend(lib) };
 }
+
+/**
+ * The command prefix that runs a child process as a user whom a folder without write permission stops:
+ * none for a user other than root; root goes through setpriv as nobody; null where root has no setpriv.
+ */
+export const AS_UNPRIVILEGED: string[] | null = process.getuid?.() !== 0 ? [] : spawnSync("setpriv", ["--version"]).status === 0 ? ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] : null;
+export const NO_UNPRIVILEGED = "running as root without setpriv: every folder is writable";
 
 const created: string[] = [];
 process.on("exit", () => {

@@ -3,7 +3,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { booleanFlag, MlaError, refuseInert } from "../errors.js";
 import { refuseOutOverInputs, within, type InputPath } from "../io/outGuard.js";
-import { refuseExisting } from "../io/atomicDir.js";
+import { refuseExisting, requireWritableParent } from "../io/atomicDir.js";
 import { kvElemsPerToken, latentWidth, ModelConfig } from "../model/config.js";
 import { checkDisjoint, checkRopePairs, defaultRopePairs, parseStrategy, RopeStrategy } from "../ropeSelect/strategies.js";
 import type { OptionKinds } from "../util/optionTypes.js";
@@ -247,8 +247,8 @@ export function modelName(spec: string): string {
 }
 
 /**
- * Refuses an --out that is, lies inside or holds the model folder or another input (`inputs`), or exists
- * without --force. A dry run (`dryRun`, its logger) meets the same refusals, except that an existing --out
+ * Refuses an --out that is, lies inside or holds the model folder or another input (`inputs`), exists
+ * without --force, or lies in a folder that cannot be written. A dry run (`dryRun`, its logger) meets the same refusals, except that an existing --out
  * without --force is a warning that the run would need it (the dry run had approved --out paths the run
  * then refused).
  */
@@ -258,4 +258,5 @@ export function checkOutDir(out: string, srcDir: string, force: boolean, inputs:
   // A file there is refused now, --force or not, not only when the output folder is begun: after calibration and factoring.
   refuseExisting(out, force || warnOnly);
   if (warnOnly) dryRun.warn(`${out} exists: the run would need --force (or another --out)`);
+  requireWritableParent(out);
 }

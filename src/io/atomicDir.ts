@@ -186,6 +186,26 @@ export function sweepStale(out: string): void {
 }
 
 /**
+ * Refuses an `out` that beginOutDir could not create because the nearest existing folder above it is
+ * not writable, in beginOutDir's words: checked with the other --out refusals, before the work (a
+ * conversion calibrated and factored first; a dry run approved it).
+ */
+export function requireWritableParent(out: string): void {
+  for (let dir = path.dirname(path.resolve(out)); ; dir = path.dirname(dir)) {
+    if (fs.existsSync(dir)) {
+      if (!fs.statSync(dir).isDirectory()) return; // a file there: refused by name elsewhere
+      try {
+        fs.accessSync(dir, fs.constants.W_OK | fs.constants.X_OK);
+      } catch (e) {
+        throw ioError("cannot create a folder beside", out, e);
+      }
+      return;
+    }
+    if (path.dirname(dir) === dir) return;
+  }
+}
+
+/**
  * Creates the hidden temporary sibling folder of `out` (owned by this process) and returns its path.
  * The caller has already refused an `out` over its inputs or the working folder (refuseOutOverInputs;
  * checkOutDir in the converters), before its work: checked here too, it ran twice per command.

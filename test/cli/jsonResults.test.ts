@@ -12,7 +12,7 @@ import { isEarlierResult } from "../../src/cli/output.js";
 import { convert } from "../../src/convert/pipeline.js";
 import { convertDeepseek } from "../../src/deepseek/export.js";
 import { exportDeepseek } from "../../src/deepseek/fromMla.js";
-import { FIXTURES, MODELS, ROOT, tmpDir } from "../helpers.js";
+import { AS_UNPRIVILEGED, FIXTURES, MODELS, NO_UNPRIVILEGED, ROOT, tmpDir } from "../helpers.js";
 
 const MAIN = path.join(ROOT, "dist", "src", "cli", "main.js");
 const TEXT = path.join(FIXTURES, "text", "tinystories.txt");
@@ -111,17 +111,14 @@ test("convert (both formats) and export --json name what they share alike: the e
   assert.equal(ex.eval.before, ours.report.after.nll, "export's source is our conversion");
 });
 
-/** The command prefix that runs the CLI as a user who cannot write everywhere: root through setpriv as nobody; null where root has no setpriv. */
-const asUnprivileged: string[] | null = process.getuid?.() !== 0 ? [] : spawnSync("setpriv", ["--version"]).status === 0 ? ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] : null;
-
-test("--json in a folder that cannot be written is refused before any work (convert had written its model, then exited 1 at the JSON)", { skip: asUnprivileged === null ? "running as root without setpriv: every folder is writable" : false }, () => {
+test("--json in a folder that cannot be written is refused before any work (convert had written its model, then exited 1 at the JSON)", { skip: AS_UNPRIVILEGED === null ? NO_UNPRIVILEGED : false }, () => {
   const dir = tmpDir();
   fs.chmodSync(dir, 0o777);
   const locked = path.join(dir, "locked");
   fs.mkdirSync(locked);
   fs.chmodSync(locked, 0o555);
   const out = path.join(dir, "mla");
-  const [cmd, ...pre] = [...asUnprivileged!, process.execPath];
+  const [cmd, ...pre] = [...AS_UNPRIVILEGED!, process.execPath];
   const r = spawnSync(cmd!, [...pre, MAIN, "convert", "stories260K", "--rank", "4", "--rope-pairs", "1", "--out", out, "--json", path.join(locked, "sub", "c.json")], { encoding: "utf8", cwd: ROOT });
   assert.equal(r.status, 1, r.stderr);
   assert.match(r.stderr, /^error: --json \S+c\.json: cannot write in \S+locked: permission denied\n {2}hint: /m);
