@@ -8,7 +8,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { MlaError } from "../errors.js";
 import { beginOutDir, commitOutDir, abandonOutDir } from "../io/atomicDir.js";
-import { Checkpoint, CheckpointWriter, copyModelSideFiles } from "../io/checkpoint.js";
+import { Checkpoint, CheckpointWriter, copyModelSideFiles, modelSideFiles } from "../io/checkpoint.js";
 import { DTYPE_BYTES, DType, encodeFromF32 } from "../io/dtype.js";
 import { readHfConfig } from "../io/hfConfig.js";
 import { resolveModel } from "../io/modelDir.js";
@@ -143,6 +143,7 @@ async function convertInScope(spec: string, opts: ConvertOptions, cut: CutCalibr
   try {
     // Every declared tensor there, of its shape and a float dtype: a dry run is refused what the run would be.
     requireSourceTensors(src, config);
+    modelSideFiles(srcDir); // copied after the work: an unreadable one is refused before it
     const kName = layerPrefix(0) + "self_attn.k_proj.weight";
     const kvDtype: DType = src.has(kName) ? src.entry(kName).dtype : "F32";
     const plan = planConversion(config, settings, DTYPE_BYTES[kvDtype]);

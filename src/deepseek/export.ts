@@ -9,7 +9,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { booleanFlag, MlaError, refuseInert } from "../errors.js";
 import { abandonOutDir, beginOutDir, commitOutDir } from "../io/atomicDir.js";
-import { Checkpoint, copyModelSideFiles } from "../io/checkpoint.js";
+import { Checkpoint, copyModelSideFiles, modelSideFiles } from "../io/checkpoint.js";
 import { DType } from "../io/dtype.js";
 export { roundingFor } from "../io/dtype.js";
 import { roundingFor } from "../io/dtype.js";
@@ -278,6 +278,7 @@ async function convertDeepseekInScope(spec: string, o: DeepseekOptions, cut: Cut
     // From the headers, before the biases are read and before a dry run answers: every declared tensor
     // there, of its shape (the layer math trusts the config's sizes) and a float dtype.
     requireSourceTensors(src, c);
+    modelSideFiles(srcDir); // copied after the work: an unreadable one is refused before it
     checkDeclaredBiasesOf(src, c, bias);
     const kv = kvPerToken(2 * G * Dh, rk + dr);
     for (const w of servingWarnings(rk, dr, H, convertRemedy(Dh, Math.min(2 * G * Dh, D), bias), bias)) log.warn(w);

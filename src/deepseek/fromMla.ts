@@ -25,7 +25,7 @@ import path from "node:path";
 import { MlaError, refuseInert } from "../errors.js";
 import { requireRoom, weightFileBytes } from "../io/diskRoom.js";
 import { abandonOutDir, beginOutDir, commitOutDir } from "../io/atomicDir.js";
-import { Checkpoint, copyModelSideFiles } from "../io/checkpoint.js";
+import { Checkpoint, copyModelSideFiles, modelSideFiles } from "../io/checkpoint.js";
 import type { DType } from "../io/dtype.js";
 import { readHfConfig } from "../io/hfConfig.js";
 import { resolveModel } from "../io/modelDir.js";
@@ -275,6 +275,7 @@ export async function exportDeepseekWithWindows(spec: string, o: ExportOptions, 
   try {
     // Every declared tensor there, of its shape (exportLayer trusts the config's sizes) and a float dtype.
     requireSourceTensors(src, c);
+    modelSideFiles(srcDir); // copied after the work: an unreadable one is refused before it
     tmp = beginOutDir(out, o.force ?? false);
     const dtypeOf = (name: string): DType => src.entry(name).dtype;
     // An exportable model declares no attention bias (checkExportSettings), so a q/k_rope/k_up/v_up/o bias

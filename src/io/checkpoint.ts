@@ -16,11 +16,14 @@ export const INDEX_FILE = "model.safetensors.index.json";
 export const MODEL_SIDE_FILES = ["tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json", "generation_config.json", "chat_template.jinja", "chat_template.json"];
 
 /**
- * Copies the side files `srcDir` has (tokenizer, generation config) into `dstDir`. One that is there
- * but not a file (a folder, a link to nothing or to itself) is refused by name: existsSync calls a
- * link loop absent, and a folder failed the copy as an internal EISDIR.
+ * The side files `srcDir` has (tokenizer, generation config), each refused by name unless it is a file
+ * this user can read: one that is there but not a file (a folder, a link to nothing or to itself;
+ * existsSync calls a link loop absent, and a folder failed the copy as an internal EISDIR), or one
+ * without read permission (an internal EACCES from the copy). Conversions check them before their work,
+ * since the copy comes after it.
  */
-export function copyModelSideFiles(srcDir: string, dstDir: string): void {
+export function modelSideFiles(srcDir: string): string[] {
+  const found: string[] = [];
   for (const f of MODEL_SIDE_FILES) {
     const file = path.join(srcDir, f);
     if (!fs.lstatSync(file, { throwIfNoEntry: false })) continue;
@@ -31,8 +34,19 @@ export function copyModelSideFiles(srcDir: string, dstDir: string): void {
       throw ioError("cannot read the model's side file", file, e);
     }
     if (!st.isFile()) throw new MlaError("BAD_CHECKPOINT", `${file} is not a file`, `remove it or put the model's ${f} there`);
-    copyFileFresh(file, path.join(dstDir, f));
+    try {
+      fs.accessSync(file, fs.constants.R_OK);
+    } catch (e) {
+      throw ioError("cannot read the model's side file", file, e);
+    }
+    found.push(f);
   }
+  return found;
+}
+
+/** Copies the side files `srcDir` has (modelSideFiles) into `dstDir`. */
+export function copyModelSideFiles(srcDir: string, dstDir: string): void {
+  for (const f of modelSideFiles(srcDir)) copyFileFresh(path.join(srcDir, f), path.join(dstDir, f));
 }
 export const SINGLE_FILE = "model.safetensors";
 

@@ -196,3 +196,18 @@ test("an --out in a folder that cannot be written is refused before any work, by
     }
   assert.deepEqual(fs.readdirSync(locked), []);
 });
+
+test("a side file of the model that cannot be read (tokenizer.json) is refused by name before any work, by a dry run too (both formats; the copy after the conversion failed as an internal EACCES)", { skip: AS_UNPRIVILEGED === null ? NO_UNPRIVILEGED : false }, () => {
+  const model = modelCopy((dir) => fs.chmodSync(path.join(dir, "tokenizer.json"), 0o000));
+  fs.chmodSync(path.dirname(model), 0o755);
+  const parent = tmpDir();
+  fs.chmodSync(parent, 0o777);
+  const [cmd, ...pre] = [...AS_UNPRIVILEGED!, process.execPath];
+  for (const format of [["--rope-strategy", "uniform"], ["--format", "deepseek"]])
+    for (const dryRun of [[], ["--dry-run"]]) {
+      const r = spawnSync(cmd!, [...pre, MAIN, "convert", model, "--rank", "4", "--rope-pairs", "1", "--device", "cpu", "--out", path.join(parent, "out"), ...format, ...dryRun], { encoding: "utf8", cwd: ROOT });
+      assert.equal(r.status, 1, r.stderr);
+      assert.equal(r.stderr.split("\n").filter((l) => !l.startsWith("warning: ")).join("\n"), `error: cannot read the model's side file ${path.join(model, "tokenizer.json")}: permission denied\n  hint: check the path and its permissions\n`, `${format.join(" ")} ${dryRun.join(" ")}`);
+    }
+  assert.deepEqual(fs.readdirSync(parent), [], "nothing written");
+});
