@@ -7,7 +7,7 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { MlaError } from "../errors.js";
+import { ioError, MlaError } from "../errors.js";
 
 export const MODEL_ALIASES: Record<string, string> = {
   "llama2-7b": "meta-llama/Llama-2-7b-hf",
@@ -112,7 +112,14 @@ export function resolveModel(spec: string, env: NodeJS.ProcessEnv = process.env)
   if (fs.existsSync(spec) && fs.statSync(spec).isDirectory()) {
     if (!isModelFolder(spec)) {
       // existsSync calls a link that leads nowhere (or back to itself) absent: name it as what it is.
-      if (fs.lstatSync(path.join(spec, "config.json"), { throwIfNoEntry: false })) throw new MlaError("BAD_CHECKPOINT", `${path.join(spec, "config.json")} is a link that leads to no file`, "point the link at the model's config.json, or copy the file there");
+      // It calls config.json absent in a folder this user may not enter too: lstat's EACCES had been an internal error.
+      let link: fs.Stats | undefined;
+      try {
+        link = fs.lstatSync(path.join(spec, "config.json"), { throwIfNoEntry: false });
+      } catch (e) {
+        throw ioError("cannot read the model folder", spec, e);
+      }
+      if (link) throw new MlaError("BAD_CHECKPOINT", `${path.join(spec, "config.json")} is a link that leads to no file`, "point the link at the model's config.json, or copy the file there");
       throw new MlaError("NOT_FOUND", `model folder ${spec} has no config.json`, noConfigHint(spec));
     }
     return { dir: spec, source: "path" };

@@ -1,10 +1,11 @@
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
 import { test } from "node:test";
 import { MlaError } from "../../src/errors.js";
 import { resolveModel } from "../../src/io/modelDir.js";
-import { FIXTURES, MODELS, tmpDir } from "../helpers.js";
+import { AS_UNPRIVILEGED, FIXTURES, MODELS, NO_UNPRIVILEGED, ROOT, tmpDir } from "../helpers.js";
 
 function fakeCache(root: string, hubId: string, rev: string, withRef: boolean): string {
   const repo = path.join(root, "models--" + hubId.replace("/", "--"));
@@ -75,4 +76,18 @@ test("a file, a path that does not exist and a bundled name in other case: each 
   assert.throws(() => resolveModel(path.join(FIXTURES, "text", "tinystories.txt")), /tinystories\.txt is a file, not a model folder[\s\S]*hint: pass the folder holding config\.json/);
   for (const spec of ["./no-such-folder", "../no-such-folder", "/no/such/folder"]) assert.throws(() => resolveModel(spec), (e: unknown) => e instanceof MlaError && e.code === "NOT_FOUND" && /^no model folder at /.test(e.message) && !/huggingface-cli/.test(e.message), spec);
   assert.equal(resolveModel("STORIES260k").dir, resolveModel("stories260K").dir);
+});
+
+test("a model folder this user may not enter is named with the permission it lacks (lstat's EACCES had been an internal error)", { skip: AS_UNPRIVILEGED === null ? NO_UNPRIVILEGED : false }, () => {
+  const parent = tmpDir();
+  fs.chmodSync(parent, 0o755);
+  const dir = path.join(parent, "model");
+  fs.cpSync(path.join(MODELS, "stories260K"), dir, { recursive: true });
+  fs.chmodSync(dir, 0o700);
+  if (AS_UNPRIVILEGED!.length === 0) fs.chmodSync(dir, 0o000); // the owner enters a 0700 folder
+  const [cmd, ...pre] = [...AS_UNPRIVILEGED!, process.execPath];
+  const r = spawnSync(cmd!, [...pre, path.join(ROOT, "dist", "src", "cli", "main.js"), "inspect", dir], { encoding: "utf8", cwd: ROOT });
+  fs.chmodSync(dir, 0o700);
+  assert.equal(r.status, 1, r.stderr);
+  assert.equal(r.stderr, `error: cannot read the model folder ${dir}: permission denied\n  hint: check the path and its permissions\n`);
 });
