@@ -154,8 +154,9 @@ async function convertInScope(spec: string, opts: ConvertOptions, cut: CutCalibr
     const inputs = [{ name: "--calib", path: settings.calib }, { name: "--eval-text", path: opts.evalText }];
     refuseDefaultOutInModel(out, srcDir, opts.out);
     checkOutDir(out, srcDir, opts.force ?? false, inputs, opts.dryRun ? log : undefined);
-    // The converted model is at most its source's size (smaller attention; EG-MLA's gate is small).
-    requireRoom(out, weightFileBytes(srcDir), "the converted model");
+    // The converted model is at most its source's size (smaller attention), plus EG-MLA's float32 gate:
+    // (vocab + latent) × --gate-dim values per layer (a large --gate-dim passed this check, then filled the disk).
+    requireRoom(out, weightFileBytes(srcDir) + settings.gateDim * (config.vocabSize + plan.latentDim) * config.layers * 4, "the converted model");
 
     // What only the files can refuse (no tokenizer, a --calib shorter than one window, a --device whose
     // library does not load) is read before a dry run answers: it refuses what the run would, in its words.

@@ -5,6 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
+import fs from "node:fs";
 import path from "node:path";
 import { test } from "node:test";
 import { convert } from "../../src/convert/pipeline.js";
@@ -103,4 +104,22 @@ test("EG-MLA's default gate width is one constant: the conversion's default and 
     const gate = /--gate-dim\s+((?:(?!\s--)[\s\S])*)/.exec(help)?.[1] ?? "";
     assert.match(gate, new RegExp(`\\(default ${DEFAULT_GATE_DIM}\\)`), `${command} --help: ${gate}`);
   }
+});
+
+test("the disk-room check counts the gate table (vocab × --gate-dim float32 values per layer): a large --gate-dim is refused before the work, a dry run too", async () => {
+  const parent = tmpDir();
+  // stories260K's weights are ~1 MB; its gate at --gate-dim 10000 is 512 × 10000 × 4 bytes × 5 layers ≈ 102 MB.
+  process.env["MHA2MLA_TEST_FREE_BYTES"] = String(5e6);
+  try {
+    for (const dryRun of [true, false])
+      await assert.rejects(
+        convert(path.join(MODELS, "stories260K"), { ...settings, attention: "eg-mla", gateDim: 10000, progress: null, out: path.join(parent, "out"), dryRun }),
+        (e: Error) => e instanceof MlaError && /^the converted model takes about 10\d\.\d MB and the disk of \S+ has 5\.0 MB free/.test(e.message),
+      );
+    const out = await convert(path.join(MODELS, "stories260K"), { ...settings, attention: "eg-mla", gateDim: 8, progress: null, out: path.join(parent, "small") });
+    assert.equal(out.out, path.join(parent, "small"), "a small gate still fits");
+  } finally {
+    delete process.env["MHA2MLA_TEST_FREE_BYTES"];
+  }
+  assert.deepEqual(fs.readdirSync(parent), ["small"]);
 });
