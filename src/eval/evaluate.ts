@@ -198,6 +198,8 @@ export function checkEvalOptions(opts: EvalOptions): { dataDir: string | null; i
   const dataDir = opts.dataDir ?? defaultDataDir(packageRoot());
   if (!dataDir || !fs.existsSync(dataDir))
     throw new MlaError("NOT_FOUND", opts.dataDir !== undefined ? `task data folder ${opts.dataDir} does not exist` : `no task data folder: without --data-dir the tasks are looked for in ${path.resolve(packageRoot(), "..", "shared", "data", "eval")}, which does not exist`, "pass --data-dir with ARC-*.test.json, piqa.test.json, hellaswag_val_full.txt.bz2, lambada_test.jsonl (or set MHA2MLA_EVAL_DATA)");
+  // A task file given as the folder had been named as "DIR/ARC-Easy.test.json does not exist".
+  if (!fs.statSync(dataDir).isDirectory()) throw new MlaError("BAD_ARGUMENT", `task data folder ${dataDir} is a file, not a folder`, `pass --data-dir the folder that holds the task files (ARC-*.test.json, piqa.test.json, hellaswag_val_full.txt.bz2, lambada_test.jsonl), e.g. ${path.dirname(path.resolve(dataDir))}`);
   // Every task's items, parsed before the first task is scored (a pipeline: before its conversion).
   const items = new Map<TaskName, TaskItems>();
   for (const t of opts.tasks) if (!items.has(t)) items.set(t, loadTaskItems(t, dataDir, opts.limit));

@@ -25,6 +25,12 @@ test("eval refuses --limit and --data-dir without --tasks, and --tokens and --ba
     await assert.rejects(evaluate(path.join(MODELS, "no-such-model"), { ...opts, progress: null }), (e: unknown) => e instanceof MlaError && e.code === "BAD_ARGUMENT" && re.test(e.message), `${JSON.stringify(opts)} → ${re}`);
 });
 
+test("--data-dir naming a task file, not its folder, is refused as a file, with its folder (it was \"FILE/ARC-Easy.test.json does not exist\")", async () => {
+  const file = path.join(tmpDir(), "ARC-Easy.test.json");
+  fs.writeFileSync(file, "[]");
+  await assert.rejects(evaluate(path.join(MODELS, "no-such-model"), { tasks: ["arc-easy"], dataDir: file, progress: null }), (e: unknown) => e instanceof MlaError && e.message === `task data folder ${file} is a file, not a folder\n  hint: pass --data-dir the folder that holds the task files (ARC-*.test.json, piqa.test.json, hellaswag_val_full.txt.bz2, lambada_test.jsonl), e.g. ${path.dirname(file)}`);
+});
+
 test("every task's file is parsed before anything is scored: a truncated one is refused up front, not after the perplexity and the tasks before it", async () => {
   const DATA = path.join(SHARED, "data", "eval");
   if (!fs.existsSync(DATA)) return;
