@@ -8,7 +8,10 @@ Nothing is downloaded (offline mode, local files only).
 
 Usage: python3 bench/finetune_torch.py --model DIR --seq 512 --batch 4 --steps 20 --warmup-steps 3 \
            [--compile] [--checkpointing] [--json OUT.json]
-Prints one JSON line (and writes it to --json).
+Prints one JSON line (and writes it to --json). Under torchrun (`torchrun --nproc_per_node N
+bench/finetune_torch.py …`) it trains with DistributedDataParallel: --batch is the global batch, each
+rank takes batch / N rows of the same random batches (as `mha2mla finetune --gpus N` splits --batch),
+and rank 0 reports the global tokens/s.
 """
 import argparse, json, os, time
 
@@ -33,10 +36,22 @@ a.add_argument("--json", help="write the result line to this file")
 o = a.parse_args()
 if not torch.cuda.is_available():
     raise SystemExit("needs a CUDA GPU")
+ddp = "LOCAL_RANK" in os.environ
+world, rank, local = 1, 0, 0
+if ddp:
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    local = int(os.environ["LOCAL_RANK"])
+    torch.cuda.set_device(local)
+    dist.init_process_group("nccl", device_id=torch.device("cuda", local))
+    world, rank = dist.get_world_size(), dist.get_rank()
+    if o.batch % world:
+        raise SystemExit(f"--batch {o.batch} does not split over {world} ranks")
 
 torch.manual_seed(o.seed)
 cfg = AutoConfig.from_pretrained(o.model, local_files_only=True)
-model = LlamaForCausalLM.from_pretrained(o.model, config=cfg, dtype=torch.float32, attn_implementation="sdpa", local_files_only=True).to("cuda")
+model = LlamaForCausalLM.from_pretrained(o.model, config=cfg, dtype=torch.float32, attn_implementation="sdpa", local_files_only=True).to(f"cuda:{local}")
 model.config.use_cache = False
 if o.checkpointing:
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -44,11 +59,14 @@ model.train()
 params = sum(p.numel() for p in model.parameters())  # a tied LM head counts once
 params_no_embed = params - model.get_input_embeddings().weight.numel()
 opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01, betas=(0.9, 0.95), eps=1e-8, fused=True)
-step_model = torch.compile(model) if o.compile else model
+wrapped = DistributedDataParallel(model, device_ids=[local]) if ddp else model
+step_model = torch.compile(wrapped) if o.compile else wrapped
 
 total = o.warmup_steps + o.steps
-g = torch.Generator(device="cuda").manual_seed(o.seed)
-batches = torch.randint(0, cfg.vocab_size, (total, o.batch, o.seq), device="cuda", generator=g)
+g = torch.Generator(device=f"cuda:{local}").manual_seed(o.seed)
+# Every rank draws the same global batches and trains its rows of each.
+per = o.batch // world
+batches = torch.randint(0, cfg.vocab_size, (total, o.batch, o.seq), device=f"cuda:{local}", generator=g)[:, rank * per : (rank + 1) * per]
 
 
 def step(ids):
@@ -96,10 +114,16 @@ res = {
     "seconds": round(sec, 3),
     "tokens_per_s": round(tps, 1),
     "ms_per_step": round(1000 * sec / max(1, o.steps), 2),
-    "peak_mem_gb": round(torch.cuda.max_memory_allocated() / 2**30, 3),
+    "peak_mem_gb": round(torch.cuda.max_memory_allocated() / 2**30, 3),  # rank 0's
     "mfu": round(6 * params * tps / PEAK_BF16_FLOPS, 4),
     "final_loss": round(loss.item(), 4) if o.steps else None,
 }
+res["gpus"] = world
+if ddp:
+    res["gpu"] = f"{world} x {res['gpu']}"
+    dist.destroy_process_group()
+    if rank:
+        raise SystemExit(0)
 line = json.dumps(res)
 print(line)
 if o.json:
