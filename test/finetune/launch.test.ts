@@ -13,7 +13,8 @@ import { fetchId, freePort, parseMaster, serveId } from "../../src/finetune/rend
 import { rankFromEnv } from "../../src/finetune/joinRun.js";
 import { MlaError } from "../../src/errors.js";
 import { silentLogger } from "../../src/util/log.js";
-import { tmpDir } from "../helpers.js";
+import { spawnSync } from "node:child_process";
+import { FIXTURES, ROOT, tmpDir } from "../helpers.js";
 
 const rankScript = (body: string) => ["-e", `const rank = Number(process.env.MHA2MLA_RANK); ${body}`];
 
@@ -88,4 +89,17 @@ test("a rank reads its place from the environment, and refuses a broken one", ()
   assert.equal(rankFromEnv({}), null);
   assert.deepEqual(rankFromEnv({ MHA2MLA_RANK: "1", MHA2MLA_WORLD_SIZE: "2", MHA2MLA_MASTER: "127.0.0.1:5" }), { rank: 1, world: 2, master: { host: "127.0.0.1", port: 5 } });
   assert.throws(() => rankFromEnv({ MHA2MLA_RANK: "2", MHA2MLA_WORLD_SIZE: "2", MHA2MLA_MASTER: "h:5" }), (e: MlaError) => e.code === "BAD_ARGUMENT" && /is not a rank of a run/.test(e.message));
+});
+
+test("finetune --gpus from the command line: a CPU device, or --nnodes without --gpus, is refused before any rank starts", () => {
+  const out = path.join(tmpDir(), "ft");
+  const cli = (...args: string[]) => spawnSync(process.execPath, [path.join(ROOT, "dist/src/cli/main.js"), "finetune", "stories260K", "--data", path.join(FIXTURES, "text", "tinystories_25k.txt"), "--out", out, ...args], { encoding: "utf8" });
+  const cpu = cli("--gpus", "2", "--device", "cpu");
+  assert.equal(cpu.status, 1);
+  assert.match(cpu.stderr, /^error: --gpus runs one process per GPU; --device cpu has none\n {2}hint: drop --device, or pass --device cuda/m);
+  const nodes = cli("--nnodes", "2");
+  assert.equal(nodes.status, 1);
+  assert.match(nodes.stderr, /error: --nnodes without --gpus/);
+  assert.doesNotMatch(cpu.stderr + nodes.stderr, /started \d+ rank/);
+  assert.equal(fs.existsSync(out), false);
 });
