@@ -60,6 +60,7 @@ export type { MlaAttention } from "./model/config.js";
 export { finetune, FINETUNE_DEFAULTS } from "./finetune/trainer.js";
 export type { FinetuneOptions, FinetuneResult } from "./finetune/trainer.js";
 export type { FinetuneStep, FinetuneValidation, FinetuneCallbacks } from "./finetune/events.js";
+export type { Collective } from "./finetune/collective.js";
 export { lrAt, SCHEDULES, type ScheduleName, type Schedule } from "./finetune/schedule.js";
 export type { Precision } from "./finetune/trainState.js";
 export { AdamW, type AdamWConfig } from "./finetune/optimizer.js";
