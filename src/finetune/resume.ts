@@ -93,6 +93,21 @@ export function settingDifferences(out: string, was: Record<string, unknown>, no
 }
 
 /**
+ * Refuses to resume the run in `out` with other flags, before the model is loaded and the data
+ * tokenized: `flags` are the run's settings but MODEL and the warmup steps, which checkSameRun compares
+ * (a copy of the model resumes; the steps follow the data) with the data's token counts.
+ */
+export function checkSameFlags(out: string, prior: RunState, flags: Record<string, unknown>): void {
+  const { model: _model, dataTokens: _tokens, ...was } = prior.settings;
+  if (was["schedule"] !== null && typeof was["schedule"] === "object") {
+    const { warmupSteps: _steps, ...schedule } = was["schedule"] as Record<string, unknown>;
+    was["schedule"] = schedule;
+  }
+  const clauses = settingDifferences(out, was, flags);
+  if (clauses.length) throw new MlaError("BAD_CHECKPOINT", `--resume: ${clauses.join("; ")}`, "pass the same MODEL and flags to resume, or --force to start over");
+}
+
+/**
  * Refuses to resume the run in `out` (checkpoint state `prior`) with other settings: the fingerprint
  * covers MODEL's config.json and every setting `settings` records. A flag that differs is named
  * first: --fraction and --val-fraction also change the tokens the split holds, which were blamed on

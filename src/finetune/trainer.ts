@@ -26,7 +26,7 @@ import { checkRunFolders, startRunFolder } from "./runFolder.js";
 import { checkFinetuneOptions, checkTeacher, FINETUNE_DEFAULTS, FINETUNE_KINDS } from "./options.js";
 import { checkOptionTypes } from "../util/optionTypes.js";
 import { nextTurn, throwIfAborted } from "../util/abort.js";
-import { checkSameRun, finishedRun, LOG_FILE, loggedLossAt, loggedSeconds, loggedValNllAt, loggedValNllBefore, SUMMARY_FILE, trimLogToCheckpoint } from "./resume.js";
+import { checkSameFlags, checkSameRun, finishedRun, LOG_FILE, loggedLossAt, loggedSeconds, loggedValNllAt, loggedValNllBefore, SUMMARY_FILE, trimLogToCheckpoint } from "./resume.js";
 import { writeFileAtomic } from "../io/atomicDir.js";
 import { roundToWritten, writeModel } from "./writtenModel.js";
 import { CheckpointKeeper } from "./checkpointKeeper.js";
@@ -178,6 +178,10 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
   if (precision !== "bf16" && precision !== "f32") throw new MlaError("BAD_ARGUMENT", `--precision ${String(precision)} is not known`, "use bf16 or f32");
   // Refused before the data is tokenized and --out made (minutes on a corpus), not when the state is.
   if (precision === "bf16" && !backend.uploadBf16) throw new MlaError("UNSUPPORTED", `--precision bf16 needs a backend with bf16 GEMMs; ${backend.name} has none`, "use --device cuda, or --precision f32");
+  // The run's flags (its settings below but MODEL's config.json and the warmup steps the data gives): on
+  // --resume, one other than the run's is refused now, not once the data is tokenized (minutes on a corpus).
+  const flags = { data: o.data.map((f) => path.resolve(f)), tokens: o.tokens ?? null, fraction: o.fraction ?? 1, valFraction: o.valFraction ?? D.valFraction, seq, batch, accum, schedule: { name: o.schedule ?? D.schedule, lr, decayFraction: o.decayFraction ?? D.decayFraction, minLrFraction: o.minLrFraction ?? D.minLrFraction }, beta1: o.beta1 ?? D.beta1, beta2: o.beta2 ?? D.beta2, eps: o.eps ?? D.eps, weightDecay: o.weightDecay ?? D.weightDecay, clip: o.clip ?? D.clip, seed: o.seed ?? D.seed, train: trainWhat, distill: o.distill ?? null, temperature, distillWeight, precision };
+  if (prior) checkSameFlags(out, prior, { ...flags, warmup });
   const lm = loadModel(spec, { backend, weights: "f32" }); // trainable leaves are float32
   const model = lm.model;
   // The models and the training state go back to the backend when the call ends, however it ends (a
@@ -242,9 +246,11 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
     // A step takes batch·accum·seq tokens: a budget between two step counts is rounded up (10 tokens train one whole step of 4096).
     if (o.tokens !== undefined && o.tokens !== totalSteps * perStep && !prior)
       log.info(`--tokens ${o.tokens} is ${o.tokens < perStep ? "less than one step" : `${(o.tokens / perStep).toFixed(2)} steps`} of ${perStep} tokens (--batch ${batch}${accum === 1 ? "" : ` × --accum ${accum}`} × --seq ${seq}): training ${totalSteps} step${totalSteps === 1 ? "" : "s"}, ${totalSteps * perStep} tokens`);
-    const schedule: Schedule = { name: o.schedule ?? D.schedule, lr, warmupSteps: Math.round(warmup * totalSteps), decayFraction: o.decayFraction ?? D.decayFraction, minLrFraction: o.minLrFraction ?? D.minLrFraction };
+    const { name, decayFraction, minLrFraction } = flags.schedule;
+    const schedule: Schedule = { name, lr, warmupSteps: Math.round(warmup * totalSteps), decayFraction, minLrFraction };
 
-    const settings = { model: fs.readFileSync(path.join(src.dir, "config.json"), "utf8"), data: o.data.map((f) => path.resolve(f)), tokens: o.tokens ?? null, fraction: o.fraction ?? 1, valFraction: o.valFraction ?? D.valFraction, seq, batch, accum, schedule, beta1: o.beta1 ?? D.beta1, beta2: o.beta2 ?? D.beta2, eps: o.eps ?? D.eps, weightDecay: o.weightDecay ?? D.weightDecay, clip: o.clip ?? D.clip, seed: o.seed ?? D.seed, train: trainWhat, distill: o.distill ?? null, temperature, distillWeight, precision };
+    // The fingerprint's JSON keeps this key order (the schedule in the flags' place), which older checkpoints hold.
+    const settings = { model: fs.readFileSync(path.join(src.dir, "config.json"), "utf8"), ...flags, schedule };
     const fingerprint = crypto.createHash("sha256").update(JSON.stringify(settings)).digest("hex").slice(0, 16);
     // What the run records (not fingerprinted, so older checkpoints still resume): the model's folder
     // for its config's text, the --warmup fraction beside the steps it gives, for checkSameRun's message,

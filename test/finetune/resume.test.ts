@@ -81,6 +81,19 @@ test("--resume with other flags names each flag that differs with both values, n
   assert.deepEqual(snapshot(out), interrupted, "a refused resume writes nothing");
 });
 
+test("--resume with other flags is refused before the data is tokenized (minutes on a corpus), not after; a copy of the model still resumes", async () => {
+  const out = path.join(tmpDir(), "run");
+  await finetune(MODEL, { ...common, out, shouldStop: () => losses(out) >= 1 });
+  const said: string[] = [];
+  const logger = { info: (m: string) => said.push(m), warn: (m: string) => said.push(m) };
+  await assert.rejects(finetune(MODEL, { ...common, out, resume: true, lr: 5e-4, logger }), (e: Error) => e instanceof MlaError && e.code === "BAD_CHECKPOINT" && /^--resume: --lr is 5e-4 here but the run in .* was started with 1e-3\n/.test(e.message));
+  assert.deepEqual(said.filter((m) => /tokeniz/.test(m)), [], "refused before tokenizing");
+  const copy = path.join(tmpDir(), "copy");
+  fs.cpSync(MODEL, copy, { recursive: true });
+  const resumed = await finetune(copy, { ...common, out, resume: true });
+  assert.equal(resumed.steps, STEPS, "MODEL's path is compared with its config.json, after the data is read");
+});
+
 test("settingDifferences compares the --warmup fraction where both runs recorded it, else the steps; a fingerprint that differs in no recorded flag names the model and the data", () => {
   const schedule = { name: "wsd", lr: 1e-3, warmupSteps: 2, decayFraction: 0.2, minLrFraction: 0.1 };
   const old = { data: ["/d.txt"], tokens: null, schedule };
