@@ -21,7 +21,14 @@ const FINETUNE_STOP: StopMessages = {
   kept: "the run folder keeps its last checkpoint, if one was saved: the same command with --resume continues from it",
 };
 
-let graceful: { flag: boolean; say: StopMessages; onStop?: (sig: string) => void } | null = null;
+let graceful: { flag: boolean; at: number; say: StopMessages; onStop?: (sig: string) => void } | null = null;
+
+/**
+ * A second signal this soon after the first is the same stop delivered twice, not a second Ctrl-C:
+ * `timeout -s INT` signals the command and then its process group, and a wrapper may forward the
+ * terminal's Ctrl-C that its child had already. Quitting at once for it lost a fine-tune's steps.
+ */
+const REPEAT_MS = 1000;
 
 export function installSignalHandlers(): void {
   // SIGHUP: a closed terminal or a dropped SSH session stops the run as Ctrl-C does (it left a hidden,
@@ -38,10 +45,12 @@ export function installSignalHandlers(): void {
       };
       if (graceful && !graceful.flag) {
         graceful.flag = true;
+        graceful.at = performance.now();
         say(`\n${sig}: ${graceful.say.stopping} (send again to quit at once)\n`);
         graceful.onStop?.(sig);
         return;
       }
+      if (graceful && performance.now() - graceful.at < REPEAT_MS) return;
       abandonAll();
       // A resumable command (graceful) works in its run folder, which stays for the next run.
       say(graceful ? `\ninterrupted (${sig}) at once: ${graceful.say.kept}\n` : `\ninterrupted (${sig}): no partial output was left behind\n`);
@@ -50,7 +59,7 @@ export function installSignalHandlers(): void {
 }
 
 export function gracefulStop(say: StopMessages = FINETUNE_STOP, onStop?: (sig: string) => void): { requested: () => boolean; release: () => void } {
-  const g = { flag: false, say, onStop };
+  const g = { flag: false, at: 0, say, onStop };
   graceful = g;
   return { requested: () => g.flag, release: () => void (graceful = null) };
 }

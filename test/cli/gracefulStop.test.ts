@@ -12,6 +12,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { test } from "node:test";
 import { FIXTURES, MODELS, ROOT, tmpDir, waitFor } from "../helpers.js";
+import { gracefulStop, installSignalHandlers } from "../../src/cli/signals.js";
 
 const MAIN = path.join(ROOT, "dist", "src", "cli", "main.js");
 const MODEL = path.join(MODELS, "stories260K");
@@ -129,4 +130,29 @@ test("finetune on Ctrl-C keeps its own messages: a checkpoint, and --resume to c
   assert.equal(r.code, 130, r.stderr);
   assert.match(r.stderr, /SIGINT: finishing this step \(or validation window\), saving the last step's checkpoint, then stopping; before the first step \(tokenizing, the first validation\), at the next piece or window, with nothing to save \(send again to quit at once\)/);
   assert.match(r.stdout, /^stopped at step \d+; checkpoint of step \d+ in .* \(continue with --resume\)$/m);
+});
+
+test("a signal repeated within a second is the first stop delivered twice (timeout -s INT signals the command, then its process group), not a quit at once; a later one quits", async () => {
+  const before = new Map((["SIGINT", "SIGTERM", "SIGHUP"] as const).map((sig) => [sig, process.listeners(sig)]));
+  const exit = process.exit;
+  const stderr = process.stderr.write;
+  const codes: unknown[] = [];
+  process.exit = ((code?: number) => void codes.push(code)) as typeof process.exit;
+  process.stderr.write = (() => true) as typeof process.stderr.write;
+  const stop = gracefulStop();
+  try {
+    installSignalHandlers();
+    process.emit("SIGINT", "SIGINT");
+    process.emit("SIGINT", "SIGINT");
+    assert.ok(stop.requested(), "the first signal asks for the stop");
+    assert.deepEqual(codes, [], "the repeat does not quit");
+    await new Promise((r) => setTimeout(r, 1100));
+    process.emit("SIGINT", "SIGINT");
+    assert.deepEqual(codes, [130], "a second Ctrl-C later quits at once");
+  } finally {
+    stop.release();
+    process.exit = exit;
+    process.stderr.write = stderr;
+    for (const [sig, kept] of before) for (const l of process.listeners(sig)) if (!kept.includes(l)) process.removeListener(sig, l);
+  }
 });
