@@ -140,6 +140,7 @@ export function latentWidth(spec: string, hidden: number, kvHeads: number): numb
   const m = /^d(?:\/(\d+))?$/.exec(s);
   // Digits only: Number() also reads "", "0x20" and "1e2", which no one means as a width.
   if (!m && !/^\d+$/.test(s)) throw new MlaError("BAD_ARGUMENT", `--ranks ${JSON.stringify(spec)} is not d, d/N or a whole number`, `use d, d/2, d/4 (of hidden size ${hidden}) or a multiple of ${kvHeads}, comma-separated, e.g. --ranks d/2,d/4`);
+  if (m?.[1] !== undefined && Number(m[1]) === 0) throw new MlaError("BAD_ARGUMENT", `--ranks ${spec} divides the hidden size by 0`, `use d, d/2, d/4 (of hidden size ${hidden}) or a multiple of ${kvHeads}`);
   const L = m ? hidden / Number(m[1] ?? 1) : Number(s);
   if (!Number.isInteger(L) || L < kvHeads || L % kvHeads !== 0)
     throw new MlaError("BAD_ARGUMENT", `--ranks ${spec} gives a latent of ${L} dims, not a positive multiple of the ${kvHeads} KV heads`, `use d, d/2, d/4 (of hidden size ${hidden}) or a multiple of ${kvHeads}`);

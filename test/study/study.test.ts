@@ -123,6 +123,7 @@ test("study's initialization: seeded, norms at 1, N(0, 0.02) matrices, residual 
 
 test("study refuses unknown variants and latent widths that do not split over the KV heads, naming them", async () => {
   assert.throws(() => latentWidth("d/3", 64, 4), (e: Error) => e instanceof MlaError && /--ranks d\/3 gives a latent of 21\.33/.test(e.message));
+  assert.throws(() => latentWidth("d/0", 64, 4), (e: Error) => e instanceof MlaError && /^--ranks d\/0 divides the hidden size by 0\n/.test(e.message) && !/Infinity/.test(e.message));
   assert.equal(latentWidth("d/4", 64, 4), 16);
   assert.equal(latentWidth("24", 64, 4), 24);
   assert.equal(latentWidth("d", 64, 4), 64, "d: full rank");
