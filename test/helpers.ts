@@ -33,6 +33,19 @@ export function fastCpu(): { backend?: NativeCpuBackend } {
 export const AS_UNPRIVILEGED: string[] | null = process.getuid?.() !== 0 ? [] : spawnSync("setpriv", ["--version"]).status === 0 ? ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] : null;
 export const NO_UNPRIVILEGED = "running as root without setpriv: every folder is writable";
 
+/**
+ * For a command run AS_UNPRIVILEGED: a fresh folder it may write in (`dir`) holding `locked`, one it
+ * may not, and the command line prefix that runs node as that user.
+ */
+export function lockedFolder(): { dir: string; locked: string; node: string[] } {
+  const dir = tmpDir();
+  fs.chmodSync(dir, 0o777);
+  const locked = path.join(dir, "locked");
+  fs.mkdirSync(locked);
+  fs.chmodSync(locked, 0o555);
+  return { dir, locked, node: [...AS_UNPRIVILEGED!, process.execPath] };
+}
+
 const created: string[] = [];
 process.on("exit", () => {
   for (const d of created) fs.rmSync(d, { recursive: true, force: true });

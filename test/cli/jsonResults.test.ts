@@ -12,7 +12,7 @@ import { isEarlierResult } from "../../src/cli/output.js";
 import { convert } from "../../src/convert/pipeline.js";
 import { convertDeepseek } from "../../src/deepseek/export.js";
 import { exportDeepseek } from "../../src/deepseek/fromMla.js";
-import { AS_UNPRIVILEGED, FIXTURES, MODELS, NO_UNPRIVILEGED, ROOT, tmpDir } from "../helpers.js";
+import { AS_UNPRIVILEGED, FIXTURES, lockedFolder, MODELS, NO_UNPRIVILEGED, ROOT, tmpDir } from "../helpers.js";
 
 const MAIN = path.join(ROOT, "dist", "src", "cli", "main.js");
 const TEXT = path.join(FIXTURES, "text", "tinystories.txt");
@@ -112,13 +112,9 @@ test("convert (both formats) and export --json name what they share alike: the e
 });
 
 test("--json in a folder that cannot be written is refused before any work (convert had written its model, then exited 1 at the JSON)", { skip: AS_UNPRIVILEGED === null ? NO_UNPRIVILEGED : false }, () => {
-  const dir = tmpDir();
-  fs.chmodSync(dir, 0o777);
-  const locked = path.join(dir, "locked");
-  fs.mkdirSync(locked);
-  fs.chmodSync(locked, 0o555);
+  const { dir, locked, node } = lockedFolder();
   const out = path.join(dir, "mla");
-  const [cmd, ...pre] = [...AS_UNPRIVILEGED!, process.execPath];
+  const [cmd, ...pre] = node;
   const r = spawnSync(cmd!, [...pre, MAIN, "convert", "stories260K", "--rank", "4", "--rope-pairs", "1", "--out", out, "--json", path.join(locked, "sub", "c.json")], { encoding: "utf8", cwd: ROOT });
   assert.equal(r.status, 1, r.stderr);
   assert.match(r.stderr, /^error: --json \S+c\.json: cannot write in \S+locked: permission denied\n {2}hint: /m);

@@ -15,7 +15,7 @@ import { calibrationWindows, readTextOrJsonl } from "../../src/ropeSelect/calibr
 import { loadTokenizer } from "../../src/io/tokenizer.js";
 import { readText } from "../../src/eval/perplexity.js";
 import { maxRankNote } from "../../src/convert/factor.js";
-import { AS_UNPRIVILEGED, FIXTURES, MODELS, NO_UNPRIVILEGED, ROOT, tmpDir } from "../helpers.js";
+import { AS_UNPRIVILEGED, FIXTURES, lockedFolder, MODELS, NO_UNPRIVILEGED, ROOT, tmpDir } from "../helpers.js";
 
 const SRC = path.join(MODELS, "stories260K");
 const TEXT = path.join(FIXTURES, "text", "tinystories.txt");
@@ -180,13 +180,9 @@ test("a dry run refuses what the run would, in the same words (both formats): --
 });
 
 test("an --out in a folder that cannot be written is refused before any work, by a dry run too, in the same words (both formats; the run had calibrated and factored first)", { skip: AS_UNPRIVILEGED === null ? NO_UNPRIVILEGED : false }, () => {
-  const dir = tmpDir();
-  fs.chmodSync(dir, 0o777);
-  const locked = path.join(dir, "locked");
-  fs.mkdirSync(locked);
-  fs.chmodSync(locked, 0o555);
+  const { locked, node } = lockedFolder();
   const out = path.join(locked, "sub", "out");
-  const [cmd, ...pre] = [...AS_UNPRIVILEGED!, process.execPath];
+  const [cmd, ...pre] = node;
   for (const format of [[], ["--format", "deepseek"]])
     for (const dryRun of [[], ["--dry-run"]]) {
       const r = spawnSync(cmd!, [...pre, MAIN, "convert", "stories260K", "--rank", "4", "--rope-pairs", "1", "--calib", TEXT, "--device", "cpu", "--out", out, ...format, ...dryRun], { encoding: "utf8", cwd: ROOT });
