@@ -30,7 +30,12 @@ export function rankFromEnv(env: NodeJS.ProcessEnv = process.env): RankPlace | n
 
 /** Joins the run's NCCL communicator on this process's GPU (blocks until every rank has joined). */
 export async function joinRun(place: RankPlace, log: Logger): Promise<Collective & { close(): void }> {
-  const b = selectBackend("cuda");
+  let b;
+  try {
+    b = selectBackend("cuda");
+  } catch (e) {
+    throw noGpuFor(place.rank, e);
+  }
   if (!(b instanceof CudaBackend)) throw new MlaError("UNSUPPORTED", "--gpus needs the CUDA backend", "use --device cuda");
   const version = openNccl(b);
   let id: Uint8Array;
@@ -44,4 +49,14 @@ export async function joinRun(place: RankPlace, log: Logger): Promise<Collective
   const c = ncclCollective(b, id, place.rank, place.world);
   if (place.rank === 0) log.info(`NCCL ${version}: ${place.world} rank${place.world === 1 ? "" : "s"} joined`);
   return c;
+}
+
+/**
+ * The CUDA backend's refusal of this rank's device (MHA2MLA_CUDA_DEVICE, its GPU on this machine) said
+ * as what it means for --gpus: a device past the visible ones is a --gpus larger than the machine's.
+ */
+export function noGpuFor(rank: number, e: unknown): unknown {
+  const seen = e instanceof Error ? /device (\d+) does not exist \((\d+) visible\)/.exec(e.message) : null;
+  if (!seen) return e;
+  return new MlaError("UNSUPPORTED", `rank ${rank} has no GPU: it takes GPU ${seen[1]} of this machine, which shows ${seen[2]}`, `pass --gpus ${seen[2]} or fewer (CUDA_VISIBLE_DEVICES chooses which GPUs are seen)`);
 }

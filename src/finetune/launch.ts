@@ -120,7 +120,7 @@ export async function launchRanks(o: LaunchOptions): Promise<LaunchedRun> {
     if (failure) {
       const { rank, code, signal } = failure as { rank: Rank; code: number | null; signal: NodeJS.Signals | null };
       const how = signal ? `was killed by ${signal}` : `exited with code ${code}`;
-      throw new MlaError("INTERRUPTED", `rank ${rank.rank} (GPU ${rank.rank - nodeRank * o.gpus} of this machine) ${how}; the other ranks were stopped${rank.rank === 0 ? "" : ` (its last messages are above, prefixed "rank ${rank.rank}:")`}`, "the run folder keeps its last checkpoint, if one was saved: fix the cause and run the same command with --resume");
+      throw new MlaError("INTERRUPTED", `rank ${rank.rank} (GPU ${rank.rank - nodeRank * o.gpus} of this machine) ${how}; the other ranks were stopped${rank.rank === 0 ? "" : ` (its last messages are above, prefixed "rank ${rank.rank}:")`}`, "fix what its error above says; where a checkpoint was saved, the same command with --resume continues from it");
     }
     return rank0Code ?? (stopped ? 130 : 1);
   })();

@@ -10,7 +10,7 @@ import path from "node:path";
 import { test } from "node:test";
 import { checkLaunch, launchRanks } from "../../src/finetune/launch.js";
 import { fetchId, freePort, parseMaster, serveId } from "../../src/finetune/rendezvous.js";
-import { rankFromEnv } from "../../src/finetune/joinRun.js";
+import { noGpuFor, rankFromEnv } from "../../src/finetune/joinRun.js";
 import { MlaError } from "../../src/errors.js";
 import { silentLogger } from "../../src/util/log.js";
 import { spawnSync } from "node:child_process";
@@ -102,4 +102,12 @@ test("finetune --gpus from the command line: a CPU device, or --nnodes without -
   assert.match(nodes.stderr, /error: --nnodes without --gpus/);
   assert.doesNotMatch(cpu.stderr + nodes.stderr, /started \d+ rank/);
   assert.equal(fs.existsSync(out), false);
+});
+
+test("a rank whose GPU the machine does not have is told to pass fewer --gpus", () => {
+  // The CUDA backend's words for it (an H100 machine, finetune --gpus 2: docs/device-logs/multi-gpu-one-rank-s42-h100.txt).
+  const e = noGpuFor(1, new MlaError("UNSUPPORTED", "--device cuda: /x/libmla_cuda.so: device 1 does not exist (1 visible)", "use --device cpu")) as MlaError;
+  assert.match(e.message, /^rank 1 has no GPU: it takes GPU 1 of this machine, which shows 1\n {2}hint: pass --gpus 1 or fewer/);
+  const other = new Error("something else");
+  assert.equal(noGpuFor(0, other), other);
 });
