@@ -25,7 +25,7 @@ export interface LaunchOptions {
   /** The command each rank runs: node's execPath with these arguments (default: this process's own command line). */
   argv?: string[];
   log: Logger;
-  /** Seconds the other ranks get to end on their own once one has ended (a rank blocked in a collective never does). */
+  /** Seconds the other ranks get to end on their own once rank 0 has ended (a rank blocked in a collective never does). */
   graceSeconds?: number;
 }
 
@@ -103,8 +103,10 @@ export async function launchRanks(o: LaunchOptions): Promise<LaunchedRun> {
             if (!ended && !failure && !timedOut) {
               failure = { rank: r, code, signal };
               killAll(); // the others wait for it inside a collective: they cannot end on their own
-            } else if (!graceTimer && alive.size > 0) {
-              // One ended (or stopped): the others end after the same step, unless one waits in a collective for it.
+            } else if (r.rank === 0 && alive.size > 0) {
+              // Rank 0 ended (or stopped): the others end after the same step, unless one waits in a collective
+              // for it (rank 0 stopped inside a validation). Not the other way round: rank 0 writes the model
+              // and the final checkpoint after the others are done (minutes for a 7B run).
               graceTimer = setTimeout(() => {
                 timedOut = true;
                 killAll();

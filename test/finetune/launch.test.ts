@@ -46,9 +46,12 @@ test("a rank the stop reaches before it takes signals counts as stopped", async 
   assert.equal(await run.done, 130);
 });
 
-test("ranks still running a grace period after one ended are ended", async () => {
+test("ranks still running a grace period after rank 0 ended are ended; rank 0 is waited for, however long it writes", async () => {
   const run = await launchRanks({ gpus: 2, graceSeconds: 0.5, argv: rankScript("if (rank === 0) process.exit(0); setInterval(() => {}, 1000);"), log: silentLogger });
   assert.equal(await run.done, 0);
+  // Rank 0 writes the model and the final checkpoint after the others have ended.
+  const writing = await launchRanks({ gpus: 2, graceSeconds: 0.2, argv: rankScript("setTimeout(() => process.exit(0), rank === 0 ? 1500 : 10);"), log: silentLogger });
+  assert.equal(await writing.done, 0);
 });
 
 test("--gpus, --nnodes, --node-rank and --master are checked before anything starts", () => {
