@@ -100,7 +100,10 @@ export async function launchRanks(o: LaunchOptions): Promise<LaunchedRun> {
             if (r.rank === nodeRank * o.gpus) rank0Code = code; // this node's first rank (rank 0 on node 0)
             // A rank the stop reached before it could take the signal ends by it: stopped, not failed.
             const ended = code === 0 || code === 130 || (stopped && signal === "SIGINT");
-            if (!ended && !failure && !timedOut) {
+            if (!ended && !failure && !timedOut && rank0Code === 0 && r.rank !== 0) {
+              // Rank 0 has finished the run (its model and files are written): a rank failing after it changes nothing.
+              o.log.warn(`rank ${r.rank} ${signal ? `was killed by ${signal}` : `exited with code ${code}`} after rank 0 had finished the run`);
+            } else if (!ended && !failure && !timedOut) {
               failure = { rank: r, code, signal };
               killAll(); // the others wait for it inside a collective: they cannot end on their own
             } else if (r.rank === 0 && alive.size > 0) {

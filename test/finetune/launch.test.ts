@@ -25,6 +25,13 @@ test("a rank that fails stops the others, and the error names it", async () => {
   assert.ok(Date.now() - t0 < 10_000, "the waiting ranks were killed, not waited for");
 });
 
+test("a rank failing after rank 0 finished the run is a warning, not a failure", async () => {
+  const warned: string[] = [];
+  const run = await launchRanks({ gpus: 2, argv: rankScript("setTimeout(() => process.exit(rank === 0 ? 0 : 4), rank === 0 ? 10 : 800);"), log: { info: () => {}, warn: (m) => void warned.push(m) } });
+  assert.equal(await run.done, 0);
+  assert.deepEqual(warned, ["rank 1 exited with code 4 after rank 0 had finished the run"]);
+});
+
 test("every rank gets its place; rank 0's exit code is the run's", async () => {
   const run = await launchRanks({ gpus: 2, argv: rankScript("const ok = process.env.MHA2MLA_WORLD_SIZE === '2' && process.env.MHA2MLA_CUDA_DEVICE === String(rank) && /^127\\.0\\.0\\.1:\\d+$/.test(process.env.MHA2MLA_MASTER) && process.env.NCCL_NVLS_ENABLE === '0'; process.exit(ok ? 0 : 9);"), log: silentLogger });
   assert.equal(await run.done, 0);
