@@ -144,6 +144,16 @@ function findNvcc() {
   return which("nvcc");
 }
 
+/** Python's site-packages folders, where PyTorch's nvidia-* wheels put cuDNN and NCCL (asked once; none without python3). */
+let sitePackages;
+function pythonSitePackages() {
+  if (sitePackages === undefined) {
+    const r = spawnSync("python3", ["-c", "import sys; print('\\n'.join(sys.path))"], { encoding: "utf8" });
+    sitePackages = r.status === 0 ? r.stdout.split("\n").filter((p) => p.endsWith("-packages")) : [];
+  }
+  return sitePackages;
+}
+
 /**
  * cuDNN's header and library from one installation (so their versions agree): CUDNN_HOME when set;
  * otherwise the newest of the CUDA toolkit's, the system's and the nvidia-cudnn Python wheel's (the
@@ -153,8 +163,7 @@ function findNvcc() {
  */
 function findCudnn(cudaHome) {
   if (process.env.MHA2MLA_SKIP_CUDNN) return null;
-  const wheels = spawnSync("python3", ["-c", "import sys; print('\\n'.join(sys.path))"], { encoding: "utf8" });
-  const sitePaths = wheels.status === 0 ? wheels.stdout.split("\n").filter((p) => p.endsWith("-packages")).map((p) => path.join(p, "nvidia", "cudnn")) : [];
+  const sitePaths = pythonSitePackages().map((p) => path.join(p, "nvidia", "cudnn"));
   const homes = [
     { inc: path.join(cudaHome, "include"), libs: [path.join(cudaHome, "lib64")] },
     { inc: "/usr/include/x86_64-linux-gnu", libs: ["/usr/lib/x86_64-linux-gnu"] },
@@ -184,9 +193,7 @@ function findCudnn(cudaHome) {
  * loader's own search for libnccl.so.2 is still tried at run time).
  */
 function findNccl() {
-  const wheels = spawnSync("python3", ["-c", "import sys; print('\\n'.join(sys.path))"], { encoding: "utf8" });
-  const sitePaths = wheels.status === 0 ? wheels.stdout.split("\n").filter((p) => p.endsWith("-packages")).map((p) => path.join(p, "nvidia", "nccl", "lib")) : [];
-  const dirs = [...sitePaths, "/usr/lib/x86_64-linux-gnu", "/usr/lib64", "/usr/local/lib"];
+  const dirs = [...pythonSitePackages().map((p) => path.join(p, "nvidia", "nccl", "lib")), "/usr/lib/x86_64-linux-gnu", "/usr/lib64", "/usr/local/lib"];
   return dirs.map((d) => path.join(d, "libnccl.so.2")).find((f) => fs.existsSync(f)) ?? null;
 }
 
@@ -237,10 +244,11 @@ async function buildCuda() {
   const cudnnLink = cudnn ? [`-L${cudnnLinkDir(cudnn)}`, "-lcudnn", "-Xlinker", `-rpath,${cudnn.dir}`] : null;
   const archs = [...(hasGpu ? [{ name: "-arch=native", flags: ["-arch=native"] }] : []), { name: "sm_80+sm_90+PTX", flags: fat }];
   const nccl = findNccl();
-  const cudnnRecord = { ...(cudnn ? { cudnn: { lib: cudnn.lib, version: cudnn.version } } : {}), ...(nccl ? { nccl } : {}) };
+  const ncclRecord = nccl ? { nccl } : {};
+  const cudnnRecord = cudnn ? { cudnn: { lib: cudnn.lib, version: cudnn.version }, ...ncclRecord } : {};
   const attempts = archs.flatMap((a) => [
     ...(cudnn ? [{ name: `${a.name}, cuDNN`, compile: [...a.flags, ...compile, ...cudnnCompile], link: [...a.flags, ...link, ...cudnnLink], record: cudnnRecord }] : []),
-    { name: a.name, compile: [...a.flags, ...compile], link: [...a.flags, ...link], record: nccl ? { nccl } : {} },
+    { name: a.name, compile: [...a.flags, ...compile], link: [...a.flags, ...link], record: ncclRecord },
   ]);
   const r = await buildParallel(nvcc, out, sourcesOf("cuda", ".cu"), attempts);
   const cudnnError = r.ok && cudnn && !r.variant.endsWith("cuDNN") ? Object.entries(r.errors).find(([name]) => name.endsWith("cuDNN"))?.[1] : undefined;

@@ -94,8 +94,9 @@ export const finetuneCommand: CommandModule<object, Args> = {
     const logger: Logger = lead ? stderrLogger : { info: () => {}, warn: (m) => stderrLogger.warn(m) };
     const say = lead ? summaryWriter(a.json) : () => {};
     const stop = gracefulStop();
-    const collective = place ? await joinRun(place, logger) : undefined;
+    let collective: Awaited<ReturnType<typeof joinRun>> | undefined;
     try {
+      collective = place ? await joinRun(place, logger) : undefined;
       const r = await finetune(a.model, { ...optionsOf(a), device: place ? "cuda" : a.device, logger, progress: lead ? process.stderr : null, shouldStop: stop.requested, collective });
       const nll = (x: number | null) => (x === null ? "–" : x.toFixed(4));
       const s = r.sitting;

@@ -4,6 +4,7 @@
  * src/backends/native/nccl.ts); the trainer sees only this interface, so an in-process group of
  * ranks (tests) exercises the same code path on the CPU.
  */
+import { MlaError } from "../errors.js";
 import type { Tensor } from "../tensor/tensor.js";
 
 export interface Collective {
@@ -14,6 +15,11 @@ export interface Collective {
   allReduceSum(t: Tensor): Promise<void>;
   /** The sums over ranks of a few host numbers (every rank passes as many). */
   allReduceHost(values: Float64Array): Promise<Float64Array>;
+}
+
+/** Refuses a --batch (the sequences of a micro-batch over all ranks) that the `world` ranks cannot share evenly. */
+export function checkBatchSplits(batch: number, world: number): void {
+  if (batch % world !== 0) throw new MlaError("BAD_ARGUMENT", `--batch ${batch} does not split over ${world} GPUs`, `--batch is the sequences of a micro-batch over all GPUs: use a multiple of ${world} (--accum adds micro-batches to a step)`);
 }
 
 /** Waits until every rank has reached it. */

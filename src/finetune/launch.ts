@@ -11,6 +11,7 @@ import { spawn, type ChildProcess } from "node:child_process";
 import readline from "node:readline";
 import { MlaError } from "../errors.js";
 import type { Logger } from "../util/log.js";
+import { checkBatchSplits } from "./collective.js";
 import { freePort, parseMaster } from "./rendezvous.js";
 
 /** The environment a rank reads its place from (joinRun). */
@@ -41,8 +42,7 @@ export function checkLaunch(o: Pick<LaunchOptions, "gpus" | "nnodes" | "nodeRank
   if (o.nodeRank !== undefined && !(Number.isInteger(o.nodeRank) && o.nodeRank >= 0 && o.nodeRank < nnodes)) throw new MlaError("BAD_ARGUMENT", `--node-rank ${o.nodeRank} is not one of 0 … ${nnodes - 1}`, "each machine of the run takes its own --node-rank, node 0 the one --master names");
   if (nnodes > 1 && !o.master) throw new MlaError("BAD_ARGUMENT", `--nnodes ${nnodes} needs --master HOST:PORT`, "node 0's address and a free TCP port on it, the same on every node");
   if (o.master) parseMaster(o.master);
-  const world = o.gpus * nnodes;
-  if (batch % world !== 0) throw new MlaError("BAD_ARGUMENT", `--batch ${batch} does not split over ${world} GPUs`, `--batch is the sequences of a micro-batch over all GPUs: use a multiple of ${world} (--accum adds micro-batches to a step)`);
+  checkBatchSplits(batch, o.gpus * nnodes);
 }
 
 interface Rank {
@@ -60,6 +60,8 @@ export interface LaunchedRun {
    */
   done: Promise<number>;
 }
+
+const howEnded = (code: number | null, signal: NodeJS.Signals | null) => (signal ? `was killed by ${signal}` : `exited with code ${code}`);
 
 /** Starts this node's ranks (one process per GPU). */
 export async function launchRanks(o: LaunchOptions): Promise<LaunchedRun> {
@@ -100,12 +102,13 @@ export async function launchRanks(o: LaunchOptions): Promise<LaunchedRun> {
             if (r.rank === nodeRank * o.gpus) rank0Code = code; // this node's first rank (rank 0 on node 0)
             // A rank the stop reached before it could take the signal ends by it: stopped, not failed.
             const ended = code === 0 || code === 130 || (stopped && signal === "SIGINT");
-            if (!ended && !failure && !timedOut && rank0Code === 0 && r.rank !== 0) {
+            if (!ended && !failure && !timedOut) {
               // Rank 0 has finished the run (its model and files are written): a rank failing after it changes nothing.
-              o.log.warn(`rank ${r.rank} ${signal ? `was killed by ${signal}` : `exited with code ${code}`} after rank 0 had finished the run`);
-            } else if (!ended && !failure && !timedOut) {
-              failure = { rank: r, code, signal };
-              killAll(); // the others wait for it inside a collective: they cannot end on their own
+              if (rank0Code === 0) o.log.warn(`rank ${r.rank} ${howEnded(code, signal)} after rank 0 had finished the run`);
+              else {
+                failure = { rank: r, code, signal };
+                killAll(); // the others wait for it inside a collective: they cannot end on their own
+              }
             } else if (r.rank === 0 && alive.size > 0) {
               // Rank 0 ended (or stopped): the others end after the same step, unless one waits in a collective
               // for it (rank 0 stopped inside a validation). Not the other way round: rank 0 writes the model
@@ -124,8 +127,7 @@ export async function launchRanks(o: LaunchOptions): Promise<LaunchedRun> {
     }
     if (failure) {
       const { rank, code, signal } = failure as { rank: Rank; code: number | null; signal: NodeJS.Signals | null };
-      const how = signal ? `was killed by ${signal}` : `exited with code ${code}`;
-      throw new MlaError("INTERRUPTED", `rank ${rank.rank} (GPU ${rank.rank - nodeRank * o.gpus} of this machine) ${how}; the other ranks were stopped${rank.rank === 0 ? "" : ` (its last messages are above, prefixed "rank ${rank.rank}:")`}`, "fix what its error above says; where a checkpoint was saved, the same command with --resume continues from it");
+      throw new MlaError("INTERRUPTED", `rank ${rank.rank} (GPU ${rank.rank - nodeRank * o.gpus} of this machine) ${howEnded(code, signal)}; the other ranks were stopped${rank.rank === 0 ? "" : ` (its last messages are above, prefixed "rank ${rank.rank}:")`}`, "fix what its error above says; where a checkpoint was saved, the same command with --resume continues from it");
     }
     return rank0Code ?? (stopped ? 130 : 1);
   })();

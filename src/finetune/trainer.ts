@@ -32,7 +32,7 @@ import { roundToWritten, writeModel } from "./writtenModel.js";
 import { CheckpointKeeper } from "./checkpointKeeper.js";
 import { weightFileBytes } from "../io/diskRoom.js";
 import { notify, type FinetuneCallbacks } from "./events.js";
-import { barrier, rankRows, rankWindows, type Collective } from "./collective.js";
+import { barrier, checkBatchSplits, rankRows, rankWindows, type Collective } from "./collective.js";
 
 export interface FinetuneOptions extends FinetuneCallbacks {
   data: string[];
@@ -143,32 +143,31 @@ export function parameterCount(dir: string): number {
 export const stepsFor = (tokens: number, perStep: number) => Math.max(1, Math.ceil(tokens / perStep));
 
 /**
- * The checks finetune() makes before any work (options, the model folder, --out and the --data files),
- * for a launcher to make once before it starts a process per GPU that would each make them.
+ * The checks finetune() makes before any work (options, the model folder, --out and the --data files;
+ * then, once the options' types are known good, a signal aborted already), for a launcher to make once
+ * before it starts a process per GPU that would each make them. Returns the options' values, the model
+ * and --out (absolute).
  */
-export function checkFinetuneRun(spec: string, o: FinetuneOptions): void {
-  checkOptionTypes("finetune()", o, FINETUNE_KINDS, ["data", "out"]);
-  checkFinetuneOptions(o);
-  checkRunFolders(o, resolveModel(spec).dir);
-  for (const f of o.data) checkDataFile(f);
-}
-
-export async function finetune(spec: string, o: FinetuneOptions): Promise<FinetuneResult> {
+export function checkFinetuneRun(spec: string, o: FinetuneOptions) {
   checkOptionTypes("finetune()", o, FINETUNE_KINDS, ["data", "out"]);
   throwIfAborted(o.signal);
-  const log = o.logger ?? silentLogger;
-  const D = FINETUNE_DEFAULTS;
-  const { seq, batch, accum, warmup, trainWhat, distillWeight, temperature } = checkFinetuneOptions(o);
-  const dp = o.collective ?? null;
-  const world = dp?.world ?? 1;
-  const lead = !dp || dp.rank === 0;
-  if (batch % world !== 0) throw new MlaError("BAD_ARGUMENT", `--batch ${batch} does not split over ${world} GPUs`, `--batch is the sequences of a micro-batch over all GPUs: use a multiple of ${world} (--accum adds micro-batches to a step)`);
-  // The sequences of a micro-batch this rank trains on (its activations are what memory must hold).
-  const rankBatch = batch / world;
-
+  const options = checkFinetuneOptions(o);
+  checkBatchSplits(options.batch, o.collective?.world ?? 1);
   const src = resolveModel(spec);
   const out = checkRunFolders(o, src.dir);
   for (const f of o.data) checkDataFile(f);
+  return { ...options, src, out };
+}
+
+export async function finetune(spec: string, o: FinetuneOptions): Promise<FinetuneResult> {
+  const { seq, batch, accum, warmup, trainWhat, distillWeight, temperature, src, out } = checkFinetuneRun(spec, o);
+  const log = o.logger ?? silentLogger;
+  const D = FINETUNE_DEFAULTS;
+  const dp = o.collective ?? null;
+  const world = dp?.world ?? 1;
+  const lead = !dp || dp.rank === 0;
+  // The sequences of a micro-batch this rank trains on (its activations are what memory must hold).
+  const rankBatch = batch / world;
   const prior = o.resume ? readCheckpointState(out) : null;
   const priorSeconds = prior ? prior.seconds ?? loggedSeconds(out, prior.step) : 0;
   const lr = o.lr ?? defaultLr(parameterCount(src.dir));
