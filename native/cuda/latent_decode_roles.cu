@@ -86,30 +86,6 @@ constexpr bool CPASYNC = ROLES_CPASYNC != 0;
 #define ROLES_STAGGER 0
 #endif
 constexpr bool STAGGER = ROLES_STAGGER != 0;
-// Tuning build ROLES_READY_WARP=1: a probability buffer's `ready` barrier takes one arrival per score warp
-// (lane 0, after __syncwarp orders the warp's writes of P and α before it) instead of one per score thread:
-// 128 arrivals on one shared-memory word a tile may serialize like same-address atomics.
-#ifndef ROLES_READY_WARP
-#define ROLES_READY_WARP 0
-#endif
-constexpr bool READY_WARP = ROLES_READY_WARP != 0;
-// This score thread's share of a buffer's `ready` arrivals.
-__device__ __forceinline__ void arrive_ready(uint64_t* bar, int lane) {
-  if (READY_WARP) {
-    __syncwarp();
-    if (lane == 0) bar_arrive(bar);
-  } else {
-    bar_arrive(bar);
-  }
-}
-// Tuning build ROLES_LAZY_REFILL=1: a weighted-sum warp refills the stage of tile t − 1 after its weighted sum
-// of tile t, not the stage of tile t at once: the default waits there for all sixteen weighted-sum warps of
-// the pair to be past tile t (a rendezvous across both SMs every tile); this waits for tile t − 1's, which has
-// had a tile's time to complete, at the cost of issuing each copy about a tile later.
-#ifndef ROLES_LAZY_REFILL
-#define ROLES_LAZY_REFILL 0
-#endif
-constexpr bool LAZY_REFILL = ROLES_LAZY_REFILL != 0;
 // Two probability buffers: the scores of tile t + 2 wait for the weighted sum of tile t to free its buffer.
 constexpr int ROLE_PBUF = 2;
 // Tile it's probability buffer, and how many times that buffer was used before it (its barriers' phase parity).
@@ -120,7 +96,7 @@ __device__ __forceinline__ int pbuf_use(int it) { return it >> 1; }
 // session: three or four probability buffers, or a buffer freed before the weighted sum's MMAs (within 1%, per
 // layer call and per recorded step); forty-third session: the `ready` barrier taking one arrival per score warp instead
 // of one per score thread (a tie), each stage refilled a tile later, once the stage of tile t − 1 is empty rather than
-// at once (10% slower).
+// at once (10% slower; both builds: git show 068c2c1:native/cuda/latent_decode_roles.cu).
 // A block's first tile under STAGGER (the same for both blocks of a pair: split and sequence alone), and the
 // tile it takes at step `it` of its `ntiles`.
 __device__ __forceinline__ int tile_rotation(int ntiles, int split, int b) { return STAGGER && ntiles > 0 ? (int)(((int64_t)(split * 37 + b * 11) * 13) % ntiles) : 0; }
@@ -185,14 +161,14 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
   float* sL = sM + HB;
   uint64_t* full = (uint64_t*)(smem + lay.barOffset());  // a stage's copies landed: one arrival per weighted-sum warp with its bytes
   uint64_t* empty = full + ROLE_STAGES;                  // every weighted-sum warp is past the stage (the score warps were before them)
-  uint64_t* ready = empty + ROLE_STAGES;                 // a probability buffer written: one arrival per score thread (READY_WARP: per score warp)
+  uint64_t* ready = empty + ROLE_STAGES;                 // a probability buffer written: one arrival per score thread
   uint64_t* freed = ready + ROLE_PBUF;                   // a probability buffer read: one arrival per weighted-sum warp
   if (threadIdx.x < ROLE_STAGES) {
     bar_init(full + threadIdx.x, CPASYNC ? 32 * SUM_WARPS : SUM_WARPS);
     bar_init(empty + threadIdx.x, SUM_WARPS * (MC ? 2 : 1));  // MC: the peer's warps too
   }
   if (threadIdx.x < ROLE_PBUF) {
-    bar_init(ready + threadIdx.x, READY_WARP ? SCORE_WARPS : 32 * SCORE_WARPS);
+    bar_init(ready + threadIdx.x, 32 * SCORE_WARPS);
     bar_init(freed + threadIdx.x, SUM_WARPS);
   }
   for (int i = threadIdx.x; i < HB * Dr; i += blockDim.x) sQr[i] = i / Dr < share.nh ? qr[((int64_t)b * H + share.h0) * Dr + i] : 0.f;
@@ -248,7 +224,7 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
         const int pb = pbuf_of(it), use = pbuf_use(it);
         if (use > 0) bar_wait(freed + pb, (unsigned)(use - 1) & 1);
         if (kp == 0) sAlpha[pb * HB + r] = 1.f;
-        arrive_ready(ready + pb, lane);
+        bar_arrive(ready + pb);
         if (++stage == ROLE_STAGES) {
           stage = 0;
           phase ^= 1;
@@ -347,7 +323,7 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
         *reinterpret_cast<__nv_bfloat162*>(sP + (pb * HB + r) * (TN + PAD) + 2 * kp) = p;
       }
       if (kp == 0) sAlpha[pb * HB + r] = alpha;
-      arrive_ready(ready + pb, lane);
+      bar_arrive(ready + pb);
       if (++stage == ROLE_STAGES) {
         stage = 0;
         phase ^= 1;
@@ -433,8 +409,6 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
   const unsigned pvOff = (unsigned)((((lane & 7) + ((lane >> 3) & 1) * 8) * ldc + n0 + (lane >> 4) * 8) * 2);
   const unsigned pAddr = (unsigned)__cvta_generic_to_shared(sP) + (unsigned)(((lane & 15) * (TN + PAD) + (lane >> 4) * 8) * 2);
   const unsigned probsBytes = (unsigned)(HB * (TN + PAD) * 2);
-  int prevStage = 0;       // LAZY_REFILL: the stage of the tile before
-  unsigned prevPhase = 0;
   for (int it = 0; it < share.ntiles; it++) {
     const int pb = pbuf_of(it);
     bar_wait(full + stage, phase);  // the copies' bytes are visible to the threads that wait on their barrier
@@ -460,15 +434,7 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
         if (MC && it + ROLE_STAGES < share.ntiles) bar_arrive_remote(empty + stage, rank ^ 1);
         bar_arrive(freed + pb);
       }
-      if (LAZY_REFILL) {
-        // The stage tile it − 1 left, whose empty barrier has had a tile's time to complete.
-        if (it >= 1 && it - 1 + ROLE_STAGES < share.ntiles) {
-          bar_wait(empty + prevStage, prevPhase);
-          load(it - 1 + ROLE_STAGES, prevStage);
-        }
-        prevStage = stage;
-        prevPhase = phase;
-      } else if (it + ROLE_STAGES < share.ntiles) {
+      if (it + ROLE_STAGES < share.ntiles) {
         bar_wait(empty + stage, phase);
         load(it + ROLE_STAGES, stage);
       }
