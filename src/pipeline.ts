@@ -21,7 +21,8 @@ import type { ModelConfig } from "./model/config.js";
 import { checkEmbeddedEval, checkEvalOptions, embeddedEval, evaluate, EvalOptions, EvalResult } from "./eval/evaluate.js";
 import { requireBos } from "./eval/perplexity.js";
 import { checkDataFile, readDocuments } from "./finetune/data.js";
-import type { TaskName } from "./eval/tasks/index.js";
+import { checkTaskIds, type TaskName } from "./eval/tasks/index.js";
+import { loadTokenizer } from "./io/tokenizer.js";
 import { writeReport } from "./eval/report/report.js";
 import { finetune, FinetuneOptions } from "./finetune/trainer.js";
 import { checkSameRun, exportReadsCalibration, runFingerprint } from "./pipelineState.js";
@@ -178,7 +179,7 @@ function pipelineEval(o: PipelineOptions): EvalOptions {
  * convert does) for the phase that calibrates to take; none where `calibrates` is false (a resumed run
  * whose calibrating phases are done).
  */
-function checkOptions(srcDir: string, o: PipelineOptions, log: Logger, calibrates: boolean): CutCalibration | null {
+async function checkOptions(srcDir: string, o: PipelineOptions, log: Logger, calibrates: boolean): Promise<CutCalibration | null> {
   refuseIdleOptions(o);
   const c = readHfConfig(srcDir);
   // Silent: the convert phase says what it chose (the default strategy) when it runs.
@@ -189,8 +190,10 @@ function checkOptions(srcDir: string, o: PipelineOptions, log: Logger, calibrate
   }
   else resolveSettings(c, conversionPhase(o), silentLogger);
   // Its --eval-ctx past the model's positions is warned about here, once, not by each evaluation.
-  checkEmbeddedEval({ ...o, logger: log }, { dir: srcDir, bos: c.bosTokenId });
-  checkEvalOptions(pipelineEval(o));
+  await checkEmbeddedEval({ ...o, logger: log }, srcDir, c);
+  // The task items' ids as the eval phases will encode them, checked against the vocabulary now, not after the conversion.
+  const tasks = checkEvalOptions(pipelineEval(o));
+  if (tasks.items.size) checkTaskIds(loadTokenizer(srcDir), tasks, c.vocabSize, srcDir);
   // Perplexity and task items start with BOS: a model without one is refused before the conversion.
   if (o.evalText || o.tasks?.length) requireBos(c.bosTokenId);
   if (o.export) checkExportable(c, o);
@@ -254,7 +257,7 @@ export async function pipeline(spec: string, o: PipelineOptions): Promise<Pipeli
   refuseOutOverInputs("--out", o.out, [...inputs, { name: "--distill", path: o.finetune?.distill }]);
   // Before --force clears --out (which may hold an earlier run's results): every input file exists.
   for (const i of inputs.slice(1)) if (i.path && !fs.existsSync(i.path)) throw new MlaError("NOT_FOUND", `${i.name} ${i.path} does not exist`, "check the path; nothing was changed");
-  const cut = checkOptions(srcDir, o, log, !calibratingPhasesDone(out, o));
+  const cut = await checkOptions(srcDir, o, log, !calibratingPhasesDone(out, o));
   const fingerprint = runFingerprint(spec, o);
   const stateFile = path.join(out, "pipeline.json");
   // An --out holding only the state file is a run whose first phase failed (on what only the work

@@ -65,6 +65,28 @@ export function storiesTokenizerCopy(): string {
   return dir;
 }
 
+/**
+ * A copy of stories260K whose tokenizer.json adds "<zz>" as id 600, past the model's 512 embedding rows
+ * (a tokenizer of another model): a text holding "<zz>" tokenizes to an id the model cannot embed.
+ */
+export function pastVocabModel(): string {
+  const dir = path.join(tmpDir(), "model");
+  fs.cpSync(path.join(MODELS, "stories260K"), dir, { recursive: true });
+  const file = path.join(dir, "tokenizer.json");
+  const tok = JSON.parse(fs.readFileSync(file, "utf8")) as { added_tokens: object[] };
+  tok.added_tokens.push({ id: 600, content: "<zz>", single_word: false, lstrip: false, rstrip: false, normalized: false, special: false });
+  fs.writeFileSync(file, JSON.stringify(tok));
+  return dir;
+}
+
+/** A task data folder whose piqa.test.json holds one item with "<zz>" in a solution: an id past the vocabulary for pastVocabModel. */
+export function pastVocabPiqa(): string {
+  const dir = tmpDir();
+  const item = { instruction: "Please choose the correct solution to the question: How do I dry a cup?\n\nSolution1: Wipe it with a towel.\n\nSolution2: Fill it with <zz> water.\n\nAnswer format: solution1/solution2", input: "", output: "the correct answer is solution1", answer: "solution1" };
+  fs.writeFileSync(path.join(dir, "piqa.test.json"), JSON.stringify([item]));
+  return dir;
+}
+
 /** An --out that holds an earlier run's result, which a refused command must leave as it was (assertKept). */
 export function earlierOut(): string {
   const out = path.join(tmpDir(), "earlier");

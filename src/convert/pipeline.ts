@@ -149,7 +149,7 @@ async function convertInScope(spec: string, opts: ConvertOptions, cut: CutCalibr
     const plan = planConversion(config, settings, DTYPE_BYTES[kvDtype]);
     // The evaluation text is read after the conversion: check it now, not after minutes of work (a
     // dry run too: it validates what the real run would be refused for).
-    checkEmbeddedEval(opts, { dir: srcDir, bos: config.bosTokenId });
+    await checkEmbeddedEval(opts, srcDir, config);
     const out = path.resolve(opts.out ?? defaultOut(spec, settings.rank));
     const inputs = [{ name: "--calib", path: settings.calib }, { name: "--eval-text", path: opts.evalText }];
     refuseDefaultOutInModel(out, srcDir, opts.out);

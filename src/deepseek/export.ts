@@ -283,7 +283,7 @@ async function convertDeepseekInScope(spec: string, o: DeepseekOptions, cut: Cut
     const kv = kvPerToken(2 * G * Dh, rk + dr);
     for (const w of servingWarnings(rk, dr, H, convertRemedy(Dh, Math.min(2 * G * Dh, D), bias), bias)) log.warn(w);
     // The evaluation comes last: its settings are checked now, not after the conversion (a dry run too).
-    checkEmbeddedEval(o, { dir: srcDir, bos: c.bosTokenId });
+    await checkEmbeddedEval(o, srcDir, c);
     const out = path.resolve(o.out ?? defaultDeepseekOut(spec, rank, rk));
     const inputs = [{ name: "--calib", path: o.calib }, { name: "--eval-text", path: o.evalText }];
     refuseDefaultOutInModel(out, srcDir, o.out);

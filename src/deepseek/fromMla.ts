@@ -260,7 +260,7 @@ export async function exportDeepseekWithWindows(spec: string, o: ExportOptions, 
   // The evaluation comes last: its settings are checked now, not after the export.
   // With the source's tokenizer and BOS, which the evaluation needs: found missing after the export, the
   // work was thrown away.
-  checkEmbeddedEval(o, { dir: srcDir, bos: c.bosTokenId });
+  await checkEmbeddedEval(o, srcDir, c);
   const out = path.resolve(o.out ?? defaultExportOut(spec));
   refuseDefaultOutInModel(out, srcDir, o.out);
   checkOutDir(out, srcDir, o.force ?? false, [{ name: "--eval-text", path: o.evalText }, { name: "--calib", path: o.calib }]);

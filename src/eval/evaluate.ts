@@ -14,16 +14,15 @@ import { checkIdsInVocab, loadTokenizer, type TextTokenizer } from "../io/tokeni
 import { encodeLong } from "../io/encodeLong.js";
 import { inspectModel } from "./inspect.js";
 import { packageRoot } from "../io/modelDir.js";
-import { checkTaskName, defaultDataDir, loadTaskItems, runTask, type TaskItems, TaskName } from "./tasks/index.js";
+import { checkTaskIds, checkTaskName, defaultDataDir, loadTaskItems, runTask, type TaskItems, TaskName } from "./tasks/index.js";
 import type { ProgressSink } from "../util/progress.js";
 import type { Logger } from "../util/log.js";
 import { silentLogger } from "../util/log.js";
 import { checkKvCacheDtype, type KvCacheDtype } from "../model/kvQuant.js";
 import { checkOptionTypes, type OptionKinds } from "../util/optionTypes.js";
 import { throwIfAborted } from "../util/abort.js";
-import { kvBytesPerToken, pastPositionsWarning } from "../model/config.js";
+import { kvBytesPerToken, pastPositionsWarning, type ModelConfig } from "../model/config.js";
 import { requireCount } from "../util/counts.js";
-import { readHfConfig } from "../io/hfConfig.js";
 import { scoredBytes, textHash, tokenizerIdentity, type TokenizerIdentity } from "./identity.js";
 
 /** The perplexity windows' length when none is given. */
@@ -90,12 +89,13 @@ function warnPastPositions(flags: EvalFlagNames, ctx: number, maxPositions: numb
   if (past) log.warn(past);
 }
 
-/** Another command's --eval-text, --eval-tokens and --eval-ctx, and its logger. */
+/** Another command's --eval-text, --eval-tokens and --eval-ctx, its logger and its stop signal. */
 interface EmbeddedEvalSettings {
   evalText?: string;
   evalTokens?: number;
   evalCtx?: number;
   logger?: Logger;
+  signal?: AbortSignal;
 }
 
 /** Another command's --eval-text, --eval-tokens and --eval-ctx as evaluate() options. */
@@ -104,20 +104,26 @@ export function embeddedEval(o: EmbeddedEvalSettings): EvalOptions {
 }
 
 /**
- * convert's and export's optional evaluation, checked before their work: nothing to check without
- * --eval-text, unless --eval-tokens or --eval-ctx was given (they do nothing without it). `source`:
- * the model whose conversion is scored: its tokenizer and BOS, which the result shares, must load.
- * An --eval-ctx past the source's positions is warned about here, once (a dry run too), through
- * `o.logger`: the caller's evaluations then pass pastPositionsWarned, not to repeat it.
+ * convert's, export's and pipeline's optional evaluation, checked before their work: nothing to check
+ * without --eval-text, unless --eval-tokens or --eval-ctx was given (they do nothing without it).
+ * `dir`, `config`: the model whose conversion is scored: its tokenizer and BOS, which the result
+ * shares, must load, and the ids it gives for the text (those scored) must be inside its vocabulary
+ * (found by the evaluation's embedding, the conversion had been done for nothing). An --eval-ctx past
+ * the source's positions is warned about here, once (a dry run too), through `o.logger`: the
+ * caller's evaluations then pass pastPositionsWarned, not to repeat it.
  */
-export function checkEmbeddedEval(o: EmbeddedEvalSettings, source?: { dir: string; bos: number | null }): void {
+export async function checkEmbeddedEval(o: EmbeddedEvalSettings, dir: string, config: Pick<ModelConfig, "bosTokenId" | "vocabSize" | "maxPositions">): Promise<void> {
   if (o.evalText === undefined && o.evalTokens === undefined && o.evalCtx === undefined) return;
   checkEvalOptions(embeddedEval(o));
-  if (source) {
-    loadTokenizer(source.dir);
-    requireBos(source.bos);
-    if (o.evalText !== undefined) warnPastPositions(EMBEDDED_EVAL_FLAGS, o.evalCtx ?? DEFAULT_CTX, readHfConfig(source.dir).maxPositions, o.logger ?? silentLogger);
-  }
+  const tokenizer = loadTokenizer(dir);
+  requireBos(config.bosTokenId);
+  if (o.evalText === undefined) return;
+  const log = o.logger ?? silentLogger;
+  warnPastPositions(EMBEDDED_EVAL_FLAGS, o.evalCtx ?? DEFAULT_CTX, config.maxPositions, log);
+  // Only a tokenizer with ids past the model's vocabulary can give one: any other's text is not tokenized twice.
+  if (tokenizer.vocabSize <= config.vocabSize) return;
+  const ids = await evalTokens(tokenizer, readTextOrJsonl(o.evalText), { ...embeddedEval(o), signal: o.signal }, log);
+  checkIdsInVocab(ids, config.vocabSize, `${EMBEDDED_EVAL_FLAGS.text} ${o.evalText}`, dir);
 }
 
 export interface TaskScore {
@@ -233,6 +239,8 @@ export async function evaluate(spec: string, opts: EvalOptions): Promise<EvalRes
   try {
     // Task items start with BOS too: refused before the perplexity runs, not after it.
     if (opts.tasks?.length || text !== null) requireBos(lm.config.bosTokenId, lm.dir);
+    // A task item's ids past the vocabulary too (the perplexity before them may take minutes).
+    checkTaskIds(lm.tokenizer, { dataDir, items }, lm.config.vocabSize, lm.dir);
     const info = inspectModel(lm.dir);
     const rawConfig = fs.readFileSync(path.join(lm.dir, "config.json"), "utf8");
     const raw = JSON.parse(rawConfig) as Record<string, unknown> & { mha2mla?: Record<string, unknown> };

@@ -4,7 +4,7 @@ import { spawnSync } from "node:child_process";
 import path from "node:path";
 import { test } from "node:test";
 import fs from "node:fs";
-import { FIXTURES, ROOT, tmpDir } from "../helpers.js";
+import { FIXTURES, pastVocabModel, pastVocabPiqa, ROOT, tmpDir } from "../helpers.js";
 
 const MAIN = path.join(ROOT, "dist", "src", "cli", "main.js");
 const TEXT = path.join(FIXTURES, "text", "tinystories_25k.txt");
@@ -42,14 +42,18 @@ test("--text /dev/stdin: a pipe is refused, naming it, with a way round (it had 
 });
 
 test("a tokenizer that gives ids past the model's vocabulary is named as the folder's mismatch (it blamed the caller's ids)", () => {
-  const dir = path.join(tmpDir(), "tk");
-  fs.cpSync(path.join(FIXTURES, "models", "stories260K"), dir, { recursive: true });
-  const tok = JSON.parse(fs.readFileSync(path.join(dir, "tokenizer.json"), "utf8")) as { added_tokens: object[] };
-  tok.added_tokens.push({ id: 600, content: "<zz>", single_word: false, lstrip: false, rstrip: false, normalized: false, special: false });
-  fs.writeFileSync(path.join(dir, "tokenizer.json"), JSON.stringify(tok));
+  const dir = pastVocabModel();
   const text = path.join(dir, "..", "t.txt");
   fs.writeFileSync(text, "Once upon a time <zz> there was a cat.\n");
   const r = spawnSync(process.execPath, [MAIN, "eval", dir, "--text", text, "--device", "reference"], { encoding: "utf8" });
   assert.equal(r.status, 1, r.stderr);
   assert.equal(r.stderr, `error: the model's tokenizer gives id 600 for ${text}, past its vocabulary of 512 (vocab_size in ${path.join(dir, "config.json")})\n  hint: the tokenizer and the model do not match: put the model's own tokenizer.json beside its weights\n`);
+});
+
+test("a task item whose ids pass the model's vocabulary is refused, naming its file and item, before the perplexity is scored (the embedding found it after the perplexity, naming no file)", () => {
+  const dir = pastVocabModel();
+  const data = pastVocabPiqa();
+  const r = spawnSync(process.execPath, [MAIN, "eval", dir, "--text", TEXT, "--tasks", "piqa", "--data-dir", data, "--device", "reference"], { encoding: "utf8" });
+  assert.equal(r.status, 1, r.stderr);
+  assert.equal(r.stderr, `error: the model's tokenizer gives id 600 for ${path.join(data, "piqa.test.json")} item 0, past its vocabulary of 512 (vocab_size in ${path.join(dir, "config.json")})\n  hint: the tokenizer and the model do not match: put the model's own tokenizer.json beside its weights\n`);
 });

@@ -12,7 +12,7 @@ import path from "node:path";
 import { test } from "node:test";
 import { MlaError } from "../../src/errors.js";
 import { pipeline, type PipelineOptions } from "../../src/pipeline.js";
-import { assertKept, earlierOut, FIXTURES, MODELS, ROOT, tmpDir } from "../helpers.js";
+import { assertKept, earlierOut, FIXTURES, MODELS, pastVocabModel, pastVocabPiqa, ROOT, tmpDir } from "../helpers.js";
 
 const MAIN = path.join(ROOT, "dist", "src", "cli", "main.js");
 const MODEL = path.join(MODELS, "stories260K");
@@ -98,6 +98,22 @@ test("pipeline refuses a bad option of any phase before the first phase runs, --
   for (const [opts, re] of cases) {
     const out = earlierOut();
     await assert.rejects(pipeline(MODEL, { ...base, ...opts, out }), (e: unknown) => e instanceof MlaError && re.test(e.message), `${JSON.stringify(opts)} → ${re}`);
+    assertKept(out);
+  }
+});
+
+test("pipeline refuses an --eval-text or a task item whose ids pass the model's vocabulary before the conversion (the evaluations after it found them), naming the file", async () => {
+  const model = pastVocabModel();
+  const zz = path.join(tmpDir(), "zz.txt");
+  fs.writeFileSync(zz, "Once upon a time <zz> there was a little girl named Lily.\n");
+  const past = "past its vocabulary of 512 \\(vocab_size in \\S+config\\.json\\)";
+  const cases: [Partial<PipelineOptions>, RegExp][] = [
+    [{ evalText: zz }, new RegExp(`^the model's tokenizer gives id 600 for --eval-text \\S+zz\\.txt, ${past}`)],
+    [{ evalText: TEXT, tasks: ["piqa"], dataDir: pastVocabPiqa() }, new RegExp(`^the model's tokenizer gives id 600 for \\S+piqa\\.test\\.json item 0, ${past}`)],
+  ];
+  for (const [opts, re] of cases) {
+    const out = earlierOut();
+    await assert.rejects(pipeline(model, { out, force: true, convert: { rank: 2 }, device: "reference", progress: null, ...opts }), (e: unknown) => e instanceof MlaError && re.test(e.message) && /hint: /.test(e.message), `${JSON.stringify(opts)} → ${re}`);
     assertKept(out);
   }
 });

@@ -15,7 +15,7 @@ import { calibrationWindows, readTextOrJsonl } from "../../src/ropeSelect/calibr
 import { loadTokenizer } from "../../src/io/tokenizer.js";
 import { readText } from "../../src/eval/perplexity.js";
 import { maxRankNote } from "../../src/convert/factor.js";
-import { AS_UNPRIVILEGED, FIXTURES, lockedFolder, MODELS, NO_UNPRIVILEGED, ROOT, tmpDir } from "../helpers.js";
+import { AS_UNPRIVILEGED, FIXTURES, lockedFolder, MODELS, NO_UNPRIVILEGED, pastVocabModel, ROOT, tmpDir } from "../helpers.js";
 
 const SRC = path.join(MODELS, "stories260K");
 const TEXT = path.join(FIXTURES, "text", "tinystories.txt");
@@ -146,22 +146,21 @@ test("run from inside the model folder, the default --out (./NAME-mla-rN there) 
   assert.deepEqual(fs.readdirSync(model).filter((f) => f.includes("mla")), []);
 });
 
-test("a dry run refuses what the run would, in the same words (both formats): --calib beside a model without tokenizer.json, a --calib-len the text cannot fill, a tokenizer giving ids past the vocabulary, an unavailable --device", async () => {
+test("a dry run refuses what the run would, in the same words (both formats): --calib beside a model without tokenizer.json, a --calib-len the text cannot fill, a tokenizer giving ids past the vocabulary for --calib or --eval-text, an unavailable --device", async () => {
   const noTokenizer = modelCopy((dir) => fs.rmSync(path.join(dir, "tokenizer.json")));
   const short = path.join(tmpDir(), "short.txt");
   fs.writeFileSync(short, "Once upon a time there was a little girl named Lily.\n");
-  // A tokenizer of another model: the embedding refused its id only at calibration, naming neither file, and a dry run passed.
-  const pastVocab = modelCopy((dir) => {
-    const tok = JSON.parse(fs.readFileSync(path.join(dir, "tokenizer.json"), "utf8")) as { added_tokens: object[] };
-    tok.added_tokens.push({ id: 600, content: "<zz>", single_word: false, lstrip: false, rstrip: false, normalized: false, special: false });
-    fs.writeFileSync(path.join(dir, "tokenizer.json"), JSON.stringify(tok));
-  });
+  // A tokenizer of another model: the embedding refused its id only at calibration (--eval-text: at the
+  // evaluation, after the conversion), naming neither file, and a dry run passed.
+  const pastVocab = pastVocabModel();
   const zz = path.join(tmpDir(), "zz.txt");
   fs.writeFileSync(zz, "Once upon a time <zz> there was a little girl named Lily. She liked to play.\n".repeat(4));
   const cases: [Partial<ConvertOptions> & { model?: string }, RegExp][] = [
     [{ model: noTokenizer, calib: TEXT }, /tokenizer\.json does not exist/],
     [{ calib: short, calibLen: 64 }, /^\S+short\.txt holds \d+ tokens, fewer than one calibration window of 63 \(\+BOS\)/],
     [{ model: pastVocab, calib: zz, calibLen: 16 }, /^the model's tokenizer gives id 600 for --calib \S+zz\.txt, past its vocabulary of 512 \(vocab_size in \S+config\.json\)/],
+    [{ model: pastVocab, evalText: zz }, /^the model's tokenizer gives id 600 for --eval-text \S+zz\.txt, past its vocabulary of 512 \(vocab_size in \S+config\.json\)/],
+    [{ model: pastVocab, evalText: zz, evalTokens: 40 }, /^the model's tokenizer gives id 600 for --eval-text \S+zz\.txt, past its vocabulary of 512/],
   ];
   // Where CUDA runs there is nothing to refuse.
   if (typeof loadCuda() === "string") cases.push([{ device: "cuda" }, /^--device cuda: /]);
@@ -177,6 +176,26 @@ test("a dry run refuses what the run would, in the same words (both formats): --
       }
       assert.equal(said[0], said[1], `${format}: the dry run's refusal is the run's`);
     }
+});
+
+test("convert --eval-text whose ids pass the model's vocabulary fails before the conversion (both formats), naming the text: no stack, nothing written, no --out made (the evaluation's embedding found it after the work)", () => {
+  const model = pastVocabModel();
+  const text = path.join(tmpDir(), "eval.txt");
+  fs.writeFileSync(text, "Once upon a time <zz> there was a little girl named Lily.\n");
+  const parent = tmpDir();
+  const out = path.join(parent, "out");
+  for (const format of [[], ["--format", "deepseek"]]) {
+    const r = spawnSync(process.execPath, [MAIN, "convert", model, "--rank", "4", "--rope-pairs", "1", "--device", "cpu", "--eval-text", text, "--out", out, ...format], { encoding: "utf8" });
+    assert.equal(r.status, 1, r.stderr);
+    // The error alone after the settings' notes and warnings (the default strategy, deepseek's serving sizes): no factoring said, no stack.
+    assert.equal(r.stderr.replace(/^(note|warning): .*\n/gm, ""), `error: the model's tokenizer gives id 600 for --eval-text ${text}, past its vocabulary of 512 (vocab_size in ${path.join(model, "config.json")})\n  hint: the tokenizer and the model do not match: put the model's own tokenizer.json beside its weights\n`, format.join(" "));
+    assert.deepEqual(fs.readdirSync(parent), [], "nothing written, --out not made");
+  }
+  // A text whose ids the tokenizer keeps inside the vocabulary converts and is scored.
+  fs.writeFileSync(text, fs.readFileSync(TEXT, "utf8").slice(0, 4000));
+  const ok = spawnSync(process.execPath, [MAIN, "convert", model, "--rank", "4", "--rope-pairs", "1", "--device", "cpu", "--eval-text", text, "--eval-ctx", "64", "--out", out], { encoding: "utf8" });
+  assert.equal(ok.status, 0, ok.stderr);
+  assert.ok(fs.existsSync(path.join(out, "report.json")));
 });
 
 test("an --out in a folder that cannot be written is refused before any work, by a dry run too, in the same words (both formats; the run had calibrated and factored first)", { skip: AS_UNPRIVILEGED === null ? NO_UNPRIVILEGED : false }, () => {

@@ -7,7 +7,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { MlaError } from "../../errors.js";
 import type { LlamaModel } from "../../model/llama.js";
-import type { TextTokenizer } from "../../io/tokenizer.js";
+import { checkIdsInVocab, type TextTokenizer } from "../../io/tokenizer.js";
 import { Progress, ProgressSink } from "../../util/progress.js";
 import { nextTurn } from "../../util/abort.js";
 import { requireCount } from "../../util/counts.js";
@@ -102,6 +102,20 @@ export function loadTaskItems(task: TaskName, dataDir: string, limit?: number): 
 }
 
 export type TaskItems = { kind: "lambada"; items: LambadaItem[] } | { kind: "choice"; items: ChoiceItem[] };
+
+/**
+ * Refuses, before anything is scored, a task item whose ids as its scoring encodes them (context + each
+ * continuation) pass the model's vocabulary of `vocabSize` (config.json in `dir`): the embedding found it
+ * only while scoring (after a pipeline's conversion, or an eval's perplexity), naming no file. Only a
+ * tokenizer with ids past the vocabulary can give one: with any other, nothing is encoded here.
+ */
+export function checkTaskIds(tok: TextTokenizer, loaded: { dataDir: string | null; items: ReadonlyMap<TaskName, TaskItems> }, vocabSize: number, dir: string): void {
+  if (tok.vocabSize <= vocabSize) return;
+  for (const [task, { items }] of loaded.items)
+    for (const it of items)
+      for (const continuation of "target" in it ? [it.target] : it.choices)
+        checkIdsInVocab(tok.encode(it.context + continuation), vocabSize, `${taskFile(loaded.dataDir!, task)} item ${it.index}`, dir);
+}
 
 /** Scores `task`'s first `limit` items; `kvCache`: as a decode cache of that type serves keys/values (default f32, exact). */
 export async function runTask(model: LlamaModel, tok: TextTokenizer, task: TaskName, dataDir: string, limit?: number, progress?: ProgressSink | null, signal?: AbortSignal, kvCache?: KvCacheDtype, loaded?: TaskItems): Promise<TaskResult> {
