@@ -10,13 +10,13 @@ import { booleanFlag, MlaError, refuseInert } from "./errors.js";
 import { refuseFileAsOutDir, refuseForeignFolder, writeFileAtomic } from "./io/atomicDir.js";
 import { refuseOutOverInputs } from "./io/outGuard.js";
 import { convertWithWindows } from "./convert/pipeline.js";
-import { convertDeepseekWithWindows, deepseekSettings, deepseekShape } from "./deepseek/export.js";
+import { convertDeepseekWithWindows, deepseekSettings, deepseekShape, deepseekShapes } from "./deepseek/export.js";
 import { exportDeepseekWithWindows } from "./deepseek/fromMla.js";
 import { checkDeclaredBiases, checkExportSettings, perLayerRefusal } from "./deepseek/exportable.js";
 import { defaultRopePairs } from "./ropeSelect/strategies.js";
 import { readHfConfig } from "./io/hfConfig.js";
 import { resolveModel } from "./io/modelDir.js";
-import { checkCalibFile, resolveSettings, SETTINGS_KINDS, type SettingsInput } from "./convert/plan.js";
+import { checkCalibFile, mlaShapes, resolveSettings, SETTINGS_KINDS, type SettingsInput } from "./convert/plan.js";
 import type { ModelConfig } from "./model/config.js";
 import { checkEmbeddedEval, checkEvalOptions, embeddedEval, evaluate, EvalOptions, EvalResult } from "./eval/evaluate.js";
 import { requireBos } from "./eval/perplexity.js";
@@ -24,7 +24,8 @@ import { checkDataFile, readDocuments } from "./finetune/data.js";
 import { checkTaskIds, type TaskName } from "./eval/tasks/index.js";
 import { loadTokenizer } from "./io/tokenizer.js";
 import { writeReport } from "./eval/report/report.js";
-import { finetune, FinetuneOptions } from "./finetune/trainer.js";
+import { checkEndOfText, finetune, FinetuneOptions } from "./finetune/trainer.js";
+import { configShape, planMemory, trainingPrecision } from "./finetune/trainState.js";
 import { checkSameRun, exportReadsCalibration, runFingerprint } from "./pipelineState.js";
 import { conversionReadsCalibration, cutCalibration, type CutCalibration } from "./convert/calibrationNeeds.js";
 import { checkFinetuneOptions, checkTeacher, FINETUNE_KINDS } from "./finetune/options.js";
@@ -171,24 +172,50 @@ function pipelineEval(o: PipelineOptions): EvalOptions {
 }
 
 /**
+ * The fine-tune phase's refusals that need the model it trains, made before the conversion on the
+ * shapes the conversion will give it (`trained`; the converted model keeps the source's vocabulary,
+ * end-of-text id and all but the attention): the end-of-text id, a --precision the device lacks, and
+ * a state and activations that cannot fit (the float32 weights it loads counted as taken from the
+ * memory free now). Not counted: a --distill teacher's weights, which the phase loads before its own
+ * check. The phase checks them all again on the converted model.
+ */
+function checkFinetunePhase(srcDir: string, c: ModelConfig, trained: ModelConfig, o: PipelineOptions, log: Logger): void {
+  const f = o.finetune!;
+  const { seq, batch, trainWhat } = checkFinetuneOptions(f);
+  checkEndOfText(c, srcDir);
+  // The device the phase trains on: the fine-tune's own, where a script sets one, else the pipeline's.
+  const backend = selectBackend(f.device ?? o.device ?? "auto", log);
+  const choice = { train: trainWhat, checkpoint: f.checkpointActivations ?? false, fullLogits: !!f.distill };
+  planMemory(configShape(trained, backend), choice, trainingPrecision(f.precision, backend), batch * (seq - 1));
+}
+
+/**
  * Every option whose validity needs no phase's result, checked before the first phase and before
  * --force clears an earlier run: found later, a bad --lr would cost the conversion and evaluations
  * before it, and the corrected command, no longer the one that started the run, would need --force.
  * Each phase's checks are called, not written again here. Returns the --calib windows, cut now (a
  * text too short for one window is refused, a --calib-len past the model's positions warned of, as
- * convert does) for the phase that calibrates to take; none where `calibrates` is false (a resumed run
- * whose calibrating phases are done).
+ * convert does) for the phase that calibrates to take; none where a resumed run in `out` has done
+ * its calibrating phases.
  */
-async function checkOptions(srcDir: string, o: PipelineOptions, log: Logger, calibrates: boolean): Promise<CutCalibration | null> {
+async function checkOptions(srcDir: string, o: PipelineOptions, log: Logger, out: string): Promise<CutCalibration | null> {
   refuseIdleOptions(o);
   const c = readHfConfig(srcDir);
+  // The shapes of the model the fine-tune phase trains, for its memory check below.
+  let trained: ModelConfig;
   // Silent: the convert phase says what it chose (the default strategy) when it runs.
   if (o.format === "deepseek") {
-    deepseekShape(c, { ...deepseekSettings(o.convert), ...o.deepseek });
+    const { ropeDim: dr, kvLoraRank: rk } = deepseekShape(c, { ...deepseekSettings(o.convert), ...o.deepseek });
     // Declared attention biases are judged on the weights (a zero q bias converts): read them now.
     checkDeclaredBiases(srcDir, c, o.attentionBias ?? true);
+    trained = deepseekShapes(c, { dr, rk, attentionBias: o.attentionBias ?? true });
+  } else {
+    const s = resolveSettings(c, conversionPhase(o), silentLogger);
+    // --kv-split per-layer chooses each layer's split while converting. Its candidate with the most rope
+    // pairs has the fewest weights (at equal bytes, k_rope and kv_down share their rows; the latent the
+    // up-projections read narrows): a lower bound, so what the check refuses, the phase would too.
+    trained = mlaShapes(c, s, s.kvSplitPairs?.at(-1));
   }
-  else resolveSettings(c, conversionPhase(o), silentLogger);
   // Its --eval-ctx past the model's positions is warned about here, once, not by each evaluation.
   await checkEmbeddedEval({ ...o, logger: log }, srcDir, c);
   // The task items' ids as the eval phases will encode them, checked against the vocabulary now, not after the conversion.
@@ -203,7 +230,7 @@ async function checkOptions(srcDir: string, o: PipelineOptions, log: Logger, cal
   // checks it (resolveSettings did not where only the bias-free export reads it: conversionPhase drops it).
   checkCalibFile(o.convert.calib);
   // A resumed run whose calibrating phases are done reads no windows: the first run cut them (and said so).
-  const cut = calibrates ? cutCalibration(srcDir, o.convert.calib, o.convert.calibSamples, o.convert.calibLen, c, log) : null;
+  const cut = calibratingPhasesDone(out, o) ? null : cutCalibration(srcDir, o.convert.calib, o.convert.calibSamples, o.convert.calibLen, c, log);
   selectBackend(o.device ?? "auto", log);
   if (o.finetune) {
     // finetune's own check: it takes .xz corpora, which a perplexity text may not be.
@@ -216,13 +243,16 @@ async function checkOptions(srcDir: string, o: PipelineOptions, log: Logger, cal
     checkFinetuneOptions(o.finetune);
     // The converted model keeps the source's vocabulary and tokenizer.
     if (o.finetune.distill) checkTeacher(o.finetune.distill, c.vocabSize, srcDir);
+    // A resumed run whose fine-tune is done may go on where it could not train (another device).
+    if (o.force || !finetuneDone(out)) checkFinetunePhase(srcDir, c, trained, o, log);
   }
   return cut;
 }
 
-/** The folders of a run's converted and exported models under --out, each done once its config.json is written. */
-const phaseDirs = (out: string) => ({ mla: path.join(out, "mla"), exported: path.join(out, "deepseek") });
+/** The folders of a run's converted, fine-tuned and exported models under --out (the models are done once their config.json is written, the fine-tune once its finetune.json is). */
+const phaseDirs = (out: string) => ({ mla: path.join(out, "mla"), tuned: path.join(out, "finetune"), exported: path.join(out, "deepseek") });
 const modelWritten = (dir: string) => fs.existsSync(path.join(dir, "config.json"));
+const finetuneDone = (out: string) => fs.existsSync(path.join(phaseDirs(out).tuned, "finetune.json"));
 
 /**
  * Whether a resumed run (same options, no --force) has finished every phase that reads --calib: the
@@ -257,7 +287,7 @@ export async function pipeline(spec: string, o: PipelineOptions): Promise<Pipeli
   refuseOutOverInputs("--out", o.out, [...inputs, { name: "--distill", path: o.finetune?.distill }]);
   // Before --force clears --out (which may hold an earlier run's results): every input file exists.
   for (const i of inputs.slice(1)) if (i.path && !fs.existsSync(i.path)) throw new MlaError("NOT_FOUND", `${i.name} ${i.path} does not exist`, "check the path; nothing was changed");
-  const cut = await checkOptions(srcDir, o, log, !calibratingPhasesDone(out, o));
+  const cut = await checkOptions(srcDir, o, log, out);
   const fingerprint = runFingerprint(spec, o);
   const stateFile = path.join(out, "pipeline.json");
   // An --out holding only the state file is a run whose first phase failed (on what only the work
@@ -299,8 +329,7 @@ export async function pipeline(spec: string, o: PipelineOptions): Promise<Pipeli
       const r = await evaluate(model, { ...pipelineEval(o), label, device: o.device, progress: o.progress, signal: o.signal, logger: log, pastPositionsWarned: true });
       writeFileAtomic(file, JSON.stringify(r, null, 2) + "\n");
     });
-  const { mla, exported } = phaseDirs(out);
-  const ft = path.join(out, "finetune");
+  const { mla, tuned: ft, exported } = phaseDirs(out);
   const files = { original: path.join(out, "eval-original.json"), converted: path.join(out, "eval-converted.json"), finetuned: path.join(out, "eval-finetuned.json"), exported: path.join(out, "eval-exported.json") };
   const common = { out: mla, force: true, device: o.device, progress: o.progress, logger: log, signal: o.signal };
   await phase("convert", () => modelWritten(mla), (): Promise<unknown> =>
@@ -311,7 +340,7 @@ export async function pipeline(spec: string, o: PipelineOptions): Promise<Pipeli
   await evalTo("original", spec, files.original);
   await evalTo("converted", mla, files.converted);
   if (o.finetune) {
-    await phase("finetune", () => fs.existsSync(path.join(ft, "finetune.json")), async () => {
+    await phase("finetune", () => finetuneDone(out), async () => {
       const resume = fs.existsSync(path.join(ft, "checkpoint", "state.json"));
       // The pipeline's device covers every phase (the fine-tune's own, where a script sets one, wins).
       const r = await finetune(mla, { ...o.finetune!, device: o.finetune!.device ?? o.device, out: ft, resume, force: !resume, logger: log, progress: o.progress, shouldStop: o.shouldStop, signal: o.signal });

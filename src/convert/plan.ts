@@ -9,7 +9,7 @@ import { checkDisjoint, checkRopePairs, defaultRopePairs, parseStrategy, RopeStr
 import type { OptionKinds } from "../util/optionTypes.js";
 import type { Logger } from "../util/log.js";
 import { maxRank, maxRankNote } from "./factor.js";
-import { budgetSplits, KV_SPLIT_MODES, KvSplitMode } from "./kvSplit.js";
+import { budgetSplits, equalBudgetRank, KV_SPLIT_MODES, KvSplitMode } from "./kvSplit.js";
 import { readsCalibration, refuseUnreadCalibration, refuseWindowsWithoutText, requireCalibration } from "./calibrationNeeds.js";
 import { checkWindowShape, DEFAULT_CALIB_LEN, DEFAULT_CALIB_SAMPLES } from "../ropeSelect/calibrate.js";
 import { checkTextFile } from "../eval/perplexity.js";
@@ -183,11 +183,20 @@ export function resolveSettings(c: ModelConfig, o: SettingsInput, log: Logger): 
   return { rank: o.rank, ropePairs: R, ropeStrategy: strategy, ropeDisjoint, svd, svdInit, balanceKv: svd === "split" ? false : (o.balanceKv ?? true), refitOutput, calib, calibSamples, calibLen, gateDim, kvSplit, kvSplitPairs };
 }
 
+/**
+ * The shapes of the model `s` converts `c` to, every layer with `ropePairs` and the rank that spends the
+ * settings' KV bytes on them (equalBudgetRank; by default the settings' own split); no pairs selected.
+ */
+export function mlaShapes(c: ModelConfig, s: ConversionSettings, ropePairs = s.ropePairs): ModelConfig {
+  const rank = equalBudgetRank(s, ropePairs);
+  const split = { ropePairs, rank, latentDim: latentWidth(rank, c.kvHeads, s.svd) };
+  return { ...c, attention: { kind: "mla", splits: Array.from({ length: c.layers }, () => split), selection: [], svd: s.svd, gateDim: s.gateDim } };
+}
+
 export function planConversion(c: ModelConfig, s: ConversionSettings, elemBytes: number): ConversionPlan {
   const latentDim = latentWidth(s.rank, c.kvHeads, s.svd);
   const before = kvElemsPerToken(c);
-  const split = { ropePairs: s.ropePairs, rank: s.rank, latentDim };
-  const after = kvElemsPerToken({ ...c, attention: { kind: "mla", splits: Array.from({ length: c.layers }, () => split), selection: [], svd: s.svd, gateDim: s.gateDim } });
+  const after = kvElemsPerToken(mlaShapes(c, s));
   return {
     settings: recordedSettings(s),
     latentDim,

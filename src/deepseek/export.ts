@@ -431,6 +431,15 @@ async function convertDeepseekInScope(spec: string, o: DeepseekOptions, cut: Cut
   }
 }
 
+/**
+ * The shapes of the deepseek_v3 model converted from `c` with rope dim `dr` and kv_lora_rank `rk`: the
+ * config readHfConfig reads from writeDeepseekConfig's file, but its rope (for a fine-tune's memory
+ * estimate made before the conversion).
+ */
+export function deepseekShapes(c: ModelConfig, s: { dr: number; rk: number; attentionBias: boolean }): ModelConfig {
+  return { ...c, modelType: "deepseek_v3", kvHeads: c.heads, qkvBias: false, oBias: s.attentionBias, attention: { kind: "deepseek", kvLoraRank: s.rk, ropeDim: s.dr, nopeDim: c.headDim, vDim: c.headDim, interleave: true, kvABias: s.attentionBias } };
+}
+
 /** The source config.json rewritten as a dense DeepseekV3 config (keys stock loaders read); dn = qk_nope_head_dim. */
 export function writeDeepseekConfig(srcDir: string, dir: string, c: ModelConfig, s: { dr: number; dn: number; rk: number; ropeTheta: number; interleave: boolean; attentionBias: boolean; note: string }): void {
   const raw = JSON.parse(fs.readFileSync(path.join(srcDir, "config.json"), "utf8")) as Record<string, unknown>;

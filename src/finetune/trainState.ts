@@ -9,6 +9,8 @@
 import os from "node:os";
 import { MlaError } from "../errors.js";
 import type { LlamaModel } from "../model/llama.js";
+import type { ModelConfig } from "../model/config.js";
+import { expectedTensors } from "../model/weights.js";
 import type { ParamNodes } from "../model/params.js";
 import { paramNodes, trainableLeaves } from "../model/params.js";
 import { Node, Ops, Tape, type SlotFlag } from "../tensor/autograd.js";
@@ -61,7 +63,7 @@ export function stateBytes(params: number, precision: Precision): number {
  * and mid-layer residual sum, and one layer is recomputed with its gradients at once); one chunk of
  * logits and their gradient (all of them with `fullLogits`, which distillation needs).
  */
-export function activationBytes(model: LlamaModel, tokens: number, checkpoint = false, fullLogits = false, precision: Precision = "f32", keepMid = true): number {
+export function activationBytes(model: { config: ModelConfig }, tokens: number, checkpoint = false, fullLogits = false, precision: Precision = "f32", keepMid = true): number {
   const c = model.config;
   // bf16: a product input is kept rounded (2 bytes) beside its float32 value. Counted for the two
   // normed inputs, the attention output and the MLP's hidden, though the normed inputs and the hidden
@@ -96,45 +98,81 @@ export interface MemoryChoice {
   keepMid?: boolean;
 }
 
-/** Device bytes `choice` needs beyond the float32 weights already loaded (which the flat buffers replace). */
-function memoryNeed(model: LlamaModel, choice: MemoryChoice, precision: Precision, tokens: number, trainable: number): number {
-  return stateBytes(trainable, precision) - 4 * trainable + activationBytes(model, tokens, choice.checkpoint, choice.fullLogits, precision, choice.keepMid ?? true);
+/**
+ * What the memory estimate reads of the model to train: its config (the activations), the backend its
+ * state lives on, its weights' element counts (all, and the attention's: --train all / attention), and
+ * the bytes of its weights still to load on that backend (0 once loaded).
+ */
+export interface TrainingShape {
+  config: ModelConfig;
+  backend: Backend;
+  params: Record<MemoryChoice["train"], number>;
+  unloaded: number;
+}
+
+const isAttention = (path: string) => path.includes(".attn.");
+
+function shapeOf(m: LlamaModel | TrainingShape): TrainingShape {
+  if (!("weights" in m)) return m;
+  return { config: m.config, backend: m.backend, params: { all: trainableCount(m, () => true), attention: trainableCount(m, isAttention) }, unloaded: 0 };
+}
+
+/**
+ * The shape of a model of config `c` not loaded yet (its float32 weights, as training loads them,
+ * counted as taken on `backend`): a caller with work before the fine-tune (pipeline) checks its memory
+ * before that work, from the config the model will have.
+ */
+export function configShape(c: ModelConfig, backend: Backend): TrainingShape {
+  const params = { all: 0, attention: 0 };
+  for (const t of expectedTensors(c)) {
+    const n = t.shape.reduce((a, b) => a * b, 1);
+    params.all += n;
+    if (t.name.includes(".self_attn.")) params.attention += n;
+  }
+  return { config: c, backend, params, unloaded: 4 * params.all };
+}
+
+/** Device bytes `choice` needs beyond the float32 weights (which the flat buffers replace). */
+function memoryNeed(s: TrainingShape, choice: MemoryChoice, precision: Precision, tokens: number): number {
+  const trainable = s.params[choice.train];
+  return stateBytes(trainable, precision) - 4 * trainable + activationBytes(s, tokens, choice.checkpoint, choice.fullLogits, precision, choice.keepMid ?? true);
 }
 
 /**
  * Free and total bytes where a training state lives: the device's, or for a host backend the
  * machine's, whose `free` (what the kernel could hand out now, page cache included) is only advisory:
  * a host run is refused past `total` (a cgroup's limit where one is set), where it cannot succeed.
+ * `free` leaves out the weights not loaded yet.
  */
-function memoryFor(b: Backend): { free: number; total: number; host: boolean } {
-  const dev = b.memory?.();
-  if (dev) return { ...dev, host: false };
+function memoryFor(s: TrainingShape): { free: number; total: number; host: boolean } {
+  const dev = s.backend.memory?.();
+  if (dev) return { free: dev.free - s.unloaded, total: dev.total, host: false };
   const limit = process.constrainedMemory?.() ?? 0;
   const total = limit > 0 && limit < os.totalmem() ? limit : os.totalmem();
-  return { free: Math.min(os.freemem(), total), total, host: true };
+  return { free: Math.min(os.freemem(), total) - s.unloaded, total, host: true };
 }
 
 /** Whether `choice` fits the free memory where the state lives (memoryFor: the device's, or the machine's). */
-export function fitsDevice(model: LlamaModel, choice: MemoryChoice, precision: Precision, tokens: number): boolean {
-  const mem = memoryFor(model.backend);
-  const n = trainableCount(model, choice.train === "all" ? () => true : (p) => p.includes(".attn."));
-  return memoryNeed(model, choice, precision, tokens, n) <= mem.free;
+export function fitsDevice(model: LlamaModel | TrainingShape, choice: MemoryChoice, precision: Precision, tokens: number): boolean {
+  const s = shapeOf(model);
+  return memoryNeed(s, choice, precision, tokens) <= memoryFor(s).free;
 }
 
 /**
  * Refuses, before anything is allocated, a run whose state and activations cannot fit in the
  * device's free memory, saying what would.
  */
-export function checkFits(model: LlamaModel, choice: MemoryChoice, precision: Precision, tokens: number, log: Logger = silentLogger): void {
-  const mem = memoryFor(model.backend);
+export function checkFits(model: LlamaModel | TrainingShape, choice: MemoryChoice, precision: Precision, tokens: number, log: Logger = silentLogger): void {
+  const s = shapeOf(model);
+  const mem = memoryFor(s);
   const gib = (x: number) => `${(x / 2 ** 30).toFixed(1)} GiB`;
-  const counts = { all: trainableCount(model, () => true), attention: trainableCount(model, (p) => p.includes(".attn.")) };
-  const needOf = (c: MemoryChoice) => memoryNeed(model, { ...c, fullLogits: choice.fullLogits }, precision, tokens, counts[c.train]);
+  const needOf = (c: MemoryChoice) => memoryNeed(s, { ...c, fullLogits: choice.fullLogits }, precision, tokens);
   const need = needOf(choice);
   if (need <= mem.free) return;
   const limit = mem.host ? mem.total : mem.free;
+  const weights = s.unloaded ? `the float32 weights it will load (${gib(s.unloaded)})` : "the float32 weights already loaded";
   if (need <= limit) {
-    log.warn(`training needs about ${gib(need)} of host memory beyond the weights already loaded, more than the ${gib(mem.free)} free now (of ${gib(mem.total)}): it may swap or be killed`);
+    log.warn(`training needs about ${gib(need)} of host memory beyond ${weights}, more than the ${gib(mem.free)} free ${s.unloaded ? "once they are loaded" : "now"} (of ${gib(mem.total)}): it may swap or be killed`);
     return;
   }
   const flags = (c: MemoryChoice) => [`--train ${c.train}`, ...(c.checkpoint ? ["--checkpoint-activations"] : [])].join(" ");
@@ -145,12 +183,32 @@ export function checkFits(model: LlamaModel, choice: MemoryChoice, precision: Pr
   ];
   // Each alternative only narrows what is trained or adds checkpointing; the first that differs and fits.
   const fits = alternatives.find((c) => (c.train !== choice.train || c.checkpoint !== choice.checkpoint) && needOf(c) <= limit);
-  const act = activationBytes(model, tokens, choice.checkpoint, choice.fullLogits, precision, choice.keepMid ?? true);
+  const act = activationBytes(s, tokens, choice.checkpoint, choice.fullLogits, precision, choice.keepMid ?? true);
   const hint = fits
     ? `${flags(fits)} needs about ${gib(needOf(fits))} and fits`
     : `a smaller --batch or --seq (activations of ${tokens} tokens take ${gib(act)}; --accum keeps the tokens per step)${choice.checkpoint ? "" : " with --checkpoint-activations"}`;
-  const n = counts[choice.train];
-  throw new MlaError("OUT_OF_MEMORY", `training ${n.toLocaleString("en-US")} parameters (${precision}, ${flags(choice)}) needs about ${gib(need)} of ${mem.host ? "host" : "device"} memory beyond the float32 weights already loaded (state ${gib(stateBytes(n, precision))}, activations ${gib(act)}); ${mem.host ? `the machine has ${gib(mem.total)}` : `${gib(mem.free)} are free of ${gib(mem.total)}`}`, hint);
+  const n = s.params[choice.train];
+  throw new MlaError("OUT_OF_MEMORY", `training ${n.toLocaleString("en-US")} parameters (${precision}, ${flags(choice)}) needs about ${gib(need)} of ${mem.host ? "host" : "device"} memory beyond ${weights} (state ${gib(stateBytes(n, precision))}, activations ${gib(act)}); ${mem.host ? `the machine has ${gib(mem.total)}` : `${gib(mem.free)} are free of ${gib(mem.total)}${s.unloaded ? " once they are loaded" : ""}`}`, hint);
+}
+
+/**
+ * The run's memory choice, refused (checkFits) where it cannot fit: with checkpointing, each layer's
+ * mid-layer sum is kept (a cheaper recompute) unless that is what does not fit.
+ */
+export function planMemory(model: LlamaModel | TrainingShape, choice: Omit<MemoryChoice, "keepMid">, precision: Precision, tokens: number, log: Logger = silentLogger): MemoryChoice {
+  const s = shapeOf(model);
+  const memory: MemoryChoice = { ...choice, keepMid: choice.checkpoint };
+  if (choice.checkpoint && !fitsDevice(s, memory, precision, tokens)) memory.keepMid = false;
+  checkFits(s, memory, precision, tokens, log);
+  return memory;
+}
+
+/** The run's precision (bf16 where the backend has bf16 GEMMs, unless asked), refused where the backend lacks it. */
+export function trainingPrecision(asked: Precision | undefined, backend: Backend): Precision {
+  const precision = asked ?? (backend.uploadBf16 ? "bf16" : "f32");
+  if (precision !== "bf16" && precision !== "f32") throw new MlaError("BAD_ARGUMENT", `--precision ${String(precision)} is not known`, "use bf16 or f32");
+  if (precision === "bf16" && !backend.uploadBf16) throw new MlaError("UNSUPPORTED", `--precision bf16 needs a backend with bf16 GEMMs; ${backend.name} has none`, "use --device cuda, or --precision f32");
+  return precision;
 }
 
 export class TrainState {
@@ -178,7 +236,7 @@ export class TrainState {
   constructor(readonly model: LlamaModel, trainable: (path: string) => boolean, readonly precision: Precision) {
     const b = model.backend;
     if (!b.training) throw new MlaError("UNSUPPORTED", `the ${b.name} backend cannot hold a training state`, "use --device cpu or --device cuda");
-    if (precision === "bf16" && !b.uploadBf16) throw new MlaError("UNSUPPORTED", `--precision bf16 needs a backend with bf16 GEMMs; ${b.name} has none`, "use --device cuda, or --precision f32");
+    trainingPrecision(precision, b);
     const k = (this.kernels = b.training);
     const leaves = trainableLeaves(paramNodes(new Ops(b, null), model.weights, trainable));
     if (leaves.length === 0) throw new MlaError("BAD_ARGUMENT", "nothing to train: no weight matches --train", "use --train all or --train attention");

@@ -13,13 +13,13 @@ import { resolveModel } from "../io/modelDir.js";
 import { loadModel, LlamaModel } from "../model/llama.js";
 import { DeviceName, selectBackend } from "../backends/select.js";
 import { namedTensors } from "../model/weights.js";
-import { pastPositionsWarning } from "../model/config.js";
+import { pastPositionsWarning, type ModelConfig } from "../model/config.js";
 import { perplexity, requireBos } from "../eval/perplexity.js";
 import { silentLogger, Logger } from "../util/log.js";
 import { StepTimer } from "./stepTimer.js";
 import { fmtCount, fmtTime, ProgressSink } from "../util/progress.js";
 import { checkDataFile, loadTrainingData, microBatches } from "./data.js";
-import { activationBytes, checkFits, fitsDevice, MemoryChoice, MicroBatch, microStep, Precision, stateBytes, trainableCount, TrainState } from "./trainState.js";
+import { activationBytes, MemoryChoice, MicroBatch, microStep, planMemory, Precision, stateBytes, trainableCount, trainingPrecision, TrainState } from "./trainState.js";
 import { defaultLr, lrAt, Schedule, ScheduleName } from "./schedule.js";
 import { checkpointDir, loadCheckpoint, readCheckpointState, TrainState as RunState } from "./checkpoint.js";
 import { checkRunFolders, startRunFolder } from "./runFolder.js";
@@ -159,6 +159,13 @@ export function checkFinetuneRun(spec: string, o: FinetuneOptions) {
   return { ...options, src, out };
 }
 
+/** The end-of-text id (null: none) of the model in `dir`, which goes between documents: one past the vocabulary would reach the embedding as a token. */
+export function checkEndOfText(c: ModelConfig, dir: string): number | null {
+  const V = c.vocabSize, eos = c.eosTokenId;
+  if (eos !== null && eos >= V) throw new MlaError("BAD_CONFIG", `${path.join(dir, "config.json")}: "eos_token_id" is ${eos}, past the ${V}-token vocabulary; fine-tuning puts it between documents`, `set it to the tokenizer's end-of-text id (0 to ${V - 1}), or to null to join documents without one`);
+  return eos;
+}
+
 export async function finetune(spec: string, o: FinetuneOptions): Promise<FinetuneResult> {
   const { seq, batch, accum, warmup, trainWhat, distillWeight, temperature, src, out } = checkFinetuneRun(spec, o);
   const log = o.logger ?? silentLogger;
@@ -173,10 +180,8 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
   const lr = o.lr ?? defaultLr(parameterCount(src.dir));
   if (o.lr === undefined) log.info(`learning rate ${lr} (the default for a model of this size; --lr to choose)`);
   const backend = selectBackend(o.device ?? "auto", log);
-  const precision: Precision = o.precision ?? (backend.uploadBf16 ? "bf16" : "f32");
-  if (precision !== "bf16" && precision !== "f32") throw new MlaError("BAD_ARGUMENT", `--precision ${String(precision)} is not known`, "use bf16 or f32");
   // Refused before the data is tokenized and --out made (minutes on a corpus), not when the state is.
-  if (precision === "bf16" && !backend.uploadBf16) throw new MlaError("UNSUPPORTED", `--precision bf16 needs a backend with bf16 GEMMs; ${backend.name} has none`, "use --device cuda, or --precision f32");
+  const precision = trainingPrecision(o.precision, backend);
   // The run's flags (its settings below but MODEL's config.json and the warmup steps the data gives): on
   // --resume, one other than the run's is refused now, not once the data is tokenized (minutes on a corpus).
   const flags = { data: o.data.map((f) => path.resolve(f)), tokens: o.tokens ?? null, fraction: o.fraction ?? 1, valFraction: o.valFraction ?? D.valFraction, seq, batch, accum, schedule: { name: o.schedule ?? D.schedule, lr, decayFraction: o.decayFraction ?? D.decayFraction, minLrFraction: o.minLrFraction ?? D.minLrFraction }, beta1: o.beta1 ?? D.beta1, beta2: o.beta2 ?? D.beta2, eps: o.eps ?? D.eps, weightDecay: o.weightDecay ?? D.weightDecay, clip: o.clip ?? D.clip, seed: o.seed ?? D.seed, train: trainWhat, distill: o.distill ?? null, temperature, distillWeight, precision };
@@ -189,13 +194,11 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
   try {
     const past = pastPositionsWarning("--seq", seq, lm.config.maxPositions, "it trains on positions it was not pretrained for (RoPE extrapolates)");
     if (past) log.warn(past);
-    // Both refused before the data is tokenized (minutes on a corpus) and --out made: every training
-    // sequence starts with BOS (any id taken instead would be some other token), and the teacher's
-    // config and tokenizer.json are all checkTeacher reads.
+    // Refused before the data is tokenized (minutes on a corpus) and --out made: every training
+    // sequence starts with BOS (any id taken instead would be some other token), EOS goes between the
+    // documents, and the teacher's config and tokenizer.json are all checkTeacher reads.
     const bos = requireBos(lm.config.bosTokenId, lm.dir);
-    // EOS goes between the documents: one past the vocabulary would reach the embedding as a token.
-    const V = lm.config.vocabSize, eos = lm.config.eosTokenId;
-    if (eos !== null && eos >= V) throw new MlaError("BAD_CONFIG", `${path.join(lm.dir, "config.json")}: "eos_token_id" is ${eos}, past the ${V}-token vocabulary; fine-tuning puts it between documents`, `set it to the tokenizer's end-of-text id (0 to ${V - 1}), or to null to join documents without one`);
+    const eos = checkEndOfText(lm.config, lm.dir);
     if (o.distill) checkTeacher(o.distill, lm.config.vocabSize, src.dir);
     const teacher: LlamaModel | null = o.distill ? loadModel(o.distill, { backend }).model : null;
     if (teacher) owned.push(teacher);
@@ -205,10 +208,7 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
     // The state and activations are checked against free memory (the teacher's weights already taken)
     // before the data is tokenized too.
     const checkpoint = o.checkpointActivations ?? false;
-    const memory: MemoryChoice = { train: trainWhat, checkpoint, fullLogits: teacher !== null, keepMid: checkpoint };
-    // The kept mid-layer sums make the recompute cheaper; they go first when memory is short.
-    if (checkpoint && !fitsDevice(model, memory, precision, rankBatch * (seq - 1))) memory.keepMid = false;
-    checkFits(model, memory, precision, rankBatch * (seq - 1), log);
+    const memory = planMemory(model, { train: trainWhat, checkpoint, fullLogits: teacher !== null }, precision, rankBatch * (seq - 1), log);
 
     // Before the first step (tokenizing a corpus, the first validation: minutes) a stop is polled
     // between pieces and windows, and ends the run there: no step has run in this call, so there is

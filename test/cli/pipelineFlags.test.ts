@@ -19,13 +19,17 @@ const MODEL = path.join(MODELS, "stories260K");
 const TEXT = path.join(FIXTURES, "text", "tinystories.txt");
 const HAVE_CUDA = fs.existsSync(path.join(ROOT, "build", "native", "libmla_cuda.so"));
 
-/** A teacher whose vocabulary differs from stories260K's: only its config is read. */
-function otherVocabTeacher(): string {
+/** A folder holding stories260K's config.json with `changes` (with `whole`, its other files too). */
+function withConfig(changes: Record<string, unknown>, whole = false): string {
   const dir = tmpDir();
+  if (whole) fs.cpSync(MODEL, dir, { recursive: true });
   const config = JSON.parse(fs.readFileSync(path.join(MODEL, "config.json"), "utf8")) as Record<string, unknown>;
-  fs.writeFileSync(path.join(dir, "config.json"), JSON.stringify({ ...config, vocab_size: 1000 }));
+  fs.writeFileSync(path.join(dir, "config.json"), JSON.stringify({ ...config, ...changes }));
   return dir;
 }
+
+/** A teacher whose vocabulary differs from stories260K's: only its config is read. */
+const otherVocabTeacher = () => withConfig({ vocab_size: 1000 });
 
 /** A teacher of the student's vocabulary size whose tokenizer.json gives two ids each other's token. */
 function otherTokensTeacher(): string {
@@ -153,6 +157,30 @@ test("pipeline on the command line: fine-tuning and deepseek flags alone are ref
   assert.match(rank.stderr, /^error: --rank 999 is out of range/m);
   assert.doesNotMatch(rank.stderr, /pipeline: convert/, "refused before the first phase");
   assertKept(out);
+});
+
+test("a fine-tune its phase would refuse (memory, --precision, end-of-text id) is refused before the conversion, with finetune's words; nothing is written", async () => {
+  const eosPastVocab = withConfig({ eos_token_id: 600 }, true);
+  // 65536 sequences of 65536 tokens: their activations pass any machine's memory.
+  const huge = { data: [TEXT], seq: 65536, batch: 65536 };
+  const cases: [string, PipelineOptions["finetune"], RegExp][] = [
+    [MODEL, huge, /^training [\d,]+ parameters \(f32, --train all\) needs about [\d.]+ GiB of host memory beyond the float32 weights it will load .*\n {2}hint: a smaller --batch or --seq/s],
+    [MODEL, { data: [TEXT], precision: "bf16" }, /^--precision bf16 needs a backend with bf16 GEMMs; reference has none/],
+    [eosPastVocab, { data: [TEXT] }, /config\.json: "eos_token_id" is 600, past the 512-token vocabulary; fine-tuning puts it between documents/],
+  ];
+  for (const [model, finetune, re] of cases) {
+    const out = path.join(tmpDir(), "pl");
+    await assert.rejects(pipeline(model, { out, convert: { rank: 2 }, evalText: TEXT, device: "reference", progress: null, finetune }), (e: unknown) => e instanceof MlaError && re.test(e.message), String(re));
+    assert.equal(fs.existsSync(out), false, `${re}: nothing converted or written`);
+  }
+  // On the command line: the error and its hint, no stack, and no phase started.
+  const out = path.join(tmpDir(), "pl");
+  const r = cli(["pipeline", MODEL, "--rank", "2", "--eval-text", TEXT, "--device", "reference", "--out", out, "--finetune-data", TEXT, "--seq", "65536", "--batch", "65536"]);
+  assert.equal(r.code, 1, r.stderr);
+  assert.match(r.stderr, /^error: training [\d,]+ parameters .* needs about [\d.]+ GiB of host memory/m);
+  assert.match(r.stderr, /^ {2}hint: a smaller --batch or --seq/m);
+  assert.doesNotMatch(r.stderr, /pipeline: convert|^\s+at /m, "refused before the first phase, without a stack");
+  assert.equal(fs.existsSync(out), false, "nothing written");
 });
 
 test("a pipeline the CLI started before --seq/--batch lost their defaults still resumes (same fingerprint)", async () => {
