@@ -9,7 +9,7 @@
  */
 import { perplexity as perplexityOf, tokenizeForEval as tokenizeForEvalOf } from "./eval/perplexity.js";
 import { loglikelihood as loglikelihoodOf, choiceLoglikelihoods as choiceLoglikelihoodsOf } from "./eval/tasks/score.js";
-import { runTask as runTaskOf } from "./eval/tasks/index.js";
+import { checkTaskName, runTask as runTaskOf, TASKS } from "./eval/tasks/index.js";
 import { normalizeHfConfig as normalizeHfConfigOf, readHfConfig as readHfConfigOf } from "./io/hfConfig.js";
 import { writeSafetensorsSync as writeSafetensorsSyncOf } from "./io/safetensors.js";
 import { loadTokenizer as loadTokenizerOf } from "./io/tokenizer.js";
@@ -62,10 +62,14 @@ export const choiceLoglikelihoods: typeof choiceLoglikelihoodsOf = (model, tok, 
 };
 
 /** One benchmark's accuracy (eval/tasks/index.ts). */
-export const runTask: typeof runTaskOf = async (model, tok, ...rest) => {
+export const runTask: typeof runTaskOf = async (model, tok, task, dataDir, ...rest) => {
   checkModelArg("runTask()", model);
   checkTokenizerArg("runTask()", tok);
-  return runTaskOf(model, tok, ...rest);
+  checkStringArg("runTask()", "the task", task, `pass a task's name: ${Object.keys(TASKS).join(", ")}`);
+  checkTaskName(task);
+  // The arguments are positional: an options object where the folder goes failed as a TypeError in fs.
+  checkStringArg("runTask()", "the data folder", dataDir, "pass the folder of the task files, then the rest in order: runTask(model, tokenizer, task, dataDir, limit, progress, signal, kvCache)");
+  return runTaskOf(model, tok, task, dataDir, ...rest);
 };
 
 /** The normalized config of the model folder `dir` (io/hfConfig.ts). */

@@ -17,6 +17,8 @@
 import type { TextTokenizer } from "./tokenizer.js";
 import { SpaceCleaner } from "./cleanUpSpaces.js";
 import { checkTokenizerArg } from "../util/argTypes.js";
+import { describe } from "../util/optionTypes.js";
+import { MlaError } from "../errors.js";
 
 /** Ids before the anchor decoded with the window, so its first piece reads as it does in the whole text. */
 const CONTEXT_IDS = 5;
@@ -53,6 +55,9 @@ export class IncrementalDecoder {
 
   /** Takes the next ids (a prompt's at once, or one per step); returns the text that can be handed out now (maybe ""). */
   push(ids: readonly number[]): string {
+    // One id (what generate's onToken hears) has no length: it read as no ids, and nothing ever came out.
+    if (typeof ids !== "object" || ids === null || typeof ids.length !== "number")
+      throw new MlaError("BAD_ARGUMENT", `IncrementalDecoder.push(): the ids are ${describe(ids)}, not an array of token ids`, "pass [id] for one id, e.g. onToken: (_, id) => process.stdout.write(decoder.push([id]))");
     if (!ids.length) return "";
     this.ids.push(...ids);
     const window = this.decode(this.ids.slice(Math.max(0, this.anchor - CONTEXT_IDS)));

@@ -4,6 +4,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { Tokenizer as HfTokenizer } from "@huggingface/tokenizers";
 import { MlaError } from "../errors.js";
+import { checkOptionTypes, describe, type OptionKinds } from "../util/optionTypes.js";
 import { useFastBpe } from "./fastBpe.js";
 import { bytesPerToken } from "./bytesPerToken.js";
 
@@ -41,6 +42,10 @@ export interface TextTokenizer {
 }
 
 /** The decode and encode functions loadTokenizer built: a tokenizer whose decode or encode is not one of them was changed by its caller. */
+/** What a script may pass encode and decode: transformers' add_special_tokens went unheard (no BOS), a number failed as a TypeError. */
+const ENCODE_KINDS: OptionKinds<NonNullable<Parameters<TextTokenizer["encode"]>[1]>> = { addSpecialTokens: "boolean" };
+const DECODE_KINDS: OptionKinds<NonNullable<Parameters<TextTokenizer["decode"]>[1]>> = { skipSpecialTokens: "boolean", cleanUpSpaces: "boolean" };
+
 const builtDecoders = new WeakSet<TextTokenizer["decode"]>();
 const builtEncoders = new WeakSet<TextTokenizer["encode"]>();
 
@@ -167,11 +172,19 @@ function buildTokenizer(dir: string, tjFile: string, tj: Record<string, unknown>
   // and a SentencePiece model on an id it does not hold (a vocabulary padded past the tokenizer's):
   // such ids are dropped, as HF's decode drops them.
   const decode: TextTokenizer["decode"] = (ids, opts) => {
+    // A string's characters, or one id, read as no ids at all: "" came back.
+    if (typeof ids !== "object" || ids === null || typeof (ids as Iterable<number>)[Symbol.iterator] !== "function")
+      throw new MlaError("BAD_ARGUMENT", `decode(): the ids are ${describe(ids)}, not an array of token ids`, "pass an array of ids, e.g. tokenizer.decode(generate(model, prompt, opts).ids), or [id] for one");
+    if (opts !== undefined) checkOptionTypes("decode()", opts, DECODE_KINDS);
     const known = [...ids].filter((id) => Number.isInteger(id) && id >= 0 && id < vocabSize && (addedIds.has(id) || tok.id_to_token(id) != null));
     return known.length === 0 ? "" : tok.decode(known, { skip_special_tokens: opts?.skipSpecialTokens ?? false, clean_up_tokenization_spaces: cleans && opts?.cleanUpSpaces !== false });
   };
   builtDecoders.add(decode);
-  const encodeText: TextTokenizer["encode"] = (text, opts) => encode(text, opts?.addSpecialTokens ?? false);
+  const encodeText: TextTokenizer["encode"] = (text, opts) => {
+    if (typeof text !== "string") throw new MlaError("BAD_ARGUMENT", `encode(): the text is ${describe(text)}, not a string`, 'pass the text itself, e.g. tokenizer.encode("Once upon a time", { addSpecialTokens: true })');
+    if (opts !== undefined) checkOptionTypes("encode()", opts, ENCODE_KINDS);
+    return encode(text, opts?.addSpecialTokens ?? false);
+  };
   builtEncoders.add(encodeText);
   // Read on first use (a pass over the vocabulary and merges): only serve asks.
   let perToken: number | null | undefined;

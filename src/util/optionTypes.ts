@@ -60,6 +60,8 @@ const SHAPES: Record<string, [(v: object) => boolean, string]> = {
   logitBias: [(v) => v instanceof Map, "a Map from token id to the bias added to its logit"],
   // Any object passed "object": a plain {} never aborts, so Ctrl-C from a script silently did nothing.
   signal: [(v) => v instanceof AbortSignal, "an AbortSignal, e.g. new AbortController().signal"],
+  // A device name ("cpu") where loadModel's backend goes: selectBackend makes one from it.
+  backend: [(v) => typeof (v as { name?: unknown }).name === "string" && typeof (v as { linear?: unknown }).linear === "function", 'a backend, e.g. selectBackend("auto")'],
   collective: [(v) => Number.isInteger((v as { rank?: unknown }).rank) && Number.isInteger((v as { world?: unknown }).world) && typeof (v as { allReduceSum?: unknown }).allReduceSum === "function", "a Collective (rank, world, allReduceSum, allReduceHost), e.g. from ncclCollective"],
 };
 
@@ -92,8 +94,10 @@ export function checkOptionTypes<T>(where: string, o: unknown, kinds: OptionKind
       const near = Object.keys(table).find((k) => flat(k) === flat(key)) ?? nearestName(key, Object.keys(table));
       throw new MlaError("BAD_ARGUMENT", `${where} has no option ${JSON.stringify(key)}`, near ? `did you mean ${near}?` : `its options are ${Object.keys(table).join(", ")}`);
     }
-    if (v !== null && !hasKind(v, kind)) throw new MlaError("BAD_ARGUMENT", `${where}: option ${key} is ${describe(v)}, not ${EXPECTED[kind]}`, `pass ${key} as ${EXPECTED[kind]}`);
     const shape = SHAPES[key];
+    // An option of a known shape is named by it ("a logger with info(…)"), not as "an object".
+    const expected = kind === "object" && shape ? shape[1] : EXPECTED[kind];
+    if (v !== null && !hasKind(v, kind)) throw new MlaError("BAD_ARGUMENT", `${where}: option ${key} is ${describe(v)}, not ${expected}`, `pass ${key} as ${expected}`);
     if (v !== null && kind === "object" && shape && !shape[0](v)) throw new MlaError("BAD_ARGUMENT", `${where}: option ${key} is not ${shape[1]}`, `pass ${key} as ${shape[1]}`);
   }
   for (const key of required) {

@@ -8,7 +8,7 @@ import test from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
-import { calibrationWindows, Checkpoint, convert, DecodeSession, generateBatchAsync, loadModel, MlaError, perplexity, SafetensorsFile, study, tokenizeForEval, writeReport } from "../../src/index.js";
+import { calibrationWindows, Checkpoint, convert, DecodeSession, generate, generateBatchAsync, IncrementalDecoder, loadModel, MlaError, perplexity, runTask, SafetensorsFile, study, tokenizeForEval, writeReport } from "../../src/index.js";
 import { FIXTURES, MODELS, tmpDir } from "../helpers.js";
 
 const TEXT = path.join(FIXTURES, "text", "tinystories.txt");
@@ -95,4 +95,41 @@ test("writeReport names a folder given where an eval JSON goes (it was EISDIR)",
   const out = path.join(dir, "r.html");
   assert.throws(() => writeReport([path.join(MODELS, "stories260K")], out), refused(/ is a folder, not an eval JSON file\n {2}hint: pass JSON files written by `mha2mla eval --json FILE`/));
   assert.deepEqual(fs.readdirSync(dir), []);
+});
+
+test("a tokenizer refuses text that is not a string, ids that are not an array, and transformers' option names (add_special_tokens left BOS out)", () => {
+  const { tokenizer } = loadModel("stories260K");
+  assert.throws(() => tokenizer.encode(5 as Loose), refused(/^encode\(\): the text is 5 \(a number\), not a string\n {2}hint: pass the text itself/));
+  assert.throws(() => tokenizer.encode("Once", { add_special_tokens: true } as Loose), refused(/^encode\(\) has no option "add_special_tokens"\n {2}hint: did you mean addSpecialTokens\?/));
+  assert.throws(() => tokenizer.decode("abc" as Loose), refused(/^decode\(\): the ids are "abc" \(a string\), not an array of token ids/));
+  assert.throws(() => tokenizer.decode(419 as Loose), refused(/^decode\(\): the ids are 419 \(a number\), not an array of token ids/));
+  assert.throws(() => tokenizer.decode([419], { skip_special_tokens: true } as Loose), refused(/^decode\(\) has no option "skip_special_tokens"\n {2}hint: did you mean skipSpecialTokens\?/));
+  const ids = tokenizer.encode("Once upon a time", { addSpecialTokens: true });
+  assert.equal(ids[0], 1, "BOS first");
+  assert.deepEqual(tokenizer.encode("", {}), []);
+  assert.equal(tokenizer.decode(Int32Array.from(ids.slice(1)) as Loose, { skipSpecialTokens: true }), "Once upon a time");
+});
+
+test("IncrementalDecoder.push refuses one id (what onToken hears) instead of handing out nothing ever", () => {
+  const { model, tokenizer } = loadModel("stories260K");
+  const decoder = new IncrementalDecoder(tokenizer);
+  assert.throws(() => decoder.push(419 as Loose), refused(/^IncrementalDecoder\.push\(\): the ids are 419 \(a number\), not an array of token ids\n {2}hint: pass \[id\] for one id/));
+  let text = "";
+  const { ids } = generate(model, tokenizer.encode("Once upon a time", { addSpecialTokens: true }), { maxTokens: 8, stopAtEos: false, onToken: (_, id) => void (text += decoder.push([id])) });
+  assert.equal(text + decoder.finish().rest, tokenizer.decode(ids));
+});
+
+test("runTask refuses an options object where its data folder goes, and an unknown task, before reading anything (a TypeError from fs before)", async () => {
+  const { model, tokenizer } = loadModel("stories260K");
+  await assert.rejects(runTask(model, tokenizer, "arc-easy", { limit: 2 } as Loose), refused(/^runTask\(\): the data folder is an object, not a string\n {2}hint: pass the folder of the task files, then the rest in order: runTask\(model, tokenizer, task, dataDir, limit/));
+  await assert.rejects(runTask(model, tokenizer, "arc-ez" as Loose, tmpDir(), 2), refused(/^task "arc-ez" is not known\n {2}hint: known tasks: arc-easy/));
+  await assert.rejects(runTask(model, tokenizer, 3 as Loose, tmpDir(), 2), refused(/^runTask\(\): the task is 3 \(a number\), not a string/));
+});
+
+test("an option of a known shape given another type is named by its shape (\"cpu\" where loadModel's backend goes said 'not an object')", () => {
+  assert.throws(() => loadModel("stories260K", { backend: "cpu" } as Loose), refused(/^loadModel\(\): option backend is "cpu" \(a string\), not a backend, e\.g\. selectBackend\("auto"\)\n {2}hint: pass backend as a backend/));
+  assert.throws(() => loadModel("stories260K", { backend: {} } as Loose), refused(/^loadModel\(\): option backend is not a backend/));
+  assert.throws(() => loadModel("stories260K", { logger: console.log } as Loose), refused(/has no option "logger"/));
+  const parent = tmpDir();
+  return assert.rejects(convert("stories260K", { rank: 4, out: path.join(parent, "out"), logger: console.log } as Loose), refused(/^convert\(\): option logger is a function, not a logger with info\(message\) and warn\(message\)/)).then(() => assert.deepEqual(fs.readdirSync(parent), []));
 });
