@@ -6,6 +6,7 @@
 import { MlaError } from "../errors.js";
 import type { Backend } from "../tensor/backend.js";
 import { silentLogger, type Logger } from "../util/log.js";
+import { describe } from "../util/optionTypes.js";
 import { referenceBackend } from "./reference/index.js";
 import { loadNativeCpu, nativeLinalg, NativeCpuBackend } from "./native/cpu.js";
 import { CudaBackend, cudaLinalg, loadCuda } from "./native/cuda.js";
@@ -52,6 +53,8 @@ export function checkDevice(device: unknown): asserts device is DeviceName {
 
 /** The backend `device` names (see the file's header); `log` hears which one auto picked and why. */
 export function selectBackend(device: DeviceName, log: Logger = silentLogger): Backend {
+  // From a script: no name read as "--device undefined is not known", an options object as "[object Object]".
+  if (typeof device !== "string") throw new MlaError("BAD_ARGUMENT", `selectBackend(): the device is ${describe(device)}, not a device name`, `pass one of ${DEVICE_NAMES.join(", ")}, e.g. selectBackend("auto")`);
   checkDevice(device);
   if (device === "reference") return referenceBackend;
   const gpu = tryCuda(device, log);

@@ -8,7 +8,7 @@ import test from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
-import { calibrationWindows, Checkpoint, convert, DecodeSession, generate, generateBatchAsync, IncrementalDecoder, loadModel, MlaError, perplexity, runTask, SafetensorsFile, study, tokenizeForEval, writeReport } from "../../src/index.js";
+import { calibrationWindows, Checkpoint, convert, DecodeSession, generate, generateBatchAsync, IncrementalDecoder, loadModel, selectBackend, MlaError, perplexity, runTask, SafetensorsFile, study, tokenizeForEval, writeReport } from "../../src/index.js";
 import { FIXTURES, MODELS, tmpDir } from "../helpers.js";
 
 const TEXT = path.join(FIXTURES, "text", "tinystories.txt");
@@ -132,4 +132,11 @@ test("an option of a known shape given another type is named by its shape (\"cpu
   assert.throws(() => loadModel("stories260K", { logger: console.log } as Loose), refused(/has no option "logger"/));
   const parent = tmpDir();
   return assert.rejects(convert("stories260K", { rank: 4, out: path.join(parent, "out"), logger: console.log } as Loose), refused(/^convert\(\): option logger is a function, not a logger with info\(message\) and warn\(message\)/)).then(() => assert.deepEqual(fs.readdirSync(parent), []));
+});
+
+test("selectBackend names what it got where a device name goes (no name read as \"--device undefined\", an object as [object Object])", () => {
+  assert.throws(() => (selectBackend as Loose)(), refused(/^selectBackend\(\): the device is undefined, not a device name\n {2}hint: pass one of auto, reference, cpu, cuda, e\.g\. selectBackend\("auto"\)/));
+  assert.throws(() => selectBackend({ device: "cpu" } as Loose), refused(/^selectBackend\(\): the device is an object, not a device name/));
+  assert.throws(() => selectBackend("gpu" as Loose), refused(/^--device gpu is not known\n {2}hint: use one of auto, reference, cpu, cuda/));
+  assert.equal(selectBackend("reference").name, "reference");
 });
