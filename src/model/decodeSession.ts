@@ -5,7 +5,7 @@
  * Where a step cannot be recorded (a backend without graphs, float32 / int8 / int4 caches, attention
  * routes whose shapes follow the sequence lengths) the session runs steps op by op and says why.
  */
-import { checkModelArg } from "../util/argTypes.js";
+import { checkCachesArg, checkModelArg } from "../util/argTypes.js";
 import { checkOptionTypes, describe } from "../util/optionTypes.js";
 import { MlaError } from "../errors.js";
 import type { StepGraph } from "../tensor/backend.js";
@@ -56,12 +56,10 @@ export class DecodeSession {
   /** `caches` [B]: distinct caches holding each sequence so far (prefilled); they advance with every step. */
   constructor(readonly model: LlamaModel, readonly caches: readonly DecodeCache[], opts: DecodeSessionOptions = {}) {
     checkModelArg("new DecodeSession()", model);
-    if (!Array.isArray(caches)) throw new MlaError("BAD_ARGUMENT", "new DecodeSession(): the caches are not an array", "pass one prefilled cache per sequence: [model.newCache(dtype), …]");
+    checkCachesArg("new DecodeSession()", caches, "make one per sequence with model.newCache(dtype) and prefill it: model.forward(prompt, cache)");
     if (caches.length === 0) throw new MlaError("BAD_ARGUMENT", "a decode session needs at least one cache", "prefill a cache per sequence first (model.forward(prompt, cache))");
     // From JavaScript: { graph: false } was ignored (graphs stayed on), anything but a cache failed at the first step.
     checkOptionTypes<DecodeSessionOptions>("new DecodeSession()", opts, { graphs: "boolean" });
-    const notCache = caches.findIndex((c) => !(typeof c === "object" && c !== null && typeof (c as Partial<DecodeCache>).commitStep === "function" && typeof (c as Partial<DecodeCache>).replayBuffers === "function"));
-    if (notCache >= 0) throw new MlaError("BAD_ARGUMENT", `new DecodeSession(): cache ${notCache} is ${describe(caches[notCache])}, not a decode cache`, "make one per sequence with model.newCache(dtype) and prefill it: model.forward(prompt, cache)");
     if (new Set(caches).size !== caches.length) throw new MlaError("BAD_ARGUMENT", "a decode session got the same cache twice", "each sequence needs its own cache (clone() copies one)");
     this.shape = `${caches.length}×${caches.map((c) => c.dtype).join(",")}`;
     const backend = model.backend;

@@ -14,6 +14,7 @@ import type { FloatArray, Tensor } from "../tensor/tensor.js";
 import { attentionInvFreq, ModelConfig } from "./config.js";
 import { LlamaWeights, loadLlamaWeights, WEIGHT_STORAGES, WeightStorage, namedTensors } from "./weights.js";
 import { checkOptionTypes, type OptionKinds } from "../util/optionTypes.js";
+import { checkCacheArg, checkCachesArg } from "../util/argTypes.js";
 import { CacheOptions, DecodeCache, KvCache, LatentCache } from "./kvCache.js";
 import { AttentionMode, mhaAttention, mhaDecodeBatch } from "./attention/mha.js";
 import { MlaError } from "../errors.js";
@@ -122,6 +123,8 @@ export class LlamaModel {
    * the sequence starts at position 0.
    */
   forward(ids: Int32Array, cache?: DecodeCache, opts: ForwardOptions = {}): Tensor {
+    // From a script: anything but a cache failed inside as "Cannot read properties of undefined".
+    checkCacheArg("forward()", cache);
     return this.logits(ids, cache, opts);
   }
 
@@ -224,6 +227,7 @@ export class LlamaModel {
    * sequence on its own cache. Inference only.
    */
   decodeBatch(ids: Int32Array, caches: readonly DecodeCache[]): Tensor {
+    checkCachesArg("decodeBatch()", caches, "pass one cache per sequence, each made with model.newCache(dtype) and prefilled: [cache, cache.clone()]");
     if (ids.length !== caches.length || ids.length === 0)
       throw new MlaError("BAD_ARGUMENT", `decodeBatch: ${ids.length} tokens for ${caches.length} caches`, "pass one next token per sequence, in the order of the caches");
     if (new Set(caches).size !== caches.length) throw new MlaError("BAD_ARGUMENT", "decodeBatch: the same cache appears twice", "each sequence needs its own cache (clone() copies one)");

@@ -49,6 +49,21 @@ export function checkWindowsArg(where: string, v: unknown): void {
   throw new MlaError("BAD_ARGUMENT", `${where}: the windows are ${describe(v)}, not an array of Int32Array token-id windows`, "make them with calibrationWindows(tokenizer, text, samples, len, bos)");
 }
 
+/** A decode cache (model.newCache), known by its methods: a test's stand-in passes. */
+const isDecodeCache = (c: unknown): boolean => isObject(c) && typeof c["commitStep"] === "function" && typeof c["replayBuffers"] === "function";
+
+/** Refuses `caches` unless it is an array of decode caches; `hint` says how the entry's caches are made. */
+export function checkCachesArg(where: string, caches: unknown, hint: string): void {
+  if (!Array.isArray(caches)) throw new MlaError("BAD_ARGUMENT", `${where}: the caches are not an array`, hint);
+  const bad = caches.findIndex((c) => !isDecodeCache(c));
+  if (bad >= 0) throw new MlaError("BAD_ARGUMENT", `${where}: cache ${bad} is ${describe(caches[bad])}, not a decode cache`, hint);
+}
+
+/** Refuses `cache` unless it is a decode cache or left out (model.forward's). */
+export function checkCacheArg(where: string, cache: unknown): void {
+  if (cache !== undefined && !isDecodeCache(cache)) throw new MlaError("BAD_ARGUMENT", `${where}: the cache is ${describe(cache)}, not a decode cache`, "make one with model.newCache(dtype), or leave it out to score the ids from position 0");
+}
+
 /**
  * Refuses `v` unless it is a model config (ModelConfig: loadModel(dir).config, readHfConfig(dir)).
  * loadModel's result and a loaded model both hold one, and read as a config without stop tokens.

@@ -140,3 +140,16 @@ test("selectBackend names what it got where a device name goes (no name read as 
   assert.throws(() => selectBackend("gpu" as Loose), refused(/^--device gpu is not known\n {2}hint: use one of auto, reference, cpu, cuda/));
   assert.equal(selectBackend("reference").name, "reference");
 });
+
+test("model.forward and model.decodeBatch refuse what is not a decode cache (a TypeError from inside before)", () => {
+  const { model } = loadModel("stories260K");
+  assert.throws(() => model.forward(Int32Array.of(1, 2), "cache" as Loose), refused(/^forward\(\): the cache is "cache" \(a string\), not a decode cache\n {2}hint: make one with model\.newCache\(dtype\)/));
+  assert.throws(() => model.forward(Int32Array.of(1, 2), {} as Loose), refused(/^forward\(\): the cache is an object, not a decode cache/));
+  const cache = model.newCache("f32");
+  model.forward(Int32Array.of(1, 2), cache);
+  assert.throws(() => model.decodeBatch(Int32Array.of(3), cache as Loose), refused(/^decodeBatch\(\): the caches are not an array\n {2}hint: pass one cache per sequence/));
+  assert.throws(() => model.decodeBatch(Int32Array.of(3, 4), [cache, 5] as Loose), refused(/^decodeBatch\(\): cache 1 is 5 \(a number\), not a decode cache/));
+  assert.equal(cache.length, 2, "a refused call left the cache as it was");
+  assert.deepEqual(model.decodeBatch(Int32Array.of(3), [cache]).shape, [1, model.config.vocabSize]);
+  assert.deepEqual(model.forward(Int32Array.of(1, 2)).shape, [2, model.config.vocabSize]);
+});
