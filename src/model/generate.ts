@@ -25,8 +25,11 @@ export interface GenerateOptions extends PenaltyOptions {
   seed?: number;
   /** Stop at the model's EOS token (default true). */
   stopAtEos?: boolean;
-  /** How the decode cache stores keys/values or latents (default f32). */
-  kvCache?: KvCacheDtype;
+  /**
+   * How the decode cache stores keys/values or latents (default f32); "auto" is the CLI's default,
+   * defaultKvCache(model): bf16 for bf16 weights on the GPU, else f32.
+   */
+  kvCache?: KvCacheDtype | "auto";
   /** Called with each new token as it is picked: the index of its prompt and its id (a stop token too). Text streamed as it is generated. */
   onToken?: (sequence: number, id: number) => void;
 }
@@ -201,7 +204,8 @@ function* decodeSteps(model: LlamaModel, prompts: readonly (readonly number[])[]
   // The caches are freed here, not left to the collector: on the GPU they are most of the memory
   // (one made before another's allocation failed included).
   try {
-    for (const p of prompts) caches.push(model.newCache(opts.kvCache, { capacity: Math.min(p.length + opts.maxTokens, Math.max(p.length, c.maxPositions)) }));
+    const kvCache = opts.kvCache === "auto" ? defaultKvCache(model) : opts.kvCache;
+    for (const p of prompts) caches.push(model.newCache(kvCache, { capacity: Math.min(p.length + opts.maxTokens, Math.max(p.length, c.maxPositions)) }));
     // Each prompt's last row gives its first new token. A long prompt is prefilled in chunks with a
     // yield between them: the GPU backend's intermediates of a cached forward are freed by the garbage
     // collector, whose callbacks run only between event-loop turns (generateBatchAsync gives one), so

@@ -63,3 +63,12 @@ test("pipeline names an --out that is a file and a damaged pipeline.json (intern
   fs.writeFileSync(path.join(damaged, "x"), "");
   await assert.rejects(pipeline(MODEL, { ...o, out: damaged }), refusal(/pipeline\.json is not valid JSON[\s\S]*--force to start over/));
 });
+
+test('generate takes kvCache "auto" as the CLI and serve do (defaultKvCache: f32 on the CPU)', async () => {
+  const lm = await loadModel(MODEL);
+  const ids = lm.tokenizer.encode("Once upon a time");
+  const auto = await generateBatchAsync(lm.model, [ids], { maxTokens: 4, kvCache: "auto" });
+  const f32 = await generateBatchAsync(lm.model, [ids], { maxTokens: 4, kvCache: "f32" });
+  assert.deepEqual(auto.sequences[0]!.ids, f32.sequences[0]!.ids);
+  assert.equal(auto.sequences[0]!.cacheElements, f32.sequences[0]!.cacheElements);
+});
