@@ -62,7 +62,7 @@ export const finetuneCommand: CommandModule<object, Args> = {
       .option("fraction", { type: "number", describe: "train on the first fraction of the training tokens" })
       .option("val-fraction", { type: "number", default: D.valFraction, describe: "held-out tail of the data for validation NLL" })
       .option("seq", { type: "number", default: D.seq, describe: "sequence length, BOS included" })
-      .option("batch", { type: "number", default: D.batch })
+      .option("batch", { type: "number", default: D.batch, describe: "sequences per micro-batch (--accum micro-batches per step; split among the GPUs with --gpus)" })
       .option("accum", { type: "number", default: D.accum, describe: "gradient accumulation steps" })
       .option("lr", { type: "number", describe: "peak learning rate (default by model size: 1e-3 under 10M parameters, 2e-4 under 100M, else 1e-4)" })
       .option("warmup", { type: "number", default: D.warmup, describe: "warmup as a fraction of the steps" })
@@ -70,7 +70,7 @@ export const finetuneCommand: CommandModule<object, Args> = {
       .option("decay-fraction", { type: "number", describe: `wsd: fraction of the steps spent decaying, after warmup (default ${D.decayFraction})` })
       .option("weight-decay", { type: "number", default: D.weightDecay, describe: "AdamW weight decay, on matrices only (not norm gains or biases, as HF's Trainer)" })
       .option("clip", { type: "number", default: D.clip, describe: "global gradient-norm clip (0 = off)" })
-      .option("seed", { type: "number", default: D.seed })
+      .option("seed", { type: "number", default: D.seed, describe: "seed of the order the training sequences are visited in (reshuffled every epoch)" })
       .option("train", { choices: ["attention", "all"] as const, default: D.train, describe: "which weights to train" })
       .option("distill", { type: "string", describe: "teacher model (e.g. the original) for KL distillation" })
       // No yargs defaults: with --distill they default in finetune(); without it, one given is refused.

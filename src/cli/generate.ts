@@ -46,9 +46,9 @@ export const generateCommand: CommandModule<object, Args> = {
   describe: "continue a prompt, or several together (greedy, or sampled with --temperature), decoding with the KV cache",
   builder: (y) =>
     y
-      .positional("model", { type: "string", demandOption: true })
+      .positional("model", { type: "string", demandOption: true, describe: "model folder, HF hub id in the local cache, or alias" })
       .option("prompt", { type: "string", array: true, nargs: 1, default: ["Once upon a time"], describe: "the text to continue; one prompt's text streams to stdout as it is generated (Ctrl-C keeps what was printed); give it several times to continue several prompts together, decoded as one batch and printed when all are done, each after a --- line" })
-      .option("max-tokens", { type: "number", default: 64 })
+      .option("max-tokens", { type: "number", default: 64, describe: "new tokens per prompt at most (generation ends sooner at EOS)" })
       .option("temperature", { type: "number", default: 0, describe: "0: greedy; else sample from softmax(logits / temperature)" })
       // No yargs defaults for the sampling flags: greedy decoding reads none, so one given is refused without --temperature.
       .option("top-k", { type: "number", describe: "with --temperature: sample among the k most likely tokens only (default 0: all)" })

@@ -52,7 +52,7 @@ export const pipelineCommand: CommandModule<object, Args> = {
   describe: "convert → optional fine-tune → optional export to deepseek_v3 → eval before and after → report, resumable by phase",
   builder: (y) =>
     withConversionOptions(y)
-      .positional("model", { type: "string", demandOption: true })
+      .positional("model", { type: "string", demandOption: true, describe: "the original (MHA/GQA) model: folder, HF hub id in the local cache, or alias" })
       .option("out", { type: "string", demandOption: true, describe: "pipeline folder (re-run the same command to resume)" })
       .option("force", { type: "boolean", default: false, describe: "start over in an existing --out" })
       .option("finetune-data", { type: "string", array: true, describe: "fine-tune on these files (skipped when absent)" })
@@ -63,10 +63,10 @@ export const pipelineCommand: CommandModule<object, Args> = {
       .option("lr", { type: "number", describe: "peak learning rate (default by model size: 1e-3 under 10M parameters, 2e-4 under 100M, else 1e-4)" })
       .option("distill", { type: "string", describe: "teacher for distillation during fine-tuning" })
       .option("eval-text", { type: "string", describe: "perplexity text" })
-      .option("eval-tokens", { type: "number" })
+      .option("eval-tokens", { type: "number", describe: "tokens of --eval-text to score (default all)" })
       .option("eval-ctx", { type: "number", describe: "window length of the --eval-text perplexity, BOS included (default 256)" })
       .option("tasks", { type: "string", describe: "benchmarks, comma-separated" })
-      .option("data-dir", { type: "string" })
+      .option("data-dir", { type: "string", describe: "folder with the task files (default $MHA2MLA_EVAL_DATA or ../shared/data/eval)" })
       .option("limit", { type: "number", describe: "first N items of each task" })
       .option("device", DEVICE_OPTION)
       .option("format", { choices: ["mha2mla", "deepseek"] as const, default: "mha2mla" as const, describe: "the converted model's format (see convert --format)" })

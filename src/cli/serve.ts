@@ -41,7 +41,7 @@ export const serveCommand: CommandModule<object, Args> = {
   describe: "serve the model over HTTP with the OpenAI completions and chat APIs (POST /v1/completions, /v1/chat/completions for a model with a chat template; streamed or not), requests in flight decoded as one continuous batch",
   builder: (y) =>
     y
-      .positional("model", { type: "string", demandOption: true })
+      .positional("model", { type: "string", demandOption: true, describe: "model folder, HF hub id in the local cache, or alias" })
       .option("host", { type: "string", default: "127.0.0.1", describe: "address to listen on (0.0.0.0: every interface)" })
       .option("port", { type: "number", default: 8000, describe: "TCP port (0: any free one, printed at start)" })
       .option("served-model-name", { type: "string", describe: "the model name clients send (default: MODEL as given)" })

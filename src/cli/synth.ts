@@ -24,7 +24,7 @@ export const synthCommand: CommandModule<object, Args> = {
       .option("out", { type: "string", demandOption: true, describe: "output folder (written atomically)" })
       .option("dtype", { choices: ["bf16", "f16", "f32"] as const, default: "bf16" as const, describe: "the weights' dtype" })
       .option("layers", { type: "number", describe: "override the number of layers" })
-      .option("seed", { type: "number", default: 0 })
+      .option("seed", { type: "number", default: 0, describe: "seed of the random weights (the same seed writes the same checkpoint)" })
       .option("shard-size", { type: "number", default: 5, describe: "maximum shard size in GiB" })
       .option("force", { type: "boolean", default: false, describe: "replace an existing --out" })
       .option("json", { type: "string", describe: "write a summary as JSON to FILE (no value: stdout)" }),
