@@ -2,6 +2,7 @@ import { DEVICE_OPTION } from "./deviceOption.js";
 import type { CommandModule } from "yargs";
 import { checkFinetuneRun, FINETUNE_DEFAULTS as D, finetune, type FinetuneOptions } from "../finetune/trainer.js";
 import { checkLaunch, launchRanks } from "../finetune/launch.js";
+import { cudaLibraryAbsent } from "../backends/native/cuda.js";
 import { joinRun, rankFromEnv } from "../finetune/joinRun.js";
 import { MlaError } from "../errors.js";
 import { parseSchedule, SCHEDULES } from "../finetune/schedule.js";
@@ -158,6 +159,10 @@ async function launch(a: Args): Promise<void> {
   if (a.gpus === undefined) throw new MlaError("BAD_ARGUMENT", `${a.nnodes !== undefined ? "--nnodes" : a["node-rank"] !== undefined ? "--node-rank" : "--master"} without --gpus`, "pass --gpus N, the GPUs of this machine to train on");
   if (a.device !== "auto" && a.device !== "cuda") throw new MlaError("BAD_ARGUMENT", `--gpus runs one process per GPU; --device ${a.device} has none`, "drop --device, or pass --device cuda");
   checkLaunch({ gpus: a.gpus, nnodes: a.nnodes, nodeRank: a["node-rank"], master: a.master }, a.batch);
+  // Each rank would load the CUDA library and fail on its own: say it once, before starting any. (The
+  // launcher does not load it: that would hold a context on GPU 0 beside rank 0's for the whole run.)
+  const absent = cudaLibraryAbsent();
+  if (absent) throw new MlaError("UNSUPPORTED", `--gpus ${a.gpus} runs on the CUDA backend, which cannot load here: ${absent}`, "build it with `npm run build:native` on a machine with nvcc and the cuBLAS/cuSOLVER headers, or drop --gpus");
   checkFinetuneRun(a.model, optionsOf(a));
   const run = await launchRanks({ gpus: a.gpus, nnodes: a.nnodes, nodeRank: a["node-rank"], master: a.master, log: stderrLogger });
   const stop = gracefulStop(undefined, () => run.stop());

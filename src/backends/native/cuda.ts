@@ -99,6 +99,15 @@ const SIGNATURES: Record<string, string> = {
 let cached: CudaLib | string | null = null;
 
 /**
+ * Why the CUDA library cannot be loaded, read from its file alone (missing, or built against another C
+ * interface), or null: what a process that must not take a GPU itself (the --gpus launcher) can check.
+ */
+export function cudaLibraryAbsent(libFile = libraryFile("MHA2MLA_CUDA_LIB", "libmla_cuda.so")): string | null {
+  if (!fs.existsSync(libFile.path)) return missingLibrary(libFile, "npm install builds it when nvcc is found; `npm run build:native` retries and prints why it failed");
+  return staleLibrary(libFile);
+}
+
+/**
  * The loaded and initialized library, or a sentence saying why CUDA cannot be used (which file, why);
  * an error for a MHA2MLA_CUDA_LIB that does not load (one that loads on a machine without a GPU is a sentence).
  */
@@ -106,9 +115,8 @@ export function loadCuda(): CudaLib | string {
   if (cached) return cached;
   const libFile = libraryFile("MHA2MLA_CUDA_LIB", "libmla_cuda.so");
   const file = libFile.path;
-  if (!fs.existsSync(file)) return (cached = missingLibrary(libFile, "npm install builds it when nvcc is found; `npm run build:native` retries and prints why it failed"));
-  const stale = staleLibrary(libFile);
-  if (stale) return (cached = stale);
+  const absent = cudaLibraryAbsent(libFile);
+  if (absent) return (cached = absent);
   let lib: ReturnType<typeof koffi.load> | undefined;
   let lastError: () => string;
   let init: (d: number) => number;
