@@ -152,7 +152,10 @@ export function report(text: string): string {
   lines.push("");
   for (const g of goals(v)) {
     const misses = g.rows.filter((r) => !r.met).map((r) => `${r.ctx} × ${r.batch}: ${fmt(r.value)}`);
-    lines.push(`- ${g.goal}: ${g.rows.length === 0 ? "no such rows run" : g.met ? "met" : `not met (${misses.join("; ")})`}`);
+    // A ratio met because one side does not fit says so: it is a memory result, not a rate.
+    const unfit = g.rows.filter((r) => r.met && r.value === Infinity).map((r) => `${r.ctx} × ${r.batch}`);
+    const met = unfit.length ? `met (${unfit.join(", ")}: only the first fits, no rate to compare)` : "met";
+    lines.push(`- ${g.goal}: ${g.rows.length === 0 ? "no such rows run" : g.met ? met : `not met (${misses.join("; ")})`}`);
   }
   return lines.join("\n");
 }

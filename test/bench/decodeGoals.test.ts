@@ -40,6 +40,7 @@ test("decode goals: each goal over the shapes it applies to, a miss named with i
   const text = report(ROWS);
   assert.match(text, /\| 4096 × 1 \| 943\.5 \(42%\) \| 996\.4 \(40%\) \| 293\.3 \(13%\) \| 1\.06 \| 3\.22 \|/);
   assert.match(text, /our MHA ≥ HF: not met \(16384 × 8: 0\.75\)/);
+  assert.match(text, /MLA ≥ 2× MHA at batch ≥ 8 with ≥ 16k context: met \(16384 × 128: only the first fits, no rate to compare\)/, "a goal met where one side does not fit says so");
   assert.match(text, /≥ 50% of the HBM bound: not met \(4096 × 1: 40\.00\)/);
   assert.equal(report("nothing here"), "no decode rows found (expected the table rows bench/decode.sh prints)");
 });
