@@ -153,12 +153,15 @@ export function kvRowsPerToken(c: ModelConfig, layer: number): [number, number] 
   return [c.kvHeads * c.headDim, c.kvHeads * c.headDim];
 }
 
-/** Bytes per token, all layers, of a decode cache storing `dtype` (quantization scales included). */
 /** The ids that end a generation (stopTokenIds, else eosTokenId). */
 export function stopTokenIds(c: Pick<ModelConfig, "eosTokenId" | "stopTokenIds">): ReadonlySet<number> {
   return new Set(c.stopTokenIds ?? (c.eosTokenId === null ? [] : [c.eosTokenId]));
 }
 
+/**
+ * Bytes per token, all layers, of a decode cache storing `dtype` (quantization scales included): the
+ * dtype's size, which a cache may hold wider in memory (kvCache.ts, heldBytesPerToken).
+ */
 export function kvBytesPerToken(c: ModelConfig, dtype: KvCacheDtype): number {
   let n = 0;
   for (let l = 0; l < c.layers; l++) n += kvRowsPerToken(c, l).reduce((x, r) => x + kvRowBytes(r, dtype), 0);

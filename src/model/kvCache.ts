@@ -9,6 +9,7 @@ import { checkOptionTypes } from "../util/optionTypes.js";
 import type { Backend } from "../tensor/backend.js";
 import type { FloatArray, Tensor } from "../tensor/tensor.js";
 import { KvCacheDtype, kvRowBytes, roundTrip } from "./kvQuant.js";
+import { kvElemsPerToken, type ModelConfig } from "./config.js";
 import { rowOf, rowRange } from "../tensor/rows.js";
 
 /** Growable [S, rowSize] float rows. */
@@ -129,16 +130,51 @@ interface DeviceRowBackend {
   scatterRows(src: Tensor, dst: readonly Tensor[], offsets: readonly number[]): void;
 }
 
+/** Bytes of one element of the types rows are held in. */
+const ELEMENT_BYTES = { f32: 4, bf16: 2 } as const;
+
+/** Whether `backend` keeps decode caches in its own memory (DeviceRowBackend); the others' rows live on the host (RowBuffer). */
+function keepsDeviceRows(backend: Backend): boolean {
+  return typeof (backend as Partial<DeviceRowBackend>).createRowStore === "function";
+}
+
+/** How a cache's rows are held in memory, where that may be wider than its dtype. */
+export interface HeldRows {
+  /** The element type of its buffers. */
+  type: "f32" | "bf16";
+  bytesPerElement: number;
+  /** Why that is wider than the dtype, for messages (null: the rows are held as the dtype). */
+  why: string | null;
+}
+
+/**
+ * How a cache of `dtype` holds its rows on `backend` (what `heldBytes` counts, and what a server's
+ * KV budget must count): on the host (backends without device row stores, the CPU ones) as float32;
+ * in a device store as bf16 for a bf16 cache and float32 otherwise (int8/int4 rows are float32 until
+ * quantized kernels).
+ */
+export function heldRows(backend: Backend, dtype: KvCacheDtype): HeldRows {
+  const device = keepsDeviceRows(backend);
+  const type = device && dtype === "bf16" ? "bf16" : "f32";
+  const why = type === dtype ? null : dtype === "int8" || dtype === "int4" ? `${dtype} rows are held as float32 until quantized kernels` : `the ${backend.name} backend holds cache rows on the host, as float32`;
+  return { type, bytesPerElement: ELEMENT_BYTES[type], why };
+}
+
+/** Bytes per token, all layers, that a cache of `dtype` of model `c` holds in memory on `backend` (heldRows; config's kvBytesPerToken is the dtype's size). */
+export function heldBytesPerToken(c: ModelConfig, backend: Backend, dtype: KvCacheDtype): number {
+  return kvElemsPerToken(c) * heldRows(backend, dtype).bytesPerElement;
+}
+
 /**
  * A store of rows `rowShape` with room for `capacity` rows allocated up front; a bf16 cache keeps bf16
- * rows where the backend can (half the bytes read per step).
+ * rows where the backend can (half the bytes read per step), as heldRows says.
  */
 function rowStore(backend: Backend, rowShape: readonly number[], dtype: KvCacheDtype = "f32", capacity = 0): RowStore {
   const rowSize = rowShape.reduce((x, y) => x * y, 1);
-  const dev = (backend as Partial<DeviceRowBackend>).createRowStore?.(rowShape, dtype === "bf16" ? "bf16" : "f32");
+  const dev = keepsDeviceRows(backend) ? (backend as Backend & DeviceRowBackend).createRowStore(rowShape, heldRows(backend, dtype).type) : null;
   if (dev) {
     if (capacity > 0) dev.reserve(capacity, true);
-    return { get rows() { return dev.rows; }, get capacity() { return dev.capacity; }, append: (v) => dev.append(v), tensor: (shape) => dev.view(shape), truncate: (n) => dev.truncate(n), dispose: () => dev.dispose(), get heldBytes() { return dev.capacity * rowSize * (dev.dtype === "bf16" ? 2 : 4); }, device: dev };
+    return { get rows() { return dev.rows; }, get capacity() { return dev.capacity; }, append: (v) => dev.append(v), tensor: (shape) => dev.view(shape), truncate: (n) => dev.truncate(n), dispose: () => dev.dispose(), get heldBytes() { return dev.capacity * rowSize * ELEMENT_BYTES[dev.dtype]; }, device: dev };
   }
   const host = new RowBuffer(rowSize);
   if (capacity > 0) host.reserve(capacity);
@@ -169,7 +205,7 @@ export interface DecodeCache {
   readonly bytes: number;
   /**
    * Bytes its buffers take in memory now, room included: more than `bytes` where rows are held wider
-   * than their dtype (host caches hold float32 rows; int8/int4 rows are float32 until quantized kernels).
+   * than their dtype (heldRows: host caches hold float32 rows; int8/int4 rows are float32 until quantized kernels).
    */
   readonly heldBytes: number;
   /** How rows are stored (kvQuant.ts); rows come back as that storage gives them. */

@@ -8,13 +8,15 @@
  *
  * Admission is bounded by the number of sequences and, optionally, by the bytes their caches reserve:
  * each sequence reserves room for its prompt and its token limit when it is admitted, so a running
- * batch never runs out of cache. This is where MLA pays: the same budget admits as many more
- * sequences as its cache is smaller.
+ * batch never runs out of cache. A reservation counts the bytes the cache holds in memory on this
+ * backend (kvCache.ts, heldRows: float32 rows on the host, int8/int4 rows as float32 until quantized
+ * kernels), not its dtype's size, so what a budget admits fits in the memory it names. This is
+ * where MLA pays: the same budget admits as many more sequences as its cache is smaller.
  */
 import type { TokenLimitName } from "./completionRequest.js";
 import { MlaError, isMlaError } from "../errors.js";
 import type { LlamaModel } from "../model/llama.js";
-import type { DecodeCache } from "../model/kvCache.js";
+import { heldBytesPerToken, heldRows, type DecodeCache, type HeldRows } from "../model/kvCache.js";
 import { DecodeSession } from "../model/decodeSession.js";
 import { kvBytesPerToken, stopTokenIds } from "../model/config.js";
 import type { KvCacheDtype } from "../model/kvQuant.js";
@@ -113,11 +115,18 @@ export interface BatcherStats {
    */
   decodeSteps: number;
   replayedSteps: number;
-  /** Bytes the running sequences' caches reserve / hold now. */
+  /** Bytes the running sequences' caches reserve (prompt + token limit each, at kvHeldBytesPerToken), within kvBudgetBytes. */
   kvReservedBytes: number;
+  /** Bytes of the tokens the running sequences have cached so far, in the cache's dtype (kvBytesPerToken each). */
   kvHeldBytes: number;
   kvBudgetBytes: number | null;
+  /** A cache's bytes per token in its dtype (what inspect and eval report). */
   kvBytesPerToken: number;
+  /**
+   * The bytes per token a cache holds in memory on this backend (float32 rows on the host, int8/int4
+   * rows as float32 until quantized kernels): what a sequence reserves per token against the budget.
+   */
+  kvHeldBytesPerToken: number;
   /** Prompts kept for reuse, and what they saved (null: no prefix cache). */
   prefixCache: PrefixCacheStats | null;
   /**
@@ -187,7 +196,12 @@ export class Batcher {
   private sessionOver: Sequence[] = [];
   private looping = false;
   private idle: (() => void)[] = [];
+  /** Bytes per token a cache holds in memory (heldBytesPerToken): what admission reserves. */
   private readonly perToken: number;
+  /** Bytes per token in the cache's dtype, as reported. */
+  private readonly dtypePerToken: number;
+  /** How the caches hold their rows on this backend (why perToken may pass dtypePerToken). */
+  readonly heldRows: HeldRows;
   private readonly stops: ReadonlySet<number>;
   private readonly prefix: PrefixCache | null;
   /** Prompts whose prefill ended without being kept: their other choices prefill on their own. */
@@ -202,15 +216,19 @@ export class Batcher {
 
   constructor(readonly model: LlamaModel, readonly opts: BatcherOptions) {
     checkBatcherOptions(opts);
-    this.perToken = kvBytesPerToken(model.config, opts.kvCache);
+    this.heldRows = heldRows(model.backend, opts.kvCache);
+    this.perToken = heldBytesPerToken(model.config, model.backend, opts.kvCache);
+    this.dtypePerToken = kvBytesPerToken(model.config, opts.kvCache);
     // Below two tokens (BOS and one more) every request would be refused, with a hint of no length at all.
-    if (opts.kvBudgetBytes !== undefined && opts.kvBudgetBytes < 2 * this.perToken)
-      throw new MlaError("BAD_ARGUMENT", `a KV-cache budget of ${mb(opts.kvBudgetBytes)} MB holds ${Math.floor(opts.kvBudgetBytes / this.perToken)} tokens of this model's ${opts.kvCache} cache (${this.perToken} bytes each): no request fits`, `start the server with a budget for the prompts and replies it should serve, e.g. --kv-budget-mb ${Math.max(1, Math.ceil((4096 * this.perToken) / 2 ** 20))} (4,096 tokens)`);
+    if (opts.kvBudgetBytes !== undefined && opts.kvBudgetBytes < 2 * this.perToken) {
+      const why = this.heldRows.why ? `, not the ${this.dtypePerToken} of ${opts.kvCache}: ${this.heldRows.why}` : "";
+      throw new MlaError("BAD_ARGUMENT", `a KV-cache budget of ${mb(opts.kvBudgetBytes)} MB holds ${Math.floor(opts.kvBudgetBytes / this.perToken)} tokens of this model's ${opts.kvCache} cache (${this.perToken} bytes held in memory per token${why}): no request fits`, `start the server with a budget for the prompts and replies it should serve, e.g. --kv-budget-mb ${Math.max(1, Math.ceil((4096 * this.perToken) / 2 ** 20))} (4,096 tokens)`);
+    }
     this.stops = stopTokenIds(model.config);
     this.prefix = opts.prefixCacheBytes ? new PrefixCache(opts.prefixCacheBytes, this.perToken) : null;
   }
 
-  /** Bytes of cache a sequence of `tokens` tokens (prompt + new) reserves. */
+  /** Bytes of cache a sequence of `tokens` tokens (prompt + new) reserves: what its cache holds in memory. */
   cacheBytes(tokens: number): number {
     return tokens * this.perToken;
   }
@@ -301,7 +319,8 @@ export class Batcher {
       kvReservedBytes: this.reservedBytes(),
       kvHeldBytes: this.running.reduce((n, s) => n + (s.cache?.bytes ?? 0), 0),
       kvBudgetBytes: this.opts.kvBudgetBytes ?? null,
-      kvBytesPerToken: this.perToken,
+      kvBytesPerToken: this.dtypePerToken,
+      kvHeldBytesPerToken: this.perToken,
       prefixCache: this.prefix?.stats() ?? null,
       latency: { timeToFirstToken: this.latency.timeToFirstToken.snapshot(), timePerOutputToken: this.latency.timePerOutputToken.snapshot(), endToEnd: this.latency.endToEnd.snapshot(), queue: this.latency.queue.snapshot() },
     };

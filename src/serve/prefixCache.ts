@@ -71,8 +71,9 @@ export class PrefixCache {
   private reused = 0;
 
   /**
-   * `budgetBytes`: the most the kept caches may take; `bytesPerToken`: a cache's size per token in its
-   * dtype (a lower bound on what a copy holds, to skip prompts that cannot fit before copying them);
+   * `budgetBytes`: the most the kept caches may take; `bytesPerToken`: the bytes per token a cache
+   * holds in memory (kvCache.ts, heldBytesPerToken: what a copy's rows take, its logits aside; the
+   * batcher's reservations count the same), to skip prompts that cannot fit before copying them;
    * `minTokens`: shorter shared beginnings are prefilled again (a copy costs more than it saves).
    */
   constructor(private readonly budgetBytes: number, private readonly bytesPerToken: number, private readonly minTokens = 16) {}

@@ -135,6 +135,13 @@ export async function serve(model: string | LoadedModel, opts: ServeOptions = {}
   else opts.signal?.addEventListener("abort", abort, { once: true });
   const shown = host.includes(":") ? `[${host}]` : host;
   if (opts.apiKey === undefined && !["127.0.0.1", "localhost", "::1"].includes(host)) log.warn(`listening on ${host} without --api-key: anyone who reaches this port can use the model`);
-  log.info(`serving ${name} at http://${shown}:${addr.port} (POST /v1/completions${chat ? ", /v1/chat/completions" : ""}, /tokenize, /detokenize; GET /v1/models, /tokenizer_info, /health, /stats, /metrics): ${kvCache} cache, ${batcher.cacheBytes(1)} bytes per token; up to ${opts.maxBatch ?? 32} sequences per batch${opts.kvBudgetMb !== undefined ? ` within ${opts.kvBudgetMb} MB of cache` : ""}`);
+  log.info(`serving ${name} at http://${shown}:${addr.port} (POST /v1/completions${chat ? ", /v1/chat/completions" : ""}, /tokenize, /detokenize; GET /v1/models, /tokenizer_info, /health, /stats, /metrics): ${kvCache} cache, ${perToken(batcher)}; up to ${opts.maxBatch ?? 32} sequences per batch${opts.kvBudgetMb !== undefined ? ` within ${opts.kvBudgetMb} MB of cache` : ""}`);
   return { url: `http://${shown}:${addr.port}`, host, port: addr.port, model: name, loaded: lm, stats, close };
+}
+
+/** "N bytes per token", and what the cache holds in memory where that is more (what --kv-budget-mb counts). */
+function perToken(batcher: Batcher): string {
+  const s = batcher.stats();
+  const why = batcher.heldRows.why;
+  return `${s.kvBytesPerToken} bytes per token${why ? ` (${s.kvHeldBytesPerToken} held in memory, as the KV budget counts them: ${why})` : ""}`;
 }

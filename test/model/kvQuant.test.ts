@@ -11,6 +11,8 @@ import { test } from "node:test";
 import { KV_GROUP, kvRowBytes, roundTripRows, checkKvCacheDtype } from "../../src/model/kvQuant.js";
 import { kvBytesPerToken, kvElemsPerToken } from "../../src/model/config.js";
 import { loadModel } from "../../src/model/llama.js";
+import { heldBytesPerToken, heldRows } from "../../src/model/kvCache.js";
+import type { Backend } from "../../src/tensor/backend.js";
 import { perplexity, readText, tokenizeForEval } from "../../src/eval/perplexity.js";
 import { convertDeepseek } from "../../src/deepseek/export.js";
 import { MlaError } from "../../src/errors.js";
@@ -49,6 +51,29 @@ test("bytes per token: f32 4·n, bf16 2·n, int8 n + 2 per group, int4 n/2 + 2 p
   const { config } = loadModel(path.join(MODELS, "stories260K")); // 5 layers, 4 KV heads of 8: rows of 32 and 32
   assert.equal(kvBytesPerToken(config, "bf16"), 2 * kvElemsPerToken(config));
   assert.equal(kvBytesPerToken(config, "int4"), 5 * 2 * (16 + 2));
+});
+
+test("held bytes: host caches hold float32 rows whatever the dtype; a device store holds bf16 rows for bf16 and float32 for int8/int4; heldBytes counts the same", () => {
+  const { model, config } = loadModel(path.join(MODELS, "stories260K"));
+  const n = kvElemsPerToken(config);
+  for (const dtype of ["f32", "bf16", "int8", "int4"] as const) {
+    const h = heldRows(model.backend, dtype);
+    assert.deepEqual([h.type, h.bytesPerElement], ["f32", 4], dtype);
+    assert.equal(heldBytesPerToken(config, model.backend, dtype), 4 * n, dtype);
+    const cache = model.newCache(dtype, { capacity: 7 });
+    assert.equal(cache.heldBytes, 7 * heldBytesPerToken(config, model.backend, dtype), `${dtype}: a cache of 7 tokens' room holds what the rule says`);
+    cache.dispose();
+  }
+  assert.equal(heldRows(model.backend, "f32").why, null);
+  assert.match(heldRows(model.backend, "int8").why!, /^int8 rows are held as float32 until quantized kernels$/);
+  assert.match(heldRows(model.backend, "bf16").why!, /backend holds cache rows on the host, as float32$/);
+  // A backend that keeps rows in its own memory (CUDA's createRowStore), without a GPU.
+  const device = { name: "fake", createRowStore: () => null } as unknown as Backend;
+  assert.deepEqual(heldRows(device, "bf16"), { type: "bf16", bytesPerElement: 2, why: null });
+  assert.deepEqual(heldRows(device, "f32"), { type: "f32", bytesPerElement: 4, why: null });
+  assert.deepEqual(heldRows(device, "int8"), { type: "f32", bytesPerElement: 4, why: "int8 rows are held as float32 until quantized kernels" });
+  assert.equal(heldBytesPerToken(config, device, "int4"), 4 * n);
+  assert.equal(heldBytesPerToken(config, device, "bf16"), kvBytesPerToken(config, "bf16"));
 });
 
 test("decode on an int8/int4 cache gives the logits of evaluating with the same cache type (MHA, MLA absorbed, deepseek_v3)", async () => {

@@ -8,7 +8,7 @@ import { test } from "node:test";
 import { loadModel } from "../../src/model/llama.js";
 import { generate } from "../../src/model/generate.js";
 import { Batcher, type SequenceEnd, type SequenceSpec } from "../../src/serve/batcher.js";
-import { kvBytesPerToken } from "../../src/model/config.js";
+import { kvBytesPerToken, kvElemsPerToken } from "../../src/model/config.js";
 import { MODELS } from "../helpers.js";
 import { MlaError } from "../../src/errors.js";
 
@@ -88,7 +88,52 @@ test("the KV budget bounds the sequences admitted together, each reserving promp
   const tiny = new Batcher(model, { maxBatch: 1, kvCache: "f32", kvBudgetBytes: 10_000 });
   assert.throws(() => tiny.submit({ prompt: prompts[0]!, maxTokens: 40, sampling: { temperature: 0 }, seed: 0, onToken: () => true, onEnd: () => {} }), (e: unknown) => e instanceof MlaError && /take 0\.\d\d+ MB, more than the server's whole KV budget of 0\.0095 MB/.test(e.message));
   // A budget under two tokens admits nothing: refused when the server starts, not request by request with "at most -1 tokens".
-  assert.throws(() => new Batcher(model, { maxBatch: 1, kvCache: "f32", kvBudgetBytes: b.cacheBytes(1) + 1 }), (e: unknown) => e instanceof MlaError && /holds 1 tokens of this model's f32 cache \(\d+ bytes each\): no request fits\n  hint: start the server with a budget .*--kv-budget-mb \d+ \(4,096 tokens\)/.test(e.message));
+  assert.throws(() => new Batcher(model, { maxBatch: 1, kvCache: "f32", kvBudgetBytes: b.cacheBytes(1) + 1 }), (e: unknown) => e instanceof MlaError && /holds 1 tokens of this model's f32 cache \(\d+ bytes held in memory per token\): no request fits\n  hint: start the server with a budget .*--kv-budget-mb \d+ \(4,096 tokens\)/.test(e.message));
+});
+
+test("the KV budget counts the bytes the caches hold: int8 rows held as float32 on the CPU admit as many sequences as f32, not ~3.8× more; a budget under two held tokens is refused naming them", async () => {
+  const held = 4 * kvElemsPerToken(model.config); // float32 rows on the host, whatever the dtype
+  const nominal = kvBytesPerToken(model.config, "int8");
+  assert.ok(held > 3.5 * nominal, `${held} held against ${nominal} nominal bytes per token`);
+  const maxTokens = 8, need = (prompts[0]!.length + maxTokens) * held;
+  for (const kvCache of ["f32", "int8"] as const) {
+    const k = 3;
+    const b = new Batcher(model, { maxBatch: 16, kvCache, kvBudgetBytes: k * need });
+    const s0 = b.stats();
+    assert.deepEqual([s0.kvBytesPerToken, s0.kvHeldBytesPerToken], [kvBytesPerToken(model.config, kvCache), held], `${kvCache}: the dtype's bytes reported, the held ones counted`);
+    assert.equal(b.cacheBytes(1), held);
+    assert.equal(b.fitsTokens(), Math.floor((k * need) / held));
+    let most = 0, mostReserved = 0;
+    const runs = Array.from({ length: 8 }, () =>
+      submit(b, { prompt: prompts[0]!, maxTokens, sampling: { temperature: 0 }, seed: 0 }, () => {
+        const s = b.stats();
+        most = Math.max(most, s.running);
+        mostReserved = Math.max(mostReserved, s.kvReservedBytes);
+        return true;
+      }),
+    );
+    await Promise.all(runs.map((r) => r.end));
+    assert.equal(most, k, `${kvCache}: a budget of exactly ${k} sequences' float32 rows admits ${k} (the dtype's bytes would admit ${Math.floor((k * need) / ((prompts[0]!.length + maxTokens) * kvBytesPerToken(model.config, kvCache)))})`);
+    assert.equal(mostReserved, k * need);
+    // What a sequence reserves is what its cache holds.
+    const cache = model.newCache(kvCache, { capacity: prompts[0]!.length + maxTokens });
+    assert.equal(cache.heldBytes, b.cacheBytes(prompts[0]!.length + maxTokens));
+    cache.dispose();
+  }
+  // 1.5 held tokens: 5 tokens at int8's own size, which the old count would have taken.
+  const budget = 1.5 * held;
+  assert.ok(budget >= 2 * nominal);
+  assert.throws(
+    () => new Batcher(model, { maxBatch: 1, kvCache: "int8", kvBudgetBytes: budget }),
+    (e: unknown) => e instanceof MlaError && e.message.startsWith(`a KV-cache budget of `) && e.message.includes(`holds 1 tokens of this model's int8 cache (${held} bytes held in memory per token, not the ${nominal} of int8: int8 rows are held as float32 until quantized kernels): no request fits\n  hint: start the server with a budget for the prompts and replies it should serve, e.g. --kv-budget-mb ${Math.ceil((4096 * held) / 2 ** 20)} (4,096 tokens)`),
+  );
+  // The prefix cache counts the same held bytes: a kept prompt's entry is its float32 rows and its logits.
+  const pb = new Batcher(model, { maxBatch: 1, kvCache: "int8", prefixCacheBytes: 1 << 24 });
+  const long = [...prompts[2]!, ...prompts[2]!];
+  await submit(pb, { prompt: long, maxTokens: 1, sampling: { temperature: 0 }, seed: 0 }).end;
+  const pc = pb.stats().prefixCache!;
+  assert.equal(pc.entries, 1);
+  assert.equal(pc.bytes, long.length * held + model.config.vocabSize * Float32Array.BYTES_PER_ELEMENT);
 });
 
 test("a sequence that can never start is refused before it queues", () => {

@@ -10,6 +10,7 @@ import { spawn } from "node:child_process";
 import { test } from "node:test";
 import { loadModel } from "../../src/model/llama.js";
 import { generate } from "../../src/model/generate.js";
+import { kvBytesPerToken, kvElemsPerToken } from "../../src/model/config.js";
 import { serve } from "../../src/serve/server.js";
 import { MlaError } from "../../src/errors.js";
 import { FIXTURES, MODELS, ROOT, tmpDir, waitFor } from "../helpers.js";
@@ -767,6 +768,22 @@ test("with an API key, /v1 routes need it as a bearer token (401 otherwise); /he
     await server.close();
   }
   await assert.rejects(serve(lm, { port: 0, apiKey: "" }), /--api-key is empty/);
+});
+
+test("an int8 cache: /stats and /metrics give its bytes per token in int8 and as held (float32 rows on the CPU), and the start line names both", async () => {
+  const lines: string[] = [];
+  const server = await serve(lm, { port: 0, kvCache: "int8", logger: { info: (m) => lines.push(m), warn: (m) => lines.push(m) } });
+  try {
+    const held = 4 * kvElemsPerToken(lm.config), nominal = kvBytesPerToken(lm.config, "int8");
+    const stats = (await (await fetch(`${server.url}/stats`)).json()) as Record<string, unknown>;
+    assert.deepEqual([stats["kvBytesPerToken"], stats["kvHeldBytesPerToken"]], [nominal, held]);
+    const text = await (await fetch(`${server.url}/metrics`)).text();
+    assert.match(text, new RegExp(`^mha2mla_kv_cache_bytes_per_token ${nominal}$`, "m"));
+    assert.match(text, new RegExp(`^mha2mla_kv_cache_held_bytes_per_token ${held}$`, "m"));
+    assert.ok(lines.some((l) => l.includes(`int8 cache, ${nominal} bytes per token (${held} held in memory, as the KV budget counts them: int8 rows are held as float32 until quantized kernels)`)), lines.join("\n"));
+  } finally {
+    await server.close();
+  }
 });
 
 test("GET /metrics gives the counters in Prometheus's text format", async () => {
