@@ -29,6 +29,15 @@ export function isMlaError(e: unknown): e is MlaError {
   return e instanceof MlaError;
 }
 
+/** What a file-system error code means, in words (a folder where a file goes read "EISDIR: illegal operation on a directory, read"). */
+const IO_WHY: Partial<Record<string, string>> = {
+  ENOENT: "no such file or folder",
+  EACCES: "permission denied",
+  ENOSPC: "no space left on the device",
+  EISDIR: "it is a folder, not a file",
+  ENOTDIR: "a part of the path is a file, not a folder",
+};
+
 /**
  * Wraps a Node file-system error into an MlaError naming the file and the operation. An MlaError
  * (a reader that refused the file's contents) already names the file and says what to do: it is kept.
@@ -36,7 +45,7 @@ export function isMlaError(e: unknown): e is MlaError {
 export function ioError(op: string, path: string, cause: unknown): MlaError {
   if (isMlaError(cause)) return cause;
   const err = cause as NodeJS.ErrnoException;
-  const why = err?.code === "ENOENT" ? "no such file or folder" : err?.code === "EACCES" ? "permission denied" : err?.code === "ENOSPC" ? "no space left on the device" : String(err?.message ?? cause);
+  const why = (err?.code !== undefined ? IO_WHY[err.code] : undefined) ?? String(err?.message ?? cause);
   const code = err?.code === "ENOENT" ? "NOT_FOUND" : "IO";
   return new MlaError(code, `${op} ${path}: ${why}`, err?.code === "ENOSPC" ? "free disk space or choose another --out" : "check the path and its permissions");
 }

@@ -253,9 +253,17 @@ export function abandonAll(): void {
 
 /**
  * Writes a small file atomically (temp file + rename). A device or a pipe there (`--json /dev/null`,
- * /dev/stdout, a FIFO) is written in place: a rename would replace it with a plain file.
+ * /dev/stdout, a FIFO) is written in place: a rename would replace it with a plain file. A link to a
+ * file replaces the file it leads to, beside it, and stays a link: the checks before (an earlier result,
+ * an earlier report) looked at that file, and the rename replaced the link itself (`--json /dev/stdout
+ * > out.json` run as root left /dev/stdout a plain file).
  */
 export function writeFileAtomic(file: string, data: string | Uint8Array): void {
+  try {
+    if (fs.lstatSync(file).isSymbolicLink()) file = fs.realpathSync(file);
+  } catch {
+    // absent, a dangling link or a link loop: written (or named) as before
+  }
   let st: fs.Stats | undefined;
   try {
     st = fs.statSync(file, { throwIfNoEntry: false });

@@ -126,7 +126,10 @@ export class SafetensorsFile {
       throw ioError("cannot open", path, e);
     }
     try {
-      const size = fs.fstatSync(fd).size;
+      const st = fs.fstatSync(fd);
+      // A folder opens for reading; its first read failed as EISDIR, which the checkpoint then blamed on its folder.
+      if (st.isDirectory()) throw bad(path, "is a folder, not a file", "a weight file's name is taken by a folder: move the folder away, or copy the checkpoint again");
+      const size = st.size;
       if (size < 8) throw bad(path, `truncated: the file has ${size} bytes, fewer than the 8-byte header length`, "the file is empty or was cut short; copy it again");
       const lenBuf = Buffer.alloc(8);
       fs.readSync(fd, lenBuf, 0, 8, 0);

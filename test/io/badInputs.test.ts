@@ -11,6 +11,7 @@ import path from "node:path";
 import { test } from "node:test";
 import { MlaError } from "../../src/errors.js";
 import { perplexity } from "../../src/eval/perplexity.js";
+import { inspectModel } from "../../src/eval/inspect.js";
 import { writeFileAtomic } from "../../src/io/atomicDir.js";
 import { Checkpoint, copyModelSideFiles } from "../../src/io/checkpoint.js";
 import { normalizeHfConfig } from "../../src/io/hfConfig.js";
@@ -53,6 +54,33 @@ test("writeFileAtomic writes a device in place (a link to /dev/null stays a link
   writeFileAtomic(link, "{}\n");
   assert.ok(fs.lstatSync(link).isSymbolicLink());
   assert.deepEqual(fs.readdirSync(path.dirname(link)), ["null"], "no temporary file left");
+});
+
+test("a link to a file is written through: the file it leads to is replaced, the link stays (a rename replaced the link, /dev/stdout as root)", () => {
+  const dir = tmpDir();
+  const real = path.join(dir, "real.json");
+  const link = path.join(dir, "link.json");
+  fs.writeFileSync(real, "old\n");
+  fs.symlinkSync("real.json", link);
+  writeFileAtomic(link, "{}\n");
+  assert.ok(fs.lstatSync(link).isSymbolicLink(), "still a link");
+  assert.equal(fs.readFileSync(real, "utf8"), "{}\n", "its file holds the new text");
+  assert.deepEqual(fs.readdirSync(dir).sort(), ["link.json", "real.json"], "no temporary file left");
+});
+
+test("a config.json or model.safetensors that is a folder is named as one, not as EISDIR (inspect)", () => {
+  for (const [file, code, message] of [
+    ["config.json", "IO", /config\.json: it is a folder, not a file/],
+    ["model.safetensors", "BAD_SAFETENSORS", /model\.safetensors: is a folder, not a file/],
+  ] as const) {
+    const dir = copyOfStories();
+    fs.rmSync(path.join(dir, file));
+    fs.mkdirSync(path.join(dir, file));
+    assert.throws(
+      () => inspectModel(dir),
+      (e: unknown) => refused(code, message)(e) && !/EISDIR|illegal operation/.test((e as Error).message),
+    );
+  }
 });
 
 test("a tokenizer_config.json of null, and a tokenizer model type the library does not read, are refused naming the file", () => {
