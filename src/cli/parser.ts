@@ -65,6 +65,8 @@ export function buildParser(words: readonly string[], onRefusal: OnRefusal, comm
     if (/^Did you mean /.test(msg)) return `unknown command ${typedCommand}`;
     const unknown = unknownFlags(args, o);
     if (unknown.length) return `Unknown argument${unknown.length > 1 ? "s" : ""}: ${unknown.join(", ")}`;
+    const invalid = invalidChoices(msg);
+    if (invalid) return invalid;
     const took = swallowed(o);
     return took.length && /^Not enough non-option arguments/.test(msg) ? `${msg} (${took.map(([flag, word]) => `${flag} took ${word} as its value`).join(", ")})` : msg;
   }
@@ -135,6 +137,18 @@ export function buildParser(words: readonly string[], onRefusal: OnRefusal, comm
       .help()
       .wrap(Math.min(110, process.stdout.columns ?? 100))
   );
+}
+
+/**
+ * yargs's refusal of a value outside a flag's choices, on one line: it wrote three ("Invalid values:",
+ * then "Argument: dtype, Given: "f8", Choices: "bf16", …" under it, without the flag's dashes), where
+ * every other refusal is one error line and its hint. Null for any other message.
+ */
+function invalidChoices(msg: string): string | null {
+  if (!/^Invalid values:/.test(msg)) return null;
+  const unquote = (list: string) => list.replace(/"([^"]*)"/g, "$1");
+  const each = [...msg.matchAll(/Argument: (.+?), Given: (.+?), Choices: (.+)$/gm)].map(([, key, given, choices]) => `--${key} ${unquote(given!)} is not one of ${unquote(choices!)}`);
+  return each.length ? each.join("; ") : null;
 }
 
 /**

@@ -53,6 +53,12 @@ test("a refused command line is two lines, the error and a hint: the flag or com
   assert.deepEqual(lines(["inspect", "--bogus", "stories260K"]), ["error: Unknown argument: bogus", "  hint: see mha2mla inspect --help"]);
 });
 
+test("a value outside a flag's choices is one error line naming the flag, the value and the choices, then the hint (was three lines)", () => {
+  const lines = (args: string[]) => cli(args).stderr.trimEnd().split("\n");
+  assert.deepEqual(lines(["synth", "--arch", "stories260K", "--out", "x", "--dtype", "f8"]), ["error: --dtype f8 is not one of bf16, f16, f32", "  hint: see mha2mla synth --help"]);
+  assert.deepEqual(lines(["study", "--like", "stories260K", "--data", "x.txt", "--tokens", "1", "--out", "x", "--device", "gpu"]), ["error: --device gpu is not one of auto, reference, cpu, cuda", "  hint: see mha2mla study --help"]);
+});
+
 test("a text flag given with no value is refused, naming it, not run with the default or an empty value", () => {
   const lines = (args: string[]) => cli(args).stderr.trimEnd().split("\n");
   // Was: the default prompt continued, as if --prompt had not been given.
