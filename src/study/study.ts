@@ -314,7 +314,16 @@ async function runStudy(o: StudyOptions, made: { fresh: boolean }): Promise<Stud
   const stateFile = path.join(o.out, "study-state.json");
   if (fs.existsSync(o.out) && !o.force) {
     const prev = fs.existsSync(stateFile) ? readStudyJson<{ settings?: unknown; variants?: string[]; ranks?: string[] }>(stateFile, "the study's settings", "pass --force to start the study over, or choose another --out") : null;
-    if (!prev) throw new MlaError("EXISTS", `output ${o.out} already exists and holds no study (no study-state.json)`, "choose another --out (--force replaces only an earlier study's folder)");
+    if (!prev) {
+      // An empty folder (`mkdir OUT` first) is one --force takes: the hint said it would not.
+      let empty = false;
+      try {
+        empty = fs.readdirSync(o.out).length === 0;
+      } catch {
+        // unreadable: the general hint
+      }
+      throw new MlaError("EXISTS", `output ${o.out} already exists and holds no study (no study-state.json)`, empty ? "it is empty: pass --force to start the study in it, or choose another --out" : "choose another --out (--force replaces only an earlier study's folder)");
+    }
     const was = normalizedSettings(prev.settings, o.out);
     // A study whose runs so far had no gate keeps the gate of the first eg-mla run it gets, and the reverse.
     settings = { ...settings, gateDim: settings.gateDim ?? (was["gateDim"] as number | null | undefined) ?? null };

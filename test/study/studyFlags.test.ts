@@ -146,4 +146,8 @@ test("study over an existing folder that holds no study is refused with a way ou
   fs.writeFileSync(path.join(out, "notes.txt"), "mine\n");
   await assert.rejects(study({ like: LIKE, variants: ["mha"], data: DATA, tokens: 256, seq: 32, batch: 4, out, device: "reference", progress: null }), (e: unknown) => e instanceof MlaError && e.message === `output ${out} already exists and holds no study (no study-state.json)\n  hint: choose another --out (--force replaces only an earlier study's folder)`);
   assert.equal(fs.readFileSync(path.join(out, "notes.txt"), "utf8"), "mine\n");
+  // An empty one (made with mkdir first) is one --force takes: the hint says so.
+  const empty = tmpDir();
+  await assert.rejects(study({ like: LIKE, variants: ["mha"], data: DATA, tokens: 256, seq: 32, batch: 4, out: empty, device: "reference", progress: null }), (e: unknown) => e instanceof MlaError && e.message.endsWith("\n  hint: it is empty: pass --force to start the study in it, or choose another --out"));
+  assert.deepEqual(fs.readdirSync(empty), []);
 });
