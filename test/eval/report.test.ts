@@ -60,6 +60,21 @@ test("report refuses files that are not eval results", () => {
   assert.throws(() => writeReport([f], path.join(tmpDir(), "r.html")), (e: Error) => e instanceof MlaError && /not valid JSON/.test(e.message));
 });
 
+test("report refuses binary data given as an eval JSON or a training log by its first bytes, not with a parse error quoting them raw", () => {
+  const dir = tmpDir();
+  const weights = path.join(MODELS, "stories260K", "model.safetensors");
+  const bin = path.join(dir, "x.json");
+  fs.writeFileSync(bin, Buffer.from([0x7b, 0x00, 0xff, 0xfe, 0x01, 0x9b, 0x5b, 0x32, 0x4a]));
+  const out = path.join(dir, "r.html");
+  const refused = (what: RegExp) => (e: Error) => e instanceof MlaError && e.code === "BAD_TEXT" && what.test(e.message) && !/Unexpected token|[\u0000-\u0008\u001b\ufffd]/.test(e.message);
+  assert.throws(() => writeReport([bin], out), refused(/x\.json is not a text file: its start holds NUL bytes[^\n]*\n {2}hint: pass JSON files written by `mha2mla eval --json FILE`$/));
+  assert.throws(() => writeReport([weights], out), refused(/model\.safetensors is not a text file: its start looks like a safetensors checkpoint/));
+  const evalJson = path.join(dir, "e.json");
+  fs.writeFileSync(evalJson, JSON.stringify({ model: "m", attention: "mha", backend: "cpu", kv_elems_per_token: 1, seconds: 1 }));
+  assert.throws(() => writeReport([evalJson], out, { trainLogs: [bin] }), refused(/x\.json is not a text file[^\n]*\n {2}hint: pass the train_log\.jsonl written by `mha2mla finetune`/));
+  assert.deepEqual(fs.readdirSync(dir).sort(), ["e.json", "x.json"], "nothing written");
+});
+
 test("pipeline: convert → fine-tune → three evaluations → report; a re-run skips finished phases", async () => {
   const out = path.join(tmpDir(), "pl");
   const opts = {

@@ -9,7 +9,7 @@
 import fs from "node:fs";
 import { MlaError, ioError } from "../../errors.js";
 import type { EvalResult } from "../evaluate.js";
-import { stripBom } from "../../io/text.js";
+import { decodeText } from "../../io/text.js";
 import { resultKindOf } from "../../io/resultKinds.js";
 
 const HINT = "pass JSON files written by `mha2mla eval --json FILE`";
@@ -112,7 +112,8 @@ export function readEvalJson(file: string): EvalResult {
   let raw: unknown;
   let text = "";
   try {
-    text = stripBom(fs.readFileSync(file, "utf8")); // a BOM from an editor
+    // Binary data (a .safetensors or .gz given here) is refused by its first bytes: its parse error quoted them raw into the terminal.
+    text = decodeText(fs.readFileSync(file), file, HINT); // a BOM from an editor dropped
     raw = JSON.parse(text);
   } catch (e) {
     // A folder (a run's output, say) read as "EISDIR: illegal operation on a directory".

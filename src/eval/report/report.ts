@@ -13,6 +13,7 @@ import { checkEvalResult, readEvalJson } from "./evalJson.js";
 import { bitsPerByteVsFirst, itemsVsFirst, measuredOnText, perplexityBasis, perplexityGroups, perplexityVsFirst, type VsFirst } from "./comparable.js";
 import { checkOptionTypes } from "../../util/optionTypes.js";
 import { makeDirs } from "../../io/makeDirs.js";
+import { decodeText } from "../../io/text.js";
 import { percentChange } from "../../util/percent.js";
 
 export { readEvalJson };
@@ -46,16 +47,17 @@ function isJsonDocument(text: string): boolean {
 }
 
 export function readTrainLog(file: string, label: string): TrainLog {
+  const logBeside = path.join(path.dirname(file), "train_log.jsonl");
+  const hint = `pass the train_log.jsonl written by \`mha2mla finetune\`${fs.existsSync(logBeside) && path.resolve(logBeside) !== path.resolve(file) ? `: ${logBeside}` : ""}`;
   let text: string;
   try {
-    text = fs.readFileSync(file, "utf8");
+    // Binary data is refused by its first bytes (its lines' parse errors said only "not valid JSON").
+    text = decodeText(fs.readFileSync(file), file, hint);
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === "EISDIR") throw new MlaError("BAD_ARGUMENT", `--train-log ${file} is a folder, not a training log`, `pass the log file itself, e.g. --train-log ${path.join(file, "train_log.jsonl")}`);
     throw ioError("cannot read", file, e);
   }
   const lines = text.split("\n");
-  const logBeside = path.join(path.dirname(file), "train_log.jsonl");
-  const hint = `pass the train_log.jsonl written by \`mha2mla finetune\`${fs.existsSync(logBeside) && path.resolve(logBeside) !== path.resolve(file) ? `: ${logBeside}` : ""}`;
   // A whole JSON document over several lines (the run's finetune.json, an eval result) is not a log of rows.
   if (lines.filter((l) => l.trim()).length > 1 && isJsonDocument(text)) throw new MlaError("BAD_ARGUMENT", `${file} is one JSON document, not a training log (one JSON row per line)`, hint);
   const rows = lines
