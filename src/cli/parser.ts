@@ -115,6 +115,10 @@ export function buildParser(words: readonly string[], onRefusal: OnRefusal, comm
 
   const cli = yargs([...args]);
   cli
+    // English whatever LANG says: the refusals above read yargs's English messages (under LANG=de_DE a
+    // misspelt command read "error: Meintest du convert?", a missing --out lost its hint), and every
+    // other word the tool prints is English.
+    .locale("en")
     .scriptName("mha2mla")
     .usage("$0 <command> [options]\n\nConvert Llama-style MHA/GQA checkpoints into multi-head latent attention (MLA).");
   for (const c of commands) cli.command(c);

@@ -53,6 +53,13 @@ test("a refused command line is two lines, the error and a hint: the flag or com
   assert.deepEqual(lines(["inspect", "--bogus", "stories260K"]), ["error: Unknown argument: bogus", "  hint: see mha2mla inspect --help"]);
 });
 
+test("the refusals read the same under another locale (yargs translated its messages, which the refusals are built from)", () => {
+  const lines = (args: string[], env: NodeJS.ProcessEnv = {}) => spawnSync(process.execPath, [MAIN, ...args], { encoding: "utf8", env: { ...process.env, ...env } }).stderr.trimEnd().split("\n");
+  const de = { LANG: "de_DE.UTF-8", LC_ALL: "de_DE.UTF-8", LC_MESSAGES: "de_DE.UTF-8", LANGUAGE: "de" };
+  for (const args of [["convrt", "stories260K"], ["synth", "--arch", "llama2-7b"], ["inspect", "--json", "stories260K"], ["synth", "--arch", "x", "--out", "y", "--dtype", "f8"]]) assert.deepEqual(lines(args, de), lines(args), args.join(" "));
+  assert.deepEqual(lines(["convrt", "stories260K"], de), ["error: unknown command convrt", "  hint: did you mean convert? (see mha2mla --help)"]);
+});
+
 test("a value outside a flag's choices is one error line naming the flag, the value and the choices, then the hint (was three lines)", () => {
   const lines = (args: string[]) => cli(args).stderr.trimEnd().split("\n");
   assert.deepEqual(lines(["synth", "--arch", "stories260K", "--out", "x", "--dtype", "f8"]), ["error: --dtype f8 is not one of bf16, f16, f32", "  hint: see mha2mla synth --help"]);
