@@ -21,7 +21,8 @@ export const reportCommand: CommandModule<object, Args> = {
       .option("labels", { type: "string", describe: "comma-separated column names (default: the eval labels)" })
       .option("force", { type: "boolean", default: false, describe: "replace files at --out (and its .md twin) that are not earlier reports (an earlier report is always replaced)" }),
   handler: (a) => {
-    const r = writeReport(a.results, a.out, { trainLogs: a["train-log"], labels: a.labels?.split(","), force: a.force });
+    // "--labels orig, mla" as written after a comma: " mla" was a header with a leading space, and "x, x" two columns.
+    const r = writeReport(a.results, a.out, { trainLogs: a["train-log"], labels: a.labels?.split(",").map((l) => l.trim()), force: a.force });
     process.stdout.write(`wrote ${r.html} and ${r.md}\n`);
   },
 };

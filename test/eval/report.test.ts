@@ -177,6 +177,14 @@ test("report: runs sharing a label get their cache type, else their position, in
   assert.match(mixed, /^\| metric \| m \(f32 cache\) \| m \(bf16 cache\) \| m \(f32 cache\) #2 \|$/m);
   assert.throws(() => writeReport(files.slice(0, 2), path.join(dir, "r2.html"), { labels: ["a", "a"] }), (e: unknown) => e instanceof MlaError && /--labels names two columns "a"/.test(e.message));
   assert.throws(() => writeReport(files.slice(0, 2), path.join(dir, "r2.html"), { labels: ["x", ""] }), (e: unknown) => e instanceof MlaError && /--labels x, leaves column 2 without a name/.test(e.message));
+  // On the command line, a space after a comma is not part of the next name.
+  const main = path.join(ROOT, "dist", "src", "cli", "main.js");
+  const cli = (labels: string, out: string) => spawnSync(process.execPath, [main, "report", ...files.slice(0, 2), "--labels", labels, "--out", path.join(dir, out)], { encoding: "utf8" });
+  assert.equal(cli("orig, mla", "r4.html").status, 0);
+  assert.match(fs.readFileSync(path.join(dir, "r4.md"), "utf8"), /^\| metric \| orig \| mla \|$/m);
+  const twice = cli("x, x", "r5.html");
+  assert.equal(twice.status, 1);
+  assert.match(twice.stderr, /^error: --labels names two columns "x"$/m);
 });
 
 test("report: an inspect JSON is refused by what it lacks; runs on other data are marked not comparable (no change shown); items scored are listed; bad training logs are refused; --out a folder is refused", async () => {
