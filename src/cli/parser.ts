@@ -68,7 +68,22 @@ export function buildParser(words: readonly string[], onRefusal: OnRefusal, comm
     const invalid = invalidChoices(msg);
     if (invalid) return invalid;
     const took = swallowed(o);
-    return took.length && /^Not enough non-option arguments/.test(msg) ? `${msg} (${took.map(([flag, word]) => `${flag} took ${word} as its value`).join(", ")})` : msg;
+    const short = missingPositionals(msg);
+    if (!short) return msg;
+    return took.length ? `${short} (${took.map(([flag, word]) => `${flag} took ${word} as its value`).join(", ")})` : short;
+  }
+
+  /**
+   * yargs's "Not enough non-option arguments: got 0, need at least 1" said as what is missing, by the
+   * names in the command's usage ("inspect <model>": MODEL); null for any other message.
+   */
+  function missingPositionals(msg: string): string | null {
+    const m = /^Not enough non-option arguments: got (\d+), need at least (\d+)/.exec(msg);
+    if (!m) return null;
+    const usage = String(commands.find((c) => String(c.command).split(" ")[0] === typedCommand)?.command ?? "");
+    const wanted = [...usage.matchAll(/<([^>.]+)(\.\.)?>/g)].map(([, name, many]) => `${name!.toUpperCase()}${many ? " …" : ""}`);
+    const missing = wanted.slice(Number(m[1]));
+    return missing.length ? `${typedCommand} needs ${missing.join(" ")}${Number(m[1]) ? ` after its ${m[1]} argument${m[1] === "1" ? "" : "s"}` : ""}` : msg;
   }
 
   /**

@@ -32,16 +32,17 @@ test("an unknown flag before a positional, or beside a missing required option, 
 });
 
 test("declared flags in any spelling yargs takes are not unknown; without an unknown flag yargs's own message stands", () => {
-  assert.equal(said(["inspect"]), "error: Not enough non-option arguments: got 0, need at least 1");
+  assert.equal(said(["inspect"]), "error: inspect needs MODEL");
+  assert.equal(said(["report"]), "error: report needs RESULTS …");
   assert.equal(said(["synth", "--arch", "llama2-7b"]), "error: Missing required argument: out");
   // camelCase, --no- negation, --debug (global), and a flag after `--` (not parsed as one).
-  assert.equal(said(["convert", "--evalText", "x", "--no-force", "--debug"]), "error: Not enough non-option arguments: got 0, need at least 1");
-  assert.equal(said(["inspect", "--", "--bogus"]), "error: Not enough non-option arguments: got 0, need at least 1");
+  assert.equal(said(["convert", "--evalText", "x", "--no-force", "--debug"]), "error: convert needs MODEL");
+  assert.equal(said(["inspect", "--", "--bogus"]), "error: inspect needs MODEL");
 });
 
 test("--json before the model took it as its file: the refusal says so and where the model goes", () => {
   const lines = (args: string[]) => cli(args).stderr.trimEnd().split("\n");
-  assert.deepEqual(lines(["inspect", "--json", "stories260K"]), ["error: Not enough non-option arguments: got 0, need at least 1 (--json took stories260K as its value)", "  hint: put inspect's arguments before --json, or give it a file (--json out.json) (see mha2mla inspect --help)"]);
+  assert.deepEqual(lines(["inspect", "--json", "stories260K"]), ["error: inspect needs MODEL (--json took stories260K as its value)", "  hint: put inspect's arguments before --json, or give it a file (--json out.json) (see mha2mla inspect --help)"]);
   assert.match(lines(["eval", "--json", "stories260K", "--text", "x.txt"])[0]!, /\(--json took stories260K as its value\)$/, "--text's value is its own");
 });
 
