@@ -1,7 +1,7 @@
 import path from "node:path";
 import type { CommandModule } from "yargs";
 import type { DeviceName } from "../backends/select.js";
-import { STUDY_RANKS, STUDY_VARIANTS, study, type StudyVariant } from "../study/study.js";
+import { STUDY_RANKS, STUDY_SAVE_MINUTES, STUDY_VARIANTS, study, type StudyVariant } from "../study/study.js";
 import { stderrLogger } from "../util/log.js";
 import { DEVICE_OPTION } from "./deviceOption.js";
 import { DEFAULT_GATE_DIM } from "../convert/plan.js";
@@ -20,6 +20,7 @@ interface Args {
   seed: number;
   "gate-dim"?: number;
   "eval-every"?: number;
+  "save-every"?: number;
   device: DeviceName;
   force: boolean;
 }
@@ -47,6 +48,7 @@ export const studyCommand: CommandModule<object, Args> = {
       .option("seed", { type: "number", default: 0, describe: "seed of the one initialization all variants start from, and of the data order" })
       .option("gate-dim", { type: "number", describe: `EG-MLA's gate width (default ${DEFAULT_GATE_DIM}); refused without eg-mla in --variants` })
       .option("eval-every", { type: "number", describe: "validation NLL every N steps, N ≥ 1 (default: 20 points per run)" })
+      .option("save-every", { type: "number", describe: `a training checkpoint every N steps of each run, to resume from after a hard kill (default: after every ${STUDY_SAVE_MINUTES} minutes of training; 0: only when stopped with Ctrl-C)` })
       .option("device", DEVICE_OPTION)
       .option("force", { type: "boolean", default: false, describe: "start over in an existing --out (without it, re-running the same command resumes)" }),
   handler: async (a) => {
@@ -59,7 +61,7 @@ export const studyCommand: CommandModule<object, Args> = {
       stopped: `the finished runs are kept in ${path.resolve(a.out)}, and the one cut short left nothing half-written; re-running the same command resumes (an interrupted training run from its last checkpoint); other settings need --force, which starts over (other --variants or --ranks do not)`,
       stoppedTo: "stdout" as const,
     };
-    const r = await abortOnStop(say, (signal) => study({ like: a.like, variants: a.variants.split(",").map((v) => v.trim()) as StudyVariant[], ranks: a.ranks?.split(","), data: a.data, tokens: a.tokens, out: a.out, seq: a.seq, batch: a.batch, lr: a.lr, seed: a.seed, gateDim: a["gate-dim"], evalEvery: a["eval-every"], device: a.device, force: a.force, logger: stderrLogger, progress: process.stderr, signal }));
+    const r = await abortOnStop(say, (signal) => study({ like: a.like, variants: a.variants.split(",").map((v) => v.trim()) as StudyVariant[], ranks: a.ranks?.split(","), data: a.data, tokens: a.tokens, out: a.out, seq: a.seq, batch: a.batch, lr: a.lr, seed: a.seed, gateDim: a["gate-dim"], evalEvery: a["eval-every"], saveEvery: a["save-every"], device: a.device, force: a.force, logger: stderrLogger, progress: process.stderr, signal }));
     if (!r) return;
     for (const row of r.rows) process.stdout.write(`${row.label}: validation NLL ${row.valNll.toFixed(4)}, ${row.kvElemsPerToken} KV elements per token, ${row.decodeTokensPerS.toFixed(1)} decode tokens/s\n`);
     process.stdout.write(`wrote ${r.report} and ${r.html}\n`);

@@ -65,7 +65,15 @@ export interface FinetuneOptions extends FinetuneCallbacks {
   temperature?: number;
   distillWeight?: number;
   evalEvery?: number;
+  /** A checkpoint after every this many steps (0 or unset: none but at a stop and at the end). */
   saveEvery?: number;
+  /**
+   * A checkpoint after the first step that ends at least this many minutes after this sitting's
+   * last one (or its start), besides saveEvery's (0 or unset: none). Bounds the work a hard kill
+   * (kill -9, a lost machine) loses in time, whatever a step takes on this hardware; `study` saves
+   * this way by default.
+   */
+  saveEveryMinutes?: number;
   /** Compute backend (default auto: CUDA, else the native CPU library, else reference). */
   device?: DeviceName;
   /**
@@ -324,6 +332,8 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
     const drawMicroBatch: () => MicroBatch = microBatches(data, batch, settings.seed, run);
     const nextMicroBatch = () => rankRows(drawMicroBatch(), dp?.rank ?? 0, world);
     const t0 = performance.now();
+    let lastSave = t0; // the time-based checkpoints (saveEveryMinutes) count from this sitting's start, then from each save
+    const saveDue = (step: number) => (!!o.saveEvery && step % o.saveEvery === 0) || (!!o.saveEveryMinutes && performance.now() - lastSave >= o.saveEveryMinutes * 60_000);
     const startStep = run.step;
     // The run's time spans its sittings: a resumed run goes on from its checkpoint's.
     const sittingSeconds = () => (performance.now() - t0) / 1000;
@@ -393,7 +403,10 @@ export async function finetune(spec: string, o: FinetuneOptions): Promise<Finetu
       await notify(o.onStep, { step: run.step, steps: totalSteps, tokens: run.tokensSeen, loss: stepLoss, lr: rate, gradNorm: norm, tokensPerSecond: perSecond(run.tokensSeen, elapsed), elapsedSeconds: elapsed }, () => stopAt(", its onStep callback threw"));
       // A stop during it is seen below (stopAsked stays true): the step's checkpoint, without its validation.
       if (evalDue(run.step)) await periodicVal();
-      if (o.saveEvery && run.step % o.saveEvery === 0) save(`step-${run.step}`);
+      if (saveDue(run.step)) {
+        save(`step-${run.step}`);
+        lastSave = performance.now(); // a save skipped for disk room is not retried at every step either
+      }
       const sink = o.progress;
       if (sink && (performance.now() - lastPrint > 5000 || run.step === totalSteps)) {
         lastPrint = performance.now();

@@ -10,9 +10,11 @@
  *
  * Resumable: each finished variant leaves NAME.row.json; re-running the same command (same settings; the
  * variant and rank lists may change, finished runs are kept)
- * skips those, continues an interrupted training run from its checkpoint (bit-identical to an
- * uninterrupted one), and writes the report when all are done. A study longer than one sitting (or
- * one GPU lease) is run in several. The training text (an .xz file decompressed in memory) is
+ * skips those, continues an interrupted training run from its last checkpoint (bit-identical to an
+ * uninterrupted one), and writes the report when all are done. A run saves a checkpoint when stopped
+ * (Ctrl-C) and periodically (--save-every, by default every STUDY_SAVE_MINUTES minutes of training),
+ * so a hard kill (kill -9, a lost GPU lease) loses only the steps after the last one. A study longer
+ * than one sitting (or one GPU lease) is run in several. The training text (an .xz file decompressed in memory) is
  * tokenized once: its token stream is cached in OUT/tokens/ and read back by every variant and every
  * resumed run.
  */
@@ -22,6 +24,7 @@ import { convert } from "../convert/pipeline.js";
 import { MlaError, refuseInert } from "../errors.js";
 import { refuseOutOverInputs } from "../io/outGuard.js";
 import { finetune, stepsFor } from "../finetune/trainer.js";
+import { recoverInterruptedSave } from "../finetune/checkpoint.js";
 import { inspectModel } from "../eval/inspect.js";
 import { resolveModel } from "../io/modelDir.js";
 import { readHfConfig } from "../io/hfConfig.js";
@@ -48,6 +51,18 @@ export const STUDY_VARIANTS = ["mha", "mla", "mla-rope", "eg-mla"] as const;
 export type StudyVariant = (typeof STUDY_VARIANTS)[number];
 /** The latent widths the MLA variants are trained at when --ranks is not given. */
 export const STUDY_RANKS = ["d/2", "d/4"] as const;
+/**
+ * Without --save-every, each run saves a checkpoint after every this many minutes of training: a hard
+ * kill (kill -9, a lost GPU lease or machine) then loses at most that much, where it lost the whole run
+ * under way. By time, not steps: what a checkpoint costs in steps depends on the hardware, not on the
+ * model (12 bytes per parameter written, against ~6·params·batch·seq FLOPs a step). Estimated from the
+ * 20M-token study (415k tokens/s on an H200, docs/benchmarks.md) and ~1 GB/s of disk, one costs about
+ * 30 steps of the default shape there, and a fraction of a step on a CPU: no step count both bounds the
+ * work lost and keeps the saves cheap on both. Every 10 minutes, a study-sized model's checkpoint (26M
+ * parameters: 0.3 GB) is well under 1% of the run; a run shorter than that saves none but its final
+ * one, and loses less than 10 minutes.
+ */
+export const STUDY_SAVE_MINUTES = 10;
 
 export interface StudyOptions {
   /** A model folder whose config (shape) and tokenizer every variant takes; its weights are not used. */
@@ -69,6 +84,13 @@ export interface StudyOptions {
   evalEvery?: number;
   /** EG-MLA's gate width (default DEFAULT_GATE_DIM); only with the eg-mla variant. */
   gateDim?: number;
+  /**
+   * A training checkpoint every this many steps of each run (0: only when stopped, as by Ctrl-C).
+   * Default: after every STUDY_SAVE_MINUTES minutes of training, so that a hard kill (kill -9, a lost
+   * GPU lease) loses at most that much of the run under way, which the same call then resumes from
+   * its last checkpoint.
+   */
+  saveEvery?: number;
   device?: DeviceName;
   force?: boolean;
   logger?: Logger;
@@ -98,6 +120,7 @@ const STUDY_KINDS: OptionKinds<StudyOptions> = {
   valFraction: "number",
   evalEvery: "number",
   gateDim: "number",
+  saveEvery: "number",
   device: "string",
   force: "boolean",
   logger: "object",
@@ -303,7 +326,7 @@ async function runStudy(o: StudyOptions, made: { fresh: boolean }): Promise<Stud
   const valFraction = o.valFraction ?? 0.01;
   const device = o.device ?? "auto";
   // The runs' fine-tunes check these too, but only as each starts: after the runs before it.
-  checkFinetuneOptions({ tokens: o.tokens, seq, batch, lr, seed, valFraction, evalEvery: o.evalEvery ?? undefined });
+  checkFinetuneOptions({ tokens: o.tokens, seq, batch, lr, seed, valFraction, evalEvery: o.evalEvery ?? undefined, saveEvery: o.saveEvery ?? undefined });
   checkValidation(o.evalEvery ?? undefined, valFraction);
   selectBackend(device, log);
   // What every run shares; the list of runs (variants × ranks) may grow between sittings, since each
@@ -359,6 +382,9 @@ async function runStudy(o: StudyOptions, made: { fresh: boolean }): Promise<Stud
   // one step shorter, never 0 nor past the run (the trainer validates below its last step, then at it), and
   // a run of 8 steps or more still gets 3 points in its last quarter (claims.ts).
   const steps = Math.max(1, Math.floor(o.tokens / (seq * batch)));
+  // Not a setting of the study (a later sitting may save more or less often): the same steps either way.
+  const saving = o.saveEvery == null ? { saveEveryMinutes: STUDY_SAVE_MINUTES } : { saveEvery: o.saveEvery };
+  log.info(`training checkpoints: ${o.saveEvery == null ? `after every ${STUDY_SAVE_MINUTES} minutes of training (--save-every N: every N steps)` : o.saveEvery === 0 ? "only when a run is stopped (Ctrl-C), not periodically: a hard kill restarts the run under way" : `every ${o.saveEvery} steps`}; re-running the same command continues a run from its last one`);
   const rows: StudyRow[] = [];
   const resumes = `the finished runs are kept in ${o.out} (and an interrupted training run's last checkpoint); call study() again with the same options to resume`;
   for (const [i, r] of runs.entries()) {
@@ -376,8 +402,11 @@ async function runStudy(o: StudyOptions, made: { fresh: boolean }): Promise<Stud
     const ft = await resumableStep(o.signal, resumes, async () => {
       // The conversion's per-layer lines go to the study's progress sink, as its training's and measurement's do.
       if (conversion && !fs.existsSync(path.join(modelDir, "config.json"))) await convert(init, { ...conversion, device, out: modelDir, force: true, progress: o.progress, logger: log, signal: o.signal });
+      // A run killed while saving (kill -9, a lost machine) may have left its last whole checkpoint moved
+      // aside (checkpoint.old): put back first, so the run resumes from it rather than starting over.
+      if (fs.existsSync(trained)) recoverInterruptedSave(trained);
       const resume = fs.existsSync(path.join(trained, "checkpoint", "state.json"));
-      return finetune(modelDir, { data: [data], out: trained, force: !resume, resume, tokens: o.tokens, seq, batch, lr, seed, valFraction, tokenCache: path.join(o.out, "tokens"), evalEvery: o.evalEvery ?? Math.max(1, Math.round(steps / 20)), device, progress: o.progress, logger: log, shouldStop: o.shouldStop, signal: o.signal });
+      return finetune(modelDir, { data: [data], out: trained, force: !resume, resume, tokens: o.tokens, seq, batch, lr, seed, valFraction, tokenCache: path.join(o.out, "tokens"), evalEvery: o.evalEvery ?? Math.max(1, Math.round(steps / 20)), ...saving, device, progress: o.progress, logger: log, shouldStop: o.shouldStop, signal: o.signal });
     });
     if (ft.stoppedEarly) return { rows, report: null, html: null, stoppedEarly: true, claims: null };
     // The measurement stops on the signal too; the trained run is whole by then (finetune.json), so the
