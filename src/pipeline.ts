@@ -35,7 +35,7 @@ import { silentLogger, Logger } from "./util/log.js";
 import { selectBackend, type DeviceName } from "./backends/select.js";
 import type { ProgressSink } from "./util/progress.js";
 import { requireFitText } from "./deepseek/latentNorm.js";
-import { makeDirs } from "./io/makeDirs.js";
+import { emptyRunFolder, entriesBesideLock, withOutLock } from "./io/outLock.js";
 
 export interface PipelineOptions {
   out: string;
@@ -294,78 +294,81 @@ export async function pipeline(spec: string, o: PipelineOptions): Promise<Pipeli
   // finds, or, before the checks above cut the --calib windows, a calibration text too short): nothing
   // in it to lose, so a corrected command starts over.
   refuseFileAsOutDir(o.out);
-  const nothingDone = fs.existsSync(out) && fs.readdirSync(out).every((name) => name === "pipeline.json");
-  if (fs.existsSync(out) && !o.force && !nothingDone) {
-    checkSameRun(o.out, stateFile, spec, o, log);
-  } else {
-    refuseForeignFolder(o.out, !!o.force, ["pipeline.json"], "pipeline run (no pipeline.json)");
-    fs.rmSync(out, { recursive: true, force: true });
-    makeDirs(out, "the pipeline's --out folder");
-    writeFileAtomic(stateFile, JSON.stringify({ fingerprint, model: spec, settings: recordedSettings(o), cwd: process.cwd(), started: new Date().toISOString() }, null, 2) + "\n");
-  }
-  const phases: PipelineResult["phases"] = [];
-  // A stop asked for through shouldStop between phases (outside fine-tuning) ends the run before the next one;
-  // finished phases are kept, and the same command resumes.
-  let stoppedEarly = false;
-  const resumes = `the finished phases are kept in ${o.out} (and an interrupted fine-tune's last checkpoint); call pipeline() again with the same options to resume`;
-  const phase = async <T>(name: string, done: () => boolean, run: () => Promise<T>): Promise<void> => {
-    const t0 = performance.now();
-    if (done()) {
-      phases.push({ name, skipped: true, seconds: 0 });
-      log.info(`pipeline: ${name} already done`);
-      return;
+  // The run's folder is held from here to the end, by this call alone (its phases' folders are inside it).
+  const existed = fs.existsSync(out);
+  return withOutLock(o.out, { command: "pipeline", log }, async () => {
+    const nothingDone = existed && entriesBesideLock(out).every((name) => name === "pipeline.json");
+    if (existed && !o.force && !nothingDone) {
+      checkSameRun(o.out, stateFile, spec, o, log);
+    } else {
+      refuseForeignFolder(o.out, !!o.force, ["pipeline.json"], "pipeline run (no pipeline.json)");
+      emptyRunFolder(out, "the pipeline's --out folder");
+      writeFileAtomic(stateFile, JSON.stringify({ fingerprint, model: spec, settings: recordedSettings(o), cwd: process.cwd(), started: new Date().toISOString() }, null, 2) + "\n");
     }
-    if (stoppedEarly || o.shouldStop?.()) {
-      stoppedEarly = true;
-      return;
-    }
-    log.info(`pipeline: ${name}`);
-    await resumableStep(o.signal, resumes, run);
-    // A fine-tune stopped part-way is not done: the next run resumes it.
-    if (!stoppedEarly) phases.push({ name, skipped: false, seconds: (performance.now() - t0) / 1000 });
-  };
-  const evalTo = (label: string, model: string, file: string) =>
-    phase(`eval ${label}`, () => fs.existsSync(file), async () => {
-      const r = await evaluate(model, { ...pipelineEval(o), label, device: o.device, progress: o.progress, signal: o.signal, logger: log, pastPositionsWarned: true });
-      writeFileAtomic(file, JSON.stringify(r, null, 2) + "\n");
-    });
-  const { mla, tuned: ft, exported } = phaseDirs(out);
-  const files = { original: path.join(out, "eval-original.json"), converted: path.join(out, "eval-converted.json"), finetuned: path.join(out, "eval-finetuned.json"), exported: path.join(out, "eval-exported.json") };
-  const common = { out: mla, force: true, device: o.device, progress: o.progress, logger: log, signal: o.signal };
-  await phase("convert", () => modelWritten(mla), (): Promise<unknown> =>
-    o.format === "deepseek"
-      ? convertDeepseekWithWindows(spec, { ...deepseekSettings(o.convert), ...o.deepseek, ...(o.attentionBias === false ? { attentionBias: false } : {}), ...common }, cut)
-      : convertWithWindows(spec, { ...conversionPhase(o), ...common }, cut),
-  );
-  await evalTo("original", spec, files.original);
-  await evalTo("converted", mla, files.converted);
-  if (o.finetune) {
-    await phase("finetune", () => finetuneDone(out), async () => {
-      const resume = fs.existsSync(path.join(ft, "checkpoint", "state.json"));
-      // The pipeline's device covers every phase (the fine-tune's own, where a script sets one, wins).
-      const r = await finetune(mla, { ...o.finetune!, device: o.finetune!.device ?? o.device, out: ft, resume, force: !resume, logger: log, progress: o.progress, shouldStop: o.shouldStop, signal: o.signal });
-      stoppedEarly = r.stoppedEarly;
-    });
-    await evalTo("fine-tuned", ft, files.finetuned);
-  }
-  if (o.export) {
-    await phase("export", () => modelWritten(exported), () =>
-      exportDeepseekWithWindows(o.finetune ? ft : mla, {
-        out: exported,
-        force: true,
-        // The bias-free form fits kv_a_layernorm on the conversion's calibration text.
-        ...(o.attentionBias === false ? { attentionBias: false, calib: o.convert.calib, calibSamples: o.convert.calibSamples, calibLen: o.convert.calibLen } : {}),
-        device: o.device,
-        progress: o.progress,
-        logger: log,
-        signal: o.signal,
-      }, cut),
+    const phases: PipelineResult["phases"] = [];
+    // A stop asked for through shouldStop between phases (outside fine-tuning) ends the run before the next one;
+    // finished phases are kept, and the same command resumes.
+    let stoppedEarly = false;
+    const resumes = `the finished phases are kept in ${o.out} (and an interrupted fine-tune's last checkpoint); call pipeline() again with the same options to resume`;
+    const phase = async <T>(name: string, done: () => boolean, run: () => Promise<T>): Promise<void> => {
+      const t0 = performance.now();
+      if (done()) {
+        phases.push({ name, skipped: true, seconds: 0 });
+        log.info(`pipeline: ${name} already done`);
+        return;
+      }
+      if (stoppedEarly || o.shouldStop?.()) {
+        stoppedEarly = true;
+        return;
+      }
+      log.info(`pipeline: ${name}`);
+      await resumableStep(o.signal, resumes, run);
+      // A fine-tune stopped part-way is not done: the next run resumes it.
+      if (!stoppedEarly) phases.push({ name, skipped: false, seconds: (performance.now() - t0) / 1000 });
+    };
+    const evalTo = (label: string, model: string, file: string) =>
+      phase(`eval ${label}`, () => fs.existsSync(file), async () => {
+        const r = await evaluate(model, { ...pipelineEval(o), label, device: o.device, progress: o.progress, signal: o.signal, logger: log, pastPositionsWarned: true });
+        writeFileAtomic(file, JSON.stringify(r, null, 2) + "\n");
+      });
+    const { mla, tuned: ft, exported } = phaseDirs(out);
+    const files = { original: path.join(out, "eval-original.json"), converted: path.join(out, "eval-converted.json"), finetuned: path.join(out, "eval-finetuned.json"), exported: path.join(out, "eval-exported.json") };
+    const common = { out: mla, force: true, device: o.device, progress: o.progress, logger: log, signal: o.signal };
+    await phase("convert", () => modelWritten(mla), (): Promise<unknown> =>
+      o.format === "deepseek"
+        ? convertDeepseekWithWindows(spec, { ...deepseekSettings(o.convert), ...o.deepseek, ...(o.attentionBias === false ? { attentionBias: false } : {}), ...common }, cut)
+        : convertWithWindows(spec, { ...conversionPhase(o), ...common }, cut),
     );
-    await evalTo("exported (deepseek_v3)", exported, files.exported);
-  }
-  if (stoppedEarly) return { out, phases, evals: [], report: null, stoppedEarly };
-  const jsons = [files.original, files.converted, ...(o.finetune ? [files.finetuned] : []), ...(o.export ? [files.exported] : [])];
-  const report = writeReport(jsons, path.join(out, "report.html"), { trainLogs: o.finetune ? [path.join(ft, "train_log.jsonl")] : [] });
-  phases.push({ name: "report", skipped: false, seconds: 0 });
-  return { out, phases, evals: jsons.map((f) => JSON.parse(fs.readFileSync(f, "utf8")) as EvalResult), report, stoppedEarly };
+    await evalTo("original", spec, files.original);
+    await evalTo("converted", mla, files.converted);
+    if (o.finetune) {
+      await phase("finetune", () => finetuneDone(out), async () => {
+        const resume = fs.existsSync(path.join(ft, "checkpoint", "state.json"));
+        // The pipeline's device covers every phase (the fine-tune's own, where a script sets one, wins).
+        const r = await finetune(mla, { ...o.finetune!, device: o.finetune!.device ?? o.device, out: ft, resume, force: !resume, logger: log, progress: o.progress, shouldStop: o.shouldStop, signal: o.signal });
+        stoppedEarly = r.stoppedEarly;
+      });
+      await evalTo("fine-tuned", ft, files.finetuned);
+    }
+    if (o.export) {
+      await phase("export", () => modelWritten(exported), () =>
+        exportDeepseekWithWindows(o.finetune ? ft : mla, {
+          out: exported,
+          force: true,
+          // The bias-free form fits kv_a_layernorm on the conversion's calibration text.
+          ...(o.attentionBias === false ? { attentionBias: false, calib: o.convert.calib, calibSamples: o.convert.calibSamples, calibLen: o.convert.calibLen } : {}),
+          device: o.device,
+          progress: o.progress,
+          logger: log,
+          signal: o.signal,
+        }, cut),
+      );
+      await evalTo("exported (deepseek_v3)", exported, files.exported);
+    }
+    if (stoppedEarly) return { out, phases, evals: [], report: null, stoppedEarly };
+    const jsons = [files.original, files.converted, ...(o.finetune ? [files.finetuned] : []), ...(o.export ? [files.exported] : [])];
+    const report = writeReport(jsons, path.join(out, "report.html"), { trainLogs: o.finetune ? [path.join(ft, "train_log.jsonl")] : [] });
+    phases.push({ name: "report", skipped: false, seconds: 0 });
+    return { out, phases, evals: jsons.map((f) => JSON.parse(fs.readFileSync(f, "utf8")) as EvalResult), report, stoppedEarly };
+  });
 }

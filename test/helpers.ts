@@ -8,6 +8,7 @@ import { packageRoot } from "../src/io/modelDir.js";
 import type { LlamaModel } from "../src/model/llama.js";
 import type { DecodeCache } from "../src/model/kvCache.js";
 import { loadNativeCpu, NativeCpuBackend } from "../src/backends/native/cpu.js";
+import { LOCK_FILE } from "../src/io/outLock.js";
 
 export const ROOT = packageRoot();
 export const FIXTURES = path.join(ROOT, "fixtures");
@@ -203,4 +204,27 @@ export function assertDecodeMatchesForward(model: LlamaModel, ids: Int32Array, l
     assert.ok(e <= tol, `${label}, step ${t}: max |Δ logits| ${e}`);
   }
   return cache;
+}
+
+/** The steps of the loss lines in the fine-tune run `runDir`'s train_log.jsonl, in order (a step logged twice shows twice). */
+export function loggedSteps(runDir: string): number[] {
+  const rows = fs.readFileSync(path.join(runDir, "train_log.jsonl"), "utf8").trimEnd().split("\n");
+  return rows.map((l) => JSON.parse(l) as { step: number; loss?: number }).filter((r) => r.loss !== undefined).map((r) => r.step);
+}
+
+/** Every run-folder lock (.mha2mla.lock) under `dir`, as paths relative to it. */
+export const lockFiles = (dir: string) => fs.readdirSync(dir, { recursive: true }).map(String).filter((f) => path.basename(f) === LOCK_FILE);
+
+/** A pid that ran on this machine and has ended. */
+export function deadPid(): number {
+  const r = spawnSync(process.execPath, ["-e", ""]);
+  assert.ok(r.pid && r.status === 0);
+  return r.pid;
+}
+
+/** Writes the lock of run folder `dir` as a run of `command` with `pid` started `started` on this host (or `host`) would; returns its path. */
+export function writeLock(dir: string, h: { pid: number; command: string; started: string; host?: string }): string {
+  const file = path.join(dir, LOCK_FILE);
+  fs.writeFileSync(file, JSON.stringify({ pid: h.pid, host: h.host ?? os.hostname(), command: h.command, started: h.started }));
+  return file;
 }

@@ -7,6 +7,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { MlaError } from "../errors.js";
 import { makeOwnedTemp, sweepStaleTemps } from "../io/atomicDir.js";
+import { entriesBesideLock } from "../io/outLock.js";
 import { SafetensorsFile, SafetensorsWriter } from "../io/safetensors.js";
 import { readJsonObject } from "../io/jsonFile.js";
 
@@ -109,7 +110,7 @@ export function readCheckpointState(out: string): TrainState {
   if (!fs.existsSync(out)) throw new MlaError("NOT_FOUND", `--resume: ${out} does not exist: there is no run there to resume (a run stopped before its first step keeps nothing)`, "train without --resume to start it, or point --out at the folder of the interrupted run");
   // Past the first step but before the first checkpoint, a run's folder holds its log: training without
   // --resume would be refused as an existing --out, so the way out is --force.
-  if (!fs.existsSync(stateFile)) throw new MlaError("NOT_FOUND", `--resume: no checkpoint in ${dir}`, fs.readdirSync(out).length ? "the run there stopped before its first checkpoint: start it over with --force instead of --resume, or point --out at the folder of the interrupted run" : "train without --resume first, or point --out at the folder of the interrupted run");
+  if (!fs.existsSync(stateFile)) throw new MlaError("NOT_FOUND", `--resume: no checkpoint in ${dir}`, entriesBesideLock(out).length ? "the run there stopped before its first checkpoint: start it over with --force instead of --resume, or point --out at the folder of the interrupted run" : "train without --resume first, or point --out at the folder of the interrupted run");
   return readJsonObject(stateFile, { code: "BAD_CHECKPOINT", hint: "the checkpoint is corrupt; start the run over: --force instead of --resume" }) as unknown as TrainState;
 }
 

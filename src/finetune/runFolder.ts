@@ -15,7 +15,7 @@ import { MlaError } from "../errors.js";
 import { isEarlierModelOutput, refuseFileAsOutDir, refuseForeignFolder } from "../io/atomicDir.js";
 import { LOG_FILE, SUMMARY_FILE } from "./resume.js";
 import { refuseOutOverInputs, type InputPath } from "../io/outGuard.js";
-import { makeDirs } from "../io/makeDirs.js";
+import { emptyRunFolder, entriesBesideLock, refuseLocked } from "../io/outLock.js";
 
 export interface RunFolders {
   out: string;
@@ -36,7 +36,9 @@ export function checkRunFolders(o: RunFolders, modelDir: string): string {
   if (o.tokenCache !== undefined) checkTokenCache(o.tokenCache, [...inputs, { name: "the --out run folder", path: o.out, output: true }]);
   const out = path.resolve(o.out);
   refuseFileAsOutDir(o.out);
-  if (!o.resume && !o.force && fs.existsSync(out) && fs.readdirSync(out).length > 0) {
+  if (!o.resume && !o.force && fs.existsSync(out) && entriesBesideLock(out).length > 0) {
+    // A run under way there is named, rather than the folder said to exist.
+    refuseLocked(o.out);
     // A run stopped before its first checkpoint cannot be resumed: --resume would say so, and point back here.
     const has = (f: string) => fs.existsSync(path.join(out, f));
     const unresumable = has(LOG_FILE) && !has("checkpoint") && !has(SUMMARY_FILE);
@@ -53,8 +55,7 @@ function checkTokenCache(dir: string, avoid: readonly InputPath[]): void {
   refuseFileAsOutDir(dir, { flag: "--token-cache", hint: TOKEN_CACHE_HINT });
 }
 
-/** A fresh run starts in an empty --out (an old one was allowed by checkRunFolders: empty, or --force). */
+/** A fresh run starts in an empty --out (an old one was allowed by checkRunFolders: empty, or --force), its lock kept. */
 export function startRunFolder(out: string): void {
-  fs.rmSync(out, { recursive: true, force: true });
-  makeDirs(out, "the run folder");
+  emptyRunFolder(out, "the run folder");
 }

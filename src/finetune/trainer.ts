@@ -28,6 +28,7 @@ import { checkOptionTypes } from "../util/optionTypes.js";
 import { nextTurn, throwIfAborted } from "../util/abort.js";
 import { checkSameFlags, checkSameRun, finishedRun, LOG_FILE, loggedLossAt, loggedSeconds, loggedValNllAt, loggedValNllBefore, SUMMARY_FILE, trimLogToCheckpoint } from "./resume.js";
 import { writeFileAtomic } from "../io/atomicDir.js";
+import { withOutLock } from "../io/outLock.js";
 import { roundToWritten, writeModel } from "./writtenModel.js";
 import { CheckpointKeeper } from "./checkpointKeeper.js";
 import { weightFileBytes } from "../io/diskRoom.js";
@@ -175,7 +176,16 @@ export function checkEndOfText(c: ModelConfig, dir: string): number | null {
 }
 
 export async function finetune(spec: string, o: FinetuneOptions): Promise<FinetuneResult> {
-  const { seq, batch, accum, warmup, trainWhat, distillWeight, temperature, src, out } = checkFinetuneRun(spec, o);
+  const checked = checkFinetuneRun(spec, o);
+  // Rank 0 alone writes the run folder, so it alone (or a run on its own) locks it, for the whole run:
+  // from before --resume reads the checkpoint to after the model is written. The other ranks only read
+  // it, before rank 0 changes anything (the barrier below); `finetune --gpus`'s launcher takes no lock.
+  if (o.collective && o.collective.rank !== 0) return train(spec, o, checked);
+  return withOutLock(o.out, { command: "finetune", log: o.logger ?? silentLogger, create: !o.resume }, () => train(spec, o, checked));
+}
+
+async function train(spec: string, o: FinetuneOptions, checked: ReturnType<typeof checkFinetuneRun>): Promise<FinetuneResult> {
+  const { seq, batch, accum, warmup, trainWhat, distillWeight, temperature, src, out } = checked;
   const log = o.logger ?? silentLogger;
   const D = FINETUNE_DEFAULTS;
   const dp = o.collective ?? null;

@@ -8,6 +8,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { MlaError, ioError } from "../errors.js";
 import { makeDirs } from "./makeDirs.js";
+import { entriesBesideLock, processAlive } from "./outLock.js";
 
 const live = new Set<string>();
 
@@ -99,7 +100,7 @@ export function refuseForeignFolder(out: string, force: boolean, marks: readonly
   let entries: string[];
   try {
     if (!fs.statSync(out).isDirectory()) return;
-    entries = fs.readdirSync(out);
+    entries = entriesBesideLock(out);
   } catch {
     return; // absent (or unreadable: the write that follows names it)
   }
@@ -112,15 +113,6 @@ export function refuseForeignFolder(out: string, force: boolean, marks: readonly
 
 /** Written by versions before the owner's pid went into the folder's name; still read when sweeping. */
 const LEGACY_OWNER_FILE = ".mha2mla-owner";
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === "EPERM";
-  }
-}
 
 function tmpPrefix(out: string): string {
   return "." + path.basename(out) + ".tmp-";
@@ -150,7 +142,7 @@ export function sweepStaleTemps(parent: string, prefix: string): void {
     const dir = path.join(parent, name);
     const owner = ownerOf(dir, name.slice(prefix.length));
     // A pid of ours on a folder this process did not make is a dead run's whose pid was reused.
-    const owned = live.has(dir) || (Number.isInteger(owner) && owner > 0 && owner !== process.pid && alive(owner));
+    const owned = live.has(dir) || (Number.isInteger(owner) && owner > 0 && owner !== process.pid && processAlive(owner));
     if (!owned) fs.rmSync(dir, { recursive: true, force: true });
   }
 }

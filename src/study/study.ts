@@ -45,7 +45,7 @@ import { studyHtml, studyMarkdown, type StudyMeta } from "./report.js";
 import { checkClaims, type ClaimCheck } from "./claims.js";
 import { decodeSpeed } from "./decodeSpeed.js";
 import { readStudyJson, readStudyRow } from "./studyFiles.js";
-import { makeDirs } from "../io/makeDirs.js";
+import { emptyRunFolder, entriesBesideLock, withOutLock } from "../io/outLock.js";
 
 export const STUDY_VARIANTS = ["mha", "mla", "mla-rope", "eg-mla"] as const;
 export type StudyVariant = (typeof STUDY_VARIANTS)[number];
@@ -335,134 +335,137 @@ async function runStudy(o: StudyOptions, made: { fresh: boolean }): Promise<Stud
   // same study); the gate width only where an eg-mla run reads it (null: none of this call's does).
   let settings: StudySettings = { like, data: path.resolve(o.data), tokens: o.tokens, seq, batch, lr, seed, valFraction, tokenCache: path.resolve(o.out, "tokens"), evalEvery: o.evalEvery ?? null, gateDim: o.variants.includes("eg-mla") ? (o.gateDim ?? DEFAULT_GATE_DIM) : null };
   const stateFile = path.join(o.out, "study-state.json");
-  if (fs.existsSync(o.out) && !o.force) {
-    const prev = fs.existsSync(stateFile) ? readStudyJson<{ settings?: unknown; variants?: string[]; ranks?: string[] }>(stateFile, "the study's settings", "pass --force to start the study over, or choose another --out") : null;
-    if (!prev) {
-      // An empty folder (`mkdir OUT` first) is one --force takes: the hint said it would not.
-      let empty = false;
-      try {
-        empty = fs.readdirSync(o.out).length === 0;
-      } catch {
-        // unreadable: the general hint
+  // The study's folder is held from here to the end (a second study there at once interleaved their logs).
+  const existed = fs.existsSync(o.out);
+  return withOutLock(o.out, { command: "study", log }, async () => {
+    if (existed && !o.force) {
+      const prev = fs.existsSync(stateFile) ? readStudyJson<{ settings?: unknown; variants?: string[]; ranks?: string[] }>(stateFile, "the study's settings", "pass --force to start the study over, or choose another --out") : null;
+      if (!prev) {
+        // An empty folder (`mkdir OUT` first) is one --force takes: the hint said it would not.
+        let empty = false;
+        try {
+          empty = entriesBesideLock(o.out).length === 0;
+        } catch {
+          // unreadable: the general hint
+        }
+        throw new MlaError("EXISTS", `output ${o.out} already exists and holds no study (no study-state.json)`, empty ? "it is empty: pass --force to start the study in it, or choose another --out" : "choose another --out (--force replaces only an earlier study's folder)");
       }
-      throw new MlaError("EXISTS", `output ${o.out} already exists and holds no study (no study-state.json)`, empty ? "it is empty: pass --force to start the study in it, or choose another --out" : "choose another --out (--force replaces only an earlier study's folder)");
+      const was = normalizedSettings(prev.settings, o.out);
+      // A study whose runs so far had no gate keeps the gate of the first eg-mla run it gets, and the reverse.
+      settings = { ...settings, gateDim: settings.gateDim ?? (was["gateDim"] as number | null | undefined) ?? null };
+      if (was["gateDim"] === null) was["gateDim"] = settings.gateDim;
+      // The token cache is the folder's own (OUT/tokens): --out named another way is still this folder.
+      const changed = (Object.keys(settings) as (keyof StudySettings)[]).filter((k) => k !== "tokenCache" && JSON.stringify(was[k] ?? null) !== JSON.stringify(settings[k]));
+      if (changed.length) {
+        // Which: "--lr 0.001 → 0.002", as the pipeline names a changed option.
+        const named = changed.map((k) => `${STUDY_FLAGS[k]} ${JSON.stringify(was[k] ?? null)} → ${JSON.stringify(settings[k])}`);
+        throw new MlaError("EXISTS", `output ${o.out} already exists from a study with other settings: ${named.join("; ")} (the study's value → this call's)`, "re-run it with the same settings (other --variants or --ranks are fine: finished runs are kept), pass --force to start over, or choose another --out");
+      }
+      const same = JSON.stringify([prev.variants, prev.ranks]) === JSON.stringify([o.variants, ranks]);
+      log.info(same ? `resuming the study in ${o.out}` : `continuing the study in ${o.out} with --variants ${o.variants.join(",")}${ranks.length ? ` --ranks ${ranks.join(",")}` : ""}: finished runs are kept, the others trained`);
+      if (!same || JSON.stringify(prev.settings) !== JSON.stringify(settings)) writeFileAtomic(stateFile, JSON.stringify({ ...prev, settings, variants: o.variants, ranks }, null, 2) + "\n");
+    } else {
+      refuseForeignFolder(o.out, !!o.force, ["study-state.json", "study.json"], "study (no study-state.json)");
+      emptyRunFolder(o.out, "the study's --out folder");
+      made.fresh = true;
+      writeFileAtomic(stateFile, JSON.stringify({ settings, variants: o.variants, ranks, started: new Date().toISOString() }, null, 2) + "\n");
     }
-    const was = normalizedSettings(prev.settings, o.out);
-    // A study whose runs so far had no gate keeps the gate of the first eg-mla run it gets, and the reverse.
-    settings = { ...settings, gateDim: settings.gateDim ?? (was["gateDim"] as number | null | undefined) ?? null };
-    if (was["gateDim"] === null) was["gateDim"] = settings.gateDim;
-    // The token cache is the folder's own (OUT/tokens): --out named another way is still this folder.
-    const changed = (Object.keys(settings) as (keyof StudySettings)[]).filter((k) => k !== "tokenCache" && JSON.stringify(was[k] ?? null) !== JSON.stringify(settings[k]));
-    if (changed.length) {
-      // Which: "--lr 0.001 → 0.002", as the pipeline names a changed option.
-      const named = changed.map((k) => `${STUDY_FLAGS[k]} ${JSON.stringify(was[k] ?? null)} → ${JSON.stringify(settings[k])}`);
-      throw new MlaError("EXISTS", `output ${o.out} already exists from a study with other settings: ${named.join("; ")} (the study's value → this call's)`, "re-run it with the same settings (other --variants or --ranks are fine: finished runs are kept), pass --force to start over, or choose another --out");
+    const data = trainingText(o.data, o.out);
+    const init = path.join(o.out, "init-mha");
+    if (!fs.existsSync(init)) {
+      // Built aside and renamed, so an interrupted initialization is never mistaken for a finished one.
+      fs.rmSync(init + ".part", { recursive: true, force: true });
+      initFromScratch(like, init + ".part", seed);
+      fs.renameSync(init + ".part", init);
     }
-    const same = JSON.stringify([prev.variants, prev.ranks]) === JSON.stringify([o.variants, ranks]);
-    log.info(same ? `resuming the study in ${o.out}` : `continuing the study in ${o.out} with --variants ${o.variants.join(",")}${ranks.length ? ` --ranks ${ranks.join(",")}` : ""}: finished runs are kept, the others trained`);
-    if (!same || JSON.stringify(prev.settings) !== JSON.stringify(settings)) writeFileAtomic(stateFile, JSON.stringify({ ...prev, settings, variants: o.variants, ranks }, null, 2) + "\n");
-  } else {
-    refuseForeignFolder(o.out, !!o.force, ["study-state.json", "study.json"], "study (no study-state.json)");
-    fs.rmSync(o.out, { recursive: true, force: true });
-    makeDirs(o.out, "the study's --out folder");
-    made.fresh = true;
-    writeFileAtomic(stateFile, JSON.stringify({ settings, variants: o.variants, ranks, started: new Date().toISOString() }, null, 2) + "\n");
-  }
-  const data = trainingText(o.data, o.out);
-  const init = path.join(o.out, "init-mha");
-  if (!fs.existsSync(init)) {
-    // Built aside and renamed, so an interrupted initialization is never mistaken for a finished one.
-    fs.rmSync(init + ".part", { recursive: true, force: true });
-    initFromScratch(like, init + ".part", seed);
-    fs.renameSync(init + ".part", init);
-  }
-  // Only the default --eval-every reads it. Floored where the trainer rounds up (stepsFor): kept so that a
-  // study resumed across versions validates its new runs at its finished runs' steps (the claims compare
-  // rows at shared steps). Harmless: where the two differ (tokens not whole steps) the interval is at most
-  // one step shorter, never 0 nor past the run (the trainer validates below its last step, then at it), and
-  // a run of 8 steps or more still gets 3 points in its last quarter (claims.ts).
-  const steps = Math.max(1, Math.floor(o.tokens / (seq * batch)));
-  // Not a setting of the study (a later sitting may save more or less often): the same steps either way.
-  const saving = o.saveEvery == null ? { saveEveryMinutes: STUDY_SAVE_MINUTES } : { saveEvery: o.saveEvery };
-  log.info(`training checkpoints: ${o.saveEvery == null ? `after every ${STUDY_SAVE_MINUTES} minutes of training (--save-every N: every N steps)` : o.saveEvery === 0 ? "only when a run is stopped (Ctrl-C), not periodically: a hard kill restarts the run under way" : `every ${o.saveEvery} steps`}; re-running the same command continues a run from its last one`);
-  const rows: StudyRow[] = [];
-  const resumes = `the finished runs are kept in ${o.out} (and an interrupted training run's last checkpoint); call study() again with the same options to resume`;
-  for (const [i, r] of runs.entries()) {
-    const name = runName(r);
-    const rowFile = path.join(o.out, `${name}.row.json`);
-    if (fs.existsSync(rowFile)) {
-      log.info(`study ${i + 1}/${runs.length}: ${name} already done`);
-      rows.push(readStudyRow(rowFile, name));
-      continue;
+    // Only the default --eval-every reads it. Floored where the trainer rounds up (stepsFor): kept so that a
+    // study resumed across versions validates its new runs at its finished runs' steps (the claims compare
+    // rows at shared steps). Harmless: where the two differ (tokens not whole steps) the interval is at most
+    // one step shorter, never 0 nor past the run (the trainer validates below its last step, then at it), and
+    // a run of 8 steps or more still gets 3 points in its last quarter (claims.ts).
+    const steps = Math.max(1, Math.floor(o.tokens / (seq * batch)));
+    // Not a setting of the study (a later sitting may save more or less often): the same steps either way.
+    const saving = o.saveEvery == null ? { saveEveryMinutes: STUDY_SAVE_MINUTES } : { saveEvery: o.saveEvery };
+    log.info(`training checkpoints: ${o.saveEvery == null ? `after every ${STUDY_SAVE_MINUTES} minutes of training (--save-every N: every N steps)` : o.saveEvery === 0 ? "only when a run is stopped (Ctrl-C), not periodically: a hard kill restarts the run under way" : `every ${o.saveEvery} steps`}; re-running the same command continues a run from its last one`);
+    const rows: StudyRow[] = [];
+    const resumes = `the finished runs are kept in ${o.out} (and an interrupted training run's last checkpoint); call study() again with the same options to resume`;
+    for (const [i, r] of runs.entries()) {
+      const name = runName(r);
+      const rowFile = path.join(o.out, `${name}.row.json`);
+      if (fs.existsSync(rowFile)) {
+        log.info(`study ${i + 1}/${runs.length}: ${name} already done`);
+        rows.push(readStudyRow(rowFile, name));
+        continue;
+      }
+      log.info(`study ${i + 1}/${runs.length}: ${name}`);
+      const conversion = r.variant === "mha" ? null : runSettings(r, c, o.gateDim ?? undefined);
+      const modelDir = conversion ? path.join(o.out, name) : init;
+      const trained = path.join(o.out, `${name}-trained`);
+      const ft = await resumableStep(o.signal, resumes, async () => {
+        // The conversion's per-layer lines go to the study's progress sink, as its training's and measurement's do.
+        if (conversion && !fs.existsSync(path.join(modelDir, "config.json"))) await convert(init, { ...conversion, device, out: modelDir, force: true, progress: o.progress, logger: log, signal: o.signal });
+        // A run killed while saving (kill -9, a lost machine) may have left its last whole checkpoint moved
+        // aside (checkpoint.old): put back first, so the run resumes from it rather than starting over.
+        if (fs.existsSync(trained)) recoverInterruptedSave(trained);
+        const resume = fs.existsSync(path.join(trained, "checkpoint", "state.json"));
+        return finetune(modelDir, { data: [data], out: trained, force: !resume, resume, tokens: o.tokens, seq, batch, lr, seed, valFraction, tokenCache: path.join(o.out, "tokens"), evalEvery: o.evalEvery ?? Math.max(1, Math.round(steps / 20)), ...saving, device, progress: o.progress, logger: log, shouldStop: o.shouldStop, signal: o.signal });
+      });
+      if (ft.stoppedEarly) return { rows, report: null, html: null, stoppedEarly: true, claims: null };
+      // The measurement stops on the signal too; the trained run is whole by then (finetune.json), so the
+      // same call resumes by measuring it again: its fine-tune finds the run finished and trains nothing.
+      const decodeTokensPerS = await resumableStep(o.signal, resumes, () => decodeSpeed(ft.out, device, { progress: o.progress, signal: o.signal }));
+      const curve = fs.readFileSync(path.join(ft.out, "train_log.jsonl"), "utf8").trim().split("\n").map((l) => JSON.parse(l) as { step: number; val_nll?: number }).filter((l) => l.val_nll !== undefined).map((l) => [l.step, l.val_nll!] as [number, number]);
+      const info = inspectModel(ft.out);
+      const kv = info.kv_elems_per_token;
+      const row: StudyRow = {
+        variant: r.variant,
+        label: r.L === null ? "MHA" : `${{ mla: "MLA", "mla-rope": "MLA + RoPE", "eg-mla": "EG-MLA" }[r.variant as Exclude<StudyVariant, "mha">]}, latent ${r.L}`,
+        latentDim: r.L,
+        ropePairs: conversion?.ropePairs ?? null,
+        params: info.params,
+        kvElemsPerToken: kv,
+        kvBytesPerTokenBf16: kv * 2,
+        valNll: ft.valNllAfter ?? NaN,
+        curve,
+        trainTokensPerS: ft.tokensPerSecond,
+        decodeTokensPerS,
+      };
+      writeFileAtomic(rowFile, JSON.stringify(row, null, 2) + "\n");
+      rows.push(row);
     }
-    log.info(`study ${i + 1}/${runs.length}: ${name}`);
-    const conversion = r.variant === "mha" ? null : runSettings(r, c, o.gateDim ?? undefined);
-    const modelDir = conversion ? path.join(o.out, name) : init;
-    const trained = path.join(o.out, `${name}-trained`);
-    const ft = await resumableStep(o.signal, resumes, async () => {
-      // The conversion's per-layer lines go to the study's progress sink, as its training's and measurement's do.
-      if (conversion && !fs.existsSync(path.join(modelDir, "config.json"))) await convert(init, { ...conversion, device, out: modelDir, force: true, progress: o.progress, logger: log, signal: o.signal });
-      // A run killed while saving (kill -9, a lost machine) may have left its last whole checkpoint moved
-      // aside (checkpoint.old): put back first, so the run resumes from it rather than starting over.
-      if (fs.existsSync(trained)) recoverInterruptedSave(trained);
-      const resume = fs.existsSync(path.join(trained, "checkpoint", "state.json"));
-      return finetune(modelDir, { data: [data], out: trained, force: !resume, resume, tokens: o.tokens, seq, batch, lr, seed, valFraction, tokenCache: path.join(o.out, "tokens"), evalEvery: o.evalEvery ?? Math.max(1, Math.round(steps / 20)), ...saving, device, progress: o.progress, logger: log, shouldStop: o.shouldStop, signal: o.signal });
-    });
-    if (ft.stoppedEarly) return { rows, report: null, html: null, stoppedEarly: true, claims: null };
-    // The measurement stops on the signal too; the trained run is whole by then (finetune.json), so the
-    // same call resumes by measuring it again: its fine-tune finds the run finished and trains nothing.
-    const decodeTokensPerS = await resumableStep(o.signal, resumes, () => decodeSpeed(ft.out, device, { progress: o.progress, signal: o.signal }));
-    const curve = fs.readFileSync(path.join(ft.out, "train_log.jsonl"), "utf8").trim().split("\n").map((l) => JSON.parse(l) as { step: number; val_nll?: number }).filter((l) => l.val_nll !== undefined).map((l) => [l.step, l.val_nll!] as [number, number]);
-    const info = inspectModel(ft.out);
-    const kv = info.kv_elems_per_token;
-    const row: StudyRow = {
-      variant: r.variant,
-      label: r.L === null ? "MHA" : `${{ mla: "MLA", "mla-rope": "MLA + RoPE", "eg-mla": "EG-MLA" }[r.variant as Exclude<StudyVariant, "mha">]}, latent ${r.L}`,
-      latentDim: r.L,
-      ropePairs: conversion?.ropePairs ?? null,
-      params: info.params,
-      kvElemsPerToken: kv,
-      kvBytesPerTokenBf16: kv * 2,
-      valNll: ft.valNllAfter ?? NaN,
-      curve,
-      trainTokensPerS: ft.tokensPerSecond,
-      decodeTokensPerS,
-    };
-    writeFileAtomic(rowFile, JSON.stringify(row, null, 2) + "\n");
-    rows.push(row);
-  }
-  // Runs finished by earlier calls with other --variants or --ranks stay in the study's report (a call
-  // naming fewer had rewritten it with its own rows alone).
-  // Only the study's own row files (mha, VARIANT-L<width>): a copy or a note named *.row.json is not a run.
-  const runFile = /^(mha|(mla|mla-rope|eg-mla)-L\d+)\.row\.json$/;
-  const earlier = fs
-    .readdirSync(o.out)
-    .filter((f) => runFile.test(f))
-    .map((f) => f.slice(0, -".row.json".length))
-    .filter((name) => !runs.some((r) => runName(r) === name))
-    .map((name) => readStudyRow(path.join(o.out, `${name}.row.json`), name));
-  if (earlier.length) {
-    log.info(`the report also holds ${earlier.length} run${earlier.length === 1 ? "" : "s"} finished by earlier calls: ${earlier.map((r) => r.label).join("; ")}`);
-    rows.push(...earlier);
-    // All of them in the study's order: MHA, then each variant from its widest latent down.
-    rows.sort((a, b) => STUDY_VARIANTS.indexOf(a.variant) - STUDY_VARIANTS.indexOf(b.variant) || (b.latentDim ?? Infinity) - (a.latentDim ?? Infinity));
-  }
-  // The device as given, and for auto the backend it picked (the runs' own lines said so; the report should too).
-  const deviceLabel = device === "auto" ? `auto (${selectBackend(device).name})` : device;
-  // What each run trained: the trainer rounds the budget up to whole steps of batch × seq.
-  const trainedTokens = stepsFor(o.tokens, seq * batch) * seq * batch;
-  const meta = { like: o.like, hidden: c.hiddenSize, mlaRopeWidest: mlaRopeWidest(c), data: o.data, tokens: o.tokens, trainedTokens, seq, batch, lr, seed, device: deviceLabel, date: new Date().toISOString() };
-  // The claims' verdicts beside the rows (added after them: readers of rows and meta are unchanged).
-  const claims = checkClaims(rows, c.hiddenSize, meta.mlaRopeWidest);
-  // Each whole or absent (temp file + rename), as the rows are: never a truncated file from a killed study.
-  // Rendered before any is written, so a failure leaves the three as the last call wrote them.
-  const report = path.join(o.out, "report.md");
-  const html = path.join(o.out, "report.html");
-  const [md, page] = [studyMarkdown(meta, rows), studyHtml(meta, rows)];
-  writeFileAtomic(path.join(o.out, "study.json"), JSON.stringify({ ...meta, rows, claims }, null, 2) + "\n");
-  writeFileAtomic(report, md);
-  writeFileAtomic(html, page);
-  return { rows, report, html, stoppedEarly: false, claims };
+    // Runs finished by earlier calls with other --variants or --ranks stay in the study's report (a call
+    // naming fewer had rewritten it with its own rows alone).
+    // Only the study's own row files (mha, VARIANT-L<width>): a copy or a note named *.row.json is not a run.
+    const runFile = /^(mha|(mla|mla-rope|eg-mla)-L\d+)\.row\.json$/;
+    const earlier = fs
+      .readdirSync(o.out)
+      .filter((f) => runFile.test(f))
+      .map((f) => f.slice(0, -".row.json".length))
+      .filter((name) => !runs.some((r) => runName(r) === name))
+      .map((name) => readStudyRow(path.join(o.out, `${name}.row.json`), name));
+    if (earlier.length) {
+      log.info(`the report also holds ${earlier.length} run${earlier.length === 1 ? "" : "s"} finished by earlier calls: ${earlier.map((r) => r.label).join("; ")}`);
+      rows.push(...earlier);
+      // All of them in the study's order: MHA, then each variant from its widest latent down.
+      rows.sort((a, b) => STUDY_VARIANTS.indexOf(a.variant) - STUDY_VARIANTS.indexOf(b.variant) || (b.latentDim ?? Infinity) - (a.latentDim ?? Infinity));
+    }
+    // The device as given, and for auto the backend it picked (the runs' own lines said so; the report should too).
+    const deviceLabel = device === "auto" ? `auto (${selectBackend(device).name})` : device;
+    // What each run trained: the trainer rounds the budget up to whole steps of batch × seq.
+    const trainedTokens = stepsFor(o.tokens, seq * batch) * seq * batch;
+    const meta = { like: o.like, hidden: c.hiddenSize, mlaRopeWidest: mlaRopeWidest(c), data: o.data, tokens: o.tokens, trainedTokens, seq, batch, lr, seed, device: deviceLabel, date: new Date().toISOString() };
+    // The claims' verdicts beside the rows (added after them: readers of rows and meta are unchanged).
+    const claims = checkClaims(rows, c.hiddenSize, meta.mlaRopeWidest);
+    // Each whole or absent (temp file + rename), as the rows are: never a truncated file from a killed study.
+    // Rendered before any is written, so a failure leaves the three as the last call wrote them.
+    const report = path.join(o.out, "report.md");
+    const html = path.join(o.out, "report.html");
+    const [md, page] = [studyMarkdown(meta, rows), studyHtml(meta, rows)];
+    writeFileAtomic(path.join(o.out, "study.json"), JSON.stringify({ ...meta, rows, claims }, null, 2) + "\n");
+    writeFileAtomic(report, md);
+    writeFileAtomic(html, page);
+    return { rows, report, html, stoppedEarly: false, claims };
+  });
 }
 
 /**
