@@ -38,6 +38,7 @@ interface Args {
   "distill-weight"?: number;
   "eval-every"?: number;
   "save-every"?: number;
+  "save-every-minutes"?: number;
   json?: string;
   device: DeviceName;
   precision?: "bf16" | "f32";
@@ -79,6 +80,7 @@ export const finetuneCommand: CommandModule<object, Args> = {
       .option("distill-weight", { type: "number", describe: `with --distill: weight of the KL term, the rest is cross-entropy (default ${D.distillWeight})` })
       .option("eval-every", { type: "number", describe: "validation NLL every N steps (0 or unset: before and after training only)" })
       .option("save-every", { type: "number", describe: "checkpoint every N steps (0 or unset: only when the run is stopped, and at its end)" })
+      .option("save-every-minutes", { type: "number", describe: "also checkpoint after every M minutes of training, so a hard kill (kill -9, a lost GPU lease) loses at most that much (0 or unset: none by time)" })
       .option("device", DEVICE_OPTION)
       .option("precision", { choices: ["bf16", "f32"] as const, describe: "bf16: bf16 GEMMs with f32 master weights and optimizer (default on CUDA); f32: float32 throughout (default elsewhere)" })
       .option("checkpoint-activations", { type: "boolean", default: false, describe: "recompute each layer in the backward instead of keeping its activations (less memory, ~1/3 more compute)" })
@@ -148,6 +150,7 @@ function optionsOf(a: Args): FinetuneOptions {
     distillWeight: a["distill-weight"],
     evalEvery: a["eval-every"],
     saveEvery: a["save-every"],
+    saveEveryMinutes: a["save-every-minutes"],
     device: a.device,
     precision: a.precision,
     checkpointActivations: a["checkpoint-activations"],

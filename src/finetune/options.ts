@@ -101,8 +101,7 @@ export function checkFinetuneOptions(o: Omit<FinetuneOptions, "data" | "out">) {
   if (o.lr !== undefined) positive("lr", o.lr);
   // 0 (or unset) turns them off; a negative or fractional step count used to act on every step.
   for (const [name, v] of [["save-every", o.saveEvery], ["eval-every", o.evalEvery]] as const) if (v !== undefined && v !== 0) positive(name, v, true);
-  // A library option (no flag): named as such, as minLrFraction is.
-  within("saveEveryMinutes", o.saveEveryMinutes ?? 0, "[0, ∞)", "minutes of training between checkpoints, e.g. 10, or 0 for none");
+  within("--save-every-minutes", o.saveEveryMinutes ?? 0, "[0, ∞)", "minutes of training between checkpoints, e.g. 10, or 0 for none");
   // The data order's generator takes 32 bits: a fraction or a larger seed would alias another seed's order.
   const seed = o.seed ?? D.seed;
   if (!(Number.isInteger(seed) && seed >= 0 && seed < 2 ** 32)) throw new MlaError("BAD_ARGUMENT", `--seed ${seed} is not a whole number in [0, 2^32)`, "pass e.g. --seed 0");

@@ -268,7 +268,7 @@ test("a run's finetune.json of another shape (an eval result written over it) is
   await assert.rejects(finetune(MODEL, { ...base, out: early, resume: true }), (e: unknown) => e instanceof MlaError && /no checkpoint in [\s\S]*hint: the run there stopped before its first checkpoint: start it over with --force/.test(e.message));
 });
 
-test("saveEveryMinutes: a checkpoint after the first step that ends that long after the last save (study's default), beside saveEvery's; refused outside [0, ∞) by its name", async () => {
+test("saveEveryMinutes: a checkpoint after the first step that ends that long after the last save (study's default), beside saveEvery's; refused outside [0, ∞) by its flag (--save-every-minutes)", async () => {
   // The checkpoint's step as each step ends (shouldStop is polled after the step's save; no periodic validation).
   const seen = async (o: Partial<FinetuneOptions>) => {
     const out = path.join(tmpDir(), "run");
@@ -284,5 +284,5 @@ test("saveEveryMinutes: a checkpoint after the first step that ends that long af
   };
   assert.deepEqual(await seen({ saveEveryMinutes: 1e-9 }), [1, 2, 3, 4, 5, 6], "past the interval at every step");
   assert.deepEqual(await seen({ saveEveryMinutes: 60, saveEvery: 4 }), [null, null, null, 4, 4, 4], "not yet due: saveEvery's alone");
-  for (const v of [-1, NaN, Infinity]) await assert.rejects(finetune(MODEL, { ...common, out: path.join(tmpDir(), "never"), saveEveryMinutes: v }), (e: unknown) => e instanceof MlaError && e.code === "BAD_ARGUMENT" && new RegExp(`^saveEveryMinutes ${v} is outside \\[0, ∞\\)`).test(e.message));
+  for (const v of [-1, NaN, Infinity]) await assert.rejects(finetune(MODEL, { ...common, out: path.join(tmpDir(), "never"), saveEveryMinutes: v }), (e: unknown) => e instanceof MlaError && e.code === "BAD_ARGUMENT" && new RegExp(`^--save-every-minutes ${v} is outside \\[0, ∞\\)`).test(e.message));
 });
