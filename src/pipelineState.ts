@@ -30,7 +30,7 @@ interface RunState {
  * The fine-tune's options that change how it runs, not what it trains: finetune's own --resume
  * accepts other values for them (its fingerprint leaves them out), so the pipeline does too.
  */
-const FINETUNE_HOW = new Set(["device", "tokenCache", "evalEvery", "saveEvery", "checkpointActivations"]);
+const FINETUNE_HOW = new Set(["device", "tokenCache", "evalEvery", "saveEvery", "saveEveryMinutes", "checkpointActivations"]);
 
 /** What the run computes, as plain data: the model as given and every option that changes a phase's result. */
 export function runIdentity(spec: string, o: Partial<PipelineOptions>): Record<string, unknown> {
@@ -87,7 +87,8 @@ export function runFingerprint(spec: string, o: PipelineOptions): string {
  * written, the fine-tune's device included. Still accepted, so that a run they started resumes.
  */
 function legacyFingerprint(spec: string, o: PipelineOptions): string {
-  const finetune = o.finetune ? { ...o.finetune, seq: o.finetune.seq ?? FINETUNE_DEFAULTS.seq, batch: o.finetune.batch ?? FINETUNE_DEFAULTS.batch } : null;
+  // saveEveryMinutes came after these versions: a run they started never had it.
+  const finetune = o.finetune ? { ...o.finetune, saveEveryMinutes: undefined, seq: o.finetune.seq ?? FINETUNE_DEFAULTS.seq, batch: o.finetune.batch ?? FINETUNE_DEFAULTS.batch } : null;
   const deepseek = o.format === "deepseek" ? (o.deepseek ?? null) : null;
   const settings = { spec, convert: o.convert, format: o.format ?? "mha2mla", deepseek, finetune, export: o.export ?? null, evalText: o.evalText, evalTokens: o.evalTokens, evalCtx: o.evalCtx, tasks: o.tasks, limit: o.limit };
   return crypto.createHash("sha256").update(JSON.stringify(settings)).digest("hex").slice(0, 16);

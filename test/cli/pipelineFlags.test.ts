@@ -147,6 +147,9 @@ test("pipeline on the command line: fine-tuning and deepseek flags alone are ref
   const tuning = cli([...common, "--out", never, "--seq", "32", "--lr", "0.001"]);
   assert.equal(tuning.code, 1, tuning.stderr);
   assert.match(tuning.stderr, /^error: --seq and --lr have no effect without --finetune-data FILE/m);
+  const saving = cli([...common, "--out", never, "--save-every-minutes", "10"]);
+  assert.equal(saving.code, 1, saving.stderr);
+  assert.match(saving.stderr, /^error: --save-every-minutes has no effect without --finetune-data FILE/m);
   const ropeDim = cli([...common, "--out", never, "--rope-dim", "4"]);
   assert.equal(ropeDim.code, 1, ropeDim.stderr);
   assert.match(ropeDim.stderr, /^error: --rope-dim has no effect without --format deepseek/m);

@@ -34,9 +34,9 @@ test("canonical JSON: key order does not matter, array order does, undefined fie
   assert.notEqual(canonicalJson({ a: [1, 2] }), canonicalJson({ a: [2, 1] }));
 });
 
-test("the fingerprint ignores the options' key order and the device, not a setting", () => {
+test("the fingerprint ignores the options' key order, the device and how often the fine-tune saves, not a setting", () => {
   const a: PipelineOptions = { out: "x", convert: { rank: 2, ropePairs: 1 }, evalText: TEXT, finetune: { data: [TEXT], tokens: 2048, lr: 1e-3, device: "cpu" }, device: "cpu" };
-  const b: PipelineOptions = { device: "reference", finetune: { device: "reference", lr: 1e-3, tokens: 2048, data: [TEXT], saveEvery: 5 }, evalText: TEXT, convert: { ropePairs: 1, rank: 2 }, out: "y" };
+  const b: PipelineOptions = { device: "reference", finetune: { device: "reference", lr: 1e-3, tokens: 2048, data: [TEXT], saveEvery: 5, saveEveryMinutes: 10 }, evalText: TEXT, convert: { ropePairs: 1, rank: 2 }, out: "y" };
   assert.equal(runFingerprint(MODEL, a), runFingerprint(MODEL, b));
   assert.notEqual(runFingerprint(MODEL, a), runFingerprint(MODEL, { ...a, convert: { rank: 3, ropePairs: 1 } }));
   assert.notEqual(runFingerprint(MODEL, a), runFingerprint(MODEL, { ...a, finetune: { ...a.finetune!, data: [TEXT, TEXT] } }));
