@@ -24,6 +24,7 @@ import { convert } from "../convert/pipeline.js";
 import { MlaError, refuseInert } from "../errors.js";
 import { refuseOutOverInputs } from "../io/outGuard.js";
 import { finetune, stepsFor } from "../finetune/trainer.js";
+import { configShape, planMemory, trainingPrecision } from "../finetune/trainState.js";
 import { recoverInterruptedSave } from "../finetune/checkpoint.js";
 import { inspectModel } from "../eval/inspect.js";
 import { resolveModel } from "../io/modelDir.js";
@@ -328,7 +329,16 @@ async function runStudy(o: StudyOptions, made: { fresh: boolean }): Promise<Stud
   // The runs' fine-tunes check these too, but only as each starts: after the runs before it.
   checkFinetuneOptions({ tokens: o.tokens, seq, batch, lr, seed, valFraction, evalEvery: o.evalEvery ?? undefined, saveEvery: o.saveEvery ?? undefined });
   checkValidation(o.evalEvery ?? undefined, valFraction);
-  selectBackend(device, log);
+  const backend = selectBackend(device, log);
+  // Each run's fine-tune checks its memory as it starts, after the runs before it, and its hint names
+  // finetune's flags: the MHA run (the most weights) is checked now, in the study's own words.
+  try {
+    planMemory(configShape(c, backend), { train: "all", checkpoint: false, fullLogits: false }, trainingPrecision(undefined, backend), batch * (seq - 1));
+  } catch (e) {
+    if (!(e instanceof MlaError && e.code === "OUT_OF_MEMORY")) throw e;
+    // finetune's hint (its --accum, --train, --checkpoint-activations) replaced: study has none of them.
+    throw new MlaError(e.code, e.message.split("\n  hint: ")[0]!.replace(" (f32, --train all)", " (f32)").replace(" (bf16, --train all)", " (bf16)"), `a smaller --batch or --seq (a study trains every weight of each variant, ${batch} × ${seq} tokens a step)`);
+  }
   // What every run shares; the list of runs (variants × ranks) may grow between sittings, since each
   // run is trained on its own from the same initialization.
   // Paths as absolute ones (the same files named from another folder, or ./data against data, are the

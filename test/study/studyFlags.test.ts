@@ -36,6 +36,8 @@ test("study refuses a bad option of any run before the first run, --force or not
     [{ ranks: [] }, /--ranks is empty/],
     [{ data: FIXTURES }, /fixtures is a folder, not a text file/],
     [{ like: mla }, /is an MLA checkpoint\n {2}hint: pass the original MHA\/GQA model to --like/],
+    // A step too large for memory, found by the first run's fine-tune with its hint (--accum, --checkpoint-activations: no study flags).
+    [{ batch: 10_000_000 }, /needs about [\d.]+ GiB of host memory .*\n {2}hint: a smaller --batch or --seq \(a study trains every weight of each variant, 10000000 × 32 tokens a step\)$/],
     ...(HAVE_CUDA ? [] : ([[{ device: "cuda" }, /--device cuda: /]] as [Partial<StudyOptions>, RegExp][])),
   ];
   for (const [opts, re] of cases) {
