@@ -177,11 +177,12 @@ function pipelineEval(o: PipelineOptions): EvalOptions {
  * end-of-text id and all but the attention): the end-of-text id, a --precision the device lacks, and
  * a state and activations that cannot fit (the float32 weights it loads counted as taken from the
  * memory free now). Not counted: a --distill teacher's weights, which the phase loads before its own
- * check. The phase checks them all again on the converted model.
+ * check. The phase checks them all again on the converted model. `tuning`: the fine-tune's options as
+ * checkFinetuneOptions gave them.
  */
-function checkFinetunePhase(srcDir: string, c: ModelConfig, trained: ModelConfig, o: PipelineOptions, log: Logger): void {
+function checkFinetunePhase(srcDir: string, c: ModelConfig, trained: ModelConfig, o: PipelineOptions, tuning: ReturnType<typeof checkFinetuneOptions>, log: Logger): void {
   const f = o.finetune!;
-  const { seq, batch, trainWhat } = checkFinetuneOptions(f);
+  const { seq, batch, trainWhat } = tuning;
   checkEndOfText(c, srcDir);
   // The device the phase trains on: the fine-tune's own, where a script sets one, else the pipeline's.
   const backend = selectBackend(f.device ?? o.device ?? "auto", log);
@@ -240,11 +241,11 @@ async function checkOptions(srcDir: string, o: PipelineOptions, log: Logger, out
       // conversion and evaluations, not after them. An .xz corpus would have to be decompressed for it.
       if (f.endsWith(".jsonl") && fs.statSync(f).isFile()) readDocuments(f);
     }
-    checkFinetuneOptions(o.finetune);
+    const tuning = checkFinetuneOptions(o.finetune);
     // The converted model keeps the source's vocabulary and tokenizer.
     if (o.finetune.distill) checkTeacher(o.finetune.distill, c.vocabSize, srcDir);
     // A resumed run whose fine-tune is done may go on where it could not train (another device).
-    if (o.force || !finetuneDone(out)) checkFinetunePhase(srcDir, c, trained, o, log);
+    if (o.force || !finetuneDone(out)) checkFinetunePhase(srcDir, c, trained, o, tuning, log);
   }
   return cut;
 }

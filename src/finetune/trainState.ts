@@ -160,9 +160,11 @@ export function fitsDevice(model: LlamaModel | TrainingShape, choice: MemoryChoi
 
 /**
  * Refuses, before anything is allocated, a run whose state and activations cannot fit in the
- * device's free memory, saying what would.
+ * device's free memory, saying what would. `shrink`: the caller's own advice where finetune's flags
+ * (--train, --checkpoint-activations, --accum) are not its to offer (study); the message then names
+ * the precision alone.
  */
-export function checkFits(model: LlamaModel | TrainingShape, choice: MemoryChoice, precision: Precision, tokens: number, log: Logger = silentLogger): void {
+export function checkFits(model: LlamaModel | TrainingShape, choice: MemoryChoice, precision: Precision, tokens: number, log: Logger = silentLogger, shrink?: string): void {
   const s = shapeOf(model);
   const mem = memoryFor(s);
   const gib = (x: number) => `${(x / 2 ** 30).toFixed(1)} GiB`;
@@ -184,22 +186,25 @@ export function checkFits(model: LlamaModel | TrainingShape, choice: MemoryChoic
   // Each alternative only narrows what is trained or adds checkpointing; the first that differs and fits.
   const fits = alternatives.find((c) => (c.train !== choice.train || c.checkpoint !== choice.checkpoint) && needOf(c) <= limit);
   const act = activationBytes(s, tokens, choice.checkpoint, choice.fullLogits, precision, choice.keepMid ?? true);
-  const hint = fits
-    ? `${flags(fits)} needs about ${gib(needOf(fits))} and fits`
-    : `a smaller --batch or --seq (activations of ${tokens} tokens take ${gib(act)}; --accum keeps the tokens per step)${choice.checkpoint ? "" : " with --checkpoint-activations"}`;
+  const hint =
+    shrink ??
+    (fits
+      ? `${flags(fits)} needs about ${gib(needOf(fits))} and fits`
+      : `a smaller --batch or --seq (activations of ${tokens} tokens take ${gib(act)}; --accum keeps the tokens per step)${choice.checkpoint ? "" : " with --checkpoint-activations"}`);
   const n = s.params[choice.train];
-  throw new MlaError("OUT_OF_MEMORY", `training ${n.toLocaleString("en-US")} parameters (${precision}, ${flags(choice)}) needs about ${gib(need)} of ${mem.host ? "host" : "device"} memory beyond ${weights} (state ${gib(stateBytes(n, precision))}, activations ${gib(act)}); ${mem.host ? `the machine has ${gib(mem.total)}` : `${gib(mem.free)} are free of ${gib(mem.total)}${s.unloaded ? " once they are loaded" : ""}`}`, hint);
+  throw new MlaError("OUT_OF_MEMORY", `training ${n.toLocaleString("en-US")} parameters (${shrink ? precision : `${precision}, ${flags(choice)}`}) needs about ${gib(need)} of ${mem.host ? "host" : "device"} memory beyond ${weights} (state ${gib(stateBytes(n, precision))}, activations ${gib(act)}); ${mem.host ? `the machine has ${gib(mem.total)}` : `${gib(mem.free)} are free of ${gib(mem.total)}${s.unloaded ? " once they are loaded" : ""}`}`, hint);
 }
 
 /**
- * The run's memory choice, refused (checkFits) where it cannot fit: with checkpointing, each layer's
- * mid-layer sum is kept (a cheaper recompute) unless that is what does not fit.
+ * The run's memory choice, refused (checkFits, with `shrink` its advice where given) where it cannot
+ * fit: with checkpointing, each layer's mid-layer sum is kept (a cheaper recompute) unless that is what
+ * does not fit.
  */
-export function planMemory(model: LlamaModel | TrainingShape, choice: Omit<MemoryChoice, "keepMid">, precision: Precision, tokens: number, log: Logger = silentLogger): MemoryChoice {
+export function planMemory(model: LlamaModel | TrainingShape, choice: Omit<MemoryChoice, "keepMid">, precision: Precision, tokens: number, log: Logger = silentLogger, shrink?: string): MemoryChoice {
   const s = shapeOf(model);
   const memory: MemoryChoice = { ...choice, keepMid: choice.checkpoint };
   if (choice.checkpoint && !fitsDevice(s, memory, precision, tokens)) memory.keepMid = false;
-  checkFits(s, memory, precision, tokens, log);
+  checkFits(s, memory, precision, tokens, log, shrink);
   return memory;
 }
 

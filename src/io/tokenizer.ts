@@ -41,11 +41,11 @@ export interface TextTokenizer {
   readonly filesHash?: string;
 }
 
-/** The decode and encode functions loadTokenizer built: a tokenizer whose decode or encode is not one of them was changed by its caller. */
 /** What a script may pass encode and decode: transformers' add_special_tokens went unheard (no BOS), a number failed as a TypeError. */
 const ENCODE_KINDS: OptionKinds<NonNullable<Parameters<TextTokenizer["encode"]>[1]>> = { addSpecialTokens: "boolean" };
 const DECODE_KINDS: OptionKinds<NonNullable<Parameters<TextTokenizer["decode"]>[1]>> = { skipSpecialTokens: "boolean", cleanUpSpaces: "boolean" };
 
+/** The decode and encode functions loadTokenizer built: a tokenizer whose decode or encode is not one of them was changed by its caller. */
 const builtDecoders = new WeakSet<TextTokenizer["decode"]>();
 const builtEncoders = new WeakSet<TextTokenizer["encode"]>();
 

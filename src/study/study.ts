@@ -330,15 +330,11 @@ async function runStudy(o: StudyOptions, made: { fresh: boolean }): Promise<Stud
   checkFinetuneOptions({ tokens: o.tokens, seq, batch, lr, seed, valFraction, evalEvery: o.evalEvery ?? undefined, saveEvery: o.saveEvery ?? undefined });
   checkValidation(o.evalEvery ?? undefined, valFraction);
   const backend = selectBackend(device, log);
-  // Each run's fine-tune checks its memory as it starts, after the runs before it, and its hint names
-  // finetune's flags: the MHA run (the most weights) is checked now, in the study's own words.
-  try {
-    planMemory(configShape(c, backend), { train: "all", checkpoint: false, fullLogits: false }, trainingPrecision(undefined, backend), batch * (seq - 1));
-  } catch (e) {
-    if (!(e instanceof MlaError && e.code === "OUT_OF_MEMORY")) throw e;
-    // finetune's hint (its --accum, --train, --checkpoint-activations) replaced: study has none of them.
-    throw new MlaError(e.code, e.message.split("\n  hint: ")[0]!.replace(" (f32, --train all)", " (f32)").replace(" (bf16, --train all)", " (bf16)"), `a smaller --batch or --seq (a study trains every weight of each variant, ${batch} × ${seq} tokens a step)`);
-  }
+  // Each run's fine-tune checks its memory as it starts, after the runs before it, with finetune's
+  // advice (--accum, --train, --checkpoint-activations: no study flags): the MHA run (the most weights)
+  // is checked now, with the study's.
+  const shrink = `a smaller --batch or --seq (a study trains every weight of each variant, ${batch} × ${seq} tokens a step)`;
+  planMemory(configShape(c, backend), { train: "all", checkpoint: false, fullLogits: false }, trainingPrecision(undefined, backend), batch * (seq - 1), silentLogger, shrink);
   // What every run shares; the list of runs (variants × ranks) may grow between sittings, since each
   // run is trained on its own from the same initialization.
   // Paths as absolute ones (the same files named from another folder, or ./data against data, are the
