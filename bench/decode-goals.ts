@@ -5,7 +5,7 @@
  *   MLA ≥ 1.0× MHA at batch 1 from 4k context; MLA ≥ 2× MHA at batch ≥ 8 with ≥ 16k context;
  *   our MHA ≥ HF; batch-1 rows (ours) at ≥ 50% of the HBM bound.
  * "Best" is the fastest of a model's rows at that shape (e.g. bf16 against f32 cache, recorded or not),
- * what a user would pick. A model that does not fit loses to one that does. The same row run in several
+ * what a user would pick; int8/int4 cache rows are left out (a different storage, not the comparison). A model that does not fit loses to one that does. The same row run in several
  * rounds (decode.sh's ROUNDS: separate processes, whose rates spread by a few percent on one GPU) counts
  * as its median over them, so one fast or slow process does not decide a goal.
  * Run: node dist/bench/decode-goals.js ROWS.txt     (decode.sh writes ROWS.txt beside its models)
@@ -38,6 +38,8 @@ export function parseDecodeRows(text: string): DecodeRow[] {
     const [model, attention, ctxCell, batchCell] = cells as [string, string, string, string];
     const ctx = Number(ctxCell), batch = Number(batchCell);
     if (!Number.isInteger(ctx) || !Number.isInteger(batch)) continue; // the header and its separator
+    // Quantized caches are not part of the goals, which compare MLA and MHA (and HF) at one storage.
+    if (/int[48] cache/.test(attention)) continue;
     const rate = /^([\d.]+)/.exec(cells[7]!);
     const hbm = /^([\d.]+)%/.exec(cells[8]!);
     const kind = attention.includes("HF transformers") ? "hf" : attention.startsWith("mla") ? "mla" : "mha";

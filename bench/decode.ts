@@ -15,13 +15,15 @@
  * Each row times --repeats windows of --steps steps and reports the median window (the range beside it).
  * Steps go through a DecodeSession, which replays a recorded step (CUDA graph) where it can: the row
  * says "CUDA graph", or why not; --graphs 0 runs every step op by op.
- * Run: node dist/bench/decode.js MHA_DIR MLA_DIR [--device cuda] [--kv-cache f32|bf16] [--graphs 0|1] [--readback ids|logits|ids,logits] [--contexts 1024,4096,16384] [--batches 1,32] [--steps 32] [--repeats 3]
+ * Run: node dist/bench/decode.js MHA_DIR MLA_DIR [--device cuda] [--kv-cache f32|bf16|int8|int4] [--graphs 0|1] [--readback ids|logits|ids,logits] [--contexts 1024,4096,16384] [--batches 1,32] [--steps 32] [--repeats 3]
  */
 import { selectBackend, type DeviceName } from "../src/backends/select.js";
 import { CudaBackend } from "../src/backends/native/cuda.js";
 import { loadModel } from "../src/model/llama.js";
 import { absorbForm } from "../src/model/attention/mla.js";
 import { DecodeSession } from "../src/model/decodeSession.js";
+import { checkKvCacheDtype } from "../src/model/kvQuant.js";
+import { heldBytesPerToken } from "../src/model/kvCache.js";
 import { stderrLogger } from "../src/util/log.js";
 import { Tensor } from "../src/tensor/tensor.js";
 import { hbmBound } from "./hbm.js";
@@ -47,8 +49,9 @@ const batches = opt("batches", "1,32").split(",").map(Number);
 const steps = Number(opt("steps", "32"));
 const repeats = Number(opt("repeats", "3"));
 if (!Number.isInteger(repeats) || repeats < 1 || !Number.isInteger(steps) || steps < 1) throw new Error(`--steps ${steps} --repeats ${repeats}: each must be a whole number ≥ 1`);
-// The cache as stored on the device: f32, or bf16 (half the bytes, read by bf16 tensor-core GEMMs).
-const kvCache = opt("kv-cache", "f32") as "f32" | "bf16";
+// The cache as stored on the device: f32, bf16 (half the bytes, read by the bf16 kernels), or int8/int4
+// (quantized rows with their scales, dequantized for the bf16 kernels each step).
+const kvCache = checkKvCacheDtype(opt("kv-cache", "f32"));
 // --graphs 0: every step op by op (the comparison for a recorded step, DecodeSession).
 const graphs = opt("graphs", "1") !== "0";
 // --readback ids (default): each step's next tokens are the rows' arg-max taken on the device where the
@@ -81,13 +84,14 @@ for (const dir of dirs) {
     const perToken = probe.elements;
     for (const B of batches) {
       const bytes32 = perToken * 4 * ctx * B;
-      const stored = kvCache === "bf16" ? bytes32 / 2 : bytes32;
+      // What the caches hold on this backend (quantized rows: values and scales, padded).
+      const stored = heldBytesPerToken(config, backend, kvCache) * ctx * B;
       if (backend instanceof CudaBackend) await backend.reclaim();
       const mem = backend instanceof CudaBackend ? backend.memory() : null;
       // Free on the device plus what our pool caches (freed buffers are kept for reuse, not returned to the driver).
       const avail = mem ? mem.total - mem.live - 2 * 2 ** 30 : Infinity;
       const size = (b: number) => (b >= 2 ** 30 ? `${(b / 2 ** 30).toFixed(2)} GiB` : `${(b / 2 ** 20).toFixed(1)} MiB`);
-      const kind = (config.attention.kind === "mla" ? `mla, ${[...new Set(Array.from({ length: config.layers }, (_, l) => absorbForm(config, l)))].join("/")} absorption` : config.attention.kind) + (kvCache === "bf16" ? ", bf16 cache" : "");
+      const kind = (config.attention.kind === "mla" ? `mla, ${[...new Set(Array.from({ length: config.layers }, (_, l) => absorbForm(config, l)))].join("/")} absorption` : config.attention.kind) + (kvCache !== "f32" ? `, ${kvCache} cache` : "");
       // `how`: how the steps ran, added to the attention column once known.
       const row = (how = "") => `| ${dir.split("/").pop()} | ${kind}${how} | ${ctx} | ${B} | ${perToken} | ${size(bytes32)} | ${size(bytes32 / 2)} |`;
       // Each cache grows in steps of up to 1024 rows (DeviceRowStore.reserve), plus room for activations.

@@ -41,6 +41,8 @@ size_t dtype_size(int32_t dtype) {
     case MLA_BF16: return 2;
     case MLA_F64: return 8;
     case MLA_I32: return 4;
+    case MLA_Q8:
+    case MLA_Q4: return 1;
     default: return 0;
   }
 }

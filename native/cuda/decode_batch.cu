@@ -6,6 +6,7 @@
 #include <cstring>
 #include <vector>
 #include "common.cuh"
+#include "kv_quant.cuh"
 
 using mla::ctx;
 
@@ -78,6 +79,78 @@ __global__ void k_scatter_rows_bf16(const float* src, __nv_bfloat16* const* dst,
 }
 }  // namespace
 
+// Decode over quantized caches (int8/int4, kv_quant.cuh): each sequence's visible rows of every part
+// are dequantized into bf16 rows in one temporary buffer (the latent, both MLA's key part and its
+// value, once), and the bf16 route below runs on them. The stores hold a quarter (int4: an eighth) of
+// float32's bytes; each step reads them and writes and reads one layer's bf16 rows.
+struct QuantPart {
+  const mla_cuda_buf* const* src;  // per sequence (null: the part is absent)
+  int64_t n;                       // values per row
+};
+static mla_status decode_quantized(const mla_cuda_buf* q1, const mla_cuda_buf* const* k1s, int64_t G1, int64_t D1, const mla_cuda_buf* q2, const mla_cuda_buf* const* k2s, int64_t G2, int64_t D2, const mla_cuda_buf* const* vs, int64_t Gv, int64_t Dv, const int32_t* pos, mla_cuda_buf* o, int64_t B, int64_t H, float scale, int64_t window, int32_t dt) {
+  const int bits = mla::kv_bits(dt);
+  const bool rope = q2 && D2 > 0;
+  bool shared = true;  // the value part is the first key part (MLA's latent): dequantized once
+  for (int64_t b = 0; b < B; b++) shared = shared && vs[b] == k1s[b];
+  const QuantPart parts[3] = {{k1s, G1 * D1}, {rope ? k2s : nullptr, G2 * D2}, {shared ? nullptr : vs, Gv * Dv}};
+  const bool capture = mla::capturing() != nullptr;
+  // Rows per sequence: its visible prefix, or in a decode graph every row its store holds room for
+  // (the graph replays later steps over the same buffer).
+  std::vector<int64_t> rows(B);
+  for (int64_t b = 0; b < B; b++) {
+    MLA_CHECK(pos[b] >= 0 && k1s[b] && vs[b] && (!rope || k2s[b]), "decode_attention_batch: sequence " + std::to_string(b) + " has no cache or a negative position");
+    for (const QuantPart& p : parts) {
+      if (!p.src) continue;
+      const mla_cuda_buf* c = p.src[b];
+      MLA_CHECK(c->dtype == dt && c->n >= ((int64_t)pos[b] + 1) * mla::kv_row_bytes(p.n, bits), "decode_attention_batch: sequence " + std::to_string(b) + "'s quantized cache holds fewer than pos + 1 rows, or its parts differ in dtype from sequence 0's");
+    }
+    rows[b] = capture ? k1s[b]->n / mla::kv_row_bytes(G1 * D1, bits) : (int64_t)pos[b] + 1;
+  }
+  auto a256 = [](size_t x) { return (x + 255) & ~size_t(255); };
+  const size_t tableBytes = a256(3 * 2 * B * sizeof(void*)), posBytes = a256(B * sizeof(int32_t));
+  size_t total = tableBytes + posBytes;
+  std::vector<size_t> at(3 * B);
+  for (int p = 0; p < 3; p++)
+    for (int64_t b = 0; b < B; b++)
+      if (parts[p].src) at[p * B + b] = total, total += a256((size_t)rows[b] * parts[p].n * 2);
+  mla_cuda_buf* tmp = mla_cuda_alloc((int64_t)(total / 2), MLA_BF16);
+  if (!tmp) return MLA_ERR_MEMORY;
+  char* base = (char*)tmp->ptr;
+  std::vector<const void*> table(3 * 2 * B, nullptr);  // per part: B sources, then B destinations
+  std::vector<mla_cuda_buf> views(3 * B);
+  for (int p = 0; p < 3; p++)
+    for (int64_t b = 0; b < B; b++)
+      if (parts[p].src) {
+        table[p * 2 * B + b] = parts[p].src[b]->ptr;
+        table[p * 2 * B + B + b] = base + at[p * B + b];
+        views[p * B + b] = {base + at[p * B + b], rows[b] * parts[p].n, MLA_BF16, false};
+      }
+  mla_status st = MLA_OK;
+  const void* dtable = nullptr;
+  const int32_t* dpos = nullptr;
+  if (capture) {
+    if (!(dpos = mla::step_positions(pos, B))) { mla_cuda_free(tmp); return MLA_FAIL(MLA_ERR_UNSUPPORTED, "decode_attention_batch: positions other than the captured step's"); }
+    if (!(dtable = mla::capture_constant(table.data(), table.size() * sizeof(void*), &st))) { mla_cuda_free(tmp); return st; }
+  } else {
+    if ((st = stage_to_device(table.data(), table.size() * sizeof(void*), base)) || (st = stage_to_device(pos, B * sizeof(int32_t), base + tableBytes))) { mla_cuda_free(tmp); return st; }
+    dtable = base;
+    dpos = (const int32_t*)(base + tableBytes);
+  }
+  for (int p = 0; p < 3 && !st; p++)
+    if (parts[p].src) st = mla::kv_dequant_visible((const unsigned char* const*)dtable + p * 2 * B, (__nv_bfloat16* const*)dtable + p * 2 * B + B, dpos, window, B, parts[p].n, bits);
+  if (!st) {
+    std::vector<const mla_cuda_buf*> k1v(B), k2v(B), vv(B);
+    for (int64_t b = 0; b < B; b++) {
+      k1v[b] = &views[b];
+      k2v[b] = rope ? &views[B + b] : nullptr;
+      vv[b] = shared ? &views[b] : &views[2 * B + b];
+    }
+    st = mla_cuda_decode_attention_batch(q1, k1v.data(), G1, D1, rope ? q2 : nullptr, rope ? k2v.data() : nullptr, G2, D2, vv.data(), Gv, Dv, pos, o, B, H, scale, window);
+  }
+  mla_cuda_free(tmp);  // stream-ordered: after the kernels that read it
+  return st;
+}
+
 // Batched decode attention with a two-part key (the MLA latent form; MHA leaves part 2 out):
 // for sequence b and head h, score(s) = q1[b,h]·k1_b[s, g1(h)] + q2[b,h]·k2_b[s, g2(h)] over its
 // visible keys s (causal at pos[b], sliding window), o[b,h] = Σ softmax(scale·score)(s) · v_b[s, gv(h)].
@@ -90,7 +163,8 @@ extern "C" mla_status mla_cuda_decode_attention_batch(const mla_cuda_buf* q1, co
   // The caches are all float32 or all bf16 (a bf16 cache is read by bf16 tensor-core GEMMs: the
   // queries and the softmax probabilities are rounded to bf16 for them, accumulation stays float32).
   const int32_t kdt = k1s[0] ? k1s[0]->dtype : MLA_F32;
-  MLA_CHECK(kdt == MLA_F32 || kdt == MLA_BF16, "decode_attention_batch: caches must be float32 or bf16");
+  if (mla::kv_quantized(kdt)) return decode_quantized(q1, k1s, G1, D1, q2, k2s, G2, D2, vs, Gv, Dv, pos, o, B, H, scale, window, kdt);
+  MLA_CHECK(kdt == MLA_F32 || kdt == MLA_BF16, "decode_attention_batch: caches must be float32, bf16, int8 or int4");
   const bool half = kdt == MLA_BF16;
   const size_t es = half ? 2 : 4;
   std::vector<int64_t> range(2 * B);  // per sequence: offset of its scores, number of visible keys
@@ -191,8 +265,17 @@ extern "C" mla_status mla_cuda_scatter_rows(const mla_cuda_buf* src, mla_cuda_bu
   NEED_CTX();
   MLA_CHECK(src && dsts && offsets && B > 0 && n >= 0 && src->n == B * n && src->dtype == MLA_F32, "scatter_rows: src [B, n] float32, B destinations");
   if (n == 0) return MLA_OK;
-  // Destinations all float32 or all bf16 (a bf16 cache stores the rounded row).
+  // Destinations all float32 or all bf16 (a bf16 cache stores the rounded row), or all quantized
+  // (each row quantized into its store: offsets are whole rows of n values there).
   const int32_t dt = dsts[0] ? dsts[0]->dtype : MLA_F32;
+  if (mla::kv_quantized(dt)) {
+    std::vector<int64_t> rows(B);
+    for (int64_t b = 0; b < B; b++) {
+      MLA_CHECK(offsets[b] >= 0 && offsets[b] % n == 0, "scatter_rows: offset " + std::to_string(offsets[b]) + " of destination " + std::to_string(b) + " is not a whole row of a quantized store");
+      rows[b] = offsets[b] / n;
+    }
+    return mla_cuda_kv_quant_rows(src, dsts, rows.data(), B, n);
+  }
   const size_t es = dt == MLA_BF16 ? 2 : 4;
   std::vector<char*> targets(B);
   for (int64_t b = 0; b < B; b++) {

@@ -108,7 +108,8 @@ mla_status mla_cpu_matmul_f64(const double* X, const double* Y, double* Z, int64
    Tensors live on one GPU in buffers behind opaque handles, allocated from CUDA's stream-ordered
    pool (a caching allocator); every op runs on one stream. Host int arrays (positions, ids,
    targets, column indices) are passed as host pointers and copied by the op. Shapes as above. */
-enum { MLA_F32 = 0, MLA_BF16 = 1, MLA_F64 = 2, MLA_I32 = 3 };
+/* MLA_Q8 / MLA_Q4: a quantized decode cache's rows, one element per byte (layout: native/cuda/kv_quant.cuh). */
+enum { MLA_F32 = 0, MLA_BF16 = 1, MLA_F64 = 2, MLA_I32 = 3, MLA_Q8 = 4, MLA_Q4 = 5 };
 typedef struct mla_cuda_buf mla_cuda_buf;
 
 /* Picks the device and creates the stream and cuBLAS/cuSOLVER handles. MLA_ERR_UNAVAILABLE with the
@@ -130,6 +131,11 @@ mla_status mla_cuda_download(const mla_cuda_buf* src, void* host, int64_t bytes)
 /* out[4] = bytes held by live buffers, their peak, device free, device total. */
 mla_status mla_cuda_memory(int64_t* out);
 mla_status mla_cuda_reset_peak(void);
+/* Quantized cache rows (kv_quant.cuh): row r of src [R, n] (float32) into dsts[r] (MLA_Q8/MLA_Q4) as
+   its row rows[r]; several r may name one store. */
+mla_status mla_cuda_kv_quant_rows(const mla_cuda_buf* src, mla_cuda_buf* const* dsts, const int64_t* rows, int64_t R, int64_t n);
+/* Rows [row0, row0 + count) of a quantized store of rows of n values → dst [count, n] (float32 or bf16). */
+mla_status mla_cuda_kv_dequant_rows(const mla_cuda_buf* src, int64_t row0, int64_t count, int64_t n, mla_cuda_buf* dst);
 /* cuDNN's version (e.g. 91400) when this build has the cuDNN attention route and cuDNN loads on this
    device, else 0. */
 int32_t mla_cuda_cudnn_version(void);

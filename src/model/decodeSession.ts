@@ -2,8 +2,9 @@
  * Decoding B sequences one token per step, each step recorded once and replayed where the backend can
  * (CUDA graphs). Op by op, a decode step of a 32-layer model is about a thousand kernel launches and
  * more library calls from JavaScript, which bounds decode at small batches; a replay is one launch.
- * Where a step cannot be recorded (a backend without graphs, float32 / int8 / int4 caches, attention
- * routes whose shapes follow the sequence lengths) the session runs steps op by op and says why.
+ * Where a step cannot be recorded (a backend without graphs, caches held on the host, attention routes
+ * whose shapes follow the sequence lengths, such as float32 caches') the session runs steps op by op
+ * and says why.
  */
 import { checkCachesArg, checkModelArg } from "../util/argTypes.js";
 import { checkOptionTypes, describe } from "../util/optionTypes.js";
@@ -66,7 +67,7 @@ export class DecodeSession {
     if (!(opts.graphs ?? process.env["MHA2MLA_DECODE_GRAPHS"] !== "0")) this.refusal = "recording was turned off (graphs: false or MHA2MLA_DECODE_GRAPHS=0)";
     else if (!backend.captureStep) this.refusal = `the ${backend.name} backend has no step recording`;
     else if (model.config.attention.kind === "deepseek") this.refusal = "deepseek_v3 layers gather columns through host tables, which a recording cannot refresh";
-    else if (caches.some((c) => c.replayBuffers() === null)) this.refusal = "a cache is not held on the device as float32 or bf16 (int8/int4 caches round trip through the host)";
+    else if (caches.some((c) => c.replayBuffers() === null)) this.refusal = "a cache's rows are held on the host, not on the device";
   }
 
   /** Whether the last step was a replay. */

@@ -8,8 +8,8 @@ import { MlaError } from "../errors.js";
 import { checkOptionTypes } from "../util/optionTypes.js";
 import type { Backend } from "../tensor/backend.js";
 import type { FloatArray, Tensor } from "../tensor/tensor.js";
-import { KvCacheDtype, kvRowBytes, roundTrip } from "./kvQuant.js";
-import { kvElemsPerToken, type ModelConfig } from "./config.js";
+import { KvCacheDtype, deviceRowBytes, kvRowBytes, roundTrip } from "./kvQuant.js";
+import { kvRowsPerToken, type ModelConfig } from "./config.js";
 import { rowOf, rowRange } from "../tensor/rows.js";
 
 /** Growable [S, rowSize] float rows. */
@@ -90,8 +90,10 @@ interface DeviceStore {
   /** Room for `add` more rows (exact: no more than that; else with the growth policy's spare rows). */
   reserve(add: number, exact?: boolean): void;
   readonly capacity: number;
-  /** "bf16": rows are stored rounded to bf16 by the store itself. */
-  readonly dtype: "f32" | "bf16";
+  /** "bf16", "int8", "int4": rows are stored rounded or quantized by the store itself (from float32 rows). */
+  readonly dtype: HeldType;
+  /** Bytes its buffer takes, room included. */
+  readonly heldBytes: number;
   /** Counts `add` rows written into the spare capacity by another call (scatterRows). */
   commit(add: number): void;
   /** Keeps the first `rows` rows (at most); the buffer stays. */
@@ -125,13 +127,13 @@ function copyStore(backend: Backend, from: RowStore, rowShape: readonly number[]
 
 /** Backends that keep decode caches in their own memory (CUDA), and append one row to each of B of them in one call. */
 interface DeviceRowBackend {
-  createRowStore(rowShape: readonly number[], dtype: "f32" | "bf16"): DeviceStore;
+  createRowStore(rowShape: readonly number[], dtype: HeldType): DeviceStore;
   /** Row b of src [B, n] into dst[b] at element offsets[b]. */
   scatterRows(src: Tensor, dst: readonly Tensor[], offsets: readonly number[]): void;
 }
 
-/** Bytes of one element of the types rows are held in. */
-const ELEMENT_BYTES = { f32: 4, bf16: 2 } as const;
+/** The types rows are held in: float32, bf16, or quantized rows on a device (kvQuant.ts's deviceRowBytes). */
+type HeldType = "f32" | "bf16" | "int8" | "int4";
 
 /** Whether `backend` keeps decode caches in its own memory (DeviceRowBackend); the others' rows live on the host (RowBuffer). */
 function keepsDeviceRows(backend: Backend): boolean {
@@ -141,8 +143,9 @@ function keepsDeviceRows(backend: Backend): boolean {
 /** How a cache's rows are held in memory, where that may be wider than its dtype. */
 export interface HeldRows {
   /** The element type of its buffers. */
-  type: "f32" | "bf16";
-  bytesPerElement: number;
+  type: HeldType;
+  /** Bytes a row of `n` values takes in them (quantized device rows: values and scales, padded). */
+  rowBytes(n: number): number;
   /** Why that is wider than the dtype, for messages (null: the rows are held as the dtype). */
   why: string | null;
 }
@@ -150,19 +153,24 @@ export interface HeldRows {
 /**
  * How a cache of `dtype` holds its rows on `backend` (what `heldBytes` counts, and what a server's
  * KV budget must count): on the host (backends without device row stores, the CPU ones) as float32;
- * in a device store as bf16 for a bf16 cache and float32 otherwise (int8/int4 rows are float32 until
- * quantized kernels).
+ * in a device store as its dtype (int8/int4 rows with their scales, each padded to 16 bytes).
  */
 export function heldRows(backend: Backend, dtype: KvCacheDtype): HeldRows {
-  const device = keepsDeviceRows(backend);
-  const type = device && dtype === "bf16" ? "bf16" : "f32";
-  const why = type === dtype ? null : dtype === "int8" || dtype === "int4" ? `${dtype} rows are held as float32 until quantized kernels` : `the ${backend.name} backend holds cache rows on the host, as float32`;
-  return { type, bytesPerElement: ELEMENT_BYTES[type], why };
+  const type: HeldType = keepsDeviceRows(backend) ? dtype : "f32";
+  const why = type !== dtype ? `the ${backend.name} backend holds cache rows on the host, as float32` : type === "int8" || type === "int4" ? `a device store pads each row's ${type} values and its scales to 16 bytes each` : null;
+  return { type, rowBytes: (n) => heldRowBytes(n, type), why };
+}
+
+function heldRowBytes(n: number, type: HeldType): number {
+  return type === "int8" || type === "int4" ? (n > 0 ? deviceRowBytes(n, type) : 0) : n * (type === "bf16" ? 2 : 4);
 }
 
 /** Bytes per token, all layers, that a cache of `dtype` of model `c` holds in memory on `backend` (heldRows; config's kvBytesPerToken is the dtype's size). */
 export function heldBytesPerToken(c: ModelConfig, backend: Backend, dtype: KvCacheDtype): number {
-  return kvElemsPerToken(c) * heldRows(backend, dtype).bytesPerElement;
+  const held = heldRows(backend, dtype);
+  let bytes = 0;
+  for (let l = 0; l < c.layers; l++) for (const n of kvRowsPerToken(c, l)) bytes += held.rowBytes(n);
+  return bytes;
 }
 
 /**
@@ -174,7 +182,7 @@ function rowStore(backend: Backend, rowShape: readonly number[], dtype: KvCacheD
   const dev = keepsDeviceRows(backend) ? (backend as Backend & DeviceRowBackend).createRowStore(rowShape, heldRows(backend, dtype).type) : null;
   if (dev) {
     if (capacity > 0) dev.reserve(capacity, true);
-    return { get rows() { return dev.rows; }, get capacity() { return dev.capacity; }, append: (v) => dev.append(v), tensor: (shape) => dev.view(shape), truncate: (n) => dev.truncate(n), dispose: () => dev.dispose(), get heldBytes() { return dev.capacity * rowSize * ELEMENT_BYTES[dev.dtype]; }, device: dev };
+    return { get rows() { return dev.rows; }, get capacity() { return dev.capacity; }, append: (v) => dev.append(v), tensor: (shape) => dev.view(shape), truncate: (n) => dev.truncate(n), dispose: () => dev.dispose(), get heldBytes() { return dev.heldBytes; }, device: dev };
   }
   const host = new RowBuffer(rowSize);
   if (capacity > 0) host.reserve(capacity);
@@ -205,7 +213,7 @@ export interface DecodeCache {
   readonly bytes: number;
   /**
    * Bytes its buffers take in memory now, room included: more than `bytes` where rows are held wider
-   * than their dtype (heldRows: host caches hold float32 rows; int8/int4 rows are float32 until quantized kernels).
+   * than their dtype (heldRows: host caches hold float32 rows; device stores pad quantized rows to 16 bytes).
    */
   readonly heldBytes: number;
   /** How rows are stored (kvQuant.ts); rows come back as that storage gives them. */
@@ -222,7 +230,7 @@ export interface DecodeCache {
   clone(opts?: CloneOptions): DecodeCache;
   /**
    * For a recorded decode step (DecodeSession): the device buffers the step writes and reads, or null
-   * where the cache cannot be replayed (host rows, quantized rows, which round trip through the host).
+   * where the cache cannot be replayed (host rows).
    * A change of any of them (growth moved one) invalidates a recording.
    */
   replayBuffers(): readonly Tensor[] | null;
@@ -292,7 +300,6 @@ abstract class TwoPartCache implements DecodeCache {
   }
 
   replayBuffers(): readonly Tensor[] | null {
-    if (this.dtype !== "bf16" && this.dtype !== "f32") return null;
     const stores = this.stores();
     if (stores.some((s) => !s.device)) return null;
     return stores.map((s) => s.device!.storage);
@@ -333,7 +340,8 @@ abstract class TwoPartCache implements DecodeCache {
 
   protected appendBoth(layer: number, a: Tensor, b: Tensor): [Tensor, Tensor] {
     for (const [store, t] of [[this.a[layer]!, a], [this.b[layer]!, b]] as const) {
-      const stored = store.device?.dtype === "bf16" ? t : roundTrip(this.backend, t, this.dtype);
+      // A device store rounds or quantizes the rows itself; host rows round trip here.
+      const stored = store.device && store.device.dtype !== "f32" ? t : roundTrip(this.backend, t, this.dtype);
       store.append(stored);
       if (stored !== t) stored.dispose();
     }
@@ -357,7 +365,7 @@ abstract class TwoPartCache implements DecodeCache {
     const parts: [Tensor[], Tensor[]] = [[], []];
     for (const [p, src, rowSize] of [[0, a, first.rowA[layer]!], [1, b, first.rowB[layer]!]] as const) {
       const stores = caches.map((c) => (p === 0 ? c.a : c.b)[layer]!.device!);
-      const stored = stores[0]!.dtype === "bf16" ? src : roundTrip(backend, src, first.dtype);
+      const stored = stores[0]!.dtype !== "f32" ? src : roundTrip(backend, src, first.dtype);
       for (const s of stores) s.reserve(1);
       backend.scatterRows(stored, stores.map((s) => s.storage), stores.map((s) => s.rows * rowSize));
       for (const s of stores) s.commit(1);

@@ -36,6 +36,15 @@ export function kvRowBytes(n: number, dtype: KvCacheDtype): number {
   }
 }
 
+/**
+ * Bytes of one row of `n` values in a device store of quantized rows (native/cuda/kv_quant.cuh): the
+ * values, then the scales, each padded to 16 bytes (so rows copy whole and stay aligned).
+ */
+export function deviceRowBytes(n: number, dtype: "int8" | "int4"): number {
+  const pad16 = (x: number) => Math.ceil(x / 16) * 16;
+  return pad16(dtype === "int8" ? n : Math.ceil(n / 2)) + pad16(2 * Math.ceil(n / KV_GROUP));
+}
+
 const toBf16 = (v: number): number => bf16ToF32(f32ToBf16(v));
 
 /** In place: each row of `rowSize` values of x as the cache of `dtype` gives it back. */
@@ -61,9 +70,22 @@ export function roundTripRows(x: Float32Array, rowSize: number, dtype: KvCacheDt
   return x;
 }
 
+/** A backend that stores cache rows itself (CUDA's createRowStore: rounded or quantized on the device). */
+interface RowStoring {
+  createRowStore(rowShape: readonly number[], dtype: KvCacheDtype): { append(rows: Tensor): void; view(shape: readonly number[]): Tensor; dispose(): void };
+}
+
 /** t [T, …] (one token per row) as a cache of `dtype` returns it; t itself for f32. */
 export function roundTrip(b: Backend, t: Tensor, dtype: KvCacheDtype | undefined): Tensor {
   if (!dtype || dtype === "f32" || t.size === 0) return t;
+  // On a device that stores rows itself, through such a store (no trip through the host).
+  if (typeof (b as Partial<RowStoring>).createRowStore === "function") {
+    const store = (b as Backend & RowStoring).createRowStore(t.shape.slice(1), dtype);
+    store.append(t);
+    const out = store.view(t.shape.slice(1));
+    store.dispose();
+    return out;
+  }
   const rowSize = t.size / t.shape[0]!;
   return b.upload(roundTripRows(Float32Array.from(t.toArray()), rowSize, dtype), t.shape);
 }

@@ -9,8 +9,8 @@
  * Admission is bounded by the number of sequences and, optionally, by the bytes their caches reserve:
  * each sequence reserves room for its prompt and its token limit when it is admitted, so a running
  * batch never runs out of cache. A reservation counts the bytes the cache holds in memory on this
- * backend (kvCache.ts, heldRows: float32 rows on the host, int8/int4 rows as float32 until quantized
- * kernels), not its dtype's size, so what a budget admits fits in the memory it names. This is
+ * backend (kvCache.ts, heldRows: float32 rows on the host, quantized rows padded on a device), not
+ * its dtype's size, so what a budget admits fits in the memory it names. This is
  * where MLA pays: the same budget admits as many more sequences as its cache is smaller.
  */
 import type { TokenLimitName } from "./completionRequest.js";
@@ -124,7 +124,7 @@ export interface BatcherStats {
   kvBytesPerToken: number;
   /**
    * The bytes per token a cache holds in memory on this backend (float32 rows on the host, int8/int4
-   * rows as float32 until quantized kernels): what a sequence reserves per token against the budget.
+   * rows padded on a device): what a sequence reserves per token against the budget.
    */
   kvHeldBytesPerToken: number;
   /** Prompts kept for reuse, and what they saved (null: no prefix cache). */

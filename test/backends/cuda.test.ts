@@ -25,6 +25,9 @@ import { FIXTURES, MODELS, SHARED, maxAbsDiff, seededRand, tmpDir } from "../hel
 import { loadNativeCpu, NativeCpuBackend } from "../../src/backends/native/cpu.js";
 import { loadModel } from "../../src/model/llama.js";
 import { defaultKvCache } from "../../src/model/generate.js";
+import { deviceRowBytes, roundTripRows } from "../../src/model/kvQuant.js";
+import { heldBytesPerToken } from "../../src/model/kvCache.js";
+import { kvBytesPerToken } from "../../src/model/config.js";
 import { selectBackend } from "../../src/backends/select.js";
 import { DecodeSession } from "../../src/model/decodeSession.js";
 import { synth } from "../../src/synth/synth.js";
@@ -336,7 +339,7 @@ test("a cached forward on the GPU frees its intermediates when it returns: after
   await convert(path.join(MODELS, "stories260K"), { rank: 4, ropePairs: 2, ropeStrategy: "uniform", out: path.join(dir, "mla"), progress: null, device: "cpu" });
   const prompt = Int32Array.of(1, 400, 300, 200, 100, 50, 25, 12);
   for (const spec of [path.join(MODELS, "stories260K"), path.join(dir, "mla")])
-    for (const kv of ["f32", "bf16"] as const) {
+    for (const kv of ["f32", "bf16", "int8"] as const) {
       const B = backend();
       const { model } = loadModel(spec, { backend: B });
       const run = (cache: ReturnType<typeof model.newCache>) => {
@@ -622,6 +625,68 @@ test("a bf16 cache on the GPU (stored bf16, read by bf16 tensor-core GEMMs) deco
     // Beyond the cache's own rounding (same on both sides) the GPU rounds the queries and the softmax probabilities to bf16.
     assert.ok(worst < 2e-2 * scale);
   }
+});
+
+test("int8/int4 caches on the GPU hold quantized rows: kvQuant's values bit for bit (appends, growth, a copy, a batch's scatter), their bytes, and decode like the CPU's int8/int4 caches up to bf16 rounding (MHA and absorbed MLA, B = 1 and a batch of 2)", { skip }, async (t) => {
+  const b = backend();
+  let s = 5;
+  const rnd = () => ((s = (s * 1664525 + 1013904223) >>> 0) / 2 ** 32 - 0.5) * 8;
+  for (const dtype of ["int8", "int4"] as const)
+    for (const n of [8, 33, 2048]) {
+      const rows = Float32Array.from({ length: 6 * n }, rnd);
+      rows.fill(0, n, 2 * n); // an all-zero row: a scale of 0
+      for (let i = 2 * n; i < 3 * n; i++) rows[i] = (i % 3) * 0.5; // ties at q + 0.5 round half up, as Math.round does
+      const want = roundTripRows(Float32Array.from(rows), n, dtype);
+      const store = b.createRowStore([n], dtype);
+      store.reserve(2, true); // room for 2: the appends below grow it (a copy of the rows so far)
+      store.append(b.upload(rows.subarray(0, 3 * n), [3, n]));
+      store.append(b.upload(rows.subarray(3 * n, 5 * n), [2, n]));
+      // The last row as a decode step writes it: scattered into the spare room.
+      store.reserve(1);
+      b.scatterRows(b.upload(rows.subarray(5 * n), [1, n]), [store.storage], [store.rows * n]);
+      store.commit(1);
+      assert.equal(maxAbsDiff(store.view([n]).toArray(), want), 0, `${dtype} rows of ${n}: the stored values are roundTripRows'`);
+      const copy = b.createRowStore([n], dtype);
+      copy.copyRowsFrom(store, 4);
+      assert.equal(maxAbsDiff(copy.view([n]).toArray(), want.subarray(0, 4 * n)), 0, `${dtype} rows of ${n}: a copy of the first 4 rows`);
+      assert.equal(store.heldBytes, store.capacity * deviceRowBytes(n, dtype));
+      store.dispose();
+      copy.dispose();
+    }
+  const dir = tmpDir();
+  const mla = path.join(dir, "mla");
+  await convert(path.join(MODELS, "stories260K"), { rank: 4, ropePairs: 2, ropeStrategy: "uniform", out: mla, progress: null, device: "cpu" });
+  const cpu = new NativeCpuBackend(loadNativeCpu() as Exclude<ReturnType<typeof loadNativeCpu>, string>);
+  const prompts = [Int32Array.of(1, 400, 300, 200), Int32Array.of(1, 55), Int32Array.of(1, 9, 8, 7, 6, 5, 4, 3, 2, 10, 11)];
+  for (const spec of [path.join(MODELS, "stories260K"), mla])
+    for (const dtype of ["int8", "int4"] as const) {
+      const g = loadModel(spec, { backend: backend() }).model;
+      const c = loadModel(spec, { backend: cpu }).model;
+      const V = c.config.vocabSize;
+      const gc = prompts.map((p, i) => { const x = g.newCache(dtype, i === 0 ? { capacity: 30 } : {}); g.forward(p, x); return x; });
+      const cc = prompts.map((p) => { const x = c.newCache(dtype); c.forward(p, x); return x; });
+      assert.equal(gc[0]!.heldBytes, 30 * heldBytesPerToken(g.config, g.backend, dtype), "held bytes: the quantized rows' own, room included");
+      assert.ok(heldBytesPerToken(g.config, g.backend, dtype) < kvBytesPerToken(g.config, "bf16"), `${dtype} rows take fewer bytes than bf16's`);
+      let worst = 0, scale = 0;
+      let next = Int32Array.of(17, 23, 42);
+      for (let step = 0; step < 6; step++) {
+        const alone = g.forward(next.subarray(0, 1), gc[0]!).toArray();
+        const got = g.decodeBatch(next.subarray(1), gc.slice(1)).toArray();
+        const rows = cc.map((x, i) => c.forward(next.subarray(i, i + 1), x, { absorb: true }).toArray());
+        rows.forEach((want, i) => {
+          const mine = i === 0 ? alone : got.subarray((i - 1) * V, i * V);
+          worst = Math.max(worst, maxAbsDiff(mine, want));
+          scale = Math.max(scale, ...Array.from(want, Math.abs));
+        });
+        next = Int32Array.from(rows, (r, i) => (r.indexOf(Math.max(...r)) + i) % V);
+      }
+      const twin = gc[0]!.clone();
+      assert.equal(maxAbsDiff(g.forward(next.subarray(0, 1), twin).toArray(), g.forward(next.subarray(0, 1), gc[0]!).toArray()), 0, "a clone decodes like its original");
+      t.diagnostic(`${path.basename(spec)}: ${dtype} GPU cache vs ${dtype} CPU cache, max |Δ logits| ${worst.toExponential(2)} (max |logit| ${scale.toFixed(1)})`);
+      // Beyond the quantization (the same on both sides) the batched decode reads the dequantized rows
+      // as bf16 and rounds the queries and probabilities to bf16.
+      assert.ok(worst < 2e-2 * scale);
+    }
 });
 
 /** A bf16 tensor holding `a` [shape] rounded, as `--kv-cache bf16` stores a cache part. */
@@ -1135,7 +1200,7 @@ test("a recorded decode step (CUDA graph) replays like op-by-op steps: absorbed 
   const tokens = (n: number) => Int32Array.from({ length: n }, () => ((s = (s * 1664525 + 1013904223) >>> 0) % 1000) + 3);
   // smollm's GQA (9/3, head dim 64) on bf16 caches twice: through the MHA decode kernel (its default at
   // these shapes: recorded) and through the cuBLAS route (op by op).
-  for (const [spec, lengths, dtype, route] of [[mla, [700], "bf16", null], [mla, [300, 40, 700], "bf16", null], [paired, [300, 40, 700], "bf16", null], [src, [50, 9, 400], "bf16", null], [src, [50, 9, 400], "bf16", "cublas"], [src, [50, 9], "f32", null]] as const) {
+  for (const [spec, lengths, dtype, route] of [[mla, [700], "bf16", null], [mla, [300, 40, 700], "bf16", null], [paired, [300, 40, 700], "bf16", null], [src, [50, 9, 400], "bf16", null], [mla, [300, 40, 700], "int8", null], [src, [50, 9, 400], "int4", null], [src, [50, 9, 400], "bf16", "cublas"], [src, [50, 9], "f32", null]] as const) {
     if (route) process.env["MHA2MLA_MHA_DECODE"] = route;
     const opByOp = spec === src && (route === "cublas" || dtype === "f32");
     const model = loadModel(spec, { backend: B }).model;

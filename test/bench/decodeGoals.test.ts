@@ -62,3 +62,11 @@ test("decode goals: a row run in several rounds counts as its median (rate and s
   assert.equal(even[0]!.mla!.tokensPerS, 1050);
   assert.equal(even[0]!.mla!.hbmPercent, 42.5);
 });
+
+test("decode goals: int8/int4 cache rows are left out (a different storage; the goals compare MLA and MHA at one)", () => {
+  const fast = `| llama2-7b-L4-mla | mla, runtime absorption, int8 cache, CUDA graph | 4096 | 1 | 10240 | 160.0 MiB | 80.0 MiB | 99999.0 | 90% |
+| llama2-7b-L4 | mha, int4 cache, CUDA graph | 16384 | 8 | 32768 | 16.00 GiB | 8.00 GiB | 99999.0 | 90% |`;
+  const rows = parseDecodeRows(`${ROWS}\n${fast}`);
+  assert.equal(rows.length, 10, "the two quantized rows are not parsed");
+  assert.equal(verdicts(rows)[0]!.mla!.tokensPerS, 996.4);
+});

@@ -53,26 +53,29 @@ test("bytes per token: f32 4·n, bf16 2·n, int8 n + 2 per group, int4 n/2 + 2 p
   assert.equal(kvBytesPerToken(config, "int4"), 5 * 2 * (16 + 2));
 });
 
-test("held bytes: host caches hold float32 rows whatever the dtype; a device store holds bf16 rows for bf16 and float32 for int8/int4; heldBytes counts the same", () => {
+test("held bytes: host caches hold float32 rows whatever the dtype; a device store holds its dtype's rows (int8/int4 padded to 16 bytes); heldBytes counts the same", () => {
   const { model, config } = loadModel(path.join(MODELS, "stories260K"));
   const n = kvElemsPerToken(config);
   for (const dtype of ["f32", "bf16", "int8", "int4"] as const) {
     const h = heldRows(model.backend, dtype);
-    assert.deepEqual([h.type, h.bytesPerElement], ["f32", 4], dtype);
+    assert.deepEqual([h.type, h.rowBytes(32)], ["f32", 128], dtype);
     assert.equal(heldBytesPerToken(config, model.backend, dtype), 4 * n, dtype);
     const cache = model.newCache(dtype, { capacity: 7 });
     assert.equal(cache.heldBytes, 7 * heldBytesPerToken(config, model.backend, dtype), `${dtype}: a cache of 7 tokens' room holds what the rule says`);
     cache.dispose();
   }
   assert.equal(heldRows(model.backend, "f32").why, null);
-  assert.match(heldRows(model.backend, "int8").why!, /^int8 rows are held as float32 until quantized kernels$/);
+  assert.match(heldRows(model.backend, "int8").why!, /backend holds cache rows on the host, as float32$/);
   assert.match(heldRows(model.backend, "bf16").why!, /backend holds cache rows on the host, as float32$/);
   // A backend that keeps rows in its own memory (CUDA's createRowStore), without a GPU.
   const device = { name: "fake", createRowStore: () => null } as unknown as Backend;
-  assert.deepEqual(heldRows(device, "bf16"), { type: "bf16", bytesPerElement: 2, why: null });
-  assert.deepEqual(heldRows(device, "f32"), { type: "f32", bytesPerElement: 4, why: null });
-  assert.deepEqual(heldRows(device, "int8"), { type: "f32", bytesPerElement: 4, why: "int8 rows are held as float32 until quantized kernels" });
-  assert.equal(heldBytesPerToken(config, device, "int4"), 4 * n);
+  const held = (d: "f32" | "bf16" | "int8" | "int4") => ((h) => [h.type, h.rowBytes(32), h.rowBytes(2048), h.why])(heldRows(device, d));
+  assert.deepEqual(held("bf16"), ["bf16", 64, 4096, null]);
+  assert.deepEqual(held("f32"), ["f32", 128, 8192, null]);
+  // Values padded to 16 bytes, then one bf16 scale per 32 values padded to 16: 2,048 int8 values take 2,048 + 128.
+  assert.deepEqual(held("int8"), ["int8", 32 + 16, 2048 + 128, "a device store pads each row's int8 values and its scales to 16 bytes each"]);
+  assert.deepEqual(held("int4").slice(0, 3), ["int4", 16 + 16, 1024 + 128]);
+  assert.equal(heldBytesPerToken(config, device, "int4"), 5 * 2 * (16 + 16));
   assert.equal(heldBytesPerToken(config, device, "bf16"), kvBytesPerToken(config, "bf16"));
 });
 

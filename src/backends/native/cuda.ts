@@ -14,13 +14,17 @@ import { checkCudaEnv, cudaRoutes } from "./cudaEnv.js";
 import { libraryFile, missingLibrary, staleLibrary, unloadableLibrary } from "./libraryFile.js";
 import { attentionDecodeByRows, latentAttentionDecodeByRows } from "../../tensor/rows.js";
 import { attentionDecodeBatchDims, attentionWindow, headLinearDims, latentAttentionDecodeBatchDims, latentAttentionDims, type AttentionOptions, type DecodeBatchOptions, type AttentionSaved, type ArenaOptions, type CalibrationKernels, type LinearBackwardNeed, type StepGraph, type ProductInputHint, type Backend, type TrainingKernels } from "../../tensor/backend.js";
-import { FloatArray, Tensor, expectShape } from "../../tensor/tensor.js";
+import { FloatArray, Tensor, expectShape, type TensorDType } from "../../tensor/tensor.js";
+import { deviceRowBytes } from "../../model/kvQuant.js";
 import type { Linalg } from "./linalg.js";
 import { profileCuda } from "./cudaProfile.js";
 
 type Fn = (...args: unknown[]) => number;
 const F32 = 0;
 const BF16 = 1;
+/** A quantized decode cache's rows, one element per byte (native/cuda/kv_quant.cuh). */
+const Q8 = 4;
+const Q4 = 5;
 /** mla_status codes (native/include/mla.h): an allocation failed; an op a decode graph capture cannot record. */
 const MLA_ERR_MEMORY = 2;
 const MLA_ERR_UNSUPPORTED = 5;
@@ -73,6 +77,8 @@ const SIGNATURES: Record<string, string> = {
   latentAttentionDecode: "int mla_cuda_latent_attention_decode(const mla_cuda_buf* qr, const mla_cuda_buf* kr, const mla_cuda_buf* qc, const mla_cuda_buf* c, mla_cuda_buf* o, int64_t S, int64_t H, int64_t Hkv, int64_t Dr, int64_t L, float scale, int64_t off, int64_t window)",
   decodeAttentionBatch: "int mla_cuda_decode_attention_batch(const mla_cuda_buf* q1, const mla_cuda_buf** k1s, int64_t G1, int64_t D1, const mla_cuda_buf* q2, const mla_cuda_buf** k2s, int64_t G2, int64_t D2, const mla_cuda_buf** vs, int64_t Gv, int64_t Dv, const int32_t* pos, mla_cuda_buf* o, int64_t B, int64_t H, float scale, int64_t window)",
   scatterRows: "int mla_cuda_scatter_rows(const mla_cuda_buf* src, mla_cuda_buf** dsts, const int64_t* offsets, int64_t B, int64_t n)",
+  kvQuantRows: "int mla_cuda_kv_quant_rows(const mla_cuda_buf* src, mla_cuda_buf** dsts, const int64_t* rows, int64_t R, int64_t n)",
+  kvDequantRows: "int mla_cuda_kv_dequant_rows(const mla_cuda_buf* src, int64_t row0, int64_t count, int64_t n, mla_cuda_buf* dst)",
   swiglu: "int mla_cuda_swiglu(const mla_cuda_buf* g, const mla_cuda_buf* u, mla_cuda_buf* y, int64_t n)",
   swigluBackward: "int mla_cuda_swiglu_backward(const mla_cuda_buf* g, const mla_cuda_buf* u, const mla_cuda_buf* dy, mla_cuda_buf* dg, mla_cuda_buf* du, int64_t n)",
   axpby: "int mla_cuda_axpby(const mla_cuda_buf* a, const mla_cuda_buf* b, mla_cuda_buf* y, float sa, float sb, int64_t n)",
@@ -172,8 +178,9 @@ class DeviceBuffer {
   constructor(readonly handle: unknown, readonly n: number, readonly dtype: number, readonly parent: DeviceBuffer | null = null) {}
 }
 
-/** Bytes per element of a device buffer of `dtype` (BF16 or F32). */
-const elementBytes = (dtype: number) => (dtype === BF16 ? 2 : 4);
+/** Bytes per element of a device buffer of `dtype` (BF16, F32, or Q8/Q4: bytes). */
+const elementBytes = (dtype: number) => (dtype === BF16 ? 2 : dtype === Q8 || dtype === Q4 ? 1 : 4);
+const tensorDtype = (dtype: number): TensorDType => (dtype === BF16 ? "bf16" : dtype === Q8 ? "int8" : dtype === Q4 ? "int4" : "f32");
 
 /** The buffers of `tensors` and every buffer they are views of. */
 function buffersBehind(tensors: readonly Tensor[]): Set<DeviceBuffer> {
@@ -182,18 +189,30 @@ function buffersBehind(tensors: readonly Tensor[]): Set<DeviceBuffer> {
   return out;
 }
 
-/** Growable [rows, rowSize] float32 rows on the device (decode caches): appending copies only the new rows. */
+/** Growable [rows, rowSize] rows on the device (decode caches): appending copies only the new rows. */
 export class DeviceRowStore {
   private buf: Tensor | null = null;
   private room = 0;
   rows = 0;
   readonly rowSize: number;
+  /** Buffer elements per row: rowSize, or a quantized row's bytes (values and scales, kv_quant.cuh). */
+  private readonly unit: number;
+  /** The buffer's native dtype. */
+  private readonly code: number;
   /**
    * dtype "bf16": rows are stored rounded to bf16 (half the bytes; `--kv-cache bf16`), and read by
-   * the batched decode's bf16 tensor-core GEMMs; view() then returns a float32 copy.
+   * the batched decode's bf16 kernels; "int8"/"int4": rows are stored quantized (kvQuant.ts's groups
+   * and scales), each decode step dequantizing the visible rows for the bf16 kernels. view() then
+   * returns a float32 copy.
    */
-  constructor(private readonly backend: CudaBackend, private readonly rowShape: readonly number[], readonly dtype: "f32" | "bf16" = "f32") {
+  constructor(private readonly backend: CudaBackend, private readonly rowShape: readonly number[], readonly dtype: "f32" | "bf16" | "int8" | "int4" = "f32") {
     this.rowSize = rowShape.reduce((x, y) => x * y, 1);
+    this.code = { f32: F32, bf16: BF16, int8: Q8, int4: Q4 }[dtype];
+    this.unit = this.quantized ? deviceRowBytes(this.rowSize, dtype as "int8" | "int4") : this.rowSize;
+  }
+
+  private get quantized(): boolean {
+    return this.code === Q8 || this.code === Q4;
   }
 
   /** rows [n, …rowShape] float32: n counted from the shape, since a part may be zero wide (MLA without rope pairs). */
@@ -201,6 +220,9 @@ export class DeviceRowStore {
     const add = rows.shape[0]!;
     this.reserve(add);
     if (this.dtype === "f32") this.backend.copyElements(this.buf!, this.rows * this.rowSize, rows, 0, rows.size);
+    else if (this.quantized) {
+      if (add && this.rowSize) this.backend.quantizeRows(rows, Array.from({ length: add }, () => this.buf!), Array.from({ length: add }, (_, i) => this.rows + i), this.rowSize);
+    } else if (rows.size && rows.dtype === "bf16") this.backend.copyElements(this.buf!, this.rows * this.rowSize, rows, 0, rows.size);
     else if (rows.size) {
       const slot = this.backend.viewOf(this.buf!, this.rows * this.rowSize, rows.size, [rows.size]);
       this.backend.training.cast(rows, slot);
@@ -221,8 +243,8 @@ export class DeviceRowStore {
     if (need <= this.room) return;
     const cap = exact ? need : need + Math.max(16, Math.min(need, 1024));
     // Not in any open arena: a cached forward runs in one, and the cache outlives it.
-    const grown = this.backend.empty([cap, ...this.rowShape], "a decode cache", this.dtype === "bf16" ? BF16 : F32, false);
-    if (this.buf && this.rows) this.backend.copyElements(grown, 0, this.buf, 0, this.rows * this.rowSize);
+    const grown = this.backend.empty([cap, ...this.rowShape], "a decode cache", this.code, false, cap * this.unit);
+    if (this.buf && this.rows) this.backend.copyElements(grown, 0, this.buf, 0, this.rows * this.unit);
     if (this.buf) this.backend.free(this.buf);
     this.buf = grown;
     this.room = cap;
@@ -235,7 +257,7 @@ export class DeviceRowStore {
       throw new MlaError("BAD_ARGUMENT", `copyRowsFrom: a ${this.dtype} store of rows of ${this.rowSize} cannot copy ${other.dtype} rows of ${other.rowSize}`, "copy between stores of one dtype and row shape; this is a bug in the caller");
     if (rows > other.rows) throw new MlaError("BAD_ARGUMENT", `copyRowsFrom: ${rows} rows of a store holding ${other.rows}`, "this is a bug in the caller");
     this.reserve(Math.max(rows, capacity), true);
-    if (rows && this.rowSize) this.backend.copyElements(this.buf!, 0, other.buf!, 0, rows * this.rowSize);
+    if (rows && this.rowSize) this.backend.copyElements(this.buf!, 0, other.buf!, 0, rows * this.unit);
     this.rows = rows;
   }
 
@@ -255,6 +277,11 @@ export class DeviceRowStore {
     return this.room;
   }
 
+  /** Bytes the buffer takes, room included. */
+  get heldBytes(): number {
+    return this.room * this.unit * elementBytes(this.code);
+  }
+
   /** Counts `add` rows written into the spare capacity by another call (CudaBackend.scatterRows). */
   commit(add: number): void {
     if (this.rows + add > this.room) throw new MlaError("BAD_ARGUMENT", `a decode cache of ${this.room} rows cannot take ${add} more after ${this.rows}`, "reserve the rows first; this is a bug in the caller");
@@ -263,12 +290,17 @@ export class DeviceRowStore {
 
   /** The whole buffer [capacity, …rowShape]: rows past `rows` are spare (valid until the next reserve). */
   get storage(): Tensor {
-    return this.buf ?? (this.buf = this.backend.empty([0, ...this.rowShape], "an empty cache", this.dtype === "bf16" ? BF16 : F32));
+    return this.buf ?? (this.buf = this.backend.empty([0, ...this.rowShape], "an empty cache", this.code, true, 0));
   }
 
-  /** All rows so far as float32 [rows, ...shape] (f32: a view, valid until the next append; bf16: a copy). */
+  /** All rows so far as float32 [rows, ...shape] (f32: a view, valid until the next append; otherwise a copy). */
   view(shape: readonly number[]): Tensor {
     if (!this.buf) return this.backend.empty([0, ...shape], "an empty cache");
+    if (this.quantized) {
+      const copy = this.backend.empty([this.rows, ...shape], "a float32 copy of a quantized decode cache");
+      if (copy.size) this.backend.dequantizeRows(this.buf, 0, this.rows, this.rowSize, copy);
+      return copy;
+    }
     const rows = this.backend.viewOf(this.buf, 0, this.rows * this.rowSize, [this.rows, ...shape]);
     if (this.dtype === "f32") return rows;
     const copy = this.backend.empty([this.rows, ...shape], "a float32 copy of a bf16 decode cache");
@@ -515,9 +547,11 @@ export class CudaBackend implements Backend {
   }
 
   /** A new device tensor of `shape` (contents undefined); `what` names it in out-of-memory errors. */
-  empty(shape: readonly number[], what: string, dtype = F32, inArena = true): Tensor {
+  empty(shape: readonly number[], what: string, dtype = F32, inArena = true, elements?: number): Tensor {
     let n = 1;
     for (const d of shape) n *= d;
+    // A quantized store's buffer holds its rows' bytes, not one element per value of its shape.
+    if (elements !== undefined) n = elements;
     const bytes = n * elementBytes(dtype);
     // Inside an arena every buffer is freed explicitly; outside, the garbage collector is the backstop.
     const arena = this.arenas[this.arenas.length - 1];
@@ -531,7 +565,7 @@ export class CudaBackend implements Backend {
     const buf = new DeviceBuffer(h, n, dtype);
     this.registry.register(buf, h, buf);
     this.recording?.add(buf);
-    const t = new Tensor(this, shape, buf, dtype === BF16 ? "bf16" : "f32");
+    const t = new Tensor(this, shape, buf, tensorDtype(dtype));
     if (inArena) arena?.push(t);
     return t;
   }
@@ -553,8 +587,20 @@ export class CudaBackend implements Backend {
     return view;
   }
 
-  createRowStore(rowShape: readonly number[], dtype: "f32" | "bf16" = "f32"): DeviceRowStore {
+  createRowStore(rowShape: readonly number[], dtype: "f32" | "bf16" | "int8" | "int4" = "f32"): DeviceRowStore {
     return new DeviceRowStore(this, rowShape, dtype);
+  }
+
+  /** Row r of src [R, n] (float32) quantized into stores[r] (int8/int4 storage) as its row rows[r] (kv_quant.cu). */
+  quantizeRows(src: Tensor, stores: readonly Tensor[], rows: readonly number[], n: number): void {
+    const f = this.asF32(src);
+    this.call("kv_quant_rows", this.lib.fns["kvQuantRows"]!(this.h(f), stores.map((t) => this.h(t)), BigInt64Array.from(rows, BigInt), rows.length, n));
+    if (f !== src) f.dispose();
+  }
+
+  /** Rows [row0, row0 + count) of a quantized store of rows of n values into dst [count, …] (float32 or bf16). */
+  dequantizeRows(store: Tensor, row0: number, count: number, n: number, dst: Tensor): void {
+    this.call("kv_dequant_rows", this.lib.fns["kvDequantRows"]!(this.h(store), row0, count, n, this.h(dst)));
   }
 
   private h(t: Tensor | null | undefined): unknown {
@@ -589,6 +635,7 @@ export class CudaBackend implements Backend {
 
   download(t: Tensor): Float32Array {
     const buf = t.storage as DeviceBuffer;
+    if (buf.dtype === Q8 || buf.dtype === Q4) throw new MlaError("BAD_ARGUMENT", `a quantized cache store [${t.shape}] holds bytes, not values`, "read its rows through the store's view(); this is a bug in the caller");
     if (buf.dtype !== F32) {
       const f = this.empty(t.shape, "a download");
       this.call("cast", this.lib.fns["cast"]!(this.h(t), this.h(f)));
