@@ -14,7 +14,7 @@ import fs from "node:fs";
 import { isXzFile, readTextFile, readXzText, sniffTextFile, sniffXzFile } from "../io/text.js";
 import { MlaError, ioError } from "../errors.js";
 import { encodeTexts, type EncodeLongOptions } from "../io/encodeLong.js";
-import type { TextTokenizer } from "../io/tokenizer.js";
+import { checkIdsInVocab, type TextTokenizer } from "../io/tokenizer.js";
 import { silentLogger, type Logger } from "../util/log.js";
 import { Rng } from "./rng.js";
 import { readTokenCache, tokenCacheFile, writeTokenCache } from "./tokenCache.js";
@@ -26,6 +26,12 @@ export interface DataOptions {
   seq: number;
   bos: number;
   eos: number | null;
+  /**
+   * The model's vocabulary (`size` ids, vocab_size in `dir`'s config.json): a file whose ids pass it is
+   * refused, naming the file, before any training (a tokenizer.json with more tokens than the weights
+   * gave them to the first validation or step, whose refusal named no file). None: not checked.
+   */
+  vocab?: { size: number; dir: string };
   /** Folder of cached token streams, one per data file (needs a tokenizer that knows its folder); none: tokenize every time. */
   cacheDir?: string;
   /** Receives the tokenizing progress and cache hits. */
@@ -168,14 +174,24 @@ async function fileTokens(tokenizer: TextTokenizer, file: string, o: DataOptions
     const cached = readTokenCache(cacheFile);
     if (cached) {
       log.info(`${file}: ${cached.length.toLocaleString("en-US")} tokens from the token cache ${cacheFile}`);
+      checkFileIds(tokenizer, cached, file, o);
       return cached;
     }
     if (fs.existsSync(cacheFile)) log.warn(`${cacheFile}: the token cache fails its check (cut short or changed): tokenizing ${file} again and writing it anew`);
   }
   const docs = (await readDataDocuments(file, o.shouldStop)).filter((d) => d.length > 0);
   const ids = joinWith(await encodeTexts(tokenizer, docs, { ...o.encode, logger: log, label: file, shouldStop: o.shouldStop }), o.eos);
+  checkFileIds(tokenizer, ids, file, o);
   if (cacheFile) writeTokenCache(cacheFile, ids);
   return ids;
+}
+
+/**
+ * Refuses `file`'s ids past the model's vocabulary (o.vocab). Only a tokenizer with ids past it can
+ * give one: with any other, the stream is not scanned.
+ */
+function checkFileIds(tokenizer: TextTokenizer, ids: Int32Array, file: string, o: DataOptions): void {
+  if (o.vocab && tokenizer.vocabSize > o.vocab.size) checkIdsInVocab(ids, o.vocab.size, file, o.vocab.dir);
 }
 
 /**

@@ -253,7 +253,7 @@ async function train(spec: string, o: FinetuneOptions, checked: ReturnType<typeo
       return { out, steps: prior?.step ?? 0, stoppedEarly: true, checkpointStep: prior?.step ?? null, tokensSeen, seconds: priorSeconds, tokensPerSecond: perSecond(tokensSeen, priorSeconds), sitting: { steps: 0, seconds: 0, tokensPerSecond: 0 }, valNllBefore: prior ? loggedValNllBefore(out) : null, valNllAfter: null, finalLoss: NaN, precision };
     };
 
-    const data = await unlessStopped(() => loadTrainingData(lm.tokenizer, o.data, { valFraction: o.valFraction ?? D.valFraction, fraction: o.fraction, seq, bos, eos, cacheDir: o.tokenCache, logger: log, shouldStop: stopAsked }));
+    const data = await unlessStopped(() => loadTrainingData(lm.tokenizer, o.data, { valFraction: o.valFraction ?? D.valFraction, fraction: o.fraction, seq, bos, eos, vocab: { size: lm.config.vocabSize, dir: lm.dir }, cacheDir: o.tokenCache, logger: log, shouldStop: stopAsked }));
     if (data === STOPPED) return stoppedBeforeTraining("tokenizing the --data files");
     const perStep = batch * accum * seq;
     const totalSteps = stepsFor(o.tokens ?? data.sequences * seq, perStep);

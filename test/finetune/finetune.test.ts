@@ -11,7 +11,7 @@ import { AdamW, clipGradients } from "../../src/finetune/optimizer.js";
 import { checkpointBytes } from "../../src/finetune/checkpoint.js";
 import { CheckpointKeeper } from "../../src/finetune/checkpointKeeper.js";
 import { loadModel } from "../../src/model/llama.js";
-import { FIXTURES, MODELS, ROOT, tmpDir, waitFor } from "../helpers.js";
+import { FIXTURES, MODELS, pastVocabModel, ROOT, tmpDir, waitFor } from "../helpers.js";
 
 const MAIN = path.join(ROOT, "dist", "src", "cli", "main.js");
 const DATA = path.join(FIXTURES, "text", "tinystories_25k.txt");
@@ -216,6 +216,28 @@ test("a model without BOS or with EOS past its vocabulary, a missing teacher and
   fs.writeFileSync(path.join(otherTokens, "tokenizer.json"), JSON.stringify(tj));
   await refused(model, { distill: otherTokens }, /--distill .*other-tokens has another vocabulary than the student, of the same size \(512\): id \d+ is "[^"]+" in the teacher's tokenizer\.json, "[^"]+" in the student's/);
   assert.ok(!fs.existsSync(base.out), "no run folder");
+});
+
+test("--data whose ids the model's tokenizer puts past the vocabulary is refused after tokenizing, naming the file, the id and the vocabulary, before any training (the first validation found it, blaming perplexity()'s ids)", () => {
+  const model = pastVocabModel();
+  const parent = tmpDir();
+  const data = path.join(parent, "zz.txt");
+  fs.writeFileSync(data, "Once upon a time <zz> there was a little girl named Lily. She liked to play.\n".repeat(40));
+  const cache = path.join(tmpDir(), "tokens");
+  const want = `error: the model's tokenizer gives id 600 for ${data}, past its vocabulary of 512 (vocab_size in ${path.join(model, "config.json")})\n  hint: the tokenizer and the model do not match: put the model's own tokenizer.json beside its weights\n`;
+  // Twice: tokenized, then (the second run) from the token cache, which holds the same ids.
+  for (const run of ["tokenized", "cached"]) {
+    const r = spawnSync(process.execPath, [MAIN, "finetune", model, "--data", data, "--out", path.join(parent, "ft"), "--tokens", "512", "--seq", "32", "--batch", "4", "--token-cache", cache, "--device", "reference"], { encoding: "utf8" });
+    assert.equal(r.status, 1, r.stderr);
+    // The progress lines, then the error alone (no stack, no training step nor validation).
+    assert.equal(r.stderr.slice(r.stderr.indexOf("error: ")), want, run);
+    assert.doesNotMatch(r.stderr, /memory plan|validation|step 1/, run);
+    assert.deepEqual(fs.readdirSync(parent), ["zz.txt"], `${run}: --out not made`);
+  }
+  // Data without the token past the vocabulary trains with that tokenizer.
+  fs.writeFileSync(data, fs.readFileSync(DATA, "utf8").slice(0, 4000));
+  const ok = spawnSync(process.execPath, [MAIN, "finetune", model, "--data", data, "--out", path.join(parent, "ft"), "--tokens", "128", "--seq", "32", "--batch", "4", "--device", "reference"], { encoding: "utf8" });
+  assert.equal(ok.status, 0, ok.stderr);
 });
 
 test("a --distill teacher with fewer positions than --seq is warned about (its targets past them are extrapolated)", async () => {
