@@ -117,7 +117,17 @@ export interface BatcherStats {
   replayedSteps: number;
   /** Bytes the running sequences' caches reserve (prompt + token limit each, at kvHeldBytesPerToken), within kvBudgetBytes. */
   kvReservedBytes: number;
-  /** Bytes of the tokens the running sequences have cached so far, in the cache's dtype (kvBytesPerToken each). */
+  /**
+   * Bytes of the tokens the running sequences have cached so far, in the cache's dtype (kvBytesPerToken
+   * each, not kvHeldBytesPerToken): how full their caches are, not the memory they hold (that is
+   * kvReservedBytes, allocated whole when a sequence is admitted).
+   */
+  kvCachedBytes: number;
+  /**
+   * @deprecated The old name of kvCachedBytes (the same value), kept for existing readers of /stats.
+   * Despite "held", it counts the cached tokens at the dtype's size (kvBytesPerToken), not at
+   * kvHeldBytesPerToken, nor the memory the caches hold (kvReservedBytes).
+   */
   kvHeldBytes: number;
   kvBudgetBytes: number | null;
   /** A cache's bytes per token in its dtype (what inspect and eval report). */
@@ -306,6 +316,7 @@ export class Batcher {
   }
 
   stats(): BatcherStats {
+    const cached = this.running.reduce((n, s) => n + (s.cache?.bytes ?? 0), 0);
     return {
       running: this.running.length,
       prefilling: this.running.filter((s) => !s.decoding).length,
@@ -317,7 +328,8 @@ export class Batcher {
       decodeSteps: this.decodeSteps,
       replayedSteps: this.replayedSteps,
       kvReservedBytes: this.reservedBytes(),
-      kvHeldBytes: this.running.reduce((n, s) => n + (s.cache?.bytes ?? 0), 0),
+      kvCachedBytes: cached,
+      kvHeldBytes: cached,
       kvBudgetBytes: this.opts.kvBudgetBytes ?? null,
       kvBytesPerToken: this.dtypePerToken,
       kvHeldBytesPerToken: this.perToken,

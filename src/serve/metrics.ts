@@ -21,7 +21,8 @@ export function prometheusText(stats: ServerStats): string {
   metric("decode_steps_total", "counter", "Decode steps run.", one(stats.decodeSteps));
   metric("decode_replayed_steps_total", "counter", "Decode steps launched as a recorded step (CUDA graphs); the rest ran op by op.", one(stats.replayedSteps));
   metric("kv_cache_reserved_bytes", "gauge", "Cache bytes the running sequences reserve (prompt + max_tokens each, as held in memory).", one(stats.kvReservedBytes));
-  metric("kv_cache_held_bytes", "gauge", "Bytes of the tokens the running sequences have cached so far, in the cache's dtype.", one(stats.kvHeldBytes));
+  metric("kv_cache_cached_bytes", "gauge", "Bytes of the tokens the running sequences have cached so far, in the cache's dtype (kv_cache_bytes_per_token each; the memory held is kv_cache_reserved_bytes).", one(stats.kvCachedBytes));
+  metric("kv_cache_held_bytes", "gauge", "Deprecated: the old name of mha2mla_kv_cache_cached_bytes (the same value: cached tokens in the cache's dtype, not the memory held).", one(stats.kvHeldBytes));
   if (stats.kvBudgetBytes !== null) metric("kv_cache_budget_bytes", "gauge", "The cache budget (--kv-budget-mb).", one(stats.kvBudgetBytes));
   metric("kv_cache_bytes_per_token", "gauge", "Cache bytes per token in the cache's dtype.", one(stats.kvBytesPerToken));
   metric("kv_cache_held_bytes_per_token", "gauge", "Cache bytes per token held in memory (float32 rows on the host; int8/int4 rows as float32): what the budget counts.", one(stats.kvHeldBytesPerToken));

@@ -136,6 +136,24 @@ test("the KV budget counts the bytes the caches hold: int8 rows held as float32 
   assert.equal(pc.bytes, long.length * held + model.config.vocabSize * Float32Array.BYTES_PER_ELEMENT);
 });
 
+test("kvCachedBytes counts the tokens cached so far at the dtype's size (kvHeldBytes, its old name, the same); the memory held is kvReservedBytes", async () => {
+  const nominal = kvBytesPerToken(model.config, "int8"), held = 4 * kvElemsPerToken(model.config);
+  const b = new Batcher(model, { maxBatch: 1, kvCache: "int8" });
+  const prompt = prompts[0]!, maxTokens = 5;
+  const seen: { cached: number; old: number; reserved: number }[] = [];
+  await submit(b, { prompt, maxTokens, sampling: { temperature: 0 }, seed: 0 }, () => {
+    const s = b.stats();
+    seen.push({ cached: s.kvCachedBytes, old: s.kvHeldBytes, reserved: s.kvReservedBytes });
+    return true;
+  }).end;
+  // At each token the cache holds the prompt and the tokens before it, at int8's bytes per token.
+  assert.deepEqual(seen.map((x) => x.cached), seen.map((_, i) => (prompt.length + i) * nominal));
+  assert.ok(seen.every((x) => x.old === x.cached), "kvHeldBytes is kvCachedBytes under its old name");
+  assert.ok(seen.every((x) => x.reserved === (prompt.length + maxTokens) * held), "the memory held: prompt + max_tokens float32 rows from admission");
+  const idle = b.stats();
+  assert.deepEqual([idle.kvCachedBytes, idle.kvHeldBytes, idle.kvReservedBytes], [0, 0, 0]);
+});
+
 test("a sequence that can never start is refused before it queues", () => {
   const b = new Batcher(model, { maxBatch: 2, kvCache: "f32" });
   const spec = { sampling: { temperature: 0 }, seed: 0, onToken: () => true, onEnd: () => {} };
