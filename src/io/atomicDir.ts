@@ -16,6 +16,20 @@ const live = new Set<string>();
 const FILE_AS_OUT_HINT = "--out names the output folder, and --force replaces only an earlier output folder: choose another --out, or move the file away";
 
 /**
+ * What `st` is where it is neither a file nor a folder ("a character device": /dev/null, /dev/stdout
+ * on a terminal; "a named pipe (FIFO)": a pipe, <(…) or mkfifo's), or null for a file or a folder.
+ * Such a path is something to write into, never to replace or move away.
+ */
+export function specialFileKind(st: fs.Stats): string | null {
+  if (st.isFile() || st.isDirectory()) return null;
+  if (st.isCharacterDevice()) return "a character device";
+  if (st.isBlockDevice()) return "a block device";
+  if (st.isFIFO()) return "a named pipe (FIFO)";
+  if (st.isSocket()) return "a socket";
+  return "not a regular file";
+}
+
+/**
  * An output folder whose path holds something else than a folder (a file, a link to one) is refused
  * whatever --force says: --force replaces an earlier output folder, and a file there is something
  * else the user keeps (`--out notes.txt --force` replaced notes.txt with the converted model).
@@ -64,6 +78,9 @@ export function refuseFileAsOutDir(out: string, how: { flag?: string; hint?: str
       if (path.dirname(dir) === dir) return;
     }
   }
+  const special = specialFileKind(st);
+  // A device or a pipe (--out /dev/null): not a file to move away, and a folder cannot be written into it.
+  if (special) throw new MlaError("BAD_ARGUMENT", `${flag} ${out} is ${special}, not a folder`, `${flag} names a folder to write (it is made if missing): choose a folder path, e.g. ${flag} ./out`);
   if (!st.isDirectory()) throw asOutput();
 }
 

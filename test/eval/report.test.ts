@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { spawnSync } from "node:child_process";
+import { execFileSync, spawnSync } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
 import { test } from "node:test";
@@ -489,4 +489,26 @@ test("a report --out whose extension names another format (.json, .txt) is refus
   const cli = spawnSync(process.execPath, [path.join(ROOT, "dist", "src", "cli", "main.js"), "report", json, "--out", path.join(dir, "y.json")], { encoding: "utf8" });
   assert.equal(cli.status, 1);
   assert.match(cli.stderr, /^error: --out \S+y\.json: a report is HTML with a Markdown twin, not \.json/);
+});
+
+test("report --out /dev/null or a pipe (or a twin that is one) is refused before anything is written, --force or not: nothing written into the device, no /dev/null.md made beside it (--force made one as root)", { skip: process.platform === "win32" ? "no /dev/null nor mkfifo" : false }, () => {
+  const dir = tmpDir();
+  const json = path.join(dir, "run.json");
+  fs.writeFileSync(json, "{}"); // not an eval result: reaching it would be refused otherwise
+  const fifo = path.join(dir, "pipe.md");
+  execFileSync("mkfifo", [fifo]);
+  const hint = 'pass a file path, e.g. --out report.html; to build a report without keeping it, write it into a temporary folder (--out "$(mktemp -d)/report.html")';
+  const cases: [string, string][] = [
+    ["/dev/null", `--out /dev/null is a character device, not a file: a report is two files, the HTML and its Markdown twin beside it (/dev/null.md)\n  hint: ${hint}`],
+    [fifo, `--out ${fifo} is a named pipe (FIFO), not a file: a report is two files, the Markdown and its HTML twin beside it (${path.join(dir, "pipe.html")})\n  hint: ${hint}`],
+    [path.join(dir, "pipe.html"), `--out ${path.join(dir, "pipe.html")}: its Markdown twin ${fifo} is a named pipe (FIFO), not a file\n  hint: choose another --out, whose twin (the same name, .md) is a file or nothing yet`],
+  ];
+  for (const [out, message] of cases) {
+    for (const force of [false, true]) assert.throws(() => writeReport([json], out, { force }), (e: unknown) => e instanceof MlaError && e.code === "BAD_ARGUMENT" && e.message === message);
+    const cli = spawnSync(process.execPath, [path.join(ROOT, "dist", "src", "cli", "main.js"), "report", json, "--out", out, "--force"], { encoding: "utf8", timeout: 20000 });
+    assert.equal(cli.status, 1, cli.stderr);
+    assert.equal(cli.stderr, `error: ${message}\n`);
+  }
+  assert.ok(!fs.existsSync("/dev/null.md") && fs.statSync("/dev/null").isCharacterDevice() && fs.statSync(fifo).isFIFO());
+  assert.deepEqual(fs.readdirSync(dir).sort(), ["pipe.md", "run.json"]);
 });

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
 import { test } from "node:test";
@@ -135,4 +135,14 @@ test("--force replaces an earlier output folder, never a file (or a link to one)
     assert.throws(() => refuseFileAsOutDir(`${through}${path.sep}..${path.sep}model`), (e: unknown) => e instanceof MlaError && e.code === "BAD_ARGUMENT" && e.message.startsWith(`--out ${through}${path.sep}..${path.sep}model: ${through} is a file, not a folder`));
   // The file itself with a trailing separator: named as the output, with the caller's hint.
   assert.throws(() => refuseFileAsOutDir(`${file}${path.sep}`, { flag: "--token-cache", hint: "a folder, please" }), (e: unknown) => e instanceof MlaError && e.message === `--token-cache ${file}${path.sep} is a file, not a folder\n  hint: a folder, please`);
+});
+
+test("an output folder at a device or a pipe (--out /dev/null) is refused naming what it is, not as a file to move away; the device stays as it was", { skip: process.platform === "win32" ? "no /dev/null nor mkfifo" : false }, () => {
+  const fifo = path.join(tmpDir(), "pipe");
+  execFileSync("mkfifo", [fifo]);
+  for (const [out, kind] of [["/dev/null", "a character device"], [fifo, "a named pipe \\(FIFO\\)"]] as const)
+    for (const check of [() => refuseFileAsOutDir(out), () => refuseExisting(out, true), () => beginOutDir(out, true)])
+      assert.throws(check, (e: unknown) => e instanceof MlaError && e.code === "BAD_ARGUMENT" && new RegExp(`^--out ${out} is ${kind}, not a folder\\n  hint: --out names a folder to write \\(it is made if missing\\): choose a folder path`).test(e.message) && !/move the file away/.test(e.message));
+  assert.ok(fs.statSync("/dev/null").isCharacterDevice() && fs.statSync(fifo).isFIFO());
+  assert.ok(!fs.readdirSync("/dev").some((f) => f.startsWith(".null.tmp-")), "no temporary folder beside /dev/null");
 });

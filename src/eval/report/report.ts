@@ -6,7 +6,7 @@
 import fs from "node:fs";
 import path from "node:path";
 import { MlaError, ioError } from "../../errors.js";
-import { writeFileAtomic } from "../../io/atomicDir.js";
+import { specialFileKind, writeFileAtomic } from "../../io/atomicDir.js";
 import type { EvalResult } from "../evaluate.js";
 import { barChart, color, esc, lineChart } from "./charts.js";
 import { checkEvalResult, readEvalJson } from "./evalJson.js";
@@ -282,10 +282,28 @@ export function logLabels(files: readonly string[]): string[] {
   return labels;
 }
 
-/** Refuses a report --out whose extension says another format (y.json got HTML, its twin y.json.md). */
+/**
+ * Refuses a report --out whose extension says another format (y.json got HTML, its twin y.json.md),
+ * or where it or its twin is a device or a pipe (--out /dev/null): a report is two files, and one
+ * beside a device is no file to keep (--force wrote the HTML into /dev/null, then made /dev/null.md
+ * in /dev as root, or failed there with the HTML written).
+ */
 export function checkReportOut(out: string): void {
   const ext = /\.([A-Za-z0-9]+)$/.exec(path.basename(out))?.[1];
   if (ext !== undefined && !/^(html?|md)$/i.test(ext)) throw new MlaError("BAD_ARGUMENT", `--out ${out}: a report is HTML with a Markdown twin, not .${ext}`, `name it .html (the Markdown beside it as .md) or .md (the HTML beside it), e.g. --out ${out.slice(0, -ext.length - 1)}.html`);
+  const { html, md } = reportFiles(out);
+  for (const f of [out, out === html ? md : html]) {
+    let st: fs.Stats | undefined;
+    try {
+      st = fs.statSync(f, { throwIfNoEntry: false });
+    } catch {
+      continue; // under a file, a link loop: the write names it
+    }
+    const kind = st && specialFileKind(st);
+    if (!kind) continue;
+    if (f === out) throw new MlaError("BAD_ARGUMENT", `--out ${out} is ${kind}, not a file: a report is two files, the ${out === md ? "Markdown and its HTML" : "HTML and its Markdown"} twin beside it (${f === html ? md : html})`, 'pass a file path, e.g. --out report.html; to build a report without keeping it, write it into a temporary folder (--out "$(mktemp -d)/report.html")');
+    throw new MlaError("BAD_ARGUMENT", `--out ${out}: its ${f === md ? "Markdown" : "HTML"} twin ${f} is ${kind}, not a file`, `choose another --out, whose twin (the same name, .${f === md ? "md" : "html"}) is a file or nothing yet`);
+  }
 }
 
 /** The two files a report to `out` writes: `out` (HTML, or the Markdown when it ends in .md) and its twin. */
