@@ -17,7 +17,8 @@ export const RUN_RECORDS = /^(finetune|pipeline|study-state|study)\.json$/;
 /**
  * Refuses a `--json FILE` that cannot be written (a folder, or under a file), or that would replace a
  * file that is not an earlier JSON result (`eval … --json model/model.safetensors` replaced another
- * model's weights; `--json notes.txt` a text), before the command's work.
+ * model's weights; `--json notes.txt` a text), before the command's work. An empty file is replaced
+ * (it was refused as "not JSON"), unless its name is a model's or a run's own record.
  */
 export function checkJsonTarget(target: string | undefined, beforeFileCheck?: () => void): void {
   if (target === undefined || target === "" || target === "-") return;
@@ -51,6 +52,8 @@ function refuseOverForeignFile(target: string): void {
   if (MODEL_FILES.test(path.basename(target)) && fs.existsSync(path.join(path.dirname(path.resolve(target)), "config.json"))) throw refuse("is one of a model folder's own files");
   if (RUN_RECORDS.test(path.basename(target))) throw refuse("is the record a fine-tuning run, pipeline or study resumes from");
   if (path.basename(target) === "state.json" && path.basename(path.dirname(path.resolve(target))) === "checkpoint") throw refuse("is a training checkpoint's state");
+  // An empty file holds nothing to lose (`touch result.json`, a result a shell redirection truncated): replaced.
+  if (st.size === 0) return;
   if (st.size > EARLIER_RESULT_BYTES) throw refuse(`holds ${st.size} bytes, not a result's JSON`);
   let value: unknown;
   try {

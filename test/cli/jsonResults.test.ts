@@ -65,6 +65,27 @@ test("--json refuses JSON files that are not an earlier result, before any work,
   }
 });
 
+test("--json at an empty existing file (touch, a truncating redirection) replaces it with the result (refused as \"not JSON\"); a non-empty file that is not JSON, or an empty run record, is still refused", () => {
+  const dir = tmpDir();
+  const empty = path.join(dir, "inspect.json");
+  fs.writeFileSync(empty, "");
+  const r = cli(["inspect", "stories260K", "--json", empty]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.ok(isEarlierResult(JSON.parse(fs.readFileSync(empty, "utf8"))), "the result was written over the empty file");
+  const blank = path.join(dir, "blank.json");
+  fs.writeFileSync(blank, "\n");
+  const refused = cli(["inspect", "stories260K", "--json", blank]);
+  assert.equal(refused.code, 1);
+  assert.equal(refused.stderr, `error: --json ${blank} exists and is not JSON: --json replaces only an earlier result\n  hint: choose a new file name for --json, or move that file away first\n`);
+  assert.equal(fs.readFileSync(blank, "utf8"), "\n", "left as it was");
+  // An empty record a run resumes from is still that run's: refused by its name, kept.
+  const record = path.join(dir, "run", "finetune.json");
+  fs.mkdirSync(path.dirname(record));
+  fs.writeFileSync(record, "");
+  assert.match(cli(["inspect", "stories260K", "--json", record]).stderr, /exists and is the record a fine-tuning run, pipeline or study resumes from/);
+  assert.equal(fs.statSync(record).size, 0);
+});
+
 test("--json at the --out folder, or at a file the command writes there (given or default --out), is refused before any work; another name inside it is written after the folder", () => {
   const dir = tmpDir();
   const out = path.join(dir, "m");
