@@ -10,7 +10,10 @@
  *
  * A call inside a locked run (a pipeline's fine-tune phase, a study's runs) works in a folder of that
  * run and takes no lock of its own; two calls side by side in one process (Promise.all) exclude each
- * other as two processes do. The lock file is not a model file: every check that lists a run folder
+ * other as two processes do. A run's lock holds every folder inside its own: a run into one of them
+ * (`finetune --out OUT/finetune` beside the pipeline holding OUT) is refused, naming the nearest lock
+ * above it and its holder, and a call nested in a run is refused where a folder between is another
+ * run's (a fine-tune started in OUT/finetune before the pipeline took OUT). The lock file is not a model file: every check that lists a run folder
  * (is it empty, is it an earlier output) leaves it out (`entriesBesideLock`).
  */
 import { AsyncLocalStorage } from "node:async_hooks";
@@ -97,11 +100,13 @@ const describe = (h: Holder, here: boolean) => `a ${h.command} run (pid ${h.pid}
 
 /**
  * The lock file `file` as found: null where it is stale (the reason, for the warning), or the refusal
- * naming who holds `dir`. `text` is what was read (compared before a takeover).
+ * naming who holds `dir`. `text` is what was read (compared before a takeover). `above`: the folder
+ * holding `file`, where it is one that `dir` lies inside (a pipeline's, for a fine-tune into its
+ * OUT/finetune), not `dir` itself.
  */
-function judge(dir: string, file: string, text: string): { stale: string } | { refusal: MlaError } {
-  const hint = `wait for that run to end; if no run is active there (it was killed on another machine), delete ${file} and run again`;
-  const refuse = (what: string) => ({ refusal: new MlaError("EXISTS", `--out ${dir} is in use by ${what}`, hint) });
+function judge(dir: string, file: string, text: string, above?: string): { stale: string } | { refusal: MlaError } {
+  const hint = above === undefined ? `wait for that run to end; if no run is active there (it was killed on another machine), delete ${file} and run again` : `wait for that run to end, or choose an --out outside ${above} (that run writes in its folder, this one included); if no run is active there (it was killed on another machine), delete ${file} and run again`;
+  const refuse = (what: string) => ({ refusal: new MlaError("EXISTS", above === undefined ? `--out ${dir} is in use by ${what}` : `--out ${dir} lies inside ${above}, which is in use by ${what} (its lock ${file})`, hint) });
   const h = parseHolder(text);
   if (!h) {
     let age = Infinity;
@@ -131,15 +136,46 @@ function readLock(file: string): string | null {
 }
 
 /**
- * Refuses `dir` where another run holds its lock (read only: a stale lock passes, taken over by the
- * run's own lock later). For a refusal that would otherwise say only that the folder exists.
+ * Refuses `dir` where another run holds its lock, or the lock of the nearest folder above it that has
+ * one (read only: a stale lock passes, taken over by the run's own lock later; one above is left to
+ * its owner). For a refusal that would otherwise say only that the folder exists.
  */
 export function refuseLocked(dir: string): void {
-  const file = path.join(realPath(dir), LOCK_FILE);
+  const real = realPath(dir);
+  const file = path.join(real, LOCK_FILE);
   const text = readLock(file);
-  if (text === null) return;
-  const j = judge(dir, file, text);
-  if ("refusal" in j) throw j.refusal;
+  if (text !== null) {
+    const j = judge(dir, file, text);
+    if ("refusal" in j) throw j.refusal;
+  }
+  refuseLockedAbove(dir, real);
+}
+
+/** The lock file in folder `dir` as read, or null where there is none or it cannot be read (a folder above one's own, not ours to name). */
+function peekLock(dir: string): string | null {
+  try {
+    return fs.readFileSync(path.join(dir, LOCK_FILE), "utf8");
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Refuses `dir` (`real`: its real path) where the nearest folder above it that holds a lock (up to
+ * the filesystem's root; `stop`: not at or above this folder) is held by another run: a pipeline's
+ * lock on OUT held its fine-tune folder OUT/finetune, but `finetune --out OUT/finetune` took its own
+ * lock there and trained into it beside the pipeline. A stale lock above passes (its run is gone).
+ */
+function refuseLockedAbove(dir: string, real: string, stop?: string): void {
+  for (let d = path.dirname(real); d !== stop; d = path.dirname(d)) {
+    const text = peekLock(d);
+    if (text !== null) {
+      const j = judge(dir, path.join(d, LOCK_FILE), text, d);
+      if ("refusal" in j) throw j.refusal;
+      return;
+    }
+    if (path.dirname(d) === d) return;
+  }
 }
 
 /**
@@ -197,13 +233,30 @@ export interface OutLockOptions {
 /**
  * Runs `work` holding the lock on the run folder `dir` (made if missing; removed again at the end if
  * this call made it and it is empty, so a run refused or stopped before writing leaves nothing). Refuses
- * with EXISTS, before `work` changes anything, where another run holds it. Inside a call that holds
- * `dir` or a folder above it, `work` runs as it is.
+ * with EXISTS, before `work` changes anything, where another run holds it or the nearest locked folder
+ * above it (up to the filesystem's root). Inside a call that holds `dir` or a folder above it, `work`
+ * runs as it is, unless another run holds `dir` or a folder between.
  */
 export async function withOutLock<T>(dir: string, o: OutLockOptions, work: () => Promise<T>): Promise<T> {
   const abs = path.resolve(dir);
   const outer = enclosing.getStore() ?? [];
-  if (outer.some((d) => within(realPath(abs), d))) return work();
+  const real = realPath(abs);
+  // The innermost folder a call this one runs inside holds.
+  const inside = outer.filter((d) => within(real, d)).sort((a, b) => b.length - a.length)[0];
+  if (inside !== undefined) {
+    // Inside this call's own run, but not inside another run below it (a fine-tune started in
+    // OUT/finetune before this pipeline took OUT): its folder, or one between, locked by that run.
+    if (real !== inside) {
+      const text = peekLock(real);
+      const j = text === null ? null : judge(dir, path.join(real, LOCK_FILE), text);
+      if (j && "refusal" in j) throw j.refusal;
+      refuseLockedAbove(dir, real, inside);
+    }
+    return work();
+  }
+  // Inside a folder another run holds (finetune --out OUT/finetune while a pipeline holds OUT): refused
+  // before the folder is made.
+  refuseLockedAbove(dir, real);
   const existed = fs.existsSync(abs);
   if (!existed && o.create === false) return work();
   makeDirs(abs, "the run folder");

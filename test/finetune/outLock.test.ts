@@ -73,6 +73,46 @@ test("a folder another process holds is refused naming its pid, command and star
   }
 });
 
+test("finetune --out inside a folder another process's run holds (a pipeline's OUT/finetune) is refused naming that lock, its pid, command and start; a stale lock above passes", async () => {
+  const child = spawn(process.execPath, ["-e", "setTimeout(() => {}, 60000)"]);
+  try {
+    const started = "2026-01-02T03:04:05.000Z";
+    const pipelineOut = path.join(tmpDir(), "pipe");
+    fs.mkdirSync(pipelineOut);
+    const lock = writeLock(pipelineOut, { pid: child.pid!, command: "pipeline", started });
+    const out = path.join(pipelineOut, "finetune");
+    const esc = (t: string) => t.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+    const refused = (e: unknown) => {
+      assert.ok(e instanceof MlaError && e.code === "EXISTS", String(e));
+      assert.equal(e.message, `--out ${out} lies inside ${pipelineOut}, which is in use by a pipeline run (pid ${child.pid}, started ${started}) (its lock ${lock})\n  hint: wait for that run to end, or choose an --out outside ${pipelineOut} (that run writes in its folder, this one included); if no run is active there (it was killed on another machine), delete ${lock} and run again`);
+      return true;
+    };
+    // A fresh --out (not made), and one the pipeline's phase has written in, fresh, forced or resumed.
+    await assert.rejects(finetune(MODEL, { ...common, out }), refused);
+    assert.deepEqual(fs.readdirSync(pipelineOut), [LOCK_FILE], "--out not made inside the held folder");
+    fs.mkdirSync(out);
+    fs.writeFileSync(path.join(out, "train_log.jsonl"), "{}\n");
+    for (const extra of [{}, { force: true }, { resume: true }]) await assert.rejects(finetune(MODEL, { ...common, out, ...extra }), refused);
+    assert.deepEqual(fs.readdirSync(out), ["train_log.jsonl"], "the phase's folder left as it was, no lock of its own");
+    // Deeper too: the nearest lock above is found, from the CLI as well.
+    const deep = path.join(out, "a", "b");
+    const cli = spawnSync(process.execPath, [MAIN, "finetune", MODEL, "--data", DATA, "--out", deep, "--tokens", "128", "--seq", "32", "--batch", "4", "--device", "reference"], { encoding: "utf8" });
+    assert.equal(cli.status, 1, cli.stderr);
+    assert.match(cli.stderr, new RegExp(`^error: --out ${esc(deep)} lies inside ${esc(pipelineOut)}, which is in use by a pipeline run \\(pid ${child.pid}, started ${esc(started)}\\) \\(its lock ${esc(lock)}\\)\n  hint: `, "m"));
+    assert.ok(!fs.existsSync(path.join(out, "a")));
+    assert.equal(JSON.parse(fs.readFileSync(lock, "utf8")).pid, child.pid, "the holder's lock is untouched");
+  } finally {
+    child.kill();
+  }
+  // The holder gone: its lock above is stale, left to its folder's next run, and the fine-tune runs.
+  const pipelineOut = path.join(tmpDir(), "pipe");
+  fs.mkdirSync(pipelineOut);
+  const stale = writeLock(pipelineOut, { pid: deadPid(), command: "pipeline", started: "2026-01-02T03:04:05.000Z" });
+  const r = await finetune(MODEL, { ...common, out: path.join(pipelineOut, "finetune") });
+  assert.equal(r.steps, STEPS);
+  assert.ok(fs.existsSync(stale), "a stale lock above is not this run's to take over");
+});
+
 test("a stale lock (its pid no longer runs on this machine) is taken over with a warning, and the run completes", async () => {
   const pid = deadPid();
   const { out, lock } = lockedFolder({ pid, command: "finetune", started: "2026-01-02T03:04:05.000Z" });
