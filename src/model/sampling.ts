@@ -38,7 +38,6 @@ export function seededRandom(seed: number): () => number {
   };
 }
 
-/** The first largest logit's id; NaN counts as −∞. Refuses logits with no finite or +∞ value (a diverged model). */
 /**
  * Greedy decoding's next tokens, one per row of logits [B, V], picked on the device where `backend`
  * can (B ids to the host instead of B·V logits), as argmax below picks them; null where it cannot, or
@@ -49,6 +48,7 @@ export function greedyIds(backend: Backend, logits: Tensor): Int32Array | null {
   return ids && !ids.includes(-1) ? ids : null;
 }
 
+/** The first largest logit's id; NaN counts as −∞. Refuses logits with no finite or +∞ value (a diverged model). */
 function argmax(logits: FloatArray): number {
   let best = -1, max = -Infinity;
   for (let i = 0; i < logits.length; i++) if (logits[i]! > max) (max = logits[i]!), (best = i);

@@ -40,11 +40,11 @@ export function readTextOrJsonl(file: string): string {
   return docs.join("\n\n");
 }
 
-/** Refuses a window count or length no text could fill; conversions call it before their work, not at calibration. */
 /** The calibration windows when --calib-samples / --calib-len are not given (DESIGN.md's calibration protocol). */
 export const DEFAULT_CALIB_SAMPLES = 32;
 export const DEFAULT_CALIB_LEN = 256;
 
+/** Refuses a window count or length no text could fill; conversions call it before their work, not at calibration. */
 export function checkWindowShape(samples: number, len: number): void {
   // Refused as --ctx is: "--calib-len 1.5 is too small" named neither a fraction nor Infinity's fault.
   checkCtx(len, "--calib-len");

@@ -5,8 +5,10 @@
 import { MlaError } from "../errors.js";
 import type { Backend } from "./backend.js";
 
-/** Element type of the storage: "bf16" only for weights a GPU backend keeps in bf16 (see Backend.uploadBf16). */
-/** "int8" / "int4": a quantized decode cache's rows on a device (kvQuant.ts); no op reads them as numbers but the decode attention. */
+/**
+ * Element type of the storage: "bf16" only for weights a GPU backend keeps in bf16 (see Backend.uploadBf16);
+ * "int8" / "int4": a quantized decode cache's rows on a device (kvQuant.ts); no op reads them as numbers but the decode attention.
+ */
 export type TensorDType = "f32" | "f64" | "bf16" | "int8" | "int4";
 export type FloatArray = Float32Array | Float64Array;
 

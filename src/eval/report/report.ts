@@ -312,7 +312,6 @@ export function reportFiles(out: string): { html: string; md: string } {
   return { html: /\.md$/i.test(out) ? base + ".html" : out, md: base + ".md" };
 }
 
-/** Writes OUT (HTML) and its Markdown twin (same name, .md; an OUT ending in .md is the Markdown, its twin .html), each atomically, once both are made. */
 /** writeReport's options: training logs to plot (each titled by its run folder's name), and a label per JSON file. */
 export interface ReportOptions {
   trainLogs?: string[];
@@ -355,6 +354,7 @@ function distinctLabels(runs: EvalResult[]): void {
   }
 }
 
+/** Writes OUT (HTML) and its Markdown twin (same name, .md; an OUT ending in .md is the Markdown, its twin .html), each atomically, once both are made. */
 export function writeReport(jsonFiles: string[], out: string, opts: ReportOptions = {}): { html: string; md: string } {
   // From JavaScript: a lone file name (not in an array) or a missing --out failed as a TypeError deep inside.
   const strings = (v: unknown) => Array.isArray(v) && v.every((x) => typeof x === "string");
