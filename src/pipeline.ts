@@ -35,7 +35,7 @@ import { silentLogger, Logger } from "./util/log.js";
 import { selectBackend, type DeviceName } from "./backends/select.js";
 import type { ProgressSink } from "./util/progress.js";
 import { requireFitText } from "./deepseek/latentNorm.js";
-import { emptyRunFolder, entriesBesideLock, withOutLock } from "./io/outLock.js";
+import { emptyRunFolder, entriesBesideLock, refuseLockedInside, withOutLock } from "./io/outLock.js";
 
 export interface PipelineOptions {
   out: string;
@@ -256,6 +256,19 @@ const modelWritten = (dir: string) => fs.existsSync(path.join(dir, "config.json"
 const finetuneDone = (out: string) => fs.existsSync(path.join(phaseDirs(out).tuned, "finetune.json"));
 
 /**
+ * The folders inside --out that this run writes in, where another run's lock would stop it part-way:
+ * its phases' (a fine-tune started in OUT/finetune by `finetune --out` was found only when the
+ * fine-tune phase began, after the conversion and evaluations), and with --force, which empties --out,
+ * every folder there.
+ */
+function foldersWritten(out: string, o: PipelineOptions): string[] {
+  const isFolder = (p: string) => fs.statSync(p, { throwIfNoEntry: false })?.isDirectory() === true;
+  if (o.force) return isFolder(out) ? entriesBesideLock(out).map((f) => path.join(out, f)).filter(isFolder) : [];
+  const { mla, tuned, exported } = phaseDirs(out);
+  return [mla, ...(o.finetune ? [tuned] : []), ...(o.export ? [exported] : [])];
+}
+
+/**
  * Whether a resumed run (same options, no --force) has finished every phase that reads --calib: the
  * conversion and, in the bias-free form, the export. A guess made before checkSameRun confirms the run;
  * a phase that runs after all reads its windows itself.
@@ -288,6 +301,8 @@ export async function pipeline(spec: string, o: PipelineOptions): Promise<Pipeli
   refuseOutOverInputs("--out", o.out, [...inputs, { name: "--distill", path: o.finetune?.distill }]);
   // Before --force clears --out (which may hold an earlier run's results): every input file exists.
   for (const i of inputs.slice(1)) if (i.path && !fs.existsSync(i.path)) throw new MlaError("NOT_FOUND", `${i.name} ${i.path} does not exist`, "check the path; nothing was changed");
+  // A phase folder another run holds (a fine-tune in OUT/finetune) is refused now, not when its phase starts.
+  refuseLockedInside(o.out, foldersWritten(out, o));
   const cut = await checkOptions(srcDir, o, log, out);
   const fingerprint = runFingerprint(spec, o);
   const stateFile = path.join(out, "pipeline.json");
@@ -298,6 +313,8 @@ export async function pipeline(spec: string, o: PipelineOptions): Promise<Pipeli
   // The run's folder is held from here to the end, by this call alone (its phases' folders are inside it).
   const existed = fs.existsSync(out);
   return withOutLock(o.out, { command: "pipeline", log }, async () => {
+    // Again, now that no run can start inside --out: one may have while the options were checked.
+    refuseLockedInside(o.out, foldersWritten(out, o));
     const nothingDone = existed && entriesBesideLock(out).every((name) => name === "pipeline.json");
     if (existed && !o.force && !nothingDone) {
       checkSameRun(o.out, stateFile, spec, o, log);

@@ -13,8 +13,10 @@
  * other as two processes do. A run's lock holds every folder inside its own: a run into one of them
  * (`finetune --out OUT/finetune` beside the pipeline holding OUT) is refused, naming the nearest lock
  * above it and its holder, and a call nested in a run is refused where a folder between is another
- * run's (a fine-tune started in OUT/finetune before the pipeline took OUT). The lock file is not a model file: every check that lists a run folder
- * (is it empty, is it an earlier output) leaves it out (`entriesBesideLock`).
+ * run's (a fine-tune started in OUT/finetune before the pipeline took OUT); a pipeline checks its phase
+ * folders for such a lock before its first phase (`refuseLockedInside`). The lock file is not a model
+ * file: every check that lists a run folder (is it empty, is it an earlier output) leaves it out
+ * (`entriesBesideLock`).
  */
 import { AsyncLocalStorage } from "node:async_hooks";
 import fs from "node:fs";
@@ -100,13 +102,22 @@ const describe = (h: Holder, here: boolean) => `a ${h.command} run (pid ${h.pid}
 
 /**
  * The lock file `file` as found: null where it is stale (the reason, for the warning), or the refusal
- * naming who holds `dir`. `text` is what was read (compared before a takeover). `above`: the folder
- * holding `file`, where it is one that `dir` lies inside (a pipeline's, for a fine-tune into its
- * OUT/finetune), not `dir` itself.
+ * naming who holds `dir`. `text` is what was read (compared before a takeover). `where`: the folder
+ * holding `file`, where it is not `dir` itself: `above`, one that `dir` lies inside (a pipeline's, for
+ * a fine-tune into its OUT/finetune), or `below`, one inside `dir` that the run writes in (the
+ * pipeline's OUT/finetune, where a fine-tune started first).
  */
-function judge(dir: string, file: string, text: string, above?: string): { stale: string } | { refusal: MlaError } {
-  const hint = above === undefined ? `wait for that run to end; if no run is active there (it was killed on another machine), delete ${file} and run again` : `wait for that run to end, or choose an --out outside ${above} (that run writes in its folder, this one included); if no run is active there (it was killed on another machine), delete ${file} and run again`;
-  const refuse = (what: string) => ({ refusal: new MlaError("EXISTS", above === undefined ? `--out ${dir} is in use by ${what}` : `--out ${dir} lies inside ${above}, which is in use by ${what} (its lock ${file})`, hint) });
+function judge(dir: string, file: string, text: string, where?: { above: string } | { below: string }): { stale: string } | { refusal: MlaError } {
+  const retry = `if no run is active there (it was killed on another machine), delete ${file} and run again`;
+  const hint =
+    where === undefined ? `wait for that run to end; ${retry}`
+    : "above" in where ? `wait for that run to end, or choose an --out outside ${where.above} (that run writes in its folder, this one included); ${retry}`
+    : `wait for that run to end, or choose another --out (this run writes in ${where.below}); ${retry}`;
+  const message = (what: string) =>
+    where === undefined ? `--out ${dir} is in use by ${what}`
+    : "above" in where ? `--out ${dir} lies inside ${where.above}, which is in use by ${what} (its lock ${file})`
+    : `--out ${dir} holds ${where.below}, which is in use by ${what} (its lock ${file})`;
+  const refuse = (what: string) => ({ refusal: new MlaError("EXISTS", message(what), hint) });
   const h = parseHolder(text);
   if (!h) {
     let age = Infinity;
@@ -170,11 +181,28 @@ function refuseLockedAbove(dir: string, real: string, stop?: string): void {
   for (let d = path.dirname(real); d !== stop; d = path.dirname(d)) {
     const text = peekLock(d);
     if (text !== null) {
-      const j = judge(dir, path.join(d, LOCK_FILE), text, d);
+      const j = judge(dir, path.join(d, LOCK_FILE), text, { above: d });
       if ("refusal" in j) throw j.refusal;
       return;
     }
     if (path.dirname(d) === d) return;
+  }
+}
+
+/**
+ * Refuses the run folder `dir` where one of the folders inside it that its run writes in (`inside`: a
+ * pipeline's phase folders) holds the lock of another run that is live (`finetune --out OUT/finetune`
+ * started before the pipeline into OUT): read only, so that the run is refused before its first phase,
+ * not when the phase that writes there starts (withOutLock's check, hours later). A stale lock passes,
+ * left to that folder's next run.
+ */
+export function refuseLockedInside(dir: string, inside: readonly string[]): void {
+  for (const sub of inside) {
+    const real = realPath(sub);
+    const text = peekLock(real);
+    if (text === null) continue;
+    const j = judge(dir, path.join(real, LOCK_FILE), text, { below: real });
+    if ("refusal" in j) throw j.refusal;
   }
 }
 
