@@ -5,8 +5,9 @@
  * the same command skips finished phases and resumes an interrupted fine-tune from its checkpoint.
  */
 import fs from "node:fs";
+import os from "node:os";
 import path from "node:path";
-import { booleanFlag, MlaError, refuseInert } from "./errors.js";
+import { booleanFlag, ioError, MlaError, refuseInert } from "./errors.js";
 import { refuseFileAsOutDir, refuseForeignFolder, writeFileAtomic } from "./io/atomicDir.js";
 import { refuseOutOverInputs } from "./io/outGuard.js";
 import { convertWithWindows } from "./convert/pipeline.js";
@@ -20,7 +21,8 @@ import { checkCalibFile, mlaShapes, resolveSettings, SETTINGS_KINDS, type Settin
 import type { ModelConfig } from "./model/config.js";
 import { checkEmbeddedEval, checkEvalOptions, embeddedEval, evaluate, EvalOptions, EvalResult } from "./eval/evaluate.js";
 import { requireBos } from "./eval/perplexity.js";
-import { checkDataFile, readDocuments } from "./finetune/data.js";
+import { checkDataFile, checkDataIds, idsMayPassVocab, readDocuments } from "./finetune/data.js";
+import { checkTokenCache } from "./finetune/runFolder.js";
 import { checkTaskIds, type TaskName } from "./eval/tasks/index.js";
 import { loadTokenizer } from "./io/tokenizer.js";
 import { writeReport } from "./eval/report/report.js";
@@ -196,10 +198,11 @@ function checkFinetunePhase(srcDir: string, c: ModelConfig, trained: ModelConfig
  * before it, and the corrected command, no longer the one that started the run, would need --force.
  * Each phase's checks are called, not written again here. Returns the --calib windows, cut now (a
  * text too short for one window is refused, a --calib-len past the model's positions warned of, as
- * convert does) for the phase that calibrates to take; none where a resumed run in `out` has done
- * its calibrating phases.
+ * convert does) for the phase that calibrates to take (none where a resumed run in `out` has done
+ * its calibrating phases), and the token cache the fine-tune phase reads (checkFinetuneIds; `scratch`
+ * gets a folder made for it).
  */
-async function checkOptions(srcDir: string, o: PipelineOptions, log: Logger, out: string): Promise<CutCalibration | null> {
+async function checkOptions(srcDir: string, o: PipelineOptions, log: Logger, out: string, scratch: string[]): Promise<{ cut: CutCalibration | null; tokenCache?: string }> {
   refuseIdleOptions(o);
   const c = readHfConfig(srcDir);
   // The shapes of the model the fine-tune phase trains, for its memory check below.
@@ -245,9 +248,49 @@ async function checkOptions(srcDir: string, o: PipelineOptions, log: Logger, out
     // The converted model keeps the source's vocabulary and tokenizer.
     if (o.finetune.distill) checkTeacher(o.finetune.distill, c.vocabSize, srcDir);
     // A resumed run whose fine-tune is done may go on where it could not train (another device).
-    if (o.force || !finetuneDone(out)) checkFinetunePhase(srcDir, c, trained, o, tuning, log);
+    if (o.force || !finetuneDone(out)) {
+      checkFinetunePhase(srcDir, c, trained, o, tuning, log);
+      // Last: on a corpus, the tokenizing takes minutes.
+      return { cut, tokenCache: await checkFinetuneIds(srcDir, c, o, out, log, scratch) };
+    }
   }
-  return cut;
+  return { cut };
+}
+
+/**
+ * Refuses --finetune-data whose ids the model's tokenizer puts past its vocabulary now, not when the
+ * fine-tune phase tokenizes it after the conversion and evaluations: the phase's own check and
+ * tokenizing (checkDataIds), on the source model, whose tokenizer, vocabulary, BOS and EOS the
+ * converted one keeps. Only a tokenizer.json with more ids than config.json's vocab_size can give one;
+ * with any other nothing is read. The streams go to the token cache the phase reads, so that it does
+ * not tokenize them again: the fine-tune's own tokenCache (checked as the phase checks it, before
+ * anything is written there), else a scratch folder, added to `scratch` for pipeline() to remove when
+ * it ends. Returns the folder the phase reads (undefined: none).
+ */
+async function checkFinetuneIds(srcDir: string, c: ModelConfig, o: PipelineOptions, out: string, log: Logger, scratch: string[]): Promise<string | undefined> {
+  const f = o.finetune!;
+  const { mla, tuned } = phaseDirs(out);
+  if (f.tokenCache !== undefined) checkTokenCache(f.tokenCache, [{ name: "the converted model's folder", path: mla, output: true }, ...f.data.map((d) => ({ name: "--finetune-data", path: d })), { name: "--distill", path: f.distill }, { name: "the fine-tune's run folder", path: tuned, output: true }]);
+  const tokenizer = loadTokenizer(srcDir);
+  if (!idsMayPassVocab(tokenizer, c.vocabSize)) return f.tokenCache;
+  let cacheDir = f.tokenCache;
+  if (cacheDir === undefined) {
+    try {
+      cacheDir = fs.mkdtempSync(path.join(os.tmpdir(), "mha2mla-pipeline-tokens-"));
+    } catch (e) {
+      throw ioError("cannot make a scratch folder for the fine-tune's tokens", os.tmpdir(), e);
+    }
+    scratch.push(cacheDir);
+  }
+  log.info(`the model's tokenizer has ids past its ${c.vocabSize}-token vocabulary: tokenizing --finetune-data now to check its ids, before the conversion (the fine-tune phase reads the tokens from ${cacheDir})`);
+  try {
+    await checkDataIds(tokenizer, f.data, { bos: requireBos(c.bosTokenId, srcDir), eos: checkEndOfText(c, srcDir), vocab: { size: c.vocabSize, dir: srcDir }, cacheDir, logger: log, shouldStop: () => o.signal?.aborted === true });
+  } catch (e) {
+    // Stopped by the signal: said as the signal's stop (the tokenizing says only that a stop was asked for).
+    if (e instanceof MlaError && e.code === "INTERRUPTED") throwIfAborted(o.signal);
+    throw e;
+  }
+  return cacheDir;
 }
 
 /** The folders of a run's converted, fine-tuned and exported models under --out (the models are done once their config.json is written, the fine-tune once its finetune.json is). */
@@ -286,6 +329,16 @@ function recordedSettings({ logger: _l, progress: _p, shouldStop: _s, signal: _a
 }
 
 export async function pipeline(spec: string, o: PipelineOptions): Promise<PipelineResult> {
+  // Folders the run makes for itself outside --out (a scratch token cache: checkFinetuneIds), gone when it ends however it ends.
+  const scratch: string[] = [];
+  try {
+    return await runPipeline(spec, o, scratch);
+  } finally {
+    for (const d of scratch) fs.rmSync(d, { recursive: true, force: true });
+  }
+}
+
+async function runPipeline(spec: string, o: PipelineOptions, scratch: string[]): Promise<PipelineResult> {
   checkTypes(o);
   throwIfAborted(o.signal);
   const log = o.logger ?? silentLogger;
@@ -303,7 +356,7 @@ export async function pipeline(spec: string, o: PipelineOptions): Promise<Pipeli
   for (const i of inputs.slice(1)) if (i.path && !fs.existsSync(i.path)) throw new MlaError("NOT_FOUND", `${i.name} ${i.path} does not exist`, "check the path; nothing was changed");
   // A phase folder another run holds (a fine-tune in OUT/finetune) is refused now, not when its phase starts.
   refuseLockedInside(o.out, foldersWritten(out, o));
-  const cut = await checkOptions(srcDir, o, log, out);
+  const { cut, tokenCache } = await checkOptions(srcDir, o, log, out, scratch);
   const fingerprint = runFingerprint(spec, o);
   const stateFile = path.join(out, "pipeline.json");
   // An --out holding only the state file is a run whose first phase failed (on what only the work
@@ -363,7 +416,8 @@ export async function pipeline(spec: string, o: PipelineOptions): Promise<Pipeli
       await phase("finetune", () => finetuneDone(out), async () => {
         const resume = fs.existsSync(path.join(ft, "checkpoint", "state.json"));
         // The pipeline's device covers every phase (the fine-tune's own, where a script sets one, wins).
-        const r = await finetune(mla, { ...o.finetune!, device: o.finetune!.device ?? o.device, out: ft, resume, force: !resume, logger: log, progress: o.progress, shouldStop: o.shouldStop, signal: o.signal });
+        // The token cache checkOptions tokenized --finetune-data into, where it did: read, not tokenized again.
+        const r = await finetune(mla, { ...o.finetune!, ...(tokenCache === undefined ? {} : { tokenCache }), device: o.finetune!.device ?? o.device, out: ft, resume, force: !resume, logger: log, progress: o.progress, shouldStop: o.shouldStop, signal: o.signal });
         stoppedEarly = r.stoppedEarly;
       });
       await evalTo("fine-tuned", ft, files.finetuned);

@@ -42,6 +42,9 @@ export interface DataOptions {
   shouldStop?: () => boolean;
 }
 
+/** What one file's token stream depends on, and where it is cached (DataOptions' fields). */
+type StreamOptions = Pick<DataOptions, "bos" | "eos" | "vocab" | "cacheDir" | "logger" | "encode" | "shouldStop">;
+
 export interface TrainingData {
   train: Int32Array;
   val: Int32Array;
@@ -161,8 +164,23 @@ export async function loadTrainingData(tokenizer: TextTokenizer, files: string[]
   return { train, val, sequences, seq: o.seq, bos: o.bos };
 }
 
+/**
+ * Refuses `files` whose ids `tokenizer` puts past the model's vocabulary (o.vocab), as loadTrainingData
+ * does, for a run that trains on them later (a pipeline's fine-tune phase, after its conversion and
+ * evaluations): each file is tokenized as loadTrainingData tokenizes it, from and into the token cache
+ * o.cacheDir, where the training run then reads it instead of tokenizing it again. Where the tokenizer
+ * has no id past the vocabulary nothing is read (idsMayPassVocab).
+ */
+export async function checkDataIds(tokenizer: TextTokenizer, files: readonly string[], o: StreamOptions & { vocab: NonNullable<DataOptions["vocab"]> }): Promise<void> {
+  if (!idsMayPassVocab(tokenizer, o.vocab.size)) return;
+  for (const f of files) await fileTokens(tokenizer, f, o);
+}
+
+/** Whether `tokenizer` can give an id past a vocabulary of `size` ids (its tokenizer.json has more): only then are a data file's ids checked. */
+export const idsMayPassVocab = (tokenizer: TextTokenizer, size: number): boolean => tokenizer.vocabSize > size;
+
 /** The token stream of one data file: its documents' ids joined by EOS (when the model has one); from the cache when there. */
-async function fileTokens(tokenizer: TextTokenizer, file: string, o: DataOptions): Promise<Int32Array> {
+async function fileTokens(tokenizer: TextTokenizer, file: string, o: StreamOptions): Promise<Int32Array> {
   const log = o.logger ?? silentLogger;
   let cacheFile: string | null = null;
   if (o.cacheDir && tokenizer.dir) {
@@ -190,8 +208,8 @@ async function fileTokens(tokenizer: TextTokenizer, file: string, o: DataOptions
  * Refuses `file`'s ids past the model's vocabulary (o.vocab). Only a tokenizer with ids past it can
  * give one: with any other, the stream is not scanned.
  */
-function checkFileIds(tokenizer: TextTokenizer, ids: Int32Array, file: string, o: DataOptions): void {
-  if (o.vocab && tokenizer.vocabSize > o.vocab.size) checkIdsInVocab(ids, o.vocab.size, file, o.vocab.dir);
+function checkFileIds(tokenizer: TextTokenizer, ids: Int32Array, file: string, o: StreamOptions): void {
+  if (o.vocab && idsMayPassVocab(tokenizer, o.vocab.size)) checkIdsInVocab(ids, o.vocab.size, file, o.vocab.dir);
 }
 
 /**

@@ -50,7 +50,8 @@ export function checkRunFolders(o: RunFolders, modelDir: string): string {
   return out;
 }
 
-function checkTokenCache(dir: string, avoid: readonly InputPath[]): void {
+/** Refuses a --token-cache folder over `avoid` (the run's inputs and --out) or at a file. */
+export function checkTokenCache(dir: string, avoid: readonly InputPath[]): void {
   refuseOutOverInputs("--token-cache", dir, avoid, TOKEN_CACHE_HINT);
   refuseFileAsOutDir(dir, { flag: "--token-cache", hint: TOKEN_CACHE_HINT });
 }

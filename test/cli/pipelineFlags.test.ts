@@ -122,6 +122,39 @@ test("pipeline refuses an --eval-text or a task item whose ids pass the model's 
   }
 });
 
+test("pipeline refuses --finetune-data whose ids the model's tokenizer puts past the vocabulary before the conversion (the fine-tune phase found them after it), naming the file; its scratch token cache is removed", async () => {
+  const model = pastVocabModel();
+  const zz = path.join(tmpDir(), "zz.txt");
+  fs.writeFileSync(zz, "Once upon a time <zz> there was a little girl named Lily. She liked to play.\n".repeat(40));
+  const out = earlierOut();
+  const logged: string[] = [];
+  const logger = { info: (m: string) => logged.push(m), warn: (m: string) => logged.push(`warning: ${m}`) };
+  const want = `the model's tokenizer gives id 600 for ${zz}, past its vocabulary of 512 (vocab_size in ${path.join(model, "config.json")})\n  hint: the tokenizer and the model do not match: put the model's own tokenizer.json beside its weights`;
+  await assert.rejects(pipeline(model, { out, force: true, convert: { rank: 2 }, evalText: TEXT, finetune: { data: [TEXT, zz], seq: 32, batch: 4 }, device: "reference", progress: null, logger }), (e: unknown) => e instanceof MlaError && e.message === want, logged.join("\n"));
+  assertKept(out);
+  const scratch = /the fine-tune phase reads the tokens from (\S+)\)$/.exec(logged.find((m) => m.includes("tokenizing --finetune-data now")) ?? "")?.[1];
+  assert.ok(scratch, logged.join("\n"));
+  assert.ok(!fs.existsSync(scratch), "the scratch token cache is removed");
+  // A token cache of its own, which the check would fill, is checked first as the phase checks it.
+  await assert.rejects(pipeline(model, { out, force: true, convert: { rank: 2 }, evalText: TEXT, finetune: { data: [zz], tokenCache: out }, device: "reference", progress: null }), (e: unknown) => e instanceof MlaError && e.message.startsWith(`--token-cache ${out} holds the converted model's folder (${path.join(out, "mla")})`), "--token-cache over the phases' folders");
+  assertKept(out);
+});
+
+test("a pipeline that tokenized --finetune-data up front (its tokenizer has ids past the vocabulary) fine-tunes on the tokens it cached then, without tokenizing again", async () => {
+  const model = pastVocabModel();
+  const logged: string[] = [];
+  const logger = { info: (m: string) => logged.push(m), warn: (m: string) => logged.push(`warning: ${m}`) };
+  const r = await pipeline(model, { out: path.join(tmpDir(), "pl"), convert: { rank: 4, ropePairs: 1 }, finetune: { data: [TEXT], tokens: 2 * 4 * 32, seq: 32, batch: 4 }, evalText: TEXT, evalTokens: 200, device: "reference", progress: null, logger });
+  assert.ok(r.phases.some((p) => p.name === "finetune" && !p.skipped));
+  const all = logged.join("\n");
+  assert.equal(logged.filter((m) => m.startsWith(`tokenizing ${TEXT}:`)).length, 1, all);
+  const cached = logged.filter((m) => m.startsWith(`${TEXT}: `) && m.includes(" tokens from the token cache "));
+  assert.equal(cached.length, 1, all);
+  const scratch = /the fine-tune phase reads the tokens from (\S+)\)$/.exec(logged.find((m) => m.includes("tokenizing --finetune-data now")) ?? "")?.[1];
+  assert.ok(scratch && cached[0]!.includes(scratch), all);
+  assert.ok(!fs.existsSync(scratch), "the scratch token cache is removed when the run ends");
+});
+
 test("pipeline refuses options of a phase that is off, naming both flags", async () => {
   const base: PipelineOptions = { out: "", force: true, convert: { rank: 2 }, evalText: TEXT, device: "reference", progress: null };
   const cases: [Partial<PipelineOptions>, RegExp][] = [
