@@ -23,7 +23,7 @@ import { truncatedFactor } from "../../src/svd/truncated.js";
 import { factorLayer } from "../../src/convert/factor.js";
 import { FIXTURES, MODELS, SHARED, maxAbsDiff, seededRand, tmpDir } from "../helpers.js";
 import { loadNativeCpu, NativeCpuBackend } from "../../src/backends/native/cpu.js";
-import { loadModel } from "../../src/model/llama.js";
+import { loadModel, type LlamaModel } from "../../src/model/llama.js";
 import { defaultKvCache } from "../../src/model/generate.js";
 import { deviceRowBytes, roundTripRows } from "../../src/model/kvQuant.js";
 import { heldBytesPerToken } from "../../src/model/kvCache.js";
@@ -592,6 +592,35 @@ test("a batched decode step with bf16 weights runs its products on bf16 inputs m
   }
 });
 
+/**
+ * Prompts into GPU caches of `dtype` (sequence 0's with room for 30 tokens, never moved) and CPU caches of
+ * the same type, then 6 steps: sequence 0 alone (the B = 1 route), the others batched against the CPU's
+ * absorbed steps. Also checks that a clone of sequence 0's cache decodes like it. Returns the largest
+ * logit difference, the largest CPU logit, and sequence 0's cache's held bytes.
+ */
+function decodeAgainstCpu(g: LlamaModel, c: LlamaModel, dtype: "bf16" | "int8" | "int4", prompts: readonly Int32Array[]): { worst: number; scale: number; held: number } {
+  const V = c.config.vocabSize;
+  const gc = prompts.map((p, i) => { const x = g.newCache(dtype, i === 0 ? { capacity: 30 } : {}); g.forward(p, x); return x; });
+  const cc = prompts.map((p) => { const x = c.newCache(dtype); c.forward(p, x); return x; });
+  let worst = 0, scale = 0;
+  let next = Int32Array.of(17, 23, 42);
+  for (let step = 0; step < 6; step++) {
+    const alone = g.forward(next.subarray(0, 1), gc[0]!).toArray();
+    const got = g.decodeBatch(next.subarray(1), gc.slice(1)).toArray();
+    const rows = cc.map((x, i) => c.forward(next.subarray(i, i + 1), x, { absorb: true }).toArray());
+    rows.forEach((want, i) => {
+      const mine = i === 0 ? alone : got.subarray((i - 1) * V, i * V);
+      worst = Math.max(worst, maxAbsDiff(mine, want));
+      scale = Math.max(scale, ...Array.from(want, Math.abs));
+    });
+    next = Int32Array.from(rows, (r, i) => (r.indexOf(Math.max(...r)) + i) % V);
+  }
+  // A clone (copied device to device in the cache's dtype, with the original's capacity) decodes like its original.
+  const twin = gc[0]!.clone();
+  assert.equal(maxAbsDiff(g.forward(next.subarray(0, 1), twin).toArray(), g.forward(next.subarray(0, 1), gc[0]!).toArray()), 0, "a clone decodes like its original");
+  return { worst, scale, held: gc[0]!.heldBytes };
+}
+
 test("a bf16 cache on the GPU (stored bf16, read by bf16 tensor-core GEMMs) decodes like the CPU's bf16-rounded cache, batched and alone (MHA and absorbed MLA)", { skip }, async (t) => {
   const dir = tmpDir();
   const mla = (await convert(path.join(MODELS, "stories260K"), { rank: 4, ropePairs: 2, ropeStrategy: "uniform", out: path.join(dir, "mla"), progress: null, device: "cpu" })).out!;
@@ -600,27 +629,7 @@ test("a bf16 cache on the GPU (stored bf16, read by bf16 tensor-core GEMMs) deco
   for (const spec of [path.join(MODELS, "stories260K"), mla]) {
     const g = loadModel(spec, { backend: backend() }).model;
     const c = loadModel(spec, { backend: cpu }).model;
-    const V = c.config.vocabSize;
-    // Sequence 0's cache is made with room for all its tokens (allocated once, never moved).
-    const gc = prompts.map((p, i) => { const x = g.newCache("bf16", i === 0 ? { capacity: 30 } : {}); g.forward(p, x); return x; });
-    const cc = prompts.map((p) => { const x = c.newCache("bf16"); c.forward(p, x); return x; });
-    let worst = 0, scale = 0;
-    let next = Int32Array.of(17, 23, 42);
-    for (let step = 0; step < 6; step++) {
-      // Sequence 0 alone (the B = 1 route), the others batched.
-      const alone = g.forward(next.subarray(0, 1), gc[0]!).toArray();
-      const got = g.decodeBatch(next.subarray(1), gc.slice(1)).toArray();
-      const rows = cc.map((x, i) => c.forward(next.subarray(i, i + 1), x, { absorb: true }).toArray());
-      rows.forEach((want, i) => {
-        const mine = i === 0 ? alone : got.subarray((i - 1) * V, i * V);
-        worst = Math.max(worst, maxAbsDiff(mine, want));
-        scale = Math.max(scale, ...Array.from(want, Math.abs));
-      });
-      next = Int32Array.from(rows, (r, i) => (r.indexOf(Math.max(...r)) + i) % V);
-    }
-    // A clone (copied device to device in bf16, with the original's capacity) decodes like its original.
-    const twin = gc[0]!.clone();
-    assert.equal(maxAbsDiff(g.forward(next.subarray(0, 1), twin).toArray(), g.forward(next.subarray(0, 1), gc[0]!).toArray()), 0, "a clone decodes like its original");
+    const { worst, scale } = decodeAgainstCpu(g, c, "bf16", prompts);
     t.diagnostic(`${path.basename(spec)}: bf16 GPU cache vs bf16-rounded CPU cache, max |Δ logits| ${worst.toExponential(2)} (max |logit| ${scale.toFixed(1)})`);
     // Beyond the cache's own rounding (same on both sides) the GPU rounds the queries and the softmax probabilities to bf16.
     assert.ok(worst < 2e-2 * scale);
@@ -662,30 +671,15 @@ test("int8/int4 caches on the GPU hold quantized rows: kvQuant's values bit for 
     for (const dtype of ["int8", "int4"] as const) {
       const g = loadModel(spec, { backend: backend() }).model;
       const c = loadModel(spec, { backend: cpu }).model;
-      const V = c.config.vocabSize;
-      const gc = prompts.map((p, i) => { const x = g.newCache(dtype, i === 0 ? { capacity: 30 } : {}); g.forward(p, x); return x; });
-      const cc = prompts.map((p) => { const x = c.newCache(dtype); c.forward(p, x); return x; });
-      assert.equal(gc[0]!.heldBytes, 30 * heldBytesPerToken(g.config, g.backend, dtype), "held bytes: the quantized rows' own, room included");
+      const { worst, scale, held } = decodeAgainstCpu(g, c, dtype, prompts);
+      assert.equal(held, 30 * heldBytesPerToken(g.config, g.backend, dtype), "held bytes: the quantized rows' own, room included");
       assert.ok(heldBytesPerToken(g.config, g.backend, dtype) < kvBytesPerToken(g.config, "bf16"), `${dtype} rows take fewer bytes than bf16's`);
-      let worst = 0, scale = 0;
-      let next = Int32Array.of(17, 23, 42);
-      for (let step = 0; step < 6; step++) {
-        const alone = g.forward(next.subarray(0, 1), gc[0]!).toArray();
-        const got = g.decodeBatch(next.subarray(1), gc.slice(1)).toArray();
-        const rows = cc.map((x, i) => c.forward(next.subarray(i, i + 1), x, { absorb: true }).toArray());
-        rows.forEach((want, i) => {
-          const mine = i === 0 ? alone : got.subarray((i - 1) * V, i * V);
-          worst = Math.max(worst, maxAbsDiff(mine, want));
-          scale = Math.max(scale, ...Array.from(want, Math.abs));
-        });
-        next = Int32Array.from(rows, (r, i) => (r.indexOf(Math.max(...r)) + i) % V);
-      }
-      const twin = gc[0]!.clone();
-      assert.equal(maxAbsDiff(g.forward(next.subarray(0, 1), twin).toArray(), g.forward(next.subarray(0, 1), gc[0]!).toArray()), 0, "a clone decodes like its original");
       t.diagnostic(`${path.basename(spec)}: ${dtype} GPU cache vs ${dtype} CPU cache, max |Δ logits| ${worst.toExponential(2)} (max |logit| ${scale.toFixed(1)})`);
       // Beyond the quantization (the same on both sides) the batched decode reads the dequantized rows
-      // as bf16 and rounds the queries and probabilities to bf16.
-      assert.ok(worst < 2e-2 * scale);
+      // as bf16, which the CPU's cache does not (exact there: up to 15 significant bits), and rounds the
+      // queries and probabilities to bf16; stories260K (head dim 8) moves 0.22 of 17.4 with bf16 caches
+      // on both sides. The kernels' own accuracy on these rows is the next test's.
+      assert.ok(worst < 5e-2 * scale);
     }
 });
 
@@ -695,6 +689,51 @@ function bf16Cache(B: CudaBackend, a: Float32Array, shape: number[]) {
   if (a.length) B.training.cast(B.upload(a, shape), h);
   return h;
 }
+
+test("decode over int8/int4 caches (each step's visible rows dequantized into bf16 rows for the fused kernels) equals the reference on the caches' values rounded to bf16: llama2-7b's latent (H 32, L 2048, Dr 16) through the kernel by role, smollm's (H 9/3, L 96) with a window, MHA 32/32 Dh 128 through the MHA kernel, GQA 8/4 Dh 8 through cuBLAS, ragged lengths, spare rows", { skip }, (t) => {
+  const B = backend();
+  const rand = seededRand(41, Float32Array);
+  const round = (a: Float32Array) => decodeToF32("BF16", encodeFromF32("BF16", a));
+  const stored = (a: Float32Array, shape: number[], dtype: "int8" | "int4") => {
+    const s = B.createRowStore(shape.slice(1), dtype);
+    s.append(B.upload(a, shape));
+    return s;
+  };
+  for (const dtype of ["int8", "int4"] as const) {
+    for (const [H, Hkv, Dr, L, rows, win] of [[32, 32, 16, 2048, [5, 300, 1100], null], [9, 3, 8, 96, [2000, 37, 1], 512]] as const) {
+      const Bn = rows.length;
+      const positions = Int32Array.from(rows, (n, b) => n - 1 - (b % 2));
+      const qr = rand(Bn * H * Dr), qc = rand(Bn * H * L, 0.5);
+      const kr = rows.map((n) => rand(n * Hkv * Dr)), c = rows.map((n) => rand(n * L));
+      const opts = { scale: 1 / Math.sqrt(L / 16), positions, window: win };
+      const krs = kr.map((a, b) => stored(a, [rows[b]!, Hkv, Dr], dtype)), cs = c.map((a, b) => stored(a, [rows[b]!, L], dtype));
+      const got = B.latentAttentionDecodeBatch(B.upload(qr, [Bn, H, Dr]), krs.map((s) => s.storage), B.upload(qc, [Bn, H, L]), cs.map((s) => s.storage), opts).toArray();
+      const deq = (a: Float32Array, n: number) => round(roundTripRows(Float32Array.from(a), n, dtype));
+      const want = R.latentAttentionDecodeBatch(R.upload(round(qr), [Bn, H, Dr]), kr.map((a, b) => R.upload(deq(a, Hkv * Dr), [rows[b]!, Hkv, Dr])), R.upload(round(qc), [Bn, H, L]), c.map((a, b) => R.upload(deq(a, L), [rows[b]!, L])), opts).toArray();
+      let scale = 0;
+      for (const x of want) scale = Math.max(scale, Math.abs(x));
+      const e = maxAbsDiff(got, want) / scale;
+      t.diagnostic(`${dtype} latent H${H}/${Hkv} Dr${Dr} L${L} rows ${rows} win ${win}: rel ${e.toExponential(2)}`);
+      assert.ok(e < 1e-2 && Number.isFinite(e), `${dtype} latent rel ${e}`);
+    }
+    for (const [H, Hkv, Dh, rows] of [[32, 32, 128, [5, 700, 1300]], [8, 4, 8, [40, 3]]] as const) {
+      const Bn = rows.length;
+      const positions = Int32Array.from(rows, (n, b) => n - 1 - (b % 2));
+      const q = rand(Bn * H * Dh);
+      const k = rows.map((n) => rand(n * Hkv * Dh)), v = rows.map((n) => rand(n * Hkv * Dh));
+      const opts = { scale: 1 / Math.sqrt(Dh), positions, window: null };
+      const ks = k.map((a, b) => stored(a, [rows[b]!, Hkv, Dh], dtype)), vs = v.map((a, b) => stored(a, [rows[b]!, Hkv, Dh], dtype));
+      const got = B.attentionDecodeBatch(B.upload(q, [Bn, H, Dh]), ks.map((s) => s.storage), vs.map((s) => s.storage), opts).toArray();
+      const deq = (a: Float32Array) => round(roundTripRows(Float32Array.from(a), Hkv * Dh, dtype));
+      const want = R.attentionDecodeBatch(R.upload(round(q), [Bn, H, Dh]), k.map((a, b) => R.upload(deq(a), [rows[b]!, Hkv, Dh])), v.map((a, b) => R.upload(deq(a), [rows[b]!, Hkv, Dh])), opts).toArray();
+      let scale = 0;
+      for (const x of want) scale = Math.max(scale, Math.abs(x));
+      const e = maxAbsDiff(got, want) / scale;
+      t.diagnostic(`${dtype} MHA H${H}/${Hkv} Dh${Dh} rows ${rows}: rel ${e.toExponential(2)}`);
+      assert.ok(e < 1e-2 && Number.isFinite(e), `${dtype} MHA rel ${e}`);
+    }
+  }
+});
 
 test("the fused latent decode kernels (bf16 caches; warps by role where they take the shape, in pairs of head blocks sharing their copies where there is an even number of them, MHA2MLA_LATENT_MULTICAST=0 without; the tile loop with MHA2MLA_LATENT_KERNEL=tiles) equal the reference on bf16-rounded inputs and the cuBLAS route: llama2-7b's latent (H 32, L 2048, Dr 16), smollm's (H 9/3, L 96), three head blocks (H 40/8, L 512), L 48, one head block of 8 (L 2048), whole rope rows (H 32/4, Dr 6), ragged lengths, context splits, windows, no rope", { skip }, (t) => {
   const B = backend();
