@@ -324,6 +324,12 @@ function gemvRows(): number {
   return v ? Number(v) : 16;
 }
 
+/** opts, where `caches` hold float rows: MHA2MLA_DECODE_BATCH=rows slices them as floats, which a quantized store's bytes are not. */
+function checkFloatRows<T>(opts: T, caches: readonly Tensor[]): T {
+  if (caches.some((t) => t.dtype === "int8" || t.dtype === "int4")) throw new MlaError("UNSUPPORTED", "MHA2MLA_DECODE_BATCH=rows reads cache rows as floats, and these caches hold int8/int4 rows", "unset MHA2MLA_DECODE_BATCH, or decode with a bf16 or f32 cache");
+  return opts;
+}
+
 /** Rows of t: the product of every dim but the last (not size / last, which is NaN for a zero-width last dim). */
 function rowsOf(t: Tensor): number {
   return t.shape.slice(0, -1).reduce((a, b) => a * b, 1);
@@ -786,7 +792,7 @@ export class CudaBackend implements Backend {
   /** The whole batch in one native call (strided-batched GEMMs per sequence issued from C over the ragged caches, decode_batch.cu). */
   attentionDecodeBatch(q: Tensor, k: readonly Tensor[], v: readonly Tensor[], opts: DecodeBatchOptions): Tensor {
     const { B, H, Hkv, Dh, Dv } = attentionDecodeBatchDims(q, k, v, opts);
-    if (process.env["MHA2MLA_DECODE_BATCH"] === "rows") return attentionDecodeByRows(this, q, k, v, opts);
+    if (process.env["MHA2MLA_DECODE_BATCH"] === "rows") return attentionDecodeByRows(this, q, k, v, checkFloatRows(opts, k));
     const o = this.empty([B, H, Dv], "a batched decode attention output");
     this.call("decode_attention_batch", this.lib.fns["decodeAttentionBatch"]!(this.h(q), k.map((t) => this.h(t)), Hkv, Dh, null, null, 0, 0, v.map((t) => this.h(t)), Hkv, Dv, opts.positions, this.h(o), B, H, opts.scale, attentionWindow("decode_attention_batch", opts.window)));
     return o;
@@ -795,7 +801,7 @@ export class CudaBackend implements Backend {
   /** MLA's batch in one native call: the latent is both the first key part (one group) and the value. */
   latentAttentionDecodeBatch(qr: Tensor, kr: readonly Tensor[], qc: Tensor, c: readonly Tensor[], opts: DecodeBatchOptions): Tensor {
     const { B, H, Hkv, Dr, L } = latentAttentionDecodeBatchDims(qr, kr, qc, c, opts);
-    if (process.env["MHA2MLA_DECODE_BATCH"] === "rows") return latentAttentionDecodeByRows(this, qr, kr, qc, c, opts);
+    if (process.env["MHA2MLA_DECODE_BATCH"] === "rows") return latentAttentionDecodeByRows(this, qr, kr, qc, c, checkFloatRows(opts, c));
     const o = this.empty([B, H, L], "a batched latent attention output");
     const latents = c.map((t) => this.h(t));
     this.call("decode_attention_batch", this.lib.fns["decodeAttentionBatch"]!(this.h(qc), latents, 1, L, this.h(qr), kr.map((t) => this.h(t)), Hkv, Dr, latents, 1, L, opts.positions, this.h(o), B, H, opts.scale, attentionWindow("decode_attention_batch", opts.window)));
