@@ -61,9 +61,12 @@ export function roundTripRows(x: Float32Array, rowSize: number, dtype: KvCacheDt
       const end = Math.min(g + KV_GROUP, r + rowSize);
       let amax = 0;
       for (let i = g; i < end; i++) amax = Math.max(amax, Math.abs(x[i]!));
-      // A NaN or ±Inf passes through as it is (a scale of NaN zeroed the group), so a diverged model
-      // is reported downstream as it is with an f32 cache, not hidden.
-      if (!Number.isFinite(amax)) continue;
+      // A group holding a NaN or ±Inf reads back as NaN, as a device store gives it (one scale a
+      // group: a NaN scale marks it), so a diverged model is reported downstream, not hidden as zeros.
+      if (!Number.isFinite(amax)) {
+        x.fill(NaN, g, end);
+        continue;
+      }
       const s = toBf16(amax / qmax); // the stored scale is bf16
       for (let i = g; i < end; i++) x[i] = s > 0 ? Math.max(-qmax, Math.min(qmax, Math.round(x[i]! / s))) * s : 0;
     }
