@@ -14,9 +14,9 @@
  * (`finetune --out OUT/finetune` beside the pipeline holding OUT) is refused, naming the nearest lock
  * above it and its holder, and a call nested in a run is refused where a folder between is another
  * run's (a fine-tune started in OUT/finetune before the pipeline took OUT); a pipeline checks its phase
- * folders for such a lock before its first phase (`refuseLockedInside`). The lock file is not a model
- * file: every check that lists a run folder (is it empty, is it an earlier output) leaves it out
- * (`entriesBesideLock`).
+ * folders, and a study its runs' folders, for such a lock before its first phase or run
+ * (`refuseLockedInside`). The lock file is not a model file: every check that lists a run folder (is
+ * it empty, is it an earlier output) leaves it out (`entriesBesideLock`).
  */
 import { AsyncLocalStorage } from "node:async_hooks";
 import fs from "node:fs";
@@ -191,10 +191,10 @@ function refuseLockedAbove(dir: string, real: string, stop?: string): void {
 
 /**
  * Refuses the run folder `dir` where one of the folders inside it that its run writes in (`inside`: a
- * pipeline's phase folders) holds the lock of another run that is live (`finetune --out OUT/finetune`
- * started before the pipeline into OUT): read only, so that the run is refused before its first phase,
- * not when the phase that writes there starts (withOutLock's check, hours later). A stale lock passes,
- * left to that folder's next run.
+ * pipeline's phase folders, a study's runs' folders) holds the lock of another run that is live
+ * (`finetune --out OUT/finetune` started before the pipeline into OUT): read only, so that the run is
+ * refused before its first phase, not when the phase that writes there starts (withOutLock's check,
+ * hours later). A stale lock passes, left to that folder's next run.
  */
 export function refuseLockedInside(dir: string, inside: readonly string[]): void {
   for (const sub of inside) {

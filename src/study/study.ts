@@ -46,7 +46,7 @@ import { studyHtml, studyMarkdown, type StudyMeta } from "./report.js";
 import { checkClaims, type ClaimCheck } from "./claims.js";
 import { decodeSpeed } from "./decodeSpeed.js";
 import { readStudyJson, readStudyRow } from "./studyFiles.js";
-import { emptyRunFolder, entriesBesideLock, withOutLock } from "../io/outLock.js";
+import { emptyRunFolder, entriesBesideLock, refuseLockedInside, withOutLock } from "../io/outLock.js";
 
 export const STUDY_VARIANTS = ["mha", "mla", "mla-rope", "eg-mla"] as const;
 export type StudyVariant = (typeof STUDY_VARIANTS)[number];
@@ -220,6 +220,20 @@ export function plannedRuns(o: StudyOptions, c: ModelConfig): { runs: StudyRun[]
 /** A run's name in the study's folder: its row file NAME.row.json, its model NAME, its training NAME-trained. */
 const runName = (r: StudyRun) => (r.L === null ? "mha" : `${r.variant}-L${r.L}`);
 
+/**
+ * The folders inside --out that this call writes in, where another run's lock would stop it part-way
+ * (a fine-tune started in OUT/mla-L32-trained was found only when that run began, after the runs
+ * before it trained): the token cache and each unfinished run's model and training folders, and with
+ * --force, which empties --out, every folder there.
+ */
+function foldersWritten(out: string, runs: readonly StudyRun[], force: boolean): string[] {
+  const isFolder = (p: string) => fs.statSync(p, { throwIfNoEntry: false })?.isDirectory() === true;
+  if (force) return isFolder(out) ? entriesBesideLock(out).map((f) => path.join(out, f)).filter(isFolder) : [];
+  const unfinished = runs.map(runName).filter((name) => !fs.existsSync(path.join(out, `${name}.row.json`)));
+  // The MHA run trains init-mha, which it does not write in once made.
+  return [path.join(out, "tokens"), ...unfinished.flatMap((name) => [...(name === "mha" ? [] : [path.join(out, name)]), path.join(out, `${name}-trained`)])];
+}
+
 /** What every run of a study shares, as study-state.json records it. */
 type StudySettings = Pick<StudyMeta, "like" | "data" | "tokens" | "seq" | "batch" | "lr" | "seed"> & { valFraction: number; tokenCache: string; evalEvery: number | null; gateDim: number | null };
 
@@ -322,6 +336,8 @@ async function runStudy(o: StudyOptions, made: { fresh: boolean }): Promise<Stud
   const c = readHfConfig(like);
   likeConfig(like);
   const { runs, ranks } = plannedRuns(o, c);
+  // A run's folder another run holds (a fine-tune in OUT/mla-L32-trained) is refused now, not when that run starts.
+  refuseLockedInside(o.out, foldersWritten(path.resolve(o.out), runs, !!o.force));
   const seq = o.seq ?? 256, batch = o.batch ?? 16, lr = o.lr ?? 1e-3;
   const seed = o.seed ?? 0;
   const valFraction = o.valFraction ?? 0.01;
@@ -344,6 +360,8 @@ async function runStudy(o: StudyOptions, made: { fresh: boolean }): Promise<Stud
   // The study's folder is held from here to the end (a second study there at once interleaved their logs).
   const existed = fs.existsSync(o.out);
   return withOutLock(o.out, { command: "study", log }, async () => {
+    // Again, now that no run can start inside --out: one may have while the options were checked.
+    refuseLockedInside(o.out, foldersWritten(path.resolve(o.out), runs, !!o.force));
     if (existed && !o.force) {
       const prev = fs.existsSync(stateFile) ? readStudyJson<{ settings?: unknown; variants?: string[]; ranks?: string[] }>(stateFile, "the study's settings", "pass --force to start the study over, or choose another --out") : null;
       if (!prev) {
