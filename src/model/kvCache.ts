@@ -189,6 +189,21 @@ function rowStore(backend: Backend, rowShape: readonly number[], dtype: KvCacheD
   return { get rows() { return host.rows; }, get capacity() { return host.capacity; }, append: (v) => host.append(v.toArray(), v.shape[0]!), tensor: (shape) => backend.upload(host.view(), [host.rows, ...shape]), truncate: (n) => host.truncate(n), dispose: () => host.release(), get heldBytes() { return host.heldBytes; } };
 }
 
+/**
+ * t [T, …] (one token per row) as a cache of `dtype` returns it (a forward without a cache that scores as
+ * if it had one): on a backend that keeps device rows, through such a store (rounded or quantized there,
+ * no trip through the host); elsewhere kvQuant's host round trip. t itself for f32.
+ */
+export function roundTripOn(backend: Backend, t: Tensor, dtype: KvCacheDtype | undefined): Tensor {
+  if (!dtype || dtype === "f32" || t.size === 0 || !keepsDeviceRows(backend)) return roundTrip(backend, t, dtype);
+  const rowShape = t.shape.slice(1);
+  const store = rowStore(backend, rowShape, dtype);
+  store.append(t);
+  const out = store.tensor(rowShape);
+  store.dispose();
+  return out;
+}
+
 export interface CloneOptions {
   tokens?: number;
   capacity?: number;

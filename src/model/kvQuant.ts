@@ -73,22 +73,9 @@ export function roundTripRows(x: Float32Array, rowSize: number, dtype: KvCacheDt
   return x;
 }
 
-/** A backend that stores cache rows itself (CUDA's createRowStore: rounded or quantized on the device). */
-interface RowStoring {
-  createRowStore(rowShape: readonly number[], dtype: KvCacheDtype): { append(rows: Tensor): void; view(shape: readonly number[]): Tensor; dispose(): void };
-}
-
-/** t [T, …] (one token per row) as a cache of `dtype` returns it; t itself for f32. */
+/** t [T, …] (one token per row) as a cache of `dtype` returns it, computed on the host; t itself for f32 (kvCache.ts's roundTripOn keeps it on a device that stores rows). */
 export function roundTrip(b: Backend, t: Tensor, dtype: KvCacheDtype | undefined): Tensor {
   if (!dtype || dtype === "f32" || t.size === 0) return t;
-  // On a device that stores rows itself, through such a store (no trip through the host).
-  if (typeof (b as Partial<RowStoring>).createRowStore === "function") {
-    const store = (b as Backend & RowStoring).createRowStore(t.shape.slice(1), dtype);
-    store.append(t);
-    const out = store.view(t.shape.slice(1));
-    store.dispose();
-    return out;
-  }
   const rowSize = t.size / t.shape[0]!;
   return b.upload(roundTripRows(Float32Array.from(t.toArray()), rowSize, dtype), t.shape);
 }

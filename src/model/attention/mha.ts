@@ -1,9 +1,9 @@
 /** Standard (MHA/GQA) attention block as graph ops: x [T, D] → [T, D]. */
 import type { Node, Ops } from "../../tensor/autograd.js";
 import type { ModelConfig } from "../config.js";
-import { KvCache } from "../kvCache.js";
+import { KvCache, roundTripOn } from "../kvCache.js";
 import type { AttentionNodes } from "../params.js";
-import { KvCacheDtype, roundTrip } from "../kvQuant.js";
+import type { KvCacheDtype } from "../kvQuant.js";
 import { linearMany } from "../../tensor/backend.js";
 
 /** How a graph runs attention: `batch` sequences stacked along the rows, bf16 GEMM inputs or not. */
@@ -16,7 +16,7 @@ export interface AttentionMode {
 
 /** x as a cache of mode.kvCache would return it, when no cache is there to do it (inference only). */
 export function asCached(ops: Ops, x: Node, mode: AttentionMode, cache: unknown): Node {
-  return cache || !mode.kvCache || mode.kvCache === "f32" ? x : ops.constant(roundTrip(ops.b, x.value, mode.kvCache));
+  return cache || !mode.kvCache || mode.kvCache === "f32" ? x : ops.constant(roundTripOn(ops.b, x.value, mode.kvCache));
 }
 
 export function mhaAttention(ops: Ops, c: ModelConfig, w: AttentionNodes, invFreq: Float64Array, x: Node, positions: Int32Array, layer: number, cache?: KvCache, mode: AttentionMode = { batch: 1, bf16: false }): Node {
