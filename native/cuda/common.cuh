@@ -35,6 +35,8 @@ Context* ctx();  // nullptr before a successful mla_cuda_init
 mla_status fail(mla_status code, const char* file, int line, const std::string& msg);
 const char* cublas_name(cublasStatus_t s);
 size_t dtype_size(int32_t dtype);
+// The device's SM count, read once (1 if the query fails): what the decode kernels size their grids by.
+int sm_count();
 // Device scratch of at least `bytes`, valid until the next call on this thread (stream-ordered).
 void* scratch(size_t bytes, mla_status* st);
 // The decode step being captured into a CUDA graph (graph.cu), or null. While one is open, ops take

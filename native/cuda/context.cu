@@ -47,6 +47,12 @@ size_t dtype_size(int32_t dtype) {
   }
 }
 
+int sm_count() {
+  static int n = 0;
+  if (!n && cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, the_ctx->device) != cudaSuccess) n = 1;
+  return n;
+}
+
 void* scratch(size_t bytes, mla_status* st) {
   if (capturing()) return capture_scratch(bytes, st);
   *st = MLA_OK;

@@ -33,11 +33,7 @@ inline int min_tiles_per_split(int fallback) {
   return n ? n : fallback;
 }
 
-int sm_count() {
-  static int n = 0;
-  if (!n && cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, mla::ctx()->device) != cudaSuccess) n = 1;
-  return n;
-}
+using mla::sm_count;
 
 struct Seq {
   const __nv_bfloat16* c;   // latent rows [.., L] (MHA: key rows [.., Hkv, Dh])

@@ -124,9 +124,7 @@ namespace mla {
 mla_status kv_dequant_visible(const unsigned char* const* src_dev, __nv_bfloat16* const* dst_dev, const int32_t* dpos, int64_t window, int64_t B, int64_t n, int bits) {
   if (n == 0 || B == 0) return MLA_OK;
   // ~8 blocks per SM over the batch: each block a strided share of one sequence's rows.
-  int sms = 0;
-  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, ctx()->device);
-  const unsigned per = (unsigned)std::max<int64_t>(1, std::min<int64_t>(1024, (8 * (int64_t)sms + B - 1) / B));
+  const unsigned per = (unsigned)std::max<int64_t>(1, std::min<int64_t>(1024, (8 * (int64_t)mla::sm_count() + B - 1) / B));
   k_kv_dequant_visible<<<dim3(per, (unsigned)B), 256, 0, ctx()->stream>>>(src_dev, dst_dev, dpos, window, n, bits);
   KERNEL_CHECK();
   return MLA_OK;
