@@ -132,8 +132,8 @@ interface DeviceRowBackend {
   scatterRows(src: Tensor, dst: readonly Tensor[], offsets: readonly number[]): void;
 }
 
-/** The types rows are held in: float32, bf16, or quantized rows on a device (kvQuant.ts's deviceRowBytes). */
-type HeldType = "f32" | "bf16" | "int8" | "int4";
+/** The types rows are held in: a cache's own dtype on a device (quantized rows: kvQuant.ts's deviceRowBytes), float32 on the host. */
+type HeldType = KvCacheDtype;
 
 /** Whether `backend` keeps decode caches in its own memory (DeviceRowBackend); the others' rows live on the host (RowBuffer). */
 function keepsDeviceRows(backend: Backend): boolean {

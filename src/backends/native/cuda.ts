@@ -15,7 +15,7 @@ import { libraryFile, missingLibrary, staleLibrary, unloadableLibrary } from "./
 import { attentionDecodeByRows, latentAttentionDecodeByRows } from "../../tensor/rows.js";
 import { attentionDecodeBatchDims, attentionWindow, headLinearDims, latentAttentionDecodeBatchDims, latentAttentionDims, type AttentionOptions, type DecodeBatchOptions, type AttentionSaved, type ArenaOptions, type CalibrationKernels, type LinearBackwardNeed, type StepGraph, type ProductInputHint, type Backend, type TrainingKernels } from "../../tensor/backend.js";
 import { FloatArray, Tensor, expectShape, type TensorDType } from "../../tensor/tensor.js";
-import { deviceRowBytes } from "../../model/kvQuant.js";
+import { deviceRowBytes, type KvCacheDtype } from "../../model/kvQuant.js";
 import type { Linalg } from "./linalg.js";
 import { profileCuda } from "./cudaProfile.js";
 
@@ -205,7 +205,7 @@ export class DeviceRowStore {
    * and scales), each decode step dequantizing the visible rows for the bf16 kernels. view() then
    * returns a float32 copy.
    */
-  constructor(private readonly backend: CudaBackend, private readonly rowShape: readonly number[], readonly dtype: "f32" | "bf16" | "int8" | "int4" = "f32") {
+  constructor(private readonly backend: CudaBackend, private readonly rowShape: readonly number[], readonly dtype: KvCacheDtype = "f32") {
     this.rowSize = rowShape.reduce((x, y) => x * y, 1);
     this.code = { f32: F32, bf16: BF16, int8: Q8, int4: Q4 }[dtype];
     this.unit = this.quantized ? deviceRowBytes(this.rowSize, dtype as "int8" | "int4") : this.rowSize;
@@ -593,7 +593,7 @@ export class CudaBackend implements Backend {
     return view;
   }
 
-  createRowStore(rowShape: readonly number[], dtype: "f32" | "bf16" | "int8" | "int4" = "f32"): DeviceRowStore {
+  createRowStore(rowShape: readonly number[], dtype: KvCacheDtype = "f32"): DeviceRowStore {
     return new DeviceRowStore(this, rowShape, dtype);
   }
 
