@@ -9,9 +9,6 @@
 #include "decode_attention.h"
 #include "softmax.h"
 
-// Query rows up to which the forward takes decode_attention (the prefill kernel transposes the whole
-// key cache first, which pays off only over many rows).
-constexpr int64_t DECODE_ROWS = 8;
 
 // DC > 0 (template argument below) fixes the head dim at compile time, so the per-key value loops
 // unroll and vectorize at small head dims.
@@ -53,7 +50,7 @@ static void attention_fwd(const float* q, const float* k, const float* v, float*
   const int64_t group = H / Hkv;
   const std::vector<float> kt = keys_by_dim(k, S, Hkv, Dh);
   // A few rows over a short cache run on the calling thread (see parallel_macs); decode rows (T ≤
-  // DECODE_ROWS) take decode_attention instead.
+  // mla::DECODE_ROWS) take decode_attention instead.
 #pragma omp parallel if (T * H * S * (Dh + Dv) >= mla::parallel_macs())
   {
     std::vector<float> p(S > 0 ? S : 1);
@@ -96,7 +93,7 @@ extern "C" mla_status mla_cpu_attention(const float* q, const float* k, const fl
   MLA_CHECK_BUF(o, T * H * Dv, "attention: null output");
   if (T * Dv == 0) return MLA_OK;
   // A few query rows (decode): no transpose of the cache, a KV group's heads read each row once.
-  if (T <= DECODE_ROWS) {
+  if (T <= mla::DECODE_ROWS) {
     const mla::SharedRows rows{q, Dh, k, Hkv * Dh, Dh, nullptr, 0, nullptr, 0, 1, v, Hkv * Dv, Dv, Dv, H, scale};
     mla::decode_attention(rows, T, S, Hkv, o, off, window);
     return MLA_OK;

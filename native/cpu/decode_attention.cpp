@@ -10,6 +10,7 @@
 #include "decode_attention.h"
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
 #include "common.h"
 #include "softmax.h"
@@ -24,14 +25,71 @@ struct Partial {
   Partial(int64_t n, int64_t Dv) : m(n, -INFINITY), l(n, 0.0f), acc(n * Dv, 0.0f) {}
 };
 
+// A chunk's rows as float: key row j at k1 + j·ld1 (and k2 + j·ld2), value row j at v + j·ldv.
+struct ChunkRows {
+  const float* k1;
+  int64_t ld1;
+  const float* k2;
+  int64_t ld2;
+  const float* v;
+  int64_t ldv;
+};
+
+// A task's buffers for a chunk of widened bf16 rows (empty for float rows, read in place).
+struct Widened {
+  std::vector<float> k1, k2, v;
+};
+
+inline float bf16_to_float(uint16_t b) {
+  const uint32_t u = uint32_t(b) << 16;  // exact: bf16 is float32's upper half
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+// m rows of n bf16 values (row j at src + j·ld) into dst [m, n].
+void widen(const uint16_t* src, int64_t ld, int64_t m, int64_t n, float* __restrict dst) {
+  for (int64_t j = 0; j < m; j++) {
+    const uint16_t* s = src + j * ld;
+    float* d = dst + j * n;
+#pragma omp simd
+    for (int64_t e = 0; e < n; e++) d[e] = bf16_to_float(s[e]);
+  }
+}
+
+// Float rows: the chunk of keys [a, a + m) read where they are.
+ChunkRows chunk_rows(const mla::SharedRows& g, int64_t a, int64_t, Widened&) {
+  return {g.k1 + a * g.ld1, g.ld1, g.d2 ? g.k2 + a * g.ld2 : nullptr, g.ld2, g.v + a * g.ldv, g.ldv};
+}
+
+// bf16 rows: the chunk widened into w first (it stays in L2 for both passes over it), so the
+// arithmetic below runs on float rows exactly as for a float cache. MLA's value row is its key row
+// (the latent), widened once.
+ChunkRows chunk_rows(const mla::SharedRowsBf16& g, int64_t a, int64_t m, Widened& w) {
+  const bool same = g.v == g.k1 && g.ldv == g.ld1 && g.dv == g.d1;
+  w.k1.resize(CHUNK * g.d1);
+  widen(g.k1 + a * g.ld1, g.ld1, m, g.d1, w.k1.data());
+  if (g.d2) {
+    w.k2.resize(CHUNK * g.ld2);
+    widen(g.k2 + a * g.ld2, g.ld2, m, g.ld2, w.k2.data());
+  }
+  if (!same) {
+    w.v.resize(CHUNK * g.dv);
+    widen(g.v + a * g.ldv, g.ldv, m, g.dv, w.v.data());
+  }
+  return {w.k1.data(), g.d1, g.d2 ? w.k2.data() : nullptr, g.ld2, same ? w.k1.data() : w.v.data(), same ? g.d1 : g.dv};
+}
+
 // The heads h0 … h0 + n − 1 of query row t over keys [s0, s1) of `g`, folded into `r`; `p` holds CHUNK·n scores.
-void attend(const mla::SharedRows& g, int64_t t, int64_t h0, int64_t n, int64_t s0, int64_t s1, Partial& r, float* __restrict p) {
+template <typename E>
+void attend(const mla::SharedRowsOf<E>& g, int64_t t, int64_t h0, int64_t n, int64_t s0, int64_t s1, Partial& r, float* __restrict p, Widened& wide) {
   const int64_t D1 = g.d1, D2 = g.d2, Dv = g.dv;
   for (int64_t a = s0; a < s1; a += CHUNK) {
     const int64_t m = std::min(CHUNK, s1 - a);
+    const ChunkRows c = chunk_rows(g, a, m, wide);
     for (int64_t j = 0; j < m; j++) {
-      const float* k1 = g.k1 + (a + j) * g.ld1;
-      const float* k2 = D2 ? g.k2 + (a + j) * g.ld2 : nullptr;
+      const float* k1 = c.k1 + j * c.ld1;
+      const float* k2 = D2 ? c.k2 + j * c.ld2 : nullptr;
       for (int64_t i = 0; i < n; i++) {
         const int64_t h = h0 + i;
         const float* q = g.q1 + (t * g.H + h) * D1;
@@ -60,7 +118,7 @@ void attend(const mla::SharedRows& g, int64_t t, int64_t h0, int64_t n, int64_t 
       }
     }
     for (int64_t j = 0; j < m; j++) {
-      const float* vr = g.v + (a + j) * g.ldv;
+      const float* vr = c.v + j * c.ldv;
       for (int64_t i = 0; i < n; i++) {
         const float w = p[i * CHUNK + j];
         float* __restrict acc = r.acc.data() + i * Dv;
@@ -88,16 +146,15 @@ void merge(const std::vector<Partial>& parts, int64_t n, int64_t Dv, float* o) {
     }
   }
 }
-}  // namespace
 
-namespace mla {
-void decode_attention(const SharedRows& g, int64_t T, int64_t S, int64_t runs, float* o, int64_t off, int64_t window) {
+template <typename E>
+void decode_rows(const mla::SharedRowsOf<E>& g, int64_t T, int64_t S, int64_t runs, float* o, int64_t off, int64_t window) {
   const int64_t n = g.H / runs;  // heads per shared row
-  const bool team = T * g.H * S * (g.d1 + g.d2 + g.dv) >= parallel_macs();
+  const bool team = T * g.H * S * (g.d1 + g.d2 + g.dv) >= mla::parallel_macs();
   const int threads = team ? mla_num_threads() : 1;
   const int64_t tasks = T * runs;
   auto rows_of = [&](int64_t grp) {
-    SharedRows r = g;
+    mla::SharedRowsOf<E> r = g;
     r.k1 += grp * g.k1_run;
     r.v += grp * g.v_run;
     return r;
@@ -111,7 +168,8 @@ void decode_attention(const SharedRows& g, int64_t T, int64_t S, int64_t runs, f
       visible(t, S, off, window, &lo, &hi);
       Partial r(n, g.dv);
       std::vector<float> p(CHUNK * n);
-      attend(rows_of(grp), t, grp * n, n, lo, hi + 1, r, p.data());
+      Widened w;
+      attend(rows_of(grp), t, grp * n, n, lo, hi + 1, r, p.data(), w);
       merge(std::vector<Partial>{std::move(r)}, n, g.dv, o + (t * g.H + grp * n) * g.dv);
     }
     return;
@@ -124,14 +182,25 @@ void decode_attention(const SharedRows& g, int64_t T, int64_t S, int64_t runs, f
     const int64_t len = hi + 1 - lo;
     const int64_t nparts = std::max<int64_t>(1, std::min<int64_t>(threads, len / MIN_PART));
     std::vector<Partial> parts(nparts, Partial(n, g.dv));
-    const SharedRows rows = rows_of(grp);
+    const mla::SharedRowsOf<E> rows = rows_of(grp);
 #pragma omp parallel for schedule(static) if (nparts > 1)
     for (int64_t k = 0; k < nparts; k++) {
       std::vector<float> p(CHUNK * n);
-      attend(rows, t, grp * n, n, lo + len * k / nparts, lo + len * (k + 1) / nparts, parts[k], p.data());
+      Widened w;
+      attend(rows, t, grp * n, n, lo + len * k / nparts, lo + len * (k + 1) / nparts, parts[k], p.data(), w);
     }
     merge(parts, n, g.dv, o + (t * g.H + grp * n) * g.dv);
   }
+}
+}  // namespace
+
+namespace mla {
+void decode_attention(const SharedRows& g, int64_t T, int64_t S, int64_t runs, float* o, int64_t off, int64_t window) {
+  decode_rows(g, T, S, runs, o, off, window);
+}
+
+void decode_attention(const SharedRowsBf16& g, int64_t T, int64_t S, int64_t runs, float* o, int64_t off, int64_t window) {
+  decode_rows(g, T, S, runs, o, off, window);
 }
 }  // namespace mla
 

@@ -55,6 +55,14 @@ mla_status mla_cpu_attention(const float* q, const float* k, const float* v, flo
    scale·(qr_h·kr_{s, h/(H/Hkv)} + qc_h·c_s) and averages the latents c_s. */
 mla_status mla_cpu_latent_attention(const float* qr, const float* kr, const float* qc, const float* c, float* o, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dr, int64_t L, float scale, int64_t query_offset, int64_t window);
 
+/* mla_cpu_attention over a bf16 cache: k[S,Hkv,Dh] and v[S,Hkv,Dv] as bf16 bits (uint16). The same
+   result bit for bit as mla_cpu_attention on the rows widened to float32 (exact). */
+mla_status mla_cpu_attention_bf16_kv(const float* q, const uint16_t* k, const uint16_t* v, float* o, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t query_offset, int64_t window);
+
+/* mla_cpu_latent_attention over a bf16 cache: kr[S,Hkv,Dr] and c[S,L] as bf16 bits (uint16); the same
+   result bit for bit as mla_cpu_latent_attention on the rows widened to float32. */
+mla_status mla_cpu_latent_attention_bf16(const float* qr, const uint16_t* kr, const float* qc, const uint16_t* c, float* o, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dr, int64_t L, float scale, int64_t query_offset, int64_t window);
+
 /* Gradients of mla_cpu_attention for dout[T,H,Dv]: dq[T,H,Dh], dk[S,Hkv,Dh], dv[S,Hkv,Dv] (overwritten). */
 mla_status mla_cpu_attention_backward(const float* q, const float* k, const float* v, const float* dout, float* dq, float* dk, float* dv, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t query_offset, int64_t window);
 

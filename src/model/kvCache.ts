@@ -125,19 +125,25 @@ function copyStore(backend: Backend, from: RowStore, rowShape: readonly number[]
   return s;
 }
 
-/** Backends that keep decode caches in their own memory (CUDA), and append one row to each of B of them in one call. */
+/**
+ * Backends that keep decode caches in their own memory (CUDA; the native CPU backend's bf16 caches, as
+ * bf16 on the host), and append one row to each of B of them in one call.
+ */
 interface DeviceRowBackend {
+  /** Whether caches of `dtype` go to createRowStore (absent: every dtype); the others are float32 host rows (RowBuffer). */
+  storesRowsOf?(dtype: KvCacheDtype): boolean;
   createRowStore(rowShape: readonly number[], dtype: HeldType): DeviceStore;
   /** Row b of src [B, n] into dst[b] at element offsets[b]. */
   scatterRows(src: Tensor, dst: readonly Tensor[], offsets: readonly number[]): void;
 }
 
-/** The types rows are held in: a cache's own dtype on a device (quantized rows: kvQuant.ts's deviceRowBytes), float32 on the host. */
+/** The types rows are held in: a cache's own dtype in a backend's store (quantized rows: kvQuant.ts's deviceRowBytes), float32 in host RowBuffers. */
 type HeldType = KvCacheDtype;
 
-/** Whether `backend` keeps decode caches in its own memory (DeviceRowBackend); the others' rows live on the host (RowBuffer). */
-function keepsDeviceRows(backend: Backend): boolean {
-  return typeof (backend as Partial<DeviceRowBackend>).createRowStore === "function";
+/** Whether `backend` keeps decode caches of `dtype` in a store of its own (DeviceRowBackend); the others' rows live on the host as float32 (RowBuffer). */
+function keepsDeviceRows(backend: Backend, dtype: KvCacheDtype): boolean {
+  const b = backend as Partial<DeviceRowBackend>;
+  return typeof b.createRowStore === "function" && (b.storesRowsOf?.(dtype) ?? true);
 }
 
 /** How a cache's rows are held in memory, where that may be wider than its dtype. */
@@ -152,12 +158,14 @@ export interface HeldRows {
 
 /**
  * How a cache of `dtype` holds its rows on `backend` (what `heldBytes` counts, and what a server's
- * KV budget must count): on the host (backends without device row stores, the CPU ones) as float32;
- * in a device store as its dtype (int8/int4 rows with their scales, each padded to 16 bytes).
+ * KV budget must count): in a backend's store as its dtype (CUDA: every dtype, int8/int4 rows with
+ * their scales each padded to 16 bytes; the native CPU backend: bf16, as bf16 on the host); elsewhere
+ * on the host as float32 (the reference backend's caches, which stay the numeric reference, and the
+ * native CPU backend's int8/int4 caches, rounded there but held wide: no CPU kernel reads quantized rows).
  */
 export function heldRows(backend: Backend, dtype: KvCacheDtype): HeldRows {
-  const type: HeldType = keepsDeviceRows(backend) ? dtype : "f32";
-  const why = type !== dtype ? `the ${backend.name} backend holds cache rows on the host, as float32` : type === "int8" || type === "int4" ? `a device store pads each row's ${type} values and its scales to 16 bytes each` : null;
+  const type: HeldType = keepsDeviceRows(backend, dtype) ? dtype : "f32";
+  const why = type !== dtype ? `the ${backend.name} backend holds ${dtype} cache rows on the host, as float32` : type === "int8" || type === "int4" ? `a device store pads each row's ${type} values and its scales to 16 bytes each` : null;
   return { type, rowBytes: (n) => heldRowBytes(n, type), why };
 }
 
@@ -179,7 +187,7 @@ export function heldBytesPerToken(c: ModelConfig, backend: Backend, dtype: KvCac
  */
 function rowStore(backend: Backend, rowShape: readonly number[], dtype: KvCacheDtype = "f32", capacity = 0): RowStore {
   const rowSize = rowShape.reduce((x, y) => x * y, 1);
-  const dev = keepsDeviceRows(backend) ? (backend as Backend & DeviceRowBackend).createRowStore(rowShape, heldRows(backend, dtype).type) : null;
+  const dev = keepsDeviceRows(backend, dtype) ? (backend as Backend & DeviceRowBackend).createRowStore(rowShape, heldRows(backend, dtype).type) : null;
   if (dev) {
     if (capacity > 0) dev.reserve(capacity, true);
     return { get rows() { return dev.rows; }, get capacity() { return dev.capacity; }, append: (v) => dev.append(v), tensor: (shape) => dev.view(shape), truncate: (n) => dev.truncate(n), dispose: () => dev.dispose(), get heldBytes() { return dev.heldBytes; }, device: dev };
@@ -195,7 +203,7 @@ function rowStore(backend: Backend, rowShape: readonly number[], dtype: KvCacheD
  * no trip through the host); elsewhere kvQuant's host round trip. t itself for f32.
  */
 export function roundTripOn(backend: Backend, t: Tensor, dtype: KvCacheDtype | undefined): Tensor {
-  if (!dtype || dtype === "f32" || t.size === 0 || !keepsDeviceRows(backend)) return roundTrip(backend, t, dtype);
+  if (!dtype || dtype === "f32" || t.size === 0 || !keepsDeviceRows(backend, dtype)) return roundTrip(backend, t, dtype);
   const rowShape = t.shape.slice(1);
   const store = rowStore(backend, rowShape, dtype);
   store.append(t);

@@ -9,7 +9,8 @@
  * Admission is bounded by the number of sequences and, optionally, by the bytes their caches reserve:
  * each sequence reserves room for its prompt and its token limit when it is admitted, so a running
  * batch never runs out of cache. A reservation counts the bytes the cache holds in memory on this
- * backend (kvCache.ts, heldRows: float32 rows on the host, quantized rows padded on a device), not
+ * backend (kvCache.ts, heldRows: bf16 rows as bf16 on a device or the native CPU
+ * backend, other host rows as float32, quantized rows padded on a device), not
  * its dtype's size, so what a budget admits fits in the memory it names. This is
  * where MLA pays: the same budget admits as many more sequences as its cache is smaller.
  */

@@ -25,7 +25,7 @@ export function prometheusText(stats: ServerStats): string {
   metric("kv_cache_held_bytes", "gauge", "Deprecated: the old name of mha2mla_kv_cache_cached_bytes (the same value: cached tokens in the cache's dtype, not the memory held).", one(stats.kvHeldBytes));
   if (stats.kvBudgetBytes !== null) metric("kv_cache_budget_bytes", "gauge", "The cache budget (--kv-budget-mb).", one(stats.kvBudgetBytes));
   metric("kv_cache_bytes_per_token", "gauge", "Cache bytes per token in the cache's dtype.", one(stats.kvBytesPerToken));
-  metric("kv_cache_held_bytes_per_token", "gauge", "Cache bytes per token held in memory (float32 rows on the host; int8/int4 rows as float32): what the budget counts.", one(stats.kvHeldBytesPerToken));
+  metric("kv_cache_held_bytes_per_token", "gauge", "Cache bytes per token held in memory (the reference backend's rows and the native CPU backend's int8/int4 rows as float32): what the budget counts.", one(stats.kvHeldBytesPerToken));
   const pc = stats.prefixCache;
   if (pc) {
     metric("prefix_cache_entries", "gauge", "Prompts kept for reuse.", one(pc.entries));

@@ -122,8 +122,8 @@ export class PrefixCache {
   /**
    * Keeps a copy of `cache` (holding exactly `prompt`) and the logits after it (null: not known), and
    * the prompt's scores where it was scored, dropping old entries to make room. Best effort: a copy that
-   * finds no memory is not kept. An entry counts the bytes its copy holds (host caches and int8/int4 rows
-   * are held as float32), its logits and its scores. Returns whether the prompt is kept.
+   * finds no memory is not kept. An entry counts the bytes its copy holds (kvCache.ts's heldRows: host caches
+   * hold float32 rows, but for the native CPU backend's bf16 rows), its logits and its scores. Returns whether the prompt is kept.
    */
   store(prompt: readonly number[], cache: DecodeCache, logits: FloatArray | null, scores: PromptScores | null = null): boolean {
     if (!this.keeps(prompt)) return false;

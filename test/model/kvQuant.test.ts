@@ -53,7 +53,7 @@ test("bytes per token: f32 4·n, bf16 2·n, int8 n + 2 per group, int4 n/2 + 2 p
   assert.equal(kvBytesPerToken(config, "int4"), 5 * 2 * (16 + 2));
 });
 
-test("held bytes: host caches hold float32 rows whatever the dtype; a device store holds its dtype's rows (int8/int4 padded to 16 bytes); heldBytes counts the same", () => {
+test("held bytes: host caches hold float32 rows whatever the dtype (but a backend's own store: the native CPU backend's bf16); a device store holds its dtype's rows (int8/int4 padded to 16 bytes); heldBytes counts the same", () => {
   const { model, config } = loadModel(path.join(MODELS, "stories260K"));
   const n = kvElemsPerToken(config);
   for (const dtype of ["f32", "bf16", "int8", "int4"] as const) {
@@ -65,8 +65,8 @@ test("held bytes: host caches hold float32 rows whatever the dtype; a device sto
     cache.dispose();
   }
   assert.equal(heldRows(model.backend, "f32").why, null);
-  assert.match(heldRows(model.backend, "int8").why!, /backend holds cache rows on the host, as float32$/);
-  assert.match(heldRows(model.backend, "bf16").why!, /backend holds cache rows on the host, as float32$/);
+  assert.match(heldRows(model.backend, "int8").why!, /backend holds int8 cache rows on the host, as float32$/);
+  assert.match(heldRows(model.backend, "bf16").why!, /backend holds bf16 cache rows on the host, as float32$/);
   // A backend that keeps rows in its own memory (CUDA's createRowStore), without a GPU.
   const device = { name: "fake", createRowStore: () => null } as unknown as Backend;
   const held = (d: "f32" | "bf16" | "int8" | "int4") => ((h) => [h.type, h.rowBytes(32), h.rowBytes(2048), h.why])(heldRows(device, d));
@@ -77,6 +77,10 @@ test("held bytes: host caches hold float32 rows whatever the dtype; a device sto
   assert.deepEqual(held("int4").slice(0, 3), ["int4", 16 + 16, 1024 + 128]);
   assert.equal(heldBytesPerToken(config, device, "int4"), 5 * 2 * (16 + 16));
   assert.equal(heldBytesPerToken(config, device, "bf16"), kvBytesPerToken(config, "bf16"));
+  // One that keeps only some dtypes in a store (the native CPU backend: bf16); the others as float32 host rows.
+  const some = { name: "some", createRowStore: () => null, storesRowsOf: (d: string) => d === "bf16" } as unknown as Backend;
+  assert.deepEqual(heldRows(some, "bf16").type, "bf16");
+  assert.deepEqual([heldRows(some, "int8").type, heldRows(some, "int8").why], ["f32", "the some backend holds int8 cache rows on the host, as float32"]);
 });
 
 test("decode on an int8/int4 cache gives the logits of evaluating with the same cache type (MHA, MLA absorbed, deepseek_v3)", async () => {

@@ -125,7 +125,7 @@ test("the KV budget counts the bytes the caches hold: int8 rows held as float32 
   assert.ok(budget >= 2 * nominal);
   assert.throws(
     () => new Batcher(model, { maxBatch: 1, kvCache: "int8", kvBudgetBytes: budget }),
-    (e: unknown) => e instanceof MlaError && e.message.startsWith(`a KV-cache budget of `) && e.message.includes(`holds 1 tokens of this model's int8 cache (${held} bytes held in memory per token, not the ${nominal} of int8: the ${model.backend.name} backend holds cache rows on the host, as float32): no request fits\n  hint: start the server with a budget for the prompts and replies it should serve, e.g. --kv-budget-mb ${Math.ceil((4096 * held) / 2 ** 20)} (4,096 tokens)`),
+    (e: unknown) => e instanceof MlaError && e.message.startsWith(`a KV-cache budget of `) && e.message.includes(`holds 1 tokens of this model's int8 cache (${held} bytes held in memory per token, not the ${nominal} of int8: the ${model.backend.name} backend holds int8 cache rows on the host, as float32): no request fits\n  hint: start the server with a budget for the prompts and replies it should serve, e.g. --kv-budget-mb ${Math.ceil((4096 * held) / 2 ** 20)} (4,096 tokens)`),
   );
   // The prefix cache counts the same held bytes: a kept prompt's entry is its float32 rows and its logits.
   const pb = new Batcher(model, { maxBatch: 1, kvCache: "int8", prefixCacheBytes: 1 << 24 });

@@ -784,7 +784,7 @@ test("an int8 cache: /stats and /metrics give its bytes per token in int8 and as
     assert.deepEqual([stats["kvCachedBytes"], stats["kvHeldBytes"]], [0, 0]);
     assert.match(text, /^# HELP mha2mla_kv_cache_cached_bytes Bytes of the tokens the running sequences have cached so far, in the cache's dtype.*\n# TYPE mha2mla_kv_cache_cached_bytes gauge\nmha2mla_kv_cache_cached_bytes 0$/m);
     assert.match(text, /^# HELP mha2mla_kv_cache_held_bytes Deprecated: the old name of mha2mla_kv_cache_cached_bytes.*\n# TYPE mha2mla_kv_cache_held_bytes gauge\nmha2mla_kv_cache_held_bytes 0$/m);
-    assert.ok(lines.some((l) => l.includes(`int8 cache, ${nominal} bytes per token (${held} held in memory, as the KV budget counts them: the ${lm.model.backend.name} backend holds cache rows on the host, as float32)`)), lines.join("\n"));
+    assert.ok(lines.some((l) => l.includes(`int8 cache, ${nominal} bytes per token (${held} held in memory, as the KV budget counts them: the ${lm.model.backend.name} backend holds int8 cache rows on the host, as float32)`)), lines.join("\n"));
   } finally {
     await server.close();
   }

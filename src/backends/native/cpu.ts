@@ -1,18 +1,23 @@
 /**
  * The native CPU backend: the reference backend with its heavy ops (linear and attention, forward
  * and backward) replaced by the C++/OpenMP library built from native/cpu (C ABI native/include/mla.h),
- * loaded with koffi. Tensors stay JavaScript Float32Arrays; koffi passes them to C without copies.
+ * loaded with koffi. Tensors stay JavaScript Float32Arrays; koffi passes them to C without copies. The
+ * one exception is a bf16 decode cache's rows, held as bf16 bits (hostRowStore.ts) and read as such by
+ * the batched decode attention (cpuDecodeBf16.ts).
  */
 import fs from "node:fs";
 import koffi from "koffi";
 import { MlaError } from "../../errors.js";
 import { libraryFile, missingLibrary, staleLibrary, unloadableLibrary } from "./libraryFile.js";
-import { attentionWindow, headLinearDims, latentAttentionDims, type AttentionOptions, type CalibrationKernels } from "../../tensor/backend.js";
-import { Tensor, expectShape } from "../../tensor/tensor.js";
+import { attentionWindow, headLinearDims, latentAttentionDims, type AttentionOptions, type CalibrationKernels, type DecodeBatchOptions } from "../../tensor/backend.js";
+import { Tensor, expectShape, type FloatArray } from "../../tensor/tensor.js";
 import { ReferenceBackend, checkIds, checkTargets, data, rows } from "../reference/index.js";
 import type { HostOptimizerLoops } from "../reference/training.js";
 import { calibrationKernels, optimizerKernels } from "./kernels.js";
 import type { Linalg } from "./linalg.js";
+import type { KvCacheDtype } from "../../model/kvQuant.js";
+import { HostBf16RowStore, roundToBf16, widenBf16 } from "./hostRowStore.js";
+import { anyBf16, attentionDecodeRows, latentAttentionDecodeRows, type DecodeKernels } from "./cpuDecodeBf16.js";
 
 /** A tensor's values as the float32 array the native kernels take (a cache may hold another float array). */
 function f32(t: Tensor): Float32Array {
@@ -31,6 +36,8 @@ interface NativeLib {
   attention: Fn;
   attentionBackward: Fn;
   latentAttention: Fn;
+  attentionBf16: Fn;
+  latentAttentionBf16: Fn;
   swiglu: Fn;
   swigluBackward: Fn;
   crossEntropy: Fn;
@@ -90,6 +97,8 @@ export function loadNativeCpu(): NativeLib | string {
       linearBackward: f("int mla_cpu_linear_backward(const float* x, const float* w, const float* dy, float* dx, float* dw, float* db, int64_t M, int64_t K, int64_t N)"),
       attention: f("int mla_cpu_attention(const float* q, const float* k, const float* v, float* o, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window)"),
       latentAttention: f("int mla_cpu_latent_attention(const float* qr, const float* kr, const float* qc, const float* c, float* o, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dr, int64_t L, float scale, int64_t off, int64_t window)"),
+      attentionBf16: f("int mla_cpu_attention_bf16_kv(const float* q, const uint16_t* k, const uint16_t* v, float* o, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window)"),
+      latentAttentionBf16: f("int mla_cpu_latent_attention_bf16(const float* qr, const uint16_t* kr, const float* qc, const uint16_t* c, float* o, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dr, int64_t L, float scale, int64_t off, int64_t window)"),
       attentionBackward: f("int mla_cpu_attention_backward(const float* q, const float* k, const float* v, const float* dout, float* dq, float* dk, float* dv, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window)"),
       swiglu: f("int mla_cpu_swiglu(const float* gate, const float* up, float* y, int64_t n)"),
       swigluBackward: f("int mla_cpu_swiglu_backward(const float* gate, const float* up, const float* dy, float* dgate, float* dup, int64_t n)"),
@@ -140,6 +149,53 @@ export class NativeCpuBackend extends ReferenceBackend {
 
   private call(op: string, status: number): void {
     if (status !== 0) throw new MlaError("BAD_ARGUMENT", `native ${op} failed: ${this.lib.lastError()}`, "this is a bug; re-run with --device reference to compare");
+  }
+
+  /**
+   * Decode caches: a bf16 cache keeps its rows as bf16 in a store of this backend's (hostRowStore.ts),
+   * read as such by the decode attention below; f32 caches keep kvCache.ts's float32 host rows, and
+   * int8/int4 caches too (their rows rounded there: no CPU kernel reads quantized rows yet).
+   */
+  storesRowsOf(dtype: KvCacheDtype): boolean {
+    return dtype === "bf16";
+  }
+
+  /** A store of bf16 rows [rows, …rowShape] (storesRowsOf: bf16 only). */
+  createRowStore(rowShape: readonly number[], dtype: KvCacheDtype): HostBf16RowStore {
+    if (dtype !== "bf16") throw new MlaError("UNSUPPORTED", `the cpu backend keeps no ${dtype} row store`, "only bf16 caches are held in one (storesRowsOf); this is a bug in the caller");
+    return new HostBf16RowStore(this, rowShape);
+  }
+
+  /** Row b of src [B, n] (float32), rounded to bf16, into the bf16 store buffer dst[b] at element offsets[b] (kvCache's batched append). */
+  scatterRows(src: Tensor, dst: readonly Tensor[], offsets: readonly number[]): void {
+    const B = dst.length;
+    if (src.shape[0] !== B || offsets.length !== B) throw new MlaError("BAD_ARGUMENT", `scatterRows: [${src.shape}] for ${B} destinations and ${offsets.length} offsets`, "this is a bug in the caller");
+    const n = B ? src.size / B : 0;
+    const x = f32(src);
+    dst.forEach((d, b) => {
+      if (d.dtype !== "bf16" || offsets[b]! + n > d.size) throw new MlaError("BAD_ARGUMENT", `scatterRows: destination ${b} is a ${d.dtype} [${d.shape}] tensor, ${n} values at ${offsets[b]}`, "pass bf16 store buffers with room for the row; this is a bug in the caller");
+      roundToBf16(x.subarray(b * n, (b + 1) * n), d.storage as Uint16Array, offsets[b]!);
+    });
+  }
+
+  /** A bf16 store buffer comes back widened to float32 (exact); every other tensor as it is. */
+  override download(t: Tensor): FloatArray {
+    return t.dtype === "bf16" ? widenBf16(t.storage as Uint16Array) : super.download(t);
+  }
+
+  private get decodeKernels(): DecodeKernels {
+    const { attention, attentionBf16, latentAttention, latentAttentionBf16 } = this.lib;
+    return { attention, attentionBf16, latentAttention, latentAttentionBf16, call: (op, status) => this.call(op, status), make: (shape, values) => this.make(shape, values) };
+  }
+
+  /** As the reference backend's, but bf16 cache rows (a bf16 store's buffer) are read as stored. */
+  override attentionDecodeBatch(q: Tensor, k: readonly Tensor[], v: readonly Tensor[], opts: DecodeBatchOptions): Tensor {
+    return anyBf16(k, v) ? attentionDecodeRows(this.decodeKernels, q, k, v, opts) : super.attentionDecodeBatch(q, k, v, opts);
+  }
+
+  /** As the reference backend's, but bf16 cache rows are read as stored. */
+  override latentAttentionDecodeBatch(qr: Tensor, kr: readonly Tensor[], qc: Tensor, c: readonly Tensor[], opts: DecodeBatchOptions): Tensor {
+    return anyBf16(kr, c) ? latentAttentionDecodeRows(this.decodeKernels, qr, kr, qc, c, opts) : super.latentAttentionDecodeBatch(qr, kr, qc, c, opts);
   }
 
   override linear(x: Tensor, w: Tensor, bias?: Tensor | null): Tensor {
