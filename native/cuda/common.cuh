@@ -134,6 +134,12 @@ mla_status latent_decode(const __nv_bfloat16* const* cs, const __nv_bfloat16* co
 // takes the shape unless MHA2MLA_LATENT_KERNEL=tiles (read per call) asks for the tile-loop kernel.
 bool latent_decode_roles_takes(int64_t L, int64_t H, int64_t Hkv, int64_t Dr);
 mla_status latent_decode_roles(const __nv_bfloat16* const* cs, const __nv_bfloat16* const* krs, const int64_t* lo, const int64_t* n, const int32_t* pos, int64_t window, const float* qc, const float* qr, float* o, int64_t B, int64_t H, int64_t Hkv, int64_t Dr, int64_t L, float scale);
+// MLA decode straight from int8 latent stores (kv_quant.cuh rows; latent_decode_q8.cu), which
+// decode_attention_batch takes for int8 caches of the shapes it takes (else the visible rows are
+// dequantized for the bf16 kernels): cs[b] [≥ pos_b + 1 rows of L], krs[b] [rows of Hkv·Dr] (null
+// without rope), both 16-byte aligned; qc, qr 16-byte aligned.
+bool latent_decode_q8_takes(int64_t L, int64_t H, int64_t Hkv, int64_t Dr);
+mla_status latent_decode_q8(const unsigned char* const* cs, const unsigned char* const* krs, const int64_t* lo, const int64_t* n, const int32_t* pos, int64_t window, const float* qc, const float* qr, float* o, int64_t B, int64_t H, int64_t Hkv, int64_t Dr, int64_t L, float scale);
 // The MHA/GQA decode kernel (mha_decode.cu) for bf16 caches: whether it takes H query heads over Hkv
 // KV heads of Dh dims (the default for GQA at head dim 64, see mha_decode.cu), and the call: per sequence b its key rows
 // ks[b] and value rows vs[b] [.., Hkv, Dh] from row lo[b] on, n[b] visible rows (pos, window as for

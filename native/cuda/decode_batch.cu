@@ -87,6 +87,7 @@ struct QuantPart {
   const mla_cuda_buf* const* src;  // per sequence (null: the part is absent)
   int64_t n;                       // values per row
 };
+static bool aligned16(const void* p) { return ((uintptr_t)p & 15) == 0; }
 static mla_status decode_quantized(const mla_cuda_buf* q1, const mla_cuda_buf* const* k1s, int64_t G1, int64_t D1, const mla_cuda_buf* q2, const mla_cuda_buf* const* k2s, int64_t G2, int64_t D2, const mla_cuda_buf* const* vs, int64_t Gv, int64_t Dv, const int32_t* pos, mla_cuda_buf* o, int64_t B, int64_t H, float scale, int64_t window, int32_t dt) {
   const int bits = mla::kv_bits(dt);
   const bool rope = q2 && D2 > 0;
@@ -105,6 +106,21 @@ static mla_status decode_quantized(const mla_cuda_buf* q1, const mla_cuda_buf* c
       MLA_CHECK(c->dtype == dt && c->n >= ((int64_t)pos[b] + 1) * mla::kv_row_bytes(p.n, bits), "decode_attention_batch: sequence " + std::to_string(b) + "'s quantized cache holds fewer than pos + 1 rows, or its parts differ in dtype from sequence 0's");
     }
     rows[b] = capture ? k1s[b]->n / mla::kv_row_bytes(G1 * D1, bits) : (int64_t)pos[b] + 1;
+  }
+  // MLA's latent form on int8 stores: the kernel that reads the integers itself (latent_decode_q8.cu).
+  bool q8 = dt == MLA_Q8 && shared && G1 == 1 && Gv == 1 && D1 == Dv && (!rope || aligned16(q2->ptr)) && aligned16(q1->ptr) && aligned16(o->ptr) && mla::latent_decode_q8_takes(D1, H, rope ? G2 : 1, rope ? D2 : 0);
+  for (int64_t b = 0; q8 && b < B; b++) q8 = aligned16(k1s[b]->ptr) && (!rope || aligned16(k2s[b]->ptr));
+  if (q8) {
+    std::vector<const unsigned char*> cs(B), krs(B);
+    std::vector<int64_t> lo(B), n(B);
+    for (int64_t b = 0; b < B; b++) {
+      cs[b] = (const unsigned char*)k1s[b]->ptr;
+      krs[b] = rope ? (const unsigned char*)k2s[b]->ptr : nullptr;
+      const int64_t S = (int64_t)pos[b] + 1;
+      lo[b] = window > 0 && S > window ? S - window : 0;
+      n[b] = S - lo[b];
+    }
+    return mla::latent_decode_q8(cs.data(), krs.data(), lo.data(), n.data(), pos, window, (const float*)q1->ptr, rope ? (const float*)q2->ptr : nullptr, (float*)o->ptr, B, H, rope ? G2 : 1, rope ? D2 : 0, D1, scale);
   }
   auto a256 = [](size_t x) { return (x + 255) & ~size_t(255); };
   const size_t tableBytes = a256(3 * 2 * B * sizeof(void*)), posBytes = a256(B * sizeof(int32_t));

@@ -4,7 +4,9 @@
 // queries their plans need.
 #pragma once
 #include <cstdint>
+#include <algorithm>
 #include <cstdlib>
+#include <vector>
 #include "common.cuh"
 #include "mma.cuh"
 #include "decode_split.cuh"
@@ -155,6 +157,76 @@ __device__ __forceinline__ void write_output(const float (&acc)[NT][4], float l_
   }
 }
 
+// Named barrier 1 of a role kernel's first `warps` warps alone (its score warps; __syncthreads is 0).
+template <int warps>
+__device__ __forceinline__ void warps_sync() { asm volatile("bar.sync 1, %0;\n" ::"n"(32 * warps) : "memory"); }
+
+// A role kernel's n8 output tiles per weighted-sum warp for latent width L (eight such warps), 0 where it
+// does not take L.
+inline int role_tiles(int64_t L) { return L == 256 ? 4 : L == 512 ? 8 : L == 1024 ? 16 : L == 2048 ? 32 : 0; }
+
+// acc's rows g (slots 0, 1) and g + 8 (slots 2, 3) scaled by their softmax correction, skipped while no
+// row of the warp changed its maximum (the common case once a sequence's largest scores are behind).
+template <int NT>
+__device__ __forceinline__ void rescale_rows(float (&acc)[NT][4], float a_lo, float a_hi) {
+  if (__all_sync(0xffffffffu, a_lo == 1.f && a_hi == 1.f)) return;
+#pragma unroll
+  for (int nt = 0; nt < NT; nt++) {
+    acc[nt][0] *= a_lo;
+    acc[nt][1] *= a_lo;
+    acc[nt][2] *= a_hi;
+    acc[nt][3] *= a_hi;
+  }
+}
+
+// A role kernel's score warps, after their last tile: head r's final max and sum (from lane kp 0 of its
+// eight) to shared memory for the weighted-sum warps (the block barrier they meet there), and with several
+// splits each head's log2-sum-exp for the merge.
+__device__ __forceinline__ void finish_scores(float m, float l, int r, int kp, float* sM, float* sL, const BlockShare& share, float* lsepart, int H, int b) {
+  if (kp == 0) {
+    sM[r] = m;
+    sL[r] = l;
+  }
+  __syncthreads();
+  if (threadIdx.x < share.nh && share.nsplit > 1) {
+    const float lt = sL[threadIdx.x];
+    lsepart[((int64_t)share.split * gridDim.y + b) * H + share.h0 + threadIdx.x] = lt > 0.f ? sM[threadIdx.x] + log2f(lt) : -INFINITY;
+  }
+}
+
+// Head r's online softmax over one tile (log2 domain; two keys a lane, eight lanes a head): the tile's
+// probabilities p0, p1 against the new running max and alpha, the correction of what came before; m and l
+// move on. Bf16: the probabilities rounded to bf16 and l summing the rounded values (what the weighted sum
+// then reads). The tile's first key is visible, so the new max is finite.
+template <bool Bf16>
+__device__ __forceinline__ void softmax_tile8(float x0, float x1, float& m, float& l, float& p0, float& p1, float& alpha) {
+  float mt = fmaxf(x0, x1);
+#pragma unroll
+  for (int off = 1; off < 8; off <<= 1) mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, off));
+  const float mNew = fmaxf(m, mt);
+  p0 = ex2(x0 - mNew);
+  p1 = ex2(x1 - mNew);
+  if (Bf16) {
+    const float2 r = __bfloat1622float2(__floats2bfloat162_rn(p0, p1));
+    p0 = r.x;
+    p1 = r.y;
+  }
+  float ps = p0 + p1;
+#pragma unroll
+  for (int off = 1; off < 8; off <<= 1) ps += __shfl_xor_sync(0xffffffffu, ps, off);
+  alpha = ex2(m - mNew);
+  l = l * alpha + ps;
+  m = mNew;
+}
+
+// The next stage of a ring of `stages`, flipping the barriers' parity each time round.
+__device__ __forceinline__ void next_stage(int& stage, unsigned& phase, int stages) {
+  if (++stage == stages) {
+    stage = 0;
+    phase ^= 1;
+  }
+}
+
 bool sm90() {
   static int major = -1;
   if (major < 0 && cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, mla::ctx()->device) != cudaSuccess) major = 0;
@@ -166,6 +238,91 @@ int smem_optin() {
   static int n = -1;
   if (n < 0 && cudaDeviceGetAttribute(&n, cudaDevAttrMaxSharedMemoryPerBlockOptin, mla::ctx()->device) != cudaSuccess) n = 48 * 1024;
   return n;
+}
+
+
+// Whether a role kernel's head blocks may run in clusters of two that copy each row once (multicast):
+// an even number of head blocks (a cluster holds two of one split) on compute capability 9.x (the only
+// one measured; ptxas warns that multicast may be slow elsewhere), unless MHA2MLA_LATENT_MULTICAST=0.
+// Read per call, so a test can run both.
+inline bool multicast_capable(int64_t hbn) {
+  if (hbn % 2 != 0) return false;
+  static int major = -1;
+  if (major < 0 && cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, mla::ctx()->device) != cudaSuccess) major = 0;
+  if (major != 9) return false;
+  const char* v = getenv("MHA2MLA_LATENT_MULTICAST");
+  return !(v && v[0] == '0' && !v[1]);
+}
+
+// Which of a role kernel's two builds a call launches: `paired` (clusters of two, multicast copies) where
+// the call may pair and as many pairs fit at once as there are SM pairs (two SMs of one GPC each; 66 on
+// an H100): then its splits are the unpaired build's (one wave of blocks) and so are its output's bits.
+// Elsewhere, or where the query fails, `plain` (each block copies its own rows).
+// Clusters of two blocks along x.
+inline void pair_clusters(cudaLaunchAttribute& a) {
+  a.id = cudaLaunchAttributeClusterDimension;
+  a.val.clusterDim.x = 2;
+  a.val.clusterDim.y = 1;
+  a.val.clusterDim.z = 1;
+}
+struct RoleLaunch {
+  const void* fn = nullptr;
+  bool paired = false;
+};
+inline mla_status role_launch_plan(RoleLaunch& r, const void* plain, const void* paired, unsigned threads, size_t smemBytes, bool mayPair) {
+  struct Asked {
+    const void* fn;
+    size_t bytes;
+    bool fits;
+  };
+  static std::vector<const void*> configured;
+  static std::vector<Asked> asked;
+  auto configure = [&](const void* fn) -> mla_status {
+    if (std::find(configured.begin(), configured.end(), fn) == configured.end()) {
+      CUDA_TRY(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_optin()));
+      configured.push_back(fn);
+    }
+    return MLA_OK;
+  };
+  r.paired = false;
+  if (mayPair) {
+    if (mla_status e = configure(paired)) return e;
+    auto hit = std::find_if(asked.begin(), asked.end(), [&](const Asked& a) { return a.fn == paired && a.bytes == smemBytes; });
+    if (hit == asked.end()) {
+      cudaLaunchConfig_t cfg = {};
+      cudaLaunchAttribute attr[1];
+      pair_clusters(attr[0]);
+      cfg.gridDim = dim3(2, 1);
+      cfg.blockDim = dim3(threads);
+      cfg.dynamicSmemBytes = smemBytes;
+      cfg.attrs = attr;
+      cfg.numAttrs = 1;
+      int pairs = 0;
+      if (cudaOccupancyMaxActiveClusters(&pairs, paired, &cfg) != cudaSuccess) {
+        cudaGetLastError();
+        pairs = 0;
+      }
+      asked.push_back({paired, smemBytes, 2 * pairs >= mla::sm_count()});
+      hit = asked.end() - 1;
+    }
+    r.paired = hit->fits;
+  }
+  r.fn = r.paired ? paired : plain;
+  return r.paired ? MLA_OK : configure(plain);
+}
+// The launch itself (clusters of two along x when paired).
+inline mla_status role_launch(const RoleLaunch& r, dim3 grid, unsigned threads, size_t smemBytes, void** args) {
+  cudaLaunchConfig_t cfg = {};
+  cudaLaunchAttribute attr[1];
+  pair_clusters(attr[0]);
+  cfg.gridDim = grid;
+  cfg.blockDim = dim3(threads);
+  cfg.dynamicSmemBytes = smemBytes;
+  cfg.stream = mla::ctx()->stream;
+  cfg.attrs = r.paired ? attr : nullptr;
+  cfg.numAttrs = r.paired ? 1 : 0;
+  CUDA_TRY(cudaLaunchKernelExC(&cfg, r.fn, args));
+  return MLA_OK;
 }
 
 }  // namespace

@@ -344,15 +344,7 @@ k_latent_decode(const Seq* seqs, const int32_t* pos, int64_t window, const float
     const float a_lo = sAlpha[g], a_hi = sAlpha[g + 8];
     uint32_t pa[4];
     ldsm4<false>(pa, pAddr);
-    if (!__all_sync(0xffffffffu, a_lo == 1.f && a_hi == 1.f)) {
-#pragma unroll
-      for (int nt = 0; nt < NT; nt++) {
-        acc[nt][0] *= a_lo;
-        acc[nt][1] *= a_lo;
-        acc[nt][2] *= a_hi;
-        acc[nt][3] *= a_hi;
-      }
-    }
+    rescale_rows(acc, a_lo, a_hi);
     const unsigned va = stageAddr + pvOff;
     if (DIAG_NO_MATH) {
     } else if (NT == 1) {

@@ -126,7 +126,7 @@ struct RoleLayout {
 };
 
 // A barrier of the score warps alone (named barrier 1; __syncthreads is 0).
-__device__ __forceinline__ void score_warps_sync() { asm volatile("bar.sync 1, %0;\n" ::"n"(32 * SCORE_WARPS) : "memory"); }
+__device__ __forceinline__ void score_warps_sync() { warps_sync<SCORE_WARPS>(); }
 
 // q[0…7] · k[0…7] with k eight bf16 in 16 bytes.
 __device__ __forceinline__ float dot8(float4 qa, float4 qb, uint4 k) {
@@ -225,10 +225,7 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
         if (use > 0) bar_wait(freed + pb, (unsigned)(use - 1) & 1);
         if (kp == 0) sAlpha[pb * HB + r] = 1.f;
         bar_arrive(ready + pb);
-        if (++stage == ROLE_STAGES) {
-          stage = 0;
-          phase ^= 1;
-        }
+        next_stage(stage, phase, ROLE_STAGES);
         continue;
       }
       const unsigned ka = smemAddr + (unsigned)stage * stageBytes + scoreOff;
@@ -301,18 +298,9 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
       const int key = tile_at(it, rot, share.ntiles) * TN + (KEYS8 ? kp : 2 * kp);
       x0 = key < visible ? x0 * scale2 : -INFINITY;
       x1 = key + (KEYS8 ? 8 : 1) < visible ? x1 * scale2 : -INFINITY;
-      float mt = fmaxf(x0, x1);
-#pragma unroll
-      for (int off = 1; off < 8; off <<= 1) mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, off));
-      const float mNew = fmaxf(m, mt);  // finite: a tile's first key is visible
-      const __nv_bfloat162 p = __floats2bfloat162_rn(ex2(x0 - mNew), ex2(x1 - mNew));
-      const float2 pf = __bfloat1622float2(p);  // l sums the probabilities the weighted sum reads
-      float ps = pf.x + pf.y;
-#pragma unroll
-      for (int off = 1; off < 8; off <<= 1) ps += __shfl_xor_sync(0xffffffffu, ps, off);
-      const float alpha = ex2(m - mNew);
-      l = l * alpha + ps;
-      m = mNew;
+      float pf0, pf1, alpha;
+      softmax_tile8<true>(x0, x1, m, l, pf0, pf1, alpha);
+      const __nv_bfloat162 p = __floats2bfloat162_rn(pf0, pf1);  // exact: already rounded
       // Buffer pb was last read by the weighted sum of tile it − ROLE_PBUF.
       const int pb = pbuf_of(it), use = pbuf_use(it);
       if (use > 0) bar_wait(freed + pb, (unsigned)(use - 1) & 1);
@@ -324,20 +312,9 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
       }
       if (kp == 0) sAlpha[pb * HB + r] = alpha;
       bar_arrive(ready + pb);
-      if (++stage == ROLE_STAGES) {
-        stage = 0;
-        phase ^= 1;
-      }
+      next_stage(stage, phase, ROLE_STAGES);
     }
-    if (kp == 0) {
-      sM[r] = m;
-      sL[r] = l;
-    }
-    __syncthreads();
-    if (threadIdx.x < share.nh && share.nsplit > 1) {
-      const float lt = sL[threadIdx.x];
-      lsepart[((int64_t)share.split * gridDim.y + b) * H + share.h0 + threadIdx.x] = lt > 0.f ? sM[threadIdx.x] + log2f(lt) : -INFINITY;
-    }
+    finish_scores(m, l, r, kp, sM, sL, share, lsepart, H, b);
     return;
   }
 
@@ -416,15 +393,7 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
     uint32_t pa[4];
     ldsm4<false>(pa, pAddr + pb * probsBytes);
     const float a_lo = sAlpha[pb * HB + g], a_hi = sAlpha[pb * HB + g + 8];
-    if (!__all_sync(0xffffffffu, a_lo == 1.f && a_hi == 1.f)) {
-#pragma unroll
-      for (int nt = 0; nt < NT; nt++) {
-        acc[nt][0] *= a_lo;
-        acc[nt][1] *= a_lo;
-        acc[nt][2] *= a_hi;
-        acc[nt][3] *= a_hi;
-      }
-    }
+    rescale_rows(acc, a_lo, a_hi);
     const unsigned va = smemAddr + (unsigned)stage * stageBytes + pvOff;
     auto release = [&]() {
       __syncwarp();
@@ -449,10 +418,7 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
     }
     // Every lane's reads of the stage and the buffer are behind it (their values fed the MMAs above).
     if (!ROLES_EARLY_RELEASE) release();
-    if (++stage == ROLE_STAGES) {
-      stage = 0;
-      phase ^= 1;
-    }
+    next_stage(stage, phase, ROLE_STAGES);
   }
   __syncthreads();  // the score warps' final m and l
 
@@ -467,21 +433,9 @@ RoleLayout role_plan(int64_t L, int64_t H, int64_t Hkv, int64_t Dr) {
   return RoleLayout{(int)L, (int)L + PAD, ropeCols + 8, (int)Dr};
 }
 
-int role_tiles(int64_t L) { return L == 256 ? 4 : L == 512 ? 8 : L == 1024 ? 16 : L == 2048 ? 32 : 0; }
-
-// Whether a call's head blocks may run in clusters of two that copy each latent row once (the kernel's
-// MC): an even number of head blocks (a cluster holds two of one split) on compute capability 9.x (the
-// only one measured; ptxas warns that multicast may be slow elsewhere), not in the no-copy timing build
-// (its phases would rest on remote arrivals landing in order), unless MHA2MLA_LATENT_MULTICAST=0. Read
-// per call, so a test can run both. The launcher also needs as many pairs to fit at once as there are SM pairs.
-bool multicast_pairs(int64_t hbn) {
-  if (hbn % 2 != 0 || ROLES_NO_COPY || CPASYNC) return false;
-  static int major = -1;
-  if (major < 0 && cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, mla::ctx()->device) != cudaSuccess) major = 0;
-  if (major != 9) return false;
-  const char* v = getenv("MHA2MLA_LATENT_MULTICAST");
-  return !(v && std::string(v) == "0");
-}
+// Pairs (MC) as multicast_capable says, never in the timing and tuning builds that copy otherwise (the
+// no-copy build's phases would rest on remote arrivals landing in order).
+bool multicast_pairs(int64_t hbn) { return !ROLES_NO_COPY && !CPASYNC && multicast_capable(hbn); }
 }  // namespace
 
 namespace mla {
@@ -497,50 +451,8 @@ mla_status latent_decode_roles(const __nv_bfloat16* const* cs, const __nv_bfloat
   const int k = nt == 4 ? 0 : nt == 8 ? 1 : nt == 16 ? 2 : 3;
   static const void* const kernels[2][4] = {{(const void*)k_latent_decode_roles<4, false>, (const void*)k_latent_decode_roles<8, false>, (const void*)k_latent_decode_roles<16, false>, (const void*)k_latent_decode_roles<32, false>},
                                             {(const void*)k_latent_decode_roles<4, true>, (const void*)k_latent_decode_roles<8, true>, (const void*)k_latent_decode_roles<16, true>, (const void*)k_latent_decode_roles<32, true>}};
-  static bool configured[2][4] = {};
-  auto configure = [&](int m) -> mla_status {
-    if (!configured[m][k]) {
-      CUDA_TRY(cudaFuncSetAttribute(kernels[m][k], cudaFuncAttributeMaxDynamicSharedMemorySize, smem_optin()));
-      configured[m][k] = true;
-    }
-    return MLA_OK;
-  };
-  cudaLaunchConfig_t cfg = {};
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = 2;
-  attr[0].val.clusterDim.y = 1;
-  attr[0].val.clusterDim.z = 1;
-  cfg.blockDim = dim3(ROLE_THREADS);
-  cfg.dynamicSmemBytes = lay.bytes();
-  cfg.stream = ctx()->stream;
-  bool mc = multicast_pairs(hbn);
-  if (mc) {
-    if (mla_status e = configure(1)) return e;
-    // Pairs only where as many fit at once as there are SM pairs (two SMs of one GPC each; 66 on an
-    // H100): then the splits below are the unpaired kernel's (one wave of blocks) and so are the output's
-    // bits. Elsewhere, or where the query fails, each block copies its own rows. Asked once per plan size.
-    static size_t askedBytes[4] = {};
-    static bool tiles[4] = {};
-    if (askedBytes[k] != lay.bytes()) {
-      cfg.gridDim = dim3(2, 1);
-      cfg.attrs = attr;
-      cfg.numAttrs = 1;
-      int pairs = 0;
-      if (cudaOccupancyMaxActiveClusters(&pairs, kernels[1][k], &cfg) != cudaSuccess) {
-        cudaGetLastError();
-        pairs = 0;
-      }
-      tiles[k] = 2 * pairs >= sm_count();
-      askedBytes[k] = lay.bytes();
-    }
-    mc = tiles[k];
-  }
-  if (!mc)
-    if (mla_status e = configure(0)) return e;
-  const void* fn = kernels[mc ? 1 : 0][k];
-  cfg.attrs = mc ? attr : nullptr;
-  cfg.numAttrs = mc ? 1 : 0;
+  RoleLaunch launch;
+  if (mla_status e = role_launch_plan(launch, kernels[0][k], kernels[1][k], ROLE_THREADS, lay.bytes(), multicast_pairs(hbn))) return e;
   // One block per SM (the plan takes most of its shared memory): splits along the context up to one
   // wave, as the tile-loop kernel's.
   const int64_t wave = sm_count();
@@ -551,8 +463,7 @@ mla_status latent_decode_roles(const __nv_bfloat16* const* cs, const __nv_bfloat
   float scale2 = scale * LOG2E;
   RoleLayout layArg = lay;
   void* args[] = {(void*)&sc.seqs, (void*)&sc.pos, &window, (void*)&qc, (void*)&qr, &h32, &hkv32, &scale2, &layArg, &sc.splits, &sc.minTiles, (void*)&o, &sc.opart, &sc.lsepart};
-  cfg.gridDim = dim3((unsigned)(hbn * sc.splits), (unsigned)B);
-  CUDA_TRY(cudaLaunchKernelExC(&cfg, fn, args));
+  if (mla_status e = role_launch(launch, dim3((unsigned)(hbn * sc.splits), (unsigned)B), ROLE_THREADS, lay.bytes(), args)) return e;
   return split_merge(sc, window, o, B, H, L);
 }
 }  // namespace mla

@@ -736,6 +736,49 @@ test("decode over int8/int4 caches (each step's visible rows dequantized into bf
   }
 });
 
+test("the latent decode kernel on int8 stores (latent_decode_q8.cu: the integers and their scales read in the kernel, no dequantized copy) equals the reference on the stores' exact values (q · scale) and beats the dequantizing route (MHA2MLA_LATENT_Q8=0) against it: llama2-7b's latent (H 32, L 2048, Dr 16) in pairs of head blocks, three head blocks (H 40/8, L 512), one (H 8, L 2048) with a window, no rope (L 256), 24 sequences turning the stages over, ragged lengths, context splits, spare rows", { skip }, (t) => {
+  const B = backend();
+  const rand = seededRand(43, Float32Array);
+  const stored = (a: Float32Array, shape: number[]) => {
+    const s = B.createRowStore(shape.slice(1), "int8");
+    s.append(B.upload(a, shape));
+    return s;
+  };
+  const many = [1500, 1400, 1300, 1200, 1100, 1000, 1500, 1400, 1300, 1200, 1100, 1000, 1500, 1400, 1300, 1200, 1100, 1000, 1500, 1400, 1300, 1200, 1100, 1000];
+  for (const [H, Hkv, Dr, L, rows, win] of [
+    [32, 32, 16, 2048, [5, 300, 1100], null],
+    [32, 32, 16, 2048, [40, 500, 3000], 700],
+    [40, 8, 16, 512, [700, 64], null],
+    [8, 8, 16, 2048, [40, 500], 100],
+    [16, 4, 0, 256, [400], null],
+    [32, 16, 8, 512, many, null],
+  ] as const) {
+    const Bn = rows.length;
+    const positions = Int32Array.from(rows, (n, b) => n - 1 - (b % 2));
+    // Latents spread over three orders of magnitude between groups, so each group's scale matters.
+    const spread = (a: Float32Array) => a.map((x, i) => x * 10 ** ((Math.floor(i / 32) % 3) - 1));
+    const qr = rand(Bn * H * Dr), qc = rand(Bn * H * L, 0.5);
+    const kr = rows.map((n) => rand(n * Hkv * Dr)), c = rows.map((n) => spread(rand(n * L)));
+    const opts = { scale: 1 / Math.sqrt(L / 16), positions, window: win };
+    const krs = kr.map((a, b) => stored(a, [rows[b]!, Hkv, Dr])), cs = c.map((a, b) => stored(a, [rows[b]!, L]));
+    const run = () => B.latentAttentionDecodeBatch(B.upload(qr, [Bn, H, Dr]), krs.map((s) => s.storage), B.upload(qc, [Bn, H, L]), cs.map((s) => s.storage), opts).toArray();
+    const q8 = run();
+    process.env["MHA2MLA_LATENT_Q8"] = "0";
+    const dequantized = run();
+    delete process.env["MHA2MLA_LATENT_Q8"];
+    const deq = (a: Float32Array, n: number) => roundTripRows(Float32Array.from(a), n, "int8");
+    const want = R.latentAttentionDecodeBatch(R.upload(qr, [Bn, H, Dr]), kr.map((a, b) => R.upload(deq(a, Hkv * Dr), [rows[b]!, Hkv, Dr])), R.upload(qc, [Bn, H, L]), c.map((a, b) => R.upload(deq(a, L), [rows[b]!, L])), opts).toArray();
+    let scale = 0;
+    for (const x of want) scale = Math.max(scale, Math.abs(x));
+    const e = maxAbsDiff(q8, want) / scale, ed = maxAbsDiff(dequantized, want) / scale;
+    t.diagnostic(`H${H}/${Hkv} Dr${Dr} L${L} ${Bn} sequences win ${win}: int8 kernel rel ${e.toExponential(2)}, dequantizing route rel ${ed.toExponential(2)}`);
+    // fp16 query and P·scale (2⁻¹¹ each) where the dequantizing route rounds every value and P to bf16 (2⁻⁸).
+    assert.ok(e < 2e-3 && Number.isFinite(e), `int8 kernel rel ${e}`);
+    assert.ok(e <= ed, `int8 kernel ${e} vs dequantizing route ${ed}`);
+    for (const s of [...krs, ...cs]) s.dispose();
+  }
+});
+
 test("the fused latent decode kernels (bf16 caches; warps by role where they take the shape, in pairs of head blocks sharing their copies where there is an even number of them, MHA2MLA_LATENT_MULTICAST=0 without; the tile loop with MHA2MLA_LATENT_KERNEL=tiles) equal the reference on bf16-rounded inputs and the cuBLAS route: llama2-7b's latent (H 32, L 2048, Dr 16), smollm's (H 9/3, L 96), three head blocks (H 40/8, L 512), L 48, one head block of 8 (L 2048), whole rope rows (H 32/4, Dr 6), ragged lengths, context splits, windows, no rope", { skip }, (t) => {
   const B = backend();
   const rand = seededRand(31, Float32Array);

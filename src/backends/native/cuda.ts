@@ -202,8 +202,9 @@ export class DeviceRowStore {
   /**
    * dtype "bf16": rows are stored rounded to bf16 (half the bytes; `--kv-cache bf16`), and read by
    * the batched decode's bf16 kernels; "int8"/"int4": rows are stored quantized (kvQuant.ts's groups
-   * and scales), each decode step dequantizing the visible rows for the bf16 kernels. view() then
-   * returns a float32 copy.
+   * and scales): an MLA latent store in int8 is read as it is by the decode kernel for int8
+   * (latent_decode_q8.cu); other int8/int4 stores have each decode step dequantize their visible rows
+   * for the bf16 kernels. view() then returns a float32 copy.
    */
   constructor(private readonly backend: CudaBackend, private readonly rowShape: readonly number[], readonly dtype: KvCacheDtype = "f32") {
     this.rowSize = rowShape.reduce((x, y) => x * y, 1);
