@@ -28,6 +28,8 @@ export const CUDA_SWITCHES: readonly Switch[] = [
   { name: "MHA2MLA_LATENT_DECODE", what: "a latent decode route (the fused kernel is the default)", accepts: ["gemm"], perCall: true },
   { name: "MHA2MLA_LATENT_KERNEL", what: "a latent decode kernel (warps by role is the default where it takes the shape)", accepts: ["roles", "tiles"], perCall: true },
   { name: "MHA2MLA_LATENT_MULTICAST", what: "a switch for the latent kernel's multicast copies (0: each head block copies every row)", accepts: ["0", "1"], perCall: true },
+  { name: "MHA2MLA_LATENT_Q8", what: "a switch for the int8 latent kernel (0: int8 caches are dequantized for the bf16 kernels)", accepts: ["0", "1"], perCall: true },
+  { name: "MHA2MLA_LATENT_Q8_STAGES", what: "a count of the int8 latent kernel's shared-memory stages", accepts: { min: 2, max: 6 } },
   { name: "MHA2MLA_LATENT_COPY", what: "a copy mode for the tile-loop latent kernel's stages", accepts: ["bulk", "early", "barrier", "async"] },
   { name: "MHA2MLA_DECODE_BATCH", what: "a batched decode mode (one call per layer is the default)", accepts: ["rows"], perCall: true },
   { name: "MHA2MLA_DECODE_GRAPHS", what: "a decode recording switch", accepts: ["0", "1"] },
