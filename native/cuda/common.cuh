@@ -146,6 +146,9 @@ mla_status latent_decode_q8(const unsigned char* const* cs, const unsigned char*
 // latent_decode); q [B, H, Dh] float32 → o [B, H, Dh] float32.
 bool mha_decode_takes(int64_t H, int64_t Hkv, int64_t Dh);
 mla_status mha_decode(const __nv_bfloat16* const* ks, const __nv_bfloat16* const* vs, const int64_t* lo, const int64_t* n, const int32_t* pos, int64_t window, const float* q, float* o, int64_t B, int64_t H, int64_t Hkv, int64_t Dh, float scale);
+// The same kernel over int8 stores (kv_quant.cuh rows of Hkv·Dh values; ks[b], vs[b] their bytes),
+// which decode_attention_batch takes for MHA/GQA int8 caches of the shapes mha_decode_takes.
+mla_status mha_decode_q8(const unsigned char* const* ks, const unsigned char* const* vs, const int64_t* lo, const int64_t* n, const int32_t* pos, int64_t window, const float* q, float* o, int64_t B, int64_t H, int64_t Hkv, int64_t Dh, float scale);
 mla_status attention_mma_backward(const void* q, const void* k, const void* v, const void* dout_bf16, const float* dout, const float* o, const float* saved_lse, float* lse, float* delta, float* dq, float* dk, float* dv, int64_t B, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv, float scale, int64_t off, int64_t window);
 }  // namespace mla
 

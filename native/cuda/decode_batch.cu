@@ -122,6 +122,21 @@ static mla_status decode_quantized(const mla_cuda_buf* q1, const mla_cuda_buf* c
     }
     return mla::latent_decode_q8(cs.data(), krs.data(), lo.data(), n.data(), pos, window, (const float*)q1->ptr, rope ? (const float*)q2->ptr : nullptr, (float*)o->ptr, B, H, rope ? G2 : 1, rope ? D2 : 0, D1, scale);
   }
+  // MHA/GQA on int8 stores: the MHA kernel reading the integers (mha_decode.cu), as it takes bf16 caches.
+  bool mhaQ8 = dt == MLA_Q8 && !rope && !shared && G1 == Gv && D1 == Dv && mla::mha_decode_takes(H, G1, D1);
+  for (int64_t b = 0; mhaQ8 && b < B; b++) mhaQ8 = aligned16(k1s[b]->ptr) && aligned16(vs[b]->ptr);
+  if (mhaQ8) {
+    std::vector<const unsigned char*> ks(B), vv(B);
+    std::vector<int64_t> lo(B), n(B);
+    for (int64_t b = 0; b < B; b++) {
+      ks[b] = (const unsigned char*)k1s[b]->ptr;
+      vv[b] = (const unsigned char*)vs[b]->ptr;
+      const int64_t S = (int64_t)pos[b] + 1;
+      lo[b] = window > 0 && S > window ? S - window : 0;
+      n[b] = S - lo[b];
+    }
+    return mla::mha_decode_q8(ks.data(), vv.data(), lo.data(), n.data(), pos, window, (const float*)q1->ptr, (float*)o->ptr, B, H, G1, D1, scale);
+  }
   auto a256 = [](size_t x) { return (x + 255) & ~size_t(255); };
   const size_t tableBytes = a256(3 * 2 * B * sizeof(void*)), posBytes = a256(B * sizeof(int32_t));
   size_t total = tableBytes + posBytes;

@@ -779,6 +779,39 @@ test("the latent decode kernel on int8 stores (latent_decode_q8.cu: the integers
   }
 });
 
+test("the MHA/GQA decode kernel on int8 stores (mha_decode.cu reading the integers and their scales) equals the reference on the stores' exact values (q · scale) and beats the dequantizing cuBLAS route (MHA2MLA_MHA_DECODE=cublas) against it: llama2-7b's heads (32/32, Dh 128), GQA 9/3 at Dh 64 with a window, 32/4, 16/2 at Dh 256 (8 query heads a KV head), ragged lengths, context splits, spare rows", { skip }, (t) => {
+  const B = backend();
+  const rand = seededRand(47, Float32Array);
+  const stored = (a: Float32Array, shape: number[]) => {
+    const s = B.createRowStore(shape.slice(1), "int8");
+    s.append(B.upload(a, shape));
+    return s;
+  };
+  for (const [H, Hkv, Dh, rows, win] of [[32, 32, 128, [5, 700, 1300], null], [9, 3, 64, [2000, 37, 1], 512], [32, 4, 128, [300, 45], null], [16, 2, 256, [40, 900], null]] as const) {
+    const Bn = rows.length;
+    const positions = Int32Array.from(rows, (n, b) => n - 1 - (b % 2));
+    const q = rand(Bn * H * Dh);
+    const k = rows.map((n) => rand(n * Hkv * Dh)), v = rows.map((n) => rand(n * Hkv * Dh));
+    const opts = { scale: 1 / Math.sqrt(Dh), positions, window: win };
+    const ks = k.map((a, b) => stored(a, [rows[b]!, Hkv, Dh])), vs = v.map((a, b) => stored(a, [rows[b]!, Hkv, Dh]));
+    const run = () => B.attentionDecodeBatch(B.upload(q, [Bn, H, Dh]), ks.map((s) => s.storage), vs.map((s) => s.storage), opts).toArray();
+    const kernel = run();
+    process.env["MHA2MLA_MHA_DECODE"] = "cublas";
+    const dequantized = run();
+    delete process.env["MHA2MLA_MHA_DECODE"];
+    const deq = (a: Float32Array) => roundTripRows(Float32Array.from(a), Hkv * Dh, "int8");
+    const want = R.attentionDecodeBatch(R.upload(q, [Bn, H, Dh]), k.map((a, b) => R.upload(deq(a), [rows[b]!, Hkv, Dh])), v.map((a, b) => R.upload(deq(a), [rows[b]!, Hkv, Dh])), opts).toArray();
+    let scale = 0;
+    for (const x of want) scale = Math.max(scale, Math.abs(x));
+    const e = maxAbsDiff(kernel, want) / scale, ed = maxAbsDiff(dequantized, want) / scale;
+    t.diagnostic(`MHA H${H}/${Hkv} Dh${Dh} rows ${rows} win ${win}: int8 kernel rel ${e.toExponential(2)}, dequantizing route rel ${ed.toExponential(2)}`);
+    // float32 arithmetic on the exact values: only the order of the sums differs from the reference.
+    assert.ok(e < 1e-5 && Number.isFinite(e), `int8 MHA kernel rel ${e}`);
+    assert.ok(e <= ed, `int8 MHA kernel ${e} vs dequantizing route ${ed}`);
+    for (const s of [...ks, ...vs]) s.dispose();
+  }
+});
+
 test("the fused latent decode kernels (bf16 caches; warps by role where they take the shape, in pairs of head blocks sharing their copies where there is an even number of them, MHA2MLA_LATENT_MULTICAST=0 without; the tile loop with MHA2MLA_LATENT_KERNEL=tiles) equal the reference on bf16-rounded inputs and the cuBLAS route: llama2-7b's latent (H 32, L 2048, Dr 16), smollm's (H 9/3, L 96), three head blocks (H 40/8, L 512), L 48, one head block of 8 (L 2048), whole rope rows (H 32/4, Dr 6), ragged lengths, context splits, windows, no rope", { skip }, (t) => {
   const B = backend();
   const rand = seededRand(31, Float32Array);
