@@ -1,8 +1,8 @@
 // Quantized decode-cache rows (`--kv-cache int8|int4`; layout and semantics in kv_quant.cuh): the
 // quantizing writes of new rows, the dequantizing reads of a store's rows (a prompt chunk's attention
 // over its cache, a float32 view) and of the visible rows of a decode batch (dequant_visible, ahead of
-// the bf16 decode kernels, where no kernel reads the integers itself: latent_decode_q8.cu does for MLA's
-// int8 latent). The values match kvQuant.ts's roundTripRows bit for bit: absmax over the
+// the bf16 decode kernels, where no kernel reads the integers itself: latent_decode_q8.cu and
+// mha_decode.cu do for int8). The values match kvQuant.ts's roundTripRows bit for bit: absmax over the
 // group's float32 values, its scale rounded float64 → float32 → bf16, each value divided in float64 and
 // rounded half up as Math.round does.
 #include <algorithm>

@@ -202,9 +202,10 @@ export class DeviceRowStore {
   /**
    * dtype "bf16": rows are stored rounded to bf16 (half the bytes; `--kv-cache bf16`), and read by
    * the batched decode's bf16 kernels; "int8"/"int4": rows are stored quantized (kvQuant.ts's groups
-   * and scales): an MLA latent store in int8 is read as it is by the decode kernel for int8
-   * (latent_decode_q8.cu); other int8/int4 stores have each decode step dequantize their visible rows
-   * for the bf16 kernels. view() then returns a float32 copy.
+   * and scales): int8 stores are read as they are by the decode kernels that take their shape (MLA's
+   * latent: latent_decode_q8.cu; MHA/GQA: mha_decode.cu); int4 stores, and int8 ones of other shapes,
+   * have each decode step dequantize their visible rows for the bf16 kernels. view() then returns a
+   * float32 copy.
    */
   constructor(private readonly backend: CudaBackend, private readonly rowShape: readonly number[], readonly dtype: KvCacheDtype = "f32") {
     this.rowSize = rowShape.reduce((x, y) => x * y, 1);
