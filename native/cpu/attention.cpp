@@ -1,6 +1,7 @@
 // Causal GQA attention and its backward on the CPU, one (query row, head) per task (a forward of at
 // most DECODE_ROWS query rows goes to decode_attention.cpp); the backward gives each thread whole KV
 // groups so that dk/dv rows are written by one thread only.
+#include <string>
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -35,13 +36,20 @@ static inline float score_row_t(const float* qr, const float* kt, int64_t lo, in
   return mx;
 }
 
-static mla_status check(const void* q, const void* k, const void* v, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv) {
-  MLA_CHECK(T >= 0 && S >= 0 && H > 0 && Hkv > 0 && Dh >= 0 && Dv >= 0, "attention: bad sizes");
-  MLA_CHECK(H % Hkv == 0, "attention: H is not a multiple of Hkv");
-  MLA_CHECK_BUF(q, T * H * Dh, "attention: null q");
-  MLA_CHECK_BUF(k, S * Hkv * Dh, "attention: null k");
-  MLA_CHECK_BUF(v, S * Hkv * Dv, "attention: null v");
+namespace mla {
+mla_status check_attention(const char* what, const void* q, const void* k, const void* v, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv) {
+  const std::string w = what;
+  MLA_CHECK(T >= 0 && S >= 0 && H > 0 && Hkv > 0 && Dh >= 0 && Dv >= 0, w + ": bad sizes");
+  MLA_CHECK(H % Hkv == 0, w + ": H is not a multiple of Hkv");
+  MLA_CHECK_BUF(q, T * H * Dh, w + ": null q");
+  MLA_CHECK_BUF(k, S * Hkv * Dh, w + ": null k");
+  MLA_CHECK_BUF(v, S * Hkv * Dv, w + ": null v");
   return MLA_OK;
+}
+}  // namespace mla
+
+static mla_status check(const void* q, const void* k, const void* v, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv) {
+  return mla::check_attention("attention", q, k, v, T, S, H, Hkv, Dh, Dv);
 }
 
 template <int DC>

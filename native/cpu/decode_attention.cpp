@@ -7,6 +7,7 @@
 // mha26m's conversion (6 heads, a 480-wide row) MLA decoded at half MHA's rate. Keys go in chunks
 // with an online softmax; a task with too few rows for the threads splits its keys over them
 // (flash-decoding) and merges the parts.
+#include <string>
 #include "decode_attention.h"
 #include <algorithm>
 #include <cmath>
@@ -47,15 +48,6 @@ inline float bf16_to_float(uint16_t b) {
   return f;
 }
 
-// m rows of n bf16 values (row j at src + j·ld) into dst [m, n].
-void widen(const uint16_t* src, int64_t ld, int64_t m, int64_t n, float* __restrict dst) {
-  for (int64_t j = 0; j < m; j++) {
-    const uint16_t* s = src + j * ld;
-    float* d = dst + j * n;
-#pragma omp simd
-    for (int64_t e = 0; e < n; e++) d[e] = bf16_to_float(s[e]);
-  }
-}
 
 // Float rows: the chunk of keys [a, a + m) read where they are.
 ChunkRows chunk_rows(const mla::SharedRows& g, int64_t a, int64_t, Widened&) {
@@ -68,14 +60,14 @@ ChunkRows chunk_rows(const mla::SharedRows& g, int64_t a, int64_t, Widened&) {
 ChunkRows chunk_rows(const mla::SharedRowsBf16& g, int64_t a, int64_t m, Widened& w) {
   const bool same = g.v == g.k1 && g.ldv == g.ld1 && g.dv == g.d1;
   w.k1.resize(CHUNK * g.d1);
-  widen(g.k1 + a * g.ld1, g.ld1, m, g.d1, w.k1.data());
+  mla::widen(g.k1 + a * g.ld1, g.ld1, m, g.d1, w.k1.data());
   if (g.d2) {
     w.k2.resize(CHUNK * g.ld2);
-    widen(g.k2 + a * g.ld2, g.ld2, m, g.ld2, w.k2.data());
+    mla::widen(g.k2 + a * g.ld2, g.ld2, m, g.ld2, w.k2.data());
   }
   if (!same) {
     w.v.resize(CHUNK * g.dv);
-    widen(g.v + a * g.ldv, g.ldv, m, g.dv, w.v.data());
+    mla::widen(g.v + a * g.ldv, g.ldv, m, g.dv, w.v.data());
   }
   return {w.k1.data(), g.d1, g.d2 ? w.k2.data() : nullptr, g.ld2, same ? w.k1.data() : w.v.data(), same ? g.d1 : g.dv};
 }
@@ -202,19 +194,42 @@ void decode_attention(const SharedRows& g, int64_t T, int64_t S, int64_t runs, f
 void decode_attention(const SharedRowsBf16& g, int64_t T, int64_t S, int64_t runs, float* o, int64_t off, int64_t window) {
   decode_rows(g, T, S, runs, o, off, window);
 }
+
+void widen(const uint16_t* src, int64_t ld, int64_t m, int64_t n, float* __restrict dst) {
+  for (int64_t j = 0; j < m; j++) {
+    const uint16_t* s = src + j * ld;
+    float* d = dst + j * n;
+#pragma omp simd
+    for (int64_t e = 0; e < n; e++) d[e] = bf16_to_float(s[e]);
+  }
+}
 }  // namespace mla
 
-extern "C" mla_status mla_cpu_latent_attention(const float* qr, const float* kr, const float* qc, const float* c, float* o, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dr, int64_t L, float scale, int64_t query_offset, int64_t window) {
-  MLA_CHECK(T >= 0 && S >= 0 && H > 0 && Hkv > 0 && Dr >= 0 && L >= 0, "latent attention: bad sizes");
-  MLA_CHECK(H % Hkv == 0, "latent attention: H is not a multiple of Hkv");
-  MLA_CHECK_BUF(qr, T * H * Dr, "latent attention: null qr");
-  MLA_CHECK_BUF(kr, S * Hkv * Dr, "latent attention: null kr");
-  MLA_CHECK_BUF(qc, T * H * L, "latent attention: null qc");
-  MLA_CHECK_BUF(c, S * L, "latent attention: null c");
-  MLA_CHECK_BUF(o, T * H * L, "latent attention: null output");
+namespace {
+// The latent decode over float or bf16 rows (E): its checks, messages named `what`, and its rows: every
+// head shares the latent row; its rope keys are its head group's slice of the kr row.
+template <typename E>
+mla_status latent_attention(const std::string& what, const float* qr, const E* kr, const float* qc, const E* c, float* o, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dr, int64_t L, float scale, int64_t query_offset, int64_t window) {
+  MLA_CHECK(T >= 0 && S >= 0 && H > 0 && Hkv > 0 && Dr >= 0 && L >= 0, what + ": bad sizes");
+  MLA_CHECK(H % Hkv == 0, what + ": H is not a multiple of Hkv");
+  MLA_CHECK_BUF(qr, T * H * Dr, what + ": null qr");
+  MLA_CHECK_BUF(kr, S * Hkv * Dr, what + ": null kr");
+  MLA_CHECK_BUF(qc, T * H * L, what + ": null qc");
+  MLA_CHECK_BUF(c, S * L, what + ": null c");
+  MLA_CHECK_BUF(o, T * H * L, what + ": null output");
   if (T * H * L == 0) return MLA_OK;
-  // Every head shares the latent row; its rope keys are its head group's slice of the kr row.
-  const mla::SharedRows g{qc, L, c, L, 0, qr, Dr, kr, Hkv * Dr, H / Hkv, c, L, 0, L, H, scale};
+  const mla::SharedRowsOf<E> g{qc, L, c, L, 0, qr, Dr, kr, Hkv * Dr, H / Hkv, c, L, 0, L, H, scale};
   mla::decode_attention(g, T, S, 1, o, query_offset, window);
   return MLA_OK;
+}
+}  // namespace
+
+extern "C" mla_status mla_cpu_latent_attention(const float* qr, const float* kr, const float* qc, const float* c, float* o, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dr, int64_t L, float scale, int64_t query_offset, int64_t window) {
+  return latent_attention<float>("latent attention", qr, kr, qc, c, o, T, S, H, Hkv, Dr, L, scale, query_offset, window);
+}
+
+// Over a bf16 cache held as bf16 (the native CPU backend's bf16 row store): the same results as the float
+// entry on the widened rows, bit for bit.
+extern "C" mla_status mla_cpu_latent_attention_bf16(const float* qr, const uint16_t* kr, const float* qc, const uint16_t* c, float* o, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dr, int64_t L, float scale, int64_t query_offset, int64_t window) {
+  return latent_attention<uint16_t>("latent attention (bf16 cache)", qr, kr, qc, c, o, T, S, H, Hkv, Dr, L, scale, query_offset, window);
 }

@@ -1,6 +1,7 @@
 // Decode attention over rows several query heads share (decode_attention.cpp).
 #pragma once
 #include <cstdint>
+#include "mla.h"
 
 namespace mla {
 // Query rows up to which mla_cpu_attention takes decode_attention (its prefill kernel transposes the
@@ -40,4 +41,8 @@ using SharedRowsBf16 = SharedRowsOf<uint16_t>;
 // widened rows (the same arithmetic in the same order, on a chunk of rows widened first).
 void decode_attention(const SharedRows& g, int64_t T, int64_t S, int64_t runs, float* o, int64_t off, int64_t window);
 void decode_attention(const SharedRowsBf16& g, int64_t T, int64_t S, int64_t runs, float* o, int64_t off, int64_t window);
+// m rows of n bf16 values (row j at src + j·ld) as float32 into dst [m, n], exactly (bf16 is float32's upper half).
+void widen(const uint16_t* src, int64_t ld, int64_t m, int64_t n, float* dst);
+// attention's argument checks (attention.cpp), its messages named `what`.
+mla_status check_attention(const char* what, const void* q, const void* k, const void* v, int64_t T, int64_t S, int64_t H, int64_t Hkv, int64_t Dh, int64_t Dv);
 }  // namespace mla
