@@ -44,6 +44,12 @@ import { referenceBatchedAttention, relativeError } from "./attentionReference.j
 const lib = loadCuda();
 const skip = typeof lib === "string" ? `CUDA backend unavailable here, skipped: ${lib}` : false;
 const backend = () => new CudaBackend(lib as Exclude<typeof lib, string>);
+/** The rows a [S, ...rowShape] held in a device int8 or int4 cache store (values and their group scales). */
+const quantStore = (B: CudaBackend, a: Float32Array, shape: number[], dtype: "int8" | "int4") => {
+  const s = B.createRowStore(shape.slice(1), dtype);
+  s.append(B.upload(a, shape));
+  return s;
+};
 /** a rounded to bf16 and back (the values a bf16 product reads). */
 const roundBf16 = (a: Float32Array) => {
   const bits = toBf16Bits(a);
@@ -695,11 +701,6 @@ test("decode over int8/int4 caches (each step's visible rows dequantized into bf
   const B = backend();
   const rand = seededRand(41, Float32Array);
   const round = (a: Float32Array) => decodeToF32("BF16", encodeFromF32("BF16", a));
-  const stored = (a: Float32Array, shape: number[], dtype: "int8" | "int4") => {
-    const s = B.createRowStore(shape.slice(1), dtype);
-    s.append(B.upload(a, shape));
-    return s;
-  };
   for (const dtype of ["int8", "int4"] as const) {
     for (const [H, Hkv, Dr, L, rows, win] of [[32, 32, 16, 2048, [5, 300, 1100], null], [9, 3, 8, 96, [2000, 37, 1], 512]] as const) {
       const Bn = rows.length;
@@ -707,7 +708,7 @@ test("decode over int8/int4 caches (each step's visible rows dequantized into bf
       const qr = rand(Bn * H * Dr), qc = rand(Bn * H * L, 0.5);
       const kr = rows.map((n) => rand(n * Hkv * Dr)), c = rows.map((n) => rand(n * L));
       const opts = { scale: 1 / Math.sqrt(L / 16), positions, window: win };
-      const krs = kr.map((a, b) => stored(a, [rows[b]!, Hkv, Dr], dtype)), cs = c.map((a, b) => stored(a, [rows[b]!, L], dtype));
+      const krs = kr.map((a, b) => quantStore(B, a, [rows[b]!, Hkv, Dr], dtype)), cs = c.map((a, b) => quantStore(B, a, [rows[b]!, L], dtype));
       const got = B.latentAttentionDecodeBatch(B.upload(qr, [Bn, H, Dr]), krs.map((s) => s.storage), B.upload(qc, [Bn, H, L]), cs.map((s) => s.storage), opts).toArray();
       const deq = (a: Float32Array, n: number) => round(roundTripRows(Float32Array.from(a), n, dtype));
       const want = R.latentAttentionDecodeBatch(R.upload(round(qr), [Bn, H, Dr]), kr.map((a, b) => R.upload(deq(a, Hkv * Dr), [rows[b]!, Hkv, Dr])), R.upload(round(qc), [Bn, H, L]), c.map((a, b) => R.upload(deq(a, L), [rows[b]!, L])), opts).toArray();
@@ -723,7 +724,7 @@ test("decode over int8/int4 caches (each step's visible rows dequantized into bf
       const q = rand(Bn * H * Dh);
       const k = rows.map((n) => rand(n * Hkv * Dh)), v = rows.map((n) => rand(n * Hkv * Dh));
       const opts = { scale: 1 / Math.sqrt(Dh), positions, window: null };
-      const ks = k.map((a, b) => stored(a, [rows[b]!, Hkv, Dh], dtype)), vs = v.map((a, b) => stored(a, [rows[b]!, Hkv, Dh], dtype));
+      const ks = k.map((a, b) => quantStore(B, a, [rows[b]!, Hkv, Dh], dtype)), vs = v.map((a, b) => quantStore(B, a, [rows[b]!, Hkv, Dh], dtype));
       const got = B.attentionDecodeBatch(B.upload(q, [Bn, H, Dh]), ks.map((s) => s.storage), vs.map((s) => s.storage), opts).toArray();
       const deq = (a: Float32Array) => round(roundTripRows(Float32Array.from(a), Hkv * Dh, dtype));
       const want = R.attentionDecodeBatch(R.upload(round(q), [Bn, H, Dh]), k.map((a, b) => R.upload(deq(a), [rows[b]!, Hkv, Dh])), v.map((a, b) => R.upload(deq(a), [rows[b]!, Hkv, Dh])), opts).toArray();
@@ -739,11 +740,6 @@ test("decode over int8/int4 caches (each step's visible rows dequantized into bf
 test("the latent decode kernel on int8 stores (latent_decode_q8.cu: the integers and their scales read in the kernel, no dequantized copy) equals the reference on the stores' exact values (q · scale) and beats the dequantizing route (MHA2MLA_LATENT_Q8=0) against it: llama2-7b's latent (H 32, L 2048, Dr 16) in pairs of head blocks, three head blocks (H 40/8, L 512), one (H 8, L 2048) with a window, no rope (L 256), 24 sequences turning the stages over, ragged lengths, context splits, spare rows", { skip }, (t) => {
   const B = backend();
   const rand = seededRand(43, Float32Array);
-  const stored = (a: Float32Array, shape: number[]) => {
-    const s = B.createRowStore(shape.slice(1), "int8");
-    s.append(B.upload(a, shape));
-    return s;
-  };
   const many = [1500, 1400, 1300, 1200, 1100, 1000, 1500, 1400, 1300, 1200, 1100, 1000, 1500, 1400, 1300, 1200, 1100, 1000, 1500, 1400, 1300, 1200, 1100, 1000];
   for (const [H, Hkv, Dr, L, rows, win] of [
     [32, 32, 16, 2048, [5, 300, 1100], null],
@@ -760,7 +756,7 @@ test("the latent decode kernel on int8 stores (latent_decode_q8.cu: the integers
     const qr = rand(Bn * H * Dr), qc = rand(Bn * H * L, 0.5);
     const kr = rows.map((n) => rand(n * Hkv * Dr)), c = rows.map((n) => spread(rand(n * L)));
     const opts = { scale: 1 / Math.sqrt(L / 16), positions, window: win };
-    const krs = kr.map((a, b) => stored(a, [rows[b]!, Hkv, Dr])), cs = c.map((a, b) => stored(a, [rows[b]!, L]));
+    const krs = kr.map((a, b) => quantStore(B, a, [rows[b]!, Hkv, Dr], "int8")), cs = c.map((a, b) => quantStore(B, a, [rows[b]!, L], "int8"));
     const run = () => B.latentAttentionDecodeBatch(B.upload(qr, [Bn, H, Dr]), krs.map((s) => s.storage), B.upload(qc, [Bn, H, L]), cs.map((s) => s.storage), opts).toArray();
     const q8 = run();
     process.env["MHA2MLA_LATENT_Q8"] = "0";
@@ -782,18 +778,13 @@ test("the latent decode kernel on int8 stores (latent_decode_q8.cu: the integers
 test("the MHA/GQA decode kernel on int8 stores (mha_decode.cu reading the integers and their scales) equals the reference on the stores' exact values (q · scale) and beats the dequantizing cuBLAS route (MHA2MLA_MHA_DECODE=cublas) against it: llama2-7b's heads (32/32, Dh 128), GQA 9/3 at Dh 64 with a window, 32/4, 16/2 at Dh 256 (8 query heads a KV head), ragged lengths, context splits, spare rows", { skip }, (t) => {
   const B = backend();
   const rand = seededRand(47, Float32Array);
-  const stored = (a: Float32Array, shape: number[]) => {
-    const s = B.createRowStore(shape.slice(1), "int8");
-    s.append(B.upload(a, shape));
-    return s;
-  };
   for (const [H, Hkv, Dh, rows, win] of [[32, 32, 128, [5, 700, 1300], null], [9, 3, 64, [2000, 37, 1], 512], [32, 4, 128, [300, 45], null], [16, 2, 256, [40, 900], null]] as const) {
     const Bn = rows.length;
     const positions = Int32Array.from(rows, (n, b) => n - 1 - (b % 2));
     const q = rand(Bn * H * Dh);
     const k = rows.map((n) => rand(n * Hkv * Dh)), v = rows.map((n) => rand(n * Hkv * Dh));
     const opts = { scale: 1 / Math.sqrt(Dh), positions, window: win };
-    const ks = k.map((a, b) => stored(a, [rows[b]!, Hkv, Dh])), vs = v.map((a, b) => stored(a, [rows[b]!, Hkv, Dh]));
+    const ks = k.map((a, b) => quantStore(B, a, [rows[b]!, Hkv, Dh], "int8")), vs = v.map((a, b) => quantStore(B, a, [rows[b]!, Hkv, Dh], "int8"));
     const run = () => B.attentionDecodeBatch(B.upload(q, [Bn, H, Dh]), ks.map((s) => s.storage), vs.map((s) => s.storage), opts).toArray();
     const kernel = run();
     process.env["MHA2MLA_MHA_DECODE"] = "cublas";
