@@ -62,12 +62,6 @@ struct Q8Layout {
   __host__ __device__ size_t bytes() const { return barOffset() + (size_t)(2 * Q8_MAX_STAGES + 2 * Q8_PBUF) * 8; }
 };
 
-// c[16×8] += a[16×16]·b[16×8], fp16 in, float32 accumulate.
-__device__ __forceinline__ void mma_f16(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
-  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-               : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
 __device__ __forceinline__ uint32_t pack_h2(float lo, float hi) {
   __half2 v = __floats2half2_rn(lo, hi);
   return *reinterpret_cast<uint32_t*>(&v);
@@ -189,8 +183,8 @@ k_latent_decode_q8(const Seq* seqs, const int32_t* pos, int64_t window, const fl
           uint32_t b0, b1, c0, c1;
           i8x4_to_h2(lds32(k0 + (j + u) * 16), b0, b1);
           i8x4_to_h2(lds32(k1 + (j + u) * 16), c0, c1);
-          mma_f16(tq[0], qf[j + u], b0, b1);
-          mma_f16(tq[1], qf[j + u], c0, c1);
+          mma<__half>(tq[0], qf[j + u], b0, b1);
+          mma<__half>(tq[1], qf[j + u], c0, c1);
         }
         const unsigned sg = sc + j;  // group j / 2: 2 bytes on per group
         const float s0 = lds_scale(sg), s1 = lds_scale(sg + ldq), s8 = lds_scale(sg + 8 * ldq), s9 = lds_scale(sg + 9 * ldq);
@@ -301,7 +295,7 @@ k_latent_decode_q8(const Seq* seqs, const int32_t* pos, int64_t window, const fl
       const float sa = scale_at(sA + 2 * m4), sb = scale_at(sA + ldq + 2 * m4), sc = scale_at(sA + 8 * ldq + 2 * m4), sd = scale_at(sA + 9 * ldq + 2 * m4);
       const uint32_t a[4] = {pack_h2(pA.x * sa, pA.y * sb), pack_h2(pB.x * sa, pB.y * sb), pack_h2(pC.x * sc, pC.y * sd), pack_h2(pD.x * sc, pD.y * sd)};
 #pragma unroll
-      for (int j = 0; j < 4; j++) mma_f16(acc[4 * m4 + j], a, i8_column_pair(va, vb, j), i8_column_pair(vc, vd, j));
+      for (int j = 0; j < 4; j++) mma<__half>(acc[4 * m4 + j], a, i8_column_pair(va, vb, j), i8_column_pair(vc, vd, j));
     }
     __syncwarp();
     if (lane == 0) {
