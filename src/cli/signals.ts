@@ -33,29 +33,39 @@ const REPEAT_MS = 1000;
 export function installSignalHandlers(): void {
   // SIGHUP: a closed terminal or a dropped SSH session stops the run as Ctrl-C does (it left a hidden,
   // half-written output folder behind, gigabytes for a 7B model, until a later run at the same --out).
-  for (const sig of ["SIGINT", "SIGTERM", "SIGHUP"] as const)
-    process.on(sig, () => {
-      // After SIGHUP the terminal may be gone: a failed write must not stop the stop.
-      const say = (line: string) => {
-        try {
-          process.stderr.write(line);
-        } catch {
-          // nowhere to say it
-        }
-      };
-      if (graceful && !graceful.flag) {
-        graceful.flag = true;
-        graceful.at = performance.now();
-        say(`\n${sig}: ${graceful.say.stopping} (send again to quit at once)\n`);
-        graceful.onStop?.(sig);
-        return;
-      }
-      if (graceful && performance.now() - graceful.at < REPEAT_MS) return;
-      abandonAll();
-      // A resumable command (graceful) works in its run folder, which stays for the next run.
-      say(graceful ? `\ninterrupted (${sig}) at once: ${graceful.say.kept}\n` : `\ninterrupted (${sig}): no partial output was left behind\n`);
-      process.exit(130);
-    });
+  for (const sig of ["SIGINT", "SIGTERM", "SIGHUP"] as const) process.on(sig, () => stop(sig));
+  // A reader of stderr that stops early (`mha2mla convert … 2>&1 | head`) closes it: the next log line
+  // failed with EPIPE, an unhandled stream error that crashed the run with exit 1 and left its hidden
+  // temporary output folder behind. Node ignores SIGPIPE, so the closed pipe stops the run as SIGHUP
+  // does. A stream reports its error once: later lines go nowhere without another stop.
+  process.stderr.on("error", (e: NodeJS.ErrnoException) => {
+    if (e.code !== "EPIPE") throw e;
+    stop("SIGPIPE");
+  });
+}
+
+/** The first stop of a graceful command asks it to stop; any other exits at once, removing the temporary output folders. */
+function stop(sig: string): void {
+  // After SIGHUP the terminal may be gone: a failed write must not stop the stop.
+  const say = (line: string) => {
+    try {
+      process.stderr.write(line);
+    } catch {
+      // nowhere to say it
+    }
+  };
+  if (graceful && !graceful.flag) {
+    graceful.flag = true;
+    graceful.at = performance.now();
+    say(`\n${sig}: ${graceful.say.stopping} (send again to quit at once)\n`);
+    graceful.onStop?.(sig);
+    return;
+  }
+  if (graceful && performance.now() - graceful.at < REPEAT_MS) return;
+  abandonAll();
+  // A resumable command (graceful) works in its run folder, which stays for the next run.
+  say(graceful ? `\ninterrupted (${sig}) at once: ${graceful.say.kept}\n` : `\ninterrupted (${sig}): no partial output was left behind\n`);
+  process.exit(130);
 }
 
 export function gracefulStop(say: StopMessages = FINETUNE_STOP, onStop?: (sig: string) => void): { requested: () => boolean; release: () => void } {

@@ -56,7 +56,8 @@ export function fmtCount(n: number): string {
 
 export function fmtTime(s: number): string {
   if (!Number.isFinite(s)) return "?";
-  if (s < 60) return s.toFixed(1) + "s";
-  const m = Math.floor(s / 60);
-  return m < 60 ? `${m}m${Math.round(s % 60)}s` : `${Math.floor(m / 60)}h${m % 60}m`;
+  // Rounded once, before the split: rounding the seconds alone read 1199.6 s as "19m60s" (and 59.97 s as "60.0s").
+  if (s < 59.95) return s.toFixed(1) + "s";
+  const m = Math.floor(Math.round(s) / 60);
+  return m < 60 ? `${m}m${Math.round(s) % 60}s` : `${Math.floor(m / 60)}h${m % 60}m`;
 }

@@ -134,6 +134,7 @@ test("finetune on Ctrl-C keeps its own messages: a checkpoint, and --resume to c
 
 test("a signal repeated within a second is the first stop delivered twice (timeout -s INT signals the command, then its process group), not a quit at once; a later one quits", async () => {
   const before = new Map((["SIGINT", "SIGTERM", "SIGHUP"] as const).map((sig) => [sig, process.listeners(sig)]));
+  const stderrListeners = process.stderr.listeners("error");
   const exit = process.exit;
   const stderr = process.stderr.write;
   const codes: unknown[] = [];
@@ -154,5 +155,6 @@ test("a signal repeated within a second is the first stop delivered twice (timeo
     process.exit = exit;
     process.stderr.write = stderr;
     for (const [sig, kept] of before) for (const l of process.listeners(sig)) if (!kept.includes(l)) process.removeListener(sig, l);
+    for (const l of process.stderr.listeners("error")) if (!stderrListeners.includes(l)) process.stderr.removeListener("error", l as (e: Error) => void);
   }
 });

@@ -183,6 +183,19 @@ test("a conversion killed mid-way leaves no output; SIGTERM and SIGHUP (a closed
   fs.rmSync(model, { recursive: true });
 });
 
+test("a closed stderr (`convert … 2>&1 | head`) stops the run as SIGHUP does: exit 130 and no temporary folder (EPIPE crashed it with exit 1 and left one)", async () => {
+  const parent = tmpDir();
+  for (const args of [["convert", "stories260K", "--rank", "2"], ["synth", "--arch", "stories260k"]]) {
+    const child = spawn(process.execPath, [MAIN, ...args, "--out", path.join(parent, "out")], { stdio: ["ignore", "ignore", "pipe"] });
+    // The reader is gone before the CLI has loaded: its first line to stderr fails.
+    child.stderr.destroy();
+    const code = await new Promise<number | null>((r) => child.on("exit", r));
+    assert.equal(code, 130, args[0]);
+    assert.deepEqual(fs.readdirSync(parent), [], `${args[0]}: no output and no temporary folder`);
+  }
+  fs.rmSync(parent, { recursive: true });
+});
+
 test("convert refuses the deepseek_v3 widths without --format deepseek (either way for the booleans), and a --calib no setting reads", () => {
   const parent = tmpDir();
   const out = path.join(parent, "out");
