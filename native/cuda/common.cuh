@@ -62,11 +62,11 @@ double ring_waited_ms();
 // Decode's products against bf16 weights for a few rows (gemv.cu): whether the kernel takes the problem
 // (rows per problem, K a multiple of 8, aligned rows), and y [T, P·hpg, N] = x [T, P·hpg, K] · w[p]ᵀ.
 bool gemv_takes(const void* x, bool x_bf16, const void* w, int64_t rows, int64_t K, int64_t N, int64_t P);
-mla_status gemv_bf16(const void* x, bool x_bf16, const __nv_bfloat16* w, float* y, int64_t P, int64_t rows, int64_t hpg, int64_t K, int64_t N);
+mla_status gemv_bf16(const void* x, bool x_bf16, const __nv_bfloat16* w, void* y, bool y_bf16, int64_t P, int64_t rows, int64_t hpg, int64_t K, int64_t N);
 // MLA's key up-projection stored k-major (head_kn.cu): whether the kernel takes the problem (G ≤ 65,535 groups,
 // 1 to MHA2MLA_HEAD_KN_ROWS rows per group (default 4, at most 8), K ≤ 512, N a multiple of 8, w aligned), and y [T, G·hpg, N] = x [T, G·hpg, K] · w[g] with w [G, K, N].
 bool head_kn_takes(const void* w, int64_t G, int64_t rows, int64_t K, int64_t N);
-mla_status head_kn_bf16(const float* x, const __nv_bfloat16* w, float* y, int64_t G, int64_t rows, int64_t hpg, int64_t K, int64_t N);
+mla_status head_kn_bf16(const void* x, bool x_bf16, const __nv_bfloat16* w, void* y, bool y_bf16, int64_t G, int64_t rows, int64_t hpg, int64_t K, int64_t N);
 // y = float(x) and y = bf16(x) (round to nearest even) over n elements, in stream order.
 mla_status widen_bf16(const __nv_bfloat16* x, float* y, int64_t n);
 mla_status narrow_f32(const float* x, __nv_bfloat16* y, int64_t n);

@@ -53,9 +53,16 @@ __device__ __forceinline__ float dot8(uint4 w, const float* x, float acc) {
   return acc;
 }
 
+// y's element i: float32, or rounded to bf16 where the product's only readers are bf16 products (the
+// caller's y_bf16: the same bits as a float32 y rounded by the next product's input rounding).
+__device__ __forceinline__ void store_y(void* y, bool ybf16, int64_t i, float v) {
+  if (ybf16) static_cast<__nv_bfloat16*>(y)[i] = __float2bfloat16(v);
+  else static_cast<float*>(y)[i] = v;
+}
+
 // One block's CB output columns from n0 of problem p. R: rows per problem rounded up.
 template <int R, typename XT>
-__device__ __forceinline__ void gemv_block(const XT* x, const __nv_bfloat16* w, float* y, int rows, int hpg, int H, int K, int N, int p, int n0) {
+__device__ __forceinline__ void gemv_block(const XT* x, const __nv_bfloat16* w, void* y, bool ybf16, int rows, int hpg, int H, int K, int N, int p, int n0) {
   constexpr int UNROLL = R <= 2 ? 4 : 2;  // chunks per lane per trip: CB·UNROLL loads in flight
   __shared__ float part[MAX_WARPS][CB * R];
   const int warps = blockDim.x >> 5, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -110,14 +117,14 @@ __device__ __forceinline__ void gemv_block(const XT* x, const __nv_bfloat16* w, 
   if (t < CB * R && r < rows && n0 + j < N) {
     float sum = 0.f;
     for (int v = 0; v < warps; v++) sum += part[v][t];
-    y[((int64_t)(r / hpg) * H + p * hpg + r % hpg) * N + n0 + j] = sum;
+    store_y(y, ybf16, ((int64_t)(r / hpg) * H + p * hpg + r % hpg) * N + n0 + j, sum);
   }
 }
 
 // Grid: x = column blocks of CB, y = problem; blockDim.x = 32·warps.
 template <int R, typename XT>
-__global__ void __launch_bounds__(MAX_WARPS * 32) k_gemv_bf16(const XT* x, const __nv_bfloat16* w, float* y, int rows, int hpg, int H, int K, int N) {
-  gemv_block<R, XT>(x, w, y, rows, hpg, H, K, N, blockIdx.y, blockIdx.x * CB);
+__global__ void __launch_bounds__(MAX_WARPS * 32) k_gemv_bf16(const XT* x, const __nv_bfloat16* w, void* y, bool ybf16, int rows, int hpg, int H, int K, int N) {
+  gemv_block<R, XT>(x, w, y, ybf16, rows, hpg, H, K, N, blockIdx.y, blockIdx.x * CB);
 }
 
 // Several matrices against the same x (one problem each, the same K): a layer's projections of one
@@ -126,7 +133,8 @@ __global__ void __launch_bounds__(MAX_WARPS * 32) k_gemv_bf16(const XT* x, const
 constexpr int MAX_MANY = 4;
 struct ManyMats {
   const __nv_bfloat16* w[MAX_MANY];
-  float* y[MAX_MANY];
+  void* y[MAX_MANY];
+  bool ybf16[MAX_MANY];
   int N[MAX_MANY];
   int firstBlock[MAX_MANY + 1];
   int count;
@@ -135,19 +143,19 @@ template <int R, typename XT>
 __global__ void __launch_bounds__(MAX_WARPS * 32) k_gemv_bf16_many(const XT* x, ManyMats m, int rows, int K) {
   int i = 0;
   while (i + 1 < m.count && (int)blockIdx.x >= m.firstBlock[i + 1]) i++;
-  gemv_block<R, XT>(x, m.w[i], m.y[i], rows, 1, 1, K, m.N[i], 0, ((int)blockIdx.x - m.firstBlock[i]) * CB);
+  gemv_block<R, XT>(x, m.w[i], m.y[i], m.ybf16[i], rows, 1, 1, K, m.N[i], 0, ((int)blockIdx.x - m.firstBlock[i]) * CB);
 }
 
 // Warps per block: as few as cover a row's chunks in one trip of UNROLL chunks per lane (so no load
 // slot idles; 4096-wide rows take 4 warps at one or two rows), at most MAX_WARPS (longer rows take
 // several trips). Fewer warps per block leave room for more blocks per SM.
 template <int R, typename XT>
-mla_status launch_rows(const XT* x, const __nv_bfloat16* w, float* y, int64_t P, int64_t rows, int64_t hpg, int64_t K, int64_t N) {
+mla_status launch_rows(const XT* x, const __nv_bfloat16* w, void* y, bool ybf16, int64_t P, int64_t rows, int64_t hpg, int64_t K, int64_t N) {
   constexpr int UNROLL = R <= 2 ? 4 : 2;  // as in the kernel
   const int64_t chunks = K / 8;
   const int warps = (int)std::max<int64_t>(1, std::min<int64_t>(MAX_WARPS, (chunks + 32 * UNROLL - 1) / (32 * UNROLL)));
   const dim3 grid((unsigned)((N + CB - 1) / CB), (unsigned)P), block(32 * warps);
-  k_gemv_bf16<R, XT><<<grid, block, 0, ctx()->stream>>>(x, w, y, (int)rows, (int)hpg, (int)(P * hpg), (int)K, (int)N);
+  k_gemv_bf16<R, XT><<<grid, block, 0, ctx()->stream>>>(x, w, y, ybf16, (int)rows, (int)hpg, (int)(P * hpg), (int)K, (int)N);
   KERNEL_CHECK();
   return MLA_OK;
 }
@@ -170,10 +178,10 @@ mla_status launch_many(const XT* x, const ManyMats& m, int64_t rows, int64_t K) 
 }
 
 template <typename XT>
-mla_status launch(const XT* x, const __nv_bfloat16* w, float* y, int64_t P, int64_t rows, int64_t hpg, int64_t K, int64_t N) {
-  if (rows == 1) return launch_rows<1>(x, w, y, P, rows, hpg, K, N);
-  if (rows == 2) return launch_rows<2>(x, w, y, P, rows, hpg, K, N);
-  return launch_rows<4>(x, w, y, P, rows, hpg, K, N);
+mla_status launch(const XT* x, const __nv_bfloat16* w, void* y, bool ybf16, int64_t P, int64_t rows, int64_t hpg, int64_t K, int64_t N) {
+  if (rows == 1) return launch_rows<1>(x, w, y, ybf16, P, rows, hpg, K, N);
+  if (rows == 2) return launch_rows<2>(x, w, y, ybf16, P, rows, hpg, K, N);
+  return launch_rows<4>(x, w, y, ybf16, P, rows, hpg, K, N);
 }
 
 // ---- Tensor-core rows (5 to 32 per problem) ----
@@ -239,7 +247,7 @@ __host__ __device__ constexpr int chunks_per_step() { return 2 * NT + NB * (int)
 
 // One block's columns from n0 of problem p for rows < 8·NB: its warps form kw × (blockDim / 32 / kw).
 template <int NB, typename XT>
-__device__ __forceinline__ void gemv_mma_block(const XT* x, const __nv_bfloat16* w, float* y, int rows, int hpg, int H, int K, int N, int p, int n0, int kw) {
+__device__ __forceinline__ void gemv_mma_block(const XT* x, const __nv_bfloat16* w, void* y, bool ybf16, int rows, int hpg, int H, int K, int N, int p, int n0, int kw) {
   constexpr int XW = sizeof(XT) / 2, C = chunks_per_step<NB, XT>(), WC = 2 * NT;
   extern __shared__ uint4 ring_all[];
   const int wid = threadIdx.x >> 5, warp = wid % kw, tile = wid / kw, lane = threadIdx.x & 31;
@@ -336,22 +344,22 @@ __device__ __forceinline__ void gemv_mma_block(const XT* x, const __nv_bfloat16*
     if (r < rows && n < N) {
       float sum = 0.f;
       for (int w2 = 0; w2 < kw; w2++) sum += parts[(ct * kw + w2) * ringFloats + j * 32 + l];
-      y[((int64_t)(r / hpg) * H + p * hpg + r % hpg) * N + n] = sum;
+      store_y(y, ybf16, ((int64_t)(r / hpg) * H + p * hpg + r % hpg) * N + n, sum);
     }
   }
 }
 
 // Grid: x = column blocks, y = problem; blockDim.x = 32·kw·tiles.
 template <int NB, typename XT>
-__global__ void __launch_bounds__(MMA_WARPS * 32) k_gemv_mma(const XT* x, const __nv_bfloat16* w, float* y, int rows, int hpg, int H, int K, int N, int kw) {
-  gemv_mma_block<NB, XT>(x, w, y, rows, hpg, H, K, N, blockIdx.y, blockIdx.x * 16 * NT * ((int)(blockDim.x >> 5) / kw), kw);
+__global__ void __launch_bounds__(MMA_WARPS * 32) k_gemv_mma(const XT* x, const __nv_bfloat16* w, void* y, bool ybf16, int rows, int hpg, int H, int K, int N, int kw) {
+  gemv_mma_block<NB, XT>(x, w, y, ybf16, rows, hpg, H, K, N, blockIdx.y, blockIdx.x * 16 * NT * ((int)(blockDim.x >> 5) / kw), kw);
 }
 
 template <int NB, typename XT>
 __global__ void __launch_bounds__(MMA_WARPS * 32) k_gemv_mma_many(const XT* x, ManyMats m, int rows, int K, int kw) {
   int i = 0;
   while (i + 1 < m.count && (int)blockIdx.x >= m.firstBlock[i + 1]) i++;
-  gemv_mma_block<NB, XT>(x, m.w[i], m.y[i], rows, 1, 1, K, m.N[i], 0, ((int)blockIdx.x - m.firstBlock[i]) * 16 * NT * ((int)(blockDim.x >> 5) / kw), kw);
+  gemv_mma_block<NB, XT>(x, m.w[i], m.y[i], m.ybf16[i], rows, 1, 1, K, m.N[i], 0, ((int)blockIdx.x - m.firstBlock[i]) * 16 * NT * ((int)(blockDim.x >> 5) / kw), kw);
 }
 
 // Warps along K: as few as give each warp at least one round, at most MMA_WARPS; a function of K alone.
@@ -394,11 +402,11 @@ bool rings_fit(int64_t rows, bool x_bf16) {
 }
 
 template <int NB, typename XT>
-mla_status launch_mma_rows(const XT* x, const __nv_bfloat16* w, float* y, int64_t P, int64_t rows, int64_t hpg, int64_t K, int64_t N) {
+mla_status launch_mma_rows(const XT* x, const __nv_bfloat16* w, void* y, bool ybf16, int64_t P, int64_t rows, int64_t hpg, int64_t K, int64_t N) {
   const int kw = mma_k_warps(K), tiles = mma_tiles(K, N);
   const dim3 grid((unsigned)((N + 16 * NT * tiles - 1) / (16 * NT * tiles)), (unsigned)P), block(32 * kw * tiles);
   if (mla_status e = allow_rings<NB, XT, false>()) return e;
-  k_gemv_mma<NB, XT><<<grid, block, ring_bytes(chunks_per_step<NB, XT>(), kw * tiles), ctx()->stream>>>(x, w, y, (int)rows, (int)hpg, (int)(P * hpg), (int)K, (int)N, kw);
+  k_gemv_mma<NB, XT><<<grid, block, ring_bytes(chunks_per_step<NB, XT>(), kw * tiles), ctx()->stream>>>(x, w, y, ybf16, (int)rows, (int)hpg, (int)(P * hpg), (int)K, (int)N, kw);
   KERNEL_CHECK();
   return MLA_OK;
 }
@@ -422,11 +430,11 @@ int64_t mma_from() {
 bool mma_takes(int64_t rows) { return rows >= mma_from(); }
 
 template <typename XT>
-mla_status launch_any(const XT* x, const __nv_bfloat16* w, float* y, int64_t P, int64_t rows, int64_t hpg, int64_t K, int64_t N) {
-  if (!mma_takes(rows)) return launch(x, w, y, P, rows, hpg, K, N);
-  if (rows <= 8) return launch_mma_rows<1>(x, w, y, P, rows, hpg, K, N);
-  if (rows <= 16) return launch_mma_rows<2>(x, w, y, P, rows, hpg, K, N);
-  return launch_mma_rows<4>(x, w, y, P, rows, hpg, K, N);
+mla_status launch_any(const XT* x, const __nv_bfloat16* w, void* y, bool ybf16, int64_t P, int64_t rows, int64_t hpg, int64_t K, int64_t N) {
+  if (!mma_takes(rows)) return launch(x, w, y, ybf16, P, rows, hpg, K, N);
+  if (rows <= 8) return launch_mma_rows<1>(x, w, y, ybf16, P, rows, hpg, K, N);
+  if (rows <= 16) return launch_mma_rows<2>(x, w, y, ybf16, P, rows, hpg, K, N);
+  return launch_mma_rows<4>(x, w, y, ybf16, P, rows, hpg, K, N);
 }
 
 template <typename XT>
@@ -464,13 +472,14 @@ bool gemv_takes(const void* x, bool x_bf16, const void* w, int64_t rows, int64_t
   return rows >= 1 && rows <= max_rows() && (mma_takes(rows) ? rings_fit(rows, x_bf16) : rows <= MAX_ROWS) && K > 0 && K % 8 == 0 && N > 0 && P > 0 && P <= 65535 && N * K < INT32_MAX && aligned16(x) && aligned16(w) && (x_bf16 || K % 4 == 0);
 }
 
-// y [T, P·hpg, N] = x [T, P·hpg, K] · w[p]ᵀ per problem p (rows = T·hpg; see gemv_takes). x f32 or bf16.
-mla_status gemv_bf16(const void* x, bool x_bf16, const __nv_bfloat16* w, float* y, int64_t P, int64_t rows, int64_t hpg, int64_t K, int64_t N) {
-  return x_bf16 ? launch_any((const __nv_bfloat16*)x, w, y, P, rows, hpg, K, N) : launch_any((const float*)x, w, y, P, rows, hpg, K, N);
+// y [T, P·hpg, N] = x [T, P·hpg, K] · w[p]ᵀ per problem p (rows = T·hpg; see gemv_takes). x and y f32 or bf16.
+mla_status gemv_bf16(const void* x, bool x_bf16, const __nv_bfloat16* w, void* y, bool y_bf16, int64_t P, int64_t rows, int64_t hpg, int64_t K, int64_t N) {
+  return x_bf16 ? launch_any((const __nv_bfloat16*)x, w, y, y_bf16, P, rows, hpg, K, N) : launch_any((const float*)x, w, y, y_bf16, P, rows, hpg, K, N);
 }
 }  // namespace mla
 
 // y_i [M, N_i] = x [M, K] · w_i [N_i, K]ᵀ for i < count ≤ 4, bf16 weights, in one launch; M rows as gemv_takes.
+// Each y f32, or bf16 (rounded as the product that reads it would round it).
 // Returns MLA_ERR_ARGUMENT (nothing launched) where gemv_takes would refuse one of them: the caller
 // then runs them one linear each.
 extern "C" mla_status mla_cuda_linear_many(const mla_cuda_buf* x, const mla_cuda_buf* const* ws, mla_cuda_buf* const* ys, int32_t count, int64_t M, int64_t K) {
@@ -482,10 +491,11 @@ extern "C" mla_status mla_cuda_linear_many(const mla_cuda_buf* x, const mla_cuda
   const int cpb = columns_per_block(M, K);  // every matrix's, and the kernel launch_many_any picks lays them out so
   for (int i = 0; i < count; i++) {
     const int64_t N = ws[i] ? ws[i]->n / std::max<int64_t>(K, 1) : 0;
-    MLA_CHECK(ws[i] && ys[i] && ws[i]->dtype == MLA_BF16 && K > 0 && ws[i]->n == N * K && ys[i]->dtype == MLA_F32 && ys[i]->n == M * N, "linear_many: each w bf16 [N, K] and y f32 [M, N]");
+    MLA_CHECK(ws[i] && ys[i] && ws[i]->dtype == MLA_BF16 && K > 0 && ws[i]->n == N * K && (ys[i]->dtype == MLA_F32 || ys[i]->dtype == MLA_BF16) && ys[i]->n == M * N, "linear_many: each w bf16 [N, K] and y f32 or bf16 [M, N]");
     if (!mla::gemv_takes(x->ptr, x->dtype == MLA_BF16, ws[i]->ptr, M, K, N, 1)) return MLA_FAIL(MLA_ERR_ARGUMENT, "linear_many: a product the one-pass kernel does not take");
     m.w[i] = (const __nv_bfloat16*)ws[i]->ptr;
-    m.y[i] = (float*)ys[i]->ptr;
+    m.y[i] = ys[i]->ptr;
+    m.ybf16[i] = ys[i]->dtype == MLA_BF16;
     m.N[i] = (int)N;
     m.firstBlock[i + 1] = m.firstBlock[i] + (int)((N + cpb - 1) / cpb);
   }

@@ -32,7 +32,7 @@ __host__ __device__ constexpr int kn_steps() { return R >= 4 ? 8 : 16; }
 // Grid: x = blocks of 256 columns, y = group; blockDim.x = 32·KW. R: rows per problem rounded up to
 // 1, 2, 4 or 8.
 template <int R>
-__global__ void __launch_bounds__(KN_WARPS * 32, 2) k_head_kn(const float* __restrict__ x, const __nv_bfloat16* __restrict__ w, float* __restrict__ y, int rows, int hpg, int H, int K, int N) {
+__global__ void __launch_bounds__(KN_WARPS * 32, 2) k_head_kn(const void* __restrict__ x, bool xbf16, const __nv_bfloat16* __restrict__ w, void* __restrict__ y, bool ybf16, int rows, int hpg, int H, int K, int N) {
   __shared__ float xs[R][KN_MAX_K];
   __shared__ __align__(16) float part[KN_WARPS][256];
   const int p = blockIdx.y, KW = blockDim.x >> 5, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -54,7 +54,8 @@ __global__ void __launch_bounds__(KN_WARPS * 32, 2) k_head_kn(const float* __res
   for (int i = threadIdx.x; i < R * K; i += blockDim.x) {
     const int r = i / K, k = i % K;
     const int rr = r < rows ? r : 0;  // rows past `rows` repeat row 0 (computed, not written)
-    xs[r][k] = __bfloat162float(__float2bfloat16(x[((int64_t)(rr / hpg) * H + p * hpg + rr % hpg) * K + k]));
+    const int64_t at = ((int64_t)(rr / hpg) * H + p * hpg + rr % hpg) * K + k;
+    xs[r][k] = __bfloat162float(xbf16 ? static_cast<const __nv_bfloat16*>(x)[at] : __float2bfloat16(static_cast<const float*>(x)[at]));
   }
   __syncthreads();
   float acc[R][8];
@@ -86,22 +87,23 @@ __global__ void __launch_bounds__(KN_WARPS * 32, 2) k_head_kn(const float* __res
     // Two 16-byte stores a lane (8 single floats a lane 32 bytes apart met 8-way bank conflicts).
     for (int e = 0; e < 8; e += 4) *reinterpret_cast<float4*>(&part[warp][lane * 8 + e]) = make_float4(acc[r][e], acc[r][e + 1], acc[r][e + 2], acc[r][e + 3]);
     __syncthreads();
-    float* yr = y + ((int64_t)(r / hpg) * H + p * hpg + r % hpg) * N;
+    const int64_t yr = ((int64_t)(r / hpg) * H + p * hpg + r % hpg) * N;
     for (int c = threadIdx.x; c < 256; c += blockDim.x) {
       if (n0 + c >= N) break;
       float sum = 0.f;
       for (int v = 0; v < KW; v++) sum += part[v][c];
-      yr[n0 + c] = sum;
+      if (ybf16) static_cast<__nv_bfloat16*>(y)[yr + n0 + c] = __float2bfloat16(sum);
+      else static_cast<float*>(y)[yr + n0 + c] = sum;
     }
     __syncthreads();
   }
 }
 
 template <int R>
-mla_status launch_kn(const float* x, const __nv_bfloat16* w, float* y, int64_t G, int64_t rows, int64_t hpg, int64_t K, int64_t N) {
+mla_status launch_kn(const void* x, bool xbf16, const __nv_bfloat16* w, void* y, bool ybf16, int64_t G, int64_t rows, int64_t hpg, int64_t K, int64_t N) {
   const int warps = (int)std::max<int64_t>(1, std::min<int64_t>(KN_WARPS, K / KN_MIN_STEPS));
   const dim3 grid((unsigned)((N + 255) / 256), (unsigned)G);
-  k_head_kn<R><<<grid, 32 * warps, 0, ctx()->stream>>>(x, w, y, (int)rows, (int)hpg, (int)(G * hpg), (int)K, (int)N);
+  k_head_kn<R><<<grid, 32 * warps, 0, ctx()->stream>>>(x, xbf16, w, y, ybf16, (int)rows, (int)hpg, (int)(G * hpg), (int)K, (int)N);
   KERNEL_CHECK();
   return MLA_OK;
 }
@@ -121,10 +123,10 @@ int64_t kn_rows_limit() {
 
 bool head_kn_takes(const void* w, int64_t G, int64_t rows, int64_t K, int64_t N) { return G >= 1 && G <= 65535 && rows >= 1 && rows <= kn_rows_limit() && K >= 1 && K <= KN_MAX_K && N % 8 == 0 && mla_bf16::aligned16(w); }
 
-mla_status head_kn_bf16(const float* x, const __nv_bfloat16* w, float* y, int64_t G, int64_t rows, int64_t hpg, int64_t K, int64_t N) {
-  if (rows == 1) return launch_kn<1>(x, w, y, G, rows, hpg, K, N);
-  if (rows == 2) return launch_kn<2>(x, w, y, G, rows, hpg, K, N);
-  if (rows <= 4) return launch_kn<4>(x, w, y, G, rows, hpg, K, N);
-  return launch_kn<8>(x, w, y, G, rows, hpg, K, N);
+mla_status head_kn_bf16(const void* x, bool x_bf16, const __nv_bfloat16* w, void* y, bool y_bf16, int64_t G, int64_t rows, int64_t hpg, int64_t K, int64_t N) {
+  if (rows == 1) return launch_kn<1>(x, x_bf16, w, y, y_bf16, G, rows, hpg, K, N);
+  if (rows == 2) return launch_kn<2>(x, x_bf16, w, y, y_bf16, G, rows, hpg, K, N);
+  if (rows <= 4) return launch_kn<4>(x, x_bf16, w, y, y_bf16, G, rows, hpg, K, N);
+  return launch_kn<8>(x, x_bf16, w, y, y_bf16, G, rows, hpg, K, N);
 }
 }  // namespace mla

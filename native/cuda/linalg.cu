@@ -68,7 +68,7 @@ extern "C" mla_status mla_cuda_linear(const mla_cuda_buf* x, const mla_cuda_buf*
     CUBLAS_TRY(cublasSgemm(h, CUBLAS_OP_T, CUBLAS_OP_N, (int)N, (int)M, (int)K, &one, (const float*)w->ptr, (int)K, (const float*)x->ptr, (int)K, &zero, (float*)y->ptr, (int)N));
   } else if (w->dtype == MLA_BF16 && mla::gemv_takes(x->ptr, x->dtype == MLA_BF16, w->ptr, M, K, N, 1)) {
     // A few rows (decode): one pass over the weights, x rounded as it is read.
-    if (mla_status e = mla::gemv_bf16(x->ptr, x->dtype == MLA_BF16, (const __nv_bfloat16*)w->ptr, (float*)y->ptr, 1, M, 1, K, N)) return e;
+    if (mla_status e = mla::gemv_bf16(x->ptr, x->dtype == MLA_BF16, (const __nv_bfloat16*)w->ptr, y->ptr, false, 1, M, 1, K, N)) return e;
   } else if (w->dtype == MLA_BF16) {
     // bf16 weights stay bf16: the activations are rounded to bf16 and the product accumulates in f32.
     // A bf16 x is the caller's rounded copy of its activations (kept for every product that reads them).
@@ -148,13 +148,15 @@ namespace {
 // y[t, h, :] = w[h / (H/G)]·x[t, h, :] through cuBLAS, w [G, N, K] (kMajor false) or [G, K, N] (true): for
 // each position j of a head in its group, one strided-batched GEMM over the G groups (head g·group + j:
 // its rows of x and y have stride H·K and H·N, the batches stride group·K and group·N). bf16 weights take
-// the activations rounded to bf16 once, as linear does.
+// the activations rounded to bf16 once, as linear does (a bf16 x is that rounding already); y f32 or bf16.
 mla_status head_products_cublas(const mla_cuda_buf* x, const mla_cuda_buf* w, mla_cuda_buf* y, int64_t T, int64_t H, int64_t G, int64_t K, int64_t N, bool kMajor) {
   const int64_t group = H / G;
   const float one = 1, zero = 0;
   const void* xs = x->ptr;
-  cudaDataType_t type = CUDA_R_32F;
-  if (w->dtype == MLA_BF16) {
+  cudaDataType_t type = x->dtype == MLA_BF16 ? CUDA_R_16BF : CUDA_R_32F;
+  const cudaDataType_t ytype = y->dtype == MLA_BF16 ? CUDA_R_16BF : CUDA_R_32F;
+  const size_t ys = y->dtype == MLA_BF16 ? 2 : 4;
+  if (w->dtype == MLA_BF16 && x->dtype == MLA_F32) {
     mla_status st;
     auto* xb = (__nv_bfloat16*)mla::scratch(sizeof(__nv_bfloat16) * T * H * K, &st);
     if (!xb) return st;
@@ -166,7 +168,7 @@ mla_status head_products_cublas(const mla_cuda_buf* x, const mla_cuda_buf* w, ml
   const size_t es = type == CUDA_R_16BF ? 2 : 4;
   for (int64_t j = 0; j < group; j++)
     CUBLAS_TRY(cublasGemmStridedBatchedEx(ctx()->blas, kMajor ? CUBLAS_OP_N : CUBLAS_OP_T, CUBLAS_OP_N, (int)N, (int)T, (int)K, &one, w->ptr, type, kMajor ? (int)N : (int)K, N * K, (const char*)xs + j * K * es, type, (int)(H * K), group * K,
-                                          &zero, (float*)y->ptr + j * N, CUDA_R_32F, (int)(H * N), group * N, (int)G, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+                                          &zero, (char*)y->ptr + j * N * ys, ytype, (int)(H * N), group * N, (int)G, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
   return MLA_OK;
 }
 
@@ -174,21 +176,23 @@ mla_status head_products_cublas(const mla_cuda_buf* x, const mla_cuda_buf* w, ml
 
 // y [T, H, N] = x [T, H, K] through each head's group of w: [G, N, K] (head_linear) or k-major [G, K, N]
 // (head_linear_kn: MLA's k_up_proj as stored, no transpose kept beside it). A decode step's few rows take
-// the gemv kernels (gemv.cu, head_kn.cu), other calls cuBLAS.
+// the gemv kernels (gemv.cu, head_kn.cu), other calls cuBLAS. With bf16 weights x and y may be bf16 (a
+// product input rounded once by its writer; an output only bf16 products read), f32 weights take f32.
 static mla_status head_products(const mla_cuda_buf* x, const mla_cuda_buf* w, mla_cuda_buf* y, int64_t T, int64_t H, int64_t G, int64_t K, int64_t N, bool kMajor) {
   NEED_CTX();
   const char* op = kMajor ? "head_linear_kn" : "head_linear";
-  MLA_CHECK(x && w && y && x->dtype == MLA_F32 && y->dtype == MLA_F32 && (w->dtype == MLA_F32 || w->dtype == MLA_BF16), std::string(op) + ": x and y f32, w f32 or bf16");
+  MLA_CHECK(x && w && y && (w->dtype == MLA_BF16 ? (x->dtype == MLA_F32 || x->dtype == MLA_BF16) && (y->dtype == MLA_F32 || y->dtype == MLA_BF16) : w->dtype == MLA_F32 && x->dtype == MLA_F32 && y->dtype == MLA_F32), std::string(op) + ": w f32 with x and y f32, or w bf16 with x and y each f32 or bf16");
   MLA_CHECK(G > 0 && H % G == 0 && x->n == T * H * K && w->n == G * N * K && y->n == T * H * N, std::string(op) + (kMajor ? ": buffers x[T,H,K], w[G,K,N], y[T,H,N]" : ": buffers x[T,H,K], w[G,N,K], y[T,H,N]") + " with H a multiple of G");
   if (T == 0 || N == 0) return MLA_OK;
   if (K == 0) {
-    CUDA_TRY(cudaMemsetAsync(y->ptr, 0, sizeof(float) * T * H * N, ctx()->stream));
+    CUDA_TRY(cudaMemsetAsync(y->ptr, 0, (y->dtype == MLA_BF16 ? 2 : 4) * T * H * N, ctx()->stream));
     return MLA_OK;
   }
   const int64_t group = H / G, rows = T * group;  // decode: T·group rows per group
   const bool bf16 = w->dtype == MLA_BF16;
-  if (bf16 && !kMajor && mla::gemv_takes(x->ptr, false, w->ptr, rows, K, N, G)) return mla::gemv_bf16(x->ptr, false, (const __nv_bfloat16*)w->ptr, (float*)y->ptr, G, rows, group, K, N);
-  if (bf16 && kMajor && mla::head_kn_takes(w->ptr, G, rows, K, N)) return mla::head_kn_bf16((const float*)x->ptr, (const __nv_bfloat16*)w->ptr, (float*)y->ptr, G, rows, group, K, N);
+  const bool xb = x->dtype == MLA_BF16, yb = y->dtype == MLA_BF16;
+  if (bf16 && !kMajor && mla::gemv_takes(x->ptr, xb, w->ptr, rows, K, N, G)) return mla::gemv_bf16(x->ptr, xb, (const __nv_bfloat16*)w->ptr, y->ptr, yb, G, rows, group, K, N);
+  if (bf16 && kMajor && mla::head_kn_takes(w->ptr, G, rows, K, N)) return mla::head_kn_bf16(x->ptr, xb, (const __nv_bfloat16*)w->ptr, y->ptr, yb, G, rows, group, K, N);
   return head_products_cublas(x, w, y, T, H, G, K, N, kMajor);
 }
 

@@ -9,7 +9,7 @@ import { readHfConfig } from "../io/hfConfig.js";
 import { resolveModel } from "../io/modelDir.js";
 import { loadTokenizer, TextTokenizer } from "../io/tokenizer.js";
 import { referenceBackend } from "../backends/reference/index.js";
-import type { Backend } from "../tensor/backend.js";
+import { PRODUCTS, type Backend } from "../tensor/backend.js";
 import type { FloatArray, Tensor } from "../tensor/tensor.js";
 import { attentionInvFreq, ModelConfig } from "./config.js";
 import { LlamaWeights, loadLlamaWeights, WEIGHT_STORAGES, WeightStorage, namedTensors } from "./weights.js";
@@ -26,9 +26,6 @@ import { AttentionNodes, ParamNodes, paramNodes } from "./params.js";
 import { rowRange } from "../tensor/rows.js";
 import { tokenLogprobsFromLoss, type TokenLogprobs } from "./sampling.js";
 import { checkKvCacheDtype, type KvCacheDtype } from "./kvQuant.js";
-
-/** Outputs read only by matrix products (see ProductInputHint). */
-const PRODUCTS = { forProducts: true } as const;
 
 export interface ForwardOptions {
   /** Called with each layer's attention input [T, D] (after input_layernorm), for calibration. */

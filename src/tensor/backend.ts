@@ -68,6 +68,8 @@ export interface AttentionSaved {
 export interface ProductInputHint {
   forProducts?: boolean;
 }
+/** The hint for an output read only by matrix products. */
+export const PRODUCTS: ProductInputHint = Object.freeze({ forProducts: true });
 
 /**
  * The dims of Backend.headLinear's x [T,H,K] and w [G,N,K] (headLinearKN's w [G,K,N] where kMajor), checked
@@ -291,9 +293,9 @@ export interface Backend {
   /**
    * linear of one x against several weights (a layer's projections of one normed input), in one launch
    * where the backend can (decode's few rows): the same results as one linear each. Absent: callers
-   * use linearMany() below, which makes one linear call per weight.
+   * use linearMany() below, which makes one linear call per weight. `hints[i]` for output i: see ProductInputHint.
    */
-  linearMany?(x: Tensor, ws: readonly Tensor[], biases: readonly (Tensor | null | undefined)[]): Tensor[];
+  linearMany?(x: Tensor, ws: readonly Tensor[], biases: readonly (Tensor | null | undefined)[], hints?: readonly (ProductInputHint | undefined)[]): Tensor[];
   /** y[M,D] = x / rms(x) · w[D]; `hint.forProducts`: see ProductInputHint. */
   rmsnorm(x: Tensor, w: Tensor, eps: number, hint?: ProductInputHint): Tensor;
   /**
@@ -336,15 +338,16 @@ export interface Backend {
    * Per-head products with weights shared by groups of heads: x [T,H,K], w [G,N,K] (H a multiple of
    * G) → y [T,H,N], y[t,h] = w[h / (H/G)]·x[t,h]. MLA's run-time absorption: the query's nope part
    * through its KV group's key up-projection, the latent output through its value up-projection.
+   * `hint.forProducts`: see ProductInputHint.
    */
-  headLinear(x: Tensor, w: Tensor): Tensor;
+  headLinear(x: Tensor, w: Tensor, hint?: ProductInputHint): Tensor;
   /**
    * headLinear with w stored k-major, [G,K,N]: y[t,h] = x[t,h]·w[h / (H/G)]. MLA's key up-projection is
    * stored that way ([G·Dn, L]); a decode step's few rows read it in place instead of through a
    * transposed copy (K = Dn is short, so the row-per-column products idle). Absent: callers keep the
    * transpose for headLinear.
    */
-  headLinearKN?(x: Tensor, w: Tensor): Tensor;
+  headLinearKN?(x: Tensor, w: Tensor, hint?: ProductInputHint): Tensor;
   /** silu(gate) ⊙ up, both [M,F]. */
   swiglu(gate: Tensor, up: Tensor, hint?: ProductInputHint): Tensor;
   /** a + b, same shape. */
@@ -391,6 +394,6 @@ export interface Backend {
 }
 
 /** x [M, K] · each ws[i] [N_i, K]ᵀ (+ biases[i]): through the backend's linearMany where it has one, else one linear each. */
-export function linearMany(b: Backend, x: Tensor, ws: readonly Tensor[], biases: readonly (Tensor | null | undefined)[] = []): Tensor[] {
-  return b.linearMany ? b.linearMany(x, ws, biases) : ws.map((w, i) => b.linear(x, w, biases[i] ?? null));
+export function linearMany(b: Backend, x: Tensor, ws: readonly Tensor[], biases: readonly (Tensor | null | undefined)[] = [], hints: readonly (ProductInputHint | undefined)[] = []): Tensor[] {
+  return b.linearMany ? b.linearMany(x, ws, biases, hints) : ws.map((w, i) => b.linear(x, w, biases[i] ?? null));
 }

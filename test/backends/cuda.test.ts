@@ -31,6 +31,7 @@ import { selectBackend } from "../../src/backends/select.js";
 import { DecodeSession } from "../../src/model/decodeSession.js";
 import { synth } from "../../src/synth/synth.js";
 import { decodeToF32, encodeFromF32, toBf16Bits } from "../../src/io/dtype.js";
+import { PRODUCTS } from "../../src/tensor/backend.js";
 import { Checkpoint } from "../../src/io/checkpoint.js";
 import { writeSafetensorsSync } from "../../src/io/safetensors.js";
 import fs from "node:fs";
@@ -103,6 +104,52 @@ test("linearMany (a layer's projections of one x in one launch) equals one linea
   }
   }
   delete process.env["MHA2MLA_GEMV_ROWS"];
+});
+
+// Inside a bf16Inputs arena an output hinted PRODUCTS comes back in bf16 (MLA decode's nope query rows, the value
+// up-projection's heads): the products' own kernels round at the store, so the bits of the float32 output rounded;
+// cuBLAS (past the kernels' rows) computes them with bf16 out, within a bf16 step. A bf16 x gives what its float32
+// values give (every route rounds x to bf16 first).
+test("decode products with bf16 outputs and inputs (ProductInputHint in a bf16Inputs arena): linearMany per output, headLinear and headLinearKN through the FMA, tensor-core and k-major kernels and cuBLAS equal the float32 outputs rounded to bf16; a bf16 x equals its float32 values", { skip }, () => {
+  const B = backend();
+  const rand = seededRand(43, Float32Array);
+  const rounded = (a: ArrayLike<number>) => Array.from(roundBf16(Float32Array.from(a)));
+  const near = (got: ArrayLike<number>, f: ArrayLike<number>, what: string) => {
+    let scale = 0;
+    for (let i = 0; i < f.length; i++) scale = Math.max(scale, Math.abs(f[i]!));
+    assert.ok(maxAbsDiff(Array.from(got), rounded(f)) <= scale / 128, what);
+  };
+  B.arena(() => {
+    for (const M of [2, 8, 24]) {
+      const K = 256;
+      const ws = [512, 96].map((N) => B.uploadBf16!(toBf16Bits(rand(N * K, 0.05)), [N, K]));
+      const x = B.upload(rand(M * K), [M, K]);
+      const f = ws.map((w) => B.linear(x, w).toArray());
+      const h = B.linearMany(x, ws, [], [undefined, PRODUCTS]);
+      assert.equal(h[0]!.dtype, "f32");
+      assert.deepEqual(Array.from(h[0]!.toArray()), Array.from(f[0]!), `${M} rows: an output without the hint`);
+      // Past the one-pass kernels' rows (16) each weight is its own linear, whose output stays float32.
+      assert.equal(h[1]!.dtype, M <= 16 ? "bf16" : "f32", `${M} rows`);
+      assert.deepEqual(Array.from(h[1]!.toArray()), M <= 16 ? rounded(f[1]!) : Array.from(f[1]!), `${M} rows: the hinted output`);
+    }
+    // Rows a group: 1 (FMA kernel; k-major kernel), 8 (tensor-core kernel; cuBLAS for k-major), 24 (cuBLAS).
+    for (const [T, H, G, K, N] of [[1, 32, 32, 112, 2048], [8, 32, 32, 128, 128], [4, 8, 4, 64, 96], [24, 4, 4, 64, 64]] as const) {
+      const xs = rand(T * H * K), x = B.upload(xs, [T, H, K]), xb = B.uploadBf16!(toBf16Bits(xs), [T, H, K]);
+      const w = B.uploadBf16!(toBf16Bits(rand(G * N * K, 0.05)), [G, N, K]), wk = B.uploadBf16!(toBf16Bits(rand(G * K * N, 0.05)), [G, K, N]);
+      for (const [name, run, w_] of [["headLinear", B.headLinear.bind(B), w], ["headLinearKN", B.headLinearKN!.bind(B), wk]] as const) {
+        const what = `${name} [${T},${H},${K}] groups ${G} → ${N}`;
+        const f = run(x, w_).toArray();
+        assert.deepEqual(Array.from(run(xb, w_).toArray()), Array.from(f), `${what}: bf16 x`);
+        const y = run(x, w_, PRODUCTS);
+        assert.equal(y.dtype, "bf16", what);
+        const rows = T * (H / G);
+        const ours = name === "headLinear" ? rows <= 16 : rows <= 4;  // the one-pass kernels' defaults; cuBLAS past them
+        if (ours) assert.deepEqual(Array.from(y.toArray()), rounded(f), `${what}: bf16 y`);
+        else near(y.toArray(), f, `${what}: bf16 y (cuBLAS)`);
+        near(run(xb, w_, PRODUCTS).toArray(), f, `${what}: bf16 x and y`);
+      }
+    }
+  }, { bf16Inputs: true });
 });
 
 /**

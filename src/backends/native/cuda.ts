@@ -704,12 +704,12 @@ export class CudaBackend implements Backend {
    * Decode's projections of one x in one launch (gemv.cu's many-matrix kernels): a few rows, bf16
    * weights, no biases. Anything else, or a product that kernel does not take, runs one linear each.
    */
-  linearMany(x: Tensor, ws: readonly Tensor[], biases: readonly (Tensor | null | undefined)[]): Tensor[] {
+  linearMany(x: Tensor, ws: readonly Tensor[], biases: readonly (Tensor | null | undefined)[], hints: readonly (ProductInputHint | undefined)[] = []): Tensor[] {
     const K = last(x), M = rowsOf(x);
     // MHA2MLA_LINEAR_MANY=0: one linear each (the A/B of the fused launch).
     const fused = process.env["MHA2MLA_LINEAR_MANY"] !== "0" && ws.length >= 2 && ws.length <= 4 && M <= gemvRows() && biases.every((b) => !b) && ws.every((w) => w.dtype === "bf16" && w.shape.length === 2 && w.shape[1] === K);
     if (fused) {
-      const ys = ws.map((w) => this.empty([...x.shape.slice(0, -1), w.shape[0]!], "a linear output"));
+      const ys = ws.map((w, i) => this.empty([...x.shape.slice(0, -1), w.shape[0]!], "a linear output", this.productInputDtype(hints[i])));
       const xb = this.bf16Of(x, true);
       const status = this.lib.fns["linearMany"]!(this.h(xb ?? x), ws.map((w) => this.h(w)), ys.map((y) => this.h(y)), ws.length, M, K) as number;
       if (status === 0) return ys;
@@ -846,17 +846,22 @@ export class CudaBackend implements Backend {
     return { o, saved: lse && kept[0] ? { o, lse, kind: kept[0] } : null };
   }
 
-  headLinear(x: Tensor, w: Tensor): Tensor {
-    const { T, H, K, G, N } = headLinearDims(x, w);
-    const y = this.empty([T, H, N], "a per-head product");
-    this.call("head_linear", this.lib.fns["headLinear"]!(this.h(x), this.h(w), this.h(y), T, H, G, K, N));
-    return y;
+  headLinear(x: Tensor, w: Tensor, hint?: ProductInputHint): Tensor {
+    return this.headProducts("head_linear", "headLinear", x, w, hint, false);
   }
 
-  headLinearKN(x: Tensor, w: Tensor): Tensor {
-    const { T, H, K, G, N } = headLinearDims(x, w, true);
-    const y = this.empty([T, H, N], "a per-head product");
-    this.call("head_linear_kn", this.lib.fns["headLinearKN"]!(this.h(x), this.h(w), this.h(y), T, H, G, K, N));
+  headLinearKN(x: Tensor, w: Tensor, hint?: ProductInputHint): Tensor {
+    return this.headProducts("head_linear_kn", "headLinearKN", x, w, hint, true);
+  }
+
+  /** headLinear(KN): bf16 weights read x as it is (f32 or bf16) and may write y in bf16 (hint); f32 weights take f32. */
+  private headProducts(op: string, fn: string, x: Tensor, w: Tensor, hint: ProductInputHint | undefined, kMajor: boolean): Tensor {
+    const { T, H, K, G, N } = headLinearDims(x, w, kMajor);
+    const bf16 = w.dtype === "bf16";
+    const xin = bf16 ? (this.bf16Of(x, false) ?? x) : this.asF32(x);
+    const y = this.empty([T, H, N], "a per-head product", bf16 ? this.productInputDtype(hint) : F32);
+    this.call(op, this.lib.fns[fn]!(this.h(xin), this.h(w), this.h(y), T, H, G, K, N));
+    if (!bf16 && xin !== x) xin.dispose();
     return y;
   }
 

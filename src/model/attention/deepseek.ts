@@ -9,7 +9,7 @@
  * fly, so the weights stay as stored.
  */
 import type { Node, Ops } from "../../tensor/autograd.js";
-import { linearMany, type Backend } from "../../tensor/backend.js";
+import { linearMany, PRODUCTS, type Backend } from "../../tensor/backend.js";
 import type { Tensor } from "../../tensor/tensor.js";
 import type { DeepseekAttention, ModelConfig } from "../config.js";
 import { LatentCache } from "../kvCache.js";
@@ -119,7 +119,7 @@ export class DeepseekDecoder {
     const kPe = b.rope(kPeRows.reshape([B, 1, dr]), positions, this.invFreq, dr);
     const [krAll, latAll] = LatentCache.appendBatch(caches, this.layer, kPe, lat);
     const ctx = b.latentAttentionDecodeBatch(qPe, krAll, qc, latAll, { scale: 1 / Math.sqrt(dn + dr), positions, window: null });
-    const heads = b.headLinear(ctx, vb);
+    const heads = b.headLinear(ctx, vb, PRODUCTS);
     const y = b.linear(heads.reshape([B, H * dv]), w.o, w.oBias);
     for (const t of [q, qNope, qPeRows, qPe, qc, kv, c0, lat, kPeRows, kPe, ctx, heads]) t.dispose();
     return y;

@@ -14,7 +14,7 @@
  */
 import { MlaError } from "../../errors.js";
 import { toBf16Bits } from "../../io/dtype.js";
-import { linearMany, type Backend } from "../../tensor/backend.js";
+import { linearMany, PRODUCTS, type Backend } from "../../tensor/backend.js";
 import type { Tensor } from "../../tensor/tensor.js";
 import type { Node, Ops } from "../../tensor/autograd.js";
 import type { AttentionNodes } from "../params.js";
@@ -167,7 +167,9 @@ export class MlaBlock {
     const ab = this.absorb();
     // The four products of x (rope keys, latent, the two query parts) in one launch where the backend can.
     const [q1, q2] = this.queryWeights(ab);
-    const [krRaw, latRaw, qRaw1, qRaw2] = linearMany(b, x, [w.kRope, w.kvDown, q1.w, q2.w], [w.kRopeBias, null, q1.bias, q2.bias]);
+    // Run time: the nope rows feed only the key up-projection, so they may come back in bf16 (no rounding launch).
+    const nopeHint = ab.form === "runtime" ? PRODUCTS : undefined;
+    const [krRaw, latRaw, qRaw1, qRaw2] = linearMany(b, x, [w.kRope, w.kvDown, q1.w, q2.w], [w.kRopeBias, null, q1.bias, q2.bias], [undefined, undefined, undefined, nopeHint]);
     const kr = b.rope(krRaw!.reshape([B, c.kvHeads, Dr]), positions, this.kFreq, Dr);
     krRaw!.dispose();
     let lat = latRaw!;
@@ -192,7 +194,7 @@ export class MlaBlock {
     const { b, c, w } = this;
     const T = ctx.shape[0]!;
     if (ab.form === "premultiplied") return b.linear(ctx.reshape([T, c.heads * this.L]), ab.oLatent, ab.oBias);
-    const heads = b.headLinear(ctx, ab.vUp); // [T, H, Dh]
+    const heads = b.headLinear(ctx, ab.vUp, PRODUCTS); // [T, H, Dh], read by o_proj alone
     const y = b.linear(heads.reshape([T, c.heads * c.headDim]), w.o, ab.oBias);
     heads.dispose();
     return y;
