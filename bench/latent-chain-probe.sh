@@ -6,7 +6,7 @@
 # (env DIAGS: the timing builds, default "1 2 6 7"; 8 and 9 read the stages' latent rows from shared memory once a
 # warp a tile, both roles or the score warps alone. NCU=0 skips the profile; PIPES=1 adds ncu's tensor-pipe share.
 # BUILDS: tuning builds as NAME:FLAGS words (FLAGS comma-separated), e.g. "ch1:-DROLES_CH=1
-# pipe:-DROLES_PIPE=1,-DROLES_CH=1", timed beside the DIAGS and, being meant to
+# pipe:-DROLES_PIPE=1,-DROLES_CH=1" or "wide:-DROLES_WIDE=1" (built for sm_90a), timed beside the DIAGS and, being meant to
 # give the tree's outputs, each checked first by the GPU suite's latent test run on its library.)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +23,9 @@ DIAGS=${DIAGS-1 2 6 7}
 mkdir -p $W/obj $W/libs
 ( ls native/cuda/*.cu | grep -v latent_decode_roles | xargs -P 8 -I{} sh -c "nvcc $FL -c {} -o $W/obj/\$(basename {} .cu).o" &
   for d in $DIAGS; do nvcc $FL -DMLA_ROLES_DIAG=$d -c native/cuda/latent_decode_roles.cu -o $W/roles-d$d.o & done
-  for b in ${BUILDS:-}; do nvcc $FL $(echo "${b#*:}" | tr , ' ') -c native/cuda/latent_decode_roles.cu -o $W/roles-${b%%:*}.o & done; wait
+  # A build with ROLES_WIDE (setmaxnreg) compiles for sm_90a.
+  for b in ${BUILDS:-}; do f=$(echo "${b#*:}" | tr , ' '); fl=$FL; case "$f" in *ROLES_WIDE=1*) fl=${FL/compute_90,code=sm_90/compute_90a,code=sm_90a};; esac
+    nvcc $fl $f -c native/cuda/latent_decode_roles.cu -o $W/roles-${b%%:*}.o & done; wait
   for d in $DIAGS; do nvcc $LINK $W/obj/*.o $W/roles-d$d.o -o $W/libs/lib-diag$d.so; done
   for b in ${BUILDS:-}; do nvcc $LINK $W/obj/*.o $W/roles-${b%%:*}.o -o $W/libs/lib-${b%%:*}.so; done; echo done ) > $OUT/diag-build.txt 2>&1 &
 # The tree's own library meanwhile (the variants' builds above run beside it).

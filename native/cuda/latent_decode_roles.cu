@@ -24,7 +24,29 @@
 #include "latent_common.cuh"
 
 namespace {
-constexpr int SCORE_WARPS = 4, SUM_WARPS = 8, ROLE_THREADS = 32 * (SCORE_WARPS + SUM_WARPS);
+// Tuning build ROLES_WIDE=1, sm_90a only (-gencode=arch=compute_90a,code=sm_90a; not the default while the build compiles
+// this file for sm_90, not sm_90a):
+// eight score warps, each an eighth of the latent dims (half the k16 steps and query registers of the four), so
+// a tile's score MMAs take half as long on the chain (docs/latent-decode-design.md: the score warps' side of a
+// tile is the chain's long pole). Warps 4–7 only help: each adds its partial scores into the slot of warp w − 4
+// (a named barrier of the pair) and goes on to the next tile's MMAs while warps 0–3 run the softmax. 512
+// threads: the score warpgroups give registers back (setmaxnreg) to the weighted-sum ones, which keep 128
+// accumulators each (ROLES_WIDE_SCORE_REGS, default 104, where ptxas spills what the default build spills, 8/12 bytes; 96 spills 20/20, 88 68/72, 112 24/40; the weighted sum takes 256 − that).
+// Measured (forty-seventh session, H100, 16k × 8): 1% faster a layer call (0.261 / 0.259 ms against 0.264 / 0.262) and
+// +2.7% on the median of four alternated recorded-step pairs (docs/benchmarks.md).
+#ifndef ROLES_WIDE
+#define ROLES_WIDE 0
+#endif
+#ifndef ROLES_WIDE_SCORE_REGS
+#define ROLES_WIDE_SCORE_REGS 104
+#endif
+constexpr bool WIDE = ROLES_WIDE != 0;
+static_assert(ROLES_WIDE_SCORE_REGS % 8 == 0 && ROLES_WIDE_SCORE_REGS >= 24 && ROLES_WIDE_SCORE_REGS <= 128, "setmaxnreg.dec from the 128 registers 512 threads start with, in steps of 8");
+#if ROLES_WIDE && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#error "ROLES_WIDE needs an sm_90a build: -gencode=arch=compute_90a,code=sm_90a"
+#endif
+constexpr int SOFTMAX_WARPS = 4;  // the score warps that also run the softmax (four heads each, eight lanes a head)
+constexpr int SCORE_WARPS = WIDE ? 8 : 4, SUM_WARPS = 8, ROLE_THREADS = 32 * (SCORE_WARPS + SUM_WARPS);
 constexpr int ROLE_STAGES = 3;
 constexpr int ROLE_MAX_DR = 64;
 // Timing experiments only, never a default: built with -DMLA_ROLES_DIAG=1 the kernel skips its MMAs
@@ -106,7 +128,7 @@ __device__ __forceinline__ int tile_at(int it, int rot, int ntiles) {
   return t >= ntiles ? t - ntiles : t;
 }
 static_assert(TN == 16 && 2 * SUM_WARPS == TN, "each weighted-sum warp brings two rows of a tile");
-static_assert(SCORE_WARPS * 4 == HB, "each score warp's softmax takes four heads, eight lanes each");
+static_assert(SOFTMAX_WARPS * 4 == HB, "each softmax warp takes four heads, eight lanes each");
 // Floats between two score warps' partials ([HB][TN] each): 16 more, so warp w + 2 meets other banks.
 constexpr int ROLE_PART_STRIDE = HB * TN + 16;
 
@@ -116,7 +138,7 @@ struct RoleLayout {
   __host__ __device__ size_t ropeBytes() const { return ((size_t)TN * ropeStride * 2 + 15) & ~size_t(15); }
   __host__ __device__ size_t stageBytes() const { return latentBytes() + ropeBytes(); }
   __host__ __device__ size_t partOffset() const { return stageBytes() * ROLE_STAGES; }
-  __host__ __device__ size_t qrOffset() const { return partOffset() + (size_t)SCORE_WARPS * ROLE_PART_STRIDE * 4; }
+  __host__ __device__ size_t qrOffset() const { return partOffset() + (size_t)SOFTMAX_WARPS * ROLE_PART_STRIDE * 4; }
   __host__ __device__ size_t probsOffset() const { return qrOffset() + (((size_t)HB * Dr * 4 + 15) & ~size_t(15)); }
   __host__ __device__ size_t alphaOffset() const { return probsOffset() + (size_t)ROLE_PBUF * HB * (TN + PAD) * 2; }
   __host__ __device__ size_t statsOffset() const { return alphaOffset() + (size_t)ROLE_PBUF * HB * 4; }
@@ -125,8 +147,29 @@ struct RoleLayout {
   __host__ __device__ size_t bytes() const { return barOffset() + (size_t)(2 * ROLE_STAGES + 2 * ROLE_PBUF) * 8; }
 };
 
-// A barrier of the score warps alone (named barrier 1; __syncthreads is 0).
+// A barrier of the score warps alone (named barrier 1; __syncthreads is 0), and one of the softmax warps alone
+// (the score warps' own where they are the same warps; named barrier 6 under ROLES_WIDE).
 __device__ __forceinline__ void score_warps_sync() { warps_sync<SCORE_WARPS>(); }
+__device__ __forceinline__ void softmax_warps_sync() {
+  if (WIDE) asm volatile("bar.sync 6, %0;\n" ::"n"(32 * SOFTMAX_WARPS) : "memory");
+  else score_warps_sync();
+}
+// ROLES_WIDE: helper warp 4 + w's partials written (it arrives), for softmax warp w (it waits): named barriers 2–5.
+__device__ __forceinline__ void pair_arrive(int w) { asm volatile("bar.arrive %0, 64;\n" ::"r"(2 + w) : "memory"); }
+__device__ __forceinline__ void pair_sync(int w) { asm volatile("bar.sync %0, 64;\n" ::"r"(2 + w) : "memory"); }
+// A warpgroup's register budget from here on (sm_90a; every warp of the warpgroup runs the same one).
+template <int N>
+__device__ __forceinline__ void regs_down() {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));
+#endif
+}
+template <int N>
+__device__ __forceinline__ void regs_up() {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
+#endif
+}
 
 // q[0…7] · k[0…7] with k eight bf16 in 16 bytes.
 __device__ __forceinline__ float dot8(float4 qa, float4 qb, uint4 k) {
@@ -153,7 +196,7 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
   const int ropeCols = share.span.count * Dr;
   const int rot = tile_rotation(share.ntiles, share.split, b);
 
-  float* sPart = (float*)(smem + lay.partOffset());  // [SCORE_WARPS][HB][TN], ROLE_PART_STRIDE apart
+  float* sPart = (float*)(smem + lay.partOffset());  // [SOFTMAX_WARPS][HB][TN], ROLE_PART_STRIDE apart
   float* sQr = (float*)(smem + lay.qrOffset());      // [HB][Dr] the heads' rope queries
   bf16* sP = (bf16*)(smem + lay.probsOffset());      // [ROLE_PBUF][HB][TN + PAD]
   float* sAlpha = (float*)(smem + lay.alphaOffset());  // [ROLE_PBUF][HB]
@@ -161,14 +204,14 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
   float* sL = sM + HB;
   uint64_t* full = (uint64_t*)(smem + lay.barOffset());  // a stage's copies landed: one arrival per weighted-sum warp with its bytes
   uint64_t* empty = full + ROLE_STAGES;                  // every weighted-sum warp is past the stage (the score warps were before them)
-  uint64_t* ready = empty + ROLE_STAGES;                 // a probability buffer written: one arrival per score thread
+  uint64_t* ready = empty + ROLE_STAGES;                 // a probability buffer written: one arrival per softmax thread
   uint64_t* freed = ready + ROLE_PBUF;                   // a probability buffer read: one arrival per weighted-sum warp
   if (threadIdx.x < ROLE_STAGES) {
     bar_init(full + threadIdx.x, CPASYNC ? 32 * SUM_WARPS : SUM_WARPS);
     bar_init(empty + threadIdx.x, SUM_WARPS * (MC ? 2 : 1));  // MC: the peer's warps too
   }
   if (threadIdx.x < ROLE_PBUF) {
-    bar_init(ready + threadIdx.x, 32 * SCORE_WARPS);
+    bar_init(ready + threadIdx.x, 32 * SOFTMAX_WARPS);
     bar_init(freed + threadIdx.x, SUM_WARPS);
   }
   for (int i = threadIdx.x; i < HB * Dr; i += blockDim.x) sQr[i] = i / Dr < share.nh ? qr[((int64_t)b * H + share.h0) * Dr + i] : 0.f;
@@ -186,17 +229,23 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
   unsigned phase = 0;  // (it / ROLE_STAGES) mod 2
 
   if (warp < SCORE_WARPS) {
-    // ROLES_CH accumulator sets for the scores (k16 steps in turn; 2: MMA chains of NT / 2).
+    if (WIDE) regs_down<ROLES_WIDE_SCORE_REGS>();
+    // ROLES_CH accumulator sets for the scores (k16 steps in turn; 2: MMA chains of KQ / 2).
     constexpr int CH = ROLES_CH;
-    // This warp's query fragments: latent k16 steps warp·NT … warp·NT + NT − 1 (A layout of m16n8k16).
-    uint32_t qf[NT][4];
+    // k16 steps a score warp takes (the 4·NT of the latent over the score warps).
+    constexpr int KQ = 4 * NT / SCORE_WARPS;
+    // ROLES_WIDE: warps 4–7 help warps 0–3 (ow: the softmax warp whose partial slot this warp fills).
+    const bool helper = WIDE && warp >= SOFTMAX_WARPS;
+    const int ow = WIDE ? warp % SOFTMAX_WARPS : warp;
+    // This warp's query fragments: latent k16 steps warp·KQ … warp·KQ + KQ − 1 (A layout of m16n8k16).
+    uint32_t qf[KQ][4];
     // Four steps' loads in flight at a time: their float2 results all at once would not fit the
     // registers (ptxas spilled ~190 bytes when it issued the 128 loads together). Each batch's address
     // takes a zero the compiler cannot see through from the batch before.
     int after = 0;
 #pragma unroll
-    for (int j = 0; j < NT; j++) {
-      const int k0 = (warp * NT + j) * 16 + 2 * t4 + after;
+    for (int j = 0; j < KQ; j++) {
+      const int k0 = (warp * KQ + j) * 16 + 2 * t4 + after;
       auto at = [&](int r, int k) -> float2 {
         return r < share.nh ? *reinterpret_cast<const float2*>(qc + ((int64_t)b * H + share.h0 + r) * L + k) : make_float2(0.f, 0.f);
       };
@@ -209,16 +258,18 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
     }
     // The latent B fragment (keys as rows) of this warp's first k16 step; the next is 32 bytes on.
     const int nkRow = (lane & 7) + (lane >> 4) * 8, nkCol = ((lane >> 3) & 1) * 8;
-    const unsigned scoreOff = (unsigned)((nkRow * ldc + nkCol + warp * NT * 16) * 2);
-    float* const partMine = sPart + warp * ROLE_PART_STRIDE + g * TN + 2 * t4;
+    const unsigned scoreOff = (unsigned)((nkRow * ldc + nkCol + warp * KQ * 16) * 2);
+    float* const partMine = sPart + ow * ROLE_PART_STRIDE + g * TN + 2 * t4;
     // The softmax's view: head r (four per warp), keys 2·kp and 2·kp + 1 (eight lanes per head).
-    const int r = warp * 4 + (lane >> 3), kp = lane & 7;
+    const int r = ow * 4 + (lane >> 3), kp = lane & 7;
     const int rcol = r < share.nh ? ((share.h0 + r) / group - share.span.first) * Dr : 0;  // head r's rope columns in the copied span
     const float* qrow = sQr + r * Dr;
     // Keys of this split visible to the query, counted from its first tile (int: fewer registers in the loop).
     const int visible = (int)(share.sq.n - share.t_begin * TN < (int64_t)share.ntiles * TN ? share.sq.n - share.t_begin * TN : (int64_t)share.ntiles * TN);
     float m = -INFINITY, l = 0.f;
-    for (int it = 0; it < share.ntiles; it++) {
+    // Timing builds without a softmax leave the helpers nothing to do: no tile (nothing in the stages' release
+    // waits for them, so a helper waiting on `full` could fall behind by a whole turn of the ring).
+    for (int it = 0; it < (ROLES_NO_SOFTMAX && helper ? 0 : share.ntiles); it++) {
       bar_wait(full + stage, phase);
       if (ROLES_NO_SOFTMAX) {
         const int pb = pbuf_of(it), use = pbuf_use(it);
@@ -235,15 +286,15 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
         uint32_t bf[2][4];
         if (!ROLES_NO_MMA) ldsm4<false>(bf[0], ka);
 #pragma unroll
-        for (int j = 0; j < (ROLES_NO_MMA ? 0 : NT); j++) {
-          if (j + 1 < NT) ldsm4<false>(bf[(j + 1) & 1], ka + (j + 1) * 32);
+        for (int j = 0; j < (ROLES_NO_MMA ? 0 : KQ); j++) {
+          if (j + 1 < KQ) ldsm4<false>(bf[(j + 1) & 1], ka + (j + 1) * 32);
           mma(s[j % CH][0], qf[j], bf[j & 1][0], bf[j & 1][1]);
           mma(s[j % CH][1], qf[j], bf[j & 1][2], bf[j & 1][3]);
         }
       } else {
         uint32_t bf[4];
 #pragma unroll
-        for (int j = 0; j < (ROLES_NO_MMA ? 0 : NT); j++) {
+        for (int j = 0; j < (ROLES_NO_MMA ? 0 : KQ); j++) {
           if (j == 0 || !ROLES_SCORE_ONE_READ) ldsm4<false>(bf, ka + j * 32);
           mma(s[j % CH][0], qf[j], bf[0], bf[1]);
           mma(s[j % CH][1], qf[j], bf[2], bf[3]);
@@ -254,23 +305,50 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
 #pragma unroll
         for (int i = 0; i < 8; i++) s[0][i / 4][i % 4] += s[c][i / 4][i % 4];
       score_warps_sync();  // every score warp has read the partials of the tile before
-      if (KEYS8) {
-        // Keys 2t4, 2t4 + 1, 8 + 2t4, 9 + 2t4 at 4t4, 4t4 + 2, 4t4 + 1, 4t4 + 3.
-        *reinterpret_cast<float4*>(partMine + 2 * t4) = make_float4(s[0][0][0], s[0][1][0], s[0][0][1], s[0][1][1]);
-        *reinterpret_cast<float4*>(partMine + 8 * TN + 2 * t4) = make_float4(s[0][0][2], s[0][1][2], s[0][0][3], s[0][1][3]);
-      } else {
+      // This warp's partial scores into its slot; `add`: to what the slot holds (ROLES_WIDE: the helper's, a lane
+      // reading back exactly what the same lane of the helper wrote).
+      auto store_part = [&](bool add) {
+        if (KEYS8) {
+          // Keys 2t4, 2t4 + 1, 8 + 2t4, 9 + 2t4 at 4t4, 4t4 + 2, 4t4 + 1, 4t4 + 3.
+          float4* lo = reinterpret_cast<float4*>(partMine + 2 * t4);
+          float4* hi = reinterpret_cast<float4*>(partMine + 8 * TN + 2 * t4);
+          float4 a = make_float4(s[0][0][0], s[0][1][0], s[0][0][1], s[0][1][1]), c = make_float4(s[0][0][2], s[0][1][2], s[0][0][3], s[0][1][3]);
+          if (add) {
+            const float4 u = *lo, v = *hi;
+            a.x += u.x, a.y += u.y, a.z += u.z, a.w += u.w, c.x += v.x, c.y += v.y, c.z += v.z, c.w += v.w;
+          }
+          *lo = a;
+          *hi = c;
+        } else {
 #pragma unroll
-        for (int nt = 0; nt < 2; nt++) {
-          *reinterpret_cast<float2*>(partMine + nt * 8) = make_float2(s[0][nt][0], s[0][nt][1]);
-          *reinterpret_cast<float2*>(partMine + 8 * TN + nt * 8) = make_float2(s[0][nt][2], s[0][nt][3]);
+          for (int nt = 0; nt < 2; nt++) {
+            float2* lo = reinterpret_cast<float2*>(partMine + nt * 8);
+            float2* hi = reinterpret_cast<float2*>(partMine + 8 * TN + nt * 8);
+            float2 a = make_float2(s[0][nt][0], s[0][nt][1]), c = make_float2(s[0][nt][2], s[0][nt][3]);
+            if (add) {
+              const float2 u = *lo, v = *hi;
+              a.x += u.x, a.y += u.y, c.x += v.x, c.y += v.y;
+            }
+            *lo = a;
+            *hi = c;
+          }
         }
+      };
+      if (helper) {
+        // Its share is written: on to the next tile's MMAs while the softmax warps finish this one.
+        store_part(false);
+        pair_arrive(ow);
+        next_stage(stage, phase, ROLE_STAGES);
+        continue;
       }
-      score_warps_sync();
+      if (WIDE) pair_sync(ow);
+      store_part(WIDE);
+      softmax_warps_sync();
       // Scores of head r at keys 2kp, 2kp + 1 (KEYS8: kp, kp + 8): the four partials, then the rope part in float32.
       const float* pr = sPart + r * TN + 2 * kp;
       float x0 = 0.f, x1 = 0.f;
 #pragma unroll
-      for (int w = 0; w < SCORE_WARPS; w++) {
+      for (int w = 0; w < SOFTMAX_WARPS; w++) {
         const float2 v = *reinterpret_cast<const float2*>(pr + w * ROLE_PART_STRIDE);
         x0 += v.x;
         x1 += v.y;
@@ -314,9 +392,14 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
       bar_arrive(ready + pb);
       next_stage(stage, phase, ROLE_STAGES);
     }
+    if (helper) {
+      __syncthreads();  // finish_scores' barrier, met by every thread of the block
+      return;
+    }
     finish_scores(m, l, r, kp, sM, sL, share, lsepart, H, b);
     return;
   }
+  if (WIDE) regs_up<256 - ROLES_WIDE_SCORE_REGS>();
 
   // Weighted-sum warp sw: output columns n0 … n0 + 8·NT − 1; it brings rows 2·sw and 2·sw + 1 of each tile.
   const int sw = warp - SCORE_WARPS, n0 = sw * NT * 8, row0 = 2 * sw;
