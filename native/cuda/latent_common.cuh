@@ -227,6 +227,24 @@ __device__ __forceinline__ void next_stage(int& stage, unsigned& phase, int stag
   }
 }
 
+// A weighted-sum warp done with tile `it` of the role kernels (bf16 and int8): it frees the stage (`empty`: this block's
+// barrier, and under MC the peer's, which waits for both blocks' readers before the multicast refill, only where a tile
+// `stages` on refills it: past the last the peer may have finished) and the probability buffer `pb`; then, where that
+// refill comes, waits for every reader of the stage and issues this warp's copies of tile it + stages (load(tile, stage)).
+template <bool MC, class Load>
+__device__ __forceinline__ void release_stage(uint64_t* empty, uint64_t* freed, int stage, unsigned phase, int pb, int it, int stages, int ntiles, unsigned rank, int lane, Load&& load) {
+  __syncwarp();
+  if (lane == 0) {
+    bar_arrive(empty + stage);
+    if (MC && it + stages < ntiles) bar_arrive_remote(empty + stage, rank ^ 1);
+    bar_arrive(freed + pb);
+  }
+  if (it + stages < ntiles) {
+    bar_wait(empty + stage, phase);
+    load(it + stages, stage);
+  }
+}
+
 bool sm90() {
   static int major = -1;
   if (major < 0 && cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, mla::ctx()->device) != cudaSuccess) major = 0;

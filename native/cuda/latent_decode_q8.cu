@@ -297,16 +297,7 @@ k_latent_decode_q8(const Seq* seqs, const int32_t* pos, int64_t window, const fl
 #pragma unroll
       for (int j = 0; j < 4; j++) mma<__half>(acc[4 * m4 + j], a, i8_column_pair(va, vb, j), i8_column_pair(vc, vd, j));
     }
-    __syncwarp();
-    if (lane == 0) {
-      bar_arrive(empty + stage);
-      if (MC && it + stages < share.ntiles) bar_arrive_remote(empty + stage, rank ^ 1);
-      bar_arrive(freed + pb);
-    }
-    if (it + stages < share.ntiles) {
-      bar_wait(empty + stage, phase);
-      load(it + stages, stage);
-    }
+    release_stage<MC>(empty, freed, stage, phase, pb, it, stages, share.ntiles, rank, lane, load);
     next_stage(stage, phase, stages);
   }
   __syncthreads();  // the score warps' final m and l

@@ -478,19 +478,7 @@ k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const
     const float a_lo = sAlpha[pb * HB + g], a_hi = sAlpha[pb * HB + g + 8];
     rescale_rows(acc, a_lo, a_hi);
     const unsigned va = smemAddr + (unsigned)stage * stageBytes + pvOff;
-    auto release = [&]() {
-      __syncwarp();
-      if (lane == 0) {
-        bar_arrive(empty + stage);
-        // Only where a copy follows: past the last such tile the peer may have finished.
-        if (MC && it + ROLE_STAGES < share.ntiles) bar_arrive_remote(empty + stage, rank ^ 1);
-        bar_arrive(freed + pb);
-      }
-      if (it + ROLE_STAGES < share.ntiles) {
-        bar_wait(empty + stage, phase);
-        load(it + ROLE_STAGES, stage);
-      }
-    };
+    auto release = [&]() { release_stage<MC>(empty, freed, stage, phase, pb, it, ROLE_STAGES, share.ntiles, rank, lane, load); };
     if (ROLES_EARLY_RELEASE) release();
     uint32_t bf[4];
 #pragma unroll
