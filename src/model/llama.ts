@@ -14,7 +14,7 @@ import type { FloatArray, Tensor } from "../tensor/tensor.js";
 import { attentionInvFreq, ModelConfig } from "./config.js";
 import { LlamaWeights, loadLlamaWeights, WEIGHT_STORAGES, WeightStorage, namedTensors } from "./weights.js";
 import { checkOptionTypes, type OptionKinds } from "../util/optionTypes.js";
-import { checkCacheArg, checkCachesArg } from "../util/argTypes.js";
+import { checkCacheArg, checkCachesArg, tokenIdsArg } from "../util/argTypes.js";
 import { CacheOptions, DecodeCache, KvCache, LatentCache } from "./kvCache.js";
 import { AttentionMode, mhaAttention, mhaDecodeBatch } from "./attention/mha.js";
 import { MlaError } from "../errors.js";
@@ -122,7 +122,7 @@ export class LlamaModel {
   forward(ids: Int32Array, cache?: DecodeCache, opts: ForwardOptions = {}): Tensor {
     // From a script: anything but a cache failed inside as "Cannot read properties of undefined".
     checkCacheArg("forward()", cache);
-    return this.logits(ids, cache, opts);
+    return this.logits(tokenIdsArg("forward()", ids), cache, opts);
   }
 
   /** The LM head over the final hidden states, which are freed at once (a GPU backend would hold them until the collector ran). */
@@ -141,6 +141,7 @@ export class LlamaModel {
    * vocabulary would otherwise make 1 GB of float32 logits to read one row). `opts.absorb`: as forward's.
    */
   prefill(ids: Int32Array, cache: DecodeCache, opts: Pick<ForwardOptions, "absorb"> = {}): Tensor {
+    ids = tokenIdsArg("prefill()", ids);
     const ops = new Ops(this.backend, null);
     const P = this.constantNodes(ops);
     const h = this.hidden(ops, P, ids, cache, opts).value;
@@ -225,6 +226,7 @@ export class LlamaModel {
    */
   decodeBatch(ids: Int32Array, caches: readonly DecodeCache[]): Tensor {
     checkCachesArg("decodeBatch()", caches, "pass one cache per sequence, each made with model.newCache(dtype) and prefilled: [cache, cache.clone()]");
+    ids = tokenIdsArg("decodeBatch()", ids);
     if (ids.length !== caches.length || ids.length === 0)
       throw new MlaError("BAD_ARGUMENT", `decodeBatch: ${ids.length} tokens for ${caches.length} caches`, "pass one next token per sequence, in the order of the caches");
     if (new Set(caches).size !== caches.length) throw new MlaError("BAD_ARGUMENT", "decodeBatch: the same cache appears twice", "each sequence needs its own cache (clone() copies one)");

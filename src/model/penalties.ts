@@ -7,6 +7,7 @@
  * probabilities are reported from the logits before them, as vLLM reports them by default.
  */
 import { MlaError } from "../errors.js";
+import { describe } from "../util/optionTypes.js";
 import type { FloatArray } from "../tensor/tensor.js";
 
 export interface PenaltyOptions {
@@ -31,6 +32,9 @@ export function checkPenalties(o: PenaltyOptions, vocabSize: number, names: Reco
   const r = o.repetitionPenalty;
   if (r !== undefined && !(Number.isFinite(r) && r > 0 && r <= 100)) throw new MlaError("BAD_ARGUMENT", `${names.repetitionPenalty} ${r} is not a number above 0 and at most 100`, "pass e.g. 1.1 to make tokens already seen less likely, or 1 (none)");
   for (const [id, bias] of o.logitBias ?? []) {
+    // A Map built from an object's entries is keyed by strings: "5" was refused as "token id 5, outside the vocabulary of 512".
+    if (typeof id !== "number") throw new MlaError("BAD_ARGUMENT", `${names.logitBias} names token id ${describe(id)}, not a number`, "key it by numbers: new Map([[50256, -100]]), or new Map(Object.entries(o).map(([k, v]) => [Number(k), v]))");
+    if (typeof bias !== "number") throw new MlaError("BAD_ARGUMENT", `${names.logitBias} gives token ${id} the bias ${describe(bias)}, not a number`, "give each token a bias from -100 to 100");
     if (!(Number.isInteger(id) && id >= 0 && id < vocabSize)) throw new MlaError("BAD_ARGUMENT", `${names.logitBias} names token id ${id}, outside the vocabulary of ${vocabSize}`, "use ids from the model's tokenizer (/tokenize gives them)");
     if (!(Number.isFinite(bias) && bias >= -100 && bias <= 100)) throw new MlaError("BAD_ARGUMENT", `${names.logitBias} gives token ${id} the bias ${bias}, outside -100 … 100`, "-100 bans a token, 100 forces it, values between shift its odds");
   }

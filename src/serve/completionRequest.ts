@@ -187,10 +187,14 @@ export function parseChatRequest(body: unknown, served: { name: string; vocabSiz
 
 /** A request's `messages` (chat, and /tokenize's chat form), checked; `example` shows a good request. */
 export function parseMessages(m: unknown, example: string): ChatMessage[] {
+  // "messages": "hi" was refused as "the request has no messages", sending the client to add what it had sent.
+  if (m !== undefined && m !== null && !Array.isArray(m)) throw bad(`messages ${shown(m)} is not a list of messages`, `send e.g. ${example}`);
   if (!Array.isArray(m) || m.length === 0) throw bad("the request has no messages", `send e.g. ${example}`);
   return m.map((x: unknown, i): ChatMessage => {
     const o = x as Record<string, unknown> | null;
-    if (typeof o !== "object" || o === null || typeof o["role"] !== "string") throw bad(`messages[${i}] has no role`, 'each message is {"role": "user" | "assistant" | "system", "content": "…"}');
+    const shape = 'each message is {"role": "user" | "assistant" | "system", "content": "…"}';
+    if (typeof o !== "object" || o === null || Array.isArray(o)) throw bad(`messages[${i}] ${shown(o)} is not a message object`, shape);
+    if (typeof o["role"] !== "string") throw bad(`messages[${i}] has no role`, shape);
     const c = o["content"];
     // OpenAI's content parts: text parts are joined by line breaks, as vLLM joins them; other kinds
     // (images, audio) this model cannot take. Only an assistant turn may have no content (one with tool

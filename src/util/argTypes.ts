@@ -40,7 +40,8 @@ export function checkTokenizerArg(where: string, v: unknown): void {
 /** Refuses `v` unless it is a string; `what` names it ("the text", "the model folder"), `hint` says what goes there. */
 export function checkStringArg(where: string, what: string, v: unknown, hint: string): void {
   if (typeof v === "string" && v !== "") return;
-  throw new MlaError("BAD_ARGUMENT", `${where}: ${what} is ${v === "" ? "empty" : describe(v)}, not ${v === "" ? "a name" : "a string"}`, hint);
+  // An empty text (a continuation, a task) is no more "a name" than a folder's empty path is text.
+  throw new MlaError("BAD_ARGUMENT", `${where}: ${what} is ${v === "" ? "an empty string" : `${describe(v)}, not a string`}`, hint);
 }
 
 /** Refuses `v` unless it is an array of Int32Array token-id windows (what calibrationWindows returns). */
@@ -62,6 +63,24 @@ export function checkCachesArg(where: string, caches: unknown, hint: string): vo
 /** Refuses `cache` unless it is a decode cache or left out (model.forward's). */
 export function checkCacheArg(where: string, cache: unknown): void {
   if (cache !== undefined && !isDecodeCache(cache)) throw new MlaError("BAD_ARGUMENT", `${where}: the cache is ${describe(cache)}, not a decode cache`, "make one with model.newCache(dtype), or leave it out to score the ids from position 0");
+}
+
+/**
+ * Token ids as the model's methods read them: an Int32Array as it is, or an array (or another typed
+ * array) of whole numbers copied into one. A script's [1.5] or Float64Array.of(1) went through
+ * unchecked: the TypeScript backend embedded a row between two tokens, the native one read 1.5 as
+ * token 1 and a Float64Array's bytes as other ids, each returning logits for tokens never given.
+ */
+export function tokenIdsArg(where: string, ids: unknown): Int32Array {
+  if (ids instanceof Int32Array) return ids;
+  const hint = "pass an Int32Array of token ids, e.g. Int32Array.from(tokenizer.encode(text, { addSpecialTokens: true }))";
+  if (!Array.isArray(ids) && !(ArrayBuffer.isView(ids) && !(ids instanceof DataView))) throw new MlaError("BAD_ARGUMENT", `${where}: the ids are ${describe(ids)}, not token ids`, hint);
+  const list = ids as ArrayLike<unknown>;
+  for (let i = 0; i < list.length; i++) {
+    const t = list[i];
+    if (!(typeof t === "number" && Number.isInteger(t) && t >= -(2 ** 31) && t < 2 ** 31)) throw new MlaError("BAD_ARGUMENT", `${where}: ids[${i}] is ${describe(t)}, not a token id`, hint);
+  }
+  return Int32Array.from(list as ArrayLike<number>);
 }
 
 /**

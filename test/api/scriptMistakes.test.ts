@@ -8,8 +8,8 @@ import test from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
-import { calibrationWindows, Checkpoint, convert, DecodeSession, generate, generateBatchAsync, IncrementalDecoder, loadModel, selectBackend, MlaError, perplexity, runTask, SafetensorsFile, study, tokenizeForEval, writeReport } from "../../src/index.js";
-import { FIXTURES, MODELS, tmpDir } from "../helpers.js";
+import { calibrationWindows, Checkpoint, convert, DecodeSession, generate, generateBatchAsync, IncrementalDecoder, loadModel, loglikelihood, selectBackend, MlaError, perplexity, runTask, SafetensorsFile, study, tokenizeForEval, writeReport } from "../../src/index.js";
+import { fastCpu, FIXTURES, MODELS, tmpDir } from "../helpers.js";
 
 const TEXT = path.join(FIXTURES, "text", "tinystories.txt");
 type Loose = any;
@@ -152,4 +152,34 @@ test("model.forward and model.decodeBatch refuse what is not a decode cache (a T
   assert.equal(cache.length, 2, "a refused call left the cache as it was");
   assert.deepEqual(model.decodeBatch(Int32Array.of(3), [cache]).shape, [1, model.config.vocabSize]);
   assert.deepEqual(model.forward(Int32Array.of(1, 2)).shape, [2, model.config.vocabSize]);
+});
+
+test("model.forward, prefill and decodeBatch refuse ids that are not whole numbers (1.5 gave the logits of no token, a Float64Array's bytes other tokens)", () => {
+  // The TypeScript backend, and the native CPU one where it is built (it read 1.5 as 1, a Float64Array's bytes as other ids).
+  for (const opts of [{}, fastCpu()]) {
+    const { model } = loadModel("stories260K", opts);
+    const cache = model.newCache("f32");
+    assert.throws(() => model.forward([1, 1.5] as Loose, cache), refused(/^forward\(\): ids\[1\] is 1\.5 \(a number\), not a token id\n {2}hint: pass an Int32Array of token ids/));
+    assert.throws(() => model.forward(["1"] as Loose), refused(/^forward\(\): ids\[0\] is "1" \(a string\), not a token id/));
+    assert.throws(() => model.forward("abc" as Loose), refused(/^forward\(\): the ids are "abc" \(a string\), not token ids/));
+    assert.throws(() => model.prefill([NaN] as Loose, cache), refused(/^prefill\(\): ids\[0\] is NaN \(a number\), not a token id/));
+    assert.throws(() => model.decodeBatch([2.5] as Loose, [cache]), refused(/^decodeBatch\(\): ids\[0\] is 2\.5 \(a number\), not a token id/));
+    assert.equal(cache.length, 0, "a refused call left the cache as it was");
+    // Whole numbers in any array are the same ids as an Int32Array's.
+    const want = Array.from(model.backend.download(model.forward(Int32Array.of(1, 5))));
+    for (const ids of [[1, 5], Float64Array.of(1, 5), Uint8Array.of(1, 5)]) assert.deepEqual(Array.from(model.backend.download(model.forward(ids as Loose))), want);
+  }
+});
+
+test("a logitBias Map keyed by strings (built from an object's entries) is named as such, not as a token outside the vocabulary", () => {
+  const { model } = loadModel("stories260K");
+  assert.throws(() => generate(model, [1], { maxTokens: 2, logitBias: new Map([["5", 1]]) as Loose }), refused(/^logitBias names token id "5" \(a string\), not a number\n {2}hint: key it by numbers/));
+  assert.throws(() => generate(model, [1], { maxTokens: 2, logitBias: new Map([[5, "1"]]) as Loose }), refused(/^logitBias gives token 5 the bias "1" \(a string\), not a number/));
+  assert.equal(generate(model, [1], { maxTokens: 2, logitBias: new Map([[5, 1]]) }).ids.length, 2);
+});
+
+test("an empty string where text goes is called empty, not 'not a name'", () => {
+  const { model, tokenizer } = loadModel("stories260K");
+  assert.throws(() => loglikelihood(model, tokenizer, "Once", ""), refused(/^loglikelihood\(\): the continuation is an empty string\n {2}hint: pass the text to score/));
+  assert.throws(() => tokenizeForEval(tokenizer, ""), refused(/^tokenizeForEval\(\): the text is an empty string\n/));
 });

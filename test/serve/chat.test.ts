@@ -151,6 +151,11 @@ test("chat requests the server cannot honour are refused by name; without max_to
     };
     assert.match((await ask({ messages: [] })).message, /no messages/);
     assert.match((await ask({ messages: [{ content: "x" }] })).message, /messages\[0\] has no role/);
+    // Sent but not a list (or a message that is not an object): named as sent, not as missing.
+    assert.match((await ask({ messages: "hi" })).message, /^messages "hi" is not a list of messages; hint: send e\.g\. \{"messages": \[/);
+    assert.match((await ask({ messages: { role: "user", content: "hi" } })).message, /^messages \{"role":"user","content":"hi"\} is not a list of messages/);
+    assert.match((await ask({ messages: [null] })).message, /^messages\[0\] null is not a message object; hint: each message is/);
+    assert.match((await ask({ messages: [{ role: "user", content: "a" }, "b"] })).message, /^messages\[1\] "b" is not a message object/);
     assert.match((await ask({ messages: [{ role: "user" }] })).message, /messages\[0\] \(user\) has no content/);
     assert.match((await ask({ messages: [{ role: "system", content: null }, { role: "user", content: "x" }] })).message, /messages\[0\] \(system\) has no content/);
     assert.match((await ask({ messages: [{ role: "user", content: [{ type: "image_url", image_url: {} }] }] })).message, /messages\[0\]\.content is neither text/);
