@@ -20,7 +20,12 @@ test("export MODEL --format deepseek --out DIR writes the folder without --eval-
   assert.equal(JSON.parse(fs.readFileSync(path.join(out, "config.json"), "utf8")).model_type, "deepseek_v3");
   const noText = spawnSync(process.execPath, [MAIN, "export", mla, "--format", "deepseek", "--out", path.join(tmpDir(), "x"), "--eval-tokens", "100"], { encoding: "utf8" });
   assert.equal(noText.status, 1);
-  assert.match(noText.stderr, /^error: --eval-tokens has no effect without --eval-text FILE/m);
+  // Refused before the export's summary and serving warnings: printed first, they read as if it had started.
+  assert.match(noText.stderr, /^error: --eval-tokens has no effect without --eval-text FILE/);
+  const onInput = spawnSync(process.execPath, [MAIN, "export", mla, "--format", "deepseek", "--out", mla], { encoding: "utf8" });
+  assert.equal(onInput.status, 1);
+  assert.match(onInput.stderr, /^error: --out .* is the input model folder/);
+  assert.match(r.stderr, /^export: shared rope key of/m, "a run that goes ahead says its summary");
 });
 
 test("convert --dry-run refuses what the real run would (a missing --eval-text) and warns of an existing --out", () => {
