@@ -1,5 +1,6 @@
 // Consecutive bf16 of a row as float, in one 4-, 8- or 16-byte load: the decode kernels' row reads
-// (mha_decode.cu) and the decode products' weight and activation reads (gemv.cu).
+// (mha_decode.cu) and the decode products' weight and activation reads (gemv.cu); the products' f32-or-bf16
+// output (gemv.cu, head_kn.cu).
 #pragma once
 #include <cuda_bf16.h>
 #include <cstdint>
@@ -38,5 +39,12 @@ __device__ __forceinline__ void load_row(const __nv_bfloat16* p, float* x) {
   } else {
     unpack8(*reinterpret_cast<const uint4*>(p), x);
   }
+}
+
+// y's element i: float32, or rounded to bf16 where the product's only readers are bf16 products (the
+// caller's y_bf16: the same bits as a float32 y rounded by the next product's input rounding).
+__device__ __forceinline__ void store_y(void* y, bool ybf16, int64_t i, float v) {
+  if (ybf16) static_cast<__nv_bfloat16*>(y)[i] = __float2bfloat16(v);
+  else static_cast<float*>(y)[i] = v;
 }
 }  // namespace mla_bf16

@@ -35,6 +35,7 @@ constexpr int MAX_ROWS = 4;   // rows per problem this kernel takes
 
 using mla_bf16::aligned16;
 using mla_bf16::load_weights16;
+using mla_bf16::store_y;
 
 __device__ __forceinline__ void load8(const float* p, float* v) {
   const float4 a = *reinterpret_cast<const float4*>(p), b = *reinterpret_cast<const float4*>(p + 4);
@@ -53,12 +54,6 @@ __device__ __forceinline__ float dot8(uint4 w, const float* x, float acc) {
   return acc;
 }
 
-// y's element i: float32, or rounded to bf16 where the product's only readers are bf16 products (the
-// caller's y_bf16: the same bits as a float32 y rounded by the next product's input rounding).
-__device__ __forceinline__ void store_y(void* y, bool ybf16, int64_t i, float v) {
-  if (ybf16) static_cast<__nv_bfloat16*>(y)[i] = __float2bfloat16(v);
-  else static_cast<float*>(y)[i] = v;
-}
 
 // One block's CB output columns from n0 of problem p. R: rows per problem rounded up.
 template <int R, typename XT>

@@ -92,8 +92,7 @@ __global__ void __launch_bounds__(KN_WARPS * 32, 2) k_head_kn(const void* __rest
       if (n0 + c >= N) break;
       float sum = 0.f;
       for (int v = 0; v < KW; v++) sum += part[v][c];
-      if (ybf16) static_cast<__nv_bfloat16*>(y)[yr + n0 + c] = __float2bfloat16(sum);
-      else static_cast<float*>(y)[yr + n0 + c] = sum;
+      mla_bf16::store_y(y, ybf16, yr + n0 + c, sum);
     }
     __syncthreads();
   }
