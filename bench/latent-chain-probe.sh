@@ -7,7 +7,9 @@
 # warp a tile, both roles or the score warps alone. NCU=0 skips the profile; PIPES=1 adds ncu's tensor-pipe share.
 # BUILDS: tuning builds as NAME:FLAGS words (FLAGS comma-separated), e.g. "ch1:-DROLES_CH=1
 # pipe:-DROLES_PIPE=1,-DROLES_CH=1" or "wide:-DROLES_WIDE=1" (built for sm_90a), timed beside the DIAGS and, being meant to
-# give the tree's outputs, each checked first by the GPU suite's latent test run on its library.)
+# give the tree's outputs, each checked first by the GPU suite's latent test run on its library. The tree's library is
+# scripts/build-native.mjs's, whose roles kernel is the ROLES_WIDE one on a 9.0 GPU unless MHA2MLA_ROLES_WIDE=0; the
+# DIAGS and BUILDS are four-score-warp builds for sm_90 unless their flags say ROLES_WIDE=1.)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:?OUT_DIR}

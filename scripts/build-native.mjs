@@ -80,7 +80,8 @@ function run(compiler, args) {
  * on its own, as many at once as there are cores, then linked. One nvcc call over all sources compiles
  * them one after another: 126 s on the GPU machine (16 cores), against 62 s this way, most of it the
  * slowest source alone.
- * Each attempt has `compile` flags (for every source) and `link` flags.
+ * Each attempt has `compile` flags (for every source), optionally `archFor(source)`: the arch flags that
+ * replace `archFlags` for that one source, and `link` flags.
  */
 async function buildParallel(compiler, out, sources, attempts) {
   fs.mkdirSync(outDir, { recursive: true });
@@ -95,7 +96,9 @@ async function buildParallel(compiler, out, sources, attempts) {
       const worker = async () => {
         while (next < sources.length && !failed) {
           const i = next++;
-          const r = await run(compiler, [...a.compile, "-c", sources[i], "-o", objects[i]]);
+          const own = a.archFor?.(sources[i]);
+          const flags = own ? [...own, ...a.compile.filter((f) => !a.archFlags.includes(f))] : a.compile;
+          const r = await run(compiler, [...flags, "-c", sources[i], "-o", objects[i]]);
           if (r.status !== 0) failed ??= `${path.basename(sources[i])}: ${errorLines(r.stderr)}`;
         }
       };
@@ -242,13 +245,24 @@ async function buildCuda() {
   const cudnn = findCudnn(home);
   const cudnnCompile = cudnn ? ["-DMLA_WITH_CUDNN", "-DCUDNN_FRONTEND_SKIP_JSON_LIB", `-I${cudnn.include}`, `-I${path.join(root, "native", "third_party", "cudnn_frontend", "include")}`] : null;
   const cudnnLink = cudnn ? [`-L${cudnnLinkDir(cudnn)}`, "-lcudnn", "-Xlinker", `-rpath,${cudnn.dir}`] : null;
-  const archs = [...(hasGpu ? [{ name: "-arch=native", flags: ["-arch=native"] }] : []), { name: "sm_80+sm_90+PTX", flags: fat }];
+  // The latent kernel by roles with eight score warps (ROLES_WIDE, latent_decode_roles.cu) moves registers between its
+  // warpgroups with setmaxnreg, which only an sm_90a image has: that one source is built for sm_90a where the GPU
+  // is 9.0 (and beside sm_80 in the fat build, without PTX: its launcher asks whether the device has an image).
+  // MHA2MLA_ROLES_WIDE=0 builds it as every other source (four score warps), for A/Bs.
+  const wide = process.env.MHA2MLA_ROLES_WIDE !== "0";
+  const gpuArch = hasGpu ? spawnSync("nvidia-smi", ["--query-gpu=compute_cap", "--format=csv,noheader"], { encoding: "utf8" }).stdout?.trim().split("\n")[0] : undefined;
+  const sm90a = ["-gencode=arch=compute_90a,code=sm_90a", "-DROLES_WIDE=1"];
+  const rolesFor = (flags) => (src) => (wide && path.basename(src) === "latent_decode_roles.cu" ? flags : undefined);
+  const archs = [
+    ...(hasGpu ? [{ name: "-arch=native", flags: ["-arch=native"], archFor: gpuArch === "9.0" ? rolesFor(sm90a) : undefined }] : []),
+    { name: "sm_80+sm_90+PTX", flags: fat, archFor: rolesFor(["-gencode=arch=compute_80,code=sm_80", ...sm90a]) },
+  ];
   const nccl = findNccl();
   const ncclRecord = nccl ? { nccl } : {};
   const cudnnRecord = cudnn ? { cudnn: { lib: cudnn.lib, version: cudnn.version }, ...ncclRecord } : {};
-  const attempts = archs.flatMap((a) => [
-    ...(cudnn ? [{ name: `${a.name}, cuDNN`, compile: [...a.flags, ...compile, ...cudnnCompile], link: [...a.flags, ...link, ...cudnnLink], record: cudnnRecord }] : []),
-    { name: a.name, compile: [...a.flags, ...compile], link: [...a.flags, ...link], record: ncclRecord },
+  const attempts = archs.map((a) => (a.archFor?.("latent_decode_roles.cu") ? { ...a, record: { rolesWide: "latent_decode_roles.cu for sm_90a, ROLES_WIDE=1" } } : a)).flatMap((a) => [
+    ...(cudnn ? [{ name: `${a.name}, cuDNN`, archFlags: a.flags, archFor: a.archFor, compile: [...a.flags, ...compile, ...cudnnCompile], link: [...a.flags, ...link, ...cudnnLink], record: { ...cudnnRecord, ...a.record } }] : []),
+    { name: a.name, archFlags: a.flags, archFor: a.archFor, compile: [...a.flags, ...compile], link: [...a.flags, ...link], record: { ...ncclRecord, ...a.record } },
   ]);
   const r = await buildParallel(nvcc, out, sourcesOf("cuda", ".cu"), attempts);
   const cudnnError = r.ok && cudnn && !r.variant.endsWith("cuDNN") ? Object.entries(r.errors).find(([name]) => name.endsWith("cuDNN"))?.[1] : undefined;

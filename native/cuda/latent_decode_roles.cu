@@ -24,8 +24,8 @@
 #include "latent_common.cuh"
 
 namespace {
-// Tuning build ROLES_WIDE=1, sm_90a only (-gencode=arch=compute_90a,code=sm_90a; not the default while the build compiles
-// this file for sm_90, not sm_90a):
+// ROLES_WIDE=1, sm_90a only (-gencode=arch=compute_90a,code=sm_90a; scripts/build-native.mjs builds this file so where the
+// GPU is 9.0 and in the portable build, MHA2MLA_ROLES_WIDE=0 as the others):
 // eight score warps, each an eighth of the latent dims (half the k16 steps and query registers of the four), so
 // a tile's score MMAs take half as long on the chain (docs/latent-decode-design.md: the score warps' side of a
 // tile is the chain's long pole). Warps 4–7 only help: each adds its partial scores into the slot of warp w − 4
@@ -510,8 +510,20 @@ bool multicast_pairs(int64_t hbn) { return !ROLES_NO_COPY && !CPASYNC && multica
 }  // namespace
 
 namespace mla {
+// Whether this library holds an image of the kernel the device can run: a ROLES_WIDE build has an sm_90a one (and an
+// sm_80 stub), no PTX, so a newer card takes the tile-loop kernel instead of failing to launch.
+bool roles_image() {
+  static const bool ok = [] {
+    cudaFuncAttributes a;
+    const bool has = cudaFuncGetAttributes(&a, (const void*)k_latent_decode_roles<32, false>) == cudaSuccess;
+    if (!has) (void)cudaGetLastError();  // the failed query is not a later call's error
+    return has;
+  }();
+  return ok;
+}
+
 bool latent_decode_roles_takes(int64_t L, int64_t H, int64_t Hkv, int64_t Dr) {
-  return sm90() && role_tiles(L) > 0 && Hkv > 0 && H > 0 && H % Hkv == 0 && Dr >= 0 && Dr <= ROLE_MAX_DR && Dr % 2 == 0 && (Hkv * Dr) % 8 == 0 && role_plan(L, H, Hkv, Dr).bytes() <= (size_t)smem_optin();
+  return sm90() && roles_image() && role_tiles(L) > 0 && Hkv > 0 && H > 0 && H % Hkv == 0 && Dr >= 0 && Dr <= ROLE_MAX_DR && Dr % 2 == 0 && (Hkv * Dr) % 8 == 0 && role_plan(L, H, Hkv, Dr).bytes() <= (size_t)smem_optin();
 }
 
 mla_status latent_decode_roles(const __nv_bfloat16* const* cs, const __nv_bfloat16* const* krs, const int64_t* lo, const int64_t* n, const int32_t* pos, int64_t window, const float* qc, const float* qr, float* o, int64_t B, int64_t H, int64_t Hkv, int64_t Dr, int64_t L, float scale) {
