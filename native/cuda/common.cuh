@@ -127,13 +127,13 @@ mla_status cudnn_attention_backward(const void* q, const void* k, const void* v,
 // rope groups of Dr dims (MHA2MLA_LATENT_DECODE=gemm: never), and the call: per sequence b its latent rows
 // cs[b] [.., L] and rope rows krs[b] [.., Hkv, Dr] from row lo[b] on, n[b] visible rows (pos[b] the
 // query's position, window the sliding window: what a decode graph recomputes them from); qc [B, H, L]
-// and qr [B, H, Dr] float32 → o [B, H, L] float32.
+// and qr [B, H, Dr] float32 → o [B, H, L], float32 or (obf16) bf16.
 bool latent_decode_takes(int64_t L, int64_t H, int64_t Hkv, int64_t Dr);
-mla_status latent_decode(const __nv_bfloat16* const* cs, const __nv_bfloat16* const* krs, const int64_t* lo, const int64_t* n, const int32_t* pos, int64_t window, const float* qc, const float* qr, float* o, int64_t B, int64_t H, int64_t Hkv, int64_t Dr, int64_t L, float scale);
+mla_status latent_decode(const __nv_bfloat16* const* cs, const __nv_bfloat16* const* krs, const int64_t* lo, const int64_t* n, const int32_t* pos, int64_t window, const float* qc, const float* qr, void* o, bool obf16, int64_t B, int64_t H, int64_t Hkv, int64_t Dr, int64_t L, float scale);
 // Its kernel with the warps split by role (latent_decode_roles.cu), which latent_decode calls where it
 // takes the shape unless MHA2MLA_LATENT_KERNEL=tiles (read per call) asks for the tile-loop kernel.
 bool latent_decode_roles_takes(int64_t L, int64_t H, int64_t Hkv, int64_t Dr);
-mla_status latent_decode_roles(const __nv_bfloat16* const* cs, const __nv_bfloat16* const* krs, const int64_t* lo, const int64_t* n, const int32_t* pos, int64_t window, const float* qc, const float* qr, float* o, int64_t B, int64_t H, int64_t Hkv, int64_t Dr, int64_t L, float scale);
+mla_status latent_decode_roles(const __nv_bfloat16* const* cs, const __nv_bfloat16* const* krs, const int64_t* lo, const int64_t* n, const int32_t* pos, int64_t window, const float* qc, const float* qr, void* o, bool obf16, int64_t B, int64_t H, int64_t Hkv, int64_t Dr, int64_t L, float scale);
 // MLA decode straight from int8 latent stores (kv_quant.cuh rows; latent_decode_q8.cu), which
 // decode_attention_batch takes for int8 caches of the shapes it takes (else the visible rows are
 // dequantized for the bf16 kernels): cs[b] [≥ pos_b + 1 rows of L], krs[b] [rows of Hkv·Dr] (null

@@ -186,14 +186,18 @@ static mla_status decode_quantized(const mla_cuda_buf* q1, const mla_cuda_buf* c
 // for sequence b and head h, score(s) = q1[b,h]·k1_b[s, g1(h)] + q2[b,h]·k2_b[s, g2(h)] over its
 // visible keys s (causal at pos[b], sliding window), o[b,h] = Σ softmax(scale·score)(s) · v_b[s, gv(h)].
 // q1 [B,H,D1], k1s[b] [≥pos[b]+1, G1, D1]; q2 [B,H,D2], k2s[b] [.., G2, D2] (q2 null: no part 2);
-// vs[b] [.., Gv, Dv]; o [B,H,Dv]; g(h) = h / (H/G). Queries and output float32; caches float32 or bf16.
+// vs[b] [.., Gv, Dv]; o [B,H,Dv]; g(h) = h / (H/G). Queries float32; caches float32, bf16, int8 or int4;
+// output float32, or bf16 where the fused latent kernel takes the call (else MLA_ERR_ARGUMENT, nothing
+// launched: the caller asks again with a float32 output).
 extern "C" mla_status mla_cuda_decode_attention_batch(const mla_cuda_buf* q1, const mla_cuda_buf* const* k1s, int64_t G1, int64_t D1, const mla_cuda_buf* q2, const mla_cuda_buf* const* k2s, int64_t G2, int64_t D2, const mla_cuda_buf* const* vs, int64_t Gv, int64_t Dv, const int32_t* pos, mla_cuda_buf* o, int64_t B, int64_t H, float scale, int64_t window) {
   NEED_CTX();
   MLA_CHECK(q1 && k1s && vs && o && pos && B > 0 && H > 0 && G1 > 0 && Gv > 0 && H % G1 == 0 && H % Gv == 0 && (!q2 || (k2s && G2 > 0 && H % G2 == 0)), "decode_attention_batch: q1, k1s, vs, o, pos and head groups dividing H");
-  MLA_CHECK(q1->n == B * H * D1 && o->n == B * H * Dv && (!q2 || q2->n == B * H * D2) && q1->dtype == MLA_F32 && o->dtype == MLA_F32, "decode_attention_batch: q1 [B,H,D1], q2 [B,H,D2], o [B,H,Dv], float32");
+  MLA_CHECK(q1->n == B * H * D1 && o->n == B * H * Dv && (!q2 || q2->n == B * H * D2) && q1->dtype == MLA_F32 && (o->dtype == MLA_F32 || o->dtype == MLA_BF16), "decode_attention_batch: q1 [B,H,D1] float32, q2 [B,H,D2] float32, o [B,H,Dv] float32 or bf16");
   // The caches are all float32 or all bf16 (a bf16 cache is read by bf16 tensor-core GEMMs: the
   // queries and the softmax probabilities are rounded to bf16 for them, accumulation stays float32).
   const int32_t kdt = k1s[0] ? k1s[0]->dtype : MLA_F32;
+  const bool obf16 = o->dtype == MLA_BF16;
+  MLA_CHECK(!obf16 || kdt == MLA_BF16, "decode_attention_batch: a bf16 output only from bf16 caches (the fused latent kernel)");
   if (mla::kv_quantized(kdt)) return decode_quantized(q1, k1s, G1, D1, q2, k2s, G2, D2, vs, Gv, Dv, pos, o, B, H, scale, window, kdt);
   MLA_CHECK(kdt == MLA_F32 || kdt == MLA_BF16, "decode_attention_batch: caches must be float32, bf16, int8 or int4");
   const bool half = kdt == MLA_BF16;
@@ -218,6 +222,7 @@ extern "C" mla_status mla_cuda_decode_attention_batch(const mla_cuda_buf* q1, co
   auto aligned = [](const void* p, uintptr_t a) { return ((uintptr_t)p & (a - 1)) == 0; };
   latent = latent && aligned(q1->ptr, 8) && (!rope || aligned(q2->ptr, 8));
   for (int64_t b = 0; latent && b < B; b++) latent = k1s[b]->ptr == vs[b]->ptr && aligned(k1s[b]->ptr, 16) && (!rope || aligned(k2s[b]->ptr, 16));
+  MLA_CHECK(!obf16 || latent, "decode_attention_batch: a bf16 output only where the fused latent kernel takes the call (bf16 caches, its latent widths, aligned rows)");
   if (latent) {
     std::vector<const __nv_bfloat16*> cs(B), krs(B);
     std::vector<int64_t> n(B);
@@ -226,7 +231,7 @@ extern "C" mla_status mla_cuda_decode_attention_batch(const mla_cuda_buf* q1, co
       krs[b] = rope ? (const __nv_bfloat16*)k2s[b]->ptr : nullptr;
       n[b] = range[2 * b + 1];
     }
-    return mla::latent_decode(cs.data(), krs.data(), lo.data(), n.data(), pos, window, (const float*)q1->ptr, rope ? (const float*)q2->ptr : nullptr, (float*)o->ptr, B, H, rope ? G2 : 1, rope ? D2 : 0, D1, scale);
+    return mla::latent_decode(cs.data(), krs.data(), lo.data(), n.data(), pos, window, (const float*)q1->ptr, rope ? (const float*)q2->ptr : nullptr, o->ptr, obf16, B, H, rope ? G2 : 1, rope ? D2 : 0, D1, scale);
   }
   // MHA/GQA on bf16 caches: its own split kernel (mha_decode.cu), for 16-byte aligned rows.
   bool mha = half && !q2 && G1 == Gv && D1 == Dv && mla::mha_decode_takes(H, G1, D1);

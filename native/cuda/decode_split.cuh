@@ -62,6 +62,19 @@ __host__ __device__ __forceinline__ int splits_of(int64_t n, int cap, int minTil
   return (int)(want < 1 ? 1 : want < cap ? want : cap);
 }
 
+// A decode attention's output o [B, H, width]: float32, or bf16 (each value rounded once, where it is
+// written) where only bf16 products read it: MLA's latent context, read by the value up-projection alone,
+// whose gemv then takes half the bytes of x a block and none of its own rounding.
+struct OutRows {
+  void* p;
+  int bf16;
+};
+// Values a, b at elements i, i + 1 of o (i even).
+__device__ __forceinline__ void store_pair(OutRows o, int64_t i, float a, float b) {
+  if (o.bf16) *reinterpret_cast<__nv_bfloat162*>(static_cast<__nv_bfloat16*>(o.p) + i) = __floats2bfloat162_rn(a, b);
+  else *reinterpret_cast<float2*>(static_cast<float*>(o.p) + i) = make_float2(a, b);
+}
+
 // V floats at p (16-byte aligned where V is 4).
 template <int V>
 __device__ __forceinline__ void load_floats(float (&v)[V], const float* p) {
@@ -79,7 +92,7 @@ __device__ __forceinline__ void load_floats(float (&v)[V], const float* p) {
 // each thread V consecutive columns (V = 4 where L is a multiple of 4: 16-byte loads, four times the bytes
 // in flight per thread; each column summed in the same order either way, so the same bits).
 template <int V>
-__global__ void k_split_combine(const Seq* seqs, const int32_t* pos, int64_t window, int gridSplits, int minTiles, const float* opart, const float* lsepart, float* o, int H, int64_t BH, int L) {
+__global__ void k_split_combine(const Seq* seqs, const int32_t* pos, int64_t window, int gridSplits, int minTiles, const float* opart, const float* lsepart, OutRows o, int H, int64_t BH, int L) {
   extern __shared__ float w[];  // [gridSplits] weights, then their sum
   const int64_t bh = blockIdx.x;
   const int nsplit = splits_of(seq_of(seqs, pos, window, (int)(bh / H)).n, gridSplits, minTiles);
@@ -121,10 +134,21 @@ __global__ void k_split_combine(const Seq* seqs, const int32_t* pos, int64_t win
   float y[V];
 #pragma unroll
   for (int e = 0; e < V; e++) y[e] = ((x[0][e] + x[1][e]) + (x[2][e] + x[3][e])) * w[nsplit];
-  if constexpr (V == 4) *reinterpret_cast<float4*>(o + bh * L + c) = make_float4(y[0], y[1], y[2], y[3]);
-  else
+  const int64_t i = bh * L + c;
+  if constexpr (V == 4) {
+    if (o.bf16) {
+      const __nv_bfloat162 a = __floats2bfloat162_rn(y[0], y[1]), b = __floats2bfloat162_rn(y[2], y[3]);
+      *reinterpret_cast<uint2*>(static_cast<__nv_bfloat16*>(o.p) + i) = make_uint2(*reinterpret_cast<const uint32_t*>(&a), *reinterpret_cast<const uint32_t*>(&b));
+    } else {
+      *reinterpret_cast<float4*>(static_cast<float*>(o.p) + i) = make_float4(y[0], y[1], y[2], y[3]);
+    }
+  } else {
 #pragma unroll
-    for (int e = 0; e < V; e++) o[bh * L + c + e] = y[e];
+    for (int e = 0; e < V; e++) {
+      if (o.bf16) static_cast<__nv_bfloat16*>(o.p)[i + e] = __float2bfloat16_rn(y[e]);
+      else static_cast<float*>(o.p)[i + e] = y[e];
+    }
+  }
 }
 
 // The host side both kernels share: the sequences' table, the grid's splits and the partial outputs,
@@ -163,11 +187,11 @@ inline mla_status split_call(SplitCall& c, const __nv_bfloat16* const* a, const 
 }
 
 // The merge of the splits into o [B, H, width], when there are several.
-inline mla_status split_merge(const SplitCall& c, int64_t window, float* o, int64_t B, int64_t H, int64_t width) {
+inline mla_status split_merge(const SplitCall& c, int64_t window, OutRows o, int64_t B, int64_t H, int64_t width) {
   if (c.splits == 1) return MLA_OK;
-  // 16-byte loads and stores where the rows allow them (the partials start 16-byte aligned; o may be a
-  // view); a block of at most 256 threads, fewer where a row has fewer vectors (MHA's 128 columns: 32).
-  const bool vec = width % 4 == 0 && mla_bf16::aligned16(o);
+  // 16-byte loads (and 16- or 8-byte stores) where the rows allow them (the partials start 16-byte aligned;
+  // o may be a view); a block of at most 256 threads, fewer where a row has fewer vectors (MHA's 128 columns: 32).
+  const bool vec = width % 4 == 0 && ((uintptr_t)o.p & (o.bf16 ? 7 : 15)) == 0;
   const int64_t vectors = vec ? width / 4 : width, threads = std::min<int64_t>(256, (vectors + 31) / 32 * 32);
   const dim3 grid((unsigned)(B * H), (unsigned)((vectors + threads - 1) / threads));
   const size_t shared = (c.splits + 1) * sizeof(float);

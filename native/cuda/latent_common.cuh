@@ -144,16 +144,19 @@ __device__ __forceinline__ bool block_share(BlockShare& w, const Seq* seqs, cons
 }
 
 // A warp's share of the output: rows g and g + 8 of its NT n8 tiles from column n0, divided by their
-// l (l 0, an empty split: zeros), into o [B, H, L] or, with several splits, this split's partial.
+// l (l 0, an empty split: zeros), into o [B, H, L] (float32 or bf16) or, with several splits, this
+// split's float32 partial.
 template <int NT>
-__device__ __forceinline__ void write_output(const float (&acc)[NT][4], float l_lo, float l_hi, const BlockShare& w, float* o, float* opart, int H, int L, int n0, int g, int t4) {
+__device__ __forceinline__ void write_output(const float (&acc)[NT][4], float l_lo, float l_hi, const BlockShare& w, OutRows o, float* opart, int H, int L, int n0, int g, int t4) {
   const float i_lo = l_lo > 0.f ? 1.f / l_lo : 0.f, i_hi = l_hi > 0.f ? 1.f / l_hi : 0.f;
-  float* out = w.nsplit == 1 ? o + (int64_t)blockIdx.y * H * L : opart + ((int64_t)w.split * gridDim.y + blockIdx.y) * H * L;
+  const bool direct = w.nsplit == 1;
+  const OutRows out = direct ? o : OutRows{opart, 0};
+  const int64_t base = (direct ? (int64_t)blockIdx.y : (int64_t)w.split * gridDim.y + blockIdx.y) * H * L;
 #pragma unroll
   for (int nt = 0; nt < NT; nt++) {
     const int col = n0 + nt * 8 + 2 * t4;
-    if (g < w.nh) *reinterpret_cast<float2*>(out + (int64_t)(w.h0 + g) * L + col) = make_float2(acc[nt][0] * i_lo, acc[nt][1] * i_lo);
-    if (g + 8 < w.nh) *reinterpret_cast<float2*>(out + (int64_t)(w.h0 + g + 8) * L + col) = make_float2(acc[nt][2] * i_hi, acc[nt][3] * i_hi);
+    if (g < w.nh) store_pair(out, base + (int64_t)(w.h0 + g) * L + col, acc[nt][0] * i_lo, acc[nt][1] * i_lo);
+    if (g + 8 < w.nh) store_pair(out, base + (int64_t)(w.h0 + g + 8) * L + col, acc[nt][2] * i_hi, acc[nt][3] * i_hi);
   }
 }
 

@@ -81,7 +81,7 @@ struct Layout {
 // other bulk modes refill a stage sooner, once every warp has arrived on its empty barrier.
 template <int NT>
 __global__ void __launch_bounds__(32 * MAX_WARPS, 1)
-k_latent_decode(const Seq* seqs, const int32_t* pos, int64_t window, const float* qc, const float* qr, int H, int Hkv, float scale2, Layout lay, int gridSplits, int minTiles, int copyMode, float* o, float* opart, float* lsepart) {
+k_latent_decode(const Seq* seqs, const int32_t* pos, int64_t window, const float* qc, const float* qr, int H, int Hkv, float scale2, Layout lay, int gridSplits, int minTiles, int copyMode, OutRows o, float* opart, float* lsepart) {
   const bool asyncCopy = copyMode == COPY_ASYNC, spread = copyMode == COPY_SPREAD;
   const bool early = copyMode == COPY_EARLY || spread;  // refilled once every warp is past its weighted sum
   constexpr int KQ = NT >= 2 ? NT / 2 : 1;  // latent k16 steps of the scores per warp
@@ -441,8 +441,8 @@ static bool roles_kernel(int64_t L, int64_t H, int64_t Hkv, int64_t Dr) {
   return latent_decode_roles_takes(L, H, Hkv, Dr);
 }
 
-mla_status latent_decode(const __nv_bfloat16* const* cs, const __nv_bfloat16* const* krs, const int64_t* lo, const int64_t* n, const int32_t* pos, int64_t window, const float* qc, const float* qr, float* o, int64_t B, int64_t H, int64_t Hkv, int64_t Dr, int64_t L, float scale) {
-  if (roles_kernel(L, H, Hkv, Dr)) return latent_decode_roles(cs, krs, lo, n, pos, window, qc, qr, o, B, H, Hkv, Dr, L, scale);
+mla_status latent_decode(const __nv_bfloat16* const* cs, const __nv_bfloat16* const* krs, const int64_t* lo, const int64_t* n, const int32_t* pos, int64_t window, const float* qc, const float* qr, void* o, bool obf16, int64_t B, int64_t H, int64_t Hkv, int64_t Dr, int64_t L, float scale) {
+  if (roles_kernel(L, H, Hkv, Dr)) return latent_decode_roles(cs, krs, lo, n, pos, window, qc, qr, o, obf16, B, H, Hkv, Dr, L, scale);
   const int nt = tiles_per_warp(L);
   const Layout lay = plan(L, H, Hkv, Dr);
   int copyMode = latent_copy_mode();
@@ -473,8 +473,9 @@ mla_status latent_decode(const __nv_bfloat16* const* cs, const __nv_bfloat16* co
   int h32 = (int)H, hkv32 = (int)Hkv;
   float scale2 = scale * LOG2E;
   Layout layArg = lay;
-  void* args[] = {(void*)&sc.seqs, (void*)&sc.pos, &window, (void*)&qc, (void*)&qr, &h32, &hkv32, &scale2, &layArg, &sc.splits, &sc.minTiles, &copyMode, (void*)&o, &sc.opart, &sc.lsepart};
+  OutRows out{o, obf16};
+  void* args[] = {(void*)&sc.seqs, (void*)&sc.pos, &window, (void*)&qc, (void*)&qr, &h32, &hkv32, &scale2, &layArg, &sc.splits, &sc.minTiles, &copyMode, &out, &sc.opart, &sc.lsepart};
   CUDA_TRY(cudaLaunchKernel(fn, dim3((unsigned)(hbn * sc.splits), (unsigned)B), dim3((unsigned)threads), args, lay.bytes(), ctx()->stream));
-  return split_merge(sc, window, o, B, H, L);
+  return split_merge(sc, window, out, B, H, L);
 }
 }  // namespace mla

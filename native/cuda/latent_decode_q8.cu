@@ -378,6 +378,6 @@ mla_status latent_decode_q8(const unsigned char* const* cs, const unsigned char*
   Q8Layout layArg = lay;
   void* args[] = {(void*)&sc.seqs, (void*)&sc.pos, &window, (void*)&qc, (void*)&qr, &h32, &hkv32, &scale2, &layArg, &sc.splits, &sc.minTiles, (void*)&o, &sc.opart, &sc.lsepart};
   if (mla_status e = role_launch(launch, dim3((unsigned)(hbn * sc.splits), (unsigned)B), Q8_THREADS, lay.bytes(), args)) return e;
-  return split_merge(sc, window, o, B, H, L);
+  return split_merge(sc, window, OutRows{o, 0}, B, H, L);
 }
 }  // namespace mla

@@ -185,7 +185,7 @@ __device__ __forceinline__ float dot8(float4 qa, float4 qb, uint4 k) {
 // again once the weighted-sum warps of both blocks are past it.
 template <int NT, bool MC>
 __global__ void __launch_bounds__(ROLE_THREADS, 1)
-k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const float* qc, const float* qr, int H, int Hkv, float scale2, RoleLayout lay, int gridSplits, int minTiles, float* o, float* opart, float* lsepart) {
+k_latent_decode_roles(const Seq* seqs, const int32_t* pos, int64_t window, const float* qc, const float* qr, int H, int Hkv, float scale2, RoleLayout lay, int gridSplits, int minTiles, OutRows o, float* opart, float* lsepart) {
   extern __shared__ __align__(16) unsigned char smem[];
   const int L = lay.L, Dr = lay.Dr, ldc = lay.ldc;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
@@ -526,7 +526,7 @@ bool latent_decode_roles_takes(int64_t L, int64_t H, int64_t Hkv, int64_t Dr) {
   return sm90() && roles_image() && role_tiles(L) > 0 && Hkv > 0 && H > 0 && H % Hkv == 0 && Dr >= 0 && Dr <= ROLE_MAX_DR && Dr % 2 == 0 && (Hkv * Dr) % 8 == 0 && role_plan(L, H, Hkv, Dr).bytes() <= (size_t)smem_optin();
 }
 
-mla_status latent_decode_roles(const __nv_bfloat16* const* cs, const __nv_bfloat16* const* krs, const int64_t* lo, const int64_t* n, const int32_t* pos, int64_t window, const float* qc, const float* qr, float* o, int64_t B, int64_t H, int64_t Hkv, int64_t Dr, int64_t L, float scale) {
+mla_status latent_decode_roles(const __nv_bfloat16* const* cs, const __nv_bfloat16* const* krs, const int64_t* lo, const int64_t* n, const int32_t* pos, int64_t window, const float* qc, const float* qr, void* o, bool obf16, int64_t B, int64_t H, int64_t Hkv, int64_t Dr, int64_t L, float scale) {
   MLA_CHECK(latent_decode_roles_takes(L, H, Hkv, Dr) && B > 0 && B <= 65535, "latent_decode_roles: L one of 256, 512, 1024, 2048, Hkv dividing H, Dr even ≤ 64, Hkv·Dr a multiple of 8, a three-stage plan that fits, 1 ≤ B ≤ 65,535");
   const int nt = role_tiles(L);
   const RoleLayout lay = role_plan(L, H, Hkv, Dr);
@@ -545,8 +545,9 @@ mla_status latent_decode_roles(const __nv_bfloat16* const* cs, const __nv_bfloat
   int h32 = (int)H, hkv32 = (int)Hkv;
   float scale2 = scale * LOG2E;
   RoleLayout layArg = lay;
-  void* args[] = {(void*)&sc.seqs, (void*)&sc.pos, &window, (void*)&qc, (void*)&qr, &h32, &hkv32, &scale2, &layArg, &sc.splits, &sc.minTiles, (void*)&o, &sc.opart, &sc.lsepart};
+  OutRows out{o, obf16};
+  void* args[] = {(void*)&sc.seqs, (void*)&sc.pos, &window, (void*)&qc, (void*)&qr, &h32, &hkv32, &scale2, &layArg, &sc.splits, &sc.minTiles, &out, &sc.opart, &sc.lsepart};
   if (mla_status e = role_launch(launch, dim3((unsigned)(hbn * sc.splits), (unsigned)B), ROLE_THREADS, lay.bytes(), args)) return e;
-  return split_merge(sc, window, o, B, H, L);
+  return split_merge(sc, window, out, B, H, L);
 }
 }  // namespace mla

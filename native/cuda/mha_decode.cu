@@ -254,7 +254,7 @@ mla_status launch(const Pick& pk, const __nv_bfloat16* const* ks, const __nv_bfl
   float scale2 = scale * LOG2E;
   void* args[] = {(void*)&sc.seqs, (void*)&sc.pos, &window, (void*)&q, &h32, &hkv32, &scale2, &sc.splits, &sc.minTiles, (void*)&o, &sc.opart, &sc.lsepart};
   CUDA_TRY(cudaLaunchKernel(pk.fn, dim3((unsigned)(Hkv * sc.splits), (unsigned)B), dim3(WARPS * 32), args, 0, ctx()->stream));
-  return split_merge(sc, window, o, B, H, Dh);
+  return split_merge(sc, window, OutRows{o, 0}, B, H, Dh);
 }
 }  // namespace
 

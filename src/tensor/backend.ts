@@ -327,8 +327,11 @@ export interface Backend {
    * One call per layer, so a backend can run the whole batch in a few launches.
    */
   attentionDecodeBatch(q: Tensor, k: readonly Tensor[], v: readonly Tensor[], opts: DecodeBatchOptions): Tensor;
-  /** `latentAttention` for one new token of each of B sequences: qr [B,H,Dr], kr[b] [≥S_b,Hkv,Dr], qc [B,H,L], c[b] [≥S_b,L] → [B,H,L]. */
-  latentAttentionDecodeBatch(qr: Tensor, kr: readonly Tensor[], qc: Tensor, c: readonly Tensor[], opts: DecodeBatchOptions): Tensor;
+  /**
+   * `latentAttention` for one new token of each of B sequences: qr [B,H,Dr], kr[b] [≥S_b,Hkv,Dr], qc [B,H,L], c[b] [≥S_b,L] → [B,H,L].
+   * With `hint` PRODUCTS the output may come back bf16 (see ProductInputHint).
+   */
+  latentAttentionDecodeBatch(qr: Tensor, kr: readonly Tensor[], qc: Tensor, c: readonly Tensor[], opts: DecodeBatchOptions, hint?: ProductInputHint): Tensor;
   /**
    * `attention` when a backward will follow: also returns what the backend's attentionBackward can
    * reuse (the output and the softmax statistics), or saved null where it keeps nothing.

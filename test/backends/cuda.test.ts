@@ -850,7 +850,7 @@ test("the MHA/GQA decode kernel on int8 stores (mha_decode.cu reading the intege
   }
 });
 
-test("the fused latent decode kernels (bf16 caches; warps by role where they take the shape, in pairs of head blocks sharing their copies where there is an even number of them, MHA2MLA_LATENT_MULTICAST=0 without; the tile loop with MHA2MLA_LATENT_KERNEL=tiles) equal the reference on bf16-rounded inputs and the cuBLAS route: llama2-7b's latent (H 32, L 2048, Dr 16), smollm's (H 9/3, L 96), three head blocks (H 40/8, L 512), L 48, one head block of 8 (L 2048), whole rope rows (H 32/4, Dr 6), ragged lengths, context splits, windows, no rope", { skip }, (t) => {
+test("the fused latent decode kernels (bf16 caches; warps by role where they take the shape, in pairs of head blocks sharing their copies where there is an even number of them, MHA2MLA_LATENT_MULTICAST=0 without; the tile loop with MHA2MLA_LATENT_KERNEL=tiles) equal the reference on bf16-rounded inputs and the cuBLAS route, and write bf16 outputs (hinted PRODUCTS) that are their float32 ones rounded: llama2-7b's latent (H 32, L 2048, Dr 16), smollm's (H 9/3, L 96), three head blocks (H 40/8, L 512), L 48, one head block of 8 (L 2048), whole rope rows (H 32/4, Dr 6), ragged lengths, context splits, windows, no rope", { skip }, (t) => {
   const B = backend();
   const rand = seededRand(31, Float32Array);
   const round = (a: Float32Array) => decodeToF32("BF16", encodeFromF32("BF16", a));
@@ -878,11 +878,25 @@ test("the fused latent decode kernels (bf16 caches; warps by role where they tak
     const opts = { scale: 1 / Math.sqrt(L / 16), positions, window: win };
     const krs = kr.map((a, b) => bf16Cache(B, a, [rows[b]!, Hkv, Dr])), cs = c.map((a, b) => bf16Cache(B, a, [rows[b]!, L]));
     const run = () => B.latentAttentionDecodeBatch(B.upload(qr, [Bn, H, Dr]), krs, B.upload(qc, [Bn, H, L]), cs, opts).toArray();
+    // Hinted PRODUCTS in a bf16Inputs arena (MLA decode's context, read by the value up-projection alone): the
+    // kernels write bf16, each value the float32 output's rounding; a route that writes no bf16 (the cuBLAS
+    // one) gives float32.
+    const runBf16 = (dtype: string) =>
+      B.arena(
+        () => {
+          const o = B.latentAttentionDecodeBatch(B.upload(qr, [Bn, H, Dr]), krs, B.upload(qc, [Bn, H, L]), cs, opts, PRODUCTS);
+          assert.equal(o.dtype, dtype, `H${H} L${L}: the hinted output's dtype`);
+          return o.toArray();
+        },
+        { bf16Inputs: true },
+      );
     const fused = run();
+    assert.deepEqual(runBf16("bf16"), round(Float32Array.from(fused)), `H${H} L${L}: the bf16 output is not the float32 one rounded`);
     // The tile-loop kernel (latent_decode.cu), which the default replaces where the kernel with warps
     // by role (latent_decode_roles.cu: L 256, 512, 1024 or 2048) takes the shape.
     process.env["MHA2MLA_LATENT_KERNEL"] = "tiles";
     const tiles = run();
+    assert.deepEqual(runBf16("bf16"), round(Float32Array.from(tiles)), `H${H} L${L}: the tile-loop kernel's bf16 output is not its float32 one rounded`);
     delete process.env["MHA2MLA_LATENT_KERNEL"];
     // The kernel by role with each head block copying every row itself, where the default has pairs of
     // head blocks (an even count) copy each row once into both.
@@ -891,6 +905,7 @@ test("the fused latent decode kernels (bf16 caches; warps by role where they tak
     delete process.env["MHA2MLA_LATENT_MULTICAST"];
     process.env["MHA2MLA_LATENT_DECODE"] = "gemm";
     const gemm = run();
+    assert.deepEqual(runBf16("f32"), gemm, "the cuBLAS route asked for a bf16 output");
     delete process.env["MHA2MLA_LATENT_DECODE"];
     const want = R.latentAttentionDecodeBatch(R.upload(round(qr), [Bn, H, Dr]), kr.map((a, b) => R.upload(round(a), [rows[b]!, Hkv, Dr])), R.upload(round(qc), [Bn, H, L]), c.map((a, b) => R.upload(round(a), [rows[b]!, L])), opts).toArray();
     let scale = 0;

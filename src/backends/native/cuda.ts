@@ -801,12 +801,26 @@ export class CudaBackend implements Backend {
   }
 
   /** MLA's batch in one native call: the latent is both the first key part (one group) and the value. */
-  latentAttentionDecodeBatch(qr: Tensor, kr: readonly Tensor[], qc: Tensor, c: readonly Tensor[], opts: DecodeBatchOptions): Tensor {
+  latentAttentionDecodeBatch(qr: Tensor, kr: readonly Tensor[], qc: Tensor, c: readonly Tensor[], opts: DecodeBatchOptions, hint?: ProductInputHint): Tensor {
     const { B, H, Hkv, Dr, L } = latentAttentionDecodeBatchDims(qr, kr, qc, c, opts);
     if (process.env["MHA2MLA_DECODE_BATCH"] === "rows") return latentAttentionDecodeByRows(this, qr, kr, qc, c, checkFloatRows(opts, c));
-    const o = this.empty([B, H, L], "a batched latent attention output");
+    const window = attentionWindow("decode_attention_batch", opts.window);
     const latents = c.map((t) => this.h(t));
-    this.call("decode_attention_batch", this.lib.fns["decodeAttentionBatch"]!(this.h(qc), latents, 1, L, this.h(qr), kr.map((t) => this.h(t)), Hkv, Dr, latents, 1, L, opts.positions, this.h(o), B, H, opts.scale, attentionWindow("decode_attention_batch", opts.window)));
+    const rope = kr.map((t) => this.h(t));
+    const run = (dtype: number): [Tensor, number] => {
+      const o = this.empty([B, H, L], "a batched latent attention output", dtype);
+      return [o, this.lib.fns["decodeAttentionBatch"]!(this.h(qc), latents, 1, L, this.h(qr), rope, Hkv, Dr, latents, 1, L, opts.positions, this.h(o), B, H, opts.scale, window) as number];
+    };
+    // A bf16 output only the fused kernel writes (bf16 caches); where it does not take the call (status 1, nothing
+    // launched) the float32 one.
+    if (c[0]?.dtype === "bf16" && this.productInputDtype(hint) === BF16) {
+      const [o, status] = run(BF16);
+      if (status === 0) return o;
+      o.dispose();
+      if (status !== 1) this.call("decode_attention_batch", status);
+    }
+    const [o, status] = run(F32);
+    this.call("decode_attention_batch", status);
     return o;
   }
 

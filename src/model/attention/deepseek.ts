@@ -118,7 +118,8 @@ export class DeepseekDecoder {
     const kPeRows = b.gatherCols(kv, cols.kPe);
     const kPe = b.rope(kPeRows.reshape([B, 1, dr]), positions, this.invFreq, dr);
     const [krAll, latAll] = LatentCache.appendBatch(caches, this.layer, kPe, lat);
-    const ctx = b.latentAttentionDecodeBatch(qPe, krAll, qc, latAll, { scale: 1 / Math.sqrt(dn + dr), positions, window: null });
+    // The context feeds only the value up-projection: it may come back in bf16.
+    const ctx = b.latentAttentionDecodeBatch(qPe, krAll, qc, latAll, { scale: 1 / Math.sqrt(dn + dr), positions, window: null }, PRODUCTS);
     const heads = b.headLinear(ctx, vb, PRODUCTS);
     const y = b.linear(heads.reshape([B, H * dv]), w.o, w.oBias);
     for (const t of [q, qNope, qPeRows, qPe, qc, kv, c0, lat, kPeRows, kPe, ctx, heads]) t.dispose();

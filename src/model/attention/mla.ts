@@ -167,9 +167,10 @@ export class MlaBlock {
     const ab = this.absorb();
     // The four products of x (rope keys, latent, the two query parts) in one launch where the backend can.
     const [q1, q2] = this.queryWeights(ab);
-    // Run time: the nope rows feed only the key up-projection, so they may come back in bf16 (no rounding launch).
-    const nopeHint = ab.form === "runtime" ? PRODUCTS : undefined;
-    const [krRaw, latRaw, qRaw1, qRaw2] = linearMany(b, x, [w.kRope, w.kvDown, q1.w, q2.w], [w.kRopeBias, null, q1.bias, q2.bias], [undefined, undefined, undefined, nopeHint]);
+    // Run time: the nope rows feed only the key up-projection and the attention's latent context only the value
+    // up-projection, so both may come back in bf16 (no rounding launch, half the bytes its products read).
+    const runtimeProducts = ab.form === "runtime" ? PRODUCTS : undefined;
+    const [krRaw, latRaw, qRaw1, qRaw2] = linearMany(b, x, [w.kRope, w.kvDown, q1.w, q2.w], [w.kRopeBias, null, q1.bias, q2.bias], [undefined, undefined, undefined, runtimeProducts]);
     const kr = b.rope(krRaw!.reshape([B, c.kvHeads, Dr]), positions, this.kFreq, Dr);
     krRaw!.dispose();
     let lat = latRaw!;
@@ -182,7 +183,7 @@ export class MlaBlock {
     }
     const [qr, qc] = this.absorbedQueriesOf(qRaw1!, qRaw2!, positions);
     const [krAll, latAll] = LatentCache.appendBatch(caches, this.layer, kr, lat);
-    const ctx = b.latentAttentionDecodeBatch(qr, krAll, qc, latAll, { scale: 1 / Math.sqrt(c.headDim), positions, window: c.slidingWindow });
+    const ctx = b.latentAttentionDecodeBatch(qr, krAll, qc, latAll, { scale: 1 / Math.sqrt(c.headDim), positions, window: c.slidingWindow }, runtimeProducts);
     for (const t of [kr, lat, qr, qc]) t.dispose();
     const y = this.absorbedOutput(ctx, ab);
     ctx.dispose();
