@@ -100,7 +100,8 @@ export function checkFinetuneOptions(o: Omit<FinetuneOptions, "data" | "out">) {
   if (o.tokens !== undefined) positive("tokens", o.tokens, true);
   if (o.lr !== undefined) positive("lr", o.lr);
   // 0 (or unset) turns them off; a negative or fractional step count used to act on every step.
-  for (const [name, v] of [["save-every", o.saveEvery], ["eval-every", o.evalEvery]] as const) if (v !== undefined && v !== 0) positive(name, v, true);
+  for (const [name, v] of [["save-every", o.saveEvery], ["eval-every", o.evalEvery]] as const)
+    if (v !== undefined && !(Number.isInteger(v) && v >= 0)) throw new MlaError("BAD_ARGUMENT", `--${name} ${v} must be a whole number of steps, 0 or more`, `pass e.g. --${name} 100, or 0 for none`);
   within("--save-every-minutes", o.saveEveryMinutes ?? 0, "[0, ∞)", "minutes of training between checkpoints, e.g. 10, or 0 for none");
   // The data order's generator takes 32 bits: a fraction or a larger seed would alias another seed's order.
   const seed = o.seed ?? D.seed;

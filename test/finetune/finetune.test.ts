@@ -162,8 +162,8 @@ test("bad input is refused cleanly", async () => {
   await refused({ lr: 0 }, /--lr 0 must be a positive number/);
   await refused({ lr: -1e-3 }, /--lr -0.001/);
   await refused({ tokens: 0 }, /--tokens 0 must be a positive integer/);
-  await refused({ saveEvery: -1 }, /--save-every -1 must be a positive integer/);
-  await refused({ evalEvery: 0.5 }, /--eval-every 0.5 must be a positive integer/);
+  await refused({ saveEvery: -1 }, /--save-every -1 must be a whole number of steps, 0 or more/);
+  await refused({ evalEvery: 0.5 }, /--eval-every 0.5 must be a whole number of steps, 0 or more/);
   const bad = path.join(tmpDir(), "bad.jsonl");
   fs.writeFileSync(bad, '{"text": "ok"}\n{"txt": 1}\n');
   await refused({ data: [bad] }, /bad\.jsonl:2: no string "text" field/);

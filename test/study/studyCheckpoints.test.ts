@@ -114,8 +114,8 @@ test("bad --save-every values are refused before any work, naming the flag", asy
   const out = path.join(tmpDir(), "never");
   const common = ["study", "--like", LIKE, "--data", DATA, "--tokens", "256", "--variants", "mha", "--device", "cpu", "--out", out];
   for (const [value, re] of [
-    ["-1", /^error: --save-every -1 must be a positive integer/m],
-    ["2.5", /^error: --save-every 2\.5 must be a positive integer/m],
+    ["-1", /^error: --save-every -1 must be a whole number of steps, 0 or more/m],
+    ["2.5", /^error: --save-every 2\.5 must be a whole number of steps, 0 or more/m],
     ["often", /^error: --save-every often is not a number/m],
     ["", /^error: --save-every was given an empty value/m],
     [null, /^error: --save-every was given without a value/m],
@@ -126,7 +126,7 @@ test("bad --save-every values are refused before any work, naming the flag", asy
     assert.equal(fs.existsSync(out), false, "nothing made");
   }
   const base: StudyOptions = { like: LIKE, variants: ["mha"], data: DATA, tokens: 256, seq: 32, batch: 4, device: "cpu", out, progress: null };
-  await assert.rejects(study({ ...base, saveEvery: Infinity }), (e: unknown) => e instanceof MlaError && e.code === "BAD_ARGUMENT" && /^--save-every Infinity must be a positive integer/.test(e.message));
+  await assert.rejects(study({ ...base, saveEvery: Infinity }), (e: unknown) => e instanceof MlaError && e.code === "BAD_ARGUMENT" && /^--save-every Infinity must be a whole number of steps, 0 or more/.test(e.message));
   await assert.rejects(study({ ...base, saveEvery: "4" as never }), (e: unknown) => e instanceof MlaError && /saveEvery/.test(e.message));
   assert.equal(fs.existsSync(out), false);
 });
