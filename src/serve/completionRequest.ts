@@ -4,6 +4,7 @@
  * ignored, so a client never reads an answer computed without a setting it asked for.
  */
 import { MlaError } from "../errors.js";
+import type { WithStatus } from "./httpJson.js";
 import type { SamplingOptions } from "../model/sampling.js";
 import { checkPenalties } from "../model/penalties.js";
 import type { ChatMessage } from "./chatTemplate.js";
@@ -104,14 +105,28 @@ const COMMON = ["model", "n", "max_tokens", "temperature", "top_p", "top_k", "mi
 const KNOWN = new Set(["prompt", "logprobs", "echo", ...COMMON, ...Object.keys(UNSUPPORTED)]);
 const CHAT_KNOWN = new Set(["messages", "max_completion_tokens", "logprobs", "top_logprobs", "add_generation_prompt", "continue_final_message", ...COMMON, ...Object.keys(CHAT_UNSUPPORTED)]);
 
-export function bad(message: string, hint: string): MlaError {
-  return new MlaError("BAD_ARGUMENT", message, hint);
+/**
+ * A refusal of the request. Its message starts with the field at fault where there is one (`max_tokens -1 is
+ * not …`, `messages[2].content is …`): that becomes the error body's `param`, as OpenAI names it, unless `param`
+ * says otherwise (null: none).
+ */
+export function bad(message: string, hint: string, param: string | null = fieldOf(message)): WithStatus {
+  return Object.assign(new MlaError("BAD_ARGUMENT", message, hint), { param });
 }
 
-/** `key` of `b` as true or false (`fallback` when absent or null), refused with `hint` otherwise. */
-export function booleanField(b: Record<string, unknown>, key: string, fallback: boolean, hint: string): boolean {
+/** Every field a request body may carry, and the sub-fields a refusal may name. */
+const FIELDS = new Set([...KNOWN, ...CHAT_KNOWN, ...Object.keys(CHAT_UNSUPPORTED)]);
+
+/** The field a refusal's message starts with (with its index and sub-field: `prompt[1]`, `messages[0].content`), or null. */
+function fieldOf(message: string): string | null {
+  const m = /^([a-z_]+)((?:\[\d+\])?(?:\.[a-z_]+)?)(?=[ :]|$)/.exec(message);
+  return m && FIELDS.has(m[1]!) ? m[1]! + m[2]! : null;
+}
+
+/** `key` of `b` as true or false (`fallback` when absent or null), refused with `hint` otherwise (`path`: the key's place in the request). */
+export function booleanField(b: Record<string, unknown>, key: string, fallback: boolean, hint: string, path = key): boolean {
   const v = b[key] ?? fallback;
-  if (typeof v !== "boolean") throw bad(`${key} ${shown(v)} is not true or false`, hint);
+  if (typeof v !== "boolean") throw bad(`${key} ${shown(v)} is not true or false`, hint, path);
   return v;
 }
 
@@ -128,11 +143,11 @@ export function checkedBody(body: unknown, served: { name: string }, known: Read
   if (typeof body !== "object" || body === null || Array.isArray(body)) throw bad("the request body is not a JSON object", `send e.g. ${example}`);
   const b = body as Record<string, unknown>;
   const unknown = Object.keys(b).filter((k) => !known.has(k));
-  if (unknown.length) throw bad(`unknown field${unknown.length > 1 ? "s" : ""} ${unknown.map((k) => shown(k)).join(", ")}`, `the fields read are ${[...known].filter((k) => !(k in unsupported)).join(", ")}`);
+  if (unknown.length) throw bad(`unknown field${unknown.length > 1 ? "s" : ""} ${unknown.map((k) => shown(k)).join(", ")}`, `the fields read are ${[...known].filter((k) => !(k in unsupported)).join(", ")}`, unknown[0]!);
   for (const [k, off] of Object.entries(unsupported))
     if (b[k] !== undefined && b[k] !== null && !off(b[k])) throw bad(`${k} ${shown(b[k])} is not supported by this server`, `leave ${k} out (no tools, best_of or suffix)`);
   // null is "not sent", as for every other field.
-  if (b["model"] !== undefined && b["model"] !== null && b["model"] !== served.name) throw new MlaError("NOT_FOUND", `model ${shown(b["model"])} is not served here`, `this server serves ${JSON.stringify(served.name)} (GET /v1/models); send that name or leave model out`);
+  if (b["model"] !== undefined && b["model"] !== null && b["model"] !== served.name) throw Object.assign(new MlaError("NOT_FOUND", `model ${shown(b["model"])} is not served here`, `this server serves ${JSON.stringify(served.name)} (GET /v1/models); send that name or leave model out`), { param: "model" });
   return b;
 }
 
@@ -141,8 +156,8 @@ export function parseCompletionRequest(body: unknown, served: { name: string; vo
   const b = checkedBody(body, served, KNOWN, UNSUPPORTED, '{"prompt": "Once upon a time", "max_tokens": 32}');
   const p = b["prompt"];
   const many = Array.isArray(p) && p.length > 0 && p.every((x) => typeof x === "string" || Array.isArray(x));
-  if (p === undefined || p === null) throw bad("the request has no prompt", 'send "prompt": "…" (text) or a list of token ids');
-  if (Array.isArray(p) && p.length === 0) throw bad("the prompt is an empty list", "send at least one token id, or the prompt as text");
+  if (p === undefined || p === null) throw bad("the request has no prompt", 'send "prompt": "…" (text) or a list of token ids', "prompt");
+  if (Array.isArray(p) && p.length === 0) throw bad("the prompt is an empty list", "send at least one token id, or the prompt as text", "prompt");
   if (many && p.length > MAX_PROMPTS) throw bad(`prompt holds ${p.length} prompts`, `send at most ${MAX_PROMPTS} per request (requests in flight are decoded together anyway)`);
   const prompts = (many ? (p as unknown[]) : [p]).map((x, i) => onePrompt(x, many ? `prompt[${i}]` : "prompt", served.vocabSize));
 
@@ -189,7 +204,7 @@ export function parseChatRequest(body: unknown, served: { name: string; vocabSiz
 export function parseMessages(m: unknown, example: string): ChatMessage[] {
   // "messages": "hi" was refused as "the request has no messages", sending the client to add what it had sent.
   if (m !== undefined && m !== null && !Array.isArray(m)) throw bad(`messages ${shown(m)} is not a list of messages`, `send e.g. ${example}`);
-  if (!Array.isArray(m) || m.length === 0) throw bad("the request has no messages", `send e.g. ${example}`);
+  if (!Array.isArray(m) || m.length === 0) throw bad("the request has no messages", `send e.g. ${example}`, "messages");
   return m.map((x: unknown, i): ChatMessage => {
     const o = x as Record<string, unknown> | null;
     const shape = 'each message is {"role": "user" | "assistant" | "system", "content": "…"}';
@@ -240,8 +255,8 @@ function generationFields(b: Record<string, unknown>, maxKey: string, defaultMax
   if (so && !stream) throw bad("stream_options is set without stream: true", "send stream: true, or leave stream_options out");
   const soFields = (so ?? {}) as Record<string, unknown>;
   const soUnknown = Object.keys(soFields).filter((k) => k !== "include_usage");
-  if (soUnknown.length) throw bad(`unknown stream_options field${soUnknown.length > 1 ? "s" : ""} ${soUnknown.map((k) => shown(k)).join(", ")}`, 'the one read is include_usage, e.g. "stream_options": {"include_usage": true}');
-  const includeUsage = booleanField(soFields, "include_usage", false, "send include_usage: true for a last chunk with the usage, or leave it out");
+  if (soUnknown.length) throw bad(`unknown stream_options field${soUnknown.length > 1 ? "s" : ""} ${soUnknown.map((k) => shown(k)).join(", ")}`, 'the one read is include_usage, e.g. "stream_options": {"include_usage": true}', `stream_options.${soUnknown[0]}`);
+  const includeUsage = booleanField(soFields, "include_usage", false, "send include_usage: true for a last chunk with the usage, or leave it out", "stream_options.include_usage");
 
   const ignoreEos = booleanField(b, "ignore_eos", false, "send ignore_eos: true to generate past end-of-sequence tokens, or leave it out");
   const n = numberField(b, "n", 1, (v) => Number.isInteger(v) && v >= 1 && v <= MAX_CHOICES, `a whole number from 1 to ${MAX_CHOICES}`);

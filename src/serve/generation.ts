@@ -16,7 +16,7 @@ import type { ResponseShape, TokenEntry } from "./responseShapes.js";
 import { TextStream } from "./textStream.js";
 import { ChoiceEntries } from "./choiceEntries.js";
 import { EventStream } from "./eventStream.js";
-import { asMlaError, errorBody, readJson, sendJson, sendRefusal, statusOf } from "./httpJson.js";
+import { aboutPrompt, asMlaError, errorBody, readJson, sendJson, sendRefusal, statusOf } from "./httpJson.js";
 import type { Parse, Prompt } from "./requestPrompts.js";
 
 /** What a generation request needs of the server that took it. */
@@ -103,7 +103,7 @@ export async function generation(server: GenerationServer, req: http.IncomingMes
   /** Choice k's refusal; a batch's names the prompt it is about. */
   const refusal = (k: number, e: unknown): MlaError => {
     const err = asMlaError(e);
-    return prompts.length > 1 ? new MlaError(err.code, `prompt[${Math.floor(k / n)}]: ${err.message}`) : err;
+    return prompts.length > 1 ? aboutPrompt(err, Math.floor(k / n)) : err;
   };
   // Without a limit (chat's default), up to --default-max-tokens, the model's positions, and what the
   // KV budget holds after the prompt (a request that did not send max_tokens is not refused for one);

@@ -5,8 +5,8 @@
 import type http from "node:http";
 import { MlaError, isMlaError } from "../errors.js";
 
-/** A refusal with its own HTTP status (413: a body too large). */
-export type WithStatus = MlaError & { httpStatus?: number };
+/** A refusal with its own HTTP status (413: a body too large) and the request field it is about (OpenAI's `param`). */
+export type WithStatus = MlaError & { httpStatus?: number; param?: string | null };
 
 /** HTTP status of a refusal: the caller's mistake, a missing thing, no room, or ours. */
 export function statusOf(e: WithStatus): number {
@@ -17,10 +17,15 @@ export function statusOf(e: WithStatus): number {
   return 500;
 }
 
-/** OpenAI's error body; the message keeps the hint on the same line. */
-export function errorBody(e: MlaError): string {
+/** A batch's refusal about prompt i: the message names the prompt; `param` stays the field at fault, else the prompt. */
+export function aboutPrompt(e: WithStatus, i: number): WithStatus {
+  return Object.assign(new MlaError(e.code, `prompt[${i}]: ${e.message}`), { param: e.param ?? `prompt[${i}]`, httpStatus: e.httpStatus });
+}
+
+/** OpenAI's error body; the message keeps the hint on the same line, `param` names the request field at fault where one is. */
+export function errorBody(e: WithStatus): string {
   const type = statusOf(e) < 500 ? "invalid_request_error" : "server_error";
-  return JSON.stringify({ error: { message: e.message.replace(/\n\s*hint: /, "; hint: "), type, param: null, code: e.code } });
+  return JSON.stringify({ error: { message: e.message.replace(/\n\s*hint: /, "; hint: "), type, param: e.param ?? null, code: e.code } });
 }
 
 export function sendJson(res: http.ServerResponse, status: number, body: string, headers: http.OutgoingHttpHeaders = {}): void {

@@ -9,6 +9,7 @@ import { encodeUpToOffThread } from "../io/encodeOffThread.js";
 import { parseChatRequest, parseCompletionRequest, type GenerationFields } from "./completionRequest.js";
 import { continueFinalMessage, renderedNothing, type ChatTemplate } from "./chatTemplate.js";
 import { incompleteTail } from "./textStream.js";
+import { aboutPrompt } from "./httpJson.js";
 
 /** One prompt of a request: its ids, and its text when it comes back before the completion (echo). */
 export interface Prompt {
@@ -51,7 +52,7 @@ async function namedInBatch<T>(count: number, i: number, f: () => Promise<T>): P
   try {
     return await f();
   } catch (e) {
-    if (count > 1 && e instanceof MlaError) throw new MlaError(e.code, `prompt[${i}]: ${e.message}`);
+    if (count > 1 && e instanceof MlaError) throw aboutPrompt(e, i);
     throw e;
   }
 }

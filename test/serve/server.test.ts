@@ -192,6 +192,21 @@ test("bad requests get OpenAI error bodies that name the culprit; unknown routes
       assert.ok(!r.json["error"].message.includes("\n"), "one line");
       assert.equal(r.json["error"].type, "invalid_request_error");
     }
+    // OpenAI's `param`: the request field a refusal is about, null where it is about no one field.
+    const params: [object, string | null][] = [
+      [{ prompt: "x", max_tokens: -1 }, "max_tokens"],
+      [{ max_tokens: 3 }, "prompt"],
+      [{ prompt: [[1], []] }, "prompt[1]"],
+      [{ prompt: ["a", "b"], max_tokens: 511 }, "max_tokens"],
+      [{ prompt: ["a", [1, 99999]] }, "prompt[1]"],
+      [{ prompt: "x", bogus: 1 }, "bogus"],
+      [{ prompt: "x", stream: true, stream_options: { include_usage: "yes" } }, "stream_options.include_usage"],
+      [{ prompt: "x", stream: true, stream_options: { bogus: 1 } }, "stream_options.bogus"],
+      [{ prompt: "x", model: "gpt-4" }, "model"],
+      [{ prompt: "x", logit_bias: { "5": 100, "05": -100 } }, "logit_bias"],
+      [{ prompt: ["a", "b", "c", "d", "e"], n: 16 }, null],
+    ];
+    for (const [body, param] of params) assert.equal((await post(server.url, body)).json["error"].param, param, JSON.stringify(body));
     const chat = await fetch(`${server.url}/v1/chat/completions`, { method: "POST", body: "{}" });
     assert.equal(chat.status, 404);
     assert.match(((await chat.json()) as { error: { message: string } }).error.message, /this model has no chat template.*POST \/v1\/completions/);
