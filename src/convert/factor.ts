@@ -10,7 +10,9 @@
 import { chosenLinalg } from "../backends/native/linalg.js";
 import { headDimOrder } from "../model/config.js";
 import { nextTurn } from "../util/abort.js";
-import { CovarianceRoots, Factors, energyOf, matmul, truncatedFactorAsync, whitenedFactor } from "../svd/truncated.js";
+import { CovarianceRoots, Factors, checkRoots, energyOf, matmul, truncatedFactorAsync, whitenedFactor } from "../svd/truncated.js";
+import { MlaError } from "../errors.js";
+import { checkFloatsArg, checkObjectArg, checkWholeArg, shown } from "../util/numericArgs.js";
 
 export interface LayerFactorInput {
   /** [Hkv·Dh, D] */
@@ -64,6 +66,7 @@ async function factor(A: Float64Array, M: number, N: number, k: number, whiten: 
 
 /** Factors one layer; the SVD runs off the JavaScript thread where the route allows (CUDA), so the caller can write meanwhile. */
 export async function factorLayer(p: LayerFactorInput): Promise<LayerFactors> {
+  checkFactorInput(p);
   const { kvHeads, headDim: Dh, hidden: D } = p;
   const ropeRows: number[] = [];
   const nopeRows: number[] = [];
@@ -137,6 +140,36 @@ export async function factorLayer(p: LayerFactorInput): Promise<LayerFactors> {
     latentDim: L,
     energy,
   };
+}
+
+/**
+ * factorLayer's input, for a script (convert builds it from the checkpoint's checked shapes): a short
+ * or float64 weight read past its end or as other numbers, an unknown svd ran as split, a pair index
+ * past head_dim/2 kept rows of the next head, and a missing field failed as "reading '0'". O(Hkv·R).
+ */
+function checkFactorInput(p: LayerFactorInput): void {
+  const where = "factorLayer()", hint = "pass { wk, wv, bk, bv, kvHeads, headDim, hidden, selection, rank, svd, whiten } with wk and wv Float32Arrays [kvHeads·headDim, hidden]";
+  checkObjectArg(where, "the input", p, hint);
+  checkWholeArg(where, "kvHeads", p.kvHeads, 1, hint);
+  checkWholeArg(where, "headDim", p.headDim, 2, hint);
+  if (p.headDim % 2 !== 0) throw new MlaError("BAD_ARGUMENT", `${where}: headDim ${p.headDim} is odd`, "pass the model's head_dim, an even number: its halves are the rotary pairs");
+  checkWholeArg(where, "hidden", p.hidden, 1, hint);
+  checkWholeArg(where, "rank", p.rank, 1, hint);
+  if (p.svd !== "joint" && p.svd !== "split") throw new MlaError("BAD_ARGUMENT", `${where}: svd is ${shown(p.svd)}, not "joint" or "split"`, hint);
+  const rows = p.kvHeads * p.headDim;
+  checkFloatsArg(where, `wk [${rows}, ${p.hidden}]`, p.wk, Float32Array, rows * p.hidden, hint);
+  checkFloatsArg(where, `wv [${rows}, ${p.hidden}]`, p.wv, Float32Array, rows * p.hidden, hint);
+  for (const key of ["bk", "bv"] as const) if (p[key] !== null && p[key] !== undefined) checkFloatsArg(where, key, p[key], Float32Array, rows, `pass ${key} as a Float32Array [${rows}], or null for none`);
+  const pairs = "pass one array of kept pair indices (each in 0…headDim/2 − 1, ascending) per KV head, all of one length";
+  if (!(Array.isArray(p.selection) && p.selection.length === p.kvHeads)) throw new MlaError("BAD_ARGUMENT", `${where}: the selection is ${shown(p.selection)}, not ${p.kvHeads} arrays of pair indices (one per KV head)`, pairs);
+  const R = Array.isArray(p.selection[0]) ? p.selection[0].length : -1;
+  for (let g = 0; g < p.kvHeads; g++) {
+    const sel = p.selection[g];
+    if (!(Array.isArray(sel) && sel.length === R)) throw new MlaError("BAD_ARGUMENT", `${where}: selection[${g}] is ${shown(sel)}, not ${R < 0 ? "an array" : `an array of ${R}`} pair indices`, pairs);
+    for (let i = 0; i < R; i++) checkWholeArg(where, `selection[${g}][${i}]`, sel[i], 0, pairs);
+    for (let i = 0; i < R; i++) if (sel[i]! >= p.headDim / 2) throw new MlaError("BAD_ARGUMENT", `${where}: selection[${g}][${i}] is ${sel[i]}, past the last pair ${p.headDim / 2 - 1} of headDim ${p.headDim}`, pairs);
+  }
+  if (p.whiten !== null && p.whiten !== undefined) checkRoots(where, p.whiten, p.hidden);
 }
 
 /** The factors under their tensor names after `model.layers.N.self_attn.` (docs/formats.md); null = no such bias. */

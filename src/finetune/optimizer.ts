@@ -4,6 +4,8 @@
  */
 import type { OptimizerKernels } from "../backends/native/kernels.js";
 import type { FloatArray } from "../tensor/tensor.js";
+import { MlaError } from "../errors.js";
+import { checkObjectArg, checkWholeArg, shown } from "../util/numericArgs.js";
 
 export interface AdamWConfig {
   beta1: number;
@@ -20,6 +22,7 @@ export class AdamW {
 
   /** `kernels`: native loops for float32 parameters (null: TypeScript, the oracle). */
   constructor(readonly cfg: AdamWConfig, sizes: number[], private readonly kernels: OptimizerKernels | null = null) {
+    checkAdamWArgs(cfg, sizes);
     this.m = sizes.map((n) => new Float32Array(n));
     this.v = sizes.map((n) => new Float32Array(n));
   }
@@ -46,6 +49,26 @@ export class AdamW {
       }
     });
   }
+}
+
+/** AdamW's ranges, as finetune() checks its options: [low, high], and whether each end is open. */
+const RANGES: Record<keyof AdamWConfig, readonly [number, number, boolean, boolean]> = { beta1: [0, 1, false, true], beta2: [0, 1, false, true], eps: [0, Infinity, true, true], weightDecay: [0, Infinity, false, true] };
+
+/**
+ * The constructor's arguments, for a script (finetune builds them from checked options): no sizes
+ * failed as "reading 'map'", a size of -1 as a RangeError, NaN made an empty moment, and a missing or
+ * string beta turned every weight NaN at the first update.
+ */
+function checkAdamWArgs(cfg: AdamWConfig, sizes: number[]): void {
+  const hint = "pass new AdamW({ beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.01 }, params.map((p) => p.length))";
+  checkObjectArg("new AdamW()", "the config", cfg, hint);
+  for (const [key, [lo, hi, openLo, openHi]] of Object.entries(RANGES)) {
+    const v = cfg[key as keyof AdamWConfig];
+    if (!(typeof v === "number" && (openLo ? v > lo : v >= lo) && (openHi ? v < hi : v <= hi)))
+      throw new MlaError("BAD_ARGUMENT", `new AdamW(): ${key} is ${shown(v)}, not a number in ${openLo ? "(" : "["}${lo}, ${hi === Infinity ? "∞" : hi}${openHi ? ")" : "]"}`, hint);
+  }
+  if (!Array.isArray(sizes)) throw new MlaError("BAD_ARGUMENT", `new AdamW(): the sizes are ${shown(sizes)}, not an array`, hint);
+  for (let i = 0; i < sizes.length; i++) checkWholeArg("new AdamW()", `sizes[${i}]`, sizes[i], 0, hint);
 }
 
 /** Global L2 norm of all gradients. */

@@ -1,5 +1,7 @@
 /** The normalized model description every other module reads (HF keys are read only in io/hfConfig.ts). */
 import { KvCacheDtype, kvRowBytes } from "./kvQuant.js";
+import { MlaError } from "../errors.js";
+import { checkObjectArg, checkWholeArg, shown } from "../util/numericArgs.js";
 
 export type RopeScaling =
   | { type: "linear"; factor: number }
@@ -53,6 +55,8 @@ export function latentWidth(rank: number, kvHeads: number, svd: "joint" | "split
 
 /** The split every layer shares, or null when layers differ (a `--kv-split per-layer` conversion). */
 export function uniformSplit(a: MlaAttention): MlaSplit | null {
+  // From a script: a config where its attention goes failed as "reading '0'", no splits returned undefined.
+  if (!(typeof a === "object" && a !== null && Array.isArray(a.splits) && a.splits.length > 0)) throw new MlaError("BAD_ARGUMENT", `uniformSplit(): the attention is ${a && typeof a === "object" && "attention" in a ? "a model config" : shown(a)}, not an MLA attention with splits`, "pass an MLA model's config.attention (its kind is \"mla\")");
   const first = a.splits[0]!;
   return a.splits.every((s) => s.ropePairs === first.ropePairs && s.rank === first.rank && s.latentDim === first.latentDim) ? first : null;
 }
@@ -111,6 +115,7 @@ export interface ModelConfig {
 
 /** Inverse frequencies of the Dh/2 rotary pairs, with the model's scaling applied (as HF transformers). */
 export function ropeInvFreq(headDim: number, rope: RopeConfig): Float64Array {
+  checkRopeArgs(headDim, rope);
   const half = headDim / 2;
   const inv = new Float64Array(half);
   for (let i = 0; i < half; i++) inv[i] = 1 / Math.pow(rope.theta, (2 * i) / headDim);
@@ -133,6 +138,24 @@ export function ropeInvFreq(headDim: number, rope: RopeConfig): Float64Array {
     }
   }
   return inv;
+}
+
+/**
+ * ropeInvFreq's arguments, for a script (configs are checked where they are read): a NaN or odd
+ * head_dim gave no pairs or a half one, a missing theta or an unknown scaling type NaN frequencies.
+ */
+function checkRopeArgs(headDim: number, rope: RopeConfig): void {
+  const where = "ropeInvFreq()";
+  checkWholeArg(where, "headDim", headDim, 2, "pass the rotary dims per head (config.headDim), an even number");
+  if (headDim % 2 !== 0) throw new MlaError("BAD_ARGUMENT", `${where}: headDim ${headDim} is odd`, "pass the rotary dims per head (config.headDim), an even number: its halves are the pairs");
+  checkObjectArg(where, "the rope", rope, "pass config.rope, e.g. { theta: 10000, scaling: null }");
+  if (!(typeof rope.theta === "number" && rope.theta > 0 && rope.theta < Infinity)) throw new MlaError("BAD_ARGUMENT", `${where}: rope.theta is ${shown(rope.theta)}, not a number > 0`, "pass config.rope, e.g. { theta: 10000, scaling: null }");
+  const s = rope.scaling as Record<string, unknown> | null | undefined;
+  if (s === null || s === undefined) return;
+  const keys = s["type"] === "linear" ? ["factor"] : s["type"] === "llama3" ? ["factor", "lowFreqFactor", "highFreqFactor", "originalMaxPositions"] : null;
+  if (!keys) throw new MlaError("BAD_ARGUMENT", `${where}: rope.scaling.type is ${shown(s["type"])}, not "linear" or "llama3"`, "pass null for no scaling, or config.rope.scaling as readHfConfig gives it");
+  for (const k of keys)
+    if (!(typeof s[k] === "number" && (s[k] as number) > 0 && (s[k] as number) < Infinity)) throw new MlaError("BAD_ARGUMENT", `${where}: rope.scaling.${k} is ${shown(s[k])}, not a number > 0`, "pass config.rope.scaling as readHfConfig gives it");
 }
 
 /** KV-cache elements per token summed over layers: 2·Hkv·Dh (MHA/GQA), Hkv·2R + latent (MLA), kv_lora_rank + rope dim (DeepSeek) per layer. */

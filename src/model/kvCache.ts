@@ -8,7 +8,8 @@ import { MlaError } from "../errors.js";
 import { checkOptionTypes } from "../util/optionTypes.js";
 import type { Backend } from "../tensor/backend.js";
 import type { FloatArray, Tensor } from "../tensor/tensor.js";
-import { KvCacheDtype, deviceRowBytes, kvRowBytes, roundTrip } from "./kvQuant.js";
+import { KV_CACHE_DTYPES, KvCacheDtype, deviceRowBytes, kvRowBytes, roundTrip } from "./kvQuant.js";
+import { checkBackendArg, checkObjectArg, checkWholeArg, shown } from "../util/numericArgs.js";
 import { kvRowsPerToken, type ModelConfig } from "./config.js";
 import { rowOf, rowRange } from "../tensor/rows.js";
 
@@ -282,6 +283,12 @@ abstract class TwoPartCache implements DecodeCache {
 
   /** `shapes[layer]` = the row shapes of that layer's two parts. */
   constructor(protected readonly backend: Backend, protected readonly shapes: readonly LayerRowShapes[], readonly dtype: KvCacheDtype = "f32", opts: CacheOptions = {}) {
+    // From a script (model.newCache checks its own): a missing backend failed as "reading
+    // 'createRowStore'", an unknown dtype was kept, null options as "reading 'capacity'".
+    const where = `new ${new.target.name}()`;
+    checkBackendArg(where, backend);
+    if (!(KV_CACHE_DTYPES as readonly unknown[]).includes(dtype)) throw new MlaError("BAD_ARGUMENT", `${where}: the dtype is ${shown(dtype)}, not a cache type`, `pass one of ${KV_CACHE_DTYPES.join(", ")}, or leave it out (f32)`);
+    checkOptionTypes<CacheOptions>(where, opts, { capacity: "number" });
     const size = (s: readonly number[]) => s.reduce((x, y) => x * y, 1);
     const capacity = opts.capacity ?? 0;
     if (!Number.isInteger(capacity) || capacity < 0) throw new MlaError("BAD_ARGUMENT", `a decode cache's capacity must be a whole number of tokens ≥ 0, got ${capacity}`, "pass the longest sequence the cache will hold (prompt + new tokens), or leave it out");
@@ -408,6 +415,11 @@ abstract class TwoPartCache implements DecodeCache {
 /** MHA/GQA cache: keys [S, Hkv, Dh] (after RoPE) and values [S, Hkv, Dh]. */
 export class KvCache extends TwoPartCache {
   constructor(backend: Backend, layers: number, kvHeads: number, headDim: number, dtype: KvCacheDtype = "f32", opts: CacheOptions = {}) {
+    // A NaN or negative count made a cache of no layers, or rows of NaN elements.
+    const hint = "pass the model's config.layers, config.kvHeads and config.headDim, or call model.newCache(dtype)";
+    checkWholeArg("new KvCache()", "layers", layers, 0, hint);
+    checkWholeArg("new KvCache()", "kvHeads", kvHeads, 1, hint);
+    checkWholeArg("new KvCache()", "headDim", headDim, 1, hint);
     super(backend, Array.from({ length: layers }, () => [[kvHeads, headDim], [kvHeads, headDim]] as const), dtype, opts);
   }
 
@@ -417,10 +429,23 @@ export class KvCache extends TwoPartCache {
   }
 }
 
+/** LatentCache's sizes: a layer of {} made rows of NaN elements and a capacity of null, -1 heads rows of -1. */
+function checkLatentLayers(kvHeads: number, layers: readonly { ropeDims: number; latentDim: number }[]): void {
+  const where = "new LatentCache()", hint = "pass config.kvHeads and one { ropeDims: 2·R, latentDim } per layer, or call model.newCache(dtype)";
+  checkWholeArg(where, "kvHeads", kvHeads, 1, hint);
+  if (!Array.isArray(layers)) throw new MlaError("BAD_ARGUMENT", `${where}: the layers are ${shown(layers)}, not an array`, hint);
+  for (let l = 0; l < layers.length; l++) {
+    checkObjectArg(where, `layers[${l}]`, layers[l], hint);
+    checkWholeArg(where, `layers[${l}].ropeDims`, layers[l]!.ropeDims, 0, hint);
+    checkWholeArg(where, `layers[${l}].latentDim`, layers[l]!.latentDim, 0, hint);
+  }
+}
+
 /** MLA cache: per layer, rope keys [S, Hkv, 2R] (after RoPE) and latents [S, L]; R and L may differ between layers. */
 export class LatentCache extends TwoPartCache {
   /** `layers[l]` = layer l's rope dims per KV head (2R) and latent width. */
   constructor(backend: Backend, kvHeads: number, layers: readonly { ropeDims: number; latentDim: number }[], dtype: KvCacheDtype = "f32", opts: CacheOptions = {}) {
+    checkLatentLayers(kvHeads, layers);
     super(backend, layers.map(({ ropeDims, latentDim }) => [[kvHeads, ropeDims], [latentDim]] as const), dtype, opts);
   }
 

@@ -14,7 +14,8 @@ import type { FloatArray, Tensor } from "../tensor/tensor.js";
 import { attentionInvFreq, ModelConfig } from "./config.js";
 import { LlamaWeights, loadLlamaWeights, WEIGHT_STORAGES, WeightStorage, namedTensors } from "./weights.js";
 import { checkOptionTypes, type OptionKinds } from "../util/optionTypes.js";
-import { checkCacheArg, checkCachesArg, tokenIdsArg } from "../util/argTypes.js";
+import { checkCacheArg, checkCachesArg, checkConfigArg, tokenIdsArg } from "../util/argTypes.js";
+import { checkBackendArg, shown } from "../util/numericArgs.js";
 import { CacheOptions, DecodeCache, KvCache, LatentCache } from "./kvCache.js";
 import { AttentionMode, mhaAttention, mhaDecodeBatch } from "./attention/mha.js";
 import { MlaError } from "../errors.js";
@@ -87,6 +88,12 @@ export class LlamaModel {
   private readonly identities = new Map<number, Tensor>();
 
   constructor(readonly config: ModelConfig, readonly weights: LlamaWeights, readonly backend: Backend) {
+    // From a script (loadModel passes what it built): a folder's name failed as "reading 'kind'", and
+    // missing weights or backend made a model whose first forward failed far from the cause.
+    checkConfigArg("new LlamaModel()", config);
+    const layers = (weights as { layers?: unknown } | null)?.layers;
+    if (!(Array.isArray(layers) && layers.length === config.layers)) throw new MlaError("BAD_ARGUMENT", `new LlamaModel(): the weights are ${Array.isArray(layers) ? `weights of ${layers.length} layers, not the config's ${config.layers}` : `${shown(weights)}, not a model's weights`}`, "load a model with loadModel(dir), whose .model is a LlamaModel");
+    checkBackendArg("new LlamaModel()", backend);
     this.invFreq = attentionInvFreq(config);
     this.mla = config.attention.kind === "mla" ? weights.layers.map((lw, i) => new MlaBlock(backend, config, lw.attn as never, this.invFreq, i)) : null;
     this.deepseek = config.attention.kind === "deepseek" ? weights.layers.map((lw, i) => new DeepseekDecoder(backend, config, lw.attn as never, this.invFreq, i)) : null;

@@ -23,6 +23,7 @@ export interface PenaltyOptions {
 
 /** The penalty options checked against a vocabulary of `vocabSize` ids; `names` says how a refusal names each (CLI flag or request field). */
 export function checkPenalties(o: PenaltyOptions, vocabSize: number, names: Record<keyof PenaltyOptions, string>): PenaltyOptions {
+  if (typeof o !== "object" || o === null) throw new MlaError("BAD_ARGUMENT", `checkPenalties(): the options are ${describe(o)}, not an object`, "pass e.g. { presencePenalty: 0.5 }, or {} for none");
   const range = (key: "presencePenalty" | "frequencyPenalty") => {
     const v = o[key];
     if (v !== undefined && !(Number.isFinite(v) && v >= -2 && v <= 2)) throw new MlaError("BAD_ARGUMENT", `${names[key]} ${v} is not a number from -2 to 2`, `pass e.g. 0.5 to make repeated tokens less likely, or leave it out (0)`);
@@ -41,6 +42,21 @@ export function checkPenalties(o: PenaltyOptions, vocabSize: number, names: Reco
   return o;
 }
 
+/** The names checkPenalties gives the options when a script builds Penalties itself. */
+const OWN_NAMES: Record<keyof PenaltyOptions, string> = { presencePenalty: "Penalties' presencePenalty", frequencyPenalty: "Penalties' frequencyPenalty", repetitionPenalty: "Penalties' repetitionPenalty", logitBias: "Penalties' logitBias" };
+
+/**
+ * Penalties' arguments, once per sequence (not per token): no options failed as "reading
+ * 'presencePenalty'", a NaN penalty turned the generated tokens' logits NaN. The ids of logitBias are
+ * checked against the vocabulary where the caller knows it (generate, serve); here only their kind.
+ */
+function checkPenaltyArgs(prompt: unknown, o: PenaltyOptions): void {
+  if (!Array.isArray(prompt) && !(ArrayBuffer.isView(prompt) && !(prompt instanceof DataView))) throw new MlaError("BAD_ARGUMENT", `Penalties: the prompt is ${describe(prompt)}, not an array of token ids`, "pass the prompt's token ids, e.g. Penalties.of([1, 450, 2], { repetitionPenalty: 1.1 })");
+  if (typeof o !== "object" || o === null) throw new MlaError("BAD_ARGUMENT", `Penalties: the options are ${describe(o)}, not an object`, "pass e.g. { repetitionPenalty: 1.1 }, or {} for none");
+  if (o.logitBias !== undefined && !(o.logitBias instanceof Map)) throw new MlaError("BAD_ARGUMENT", `Penalties' logitBias is ${describe(o.logitBias)}, not a Map`, "pass new Map([[tokenId, bias], …])");
+  checkPenalties(o, Infinity, OWN_NAMES);
+}
+
 /** One sequence's penalties: the tokens it has seen, and how often it generated each. */
 export class Penalties {
   private readonly seen: Set<number>;
@@ -49,12 +65,15 @@ export class Penalties {
   private readonly repeats: boolean;
 
   private constructor(prompt: readonly number[], private readonly o: PenaltyOptions) {
+    // `new` from a script skips of(): the same checks.
+    checkPenaltyArgs(prompt, o);
     this.repeats = (o.repetitionPenalty ?? 1) !== 1;
     this.seen = new Set(this.repeats ? prompt : []);
   }
 
   /** The penalties of a sequence continuing `prompt`, or null where the options change nothing. */
   static of(prompt: readonly number[], o: PenaltyOptions): Penalties | null {
+    checkPenaltyArgs(prompt, o);
     const active = (o.presencePenalty ?? 0) !== 0 || (o.frequencyPenalty ?? 0) !== 0 || (o.repetitionPenalty ?? 1) !== 1 || (o.logitBias?.size ?? 0) > 0;
     return active ? new Penalties(prompt, o) : null;
   }

@@ -4,6 +4,7 @@
  * 2-norm: the R pairs with the largest calibration score (ties to the lower index).
  */
 import { MlaError } from "../errors.js";
+import { checkFloatsArg, checkWholeArg, shown } from "../util/numericArgs.js";
 
 export const ROPE_STRATEGIES = ["high", "low", "uniform", "2-norm"] as const;
 export type RopeStrategy = (typeof ROPE_STRATEGIES)[number];
@@ -31,6 +32,12 @@ export function checkRopePairs(R: number, lo: number, headDim: number, hint: str
 
 /** Pairs kept by a position-independent strategy, ascending. */
 export function fixedPairs(strategy: "high" | "low" | "uniform", R: number, headDim: number): number[] {
+  // From a script: an unknown strategy ran as uniform, a NaN count kept none, R past head_dim/2 kept negative pairs.
+  if (strategy !== "high" && strategy !== "low" && strategy !== "uniform") throw new MlaError("BAD_ARGUMENT", `fixedPairs(): the strategy is ${shown(strategy)}, not "high", "low" or "uniform"`, "pass one of them; 2-norm pairs come from topPairs(twoNormScores(…), R)");
+  checkWholeArg("fixedPairs()", "headDim", headDim, 2, "pass the model's head_dim, an even number");
+  if (headDim % 2 !== 0) throw new MlaError("BAD_ARGUMENT", `fixedPairs(): headDim ${headDim} is odd`, "pass the model's head_dim, an even number: its halves are the rotary pairs");
+  checkWholeArg("fixedPairs()", "R", R, 0, `pass the pairs to keep per head, from 0 to ${headDim / 2}`);
+  if (R > headDim / 2) throw new MlaError("BAD_ARGUMENT", `fixedPairs(): R ${R} is more than the ${headDim / 2} pairs of headDim ${headDim}`, `pass R from 0 to ${headDim / 2}`);
   const half = headDim / 2;
   if (strategy === "high") return Array.from({ length: R }, (_, k) => k);
   if (strategy === "low") return Array.from({ length: R }, (_, k) => half - R + k);
@@ -39,6 +46,12 @@ export function fixedPairs(strategy: "high" | "low" | "uniform", R: number, head
 
 /** The R highest-scoring pairs (ties to the lower index), returned ascending. */
 export function topPairs(scores: ArrayLike<number>, R: number): number[] {
+  // A string's characters sorted as scores, a NaN R kept none, a negative one all but the last.
+  if (!(Array.isArray(scores) || (ArrayBuffer.isView(scores) && !(scores instanceof DataView)))) throw new MlaError("BAD_ARGUMENT", `topPairs(): the scores are ${shown(scores)}, not an array of numbers`, "pass one score per pair, e.g. a head's slice of twoNormScores(…)");
+  // NaN scores are let through: convert passes them where R keeps no pair or every pair, so order does not matter.
+  for (let i = 0; i < scores.length; i++) if (typeof scores[i] !== "number") throw new MlaError("BAD_ARGUMENT", `topPairs(): scores[${i}] is ${shown(scores[i])}, not a number`, "pass one score per pair, e.g. a head's slice of twoNormScores(…)");
+  checkWholeArg("topPairs()", "R", R, 0, "pass the number of pairs to keep");
+  if (R > scores.length) throw new MlaError("BAD_ARGUMENT", `topPairs(): R ${R} is more than the ${scores.length} pairs scored`, `pass R from 0 to ${scores.length}`);
   const idx = Array.from({ length: scores.length }, (_, i) => i);
   idx.sort((a, b) => scores[b]! - scores[a]! || a - b);
   return idx.slice(0, R).sort((a, b) => a - b);
@@ -104,6 +117,14 @@ export function pairPreferences(strategy: RopeStrategy, kvHeads: number, R: numb
  * q̄[h, i] · k̄[g, i]. qNorm [H, Dh/2], kNorm [Hkv, Dh/2] → [Hkv, Dh/2].
  */
 export function twoNormScores(qNorm: Float64Array, kNorm: Float64Array, heads: number, kvHeads: number, half: number): Float64Array {
+  // From a script: no sizes gave an empty result, short norms NaN scores, heads not a multiple of kvHeads groups that do not exist.
+  const where = "twoNormScores()", hint = "pass calibration's qNorm [heads·half] and kNorm [kvHeads·half] of one layer, then heads, kvHeads and half (head_dim/2)";
+  checkWholeArg(where, "heads", heads, 1, hint);
+  checkWholeArg(where, "kvHeads", kvHeads, 1, hint);
+  checkWholeArg(where, "half", half, 1, hint);
+  if (heads % kvHeads !== 0) throw new MlaError("BAD_ARGUMENT", `${where}: heads ${heads} is not a multiple of kvHeads ${kvHeads}`, hint);
+  checkFloatsArg(where, "qNorm", qNorm, Float64Array, heads * half, hint);
+  checkFloatsArg(where, "kNorm", kNorm, Float64Array, kvHeads * half, hint);
   const out = new Float64Array(kvHeads * half);
   const group = heads / kvHeads;
   for (let h = 0; h < heads; h++) {

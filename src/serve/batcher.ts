@@ -20,7 +20,9 @@ import type { LlamaModel } from "../model/llama.js";
 import { heldBytesPerToken, heldRows, type DecodeCache, type HeldRows } from "../model/kvCache.js";
 import { DecodeSession } from "../model/decodeSession.js";
 import { kvBytesPerToken, stopTokenIds } from "../model/config.js";
-import type { KvCacheDtype } from "../model/kvQuant.js";
+import { KV_CACHE_DTYPES, type KvCacheDtype } from "../model/kvQuant.js";
+import { checkModelArg } from "../util/argTypes.js";
+import { checkOptionTypes } from "../util/optionTypes.js";
 import { greedyIds, pickToken, seededRandom, tokenLogprobs, type SamplingOptions, type TokenLogprobs } from "../model/sampling.js";
 import type { FloatArray } from "../tensor/tensor.js";
 import { PrefixCache, type PrefixCacheStats } from "./prefixCache.js";
@@ -226,6 +228,11 @@ export class Batcher {
   private readonly latency = { timeToFirstToken: new Histogram(), timePerOutputToken: new Histogram(), endToEnd: new Histogram(), queue: new Histogram() };
 
   constructor(readonly model: LlamaModel, readonly opts: BatcherOptions) {
+    // From a script: no options failed as "reading 'maxBatch'", a folder's name for the model and an
+    // unknown kvCache deep inside (or not at all: "zz" was taken).
+    checkModelArg("new Batcher()", model);
+    checkOptionTypes<BatcherOptions>("new Batcher()", opts, { maxBatch: "number", kvCache: "string", kvBudgetBytes: "number", prefixCacheBytes: "number", prefillChunk: "number" }, ["maxBatch", "kvCache"]);
+    if (!(KV_CACHE_DTYPES as readonly string[]).includes(opts.kvCache)) throw new MlaError("BAD_ARGUMENT", `new Batcher(): option kvCache is ${JSON.stringify(opts.kvCache)}, not a cache type`, `pass one of ${KV_CACHE_DTYPES.join(", ")} (defaultKvCache(model) picks one)`);
     checkBatcherOptions(opts);
     this.heldRows = heldRows(model.backend, opts.kvCache);
     this.perToken = heldBytesPerToken(model.config, model.backend, opts.kvCache);

@@ -9,6 +9,7 @@
  */
 import { EigenvalueDecomposition, Matrix } from "ml-matrix";
 import { MlaError } from "../errors.js";
+import { checkFloatsArg, checkObjectArg, checkWholeArg } from "../util/numericArgs.js";
 import { activeLinalg as native, type FusedFactors } from "../backends/native/linalg.js";
 
 export interface Factors {
@@ -74,6 +75,18 @@ function gramRows(A: Float64Array, M: number, N: number): Float64Array {
   return G;
 }
 
+/**
+ * A factorization's arguments, for a script (the converters pass shapes they built): a NaN or
+ * fractional size made a zero or garbage factor, a short A or a Float32Array one read past its end or
+ * its bytes as other numbers.
+ */
+function checkMatrix(where: string, A: unknown, M: number, N: number): void {
+  const hint = "pass A as a row-major Float64Array of M·N numbers, then M (rows) and N (columns)";
+  checkWholeArg(where, "M", M, 1, hint);
+  checkWholeArg(where, "N", N, 1, hint);
+  checkFloatsArg(where, `A (${M}×${N})`, A, Float64Array, M * N, hint);
+}
+
 function checkRank(M: number, N: number, k: number): void {
   if (!Number.isInteger(k) || k < 1 || k > Math.min(M, N)) throw new MlaError("BAD_ARGUMENT", `truncated SVD rank ${k} is outside 1…${Math.min(M, N)} for a ${M}×${N} matrix`, "lower the rank");
 }
@@ -97,6 +110,7 @@ export function energyOf(sigma: Float64Array, k: number): number {
 
 /** truncatedFactor with the heavy part off the JavaScript thread when the route can (CUDA); otherwise the same call. */
 export async function truncatedFactorAsync(A: Float64Array, M: number, N: number, k: number): Promise<Factors> {
+  checkMatrix("truncatedFactor()", A, M, N);
   checkRank(M, N, k);
   const nat = native();
   if (N <= M && nat?.factorColsAsync) return fromFused(await nat.factorColsAsync(A, M, N, k), k);
@@ -104,6 +118,7 @@ export async function truncatedFactorAsync(A: Float64Array, M: number, N: number
 }
 
 export function truncatedFactor(A: Float64Array, M: number, N: number, k: number): Factors {
+  checkMatrix("truncatedFactor()", A, M, N);
   checkRank(M, N, k);
   const nat = native();
   if (N <= M && nat?.factorCols) return fromFused(nat.factorCols(A, M, N, k), k);
@@ -155,6 +170,9 @@ function whitenPower(): number {
  * eigenvalues floored at 1e-6·max (a ridge for dead directions).
  */
 export function covarianceRoots(C: Float64Array, N: number): CovarianceRoots {
+  const hint = "pass the covariance as a row-major Float64Array of N·N numbers, then N";
+  checkWholeArg("covarianceRoots()", "N", N, 1, hint);
+  checkFloatsArg("covarianceRoots()", `C (${N}×${N})`, C, Float64Array, N * N, hint);
   const half = whitenPower() / 2;
   const { values, vectors } = symmetricEigen(C, N);
   const floor = Math.max(values[0] ?? 0, 1e-30) * 1e-6;
@@ -176,9 +194,19 @@ export function covarianceRoots(C: Float64Array, N: number): CovarianceRoots {
 
 /** Activation-aware factorization of A [M, N] given the roots of the input covariance. */
 export function whitenedFactor(A: Float64Array, M: number, N: number, k: number, roots: CovarianceRoots): Factors {
+  checkMatrix("whitenedFactor()", A, M, N);
+  checkRoots("whitenedFactor()", roots, N);
   const B = matmul(A, roots.sqrt, M, N, N);
   const f = truncatedFactor(B, M, N, k);
   return { ...f, down: matmul(f.down, roots.invSqrt, k, N, N) };
+}
+
+/** Refuses `roots` unless it is covarianceRoots' result for N×N (a missing one failed as "reading 'sqrt'", another size read past its end). */
+export function checkRoots(where: string, roots: unknown, N: number): void {
+  const hint = `pass covarianceRoots(C, ${N}) of the input covariance C [${N}, ${N}]`;
+  checkObjectArg(where, "the roots", roots, hint);
+  checkFloatsArg(where, "roots.sqrt", roots["sqrt"], Float64Array, N * N, hint);
+  checkFloatsArg(where, "roots.invSqrt", roots["invSqrt"], Float64Array, N * N, hint);
 }
 
 /** Xᵀ [cols, rows] of X [rows, cols]. */

@@ -8,7 +8,7 @@ import test from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
-import { calibrationWindows, Checkpoint, convert, DecodeSession, generate, generateBatchAsync, IncrementalDecoder, loadModel, loglikelihood, selectBackend, MlaError, perplexity, runTask, SafetensorsFile, study, tokenizeForEval, writeReport } from "../../src/index.js";
+import { AdamW, Batcher, calibrationWindows, Checkpoint, convert, covarianceRoots, DecodeSession, factorLayer, fixedPairs, generate, generateBatchAsync, IncrementalDecoder, KvCache, LatentCache, LlamaModel, loadModel, loglikelihood, lrAt, Penalties, pickToken, referenceBackend, ropeInvFreq, seededRandom, selectBackend, MlaError, perplexity, runTask, SafetensorsFile, study, tokenizeForEval, topPairs, truncatedFactor, twoNormScores, uniformSplit, whitenedFactor, writeReport } from "../../src/index.js";
 import { fastCpu, FIXTURES, MODELS, tmpDir } from "../helpers.js";
 
 const TEXT = path.join(FIXTURES, "text", "tinystories.txt");
@@ -182,4 +182,58 @@ test("an empty string where text goes is called empty, not 'not a name'", () => 
   const { model, tokenizer } = loadModel("stories260K");
   assert.throws(() => loglikelihood(model, tokenizer, "Once", ""), refused(/^loglikelihood\(\): the continuation is an empty string\n {2}hint: pass the text to score/));
   assert.throws(() => tokenizeForEval(tokenizer, ""), refused(/^tokenizeForEval\(\): the text is an empty string\n/));
+});
+
+test("the low-level exports refuse garbage arguments by name (they threw TypeErrors, RangeErrors, or returned NaN or empty results)", async () => {
+  const { model } = loadModel("stories260K");
+  const be = referenceBackend;
+  const cfg = { beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0 };
+  const layer = { wk: new Float32Array(16), wv: new Float32Array(16), bk: null, bv: null, kvHeads: 1, headDim: 4, hidden: 4, selection: [[0]], rank: 1, svd: "joint", whiten: null };
+  const cases: [() => unknown, RegExp][] = [
+    [() => uniformSplit({} as Loose), /^uniformSplit\(\): the attention is an object, not an MLA attention/],
+    [() => ropeInvFreq(NaN, { theta: 1e4, scaling: null }), /^ropeInvFreq\(\): headDim is NaN/],
+    [() => ropeInvFreq(64, {} as Loose), /^ropeInvFreq\(\): rope\.theta is undefined/],
+    [() => new (Penalties as Loose)(), /^Penalties: the prompt is undefined/],
+    [() => Penalties.of([1], { presencePenalty: NaN }), /^Penalties' presencePenalty NaN/],
+    [() => new Batcher(model, undefined as Loose), /^new Batcher\(\) takes an options object/],
+    [() => new Batcher("stories260K" as Loose, { maxBatch: 2, kvCache: "f32" }), /^new Batcher\(\): the model is "stories260K"/],
+    [() => new Batcher(model, { maxBatch: 2, kvCache: "zz" as Loose }), /^new Batcher\(\): option kvCache is "zz"/],
+    [() => truncatedFactor(new Float64Array(4), NaN, 2, 1), /^truncatedFactor\(\): M is NaN/],
+    [() => truncatedFactor(new Float32Array(4) as Loose, 2, 2, 1), /^truncatedFactor\(\): A \(2×2\) is a Float32Array of 4, not a Float64Array/],
+    [() => whitenedFactor(new Float64Array(4), 2, 2, 1, undefined as Loose), /^whitenedFactor\(\): the roots are undefined/],
+    [() => covarianceRoots(new Float64Array(4), -1), /^covarianceRoots\(\): N is -1/],
+    [() => new AdamW(cfg, [-1]), /^new AdamW\(\): sizes\[0\] is -1/],
+    [() => new AdamW({ ...cfg, beta1: "x" } as Loose, [4]), /^new AdamW\(\): beta1 is "x"/],
+    [() => new LatentCache(be, 2, [{} as Loose]), /^new LatentCache\(\): layers\[0\]\.ropeDims is undefined/],
+    [() => new KvCache(be, 2, NaN, 4), /^new KvCache\(\): kvHeads is NaN/],
+    [() => new KvCache(be, 2, 2, 4, "zz" as Loose), /^new KvCache\(\): the dtype is "zz"/],
+    [() => new LlamaModel("stories260K" as Loose, undefined as Loose, be), /^new LlamaModel\(\): the config is "stories260K"/],
+    [() => new LlamaModel(model.config, {} as Loose, be), /^new LlamaModel\(\): the weights are an object/],
+    [() => factorLayer({ ...layer, svd: "x" } as Loose), /^factorLayer\(\): svd is "x"/],
+    [() => factorLayer({ ...layer, wk: new Float32Array(4) } as Loose), /^factorLayer\(\): wk \[4, 4\] is a Float32Array of 4/],
+    [() => factorLayer({ ...layer, selection: [[7]] } as Loose), /^factorLayer\(\): selection\[0\]\[0\] is 7, past the last pair/],
+    [() => lrAt({ name: "wsd", lr: 1e-3, warmupSteps: 0, decayFraction: 0.2, minLrFraction: 0 }, 1, NaN), /^lrAt's total NaN/],
+    [() => fixedPairs("x" as Loose, 2, 8), /^fixedPairs\(\): the strategy is "x"/],
+    [() => fixedPairs("low", 8, 8), /^fixedPairs\(\): R 8 is more than the 4 pairs/],
+    [() => topPairs([3, 1, 2], NaN), /^topPairs\(\): R is NaN/],
+    [() => twoNormScores(new Float64Array(4), new Float64Array(4), 2, 1, -2), /^twoNormScores\(\): half is -2/],
+    [() => pickToken([1, 2] as Loose, { temperature: 0 }, Math.random), /^pickToken's logits are \[1, 2\]/],
+    [() => seededRandom("1" as Loose), /^seededRandom\(\): the seed "1"/],
+  ];
+  for (const [call, re] of cases) {
+    // factorLayer is async: its refusal is a rejection.
+    let thrown: unknown = null;
+    try {
+      await call();
+    } catch (e) {
+      thrown = e;
+    }
+    assert.ok(thrown !== null, `${re} was not refused`);
+    refused(re)(thrown);
+  }
+  // Valid calls are unchanged.
+  assert.deepEqual(fixedPairs("low", 2, 8), [2, 3]);
+  assert.deepEqual(topPairs([3, 1, 2], 2), [0, 2]);
+  assert.equal(ropeInvFreq(8, { theta: 1e4, scaling: null }).length, 4);
+  assert.equal(new KvCache(be, 2, 2, 4).length, 0);
 });
