@@ -28,7 +28,7 @@ test("study refuses a bad option of any run before the first run, --force or not
     [{ tokens: 0 }, /--tokens 0 must be a positive integer/],
     [{ seq: 1 }, /--seq 1 is too small/],
     [{ batch: 2.5 }, /--batch 2\.5 must be a positive integer/],
-    [{ evalEvery: -1 }, /--eval-every -1 must be a positive integer/],
+    [{ evalEvery: -1 }, /--eval-every -1 must be a whole number of steps, 0 or more/],
     // The third run's conversion would refuse these, after two runs' training.
     [{ gateDim: 0 }, /the eg-mla variant at latent 32 \(8 per KV head\): --gate-dim 0 is not a positive integer/],
     // In --ranks terms, with the widest the variant takes beside its rope keys (convert's --rank was named before).
