@@ -2,7 +2,8 @@
 # A whole-tree decode A/B in one GPU-machine call: this tree against the commit bench/prepare-base.sh put under
 # .carry/base, each side with its own compiled TypeScript and its own CUDA library (built here when absent),
 # in alternated rounds of separate processes (one GPU's processes differ by a few percent), on the models a
-# bench/decode.sh run made (synth + convert here when absent). Rows: bench/decode.ts's tables, headed by side and round.
+# bench/decode.sh run made (synth + convert here when absent). Rows: bench/decode.ts's tables, headed by side and round,
+# then per row kind each side's median and the pairs the tree gains (bench/decode-ab-summary.awk).
 # Usage: bash bench/decode-ab.sh OUT.txt [ROUNDS]     (env W: models' folder, default /tmp/dec4; LAYERS 4;
 #        CONTEXTS 16384; BATCHES 8; DEADLINE seconds after which no round starts, default 470)
 set -uo pipefail
@@ -31,4 +32,5 @@ for r in $(seq "$ROUNDS"); do
     else MHA2MLA_CUDA_LIB=$PWD/build/native/libmla_cuda.so timeout 60 node dist/bench/decode.js "${ARGS[@]}"; fi 2>&1 | grep -E "^\| llama|rror" >> "$OUT"
   done
 done
+awk -f bench/decode-ab-summary.awk "$OUT" > "$OUT.summary" && cat "$OUT.summary" >> "$OUT"
 cat "$OUT"
