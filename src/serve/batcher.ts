@@ -91,11 +91,15 @@ export interface BatcherOptions {
   prefillChunk?: number;
 }
 
+/** How a refusal names maxBatch and prefillChunk: serve's flags, or a script's options. */
+const FLAG_NAMES = { maxBatch: "--max-batch", prefillChunk: "--prefill-chunk" };
+const OPTION_NAMES = { maxBatch: "new Batcher(): option maxBatch", prefillChunk: "new Batcher(): option prefillChunk" };
+
 /** The options that need no model, checked: `serve` asks before it loads one (minutes for a large model). */
-export function checkBatcherOptions(opts: Omit<BatcherOptions, "kvCache">): void {
-  if (!(Number.isInteger(opts.maxBatch) && opts.maxBatch >= 1)) throw new MlaError("BAD_ARGUMENT", `--max-batch ${opts.maxBatch} is not a number of sequences`, "pass a whole number ≥ 1, e.g. 32");
+export function checkBatcherOptions(opts: Omit<BatcherOptions, "kvCache">, names: typeof FLAG_NAMES = FLAG_NAMES): void {
+  if (!(Number.isInteger(opts.maxBatch) && opts.maxBatch >= 1)) throw new MlaError("BAD_ARGUMENT", `${names.maxBatch} ${opts.maxBatch} is not a number of sequences`, "pass a whole number ≥ 1, e.g. 32");
   if (opts.kvBudgetBytes !== undefined && !(opts.kvBudgetBytes > 0)) throw new MlaError("BAD_ARGUMENT", `a KV-cache budget of ${opts.kvBudgetBytes} bytes admits no sequence`, "pass a positive budget, or none for no limit but the batch size");
-  if (opts.prefillChunk !== undefined && !(Number.isInteger(opts.prefillChunk) && opts.prefillChunk >= 0)) throw new MlaError("BAD_ARGUMENT", `--prefill-chunk ${opts.prefillChunk} is not a token count`, "pass a whole number of prompt tokens per step, or 0 to prefill each prompt whole");
+  if (opts.prefillChunk !== undefined && !(Number.isInteger(opts.prefillChunk) && opts.prefillChunk >= 0)) throw new MlaError("BAD_ARGUMENT", `${names.prefillChunk} ${opts.prefillChunk} is not a token count`, "pass a whole number of prompt tokens per step, or 0 to prefill each prompt whole");
   if (opts.prefixCacheBytes !== undefined && !(opts.prefixCacheBytes >= 0)) throw new MlaError("BAD_ARGUMENT", `a prefix cache of ${opts.prefixCacheBytes} bytes`, "pass 0 for none, or a positive budget");
 }
 
@@ -233,7 +237,7 @@ export class Batcher {
     checkModelArg("new Batcher()", model);
     checkOptionTypes<BatcherOptions>("new Batcher()", opts, { maxBatch: "number", kvCache: "string", kvBudgetBytes: "number", prefixCacheBytes: "number", prefillChunk: "number" }, ["maxBatch", "kvCache"]);
     if (!(KV_CACHE_DTYPES as readonly string[]).includes(opts.kvCache)) throw new MlaError("BAD_ARGUMENT", `new Batcher(): option kvCache is ${JSON.stringify(opts.kvCache)}, not a cache type`, `pass one of ${KV_CACHE_DTYPES.join(", ")} (defaultKvCache(model) picks one)`);
-    checkBatcherOptions(opts);
+    checkBatcherOptions(opts, OPTION_NAMES);
     this.heldRows = heldRows(model.backend, opts.kvCache);
     this.perToken = heldBytesPerToken(model.config, model.backend, opts.kvCache);
     this.dtypePerToken = kvBytesPerToken(model.config, opts.kvCache);

@@ -168,7 +168,7 @@ test("a sequence that can never start is refused before it queues", () => {
   assert.equal(b.check({ ...spec, prompt: [1, 2], maxTokens: 4 }), b.cacheBytes(6), "check() queues nothing and gives the bytes reserved");
   // All or none: the second's refusal (by its index, as the caller words it) queues neither.
   assert.throws(() => b.submitAll([{ ...spec, prompt: [1], maxTokens: 4 }, { ...spec, prompt: [], maxTokens: 4 }], (i, e) => new Error(`${i}: ${(e as Error).message}`)), /^Error: 1: the prompt has no tokens/);
-  assert.throws(() => new Batcher(model, { maxBatch: 0, kvCache: "f32" }), /--max-batch 0/);
+  assert.throws(() => new Batcher(model, { maxBatch: 0, kvCache: "f32" }), /new Batcher\(\): option maxBatch 0 is not a number of sequences/);
   assert.equal(b.stats().waiting, 0);
   assert.equal(b.stats().ended.cancelled, 0);
 });
@@ -322,7 +322,7 @@ test("chunked prefill: a long prompt is prefilled a chunk per step while the bat
   assert.ok(aBeforeB >= Math.floor(long.length / 7) - 1, `A kept decoding while B's ${long.length} prompt tokens went in 7 at a time (${aBeforeB} of A's tokens before B's first)`);
   assert.deepEqual(bRun.ids, generate(model, long, { maxTokens: 6 }).ids.filter((t) => t !== model.config.eosTokenId));
   assert.deepEqual(a.ids, generate(model, prompts[1]!, { maxTokens: 30 }).ids.filter((t) => t !== model.config.eosTokenId));
-  assert.throws(() => new Batcher(model, { maxBatch: 1, kvCache: "f32", prefillChunk: -1 }), /--prefill-chunk -1/);
+  assert.throws(() => new Batcher(model, { maxBatch: 1, kvCache: "f32", prefillChunk: -1 }), /new Batcher\(\): option prefillChunk -1 is not a token count/);
 });
 
 test("a request's other choices hold their places while its first is prefilled: a later request does not pass them", async () => {
