@@ -8,8 +8,11 @@
  * --heads T:H:K:N,…: decode's per-head products too (headLinear: float32 x [T, H, K], bf16 w [H, N, K];
  * MLA's run-time absorption, e.g. 8:32:112:2048 and 8:32:2048:128 at llama2-7b's batch 8), timed as --decode,
  * each beside headLinearKN on the same bytes stored k-major ([H, K, N], as MLA's k_up_proj is); each also as
- * graph_ms, the copies' calls recorded as one CUDA graph and replayed (no host work between kernels).
- * Run: node dist/bench/linear-gpu.js [--shapes M:K:N,…] [--decode] [--heads T:H:K:N,…]
+ * graph_ms, the copies' calls recorded as one CUDA graph and replayed (no host work between kernels); the
+ * --decode shapes report graph_ms too.
+ * --many M:K:N1+N2+…,…: decode's projections of one x in one launch (linearMany on bf16 x, ≤ 4 weights: MLA's
+ * 8:4096:512+2048+512+3584 at llama2-7b's batch 8, MHA's 8:4096:4096+4096+4096), timed as --decode.
+ * Run: node dist/bench/linear-gpu.js [--shapes M:K:N,…] [--decode] [--heads T:H:K:N,…] [--many M:K:N1+N2,…]
  */
 import { openCuda } from "./cudaBench.js";
 import { toBf16Bits } from "../src/io/dtype.js";
@@ -38,7 +41,8 @@ for (const [M, K, N] of shapes) {
     for (let r = 0; r < reps; r++) for (const t of step(ws[r % copies]!)) t?.dispose();
     sync();
     const ms = (performance.now() - t0) / reps;
-    const rate = decode ? { weight_tb_per_s: +((N * K * 2) / ms / 1e9).toFixed(2), copies } : {};
+    const graphMs = decode ? recordedMs(() => ws.forEach((wi) => step(wi).forEach((t) => t?.dispose())), copies) : NaN;
+    const rate = decode ? { weight_tb_per_s: +((N * K * 2) / ms / 1e9).toFixed(2), graph_ms: +graphMs.toFixed(4), graph_weight_tb_per_s: +((N * K * 2) / graphMs / 1e9).toFixed(2), copies } : {};
     console.log(JSON.stringify({ tool: "mha2mla", pass, M, K, N, ms: +ms.toFixed(4), tflops: +(flops / ms / 1e9).toFixed(1), ...rate }));
   };
   time("forward", 2 * M * K * N, (wi) => [backend.linear(x, wi)]);
@@ -96,4 +100,26 @@ for (const [T, H, K, N] of (hat >= 0 ? args[hat + 1]!.split(",") : []).map((s) =
     for (const t of ws) t.dispose();
   }
   x.dispose();
+}
+
+const mat = args.indexOf("--many");
+for (const spec of mat >= 0 ? args[mat + 1]!.split(",") : []) {
+  const [M, K, Ns] = spec.split(":") as [string, string, string];
+  const m = Number(M), k = Number(K), ns = Ns.split("+").map(Number);
+  const bytes = ns.reduce((a, n) => a + n * k * 2, 0);
+  const x = backend.uploadBf16(toBf16Bits(rand(m * k)), [m, k]);
+  const copies = Math.min(64, Math.max(1, Math.ceil((256 << 20) / bytes)));
+  const bits = ns.map((n) => toBf16Bits(rand(n * k)));
+  const sets = Array.from({ length: copies }, () => ns.map((n, i) => backend.uploadBf16(bits[i]!, [n, k])));
+  const call = (set: (typeof sets)[number]) => backend.linearMany!(x, set, []).forEach((y) => y.dispose());
+  call(sets[0]!);
+  sync();
+  const reps = Math.max(200, 2 * copies);
+  const t0 = performance.now();
+  for (let r = 0; r < reps; r++) call(sets[r % copies]!);
+  sync();
+  const ms = (performance.now() - t0) / reps;
+  const graphMs = recordedMs(() => sets.forEach(call), copies);
+  console.log(JSON.stringify({ tool: "mha2mla", pass: "linearMany", M: m, K: k, N: Ns, ms: +ms.toFixed(4), weight_tb_per_s: +(bytes / ms / 1e9).toFixed(2), graph_ms: +graphMs.toFixed(4), graph_weight_tb_per_s: +(bytes / graphMs / 1e9).toFixed(2), copies }));
+  for (const t of [x, ...sets.flat()]) t.dispose();
 }
