@@ -79,6 +79,22 @@ function recordedMs(run: () => void, calls: number): number {
   }
 }
 
+/**
+ * A decode product's call over its copies of the weights (`bytes` a copy) in turn: ms a call op by op and recorded
+ * (graph_ms), and the weight-read rates of both.
+ */
+function decodeRates<W>(call: (w: W) => void, copies: readonly W[], bytes: number) {
+  call(copies[0]!);
+  sync();
+  const reps = Math.max(200, 2 * copies.length);
+  const t0 = performance.now();
+  for (let r = 0; r < reps; r++) call(copies[r % copies.length]!);
+  sync();
+  const ms = (performance.now() - t0) / reps;
+  const graphMs = recordedMs(() => copies.forEach(call), copies.length);
+  return { ms: +ms.toFixed(4), weight_tb_per_s: +(bytes / ms / 1e9).toFixed(2), graph_ms: +graphMs.toFixed(4), graph_weight_tb_per_s: +(bytes / graphMs / 1e9).toFixed(2), copies: copies.length };
+}
+
 const hat = args.indexOf("--heads");
 for (const [T, H, K, N] of (hat >= 0 ? args[hat + 1]!.split(",") : []).map((s) => s.split(":").map(Number) as [number, number, number, number])) {
   const x = backend.upload(rand(T * H * K), [T, H, K]);
@@ -88,15 +104,7 @@ for (const [T, H, K, N] of (hat >= 0 ? args[hat + 1]!.split(",") : []).map((s) =
   for (const pass of ["headLinear", "headLinearKN"] as const) {
     const ws = Array.from({ length: copies }, () => backend.uploadBf16(bits, pass === "headLinear" ? [H, N, K] : [H, K, N]));
     const call = (w: (typeof ws)[number]) => (pass === "headLinear" ? backend.headLinear(x, w) : backend.headLinearKN(x, w)).dispose();
-    call(ws[0]!);
-    sync();
-    const reps = Math.max(200, 2 * copies);
-    const t0 = performance.now();
-    for (let r = 0; r < reps; r++) call(ws[r % copies]!);
-    sync();
-    const ms = (performance.now() - t0) / reps;
-    const graphMs = recordedMs(() => ws.forEach(call), copies);
-    console.log(JSON.stringify({ tool: "mha2mla", pass, T, H, K, N, ms: +ms.toFixed(4), weight_tb_per_s: +((H * N * K * 2) / ms / 1e9).toFixed(2), graph_ms: +graphMs.toFixed(4), graph_weight_tb_per_s: +((H * N * K * 2) / graphMs / 1e9).toFixed(2), copies }));
+    console.log(JSON.stringify({ tool: "mha2mla", pass, T, H, K, N, ...decodeRates(call, ws, H * N * K * 2) }));
     for (const t of ws) t.dispose();
   }
   x.dispose();
@@ -112,14 +120,6 @@ for (const spec of mat >= 0 ? args[mat + 1]!.split(",") : []) {
   const bits = ns.map((n) => toBf16Bits(rand(n * k)));
   const sets = Array.from({ length: copies }, () => ns.map((n, i) => backend.uploadBf16(bits[i]!, [n, k])));
   const call = (set: (typeof sets)[number]) => backend.linearMany!(x, set, []).forEach((y) => y.dispose());
-  call(sets[0]!);
-  sync();
-  const reps = Math.max(200, 2 * copies);
-  const t0 = performance.now();
-  for (let r = 0; r < reps; r++) call(sets[r % copies]!);
-  sync();
-  const ms = (performance.now() - t0) / reps;
-  const graphMs = recordedMs(() => sets.forEach(call), copies);
-  console.log(JSON.stringify({ tool: "mha2mla", pass: "linearMany", M: m, K: k, N: Ns, ms: +ms.toFixed(4), weight_tb_per_s: +(bytes / ms / 1e9).toFixed(2), graph_ms: +graphMs.toFixed(4), graph_weight_tb_per_s: +(bytes / graphMs / 1e9).toFixed(2), copies }));
+  console.log(JSON.stringify({ tool: "mha2mla", pass: "linearMany", M: m, K: k, N: Ns, ...decodeRates(call, sets, bytes) }));
   for (const t of [x, ...sets.flat()]) t.dispose();
 }
