@@ -144,10 +144,7 @@ __global__ void k_split_combine(const Seq* seqs, const int32_t* pos, int64_t win
     }
   } else {
 #pragma unroll
-    for (int e = 0; e < V; e++) {
-      if (o.bf16) static_cast<__nv_bfloat16*>(o.p)[i + e] = __float2bfloat16_rn(y[e]);
-      else static_cast<float*>(o.p)[i + e] = y[e];
-    }
+    for (int e = 0; e < V; e++) mla_bf16::store_y(o.p, o.bf16, i + e, y[e]);
   }
 }
 

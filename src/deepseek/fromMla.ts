@@ -255,12 +255,6 @@ export async function exportDeepseekWithWindows(spec: string, o: ExportOptions, 
     : FUSED_MLA.ropeDim > finiteDr && 2 * ladder.slots <= FUSED_MLA.ropeDim
       ? `Padded to the fused kernels' ${FUSED_MLA.ropeDim} rope dims, this ladder's rope_theta would pass float32's range (at most --rope-dim ${finiteDr})`
       : `The fused kernels' ${FUSED_MLA.kvLoraRank} + ${FUSED_MLA.ropeDim} cannot hold this model's ${need} latent channels and ${2 * ladder.slots} rope dims`;
-  // Said once every setting has passed its check (the output folder, the evaluation's text): a refusal after the
-  // summary read as if the export had started.
-  const summary = () => {
-    for (const w of servingWarnings(rk, dr, H, remedy, bias)) log.warn(w);
-    log.info(`export: shared rope key of ${dr} dims (frequencies ${spacing}·k, k < ${ladder.slots}; ${G * R} used per layer), kv_lora_rank ${rk} (${bias ? "1 constant channel" : "no attention bias: kv_a_layernorm fitted on --calib"}): ${kv.after} cached values per token and layer, ours ${kv.before}`);
-  };
   // The evaluation comes last: its settings are checked now, not after the export.
   // With the source's tokenizer and BOS, which the evaluation needs: found missing after the export, the
   // work was thrown away.
@@ -268,7 +262,10 @@ export async function exportDeepseekWithWindows(spec: string, o: ExportOptions, 
   const out = path.resolve(o.out ?? defaultExportOut(spec));
   refuseDefaultOutInModel(out, srcDir, o.out);
   checkOutDir(out, srcDir, o.force ?? false, [{ name: "--eval-text", path: o.evalText }, { name: "--calib", path: o.calib }]);
-  summary();
+  // Said once every setting has passed its check (the output folder, the evaluation's text): a refusal after the
+  // summary read as if the export had started.
+  for (const w of servingWarnings(rk, dr, H, remedy, bias)) log.warn(w);
+  log.info(`export: shared rope key of ${dr} dims (frequencies ${spacing}·k, k < ${ladder.slots}; ${G * R} used per layer), kv_lora_rank ${rk} (${bias ? "1 constant channel" : "no attention bias: kv_a_layernorm fitted on --calib"}): ${kv.after} cached values per token and layer, ours ${kv.before}`);
   // Tokenized before any work, so a text too short for one window is refused up front.
   const windows = readCalibrationWindows(srcDir, o.calib, o.calibSamples ?? DEFAULT_CALIB_SAMPLES, o.calibLen ?? DEFAULT_CALIB_LEN, o.calibSamples, c, log, cut);
   // The norm fit and the evaluation run on --device once the layers are written: one that cannot run is refused first.

@@ -114,8 +114,8 @@ export function bad(message: string, hint: string, param: string | null = fieldO
   return Object.assign(new MlaError("BAD_ARGUMENT", message, hint), { param });
 }
 
-/** Every field a request body may carry, and the sub-fields a refusal may name. */
-const FIELDS = new Set([...KNOWN, ...CHAT_KNOWN, ...Object.keys(CHAT_UNSUPPORTED)]);
+/** Every field a request body of either endpoint may carry (their unsupported ones included). */
+const FIELDS = new Set([...KNOWN, ...CHAT_KNOWN]);
 
 /** The field a refusal's message starts with (with its index and sub-field: `prompt[1]`, `messages[0].content`), or null. */
 function fieldOf(message: string): string | null {
