@@ -26,6 +26,7 @@ import { checkOptionTypes } from "../util/optionTypes.js";
 import { greedyIds, pickToken, seededRandom, tokenLogprobs, type SamplingOptions, type TokenLogprobs } from "../model/sampling.js";
 import type { FloatArray } from "../tensor/tensor.js";
 import { PrefixCache, type PrefixCacheStats } from "./prefixCache.js";
+import { refusal } from "./httpJson.js";
 import { Penalties } from "../model/penalties.js";
 import { Histogram, type HistogramSnapshot } from "./histogram.js";
 
@@ -277,10 +278,10 @@ export class Batcher {
     const total = spec.prompt.length + spec.maxTokens;
     // The hint's limit fits the KV budget too, so following it is not refused next for that.
     const budgetBinds = this.fitsTokens() < c.maxPositions;
-    if (total > c.maxPositions) throw Object.assign(new MlaError("BAD_ARGUMENT", `${tokenSum(spec)} = ${total} pass the model's ${c.maxPositions} positions`, roomHint(spec, Math.min(c.maxPositions, this.fitsTokens()), budgetBinds ? ` (the server's KV budget holds ${this.fitsTokens()} tokens)` : "")), { param: limitOf(spec).key });
+    if (total > c.maxPositions) throw refusal("BAD_ARGUMENT", `${tokenSum(spec)} = ${total} pass the model's ${c.maxPositions} positions`, roomHint(spec, Math.min(c.maxPositions, this.fitsTokens()), budgetBinds ? ` (the server's KV budget holds ${this.fitsTokens()} tokens)` : ""), { param: limitOf(spec).key });
     const reserved = this.cacheBytes(total);
     if (this.opts.kvBudgetBytes !== undefined && reserved > this.opts.kvBudgetBytes)
-      throw Object.assign(new MlaError("BAD_ARGUMENT", `${tokenSum(spec)} = ${total} tokens of cache take ${mb(reserved)} MB, more than the server's whole KV budget of ${mb(this.opts.kvBudgetBytes)} MB`, roomHint(spec, this.fitsTokens(), " (or start the server with a larger --kv-budget-mb)")), { param: limitOf(spec).key });
+      throw refusal("BAD_ARGUMENT", `${tokenSum(spec)} = ${total} tokens of cache take ${mb(reserved)} MB, more than the server's whole KV budget of ${mb(this.opts.kvBudgetBytes)} MB`, roomHint(spec, this.fitsTokens(), " (or start the server with a larger --kv-budget-mb)"), { param: limitOf(spec).key });
     return reserved;
   }
 

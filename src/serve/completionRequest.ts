@@ -3,8 +3,7 @@
  * server does not implement (suffix, best_of, tools) is refused by name rather than
  * ignored, so a client never reads an answer computed without a setting it asked for.
  */
-import { MlaError } from "../errors.js";
-import type { WithStatus } from "./httpJson.js";
+import { refusal, type WithStatus } from "./httpJson.js";
 import type { SamplingOptions } from "../model/sampling.js";
 import { checkPenalties } from "../model/penalties.js";
 import type { ChatMessage } from "./chatTemplate.js";
@@ -111,7 +110,7 @@ const CHAT_KNOWN = new Set(["messages", "max_completion_tokens", "logprobs", "to
  * says otherwise (null: none).
  */
 export function bad(message: string, hint: string, param: string | null = fieldOf(message)): WithStatus {
-  return Object.assign(new MlaError("BAD_ARGUMENT", message, hint), { param });
+  return refusal("BAD_ARGUMENT", message, hint, { param });
 }
 
 /** Every field a request body of either endpoint may carry (their unsupported ones included). */
@@ -147,7 +146,7 @@ export function checkedBody(body: unknown, served: { name: string }, known: Read
   for (const [k, off] of Object.entries(unsupported))
     if (b[k] !== undefined && b[k] !== null && !off(b[k])) throw bad(`${k} ${shown(b[k])} is not supported by this server`, `leave ${k} out (no tools, best_of or suffix)`);
   // null is "not sent", as for every other field.
-  if (b["model"] !== undefined && b["model"] !== null && b["model"] !== served.name) throw Object.assign(new MlaError("NOT_FOUND", `model ${shown(b["model"])} is not served here`, `this server serves ${JSON.stringify(served.name)} (GET /v1/models); send that name or leave model out`), { param: "model" });
+  if (b["model"] !== undefined && b["model"] !== null && b["model"] !== served.name) throw refusal("NOT_FOUND", `model ${shown(b["model"])} is not served here`, `this server serves ${JSON.stringify(served.name)} (GET /v1/models); send that name or leave model out`, { param: "model" });
   return b;
 }
 

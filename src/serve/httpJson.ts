@@ -3,10 +3,15 @@
  * shapes them (an `error` object whose type says whose mistake it was).
  */
 import type http from "node:http";
-import { MlaError, isMlaError } from "../errors.js";
+import { MlaError, isMlaError, type MlaErrorCode } from "../errors.js";
 
 /** A refusal with its own HTTP status (413: a body too large) and the request field it is about (OpenAI's `param`). */
 export type WithStatus = MlaError & { httpStatus?: number; param?: string | null };
+
+/** A refusal that carries the request field at fault (`param`) or an HTTP status of its own. */
+export function refusal(code: MlaErrorCode, message: string, hint: string | undefined, about: { param?: string | null; httpStatus?: number | undefined }): WithStatus {
+  return Object.assign(new MlaError(code, message, hint), about);
+}
 
 /** HTTP status of a refusal: the caller's mistake, a missing thing, no room, or ours. */
 export function statusOf(e: WithStatus): number {
@@ -19,7 +24,7 @@ export function statusOf(e: WithStatus): number {
 
 /** A batch's refusal about prompt i: the message names the prompt; `param` stays the field at fault, else the prompt. */
 export function aboutPrompt(e: WithStatus, i: number): WithStatus {
-  return Object.assign(new MlaError(e.code, `prompt[${i}]: ${e.message}`), { param: e.param ?? `prompt[${i}]`, httpStatus: e.httpStatus });
+  return refusal(e.code, `prompt[${i}]: ${e.message}`, undefined, { param: e.param ?? `prompt[${i}]`, httpStatus: e.httpStatus });
 }
 
 /** OpenAI's error body; the message keeps the hint on the same line, `param` names the request field at fault where one is. */
@@ -37,7 +42,7 @@ export function sendJson(res: http.ServerResponse, status: number, body: string,
 }
 
 export function tooLarge(limit: number): WithStatus {
-  return Object.assign(new MlaError("BAD_ARGUMENT", `the request body passes ${limit} bytes`, "send a shorter prompt"), { httpStatus: 413 });
+  return refusal("BAD_ARGUMENT", `the request body passes ${limit} bytes`, "send a shorter prompt", { httpStatus: 413 });
 }
 
 /** A request refused while its body was read or checked. After a 413 the rest of the body is not worth reading: the connection closes once the answer is sent. */
