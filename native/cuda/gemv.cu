@@ -134,11 +134,25 @@ struct ManyMats {
   int firstBlock[MAX_MANY + 1];
   int count;
 };
+// The matrix that block `b` works on, and its first block. Picked by constant indices: a runtime index
+// into the kernel's ManyMats had every thread copy its 112 bytes to local memory first.
+struct ManyPick {
+  const __nv_bfloat16* w;
+  void* y;
+  bool ybf16;
+  int N, first;
+};
+__device__ __forceinline__ ManyPick many_pick(const ManyMats& m, int b) {
+  ManyPick s{m.w[0], m.y[0], m.ybf16[0], m.N[0], 0};
+#pragma unroll
+  for (int j = 1; j < MAX_MANY; j++)
+    if (j < m.count && b >= m.firstBlock[j]) s = ManyPick{m.w[j], m.y[j], m.ybf16[j], m.N[j], m.firstBlock[j]};
+  return s;
+}
 template <int R, typename XT>
 __global__ void __launch_bounds__(MAX_WARPS * 32) k_gemv_bf16_many(const XT* x, ManyMats m, int rows, int K) {
-  int i = 0;
-  while (i + 1 < m.count && (int)blockIdx.x >= m.firstBlock[i + 1]) i++;
-  gemv_block<R, XT>(x, m.w[i], m.y[i], m.ybf16[i], rows, 1, 1, K, m.N[i], 0, ((int)blockIdx.x - m.firstBlock[i]) * CB);
+  const ManyPick s = many_pick(m, (int)blockIdx.x);
+  gemv_block<R, XT>(x, s.w, s.y, s.ybf16, rows, 1, 1, K, s.N, 0, ((int)blockIdx.x - s.first) * CB);
 }
 
 // Warps per block: as few as cover a row's chunks in one trip of UNROLL chunks per lane (so no load
@@ -352,9 +366,8 @@ __global__ void __launch_bounds__(MMA_WARPS * 32) k_gemv_mma(const XT* x, const 
 
 template <int NB, typename XT>
 __global__ void __launch_bounds__(MMA_WARPS * 32) k_gemv_mma_many(const XT* x, ManyMats m, int rows, int K, int kw) {
-  int i = 0;
-  while (i + 1 < m.count && (int)blockIdx.x >= m.firstBlock[i + 1]) i++;
-  gemv_mma_block<NB, XT>(x, m.w[i], m.y[i], m.ybf16[i], rows, 1, 1, K, m.N[i], 0, ((int)blockIdx.x - m.firstBlock[i]) * 16 * NT * ((int)(blockDim.x >> 5) / kw), kw);
+  const ManyPick s = many_pick(m, (int)blockIdx.x);
+  gemv_mma_block<NB, XT>(x, s.w, s.y, s.ybf16, rows, 1, 1, K, s.N, 0, ((int)blockIdx.x - s.first) * 16 * NT * ((int)(blockDim.x >> 5) / kw), kw);
 }
 
 // Warps along K: as few as give each warp at least one round, at most MMA_WARPS; a function of K alone.
