@@ -8,7 +8,9 @@ import { convertDeepseek } from "../../src/deepseek/export.js";
 import { exportDeepseek } from "../../src/deepseek/fromMla.js";
 import { synth } from "../../src/synth/synth.js";
 import { MlaError } from "../../src/errors.js";
-import { freeBytes, requireRoom } from "../../src/io/diskRoom.js";
+import { freeBytes, requireRoom, virtualFsFolder } from "../../src/io/diskRoom.js";
+import { requireWritableParent } from "../../src/io/atomicDir.js";
+import { checkJsonTarget } from "../../src/cli/output.js";
 import { MODELS, tmpDir } from "../helpers.js";
 
 const full = (what: RegExp) => (e: unknown) => e instanceof MlaError && what.test(e.message) && /takes about .* [kMG]B and the disk of .* has 1\.0 kB free/.test(e.message) && /hint: free disk space/.test(e.message);
@@ -33,4 +35,14 @@ test("freeBytes reads the nearest existing folder of a path not made yet; requir
   const free = freeBytes(path.join(tmpDir(), "not", "yet", "made"));
   assert.ok(free === null || free > 0);
   assert.doesNotThrow(() => requireRoom(path.join(tmpDir(), "x"), 1, "one byte"));
+});
+
+test("a path on a virtual file system (/proc, /sys) is refused as such before the work, not read as a full disk or a missing folder", { skip: process.platform !== "linux" || !fs.existsSync("/proc/self") ? "needs Linux's /proc" : false }, async () => {
+  assert.equal(virtualFsFolder("/proc/x/y"), "/proc");
+  assert.equal(virtualFsFolder(tmpDir()), null);
+  const virtual = (e: unknown) => e instanceof MlaError && e.code === "IO" && /\/proc is not on a disk \(a virtual file system/.test(e.message) && /hint: choose a path on a disk/.test(e.message);
+  assert.throws(() => requireRoom("/proc/x", 1, "one byte"), virtual);
+  assert.throws(() => requireWritableParent("/proc/x"), virtual);
+  assert.throws(() => checkJsonTarget("/proc/e.json"), virtual);
+  await assert.rejects(convert(path.join(MODELS, "stories260K"), { rank: 4, ropePairs: 1, ropeStrategy: "uniform", out: "/proc/mha2mla-test", progress: null, device: "cpu" }), virtual);
 });
