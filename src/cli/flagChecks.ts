@@ -156,6 +156,11 @@ const SCIENTIFIC_FLAGS = new Set(["lr", "weight-decay"]);
 /** A token count with a suffix (--tokens 20M, --eval-tokens 50k): the number and how many it counts. */
 const COUNT = /^(\d+(?:\.\d+)?)([kMG])$/;
 const takesCount = (key: string) => key.endsWith("tokens");
+/** The hint for a count flag given something else: a reply's length is not written in millions. */
+function countHint(key: string): string {
+  if (key === "max-tokens") return "give --max-tokens a whole number of tokens to generate, e.g. 256";
+  return takesCount(key) ? `give --${key} a number, e.g. 20000000 or 20M (k, M and G count thousands, millions, billions)` : `give --${key} a number`;
+}
 
 /**
  * A numeric flag's value spelt otherwise than DECIMAL (SCIENTIFIC, COUNT where the flag takes them)
@@ -212,7 +217,7 @@ export function checkFlagValues(args: readonly string[], argv: Record<string, un
         argv[camel(key)] = n;
         continue;
       }
-      throw new MlaError("BAD_ARGUMENT", text === null ? `--${key} needs a number` : `--${key} ${text} is not a number`, takesCount(key) ? `give --${key} a number, e.g. 20000000 or 20M (k, M and G count thousands, millions, billions)` : `give --${key} a number`);
+      throw new MlaError("BAD_ARGUMENT", text === null ? `--${key} needs a number` : `--${key} ${text} is not a number`, countHint(key));
     }
     // Past 2^53 a number no longer counts exactly (1e20 tokens ran with an ETA of 138888888888888h): no
     // flag of ours takes one, whole or not.

@@ -147,8 +147,10 @@ export function resolveSettings(c: ModelConfig, o: SettingsInput, log: Logger): 
   refuseInertSettings(o);
   const top = maxRank(svd, c.kvHeads, c.headDim, R, c.hiddenSize);
   if (top < 1) throw new MlaError("BAD_ARGUMENT", `--svd split needs position-free key dims, but --rope-pairs ${R} keeps all ${half} pairs`, `use --svd joint or --rope-pairs < ${half}`);
-  if (!Number.isInteger(o.rank) || o.rank < 1 || o.rank > top)
-    throw new MlaError("BAD_ARGUMENT", `--rank ${o.rank} is out of range for this model with --rope-pairs ${R} and --svd ${svd}`, `use an integer in 1…${top} (latent dims per KV head; ${maxRankNote(svd, c.kvHeads, c.headDim, R, c.hiddenSize)})`);
+  if (!Number.isInteger(o.rank) || o.rank < 1 || o.rank > top) {
+    const what = typeof o.rank === "number" && Number.isFinite(o.rank) && !Number.isInteger(o.rank) ? "is not a whole number" : `is out of range for this model with --rope-pairs ${R} and --svd ${svd}`;
+    throw new MlaError("BAD_ARGUMENT", `--rank ${o.rank} ${what}`, `use an integer in 1…${top} (latent dims per KV head; ${maxRankNote(svd, c.kvHeads, c.headDim, R, c.hiddenSize)})`);
+  }
   const calib = o.calib ?? null;
   checkCalibFile(calib);
   let strategy = o.ropeStrategy === undefined ? undefined : parseStrategy(o.ropeStrategy);

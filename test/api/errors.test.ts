@@ -49,6 +49,7 @@ test("a rank out of range, of the wrong type or left out is BAD_ARGUMENT and wri
   const out = path.join(parent, "out");
   await refused("rank 0", () => convert("stories260K", { rank: 0, out }), "BAD_ARGUMENT", /--rank 0 is out of range[\s\S]*1…14/);
   await refused("rank 99", () => convert("stories260K", { rank: 99, out }), "BAD_ARGUMENT", /--rank 99 is out of range/);
+  await refused("rank 4.5", () => convert("stories260K", { rank: 4.5, out }), "BAD_ARGUMENT", /--rank 4\.5 is not a whole number[\s\S]*use an integer in 1…14/);
   await refused("rank as text", () => convert("stories260K", { rank: "4" as Loose, out }), "BAD_ARGUMENT", /convert\(\): option rank is "4" \(a string\), not a number/);
   await refused("no rank", () => convert("stories260K", { out } as Loose), "BAD_ARGUMENT", /convert\(\) needs the option rank/);
   await refused("no options", () => (convert as Loose)("stories260K"), "BAD_ARGUMENT", /convert\(\) takes an options object, got undefined/);

@@ -94,7 +94,7 @@ test("a flag given twice, a number that is not one, and a bad --temperature are 
     [["finetune", "stories260K", "--data", "x.txt", "--out", "o", "--tokens", "2k", "--tokens", "3k"], /--tokens was given 2 times \(2k, 3k\)/],
     [["eval", "stories260K", "--ctx", "64", "--ctx=1"], /--ctx was given 2 times \(64, 1\)/],
     [["convert", "stories260K", "--rank", "abc"], /--rank abc is not a number/],
-    [["generate", "stories260K", "--max-tokens=lots"], /--max-tokens lots is not a number/],
+    [["generate", "stories260K", "--max-tokens=lots"], /--max-tokens lots is not a number\n  hint: give --max-tokens a whole number of tokens to generate, e\.g\. 256/],
     [["generate", "stories260K", "--temperature", "-1", "--max-tokens", "2"], /--temperature -1 is not a sampling temperature/],
     [["generate", "stories260K", "--temperature", "1", "--seed", "4294967296", "--max-tokens", "2"], /--seed 4294967296 is not a whole number in \[0, 2\^32\)/],
     // Prompt i draws from seed + i: the last prompt's seed must fit too; past 2^53 the hint is --seed's own range.
