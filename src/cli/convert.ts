@@ -8,6 +8,7 @@ import { convertDeepseek, deepseekSettings } from "../deepseek/export.js";
 import { booleanFlag, refuseInert } from "../errors.js";
 
 import type { DeviceName } from "../backends/select.js";
+import { countOf } from "../util/counts.js";
 
 interface Args extends ConversionArgs {
   model: string;
@@ -82,7 +83,7 @@ export const convertCommand: CommandModule<object, Args> = {
     const p = r.plan;
     const kv = `KV cache per token ${p.before.elems_per_token} → ${p.after.elems_per_token} elements (${p.kvChangePercent.toFixed(2)}%), ${p.before.bytes_per_token} → ${p.after.bytes_per_token} bytes`;
     const perLayer = p.settings.kvSplit === "per-layer" ? ` (split per layer from R ${p.settings.kvSplitPairs!.join(", ")} at the same bytes)` : "";
-    if (!r.out) say(`dry run: rank ${p.settings.rank}, ${p.settings.ropePairs} RoPE pairs (${p.settings.ropeStrategy}), latent ${p.latentDim} dims per layer${perLayer}; ${kv}\n`);
+    if (!r.out) say(`dry run: rank ${p.settings.rank}, ${countOf(p.settings.ropePairs, "RoPE pair")} (${p.settings.ropeStrategy}), latent ${p.latentDim} dims per layer${perLayer}; ${kv}\n`);
     else {
       say(`wrote ${r.out} in ${r.timings["total_s"]!.toFixed(1)} s; ${kv}\n`);
       if (perLayer) say(`split per layer (R, rank): ${r.splits!.map((x) => `${x.ropePairs}, ${x.rank}`).join(" | ")}\n`);

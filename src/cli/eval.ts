@@ -8,6 +8,7 @@ import { emitJson, summaryWriter } from "./output.js";
 import { parseTaskNames, TASKS } from "../eval/tasks/index.js";
 import { KV_CACHE_DTYPES, KvCacheDtype } from "../model/kvQuant.js";
 import { refuseInert } from "../errors.js";
+import { countOf } from "../util/counts.js";
 
 interface Args {
   model: string;
@@ -48,7 +49,7 @@ export const evalCommand: CommandModule<object, Args> = {
     if (a.json === undefined) refuseInert([["--label", a.label]], "--json FILE", "it names the run in the JSON result, which report reads");
     const say = summaryWriter(a.json);
     const r = await evaluate(a.model, { text: a.text, ctx: a.ctx, tokens: a.tokens, tasks: a.tasks ? parseTaskNames(a.tasks) : undefined, dataDir: a["data-dir"], limit: a.limit, label: a.label, device: a.device, weights: a.weights, kvCache: a["kv-cache"], batch: a.batch, logger: stderrLogger, progress: process.stderr });
-    if (r.nll !== undefined) say(`${r.model}: nll ${r.nll.toFixed(5)} nats/token, ppl ${r.ppl!.toFixed(4)}${r.bits_per_byte !== undefined ? `, ${r.bits_per_byte.toFixed(4)} bits/byte` : ""} over ${r.tokens} tokens (ctx ${r.ctx}, ${r.windows} windows) on ${r.backend}\n`);
+    if (r.nll !== undefined) say(`${r.model}: nll ${r.nll.toFixed(5)} nats/token, ppl ${r.ppl!.toFixed(4)}${r.bits_per_byte !== undefined ? `, ${r.bits_per_byte.toFixed(4)} bits/byte` : ""} over ${r.tokens} tokens (ctx ${r.ctx}, ${countOf(r.windows ?? 0, "window")}) on ${r.backend}\n`);
     for (const [t, s] of Object.entries(r.tasks ?? {}))
       say(`${t}: acc ${s.acc.toFixed(4)} ± ${s.acc_stderr.toFixed(4)}${s.acc_norm !== undefined ? `, acc_norm ${s.acc_norm.toFixed(4)} ± ${s.acc_norm_stderr!.toFixed(4)}` : ""}${s.ppl !== undefined ? `, ppl ${s.ppl.toFixed(2)}` : ""} (n ${s.n})\n`);
     if (r.kv_cache) say(`KV cache ${r.kv_cache.dtype}: ${r.kv_cache.bytes_per_token} bytes per token (all layers)\n`);

@@ -103,7 +103,10 @@ export const generateCommand: CommandModule<object, Args> = {
     });
     if (r === null) return;
     out.end(r.sequences);
-    if (r.decodeTokens > 0) stderrLogger.info(`decoded ${r.decodeTokens} tokens past each prompt's first (which the prefill gives) for ${prompts.length} prompt${prompts.length > 1 ? "s" : ""} in ${r.decodeSeconds.toFixed(2)} s (${(r.decodeTokens / r.decodeSeconds).toFixed(1)} tokens/s; steps ${r.steps})`);
+    if (r.decodeTokens > 0) {
+      const which = prompts.length > 1 ? `in all for ${prompts.length} prompts, past each one's first (which its prefill gives)` : "past the prompt's first (which the prefill gives)";
+      stderrLogger.info(`decoded ${r.decodeTokens} tokens ${which} in ${r.decodeSeconds.toFixed(2)} s (${(r.decodeTokens / r.decodeSeconds).toFixed(1)} tokens/s); steps ${r.steps}`);
+    }
   },
 };
 

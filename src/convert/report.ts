@@ -4,6 +4,7 @@ import type { EvalResult } from "../eval/evaluate.js";
 import type { ConversionPlan, RecordedSettings } from "./plan.js";
 import type { MlaSplit } from "../model/config.js";
 import { percentChange } from "../util/percent.js";
+import { countOf } from "../util/counts.js";
 
 export interface ConversionReport {
   source: string;
@@ -52,7 +53,7 @@ function settingsLine(s: ConversionReport["settings"]): string {
   const parts = [
     ...(s.gateDim > 0 ? [`EG-MLA gate of ${s.gateDim} dims per token`] : []),
     `rank ${s.rank} per KV head`,
-    `${s.ropePairs} RoPE pairs (${s.ropeStrategy}${s.ropeDisjoint ? ", disjoint across KV heads" : ""})`,
+    `${countOf(s.ropePairs, "RoPE pair")} (${s.ropeStrategy}${s.ropeDisjoint ? ", disjoint across KV heads" : ""})`,
     `SVD ${s.svd} (${s.svdInit}${s.svd === "joint" && !s.balanceKv ? ", K/V not balanced" : ""})`,
     ...(s.refitOutput ? ["o_proj refit on the calibration text"] : []),
     ...(s.calib ? [`calibration ${s.calib}`] : []),

@@ -60,7 +60,7 @@ test("generate continues a prompt; --kv-cache auto (the default) is f32 on the C
   assert.equal(parts.length, 2);
   assert.equal(parts[0], auto.stdout);
   assert.match(parts[1]!, /^The cat/);
-  assert.match(two.stderr, /decoded \d+ tokens past each prompt's first \(which the prefill gives\) for 2 prompts in [\d.]+ s \([\d.]+ tokens\/s; steps op by op/);
+  assert.match(two.stderr, /decoded \d+ tokens in all for 2 prompts, past each one's first \(which its prefill gives\) in [\d.]+ s \([\d.]+ tokens\/s\); steps op by op/);
   // --prompt takes one word after it: the model may follow it.
   const before = cli(["generate", "--prompt", "The cat", "stories260K", "--max-tokens", "3", "--device", "cpu"]);
   assert.equal(before.code, 0, before.stderr);

@@ -135,11 +135,11 @@ test("reports name an EG-MLA gate, disjoint rope pairs, unbalanced K/V and a ref
   const eg = path.join(dir, "eg");
   const calib = path.join(FIXTURES, "text", "tinystories.txt");
   await convert(path.join(MODELS, "stories260K"), { rank: 4, ropePairs: 1, ropeStrategy: "uniform", ropeDisjoint: true, attention: "eg-mla", gateDim: 4, balanceKv: false, refitOutput: true, calib, evalText: TEXT, evalTokens: 300, out: eg, progress: null, device: "cpu" });
-  assert.match(fs.readFileSync(path.join(eg, "report.md"), "utf8"), /^Settings: EG-MLA gate of 4 dims per token, rank 4 per KV head, 1 RoPE pairs \(uniform, disjoint across KV heads\), SVD joint \(weights, K\/V not balanced\), o_proj refit on the calibration text, calibration /m);
+  assert.match(fs.readFileSync(path.join(eg, "report.md"), "utf8"), /^Settings: EG-MLA gate of 4 dims per token, rank 4 per KV head, 1 RoPE pair \(uniform, disjoint across KV heads\), SVD joint \(weights, K\/V not balanced\), o_proj refit on the calibration text, calibration /m);
   const file = path.join(dir, "eg.json");
   fs.writeFileSync(file, JSON.stringify(await evaluate(eg, { text: TEXT, tokens: 300, progress: null })));
   const md = fs.readFileSync(writeReport([file], path.join(dir, "r.html")).md, "utf8");
-  assert.match(md, /EG-MLA \(gate 4 dims per token\): rank 4, 1 RoPE pairs \(uniform, disjoint across KV heads\)/);
+  assert.match(md, /EG-MLA \(gate 4 dims per token\): rank 4, 1 RoPE pair \(uniform, disjoint across KV heads\)/);
 });
 
 test("report: an earlier report at --out (or its .md twin) is replaced; another file there is refused unless force, and kept", () => {

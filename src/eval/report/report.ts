@@ -15,6 +15,7 @@ import { checkOptionTypes } from "../../util/optionTypes.js";
 import { makeDirs } from "../../io/makeDirs.js";
 import { decodeText } from "../../io/text.js";
 import { percentChange } from "../../util/percent.js";
+import { countOf } from "../../util/counts.js";
 
 export { readEvalJson };
 
@@ -136,7 +137,7 @@ function settings(r: EvalResult): string {
   const strategy = [has("rope_strategy") ? String(c["rope_strategy"]) : "", c["rope_disjoint"] ? "disjoint across KV heads" : ""].filter(Boolean).join(", ");
   const recorded = parts([
     ["rank", `rank ${perLayer(c["rank"])}`],
-    ["rope_pairs", `${perLayer(c["rope_pairs"])} RoPE pairs${strategy ? ` (${strategy})` : ""}`],
+    ["rope_pairs", `${Array.isArray(c["rope_pairs"]) ? `${perLayer(c["rope_pairs"])} RoPE pairs` : countOf(Number(c["rope_pairs"]), "RoPE pair")}${strategy ? ` (${strategy})` : ""}`],
     ["svd", `SVD ${c["svd"]}${has("svd_init") ? ` (${c["svd_init"]})` : ""}`],
     ["latent_dim", `latent ${perLayer(c["latent_dim"])}`],
   ]);
