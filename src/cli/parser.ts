@@ -41,6 +41,9 @@ const FILE_OUT_COMMANDS = new Set(["report"]);
 /** What the CLI does with a command line it refuses (yargs's own refusals; an MlaError from the checks is thrown). */
 export type OnRefusal = (error: string, hint: string) => never;
 
+/** A flag's name as typed: -z, --bogus. */
+const dashed = (name: string) => (name.length === 1 ? `-${name}` : `--${name}`);
+
 /** Flags whose value may be left out (--json alone writes to stdout): the word after them is taken as the value. */
 const OPTIONAL_VALUE_FLAGS = ["--json"];
 
@@ -62,9 +65,12 @@ export function buildParser(words: readonly string[], onRefusal: OnRefusal, comm
    * would read "Not enough non-option arguments": an unknown flag is named first, as it is the mistake.
    */
   function refusal(msg: string, o: DeclaredOptions): string {
-    if (/^Did you mean /.test(msg)) return `unknown command ${typedCommand}`;
+    if (/^Did you mean /.test(msg) || strayCommand(msg, o)) return `unknown command ${typedCommand}`;
     const unknown = unknownFlags(args, o);
-    if (unknown.length) return `Unknown argument${unknown.length > 1 ? "s" : ""}: ${unknown.join(", ")}`;
+    if (unknown.length) return `unknown flag${unknown.length > 1 ? "s" : ""} ${unknown.map(dashed).join(", ")}`;
+    // A word past the command's arguments, in yargs's words for an unknown flag.
+    const stray = /^Unknown arguments?: (.+)$/.exec(msg);
+    if (stray) return `unexpected argument${stray[1]!.includes(", ") ? "s" : ""} ${stray[1]}`;
     const invalid = invalidChoices(msg);
     if (invalid) return invalid;
     const took = swallowed(o);
@@ -98,14 +104,21 @@ export function buildParser(words: readonly string[], onRefusal: OnRefusal, comm
     });
   }
 
+  /** A first word that is no command, which yargs refuses as a stray argument when no command is near it ("frobnicate"). */
+  function strayCommand(msg: string, o: DeclaredOptions): boolean {
+    return typedCommand !== undefined && !names.includes(typedCommand) && /^Unknown arguments?: /.test(msg) && unknownFlags(args, o).length === 0;
+  }
+
   /** The hint under a refused command line: the declared flag an unknown one was probably meant to be, else where the usage is. */
   function refusalHint(msg: string, o: DeclaredOptions): string {
     if (/^Did you mean /.test(msg)) return `${msg.replace(/^Did/, "did")} (${seeHelp})`;
-    const guesses = unknownFlags(args, o).flatMap((u) => {
+    if (strayCommand(msg, o)) return `the commands are ${names.join(", ")} (${seeHelp})`;
+    const guesses = unknownFlags(args, o).flatMap((u): [string, string][] => {
       const best = nearestName(u, Object.keys(o.key).filter((k) => k.length > 1));
-      return best ? [`--${best} for --${u}`] : [];
+      return best ? [[`--${best}`, dashed(u)]] : [];
     });
-    if (guesses.length) return `did you mean ${guesses.join(", ")}? (${seeHelp})`;
+    if (guesses.length === 1 && unknownFlags(args, o).length === 1) return `did you mean ${guesses[0]![0]}? (${seeHelp})`;
+    if (guesses.length) return `did you mean ${guesses.map(([best, u]) => `${best} for ${u}`).join(", ")}? (${seeHelp})`;
     const took = swallowed(o);
     if (took.length && /^Not enough non-option arguments/.test(msg)) return `put ${typedCommand}'s arguments before ${took.map(([f]) => f).join(" and ")}, or give it a file (--json out.json) (${seeHelp})`;
     const missing = /^Missing required arguments?: (.+)$/m.exec(msg);

@@ -189,7 +189,7 @@ test('a number flag is no longer read as its default or as 0: finetune --batch, 
   // A negative number is a value, not a flag.
   assert.equal(parse(["generate", "stories260K", "--presence-penalty", "-1"])["presence-penalty"], -1);
   // An unknown flag is still named first.
-  assert.match(refusal(["convert", "stories260K", "--bogus", "--rank"])!, /^Unknown argument: bogus/);
+  assert.match(refusal(["convert", "stories260K", "--bogus", "--rank"])!, /^unknown flag --bogus/);
 });
 
 test("--json - means stdout in every command with --json, as --json alone; another flag given - is refused", () => {

@@ -24,11 +24,11 @@ const said = (args: string[]) => {
 };
 
 test("an unknown flag before a positional, or beside a missing required option, is named as unknown in every command", () => {
-  assert.equal(said(["inspect", "--bogus", "stories260K"]), "error: Unknown argument: bogus");
-  assert.equal(said(["eval", "--bogus", "stories260K", "--text", "x.txt"]), "error: Unknown argument: bogus");
-  assert.equal(said(["synth", "--bogus", "--arch", "llama2-7b"]), "error: Unknown argument: bogus", "not --out missing");
-  assert.equal(said(["--bogus"]), "error: Unknown argument: bogus", "not a missing command");
-  assert.equal(said(["inspect", "--bogus=1", "-z", "stories260K"]), "error: Unknown arguments: bogus, z");
+  assert.equal(said(["inspect", "--bogus", "stories260K"]), "error: unknown flag --bogus");
+  assert.equal(said(["eval", "--bogus", "stories260K", "--text", "x.txt"]), "error: unknown flag --bogus");
+  assert.equal(said(["synth", "--bogus", "--arch", "llama2-7b"]), "error: unknown flag --bogus", "not --out missing");
+  assert.equal(said(["--bogus"]), "error: unknown flag --bogus", "not a missing command");
+  assert.equal(said(["inspect", "--bogus=1", "-z", "stories260K"]), "error: unknown flags --bogus, -z");
 });
 
 test("declared flags in any spelling yargs takes are not unknown; without an unknown flag yargs's own message stands", () => {
@@ -48,10 +48,14 @@ test("--json before the model took it as its file: the refusal says so and where
 
 test("a refused command line is two lines, the error and a hint: the flag or command it was probably meant to be, or the flag to add", () => {
   const lines = (args: string[]) => cli(args).stderr.trimEnd().split("\n");
-  assert.deepEqual(lines(["convert", "stories260K", "--rnak", "4"]), ["error: Unknown argument: rnak", "  hint: did you mean --rank for --rnak? (see mha2mla convert --help)"]);
+  assert.deepEqual(lines(["convert", "stories260K", "--rnak", "4"]), ["error: unknown flag --rnak", "  hint: did you mean --rank? (see mha2mla convert --help)"]);
   assert.deepEqual(lines(["convrt", "stories260K"]), ["error: unknown command convrt", "  hint: did you mean convert? (see mha2mla --help)"]);
+  // No command near it: the list of them. Two unknown flags: which guess is for which.
+  assert.deepEqual(lines(["frobnicate"]), ["error: unknown command frobnicate", "  hint: the commands are inspect, convert, export, eval, finetune, report, pipeline, generate, serve, synth, study (see mha2mla --help)"]);
+  assert.deepEqual(lines(["convert", "stories260K", "--rnak", "4", "--otu", "x"]), ["error: unknown flags --rnak, --otu", "  hint: did you mean --rank for --rnak? (see mha2mla convert --help)"]);
+  assert.deepEqual(lines(["inspect", "stories260K", "extra", "more"]), ["error: unexpected arguments extra, more", "  hint: see mha2mla inspect --help"]);
   assert.deepEqual(lines(["synth", "--arch", "llama2-7b"]), ["error: Missing required argument: out", "  hint: add --out … (see mha2mla synth --help)"]);
-  assert.deepEqual(lines(["inspect", "--bogus", "stories260K"]), ["error: Unknown argument: bogus", "  hint: see mha2mla inspect --help"]);
+  assert.deepEqual(lines(["inspect", "--bogus", "stories260K"]), ["error: unknown flag --bogus", "  hint: see mha2mla inspect --help"]);
 });
 
 test("the refusals read the same under another locale (yargs translated its messages, which the refusals are built from)", () => {
