@@ -53,7 +53,7 @@ export const evalCommand: CommandModule<object, Args> = {
     for (const [t, s] of Object.entries(r.tasks ?? {}))
       say(`${t}: acc ${s.acc.toFixed(4)} ± ${s.acc_stderr.toFixed(4)}${s.acc_norm !== undefined ? `, acc_norm ${s.acc_norm.toFixed(4)} ± ${s.acc_norm_stderr!.toFixed(4)}` : ""}${s.ppl !== undefined ? `, ppl ${s.ppl.toFixed(2)}` : ""} (n ${s.n})\n`);
     if (r.kv_cache) say(`KV cache ${r.kv_cache.dtype}: ${r.kv_cache.bytes_per_token} bytes per token (all layers)\n`);
-    say(`${r.seconds.toFixed(1)} s\n`);
+    say(`evaluated in ${r.seconds.toFixed(1)} s\n`);
     if (a.json !== undefined) emitJson(a.json, r);
   },
 };

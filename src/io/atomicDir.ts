@@ -124,9 +124,12 @@ export function refuseForeignFolder(out: string, force: boolean, marks: readonly
   }
   if (entries.length === 0 || (typeof marks === "function" ? marks(out, entries) : marks.some((m) => entries.includes(m)))) return;
   const held = entries.slice(0, 3).join(", ") + (entries.length > 3 ? `, … (${entries.length} entries)` : "");
-  // Never "empty it" for a model folder: it is likely the original a conversion reads.
-  const empty = entries.includes("config.json") ? "" : ", or empty that folder first";
-  throw new MlaError("EXISTS", `${flag} ${out} is a folder that holds no ${what}: it holds ${held}, and --force replaces only an earlier output`, `choose a new folder's name for ${flag} (e.g. ${path.join(out, "NAME")})${empty}`);
+  // Never "empty it" for a model folder: it is likely the original a conversion reads; and the new name
+  // goes beside it, not inside it (a folder of other things, such as ~/models, takes the output inside).
+  const model = entries.includes("config.json");
+  const empty = model ? "" : ", or empty that folder first";
+  const example = model ? `${path.resolve(out)}-NAME` : path.join(out, "NAME");
+  throw new MlaError("EXISTS", `${flag} ${out} is a folder that holds no ${what}: it holds ${held}, and --force replaces only an earlier output`, `choose a new folder's name for ${flag} (e.g. ${example})${empty}`);
 }
 
 /** Written by versions before the owner's pid went into the folder's name; still read when sweeping. */

@@ -89,7 +89,7 @@ test("--force never replaces a pretrained model's folder (a config.json without 
   fs.mkdirSync(original);
   fs.writeFileSync(path.join(original, "config.json"), '{"model_type": "llama"}');
   fs.writeFileSync(path.join(original, "model.safetensors"), "weights");
-  assert.throws(() => refuseExisting(original, true), (e: unknown) => e instanceof MlaError && /holds no model this tool wrote[^]*hint: choose a new folder's name for --out \(e\.g\. \S*\)$/.test(e.message));
+  assert.throws(() => refuseExisting(original, true), (e: unknown) => e instanceof MlaError && /holds no model this tool wrote[^]*hint: choose a new folder's name for --out \(e\.g\. \S*\/original-NAME\)$/.test(e.message), "a name beside the model's folder, not inside it");
   assert.equal(fs.readFileSync(path.join(original, "model.safetensors"), "utf8"), "weights");
   for (const [file, text] of [["config.json", '{"_synth": {"arch": "llama2-7b"}}'], ["config.json", '{"mha2mla": {}}'], ["mla_conversion.json", "{}"]]) {
     const dir = fs.mkdtempSync(path.join(parent, "ours-"));
