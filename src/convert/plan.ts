@@ -216,7 +216,6 @@ export function checkDeviceName(device: unknown): void {
 /** Refuses a --calib that is missing or not text (both formats, dry run or not: before any work). */
 export function checkCalibFile(calib: string | null | undefined): void {
   if (calib === null || calib === undefined) return;
-  if (!fs.existsSync(calib)) throw new MlaError("NOT_FOUND", `--calib ${calib} does not exist`, "pass a UTF-8 text file");
   checkTextFile(calib, "--calib");
 }
 
