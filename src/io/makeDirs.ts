@@ -7,6 +7,7 @@
 import fs from "node:fs";
 import path from "node:path";
 import { ioError, MlaError } from "../errors.js";
+import { virtualFsError, virtualFsFolder } from "./diskRoom.js";
 
 /** Makes `dir` and any missing parents; `what` names it in a refusal ("the --json file's folder"). */
 export function makeDirs(dir: string, what: string): void {
@@ -30,6 +31,9 @@ export function makeDirs(dir: string, what: string): void {
     missing.push(at);
     at = parent;
   }
+  // /proc and /sys fail each mkdir with ENOENT, "no such file or folder", under a folder that exists.
+  const virtual = missing.length ? virtualFsFolder(at) : null;
+  if (virtual) throw virtualFsError(`cannot create ${what} ${dir}`, virtual);
   for (const d of missing.reverse()) {
     try {
       fs.mkdirSync(d);
