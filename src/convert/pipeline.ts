@@ -137,7 +137,10 @@ async function convertInScope(spec: string, opts: ConvertOptions, cut: CutCalibr
   const timings: Record<string, number> = {};
   const { dir: srcDir } = resolveModel(spec);
   const config = readHfConfig(srcDir);
-  const settings = resolveSettings(config, opts, log);
+  // Its notes (a strategy defaulted for want of --calib) wait for the checks below: a refused --out was
+  // preceded by a note about --calib.
+  const notes: string[] = [];
+  const settings = resolveSettings(config, opts, { info: (m) => notes.push(m), warn: (m) => log.warn(m) });
   const src = Checkpoint.open(srcDir);
   let tmp: string | null = null;
   try {
@@ -157,6 +160,7 @@ async function convertInScope(spec: string, opts: ConvertOptions, cut: CutCalibr
     // The converted model is at most its source's size (smaller attention), plus EG-MLA's float32 gate:
     // (vocab + latent) × --gate-dim values per layer (a large --gate-dim passed this check, then filled the disk).
     requireRoom(out, weightFileBytes(srcDir) + settings.gateDim * (config.vocabSize + plan.latentDim) * config.layers * 4, "the converted model");
+    for (const note of notes) log.info(note);
 
     // What only the files can refuse (no tokenizer, a --calib shorter than one window, a --device whose
     // library does not load) is read before a dry run answers: it refuses what the run would, in its words.
