@@ -5,6 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
+import { existsSync } from "node:fs";
 import path from "node:path";
 import { test } from "node:test";
 import { ROOT } from "../helpers.js";
@@ -103,3 +104,11 @@ test("a switch written with a value other than true or false is refused (yargs r
   assert.equal(said(["convert", "stories260K", "--rank", "4", "--out", "/nonexistent-dir/x", "--force=no"]), 'error: --force=no: a switch is on or off, not "no"');
   assert.equal(cli(["inspect", "stories260K", "--debug=false"]).code, 0);
 });
+
+test("a refused --out is the only thing convert says: its note about a strategy defaulted for want of --calib waits for the output checks", { skip: process.platform !== "linux" || !procMounted() ? "needs Linux's /proc" : false }, () => {
+  assert.deepEqual(cli(["convert", "stories260K", "--rank", "4", "--out", "/proc/mha2mla-x"]).stderr.trimEnd().split("\n"), ["error: cannot create a folder beside /proc/mha2mla-x: /proc is not on a disk (a virtual file system, which holds no files)", "  hint: choose a path on a disk"]);
+});
+
+function procMounted(): boolean {
+  return existsSync("/proc/self");
+}
