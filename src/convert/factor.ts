@@ -12,7 +12,7 @@ import { headDimOrder } from "../model/config.js";
 import { nextTurn } from "../util/abort.js";
 import { CovarianceRoots, Factors, checkRoots, energyOf, matmul, truncatedFactorAsync, whitenedFactor } from "../svd/truncated.js";
 import { MlaError } from "../errors.js";
-import { checkFloatsArg, checkObjectArg, checkWholeArg, shown } from "../util/numericArgs.js";
+import { checkFloatsArg, checkHeadDimArg, checkObjectArg, checkWholeArg, shown } from "../util/numericArgs.js";
 
 export interface LayerFactorInput {
   /** [Hkv·Dh, D] */
@@ -151,8 +151,7 @@ function checkFactorInput(p: LayerFactorInput): void {
   const where = "factorLayer()", hint = "pass { wk, wv, bk, bv, kvHeads, headDim, hidden, selection, rank, svd, whiten } with wk and wv Float32Arrays [kvHeads·headDim, hidden]";
   checkObjectArg(where, "the input", p, hint);
   checkWholeArg(where, "kvHeads", p.kvHeads, 1, hint);
-  checkWholeArg(where, "headDim", p.headDim, 2, hint);
-  if (p.headDim % 2 !== 0) throw new MlaError("BAD_ARGUMENT", `${where}: headDim ${p.headDim} is odd`, "pass the model's head_dim, an even number: its halves are the rotary pairs");
+  checkHeadDimArg(where, "headDim", p.headDim, "pass the model's head_dim, an even number");
   checkWholeArg(where, "hidden", p.hidden, 1, hint);
   checkWholeArg(where, "rank", p.rank, 1, hint);
   if (p.svd !== "joint" && p.svd !== "split") throw new MlaError("BAD_ARGUMENT", `${where}: svd is ${shown(p.svd)}, not "joint" or "split"`, hint);

@@ -1,7 +1,7 @@
 /** The normalized model description every other module reads (HF keys are read only in io/hfConfig.ts). */
 import { KvCacheDtype, kvRowBytes } from "./kvQuant.js";
 import { MlaError } from "../errors.js";
-import { checkObjectArg, checkWholeArg, shown } from "../util/numericArgs.js";
+import { checkHeadDimArg, checkObjectArg, shown } from "../util/numericArgs.js";
 
 export type RopeScaling =
   | { type: "linear"; factor: number }
@@ -146,8 +146,7 @@ export function ropeInvFreq(headDim: number, rope: RopeConfig): Float64Array {
  */
 function checkRopeArgs(headDim: number, rope: RopeConfig): void {
   const where = "ropeInvFreq()";
-  checkWholeArg(where, "headDim", headDim, 2, "pass the rotary dims per head (config.headDim), an even number");
-  if (headDim % 2 !== 0) throw new MlaError("BAD_ARGUMENT", `${where}: headDim ${headDim} is odd`, "pass the rotary dims per head (config.headDim), an even number: its halves are the pairs");
+  checkHeadDimArg(where, "headDim", headDim, "pass the rotary dims per head (config.headDim), an even number");
   checkObjectArg(where, "the rope", rope, "pass config.rope, e.g. { theta: 10000, scaling: null }");
   if (!(typeof rope.theta === "number" && rope.theta > 0 && rope.theta < Infinity)) throw new MlaError("BAD_ARGUMENT", `${where}: rope.theta is ${shown(rope.theta)}, not a number > 0`, "pass config.rope, e.g. { theta: 10000, scaling: null }");
   const s = rope.scaling as Record<string, unknown> | null | undefined;

@@ -4,7 +4,7 @@
  * 2-norm: the R pairs with the largest calibration score (ties to the lower index).
  */
 import { MlaError } from "../errors.js";
-import { checkFloatsArg, checkWholeArg, shown } from "../util/numericArgs.js";
+import { checkFloatsArg, checkHeadDimArg, checkWholeArg, shown } from "../util/numericArgs.js";
 
 export const ROPE_STRATEGIES = ["high", "low", "uniform", "2-norm"] as const;
 export type RopeStrategy = (typeof ROPE_STRATEGIES)[number];
@@ -34,8 +34,7 @@ export function checkRopePairs(R: number, lo: number, headDim: number, hint: str
 export function fixedPairs(strategy: "high" | "low" | "uniform", R: number, headDim: number): number[] {
   // From a script: an unknown strategy ran as uniform, a NaN count kept none, R past head_dim/2 kept negative pairs.
   if (strategy !== "high" && strategy !== "low" && strategy !== "uniform") throw new MlaError("BAD_ARGUMENT", `fixedPairs(): the strategy is ${shown(strategy)}, not "high", "low" or "uniform"`, "pass one of them; 2-norm pairs come from topPairs(twoNormScores(…), R)");
-  checkWholeArg("fixedPairs()", "headDim", headDim, 2, "pass the model's head_dim, an even number");
-  if (headDim % 2 !== 0) throw new MlaError("BAD_ARGUMENT", `fixedPairs(): headDim ${headDim} is odd`, "pass the model's head_dim, an even number: its halves are the rotary pairs");
+  checkHeadDimArg("fixedPairs()", "headDim", headDim, "pass the model's head_dim, an even number");
   checkWholeArg("fixedPairs()", "R", R, 0, `pass the pairs to keep per head, from 0 to ${headDim / 2}`);
   if (R > headDim / 2) throw new MlaError("BAD_ARGUMENT", `fixedPairs(): R ${R} is more than the ${headDim / 2} pairs of headDim ${headDim}`, `pass R from 0 to ${headDim / 2}`);
   const half = headDim / 2;

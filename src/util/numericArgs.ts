@@ -20,6 +20,12 @@ export function checkWholeArg(where: string, what: string, v: unknown, min: numb
   throw new MlaError("BAD_ARGUMENT", `${where}: ${what} is ${shown(v)}, not a whole number ≥ ${min}`, hint);
 }
 
+/** Refuses `v` unless it is an even whole number ≥ 2, as a head dimension is (its halves are the rotary pairs); `hint` says what to pass. */
+export function checkHeadDimArg(where: string, what: string, v: unknown, hint: string): void {
+  checkWholeArg(where, what, v, 2, hint);
+  if ((v as number) % 2 !== 0) throw new MlaError("BAD_ARGUMENT", `${where}: ${what} ${v} is odd`, `${hint}: its halves are the rotary pairs`);
+}
+
 type FloatType = Float32ArrayConstructor | Float64ArrayConstructor;
 
 /** Refuses `v` unless it is a `type` of exactly `length` numbers (its shape's product). */
