@@ -113,11 +113,12 @@ export function buildParser(words: readonly string[], onRefusal: OnRefusal, comm
   function refusalHint(msg: string, o: DeclaredOptions): string {
     if (/^Did you mean /.test(msg)) return `${msg.replace(/^Did/, "did")} (${seeHelp})`;
     if (strayCommand(msg, o)) return `the commands are ${names.join(", ")} (${seeHelp})`;
-    const guesses = unknownFlags(args, o).flatMap((u): [string, string][] => {
+    const unknown = unknownFlags(args, o);
+    const guesses = unknown.flatMap((u): [string, string][] => {
       const best = nearestName(u, Object.keys(o.key).filter((k) => k.length > 1));
       return best ? [[`--${best}`, dashed(u)]] : [];
     });
-    if (guesses.length === 1 && unknownFlags(args, o).length === 1) return `did you mean ${guesses[0]![0]}? (${seeHelp})`;
+    if (guesses.length === 1 && unknown.length === 1) return `did you mean ${guesses[0]![0]}? (${seeHelp})`;
     if (guesses.length) return `did you mean ${guesses.map(([best, u]) => `${best} for ${u}`).join(", ")}? (${seeHelp})`;
     const took = swallowed(o);
     if (took.length && /^Not enough non-option arguments/.test(msg)) return `put ${typedCommand}'s arguments before ${took.map(([f]) => f).join(" and ")}, or give it a file (--json out.json) (${seeHelp})`;
