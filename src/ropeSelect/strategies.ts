@@ -47,10 +47,14 @@ export function fixedPairs(strategy: "high" | "low" | "uniform", R: number, head
 export function topPairs(scores: ArrayLike<number>, R: number): number[] {
   // A string's characters sorted as scores, a NaN R kept none, a negative one all but the last.
   if (!(Array.isArray(scores) || (ArrayBuffer.isView(scores) && !(scores instanceof DataView)))) throw new MlaError("BAD_ARGUMENT", `topPairs(): the scores are ${shown(scores)}, not an array of numbers`, "pass one score per pair, e.g. a head's slice of twoNormScores(…)");
-  // NaN scores are let through: convert passes them where R keeps no pair or every pair, so order does not matter.
   for (let i = 0; i < scores.length; i++) if (typeof scores[i] !== "number") throw new MlaError("BAD_ARGUMENT", `topPairs(): scores[${i}] is ${shown(scores[i])}, not a number`, "pass one score per pair, e.g. a head's slice of twoNormScores(…)");
   checkWholeArg("topPairs()", "R", R, 0, "pass the number of pairs to keep");
   if (R > scores.length) throw new MlaError("BAD_ARGUMENT", `topPairs(): R ${R} is more than the ${scores.length} pairs scored`, `pass R from 0 to ${scores.length}`);
+  // NaN scores matter only where R keeps some pairs but not all (convert passes them at R 0 or every pair): a NaN
+  // compares as neither more nor less, so the sort would keep an arbitrary set.
+  if (R > 0 && R < scores.length)
+    for (let i = 0; i < scores.length; i++)
+      if (Number.isNaN(scores[i])) throw new MlaError("BAD_ARGUMENT", `topPairs(): scores[${i}] is NaN, so the ${R} highest of ${scores.length} pairs are not defined`, "pass finite scores (a NaN score comes from a NaN in the qNorm or kNorm given to twoNormScores)");
   const idx = Array.from({ length: scores.length }, (_, i) => i);
   idx.sort((a, b) => scores[b]! - scores[a]! || a - b);
   return idx.slice(0, R).sort((a, b) => a - b);

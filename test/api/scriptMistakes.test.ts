@@ -216,6 +216,7 @@ test("the low-level exports refuse garbage arguments by name (they threw TypeErr
     [() => fixedPairs("x" as Loose, 2, 8), /^fixedPairs\(\): the strategy is "x"/],
     [() => fixedPairs("low", 8, 8), /^fixedPairs\(\): R 8 is more than the 4 pairs/],
     [() => topPairs([3, 1, 2], NaN), /^topPairs\(\): R is NaN/],
+    [() => topPairs([3, NaN, 2], 2), /^topPairs\(\): scores\[1\] is NaN, so the 2 highest of 3 pairs are not defined/],
     [() => twoNormScores(new Float64Array(4), new Float64Array(4), 2, 1, -2), /^twoNormScores\(\): half is -2/],
     [() => pickToken([1, 2] as Loose, { temperature: 0 }, Math.random), /^pickToken's logits are \[1, 2\]/],
     [() => seededRandom("1" as Loose), /^seededRandom\(\): the seed "1"/],
@@ -234,6 +235,9 @@ test("the low-level exports refuse garbage arguments by name (they threw TypeErr
   // Valid calls are unchanged.
   assert.deepEqual(fixedPairs("low", 2, 8), [2, 3]);
   assert.deepEqual(topPairs([3, 1, 2], 2), [0, 2]);
+  // NaN scores where the order does not matter (convert passes them so): none kept, or all.
+  assert.deepEqual(topPairs([NaN, 1, 2], 0), []);
+  assert.deepEqual(topPairs([NaN, 1, 2], 3), [0, 1, 2]);
   assert.equal(ropeInvFreq(8, { theta: 1e4, scaling: null }).length, 4);
   assert.equal(new KvCache(be, 2, 2, 4).length, 0);
 });
