@@ -4,7 +4,7 @@ import path from "node:path";
 import { ioError, MlaError } from "../errors.js";
 import { writeFileAtomic } from "../io/atomicDir.js";
 import { makeDirs } from "../io/makeDirs.js";
-import { virtualFsError, virtualFsFolder } from "../io/diskRoom.js";
+import { requireWritableAncestor } from "../io/diskRoom.js";
 import { stripBom } from "../io/text.js";
 import { isEarlierResult } from "../io/resultKinds.js";
 
@@ -26,20 +26,13 @@ export function checkJsonTarget(target: string | undefined, beforeFileCheck?: ()
   if (fs.existsSync(target) && fs.statSync(target).isDirectory()) throw new MlaError("BAD_ARGUMENT", `--json ${target} is a folder, not a file`, `--json takes the path of the file to write, e.g. --json ${path.join(target, "result.json")} (or - for stdout)`);
   beforeFileCheck?.();
   refuseOverForeignFile(target);
-  for (let dir = path.dirname(path.resolve(target)); ; dir = path.dirname(dir)) {
-    if (fs.existsSync(dir)) {
-      if (!fs.statSync(dir).isDirectory()) throw new MlaError("BAD_ARGUMENT", `--json ${target}: ${dir} is a file, not a folder`, "give a path whose folders are folders");
-      // A folder the file cannot be written in failed only after the work: an evaluation lost, a conversion's model written and exit 1.
-      if (virtualFsFolder(dir)) throw virtualFsError(`--json ${target}`, dir);
-      try {
-        fs.accessSync(dir, fs.constants.W_OK | fs.constants.X_OK);
-      } catch (e) {
-        throw ioError(`--json ${target}: cannot write in`, dir, e);
-      }
-      return;
-    }
-    if (path.dirname(dir) === dir) return;
-  }
+  // A folder the file cannot be written in failed only after the work: an evaluation lost, a conversion's model written and exit 1.
+  requireWritableAncestor(
+    target,
+    `--json ${target}`,
+    (e, dir) => ioError(`--json ${target}: cannot write in`, dir, e),
+    (dir) => new MlaError("BAD_ARGUMENT", `--json ${target}: ${dir} is a file, not a folder`, "give a path whose folders are folders"),
+  );
 }
 
 function refuseOverForeignFile(target: string): void {

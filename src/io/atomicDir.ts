@@ -8,7 +8,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { MlaError, ioError } from "../errors.js";
 import { makeDirs } from "./makeDirs.js";
-import { virtualFsError, virtualFsFolder } from "./diskRoom.js";
+import { requireWritableAncestor } from "./diskRoom.js";
 import { entriesBesideLock, processAlive } from "./outLock.js";
 
 const live = new Set<string>();
@@ -204,19 +204,8 @@ export function sweepStale(out: string): void {
  * conversion calibrated and factored first; a dry run approved it).
  */
 export function requireWritableParent(out: string): void {
-  for (let dir = path.dirname(path.resolve(out)); ; dir = path.dirname(dir)) {
-    if (fs.existsSync(dir)) {
-      if (!fs.statSync(dir).isDirectory()) return; // a file there: refused by name elsewhere
-      if (virtualFsFolder(dir)) throw virtualFsError(`cannot create a folder beside ${out}`, dir);
-      try {
-        fs.accessSync(dir, fs.constants.W_OK | fs.constants.X_OK);
-      } catch (e) {
-        throw ioError("cannot create a folder beside", out, e);
-      }
-      return;
-    }
-    if (path.dirname(dir) === dir) return;
-  }
+  // A file there is refused by name elsewhere.
+  requireWritableAncestor(out, `cannot create a folder beside ${out}`, (e) => ioError("cannot create a folder beside", out, e));
 }
 
 /**
