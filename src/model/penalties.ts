@@ -57,6 +57,9 @@ function checkPenaltyArgs(prompt: unknown, o: PenaltyOptions): void {
   checkPenalties(o, Infinity, OWN_NAMES);
 }
 
+/** What of() passes its constructor: the arguments are checked already (a script's `new` has no such token). */
+const CHECKED: unique symbol = Symbol("Penalties' arguments checked");
+
 /** One sequence's penalties: the tokens it has seen, and how often it generated each. */
 export class Penalties {
   private readonly seen: Set<number>;
@@ -64,9 +67,9 @@ export class Penalties {
   /** Whether the repetition penalty applies (then `seen` is kept). */
   private readonly repeats: boolean;
 
-  private constructor(prompt: readonly number[], private readonly o: PenaltyOptions) {
+  private constructor(prompt: readonly number[], private readonly o: PenaltyOptions, checked?: typeof CHECKED) {
     // `new` from a script skips of(): the same checks.
-    checkPenaltyArgs(prompt, o);
+    if (checked !== CHECKED) checkPenaltyArgs(prompt, o);
     this.repeats = (o.repetitionPenalty ?? 1) !== 1;
     this.seen = new Set(this.repeats ? prompt : []);
   }
@@ -75,7 +78,7 @@ export class Penalties {
   static of(prompt: readonly number[], o: PenaltyOptions): Penalties | null {
     checkPenaltyArgs(prompt, o);
     const active = (o.presencePenalty ?? 0) !== 0 || (o.frequencyPenalty ?? 0) !== 0 || (o.repetitionPenalty ?? 1) !== 1 || (o.logitBias?.size ?? 0) > 0;
-    return active ? new Penalties(prompt, o) : null;
+    return active ? new Penalties(prompt, o, CHECKED) : null;
   }
 
   /** Counts a generated token. */
