@@ -159,6 +159,9 @@ const takesCount = (key: string) => key.endsWith("tokens");
 /** The hint for a count flag given something else: a reply's length is not written in millions. */
 function countHint(key: string): string {
   if (key === "max-tokens") return "give --max-tokens a whole number of tokens to generate, e.g. 256";
+  // The range depends on the model, which is not read yet: convert names it once the number parses.
+  if (key === "rank") return "give --rank a whole number of latent dims per KV head, e.g. --rank 64 (the paper's for Llama-2-7B)";
+  if (key === "rope-pairs") return "give --rope-pairs a whole number of rotary pairs kept per KV head, e.g. --rope-pairs 8 (0 keeps none)";
   return takesCount(key) ? `give --${key} a number, e.g. 20000000 or 20M (k, M and G count thousands, millions, billions)` : `give --${key} a number`;
 }
 

@@ -292,7 +292,8 @@ test("every number flag refuses a value not written in decimal (hex, binary, oct
   assert.match(refusal([...finetune, "--lr", "0x1"])!, /^--lr 0x1 is not a decimal number[\s\S]*or with a power of ten \(1e-3\)$/);
   assert.match(refusal(["convert", "stories260K", "--rank", " 4"])!, /^--rank " 4" is not a decimal number/);
   // Not a number at all keeps its own words.
-  assert.match(refusal(["convert", "stories260K", "--rank", "four"])!, /^--rank four is not a number/);
+  assert.match(refusal(["convert", "stories260K", "--rank", "four"])!, /^--rank four is not a number\n  hint: give --rank a whole number of latent dims per KV head, e\.g\. --rank 64/);
+  assert.match(refusal(["convert", "stories260K", "--rank", "4", "--rope-pairs", "x"])!, /^--rope-pairs x is not a number\n  hint: give --rope-pairs a whole number of rotary pairs kept per KV head/);
 });
 
 test("a free text starting with a dash is --prompt's or --system's value, not short flags", () => {
