@@ -61,7 +61,9 @@ export const convertCommand: CommandModule<object, Args> = {
     const windows = { calibSamples: a["calib-samples"], calibLen: a["calib-len"] };
     if (a.format === "deepseek") {
       const d = await convertDeepseek(a.model, { ...deepseekSettings({ ...conversionSettings(a, "deepseek"), ...windows }), ropeDim: a["rope-dim"], kvLoraRank: a["kv-lora-rank"], interleave: a["rope-interleave"], attentionBias: a["attention-bias"], dryRun: a["dry-run"], evalText: a["eval-text"], evalTokens: a["eval-tokens"], evalCtx: a["eval-ctx"], out: a.out, force: a.force, device: a.device, logger: stderrLogger, progress: process.stderr });
-      const kv = `KV cache per token and layer ${d.kvPerToken.before} → ${d.kvPerToken.after} elements (${d.kvPerToken.changePercent.toFixed(2)}%), shared rope key ${d.ropeDim} dims, kv_lora_rank ${d.kvLoraRank}`;
+      // Per token over all layers, as the mha2mla format's summary counts (the result's kvPerToken is per layer).
+      const k = d.kvPerToken;
+      const kv = `KV cache per token ${k.before * d.layers} → ${k.after * d.layers} elements (${k.changePercent.toFixed(2)}%; ${k.before} → ${k.after} a layer), shared rope key ${d.ropeDim} dims, kv_lora_rank ${d.kvLoraRank}`;
       say(d.out ? `wrote ${d.out} (deepseek_v3): ${kv}\n` : `dry run (deepseek_v3): ${kv}\n`);
       if (d.eval) say(`perplexity ${Math.exp(d.eval.before).toFixed(3)} → ${Math.exp(d.eval.after).toFixed(3)} (NLL ${d.eval.nll_delta >= 0 ? "+" : ""}${d.eval.nll_delta.toFixed(4)}); report: ${d.out}/report.md\n`);
       if (a.json !== undefined) emitJson(a.json, d);

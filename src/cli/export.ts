@@ -59,7 +59,7 @@ export const exportCommand: CommandModule<object, Args> = {
     const say = summaryWriter(a.json);
     const r = await abortOnStop(EXPORT_STOP, (signal) => exportDeepseek(a.model, { out: a.out, force: a.force, interleave: a["rope-interleave"], kvLoraRank: a["kv-lora-rank"], ropeDim: a["rope-dim"], attentionBias: a["attention-bias"], calib: a.calib, calibSamples: a["calib-samples"], calibLen: a["calib-len"], evalText: a["eval-text"], evalTokens: a["eval-tokens"], evalCtx: a["eval-ctx"], device: a.device, logger: stderrLogger, progress: process.stderr, signal }));
     if (!r) return;
-    say(`wrote ${r.out} (deepseek_v3): shared rope key ${r.ropeDim} dims, kv_lora_rank ${r.kvLoraRank}, qk_nope_head_dim ${r.nopeDim}; cached values per token and layer ${r.kvPerToken.before} (ours) → ${r.kvPerToken.after}\n`);
+    say(`wrote ${r.out} (deepseek_v3): shared rope key ${r.ropeDim} dims, kv_lora_rank ${r.kvLoraRank}, qk_nope_head_dim ${r.nopeDim}; cached values per token ${r.kvPerToken.before * r.layers} (ours) → ${r.kvPerToken.after * r.layers} (${r.kvPerToken.before} → ${r.kvPerToken.after} a layer)\n`);
     if (r.eval) say(`NLL ${r.eval.before.toFixed(5)} (source) → ${r.eval.after.toFixed(5)} (export), ${r.eval.tokens} tokens\n`);
     if (a.json !== undefined) emitJson(a.json, r);
   },

@@ -157,7 +157,9 @@ export interface WrittenDeepseek {
   ropeTheta: number;
   /** The ladder's spacing s: rope slot k sits on the original frequency s·k. */
   spacing: number;
+  /** Cached values per token and layer (the model caches them in each of its `layers`). */
   kvPerToken: KvPerToken;
+  layers: number;
   energy: number[];
   /** With evalText: NLL of the source and of the result. */
   eval: BeforeAfter | null;
@@ -292,7 +294,7 @@ async function convertDeepseekInScope(spec: string, o: DeepseekOptions, cut: Cut
     // Read before a dry run answers, as convert() does: the dry run refuses what the run would.
     const windows = readCalibrationWindows(srcDir, o.calib, o.calibSamples ?? DEFAULT_CALIB_SAMPLES, o.calibLen ?? DEFAULT_CALIB_LEN, o.calibSamples, c, log, cut);
     const linalg = selectLinalg(o.device ?? "auto", log);
-    if (o.dryRun) return { out: null, ropeDim: dr, kvLoraRank: rk, nopeDim: Dh, ropeTheta: c.rope.theta, spacing: 0, kvPerToken: kv, energy: [], eval: null, latentNormError: null };
+    if (o.dryRun) return { out: null, ropeDim: dr, kvLoraRank: rk, nopeDim: Dh, ropeTheta: c.rope.theta, spacing: 0, kvPerToken: kv, layers: c.layers, energy: [], eval: null, latentNormError: null };
 
     let stats: CalibrationStats | null = null;
     if (o.calib) {
@@ -422,7 +424,7 @@ async function convertDeepseekInScope(spec: string, o: DeepseekOptions, cut: Cut
     throwIfAborted(o.signal);
     commitOutDir(tmp, out, o.force ?? false);
     tmp = null;
-    return { out, ropeDim: dr, kvLoraRank: rk, nopeDim: Dh, ropeTheta, spacing, kvPerToken: kv, energy, eval: report, latentNormError: fit?.relativeError ?? null };
+    return { out, ropeDim: dr, kvLoraRank: rk, nopeDim: Dh, ropeTheta, spacing, kvPerToken: kv, layers: c.layers, energy, eval: report, latentNormError: fit?.relativeError ?? null };
   } catch (e) {
     if (tmp) abandonOutDir(tmp);
     throw e;

@@ -79,8 +79,9 @@ export interface ExportResult {
   ropeTheta: number;
   /** Rope slot k turns at the source's frequency spacing·k. */
   spacing: number;
-  /** Before: ours (Hkv·2R + L), after: kv_lora_rank + rope dim. */
+  /** Per token and layer, before: ours (Hkv·2R + L), after: kv_lora_rank + rope dim. */
   kvPerToken: KvPerToken;
+  layers: number;
   eval: BeforeAfter | null;
   /** Bias-free only: per layer, the fitted kv_a_layernorm's relative error on the calibration latents. */
   latentNormError: number[] | null;
@@ -332,7 +333,7 @@ export async function exportDeepseekWithWindows(spec: string, o: ExportOptions, 
     throwIfAborted(o.signal);
     commitOutDir(tmp, out, o.force ?? false);
     tmp = null;
-    return { out, ropeDim: dr, kvLoraRank: rk, nopeDim: dn, ropeTheta, spacing, kvPerToken: kv, eval: report, latentNormError: fit?.relativeError ?? null };
+    return { out, ropeDim: dr, kvLoraRank: rk, nopeDim: dn, ropeTheta, spacing, kvPerToken: kv, layers: nLayers, eval: report, latentNormError: fit?.relativeError ?? null };
   } catch (e) {
     if (tmp) abandonOutDir(tmp);
     throw e;

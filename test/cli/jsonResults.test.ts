@@ -116,7 +116,7 @@ test("convert (both formats) and export --json name what they share alike: the e
   const ours = json(await convert(src, { rank: 2, ropePairs: 1, ropeStrategy: "uniform", ropeDisjoint: true, out: path.join(dir, "mla"), ...common }));
   const ds = json(await convertDeepseek(src, { rank: 2, ropePairs: 1, out: path.join(dir, "ds"), ...common }));
   const ex = json(await exportDeepseek(path.join(dir, "mla"), { out: path.join(dir, "ex"), ...common }));
-  const widths = ["out", "ropeDim", "kvLoraRank", "nopeDim", "ropeTheta", "spacing", "kvPerToken", "eval", "latentNormError"];
+  const widths = ["out", "ropeDim", "kvLoraRank", "nopeDim", "ropeTheta", "spacing", "kvPerToken", "layers", "eval", "latentNormError"];
   assert.deepEqual(Object.keys(ds), [...widths.slice(0, -2), "energy", ...widths.slice(-2)], "convert --format deepseek: energy of its factorization besides");
   assert.deepEqual(Object.keys(ex), widths);
   for (const [name, r] of [["convert --format deepseek", ds], ["export", ex]] as const) {

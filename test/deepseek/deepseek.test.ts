@@ -189,7 +189,7 @@ test("the CLI: --dry-run writes nothing; --eval-text writes report.json and repo
   const dry = path.join(tmpDir(), "dry");
   const r1 = spawnSync(process.execPath, [MAIN, "convert", "stories260K", "--format", "deepseek", "--rank", "2", "--rope-pairs", "1", "--dry-run", "--out", dry], { encoding: "utf8" });
   assert.equal(r1.status, 0, r1.stderr);
-  assert.match(r1.stdout, /dry run \(deepseek_v3\): KV cache per token and layer 64 → 16 elements/);
+  assert.match(r1.stdout, /dry run \(deepseek_v3\): KV cache per token 320 → 80 elements \(-75\.00%; 64 → 16 a layer\)/);
   assert.match(r1.stderr, /warning: kv_lora_rank \d+ with qk_rope_head_dim \d+: FlashMLA, CUTLASS MLA and FlashInfer's MLA decode take only 512 with 64; vLLM refuses it/, "sizes the serving stacks reject are named before the run");
   assert.equal(fs.existsSync(dry), false);
   const out = path.join(tmpDir(), "rep");
