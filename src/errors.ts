@@ -41,13 +41,15 @@ const IO_WHY: Partial<Record<string, string>> = {
 /**
  * Wraps a Node file-system error into an MlaError naming the file and the operation. An MlaError
  * (a reader that refused the file's contents) already names the file and says what to do: it is kept.
+ * `hintTail` follows the hint ("nothing was changed").
  */
-export function ioError(op: string, path: string, cause: unknown): MlaError {
+export function ioError(op: string, path: string, cause: unknown, hintTail?: string): MlaError {
   if (isMlaError(cause)) return cause;
   const err = cause as NodeJS.ErrnoException;
   const why = (err?.code !== undefined ? IO_WHY[err.code] : undefined) ?? String(err?.message ?? cause);
   const code = err?.code === "ENOENT" ? "NOT_FOUND" : "IO";
-  return new MlaError(code, `${op} ${path}: ${why}`, err?.code === "ENOSPC" ? "free disk space or choose another --out" : "check the path and its permissions");
+  const hint = err?.code === "ENOSPC" ? "free disk space or choose another --out" : "check the path and its permissions";
+  return new MlaError(code, `${op} ${path}: ${why}`, hintTail ? `${hint}; ${hintTail}` : hint);
 }
 
 /** "--a", "--a and --b", "--a, --b and --c". */

@@ -7,7 +7,7 @@
  */
 import fs from "node:fs";
 import path from "node:path";
-import { MlaError } from "./errors.js";
+import { ioError } from "./errors.js";
 import { refuseFileAsOutDir, refuseForeignFolder, writeFileAtomic } from "./io/atomicDir.js";
 import { refuseOutOverInputs } from "./io/outGuard.js";
 import { convertWithWindows } from "./convert/pipeline.js";
@@ -109,7 +109,15 @@ async function runPipeline(spec: string, o: PipelineOptions, scratch: string[]):
   ];
   refuseOutOverInputs("--out", o.out, [...inputs, { name: "--distill", path: o.finetune?.distill }]);
   // Before --force clears --out (which may hold an earlier run's results): every input file exists.
-  for (const i of inputs.slice(1)) if (i.path && !fs.existsSync(i.path)) throw new MlaError("NOT_FOUND", `${i.name} ${i.path} does not exist`, "check the path; nothing was changed");
+  // Worded as convert's and eval's own checks word a missing input.
+  for (const i of inputs.slice(1)) {
+    if (!i.path) continue;
+    try {
+      fs.statSync(i.path);
+    } catch (e) {
+      throw ioError(`cannot read ${i.name}`, i.path, e, "nothing was changed");
+    }
+  }
   // A phase folder another run holds (a fine-tune in OUT/finetune) is refused now, not when its phase starts.
   refuseLockedInside(o.out, foldersWritten(out, o));
   const { cut, tokenCache } = await checkOptions(srcDir, o, log, out, scratch);

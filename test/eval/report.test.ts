@@ -96,7 +96,7 @@ test("pipeline: convert → fine-tune → three evaluations → report; a re-run
   assert.ok(again.phases.filter((p) => p.name !== "report").every((p) => p.skipped));
   await assert.rejects(pipeline(path.join(MODELS, "stories260K"), { ...opts, convert: { ...opts.convert, rank: 2 } }), /other settings/);
   // --force with an input that does not exist is refused before it clears the finished run.
-  await assert.rejects(pipeline(path.join(MODELS, "stories260K"), { ...opts, force: true, convert: { ...opts.convert, calib: path.join(tmpDir(), "missing.txt") } }), /--calib .*missing\.txt does not exist[\s\S]*nothing was changed/);
+  await assert.rejects(pipeline(path.join(MODELS, "stories260K"), { ...opts, force: true, convert: { ...opts.convert, calib: path.join(tmpDir(), "missing.txt") } }), /cannot read --calib .*missing\.txt: no such file or folder\n  hint: check the path and its permissions; nothing was changed/);
   assert.ok(fs.existsSync(path.join(out, "report.md")), "the finished run is kept");
 });
 
