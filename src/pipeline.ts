@@ -203,8 +203,9 @@ async function runPipeline(spec: string, o: PipelineOptions, scratch: string[]):
     }
     if (stoppedEarly) return { out, phases, evals: [], report: null, stoppedEarly };
     const jsons = [files.original, files.converted, ...(o.finetune ? [files.finetuned] : []), ...(o.export ? [files.exported] : [])];
+    const t0 = performance.now();
     const report = writeReport(jsons, path.join(out, "report.html"), { trainLogs: o.finetune ? [path.join(ft, "train_log.jsonl")] : [] });
-    phases.push({ name: "report", skipped: false, seconds: 0 });
+    phases.push({ name: "report", skipped: false, seconds: (performance.now() - t0) / 1000 });
     return { out, phases, evals: jsons.map((f) => JSON.parse(fs.readFileSync(f, "utf8")) as EvalResult), report, stoppedEarly };
   });
 }

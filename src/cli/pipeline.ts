@@ -113,7 +113,9 @@ export const pipelineCommand: CommandModule<object, Args> = {
       }),
     );
     if (!r) return;
-    for (const p of r.phases) process.stdout.write(`${p.name}: ${p.skipped ? "already done" : `${p.seconds.toFixed(1)} s`}\n`);
-    process.stdout.write(`report: ${r.report!.html} (and .md)\n`);
+    // The report's own line says where it is; one "report:" line, not two.
+    for (const p of r.phases) if (p.name !== "report") process.stdout.write(`${p.name}: ${p.skipped ? "already done" : `${p.seconds.toFixed(1)} s`}\n`);
+    const total = r.phases.reduce((t, p) => t + p.seconds, 0);
+    process.stdout.write(`report: ${r.report!.html} (and .md); this run took ${total.toFixed(1)} s\n`);
   },
 };
