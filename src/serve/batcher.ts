@@ -29,6 +29,7 @@ import { PrefixCache, type PrefixCacheStats } from "./prefixCache.js";
 import { refusal } from "./httpJson.js";
 import { Penalties } from "../model/penalties.js";
 import { Histogram, type HistogramSnapshot } from "./histogram.js";
+import { countOf } from "../util/counts.js";
 
 export interface SequenceSpec {
   /** Token ids to continue (BOS included where the model wants it). */
@@ -245,7 +246,9 @@ export class Batcher {
     // Below two tokens (BOS and one more) every request would be refused, with a hint of no length at all.
     if (opts.kvBudgetBytes !== undefined && opts.kvBudgetBytes < 2 * this.perToken) {
       const why = this.heldRows.why ? `, not the ${this.dtypePerToken} of ${opts.kvCache}: ${this.heldRows.why}` : "";
-      throw new MlaError("BAD_ARGUMENT", `a KV-cache budget of ${mb(opts.kvBudgetBytes)} MB holds ${Math.floor(opts.kvBudgetBytes / this.perToken)} tokens of this model's ${opts.kvCache} cache (${this.perToken} bytes held in memory per token${why}): no request fits`, `start the server with a budget for the prompts and replies it should serve, e.g. --kv-budget-mb ${Math.max(1, Math.ceil((4096 * this.perToken) / 2 ** 20))} (4,096 tokens)`);
+      // Serve's flag and a script's option both: new Batcher() is the library's, and serve's budget goes through it.
+      const mbFor4k = Math.max(1, Math.ceil((4096 * this.perToken) / 2 ** 20));
+      throw new MlaError("BAD_ARGUMENT", `a KV-cache budget of ${mb(opts.kvBudgetBytes)} MB holds ${countOf(Math.floor(opts.kvBudgetBytes / this.perToken), "token")} of this model's ${opts.kvCache} cache (${this.perToken} bytes held in memory per token${why}): no request fits`, `start the server with a budget for the prompts and replies it should serve, e.g. --kv-budget-mb ${mbFor4k} for 4,096 tokens (from a script, kvBudgetBytes ${mbFor4k * 2 ** 20})`);
     }
     this.stops = stopTokenIds(model.config);
     this.prefix = opts.prefixCacheBytes ? new PrefixCache(opts.prefixCacheBytes, this.perToken) : null;

@@ -88,7 +88,7 @@ test("the KV budget bounds the sequences admitted together, each reserving promp
   const tiny = new Batcher(model, { maxBatch: 1, kvCache: "f32", kvBudgetBytes: 10_000 });
   assert.throws(() => tiny.submit({ prompt: prompts[0]!, maxTokens: 40, sampling: { temperature: 0 }, seed: 0, onToken: () => true, onEnd: () => {} }), (e: unknown) => e instanceof MlaError && /take 0\.\d\d+ MB, more than the server's whole KV budget of 0\.0095 MB/.test(e.message));
   // A budget under two tokens admits nothing: refused when the server starts, not request by request with "at most -1 tokens".
-  assert.throws(() => new Batcher(model, { maxBatch: 1, kvCache: "f32", kvBudgetBytes: b.cacheBytes(1) + 1 }), (e: unknown) => e instanceof MlaError && /holds 1 tokens of this model's f32 cache \(\d+ bytes held in memory per token\): no request fits\n  hint: start the server with a budget .*--kv-budget-mb \d+ \(4,096 tokens\)/.test(e.message));
+  assert.throws(() => new Batcher(model, { maxBatch: 1, kvCache: "f32", kvBudgetBytes: b.cacheBytes(1) + 1 }), (e: unknown) => e instanceof MlaError && /holds 1 token of this model's f32 cache \(\d+ bytes held in memory per token\): no request fits\n  hint: start the server with a budget .*--kv-budget-mb \d+ for 4,096 tokens \(from a script, kvBudgetBytes \d+\)/.test(e.message));
 });
 
 test("the KV budget counts the bytes the caches hold: int8 rows held as float32 on the CPU admit as many sequences as f32, not ~3.8× more; a budget under two held tokens is refused naming them", async () => {
@@ -125,7 +125,7 @@ test("the KV budget counts the bytes the caches hold: int8 rows held as float32 
   assert.ok(budget >= 2 * nominal);
   assert.throws(
     () => new Batcher(model, { maxBatch: 1, kvCache: "int8", kvBudgetBytes: budget }),
-    (e: unknown) => e instanceof MlaError && e.message.startsWith(`a KV-cache budget of `) && e.message.includes(`holds 1 tokens of this model's int8 cache (${held} bytes held in memory per token, not the ${nominal} of int8: the ${model.backend.name} backend holds int8 cache rows on the host, as float32): no request fits\n  hint: start the server with a budget for the prompts and replies it should serve, e.g. --kv-budget-mb ${Math.ceil((4096 * held) / 2 ** 20)} (4,096 tokens)`),
+    (e: unknown) => e instanceof MlaError && e.message.startsWith(`a KV-cache budget of `) && e.message.includes(`holds 1 token of this model's int8 cache (${held} bytes held in memory per token, not the ${nominal} of int8: the ${model.backend.name} backend holds int8 cache rows on the host, as float32): no request fits\n  hint: start the server with a budget for the prompts and replies it should serve, e.g. --kv-budget-mb ${Math.ceil((4096 * held) / 2 ** 20)} for 4,096 tokens (from a script, kvBudgetBytes ${Math.ceil((4096 * held) / 2 ** 20) * 2 ** 20})`),
   );
   // The prefix cache counts the same held bytes: a kept prompt's entry is its float32 rows and its logits.
   const pb = new Batcher(model, { maxBatch: 1, kvCache: "int8", prefixCacheBytes: 1 << 24 });
