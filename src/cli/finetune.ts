@@ -11,6 +11,7 @@ import { emitJson, summaryWriter } from "./output.js";
 import { gracefulStop } from "./signals.js";
 
 import type { DeviceName } from "../backends/select.js";
+import { countOf } from "../util/counts.js";
 
 interface Args {
   model: string;
@@ -104,7 +105,7 @@ export const finetuneCommand: CommandModule<object, Args> = {
       const nll = (x: number | null) => (x === null ? "–" : x.toFixed(4));
       const s = r.sitting;
       // A resumed run's figures are the run's, over its sittings; this sitting's follow.
-      const sitting = s.steps === r.steps ? "" : ` (this sitting, resumed at step ${r.steps - s.steps}: ${s.steps} steps in ${s.seconds.toFixed(1)} s, ${Math.round(s.tokensPerSecond)} tok/s)`;
+      const sitting = s.steps === r.steps ? "" : ` (this sitting, resumed at step ${r.steps - s.steps}: ${countOf(s.steps, "step")} in ${s.seconds.toFixed(1)} s, ${Math.round(s.tokensPerSecond)} tok/s)`;
       say(
         r.stoppedEarly
           ? r.checkpointStep === null

@@ -11,6 +11,7 @@ import { loadChatTemplate, TEMPLATE_EXAMPLE } from "../serve/chatTemplate.js";
 import { MlaError, refuseInert } from "../errors.js";
 import { generateOutput } from "./generateOutput.js";
 import { abortOnStop, type AbortStopMessages } from "./signals.js";
+import { countOf } from "../util/counts.js";
 
 /**
  * Ctrl-C stops after the decode step under way and prints what was generated so far (a streamed text's
@@ -105,7 +106,7 @@ export const generateCommand: CommandModule<object, Args> = {
     out.end(r.sequences);
     if (r.decodeTokens > 0) {
       const which = prompts.length > 1 ? `in all for ${prompts.length} prompts, past each one's first (which its prefill gives)` : "past the prompt's first (which the prefill gives)";
-      stderrLogger.info(`decoded ${r.decodeTokens} tokens ${which} in ${r.decodeSeconds.toFixed(2)} s (${(r.decodeTokens / r.decodeSeconds).toFixed(1)} tokens/s); steps ${r.steps}`);
+      stderrLogger.info(`decoded ${countOf(r.decodeTokens, "token")} ${which} in ${r.decodeSeconds.toFixed(2)} s (${(r.decodeTokens / r.decodeSeconds).toFixed(1)} tokens/s); steps ${r.steps}`);
     }
   },
 };

@@ -24,6 +24,7 @@ import { throwIfAborted } from "../util/abort.js";
 import { kvBytesPerToken, pastPositionsWarning, type ModelConfig } from "../model/config.js";
 import { requireCount } from "../util/counts.js";
 import { scoredBytes, textHash, tokenizerIdentity, type TokenizerIdentity } from "./identity.js";
+import { countOf } from "../util/counts.js";
 
 /** The perplexity windows' length when none is given. */
 const DEFAULT_CTX = 256;
@@ -291,8 +292,8 @@ export async function evaluate(spec: string, opts: EvalOptions): Promise<EvalRes
       result.tasks = {};
       for (const [task, loaded] of items) {
         const r = await runTask(lm.model, lm.tokenizer, task, dataDir!, opts.limit, opts.progress, opts.signal, opts.kvCache, loaded);
-        if (opts.limit !== undefined && r.n < opts.limit) log.warn(`${task}: its file holds ${r.n} items, fewer than --limit ${opts.limit}: scored all of them`);
-        if (r.pastPositions.items > 0) log.warn(`${task}: ${r.pastPositions.items} of its ${r.n} items ran past the model's ${lm.config.maxPositions} positions (the longest ${r.pastPositions.longest} tokens), scored as they are; lm-eval cuts such items from the left, so their scores may differ`);
+        if (opts.limit !== undefined && r.n < opts.limit) log.warn(`${task}: its file holds ${countOf(r.n, "item")}, fewer than --limit ${opts.limit}: scored all of them`);
+        if (r.pastPositions.items > 0) log.warn(`${task}: ${r.pastPositions.items} of its ${countOf(r.n, "item")} ran past the model's ${lm.config.maxPositions} positions (the longest ${r.pastPositions.longest} tokens), scored as they are; lm-eval cuts such items from the left, so their scores may differ`);
         result.tasks[task] = { n: r.n, ...(r.metrics as Omit<TaskScore, "n" | "items_hash">), items_hash: textHash(JSON.stringify(loaded.items)) };
       }
     }

@@ -190,7 +190,7 @@ const pickedAsIs = (s: Sequence): boolean => s.spec.sampling.temperature <= 0 &&
 /** "the prompt's N tokens + max_tokens M", naming the request's limit field, or the default it got. */
 function tokenSum(spec: SequenceSpec): string {
   const limit = limitOf(spec);
-  return `the prompt's ${spec.prompt.length} tokens + ${limit.key} ${spec.maxTokens}${limit.sent ? "" : " (the default: it was not sent)"}`;
+  return `the prompt's ${countOf(spec.prompt.length, "token")} + ${limit.key} ${spec.maxTokens}${limit.sent ? "" : " (the default: it was not sent)"}`;
 }
 
 /** What would fit `most` tokens: a lower limit where the prompt leaves room, else a shorter prompt. */
@@ -198,7 +198,7 @@ function roomHint(spec: SequenceSpec, most: number, tail: string): string {
   const key = limitOf(spec).key, room = most - spec.prompt.length;
   const least = spec.maxTokens === 0 ? 0 : 1; // a prompt only scored (echo) needs no reply room
   if (room >= least && room < spec.maxTokens) return `send ${key} ≤ ${room}, or shorten the prompt${tail}`;
-  return most - least >= 1 ? `shorten the prompt to at most ${most - least} tokens (it has ${spec.prompt.length})${tail}` : `no prompt fits the server's KV budget${tail}`;
+  return most - least >= 1 ? `shorten the prompt to at most ${countOf(most - least, "token")} (it has ${spec.prompt.length})${tail}` : `no prompt fits the server's KV budget${tail}`;
 }
 
 /** What submit() returns: a way to end the sequence early. */

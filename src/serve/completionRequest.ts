@@ -8,6 +8,7 @@ import type { SamplingOptions } from "../model/sampling.js";
 import { checkPenalties } from "../model/penalties.js";
 import type { ChatMessage } from "./chatTemplate.js";
 import { shownJson as shown } from "../util/shownJson.js";
+import { countOf } from "../util/counts.js";
 
 /** How a refusal names a sequence's token limit: the request's field, and whether the request sent it. */
 export interface TokenLimitName {
@@ -269,7 +270,7 @@ function generationFields(b: Record<string, unknown>, maxKey: string, defaultMax
   // A limit the request did not send (completions' default of 16) is named as such, not as if sent.
   if (maxTokens !== null && minTokens > maxTokens)
     throw b[maxKey] === undefined || b[maxKey] === null
-      ? bad(`min_tokens ${minTokens} is more than the ${maxTokens} tokens a completion gets when ${maxKey} is not sent`, `send ${maxKey} ≥ ${minTokens} with it, or min_tokens ≤ ${maxTokens}`)
+      ? bad(`min_tokens ${minTokens} is more than the ${countOf(maxTokens, "token")} a completion gets when ${maxKey} is not sent`, `send ${maxKey} ≥ ${minTokens} with it, or min_tokens ≤ ${maxTokens}`)
       : bad(`min_tokens ${minTokens} is more than ${maxKey} ${maxTokens}`, `send min_tokens ≤ ${maxKey}`);
   const includeStop = booleanField(b, "include_stop_str_in_output", false, "send include_stop_str_in_output: true to keep the stop string that ends the text, or leave it out");
   const skipSpecialTokens = booleanField(b, "skip_special_tokens", true, "send skip_special_tokens: false to write special tokens into the text, or leave it out");
@@ -285,10 +286,10 @@ function generationFields(b: Record<string, unknown>, maxKey: string, defaultMax
  */
 export function defaultReplyLimit(minTokens: number, promptTokens: number, defaultMax: number, maxPositions: number): number {
   const room = maxPositions - promptTokens;
-  if (room <= 0) throw bad(`the prompt's ${promptTokens} tokens fill the model's ${maxPositions} positions: there is no room for a reply`, "shorten the conversation");
+  if (room <= 0) throw bad(`the prompt's ${countOf(promptTokens, "token")} fill the model's ${maxPositions} positions: there is no room for a reply`, "shorten the conversation");
   const limit = Math.min(defaultMax, room);
   if (minTokens <= limit) return limit;
-  if (limit === defaultMax) throw bad(`min_tokens ${minTokens} is more than the ${defaultMax} tokens a reply gets when max_tokens is not sent (the server's --default-max-tokens)`, `send max_tokens ≥ ${minTokens} with it, or min_tokens ≤ ${defaultMax}`);
+  if (limit === defaultMax) throw bad(`min_tokens ${minTokens} is more than the ${countOf(defaultMax, "token")} a reply gets when max_tokens is not sent (the server's --default-max-tokens)`, `send max_tokens ≥ ${minTokens} with it, or min_tokens ≤ ${defaultMax}`);
   throw bad(`min_tokens ${minTokens} is more than the ${room} tokens the model's ${maxPositions} positions leave after the prompt's ${promptTokens}`, `send min_tokens ≤ ${room}, or shorten the conversation`);
 }
 
