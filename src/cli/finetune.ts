@@ -23,6 +23,7 @@ interface Args {
   tokens?: number;
   fraction?: number;
   "val-fraction": number;
+  "val-tokens"?: number;
   seq: number;
   batch: number;
   accum: number;
@@ -64,6 +65,7 @@ export const finetuneCommand: CommandModule<object, Args> = {
       .option("tokens", { type: "number", describe: "token budget (batch·accum·seq per step, rounded up to whole steps; default one epoch)" })
       .option("fraction", { type: "number", describe: "train on the first fraction of the training tokens" })
       .option("val-fraction", { type: "number", default: D.valFraction, describe: "held-out tail of the data for validation NLL" })
+      .option("val-tokens", { type: "number", describe: "score only the first N tokens of the held-out tail at each validation, e.g. 100k (default: all of it)" })
       .option("seq", { type: "number", default: D.seq, describe: "sequence length, BOS included" })
       .option("batch", { type: "number", default: D.batch, describe: "sequences per micro-batch (--accum micro-batches per step; split among the GPUs with --gpus)" })
       .option("accum", { type: "number", default: D.accum, describe: "gradient accumulation steps" })
@@ -135,6 +137,7 @@ function optionsOf(a: Args): FinetuneOptions {
     tokens: a.tokens,
     fraction: a.fraction,
     valFraction: a["val-fraction"],
+    valTokens: a["val-tokens"],
     seq: a.seq,
     batch: a.batch,
     accum: a.accum,

@@ -44,6 +44,7 @@ export const FINETUNE_KINDS: OptionKinds<FinetuneOptions> = {
   tokens: "number",
   fraction: "number",
   valFraction: "number",
+  valTokens: "number",
   seq: "number",
   batch: "number",
   accum: "number",
@@ -110,6 +111,11 @@ export function checkFinetuneOptions(o: Omit<FinetuneOptions, "data" | "out">) {
   within("--warmup", warmup, "[0, 1)", "warmup is a fraction of the steps, e.g. 0.05");
   // Checked here, not where each is used, so a pipeline or study refuses them before its first phase.
   within("--val-fraction", o.valFraction ?? D.valFraction, "[0, 1)", "e.g. 0.1 holds out the last 10% of the tokens");
+  if (o.valTokens !== undefined) {
+    // Fewer than 2 tokens score nothing (a window's first token is only context).
+    if (!(Number.isInteger(o.valTokens) && o.valTokens >= 2)) throw new MlaError("BAD_ARGUMENT", `--val-tokens ${o.valTokens} is not a whole number of tokens ≥ 2`, "pass e.g. --val-tokens 100k, or leave it out to score the whole held-out tail");
+    if ((o.valFraction ?? D.valFraction) === 0) throw new MlaError("BAD_ARGUMENT", "--val-tokens has no effect with --val-fraction 0 (no tokens are held out to score)", "give --val-fraction > 0, or leave --val-tokens out");
+  }
   within("--fraction", o.fraction ?? 1, "(0, 1]", "e.g. 0.01 trains on the first 1% of the data");
   within("--decay-fraction", o.decayFraction ?? D.decayFraction, "[0, 1]", "wsd decays over this fraction of the steps, e.g. 0.2");
   // Past [0, 1] the schedule's floor turns the rate negative (gradient ascent) or above its peak.

@@ -35,6 +35,7 @@ const FLAGS: Record<string, string> = {
   tokens: "--tokens",
   fraction: "--fraction",
   valFraction: "--val-fraction",
+  valTokens: "--val-tokens",
   seq: "--seq",
   batch: "--batch",
   accum: "--accum",

@@ -34,6 +34,7 @@ import { CheckpointKeeper } from "./checkpointKeeper.js";
 import { weightFileBytes } from "../io/diskRoom.js";
 import { notify, type FinetuneCallbacks } from "./events.js";
 import { barrier, checkBatchSplits, rankRows, rankWindows, type Collective } from "./collective.js";
+import { countOf } from "../util/counts.js";
 
 export interface FinetuneOptions extends FinetuneCallbacks {
   data: string[];
@@ -46,6 +47,11 @@ export interface FinetuneOptions extends FinetuneCallbacks {
   tokens?: number;
   fraction?: number;
   valFraction?: number;
+  /**
+   * Tokens of the held-out tail each validation scores, the tail's first N (default: all of it). The
+   * tail is a fraction of the data: on a large corpus, far more than a short fine-tune trains on.
+   */
+  valTokens?: number;
   seq?: number;
   batch?: number;
   accum?: number;
@@ -202,7 +208,7 @@ async function train(spec: string, o: FinetuneOptions, checked: ReturnType<typeo
   const precision = trainingPrecision(o.precision, backend);
   // The run's flags (its settings below but MODEL's config.json and the warmup steps the data gives): on
   // --resume, one other than the run's is refused now, not once the data is tokenized (minutes on a corpus).
-  const flags = { data: o.data.map((f) => path.resolve(f)), tokens: o.tokens ?? null, fraction: o.fraction ?? 1, valFraction: o.valFraction ?? D.valFraction, seq, batch, accum, schedule: { name: o.schedule ?? D.schedule, lr, decayFraction: o.decayFraction ?? D.decayFraction, minLrFraction: o.minLrFraction ?? D.minLrFraction }, beta1: o.beta1 ?? D.beta1, beta2: o.beta2 ?? D.beta2, eps: o.eps ?? D.eps, weightDecay: o.weightDecay ?? D.weightDecay, clip: o.clip ?? D.clip, seed: o.seed ?? D.seed, train: trainWhat, distill: o.distill ?? null, temperature, distillWeight, precision };
+  const flags = { data: o.data.map((f) => path.resolve(f)), tokens: o.tokens ?? null, fraction: o.fraction ?? 1, valFraction: o.valFraction ?? D.valFraction, seq, batch, accum, schedule: { name: o.schedule ?? D.schedule, lr, decayFraction: o.decayFraction ?? D.decayFraction, minLrFraction: o.minLrFraction ?? D.minLrFraction }, beta1: o.beta1 ?? D.beta1, beta2: o.beta2 ?? D.beta2, eps: o.eps ?? D.eps, weightDecay: o.weightDecay ?? D.weightDecay, clip: o.clip ?? D.clip, seed: o.seed ?? D.seed, train: trainWhat, distill: o.distill ?? null, temperature, distillWeight, precision, ...(o.valTokens === undefined ? {} : { valTokens: o.valTokens }) };
   if (prior) checkSameFlags(out, prior, { ...flags, warmup });
   const lm = loadModel(spec, { backend, weights: "f32" }); // trainable leaves are float32
   const model = lm.model;
@@ -263,6 +269,11 @@ async function train(spec: string, o: FinetuneOptions, checked: ReturnType<typeo
     // A step takes batch·accum·seq tokens: a budget between two step counts is rounded up (10 tokens train one whole step of 4096).
     if (o.tokens !== undefined && o.tokens !== totalSteps * perStep && !prior)
       log.info(`--tokens ${o.tokens} is ${o.tokens < perStep ? "less than one step" : `${(o.tokens / perStep).toFixed(2)} steps`} of ${perStep} tokens (--batch ${batch}${accum === 1 ? "" : ` × --accum ${accum}`} × --seq ${seq}): training ${totalSteps} step${totalSteps === 1 ? "" : "s"}, ${totalSteps * perStep} tokens`);
+    // Each validation scores this (the held-out tail, or its first --val-tokens).
+    const val = o.valTokens === undefined ? data.val : data.val.subarray(0, o.valTokens);
+    // Two validations (more with --eval-every) of a tail larger than the training itself: on a corpus, most of the run.
+    if (o.valTokens === undefined && val.length > totalSteps * perStep && !prior)
+      log.info(`each validation scores the ${countOf(val.length, "token")} held out (--val-fraction ${flags.valFraction}), more than the ${totalSteps * perStep} trained on; --val-tokens N scores only the first N`);
     const { name, decayFraction, minLrFraction } = flags.schedule;
     const schedule: Schedule = { name, lr, warmupSteps: Math.round(warmup * totalSteps), decayFraction, minLrFraction };
 
@@ -319,8 +330,8 @@ async function train(spec: string, o: FinetuneOptions, checked: ReturnType<typeo
       stopAsked()
         ? STOPPED
         : await unlessStopped(async () => {
-            if (data.val.length === 0) return null;
-            const part = dp ? rankWindows(data.val, seq - 1, dp.rank, world) : data.val;
+            if (val.length === 0) return null;
+            const part = dp ? rankWindows(val, seq - 1, dp.rank, world) : val;
             const r = part.length > 0 ? await perplexity(model, part, { ctx: seq, progress: shown ? o.progress : null, label: "validation", shouldStop: stopAsked }) : null;
             if (!dp) return r!.nll;
             const [nllSum, tokens] = await dp.allReduceHost(Float64Array.of(r ? r.nll * r.tokens : 0, r?.tokens ?? 0));
@@ -331,7 +342,7 @@ async function train(spec: string, o: FinetuneOptions, checked: ReturnType<typeo
     else {
       await nextTurn(); // a stop asked for while the model and the state were set up (no turn ran)
       const v = await valNll(true);
-      if (v === STOPPED) return stoppedBeforeTraining(data.val.length > 0 ? "measuring the validation NLL before training" : "setting up the training");
+      if (v === STOPPED) return stoppedBeforeTraining(val.length > 0 ? "measuring the validation NLL before training" : "setting up the training");
       valNllBefore = v;
       // Before its line is written: a throw leaves --out as a stop here does (stoppedBeforeTraining).
       if (v !== null) await notify(o.onValidation, { when: "before", step: 0, steps: totalSteps, valNll: v }, () => stoppedBeforeTraining("reporting the validation NLL before training (onValidation threw)"));
