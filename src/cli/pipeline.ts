@@ -22,6 +22,7 @@ interface Args extends ConversionArgs {
   distill?: string;
   "save-every"?: number;
   "save-every-minutes"?: number;
+  "val-tokens"?: number;
   "eval-text"?: string;
   "eval-tokens"?: number;
   "eval-ctx"?: number;
@@ -43,7 +44,7 @@ const PIPELINE_STOP: StopMessages = {
 
 /** The fine-tune's options, whenever one of its flags is given: the pipeline refuses them without --finetune-data, rather than drop them. */
 function finetuneOptions(a: Args): PipelineOptions["finetune"] {
-  const given = { tokens: a.tokens, seq: a.seq, batch: a.batch, lr: a.lr, distill: a.distill, saveEvery: a["save-every"], saveEveryMinutes: a["save-every-minutes"] };
+  const given = { tokens: a.tokens, seq: a.seq, batch: a.batch, lr: a.lr, distill: a.distill, saveEvery: a["save-every"], saveEveryMinutes: a["save-every-minutes"], valTokens: a["val-tokens"] };
   if (!a["finetune-data"] && Object.values(given).every((v) => v === undefined)) return undefined;
   // No device: the pipeline hands its own to the fine-tune, and a run resumes on any device.
   return { data: a["finetune-data"] ?? [], ...given };
@@ -66,6 +67,7 @@ export const pipelineCommand: CommandModule<object, Args> = {
       .option("distill", { type: "string", describe: "teacher for distillation during fine-tuning" })
       .option("save-every", { type: "number", describe: "the fine-tune's checkpoint every N steps (0 or unset: only when stopped), as finetune's; a rerun resumes it from the last" })
       .option("save-every-minutes", { type: "number", describe: "the fine-tune's checkpoint also after every M minutes of training, so a hard kill loses at most that much" })
+      .option("val-tokens", { type: "number", describe: "the fine-tune's validations score only the first N tokens of the held-out tail (the last 10% of --finetune-data), as finetune's" })
       .option("eval-text", { type: "string", describe: "perplexity text" })
       .option("eval-tokens", { type: "number", describe: "tokens of --eval-text to score (default all)" })
       .option("eval-ctx", { type: "number", describe: "window length of the --eval-text perplexity, BOS included (default 256)" })
