@@ -147,7 +147,7 @@ export function checkedBody(body: unknown, served: { name: string }, known: Read
   for (const [k, off] of Object.entries(unsupported))
     if (b[k] !== undefined && b[k] !== null && !off(b[k])) throw bad(`${k} ${shown(b[k])} is not supported by this server`, `leave ${k} out (no tools, best_of or suffix)`);
   // null is "not sent", as for every other field.
-  if (b["model"] !== undefined && b["model"] !== null && b["model"] !== served.name) throw refusal("NOT_FOUND", `model ${shown(b["model"])} is not served here`, `this server serves ${JSON.stringify(served.name)} (GET /v1/models); send that name or leave model out`, { param: "model" });
+  if (b["model"] !== undefined && b["model"] !== null && b["model"] !== served.name) throw refusal("NOT_FOUND", `model ${shown(b["model"])} is not served here`, `this server serves ${JSON.stringify(served.name)} (GET /v1/models); send that name or leave model out`, { param: "model", apiCode: "model_not_found" });
   return b;
 }
 

@@ -5,11 +5,15 @@
 import type http from "node:http";
 import { MlaError, isMlaError, type MlaErrorCode } from "../errors.js";
 
-/** A refusal with its own HTTP status (413: a body too large) and the request field it is about (OpenAI's `param`). */
-export type WithStatus = MlaError & { httpStatus?: number; param?: string | null };
+/**
+ * A refusal with its own HTTP status (413: a body too large), the request field it is about (OpenAI's
+ * `param`) and, where OpenAI has its own, OpenAI's `code` (`context_length_exceeded`: clients such as
+ * LiteLLM and LangChain tell a prompt too long from other refusals by it); else the body's code is ours.
+ */
+export type WithStatus = MlaError & { httpStatus?: number; param?: string | null; apiCode?: string };
 
 /** A refusal that carries the request field at fault (`param`) or an HTTP status of its own. */
-export function refusal(code: MlaErrorCode, message: string, hint: string | undefined, about: { param?: string | null; httpStatus?: number | undefined }): WithStatus {
+export function refusal(code: MlaErrorCode, message: string, hint: string | undefined, about: { param?: string | null; httpStatus?: number | undefined; apiCode?: string | undefined }): WithStatus {
   return Object.assign(new MlaError(code, message, hint), about);
 }
 
@@ -24,13 +28,13 @@ export function statusOf(e: WithStatus): number {
 
 /** A batch's refusal about prompt i: the message names the prompt; `param` stays the field at fault, else the prompt. */
 export function aboutPrompt(e: WithStatus, i: number): WithStatus {
-  return refusal(e.code, `prompt[${i}]: ${e.message}`, undefined, { param: e.param ?? `prompt[${i}]`, httpStatus: e.httpStatus });
+  return refusal(e.code, `prompt[${i}]: ${e.message}`, undefined, { param: e.param ?? `prompt[${i}]`, httpStatus: e.httpStatus, apiCode: e.apiCode });
 }
 
 /** OpenAI's error body; the message keeps the hint on the same line, `param` names the request field at fault where one is. */
 export function errorBody(e: WithStatus): string {
   const type = statusOf(e) < 500 ? "invalid_request_error" : "server_error";
-  return JSON.stringify({ error: { message: e.message.replace(/\n\s*hint: /, "; hint: "), type, param: e.param ?? null, code: e.code } });
+  return JSON.stringify({ error: { message: e.message.replace(/\n\s*hint: /, "; hint: "), type, param: e.param ?? null, code: e.apiCode ?? e.code } });
 }
 
 export function sendJson(res: http.ServerResponse, status: number, body: string, headers: http.OutgoingHttpHeaders = {}): void {

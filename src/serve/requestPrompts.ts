@@ -9,7 +9,7 @@ import { encodeUpToOffThread } from "../io/encodeOffThread.js";
 import { parseChatRequest, parseCompletionRequest, type GenerationFields } from "./completionRequest.js";
 import { continueFinalMessage, renderedNothing, type ChatTemplate } from "./chatTemplate.js";
 import { incompleteTail } from "./textStream.js";
-import { aboutPrompt } from "./httpJson.js";
+import { aboutPrompt, refusal } from "./httpJson.js";
 
 /** One prompt of a request: its ids, and its text when it comes back before the completion (echo). */
 export interface Prompt {
@@ -39,7 +39,7 @@ const OFF_THREAD_TEXT = 65_536;
  */
 async function encodePrompt(lm: LoadedModel, text: string, addSpecialTokens: boolean): Promise<number[]> {
   const max = lm.config.maxPositions;
-  const tooLong = () => new MlaError("BAD_ARGUMENT", `the prompt holds more than the model's ${max} positions of tokens`, "shorten the prompt");
+  const tooLong = () => refusal("BAD_ARGUMENT", `the prompt holds more than the model's maximum context length of ${max} tokens`, "shorten the prompt", { apiCode: "context_length_exceeded" });
   const perToken = lm.tokenizer.bytesPerToken?.() ?? null;
   if (perToken !== null && Buffer.byteLength(text, "utf8") > max * perToken) throw tooLong();
   const ids = await encodeUpToOffThread(lm.tokenizer, text, { max, addSpecialTokens, offThreadAbove: OFF_THREAD_TEXT });

@@ -10,7 +10,7 @@ import type { ChatTemplate } from "./chatTemplate.js";
 import { CHAT_COMPLETION, TEXT_COMPLETION, type ResponseShape } from "./responseShapes.js";
 import { prometheusText } from "./metrics.js";
 import { detokenize, tokenize, tokenizerInfo, type TokenizerServed } from "./tokenizerRoutes.js";
-import { asMlaError, errorBody, readJson, sendJson, sendRefusal } from "./httpJson.js";
+import { asMlaError, errorBody, readJson, refusal, sendJson, sendRefusal } from "./httpJson.js";
 import { chatPrompts, completionPrompts, type Parse } from "./requestPrompts.js";
 import { generation, type GenerationServer } from "./generation.js";
 import type { ServerStats } from "./server.js";
@@ -82,9 +82,9 @@ export function requestHandler(s: RoutedServer): Handler {
   };
 
   const expected = s.apiKey === undefined ? null : Buffer.from(`Bearer ${s.apiKey}`);
-  /** The Authorization header against the key, in constant time (no timing hint at the key's bytes). */
+  /** The Authorization header against the key, in constant time (no timing hint at the key's bytes); the scheme's case is free (RFC 9110: "bearer KEY" too). */
   const authorized = (header: string | undefined): boolean => {
-    const got = Buffer.from(header ?? "");
+    const got = Buffer.from((header ?? "").replace(/^bearer /i, "Bearer "));
     return expected !== null && got.length === expected.length && crypto.timingSafeEqual(got, expected);
   };
 
@@ -97,7 +97,7 @@ export function requestHandler(s: RoutedServer): Handler {
     const method = req.method === "HEAD" ? "GET" : (req.method ?? "");
     const handler = route?.[method] as Handler | undefined;
     if (handler && s.apiKey !== undefined && where !== "/health" && !authorized(req.headers.authorization))
-      return sendJson(res, 401, errorBody(new MlaError("BAD_ARGUMENT", "the request has no valid API key", "send the header Authorization: Bearer KEY with the server's --api-key")), { "WWW-Authenticate": "Bearer" });
+      return sendJson(res, 401, errorBody(refusal("BAD_ARGUMENT", "the request has no valid API key", "send the header Authorization: Bearer KEY with the server's --api-key", { apiCode: "invalid_api_key" })), { "WWW-Authenticate": "Bearer" });
     if (handler) return handler(req, res);
     if (route) return sendJson(res, 405, errorBody(new MlaError("BAD_ARGUMENT", `${where} takes ${Object.keys(route).join(", ")}, not ${req.method}`, `send ${Object.keys(route)[0]} ${where}`)), { Allow: Object.keys(route).join(", ") });
     const known = Object.entries(routes).flatMap(([p, m]) => Object.keys(m).map((k) => `${k} ${p}`)).filter((r) => chat || !r.includes("chat"));

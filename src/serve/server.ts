@@ -76,6 +76,12 @@ export async function serve(model: string | LoadedModel, opts: ServeOptions = {}
     requestHandler({ lm, name, batcher, log, maxBody, defaultMax, countRequest: () => void requests++, chat, chatProblem, apiKey: opts.apiKey, closing: () => closing, inFlight, stats }),
   );
 
+  // A kept-alive connection's next request is read only when the event loop is free: behind a prefill
+  // chunk of several seconds (the reference backend, a large model on the CPU) Node's 5 s default closed
+  // the idle socket first, and the client's pooled request failed with ECONNRESET. 65 s is what load
+  // balancers commonly expect of a backend (longer than their own 60 s); shutdown closes idle ones at once.
+  server.keepAliveTimeout = 65_000;
+  server.headersTimeout = 66_000;
   const connections = new ConnectionWatch(server);
 
   // A client that waits for "100 Continue" before sending a body too large (curl does above 1 MB) gets

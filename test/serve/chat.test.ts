@@ -294,7 +294,7 @@ test("without max_tokens a chat's reply is capped to what --kv-budget-mb holds a
     const r = await fetch(`${plain.url}/v1/completions`, { method: "POST", body: JSON.stringify({ prompt: ids }) });
     assert.match(((await r.json()) as { error: { message: string } }).error.message, /the prompt's 510 tokens \+ max_tokens 16 \(the default: it was not sent\) = 526 pass the model's 512 positions; hint: shorten the prompt to at most 511 tokens \(it has 510\)|send max_tokens ≤ 2, or shorten/);
     const batch = await fetch(`${plain.url}/v1/completions`, { method: "POST", body: JSON.stringify({ prompt: ["a", "a ".repeat(600)], max_tokens: 1 }) });
-    assert.match(((await batch.json()) as { error: { message: string } }).error.message, /^prompt\[1\]: the prompt holds more than the model's 512 positions/);
+    assert.match(((await batch.json()) as { error: { message: string } }).error.message, /^prompt\[1\]: the prompt holds more than the model's maximum context length of 512 tokens/);
   } finally {
     await plain.close();
   }

@@ -191,6 +191,8 @@ test("bad requests get OpenAI error bodies that name the culprit; unknown routes
       assert.match(r.json["error"].message, message, JSON.stringify(body));
       assert.ok(!r.json["error"].message.includes("\n"), "one line");
       assert.equal(r.json["error"].type, "invalid_request_error");
+      // OpenAI's code where it has one (a model not served), else ours.
+      assert.equal(r.json["error"].code, status === 404 ? "model_not_found" : "BAD_ARGUMENT", JSON.stringify(body));
     }
     // OpenAI's `param`: the request field a refusal is about, null where it is about no one field.
     const params: [object, string | null][] = [
@@ -232,13 +234,15 @@ test("a prompt of more bytes than the model's positions of the longest token (9 
     for (const prompt of [" ".repeat(512 * 9 + 1), "猫".repeat(1537), "Once upon a time there was a dog. ".repeat(60_000)]) {
       const r = await post(server.url, { prompt });
       assert.equal(r.status, 400);
-      assert.equal(r.json["error"].message, "the prompt holds more than the model's 512 positions of tokens; hint: shorten the prompt");
+      assert.equal(r.json["error"].message, "the prompt holds more than the model's maximum context length of 512 tokens; hint: shorten the prompt");
+      // OpenAI's own code, by which clients tell a prompt too long from other refusals.
+      assert.equal(r.json["error"].code, "context_length_exceeded");
     }
     assert.deepEqual(seen, [], "nothing was tokenized");
     // Within the bound the prompt is tokenized (a run of spaces takes a token per "▁▁▁" at most here).
     const fits = await post(server.url, { prompt: " ".repeat(512 * 9), max_tokens: 1 });
     assert.equal(fits.status, 400);
-    assert.match(fits.json["error"].message, /more than the model's 512 positions/);
+    assert.match(fits.json["error"].message, /more than the model's maximum context length of 512 tokens/);
     assert.ok(seen.length > 0);
   } finally {
     lm.tokenizer.encode = encode;
@@ -726,7 +730,7 @@ test("a prompt text far longer than the model is refused without tokenizing it a
     const prompt = "Once upon a time there was a dog. ".repeat(60_000);
     const r = await post(server.url, { prompt });
     assert.equal(r.status, 400);
-    assert.match(r.json["error"].message, /more than the model's 512 positions/);
+    assert.match(r.json["error"].message, /more than the model's maximum context length of 512 tokens/);
     assert.ok(longest < prompt.length / 100, `the tokenizer saw ${longest} of its ${prompt.length} characters`);
   } finally {
     lm.tokenizer.encode = encode;
@@ -775,9 +779,14 @@ test("with an API key, /v1 routes need it as a bearer token (401 otherwise); /he
     const body = JSON.stringify({ prompt: "Once", max_tokens: 2, temperature: 0 });
     const none = await fetch(`${server.url}/v1/completions`, { method: "POST", body });
     assert.equal(none.status, 401);
-    assert.match(((await none.json()) as { error: { message: string } }).error.message, /no valid API key.*Authorization: Bearer/);
+    const refused = ((await none.json()) as { error: { message: string; code: string } }).error;
+    assert.match(refused.message, /no valid API key.*Authorization: Bearer/);
+    assert.equal(refused.code, "invalid_api_key", "OpenAI's code");
     assert.equal((await fetch(`${server.url}/v1/models`, { headers: { Authorization: "Bearer wrong!" } })).status, 401);
     assert.equal((await fetch(`${server.url}/v1/completions`, { method: "POST", body, headers: { Authorization: "Bearer s3cret" } })).status, 200);
+    // The scheme's case is free (RFC 9110); the key's is not.
+    assert.equal((await fetch(`${server.url}/v1/completions`, { method: "POST", body, headers: { Authorization: "bearer s3cret" } })).status, 200);
+    assert.equal((await fetch(`${server.url}/v1/models`, { headers: { Authorization: "Bearer S3CRET" } })).status, 401);
     assert.equal((await fetch(`${server.url}/health`)).status, 200);
   } finally {
     await server.close();
