@@ -47,11 +47,11 @@ export const serveCommand: CommandModule<object, Args> = {
       .option("served-model-name", { type: "string", describe: "the model name clients send (default: MODEL as given)" })
       .option("max-batch", { type: "number", default: 32, describe: "the most sequences decoded together; later requests wait for a place" })
       .option("kv-cache", { choices: ["auto", ...KV_CACHE_DTYPES] as const, default: "auto" as const, describe: "how decode caches store keys/values (MLA: rope keys and latents): auto = bf16 for a bf16 checkpoint on the GPU, else f32" })
-      .option("kv-budget-mb", { type: "number", describe: "the most MB of cache all admitted sequences may reserve (each reserves its prompt + max_tokens), counted as the caches hold them in memory: float32 rows on the CPU, the cache's own dtype on the GPU; default: no limit but --max-batch" })
+      .option("kv-budget-mb", { type: "number", describe: "the most MB of cache all admitted sequences may reserve (each reserves its prompt + max_tokens), counted as the caches hold them in memory: on the CPU float32 rows for f32, int8 and int4 caches (a bf16 cache's are bf16 on the native backend), the cache's own dtype on the GPU; default: no limit but --max-batch" })
       .option("prefix-cache-mb", { type: "number", default: 1024, describe: "MB of prompts' caches kept so that a later prompt beginning the same way (a system prompt, a chat's earlier turns) prefills only the rest; 0: none" })
       .option("prefill-chunk", { type: "number", default: 512, describe: "the most prompt tokens prefilled between two decode steps, so a long prompt does not stall the replies being decoded; 0: each prompt whole" })
       .option("default-max-tokens", { type: "number", default: 1024, describe: "the most new tokens of a chat reply whose request sets no max_tokens (each request reserves cache for its prompt and limit)" })
-      .option("api-key", { type: "string", describe: "require Authorization: Bearer KEY on /v1/… (default: the environment's MHA2MLA_API_KEY, else none)" })
+      .option("api-key", { type: "string", describe: "require Authorization: Bearer KEY on every route but /health (/v1/…, /tokenize, /detokenize, /tokenizer_info, /stats, /metrics; default: the environment's MHA2MLA_API_KEY, else none)" })
       .option("device", DEVICE_OPTION),
   handler: async (a) => {
     const server = await serve(a.model, {

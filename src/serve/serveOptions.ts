@@ -38,7 +38,8 @@ export interface ServeOptions {
   /** Where a model given by name runs (default "auto"; a LoadedModel keeps its backend). */
   device?: DeviceName;
   /**
-   * Requests to /v1/… must carry `Authorization: Bearer KEY` (as vLLM's --api-key); /health stays open.
+   * Requests to every route but /health (/v1/…, the tokenizer routes, /stats, /metrics) must carry
+   * `Authorization: Bearer KEY` (as vLLM's --api-key); /health stays open.
    * Default: none, fine on 127.0.0.1; set one before listening on other interfaces.
    */
   apiKey?: string;
