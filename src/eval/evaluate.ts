@@ -22,9 +22,8 @@ import { checkKvCacheDtype, type KvCacheDtype } from "../model/kvQuant.js";
 import { checkOptionTypes, type OptionKinds } from "../util/optionTypes.js";
 import { throwIfAborted } from "../util/abort.js";
 import { kvBytesPerToken, pastPositionsWarning, type ModelConfig } from "../model/config.js";
-import { requireCount } from "../util/counts.js";
+import { countOf, requireCount } from "../util/counts.js";
 import { scoredBytes, textHash, tokenizerIdentity, type TokenizerIdentity } from "./identity.js";
-import { countOf } from "../util/counts.js";
 
 /** The perplexity windows' length when none is given. */
 const DEFAULT_CTX = 256;

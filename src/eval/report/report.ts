@@ -224,7 +224,8 @@ function accuracyNote(runs: EvalResult[]): string | null {
   const tasks = [...new Set(runs.flatMap((r) => Object.keys(r.tasks ?? {})))];
   const differing = tasks.flatMap((task) => {
     const vs = itemsVsFirst(runs, task);
-    const others = runs.filter((_, i) => vs[i]!.notComparable !== null).map((r) => `${r.label} (${countOf(r.tasks?.[task]?.n ?? 0, "item").replace(/^0 /, "no ")})`);
+    const items = (n: number | undefined) => (n === undefined ? "no items" : countOf(n, "item"));
+    const others = runs.filter((_, i) => vs[i]!.notComparable !== null).map((r) => `${r.label} (${items(r.tasks?.[task]?.n)})`);
     return others.length ? [`${task}: ${others.join(", ")} against ${runs[0]!.tasks?.[task]?.n ?? "no"} for ${runs[0]!.label}`] : [];
   });
   if (!differing.length) return null;
